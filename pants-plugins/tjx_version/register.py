@@ -1,0 +1,54 @@
+"""Pants plugin: a package's wheel version is its `__version__`, the one source of truth.
+
+Each `python_distribution` in `packages/tjx-<name>/BUILD` leaves `version` out of its
+`python_artifact`; this plugin reads `__version__ = "X.Y.Z"` from
+`packages/tjx-<name>/src/tjx/<name>/__init__.py` and fills it in, so `tools/release` edits one line.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pants.backend.python.util_rules.package_dists import SetupKwargs, SetupKwargsRequest
+from pants.engine.fs import DigestContents, GlobMatchErrorBehavior, PathGlobs
+from pants.engine.rules import Get, collect_rules, rule
+from pants.engine.target import Target
+from pants.engine.unions import UnionRule
+
+VERSION_LINE = re.compile(r'^__version__\s*=\s*["\']([^"\']+)["\']', re.M)
+
+
+class TjxSetupKwargsRequest(SetupKwargsRequest):
+    @classmethod
+    def is_applicable(cls, target: Target) -> bool:
+        return target.address.spec_path.startswith("packages/tjx-")
+
+
+@rule
+async def tjx_setup_kwargs(request: TjxSetupKwargsRequest) -> SetupKwargs:
+    spec_path = request.target.address.spec_path
+    name = spec_path.rsplit("/", 1)[-1].removeprefix("tjx-")
+    init_path = f"{spec_path}/src/tjx/{name}/__init__.py"
+    contents = await Get(
+        DigestContents,
+        PathGlobs(
+            [init_path],
+            glob_match_error_behavior=GlobMatchErrorBehavior.error,
+            description_of_origin=f"tjx_version plugin for {request.target.address}",
+        ),
+    )
+    match = VERSION_LINE.search(contents[0].content.decode())
+    if match is None:
+        raise ValueError(f"{init_path} has no `__version__ = \"X.Y.Z\"` line")
+    kwargs = dict(request.explicit_kwargs)
+    if "version" in kwargs:
+        raise ValueError(
+            f"{request.target.address}: remove `version` from python_artifact; "
+            f"the version comes from {init_path}"
+        )
+    kwargs["version"] = match.group(1)
+    return SetupKwargs(kwargs, address=request.target.address)
+
+
+def rules():
+    return [*collect_rules(), UnionRule(SetupKwargsRequest, TjxSetupKwargsRequest)]

@@ -1,0 +1,74 @@
+"""CI's closing report: test counts from Pants' JUnit XML and line coverage per package.
+
+Pants prints no pytest closing line, so CI prints ``N passed, N failed`` itself, last, and exits
+non-zero when a test failed or none ran.
+
+Usage: python3 tools/ci_summary.py REPORTS_DIR [COVERAGE_XML]
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from pathlib import Path
+
+COVERAGE_FLOOR = 90.0
+PACKAGE_OF_PATH = re.compile(r"(?:^|/)tjx/(\w+)/")
+
+
+def count_tests(reports_dir: Path) -> tuple[int, int, int]:
+    """Return (passed, failed, skipped) summed over every JUnit XML file under ``reports_dir``."""
+    passed = failed = skipped = 0
+    for report in sorted(reports_dir.rglob("*.xml")):
+        root = ET.parse(report).getroot()
+        for case in root.iter("testcase"):
+            if case.find("failure") is not None or case.find("error") is not None:
+                failed += 1
+            elif case.find("skipped") is not None:
+                skipped += 1
+            else:
+                passed += 1
+    return passed, failed, skipped
+
+
+def coverage_by_package(coverage_xml: Path) -> dict[str, tuple[int, int]]:
+    """Return {package: (covered lines, total lines)} from a coverage.py XML report."""
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for cls in ET.parse(coverage_xml).getroot().iter("class"):
+        match = PACKAGE_OF_PATH.search(cls.get("filename", ""))
+        if match is None:
+            continue
+        lines = cls.find("lines")
+        for line in lines.iter("line") if lines is not None else []:
+            totals[match.group(1)][1] += 1
+            if int(line.get("hits", "0")) > 0:
+                totals[match.group(1)][0] += 1
+    return {name: (covered, total) for name, (covered, total) in totals.items()}
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__)
+        return 2
+    reports_dir = Path(argv[0])
+    status = 0
+    if len(argv) > 1 and Path(argv[1]).is_file():
+        print("line coverage by package:")
+        for name, (covered, total) in sorted(coverage_by_package(Path(argv[1])).items()):
+            percent = 100.0 * covered / max(total, 1)
+            flag = "" if percent >= COVERAGE_FLOOR else f"  (below {COVERAGE_FLOOR:.0f} %)"
+            print(f"  tjx-{name:<9} {percent:5.1f} %  ({covered}/{total} lines){flag}")
+    passed, failed, skipped = count_tests(reports_dir) if reports_dir.is_dir() else (0, 0, 0)
+    if passed + failed == 0:
+        print("no test ran: the JUnit reports are missing or empty", file=sys.stderr)
+        status = 1
+    if failed:
+        status = 1
+    print(f"{passed} passed, {failed} failed, {skipped} skipped")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 import sys
-import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
+from xml.etree import ElementTree
 
 COVERAGE_FLOOR = 90.0
 PACKAGE_OF_PATH = re.compile(r"(?:^|/)tjx/(\w+)/")
@@ -22,7 +22,7 @@ def count_tests(reports_dir: Path) -> tuple[int, int, int]:
     """Return (passed, failed, skipped) summed over every JUnit XML file under ``reports_dir``."""
     passed = failed = skipped = 0
     for report in sorted(reports_dir.rglob("*.xml")):
-        root = ET.parse(report).getroot()
+        root = ElementTree.parse(report).getroot()
         for case in root.iter("testcase"):
             if case.find("failure") is not None or case.find("error") is not None:
                 failed += 1
@@ -36,7 +36,7 @@ def count_tests(reports_dir: Path) -> tuple[int, int, int]:
 def coverage_by_package(coverage_xml: Path) -> dict[str, tuple[int, int]]:
     """Return {package: (covered lines, total lines)} from a coverage.py XML report."""
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for cls in ET.parse(coverage_xml).getroot().iter("class"):
+    for cls in ElementTree.parse(coverage_xml).getroot().iter("class"):
         match = PACKAGE_OF_PATH.search(cls.get("filename", ""))
         if match is None:
             continue

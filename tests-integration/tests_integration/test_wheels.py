@@ -1,9 +1,10 @@
 """Each tjx wheel installs alone into a fresh Python 3.11 venv, imports, and declares what it needs.
 
-Pants builds the seven wheels (``runtime_package_dependencies`` in this folder's BUILD) and puts them
-in the test's working directory; outside Pants, set ``TJX_WHEEL_DIR`` to a ``pants package ::``
-output folder. Each venv gets exactly one wheel, with its siblings available from the same folder
-(``--find-links``) and everything else from the package index, as a user's ``pip install`` would.
+Pants builds the seven wheels (``runtime_package_dependencies`` in this folder's BUILD) and
+puts them in the test's working directory; outside Pants, set ``TJX_WHEEL_DIR`` to the output
+folder of ``pants package ::``. Each venv gets exactly one wheel, with its siblings available
+from the same folder (``--find-links``) and everything else from the package index, as a user's
+``pip install`` would.
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ def wheel_for(name: str) -> Path:
     return wheels[0]
 
 
+def requirement_name(requirement: str) -> str:
+    match = REQUIREMENT_NAME.match(requirement)
+    assert match is not None, f"unreadable requirement {requirement!r}"
+    return match.group(1).lower().replace("_", "-")
+
+
 def run(*args: str | Path) -> str:
     result = subprocess.run([str(a) for a in args], capture_output=True, text=True, check=False)
     assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
@@ -87,7 +94,7 @@ def test_wheel_installs_alone_and_declares_its_requirements(name: str, tmp_path:
     assert str(venv) in info["file"], f"tjx.{name} imported from outside the venv: {info['file']}"
     assert "__version__" in info["api"] and len(info["api"]) > 1, "the package exports no API"
     hard = [r for r in info["requires"] if "extra ==" not in r]
-    names = {REQUIREMENT_NAME.match(r).group(1).lower().replace("_", "-") for r in hard}
+    names = {requirement_name(r) for r in hard}
     assert REQUIRED[name] <= names, f"tjx-{name} lacks {REQUIRED[name] - names}: {hard}"
     assert not names & NEVER, f"tjx-{name} requires {names & NEVER}"
     siblings = {n for n in names if n.startswith("tjx-")}

@@ -70,7 +70,9 @@ def write_version(pkg_dir: Path, version: str) -> None:
     """Replace the package's ``__version__`` with ``version``."""
     path = init_file(pkg_dir)
     major, minor, patch = version.split(".")
-    text = VERSION_LINE.sub(lambda m: f"{m.group(1)}{major}.{minor}.{patch}{m.group(5)}", path.read_text())
+    text = VERSION_LINE.sub(
+        lambda m: f"{m.group(1)}{major}.{minor}.{patch}{m.group(5)}", path.read_text()
+    )
     path.write_text(text)
 
 
@@ -130,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     users = dependents(args.root, name)
     if users:
         print(f"depended on by: {', '.join(users)}")
-        print(f"their next wheels will require {name} ~= {new} (Pants writes the pin at package time)")
+        print(
+            f"their next wheels will require {name} ~= {new} (Pants writes the pin at package time)"
+        )
     else:
         print("no other package depends on it")
     print("next: ./pants package " + f"packages/{name}:dist")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from tjx_tools import release
 
 
@@ -27,7 +28,9 @@ def make_tree(root: Path) -> None:
 )
 def test_bump_changes_only_that_package(tmp_path: Path, bump: str, expected: str) -> None:
     make_tree(tmp_path)
-    before_b = {p: p.read_text() for p in (tmp_path / "packages" / "tjx-b").rglob("*") if p.is_file()}
+    before_b = {
+        p: p.read_text() for p in (tmp_path / "packages" / "tjx-b").rglob("*") if p.is_file()
+    }
     old, new = release.release(tmp_path, "tjx-a", bump, "Faster thing", "2026-11-21")
     assert (old, new) == ("0.1.0", expected)
     pkg_a = tmp_path / "packages" / "tjx-a"
@@ -35,7 +38,9 @@ def test_bump_changes_only_that_package(tmp_path: Path, bump: str, expected: str
     changelog = (pkg_a / "CHANGELOG.md").read_text()
     assert changelog.index(f"## {expected} — 2026-11-21") < changelog.index("## 0.1.0")
     assert "- Faster thing\n" in changelog
-    after_b = {p: p.read_text() for p in (tmp_path / "packages" / "tjx-b").rglob("*") if p.is_file()}
+    after_b = {
+        p: p.read_text() for p in (tmp_path / "packages" / "tjx-b").rglob("*") if p.is_file()
+    }
     assert after_b == before_b
 
 

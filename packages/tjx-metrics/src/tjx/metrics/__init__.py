@@ -1,0 +1,60 @@
+"""tjx.metrics: LM metrics, FLOPs/MFU/throughput, and loggers (console, JSONL, W&B, TensorBoard).
+
+* :func:`lm_stats` (jit-friendly sums and counts), :func:`lm_metrics`, :func:`loss_metrics` and the
+  exact streaming :class:`MetricAccumulator`.
+* :func:`transformer_flops_per_token` (6·N + 12·L·d·s, PaLM appendix B), :func:`peak_flops` /
+  :func:`device_peak_flops` by ``device_kind``, :func:`mfu` and :class:`ThroughputMeter`.
+* :func:`make_logger` fanning out to console / JSONL / W&B / TensorBoard; :func:`plot_curves`.
+"""
+
+from tjx.metrics.accumulate import MetricAccumulator, finalize_metrics
+from tjx.metrics.devices import DEVICE_PEAKS, DevicePeak, device_peak_flops, peak_flops
+from tjx.metrics.flops import flops_per_token_from_config, transformer_flops_per_token
+from tjx.metrics.lm import lm_metrics, lm_stats, loss_metrics
+from tjx.metrics.loggers import (
+    LOGGER_NAMES,
+    ConsoleLogger,
+    JsonlLogger,
+    Logger,
+    MultiLogger,
+    TensorBoardLogger,
+    WandbLogger,
+    make_logger,
+    read_jsonl,
+    resolve_wandb_mode,
+    select_weights,
+)
+from tjx.metrics.plots import load_curves, plot_curves
+from tjx.metrics.throughput import ThroughputMeter, mfu
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEVICE_PEAKS",
+    "LOGGER_NAMES",
+    "ConsoleLogger",
+    "DevicePeak",
+    "JsonlLogger",
+    "Logger",
+    "MetricAccumulator",
+    "MultiLogger",
+    "TensorBoardLogger",
+    "ThroughputMeter",
+    "WandbLogger",
+    "__version__",
+    "device_peak_flops",
+    "finalize_metrics",
+    "flops_per_token_from_config",
+    "lm_metrics",
+    "lm_stats",
+    "load_curves",
+    "loss_metrics",
+    "make_logger",
+    "mfu",
+    "peak_flops",
+    "plot_curves",
+    "read_jsonl",
+    "resolve_wandb_mode",
+    "select_weights",
+    "transformer_flops_per_token",
+]

@@ -1,0 +1,23 @@
+"""Loggers behind one interface: console, JSONL, W&B and TensorBoard, fanned out by
+:func:`make_logger`. W&B and TensorBoard are imported only when used (optional extras)."""
+
+from tjx.metrics.loggers.base import Logger, MultiLogger, select_weights
+from tjx.metrics.loggers.console import ConsoleLogger
+from tjx.metrics.loggers.factory import LOGGER_NAMES, make_logger
+from tjx.metrics.loggers.jsonl import JsonlLogger, read_jsonl
+from tjx.metrics.loggers.tensorboard import TensorBoardLogger
+from tjx.metrics.loggers.wandb_logger import WandbLogger, resolve_wandb_mode
+
+__all__ = [
+    "LOGGER_NAMES",
+    "ConsoleLogger",
+    "JsonlLogger",
+    "Logger",
+    "MultiLogger",
+    "TensorBoardLogger",
+    "WandbLogger",
+    "make_logger",
+    "read_jsonl",
+    "resolve_wandb_mode",
+    "select_weights",
+]

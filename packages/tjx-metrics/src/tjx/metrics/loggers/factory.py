@@ -1,0 +1,138 @@
+"""``make_logger``: build the fan-out logger from a list of backend names."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tjx.metrics.loggers.base import Logger, MultiLogger
+from tjx.metrics.loggers.console import ConsoleLogger
+from tjx.metrics.loggers.jsonl import JsonlLogger
+
+__all__ = ["LOGGER_NAMES", "make_logger"]
+
+#: Backend names accepted by :func:`make_logger`.
+LOGGER_NAMES = ("console", "jsonl", "wandb", "tensorboard")
+
+_log = logging.getLogger(__name__)
+
+
+def _parse_names(names: Sequence[str] | str) -> list[str]:
+    raw = names.split(",") if isinstance(names, str) else list(names)
+    out: list[str] = []
+    for name in raw:
+        if not isinstance(name, str):
+            raise ValueError(f"logger names must be strings from {LOGGER_NAMES}; got {name!r}")
+        key = name.strip().lower()
+        if not key:
+            continue
+        if key not in LOGGER_NAMES:
+            raise ValueError(f"unknown logger {name!r}; known loggers: {', '.join(LOGGER_NAMES)}")
+        if key not in out:
+            out.append(key)
+    return out
+
+
+def _is_primary() -> bool:
+    import jax
+
+    return jax.process_index() == 0
+
+
+def make_logger(
+    names: Sequence[str] | str,
+    run_dir: str | os.PathLike[str],
+    *,
+    config: Any = None,
+    project: str | None = None,
+    entity: str | None = None,
+    run_name: str | None = None,
+    run_id: str | None = None,
+    wandb_mode: str | None = None,
+    console_keys: Sequence[str] | None = None,
+    jsonl_name: str = "metrics.jsonl",
+    primary_only: bool = True,
+) -> MultiLogger:
+    """Build one logger that fans out to several backends.
+
+    Parameters
+    ----------
+    names
+        Backends from ``("console", "jsonl", "wandb", "tensorboard")``, as a list or a
+        comma-separated string; duplicates are ignored, an empty list gives a logger that drops
+        everything.
+    run_dir
+        The run's folder: ``metrics.jsonl``, ``tensorboard/`` and ``wandb/`` go there.
+    config
+        Run config (dataclass or mapping) for W&B and TensorBoard.
+    project, entity, run_name, run_id
+        W&B identifiers (``run_id`` resumes a run).
+    wandb_mode
+        ``"online"``, ``"offline"``, ``"disabled"`` (the one flag that turns W&B off) or ``None``:
+        ``WANDB_MODE`` if set, else online with an API key and offline without.
+    console_keys
+        Scalars the console line shows, in order (default: all).
+    jsonl_name
+        File name of the JSONL log inside ``run_dir``.
+    primary_only
+        Log only on JAX process 0 (other hosts get a logger that drops everything), so a
+        multi-host run writes one log.
+
+    Returns
+    -------
+    MultiLogger
+        ``.log_scalars(step, dict)``, ``.log_histograms(step, dict)``, ``.log_text(step, key,
+        text)``, ``.flush()``, ``.close()``; accepts jax arrays and fetches each call's values with
+        one ``jax.device_get``. Call it every N steps, not every step.
+
+    Raises
+    ------
+    ValueError
+        For an unknown logger name (the message lists the known ones) or a bad W&B mode.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with make_logger(["jsonl"], tempfile.mkdtemp()) as logger:
+    ...     logger.log_scalars(10, {"loss": 2.5})
+    """
+    selected = _parse_names(names)
+    if primary_only and not _is_primary():
+        return MultiLogger([])
+    run_dir = Path(run_dir)
+    loggers: list[Logger] = []
+    try:
+        for name in selected:
+            if name == "console":
+                loggers.append(ConsoleLogger(keys=console_keys))
+            elif name == "jsonl":
+                loggers.append(JsonlLogger(run_dir / jsonl_name))
+            elif name == "tensorboard":
+                from tjx.metrics.loggers.tensorboard import TensorBoardLogger
+
+                loggers.append(TensorBoardLogger(run_dir / "tensorboard", config=config))
+            else:
+                from tjx.metrics.loggers.wandb_logger import WandbLogger, resolve_wandb_mode
+
+                if resolve_wandb_mode(wandb_mode) == "disabled":
+                    _log.info("W&B logging is disabled (wandb_mode / WANDB_MODE); skipping it")
+                    continue
+                loggers.append(
+                    WandbLogger(
+                        run_dir,
+                        project=project,
+                        entity=entity,
+                        run_name=run_name,
+                        run_id=run_id,
+                        config=config,
+                        mode=wandb_mode,
+                    )
+                )
+    except BaseException:
+        for logger in loggers:  # don't leak open files / runs when a later backend fails
+            logger.close()
+        raise
+    return MultiLogger(loggers)

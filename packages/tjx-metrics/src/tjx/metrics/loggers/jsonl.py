@@ -1,0 +1,119 @@
+"""JSONL logger: one JSON object per line, appended (a resumed run continues the same file).
+
+Record shapes (``time`` is Unix seconds):
+
+* scalars: ``{"step": 100, "time": 1.7e9, "loss": 3.2, "learning_rate": 0.0003}``
+* histogram summaries: ``{"step": 100, "time": ..., "histograms": {"w": {"count", "mean", "std",
+  "min", "max", "nonfinite"}}}``
+* text: ``{"step": 100, "time": ..., "text": {"sample": "..."}}``
+
+Non-finite floats are written as ``NaN`` / ``Infinity`` (Python's ``json`` reads them back; strict
+JSON parsers do not) — a diverged loss must stay visible in the log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from tjx.metrics.loggers.base import Logger, Scalar, finite_values
+
+__all__ = ["JsonlLogger", "read_jsonl"]
+
+
+class JsonlLogger(Logger):
+    """Append records to ``path`` (created with its parent folders).
+
+    Parameters
+    ----------
+    path
+        The ``.jsonl`` file.
+    fsync
+        Also ``os.fsync`` after each record (durable across power loss; slower).
+    """
+
+    name = "jsonl"
+
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
+        self._file: IO[str] | None = self.path.open("a", encoding="utf-8")
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            raise ValueError(f"JsonlLogger for {self.path} is closed")
+        # One write call per line: a crash leaves at most one torn *last* line (readers skip it).
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self.fsync:
+            os.fsync(self._file.fileno())
+
+    def _write_scalars(self, step: int, scalars: dict[str, Scalar]) -> None:
+        clash = {"step", "time", "histograms", "text"} & set(scalars)
+        if clash:
+            raise ValueError(f"metric names {sorted(clash)} are reserved in the JSONL log")
+        self._write({"step": step, "time": time.time(), **scalars})
+
+    def _write_histograms(self, step: int, values: dict[str, np.ndarray]) -> None:
+        summary = {}
+        for key, arr in values.items():
+            good = finite_values(arr).astype(np.float64)
+            summary[key] = {
+                "count": int(arr.size),
+                "nonfinite": int(arr.size - good.size),
+                "mean": float(good.mean()) if good.size else None,
+                "std": float(good.std()) if good.size else None,
+                "min": float(good.min()) if good.size else None,
+                "max": float(good.max()) if good.size else None,
+            }
+        self._write({"step": step, "time": time.time(), "histograms": summary})
+
+    def _write_text(self, step: int, key: str, text: str) -> None:
+        self._write({"step": step, "time": time.time(), "text": {key: text}})
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read a JSONL log written by :class:`JsonlLogger`.
+
+    A torn last line (a crash mid-write) is skipped; a malformed line elsewhere raises.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If a line other than the last is not a JSON object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no JSONL log at {path}")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records: list[dict[str, Any]] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1:
+                break  # torn final line from an interrupted write
+            raise ValueError(f"{path}:{i + 1}: not valid JSON ({err.msg})") from err
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{i + 1}: expected a JSON object, got {type(record).__name__}")
+        records.append(record)
+    return records

@@ -1,0 +1,130 @@
+"""Training curves (loss, learning rate, …) from a JSONL log to a PNG, with matplotlib's Agg canvas
+(no display, no pyplot global state — safe in training processes and threads)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from tjx.metrics.loggers.jsonl import read_jsonl
+
+__all__ = ["load_curves", "plot_curves"]
+
+KeySpec = str | Sequence[str]
+
+
+def load_curves(
+    jsonl_path: str | os.PathLike[str], keys: Sequence[str]
+) -> dict[str, tuple[list[int], list[float]]]:
+    """``{key: (steps, values)}`` from a JSONL log, sorted by step.
+
+    When a step appears more than once for a key (a run resumed from an earlier checkpoint logs
+    those steps again) the last record wins, so the curve shows the run that continued.
+    """
+    latest: dict[str, dict[int, float]] = {k: {} for k in keys}
+    for record in read_jsonl(jsonl_path):
+        step = record.get("step")
+        if not isinstance(step, int):
+            continue
+        for key in keys:
+            value = record.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                latest[key][step] = float(value)
+    return {
+        key: ([s for s in sorted(points)], [points[s] for s in sorted(points)])
+        for key, points in latest.items()
+        if points
+    }
+
+
+def plot_curves(
+    jsonl_path: str | os.PathLike[str],
+    png_path: str | os.PathLike[str],
+    keys: Sequence[KeySpec] = ("loss", "learning_rate"),
+    *,
+    title: str | None = None,
+    log_y: Sequence[str] = (),
+    dpi: int = 100,
+) -> Path:
+    """Plot curves from a JSONL log to a PNG, one panel per key (shared step axis).
+
+    Parameters
+    ----------
+    jsonl_path
+        Log written by :class:`~tjx.metrics.JsonlLogger`.
+    png_path
+        Output image (parent folders created).
+    keys
+        Scalars to plot. An entry may be a tuple of keys drawn in the same panel, e.g.
+        ``(("loss", "eval_loss"), "learning_rate")``. Keys missing from the log are left out.
+    title
+        Figure title (default: the log's file name).
+    log_y
+        Keys whose panel uses a log-scale y axis (non-positive values are dropped there).
+    dpi
+        Resolution.
+
+    Returns
+    -------
+    Path
+        ``png_path``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the log does not exist.
+    ValueError
+        If none of the keys has a numeric value in the log (the message lists the keys it has).
+    """
+    if not keys:
+        raise ValueError("keys must name at least one scalar to plot")
+    panels = [[k] if isinstance(k, str) else list(k) for k in keys]
+    flat = [k for panel in panels for k in panel]
+    curves = load_curves(jsonl_path, flat)
+    panels = [[k for k in panel if k in curves] for panel in panels]
+    panels = [panel for panel in panels if panel]
+    if not panels:
+        available = sorted(
+            {
+                k
+                for r in read_jsonl(jsonl_path)
+                for k, v in r.items()
+                if k not in ("step", "time") and isinstance(v, int | float)
+            }
+        )
+        raise ValueError(
+            f"none of the keys {flat} has values in {jsonl_path}; it has: {', '.join(available)}"
+        )
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.0, 2.6 * len(panels)), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, panel in zip(axes, panels, strict=True):
+        logscale = any(k in log_y for k in panel)
+        for key in panel:
+            steps, values = curves[key]
+            if logscale:
+                pairs = [(s, v) for s, v in zip(steps, values, strict=True) if v > 0]
+                steps, values = [p[0] for p in pairs], [p[1] for p in pairs]
+            # NaN / inf values make gaps in the line instead of disappearing silently.
+            ys = [v if math.isfinite(v) else math.nan for v in values]
+            ax.plot(steps, ys, label=key, linewidth=1.2)
+        if logscale:
+            ax.set_yscale("log")
+        ax.set_ylabel(panel[0] if len(panel) == 1 else "value")
+        if len(panel) > 1:
+            ax.legend(loc="best", fontsize="small")
+        ax.grid(True, alpha=0.3)
+        if not logscale:
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
+    axes[-1].set_xlabel("step")
+    fig.suptitle(title or Path(jsonl_path).name)
+    out = Path(png_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out

@@ -1,0 +1,21 @@
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "tjx.metrics.accumulate",
+    "tjx.metrics.devices",
+    "tjx.metrics.flops",
+    "tjx.metrics.lm",
+    "tjx.metrics.throughput",
+    "tjx.metrics.loggers.console",
+    "tjx.metrics.loggers.factory",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+    assert result.attempted > 0

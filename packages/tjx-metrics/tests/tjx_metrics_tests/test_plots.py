@@ -1,0 +1,79 @@
+import json
+import struct
+from typing import Any
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from tjx.metrics import JsonlLogger, load_curves, plot_curves
+
+
+def _write_log(path, rng, steps=40):
+    with JsonlLogger(path) as logger:
+        for step in range(steps):
+            logger.log_scalars(
+                step,
+                {
+                    "loss": 5.0 * np.exp(-step / 15) + rng.uniform(0, 0.1),
+                    "learning_rate": 3e-4 * min(1.0, (step + 1) / 10),
+                },
+            )
+            if step % 10 == 0:
+                logger.log_scalars(step, {"eval_loss": 5.0 * np.exp(-step / 15) + 0.2})
+                logger.log_text(step, "sample", "text")
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_plot_curves_writes_a_sensible_png(tmp_path):
+    rng = np.random.default_rng(0)
+    log = tmp_path / "metrics.jsonl"
+    _write_log(log, rng)
+    out = plot_curves(log, tmp_path / "plots" / "curves.png", dpi=100)
+    assert out == tmp_path / "plots" / "curves.png"
+    assert _png_size(out) == (800, 520)  # 8 in × 100 dpi, two panels × 2.6 in
+    assert 10_000 < out.stat().st_size < 2_000_000
+    pixels = matplotlib.image.imread(out)
+    dark = (pixels[..., :3].mean(-1) < 0.5).mean()
+    assert 0.001 < dark < 0.5  # lines and text drawn, not blank and not a filled canvas
+
+    grouped = plot_curves(
+        log,
+        tmp_path / "g.png",
+        keys=(("loss", "eval_loss"), "learning_rate", "absent"),
+        log_y=("loss",),
+        title="run",
+    )
+    assert _png_size(grouped) == (800, 520)
+
+
+def test_load_curves_last_record_wins_and_sorted(tmp_path):
+    log = tmp_path / "m.jsonl"
+    rows: list[dict[str, Any]] = [{"step": s, "loss": float(s)} for s in (1, 2, 3)]
+    rows += [{"step": s, "loss": 10.0 + s} for s in (2, 3, 4)]  # resumed from step 2
+    rows += [
+        {"step": 5, "loss": "nan-as-text"},
+        {"step": "x", "loss": 1.0},
+        {"step": 6, "loss": True},
+    ]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    curves = load_curves(log, ["loss", "missing"])
+    assert curves == {"loss": ([1, 2, 3, 4], [1.0, 12.0, 13.0, 14.0])}
+
+
+def test_plot_curves_bad_input(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        plot_curves(tmp_path / "nope.jsonl", tmp_path / "x.png")
+    log = tmp_path / "m.jsonl"
+    log.write_text(json.dumps({"step": 1, "accuracy": 0.5}) + "\n")
+    with pytest.raises(ValueError, match="has: accuracy"):
+        plot_curves(log, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="at least one"):
+        plot_curves(log, tmp_path / "x.png", keys=())
+    assert not (tmp_path / "x.png").exists()

@@ -1,0 +1,94 @@
+"""tjx.optim: optimizers, schedules and the gradient-processing chain for transformer training.
+
+Built on optax; see README.md for the API table and defaults.
+"""
+
+from tjx.optim.accumulate import accumulate_gradients
+from tjx.optim.config import (
+    OPTIMIZER_NAMES,
+    SCHEDULE_NAMES,
+    OptimizerConfig,
+    ScheduleConfig,
+)
+from tjx.optim.loss_scale import (
+    DynamicLossScaleState,
+    all_finite,
+    dynamic_loss_scale,
+    loss_scale_value,
+    scale_loss,
+    unscale_grads,
+)
+from tjx.optim.masks import any_component, decay_mask, path_to_str
+from tjx.optim.muon import muon_dimension_numbers, muon_mask
+from tjx.optim.optimizers import (
+    DEFAULT_LEARNING_RATES,
+    build_optimizer,
+    learning_rate_schedule,
+    optimizer_core,
+)
+from tjx.optim.plot import plot_schedule, schedule_values
+from tjx.optim.report import find_state, step_report
+from tjx.optim.schedules import (
+    build_schedule,
+    constant,
+    cosine_decay,
+    inverse_sqrt,
+    join,
+    linear_decay,
+    linear_warmup,
+    sqrt_decay,
+    warmup_stable_decay,
+    with_warmup,
+)
+from tjx.optim.transforms import (
+    ClipStatsState,
+    ScheduleStatsState,
+    clip_by_global_norm_with_stats,
+    scale_by_schedule_with_stats,
+    skip_nonfinite,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_LEARNING_RATES",
+    "OPTIMIZER_NAMES",
+    "SCHEDULE_NAMES",
+    "ClipStatsState",
+    "DynamicLossScaleState",
+    "OptimizerConfig",
+    "ScheduleConfig",
+    "ScheduleStatsState",
+    "__version__",
+    "accumulate_gradients",
+    "all_finite",
+    "any_component",
+    "build_optimizer",
+    "build_schedule",
+    "clip_by_global_norm_with_stats",
+    "constant",
+    "cosine_decay",
+    "decay_mask",
+    "dynamic_loss_scale",
+    "find_state",
+    "inverse_sqrt",
+    "join",
+    "learning_rate_schedule",
+    "linear_decay",
+    "linear_warmup",
+    "loss_scale_value",
+    "muon_dimension_numbers",
+    "muon_mask",
+    "optimizer_core",
+    "path_to_str",
+    "plot_schedule",
+    "scale_by_schedule_with_stats",
+    "scale_loss",
+    "schedule_values",
+    "skip_nonfinite",
+    "sqrt_decay",
+    "step_report",
+    "unscale_grads",
+    "warmup_stable_decay",
+    "with_warmup",
+]

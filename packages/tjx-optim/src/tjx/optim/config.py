@@ -1,0 +1,296 @@
+"""Typed, validated configuration for schedules and optimizers.
+
+Every field is checked in ``__post_init__`` so a bad YAML value fails when the config is built,
+with a ``ValueError`` naming the field and what it may be, not deep inside a jitted step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from numpy import bool_ as np_bool
+
+__all__ = [
+    "ACCUMULATION_MODES",
+    "LOSS_SCALES",
+    "OPTIMIZER_NAMES",
+    "SCHEDULE_NAMES",
+    "WSD_DECAY_SHAPES",
+    "OptimizerConfig",
+    "ScheduleConfig",
+]
+
+SCHEDULE_NAMES: tuple[str, ...] = (
+    "constant",
+    "linear_warmup",
+    "cosine",
+    "linear",
+    "inverse_sqrt",
+    "wsd",
+)
+WSD_DECAY_SHAPES: tuple[str, ...] = ("linear", "cosine", "sqrt")
+OPTIMIZER_NAMES: tuple[str, ...] = ("adamw", "adam", "sgd", "lamb", "lion", "adafactor", "muon")
+LOSS_SCALES: tuple[str | None, ...] = (None, "dynamic")
+ACCUMULATION_MODES: tuple[str, ...] = ("scan", "multi_steps")
+
+
+def _choice(field: str, value: object, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{field}={value!r} is not allowed; allowed values: {list(allowed)}")
+
+
+def _number(
+    field: str,
+    value: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+) -> None:
+    """Check that ``value`` is a finite number inside the stated interval."""
+    kind = "an integer" if integer else "a number"
+    # numbers.Integral / numbers.Real also admit numpy scalars (e.g. from np.arange sweeps).
+    ok_type = isinstance(value, numbers.Integral if integer else numbers.Real)
+    lo = "-inf" if low is None else f"{low:g}"
+    hi = "inf" if high is None else f"{high:g}"
+    left = "(" if low_open or low is None else "["
+    right = ")" if high_open or high is None else "]"
+    interval = f"{left}{lo}, {hi}{right}"
+    if isinstance(value, bool | np_bool) or not ok_type or not isinstance(value, numbers.Real):
+        raise ValueError(f"{field}={value!r} must be {kind} in {interval}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{field}={value!r} must be {kind} in {interval}")
+    bad_low = low is not None and (v <= low if low_open else v < low)
+    bad_high = high is not None and (v >= high if high_open else v > high)
+    if bad_low or bad_high:
+        raise ValueError(f"{field}={value!r} is out of range; allowed values: {interval}")
+
+
+def _regex(field: str, value: str | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ValueError(f"{field}={value!r} must be a regular expression string or None")
+    try:
+        re.compile(value)
+    except re.error as err:
+        raise ValueError(f"{field}={value!r} is not a valid regular expression: {err}") from err
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning-rate schedule.
+
+    Every schedule starts with ``warmup_steps`` of linear warmup from ``init_lr_ratio * peak_lr`` to
+    ``peak_lr`` (none when ``warmup_steps == 0``), then follows its body:
+
+    * ``constant`` / ``linear_warmup``: hold ``peak_lr`` (``linear_warmup`` needs warmup steps).
+    * ``cosine``: cosine decay to ``min_lr_ratio * peak_lr`` at ``total_steps``, then hold it.
+    * ``linear``: linear decay to ``min_lr_ratio * peak_lr`` at ``total_steps``, then hold.
+    * ``inverse_sqrt``: ``peak_lr * sqrt(max(warmup_steps, 1) / step)`` (Transformer paper).
+    * ``wsd``: warmup, hold ``peak_lr``, then decay over the last ``decay_fraction * total_steps``
+      steps to ``min_lr_ratio * peak_lr`` with ``decay_shape`` (``linear``, ``cosine`` or ``sqrt``).
+    """
+
+    name: str = "cosine"
+    peak_lr: float = 3e-4
+    warmup_steps: int = 0
+    total_steps: int = 10_000
+    min_lr_ratio: float = 0.1
+    init_lr_ratio: float = 0.0
+    decay_fraction: float = 0.2
+    decay_shape: str = "linear"
+
+    def __post_init__(self) -> None:
+        _choice("ScheduleConfig.name", self.name, SCHEDULE_NAMES)
+        _number("ScheduleConfig.peak_lr", self.peak_lr, low=0.0, low_open=True)
+        _number("ScheduleConfig.total_steps", self.total_steps, low=1, integer=True)
+        _number("ScheduleConfig.warmup_steps", self.warmup_steps, low=0, integer=True)
+        if self.warmup_steps > self.total_steps:
+            raise ValueError(
+                f"ScheduleConfig.warmup_steps={self.warmup_steps} is longer than the run; allowed "
+                f"values: 0 <= warmup_steps <= total_steps={self.total_steps}"
+            )
+        if self.name == "linear_warmup" and self.warmup_steps == 0:
+            raise ValueError(
+                "ScheduleConfig.warmup_steps=0 with name='linear_warmup'; allowed values: "
+                f"1 <= warmup_steps <= total_steps={self.total_steps} (or use name='constant')"
+            )
+        _number("ScheduleConfig.min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
+        _number("ScheduleConfig.init_lr_ratio", self.init_lr_ratio, low=0.0, high=1.0)
+        _number(
+            "ScheduleConfig.decay_fraction", self.decay_fraction, low=0.0, high=1.0, low_open=True
+        )
+        _choice("ScheduleConfig.decay_shape", self.decay_shape, WSD_DECAY_SHAPES)
+        if self.name == "wsd":
+            decay = int(round(self.decay_fraction * self.total_steps))
+            if self.warmup_steps + decay > self.total_steps:
+                raise ValueError(
+                    f"ScheduleConfig.decay_fraction={self.decay_fraction} with warmup_steps="
+                    f"{self.warmup_steps} exceeds the run; allowed values: warmup_steps + "
+                    f"round(decay_fraction * total_steps) <= total_steps={self.total_steps}"
+                )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ScheduleConfig:
+        """Build from a mapping (e.g. parsed YAML); unknown keys raise ``ValueError``."""
+        return cls(**_known_keys(cls, d))
+
+
+def _known_keys(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ValueError(f"{cls.__name__} got unknown fields {unknown}; allowed fields: {names}")
+    return dict(d)
+
+
+# Per-optimizer defaults for the fields left as None (see README's defaults table).
+_DEFAULTS: dict[str, dict[str, float | bool]] = {
+    "adamw": {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.1},
+    "adam": {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
+    "sgd": {"momentum": 0.9, "nesterov": False, "weight_decay": 0.0},
+    "lamb": {"b1": 0.9, "b2": 0.999, "eps": 1e-6, "weight_decay": 0.01},
+    "lion": {"b1": 0.9, "b2": 0.99, "weight_decay": 0.1},
+    "adafactor": {"eps": 1e-30, "weight_decay": 0.0},
+    "muon": {
+        "b1": 0.9,
+        "b2": 0.999,
+        "eps": 1e-8,
+        "momentum": 0.95,
+        "nesterov": True,
+        "weight_decay": 0.0,
+    },
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """The whole gradient-processing chain (see ``build_optimizer``).
+
+    Fields left as ``None`` take the per-optimizer default (``resolved()`` fills them in; the
+    README has the table). Set either ``learning_rate`` (a constant) or ``schedule``; with neither,
+    the rate is a constant ``3e-4``.
+
+    * ``b1``/``b2``/``eps``: Adam-family moments (Lion uses ``b1``/``b2``; Muon uses them for the
+      AdamW half). ``momentum``/``nesterov``: SGD and Muon momentum.
+    * ``weight_decay``: decoupled (times the learning rate) for adamw, lamb, lion, adafactor, muon;
+      L2 added to the gradient for adam and sgd. Masked by ``decay_mask_regex``/``no_decay_regex``.
+    * ``clip_norm``: global-norm clipping threshold (None: no clipping).
+    * ``skip_nonfinite``: skip steps whose gradients hold NaN/Inf (counted in the state).
+    * ``loss_scale``: None or ``"dynamic"`` (fp16): ``loss_scale_init``, halve on overflow, double
+      after ``loss_scale_growth_interval`` good steps, never below ``loss_scale_min``.
+    * ``accumulation_steps`` with ``accumulation_mode``: ``"scan"`` (the trainer calls
+      ``accumulate_gradients``) or ``"multi_steps"`` (``optax.MultiSteps`` wraps the chain).
+    * ``muon_adam_lr_ratio``: AdamW's learning rate on non-Muon params as a ratio of Muon's;
+      ``muon_stacked_layers`` (None: detect from paths) and ``muon_exclude_regex``: see
+      ``muon_dimension_numbers``.
+    """
+
+    name: str = "adamw"
+    learning_rate: float | None = None
+    schedule: ScheduleConfig | None = None
+    b1: float | None = None
+    b2: float | None = None
+    eps: float | None = None
+    weight_decay: float | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
+    clip_norm: float | None = 1.0
+    skip_nonfinite: bool = True
+    loss_scale: str | None = None
+    loss_scale_init: float = 2.0**15
+    loss_scale_growth_interval: int = 2000
+    loss_scale_min: float = 1.0
+    accumulation_steps: int = 1
+    accumulation_mode: str = "scan"
+    decay_mask_regex: str | None = None
+    no_decay_regex: str | None = None
+    adafactor_factored: bool = True
+    adafactor_min_dim_size_to_factor: int = 128
+    muon_ns_steps: int = 5
+    muon_adam_lr_ratio: float = 1.0
+    muon_stacked_layers: bool | None = None
+    muon_exclude_regex: str | None = None
+
+    def __post_init__(self) -> None:
+        _choice("OptimizerConfig.name", self.name, OPTIMIZER_NAMES)
+        if isinstance(self.schedule, Mapping):
+            # YAML gives a mapping; frozen dataclass, so set through object.__setattr__.
+            object.__setattr__(self, "schedule", ScheduleConfig.from_dict(self.schedule))
+        if self.schedule is not None and not isinstance(self.schedule, ScheduleConfig):
+            raise ValueError(
+                f"OptimizerConfig.schedule={self.schedule!r} must be a ScheduleConfig, a mapping "
+                "or None"
+            )
+        if self.learning_rate is not None and self.schedule is not None:
+            raise ValueError(
+                "OptimizerConfig.learning_rate and OptimizerConfig.schedule are both set; allowed: "
+                "one of them (schedule.peak_lr is the peak rate)"
+            )
+        if self.learning_rate is not None:
+            _number("OptimizerConfig.learning_rate", self.learning_rate, low=0.0, low_open=True)
+        for field in ("b1", "b2", "momentum"):
+            value = getattr(self, field)
+            if value is not None:
+                _number(f"OptimizerConfig.{field}", value, low=0.0, high=1.0, high_open=True)
+        if self.eps is not None:
+            _number("OptimizerConfig.eps", self.eps, low=0.0)
+        if self.weight_decay is not None:
+            _number("OptimizerConfig.weight_decay", self.weight_decay, low=0.0)
+        for field in ("nesterov", "skip_nonfinite", "adafactor_factored", "muon_stacked_layers"):
+            value = getattr(self, field)
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(
+                    f"OptimizerConfig.{field}={value!r}; allowed values: [True, False]"
+                )
+        if self.clip_norm is not None:
+            _number("OptimizerConfig.clip_norm", self.clip_norm, low=0.0, low_open=True)
+        _choice("OptimizerConfig.loss_scale", self.loss_scale, LOSS_SCALES)
+        _number("OptimizerConfig.loss_scale_init", self.loss_scale_init, low=1.0)
+        _number(
+            "OptimizerConfig.loss_scale_growth_interval",
+            self.loss_scale_growth_interval,
+            low=1,
+            integer=True,
+        )
+        _number("OptimizerConfig.loss_scale_min", self.loss_scale_min, low=0.0, low_open=True)
+        if self.loss_scale == "dynamic" and not self.skip_nonfinite:
+            raise ValueError(
+                "OptimizerConfig.skip_nonfinite=False with loss_scale='dynamic'; allowed values: "
+                "skip_nonfinite=True (an overflowed step must be skipped)"
+            )
+        _number("OptimizerConfig.accumulation_steps", self.accumulation_steps, low=1, integer=True)
+        _choice("OptimizerConfig.accumulation_mode", self.accumulation_mode, ACCUMULATION_MODES)
+        _regex("OptimizerConfig.decay_mask_regex", self.decay_mask_regex)
+        _regex("OptimizerConfig.no_decay_regex", self.no_decay_regex)
+        _regex("OptimizerConfig.muon_exclude_regex", self.muon_exclude_regex)
+        _number(
+            "OptimizerConfig.adafactor_min_dim_size_to_factor",
+            self.adafactor_min_dim_size_to_factor,
+            low=1,
+            integer=True,
+        )
+        _number("OptimizerConfig.muon_ns_steps", self.muon_ns_steps, low=1, integer=True)
+        _number(
+            "OptimizerConfig.muon_adam_lr_ratio", self.muon_adam_lr_ratio, low=0.0, low_open=True
+        )
+
+    def resolved(self) -> OptimizerConfig:
+        """A copy with every ``None`` hyper-parameter replaced by this optimizer's default."""
+        fill = {k: v for k, v in _DEFAULTS[self.name].items() if getattr(self, k) is None}
+        # Only the fields that apply to this optimizer are filled; the rest stay None.
+        return dataclasses.replace(self, **fill)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> OptimizerConfig:
+        """Build from a mapping (e.g. parsed YAML); ``schedule`` may itself be a mapping."""
+        return cls(**_known_keys(cls, d))

@@ -1,0 +1,160 @@
+"""``build_optimizer``: the whole gradient-processing chain from one ``OptimizerConfig``.
+
+The chain, outermost first (every stage's state is a NamedTuple that ``step_report`` finds)::
+
+    [optax.MultiSteps]                          accumulation_mode="multi_steps", k > 1
+      optax.chain(
+        [dynamic_loss_scale]                    loss_scale="dynamic": unscale, adapt the scale
+        clip_by_global_norm_with_stats          record pre-clip norm; clip if clip_norm is set
+        [skip_nonfinite](                       optax.apply_if_finite: skip + count NaN/Inf steps
+          optax.chain(
+            optimizer core (learning rate 1)    the optimizer, weight decay under the mask
+            scale_by_schedule_with_stats)))     times lr(count); records the rate
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import optax
+from optax import contrib
+
+from tjx.optim.config import OptimizerConfig
+from tjx.optim.loss_scale import dynamic_loss_scale
+from tjx.optim.masks import decay_mask
+from tjx.optim.muon import muon_dimension_numbers
+from tjx.optim.schedules import build_schedule
+from tjx.optim.transforms import (
+    clip_by_global_norm_with_stats,
+    scale_by_schedule_with_stats,
+    skip_nonfinite,
+)
+
+__all__ = ["DEFAULT_LEARNING_RATES", "build_optimizer", "learning_rate_schedule", "optimizer_core"]
+
+# The constant rate used when neither learning_rate nor schedule is set.
+DEFAULT_LEARNING_RATES: dict[str, float] = {
+    "adamw": 3e-4,
+    "adam": 3e-4,
+    "sgd": 1e-2,
+    "lamb": 1e-3,
+    "lion": 1e-4,
+    "adafactor": 1e-2,
+    "muon": 2e-2,
+}
+
+
+def learning_rate_schedule(config: OptimizerConfig) -> optax.ScalarOrSchedule:
+    """``build_schedule(config.schedule)``, else ``config.learning_rate``, else the default."""
+    if config.schedule is not None:
+        return build_schedule(config.schedule)
+    if config.learning_rate is not None:
+        return float(config.learning_rate)
+    return DEFAULT_LEARNING_RATES[config.name]
+
+
+def _l2(weight_decay: float, mask: Any) -> list[optax.GradientTransformation]:
+    # Coupled (L2) decay: added to the gradient before the optimizer's statistics see it.
+    return [optax.add_decayed_weights(weight_decay, mask)] if weight_decay > 0 else []
+
+
+def optimizer_core(config: OptimizerConfig) -> optax.GradientTransformation:
+    """The bare optimizer with learning rate 1 (updates already point downhill).
+
+    Multiply by the learning rate afterwards (``scale_by_schedule_with_stats``) to get the
+    optimizer; weight decay is masked by ``decay_mask`` with the config's regexes.
+
+    Parameters
+    ----------
+    config
+        Any ``OptimizerConfig``; ``None`` hyper-parameters take the per-optimizer defaults.
+
+    Returns
+    -------
+    optax.GradientTransformation
+    """
+    c = config.resolved()
+    mask = functools.partial(
+        decay_mask, decay_regex=c.decay_mask_regex, no_decay_regex=c.no_decay_regex
+    )
+    wd = float(c.weight_decay or 0.0)
+    b1, b2, eps = c.b1, c.b2, c.eps
+    if c.name == "adamw":
+        return optax.adamw(1.0, b1=b1, b2=b2, eps=eps, weight_decay=wd, mask=mask)  # type: ignore[arg-type]
+    if c.name == "adam":
+        return optax.chain(*_l2(wd, mask), optax.adam(1.0, b1=b1, b2=b2, eps=eps))  # type: ignore[arg-type]
+    if c.name == "sgd":
+        momentum = c.momentum or None  # optax: None means plain SGD
+        sgd = optax.sgd(1.0, momentum=momentum, nesterov=bool(c.nesterov))
+        return optax.chain(*_l2(wd, mask), sgd)
+    if c.name == "lamb":
+        return optax.lamb(1.0, b1=b1, b2=b2, eps=eps, weight_decay=wd, mask=mask)  # type: ignore[arg-type]
+    if c.name == "lion":
+        return optax.lion(1.0, b1=b1, b2=b2, weight_decay=wd, mask=mask)  # type: ignore[arg-type]
+    if c.name == "adafactor":
+        return optax.adafactor(
+            learning_rate=None,
+            min_dim_size_to_factor=c.adafactor_min_dim_size_to_factor,
+            factored=c.adafactor_factored,
+            eps=eps,  # type: ignore[arg-type]
+            weight_decay_rate=wd if wd > 0 else None,
+            weight_decay_mask=mask,
+        )
+    # "muon": optax.contrib.muon exists in optax 0.2.8, so use it. Its AdamW half holds
+    # embeddings, the head and vectors, which the default mask exempts anyway, so no decay there.
+    return contrib.muon(
+        learning_rate=1.0,
+        ns_steps=c.muon_ns_steps,
+        beta=c.momentum,  # type: ignore[arg-type]
+        eps=eps,  # type: ignore[arg-type]
+        weight_decay=wd,
+        weight_decay_mask=mask,
+        nesterov=bool(c.nesterov),
+        adam_b1=b1,  # type: ignore[arg-type]
+        adam_b2=b2,  # type: ignore[arg-type]
+        adam_weight_decay=0.0,
+        adam_learning_rate=c.muon_adam_lr_ratio,
+        muon_weight_dimension_numbers=functools.partial(
+            muon_dimension_numbers,
+            stacked=c.muon_stacked_layers,
+            exclude_regex=c.muon_exclude_regex,
+        ),
+    )
+
+
+def build_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
+    """The whole chain: loss scaling, clipping, non-finite skip, masked optimizer, schedule.
+
+    Parameters
+    ----------
+    config
+        A validated ``OptimizerConfig``.
+
+    Returns
+    -------
+    optax.GradientTransformation
+        Use as any optax optimizer: ``tx.init(params)``, ``tx.update(grads, state, params)``
+        (``params`` is required: weight decay and some optimizers read it). Pass the state to
+        ``step_report`` for lr, norms, clipped/skipped flags and counters.
+    """
+    c = config.resolved()
+    inner: optax.GradientTransformation = optax.chain(
+        optimizer_core(c), scale_by_schedule_with_stats(learning_rate_schedule(c))
+    )
+    if c.skip_nonfinite:
+        inner = skip_nonfinite(inner)
+    stages: list[optax.GradientTransformation] = []
+    if c.loss_scale == "dynamic":
+        stages.append(
+            dynamic_loss_scale(
+                init_scale=c.loss_scale_init,
+                growth_interval=c.loss_scale_growth_interval,
+                min_scale=c.loss_scale_min,
+            )
+        )
+    stages += [clip_by_global_norm_with_stats(c.clip_norm), inner]
+    tx: optax.GradientTransformation = optax.chain(*stages)
+    if c.accumulation_mode == "multi_steps" and c.accumulation_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=c.accumulation_steps).gradient_transformation()
+    return tx

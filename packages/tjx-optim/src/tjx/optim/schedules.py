@@ -1,0 +1,157 @@
+"""Learning-rate schedules: composable pieces on optax, and ``build_schedule(config)``.
+
+Each piece is an ``optax.Schedule`` (``step -> lr``) starting at step 0, so pieces compose with
+``join`` (optax.join_schedules, which shifts each piece to start at its boundary).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.typing import ArrayLike
+
+from tjx.optim.config import ScheduleConfig
+
+__all__ = [
+    "build_schedule",
+    "constant",
+    "cosine_decay",
+    "inverse_sqrt",
+    "join",
+    "linear_decay",
+    "linear_warmup",
+    "sqrt_decay",
+    "warmup_stable_decay",
+    "with_warmup",
+]
+
+
+def constant(value: float) -> optax.Schedule:
+    """A constant rate ``value``."""
+    return optax.constant_schedule(value)
+
+
+def linear_warmup(peak: float, steps: int, init: float = 0.0) -> optax.Schedule:
+    """Linear ramp from ``init`` at step 0 to ``peak`` at ``steps``, then hold ``peak``."""
+    return optax.linear_schedule(init, peak, max(int(steps), 1))
+
+
+def cosine_decay(peak: float, steps: int, floor: float = 0.0) -> optax.Schedule:
+    """Cosine from ``peak`` at step 0 to ``floor`` at ``steps``, then hold ``floor``."""
+    alpha = floor / peak if peak else 0.0
+    return optax.cosine_decay_schedule(peak, max(int(steps), 1), alpha=alpha)
+
+
+def linear_decay(peak: float, steps: int, floor: float = 0.0) -> optax.Schedule:
+    """Straight line from ``peak`` at step 0 to ``floor`` at ``steps``, then hold ``floor``."""
+    return optax.linear_schedule(peak, floor, max(int(steps), 1))
+
+
+def sqrt_decay(peak: float, steps: int, floor: float = 0.0) -> optax.Schedule:
+    """``floor + (peak - floor) * (1 - sqrt(t / steps))``: the "1-sqrt" cooldown used with WSD."""
+    n = max(int(steps), 1)
+
+    # optax has no 1-sqrt decay; it is one line.
+    def schedule(step: ArrayLike) -> jax.Array:
+        frac = jnp.clip(jnp.asarray(step, jnp.float32) / n, 0.0, 1.0)
+        return floor + (peak - floor) * (1.0 - jnp.sqrt(frac))
+
+    return schedule
+
+
+def inverse_sqrt(peak: float, timescale: int) -> optax.Schedule:
+    """``peak * sqrt(timescale / max(step, timescale))``: Vaswani et al.'s decay after warmup.
+
+    Starting at step 0 with value ``peak``; put it after ``linear_warmup(peak, timescale)`` with
+    ``join`` to get the Transformer paper's ``min(step / w, sqrt(w / step))`` shape.
+    """
+    w = float(max(int(timescale), 1))
+
+    # optax has no inverse-sqrt schedule. The argument is the step *after* warmup, so add w back.
+    def schedule(step: ArrayLike) -> jax.Array:
+        t = jnp.asarray(step, jnp.float32) + w
+        return peak * jnp.sqrt(w / jnp.maximum(t, w))
+
+    return schedule
+
+
+def join(schedules: Sequence[optax.Schedule], boundaries: Sequence[int]) -> optax.Schedule:
+    """Run ``schedules[i]`` from ``boundaries[i-1]``; each piece counts steps from its start."""
+    if len(boundaries) != len(schedules) - 1:
+        raise ValueError(
+            f"boundaries has {len(boundaries)} entries; allowed: len(schedules) - 1 = "
+            f"{len(schedules) - 1}"
+        )
+    return optax.join_schedules(list(schedules), [int(b) for b in boundaries])
+
+
+def with_warmup(
+    body: optax.Schedule, warmup_steps: int, peak: float, init: float = 0.0
+) -> optax.Schedule:
+    """Linear warmup from ``init`` to ``peak`` over ``warmup_steps``, then ``body`` (from its 0)."""
+    if warmup_steps <= 0:
+        return body
+    return join([linear_warmup(peak, warmup_steps, init), body], [warmup_steps])
+
+
+def warmup_stable_decay(
+    peak: float,
+    *,
+    warmup_steps: int,
+    total_steps: int,
+    decay_steps: int,
+    floor: float = 0.0,
+    init: float = 0.0,
+    decay_shape: str = "linear",
+) -> optax.Schedule:
+    """Warmup, hold ``peak``, then decay to ``floor`` over the last ``decay_steps`` of the run."""
+    shapes = {"linear": linear_decay, "cosine": cosine_decay, "sqrt": sqrt_decay}
+    if decay_shape not in shapes:
+        raise ValueError(f"decay_shape={decay_shape!r}; allowed values: {sorted(shapes)}")
+    stable = max(total_steps - warmup_steps - decay_steps, 0)
+    decay = shapes[decay_shape](peak, decay_steps, floor)
+    body = join([constant(peak), decay], [stable]) if decay_steps > 0 else constant(peak)
+    return with_warmup(body, warmup_steps, peak, init)
+
+
+def build_schedule(config: ScheduleConfig) -> optax.Schedule:
+    """The schedule ``config`` describes (see ``ScheduleConfig`` for each name's shape).
+
+    Parameters
+    ----------
+    config
+        A validated ``ScheduleConfig``.
+
+    Returns
+    -------
+    optax.Schedule
+        ``step -> learning rate``, jit-friendly (``step`` may be a traced int32).
+    """
+    peak = float(config.peak_lr)
+    floor = peak * config.min_lr_ratio
+    init = peak * config.init_lr_ratio
+    w, total = config.warmup_steps, config.total_steps
+    rest = max(total - w, 1)
+    if config.name in ("constant", "linear_warmup"):
+        body = constant(peak)
+    elif config.name == "cosine":
+        body = cosine_decay(peak, rest, floor)
+    elif config.name == "linear":
+        body = linear_decay(peak, rest, floor)
+    elif config.name == "inverse_sqrt":
+        body = inverse_sqrt(peak, w)
+    else:  # "wsd"; ScheduleConfig already rejected any other name
+        decay_steps = int(round(config.decay_fraction * total))
+        return warmup_stable_decay(
+            peak,
+            warmup_steps=w,
+            total_steps=total,
+            decay_steps=decay_steps,
+            floor=floor,
+            init=init,
+            decay_shape=config.decay_shape,
+        )
+    return with_warmup(body, w, peak, init)

@@ -1,0 +1,76 @@
+"""Config validation: bad input raises ValueError naming the field and the allowed values."""
+
+from __future__ import annotations
+
+import pytest
+
+from tjx.optim import OPTIMIZER_NAMES, OptimizerConfig, ScheduleConfig, build_optimizer
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        (dict(name="adamax"), r"ScheduleConfig.name='adamax'.*allowed values: \['constant'"),
+        (dict(warmup_steps=200, total_steps=100), r"warmup_steps=200 is longer than the run"),
+        (dict(peak_lr=0.0), r"ScheduleConfig.peak_lr=0.0 is out of range.*\(0, inf\)"),
+        (dict(peak_lr=-1e-3), r"ScheduleConfig.peak_lr"),
+        (dict(peak_lr=float("nan")), r"ScheduleConfig.peak_lr=nan must be a number"),
+        (dict(total_steps=0), r"ScheduleConfig.total_steps"),
+        (dict(warmup_steps=1.5), r"ScheduleConfig.warmup_steps=1.5 must be an integer"),
+        (dict(min_lr_ratio=1.5), r"ScheduleConfig.min_lr_ratio.*\[0, 1\]"),
+        (dict(name="linear_warmup", warmup_steps=0), r"ScheduleConfig.warmup_steps=0"),
+        (dict(decay_shape="exp"), r"ScheduleConfig.decay_shape='exp'.*'sqrt'"),
+        (dict(name="wsd", warmup_steps=90, total_steps=100), r"ScheduleConfig.decay_fraction"),
+    ],
+)
+def test_schedule_config_rejects(kwargs: dict, pattern: str) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        ScheduleConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        (dict(name="adamax"), r"OptimizerConfig.name='adamax'.*'adamw', 'adam', 'sgd'"),
+        (dict(learning_rate=0.0), r"OptimizerConfig.learning_rate=0.0 is out of range"),
+        (dict(learning_rate=-1.0), r"OptimizerConfig.learning_rate"),
+        (dict(weight_decay=-0.1), r"OptimizerConfig.weight_decay=-0.1 is out of range.*\[0, inf\)"),
+        (dict(b1=1.0), r"OptimizerConfig.b1=1.0 is out of range.*\[0, 1\)"),
+        (dict(eps=-1.0), r"OptimizerConfig.eps"),
+        (dict(clip_norm=0.0), r"OptimizerConfig.clip_norm"),
+        (dict(loss_scale="static"), r"OptimizerConfig.loss_scale='static'.*\[None, 'dynamic'\]"),
+        (dict(loss_scale="dynamic", skip_nonfinite=False), r"OptimizerConfig.skip_nonfinite"),
+        (dict(accumulation_steps=0), r"OptimizerConfig.accumulation_steps"),
+        (dict(accumulation_mode="loop"), r"OptimizerConfig.accumulation_mode='loop'"),
+        (dict(decay_mask_regex="("), r"OptimizerConfig.decay_mask_regex"),
+        (dict(no_decay_regex=3), r"OptimizerConfig.no_decay_regex"),
+        (dict(nesterov="yes"), r"OptimizerConfig.nesterov='yes'; allowed values: \[True, False\]"),
+        (dict(learning_rate=1e-3, schedule=ScheduleConfig()), r"both set"),
+        (dict(schedule=3), r"OptimizerConfig.schedule=3"),
+        (dict(schedule={"name": "cosine", "warmup": 3}), r"unknown fields \['warmup'\]"),
+        (dict(schedule={"warmup_steps": 500, "total_steps": 100}), r"longer than the run"),
+        (dict(muon_adam_lr_ratio=0), r"OptimizerConfig.muon_adam_lr_ratio"),
+    ],
+)
+def test_optimizer_config_rejects(kwargs: dict, pattern: str) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        OptimizerConfig(**kwargs)
+
+
+def test_from_dict_and_defaults() -> None:
+    c = OptimizerConfig.from_dict(
+        {"name": "lion", "schedule": {"name": "wsd", "peak_lr": 1e-4, "total_steps": 50}}
+    )
+    assert isinstance(c.schedule, ScheduleConfig) and c.schedule.peak_lr == 1e-4
+    r = c.resolved()
+    assert (r.b1, r.b2, r.weight_decay, r.eps) == (0.9, 0.99, 0.1, None)
+    assert OptimizerConfig(name="adamw", b2=0.95).resolved().b2 == 0.95
+    assert OptimizerConfig(name="muon").resolved().momentum == 0.95
+    with pytest.raises(ValueError, match=r"unknown fields \['lr'\]"):
+        OptimizerConfig.from_dict({"lr": 1.0})
+
+
+@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+def test_every_name_builds(name: str) -> None:
+    tx = build_optimizer(OptimizerConfig(name=name))
+    assert callable(tx.init) and callable(tx.update)

@@ -1,0 +1,46 @@
+"""tjx.ckpt: crash-safe training checkpoints on orbax.
+
+Async, keep-N / best-K, atomic, validated on load, resharding restore, safetensors export.
+"""
+
+from tjx.ckpt.errors import (
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    StepExistsError,
+)
+from tjx.ckpt.manager import (
+    CheckpointManager,
+    CorruptCheckpointWarning,
+    Restored,
+    restore_params,
+)
+from tjx.ckpt.metadata import collect_metadata, to_json
+from tjx.ckpt.safetensors_io import (
+    export_safetensors,
+    flat_names,
+    import_safetensors,
+    unflatten_params,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointManager",
+    "CheckpointMismatchError",
+    "CheckpointNotFoundError",
+    "CorruptCheckpointError",
+    "CorruptCheckpointWarning",
+    "Restored",
+    "StepExistsError",
+    "__version__",
+    "collect_metadata",
+    "export_safetensors",
+    "flat_names",
+    "import_safetensors",
+    "restore_params",
+    "to_json",
+    "unflatten_params",
+]

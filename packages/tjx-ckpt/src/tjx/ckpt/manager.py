@@ -1,0 +1,398 @@
+"""CheckpointManager: a whole train state per step, atomic, validated, on orbax.
+
+See the package README for the on-disk layout and the atomicity argument.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
+
+from tjx.ckpt.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    StepExistsError,
+)
+from tjx.ckpt.metadata import collect_metadata, to_json
+from tjx.ckpt.reader import (
+    CONFIG,
+    DATA_STATE,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    STATE,
+    CorruptCheckpointWarning,
+    Restored,
+    StepContents,
+    read_step,
+)
+from tjx.ckpt.treepaths import flatten, nest
+from tjx.ckpt.validate import fingerprints, storable
+
+TRASH_DIR = "_deleted"  # old steps are renamed here (atomic) before being removed
+CORRUPT_DIR = "_corrupt"  # a corrupt step is moved here when its step number is saved again
+_ITEMS = (STATE, DATA_STATE, CONFIG, MANIFEST)
+
+
+def _positive_or_none(name: str, value: int | None) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+
+
+class CheckpointManager:
+    """Saves and restores whole train states under ``directory``, one sub-directory per step.
+
+    Parameters
+    ----------
+    directory:
+        The run's checkpoint directory (created unless ``read_only``).
+    keep_last:
+        Keep the newest ``keep_last`` steps (None keeps all).
+    keep_best:
+        Also keep the ``keep_best`` best steps by ``metrics[best_metric]`` (None: off).
+    best_metric:
+        The metric name ranked by ``keep_best`` (required with it).
+    best_mode:
+        ``"min"`` or ``"max"``: which end of ``best_metric`` is best.
+    save_every:
+        ``save(step)`` writes only when ``step % save_every == 0`` (or ``force``); None: always.
+    async_save:
+        Write in a background thread; ``save`` returns once device arrays are copied to host.
+    mesh:
+        The training mesh, recorded in the metadata.
+    metadata:
+        Extra JSON-able run metadata stored with every step.
+    read_only:
+        Open an existing directory for restoring only: nothing is created, cleaned or deleted.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        keep_last: int | None = 3,
+        keep_best: int | None = None,
+        best_metric: str | None = None,
+        best_mode: str = "min",
+        save_every: int | None = None,
+        async_save: bool = True,
+        mesh: Any = None,
+        metadata: Mapping[str, Any] | None = None,
+        read_only: bool = False,
+    ) -> None:
+        _positive_or_none("keep_last", keep_last)
+        _positive_or_none("keep_best", keep_best)
+        _positive_or_none("save_every", save_every)
+        if best_mode not in ("min", "max"):
+            raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
+        if keep_best is not None and not best_metric:
+            raise ValueError("best_metric must name a metric when keep_best is set")
+        self.directory = Path(directory).absolute()
+        if self.directory.exists() and not self.directory.is_dir():
+            raise CheckpointError(f"{self.directory} exists and is not a directory")
+        if read_only and not self.directory.is_dir():
+            raise CheckpointNotFoundError(f"checkpoint directory {self.directory} does not exist")
+        self.keep_last, self.keep_best = keep_last, keep_best
+        self.best_metric, self.best_mode = best_metric, best_mode
+        self.save_every, self.read_only = save_every, read_only
+        self._corrupt: set[int] = set()
+        self._run_metadata = collect_metadata(mesh=mesh, extra=metadata)
+        policies: list[Any] = [ocm.LatestN(n=keep_last)]
+        best_fn = None
+        if keep_best is not None:
+            metric = str(best_metric)
+            best_fn = lambda m: float(m[metric])
+            policies.append(
+                ocm.BestN(
+                    get_metric_fn=best_fn,
+                    reverse=best_mode == "min",
+                    n=keep_best,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocm.AnyPreservationPolicy(policies),
+            best_fn=best_fn,
+            best_mode=best_mode,
+            create=not read_only,
+            read_only=read_only,
+            cleanup_tmp_directories=not read_only,
+            todelete_subdir=None if read_only else TRASH_DIR,
+            enable_async_checkpointing=async_save,
+            save_root_metadata=False,
+            # orbax warns when read_only meets the default interval of 1.
+            save_interval_steps=0 if read_only else 1,
+        )
+        self._name_format = ocp.path.step.standard_name_format()
+        self._purge_trash()
+        self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
+
+    # ------------------------------------------------------------------ queries
+
+    def all_steps(self) -> list[int]:
+        """Committed steps on disk now, ascending (orbax's finalization check; no tmp dirs)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(m.step for m in self._name_format.find_all(self.directory))
+
+    def latest_step(self) -> int | None:
+        """The newest committed step, or None (not checked for corruption: see ``restore``)."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def should_save(self, step: int) -> bool:
+        """Whether ``save(step)`` would write without ``force``."""
+        return self.save_every is None or step % self.save_every == 0
+
+    # ------------------------------------------------------------------ save
+
+    def save(
+        self,
+        step: int,
+        *,
+        state: Any,
+        data_state: Any = None,
+        config: Any = None,
+        metrics: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Saves one step: state arrays, data-iterator state, config, metadata, metrics.
+
+        Parameters
+        ----------
+        step:
+            The training step (the step directory's name).
+        state:
+            A pytree of jax/numpy arrays and int/float/bool scalars (params, optimizer state,
+            step, PRNG key ...). Typed PRNG keys are stored as raw ``uint32`` key data plus
+            their impl name. Must not be modified in place before the save finishes
+            (jax arrays are immutable; numpy leaves are copied).
+        data_state:
+            The data iterator's ``state_dict()`` (JSON-able).
+        config:
+            The run config: a dataclass or mapping, converted to JSON.
+        metrics:
+            Scalars recorded with the step; ``metrics[best_metric]`` ranks ``keep_best``.
+        force:
+            Save even when ``save_every`` says no.
+
+        Returns
+        -------
+        bool
+            True if a save was started.
+
+        Raises
+        ------
+        StepExistsError
+            If ``step`` is already committed (and was not found corrupt by ``restore``).
+        """
+        if self.read_only:
+            raise CheckpointError(f"{self.directory} was opened read_only")
+        step = int(step)  # a jax/numpy scalar step is fine
+        if not force and not self.should_save(step):
+            return False
+        stored, specs = {}, {}
+        for path, leaf in flatten(state).items():
+            stored[path], specs[path] = storable(path, leaf)
+        if not stored:
+            raise ValueError("state has no array leaves to save")
+        prints = fingerprints(stored)
+        metadata = dict(self._run_metadata)
+        metadata["time"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+        metrics_json = to_json(dict(metrics), "metrics") if metrics is not None else None
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "step": int(step),
+            "leaves": {p: specs[p].to_json(prints[p]) for p in stored},
+            "metadata": metadata,
+            "metrics": metrics_json,
+        }
+        args = ocp.args.Composite(
+            **{
+                STATE: ocp.args.PyTreeSave(nest(stored)),
+                DATA_STATE: ocp.args.JsonSave(to_json(data_state, "data_state")),
+                CONFIG: ocp.args.JsonSave(to_json(config, "config")),
+                MANIFEST: ocp.args.JsonSave(manifest),
+            }
+        )
+        self.wait_until_finished()
+        if step in self.all_steps():
+            if step not in self._corrupt:
+                raise StepExistsError(f"step {step} already has a checkpoint in {self.directory}")
+            self._quarantine(step)
+        ranked = (
+            metrics_json if self.best_metric and self.best_metric in (metrics_json or {}) else None
+        )
+        return bool(self._mgr.save(step, args=args, metrics=ranked, force=True))
+
+    def _quarantine(self, step: int) -> None:
+        # Keep the corrupt step for inspection instead of deleting it; a rename is atomic.
+        dest = self.directory / CORRUPT_DIR / f"{step}-{time.time_ns()}"
+        dest.parent.mkdir(exist_ok=True)
+        os.rename(self.directory / str(step), dest)
+        self._corrupt.discard(step)
+        self._mgr.reload()
+
+    def _purge_trash(self) -> None:
+        if self.read_only or jax.process_index() != 0:
+            return
+        trash = self.directory / TRASH_DIR
+        if trash.is_dir():
+            for entry in trash.iterdir():
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def wait_until_finished(self) -> None:
+        """Blocks until the pending async save (and old-step removal) has finished."""
+        if hasattr(self, "_mgr"):
+            self._mgr.wait_until_finished()
+            self._purge_trash()
+
+    def close(self) -> None:
+        """Waits for pending work and releases orbax resources."""
+        self.wait_until_finished()
+        self._mgr.close()
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ restore
+
+    def _read(
+        self, step: int | None, target: Any, subtree: str | None
+    ) -> tuple[int, StepContents, tuple[int, ...]]:
+        self._mgr.wait_until_finished()
+        steps = self.all_steps()
+        if not steps:
+            raise CheckpointNotFoundError(f"no complete checkpoint in {self.directory}")
+        if step is not None:
+            if step not in steps:
+                raise CheckpointNotFoundError(
+                    f"step {step} has no complete checkpoint in {self.directory} "
+                    f"(complete steps: {steps})"
+                )
+            try:
+                return step, read_step(self._mgr, step, target=target, subtree=subtree), ()
+            except CorruptCheckpointError:
+                self._corrupt.add(step)  # so that saving this step again may replace it
+                raise
+        skipped: list[int] = []
+        reasons = []
+        for candidate in reversed(steps):
+            try:
+                contents = read_step(self._mgr, candidate, target=target, subtree=subtree)
+            except CorruptCheckpointError as err:
+                warnings.warn(
+                    f"tjx.ckpt: skipping corrupt checkpoint step {candidate}: {err}",
+                    CorruptCheckpointWarning,
+                    stacklevel=3,
+                )
+                self._corrupt.add(candidate)
+                skipped.append(candidate)
+                reasons.append(str(err))
+                continue
+            return candidate, contents, tuple(skipped)
+        raise CorruptCheckpointError(
+            f"no readable checkpoint in {self.directory}; every step failed: " + "; ".join(reasons)
+        )
+
+    def restore(self, step: int | None = None, *, target: Any = None) -> Restored:
+        """Restores a step (default: the newest one that reads back intact).
+
+        Parameters
+        ----------
+        step:
+            The step to restore; None takes the latest complete step, skipping (with a
+            :class:`CorruptCheckpointWarning` naming it) any that cannot be read back intact.
+        target:
+            A tree like the saved state whose leaves are jax arrays or
+            ``jax.ShapeDtypeStruct`` with shardings (restored onto those shardings, whatever
+            the mesh at save time), numpy arrays or Python scalars. Structure, shapes, dtypes
+            (and PRNG impls) are checked first. None restores nested dicts as saved, jax
+            leaves on the first local device.
+
+        Returns
+        -------
+        Restored
+
+        Raises
+        ------
+        CheckpointNotFoundError
+            No complete checkpoint (or not ``step``).
+        CheckpointMismatchError
+            The checkpoint does not fit ``target``; the message names the first path.
+        CorruptCheckpointError
+            ``step`` was given and is corrupt, or every step is.
+        """
+        found, contents, skipped = self._read(step, target, None)
+        manifest = contents.manifest
+        return Restored(
+            step=found,
+            state=contents.state,
+            data_state=contents.data_state,
+            config=contents.config,
+            metadata=dict(manifest.get("metadata") or {}),
+            metrics=manifest.get("metrics"),
+            skipped=skipped,
+        )
+
+    def restore_params(
+        self, *, target: Any, step: int | None = None, subtree: str = "params"
+    ) -> Any:
+        """Restores only the ``subtree`` part of the state (default ``params``) onto ``target``.
+
+        Same step choice, validation and resharding as :meth:`restore`; nothing else is read.
+        """
+        return self._read(step, target, subtree)[1].state
+
+
+def restore_params(
+    directory: str | os.PathLike[str],
+    *,
+    target: Any,
+    step: int | None = None,
+    subtree: str = "params",
+) -> Any:
+    """Restores only the params subtree of a checkpoint, for evaluation or fine-tuning.
+
+    Parameters
+    ----------
+    directory:
+        A run's checkpoint directory (opened read-only: nothing in it is changed).
+    target:
+        The params tree (arrays or ShapeDtypeStructs with the shardings wanted).
+    step:
+        The step; None takes the newest intact one.
+    subtree:
+        The top-level key of the saved state holding the params.
+
+    Returns
+    -------
+    Any
+        The params, shaped like ``target``.
+
+    Raises
+    ------
+    CheckpointNotFoundError
+        If ``directory`` does not exist or holds no complete checkpoint.
+    CheckpointMismatchError
+        If the checkpoint's params do not fit ``target``.
+    """
+    manager = CheckpointManager(directory, read_only=True, keep_last=None)
+    try:
+        return manager.restore_params(target=target, step=step, subtree=subtree)
+    finally:
+        manager.close()

@@ -1,0 +1,21 @@
+"""Shared fixtures of the tjx-ckpt tests."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+
+@pytest.fixture
+def mesh8() -> Mesh:
+    """A 1-d FSDP mesh over the 8 simulated CPU devices."""
+    assert jax.device_count() == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
+    return Mesh(np.array(jax.devices()), ("fsdp",))
+
+
+@pytest.fixture
+def mesh4x2() -> Mesh:
+    """A 4x2 (data, tensor) mesh over the 8 simulated CPU devices."""
+    return Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "tensor"))

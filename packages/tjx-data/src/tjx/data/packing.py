@@ -1,0 +1,202 @@
+"""Pure, vectorised packing: the window order of an epoch and the batches built from it.
+
+The order, exactly
+------------------
+The token stream (documents, each followed by EOS; see :mod:`tjx.data.shards`) of ``N`` tokens is
+cut into windows of ``seq_len + 1`` tokens with stride ``seq_len``: window ``k`` is
+``stream[k*S : k*S + S + 1]``; its first ``S`` tokens are the inputs and its last ``S`` the
+targets, so every stream token except the first is a target exactly once per epoch. There are
+``(N - 1) // S`` full windows, plus one shorter, padded window when ``drop_last=False`` and
+``(N - 1) % S > 0``.
+
+Epoch ``e``'s window order is ``numpy.random.default_rng([seed, e]).permutation(W)`` (or
+``arange(W)`` without shuffle). That order is cut into global batches of
+``process_count * batch_size`` windows; process ``p`` takes windows
+``[p * batch_size, (p + 1) * batch_size)`` of each global batch. ``drop_last=True`` drops the
+final incomplete global batch (its windows are seen in other epochs, in other positions);
+``drop_last=False`` pads it with empty rows (window ``-1``), so every token is used.
+
+Segment ids count documents inside a row from 1 (a new segment starts after each EOS input);
+positions restart at 0 with each segment; padding has segment id 0, position 0, input 0 and
+target ``IGNORE_INDEX`` (-100).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from tjx.data.errors import DataError
+
+__all__ = ["IGNORE_INDEX", "PackingPlan", "TokenStream", "make_batch", "segments_and_positions"]
+
+IGNORE_INDEX = -100
+
+
+class TokenStream:
+    """Shards seen as one array; ``gather`` reads many windows at once."""
+
+    def __init__(self, arrays: list[np.ndarray]):
+        self.arrays = arrays
+        sizes = np.array([a.shape[0] for a in arrays], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self.size = int(self.offsets[-1])
+        self._views: dict[tuple[int, int], np.ndarray] = {}
+
+    def _windows(self, shard: int, length: int) -> np.ndarray:
+        """Read-only view ``[n - length + 1, length]`` of all windows of a shard (no copy)."""
+        key = (shard, length)
+        if key not in self._views:
+            self._views[key] = sliding_window_view(self.arrays[shard], length)
+        return self._views[key]
+
+    def gather(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """Tokens ``[starts[i], starts[i] + length)`` as int32 ``[len(starts), length]``.
+
+        Positions past the end of the stream read as 0 (callers mask them). Rows inside one
+        shard are read with one fancy index into a sliding-window view of the memmap (a
+        contiguous copy per row, no per-token index arithmetic).
+        """
+        if len(self.arrays) == 1 and starts.size and int(starts.max()) + length <= self.size:
+            return self._windows(0, length)[starts].astype(np.int32)  # the common fast path
+        out = np.zeros((starts.shape[0], length), dtype=np.int32)
+        shard_of = np.searchsorted(self.offsets, starts, side="right") - 1
+        local = starts - self.offsets[shard_of]
+        sizes = np.diff(self.offsets)
+        inside = local + length <= sizes[shard_of]
+        for shard in np.unique(shard_of[inside]).tolist():
+            rows = np.flatnonzero(inside & (shard_of == shard))
+            out[rows] = self._windows(shard, length)[local[rows]]
+        for row in np.flatnonzero(~inside).tolist():  # across shards or past the end (rare)
+            start = int(starts[row])
+            stop = min(start + length, self.size)
+            out[row, : stop - start] = self._read(start, stop)
+        return out
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        parts = []
+        for shard, array in enumerate(self.arrays):
+            lo, hi = int(self.offsets[shard]), int(self.offsets[shard + 1])
+            if lo < stop and start < hi:
+                parts.append(array[max(start, lo) - lo : min(stop, hi) - lo])
+        return np.concatenate(parts)
+
+
+@dataclass(frozen=True)
+class PackingPlan:
+    """Which windows each process reads in each step of each epoch (see the module docstring)."""
+
+    num_tokens: int
+    seq_len: int
+    batch_size: int
+    seed: int
+    shuffle: bool = True
+    drop_last: bool = True
+    process_index: int = 0
+    process_count: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "batch_size", "process_count"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.process_index < self.process_count:
+            raise ValueError(
+                f"process_index must be in [0, {self.process_count}), got {self.process_index}"
+            )
+        if self.steps_per_epoch == 0:
+            raise DataError(
+                f"too little data: {self.num_tokens} tokens make {self.num_windows} window(s) of "
+                f"seq_len+1={self.seq_len + 1}, fewer than one global batch of "
+                f"{self.global_batch} (batch_size × process_count); use drop_last=False, a "
+                "smaller batch or more data"
+            )
+
+    @property
+    def num_windows(self) -> int:
+        """Windows per epoch (the padded tail window included when ``drop_last=False``)."""
+        full, rest = divmod(max(self.num_tokens - 1, 0), self.seq_len)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    @property
+    def global_batch(self) -> int:
+        """Rows per step over all processes."""
+        return self.batch_size * self.process_count
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Batches per epoch (the same on every process)."""
+        if self.drop_last:
+            return self.num_windows // self.global_batch
+        return -(-self.num_windows // self.global_batch)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Window ids of this process, ``[steps_per_epoch, batch_size]``; -1 marks padding rows."""
+        windows = self.num_windows
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(windows)
+        else:
+            order = np.arange(windows)
+        total = self.steps_per_epoch * self.global_batch
+        if total > windows:
+            order = np.concatenate([order, np.full(total - windows, -1, dtype=order.dtype)])
+        grid = order[:total].reshape(self.steps_per_epoch, self.process_count, self.batch_size)
+        return np.ascontiguousarray(grid[:, self.process_index, :])
+
+
+@functools.lru_cache(maxsize=8)
+def _arange(n: int) -> np.ndarray:
+    out = np.arange(n, dtype=np.int32)
+    out.flags.writeable = False
+    return out
+
+
+def segments_and_positions(inputs: np.ndarray, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Segment ids (from 1 per row) and positions (from 0 per segment) of packed rows.
+
+    A segment starts at column 0 and after every EOS input. Computed on the flat batch from the
+    (few) segment starts with ``np.repeat``, which is ~3x faster than 2-D cumsum/accumulate.
+    """
+    rows, seq_len = inputs.shape
+    n = rows * seq_len
+    is_start = np.empty((rows, seq_len), dtype=bool)
+    is_start[:, 0] = True
+    np.equal(inputs[:, :-1], eos_id, out=is_start[:, 1:])
+    starts = np.flatnonzero(is_start)  # flat indices; every row start is among them
+    lengths = np.diff(starts, append=n)
+    positions = _arange(n) - np.repeat(starts.astype(np.int32), lengths)
+    first_of_row = np.searchsorted(starts, _arange(rows) * seq_len)
+    segment_of_start = np.arange(1, starts.size + 1, dtype=np.int32)
+    segment_of_start -= first_of_row[starts // seq_len].astype(np.int32)
+    segment_ids = np.repeat(segment_of_start, lengths)
+    return segment_ids.reshape(rows, seq_len), positions.reshape(rows, seq_len)
+
+
+def make_batch(
+    stream: TokenStream, windows: np.ndarray, seq_len: int, eos_id: int
+) -> dict[str, np.ndarray]:
+    """Build one batch of int32 ``inputs``, ``targets``, ``segment_ids``, ``positions``.
+
+    ``windows`` are window ids (-1 = padding row). Everything is whole-batch numpy.
+    """
+    starts = np.maximum(windows, 0).astype(np.int64) * seq_len
+    tokens = stream.gather(starts, seq_len + 1)
+    inputs = np.ascontiguousarray(tokens[:, :-1])
+    targets = np.ascontiguousarray(tokens[:, 1:])
+    segment_ids, positions = segments_and_positions(inputs, eos_id)
+    # A target exists at column t iff stream position start + t + 1 < N (and the row is real).
+    limit = np.where(windows >= 0, stream.size - 1 - starts, 0)
+    if np.any(limit < seq_len):
+        valid = _arange(seq_len)[None, :] < limit[:, None]
+        inputs[~valid] = 0
+        targets[~valid] = IGNORE_INDEX
+        segment_ids[~valid] = 0
+        positions[~valid] = 0
+    return {
+        "inputs": inputs,
+        "targets": targets,
+        "segment_ids": segment_ids,
+        "positions": positions,
+    }

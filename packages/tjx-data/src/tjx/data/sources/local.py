@@ -1,0 +1,97 @@
+"""Local text sources: ``.txt`` (one file = one document), ``.jsonl`` (one row = one document)
+and ``.parquet`` (one row = one document), given as a file, a folder or a glob."""
+
+from __future__ import annotations
+
+import glob as globlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from tjx.data.errors import DataError
+
+__all__ = ["ERRORS", "SUFFIXES", "iter_file", "resolve_files"]
+
+SUFFIXES = (".txt", ".text", ".md", ".jsonl", ".parquet")
+ERRORS = ("strict", "replace")
+
+
+def _decode(data: bytes, path: Path, offset: int, errors: str) -> str:
+    try:
+        return data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: text is not valid UTF-8 at byte offset {offset + exc.start} ({exc.reason}); "
+            "fix the file or pass errors='replace' to replace undecodable bytes with U+FFFD"
+        ) from None
+
+
+def resolve_files(path_or_glob: str, split: str) -> list[Path]:
+    """Expand a file, folder or glob (``{split}`` is replaced by the split) to sorted files.
+
+    A folder that has a sub-folder named like the split uses that sub-folder. Hidden files and
+    files with other suffixes than ``SUFFIXES`` are ignored in folders and globs.
+
+    Raises
+    ------
+    DataError
+        If nothing exists there or no supported file matched.
+    """
+    spec = path_or_glob.replace("{split}", split)
+    expanded = str(Path(spec).expanduser())
+    if any(ch in expanded for ch in "*?["):
+        candidates = [Path(p) for p in globlib.glob(expanded, recursive=True)]
+    else:
+        path = Path(expanded)
+        if not path.exists():
+            raise DataError(f"no such file or folder: {path}")
+        if path.is_file():
+            if path.suffix not in SUFFIXES:
+                raise DataError(f"{path}: unsupported file type; use one of {SUFFIXES}")
+            return [path]
+        if (path / split).is_dir():
+            path = path / split
+        candidates = list(path.rglob("*"))
+    files = sorted(
+        p for p in candidates if p.is_file() and p.suffix in SUFFIXES and not p.name.startswith(".")
+    )
+    if not files:
+        raise DataError(f"{spec}: matched no {'/'.join(SUFFIXES)} files")
+    return files
+
+
+def _iter_jsonl(path: Path, text_field: str, errors: str) -> Iterator[str]:
+    offset = 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            start, offset = offset, offset + len(raw)
+            line = _decode(raw, path, start, errors).strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {number}: invalid JSON ({exc.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+                raise DataError(f"{path}: line {number}: no string field {text_field!r}")
+            yield row[text_field]
+
+
+def _iter_parquet(path: Path, text_field: str) -> Iterator[str]:
+    import datasets  # lazy: importing datasets costs ~0.3-1 s
+
+    table = datasets.load_dataset("parquet", data_files=str(path), split="train", streaming=True)
+    for number, row in enumerate(table):
+        if not isinstance(row.get(text_field), str):
+            raise DataError(f"{path}: row {number}: no string column {text_field!r}")
+        yield row[text_field]
+
+
+def iter_file(path: Path, *, text_field: str = "text", errors: str = "strict") -> Iterator[str]:
+    """Yield the documents of one local file (see the module docstring for what a document is)."""
+    if path.suffix == ".jsonl":
+        yield from _iter_jsonl(path, text_field, errors)
+    elif path.suffix == ".parquet":
+        yield from _iter_parquet(path, text_field)
+    else:
+        yield _decode(path.read_bytes(), path, 0, errors)

@@ -1,0 +1,101 @@
+import json
+import os
+import time
+
+import datasets
+import pytest
+
+from tjx.data import DataError, load_source
+from tjx.data.sources.local import iter_file
+
+
+def test_folder_with_split_subfolders(text_corpus):
+    root, docs = text_corpus
+    train = load_source(str(root), split="train")
+    assert list(train) == docs  # sorted file order: a.txt, b.txt, c.jsonl rows
+    assert list(train) == docs  # re-iterable
+    assert train.source == f"{root}:train"
+    assert list(load_source(str(root), split="validation")) != docs
+
+
+def test_glob_and_split_placeholder(tmp_path):
+    (tmp_path / "train.txt").write_text("one", encoding="utf-8")
+    (tmp_path / "validation.txt").write_text("two", encoding="utf-8")
+    assert list(load_source(str(tmp_path / "{split}.txt"), split="validation")) == ["two"]
+    assert sorted(load_source(str(tmp_path / "*.txt"))) == ["one", "two"]
+
+
+def test_parquet_rows_are_documents(tmp_path):
+    path = tmp_path / "d.parquet"
+    datasets.Dataset.from_dict({"body": ["x y", "z"], "n": [1, 2]}).to_parquet(str(path))
+    assert list(load_source(str(path), text_field="body")) == ["x y", "z"]
+    with pytest.raises(DataError, match="no string column 'text'"):
+        list(load_source(str(path)))
+
+
+def test_missing_file_fails_at_once(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        load_source(str(tmp_path / "nope.txt"))
+    with pytest.raises(DataError, match="matched no"):
+        load_source(str(tmp_path / "*.jsonl"))
+    (tmp_path / "x.csv").write_text("a")
+    with pytest.raises(DataError, match="unsupported file type"):
+        load_source(str(tmp_path / "x.csv"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="matched no"):
+        load_source(str(empty))
+
+
+def test_undecodable_text_reports_file_and_offset(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes("héllo ".encode() + b"\xff\xfe" + b" tail")
+    with pytest.raises(DataError, match=r"bad\.txt.*byte offset 7"):
+        list(load_source(str(path)))
+    assert list(load_source(str(path), errors="replace")) == ["héllo \ufffd\ufffd tail"]
+    with pytest.raises(DataError, match="errors must be one of"):
+        load_source(str(path), errors="ignore")
+
+
+def test_undecodable_jsonl_offset_counts_earlier_lines(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    first = json.dumps({"text": "ok"}).encode() + b"\n"
+    path.write_bytes(first + b'{"text": "b\xc3"}\n')
+    with pytest.raises(DataError, match=f"byte offset {len(first) + 11}"):
+        list(iter_file(path))
+
+
+def test_bad_jsonl_rows(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "a"}\n\n{"text": 3}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="line 3: no string field 'text'"):
+        list(load_source(str(path)))
+    path.write_text('{"text": "a"}\nnot json\n', encoding="utf-8")
+    with pytest.raises(DataError, match="line 2: invalid JSON"):
+        list(load_source(str(path)))
+
+
+def test_hub_name_offline_fails_fast_and_clearly():
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"  # tools/devtest and pants set it
+    start = time.perf_counter()
+    with pytest.raises(DataError) as info:
+        load_source("roneneldan/TinyStories")
+    message = str(info.value)
+    assert "roneneldan/TinyStories" in message and "HF_HUB_OFFLINE" in message
+    assert time.perf_counter() - start < 20  # no network retries (would take ~23 s)
+
+
+def test_builtin_rejects_unknown_split():
+    with pytest.raises(DataError, match="split must be one of"):
+        load_source("shakespeare", split="test")
+
+
+def test_hub_rows_to_texts():
+    from tjx.data.sources.hub import iter_hub_texts
+
+    assert list(iter_hub_texts("x/y", [{"text": "a"}, {"text": "b", "id": 2}], "text")) == [
+        "a",
+        "b",
+    ]
+    with pytest.raises(DataError, match="x/y: row 1: no string column 'text'"):
+        list(iter_hub_texts("x/y", [{"text": "a"}, {"text": None}], "text"))

@@ -1,0 +1,105 @@
+import json
+import pickle
+
+import pytest
+
+from tjx.data import (
+    DataError,
+    HFTokenizer,
+    Tokenizer,
+    load_tokenizer,
+    train_bpe,
+)
+from tjx_data_tests._helpers import random_docs
+
+
+@pytest.fixture(scope="module")
+def bpe() -> HFTokenizer:
+    return train_bpe(random_docs(7, 200), 300, show_progress=False)
+
+
+def test_gpt2_offline_ids(session_cache):
+    tok = load_tokenizer("gpt2")
+    assert isinstance(tok, Tokenizer)
+    assert tok.encode_batch(["Hello world"]) == [[15496, 995]]
+    assert (tok.eos_id, tok.vocab_size) == (50256, 50257)
+    text = "Ünïcode, tabs\tand  spaces.\n"
+    assert tok.decode(tok.encode_batch([text])[0]) == text
+    assert tok.decode([15496, 995, 50256]) == "Hello world<|endoftext|>"
+    # cached: the same files give the same fingerprint when loaded as a folder
+    folder = session_cache / "gpt2-bpe"
+    assert load_tokenizer(folder).fingerprint == tok.fingerprint
+    assert {p.name for p in folder.iterdir()} == {"encoder.json", "vocab.bpe", "tokenizer.json"}
+
+
+def test_bytes_round_trip_and_counts():
+    tok = load_tokenizer("bytes")
+    docs = random_docs(3, 20)
+    ids = tok.encode_batch(docs)
+    assert all(max(i) < 256 for i in ids)
+    assert [tok.decode(i) for i in ids] == docs
+    assert tok.count_bytes(docs) == [len(i) for i in ids]
+    assert tok.decode([104, 105, 256, 0xE2]) == "hi<|endoftext|>\ufffd"
+    with pytest.raises(DataError, match="outside 0..256"):
+        tok.decode([300])
+    assert pickle.loads(pickle.dumps(tok)).fingerprint == tok.fingerprint
+    assert tok.fingerprint != train_bpe(["ab ab ab"], 260, show_progress=False).fingerprint
+
+
+def test_bpe_round_trip_save_load(bpe, tmp_path):
+    docs = random_docs(11, 30)  # fresh text, not the training text
+    ids = bpe.encode_batch(docs)
+    assert [bpe.decode(i) for i in ids] == docs
+    assert 257 < bpe.vocab_size <= 300 and bpe.eos_id == 0
+    assert sum(len(i) for i in ids) < sum(bpe.count_bytes(docs))  # merges compress
+    path = bpe.save(tmp_path / "tok")
+    assert path.name == "tokenizer.json"
+    for spec in (tmp_path / "tok", path, str(path)):
+        again = load_tokenizer(spec)
+        assert again.fingerprint == bpe.fingerprint
+        assert again.encode_batch(docs) == ids
+    file = bpe.save(tmp_path / "other.json")
+    assert load_tokenizer(file).fingerprint == bpe.fingerprint
+    clone = pickle.loads(pickle.dumps(bpe))
+    assert clone.fingerprint == bpe.fingerprint and clone.encode(docs[0]) == ids[0]
+
+
+def test_fingerprint_tracks_vocabulary(bpe):
+    other = train_bpe(random_docs(8, 200), 300, show_progress=False)
+    assert other.fingerprint != bpe.fingerprint
+    assert len(bpe.fingerprint) == 32
+
+
+def test_vocab_merges_folder(bpe, tmp_path):
+    model = json.loads(bpe.tokenizer.to_str())["model"]
+    (tmp_path / "vocab.json").write_text(json.dumps(model["vocab"]), encoding="utf-8")
+    merges = ["#version: 0.2"] + [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (tmp_path / "merges.txt").write_text("\n".join(merges) + "\n", encoding="utf-8")
+    tok = load_tokenizer(tmp_path)
+    docs = random_docs(12, 5)
+    assert tok.encode_batch(docs) == bpe.encode_batch(docs)
+
+
+def test_bad_tokenizer_inputs(tmp_path, bpe):
+    with pytest.raises(DataError, match="no such tokenizer"):
+        load_tokenizer(tmp_path / "missing.json")
+    with pytest.raises(DataError, match="no tokenizer.json"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "bad.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(DataError, match="not a tokenizers JSON"):
+        load_tokenizer(tmp_path / "bad.json")
+    with pytest.raises(DataError, match="no end-of-document token"):
+        HFTokenizer(bpe.tokenizer, name="x", eos_token="<nope>")
+    with pytest.raises(DataError, match="HF_HUB_OFFLINE"):
+        load_tokenizer("someone/some-tokenizer")
+
+
+def test_train_bpe_validates():
+    with pytest.raises(ValueError, match="vocab_size must be >= 257"):
+        train_bpe(["a"], 100)
+    with pytest.raises(ValueError, match="min_frequency"):
+        train_bpe(["a"], 300, min_frequency=0)
+    with pytest.raises(ValueError, match="special_tokens"):
+        train_bpe(["a"], 300, special_tokens=())
+    with pytest.raises(DataError, match="empty"):
+        train_bpe([], 300, show_progress=False)

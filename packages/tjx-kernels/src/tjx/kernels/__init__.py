@@ -1,0 +1,24 @@
+"""tjx.kernels: fused kernels for transformer training.
+
+Pallas flash attention (forward and backward), chunked cross-entropy, a plain-XLA reference and one
+``attention`` entry point that picks XLA, cuDNN or Pallas per call.
+"""
+
+from tjx.kernels.cross_entropy import CrossEntropyOutput, chunked_cross_entropy
+from tjx.kernels.dispatch import IMPLEMENTATIONS, attention, select_implementation
+from tjx.kernels.flash import flash_attention
+from tjx.kernels.reference import attention_mask, reference_attention
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IMPLEMENTATIONS",
+    "CrossEntropyOutput",
+    "__version__",
+    "attention",
+    "attention_mask",
+    "chunked_cross_entropy",
+    "flash_attention",
+    "reference_attention",
+    "select_implementation",
+]

@@ -1,0 +1,142 @@
+"""Argument validation shared by the attention entry points.
+
+Every check raises ``ValueError`` naming the offending argument and what is supported, so a caller
+sees the contract instead of an XLA shape error deep inside a kernel.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+#: Floating dtypes every attention implementation accepts.
+SUPPORTED_DTYPES: tuple[jnp.dtype, ...] = (
+    jnp.dtype(jnp.float32),
+    jnp.dtype(jnp.bfloat16),
+    jnp.dtype(jnp.float16),
+    jnp.dtype(jnp.float64),
+)
+
+SegmentIds = Array | tuple[Array, Array]
+
+
+class AttentionShapes(NamedTuple):
+    """Static sizes of one attention call, after validation."""
+
+    batch: int
+    q_len: int
+    kv_len: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+
+def check_qkv(q: Array, k: Array, v: Array) -> AttentionShapes:
+    """Validate q [b, s_q, h, d], k/v [b, s_k, h_kv, d] and return their sizes."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.ndim != 4:
+            raise ValueError(
+                f"`{name}` must have rank 4 [batch, seq, heads, head_dim]; got shape {x.shape}"
+            )
+        if jnp.dtype(x.dtype) not in SUPPORTED_DTYPES:
+            raise ValueError(
+                f"`{name}` has dtype {x.dtype}; supported: "
+                f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}"
+            )
+    if k.shape != v.shape:
+        raise ValueError(f"`k` and `v` must have the same shape; got {k.shape} and {v.shape}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"`q`, `k`, `v` must share one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    b, s_q, h, d = q.shape
+    if k.shape[0] != b:
+        raise ValueError(f"`k`/`v` batch {k.shape[0]} differs from `q` batch {b}")
+    if k.shape[3] != d:
+        raise ValueError(f"`k`/`v` head_dim {k.shape[3]} differs from `q` head_dim {d}")
+    h_kv = k.shape[2]
+    if h_kv == 0 or h % h_kv != 0:
+        raise ValueError(
+            f"`q` heads ({h}) must be a multiple of `k`/`v` heads ({h_kv}) (GQA/MQA); "
+            "supported: num_kv_heads dividing num_heads"
+        )
+    return AttentionShapes(b, s_q, k.shape[1], h, h_kv, d)
+
+
+def check_segment_ids(segment_ids: SegmentIds | None, shapes: AttentionShapes) -> None:
+    """Validate ``segment_ids``: one int array [b, s] (self-attention) or a (q_ids, kv_ids) pair."""
+    if segment_ids is None:
+        return
+    if isinstance(segment_ids, tuple | list):
+        if len(segment_ids) != 2:
+            raise ValueError("`segment_ids` as a sequence must be a pair (q_ids, kv_ids)")
+        q_ids, kv_ids = segment_ids
+    else:
+        if shapes.q_len != shapes.kv_len:
+            raise ValueError(
+                "`segment_ids` as one array needs q and k of the same length "
+                f"(got {shapes.q_len} and {shapes.kv_len}); pass a pair (q_ids, kv_ids)"
+            )
+        q_ids = kv_ids = segment_ids
+    for name, ids, length in (("q", q_ids, shapes.q_len), ("kv", kv_ids, shapes.kv_len)):
+        if ids.shape != (shapes.batch, length):
+            raise ValueError(
+                f"`segment_ids` ({name}) must have shape {(shapes.batch, length)}; got {ids.shape}"
+            )
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise ValueError(f"`segment_ids` ({name}) must be an integer array; got {ids.dtype}")
+
+
+def split_segment_ids(segment_ids: SegmentIds | None) -> tuple[Array | None, Array | None]:
+    """Return (q_ids, kv_ids) as int32 arrays (or (None, None))."""
+    if segment_ids is None:
+        return None, None
+    if isinstance(segment_ids, tuple | list):
+        q_ids, kv_ids = segment_ids
+    else:
+        q_ids = kv_ids = segment_ids
+    return jnp.asarray(q_ids, jnp.int32), jnp.asarray(kv_ids, jnp.int32)
+
+
+def check_kv_lengths(kv_lengths: Array | None, shapes: AttentionShapes) -> None:
+    """Validate ``kv_lengths``: integer [batch]."""
+    if kv_lengths is None:
+        return
+    if kv_lengths.shape != (shapes.batch,) or not jnp.issubdtype(kv_lengths.dtype, jnp.integer):
+        raise ValueError(
+            f"`kv_lengths` must be an integer array of shape {(shapes.batch,)}; "
+            f"got {kv_lengths.dtype}{tuple(kv_lengths.shape)}"
+        )
+
+
+def check_bias(bias: Array | None, shapes: AttentionShapes) -> None:
+    """Validate an additive ``bias`` of shape [b|1, h|1, s_q, s_k]."""
+    if bias is None:
+        return
+    ok = (
+        bias.ndim == 4
+        and bias.shape[0] in (1, shapes.batch)
+        and bias.shape[1] in (1, shapes.num_heads)
+        and bias.shape[2:] == (shapes.q_len, shapes.kv_len)
+    )
+    if not ok:
+        raise ValueError(
+            f"`bias` must have shape [{shapes.batch}|1, {shapes.num_heads}|1, {shapes.q_len}, "
+            f"{shapes.kv_len}]; got {bias.shape}"
+        )
+
+
+def check_dropout(dropout_rate: float, dropout_rng: Array | None) -> None:
+    """Validate the dropout rate (0 <= rate < 1) and that a key comes with a positive rate."""
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"`dropout_rate` must be in [0, 1); got {dropout_rate}")
+    if dropout_rate > 0.0 and dropout_rng is None:
+        raise ValueError("`dropout_rng` is required when `dropout_rate` > 0")
+
+
+def check_scale(scale: float | None) -> None:
+    """Validate the softmax scale (None = 1/sqrt(head_dim), else a positive finite float)."""
+    if scale is not None and not (float(scale) > 0.0 and float(scale) < float("inf")):
+        raise ValueError(f"`scale` must be a positive finite float or None; got {scale}")

@@ -1,0 +1,185 @@
+"""Chunked softmax cross-entropy fused with the unembedding matmul.
+
+The LM loss ``CE(hidden @ unembedding, labels)`` normally materialises float32 logits of shape
+``[tokens, vocab]`` (GPT-2 small at 8 x 1024 tokens: 1.6 GB) and keeps them for the backward pass.
+Here a ``lax.scan`` walks along the sequence axis in chunks of about ``chunk_size`` tokens (a few
+positions of every batch row, so the batch axis, and its sharding, stays whole): each step
+computes one ``[chunk, vocab]`` logits block, its log-sum-exp, the label logit and the argmax, then
+drops it. The backward pass is a ``custom_vjp`` that saves only the per-token log-sum-exp
+(``[tokens]`` float32) and recomputes each chunk's logits to form ``softmax - onehot`` on the fly,
+accumulating the unembedding gradient in float32.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Sums = tuple[Array, Array, Array, Array]
+
+
+class CrossEntropyOutput(NamedTuple):
+    """Result of :func:`chunked_cross_entropy` (a pytree: jit/scan/grad friendly).
+
+    Attributes
+    ----------
+    loss : Array
+        float32 scalar: mean cross-entropy over non-ignored tokens plus ``z_loss * mean(lse**2)``;
+        0 when every token is ignored.
+    sum_loss : Array
+        float32 scalar: sum of per-token cross-entropy (no z-loss), for exact streaming metrics.
+    num_tokens : Array
+        int32 scalar: number of non-ignored tokens.
+    num_correct : Array
+        int32 scalar: non-ignored tokens whose top-1 logit is the label.
+    """
+
+    loss: Array
+    sum_loss: Array
+    num_tokens: Array
+    num_correct: Array
+
+
+def _chunk_stats(h: Array, w: Array, labels: Array, ignore_index: int) -> tuple[Array, ...]:
+    """Per-token (ce, lse, valid, correct) for one chunk; logits live only inside this call."""
+    logits = jnp.dot(h, w, preferred_element_type=jnp.float32)  # [c, vocab]
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    valid = labels != ignore_index
+    safe = jnp.where(valid, labels, 0)
+    label_logit = jnp.take_along_axis(logits, safe[:, None], axis=-1)[:, 0]
+    ce = jnp.where(valid, lse - label_logit, 0.0)
+    correct = valid & (jnp.argmax(logits, axis=-1) == safe)
+    return ce, lse, valid, correct
+
+
+def _sums_fwd_impl(hc: Array, w: Array, lc: Array, ignore_index: int) -> tuple[Sums, Array]:
+
+    def step(carry: Sums, xs: tuple[Array, Array]) -> tuple[Sums, Array]:
+        s_ce, s_z, n_tok, n_ok = carry
+        ce, lse, valid, correct = _chunk_stats(xs[0], w, xs[1], ignore_index)
+        s_z = s_z + jnp.sum(jnp.where(valid, lse * lse, 0.0))
+        n_tok = n_tok + jnp.sum(valid, dtype=jnp.int32)
+        n_ok = n_ok + jnp.sum(correct, dtype=jnp.int32)
+        return (s_ce + jnp.sum(ce), s_z, n_tok, n_ok), lse
+
+    zero_f = jnp.zeros((), jnp.float32)
+    zero_i = jnp.zeros((), jnp.int32)
+    return jax.lax.scan(step, (zero_f, zero_f, zero_i, zero_i), (hc, lc))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _ce_sums(hc: Array, w: Array, lc: Array, ignore_index: int) -> Sums:
+    """(sum of CE, sum of lse², token count, correct count) over chunks ``hc [n, rows, d]``."""
+    sums, _ = _sums_fwd_impl(hc, w, lc, ignore_index)
+    return sums
+
+
+def _ce_sums_fwd(
+    hc: Array, w: Array, lc: Array, ignore_index: int
+) -> tuple[Sums, tuple[Array, Array, Array, Array]]:
+    sums, lse = _sums_fwd_impl(hc, w, lc, ignore_index)
+    return sums, (hc, w, lc, lse)
+
+
+def _ce_sums_bwd(
+    ignore_index: int, res: tuple[Array, Array, Array, Array], cts: Sums
+) -> tuple[Array, Array, None]:
+    hc, w, lc, lsec = res
+    g_ce = cts[0].astype(jnp.float32)
+    g_z = cts[1].astype(jnp.float32)
+
+    def step(dw: Array, xs: tuple[Array, Array, Array]) -> tuple[Array, Array]:
+        h_c, l_c, lse_c = xs
+        logits = jnp.dot(h_c, w, preferred_element_type=jnp.float32)
+        p = jnp.exp(logits - lse_c[:, None])
+        valid = l_c != ignore_index
+        onehot = jax.nn.one_hot(jnp.where(valid, l_c, -1), w.shape[-1], dtype=jnp.float32)
+        # d(ce)/dlogits = p - onehot; d(lse²)/dlogits = 2·lse·p.
+        dlogits = g_ce * (p - onehot) + (2.0 * g_z) * lse_c[:, None] * p
+        dlogits = jnp.where(valid[:, None], dlogits, 0.0)
+        dh = jnp.dot(dlogits.astype(w.dtype), w.T, preferred_element_type=jnp.float32)
+        dw = dw + jnp.dot(h_c.T, dlogits.astype(h_c.dtype), preferred_element_type=jnp.float32)
+        return dw, dh.astype(hc.dtype)
+
+    dw, dh = jax.lax.scan(step, jnp.zeros(w.shape, jnp.float32), (hc, lc, lsec))
+    return dh, dw.astype(w.dtype), None
+
+
+_ce_sums.defvjp(_ce_sums_fwd, _ce_sums_bwd)
+
+
+def chunked_cross_entropy(
+    hidden: Array,
+    unembedding: Array,
+    labels: Array,
+    *,
+    chunk_size: int,
+    ignore_index: int = -100,
+    z_loss: float = 0.0,
+) -> CrossEntropyOutput:
+    """Cross-entropy of ``hidden @ unembedding`` against ``labels`` without full logits.
+
+    Parameters
+    ----------
+    hidden : Array
+        Final hidden states ``[..., d_model]`` (any float dtype; matmuls accumulate in float32).
+    unembedding : Array
+        ``[d_model, vocab]`` (the tied embedding transposed, or the LM head kernel).
+    labels : Array
+        Integer targets of shape ``hidden.shape[:-1]``; ``ignore_index`` marks tokens to skip.
+        Other labels must lie in ``[0, vocab)``.
+    chunk_size : int
+        Tokens per scan step (positive). Every step takes ``max(1, chunk_size // rows)`` positions
+        of the last axis from every row (``rows`` = product of the other leading axes, kept whole
+        so a batch-sharded input stays sharded), so peak extra memory is about
+        ``max(chunk_size, rows) * vocab`` float32. The last axis is padded with ignored tokens.
+    ignore_index : int
+        Label value excluded from the loss and the counts.
+    z_loss : float
+        Weight of the auxiliary ``mean(logsumexp(logits)**2)`` term (PaLM's z-loss), >= 0.
+
+    Returns
+    -------
+    CrossEntropyOutput
+        ``loss`` (float32 mean incl. z-loss), ``sum_loss`` (float32 sum of CE), ``num_tokens`` and
+        ``num_correct`` (int32).
+    """
+    if hidden.ndim < 1 or unembedding.ndim != 2 or hidden.shape[-1] != unembedding.shape[0]:
+        raise ValueError(
+            f"`hidden` [..., d_model] and `unembedding` [d_model, vocab] disagree: "
+            f"{hidden.shape} vs {unembedding.shape}"
+        )
+    if labels.shape != hidden.shape[:-1]:
+        raise ValueError(
+            f"`labels` must have shape hidden.shape[:-1] = {hidden.shape[:-1]}; got {labels.shape}"
+        )
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"`labels` must be an integer array; got {labels.dtype}")
+    if not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"`chunk_size` must be a positive int; got {chunk_size!r}")
+    if z_loss < 0:
+        raise ValueError(f"`z_loss` must be >= 0; got {z_loss}")
+    d_model = hidden.shape[-1]
+    # Rows = every leading axis but the last (kept whole, so batch sharding survives); the scan
+    # walks along the last (sequence) axis, `cols` positions of every row per step.
+    rows = math.prod(labels.shape[:-1]) if labels.ndim >= 2 else 1
+    seq = labels.shape[-1] if labels.ndim >= 1 else 1
+    h = hidden.reshape(rows, seq, d_model)
+    lab = labels.reshape(rows, seq).astype(jnp.int32)
+    cols = max(1, min(seq, chunk_size // rows))
+    pad = (-seq) % cols
+    if pad:
+        h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
+        lab = jnp.pad(lab, ((0, 0), (0, pad)), constant_values=ignore_index)
+    n = (seq + pad) // cols
+    hc = h.reshape(rows, n, cols, d_model).transpose(1, 0, 2, 3).reshape(n, rows * cols, d_model)
+    lc = lab.reshape(rows, n, cols).transpose(1, 0, 2).reshape(n, rows * cols)
+    s_ce, s_z, n_tok, n_ok = _ce_sums(hc, unembedding, lc, int(ignore_index))
+    denom = jnp.maximum(n_tok, 1).astype(jnp.float32)
+    loss = (s_ce + jnp.float32(z_loss) * s_z) / denom
+    return CrossEntropyOutput(loss=loss, sum_loss=s_ce, num_tokens=n_tok, num_correct=n_ok)

@@ -1,0 +1,245 @@
+"""``attention``: one entry point over the XLA reference, cuDNN fused attention and Pallas flash.
+
+Selection ("auto"): on a CUDA GPU, cuDNN when it serves the call (should jax's own cuDNN checks
+refuse it while tracing, the next choice), else the Pallas flash kernel when it serves the call,
+else XLA; on any other platform, XLA. Features no fused kernel has (an additive
+``bias``, attention dropout) always take the XLA path. An explicitly requested kernel that cannot
+run the call raises ``ValueError`` naming the argument and what is supported.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from tjx.kernels._checks import (
+    AttentionShapes,
+    SegmentIds,
+    check_bias,
+    check_dropout,
+    check_kv_lengths,
+    check_qkv,
+    check_scale,
+    check_segment_ids,
+    split_segment_ids,
+)
+from tjx.kernels.flash import MAX_HEAD_DIM as PALLAS_MAX_HEAD_DIM
+from tjx.kernels.flash import flash_attention
+from tjx.kernels.reference import reference_attention
+
+Array = jax.Array
+Implementation = Literal["auto", "xla", "cudnn", "pallas"]
+IMPLEMENTATIONS: tuple[str, ...] = ("auto", "xla", "cudnn", "pallas")
+
+#: cuDNN flash attention (through ``jax.nn.dot_product_attention``) takes these dtypes only.
+CUDNN_DTYPES: tuple[jnp.dtype, ...] = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+#: cuDNN head_dim limit before Hopper (Hopper and later accept up to 256; we keep the safe bound).
+CUDNN_MAX_HEAD_DIM = 128
+
+
+def on_cuda_gpu() -> bool:
+    """Whether the default JAX backend is a CUDA GPU (the only place fused kernels compile)."""
+    try:
+        return jax.default_backend() == "gpu" and jax.devices()[0].platform == "gpu"
+    except RuntimeError:  # pragma: no cover - no backend at all
+        return False
+
+
+def cudnn_unsupported_reason(q: Array, shapes: AttentionShapes, on_gpu: bool) -> str | None:
+    """Why cuDNN cannot serve this call (None when it can)."""
+    if not on_gpu:
+        return "implementation='cudnn' needs a CUDA GPU backend; this run has " + (
+            jax.default_backend()
+        )
+    if jnp.dtype(q.dtype) not in CUDNN_DTYPES:
+        return f"`q` dtype {q.dtype} is not supported by cuDNN; supported: bfloat16, float16"
+    d = shapes.head_dim
+    if d % 8 != 0 or d > CUDNN_MAX_HEAD_DIM:
+        return (
+            f"head_dim {d} is not supported by cuDNN; supported: multiples of 8 up to "
+            f"{CUDNN_MAX_HEAD_DIM}"
+        )
+    return None
+
+
+def pallas_unsupported_reason(q: Array, shapes: AttentionShapes) -> str | None:
+    """Why the Pallas flash kernel cannot serve this call (None when it can)."""
+    if shapes.head_dim > PALLAS_MAX_HEAD_DIM:
+        return (
+            f"head_dim {shapes.head_dim} is not supported by the Pallas kernel; supported: "
+            f"1..{PALLAS_MAX_HEAD_DIM}"
+        )
+    if jnp.dtype(q.dtype) == jnp.dtype(jnp.float64):
+        return "`q` dtype float64 is not supported by the Pallas kernel; use bf16/fp16/fp32"
+    return None
+
+
+def _segments_with_lengths(
+    segment_ids: SegmentIds | None, kv_lengths: Array | None, shapes: AttentionShapes
+) -> SegmentIds | None:
+    """Fold ``kv_lengths`` into segment ids (keys past the length get id 0 = padding)."""
+    if kv_lengths is None:
+        return segment_ids
+    q_ids, kv_ids = split_segment_ids(segment_ids)
+    if q_ids is None or kv_ids is None:
+        q_ids = jnp.ones((shapes.batch, shapes.q_len), jnp.int32)
+        kv_ids = jnp.ones((shapes.batch, shapes.kv_len), jnp.int32)
+    keep = jnp.arange(shapes.kv_len)[None, :] < jnp.asarray(kv_lengths)[:, None]
+    return q_ids, jnp.where(keep, kv_ids, 0)
+
+
+def _cudnn_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    causal: bool,
+    segment_ids: SegmentIds | None,
+    kv_lengths: Array | None,
+    scale: float,
+    shapes: AttentionShapes,
+) -> Array:
+    mask = None
+    if segment_ids is not None:
+        q_ids, kv_ids = split_segment_ids(segment_ids)
+        assert q_ids is not None and kv_ids is not None
+        mask = ((q_ids[:, :, None] == kv_ids[:, None, :]) & (kv_ids[:, None, :] != 0))[:, None]
+    lengths = None if kv_lengths is None else jnp.asarray(kv_lengths, jnp.int32)
+    return jax.nn.dot_product_attention(
+        q,
+        k,
+        v,
+        mask=mask,
+        scale=scale,
+        is_causal=causal,
+        key_value_seq_lengths=lengths,
+        implementation="cudnn",
+    )
+
+
+def select_implementation(
+    q: Array,
+    shapes: AttentionShapes,
+    *,
+    implementation: str,
+    segment_ids: SegmentIds | None,
+    needs_xla: bool,
+    on_gpu: bool | None = None,
+) -> str:
+    """Resolve ``implementation`` to "xla" | "cudnn" | "pallas" for this call (see module doc)."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"`implementation` must be one of {', '.join(IMPLEMENTATIONS)}; got {implementation!r}"
+        )
+    gpu = on_cuda_gpu() if on_gpu is None else on_gpu
+    if implementation == "cudnn":
+        reason = cudnn_unsupported_reason(q, shapes, gpu)
+        if reason is not None:
+            raise ValueError(reason)
+    if implementation == "pallas":
+        reason = pallas_unsupported_reason(q, shapes)
+        if reason is not None:
+            raise ValueError(reason)
+    if needs_xla:
+        return "xla"
+    if implementation != "auto":
+        return implementation
+    if not gpu:
+        return "xla"
+    # cuDNN takes segment ids only as a dense mask (a bias inside cuDNN): Pallas is better there.
+    if segment_ids is None and cudnn_unsupported_reason(q, shapes, gpu) is None:
+        return "cudnn"
+    if pallas_unsupported_reason(q, shapes) is None:
+        return "pallas"
+    return "xla"
+
+
+def attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    causal: bool = False,
+    segment_ids: SegmentIds | None = None,
+    kv_lengths: Array | None = None,
+    scale: float | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
+    implementation: Implementation = "auto",
+    bias: Array | None = None,
+) -> Array:
+    """Multi-head attention with a choice of implementation.
+
+    Parameters
+    ----------
+    q : Array
+        Queries ``[batch, q_len, heads, head_dim]``.
+    k, v : Array
+        Keys and values ``[batch, kv_len, kv_heads, head_dim]`` (``kv_heads`` divides ``heads``).
+    causal : bool
+        Top-left aligned causal mask (query ``i`` sees keys ``j <= i``).
+    segment_ids : Array or (Array, Array), optional
+        int ``[batch, seq]`` or a pair ``(q_ids, kv_ids)``; 0 = padding.
+    kv_lengths : Array, optional
+        int ``[batch]`` valid key counts.
+    scale : float, optional
+        Logit scale, default ``1/sqrt(head_dim)``.
+    dropout_rate, dropout_rng
+        Attention dropout (XLA path); a key is required when the rate is positive.
+    implementation : {"auto", "xla", "cudnn", "pallas"}
+        "auto" never raises for a valid call (see module docstring for the rule).
+    bias : Array, optional
+        Additive logit bias ``[batch|1, heads|1, q_len, kv_len]`` (XLA path).
+
+    Returns
+    -------
+    Array
+        ``[batch, q_len, heads, head_dim]`` in ``q``'s dtype.
+    """
+    shapes = check_qkv(q, k, v)
+    check_segment_ids(segment_ids, shapes)
+    check_kv_lengths(kv_lengths, shapes)
+    check_bias(bias, shapes)
+    check_dropout(dropout_rate, dropout_rng)
+    check_scale(scale)
+    needs_xla = bias is not None or dropout_rate > 0.0
+    impl = select_implementation(
+        q, shapes, implementation=implementation, segment_ids=segment_ids, needs_xla=needs_xla
+    )
+    sm_scale = 1.0 / math.sqrt(shapes.head_dim) if scale is None else float(scale)
+    if impl == "cudnn":
+        try:
+            return _cudnn_attention(
+                q,
+                k,
+                v,
+                causal=causal,
+                segment_ids=segment_ids,
+                kv_lengths=kv_lengths,
+                scale=sm_scale,
+                shapes=shapes,
+            )
+        except (NotImplementedError, ValueError, RuntimeError):
+            # jax checks cuDNN's finer limits (GPU generation, cuDNN version, shapes) while
+            # tracing; "auto" must not fail, so it falls through to Pallas (or XLA).
+            if implementation != "auto":
+                raise
+            impl = "pallas" if pallas_unsupported_reason(q, shapes) is None else "xla"
+    if impl == "pallas":
+        segs = _segments_with_lengths(segment_ids, kv_lengths, shapes)
+        return flash_attention(q, k, v, causal=causal, segment_ids=segs, scale=sm_scale)
+    return reference_attention(
+        q,
+        k,
+        v,
+        causal=causal,
+        segment_ids=segment_ids,
+        kv_lengths=kv_lengths,
+        scale=sm_scale,
+        dropout_rate=dropout_rate,
+        dropout_rng=dropout_rng,
+        bias=bias,
+    )

@@ -1,0 +1,216 @@
+"""Pallas flash attention: public wrapper, padding, block-size defaults and the custom VJP.
+
+``flash_attention`` validates its arguments, pads the sequence lengths up to multiples of the block
+sizes and ``head_dim`` up to a power of two (>= 16, as Triton's ``tl.dot`` wants), runs the forward
+kernel (:mod:`tjx.kernels.flash_fwd`) and, under differentiation, the backward kernels
+(:mod:`tjx.kernels.flash_bwd`). The ``custom_vjp`` saves the (padded) inputs, the output and the
+per-row log-sum-exp only. Padded keys are masked (by segment id 0, or by a static length test), and
+padded query rows are sliced off, so padding never changes a result.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from tjx.kernels._checks import (
+    AttentionShapes,
+    SegmentIds,
+    check_qkv,
+    check_scale,
+    check_segment_ids,
+    split_segment_ids,
+)
+from tjx.kernels.flash_bwd import flash_backward
+from tjx.kernels.flash_fwd import KernelConfig, flash_forward
+
+Array = jax.Array
+
+#: Largest head_dim the kernel accepts (padded internally to a power of two).
+MAX_HEAD_DIM = 256
+#: Smallest tile edge (Triton's dot needs every matmul dimension >= 16).
+MIN_BLOCK = 16
+
+
+def default_block_sizes(head_dim: int) -> tuple[int, int, int, int]:
+    """(block_q, block_k, block_q_bwd, block_k_bwd) defaults for a head_dim.
+
+    Larger head dims use smaller key tiles so the q tile, the accumulator and a k/v tile stay in
+    shared memory/registers on an H100 (228 KB SMEM per SM).
+    """
+    if head_dim <= 64:
+        return 128, 128, 64, 64
+    if head_dim <= 128:
+        return 128, 64, 64, 64
+    return 64, 32, 32, 32
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _fit_block(block: int, length: int) -> int:
+    """Shrink a power-of-two block to the (power-of-two rounded) length, never below MIN_BLOCK."""
+    return max(MIN_BLOCK, min(block, _next_pow2(length)))
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def _check_block(name: str, value: int | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or value < MIN_BLOCK or value & (value - 1):
+        raise ValueError(f"`{name}` must be a power of two >= {MIN_BLOCK}; got {value!r}")
+
+
+def resolve_interpret(interpret: bool | None) -> bool:
+    """``None`` → interpret everywhere except on a CUDA GPU (where Triton compiles the kernel)."""
+    if interpret is not None:
+        return bool(interpret)
+    return jax.default_backend() != "gpu"
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _flash_core(
+    q: Array, k: Array, v: Array, q_ids: Array | None, kv_ids: Array | None, cfg: KernelConfig
+) -> Array:
+    out, _ = flash_forward(q, k, v, q_ids, kv_ids, cfg)
+    return out
+
+
+def _flash_core_fwd(
+    q: Array, k: Array, v: Array, q_ids: Array | None, kv_ids: Array | None, cfg: KernelConfig
+) -> tuple[Array, tuple[Array | None, ...]]:
+    out, lse = flash_forward(q, k, v, q_ids, kv_ids, cfg)
+    return out, (q, k, v, q_ids, kv_ids, out, lse)
+
+
+def _flash_core_bwd(
+    cfg: KernelConfig, res: tuple[Any, ...], d_out: Array
+) -> tuple[Array, Array, Array, None, None]:
+    q, k, v, q_ids, kv_ids, out, lse = res
+    dq, dk, dv = flash_backward(q, k, v, q_ids, kv_ids, out, lse, d_out, cfg)
+    return dq, dk, dv, None, None
+
+
+_flash_core.defvjp(_flash_core_fwd, _flash_core_bwd)
+
+
+def _make_config(
+    shapes: AttentionShapes,
+    *,
+    causal: bool,
+    has_segments: bool,
+    scale: float,
+    block_q: int | None,
+    block_k: int | None,
+    interpret: bool,
+) -> tuple[KernelConfig, int, int, int]:
+    """Kernel config plus the padded (q_len, kv_len, head_dim)."""
+    d_pad = max(MIN_BLOCK, _next_pow2(shapes.head_dim))
+    dq, dk, dq_b, dk_b = default_block_sizes(shapes.head_dim)
+    # An explicit block size applies to the forward and the backward kernels alike.
+    bq = _fit_block(block_q or dq, shapes.q_len)
+    bk = _fit_block(block_k or dk, shapes.kv_len)
+    bq_b = _fit_block(block_q or dq_b, shapes.q_len)
+    bk_b = _fit_block(block_k or dk_b, shapes.kv_len)
+    q_pad = _round_up(shapes.q_len, max(bq, bq_b))
+    kv_pad = _round_up(shapes.kv_len, max(bk, bk_b))
+    cfg = KernelConfig(
+        scale=scale,
+        causal=causal,
+        has_segments=has_segments,
+        q_len=q_pad,
+        kv_len=kv_pad,
+        kv_valid=shapes.kv_len,
+        groups=shapes.num_heads // shapes.num_kv_heads,
+        block_q=bq,
+        block_k=bk,
+        block_q_bwd=bq_b,
+        block_k_bwd=bk_b,
+        num_warps=4 if d_pad <= 64 else 8,
+        num_stages=2,
+        interpret=interpret,
+    )
+    return cfg, q_pad, kv_pad, d_pad
+
+
+def flash_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    causal: bool = False,
+    segment_ids: SegmentIds | None = None,
+    scale: float | None = None,
+    block_q: int | None = None,
+    block_k: int | None = None,
+    interpret: bool | None = None,
+) -> Array:
+    """Flash attention in Pallas (online softmax, fused forward and backward).
+
+    Parameters
+    ----------
+    q : Array
+        ``[batch, q_len, heads, head_dim]`` in bfloat16, float16 or float32; ``head_dim <= 256``.
+    k, v : Array
+        ``[batch, kv_len, kv_heads, head_dim]``, same dtype; ``kv_heads`` divides ``heads``.
+    causal : bool
+        Top-left aligned causal mask; key blocks above the diagonal are skipped.
+    segment_ids : Array or (Array, Array), optional
+        int ``[batch, seq]`` or ``(q_ids, kv_ids)``; tokens attend within their segment;
+        0 = padding.
+    scale : float, optional
+        Logit scale, default ``1/sqrt(head_dim)``.
+    block_q, block_k : int, optional
+        Tile sizes (powers of two >= 16) for the forward and backward kernels; defaults depend on
+        head_dim (:func:`default_block_sizes`) and shrink to short sequences.
+    interpret : bool, optional
+        Run the Pallas interpreter. ``None`` (default): compiled on a CUDA GPU, interpreted
+        elsewhere.
+
+    Returns
+    -------
+    Array
+        ``[batch, q_len, heads, head_dim]`` in ``q``'s dtype; rows with no visible key are 0.
+    """
+    shapes = check_qkv(q, k, v)
+    check_segment_ids(segment_ids, shapes)
+    check_scale(scale)
+    _check_block("block_q", block_q)
+    _check_block("block_k", block_k)
+    if shapes.head_dim > MAX_HEAD_DIM:
+        raise ValueError(
+            f"`q` head_dim {shapes.head_dim} is not supported by flash_attention; "
+            f"supported: 1..{MAX_HEAD_DIM}"
+        )
+    if jnp.dtype(q.dtype) == jnp.dtype(jnp.float64):
+        raise ValueError(
+            "`q` dtype float64 is not supported by flash_attention; use bf16/fp16/fp32"
+        )
+    sm_scale = 1.0 / math.sqrt(shapes.head_dim) if scale is None else float(scale)
+    q_ids, kv_ids = split_segment_ids(segment_ids)
+    cfg, q_pad, kv_pad, d_pad = _make_config(
+        shapes,
+        causal=causal,
+        has_segments=q_ids is not None,
+        scale=sm_scale,
+        block_q=block_q,
+        block_k=block_k,
+        interpret=resolve_interpret(interpret),
+    )
+    dq_, dk_, dd = q_pad - shapes.q_len, kv_pad - shapes.kv_len, d_pad - shapes.head_dim
+    qp = jnp.pad(q, ((0, 0), (0, dq_), (0, 0), (0, dd)))
+    kp = jnp.pad(k, ((0, 0), (0, dk_), (0, 0), (0, dd)))
+    vp = jnp.pad(v, ((0, 0), (0, dk_), (0, 0), (0, dd)))
+    if q_ids is not None and kv_ids is not None:
+        q_ids = jnp.pad(q_ids, ((0, 0), (0, dq_)))
+        kv_ids = jnp.pad(kv_ids, ((0, 0), (0, dk_)))
+    out = _flash_core(qp, kp, vp, q_ids, kv_ids, cfg)
+    return out[:, : shapes.q_len, :, : shapes.head_dim]

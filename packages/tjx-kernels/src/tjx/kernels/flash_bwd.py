@@ -1,0 +1,219 @@
+"""Backward Pallas kernels of flash attention (FlashAttention-2 backward, two kernels).
+
+From the saved output ``O`` and base-2 log-sum-exp ``L`` the probabilities of any tile are
+recomputed as ``P = exp2(S·log2e − L)``; with ``δ = rowsum(dO ∘ O)`` (computed in XLA)
+``dS = P ∘ (dO·Vᵀ − δ)``, ``dV = Pᵀ·dO``, ``dK = scale · dSᵀ·Q`` and ``dQ = scale · dS·K``.
+
+* ``dkdv`` kernel: one program per (key block, batch, query head); walks over query blocks from the
+  diagonal on (causal) and accumulates dK and dV in float32.
+* ``dq`` kernel: one program per (query block, batch, query head); walks over key blocks up to the
+  diagonal and accumulates dQ in float32.
+
+With GQA each query head writes its own dK/dV slice (float32); the caller sums the group in XLA.
+Nothing of size ``[seq, seq]`` is ever stored.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from tjx.kernels.flash_fwd import (
+    LOG2E,
+    KernelConfig,
+    block_mask,
+    dot_nn,
+    dot_nt,
+    dot_tn,
+    kv_block_range,
+    q_block_range,
+)
+
+Array = jax.Array
+
+
+def _probs(
+    cfg: KernelConfig,
+    q: Array,
+    k: Array,
+    lse: Array,
+    q_pos: Array,
+    k_pos: Array,
+    q_ids: Array | None,
+    kv_ids: Array | None,
+    causal: bool,
+) -> Array:
+    """Recompute the attention probabilities of one [bq, bk] tile from the saved log-sum-exp."""
+    s = dot_nt(q, k) * (cfg.scale * LOG2E)
+    mask = block_mask(cfg, q_pos, k_pos, q_ids, kv_ids, causal)
+    if mask is not None:
+        s = jnp.where(mask, s, -jnp.inf)
+    # lse is +inf on empty rows: exp2(-inf) = 0 whatever s is.
+    return jnp.exp2(s - lse[:, None])
+
+
+def _dkdv_kernel(
+    q_ref: Any,
+    k_ref: Any,
+    v_ref: Any,
+    do_ref: Any,
+    lse_ref: Any,
+    delta_ref: Any,
+    qid_ref: Any,
+    kid_ref: Any,
+    dk_ref: Any,
+    dv_ref: Any,
+    *,
+    cfg: KernelConfig,
+) -> None:
+    bq, bk = cfg.block_q_bwd, cfg.block_k_bwd
+    j = pl.program_id(0)
+    k = k_ref[...]
+    v = v_ref[...]
+    k_pos = j * bk + jnp.arange(bk)
+    kv_ids = None if kid_ref is None else kid_ref[...]
+
+    def body(i: Array, carry: tuple[Array, Array], causal: bool) -> tuple[Array, Array]:
+        dk, dv = carry
+        qs = pl.ds(i * bq, bq)
+        q = q_ref[qs, :]
+        do = do_ref[qs, :]
+        q_ids = None if qid_ref is None else qid_ref[qs]
+        q_pos = i * bq + jnp.arange(bq)
+        p = _probs(cfg, q, k, lse_ref[qs], q_pos, k_pos, q_ids, kv_ids, causal)
+        dv = dv + dot_tn(p.astype(do.dtype), do)
+        ds = p * (dot_nt(do, v) - delta_ref[qs][:, None])
+        dk = dk + dot_tn(ds.astype(q.dtype), q)
+        return dk, dv
+
+    d = k.shape[-1]
+    carry = (jnp.zeros((bk, d), jnp.float32), jnp.zeros((bk, d), jnp.float32))
+    # Causal: query blocks wholly before this key block see none of it; those straddling the
+    # diagonal need the causal mask; the rest see the whole key block.
+    first, first_unmasked = q_block_range(cfg, j, bq, bk)
+    if cfg.causal:
+        carry = lax.fori_loop(first, first_unmasked, functools.partial(body, causal=True), carry)
+    dk, dv = lax.fori_loop(
+        first_unmasked, cfg.q_len // bq, functools.partial(body, causal=False), carry
+    )
+    dk_ref[...] = (dk * cfg.scale).astype(dk_ref.dtype)
+    dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def _dq_kernel(
+    q_ref: Any,
+    k_ref: Any,
+    v_ref: Any,
+    do_ref: Any,
+    lse_ref: Any,
+    delta_ref: Any,
+    qid_ref: Any,
+    kid_ref: Any,
+    dq_ref: Any,
+    *,
+    cfg: KernelConfig,
+) -> None:
+    bq, bk = cfg.block_q_bwd, cfg.block_k_bwd
+    i = pl.program_id(0)
+    q = q_ref[...]
+    do = do_ref[...]
+    lse = lse_ref[...]
+    delta = delta_ref[...]
+    q_pos = i * bq + jnp.arange(bq)
+    q_ids = None if qid_ref is None else qid_ref[...]
+
+    def body(j: Array, dq: Array, causal: bool) -> Array:
+        ks = pl.ds(j * bk, bk)
+        k = k_ref[ks, :]
+        kv_ids = None if kid_ref is None else kid_ref[ks]
+        p = _probs(cfg, q, k, lse, q_pos, j * bk + jnp.arange(bk), q_ids, kv_ids, causal)
+        ds = p * (dot_nt(do, v_ref[ks, :]) - delta[:, None])
+        return dq + dot_nn(ds.astype(k.dtype), k)
+
+    n_unmasked, n_total = kv_block_range(cfg, i, bq, bk)
+    dq = jnp.zeros(q.shape, jnp.float32)
+    dq = lax.fori_loop(0, n_unmasked, functools.partial(body, causal=False), dq)
+    if cfg.causal:
+        dq = lax.fori_loop(n_unmasked, n_total, functools.partial(body, causal=True), dq)
+    dq_ref[...] = (dq * cfg.scale).astype(dq_ref.dtype)
+
+
+def flash_backward(
+    q: Array,
+    k: Array,
+    v: Array,
+    q_ids: Array | None,
+    kv_ids: Array | None,
+    out: Array,
+    lse: Array,
+    d_out: Array,
+    cfg: KernelConfig,
+) -> tuple[Array, Array, Array]:
+    """Gradients (dq, dk, dv) of padded flash attention; dk/dv have k's shape and dtype."""
+    b, s_q, h, d = q.shape
+    s_k, h_kv = k.shape[1], k.shape[2]
+    bq, bk, g = cfg.block_q_bwd, cfg.block_k_bwd, cfg.groups
+    delta = jnp.einsum(
+        "bqhd,bqhd->bhq", out.astype(jnp.float32), d_out.astype(jnp.float32)
+    )  # [b, h, s_q]
+    d_out = d_out.astype(q.dtype)
+    args = (q, k, v, d_out, lse, delta, q_ids, kv_ids)
+
+    # dK, dV: grid over key blocks; queries, dO, lse, delta whole.
+    full_q = pl.BlockSpec((None, s_q, None, d), lambda j, bi, hi: (bi, 0, hi, 0))
+    full_row = pl.BlockSpec((None, None, s_q), lambda j, bi, hi: (bi, hi, 0))
+    kv_blk = pl.BlockSpec((None, bk, None, d), lambda j, bi, hi: (bi, j, hi // g, 0))
+    out_kv = pl.BlockSpec((None, bk, None, d), lambda j, bi, hi: (bi, j, hi, 0))
+    kv_dtype = k.dtype if g == 1 else jnp.float32
+    dk, dv = pl.pallas_call(
+        functools.partial(_dkdv_kernel, cfg=cfg),
+        grid=(s_k // bk, b, h),
+        in_specs=[
+            full_q,
+            kv_blk,
+            kv_blk,
+            full_q,
+            full_row,
+            full_row,
+            None if q_ids is None else pl.BlockSpec((None, s_q), lambda j, bi, hi: (bi, 0)),
+            None if kv_ids is None else pl.BlockSpec((None, bk), lambda j, bi, hi: (bi, j)),
+        ],
+        out_specs=[out_kv, out_kv],
+        out_shape=[jax.ShapeDtypeStruct((b, s_k, h, d), kv_dtype)] * 2,
+        compiler_params=cfg.compiler_params(),
+        interpret=cfg.interpret,
+        name="tjx_flash_bwd_dkdv",
+    )(*args)
+    if g > 1:
+        dk = dk.reshape(b, s_k, h_kv, g, d).sum(axis=3).astype(k.dtype)
+        dv = dv.reshape(b, s_k, h_kv, g, d).sum(axis=3).astype(v.dtype)
+
+    # dQ: grid over query blocks; keys and values whole.
+    q_blk = pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, i, hi, 0))
+    row_blk = pl.BlockSpec((None, None, bq), lambda i, bi, hi: (bi, hi, i))
+    full_kv = pl.BlockSpec((None, s_k, None, d), lambda i, bi, hi: (bi, 0, hi // g, 0))
+    dq = pl.pallas_call(
+        functools.partial(_dq_kernel, cfg=cfg),
+        grid=(s_q // bq, b, h),
+        in_specs=[
+            q_blk,
+            full_kv,
+            full_kv,
+            q_blk,
+            row_blk,
+            row_blk,
+            None if q_ids is None else pl.BlockSpec((None, bq), lambda i, bi, hi: (bi, i)),
+            None if kv_ids is None else pl.BlockSpec((None, s_k), lambda i, bi, hi: (bi, 0)),
+        ],
+        out_specs=q_blk,
+        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+        compiler_params=cfg.compiler_params(),
+        interpret=cfg.interpret,
+        name="tjx_flash_bwd_dq",
+    )(*args)
+    return dq, dk, dv

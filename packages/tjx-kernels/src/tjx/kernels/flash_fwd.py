@@ -1,0 +1,228 @@
+"""Forward Pallas kernel of flash attention (FlashAttention-2 style online softmax).
+
+One program handles one ``block_q`` tile of queries of one (batch, head): it keeps the tile, a
+float32 accumulator ``[block_q, head_dim]``, the running row maximum ``m`` and the running
+denominator ``l``, and walks over ``block_k`` tiles of keys/values. Logits are kept in base 2
+(``s · log2(e)``) so the exponentials are ``exp2``. With ``causal`` the walk stops at the diagonal
+(blocks wholly above it are never loaded). It writes the normalised output and the per-row
+log-sum-exp (base 2) that the backward pass needs; an empty row (every key masked) gets output 0
+and log-sum-exp ``+inf`` so that the backward pass recomputes probabilities of exactly 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+Array = jax.Array
+LOG2E = math.log2(math.e)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+    """Static description of one padded flash-attention call (hashable: a custom_vjp nondiff arg).
+
+    ``q_len``/``kv_len`` are the padded lengths (multiples of the block sizes); ``kv_valid`` is the
+    true key length, masked when it differs from ``kv_len`` and no segment ids carry the padding.
+    """
+
+    scale: float
+    causal: bool
+    has_segments: bool
+    q_len: int
+    kv_len: int
+    kv_valid: int
+    groups: int
+    block_q: int
+    block_k: int
+    block_q_bwd: int
+    block_k_bwd: int
+    num_warps: int
+    num_stages: int
+    interpret: bool
+
+    def compiler_params(self) -> Any:
+        """Triton launch parameters (ignored in interpret mode)."""
+        return plgpu.CompilerParams(num_warps=self.num_warps, num_stages=self.num_stages)
+
+
+def block_mask(
+    cfg: KernelConfig,
+    q_pos: Array,
+    k_pos: Array,
+    q_ids: Array | None,
+    kv_ids: Array | None,
+    causal: bool,
+) -> Array | None:
+    """Boolean [bq, bk] mask (True = attend) for one tile, or None when the tile is all visible.
+
+    ``causal`` is False for tiles wholly below the diagonal (the caller knows), so those skip the
+    position comparison.
+    """
+    mask: Array | None = None
+
+    def conj(a: Array | None, b: Array) -> Array:
+        return b if a is None else jnp.logical_and(a, b)
+
+    if causal:
+        mask = conj(mask, q_pos[:, None] >= k_pos[None, :])
+    if not cfg.has_segments and cfg.kv_valid != cfg.kv_len:
+        mask = conj(mask, jnp.broadcast_to(k_pos[None, :] < cfg.kv_valid, (q_pos.size, k_pos.size)))
+    if q_ids is not None and kv_ids is not None:
+        same = q_ids[:, None] == kv_ids[None, :]
+        mask = conj(mask, jnp.logical_and(same, kv_ids[None, :] != 0))
+    return mask
+
+
+def kv_block_range(
+    cfg: KernelConfig, q_block: Array, block_q: int, block_k: int
+) -> tuple[Array, Array]:
+    """(n_unmasked, n_total) key blocks a query block visits.
+
+    Key blocks ``[0, n_unmasked)`` lie wholly at or below the causal diagonal (no causal mask);
+    ``[n_unmasked, n_total)`` straddle it; blocks from ``n_total`` on are above it and skipped.
+    Without ``causal`` every block is visited and none needs the causal mask.
+    """
+    n_kv = jnp.int32(cfg.kv_len // block_k)
+    if not cfg.causal:
+        return n_kv, n_kv
+    first_q = q_block * block_q
+    n_total = lax.min(n_kv, lax.div(first_q + block_q + block_k - 1, block_k))
+    n_unmasked = lax.min(n_total, lax.div(first_q + 1, block_k))
+    return n_unmasked, n_total
+
+
+def q_block_range(
+    cfg: KernelConfig, kv_block: Array, block_q: int, block_k: int
+) -> tuple[Array, Array]:
+    """(first, first_unmasked) query blocks a key block meets (it meets all up to the end).
+
+    Query blocks before ``first`` lie wholly above the diagonal (skipped); ``[first,
+    first_unmasked)`` straddle it; blocks from ``first_unmasked`` on see the whole key block.
+    """
+    n_q = jnp.int32(cfg.q_len // block_q)
+    if not cfg.causal:
+        return jnp.int32(0), jnp.int32(0)
+    first = lax.min(n_q, lax.div(kv_block * block_k, block_q))
+    last_key = (kv_block + 1) * block_k - 1
+    first_unmasked = lax.min(n_q, lax.div(last_key + block_q - 1, block_q))
+    return first, first_unmasked
+
+
+def dot_nt(a: Array, b: Array) -> Array:
+    """a @ b.T with float32 accumulation (a [m, d], b [n, d])."""
+    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def dot_tn(a: Array, b: Array) -> Array:
+    """a.T @ b with float32 accumulation (a [m, n], b [m, d])."""
+    return lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def dot_nn(a: Array, b: Array) -> Array:
+    """a @ b with float32 accumulation."""
+    return lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _fwd_kernel(
+    q_ref: Any,
+    k_ref: Any,
+    v_ref: Any,
+    qid_ref: Any,
+    kid_ref: Any,
+    o_ref: Any,
+    lse_ref: Any,
+    *,
+    cfg: KernelConfig,
+) -> None:
+    bq, bk = cfg.block_q, cfg.block_k
+    i = pl.program_id(0)
+    q = q_ref[...]
+    head_dim = q.shape[-1]
+    q_pos = i * bq + jnp.arange(bq)
+    q_ids = None if qid_ref is None else qid_ref[...]
+    qk_scale = cfg.scale * LOG2E
+
+    def body(
+        j: Array, carry: tuple[Array, Array, Array], causal: bool
+    ) -> tuple[Array, Array, Array]:
+        acc, m_prev, l_prev = carry
+        ks = pl.ds(j * bk, bk)
+        s = dot_nt(q, k_ref[ks, :]) * qk_scale
+        kv_ids = None if kid_ref is None else kid_ref[ks]
+        mask = block_mask(cfg, q_pos, j * bk + jnp.arange(bk), q_ids, kv_ids, causal)
+        if mask is not None:
+            s = jnp.where(mask, s, -jnp.inf)
+        m_next = jnp.maximum(m_prev, jnp.max(s, axis=-1))
+        # Rows with nothing visible yet keep m = -inf; shift them by 0 so exp2 gives 0, not NaN.
+        m_safe = jnp.where(m_next == -jnp.inf, 0.0, m_next)
+        alpha = jnp.exp2(m_prev - m_safe)
+        p = jnp.exp2(s - m_safe[:, None])
+        l_next = alpha * l_prev + jnp.sum(p, axis=-1)
+        v = v_ref[ks, :]
+        acc = alpha[:, None] * acc + dot_nn(p.astype(v.dtype), v)
+        return acc, m_next, l_next
+
+    carry = (
+        jnp.zeros((bq, head_dim), jnp.float32),
+        jnp.full((bq,), -jnp.inf, jnp.float32),
+        jnp.zeros((bq,), jnp.float32),
+    )
+    n_unmasked, n_total = kv_block_range(cfg, i, bq, bk)
+    carry = lax.fori_loop(0, n_unmasked, functools.partial(body, causal=False), carry)
+    if cfg.causal:
+        carry = lax.fori_loop(n_unmasked, n_total, functools.partial(body, causal=True), carry)
+    acc, m, denom = carry
+    empty = denom == 0.0
+    denom = jnp.where(empty, 1.0, denom)
+    o_ref[...] = (acc / denom[:, None]).astype(o_ref.dtype)
+    lse_ref[...] = jnp.where(empty, jnp.inf, m + jnp.log2(denom))
+
+
+def flash_forward(
+    q: Array,
+    k: Array,
+    v: Array,
+    q_ids: Array | None,
+    kv_ids: Array | None,
+    cfg: KernelConfig,
+) -> tuple[Array, Array]:
+    """Run the forward kernel on padded inputs; returns (out [b, s_q, h, d], lse2 [b, h, s_q])."""
+    b, s_q, h, d = q.shape
+    s_k = k.shape[1]
+    bq, g = cfg.block_q, cfg.groups
+    grid = (s_q // bq, b, h)
+    in_specs: list[pl.BlockSpec | None] = [
+        pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, i, hi, 0)),
+        pl.BlockSpec((None, s_k, None, d), lambda i, bi, hi: (bi, 0, hi // g, 0)),
+        pl.BlockSpec((None, s_k, None, d), lambda i, bi, hi: (bi, 0, hi // g, 0)),
+        None if q_ids is None else pl.BlockSpec((None, bq), lambda i, bi, hi: (bi, i)),
+        None if kv_ids is None else pl.BlockSpec((None, s_k), lambda i, bi, hi: (bi, 0)),
+    ]
+    out_specs = [
+        pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, i, hi, 0)),
+        pl.BlockSpec((None, None, bq), lambda i, bi, hi: (bi, hi, i)),
+    ]
+    out_shape = [
+        jax.ShapeDtypeStruct(q.shape, q.dtype),
+        jax.ShapeDtypeStruct((b, h, s_q), jnp.float32),
+    ]
+    out, lse = pl.pallas_call(
+        functools.partial(_fwd_kernel, cfg=cfg),
+        grid=grid,
+        in_specs=in_specs,
+        out_specs=out_specs,
+        out_shape=out_shape,
+        compiler_params=cfg.compiler_params(),
+        interpret=cfg.interpret,
+        name="tjx_flash_fwd",
+    )(q, k, v, q_ids, kv_ids)
+    return out, lse

@@ -1,0 +1,145 @@
+"""Plain-XLA attention: the reference every fused kernel is tested against, and the fallback path.
+
+The softmax subtracts the row maximum and runs in float32 whatever the input dtype; masked logits
+are ``-inf`` (not a large negative constant) and a row whose keys are all masked gives zeros, with
+zero gradients, instead of NaN or a uniform average.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from tjx.kernels._checks import (
+    AttentionShapes,
+    SegmentIds,
+    check_bias,
+    check_dropout,
+    check_kv_lengths,
+    check_qkv,
+    check_scale,
+    check_segment_ids,
+    split_segment_ids,
+)
+
+Array = jax.Array
+
+
+def attention_mask(
+    shapes: AttentionShapes,
+    *,
+    causal: bool,
+    segment_ids: SegmentIds | None,
+    kv_lengths: Array | None,
+) -> Array | None:
+    """Boolean mask [b|1, 1, s_q, s_k] (True = attend), or None when nothing is masked.
+
+    Causal masking is top-left aligned (query ``i`` sees keys ``j <= i``), as in
+    ``jax.nn.dot_product_attention``. Segment id 0 marks padding: a padding query attends to
+    nothing and no query attends to a padding key.
+    """
+    s_q, s_k = shapes.q_len, shapes.kv_len
+    mask: Array | None = None
+
+    def conj(a: Array | None, b: Array) -> Array:
+        return b if a is None else jnp.logical_and(a, b)
+
+    if causal:
+        rows = jnp.arange(s_q)[:, None]
+        cols = jnp.arange(s_k)[None, :]
+        mask = conj(mask, (rows >= cols)[None, None])
+    q_ids, kv_ids = split_segment_ids(segment_ids)
+    if q_ids is not None and kv_ids is not None:
+        same = q_ids[:, :, None] == kv_ids[:, None, :]
+        valid = (q_ids[:, :, None] != 0) & (kv_ids[:, None, :] != 0)
+        mask = conj(mask, (same & valid)[:, None])
+    if kv_lengths is not None:
+        keep = jnp.arange(s_k)[None, :] < jnp.asarray(kv_lengths)[:, None]
+        mask = conj(mask, keep[:, None, None, :])
+    return mask
+
+
+def reference_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    causal: bool = False,
+    segment_ids: SegmentIds | None = None,
+    kv_lengths: Array | None = None,
+    scale: float | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
+    bias: Array | None = None,
+) -> Array:
+    """Multi-head attention in plain XLA (the reference implementation).
+
+    Parameters
+    ----------
+    q : Array
+        Queries ``[batch, q_len, heads, head_dim]``.
+    k, v : Array
+        Keys and values ``[batch, kv_len, kv_heads, head_dim]``; ``kv_heads`` divides ``heads``
+        (GQA/MQA).
+    causal : bool
+        Top-left aligned causal mask (query ``i`` attends to keys ``j <= i``).
+    segment_ids : Array or (Array, Array), optional
+        int ``[batch, seq]`` for self-attention, or a pair ``(q_ids, kv_ids)``. Tokens attend only
+        within their segment; id 0 is padding (attends to nothing, attended by nothing).
+    kv_lengths : Array, optional
+        int ``[batch]``: keys at positions ``>= kv_lengths[b]`` are masked.
+    scale : float, optional
+        Logit scale; default ``1 / sqrt(head_dim)``.
+    dropout_rate : float
+        Attention-probability dropout rate in ``[0, 1)``; needs ``dropout_rng`` when positive.
+    dropout_rng : Array, optional
+        PRNG key for dropout.
+    bias : Array, optional
+        Additive logit bias ``[batch|1, heads|1, q_len, kv_len]`` (e.g. ALiBi), added after
+        scaling.
+
+    Returns
+    -------
+    Array
+        ``[batch, q_len, heads, head_dim]`` in ``q``'s dtype. Rows with no visible key are zero.
+    """
+    shapes = check_qkv(q, k, v)
+    check_segment_ids(segment_ids, shapes)
+    check_kv_lengths(kv_lengths, shapes)
+    check_bias(bias, shapes)
+    check_dropout(dropout_rate, dropout_rng)
+    check_scale(scale)
+    b, s_q, h, d = q.shape
+    h_kv = shapes.num_kv_heads
+    g = h // h_kv
+    sm_scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+
+    # Group query heads by their kv head: [b, s_q, h_kv, g, d] (head h = kv_head * g + j).
+    qg = q.reshape(b, s_q, h_kv, g, d)
+    acc_t = jnp.promote_types(q.dtype, jnp.float32)
+    logits = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=acc_t)
+    logits = logits * jnp.asarray(sm_scale, acc_t)
+    if bias is not None:
+        bias5 = bias.astype(acc_t)
+        if bias5.shape[1] == 1:
+            bias5 = bias5[:, :, None]  # [b|1, 1, 1, s_q, s_k]
+        else:
+            bias5 = bias5.reshape(bias5.shape[0], h_kv, g, s_q, shapes.kv_len)
+        logits = logits + bias5
+    mask = attention_mask(shapes, causal=causal, segment_ids=segment_ids, kv_lengths=kv_lengths)
+    if mask is not None:
+        logits = jnp.where(mask[:, :, None], logits, -jnp.inf)  # [b|1, 1, 1, s_q, s_k]
+    row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    # A fully masked row has max -inf: shift by 0 so exp(-inf) = 0 and the row sums to 0.
+    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+    p = jnp.exp(logits - row_max)
+    denom = jnp.sum(p, axis=-1, keepdims=True)
+    p = p / jnp.where(denom == 0.0, 1.0, denom)
+    if dropout_rate > 0.0:
+        assert dropout_rng is not None
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, p.shape)
+        p = jnp.where(keep, p / (1.0 - dropout_rate), 0.0)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", p.astype(v.dtype), v, preferred_element_type=acc_t)
+    return out.reshape(b, s_q, h, d).astype(q.dtype)

@@ -1,0 +1,94 @@
+"""float64 NumPy references for the kernel tests (independent of JAX's autodiff)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def np_mask(b, sq, sk, *, causal=False, q_ids=None, kv_ids=None, kv_lengths=None):
+    """Boolean [b, sq, sk] mask, True = attend (same rules as tjx.kernels.attention_mask)."""
+    m = np.ones((b, sq, sk), bool)
+    if causal:
+        m &= np.tril(np.ones((sq, sk), bool))[None]
+    if q_ids is not None:
+        q_ids, kv_ids = np.asarray(q_ids), np.asarray(kv_ids)
+        m &= (q_ids[:, :, None] == kv_ids[:, None, :]) & (kv_ids[:, None, :] != 0)
+    if kv_lengths is not None:
+        m &= np.arange(sk)[None, None, :] < np.asarray(kv_lengths)[:, None, None]
+    return m
+
+
+def np_attention(q, k, v, mask, *, scale=None, bias=None, d_out=None):
+    """Attention forward (and backward when ``d_out`` is given) in float64.
+
+    q [b, sq, h, d], k/v [b, sk, hkv, d], mask [b, sq, sk], bias [b|1, h|1, sq, sk].
+    Returns out, or (out, dq, dk, dv).
+    """
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    b, sq, h, d = q.shape
+    hkv = k.shape[2]
+    g = h // hkv
+    scale = 1.0 / np.sqrt(d) if scale is None else scale
+    ke = np.repeat(k, g, axis=2)  # head i uses kv head i // g
+    ve = np.repeat(v, g, axis=2)
+    s = np.einsum("bqhd,bkhd->bhqk", q, ke) * scale
+    if bias is not None:
+        s = s + np.asarray(bias, np.float64)
+    m4 = mask[:, None]
+    s = np.where(m4, s, -np.inf)
+    mx = np.max(s, axis=-1, keepdims=True)
+    mx = np.where(np.isfinite(mx), mx, 0.0)
+    p = np.where(m4, np.exp(s - mx), 0.0)
+    den = p.sum(-1, keepdims=True)
+    p = p / np.where(den == 0, 1.0, den)
+    out = np.einsum("bhqk,bkhd->bqhd", p, ve)
+    if d_out is None:
+        return out
+    do = np.asarray(d_out, np.float64)
+    dve = np.einsum("bhqk,bqhd->bkhd", p, do)
+    dp = np.einsum("bqhd,bkhd->bhqk", do, ve)
+    ds = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))
+    dq = np.einsum("bhqk,bkhd->bqhd", ds, ke) * scale
+    dke = np.einsum("bhqk,bqhd->bkhd", ds, q) * scale
+    sk = k.shape[1]
+    dk = dke.reshape(b, sk, hkv, g, d).sum(3)
+    dv = dve.reshape(b, sk, hkv, g, d).sum(3)
+    return out, dq, dk, dv
+
+
+def rel_err(actual, expected):
+    """Norm-wise relative error max|a - e| / max|e|.
+
+    A tensor that is exactly zero in exact arithmetic (e.g. dq when each query sees one key) is
+    compared absolutely (denominator 1): its rounding noise has no scale of its own.
+    """
+    a = np.asarray(actual, np.float64)
+    e = np.asarray(expected, np.float64)
+    if e.size == 0:
+        return 0.0
+    den = np.max(np.abs(e))
+    return float(np.max(np.abs(a - e)) / (den if den > 0 else 1.0))
+
+
+def np_cross_entropy(hidden, w, labels, *, ignore_index=-100, z_loss=0.0):
+    """(loss, sum_loss, num_tokens, num_correct, dhidden, dw) of the naive full-logits CE."""
+    h = np.asarray(hidden, np.float64).reshape(-1, hidden.shape[-1])
+    w = np.asarray(w, np.float64)
+    lab = np.asarray(labels).reshape(-1)
+    logits = h @ w
+    mx = logits.max(-1, keepdims=True)
+    lse = (mx + np.log(np.exp(logits - mx).sum(-1, keepdims=True)))[:, 0]
+    valid = lab != ignore_index
+    safe = np.where(valid, lab, 0)
+    ce = np.where(valid, lse - logits[np.arange(len(lab)), safe], 0.0)
+    n = int(valid.sum())
+    sum_loss = ce.sum()
+    loss = (sum_loss + z_loss * np.where(valid, lse**2, 0).sum()) / max(n, 1)
+    correct = int((valid & (logits.argmax(-1) == safe)).sum())
+    p = np.exp(logits - lse[:, None])
+    onehot = np.zeros_like(p)
+    onehot[np.arange(len(lab)), safe] = 1.0
+    dlogits = (p - onehot + 2 * z_loss * lse[:, None] * p) * valid[:, None] / max(n, 1)
+    dh = (dlogits @ w.T).reshape(hidden.shape)
+    dw = h.T @ dlogits
+    return loss, sum_loss, n, correct, dh, dw

@@ -1,0 +1,173 @@
+"""chunked_cross_entropy against the naive full-logits computation in float64."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tjx.kernels import CrossEntropyOutput, chunked_cross_entropy
+
+from ._ref import np_cross_entropy, rel_err
+
+
+def _data(seed, shape, d, vocab, ignore_frac=0.2, ignore_index=-100):
+    rng = np.random.default_rng(seed)
+    hidden = rng.standard_normal((*shape, d))
+    w = rng.standard_normal((d, vocab)) * 0.5
+    labels = rng.integers(0, vocab, shape).astype(np.int32)
+    labels[rng.random(shape) < ignore_frac] = ignore_index
+    return hidden, w, labels
+
+
+@pytest.mark.parametrize(
+    "shape,chunk,z_loss,ignore_index",
+    [
+        ((3, 7), 4, 0.0, -100),  # 21 tokens: padded up to 24
+        ((2, 8), 16, 1e-2, -100),  # one chunk
+        ((17,), 1, 0.0, 0),  # chunk of one token; ignore_index inside the vocab range
+        ((2, 3), 64, 1e-1, -1),  # chunk larger than the token count
+        ((2, 7), 6, 0.0, -100),  # 3 positions per row per step: last axis padded 7 → 9
+    ],
+)
+def test_matches_naive_loss_counts_and_grads(shape, chunk, z_loss, ignore_index):
+    d, vocab = 12, 37
+    hidden, w, labels = _data(chunk + len(shape), shape, d, vocab, ignore_index=ignore_index)
+    loss, sum_loss, n, correct, dh, dw = np_cross_entropy(
+        hidden, w, labels, ignore_index=ignore_index, z_loss=z_loss
+    )
+
+    def fn(h, w):
+        out = chunked_cross_entropy(
+            h, w, jnp.asarray(labels), chunk_size=chunk, ignore_index=ignore_index, z_loss=z_loss
+        )
+        return out.loss, out
+
+    (got_loss, out), (g_h, g_w) = jax.jit(jax.value_and_grad(fn, argnums=(0, 1), has_aux=True))(
+        jnp.asarray(hidden, jnp.float32), jnp.asarray(w, jnp.float32)
+    )
+    assert isinstance(out, CrossEntropyOutput)
+    assert rel_err(got_loss, loss) <= 1e-5
+    assert rel_err(out.sum_loss, sum_loss) <= 1e-5
+    assert int(out.num_tokens) == n and int(out.num_correct) == correct
+    assert out.num_tokens.dtype == jnp.int32 and out.loss.dtype == jnp.float32
+    assert rel_err(g_h, dh) <= 1e-5
+    assert rel_err(g_w, dw) <= 1e-5
+
+
+def test_sum_loss_gradient_and_accuracy_counts():
+    hidden, w, labels = _data(3, (4, 5), 8, 11)
+    w = w * 0.0 + np.eye(8, 11) * 10.0  # logits ≈ 10·hidden[:, :8] → argmax is predictable
+    _, sum_loss, _, correct, _, _ = np_cross_entropy(hidden, w, labels)
+    fn = lambda h: chunked_cross_entropy(
+        h, jnp.asarray(w, jnp.float32), jnp.asarray(labels), chunk_size=3
+    )
+    out = jax.jit(fn)(jnp.asarray(hidden, jnp.float32))
+    assert int(out.num_correct) == correct
+    g = jax.jit(jax.grad(lambda h: fn(h).sum_loss))(jnp.asarray(hidden, jnp.float32))
+    assert rel_err(out.sum_loss, sum_loss) <= 1e-5 and bool(jnp.all(jnp.isfinite(g)))
+
+
+def test_all_ignored_gives_zero_loss_and_zero_grads():
+    hidden, w, _ = _data(4, (2, 3), 6, 9)
+    labels = jnp.full((2, 3), -100, jnp.int32)
+    fn = lambda h, w: chunked_cross_entropy(h, w, labels, chunk_size=2).loss
+    loss, grads = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))(
+        jnp.asarray(hidden, jnp.float32), jnp.asarray(w, jnp.float32)
+    )
+    assert float(loss) == 0.0
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in grads)
+
+
+def test_bf16_inputs_within_tolerance():
+    hidden, w, labels = _data(5, (4, 16), 32, 50)
+    h16 = jnp.asarray(hidden, jnp.bfloat16)
+    w16 = jnp.asarray(w, jnp.bfloat16)
+    loss, *_ = np_cross_entropy(
+        np.asarray(h16.astype(jnp.float32)), np.asarray(w16.astype(jnp.float32)), labels
+    )
+    fn = lambda h: chunked_cross_entropy(h, w16, jnp.asarray(labels), chunk_size=8)
+    out = jax.jit(fn)(h16)
+    g = jax.jit(jax.grad(lambda h: fn(h).loss))(h16)
+    assert out.loss.dtype == jnp.float32 and g.dtype == jnp.bfloat16
+    assert rel_err(out.loss, loss) <= 2e-2
+
+
+def test_extreme_hidden_stays_finite():
+    hidden, w, labels = _data(6, (2, 4), 8, 13)
+    h = jnp.asarray(hidden * 1e3, jnp.float32)
+    fn = lambda h: chunked_cross_entropy(
+        h, jnp.asarray(w, jnp.float32), jnp.asarray(labels), chunk_size=3, z_loss=1e-4
+    ).loss
+    loss, g = jax.jit(jax.value_and_grad(fn))(h)
+    assert bool(jnp.isfinite(loss)) and bool(jnp.all(jnp.isfinite(g)))
+
+
+def _all_avals(jaxpr):
+    for eqn in jaxpr.eqns:
+        for var in eqn.outvars:
+            yield var.aval
+        for param in eqn.params.values():
+            subs = param if isinstance(param, list | tuple) else [param]
+            for sub in subs:
+                inner = getattr(sub, "jaxpr", sub)  # ClosedJaxpr → Jaxpr
+                if hasattr(inner, "eqns"):
+                    yield from _all_avals(inner)
+
+
+@pytest.mark.parametrize("shape", [(64,), (4, 16)])
+def test_never_materialises_full_logits(shape):
+    n_tok, vocab, d = 64, 96, 8
+    hidden, w, labels = _data(7, shape, d, vocab)
+    fn = lambda h, w: chunked_cross_entropy(h, w, jnp.asarray(labels), chunk_size=16).loss
+    jaxpr = jax.make_jaxpr(jax.grad(fn, argnums=(0, 1)))(
+        jnp.asarray(hidden, jnp.float32), jnp.asarray(w, jnp.float32)
+    )
+    shapes = [tuple(getattr(a, "shape", ())) for a in _all_avals(jaxpr.jaxpr)]
+    assert (16, vocab) in shapes  # the chunk's logits exist...
+    assert all(
+        not (len(s) >= 2 and s[-1] == vocab and int(np.prod(s[:-1])) >= n_tok) for s in shapes
+    )  # ...the full [tokens, vocab] never does
+
+
+def test_batch_sharded_input_gives_the_same_result():
+    devices = np.array(jax.devices())
+    mesh = jax.sharding.Mesh(devices, ("data",))
+    rows = len(devices)
+    hidden, w, labels = _data(8, (rows, 6), 8, 21)
+    spec = jax.sharding.PartitionSpec("data")
+    h = jax.device_put(jnp.asarray(hidden, jnp.float32), jax.sharding.NamedSharding(mesh, spec))
+    lab = jax.device_put(jnp.asarray(labels), jax.sharding.NamedSharding(mesh, spec))
+    fn = jax.jit(
+        jax.value_and_grad(
+            lambda h, w, lab: chunked_cross_entropy(h, w, lab, chunk_size=2 * rows).loss
+        )
+    )
+    loss, g = fn(h, jnp.asarray(w, jnp.float32), lab)
+    ref_loss, *_, dh, _ = np_cross_entropy(hidden, w, labels)
+    assert rel_err(loss, ref_loss) <= 1e-5 and rel_err(g, dh) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"hidden": jnp.ones((2, 5))}, "unembedding"),
+        ({"labels": jnp.ones((2, 3), jnp.int32)}, "labels"),
+        ({"labels": jnp.ones((2, 4))}, "integer"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"z_loss": -1.0}, "z_loss"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    args = {
+        "hidden": jnp.ones((2, 4, 6)),
+        "unembedding": jnp.ones((6, 10)),
+        "labels": jnp.ones((2, 4), jnp.int32),
+        "chunk_size": 4,
+    }
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        chunked_cross_entropy(
+            args.pop("hidden"), args.pop("unembedding"), args.pop("labels"), **args
+        )

@@ -1,0 +1,141 @@
+"""The ``attention`` dispatcher: selection rules, fallbacks, errors and the cuDNN plumbing."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tjx.kernels.dispatch as dispatch
+from tjx.kernels import attention, reference_attention, select_implementation
+from tjx.kernels._checks import check_qkv
+
+from ._ref import np_attention, np_mask, rel_err
+
+
+def _x(shape, dtype=jnp.float32, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+def _select(dtype=jnp.bfloat16, d=64, *, impl="auto", segs=None, needs_xla=False, gpu=True):
+    q = jnp.ones((1, 8, 4, d), dtype)
+    kv = jnp.ones((1, 8, 2, d), dtype)
+    shapes = check_qkv(q, kv, kv)
+    return select_implementation(
+        q, shapes, implementation=impl, segment_ids=segs, needs_xla=needs_xla, on_gpu=gpu
+    )
+
+
+def test_auto_selection_rules():
+    ids = jnp.ones((1, 8), jnp.int32)
+    assert _select(gpu=False) == "xla"
+    assert _select() == "cudnn"
+    assert _select(jnp.float16, 128) == "cudnn"
+    assert _select(segs=ids) == "pallas"  # cuDNN would need a dense mask
+    assert _select(jnp.float32) == "pallas"  # cuDNN has no fp32 flash path
+    assert _select(jnp.bfloat16, 200) == "pallas"  # beyond cuDNN's head_dim limit
+    assert _select(jnp.float32, 300) == "xla"  # beyond every fused kernel
+    assert _select(needs_xla=True) == "xla"
+    assert _select(impl="pallas", needs_xla=True) == "xla"  # bias/dropout: XLA path
+    assert _select(impl="pallas", gpu=False) == "pallas"  # explicit: interpret mode on CPU
+    assert _select(impl="xla") == "xla"
+
+
+@pytest.mark.parametrize(
+    "dtype,d,impl,gpu,match",
+    [
+        (jnp.bfloat16, 64, "cudnn", False, "CUDA GPU"),
+        (jnp.float32, 64, "cudnn", True, "bfloat16, float16"),
+        (jnp.bfloat16, 36, "cudnn", True, "multiples of 8"),
+        (jnp.float32, 300, "pallas", True, "head_dim"),
+        (jnp.bfloat16, 64, "triton", True, "implementation"),
+    ],
+)
+def test_explicit_kernel_that_cannot_serve_raises(dtype, d, impl, gpu, match):
+    with pytest.raises(ValueError, match=match):
+        _select(dtype, d, impl=impl, gpu=gpu)
+
+
+def test_pallas_rejects_float64():
+    with jax.enable_x64(True):
+        q = jnp.ones((1, 4, 1, 8), jnp.float64)
+        with pytest.raises(ValueError, match="float64"):
+            attention(q, q, q, implementation="pallas")
+
+
+def test_auto_on_cpu_equals_reference_and_float64():
+    q, k, v = _x((2, 9, 4, 16), seed=1), _x((2, 9, 2, 16), seed=2), _x((2, 9, 2, 16), seed=3)
+    ids = jnp.asarray([[1] * 6 + [0] * 3, [1] * 4 + [2] * 5], jnp.int32)
+    got = attention(q, k, v, causal=True, segment_ids=ids)
+    ref = reference_attention(q, k, v, causal=True, segment_ids=ids)
+    np.testing.assert_array_equal(got, ref)
+    mask = np_mask(2, 9, 9, causal=True, q_ids=np.asarray(ids), kv_ids=np.asarray(ids))
+    assert rel_err(got, np_attention(np.asarray(q), np.asarray(k), np.asarray(v), mask)) <= 1e-5
+    assert got.dtype == q.dtype
+
+
+def test_bias_and_dropout_route_to_xla_even_when_pallas_is_requested():
+    q = _x((1, 8, 2, 16))
+    bias = _x((1, 2, 8, 8), seed=4)
+    got = attention(q, q, q, bias=bias, implementation="pallas")
+    np.testing.assert_array_equal(got, reference_attention(q, q, q, bias=bias))
+    key = jax.random.key(0)
+    got = attention(q, q, q, dropout_rate=0.5, dropout_rng=key, implementation="pallas")
+    ref = reference_attention(q, q, q, dropout_rate=0.5, dropout_rng=key)
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_attention_validates_before_dispatch():
+    q = jnp.ones((1, 4, 3, 8))
+    kv = jnp.ones((1, 4, 2, 8))
+    with pytest.raises(ValueError, match="multiple"):
+        attention(q, kv, kv)
+    with pytest.raises(ValueError, match="implementation"):
+        attention(q, q, q, implementation="flash")  # type: ignore[arg-type]
+
+
+def test_cudnn_plumbing_with_segments_and_lengths(monkeypatch):
+    """On CPU, swap cuDNN for XLA inside jax.nn to check masks/lengths are passed through."""
+    calls = []
+    real = jax.nn.dot_product_attention
+
+    def fake(*args, implementation=None, **kwargs):
+        calls.append((implementation, kwargs))
+        return real(*args, implementation="xla", **kwargs)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", fake)
+    monkeypatch.setattr(dispatch, "on_cuda_gpu", lambda: True)
+    q = _x((2, 8, 4, 16), jnp.bfloat16, 5)
+    k, v = _x((2, 8, 2, 16), jnp.bfloat16, 6), _x((2, 8, 2, 16), jnp.bfloat16, 7)
+    lengths = jnp.asarray([8, 5], jnp.int32)
+    got = jax.jit(lambda q, k, v: attention(q, k, v, causal=True, kv_lengths=lengths))(q, k, v)
+    assert calls[-1][0] == "cudnn" and calls[-1][1]["is_causal"]
+    ref = reference_attention(q, k, v, causal=True, kv_lengths=lengths)
+    assert rel_err(got.astype(jnp.float32), ref.astype(jnp.float32)) <= 2e-2
+
+    ids = jnp.asarray([[1, 1, 1, 2, 2, 2, 2, 2], [1, 1, 1, 1, 1, 1, 1, 1]], jnp.int32)
+    got = jax.jit(lambda q, k, v: attention(q, k, v, segment_ids=ids, implementation="cudnn"))(
+        q, k, v
+    )
+    assert calls[-1][1]["mask"] is not None
+    ref = reference_attention(q, k, v, segment_ids=ids)
+    assert rel_err(got.astype(jnp.float32), ref.astype(jnp.float32)) <= 2e-2
+
+
+def test_on_cuda_gpu_is_false_on_cpu():
+    assert dispatch.on_cuda_gpu() is False
+
+
+def test_auto_falls_back_when_cudnn_refuses_while_tracing(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise NotImplementedError("cuDNN: unsupported compute capability")
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", refuse)
+    monkeypatch.setattr(dispatch, "on_cuda_gpu", lambda: True)
+    q = _x((1, 16, 2, 16), jnp.float16, 8)
+    got = jax.jit(lambda q: attention(q, q, q, causal=True))(q)  # cuDNN refuses → Pallas
+    ref = reference_attention(q, q, q, causal=True)
+    assert rel_err(got.astype(jnp.float32), ref.astype(jnp.float32)) <= 5e-3
+    with pytest.raises(NotImplementedError):
+        attention(q, q, q, implementation="cudnn")  # an explicit request surfaces the refusal

@@ -1,0 +1,172 @@
+"""reference_attention against a float64 NumPy reference; masks, bias, dropout, edge cases."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tjx.kernels import attention_mask, reference_attention
+from tjx.kernels._checks import check_qkv
+
+from ._ref import np_attention, np_mask, rel_err
+
+
+def _qkv(seed, b, sq, sk, h, hkv, d, scale=1.0):
+    rng = np.random.default_rng(seed)
+    return (
+        rng.standard_normal((b, sq, h, d)) * scale,
+        rng.standard_normal((b, sk, hkv, d)) * scale,
+        rng.standard_normal((b, sk, hkv, d)),
+        rng.standard_normal((b, sq, h, d)),
+    )
+
+
+def _fwd_bwd(fn, q, k, v, do):
+    """(out, dq, dk, dv) under one jit: eager op-by-op dispatch is slow on a loaded CPU."""
+
+    @jax.jit
+    def run(q, k, v, do):
+        out, vjp = jax.vjp(fn, q, k, v)
+        return (out, *vjp(do))
+
+    return run(q, k, v, do)
+
+
+@pytest.mark.parametrize(
+    "b,sq,sk,h,hkv,causal,with_bias,with_lengths",
+    [
+        (2, 9, 9, 4, 2, True, False, False),
+        (2, 12, 7, 8, 1, False, True, True),
+        (1, 5, 11, 4, 4, True, True, False),
+    ],
+)
+def test_reference_forward_and_grads_vs_float64(b, sq, sk, h, hkv, causal, with_bias, with_lengths):
+    d = 16
+    q, k, v, do = _qkv(sq + sk, b, sq, sk, h, hkv, d)
+    rng = np.random.default_rng(1)
+    q_ids = rng.integers(0, 3, (b, sq)).astype(np.int32)
+    kv_ids = rng.integers(0, 3, (b, sk)).astype(np.int32)
+    lengths = rng.integers(0, sk + 1, (b,)).astype(np.int32) if with_lengths else None
+    bias = rng.standard_normal((1, h, sq, sk)) if with_bias else None
+    mask = np_mask(b, sq, sk, causal=causal, q_ids=q_ids, kv_ids=kv_ids, kv_lengths=lengths)
+    expected = np_attention(q, k, v, mask, scale=0.3, bias=bias, d_out=do)
+
+    def fn(q, k, v):
+        return reference_attention(
+            q,
+            k,
+            v,
+            causal=causal,
+            segment_ids=(jnp.asarray(q_ids), jnp.asarray(kv_ids)),
+            kv_lengths=None if lengths is None else jnp.asarray(lengths),
+            scale=0.3,
+            bias=None if bias is None else jnp.asarray(bias, jnp.float32),
+        )
+
+    got = _fwd_bwd(fn, *(jnp.asarray(x, jnp.float32) for x in (q, k, v, do)))
+    for a, e in zip(got, expected, strict=True):
+        assert np.all(np.isfinite(np.asarray(a)))
+        assert rel_err(a, e) <= 1e-5
+
+
+def test_bias_broadcast_over_batch_and_heads():
+    q, k, v, _ = _qkv(2, 2, 6, 6, 4, 2, 8)
+    bias = np.random.default_rng(3).standard_normal((2, 1, 6, 6))
+    expected = np_attention(q, k, v, np.ones((2, 6, 6), bool), bias=bias)
+    got = jax.jit(reference_attention)(
+        *(jnp.asarray(x, jnp.float32) for x in (q, k, v)), bias=jnp.asarray(bias, jnp.float32)
+    )
+    assert rel_err(got, expected) <= 1e-5
+
+
+def test_bf16_accumulates_in_float32():
+    q, k, v, _ = _qkv(4, 1, 64, 64, 2, 2, 64)
+    q, k, v = (np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32)) for x in (q, k, v))
+    expected = np_attention(q, k, v, np_mask(1, 64, 64, causal=True))
+    got = jax.jit(reference_attention, static_argnames="causal")(
+        *(jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)), causal=True
+    )
+    assert got.dtype == jnp.bfloat16
+    assert rel_err(got.astype(jnp.float32), expected) <= 2e-2
+
+
+def test_fully_masked_rows_are_zero_with_finite_grads():
+    q, k, v, do = (jnp.asarray(x, jnp.float32) for x in _qkv(5, 1, 6, 6, 2, 1, 8))
+    ids = jnp.asarray([[1, 1, 0, 2, 0, 0]], jnp.int32)
+    out, *grads = _fwd_bwd(
+        lambda q, k, v: reference_attention(q, k, v, segment_ids=ids), q, k, v, do
+    )
+    assert np.all(np.asarray(out)[0, [2, 4, 5]] == 0.0)
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
+    assert np.all(np.asarray(grads[0])[0, [2, 4, 5]] == 0.0)
+    # A batch row with kv_length 0 is fully masked as well.
+    out0 = jax.jit(reference_attention)(q, k, v, kv_lengths=jnp.asarray([0], jnp.int32))
+    assert np.all(np.asarray(out0) == 0.0)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_magnitude_100_inputs_stay_finite(dtype):
+    q, k, v, do = (jnp.asarray(x, dtype) for x in _qkv(6, 1, 16, 16, 2, 2, 32, scale=100.0))
+    got = _fwd_bwd(lambda q, k, v: reference_attention(q, k, v, causal=True), q, k, v, do)
+    assert all(np.all(np.isfinite(np.asarray(g.astype(jnp.float32)))) for g in got)
+
+
+def test_dropout_is_keyed_and_unbiased():
+    q, k, v, _ = (jnp.asarray(x, jnp.float32) for x in _qkv(7, 1, 8, 8, 2, 2, 8))
+    plain = reference_attention(q, k, v)
+
+    @jax.jit
+    def drop(key):
+        return reference_attention(q, k, v, dropout_rate=0.25, dropout_rng=key)
+
+    k1, k2 = jax.random.key(1), jax.random.key(2)
+    np.testing.assert_array_equal(drop(k1), drop(k1))
+    assert not np.allclose(drop(k1), drop(k2))
+    mean = jax.jit(jax.vmap(drop))(jax.random.split(jax.random.key(3), 2000)).mean(0)
+    # Inverted dropout keeps the expectation: the mean over many keys approaches the plain output.
+    assert float(jnp.max(jnp.abs(mean - plain))) < 0.05
+
+
+def test_attention_mask_is_none_without_masking():
+    shapes = check_qkv(*(jnp.ones((1, 3, 1, 4)),) * 3)
+    assert attention_mask(shapes, causal=False, segment_ids=None, kv_lengths=None) is None
+    m = attention_mask(shapes, causal=True, segment_ids=None, kv_lengths=None)
+    assert m is not None and m.shape == (1, 1, 3, 3) and not bool(m[0, 0, 0, 1])
+
+
+X = jnp.ones((2, 4, 4, 8), jnp.float32)
+KV = jnp.ones((2, 4, 2, 8), jnp.float32)
+
+
+@pytest.mark.parametrize(
+    "args,kwargs,match",
+    [
+        ((jnp.ones((4, 4, 8)), KV, KV), {}, "rank 4"),
+        ((X, KV, jnp.ones((2, 5, 2, 8))), {}, "same shape"),
+        ((X, KV.astype(jnp.bfloat16), KV.astype(jnp.bfloat16)), {}, "dtype"),
+        ((X, jnp.ones((3, 4, 2, 8)), jnp.ones((3, 4, 2, 8))), {}, "batch"),
+        ((X, jnp.ones((2, 4, 2, 4)), jnp.ones((2, 4, 2, 4))), {}, "head_dim"),
+        ((X, jnp.ones((2, 4, 3, 8)), jnp.ones((2, 4, 3, 8))), {}, "multiple"),
+        ((X.astype(jnp.int32), KV, KV), {}, "dtype"),
+        ((X, KV, KV), {"segment_ids": jnp.ones((2, 5), jnp.int32)}, "segment_ids"),
+        ((X, KV, KV), {"segment_ids": jnp.ones((2, 4), jnp.float32)}, "integer"),
+        ((X, KV, KV), {"segment_ids": (jnp.ones((2, 4), jnp.int32),)}, "pair"),
+        ((X, KV, KV), {"kv_lengths": jnp.ones((3,), jnp.int32)}, "kv_lengths"),
+        ((X, KV, KV), {"bias": jnp.ones((2, 3, 4, 4))}, "bias"),
+        ((X, KV, KV), {"dropout_rate": 1.0}, "dropout_rate"),
+        ((X, KV, KV), {"dropout_rate": 0.1}, "dropout_rng"),
+        ((X, KV, KV), {"scale": 0.0}, "scale"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_argument(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        reference_attention(*args, **kwargs)
+
+
+def test_single_segment_array_needs_equal_lengths():
+    q = jnp.ones((1, 3, 2, 8))
+    kv = jnp.ones((1, 5, 2, 8))
+    with pytest.raises(ValueError, match="pair"):
+        reference_attention(q, kv, kv, segment_ids=jnp.ones((1, 3), jnp.int32))

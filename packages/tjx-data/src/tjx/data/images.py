@@ -42,7 +42,11 @@ def load_digits(split: str = "train") -> ImageDataset:
     A fixed split: after ``default_rng(0).permutation(1797)`` the last 360 images are
     ``"validation"``, the first 1,437 ``"train"``; ``"all"`` is every image in sklearn's order.
     """
-    from sklearn.datasets import load_digits as sk_load_digits  # lazy: sklearn is heavy
+    try:
+        # Lazy, and an extra (`pip install tjx-data[images]`): sklearn is heavy and only ViT needs it.
+        from sklearn.datasets import load_digits as sk_load_digits  # pants: no-infer-dep
+    except ImportError as error:  # pragma: no cover - depends on the install
+        raise DataError("load_digits needs scikit-learn: pip install 'tjx-data[images]'") from error
 
     if split not in ("train", "validation", "all"):
         raise DataError(f"split must be 'train', 'validation' or 'all', got {split!r}")

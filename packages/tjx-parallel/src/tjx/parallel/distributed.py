@@ -1,0 +1,197 @@
+"""Multi-host setup: find the coordinator, start ``jax.distributed``, barriers with timeouts."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping, Sequence
+
+import jax
+
+__all__ = [
+    "DistributedInfo",
+    "barrier",
+    "initialize",
+    "is_primary",
+    "resolve_distributed",
+    "slurm_first_host",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedInfo:
+    """Where this process stands; ``source`` is "args", "env", "slurm" or "single"."""
+
+    coordinator: str | None
+    num_processes: int
+    process_id: int
+    source: str
+
+
+def slurm_first_host(nodelist: str) -> str:
+    """First host of a SLURM node list: ``"gpu[003-005,9],cpu1"`` → ``"gpu003"``."""
+    nodelist = nodelist.strip()
+    match = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist)
+    if not nodelist or match is None:
+        raise ValueError(f"cannot parse SLURM node list {nodelist!r}")
+    prefix, bracket = match.group(1), match.group(3)
+    if bracket is None:
+        return prefix
+    first = bracket.split(",")[0].split("-")[0]
+    return prefix + first
+
+
+def _int_env(env: Mapping[str, str], key: str) -> int | None:
+    value = env.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {key} must be an int, got {value!r}") from None
+
+
+def resolve_distributed(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> DistributedInfo:
+    """Decide the distributed setup without starting anything.
+
+    Order: explicit arguments, then ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` /
+    ``JAX_PROCESS_ID``, then SLURM (``SLURM_NTASKS``, ``SLURM_PROCID``, first host of
+    ``SLURM_STEP_NODELIST`` or ``SLURM_JOB_NODELIST``; port ``JAX_COORDINATOR_PORT`` or one
+    derived from ``SLURM_JOB_ID``), else a single process. A partial setup → ValueError naming
+    what is missing.
+    """
+    env = os.environ if env is None else env
+    source = "args" if any(v is not None for v in (coordinator, num_processes, process_id)) else ""
+    from_env = (
+        env.get("JAX_COORDINATOR_ADDRESS") or None,
+        _int_env(env, "JAX_NUM_PROCESSES"),
+        _int_env(env, "JAX_PROCESS_ID"),
+    )
+    if any(v is not None for v in from_env):
+        source = source or "env"
+    coordinator = coordinator if coordinator is not None else from_env[0]
+    num_processes = num_processes if num_processes is not None else from_env[1]
+    process_id = process_id if process_id is not None else from_env[2]
+    ntasks = _int_env(env, "SLURM_NTASKS")
+    if not source and ntasks is not None and ntasks > 1:
+        source = "slurm"
+        num_processes, process_id = ntasks, _int_env(env, "SLURM_PROCID")
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
+        if nodelist:
+            port = _int_env(env, "JAX_COORDINATOR_PORT")
+            if port is None:  # the same scheme as jax's own SLURM detection: one port per job
+                port = (_int_env(env, "SLURM_JOB_ID") or 0) % 4096 + 61440
+            coordinator = f"{slurm_first_host(nodelist)}:{port}"
+    if not source or num_processes == 1:
+        return DistributedInfo(coordinator, 1, 0, source or "single")
+    missing = [
+        name
+        for name, value in (
+            ("coordinator (JAX_COORDINATOR_ADDRESS)", coordinator),
+            ("num_processes (JAX_NUM_PROCESSES)", num_processes),
+            ("process_id (JAX_PROCESS_ID)", process_id),
+        )
+        if value is None
+    ]
+    if missing:
+        raise ValueError(
+            f"incomplete distributed setup from {source}: missing {', '.join(missing)}"
+        )
+    assert num_processes is not None and process_id is not None and coordinator is not None
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+        raise ValueError(
+            f"need num_processes >= 1 and 0 <= process_id < num_processes, got "
+            f"num_processes={num_processes}, process_id={process_id}"
+        )
+    if ":" not in coordinator:
+        raise ValueError(f"coordinator must be host:port, got {coordinator!r}")
+    return DistributedInfo(coordinator, num_processes, process_id, source)
+
+
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    timeout_s: float = 300.0,
+    heartbeat_timeout_s: float = 100.0,
+    local_device_ids: Sequence[int] | None = None,
+    cpu_collectives: str | None = "gloo",
+) -> DistributedInfo:
+    """Start ``jax.distributed`` when more than one process takes part; call before any JAX op.
+
+    Parameters
+    ----------
+    coordinator, num_processes, process_id
+        Explicit setup; missing values come from the environment (:func:`resolve_distributed`).
+        One process → nothing is started.
+    timeout_s : float
+        How long to wait for every process to connect; past it → RuntimeError naming the
+        coordinator and process count, instead of a hang.
+    heartbeat_timeout_s : float
+        A peer silent this long is declared dead and the coordination service ends the other
+        processes with an error ("... heartbeat ..."), instead of letting them hang in a
+        collective.
+    local_device_ids : sequence of int, optional
+        Restrict this process to some local devices (GPU/TPU).
+    cpu_collectives : str or None
+        CPU cross-process collectives ("gloo" works with jax 0.10); ``None`` leaves jax's default.
+
+    Returns
+    -------
+    DistributedInfo
+    """
+    info = resolve_distributed(coordinator, num_processes, process_id)
+    if info.num_processes == 1:
+        return info
+    if cpu_collectives is not None:
+        jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    try:
+        jax.distributed.initialize(
+            coordinator_address=info.coordinator,
+            num_processes=info.num_processes,
+            process_id=info.process_id,
+            local_device_ids=None if local_device_ids is None else list(local_device_ids),
+            cluster_detection_method="deactivate",
+            initialization_timeout=max(1, int(timeout_s)),
+            heartbeat_timeout_seconds=max(1, int(heartbeat_timeout_s)),
+        )
+    except Exception as e:  # jax raises its runtime error type; re-raise with the setup in it
+        raise RuntimeError(
+            f"process {info.process_id} of {info.num_processes} could not join the run at "
+            f"coordinator {info.coordinator} within {timeout_s:g} s ({info.source} setup): {e}"
+        ) from e
+    return info
+
+
+def is_primary() -> bool:
+    """True on process 0 — the one that logs, writes checkpoints metadata, prints."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str, timeout_s: float = 300.0) -> None:
+    """Wait until every process reaches the barrier ``name``.
+
+    Uses the coordination service's ``wait_at_barrier`` (no device collective), so a missing peer
+    gives a :class:`TimeoutError` after ``timeout_s`` naming the barrier. Single process: no-op.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as _distributed  # the client lives only here
+
+    client = _distributed.global_state.client
+    if client is None:
+        raise RuntimeError("barrier: jax.distributed is not initialised (call initialize())")
+    try:
+        client.wait_at_barrier(name, int(timeout_s * 1000))
+    except Exception as e:
+        raise TimeoutError(
+            f"barrier {name!r}: not all {jax.process_count()} processes arrived within "
+            f"{timeout_s:g} s (process {jax.process_index()}): {e}"
+        ) from e

@@ -1,0 +1,149 @@
+"""Device meshes with the axes ("data", "fsdp", "tensor") over all devices of all processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh
+
+__all__ = ["MESH_AXES", "MeshConfig", "make_mesh"]
+
+#: Mesh axis names, outermost (least communication) to innermost (most communication).
+MESH_AXES: tuple[str, str, str] = ("data", "fsdp", "tensor")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Sizes of the mesh axes; one of them may be ``-1`` ("all remaining devices").
+
+    Parameters
+    ----------
+    data : int
+        Data-parallel replicas (params replicated, batch split). Default ``-1``.
+    fsdp : int
+        Fully-sharded data parallel (ZeRO-3) group size: batch split *and* params/optimizer state
+        split along their ``embed`` dimension.
+    tensor : int
+        Tensor (Megatron) parallel group size: MLP / attention heads / vocab split. Kept inside one
+        host by :func:`make_mesh` because it communicates on every layer.
+    """
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+    def __post_init__(self) -> None:
+        sizes = self.sizes_or_minus_one()
+        for name, size in zip(MESH_AXES, sizes, strict=False):
+            if not isinstance(size, int) or isinstance(size, bool):
+                raise ValueError(f"MeshConfig.{name} must be an int, got {size!r}")
+            if size == 0 or size < -1:
+                raise ValueError(
+                    f"MeshConfig.{name} must be a positive int or -1 (take the remaining "
+                    f"devices), got {size}"
+                )
+        if sum(s == -1 for s in sizes) > 1:
+            raise ValueError(
+                f"at most one MeshConfig field may be -1, got data={self.data}, "
+                f"fsdp={self.fsdp}, tensor={self.tensor}"
+            )
+
+    def sizes_or_minus_one(self) -> tuple[int, int, int]:
+        """The raw sizes in mesh-axis order ``(data, fsdp, tensor)``, ``-1`` unresolved."""
+        return (self.data, self.fsdp, self.tensor)
+
+    def resolve(self, num_devices: int) -> tuple[int, int, int]:
+        """Concrete axis sizes for ``num_devices`` devices.
+
+        Raises
+        ------
+        ValueError
+            If the sizes cannot multiply to ``num_devices`` (the message names the sizes).
+        """
+        sizes = list(self.sizes_or_minus_one())
+        fixed = math.prod(s for s in sizes if s != -1)
+        desc = f"data={self.data}, fsdp={self.fsdp}, tensor={self.tensor}"
+        if -1 in sizes:
+            if num_devices % fixed != 0:
+                raise ValueError(
+                    f"mesh {desc}: the fixed axes multiply to {fixed}, which does not divide "
+                    f"the {num_devices} available devices"
+                )
+            sizes[sizes.index(-1)] = num_devices // fixed
+        elif fixed != num_devices:
+            raise ValueError(
+                f"mesh {desc} has {fixed} devices but {num_devices} are available; "
+                "the product of the axis sizes must equal the device count (or set one to -1)"
+            )
+        return (sizes[0], sizes[1], sizes[2])
+
+
+def _dcn_split(sizes: Sequence[int], num_granules: int) -> tuple[list[int], list[int]] | None:
+    """Split each axis into (per-host, across-host) factors, hosts taken from the outer axes.
+
+    Returns ``None`` when the across-host factor cannot be taken from data/fsdp alone, i.e. when
+    the tensor axis would have to span hosts.
+    """
+    remaining = num_granules
+    dcn = []
+    for size in sizes[:-1]:  # never put hosts on the tensor axis
+        factor = math.gcd(size, remaining)
+        dcn.append(factor)
+        remaining //= factor
+    dcn.append(1)
+    if remaining != 1:
+        return None
+    ici = [size // d for size, d in zip(sizes, dcn, strict=False)]
+    return ici, dcn
+
+
+def make_mesh(config: MeshConfig | None = None, devices: Sequence[Any] | None = None) -> Mesh:
+    """Build a :class:`jax.sharding.Mesh` with axes ``("data", "fsdp", "tensor")``.
+
+    Parameters
+    ----------
+    config : MeshConfig, optional
+        Axis sizes; default ``MeshConfig()`` = pure data parallelism over every device.
+    devices : sequence of jax.Device, optional
+        Devices to use; default ``jax.devices()`` (all devices of all processes).
+
+    Returns
+    -------
+    jax.sharding.Mesh
+
+    Notes
+    -----
+    Device order: the tensor axis is innermost, so its groups are consecutive devices of one host
+    (it all-reduces every layer and wants the fast intra-host links). One process:
+    :func:`jax.experimental.mesh_utils.create_device_mesh` (topology-aware on TPU, id-sorted on
+    GPU). Several processes: :func:`~jax.experimental.mesh_utils.create_hybrid_device_mesh` with
+    processes as granules, putting the process count on the outer axes (data first, then fsdp), so
+    that only data/fsdp traffic crosses hosts. If that is impossible (the tensor axis is larger
+    than a host), a :class:`ValueError` says so.
+    """
+    config = MeshConfig() if config is None else config
+    devs = list(jax.devices() if devices is None else devices)
+    if not devs:
+        raise ValueError("make_mesh needs at least one device")
+    sizes = config.resolve(len(devs))
+    num_processes = len({d.process_index for d in devs})
+    if num_processes == 1:
+        array = mesh_utils.create_device_mesh(sizes, devs)
+    else:
+        split = _dcn_split(sizes, num_processes)
+        if split is None:
+            per_host = len(devs) // num_processes
+            raise ValueError(
+                f"mesh data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]} cannot keep the "
+                f"tensor axis inside a host: {num_processes} processes with {per_host} devices "
+                "each must divide data*fsdp (and tensor must divide the devices per host)"
+            )
+        ici, dcn = split
+        array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devs, process_is_granule=True)
+    return Mesh(np.asarray(array), MESH_AXES)

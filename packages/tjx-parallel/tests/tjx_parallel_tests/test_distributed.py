@@ -1,0 +1,100 @@
+"""Resolving the distributed setup from arguments, JAX_* and SLURM variables; single process."""
+
+from __future__ import annotations
+
+import pytest
+
+from tjx.parallel import DistributedInfo, barrier, initialize, is_primary, resolve_distributed
+from tjx.parallel.distributed import slurm_first_host
+
+
+def test_explicit_arguments_win_over_environment() -> None:
+    env = {"JAX_COORDINATOR_ADDRESS": "envhost:1", "JAX_NUM_PROCESSES": "8", "JAX_PROCESS_ID": "7"}
+    info = resolve_distributed("10.0.0.1:1234", 4, 2, env=env)
+    assert info == DistributedInfo("10.0.0.1:1234", 4, 2, "args")
+    # partly explicit: the rest from the environment
+    assert resolve_distributed(process_id=3, env=env) == DistributedInfo("envhost:1", 8, 3, "args")
+
+
+def test_jax_environment_variables() -> None:
+    env = {"JAX_COORDINATOR_ADDRESS": "h:99", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
+    assert resolve_distributed(env=env) == DistributedInfo("h:99", 2, 1, "env")
+    with pytest.raises(ValueError, match=r"from env: missing process_id \(JAX_PROCESS_ID\)"):
+        resolve_distributed(env={"JAX_COORDINATOR_ADDRESS": "h:99", "JAX_NUM_PROCESSES": "2"})
+    with pytest.raises(ValueError, match="JAX_NUM_PROCESSES must be an int, got 'two'"):
+        resolve_distributed(env={"JAX_NUM_PROCESSES": "two"})
+    with pytest.raises(ValueError, match="0 <= process_id < num_processes"):
+        resolve_distributed("h:1", 2, 2, env={})
+    with pytest.raises(ValueError, match="host:port"):
+        resolve_distributed("h", 2, 0, env={})
+
+
+def test_slurm_variables() -> None:
+    env = {
+        "SLURM_NTASKS": "4",
+        "SLURM_PROCID": "2",
+        "SLURM_STEP_NODELIST": "gpu[007-009,12],cpu1",
+        "SLURM_JOB_ID": "4097",
+    }
+    assert resolve_distributed(env=env) == DistributedInfo("gpu007:61441", 4, 2, "slurm")
+    env["JAX_COORDINATOR_PORT"] = "5555"
+    assert resolve_distributed(env=env).coordinator == "gpu007:5555"
+    # one SLURM task = one process; no SLURM at all = single process
+    assert resolve_distributed(env={"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}).num_processes == 1
+    assert resolve_distributed(env={}) == DistributedInfo(None, 1, 0, "single")
+    with pytest.raises(ValueError, match="missing coordinator"):
+        resolve_distributed(env={"SLURM_NTASKS": "2", "SLURM_PROCID": "0"})
+
+
+def test_slurm_first_host() -> None:
+    assert slurm_first_host("node1") == "node1"
+    assert slurm_first_host("node1,node2") == "node1"
+    assert slurm_first_host("a-b[0003-0010]") == "a-b0003"
+    assert slurm_first_host("n[5,7-9]") == "n5"
+    with pytest.raises(ValueError, match="cannot parse"):
+        slurm_first_host("")
+
+
+def test_single_process_initialize_barrier_primary(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS"):
+        monkeypatch.delenv(key, raising=False)
+    assert initialize() == DistributedInfo(None, 1, 0, "single")
+    assert initialize("h:1", 1, 0).num_processes == 1  # one process: nothing started
+    assert is_primary()
+    barrier("noop", timeout_s=0.1)  # returns at once
+
+
+def test_initialize_passes_timeouts_and_explains_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    import jax
+
+    seen: dict = {}
+    updates: list = []
+
+    def fake_initialize(**kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("DEADLINE_EXCEEDED: barrier timed out")
+
+    monkeypatch.setattr(jax.distributed, "initialize", fake_initialize)
+    monkeypatch.setattr(jax.config, "update", lambda *a: updates.append(a))
+    with pytest.raises(RuntimeError, match=r"process 1 of 2 could not join .* h:7 within 12 s"):
+        initialize("h:7", 2, 1, timeout_s=12, heartbeat_timeout_s=4)
+    assert seen["initialization_timeout"] == 12 and seen["heartbeat_timeout_seconds"] == 4
+    assert seen["coordinator_address"] == "h:7" and seen["process_id"] == 1
+    assert updates == [("jax_cpu_collectives_implementation", "gloo")]
+
+
+def test_barrier_timeout_and_missing_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    import jax
+    from jax._src import distributed as jax_distributed
+
+    class Client:
+        def wait_at_barrier(self, name: str, timeout_ms: int) -> None:
+            raise RuntimeError(f"DEADLINE_EXCEEDED {name} {timeout_ms}")
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax_distributed.global_state, "client", None)
+    with pytest.raises(RuntimeError, match="not initialised"):
+        barrier("x")
+    monkeypatch.setattr(jax_distributed.global_state, "client", Client())
+    with pytest.raises(TimeoutError, match=r"barrier 'ckpt': not all 2 .* within 1.5 s.*1500"):
+        barrier("ckpt", timeout_s=1.5)

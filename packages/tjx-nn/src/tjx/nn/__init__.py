@@ -1,0 +1,108 @@
+"""tjx.nn: Flax NNX transformer layers and models with logical axis names.
+
+GPT-2, LLaMA-style decoders, BERT, ViT and an encoder-decoder; KV-cache generation; HF GPT-2
+interop; losses and utilities.
+"""
+
+from tjx.nn.attention import Attention
+from tjx.nn.bert import BERT
+from tjx.nn.block import Block, residual_std
+from tjx.nn.configs import (
+    ACTIVATIONS,
+    ATTENTION_IMPLS,
+    NORMS,
+    POSITIONS,
+    REMAT_POLICIES,
+    BertConfig,
+    EncoderDecoderConfig,
+    GPT2Config,
+    LlamaConfig,
+    TransformerConfig,
+    ViTConfig,
+    gpt2_config,
+)
+from tjx.nn.decoder import GPT2, DecoderLM, Llama
+from tjx.nn.embeddings import Embed
+from tjx.nn.encdec import EncoderDecoder
+from tjx.nn.generation import generate, sample_logits
+from tjx.nn.hf_gpt2 import load_hf_gpt2, save_hf_gpt2
+from tjx.nn.kv_cache import init_cache, kv_cache_bytes, topk_decode_attention
+from tjx.nn.linear import Dense, dropout
+from tjx.nn.losses import (
+    classification_loss,
+    contrastive_loss,
+    cross_entropy_loss,
+    masked_lm_loss,
+    mlm_mask,
+)
+from tjx.nn.mlp import MLP
+from tjx.nn.norms import LayerNorm, RMSNorm
+from tjx.nn.params import LOGICAL_AXES, make_param
+from tjx.nn.params_io import get_flat_params, set_flat_params
+from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, sinusoidal
+from tjx.nn.precision import Precision
+from tjx.nn.registry import build_model
+from tjx.nn.stack import Stack, remat_policy
+from tjx.nn.utils import config_param_count, count_params, flops_per_token, summary
+from tjx.nn.vit import ViT
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "ATTENTION_IMPLS",
+    "BERT",
+    "GPT2",
+    "LOGICAL_AXES",
+    "MLP",
+    "NORMS",
+    "POSITIONS",
+    "REMAT_POLICIES",
+    "Attention",
+    "BertConfig",
+    "Block",
+    "DecoderLM",
+    "Dense",
+    "Embed",
+    "EncoderDecoder",
+    "EncoderDecoderConfig",
+    "GPT2Config",
+    "LayerNorm",
+    "Llama",
+    "LlamaConfig",
+    "Precision",
+    "RMSNorm",
+    "Stack",
+    "TransformerConfig",
+    "ViT",
+    "ViTConfig",
+    "__version__",
+    "alibi_bias",
+    "alibi_slopes",
+    "apply_rope",
+    "build_model",
+    "classification_loss",
+    "config_param_count",
+    "contrastive_loss",
+    "count_params",
+    "cross_entropy_loss",
+    "dropout",
+    "flops_per_token",
+    "generate",
+    "get_flat_params",
+    "gpt2_config",
+    "init_cache",
+    "kv_cache_bytes",
+    "load_hf_gpt2",
+    "make_param",
+    "masked_lm_loss",
+    "mlm_mask",
+    "remat_policy",
+    "residual_std",
+    "sample_logits",
+    "save_hf_gpt2",
+    "set_flat_params",
+    "sinusoidal",
+    "summary",
+    "topk_decode_attention",
+]

@@ -1,0 +1,164 @@
+"""BERT: token + position + token-type embeddings, a post-LN encoder, a masked-LM head and an
+optional sequence classifier (on the [CLS] position through a tanh pooler)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tjx.nn.configs import BertConfig
+from tjx.nn.decoder import check_length
+from tjx.nn.embeddings import Embed
+from tjx.nn.linear import Dense, dropout, split_key
+from tjx.nn.mlp import activation
+from tjx.nn.norms import make_norm
+from tjx.nn.params import make_param, normal, zeros
+from tjx.nn.stack import Stack
+
+Array = jax.Array
+
+
+class BERT(nnx.Module):
+    """BERT encoder with an MLM head tied to the token embedding (plus an output bias)."""
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs) -> None:
+        if not isinstance(config, BertConfig):
+            raise ValueError(f"BERT needs a BertConfig; got {type(config).__name__}")
+        c = self.config = config
+        p = c.precision
+        self.embed = Embed(c.vocab_size, c.d_model, rngs=rngs, init_std=c.init_std, precision=p)
+        self.pos_embed = Embed(
+            c.max_seq_len,
+            c.d_model,
+            rngs=rngs,
+            init_std=c.init_std,
+            names=(None, "embed"),
+            precision=p,
+        )
+        self.type_embed = Embed(
+            c.type_vocab_size,
+            c.d_model,
+            rngs=rngs,
+            init_std=c.init_std,
+            names=(None, "embed"),
+            precision=p,
+        )
+        norm_kw = dict(rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias, precision=p)
+        self.embed_norm = make_norm(c.norm, c.d_model, **norm_kw)
+        self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=False)
+        self.final_norm = (
+            make_norm(c.norm, c.d_model, **norm_kw) if c.norm_position == "pre" else None
+        )
+        self.mlm_dense = Dense(
+            (c.d_model,),
+            (c.d_model,),
+            ("embed",),
+            ("mlp",),
+            rngs=rngs,
+            init=normal(c.init_std),
+            precision=p,
+        )
+        self.mlm_norm = make_norm(c.norm, c.d_model, **norm_kw)
+        self.mlm_bias = make_param(rngs, zeros(), (c.vocab_size,), ("vocab",), p.param_dtype)
+        if c.num_labels is not None:
+            self.pooler: Dense | None = Dense(
+                (c.d_model,),
+                (c.d_model,),
+                ("embed",),
+                ("mlp",),
+                rngs=rngs,
+                init=normal(c.init_std),
+                precision=p,
+            )
+            self.classifier: Dense | None = Dense(
+                (c.d_model,),
+                (c.num_labels,),
+                ("mlp",),
+                (None,),
+                rngs=rngs,
+                init=normal(c.init_std),
+                precision=p,
+            )
+        else:
+            self.pooler = self.classifier = None
+        self.act = activation(c.mlp_activation)
+        active = c.dropout > 0 or c.attention_dropout > 0
+        self.dropout_rngs = nnx.Rngs(dropout=rngs.dropout()) if active else None
+
+    def encode(
+        self,
+        tokens: Array,
+        *,
+        token_types: Array | None = None,
+        attention_mask: Array | None = None,
+        positions: Array | None = None,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ) -> Array:
+        """Final hidden states ``[b, s, d]``.
+
+        ``attention_mask`` ``[b, s]`` is 1 for real tokens and 0 for padding (padding is neither
+        attended to nor attends).
+        """
+        b, s = tokens.shape
+        check_length(s, self.config.max_seq_len)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+        if token_types is None:
+            token_types = jnp.zeros_like(tokens)
+        key = None
+        if not deterministic and self.dropout_rngs is not None:
+            key = (rngs or self.dropout_rngs).dropout()
+        k_embed, k_stack = split_key(key, 2)
+        x = self.embed(tokens) + self.pos_embed(positions) + self.type_embed(token_types)
+        x = dropout(self.embed_norm(x), self.config.dropout, k_embed, deterministic=deterministic)
+        seg = None if attention_mask is None else attention_mask.astype(jnp.int32)
+        x, _ = self.stack(
+            x, positions=positions, segment_ids=seg, deterministic=deterministic, rng=k_stack
+        )
+        return x if self.final_norm is None else self.final_norm(x)
+
+    def __call__(
+        self,
+        tokens: Array,
+        *,
+        token_types: Array | None = None,
+        attention_mask: Array | None = None,
+        positions: Array | None = None,
+        deterministic: bool = True,
+        return_hidden: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> Array:
+        """MLM logits ``[b, s, vocab]`` (float32), or hidden states if ``return_hidden``."""
+        h = self.encode(
+            tokens,
+            token_types=token_types,
+            attention_mask=attention_mask,
+            positions=positions,
+            deterministic=deterministic,
+            rngs=rngs,
+        )
+        if return_hidden:
+            return h
+        return self.mlm_logits(h)
+
+    def mlm_hidden(self, hidden: Array) -> Array:
+        """The MLM transform (dense, activation, norm) before the tied output projection."""
+        return self.mlm_norm(self.act(self.mlm_dense(hidden)))
+
+    def mlm_logits(self, hidden: Array) -> Array:
+        """Float32 MLM logits from encoder hidden states."""
+        return self.embed.attend(self.mlm_hidden(hidden)) + self.mlm_bias[...].astype(jnp.float32)
+
+    def unembedding(self) -> Array:
+        """The tied MLM output matrix ``[d_model, vocab]`` (apply to ``mlm_hidden``)."""
+        return self.embed.unembedding()
+
+    def classify(self, tokens: Array, **kwargs: object) -> Array:
+        """Sequence-classification logits ``[b, num_labels]`` from the first ([CLS]) position."""
+        if self.pooler is None or self.classifier is None:
+            raise ValueError("BertConfig.num_labels must be set to use classify()")
+        h = self.encode(tokens, **kwargs)  # type: ignore[arg-type]
+        pooled = jnp.tanh(self.pooler(h[:, 0]))
+        return self.classifier(pooled).astype(jnp.float32)

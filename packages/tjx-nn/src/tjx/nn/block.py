@@ -1,0 +1,124 @@
+"""One transformer layer: (self-attention, optional cross-attention, MLP), pre-LN or post-LN."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+from flax import nnx
+
+from tjx.nn.attention import Attention
+from tjx.nn.configs import TransformerConfig
+from tjx.nn.kv_cache import LayerCache
+from tjx.nn.linear import dropout, split_key
+from tjx.nn.mlp import MLP
+from tjx.nn.norms import LayerNorm, RMSNorm, make_norm
+
+Array = jax.Array
+
+
+def residual_std(config: TransformerConfig, num_layers: int) -> float:
+    """Init std of residual output projections: GPT-2's ``std/√(2·layers)`` when enabled."""
+    if config.scaled_residual_init:
+        return config.init_std / math.sqrt(2 * num_layers)
+    return config.init_std
+
+
+class Block(nnx.Module):
+    """A transformer layer.
+
+    Pre-LN: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``. Post-LN (BERT, original
+    Transformer): ``norm(x + attn(x))`` then ``norm(x + mlp(x))``. With ``cross=True`` a
+    cross-attention sub-layer over ``context`` sits between the two.
+    """
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        *,
+        rngs: nnx.Rngs,
+        num_layers: int,
+        causal: bool,
+        cross: bool = False,
+    ) -> None:
+        c = config
+        self.pre_ln = c.norm_position == "pre"
+        self.rate = c.dropout
+        out_std = residual_std(c, num_layers)
+        norm_kw: dict[str, Any] = dict(
+            rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias, precision=c.precision
+        )
+        self.attn_norm: LayerNorm | RMSNorm = make_norm(c.norm, c.d_model, **norm_kw)
+        self.attn = Attention(c, rngs=rngs, causal=causal, out_std=out_std)
+        if cross:
+            self.cross_norm: LayerNorm | RMSNorm | None = make_norm(c.norm, c.d_model, **norm_kw)
+            self.cross_attn: Attention | None = Attention(c, rngs=rngs, cross=True, out_std=out_std)
+        else:
+            self.cross_norm = None
+            self.cross_attn = None
+        self.mlp_norm = make_norm(c.norm, c.d_model, **norm_kw)
+        assert c.mlp_dim is not None
+        self.mlp = MLP(
+            c.d_model,
+            c.mlp_dim,
+            rngs=rngs,
+            activation_name=c.mlp_activation,
+            use_bias=c.use_bias,
+            init_std=c.init_std,
+            out_std=out_std,
+            precision=c.precision,
+        )
+
+    def __call__(
+        self,
+        x: Array,
+        *,
+        positions: Array | None = None,
+        segment_ids: Any = None,
+        context: Array | None = None,
+        context_segment_ids: Any = None,
+        deterministic: bool = True,
+        rng: Array | None = None,
+        cache: LayerCache | None = None,
+        cache_pos: Array | None = None,
+    ) -> tuple[Array, LayerCache | None]:
+        """Apply the layer; returns ``(x, updated cache)``."""
+        keys = split_key(rng, 6)
+
+        def sub(x: Array, norm: nnx.Module, fn: Any, key: Array | None) -> Array:
+            if self.pre_ln:
+                return x + dropout(fn(norm(x)), self.rate, key, deterministic=deterministic)
+            return norm(x + dropout(fn(x), self.rate, key, deterministic=deterministic))
+
+        new_cache: list[LayerCache | None] = [cache]
+
+        def self_attn(h: Array) -> Array:
+            out, new_cache[0] = self.attn(
+                h,
+                positions=positions,
+                segment_ids=segment_ids,
+                deterministic=deterministic,
+                dropout_rng=keys[0],
+                cache=cache,
+                cache_pos=cache_pos,
+            )
+            return out
+
+        x = sub(x, self.attn_norm, self_attn, keys[1])
+        if self.cross_attn is not None and self.cross_norm is not None:
+            cross_attn = self.cross_attn
+
+            def cross(h: Array) -> Array:
+                out, _ = cross_attn(
+                    h,
+                    segment_ids=context_segment_ids,
+                    context=context,
+                    deterministic=deterministic,
+                    dropout_rng=keys[2],
+                )
+                return out
+
+            x = sub(x, self.cross_norm, cross, keys[3])
+        x = sub(x, self.mlp_norm, self.mlp, keys[4])
+        return x, new_cache[0]

@@ -1,0 +1,276 @@
+"""Typed, validated model configs (frozen dataclasses) and the GPT-2 presets.
+
+Every bad value raises ``ValueError`` at construction naming the field and the allowed values.
+The decoder configs share ``TransformerConfig``'s fields; subclasses only change defaults and add
+model-specific fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from tjx.nn.precision import Precision, as_precision
+
+ACTIVATIONS = ("gelu", "gelu_exact", "relu", "silu", "swiglu", "geglu")
+NORMS = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
+POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
+ATTENTION_IMPLS = ("auto", "xla", "pallas", "cudnn")
+REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_output", "save_dots_and_attention")
+ATTENTION_TYPES = ("mha", "mla")
+
+
+def _choice(cls: str, field: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{cls}.{field} must be one of {allowed}; got {value!r}")
+
+
+def _positive(cls: str, field: str, value: Any, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        kind = "a non-negative" if allow_zero else "a positive"
+        raise ValueError(f"{cls}.{field} must be {kind} int; got {value!r}")
+
+
+def _rate(cls: str, field: str, value: Any) -> None:
+    if not isinstance(value, int | float) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{cls}.{field} must be a float in [0, 1); got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransformerConfig:
+    """Fields shared by every tjx transformer.
+
+    ``num_kv_heads``/``head_dim``/``mlp_dim`` default to ``num_heads``, ``d_model // num_heads``
+    and ``4 * d_model``. ``precision`` accepts a ``Precision`` or a preset name (``"bf16"`` …).
+    ``remat`` is one of ``REMAT_POLICIES``; ``scan_layers`` stacks layers under ``nnx.scan``.
+    """
+
+    vocab_size: int = 50257
+    max_seq_len: int = 1024
+    d_model: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    mlp_dim: int | None = None
+    mlp_activation: str = "gelu"
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    norm_position: str = "pre"
+    position: str = "learned"
+    rope_theta: float = 10000.0
+    use_bias: bool = True
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    tie_embeddings: bool = True
+    attention_impl: str = "auto"
+    scan_layers: bool = False
+    remat: str = "none"
+    precision: Any = dataclasses.field(default_factory=Precision)
+    init_std: float = 0.02
+    scaled_residual_init: bool = True
+    attention_type: str = "mha"
+    kv_latent_dim: int | None = None
+    decode_topk: int | None = None
+
+    def __post_init__(self) -> None:
+        cls = type(self).__name__
+        object.__setattr__(self, "precision", as_precision(self.precision))
+        if self.num_kv_heads is None:
+            object.__setattr__(self, "num_kv_heads", self.num_heads)
+        for name in ("max_seq_len", "d_model", "num_layers", "num_heads", "num_kv_heads"):
+            _positive(cls, name, getattr(self, name))
+        self._check_vocab(cls)
+        if self.head_dim is None:
+            if self.d_model % self.num_heads:
+                raise ValueError(
+                    f"{cls}.d_model ({self.d_model}) must be divisible by num_heads "
+                    f"({self.num_heads}) unless head_dim is given"
+                )
+            object.__setattr__(self, "head_dim", self.d_model // self.num_heads)
+        _positive(cls, "head_dim", self.head_dim)
+        assert self.num_kv_heads is not None and self.head_dim is not None
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"{cls}.num_kv_heads ({self.num_kv_heads}) must divide num_heads "
+                f"({self.num_heads}); allowed: divisors of {self.num_heads}"
+            )
+        if self.mlp_dim is None:
+            object.__setattr__(self, "mlp_dim", 4 * self.d_model)
+        _positive(cls, "mlp_dim", self.mlp_dim)
+        _choice(cls, "mlp_activation", self.mlp_activation, ACTIVATIONS)
+        _choice(cls, "norm", self.norm, NORMS)
+        _choice(cls, "norm_position", self.norm_position, NORM_POSITIONS)
+        _choice(cls, "position", self.position, POSITIONS)
+        _choice(cls, "attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        _choice(cls, "remat", self.remat, REMAT_POLICIES)
+        _choice(cls, "attention_type", self.attention_type, ATTENTION_TYPES)
+        _rate(cls, "dropout", self.dropout)
+        _rate(cls, "attention_dropout", self.attention_dropout)
+        if not self.norm_eps > 0:
+            raise ValueError(f"{cls}.norm_eps must be > 0; got {self.norm_eps!r}")
+        if not self.init_std > 0:
+            raise ValueError(f"{cls}.init_std must be > 0; got {self.init_std!r}")
+        if self.position == "rope":
+            if self.head_dim % 2:
+                raise ValueError(f"{cls}.head_dim must be even for rope; got {self.head_dim}")
+            if not self.rope_theta > 0:
+                raise ValueError(f"{cls}.rope_theta must be > 0; got {self.rope_theta!r}")
+        if self.attention_type == "mla":
+            if self.kv_latent_dim is None:
+                raise ValueError(f"{cls}.kv_latent_dim must be a positive int when mla is used")
+            _positive(cls, "kv_latent_dim", self.kv_latent_dim)
+        if self.decode_topk is not None:
+            _positive(cls, "decode_topk", self.decode_topk)
+
+    def _check_vocab(self, cls: str) -> None:
+        _positive(cls, "vocab_size", self.vocab_size)
+
+    @property
+    def gated(self) -> bool:
+        """Whether the MLP is gated (SwiGLU/GeGLU)."""
+        return self.mlp_activation in ("swiglu", "geglu")
+
+    def replace(self, **changes: Any) -> TransformerConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GPT2Config(TransformerConfig):
+    """GPT-2: learned positions, pre-LN LayerNorm, GELU (tanh) MLP, biases, tied embeddings."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LlamaConfig(TransformerConfig):
+    """LLaMA-style decoder: RMSNorm, SwiGLU, RoPE, GQA, no biases, untied head by default.
+
+    ``attention_type="mla"`` with ``kv_latent_dim`` makes keys/values come from one shared
+    low-rank latent per token (the latent is what the KV cache stores); ``decode_topk`` keeps only
+    the top-k scoring cached keys per query during incremental decoding.
+    """
+
+    vocab_size: int = 32000
+    max_seq_len: int = 2048
+    d_model: int = 512
+    num_layers: int = 8
+    num_heads: int = 8
+    mlp_dim: int | None = None
+    mlp_activation: str = "swiglu"
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-6
+    position: str = "rope"
+    use_bias: bool = False
+    tie_embeddings: bool = False
+    scaled_residual_init: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mlp_dim is None:
+            # LLaMA: 8/3·d rounded up to a multiple of 64 keeps SwiGLU params ≈ a 4·d MLP.
+            object.__setattr__(self, "mlp_dim", ((8 * self.d_model // 3) + 63) // 64 * 64)
+        super().__post_init__()
+
+
+@dataclass(frozen=True, kw_only=True)
+class BertConfig(TransformerConfig):
+    """BERT encoder: post-LN, exact GELU, learned positions + token types, MLM head."""
+
+    vocab_size: int = 30522
+    max_seq_len: int = 512
+    type_vocab_size: int = 2
+    norm_position: str = "post"
+    norm_eps: float = 1e-12
+    mlp_activation: str = "gelu_exact"
+    scaled_residual_init: bool = False
+    num_labels: int | None = None
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("BertConfig", "type_vocab_size", self.type_vocab_size)
+        if self.num_labels is not None:
+            _positive("BertConfig", "num_labels", self.num_labels)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ViTConfig(TransformerConfig):
+    """Vision Transformer on ``[b, h, w, c]`` images: patch embedding, class token, classifier."""
+
+    vocab_size: int = 0
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    num_classes: int = 1000
+    max_seq_len: int = 0
+    mlp_activation: str = "gelu_exact"
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = False
+    scaled_residual_init: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "patch_size", "num_channels", "num_classes"):
+            _positive("ViTConfig", name, getattr(self, name))
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"ViTConfig.image_size ({self.image_size}) must be divisible by patch_size "
+                f"({self.patch_size})"
+            )
+        object.__setattr__(self, "max_seq_len", self.num_patches + 1)
+        super().__post_init__()
+        _choice("ViTConfig", "position", self.position, ("learned", "sinusoidal"))
+
+    def _check_vocab(self, cls: str) -> None:
+        _positive(cls, "vocab_size", self.vocab_size, allow_zero=True)
+
+    @property
+    def num_patches(self) -> int:
+        """Number of patches per image."""
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderDecoderConfig(TransformerConfig):
+    """Encoder-decoder (Vaswani/T5 style) with shared embeddings; layer counts per side."""
+
+    num_encoder_layers: int | None = None
+    num_decoder_layers: int | None = None
+    position: str = "sinusoidal"
+    scaled_residual_init: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("num_encoder_layers", "num_decoder_layers"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, self.num_layers)
+            _positive("EncoderDecoderConfig", name, getattr(self, name))
+        _choice(
+            "EncoderDecoderConfig",
+            "position",
+            self.position,
+            ("learned", "sinusoidal", "rope", "none"),
+        )
+
+
+_GPT2_PRESETS = {
+    "small": {"d_model": 768, "num_layers": 12, "num_heads": 12},
+    "medium": {"d_model": 1024, "num_layers": 24, "num_heads": 16},
+    "large": {"d_model": 1280, "num_layers": 36, "num_heads": 20},
+    "xl": {"d_model": 1600, "num_layers": 48, "num_heads": 25},
+}
+
+
+def gpt2_config(name: str = "small", **overrides: Any) -> GPT2Config:
+    """The GPT-2 preset ``name`` (``small``/``medium``/``large``/``xl``) with ``overrides``.
+
+    Parameter counts equal Hugging Face's: 124,439,808 / 354,823,168 / 774,030,080 /
+    1,557,611,200 (tied embeddings, vocab 50257, 1024 positions).
+    """
+    if name not in _GPT2_PRESETS:
+        raise ValueError(f"gpt2_config name must be one of {tuple(_GPT2_PRESETS)}; got {name!r}")
+    fields: dict[str, Any] = dict(vocab_size=50257, max_seq_len=1024, **_GPT2_PRESETS[name])
+    fields.update(overrides)
+    return GPT2Config(**fields)

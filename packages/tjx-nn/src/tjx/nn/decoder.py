@@ -1,0 +1,203 @@
+"""Decoder-only language models: ``DecoderLM`` and its presets ``GPT2`` and ``Llama``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
+from tjx.nn.embeddings import Embed
+from tjx.nn.kv_cache import init_cache
+from tjx.nn.linear import Dense, dropout, split_key
+from tjx.nn.norms import make_norm
+from tjx.nn.params import normal
+from tjx.nn.positions import sinusoidal
+from tjx.nn.stack import Stack
+
+Array = jax.Array
+
+
+def check_length(seq_len: int, max_seq_len: int) -> None:
+    """Raise a clear ``ValueError`` when a sequence exceeds the model's maximum."""
+    if seq_len > max_seq_len:
+        raise ValueError(f"sequence length {seq_len} exceeds the model's max_seq_len={max_seq_len}")
+
+
+class DecoderLM(nnx.Module):
+    """A causal language model built from a ``TransformerConfig``.
+
+    With ``dropout`` or ``attention_dropout`` > 0 the model keeps an ``nnx.Rngs`` (stream
+    ``dropout``) in its state for training calls; pass ``rngs=`` to ``__call__`` to override.
+    """
+
+    config_type: type[TransformerConfig] = TransformerConfig
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs) -> None:
+        if not isinstance(config, self.config_type):
+            raise ValueError(
+                f"{type(self).__name__} needs a {self.config_type.__name__}; got "
+                f"{type(config).__name__}"
+            )
+        c = self.config = config
+        self.embed = Embed(
+            c.vocab_size, c.d_model, rngs=rngs, init_std=c.init_std, precision=c.precision
+        )
+        self.pos_embed = (
+            Embed(
+                c.max_seq_len,
+                c.d_model,
+                rngs=rngs,
+                init_std=0.01 if isinstance(c, GPT2Config) else c.init_std,
+                names=(None, "embed"),
+                precision=c.precision,
+            )
+            if c.position == "learned"
+            else None
+        )
+        self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=True)
+        self.final_norm = (
+            make_norm(
+                c.norm,
+                c.d_model,
+                rngs=rngs,
+                eps=c.norm_eps,
+                use_bias=c.use_bias,
+                precision=c.precision,
+            )
+            if c.norm_position == "pre"
+            else None
+        )
+        self.head = (
+            None
+            if c.tie_embeddings
+            else Dense(
+                (c.d_model,),
+                (c.vocab_size,),
+                ("embed",),
+                ("vocab",),
+                rngs=rngs,
+                use_bias=False,
+                init=normal(c.init_std),
+                precision=c.precision,
+            )
+        )
+        active = c.dropout > 0 or c.attention_dropout > 0
+        self.dropout_rngs = nnx.Rngs(dropout=rngs.dropout()) if active else None
+
+    # -- pieces --------------------------------------------------------------------------------
+    def embed_tokens(self, tokens: Array, positions: Array) -> Array:
+        """Token (+ absolute position) embeddings ``[b, s, d_model]``."""
+        x = self.embed(tokens)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions)
+        elif self.config.position == "sinusoidal":
+            x = x + sinusoidal(positions, self.config.d_model).astype(x.dtype)
+        return x
+
+    def unembedding(self) -> Array:
+        """The output projection ``[d_model, vocab]`` (tied table transposed, or head kernel)."""
+        if self.head is None:
+            return self.embed.unembedding()
+        return self.head.kernel[...]
+
+    def logits(self, hidden: Array) -> Array:
+        """Float32 logits ``[..., vocab]`` from final hidden states."""
+        if self.head is None:
+            return self.embed.attend(hidden)
+        dt = self.config.precision.compute_dtype
+        return jnp.einsum(
+            "...d,dv->...v",
+            hidden.astype(dt),
+            self.head.kernel[...].astype(dt),
+            preferred_element_type=jnp.promote_types(dt, jnp.float32),
+        )
+
+    def _dropout_key(self, deterministic: bool, rngs: nnx.Rngs | None) -> Array | None:
+        if deterministic or self.dropout_rngs is None:
+            return None
+        return (rngs or self.dropout_rngs).dropout()
+
+    # -- forward -------------------------------------------------------------------------------
+    def __call__(
+        self,
+        tokens: Array,
+        *,
+        positions: Array | None = None,
+        segment_ids: Array | None = None,
+        deterministic: bool = True,
+        return_hidden: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> Array:
+        """Logits ``[b, s, vocab]`` float32, or final hidden ``[b, s, d]`` if ``return_hidden``.
+
+        Parameters
+        ----------
+        tokens : Array
+            int32 ``[b, s]`` with ``s <= max_seq_len``.
+        positions : Array, optional
+            int32 ``[b, s]`` (restarting per packed document); default ``0..s-1``.
+        segment_ids : Array, optional
+            int32 ``[b, s]`` packed-document ids (0 = padding); attention stays in a segment.
+        deterministic : bool
+            Disable dropout.
+        return_hidden : bool
+            Return the final (normed) hidden states instead of logits.
+        rngs : nnx.Rngs, optional
+            Dropout keys (default: the model's own ``dropout`` stream).
+        """
+        b, s = tokens.shape
+        check_length(s, self.config.max_seq_len)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+        key = self._dropout_key(deterministic, rngs)
+        k_embed, k_stack = split_key(key, 2)
+        x = self.embed_tokens(tokens, positions)
+        x = dropout(x, self.config.dropout, k_embed, deterministic=deterministic)
+        x, _ = self.stack(
+            x,
+            positions=positions,
+            segment_ids=segment_ids,
+            deterministic=deterministic,
+            rng=k_stack,
+        )
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x if return_hidden else self.logits(x)
+
+    # -- incremental decoding --------------------------------------------------------------------
+    def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> dict[str, Array]:
+        """A zeros KV cache for ``batch`` rows of up to ``max_len`` tokens (see ``kv_cache``)."""
+        return init_cache(self.config, batch, max_len, dtype)
+
+    def forward_cached(
+        self, tokens: Array, cache: dict[str, Array], cache_pos: Array
+    ) -> tuple[Array, dict[str, Array]]:
+        """Prefill (``s > 1``, ``cache_pos`` all 0) or one decode step (``s == 1``).
+
+        Token ``i`` of row ``r`` sits at absolute position ``cache_pos[r] + i``, which is also its
+        cache slot. Returns float32 logits ``[b, s, vocab]`` and the updated cache.
+        """
+        b, s = tokens.shape
+        check_length(s, self.config.max_seq_len)
+        positions = cache_pos[:, None].astype(jnp.int32) + jnp.arange(s, dtype=jnp.int32)
+        x = self.embed_tokens(tokens, positions)
+        x, new_cache = self.stack(x, positions=positions, cache=cache, cache_pos=cache_pos)
+        assert new_cache is not None
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return self.logits(x), new_cache
+
+
+class GPT2(DecoderLM):
+    """GPT-2 (see ``gpt2_config`` for the small/medium/large/xl presets)."""
+
+    config_type = GPT2Config
+
+
+class Llama(DecoderLM):
+    """LLaMA-style decoder (RMSNorm, SwiGLU, RoPE, GQA; optional MLA cache and top-k decode)."""
+
+    config_type = LlamaConfig

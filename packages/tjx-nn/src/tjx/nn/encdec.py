@@ -1,0 +1,176 @@
+"""Encoder-decoder transformer (Vaswani / T5 style) with embeddings shared by both sides."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tjx.nn.configs import EncoderDecoderConfig
+from tjx.nn.decoder import check_length
+from tjx.nn.embeddings import Embed
+from tjx.nn.linear import Dense, dropout, split_key
+from tjx.nn.norms import make_norm
+from tjx.nn.params import normal
+from tjx.nn.positions import sinusoidal
+from tjx.nn.stack import Stack
+
+Array = jax.Array
+
+
+class EncoderDecoder(nnx.Module):
+    """Encoder (bidirectional) + decoder (causal self-attention and cross-attention)."""
+
+    def __init__(self, config: EncoderDecoderConfig, *, rngs: nnx.Rngs) -> None:
+        if not isinstance(config, EncoderDecoderConfig):
+            raise ValueError(
+                f"EncoderDecoder needs an EncoderDecoderConfig; got {type(config).__name__}"
+            )
+        c = self.config = config
+        p = c.precision
+        assert c.num_encoder_layers is not None and c.num_decoder_layers is not None
+        self.embed = Embed(c.vocab_size, c.d_model, rngs=rngs, init_std=c.init_std, precision=p)
+        self.pos_embed = (
+            Embed(
+                c.max_seq_len,
+                c.d_model,
+                rngs=rngs,
+                init_std=c.init_std,
+                names=(None, "embed"),
+                precision=p,
+            )
+            if c.position == "learned"
+            else None
+        )
+        self.encoder = Stack(c, rngs=rngs, num_layers=c.num_encoder_layers, causal=False)
+        self.decoder = Stack(c, rngs=rngs, num_layers=c.num_decoder_layers, causal=True, cross=True)
+        norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias, precision=p)
+        pre = c.norm_position == "pre"
+        self.encoder_norm = make_norm(c.norm, c.d_model, **norm_kw) if pre else None
+        self.decoder_norm = make_norm(c.norm, c.d_model, **norm_kw) if pre else None
+        self.head = (
+            None
+            if c.tie_embeddings
+            else Dense(
+                (c.d_model,),
+                (c.vocab_size,),
+                ("embed",),
+                ("vocab",),
+                rngs=rngs,
+                use_bias=False,
+                init=normal(c.init_std),
+                precision=p,
+            )
+        )
+        active = c.dropout > 0 or c.attention_dropout > 0
+        self.dropout_rngs = nnx.Rngs(dropout=rngs.dropout()) if active else None
+
+    def _embed(self, tokens: Array, key: Array | None, deterministic: bool) -> tuple[Array, Array]:
+        b, s = tokens.shape
+        check_length(s, self.config.max_seq_len)
+        positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+        x = self.embed(tokens)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions)
+        elif self.config.position == "sinusoidal":
+            x = x + sinusoidal(positions, self.config.d_model).astype(x.dtype)
+        return dropout(x, self.config.dropout, key, deterministic=deterministic), positions
+
+    def encode(
+        self,
+        src: Array,
+        *,
+        src_segment_ids: Array | None = None,
+        deterministic: bool = True,
+        rng: Array | None = None,
+    ) -> Array:
+        """Encoder output ``[b, s_src, d]`` (``src_segment_ids``: 0 marks padding)."""
+        k1, k2 = split_key(rng, 2)
+        x, positions = self._embed(src, k1, deterministic)
+        x, _ = self.encoder(
+            x, positions=positions, segment_ids=src_segment_ids, deterministic=deterministic, rng=k2
+        )
+        return x if self.encoder_norm is None else self.encoder_norm(x)
+
+    def decode(
+        self,
+        tgt: Array,
+        memory: Array,
+        *,
+        src_segment_ids: Array | None = None,
+        tgt_segment_ids: Array | None = None,
+        deterministic: bool = True,
+        rng: Array | None = None,
+    ) -> Array:
+        """Decoder hidden states ``[b, s_tgt, d]`` attending to encoder ``memory``."""
+        k1, k2 = split_key(rng, 2)
+        x, positions = self._embed(tgt, k1, deterministic)
+        cross_ids = None
+        if src_segment_ids is not None or tgt_segment_ids is not None:
+            q_ids = jnp.ones(tgt.shape, jnp.int32) if tgt_segment_ids is None else tgt_segment_ids
+            kv_ids = (
+                jnp.ones(memory.shape[:2], jnp.int32)
+                if src_segment_ids is None
+                else src_segment_ids
+            )
+            cross_ids = (q_ids, kv_ids)
+        x, _ = self.decoder(
+            x,
+            positions=positions,
+            segment_ids=tgt_segment_ids,
+            context=memory,
+            context_segment_ids=cross_ids,
+            deterministic=deterministic,
+            rng=k2,
+        )
+        return x if self.decoder_norm is None else self.decoder_norm(x)
+
+    def __call__(
+        self,
+        src: Array,
+        tgt: Array,
+        *,
+        src_segment_ids: Array | None = None,
+        tgt_segment_ids: Array | None = None,
+        deterministic: bool = True,
+        return_hidden: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> Array:
+        """Logits ``[b, s_tgt, vocab]`` (float32) or decoder hidden states if ``return_hidden``.
+
+        Segment ids are ``[b, s]`` ints with 0 for padding (1 everywhere else when unpacked).
+        """
+        key = None
+        if not deterministic and self.dropout_rngs is not None:
+            key = (rngs or self.dropout_rngs).dropout()
+        k_enc, k_dec = split_key(key, 2)
+        memory = self.encode(
+            src, src_segment_ids=src_segment_ids, deterministic=deterministic, rng=k_enc
+        )
+        h = self.decode(
+            tgt,
+            memory,
+            src_segment_ids=src_segment_ids,
+            tgt_segment_ids=tgt_segment_ids,
+            deterministic=deterministic,
+            rng=k_dec,
+        )
+        return h if return_hidden else self.logits(h)
+
+    def logits(self, hidden: Array) -> Array:
+        """Float32 logits from decoder hidden states."""
+        if self.head is None:
+            return self.embed.attend(hidden)
+        dt = self.config.precision.compute_dtype
+        return jnp.einsum(
+            "...d,dv->...v",
+            hidden.astype(dt),
+            self.head.kernel[...].astype(dt),
+            preferred_element_type=jnp.promote_types(dt, jnp.float32),
+        )
+
+    def unembedding(self) -> Array:
+        """The output projection ``[d_model, vocab]``."""
+        return self.embed.unembedding() if self.head is None else self.head.kernel[...]

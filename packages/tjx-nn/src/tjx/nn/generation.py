@@ -1,0 +1,188 @@
+"""Autoregressive generation with a preallocated KV cache.
+
+One jitted prefill runs the whole (right-padded) prompt batch and fills the cache; one jitted
+decode step then produces a token per call. Both are compiled once per (model graph, batch, cache
+length, sampling settings): the Python loop only feeds new tokens, so no per-token recompilation.
+
+Padding convention: prompts are **right-padded**; ``prompt_lengths[r]`` says how many tokens of row
+``r`` are real. Row ``r``'s token at absolute position ``t`` sits in cache slot ``t``, so every row
+decodes at its own position (the attention's ``kv_lengths`` hides unused slots). The output row is
+the prompt's real tokens followed directly by the new tokens, right-padded with ``pad_id``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tjx.nn.decoder import DecoderLM
+
+Array = jax.Array
+
+#: How many times the prefill / decode functions were traced (tests check no per-token retrace).
+TRACE_COUNTS = {"prefill": 0, "decode": 0}
+
+
+def sample_logits(
+    logits: Array,
+    key: Array,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> Array:
+    """Pick one token per row of float ``logits`` ``[b, vocab]``.
+
+    ``temperature == 0`` is greedy (argmax). Otherwise logits are divided by ``temperature``,
+    restricted to the ``top_k`` largest and to the smallest set whose probability reaches
+    ``top_p`` (nucleus), then sampled.
+    """
+    logits = logits.astype(jnp.float32)
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits >= kth, logits, -jnp.inf)
+    if top_p is not None and top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        # Keep a token if the mass strictly before it is below top_p (always keeps the first).
+        before = jnp.cumsum(probs, axis=-1) - probs
+        cutoff = jnp.min(jnp.where(before < top_p, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits >= cutoff, logits, -jnp.inf)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "sampling"))
+def _prefill(
+    graphdef: Any,
+    state: Any,
+    prompts: Array,
+    lengths: Array,
+    cache: Any,
+    key: Array,
+    sampling: tuple[float, int | None, float | None],
+) -> tuple[Any, Array]:
+    TRACE_COUNTS["prefill"] += 1
+    model = nnx.merge(graphdef, state)
+    b = prompts.shape[0]
+    logits, cache = model.forward_cached(prompts, cache, jnp.zeros((b,), jnp.int32))
+    last = logits[jnp.arange(b), lengths - 1]
+    t, k, p = sampling
+    return cache, sample_logits(last, key, temperature=t, top_k=k, top_p=p)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "sampling"), donate_argnames=("cache",))
+def _decode(
+    graphdef: Any,
+    state: Any,
+    tokens: Array,
+    pos: Array,
+    cache: Any,
+    key: Array,
+    sampling: tuple[float, int | None, float | None],
+) -> tuple[Any, Array]:
+    TRACE_COUNTS["decode"] += 1
+    model = nnx.merge(graphdef, state)
+    logits, cache = model.forward_cached(tokens[:, None], cache, pos)
+    t, k, p = sampling
+    return cache, sample_logits(logits[:, 0], key, temperature=t, top_k=k, top_p=p)
+
+
+def generate(
+    model: DecoderLM,
+    prompts: Any,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    seed: int = 0,
+    prompt_lengths: Any = None,
+    pad_id: int | None = None,
+) -> Array:
+    """Generate ``max_new_tokens`` tokens after each prompt.
+
+    Parameters
+    ----------
+    model : DecoderLM
+        A ``GPT2``/``Llama``/``DecoderLM``.
+    prompts : array-like
+        int ``[b, P]`` right-padded prompts.
+    max_new_tokens : int
+        Tokens to generate per row (``P + max_new_tokens <= max_seq_len``).
+    temperature, top_k, top_p : sampling settings (``temperature=0`` → greedy).
+    eos_id : int, optional
+        A row stops after producing it; later slots hold ``pad_id``. Generation ends early when
+        every row has stopped.
+    seed : int
+        Sampling seed.
+    prompt_lengths : array-like, optional
+        int ``[b]`` real prompt lengths (default: all ``P``); each in ``[1, P]``.
+    pad_id : int, optional
+        Filler after a row's end (default ``eos_id`` or 0).
+
+    Returns
+    -------
+    Array
+        int32 ``[b, P + max_new_tokens]``: each row's real prompt, then its new tokens, padded.
+    """
+    prompts = np.asarray(prompts, dtype=np.int32)
+    if prompts.ndim != 2 or prompts.shape[1] == 0:
+        raise ValueError(f"prompts must be int [batch, prompt_len>0]; got shape {prompts.shape}")
+    b, P = prompts.shape
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0; got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None; got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] or None; got {top_p}")
+    lengths = np.full((b,), P, np.int32) if prompt_lengths is None else np.asarray(prompt_lengths)
+    lengths = lengths.astype(np.int32)
+    if lengths.shape != (b,) or lengths.min() < 1 or lengths.max() > P:
+        raise ValueError(f"prompt_lengths must be [batch] ints in [1, {P}]; got {lengths}")
+    total = P + max_new_tokens
+    max_len = model.config.max_seq_len
+    if total > max_len:
+        raise ValueError(
+            f"prompt length {P} + max_new_tokens {max_new_tokens} = {total} exceeds the "
+            f"model's max_seq_len={max_len}"
+        )
+    fill = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
+    sampling = (float(temperature), top_k, top_p)
+    graphdef, state = nnx.split(model)
+    cache = model.init_cache(b, total)
+    key = jax.random.key(seed)
+    key, sub = jax.random.split(key)
+    cache, tok = _prefill(
+        graphdef, state, jnp.asarray(prompts), jnp.asarray(lengths), cache, sub, sampling
+    )
+    out = np.full((b, total), fill, np.int32)
+    for r in range(b):
+        out[r, : lengths[r]] = prompts[r, : lengths[r]]
+    rows = np.arange(b)
+    pos = lengths.copy()  # slot of the token just produced
+    done = np.zeros((b,), bool)
+    for step in range(max_new_tokens):
+        tok_np = np.asarray(tok)
+        tok_np = np.where(done, fill, tok_np)
+        out[rows, pos] = tok_np
+        if eos_id is not None:
+            done |= tok_np == eos_id
+        if step == max_new_tokens - 1 or done.all():
+            break
+        key, sub = jax.random.split(key)
+        cache, tok = _decode(
+            graphdef, state, jnp.asarray(tok_np), jnp.asarray(pos), cache, sub, sampling
+        )
+        pos = pos + 1
+    return jnp.asarray(out)

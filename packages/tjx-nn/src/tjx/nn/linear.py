@@ -1,0 +1,82 @@
+"""Dense (general) projections and dropout with explicit PRNG keys."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tjx.nn.params import Initializer, make_param, normal, zeros
+from tjx.nn.precision import Precision
+
+Array = jax.Array
+
+
+class Dense(nnx.Module):
+    """``y = x · W + b`` contracting the last ``len(in_shape)`` dims of ``x``.
+
+    The kernel has shape ``in_shape + out_shape`` (e.g. ``[embed, heads, head_dim]`` for a query
+    projection) with logical names ``in_names + out_names``; the bias has ``out_shape``.
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        out_shape: Sequence[int],
+        in_names: Sequence[str | None],
+        out_names: Sequence[str | None],
+        *,
+        rngs: nnx.Rngs,
+        use_bias: bool = True,
+        init: Initializer | None = None,
+        precision: Precision | None = None,
+    ) -> None:
+        self.precision = precision or Precision()
+        self.n_in = len(in_shape)
+        dtype = self.precision.param_dtype
+        self.kernel = make_param(
+            rngs,
+            init or normal(0.02),
+            (*in_shape, *out_shape),
+            (*in_names, *out_names),
+            dtype,
+        )
+        self.bias = (
+            make_param(rngs, zeros(), tuple(out_shape), tuple(out_names), dtype)
+            if use_bias
+            else None
+        )
+
+    def __call__(self, x: Array) -> Array:
+        """Project ``x`` in the compute dtype."""
+        dt = self.precision.compute_dtype
+        kernel = self.kernel[...].astype(dt)
+        y = jnp.tensordot(x.astype(dt), kernel, axes=self.n_in)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(dt)
+        return y
+
+
+def dropout(x: Array, rate: float, rng: Array | None, *, deterministic: bool) -> Array:
+    """Inverted dropout with an explicit key; identity when deterministic or ``rate == 0``.
+
+    Raises
+    ------
+    ValueError
+        If dropout is active but no key was given.
+    """
+    if deterministic or rate == 0.0:
+        return x
+    if rng is None:
+        raise ValueError("dropout with rate > 0 and deterministic=False needs a PRNG key")
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def split_key(rng: Array | None, num: int) -> list[Array | None]:
+    """Split ``rng`` into ``num`` keys, or ``num`` Nones when there is no key."""
+    if rng is None:
+        return [None] * num
+    return list(jax.random.split(rng, num))

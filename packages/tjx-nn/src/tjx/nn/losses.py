@@ -1,0 +1,142 @@
+"""Losses: token cross-entropy, masked-LM, classification and contrastive (InfoNCE / CLIP).
+
+All compute in float32 and return a scalar mean. For the LM loss over a big vocabulary prefer
+``tjx.kernels.chunked_cross_entropy`` on final hidden states (``return_hidden=True``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def _token_ce(
+    logits: Array, labels: Array, label_smoothing: float, z_loss: float
+) -> tuple[Array, Array]:
+    logits = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    safe = jnp.where(labels < 0, 0, labels)
+    target = jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
+    nll = lse - target
+    if label_smoothing > 0.0:
+        # Smoothed target: (1-ε) on the label, ε spread uniformly over the vocabulary.
+        smooth = lse - jnp.mean(logits, axis=-1)
+        nll = (1.0 - label_smoothing) * nll + label_smoothing * smooth
+    loss = nll + z_loss * jnp.square(lse)
+    return loss, lse
+
+
+def cross_entropy_loss(
+    logits: Array,
+    labels: Array,
+    *,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+) -> Array:
+    """Mean token cross-entropy over labels not equal to ``ignore_index``.
+
+    Parameters
+    ----------
+    logits : Array
+        ``[..., vocab]``.
+    labels : Array
+        int ``[...]``; entries equal to ``ignore_index`` do not count.
+    label_smoothing : float
+        ε in ``[0, 1)``: the target puts ``1-ε`` on the label and ``ε/vocab`` on every class.
+    z_loss : float
+        Coefficient of ``logsumexp(logits)²`` (PaLM), added per counted token.
+
+    Returns
+    -------
+    Array
+        Scalar float32 (0 when no token counts).
+    """
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing}")
+    if z_loss < 0:
+        raise ValueError(f"z_loss must be >= 0; got {z_loss}")
+    mask = labels != ignore_index
+    labels = jnp.where(mask, labels, 0)
+    loss, _ = _token_ce(logits, labels, label_smoothing, z_loss)
+    count = jnp.sum(mask)
+    return jnp.sum(jnp.where(mask, loss, 0.0)) / jnp.maximum(count, 1)
+
+
+def masked_lm_loss(
+    logits: Array, labels: Array, *, ignore_index: int = -100, label_smoothing: float = 0.0
+) -> Array:
+    """BERT's masked-LM loss: cross-entropy on the masked positions only.
+
+    ``labels`` is what ``mlm_mask`` returns: the original token where a position was selected,
+    ``ignore_index`` elsewhere.
+    """
+    return cross_entropy_loss(
+        logits, labels, ignore_index=ignore_index, label_smoothing=label_smoothing
+    )
+
+
+def classification_loss(logits: Array, labels: Array, *, label_smoothing: float = 0.0) -> Array:
+    """Mean cross-entropy of ``logits`` ``[b, classes]`` against int ``labels`` ``[b]``."""
+    return cross_entropy_loss(logits, labels, ignore_index=-1, label_smoothing=label_smoothing)
+
+
+def contrastive_loss(a: Array, b: Array, *, temperature: float = 0.07) -> Array:
+    """Symmetric InfoNCE (CLIP): row ``i`` of ``a`` and of ``b`` ``[n, d]`` are the positives.
+
+    Embeddings are L2-normalised; logits are cosine similarities / ``temperature``; the loss is
+    the mean of the a→b and b→a cross-entropies.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+    a = a.astype(jnp.float32)
+    b = b.astype(jnp.float32)
+    a = a / jnp.linalg.norm(a, axis=-1, keepdims=True).clip(1e-12)
+    b = b / jnp.linalg.norm(b, axis=-1, keepdims=True).clip(1e-12)
+    logits = a @ b.T / temperature
+    labels = jnp.arange(a.shape[0])
+    return 0.5 * (classification_loss(logits, labels) + classification_loss(logits.T, labels))
+
+
+def mlm_mask(
+    tokens: Array,
+    key: Array,
+    *,
+    mask_id: int,
+    vocab_size: int,
+    mask_prob: float = 0.15,
+    special_mask: Array | None = None,
+    ignore_index: int = -100,
+) -> tuple[Array, Array]:
+    """BERT masking: select ``mask_prob`` of tokens; of those 80 % → ``mask_id``, 10 % → a random
+    token, 10 % unchanged.
+
+    Parameters
+    ----------
+    tokens : Array
+        int ``[...]`` inputs.
+    key : Array
+        PRNG key.
+    special_mask : Array, optional
+        bool ``[...]``: positions never selected (padding, [CLS], [SEP]).
+
+    Returns
+    -------
+    (inputs, labels)
+        ``inputs`` with replacements; ``labels`` = original token at selected positions,
+        ``ignore_index`` elsewhere.
+    """
+    if not 0.0 < mask_prob < 1.0:
+        raise ValueError(f"mask_prob must be in (0, 1); got {mask_prob}")
+    k_sel, k_kind, k_tok = jax.random.split(key, 3)
+    selected = jax.random.bernoulli(k_sel, mask_prob, tokens.shape)
+    if special_mask is not None:
+        selected = selected & ~special_mask
+    kind = jax.random.uniform(k_kind, tokens.shape)
+    random_tokens = jax.random.randint(k_tok, tokens.shape, 0, vocab_size, dtype=tokens.dtype)
+    inputs = jnp.where(selected & (kind < 0.8), mask_id, tokens)
+    inputs = jnp.where(selected & (kind >= 0.8) & (kind < 0.9), random_tokens, inputs)
+    labels = jnp.where(selected, tokens, ignore_index)
+    return inputs.astype(tokens.dtype), labels.astype(jnp.int32)

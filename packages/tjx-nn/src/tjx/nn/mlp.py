@@ -1,0 +1,79 @@
+"""Feed-forward blocks: plain MLP (GELU/ReLU/SiLU) and gated MLPs (SwiGLU, GeGLU)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import jax
+from flax import nnx
+
+from tjx.nn.linear import Dense
+from tjx.nn.params import normal
+from tjx.nn.precision import Precision
+
+Array = jax.Array
+
+_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": partial(jax.nn.gelu, approximate=True),  # GPT-2's "gelu_new"
+    "gelu_exact": partial(jax.nn.gelu, approximate=False),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swiglu": jax.nn.silu,
+    "geglu": partial(jax.nn.gelu, approximate=True),
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    """The activation function named ``name`` (see ``configs.ACTIVATIONS``)."""
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"mlp_activation must be one of {tuple(_ACTIVATIONS)}; got {name!r}")
+    return _ACTIVATIONS[name]
+
+
+class MLP(nnx.Module):
+    """``out(act(in(x)))``, or ``out(act(gate(x)) * up(x))`` for ``swiglu``/``geglu``.
+
+    ``out_std`` lets GPT-2 scale the residual projection's init by ``1/√(2·layers)``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        mlp_dim: int,
+        *,
+        rngs: nnx.Rngs,
+        activation_name: str = "gelu",
+        use_bias: bool = True,
+        init_std: float = 0.02,
+        out_std: float | None = None,
+        precision: Precision | None = None,
+    ) -> None:
+        self.act = activation(activation_name)
+        self.gated = activation_name in ("swiglu", "geglu")
+        common: dict[str, Any] = dict(rngs=rngs, use_bias=use_bias, precision=precision)
+        self.fc_in = Dense(
+            (d_model,), (mlp_dim,), ("embed",), ("mlp",), init=normal(init_std), **common
+        )
+        self.fc_gate = (
+            Dense((d_model,), (mlp_dim,), ("embed",), ("mlp",), init=normal(init_std), **common)
+            if self.gated
+            else None
+        )
+        self.fc_out = Dense(
+            (mlp_dim,),
+            (d_model,),
+            ("mlp",),
+            ("embed",),
+            init=normal(out_std if out_std is not None else init_std),
+            **common,
+        )
+
+    def __call__(self, x: Array) -> Array:
+        """Apply the MLP to ``x`` [..., d_model]."""
+        if self.fc_gate is not None:
+            h = self.act(self.fc_gate(x)) * self.fc_in(x)
+        else:
+            h = self.act(self.fc_in(x))
+        return self.fc_out(h)

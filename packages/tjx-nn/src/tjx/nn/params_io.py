@@ -1,0 +1,81 @@
+"""Flat, canonically named views of a model's parameters, independent of ``scan_layers``.
+
+Names are dotted paths of the unrolled model, e.g. ``stack.layers.3.attn.query.kernel``; a
+scanned model's stacked parameters (leading ``layers`` axis) are split into per-layer entries on
+the way out and stacked again on the way in. This converts between scanned and unrolled models
+and underlies the Hugging Face conversion.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+def _is_stacked(var: nnx.Variable) -> bool:
+    names = var.get_metadata().get("out_sharding")
+    return names is not None and len(names) > 0 and names[0] == "layers"
+
+
+def _split_at_layers(path: tuple[Any, ...]) -> tuple[str, str]:
+    keys = [str(p) for p in path]
+    i = keys.index("layers")
+    return ".".join(keys[: i + 1]), ".".join(keys[i + 1 :])
+
+
+def get_flat_params(model: nnx.Module) -> dict[str, np.ndarray]:
+    """All ``nnx.Param`` values as ``{dotted name: numpy array}`` in unrolled naming."""
+    out: dict[str, np.ndarray] = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        value = np.asarray(var.get_value())
+        if _is_stacked(var):
+            prefix, rest = _split_at_layers(path)
+            for i in range(value.shape[0]):
+                out[f"{prefix}.{i}.{rest}"] = value[i]
+        else:
+            out[".".join(str(p) for p in path)] = value
+    return out
+
+
+def set_flat_params(model: nnx.Module, flat: dict[str, Any], *, strict: bool = True) -> None:
+    """Load ``{dotted name: array}`` (unrolled naming) into ``model`` in place.
+
+    Values are cast to each parameter's dtype; shapes must match exactly.
+
+    Raises
+    ------
+    ValueError
+        On a missing name, an unused name (when ``strict``) or a shape mismatch.
+    """
+    state = nnx.state(model, nnx.Param)
+    flat_state = nnx.to_flat_state(state)
+    used: set[str] = set()
+    for path, var in flat_state:
+        current = var.get_value()
+        if _is_stacked(var):
+            prefix, rest = _split_at_layers(path)
+            names = [f"{prefix}.{i}.{rest}" for i in range(current.shape[0])]
+            missing = [n for n in names if n not in flat]
+            if missing:
+                raise ValueError(f"parameter {missing[0]!r} missing from the given weights")
+            value = np.stack([np.asarray(flat[n]) for n in names])
+        else:
+            name = ".".join(str(p) for p in path)
+            names = [name]
+            if name not in flat:
+                raise ValueError(f"parameter {name!r} missing from the given weights")
+            value = np.asarray(flat[name])
+        if value.shape != current.shape:
+            raise ValueError(
+                f"parameter {names[0]!r}: shape {value.shape[-current.ndim:]} does not match "
+                f"the model's {current.shape}"
+            )
+        used.update(names)
+        var.set_value(jnp.asarray(value, dtype=current.dtype))
+    extra = sorted(set(flat) - used)
+    if strict and extra:
+        raise ValueError(f"unused weights: {extra[:5]}{' …' if len(extra) > 5 else ''}")
+    nnx.update(model, nnx.from_flat_state(flat_state))

@@ -1,0 +1,70 @@
+"""Position information: sinusoidal tables, rotary embeddings (RoPE) and ALiBi biases.
+
+Learned absolute positions are an ``Embed`` over ``max_seq_len`` rows (see ``embeddings.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+def sinusoidal(positions: Array, dim: int, *, max_timescale: float = 10000.0) -> Array:
+    """Vaswani et al. sinusoids: ``[..., dim]`` float32 with sin in the first half, cos after."""
+    half = dim // 2
+    freq = jnp.exp(-math.log(max_timescale) * jnp.arange(half, dtype=jnp.float32) / max(half, 1))
+    angles = positions.astype(jnp.float32)[..., None] * freq
+    out = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+    if dim % 2:
+        out = jnp.pad(out, [(0, 0)] * (out.ndim - 1) + [(0, 1)])
+    return out
+
+
+def apply_rope(x: Array, positions: Array, *, theta: float = 10000.0) -> Array:
+    """Rotate ``x`` [b, s, heads, head_dim] by ``positions`` [b, s] (LLaMA's rotate-half form).
+
+    Dimension ``i`` pairs with ``i + head_dim/2``; angles are computed in float32.
+    """
+    d = x.shape[-1]
+    half = d // 2
+    dt = jnp.promote_types(x.dtype, jnp.float32)
+    inv_freq = 1.0 / (theta ** (jnp.arange(half, dtype=dt) / half))
+    angles = positions.astype(dt)[..., None] * inv_freq  # [b, s, half]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x32 = x.astype(dt)
+    x1, x2 = x32[..., :half], x32[..., half:]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+    """ALiBi head slopes (Press et al.), geometric from ``2^(-8/n)``; float32 ``[heads]``."""
+
+    def power_of_two(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    if math.log2(num_heads).is_integer():
+        slopes = power_of_two(num_heads)
+    else:
+        closest = 2 ** math.floor(math.log2(num_heads))
+        slopes = power_of_two(closest) + power_of_two(2 * closest)[0::2][: num_heads - closest]
+    return np.asarray(slopes, dtype=np.float32)
+
+
+def alibi_bias(q_positions: Array, k_positions: Array, num_heads: int) -> Array:
+    """Additive bias ``-slope_h · |i - j|`` of shape ``[b, heads, s_q, s_k]`` (float32).
+
+    With a causal mask only ``j <= i`` survives, giving the original ``slope · (j - i)``.
+    """
+    slopes = jnp.asarray(alibi_slopes(num_heads))
+    dist = jnp.abs(
+        q_positions[:, :, None].astype(jnp.float32) - k_positions[:, None, :].astype(jnp.float32)
+    )
+    return -slopes[None, :, None, None] * dist[:, None]

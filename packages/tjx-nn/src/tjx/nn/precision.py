@@ -1,0 +1,83 @@
+"""Mixed-precision policy shared by every tjx model.
+
+One object says which dtype parameters are stored in and which dtype matmuls run in. Norm
+statistics, softmax and logits always run in float32 regardless of the policy (see ``norms.py``,
+``tjx.kernels.attention`` and the models' output heads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+_PRESETS = ("fp32", "bf16", "pure_bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Parameter and compute dtypes.
+
+    Parameters
+    ----------
+    param_dtype : dtype
+        Dtype parameters are created and stored in (optimizer sees this dtype).
+    compute_dtype : dtype
+        Dtype activations and matmul inputs are cast to.
+    """
+
+    param_dtype: Any = jnp.float32
+    compute_dtype: Any = jnp.float32
+
+    def __post_init__(self) -> None:
+        for name in ("param_dtype", "compute_dtype"):
+            value = jnp.dtype(getattr(self, name))
+            if not jnp.issubdtype(value, jnp.floating):
+                raise ValueError(f"Precision.{name} must be a floating dtype; got {value}")
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def fp32(cls) -> Precision:
+        """Float32 parameters and compute."""
+        return cls(jnp.float32, jnp.float32)
+
+    @classmethod
+    def bf16(cls) -> Precision:
+        """Float32 parameters, bfloat16 compute (the usual mixed-precision setting)."""
+        return cls(jnp.float32, jnp.bfloat16)
+
+    @classmethod
+    def pure_bf16(cls) -> Precision:
+        """Bfloat16 parameters and compute."""
+        return cls(jnp.bfloat16, jnp.bfloat16)
+
+    @classmethod
+    def fp16(cls) -> Precision:
+        """Float32 parameters, float16 compute (pair with loss scaling in tjx-optim)."""
+        return cls(jnp.float32, jnp.float16)
+
+    @classmethod
+    def from_name(cls, name: str) -> Precision:
+        """Build a preset by name: one of ``fp32``, ``bf16``, ``pure_bf16``, ``fp16``."""
+        if name not in _PRESETS:
+            raise ValueError(f"precision must be one of {_PRESETS}; got {name!r}")
+        return getattr(cls, name)()
+
+    def cast(self, x: jax.Array) -> jax.Array:
+        """Cast a floating array to the compute dtype (integers pass through)."""
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            return x.astype(self.compute_dtype)
+        return x
+
+
+def as_precision(value: Precision | str | None) -> Precision:
+    """Normalise a ``Precision``, a preset name or ``None`` (float32) to a ``Precision``."""
+    if value is None:
+        return Precision()
+    if isinstance(value, Precision):
+        return value
+    if isinstance(value, str):
+        return Precision.from_name(value)
+    raise ValueError(f"precision must be a Precision or one of {_PRESETS}; got {value!r}")

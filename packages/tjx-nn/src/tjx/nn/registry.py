@@ -1,0 +1,41 @@
+"""``build_model``: construct the model a config describes."""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from tjx.nn.bert import BERT
+from tjx.nn.configs import (
+    BertConfig,
+    EncoderDecoderConfig,
+    GPT2Config,
+    LlamaConfig,
+    TransformerConfig,
+    ViTConfig,
+)
+from tjx.nn.decoder import GPT2, DecoderLM, Llama
+from tjx.nn.encdec import EncoderDecoder
+from tjx.nn.vit import ViT
+
+_MODELS: list[tuple[type[TransformerConfig], type[nnx.Module]]] = [
+    (GPT2Config, GPT2),
+    (LlamaConfig, Llama),
+    (BertConfig, BERT),
+    (ViTConfig, ViT),
+    (EncoderDecoderConfig, EncoderDecoder),
+]
+
+
+def build_model(config: TransformerConfig, *, rngs: nnx.Rngs) -> nnx.Module:
+    """``GPT2``/``Llama``/``BERT``/``ViT``/``EncoderDecoder`` for the matching config type; a
+    plain ``TransformerConfig`` builds a ``DecoderLM``."""
+    for config_type, model_type in _MODELS:
+        if type(config) is config_type:
+            return model_type(config, rngs=rngs)  # type: ignore[call-arg]
+    if type(config) is TransformerConfig:
+        return DecoderLM(config, rngs=rngs)
+    allowed = ", ".join(t.__name__ for t, _ in _MODELS)
+    raise ValueError(
+        f"build_model: config must be one of {allowed}, TransformerConfig; got "
+        f"{type(config).__name__}"
+    )

@@ -1,0 +1,123 @@
+"""A stack of transformer layers, unrolled or scanned (``nnx.scan``), with rematerialisation.
+
+With ``scan_layers`` the layers are created under ``nnx.vmap`` so every parameter gets a leading
+``layers`` axis (logical name ``layers``), and run under ``nnx.scan`` so compile time does not grow
+with depth. ``remat`` wraps each layer in ``nnx.remat`` with a ``jax.checkpoint`` policy:
+
+- ``none``: store everything; ``full``: store only layer inputs, recompute the rest;
+- ``save_dots``: keep matmul outputs (``dots_saveable``), recompute elementwise work;
+- ``save_attention_output``: keep the attention kernel's output (tagged ``attention_output``);
+- ``save_dots_and_attention``: both of the above.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tjx.nn.block import Block
+from tjx.nn.configs import REMAT_POLICIES, TransformerConfig
+
+Array = jax.Array
+
+
+def remat_policy(name: str) -> Callable[..., bool] | None:
+    """The ``jax.checkpoint`` policy for a remat name (``None`` = save nothing)."""
+    cp = jax.checkpoint_policies
+    policies: dict[str, Callable[..., bool] | None] = {
+        "full": None,
+        "save_dots": cp.dots_saveable,
+        "save_attention_output": cp.save_only_these_names("attention_output"),
+        "save_dots_and_attention": cp.save_from_both_policies(
+            cp.dots_saveable, cp.save_only_these_names("attention_output")
+        ),
+    }
+    if name not in policies:
+        raise ValueError(f"remat must be one of {REMAT_POLICIES}; got {name!r}")
+    return policies[name]
+
+
+class Stack(nnx.Module):
+    """``num_layers`` ``Block``s applied in sequence (decoder, encoder or enc-dec decoder)."""
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        *,
+        rngs: nnx.Rngs,
+        num_layers: int,
+        causal: bool,
+        cross: bool = False,
+        residual_layers: int | None = None,
+    ) -> None:
+        self.num_layers = num_layers
+        self.scan = config.scan_layers
+        self.remat = config.remat
+        depth = residual_layers or num_layers
+
+        def make(r: nnx.Rngs) -> Block:
+            return Block(config, rngs=r, num_layers=depth, causal=causal, cross=cross)
+
+        if self.scan:
+            layer_rngs = nnx.Rngs(params=rngs.params())
+
+            @nnx.split_rngs(splits=num_layers)
+            @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def create(r: nnx.Rngs) -> Block:
+                return make(r)
+
+            self.layers: Any = create(layer_rngs)
+        else:
+            self.layers = nnx.List([make(rngs) for _ in range(num_layers)])
+
+    def __call__(
+        self,
+        x: Array,
+        *,
+        positions: Array | None = None,
+        segment_ids: Any = None,
+        context: Array | None = None,
+        context_segment_ids: Any = None,
+        deterministic: bool = True,
+        rng: Array | None = None,
+        cache: dict[str, Array] | None = None,
+        cache_pos: Array | None = None,
+    ) -> tuple[Array, dict[str, Array] | None]:
+        """Run every layer; ``cache`` leaves carry a leading ``layers`` axis."""
+        kw: dict[str, Any] = dict(
+            positions=positions,
+            segment_ids=segment_ids,
+            context=context,
+            context_segment_ids=context_segment_ids,
+            deterministic=deterministic,
+            cache_pos=cache_pos,
+        )
+
+        def body(block: Block, h: Array, key: Array | None, layer_cache: Any) -> Any:
+            return block(h, rng=key, cache=layer_cache, **kw)
+
+        if self.remat != "none":
+            body = nnx.remat(body, policy=remat_policy(self.remat))
+        keys = None if rng is None else jax.random.split(rng, self.num_layers)
+        if self.scan:
+
+            @nnx.scan(
+                in_axes=(0, nnx.Carry, 0, 0),
+                out_axes=(nnx.Carry, 0),
+                transform_metadata={nnx.PARTITION_NAME: "layers"},
+            )
+            def step(block: Block, h: Array, key: Any, layer_cache: Any) -> Any:
+                return body(block, h, key, layer_cache)
+
+            return step(self.layers, x, keys, cache)
+        outs = []
+        for i, block in enumerate(self.layers):
+            layer_cache = None if cache is None else jax.tree.map(lambda a, i=i: a[i], cache)
+            x, new = body(block, x, None if keys is None else keys[i], layer_cache)
+            outs.append(new)
+        new_cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
+        return x, new_cache

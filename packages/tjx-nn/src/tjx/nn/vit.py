@@ -1,0 +1,108 @@
+"""Vision Transformer: patch embedding, class token, pre-LN encoder, classifier on [CLS]."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from einops import rearrange
+from flax import nnx
+
+from tjx.nn.configs import ViTConfig
+from tjx.nn.embeddings import Embed
+from tjx.nn.linear import Dense, dropout, split_key
+from tjx.nn.norms import make_norm
+from tjx.nn.params import make_param, normal, zeros
+from tjx.nn.positions import sinusoidal
+from tjx.nn.stack import Stack
+
+Array = jax.Array
+
+
+class ViT(nnx.Module):
+    """ViT classifier over images ``[b, h, w, c]`` (channels last)."""
+
+    def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs) -> None:
+        if not isinstance(config, ViTConfig):
+            raise ValueError(f"ViT needs a ViTConfig; got {type(config).__name__}")
+        c = self.config = config
+        p = c.precision
+        patch_dim = c.patch_size * c.patch_size * c.num_channels
+        self.patch_embed = Dense(
+            (patch_dim,),
+            (c.d_model,),
+            (None,),
+            ("embed",),
+            rngs=rngs,
+            init=normal(c.init_std),
+            precision=p,
+        )
+        self.cls_token = make_param(
+            rngs, zeros(), (1, 1, c.d_model), (None, None, "embed"), p.param_dtype
+        )
+        self.pos_embed = (
+            Embed(
+                c.max_seq_len,
+                c.d_model,
+                rngs=rngs,
+                init_std=c.init_std,
+                names=(None, "embed"),
+                precision=p,
+            )
+            if c.position == "learned"
+            else None
+        )
+        self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=False)
+        norm_kw = dict(rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias, precision=p)
+        self.final_norm = (
+            make_norm(c.norm, c.d_model, **norm_kw) if c.norm_position == "pre" else None
+        )
+        self.head = Dense(
+            (c.d_model,),
+            (c.num_classes,),
+            ("embed",),
+            (None,),
+            rngs=rngs,
+            init=normal(c.init_std),
+            precision=p,
+        )
+        active = c.dropout > 0 or c.attention_dropout > 0
+        self.dropout_rngs = nnx.Rngs(dropout=rngs.dropout()) if active else None
+
+    def __call__(
+        self,
+        images: Array,
+        *,
+        deterministic: bool = True,
+        return_hidden: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> Array:
+        """Class logits ``[b, num_classes]`` (float32), or hidden ``[b, patches+1, d]``."""
+        c = self.config
+        expected = (c.image_size, c.image_size, c.num_channels)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"images must be [batch, {', '.join(map(str, expected))}]; got " f"{images.shape}"
+            )
+        key = None
+        if not deterministic and self.dropout_rngs is not None:
+            key = (rngs or self.dropout_rngs).dropout()
+        k_embed, k_stack = split_key(key, 2)
+        patches = rearrange(
+            images, "b (h p) (w q) c -> b (h w) (p q c)", p=c.patch_size, q=c.patch_size
+        )
+        x = self.patch_embed(patches)
+        b = x.shape[0]
+        cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (b, 1, c.d_model))
+        x = jnp.concatenate([cls, x], axis=1)
+        positions = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), x.shape[:2])
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions)
+        else:
+            x = x + sinusoidal(positions, c.d_model).astype(x.dtype)
+        x = dropout(x, c.dropout, k_embed, deterministic=deterministic)
+        x, _ = self.stack(x, positions=positions, deterministic=deterministic, rng=k_stack)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        if return_hidden:
+            return x
+        return self.head(x[:, 0]).astype(jnp.float32)

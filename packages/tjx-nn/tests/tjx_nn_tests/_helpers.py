@@ -1,0 +1,30 @@
+"""Tiny configs and helpers shared by the tjx.nn tests (d_model 32, 2 layers, vocab 64)."""
+
+import numpy as np
+from flax import nnx
+
+from tjx import nn as tnn
+
+TINY = dict(vocab_size=64, max_seq_len=16, d_model=32, num_layers=2, num_heads=4)
+
+
+def gpt2_tiny(**kw) -> tnn.GPT2Config:
+    return tnn.GPT2Config(**{**TINY, **kw})
+
+
+def llama_tiny(**kw) -> tnn.LlamaConfig:
+    return tnn.LlamaConfig(**{**TINY, "num_kv_heads": 2, "mlp_dim": 48, **kw})
+
+
+def build(cfg, seed: int = 0):
+    """``build_model(cfg)`` eagerly (eager op compiles are cached across the whole test run)."""
+    return tnn.build_model(cfg, rngs=nnx.Rngs(seed))
+
+
+def param_grads(model, loss_fn):
+    """Gradients of ``loss_fn(model)`` w.r.t. every nnx.Param, as a flat dict name → array."""
+    grads = nnx.grad(loss_fn)(model)
+    flat = {}
+    for path, var in nnx.to_flat_state(grads):
+        flat[".".join(map(str, path))] = np.asarray(var.get_value())
+    return flat

@@ -1,0 +1,114 @@
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from tjx import nn as tnn
+
+HF_COUNTS = {
+    "small": 124_439_808,
+    "medium": 354_823_168,
+    "large": 774_030_080,
+    "xl": 1_557_611_200,
+}
+
+
+@pytest.mark.parametrize("name", list(HF_COUNTS))
+def test_gpt2_presets_match_hf_param_counts(name):
+    cfg = tnn.gpt2_config(name, scan_layers=True)
+    abstract = nnx.eval_shape(lambda: tnn.build_model(cfg, rngs=nnx.Rngs(0)))
+    assert tnn.count_params(abstract) == HF_COUNTS[name]
+    leaves = jax.tree.leaves(nnx.state(abstract, nnx.Param))
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)  # nothing materialised
+
+
+def test_gpt2_config_overrides_and_unknown_preset():
+    cfg = tnn.gpt2_config("small", max_seq_len=256, dropout=0.1)
+    assert cfg.max_seq_len == 256 and cfg.dropout == 0.1 and cfg.d_model == 768
+    with pytest.raises(ValueError, match=r"small.*medium.*large.*xl"):
+        tnn.gpt2_config("huge")
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(d_model=30, num_heads=4), "d_model"),
+        (dict(num_heads=4, num_kv_heads=3), "num_kv_heads"),
+        (dict(mlp_activation="tanh"), "mlp_activation"),
+        (dict(position="relative"), "position"),
+        (dict(norm="batchnorm"), "norm"),
+        (dict(norm_position="sandwich"), "norm_position"),
+        (dict(num_layers=-1), "num_layers"),
+        (dict(vocab_size=0), "vocab_size"),
+        (dict(dropout=1.5), "dropout"),
+        (dict(remat="everything"), "remat"),
+        (dict(attention_impl="triton"), "attention_impl"),
+        (dict(precision="fp8"), "precision"),
+        (dict(attention_type="mla"), "kv_latent_dim"),
+        (dict(position="rope", d_model=36, num_heads=4), "head_dim"),
+        (dict(decode_topk=0), "decode_topk"),
+    ],
+)
+def test_bad_configs_raise_naming_the_field(kwargs, field):
+    base = dict(vocab_size=64, max_seq_len=16, d_model=32, num_layers=2, num_heads=4)
+    with pytest.raises(ValueError, match=re.escape(field)):
+        tnn.GPT2Config(**{**base, **kwargs})
+
+
+def test_bad_config_messages_list_allowed_values():
+    with pytest.raises(ValueError, match="swiglu"):
+        tnn.LlamaConfig(mlp_activation="tanh")
+    with pytest.raises(ValueError, match="alibi"):
+        tnn.LlamaConfig(position="xpos")
+    with pytest.raises(ValueError, match="patch_size"):
+        tnn.ViTConfig(image_size=30, patch_size=8)
+    with pytest.raises(ValueError, match="type_vocab_size"):
+        tnn.BertConfig(type_vocab_size=0)
+    with pytest.raises(ValueError, match="num_decoder_layers"):
+        tnn.EncoderDecoderConfig(num_decoder_layers=0)
+
+
+def test_defaults_and_precision_presets():
+    cfg = tnn.LlamaConfig(d_model=64, num_heads=4, num_kv_heads=1, precision="bf16")
+    assert cfg.head_dim == 16 and cfg.num_kv_heads == 1 and cfg.gated
+    assert cfg.mlp_dim == 192  # 8/3·64 rounded up to 64
+    assert cfg.precision == tnn.Precision(jnp.float32, jnp.bfloat16)
+    assert tnn.Precision.pure_bf16().param_dtype == jnp.bfloat16
+    assert tnn.Precision.fp16().compute_dtype == jnp.float16
+    with pytest.raises(ValueError, match="param_dtype"):
+        tnn.Precision(param_dtype=jnp.int32)
+    assert cfg.replace(num_layers=3).num_layers == 3
+
+
+def test_build_model_dispatch_and_wrong_config():
+    cfg = tnn.TransformerConfig(vocab_size=64, max_seq_len=8, d_model=16, num_layers=1, num_heads=2)
+    assert type(nnx.eval_shape(lambda: tnn.build_model(cfg, rngs=nnx.Rngs(0)))) is tnn.DecoderLM
+    with pytest.raises(ValueError, match="GPT2Config"):
+        cfg = tnn.LlamaConfig(vocab_size=64, d_model=16, num_heads=2, num_layers=1)
+        nnx.eval_shape(lambda: tnn.GPT2(cfg, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="config must be one of"):
+        tnn.build_model(object(), rngs=nnx.Rngs(0))  # type: ignore[arg-type]
+
+
+def test_precision_helpers_and_more_bad_fields():
+    p = tnn.Precision.bf16()
+    assert p.cast(jnp.ones(2, jnp.float32)).dtype == jnp.bfloat16
+    assert p.cast(jnp.ones(2, jnp.int32)).dtype == jnp.int32
+    assert tnn.Precision.from_name("fp32") == tnn.Precision()
+    with pytest.raises(ValueError, match="fp32"):
+        tnn.Precision.from_name("fp64")
+    with pytest.raises(ValueError, match="precision"):
+        tnn.GPT2Config(precision=3)
+    assert tnn.GPT2Config(precision=None).precision == tnn.Precision()
+    with pytest.raises(ValueError, match="rope_theta"):
+        tnn.LlamaConfig(rope_theta=0.0)
+    with pytest.raises(ValueError, match="norm_eps"):
+        tnn.GPT2Config(norm_eps=0.0)
+    with pytest.raises(ValueError, match="init_std"):
+        tnn.GPT2Config(init_std=-1.0)
+    with pytest.raises(ValueError, match="num_labels"):
+        tnn.BertConfig(num_labels=0)
+    with pytest.raises(ValueError, match="position"):
+        tnn.ViTConfig(image_size=8, patch_size=4, position="rope")

@@ -1,0 +1,88 @@
+"""BERT, ViT and the encoder-decoder: shapes, masks, hidden states, gradients."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from tjx import nn as tnn
+from tjx_nn_tests._helpers import build
+
+SMALL = dict(vocab_size=64, max_seq_len=16, d_model=32, num_layers=2, num_heads=4)
+
+
+def test_bert_mlm_padding_token_types_and_classifier():
+    model = build(tnn.BertConfig(**SMALL, num_labels=3))
+    toks = jnp.asarray(np.random.RandomState(0).randint(1, 64, (2, 8)), jnp.int32)
+    logits = model(toks)
+    assert logits.shape == (2, 8, 64) and logits.dtype == jnp.float32
+    hidden = model(toks, return_hidden=True)
+    np.testing.assert_allclose(
+        logits,
+        model.mlm_hidden(hidden) @ model.unembedding() + model.mlm_bias.get_value(),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    # Bidirectional: changing the last token changes the first position's output.
+    assert not np.allclose(model(toks.at[0, 7].set(3))[0, 0], logits[0, 0])
+    # Padding: masked positions never influence real ones.
+    mask = jnp.asarray([[1] * 5 + [0] * 3] * 2, jnp.int32)
+    a = model(toks, attention_mask=mask)
+    b = model(toks.at[:, 6].set(9), attention_mask=mask)
+    np.testing.assert_allclose(a[:, :5], b[:, :5], rtol=1e-5, atol=1e-6)
+    assert bool(jnp.all(jnp.isfinite(a)))
+    types = jnp.ones_like(toks)
+    assert not np.allclose(model(toks, token_types=types), logits)
+    assert model.classify(toks, attention_mask=mask).shape == (2, 3)
+    no_head = build(tnn.BertConfig(**{**SMALL, "num_layers": 1}))
+    with pytest.raises(ValueError, match="num_labels"):
+        no_head.classify(toks)
+    with pytest.raises(ValueError, match="max_seq_len=16"):
+        model(jnp.zeros((1, 17), jnp.int32))
+
+
+def test_vit_classifier_and_hidden():
+    cfg = tnn.ViTConfig(
+        d_model=32,
+        num_layers=2,
+        num_heads=4,
+        image_size=8,
+        patch_size=4,
+        num_channels=3,
+        num_classes=5,
+    )
+    assert cfg.num_patches == 4 and cfg.max_seq_len == 5
+    model = build(cfg)
+    images = jnp.asarray(np.random.RandomState(0).randn(2, 8, 8, 3), jnp.float32)
+    logits = model(images)
+    assert logits.shape == (2, 5) and logits.dtype == jnp.float32
+    assert model(images, return_hidden=True).shape == (2, 5, 32)
+    grads = nnx.grad(lambda m: jnp.sum(m(images) ** 2))(model)
+    assert np.any(np.asarray(grads["cls_token"].get_value()) != 0)
+    with pytest.raises(ValueError, match="images must be"):
+        model(jnp.zeros((2, 9, 8, 3)))
+    sin = build(cfg.replace(position="sinusoidal", num_layers=1))
+    assert sin(images).shape == (2, 5)
+
+
+def test_encoder_decoder_causal_decoder_and_source_padding():
+    cfg = tnn.EncoderDecoderConfig(**{**SMALL, "num_layers": 1}, num_decoder_layers=2)
+    model = build(cfg)
+    rs = np.random.RandomState(0)
+    src = jnp.asarray(rs.randint(1, 64, (2, 6)), jnp.int32)
+    tgt = jnp.asarray(rs.randint(1, 64, (2, 5)), jnp.int32)
+    logits = model(src, tgt)
+    assert logits.shape == (2, 5, 64) and logits.dtype == jnp.float32
+    hidden = model(src, tgt, return_hidden=True)
+    np.testing.assert_allclose(logits, hidden @ model.unembedding(), rtol=1e-4, atol=1e-5)
+    # Decoder is causal; every target position sees the whole source.
+    changed = model(src, tgt.at[:, 3].set(1))
+    np.testing.assert_allclose(changed[:, :3], logits[:, :3], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(model(src.at[:, 5].set(2), tgt)[:, 0], logits[:, 0])
+    # Source padding is invisible to the decoder.
+    seg = jnp.asarray([[1] * 4 + [0] * 2] * 2, jnp.int32)
+    a = model(src, tgt, src_segment_ids=seg)
+    b = model(src.at[:, 5].set(2), tgt, src_segment_ids=seg)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    untied = build(cfg.replace(tie_embeddings=False, position="learned", scan_layers=True))
+    assert untied(src, tgt).shape == (2, 5, 64) and untied.unembedding().shape == (32, 64)

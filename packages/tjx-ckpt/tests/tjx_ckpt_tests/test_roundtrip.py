@@ -150,3 +150,33 @@ def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="no array leaves"):
             manager.save(1, state={"w": None})
         assert manager.all_steps() == []
+
+
+def test_restore_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Loading a stranger's checkpoint must not run code: no pickle anywhere on the load path
+    # (numpy's allow_pickle loading and every orbax reader included would go through these).
+    import pickle
+
+    state = make_state(4, layers=1)
+    with CheckpointManager(tmp_path, async_save=False) as manager:
+        manager.save(4, state=state, data_state={"pos": 4}, config={"d": 1})
+    calls: list[str] = []
+
+    def refuse(name: str):
+        def fail(*args: object, **kwargs: object) -> None:
+            calls.append(name)
+            raise AssertionError(f"pickle.{name} called on the restore path")
+
+        return fail
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse(name))
+    with CheckpointManager(tmp_path, read_only=True) as manager:
+        restored = manager.restore(target=jax.eval_shape(lambda: make_state(0, layers=1)))
+        params = manager.restore_params(
+            target=jax.eval_shape(lambda: make_state(0, layers=1))["params"]
+        )
+    assert calls == []
+    assert_bit_exact(restored.state, state)
+    assert_bit_exact(params, state["params"])
+    assert restored.data_state == {"pos": 4} and restored.config == {"d": 1}

@@ -139,6 +139,22 @@ def test_dynamic_loss_scale_dynamics() -> None:
     )
 
 
+def test_loss_scale_is_capped_so_it_never_reaches_inf() -> None:
+    params = _tree(0)
+    ls = dynamic_loss_scale(init_scale=2.0**120, growth_interval=1, max_scale=2.0**127)
+    state = ls.init(params)
+    for _ in range(4):  # uncapped: 2**121 ... 2**124, then 2**128 = inf in float32
+        _, state = ls.update(_tree(1), state)
+    for _ in range(4):
+        _, state = ls.update(_tree(1), state)
+    assert float(state.scale) == 2.0**127
+    _, state = ls.update(jax.tree.map(lambda g: g.at[0].set(jnp.inf), _tree(1)), state)
+    assert float(state.scale) == 2.0**126  # an overflow still halves it: not stuck
+    for kw in (dict(init_scale=0.5), dict(init_scale=2.0**30), dict(factor=1.0)):
+        with pytest.raises(ValueError, match="init_scale|factor"):
+            dynamic_loss_scale(**kw)
+
+
 def test_loss_scale_in_chain_matches_unscaled_training() -> None:
     x = jnp.asarray(np.random.default_rng(5).normal(size=(8, 4)), jnp.float32)
     params = _tree(0)

@@ -62,6 +62,13 @@ def test_dimension_numbers_for_dense_kernels() -> None:
     stacked = _dims(_tjx_nn_like(np.random.default_rng(0), 3))
     assert stacked["layers/attn/query/kernel"] == MDN((1,), (2, 3))
     assert stacked["layers/mlp/fc_out/kernel"] == MDN((1,), (2,))
+    # tjx-nn's real nesting: "stack/layers/0/..." unscanned, "stack/layers/..." scanned.
+    nested = _dims({"stack": _tjx_nn_like(np.random.default_rng(0), None)})
+    assert nested["stack/layers/0/attn/query/kernel"] == MDN((0,), (1, 2))
+    assert nested["stack/layers/0/mlp/fc_out/kernel"] == MDN((0,), (1,))
+    nested = _dims({"stack": _tjx_nn_like(np.random.default_rng(0), 3)})
+    assert nested["stack/layers/attn/query/kernel"] == MDN((1,), (2, 3))
+    assert nested["stack/layers/mlp/fc_in/kernel"] == MDN((1,), (2,))
     forced = _dims({"w": jnp.ones((3, 4, 5))}, stacked=True)
     assert forced["w"] == MDN((1,), (2,))
 

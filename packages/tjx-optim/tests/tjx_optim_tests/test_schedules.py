@@ -56,6 +56,9 @@ def test_inverse_sqrt_matches_transformer_rule() -> None:
     steps = [1, 8, 16, 64, 400]
     want = [PEAK * min(t / w, math.sqrt(w / t)) for t in steps]
     assert _at(c, *steps) == pytest.approx(want, rel=1e-5)
+    # Without warmup: peak / sqrt(step + 1) (the documented rule; no division by zero at 0).
+    c0 = ScheduleConfig("inverse_sqrt", PEAK, warmup_steps=0, total_steps=1000)
+    assert _at(c0, 0, 3, 99) == pytest.approx([PEAK, PEAK / 2, PEAK / 10], rel=1e-6)
 
 
 @pytest.mark.parametrize("shape", ["linear", "cosine", "sqrt"])

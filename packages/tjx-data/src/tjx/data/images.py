@@ -43,7 +43,8 @@ def load_digits(split: str = "train") -> ImageDataset:
     ``"validation"``, the first 1,437 ``"train"``; ``"all"`` is every image in sklearn's order.
     """
     try:
-        # Lazy, and an extra (`pip install tjx-data[images]`): sklearn is heavy and only ViT needs it.
+        # Lazy, and an extra (`pip install tjx-data[images]`): sklearn is heavy and only ViT
+        # needs it.
         from sklearn.datasets import load_digits as sk_load_digits  # pants: no-infer-dep
     except ImportError as error:  # pragma: no cover - depends on the install
         raise DataError("load_digits needs scikit-learn: pip install 'tjx-data[images]'") from error

@@ -95,7 +95,8 @@ class ScheduleConfig:
     * ``constant`` / ``linear_warmup``: hold ``peak_lr`` (``linear_warmup`` needs warmup steps).
     * ``cosine``: cosine decay to ``min_lr_ratio * peak_lr`` at ``total_steps``, then hold it.
     * ``linear``: linear decay to ``min_lr_ratio * peak_lr`` at ``total_steps``, then hold.
-    * ``inverse_sqrt``: ``peak_lr * sqrt(max(warmup_steps, 1) / step)`` (Transformer paper).
+    * ``inverse_sqrt``: ``peak_lr * sqrt(warmup_steps / step)`` after warmup (Transformer paper);
+      with ``warmup_steps=0``, ``peak_lr / sqrt(step + 1)``.
     * ``wsd``: warmup, hold ``peak_lr``, then decay over the last ``decay_fraction * total_steps``
       steps to ``min_lr_ratio * peak_lr`` with ``decay_shape`` (``linear``, ``cosine`` or ``sqrt``).
     """
@@ -187,7 +188,8 @@ class OptimizerConfig:
     * ``clip_norm``: global-norm clipping threshold (None: no clipping).
     * ``skip_nonfinite``: skip steps whose gradients hold NaN/Inf (counted in the state).
     * ``loss_scale``: None or ``"dynamic"`` (fp16): ``loss_scale_init``, halve on overflow, double
-      after ``loss_scale_growth_interval`` good steps, never below ``loss_scale_min``.
+      after ``loss_scale_growth_interval`` good steps, within ``[loss_scale_min,
+      loss_scale_max]`` (the cap keeps the float32 scale from reaching ``inf``).
     * ``accumulation_steps`` with ``accumulation_mode``: ``"scan"`` (the trainer calls
       ``accumulate_gradients``) or ``"multi_steps"`` (``optax.MultiSteps`` wraps the chain).
     * ``muon_adam_lr_ratio``: AdamW's learning rate on non-Muon params as a ratio of Muon's;
@@ -210,6 +212,7 @@ class OptimizerConfig:
     loss_scale_init: float = 2.0**15
     loss_scale_growth_interval: int = 2000
     loss_scale_min: float = 1.0
+    loss_scale_max: float = 2.0**24
     accumulation_steps: int = 1
     accumulation_mode: str = "scan"
     decay_mask_regex: str | None = None
@@ -263,6 +266,13 @@ class OptimizerConfig:
             integer=True,
         )
         _number("OptimizerConfig.loss_scale_min", self.loss_scale_min, low=0.0, low_open=True)
+        _number("OptimizerConfig.loss_scale_max", self.loss_scale_max, low=1.0)
+        if not self.loss_scale_min <= self.loss_scale_init <= self.loss_scale_max:
+            raise ValueError(
+                f"OptimizerConfig.loss_scale_init={self.loss_scale_init} with loss_scale_min="
+                f"{self.loss_scale_min}, loss_scale_max={self.loss_scale_max}; allowed values: "
+                "loss_scale_min <= loss_scale_init <= loss_scale_max"
+            )
         if self.loss_scale == "dynamic" and not self.skip_nonfinite:
             raise ValueError(
                 "OptimizerConfig.skip_nonfinite=False with loss_scale='dynamic'; allowed values: "

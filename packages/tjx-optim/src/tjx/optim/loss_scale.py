@@ -55,24 +55,34 @@ def dynamic_loss_scale(
     growth_interval: int = 2000,
     factor: float = 2.0,
     min_scale: float = 1.0,
+    max_scale: float = 2.0**24,
 ) -> optax.GradientTransformation:
     """Unscale gradients by the current loss scale and adapt it.
 
     On a step whose unscaled gradients are all finite, ``good_steps`` grows; after
-    ``growth_interval`` such steps in a row the scale is multiplied by ``factor``. On a
-    non-finite step the scale is divided by ``factor`` (not below ``min_scale``) and
-    ``good_steps`` restarts at 0.
+    ``growth_interval`` such steps in a row the scale is multiplied by ``factor`` (not above
+    ``max_scale``). On a non-finite step the scale is divided by ``factor`` (not below
+    ``min_scale``) and ``good_steps`` restarts at 0.
 
     Parameters
     ----------
-    init_scale, growth_interval, factor, min_scale
-        As described above.
+    init_scale, growth_interval, factor, min_scale, max_scale
+        As described above. ``max_scale`` keeps the float32 scale finite: uncapped, a run whose
+        gradients never overflow (bf16/f32, or a small loss) doubles it up to ``inf``, after
+        which ``inf / factor`` stays ``inf`` and every later step would be skipped.
 
     Returns
     -------
     optax.GradientTransformation
         State: ``DynamicLossScaleState``. Outputs the unscaled gradients (possibly non-finite).
     """
+    if not 0.0 < min_scale <= init_scale <= max_scale < float("inf"):
+        raise ValueError(
+            f"loss scales must satisfy 0 < min_scale <= init_scale <= max_scale < inf; got "
+            f"min_scale={min_scale}, init_scale={init_scale}, max_scale={max_scale}"
+        )
+    if factor <= 1.0:
+        raise ValueError(f"factor={factor}; allowed values: a number > 1")
 
     def init(params: Any) -> DynamicLossScaleState:
         del params
@@ -91,7 +101,7 @@ def dynamic_loss_scale(
         grow = good >= growth_interval
         scale = jnp.where(
             finite,
-            jnp.where(grow, state.scale * factor, state.scale),
+            jnp.where(grow, jnp.minimum(state.scale * factor, max_scale), state.scale),
             jnp.maximum(state.scale / factor, min_scale),
         )
         good = jnp.where(grow, 0, good).astype(jnp.int32)

@@ -24,14 +24,18 @@ __all__ = ["HEAD_NAMES", "STACK_NAMES", "muon_dimension_numbers", "muon_mask"]
 
 # Output-head components: AdamW, like the embeddings (modded-nanogpt).
 HEAD_NAMES = r"lm_head|head|unembed|unembedding|classifier"
-# A component named like this and *not* followed by an integer index holds stacked layers.
+# A component named like this with no integer index anywhere after it holds stacked layers.
 STACK_NAMES = {"layers", "blocks", "h", "stack"}
 
 
 def _stacked(path: str) -> bool:
+    # tjx-nn names unscanned layers "stack/layers/0/..." and scanned ones "stack/layers/...":
+    # an index *anywhere* below the container (not only right after it) means one layer per leaf,
+    # else "stack" followed by "layers" would take a [embed, heads, head_dim] kernel's embed axis
+    # for a layers axis.
     parts = path.split("/")
     for i, part in enumerate(parts[:-1]):
-        if part.lower() in STACK_NAMES and not parts[i + 1].isdigit():
+        if part.lower() in STACK_NAMES and not any(p.isdigit() for p in parts[i + 1 :]):
             return True
     return False
 

@@ -151,6 +151,7 @@ def build_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
                 init_scale=c.loss_scale_init,
                 growth_interval=c.loss_scale_growth_interval,
                 min_scale=c.loss_scale_min,
+                max_scale=c.loss_scale_max,
             )
         )
     stages += [clip_by_global_norm_with_stats(c.clip_norm), inner]

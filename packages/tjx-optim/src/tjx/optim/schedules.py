@@ -63,10 +63,12 @@ def sqrt_decay(peak: float, steps: int, floor: float = 0.0) -> optax.Schedule:
 
 
 def inverse_sqrt(peak: float, timescale: int) -> optax.Schedule:
-    """``peak * sqrt(timescale / max(step, timescale))``: Vaswani et al.'s decay after warmup.
+    """``peak * sqrt(w / (step + w))`` with ``w = max(timescale, 1)``: Vaswani et al.'s decay.
 
-    Starting at step 0 with value ``peak``; put it after ``linear_warmup(peak, timescale)`` with
-    ``join`` to get the Transformer paper's ``min(step / w, sqrt(w / step))`` shape.
+    Starts at step 0 with value ``peak``; ``step`` counts from the start of this piece. Put it
+    after ``linear_warmup(peak, timescale)`` with ``join`` and the value at global step ``T >= w``
+    is the Transformer paper's ``peak * sqrt(w / T)``. Without warmup (``timescale=0``) it is
+    ``peak / sqrt(step + 1)``.
     """
     w = float(max(int(timescale), 1))
 

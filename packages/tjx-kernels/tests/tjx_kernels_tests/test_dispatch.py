@@ -18,12 +18,20 @@ def _x(shape, dtype=jnp.float32, seed=0):
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
-def _select(dtype=jnp.bfloat16, d=64, *, impl="auto", segs=None, needs_xla=False, gpu=True):
+def _select(
+    dtype=jnp.bfloat16, d=64, *, impl="auto", segs=None, needs_xla=False, gpu=True, devices=1
+):
     q = jnp.ones((1, 8, 4, d), dtype)
     kv = jnp.ones((1, 8, 2, d), dtype)
     shapes = check_qkv(q, kv, kv)
     return select_implementation(
-        q, shapes, implementation=impl, segment_ids=segs, needs_xla=needs_xla, on_gpu=gpu
+        q,
+        shapes,
+        implementation=impl,
+        segment_ids=segs,
+        needs_xla=needs_xla,
+        on_gpu=gpu,
+        num_devices=devices,
     )
 
 
@@ -39,6 +47,11 @@ def test_auto_selection_rules():
     assert _select(needs_xla=True) == "xla"
     assert _select(impl="pallas", needs_xla=True) == "xla"  # bias/dropout: XLA path
     assert _select(impl="pallas", gpu=False) == "pallas"  # explicit: interpret mode on CPU
+    # Several devices: XLA cannot partition a pallas_call, so "auto" keeps to partitionable paths.
+    assert _select(segs=ids, devices=8) == "xla"
+    assert _select(jnp.float32, devices=2) == "xla"
+    assert _select(devices=8) == "cudnn"
+    assert _select(impl="pallas", segs=ids, devices=8) == "pallas"  # explicit: the user's call
     assert _select(impl="xla") == "xla"
 
 
@@ -121,6 +134,31 @@ def test_cudnn_plumbing_with_segments_and_lengths(monkeypatch):
     assert calls[-1][1]["mask"] is not None
     ref = reference_attention(q, k, v, segment_ids=ids)
     assert rel_err(got.astype(jnp.float32), ref.astype(jnp.float32)) <= 2e-2
+
+
+def test_cudnn_rows_that_see_no_key_are_zero(monkeypatch):
+    """jax's own (XLA) dot_product_attention averages over all keys on a fully masked row; the
+    cuDNN path must give the tjx convention (zeros), as XLA and Pallas do."""
+    real = jax.nn.dot_product_attention
+    fake = lambda *a, implementation=None, **kw: real(*a, implementation="xla", **kw)
+    monkeypatch.setattr(jax.nn, "dot_product_attention", fake)
+    monkeypatch.setattr(dispatch, "on_cuda_gpu", lambda: True)
+    q = _x((2, 8, 4, 16), jnp.bfloat16, 9)
+    k, v = _x((2, 8, 2, 16), jnp.bfloat16, 10), _x((2, 8, 2, 16), jnp.bfloat16, 11)
+    ids = jnp.asarray([[1, 1, 1, 2, 2, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]], jnp.int32)
+    lengths = jnp.asarray([8, 0], jnp.int32)
+    run = lambda **kw: jax.jit(lambda q, k, v: attention(q, k, v, implementation="cudnn", **kw))
+    for kw in (
+        {"segment_ids": ids},
+        {"kv_lengths": lengths},
+        {"causal": True, "kv_lengths": lengths},
+    ):
+        got = np.asarray(run(**kw)(q, k, v).astype(jnp.float32))
+        ref = np.asarray(reference_attention(q, k, v, **kw).astype(jnp.float32))
+        assert rel_err(got, ref) <= 2e-2, kw
+        assert np.all(got[1] == 0.0), kw  # row 1 sees nothing under each of the three
+    got = np.asarray(run(segment_ids=ids)(q, k, v).astype(jnp.float32))
+    assert np.all(got[0, 5:] == 0.0) and np.all(np.abs(got[0, :5]).sum(-1) > 0)
 
 
 def test_on_cuda_gpu_is_false_on_cpu():

@@ -147,6 +147,31 @@ def test_custom_vjp_matches_autodiff_of_reference():
         assert rel_err(a, e) <= 1e-5
 
 
+def _all_shapes(jaxpr):
+    for eqn in jaxpr.eqns:
+        for var in (*eqn.invars, *eqn.outvars):
+            yield tuple(getattr(getattr(var, "aval", None), "shape", ()))
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, list | tuple) else [param]:
+                inner = getattr(sub, "jaxpr", sub)  # ClosedJaxpr → Jaxpr
+                if hasattr(inner, "eqns"):
+                    yield from _all_shapes(inner)
+
+
+@pytest.mark.parametrize("fn", ["flash", "reference"])
+def test_forward_and_backward_hold_no_seq_by_seq_tensor(fn):
+    """The custom VJP keeps only out and log-sum-exp; no [s, s] array exists in fwd or bwd
+    (checked on the traced program; the reference, which has one, shows the check can fail)."""
+    s = 256
+    q = jnp.ones((1, s, 2, 32), F32)
+    attn = flash_attention if fn == "flash" else reference_attention
+    kw = {"block_q": 32, "block_k": 32} if fn == "flash" else {}
+    loss = lambda q, k, v: attn(q, k, v, causal=True, **kw).sum()
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(q, q, q).jaxpr
+    square = [sh for sh in _all_shapes(jaxpr) if sh.count(s) >= 2]
+    assert (not square) if fn == "flash" else square, square[:3]
+
+
 def test_pallas_through_dispatcher_with_kv_lengths():
     b, sq, sk, h, d = 3, 24, 40, 4, 32
     q, k, v, do = _inputs(9, b, sq, sk, h, 2, d, F32)

@@ -31,6 +31,12 @@ def test_bert_mlm_padding_token_types_and_classifier():
     b = model(toks.at[:, 6].set(9), attention_mask=mask)
     np.testing.assert_allclose(a[:, :5], b[:, :5], rtol=1e-5, atol=1e-6)
     assert bool(jnp.all(jnp.isfinite(a)))
+    # Packed documents: segment ids as the attention mask keep documents apart.
+    packed = jnp.asarray([[1] * 5 + [2] * 3], jnp.int32)
+    pos = jnp.asarray([list(range(5)) + list(range(3))], jnp.int32)
+    out = model(toks[:1], attention_mask=packed, positions=pos)
+    np.testing.assert_allclose(out[:, :5], model(toks[:1, :5]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[:, 5:], model(toks[:1, 5:]), rtol=1e-5, atol=1e-5)
     types = jnp.ones_like(toks)
     assert not np.allclose(model(toks, token_types=types), logits)
     assert model.classify(toks, attention_mask=mask).shape == (2, 3)

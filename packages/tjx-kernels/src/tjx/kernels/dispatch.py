@@ -28,7 +28,7 @@ from tjx.kernels._checks import (
 )
 from tjx.kernels.flash import MAX_HEAD_DIM as PALLAS_MAX_HEAD_DIM
 from tjx.kernels.flash import flash_attention
-from tjx.kernels.reference import reference_attention
+from tjx.kernels.reference import attention_mask, reference_attention
 
 Array = jax.Array
 Implementation = Literal["auto", "xla", "cudnn", "pallas"]
@@ -108,7 +108,7 @@ def _cudnn_attention(
         assert q_ids is not None and kv_ids is not None
         mask = ((q_ids[:, :, None] == kv_ids[:, None, :]) & (kv_ids[:, None, :] != 0))[:, None]
     lengths = None if kv_lengths is None else jnp.asarray(kv_lengths, jnp.int32)
-    return jax.nn.dot_product_attention(
+    out = jax.nn.dot_product_attention(
         q,
         k,
         v,
@@ -118,6 +118,29 @@ def _cudnn_attention(
         key_value_seq_lengths=lengths,
         implementation="cudnn",
     )
+    # cuDNN leaves rows that see no key at all to its own devices (a uniform average or NaN);
+    # our convention, shared with XLA and Pallas, is zeros.
+    visible = _visible_rows(shapes, causal=causal, segment_ids=segment_ids, kv_lengths=lengths)
+    if visible is None:
+        return out
+    return jnp.where(visible[:, :, None, None], out, jnp.zeros((), out.dtype))
+
+
+def _visible_rows(
+    shapes: AttentionShapes,
+    *,
+    causal: bool,
+    segment_ids: SegmentIds | None,
+    kv_lengths: Array | None,
+) -> Array | None:
+    """Bool [b, s_q]: whether each query row sees at least one key (None: every row does)."""
+    if segment_ids is None:
+        if kv_lengths is None:
+            return None  # key 0 is visible to every query, causal or not
+        return jnp.broadcast_to((kv_lengths > 0)[:, None], (shapes.batch, shapes.q_len))
+    mask = attention_mask(shapes, causal=causal, segment_ids=segment_ids, kv_lengths=kv_lengths)
+    assert mask is not None
+    return jnp.broadcast_to(jnp.any(mask[:, 0], axis=-1), (shapes.batch, shapes.q_len))
 
 
 def select_implementation(
@@ -128,8 +151,41 @@ def select_implementation(
     segment_ids: SegmentIds | None,
     needs_xla: bool,
     on_gpu: bool | None = None,
+    num_devices: int | None = None,
 ) -> str:
-    """Resolve ``implementation`` to "xla" | "cudnn" | "pallas" for this call (see module doc)."""
+    """Resolve ``implementation`` to "xla" | "cudnn" | "pallas" for this call (see module doc).
+
+    Parameters
+    ----------
+    q : Array
+        The queries (their dtype matters).
+    shapes : AttentionShapes
+        Sizes of the call (from ``check_qkv``).
+    implementation : str
+        One of ``IMPLEMENTATIONS``.
+    segment_ids : Array or pair, optional
+        Segment ids of the call ("auto" sends calls with segment ids to Pallas, not cuDNN).
+    needs_xla : bool
+        The call has a feature only XLA serves (additive bias, attention dropout).
+    on_gpu : bool, optional
+        Override platform detection (tests); default: whether the backend is a CUDA GPU.
+    num_devices : int, optional
+        Override the device count (tests); default: ``jax.device_count()``. With more than one
+        device, "auto" never picks Pallas: XLA cannot partition a ``pallas_call``, so under a
+        sharded ``jit`` it would gather q/k/v and run the whole kernel on every device. Request
+        ``"pallas"`` explicitly inside a ``shard_map`` to use it on a mesh.
+
+    Returns
+    -------
+    str
+        "xla", "cudnn" or "pallas".
+
+    Raises
+    ------
+    ValueError
+        An unknown ``implementation``, or an explicit kernel that cannot serve the call (the
+        message names the argument and what is supported).
+    """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
             f"`implementation` must be one of {', '.join(IMPLEMENTATIONS)}; got {implementation!r}"
@@ -152,7 +208,8 @@ def select_implementation(
     # cuDNN takes segment ids only as a dense mask (a bias inside cuDNN): Pallas is better there.
     if segment_ids is None and cudnn_unsupported_reason(q, shapes, gpu) is None:
         return "cudnn"
-    if pallas_unsupported_reason(q, shapes) is None:
+    devices = jax.device_count() if num_devices is None else num_devices
+    if devices == 1 and pallas_unsupported_reason(q, shapes) is None:
         return "pallas"
     return "xla"
 

@@ -39,6 +39,23 @@ def attention_mask(
     Causal masking is top-left aligned (query ``i`` sees keys ``j <= i``), as in
     ``jax.nn.dot_product_attention``. Segment id 0 marks padding: a padding query attends to
     nothing and no query attends to a padding key.
+
+    Parameters
+    ----------
+    shapes : AttentionShapes
+        Sizes of the call (from ``check_qkv``).
+    causal : bool
+        Add the top-left aligned causal mask.
+    segment_ids : Array or (Array, Array), optional
+        int ``[b, s]`` or a pair ``(q_ids [b, s_q], kv_ids [b, s_k])``; 0 = padding.
+    kv_lengths : Array, optional
+        int ``[b]``: keys at positions ``>= kv_lengths[b]`` are masked.
+
+    Returns
+    -------
+    Array or None
+        Boolean ``[b|1, 1, s_q, s_k]``, True where a query may attend to a key; ``None`` when
+        nothing is masked.
     """
     s_q, s_k = shapes.q_len, shapes.kv_len
     mask: Array | None = None

@@ -99,7 +99,9 @@ class BERT(nnx.Module):
         """Final hidden states ``[b, s, d]``.
 
         ``attention_mask`` ``[b, s]`` is 1 for real tokens and 0 for padding (padding is neither
-        attended to nor attends).
+        attended to nor attends). Any positive int acts as a segment id: pass a packed batch's
+        ``segment_ids`` (1, 2, … per document, 0 = padding) with per-document ``positions`` and
+        every document is encoded as if alone.
         """
         b, s = tokens.shape
         check_length(s, self.config.max_seq_len)

@@ -19,7 +19,19 @@ Array = jax.Array
 
 
 def residual_std(config: TransformerConfig, num_layers: int) -> float:
-    """Init std of residual output projections: GPT-2's ``std/√(2·layers)`` when enabled."""
+    """Init std of residual output projections: GPT-2's ``std/√(2·layers)`` when enabled.
+
+    Parameters
+    ----------
+    config : TransformerConfig
+        Supplies ``init_std`` and ``scaled_residual_init``.
+    num_layers : int
+        Depth of the stack.
+
+    Returns
+    -------
+    float
+    """
     if config.scaled_residual_init:
         return config.init_std / math.sqrt(2 * num_layers)
     return config.init_std

@@ -268,6 +268,17 @@ def gpt2_config(name: str = "small", **overrides: Any) -> GPT2Config:
 
     Parameter counts equal Hugging Face's: 124,439,808 / 354,823,168 / 774,030,080 /
     1,557,611,200 (tied embeddings, vocab 50257, 1024 positions).
+
+    Parameters
+    ----------
+    name : {"small", "medium", "large", "xl"}
+        The preset.
+    **overrides
+        Any ``GPT2Config`` field (``max_seq_len``, ``scan_layers``, ``precision`` …).
+
+    Returns
+    -------
+    GPT2Config
     """
     if name not in _GPT2_PRESETS:
         raise ValueError(f"gpt2_config name must be one of {tuple(_GPT2_PRESETS)}; got {name!r}")

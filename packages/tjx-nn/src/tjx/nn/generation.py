@@ -41,6 +41,24 @@ def sample_logits(
     ``temperature == 0`` is greedy (argmax). Otherwise logits are divided by ``temperature``,
     restricted to the ``top_k`` largest and to the smallest set whose probability reaches
     ``top_p`` (nucleus), then sampled.
+
+    Parameters
+    ----------
+    logits : Array
+        ``[b, vocab]``.
+    key : Array
+        PRNG key (unused when greedy).
+    temperature : float
+        0 = greedy.
+    top_k : int, optional
+        Keep the ``top_k`` largest logits.
+    top_p : float, optional
+        Nucleus mass in ``(0, 1]``.
+
+    Returns
+    -------
+    Array
+        int32 ``[b]``.
     """
     logits = logits.astype(jnp.float32)
     if temperature == 0.0:

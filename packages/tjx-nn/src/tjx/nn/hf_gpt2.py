@@ -197,7 +197,15 @@ def load_hf_gpt2(
 
 
 def save_hf_gpt2(model: GPT2, path: str | os.PathLike[str]) -> None:
-    """Write ``model`` as a HF GPT-2 checkpoint folder (``config.json`` + ``model.safetensors``)."""
+    """Write ``model`` as a HF GPT-2 checkpoint folder (``config.json`` + ``model.safetensors``).
+
+    Parameters
+    ----------
+    model : GPT2
+        The model (scanned or not).
+    path : str or PathLike
+        Output folder (created if missing).
+    """
     from safetensors.numpy import save_file
 
     config = model.config

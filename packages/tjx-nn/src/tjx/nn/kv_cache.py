@@ -27,6 +27,22 @@ def init_cache(
     """Zeros cache for ``batch`` sequences of up to ``max_len`` tokens.
 
     ``dtype`` defaults to the config's compute dtype.
+
+    Parameters
+    ----------
+    config : TransformerConfig
+        The model's config.
+    batch : int
+        Rows.
+    max_len : int
+        Slots per row (``<= max_seq_len``).
+    dtype : dtype, optional
+        Cache dtype.
+
+    Returns
+    -------
+    dict of str to Array
+        ``{"k", "v"}`` ``[L, b, T, kv_heads, head_dim]`` or ``{"latent"}`` ``[L, b, T, r]``.
     """
     if max_len > config.max_seq_len:
         raise ValueError(
@@ -50,6 +66,20 @@ def kv_cache_bytes(
     Standard attention stores ``2 · L · kv_heads · head_dim`` values per token; MLA stores
     ``L · kv_latent_dim``. Compare ``kv_cache_bytes(cfg)`` with
     ``kv_cache_bytes(cfg.replace(attention_type="mha"))`` for the saving.
+
+    Parameters
+    ----------
+    config : TransformerConfig
+        The model's config.
+    batch, seq_len : int
+        Cached rows and tokens per row.
+    dtype : dtype
+        Cache dtype.
+
+    Returns
+    -------
+    int
+        Bytes.
     """
     itemsize = jnp.dtype(dtype).itemsize
     if config.attention_type == "mla":

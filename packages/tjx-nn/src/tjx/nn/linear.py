@@ -62,6 +62,22 @@ class Dense(nnx.Module):
 def dropout(x: Array, rate: float, rng: Array | None, *, deterministic: bool) -> Array:
     """Inverted dropout with an explicit key; identity when deterministic or ``rate == 0``.
 
+    Parameters
+    ----------
+    x : Array
+        Input.
+    rate : float
+        Drop probability in ``[0, 1)``; kept values are scaled by ``1 / (1 - rate)``.
+    rng : Array, optional
+        PRNG key (required when active).
+    deterministic : bool
+        Disable dropout.
+
+    Returns
+    -------
+    Array
+        Same shape and dtype as ``x``.
+
     Raises
     ------
     ValueError

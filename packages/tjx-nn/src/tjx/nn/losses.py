@@ -72,6 +72,22 @@ def masked_lm_loss(
 
     ``labels`` is what ``mlm_mask`` returns: the original token where a position was selected,
     ``ignore_index`` elsewhere.
+
+    Parameters
+    ----------
+    logits : Array
+        ``[..., vocab]`` MLM logits.
+    labels : Array
+        int ``[...]`` from ``mlm_mask``.
+    ignore_index : int
+        Label of unselected positions.
+    label_smoothing : float
+        ε in ``[0, 1)``.
+
+    Returns
+    -------
+    Array
+        Scalar float32 mean over the selected positions (0 when none).
     """
     return cross_entropy_loss(
         logits, labels, ignore_index=ignore_index, label_smoothing=label_smoothing
@@ -79,7 +95,22 @@ def masked_lm_loss(
 
 
 def classification_loss(logits: Array, labels: Array, *, label_smoothing: float = 0.0) -> Array:
-    """Mean cross-entropy of ``logits`` ``[b, classes]`` against int ``labels`` ``[b]``."""
+    """Mean cross-entropy of ``logits`` ``[b, classes]`` against int ``labels`` ``[b]``.
+
+    Parameters
+    ----------
+    logits : Array
+        ``[b, classes]``.
+    labels : Array
+        int ``[b]`` in ``[0, classes)``; ``-1`` is ignored.
+    label_smoothing : float
+        ε in ``[0, 1)``.
+
+    Returns
+    -------
+    Array
+        Scalar float32 mean.
+    """
     return cross_entropy_loss(logits, labels, ignore_index=-1, label_smoothing=label_smoothing)
 
 
@@ -88,6 +119,18 @@ def contrastive_loss(a: Array, b: Array, *, temperature: float = 0.07) -> Array:
 
     Embeddings are L2-normalised; logits are cosine similarities / ``temperature``; the loss is
     the mean of the a→b and b→a cross-entropies.
+
+    Parameters
+    ----------
+    a, b : Array
+        ``[n, d]`` embeddings of the two views (any float dtype; computed in float32).
+    temperature : float
+        Softmax temperature (> 0).
+
+    Returns
+    -------
+    Array
+        Scalar float32 loss.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0; got {temperature}")

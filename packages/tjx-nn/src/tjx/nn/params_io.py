@@ -27,7 +27,17 @@ def _split_at_layers(path: tuple[Any, ...]) -> tuple[str, str]:
 
 
 def get_flat_params(model: nnx.Module) -> dict[str, np.ndarray]:
-    """All ``nnx.Param`` values as ``{dotted name: numpy array}`` in unrolled naming."""
+    """All ``nnx.Param`` values as ``{dotted name: numpy array}`` in unrolled naming.
+
+    Parameters
+    ----------
+    model : nnx.Module
+        Scanned or unrolled model (scanned stacks are split per layer).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+    """
     out: dict[str, np.ndarray] = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         value = np.asarray(var.get_value())
@@ -44,6 +54,15 @@ def set_flat_params(model: nnx.Module, flat: dict[str, Any], *, strict: bool = T
     """Load ``{dotted name: array}`` (unrolled naming) into ``model`` in place.
 
     Values are cast to each parameter's dtype; shapes must match exactly.
+
+    Parameters
+    ----------
+    model : nnx.Module
+        Scanned or unrolled model (per-layer entries are stacked into scanned stacks).
+    flat : dict of str to array-like
+        Values by dotted name, as ``get_flat_params`` returns them.
+    strict : bool
+        Also raise on names the model does not have (missing names always raise).
 
     Raises
     ------

@@ -15,7 +15,22 @@ Array = jax.Array
 
 
 def sinusoidal(positions: Array, dim: int, *, max_timescale: float = 10000.0) -> Array:
-    """Vaswani et al. sinusoids: ``[..., dim]`` float32 with sin in the first half, cos after."""
+    """Vaswani et al. sinusoids: ``[..., dim]`` float32 with sin in the first half, cos after.
+
+    Parameters
+    ----------
+    positions : Array
+        Integer (or float) positions ``[...]``.
+    dim : int
+        Output width; an odd ``dim`` gets one zero column at the end.
+    max_timescale : float
+        Longest wavelength.
+
+    Returns
+    -------
+    Array
+        float32 ``[..., dim]``.
+    """
     half = dim // 2
     freq = jnp.exp(-math.log(max_timescale) * jnp.arange(half, dtype=jnp.float32) / max(half, 1))
     angles = positions.astype(jnp.float32)[..., None] * freq
@@ -29,6 +44,20 @@ def apply_rope(x: Array, positions: Array, *, theta: float = 10000.0) -> Array:
     """Rotate ``x`` [b, s, heads, head_dim] by ``positions`` [b, s] (LLaMA's rotate-half form).
 
     Dimension ``i`` pairs with ``i + head_dim/2``; angles are computed in float32.
+
+    Parameters
+    ----------
+    x : Array
+        Queries or keys ``[b, s, heads, head_dim]`` (``head_dim`` even).
+    positions : Array
+        int ``[b, s]`` absolute positions.
+    theta : float
+        RoPE base (10000 in LLaMA; larger for long contexts).
+
+    Returns
+    -------
+    Array
+        ``x`` rotated, same shape and dtype.
     """
     d = x.shape[-1]
     half = d // 2
@@ -44,7 +73,19 @@ def apply_rope(x: Array, positions: Array, *, theta: float = 10000.0) -> Array:
 
 
 def alibi_slopes(num_heads: int) -> np.ndarray:
-    """ALiBi head slopes (Press et al.), geometric from ``2^(-8/n)``; float32 ``[heads]``."""
+    """ALiBi head slopes (Press et al.), geometric from ``2^(-8/n)``; float32 ``[heads]``.
+
+    Parameters
+    ----------
+    num_heads : int
+        Number of attention heads (any positive count; non-powers of two interleave as in the
+        paper).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``[num_heads]``.
+    """
 
     def power_of_two(n: int) -> list[float]:
         start = 2.0 ** (-8.0 / n)
@@ -62,6 +103,20 @@ def alibi_bias(q_positions: Array, k_positions: Array, num_heads: int) -> Array:
     """Additive bias ``-slope_h · |i - j|`` of shape ``[b, heads, s_q, s_k]`` (float32).
 
     With a causal mask only ``j <= i`` survives, giving the original ``slope · (j - i)``.
+
+    Parameters
+    ----------
+    q_positions : Array
+        int ``[b, s_q]`` query positions.
+    k_positions : Array
+        int ``[b, s_k]`` key positions.
+    num_heads : int
+        Number of heads (one slope each).
+
+    Returns
+    -------
+    Array
+        float32 ``[b, heads, s_q, s_k]``, for ``tjx.kernels.attention(..., bias=)``.
     """
     slopes = jnp.asarray(alibi_slopes(num_heads))
     dist = jnp.abs(

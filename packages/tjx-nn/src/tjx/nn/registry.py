@@ -28,7 +28,26 @@ _MODELS: list[tuple[type[TransformerConfig], type[nnx.Module]]] = [
 
 def build_model(config: TransformerConfig, *, rngs: nnx.Rngs) -> nnx.Module:
     """``GPT2``/``Llama``/``BERT``/``ViT``/``EncoderDecoder`` for the matching config type; a
-    plain ``TransformerConfig`` builds a ``DecoderLM``."""
+    plain ``TransformerConfig`` builds a ``DecoderLM``.
+
+    Parameters
+    ----------
+    config : TransformerConfig
+        A ``GPT2Config``, ``LlamaConfig``, ``BertConfig``, ``ViTConfig``,
+        ``EncoderDecoderConfig`` or plain ``TransformerConfig``.
+    rngs : nnx.Rngs
+        Initialisation keys.
+
+    Returns
+    -------
+    nnx.Module
+        The model.
+
+    Raises
+    ------
+    ValueError
+        Any other config type (the message lists the supported ones).
+    """
     for config_type, model_type in _MODELS:
         if type(config) is config_type:
             return model_type(config, rngs=rngs)  # type: ignore[call-arg]

@@ -26,7 +26,18 @@ Array = jax.Array
 
 
 def remat_policy(name: str) -> Callable[..., bool] | None:
-    """The ``jax.checkpoint`` policy for a remat name (``None`` = save nothing)."""
+    """The ``jax.checkpoint`` policy for a remat name (``None`` = save nothing).
+
+    Parameters
+    ----------
+    name : str
+        One of ``REMAT_POLICIES`` other than ``"none"``.
+
+    Returns
+    -------
+    callable or None
+        The policy.
+    """
     cp = jax.checkpoint_policies
     policies: dict[str, Callable[..., bool] | None] = {
         "full": None,

@@ -13,13 +13,35 @@ from tjx.nn.configs import TransformerConfig
 
 def count_params(model: nnx.Module) -> int:
     """Number of scalar parameters (``nnx.Param`` leaves; abstract models from
-    ``nnx.eval_shape`` work too)."""
+    ``nnx.eval_shape`` work too).
+
+    Parameters
+    ----------
+    model : nnx.Module
+        A concrete or abstract model.
+
+    Returns
+    -------
+    int
+        Total number of parameter scalars.
+    """
     return int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
 @functools.lru_cache(maxsize=64)
 def config_param_count(config: TransformerConfig) -> int:
-    """Parameter count of the model ``config`` builds, without allocating it (``eval_shape``)."""
+    """Parameter count of the model ``config`` builds, without allocating it (``eval_shape``).
+
+    Parameters
+    ----------
+    config : TransformerConfig
+        Any config ``build_model`` accepts (hashable: results are cached).
+
+    Returns
+    -------
+    int
+        Parameter count.
+    """
     from tjx.nn.registry import build_model  # registry imports every model module
 
     abstract = nnx.eval_shape(lambda: build_model(config, rngs=nnx.Rngs(0)))
@@ -34,6 +56,18 @@ def flops_per_token(config: TransformerConfig, seq_len: int) -> float:
     ``12·L·d·s`` is the attention score and value matmuls (``QKᵀ`` and ``PV``, 2·2·s·d each per
     layer forward, ×3 for backward) at sequence length ``s`` with ``d = heads·head_dim``
     (PaLM appendix B). Causal masking is not subtracted (the usual MFU convention).
+
+    Parameters
+    ----------
+    config : TransformerConfig
+        The model's config.
+    seq_len : int
+        Training sequence length (>= 1).
+
+    Returns
+    -------
+    float
+        FLOPs per trained token (forward + backward).
     """
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1; got {seq_len}")
@@ -44,7 +78,18 @@ def flops_per_token(config: TransformerConfig, seq_len: int) -> float:
 
 
 def summary(model: nnx.Module) -> str:
-    """A text table: parameter name, shape, dtype, logical axes, count; total at the end."""
+    """A text table: parameter name, shape, dtype, logical axes, count; total at the end.
+
+    Parameters
+    ----------
+    model : nnx.Module
+        The model.
+
+    Returns
+    -------
+    str
+        The table, one parameter per line.
+    """
     rows = [("name", "shape", "dtype", "axes", "params")]
     total = 0
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):

@@ -65,6 +65,24 @@ def resolve_distributed(
     ``SLURM_STEP_NODELIST`` or ``SLURM_JOB_NODELIST``; port ``JAX_COORDINATOR_PORT`` or one
     derived from ``SLURM_JOB_ID``), else a single process. A partial setup → ValueError naming
     what is missing.
+
+    Parameters
+    ----------
+    coordinator : str, optional
+        ``host:port`` of process 0's coordination service.
+    num_processes, process_id : int, optional
+        Process count and this process's rank.
+    env : mapping, optional
+        Environment to read (default ``os.environ``).
+
+    Returns
+    -------
+    DistributedInfo
+
+    Raises
+    ------
+    ValueError
+        Incomplete or inconsistent setup (names what is missing or wrong).
     """
     env = os.environ if env is None else env
     source = "args" if any(v is not None for v in (coordinator, num_processes, process_id)) else ""
@@ -171,7 +189,12 @@ def initialize(
 
 
 def is_primary() -> bool:
-    """True on process 0 — the one that logs, writes checkpoints metadata, prints."""
+    """True on process 0 — the one that logs, writes checkpoints metadata, prints.
+
+    Returns
+    -------
+    bool
+    """
     return jax.process_index() == 0
 
 
@@ -180,6 +203,20 @@ def barrier(name: str, timeout_s: float = 300.0) -> None:
 
     Uses the coordination service's ``wait_at_barrier`` (no device collective), so a missing peer
     gives a :class:`TimeoutError` after ``timeout_s`` naming the barrier. Single process: no-op.
+
+    Parameters
+    ----------
+    name : str
+        Barrier id; every process must use the same name, once.
+    timeout_s : float
+        Seconds to wait for the others.
+
+    Raises
+    ------
+    TimeoutError
+        Not every process arrived in time.
+    RuntimeError
+        Several processes but ``jax.distributed`` was not initialised.
     """
     if jax.process_count() == 1:
         return

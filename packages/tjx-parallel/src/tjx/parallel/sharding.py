@@ -206,7 +206,19 @@ def shard_init(create_fn: Callable[[], T], mesh: Mesh, rules: AxisRules) -> T:
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
-    """Leading dimension over ``("data", "fsdp")``, the rest replicated."""
+    """Leading dimension over ``("data", "fsdp")``, the rest replicated.
+
+    Parameters
+    ----------
+    mesh : Mesh
+        Mesh with ``data`` and ``fsdp`` axes.
+    ndim : int
+        Rank of the array (0 gives a replicated sharding).
+
+    Returns
+    -------
+    NamedSharding
+    """
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES) if ndim > 0 else PartitionSpec())
 
 
@@ -224,6 +236,17 @@ def shard_batch(batch: T, mesh: Mesh) -> T:
 
     Scalars are replicated. A leading dimension not divisible by ``data * fsdp`` → ValueError.
     For per-process batches in multi-host runs use :func:`host_local_to_global`.
+
+    Parameters
+    ----------
+    batch : pytree
+        Arrays with the global batch as leading dimension (numpy or jax).
+    mesh : Mesh
+
+    Returns
+    -------
+    pytree
+        Same structure, ``jax.Array``s sharded over ``("data", "fsdp")``.
     """
 
     def one(path: Any, x: Any) -> Any:
@@ -241,6 +264,22 @@ def host_local_to_global(batch: T, mesh: Mesh) -> T:
     Each process passes its local rows (``PackedLoader(process_index=..., process_count=...)``);
     the global batch has ``process_count`` times as many rows, laid out over ``("data",
     "fsdp")`` (``jax.make_array_from_process_local_data``).
+
+    Parameters
+    ----------
+    batch : pytree
+        This process's rows (numpy arrays, leading dim = local batch).
+    mesh : Mesh
+
+    Returns
+    -------
+    pytree
+        Global ``jax.Array``s, leading dim = local batch × process count.
+
+    Raises
+    ------
+    ValueError
+        A scalar leaf, or a global batch not divisible by ``data * fsdp``.
     """
 
     def one(path: Any, x: Any) -> Any:
@@ -257,6 +296,21 @@ def with_logical_constraint(
     x: jax.Array, logical: PartitionSpec, mesh: Mesh, rules: AxisRules
 ) -> jax.Array:
     """``jax.lax.with_sharding_constraint`` with logical names, e.g. ``P("batch", "length",
-    "embed")`` for activations inside a jitted step."""
+    "embed")`` for activations inside a jitted step.
+
+    Parameters
+    ----------
+    x : Array
+        An array inside ``jit``.
+    logical : PartitionSpec
+        Logical names per dimension.
+    mesh : Mesh
+    rules : AxisRules
+
+    Returns
+    -------
+    Array
+        ``x`` with the sharding constraint.
+    """
     spec = rules.to_mesh_spec(logical, mesh, x.shape)
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))

@@ -20,6 +20,7 @@ from pathlib import Path
 VERSION_LINE = re.compile(r'^(__version__\s*=\s*")(\d+)\.(\d+)\.(\d+)(")', re.M)
 EXPLICIT_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 IMPORT_OF = re.compile(r"^\s*(?:from|import)\s+tjx\.(\w+)", re.M)
+FROM_TJX_IMPORT = re.compile(r"^\s*from\s+tjx\s+import\s+\(?([\w\s,]+)", re.M)
 
 
 class ReleaseError(ValueError):
@@ -89,6 +90,15 @@ def add_changelog_entry(pkg_dir: Path, version: str, message: str, date: str) ->
     path.write_text(text)
 
 
+def imported_packages(source: str) -> set[str]:
+    """The ``tjx.<name>`` packages a source file imports (``import tjx.x``, ``from tjx.x import``,
+    ``from tjx import x``)."""
+    names = set(IMPORT_OF.findall(source))
+    for group in FROM_TJX_IMPORT.findall(source):
+        names.update(part.split()[0] for part in group.split(",") if part.strip())
+    return names
+
+
 def dependents(root: Path, package: str) -> list[str]:
     """Packages (and apps) whose sources import ``tjx.<name>``: their wheels pin this one."""
     name = package.removeprefix("tjx-")
@@ -97,7 +107,7 @@ def dependents(root: Path, package: str) -> list[str]:
         if other.name == f"tjx-{name}" or not other.is_dir():
             continue
         sources = (other / "src").rglob("*.py") if (other / "src").is_dir() else other.rglob("*.py")
-        if any(name in IMPORT_OF.findall(path.read_text(errors="replace")) for path in sources):
+        if any(name in imported_packages(path.read_text(errors="replace")) for path in sources):
             found.append(other.name if other.parent.name == "packages" else f"apps/{other.name}")
     return found
 

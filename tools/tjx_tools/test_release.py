@@ -10,7 +10,8 @@ from tjx_tools import release
 
 
 def make_tree(root: Path) -> None:
-    for name, body in {"a": "", "b": "from tjx.a import thing\n"}.items():
+    modules = {"a": "", "b": "from tjx.a import thing\n", "c": "from tjx import (\n    b,\n)\n"}
+    for name, body in modules.items():
         src = root / "packages" / f"tjx-{name}" / "src" / "tjx" / name
         src.mkdir(parents=True)
         (src / "__init__.py").write_text(f'"""tjx.{name}."""\n\n__version__ = "0.1.0"\n')
@@ -47,13 +48,19 @@ def test_bump_changes_only_that_package(tmp_path: Path, bump: str, expected: str
 def test_dependents_come_from_imports(tmp_path: Path) -> None:
     make_tree(tmp_path)
     assert release.dependents(tmp_path, "tjx-a") == ["tjx-b", "apps/trainer"]
-    assert release.dependents(tmp_path, "b") == []
+    assert release.dependents(tmp_path, "b") == ["tjx-c"]  # `from tjx import (b,)`
+    assert release.dependents(tmp_path, "c") == []
+
+
+def test_imported_packages_reads_every_import_form() -> None:
+    source = "import tjx.a\nfrom tjx.b.x import y\nfrom tjx import c, d as e\nimport tjxother\n"
+    assert release.imported_packages(source) == {"a", "b", "c", "d"}
 
 
 @pytest.mark.parametrize(
     ("package", "bump", "message", "fragment"),
     [
-        ("tjx-zz", "patch", "x", "unknown package 'tjx-zz'; known packages: tjx-a, tjx-b"),
+        ("tjx-zz", "patch", "x", "unknown package 'tjx-zz'; known packages: tjx-a, tjx-b, tjx-c"),
         ("tjx-a", "sideways", "x", "bump must be major, minor, patch or X.Y.Z"),
         ("tjx-a", "0.0.9", "x", "not newer than the current 0.1.0"),
         ("tjx-a", "patch", "  ", "a CHANGELOG message is required"),

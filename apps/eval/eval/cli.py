@@ -1,0 +1,140 @@
+"""Command-line parsing for the evaluator: held-out metrics, samples, comparisons, attention."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from eval.runs import RunError, check_run_dir
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The evaluator's argument parser."""
+    parser = argparse.ArgumentParser(prog="eval", description="Evaluate a tjx training run.")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--checkpoint", metavar="RUN_DIR", help="a trainer run directory")
+    target.add_argument(
+        "--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="two run directories side by side"
+    )
+    parser.add_argument("--data", default=None, help="held-out text: built-in, hub name or path")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    parser.add_argument("--generate", default=None, metavar="PROMPT", help="sample from PROMPT")
+    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-batches", type=int, default=None, help="default: all batches")
+    parser.add_argument(
+        "--attention-png",
+        default=None,
+        help="where the attention-distance PNG goes "
+        "(default: RUN_DIR/attention_distance.png; 'none' to skip)",
+    )
+    return parser
+
+
+def _check(args: argparse.Namespace) -> None:
+    for name in ("max_new_tokens", "batch_size"):
+        if getattr(args, name) < 1:
+            raise RunError(f"--{name.replace('_', '-')}: must be >= 1")
+    if args.max_batches is not None and args.max_batches < 1:
+        raise RunError("--max-batches: must be >= 1")
+    if args.temperature < 0:
+        raise RunError("--temperature: must be >= 0")
+    for run in [args.checkpoint] if args.checkpoint else list(args.compare):
+        check_run_dir(Path(run))
+
+
+def _metrics(run: Any, args: argparse.Namespace) -> dict[str, float]:
+    from eval import heldout
+    from eval.runs import heldout_dir
+
+    shard_dir, bpt = heldout_dir(run, args.data)
+    return heldout.evaluate(
+        run.model,
+        shard_dir,
+        seq_len=int(run.data["seq_len"]),
+        batch_size=args.batch_size,
+        max_batches=args.max_batches,
+        bytes_per_token=bpt,
+    )
+
+
+def _print_table(names: list[str], results: list[dict[str, float]]) -> None:
+    keys = [k for k in results[0] if all(k in r for r in results)]
+    width = max(12, *(len(n) for n in names))
+    print(f"{'metric':<16}" + "".join(f"{n:>{width + 2}}" for n in names))
+    for key in keys:
+        row = "".join(f"{r[key]:>{width + 2}.4f}" for r in results)
+        print(f"{key:<16}{row}")
+
+
+def _attention(run: Any, args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from eval import attention_map
+    from eval.runs import heldout_dir
+    from tjx import data
+
+    target = args.attention_png
+    if target == "none" or not run.is_decoder:
+        return
+    path = Path(target) if target else run.run_dir / "attention_distance.png"
+    shard_dir, _ = heldout_dir(run, args.data)
+    # Four held-out rows: 4 × heads × seq_len mean distances per layer in each histogram.
+    batch = next(iter(data.validation_batches(shard_dir, int(run.data["seq_len"]), 4)))
+    distances = attention_map.layer_distances(run.model, np.asarray(batch["inputs"]))
+    attention_map.plot(distances, path, f"{run.run_dir.name} @ step {run.step}")
+    means = ", ".join(f"{d.mean():.1f}" for d in distances)
+    print(f"attention distance per layer (mean tokens): {means} → {path}")
+
+
+def _generate(run: Any, args: argparse.Namespace) -> None:
+    from tjx import nn
+
+    ids = run.tokenizer.encode_batch([args.generate])[0] or [run.tokenizer.eos_id]
+    import numpy as np
+
+    max_len = int(run.nn_config.max_seq_len)
+    new = max(1, min(args.max_new_tokens, max_len - len(ids)))
+    out = nn.generate(
+        run.model,
+        np.asarray([ids], np.int32),
+        max_new_tokens=new,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+    )
+    print(run.tokenizer.decode([int(t) for t in np.asarray(out)[0]]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and evaluate; exit code 2 on bad input."""
+    args = build_parser().parse_args(argv)
+    # orbax logs an absl WARNING for every read-only checkpoint directory it opens.
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        _check(args)
+        from eval.runs import load_run
+
+        if args.compare:
+            runs = [load_run(Path(p)) for p in args.compare]
+            results = [_metrics(r, args) for r in runs]
+            _print_table([f"{r.run_dir.name}@{r.step}" for r in runs], results)
+            return 0
+        run = load_run(Path(args.checkpoint), args.step)
+        if run.tokenizer is None:
+            raise RunError("--checkpoint: only language-model runs can be evaluated here")
+        print(f"run {run.run_dir} at step {run.step}")
+        _print_table([f"{run.run_dir.name}@{run.step}"], [_metrics(run, args)])
+        if args.generate is not None:
+            _generate(run, args)
+        _attention(run, args)
+    except (RunError, ValueError, FileNotFoundError) as err:
+        print(f"eval: error: {err}", file=sys.stderr)
+        return 2
+    return 0

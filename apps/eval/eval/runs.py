@@ -1,0 +1,134 @@
+"""Reading a trainer run directory: its config, model (rebuilt from ``model.json``), the latest
+checkpoint's parameters, the tokenizer and the held-out shards."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import yaml  # type: ignore[import-untyped]
+from flax import nnx
+
+
+class RunError(ValueError):
+    """A run directory that cannot be evaluated (the CLI exits with code 2)."""
+
+
+@dataclass
+class LoadedRun:
+    """A trained model ready to evaluate."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    data: dict[str, Any]
+    nn_config: Any
+    model: Any
+    step: int
+    tokenizer: Any
+
+    @property
+    def is_decoder(self) -> bool:
+        """GPT-2 / LLaMA (causal LMs)."""
+        return type(self.nn_config).__name__ in ("GPT2Config", "LlamaConfig")
+
+
+def build_nn_config(desc: dict[str, Any]) -> Any:
+    """Rebuild a tjx.nn config from the trainer's ``model.json``."""
+    from tjx import nn
+
+    fields = dict(desc["fields"])
+    prec = fields.pop("precision", None)
+    if prec is not None:
+        fields["precision"] = nn.Precision(
+            jnp.dtype(prec["param_dtype"]), jnp.dtype(prec["compute_dtype"])
+        )
+    cls = getattr(nn, desc["class"])
+    return cls(**fields)
+
+
+def _read(run_dir: Path, name: str) -> Any:
+    path = run_dir / name
+    if not path.is_file():
+        raise RunError(f"--checkpoint: {str(run_dir)!r} has no {name}; is it a trainer run dir?")
+    text = path.read_text("utf-8")
+    return yaml.safe_load(text) if name.endswith(".yaml") else json.loads(text)
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Raise `RunError` unless ``run_dir`` holds a config, model description and a checkpoint."""
+    if not run_dir.is_dir():
+        raise RunError(f"--checkpoint: no such run directory {str(run_dir)!r}")
+    for name in ("config.yaml", "model.json", "data.json"):
+        _read(run_dir, name)
+    ckpts = run_dir / "checkpoints"
+    if not ckpts.is_dir() or not any(p.name.isdigit() for p in ckpts.iterdir()):
+        raise RunError(f"--checkpoint: {str(run_dir)!r} holds no checkpoint yet")
+
+
+def load_run(run_dir: Path, step: int | None = None) -> LoadedRun:
+    """Config, model with the checkpoint's params (latest unless ``step``), tokenizer."""
+    from tjx import ckpt, data, nn
+
+    check_run_dir(run_dir)
+    config = _read(run_dir, "config.yaml")
+    info = _read(run_dir, "data.json")
+    nn_config = build_nn_config(_read(run_dir, "model.json"))
+    abstract = nnx.eval_shape(lambda: nn.build_model(nn_config, rngs=nnx.Rngs(0)))
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
+    target = nnx.to_pure_dict(params)
+    directory = run_dir / "checkpoints"
+    if step is None:
+        steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+        step = steps[-1]
+    restored = ckpt.restore_params(directory, target=target, step=step)
+    rest = jax_materialize(rest)
+    model = nnx.merge(graphdef, restored, rest)
+    tokenizer = data.load_tokenizer(info["tokenizer"]) if info.get("tokenizer") else None
+    return LoadedRun(run_dir, config, info, nn_config, model, int(step), tokenizer)
+
+
+def jax_materialize(rest: Any) -> Any:
+    """Concrete zeros/keys for the model's non-parameter state (RNG streams; unused in eval)."""
+    import jax
+
+    def one(x: Any) -> Any:
+        if isinstance(x, jax.ShapeDtypeStruct):
+            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+                return jax.random.key(0)
+            return jnp.zeros(x.shape, x.dtype)
+        return x
+
+    return jax.tree.map(one, rest)
+
+
+def bytes_per_token(index: Any) -> float | None:
+    """UTF-8 bytes per token from a shard index (object or dict)."""
+    value = getattr(index, "bytes_per_token", None)
+    if value is not None:
+        return float(value() if callable(value) else value)
+    if isinstance(index, dict) and index.get("tokens"):
+        return float(index["bytes"]) / float(index["tokens"])
+    tokens, num_bytes = getattr(index, "num_tokens", None), getattr(index, "num_bytes", None)
+    return float(num_bytes) / float(tokens) if tokens and num_bytes else None
+
+
+def heldout_dir(run: LoadedRun, source: str | None) -> tuple[Path, float | None]:
+    """Validation shards and bytes/token: the run's own, or ``source`` with the run's tokenizer."""
+    from tjx import data
+
+    if source is None:
+        return Path(run.data["val_dir"]), run.data.get("bytes_per_token")
+    if run.tokenizer is None:
+        raise RunError("--data: this run has no tokenizer (an image model)")
+    root = Path(run.data.get("cache_dir") or data.cache.cache_dir())
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", source).strip("-")[-40:]
+    slug = f"{slug}-{hashlib.sha256(source.encode()).hexdigest()[:8]}"
+    out = root / "shards" / f"{slug}-{run.tokenizer.fingerprint[:12]}" / "validation"
+    docs = data.load_source(source, split="validation")
+    index = data.pretokenize(docs, run.tokenizer, out, split="validation")
+    return out, bytes_per_token(index)

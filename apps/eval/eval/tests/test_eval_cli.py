@@ -1,0 +1,112 @@
+"""The evaluator's command line and metric arithmetic."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eval.cli import main
+from eval.heldout import TOP_K, _sums, finish
+from eval.runs import RunError, build_nn_config, bytes_per_token, check_run_dir
+
+
+def test_missing_run_dir_exits_2(tmp_path, capsys):
+    assert main(["--checkpoint", str(tmp_path / "nope")]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--batch-size", "0"], "--batch-size"),
+        (["--max-new-tokens", "0"], "--max-new-tokens"),
+        (["--max-batches", "0"], "--max-batches"),
+        (["--temperature", "-1"], "--temperature"),
+    ],
+)
+def test_bad_numbers_exit_2(tmp_path, capsys, flags, needle):
+    assert main(["--checkpoint", str(tmp_path), *flags]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_check_run_dir_names_what_is_missing(tmp_path):
+    with pytest.raises(RunError, match="has no config.yaml"):
+        check_run_dir(tmp_path)
+    for name in ("config.yaml", "model.json", "data.json"):
+        (tmp_path / name).write_text("{}")
+    with pytest.raises(RunError, match="holds no checkpoint"):
+        check_run_dir(tmp_path)
+    (tmp_path / "checkpoints" / "5").mkdir(parents=True)
+    check_run_dir(tmp_path)
+
+
+def test_compare_needs_two_runs():
+    with pytest.raises(SystemExit) as exc:
+        main(["--compare", "a"])
+    assert exc.value.code == 2
+
+
+def test_build_nn_config_from_model_json():
+    desc = {
+        "class": "GPT2Config",
+        "fields": {
+            "vocab_size": 50,
+            "max_seq_len": 16,
+            "d_model": 16,
+            "num_layers": 1,
+            "num_heads": 2,
+            "precision": {"param_dtype": "float32", "compute_dtype": "bfloat16"},
+        },
+    }
+    cfg = build_nn_config(json.loads(json.dumps(desc)))
+    assert type(cfg).__name__ == "GPT2Config" and cfg.d_model == 16
+    assert cfg.precision.compute_dtype == jnp.bfloat16
+
+
+def test_bytes_per_token_from_dict_and_object():
+    assert bytes_per_token({"tokens": 4, "bytes": 10}) == 2.5
+
+    class Index:
+        bytes_per_token = 1.25
+
+    assert bytes_per_token(Index()) == 1.25
+    assert bytes_per_token({"tokens": 0}) is None
+
+
+def test_sums_match_numpy(rng):
+    logits = rng.normal(size=(3, 5, 20)).astype(np.float32)
+    labels = rng.integers(0, 20, (3, 5)).astype(np.int32)
+    mask = rng.random((3, 5)) > 0.3
+    out = {
+        k: float(v)
+        for k, v in _sums(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask)).items()
+    }
+    l64 = logits.astype(np.float64)
+    logz = np.log(np.exp(l64).sum(-1))
+    ce = logz - np.take_along_axis(l64, labels[..., None], -1)[..., 0]
+    assert out["sum_loss"] == pytest.approx(ce[mask].sum(), rel=1e-5)
+    assert out["num_tokens"] == mask.sum()
+    order = np.argsort(-logits, axis=-1)
+    for k in TOP_K:
+        hits = (order[..., :k] == labels[..., None]).any(-1)
+        assert out[f"correct_{k}"] == hits[mask].sum()
+
+
+def test_finish_is_token_weighted():
+    sums = {
+        "sum_loss": 20.0,
+        "num_tokens": 10.0,
+        "correct_1": 3.0,
+        "correct_5": 6.0,
+        "correct_10": 9.0,
+    }
+    m = finish(sums, bytes_per_token=2.0)
+    assert m["loss"] == 2.0 and m["perplexity"] == pytest.approx(math.exp(2.0))
+    assert m["bits_per_token"] == pytest.approx(2.0 / math.log(2))
+    assert m["bits_per_byte"] == pytest.approx(1.0 / math.log(2))
+    assert (m["top1"], m["top5"], m["top10"]) == (0.3, 0.6, 0.9)
+    assert "bits_per_byte" not in finish(sums, None)

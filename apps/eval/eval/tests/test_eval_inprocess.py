@@ -1,0 +1,124 @@
+"""The evaluator in-process on a hand-made run directory (model.json + checkpoint + shards)."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from eval.cli import main
+from tjx import ckpt, data, nn
+
+
+@pytest.fixture()
+def run_dir(tmp_path):
+    tok = data.load_tokenizer("byte")
+    docs = [f"Line {i}: what's in a name? that which we call a rose.\n" * 3 for i in range(30)]
+    data.pretokenize(
+        docs, tok, tmp_path / "shards", split="validation", num_workers=1, progress=False
+    )
+    fields = {
+        "vocab_size": 257,
+        "max_seq_len": 16,
+        "d_model": 16,
+        "num_layers": 2,
+        "num_heads": 2,
+        "precision": {"param_dtype": "float32", "compute_dtype": "float32"},
+    }
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: hand-made\n")
+    (run / "model.json").write_text(json.dumps({"class": "GPT2Config", "fields": fields}))
+    (run / "data.json").write_text(
+        json.dumps(
+            {
+                "tokenizer": "byte",
+                "val_dir": str(tmp_path / "shards" / "validation"),
+                "bytes_per_token": 1.0,
+                "seq_len": 16,
+                "cache_dir": str(tmp_path / "cache"),
+            }
+        )
+    )
+    model = nn.GPT2(nn.GPT2Config(**{**fields, "precision": "fp32"}), rngs=nnx.Rngs(3))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    manager = ckpt.CheckpointManager(run / "checkpoints", async_save=False)
+    manager.save(3, state={"params": params, "step": np.int32(3)}, config={}, force=True)
+    manager.close()
+    return run, model
+
+
+def _metric(text, name, column=0):
+    line = next(ln for ln in text.splitlines() if ln.split() and ln.split()[0] == name)
+    return float(line.split()[1 + column])
+
+
+def test_metrics_match_a_float64_reference(run_dir, tmp_path, capsys):
+    run, model = run_dir
+    png = tmp_path / "attn.png"
+    argv = [
+        "--checkpoint",
+        str(run),
+        "--batch-size",
+        "4",
+        "--max-batches",
+        "2",
+        "--generate",
+        "Line",
+        "--max-new-tokens",
+        "3",
+        "--attention-png",
+        str(png),
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    total, count, hits = 0.0, 0, 0
+    batches = data.validation_batches(run.parent / "shards" / "validation", 16, 4)
+    for i, batch in enumerate(batches):
+        if i == 2:
+            break
+        logits = np.asarray(model(jax.numpy.asarray(batch["inputs"])), np.float64)
+        labels, mask = batch["targets"], batch["targets"] != -100
+        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        ce = logz - np.take_along_axis(logits, np.where(mask, labels, 0)[..., None], -1)[..., 0]
+        total += ce[mask].sum()
+        count += mask.sum()
+        hits += (logits.argmax(-1) == labels)[mask].sum()
+    assert _metric(out, "loss") == pytest.approx(total / count, rel=1e-5)
+    assert _metric(out, "top1") == pytest.approx(hits / count, abs=1e-4)
+    assert _metric(out, "bits_per_byte") == pytest.approx(total / count / np.log(2), rel=1e-5)
+    assert "run " in out and "at step 3" in out and "\nLine" in out
+    assert png.is_file() and "attention distance per layer" in out
+
+
+def test_compare_and_other_data(run_dir, tmp_path, capsys):
+    run, _ = run_dir
+    text = tmp_path / "other.txt"
+    text.write_text("a rose by any other name would smell as sweet\n" * 20)
+    argv = [
+        "--compare",
+        str(run),
+        str(run),
+        "--data",
+        str(text),
+        "--batch-size",
+        "2",
+        "--max-batches",
+        "1",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["metric", "run@3", "run@3"]
+    assert _metric(out, "loss", 0) == _metric(out, "loss", 1)
+
+
+def test_image_runs_are_refused(run_dir, capsys):
+    run, _ = run_dir
+    info = json.loads((run / "data.json").read_text())
+    info["tokenizer"] = None
+    (run / "data.json").write_text(json.dumps(info))
+    assert main(["--checkpoint", str(run)]) == 2
+    assert "only language-model runs" in capsys.readouterr().err

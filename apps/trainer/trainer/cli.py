@@ -1,0 +1,164 @@
+"""Command-line parsing for the trainer: read, override and validate everything before writing."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml  # type: ignore[import-untyped]
+
+from trainer.config import Config, build_config
+from trainer.overrides import apply_overrides
+from trainer.presets import load_config_data, preset_names
+from trainer.schema import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The trainer's argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="trainer",
+        description="Train a transformer with tjx.",
+        epilog=f"presets: {', '.join(preset_names())}",
+    )
+    parser.add_argument(
+        "--config", required=True, help="a preset name (see below) or a YAML file path"
+    )
+    parser.add_argument(
+        "--run-dir", default=None, help="where logs and checkpoints go (default: runs/<name>)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a config value, e.g. --set optimizer.lr=3e-4 (repeatable)",
+    )
+    parser.add_argument("--data", default=None, help="a built-in corpus, hub name or local path")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
+    )
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="PATH_OR_HUB",
+        help="start from Hugging Face GPT-2 weights (a local folder or a hub name such as gpt2)",
+    )
+    parser.add_argument(
+        "--profile-steps", default=None, metavar="A:B", help="write a jax.profiler trace of steps"
+    )
+    return parser
+
+
+@dataclass
+class RunPlan:
+    """A validated request: the config and everything the run needs to know before it starts."""
+
+    config: Config
+    run_dir: Path
+    resume: bool
+    init_from: str | None
+    profile: tuple[int, int] | None
+
+
+HF_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
+
+
+def parse_profile(text: str | None) -> tuple[int, int] | None:
+    """``"10:15"`` → (10, 15); errors name the flag."""
+    if text is None:
+        return None
+    try:
+        a_text, b_text = text.split(":")
+        start, stop = int(a_text), int(b_text)
+    except ValueError:
+        raise ConfigError(
+            f"--profile-steps: expected A:B with integers A < B, got {text!r}"
+        ) from None
+    if not 0 <= start < stop:
+        raise ConfigError(f"--profile-steps: expected 0 <= A < B, got {text!r}")
+    return start, stop
+
+
+def _check_data_source(source: str) -> None:
+    """A local-looking source must exist now (built-in and hub names are checked by tjx.data)."""
+    if source.startswith(("/", ".", "~")) or source.endswith((".txt", ".jsonl", ".parquet")):
+        path = Path(source).expanduser()
+        if not path.exists() and not any(ch in source for ch in "*?["):
+            raise ConfigError(f"data.source: no such file or folder {source!r}")
+
+
+def plan_run(args: argparse.Namespace) -> RunPlan:
+    """Everything validated; nothing written. Raises `ConfigError`."""
+    data = load_config_data(args.config)
+    overrides = list(args.overrides)
+    if args.data is not None:
+        if not args.data.strip():
+            raise ConfigError("--data: empty source; give a built-in name, hub name or path")
+        overrides.append(f"data.source={args.data}")
+    cfg = build_config(apply_overrides(data, overrides))
+    _check_data_source(cfg.data.source)
+    run_dir = Path(args.run_dir or Path("runs") / cfg.name).expanduser()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir: {str(run_dir)!r} exists and is not a directory")
+    ckpt_dir = run_dir / "checkpoints"
+    has_ckpt = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+    if args.resume and not has_ckpt:
+        raise ConfigError(
+            f"--resume: no checkpoint in {str(run_dir)!r}; train without --resume first"
+        )
+    if not args.resume and has_ckpt:
+        raise ConfigError(
+            f"--run-dir: {str(run_dir)!r} already holds checkpoints; pass --resume to continue "
+            "or choose another --run-dir"
+        )
+    if args.init_from is not None:
+        if args.resume:
+            raise ConfigError("--init-from: cannot be combined with --resume")
+        if cfg.model.kind != "gpt2":
+            raise ConfigError(
+                f"--init-from: loads GPT-2 weights; model.kind must be 'gpt2', got "
+                f"{cfg.model.kind!r}"
+            )
+        if cfg.data.tokenizer != "gpt2":
+            raise ConfigError(
+                f"--init-from: GPT-2 weights need data.tokenizer 'gpt2', got {cfg.data.tokenizer!r}"
+            )
+        local = Path(args.init_from).expanduser()
+        if not local.exists() and args.init_from not in HF_GPT2_NAMES:
+            raise ConfigError(
+                f"--init-from: {args.init_from!r} is neither a folder nor a hub name "
+                f"({', '.join(HF_GPT2_NAMES)})"
+            )
+    profile = parse_profile(args.profile_steps)
+    if profile is not None and profile[1] > cfg.train.steps:
+        raise ConfigError(
+            f"--profile-steps: {args.profile_steps} ends after train.steps ({cfg.train.steps})"
+        )
+    return RunPlan(cfg, run_dir, bool(args.resume), args.init_from, profile)
+
+
+def config_yaml(cfg: Config) -> str:
+    """The effective config as YAML."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def error_exit(message: str) -> int:
+    """Print one error line to stderr; the exit code for bad input is 2."""
+    print(f"trainer: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, validate everything, then train."""
+    args = build_parser().parse_args(argv)
+    try:
+        plan = plan_run(args)
+    except ConfigError as err:
+        return error_exit(str(err))
+    print("# effective config\n" + config_yaml(plan.config), flush=True)
+    from trainer.loop import run  # heavy imports (jax) only once the input is valid
+
+    return run(plan)

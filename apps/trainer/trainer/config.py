@@ -1,0 +1,252 @@
+"""The trainer's typed config: nested dataclasses, validated field by field and across fields.
+
+YAML presets in ``configs/`` fill these; ``--set a.b=c`` overrides single fields. Every problem is
+one `ConfigError` naming the key path and what is allowed (the CLI turns it into exit code 2).
+"""
+
+# `spec()`/`nested()` return dataclasses.field objects (with validation metadata).
+# ruff: noqa: RUF009
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from trainer.schema import ConfigError, from_dict, nested, spec, to_dict
+
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT = ("none", "full", "save_dots", "save_attention_output", "save_dots_and_attention")
+SINKS = ("console", "jsonl", "wandb", "tensorboard")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. ``vocab_size: null`` takes the tokenizer's size."""
+
+    kind: str = spec("gpt2", choices=("gpt2", "llama", "bert", "vit"))
+    vocab_size: int | None = spec(None, min=2)
+    max_seq_len: int = spec(256, min=1, max=1 << 20)
+    d_model: int = spec(128, min=1)
+    num_layers: int = spec(4, min=1, max=512)
+    num_heads: int = spec(4, min=1)
+    num_kv_heads: int | None = spec(None, min=1)
+    mlp_dim: int | None = spec(None, min=1)
+    dropout: float = spec(0.0, min=0.0, lt=1.0)
+    tie_embeddings: bool = spec(True)
+    attention_impl: str = spec("auto", choices=("auto", "xla", "pallas", "cudnn"))
+    scan_layers: bool = spec(False)
+    remat: str = spec("none", choices=REMAT)
+    param_dtype: str = spec("float32", choices=DTYPES)
+    compute_dtype: str = spec("float32", choices=DTYPES)
+    # ViT only.
+    image_size: int = spec(8, min=1)
+    patch_size: int = spec(2, min=1)
+    num_classes: int = spec(10, min=2)
+
+
+@dataclass
+class DataConfig:
+    """Where text comes from and how it is cut into batches."""
+
+    source: str = spec("shakespeare", help="built-in name, hub name or local path")
+    tokenizer: str = spec("byte", help="byte | gpt2 | bpe | a tokenizer path")
+    tokenizer_vocab: int = spec(2048, min=260, max=1 << 20, help="vocab of a trained bpe")
+    cache_dir: str | None = spec(None, help="pre-tokenized shards (default ~/.cache/tjx/data)")
+    seq_len: int = spec(128, min=2, max=1 << 20)
+    batch_size: int = spec(16, min=1, help="global batch (sequences per optimizer step)")
+    num_workers: int = spec(1, min=1, max=256)
+    shuffle: bool = spec(True)
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule; ``total_steps`` is the train's ``steps``."""
+
+    name: str = spec(
+        "cosine", choices=("cosine", "linear", "constant", "linear_warmup", "inverse_sqrt", "wsd")
+    )
+    warmup_steps: int = spec(100, min=0)
+    min_lr_ratio: float = spec(0.1, min=0.0, max=1.0)
+
+
+@dataclass
+class OptimizerConfig:
+    """Optimizer (built by tjx.optim)."""
+
+    name: str = spec("adamw", choices=("adamw", "adam", "sgd", "lamb", "lion", "adafactor", "muon"))
+    lr: float = spec(1e-3, gt=0.0, max=10.0)
+    b1: float = spec(0.9, min=0.0, lt=1.0)
+    b2: float = spec(0.95, min=0.0, lt=1.0)
+    eps: float = spec(1e-8, gt=0.0)
+    weight_decay: float = spec(0.1, min=0.0)
+    clip_norm: float | None = spec(1.0, gt=0.0)
+    accumulation_steps: int = spec(1, min=1)
+    loss_scale: str | None = spec(None, choices=("dynamic",))
+    skip_nonfinite: bool = spec(True)
+    schedule: ScheduleConfig = nested(ScheduleConfig)
+
+
+@dataclass
+class TrainConfig:
+    """The loop: how long, how often to evaluate, sample, log and save."""
+
+    steps: int = spec(1000, min=1)
+    seed: int = spec(0, min=0)
+    log_every: int = spec(10, min=1)
+    eval_every: int = spec(200, min=0, help="0 = only at the end")
+    eval_batches: int = spec(8, min=1)
+    sample_every: int = spec(0, min=0, help="0 = only at the end")
+    checkpoint_every: int = spec(500, min=0, help="0 = only at the end and on signals")
+    chunked_ce: bool = spec(True, help="fused chunked cross-entropy (no [b,s,V] logits)")
+    ce_chunk_size: int = spec(1024, min=1)
+    z_loss: float = spec(0.0, min=0.0)
+    mlm_probability: float = spec(0.15, gt=0.0, lt=1.0)
+    stop_at: int | None = spec(
+        None, min=1, help="stop after this step as if preempted (save, exit 0; --resume goes on)"
+    )
+
+
+@dataclass
+class MeshConfig:
+    """Device mesh (tjx.parallel); -1 = all remaining devices."""
+
+    data: int = spec(-1, min=-1)
+    fsdp: int = spec(1, min=-1)
+    tensor: int = spec(1, min=1)
+    strategy: str = spec("dp", choices=("dp", "fsdp", "tp", "fsdp_tp", "dp_tp"))
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints under ``RUN_DIR/checkpoints``."""
+
+    keep_last: int = spec(3, min=1)
+    keep_best: int | None = spec(None, min=1)
+    async_save: bool = spec(True)
+
+
+@dataclass
+class LoggingConfig:
+    """Log sinks (tjx.metrics) and the progress bar."""
+
+    sinks: list[str] = spec(["console", "jsonl"], each_choices=SINKS)
+    project: str = spec("tjx")
+    wandb_mode: str = spec("offline", choices=("offline", "online", "disabled"))
+    progress: bool = spec(True)
+
+
+@dataclass
+class EvalConfig:
+    """Held-out metrics."""
+
+    batch_size: int = spec(16, min=1)
+    top_k: list[int] = spec([1, 5, 10], min=1)
+
+
+@dataclass
+class SamplingConfig:
+    """Text samples written during training."""
+
+    prompts: list[str] = spec(["\n"])
+    max_new_tokens: int = spec(200, min=1)
+    temperature: float = spec(0.8, min=0.0)
+    top_k: int | None = spec(None, min=1)
+    top_p: float | None = spec(None, gt=0.0, max=1.0)
+
+
+@dataclass
+class Config:
+    """Everything one training run needs."""
+
+    name: str = spec("custom")
+    model: ModelConfig = nested(ModelConfig)
+    data: DataConfig = nested(DataConfig)
+    optimizer: OptimizerConfig = nested(OptimizerConfig)
+    train: TrainConfig = nested(TrainConfig)
+    mesh: MeshConfig = nested(MeshConfig)
+    checkpoint: CheckpointConfig = nested(CheckpointConfig)
+    logging: LoggingConfig = nested(LoggingConfig)
+    eval: EvalConfig = nested(EvalConfig)
+    sampling: SamplingConfig = nested(SamplingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (YAML-safe)."""
+        out: dict[str, Any] = to_dict(self)
+        return out
+
+    @property
+    def task(self) -> str:
+        """ "lm" (decoders), "mlm" (BERT) or "classify" (ViT)."""
+        return {"gpt2": "lm", "llama": "lm", "bert": "mlm", "vit": "classify"}[self.model.kind]
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config) -> Config:
+    """Checks across fields (single fields were checked while reading)."""
+    m, d, o, t = cfg.model, cfg.data, cfg.optimizer, cfg.train
+    _require(
+        m.d_model % m.num_heads == 0,
+        f"model.d_model: {m.d_model} must be divisible by model.num_heads ({m.num_heads})",
+    )
+    if m.num_kv_heads is not None:
+        _require(
+            m.num_heads % m.num_kv_heads == 0,
+            f"model.num_kv_heads: {m.num_kv_heads} must divide model.num_heads ({m.num_heads})",
+        )
+        _require(
+            m.kind == "llama" or m.num_kv_heads == m.num_heads,
+            "model.num_kv_heads: grouped-query attention needs model.kind 'llama' "
+            f"(got {m.kind!r})",
+        )
+    if m.kind != "vit":
+        _require(
+            m.max_seq_len >= d.seq_len,
+            f"data.seq_len: {d.seq_len} exceeds model.max_seq_len ({m.max_seq_len})",
+        )
+    else:
+        _require(
+            m.image_size % m.patch_size == 0,
+            f"model.patch_size: {m.patch_size} must divide model.image_size ({m.image_size})",
+        )
+    _require(
+        d.batch_size % o.accumulation_steps == 0,
+        f"optimizer.accumulation_steps: {o.accumulation_steps} must divide data.batch_size "
+        f"({d.batch_size})",
+    )
+    _require(
+        o.schedule.warmup_steps <= t.steps,
+        f"optimizer.schedule.warmup_steps: {o.schedule.warmup_steps} exceeds train.steps "
+        f"({t.steps})",
+    )
+    _require(
+        m.param_dtype != "float16",
+        "model.param_dtype: float16 parameters are not supported; use float32 or bfloat16",
+    )
+    if m.compute_dtype == "float16":
+        _require(
+            o.loss_scale == "dynamic",
+            "optimizer.loss_scale: float16 compute needs 'dynamic' loss scaling",
+        )
+    _require(
+        not (cfg.mesh.data == -1 and cfg.mesh.fsdp == -1),
+        "mesh.fsdp: only one of mesh.data and mesh.fsdp may be -1",
+    )
+    if cfg.mesh.strategy in ("tp", "fsdp_tp", "dp_tp"):
+        _require(
+            m.num_heads % cfg.mesh.tensor == 0,
+            f"mesh.tensor: {cfg.mesh.tensor} must divide model.num_heads ({m.num_heads})",
+        )
+    if cfg.checkpoint.keep_best is not None:
+        _require(
+            t.eval_every > 0,
+            "checkpoint.keep_best: needs train.eval_every > 0 (best = lowest validation loss)",
+        )
+    return cfg
+
+
+def build_config(data: dict[str, Any]) -> Config:
+    """Read and validate a config from plain data."""
+    return validate(from_dict(Config, data))

@@ -1,0 +1,260 @@
+"""Data for a run: tokenizer, pre-tokenized shards (cached, written once) and the loaders.
+
+Shards live under ``data.cache_dir`` (default: tjx.data's cache, ``$TJX_CACHE`` or
+``~/.cache/tjx/data``) in ``shards/<source>-<tokenizer fingerprint>/{train,validation}``, so every
+run on the same data and tokenizer shares them. Nothing here writes into the run directory, and
+every bad input raises before training starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from trainer.config import Config
+from trainer.schema import ConfigError
+
+
+@dataclass
+class DataBundle:
+    """What the loop needs from the data side."""
+
+    tokenizer: Any
+    train_dir: Path | None
+    val_dir: Path | None
+    vocab_size: int
+    bytes_per_token: float | None
+    arrays: dict[str, np.ndarray] | None = None  # ViT digits: in-memory images/labels
+
+
+def _root(cfg: Config) -> Path:
+    from tjx.data import cache
+
+    return Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else cache.cache_dir()
+
+
+def make_tokenizer(cfg: Config) -> Any:
+    """``byte``, ``gpt2``, ``bpe`` (trained once on the train split, cached) or a path."""
+    from tjx import data
+
+    spec = cfg.data.tokenizer
+    if spec != "bpe":
+        return data.load_tokenizer(spec)
+    folder = _root(cfg) / "tokenizers" / f"{_slug(cfg.data.source)}-bpe{cfg.data.tokenizer_vocab}"
+    if (folder / "tokenizer.json").is_file():
+        return data.load_tokenizer(str(folder / "tokenizer.json"))
+    docs = data.load_source(cfg.data.source, split="train")
+    tok = data.train_bpe(docs, cfg.data.tokenizer_vocab, show_progress=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(folder)
+    return data.load_tokenizer(str(folder / "tokenizer.json"))
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[-40:]
+    return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def _local_without_split(source: str) -> bool:
+    """A local file/folder with no ``{split}`` pattern and no ``validation/`` sub-folder."""
+    from tjx.data.sources.local import resolve_files
+
+    path = Path(source).expanduser()
+    if "{split}" in source or not (path.exists() or any(c in source for c in "*?[")):
+        return False
+    return resolve_files(source, "train") == resolve_files(source, "validation")
+
+
+def held_out(docs: list[str], split: str) -> list[str]:
+    """A fixed hold-out for sources without a validation split.
+
+    With ≥ 10 documents every 10th document is validation; with fewer, the last 10 % of each
+    document's characters (cut at a line break when there is one) is.
+    """
+    if len(docs) >= 10:
+        return [d for i, d in enumerate(docs) if (i % 10 == 9) == (split == "validation")]
+    out = []
+    for doc in docs:
+        cut = int(len(doc) * 0.9)
+        newline = doc.rfind("\n", 0, cut)
+        cut = newline + 1 if newline > len(doc) // 2 else cut
+        out.append(doc[cut:] if split == "validation" else doc[:cut])
+    return [d for d in out if d]
+
+
+def prepare(cfg: Config) -> DataBundle:
+    """Tokenizer and shards for both splits (idempotent; cheap when cached)."""
+    if cfg.task == "classify":
+        return _prepare_digits(cfg)
+    import sys
+
+    from tjx import data
+
+    tok = make_tokenizer(cfg)
+    if cfg.model.vocab_size is not None and cfg.model.vocab_size < tok.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size: {cfg.model.vocab_size} is smaller than the tokenizer's "
+            f"vocabulary ({tok.vocab_size}); use null or >= {tok.vocab_size}"
+        )
+    source = cfg.data.source
+    base = _root(cfg) / "shards" / f"{_slug(source)}-{tok.fingerprint[:12]}"
+    split_here = _local_without_split(source)
+    bpt: float | None = None
+    for split in ("train", "validation"):
+        if split_here:
+            docs: Any = held_out(list(data.load_source(source, split="train")), split)
+        else:
+            docs = data.load_source(source, split=split)
+        index = data.pretokenize(
+            docs,
+            tok,
+            base,
+            split=split,
+            num_workers=cfg.data.num_workers,
+            source=f"{source}:{split}",
+            progress=sys.stderr.isatty(),
+        )
+        if index.tokens < cfg.data.seq_len + 1:
+            raise ConfigError(
+                f"data.source: the {split} split of {source!r} has {index.tokens} tokens, fewer "
+                f"than one sequence (data.seq_len + 1 = {cfg.data.seq_len + 1})"
+            )
+        if split == "validation":
+            bpt = float(index.bytes_per_token)
+    return DataBundle(tok, base / "train", base / "validation", tok.vocab_size, bpt)
+
+
+def train_loader(bundle: DataBundle, cfg: Config) -> Any:
+    """The resumable, shuffled, packed training iterator (``state_dict``/``load_state_dict``)."""
+    if bundle.arrays is not None:
+        return DigitsLoader(bundle.arrays, cfg.data.batch_size, cfg.train.seed)
+    from tjx import data
+
+    assert bundle.train_dir is not None
+    # Each process reads its own rows of every global batch (disjoint, complete across hosts);
+    # `to_global` assembles them into one array on the mesh.
+    return data.PackedLoader(
+        bundle.train_dir,
+        seq_len=cfg.data.seq_len,
+        batch_size=cfg.data.batch_size // jax.process_count(),
+        seed=cfg.train.seed,
+        shuffle=cfg.data.shuffle,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+
+def to_global(batch: Any, mesh: Any) -> Any:
+    """A host batch as one array on the mesh: sharded directly in a single process, assembled
+    from every process's local rows in a multi-host run."""
+    from tjx import parallel
+
+    if jax.process_count() == 1:
+        return parallel.shard_batch(batch, mesh)
+    return parallel.host_local_to_global(batch, mesh)
+
+
+def val_batches(bundle: DataBundle, cfg: Config, max_batches: int | None) -> Iterator[Any]:
+    """The first ``max_batches`` validation batches, always in the same order."""
+    if bundle.arrays is not None:
+        yield from DigitsLoader.validation(bundle.arrays, cfg.eval.batch_size, max_batches)
+        return
+    from tjx import data
+
+    assert bundle.val_dir is not None
+    batches = data.validation_batches(
+        bundle.val_dir,
+        cfg.data.seq_len,
+        cfg.eval.batch_size // jax.process_count(),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    for i, batch in enumerate(batches):
+        if max_batches is not None and i >= max_batches:
+            break
+        yield batch
+
+
+def _prepare_digits(cfg: Config) -> DataBundle:
+    from tjx import data
+
+    if cfg.data.source != "digits":
+        raise ConfigError(f"data.source: the vit model reads 'digits', got {cfg.data.source!r}")
+    train, val = data.load_digits("train"), data.load_digits("validation")
+    if train.images.shape[1] != cfg.model.image_size:
+        raise ConfigError(
+            f"model.image_size: {cfg.model.image_size} does not match the digits images "
+            f"({train.images.shape[1]})"
+        )
+    arrays = {
+        "train_images": train.images,
+        "train_labels": train.labels,
+        "val_images": val.images,
+        "val_labels": val.labels,
+    }
+    return DataBundle(None, None, None, 0, None, arrays)
+
+
+class DigitsLoader:
+    """Shuffled epochs over in-memory images; the state is (epoch, position)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int) -> None:
+        self._x, self._y = arrays["train_images"], arrays["train_labels"]
+        self._batch, self._seed = batch_size, seed
+        self._epoch, self._pos = 0, 0
+
+    def __iter__(self) -> DigitsLoader:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._pos + self._batch > len(self._y):
+            self._epoch, self._pos = self._epoch + 1, 0
+        order = np.random.default_rng([self._seed, self._epoch]).permutation(len(self._y))
+        idx = order[self._pos : self._pos + self._batch]
+        self._pos += self._batch
+        return {"images": self._x[idx], "labels": self._y[idx]}
+
+    def state_dict(self) -> dict[str, int]:
+        """JSON-serialisable position."""
+        return {"epoch": self._epoch, "pos": self._pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from ``state``."""
+        self._epoch, self._pos = int(state["epoch"]), int(state["pos"])
+
+    @staticmethod
+    def validation(
+        arrays: dict[str, np.ndarray], batch_size: int, max_batches: int | None
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """In-order validation batches (drop the last partial one)."""
+        x, y = arrays["val_images"], arrays["val_labels"]
+        for i in range(len(y) // batch_size):
+            if max_batches is not None and i >= max_batches:
+                return
+            sl = slice(i * batch_size, (i + 1) * batch_size)
+            yield {"images": x[sl], "labels": y[sl]}
+
+
+def describe(bundle: DataBundle, cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """``data.json`` for the evaluator: tokenizer (saved into the run dir if trained), shards."""
+    tokenizer: str | None = cfg.data.tokenizer
+    if bundle.tokenizer is not None and cfg.data.tokenizer not in ("byte", "bytes", "gpt2"):
+        saved = bundle.tokenizer.save(run_dir / "tokenizer")
+        tokenizer = str(Path(saved).resolve())
+    return {
+        "source": cfg.data.source,
+        "tokenizer": tokenizer,
+        "train_dir": str(bundle.train_dir) if bundle.train_dir else None,
+        "val_dir": str(bundle.val_dir) if bundle.val_dir else None,
+        "bytes_per_token": bundle.bytes_per_token,
+        "vocab_size": bundle.vocab_size,
+        "seq_len": cfg.data.seq_len,
+        "cache_dir": str(_root(cfg)) if cfg.task != "classify" else None,
+    }

@@ -1,0 +1,243 @@
+"""The train loop: prepare (nothing written), then step, log, evaluate, sample, checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from trainer import rundir
+from trainer.cli import RunPlan, config_yaml, error_exit
+from trainer.schema import ConfigError
+
+
+def _device_note() -> None:
+    backend = jax.default_backend()
+    devices = jax.devices()
+    print(f"devices: {len(devices)} × {devices[0].device_kind} ({backend})", flush=True)
+    if backend == "cpu":
+        print(
+            "note: running on CPU — this works but is slow; a GPU runs the same command much "
+            "faster.",
+            flush=True,
+        )
+
+
+def run(plan: RunPlan) -> int:
+    """Train as planned; exit code 0 on success or after a signal-triggered save, 2 on bad input."""
+    from trainer import data_setup, state
+    from trainer.model_build import describe_nn_config
+
+    cfg = plan.config
+    from tjx import parallel
+
+    # Multi-host runs take the coordinator from the environment (JAX_COORDINATOR_ADDRESS, ... or
+    # SLURM); without one this is a single process and nothing happens.
+    parallel.initialize()
+    _device_note()
+    # Everything that can fail on bad input happens before the run directory exists.
+    try:
+        bundle = data_setup.prepare(cfg)
+        setup = state.build(cfg, bundle.vocab_size, plan.init_from)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        return error_exit(str(err))
+    rundir.create(plan.run_dir, cfg.to_dict())
+    rundir.write_json(plan.run_dir, rundir.MODEL_FILE, describe_nn_config(setup.nn_config))
+    rundir.write_json(
+        plan.run_dir, rundir.DATA_FILE, data_setup.describe(bundle, cfg, plan.run_dir)
+    )
+    try:
+        return _train(plan, bundle, setup)
+    finally:
+        sys.stdout.flush()
+
+
+def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
+    from tjx import ckpt, metrics
+    from trainer import data_setup, evaluation, progress, sampling
+    from trainer.signals import stop_on_signals
+    from trainer.step import make_train_step
+
+    cfg, run_dir = plan.config, plan.run_dir
+    logger = metrics.make_logger(
+        list(cfg.logging.sinks),
+        str(run_dir),
+        config=cfg.to_dict(),
+        project=cfg.logging.project,
+        # W&B never reaches for the network unless asked: offline is the default mode.
+        wandb_mode=cfg.logging.wandb_mode if "wandb" in cfg.logging.sinks else None,
+    )
+    manager = ckpt.CheckpointManager(
+        run_dir / rundir.CHECKPOINTS_DIR,
+        keep_last=cfg.checkpoint.keep_last,
+        keep_best=cfg.checkpoint.keep_best,
+        best_metric="val_loss" if cfg.checkpoint.keep_best else None,
+        async_save=cfg.checkpoint.async_save,
+        mesh=setup.mesh,
+    )
+    loader = data_setup.train_loader(bundle, cfg)
+    st = setup.state
+    start = 0
+    if plan.resume:
+        restored = manager.restore(target=st)
+        # Onto the fresh state's shardings (host copies are restored as numpy; see save()).
+        st = jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), restored.state, st)
+        if restored.data_state is not None:
+            loader.load_state_dict(restored.data_state)
+        start = int(restored.step)
+        print(f"resumed from step {start} ({run_dir / rundir.CHECKPOINTS_DIR})", flush=True)
+    shardings = jax.tree.map(lambda x: x.sharding, st)
+    step_fn = jax.jit(
+        make_train_step(setup.graphdef, setup.rest, setup.tx, cfg),
+        out_shardings=(shardings, None),
+        donate_argnums=(0,),
+    )
+    tokens_per_step = cfg.data.batch_size * (cfg.data.seq_len if cfg.task != "classify" else 1)
+    flops_tok = _flops_per_token(setup, cfg)
+    peak = _peak_flops(cfg)
+    print(
+        f"model: {setup.num_params:,} parameters; {tokens_per_step:,} tokens per step", flush=True
+    )
+    total = cfg.train.steps
+    if start >= total:
+        print(f"nothing to do: the run is already at step {start} of {total}")
+        return 0
+    last_eval: dict[str, float] = {}
+    t_last, step_done = time.perf_counter(), start
+    profiling = False
+
+    saved = [start if plan.resume else -1]
+
+    def save(step: int, *, force: bool) -> None:
+        if saved[0] == step:
+            return
+        saved[0] = step
+        metrics_for_ckpt = {"val_loss": last_eval["loss"]} if "loss" in last_eval else None
+        # Workaround (reported to the lead): tjx.ckpt fingerprints device arrays with one small
+        # jitted reduction each; on XLA:CPU with several simulated devices, those reductions over
+        # FSDP-sharded arrays deadlock the in-process all-reduce. Host copies avoid it (on CPU the
+        # "device" memory is host memory anyway); restore still reshards onto the mesh.
+        cpu_multi = jax.default_backend() == "cpu" and jax.device_count() > 1
+        manager.save(
+            step,
+            state=jax.device_get(st) if cpu_multi else st,
+            data_state=loader.state_dict(),
+            config=cfg.to_dict(),
+            metrics=metrics_for_ckpt,
+            force=force,
+        )
+
+    with stop_on_signals() as stop, progress.bar(cfg, start, total) as bar:
+        for step in range(start, total):
+            if stop or (cfg.train.stop_at is not None and step >= cfg.train.stop_at):
+                break
+            if plan.profile and step == plan.profile[0]:
+                jax.profiler.start_trace(str(run_dir / "profile"))
+                profiling = True
+            batch = data_setup.to_global(next(loader), setup.mesh)
+            st, out = step_fn(st, batch)
+            step_done = step + 1
+            if profiling and plan.profile and step_done == plan.profile[1]:
+                jax.block_until_ready(st)
+                jax.profiler.stop_trace()
+                profiling = False
+            if step_done % cfg.train.log_every == 0 or step_done == total:
+                scalars = {k: float(np.asarray(v)) for k, v in jax.device_get(out).items()}
+                now = time.perf_counter()
+                dt = (now - t_last) / max(
+                    1, step_done - max(start, step_done - cfg.train.log_every)
+                )
+                t_last = now
+                scalars["tokens_per_s"] = tokens_per_step / max(dt, 1e-9)
+                if peak:
+                    scalars["mfu"] = float(
+                        metrics.mfu(
+                            scalars["tokens_per_s"], flops_tok, peak, num_devices=jax.device_count()
+                        )
+                        or 0.0
+                    )
+                logger.log_scalars(step_done, scalars)
+                bar.update(step_done, scalars["loss"])
+            evaluate_now = cfg.train.eval_every and step_done % cfg.train.eval_every == 0
+            if evaluate_now or step_done == total:
+                last_eval = evaluation.evaluate(setup, st["params"], bundle, cfg)
+                logger.log_scalars(step_done, {f"val_{k}": v for k, v in last_eval.items()})
+                bar.note(f"step {step_done}: val loss {last_eval['loss']:.4f}")
+            sample_now = cfg.train.sample_every and step_done % cfg.train.sample_every == 0
+            if cfg.task == "lm" and (sample_now or step_done == total):
+                texts = sampling.sample(setup, st["params"], bundle, cfg, step_done)
+                path = rundir.write_samples(run_dir, step_done, texts, cfg.sampling.prompts)
+                logger.log_text(step_done, "sample", texts[0])
+                bar.note(f"step {step_done}: samples → {path}")
+            ckpt_now = cfg.train.checkpoint_every and step_done % cfg.train.checkpoint_every == 0
+            if ckpt_now and step_done != total:
+                save(step_done, force=False)
+        if profiling:
+            jax.profiler.stop_trace()
+    interrupted = bool(stop) or step_done < total
+    save(step_done, force=True)
+    manager.wait_until_finished()
+    manager.close()
+    summary: dict[str, Any] = {
+        "step": step_done,
+        "interrupted_by": stop.signal_name or ("stop_at" if step_done < total else None),
+        "params_sha256": rundir.params_digest(st["params"]),
+        "num_params": setup.num_params,
+        **{f"val_{k}": v for k, v in last_eval.items()},
+    }
+    rundir.write_final(run_dir, summary)
+    with contextlib.suppress(Exception):
+        logger.close()
+    _plot(run_dir)
+    if interrupted:
+        print(
+            f"{stop.signal_name or 'train.stop_at'}: saved step {step_done} to {run_dir}; "
+            "resume with --resume"
+        )
+    else:
+        print(f"done: {step_done} steps; run directory {run_dir}")
+    return 0
+
+
+def _flops_per_token(setup: Any, cfg: Any) -> float:
+    try:
+        from tjx import nn
+
+        return float(nn.flops_per_token(setup.nn_config, cfg.data.seq_len))
+    except Exception:  # flops are informational; ViT/BERT configs may not be supported
+        return 6.0 * setup.num_params
+
+
+def _peak_flops(cfg: Any) -> float | None:
+    """Peak FLOP/s of one device for the compute dtype; None (no MFU logged) when unknown (CPU)."""
+    import warnings
+
+    from tjx import metrics
+
+    if jax.default_backend() == "cpu":
+        return None
+    dtype = {"bfloat16": "bf16", "float16": "fp16", "float32": "tf32"}[cfg.model.compute_dtype]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peak = metrics.device_peak_flops(jax.devices()[0], dtype)
+    return float(peak) if peak else None
+
+
+def _plot(run_dir: Path) -> None:
+    from tjx import metrics
+
+    jsonl = next(iter(sorted(run_dir.glob("*.jsonl"))), None)
+    if jsonl is None:
+        return
+    try:
+        metrics.plot_curves(str(jsonl), str(run_dir / rundir.CURVE_FILE), keys=("loss", "val_loss"))
+    except Exception as err:  # the plot is a convenience; never fail a finished run over it
+        print(f"warning: could not plot the loss curve: {err}", file=sys.stderr)
+
+
+__all__ = ["config_yaml", "run"]

@@ -1,0 +1,67 @@
+"""The run directory: config, JSONL log, checkpoints, samples, loss curve, final summary."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml  # type: ignore[import-untyped]
+
+CONFIG_FILE = "config.yaml"
+FINAL_FILE = "final.json"
+MODEL_FILE = "model.json"
+DATA_FILE = "data.json"
+SAMPLES_DIR = "samples"
+CHECKPOINTS_DIR = "checkpoints"
+CURVE_FILE = "loss_curve.png"
+
+
+def create(run_dir: Path, config: dict[str, Any]) -> None:
+    """Make the run directory and write the effective config (the first thing ever written)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / SAMPLES_DIR).mkdir(exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False), "utf-8")
+
+
+def write_samples(run_dir: Path, step: int, texts: list[str], prompts: list[str]) -> Path:
+    """One text file per sampling step."""
+    path = run_dir / SAMPLES_DIR / f"step_{step:07d}.txt"
+    parts = [
+        f"--- sample {i} (prompt {p!r}) ---\n{t}\n"
+        for i, (p, t) in enumerate(zip(prompts, texts, strict=True))
+    ]
+    path.write_text("\n".join(parts), "utf-8")
+    return path
+
+
+def params_digest(params: Any) -> str:
+    """sha256 over every parameter's bytes in a fixed order (bit-exactness checks)."""
+    import jax
+
+    digest = hashlib.sha256()
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+        digest.update(jax.tree_util.keystr(path).encode())
+        digest.update(np.ascontiguousarray(np.asarray(jax.device_get(leaf))).tobytes())
+    return digest.hexdigest()
+
+
+def write_final(run_dir: Path, summary: dict[str, Any]) -> None:
+    """``final.json``: last step, metrics and the params digest."""
+    (run_dir / FINAL_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True), "utf-8")
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The config saved in a run directory."""
+    data = yaml.safe_load((run_dir / CONFIG_FILE).read_text("utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{run_dir / CONFIG_FILE}: not a config mapping")
+    return data
+
+
+def write_json(run_dir: Path, name: str, data: dict[str, Any]) -> None:
+    """A small JSON file in the run directory (``model.json``, ``data.json``)."""
+    (run_dir / name).write_text(json.dumps(data, indent=2, sort_keys=True, default=str), "utf-8")

@@ -1,0 +1,142 @@
+"""Model, optimizer and mesh set-up: the sharded train state the jitted step reads and donates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from trainer.config import Config
+from trainer.model_build import nn_config, optimizer_config
+from trainer.schema import ConfigError
+
+
+@dataclass
+class Setup:
+    """Everything built once per run."""
+
+    mesh: Any
+    rules: Any
+    nn_config: Any
+    graphdef: Any
+    rest: Any
+    tx: optax.GradientTransformation
+    state: dict[str, Any]
+    num_params: int
+
+
+def make_mesh(cfg: Config) -> tuple[Any, Any]:
+    """The device mesh and logical-axis rules; mesh/batch mismatches are config errors."""
+    from tjx import parallel
+
+    mc = cfg.mesh
+    try:
+        mesh_cfg = parallel.MeshConfig(data=mc.data, fsdp=mc.fsdp, tensor=mc.tensor)
+        mesh = parallel.make_mesh(mesh_cfg)
+    except ValueError as err:
+        raise ConfigError(f"mesh: {err} ({jax.device_count()} devices here)") from None
+    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    per_micro = cfg.data.batch_size // cfg.optimizer.accumulation_steps
+    if per_micro % batch_ways:
+        raise ConfigError(
+            f"data.batch_size: {cfg.data.batch_size} / optimizer.accumulation_steps "
+            f"({cfg.optimizer.accumulation_steps}) = {per_micro} must be divisible by the "
+            f"data×fsdp mesh size ({batch_ways})"
+        )
+    if cfg.eval.batch_size % batch_ways:
+        raise ConfigError(
+            f"eval.batch_size: {cfg.eval.batch_size} must be divisible by the data×fsdp mesh "
+            f"size ({batch_ways})"
+        )
+    return mesh, parallel.rules(mc.strategy)
+
+
+def build_model(config: Any, *, rngs: nnx.Rngs) -> Any:
+    """``tjx.nn.build_model`` (dispatch on the config type), with a fallback while it lands."""
+    from tjx import nn
+
+    if hasattr(nn, "build_model"):
+        return nn.build_model(config, rngs=rngs)
+    classes = {
+        "GPT2Config": "GPT2",
+        "LlamaConfig": "Llama",
+        "BertConfig": "BERT",
+        "ViTConfig": "ViT",
+    }
+    return getattr(nn, classes[type(config).__name__])(config, rngs=rngs)
+
+
+def _split(model: Any) -> tuple[Any, Any, Any]:
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
+    return graphdef, params, rest
+
+
+def build(cfg: Config, vocab_size: int, init_from: str | None = None) -> Setup:
+    """Mesh, model (born sharded), optimizer and the initial state ``{params, opt_state, step}``."""
+    from tjx import nn, optim, parallel
+
+    mesh, rules = make_mesh(cfg)
+    try:
+        # BERT gets one extra id for its [MASK] token.
+        model_cfg = nn_config(cfg.model, vocab_size + (1 if cfg.task == "mlm" else 0))
+        opt_cfg = optimizer_config(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if init_from is not None:
+        # Architecture from the checkpoint; how to train it (scan, remat, kernels, precision,
+        # dropout) from the config. Loaded on the host, then placed on the mesh.
+        m = cfg.model
+        try:
+            model = nn.load_hf_gpt2(
+                init_from,
+                scan_layers=m.scan_layers,
+                remat=m.remat,
+                attention_impl=m.attention_impl,
+                dropout=m.dropout,
+                precision=model_cfg.precision,
+            )
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"--init-from: {err}") from None
+        model_cfg = model.config
+        loaded = nnx.state(model)
+        nnx.update(model, jax.device_put(loaded, parallel.state_shardings(loaded, mesh, rules)))
+    else:
+        create = lambda: build_model(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
+        model = parallel.shard_init(create, mesh, rules)
+    graphdef, params_state, rest = _split(model)
+    params = nnx.to_pure_dict(params_state)
+    tx = optim.build_optimizer(opt_cfg)
+    # Optimizer slots that mirror the params (mu, nu, ...) are sharded like them (ZeRO under FSDP).
+    specs = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
+    abstract_opt = jax.eval_shape(tx.init, params)
+    opt_shardings = parallel.state_shardings(abstract_opt, mesh, rules, param_specs=specs)
+    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+    state = on_mesh(
+        {"params": params, "opt_state": opt_state, "step": jnp.asarray(0, jnp.int32)}, mesh
+    )
+    num_params = sum(int(x.size) for x in jax.tree.leaves(params))
+    return Setup(mesh, rules, model_cfg, graphdef, rest, tx, state, num_params)
+
+
+def on_mesh(tree: Any, mesh: Any) -> Any:
+    """Every leaf on ``mesh``: leaves not already sharded over it (the step counter, scalars that
+    jit put on one device) are replicated, so the jitted step sees one device set."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def one(x: Any) -> Any:
+        sharding = getattr(x, "sharding", None)
+        if isinstance(sharding, NamedSharding) and sharding.mesh == mesh:
+            return x
+        return jax.device_put(x, replicated)
+
+    return jax.tree.map(one, tree)
+
+
+def state_shardings(state: dict[str, Any]) -> Any:
+    """The shardings the state lives in (the step keeps them: in = out, donated)."""
+    return jax.tree.map(lambda x: x.sharding, state)

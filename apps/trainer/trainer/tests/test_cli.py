@@ -1,0 +1,109 @@
+"""The trainer's command line: bad input → one error line, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainer.cli import build_parser, main, parse_profile, plan_run
+from trainer.schema import ConfigError
+
+
+def _plan(*argv):
+    return plan_run(build_parser().parse_args(list(argv)))
+
+
+def test_plan_defaults(in_tmp):
+    plan = _plan("--config", "tiny")
+    assert plan.config.name == "tiny"
+    assert str(plan.run_dir) == "runs/tiny"
+    assert plan.resume is False and plan.init_from is None and plan.profile is None
+
+
+def test_plan_overrides_data_and_profile(in_tmp):
+    plan = _plan(
+        "--config",
+        "tiny",
+        "--set",
+        "optimizer.lr=0.01",
+        "--data",
+        "kjv",
+        "--run-dir",
+        "out",
+        "--profile-steps",
+        "2:4",
+    )
+    assert plan.config.optimizer.lr == 0.01
+    assert plan.config.data.source == "kjv"
+    assert str(plan.run_dir) == "out" and plan.profile == (2, 4)
+
+
+@pytest.mark.parametrize(("text", "expected"), [(None, None), ("0:1", (0, 1)), ("10:15", (10, 15))])
+def test_parse_profile(text, expected):
+    assert parse_profile(text) == expected
+
+
+@pytest.mark.parametrize("text", ["5", "a:b", "3:3", "4:2", "-1:2", "1:2:3"])
+def test_parse_profile_rejects(text):
+    with pytest.raises(ConfigError, match="--profile-steps"):
+        parse_profile(text)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--config", "nope"], "unknown preset 'nope'"),
+        (["--config", "tiny", "--set", "model.foo=1"], "model.foo: unknown key"),
+        (["--config", "tiny", "--set", "train.steps=-5"], "train.steps: -5 is too small"),
+        (["--config", "tiny", "--data", "./missing.txt"], "data.source: no such file"),
+        (["--config", "tiny", "--data", " "], "--data: empty source"),
+        (["--config", "tiny", "--resume"], "--resume: no checkpoint"),
+        (["--config", "tiny", "--init-from", "gpt2"], "data.tokenizer 'gpt2'"),
+        (["--config", "llama_small", "--init-from", "gpt2"], "model.kind must be 'gpt2'"),
+        (["--config", "gpt2_small", "--init-from", "./nowhere"], "neither a folder nor a hub"),
+        (["--config", "tiny", "--profile-steps", "1:9999"], "ends after train.steps"),
+    ],
+)
+def test_main_rejects_with_exit_2_and_writes_nothing(in_tmp, capsys, argv, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trainer: error: ") and needle in err
+    assert err.count("\n") == 1  # one line
+    assert list(in_tmp.iterdir()) == []  # nothing written
+
+
+def test_existing_checkpoints_need_resume(in_tmp, capsys):
+    (in_tmp / "r" / "checkpoints" / "10").mkdir(parents=True)
+    assert main(["--config", "tiny", "--run-dir", "r"]) == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
+    plan = _plan("--config", "tiny", "--run-dir", "r", "--resume")
+    assert plan.resume
+
+
+def test_run_dir_that_is_a_file(in_tmp, capsys):
+    (in_tmp / "f").write_text("x")
+    assert main(["--config", "tiny", "--run-dir", "f"]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_resume_and_init_from_conflict(in_tmp, capsys):
+    (in_tmp / "r" / "checkpoints" / "1").mkdir(parents=True)
+    argv = ["--config", "gpt2_small", "--run-dir", "r", "--resume", "--init-from", "gpt2"]
+    assert main(argv) == 2
+    assert "cannot be combined with --resume" in capsys.readouterr().err
+
+
+def test_argparse_errors_exit_2(in_tmp, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["--config", "tiny", "--bogus"])
+    assert exc.value.code == 2
+
+
+def test_help_lists_presets(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config" in out and "gpt2_small" in out and "vit_digits" in out

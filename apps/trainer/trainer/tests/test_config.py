@@ -1,0 +1,134 @@
+"""Config schema: presets load, types and ranges are checked, errors name the key path."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from trainer.config import Config, build_config
+from trainer.presets import load_config_data, preset_names
+from trainer.schema import ConfigError, from_dict, to_dict
+
+PRESETS = [
+    "tiny",
+    "gpt2_small",
+    "gpt2_medium",
+    "gpt2_large",
+    "llama_small",
+    "bert_tiny",
+    "vit_digits",
+]
+
+
+def test_all_presets_are_shipped():
+    assert sorted(PRESETS) == preset_names()
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_validate_and_round_trip(name):
+    cfg = build_config(load_config_data(name))
+    assert cfg.name == name
+    # The saved YAML reads back into the same config.
+    again = build_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+    assert again == cfg
+
+
+def test_gpt2_presets_have_the_published_shapes():
+    shapes = {
+        "gpt2_small": (768, 12, 12),
+        "gpt2_medium": (1024, 24, 16),
+        "gpt2_large": (1280, 36, 20),
+    }
+    for name, (d, layers, heads) in shapes.items():
+        m = build_config(load_config_data(name)).model
+        assert (m.d_model, m.num_layers, m.num_heads) == (d, layers, heads)
+        assert m.compute_dtype == "bfloat16" and m.max_seq_len == 1024
+
+
+def test_base_inheritance_keeps_parent_keys():
+    medium = build_config(load_config_data("gpt2_medium"))
+    small = build_config(load_config_data("gpt2_small"))
+    assert medium.data.tokenizer == small.data.tokenizer == "gpt2"
+    assert medium.optimizer.schedule == small.optimizer.schedule
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"model": {"nope": 1}}, "model.nope: unknown key; allowed keys here:"),
+        ({"bogus": 1}, "bogus: unknown key"),
+        ({"model": {"d_model": "big"}}, "model.d_model: expected an integer"),
+        ({"model": {"d_model": 1.5}}, "model.d_model: expected an integer"),
+        ({"model": {"d_model": True}}, "model.d_model: expected an integer"),
+        ({"model": {"d_model": 0}}, "model.d_model: 0 is too small; allowed: >= 1"),
+        ({"model": {"kind": "rnn"}}, "model.kind: 'rnn' is not allowed; choose one of"),
+        ({"optimizer": {"lr": -1.0}}, "optimizer.lr: -1.0 is too small; allowed: > 0.0"),
+        ({"optimizer": {"b1": 1.0}}, "optimizer.b1: 1.0 is too large; allowed: < 1.0"),
+        ({"model": {"dropout": 1.0}}, "model.dropout"),
+        ({"logging": {"sinks": ["console", "slack"]}}, "logging.sinks: 'slack' is not allowed"),
+        ({"logging": {"sinks": "console"}}, "logging.sinks: expected a list of a string"),
+        ({"eval": {"top_k": [1, 0]}}, "eval.top_k: 0 is too small"),
+        ({"model": 3}, "model: expected a mapping"),
+        ({"model": {"d_model": 100, "num_heads": 3}}, "model.d_model: 100 must be divisible"),
+        ({"data": {"seq_len": 512}}, "data.seq_len: 512 exceeds model.max_seq_len"),
+        (
+            {"optimizer": {"accumulation_steps": 3}, "data": {"batch_size": 16}},
+            "optimizer.accumulation_steps: 3 must divide data.batch_size",
+        ),
+        ({"train": {"steps": 10}}, "optimizer.schedule.warmup_steps: 100 exceeds train.steps"),
+        ({"model": {"compute_dtype": "float16"}}, "optimizer.loss_scale"),
+        ({"mesh": {"data": -1, "fsdp": -1}}, "mesh.fsdp: only one of"),
+        ({"model": {"num_kv_heads": 2}}, "model.num_kv_heads: grouped-query attention"),
+    ],
+)
+def test_bad_values_name_the_key(data, needle):
+    with pytest.raises(ConfigError) as err:
+        build_config(data)
+    assert needle in str(err.value)
+
+
+def test_float_fields_accept_ints_and_yaml_exponent_strings():
+    cfg = build_config({"optimizer": {"lr": 1, "eps": "1e-6"}})
+    assert cfg.optimizer.lr == 1.0 and isinstance(cfg.optimizer.lr, float)
+    assert cfg.optimizer.eps == pytest.approx(1e-6)
+
+
+def test_optional_fields_accept_null():
+    cfg = build_config({"optimizer": {"clip_norm": None}, "model": {"vocab_size": None}})
+    assert cfg.optimizer.clip_norm is None and cfg.model.vocab_size is None
+
+
+def test_to_dict_is_plain_data():
+    data = to_dict(Config())
+    assert isinstance(data["model"], dict) and data["logging"]["sinks"] == ["console", "jsonl"]
+    assert from_dict(Config, data) == Config()
+
+
+def test_task_follows_model_kind():
+    assert build_config({"model": {"kind": "llama"}}).task == "lm"
+    assert build_config({"model": {"kind": "bert"}}).task == "mlm"
+    assert build_config({"model": {"kind": "vit"}}).task == "classify"
+
+
+def test_config_file_path_and_errors(tmp_path):
+    good = tmp_path / "mine.yaml"
+    good.write_text("base: tiny\ntrain: {steps: 77}\n")
+    data = load_config_data(str(good))
+    cfg = build_config(data)
+    assert cfg.name == "mine" and cfg.train.steps == 77 and cfg.model.d_model == 128
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config_data(str(bad))
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("3\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config_data(str(scalar))
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config_data(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        load_config_data("nope")
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("base: 5\n")
+    with pytest.raises(ConfigError, match="base: expected a preset name"):
+        load_config_data(str(loop))

@@ -1,0 +1,69 @@
+"""The whole loop in-process on a small local text (the integration tests run it as a process)."""
+
+from __future__ import annotations
+
+import json
+
+from trainer.cli import main
+
+SETS = [
+    "model.d_model=16",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.mlp_dim=32",
+    "model.max_seq_len=16",
+    "data.seq_len=16",
+    "data.batch_size=8",
+    "eval.batch_size=8",
+    "train.steps=4",
+    "train.eval_every=2",
+    "train.eval_batches=1",
+    "train.sample_every=2",
+    "train.checkpoint_every=2",
+    "train.log_every=1",
+    "optimizer.schedule.warmup_steps=1",
+    "sampling.max_new_tokens=4",
+    "logging.sinks=[jsonl]",
+    "logging.progress=false",
+]
+
+
+def _argv(text, *extra):
+    argv = ["--config", "tiny", "--run-dir", "run", "--data", str(text)]
+    for item in SETS:
+        argv += ["--set", item]
+    return [*argv, *extra]
+
+
+def test_train_resume_and_finish_in_process(in_tmp, capsys):
+    text = in_tmp / "corpus.txt"
+    text.write_text("".join(f"Line {i}: to be or not to be.\n" for i in range(400)))
+    cache = f"data.cache_dir={in_tmp / 'cache'}"
+    assert main(_argv(text, "--set", cache, "--set", "train.stop_at=2")) == 0
+    out = capsys.readouterr().out
+    assert "train.stop_at: saved step 2" in out and "running on CPU" in out
+    assert json.loads((in_tmp / "run" / "final.json").read_text())["step"] == 2
+    assert main(_argv(text, "--set", cache, "--resume")) == 0
+    out = capsys.readouterr().out
+    assert "resumed from step 2" in out and "done: 4 steps" in out
+    run = in_tmp / "run"
+    summary = json.loads((run / "final.json").read_text())
+    assert summary["step"] == 4 and summary["val_loss"] > 0
+    assert sorted(p.name for p in (run / "samples").iterdir()) == [
+        "step_0000002.txt",
+        "step_0000004.txt",
+    ]
+    assert (run / "loss_curve.png").is_file()
+    data = json.loads((run / "data.json").read_text())
+    assert data["tokenizer"] == "byte" and data["bytes_per_token"] > 0.9
+    assert main(_argv(text, "--set", cache, "--resume")) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_too_little_data_is_a_clear_error(in_tmp, capsys):
+    text = in_tmp / "short.txt"
+    text.write_text("tiny\n")
+    argv = _argv(text, "--set", f"data.cache_dir={in_tmp / 'cache'}")
+    assert main(argv) == 2
+    assert "fewer than one sequence" in capsys.readouterr().err
+    assert not (in_tmp / "run").exists()

@@ -1,0 +1,71 @@
+"""``--set`` overrides: typed parsing by the target field; errors name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainer.config import build_config
+from trainer.overrides import apply_overrides, field_type, parse_override
+from trainer.presets import load_config_data
+from trainer.schema import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "value"),
+    [
+        ("optimizer.lr=3e-4", "optimizer.lr", 3e-4),
+        ("optimizer.lr=1", "optimizer.lr", 1.0),
+        ("train.steps=1_000", "train.steps", 1000),
+        ("model.scan_layers=true", "model.scan_layers", True),
+        ("model.scan_layers=off", "model.scan_layers", False),
+        ("data.source=./x/y.txt", "data.source", "./x/y.txt"),
+        ("logging.sinks=console,jsonl", "logging.sinks", ["console", "jsonl"]),
+        ("logging.sinks=[jsonl]", "logging.sinks", ["jsonl"]),
+        ("eval.top_k=[1, 3]", "eval.top_k", [1, 3]),
+        ("optimizer.clip_norm=null", "optimizer.clip_norm", None),
+        ("optimizer.clip_norm=0.5", "optimizer.clip_norm", 0.5),
+        ("sampling.top_k=none", "sampling.top_k", None),
+        ("sampling.prompts=a=b", "sampling.prompts", ["a=b"]),
+        ("optimizer.schedule.warmup_steps=7", "optimizer.schedule.warmup_steps", 7),
+    ],
+)
+def test_parse_override_is_typed(text, key, value):
+    assert parse_override(text) == (key, value)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("optimizer.lr", "expected KEY=VALUE"),
+        ("=3", "empty key"),
+        ("optimizer.lrr=3", "optimizer.lrr: unknown key; allowed keys here: accumulation_steps"),
+        ("nope.x=1", "nope: unknown key"),
+        ("train.steps=ten", "train.steps: expected an integer, got 'ten'"),
+        ("train.steps=1.5", "train.steps: expected an integer"),
+        ("model.scan_layers=maybe", "model.scan_layers: expected true/false"),
+        ("optimizer=3", "optimizer: is a section; set one of its keys"),
+        ("optimizer.lr.x=3", "optimizer.lr: is a value, not a section"),
+        ("eval.top_k=[1,", "eval.top_k: cannot read"),
+        ("optimizer.clip_norm=big", "optimizer.clip_norm: cannot read 'big'"),
+    ],
+)
+def test_bad_overrides(text, needle):
+    with pytest.raises(ConfigError) as err:
+        parse_override(text)
+    assert needle in str(err.value)
+
+
+def test_apply_overrides_then_validate():
+    data = load_config_data("tiny")
+    out = apply_overrides(data, ["optimizer.lr=0.01", "train.steps=200", "mesh.data=2"])
+    cfg = build_config(out)
+    assert cfg.optimizer.lr == 0.01 and cfg.train.steps == 200 and cfg.mesh.data == 2
+    assert data["optimizer"]["lr"] != 0.01  # the input is not modified
+    # A range error surfaces at validation, named by its key.
+    with pytest.raises(ConfigError, match="train.steps: 0 is too small"):
+        build_config(apply_overrides(data, ["train.steps=0"]))
+
+
+def test_field_type_walks_sections():
+    assert field_type("optimizer.schedule.min_lr_ratio") is float
+    assert field_type("logging.sinks") == list[str]

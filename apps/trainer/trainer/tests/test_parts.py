@@ -1,0 +1,82 @@
+"""Run directory, signals, progress bar and the data hold-out."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import jax.numpy as jnp
+import numpy as np
+import yaml
+
+from trainer import rundir
+from trainer.config import build_config
+from trainer.data_setup import DigitsLoader, _slug, held_out
+from trainer.progress import _clock, bar
+from trainer.signals import stop_on_signals
+
+
+def test_rundir_files(tmp_path):
+    run = tmp_path / "r"
+    rundir.create(run, {"a": 1})
+    assert yaml.safe_load((run / "config.yaml").read_text()) == {"a": 1}
+    p = rundir.write_samples(run, 12, ["x", "y"], ["p", "q"])
+    assert p.name == "step_0000012.txt" and "prompt 'q'" in p.read_text()
+    rundir.write_final(run, {"step": 3})
+    rundir.write_json(run, "model.json", {"k": 1})
+    assert rundir.read_config(run) == {"a": 1}
+
+
+def test_params_digest_sees_every_bit():
+    a = {"w": jnp.ones((2, 2)), "b": jnp.zeros(3)}
+    b = {"w": jnp.ones((2, 2)), "b": jnp.zeros(3).at[1].set(1e-30)}
+    assert rundir.params_digest(a) == rundir.params_digest(dict(a))
+    assert rundir.params_digest(a) != rundir.params_digest(b)
+
+
+def test_signal_sets_flag_and_handlers_are_restored():
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_on_signals() as flag:
+        assert not flag
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert flag and flag.signal_name == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_held_out_split():
+    docs = [f"doc {i}" for i in range(20)]
+    train, val = held_out(docs, "train"), held_out(docs, "validation")
+    assert val == ["doc 9", "doc 19"] and len(train) == 18
+    one = ["line\n" * 50]
+    t, v = held_out(one, "train"), held_out(one, "validation")
+    assert t[0] + v[0] == one[0] and 0 < len(v[0]) < len(t[0])
+
+
+def test_slug_is_stable_and_safe():
+    assert _slug("./a b/c.txt") == _slug("./a b/c.txt")
+    assert "/" not in _slug("/x/y") and _slug("a") != _slug("b")
+
+
+def test_digits_loader_resumes_exactly():
+    arrays = {
+        "train_images": np.arange(40, dtype=np.float32).reshape(10, 2, 2, 1),
+        "train_labels": np.arange(10, dtype=np.int32),
+    }
+    a = DigitsLoader(arrays, 4, seed=1)
+    first = [next(a)["labels"] for _ in range(3)]
+    state = a.state_dict()
+    rest = [next(a)["labels"] for _ in range(4)]
+    b = DigitsLoader(arrays, 4, seed=1)
+    b.load_state_dict(state)
+    np.testing.assert_array_equal(np.stack([next(b)["labels"] for _ in range(4)]), np.stack(rest))
+    assert len(first) == 3
+
+
+def test_progress_plain_lines(capsys):
+    cfg = build_config({})
+    with bar(cfg, 0, 10) as b:
+        b.update(5, 1.2345)
+        b.note("hello")
+    out = capsys.readouterr().out
+    assert "[5/10] loss 1.2345" in out and "ETA" in out and "hello" in out
+    assert _clock(125) == "2:05"

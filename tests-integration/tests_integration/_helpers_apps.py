@@ -1,0 +1,129 @@
+"""Helpers for the app integration tests: run the trainer/eval as separate processes.
+
+The apps run as ``sys.executable -m trainer`` / ``-m eval`` with this interpreter's ``sys.path`` as
+``PYTHONPATH`` (tools/devtest and Pants both give the test process every source root), CPU only,
+offline, W&B disabled. Built-in data and shards go to the usual tjx cache (``$TJX_CACHE`` or
+``~/.cache/tjx/data``), so the first-time Shakespeare preparation is shared by all tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+# A smaller, faster model than `tiny` for the mechanics tests (resume, signals, DP):
+# the same code paths, a fraction of the compile and step time.
+SMALL = [
+    "model.d_model=64",
+    "model.num_layers=2",
+    "model.num_heads=2",
+    "model.mlp_dim=128",
+    "model.max_seq_len=32",
+    "data.seq_len=32",
+    "data.batch_size=8",
+    "eval.batch_size=8",
+    "train.eval_batches=2",
+    "train.log_every=1",
+    "train.sample_every=0",
+    "train.checkpoint_every=0",
+    "optimizer.schedule.warmup_steps=2",
+    "sampling.max_new_tokens=8",
+    "logging.sinks=[jsonl]",
+    "logging.progress=false",
+]
+
+
+def app_env(devices: int = 8, **extra: str) -> dict[str, str]:
+    """Environment for an app process: this test's source roots, CPU, offline."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env.update(
+        JAX_PLATFORMS="cpu",
+        # Long collective timeouts: on a loaded machine the 8 simulated devices' threads may
+        # reach an all-reduce tens of seconds apart (XLA's default aborts after 40 s).
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+        "--xla_cpu_collective_call_terminate_timeout_seconds=900 "
+        "--xla_cpu_collective_timeout_seconds=900",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        WANDB_MODE="disabled",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    env.update(extra)
+    return env
+
+
+def run_app(
+    app: str,
+    args: list[str],
+    cwd: Path,
+    *,
+    devices: int = 8,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m APP ARGS`` in ``cwd``; returns the completed process (text output)."""
+    return subprocess.run(
+        [sys.executable, "-m", app, *args],
+        cwd=cwd,
+        env=env or app_env(devices),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def train(
+    cwd: Path, run_dir: str, sets: list[str], *extra: str, config: str = "tiny", **kw: Any
+) -> subprocess.CompletedProcess[str]:
+    """``python -m trainer --config CONFIG --run-dir RUN_DIR --set ...``."""
+    args = ["--config", config, "--run-dir", run_dir]
+    for item in sets:
+        args += ["--set", item]
+    return run_app("trainer", [*args, *extra], cwd, **kw)
+
+
+def check_ok(proc: subprocess.CompletedProcess[str]) -> None:
+    """Fail with the process's output when it did not exit 0."""
+    assert (
+        proc.returncode == 0
+    ), f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+def read_log(run_dir: Path) -> list[dict[str, Any]]:
+    """Every record of the run's JSONL log."""
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    """Step → training loss (the last record wins, so a resumed run's log reads as one run)."""
+    return {r["step"]: r["loss"] for r in read_log(run_dir) if "loss" in r}
+
+
+def val_losses(run_dir: Path) -> dict[int, float]:
+    """Step → validation loss."""
+    return {r["step"]: r["val_loss"] for r in read_log(run_dir) if "val_loss" in r}
+
+
+def final(run_dir: Path) -> dict[str, Any]:
+    """The run's ``final.json`` (step, params digest, last validation metrics)."""
+    return json.loads((run_dir / "final.json").read_text())
+
+
+_TRAINED: dict[str, Path] = {}
+
+
+def trained_small_run(root: Path) -> Path:
+    """A finished small run (trained once per test process; reused by the eval tests)."""
+    if "small" not in _TRAINED or not (_TRAINED["small"] / "final.json").exists():
+        run_dir = root / "small_run"
+        sets = [*SMALL, "train.steps=30", "train.eval_every=15", "train.checkpoint_every=15"]
+        check_ok(train(root, str(run_dir), sets))
+        _TRAINED["small"] = run_dir
+    return _TRAINED["small"]

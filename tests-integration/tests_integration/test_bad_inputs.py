@@ -1,0 +1,156 @@
+"""A table of bad inputs: each gives one clear error, exit code 2, and leaves no run directory.
+
+Every case runs the app as a separate process (``python -m trainer`` / ``python -m eval``) in an
+empty folder; afterwards that folder holds only what the case itself prepared.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests_integration._helpers_apps import run_app
+
+T = "trainer"
+E = "eval"
+TINY = ["--config", "tiny", "--run-dir", "r"]
+
+
+def _bad_yaml(d):
+    (d / "bad.yaml").write_text("model: [1, 2\n")
+
+
+def _unknown_top_key(d):
+    (d / "mine.yaml").write_text("base: tiny\nmodle: {d_model: 8}\n")
+
+
+def _empty_text(d):
+    (d / "empty.txt").write_text("")
+
+
+def _a_file(d):
+    (d / "r").write_text("not a folder")
+
+
+def _empty_dir(d):
+    (d / "empty_run").mkdir()
+
+
+CASES = [
+    # (id, app, argv, setup, expected text in stderr)
+    ("unknown-preset", T, ["--config", "nope", "--run-dir", "r"], None, "unknown preset 'nope'"),
+    ("missing-config-file", T, ["--config", "no/such.yaml"], None, "no such file"),
+    ("bad-yaml", T, ["--config", "bad.yaml", "--run-dir", "r"], _bad_yaml, "not valid YAML"),
+    (
+        "unknown-key-in-file",
+        T,
+        ["--config", "mine.yaml", "--run-dir", "r"],
+        _unknown_top_key,
+        "modle: unknown key",
+    ),
+    ("unknown-key", T, [*TINY, "--set", "model.foo=1"], None, "model.foo: unknown key"),
+    (
+        "wrong-type",
+        T,
+        [*TINY, "--set", "train.steps=abc"],
+        None,
+        "train.steps: expected an integer",
+    ),
+    ("zero-steps", T, [*TINY, "--set", "train.steps=0"], None, "train.steps: 0 is too small"),
+    (
+        "negative-lr",
+        T,
+        [*TINY, "--set", "optimizer.lr=-1"],
+        None,
+        "optimizer.lr: -1.0 is too small",
+    ),
+    ("bad-choice", T, [*TINY, "--set", "model.kind=rnn"], None, "model.kind: 'rnn' is not allowed"),
+    (
+        "heads-do-not-divide",
+        T,
+        [*TINY, "--set", "model.num_heads=3"],
+        None,
+        "must be divisible by model.num_heads",
+    ),
+    (
+        "seq-too-long",
+        T,
+        [*TINY, "--set", "data.seq_len=4096"],
+        None,
+        "data.seq_len: 4096 exceeds model.max_seq_len",
+    ),
+    (
+        "accumulation",
+        T,
+        [*TINY, "--set", "optimizer.accumulation_steps=3"],
+        None,
+        "optimizer.accumulation_steps: 3 must divide data.batch_size",
+    ),
+    ("bad-sink", T, [*TINY, "--set", "logging.sinks=[slack]"], None, "'slack' is not allowed"),
+    ("set-without-value", T, [*TINY, "--set", "optimizer.lr"], None, "expected KEY=VALUE"),
+    ("set-a-section", T, [*TINY, "--set", "optimizer=1"], None, "optimizer: is a section"),
+    ("missing-data-file", T, [*TINY, "--data", "./nope.txt"], None, "data.source: no such file"),
+    ("empty-data-file", T, [*TINY, "--data", "./empty.txt"], _empty_text, "empty"),
+    (
+        "hub-name-offline",
+        T,
+        [*TINY, "--data", "nobody-xyz/no-such-dataset"],
+        None,
+        "nobody-xyz/no-such-dataset",
+    ),
+    (
+        "missing-tokenizer",
+        T,
+        [*TINY, "--set", "data.tokenizer=./no_tok.json"],
+        None,
+        "no such tokenizer",
+    ),
+    ("resume-without-checkpoint", T, [*TINY, "--resume"], None, "--resume: no checkpoint"),
+    ("run-dir-is-a-file", T, TINY, _a_file, "is not a directory"),
+    ("bad-profile-steps", T, [*TINY, "--profile-steps", "5"], None, "--profile-steps"),
+    (
+        "init-from-nowhere",
+        T,
+        ["--config", "gpt2_small", "--run-dir", "r", "--init-from", "./x"],
+        None,
+        "neither a folder nor a hub name",
+    ),
+    ("mesh-does-not-fit", T, [*TINY, "--set", "mesh.data=3"], None, "mesh"),
+    (
+        "batch-not-divisible-by-mesh",
+        T,
+        [*TINY, "--set", "data.batch_size=12"],
+        None,
+        "must be divisible by the data×fsdp mesh size (8)",
+    ),
+    (
+        "tensor-does-not-divide-heads",
+        T,
+        [*TINY, "--set", "mesh.tensor=3", "--set", "mesh.strategy=tp"],
+        None,
+        "mesh.tensor: 3 must divide model.num_heads",
+    ),
+    ("unknown-flag", T, [*TINY, "--bogus"], None, "unrecognized arguments: --bogus"),
+    ("no-config-flag", T, ["--run-dir", "r"], None, "the following arguments are required"),
+    ("eval-missing-run", E, ["--checkpoint", "nowhere"], None, "no such run directory"),
+    ("eval-not-a-run", E, ["--checkpoint", "empty_run"], _empty_dir, "has no config.yaml"),
+    ("eval-no-target", E, [], None, "one of the arguments --checkpoint --compare is required"),
+    ("eval-bad-batch", E, ["--checkpoint", "x", "--batch-size", "0"], None, "--batch-size"),
+]
+
+
+@pytest.mark.parametrize(
+    ("app", "argv", "setup", "needle"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, app, argv, setup, needle):
+    if setup is not None:
+        setup(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = run_app(app, argv, tmp_path, timeout=300)
+    assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert needle in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run dir, nothing written
+
+
+def test_table_is_large_enough():
+    assert len(CASES) >= 20

@@ -40,7 +40,9 @@ SMALL = [
 def app_env(devices: int = 8, **extra: str) -> dict[str, str]:
     """Environment for an app process: this test's source roots, CPU, offline."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    # Absolute paths: the app runs in a temporary folder, and under Pants the sandbox's source
+    # roots are on sys.path as relative entries ("" or ".").
+    env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p or os.curdir) for p in sys.path)
     env.update(
         JAX_PLATFORMS="cpu",
         # Long collective timeouts: on a loaded machine the 8 simulated devices' threads may

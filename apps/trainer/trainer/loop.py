@@ -85,7 +85,7 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
     start = 0
     if plan.resume:
         restored = manager.restore(target=st)
-        # Onto the fresh state's shardings (host copies are restored as numpy; see save()).
+        # Exactly the fresh state's placement (restore already reshards onto the target).
         st = jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), restored.state, st)
         if restored.data_state is not None:
             loader.load_state_dict(restored.data_state)
@@ -118,14 +118,9 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
             return
         saved[0] = step
         metrics_for_ckpt = {"val_loss": last_eval["loss"]} if "loss" in last_eval else None
-        # Workaround (reported to the lead): tjx.ckpt fingerprints device arrays with one small
-        # jitted reduction each; on XLA:CPU with several simulated devices, those reductions over
-        # FSDP-sharded arrays deadlock the in-process all-reduce. Host copies avoid it (on CPU the
-        # "device" memory is host memory anyway); restore still reshards onto the mesh.
-        cpu_multi = jax.default_backend() == "cpu" and jax.device_count() > 1
         manager.save(
             step,
-            state=jax.device_get(st) if cpu_multi else st,
+            state=st,
             data_state=loader.state_dict(),
             config=cfg.to_dict(),
             metrics=metrics_for_ckpt,

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from tjx.ckpt import collect_metadata, to_json
+from tjx.ckpt import collect_metadata, fingerprint, to_json
+from tjx.ckpt.fingerprint import fingerprint_numpy, fingerprints, global_fingerprints
 from tjx.ckpt.metadata import git_commit, package_versions
 from tjx.ckpt.treepaths import flatten, natural_key, nest, unflatten_like
-from tjx.ckpt.validate import fingerprint_numpy, fingerprints
 
 
 def _reference(x: np.ndarray) -> list[int]:
@@ -62,6 +62,62 @@ def test_fingerprint_of_64_bit_host_arrays_and_uncovered_dtypes() -> None:
     assert fingerprint_numpy(x) == _reference(x)
     assert fingerprint_numpy(np.ones(3, np.complex64)) is None
     assert fingerprints({"c": jnp.ones(3, jnp.complex64)}) == {"c": None}
+
+
+@pytest.mark.parametrize(
+    ("shape", "spec"),
+    [
+        ((16, 24), (("data", "tensor"),)),
+        ((16, 24), (None, "data")),
+        ((8, 4, 6), ("data", None, "tensor")),
+        ((6, 4, 8), (None, "tensor", "data")),
+        ((8, 6), ("tensor",)),  # replicated over "data": each block counted once
+        ((5, 3), ()),
+        ((), ()),
+        ((0, 8), (None, "data")),
+    ],
+)
+def test_fingerprints_of_sharded_arrays_launch_nothing(shape, spec, mesh4x2) -> None:
+    host = np.random.default_rng(11).normal(size=shape).astype(np.float32)
+    x = jax.device_put(jnp.asarray(host), NamedSharding(mesh4x2, PartitionSpec(*spec)))
+    expected = _reference(host)
+    before = global_fingerprints._cache_size()
+    assert fingerprints({"x": x}) == {"x": expected}
+    # The host path ran: no collective program was compiled (or launched) for it.
+    assert global_fingerprints._cache_size() == before
+    # The one-computation path for arrays spanning several processes agrees.
+    np.testing.assert_array_equal(np.asarray(global_fingerprints((x, x))), [expected] * 2)
+
+
+def test_64_bit_and_bool_device_arrays(mesh8) -> None:
+    rng = np.random.default_rng(5)
+    wide = rng.integers(-(2**62), 2**62, size=(8, 3), dtype=np.int64)
+    flags = rng.random((8, 5)) > 0.5
+    with jax.enable_x64(True):
+        sharded = jax.device_put(wide, NamedSharding(mesh8, PartitionSpec("fsdp")))
+        assert sharded.dtype == jnp.int64
+        assert fingerprints({"w": sharded}) == {"w": _reference(wide)}
+        scalar = jnp.asarray(np.float64(np.pi))
+        assert fingerprints({"s": scalar})["s"] == _reference(np.float64(np.pi))
+        got = np.asarray(global_fingerprints((sharded, scalar)))
+        assert got.tolist() == [_reference(wide), _reference(np.float64(np.pi))]
+    on_mesh = jax.device_put(flags, NamedSharding(mesh8, PartitionSpec("fsdp")))
+    assert fingerprints({"b": on_mesh}) == {"b": _reference(flags)}
+    assert np.asarray(global_fingerprints((on_mesh,))).tolist() == [_reference(flags)]
+    assert global_fingerprints(()).shape == (0, 2)
+
+
+def test_arrays_spanning_processes_take_one_device_computation(monkeypatch, mesh8) -> None:
+    # Multi-host arrays cannot be read on one host; pretend these are such arrays.
+    monkeypatch.setattr(fingerprint, "_on_this_host", lambda x: False)
+    rng = np.random.default_rng(9)
+    a = rng.normal(size=(16, 4)).astype(np.float32)
+    b = rng.integers(0, 2**31, size=(8,), dtype=np.int32)
+    sharded = jax.device_put(a, NamedSharding(mesh8, PartitionSpec("fsdp")))
+    before = fingerprint.global_fingerprints._cache_size()
+    got = fingerprints({"a": sharded, "b": jnp.asarray(b), "c": b})
+    assert got == {"a": _reference(a), "b": _reference(b), "c": _reference(b)}
+    assert fingerprint.global_fingerprints._cache_size() == before + 1  # one program for both
 
 
 def test_fingerprint_sees_a_change_and_a_swap() -> None:

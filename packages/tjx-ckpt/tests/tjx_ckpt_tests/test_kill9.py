@@ -59,6 +59,7 @@ def test_kill9_at_random_moments_never_leaves_a_partial_step(tmp_path: Path) -> 
         time.sleep(rng.uniform(0.0, 1.0))
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=30)
+        child.stdout.close()
         assert child.returncode == -signal.SIGKILL
         interrupted_saves += any(".orbax-checkpoint-tmp" in p.name for p in directory.iterdir())
         committed, started = _progress(progress)

@@ -23,6 +23,7 @@ from tjx.ckpt.errors import (
     CorruptCheckpointError,
     StepExistsError,
 )
+from tjx.ckpt.fingerprint import fingerprints
 from tjx.ckpt.metadata import collect_metadata, to_json
 from tjx.ckpt.reader import (
     CONFIG,
@@ -37,7 +38,7 @@ from tjx.ckpt.reader import (
     read_step,
 )
 from tjx.ckpt.treepaths import flatten, nest
-from tjx.ckpt.validate import fingerprints, storable
+from tjx.ckpt.validate import storable
 
 TRASH_DIR = "_deleted"  # old steps are renamed here (atomic) before being removed
 CORRUPT_DIR = "_corrupt"  # a corrupt step is moved here when its step number is saved again

@@ -18,14 +18,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from tjx.ckpt.errors import CheckpointMismatchError, CorruptCheckpointError
+from tjx.ckpt.fingerprint import fingerprints
 from tjx.ckpt.treepaths import SEP, flatten, nest, unflatten_like
-from tjx.ckpt.validate import (
-    LeafSpec,
-    adopt_host_kinds,
-    check_against,
-    fingerprints,
-    target_spec,
-)
+from tjx.ckpt.validate import LeafSpec, adopt_host_kinds, check_against, target_spec
 
 FORMAT = "tjx-ckpt"
 FORMAT_VERSION = 1

@@ -5,18 +5,13 @@ At save time every leaf becomes a *stored array* (a typed PRNG key is stored as 
 At restore time the target is described the same way and compared entry by entry before any
 array is read, so a mismatch is reported by path and the arrays are never touched.
 
-The fingerprint is a pair of wrapping ``uint32`` sums over the leaf's bit pattern
-(``Σ w_i`` and ``Σ w_i·(2i+1)``, ``w`` = the element bits widened to 32-bit words, ``i`` = the
-flat C-order index). Wrapping integer addition is associative, so the value does not depend on
-sharding or reduction order: it is computed on device, inside ``jit``, for a sharded array on
-any mesh, and compared after a restore onto a different mesh. It detects corruption, not
-tampering (it is not a cryptographic hash).
+The fingerprint (see :mod:`tjx.ckpt.fingerprint`) is a sharding-independent checksum of the
+leaf's bits, taken at save time and compared after every restore, whatever the mesh.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -199,78 +194,3 @@ def check_against(
             f"checkpoint {where} does not match the target: {problems[0]}{more}. "
             "Is it a checkpoint of another model or config?"
         )
-
-
-# --------------------------------------------------------------------------- fingerprints
-
-
-def _np_words(x: np.ndarray) -> np.ndarray | None:
-    x = np.ascontiguousarray(x)
-    if x.dtype == np.bool_:
-        return x.astype(np.uint32).reshape(-1)
-    if x.dtype.kind in "OUSc" or x.dtype.itemsize not in (1, 2, 4, 8):
-        return None
-    if x.dtype.itemsize == 8:
-        u64 = x.view(np.uint64).reshape(-1)
-        lo = (u64 & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-        return np.stack([lo, (u64 >> np.uint64(32)).astype(np.uint32)], -1).reshape(-1)
-    return x.view(f"uint{8 * x.dtype.itemsize}").reshape(-1).astype(np.uint32)
-
-
-def fingerprint_numpy(x: np.ndarray) -> list[int] | None:
-    """The fingerprint of a host array, or None for dtypes it does not cover (complex, str)."""
-    words = _np_words(np.asarray(x))
-    if words is None:
-        return None
-    odd = np.arange(words.size, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
-    return [int(np.sum(words, dtype=np.uint32)), int(np.sum(words * odd, dtype=np.uint32))]
-
-
-@functools.partial(jax.jit)
-def _fingerprint_device(x: jax.Array) -> jax.Array:
-    # Build the C-order flat index from iotas instead of reshaping: a reshape of a sharded
-    # array would force XLA to move data between devices.
-    if x.dtype == jnp.bool_:
-        words = x.astype(jnp.uint32)
-    elif x.dtype.itemsize == 8:
-        u64 = jax.lax.bitcast_convert_type(x, jnp.uint64)
-        lo = (u64 & jnp.uint64(0xFFFFFFFF)).astype(jnp.uint32)
-        words = jnp.stack([lo, (u64 >> jnp.uint64(32)).astype(jnp.uint32)], axis=-1)
-    else:
-        unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
-        words = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
-    index = jnp.zeros(words.shape, jnp.uint32)
-    stride = 1
-    for axis in reversed(range(words.ndim)):
-        iota = jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis)
-        index = index + iota * jnp.uint32(stride % (1 << 32))
-        stride *= words.shape[axis]
-    odd = index * jnp.uint32(2) + jnp.uint32(1)
-    return jnp.stack([jnp.sum(words, dtype=jnp.uint32), jnp.sum(words * odd, dtype=jnp.uint32)])
-
-
-def fingerprints(flat: Mapping[str, Any]) -> dict[str, list[int] | None]:
-    """Fingerprints of stored arrays by path (device arrays on device, one host sync at the end).
-
-    Parameters
-    ----------
-    flat:
-        Stored arrays (jax or numpy) by path; typed PRNG keys must already be raw key data.
-
-    Returns
-    -------
-    dict[str, list[int] | None]
-        ``[sum, weighted sum]`` per path; None where the dtype is not covered.
-    """
-    pending: dict[str, Any] = {}
-    out: dict[str, list[int] | None] = {}
-    for path, x in flat.items():
-        if isinstance(x, jax.Array) and _np_words(np.zeros((0,), x.dtype)) is not None:
-            pending[path] = _fingerprint_device(x)
-        elif isinstance(x, jax.Array):
-            out[path] = None
-        else:
-            out[path] = fingerprint_numpy(x)
-    for path, value in jax.device_get(pending).items():
-        out[path] = [int(v) for v in np.asarray(value)]
-    return {path: out[path] for path in flat}

@@ -101,7 +101,9 @@ def mlm_forward(
     )
     hidden = model(
         inputs,
-        attention_mask=real.astype(jnp.int32),
+        # The packed segment ids, not just real/padding: documents packed into one row must not
+        # attend to each other (BERT's mask accepts segment ids; 0 = padding).
+        attention_mask=batch["segment_ids"],
         positions=batch.get("positions"),
         deterministic=deterministic,
         return_hidden=True,

@@ -62,12 +62,39 @@ def _slug(text: str) -> str:
     return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
+def _is_local(source: str) -> bool:
+    return (
+        "{split}" in source or Path(source).expanduser().exists() or any(c in source for c in "*?[")
+    )
+
+
+def shard_key(source: str) -> str:
+    """The cache key of a source's shards: its name, plus, for local files, the path, size and
+    modification time of every file it reads — so an edited local corpus gets fresh shards instead
+    of silently reusing stale ones. Built-in corpora and hub names are keyed by name."""
+    if not _is_local(source):
+        return _slug(source)
+    from tjx.data import DataError
+    from tjx.data.sources.local import resolve_files
+
+    stamps = set()
+    for split in ("train", "validation"):
+        try:
+            files = resolve_files(source, split)
+        except DataError:
+            continue  # reported, with the fix, when the split is read
+        for path in files:
+            stat = path.stat()
+            stamps.add(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+    signature = hashlib.sha256("\n".join(sorted(stamps)).encode()).hexdigest()[:12]
+    return f"{_slug(source)}-{signature}"
+
+
 def _local_without_split(source: str) -> bool:
     """A local file/folder with no ``{split}`` pattern and no ``validation/`` sub-folder."""
     from tjx.data.sources.local import resolve_files
 
-    path = Path(source).expanduser()
-    if "{split}" in source or not (path.exists() or any(c in source for c in "*?[")):
+    if "{split}" in source or not _is_local(source):
         return False
     return resolve_files(source, "train") == resolve_files(source, "validation")
 
@@ -104,7 +131,7 @@ def prepare(cfg: Config) -> DataBundle:
             f"vocabulary ({tok.vocab_size}); use null or >= {tok.vocab_size}"
         )
     source = cfg.data.source
-    base = _root(cfg) / "shards" / f"{_slug(source)}-{tok.fingerprint[:12]}"
+    base = _root(cfg) / "shards" / f"{shard_key(source)}-{tok.fingerprint[:12]}"
     split_here = _local_without_split(source)
     bpt: float | None = None
     for split in ("train", "validation"):

@@ -11,7 +11,7 @@ import yaml
 
 from trainer import rundir
 from trainer.config import build_config
-from trainer.data_setup import DigitsLoader, _slug, held_out
+from trainer.data_setup import DigitsLoader, _slug, held_out, shard_key
 from trainer.progress import _clock, bar
 from trainer.signals import stop_on_signals
 
@@ -80,3 +80,17 @@ def test_progress_plain_lines(capsys):
     out = capsys.readouterr().out
     assert "[5/10] loss 1.2345" in out and "ETA" in out and "hello" in out
     assert _clock(125) == "2:05"
+
+
+def test_shard_key_changes_when_a_local_file_changes(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("first version\n")
+    before = shard_key(str(corpus))
+    assert shard_key(str(corpus)) == before  # stable while nothing changes
+    (corpus / "a.txt").write_text("second version, longer\n")
+    edited = shard_key(str(corpus))
+    assert edited != before  # stale shards are never reused for an edited corpus
+    (corpus / "b.txt").write_text("another document\n")
+    assert shard_key(str(corpus)) not in (before, edited)  # nor for an added file
+    assert shard_key("shakespeare") == _slug("shakespeare")  # built-ins: keyed by name

@@ -1,7 +1,8 @@
 """CI's closing report: test counts from Pants' JUnit XML and line coverage per package.
 
 Pants prints no pytest closing line, so CI prints ``N passed, N failed`` itself, last, and exits
-non-zero when a test failed or none ran.
+non-zero when a test failed or none ran, or when a package's line coverage is below 90 % (or the
+coverage report is missing).
 
 Usage: python3 tools/ci_summary.py REPORTS_DIR [COVERAGE_XML]
 """
@@ -54,12 +55,18 @@ def main(argv: list[str]) -> int:
         return 2
     reports_dir = Path(argv[0])
     status = 0
-    if len(argv) > 1 and Path(argv[1]).is_file():
-        print("line coverage by package:")
-        for name, (covered, total) in sorted(coverage_by_package(Path(argv[1])).items()):
-            percent = 100.0 * covered / max(total, 1)
-            flag = "" if percent >= COVERAGE_FLOOR else f"  (below {COVERAGE_FLOOR:.0f} %)"
-            print(f"  tjx-{name:<9} {percent:5.1f} %  ({covered}/{total} lines){flag}")
+    if len(argv) > 1:
+        if Path(argv[1]).is_file():
+            print("line coverage by package:")
+            for name, (covered, total) in sorted(coverage_by_package(Path(argv[1])).items()):
+                percent = 100.0 * covered / max(total, 1)
+                flag = ""
+                if percent < COVERAGE_FLOOR:
+                    flag, status = f"  (below the {COVERAGE_FLOOR:.0f} % floor)", 1
+                print(f"  tjx-{name:<9} {percent:5.1f} %  ({covered}/{total} lines){flag}")
+        else:
+            print(f"no coverage report at {argv[1]}", file=sys.stderr)
+            status = 1
     passed, failed, skipped = count_tests(reports_dir) if reports_dir.is_dir() else (0, 0, 0)
     if passed + failed == 0:
         print("no test ran: the JUnit reports are missing or empty", file=sys.stderr)

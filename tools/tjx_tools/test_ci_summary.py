@@ -1,0 +1,91 @@
+"""Tests of CI's closing report (tools/ci_summary.py) on reports each test writes itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ci_summary
+import pytest
+
+JUNIT = """<testsuites><testsuite>
+<testcase name="a"/><testcase name="b"/>
+<testcase name="c"><failure message="x"/></testcase>
+<testcase name="d"><error message="y"/></testcase>
+<testcase name="e"><skipped/></testcase>
+</testsuite></testsuites>"""
+
+
+def coverage_xml(rows: dict[str, list[int]]) -> str:
+    classes = "".join(
+        f'<class filename="{path}"><lines>'
+        + "".join(f'<line number="{i}" hits="{h}"/>' for i, h in enumerate(hits, 1))
+        + "</lines></class>"
+        for path, hits in rows.items()
+    )
+    return (
+        f"<coverage><packages><package><classes>{classes}</classes></package></packages></coverage>"
+    )
+
+
+def test_counts_passed_failed_and_skipped(tmp_path: Path) -> None:
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "one.xml").write_text(JUNIT)
+    (tmp_path / "reports" / "two.xml").write_text(JUNIT)
+    assert ci_summary.count_tests(tmp_path / "reports") == (4, 4, 2)
+
+
+def test_coverage_is_grouped_by_package_and_ignores_tests(tmp_path: Path) -> None:
+    path = tmp_path / "coverage.xml"
+    path.write_text(
+        coverage_xml(
+            {
+                "packages/tjx-nn/src/tjx/nn/a.py": [1, 1, 0, 1],
+                "tjx/nn/b.py": [1, 1],
+                "packages/tjx-nn/tests/tjx_nn_tests/test_a.py": [0, 0],
+                "tools/tjx_tools/release.py": [0],
+            }
+        )
+    )
+    assert ci_summary.coverage_by_package(path) == {"nn": (5, 6)}
+
+
+@pytest.mark.parametrize(
+    ("hits", "junit", "code", "closing"),
+    [
+        (
+            [1] * 10,
+            JUNIT.replace("<failure", "<skipped").replace("<error", "<skipped"),
+            0,
+            "2 passed, 0 failed, 3 skipped",
+        ),
+        (
+            [1] * 9 + [0] * 2,
+            JUNIT.replace("<failure", "<skipped").replace("<error", "<skipped"),
+            1,
+            "2 passed, 0 failed",
+        ),
+        ([1] * 10, JUNIT, 1, "2 passed, 2 failed, 1 skipped"),
+        ([1] * 10, "<testsuites/>", 1, "0 passed, 0 failed, 0 skipped"),
+    ],
+    ids=["green", "coverage-below-floor", "failures", "no-test-ran"],
+)
+def test_exit_code_and_closing_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    hits: list[int],
+    junit: str,
+    code: int,
+    closing: str,
+) -> None:
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "r.xml").write_text(junit)
+    (tmp_path / "coverage.xml").write_text(coverage_xml({"tjx/optim/x.py": hits}))
+    assert ci_summary.main([str(tmp_path / "reports"), str(tmp_path / "coverage.xml")]) == code
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith(closing)
+
+
+def test_missing_coverage_report_fails(tmp_path: Path) -> None:
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "r.xml").write_text('<testsuite><testcase name="a"/></testsuite>')
+    assert ci_summary.main([str(tmp_path / "reports"), str(tmp_path / "nope.xml")]) == 1

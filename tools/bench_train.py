@@ -28,9 +28,7 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 
 def load(name: str, sets: list[str]) -> Any:
@@ -62,37 +60,11 @@ def synthetic_batch(cfg: Any, vocab: int, seed: int = 0) -> dict[str, np.ndarray
     }
 
 
-def _concrete_rest(rest: Any) -> Any:
-    def one(x: Any) -> Any:
-        if isinstance(x, jax.ShapeDtypeStruct):
-            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-                return jax.random.key(0)
-            return jnp.zeros(x.shape, x.dtype)
-        return x
-
-    return jax.tree.map(one, rest)
-
-
 def abstract_step(cfg: Any) -> tuple[Any, Any, Any]:
     """(jitted step, abstract state, abstract batch) without materialising any parameter."""
-    from tjx import optim
-    from trainer.model_build import nn_config, optimizer_config
-    from trainer.state import build_model
-    from trainer.step import make_train_step
+    from trainer.memory_fit import abstract_step as trainer_abstract_step
 
-    model_cfg = nn_config(cfg.model, vocab_of(cfg))
-    abstract = nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(0)))
-    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
-    params = nnx.to_pure_dict(params)
-    tx = optim.build_optimizer(optimizer_config(cfg))
-    state = {
-        "params": params,
-        "opt_state": jax.eval_shape(tx.init, params),
-        "step": jax.ShapeDtypeStruct((), jnp.int32),
-    }
-    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), synthetic_batch(cfg, 2))
-    step = jax.jit(make_train_step(graphdef, _concrete_rest(rest), tx, cfg), donate_argnums=(0,))
-    return step, state, batch
+    return trainer_abstract_step(cfg, vocab_of(cfg))
 
 
 def compile_seconds(cfg: Any, detail: dict[str, float] | None = None) -> tuple[float, Any]:
@@ -110,16 +82,9 @@ def compile_seconds(cfg: Any, detail: dict[str, float] | None = None) -> tuple[f
 
 def peak_bytes(compiled: Any) -> dict[str, int]:
     """XLA's memory analysis of a compiled step (bytes)."""
-    m = compiled.memory_analysis()
-    args, out, temp = m.argument_size_in_bytes, m.output_size_in_bytes, m.temp_size_in_bytes
-    alias = getattr(m, "alias_size_in_bytes", 0)
-    return {
-        "arguments": int(args),
-        "outputs": int(out),
-        "temporaries": int(temp),
-        "aliased": int(alias),
-        "peak": int(args + out + temp - alias),
-    }
+    from trainer.memory_fit import peak_bytes as trainer_peak_bytes
+
+    return trainer_peak_bytes(compiled)
 
 
 def throughput(name: str, sets: list[str], steps: int) -> dict[str, Any]:

@@ -103,6 +103,9 @@ class TrainConfig:
     stop_at: int | None = spec(
         None, min=1, help="stop after this step as if preempted (save, exit 0; --resume goes on)"
     )
+    fit_memory: bool = spec(
+        True, help="check the step's compiled memory first; switch to full remat if it won't fit"
+    )
 
 
 @dataclass

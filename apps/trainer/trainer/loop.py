@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ def _device_note() -> None:
 
 def run(plan: RunPlan) -> int:
     """Train as planned; exit code 0 on success or after a signal-triggered save, 2 on bad input."""
-    from trainer import data_setup, state
+    from trainer import data_setup, memory_fit, state
     from trainer.model_build import describe_nn_config
 
     cfg = plan.config
@@ -43,6 +44,9 @@ def run(plan: RunPlan) -> int:
     # Everything that can fail on bad input happens before the run directory exists.
     try:
         bundle = data_setup.prepare(cfg)
+        if plan.init_from is None:
+            cfg = memory_fit.fit_memory(cfg, bundle.vocab_size)
+            plan = dataclasses.replace(plan, config=cfg)
         setup = state.build(cfg, bundle.vocab_size, plan.init_from)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         return error_exit(str(err))

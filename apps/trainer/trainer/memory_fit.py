@@ -1,0 +1,137 @@
+"""Fit the train step to the memory the device has, before anything is written.
+
+A preset sized for a GPU does not fit every machine: gpt2_small's step (16 × 1024 tokens, no remat)
+needs about 43 GiB, more than a 24 GiB workstation has, and would be killed mid-compile or
+mid-step. So on a single device the trainer first compiles the step abstractly (no parameter is
+materialised), reads XLA's memory analysis, and compares the peak with the memory available. If it
+does not fit and remat is off, it switches to full remat and says so (gpt2_small: 5.7 GiB); if even
+that does not fit, it stops with exit code 2 and names the settings that shrink the step.
+
+The check is skipped on several devices (the abstract step is not partitioned, so its figure would
+overstate a sharded step) and for ``--init-from`` (the architecture comes from the checkpoint).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from trainer.config import Config, build_config
+from trainer.overrides import apply_overrides
+from trainer.schema import ConfigError
+
+GIB = 2**30
+
+
+def abstract_step(cfg: Config, vocab_size: int) -> tuple[Any, Any, Any]:
+    """(jitted step, abstract state, abstract batch) of an LM config; no parameter is created."""
+    from tjx import optim
+    from trainer.model_build import nn_config, optimizer_config
+    from trainer.state import build_model
+    from trainer.step import make_train_step
+
+    abstract = nnx.eval_shape(
+        lambda: build_model(nn_config(cfg.model, vocab_size), rngs=nnx.Rngs(0))
+    )
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
+    params = nnx.to_pure_dict(params)
+    tx = optim.build_optimizer(optimizer_config(cfg))
+    state = {
+        "params": params,
+        "opt_state": jax.eval_shape(tx.init, params),
+        "step": jax.ShapeDtypeStruct((), jnp.int32),
+    }
+    b, s = cfg.data.batch_size, cfg.data.seq_len
+    batch = {k: jax.ShapeDtypeStruct((b, s), jnp.int32) for k in ("inputs", "targets")}
+    batch |= {k: jax.ShapeDtypeStruct((b, s), jnp.int32) for k in ("segment_ids", "positions")}
+    step = jax.jit(make_train_step(graphdef, _concrete(rest), tx, cfg), donate_argnums=(0,))
+    return step, state, batch
+
+
+def _concrete(rest: Any) -> Any:
+    """Concrete stand-ins for the abstract non-parameter state (RNG keys, counters)."""
+
+    def one(x: Any) -> Any:
+        if not isinstance(x, jax.ShapeDtypeStruct):
+            return x
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.key(0)
+        return jnp.zeros(x.shape, x.dtype)
+
+    return jax.tree.map(one, rest)
+
+
+def peak_bytes(compiled: Any) -> dict[str, int]:
+    """XLA's memory analysis of a compiled step: arguments, outputs, temporaries, peak (bytes)."""
+    m = compiled.memory_analysis()
+    args, out, temp = m.argument_size_in_bytes, m.output_size_in_bytes, m.temp_size_in_bytes
+    alias = getattr(m, "alias_size_in_bytes", 0)
+    return {
+        "arguments": int(args),
+        "outputs": int(out),
+        "temporaries": int(temp),
+        "aliased": int(alias),
+        "peak": int(args + out + temp - alias),
+    }
+
+
+def step_peak(cfg: Config, vocab_size: int) -> int:
+    """Peak bytes of the compiled train step of ``cfg`` on one device."""
+    step, state, batch = abstract_step(cfg, vocab_size)
+    return peak_bytes(step.lower(state, batch).compile())["peak"]
+
+
+def available_bytes() -> int | None:
+    """Memory the first device can use: the GPU's limit, or the host's available RAM on CPU."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        limit = stats.get("bytes_limit")
+        return int(limit) if limit else None
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.exists():
+        return None
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def fit_memory(
+    cfg: Config, vocab_size: int, *, budget: int | None = None, devices: int | None = None
+) -> Config:
+    """``cfg`` if its step fits, else ``cfg`` with ``model.remat=full``; ConfigError if neither.
+
+    ``budget`` (bytes) and ``devices`` default to this machine's (tests pass their own).
+    """
+    devices = jax.device_count() if devices is None else devices
+    if not cfg.train.fit_memory or cfg.task != "lm" or devices != 1:
+        return cfg
+    budget = available_bytes() if budget is None else budget
+    if budget is None:
+        return cfg
+    need = step_peak(cfg, vocab_size)
+    print(f"memory: the train step needs {need / GIB:.2f} GiB; {budget / GIB:.2f} GiB available")
+    if need <= budget:
+        return cfg
+    if cfg.model.remat == "none":
+        fitted = build_config(apply_overrides(cfg.to_dict(), ["model.remat=full"]))
+        need_full = step_peak(fitted, vocab_size)
+        if need_full <= budget:
+            print(
+                f"note: it does not fit, so this run uses model.remat=full "
+                f"({need_full / GIB:.2f} GiB; recomputes activations in the backward pass). "
+                "Set train.fit_memory=false to keep remat off.",
+                flush=True,
+            )
+            return fitted
+        need = need_full
+    raise ConfigError(
+        f"train.fit_memory: the train step needs {need / GIB:.2f} GiB even with model.remat="
+        f"full, but {budget / GIB:.2f} GiB is available; lower data.batch_size or data.seq_len, "
+        "or raise optimizer.accumulation_steps"
+    )

@@ -1,0 +1,63 @@
+"""The memory check before training: fit, unchanged; too big, full remat; else an error."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainer.config import build_config
+from trainer.memory_fit import available_bytes, fit_memory, step_peak
+from trainer.overrides import apply_overrides
+from trainer.presets import load_config_data
+from trainer.schema import ConfigError
+
+VOCAB = 257
+# A scanned stack whose activations dominate its memory, so full remat shrinks it measurably.
+SETS = [
+    "data.batch_size=16",
+    "data.seq_len=128",
+    "model.max_seq_len=128",
+    "model.num_layers=2",
+    "model.scan_layers=true",
+]
+
+
+def config(*extra: str):
+    return build_config(apply_overrides(load_config_data("tiny"), [*SETS, *extra]))
+
+
+@pytest.fixture(scope="module")
+def peaks() -> tuple[int, int]:
+    plain = step_peak(config(), VOCAB)
+    full = step_peak(config("model.remat=full"), VOCAB)
+    assert full < plain, "the premise: full remat needs less memory than no remat"
+    return plain, full
+
+
+def test_fitting_step_is_unchanged(peaks, capsys):
+    cfg = config()
+    assert fit_memory(cfg, VOCAB, budget=peaks[0] + 1, devices=1) is cfg
+    assert "train step needs" in capsys.readouterr().out
+
+
+def test_too_big_switches_to_full_remat_and_says_so(peaks, capsys):
+    plain, full = peaks
+    fitted = fit_memory(config(), VOCAB, budget=(plain + full) // 2, devices=1)
+    assert fitted.model.remat == "full"
+    assert fitted.data.batch_size == 16  # nothing else changes
+    assert "uses model.remat=full" in capsys.readouterr().out
+
+
+def test_too_big_even_with_remat_names_the_fix(peaks):
+    with pytest.raises(ConfigError, match=r"lower data\.batch_size.*optimizer\.accumulation_steps"):
+        fit_memory(config(), VOCAB, budget=peaks[1] - 1, devices=1)
+
+
+def test_opt_out_and_multi_device_skip_the_check():
+    tiny_budget = 1  # would fail if the check ran
+    assert fit_memory(config("train.fit_memory=false"), VOCAB, budget=tiny_budget, devices=1)
+    assert fit_memory(config(), VOCAB, budget=tiny_budget, devices=8)
+
+
+def test_available_memory_is_positive():
+    found = available_bytes()
+    assert found is None or found > 0

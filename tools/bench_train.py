@@ -80,13 +80,6 @@ def compile_seconds(cfg: Any, detail: dict[str, float] | None = None) -> tuple[f
     return t2 - t0, compiled
 
 
-def peak_bytes(compiled: Any) -> dict[str, int]:
-    """XLA's memory analysis of a compiled step (bytes)."""
-    from trainer.memory_fit import peak_bytes as trainer_peak_bytes
-
-    return trainer_peak_bytes(compiled)
-
-
 def throughput(name: str, sets: list[str], steps: int) -> dict[str, Any]:
     """Compile once, then the median step time over ``steps`` steps on synthetic batches."""
     from tjx import metrics, nn, parallel
@@ -151,6 +144,8 @@ def compile_case(sets: list[str]) -> dict[str, Any]:
 
 def memory_case(sets: list[str]) -> dict[str, Any]:
     """gpt2_medium peak memory for remat × chunked CE, as ratios to (no remat, plain CE)."""
+    from trainer.memory_fit import peak_bytes
+
     out: dict[str, Any] = {}
     for remat in ("none", "full"):
         for chunked in (False, True):

@@ -46,8 +46,8 @@ def abstract_step(cfg: Config, vocab_size: int) -> tuple[Any, Any, Any]:
         "step": jax.ShapeDtypeStruct((), jnp.int32),
     }
     b, s = cfg.data.batch_size, cfg.data.seq_len
-    batch = {k: jax.ShapeDtypeStruct((b, s), jnp.int32) for k in ("inputs", "targets")}
-    batch |= {k: jax.ShapeDtypeStruct((b, s), jnp.int32) for k in ("segment_ids", "positions")}
+    keys = ("inputs", "targets", "segment_ids", "positions")
+    batch = {k: jax.ShapeDtypeStruct((b, s), jnp.int32) for k in keys}
     step = jax.jit(make_train_step(graphdef, _concrete(rest), tx, cfg), donate_argnums=(0,))
     return step, state, batch
 

@@ -68,8 +68,8 @@ def optimizer_config(cfg: Config) -> Any:
         clip_norm=o.clip_norm,
         skip_nonfinite=o.skip_nonfinite,
         loss_scale=o.loss_scale,
-        # tjx.optim's default mask: vectors/scalars (biases, norm scales) are not decayed.
         accumulation_steps=o.accumulation_steps,
+        # No decay mask given: tjx.optim's default leaves biases, norm scales and embeddings alone.
     )
 
 

@@ -26,6 +26,26 @@ def check_length(seq_len: int, max_seq_len: int) -> None:
         raise ValueError(f"sequence length {seq_len} exceeds the model's max_seq_len={max_seq_len}")
 
 
+def output_head(c: Any, *, rngs: nnx.Rngs) -> Dense | None:
+    """The untied ``[d_model, vocab]`` output projection, or None when the embedding is tied.
+
+    ``c`` is any LM config with ``d_model``, ``vocab_size``, ``tie_embeddings``, ``init_std`` and
+    ``precision`` (decoders and the encoder-decoder share it).
+    """
+    if c.tie_embeddings:
+        return None
+    return Dense(
+        (c.d_model,),
+        (c.vocab_size,),
+        ("embed",),
+        ("vocab",),
+        rngs=rngs,
+        use_bias=False,
+        init=normal(c.init_std),
+        precision=c.precision,
+    )
+
+
 class DecoderLM(nnx.Module):
     """A causal language model built from a ``TransformerConfig``.
 
@@ -70,20 +90,7 @@ class DecoderLM(nnx.Module):
             if c.norm_position == "pre"
             else None
         )
-        self.head = (
-            None
-            if c.tie_embeddings
-            else Dense(
-                (c.d_model,),
-                (c.vocab_size,),
-                ("embed",),
-                ("vocab",),
-                rngs=rngs,
-                use_bias=False,
-                init=normal(c.init_std),
-                precision=c.precision,
-            )
-        )
+        self.head = output_head(c, rngs=rngs)
         active = c.dropout > 0 or c.attention_dropout > 0
         self.dropout_rngs = nnx.Rngs(dropout=rngs.dropout()) if active else None
 

@@ -9,11 +9,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tjx.nn.configs import EncoderDecoderConfig
-from tjx.nn.decoder import check_length
+from tjx.nn.decoder import check_length, output_head
 from tjx.nn.embeddings import Embed
-from tjx.nn.linear import Dense, dropout, split_key
+from tjx.nn.linear import dropout, split_key
 from tjx.nn.norms import make_norm
-from tjx.nn.params import normal
 from tjx.nn.positions import sinusoidal
 from tjx.nn.stack import Stack
 
@@ -50,20 +49,7 @@ class EncoderDecoder(nnx.Module):
         pre = c.norm_position == "pre"
         self.encoder_norm = make_norm(c.norm, c.d_model, **norm_kw) if pre else None
         self.decoder_norm = make_norm(c.norm, c.d_model, **norm_kw) if pre else None
-        self.head = (
-            None
-            if c.tie_embeddings
-            else Dense(
-                (c.d_model,),
-                (c.vocab_size,),
-                ("embed",),
-                ("vocab",),
-                rngs=rngs,
-                use_bias=False,
-                init=normal(c.init_std),
-                precision=p,
-            )
-        )
+        self.head = output_head(c, rngs=rngs)
         active = c.dropout > 0 or c.attention_dropout > 0
         self.dropout_rngs = nnx.Rngs(dropout=rngs.dropout()) if active else None
 

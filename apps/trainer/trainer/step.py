@@ -151,7 +151,7 @@ def make_train_step(
     graphdef: Any, rest: Any, tx: optax.GradientTransformation, cfg: Config
 ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
     """``train_step(state, batch) -> (state, metrics)``: accumulation, update, step report."""
-    from tjx.optim import accumulate_gradients, scale_loss, step_report
+    from tjx.optim import accumulate_gradients, loss_scale_value, scale_loss, step_report
 
     loss_fn = make_loss_fn(graphdef, rest, cfg)
     micro = cfg.optimizer.accumulation_steps
@@ -162,17 +162,21 @@ def make_train_step(
 
         def scaled_loss(p: Any, b: Batch) -> tuple[jax.Array, dict[str, Any]]:
             loss, aux = loss_fn(p, b, step)
-            aux["loss"] = loss
             # fp16: differentiate loss × scale; the optimizer chain unscales (and skips on inf).
             return (scale_loss(loss, opt_state) if scaled else loss), aux
 
         def grad_fn(p: Any, b: Batch) -> Any:
             return jax.value_and_grad(scaled_loss, has_aux=True)(p, b)
 
-        _, aux, grads = accumulate_gradients(
-            grad_fn, params, batch, num_micro_batches=micro, aux_reduce="sum"
+        # Each micro-batch's loss is a mean over its own valid targets (num_tokens: non-ignored
+        # labels, MLM-masked tokens, or images). Weighting by that count makes the step the
+        # gradient of the whole batch's mean; equal weights would over-count the tokens of
+        # micro-batches with more padding / ignored targets. Counts in aux are summed.
+        loss, aux, grads = accumulate_gradients(
+            grad_fn, params, batch, num_micro_batches=micro, aux_reduce="sum", weight="num_tokens"
         )
-        loss = aux["loss"] / micro
+        if scaled:  # report the unscaled loss (exact for the power-of-two dynamic scale)
+            loss = loss / loss_scale_value(opt_state).astype(loss.dtype)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         metrics = {"loss": loss, **step_report(opt_state, grads, updates, params)}

@@ -107,6 +107,7 @@ def test_memory_stays_flat_scan_in_jaxpr() -> None:
     )
     scans = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
     assert len(scans) == 1 and scans[0].params["length"] == 8
-    # The carry holds one float32 gradient tree plus the loss, not k of them.
+    # The carry holds one float32 gradient tree plus the loss, the two aux scalars and the
+    # total weight, not k of them.
     carry_sizes = [v.aval.size for v in scans[0].outvars[: scans[0].params["num_carry"]]]
-    assert sum(carry_sizes) == 1 + 6 * 5 + 5 + 2
+    assert sum(carry_sizes) == 1 + 6 * 5 + 5 + 2 + 1

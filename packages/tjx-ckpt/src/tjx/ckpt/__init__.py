@@ -4,6 +4,7 @@ Async, keep-N / best-K, atomic, validated on load, resharding restore, safetenso
 """
 
 from tjx.ckpt.errors import (
+    CheckpointCommitError,
     CheckpointError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
@@ -27,6 +28,7 @@ from tjx.ckpt.safetensors_io import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointCommitError",
     "CheckpointError",
     "CheckpointManager",
     "CheckpointMismatchError",

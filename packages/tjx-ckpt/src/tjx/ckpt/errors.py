@@ -32,7 +32,16 @@ class StepExistsError(CheckpointError, ValueError):
     """A save was asked for a step that already has a complete checkpoint in the directory."""
 
 
+class CheckpointCommitError(CheckpointError, OSError):
+    """A step could not be committed durably (an fsync, the commit marker or the rename failed).
+
+    Nothing was committed: the step is not listed, and its partial files stay in the temporary
+    directory until a manager next opens the checkpoint directory.
+    """
+
+
 __all__ = [
+    "CheckpointCommitError",
     "CheckpointError",
     "CheckpointMismatchError",
     "CheckpointNotFoundError",

@@ -17,6 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from tjx.ckpt.durable import DurableAtomicRenameTemporaryPath
 from tjx.ckpt.errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -129,6 +130,7 @@ class CheckpointManager:
             read_only=read_only,
             cleanup_tmp_directories=not read_only,
             todelete_subdir=None if read_only else TRASH_DIR,
+            temporary_path_class=DurableAtomicRenameTemporaryPath,  # orbax's never fsyncs
             enable_async_checkpointing=async_save,
             save_root_metadata=False,
             # orbax warns when read_only meets the default interval of 1.
@@ -232,9 +234,7 @@ class CheckpointManager:
             if step not in self._corrupt:
                 raise StepExistsError(f"step {step} already has a checkpoint in {self.directory}")
             self._quarantine(step)
-        ranked = (
-            metrics_json if self.best_metric and self.best_metric in (metrics_json or {}) else None
-        )
+        ranked = metrics_json if self.best_metric in (metrics_json or {}) else None  # keys: str
         return bool(self._mgr.save(step, args=args, metrics=ranked, force=True))
 
     def _quarantine(self, step: int) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tjx.kernels import attention, flash_attention, reference_attention
-from tjx.kernels.flash import default_block_sizes, resolve_interpret
+from tjx.kernels.flash import default_launch, resolve_interpret
 
 from ._ref import np_attention, np_mask, rel_err
 
@@ -194,9 +194,11 @@ def test_pallas_through_dispatcher_with_kv_lengths():
 
 
 def test_block_defaults_and_interpret_resolution():
-    assert default_block_sizes(64)[:2] == (128, 128)
-    assert default_block_sizes(128)[:2] == (128, 64)
-    assert default_block_sizes(256)[:2] == (64, 32)
+    bf16 = default_launch(64, BF16)
+    assert (bf16.block_q, bf16.block_k, bf16.num_warps, bf16.num_warps_bwd) == (128, 128, 8, 4)
+    assert default_launch(80, F16) == default_launch(128, BF16)  # buckets by head_dim <= 128
+    assert (default_launch(128, F32).block_q_bwd, default_launch(128, F32).block_k_bwd) == (32, 32)
+    assert default_launch(256, F32).block_q == 32  # fp32 tiles are smaller: shared memory
     assert resolve_interpret(None) is True  # the tests run on CPU
     assert resolve_interpret(False) is False
 

@@ -2,9 +2,10 @@
 
 Selection ("auto"): on a CUDA GPU, cuDNN when it serves the call (should jax's own cuDNN checks
 refuse it while tracing, the next choice), else the Pallas flash kernel when it serves the call,
-else XLA; on any other platform, XLA. Features no fused kernel has (an additive
-``bias``, attention dropout) always take the XLA path. An explicitly requested kernel that cannot
-run the call raises ``ValueError`` naming the argument and what is supported.
+else XLA; on any other platform, XLA. The rule is the same on one device and on a mesh: both fused
+kernels partition over batch and heads under a sharded ``jit``. Features no fused kernel has (an
+additive ``bias``, attention dropout) always take the XLA path. An explicitly requested kernel that
+cannot run the call raises ``ValueError`` naming the argument and what is supported.
 """
 
 from __future__ import annotations
@@ -151,9 +152,13 @@ def select_implementation(
     segment_ids: SegmentIds | None,
     needs_xla: bool,
     on_gpu: bool | None = None,
-    num_devices: int | None = None,
 ) -> str:
     """Resolve ``implementation`` to "xla" | "cudnn" | "pallas" for this call (see module doc).
+
+    The device count does not enter: both fused kernels partition under a sharded ``jit`` (jax's
+    cuDNN attention and the Pallas kernel through :mod:`tjx.kernels.partition`: batch and heads
+    stay sharded, each device runs the kernel on its shard), so the same rule holds on one GPU
+    and on a data/FSDP/tensor-parallel mesh.
 
     Parameters
     ----------
@@ -169,11 +174,6 @@ def select_implementation(
         The call has a feature only XLA serves (additive bias, attention dropout).
     on_gpu : bool, optional
         Override platform detection (tests); default: whether the backend is a CUDA GPU.
-    num_devices : int, optional
-        Override the device count (tests); default: ``jax.device_count()``. With more than one
-        device, "auto" never picks Pallas: XLA cannot partition a ``pallas_call``, so under a
-        sharded ``jit`` it would gather q/k/v and run the whole kernel on every device. Request
-        ``"pallas"`` explicitly inside a ``shard_map`` to use it on a mesh.
 
     Returns
     -------
@@ -208,8 +208,7 @@ def select_implementation(
     # cuDNN takes segment ids only as a dense mask (a bias inside cuDNN): Pallas is better there.
     if segment_ids is None and cudnn_unsupported_reason(q, shapes, gpu) is None:
         return "cudnn"
-    devices = jax.device_count() if num_devices is None else num_devices
-    if devices == 1 and pallas_unsupported_reason(q, shapes) is None:
+    if pallas_unsupported_reason(q, shapes) is None:
         return "pallas"
     return "xla"
 

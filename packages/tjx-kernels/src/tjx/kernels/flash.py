@@ -10,6 +10,7 @@ padded query rows are sliced off, so padding never changes a result.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -25,8 +26,8 @@ from tjx.kernels._checks import (
     check_segment_ids,
     split_segment_ids,
 )
-from tjx.kernels.flash_bwd import flash_backward
-from tjx.kernels.flash_fwd import KernelConfig, flash_forward
+from tjx.kernels.flash_fwd import KernelConfig
+from tjx.kernels.partition import partitioned_backward, partitioned_forward
 
 Array = jax.Array
 
@@ -36,17 +37,37 @@ MAX_HEAD_DIM = 256
 MIN_BLOCK = 16
 
 
-def default_block_sizes(head_dim: int) -> tuple[int, int, int, int]:
-    """(block_q, block_k, block_q_bwd, block_k_bwd) defaults for a head_dim.
+@dataclasses.dataclass(frozen=True)
+class LaunchDefaults:
+    """Default tiles and warps of the forward and the backward kernels for one (dtype, head_dim)."""
 
-    Larger head dims use smaller key tiles so the q tile, the accumulator and a k/v tile stay in
-    shared memory/registers on an H100 (228 KB SMEM per SM).
-    """
-    if head_dim <= 64:
-        return 128, 128, 64, 64
-    if head_dim <= 128:
-        return 128, 64, 64, 64
-    return 64, 32, 32, 32
+    block_q: int
+    block_k: int
+    num_warps: int
+    block_q_bwd: int
+    block_k_bwd: int
+    num_warps_bwd: int
+
+
+# Chosen without a GPU by compiling every kernel with Triton for sm_90 and sm_80
+# (benchmarks/triton_compile_check.py): the largest tiles whose kernels need no register spills on
+# sm_90 and fit an A100's shared memory. E.g. 16-bit head_dim 64 with 128x128 tiles spilled
+# 228 B/thread under 4 warps and none under 8; fp32 head_dim 128 backward 64x64 tiles needed
+# 193 KiB of shared memory (A100 allows 163). Key: (inputs are 16-bit, head_dim bucket).
+_LAUNCH: dict[tuple[bool, int], LaunchDefaults] = {
+    (True, 64): LaunchDefaults(128, 128, 8, 64, 64, 4),
+    (True, 128): LaunchDefaults(128, 64, 8, 32, 64, 8),
+    (True, 256): LaunchDefaults(64, 64, 8, 32, 32, 8),
+    (False, 64): LaunchDefaults(128, 64, 8, 32, 64, 8),
+    (False, 128): LaunchDefaults(128, 64, 8, 32, 32, 4),
+    (False, 256): LaunchDefaults(32, 32, 4, 16, 16, 4),
+}
+
+
+def default_launch(head_dim: int, dtype: Any) -> LaunchDefaults:
+    """Default block sizes and warps for ``head_dim`` (<= 256) and the input ``dtype``."""
+    bucket = 64 if head_dim <= 64 else 128 if head_dim <= 128 else 256
+    return _LAUNCH[(jnp.dtype(dtype).itemsize <= 2, bucket)]
 
 
 def _next_pow2(n: int) -> int:
@@ -80,14 +101,14 @@ def resolve_interpret(interpret: bool | None) -> bool:
 def _flash_core(
     q: Array, k: Array, v: Array, q_ids: Array | None, kv_ids: Array | None, cfg: KernelConfig
 ) -> Array:
-    out, _ = flash_forward(q, k, v, q_ids, kv_ids, cfg)
+    out, _ = partitioned_forward(q, k, v, q_ids, kv_ids, cfg)
     return out
 
 
 def _flash_core_fwd(
     q: Array, k: Array, v: Array, q_ids: Array | None, kv_ids: Array | None, cfg: KernelConfig
 ) -> tuple[Array, tuple[Array | None, ...]]:
-    out, lse = flash_forward(q, k, v, q_ids, kv_ids, cfg)
+    out, lse = partitioned_forward(q, k, v, q_ids, kv_ids, cfg)
     return out, (q, k, v, q_ids, kv_ids, out, lse)
 
 
@@ -95,7 +116,7 @@ def _flash_core_bwd(
     cfg: KernelConfig, res: tuple[Any, ...], d_out: Array
 ) -> tuple[Array, Array, Array, None, None]:
     q, k, v, q_ids, kv_ids, out, lse = res
-    dq, dk, dv = flash_backward(q, k, v, q_ids, kv_ids, out, lse, d_out, cfg)
+    dq, dk, dv = partitioned_backward(q, k, v, q_ids, kv_ids, out, lse, d_out, cfg)
     return dq, dk, dv, None, None
 
 
@@ -105,6 +126,7 @@ _flash_core.defvjp(_flash_core_fwd, _flash_core_bwd)
 def _make_config(
     shapes: AttentionShapes,
     *,
+    dtype: Any,
     causal: bool,
     has_segments: bool,
     scale: float,
@@ -114,12 +136,12 @@ def _make_config(
 ) -> tuple[KernelConfig, int, int, int]:
     """Kernel config plus the padded (q_len, kv_len, head_dim)."""
     d_pad = max(MIN_BLOCK, _next_pow2(shapes.head_dim))
-    dq, dk, dq_b, dk_b = default_block_sizes(shapes.head_dim)
+    launch = default_launch(shapes.head_dim, dtype)
     # An explicit block size applies to the forward and the backward kernels alike.
-    bq = _fit_block(block_q or dq, shapes.q_len)
-    bk = _fit_block(block_k or dk, shapes.kv_len)
-    bq_b = _fit_block(block_q or dq_b, shapes.q_len)
-    bk_b = _fit_block(block_k or dk_b, shapes.kv_len)
+    bq = _fit_block(block_q or launch.block_q, shapes.q_len)
+    bk = _fit_block(block_k or launch.block_k, shapes.kv_len)
+    bq_b = _fit_block(block_q or launch.block_q_bwd, shapes.q_len)
+    bk_b = _fit_block(block_k or launch.block_k_bwd, shapes.kv_len)
     q_pad = _round_up(shapes.q_len, max(bq, bq_b))
     kv_pad = _round_up(shapes.kv_len, max(bk, bk_b))
     cfg = KernelConfig(
@@ -134,7 +156,8 @@ def _make_config(
         block_k=bk,
         block_q_bwd=bq_b,
         block_k_bwd=bk_b,
-        num_warps=4 if d_pad <= 64 else 8,
+        num_warps=launch.num_warps,
+        num_warps_bwd=launch.num_warps_bwd,
         num_stages=2,
         interpret=interpret,
     )
@@ -170,7 +193,7 @@ def flash_attention(
         Logit scale, default ``1/sqrt(head_dim)``.
     block_q, block_k : int, optional
         Tile sizes (powers of two >= 16) for the forward and backward kernels; defaults depend on
-        head_dim (:func:`default_block_sizes`) and shrink to short sequences.
+        dtype and head_dim (:func:`default_launch`) and shrink to short sequences.
     interpret : bool, optional
         Run the Pallas interpreter. ``None`` (default): compiled on a CUDA GPU, interpreted
         elsewhere.
@@ -198,6 +221,7 @@ def flash_attention(
     q_ids, kv_ids = split_segment_ids(segment_ids)
     cfg, q_pad, kv_pad, d_pad = _make_config(
         shapes,
+        dtype=q.dtype,
         causal=causal,
         has_segments=q_ids is not None,
         scale=sm_scale,

@@ -31,6 +31,7 @@ from tjx.kernels.flash_fwd import (
     dot_nt,
     dot_tn,
     kv_block_range,
+    out_struct,
     q_block_range,
 )
 
@@ -184,8 +185,8 @@ def flash_backward(
             None if kv_ids is None else pl.BlockSpec((None, bk), lambda j, bi, hi: (bi, j)),
         ],
         out_specs=[out_kv, out_kv],
-        out_shape=[jax.ShapeDtypeStruct((b, s_k, h, d), kv_dtype)] * 2,
-        compiler_params=cfg.compiler_params(),
+        out_shape=[out_struct((b, s_k, h, d), kv_dtype, *args)] * 2,
+        compiler_params=cfg.compiler_params(backward=True),
         interpret=cfg.interpret,
         name="tjx_flash_bwd_dkdv",
     )(*args)
@@ -211,8 +212,8 @@ def flash_backward(
             None if kv_ids is None else pl.BlockSpec((None, s_k), lambda i, bi, hi: (bi, 0)),
         ],
         out_specs=q_blk,
-        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        compiler_params=cfg.compiler_params(),
+        out_shape=out_struct(q.shape, q.dtype, *args),
+        compiler_params=cfg.compiler_params(backward=True),
         interpret=cfg.interpret,
         name="tjx_flash_bwd_dq",
     )(*args)

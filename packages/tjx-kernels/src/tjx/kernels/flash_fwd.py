@@ -46,12 +46,28 @@ class KernelConfig:
     block_q_bwd: int
     block_k_bwd: int
     num_warps: int
+    num_warps_bwd: int
     num_stages: int
     interpret: bool
 
-    def compiler_params(self) -> Any:
-        """Triton launch parameters (ignored in interpret mode)."""
-        return plgpu.CompilerParams(num_warps=self.num_warps, num_stages=self.num_stages)
+    def compiler_params(self, backward: bool = False) -> Any:
+        """Triton launch parameters of the forward or backward kernels (unused when interpreted)."""
+        warps = self.num_warps_bwd if backward else self.num_warps
+        return plgpu.CompilerParams(num_warps=warps, num_stages=self.num_stages)
+
+
+def out_struct(shape: tuple[int, ...], dtype: Any, *inputs: Array | None) -> jax.ShapeDtypeStruct:
+    """A ``pallas_call`` output type varying over the same ``shard_map`` axes as its inputs.
+
+    Inside ``jax.shard_map(check_vma=True)`` a ``pallas_call`` must be told over which manual mesh
+    axes each output varies; an output depends on every input, so it varies over their union.
+    Outside ``shard_map`` that set is empty and the plain struct is returned.
+    """
+    mats = [jax.typeof(x).mat for x in inputs if x is not None]
+    varying = frozenset().union(*(m.varying for m in mats))
+    if not varying:
+        return jax.ShapeDtypeStruct(shape, dtype)
+    return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=mats[0].update(varying=varying))
 
 
 def block_mask(
@@ -212,8 +228,8 @@ def flash_forward(
         pl.BlockSpec((None, None, bq), lambda i, bi, hi: (bi, hi, i)),
     ]
     out_shape = [
-        jax.ShapeDtypeStruct(q.shape, q.dtype),
-        jax.ShapeDtypeStruct((b, h, s_q), jnp.float32),
+        out_struct(q.shape, q.dtype, q, k, v, q_ids, kv_ids),
+        out_struct((b, h, s_q), jnp.float32, q, k, v, q_ids, kv_ids),
     ]
     out, lse = pl.pallas_call(
         functools.partial(_fwd_kernel, cfg=cfg),

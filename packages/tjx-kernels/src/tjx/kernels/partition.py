@@ -1,0 +1,282 @@
+"""SPMD partitioning of the flash kernels: each device runs the kernel on its own shard.
+
+A ``pallas_call`` lowers to one opaque custom call (Triton on a GPU), which XLA's SPMD partitioner
+cannot split: under ``jit`` with batch- or head-sharded inputs it would gather q/k/v and run the
+whole kernel on every device. :func:`partitioned_forward` and :func:`partitioned_backward` wrap the
+kernel calls in :func:`jax.experimental.custom_partitioning.custom_partitioning` (the mechanism
+jax's own cuDNN attention uses), which tells the partitioner how to split them:
+
+* batch and heads stay sharded (attention is independent per (batch row, head));
+* a head shard keeps whole GQA groups: q heads and kv heads are sharded over the same mesh axes,
+  so local query head ``i`` still uses local kv head ``i // groups`` and the kernel config (block
+  sizes, lengths, groups) is the same on every shard. When the head-sharding axes do not divide
+  ``kv_heads`` (e.g. MQA under tensor parallelism), heads are replicated instead (correct; the
+  work is then repeated over those axes);
+* sequence and head_dim are replicated inside the kernel (each query attends to every key): an
+  input sharded along them is gathered first.
+
+The sharding is described twice, as jax requires: a Shardy ``sharding_rule`` for propagation
+(Shardy is the default partitioner of the jax this repo pins, 0.10) and a GSPMD callback
+(``infer_sharding_from_operands``) for runs with ``jax_use_shardy_partitioner=False``. In either
+case the final word is ``partition``, which fixes the operand and result shardings (the
+partitioner reshards operands to match) and returns the per-shard computation: the unchanged
+kernel call on local shapes. On one device, or outside ``jit`` on one device, jax lowers the
+wrapped function directly, so nothing changes there.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.custom_batching import custom_vmap
+from jax.experimental.custom_partitioning import (
+    ArrayMapping,
+    CompoundFactor,
+    SdyShardingRule,
+    custom_partitioning,
+)
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from tjx.kernels.flash_bwd import flash_backward
+from tjx.kernels.flash_fwd import KernelConfig, flash_forward
+
+Array = jax.Array
+#: A mesh-axis entry of a PartitionSpec: None, one axis name, or a tuple of names.
+AxisEntry = str | tuple[str, ...] | None
+Shardings = tuple[NamedSharding | None, ...]
+
+
+def _axes(entry: Any) -> tuple[str, ...]:
+    """The mesh axes of one PartitionSpec entry, as a tuple."""
+    if entry is None:
+        return ()
+    if isinstance(entry, tuple | list):
+        return tuple(entry)
+    return (entry,)
+
+
+def _dim_entry(arg: Any, dim: int) -> tuple[str, ...]:
+    """Mesh axes of dimension ``dim`` of an operand (``()`` when replicated or unknown)."""
+    sharding = getattr(arg, "sharding", None)
+    if not isinstance(sharding, NamedSharding):
+        return ()
+    spec = tuple(sharding.spec)
+    return _axes(spec[dim]) if dim < len(spec) else ()
+
+
+def _size(mesh: Mesh, axes: tuple[str, ...]) -> int:
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def _entry(axes: tuple[str, ...]) -> AxisEntry:
+    """The PartitionSpec entry for ``axes`` (None when empty, a name when single)."""
+    if not axes:
+        return None
+    return axes[0] if len(axes) == 1 else axes
+
+
+def kernel_layout(mesh: Mesh, q: Any, k: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(batch axes, head axes) the kernel runs under, chosen from the operands' shardings.
+
+    ``q`` decides (the other operands are resharded to match); an axis is kept only when it
+    evenly divides the dimension (and, for heads, ``kv_heads``, so every shard holds whole GQA
+    groups) and is not used twice.
+    """
+    batch = _dim_entry(q, 0)
+    if not batch or q.shape[0] % _size(mesh, batch):
+        batch = ()
+    heads = tuple(a for a in _dim_entry(q, 2) if a not in batch)
+    if not heads or k.shape[2] % _size(mesh, heads):
+        heads = ()
+    return batch, heads
+
+
+def _specs(
+    mesh: Mesh, batch: tuple[str, ...], heads: tuple[str, ...]
+) -> tuple[NamedSharding, NamedSharding, NamedSharding]:
+    """(q/k/v/out [b, s, h, d], ids [b, s], lse [b, h, s]) shardings of the kernel's operands."""
+    b, h = _entry(batch), _entry(heads)
+    return (
+        NamedSharding(mesh, PartitionSpec(b, None, h, None)),
+        NamedSharding(mesh, PartitionSpec(b, None)),
+        NamedSharding(mesh, PartitionSpec(b, h, None)),
+    )
+
+
+def _ids(sharding: NamedSharding, cfg: KernelConfig) -> NamedSharding | None:
+    # Without segment ids the operands are None (empty pytree leaves): so are their shardings.
+    return sharding if cfg.has_segments else None
+
+
+# --------------------------------------------------------------------------------------------
+# Shardy rules. Factors: b batch, s query length, t key length, n kv heads, d head_dim, and for q's
+# heads either the compound (n g) (g = GQA group), so that a sharding of q's heads carries over to
+# k's heads (the major factor n) and never splits a group, or, when that could make Shardy split a
+# mesh axis into sub-axes (which jax cannot hand to `partition` as a NamedSharding), an independent
+# factor h (partition then aligns k's heads with q's). s, t and d must be replicated (listed in the
+# order the factors first appear: Shardy wants special factors sorted).
+
+
+def _heads(cfg: KernelConfig, mesh: Mesh, kv_heads: int) -> str | CompoundFactor:
+    """q's heads factor: n without GQA, (n g) when no mesh axis can split n, else h."""
+    if cfg.groups == 1:
+        return "n"
+    # Any set of whole mesh axes divides n when the mesh size does: Shardy never needs sub-axes.
+    # (A factor of size 1, as n is under MQA, may not sit in a compound factor either.)
+    if kv_heads > 1 and not mesh.empty and kv_heads % mesh.size == 0:
+        return CompoundFactor("n", "g")
+    return "h"
+
+
+def _rule(
+    cfg: KernelConfig,
+    h: str | CompoundFactor,
+    extra: list[ArrayMapping],
+    results: list[ArrayMapping],
+) -> SdyShardingRule:
+    kv = ArrayMapping("b", "t", "n", "d")
+    operands = [ArrayMapping("b", "s", h, "d"), kv, kv]
+    if cfg.has_segments:
+        operands += [ArrayMapping("b", "s"), ArrayMapping("b", "t")]
+    operands += extra
+    replicated = ("s", "d", "t")
+    if isinstance(h, CompoundFactor):  # g appears only inside (n g): Shardy needs its size
+        return SdyShardingRule(
+            tuple(operands), tuple(results), need_replication_factors=replicated, g=cfg.groups
+        )
+    return SdyShardingRule(tuple(operands), tuple(results), need_replication_factors=replicated)
+
+
+def _fwd_rule(cfg: KernelConfig, mesh: Mesh, operands: Any, results: Any) -> SdyShardingRule:
+    del results
+    h = _heads(cfg, mesh, operands[1].shape[2])
+    return _rule(cfg, h, [], [ArrayMapping("b", "s", h, "d"), ArrayMapping("b", h, "s")])
+
+
+def _bwd_rule(cfg: KernelConfig, mesh: Mesh, operands: Any, results: Any) -> SdyShardingRule:
+    del results
+    h = _heads(cfg, mesh, operands[1].shape[2])
+    q_like, lse = ArrayMapping("b", "s", h, "d"), ArrayMapping("b", h, "s")
+    kv_like = ArrayMapping("b", "t", "n", "d")
+    return _rule(cfg, h, [q_like, lse, q_like], [q_like, kv_like, kv_like])
+
+
+# --------------------------------------------------------------------------------------------
+# GSPMD callbacks and the partition functions shared by both partitioners.
+
+
+def _fwd_infer(cfg: KernelConfig, mesh: Mesh, args: Any, result: Any) -> Shardings:
+    del cfg, result
+    qkv, _, lse = _specs(mesh, *kernel_layout(mesh, args[0], args[1]))
+    return qkv, lse
+
+
+def _fwd_partition(
+    cfg: KernelConfig, mesh: Mesh, args: Any, result: Any
+) -> tuple[Mesh, Callable[..., tuple[Array, Array]], Shardings, Shardings]:
+    del result
+    qkv, ids, lse = _specs(mesh, *kernel_layout(mesh, args[0], args[1]))
+    # The per-shard computation is the unchanged kernel call: the config holds only sizes every
+    # shard shares (padded lengths, head_dim, GQA group size, blocks), never batch or head counts.
+    local = functools.partial(flash_forward, cfg=cfg)
+    arg_shardings = (qkv, qkv, qkv, _ids(ids, cfg), _ids(ids, cfg))
+    return mesh, local, (qkv, lse), arg_shardings
+
+
+def _bwd_infer(cfg: KernelConfig, mesh: Mesh, args: Any, result: Any) -> Shardings:
+    del cfg, result
+    qkv, _, _ = _specs(mesh, *kernel_layout(mesh, args[0], args[1]))
+    return qkv, qkv, qkv
+
+
+def _bwd_partition(
+    cfg: KernelConfig, mesh: Mesh, args: Any, result: Any
+) -> tuple[Mesh, Callable[..., tuple[Array, Array, Array]], Shardings, Shardings]:
+    del result
+    qkv, ids, lse = _specs(mesh, *kernel_layout(mesh, args[0], args[1]))
+    local = functools.partial(flash_backward, cfg=cfg)
+    # d_out often arrives replicated (the cotangent of a sum is a broadcast): every operand is
+    # forced to the kernel layout, so the partitioner slices it rather than the kernel seeing
+    # mismatched local shapes.
+    arg_shardings = (qkv, qkv, qkv, _ids(ids, cfg), _ids(ids, cfg), qkv, lse, qkv)
+    return mesh, local, (qkv, qkv, qkv), arg_shardings
+
+
+_forward_cp = custom_partitioning(flash_forward, static_argnums=(5,))
+_forward_cp.def_partition(
+    partition=_fwd_partition, infer_sharding_from_operands=_fwd_infer, sharding_rule=_fwd_rule
+)
+_backward_cp = custom_partitioning(flash_backward, static_argnums=(8,))
+_backward_cp.def_partition(
+    partition=_bwd_partition, infer_sharding_from_operands=_bwd_infer, sharding_rule=_bwd_rule
+)
+
+
+@functools.cache
+def _batchable(backward: bool, cfg: KernelConfig) -> Callable[..., tuple[Array, ...]]:
+    """The partitioned kernel call for one config, with a vmap rule.
+
+    ``custom_partitioning`` has no batching rule (``pallas_call`` has one), so ``jax.vmap`` of
+    ``flash_attention`` would fail. Every operand and result of the kernels leads with the batch
+    axis and batch rows are independent, so a vmapped axis folds into the batch: broadcast the
+    unbatched operands, merge the two leading axes, run the kernel, split them again.
+    """
+    kernel = _backward_cp if backward else _forward_cp
+
+    @custom_vmap
+    def call(*args: Array | None) -> tuple[Array, ...]:
+        return tuple(kernel(*args, cfg))
+
+    @call.def_vmap
+    def rule(
+        axis_size: int, in_batched: list[bool | None], *args: Array | None
+    ) -> tuple[tuple[Array, ...], tuple[bool, ...]]:
+        flat = [
+            (
+                None
+                if x is None
+                else (x if batched else jnp.broadcast_to(x, (axis_size, *x.shape))).reshape(
+                    (-1, *x.shape[1 + bool(batched) :])
+                )
+            )
+            for x, batched in zip(args, in_batched, strict=True)
+        ]
+        outs = call(*flat)  # through ``call`` again, so nested vmaps fold in turn
+        return tuple(o.reshape((axis_size, -1, *o.shape[1:])) for o in outs), (True,) * len(outs)
+
+    return call
+
+
+def partitioned_forward(
+    q: Array, k: Array, v: Array, q_ids: Array | None, kv_ids: Array | None, cfg: KernelConfig
+) -> tuple[Array, Array]:
+    """:func:`~tjx.kernels.flash_fwd.flash_forward` that SPMD partitions over batch and heads.
+
+    Same arguments and results as ``flash_forward`` (padded inputs; ``(out, lse)``).
+    """
+    out, lse = _batchable(False, cfg)(q, k, v, q_ids, kv_ids)
+    return out, lse
+
+
+def partitioned_backward(
+    q: Array,
+    k: Array,
+    v: Array,
+    q_ids: Array | None,
+    kv_ids: Array | None,
+    out: Array,
+    lse: Array,
+    d_out: Array,
+    cfg: KernelConfig,
+) -> tuple[Array, Array, Array]:
+    """:func:`~tjx.kernels.flash_bwd.flash_backward` that SPMD partitions over batch and heads.
+
+    Same arguments and results as ``flash_backward``; ``(dq, dk, dv)``.
+    """
+    dq, dk, dv = _batchable(True, cfg)(q, k, v, q_ids, kv_ids, out, lse, d_out)
+    return dq, dk, dv

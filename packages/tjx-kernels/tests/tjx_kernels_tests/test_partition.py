@@ -1,0 +1,339 @@
+"""SPMD partitioning of the Pallas flash kernels on 8 simulated CPU devices (interpret mode).
+
+Each sharded case compiles once (``lower(...).compile()``), runs the executable and reads its HLO:
+values are compared with the unsharded ``reference_attention`` (float32, rel. error <= 1e-5), and
+the HLO must show the kernel on per-device shapes with no all-gather. A control test shows that
+the same HLO check fails when the kernel call is not partitioned.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import export
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import tjx.kernels.dispatch as dispatch
+import tjx.kernels.flash as flash
+from tjx.kernels import attention, flash_attention, reference_attention
+from tjx.kernels.flash_fwd import flash_forward
+from tjx.kernels.partition import (
+    _bwd_infer,
+    _bwd_partition,
+    _bwd_rule,
+    _fwd_infer,
+    _fwd_partition,
+    _fwd_rule,
+    kernel_layout,
+)
+
+from ._ref import rel_err
+
+B, S, H, HKV, D = 2, 32, 8, 4, 16  # GQA ratio 2; S and D need no kernel padding
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    assert jax.device_count() == 8, "tools/devtest simulates 8 CPU devices"
+    return Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
+
+
+def _x(rng, *shape):
+    return jnp.asarray(rng.standard_normal(shape), jnp.float32)
+
+
+def _inputs(seed, s=S, d=D, h=H, hkv=HKV, b=B):
+    rng = np.random.default_rng(seed)
+    q, k, v = _x(rng, b, s, h, d), _x(rng, b, s, hkv, d), _x(rng, b, s, hkv, d)
+    ct = _x(rng, b, s, h, d)  # a non-uniform output cotangent
+    # Packed documents with padding (id 0) at the end of row 0.
+    ids = np.ones((b, s), np.int32)
+    ids[0, s // 3 :] = 2
+    ids[0, s - s // 4 :] = 0
+    ids[1:, s // 2 :] = 3
+    return q, k, v, jnp.asarray(ids), ct
+
+
+def _flash(q, k, v, ids, *, causal):
+    return flash_attention(q, k, v, causal=causal, segment_ids=ids, interpret=True)
+
+
+def _fwd_bwd(attn, *, causal):
+    """(out, dq, dk, dv) of ``attn`` for the cotangent ``ct``."""
+
+    def f(q, k, v, ids, ct):
+        out, vjp = jax.vjp(lambda q, k, v: attn(q, k, v, ids, causal=causal), q, k, v)
+        return (out, *vjp(ct))
+
+    return f
+
+
+def _reference(q, k, v, ids, *, causal):
+    return reference_attention(q, k, v, causal=causal, segment_ids=ids)
+
+
+def _run_sharded(mesh, fn, args, specs):
+    """Place ``args`` with ``specs``, compile ``fn``, run it; (outputs, compiled HLO text)."""
+    placed = [
+        None if a is None else jax.device_put(a, NamedSharding(mesh, s))
+        for a, s in zip(args, specs, strict=True)
+    ]
+    compiled = jax.jit(fn).lower(*placed).compile()
+    return compiled(*placed), compiled.as_text()
+
+
+def _kernel_config(q, k, ids, **kwargs):
+    """The KernelConfig ``flash_attention`` builds for these inputs (recorded, not rebuilt)."""
+    seen = []
+    real = flash.partitioned_forward
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(flash, "partitioned_forward", spy)
+        attn = lambda q, k, ids: flash_attention(q, k, k, segment_ids=ids, **kwargs)
+        jax.eval_shape(attn, q, k, ids)
+    return seen[0]
+
+
+def _hlo_shape(shape):
+    return "f32[" + ",".join(str(n) for n in shape) + "]"
+
+
+DATA = PartitionSpec("data")  # batch over the 2-way axis
+HEADS = PartitionSpec(None, None, "model")  # heads over the 4-way axis
+BOTH = PartitionSpec("data", None, "model")
+REPLICATED = PartitionSpec()
+CASES = {
+    # name: (q/k/v/ct spec, ids spec, local q shape, causal, segment ids)
+    "batch": (DATA, DATA, (1, S, H, D), True, True),
+    "heads": (HEADS, REPLICATED, (B, S, 2, D), True, True),
+    "batch_and_heads": (BOTH, DATA, (1, S, 2, D), False, True),
+    "batch_and_heads_no_segments": (BOTH, None, (1, S, 2, D), True, False),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_sharded_flash_matches_reference_and_runs_on_local_shards(mesh, case):
+    spec, ids_spec, local, causal, segs = CASES[case]
+    q, k, v, ids, ct = _inputs(seed=len(case))
+    ids = ids if segs else None
+    args, specs = [q, k, v, ids, ct], [spec, spec, spec, ids_spec, spec]
+    got, hlo = _run_sharded(mesh, _fwd_bwd(_flash, causal=causal), args, specs)
+    want = _fwd_bwd(_reference, causal=causal)(q, k, v, ids, ct)
+    for name, a, e in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
+        assert rel_err(a, e) <= TOL, (case, name)
+        # Outputs and gradients keep the inputs' batch/head sharding.
+        assert a.sharding.is_equivalent_to(NamedSharding(mesh, spec), a.ndim), (case, name)
+    # The kernels ran on each device's shard: q's global shape never exists on a device and
+    # nothing was gathered before (or after) them.
+    assert "all-gather" not in hlo
+    assert _hlo_shape((B, S, H, D)) not in hlo
+    assert _hlo_shape(local) in hlo
+
+
+def test_unpartitioned_kernel_call_would_gather(mesh, monkeypatch):
+    """Control for the HLO checks above: the bare kernel call (no custom_partitioning) makes
+    XLA gather the batch/head-sharded q and run the whole kernel on every device."""
+    monkeypatch.setattr(flash, "partitioned_forward", flash_forward)
+    q, k, v, ids, _ = _inputs(seed=1)
+    fwd = lambda q, k, v, ids: _flash(q, k, v, ids, causal=True)
+    got, hlo = _run_sharded(mesh, fwd, [q, k, v, ids], [BOTH, BOTH, BOTH, DATA])
+    assert rel_err(got, _reference(q, k, v, ids, causal=True)) <= TOL
+    assert "all-gather" in hlo and _hlo_shape((B, S, H, D)) in hlo
+
+
+def test_sequence_sharded_input_is_gathered_and_correct(mesh):
+    # s=20 is padded to 32 inside flash_attention; head_dim 32.
+    q, k, v, ids, ct = _inputs(seed=7, s=20, d=32)
+    seq = PartitionSpec(None, "model")
+    specs = [seq, seq, seq, seq, seq]
+    got, hlo = _run_sharded(mesh, _fwd_bwd(_flash, causal=True), [q, k, v, ids, ct], specs)
+    want = _fwd_bwd(_reference, causal=True)(q, k, v, ids, ct)
+    for a, e in zip(got, want, strict=True):
+        assert rel_err(a, e) <= TOL
+    assert "all-gather" in hlo  # the kernel needs whole sequences: the rule gathers them
+
+
+def test_heads_that_cannot_keep_whole_groups_are_replicated(mesh):
+    """MQA (one kv head) with q heads sharded 4 ways: kv heads cannot follow, so the kernel
+    runs with heads replicated (batch stays sharded) and still gives the right answer."""
+    q, k, v, ids, ct = _inputs(seed=3, h=4, hkv=1)
+    specs = [BOTH, DATA, DATA, DATA, BOTH]  # kv heads: 1, cannot be split
+    got, hlo = _run_sharded(mesh, _fwd_bwd(_flash, causal=True), [q, k, v, ids, ct], specs)
+    want = _fwd_bwd(_reference, causal=True)(q, k, v, ids, ct)
+    for a, e in zip(got, want, strict=True):
+        assert rel_err(a, e) <= TOL
+    assert _hlo_shape((1, S, 4, D)) in hlo  # local batch, all heads
+
+
+def test_gspmd_partitioner(mesh):
+    """The GSPMD callbacks (jax_use_shardy_partitioner=False) partition the same way."""
+    previous = jax.config.jax_use_shardy_partitioner
+    jax.config.update("jax_use_shardy_partitioner", False)
+    try:
+        q, k, v, ids, ct = _inputs(seed=11)
+        specs = [BOTH, BOTH, BOTH, DATA, BOTH]
+        got, hlo = _run_sharded(mesh, _fwd_bwd(_flash, causal=True), [q, k, v, ids, ct], specs)
+    finally:
+        jax.config.update("jax_use_shardy_partitioner", previous)
+    want = _fwd_bwd(_reference, causal=True)(q, k, v, ids, ct)
+    for a, e in zip(got, want, strict=True):
+        assert rel_err(a, e) <= TOL
+    assert "all-gather" not in hlo and _hlo_shape((1, S, 2, D)) in hlo
+
+
+def test_auto_picks_partitioned_pallas_for_packed_documents_on_a_mesh(mesh, monkeypatch):
+    """Multi-GPU packed-document training: segment ids rule out cuDNN; "auto" now takes Pallas
+    (not O(seq²) XLA) and the kernel runs per shard."""
+    monkeypatch.setattr(dispatch, "on_cuda_gpu", lambda: True)  # interpret stays on (CPU)
+    calls = []
+    monkeypatch.setattr(
+        dispatch, "flash_attention", lambda *a, **kw: calls.append(1) or flash_attention(*a, **kw)
+    )
+    q, k, v, ids, _ = _inputs(seed=5)
+    fwd = lambda q, k, v, ids: attention(q, k, v, causal=True, segment_ids=ids)
+    got, hlo = _run_sharded(mesh, fwd, [q, k, v, ids], [BOTH, BOTH, BOTH, DATA])
+    assert calls and rel_err(got, _reference(q, k, v, ids, causal=True)) <= TOL
+    assert "all-gather" not in hlo
+
+
+def test_vmap_folds_into_the_batch():
+    """custom_partitioning has no batching rule; the kernel's vmap rule folds the axis into the
+    batch (q batched, k/v/ids shared), forward and backward."""
+    q, k, v, ids, _ = _inputs(seed=13, b=1)
+    qs = jnp.stack([q, 2.0 * q, -q])
+
+    def loss(attn):
+        return lambda qs: jnp.sum(jax.vmap(lambda q: attn(q, k, v, ids, causal=True))(qs) ** 2)
+
+    got = jax.jit(jax.value_and_grad(loss(_flash)))(qs)
+    want = jax.value_and_grad(loss(_reference))(qs)
+    assert rel_err(got[0], want[0]) <= TOL and rel_err(got[1], want[1]) <= TOL
+
+
+def test_kernel_layout_rules(mesh):
+    def arg(shape, spec):
+        return jax.ShapeDtypeStruct(shape, jnp.float32, sharding=NamedSharding(mesh, spec))
+
+    q, k = (2, 8, 8, 16), (2, 8, 4, 16)
+
+    def layout(q_spec, k_spec=REPLICATED):
+        return kernel_layout(mesh, arg(q, q_spec), arg(k, k_spec))
+
+    assert layout(BOTH, BOTH) == (("data",), ("model",))
+    assert layout(BOTH) == (("data",), ("model",))  # q decides; k is resharded to match
+    assert layout(PartitionSpec(("data", "model"))) == ((), ())  # batch 2 over 8 devices
+    # 8 q heads over 8 devices would split GQA groups (4 kv heads): heads stay whole.
+    assert layout(PartitionSpec(None, None, ("data", "model"))) == ((), ())
+    assert layout(PartitionSpec("data", "model")) == (("data",), ())  # sequence: never kept
+    plain = jax.ShapeDtypeStruct(q, jnp.float32)  # no sharding at all
+    assert kernel_layout(mesh, plain, plain) == ((), ())
+
+
+def test_per_shard_kernels_lower_to_triton_for_cuda(mesh):
+    """A sharded CUDA cross-lowering. ``jax.export`` refuses modules holding custom_partitioning
+    (its partition callbacks are Python objects kept alive by the executable), and the per-shard
+    kernels are built by the partitioner at compile time, which needs a CUDA backend. So: lower
+    the sharded program for CUDA (two partitionable custom calls, fwd and bwd), then run the
+    partition callbacks on the sharded shapes and export the per-shard computation they return
+    for CUDA: Triton kernels on local shapes."""
+
+    def struct(shape, dtype, spec):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))
+
+    b, s, h, hkv, d = 2, 128, 8, 4, 64
+    q, kv = struct((b, s, h, d), jnp.bfloat16, BOTH), struct((b, s, hkv, d), jnp.bfloat16, BOTH)
+    ids = struct((b, s), jnp.int32, DATA)
+
+    def grads(q, k, v, ids):
+        loss = (
+            lambda q, k, v: flash_attention(q, k, v, causal=True, segment_ids=ids, interpret=False)
+            .astype(jnp.float32)
+            .sum()
+        )
+        return jax.grad(loss, (0, 1, 2))(q, k, v)
+
+    text = jax.jit(grads).trace(q, kv, kv, ids).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("CustomSPMDPartitioning") == 2
+
+    triton = "__gpu$xla.gpu.triton"
+    local_q, local_kv = "tensor<1x128x2x64xbf16>", "tensor<1x128x1x64xbf16>"
+    cfg = _kernel_config(q, kv, ids, causal=True, interpret=False)
+    lse = struct((b, h, s), jnp.float32, PartitionSpec("data", "model"))
+    for partition_fn, args in (
+        (_fwd_partition, (q, kv, kv, ids, ids)),
+        (_bwd_partition, (q, kv, kv, ids, ids, q, lse, q)),
+    ):
+        _, local_fn, _, arg_shardings = partition_fn(cfg, mesh, args, None)
+        local_args = [
+            jax.ShapeDtypeStruct(sh.shard_shape(a.shape), a.dtype)
+            for a, sh in zip(args, arg_shardings, strict=True)
+        ]
+        exported = export.export(
+            jax.jit(local_fn),
+            platforms=["cuda"],
+            disabled_checks=[export.DisabledSafetyCheck.custom_call(triton)],
+        )(*local_args)
+        module = exported.mlir_module()
+        assert triton in module and local_q in module and local_kv in module
+
+
+def test_sharding_rules_and_gspmd_inference(mesh):
+    """The Shardy rule ties q's heads to k's (compound (n g)) only when no mesh axis could split
+    the kv heads; the GSPMD inference gives the kernel layout to the results."""
+
+    def cfg(groups, segs=True):
+        q = jax.ShapeDtypeStruct((2, 16, 4 * groups, 16), jnp.float32)
+        ids = jax.ShapeDtypeStruct((2, 16), jnp.int32) if segs else None
+        return _kernel_config(q, kv(4), ids, causal=True)
+
+    def kv(heads):
+        return jax.ShapeDtypeStruct((2, 16, heads, 16), jnp.float32)
+
+    big = Mesh(np.array(jax.devices()[:4]).reshape(2, 2), ("data", "model"))  # size 4 | 4 heads
+
+    def q_heads(rule):  # the factor(s) of q's heads dimension
+        return rule.operand_mappings[0][2]
+
+    assert q_heads(_fwd_rule(cfg(2), big, [None, kv(4)], None)) == ("n", "g")
+    assert q_heads(_fwd_rule(cfg(2), mesh, [None, kv(4)], None)) == "h"  # 8 devices ∤ 4 heads
+    assert q_heads(_bwd_rule(cfg(1), big, [None, kv(4)], None)) == "n"  # no GQA: q heads = n
+    rule = _bwd_rule(cfg(2, segs=False), big, [None, kv(4)], None)
+    assert len(rule.operand_mappings) == 6 and len(rule.result_mappings) == 3
+    assert rule.need_replication_factors == ("s", "d", "t")
+
+    def arg(shape, spec):
+        return jax.ShapeDtypeStruct(shape, jnp.float32, sharding=NamedSharding(mesh, spec))
+
+    q, k = arg((2, 16, 8, 16), BOTH), arg((2, 16, 4, 16), REPLICATED)
+    out, lse = _fwd_infer(cfg(2), mesh, (q, k), None)
+    assert out.is_equivalent_to(NamedSharding(mesh, BOTH), 4)
+    assert lse.is_equivalent_to(NamedSharding(mesh, PartitionSpec("data", "model")), 3)
+    assert all(g.is_equivalent_to(out, 4) for g in _bwd_infer(cfg(2), mesh, (q, k), None))
+    # Batch over two mesh axes (data x fsdp style) stays sharded over both.
+    dp = PartitionSpec(("data", "model"))
+    q8, k8 = arg((8, 16, 8, 16), dp), arg((8, 16, 4, 16), dp)
+    assert _fwd_infer(cfg(2), mesh, (q8, k8), None)[0].is_equivalent_to(NamedSharding(mesh, dp), 4)
+
+
+def test_inside_shard_map_with_vma_checks(mesh):
+    """Explicit per-shard use (MaxText style): outputs carry the inputs' varying mesh axes."""
+    q, k, v, ids, ct = _inputs(7)
+    spec = PartitionSpec("data", None, "model")
+    per_shard = jax.shard_map(
+        _fwd_bwd(_flash, causal=True),
+        mesh=mesh,
+        in_specs=(spec, spec, spec, DATA, spec),
+        out_specs=(spec,) * 4,
+        check_vma=True,
+    )
+    got, _ = _run_sharded(mesh, per_shard, (q, k, v, ids, ct), (spec, spec, spec, DATA, spec))
+    expected = _fwd_bwd(_reference, causal=True)(q, k, v, ids, ct)
+    for a, e in zip(got, expected, strict=True):
+        assert rel_err(a, e) <= TOL

@@ -1,0 +1,93 @@
+"""The flash-attention kernels compile to GPU machine code, without a GPU.
+
+CI has no GPU, and in Pallas interpret mode the kernels never meet Triton's compiler: a change that
+Triton cannot lay out, a tile that overflows shared memory or a launch that spills registers would
+only show on a GPU. This test cross-lowers forward + backward for CUDA with ``jax.export`` and
+compiles each kernel's Triton IR with the pinned ``triton`` wheel (installed by uv into a scratch
+folder; tjx never depends on it) down to a cubin for sm_90 (H100) and sm_80 (A100), using the
+default tiles and warps of every (dtype class, head_dim bucket) in ``tjx.kernels.flash``.
+
+Asserted: every kernel compiles; it fits the architecture's shared memory per block; and on sm_90,
+the target, it needs no register spills. (On sm_80 the 16-bit head_dim-128 forward spills ~0.2 KB;
+allowed, reported by ``benchmarks/triton_compile_check.py``.)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from uv import find_uv_bin
+
+# The wheel's version pins the Triton passes (and ptxas) the register/shared-memory figures
+# depend on; jaxlib's own Triton is a different build, so these are a close proxy, not the same.
+TRITON = "triton==3.9.0"
+CASES = [  # (dtype, head_dim): one per default-launch bucket; 80 checks the padded head_dim path
+    ("bf16", 64),
+    ("bf16", 80),
+    ("f16", 128),
+    ("bf16", 256),
+    ("f32", 64),
+    ("f32", 128),
+    ("f32", 256),
+]
+
+
+@pytest.fixture(scope="module")
+def check(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    target = tmp_path_factory.mktemp("triton")
+    result = subprocess.run(
+        [find_uv_bin(), "pip", "install", "--quiet", "--python", sys.executable,
+         "--target", str(target), TRITON],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, f"installing {TRITON} failed:\n{result.stderr}"
+    sys.path.insert(0, str(target))
+    try:
+        import triton_compile_check
+
+        yield triton_compile_check
+    finally:
+        sys.path.remove(str(target))
+
+
+@pytest.mark.parametrize("dtype,head_dim", CASES)
+def test_default_kernels_compile_fit_and_do_not_spill(check: object, dtype: str, head_dim: int):
+    kernels = check.lower_kernels(  # type: ignore[attr-defined]
+        dtype, head_dim, causal=True, segments=True, groups=4, seq=512
+    )
+    assert sorted(k.name for k in kernels) == [
+        "tjx_flash_bwd_dkdv",
+        "tjx_flash_bwd_dq",
+        "tjx_flash_fwd",
+    ]
+    for kernel in kernels:
+        for arch in (90, 80):
+            built = check.compile_kernel(kernel, arch)  # type: ignore[attr-defined]
+            limit_kib = check.SMEM_LIMIT[arch] / 1024  # type: ignore[attr-defined]
+            where = f"{kernel.name} {dtype} head_dim={head_dim} sm_{arch} warps={kernel.num_warps}"
+            assert 0 < built["shared_kib"] <= limit_kib, f"{where}: {built}"
+            assert 0 < built["registers"] <= 255, f"{where}: {built}"
+            if arch == 90:
+                assert built["spill_bytes"] == 0, f"{where} spills registers: {built}"
+
+
+def test_a_spilling_launch_is_reported(check: object):
+    """Control: the check can fail — 128x128 tiles under 4 warps spill (the old default)."""
+    [fwd] = [
+        k
+        for k in check.lower_kernels("bf16", 64, causal=True, segments=True, groups=4, seq=512)  # type: ignore[attr-defined]
+        if k.name == "tjx_flash_fwd"
+    ]
+    assert fwd.num_warps == 8
+    fwd.num_warps = 4
+    assert check.compile_kernel(fwd, 90)["spill_bytes"] > 0  # type: ignore[attr-defined]
+
+
+def test_script_runs_end_to_end(check: object, tmp_path: Path):
+    argv = ["--quick", "--arch", "90", "--seq", "256", "--json", str(tmp_path / "r.json")]
+    assert check.main(argv) == 0  # type: ignore[attr-defined]
+    assert (tmp_path / "r.json").read_text().count('"ok": true') == 6

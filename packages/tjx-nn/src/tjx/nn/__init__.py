@@ -24,6 +24,7 @@ from tjx.nn.configs import (
 from tjx.nn.decoder import GPT2, DecoderLM, Llama
 from tjx.nn.embeddings import Embed
 from tjx.nn.encdec import EncoderDecoder
+from tjx.nn.flops import flops_per_token, matmul_param_count
 from tjx.nn.generation import generate, sample_logits
 from tjx.nn.hf_gpt2 import load_hf_gpt2, save_hf_gpt2
 from tjx.nn.kv_cache import init_cache, kv_cache_bytes, topk_decode_attention
@@ -42,8 +43,9 @@ from tjx.nn.params_io import get_flat_params, set_flat_params
 from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, sinusoidal
 from tjx.nn.precision import Precision
 from tjx.nn.registry import build_model
+from tjx.nn.seq2seq_generation import generate_seq2seq
 from tjx.nn.stack import Stack, remat_policy
-from tjx.nn.utils import config_param_count, count_params, flops_per_token, summary
+from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
 __version__ = "0.1.0"
@@ -89,6 +91,7 @@ __all__ = [
     "dropout",
     "flops_per_token",
     "generate",
+    "generate_seq2seq",
     "get_flat_params",
     "gpt2_config",
     "init_cache",
@@ -96,6 +99,7 @@ __all__ = [
     "load_hf_gpt2",
     "make_param",
     "masked_lm_loss",
+    "matmul_param_count",
     "mlm_mask",
     "remat_policy",
     "residual_std",

@@ -98,10 +98,14 @@ class Attention(nnx.Module):
             k = apply_rope(k, positions, theta=self.rope_theta)
         return k, v
 
-    def _kernel(self, q: Array, k: Array, v: Array, **kw: Any) -> Array:
+    def project_context(self, context: Array) -> tuple[Array, Array]:
+        """Cross-attention keys and values ``[b, s_ctx, kv_heads, head_dim]`` of ``context``."""
+        return self._keys_values(context, None)
+
+    def _kernel(self, q: Array, k: Array, v: Array, *, impl: str, **kw: Any) -> Array:
         # An additive bias (ALiBi) or attention dropout makes tjx.kernels take its XLA path.
         return kernels.attention(
-            q, k, v, scale=1.0 / math.sqrt(self.head_dim), implementation=self.impl, **kw  # type: ignore[arg-type]
+            q, k, v, scale=1.0 / math.sqrt(self.head_dim), implementation=impl, **kw  # type: ignore[arg-type]
         )
 
     def __call__(
@@ -115,6 +119,7 @@ class Attention(nnx.Module):
         dropout_rng: Array | None = None,
         cache: LayerCache | None = None,
         cache_pos: Array | None = None,
+        kv: tuple[Array, Array] | None = None,
     ) -> tuple[Array, LayerCache | None]:
         """Attend.
 
@@ -133,6 +138,10 @@ class Attention(nnx.Module):
             prefill (``cache_pos`` must be 0: the chunk attends causally to itself and is written
             at slots ``0..s-1``); with ``s == 1`` a decode step (written at ``cache_pos``, attends
             to slots ``<= cache_pos``).
+        kv : (Array, Array), optional
+            Cross-attention only: keys and values ``[b, s_ctx, kv_heads, head_dim]`` already
+            projected from the context (``project_context``), so decoding does not re-project
+            the encoder output at every step.
 
         Returns
         -------
@@ -149,10 +158,16 @@ class Attention(nnx.Module):
         if cache is not None and cache_pos is not None and s == 1:
             out, cache = self._decode(x, q, positions, cache, cache_pos)
         else:
+            impl = self.impl
             if self.cross:
-                if context is None:
-                    raise ValueError("cross-attention needs `context`")
-                k, v = self._keys_values(context, None)
+                if kv is not None:
+                    k, v = kv
+                    # One query per row while decoding: the XLA path, as for self-attention.
+                    impl = "xla" if s == 1 else impl
+                elif context is None:
+                    raise ValueError("cross-attention needs `context` (or precomputed `kv`)")
+                else:
+                    k, v = self.project_context(context)
             else:
                 k, v = self._keys_values(x, positions)
             bias = None
@@ -162,6 +177,7 @@ class Attention(nnx.Module):
                 q,
                 k,
                 v,
+                impl=impl,
                 causal=self.causal,
                 segment_ids=segment_ids,
                 dropout_rate=drop,

@@ -9,7 +9,7 @@ from flax import nnx
 
 from tjx.nn.configs import BertConfig
 from tjx.nn.decoder import check_length
-from tjx.nn.embeddings import Embed
+from tjx.nn.embeddings import Embed, lookup_table
 from tjx.nn.linear import Dense, dropout, split_key
 from tjx.nn.mlp import activation
 from tjx.nn.norms import make_norm
@@ -28,22 +28,9 @@ class BERT(nnx.Module):
         c = self.config = config
         p = c.precision
         self.embed = Embed(c.vocab_size, c.d_model, rngs=rngs, init_std=c.init_std, precision=p)
-        self.pos_embed = Embed(
-            c.max_seq_len,
-            c.d_model,
-            rngs=rngs,
-            init_std=c.init_std,
-            names=(None, "embed"),
-            precision=p,
-        )
-        self.type_embed = Embed(
-            c.type_vocab_size,
-            c.d_model,
-            rngs=rngs,
-            init_std=c.init_std,
-            names=(None, "embed"),
-            precision=p,
-        )
+        # BERT always has learned positions and token types.
+        self.pos_embed = lookup_table(c.max_seq_len, c, rngs=rngs)
+        self.type_embed = lookup_table(c.type_vocab_size, c, rngs=rngs)
         norm_kw = dict(rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias, precision=p)
         self.embed_norm = make_norm(c.norm, c.d_model, **norm_kw)
         self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=False)

@@ -94,8 +94,13 @@ class Block(nnx.Module):
         rng: Array | None = None,
         cache: LayerCache | None = None,
         cache_pos: Array | None = None,
+        context_kv: LayerCache | None = None,
     ) -> tuple[Array, LayerCache | None]:
-        """Apply the layer; returns ``(x, updated cache)``."""
+        """Apply the layer; returns ``(x, updated cache)``.
+
+        ``context_kv`` (``{"k", "v"}``, see ``Attention.project_context``) replaces projecting
+        ``context`` in the cross-attention (incremental decoding of an encoder-decoder).
+        """
         keys = split_key(rng, 6)
 
         def sub(x: Array, norm: nnx.Module, fn: Any, key: Array | None) -> Array:
@@ -128,6 +133,7 @@ class Block(nnx.Module):
                     context=context,
                     deterministic=deterministic,
                     dropout_rng=keys[2],
+                    kv=None if context_kv is None else (context_kv["k"], context_kv["v"]),
                 )
                 return out
 

@@ -9,12 +9,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
-from tjx.nn.embeddings import Embed
+from tjx.nn.embeddings import Embed, add_positions, learned_positions
 from tjx.nn.kv_cache import init_cache
 from tjx.nn.linear import Dense, dropout, split_key
 from tjx.nn.norms import make_norm
 from tjx.nn.params import normal
-from tjx.nn.positions import sinusoidal
+from tjx.nn.precision import Precision
 from tjx.nn.stack import Stack
 
 Array = jax.Array
@@ -46,6 +46,24 @@ def output_head(c: Any, *, rngs: nnx.Rngs) -> Dense | None:
     )
 
 
+def head_unembedding(embed: Embed, head: Dense | None) -> Array:
+    """``[d_model, vocab]``: the tied table transposed (``head`` None), else the head kernel."""
+    return embed.unembedding() if head is None else head.kernel[...]
+
+
+def head_logits(embed: Embed, head: Dense | None, hidden: Array, precision: Precision) -> Array:
+    """Float32 logits ``[..., vocab]`` through the tied table or the untied ``head``."""
+    if head is None:
+        return embed.attend(hidden)
+    dt = precision.compute_dtype
+    return jnp.einsum(
+        "...d,dv->...v",
+        hidden.astype(dt),
+        head.kernel[...].astype(dt),
+        preferred_element_type=jnp.promote_types(dt, jnp.float32),
+    )
+
+
 class DecoderLM(nnx.Module):
     """A causal language model built from a ``TransformerConfig``.
 
@@ -65,17 +83,8 @@ class DecoderLM(nnx.Module):
         self.embed = Embed(
             c.vocab_size, c.d_model, rngs=rngs, init_std=c.init_std, precision=c.precision
         )
-        self.pos_embed = (
-            Embed(
-                c.max_seq_len,
-                c.d_model,
-                rngs=rngs,
-                init_std=0.01 if isinstance(c, GPT2Config) else c.init_std,
-                names=(None, "embed"),
-                precision=c.precision,
-            )
-            if c.position == "learned"
-            else None
+        self.pos_embed = learned_positions(
+            c, rngs=rngs, init_std=0.01 if isinstance(c, GPT2Config) else None
         )
         self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=True)
         self.final_norm = (
@@ -97,30 +106,15 @@ class DecoderLM(nnx.Module):
     # -- pieces --------------------------------------------------------------------------------
     def embed_tokens(self, tokens: Array, positions: Array) -> Array:
         """Token (+ absolute position) embeddings ``[b, s, d_model]``."""
-        x = self.embed(tokens)
-        if self.pos_embed is not None:
-            x = x + self.pos_embed(positions)
-        elif self.config.position == "sinusoidal":
-            x = x + sinusoidal(positions, self.config.d_model).astype(x.dtype)
-        return x
+        return add_positions(self.embed(tokens), positions, self.pos_embed, self.config.position)
 
     def unembedding(self) -> Array:
         """The output projection ``[d_model, vocab]`` (tied table transposed, or head kernel)."""
-        if self.head is None:
-            return self.embed.unembedding()
-        return self.head.kernel[...]
+        return head_unembedding(self.embed, self.head)
 
     def logits(self, hidden: Array) -> Array:
         """Float32 logits ``[..., vocab]`` from final hidden states."""
-        if self.head is None:
-            return self.embed.attend(hidden)
-        dt = self.config.precision.compute_dtype
-        return jnp.einsum(
-            "...d,dv->...v",
-            hidden.astype(dt),
-            self.head.kernel[...].astype(dt),
-            preferred_element_type=jnp.promote_types(dt, jnp.float32),
-        )
+        return head_logits(self.embed, self.head, hidden, self.config.precision)
 
     def _dropout_key(self, deterministic: bool, rngs: nnx.Rngs | None) -> Array | None:
         if deterministic or self.dropout_rngs is None:

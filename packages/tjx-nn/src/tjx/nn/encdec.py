@@ -9,11 +9,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tjx.nn.configs import EncoderDecoderConfig
-from tjx.nn.decoder import check_length, output_head
-from tjx.nn.embeddings import Embed
+from tjx.nn.decoder import check_length, head_logits, head_unembedding, output_head
+from tjx.nn.embeddings import Embed, add_positions, learned_positions
+from tjx.nn.kv_cache import init_cache
 from tjx.nn.linear import dropout, split_key
 from tjx.nn.norms import make_norm
-from tjx.nn.positions import sinusoidal
 from tjx.nn.stack import Stack
 
 Array = jax.Array
@@ -31,18 +31,7 @@ class EncoderDecoder(nnx.Module):
         p = c.precision
         assert c.num_encoder_layers is not None and c.num_decoder_layers is not None
         self.embed = Embed(c.vocab_size, c.d_model, rngs=rngs, init_std=c.init_std, precision=p)
-        self.pos_embed = (
-            Embed(
-                c.max_seq_len,
-                c.d_model,
-                rngs=rngs,
-                init_std=c.init_std,
-                names=(None, "embed"),
-                precision=p,
-            )
-            if c.position == "learned"
-            else None
-        )
+        self.pos_embed = learned_positions(c, rngs=rngs)
         self.encoder = Stack(c, rngs=rngs, num_layers=c.num_encoder_layers, causal=False)
         self.decoder = Stack(c, rngs=rngs, num_layers=c.num_decoder_layers, causal=True, cross=True)
         norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias, precision=p)
@@ -53,15 +42,20 @@ class EncoderDecoder(nnx.Module):
         active = c.dropout > 0 or c.attention_dropout > 0
         self.dropout_rngs = nnx.Rngs(dropout=rngs.dropout()) if active else None
 
-    def _embed(self, tokens: Array, key: Array | None, deterministic: bool) -> tuple[Array, Array]:
+    def _embed(
+        self,
+        tokens: Array,
+        key: Array | None,
+        deterministic: bool,
+        start: Array | None = None,
+    ) -> tuple[Array, Array]:
+        """Embedded tokens and their positions (``start[r] + i``; ``start`` defaults to 0)."""
         b, s = tokens.shape
         check_length(s, self.config.max_seq_len)
         positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
-        x = self.embed(tokens)
-        if self.pos_embed is not None:
-            x = x + self.pos_embed(positions)
-        elif self.config.position == "sinusoidal":
-            x = x + sinusoidal(positions, self.config.d_model).astype(x.dtype)
+        if start is not None:
+            positions = start[:, None].astype(jnp.int32) + positions
+        x = add_positions(self.embed(tokens), positions, self.pos_embed, self.config.position)
         return dropout(x, self.config.dropout, key, deterministic=deterministic), positions
 
     def encode(
@@ -147,16 +141,71 @@ class EncoderDecoder(nnx.Module):
 
     def logits(self, hidden: Array) -> Array:
         """Float32 logits from decoder hidden states."""
-        if self.head is None:
-            return self.embed.attend(hidden)
-        dt = self.config.precision.compute_dtype
-        return jnp.einsum(
-            "...d,dv->...v",
-            hidden.astype(dt),
-            self.head.kernel[...].astype(dt),
-            preferred_element_type=jnp.promote_types(dt, jnp.float32),
-        )
+        return head_logits(self.embed, self.head, hidden, self.config.precision)
 
     def unembedding(self) -> Array:
         """The output projection ``[d_model, vocab]``."""
-        return self.embed.unembedding() if self.head is None else self.head.kernel[...]
+        return head_unembedding(self.embed, self.head)
+
+    # -- incremental decoding (see ``generate_seq2seq``) ----------------------------------------
+    def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> dict[str, Array]:
+        """A zeros decoder self-attention KV cache (``[num_decoder_layers, b, T, ...]``)."""
+        return init_cache(
+            self.config, batch, max_len, dtype, num_layers=self.config.num_decoder_layers
+        )
+
+    def start_cache(
+        self, src: Array, cache: dict[str, Array], *, src_segment_ids: Array | None = None
+    ) -> dict[str, Any]:
+        """Encode ``src`` once and return the decoding state for ``forward_cached``.
+
+        The state holds the decoder's self-attention ``cache`` (from ``init_cache``), every
+        decoder layer's cross-attention keys/values of the encoder output (computed here, once,
+        instead of at every decoded token) and the source segment ids (0 = padding).
+
+        Parameters
+        ----------
+        src : Array
+            int ``[b, s_src]`` source tokens.
+        cache : dict
+            ``init_cache(b, T)``.
+        src_segment_ids : Array, optional
+            int ``[b, s_src]``; 0 marks padding (default: all real).
+
+        Returns
+        -------
+        dict
+            ``{"self": cache, "cross": {"k", "v"}, "src_segment_ids": [b, s_src]}``.
+        """
+        if src_segment_ids is None:
+            src_segment_ids = jnp.ones(src.shape, jnp.int32)
+        memory = self.encode(src, src_segment_ids=src_segment_ids)
+        return {
+            "self": cache,
+            "cross": self.decoder.project_context(memory),
+            "src_segment_ids": src_segment_ids.astype(jnp.int32),
+        }
+
+    def forward_cached(
+        self, tokens: Array, cache: dict[str, Any], cache_pos: Array
+    ) -> tuple[Array, dict[str, Any]]:
+        """Decoder prefill (``s > 1``, ``cache_pos`` all 0) or one decode step (``s == 1``).
+
+        Same contract as ``DecoderLM.forward_cached`` with ``cache`` from ``start_cache``:
+        token ``i`` of row ``r`` sits at position and self-attention slot ``cache_pos[r] + i``.
+        Returns float32 logits ``[b, s, vocab]`` and the updated state.
+        """
+        x, positions = self._embed(tokens, None, True, start=cache_pos)
+        q_ids = jnp.ones(tokens.shape, jnp.int32)
+        x, new_self = self.decoder(
+            x,
+            positions=positions,
+            context_segment_ids=(q_ids, cache["src_segment_ids"]),
+            cache=cache["self"],
+            cache_pos=cache_pos,
+            context_kv=cache["cross"],
+        )
+        assert new_self is not None
+        if self.decoder_norm is not None:
+            x = self.decoder_norm(x)
+        return self.logits(x), {**cache, "self": new_self}

@@ -1,8 +1,11 @@
 """Autoregressive generation with a preallocated KV cache.
 
 One jitted prefill runs the whole (right-padded) prompt batch and fills the cache; one jitted
-decode step then produces a token per call. Both are compiled once per (model graph, batch, cache
-length, sampling settings): the Python loop only feeds new tokens, so no per-token recompilation.
+decode step then produces a token per call. ``generate_seq2seq`` serves the encoder-decoder the
+same way: its prefill also encodes the source once and projects every decoder layer's
+cross-attention keys/values, which the decode steps then read from the cache. Both are compiled
+once per (model graph, batch, cache length, sampling settings): the Python loop only feeds new
+tokens, so no per-token recompilation.
 
 Padding convention: prompts are **right-padded**; ``prompt_lengths[r]`` says how many tokens of row
 ``r`` are real. Row ``r``'s token at absolute position ``t`` sits in cache slot ``t``, so every row
@@ -21,11 +24,14 @@ import numpy as np
 from flax import nnx
 
 from tjx.nn.decoder import DecoderLM
+from tjx.nn.encdec import EncoderDecoder
 
 Array = jax.Array
 
 #: How many times the prefill / decode functions were traced (tests check no per-token retrace).
 TRACE_COUNTS = {"prefill": 0, "decode": 0}
+
+Sampling = tuple[float, int | None, float | None]
 
 
 def sample_logits(
@@ -85,10 +91,14 @@ def _prefill(
     lengths: Array,
     cache: Any,
     key: Array,
-    sampling: tuple[float, int | None, float | None],
+    sampling: Sampling,
+    src: Array | None = None,
+    src_ids: Array | None = None,
 ) -> tuple[Any, Array]:
     TRACE_COUNTS["prefill"] += 1
     model = nnx.merge(graphdef, state)
+    if src is not None:  # encoder-decoder: encode once, cross keys/values into the cache
+        cache = model.start_cache(src, cache, src_segment_ids=src_ids)
     b = prompts.shape[0]
     logits, cache = model.forward_cached(prompts, cache, jnp.zeros((b,), jnp.int32))
     last = logits[jnp.arange(b), lengths - 1]
@@ -104,7 +114,7 @@ def _decode(
     pos: Array,
     cache: Any,
     key: Array,
-    sampling: tuple[float, int | None, float | None],
+    sampling: Sampling,
 ) -> tuple[Any, Array]:
     TRACE_COUNTS["decode"] += 1
     model = nnx.merge(graphdef, state)
@@ -113,49 +123,10 @@ def _decode(
     return cache, sample_logits(logits[:, 0], key, temperature=t, top_k=k, top_p=p)
 
 
-def generate(
-    model: DecoderLM,
-    prompts: Any,
-    *,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    eos_id: int | None = None,
-    seed: int = 0,
-    prompt_lengths: Any = None,
-    pad_id: int | None = None,
-) -> Array:
-    """Generate ``max_new_tokens`` tokens after each prompt.
-
-    Parameters
-    ----------
-    model : DecoderLM
-        A ``GPT2``/``Llama``/``DecoderLM``.
-    prompts : array-like
-        int ``[b, P]`` right-padded prompts.
-    max_new_tokens : int
-        Tokens to generate per row (``P + max_new_tokens <= max_seq_len``).
-    temperature, top_k, top_p : sampling settings (``temperature=0`` → greedy).
-    eos_id : int, optional
-        A row stops after producing it; later slots hold ``pad_id``. Generation ends early when
-        every row has stopped.
-    seed : int
-        Sampling seed.
-    prompt_lengths : array-like, optional
-        int ``[b]`` real prompt lengths (default: all ``P``); each in ``[1, P]``.
-    pad_id : int, optional
-        Filler after a row's end (default ``eos_id`` or 0).
-
-    Returns
-    -------
-    Array
-        int32 ``[b, P + max_new_tokens]``: each row's real prompt, then its new tokens, padded.
-    """
-    prompts = np.asarray(prompts, dtype=np.int32)
-    if prompts.ndim != 2 or prompts.shape[1] == 0:
-        raise ValueError(f"prompts must be int [batch, prompt_len>0]; got shape {prompts.shape}")
-    b, P = prompts.shape
+def check_sampling(
+    max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None
+) -> Sampling:
+    """Validate the sampling arguments (``ValueError`` naming the bad one); the jit-static tuple."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
     if temperature < 0:
@@ -164,10 +135,39 @@ def generate(
         raise ValueError(f"top_k must be >= 1 or None; got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1] or None; got {top_p}")
-    lengths = np.full((b,), P, np.int32) if prompt_lengths is None else np.asarray(prompt_lengths)
-    lengths = lengths.astype(np.int32)
-    if lengths.shape != (b,) or lengths.min() < 1 or lengths.max() > P:
-        raise ValueError(f"prompt_lengths must be [batch] ints in [1, {P}]; got {lengths}")
+    return (float(temperature), top_k, top_p)
+
+
+def check_tokens(
+    tokens: Any, lengths: Any, *, name: str, lengths_name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """int32 ``[b, P]`` right-padded ``tokens`` and their ``[b]`` real lengths (default ``P``)."""
+    arr = np.asarray(tokens, dtype=np.int32)
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        raise ValueError(f"{name} must be int [batch, length>0]; got shape {arr.shape}")
+    b, P = arr.shape
+    lens = np.full((b,), P, np.int32) if lengths is None else np.asarray(lengths)
+    lens = lens.astype(np.int32)
+    if lens.shape != (b,) or lens.min() < 1 or lens.max() > P:
+        raise ValueError(f"{lengths_name} must be [batch] ints in [1, {P}]; got {lens}")
+    return arr, lens
+
+
+def run_generation(
+    model: DecoderLM | EncoderDecoder,
+    prompts: np.ndarray,
+    lengths: np.ndarray,
+    *,
+    max_new_tokens: int,
+    sampling: Sampling,
+    eos_id: int | None,
+    seed: int,
+    pad_id: int | None,
+    src: np.ndarray | None = None,
+    src_ids: np.ndarray | None = None,
+) -> Array:
+    """The shared prefill + decode loop (arguments already validated)."""
+    b, P = prompts.shape
     total = P + max_new_tokens
     max_len = model.config.max_seq_len
     if total > max_len:
@@ -176,13 +176,13 @@ def generate(
             f"model's max_seq_len={max_len}"
         )
     fill = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
-    sampling = (float(temperature), top_k, top_p)
     graphdef, state = nnx.split(model)
     cache = model.init_cache(b, total)
     key = jax.random.key(seed)
     key, sub = jax.random.split(key)
+    extra = () if src is None else (jnp.asarray(src), jnp.asarray(src_ids))
     cache, tok = _prefill(
-        graphdef, state, jnp.asarray(prompts), jnp.asarray(lengths), cache, sub, sampling
+        graphdef, state, jnp.asarray(prompts), jnp.asarray(lengths), cache, sub, sampling, *extra
     )
     out = np.full((b, total), fill, np.int32)
     for r in range(b):
@@ -204,3 +204,60 @@ def generate(
         )
         pos = pos + 1
     return jnp.asarray(out)
+
+
+def generate(
+    model: DecoderLM,
+    prompts: Any,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    seed: int = 0,
+    prompt_lengths: Any = None,
+    pad_id: int | None = None,
+) -> Array:
+    """Generate ``max_new_tokens`` tokens after each prompt.
+
+    Parameters
+    ----------
+    model : DecoderLM
+        A ``GPT2``/``Llama``/``DecoderLM`` (for ``EncoderDecoder`` use ``generate_seq2seq``).
+    prompts : array-like
+        int ``[b, P]`` right-padded prompts.
+    max_new_tokens : int
+        Tokens to generate per row (``P + max_new_tokens <= max_seq_len``).
+    temperature, top_k, top_p : sampling settings (``temperature=0`` → greedy).
+    eos_id : int, optional
+        A row stops after producing it; later slots hold ``pad_id``. Generation ends early when
+        every row has stopped.
+    seed : int
+        Sampling seed.
+    prompt_lengths : array-like, optional
+        int ``[b]`` real prompt lengths (default: all ``P``); each in ``[1, P]``.
+    pad_id : int, optional
+        Filler after a row's end (default ``eos_id`` or 0).
+
+    Returns
+    -------
+    Array
+        int32 ``[b, P + max_new_tokens]``: each row's real prompt, then its new tokens, padded.
+    """
+    if isinstance(model, EncoderDecoder):
+        raise ValueError("model: generate serves decoder LMs; use generate_seq2seq for it")
+    arr, lengths = check_tokens(
+        prompts, prompt_lengths, name="prompts", lengths_name="prompt_lengths"
+    )
+    sampling = check_sampling(max_new_tokens, temperature, top_k, top_p)
+    return run_generation(
+        model,
+        arr,
+        lengths,
+        max_new_tokens=max_new_tokens,
+        sampling=sampling,
+        eos_id=eos_id,
+        seed=seed,
+        pad_id=pad_id,
+    )

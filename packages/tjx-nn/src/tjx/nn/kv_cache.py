@@ -22,11 +22,17 @@ LayerCache = dict[str, Array]
 
 
 def init_cache(
-    config: TransformerConfig, batch: int, max_len: int, dtype: Any = None
+    config: TransformerConfig,
+    batch: int,
+    max_len: int,
+    dtype: Any = None,
+    *,
+    num_layers: int | None = None,
 ) -> dict[str, Array]:
     """Zeros cache for ``batch`` sequences of up to ``max_len`` tokens.
 
-    ``dtype`` defaults to the config's compute dtype.
+    ``dtype`` defaults to the config's compute dtype; ``num_layers`` to ``config.num_layers``
+    (an encoder-decoder passes its decoder depth).
 
     Parameters
     ----------
@@ -38,6 +44,8 @@ def init_cache(
         Slots per row (``<= max_seq_len``).
     dtype : dtype, optional
         Cache dtype.
+    num_layers : int, optional
+        Cached layers (default ``config.num_layers``).
 
     Returns
     -------
@@ -49,7 +57,7 @@ def init_cache(
             f"cache length {max_len} exceeds the model's max_seq_len={config.max_seq_len}"
         )
     dt = dtype or config.precision.compute_dtype
-    L = config.num_layers
+    L = config.num_layers if num_layers is None else num_layers
     if config.attention_type == "mla":
         assert config.kv_latent_dim is not None
         return {"latent": jnp.zeros((L, batch, max_len, config.kv_latent_dim), dt)}

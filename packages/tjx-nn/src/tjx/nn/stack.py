@@ -97,8 +97,12 @@ class Stack(nnx.Module):
         rng: Array | None = None,
         cache: dict[str, Array] | None = None,
         cache_pos: Array | None = None,
+        context_kv: dict[str, Array] | None = None,
     ) -> tuple[Array, dict[str, Array] | None]:
-        """Run every layer; ``cache`` leaves carry a leading ``layers`` axis."""
+        """Run every layer; ``cache`` and ``context_kv`` leaves carry a leading ``layers`` axis.
+
+        ``context_kv`` is ``project_context(context)``: cross-attention keys/values computed once.
+        """
         kw: dict[str, Any] = dict(
             positions=positions,
             segment_ids=segment_ids,
@@ -108,8 +112,8 @@ class Stack(nnx.Module):
             cache_pos=cache_pos,
         )
 
-        def body(block: Block, h: Array, key: Array | None, layer_cache: Any) -> Any:
-            return block(h, rng=key, cache=layer_cache, **kw)
+        def body(block: Block, h: Array, key: Array | None, layer_cache: Any, ctx_kv: Any) -> Any:
+            return block(h, rng=key, cache=layer_cache, context_kv=ctx_kv, **kw)
 
         if self.remat != "none":
             body = nnx.remat(body, policy=remat_policy(self.remat))
@@ -117,18 +121,51 @@ class Stack(nnx.Module):
         if self.scan:
 
             @nnx.scan(
-                in_axes=(0, nnx.Carry, 0, 0),
+                in_axes=(0, nnx.Carry, 0, 0, 0),
                 out_axes=(nnx.Carry, 0),
                 transform_metadata={nnx.PARTITION_NAME: "layers"},
             )
-            def step(block: Block, h: Array, key: Any, layer_cache: Any) -> Any:
-                return body(block, h, key, layer_cache)
+            def step(block: Block, h: Array, key: Any, layer_cache: Any, ctx_kv: Any) -> Any:
+                return body(block, h, key, layer_cache, ctx_kv)
 
-            return step(self.layers, x, keys, cache)
+            return step(self.layers, x, keys, cache, context_kv)
         outs = []
         for i, block in enumerate(self.layers):
-            layer_cache = None if cache is None else jax.tree.map(lambda a, i=i: a[i], cache)
-            x, new = body(block, x, None if keys is None else keys[i], layer_cache)
+            x, new = body(
+                block,
+                x,
+                None if keys is None else keys[i],
+                _layer(cache, i),
+                _layer(context_kv, i),
+            )
             outs.append(new)
         new_cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
         return x, new_cache
+
+    def project_context(self, context: Array) -> dict[str, Array]:
+        """Every layer's cross-attention keys and values of ``context`` ``[b, s_ctx, d]``.
+
+        Returns ``{"k", "v"}`` ``[layers, b, s_ctx, kv_heads, head_dim]`` for ``context_kv``:
+        an encoder-decoder computes them once per source instead of once per decoded token.
+        """
+
+        def project(block: Block, ctx: Array) -> dict[str, Array]:
+            if block.cross_attn is None:
+                raise ValueError("project_context needs a stack built with cross=True")
+            k, v = block.cross_attn.project_context(ctx)
+            return {"k": k, "v": v}
+
+        if self.scan:
+            return nnx.vmap(  # type: ignore[no-any-return]
+                project,
+                in_axes=(0, None),
+                out_axes=0,
+                transform_metadata={nnx.PARTITION_NAME: "layers"},
+            )(self.layers, context)
+        per_layer = [project(block, context) for block in self.layers]
+        return jax.tree.map(lambda *a: jnp.stack(a), *per_layer)  # type: ignore[no-any-return]
+
+
+def _layer(tree: dict[str, Array] | None, i: int) -> dict[str, Array] | None:
+    """Layer ``i`` of a tree with a leading layers axis (None stays None)."""
+    return None if tree is None else jax.tree.map(lambda a: a[i], tree)

@@ -1,4 +1,4 @@
-"""Model utilities: parameter counts, FLOPs per token (for MFU) and a summary table."""
+"""Model utilities: parameter counts and a summary table (FLOPs per token live in ``flops``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import numpy as np
 from flax import nnx
 
 from tjx.nn.configs import TransformerConfig
+from tjx.nn.flops import flops_per_token, matmul_param_count
+
+__all__ = ["config_param_count", "count_params", "flops_per_token", "matmul_param_count", "summary"]
 
 
 def count_params(model: nnx.Module) -> int:
@@ -46,35 +49,6 @@ def config_param_count(config: TransformerConfig) -> int:
 
     abstract = nnx.eval_shape(lambda: build_model(config, rngs=nnx.Rngs(0)))
     return count_params(abstract)
-
-
-def flops_per_token(config: TransformerConfig, seq_len: int) -> float:
-    """Training FLOPs per token: ``6·N + 12·L·d·s``.
-
-    ``N`` is the parameter count of the model ``config`` builds (embeddings included: a tied
-    table is also the output matmul); ``6·N`` covers forward (2·N) and backward (4·N) matmuls.
-    ``12·L·d·s`` is the attention score and value matmuls (``QKᵀ`` and ``PV``, 2·2·s·d each per
-    layer forward, ×3 for backward) at sequence length ``s`` with ``d = heads·head_dim``
-    (PaLM appendix B). Causal masking is not subtracted (the usual MFU convention).
-
-    Parameters
-    ----------
-    config : TransformerConfig
-        The model's config.
-    seq_len : int
-        Training sequence length (>= 1).
-
-    Returns
-    -------
-    float
-        FLOPs per trained token (forward + backward).
-    """
-    if seq_len < 1:
-        raise ValueError(f"seq_len must be >= 1; got {seq_len}")
-    assert config.head_dim is not None
-    attn_dim = config.num_heads * config.head_dim
-    n = config_param_count(config)
-    return float(6 * n + 12 * config.num_layers * attn_dim * seq_len)
 
 
 def summary(model: nnx.Module) -> str:

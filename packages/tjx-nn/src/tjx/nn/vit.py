@@ -8,11 +8,10 @@ from einops import rearrange
 from flax import nnx
 
 from tjx.nn.configs import ViTConfig
-from tjx.nn.embeddings import Embed
+from tjx.nn.embeddings import add_positions, learned_positions
 from tjx.nn.linear import Dense, dropout, split_key
 from tjx.nn.norms import make_norm
 from tjx.nn.params import make_param, normal, zeros
-from tjx.nn.positions import sinusoidal
 from tjx.nn.stack import Stack
 
 Array = jax.Array
@@ -39,18 +38,7 @@ class ViT(nnx.Module):
         self.cls_token = make_param(
             rngs, zeros(), (1, 1, c.d_model), (None, None, "embed"), p.param_dtype
         )
-        self.pos_embed = (
-            Embed(
-                c.max_seq_len,
-                c.d_model,
-                rngs=rngs,
-                init_std=c.init_std,
-                names=(None, "embed"),
-                precision=p,
-            )
-            if c.position == "learned"
-            else None
-        )
+        self.pos_embed = learned_positions(c, rngs=rngs)
         self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=False)
         norm_kw = dict(rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias, precision=p)
         self.final_norm = (
@@ -95,10 +83,7 @@ class ViT(nnx.Module):
         cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (b, 1, c.d_model))
         x = jnp.concatenate([cls, x], axis=1)
         positions = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), x.shape[:2])
-        if self.pos_embed is not None:
-            x = x + self.pos_embed(positions)
-        else:
-            x = x + sinusoidal(positions, c.d_model).astype(x.dtype)
+        x = add_positions(x, positions, self.pos_embed, c.position)
         x = dropout(x, c.dropout, k_embed, deterministic=deterministic)
         x, _ = self.stack(x, positions=positions, deterministic=deterministic, rng=k_stack)
         if self.final_norm is not None:

@@ -1,0 +1,172 @@
+"""Model FLOPs per token for MFU: ``6·N_matmul`` plus the attention score/value matmuls.
+
+Convention (PaLM appendix B, as MaxText and nanoGPT's MFU use it): a parameter that is a matmul
+weight costs 2 FLOPs per token forward and 4 backward, so ``6`` per token. Only **matmul weights**
+count: embedding lookups (the token table when it is not also the output projection, learned
+position and token-type tables, ViT's class token) are gathers, and biases/norm scales are
+elementwise. A tied token table counts once, as the unembedding matmul.
+
+The attention term is ``12·A·s_q·s_k`` per layer and sequence (``QKᵀ`` and ``PV``, ``2·A·s_k``
+FLOPs each per query forward, ×3 with backward), ``A = num_heads·head_dim``, with the **full**
+score matrix even when causal (PaLM's convention; most kernels compute it). For a decoder that is
+``12·L·A·s`` per token.
+
+The counts are derived from the config here and checked in the tests against the weights of the
+built model (``nnx.state``), so the two cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+from tjx.nn.configs import BertConfig, EncoderDecoderConfig, TransformerConfig, ViTConfig
+
+# (matmul parameters, positions per sequence they are applied at)
+_Terms = list[tuple[int, int]]
+
+
+def _attention_weights(c: TransformerConfig, *, cross: bool = False) -> tuple[int, int]:
+    """(query+output weights, key+value weights) of one attention layer.
+
+    They are split because cross-attention projects queries at target positions but keys and
+    values at source positions.
+    """
+    assert c.head_dim is not None and c.num_kv_heads is not None
+    d, inner, kv_inner = c.d_model, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    if c.attention_type == "mla" and not cross:
+        r = c.kv_latent_dim
+        assert r is not None
+        # kv_down [d, r], then key/value up-projections [r, kv_heads, head_dim], every token.
+        return 2 * d * inner, d * r + 2 * r * kv_inner
+    return 2 * d * inner, 2 * d * kv_inner
+
+
+def _mlp_weights(c: TransformerConfig) -> int:
+    assert c.mlp_dim is not None
+    return (3 if c.gated else 2) * c.d_model * c.mlp_dim
+
+
+def _self_block(c: TransformerConfig) -> int:
+    q_out, kv = _attention_weights(c)
+    return q_out + kv + _mlp_weights(c)
+
+
+def _terms(config: TransformerConfig, seq_len: int, src_len: int) -> tuple[_Terms, int]:
+    """Matmul weights with their positions per sequence, and the summed ``s_q·s_k`` over layers."""
+    c = config
+    d, s = c.d_model, seq_len
+    unembed = c.vocab_size * d  # the head, or the tied table used as the output matmul
+    if isinstance(c, EncoderDecoderConfig):
+        assert c.num_encoder_layers is not None and c.num_decoder_layers is not None
+        le, ld, S = c.num_encoder_layers, c.num_decoder_layers, src_len
+        cross_q_out, cross_kv = _attention_weights(c, cross=True)
+        terms = [
+            (le * _self_block(c), S),
+            (ld * (_self_block(c) + cross_q_out), s),
+            (ld * cross_kv, S),  # cross keys/values project the encoder output
+            (unembed, s),
+        ]
+        return terms, le * S * S + ld * s * s + ld * s * S
+    layers = c.num_layers * _self_block(c)
+    if isinstance(c, ViTConfig):
+        patch = c.patch_size * c.patch_size * c.num_channels * d
+        # The patch projection skips the class token; the classifier reads only the class token.
+        return [(layers, s), (patch, s - 1), (d * c.num_classes, 1)], c.num_layers * s * s
+    if isinstance(c, BertConfig):
+        # __call__ is the MLM head: dense transform + tied table. classify()'s pooler/classifier
+        # are not part of it (they run once per sequence: add 6·(d² + d·labels)/s if you use them).
+        return [(layers, s), (d * d, s), (unembed, s)], c.num_layers * s * s
+    return [(layers, s), (unembed, s)], c.num_layers * s * s
+
+
+def _check(config: TransformerConfig, seq_len: int, src_len: int | None) -> int:
+    for name, value in (("seq_len", seq_len), ("src_len", src_len)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{name} must be an int >= 1; got {value!r}")
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1; got {value}")
+    if src_len is not None and not isinstance(config, EncoderDecoderConfig):
+        raise ValueError(
+            f"src_len is only for EncoderDecoderConfig; got {type(config).__name__} "
+            "(allowed: None)"
+        )
+    if isinstance(config, ViTConfig) and seq_len != config.max_seq_len:
+        raise ValueError(
+            f"seq_len for a ViT must be num_patches + 1 = {config.max_seq_len} (its sequence is "
+            f"fixed by image_size/patch_size); got {seq_len}"
+        )
+    return seq_len if src_len is None else src_len
+
+
+def matmul_param_count(config: TransformerConfig) -> int:
+    """Parameters that are matmul weights in the model's ``__call__`` (the ``N`` of ``6·N``).
+
+    Kernels of every projection (attention incl. MLA's ``kv_down``, cross-attention, MLP, BERT's
+    MLM transform, ViT's patch projection and classifier) plus the output projection: the LM head
+    when untied, else the tied token table (counted once). Lookup-only tables (untied token
+    embedding, learned positions, token types, class token), biases and norms are excluded.
+
+    Parameters
+    ----------
+    config : TransformerConfig
+        Any config ``build_model`` accepts.
+
+    Returns
+    -------
+    int
+        The count (scanned and unrolled layers give the same number).
+    """
+    s = config.max_seq_len
+    return sum(n for n, _ in _terms(config, s, s)[0])
+
+
+def flops_per_token(
+    config: TransformerConfig, seq_len: int, *, src_len: int | None = None
+) -> float:
+    """Training FLOPs (forward + backward) per token: ``6·N_matmul + 12·L·A·s`` for decoders.
+
+    ``N_matmul`` is ``matmul_param_count(config)``: lookup-only tables (learned positions, the
+    token table when the LM head is untied) are not multiplied and are not counted; a tied table
+    is counted once as the unembedding. ``A = num_heads·head_dim``; the attention term counts the
+    full score matrix even for causal models (PaLM convention, not halved). Weights that run at
+    fewer positions than the sequence has (ViT's classifier on the class token) are weighted by
+    the share of positions they run at, so the result times the tokens processed is the exact
+    model FLOPs under this convention.
+
+    Per family (``s`` = ``seq_len``, ``S`` = ``src_len``, ``L_e``/``L_d`` = encoder/decoder
+    layers):
+
+    - decoders (GPT-2, LLaMA incl. GQA/MLA), BERT's MLM ``__call__``: per token as above;
+    - ViT: per position of the fixed ``num_patches + 1`` sequence (``seq_len`` must equal it);
+      multiply by ``seq_len`` for FLOPs per image;
+    - ``EncoderDecoder``: per **target** token, for sources of ``S`` tokens (default ``s``):
+      ``6·(N_dec + N_enc·S/s) + 12·A·(L_d·s + L_d·S + L_e·S²/s)`` (decoder self-attention,
+      cross-attention, encoder self-attention), where the encoder and the cross keys/values run
+      on ``S`` source positions.
+
+    Parameters
+    ----------
+    config : TransformerConfig
+        The model's config.
+    seq_len : int
+        Training sequence length (>= 1); the target length for an encoder-decoder.
+    src_len : int, optional
+        Source length of an encoder-decoder (default ``seq_len``); only for
+        ``EncoderDecoderConfig``.
+
+    Returns
+    -------
+    float
+        FLOPs per trained token.
+
+    Raises
+    ------
+    ValueError
+        ``seq_len``/``src_len`` < 1, ``src_len`` for a model without an encoder, or a ViT
+        ``seq_len`` other than ``num_patches + 1``.
+    """
+    S = _check(config, seq_len, src_len)
+    assert config.head_dim is not None
+    terms, score_area = _terms(config, seq_len, S)
+    weighted = sum(n * positions for n, positions in terms)
+    attn_dim = config.num_heads * config.head_dim
+    # Integer numerator, one correctly rounded division: exact whenever the result is integral.
+    return (6 * weighted + 12 * attn_dim * score_area) / seq_len

@@ -1,0 +1,113 @@
+"""flops_per_token / matmul_param_count against an independent count of the built model's
+matmul weights (read from ``nnx.state``), and GPT-2 small by hand."""
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from tjx import nn as tnn
+from tjx_nn_tests._helpers import TINY, gpt2_tiny, llama_tiny
+
+VIT = dict(d_model=32, num_layers=2, num_heads=4, image_size=8, patch_size=4, num_classes=5)
+
+
+def _positions(cfg, path, s, src, tied):
+    """How many positions per sequence a weight multiplies at in ``__call__`` (0 = never).
+
+    Read from the module path only, independently of tjx.nn.flops: every Dense ``kernel`` is a
+    matmul weight; a token table is one only when it is the output projection (no separate
+    ``head``; BERT's MLM head is always tied); position/type tables, biases, norms and the
+    class token are not.
+    """
+    names = [str(p) for p in path]
+    leaf = names[-1]
+    if leaf == "embedding":
+        return s if names[0] == "embed" and tied else 0
+    if leaf != "kernel":
+        return 0
+    if isinstance(cfg, tnn.ViTConfig):
+        return {"patch_embed": s - 1, "head": 1}.get(names[0], s)
+    if isinstance(cfg, tnn.BertConfig) and names[0] in ("pooler", "classifier"):
+        return 0  # classify() only; __call__ is the MLM head
+    if names[0] == "encoder" or ("cross_attn" in names and names[-2] in ("key", "value")):
+        return src
+    return s
+
+
+def _independent(cfg, s, src):
+    abstract = nnx.eval_shape(lambda: tnn.build_model(cfg, rngs=nnx.Rngs(0)))
+    flat = [
+        (path, int(np.prod(v.get_value().shape)))
+        for path, v in nnx.to_flat_state(nnx.state(abstract, nnx.Param))
+    ]
+    tied = isinstance(cfg, tnn.BertConfig) or not any(str(p[0]) == "head" for p, _ in flat)
+    pos = [_positions(cfg, path, s, src, tied) for path, _ in flat]
+    weighted = sum(size * n for (_, size), n in zip(flat, pos, strict=False))
+    n_matmul = sum(size for (_, size), n in zip(flat, pos, strict=False) if n > 0)
+    return weighted, n_matmul
+
+
+CASES = [
+    ("gpt2-tied", gpt2_tiny(), 12, None),
+    ("gpt2-untied-scan", gpt2_tiny(tie_embeddings=False, scan_layers=True), 16, None),
+    ("llama-untied-gqa", llama_tiny(), 8, None),
+    ("llama-tied", llama_tiny(tie_embeddings=True), 8, None),
+    ("llama-mla", llama_tiny(attention_type="mla", kv_latent_dim=8, head_dim=6), 8, None),
+    ("bert", tnn.BertConfig(**TINY, num_labels=3), 16, None),
+    ("vit", tnn.ViTConfig(**VIT), 5, None),
+    (
+        "encdec-untied",
+        tnn.EncoderDecoderConfig(
+            **TINY, num_encoder_layers=3, tie_embeddings=False, num_kv_heads=2
+        ),
+        6,
+        10,
+    ),
+    ("encdec-tied-rope", tnn.EncoderDecoderConfig(**TINY, position="rope"), 8, None),
+]
+
+
+@pytest.mark.parametrize("cfg,s,src", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_flops_equal_six_times_matmul_weights_plus_attention(cfg, s, src):
+    S = s if src is None else src
+    weighted, n_matmul = _independent(cfg, s, S)
+    A = cfg.num_heads * cfg.head_dim
+    if isinstance(cfg, tnn.EncoderDecoderConfig):
+        le, ld = cfg.num_encoder_layers, cfg.num_decoder_layers
+        area = le * S * S + ld * s * s + ld * s * S  # enc self, dec self, cross (full matrices)
+    else:
+        area = cfg.num_layers * s * s
+    expected = (6 * weighted + 12 * A * area) / s
+    kw = {} if src is None else {"src_len": src}
+    assert tnn.flops_per_token(cfg, s, **kw) == expected
+    assert tnn.matmul_param_count(cfg) == n_matmul
+    # Lookup tables are excluded, so N_matmul < N for every family here.
+    assert n_matmul < tnn.config_param_count(cfg)
+    if not isinstance(cfg, tnn.ViTConfig | tnn.EncoderDecoderConfig):
+        assert tnn.flops_per_token(cfg, s) == 6 * n_matmul + 12 * cfg.num_layers * A * s
+
+
+def test_gpt2_small_by_hand():
+    d, L, V, s = 768, 12, 50257, 1024
+    n_matmul = L * (3 * d * d + d * d + 2 * 4 * d * d) + V * d  # qkv, out, mlp; tied unembed
+    assert n_matmul == 123_532_032  # HF's 124,439,808 minus wpe (786,432) and biases/norms
+    cfg = tnn.gpt2_config("small")
+    assert tnn.matmul_param_count(cfg) == n_matmul
+    assert tnn.flops_per_token(cfg, s) == 6 * n_matmul + 12 * L * d * s == 854_438_400
+    # Untying adds a lookup-only table: the FLOPs do not change.
+    untied = tnn.gpt2_config("small", tie_embeddings=False)
+    assert tnn.flops_per_token(untied, s) == tnn.flops_per_token(cfg, s)
+    assert tnn.config_param_count(untied) == 124_439_808 + V * d
+
+
+def test_flops_errors():
+    with pytest.raises(ValueError, match="seq_len"):
+        tnn.flops_per_token(gpt2_tiny(), 0)
+    with pytest.raises(ValueError, match="seq_len"):
+        tnn.flops_per_token(gpt2_tiny(), 2.5)
+    with pytest.raises(ValueError, match="src_len"):
+        tnn.flops_per_token(gpt2_tiny(), 8, src_len=8)
+    with pytest.raises(ValueError, match="src_len"):
+        tnn.flops_per_token(tnn.EncoderDecoderConfig(**TINY), 8, src_len=0)
+    with pytest.raises(ValueError, match="num_patches"):
+        tnn.flops_per_token(tnn.ViTConfig(**VIT), 16)

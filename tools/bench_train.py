@@ -82,8 +82,9 @@ def compile_seconds(cfg: Any, detail: dict[str, float] | None = None) -> tuple[f
 
 def throughput(name: str, sets: list[str], steps: int) -> dict[str, Any]:
     """Compile once, then the median step time over ``steps`` steps on synthetic batches."""
-    from tjx import metrics, nn, parallel
+    from tjx import metrics, parallel
     from trainer import state as state_mod
+    from trainer.model_build import flops_per_unit
     from trainer.step import make_train_step
 
     cfg = load(name, sets)
@@ -106,9 +107,9 @@ def throughput(name: str, sets: list[str], steps: int) -> dict[str, Any]:
         jax.block_until_ready(out)
         times.append(time.perf_counter() - t0)
     median = statistics.median(times)
-    tokens = cfg.data.batch_size * cfg.data.seq_len
+    tokens = cfg.data.batch_size * (cfg.data.seq_len if cfg.task != "classify" else 1)
     tps = tokens / median
-    flops = float(nn.flops_per_token(setup.nn_config, cfg.data.seq_len))
+    flops = flops_per_unit(setup.nn_config, cfg)
     dtype = {"bfloat16": "bf16", "float16": "fp16", "float32": "tf32"}[cfg.model.compute_dtype]
     peak = None if jax.default_backend() == "cpu" else metrics.device_peak_flops(None, dtype)
     mfu = metrics.mfu(tps, flops, peak, num_devices=jax.device_count()) if peak else None

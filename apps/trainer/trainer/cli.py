@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml  # type: ignore[import-untyped]
@@ -49,7 +49,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--profile-steps", default=None, metavar="A:B", help="write a jax.profiler trace of steps"
     )
+    multi = parser.add_argument_group(
+        "multi-host",
+        "Run one trainer process per host (or per process group) with the same command and its "
+        "own --process-id; unset values come from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / "
+        "JAX_PROCESS_ID or SLURM. Without any of them the run is a single process.",
+    )
+    multi.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="process 0's address and a free port",
+    )
+    multi.add_argument(
+        "--num-processes", type=int, default=None, metavar="N", help="processes in the run"
+    )
+    multi.add_argument(
+        "--process-id", type=int, default=None, metavar="I", help="this process's rank, 0..N-1"
+    )
+    multi.add_argument(
+        "--init-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="give up (exit 1) if not every process has joined by then (default 300)",
+    )
     return parser
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """How this process joins a multi-host run (``None``: from the environment, or single)."""
+
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    timeout_s: float = 300.0
 
 
 @dataclass
@@ -61,6 +96,7 @@ class RunPlan:
     resume: bool
     init_from: str | None
     profile: tuple[int, int] | None
+    distributed: Distributed = field(default_factory=Distributed)
 
 
 HF_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
@@ -80,6 +116,25 @@ def parse_profile(text: str | None) -> tuple[int, int] | None:
     if not 0 <= start < stop:
         raise ConfigError(f"--profile-steps: expected 0 <= A < B, got {text!r}")
     return start, stop
+
+
+def parse_distributed(args: argparse.Namespace) -> Distributed:
+    """The multi-host flags, checked on their own (the environment fills the rest at start)."""
+    coordinator, count, rank = args.coordinator, args.num_processes, args.process_id
+    if coordinator is not None:
+        host, _, port = coordinator.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"--coordinator: expected HOST:PORT with a port in 1..65535, got {coordinator!r}"
+            )
+    if count is not None and count < 1:
+        raise ConfigError(f"--num-processes: must be >= 1, got {count}")
+    if rank is not None and (rank < 0 or (count is not None and rank >= count)):
+        limit = f"0..{count - 1}" if count is not None else ">= 0"
+        raise ConfigError(f"--process-id: must be in {limit}, got {rank}")
+    if not args.init_timeout > 0:
+        raise ConfigError(f"--init-timeout: must be > 0 seconds, got {args.init_timeout}")
+    return Distributed(coordinator, count, rank, float(args.init_timeout))
 
 
 def _check_data_source(source: str) -> None:
@@ -137,7 +192,8 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         raise ConfigError(
             f"--profile-steps: {args.profile_steps} ends after train.steps ({cfg.train.steps})"
         )
-    return RunPlan(cfg, run_dir, bool(args.resume), args.init_from, profile)
+    distributed = parse_distributed(args)
+    return RunPlan(cfg, run_dir, bool(args.resume), args.init_from, profile, distributed)
 
 
 def config_yaml(cfg: Config) -> str:
@@ -145,10 +201,10 @@ def config_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-def error_exit(message: str) -> int:
+def error_exit(message: str, code: int = 2) -> int:
     """Print one error line to stderr; the exit code for bad input is 2."""
-    print(f"trainer: error: {message}", file=sys.stderr)
-    return 2
+    print(f"trainer: error: {message}", file=sys.stderr, flush=True)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

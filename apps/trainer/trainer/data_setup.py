@@ -178,6 +178,19 @@ def train_loader(bundle: DataBundle, cfg: Config) -> Any:
     )
 
 
+def restore_loader(loader: Any, state: dict[str, Any]) -> None:
+    """Continue ``loader`` from a checkpoint's data state, on any process of the run.
+
+    The checkpoint holds process 0's loader state (JSON items are written by the primary only).
+    Every process steps in lockstep, so all are at the same (epoch, step) and differ only in
+    ``process_index``: each takes the saved position with its own index. A different process
+    count or per-process batch still fails in ``load_state_dict`` (a different row split).
+    """
+    if "process_index" in state:
+        state = {**state, "process_index": jax.process_index()}
+    loader.load_state_dict(state)
+
+
 def to_global(batch: Any, mesh: Any) -> Any:
     """A host batch as one array on the mesh: sharded directly in a single process, assembled
     from every process's local rows in a multi-host run."""

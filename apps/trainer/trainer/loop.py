@@ -16,6 +16,10 @@ from trainer import rundir
 from trainer.cli import RunPlan, config_yaml, error_exit
 from trainer.schema import ConfigError
 
+# A dead peer is caught by jax's heartbeat long before this; a slow first-time tokenization of a
+# large corpus is not an error.
+DATA_READY_TIMEOUT_S = 6 * 3600.0
+
 
 def _device_note() -> None:
     backend = jax.default_backend()
@@ -31,30 +35,50 @@ def _device_note() -> None:
 
 def run(plan: RunPlan) -> int:
     """Train as planned; exit code 0 on success or after a signal-triggered save, 2 on bad input."""
-    from trainer import data_setup, memory_fit, state
+    from trainer import data_setup, memory_fit, multihost, state
     from trainer.model_build import describe_nn_config
 
     cfg = plan.config
     from tjx import parallel
 
-    # Multi-host runs take the coordinator from the environment (JAX_COORDINATOR_ADDRESS, ... or
-    # SLURM); without one this is a single process and nothing happens.
-    parallel.initialize()
+    # Multi-host: the flags, else JAX_COORDINATOR_ADDRESS/... or SLURM; with none of them this is a
+    # single process and nothing happens. A setup that cannot work ends here with one error line
+    # (exit 1 when the processes could not join, 2 when they disagree), never a hang.
+    try:
+        info = multihost.join(
+            plan.distributed, cfg.to_dict(), resume=plan.resume, init_from=plan.init_from
+        )
+    except multihost.JoinError as err:
+        return error_exit(str(err), code=err.code)
+    if info.num_processes > 1:
+        print(
+            f"multi-host: process {info.process_id} of {info.num_processes} "
+            f"(coordinator {info.coordinator})",
+            flush=True,
+        )
+    primary = parallel.is_primary()
     _device_note()
     # Everything that can fail on bad input happens before the run directory exists.
     try:
         bundle = data_setup.prepare(cfg)
+        # Data preparation may take one host much longer (it builds the shards the others then
+        # find cached); CPU collectives give up on a peer after ~30 s, so everyone waits here.
+        parallel.barrier("trainer:data_ready", timeout_s=DATA_READY_TIMEOUT_S)
         if plan.init_from is None:
             cfg = memory_fit.fit_memory(cfg, bundle.vocab_size)
             plan = dataclasses.replace(plan, config=cfg)
         setup = state.build(cfg, bundle.vocab_size, plan.init_from)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         return error_exit(str(err))
-    rundir.create(plan.run_dir, cfg.to_dict())
-    rundir.write_json(plan.run_dir, rundir.MODEL_FILE, describe_nn_config(setup.nn_config))
-    rundir.write_json(
-        plan.run_dir, rundir.DATA_FILE, data_setup.describe(bundle, cfg, plan.run_dir)
-    )
+    # Process 0 writes the run directory; the others only take part in checkpoints (each saves
+    # its own shards there), after process 0 has made the folder.
+    if primary:
+        rundir.create(plan.run_dir, cfg.to_dict())
+        rundir.write_json(plan.run_dir, rundir.MODEL_FILE, describe_nn_config(setup.nn_config))
+        rundir.write_json(
+            plan.run_dir, rundir.DATA_FILE, data_setup.describe(bundle, cfg, plan.run_dir)
+        )
+    parallel.barrier("trainer:run_dir", timeout_s=plan.distributed.timeout_s)
     try:
         return _train(plan, bundle, setup)
     finally:
@@ -62,12 +86,14 @@ def run(plan: RunPlan) -> int:
 
 
 def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
-    from tjx import ckpt, metrics
+    from tjx import ckpt, metrics, parallel
     from trainer import data_setup, evaluation, progress, sampling
+    from trainer.model_build import flops_per_unit
     from trainer.signals import stop_on_signals
     from trainer.step import make_train_step
 
     cfg, run_dir = plan.config, plan.run_dir
+    primary = parallel.is_primary()
     logger = metrics.make_logger(
         list(cfg.logging.sinks),
         str(run_dir),
@@ -92,7 +118,7 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
         # Exactly the fresh state's placement (restore already reshards onto the target).
         st = jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), restored.state, st)
         if restored.data_state is not None:
-            loader.load_state_dict(restored.data_state)
+            data_setup.restore_loader(loader, restored.data_state)
         start = int(restored.step)
         print(f"resumed from step {start} ({run_dir / rundir.CHECKPOINTS_DIR})", flush=True)
     shardings = jax.tree.map(lambda x: x.sharding, st)
@@ -102,7 +128,7 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
         donate_argnums=(0,),
     )
     tokens_per_step = cfg.data.batch_size * (cfg.data.seq_len if cfg.task != "classify" else 1)
-    flops_tok = _flops_per_token(setup, cfg)
+    flops_tok = flops_per_unit(setup.nn_config, cfg)
     peak = _peak_flops(cfg)
     print(
         f"model: {setup.num_params:,} parameters; {tokens_per_step:,} tokens per step", flush=True
@@ -169,10 +195,12 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
                 bar.note(f"step {step_done}: val loss {last_eval['loss']:.4f}")
             sample_now = cfg.train.sample_every and step_done % cfg.train.sample_every == 0
             if cfg.task == "lm" and (sample_now or step_done == total):
+                # Every process generates (the params span them all); process 0 writes.
                 texts = sampling.sample(setup, st["params"], bundle, cfg, step_done)
-                path = rundir.write_samples(run_dir, step_done, texts, cfg.sampling.prompts)
                 logger.log_text(step_done, "sample", texts[0])
-                bar.note(f"step {step_done}: samples → {path}")
+                if primary:
+                    path = rundir.write_samples(run_dir, step_done, texts, cfg.sampling.prompts)
+                    bar.note(f"step {step_done}: samples → {path}")
             ckpt_now = cfg.train.checkpoint_every and step_done % cfg.train.checkpoint_every == 0
             if ckpt_now and step_done != total:
                 save(step_done, force=False)
@@ -189,10 +217,11 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
         "num_params": setup.num_params,
         **{f"val_{k}": v for k, v in last_eval.items()},
     }
-    rundir.write_final(run_dir, summary)
     with contextlib.suppress(Exception):
         logger.close()
-    _plot(run_dir)
+    if primary:
+        rundir.write_final(run_dir, summary)
+        _plot(run_dir)
     if interrupted:
         print(
             f"{stop.signal_name or 'train.stop_at'}: saved step {step_done} to {run_dir}; "
@@ -201,15 +230,6 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
     else:
         print(f"done: {step_done} steps; run directory {run_dir}")
     return 0
-
-
-def _flops_per_token(setup: Any, cfg: Any) -> float:
-    try:
-        from tjx import nn
-
-        return float(nn.flops_per_token(setup.nn_config, cfg.data.seq_len))
-    except Exception:  # flops are informational; ViT/BERT configs may not be supported
-        return 6.0 * setup.num_params
 
 
 def _peak_flops(cfg: Any) -> float | None:

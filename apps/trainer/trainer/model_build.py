@@ -91,3 +91,17 @@ def describe_nn_config(config: Any) -> dict[str, Any]:
             }
         fields[f.name] = value
     return {"class": type(config).__name__, "fields": fields}
+
+
+def flops_per_unit(nn_cfg: Any, cfg: Config) -> float:
+    """Training FLOPs per unit the trainer counts in ``tokens_per_step``, for MFU.
+
+    Language models count tokens (``tjx.nn.flops_per_token`` at the data's ``seq_len``); the
+    classifier counts images, each a fixed sequence of ``num_patches + 1`` positions.
+    """
+    from tjx import nn
+
+    if cfg.task == "classify":
+        positions = nn_cfg.max_seq_len
+        return float(nn.flops_per_token(nn_cfg, positions)) * positions
+    return float(nn.flops_per_token(nn_cfg, cfg.data.seq_len))

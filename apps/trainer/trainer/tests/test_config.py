@@ -132,3 +132,23 @@ def test_config_file_path_and_errors(tmp_path):
     loop.write_text("base: 5\n")
     with pytest.raises(ConfigError, match="base: expected a preset name"):
         load_config_data(str(loop))
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_flops_per_unit_of_every_preset(name):
+    """MFU's numerator: per token for LMs, per image (all its positions) for the classifier."""
+    from tjx import nn
+    from trainer.model_build import flops_per_unit, nn_config
+
+    cfg = build_config(load_config_data(name))
+    c = nn_config(cfg.model, 512)
+    got = flops_per_unit(c, cfg)
+    if cfg.task == "classify":
+        positions = c.max_seq_len
+        assert positions > 1
+        assert got == pytest.approx(nn.flops_per_token(c, positions) * positions)
+        # At least the weight matmuls of every position (forward + backward = 6 per weight).
+        assert got > 6 * nn.matmul_param_count(c) * (positions - 1)
+    else:
+        assert got == pytest.approx(nn.flops_per_token(c, cfg.data.seq_len))
+        assert got > 6 * nn.matmul_param_count(c)

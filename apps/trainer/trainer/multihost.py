@@ -1,0 +1,148 @@
+"""Joining a multi-host run: start ``jax.distributed`` with a deadline that ends in one clear
+error line, then check that every process was started with the same run.
+
+Two ways a multi-host launch goes wrong silently or loudly enough to confuse:
+
+* Not every announced process joins (a wrong ``--num-processes``, a duplicated ``--process-id``,
+  a coordinator nobody runs). jax 0.10 then aborts the process from a C++ thread once its
+  ``initialization_timeout`` passes (SIGABRT, a stack trace, "another task died") — the Python
+  ``RuntimeError`` that :func:`tjx.parallel.initialize` would raise never comes. A watchdog here
+  fires a little earlier, prints what was expected and exits 1.
+* Processes that disagree: jax uses process 0's count, so a process told ``--num-processes 3`` in a
+  run of 2 joins without complaint; a different ``--set`` on one host trains another model and
+  hangs or diverges later. After joining, every process compares what it was told with the
+  others' (one tiny all-gather) and all exit 2 together, naming what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+from typing import Any
+
+import numpy as np
+import yaml  # type: ignore[import-untyped]
+
+from trainer.cli import Distributed
+
+# jax's own deadline is this much later than ours, so our message (not its abort) is what is seen.
+JAX_GRACE_S = 10.0
+
+
+class JoinError(Exception):
+    """The run could not start as several processes; ``code`` is the exit status to use."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _watchdog(dist: Distributed, message: str) -> threading.Timer:
+    def give_up() -> None:
+        print(f"trainer: error: {message}", file=sys.stderr, flush=True)
+        # The main thread is blocked inside jax's C++ connect; nothing has been written yet.
+        os._exit(1)
+
+    timer = threading.Timer(dist.timeout_s, give_up)
+    timer.daemon = True
+    return timer
+
+
+def join(dist: Distributed, config: dict[str, Any], *, resume: bool, init_from: str | None) -> Any:
+    """Start ``jax.distributed`` if this is one of several processes, then check agreement.
+
+    Parameters
+    ----------
+    dist : Distributed
+        The ``--coordinator`` / ``--num-processes`` / ``--process-id`` / ``--init-timeout`` flags
+        (unset ones come from the environment or SLURM).
+    config : dict
+        The effective config; every process must have the same one.
+    resume, init_from
+        The other run options every process must share.
+
+    Returns
+    -------
+    tjx.parallel.DistributedInfo
+        Where this process stands (``num_processes == 1``: a single-process run).
+
+    Raises
+    ------
+    JoinError
+        Code 2: an incomplete setup or processes that disagree; code 1: joining failed.
+    """
+    from tjx import parallel
+
+    try:
+        info = parallel.resolve_distributed(dist.coordinator, dist.num_processes, dist.process_id)
+    except ValueError as err:
+        raise JoinError(f"multi-host setup: {err}", 2) from None
+    if info.num_processes == 1:
+        return info
+    expected = (
+        f"not all {info.num_processes} processes joined the run at coordinator "
+        f"{info.coordinator} within {dist.timeout_s:g} s (this is process {info.process_id}); "
+        f"start every process with the same --coordinator and --num-processes and its own "
+        f"--process-id in 0..{info.num_processes - 1}, or raise --init-timeout"
+    )
+    timer = _watchdog(dist, expected)
+    timer.start()
+    try:
+        parallel.initialize(
+            info.coordinator,
+            info.num_processes,
+            info.process_id,
+            timeout_s=dist.timeout_s + JAX_GRACE_S,
+        )
+    except (RuntimeError, ValueError) as err:
+        raise JoinError(f"{expected}: {str(err).strip().splitlines()[0]}", 1) from None
+    finally:
+        timer.cancel()
+        timer.join()  # a cancelled timer ends at once; leave no thread behind
+    _check_agreement(info.num_processes, config, resume=resume, init_from=init_from)
+    return info
+
+
+def _digest_words(text: str) -> list[int]:
+    """128 bits of sha256 as four int32 words (all-gathered as one small array)."""
+    raw = hashlib.sha256(text.encode()).digest()[:16]
+    return [int(w) for w in np.frombuffer(raw, dtype=np.int32)]
+
+
+def _check_agreement(
+    num_processes: int, config: dict[str, Any], *, resume: bool, init_from: str | None
+) -> None:
+    import jax
+    from jax.experimental import multihost_utils
+
+    mine = np.asarray(
+        [
+            num_processes,
+            int(resume),
+            *_digest_words(init_from or ""),
+            *_digest_words(yaml.safe_dump(config, sort_keys=True)),
+        ],
+        dtype=np.int32,
+    )
+    rows = np.asarray(multihost_utils.process_allgather(mine))  # [process_count, fields]
+    problems = []
+    if (rows[:, 0] != jax.process_count()).any():
+        told = ", ".join(f"process {i}: {n}" for i, n in enumerate(rows[:, 0]))
+        problems.append(
+            f"--num-processes: the run has {jax.process_count()} processes but they were told "
+            f"{told}"
+        )
+    if (rows[:, 1] != rows[0, 1]).any():
+        problems.append("--resume: given to some processes only")
+    if (rows[:, 2:6] != rows[0, 2:6]).any():
+        problems.append("--init-from: differs between processes")
+    if (rows[:, 6:] != rows[0, 6:]).any():
+        differ = [i for i in range(len(rows)) if (rows[i, 6:] != rows[0, 6:]).any()]
+        problems.append(
+            f"config: process(es) {differ} have another effective config than process 0 "
+            "(compare the configs they printed)"
+        )
+    if problems:
+        raise JoinError("multi-host processes disagree: " + "; ".join(problems), 2)

@@ -1,0 +1,143 @@
+"""Multi-host plumbing that one process can check: the flags, joining (watchdog, errors), the
+agreement check, and resuming a loader from process 0's saved state on another process.
+
+The real thing — two trainer processes on loopback — is tests-integration's
+test_train_multiprocess.py.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from trainer import data_setup, multihost
+from trainer.cli import Distributed, build_parser, main, plan_run
+
+DIST_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS")
+
+
+@pytest.fixture()
+def no_dist_env(monkeypatch):
+    for key in DIST_ENV:
+        monkeypatch.delenv(key, raising=False)
+
+
+def test_flags_reach_the_plan(in_tmp):
+    argv = ["--config", "tiny", "--coordinator", "10.0.0.1:1234", "--num-processes", "4"]
+    plan = plan_run(build_parser().parse_args([*argv, "--process-id", "3", "--init-timeout", "7"]))
+    assert plan.distributed == Distributed("10.0.0.1:1234", 4, 3, 7.0)
+    default = plan_run(build_parser().parse_args(["--config", "tiny"])).distributed
+    assert default == Distributed(None, None, None, 300.0)
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--num-processes", "2", "--process-id", "2"], "--process-id: must be in 0..1, got 2"),
+        (["--process-id", "-1"], "--process-id: must be in >= 0, got -1"),
+        (["--num-processes", "0"], "--num-processes: must be >= 1"),
+        (["--coordinator", "localhost"], "--coordinator: expected HOST:PORT"),
+        (["--coordinator", "h:99999"], "--coordinator: expected HOST:PORT"),
+        (["--coordinator", ":80"], "--coordinator: expected HOST:PORT"),
+        (["--init-timeout", "0"], "--init-timeout: must be > 0"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(in_tmp, capsys, flags, needle):
+    assert main(["--config", "tiny", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trainer: error: ") and needle in err and err.count("\n") == 1
+    assert list(in_tmp.iterdir()) == []
+
+
+def test_incomplete_setup_exits_2_before_anything(in_tmp, capsys, no_dist_env):
+    assert main(["--config", "tiny", "--num-processes", "2", "--process-id", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "trainer: error: multi-host setup: incomplete distributed setup" in err
+    assert "coordinator (JAX_COORDINATOR_ADDRESS)" in err
+    assert list(in_tmp.iterdir()) == []
+
+
+def test_single_process_join_starts_nothing(no_dist_env, monkeypatch):
+    from tjx import parallel
+
+    monkeypatch.setattr(parallel, "initialize", lambda *a, **k: pytest.fail("initialized"))
+    info = multihost.join(Distributed(), {"a": 1}, resume=False, init_from=None)
+    assert info.num_processes == 1 and info.process_id == 0
+
+
+def test_join_failure_is_exit_1_and_stops_the_watchdog(no_dist_env, monkeypatch):
+    from tjx import parallel
+
+    seen = {}
+
+    def fail(*args, **kwargs):
+        seen.update(args=args, kwargs=kwargs)
+        raise RuntimeError("could not join\nC++ details")
+
+    monkeypatch.setattr(parallel, "initialize", fail)
+    dist = Distributed("127.0.0.1:5", 2, 1, 30.0)
+    with pytest.raises(multihost.JoinError) as exc:
+        multihost.join(dist, {}, resume=False, init_from=None)
+    assert exc.value.code == 1
+    message = str(exc.value)
+    assert message.startswith("not all 2 processes joined the run at coordinator 127.0.0.1:5")
+    assert "(this is process 1)" in message and message.endswith("could not join")
+    # jax's own deadline is later than the watchdog's, so the watchdog's line is what is seen.
+    assert seen["args"] == ("127.0.0.1:5", 2, 1)
+    assert seen["kwargs"]["timeout_s"] == 30.0 + multihost.JAX_GRACE_S
+    assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+
+
+def test_watchdog_prints_one_line_and_exits_1(monkeypatch, capsys):
+    codes = []
+    monkeypatch.setattr(multihost.os, "_exit", codes.append)
+    timer = multihost._watchdog(Distributed(timeout_s=0.01), "nobody came")
+    timer.start()
+    timer.join(5)
+    assert codes == [1]
+    assert capsys.readouterr().err == "trainer: error: nobody came\n"
+
+
+def test_agreement_names_a_wrong_process_count():
+    # One process told it is one of two: the all-gather sees 2 where the run has 1.
+    multihost._check_agreement(1, {"a": 1}, resume=False, init_from=None)
+    with pytest.raises(multihost.JoinError) as exc:
+        multihost._check_agreement(2, {"a": 1}, resume=True, init_from="gpt2")
+    assert exc.value.code == 2
+    assert "the run has 1 processes but they were told process 0: 2" in str(exc.value)
+
+
+def test_digest_words_tell_configs_apart():
+    a = multihost._digest_words("model: {d_model: 64}")
+    assert a == multihost._digest_words("model: {d_model: 64}") and len(a) == 4
+    assert a != multihost._digest_words("model: {d_model: 65}")
+
+
+def test_any_process_resumes_from_process_0s_loader_state(tmp_path, monkeypatch):
+    from tjx import data
+
+    rng = np.random.default_rng(7)
+    docs = [" ".join(f"w{int(x)}" for x in rng.integers(0, 500, 60)) for _ in range(40)]
+    data.pretokenize(docs, data.load_tokenizer("byte"), tmp_path, num_workers=1, progress=False)
+
+    def loader(index):
+        return data.PackedLoader(
+            tmp_path / "train", seq_len=16, batch_size=2, seed=3, process_index=index,
+            process_count=2, prefetch=0,
+        )  # fmt: skip
+
+    first, second = loader(0), loader(1)
+    for _ in range(3):
+        next(first), next(second)
+    saved = first.state_dict()  # what the checkpoint holds: process 0's position
+    expected = next(second)
+    monkeypatch.setattr(data_setup.jax, "process_index", lambda: 1)
+    resumed = loader(1)
+    data_setup.restore_loader(resumed, saved)
+    got = next(resumed)
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])
+    with pytest.raises(data.DataError, match="process_index: saved 0, now 1"):
+        loader(1).load_state_dict(saved)  # what the loop did before: every resume failed

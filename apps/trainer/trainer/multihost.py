@@ -5,9 +5,9 @@ Two ways a multi-host launch goes wrong silently or loudly enough to confuse:
 
 * Not every announced process joins (a wrong ``--num-processes``, a duplicated ``--process-id``,
   a coordinator nobody runs). jax 0.10 then aborts the process from a C++ thread once its
-  ``initialization_timeout`` passes (SIGABRT, a stack trace, "another task died") — the Python
-  ``RuntimeError`` that :func:`tjx.parallel.initialize` would raise never comes. A watchdog here
-  fires a little earlier, prints what was expected and exits 1.
+  ``initialization_timeout`` passes (SIGABRT, a stack trace, "another task died").
+  :func:`tjx.parallel.initialize`'s watchdog fires a little earlier and exits 1 with the one
+  line given here: what was expected and which flags fix it.
 * Processes that disagree: jax uses process 0's count, so a process told ``--num-processes 3`` in a
   run of 2 joins without complaint; a different ``--set`` on one host trains another model and
   hangs or diverges later. After joining, every process compares what it was told with the
@@ -17,18 +17,12 @@ Two ways a multi-host launch goes wrong silently or loudly enough to confuse:
 from __future__ import annotations
 
 import hashlib
-import os
-import sys
-import threading
 from typing import Any
 
 import numpy as np
 import yaml  # type: ignore[import-untyped]
 
 from trainer.cli import Distributed
-
-# jax's own deadline is this much later than ours, so our message (not its abort) is what is seen.
-JAX_GRACE_S = 10.0
 
 
 class JoinError(Exception):
@@ -37,17 +31,6 @@ class JoinError(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
-
-
-def _watchdog(dist: Distributed, message: str) -> threading.Timer:
-    def give_up() -> None:
-        print(f"trainer: error: {message}", file=sys.stderr, flush=True)
-        # The main thread is blocked inside jax's C++ connect; nothing has been written yet.
-        os._exit(1)
-
-    timer = threading.Timer(dist.timeout_s, give_up)
-    timer.daemon = True
-    return timer
 
 
 def join(dist: Distributed, config: dict[str, Any], *, resume: bool, init_from: str | None) -> Any:
@@ -87,20 +70,16 @@ def join(dist: Distributed, config: dict[str, Any], *, resume: bool, init_from: 
         f"start every process with the same --coordinator and --num-processes and its own "
         f"--process-id in 0..{info.num_processes - 1}, or raise --init-timeout"
     )
-    timer = _watchdog(dist, expected)
-    timer.start()
     try:
         parallel.initialize(
             info.coordinator,
             info.num_processes,
             info.process_id,
-            timeout_s=dist.timeout_s + JAX_GRACE_S,
+            timeout_s=dist.timeout_s,
+            timeout_message=f"trainer: error: {expected}",
         )
     except (RuntimeError, ValueError) as err:
         raise JoinError(f"{expected}: {str(err).strip().splitlines()[0]}", 1) from None
-    finally:
-        timer.cancel()
-        timer.join()  # a cancelled timer ends at once; leave no thread behind
     _check_agreement(info.num_processes, config, resume=resume, init_from=init_from)
     return info
 

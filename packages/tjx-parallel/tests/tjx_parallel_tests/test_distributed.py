@@ -78,9 +78,42 @@ def test_initialize_passes_timeouts_and_explains_failure(monkeypatch: pytest.Mon
     monkeypatch.setattr(jax.config, "update", lambda *a: updates.append(a))
     with pytest.raises(RuntimeError, match=r"process 1 of 2 could not join .* h:7 within 12 s"):
         initialize("h:7", 2, 1, timeout_s=12, heartbeat_timeout_s=4)
-    assert seen["initialization_timeout"] == 12 and seen["heartbeat_timeout_seconds"] == 4
+    # jax's own deadline comes after the watchdog's (see the next test).
+    assert seen["initialization_timeout"] == 12 + 10 and seen["heartbeat_timeout_seconds"] == 4
     assert seen["coordinator_address"] == "h:7" and seen["process_id"] == 1
     assert updates == [("jax_cpu_collectives_implementation", "gloo")]
+
+
+@pytest.mark.parametrize("custom", [None, "app: error: start every process with --coordinator"])
+def test_join_watchdog_prints_one_line_and_exits_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], custom: str | None
+) -> None:
+    """jax 0.10 aborts (SIGABRT) at its join deadline; the watchdog speaks first and exits 1."""
+    import threading
+
+    import jax
+
+    import tjx.parallel.distributed as distributed
+
+    exits: list[int] = []
+    released = threading.Event()
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        released.set()
+
+    def blocked_initialize(**kwargs):  # a peer never comes: jax would block in C++ here
+        assert released.wait(10), "the watchdog never fired"
+
+    monkeypatch.setattr(distributed.os, "_exit", fake_exit)
+    monkeypatch.setattr(jax.distributed, "initialize", blocked_initialize)
+    monkeypatch.setattr(jax.config, "update", lambda *a: None)
+    initialize("h:9", 3, 2, timeout_s=0.05, timeout_message=custom)
+    assert exits == [1]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [custom or "tjx.parallel: error: process 2 of 3 could not join the run at "
+                   "coordinator h:9 within 0.05 s (args setup)"]  # fmt: skip
+    assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
 
 
 def test_barrier_timeout_and_missing_client(monkeypatch: pytest.MonkeyPatch) -> None:

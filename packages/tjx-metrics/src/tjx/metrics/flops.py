@@ -8,7 +8,8 @@ Convention (PaLM, Chowdhery et al. 2022, appendix B — also what nanoGPT and mo
   the backward pass (gradients w.r.t. activations and w.r.t. weights), so 2 + 4 = 6 FLOPs per
   parameter per token. ``N`` is the parameter count you pass (PaLM and nanoGPT use the full count;
   embedding lookups are not matmuls, so passing the non-embedding count is the stricter choice —
-  either way, say which one you report).
+  either way, say which one you report; tjx-nn's ``flops_per_token`` counts matmul weights only:
+  no lookup tables, a tied embedding once, as the unembedding).
 * ``12·L·d·s``: the attention score ``Q·Kᵀ`` and the weighted sum ``A·V`` are matmuls without
   parameters; per layer and token each costs ``2·d·s`` FLOPs forward (``d = heads·head_dim``,
   ``s`` = sequence length), so ``4·L·d·s`` forward and ``3×`` that for forward + backward.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
+import threading
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -17,6 +19,9 @@ __all__ = [
     "resolve_distributed",
     "slurm_first_host",
 ]
+
+#: jax's own join deadline is this much later than ours, so our message, not its abort, is seen.
+JAX_GRACE_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,8 +146,15 @@ def initialize(
     heartbeat_timeout_s: float = 100.0,
     local_device_ids: Sequence[int] | None = None,
     cpu_collectives: str | None = "gloo",
+    timeout_message: str | None = None,
 ) -> DistributedInfo:
     """Start ``jax.distributed`` when more than one process takes part; call before any JAX op.
+
+    When not every announced process joins in time (a wrong process count, a duplicated process
+    id, a coordinator nobody runs), jax 0.10 aborts the process from a C++ thread (SIGABRT, a
+    long stack trace) instead of raising. So a watchdog fires ``timeout_s`` after the call, a
+    little before jax's own deadline: it prints one line to stderr naming the coordinator and
+    the process count, and ends the process with exit status 1 (nothing has run yet).
 
     Parameters
     ----------
@@ -150,8 +162,7 @@ def initialize(
         Explicit setup; missing values come from the environment (:func:`resolve_distributed`).
         One process → nothing is started.
     timeout_s : float
-        How long to wait for every process to connect; past it → RuntimeError naming the
-        coordinator and process count, instead of a hang.
+        How long to wait for every process to connect.
     heartbeat_timeout_s : float
         A peer silent this long is declared dead and the coordination service ends the other
         processes with an error ("... heartbeat ..."), instead of letting them hang in a
@@ -160,16 +171,32 @@ def initialize(
         Restrict this process to some local devices (GPU/TPU).
     cpu_collectives : str or None
         CPU cross-process collectives ("gloo" works with jax 0.10); ``None`` leaves jax's default.
+    timeout_message : str, optional
+        The line the watchdog prints instead of the default (e.g. an app's own flags and hint).
 
     Returns
     -------
     DistributedInfo
+
+    Raises
+    ------
+    RuntimeError
+        jax raised while joining (the message names the setup).
     """
     info = resolve_distributed(coordinator, num_processes, process_id)
     if info.num_processes == 1:
         return info
     if cpu_collectives is not None:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    failure = (
+        f"process {info.process_id} of {info.num_processes} could not join the run at "
+        f"coordinator {info.coordinator} within {timeout_s:g} s ({info.source} setup)"
+    )
+    watchdog = threading.Timer(
+        timeout_s, _give_up, args=(timeout_message or f"tjx.parallel: error: {failure}",)
+    )
+    watchdog.daemon = True
+    watchdog.start()
     try:
         jax.distributed.initialize(
             coordinator_address=info.coordinator,
@@ -177,15 +204,21 @@ def initialize(
             process_id=info.process_id,
             local_device_ids=None if local_device_ids is None else list(local_device_ids),
             cluster_detection_method="deactivate",
-            initialization_timeout=max(1, int(timeout_s)),
+            initialization_timeout=max(1, int(timeout_s + JAX_GRACE_S)),
             heartbeat_timeout_seconds=max(1, int(heartbeat_timeout_s)),
         )
     except Exception as e:  # jax raises its runtime error type; re-raise with the setup in it
-        raise RuntimeError(
-            f"process {info.process_id} of {info.num_processes} could not join the run at "
-            f"coordinator {info.coordinator} within {timeout_s:g} s ({info.source} setup): {e}"
-        ) from e
+        raise RuntimeError(f"{failure}: {e}") from e
+    finally:
+        watchdog.cancel()
+        watchdog.join()  # a cancelled timer ends at once; leave no thread behind
     return info
+
+
+def _give_up(message: str) -> None:
+    """The join watchdog: the main thread is blocked inside jax's C++ connect; end the process."""
+    print(message, file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 def is_primary() -> bool:

@@ -130,8 +130,15 @@ def fit_memory(
             )
             return fitted
         need = need_full
+    # XLA:CPU undoes remat in unrolled stacks (it drops jax.checkpoint's barriers, then CSE
+    # merges the recomputation back into the forward pass); scanned stacks keep it.
+    unrolled = (
+        "; set model.scan_layers=true (remat only saves memory on scanned layers on CPU)"
+        if not cfg.model.scan_layers and jax.default_backend() == "cpu"
+        else ""
+    )
     raise ConfigError(
         f"train.fit_memory: the train step needs {need / GIB:.2f} GiB even with model.remat="
         f"full, but {budget / GIB:.2f} GiB is available; lower data.batch_size or data.seq_len, "
-        "or raise optimizer.accumulation_steps"
+        f"or raise optimizer.accumulation_steps{unrolled}"
     )

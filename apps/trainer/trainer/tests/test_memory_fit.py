@@ -52,6 +52,15 @@ def test_too_big_even_with_remat_names_the_fix(peaks):
         fit_memory(config(), VOCAB, budget=peaks[1] - 1, devices=1)
 
 
+def test_unrolled_layers_on_cpu_are_told_to_scan(peaks):
+    """XLA:CPU keeps remat only in scanned stacks; the error says so for an unrolled one."""
+    with pytest.raises(ConfigError, match=r"accumulation_steps; set model\.scan_layers=true"):
+        fit_memory(config("model.scan_layers=false"), VOCAB, budget=1, devices=1)
+    with pytest.raises(ConfigError) as scanned:
+        fit_memory(config(), VOCAB, budget=1, devices=1)
+    assert "scan_layers" not in str(scanned.value)
+
+
 def test_opt_out_and_multi_device_skip_the_check():
     tiny_budget = 1  # would fail if the check ran
     assert fit_memory(config("train.fit_memory=false"), VOCAB, budget=tiny_budget, devices=1)

@@ -64,6 +64,14 @@ CASES = [
         10,
     ),
     ("encdec-tied-rope", tnn.EncoderDecoderConfig(**TINY, position="rope"), 8, None),
+    # T5 relative bias tables are lookups (leaf "table", not a kernel): excluded like positions.
+    (
+        "encdec-t5-scan",
+        tnn.EncoderDecoderConfig(**TINY, position="t5", scan_layers=True, num_kv_heads=2),
+        6,
+        10,
+    ),
+    ("llama-t5", llama_tiny(position="t5"), 8, None),
 ]
 
 

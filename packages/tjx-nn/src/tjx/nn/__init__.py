@@ -43,6 +43,7 @@ from tjx.nn.params_io import get_flat_params, set_flat_params
 from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, sinusoidal
 from tjx.nn.precision import Precision
 from tjx.nn.registry import build_model
+from tjx.nn.relative_bias import RelativePositionBias, t5_relative_bucket
 from tjx.nn.seq2seq_generation import generate_seq2seq
 from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
@@ -74,6 +75,7 @@ __all__ = [
     "LlamaConfig",
     "Precision",
     "RMSNorm",
+    "RelativePositionBias",
     "Stack",
     "TransformerConfig",
     "ViT",
@@ -108,5 +110,6 @@ __all__ = [
     "set_flat_params",
     "sinusoidal",
     "summary",
+    "t5_relative_bucket",
     "topk_decode_attention",
 ]

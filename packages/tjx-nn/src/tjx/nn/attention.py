@@ -103,7 +103,7 @@ class Attention(nnx.Module):
         return self._keys_values(context, None)
 
     def _kernel(self, q: Array, k: Array, v: Array, *, impl: str, **kw: Any) -> Array:
-        # An additive bias (ALiBi) or attention dropout makes tjx.kernels take its XLA path.
+        # An additive bias (ALiBi, T5) or attention dropout makes tjx.kernels take its XLA path.
         return kernels.attention(
             q, k, v, scale=1.0 / math.sqrt(self.head_dim), implementation=impl, **kw  # type: ignore[arg-type]
         )
@@ -120,6 +120,7 @@ class Attention(nnx.Module):
         cache: LayerCache | None = None,
         cache_pos: Array | None = None,
         kv: tuple[Array, Array] | None = None,
+        bias: Array | None = None,
     ) -> tuple[Array, LayerCache | None]:
         """Attend.
 
@@ -142,6 +143,9 @@ class Attention(nnx.Module):
             Cross-attention only: keys and values ``[b, s_ctx, kv_heads, head_dim]`` already
             projected from the context (``project_context``), so decoding does not re-project
             the encoder output at every step.
+        bias : Array, optional
+            Additive float32 logit bias ``[b|1, heads, s, s_kv]`` from the stack (T5 relative
+            positions, ``RelativePositionBias``); for a decode step ``s_kv`` is the cache length.
 
         Returns
         -------
@@ -156,7 +160,7 @@ class Attention(nnx.Module):
         drop = 0.0 if deterministic else self.attention_dropout
         rng = dropout_rng if drop > 0.0 else None
         if cache is not None and cache_pos is not None and s == 1:
-            out, cache = self._decode(x, q, positions, cache, cache_pos)
+            out, cache = self._decode(x, q, positions, cache, cache_pos, bias)
         else:
             impl = self.impl
             if self.cross:
@@ -170,9 +174,8 @@ class Attention(nnx.Module):
                     k, v = self.project_context(context)
             else:
                 k, v = self._keys_values(x, positions)
-            bias = None
             if self.position == "alibi":
-                bias = alibi_bias(positions, positions, self.num_heads)
+                bias = _add(bias, alibi_bias(positions, positions, self.num_heads))
             out = self._kernel(
                 q,
                 k,
@@ -200,7 +203,13 @@ class Attention(nnx.Module):
         }
 
     def _decode(
-        self, x: Array, q: Array, positions: Array, cache: LayerCache, cache_pos: Array
+        self,
+        x: Array,
+        q: Array,
+        positions: Array,
+        cache: LayerCache,
+        cache_pos: Array,
+        bias: Array | None,
     ) -> tuple[Array, LayerCache]:
         b = x.shape[0]
         rows = jnp.arange(b)
@@ -224,10 +233,9 @@ class Attention(nnx.Module):
             k, v = cache["k"].astype(q.dtype), cache["v"].astype(q.dtype)
         lengths = (cache_pos + 1).astype(jnp.int32)
         t = k.shape[1]
-        bias = None
         if self.position == "alibi":
             slots = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-            bias = alibi_bias(positions, slots, self.num_heads)
+            bias = _add(bias, alibi_bias(positions, slots, self.num_heads))
         if self.decode_topk is not None and self.decode_topk < t:
             out = topk_decode_attention(
                 q, k, v, kv_lengths=lengths, topk=self.decode_topk, bias=bias
@@ -244,3 +252,8 @@ class Attention(nnx.Module):
                 bias=bias,
             )
         return out, cache
+
+
+def _add(bias: Array | None, extra: Array) -> Array:
+    """``bias + extra`` where ``bias`` may be absent."""
+    return extra if bias is None else bias + extra

@@ -95,8 +95,12 @@ class Block(nnx.Module):
         cache: LayerCache | None = None,
         cache_pos: Array | None = None,
         context_kv: LayerCache | None = None,
+        bias: Array | None = None,
     ) -> tuple[Array, LayerCache | None]:
         """Apply the layer; returns ``(x, updated cache)``.
+
+        ``bias`` (the stack's T5 relative position bias) goes to the self-attention only:
+        cross-attention has no relative positions, as in T5.
 
         ``context_kv`` (``{"k", "v"}``, see ``Attention.project_context``) replaces projecting
         ``context`` in the cross-attention (incremental decoding of an encoder-decoder).
@@ -119,6 +123,7 @@ class Block(nnx.Module):
                 dropout_rng=keys[0],
                 cache=cache,
                 cache_pos=cache_pos,
+                bias=bias,
             )
             return out
 

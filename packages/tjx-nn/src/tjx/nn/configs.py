@@ -16,7 +16,7 @@ from tjx.nn.precision import Precision, as_precision
 ACTIVATIONS = ("gelu", "gelu_exact", "relu", "silu", "swiglu", "geglu")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
-POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
+POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
 ATTENTION_IMPLS = ("auto", "xla", "pallas", "cudnn")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_output", "save_dots_and_attention")
 ATTENTION_TYPES = ("mha", "mla")
@@ -47,6 +47,9 @@ class TransformerConfig:
     ``num_kv_heads``/``head_dim``/``mlp_dim`` default to ``num_heads``, ``d_model // num_heads``
     and ``4 * d_model``. ``precision`` accepts a ``Precision`` or a preset name (``"bf16"`` …).
     ``remat`` is one of ``REMAT_POLICIES``; ``scan_layers`` stacks layers under ``nnx.scan``.
+    ``position="t5"`` adds T5's bucketed relative position bias (``relative_buckets`` buckets,
+    log-spaced up to ``relative_max_distance``) to the self-attention logits instead of any
+    absolute position embedding.
     """
 
     vocab_size: int = 50257
@@ -63,6 +66,8 @@ class TransformerConfig:
     norm_position: str = "pre"
     position: str = "learned"
     rope_theta: float = 10000.0
+    relative_buckets: int = 32
+    relative_max_distance: int = 128
     use_bias: bool = True
     dropout: float = 0.0
     attention_dropout: float = 0.0
@@ -120,6 +125,7 @@ class TransformerConfig:
                 raise ValueError(f"{cls}.head_dim must be even for rope; got {self.head_dim}")
             if not self.rope_theta > 0:
                 raise ValueError(f"{cls}.rope_theta must be > 0; got {self.rope_theta!r}")
+        self._check_relative(cls)
         if self.attention_type == "mla":
             if self.kv_latent_dim is None:
                 raise ValueError(f"{cls}.kv_latent_dim must be a positive int when mla is used")
@@ -129,6 +135,19 @@ class TransformerConfig:
 
     def _check_vocab(self, cls: str) -> None:
         _positive(cls, "vocab_size", self.vocab_size)
+
+    def _check_relative(self, cls: str) -> None:
+        """T5 bias sizes (checked whatever ``position`` is, so a typo fails early)."""
+        nb, md = self.relative_buckets, self.relative_max_distance
+        if isinstance(nb, bool) or not isinstance(nb, int) or nb < 4 or nb % 2:
+            # Even: the encoder splits the buckets in half per direction (T5's layout).
+            raise ValueError(f"{cls}.relative_buckets must be an even int >= 4; got {nb!r}")
+        # The causal decoder's exact range is nb // 2 distances; log-spaced buckets start there.
+        if isinstance(md, bool) or not isinstance(md, int) or md <= nb // 2:
+            raise ValueError(
+                f"{cls}.relative_max_distance must be an int > relative_buckets // 2 = {nb // 2}; "
+                f"got {md!r}"
+            )
 
     @property
     def gated(self) -> bool:
@@ -191,6 +210,8 @@ class BertConfig(TransformerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # BERT always adds its learned position table; T5's bias is for models without one.
+        _choice("BertConfig", "position", self.position, tuple(p for p in POSITIONS if p != "t5"))
         _positive("BertConfig", "type_vocab_size", self.type_vocab_size)
         if self.num_labels is not None:
             _positive("BertConfig", "num_labels", self.num_labels)
@@ -251,7 +272,7 @@ class EncoderDecoderConfig(TransformerConfig):
             "EncoderDecoderConfig",
             "position",
             self.position,
-            ("learned", "sinusoidal", "rope", "none"),
+            ("learned", "sinusoidal", "rope", "t5", "none"),
         )
 
 

@@ -21,6 +21,7 @@ from flax import nnx
 
 from tjx.nn.block import Block
 from tjx.nn.configs import REMAT_POLICIES, TransformerConfig
+from tjx.nn.relative_bias import RelativePositionBias
 
 Array = jax.Array
 
@@ -84,6 +85,13 @@ class Stack(nnx.Module):
             self.layers: Any = create(layer_rngs)
         else:
             self.layers = nnx.List([make(rngs) for _ in range(num_layers)])
+        # T5: one relative-bias table per stack, shared by every layer (so not under the layers
+        # axis when scanned); the encoder's is bidirectional, a causal stack's looks back only.
+        self.relative_bias = (
+            RelativePositionBias(config, rngs=rngs, bidirectional=not causal)
+            if config.position == "t5"
+            else None
+        )
 
     def __call__(
         self,
@@ -102,8 +110,11 @@ class Stack(nnx.Module):
         """Run every layer; ``cache`` and ``context_kv`` leaves carry a leading ``layers`` axis.
 
         ``context_kv`` is ``project_context(context)``: cross-attention keys/values computed once.
+        With ``position="t5"`` the relative position bias is computed here once and given to
+        every layer's self-attention.
         """
         kw: dict[str, Any] = dict(
+            bias=self._relative_bias(x, positions, cache, cache_pos),
             positions=positions,
             segment_ids=segment_ids,
             context=context,
@@ -141,6 +152,31 @@ class Stack(nnx.Module):
             outs.append(new)
         new_cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
         return x, new_cache
+
+    def _relative_bias(
+        self,
+        x: Array,
+        positions: Array | None,
+        cache: dict[str, Array] | None,
+        cache_pos: Array | None,
+    ) -> Array | None:
+        """The T5 bias ``[b, heads, s, s_kv]`` for this call, or None without ``position="t5"``.
+
+        Keys are the queries themselves (training, prefill), except in a decode step (one query
+        per row and a cache, as ``Attention`` decides): then the query at ``positions`` sees
+        every cache slot ``t``, which holds absolute position ``t``. That row equals the row of
+        the full-sequence bias; the slots not written yet are masked by the attention.
+        """
+        if self.relative_bias is None:
+            return None
+        b, s = x.shape[:2]
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+        keys = positions
+        if cache is not None and cache_pos is not None and s == 1:
+            slots = jax.tree.leaves(cache)[0].shape[2]  # leaves are [layers, b, T, ...]
+            keys = jnp.broadcast_to(jnp.arange(slots, dtype=jnp.int32), (b, slots))
+        return self.relative_bias(positions, keys)  # type: ignore[no-any-return]
 
     def project_context(self, context: Array) -> dict[str, Array]:
         """Every layer's cross-attention keys and values of ``context`` ``[b, s_ctx, d]``.

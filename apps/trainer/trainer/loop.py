@@ -91,6 +91,7 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
     from trainer.model_build import flops_per_unit
     from trainer.signals import stop_on_signals
     from trainer.step import make_train_step
+    from trainer.stop_agreement import for_this_run
 
     cfg, run_dir = plan.config, plan.run_dir
     primary = parallel.is_primary()
@@ -142,6 +143,10 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
     profiling = False
 
     saved = [start if plan.resume else -1]
+    # Several processes stop together: a signal on any of them stops all at the same boundary
+    # (one host-side exchange per step); one process decides alone, as before.
+    agreement = for_this_run()
+    stopped_by: str | None = None
 
     def save(step: int, *, force: bool) -> None:
         if saved[0] == step:
@@ -159,7 +164,8 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
 
     with stop_on_signals() as stop, progress.bar(cfg, start, total) as bar:
         for step in range(start, total):
-            if stop or (cfg.train.stop_at is not None and step >= cfg.train.stop_at):
+            stopped_by = agreement.decide(step, stop.signal_name)
+            if stopped_by or (cfg.train.stop_at is not None and step >= cfg.train.stop_at):
                 break
             if plan.profile and step == plan.profile[0]:
                 jax.profiler.start_trace(str(run_dir / "profile"))
@@ -206,13 +212,15 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
                 save(step_done, force=False)
         if profiling:
             jax.profiler.stop_trace()
-    interrupted = bool(stop) or step_done < total
+    # A signal after the last boundary (during the last step) is still reported, as before.
+    stopped_by = stopped_by or stop.signal_name
+    interrupted = bool(stopped_by) or step_done < total
     save(step_done, force=True)
     manager.wait_until_finished()
     manager.close()
     summary: dict[str, Any] = {
         "step": step_done,
-        "interrupted_by": stop.signal_name or ("stop_at" if step_done < total else None),
+        "interrupted_by": stopped_by or ("stop_at" if step_done < total else None),
         "params_sha256": rundir.params_digest(st["params"]),
         "num_params": setup.num_params,
         **{f"val_{k}": v for k, v in last_eval.items()},
@@ -224,7 +232,7 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
         _plot(run_dir)
     if interrupted:
         print(
-            f"{stop.signal_name or 'train.stop_at'}: saved step {step_done} to {run_dir}; "
+            f"{stopped_by or 'train.stop_at'}: saved step {step_done} to {run_dir}; "
             "resume with --resume"
         )
     else:

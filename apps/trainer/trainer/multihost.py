@@ -12,6 +12,9 @@ Two ways a multi-host launch goes wrong silently or loudly enough to confuse:
   run of 2 joins without complaint; a different ``--set`` on one host trains another model and
   hangs or diverges later. After joining, every process compares what it was told with the
   others' (one tiny all-gather) and all exit 2 together, naming what differs.
+
+A preemption signal during the run is acted on by all processes at the same step boundary
+(:mod:`trainer.stop_agreement`); jax's own preemption service is turned off here (see ``join``).
 """
 
 from __future__ import annotations
@@ -70,6 +73,13 @@ def join(dist: Distributed, config: dict[str, Any], *, resume: bool, init_from: 
         f"start every process with the same --coordinator and --num-processes and its own "
         f"--process-id in 0..{info.num_processes - 1}, or raise --init-timeout"
     )
+    # jax's preemption service (on by default) catches SIGTERM in C++ and only records it: a
+    # signal before the loop installs the trainer's handler would be swallowed and the run would
+    # go on to the end. The trainer agrees on stopping itself (trainer/stop_agreement.py), so
+    # without the service a signal before the loop ends the process, as in a one-process run.
+    import jax
+
+    jax.config.update("jax_enable_preemption_service", False)
     try:
         parallel.initialize(
             info.coordinator,

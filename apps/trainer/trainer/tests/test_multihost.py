@@ -129,3 +129,25 @@ def test_any_process_resumes_from_process_0s_loader_state(tmp_path, monkeypatch)
         np.testing.assert_array_equal(got[key], expected[key])
     with pytest.raises(data.DataError, match="process_index: saved 0, now 1"):
         loader(1).load_state_dict(saved)  # what the loop did before: every resume failed
+
+
+def test_join_turns_off_jax_preemption_service_before_initialize(no_dist_env, monkeypatch):
+    # Its C++ SIGTERM handler would swallow a signal that arrives before the loop; the trainer
+    # agrees on stopping itself (trainer.stop_agreement).
+    import jax
+
+    from tjx import parallel
+
+    seen = {}
+
+    def fake_initialize(*args, **kwargs):
+        seen["service"] = jax.config.jax_enable_preemption_service
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(parallel, "initialize", fake_initialize)
+    try:
+        with pytest.raises(multihost.JoinError):
+            multihost.join(Distributed("127.0.0.1:5", 2, 0, 30.0), {}, resume=False, init_from=None)
+    finally:
+        jax.config.update("jax_enable_preemption_service", True)
+    assert seen == {"service": False}

@@ -13,7 +13,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests_integration._helpers_apps import app_env
+import pytest
+
+from tests_integration._helpers_apps import app_env, train_losses
 from tjx import ckpt
 
 REL = 1e-5  # losses of 2 processes vs 1 (see test_train_multiprocess.py for why)
@@ -166,3 +168,21 @@ def restore(checkpoints: Path, step: int) -> ckpt.Restored:
         return manager.restore(step)
     finally:
         manager.close()
+
+
+def resume_and_match_one_process(
+    tmp_path: Path, sets: list[str], stop: int, steps: int
+) -> list[dict]:
+    """Resume run "two" (stopped at ``stop``) as 2 processes to ``steps``; its train loss equals
+    run "one" (1 process, 8 devices, uninterrupted) at every step, to ``REL``. Returns the two
+    processes' results (as :func:`launch`)."""
+    resumed = launch(tmp_path, "resume", pair("two", sets, "--resume"), LAUNCH_TIMEOUT_S)
+    for r in resumed:
+        assert r["rc"] == 0, tails(resumed)
+        assert f"resumed from step {stop}" in r["out"] and f"done: {steps} steps" in r["out"]
+    l1, l2 = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+    assert sorted(l1) == sorted(l2) == list(range(1, steps + 1))
+    for step in l1:
+        assert l2[step] == pytest.approx(l1[step], rel=REL), (step, l1, l2)
+    assert l1[steps] < l1[1]  # it trained
+    return resumed

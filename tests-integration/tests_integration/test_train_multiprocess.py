@@ -35,7 +35,6 @@ from tests_integration._helpers_apps import (
     check_ok,
     read_log,
     train,
-    train_losses,
     val_losses,
 )
 from tests_integration._helpers_multiprocess import (
@@ -47,6 +46,7 @@ from tests_integration._helpers_multiprocess import (
     mp_env,
     pair,
     restore,
+    resume_and_match_one_process,
     tails,
     trainer_args,
 )
@@ -74,17 +74,8 @@ def test_two_processes_match_one_resume_and_only_process_0_writes(tmp_path):
     # One writer: each step logged once (two appending processes would log it twice).
     assert [r["step"] for r in read_log(run) if "loss" in r] == list(range(1, STOP + 1))
 
-    resumed = launch(tmp_path, "resume", pair("two", SETS, "--resume"), LAUNCH_TIMEOUT_S)
-    for r in resumed:
-        assert r["rc"] == 0, tails(resumed)
-        assert f"resumed from step {STOP}" in r["out"] and f"done: {STEPS} steps" in r["out"]
-
     # (b) the same losses as one process with 8 devices, before and after the resume.
-    l1, l2 = train_losses(tmp_path / "one"), train_losses(run)
-    assert sorted(l1) == sorted(l2) == list(range(1, STEPS + 1))
-    for step in l1:
-        assert l2[step] == pytest.approx(l1[step], rel=REL), (step, l1, l2)
-    assert l1[STEPS] < l1[1]  # it trained
+    resumed = resume_and_match_one_process(tmp_path, SETS, STOP, STEPS)
     v1, v2 = val_losses(tmp_path / "one"), val_losses(run)
     assert sorted(v1) == sorted(v2) == [STOP, STEPS]
     for step in v1:

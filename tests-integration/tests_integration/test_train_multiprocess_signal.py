@@ -23,16 +23,14 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
-from tests_integration._helpers_apps import SMALL, check_ok, read_log, train, train_losses
+from tests_integration._helpers_apps import SMALL, check_ok, read_log, train
 from tests_integration._helpers_multiprocess import (
     LAUNCH_TIMEOUT_S,
-    REL,
     launch,
     mp_env,
     pair,
     restore,
+    resume_and_match_one_process,
     tails,
 )
 
@@ -83,12 +81,4 @@ def test_sigterm_to_one_process_stops_both_at_one_step_then_resume_matches(tmp_p
     assert got.data_state["step"] == stop and got.data_state["process_count"] == 2
     assert [r["step"] for r in read_log(run) if "loss" in r] == list(range(1, stop + 1))
 
-    resumed = launch(tmp_path, "resume", pair("two", SETS, "--resume"), LAUNCH_TIMEOUT_S)
-    for r in resumed:
-        assert r["rc"] == 0, tails(resumed)
-        assert f"resumed from step {stop}" in r["out"] and f"done: {STEPS} steps" in r["out"]
-    l1, l2 = train_losses(tmp_path / "one"), train_losses(run)
-    assert sorted(l1) == sorted(l2) == list(range(1, STEPS + 1))
-    for step in l1:
-        assert l2[step] == pytest.approx(l1[step], rel=REL), (step, l1, l2)
-    assert l1[STEPS] < l1[1]  # it trained
+    resume_and_match_one_process(tmp_path, SETS, stop, STEPS)

@@ -15,6 +15,7 @@ from trainer.schema import ConfigError, from_dict, nested, spec, to_dict
 
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "full", "save_dots", "save_attention_output", "save_dots_and_attention")
+POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
 SINKS = ("console", "jsonl", "wandb", "tensorboard")
 
 
@@ -35,6 +36,10 @@ class ModelConfig:
     attention_impl: str = spec("auto", choices=("auto", "xla", "pallas", "cudnn"))
     scan_layers: bool = spec(False)
     remat: str = spec("none", choices=REMAT)
+    # Position encoding; null keeps the family's own (GPT-2/BERT/ViT learned, LLaMA rope).
+    position: str | None = spec(None, choices=POSITIONS)
+    relative_buckets: int = spec(32, min=4, help="position=t5: buckets (even)")
+    relative_max_distance: int = spec(128, min=3, help="position=t5: longest bucketed distance")
     param_dtype: str = spec("float32", choices=DTYPES)
     compute_dtype: str = spec("float32", choices=DTYPES)
     # ViT only.
@@ -213,6 +218,20 @@ def validate(cfg: Config) -> Config:
         _require(
             m.image_size % m.patch_size == 0,
             f"model.patch_size: {m.patch_size} must divide model.image_size ({m.image_size})",
+        )
+    # BERT always adds its learned table; ViT's patches take learned or sinusoidal positions.
+    allowed = {"bert": ("learned",), "vit": ("learned", "sinusoidal")}
+    if m.position is not None and m.kind in allowed:
+        _require(
+            m.position in allowed[m.kind],
+            f"model.position: {m.position!r} is not available for model.kind {m.kind!r}; choose "
+            f"one of {', '.join(repr(p) for p in allowed[m.kind])} (or null for its default)",
+        )
+    if m.position == "t5":
+        _require(
+            m.relative_buckets % 2 == 0 and m.relative_max_distance > m.relative_buckets // 2,
+            f"model.relative_buckets: needs an even count ({m.relative_buckets}) and "
+            f"model.relative_max_distance ({m.relative_max_distance}) > half of it",
         )
     _require(
         d.batch_size % o.accumulation_steps == 0,

@@ -26,7 +26,11 @@ def nn_config(m: ModelConfig, vocab_size: int) -> Any:
         scan_layers=m.scan_layers,
         remat=m.remat,
         precision=precision,
+        relative_buckets=m.relative_buckets,
+        relative_max_distance=m.relative_max_distance,
     )
+    if m.position is not None:  # else each nn config keeps its family's default
+        common["position"] = m.position
     vocab = m.vocab_size or vocab_size
     if m.kind == "vit":
         return nn.ViTConfig(

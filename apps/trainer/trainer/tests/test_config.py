@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import pytest
 import yaml
+from flax import nnx
 
 from trainer.config import Config, build_config
+from trainer.overrides import apply_overrides
 from trainer.presets import load_config_data, preset_names
 from trainer.schema import ConfigError, from_dict, to_dict
 
@@ -152,3 +155,27 @@ def test_flops_per_unit_of_every_preset(name):
     else:
         assert got == pytest.approx(nn.flops_per_token(c, cfg.data.seq_len))
         assert got > 6 * nn.matmul_param_count(c)
+
+
+def test_position_reaches_the_model_and_is_checked_per_kind():
+    from tjx import nn
+    from trainer.model_build import nn_config
+
+    base = load_config_data("tiny")
+    cfg = build_config(apply_overrides(base, ["model.position=t5", "model.relative_buckets=16"]))
+    c = nn_config(cfg.model, 300)
+    assert (c.position, c.relative_buckets, c.relative_max_distance) == ("t5", 16, 128)
+    model = nn.build_model(c, rngs=nnx.Rngs(0))
+    assert model(jnp.zeros((1, 8), jnp.int32)).shape == (1, 8, 300)
+    # null keeps each family's default
+    assert (
+        nn_config(build_config(base).model, 300).position == nn.GPT2Config(vocab_size=300).position
+    )
+    bad = [
+        (["model.kind=bert", "model.position=t5"], "model.position: 't5' is not available"),
+        (["model.position=t5", "model.relative_buckets=7"], "model.relative_buckets"),
+        (["model.position=spiral"], "model.position"),
+    ]
+    for sets, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            build_config(apply_overrides(base, sets))

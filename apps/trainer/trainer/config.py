@@ -219,20 +219,6 @@ def validate(cfg: Config) -> Config:
             m.image_size % m.patch_size == 0,
             f"model.patch_size: {m.patch_size} must divide model.image_size ({m.image_size})",
         )
-    # BERT always adds its learned table; ViT's patches take learned or sinusoidal positions.
-    allowed = {"bert": ("learned",), "vit": ("learned", "sinusoidal")}
-    if m.position is not None and m.kind in allowed:
-        _require(
-            m.position in allowed[m.kind],
-            f"model.position: {m.position!r} is not available for model.kind {m.kind!r}; choose "
-            f"one of {', '.join(repr(p) for p in allowed[m.kind])} (or null for its default)",
-        )
-    if m.position == "t5":
-        _require(
-            m.relative_buckets % 2 == 0 and m.relative_max_distance > m.relative_buckets // 2,
-            f"model.relative_buckets: needs an even count ({m.relative_buckets}) and "
-            f"model.relative_max_distance ({m.relative_max_distance}) > half of it",
-        )
     _require(
         d.batch_size % o.accumulation_steps == 0,
         f"optimizer.accumulation_steps: {o.accumulation_steps} must divide data.batch_size "
@@ -261,6 +247,15 @@ def validate(cfg: Config) -> Config:
             m.num_heads % cfg.mesh.tensor == 0,
             f"mesh.tensor: {cfg.mesh.tensor} must divide model.num_heads ({m.num_heads})",
         )
+    # The model section must also make a valid tjx.nn config (e.g. which `position` a kind takes,
+    # T5's bucket counts): ask tjx.nn itself now, before any data is prepared, rather than
+    # repeating its rules here. The vocabulary plays no part in those checks.
+    from trainer.model_build import nn_config
+
+    try:
+        nn_config(m, m.vocab_size or 2)
+    except ValueError as err:
+        raise ConfigError(f"model: {err}") from None
     if cfg.checkpoint.keep_best is not None:
         _require(
             t.eval_every > 0,

@@ -2,7 +2,9 @@
 
 Each `python_distribution` in `packages/tjx-<name>/BUILD` leaves `version` out of its
 `python_artifact`; this plugin reads `__version__ = "X.Y.Z"` from
-`packages/tjx-<name>/src/tjx/<name>/__init__.py` and fills it in, so `tools/release` edits one line.
+`packages/tjx-<name>/src/tjx/<name>/version.py` when the package has one (a package whose own
+modules need the version keeps it there, out of an import circle with `__init__`), else from its
+`__init__.py`, and fills it in, so `tools/release` edits one line.
 """
 
 from __future__ import annotations
@@ -28,16 +30,18 @@ class TjxSetupKwargsRequest(SetupKwargsRequest):
 async def tjx_setup_kwargs(request: TjxSetupKwargsRequest) -> SetupKwargs:
     spec_path = request.target.address.spec_path
     name = spec_path.rsplit("/", 1)[-1].removeprefix("tjx-")
-    init_path = f"{spec_path}/src/tjx/{name}/__init__.py"
+    candidates = [f"{spec_path}/src/tjx/{name}/{module}.py" for module in ("version", "__init__")]
     contents = await Get(
         DigestContents,
         PathGlobs(
-            [init_path],
-            glob_match_error_behavior=GlobMatchErrorBehavior.error,
+            candidates,
+            glob_match_error_behavior=GlobMatchErrorBehavior.ignore,
             description_of_origin=f"tjx_version plugin for {request.target.address}",
         ),
     )
-    match = VERSION_LINE.search(contents[0].content.decode())
+    by_path = {entry.path: entry.content.decode() for entry in contents}
+    init_path = next((path for path in candidates if path in by_path), candidates[-1])
+    match = VERSION_LINE.search(by_path.get(init_path, ""))
     if match is None:
         raise ValueError(f"{init_path} has no `__version__ = \"X.Y.Z\"` line")
     kwargs = dict(request.explicit_kwargs)

@@ -1,6 +1,7 @@
 """Release one tjx package: bump its version, add a CHANGELOG entry, show who depends on it.
 
-A package's version has one source of truth, ``__version__`` in ``src/tjx/<name>/__init__.py``
+A package's version has one source of truth, ``__version__`` in ``src/tjx/<name>/version.py``
+when the package has that module, else in its ``__init__.py``
 (Pants' ``tjx_version`` plugin puts it into the wheel). Siblings pin each other with a compatible
 range (``tjx-kernels ~= 0.2.0``) that Pants writes into each wheel's metadata at ``pants package``
 time, from the versions in the tree, so a bump changes this package's wheel and, on their next
@@ -38,9 +39,9 @@ def package_dir(root: Path, package: str) -> Path:
 
 
 def init_file(pkg_dir: Path) -> Path:
-    """The ``__init__.py`` holding the package's ``__version__``."""
-    name = pkg_dir.name.removeprefix("tjx-")
-    return pkg_dir / "src" / "tjx" / name / "__init__.py"
+    """The module holding the package's ``__version__``: ``version.py`` if any, else ``__init__.py``."""
+    src = pkg_dir / "src" / "tjx" / pkg_dir.name.removeprefix("tjx-")
+    return src / "version.py" if (src / "version.py").exists() else src / "__init__.py"
 
 
 def read_version(pkg_dir: Path) -> str:
@@ -137,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     except ReleaseError as error:
         print(f"release: {error}", file=sys.stderr)
         return 2
-    name = package_dir(args.root, args.package).name
-    print(f"{name}: {old} -> {new} (src __init__.py and CHANGELOG.md updated)")
+    pkg_dir = package_dir(args.root, args.package)
+    name = pkg_dir.name
+    print(f"{name}: {old} -> {new} ({init_file(pkg_dir).name} and CHANGELOG.md updated)")
     users = dependents(args.root, name)
     if users:
         print(f"depended on by: {', '.join(users)}")

@@ -45,6 +45,17 @@ def test_bump_changes_only_that_package(tmp_path: Path, bump: str, expected: str
     assert after_b == before_b
 
 
+def test_version_module_wins_over_init(tmp_path: Path) -> None:
+    # A package whose modules need their own version keeps it in version.py (tjx-ckpt does).
+    make_tree(tmp_path)
+    src = tmp_path / "packages" / "tjx-b" / "src" / "tjx" / "b"
+    (src / "__init__.py").write_text("from tjx.b.version import __version__\n")
+    (src / "version.py").write_text('__version__ = "0.4.2"\n')
+    assert release.release(tmp_path, "b", "minor", "More", "2026-11-22") == ("0.4.2", "0.5.0")
+    assert (src / "version.py").read_text() == '__version__ = "0.5.0"\n'
+    assert (src / "__init__.py").read_text() == "from tjx.b.version import __version__\n"
+
+
 def test_dependents_come_from_imports(tmp_path: Path) -> None:
     make_tree(tmp_path)
     assert release.dependents(tmp_path, "tjx-a") == ["tjx-b", "apps/trainer"]

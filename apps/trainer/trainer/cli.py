@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml  # type: ignore[import-untyped]
-
-from trainer.config import Config, build_config
+from trainer.config import build_config
 from trainer.overrides import apply_overrides
+from trainer.plan import Distributed, RunPlan, config_yaml, error_exit
 from trainer.presets import load_config_data, preset_names
 from trainer.schema import ConfigError
 
@@ -75,28 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up (exit 1) if not every process has joined by then (default 300)",
     )
     return parser
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """How this process joins a multi-host run (``None``: from the environment, or single)."""
-
-    coordinator: str | None = None
-    num_processes: int | None = None
-    process_id: int | None = None
-    timeout_s: float = 300.0
-
-
-@dataclass
-class RunPlan:
-    """A validated request: the config and everything the run needs to know before it starts."""
-
-    config: Config
-    run_dir: Path
-    resume: bool
-    init_from: str | None
-    profile: tuple[int, int] | None
-    distributed: Distributed = field(default_factory=Distributed)
 
 
 HF_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
@@ -194,17 +169,6 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         )
     distributed = parse_distributed(args)
     return RunPlan(cfg, run_dir, bool(args.resume), args.init_from, profile, distributed)
-
-
-def config_yaml(cfg: Config) -> str:
-    """The effective config as YAML."""
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-
-
-def error_exit(message: str, code: int = 2) -> int:
-    """Print one error line to stderr; the exit code for bad input is 2."""
-    print(f"trainer: error: {message}", file=sys.stderr, flush=True)
-    return code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from trainer import rundir
-from trainer.cli import RunPlan, config_yaml, error_exit
+from trainer.plan import RunPlan, config_yaml, error_exit
 from trainer.schema import ConfigError
 
 # A dead peer is caught by jax's heartbeat long before this; a slow first-time tokenization of a

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
 
-from trainer.config import Config, ModelConfig
+if TYPE_CHECKING:  # types only: `config` asks `nn_config` to validate the model section
+    from trainer.config import Config, ModelConfig
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import yaml  # type: ignore[import-untyped]
 
-from trainer.cli import Distributed
+from trainer.plan import Distributed
 
 
 class JoinError(Exception):

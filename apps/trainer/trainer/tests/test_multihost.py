@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from trainer import data_setup, multihost
-from trainer.cli import Distributed, build_parser, main, plan_run
+from trainer.cli import build_parser, main, plan_run
+from trainer.plan import Distributed
 
 DIST_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS")
 

@@ -24,8 +24,7 @@ from tjx.ckpt.safetensors_io import (
     import_safetensors,
     unflatten_params,
 )
-
-__version__ = "0.1.0"
+from tjx.ckpt.version import __version__
 
 __all__ = [
     "CheckpointCommitError",

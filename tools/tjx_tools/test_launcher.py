@@ -4,6 +4,7 @@ the one-line errors when the bundle is missing or unusable."""
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -57,9 +58,12 @@ def test_pips_own_cert_setting_is_read(clean_env: dict[str, str], tmp_path: Path
     assert result.stdout == f"pip-config {bundle}\n", result.stderr
 
 
-def test_a_plain_machine_names_no_bundle(clean_env: dict[str, str]) -> None:
+def test_a_plain_machine_uses_the_systems_bundle(clean_env: dict[str, str]) -> None:
+    # Nothing named: the system's default bundle, so every tool trusts what the system trusts.
     result = launcher('ca_bundle "$1"', clean_env, sys.executable)
-    assert result.returncode == 0 and result.stdout == "", result.stderr
+    default = ssl.get_default_verify_paths().openssl_cafile
+    expected = f"system {default}\n" if default and os.path.isfile(default) else ""
+    assert result.returncode == 0 and result.stdout == expected, result.stderr
 
 
 @pytest.mark.parametrize("name", ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT"])

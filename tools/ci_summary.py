@@ -34,6 +34,16 @@ def count_tests(reports_dir: Path) -> tuple[int, int, int]:
     return passed, failed, skipped
 
 
+def slowest_files(reports_dir: Path, count: int = 8) -> list[tuple[str, float]]:
+    """The ``count`` test files with the most test time (seconds), summed from JUnit ``time``."""
+    seconds: dict[str, float] = defaultdict(float)
+    for report in sorted(reports_dir.rglob("*.xml")):
+        for case in ElementTree.parse(report).getroot().iter("testcase"):
+            name = case.get("classname") or "?"  # pytest writes the test's module (and class) here
+            seconds[name] += float(case.get("time", "0") or 0)
+    return sorted(seconds.items(), key=lambda item: -item[1])[:count]
+
+
 def coverage_by_package(coverage_xml: Path) -> dict[str, tuple[int, int]]:
     """Return {package: (covered lines, total lines)} from a coverage.py XML report."""
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -68,6 +78,11 @@ def main(argv: list[str]) -> int:
             print(f"no coverage report at {argv[1]}", file=sys.stderr)
             status = 1
     passed, failed, skipped = count_tests(reports_dir) if reports_dir.is_dir() else (0, 0, 0)
+    if reports_dir.is_dir():
+        # Where CI's time goes, so the 45-minute budget is watched, not guessed.
+        print("slowest test files (s):")
+        for name, seconds in slowest_files(reports_dir):
+            print(f"  {seconds:7.1f}  {name}")
     if passed + failed == 0:
         print("no test ran: the JUnit reports are missing or empty", file=sys.stderr)
         status = 1

@@ -15,6 +15,16 @@ JUNIT = """<testsuites><testsuite>
 </testsuite></testsuites>"""
 
 
+def test_slowest_files_sum_each_files_cases(tmp_path: Path) -> None:
+    (tmp_path / "a.xml").write_text(
+        '<testsuites><testsuite><testcase classname="pkg.test_x" name="a" time="1.5"/>'
+        '<testcase classname="pkg.test_x" name="b" time="2.0"/>'
+        '<testcase classname="pkg.test_y" name="c" time="3.0"/></testsuite></testsuites>'
+    )
+    assert ci_summary.slowest_files(tmp_path) == [("pkg.test_x", 3.5), ("pkg.test_y", 3.0)]
+    assert ci_summary.slowest_files(tmp_path, count=1) == [("pkg.test_x", 3.5)]
+
+
 def coverage_xml(rows: dict[str, list[int]]) -> str:
     classes = "".join(
         f'<class filename="{path}"><lines>'

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from tjx.data.errors import DataError
@@ -144,7 +144,9 @@ def pip_command() -> list[str]:
 CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 
 
-def pip_environment(environ: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+def pip_environment(
+    environ: Mapping[str, str] | None = None,
+) -> tuple[dict[str, str], list[str]]:
     """The environment and extra arguments for running pip as the user set it up.
 
     Two things stand between a process started by Pants and the user's pip setup, and both are
@@ -195,8 +197,9 @@ def pip_download(
     """Fetch one distribution file with pip's own downloader and check its sha256.
 
     ``python -m pip download --no-deps`` honours the user's pip configuration (index URL, proxy,
-    certificates), also when started by Pants (see `pip_environment`). ``binary`` picks ``--only-binary :all:`` (a wheel) or ``--no-binary :all:``
-    (an sdist, for projects that publish no wheel).
+    certificates), also when started by Pants (see `pip_environment`). ``binary`` picks
+    ``--only-binary :all:`` (a wheel) or ``--no-binary :all:`` (an sdist, for projects that
+    publish no wheel).
 
     Raises
     ------

@@ -39,7 +39,7 @@ def package_dir(root: Path, package: str) -> Path:
 
 
 def init_file(pkg_dir: Path) -> Path:
-    """The module holding the package's ``__version__``: ``version.py`` if any, else ``__init__.py``."""
+    """The module holding the package's ``__version__``: ``version.py``, else ``__init__.py``."""
     src = pkg_dir / "src" / "tjx" / pkg_dir.name.removeprefix("tjx-")
     return src / "version.py" if (src / "version.py").exists() else src / "__init__.py"
 

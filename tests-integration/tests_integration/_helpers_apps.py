@@ -8,10 +8,13 @@ offline, W&B disabled. Built-in data and shards go to the usual tjx cache (``$TJ
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +58,27 @@ def app_env(devices: int = 8, **extra: str) -> dict[str, str]:
         WANDB_MODE="disabled",
         TOKENIZERS_PARALLELISM="false",
     )
+    # One XLA compilation cache for every app process of this test session. These tests start the
+    # trainer over and over with the same small model (a resume compiles exactly what the run before
+    # it compiled), so each step is compiled once, not once per process: measured on the 2-core
+    # machine, test_train_resume 76 s -> 39 s. Set JAX_COMPILATION_CACHE_DIR to use your own.
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", _session_compile_cache())
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     env.update(extra)
     return env
+
+
+_COMPILE_CACHE: list[str] = []
+
+
+def _session_compile_cache() -> str:
+    """A temporary folder for this test process's XLA compilation cache, removed at exit."""
+    if not _COMPILE_CACHE:
+        path = tempfile.mkdtemp(prefix="tjx-xla-cache-")
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        _COMPILE_CACHE.append(path)
+    return _COMPILE_CACHE[0]
 
 
 def run_app(

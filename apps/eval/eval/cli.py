@@ -64,12 +64,18 @@ def _metrics(run: Any, args: argparse.Namespace) -> dict[str, float]:
     )
 
 
+COUNT_KEYS = ("tokens",)  # counts print as whole numbers (426,514), not as 426514.0000
+
+
 def _print_table(names: list[str], results: list[dict[str, float]]) -> None:
     keys = [k for k in results[0] if all(k in r for r in results)]
     width = max(12, *(len(n) for n in names))
     print(f"{'metric':<16}" + "".join(f"{n:>{width + 2}}" for n in names))
     for key in keys:
-        row = "".join(f"{r[key]:>{width + 2}.4f}" for r in results)
+        spec = "," if key in COUNT_KEYS else ".4f"
+        row = "".join(
+            f"{round(r[key]) if key in COUNT_KEYS else r[key]:>{width + 2}{spec}}" for r in results
+        )
         print(f"{key:<16}{row}")
 
 

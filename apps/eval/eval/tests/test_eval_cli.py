@@ -110,3 +110,13 @@ def test_finish_is_token_weighted():
     assert m["bits_per_byte"] == pytest.approx(1.0 / math.log(2))
     assert (m["top1"], m["top5"], m["top10"]) == (0.3, 0.6, 0.9)
     assert "bits_per_byte" not in finish(sums, None)
+
+
+def test_table_prints_counts_as_whole_numbers(capsys):
+    from eval.cli import _print_table
+
+    results = [{"loss": 2.123456, "tokens": 426514.0}, {"loss": 1.5, "tokens": 1000.0}]
+    _print_table(["step 10", "step 20"], results)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["loss", "2.1235", "1.5000"]
+    assert lines[2].split() == ["tokens", "426,514", "1,000"]

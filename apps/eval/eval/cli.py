@@ -72,10 +72,10 @@ def _print_table(names: list[str], results: list[dict[str, float]]) -> None:
     width = max(12, *(len(n) for n in names))
     print(f"{'metric':<16}" + "".join(f"{n:>{width + 2}}" for n in names))
     for key in keys:
-        spec = "," if key in COUNT_KEYS else ".4f"
-        row = "".join(
-            f"{round(r[key]) if key in COUNT_KEYS else r[key]:>{width + 2}{spec}}" for r in results
-        )
+        if key in COUNT_KEYS:
+            row = "".join(f"{round(r[key]):>{width + 2},}" for r in results)
+        else:
+            row = "".join(f"{r[key]:>{width + 2}.4f}" for r in results)
         print(f"{key:<16}{row}")
 
 

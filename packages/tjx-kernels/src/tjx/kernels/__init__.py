@@ -7,6 +7,7 @@ Pallas flash attention (forward and backward), chunked cross-entropy, a plain-XL
 from tjx.kernels.cross_entropy import CrossEntropyOutput, chunked_cross_entropy
 from tjx.kernels.dispatch import IMPLEMENTATIONS, attention, select_implementation
 from tjx.kernels.flash import flash_attention
+from tjx.kernels.launch import LaunchDefaults, default_launch
 from tjx.kernels.reference import attention_mask, reference_attention
 
 __version__ = "0.1.0"
@@ -14,10 +15,12 @@ __version__ = "0.1.0"
 __all__ = [
     "IMPLEMENTATIONS",
     "CrossEntropyOutput",
+    "LaunchDefaults",
     "__version__",
     "attention",
     "attention_mask",
     "chunked_cross_entropy",
+    "default_launch",
     "flash_attention",
     "reference_attention",
     "select_implementation",

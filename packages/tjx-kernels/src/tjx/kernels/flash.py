@@ -1,4 +1,4 @@
-"""Pallas flash attention: public wrapper, padding, block-size defaults and the custom VJP.
+"""Pallas flash attention: public wrapper, padding, launch choice and the custom VJP.
 
 ``flash_attention`` validates its arguments, pads the sequence lengths up to multiples of the block
 sizes and ``head_dim`` up to a power of two (>= 16, as Triton's ``tl.dot`` wants), runs the forward
@@ -10,7 +10,6 @@ padded query rows are sliced off, so padding never changes a result.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from typing import Any
@@ -27,47 +26,13 @@ from tjx.kernels._checks import (
     split_segment_ids,
 )
 from tjx.kernels.flash_fwd import KernelConfig
+from tjx.kernels.launch import MIN_BLOCK, LaunchDefaults, default_launch
 from tjx.kernels.partition import partitioned_backward, partitioned_forward
 
 Array = jax.Array
 
 #: Largest head_dim the kernel accepts (padded internally to a power of two).
 MAX_HEAD_DIM = 256
-#: Smallest tile edge (Triton's dot needs every matmul dimension >= 16).
-MIN_BLOCK = 16
-
-
-@dataclasses.dataclass(frozen=True)
-class LaunchDefaults:
-    """Default tiles and warps of the forward and the backward kernels for one (dtype, head_dim)."""
-
-    block_q: int
-    block_k: int
-    num_warps: int
-    block_q_bwd: int
-    block_k_bwd: int
-    num_warps_bwd: int
-
-
-# Chosen without a GPU by compiling every kernel with Triton for sm_90 and sm_80
-# (benchmarks/triton_compile_check.py): the largest tiles whose kernels need no register spills on
-# sm_90 and fit an A100's shared memory. E.g. 16-bit head_dim 64 with 128x128 tiles spilled
-# 228 B/thread under 4 warps and none under 8; fp32 head_dim 128 backward 64x64 tiles needed
-# 193 KiB of shared memory (A100 allows 163). Key: (inputs are 16-bit, head_dim bucket).
-_LAUNCH: dict[tuple[bool, int], LaunchDefaults] = {
-    (True, 64): LaunchDefaults(128, 128, 8, 64, 64, 4),
-    (True, 128): LaunchDefaults(128, 64, 8, 32, 64, 8),
-    (True, 256): LaunchDefaults(64, 64, 8, 32, 32, 8),
-    (False, 64): LaunchDefaults(128, 64, 8, 32, 64, 8),
-    (False, 128): LaunchDefaults(128, 64, 8, 32, 32, 4),
-    (False, 256): LaunchDefaults(32, 32, 4, 16, 16, 4),
-}
-
-
-def default_launch(head_dim: int, dtype: Any) -> LaunchDefaults:
-    """Default block sizes and warps for ``head_dim`` (<= 256) and the input ``dtype``."""
-    bucket = 64 if head_dim <= 64 else 128 if head_dim <= 128 else 256
-    return _LAUNCH[(jnp.dtype(dtype).itemsize <= 2, bucket)]
 
 
 def _next_pow2(n: int) -> int:
@@ -133,10 +98,15 @@ def _make_config(
     block_q: int | None,
     block_k: int | None,
     interpret: bool,
+    launch: LaunchDefaults | None = None,
 ) -> tuple[KernelConfig, int, int, int]:
-    """Kernel config plus the padded (q_len, kv_len, head_dim)."""
+    """Kernel config plus the padded (q_len, kv_len, head_dim).
+
+    ``launch`` None takes the device's (or the generic) launch for ``dtype`` and head_dim.
+    """
     d_pad = max(MIN_BLOCK, _next_pow2(shapes.head_dim))
-    launch = default_launch(shapes.head_dim, dtype)
+    if launch is None:
+        launch = default_launch(shapes.head_dim, dtype)
     # An explicit block size applies to the forward and the backward kernels alike.
     bq = _fit_block(block_q or launch.block_q, shapes.q_len)
     bk = _fit_block(block_k or launch.block_k, shapes.kv_len)
@@ -158,7 +128,8 @@ def _make_config(
         block_k_bwd=bk_b,
         num_warps=launch.num_warps,
         num_warps_bwd=launch.num_warps_bwd,
-        num_stages=2,
+        num_stages=launch.num_stages,
+        num_stages_bwd=launch.num_stages_bwd,
         interpret=interpret,
     )
     return cfg, q_pad, kv_pad, d_pad
@@ -175,6 +146,7 @@ def flash_attention(
     block_q: int | None = None,
     block_k: int | None = None,
     interpret: bool | None = None,
+    launch: LaunchDefaults | None = None,
 ) -> Array:
     """Flash attention in Pallas (online softmax, fused forward and backward).
 
@@ -192,11 +164,14 @@ def flash_attention(
     scale : float, optional
         Logit scale, default ``1/sqrt(head_dim)``.
     block_q, block_k : int, optional
-        Tile sizes (powers of two >= 16) for the forward and backward kernels; defaults depend on
-        dtype and head_dim (:func:`default_launch`) and shrink to short sequences.
+        Tile sizes (powers of two >= 16) for the forward and backward kernels, overriding those
+        of the launch; all tiles shrink to short sequences.
     interpret : bool, optional
         Run the Pallas interpreter. ``None`` (default): compiled on a CUDA GPU, interpreted
         elsewhere.
+    launch : LaunchDefaults, optional
+        Tiles, warps and stages of both passes for this call. ``None`` (default): the device's
+        table entry for dtype and head_dim, else the generic one (:func:`default_launch`).
 
     Returns
     -------
@@ -208,6 +183,8 @@ def flash_attention(
     check_scale(scale)
     _check_block("block_q", block_q)
     _check_block("block_k", block_k)
+    if launch is not None and not isinstance(launch, LaunchDefaults):
+        raise ValueError(f"`launch` must be a LaunchDefaults; got {type(launch).__name__}")
     if shapes.head_dim > MAX_HEAD_DIM:
         raise ValueError(
             f"`q` head_dim {shapes.head_dim} is not supported by flash_attention; "
@@ -228,6 +205,7 @@ def flash_attention(
         block_q=block_q,
         block_k=block_k,
         interpret=resolve_interpret(interpret),
+        launch=launch,
     )
     dq_, dk_, dd = q_pad - shapes.q_len, kv_pad - shapes.kv_len, d_pad - shapes.head_dim
     qp = jnp.pad(q, ((0, 0), (0, dq_), (0, 0), (0, dd)))

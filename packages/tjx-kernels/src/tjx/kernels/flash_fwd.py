@@ -48,12 +48,14 @@ class KernelConfig:
     num_warps: int
     num_warps_bwd: int
     num_stages: int
+    num_stages_bwd: int
     interpret: bool
 
     def compiler_params(self, backward: bool = False) -> Any:
         """Triton launch parameters of the forward or backward kernels (unused when interpreted)."""
         warps = self.num_warps_bwd if backward else self.num_warps
-        return plgpu.CompilerParams(num_warps=warps, num_stages=self.num_stages)
+        stages = self.num_stages_bwd if backward else self.num_stages
+        return plgpu.CompilerParams(num_warps=warps, num_stages=stages)
 
 
 def out_struct(shape: tuple[int, ...], dtype: Any, *inputs: Array | None) -> jax.ShapeDtypeStruct:

@@ -1,0 +1,246 @@
+"""Launch parameters of the flash-attention kernels: generic defaults and per-device tables.
+
+:func:`default_launch` looks a launch (tiles, warps, stages of both passes) up per (dtype,
+head_dim bucket) in the table of the device the kernel runs on (``launch_tables.json`` beside this
+module; ``TJX_FLASH_LAUNCH_TABLES=/path.json`` replaces it), else in the generic table below.
+Files are read once and cached; :func:`clear_launch_cache` forgets them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+ENV_VAR = "TJX_FLASH_LAUNCH_TABLES"  #: names a JSON file that replaces the packaged tables
+SCHEMA = 1  #: version of the launch-table file format
+MIN_BLOCK = 16  #: smallest tile edge (Triton's dot needs every matmul dimension >= 16)
+_RULES: dict[str, tuple[Callable[[int], bool], str]] = {  # field-name prefix → (test, wanted)
+    "block": (lambda v: v >= MIN_BLOCK and not v & (v - 1), f"a power of two >= {MIN_BLOCK}"),
+    "num_warps": (lambda v: v in (1, 2, 4, 8, 16), "one of 1, 2, 4, 8, 16"),
+    "num_stages": (lambda v: 1 <= v <= 8, "in 1..8"),
+}
+_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+_KEY = re.compile(r"(bf16|fp16|fp32)-(64|128|256)")
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchDefaults:
+    """Tiles, warps and pipeline stages of the forward and backward kernels for one bucket.
+
+    Blocks are powers of two >= 16, warps one of 1, 2, 4, 8, 16 and stages 1..8; a bad value
+    raises ``ValueError`` naming the field on construction.
+    """
+
+    block_q: int
+    block_k: int
+    num_warps: int
+    block_q_bwd: int
+    block_k_bwd: int
+    num_warps_bwd: int
+    num_stages: int = 2
+    num_stages_bwd: int = 2
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field out of range."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            test, want = next(r for p, r in _RULES.items() if field.name.startswith(p))
+            if isinstance(value, bool) or not isinstance(value, int) or not test(value):
+                raise ValueError(f"launch `{field.name}` must be {want}; got {value!r}")
+
+    @classmethod
+    def from_json(cls, data: Any) -> LaunchDefaults:
+        """Parse one table entry (an object with every field); ``ValueError`` if malformed."""
+        if not isinstance(data, dict) or set(data) != {f.name for f in dataclasses.fields(cls)}:
+            want = ", ".join(f.name for f in dataclasses.fields(cls))
+            raise ValueError(f"an entry must be an object with exactly the fields {want}")
+        return cls(**data)
+
+
+class DeviceTable(NamedTuple):
+    """The measured launches of one device kind and a note of how they were measured."""
+
+    source: str
+    entries: Mapping[str, LaunchDefaults]
+
+
+# Chosen without a GPU by compiling every kernel with Triton for sm_90 and sm_80
+# (benchmarks/triton_compile_check.py): the largest tiles whose kernels need no register spills on
+# sm_90 and fit an A100's shared memory. E.g. 16-bit head_dim 64 with 128x128 tiles spilled
+# 228 B/thread under 4 warps and none under 8; fp32 head_dim 128 backward 64x64 tiles needed
+# 193 KiB of shared memory (A100 allows 163). Key: (inputs are 16-bit, head_dim bucket).
+_GENERIC: dict[tuple[bool, int], LaunchDefaults] = {
+    (True, 64): LaunchDefaults(128, 128, 8, 64, 64, 4),
+    (True, 128): LaunchDefaults(128, 64, 8, 32, 64, 8),
+    (True, 256): LaunchDefaults(64, 64, 8, 32, 32, 8),
+    (False, 64): LaunchDefaults(128, 64, 8, 32, 64, 8),
+    (False, 128): LaunchDefaults(128, 64, 8, 32, 32, 4),
+    (False, 256): LaunchDefaults(32, 32, 4, 16, 16, 4),
+}
+
+
+def entry_key(dtype: Any, head_dim: int) -> str:
+    """Table key ``"<bf16|fp16|fp32>-<64|128|256>"`` of an input dtype and head_dim (1..256)."""
+    name = _DTYPES.get(jnp.dtype(dtype).name)
+    if name is None:
+        raise ValueError(f"no launch for dtype {jnp.dtype(dtype).name}; supported: {list(_DTYPES)}")
+    if not 1 <= head_dim <= 256:
+        raise ValueError(f"no launch for head_dim {head_dim}; supported: 1..256")
+    return f"{name}-{64 if head_dim <= 64 else 128 if head_dim <= 128 else 256}"
+
+
+def generic_launch(head_dim: int, dtype: Any) -> LaunchDefaults:
+    """The device-independent launch for ``head_dim`` and ``dtype`` (no table consulted)."""
+    name, bucket = entry_key(dtype, head_dim).split("-")
+    return _GENERIC[(name != "fp32", int(bucket))]
+
+
+def _checked(key: str, value: Any, at: str) -> LaunchDefaults:
+    """A table entry (JSON object or LaunchDefaults) validated, or ValueError naming ``at``/key."""
+    try:
+        if not _KEY.fullmatch(key):
+            raise ValueError("unknown key format; want '<bf16|fp16|fp32>-<64|128|256>'")
+        if not isinstance(value, LaunchDefaults):
+            value = LaunchDefaults.from_json(value)
+        value.validate()
+        return value
+    except ValueError as err:
+        raise ValueError(f"{at}, key {key!r}: {err}") from None
+
+
+def _norm(kind: str) -> str:
+    return " ".join(kind.split()).casefold()
+
+
+def device_kind_of_default_device() -> str | None:
+    """``device_kind`` of the default device when the default backend is a CUDA GPU, else None."""
+    try:
+        if jax.default_backend() != "gpu":
+            return None
+        device = jax.devices()[0]
+    except RuntimeError:  # pragma: no cover - no backend at all
+        return None
+    rocm = "rocm" in str(getattr(device.client, "platform_version", "")).lower()
+    return None if rocm else str(device.device_kind)
+
+
+def _parse_tables(text: str, where: str) -> dict[str, DeviceTable]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"launch tables {where}: malformed JSON: {err}") from None
+    ok = isinstance(data, dict) and set(data) == {"schema", "devices"}
+    if not ok or data["schema"] != SCHEMA or not isinstance(data["devices"], dict):
+        raise ValueError(f"launch tables {where}: want {{'schema': {SCHEMA}, 'devices': {{...}}}}")
+    tables: dict[str, DeviceTable] = {}
+    for kind, table in data["devices"].items():
+        at = f"launch tables {where}: device {kind!r}"
+        ok = isinstance(table, dict) and set(table) == {"source", "entries"}
+        if not ok or not isinstance(table["source"], str) or not isinstance(table["entries"], dict):
+            raise ValueError(f"{at}: want {{'source': <text>, 'entries': {{...}}}}")
+        entries = {k: _checked(k, v, at) for k, v in table["entries"].items()}
+        tables[kind] = DeviceTable(table["source"], MappingProxyType(entries))
+    return tables
+
+
+@functools.lru_cache(maxsize=8)
+def _read_tables(path: str | None) -> Mapping[str, DeviceTable]:
+    file = resources.files("tjx.kernels") / "launch_tables.json" if path is None else Path(path)
+    return MappingProxyType(_parse_tables(file.read_text("utf-8"), str(file)))
+
+
+def load_launch_tables(path: str | os.PathLike[str] | None = None) -> Mapping[str, DeviceTable]:
+    """Read (once, cached) and validate launch tables: device kind as written → its table.
+
+    Parameters
+    ----------
+    path : str or PathLike, optional
+        Default ``$TJX_FLASH_LAUNCH_TABLES`` if set, else the packaged ``launch_tables.json``.
+        Malformed JSON or a bad entry raises ``ValueError`` naming the file, device and key.
+    """
+    chosen = os.fspath(path) if path is not None else os.environ.get(ENV_VAR) or None
+    return _read_tables(chosen)
+
+
+def clear_launch_cache() -> None:
+    """Forget every launch-table file read so far (the next lookup reads the file again)."""
+    _read_tables.cache_clear()
+
+
+def default_launch(head_dim: int, dtype: Any, device_kind: str | None = None) -> LaunchDefaults:
+    """The launch for ``head_dim`` (1..256) and input ``dtype`` on a device kind.
+
+    ``device_kind`` None means the default device's kind when it is a CUDA GPU (else no device
+    table is consulted). Device kinds compare case-insensitively with whitespace collapsed. Order:
+    the device's entry for the dtype, its entry for the other 16-bit dtype, the generic table.
+    """
+    key = entry_key(dtype, head_dim)
+    kind = device_kind_of_default_device() if device_kind is None else device_kind
+    tables = load_launch_tables() if kind is not None else {}
+    found = [t.entries for k, t in tables.items() if kind is not None and _norm(k) == _norm(kind)]
+    name, bucket = key.split("-")
+    other = {"bf16": "fp16", "fp16": "bf16"}.get(name, name)
+    for candidate in (key, f"{other}-{bucket}"):
+        for entries in found:
+            if candidate in entries:
+                return entries[candidate]
+    return generic_launch(head_dim, dtype)
+
+
+def merge_launch_table(
+    path: str | os.PathLike[str],
+    device_kind: str,
+    entries: Mapping[str, LaunchDefaults],
+    source: str,
+) -> None:
+    """Merge measured launches of one device kind into a launch-table file, atomically.
+
+    Entries replace those of the same key, others are kept; ``source`` replaces the device's note
+    (a device found under another spelling moves to ``device_kind``). The file (created if absent)
+    is written sorted through a temporary file and ``os.replace``; the cache is cleared.
+
+    Raises
+    ------
+    ValueError
+        A bad key or launch, an empty device kind, or a malformed existing file.
+    """
+    target = Path(path)
+    if not device_kind.strip():
+        raise ValueError("`device_kind` must be a non-empty device kind")
+    where = f"merging into {target}: device {device_kind!r}"
+    new = {k: _checked(k, v, where) for k, v in entries.items()}
+    tables = _parse_tables(target.read_text("utf-8"), str(target)) if target.exists() else {}
+    merged: dict[str, LaunchDefaults] = {}
+    for kind in [k for k in tables if _norm(k) == _norm(device_kind)]:
+        merged.update(tables.pop(kind).entries)
+    merged.update(new)
+    tables[device_kind] = DeviceTable(source, merged)
+    devices = {kind: {"source": t.source, "entries": dict(t.entries)} for kind, t in tables.items()}
+    data = {"schema": SCHEMA, "devices": devices}
+    text = json.dumps(data, sort_keys=True, indent=1, default=dataclasses.asdict) + "\n"
+    mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    clear_launch_cache()

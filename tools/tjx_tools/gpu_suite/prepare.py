@@ -1,0 +1,45 @@
+"""Build ``.gpu/``: what the GPU machine needs and cannot download (it has no network).
+
+``.gpu/data`` is a tjx data cache (``$TJX_CACHE``) holding the built-in KJV corpus, the GPT-2
+tokenizer and the corpus's GPT-2 shards, made by the trainer's own data preparation for the exact
+config the suite's training run uses, so the run there finds every file in place.
+``tools/gpu_suite`` points ``$TJX_CACHE`` at it when it exists; name ``.gpu`` in the device tool's
+``carry``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: The device tool carries at most 64 MiB of working tree; stay well inside it.
+CARRY_LIMIT = 48 * 2**20
+
+
+def folder_bytes(path: Path) -> int:
+    """Total size of the files under ``path``."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def prepare(carry: Path) -> Path:
+    """Fill ``carry/data`` for the suite's gpt2_small run; return the data folder."""
+    data = carry / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    os.environ["TJX_CACHE"] = str(data.resolve())
+    from bench_train import load
+
+    from trainer import data_setup
+
+    cfg = load("gpt2_small", ["data.source=kjv"])
+    bundle = data_setup.prepare(cfg)
+    size = folder_bytes(carry)
+    if size > CARRY_LIMIT:
+        raise SystemExit(
+            f"gpu_suite prepare: {carry} holds {size / 2**20:.0f} MiB, over the "
+            f"{CARRY_LIMIT / 2**20:.0f} MiB the device tool can carry beside the tree"
+        )
+    print(
+        f"prepared {carry}: {size / 2**20:.1f} MiB; train shards {bundle.train_dir}; "
+        f"vocab {bundle.vocab_size}. Carry it: run(..., carry=['{carry.name}'])"
+    )
+    return data

@@ -1,0 +1,161 @@
+"""The GPU suite end to end on CPU (``--smoke``), so it cannot rot between GPU sessions.
+
+The smoke run goes through ``tools/gpu_suite`` exactly as on the GPU machine (the launcher script,
+a fresh interpreter, one device), with ``datasets``, ``wandb`` and ``tensorboardX`` made
+unimportable: the suite's path must not need them (the GPU machine does not have them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tjx.kernels import LaunchDefaults, default_launch
+from tjx.kernels.launch import clear_launch_cache, load_launch_tables
+from tjx_tools.gpu_suite import fold, kernels
+from tjx_tools.gpu_suite.__main__ import main
+from tjx_tools.gpu_suite.report import Report
+
+REPO = Path(__file__).resolve().parents[3]
+SECTIONS = ["environment", "kernels", "tune", "attention", "train_step", "train_run"]
+BLOCKED = ("datasets", "wandb", "tensorboardX")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+    """One smoke run of the whole suite: (out folder, results.json, its stdout)."""
+    tmp = tmp_path_factory.mktemp("gpu_suite")
+    blocker = tmp / "blocked"
+    blocker.mkdir()
+    for name in BLOCKED:
+        (blocker / f"{name}.py").write_text(
+            f"raise ImportError('{name} is blocked by this test')\n"
+        )
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "TJX_CACHE")}
+    paths = [str(blocker), *(os.path.abspath(p or os.curdir) for p in sys.path)]
+    env.update(PYTHONPATH=os.pathsep.join(paths), TJX_PYTHON=sys.executable, JAX_PLATFORMS="cpu")
+    env["TJX_CACHE"] = str(tmp / "cache")  # nothing may be downloaded into the user's cache
+    out = tmp / "out"
+    proc = subprocess.run(
+        ["bash", str(REPO / "tools" / "gpu_suite"), "run", "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, json.loads((out / "results.json").read_text()), proc.stdout
+
+
+def test_every_section_runs_and_is_reported(smoke: tuple[Path, dict[str, Any], str]) -> None:
+    out, doc, stdout = smoke
+    assert list(doc["sections"]) == SECTIONS
+    assert {s["status"] for s in doc["sections"].values()} == {"ok"}
+    assert doc["smoke"] is True and doc["meta"]["backend"] == "cpu"
+    md = (out / "results.md").read_text()
+    for name in SECTIONS:
+        assert f"### {name} (" in md
+    assert "smoke run (CPU, tiny shapes): not performance figures" in md
+    assert md in stdout  # the report is also printed for the device tool's output
+
+
+def test_kernel_checks_cover_the_cases(smoke: tuple[Path, dict[str, Any], str]) -> None:
+    rows = smoke[1]["sections"]["kernels"]["rows"]
+    measured = [r for r in rows if "pass" in r]
+    assert {r["impl"] for r in measured} == {"pallas", "xla"}
+    assert {r["case"] for r in measured} == {c.name for c in kernels.cases(smoke=True)}
+    assert all(r["pass"] and r["out"] < 1e-5 for r in measured)  # float32 against float64
+    assert all("CUDA GPU" in r["unsupported"] for r in rows if r["impl"] == "cudnn")
+
+
+def test_tuned_table_is_a_valid_launch_table(smoke: tuple[Path, dict[str, Any], str]) -> None:
+    out, doc, _ = smoke
+    tables = load_launch_tables(out / "launch_table.json")
+    (kind,) = tables
+    assert kind == doc["meta"]["device_kind"]
+    best = doc["sections"]["tune"]["rows"][0]
+    assert best["best_fwd_ms"] > 0 and best["best_fwd_bwd_ms"] > 0
+
+
+def test_attention_train_step_and_run_measured(smoke: tuple[Path, dict[str, Any], str]) -> None:
+    out, doc, _ = smoke
+    attn = doc["sections"]["attention"]["rows"]
+    assert all(r["fwd_ms"] > 0 for r in attn if r["impl"] in ("pallas", "xla"))
+    assert all("cuDNN needs a CUDA GPU" in r["error"] for r in attn if r["impl"] == "cudnn")
+    steps = doc["sections"]["train_step"]["rows"]
+    assert [r["attention_impl"] for r in steps] == ["pallas", "auto"]
+    assert all(r["loss_finite"] and r["tokens_per_s"] > 0 for r in steps)
+    run = doc["sections"]["train_run"]["summary"]
+    assert run["steps"] == 16 and run["last_loss"] < run["first_loss"]
+    assert run["last_val_loss"] is not None
+    assert (out / "loss_curve.png").stat().st_size > 0
+    assert (out / "profile.tar.gz").stat().st_size > 0
+
+
+def test_fold_writes_benchmarks_and_launch_table(
+    smoke: tuple[Path, dict[str, Any], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, doc, _ = smoke
+    bench = tmp_path / "BENCHMARKS.md"
+    bench.write_text("# tjx benchmarks\n\nCPU figures.\n")
+    table = tmp_path / "launch_tables.json"
+    table.write_text('{"schema": 1, "devices": {}}\n')
+    with pytest.raises(SystemExit, match="smoke results"):
+        fold.fold([out], benchmarks=bench, launch_tables=table)
+    key = fold.fold([out], benchmarks=bench, launch_tables=table, allow_smoke=True)
+    first = bench.read_text()
+    assert first.startswith("# tjx benchmarks\n\nCPU figures.\n") and fold.SECTION in first
+    assert first.count(f"<!-- gpu_suite {key} begin -->") == 1
+    fold.fold([out], benchmarks=bench, launch_tables=table, allow_smoke=True)
+    assert bench.read_text() == first  # folding the same run again replaces its block
+    # The folded table is what the kernels now use on that device kind.
+    monkeypatch.setenv("TJX_FLASH_LAUNCH_TABLES", str(table))
+    clear_launch_cache()
+    tuned = doc["sections"]["tune"]["rows"][0]
+    got = default_launch(tuned["head_dim"], "float32", device_kind=doc["meta"]["device_kind"])
+    assert got == LaunchDefaults(**tuned["best"])
+    clear_launch_cache()
+
+
+def test_fold_puts_a_newer_run_above_an_older_one() -> None:
+    text = fold.fold_markdown("# B\n", "2026-01-01 gpu A", "old figures")
+    text = fold.fold_markdown(text, "2026-02-01 gpu A", "new figures")
+    assert text.index("new figures") < text.index("old figures")
+    assert text.count(fold.SECTION) == 1 and text.count(fold.INTRO) == 1
+    text = fold.fold_markdown(text, "2026-01-01 gpu A", "old, corrected")
+    assert "old figures" not in text and text.index("new figures") < text.index("old, corrected")
+
+
+def test_a_kernel_worse_than_allowed_fails_loudly() -> None:
+    base = {"case": "c", "dtype": "bfloat16", "head_dim": 64}
+    xla = {**base, "impl": "xla", "out": 1e-3, "dq": 2e-3, "dk": 2e-3, "dv": 1e-3}
+    good = {**base, "impl": "pallas", "out": 1e-3, "dq": 3e-3, "dk": 2e-3, "dv": 1e-3}
+    bad = {**base, "impl": "cudnn", "out": 1e-3, "dq": 0.2, "dk": 2e-3, "dv": 1e-3}
+    failures = kernels.judge([xla, good, bad])
+    assert good["pass"] and not bad["pass"]
+    assert failures == ["cudnn c bfloat16 d64: error 2.00e-01 > allowed 3.00e-02"]
+
+
+def test_a_crashing_section_is_recorded_and_saved(tmp_path: Path) -> None:
+    report = Report(tmp_path, smoke=True, budget_s=10.0)
+    with report.section("first") as sec:
+        sec.rows.append({"x": 1})
+    with report.section("second"):
+        raise RuntimeError("boom")
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["sections"]["first"]["status"] == "ok"
+    assert saved["sections"]["second"]["notes"] == ["error: RuntimeError: boom"]
+    assert report.failed
+
+
+def test_run_without_a_gpu_needs_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--out", str(tmp_path)]) == 2
+    assert "no GPU here" in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()

@@ -1,0 +1,162 @@
+"""The trainer's own jitted step on the device: tokens/s, MFU, largest batch, memory fit, compile.
+
+gpt2_small as the issue states it (seq 1024, bf16 compute, scanned layers, chunked cross-entropy)
+with the Pallas flash kernel, and with ``auto`` attention (cuDNN on a GPU) for comparison. Timing
+is ``tools/bench_train.py``'s (the step users run, synthetic token batches, median of timed steps
+after compilation). MFU is reported against the datasheet's dense bf16 peak and against the bf16
+matmul peak measured in the same run (environment section). Memory comes from XLA's analysis of
+the compiled step (nothing executes): the largest batch whose step fits the device's memory, and
+whether gpt2_medium and gpt2_large fit as their presets stand.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench_train import load, throughput, vocab_of
+
+from tjx_tools.gpu_suite.report import Section, fmt, md_table
+
+GIB = 2**30
+#: The issue's gpt2_small step: bf16 compute, scanned layers, chunked cross-entropy.
+STEP_SETS = ["model.scan_layers=true", "model.compute_dtype=bfloat16", "train.chunked_ce=true"]
+#: The smoke run's step: the same code path on a model that compiles in seconds on 2 CPU cores.
+SMOKE_SETS = [
+    "data.batch_size=2",
+    "data.seq_len=32",
+    "model.max_seq_len=32",
+    "model.d_model=32",
+    "model.num_layers=2",
+    "model.num_heads=2",
+    "model.mlp_dim=64",
+]
+
+
+def _plan(smoke: bool) -> dict[str, Any]:
+    if smoke:
+        return {"config": "tiny", "sets": SMOKE_SETS, "batches": (2,), "fit": ("tiny",), "steps": 2}
+    return {
+        "config": "gpt2_small",
+        "sets": [],
+        "batches": (16, 32, 64, 128),
+        "fit": ("gpt2_medium", "gpt2_large"),
+        "steps": 20,
+    }
+
+
+def step_memory(name: str, sets: list[str]) -> tuple[int, float]:
+    """(peak bytes, compile seconds) of a config's step, compiled from abstract shapes."""
+    from trainer.memory_fit import step_peak
+
+    cfg = load(name, sets)
+    t0 = time.perf_counter()
+    peak = step_peak(cfg, vocab_of(cfg))
+    return peak, time.perf_counter() - t0
+
+
+def largest_batch(name: str, sets: list[str], batches: tuple[int, ...], budget: int) -> list[Any]:
+    """Peak memory of each batch size in turn until one no longer fits ``budget`` bytes."""
+    rows = []
+    for b in batches:
+        peak, secs = step_memory(name, [*sets, f"data.batch_size={b}"])
+        rows.append({"batch": b, "peak_bytes": peak, "compile_s": secs, "fits": peak <= budget})
+        if peak > budget:
+            break
+    return rows
+
+
+def run(sec: Section, smoke: bool, meta: dict[str, Any]) -> None:
+    """Throughput (pallas and auto), largest batch, medium/large fit; fills the section."""
+    from trainer.memory_fit import available_bytes
+
+    plan = _plan(smoke)
+    sets = [*STEP_SETS, *plan["sets"]]
+    measured_peak = meta.get("peak_bf16_measured")
+    rows: list[dict[str, Any]] = []
+
+    def measure(label: str, extra: list[str]) -> None:
+        row = throughput(plan["config"], [*sets, *extra], plan["steps"])
+        row["attention_impl"] = label
+        table_peak = meta.get("peak_bf16_table")
+        row["mfu_vs_measured"] = (
+            row["mfu"] * table_peak / measured_peak
+            if row["mfu"] and table_peak and measured_peak
+            else None
+        )
+        rows.append(row)
+
+    for impl in ("pallas", "auto"):
+        measure(impl, [f"model.attention_impl={impl}"])
+    budget = available_bytes() or 0
+    fit = largest_batch(
+        plan["config"], [*sets, "model.attention_impl=pallas"], plan["batches"], budget
+    )
+    best = max((r["batch"] for r in fit if r["fits"]), default=None)
+    if best is not None and best != load(plan["config"], sets).data.batch_size:
+        measure(f"pallas, batch {best}", ["model.attention_impl=pallas", f"data.batch_size={best}"])
+    presets = []
+    for name in plan["fit"]:
+        peak, secs = step_memory(name, [*STEP_SETS, *(plan["sets"] if smoke else [])])
+        presets.append(
+            {"config": name, "peak_bytes": peak, "compile_s": secs, "fits": peak <= budget}
+        )
+    sec.rows = rows
+    sec.summary = {
+        "budget_bytes": budget,
+        "largest_batch": best,
+        "batch_fit": fit,
+        "presets": presets,
+    }
+    sec.markdown = "\n\n".join(
+        [
+            md_table(
+                [
+                    "config",
+                    "attention",
+                    "tokens/step",
+                    "compile s",
+                    "step s",
+                    "tokens/s",
+                    "MFU " "(datasheet)",
+                    "MFU (measured matmul)",
+                ],
+                [
+                    [
+                        r["config"],
+                        r["attention_impl"],
+                        r["tokens_per_step"],
+                        r["compile_s"],
+                        r["median_step_s"],
+                        f"{r['tokens_per_s']:,.0f}",
+                        fmt(r["mfu"] and 100 * r["mfu"], ".1f"),
+                        fmt(r["mfu_vs_measured"] and 100 * r["mfu_vs_measured"], ".1f"),
+                    ]
+                    for r in rows
+                ],
+            ),
+            f"Device memory for the step: {budget / GIB:.1f} GiB. Largest batch (× seq) whose "
+            f"compiled step fits: **{best}**.",
+            md_table(
+                ["step", "peak GiB", "compile s", "fits"],
+                [
+                    [
+                        f"{plan['config']} batch {r['batch']}",
+                        f"{r['peak_bytes'] / GIB:.2f}",
+                        f"{r['compile_s']:.1f}",
+                        r["fits"],
+                    ]
+                    for r in fit
+                ]
+                + [
+                    [
+                        f"{p['config']} (preset)",
+                        f"{p['peak_bytes'] / GIB:.2f}",
+                        f"{p['compile_s']:.1f}",
+                        p["fits"],
+                    ]
+                    for p in presets
+                ],
+            ),
+        ]
+    )

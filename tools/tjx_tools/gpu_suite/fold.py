@@ -1,8 +1,9 @@
 """Fold a GPU run's results into BENCHMARKS.md and its tuned launches into tjx-kernels' table.
 
 One run (one or more ``--out`` folders of the same session: the suite takes two device calls)
-becomes one block in BENCHMARKS.md's "GPU suite" section, between markers naming its date and
-device; folding the same run again replaces its block, a new run is added above the older ones.
+becomes one block in BENCHMARKS.md's "GPU suite results" section (made at the end of the page the
+first time), between markers naming its date and device; folding the same run again replaces its
+block, a new run is added above the older ones.
 Smoke results are refused (they are not performance figures) unless a test asks for them.
 """
 
@@ -20,11 +21,12 @@ from tjx_tools.gpu_suite.report import load, render_markdown
 REPO = Path(__file__).resolve().parents[3]
 BENCHMARKS = REPO / "BENCHMARKS.md"
 LAUNCH_TABLES = REPO / "packages/tjx-kernels/src/tjx/kernels/launch_tables.json"
-SECTION = "## GPU suite (`tools/gpu_suite`)"
+SECTION = "## GPU suite results"
 INTRO = (
-    "Each block below is one run of `tools/gpu_suite` on a lent GPU, folded in by "
-    "`tools/gpu_suite fold`, newest first. Every figure was measured in that run."
+    'Each block below is one run of `tools/gpu_suite` on a lent GPU (see "GPU suite" above for '
+    "the recipe), folded in by `tools/gpu_suite fold`. Every figure was measured in that run."
 )
+MARKER = "<!-- gpu_suite results: newest first -->"
 
 
 def run_key(docs: Sequence[dict[str, Any]]) -> str:
@@ -40,13 +42,9 @@ def fold_markdown(text: str, key: str, body: str) -> str:
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     if pattern.search(text):
         return pattern.sub(lambda _: block, text)
-    if SECTION not in text:
-        return text.rstrip("\n") + f"\n\n{SECTION}\n\n{INTRO}\n\n{block}\n"
-    head, tail = text.split(SECTION, 1)
-    rest = tail.split("\n\n", 2)  # "", the intro, the blocks
-    if len(rest) == 3 and rest[1] == INTRO:
-        return f"{head}{SECTION}\n\n{INTRO}\n\n{block}\n\n{rest[2].lstrip()}"
-    return f"{head}{SECTION}\n\n{block}\n\n{tail.lstrip()}"
+    if MARKER not in text:
+        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{INTRO}\n\n{MARKER}\n"
+    return text.replace(MARKER, f"{MARKER}\n\n{block}", 1)
 
 
 def fold_launch_tables(docs: Sequence[dict[str, Any]], path: Path) -> list[str]:
@@ -79,7 +77,9 @@ def fold(
         )
     key = run_key(docs)
     text = benchmarks.read_text(encoding="utf-8") if benchmarks.is_file() else "# Benchmarks\n"
-    benchmarks.write_text(fold_markdown(text, key, render_markdown(docs)), encoding="utf-8")
+    benchmarks.write_text(
+        fold_markdown(text, key, render_markdown(docs, level=4)), encoding="utf-8"
+    )
     kinds = fold_launch_tables(docs, launch_tables)
     print(f"folded {key} into {benchmarks}; launch tables for {kinds or 'no device'}")
     return key

@@ -124,14 +124,17 @@ def header(meta: dict[str, Any], smoke: bool) -> str:
     return line
 
 
-def render_markdown(docs: Sequence[dict[str, Any]]) -> str:
-    """One Markdown report from one or more results documents (e.g. the two GPU calls)."""
+def render_markdown(docs: Sequence[dict[str, Any]], level: int = 2) -> str:
+    """One Markdown report from one or more results documents (e.g. the two GPU calls).
+
+    ``level`` is the heading level of the sections (BENCHMARKS.md nests them under a run).
+    """
     parts: list[str] = []
     for doc in docs:
         parts.append(f"_{header(doc['meta'], bool(doc.get('smoke')))}_\n")
         for name, sec in doc["sections"].items():
             status = "" if sec["status"] == "ok" else f" — **{sec['status']}**"
-            parts.append(f"### {name}{status} ({sec['seconds']} s)\n")
+            parts.append(f"{'#' * level} {name}{status} ({sec['seconds']} s)\n")
             if sec["markdown"]:
                 parts.append(sec["markdown"] + "\n")
             parts.extend(f"- {note}" for note in sec["notes"])

@@ -18,9 +18,9 @@ import pytest
 
 from tjx.kernels import LaunchDefaults, default_launch
 from tjx.kernels.launch import clear_launch_cache, load_launch_tables
-from tjx_tools.gpu_suite import fold, kernels
+from tjx_tools.gpu_suite import attention, fold, kernels, train_step
 from tjx_tools.gpu_suite.__main__ import main
-from tjx_tools.gpu_suite.report import Report
+from tjx_tools.gpu_suite.report import Report, Section
 
 REPO = Path(__file__).resolve().parents[3]
 SECTIONS = ["environment", "kernels", "tune", "attention", "train_step", "train_run"]
@@ -61,7 +61,7 @@ def test_every_section_runs_and_is_reported(smoke: tuple[Path, dict[str, Any], s
     assert doc["smoke"] is True and doc["meta"]["backend"] == "cpu"
     md = (out / "results.md").read_text()
     for name in SECTIONS:
-        assert f"### {name} (" in md
+        assert f"## {name} (" in md
     assert "smoke run (CPU, tiny shapes): not performance figures" in md
     assert md in stdout  # the report is also printed for the device tool's output
 
@@ -159,3 +159,20 @@ def test_run_without_a_gpu_needs_smoke(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["run", "--out", str(tmp_path)]) == 2
     assert "no GPU here" in capsys.readouterr().err
     assert not (tmp_path / "results.json").exists()
+
+
+def test_past_the_budget_cells_are_skipped_and_said() -> None:
+    sec = Section("attention")
+    attention.run(sec, smoke=True, deadline=0.0)
+    assert sec.rows == []
+    assert sec.notes == [
+        f"{4 * len(attention.grid(smoke=True))} cells skipped: the time budget was spent"
+    ]
+    sec = Section("train_step")
+    train_step.run(sec, smoke=True, meta={}, deadline=0.0)
+    assert sec.rows == [] and sec.summary["largest_batch"] is None
+    assert sec.notes == [
+        "skipped (time budget): throughput, pallas",
+        "skipped (time budget): throughput, auto",
+        "skipped (time budget): tiny memory fit",
+    ]

@@ -55,10 +55,14 @@ def step_memory(name: str, sets: list[str]) -> tuple[int, float]:
     return peak, time.perf_counter() - t0
 
 
-def largest_batch(name: str, sets: list[str], batches: tuple[int, ...], budget: int) -> list[Any]:
-    """Peak memory of each batch size in turn until one no longer fits ``budget`` bytes."""
+def largest_batch(
+    name: str, sets: list[str], batches: tuple[int, ...], budget: int, deadline: float
+) -> list[Any]:
+    """Peak memory of each batch size in turn until one does not fit (or time runs out)."""
     rows = []
     for b in batches:
+        if time.perf_counter() > deadline:
+            break
         peak, secs = step_memory(name, [*sets, f"data.batch_size={b}"])
         rows.append({"batch": b, "peak_bytes": peak, "compile_s": secs, "fits": peak <= budget})
         if peak > budget:
@@ -66,16 +70,27 @@ def largest_batch(name: str, sets: list[str], batches: tuple[int, ...], budget: 
     return rows
 
 
-def run(sec: Section, smoke: bool, meta: dict[str, Any]) -> None:
-    """Throughput (pallas and auto), largest batch, medium/large fit; fills the section."""
+def run(sec: Section, smoke: bool, meta: dict[str, Any], deadline: float) -> None:
+    """Throughput (pallas, auto), medium/large fit, largest batch and its throughput, in that
+    order of importance; what would start after ``deadline`` is skipped and said so."""
     from trainer.memory_fit import available_bytes
 
     plan = _plan(smoke)
     sets = [*STEP_SETS, *plan["sets"]]
     measured_peak = meta.get("peak_bf16_measured")
+    budget = available_bytes() or 0
     rows: list[dict[str, Any]] = []
+    presets: list[dict[str, Any]] = []
+
+    def in_time(what: str) -> bool:
+        if time.perf_counter() <= deadline:
+            return True
+        sec.notes.append(f"skipped (time budget): {what}")
+        return False
 
     def measure(label: str, extra: list[str]) -> None:
+        if not in_time(f"throughput, {label}"):
+            return
         row = throughput(plan["config"], [*sets, *extra], plan["steps"])
         row["attention_impl"] = label
         table_peak = meta.get("peak_bf16_table")
@@ -88,19 +103,16 @@ def run(sec: Section, smoke: bool, meta: dict[str, Any]) -> None:
 
     for impl in ("pallas", "auto"):
         measure(impl, [f"model.attention_impl={impl}"])
-    budget = available_bytes() or 0
-    fit = largest_batch(
-        plan["config"], [*sets, "model.attention_impl=pallas"], plan["batches"], budget
-    )
+    for name in plan["fit"]:
+        if in_time(f"{name} memory fit"):
+            peak, secs = step_memory(name, [*STEP_SETS, *(plan["sets"] if smoke else [])])
+            fits = peak <= budget
+            presets.append({"config": name, "peak_bytes": peak, "compile_s": secs, "fits": fits})
+    pallas = [*sets, "model.attention_impl=pallas"]
+    fit = largest_batch(plan["config"], pallas, plan["batches"], budget, deadline)
     best = max((r["batch"] for r in fit if r["fits"]), default=None)
     if best is not None and best != load(plan["config"], sets).data.batch_size:
         measure(f"pallas, batch {best}", ["model.attention_impl=pallas", f"data.batch_size={best}"])
-    presets = []
-    for name in plan["fit"]:
-        peak, secs = step_memory(name, [*STEP_SETS, *(plan["sets"] if smoke else [])])
-        presets.append(
-            {"config": name, "peak_bytes": peak, "compile_s": secs, "fits": peak <= budget}
-        )
     sec.rows = rows
     sec.summary = {
         "budget_bytes": budget,
@@ -118,7 +130,7 @@ def run(sec: Section, smoke: bool, meta: dict[str, Any]) -> None:
                     "compile s",
                     "step s",
                     "tokens/s",
-                    "MFU " "(datasheet)",
+                    "MFU (datasheet)",
                     "MFU (measured matmul)",
                 ],
                 [

@@ -122,7 +122,10 @@ def lower_kernels(
         jax.ShapeDtypeStruct((1, seq, kv_heads, head_dim), dt),
         jax.ShapeDtypeStruct((1, seq), jnp.int32),
     ]
-    with capture_triton_ir() as captured:
+    # jax >= 0.11 no longer assumes sm_90 when no GPU is present: name the target GPU.
+    target = jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="gpu")
+    abstract = jax.sharding.AbstractMesh((), (), abstract_device=target)
+    with capture_triton_ir() as captured, jax.sharding.use_abstract_mesh(abstract):
         exported = export.export(
             jax.jit(fwd_bwd),
             platforms=["cuda"],

@@ -92,3 +92,12 @@ def np_cross_entropy(hidden, w, labels, *, ignore_index=-100, z_loss=0.0):
     dh = (dlogits @ w.T).reshape(hidden.shape)
     dw = h.T @ dlogits
     return loss, sum_loss, n, correct, dh, dw
+
+
+def cuda_target():
+    """Context for cross-lowering Pallas kernels for CUDA on a machine without a GPU: jax >= 0.11
+    asks the abstract mesh which GPU to target (0.10 fell back to sm_90 silently)."""
+    from jax.sharding import AbstractDevice, AbstractMesh, use_abstract_mesh
+
+    gpu = AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="gpu")
+    return use_abstract_mesh(AbstractMesh((), (), abstract_device=gpu))

@@ -14,7 +14,7 @@ import pytest
 from tjx.kernels import attention, flash_attention, reference_attention
 from tjx.kernels.flash import default_launch, resolve_interpret
 
-from ._ref import np_attention, np_mask, rel_err
+from ._ref import cuda_target, np_attention, np_mask, rel_err
 
 F32, BF16, F16 = jnp.float32, jnp.bfloat16, jnp.float16
 TOL = {F32: 1e-5, BF16: 2e-2, F16: 5e-3}
@@ -251,11 +251,12 @@ def test_kernels_lower_to_triton_for_cuda(dtype, d, causal, segs):
         jax.ShapeDtypeStruct((1, 300), jnp.int32),
     ]
     triton = "__gpu$xla.gpu.triton"
-    exported = export.export(
-        jax.jit(fwd_bwd),
-        platforms=["cuda"],
-        disabled_checks=[export.DisabledSafetyCheck.custom_call(triton)],
-    )(*args)
+    with cuda_target():
+        exported = export.export(
+            jax.jit(fwd_bwd),
+            platforms=["cuda"],
+            disabled_checks=[export.DisabledSafetyCheck.custom_call(triton)],
+        )(*args)
     text = exported.mlir_module()
     for name in ("tjx_flash_fwd", "tjx_flash_bwd_dkdv", "tjx_flash_bwd_dq"):
         assert f'name = "{name}"' in text

@@ -29,7 +29,7 @@ from tjx.kernels.partition import (
     kernel_layout,
 )
 
-from ._ref import rel_err
+from ._ref import cuda_target, rel_err
 
 B, S, H, HKV, D = 2, 32, 8, 4, 16  # GQA ratio 2; S and D need no kernel padding
 TOL = 1e-5
@@ -275,11 +275,12 @@ def test_per_shard_kernels_lower_to_triton_for_cuda(mesh):
             jax.ShapeDtypeStruct(sh.shard_shape(a.shape), a.dtype)
             for a, sh in zip(args, arg_shardings, strict=True)
         ]
-        exported = export.export(
-            jax.jit(local_fn),
-            platforms=["cuda"],
-            disabled_checks=[export.DisabledSafetyCheck.custom_call(triton)],
-        )(*local_args)
+        with cuda_target():
+            exported = export.export(
+                jax.jit(local_fn),
+                platforms=["cuda"],
+                disabled_checks=[export.DisabledSafetyCheck.custom_call(triton)],
+            )(*local_args)
         module = exported.mlir_module()
         assert triton in module and local_q in module and local_kv in module
 

@@ -7,12 +7,12 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from tensorboardX.proto import event_pb2
-from tensorboardX.record_writer import masked_crc32c
-
 
 def read_tb_events(path: Path) -> list[Any]:
     """All ``Event`` protos of one event file, checking both CRCs of every record."""
+    from tensorboardX.proto import event_pb2  # lazy: an optional package
+    from tensorboardX.record_writer import masked_crc32c
+
     data = Path(path).read_bytes()
     pos, events = 0, []
     while pos < len(data):

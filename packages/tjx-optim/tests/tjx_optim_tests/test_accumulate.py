@@ -109,5 +109,10 @@ def test_memory_stays_flat_scan_in_jaxpr() -> None:
     assert len(scans) == 1 and scans[0].params["length"] == 8
     # The carry holds one float32 gradient tree plus the loss, the two aux scalars and the
     # total weight, not k of them.
-    carry_sizes = [v.aval.size for v in scans[0].outvars[: scans[0].params["num_carry"]]]
+    scan_params = scans[0].params
+    if "num_carry" in scan_params:  # jax <= 0.10
+        num_carry = scan_params["num_carry"]
+    else:  # jax >= 0.11: the (carry, ys) split lives in a FlatTree
+        num_carry = len(scan_params["ft_out"].unpack()[0])
+    carry_sizes = [v.aval.size for v in scans[0].outvars[:num_carry]]
     assert sum(carry_sizes) == 1 + 6 * 5 + 5 + 2 + 1

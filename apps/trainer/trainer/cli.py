@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trainer.config import build_config
+from trainer.config import Config, build_config
 from trainer.overrides import apply_overrides
 from trainer.plan import Distributed, RunPlan, config_yaml, error_exit
 from trainer.presets import load_config_data, preset_names
@@ -120,6 +120,18 @@ def _check_data_source(source: str) -> None:
             raise ConfigError(f"data.source: no such file or folder {source!r}")
 
 
+def _check_loggers(cfg: Config) -> None:
+    """An optional logger's package (tensorboardX, wandb) is there, before the run dir is made."""
+    from tjx import metrics
+
+    sinks = cfg.logging.sinks
+    mode = cfg.logging.wandb_mode if "wandb" in sinks else None
+    try:
+        metrics.check_logger_packages(sinks, wandb_mode=mode)
+    except ValueError as err:
+        raise ConfigError(f"logging.sinks: {err}") from err
+
+
 def plan_run(args: argparse.Namespace) -> RunPlan:
     """Everything validated; nothing written. Raises `ConfigError`."""
     data = load_config_data(args.config)
@@ -130,6 +142,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         overrides.append(f"data.source={args.data}")
     cfg = build_config(apply_overrides(data, overrides))
     _check_data_source(cfg.data.source)
+    _check_loggers(cfg)
     run_dir = Path(args.run_dir or Path("runs") / cfg.name).expanduser()
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir: {str(run_dir)!r} exists and is not a directory")

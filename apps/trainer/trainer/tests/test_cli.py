@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from trainer.cli import build_parser, main, parse_profile, plan_run
@@ -107,3 +109,14 @@ def test_help_lists_presets(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--config" in out and "gpt2_small" in out and "vit_digits" in out
+
+
+def test_a_logger_without_its_package_is_refused_at_plan_time(in_tmp, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as on a machine without it
+    with pytest.raises(
+        ConfigError,
+        match=r"logging.sinks: logger 'tensorboard' needs the "
+        r"tensorboardX package.*pip install",
+    ):
+        _plan("--config", "tiny", "--set", "logging.sinks=[jsonl,tensorboard]")
+    assert not (in_tmp / "runs").exists()

@@ -3,7 +3,7 @@
 
 from tjx.metrics.loggers.base import Logger, MultiLogger, select_weights
 from tjx.metrics.loggers.console import ConsoleLogger
-from tjx.metrics.loggers.factory import LOGGER_NAMES, make_logger
+from tjx.metrics.loggers.factory import LOGGER_NAMES, check_logger_packages, make_logger
 from tjx.metrics.loggers.jsonl import JsonlLogger, read_jsonl
 from tjx.metrics.loggers.tensorboard import TensorBoardLogger
 from tjx.metrics.loggers.wandb_logger import WandbLogger, resolve_wandb_mode
@@ -16,6 +16,7 @@ __all__ = [
     "MultiLogger",
     "TensorBoardLogger",
     "WandbLogger",
+    "check_logger_packages",
     "make_logger",
     "read_jsonl",
     "resolve_wandb_mode",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from collections.abc import Sequence
@@ -12,12 +13,15 @@ from tjx.metrics.loggers.base import Logger, MultiLogger
 from tjx.metrics.loggers.console import ConsoleLogger
 from tjx.metrics.loggers.jsonl import JsonlLogger
 
-__all__ = ["LOGGER_NAMES", "make_logger"]
+__all__ = ["LOGGER_NAMES", "check_logger_packages", "make_logger"]
 
 #: Backend names accepted by :func:`make_logger`.
 LOGGER_NAMES = ("console", "jsonl", "wandb", "tensorboard")
 
 _log = logging.getLogger(__name__)
+
+#: Optional loggers: the package each one imports and the tjx-metrics extra that installs it.
+_OPTIONAL = {"tensorboard": ("tensorboardX", "tensorboard"), "wandb": ("wandb", "wandb")}
 
 
 def _parse_names(names: Sequence[str] | str) -> list[str]:
@@ -34,6 +38,34 @@ def _parse_names(names: Sequence[str] | str) -> list[str]:
         if key not in out:
             out.append(key)
     return out
+
+
+def check_logger_packages(names: Sequence[str] | str, *, wandb_mode: str | None = None) -> None:
+    """Check, before anything is written, that every named logger can be built here.
+
+    ``wandb`` is skipped when its mode resolves to ``"disabled"`` (:func:`make_logger` skips it
+    then too); ``"online"`` without an API key is refused here as well.
+
+    Raises
+    ------
+    ValueError
+        Naming the logger, the missing package and the install command, or the W&B problem.
+    """
+    for name in _parse_names(names):
+        if name not in _OPTIONAL:
+            continue
+        if name == "wandb":
+            from tjx.metrics.loggers.wandb_logger import resolve_wandb_mode
+
+            if resolve_wandb_mode(wandb_mode) == "disabled":
+                continue
+        module, extra = _OPTIONAL[name]
+        if importlib.util.find_spec(module) is None:
+            raise ValueError(
+                f"logger {name!r} needs the {module} package, which is not installed: "
+                f"pip install 'tjx-metrics[{extra}]' (or {module}), or drop {name!r} from the "
+                "loggers"
+            )
 
 
 def _is_primary() -> bool:
@@ -100,6 +132,7 @@ def make_logger(
     ...     logger.log_scalars(10, {"loss": 2.5})
     """
     selected = _parse_names(names)
+    check_logger_packages(selected, wandb_mode=wandb_mode)
     if primary_only and not _is_primary():
         return MultiLogger([])
     run_dir = Path(run_dir)

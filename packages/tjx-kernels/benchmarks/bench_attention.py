@@ -88,7 +88,7 @@ def make_impl(name: str, causal: bool, on_gpu: bool) -> AttnFn:
     raise ValueError(f"unknown implementation {name!r}; choose from {IMPLS}")
 
 
-def _time(fn: Callable[..., Any], args: Sequence[Array], iters: int) -> float:
+def median_ms(fn: Callable[..., Any], args: Sequence[Array], iters: int) -> float:
     """Median wall time in ms of ``fn(*args)`` after one warm-up (compile) call."""
     jax.block_until_ready(fn(*args))
     times = []
@@ -125,9 +125,9 @@ def measure(
             return (out, *vjp(do))
 
         flops = attention_flops(b, h, s, s, d, causal)
-        row.fwd_ms = _time(fwd, (q, k, v), iters)
+        row.fwd_ms = median_ms(fwd, (q, k, v), iters)
         row.fwd_tflops = flops / (row.fwd_ms * 1e-3) / 1e12
-        row.fwd_bwd_ms = _time(fwd_bwd, (q, k, v, do), iters)
+        row.fwd_bwd_ms = median_ms(fwd_bwd, (q, k, v, do), iters)
         row.fwd_bwd_tflops = 3.5 * flops / (row.fwd_bwd_ms * 1e-3) / 1e12
         row.peak_mib = _peak_mib(fwd_bwd, (q, k, v, do))
     except Exception as exc:  # a benchmark reports failures (OOM, unsupported shape) and goes on

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,23 +23,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from bench_attention import median_ms
 
 from tjx.kernels import LaunchDefaults, default_launch, flash_attention
 from tjx.kernels.launch import entry_key
 from tjx_tools.gpu_suite.report import Section, md_table
 
 LAUNCH_TABLE = "launch_table.json"
-
-
-def _time(fn: Callable[..., Any], args: tuple[jax.Array, ...], iters: int) -> float:
-    """Median milliseconds of ``fn(*args)`` after one compile-and-run."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def forward_candidates(base: LaunchDefaults, smoke: bool) -> Iterator[LaunchDefaults]:
@@ -82,14 +71,14 @@ def tune_one(d: int, smoke: bool, deadline: float, iters: int) -> dict[str, Any]
 
     def fwd_ms(launch: LaunchDefaults) -> float:
         fn = jax.jit(lambda q, k, v: flash_attention(q, k, v, causal=True, launch=launch))
-        return _time(fn, (q, k, v), iters)
+        return median_ms(fn, (q, k, v), iters)
 
     def fwd_bwd_ms(launch: LaunchDefaults) -> float:
         def fb(q: jax.Array, k: jax.Array, v: jax.Array, do: jax.Array) -> Any:
             out, vjp = jax.vjp(lambda *a: flash_attention(*a, causal=True, launch=launch), q, k, v)
             return (out, *vjp(do))
 
-        return _time(jax.jit(fb), (q, k, v, do), iters)
+        return median_ms(jax.jit(fb), (q, k, v, do), iters)
 
     tried: list[dict[str, Any]] = []
 

@@ -31,7 +31,7 @@ def np_attention(q, k, v, mask, *, scale=None, bias=None, d_out=None):
     scale = 1.0 / np.sqrt(d) if scale is None else scale
     ke = np.repeat(k, g, axis=2)  # head i uses kv head i // g
     ve = np.repeat(v, g, axis=2)
-    s = np.einsum("bqhd,bkhd->bhqk", q, ke) * scale
+    s = np.einsum("bqhd,bkhd->bhqk", q, ke, optimize=True) * scale
     if bias is not None:
         s = s + np.asarray(bias, np.float64)
     m4 = mask[:, None]
@@ -41,15 +41,15 @@ def np_attention(q, k, v, mask, *, scale=None, bias=None, d_out=None):
     p = np.where(m4, np.exp(s - mx), 0.0)
     den = p.sum(-1, keepdims=True)
     p = p / np.where(den == 0, 1.0, den)
-    out = np.einsum("bhqk,bkhd->bqhd", p, ve)
+    out = np.einsum("bhqk,bkhd->bqhd", p, ve, optimize=True)
     if d_out is None:
         return out
     do = np.asarray(d_out, np.float64)
-    dve = np.einsum("bhqk,bqhd->bkhd", p, do)
-    dp = np.einsum("bqhd,bkhd->bhqk", do, ve)
+    dve = np.einsum("bhqk,bqhd->bkhd", p, do, optimize=True)
+    dp = np.einsum("bqhd,bkhd->bhqk", do, ve, optimize=True)
     ds = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))
-    dq = np.einsum("bhqk,bkhd->bqhd", ds, ke) * scale
-    dke = np.einsum("bhqk,bqhd->bkhd", ds, q) * scale
+    dq = np.einsum("bhqk,bkhd->bqhd", ds, ke, optimize=True) * scale
+    dke = np.einsum("bhqk,bqhd->bkhd", ds, q, optimize=True) * scale
     sk = k.shape[1]
     dk = dke.reshape(b, sk, hkv, g, d).sum(3)
     dv = dve.reshape(b, sk, hkv, g, d).sum(3)

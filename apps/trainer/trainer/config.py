@@ -111,6 +111,12 @@ class TrainConfig:
     fit_memory: bool = spec(
         True, help="check the step's compiled memory first; switch to full remat if it won't fit"
     )
+    max_bad_steps: int = spec(
+        25,
+        min=1,
+        help="stop (exit 3, no new checkpoint) after this many steps in a row with a non-finite "
+        "loss or a skipped update",
+    )
 
 
 @dataclass

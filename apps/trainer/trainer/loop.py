@@ -88,6 +88,7 @@ def run(plan: RunPlan) -> int:
 def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
     from tjx import ckpt, metrics, parallel
     from trainer import data_setup, evaluation, progress, sampling
+    from trainer.divergence import DivergenceGuard
     from trainer.model_build import flops_per_unit
     from trainer.signals import stop_on_signals
     from trainer.step import make_train_step
@@ -147,6 +148,7 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
     # (one host-side exchange per step); one process decides alone, as before.
     agreement = for_this_run()
     stopped_by: str | None = None
+    guard = DivergenceGuard(cfg.train.max_bad_steps)
 
     def save(step: int, *, force: bool) -> None:
         if saved[0] == step:
@@ -173,6 +175,9 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
             batch = data_setup.to_global(next(loader), setup.mesh)
             st, out = step_fn(st, batch)
             step_done = step + 1
+            guard.push(step_done, out)
+            if guard.diverged:
+                break
             if profiling and plan.profile and step_done == plan.profile[1]:
                 jax.block_until_ready(st)
                 jax.profiler.stop_trace()
@@ -209,9 +214,25 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
                     bar.note(f"step {step_done}: samples → {path}")
             ckpt_now = cfg.train.checkpoint_every and step_done % cfg.train.checkpoint_every == 0
             if ckpt_now and step_done != total:
-                save(step_done, force=False)
+                guard.flush()  # never checkpoint a step of a bad streak
+                if guard.diverged:
+                    break
+                if guard.streak == 0:
+                    save(step_done, force=False)
         if profiling:
             jax.profiler.stop_trace()
+    guard.flush()
+    if guard.diverged:  # nothing worse than the last good checkpoint is saved
+        manager.wait_until_finished()
+        manager.close()
+        with contextlib.suppress(Exception):
+            logger.close()
+        last = (
+            f"the last checkpoint is step {saved[0]} in {run_dir / rundir.CHECKPOINTS_DIR}"
+            if saved[0] >= 0
+            else "no checkpoint was saved"
+        )
+        return error_exit(f"{guard.diverged}. {last}", code=3)
     # A signal after the last boundary (during the last step) is still reported, as before.
     stopped_by = stopped_by or stop.signal_name
     interrupted = bool(stopped_by) or step_done < total

@@ -35,6 +35,15 @@ def _empty_dir(d):
     (d / "empty_run").mkdir()
 
 
+def _config_files(d):
+    (d / "empty.yaml").write_text("# settings to come\n")
+    (d / "twice.yaml").write_text("base: tiny\noptimizer:\n  lr: 0.1\n  lr: 0.2\n")
+    (d / "latin1.yaml").write_bytes("base: tiny\nname: caf\u00e9\n".encode("latin-1"))
+    (d / "folder.yaml").mkdir()
+    (d / "a.yaml").write_text("base: b.yaml\n")
+    (d / "b.yaml").write_text("base: ./a.yaml\n")
+
+
 CASES = [
     # (id, app, argv, setup, expected text in stderr)
     ("unknown-preset", T, ["--config", "nope", "--run-dir", "r"], None, "unknown preset 'nope'"),
@@ -131,6 +140,19 @@ CASES = [
     ),
     ("unknown-flag", T, [*TINY, "--bogus"], None, "unrecognized arguments: --bogus"),
     ("no-config-flag", T, ["--run-dir", "r"], None, "the following arguments are required"),
+    ("empty-config", T, ["--config", "empty.yaml"], _config_files, "holds no settings"),
+    ("duplicate-key", T, ["--config", "twice.yaml"], _config_files, "'lr' is given twice"),
+    ("config-not-utf8", T, ["--config", "latin1.yaml"], _config_files, "not UTF-8 text"),
+    ("config-is-a-folder", T, ["--config", "folder.yaml"], _config_files, "is a directory"),
+    ("base-cycle", T, ["--config", "a.yaml"], _config_files, "base: a cycle"),
+    ("absurd-steps", T, [*TINY, "--set", "train.steps=10" + "0" * 24], None, "train.steps"),
+    (
+        "resume-and-init-from",
+        T,
+        [*TINY, "--resume", "--init-from", "gpt2"],
+        None,
+        "--init-from: cannot be combined with --resume",
+    ),
     ("eval-missing-run", E, ["--checkpoint", "nowhere"], None, "no such run directory"),
     ("eval-not-a-run", E, ["--checkpoint", "empty_run"], _empty_dir, "has no config.yaml"),
     ("eval-no-target", E, [], None, "one of the arguments --checkpoint --compare is required"),

@@ -146,6 +146,8 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     run_dir = Path(args.run_dir or Path("runs") / cfg.name).expanduser()
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir: {str(run_dir)!r} exists and is not a directory")
+    if args.init_from is not None and args.resume:  # before the checkpoint checks: the real issue
+        raise ConfigError("--init-from: cannot be combined with --resume")
     ckpt_dir = run_dir / "checkpoints"
     has_ckpt = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
     if args.resume and not has_ckpt:
@@ -158,8 +160,6 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
             "or choose another --run-dir"
         )
     if args.init_from is not None:
-        if args.resume:
-            raise ConfigError("--init-from: cannot be combined with --resume")
         if cfg.model.kind != "gpt2":
             raise ConfigError(
                 f"--init-from: loads GPT-2 weights; model.kind must be 'gpt2', got "

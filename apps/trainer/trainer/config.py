@@ -94,7 +94,9 @@ class OptimizerConfig:
 class TrainConfig:
     """The loop: how long, how often to evaluate, sample, log and save."""
 
-    steps: int = spec(1000, min=1)
+    # A bound, not a budget: 10^9 steps is decades at any speed; more is a typo (and overflows the
+    # int32 step counter at 2^31).
+    steps: int = spec(1000, min=1, max=10**9)
     seed: int = spec(0, min=0)
     log_every: int = spec(10, min=1)
     eval_every: int = spec(200, min=0, help="0 = only at the end")

@@ -181,3 +181,43 @@ def test_position_reaches_the_model_and_is_checked_per_kind():
     for sets, message in bad:
         with pytest.raises(ConfigError, match=message):
             build_config(apply_overrides(base, sets))
+
+
+def test_config_files_that_would_mislead_are_refused(tmp_path):
+    """Empty, duplicate keys, not UTF-8, a folder, an absurd step count: each one line."""
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match="holds no settings.*base: tiny"):
+        load_config_data(str(empty))
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("base: tiny\noptimizer:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: key 'lr' is given twice \(line 4\)"):
+        load_config_data(str(twice))
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("base: tiny\nname: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8 text.*save the config as UTF-8"):
+        load_config_data(str(latin1))
+    folder = tmp_path / "configs.yaml"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="is a directory; pass a .yaml file"):
+        load_config_data(str(folder))
+    with pytest.raises(ConfigError, match=r"train.steps.*10\*\*9|train.steps.*1000000000"):
+        build_config({"train": {"steps": 10**25}})
+
+
+def test_base_may_be_a_file_relative_to_its_includer_and_cycles_are_named(tmp_path):
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "common.yaml").write_text("base: tiny\ntrain: {steps: 333}\n")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: shared/common.yaml\noptimizer: {lr: 0.002}\n")
+    cfg = build_config(load_config_data(str(mine)))
+    assert (cfg.train.steps, cfg.optimizer.lr, cfg.model.d_model) == (333, 0.002, 128)
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("base: ./b.yaml\n")
+    b.write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"base: a cycle: .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        load_config_data(str(a))
+    missing = tmp_path / "m.yaml"
+    missing.write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"m.yaml.base: no such file .*nowhere.yaml"):
+        load_config_data(str(missing))

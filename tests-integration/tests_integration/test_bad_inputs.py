@@ -157,6 +157,15 @@ CASES = [
     ("eval-not-a-run", E, ["--checkpoint", "empty_run"], _empty_dir, "has no config.yaml"),
     ("eval-no-target", E, [], None, "one of the arguments --checkpoint --compare is required"),
     ("eval-bad-batch", E, ["--checkpoint", "x", "--batch-size", "0"], None, "--batch-size"),
+    ("eval-nan-temperature", E, ["--checkpoint", "x", "--temperature", "nan"], None, "finite"),
+    ("eval-inf-temperature", E, ["--checkpoint", "x", "--temperature", "inf"], None, "finite"),
+    (
+        "eval-png-in-missing-folder",
+        E,
+        ["--checkpoint", "x", "--attention-png", "no/such/dir/a.png"],
+        None,
+        "--attention-png: the folder",
+    ),
 ]
 
 

@@ -101,7 +101,6 @@ def plot(distances: list[np.ndarray], path: Path, title: str) -> Path:
         ax.set_xlabel("mean distance attended (tokens)", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90)  # its folder exists: the run dir, or checked by the command line
     plt.close(fig)
     return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,15 @@ def _check(args: argparse.Namespace) -> None:
             raise RunError(f"--{name.replace('_', '-')}: must be >= 1")
     if args.max_batches is not None and args.max_batches < 1:
         raise RunError("--max-batches: must be >= 1")
-    if args.temperature < 0:
-        raise RunError("--temperature: must be >= 0")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise RunError(
+            f"--temperature: must be a finite number >= 0 (0 = greedy); got {args.temperature}"
+        )
+    png = args.attention_png
+    if png and png != "none" and not Path(png).expanduser().parent.is_dir():
+        raise RunError(
+            f"--attention-png: the folder of {png!r} does not exist; create it or choose another path"
+        )
     for run in [args.checkpoint] if args.checkpoint else list(args.compare):
         check_run_dir(Path(run))
 

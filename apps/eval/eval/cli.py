@@ -51,7 +51,8 @@ def _check(args: argparse.Namespace) -> None:
     png = args.attention_png
     if png and png != "none" and not Path(png).expanduser().parent.is_dir():
         raise RunError(
-            f"--attention-png: the folder of {png!r} does not exist; create it or choose another path"
+            f"--attention-png: the folder of {png!r} does not exist; create it or choose another "
+            "path"
         )
     for run in [args.checkpoint] if args.checkpoint else list(args.compare):
         check_run_dir(Path(run))

@@ -137,7 +137,11 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
     )
     total = cfg.train.steps
     if start >= total:
-        print(f"nothing to do: the run is already at step {start} of {total}")
+        # A kill after the last checkpoint but before final.json or the plot must not leave them
+        # missing for good: a finished run's --resume makes what is missing.
+        rebuilt = _rebuild_artefacts(run_dir, setup, st, bundle, cfg, start, primary)
+        done = f"; rebuilt {', '.join(rebuilt)}" if rebuilt else ""
+        print(f"nothing to do: the run is already at step {start} of {total}{done}")
         return 0
     last_eval: dict[str, float] = {}
     t_last, step_done = time.perf_counter(), start
@@ -259,6 +263,33 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
     else:
         print(f"done: {step_done} steps; run directory {run_dir}")
     return 0
+
+
+def _rebuild_artefacts(
+    run_dir: Path, setup: Any, st: Any, bundle: Any, cfg: Any, step: int, primary: bool
+) -> list[str]:
+    """Write a finished run's missing ``final.json`` (evaluating once) and loss plot."""
+    from trainer import evaluation
+
+    rebuilt = []
+    if not (run_dir / rundir.FINAL_FILE).exists():
+        # Every process evaluates (the parameters span them all); process 0 writes.
+        val = evaluation.evaluate(setup, st["params"], bundle, cfg)
+        if primary:
+            summary = {
+                "step": step,
+                "interrupted_by": None,
+                "params_sha256": rundir.params_digest(st["params"]),
+                "num_params": setup.num_params,
+                **{f"val_{k}": v for k, v in val.items()},
+            }
+            rundir.write_final(run_dir, summary)
+        rebuilt.append(rundir.FINAL_FILE)
+    if primary and not (run_dir / rundir.CURVE_FILE).exists():
+        _plot(run_dir)
+        if (run_dir / rundir.CURVE_FILE).exists():
+            rebuilt.append(rundir.CURVE_FILE)
+    return rebuilt
 
 
 def _peak_flops(cfg: Any) -> float | None:

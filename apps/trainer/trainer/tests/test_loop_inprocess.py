@@ -58,6 +58,15 @@ def test_train_resume_and_finish_in_process(in_tmp, capsys):
     assert data["tokenizer"] == "byte" and data["bytes_per_token"] > 0.9
     assert main(_argv(text, "--set", cache, "--resume")) == 0
     assert "nothing to do" in capsys.readouterr().out
+    # Killed after the last checkpoint, before final.json and the plot: --resume makes them.
+    (run / "final.json").unlink()
+    (run / "loss_curve.png").unlink()
+    assert main(_argv(text, "--set", cache, "--resume")) == 0
+    assert "rebuilt final.json, loss_curve.png" in capsys.readouterr().out
+    rebuilt = json.loads((run / "final.json").read_text())
+    assert rebuilt["params_sha256"] == summary["params_sha256"] and rebuilt["step"] == 4
+    assert rebuilt["val_loss"] == summary["val_loss"]
+    assert (run / "loss_curve.png").stat().st_size > 0
 
 
 def test_too_little_data_is_a_clear_error(in_tmp, capsys):

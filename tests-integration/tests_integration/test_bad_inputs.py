@@ -99,6 +99,7 @@ CASES = [
     ("set-a-section", T, [*TINY, "--set", "optimizer=1"], None, "optimizer: is a section"),
     ("missing-data-file", T, [*TINY, "--data", "./nope.txt"], None, "data.source: no such file"),
     ("empty-data-file", T, [*TINY, "--data", "./empty.txt"], _empty_text, "empty"),
+    ("builtin-typo", T, [*TINY, "--data", "shakespear"], None, "did you mean 'shakespeare'?"),
     (
         "hub-name-offline",
         T,

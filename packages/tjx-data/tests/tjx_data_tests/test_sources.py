@@ -99,3 +99,18 @@ def test_hub_rows_to_texts():
     ]
     with pytest.raises(DataError, match="x/y: row 1: no string column 'text'"):
         list(iter_hub_texts("x/y", [{"text": "a"}, {"text": None}], "text"))
+
+
+def test_a_misspelt_builtin_corpus_is_named_not_sent_to_the_hub(monkeypatch):
+    from tjx.data import sources
+    from tjx.data.sources import close_builtin
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("a typo of a built-in name must not reach the hub")
+
+    monkeypatch.setattr(sources, "open_hub_dataset", no_hub)
+    for typo, meant in (("shakespear", "shakespeare"), ("Shakespeare", "shakespeare")):
+        with pytest.raises(DataError, match=f"did you mean '{meant}'"):
+            load_source(typo, split="train")
+    assert close_builtin("kjv") is None and close_builtin("wikitext") is None
+    assert close_builtin("someone/shakespear") is None  # owner/name: a hub dataset

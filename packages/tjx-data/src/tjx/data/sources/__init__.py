@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from tjx.data.errors import DataError
 from tjx.data.sources.hub import iter_hub_texts, open_hub_dataset
 from tjx.data.sources.local import ERRORS, iter_file, resolve_files
 
-__all__ = ["Documents", "load_source"]
+__all__ = ["Documents", "close_builtin", "load_source"]
 
 
 @dataclass(frozen=True)
@@ -93,5 +94,19 @@ def load_source(
                 yield from iter_file(path, text_field=text_field, errors=errors)
 
         return Documents(label, local)
+    typo = close_builtin(name_or_path)
+    if typo is not None:  # before the hub: offline, a typo would read as a network error
+        raise DataError(
+            f"{name_or_path!r} is neither a built-in corpus nor a local path; did you mean "
+            f"{typo!r}? (a hub dataset is named like 'owner/name')"
+        )
     rows = open_hub_dataset(name_or_path, split=split, **hub_kwargs)
     return Documents(label, lambda: iter_hub_texts(name_or_path, rows, text_field))
+
+
+def close_builtin(name: str) -> str | None:
+    """The built-in corpus ``name`` is a likely typo of (no ``/``, close spelling), else None."""
+    if "/" in name or name in BUILTIN_CORPORA:
+        return None
+    match = difflib.get_close_matches(name.lower(), list(BUILTIN_CORPORA), n=1, cutoff=0.75)
+    return match[0] if match else None

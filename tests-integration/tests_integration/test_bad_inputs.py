@@ -116,6 +116,21 @@ CASES = [
     ),
     ("resume-without-checkpoint", T, [*TINY, "--resume"], None, "--resume: no checkpoint"),
     ("run-dir-is-a-file", T, TINY, _a_file, "is not a directory"),
+    (
+        "run-dir-under-a-file",
+        T,
+        ["--config", "tiny", "--run-dir", "r/sub/run"],
+        _a_file,
+        "--run-dir: cannot create 'r/sub/run': 'r' is a file, not a folder",
+    ),
+    (
+        "cache-dir-under-a-file",
+        T,
+        [*TINY[:2], "--run-dir", "x", "--set", "data.cache_dir=r/cache"],
+        _a_file,
+        "data.cache_dir: cannot create 'r/cache': 'r' is a file",
+    ),
+    ("no-prompts", T, [*TINY, "--set", "sampling.prompts=[]"], None, "sampling.prompts: give at"),
     ("bad-profile-steps", T, [*TINY, "--profile-steps", "5"], None, "--profile-steps"),
     (
         "init-from-nowhere",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from trainer.config import Config, build_config
@@ -120,6 +121,23 @@ def _check_data_source(source: str) -> None:
             raise ConfigError(f"data.source: no such file or folder {source!r}")
 
 
+def _check_can_create(key: str, folder: Path) -> None:
+    """``folder`` exists as a directory, or can be made: its nearest existing ancestor is a
+    writable directory (else creating it later would end in a traceback)."""
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(
+            f"{key}: cannot create {str(folder)!r}: {str(ancestor)!r} is a file, not a folder"
+        )
+    if ancestor != folder and not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{key}: cannot create {str(folder)!r}: {str(ancestor)!r} is not writable; choose "
+            "another place"
+        )
+
+
 def _check_loggers(cfg: Config) -> None:
     """An optional logger's package (tensorboardX, wandb) is there, before the run dir is made."""
     from tjx import metrics
@@ -146,6 +164,9 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     run_dir = Path(args.run_dir or Path("runs") / cfg.name).expanduser()
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir: {str(run_dir)!r} exists and is not a directory")
+    _check_can_create("--run-dir", run_dir)
+    if cfg.data.cache_dir:
+        _check_can_create("data.cache_dir", Path(cfg.data.cache_dir).expanduser())
     if args.init_from is not None and args.resume:  # before the checkpoint checks: the real issue
         raise ConfigError("--init-from: cannot be combined with --resume")
     ckpt_dir = run_dir / "checkpoints"

@@ -233,6 +233,11 @@ def validate(cfg: Config) -> Config:
         f"({d.batch_size})",
     )
     _require(
+        cfg.task != "lm" or bool(cfg.sampling.prompts),
+        "sampling.prompts: give at least one prompt (a language model writes samples at the end "
+        'of training), e.g. sampling.prompts=["\\n"]',
+    )
+    _require(
         o.schedule.warmup_steps <= t.steps,
         f"optimizer.schedule.warmup_steps: {o.schedule.warmup_steps} exceeds train.steps "
         f"({t.steps})",

@@ -130,6 +130,13 @@ CASES = [
         _a_file,
         "data.cache_dir: cannot create 'r/cache': 'r' is a file",
     ),
+    (
+        "optimizer-rule-names-user-keys",
+        T,
+        [*TINY, "--set", "optimizer.skip_nonfinite=false", "--set", "optimizer.loss_scale=dynamic"],
+        None,
+        "optimizer.skip_nonfinite=False with loss_scale='dynamic'",
+    ),
     ("no-prompts", T, [*TINY, "--set", "sampling.prompts=[]"], None, "sampling.prompts: give at"),
     ("bad-profile-steps", T, [*TINY, "--profile-steps", "5"], None, "--profile-steps"),
     (

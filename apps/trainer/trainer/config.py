@@ -263,12 +263,13 @@ def validate(cfg: Config) -> Config:
     # The model section must also make a valid tjx.nn config (e.g. which `position` a kind takes,
     # T5's bucket counts): ask tjx.nn itself now, before any data is prepared, rather than
     # repeating its rules here. The vocabulary plays no part in those checks.
-    from trainer.model_build import nn_config
+    from trainer.model_build import nn_config, optimizer_config
 
     try:
         nn_config(m, m.vocab_size or 2)
     except ValueError as err:
         raise ConfigError(f"model: {err}") from None
+    optimizer_config(cfg)  # likewise tjx.optim's rules (errors name the trainer's keys)
     if cfg.checkpoint.keep_best is not None:
         _require(
             t.eval_every > 0,

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
 
+from trainer.schema import ConfigError
+
 if TYPE_CHECKING:  # types only: `config` asks `nn_config` to validate the model section
     from trainer.config import Config, ModelConfig
 
@@ -56,26 +58,44 @@ def optimizer_config(cfg: Config) -> Any:
     from tjx import optim
 
     o = cfg.optimizer
-    schedule = optim.ScheduleConfig(
-        name=o.schedule.name,
-        peak_lr=o.lr,
-        warmup_steps=o.schedule.warmup_steps,
-        total_steps=cfg.train.steps,
-        min_lr_ratio=o.schedule.min_lr_ratio,
-    )
-    return optim.OptimizerConfig(
-        name=o.name,
-        schedule=schedule,
-        b1=o.b1,
-        b2=o.b2,
-        eps=o.eps,
-        weight_decay=o.weight_decay,
-        clip_norm=o.clip_norm,
-        skip_nonfinite=o.skip_nonfinite,
-        loss_scale=o.loss_scale,
-        accumulation_steps=o.accumulation_steps,
-        # No decay mask given: tjx.optim's default leaves biases, norm scales and embeddings alone.
-    )
+    try:
+        schedule = optim.ScheduleConfig(
+            name=o.schedule.name,
+            peak_lr=o.lr,
+            warmup_steps=o.schedule.warmup_steps,
+            total_steps=cfg.train.steps,
+            min_lr_ratio=o.schedule.min_lr_ratio,
+        )
+        return optim.OptimizerConfig(
+            name=o.name,
+            schedule=schedule,
+            b1=o.b1,
+            b2=o.b2,
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+            clip_norm=o.clip_norm,
+            skip_nonfinite=o.skip_nonfinite,
+            loss_scale=o.loss_scale,
+            accumulation_steps=o.accumulation_steps,
+            # No decay mask: tjx.optim's default leaves biases, norm scales and embeddings alone.
+        )
+    except ValueError as err:  # tjx.optim's cross-field rules speak of its own classes
+        raise ConfigError(_user_keys(str(err))) from None
+
+
+# tjx.optim's names → the trainer config's keys (most specific first).
+_KEYS = (
+    ("ScheduleConfig.peak_lr", "optimizer.lr"),
+    ("ScheduleConfig.total_steps", "train.steps"),
+    ("ScheduleConfig.", "optimizer.schedule."),
+    ("OptimizerConfig.", "optimizer."),
+)
+
+
+def _user_keys(message: str) -> str:
+    for theirs, ours in _KEYS:
+        message = message.replace(theirs, ours)
+    return message
 
 
 def describe_nn_config(config: Any) -> dict[str, Any]:

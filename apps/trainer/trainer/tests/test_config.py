@@ -221,3 +221,19 @@ def test_base_may_be_a_file_relative_to_its_includer_and_cycles_are_named(tmp_pa
     missing.write_text("base: nowhere.yaml\n")
     with pytest.raises(ConfigError, match=r"m.yaml.base: no such file .*nowhere.yaml"):
         load_config_data(str(missing))
+
+
+def test_optimizer_rules_of_tjx_optim_name_the_trainers_keys():
+    with pytest.raises(ConfigError, match=r"^optimizer.skip_nonfinite=False with loss_scale"):
+        build_config({"optimizer": {"skip_nonfinite": False, "loss_scale": "dynamic"}})
+    with pytest.raises(
+        ConfigError,
+        match=r"^optimizer.schedule.decay_fraction=.*train.steps|"
+        r"^optimizer.schedule.decay_fraction",
+    ):
+        build_config(
+            {
+                "train": {"steps": 600},
+                "optimizer": {"schedule": {"name": "wsd", "warmup_steps": 600}},
+            }
+        )

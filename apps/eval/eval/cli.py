@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.runs import RunError, check_run_dir
+from tjx.ckpt import CheckpointError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.generate is not None:
             _generate(run, args)
         _attention(run, args)
-    except (RunError, ValueError, FileNotFoundError) as err:
+    except (RunError, ValueError, FileNotFoundError, CheckpointError) as err:
         print(f"eval: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -81,11 +81,9 @@ def load_run(run_dir: Path, step: int | None = None) -> LoadedRun:
     abstract = nnx.eval_shape(lambda: nn.build_model(nn_config, rngs=nnx.Rngs(0)))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
     target = nnx.to_pure_dict(params)
-    directory = run_dir / "checkpoints"
-    if step is None:
-        steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-        step = steps[-1]
-    restored = ckpt.restore_params(directory, target=target, step=step)
+    # tjx.ckpt picks the step: with none given, the newest that reads back intact (a corrupt
+    # newer one is skipped with a warning naming it), as the trainer's --resume does.
+    step, restored = ckpt.restore_params_and_step(run_dir / "checkpoints", target=target, step=step)
     rest = jax_materialize(rest)
     model = nnx.merge(graphdef, restored, rest)
     tokenizer = data.load_tokenizer(info["tokenizer"]) if info.get("tokenizer") else None

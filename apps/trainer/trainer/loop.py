@@ -116,7 +116,13 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
     st = setup.state
     start = 0
     if plan.resume:
-        restored = manager.restore(target=st)
+        try:
+            restored = manager.restore(target=st)
+        except ckpt.CheckpointError as err:  # every step corrupt, or a different model/optimizer
+            manager.close()
+            with contextlib.suppress(Exception):
+                logger.close()
+            return error_exit(f"--resume: {err}")
         # Exactly the fresh state's placement (restore already reshards onto the target).
         st = jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), restored.state, st)
         if restored.data_state is not None:

@@ -122,3 +122,40 @@ def test_image_runs_are_refused(run_dir, capsys):
     (run / "data.json").write_text(json.dumps(info))
     assert main(["--checkpoint", str(run)]) == 2
     assert "only language-model runs" in capsys.readouterr().err
+
+
+def _truncate_step(step_dir):
+    """Cut every OCDBT data file of a checkpoint step in half (a crash mid-copy, a bad disk)."""
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files
+    for f in files:
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_and_all_corrupt_is_one_line(run_dir, capsys):
+    """Like the trainer's --resume: the newest intact step; none intact → one error line."""
+    run, _ = run_dir
+    other = nn.GPT2(
+        nn.GPT2Config(
+            vocab_size=257, max_seq_len=16, d_model=16, num_layers=2, num_heads=2, precision="fp32"
+        ),
+        rngs=nnx.Rngs(9),
+    )
+    manager = ckpt.CheckpointManager(run / "checkpoints", async_save=False)
+    state = {"params": nnx.to_pure_dict(nnx.state(other, nnx.Param)), "step": np.int32(5)}
+    manager.save(5, state=state, config={}, force=True)
+    manager.close()
+    _truncate_step(run / "checkpoints" / "5")
+    argv = [
+        "--checkpoint",
+        str(run),
+        *"--batch-size 4 --max-batches 1 --attention-png none".split(),
+    ]
+    with pytest.warns(ckpt.CorruptCheckpointWarning, match="step 5"):
+        assert main(argv) == 0
+    assert f"run {run} at step 3" in capsys.readouterr().out
+    _truncate_step(run / "checkpoints" / "3")
+    with pytest.warns(ckpt.CorruptCheckpointWarning):
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("eval: error: no readable checkpoint") and "Traceback" not in err

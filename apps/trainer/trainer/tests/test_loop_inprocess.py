@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from trainer.cli import main
 
 SETS = [
@@ -67,6 +69,14 @@ def test_train_resume_and_finish_in_process(in_tmp, capsys):
     assert rebuilt["params_sha256"] == summary["params_sha256"] and rebuilt["step"] == 4
     assert rebuilt["val_loss"] == summary["val_loss"]
     assert (run / "loss_curve.png").stat().st_size > 0
+    # Every checkpoint unreadable: --resume ends in one error line, not a traceback.
+    for f in (run / "checkpoints").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.warns(UserWarning, match="corrupt"):
+        assert main(_argv(text, "--set", cache, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "trainer: error: --resume: no readable checkpoint" in err and "Traceback" not in err
 
 
 def test_too_little_data_is_a_clear_error(in_tmp, capsys):

@@ -136,3 +136,23 @@ def test_explicit_corrupt_step_raises_and_can_be_saved_again(tmp_path: Path) -> 
         manager.save(1, state=make_state(10, layers=1))
         restored = manager.restore(1, target=make_state(0, layers=1))
         assert_bit_exact(restored.state, make_state(10, layers=1))
+
+
+def test_params_restore_names_its_step_and_falls_back_past_a_corrupt_one(tmp_path: Path) -> None:
+    """The evaluator's path: read-only, params only, newest intact step and which one it was."""
+    from tjx.ckpt import restore_params, restore_params_and_step
+
+    with CheckpointManager(tmp_path, keep_last=None, async_save=False) as manager:
+        for step in (1, 2):
+            manager.save(step, state=make_state(step, layers=1))
+    target = jax.eval_shape(lambda: make_state(0, layers=1)["params"])
+    step, params = restore_params_and_step(tmp_path, target=target)
+    assert step == 2
+    assert_bit_exact(params, make_state(2, layers=1)["params"])
+    _flip_bytes(tmp_path / "2")
+    with pytest.warns(CorruptCheckpointWarning, match="step 2"):
+        step, params = restore_params_and_step(tmp_path, target=target)
+    assert step == 1
+    assert_bit_exact(params, make_state(1, layers=1)["params"])
+    with pytest.raises(CorruptCheckpointError, match="step 2"):
+        restore_params(tmp_path, target=target, step=2)

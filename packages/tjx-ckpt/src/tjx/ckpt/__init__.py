@@ -11,13 +11,9 @@ from tjx.ckpt.errors import (
     CorruptCheckpointError,
     StepExistsError,
 )
-from tjx.ckpt.manager import (
-    CheckpointManager,
-    CorruptCheckpointWarning,
-    Restored,
-    restore_params,
-)
+from tjx.ckpt.manager import CheckpointManager, CorruptCheckpointWarning, Restored
 from tjx.ckpt.metadata import collect_metadata, to_json
+from tjx.ckpt.params import restore_params, restore_params_and_step
 from tjx.ckpt.safetensors_io import (
     export_safetensors,
     flat_names,
@@ -42,6 +38,7 @@ __all__ = [
     "flat_names",
     "import_safetensors",
     "restore_params",
+    "restore_params_and_step",
     "to_json",
     "unflatten_params",
 ]

@@ -359,41 +359,9 @@ class CheckpointManager:
         """
         return self._read(step, target, subtree)[1].state
 
-
-def restore_params(
-    directory: str | os.PathLike[str],
-    *,
-    target: Any,
-    step: int | None = None,
-    subtree: str = "params",
-) -> Any:
-    """Restores only the params subtree of a checkpoint, for evaluation or fine-tuning.
-
-    Parameters
-    ----------
-    directory:
-        A run's checkpoint directory (opened read-only: nothing in it is changed).
-    target:
-        The params tree (arrays or ShapeDtypeStructs with the shardings wanted).
-    step:
-        The step; None takes the newest intact one.
-    subtree:
-        The top-level key of the saved state holding the params.
-
-    Returns
-    -------
-    Any
-        The params, shaped like ``target``.
-
-    Raises
-    ------
-    CheckpointNotFoundError
-        If ``directory`` does not exist or holds no complete checkpoint.
-    CheckpointMismatchError
-        If the checkpoint's params do not fit ``target``.
-    """
-    manager = CheckpointManager(directory, read_only=True, keep_last=None)
-    try:
-        return manager.restore_params(target=target, step=step, subtree=subtree)
-    finally:
-        manager.close()
+    def restore_params_and_step(
+        self, *, target: Any, step: int | None = None, subtree: str = "params"
+    ) -> tuple[int, Any]:
+        """Like :meth:`restore_params`, plus the step read (the newest intact one by default)."""
+        found, contents, _ = self._read(step, target, subtree)
+        return found, contents.state

@@ -2,8 +2,8 @@
 
 With ``optimizer.skip_nonfinite`` (the default) a step with NaN/Inf gradients changes nothing, so a
 diverged run would otherwise spin to its last step and finish "done" with NaN metrics. The guard
-reads each step's ``loss`` and ``skipped`` one step late — after the next step is dispatched, when
-the device has (nearly) finished the previous one — so it costs no pipeline bubble; a checkpoint
+reads each step's ``loss`` and ``skipped`` one step late — after the next step is dispatched — so
+the device always has the next step queued while the host waits; a checkpoint
 boundary and the end of the loop ask for the newest step at once (:meth:`DivergenceGuard.flush`),
 so no checkpoint is written from a bad streak.
 """

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import shutil
-import statistics
 import subprocess
 import time
 from importlib import metadata
@@ -12,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from bench_attention import median_ms
 
 from tjx_tools.gpu_suite.report import Section, fmt, md_table
 
@@ -79,14 +79,8 @@ def matmul_tflops(n: int, iters: int) -> float:
     """Achieved TFLOP/s of an ``n × n × n`` bf16 matmul (median of ``iters`` after a warm-up)."""
     keys = jax.random.split(jax.random.key(0), 2)
     a, b = (jax.random.normal(k, (n, n), jnp.bfloat16) for k in keys)
-    mm = jax.jit(lambda a, b: a @ b)
-    jax.block_until_ready(mm(a, b))
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        jax.block_until_ready(mm(a, b))
-        times.append(time.perf_counter() - t0)
-    return 2.0 * n**3 / statistics.median(times) / 1e12
+    ms = median_ms(jax.jit(lambda a, b: a @ b), (a, b), iters)
+    return 2.0 * n**3 / (ms * 1e-3) / 1e12
 
 
 def run(sec: Section, meta: dict[str, Any], smoke: bool) -> None:

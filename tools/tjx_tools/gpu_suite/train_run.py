@@ -11,7 +11,6 @@ GPU tool returns only files at most two folders deep) into the output folder.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import statistics
@@ -21,8 +20,8 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
+from tjx.metrics import read_jsonl
 from tjx_tools.gpu_suite.report import Section, fmt, md_table
 
 PROFILE_STEPS = "10:13"
@@ -83,14 +82,6 @@ def command(run_dir: Path, smoke: bool, steps: int, corpus: Path | None) -> list
     return args
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's logged scalar records (metrics.jsonl), in order."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-
 def _tar_profile(run_dir: Path, out: Path) -> Path | None:
     prof = run_dir / "profile"
     if not prof.is_dir() or not any(prof.rglob("*")):
@@ -128,7 +119,8 @@ def run(sec: Section, out: Path, smoke: bool, steps: int, seconds: float) -> Non
     if proc.returncode != 0:
         tail = (out / "train_run.log").read_text(encoding="utf-8").splitlines()[-5:]
         raise RuntimeError(f"trainer exited {proc.returncode}: " + " | ".join(tail))
-    records = read_metrics(run_dir)
+    jsonl = run_dir / "metrics.jsonl"
+    records = read_jsonl(jsonl) if jsonl.is_file() else []  # tolerates a torn last line
     train = [r for r in records if "loss" in r]
     val = [r for r in records if "val_loss" in r]
     tps = [r["tokens_per_s"] for r in train[1:] if "tokens_per_s" in r]  # [0] includes compile
@@ -147,8 +139,8 @@ def run(sec: Section, out: Path, smoke: bool, steps: int, seconds: float) -> Non
     plot = run_dir / "loss_curve.png"
     if plot.is_file():
         (out / "loss_curve.png").write_bytes(plot.read_bytes())
-    if (run_dir / "metrics.jsonl").is_file():
-        (out / "metrics.jsonl").write_bytes((run_dir / "metrics.jsonl").read_bytes())
+    if jsonl.is_file():
+        (out / "metrics.jsonl").write_bytes(jsonl.read_bytes())
     profile = _tar_profile(run_dir, out)
     if profile is None:
         sec.notes.append("no profile was written")

@@ -10,7 +10,9 @@ from trainer.config import Config, build_config
 from trainer.overrides import apply_overrides
 from trainer.plan import Distributed, RunPlan, config_yaml, error_exit
 from trainer.presets import load_config_data, preset_names
+from trainer.resume import check_resume, describe_changes
 from trainer.schema import ConfigError
+from trainer.signals import interrupted_exit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,6 +182,11 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
             f"--run-dir: {str(run_dir)!r} already holds checkpoints; pass --resume to continue "
             "or choose another --run-dir"
         )
+    resume_changes: dict[str, tuple[object, object]] = {}
+    if args.resume:  # before anything is written: a mismatch leaves the run as it was
+        resume_changes = check_resume(run_dir, cfg.to_dict())
+        if cfg.train.fit_memory and resume_changes.get("model.remat") == ("full", "none"):
+            del resume_changes["model.remat"]  # the memory fit chose full remat, and will again
     if args.init_from is not None:
         if cfg.model.kind != "gpt2":
             raise ConfigError(
@@ -202,7 +209,9 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
             f"--profile-steps: {args.profile_steps} ends after train.steps ({cfg.train.steps})"
         )
     distributed = parse_distributed(args)
-    return RunPlan(cfg, run_dir, bool(args.resume), args.init_from, profile, distributed)
+    return RunPlan(
+        cfg, run_dir, bool(args.resume), args.init_from, profile, distributed, resume_changes
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         return error_exit(str(err))
     print("# effective config\n" + config_yaml(plan.config), flush=True)
+    if plan.resume_changes:
+        print(describe_changes(plan.resume_changes), flush=True)
     from trainer.loop import run  # heavy imports (jax) only once the input is valid
 
-    return run(plan)
+    try:
+        return run(plan)
+    except KeyboardInterrupt:  # Ctrl-C before the loop's own handler was in place
+        return interrupted_exit(plan.run_dir)

@@ -36,7 +36,6 @@ def _device_note() -> None:
 def run(plan: RunPlan) -> int:
     """Train as planned; exit code 0 on success or after a signal-triggered save, 2 on bad input."""
     from trainer import data_setup, memory_fit, multihost, state
-    from trainer.model_build import describe_nn_config
 
     cfg = plan.config
     from tjx import parallel
@@ -64,6 +63,7 @@ def run(plan: RunPlan) -> int:
         # Data preparation may take one host much longer (it builds the shards the others then
         # find cached); CPU collectives give up on a peer after ~30 s, so everyone waits here.
         parallel.barrier("trainer:data_ready", timeout_s=DATA_READY_TIMEOUT_S)
+        loader = data_setup.train_loader(bundle, cfg)  # a corpus too small for a batch fails here
         if plan.init_from is None:
             cfg = memory_fit.fit_memory(cfg, bundle.vocab_size)
             plan = dataclasses.replace(plan, config=cfg)
@@ -71,21 +71,18 @@ def run(plan: RunPlan) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as err:
         return error_exit(str(err))
     # Process 0 writes the run directory; the others only take part in checkpoints (each saves
-    # its own shards there), after process 0 has made the folder.
-    if primary:
-        rundir.create(plan.run_dir, cfg.to_dict())
-        rundir.write_json(plan.run_dir, rundir.MODEL_FILE, describe_nn_config(setup.nn_config))
-        rundir.write_json(
-            plan.run_dir, rundir.DATA_FILE, data_setup.describe(bundle, cfg, plan.run_dir)
-        )
+    # its own shards there), after process 0 has made the folder. A resume writes only once its
+    # checkpoint has been restored (see _train): a failed one leaves the run as it was.
+    if primary and not plan.resume:
+        _write_run_files(plan, setup, bundle)
     parallel.barrier("trainer:run_dir", timeout_s=plan.distributed.timeout_s)
     try:
-        return _train(plan, bundle, setup)
+        return _train(plan, bundle, setup, loader)
     finally:
         sys.stdout.flush()
 
 
-def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
+def _train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
     from tjx import ckpt, metrics, parallel
     from trainer import data_setup, evaluation, progress, sampling
     from trainer.divergence import DivergenceGuard
@@ -96,14 +93,6 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
 
     cfg, run_dir = plan.config, plan.run_dir
     primary = parallel.is_primary()
-    logger = metrics.make_logger(
-        list(cfg.logging.sinks),
-        str(run_dir),
-        config=cfg.to_dict(),
-        project=cfg.logging.project,
-        # W&B never reaches for the network unless asked: offline is the default mode.
-        wandb_mode=cfg.logging.wandb_mode if "wandb" in cfg.logging.sinks else None,
-    )
     manager = ckpt.CheckpointManager(
         run_dir / rundir.CHECKPOINTS_DIR,
         keep_last=cfg.checkpoint.keep_last,
@@ -112,23 +101,42 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
         async_save=cfg.checkpoint.async_save,
         mesh=setup.mesh,
     )
-    loader = data_setup.train_loader(bundle, cfg)
     st = setup.state
     start = 0
     if plan.resume:
         try:
             restored = manager.restore(target=st)
-        except ckpt.CheckpointError as err:  # every step corrupt, or a different model/optimizer
+            if restored.data_state is not None:
+                data_setup.restore_loader(loader, restored.data_state)
+        except (ckpt.CheckpointError, ValueError) as err:
+            # Every step corrupt, or a state the config check could not foresee (another process
+            # count splits the batch differently): one line, and the run directory as it was.
             manager.close()
-            with contextlib.suppress(Exception):
-                logger.close()
             return error_exit(f"--resume: {err}")
         # Exactly the fresh state's placement (restore already reshards onto the target).
         st = jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), restored.state, st)
-        if restored.data_state is not None:
-            data_setup.restore_loader(loader, restored.data_state)
         start = int(restored.step)
+        if primary:
+            _write_run_files(plan, setup, bundle)  # the config may hold new training settings
         print(f"resumed from step {start} ({run_dir / rundir.CHECKPOINTS_DIR})", flush=True)
+    total = cfg.train.steps
+    if start >= total:
+        # A kill after the last checkpoint but before final.json or the plot must not leave them
+        # missing for good: a finished run's --resume makes what is missing, and nothing else.
+        manager.close()
+        rebuilt = _rebuild_artefacts(run_dir, setup, st, bundle, cfg, start, primary)
+        done = f"; rebuilt {', '.join(rebuilt)}" if rebuilt else ""
+        print(f"nothing to do: the run is already at step {start} of {total}{done}")
+        return 0
+    # The log sinks open their files only now: a resume that failed above touched none of them.
+    logger = metrics.make_logger(
+        list(cfg.logging.sinks),
+        str(run_dir),
+        config=cfg.to_dict(),
+        project=cfg.logging.project,
+        # W&B never reaches for the network unless asked: offline is the default mode.
+        wandb_mode=cfg.logging.wandb_mode if "wandb" in cfg.logging.sinks else None,
+    )
     shardings = jax.tree.map(lambda x: x.sharding, st)
     step_fn = jax.jit(
         make_train_step(setup.graphdef, setup.rest, setup.tx, cfg),
@@ -141,14 +149,6 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
     print(
         f"model: {setup.num_params:,} parameters; {tokens_per_step:,} tokens per step", flush=True
     )
-    total = cfg.train.steps
-    if start >= total:
-        # A kill after the last checkpoint but before final.json or the plot must not leave them
-        # missing for good: a finished run's --resume makes what is missing.
-        rebuilt = _rebuild_artefacts(run_dir, setup, st, bundle, cfg, start, primary)
-        done = f"; rebuilt {', '.join(rebuilt)}" if rebuilt else ""
-        print(f"nothing to do: the run is already at step {start} of {total}{done}")
-        return 0
     last_eval: dict[str, float] = {}
     t_last, step_done = time.perf_counter(), start
     profiling = False
@@ -174,7 +174,7 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
             force=force,
         )
 
-    with stop_on_signals() as stop, progress.bar(cfg, start, total) as bar:
+    with stop_on_signals(run_dir) as stop, progress.bar(cfg, start, total) as bar:
         for step in range(start, total):
             stopped_by = agreement.decide(step, stop.signal_name)
             if stopped_by or (cfg.train.stop_at is not None and step >= cfg.train.stop_at):
@@ -269,6 +269,18 @@ def _train(plan: RunPlan, bundle: Any, setup: Any) -> int:
     else:
         print(f"done: {step_done} steps; run directory {run_dir}")
     return 0
+
+
+def _write_run_files(plan: RunPlan, setup: Any, bundle: Any) -> None:
+    """``config.yaml``, ``model.json`` and ``data.json``; a file whose content is the same is left
+    untouched, so a resume that changes nothing changes no file."""
+    from trainer import data_setup
+    from trainer.model_build import describe_nn_config
+
+    cfg, run_dir = plan.config, plan.run_dir
+    rundir.create(run_dir, cfg.to_dict())
+    rundir.write_json(run_dir, rundir.MODEL_FILE, describe_nn_config(setup.nn_config))
+    rundir.write_json(run_dir, rundir.DATA_FILE, data_setup.describe(bundle, cfg, run_dir))
 
 
 def _rebuild_artefacts(

@@ -35,11 +35,17 @@ class RunPlan:
     init_from: str | None
     profile: tuple[int, int] | None
     distributed: Distributed = field(default_factory=Distributed)
+    #: Training-only settings a ``--resume`` changes: key → (saved, new) (see `trainer.resume`).
+    resume_changes: dict[str, tuple[object, object]] = field(default_factory=dict)
 
 
 def config_yaml(cfg: Config) -> str:
     """The effective config as YAML."""
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+#: Exit status after Ctrl-C stopped the run at once (128 + SIGINT, as a shell reports it).
+INTERRUPTED = 130
 
 
 def error_exit(message: str, code: int = 2) -> int:

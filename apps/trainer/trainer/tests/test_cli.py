@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from trainer import rundir
 from trainer.cli import build_parser, main, parse_profile, plan_run
 from trainer.schema import ConfigError
 
@@ -77,8 +78,12 @@ def test_existing_checkpoints_need_resume(in_tmp, capsys):
     (in_tmp / "r" / "checkpoints" / "10").mkdir(parents=True)
     assert main(["--config", "tiny", "--run-dir", "r"]) == 2
     assert "already holds checkpoints" in capsys.readouterr().err
+    # --resume compares with the run's saved config: the same one is accepted.
+    rundir.create(
+        in_tmp / "r", _plan("--config", "tiny", "--run-dir", "elsewhere").config.to_dict()
+    )
     plan = _plan("--config", "tiny", "--run-dir", "r", "--resume")
-    assert plan.resume
+    assert plan.resume and plan.resume_changes == {}
 
 
 def test_run_dir_that_is_a_file(in_tmp, capsys):
@@ -133,3 +138,15 @@ def test_a_run_dir_that_cannot_be_made_is_refused_at_plan_time(in_tmp, monkeypat
         _plan("--config", "tiny", "--run-dir", "ok", "--set", f"data.cache_dir={in_tmp}/c")
     with pytest.raises(ConfigError, match=r"--run-dir: cannot create 'new': '.' is not writable"):
         _plan("--config", "tiny", "--run-dir", "new")
+
+
+def test_ctrl_c_before_the_loop_is_one_line(in_tmp, capsys, monkeypatch):
+    from trainer import loop
+
+    def interrupted(plan):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "run", interrupted)
+    assert main(["--config", "tiny", "--run-dir", "r"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "trainer: error: interrupted: stopped at once; no checkpoint was saved"

@@ -1,0 +1,160 @@
+"""What a --resume may change: the rule (training-only keys) and the fact behind it (the train
+state of both configs is the same tree of the same shapes and dtypes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import pytest
+import yaml  # type: ignore[import-untyped]
+
+from trainer import resume, rundir
+from trainer.config import build_config
+from trainer.memory_fit import abstract_step
+from trainer.overrides import apply_overrides
+from trainer.presets import load_config_data
+from trainer.schema import ConfigError
+
+VOCAB = 257
+SMALL = ["model.num_layers=2", "model.d_model=32", "model.num_heads=2", "model.mlp_dim=64"]
+
+
+def _config(*extra: str) -> Any:
+    return build_config(apply_overrides(load_config_data("tiny"), [*SMALL, *extra]))
+
+
+def _state_signature(cfg: Any) -> Any:
+    """(tree structure, [(shape, dtype)]) of the abstract train state: what a checkpoint holds."""
+    _, state, _ = abstract_step(cfg, VOCAB)
+    leaves, treedef = jax.tree.flatten(state)
+    return treedef, [(leaf.shape, leaf.dtype) for leaf in leaves]
+
+
+# One new value for every training-only key that reaches the model or the optimizer (the others
+# never reach the train state: logging, sampling, checkpoint cadence, mesh...).
+TRAINING_ONLY_VALUES = [
+    "model.attention_impl=xla",
+    "model.remat=full",
+    "model.compute_dtype=bfloat16",
+    "model.dropout=0.2",
+    "optimizer.lr=1e-4",
+    "optimizer.b1=0.8",
+    "optimizer.b2=0.9",
+    "optimizer.eps=1e-6",
+    "optimizer.weight_decay=0.0",
+    "optimizer.clip_norm=null",
+    "optimizer.accumulation_steps=2",
+    "optimizer.schedule.name=wsd",
+    "optimizer.schedule.warmup_steps=7",
+    "optimizer.schedule.min_lr_ratio=0.5",
+    "train.steps=5000",
+    "train.chunked_ce=false",
+    "train.z_loss=1e-4",
+]
+
+# A sample of the keys that must match, each of which really changes the state (so the test
+# above would see a wrong entry in TRAINING_ONLY).
+STATE_CHANGING = [
+    "model.d_model=64",
+    "model.num_layers=3",
+    "model.mlp_dim=128",
+    "model.max_seq_len=256",
+    "model.tie_embeddings=false",
+    "model.scan_layers=true",
+    "model.param_dtype=bfloat16",
+    "model.vocab_size=300",
+    "optimizer.name=lion",
+    "optimizer.loss_scale=dynamic",
+    "optimizer.skip_nonfinite=false",
+]
+
+
+@pytest.fixture(scope="module")
+def base_signature() -> Any:
+    return _state_signature(_config())
+
+
+@pytest.mark.parametrize("override", TRAINING_ONLY_VALUES)
+def test_training_only_keys_leave_the_state_alone(override, base_signature):
+    key = override.split("=")[0]
+    assert resume.is_training_only(key)
+    assert _state_signature(_config(override)) == base_signature
+
+
+@pytest.mark.parametrize("override", STATE_CHANGING)
+def test_state_changing_keys_must_match(override, base_signature):
+    key = override.split("=")[0]
+    assert not resume.is_training_only(key)
+    assert _state_signature(_config(override)) != base_signature
+
+
+@pytest.mark.parametrize(
+    "key", ["data.batch_size", "data.seq_len", "data.source", "data.shuffle", "train.seed"]
+)
+def test_data_stream_keys_must_match(key):
+    # They leave the parameters alone but move the loader's position into another stream.
+    assert not resume.is_training_only(key)
+
+
+def test_a_key_the_rule_does_not_know_must_match():
+    assert not resume.is_training_only("model.some_future_field")
+    assert resume.is_training_only("logging.sinks") and resume.is_training_only("mesh.data")
+    assert not resume.is_training_only("train.steps_extra")  # a prefix of a name is not a match
+
+
+def _saved_run(tmp_path, cfg):
+    rundir.create(tmp_path, cfg.to_dict())
+    return tmp_path
+
+
+def test_same_config_has_no_changes(tmp_path):
+    cfg = _config()
+    assert resume.check_resume(_saved_run(tmp_path, cfg), cfg.to_dict()) == {}
+
+
+def test_training_only_changes_are_returned_and_described(tmp_path):
+    run = _saved_run(tmp_path, _config())
+    diff = resume.check_resume(run, _config("train.steps=900", "optimizer.lr=1e-4").to_dict())
+    assert diff == {"optimizer.lr": (5e-3, 1e-4), "train.steps": (600, 900)}
+    line = resume.describe_changes(diff)
+    assert "optimizer.lr 0.005 → 0.0001" in line and "train.steps 600 → 900" in line
+
+
+def test_a_model_change_is_refused_naming_every_key(tmp_path):
+    run = _saved_run(tmp_path, _config())
+    new = _config("model.d_model=64", "data.batch_size=8", "train.steps=900").to_dict()
+    with pytest.raises(ConfigError) as err:
+        resume.check_resume(run, new)
+    text = str(err.value)
+    assert "model.d_model 32 → 64" in text and "data.batch_size 16 → 8" in text
+    assert "train.steps" not in text  # allowed changes are not the problem
+    assert f"--config {run / rundir.CONFIG_FILE}" in text
+
+
+def test_missing_or_broken_saved_config(tmp_path):
+    with pytest.raises(ConfigError, match="config.yaml' is missing"):
+        resume.check_resume(tmp_path, _config().to_dict())
+    (tmp_path / rundir.CONFIG_FILE).write_text("model: [1, 2\n")
+    with pytest.raises(ConfigError, match="is not a readable run config"):
+        resume.check_resume(tmp_path, _config().to_dict())
+    (tmp_path / rundir.CONFIG_FILE).write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(ConfigError, match="not a config mapping"):
+        resume.check_resume(tmp_path, _config().to_dict())
+
+
+def test_write_if_changed_keeps_identical_files(tmp_path):
+    path = tmp_path / "x.json"
+    assert rundir.write_if_changed(path, "a")
+    stamp = path.stat().st_mtime_ns
+    assert not rundir.write_if_changed(path, "a")
+    assert path.stat().st_mtime_ns == stamp
+    assert rundir.write_if_changed(path, "b") and path.read_text() == "b"
+
+
+def test_latest_saved_step_counts_only_committed_folders(tmp_path):
+    assert rundir.latest_saved_step(tmp_path) is None
+    ckpts = tmp_path / rundir.CHECKPOINTS_DIR
+    for name in ("10", "30", "40.orbax-checkpoint-tmp-123"):
+        (ckpts / name).mkdir(parents=True)
+    assert rundir.latest_saved_step(tmp_path) == 30

@@ -167,15 +167,23 @@ def train_loader(bundle: DataBundle, cfg: Config) -> Any:
     assert bundle.train_dir is not None
     # Each process reads its own rows of every global batch (disjoint, complete across hosts);
     # `to_global` assembles them into one array on the mesh.
-    return data.PackedLoader(
-        bundle.train_dir,
-        seq_len=cfg.data.seq_len,
-        batch_size=cfg.data.batch_size // jax.process_count(),
-        seed=cfg.train.seed,
-        shuffle=cfg.data.shuffle,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
+    try:
+        return data.PackedLoader(
+            bundle.train_dir,
+            seq_len=cfg.data.seq_len,
+            batch_size=cfg.data.batch_size // jax.process_count(),
+            seed=cfg.train.seed,
+            shuffle=cfg.data.shuffle,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+    except data.DataError as err:  # its advice names the loader's arguments, not config keys
+        raise ConfigError(
+            f"data.batch_size: the train split of {cfg.data.source!r} is too small for one batch "
+            f"of {cfg.data.batch_size} sequences of data.seq_len + 1 = {cfg.data.seq_len + 1} "
+            f"tokens ({str(err).split(';')[0]}); lower data.batch_size or data.seq_len, or give "
+            "more data"
+        ) from None
 
 
 def restore_loader(loader: Any, state: dict[str, Any]) -> None:

@@ -50,3 +50,31 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
     assert final(tmp_path / "int")["step"] == STEPS
     assert final(tmp_path / "int")["params_sha256"] == final(tmp_path / "ref")["params_sha256"]
     assert train_losses(tmp_path / "int") == train_losses(tmp_path / "ref")
+
+
+def test_second_ctrl_c_stops_at_once_in_one_line_and_the_run_resumes(tmp_path):
+    proc = _start(tmp_path, "int")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # the first checkpoint (step 4) committed
+        if (tmp_path / "int" / "checkpoints" / "4").is_dir():
+            break
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    assert proc.stderr is not None
+    proc.send_signal(signal.SIGINT)  # "stop after this step and save"
+    lines = []
+    for line in proc.stderr:  # the trainer says it took the first one; only then the second
+        lines.append(line)
+        if "SIGINT: stopping after this step" in line:
+            break
+    proc.send_signal(signal.SIGINT)  # "stop now": lands in the save or the final files
+    out, rest = proc.communicate(timeout=120)
+    err = "".join(lines) + rest
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    errors = [line for line in err.splitlines() if "trainer: error:" in line]
+    assert len(errors) == 1 and "interrupted: stopped at once" in errors[0], err
+    assert "the last checkpoint is step" in errors[0] and "--resume" in errors[0]
+    assert not (tmp_path / "int" / "final.json").exists() or final(tmp_path / "int")  # whole
+    check_ok(train(tmp_path, "int", SETS, "--resume"))
+    assert final(tmp_path / "int")["step"] == STEPS

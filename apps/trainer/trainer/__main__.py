@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from trainer.cli import main
+from trainer.plan import INTERRUPTED
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == INTERRUPTED:
+        # Stopped at once by Ctrl-C: orbax's threads (an async save, a restore) may still be
+        # running, and the interpreter's shutdown would make them fail loudly. The newest
+        # committed step is intact; leave now, without running them on.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

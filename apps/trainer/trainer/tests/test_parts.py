@@ -7,13 +7,14 @@ import signal
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import yaml
 
 from trainer import rundir
 from trainer.config import build_config
 from trainer.data_setup import DigitsLoader, _slug, held_out, shard_key
 from trainer.progress import _clock, bar
-from trainer.signals import stop_on_signals
+from trainer.signals import interrupted_exit, stop_on_signals
 
 
 def test_rundir_files(tmp_path):
@@ -94,3 +95,31 @@ def test_shard_key_changes_when_a_local_file_changes(tmp_path):
     (corpus / "b.txt").write_text("another document\n")
     assert shard_key(str(corpus)) not in (before, edited)  # nor for an added file
     assert shard_key("shakespeare") == _slug("shakespeare")  # built-ins: keyed by name
+
+
+def test_second_sigint_stops_now():
+    called = []
+    with stop_on_signals() as flag:
+        flag._stop_now = lambda: called.append("now")  # what stop_on_signals(run_dir) installs
+        os.kill(os.getpid(), signal.SIGINT)
+        assert flag.signal_name == "SIGINT" and not called
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert called == ["now"]
+
+
+def test_interrupted_exit_names_the_newest_committed_step(tmp_path, capsys):
+    assert interrupted_exit(tmp_path) == 130
+    assert "interrupted: stopped at once; no checkpoint was saved" in capsys.readouterr().err
+    for name in ("2", "4", "6.orbax-checkpoint-tmp"):
+        (tmp_path / rundir.CHECKPOINTS_DIR / name).mkdir(parents=True)
+    assert interrupted_exit(tmp_path) == 130
+    err = capsys.readouterr().err
+    assert f"the last checkpoint is step 4 in {str(tmp_path)!r}; continue with --resume" in err
+
+
+def test_final_json_is_replaced_whole(tmp_path):
+    rundir.write_final(tmp_path, {"step": 1})
+    rundir.write_final(tmp_path, {"step": 2})
+    assert [p.name for p in tmp_path.iterdir()] == [rundir.FINAL_FILE]
+    assert '"step": 2' in (tmp_path / rundir.FINAL_FILE).read_text()

@@ -55,8 +55,18 @@ def _read(run_dir: Path, name: str) -> Any:
     path = run_dir / name
     if not path.is_file():
         raise RunError(f"--checkpoint: {str(run_dir)!r} has no {name}; is it a trainer run dir?")
-    text = path.read_text("utf-8")
-    return yaml.safe_load(text) if name.endswith(".yaml") else json.loads(text)
+    try:
+        text = path.read_text("utf-8")
+        content = yaml.safe_load(text) if name.endswith(".yaml") else json.loads(text)
+    except (UnicodeDecodeError, yaml.YAMLError, json.JSONDecodeError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise RunError(
+            f"--checkpoint: {str(path)!r} is unreadable ({first}); the trainer writes it, so "
+            "the run directory was changed by hand or damaged"
+        ) from None
+    if not isinstance(content, dict):
+        raise RunError(f"--checkpoint: {str(path)!r} does not hold a mapping; is it a trainer run?")
+    return content
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -77,7 +87,15 @@ def load_run(run_dir: Path, step: int | None = None) -> LoadedRun:
     check_run_dir(run_dir)
     config = _read(run_dir, "config.yaml")
     info = _read(run_dir, "data.json")
-    nn_config = build_nn_config(_read(run_dir, "model.json"))
+    try:
+        nn_config = build_nn_config(_read(run_dir, "model.json"))
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        if isinstance(err, RunError):
+            raise
+        raise RunError(
+            f"--checkpoint: {str(run_dir / 'model.json')!r} does not describe a tjx.nn model "
+            f"({type(err).__name__}: {err}); the trainer writes it, so it was changed by hand"
+        ) from None
     abstract = nnx.eval_shape(lambda: nn.build_model(nn_config, rngs=nnx.Rngs(0)))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
     target = nnx.to_pure_dict(params)

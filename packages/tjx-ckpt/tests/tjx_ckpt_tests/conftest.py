@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -19,3 +21,13 @@ def mesh8() -> Mesh:
 def mesh4x2() -> Mesh:
     """A 4x2 (data, tensor) mesh over the 8 simulated CPU devices."""
     return Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "tensor"))
+
+
+@pytest.fixture
+def default_unraisablehook(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python's own unraisable hook for the test (not pytest's).
+
+    Python's hook prints an exception raised in a callback to stderr, as the trainer saw; pytest's
+    would turn it into a warning at the end of the test, out of capfd's reach.
+    """
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)

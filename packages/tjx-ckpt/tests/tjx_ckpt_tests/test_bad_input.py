@@ -16,6 +16,7 @@ from tjx.ckpt import (
     CheckpointNotFoundError,
     restore_params,
 )
+from tjx.ckpt.durable import FILE_SIZES
 from tjx_ckpt_tests._states import make_params, make_state, tree_digest
 
 
@@ -116,6 +117,11 @@ def test_a_newer_format_is_refused_not_skipped(run_dir: Path) -> None:
     manifest = json.loads(manifest_file.read_text())
     manifest["format_version"] = 99
     manifest_file.write_text(json.dumps(manifest))
+    # As a later tjx-ckpt would have committed it: its file list says the new size.
+    sizes_file = run_dir / "2" / FILE_SIZES
+    sizes = json.loads(sizes_file.read_text())
+    sizes["files"]["manifest/metadata"] = manifest_file.stat().st_size
+    sizes_file.write_text(json.dumps(sizes))
     before = tree_digest(run_dir)
     with pytest.raises(CheckpointMismatchError, match="format version 99.*upgrade tjx-ckpt"):
         restore_params(run_dir, target=make_params(0))

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tjx.ckpt import CheckpointCommitError, CheckpointError, CheckpointManager
-from tjx.ckpt.durable import COMMIT_MARKER, TMP_DIR_SUFFIX, fsync_all
+from tjx.ckpt.durable import COMMIT_MARKER, FILE_SIZES, TMP_DIR_SUFFIX, fsync_all
 
 Event = tuple[str, str]
 
@@ -82,6 +82,7 @@ def test_commit_fsyncs_data_then_marker_then_rename_then_parent(
     index = {p: i for i, (_, p) in enumerate(events)}  # the last event for each path
     expected = [f"{tmp}/{rel}" for rel in _python_written(tmp_path / "7")]
     assert f"{tmp}/metrics/metrics" in expected and f"{tmp}/state/_METADATA" in expected
+    assert f"{tmp}/{FILE_SIZES}" in expected  # the file list: synced before the marker too
     missing = sorted(set(expected) - set(synced))
     assert not missing, missing
     # Nothing tensorstore already synced (its array files) is synced again.

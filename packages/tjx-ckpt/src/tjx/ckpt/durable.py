@@ -23,11 +23,17 @@ orbax go on (and delete old steps), so an old step can never be deleted on disk 
 successor is durable. A failure before the rename leaves only the temporary directory (never
 listed, removed by the next manager); a failure of the final parent fsync renames the step back.
 
+Before the fsyncs the commit also records :data:`FILE_SIZES` (``tjx_files.json``), the size of
+every regular file in the step, so that a restore can tell a truncated or deleted file from the
+sizes alone, before orbax reads anything (:func:`tjx.ckpt.stepfiles.recorded_files_problem`).
+It is synced, then covered by the commit marker and the rename like every other file.
+
 Cost, measured on a tiny checkpoint (ext4 on a virtual disk, 2 busy cores): 18 fsyncs per step
-(17 + the parent; the count grows with the number of items and processes, not of leaves), a
-synchronous save took 76 ms instead of 71 ms (medians of 18). Done one after another the 16 tree
-fsyncs took ~40 ms; issued concurrently (:func:`fsync_all`) ~4 ms. Async saves pay it in
-orbax's background thread. Not configurable: there is nothing worth trading for it.
+(17 + the parent; 19 since the file list; the count grows with the number of items and
+processes, not of leaves), a synchronous save took 76 ms instead of 71 ms (medians of 18). Done
+one after another the 16 tree fsyncs took ~40 ms; issued concurrently (:func:`fsync_all`) ~4 ms.
+Async saves pay it in orbax's background thread. Not configurable: there is nothing worth
+trading for it.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import os
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,6 +55,11 @@ from tjx.ckpt.errors import CheckpointCommitError
 
 TMP_DIR_SUFFIX = atomicity.TMP_DIR_SUFFIX
 COMMIT_MARKER = atomicity.COMMIT_SUCCESS_FILE
+#: The list of a step's files and their sizes, written into the step by its commit (see
+#: :func:`record_file_sizes`); a step from before it has none and is not size-checked.
+FILE_SIZES = "tjx_files.json"
+FILE_SIZES_FORMAT = "tjx-ckpt-files"
+FILE_SIZES_VERSION = 1
 # Files and directories tensorstore writes (and fsyncs itself) inside a PyTree item directory.
 _TENSORSTORE_DIRS = ("d",)
 _TENSORSTORE_DIR_PREFIX = "ocdbt.process_"
@@ -125,15 +138,59 @@ def tree_to_sync(root: Path) -> list[Path]:
     return sorted(out)
 
 
+def file_sizes(root: Path) -> dict[str, int]:
+    """Size in bytes of every regular file under ``root``, by ``/``-separated relative path.
+
+    Not followed: symbolic links (orbax writes none; a link's target is not the step's file).
+    """
+    sizes: dict[str, int] = {}
+    for current, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(current, name)
+            info = os.lstat(path)
+            if stat.S_ISREG(info.st_mode):
+                sizes[Path(path).relative_to(root).as_posix()] = info.st_size
+    return dict(sorted(sizes.items()))
+
+
+def record_file_sizes(step_dir: Path) -> dict[str, int]:
+    """Writes :data:`FILE_SIZES` into a step that is about to be committed; returns the sizes.
+
+    Format (JSON)::
+
+        {"format": "tjx-ckpt-files", "format_version": 1,
+         "files": {"_CHECKPOINT_METADATA": 545, "state/d/ff15...": 1908, ...}}
+
+    Every regular file of the step at this point, which is every file but the commit marker
+    (written next) and this list itself. orbax writes nothing into a committed step afterwards
+    (restores, resharded restores, later saves, retention and reopening leave its files as they
+    are: see ``test_file_sizes.py``), so the sizes stay exact for the step's life.
+
+    Cost: a walk with one ``lstat`` per file, one small JSON write and one more file among the
+    concurrent fsyncs. The file count grows with items and processes, and only slowly with the
+    leaves (OCDBT batches many leaves per data file). Measured here (ext4 on a virtual disk, 2
+    busy cores, synchronous saves, medians of 10): 22 files (45 leaves) 0.8 ms of a 129 ms save,
+    41 files (1,206 leaves) 0.9 ms of a 1.85 s save; the walk alone 0.3 and 0.5 ms. The check at
+    restore (:func:`tjx.ckpt.stepfiles.recorded_files_problem`) took 0.15 and 0.3 ms.
+    """
+    sizes = file_sizes(step_dir)
+    record = {"format": FILE_SIZES_FORMAT, "format_version": FILE_SIZES_VERSION, "files": sizes}
+    (step_dir / FILE_SIZES).write_text(json.dumps(record, indent=1), encoding="utf-8")
+    return sizes
+
+
 def durable_commit(tmp: Path, final: Path, marker_text: str) -> None:
-    """Makes ``tmp`` durable, writes the commit marker, renames ``tmp`` to ``final``, syncs.
+    """Records ``tmp``'s file sizes, makes ``tmp`` durable, writes the commit marker, renames
+    ``tmp`` to ``final``, syncs.
 
     Raises
     ------
     CheckpointCommitError
-        An fsync, the marker write or the rename failed. ``final`` does not exist afterwards.
+        The file list, an fsync, the marker write or the rename failed. ``final`` does not exist
+        afterwards.
     """
     try:
+        record_file_sizes(tmp)  # before the syncs: it is one of the files they make durable
         fsync_all(tree_to_sync(tmp))
         marker = tmp / COMMIT_MARKER
         marker.write_text(marker_text, encoding="utf-8")
@@ -190,10 +247,13 @@ class DurableAtomicRenameTemporaryPath(atomicity.AtomicRenameTemporaryPath):
 
 
 __all__ = [
+    "FILE_SIZES",
     "DurableAtomicRenameTemporaryPath",
     "durable_commit",
+    "file_sizes",
     "fsync_all",
     "fsync_dir",
     "fsync_file",
+    "record_file_sizes",
     "tree_to_sync",
 ]

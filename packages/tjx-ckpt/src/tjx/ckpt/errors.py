@@ -7,6 +7,31 @@ keeps working.
 
 from __future__ import annotations
 
+import re
+
+#: The most characters of one step's corruption reason (in the skip warning and in the
+#: "no readable checkpoint" error, which an app prints as its one error line).
+REASON_LIMIT = 200
+# tensorstore appends the JSON spec of the failed read (about a kilobyte each, sometimes two)
+# and source locations to its messages: nothing a reader of a one-line reason can use.
+_TENSORSTORE_DETAIL = re.compile(
+    r"\s*\[(?:tensorstore_spec(?:\[\d+\])?|source locations)='[^']*'\]"
+)
+
+
+def one_line(text: str, limit: int = REASON_LIMIT) -> str:
+    """The first non-empty line of ``text``, without tensorstore's specs, at most ``limit`` long.
+
+    A longer line keeps its start and its end around a "…": a tensorstore error is a chain of
+    contexts whose most specific cause (the file, the byte range) comes last.
+    """
+    text = _TENSORSTORE_DETAIL.sub("", text)
+    line = next((s.strip() for s in text.splitlines() if s.strip()), "")
+    if len(line) <= limit:
+        return line
+    head = limit // 3
+    return line[:head] + "…" + line[len(line) - (limit - head - 1) :]
+
 
 class CheckpointError(Exception):
     """Base class of every tjx.ckpt error."""
@@ -25,7 +50,22 @@ class CheckpointMismatchError(CheckpointError, ValueError):
 
 
 class CorruptCheckpointError(CheckpointError):
-    """A step directory that looks committed cannot be read back intact (truncated, edited, ...)."""
+    """A step directory that looks committed cannot be read back intact (truncated, edited, ...).
+
+    The message is short: ``step N (PATH): REASON`` with a one-line reason of at most
+    :data:`REASON_LIMIT` characters, or, when every step failed, one such reason per step. The
+    full underlying exception (orbax's, tensorstore's) is chained as ``__cause__``.
+
+    Attributes
+    ----------
+    reason:
+        The one-line reason without the step and its path (None when the error is not about one
+        step).
+    """
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class StepExistsError(CheckpointError, ValueError):
@@ -47,4 +87,5 @@ __all__ = [
     "CheckpointNotFoundError",
     "CorruptCheckpointError",
     "StepExistsError",
+    "one_line",
 ]

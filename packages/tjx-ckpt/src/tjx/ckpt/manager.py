@@ -36,8 +36,10 @@ from tjx.ckpt.reader import (
     CorruptCheckpointWarning,
     Restored,
     StepContents,
+    no_readable_step_error,
     read_step,
 )
+from tjx.ckpt.stepfiles import CheckedNameFormat
 from tjx.ckpt.treepaths import flatten, nest
 from tjx.ckpt.validate import storable
 
@@ -131,6 +133,12 @@ class CheckpointManager:
             cleanup_tmp_directories=not read_only,
             todelete_subdir=None if read_only else TRASH_DIR,
             temporary_path_class=DurableAtomicRenameTemporaryPath,  # orbax's never fsyncs
+            # orbax's naming, but a malformed _CHECKPOINT_METADATA no longer breaks opening.
+            step_name_format=CheckedNameFormat(
+                ocp.path.step.standard_name_format(
+                    temporary_path_cls=DurableAtomicRenameTemporaryPath
+                )
+            ),
             enable_async_checkpointing=async_save,
             save_root_metadata=False,
             # orbax warns when read_only meets the default interval of 1.
@@ -290,25 +298,22 @@ class CheckpointManager:
             except CorruptCheckpointError:
                 self._corrupt.add(step)  # so that saving this step again may replace it
                 raise
-        skipped: list[int] = []
-        reasons = []
+        failures: list[tuple[int, CorruptCheckpointError]] = []
         for candidate in reversed(steps):
             try:
                 contents = read_step(self._mgr, candidate, target=target, subtree=subtree)
             except CorruptCheckpointError as err:
+                # str(err) is "step N (path): one short line" (the cause is chained, not shown).
                 warnings.warn(
-                    f"tjx.ckpt: skipping corrupt checkpoint step {candidate}: {err}",
+                    f"tjx.ckpt: skipping corrupt checkpoint {err}",
                     CorruptCheckpointWarning,
                     stacklevel=3,
                 )
                 self._corrupt.add(candidate)
-                skipped.append(candidate)
-                reasons.append(str(err))
+                failures.append((candidate, err))
                 continue
-            return candidate, contents, tuple(skipped)
-        raise CorruptCheckpointError(
-            f"no readable checkpoint in {self.directory}; every step failed: " + "; ".join(reasons)
-        )
+            return candidate, contents, tuple(step for step, _ in failures)
+        raise no_readable_step_error(self.directory, failures) from failures[0][1]
 
     def restore(self, step: int | None = None, *, target: Any = None) -> Restored:
         """Restores a step (default: the newest one that reads back intact).

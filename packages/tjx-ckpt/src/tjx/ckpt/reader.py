@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -17,14 +18,18 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from tjx.ckpt.errors import CheckpointMismatchError, CorruptCheckpointError
+from tjx.ckpt.errors import CheckpointMismatchError, CorruptCheckpointError, one_line
 from tjx.ckpt.fingerprint import fingerprints
+from tjx.ckpt.stepfiles import array_store_problem, commit_problem, recorded_files_problem
 from tjx.ckpt.treepaths import SEP, flatten, nest, unflatten_like
 from tjx.ckpt.validate import LeafSpec, adopt_host_kinds, check_against, target_spec
 
 FORMAT = "tjx-ckpt"
 FORMAT_VERSION = 1
 STATE, DATA_STATE, CONFIG, MANIFEST = "state", "data_state", "config", "manifest"
+# Steps named one by one in the "no readable checkpoint" error (the newest); each skipped step
+# also had its own warning, so the rest are counted, keeping the error one short line.
+_LISTED_STEPS = 3
 
 
 class CorruptCheckpointWarning(UserWarning):
@@ -64,6 +69,34 @@ def _is_target_leaf(x: Any) -> bool:
     return isinstance(x, jax.ShapeDtypeStruct)
 
 
+def corrupt(step: int, where: Any, reason: str) -> CorruptCheckpointError:
+    """``step N (WHERE): REASON``, the reason cut to one short line (raise it ``from`` the cause).
+
+    Paths inside the step are written relative to it (``state/d/...``): the step's path is said
+    once, and tensorstore repeats it several times per message.
+    """
+    reason = reason.replace(f"{where}/", "")
+    short = one_line(reason)
+    return CorruptCheckpointError(f"step {step} ({where}): {short}", reason=short)
+
+
+def _failed(what: str, err: BaseException) -> str:
+    return f"{what} ({type(err).__name__}: {one_line(str(err), limit=10_000)})"
+
+
+def no_readable_step_error(
+    directory: Any, failures: list[tuple[int, CorruptCheckpointError]]
+) -> CorruptCheckpointError:
+    """The error when every step (newest first in ``failures``) was corrupt: one short line."""
+    listed = "; ".join(
+        f"step {step}: {err.reason or one_line(str(err))}" for step, err in failures[:_LISTED_STEPS]
+    )
+    more = len(failures) - _LISTED_STEPS
+    if more > 0:
+        listed += f"; {more} older step{'s' * (more > 1)} too (see the warnings)"
+    return CorruptCheckpointError(f"no readable checkpoint in {directory}: {listed}")
+
+
 def read_manifest(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
     """The manifest of ``step``; CorruptCheckpointError when missing or malformed."""
     where = mgr.directory / str(step)
@@ -72,11 +105,9 @@ def read_manifest(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
             MANIFEST
         ]
     except Exception as err:  # any failure to read a committed step is corruption
-        raise CorruptCheckpointError(
-            f"step {step} ({where}): its tjx manifest cannot be read ({type(err).__name__}: {err})"
-        ) from err
+        raise corrupt(step, where, _failed("its tjx manifest cannot be read", err)) from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CorruptCheckpointError(f"step {step} ({where}): not a {FORMAT} manifest")
+        raise corrupt(step, where, f"not a {FORMAT} manifest")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointMismatchError(
             f"step {step} ({where}) has format version {manifest['format_version']}; this "
@@ -84,10 +115,10 @@ def read_manifest(mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
         )
     leaves = manifest.get("leaves")
     if not isinstance(leaves, dict) or not leaves:
-        raise CorruptCheckpointError(f"step {step} ({where}): the manifest lists no leaves")
+        raise corrupt(step, where, "the manifest lists no leaves")
     for path, entry in leaves.items():
         if not _valid_entry(entry):
-            raise CorruptCheckpointError(f"step {step} ({where}): bad manifest entry for {path}")
+            raise corrupt(step, where, f"bad manifest entry for {path}")
     return manifest
 
 
@@ -191,9 +222,15 @@ def read_step(
     CheckpointMismatchError
         If the checkpoint does not fit ``target``.
     CorruptCheckpointError
-        If the step cannot be read back intact.
+        If the step cannot be read back intact, or its files show it incomplete before anything
+        is read (:mod:`tjx.ckpt.stepfiles`).
     """
     where = mgr.directory / str(step)
+    step_dir = Path(str(where))
+    # Checked before orbax opens anything (see tjx.ckpt.stepfiles): a folder no commit made is
+    # not taken, and a step orbax would fail on is refused here, not with a traceback per leaf.
+    if (problem := commit_problem(step_dir) or recorded_files_problem(step_dir)) is not None:
+        raise corrupt(step, where, problem)
     manifest = read_manifest(mgr, step)
     saved = manifest["leaves"]
     prefix = f"{subtree}{SEP}" if subtree else ""
@@ -214,6 +251,8 @@ def read_step(
         adopt_host_kinds(saved, specs)
         check_against(saved, specs, where=str(where), partial=bool(subtree))
     _check_shardings(specs)
+    if (problem := array_store_problem(step_dir / STATE)) is not None:
+        raise corrupt(step, where, problem)
     items, restore_args = _restore_args(specs)
     composite = {STATE: ocp.args.PyTreeRestore(items, restore_args, partial_restore=bool(subtree))}
     if not subtree:
@@ -223,18 +262,14 @@ def read_step(
         restored = mgr.restore(step, args=ocp.args.Composite(**composite))
         flat = flatten(restored[STATE])
     except Exception as err:  # tensorstore/ocdbt raise many types on bad data
-        raise CorruptCheckpointError(
-            f"step {step} ({where}): reading it failed ({type(err).__name__}: {err})"
-        ) from err
+        raise corrupt(step, where, _failed("reading it failed", err)) from err
     if set(flat) != set(specs):
-        raise CorruptCheckpointError(f"step {step} ({where}): the arrays do not match its manifest")
+        raise corrupt(step, where, "the arrays do not match its manifest")
     if verify:
         for path, fp in fingerprints(flat).items():
             expected = saved[path].get("fingerprint")
             if expected is not None and fp is not None and list(expected) != fp:
-                raise CorruptCheckpointError(
-                    f"step {step} ({where}): {path} differs from what was saved (fingerprint)"
-                )
+                raise corrupt(step, where, f"{path} differs from what was saved (fingerprint)")
     leaves = {p[len(prefix) :]: _to_leaf(flat[p], specs[p], saved[p]["dtype"]) for p in specs}
     state = (
         nest(leaves) if target is None else unflatten_like(target, leaves, is_leaf=_is_target_leaf)

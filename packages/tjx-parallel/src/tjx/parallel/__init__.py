@@ -6,8 +6,10 @@ from tjx.parallel.distributed import (
     initialize,
     is_primary,
     resolve_distributed,
+    runtime_client,
 )
 from tjx.parallel.mesh import MESH_AXES, MeshConfig, make_mesh
+from tjx.parallel.peers import PeerWatch, watch_peers
 from tjx.parallel.rules import LOGICAL_AXES, STRATEGIES, AxisRules, rules
 from tjx.parallel.sharding import (
     batch_sharding,
@@ -30,6 +32,7 @@ __all__ = [
     "AxisRules",
     "DistributedInfo",
     "MeshConfig",
+    "PeerWatch",
     "__version__",
     "barrier",
     "batch_sharding",
@@ -42,8 +45,10 @@ __all__ = [
     "make_mesh",
     "resolve_distributed",
     "rules",
+    "runtime_client",
     "shard_batch",
     "shard_init",
     "state_shardings",
+    "watch_peers",
     "with_logical_constraint",
 ]

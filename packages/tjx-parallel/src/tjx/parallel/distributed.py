@@ -8,6 +8,7 @@ import re
 import sys
 import threading
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 
@@ -221,6 +222,36 @@ def _give_up(message: str) -> None:
     os._exit(1)
 
 
+def runtime_client(caller: str) -> tuple[Any, int, int]:
+    """jax's distributed runtime client (key-value store, barriers), this process's id and the
+    process count: the one private jax access of this package.
+
+    jax 0.10 keeps the client only in ``jax._src.distributed.global_state``; every use in this
+    package goes through here, so a jax upgrade that moves it is fixed in one place. The id and
+    count come from there too, so asking does not start the XLA backend.
+
+    Parameters
+    ----------
+    caller : str
+        Named in the error.
+
+    Returns
+    -------
+    (jaxlib DistributedRuntimeClient, int, int)
+
+    Raises
+    ------
+    RuntimeError
+        ``jax.distributed`` was not initialised.
+    """
+    from jax._src import distributed as _distributed
+
+    state = _distributed.global_state
+    if state.client is None:
+        raise RuntimeError(f"{caller}: jax.distributed is not initialised (call initialize())")
+    return state.client, state.process_id, state.num_processes
+
+
 def is_primary() -> bool:
     """True on process 0 — the one that logs, writes checkpoints metadata, prints.
 
@@ -253,11 +284,7 @@ def barrier(name: str, timeout_s: float = 300.0) -> None:
     """
     if jax.process_count() == 1:
         return
-    from jax._src import distributed as _distributed  # the client lives only here
-
-    client = _distributed.global_state.client
-    if client is None:
-        raise RuntimeError("barrier: jax.distributed is not initialised (call initialize())")
+    client, _, _ = runtime_client("barrier")
     try:
         client.wait_at_barrier(name, int(timeout_s * 1000))
     except Exception as e:

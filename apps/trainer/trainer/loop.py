@@ -16,8 +16,8 @@ from trainer import rundir
 from trainer.plan import RunPlan, config_yaml, error_exit
 from trainer.schema import ConfigError
 
-# A dead peer is caught by jax's heartbeat long before this; a slow first-time tokenization of a
-# large corpus is not an error.
+# A dead peer is caught by the peer watch (multihost.watch) within seconds; a slow first-time
+# tokenization of a large corpus is not an error.
 DATA_READY_TIMEOUT_S = 6 * 3600.0
 
 
@@ -35,11 +35,9 @@ def _device_note() -> None:
 
 def run(plan: RunPlan) -> int:
     """Train as planned; exit code 0 on success or after a signal-triggered save, 2 on bad input."""
-    from trainer import data_setup, memory_fit, multihost, state
+    from trainer import multihost
 
     cfg = plan.config
-    from tjx import parallel
-
     # Multi-host: the flags, else JAX_COORDINATOR_ADDRESS/... or SLURM; with none of them this is a
     # single process and nothing happens. A setup that cannot work ends here with one error line
     # (exit 1 when the processes could not join, 2 when they disagree), never a hang.
@@ -55,6 +53,17 @@ def run(plan: RunPlan) -> int:
             f"(coordinator {info.coordinator})",
             flush=True,
         )
+    # A peer that dies ends this process within seconds, in one line (multihost.watch); a
+    # single process watches nothing.
+    with multihost.watch(plan.run_dir):
+        return _prepare_and_train(plan)
+
+
+def _prepare_and_train(plan: RunPlan) -> int:
+    from tjx import parallel
+    from trainer import data_setup, memory_fit, state
+
+    cfg = plan.config
     primary = parallel.is_primary()
     _device_note()
     # Everything that can fail on bad input happens before the run directory exists.

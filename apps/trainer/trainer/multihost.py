@@ -15,17 +15,23 @@ Two ways a multi-host launch goes wrong silently or loudly enough to confuse:
 
 A preemption signal during the run is acted on by all processes at the same step boundary
 (:mod:`trainer.stop_agreement`); jax's own preemption service is turned off here (see ``join``).
+A peer that dies mid-run ends the others within seconds, each with one line (:func:`watch`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml  # type: ignore[import-untyped]
 
-from trainer.plan import Distributed
+from trainer import rundir
+from trainer.plan import Distributed, error_exit
 
 
 class JoinError(Exception):
@@ -135,3 +141,37 @@ def _check_agreement(
         )
     if problems:
         raise JoinError("multi-host processes disagree: " + "; ".join(problems), 2)
+
+
+#: A peer silent this long is dead: well under jax's own heartbeat timeout (100 s, then SIGABRT
+#: and a stack dump) and the issue's 30 s, well over any pause of a live process's watch thread
+#: (it runs while the main thread is in XLA: compile and execute release the GIL).
+PEER_SILENCE_S = 15.0
+
+
+def watch(run_dir: Path) -> Any:
+    """The run's peer watch (`tjx.parallel.watch_peers`), as a context manager.
+
+    When a peer dies, this process prints one line naming it and the newest committed checkpoint,
+    and exits with status 1 at once (its main thread may be stuck in a collective with the dead
+    peer). Leaving the block normally marks this process done, so peers that are still writing
+    their final files do not report it; leaving it with an error first gives the watch the time
+    to name a dead peer (with gloo, a collective fails as soon as its peer's connection drops).
+    """
+    from tjx import parallel
+
+    return parallel.watch_peers(silence_s=PEER_SILENCE_S, on_dead=partial(_peer_lost, run_dir))
+
+
+def _peer_lost(run_dir: Path, message: str) -> None:
+    step = rundir.latest_saved_step(run_dir)
+    if step is None:
+        then = "no checkpoint was saved; start every process again"
+    else:
+        then = (
+            f"the last checkpoint is step {step} in {str(run_dir)!r}; start every process again "
+            "with --resume"
+        )
+    error_exit(f"{message}; {then}", code=1)
+    sys.stdout.flush()
+    os._exit(1)

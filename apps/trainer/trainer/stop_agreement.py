@@ -43,8 +43,8 @@ Exchange = Callable[[int, "str | None"], dict[int, str]]
 KEY_PREFIX = "trainer/stop"
 BARRIER_ID = "trainer:stop"
 # The hosts' loops are coupled by the step's collectives, so they meet here within a step of
-# each other; a first compile on a loaded host may lag by minutes. A dead peer is caught by
-# jax's heartbeat (~100 s) long before this.
+# each other; a first compile on a loaded host may lag by minutes. A dead peer is caught by the
+# peer watch (trainer.multihost.watch, ~15 s) long before this.
 BARRIER_TIMEOUT_S = 3600.0
 
 
@@ -97,7 +97,7 @@ def coordination_exchange(
     Parameters
     ----------
     client : jaxlib DistributedRuntimeClient
-        ``jax._src.distributed.global_state.client`` (set by ``jax.distributed.initialize``).
+        From ``tjx.parallel.runtime_client`` (set by ``jax.distributed.initialize``).
     rank : int
         This process's index.
     timeout_s : float
@@ -140,13 +140,10 @@ def for_this_run() -> StopAgreement:
     """
     import jax
 
+    from tjx import parallel
+
     if jax.process_count() == 1:
         return StopAgreement()
-    # The runtime client is not public API in jax 0.10; tjx.parallel.barrier reaches it the same
-    # way (a tjx.parallel helper would be the better home for this exchange).
-    from jax._src import distributed
-
-    client = distributed.global_state.client
-    if client is None:
-        raise RuntimeError("stop agreement: jax.distributed is not initialised")
-    return StopAgreement(coordination_exchange(client, jax.process_index()))
+    # jax 0.10 keeps the runtime client private; tjx.parallel holds that one access.
+    client, rank, _ = parallel.runtime_client("stop agreement")
+    return StopAgreement(coordination_exchange(client, rank))

@@ -152,3 +152,27 @@ def test_join_turns_off_jax_preemption_service_before_initialize(no_dist_env, mo
     finally:
         jax.config.update("jax_enable_preemption_service", True)
     assert seen == {"service": False}
+
+
+def test_a_lost_peer_is_one_line_naming_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    def exit_now(code):
+        raise SystemExit(code)
+
+    monkeypatch.setattr(multihost.os, "_exit", exit_now)
+    lost = "process 1 of 2 stopped responding (no heartbeat for 15 s)"
+    with pytest.raises(SystemExit) as ended:
+        multihost._peer_lost(tmp_path, lost)
+    assert ended.value.code == 1
+    assert capsys.readouterr().err == (
+        f"trainer: error: {lost}; no checkpoint was saved; start every process again\n"
+    )
+    (tmp_path / "checkpoints" / "20").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        multihost._peer_lost(tmp_path, lost)
+    err = capsys.readouterr().err
+    assert f"the last checkpoint is step 20 in {str(tmp_path)!r}" in err and "--resume" in err
+
+
+def test_one_process_watches_nothing(tmp_path):
+    with multihost.watch(tmp_path) as watch:
+        assert not watch.running and watch.dead is None

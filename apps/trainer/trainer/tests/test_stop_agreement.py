@@ -116,6 +116,7 @@ def test_several_processes_use_jax_distributed_client(monkeypatch):
 
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     monkeypatch.setattr(jax, "process_index", lambda: 1)
+    monkeypatch.setattr(distributed.global_state, "process_id", 1)
     monkeypatch.setattr(distributed.global_state, "client", None)
     with pytest.raises(RuntimeError, match="jax.distributed is not initialised"):
         stop_agreement.for_this_run()

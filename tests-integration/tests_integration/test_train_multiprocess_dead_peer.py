@@ -1,0 +1,70 @@
+"""A peer killed mid-run (kill -9 of process 1 of 2, loopback, 4 simulated CPU devices each).
+
+Without the peer watch, process 0 waited for jax's heartbeat timeout and died 78-100 s later by
+SIGABRT with a C++ stack dump and no ``trainer: error:`` line. With it:
+
+* process 0 exits non-zero within 30 s of the kill, with exactly one error line naming the dead
+  process and the newest committed checkpoint, and no traceback or abort dump;
+* the run directory stays resumable: two processes ``--resume`` from that checkpoint and finish.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests_integration._helpers_apps import SMALL
+from tests_integration._helpers_multiprocess import LAUNCH_TIMEOUT_S, launch, pair, tails
+
+STEPS = 40
+SETS = [*SMALL, f"train.steps={STEPS}", "train.eval_every=0", "train.checkpoint_every=5"]
+DETECTION_LIMIT_S = 30.0
+
+
+def _kill_process_1_after_a_checkpoint(run_dir: Path, killed_at: list[float]):
+    """A ``while_running`` hook: once step 5 is committed and the run goes on, SIGKILL process 1."""
+
+    def hook(procs: list[subprocess.Popen]) -> None:
+        end = time.monotonic() + LAUNCH_TIMEOUT_S
+        while time.monotonic() < end:
+            if any(p.poll() is not None for p in procs):
+                return  # one ended early: the assertions on the results say why
+            if (run_dir / "checkpoints" / "5").is_dir():
+                procs[1].send_signal(signal.SIGKILL)
+                killed_at.append(time.monotonic())
+                return
+            time.sleep(0.05)
+
+    return hook
+
+
+def test_a_killed_peer_ends_the_survivor_in_one_line_and_the_run_resumes(tmp_path):
+    run = tmp_path / "two"
+    killed_at: list[float] = []
+    started = time.monotonic()
+    results = launch(
+        tmp_path,
+        "dead",
+        pair("two", SETS),
+        LAUNCH_TIMEOUT_S,
+        _kill_process_1_after_a_checkpoint(run, killed_at),
+    )
+    assert killed_at, tails(results)
+    survivor, killed = results
+    assert killed["rc"] == -signal.SIGKILL, tails(results)
+    assert survivor["rc"] == 1, tails(results)
+    # `seconds` is an upper bound on when process 0 ended, counted from (just after) `started`.
+    assert survivor["seconds"] - (killed_at[0] - started) < DETECTION_LIMIT_S, tails(results)
+    err = survivor["err"]
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("trainer: error: process 1 of 2"), err
+    assert "the last checkpoint is step" in errors[0] and "--resume" in errors[0], err
+    for noise in ("Traceback", "SIGABRT", "Check failed", "Terminating process"):
+        assert noise not in err, err
+
+    resumed = launch(tmp_path, "resume", pair("two", SETS, "--resume"), LAUNCH_TIMEOUT_S)
+    for r in resumed:
+        assert r["rc"] == 0, tails(resumed)
+        assert "resumed from step" in r["out"] and f"done: {STEPS} steps" in r["out"]

@@ -176,6 +176,45 @@ CASES = [
         None,
         "--init-from: cannot be combined with --resume",
     ),
+    ("empty-data-flag", T, [*TINY, "--data", " "], None, "--data: empty source"),
+    ("zero-batch", T, [*TINY, "--set", "data.batch_size=0"], None, "data.batch_size: 0 is too"),
+    ("one-token-sequences", T, [*TINY, "--set", "data.seq_len=1"], None, "data.seq_len: 1 is"),
+    ("dropout-one", T, [*TINY, "--set", "model.dropout=1.0"], None, "model.dropout"),
+    ("beta-one", T, [*TINY, "--set", "optimizer.b1=1.0"], None, "optimizer.b1"),
+    ("log-every-zero", T, [*TINY, "--set", "train.log_every=0"], None, "train.log_every"),
+    ("bad-wandb-mode", T, [*TINY, "--set", "logging.wandb_mode=loud"], None, "wandb_mode"),
+    ("warmup-past-end", T, [*TINY, "--set", "train.steps=10"], None, "warmup_steps: 50 exceeds"),
+    ("fp16-params", T, [*TINY, "--set", "model.param_dtype=float16"], None, "float16 parameters"),
+    ("fp16-no-scaling", T, [*TINY, "--set", "model.compute_dtype=float16"], None, "'dynamic'"),
+    ("gqa-on-gpt2", T, [*TINY, "--set", "model.num_kv_heads=2"], None, "needs model.kind 'llama'"),
+    (
+        "two-free-mesh-axes",
+        T,
+        [*TINY, "--set", "mesh.data=-1", "--set", "mesh.fsdp=-1"],
+        None,
+        "only one of mesh.data and mesh.fsdp",
+    ),
+    (
+        "keep-best-without-eval",
+        T,
+        [*TINY, "--set", "checkpoint.keep_best=2", "--set", "train.eval_every=0"],
+        None,
+        "checkpoint.keep_best: needs train.eval_every > 0",
+    ),
+    ("profile-past-end", T, [*TINY, "--profile-steps", "5:100000"], None, "ends after train.steps"),
+    ("bad-coordinator", T, [*TINY, "--coordinator", "nohost"], None, "--coordinator: expected"),
+    ("zero-processes", T, [*TINY, "--num-processes", "0"], None, "--num-processes: must be >= 1"),
+    (
+        "rank-out-of-range",
+        T,
+        [*TINY, "--num-processes", "2", "--process-id", "2"],
+        None,
+        "--process-id: must be in 0..1",
+    ),
+    ("zero-init-timeout", T, [*TINY, "--init-timeout", "0"], None, "--init-timeout: must be > 0"),
+    ("eval-zero-batches", E, ["--checkpoint", "x", "--max-batches", "0"], None, "--max-batches"),
+    ("eval-zero-new-tokens", E, ["--checkpoint", "x", "--max-new-tokens", "0"], None, "tokens"),
+    ("eval-negative-temperature", E, ["--checkpoint", "x", "--temperature", "-1"], None, ">= 0"),
     ("eval-missing-run", E, ["--checkpoint", "nowhere"], None, "no such run directory"),
     ("eval-not-a-run", E, ["--checkpoint", "empty_run"], _empty_dir, "has no config.yaml"),
     ("eval-no-target", E, [], None, "one of the arguments --checkpoint --compare is required"),
@@ -203,8 +242,12 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, app, argv, setup, needle
     assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
     assert needle in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+    # One line: the error (argparse's own errors also print the usage before it).
+    assert sum(f"{app}: error:" in line for line in proc.stderr.splitlines()) == 1, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run dir, nothing written
 
 
-def test_table_is_large_enough():
-    assert len(CASES) >= 20
+def test_tables_are_large_enough():
+    from tests_integration import test_bad_runs
+
+    assert len(CASES) + len(test_bad_runs.CASES) >= 80

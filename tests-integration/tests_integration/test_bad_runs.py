@@ -1,0 +1,196 @@
+"""Bad input against an existing run: each case exits 2 with one error line and changes no file.
+
+The cases work on a copy of one finished small run (trained once per test process): a ``--resume``
+whose config changes what the checkpoints hold (model, optimizer state, data stream), a broken
+``config.yaml`` or ``model.json``, unreadable checkpoints, evaluator flags that do not fit the run.
+Every file of the copy is hashed (and its modification time taken) before and after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests_integration._helpers_apps import SMALL, run_app, trained_small_run
+
+T = "trainer"
+E = "eval"
+# The trained run's own settings (see trained_small_run): a resume with them is accepted.
+RUN_SETS = [*SMALL, "train.steps=30", "train.eval_every=15", "train.checkpoint_every=15"]
+
+
+def resume_with(*changes: str, flags: tuple[str, ...] = ("--resume",)) -> list[str]:
+    argv = ["--config", "tiny", "--run-dir", "r", *flags]
+    for item in [*RUN_SETS, *changes]:
+        argv += ["--set", item]
+    return argv
+
+
+def _break_config(run: Path) -> None:
+    (run / "config.yaml").write_text("model: [1, 2\n")
+
+
+def _drop_config(run: Path) -> None:
+    (run / "config.yaml").unlink()
+
+
+def _break_model_json(run: Path) -> None:
+    (run / "model.json").write_text("{not json")
+
+
+def _empty_model_json(run: Path) -> None:
+    (run / "model.json").write_text("{}")
+
+
+def _drop_model_json(run: Path) -> None:
+    (run / "model.json").unlink()
+
+
+def _corrupt_every_checkpoint(run: Path) -> None:
+    # Every array data file (orbax's OCDBT ``d/`` folders) cut in half: no step can be restored.
+    for path in (run / "checkpoints").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _other_text(run: Path) -> None:
+    (run.parent / "other.txt").write_text("another corpus entirely\n" * 400)
+
+
+CASES = [
+    # (id, app, argv, setup on the run copy, expected text in stderr)
+    ("resume-d-model", T, resume_with("model.d_model=32"), None, "model.d_model 64 → 32"),
+    ("resume-layers", T, resume_with("model.num_layers=3"), None, "model.num_layers 2 → 3"),
+    ("resume-heads", T, resume_with("model.num_heads=4"), None, "model.num_heads 2 → 4"),
+    ("resume-mlp", T, resume_with("model.mlp_dim=64"), None, "model.mlp_dim 128 → 64"),
+    ("resume-context", T, resume_with("model.max_seq_len=64"), None, "model.max_seq_len"),
+    ("resume-kind", T, resume_with("model.kind=llama"), None, "model.kind 'gpt2' → 'llama'"),
+    ("resume-untie", T, resume_with("model.tie_embeddings=false"), None, "tie_embeddings"),
+    ("resume-scan", T, resume_with("model.scan_layers=true"), None, "model.scan_layers"),
+    ("resume-param-dtype", T, resume_with("model.param_dtype=bfloat16"), None, "param_dtype"),
+    ("resume-vocab", T, resume_with("model.vocab_size=300"), None, "model.vocab_size None → 300"),
+    ("resume-position", T, resume_with("model.position=rope"), None, "model.position"),
+    ("resume-batch", T, resume_with("data.batch_size=16"), None, "data.batch_size 8 → 16"),
+    ("resume-seq-len", T, resume_with("data.seq_len=16"), None, "data.seq_len 32 → 16"),
+    ("resume-tokenizer", T, resume_with("data.tokenizer=bpe"), None, "data.tokenizer"),
+    (
+        "resume-other-data",
+        T,
+        resume_with(flags=("--resume", "--data", "./other.txt")),
+        _other_text,
+        "data.source 'shakespeare' → './other.txt'",
+    ),
+    ("resume-no-shuffle", T, resume_with("data.shuffle=false"), None, "data.shuffle"),
+    ("resume-seed", T, resume_with("train.seed=1"), None, "train.seed 0 → 1"),
+    ("resume-optimizer", T, resume_with("optimizer.name=lion"), None, "optimizer.name"),
+    ("resume-loss-scale", T, resume_with("optimizer.loss_scale=dynamic"), None, "loss_scale"),
+    ("resume-no-skip", T, resume_with("optimizer.skip_nonfinite=false"), None, "skip_nonfinite"),
+    (
+        "resume-other-preset",
+        T,
+        ["--config", "gpt2_small", "--run-dir", "r", "--resume"],
+        None,
+        "model.d_model 64 → 768",
+    ),
+    ("resume-config-broken", T, resume_with(), _break_config, "is not a readable run config"),
+    ("resume-config-missing", T, resume_with(), _drop_config, "config.yaml' is missing"),
+    (
+        "resume-every-checkpoint-corrupt",
+        T,
+        resume_with(),
+        _corrupt_every_checkpoint,
+        "--resume: no readable checkpoint",
+    ),
+    ("train-over-a-run", T, resume_with(flags=()), None, "already holds checkpoints"),
+    (
+        "init-from-over-a-run",
+        T,
+        [
+            "--config",
+            "tiny",
+            "--run-dir",
+            "r",
+            "--init-from",
+            "gpt2",
+            "--set",
+            "data.tokenizer=gpt2",
+        ],
+        None,
+        "already holds checkpoints",
+    ),
+    ("eval-model-json-broken", E, ["--checkpoint", "r"], _break_model_json, "model.json"),
+    ("eval-model-json-empty", E, ["--checkpoint", "r"], _empty_model_json, "does not describe"),
+    ("eval-model-json-missing", E, ["--checkpoint", "r"], _drop_model_json, "model.json"),
+    ("eval-config-broken", E, ["--checkpoint", "r"], _break_config, "config.yaml"),
+    (
+        "eval-every-checkpoint-corrupt",
+        E,
+        ["--checkpoint", "r"],
+        _corrupt_every_checkpoint,
+        "no readable checkpoint",
+    ),
+    ("eval-no-such-step", E, ["--checkpoint", "r", "--step", "7"], None, "7"),
+    ("eval-missing-data", E, ["--checkpoint", "r", "--data", "./nope.txt"], None, "nope.txt"),
+    ("eval-compare-nowhere", E, ["--compare", "r", "nowhere"], None, "no such run directory"),
+]
+
+
+def _snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """Every file under ``root``: relative path → (sha256, modification time in ns)."""
+    return {
+        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    return trained_small_run(tmp_path_factory.mktemp("trained"))
+
+
+@pytest.mark.parametrize(
+    ("app", "argv", "setup", "needle"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_input_on_a_run_exits_2_and_changes_nothing(
+    tmp_path, trained, app, argv, setup, needle
+):
+    run = tmp_path / "r"
+    shutil.copytree(trained, run)  # copy2: times kept, so an untouched file keeps its stamp
+    if setup is not None:
+        setup(run)
+    before = _snapshot(tmp_path)
+    proc = run_app(app, argv, tmp_path, timeout=300)
+    assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert needle in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if f"{app}: error:" in line]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_resume_that_changes_nothing_writes_nothing(tmp_path, trained):
+    run = tmp_path / "r"
+    shutil.copytree(trained, run)
+    before = _snapshot(tmp_path)
+    proc = run_app(T, resume_with(), tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "nothing to do: the run is already at step 30 of 30" in proc.stdout
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_resume_says_which_training_settings_change(tmp_path, trained):
+    run = tmp_path / "r"
+    shutil.copytree(trained, run)
+    model_json = _snapshot(run)["model.json"]
+    argv = resume_with("train.steps=32", "optimizer.lr=0.002", "logging.sinks=[jsonl]")
+    proc = run_app(T, argv, tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (
+        "resume: changed settings: optimizer.lr 0.005 → 0.002, train.steps 30 → 32" in proc.stdout
+    )
+    assert "resumed from step 30" in proc.stdout and "done: 32 steps" in proc.stdout
+    assert "steps: 32" in (run / "config.yaml").read_text()  # the run's config is the new one
+    assert _snapshot(run)["model.json"] == model_json  # same model: the file was not rewritten

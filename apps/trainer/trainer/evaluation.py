@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
-import numpy as np
 
 from trainer.config import Config
 from trainer.step import make_eval_step
@@ -22,37 +20,34 @@ def _eval_step(setup: Any, cfg: Config) -> Any:
     return _EVAL_STEPS[key]
 
 
-def summarize(
-    sums: dict[str, float], top_k: tuple[int, ...], bytes_per_token: float | None
-) -> dict[str, float]:
-    """Token-weighted metrics from summed counts (exact over any number of batches)."""
-    n = max(sums["num_tokens"], 1.0)
-    loss = sums["sum_loss"] / n
-    out = {
-        "loss": loss,
-        "perplexity": math.exp(min(loss, 700.0)),
-        "bits_per_token": loss / math.log(2),
-        "tokens": sums["num_tokens"],
-    }
-    if bytes_per_token:
-        out["bits_per_byte"] = sums["sum_loss"] / math.log(2) / (n * bytes_per_token)
-    for k in top_k:
-        out[f"top{k}"] = sums[f"correct_{k}"] / n
-    return out
-
-
 def evaluate(setup: Any, params: Any, bundle: Any, cfg: Config) -> dict[str, float]:
-    """Metrics over the first ``train.eval_batches`` validation batches (always the same ones)."""
+    """Metrics over the first ``train.eval_batches`` validation batches (always the same ones):
+    tjx-metrics' token-weighted ``loss``, ``perplexity``, ``bits_per_token``, ``top{k}``,
+    ``num_tokens`` and, for text, ``bits_per_byte``."""
+    from tjx import metrics
     from trainer import data_setup
 
     step = _eval_step(setup, cfg)
-    sums: dict[str, float] = {}
+    acc = metrics.MetricAccumulator()
     for batch in data_setup.val_batches(bundle, cfg, cfg.train.eval_batches):
-        out = step(params, data_setup.to_global(batch, setup.mesh))
-        for key, value in jax.device_get(out).items():
-            sums[key] = sums.get(key, 0.0) + float(np.asarray(value))
-    if not sums:
+        acc.update_stats(step(params, data_setup.to_global(batch, setup.mesh)))
+    if acc.num_tokens == 0:
         raise ValueError("validation data is empty: no batch of the configured size fits")
-    top_k = tuple(sorted(set(cfg.eval.top_k)))
-    bpt = bundle.bytes_per_token if cfg.task != "classify" else None
-    return summarize(sums, top_k, bpt)
+    out = acc.compute()
+    if cfg.task == "classify":
+        return _image_metrics(out, cfg.model.num_classes)
+    # Next-token scoring covers every token, so bytes follow from the shards' bytes/token; a
+    # masked-LM run scores only its masked tokens, an image run has no bytes.
+    if cfg.task == "lm" and bundle.bytes_per_token:
+        out["bits_per_byte"] = out["bits_per_token"] / bundle.bytes_per_token
+    return out
+
+
+def _image_metrics(out: dict[str, float], num_classes: int) -> dict[str, float]:
+    """A classifier's names: accuracy and images, not perplexity and tokens; top-k only where it
+    says something (k below the number of classes: top-10 of 10 classes is always 1)."""
+    named = {"loss": out["loss"], "accuracy": out["top1"], "num_images": out["num_tokens"]}
+    named.update(
+        {k: v for k, v in out.items() if k.startswith("top") and 1 < int(k[3:]) < num_classes}
+    )
+    return named

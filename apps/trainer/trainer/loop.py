@@ -153,10 +153,11 @@ def _train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
         donate_argnums=(0,),
     )
     tokens_per_step = cfg.data.batch_size * (cfg.data.seq_len if cfg.task != "classify" else 1)
+    unit = "images" if cfg.task == "classify" else "tokens"  # what a step consumes, and its rate
     flops_tok = flops_per_unit(setup.nn_config, cfg)
     peak = _peak_flops(cfg)
     print(
-        f"model: {setup.num_params:,} parameters; {tokens_per_step:,} tokens per step", flush=True
+        f"model: {setup.num_params:,} parameters; {tokens_per_step:,} {unit} per step", flush=True
     )
     last_eval: dict[str, float] = {}
     t_last, step_done = time.perf_counter(), start
@@ -208,11 +209,14 @@ def _train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
                     1, step_done - max(start, step_done - cfg.train.log_every)
                 )
                 t_last = now
-                scalars["tokens_per_s"] = tokens_per_step / max(dt, 1e-9)
+                scalars[f"{unit}_per_s"] = tokens_per_step / max(dt, 1e-9)
                 if peak:
                     scalars["mfu"] = float(
                         metrics.mfu(
-                            scalars["tokens_per_s"], flops_tok, peak, num_devices=jax.device_count()
+                            scalars[f"{unit}_per_s"],
+                            flops_tok,
+                            peak,
+                            num_devices=jax.device_count(),
                         )
                         or 0.0
                     )

@@ -60,59 +60,38 @@ def token_loss(model: Any, hidden: jax.Array, targets: jax.Array, cfg: Config) -
             "num_tokens": out.num_tokens,
             "num_correct": out.num_correct,
         }
-    logits = jnp.einsum(
-        "...d,dv->...v", hidden.astype(jnp.float32), model.unembedding().astype(jnp.float32)
-    )
-    mask = targets != -100
-    safe = jnp.where(mask, targets, 0)
-    logz = jax.nn.logsumexp(logits, axis=-1)
-    per_tok = logz - jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
-    n = jnp.maximum(mask.sum(), 1)
-    sum_loss = jnp.where(mask, per_tok, 0.0).sum()
-    z = cfg.train.z_loss * jnp.where(mask, logz**2, 0.0).sum()
-    correct = jnp.where(mask, jnp.argmax(logits, -1) == safe, False).sum()
+    # Plain path: the model's own float32 logits, tjx-nn's loss and tjx-metrics' sums.
+    from tjx import metrics, nn
+
+    logits = model.logits(hidden)
+    stats = metrics.lm_stats(logits, targets, top_k=(1,))
     return {
-        "loss": (sum_loss + z) / n,
-        "sum_loss": sum_loss,
-        "num_tokens": mask.sum(),
-        "num_correct": correct,
+        "loss": nn.cross_entropy_loss(logits, targets, z_loss=cfg.train.z_loss),
+        "sum_loss": stats["sum_loss"],
+        "num_tokens": stats["num_tokens"],
+        "num_correct": stats["correct_top1"],
     }
 
 
 def mlm_forward(
     model: Any, batch: Batch, key: jax.Array, cfg: Config, *, deterministic: bool
 ) -> tuple[jax.Array, jax.Array]:
-    """BERT masked-LM: mask ``train.mlm_probability`` of the real tokens; (logits, labels).
-
-    The mask token is the last id of the model's vocabulary (the trainer makes the model one id
-    larger than the tokenizer for it).
-    """
-    from tjx.nn import mlm_mask
-
-    mask_id = model.config.vocab_size - 1
-    real = batch["segment_ids"] > 0
-    inputs, labels = mlm_mask(
+    """BERT masked-LM on a packed batch (tjx-nn's ``BERT.masked_lm``): (logits, labels)."""
+    logits, labels = model.masked_lm(
         batch["inputs"],
         key,
-        mask_id=mask_id,
-        vocab_size=mask_id,
-        mask_prob=cfg.train.mlm_probability,
-        special_mask=~real,
-    )
-    hidden = model(
-        inputs,
-        # The packed segment ids, not just real/padding: documents packed into one row must not
-        # attend to each other (BERT's mask accepts segment ids; 0 = padding).
-        attention_mask=batch["segment_ids"],
+        segment_ids=batch["segment_ids"],
         positions=batch.get("positions"),
+        mask_prob=cfg.train.mlm_probability,
         deterministic=deterministic,
-        return_hidden=True,
     )
-    return model.mlm_logits(hidden).astype(jnp.float32), labels
+    return logits, labels
 
 
 def make_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Callable[..., Any]:
     """``loss_fn(params, batch, step) -> (loss, aux)`` for the config's task."""
+    from tjx import metrics
+
     deterministic = cfg.model.dropout == 0.0
     base_key = jax.random.key(cfg.train.seed)
 
@@ -121,12 +100,12 @@ def make_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Callable[..., Any]:
         if cfg.task == "mlm":
             key = jax.random.fold_in(base_key, step)
             logits, labels = mlm_forward(model, batch, key, cfg, deterministic=deterministic)
-            sums = topk_sums(logits, labels, labels != -100, (1,))
+            sums = metrics.lm_stats(logits, labels, top_k=(1,))
             n = jnp.maximum(sums["num_tokens"], 1)
             aux = {
                 "sum_loss": sums["sum_loss"],
                 "num_tokens": sums["num_tokens"],
-                "num_correct": sums["correct_1"],
+                "num_correct": sums["correct_top1"],
             }
             return sums["sum_loss"] / n, aux
         if cfg.task == "classify":
@@ -190,7 +169,10 @@ def make_train_step(
 def make_eval_step(
     graphdef: Any, rest: Any, cfg: Config
 ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
-    """``eval_step(params, batch) -> sums``: loss sum, token count, top-k correct counts."""
+    """``eval_step(params, batch) -> sums``: tjx-metrics' ``lm_stats`` (loss sum, token count,
+    top-k correct counts) of the config's task."""
+    from tjx import metrics
+
     top_k = tuple(sorted(set(cfg.eval.top_k)))
 
     def eval_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
@@ -198,40 +180,14 @@ def make_eval_step(
         if cfg.task == "classify":
             logits = model(batch["images"], deterministic=True).astype(jnp.float32)
             labels = batch["labels"]
-            mask = jnp.ones_like(labels, dtype=bool)
         elif cfg.task == "mlm":
-            # A fixed masking key: every evaluation masks the same positions.
+            # A fixed masking key: every evaluation masks the same positions (and the
+            # evaluator, apps/eval, uses the same one).
             key = jax.random.key(cfg.train.seed + 1)
             logits, labels = mlm_forward(model, batch, key, cfg, deterministic=True)
-            mask = labels != -100
         else:
-            hidden = lm_forward(model, batch, deterministic=True)
-            logits = jnp.einsum(
-                "...d,dv->...v",
-                hidden.astype(jnp.float32),
-                model.unembedding().astype(jnp.float32),
-            )
+            logits = model.logits(lm_forward(model, batch, deterministic=True))
             labels = batch["targets"]
-            mask = labels != -100
-        return topk_sums(logits, labels, mask, top_k)
+        return metrics.lm_stats(logits, labels, top_k=top_k)
 
     return eval_step
-
-
-def topk_sums(
-    logits: jax.Array, labels: jax.Array, mask: jax.Array, top_k: tuple[int, ...]
-) -> dict[str, jax.Array]:
-    """Sum of CE, number of tokens and top-k hits (exact; accumulate over batches)."""
-    safe = jnp.where(mask, labels, 0)
-    logz = jax.nn.logsumexp(logits, axis=-1)
-    label_logit = jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
-    per_tok = logz - label_logit
-    # Rank of the label = how many logits beat it; top-k hit ⇔ rank < k (ties count for the label).
-    rank = (logits > label_logit[..., None]).sum(-1)
-    out = {
-        "sum_loss": jnp.where(mask, per_tok, 0.0).sum(),
-        "num_tokens": mask.sum(),
-    }
-    for k in top_k:
-        out[f"correct_{k}"] = jnp.where(mask, rank < k, False).sum()
-    return out

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,10 +9,9 @@ import pytest
 from flax import nnx
 
 from trainer.config import build_config
-from trainer.evaluation import summarize
 from trainer.model_build import describe_nn_config, nn_config
 from trainer.state import build, build_model
-from trainer.step import make_eval_step, reseed, token_loss, topk_sums
+from trainer.step import make_eval_step, reseed, token_loss
 
 SMALL = {
     "model": {"d_model": 16, "num_layers": 2, "num_heads": 2, "mlp_dim": 32, "max_seq_len": 16},
@@ -62,25 +59,6 @@ def test_chunked_and_plain_losses_agree_with_float64(model, z_loss):
         assert float(out["sum_loss"]) == pytest.approx(ce[mask].sum(), rel=1e-5)
         assert int(out["num_tokens"]) == mask.sum()
         assert int(out["num_correct"]) == (logits.argmax(-1) == targets)[mask].sum()
-
-
-def test_topk_sums_against_numpy():
-    rng = np.random.default_rng(1)
-    logits = rng.normal(size=(4, 6, 30)).astype(np.float32)
-    labels = rng.integers(0, 30, (4, 6)).astype(np.int32)
-    mask = rng.random((4, 6)) > 0.25
-    out = topk_sums(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask), (1, 3, 10))
-    order = np.argsort(-logits, -1)
-    for k in (1, 3, 10):
-        assert int(out[f"correct_{k}"]) == (order[..., :k] == labels[..., None]).any(-1)[mask].sum()
-
-
-def test_summarize_metrics():
-    sums = {"sum_loss": 30.0, "num_tokens": 10.0, "correct_1": 2.0, "correct_5": 5.0}
-    m = summarize(sums, (1, 5), bytes_per_token=1.5)
-    assert m["loss"] == 3.0 and m["perplexity"] == pytest.approx(math.exp(3.0))
-    assert m["bits_per_byte"] == pytest.approx(3.0 / math.log(2) / 1.5)
-    assert (m["top1"], m["top5"]) == (0.2, 0.5)
 
 
 def test_reseed_changes_keys_per_step_only():

@@ -11,6 +11,7 @@ from tjx.nn.configs import BertConfig
 from tjx.nn.decoder import check_length
 from tjx.nn.embeddings import Embed, lookup_table
 from tjx.nn.linear import Dense, dropout, split_key
+from tjx.nn.losses import mlm_mask
 from tjx.nn.mlp import activation
 from tjx.nn.norms import make_norm
 from tjx.nn.params import make_param, normal, zeros
@@ -131,6 +132,64 @@ class BERT(nnx.Module):
         if return_hidden:
             return h
         return self.mlm_logits(h)
+
+    def masked_lm(
+        self,
+        tokens: Array,
+        key: Array,
+        *,
+        segment_ids: Array,
+        positions: Array | None = None,
+        mask_prob: float = 0.15,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ) -> tuple[Array, Array]:
+        """Mask ``mask_prob`` of the real tokens (BERT's 80/10/10) and predict them.
+
+        The [MASK] token is the vocabulary's last id: a model trained on a tokenizer's ids has one
+        id more than the tokenizer for it (tjx's trainer builds it so). Training and evaluation
+        both call this, so they mask alike.
+
+        Parameters
+        ----------
+        tokens : Array
+            int ``[b, s]`` inputs.
+        key : Array
+            PRNG key of the masking (a fixed one gives the same positions every evaluation).
+        segment_ids : Array
+            int ``[b, s]``: 1, 2, … per packed document, 0 = padding (never masked). Documents
+            attend only within themselves.
+        positions : Array, optional
+            Per-document positions ``[b, s]``.
+        mask_prob : float
+            Fraction of real tokens selected, in (0, 1).
+        deterministic, rngs
+            Dropout, as in ``__call__``.
+
+        Returns
+        -------
+        (logits, labels)
+            float32 ``[b, s, vocab]`` MLM logits and int32 labels: the original token where
+            selected, ``-100`` elsewhere.
+        """
+        mask_id = self.config.vocab_size - 1
+        inputs, labels = mlm_mask(
+            tokens,
+            key,
+            mask_id=mask_id,
+            vocab_size=mask_id,
+            mask_prob=mask_prob,
+            special_mask=segment_ids <= 0,
+        )
+        hidden = self(
+            inputs,
+            attention_mask=segment_ids,
+            positions=positions,
+            deterministic=deterministic,
+            return_hidden=True,
+            rngs=rngs,
+        )
+        return self.mlm_logits(hidden).astype(jnp.float32), labels
 
     def mlm_hidden(self, hidden: Array) -> Array:
         """The MLM transform (dense, activation, norm) before the tied output projection."""

@@ -1,13 +1,13 @@
 """Attention-distance histograms: how far back each layer's heads look.
 
-How it is computed (kept simple on purpose): the model runs one forward pass on a held-out batch
-while ``tjx.kernels.attention`` is wrapped so that every call hands its ``q`` and ``k`` (after RoPE,
-as the kernel sees them) to the host through ``jax.debug.callback`` — this works for scanned and
-unrolled layers alike, calls arrive in layer order. On the host a float64 reference computes the
-causal softmax ``p[i, j] = softmax_j(q_i·k_j / sqrt(d))`` (segment/padding masks ignored: packed
-documents count as one stream) and, per head and query position ``i``, the mean distance attended
-``sum_j p[i, j] · (i − j)``. One histogram per layer of those means (all heads and queries) is
-drawn into one PNG.
+How it is computed: the model runs one forward pass on a held-out batch (with the batch's segment
+ids and positions) while ``tjx.kernels.attention`` is wrapped, so that every call also computes its
+attention probabilities with ``tjx.kernels.attention_weights`` — the same q, k, scale, masks and
+logit bias the call got, so ALiBi and T5 biases and packed-document masks are in them — and hands
+them to the host through ``jax.debug.callback`` (this works for scanned and unrolled layers alike;
+calls arrive in layer order). On the host, per head and query position ``i``, the mean distance
+attended is ``sum_j p[i, j] · (i − j)``; padding queries (rows that see no key) are left out. One
+histogram per layer of those means (all heads and queries) is drawn into one PNG.
 """
 
 from __future__ import annotations
@@ -21,39 +21,34 @@ from typing import Any
 import jax
 import numpy as np
 
+#: The keyword arguments of ``tjx.kernels.attention`` that shape its probabilities.
+WEIGHT_ARGS = ("causal", "segment_ids", "kv_lengths", "scale", "bias")
 
-def mean_distances(q: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Mean attended distance for every (batch, head, query): float64 causal reference.
 
-    q [b, s, h, d], k [b, s, h_kv, d] (grouped heads share a key head) → [b, h, s].
-    """
-    q64, k64 = np.asarray(q, np.float64), np.asarray(k, np.float64)
-    h, hk = q64.shape[2], k64.shape[2]
-    k64 = np.repeat(k64, h // hk, axis=2)
-    scores = np.einsum("bqhd,bkhd->bhqk", q64, k64) / math.sqrt(q64.shape[-1])
-    s = scores.shape[-1]
-    causal = np.tril(np.ones((s, s), bool))
-    scores = np.where(causal, scores, -np.inf)
-    scores -= scores.max(-1, keepdims=True)
-    p = np.exp(scores)
-    p /= p.sum(-1, keepdims=True)
-    dist = np.arange(s)[:, None] - np.arange(s)[None, :]
-    return (p * np.where(causal, dist, 0)).sum(-1)
+def mean_distances(weights: np.ndarray) -> np.ndarray:
+    """Mean attended distance ``sum_j p[i, j] · (i − j)`` of every (batch, head, query) whose row
+    of ``weights`` ``[b, h, s_q, s_k]`` sees some key, flattened (float64)."""
+    p = np.asarray(weights, np.float64)
+    s_q, s_k = p.shape[-2:]
+    dist = np.arange(s_q)[:, None] - np.arange(s_k)[None, :]
+    means = (p * dist).sum(-1)
+    return means[p.sum(-1) > 0]
 
 
 @contextlib.contextmanager
-def capture_qk() -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
-    """Within the block, every ``tjx.kernels.attention`` call records (q, k) on the host."""
+def capture_weights() -> Iterator[list[np.ndarray]]:
+    """Within the block, every ``tjx.kernels.attention`` call records its probabilities."""
     from tjx import kernels
 
-    records: list[tuple[np.ndarray, np.ndarray]] = []
+    records: list[np.ndarray] = []
     original = kernels.attention
 
-    def record(q: Any, k: Any) -> None:
-        records.append((np.asarray(q), np.asarray(k)))
+    def record(p: Any) -> None:
+        records.append(np.asarray(p))
 
     def wrapped(q: Any, k: Any, v: Any, **kw: Any) -> Any:
-        jax.debug.callback(record, q, k, ordered=True)
+        shaping = {name: kw[name] for name in WEIGHT_ARGS if kw.get(name) is not None}
+        jax.debug.callback(record, kernels.attention_weights(q, k, **shaping), ordered=True)
         return original(q, k, v, **kw)
 
     kernels.attention = wrapped
@@ -63,20 +58,22 @@ def capture_qk() -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
         kernels.attention = original
 
 
-def layer_distances(model: Any, tokens: np.ndarray) -> list[np.ndarray]:
-    """Per layer: the mean attended distance of every head and query, flattened."""
+def layer_distances(model: Any, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Per layer: the mean attended distance of every head and real query, flattened."""
     from flax import nnx
 
     graphdef, state = nnx.split(model)
 
-    def forward(st: Any, x: jax.Array) -> jax.Array:
-        return nnx.merge(graphdef, st)(x, deterministic=True)
+    def forward(st: Any, x: jax.Array, seg: Any, pos: Any) -> jax.Array:
+        return nnx.merge(graphdef, st)(x, positions=pos, segment_ids=seg, deterministic=True)
 
-    with capture_qk() as records:
-        out = jax.jit(forward)(state, tokens)  # a fresh trace, so the wrapper is inside it
+    seg, pos = batch.get("segment_ids"), batch.get("positions")
+    with capture_weights() as records:
+        # A fresh trace, so the wrapper is inside it.
+        out = jax.jit(forward)(state, batch["inputs"], seg, pos)
         jax.block_until_ready(out)
         jax.effects_barrier()
-    return [mean_distances(q, k).reshape(-1) for q, k in records]
+    return [mean_distances(p) for p in records]
 
 
 def plot(distances: list[np.ndarray], path: Path, title: str) -> Path:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tjx.kernels import attention_mask, reference_attention
+from tjx.kernels import attention_mask, attention_weights, reference_attention
 from tjx.kernels._checks import check_qkv
 
 from ._ref import np_attention, np_mask, rel_err
@@ -170,3 +170,38 @@ def test_single_segment_array_needs_equal_lengths():
     kv = jnp.ones((1, 5, 2, 8))
     with pytest.raises(ValueError, match="pair"):
         reference_attention(q, kv, kv, segment_ids=jnp.ones((1, 3), jnp.int32))
+
+
+def test_attention_weights_are_the_reference_softmax_in_float64():
+    """The probabilities against a float64 softmax with the same masks and bias (GQA, causal,
+    segments, lengths); rows with no visible key are zero, the others sum to one."""
+    b, sq, sk, h, hkv, d = 2, 7, 7, 4, 2, 8
+    q, k, _, _ = _qkv(5, b, sq, sk, h, hkv, d)
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, 3, (b, sq)).astype(np.int32)
+    lengths = np.asarray([7, 5], np.int32)
+    bias = rng.standard_normal((1, h, sq, sk))
+    got = np.asarray(
+        attention_weights(
+            jnp.asarray(q, jnp.float32),
+            jnp.asarray(k, jnp.float32),
+            causal=True,
+            segment_ids=jnp.asarray(ids),
+            kv_lengths=jnp.asarray(lengths),
+            scale=0.4,
+            bias=jnp.asarray(bias, jnp.float32),
+        )
+    )
+    mask = np_mask(b, sq, sk, causal=True, q_ids=ids, kv_ids=ids, kv_lengths=lengths)[:, None]
+    k_heads = np.repeat(k, h // hkv, axis=2)
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k_heads) * 0.4 + bias
+    logits = np.where(mask, logits, -np.inf)
+    seen = mask.any(-1)
+    row_max = np.where(seen, logits.max(-1), 0.0)[..., None]
+    want = np.exp(np.where(seen[..., None], logits - row_max, -np.inf))
+    want = np.where(seen[..., None], want / np.where(seen, want.sum(-1), 1)[..., None], 0.0)
+    assert got.shape == (b, h, sq, sk)
+    np.testing.assert_allclose(got, np.broadcast_to(want, got.shape), atol=2e-6)
+    sums = got.sum(-1)
+    np.testing.assert_allclose(sums[np.broadcast_to(seen, sums.shape)], 1.0, atol=1e-5)
+    assert np.all(sums[~np.broadcast_to(seen, sums.shape)] == 0.0)

@@ -8,7 +8,7 @@ from tjx.kernels.cross_entropy import CrossEntropyOutput, chunked_cross_entropy
 from tjx.kernels.dispatch import IMPLEMENTATIONS, attention, select_implementation
 from tjx.kernels.flash import flash_attention
 from tjx.kernels.launch import LaunchDefaults, default_launch
-from tjx.kernels.reference import attention_mask, reference_attention
+from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
 
 __version__ = "0.1.0"
 
@@ -19,6 +19,7 @@ __all__ = [
     "__version__",
     "attention",
     "attention_mask",
+    "attention_weights",
     "chunked_cross_entropy",
     "default_launch",
     "flash_attention",

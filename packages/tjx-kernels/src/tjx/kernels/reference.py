@@ -123,10 +123,42 @@ def reference_attention(
         ``[batch, q_len, heads, head_dim]`` in ``q``'s dtype. Rows with no visible key are zero.
     """
     shapes = check_qkv(q, k, v)
+    check_dropout(dropout_rate, dropout_rng)
+    b, s_q, h, d = q.shape
+    p = _probabilities(
+        q,
+        k,
+        shapes,
+        causal=causal,
+        segment_ids=segment_ids,
+        kv_lengths=kv_lengths,
+        scale=scale,
+        bias=bias,
+    )
+    acc_t = p.dtype
+    if dropout_rate > 0.0:
+        assert dropout_rng is not None
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, p.shape)
+        p = jnp.where(keep, p / (1.0 - dropout_rate), 0.0)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", p.astype(v.dtype), v, preferred_element_type=acc_t)
+    return out.reshape(b, s_q, h, d).astype(q.dtype)
+
+
+def _probabilities(
+    q: Array,
+    k: Array,
+    shapes: AttentionShapes,
+    *,
+    causal: bool,
+    segment_ids: SegmentIds | None,
+    kv_lengths: Array | None,
+    scale: float | None,
+    bias: Array | None,
+) -> Array:
+    """Softmax probabilities grouped by kv head: ``[b, h_kv, g, s_q, s_k]`` (float32 or wider)."""
     check_segment_ids(segment_ids, shapes)
     check_kv_lengths(kv_lengths, shapes)
     check_bias(bias, shapes)
-    check_dropout(dropout_rate, dropout_rng)
     check_scale(scale)
     b, s_q, h, d = q.shape
     h_kv = shapes.num_kv_heads
@@ -153,10 +185,45 @@ def reference_attention(
     row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
     p = jnp.exp(logits - row_max)
     denom = jnp.sum(p, axis=-1, keepdims=True)
-    p = p / jnp.where(denom == 0.0, 1.0, denom)
-    if dropout_rate > 0.0:
-        assert dropout_rng is not None
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, p.shape)
-        p = jnp.where(keep, p / (1.0 - dropout_rate), 0.0)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", p.astype(v.dtype), v, preferred_element_type=acc_t)
-    return out.reshape(b, s_q, h, d).astype(q.dtype)
+    return p / jnp.where(denom == 0.0, 1.0, denom)
+
+
+def attention_weights(
+    q: Array,
+    k: Array,
+    *,
+    causal: bool = False,
+    segment_ids: SegmentIds | None = None,
+    kv_lengths: Array | None = None,
+    scale: float | None = None,
+    bias: Array | None = None,
+) -> Array:
+    """The attention probabilities of :func:`reference_attention` (without dropout).
+
+    For inspection (attention maps, distances): the same masks, bias and scale as the call the
+    model made, so ALiBi, T5 bias and packed-document masks are all in them.
+
+    Parameters
+    ----------
+    q, k, causal, segment_ids, kv_lengths, scale, bias
+        As in :func:`reference_attention` (``k``'s heads may be fewer: GQA/MQA).
+
+    Returns
+    -------
+    Array
+        float32 (or wider) ``[batch, heads, q_len, kv_len]``; each row sums to 1, or is all zero
+        where the query sees no key (padding).
+    """
+    shapes = check_qkv(q, k, k)
+    p = _probabilities(
+        q,
+        k,
+        shapes,
+        causal=causal,
+        segment_ids=segment_ids,
+        kv_lengths=kv_lengths,
+        scale=scale,
+        bias=bias,
+    )
+    b, h_kv, g, s_q, s_k = p.shape
+    return p.reshape(b, h_kv * g, s_q, s_k)

@@ -64,6 +64,17 @@ def _metrics(run: Any, args: argparse.Namespace) -> dict[str, float]:
     from eval.runs import heldout_dir
 
     shard_dir, bpt = heldout_dir(run, args.data)
+    mlm: dict[str, Any] = {}
+    if run.is_masked_lm:
+        # The trainer's own evaluation masks with key(seed + 1) (trainer/step.py): the same
+        # positions here, so the two agree on the same batches.
+        import jax
+
+        train = run.config.get("train", {})
+        mlm = {
+            "mlm_key": jax.random.key(int(train.get("seed", 0)) + 1),
+            "mlm_prob": float(train.get("mlm_probability", 0.15)),
+        }
     return heldout.evaluate(
         run.model,
         shard_dir,
@@ -71,10 +82,11 @@ def _metrics(run: Any, args: argparse.Namespace) -> dict[str, float]:
         batch_size=args.batch_size,
         max_batches=args.max_batches,
         bytes_per_token=bpt,
+        **mlm,
     )
 
 
-COUNT_KEYS = ("tokens",)  # counts print as whole numbers (426,514), not as 426514.0000
+COUNT_KEYS = ("num_tokens",)  # counts print as whole numbers (426,514), not as 426514.0000
 
 
 def _print_table(names: list[str], results: list[dict[str, float]]) -> None:
@@ -87,6 +99,22 @@ def _print_table(names: list[str], results: list[dict[str, float]]) -> None:
         else:
             row = "".join(f"{r[key]:>{width + 2}.4f}" for r in results)
         print(f"{key:<16}{row}")
+
+
+def _scope_note(run: Any, args: argparse.Namespace, results: dict[str, float]) -> str:
+    """What the numbers above cover, and why the trainer's ``val_*`` differ from them."""
+    what = "masked tokens" if run.is_masked_lm else "tokens"
+    scope = f"{round(results['num_tokens']):,} held-out {what}"
+    if args.data is not None:
+        return f"({scope} of {args.data!r}, the run's tokenizer)"
+    if args.max_batches is not None:
+        return f"({scope}: the first {args.max_batches} batches of {args.batch_size})"
+    train = run.config.get("train", {})
+    batches, size = train.get("eval_batches"), run.config.get("eval", {}).get("batch_size")
+    return (
+        f"({scope}: the whole validation split; the trainer's val_* metrics use only its first "
+        f"{batches} batches of {size} sequences, so they differ a little)"
+    )
 
 
 def _attention(run: Any, args: argparse.Namespace) -> None:
@@ -103,7 +131,9 @@ def _attention(run: Any, args: argparse.Namespace) -> None:
     shard_dir, _ = heldout_dir(run, args.data)
     # Four held-out rows: 4 × heads × seq_len mean distances per layer in each histogram.
     batch = next(iter(data.validation_batches(shard_dir, int(run.data["seq_len"]), 4)))
-    distances = attention_map.layer_distances(run.model, np.asarray(batch["inputs"]))
+    distances = attention_map.layer_distances(
+        run.model, {k: np.asarray(v) for k, v in batch.items()}
+    )
     attention_map.plot(distances, path, f"{run.run_dir.name} @ step {run.step}")
     means = ", ".join(f"{d.mean():.1f}" for d in distances)
     print(f"attention distance per layer (mean tokens): {means} → {path}")
@@ -146,8 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         if run.tokenizer is None:
             raise RunError("--checkpoint: only language-model runs can be evaluated here")
         print(f"run {run.run_dir} at step {run.step}")
-        _print_table([f"{run.run_dir.name}@{run.step}"], [_metrics(run, args)])
+        metrics = _metrics(run, args)
+        _print_table([f"{run.run_dir.name}@{run.step}"], [metrics])
+        print(_scope_note(run, args, metrics))
         if args.generate is not None:
+            if not run.is_decoder:
+                raise RunError(
+                    "--generate: needs a decoder run (gpt2 or llama), not a BERT encoder"
+                )
             _generate(run, args)
         _attention(run, args)
     except (RunError, ValueError, FileNotFoundError, CheckpointError) as err:

@@ -1,69 +1,55 @@
-"""Held-out metrics of a run: loss, perplexity, bits/token, bits/byte, top-1/5/10 accuracy."""
+"""Held-out metrics of a run: loss, perplexity, bits/token, bits/byte, top-1/5/10 accuracy.
+
+The sums are tjx-metrics' (`lm_stats` on device, `MetricAccumulator` on the host) and the logits
+the model's own (`logits()` of a decoder, `masked_lm` of BERT), the same code the trainer's
+evaluation runs.
+"""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 TOP_K = (1, 5, 10)
 
 
-def _sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-    safe = jnp.where(mask, labels, 0)
-    logz = jax.nn.logsumexp(logits, axis=-1)
-    label_logit = jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
-    # Rank of the label = number of strictly larger logits; a top-k hit ⇔ rank < k.
-    rank = (logits > label_logit[..., None]).sum(-1)
-    out = {"sum_loss": jnp.where(mask, logz - label_logit, 0.0).sum(), "num_tokens": mask.sum()}
-    for k in TOP_K:
-        out[f"correct_{k}"] = jnp.where(mask, rank < k, False).sum()
-    return out
+def make_step(model: Any, *, mlm_key: jax.Array | None = None, mlm_prob: float = 0.15) -> Any:
+    """A jitted ``step(params, batch) -> lm_stats sums`` for the model's graph.
 
+    A BERT model (``mlm_key`` given) is scored on masked-token prediction, masking
+    ``mlm_prob`` of the real tokens with that fixed key; a decoder on next-token prediction.
+    """
+    from tjx import metrics
 
-def make_step(model: Any) -> Any:
-    """A jitted ``step(params, batch) -> sums`` for the model's graph."""
     graphdef, _, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
 
     @jax.jit
     def step(params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         m = nnx.merge(graphdef, params, rest)
-        hidden = m(
-            batch["inputs"],
-            positions=batch.get("positions"),
-            segment_ids=batch.get("segment_ids"),
-            deterministic=True,
-            return_hidden=True,
-        )
-        logits = jnp.einsum(
-            "...d,dv->...v", hidden.astype(jnp.float32), m.unembedding().astype(jnp.float32)
-        )
-        labels = batch["targets"]
-        return _sums(logits, labels, labels != -100)
+        if mlm_key is not None:
+            logits, labels = m.masked_lm(
+                batch["inputs"],
+                mlm_key,
+                segment_ids=batch["segment_ids"],
+                positions=batch.get("positions"),
+                mask_prob=mlm_prob,
+            )
+        else:
+            hidden = m(
+                batch["inputs"],
+                positions=batch.get("positions"),
+                segment_ids=batch.get("segment_ids"),
+                deterministic=True,
+                return_hidden=True,
+            )
+            logits, labels = m.logits(hidden), batch["targets"]
+        return metrics.lm_stats(logits, labels, top_k=TOP_K)
 
     return step
-
-
-def finish(sums: dict[str, float], bytes_per_token: float | None) -> dict[str, float]:
-    """Token-weighted metrics from the summed counts."""
-    n = max(sums["num_tokens"], 1.0)
-    loss = sums["sum_loss"] / n
-    out = {
-        "loss": loss,
-        "perplexity": math.exp(min(loss, 700.0)),
-        "bits_per_token": loss / math.log(2),
-    }
-    if bytes_per_token:
-        out["bits_per_byte"] = out["bits_per_token"] / bytes_per_token
-    for k in TOP_K:
-        out[f"top{k}"] = sums[f"correct_{k}"] / n
-    out["tokens"] = sums["num_tokens"]
-    return out
 
 
 def evaluate(
@@ -74,22 +60,29 @@ def evaluate(
     batch_size: int,
     max_batches: int | None,
     bytes_per_token: float | None,
+    mlm_key: jax.Array | None = None,
+    mlm_prob: float = 0.15,
 ) -> dict[str, float]:
-    """Metrics over the held-out shards (in order; the first ``max_batches`` batches)."""
-    from tjx import data
+    """Metrics over the held-out shards (in order; the first ``max_batches`` batches).
 
-    step = make_step(model)
+    ``bits_per_byte`` needs ``bytes_per_token`` and next-token scoring (every token scored);
+    masked-LM runs report loss, perplexity and accuracy over the masked tokens.
+    """
+    from tjx import data, metrics
+
+    step = make_step(model, mlm_key=mlm_key, mlm_prob=mlm_prob)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    sums: dict[str, float] = {}
+    acc = metrics.MetricAccumulator()
     for i, batch in enumerate(data.validation_batches(shard_dir, seq_len, batch_size)):
         if max_batches is not None and i >= max_batches:
             break
-        out = jax.device_get(step(params, {k: jnp.asarray(v) for k, v in batch.items()}))
-        for key, value in out.items():
-            sums[key] = sums.get(key, 0.0) + float(np.asarray(value))
-    if not sums:
+        acc.update_stats(step(params, {k: jnp.asarray(v) for k, v in batch.items()}))
+    if acc.num_tokens == 0:
         raise ValueError(
             f"{shard_dir}: no full held-out batch of {batch_size}×{seq_len} tokens; "
             "lower --batch-size"
         )
-    return finish(sums, bytes_per_token)
+    out = acc.compute()
+    if bytes_per_token and mlm_key is None:
+        out["bits_per_byte"] = out["bits_per_token"] / bytes_per_token
+    return out

@@ -36,6 +36,11 @@ class LoadedRun:
         """GPT-2 / LLaMA (causal LMs)."""
         return type(self.nn_config).__name__ in ("GPT2Config", "LlamaConfig")
 
+    @property
+    def is_masked_lm(self) -> bool:
+        """BERT (scored on masked-token prediction)."""
+        return type(self.nn_config).__name__ == "BertConfig"
+
 
 def build_nn_config(desc: dict[str, Any]) -> Any:
     """Rebuild a tjx.nn config from the trainer's ``model.json``."""
@@ -104,7 +109,9 @@ def load_run(run_dir: Path, step: int | None = None) -> LoadedRun:
     step, restored = ckpt.restore_params_and_step(run_dir / "checkpoints", target=target, step=step)
     rest = jax_materialize(rest)
     model = nnx.merge(graphdef, restored, rest)
-    tokenizer = data.load_tokenizer(info["tokenizer"]) if info.get("tokenizer") else None
+    # Image runs have no tokenizer: null, or "none" in data.json written before that was fixed.
+    spec = info.get("tokenizer")
+    tokenizer = data.load_tokenizer(spec) if spec and spec != "none" else None
     return LoadedRun(run_dir, config, info, nn_config, model, int(step), tokenizer)
 
 

@@ -115,10 +115,11 @@ def test_compare_and_other_data(run_dir, tmp_path, capsys):
     assert _metric(out, "loss", 0) == _metric(out, "loss", 1)
 
 
-def test_image_runs_are_refused(run_dir, capsys):
+@pytest.mark.parametrize("written", [None, "none"])  # "none": data.json of older image runs
+def test_image_runs_are_refused(run_dir, capsys, written):
     run, _ = run_dir
     info = json.loads((run / "data.json").read_text())
-    info["tokenizer"] = None
+    info["tokenizer"] = written
     (run / "data.json").write_text(json.dumps(info))
     assert main(["--checkpoint", str(run)]) == 2
     assert "only language-model runs" in capsys.readouterr().err
@@ -159,3 +160,55 @@ def test_a_corrupt_newest_checkpoint_falls_back_and_all_corrupt_is_one_line(run_
         assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("eval: error: no readable checkpoint") and "Traceback" not in err
+
+
+def test_a_bert_run_is_scored_on_masked_tokens(run_dir, capsys):
+    """A BERT run (it used to crash on `segment_ids`): masked-LM loss over the tokens masked with
+    the trainer's evaluation key, against a float64 reference of the same masking."""
+    run, _ = run_dir
+    fields = {
+        "vocab_size": 258,  # the byte tokenizer's 257 ids + the [MASK] id the trainer adds
+        "max_seq_len": 16,
+        "d_model": 16,
+        "num_layers": 2,
+        "num_heads": 2,
+        "precision": {"param_dtype": "float32", "compute_dtype": "float32"},
+    }
+    (run / "model.json").write_text(json.dumps({"class": "BertConfig", "fields": fields}))
+    (run / "config.yaml").write_text("train: {seed: 4, mlm_probability: 0.3}\n")
+    model = nn.BERT(nn.BertConfig(**{**fields, "precision": "fp32"}), rngs=nnx.Rngs(5))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    manager = ckpt.CheckpointManager(run / "checkpoints", async_save=False)
+    manager.save(5, state={"params": params, "step": np.int32(5)}, config={}, force=True)
+    manager.close()
+    assert main(["--checkpoint", str(run), "--batch-size", "4", "--max-batches", "2"]) == 0
+    out = capsys.readouterr().out
+    key = jax.random.key(4 + 1)
+    total, count = 0.0, 0
+    batches = data.validation_batches(run.parent / "shards" / "validation", 16, 4)
+    for i, batch in enumerate(batches):
+        if i == 2:
+            break
+        seg = jax.numpy.asarray(batch["segment_ids"])
+        inputs, labels = nn.mlm_mask(
+            jax.numpy.asarray(batch["inputs"]),
+            key,
+            mask_id=257,
+            vocab_size=257,
+            mask_prob=0.3,
+            special_mask=seg <= 0,
+        )
+        pos = batch.get("positions")
+        pos = None if pos is None else jax.numpy.asarray(pos)
+        logits = np.asarray(model(inputs, attention_mask=seg, positions=pos), np.float64)
+        labels, mask = np.asarray(labels), np.asarray(labels) != -100
+        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        ce = logz - np.take_along_axis(logits, np.where(mask, labels, 0)[..., None], -1)[..., 0]
+        total += ce[mask].sum()
+        count += mask.sum()
+    assert count > 0
+    assert _metric(out, "loss") == pytest.approx(total / count, rel=1e-5)
+    assert _metric(out, "num_tokens") == count
+    assert f"{count:,} held-out masked tokens" in out and "bits_per_byte" not in out
+    assert main(["--checkpoint", str(run), "--generate", "x"]) == 2
+    assert "--generate: needs a decoder run" in capsys.readouterr().err

@@ -1,0 +1,61 @@
+"""The masked-LM and image presets end to end: train a few steps, then evaluate the run.
+
+``bert_tiny``'s run used to crash the evaluator (it called BERT with a decoder's arguments) and
+``vit_digits``'s asked the Hugging Face hub for a tokenizer called "none"; the image run logged
+language-model names (perplexity, tokens/s, top-10 of 10 classes).
+"""
+
+from __future__ import annotations
+
+import json
+
+from tests_integration._helpers_apps import check_ok, read_log, run_app, train
+
+FEW = [
+    "train.steps=6",
+    "train.eval_every=3",
+    "train.eval_batches=2",
+    "train.checkpoint_every=0",
+    "train.log_every=1",
+    "optimizer.schedule.warmup_steps=1",
+    "logging.sinks=[jsonl]",
+    "logging.progress=false",
+]
+
+
+def test_bert_tiny_trains_and_evaluates_on_masked_tokens(tmp_path):
+    sets = [*FEW, "model.d_model=32", "model.mlp_dim=64", "data.seq_len=32", "data.batch_size=8"]
+    check_ok(train(tmp_path, "bert", [*sets, "model.max_seq_len=32"], config="bert_tiny"))
+    log = read_log(tmp_path / "bert")
+    val = [r for r in log if "val_loss" in r]
+    assert [r["step"] for r in val] == [3, 6] and val[-1]["val_num_tokens"] > 0
+    assert "val_bits_per_byte" not in val[-1]  # only the masked tokens are scored
+    argv = [
+        "--checkpoint",
+        "bert",
+        "--max-batches",
+        "2",
+        "--batch-size",
+        "16",
+    ]  # as eval.batch_size
+    proc = run_app("eval", argv, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "held-out masked tokens" in proc.stdout and "perplexity" in proc.stdout
+    # The evaluator masks as the trainer's evaluation does: on the same two batches, one loss.
+    loss_line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("loss "))
+    assert abs(float(loss_line.split()[1]) - val[-1]["val_loss"]) < 1e-4
+
+
+def test_vit_digits_logs_image_metrics_and_the_evaluator_says_why_it_stops(tmp_path):
+    check_ok(train(tmp_path, "vit", FEW, config="vit_digits"))
+    log = read_log(tmp_path / "vit")
+    steps = [r for r in log if "loss" in r and "val_loss" not in r]
+    assert all("images_per_s" in r and "tokens_per_s" not in r for r in steps)
+    val = [r for r in log if "val_loss" in r][-1]
+    assert 0.0 <= val["val_accuracy"] <= 1.0 and val["val_num_images"] > 0
+    for lm_only in ("val_perplexity", "val_bits_per_token", "val_top10"):
+        assert lm_only not in val
+    assert json.loads((tmp_path / "vit" / "data.json").read_text())["tokenizer"] is None
+    proc = run_app("eval", ["--checkpoint", "vit"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "only language-model runs can be evaluated here" in proc.stderr

@@ -290,12 +290,26 @@ class DigitsLoader:
             yield {"images": x[sl], "labels": y[sl]}
 
 
+def _saved_tokenizer(tok: Any, folder: Path) -> Path:
+    """``tok`` saved in ``folder`` (its ``tokenizer.json``); an identical saved copy (same
+    fingerprint: a resume) is kept as it is, so a resume rewrites no file it does not change."""
+    from tjx import data
+
+    existing = folder / "tokenizer.json"
+    if existing.is_file():
+        try:
+            if data.load_tokenizer(str(existing)).fingerprint == tok.fingerprint:
+                return existing
+        except (ValueError, OSError):  # unreadable: replaced below
+            pass
+    return Path(tok.save(folder))
+
+
 def describe(bundle: DataBundle, cfg: Config, run_dir: Path) -> dict[str, Any]:
     """``data.json`` for the evaluator: tokenizer (saved into the run dir if trained), shards."""
-    tokenizer: str | None = cfg.data.tokenizer
+    tokenizer: str | None = cfg.data.tokenizer if bundle.tokenizer is not None else None
     if bundle.tokenizer is not None and cfg.data.tokenizer not in ("byte", "bytes", "gpt2"):
-        saved = bundle.tokenizer.save(run_dir / "tokenizer")
-        tokenizer = str(Path(saved).resolve())
+        tokenizer = str(_saved_tokenizer(bundle.tokenizer, run_dir / "tokenizer").resolve())
     return {
         "source": cfg.data.source,
         "tokenizer": tokenizer,

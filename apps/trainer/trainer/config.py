@@ -8,22 +8,53 @@ one `ConfigError` naming the key path and what is allowed (the CLI turns it into
 # ruff: noqa: RUF009
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Any
 
 from trainer.schema import ConfigError, from_dict, nested, spec, to_dict
 
+# tjx.nn has no list of dtype names (its Precision takes any floating dtype): these are the ones
+# the trainer runs.
 DTYPES = ("float32", "bfloat16", "float16")
-REMAT = ("none", "full", "save_dots", "save_attention_output", "save_dots_and_attention")
-POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
 SINKS = ("console", "jsonl", "wandb", "tensorboard")
+#: The model kinds the trainer trains and the task of each (trainer/tasks.py); the tjx.nn config
+#: class of each kind is in trainer/model_build.py.
+KIND_TASKS = {"gpt2": "lm", "llama": "lm", "bert": "mlm", "vit": "classify"}
+
+
+def package_choices(module: str, name: str) -> Callable[[], tuple[Any, ...]]:
+    """The choice list ``name`` of package ``module``, read when a value is first checked.
+
+    The package validates its own configs with that list, so the trainer keeps no copy that could
+    drift from it. It is read lazily because importing tjx.nn or tjx.optim loads JAX, which
+    ``--help`` and a bad command line should not wait for.
+
+    Parameters
+    ----------
+    module : str
+        The module holding the list, e.g. ``"tjx.nn"``.
+    name : str
+        The list's name there, e.g. ``"REMAT_POLICIES"``.
+
+    Returns
+    -------
+    Callable[[], tuple]
+        Returns the list without ``None`` (a config's ``null`` is its type's business).
+    """
+
+    def read() -> tuple[Any, ...]:
+        return tuple(c for c in getattr(import_module(module), name) if c is not None)
+
+    return read
 
 
 @dataclass
 class ModelConfig:
     """Architecture. ``vocab_size: null`` takes the tokenizer's size."""
 
-    kind: str = spec("gpt2", choices=("gpt2", "llama", "bert", "vit"))
+    kind: str = spec("gpt2", choices=tuple(KIND_TASKS))
     vocab_size: int | None = spec(None, min=2)
     max_seq_len: int = spec(256, min=1, max=1 << 20)
     d_model: int = spec(128, min=1)
@@ -33,11 +64,11 @@ class ModelConfig:
     mlp_dim: int | None = spec(None, min=1)
     dropout: float = spec(0.0, min=0.0, lt=1.0)
     tie_embeddings: bool = spec(True)
-    attention_impl: str = spec("auto", choices=("auto", "xla", "pallas", "cudnn"))
+    attention_impl: str = spec("auto", choices=package_choices("tjx.nn", "ATTENTION_IMPLS"))
     scan_layers: bool = spec(False)
-    remat: str = spec("none", choices=REMAT)
+    remat: str = spec("none", choices=package_choices("tjx.nn", "REMAT_POLICIES"))
     # Position encoding; null keeps the family's own (GPT-2/BERT/ViT learned, LLaMA rope).
-    position: str | None = spec(None, choices=POSITIONS)
+    position: str | None = spec(None, choices=package_choices("tjx.nn", "POSITIONS"))
     relative_buckets: int = spec(32, min=4, help="position=t5: buckets (even)")
     relative_max_distance: int = spec(128, min=3, help="position=t5: longest bucketed distance")
     param_dtype: str = spec("float32", choices=DTYPES)
@@ -66,26 +97,33 @@ class DataConfig:
 class ScheduleConfig:
     """Learning-rate schedule; ``total_steps`` is the train's ``steps``."""
 
-    name: str = spec(
-        "cosine", choices=("cosine", "linear", "constant", "linear_warmup", "inverse_sqrt", "wsd")
-    )
+    name: str = spec("cosine", choices=package_choices("tjx.optim", "SCHEDULE_NAMES"))
     warmup_steps: int = spec(100, min=0)
     min_lr_ratio: float = spec(0.1, min=0.0, max=1.0)
 
 
+_OWN_DEFAULT = "null = the optimizer's own default (tjx.optim)"
+
+
 @dataclass
 class OptimizerConfig:
-    """Optimizer (built by tjx.optim)."""
+    """Optimizer (built by tjx.optim).
 
-    name: str = spec("adamw", choices=("adamw", "adam", "sgd", "lamb", "lion", "adafactor", "muon"))
+    ``b1``, ``b2``, ``eps`` and ``weight_decay`` left null take the named optimizer's own defaults
+    (tjx.optim's table: e.g. adamw b2 0.999, adafactor eps 1e-30 and no decay), so one optimizer's
+    values never leak into another's.
+    """
+
+    name: str = spec("adamw", choices=package_choices("tjx.optim", "OPTIMIZER_NAMES"))
     lr: float = spec(1e-3, gt=0.0, max=10.0)
-    b1: float = spec(0.9, min=0.0, lt=1.0)
-    b2: float = spec(0.95, min=0.0, lt=1.0)
-    eps: float = spec(1e-8, gt=0.0)
-    weight_decay: float = spec(0.1, min=0.0)
-    clip_norm: float | None = spec(1.0, gt=0.0)
+    b1: float | None = spec(None, min=0.0, lt=1.0, help=_OWN_DEFAULT)
+    b2: float | None = spec(None, min=0.0, lt=1.0, help=_OWN_DEFAULT)
+    eps: float | None = spec(None, gt=0.0, help=_OWN_DEFAULT)
+    weight_decay: float | None = spec(None, min=0.0, help=_OWN_DEFAULT)
+    # tjx.optim's default too (the same for every optimizer); null turns clipping off.
+    clip_norm: float | None = spec(1.0, gt=0.0, help="null = no clipping")
     accumulation_steps: int = spec(1, min=1)
-    loss_scale: str | None = spec(None, choices=("dynamic",))
+    loss_scale: str | None = spec(None, choices=package_choices("tjx.optim.config", "LOSS_SCALES"))
     skip_nonfinite: bool = spec(True)
     schedule: ScheduleConfig = nested(ScheduleConfig)
 
@@ -192,7 +230,7 @@ class Config:
     @property
     def task(self) -> str:
         """ "lm" (decoders), "mlm" (BERT) or "classify" (ViT)."""
-        return {"gpt2": "lm", "llama": "lm", "bert": "mlm", "vit": "classify"}[self.model.kind]
+        return KIND_TASKS[self.model.kind]
 
 
 def _require(cond: bool, message: str) -> None:

@@ -1,4 +1,4 @@
-"""From the trainer's `ModelConfig` to a tjx.nn config and optimizer config."""
+"""From the trainer's model and optimizer sections to tjx.nn's and tjx.optim's configs."""
 
 from __future__ import annotations
 
@@ -11,50 +11,89 @@ from trainer.schema import ConfigError
 if TYPE_CHECKING:  # types only: `config` asks `nn_config` to validate the model section
     from trainer.config import Config, ModelConfig
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Every kind passes these model fields on to its tjx.nn config as they are.
+_SHARED_FIELDS = (
+    "d_model",
+    "num_layers",
+    "num_heads",
+    "mlp_dim",
+    "dropout",
+    "attention_impl",
+    "scan_layers",
+    "remat",
+    "relative_buckets",
+    "relative_max_distance",
+)
+# What each kind passes on besides: a field a kind leaves out keeps its tjx.nn config's own default
+# (BERT's tied head, ViT's untied one; only LLaMA groups its key/value heads).
+_KIND_FIELDS = {
+    "gpt2": ("max_seq_len", "tie_embeddings"),
+    "llama": ("max_seq_len", "num_kv_heads", "tie_embeddings"),
+    "bert": ("max_seq_len",),
+    "vit": ("image_size", "patch_size", "num_classes"),
+}
 
 
 def nn_config(m: ModelConfig, vocab_size: int) -> Any:
-    """The tjx.nn config for ``m`` (``vocab_size`` from the tokenizer unless the model sets it)."""
+    """The tjx.nn config for ``m`` (``vocab_size`` from the tokenizer unless the model sets it).
+
+    Parameters
+    ----------
+    m : ModelConfig
+        The trainer's model section.
+    vocab_size : int
+        The tokenizer's vocabulary (ignored by ViT and when ``m.vocab_size`` is set).
+
+    Returns
+    -------
+    tjx.nn.TransformerConfig
+        A ``GPT2Config``, ``LlamaConfig``, ``BertConfig`` or ``ViTConfig``: ``tjx.nn.build_model``
+        builds the model of its class.
+
+    Raises
+    ------
+    ValueError
+        tjx.nn's own rules (e.g. which ``position`` a kind takes), naming its class and field.
+    """
     from tjx import nn
 
-    precision = nn.Precision(_DTYPES[m.param_dtype], _DTYPES[m.compute_dtype])
-    common: dict[str, Any] = dict(
-        d_model=m.d_model,
-        num_layers=m.num_layers,
-        num_heads=m.num_heads,
-        mlp_dim=m.mlp_dim,
-        dropout=m.dropout,
-        attention_impl=m.attention_impl,
-        scan_layers=m.scan_layers,
-        remat=m.remat,
-        precision=precision,
-        relative_buckets=m.relative_buckets,
-        relative_max_distance=m.relative_max_distance,
-    )
+    classes = {
+        "gpt2": nn.GPT2Config,
+        "llama": nn.LlamaConfig,
+        "bert": nn.BertConfig,
+        "vit": nn.ViTConfig,
+    }
+    fields: dict[str, Any] = {f: getattr(m, f) for f in (*_SHARED_FIELDS, *_KIND_FIELDS[m.kind])}
+    fields["precision"] = nn.Precision(m.param_dtype, m.compute_dtype)  # dtype names suffice
     if m.position is not None:  # else each nn config keeps its family's default
-        common["position"] = m.position
-    vocab = m.vocab_size or vocab_size
+        fields["position"] = m.position
     if m.kind == "vit":
-        return nn.ViTConfig(
-            image_size=m.image_size,
-            patch_size=m.patch_size,
-            num_channels=1,
-            num_classes=m.num_classes,
-            **common,
-        )
-    common.update(vocab_size=vocab, max_seq_len=m.max_seq_len)
-    if m.kind == "gpt2":
-        return nn.GPT2Config(tie_embeddings=m.tie_embeddings, **common)
-    if m.kind == "llama":
-        return nn.LlamaConfig(
-            num_kv_heads=m.num_kv_heads, tie_embeddings=m.tie_embeddings, **common
-        )
-    return nn.BertConfig(**common)
+        fields["num_channels"] = 1  # the trainer's images (digits) are grey
+    else:
+        fields["vocab_size"] = m.vocab_size or vocab_size
+    return classes[m.kind](**fields)
 
 
 def optimizer_config(cfg: Config) -> Any:
-    """The tjx.optim config: the trainer's optimizer section plus the run length."""
+    """The tjx.optim config: the trainer's optimizer section plus the run length.
+
+    Parameters
+    ----------
+    cfg : Config
+        The whole config (``train.steps`` is the schedule's length).
+
+    Returns
+    -------
+    tjx.optim.OptimizerConfig
+        Resolved: each of ``b1``/``b2``/``eps``/``weight_decay`` the trainer's config left null
+        holds the named optimizer's own default (tjx.optim's table), so the values printed or
+        compared are the ones the run uses.
+
+    Raises
+    ------
+    ConfigError
+        tjx.optim's cross-field rules, with the trainer's key names (``optimizer.lr``).
+    """
     from tjx import optim
 
     o = cfg.optimizer
@@ -78,7 +117,7 @@ def optimizer_config(cfg: Config) -> Any:
             loss_scale=o.loss_scale,
             accumulation_steps=o.accumulation_steps,
             # No decay mask: tjx.optim's default leaves biases, norm scales and embeddings alone.
-        )
+        ).resolved()
     except ValueError as err:  # tjx.optim's cross-field rules speak of its own classes
         raise ConfigError(_user_keys(str(err))) from None
 

@@ -1,7 +1,8 @@
 """Typed conversion of plain YAML data into nested config dataclasses.
 
 Every field of a config dataclass is declared with a type hint and, where it matters, metadata:
-``choices`` (allowed values), ``min``/``max`` (inclusive bounds), ``gt`` (exclusive lower bound),
+``choices`` (allowed values, or a function returning them, for a list a package owns and that is
+read only when needed), ``min``/``max`` (inclusive bounds), ``gt`` (exclusive lower bound),
 ``each_choices`` (allowed values of a list's items) and ``help``. `from_dict` walks the data against
 those hints and raises one `ConfigError` naming the key path and what is allowed, at the first
 problem.
@@ -163,13 +164,26 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     raise ConfigError(f"{path}: unsupported type {tp}")
 
 
+def choices(f: dataclasses.Field[Any]) -> tuple[Any, ...] | None:
+    """The values field ``f`` allows (None: any value of its type).
+
+    A callable ``choices`` is called here, so a list owned by a package (e.g. ``tjx.nn``'s remat
+    policies) is imported only when a value is checked, not when the CLI prints ``--help``.
+    """
+    allowed = f.metadata.get("choices")
+    if allowed is None:
+        return None
+    return tuple(allowed() if callable(allowed) else allowed)
+
+
 def check_field(f: dataclasses.Field[Any], value: Any, path: str) -> None:
     """Apply a field's metadata constraints to a converted value."""
     meta = f.metadata
     if value is None:
         return
-    if "choices" in meta and value not in meta["choices"]:
-        allowed = ", ".join(repr(c) for c in meta["choices"])
+    allowed_values = choices(f)
+    if allowed_values is not None and value not in allowed_values:
+        allowed = ", ".join(repr(c) for c in allowed_values)
         raise ConfigError(f"{path}: {value!r} is not allowed; choose one of {allowed}")
     if "each_choices" in meta:
         for item in value:

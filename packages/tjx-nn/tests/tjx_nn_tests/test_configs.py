@@ -112,3 +112,14 @@ def test_precision_helpers_and_more_bad_fields():
         tnn.BertConfig(num_labels=0)
     with pytest.raises(ValueError, match="position"):
         tnn.ViTConfig(image_size=8, patch_size=4, position="rope")
+
+
+def test_attention_impls_are_the_kernel_dispatchers_own():
+    """A config accepts exactly what ``tjx.kernels.attention`` runs (one list, no copy)."""
+    from tjx import kernels
+
+    assert tnn.ATTENTION_IMPLS == kernels.IMPLEMENTATIONS
+    for impl in kernels.IMPLEMENTATIONS:
+        assert tnn.GPT2Config(attention_impl=impl).attention_impl == impl
+    with pytest.raises(ValueError, match="attention_impl.*cudnn"):
+        tnn.GPT2Config(attention_impl="flash")

@@ -11,13 +11,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from tjx.kernels import IMPLEMENTATIONS
 from tjx.nn.precision import Precision, as_precision
 
 ACTIVATIONS = ("gelu", "gelu_exact", "relu", "silu", "swiglu", "geglu")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
-ATTENTION_IMPLS = ("auto", "xla", "pallas", "cudnn")
+# tjx-kernels' dispatcher owns this list: an implementation it adds is accepted here at once.
+ATTENTION_IMPLS: tuple[str, ...] = IMPLEMENTATIONS
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_output", "save_dots_and_attention")
 ATTENTION_TYPES = ("mha", "mla")
 

@@ -1,0 +1,136 @@
+"""The model and optimizer sections take their choice lists and defaults from tjx.nn / tjx.optim."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+from flax import nnx
+
+from tjx import kernels, nn, optim
+from tjx.optim.config import LOSS_SCALES
+from trainer import model_build
+from trainer.config import (
+    KIND_TASKS,
+    Config,
+    ModelConfig,
+    OptimizerConfig,
+    ScheduleConfig,
+    build_config,
+)
+from trainer.model_build import nn_config, optimizer_config
+from trainer.presets import load_config_data, preset_names
+from trainer.schema import ConfigError, choices, deep_merge, field_map
+
+# The trainer's optimizer defaults before #15 point 2: they applied to every optimizer.
+OLD_TRAINER_DEFAULTS = {"b1": 0.9, "b2": 0.95, "eps": 1e-8, "weight_decay": 0.1}
+# The fields a trainer config may leave null for the optimizer to fill (plus those it never sets).
+OWN_DEFAULTS = ("b1", "b2", "eps", "weight_decay", "momentum", "nesterov")
+
+OWNED_LISTS = [
+    (ModelConfig, "attention_impl", nn.ATTENTION_IMPLS),
+    (ModelConfig, "remat", nn.REMAT_POLICIES),
+    (ModelConfig, "position", nn.POSITIONS),
+    (OptimizerConfig, "name", optim.OPTIMIZER_NAMES),
+    (ScheduleConfig, "name", optim.SCHEDULE_NAMES),
+    (OptimizerConfig, "loss_scale", tuple(s for s in LOSS_SCALES if s is not None)),
+]
+SECTIONS = {ModelConfig: ("model",), OptimizerConfig: ("optimizer",)}
+SECTIONS[ScheduleConfig] = ("optimizer", "schedule")
+
+
+def _nest(path: tuple[str, ...], value: object) -> dict[str, object]:
+    out: dict[str, object] = {path[-1]: value}
+    for key in reversed(path[:-1]):
+        out = {key: out}
+    return out
+
+
+@pytest.mark.parametrize(("cls", "field", "owned"), OWNED_LISTS)
+def test_choice_lists_are_the_packages_own(cls, field, owned):
+    assert choices(field_map(cls)[field]) == tuple(owned)
+    for value in owned:  # every value the package takes passes the trainer's whole validation
+        data = _nest((*SECTIONS[cls], field), value)
+        if field == "loss_scale":  # float16 compute is what dynamic scaling is for
+            data["model"] = {"compute_dtype": "float16"}
+        build_config(data)
+    with pytest.raises(ConfigError) as err:
+        build_config(_nest((*SECTIONS[cls], field), "bogus"))
+    message = str(err.value)
+    assert message.startswith(".".join((*SECTIONS[cls], field)) + ": 'bogus' is not allowed")
+    assert all(repr(value) in message for value in owned)
+
+
+def test_attention_impls_reach_the_kernel_dispatcher():
+    assert choices(field_map(ModelConfig)["attention_impl"]) == kernels.IMPLEMENTATIONS
+
+
+def test_importing_the_config_does_not_load_jax():
+    """The lists are read on first use, so ``--help`` and argument errors stay fast."""
+    code = "import sys, trainer.cli; sys.exit(int('jax' in sys.modules or 'tjx.nn' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "config_class", "model_class"),
+    [
+        ("gpt2", nn.GPT2Config, nn.GPT2),
+        ("llama", nn.LlamaConfig, nn.Llama),
+        ("bert", nn.BertConfig, nn.BERT),
+        ("vit", nn.ViTConfig, nn.ViT),
+    ],
+)
+def test_each_kind_is_built_by_tjx_nn_build_model(kind, config_class, model_class):
+    assert set(KIND_TASKS) == set(model_build._KIND_FIELDS)  # one entry per kind, both tables
+    m = ModelConfig(kind=kind, d_model=16, num_layers=1, num_heads=2, max_seq_len=17)
+    c = nn_config(m, 300)
+    assert type(c) is config_class
+    assert type(nnx.eval_shape(lambda: nn.build_model(c, rngs=nnx.Rngs(0)))) is model_class
+    # Fields a kind leaves out keep tjx.nn's own defaults (no trainer copy of them).
+    assert c.norm == config_class.__dataclass_fields__["norm"].default
+    if kind in ("bert", "vit"):
+        assert c.tie_embeddings == config_class.__dataclass_fields__["tie_embeddings"].default
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_presets_keep_the_optimizer_they_had(name):
+    """Each preset's resolved tjx.optim config is what it was under the old trainer defaults."""
+    data = load_config_data(name)
+    before = optimizer_config(build_config(deep_merge({"optimizer": OLD_TRAINER_DEFAULTS}, data)))
+    after = optimizer_config(build_config(data))
+    assert dataclasses.asdict(after) == dataclasses.asdict(before)  # a diff names the field
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZER_NAMES)
+def test_untouched_hyper_parameters_take_the_optimizers_own_defaults(name):
+    got = optimizer_config(build_config({"optimizer": {"name": name}}))
+    own = optim.OptimizerConfig(name=name).resolved()
+    assert {f: getattr(got, f) for f in OWN_DEFAULTS} == {f: getattr(own, f) for f in OWN_DEFAULTS}
+
+
+def test_adafactor_gets_adafactors_defaults_and_set_values_win():
+    got = optimizer_config(build_config({"optimizer": {"name": "adafactor"}}))
+    # Not the trainer's old eps 1e-8 and weight decay 0.1 (AdamW's values).
+    assert (got.eps, got.weight_decay) == (1e-30, 0.0)
+    assert got.clip_norm == 1.0
+    mine = {"name": "adafactor", "eps": 1e-3, "weight_decay": 0.01}
+    got = optimizer_config(build_config({"optimizer": mine}))
+    assert (got.eps, got.weight_decay) == (1e-3, 0.01)
+
+
+def test_null_in_yaml_means_the_optimizers_default():
+    got = optimizer_config(build_config({"optimizer": {"name": "lion", "b2": None}}))
+    assert got.b2 == optim.OptimizerConfig(name="lion").resolved().b2 == 0.99
+    assert Config().optimizer.b2 is None  # saved config.yaml says null, not a stale number
+
+
+def test_defaults_the_trainer_shares_with_tjx_optim_are_tjx_optims():
+    """Where a trainer default stands for tjx.optim's (not a choice of the trainer's own), it is
+    the same value. The trainer's lr and warmup_steps are its recipe and may differ."""
+    ours, theirs = OptimizerConfig(), optim.OptimizerConfig()
+    for field in ("clip_norm", "skip_nonfinite", "loss_scale", "accumulation_steps"):
+        assert getattr(ours, field) == getattr(theirs, field), field
+    ours_s, theirs_s = ScheduleConfig(), optim.ScheduleConfig()
+    assert (ours_s.name, ours_s.min_lr_ratio) == (theirs_s.name, theirs_s.min_lr_ratio)

@@ -3,9 +3,7 @@ checkpoint's parameters, the tokenizer and the held-out shards."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,17 +139,28 @@ def bytes_per_token(index: Any) -> float | None:
 
 
 def heldout_dir(run: LoadedRun, source: str | None) -> tuple[Path, float | None]:
-    """Validation shards and bytes/token: the run's own, or ``source`` with the run's tokenizer."""
+    """Validation shards and bytes/token: the run's own, or ``source`` with the run's tokenizer.
+
+    ``source`` goes through tjx.data's shard cache exactly as the trainer's ``data.source`` does
+    (same folder, same held-out split of a local file, fresh shards after a local file changes),
+    in the run's cache folder.
+    """
+    import sys
+
     from tjx import data
 
     if source is None:
         return Path(run.data["val_dir"]), run.data.get("bytes_per_token")
     if run.tokenizer is None:
         raise RunError("--data: this run has no tokenizer (an image model)")
-    root = Path(run.data.get("cache_dir") or data.cache.cache_dir())
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", source).strip("-")[-40:]
-    slug = f"{slug}-{hashlib.sha256(source.encode()).hexdigest()[:8]}"
-    out = root / "shards" / f"{slug}-{run.tokenizer.fingerprint[:12]}" / "validation"
-    docs = data.load_source(source, split="validation")
-    index = data.pretokenize(docs, run.tokenizer, out, split="validation")
-    return out, bytes_per_token(index)
+    try:
+        shards = data.prepare_shards(
+            source,
+            run.tokenizer,
+            run.data.get("cache_dir") or None,
+            splits=("validation",),
+            progress=sys.stderr.isatty(),
+        )
+    except data.DataError as err:
+        raise RunError(f"--data: {err}") from None
+    return shards.dirs["validation"], shards.bytes_per_token["validation"]

@@ -1,15 +1,13 @@
 """Data for a run: tokenizer, pre-tokenized shards (cached, written once) and the loaders.
 
 Shards live under ``data.cache_dir`` (default: tjx.data's cache, ``$TJX_CACHE`` or
-``~/.cache/tjx/data``) in ``shards/<source>-<tokenizer fingerprint>/{train,validation}``, so every
-run on the same data and tokenizer shares them. Nothing here writes into the run directory, and
-every bad input raises before training starts.
+``~/.cache/tjx/data``), where ``tjx.data.prepare_shards`` keeps them per source and tokenizer, so
+every run on the same data and tokenizer, and the evaluator, share them. Nothing here writes into
+the run directory, and every bad input raises before training starts.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,83 +39,25 @@ def _root(cfg: Config) -> Path:
 
 
 def make_tokenizer(cfg: Config) -> Any:
-    """``byte``, ``gpt2``, ``bpe`` (trained once on the train split, cached) or a path."""
+    """``byte``, ``gpt2``, ``bpe`` (trained once on the train split, cached by tjx.data) or a
+    path."""
     from tjx import data
 
     spec = cfg.data.tokenizer
     if spec != "bpe":
         return data.load_tokenizer(spec)
-    folder = _root(cfg) / "tokenizers" / f"{_slug(cfg.data.source)}-bpe{cfg.data.tokenizer_vocab}"
-    if (folder / "tokenizer.json").is_file():
-        return data.load_tokenizer(str(folder / "tokenizer.json"))
-    docs = data.load_source(cfg.data.source, split="train")
-    tok = data.train_bpe(docs, cfg.data.tokenizer_vocab, show_progress=False)
-    folder.mkdir(parents=True, exist_ok=True)
-    tok.save(folder)
-    return data.load_tokenizer(str(folder / "tokenizer.json"))
-
-
-def _slug(text: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[-40:]
-    return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-
-
-def _is_local(source: str) -> bool:
-    return (
-        "{split}" in source or Path(source).expanduser().exists() or any(c in source for c in "*?[")
-    )
-
-
-def shard_key(source: str) -> str:
-    """The cache key of a source's shards: its name, plus, for local files, the path, size and
-    modification time of every file it reads — so an edited local corpus gets fresh shards instead
-    of silently reusing stale ones. Built-in corpora and hub names are keyed by name."""
-    if not _is_local(source):
-        return _slug(source)
-    from tjx.data import DataError
-    from tjx.data.sources.local import resolve_files
-
-    stamps = set()
-    for split in ("train", "validation"):
-        try:
-            files = resolve_files(source, split)
-        except DataError:
-            continue  # reported, with the fix, when the split is read
-        for path in files:
-            stat = path.stat()
-            stamps.add(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
-    signature = hashlib.sha256("\n".join(sorted(stamps)).encode()).hexdigest()[:12]
-    return f"{_slug(source)}-{signature}"
-
-
-def _local_without_split(source: str) -> bool:
-    """A local file/folder with no ``{split}`` pattern and no ``validation/`` sub-folder."""
-    from tjx.data.sources.local import resolve_files
-
-    if "{split}" in source or not _is_local(source):
-        return False
-    return resolve_files(source, "train") == resolve_files(source, "validation")
-
-
-def held_out(docs: list[str], split: str) -> list[str]:
-    """A fixed hold-out for sources without a validation split.
-
-    With ≥ 10 documents every 10th document is validation; with fewer, the last 10 % of each
-    document's characters (cut at a line break when there is one) is.
-    """
-    if len(docs) >= 10:
-        return [d for i, d in enumerate(docs) if (i % 10 == 9) == (split == "validation")]
-    out = []
-    for doc in docs:
-        cut = int(len(doc) * 0.9)
-        newline = doc.rfind("\n", 0, cut)
-        cut = newline + 1 if newline > len(doc) // 2 else cut
-        out.append(doc[cut:] if split == "validation" else doc[:cut])
-    return [d for d in out if d]
+    try:
+        return data.bpe_tokenizer(cfg.data.source, cfg.data.tokenizer_vocab, _root(cfg))
+    except data.DataError as err:  # the corpus it trains on is data.source
+        raise ConfigError(f"data.source: {err}") from None
 
 
 def prepare(cfg: Config) -> DataBundle:
-    """Tokenizer and shards for both splits (idempotent; cheap when cached)."""
+    """Tokenizer and shards for both splits (idempotent; cheap when cached).
+
+    tjx.data owns the shard cache (key, layout, held-out split); this checks the result against
+    the config and words its errors by config key.
+    """
     if cfg.task == "classify":
         return _prepare_digits(cfg)
     import sys
@@ -131,31 +71,25 @@ def prepare(cfg: Config) -> DataBundle:
             f"vocabulary ({tok.vocab_size}); use null or >= {tok.vocab_size}"
         )
     source = cfg.data.source
-    base = _root(cfg) / "shards" / f"{shard_key(source)}-{tok.fingerprint[:12]}"
-    split_here = _local_without_split(source)
-    bpt: float | None = None
-    for split in ("train", "validation"):
-        if split_here:
-            docs: Any = held_out(list(data.load_source(source, split="train")), split)
-        else:
-            docs = data.load_source(source, split=split)
-        index = data.pretokenize(
-            docs,
+    try:
+        shards = data.prepare_shards(
+            source,
             tok,
-            base,
-            split=split,
+            _root(cfg),
             num_workers=cfg.data.num_workers,
-            source=f"{source}:{split}",
             progress=sys.stderr.isatty(),
         )
-        if index.tokens < cfg.data.seq_len + 1:
+    except data.DataError as err:
+        raise ConfigError(f"data.source: {err}") from None
+    for split, tokens in shards.tokens.items():
+        if tokens < cfg.data.seq_len + 1:
             raise ConfigError(
-                f"data.source: the {split} split of {source!r} has {index.tokens} tokens, fewer "
+                f"data.source: the {split} split of {source!r} has {tokens} tokens, fewer "
                 f"than one sequence (data.seq_len + 1 = {cfg.data.seq_len + 1})"
             )
-        if split == "validation":
-            bpt = float(index.bytes_per_token)
-    return DataBundle(tok, base / "train", base / "validation", tok.vocab_size, bpt)
+    dirs = shards.dirs
+    bpt = shards.bytes_per_token["validation"]
+    return DataBundle(tok, dirs["train"], dirs["validation"], tok.vocab_size, bpt)
 
 
 def train_loader(bundle: DataBundle, cfg: Config) -> Any:

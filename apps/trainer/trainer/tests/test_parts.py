@@ -1,4 +1,4 @@
-"""Run directory, signals, progress bar and the data hold-out."""
+"""Run directory, signals, progress bar and the data preparation through tjx.data."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
-from trainer import rundir
+from trainer import data_setup, rundir
 from trainer.config import build_config
-from trainer.data_setup import DigitsLoader, _slug, held_out, shard_key
+from trainer.data_setup import DigitsLoader
 from trainer.progress import _clock, bar
+from trainer.schema import ConfigError
 from trainer.signals import interrupted_exit, stop_on_signals
 
 
@@ -44,20 +45,6 @@ def test_signal_sets_flag_and_handlers_are_restored():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_held_out_split():
-    docs = [f"doc {i}" for i in range(20)]
-    train, val = held_out(docs, "train"), held_out(docs, "validation")
-    assert val == ["doc 9", "doc 19"] and len(train) == 18
-    one = ["line\n" * 50]
-    t, v = held_out(one, "train"), held_out(one, "validation")
-    assert t[0] + v[0] == one[0] and 0 < len(v[0]) < len(t[0])
-
-
-def test_slug_is_stable_and_safe():
-    assert _slug("./a b/c.txt") == _slug("./a b/c.txt")
-    assert "/" not in _slug("/x/y") and _slug("a") != _slug("b")
-
-
 def test_digits_loader_resumes_exactly():
     arrays = {
         "train_images": np.arange(40, dtype=np.float32).reshape(10, 2, 2, 1),
@@ -83,18 +70,44 @@ def test_progress_plain_lines(capsys):
     assert _clock(125) == "2:05"
 
 
-def test_shard_key_changes_when_a_local_file_changes(tmp_path):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    (corpus / "a.txt").write_text("first version\n")
-    before = shard_key(str(corpus))
-    assert shard_key(str(corpus)) == before  # stable while nothing changes
-    (corpus / "a.txt").write_text("second version, longer\n")
-    edited = shard_key(str(corpus))
-    assert edited != before  # stale shards are never reused for an edited corpus
-    (corpus / "b.txt").write_text("another document\n")
-    assert shard_key(str(corpus)) not in (before, edited)  # nor for an added file
-    assert shard_key("shakespeare") == _slug("shakespeare")  # built-ins: keyed by name
+def _data_config(source, cache, **data):
+    return build_config({"data": {"source": str(source), "cache_dir": str(cache), **data}})
+
+
+def test_prepare_uses_the_shards_of_tjx_data(tmp_path):
+    """The trainer's shards are tjx.data's (the evaluator's --data finds the same folder)."""
+    from tjx import data
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("".join(f"Line {i}: to be or not to be.\n" for i in range(200)))
+    cfg = _data_config(text, tmp_path / "cache", tokenizer="byte", seq_len=16)
+    bundle = data_setup.prepare(cfg)
+    shards = data.prepare_shards(str(text), bundle.tokenizer, tmp_path / "cache")
+    assert (bundle.train_dir, bundle.val_dir) == (shards.dirs["train"], shards.dirs["validation"])
+    assert shards.held_out and bundle.bytes_per_token == shards.bytes_per_token["validation"]
+
+
+def test_data_errors_name_the_config_key(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    cfg = _data_config(tmp_path / "empty.txt", tmp_path / "cache", tokenizer="byte")
+    with pytest.raises(ConfigError, match=r"^data\.source: empty dataset"):
+        data_setup.prepare(cfg)
+    cfg = _data_config(tmp_path / "empty.txt", tmp_path / "cache", tokenizer="bpe")
+    with pytest.raises(ConfigError, match=r"^data\.source: "):
+        data_setup.make_tokenizer(cfg)
+
+
+def test_trained_bpe_keeps_its_cache_folder(tmp_path):
+    """``data.tokenizer: bpe`` is cached where the trainer always kept it, so old caches load."""
+    from tjx.data.prepare import slug
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("the cat sat on the mat\n" * 50)
+    cfg = _data_config(text, tmp_path / "cache", tokenizer="bpe", tokenizer_vocab=300)
+    tok = data_setup.make_tokenizer(cfg)
+    folder = tmp_path / "cache" / "tokenizers" / f"{slug(str(text))}-bpe300"
+    assert (folder / "tokenizer.json").is_file()
+    assert data_setup.make_tokenizer(cfg).fingerprint == tok.fingerprint
 
 
 def test_second_sigint_stops_now():

@@ -1,4 +1,5 @@
-"""tjx.data: text sources, tokenizers, memmap token shards, a packed resumable loader, prefetch."""
+"""tjx.data: text sources, tokenizers, memmap token shards (prepared in a shared cache), a packed
+resumable loader, prefetch."""
 
 from tjx.data.bpe import gpt2_tokenizer, load_tokenizer, train_bpe
 from tjx.data.builtin import BUILTIN_CORPORA, prepare_builtin
@@ -8,6 +9,7 @@ from tjx.data.images import ImageDataset, image_batches, load_digits, load_image
 from tjx.data.loader import PackedLoader, validation_batches
 from tjx.data.packing import IGNORE_INDEX, PackingPlan
 from tjx.data.prefetch import DevicePrefetcher, prefetch_to_device
+from tjx.data.prepare import PreparedShards, bpe_tokenizer, prepare_shards
 from tjx.data.pretokenize import pretokenize
 from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_index
 from tjx.data.sources import Documents, load_source
@@ -26,9 +28,11 @@ __all__ = [
     "ImageDataset",
     "PackedLoader",
     "PackingPlan",
+    "PreparedShards",
     "ShardIndex",
     "Tokenizer",
     "__version__",
+    "bpe_tokenizer",
     "cache_dir",
     "check_tokenizer",
     "dtype_for_vocab",
@@ -40,6 +44,7 @@ __all__ = [
     "load_source",
     "load_tokenizer",
     "prefetch_to_device",
+    "prepare_shards",
     "pretokenize",
     "prepare_builtin",
     "train_bpe",

@@ -13,7 +13,7 @@ from tjx.data.errors import DataError
 from tjx.data.sources.hub import iter_hub_texts, open_hub_dataset
 from tjx.data.sources.local import ERRORS, iter_file, resolve_files
 
-__all__ = ["Documents", "close_builtin", "load_source"]
+__all__ = ["Documents", "close_builtin", "is_local_source", "load_source"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,15 @@ class Documents:
         return self._factory()
 
 
-def _is_local(spec: str) -> bool:
+def is_local_source(spec: str) -> bool:
+    """Whether `load_source` reads ``spec`` from local files (not a built-in, not the hub).
+
+    Local: an existing path, a glob or ``{split}`` pattern, or a path-like name (``./``, ``/``,
+    ``~``, a text-file suffix) that does not exist yet, so its error says "no such file" rather
+    than a hub lookup failing.
+    """
+    if spec in BUILTIN_CORPORA:  # load_source checks these names first, before any path
+        return False
     path = Path(spec.replace("{split}", "x")).expanduser()
     return (
         path.exists()
@@ -86,7 +94,7 @@ def load_source(
             raise DataError(f"split must be one of {SPLITS} for {name_or_path!r}, got {split!r}")
         prepare_builtin(name_or_path)
         return Documents(label, lambda: iter_builtin(name_or_path, split))
-    if _is_local(name_or_path):
+    if is_local_source(name_or_path):
         files = resolve_files(name_or_path, split)
 
         def local() -> Iterator[str]:

@@ -1,0 +1,281 @@
+"""Shards of a source for a tokenizer in the shared cache, prepared once for every program.
+
+The trainer and the evaluator both call `prepare_shards`, so the same source and tokenizer map to
+the same folder, with the same held-out split, whoever asks first. Layout under the cache folder
+(``cache_dir()``, i.e. ``$TJX_CACHE`` or ``~/.cache/tjx/data``, unless one is given)::
+
+    shards/<shard_key(source)>-<tokenizer fingerprint[:12]>/<split>/   index.json + shard_*.bin
+    tokenizers/<slug(source)>-bpe<vocab_size>/tokenizer.json          (bpe_tokenizer)
+
+`shard_key` is a readable slug of the source plus, for local files, a hash of the path, size and
+modification time of every file the source reads, so an edited local corpus gets fresh shards
+instead of the stale ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from tjx.data.bpe import load_tokenizer, train_bpe
+from tjx.data.cache import atomic_prepare
+from tjx.data.cache import cache_dir as default_cache_dir
+from tjx.data.errors import DataError
+from tjx.data.pretokenize import pretokenize
+from tjx.data.shards import ShardIndex
+from tjx.data.sources import Documents, is_local_source, load_source
+from tjx.data.sources.local import resolve_files
+from tjx.data.tokenizers import Tokenizer
+
+__all__ = [
+    "SPLITS",
+    "PreparedShards",
+    "bpe_tokenizer",
+    "held_out",
+    "needs_held_out",
+    "prepare_shards",
+    "shard_key",
+    "slug",
+    "split_documents",
+]
+
+SPLITS = ("train", "validation")
+
+
+@dataclass(frozen=True)
+class PreparedShards:
+    """The shards `prepare_shards` made or found.
+
+    Attributes
+    ----------
+    source:
+        The source as given (``"shakespeare"``, ``"./notes.txt"``, a hub name, ...).
+    key:
+        The folder name under ``<cache>/shards/``: ``<shard_key(source)>-<fingerprint[:12]>``.
+    root:
+        That folder; split ``s`` is ``root / s``.
+    indexes:
+        The `ShardIndex` of every prepared split.
+    held_out:
+        Whether the splits were cut from the source's documents by `held_out` (a local source
+        without a validation split of its own).
+    """
+
+    source: str
+    key: str
+    root: Path
+    indexes: Mapping[str, ShardIndex]
+    held_out: bool
+
+    @property
+    def dirs(self) -> dict[str, Path]:
+        """The shard folder of each split (what `PackedLoader` and `validation_batches` read)."""
+        return {split: self.root / split for split in self.indexes}
+
+    @property
+    def tokens(self) -> dict[str, int]:
+        """Tokens per split, one EOS per document included."""
+        return {split: index.tokens for split, index in self.indexes.items()}
+
+    @property
+    def bytes_per_token(self) -> dict[str, float]:
+        """UTF-8 bytes per token of each split (bits/byte = bits/token ÷ this)."""
+        return {split: float(index.bytes_per_token) for split, index in self.indexes.items()}
+
+
+def _root(cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
+def slug(text: str) -> str:
+    """A folder-name-safe, stable name for ``text``: its last 40 safe characters and a hash.
+
+    The hash is of the whole text, so two sources whose readable parts agree still differ.
+    """
+    readable = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[-40:]
+    return f"{readable}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def shard_key(source: str) -> str:
+    """The cache key of a source's shards, without the tokenizer.
+
+    Built-in corpora and hub names are keyed by `slug` of the name (their contents are pinned by
+    version or by the hub). Local sources add a hash of the resolved path, size and modification
+    time (ns) of every file of both splits, so editing, adding or removing a file changes the key.
+    """
+    if not is_local_source(source):
+        return slug(source)
+    stamps = set()
+    for split in SPLITS:
+        try:
+            files = resolve_files(source, split)
+        except DataError:
+            continue  # reported, with the fix, when the split is read
+        for path in files:
+            stat = path.stat()
+            stamps.add(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+    signature = hashlib.sha256("\n".join(sorted(stamps)).encode()).hexdigest()[:12]
+    return f"{slug(source)}-{signature}"
+
+
+def needs_held_out(source: str) -> bool:
+    """Whether ``source`` is local and has no validation split of its own.
+
+    True for a file, glob or folder without a ``{split}`` pattern and without a ``validation/``
+    sub-folder: both splits would read the very same files.
+
+    Raises
+    ------
+    DataError
+        If a local source matches no file.
+    """
+    if "{split}" in source or not is_local_source(source):
+        return False
+    return resolve_files(source, "train") == resolve_files(source, "validation")
+
+
+def held_out(docs: list[str], split: str) -> list[str]:
+    """A fixed train/validation cut of documents that come without a validation split.
+
+    With ≥ 10 documents every 10th document (indices 9, 19, ...) is validation; with fewer, the
+    last 10 % of each document's characters is (cut after a line break when one lies in the
+    second half), so even a single file gives both splits. ``split`` other than
+    ``"validation"`` gets the rest; empty pieces are dropped.
+    """
+    if len(docs) >= 10:
+        return [d for i, d in enumerate(docs) if (i % 10 == 9) == (split == "validation")]
+    out = []
+    for doc in docs:
+        cut = int(len(doc) * 0.9)
+        newline = doc.rfind("\n", 0, cut)
+        cut = newline + 1 if newline > len(doc) // 2 else cut
+        out.append(doc[cut:] if split == "validation" else doc[:cut])
+    return [d for d in out if d]
+
+
+def split_documents(source: str, split: str) -> Documents:
+    """The documents of ``split`` of ``source``, as `prepare_shards` tokenizes them.
+
+    `load_source`'s split, except for a local source without a validation split
+    (`needs_held_out`): then `held_out` cuts its documents into ``"train"`` and
+    ``"validation"``. Like `load_source`, files are resolved and hub datasets opened now.
+
+    Raises
+    ------
+    DataError
+        As `load_source`; or a split other than train/validation of a held-out source.
+    """
+    if not needs_held_out(source):
+        return load_source(source, split=split)
+    if split not in SPLITS:
+        raise DataError(f"{source!r} has no split {split!r}; its held-out splits are {SPLITS}")
+    whole = load_source(source, split="train")
+    return Documents(f"{source}:{split}", lambda: iter(held_out(list(whole), split)))
+
+
+def _read_when_built(source: str, split: str) -> Documents:
+    """`split_documents`, opened only when iterated: pretokenize iterates only to build a split,
+    so a cached split's text is not read again and a hub dataset whose shards are cached is not
+    even opened (that works offline)."""
+    return Documents(f"{source}:{split}", lambda: iter(split_documents(source, split)))
+
+
+def bpe_tokenizer(
+    source: str, vocab_size: int, cache_dir: str | Path | None = None, *, progress: bool = False
+) -> Tokenizer:
+    """A byte-level BPE trained on ``source``'s train split, trained once and then cached.
+
+    Saved as ``<cache>/tokenizers/<slug(source)>-bpe<vocab_size>/tokenizer.json``, built under a
+    lock and renamed into place when complete, so concurrent processes train it once. The key
+    has no file stamps: a cached tokenizer stays valid for an edited corpus (the shards, keyed
+    by its fingerprint, are re-made; a resumed run keeps its tokenizer).
+
+    Parameters
+    ----------
+    source:
+        Anything `load_source` reads; trained on `split_documents` ``(source, "train")``, so a
+        local file's held-out part stays unseen.
+    vocab_size:
+        Vocabulary size, 256 byte symbols and the EOS token included.
+    cache_dir:
+        The cache folder (default: `cache_dir`).
+    progress:
+        Show the tokenizers library's training progress bar.
+
+    Raises
+    ------
+    DataError
+        As `load_source` (missing files, unknown corpus, unreachable hub).
+    ValueError
+        ``vocab_size`` below 257.
+    """
+    folder = _root(cache_dir) / "tokenizers" / f"{slug(source)}-bpe{vocab_size}"
+    saved = folder / "tokenizer.json"
+
+    def build(staging: Path) -> None:
+        docs = split_documents(source, "train")
+        train_bpe(docs, vocab_size, show_progress=progress).save(staging)
+
+    # A folder without tokenizer.json is a save interrupted by an older tjx: train it again.
+    atomic_prepare(folder, build, replace=folder.is_dir() and not saved.is_file())
+    return load_tokenizer(str(saved))
+
+
+def prepare_shards(
+    source: str,
+    tokenizer: Tokenizer,
+    cache_dir: str | Path | None = None,
+    *,
+    splits: Iterable[str] = SPLITS,
+    num_workers: int = 1,
+    progress: bool = False,
+) -> PreparedShards:
+    """Tokenize ``source``'s splits into the shared shard cache, or find them there.
+
+    Parameters
+    ----------
+    source:
+        Anything `load_source` reads: a built-in corpus, a local file/folder/glob, a hub name.
+        A local source without a validation split is cut by `held_out`.
+    tokenizer:
+        The tokenizer; its fingerprint is part of the folder name.
+    cache_dir:
+        The cache folder (default: `cache_dir`, i.e. ``$TJX_CACHE`` or ``~/.cache/tjx/data``).
+    splits:
+        The splits to prepare; the folder is the same whichever are asked for, so the evaluator's
+        ``("validation",)`` finds the trainer's shards.
+    num_workers, progress:
+        Passed to `pretokenize`.
+
+    Returns
+    -------
+    PreparedShards
+        Folders, token counts, bytes/token and the key. Cheap when cached: a cached split's text
+        is not read again (a hub dataset is not even opened).
+
+    Raises
+    ------
+    DataError
+        Missing or undecodable files, an empty split, an unknown corpus or split, an
+        unreachable hub dataset.
+    """
+    splits = tuple(splits)
+    if not splits:
+        raise ValueError("splits must name at least one split")
+    key = f"{shard_key(source)}-{tokenizer.fingerprint[:12]}"
+    root = _root(cache_dir) / "shards" / key
+    indexes = {}
+    for split in splits:
+        indexes[split] = pretokenize(
+            _read_when_built(source, split),
+            tokenizer,
+            root,
+            split=split,
+            num_workers=num_workers,
+            source=f"{source}:{split}",
+            progress=progress,
+        )
+    return PreparedShards(source, key, root, indexes, needs_held_out(source))

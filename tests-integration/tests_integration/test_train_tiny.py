@@ -8,8 +8,10 @@ must be lower than the one before it.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
+import pytest
 import yaml
 
 from tests_integration._helpers_apps import check_ok, final, read_log, train, val_losses
@@ -59,3 +61,11 @@ def test_tiny_trains_end_to_end(tmp_path):
     for key in ("val_perplexity", "val_bits_per_byte", "val_top1", "val_top5", "val_top10"):
         assert key in record
     assert record["val_top1"] <= record["val_top5"] <= record["val_top10"] <= 1.0
+    # The training loss in bits per byte too (byte tokens: about one byte per token).
+    train_rec = next(r for r in read_log(run_dir) if r["step"] == 120 and "loss" in r)
+    bpb = (
+        train_rec["loss"]
+        / math.log(2)
+        / json.loads((run_dir / "data.json").read_text())["bytes_per_token"]
+    )
+    assert train_rec["bits_per_byte"] == pytest.approx(bpb, rel=1e-9)

@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 
+from trainer import tasks
 from trainer.config import Config
 from trainer.step import make_eval_step
 
@@ -33,21 +34,9 @@ def evaluate(setup: Any, params: Any, bundle: Any, cfg: Config) -> dict[str, flo
         acc.update_stats(step(params, data_setup.to_global(batch, setup.mesh)))
     if acc.num_tokens == 0:
         raise ValueError("validation data is empty: no batch of the configured size fits")
-    out = acc.compute()
-    if cfg.task == "classify":
-        return _image_metrics(out, cfg.model.num_classes)
-    # Next-token scoring covers every token, so bytes follow from the shards' bytes/token; a
-    # masked-LM run scores only its masked tokens, an image run has no bytes.
-    if cfg.task == "lm" and bundle.bytes_per_token:
+    task = tasks.for_config(cfg)
+    out = task.metrics(acc.compute(), cfg)
+    # Next-token scoring covers every token, so bytes follow from the shards' bytes/token.
+    if task.bits_per_byte and bundle.bytes_per_token:
         out["bits_per_byte"] = out["bits_per_token"] / bundle.bytes_per_token
     return out
-
-
-def _image_metrics(out: dict[str, float], num_classes: int) -> dict[str, float]:
-    """A classifier's names: accuracy and images, not perplexity and tokens; top-k only where it
-    says something (k below the number of classes: top-10 of 10 classes is always 1)."""
-    named = {"loss": out["loss"], "accuracy": out["top1"], "num_images": out["num_tokens"]}
-    named.update(
-        {k: v for k, v in out.items() if k.startswith("top") and 1 < int(k[3:]) < num_classes}
-    )
-    return named

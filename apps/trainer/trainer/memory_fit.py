@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from trainer import tasks
 from trainer.config import Config, build_config
 from trainer.overrides import apply_overrides
 from trainer.schema import ConfigError
@@ -29,13 +30,12 @@ GIB = 2**30
 
 def abstract_step(cfg: Config, vocab_size: int) -> tuple[Any, Any, Any]:
     """(jitted step, abstract state, abstract batch) of an LM config; no parameter is created."""
-    from tjx import optim
+    from tjx import nn, optim
     from trainer.model_build import nn_config, optimizer_config
-    from trainer.state import build_model
     from trainer.step import make_train_step
 
     abstract = nnx.eval_shape(
-        lambda: build_model(nn_config(cfg.model, vocab_size), rngs=nnx.Rngs(0))
+        lambda: nn.build_model(nn_config(cfg.model, vocab_size), rngs=nnx.Rngs(0))
     )
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
     params = nnx.to_pure_dict(params)
@@ -109,7 +109,7 @@ def fit_memory(
     ``budget`` (bytes) and ``devices`` default to this machine's (tests pass their own).
     """
     devices = jax.device_count() if devices is None else devices
-    if not cfg.train.fit_memory or cfg.task != "lm" or devices != 1:
+    if not cfg.train.fit_memory or not tasks.for_config(cfg).fits_memory or devices != 1:
         return cfg
     budget = available_bytes() if budget is None else budget
     if budget is None:

@@ -11,6 +11,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from trainer import tasks
 from trainer.config import Config
 from trainer.model_build import nn_config, optimizer_config
 from trainer.schema import ConfigError
@@ -56,26 +57,6 @@ def make_mesh(cfg: Config) -> tuple[Any, Any]:
     return mesh, parallel.rules(mc.strategy)
 
 
-def build_model(config: Any, *, rngs: nnx.Rngs) -> Any:
-    """``tjx.nn.build_model`` (dispatch on the config type), with a fallback while it lands."""
-    from tjx import nn
-
-    if hasattr(nn, "build_model"):
-        return nn.build_model(config, rngs=rngs)
-    classes = {
-        "GPT2Config": "GPT2",
-        "LlamaConfig": "Llama",
-        "BertConfig": "BERT",
-        "ViTConfig": "ViT",
-    }
-    return getattr(nn, classes[type(config).__name__])(config, rngs=rngs)
-
-
-def _split(model: Any) -> tuple[Any, Any, Any]:
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
-    return graphdef, params, rest
-
-
 def build(cfg: Config, vocab_size: int, init_from: str | None = None) -> Setup:
     """Mesh, model (born sharded), optimizer and the initial state ``{params, opt_state, step}``."""
     from tjx import nn, optim, parallel
@@ -83,10 +64,11 @@ def build(cfg: Config, vocab_size: int, init_from: str | None = None) -> Setup:
     mesh, rules = make_mesh(cfg)
     try:
         # BERT gets one extra id for its [MASK] token.
-        model_cfg = nn_config(cfg.model, vocab_size + (1 if cfg.task == "mlm" else 0))
+        model_cfg = nn_config(cfg.model, vocab_size + tasks.for_config(cfg).extra_vocab)
         opt_cfg = optimizer_config(cfg)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    model: nnx.Module
     if init_from is not None:
         # Architecture from the checkpoint; how to train it (scan, remat, kernels, precision,
         # dropout) from the config. Loaded on the host, then placed on the mesh.
@@ -106,9 +88,9 @@ def build(cfg: Config, vocab_size: int, init_from: str | None = None) -> Setup:
         loaded = nnx.state(model)
         nnx.update(model, jax.device_put(loaded, parallel.state_shardings(loaded, mesh, rules)))
     else:
-        create = lambda: build_model(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
+        create = lambda: nn.build_model(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
         model = parallel.shard_init(create, mesh, rules)
-    graphdef, params_state, rest = _split(model)
+    graphdef, params_state, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
     params = nnx.to_pure_dict(params_state)
     tx = optim.build_optimizer(opt_cfg)
     # Optimizer slots that mirror the params (mu, nu, ...) are sharded like them (ZeRO under FSDP).
@@ -135,8 +117,3 @@ def on_mesh(tree: Any, mesh: Any) -> Any:
         return jax.device_put(x, replicated)
 
     return jax.tree.map(one, tree)
-
-
-def state_shardings(state: dict[str, Any]) -> Any:
-    """The shardings the state lives in (the step keeps them: in = out, donated)."""
-    return jax.tree.map(lambda x: x.sharding, state)

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from trainer import tasks
 from trainer.config import Config
 
 Batch = dict[str, jax.Array]
@@ -31,97 +31,16 @@ def reseed(rest: Any, step: jax.Array) -> Any:
     return jax.tree.map(lambda x: jax.random.fold_in(x, step) if _is_key(x) else x, rest)
 
 
-def lm_forward(model: Any, batch: Batch, *, deterministic: bool) -> jax.Array:
-    """Final hidden states [b, s, d] of a decoder (or encoder) LM."""
-    return model(
-        batch["inputs"],
-        positions=batch.get("positions"),
-        segment_ids=batch.get("segment_ids"),
-        deterministic=deterministic,
-        return_hidden=True,
-    )
-
-
-def token_loss(model: Any, hidden: jax.Array, targets: jax.Array, cfg: Config) -> dict[str, Any]:
-    """Mean loss (z-loss included) and exact sums, chunked (no [b,s,V] logits) or plain."""
-    from tjx.kernels import chunked_cross_entropy
-
-    if cfg.train.chunked_ce:
-        out = chunked_cross_entropy(
-            hidden,
-            model.unembedding(),
-            targets,
-            chunk_size=cfg.train.ce_chunk_size,
-            z_loss=cfg.train.z_loss,
-        )
-        return {
-            "loss": out.loss,
-            "sum_loss": out.sum_loss,
-            "num_tokens": out.num_tokens,
-            "num_correct": out.num_correct,
-        }
-    # Plain path: the model's own float32 logits, tjx-nn's loss and tjx-metrics' sums.
-    from tjx import metrics, nn
-
-    logits = model.logits(hidden)
-    stats = metrics.lm_stats(logits, targets, top_k=(1,))
-    return {
-        "loss": nn.cross_entropy_loss(logits, targets, z_loss=cfg.train.z_loss),
-        "sum_loss": stats["sum_loss"],
-        "num_tokens": stats["num_tokens"],
-        "num_correct": stats["correct_top1"],
-    }
-
-
-def mlm_forward(
-    model: Any, batch: Batch, key: jax.Array, cfg: Config, *, deterministic: bool
-) -> tuple[jax.Array, jax.Array]:
-    """BERT masked-LM on a packed batch (tjx-nn's ``BERT.masked_lm``): (logits, labels)."""
-    logits, labels = model.masked_lm(
-        batch["inputs"],
-        key,
-        segment_ids=batch["segment_ids"],
-        positions=batch.get("positions"),
-        mask_prob=cfg.train.mlm_probability,
-        deterministic=deterministic,
-    )
-    return logits, labels
-
-
 def make_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Callable[..., Any]:
-    """``loss_fn(params, batch, step) -> (loss, aux)`` for the config's task."""
-    from tjx import metrics
-
+    """``loss_fn(params, batch, step) -> (loss, aux)`` of the config's task (trainer/tasks.py)."""
+    task = tasks.for_config(cfg)
     deterministic = cfg.model.dropout == 0.0
     base_key = jax.random.key(cfg.train.seed)
 
     def loss_fn(params: Any, batch: Batch, step: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
         model = nnx.merge(graphdef, params, reseed(rest, step))
-        if cfg.task == "mlm":
-            key = jax.random.fold_in(base_key, step)
-            logits, labels = mlm_forward(model, batch, key, cfg, deterministic=deterministic)
-            sums = metrics.lm_stats(logits, labels, top_k=(1,))
-            n = jnp.maximum(sums["num_tokens"], 1)
-            aux = {
-                "sum_loss": sums["sum_loss"],
-                "num_tokens": sums["num_tokens"],
-                "num_correct": sums["correct_top1"],
-            }
-            return sums["sum_loss"] / n, aux
-        if cfg.task == "classify":
-            logits = model(batch["images"], deterministic=deterministic).astype(jnp.float32)
-            labels = batch["labels"]
-            per = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-            aux = {
-                "sum_loss": per.sum(),
-                "num_tokens": jnp.asarray(labels.shape[0], jnp.int32),
-                "num_correct": (jnp.argmax(logits, -1) == labels).sum(),
-            }
-            return per.mean(), aux
-        hidden = lm_forward(model, batch, deterministic=deterministic)
-        out = token_loss(model, hidden, batch["targets"], cfg)
-        loss = out.pop("loss")
-        return loss, out
+        key = jax.random.fold_in(base_key, step)  # the task's own draws (BERT's masking)
+        return task.loss(model, batch, key, cfg, deterministic=deterministic)
 
     return loss_fn
 
@@ -170,24 +89,14 @@ def make_eval_step(
     graphdef: Any, rest: Any, cfg: Config
 ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
     """``eval_step(params, batch) -> sums``: tjx-metrics' ``lm_stats`` (loss sum, token count,
-    top-k correct counts) of the config's task."""
+    top-k correct counts) of the task's evaluation logits."""
     from tjx import metrics
 
+    task = tasks.for_config(cfg)
     top_k = tuple(sorted(set(cfg.eval.top_k)))
 
     def eval_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
-        model = nnx.merge(graphdef, params, rest)
-        if cfg.task == "classify":
-            logits = model(batch["images"], deterministic=True).astype(jnp.float32)
-            labels = batch["labels"]
-        elif cfg.task == "mlm":
-            # A fixed masking key: every evaluation masks the same positions (and the
-            # evaluator, apps/eval, uses the same one).
-            key = jax.random.key(cfg.train.seed + 1)
-            logits, labels = mlm_forward(model, batch, key, cfg, deterministic=True)
-        else:
-            logits = model.logits(lm_forward(model, batch, deterministic=True))
-            labels = batch["targets"]
+        logits, labels = task.eval_logits(nnx.merge(graphdef, params, rest), batch, cfg)
         return metrics.lm_stats(logits, labels, top_k=top_k)
 
     return eval_step

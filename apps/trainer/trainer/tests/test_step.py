@@ -10,8 +10,9 @@ from flax import nnx
 
 from trainer.config import build_config
 from trainer.model_build import describe_nn_config, nn_config
-from trainer.state import build, build_model
-from trainer.step import make_eval_step, reseed, token_loss
+from trainer.state import build
+from trainer.step import make_eval_step, reseed
+from trainer.tasks import token_loss
 
 SMALL = {
     "model": {"d_model": 16, "num_layers": 2, "num_heads": 2, "mlp_dim": 32, "max_seq_len": 16},
@@ -35,7 +36,9 @@ def _batch(rng, b=8, s=8, vocab=40):
 @pytest.fixture(scope="module")
 def model():
     cfg = build_config(SMALL)
-    return build_model(nn_config(cfg.model, 40), rngs=nnx.Rngs(0))
+    from tjx import nn
+
+    return nn.build_model(nn_config(cfg.model, 40), rngs=nnx.Rngs(0))
 
 
 @pytest.mark.parametrize("z_loss", [0.0, 1e-3])

@@ -1,0 +1,337 @@
+"""The step loop of a prepared run: restore, then step, log, evaluate, sample, checkpoint, finish.
+
+`train` opens the checkpoint manager, restores on ``--resume`` (the run directory is rewritten
+only after that succeeded), opens the log sinks and hands over to a `Training`, which holds what
+the loop changes (the state, the last evaluation, the last saved step) and has one method per
+thing done at a step boundary. Everything that can fail on bad input was checked before
+(trainer/loop.py); here the exits are a diverged run (3), a signal (0, saved) and the end (0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from trainer import rundir, tasks
+from trainer.plan import RunPlan, error_exit
+
+
+def write_run_files(plan: RunPlan, setup: Any, bundle: Any) -> None:
+    """``config.yaml``, ``model.json`` and ``data.json``; a file whose content is the same is left
+    untouched, so a resume that changes nothing changes no file."""
+    from trainer import data_setup
+    from trainer.model_build import describe_nn_config
+
+    cfg, run_dir = plan.config, plan.run_dir
+    rundir.create(run_dir, cfg.to_dict())
+    rundir.write_json(run_dir, rundir.MODEL_FILE, describe_nn_config(setup.nn_config))
+    rundir.write_json(run_dir, rundir.DATA_FILE, data_setup.describe(bundle, cfg, run_dir))
+
+
+def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
+    """Run the steps of a prepared run; the process's exit code."""
+    from tjx import ckpt, metrics, parallel
+    from trainer import data_setup
+
+    cfg, run_dir = plan.config, plan.run_dir
+    primary = parallel.is_primary()
+    manager = ckpt.CheckpointManager(
+        run_dir / rundir.CHECKPOINTS_DIR,
+        keep_last=cfg.checkpoint.keep_last,
+        keep_best=cfg.checkpoint.keep_best,
+        best_metric="val_loss" if cfg.checkpoint.keep_best else None,
+        async_save=cfg.checkpoint.async_save,
+        mesh=setup.mesh,
+    )
+    st, start = setup.state, 0
+    if plan.resume:
+        try:
+            restored = manager.restore(target=st)
+            if restored.data_state is not None:
+                data_setup.restore_loader(loader, restored.data_state)
+        except (ckpt.CheckpointError, ValueError) as err:
+            # Every step corrupt, or a state the config check could not foresee (another process
+            # count splits the batch differently): one line, and the run directory as it was.
+            manager.close()
+            return error_exit(f"--resume: {err}")
+        # Exactly the fresh state's placement (restore already reshards onto the target).
+        st = jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), restored.state, st)
+        start = int(restored.step)
+        if primary:
+            write_run_files(plan, setup, bundle)  # the config may hold new training settings
+        print(f"resumed from step {start} ({run_dir / rundir.CHECKPOINTS_DIR})", flush=True)
+    if start >= cfg.train.steps:
+        # A kill after the last checkpoint but before final.json or the plot must not leave them
+        # missing for good: a finished run's --resume makes what is missing, and nothing else.
+        manager.close()
+        rebuilt = _rebuild_artefacts(run_dir, setup, st, bundle, cfg, start, primary)
+        done = f"; rebuilt {', '.join(rebuilt)}" if rebuilt else ""
+        print(f"nothing to do: the run is already at step {start} of {cfg.train.steps}{done}")
+        return 0
+    # The log sinks open their files only now: a resume that failed above touched none of them.
+    logger = metrics.make_logger(
+        list(cfg.logging.sinks),
+        str(run_dir),
+        config=cfg.to_dict(),
+        project=cfg.logging.project,
+        # W&B never reaches for the network unless asked: offline is the default mode.
+        wandb_mode=cfg.logging.wandb_mode if "wandb" in cfg.logging.sinks else None,
+    )
+    run = Training(plan, bundle, setup, loader, manager, logger, st, start, primary)
+    return run.loop()
+
+
+@dataclass
+class Training:
+    """A run between its first and its last step: the objects it uses and what the loop changes."""
+
+    plan: RunPlan
+    bundle: Any
+    setup: Any
+    loader: Any
+    manager: Any
+    logger: Any
+    state: Any
+    start: int
+    primary: bool
+    last_eval: dict[str, float] = field(default_factory=dict)
+    saved: int = field(init=False)  # the last step saved (or restored), -1 before any
+    cfg: Any = field(init=False)
+    run_dir: Path = field(init=False)
+    task: tasks.Task = field(init=False)
+    meter: Any = field(init=False)  # tjx-metrics' ThroughputMeter (rate and MFU per log line)
+
+    def __post_init__(self) -> None:
+        from tjx import metrics
+        from trainer.model_build import flops_per_unit
+
+        self.cfg, self.run_dir = self.plan.config, self.plan.run_dir
+        self.task = tasks.for_config(self.cfg)
+        self.saved = self.start if self.plan.resume else -1
+        self.meter = metrics.ThroughputMeter(
+            flops_per_token=flops_per_unit(self.setup.nn_config, self.cfg),
+            peak_flops_per_device=_peak_flops(self.cfg),
+            num_devices=jax.device_count(),
+        )
+
+    def loop(self) -> int:
+        """Every step from ``start`` to ``train.steps``, unless stopped; the exit code."""
+        from trainer import progress
+        from trainer.divergence import DivergenceGuard
+        from trainer.signals import stop_on_signals
+        from trainer.stop_agreement import for_this_run
+
+        cfg, plan, start, total = self.cfg, self.plan, self.start, self.cfg.train.steps
+        step_fn = self._compile()
+        # Several processes stop together: a signal on any of them stops all at the same
+        # boundary (one host-side exchange per step); one process decides alone.
+        agreement = for_this_run()
+        guard = DivergenceGuard(cfg.train.max_bad_steps)
+        stopped_by: str | None = None
+        step_done, profiling = start, False
+        with stop_on_signals(self.run_dir) as stop, progress.bar(cfg, start, total) as bar:
+            for step in range(start, total):
+                stopped_by = agreement.decide(step, stop.signal_name)
+                if stopped_by or (cfg.train.stop_at is not None and step >= cfg.train.stop_at):
+                    break
+                if plan.profile and step == plan.profile[0]:
+                    jax.profiler.start_trace(str(self.run_dir / "profile"))
+                    profiling = True
+                out = self._step(step_fn)
+                step_done = step + 1
+                guard.push(step_done, out)
+                if guard.diverged:
+                    break
+                if profiling and plan.profile and step_done == plan.profile[1]:
+                    jax.block_until_ready(self.state)
+                    jax.profiler.stop_trace()
+                    profiling = False
+                self._at_boundary(step_done, out, bar)
+                if self._checkpoint_due(step_done):
+                    guard.flush()  # never checkpoint a step of a bad streak
+                    if guard.diverged:
+                        break
+                    if guard.streak == 0:
+                        self.save(step_done, force=False)
+            if profiling:
+                jax.profiler.stop_trace()
+        guard.flush()
+        if guard.diverged:
+            return self._diverged(guard.diverged)
+        # A signal after the last boundary (during the last step) is still reported.
+        return self._finish(step_done, stopped_by or stop.signal_name)
+
+    def _compile(self) -> Any:
+        from trainer.step import make_train_step
+
+        setup = self.setup
+        shardings = jax.tree.map(lambda x: x.sharding, self.state)
+        step_fn = jax.jit(
+            make_train_step(setup.graphdef, setup.rest, setup.tx, self.cfg),
+            out_shardings=(shardings, None),
+            donate_argnums=(0,),
+        )
+        per_step = self.task.units_per_step(self.cfg)
+        print(
+            f"model: {setup.num_params:,} parameters; {per_step:,} {self.task.unit} per step",
+            flush=True,
+        )
+        self.meter.reset()
+        return step_fn
+
+    def _step(self, step_fn: Any) -> Any:
+        from trainer import data_setup
+
+        batch = data_setup.to_global(next(self.loader), self.setup.mesh)
+        self.state, out = step_fn(self.state, batch)
+        self.meter.update(self.task.units_per_step(self.cfg))  # a host int: no device read
+        return out
+
+    def _at_boundary(self, step_done: int, out: Any, bar: Any) -> None:
+        """Log, evaluate and sample when their intervals (or the last step) say so."""
+        from trainer import evaluation, sampling
+
+        cfg, total = self.cfg, self.cfg.train.steps
+        if step_done % cfg.train.log_every == 0 or step_done == total:
+            scalars = {k: float(np.asarray(v)) for k, v in jax.device_get(out).items()}
+            bpt = self.bundle.bytes_per_token
+            if self.task.bits_per_byte and bpt:  # the training loss in bits, as val_* has it
+                scalars["bits_per_byte"] = scalars["loss"] / math.log(2) / bpt
+            rate = self.meter.report()  # over the steps since the last log line
+            scalars[f"{self.task.unit}_per_s"] = rate["tokens_per_s"]
+            if rate.get("mfu") is not None:
+                scalars["mfu"] = float(rate["mfu"])
+            self.logger.log_scalars(step_done, scalars)
+            bar.update(step_done, scalars["loss"])
+        if (cfg.train.eval_every and step_done % cfg.train.eval_every == 0) or step_done == total:
+            self.last_eval = evaluation.evaluate(self.setup, self.state["params"], self.bundle, cfg)
+            self.logger.log_scalars(step_done, {f"val_{k}": v for k, v in self.last_eval.items()})
+            bar.note(f"step {step_done}: val loss {self.last_eval['loss']:.4f}")
+        sample_now = cfg.train.sample_every and step_done % cfg.train.sample_every == 0
+        if self.task.writes_samples and (sample_now or step_done == total):
+            # Every process generates (the params span them all); process 0 writes.
+            texts = sampling.sample(self.setup, self.state["params"], self.bundle, cfg, step_done)
+            self.logger.log_text(step_done, "sample", texts[0])
+            if self.primary:
+                path = rundir.write_samples(self.run_dir, step_done, texts, cfg.sampling.prompts)
+                bar.note(f"step {step_done}: samples → {path}")
+
+    def _checkpoint_due(self, step_done: int) -> bool:
+        every = self.cfg.train.checkpoint_every
+        return bool(every) and step_done % every == 0 and step_done != self.cfg.train.steps
+
+    def save(self, step: int, *, force: bool) -> None:
+        """Checkpoint ``step`` (state, data position, config, the last validation loss) once."""
+        if self.saved == step:
+            return
+        self.saved = step
+        val = {"val_loss": self.last_eval["loss"]} if "loss" in self.last_eval else None
+        self.manager.save(
+            step,
+            state=self.state,
+            data_state=self.loader.state_dict(),
+            config=self.cfg.to_dict(),
+            metrics=val,
+            force=force,
+        )
+
+    def _close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+        with contextlib.suppress(Exception):
+            self.logger.close()
+
+    def _diverged(self, message: str) -> int:
+        """Nothing worse than the last good checkpoint is saved: one line, exit 3."""
+        self._close()
+        last = (
+            f"the last checkpoint is step {self.saved} in {self.run_dir / rundir.CHECKPOINTS_DIR}"
+            if self.saved >= 0
+            else "no checkpoint was saved"
+        )
+        return error_exit(f"{message}. {last}", code=3)
+
+    def _finish(self, step_done: int, stopped_by: str | None) -> int:
+        """The last save, ``final.json`` and the loss plot; exit 0 (a signal's stop included)."""
+        total = self.cfg.train.steps
+        self.save(step_done, force=True)
+        self._close()
+        summary: dict[str, Any] = {
+            "step": step_done,
+            "interrupted_by": stopped_by or ("stop_at" if step_done < total else None),
+            "params_sha256": rundir.params_digest(self.state["params"]),
+            "num_params": self.setup.num_params,
+            **{f"val_{k}": v for k, v in self.last_eval.items()},
+        }
+        if self.primary:
+            rundir.write_final(self.run_dir, summary)
+            _plot(self.run_dir)
+        if stopped_by or step_done < total:
+            print(
+                f"{stopped_by or 'train.stop_at'}: saved step {step_done} to {self.run_dir}; "
+                "resume with --resume"
+            )
+        else:
+            print(f"done: {step_done} steps; run directory {self.run_dir}")
+        return 0
+
+
+def _rebuild_artefacts(
+    run_dir: Path, setup: Any, st: Any, bundle: Any, cfg: Any, step: int, primary: bool
+) -> list[str]:
+    """Write a finished run's missing ``final.json`` (evaluating once) and loss plot."""
+    from trainer import evaluation
+
+    rebuilt = []
+    if not (run_dir / rundir.FINAL_FILE).exists():
+        # Every process evaluates (the parameters span them all); process 0 writes.
+        val = evaluation.evaluate(setup, st["params"], bundle, cfg)
+        if primary:
+            summary = {
+                "step": step,
+                "interrupted_by": None,
+                "params_sha256": rundir.params_digest(st["params"]),
+                "num_params": setup.num_params,
+                **{f"val_{k}": v for k, v in val.items()},
+            }
+            rundir.write_final(run_dir, summary)
+        rebuilt.append(rundir.FINAL_FILE)
+    if primary and not (run_dir / rundir.CURVE_FILE).exists():
+        _plot(run_dir)
+        if (run_dir / rundir.CURVE_FILE).exists():
+            rebuilt.append(rundir.CURVE_FILE)
+    return rebuilt
+
+
+def _peak_flops(cfg: Any) -> float | None:
+    """Peak FLOP/s of one device for the compute dtype; None (no MFU logged) when unknown (CPU)."""
+    import warnings
+
+    from tjx import metrics
+
+    if jax.default_backend() == "cpu":
+        return None
+    dtype = {"bfloat16": "bf16", "float16": "fp16", "float32": "tf32"}[cfg.model.compute_dtype]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peak = metrics.device_peak_flops(jax.devices()[0], dtype)
+    return float(peak) if peak else None
+
+
+def _plot(run_dir: Path) -> None:
+    from tjx import metrics
+
+    jsonl = next(iter(sorted(run_dir.glob("*.jsonl"))), None)
+    if jsonl is None:
+        return
+    try:
+        metrics.plot_curves(str(jsonl), str(run_dir / rundir.CURVE_FILE), keys=("loss", "val_loss"))
+    except Exception as err:  # the plot is a convenience; never fail a finished run over it
+        print(f"warning: could not plot the loss curve: {err}", file=sys.stderr)

@@ -19,7 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--checkpoint", metavar="RUN_DIR", help="a trainer run directory")
     target.add_argument(
-        "--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="two run directories side by side"
+        "--compare",
+        nargs=2,
+        metavar=("RUN_A", "RUN_B"),
+        help="two runs side by side; RUN@STEP picks a step (two steps of one run: r@100 r@200), "
+        "--step applies to both",
     )
     parser.add_argument("--data", default=None, help="held-out text: built-in, hub name or path")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
@@ -27,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-batches", type=int, default=None, help="default: all batches")
@@ -49,6 +54,10 @@ def _check(args: argparse.Namespace) -> None:
         raise RunError(
             f"--temperature: must be a finite number >= 0 (0 = greedy); got {args.temperature}"
         )
+    if args.top_k is not None and args.top_k < 1:
+        raise RunError(f"--top-k: must be >= 1, got {args.top_k}")
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        raise RunError(f"--top-p: must be in (0, 1], got {args.top_p}")
     png = args.attention_png
     if png and png != "none" and not Path(png).expanduser().parent.is_dir():
         raise RunError(
@@ -56,7 +65,15 @@ def _check(args: argparse.Namespace) -> None:
             "path"
         )
     for run in [args.checkpoint] if args.checkpoint else list(args.compare):
-        check_run_dir(Path(run))
+        check_run_dir(split_step(run, args.step)[0])
+
+
+def split_step(target: str, default: int | None) -> tuple[Path, int | None]:
+    """``"runs/x@200"`` → (runs/x, 200); no ``@STEP`` → (the path, ``default``)."""
+    path, sep, step = target.rpartition("@")
+    if not sep or not step.isdigit():
+        return Path(target), default
+    return Path(path), int(step)
 
 
 def _metrics(run: Any, args: argparse.Namespace) -> dict[str, float]:
@@ -153,8 +170,16 @@ def _generate(run: Any, args: argparse.Namespace) -> None:
         max_new_tokens=new,
         temperature=args.temperature,
         top_k=args.top_k,
+        top_p=args.top_p,
         seed=args.seed,
     )
+    how = "greedy" if args.temperature == 0 else f"temperature {args.temperature:g}"
+    how += "".join(
+        f", {name} {value:g}"
+        for name, value in (("top-k", args.top_k), ("top-p", args.top_p))
+        if value is not None
+    )
+    print(f"--- sample (prompt {args.generate!r}; {how}; seed {args.seed}; {new} new tokens) ---")
     print(run.tokenizer.decode([int(t) for t in np.asarray(out)[0]]))
 
 
@@ -168,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         from eval.runs import load_run
 
         if args.compare:
-            runs = [load_run(Path(p)) for p in args.compare]
+            runs = [load_run(*split_step(p, args.step)) for p in args.compare]
             results = [_metrics(r, args) for r in runs]
             _print_table([f"{r.run_dir.name}@{r.step}" for r in runs], results)
             return 0

@@ -11,6 +11,7 @@ from flax import nnx
 
 from eval.cli import main
 from tjx import ckpt, data, nn
+from tjx.data.prepare import held_out
 
 
 @pytest.fixture()
@@ -53,7 +54,7 @@ def run_dir(tmp_path):
 
 def _metric(text, name, column=0):
     line = next(ln for ln in text.splitlines() if ln.split() and ln.split()[0] == name)
-    return float(line.split()[1 + column])
+    return float(line.split()[1 + column].replace(",", ""))  # counts print as 1,234
 
 
 def test_metrics_match_a_float64_reference(run_dir, tmp_path, capsys):
@@ -212,3 +213,56 @@ def test_a_bert_run_is_scored_on_masked_tokens(run_dir, capsys):
     assert f"{count:,} held-out masked tokens" in out and "bits_per_byte" not in out
     assert main(["--checkpoint", str(run), "--generate", "x"]) == 2
     assert "--generate: needs a decoder run" in capsys.readouterr().err
+
+
+def test_data_file_is_tokenized_again_after_an_edit(run_dir, tmp_path, capsys, monkeypatch):
+    """``--data ./notes.txt`` goes through tjx.data's shard cache like the trainer's data.source:
+    its held-out tenth, and fresh shards once the file changes (stale shards were reused)."""
+    from eval.runs import RunError, heldout_dir, load_run
+
+    run, _ = run_dir
+    monkeypatch.chdir(tmp_path)
+    notes = tmp_path / "notes.txt"
+    argv = ["--checkpoint", str(run), "--data", "./notes.txt", "--attention-png", "none"]
+    counts = []
+    for line in ("a rose by any other name\n", "would smell as sweet, so Romeo would\n"):
+        notes.write_text(line * 40)
+        assert main(argv) == 0
+        counts.append(_metric(capsys.readouterr().out, "num_tokens"))
+        shard_dir, bpt = heldout_dir(load_run(run), "./notes.txt")
+        held = held_out([line * 40], "validation")[0]
+        stream = data.load_index(shard_dir).read_all()
+        assert bytes(stream[:-1].astype(np.uint8)).decode() == held  # the new text, + EOS
+        assert bpt == pytest.approx(len(held) / (len(held) + 1))
+    assert counts[0] != counts[1]
+    with pytest.raises(RunError, match="^--data: no such file"):
+        heldout_dir(load_run(run), "./missing.txt")
+
+
+def test_compare_two_steps_of_one_run_and_a_labelled_top_p_sample(run_dir, capsys):
+    run, _ = run_dir
+    other = nn.GPT2(
+        nn.GPT2Config(
+            vocab_size=257, max_seq_len=16, d_model=16, num_layers=2, num_heads=2, precision="fp32"
+        ),
+        rngs=nnx.Rngs(8),
+    )
+    params = nnx.to_pure_dict(nnx.state(other, nnx.Param))
+    manager = ckpt.CheckpointManager(run / "checkpoints", async_save=False)
+    manager.save(7, state={"params": params, "step": np.int32(7)}, config={}, force=True)
+    manager.close()
+    argv = ["--compare", f"{run}@3", f"{run}@7", "--batch-size", "2", "--max-batches", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["metric", "run@3", "run@7"]
+    assert _metric(out, "loss", 0) != _metric(out, "loss", 1)  # two different parameter sets
+    # --step applies to both sides of --compare when they name no step.
+    assert main(["--compare", str(run), str(run), "--step", "3", "--max-batches", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split() == ["metric", "run@3", "run@3"]
+    argv = ["--checkpoint", str(run), "--max-batches", "1", "--attention-png", "none"]
+    sample = ["--generate", "Line", "--max-new-tokens", "4", "--top-p", "0.9", "--seed", "2"]
+    assert main([*argv, *sample]) == 0
+    out = capsys.readouterr().out
+    assert "--- sample (prompt 'Line'; temperature 0.8, top-p 0.9; seed 2; 4 new tokens) ---" in out
+    assert main([*argv, "--generate", "x", "--top-p", "1.5"]) == 2
+    assert "--top-p: must be in (0, 1]" in capsys.readouterr().err

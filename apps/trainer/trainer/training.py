@@ -10,6 +10,7 @@ thing done at a step boundary. Everything that can fail on bad input was checked
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import sys
 from dataclasses import dataclass, field
@@ -37,11 +38,17 @@ def write_run_files(plan: RunPlan, setup: Any, bundle: Any) -> None:
 
 def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
     """Run the steps of a prepared run; the process's exit code."""
-    from tjx import ckpt, metrics, parallel
+    from tjx import ckpt, data, metrics, parallel
     from trainer import data_setup
 
     cfg, run_dir = plan.config, plan.run_dir
     primary = parallel.is_primary()
+    # Two batches ahead on the mesh (assembled from every host's rows in a multi-host run): the
+    # host builds and transfers the next batch while the device runs this step. The resume state
+    # is still that of the batches handed to the step (tjx.data's DevicePrefetcher).
+    loader = data.prefetch_to_device(
+        loader, size=2, put=functools.partial(data_setup.to_global, mesh=setup.mesh)
+    )
     manager = ckpt.CheckpointManager(
         run_dir / rundir.CHECKPOINTS_DIR,
         keep_last=cfg.checkpoint.keep_last,
@@ -187,10 +194,7 @@ class Training:
         return step_fn
 
     def _step(self, step_fn: Any) -> Any:
-        from trainer import data_setup
-
-        batch = data_setup.to_global(next(self.loader), self.setup.mesh)
-        self.state, out = step_fn(self.state, batch)
+        self.state, out = step_fn(self.state, next(self.loader))  # already on the mesh
         self.meter.update(self.task.units_per_step(self.cfg))  # a host int: no device read
         return out
 

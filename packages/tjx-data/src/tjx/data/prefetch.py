@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = ["DevicePrefetcher", "prefetch_to_device"]
@@ -17,12 +17,22 @@ class DevicePrefetcher:
     so a checkpoint taken between steps resumes exactly.
     """
 
-    def __init__(self, iterator: Any, *, size: int = 2, sharding: Any = None):
+    def __init__(
+        self,
+        iterator: Any,
+        *,
+        size: int = 2,
+        sharding: Any = None,
+        put: Callable[[Any], Any] | None = None,
+    ):
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
+        if put is not None and sharding is not None:
+            raise ValueError("give `sharding` or `put`, not both (`put` places the batch itself)")
         import jax  # lazy: tjx.data itself never needs jax
 
         self._jax = jax
+        self._put = put
         self._source = iterator
         self._iter = iter(iterator)
         self._size = size
@@ -40,7 +50,9 @@ class DevicePrefetcher:
                 self._exhausted = True
                 return
             state = self._source.state_dict() if self._tracks_state else None
-            if self._sharding is None:
+            if self._put is not None:
+                placed = self._put(batch)
+            elif self._sharding is None:
                 placed = self._jax.device_put(batch)
             else:
                 placed = self._jax.device_put(batch, self._sharding)
@@ -74,7 +86,13 @@ class DevicePrefetcher:
         self._exhausted = False
 
 
-def prefetch_to_device(iterator: Any, *, size: int = 2, sharding: Any = None) -> DevicePrefetcher:
+def prefetch_to_device(
+    iterator: Any,
+    *,
+    size: int = 2,
+    sharding: Any = None,
+    put: Callable[[Any], Any] | None = None,
+) -> DevicePrefetcher:
     """Wrap an iterator of (pytrees of) numpy batches so ``size`` are already on device.
 
     Parameters
@@ -86,6 +104,11 @@ def prefetch_to_device(iterator: Any, *, size: int = 2, sharding: Any = None) ->
     sharding:
         A ``jax.sharding.Sharding`` (or a pytree of them matching the batch) to place each batch
         with, e.g. a ``NamedSharding`` over the mesh's data axes; ``None`` = default device.
+    put:
+        Instead of ``sharding``: a function that places one host batch itself. A multi-host run
+        needs it: ``device_put`` would take each host's own rows for the whole global batch,
+        while e.g. ``jax.make_array_from_process_local_data`` (``tjx.parallel.host_local_to_global``)
+        assembles the global batch from every host's rows.
 
     Returns
     -------
@@ -93,4 +116,4 @@ def prefetch_to_device(iterator: Any, *, size: int = 2, sharding: Any = None) ->
         An iterator of ``jax.Array`` batches with ``state_dict`` / ``load_state_dict`` passed
         through when the source has them.
     """
-    return DevicePrefetcher(iterator, size=size, sharding=sharding)
+    return DevicePrefetcher(iterator, size=size, sharding=sharding, put=put)

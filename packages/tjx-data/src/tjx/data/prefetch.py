@@ -107,8 +107,8 @@ def prefetch_to_device(
     put:
         Instead of ``sharding``: a function that places one host batch itself. A multi-host run
         needs it: ``device_put`` would take each host's own rows for the whole global batch,
-        while e.g. ``jax.make_array_from_process_local_data`` (``tjx.parallel.host_local_to_global``)
-        assembles the global batch from every host's rows.
+        while ``jax.make_array_from_process_local_data`` (as in
+        ``tjx.parallel.host_local_to_global``) assembles it from every host's rows.
 
     Returns
     -------

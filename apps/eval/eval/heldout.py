@@ -38,15 +38,9 @@ def make_step(model: Any, *, mlm_key: jax.Array | None = None, mlm_prob: float =
                 positions=batch.get("positions"),
                 mask_prob=mlm_prob,
             )
-        else:
-            hidden = m(
-                batch["inputs"],
-                positions=batch.get("positions"),
-                segment_ids=batch.get("segment_ids"),
-                deterministic=True,
-                return_hidden=True,
-            )
-            logits, labels = m.logits(hidden), batch["targets"]
+        else:  # the decoder's own float32 logits of the packed batch
+            seg, pos = batch.get("segment_ids"), batch.get("positions")
+            logits, labels = m(batch["inputs"], positions=pos, segment_ids=seg), batch["targets"]
         return metrics.lm_stats(logits, labels, top_k=TOP_K)
 
     return step

@@ -98,14 +98,8 @@ class Task:
 
     def eval_logits(self, model: Any, batch: Batch, cfg: Config) -> tuple[jax.Array, jax.Array]:
         """(float32 logits, labels with -100 where unscored) for the validation metrics."""
-        hidden = model(
-            batch["inputs"],
-            positions=batch.get("positions"),
-            segment_ids=batch.get("segment_ids"),
-            deterministic=True,
-            return_hidden=True,
-        )
-        return model.logits(hidden), batch["targets"]
+        seg, pos = batch.get("segment_ids"), batch.get("positions")
+        return model(batch["inputs"], positions=pos, segment_ids=seg), batch["targets"]
 
     def metrics(self, out: dict[str, float], cfg: Config) -> dict[str, float]:
         """The validation metrics under this task's names (the LM's are tjx-metrics' own)."""

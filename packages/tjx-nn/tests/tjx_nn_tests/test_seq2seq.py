@@ -1,5 +1,6 @@
 """Encoder-decoder generation: the cached decode equals re-running the whole model."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -109,9 +110,13 @@ def test_start_token_eos_and_sampling():
     # The same sampling options as generate: seeded and really sampling; top_k=1 is greedy.
     kw = dict(max_new_tokens=6, decoder_start_id=5, temperature=1.0)
     draws = [np.asarray(tnn.generate_seq2seq(model, src, top_p=0.9, seed=s, **kw)) for s in (0, 1)]
-    np.testing.assert_array_equal(draws[0], tnn.generate_seq2seq(model, src, top_p=0.9, **kw))
+    np.testing.assert_array_equal(
+        draws[0], tnn.generate_seq2seq(model, src, top_p=0.9, key=jax.random.key(0), **kw)
+    )
     assert any(not np.array_equal(d, greedy) for d in draws)
-    np.testing.assert_array_equal(tnn.generate_seq2seq(model, src, top_k=1, **kw), greedy)
+    np.testing.assert_array_equal(tnn.generate_seq2seq(model, src, top_k=1, seed=2, **kw), greedy)
+    with pytest.raises(ValueError, match="needs seed= or key="):
+        tnn.generate_seq2seq(model, src, **kw)
 
 
 def test_start_cache_projects_cross_keys_values_once():

@@ -30,7 +30,8 @@ class CrossEntropyOutput(NamedTuple):
     ----------
     loss : Array
         float32 scalar: mean cross-entropy over non-ignored tokens plus ``z_loss * mean(lse**2)``;
-        0 when every token is ignored.
+        0 when every token is ignored or there is none (``[b, 0]`` labels; the gradients are
+        then zeros too).
     sum_loss : Array
         float32 scalar: sum of per-token cross-entropy (no z-loss), for exact streaming metrics.
     num_tokens : Array
@@ -171,7 +172,8 @@ def chunked_cross_entropy(
     seq = labels.shape[-1] if labels.ndim >= 1 else 1
     h = hidden.reshape(rows, seq, d_model)
     lab = labels.reshape(rows, seq).astype(jnp.int32)
-    cols = max(1, min(seq, chunk_size // rows))
+    # max(rows, 1): a batch of zero rows is valid (nothing to scan), not a division by zero.
+    cols = max(1, min(seq, chunk_size // max(rows, 1)))
     pad = (-seq) % cols
     if pad:
         h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))

@@ -4,8 +4,9 @@ Selection ("auto"): on a CUDA GPU, cuDNN when it serves the call (should jax's o
 refuse it while tracing, the next choice), else the Pallas flash kernel when it serves the call,
 else XLA; on any other platform, XLA. The rule is the same on one device and on a mesh: both fused
 kernels partition over batch and heads under a sharded ``jit``. Features no fused kernel has (an
-additive ``bias``, attention dropout) always take the XLA path. An explicitly requested kernel that
-cannot run the call raises ``ValueError`` naming the argument and what is supported.
+additive ``bias``, attention dropout) and zero-length sequences always take the XLA path. An
+explicitly requested kernel that cannot run the call raises ``ValueError`` naming the argument and
+what is supported.
 """
 
 from __future__ import annotations
@@ -253,7 +254,9 @@ def attention(
     Returns
     -------
     Array
-        ``[batch, q_len, heads, head_dim]`` in ``q``'s dtype.
+        ``[batch, q_len, heads, head_dim]`` in ``q``'s dtype; with ``q_len == 0`` empty, with
+        ``kv_len == 0`` zeros (such calls take the XLA path whatever ``implementation`` says,
+        after it is validated).
     """
     shapes = check_qkv(q, k, v)
     check_segment_ids(segment_ids, shapes)
@@ -261,7 +264,10 @@ def attention(
     check_bias(bias, shapes)
     check_dropout(dropout_rate, dropout_rng)
     check_scale(scale)
-    needs_xla = bias is not None or dropout_rate > 0.0
+    # A zero-length call has nothing to compute (an empty or all-zero result): XLA serves it
+    # without padding a sequence of 0 up to a kernel block. Explicit requests are still checked.
+    empty = shapes.q_len == 0 or shapes.kv_len == 0
+    needs_xla = bias is not None or dropout_rate > 0.0 or empty
     impl = select_implementation(
         q, shapes, implementation=implementation, segment_ids=segment_ids, needs_xla=needs_xla
     )

@@ -176,7 +176,8 @@ def flash_attention(
     Returns
     -------
     Array
-        ``[batch, q_len, heads, head_dim]`` in ``q``'s dtype; rows with no visible key are 0.
+        ``[batch, q_len, heads, head_dim]`` in ``q``'s dtype; rows with no visible key are 0
+        (all of them when ``kv_len == 0``; ``q_len == 0`` gives an empty array).
     """
     shapes = check_qkv(q, k, v)
     check_segment_ids(segment_ids, shapes)
@@ -194,6 +195,10 @@ def flash_attention(
         raise ValueError(
             "`q` dtype float64 is not supported by flash_attention; use bf16/fp16/fp32"
         )
+    if shapes.q_len == 0 or shapes.kv_len == 0:
+        # Nothing to tile: no query rows, or no key for any row to see (zeros, as for a fully
+        # masked row). Padding a length of 0 up to a block would invent keys.
+        return jnp.zeros(q.shape, q.dtype)
     sm_scale = 1.0 / math.sqrt(shapes.head_dim) if scale is None else float(scale)
     q_ids, kv_ids = split_segment_ids(segment_ids)
     cfg, q_pad, kv_pad, d_pad = _make_config(

@@ -2,7 +2,8 @@
 
 The softmax subtracts the row maximum and runs in float32 whatever the input dtype; masked logits
 are ``-inf`` (not a large negative constant) and a row whose keys are all masked gives zeros, with
-zero gradients, instead of NaN or a uniform average.
+zero gradients, instead of NaN or a uniform average. Zero-length sequences are valid: ``q_len == 0``
+gives an empty ``[b, 0, h, d]`` result and ``kv_len == 0`` a zero one (no query sees a key).
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def reference_attention(
     Returns
     -------
     Array
-        ``[batch, q_len, heads, head_dim]`` in ``q``'s dtype. Rows with no visible key are zero.
+        ``[batch, q_len, heads, head_dim]`` in ``q``'s dtype. Rows with no visible key are zero
+        (every row when ``kv_len == 0``); ``q_len == 0`` gives an empty array.
     """
     shapes = check_qkv(q, k, v)
     check_dropout(dropout_rate, dropout_rng)
@@ -180,7 +182,9 @@ def _probabilities(
     mask = attention_mask(shapes, causal=causal, segment_ids=segment_ids, kv_lengths=kv_lengths)
     if mask is not None:
         logits = jnp.where(mask[:, :, None], logits, -jnp.inf)  # [b|1, 1, 1, s_q, s_k]
-    row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    # `initial=-inf`: with no keys at all (kv_len 0) the max of an empty row is -inf, like a
+    # fully masked row, instead of an error; it changes nothing when the row has entries.
+    row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True, initial=-jnp.inf))
     # A fully masked row has max -inf: shift by 0 so exp(-inf) = 0 and the row sums to 0.
     row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
     p = jnp.exp(logits - row_max)
@@ -211,7 +215,8 @@ def attention_weights(
     Returns
     -------
     Array
-        float32 (or wider) ``[batch, heads, q_len, kv_len]``; each row sums to 1, or is all zero
+        float32 (or wider) ``[batch, heads, q_len, kv_len]`` (empty when either length is 0);
+        each row sums to 1, or is all zero
         where the query sees no key (padding).
     """
     shapes = check_qkv(q, k, k)

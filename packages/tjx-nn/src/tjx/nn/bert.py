@@ -10,7 +10,7 @@ from flax import nnx
 from tjx.nn.configs import BertConfig
 from tjx.nn.decoder import check_length
 from tjx.nn.embeddings import Embed, lookup_table
-from tjx.nn.linear import Dense, dropout, split_key
+from tjx.nn.linear import Dense, dropout, dropout_stream, split_key
 from tjx.nn.losses import mlm_mask
 from tjx.nn.mlp import activation
 from tjx.nn.norms import make_norm
@@ -71,8 +71,7 @@ class BERT(nnx.Module):
         else:
             self.pooler = self.classifier = None
         self.act = activation(c.mlp_activation)
-        active = c.dropout > 0 or c.attention_dropout > 0
-        self.dropout_rngs = nnx.Rngs(dropout=rngs.dropout()) if active else None
+        self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention_dropout > 0)
 
     def encode(
         self,
@@ -155,7 +154,9 @@ class BERT(nnx.Module):
         tokens : Array
             int ``[b, s]`` inputs.
         key : Array
-            PRNG key of the masking (a fixed one gives the same positions every evaluation).
+            PRNG key of the masking only (dropout keys come from ``rngs`` or the model's
+            stream). A fixed key masks the same positions at every call, as evaluation wants;
+            training needs a new key per step (e.g. ``jax.random.fold_in(key, step)``).
         segment_ids : Array
             int ``[b, s]``: 1, 2, … per packed document, 0 = padding (never masked). Documents
             attend only within themselves.
@@ -207,6 +208,11 @@ class BERT(nnx.Module):
         """Sequence-classification logits ``[b, num_labels]`` from the first ([CLS]) position."""
         if self.pooler is None or self.classifier is None:
             raise ValueError("BertConfig.num_labels must be set to use classify()")
+        if tokens.ndim != 2 or tokens.shape[1] == 0:
+            raise ValueError(
+                "classify reads the first ([CLS]) position: tokens must be [batch, length >= 1]; "
+                f"got shape {tokens.shape}"
+            )
         h = self.encode(tokens, **kwargs)  # type: ignore[arg-type]
         pooled = jnp.tanh(self.pooler(h[:, 0]))
         return self.classifier(pooled).astype(jnp.float32)

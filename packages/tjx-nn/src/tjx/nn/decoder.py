@@ -11,7 +11,7 @@ from flax import nnx
 from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
 from tjx.nn.embeddings import Embed, add_positions, learned_positions
 from tjx.nn.kv_cache import init_cache
-from tjx.nn.linear import Dense, dropout, split_key
+from tjx.nn.linear import Dense, dropout, dropout_stream, split_key
 from tjx.nn.norms import make_norm
 from tjx.nn.params import normal
 from tjx.nn.precision import Precision
@@ -69,6 +69,8 @@ class DecoderLM(nnx.Module):
 
     With ``dropout`` or ``attention_dropout`` > 0 the model keeps an ``nnx.Rngs`` (stream
     ``dropout``) in its state for training calls; pass ``rngs=`` to ``__call__`` to override.
+    Each training call draws one new key from it and splits it per layer and per use (see
+    ``linear.dropout_stream`` for ``jax.jit`` over ``nnx.split``/``nnx.merge``).
     """
 
     config_type: type[TransformerConfig] = TransformerConfig
@@ -100,8 +102,7 @@ class DecoderLM(nnx.Module):
             else None
         )
         self.head = output_head(c, rngs=rngs)
-        active = c.dropout > 0 or c.attention_dropout > 0
-        self.dropout_rngs = nnx.Rngs(dropout=rngs.dropout()) if active else None
+        self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention_dropout > 0)
 
     # -- pieces --------------------------------------------------------------------------------
     def embed_tokens(self, tokens: Array, positions: Array) -> Array:
@@ -147,7 +148,9 @@ class DecoderLM(nnx.Module):
         return_hidden : bool
             Return the final (normed) hidden states instead of logits.
         rngs : nnx.Rngs, optional
-            Dropout keys (default: the model's own ``dropout`` stream).
+            Dropout keys (default: the model's own ``dropout`` stream). One key is drawn per
+            call, so ``nnx.Rngs(dropout=k)`` with the same ``k`` repeats the same masks: derive
+            ``k`` per step (``jax.random.fold_in(key, step)``).
         """
         b, s = tokens.shape
         check_length(s, self.config.max_seq_len)

@@ -12,7 +12,7 @@ from tjx.nn.configs import EncoderDecoderConfig
 from tjx.nn.decoder import check_length, head_logits, head_unembedding, output_head
 from tjx.nn.embeddings import Embed, add_positions, learned_positions
 from tjx.nn.kv_cache import init_cache
-from tjx.nn.linear import dropout, split_key
+from tjx.nn.linear import dropout, dropout_stream, split_key
 from tjx.nn.norms import make_norm
 from tjx.nn.stack import Stack
 
@@ -39,8 +39,7 @@ class EncoderDecoder(nnx.Module):
         self.encoder_norm = make_norm(c.norm, c.d_model, **norm_kw) if pre else None
         self.decoder_norm = make_norm(c.norm, c.d_model, **norm_kw) if pre else None
         self.head = output_head(c, rngs=rngs)
-        active = c.dropout > 0 or c.attention_dropout > 0
-        self.dropout_rngs = nnx.Rngs(dropout=rngs.dropout()) if active else None
+        self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention_dropout > 0)
 
     def _embed(
         self,

@@ -138,18 +138,76 @@ def check_sampling(
     return (float(temperature), top_k, top_p)
 
 
+def sampling_key(seed: int | None, key: Array | None, temperature: float) -> Array:
+    """The root PRNG key of one generation call (each step splits its own key off it).
+
+    A sampling call must name its randomness: with a silent default seed every call without one
+    would draw the same "random" continuation. Greedy decoding reads no key, so needs none.
+
+    Parameters
+    ----------
+    seed : int, optional
+        ``jax.random.key(seed)``.
+    key : Array, optional
+        One PRNG key: a typed key of shape ``()`` or a raw ``uint32[2]`` one.
+    temperature : float
+        0 = greedy.
+
+    Returns
+    -------
+    Array
+        A typed PRNG key of shape ``()``.
+
+    Raises
+    ------
+    ValueError
+        Both ``seed`` and ``key``; neither while sampling; a ``key`` that is not one key.
+    """
+    if seed is not None and key is not None:
+        raise ValueError("seed and key: give one of them, not both")
+    if key is not None:
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            typed = key
+        elif key.dtype == jnp.uint32 and key.shape == (2,):
+            typed = jax.random.wrap_key_data(key)
+        else:
+            typed = None
+        if typed is None or typed.shape != ():
+            raise ValueError(
+                "key must be one PRNG key (jax.random.key(n), shape ()); got "
+                f"{key.dtype}{tuple(key.shape)}: a batch of keys is not split per row or step"
+            )
+        return typed
+    if seed is not None:
+        return jax.random.key(seed)
+    if temperature > 0:
+        raise ValueError(
+            "sampling (temperature > 0) needs seed= or key=: without one every call would draw "
+            "the same tokens; pass a new seed (or a new split of your key) per call"
+        )
+    return jax.random.key(0)  # greedy: never read
+
+
 def check_tokens(
-    tokens: Any, lengths: Any, *, name: str, lengths_name: str
+    tokens: Any, lengths: Any, *, name: str, lengths_name: str, empty_fix: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """int32 ``[b, P]`` right-padded ``tokens`` and their ``[b]`` real lengths (default ``P``)."""
+    """int32 ``[b, P]`` right-padded ``tokens`` and their ``[b]`` real lengths (default ``P``).
+
+    A row needs at least one real token (``empty_fix`` says what to give instead of none); a
+    batch of zero rows is valid.
+    """
     arr = np.asarray(tokens, dtype=np.int32)
-    if arr.ndim != 2 or arr.shape[1] == 0:
-        raise ValueError(f"{name} must be int [batch, length>0]; got shape {arr.shape}")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be int [batch, length]; got shape {arr.shape}")
     b, P = arr.shape
+    if P == 0:
+        raise ValueError(f"{name} has length 0 (shape {arr.shape}): {empty_fix}")
     lens = np.full((b,), P, np.int32) if lengths is None else np.asarray(lengths)
     lens = lens.astype(np.int32)
-    if lens.shape != (b,) or lens.min() < 1 or lens.max() > P:
-        raise ValueError(f"{lengths_name} must be [batch] ints in [1, {P}]; got {lens}")
+    if lens.shape != (b,) or (b > 0 and (lens.min() < 1 or lens.max() > P)):
+        raise ValueError(
+            f"{lengths_name} must be [batch] ints in [1, {P}]; got {lens} ({empty_fix})"
+        )
     return arr, lens
 
 
@@ -161,12 +219,14 @@ def run_generation(
     max_new_tokens: int,
     sampling: Sampling,
     eos_id: int | None,
-    seed: int,
+    key: Array,
     pad_id: int | None,
     src: np.ndarray | None = None,
     src_ids: np.ndarray | None = None,
 ) -> Array:
-    """The shared prefill + decode loop (arguments already validated)."""
+    """The shared prefill + decode loop (arguments already validated; ``key`` from
+    ``sampling_key``). Every sampled step gets its own key split off ``key``, never ``key``
+    itself, and one key samples a whole batch row-independently."""
     b, P = prompts.shape
     total = P + max_new_tokens
     max_len = model.config.max_seq_len
@@ -175,10 +235,11 @@ def run_generation(
             f"prompt length {P} + max_new_tokens {max_new_tokens} = {total} exceeds the "
             f"model's max_seq_len={max_len}"
         )
+    if b == 0:
+        return jnp.zeros((0, total), jnp.int32)
     fill = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
     graphdef, state = nnx.split(model)
     cache = model.init_cache(b, total)
-    key = jax.random.key(seed)
     key, sub = jax.random.split(key)
     extra = () if src is None else (jnp.asarray(src), jnp.asarray(src_ids))
     cache, tok = _prefill(
@@ -215,9 +276,10 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     eos_id: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     prompt_lengths: Any = None,
     pad_id: int | None = None,
+    key: Array | None = None,
 ) -> Array:
     """Generate ``max_new_tokens`` tokens after each prompt.
 
@@ -226,31 +288,49 @@ def generate(
     model : DecoderLM
         A ``GPT2``/``Llama``/``DecoderLM`` (for ``EncoderDecoder`` use ``generate_seq2seq``).
     prompts : array-like
-        int ``[b, P]`` right-padded prompts.
+        int ``[b, P]`` right-padded prompts, ``P >= 1``: generation conditions on at least one
+        token per row, so an empty prompt is an error (start it with a BOS token instead).
     max_new_tokens : int
         Tokens to generate per row (``P + max_new_tokens <= max_seq_len``).
     temperature, top_k, top_p : sampling settings (``temperature=0`` → greedy).
     eos_id : int, optional
         A row stops after producing it; later slots hold ``pad_id``. Generation ends early when
         every row has stopped.
-    seed : int
-        Sampling seed.
+    seed : int, optional
+        Sampling seed (``key = jax.random.key(seed)``). Sampling (``temperature > 0``) needs
+        ``seed`` or ``key``; greedy decoding needs neither.
     prompt_lengths : array-like, optional
         int ``[b]`` real prompt lengths (default: all ``P``); each in ``[1, P]``.
     pad_id : int, optional
         Filler after a row's end (default ``eos_id`` or 0).
+    key : Array, optional
+        One PRNG key instead of ``seed``. Each step samples with its own key split off it and
+        rows sample independently; the same key (or seed) gives the same tokens, so pass a new
+        one (``jax.random.split``) per call.
 
     Returns
     -------
     Array
         int32 ``[b, P + max_new_tokens]``: each row's real prompt, then its new tokens, padded.
+
+    Raises
+    ------
+    ValueError
+        A bad argument (the message names it): e.g. an empty prompt, sampling without a seed
+        or key, both of them, or lengths over ``max_seq_len``.
     """
     if isinstance(model, EncoderDecoder):
         raise ValueError("model: generate serves decoder LMs; use generate_seq2seq for it")
     arr, lengths = check_tokens(
-        prompts, prompt_lengths, name="prompts", lengths_name="prompt_lengths"
+        prompts,
+        prompt_lengths,
+        name="prompts",
+        lengths_name="prompt_lengths",
+        empty_fix="every row needs at least one token to condition on; start each prompt "
+        "with a BOS token (GPT-2: <|endoftext|>)",
     )
     sampling = check_sampling(max_new_tokens, temperature, top_k, top_p)
+    root = sampling_key(seed, key, temperature)
     return run_generation(
         model,
         arr,
@@ -258,6 +338,6 @@ def generate(
         max_new_tokens=max_new_tokens,
         sampling=sampling,
         eos_id=eos_id,
-        seed=seed,
+        key=root,
         pad_id=pad_id,
     )

@@ -1,4 +1,10 @@
-"""Dense (general) projections and dropout with explicit PRNG keys."""
+"""Dense (general) projections and dropout with explicit PRNG keys.
+
+Keys in tjx.nn: a model draws one dropout key per call from its own ``nnx.Rngs`` stream (or the
+caller's ``rngs=``) and splits it (``split_key``) into one key per use: embedding dropout, every
+layer, and inside a layer the attention-probability, residual and MLP dropouts. No key is used
+for two draws, so two layers never share a dropout mask.
+"""
 
 from __future__ import annotations
 
@@ -92,7 +98,47 @@ def dropout(x: Array, rate: float, rng: Array | None, *, deterministic: bool) ->
 
 
 def split_key(rng: Array | None, num: int) -> list[Array | None]:
-    """Split ``rng`` into ``num`` keys, or ``num`` Nones when there is no key."""
+    """Split ``rng`` into ``num`` independent keys, or ``num`` Nones when there is no key.
+
+    Give each random draw its own key from here; ``rng`` itself should not be drawn from after
+    it has been split.
+    """
     if rng is None:
         return [None] * num
     return list(jax.random.split(rng, num))
+
+
+def dropout_stream(rngs: nnx.Rngs, active: bool) -> nnx.Rngs | None:
+    """A model's own dropout key stream, taken from the construction ``rngs`` (None if inactive).
+
+    The stream's counter advances on every draw, so eager calls and ``nnx.jit`` steps get new
+    keys. A plain ``jax.jit`` over ``nnx.split``/``nnx.merge`` that does not return the updated
+    state replays the same count, hence the same dropout masks, at every step: thread the state
+    back, or pass ``rngs=nnx.Rngs(dropout=jax.random.fold_in(key, step))`` per step.
+
+    Parameters
+    ----------
+    rngs : nnx.Rngs
+        The model's construction keys; the ``dropout`` stream is used, else ``default``.
+    active : bool
+        Whether the model has any dropout.
+
+    Returns
+    -------
+    nnx.Rngs or None
+
+    Raises
+    ------
+    ValueError
+        ``rngs`` has neither a ``dropout`` nor a ``default`` stream.
+    """
+    if not active:
+        return None
+    try:
+        key = rngs.dropout()
+    except AttributeError as err:
+        raise ValueError(
+            "a model with dropout > 0 needs a `dropout` (or default) stream in rngs: build it "
+            "with nnx.Rngs(seed) or nnx.Rngs(params=..., dropout=...)"
+        ) from err
+    return nnx.Rngs(dropout=key)

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from tjx.nn.encdec import EncoderDecoder
-from tjx.nn.generation import check_sampling, check_tokens, run_generation
+from tjx.nn.generation import check_sampling, check_tokens, run_generation, sampling_key
 
 Array = jax.Array
 
@@ -33,8 +33,9 @@ def generate_seq2seq(
     top_k: int | None = None,
     top_p: float | None = None,
     eos_id: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     pad_id: int | None = None,
+    key: Array | None = None,
 ) -> Array:
     """Generate ``max_new_tokens`` target tokens for each source sequence.
 
@@ -47,7 +48,8 @@ def generate_seq2seq(
     model : EncoderDecoder
         The model.
     src : array-like
-        int ``[b, S]`` right-padded source tokens (``S <= max_seq_len``).
+        int ``[b, S]`` right-padded source tokens (``1 <= S <= max_seq_len``; an empty source
+        is an error: give at least one token, e.g. EOS, per row).
     max_new_tokens : int
         Tokens to generate per row (``P + max_new_tokens <= max_seq_len``).
     decoder_start_id : int, optional
@@ -62,10 +64,12 @@ def generate_seq2seq(
     temperature, top_k, top_p : sampling settings (``temperature=0`` → greedy).
     eos_id : int, optional
         A row stops after producing it; later slots hold ``pad_id``.
-    seed : int
-        Sampling seed.
+    seed : int, optional
+        Sampling seed; sampling (``temperature > 0``) needs ``seed`` or ``key``.
     pad_id : int, optional
         Filler after a row's end (default ``eos_id`` or 0).
+    key : Array, optional
+        One PRNG key instead of ``seed`` (split per step, as in ``generate``).
 
     Returns
     -------
@@ -83,7 +87,13 @@ def generate_seq2seq(
             f"model must be an EncoderDecoder (use generate for decoder LMs); got "
             f"{type(model).__name__}"
         )
-    source, lengths = check_tokens(src, src_lengths, name="src", lengths_name="src_lengths")
+    source, lengths = check_tokens(
+        src,
+        src_lengths,
+        name="src",
+        lengths_name="src_lengths",
+        empty_fix="every row needs at least one source token (e.g. EOS) for the encoder",
+    )
     max_len = model.config.max_seq_len
     if source.shape[1] > max_len:
         raise ValueError(f"src length {source.shape[1]} exceeds the model's max_seq_len={max_len}")
@@ -94,13 +104,19 @@ def generate_seq2seq(
     elif decoder_start_id is not None:
         raise ValueError("decoder_start_id and decoder_prompts: give one of them, not both")
     prompts, prompt_lens = check_tokens(
-        decoder_prompts, prompt_lengths, name="decoder_prompts", lengths_name="prompt_lengths"
+        decoder_prompts,
+        prompt_lengths,
+        name="decoder_prompts",
+        lengths_name="prompt_lengths",
+        empty_fix="the decoder needs a first token per row; leave decoder_prompts out to start "
+        "from decoder_start_id",
     )
     if prompts.shape[0] != b:
         raise ValueError(
             f"decoder_prompts must have one row per src row ({b}); got {prompts.shape[0]}"
         )
     sampling = check_sampling(max_new_tokens, temperature, top_k, top_p)
+    root = sampling_key(seed, key, temperature)
     # Segment ids with 0 on the padding: the encoder and cross-attention mask, as in __call__.
     src_ids = (np.arange(source.shape[1])[None, :] < lengths[:, None]).astype(np.int32)
     return run_generation(
@@ -110,7 +126,7 @@ def generate_seq2seq(
         max_new_tokens=max_new_tokens,
         sampling=sampling,
         eos_id=eos_id,
-        seed=seed,
+        key=root,
         pad_id=pad_id,
         src=source,
         src_ids=src_ids,

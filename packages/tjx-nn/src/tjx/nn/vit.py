@@ -9,7 +9,7 @@ from flax import nnx
 
 from tjx.nn.configs import ViTConfig
 from tjx.nn.embeddings import add_positions, learned_positions
-from tjx.nn.linear import Dense, dropout, split_key
+from tjx.nn.linear import Dense, dropout, dropout_stream, split_key
 from tjx.nn.norms import make_norm
 from tjx.nn.params import make_param, normal, zeros
 from tjx.nn.stack import Stack
@@ -53,8 +53,7 @@ class ViT(nnx.Module):
             init=normal(c.init_std),
             precision=p,
         )
-        active = c.dropout > 0 or c.attention_dropout > 0
-        self.dropout_rngs = nnx.Rngs(dropout=rngs.dropout()) if active else None
+        self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention_dropout > 0)
 
     def __call__(
         self,

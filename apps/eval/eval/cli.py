@@ -33,6 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sparse-top-k",
+        type=int,
+        default=None,
+        metavar="K",
+        help="with --generate: each new token attends to only its K highest-scoring cached keys "
+        "(tjx.nn's top-k decode attention; default: the run's model.decode_topk, else all)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-batches", type=int, default=None, help="default: all batches")
     parser.add_argument(
@@ -58,6 +66,11 @@ def _check(args: argparse.Namespace) -> None:
         raise RunError(f"--top-k: must be >= 1, got {args.top_k}")
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
         raise RunError(f"--top-p: must be in (0, 1], got {args.top_p}")
+    if args.sparse_top_k is not None:
+        if args.sparse_top_k < 1:
+            raise RunError(f"--sparse-top-k: must be >= 1, got {args.sparse_top_k}")
+        if args.generate is None:  # it changes only decoding: alone it would do nothing
+            raise RunError("--sparse-top-k: applies to --generate; give a prompt with --generate")
     png = args.attention_png
     if png and png != "none" and not Path(png).expanduser().parent.is_dir():
         raise RunError(
@@ -156,6 +169,24 @@ def _attention(run: Any, args: argparse.Namespace) -> None:
     print(f"attention distance per layer (mean tokens): {means} → {path}")
 
 
+def decoding_model(run: Any, sparse_top_k: int | None) -> Any:
+    """``run.model``, or the same parameters in a model whose decoding keeps the top-k keys.
+
+    tjx.nn's top-k decode attention is a model setting (``decode_topk``), not an argument of
+    ``generate``: the model is rebuilt (abstractly) from the run's config with it set, and given
+    the run's state, which that setting leaves the same.
+    """
+    if sparse_top_k is None:
+        return run.model
+    from flax import nnx
+
+    from tjx import nn
+
+    config = run.nn_config.replace(decode_topk=sparse_top_k)
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: nn.build_model(config, rngs=nnx.Rngs(0))))
+    return nnx.merge(graphdef, nnx.state(run.model))
+
+
 def _generate(run: Any, args: argparse.Namespace) -> None:
     from tjx import nn
 
@@ -165,7 +196,7 @@ def _generate(run: Any, args: argparse.Namespace) -> None:
     max_len = int(run.nn_config.max_seq_len)
     new = max(1, min(args.max_new_tokens, max_len - len(ids)))
     out = nn.generate(
-        run.model,
+        decoding_model(run, args.sparse_top_k),
         np.asarray([ids], np.int32),
         max_new_tokens=new,
         temperature=args.temperature,
@@ -176,7 +207,12 @@ def _generate(run: Any, args: argparse.Namespace) -> None:
     how = "greedy" if args.temperature == 0 else f"temperature {args.temperature:g}"
     how += "".join(
         f", {name} {value:g}"
-        for name, value in (("top-k", args.top_k), ("top-p", args.top_p))
+        for name, value in (
+            ("top-k", args.top_k),
+            ("top-p", args.top_p),
+            # The run's own setting when the flag leaves it: the sample says how it was decoded.
+            ("sparse top-k", args.sparse_top_k or run.nn_config.decode_topk),
+        )
         if value is not None
     )
     print(f"--- sample (prompt {args.generate!r}; {how}; seed {args.seed}; {new} new tokens) ---")

@@ -73,6 +73,17 @@ class ModelConfig:
     relative_max_distance: int = spec(128, min=3, help="position=t5: longest bucketed distance")
     param_dtype: str = spec("float32", choices=DTYPES)
     compute_dtype: str = spec("float32", choices=DTYPES)
+    # Null keeps the family's own: LLaMA has no biases, GPT-2/BERT/ViT have them.
+    use_bias: bool | None = spec(None, help="biases of dense layers and LayerNorms (null: kind's)")
+    attention_type: str = spec(
+        "mha",
+        choices=package_choices("tjx.nn.configs", "ATTENTION_TYPES"),
+        help="mla: keys/values from one low-rank latent per token (the KV cache stores it)",
+    )
+    kv_latent_dim: int | None = spec(None, min=1, help="attention_type=mla: the latent's size")
+    decode_topk: int | None = spec(
+        None, min=1, help="decoding (samples) attends to the top-k cached keys only; null = all"
+    )
     # ViT only.
     image_size: int = spec(8, min=1)
     patch_size: int = spec(2, min=1)
@@ -100,6 +111,11 @@ class ScheduleConfig:
     name: str = spec("cosine", choices=package_choices("tjx.optim", "SCHEDULE_NAMES"))
     warmup_steps: int = spec(100, min=0)
     min_lr_ratio: float = spec(0.1, min=0.0, max=1.0)
+    # Null = tjx.optim's defaults (decay over the last 0.2 of the run, linearly).
+    decay_fraction: float | None = spec(None, gt=0.0, max=1.0, help="wsd: share of steps decaying")
+    decay_shape: str | None = spec(
+        None, choices=package_choices("tjx.optim.config", "WSD_DECAY_SHAPES"), help="wsd only"
+    )
 
 
 _OWN_DEFAULT = "null = the optimizer's own default (tjx.optim)"
@@ -109,9 +125,9 @@ _OWN_DEFAULT = "null = the optimizer's own default (tjx.optim)"
 class OptimizerConfig:
     """Optimizer (built by tjx.optim).
 
-    ``b1``, ``b2``, ``eps`` and ``weight_decay`` left null take the named optimizer's own defaults
-    (tjx.optim's table: e.g. adamw b2 0.999, adafactor eps 1e-30 and no decay), so one optimizer's
-    values never leak into another's.
+    ``b1``, ``b2``, ``eps``, ``weight_decay``, ``momentum`` and ``nesterov`` left null take the
+    named optimizer's own defaults (tjx.optim's table: e.g. adamw b2 0.999, adafactor eps 1e-30 and
+    no decay, sgd momentum 0.9), so one optimizer's values never leak into another's.
     """
 
     name: str = spec("adamw", choices=package_choices("tjx.optim", "OPTIMIZER_NAMES"))
@@ -120,6 +136,9 @@ class OptimizerConfig:
     b2: float | None = spec(None, min=0.0, lt=1.0, help=_OWN_DEFAULT)
     eps: float | None = spec(None, gt=0.0, help=_OWN_DEFAULT)
     weight_decay: float | None = spec(None, min=0.0, help=_OWN_DEFAULT)
+    # SGD and Muon only (tjx.optim fills them for those; elsewhere a value is refused).
+    momentum: float | None = spec(None, min=0.0, lt=1.0, help=_OWN_DEFAULT)
+    nesterov: bool | None = spec(None, help=_OWN_DEFAULT)
     # tjx.optim's default too (the same for every optimizer); null turns clipping off.
     clip_norm: float | None = spec(1.0, gt=0.0, help="null = no clipping")
     accumulation_steps: int = spec(1, min=1)
@@ -238,6 +257,27 @@ def _require(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_attention(cfg: Config) -> None:
+    """MLA's latent size goes with MLA only; top-k decoding with models that decode."""
+    m = cfg.model
+    if m.attention_type == "mla":
+        _require(
+            m.kv_latent_dim is not None,
+            "model.kv_latent_dim: attention_type 'mla' needs the latent's size, e.g. "
+            "model.kv_latent_dim=32",
+        )
+    else:  # tjx.nn would ignore it: a forgotten attention_type=mla must not pass unnoticed
+        _require(
+            m.kv_latent_dim is None,
+            f"model.kv_latent_dim: only attention_type 'mla' uses it (got {m.attention_type!r}); "
+            "set it to null",
+        )
+    _require(
+        m.decode_topk is None or cfg.task == "lm",
+        f"model.decode_topk: only decoders (gpt2, llama) decode; model.kind is {m.kind!r}",
+    )
+
+
 def validate(cfg: Config) -> Config:
     """Checks across fields (single fields were checked while reading)."""
     m, d, o, t = cfg.model, cfg.data, cfg.optimizer, cfg.train
@@ -255,6 +295,7 @@ def validate(cfg: Config) -> Config:
             "model.num_kv_heads: grouped-query attention needs model.kind 'llama' "
             f"(got {m.kind!r})",
         )
+    _check_attention(cfg)
     if m.kind != "vit":
         _require(
             m.max_seq_len >= d.seq_len,
@@ -275,6 +316,13 @@ def validate(cfg: Config) -> Config:
         "sampling.prompts: give at least one prompt (a language model writes samples at the end "
         'of training), e.g. sampling.prompts=["\\n"]',
     )
+    for key in ("decay_fraction", "decay_shape"):
+        # Only WSD has a decay phase of its own; elsewhere the value would do nothing.
+        _require(
+            getattr(o.schedule, key) is None or o.schedule.name == "wsd",
+            f"optimizer.schedule.{key}: only the 'wsd' schedule uses it (optimizer.schedule.name "
+            f"is {o.schedule.name!r}); set it to null",
+        )
     _require(
         o.schedule.warmup_steps <= t.steps,
         f"optimizer.schedule.warmup_steps: {o.schedule.warmup_steps} exceeds train.steps "

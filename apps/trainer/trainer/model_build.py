@@ -23,12 +23,14 @@ _SHARED_FIELDS = (
     "remat",
     "relative_buckets",
     "relative_max_distance",
+    "attention_type",
+    "kv_latent_dim",
 )
 # What each kind passes on besides: a field a kind leaves out keeps its tjx.nn config's own default
-# (BERT's tied head, ViT's untied one; only LLaMA groups its key/value heads).
+# (BERT's tied head, ViT's untied one; only LLaMA groups its key/value heads; only decoders decode).
 _KIND_FIELDS = {
-    "gpt2": ("max_seq_len", "tie_embeddings"),
-    "llama": ("max_seq_len", "num_kv_heads", "tie_embeddings"),
+    "gpt2": ("max_seq_len", "tie_embeddings", "decode_topk"),
+    "llama": ("max_seq_len", "num_kv_heads", "tie_embeddings", "decode_topk"),
     "bert": ("max_seq_len",),
     "vit": ("image_size", "patch_size", "num_classes"),
 }
@@ -65,8 +67,9 @@ def nn_config(m: ModelConfig, vocab_size: int) -> Any:
     }
     fields: dict[str, Any] = {f: getattr(m, f) for f in (*_SHARED_FIELDS, *_KIND_FIELDS[m.kind])}
     fields["precision"] = nn.Precision(m.param_dtype, m.compute_dtype)  # dtype names suffice
-    if m.position is not None:  # else each nn config keeps its family's default
-        fields["position"] = m.position
+    for key in ("position", "use_bias"):  # null: each nn config keeps its family's default
+        if getattr(m, key) is not None:
+            fields[key] = getattr(m, key)
     if m.kind == "vit":
         fields["num_channels"] = 1  # the trainer's images (digits) are grey
     else:
@@ -85,18 +88,27 @@ def optimizer_config(cfg: Config) -> Any:
     Returns
     -------
     tjx.optim.OptimizerConfig
-        Resolved: each of ``b1``/``b2``/``eps``/``weight_decay`` the trainer's config left null
-        holds the named optimizer's own default (tjx.optim's table), so the values printed or
-        compared are the ones the run uses.
+        Resolved: each of ``b1``/``b2``/``eps``/``weight_decay``/``momentum``/``nesterov`` the
+        trainer's config left null holds the named optimizer's own default (tjx.optim's table), so
+        the values printed or compared are the ones the run uses; likewise the WSD schedule's
+        ``decay_fraction``/``decay_shape``.
 
     Raises
     ------
     ConfigError
-        tjx.optim's cross-field rules, with the trainer's key names (``optimizer.lr``).
+        tjx.optim's cross-field rules, with the trainer's key names (``optimizer.lr``), and a
+        ``momentum``/``nesterov`` given to an optimizer that has none.
     """
     from tjx import optim
 
     o = cfg.optimizer
+    _check_momentum(o.name, {"momentum": o.momentum, "nesterov": o.nesterov})
+    # Null WSD settings are left out, so tjx.optim's own defaults apply.
+    wsd = {
+        k: getattr(o.schedule, k)
+        for k in ("decay_fraction", "decay_shape")
+        if getattr(o.schedule, k) is not None
+    }
     try:
         schedule = optim.ScheduleConfig(
             name=o.schedule.name,
@@ -104,6 +116,7 @@ def optimizer_config(cfg: Config) -> Any:
             warmup_steps=o.schedule.warmup_steps,
             total_steps=cfg.train.steps,
             min_lr_ratio=o.schedule.min_lr_ratio,
+            **wsd,
         )
         return optim.OptimizerConfig(
             name=o.name,
@@ -112,6 +125,8 @@ def optimizer_config(cfg: Config) -> Any:
             b2=o.b2,
             eps=o.eps,
             weight_decay=o.weight_decay,
+            momentum=o.momentum,
+            nesterov=o.nesterov,
             clip_norm=o.clip_norm,
             skip_nonfinite=o.skip_nonfinite,
             loss_scale=o.loss_scale,
@@ -120,6 +135,24 @@ def optimizer_config(cfg: Config) -> Any:
         ).resolved()
     except ValueError as err:  # tjx.optim's cross-field rules speak of its own classes
         raise ConfigError(_user_keys(str(err))) from None
+
+
+def _check_momentum(name: str, given: dict[str, Any]) -> None:
+    """Refuse a momentum setting that optimizer ``name`` would ignore (e.g. adamw's momentum).
+
+    Which optimizers take it is read from tjx.optim: those whose resolved default fills it.
+    """
+    from tjx import optim
+
+    def uses(optimizer: str, key: str) -> bool:
+        return getattr(optim.OptimizerConfig(name=optimizer).resolved(), key) is not None
+
+    for key, value in given.items():
+        if value is not None and not uses(name, key):
+            users = ", ".join(n for n in optim.OPTIMIZER_NAMES if uses(n, key))
+            raise ConfigError(
+                f"optimizer.{key}: only {users} use it (optimizer.name is {name!r}); set it to null"
+            )
 
 
 # tjx.optim's names → the trainer config's keys (most specific first).

@@ -38,6 +38,7 @@ TRAINING_ONLY_VALUES = [
     "model.remat=full",
     "model.compute_dtype=bfloat16",
     "model.dropout=0.2",
+    "model.decode_topk=4",
     "optimizer.lr=1e-4",
     "optimizer.b1=0.8",
     "optimizer.b2=0.9",

@@ -59,3 +59,26 @@ def test_vit_digits_logs_image_metrics_and_the_evaluator_says_why_it_stops(tmp_p
     proc = run_app("eval", ["--checkpoint", "vit"], tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "only language-model runs can be evaluated here" in proc.stderr
+
+
+def test_the_encoder_decoder_trains_from_the_command_line(tmp_path):
+    sets = [
+        *FEW,
+        "model.kind=encdec",
+        "model.d_model=32",
+        "model.num_layers=1",
+        "model.mlp_dim=64",
+        "model.max_seq_len=32",
+        "data.seq_len=32",
+        "data.batch_size=8",
+    ]
+    check_ok(train(tmp_path, "encdec", sets))
+    log = read_log(tmp_path / "encdec")
+    losses = [r["loss"] for r in log if "loss" in r and "val_loss" not in r]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    val = [r for r in log if "val_loss" in r][-1]
+    assert val["val_num_tokens"] == 2 * 16 * 17  # eval_batches × eval.batch_size × (32 - 16 + 1)
+    model = json.loads((tmp_path / "encdec" / "model.json").read_text())
+    assert model["class"] == "EncoderDecoderConfig"
+    proc = run_app("eval", ["--checkpoint", "encdec"], tmp_path)
+    assert proc.returncode == 2 and "encoder-decoder run is scored by the trainer" in proc.stderr

@@ -131,6 +131,17 @@ def _print_table(names: list[str], results: list[dict[str, float]]) -> None:
         print(f"{key:<16}{row}")
 
 
+def _check_scoreable(run: Any) -> None:
+    """Decoder and BERT runs are scored here; say so for the others, in one line."""
+    if run.tokenizer is None:
+        raise RunError("--checkpoint: only language-model runs can be evaluated here")
+    if run.is_seq2seq:
+        raise RunError(
+            "--checkpoint: an encoder-decoder run is scored by the trainer's own val_* metrics "
+            "(metrics.jsonl); the evaluator scores decoder and BERT runs"
+        )
+
+
 def _scope_note(run: Any, args: argparse.Namespace, results: dict[str, float]) -> str:
     """What the numbers above cover, and why the trainer's ``val_*`` differ from them."""
     what = "masked tokens" if run.is_masked_lm else "tokens"
@@ -230,12 +241,13 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.compare:
             runs = [load_run(*split_step(p, args.step)) for p in args.compare]
+            for one in runs:
+                _check_scoreable(one)
             results = [_metrics(r, args) for r in runs]
             _print_table([f"{r.run_dir.name}@{r.step}" for r in runs], results)
             return 0
         run = load_run(Path(args.checkpoint), args.step)
-        if run.tokenizer is None:
-            raise RunError("--checkpoint: only language-model runs can be evaluated here")
+        _check_scoreable(run)
         print(f"run {run.run_dir} at step {run.step}")
         metrics = _metrics(run, args)
         _print_table([f"{run.run_dir.name}@{run.step}"], [metrics])

@@ -35,6 +35,11 @@ class LoadedRun:
         return type(self.nn_config).__name__ in ("GPT2Config", "LlamaConfig")
 
     @property
+    def is_seq2seq(self) -> bool:
+        """The encoder-decoder (trained on continuing each window's first half)."""
+        return type(self.nn_config).__name__ == "EncoderDecoderConfig"
+
+    @property
     def is_masked_lm(self) -> bool:
         """BERT (scored on masked-token prediction)."""
         return type(self.nn_config).__name__ == "BertConfig"

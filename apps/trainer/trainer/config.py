@@ -21,7 +21,13 @@ DTYPES = ("float32", "bfloat16", "float16")
 SINKS = ("console", "jsonl", "wandb", "tensorboard")
 #: The model kinds the trainer trains and the task of each (trainer/tasks.py); the tjx.nn config
 #: class of each kind is in trainer/model_build.py.
-KIND_TASKS = {"gpt2": "lm", "llama": "lm", "bert": "mlm", "vit": "classify"}
+KIND_TASKS = {
+    "gpt2": "lm",
+    "llama": "lm",
+    "bert": "mlm",
+    "vit": "classify",
+    "encdec": "seq2seq",
+}
 
 
 def package_choices(module: str, name: str) -> Callable[[], tuple[Any, ...]]:
@@ -248,7 +254,7 @@ class Config:
 
     @property
     def task(self) -> str:
-        """ "lm" (decoders), "mlm" (BERT) or "classify" (ViT)."""
+        """ "lm" (decoders), "mlm" (BERT), "classify" (ViT) or "seq2seq" (encoder-decoder)."""
         return KIND_TASKS[self.model.kind]
 
 

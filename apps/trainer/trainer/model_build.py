@@ -33,6 +33,7 @@ _KIND_FIELDS = {
     "llama": ("max_seq_len", "num_kv_heads", "tie_embeddings", "decode_topk"),
     "bert": ("max_seq_len",),
     "vit": ("image_size", "patch_size", "num_classes"),
+    "encdec": ("max_seq_len", "tie_embeddings"),
 }
 
 
@@ -49,7 +50,8 @@ def nn_config(m: ModelConfig, vocab_size: int) -> Any:
     Returns
     -------
     tjx.nn.TransformerConfig
-        A ``GPT2Config``, ``LlamaConfig``, ``BertConfig`` or ``ViTConfig``: ``tjx.nn.build_model``
+        A ``GPT2Config``, ``LlamaConfig``, ``BertConfig``, ``ViTConfig`` or
+        ``EncoderDecoderConfig``: ``tjx.nn.build_model``
         builds the model of its class.
 
     Raises
@@ -64,6 +66,7 @@ def nn_config(m: ModelConfig, vocab_size: int) -> Any:
         "llama": nn.LlamaConfig,
         "bert": nn.BertConfig,
         "vit": nn.ViTConfig,
+        "encdec": nn.EncoderDecoderConfig,
     }
     fields: dict[str, Any] = {f: getattr(m, f) for f in (*_SHARED_FIELDS, *_KIND_FIELDS[m.kind])}
     fields["precision"] = nn.Precision(m.param_dtype, m.compute_dtype)  # dtype names suffice

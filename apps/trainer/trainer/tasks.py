@@ -1,8 +1,9 @@
 """What the trainer trains a model to do: one small object per task, instead of a branch on the
 model kind in every module.
 
-``lm`` (GPT-2, LLaMA: next-token prediction on packed text), ``mlm`` (BERT: masked tokens) and
-``classify`` (ViT: digits images). Each says how its loss and its evaluation logits are computed
+``lm`` (GPT-2, LLaMA: next-token prediction on packed text), ``mlm`` (BERT: masked tokens),
+``classify`` (ViT: digits images) and ``seq2seq`` (the encoder-decoder: a window's second half
+from its first). Each says how its loss and its evaluation logits are computed
 from a batch, what a step consumes (tokens or images), and which extras apply (text samples,
 bits per byte, the memory fit, the [MASK] id). The model kind → task map is `Config.task`.
 """
@@ -198,7 +199,60 @@ class Classify(Task):
         return named
 
 
-TASKS: dict[str, Task] = {"lm": Task(), "mlm": MaskedLM(), "classify": Classify()}
+@dataclass(frozen=True)
+class Seq2Seq(Task):
+    """Encoder-decoder on plain text: the encoder reads the first half of each window, the
+    decoder continues it (teacher-forced), attending to the encoder's states of its own document.
+
+    From a packed window of ``s + 1`` tokens ``t`` (``inputs = t[:s]``, ``targets = t[1:]``) and
+    ``h = s // 2``: the source is ``t[:h]``, the decoder reads ``t[h-1:s]`` (the last source token
+    starts it, so no start id is needed) and predicts ``t[h:]``. Only the second half is scored.
+    """
+
+    name: str = "seq2seq"
+    writes_samples: bool = False  # sampling.py generates with a decoder-only model
+    fits_memory: bool = False
+
+    def units_per_step(self, cfg: Config) -> int:
+        """The scored (decoder) tokens of one global batch."""
+        return cfg.data.batch_size * (cfg.data.seq_len - cfg.data.seq_len // 2 + 1)
+
+    def loss(
+        self, model: Any, batch: Batch, key: jax.Array, cfg: Config, *, deterministic: bool
+    ) -> tuple[jax.Array, Aux]:
+        del key  # dropout keys come from the model's own RNG streams
+        hidden = self._decoder_hidden(model, batch, deterministic=deterministic)
+        out = token_loss(model, hidden, self._labels(batch), cfg)
+        return out.pop("loss"), out
+
+    def eval_logits(self, model: Any, batch: Batch, cfg: Config) -> tuple[jax.Array, jax.Array]:
+        hidden = self._decoder_hidden(model, batch, deterministic=True)
+        return model.logits(hidden), self._labels(batch)
+
+    @staticmethod
+    def _decoder_hidden(model: Any, batch: Batch, *, deterministic: bool) -> jax.Array:
+        half = batch["inputs"].shape[1] // 2
+        seg = batch["segment_ids"]
+        return model(
+            batch["inputs"][:, :half],
+            batch["inputs"][:, half - 1 :],
+            src_segment_ids=seg[:, :half],
+            tgt_segment_ids=seg[:, half - 1 :],
+            deterministic=deterministic,
+            return_hidden=True,
+        )
+
+    @staticmethod
+    def _labels(batch: Batch) -> jax.Array:
+        return batch["targets"][:, batch["inputs"].shape[1] // 2 - 1 :]
+
+
+TASKS: dict[str, Task] = {
+    "lm": Task(),
+    "mlm": MaskedLM(),
+    "classify": Classify(),
+    "seq2seq": Seq2Seq(),
+}
 
 
 def for_config(cfg: Config) -> Task:

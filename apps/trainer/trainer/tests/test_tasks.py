@@ -84,3 +84,38 @@ def test_classify_loss_is_the_images_cross_entropy():
     assert float(loss) == pytest.approx(total / 6, rel=1e-5)
     want_correct = int((np.asarray(logits).argmax(-1) == np.asarray(labels)).sum())
     assert int(aux["num_correct"]) == want_correct
+
+
+def test_seq2seq_continues_the_first_half_of_each_window():
+    """The loss is the decoder's cross-entropy on the window's second half, given the first half
+    to the encoder (float64 reference through the model's own forward pass)."""
+    cfg = build_config(
+        {
+            "model": {"kind": "encdec", "d_model": 16, "num_layers": 1, "num_heads": 2},
+            "data": {"seq_len": 10},
+            "train": {"chunked_ce": False},
+        }
+    )
+    task = tasks.for_config(cfg)
+    assert task.name == "seq2seq" and task.units_per_step(cfg) == cfg.data.batch_size * 6
+    model = nn.build_model(nn_config(cfg.model, 30), rngs=nnx.Rngs(2))
+    rng = np.random.default_rng(5)
+    tokens = rng.integers(0, 30, (3, 11)).astype(np.int32)
+    seg = np.ones((3, 10), np.int32)
+    seg[2, 8:] = 0  # padding at the end of one row
+    targets = np.where(seg > 0, tokens[:, 1:], -100).astype(np.int32)
+    batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(targets)}
+    batch["segment_ids"] = jnp.asarray(seg)
+    loss, aux = task.loss(model, batch, jax.random.key(0), cfg, deterministic=True)
+    logits = model(
+        batch["inputs"][:, :5],
+        batch["inputs"][:, 4:],
+        src_segment_ids=batch["segment_ids"][:, :5],
+        tgt_segment_ids=batch["segment_ids"][:, 4:],
+    )
+    total, count = _np_ce(logits, targets[:, 4:])
+    assert count == 3 * 6 - 2 and int(aux["num_tokens"]) == count
+    assert float(loss) == pytest.approx(total / count, rel=1e-5)
+    eval_logits, labels = task.eval_logits(model, batch, cfg)
+    np.testing.assert_allclose(eval_logits, logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(labels, targets[:, 4:])

@@ -211,6 +211,8 @@ class LoggingConfig:
     project: str = spec("tjx")
     wandb_mode: str = spec("offline", choices=("offline", "online", "disabled"))
     progress: bool = spec(True)
+    # Each histogram step copies every weight to the host: off by default, and best kept rare.
+    histogram_every: int = spec(0, min=0, help="parameter histograms every N steps; 0 = never")
 
 
 @dataclass

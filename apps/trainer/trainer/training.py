@@ -214,6 +214,8 @@ class Training:
                 scalars["mfu"] = float(rate["mfu"])
             self.logger.log_scalars(step_done, scalars)
             bar.update(step_done, scalars["loss"])
+        if cfg.logging.histogram_every and step_done % cfg.logging.histogram_every == 0:
+            self._log_histograms(step_done)
         if (cfg.train.eval_every and step_done % cfg.train.eval_every == 0) or step_done == total:
             self.last_eval = evaluation.evaluate(self.setup, self.state["params"], self.bundle, cfg)
             self.logger.log_scalars(step_done, {f"val_{k}": v for k, v in self.last_eval.items()})
@@ -226,6 +228,15 @@ class Training:
             if self.primary:
                 path = rundir.write_samples(self.run_dir, step_done, texts, cfg.sampling.prompts)
                 bar.note(f"step {step_done}: samples → {path}")
+
+    def _log_histograms(self, step_done: int) -> None:
+        """Every parameter's histogram, named by its path (``blocks/0/attn/q/kernel``)."""
+        from tjx import metrics
+
+        # Every process fetches: a parameter sharded over several processes is all-gathered, a
+        # collective they must all join; only the primary's logger writes (make_logger).
+        values = metrics.weights_to_host(self.state["params"])
+        self.logger.log_histograms(step_done, values)
 
     def _checkpoint_due(self, step_done: int) -> bool:
         every = self.cfg.train.checkpoint_every

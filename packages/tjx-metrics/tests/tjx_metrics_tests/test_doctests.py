@@ -11,6 +11,7 @@ MODULES = [
     "tjx.metrics.throughput",
     "tjx.metrics.loggers.console",
     "tjx.metrics.loggers.factory",
+    "tjx.metrics.loggers.histograms",
 ]
 
 

@@ -4,7 +4,8 @@
   exact streaming :class:`MetricAccumulator`.
 * :func:`transformer_flops_per_token` (6·N + 12·L·d·s, PaLM appendix B), :func:`peak_flops` /
   :func:`device_peak_flops` by ``device_kind``, :func:`mfu` and :class:`ThroughputMeter`.
-* :func:`make_logger` fanning out to console / JSONL / W&B / TensorBoard; :func:`plot_curves`.
+* :func:`make_logger` fanning out to console / JSONL / W&B / TensorBoard; :func:`weights_to_host`
+  (a params pytree as ``{path: host array}`` for ``log_histograms``); :func:`plot_curves`.
 """
 
 from tjx.metrics.accumulate import MetricAccumulator, finalize_metrics
@@ -12,6 +13,7 @@ from tjx.metrics.devices import DEVICE_PEAKS, DevicePeak, device_peak_flops, pea
 from tjx.metrics.flops import flops_per_token_from_config, transformer_flops_per_token
 from tjx.metrics.lm import lm_metrics, lm_stats, loss_metrics
 from tjx.metrics.loggers import (
+    HISTOGRAM_BINS,
     LOGGER_NAMES,
     ConsoleLogger,
     JsonlLogger,
@@ -20,10 +22,12 @@ from tjx.metrics.loggers import (
     TensorBoardLogger,
     WandbLogger,
     check_logger_packages,
+    histogram_summary,
     make_logger,
     read_jsonl,
     resolve_wandb_mode,
     select_weights,
+    weights_to_host,
 )
 from tjx.metrics.plots import load_curves, plot_curves
 from tjx.metrics.throughput import ThroughputMeter, mfu
@@ -32,6 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEVICE_PEAKS",
+    "HISTOGRAM_BINS",
     "LOGGER_NAMES",
     "ConsoleLogger",
     "DevicePeak",
@@ -47,6 +52,7 @@ __all__ = [
     "device_peak_flops",
     "finalize_metrics",
     "flops_per_token_from_config",
+    "histogram_summary",
     "lm_metrics",
     "lm_stats",
     "load_curves",
@@ -59,4 +65,5 @@ __all__ = [
     "resolve_wandb_mode",
     "select_weights",
     "transformer_flops_per_token",
+    "weights_to_host",
 ]

@@ -4,11 +4,13 @@
 from tjx.metrics.loggers.base import Logger, MultiLogger, select_weights
 from tjx.metrics.loggers.console import ConsoleLogger
 from tjx.metrics.loggers.factory import LOGGER_NAMES, check_logger_packages, make_logger
+from tjx.metrics.loggers.histograms import HISTOGRAM_BINS, histogram_summary, weights_to_host
 from tjx.metrics.loggers.jsonl import JsonlLogger, read_jsonl
 from tjx.metrics.loggers.tensorboard import TensorBoardLogger
 from tjx.metrics.loggers.wandb_logger import WandbLogger, resolve_wandb_mode
 
 __all__ = [
+    "HISTOGRAM_BINS",
     "LOGGER_NAMES",
     "ConsoleLogger",
     "JsonlLogger",
@@ -17,8 +19,10 @@ __all__ = [
     "TensorBoardLogger",
     "WandbLogger",
     "check_logger_packages",
+    "histogram_summary",
     "make_logger",
     "read_jsonl",
     "resolve_wandb_mode",
     "select_weights",
+    "weights_to_host",
 ]

@@ -17,6 +17,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from tjx.metrics.loggers.histograms import path_name
+
 __all__ = [
     "Logger",
     "MultiLogger",
@@ -145,21 +147,14 @@ def select_weights(tree: Any, patterns: Sequence[str] | str) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``{dotted.path: array}`` (arrays untouched — still on device).
+        ``{dotted.path: array}`` (arrays untouched — still on device; see
+        :func:`~tjx.metrics.weights_to_host` to fetch them, named ``a/b/c``).
     """
     pats = [patterns] if isinstance(patterns, str) else list(patterns)
     compiled = [re.compile(p) for p in pats]
     out: dict[str, Any] = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        parts = []
-        for entry in path:
-            for attr in ("key", "name", "idx"):
-                if hasattr(entry, attr):
-                    parts.append(str(getattr(entry, attr)))
-                    break
-            else:
-                parts.append(str(entry))
-        name = ".".join(parts)
+        name = path_name(path, ".")
         if any(p.search(name) for p in compiled) and hasattr(leaf, "shape"):
             out[name] = leaf
     return out

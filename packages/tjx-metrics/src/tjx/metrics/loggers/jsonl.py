@@ -3,8 +3,10 @@
 Record shapes (``time`` is Unix seconds):
 
 * scalars: ``{"step": 100, "time": 1.7e9, "loss": 3.2, "learning_rate": 0.0003}``
-* histogram summaries: ``{"step": 100, "time": ..., "histograms": {"w": {"count", "mean", "std",
-  "min", "max", "nonfinite"}}}``
+* histograms: ``{"step": 100, "time": ..., "histograms": {"w": {"count", "nonfinite", "mean",
+  "std", "min", "max", "bin_edges", "counts"}}}`` — ``numpy.histogram`` of the finite values in
+  ``bins`` (64) equal-width bins, edges ``bins + 1`` floats (see
+  :func:`~tjx.metrics.loggers.histograms.histogram_summary`)
 * text: ``{"step": 100, "time": ..., "text": {"sample": "..."}}``
 
 Non-finite floats are written as ``NaN`` / ``Infinity`` (Python's ``json`` reads them back; strict
@@ -21,7 +23,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from tjx.metrics.loggers.base import Logger, Scalar, finite_values
+from tjx.metrics.loggers.base import Logger, Scalar
+from tjx.metrics.loggers.histograms import HISTOGRAM_BINS, histogram_summary
 
 __all__ = ["JsonlLogger", "read_jsonl"]
 
@@ -35,11 +38,18 @@ class JsonlLogger(Logger):
         The ``.jsonl`` file.
     fsync
         Also ``os.fsync`` after each record (durable across power loss; slower).
+    bins
+        Equal-width bins of each histogram record.
     """
 
     name = "jsonl"
 
-    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, fsync: bool = False, bins: int = HISTOGRAM_BINS
+    ) -> None:
+        if bins < 1:
+            raise ValueError(f"bins must be >= 1; got {bins}")
+        self.bins = bins
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
@@ -61,17 +71,7 @@ class JsonlLogger(Logger):
         self._write({"step": step, "time": time.time(), **scalars})
 
     def _write_histograms(self, step: int, values: dict[str, np.ndarray]) -> None:
-        summary = {}
-        for key, arr in values.items():
-            good = finite_values(arr).astype(np.float64)
-            summary[key] = {
-                "count": int(arr.size),
-                "nonfinite": int(arr.size - good.size),
-                "mean": float(good.mean()) if good.size else None,
-                "std": float(good.std()) if good.size else None,
-                "min": float(good.min()) if good.size else None,
-                "max": float(good.max()) if good.size else None,
-            }
+        summary = {key: histogram_summary(arr, self.bins) for key, arr in values.items()}
         self._write({"step": step, "time": time.time(), "histograms": summary})
 
     def _write_text(self, step: int, key: str, text: str) -> None:

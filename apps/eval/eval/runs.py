@@ -132,17 +132,6 @@ def jax_materialize(rest: Any) -> Any:
     return jax.tree.map(one, rest)
 
 
-def bytes_per_token(index: Any) -> float | None:
-    """UTF-8 bytes per token from a shard index (object or dict)."""
-    value = getattr(index, "bytes_per_token", None)
-    if value is not None:
-        return float(value() if callable(value) else value)
-    if isinstance(index, dict) and index.get("tokens"):
-        return float(index["bytes"]) / float(index["tokens"])
-    tokens, num_bytes = getattr(index, "num_tokens", None), getattr(index, "num_bytes", None)
-    return float(num_bytes) / float(tokens) if tokens and num_bytes else None
-
-
 def heldout_dir(run: LoadedRun, source: str | None) -> tuple[Path, float | None]:
     """Validation shards and bytes/token: the run's own, or ``source`` with the run's tokenizer.
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from eval.cli import main
-from eval.runs import RunError, build_nn_config, bytes_per_token, check_run_dir
+from eval.runs import RunError, build_nn_config, check_run_dir
 
 
 def test_missing_run_dir_exits_2(tmp_path, capsys):
@@ -62,16 +62,6 @@ def test_build_nn_config_from_model_json():
     cfg = build_nn_config(json.loads(json.dumps(desc)))
     assert type(cfg).__name__ == "GPT2Config" and cfg.d_model == 16
     assert cfg.precision.compute_dtype == jnp.bfloat16
-
-
-def test_bytes_per_token_from_dict_and_object():
-    assert bytes_per_token({"tokens": 4, "bytes": 10}) == 2.5
-
-    class Index:
-        bytes_per_token = 1.25
-
-    assert bytes_per_token(Index()) == 1.25
-    assert bytes_per_token({"tokens": 0}) is None
 
 
 def test_table_prints_counts_as_whole_numbers(capsys):

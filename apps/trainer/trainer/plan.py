@@ -48,7 +48,12 @@ def config_yaml(cfg: Config) -> str:
 INTERRUPTED = 130
 
 
+def error_line(message: str) -> str:
+    """The one line every failure prints (without its newline)."""
+    return f"trainer: error: {message}"
+
+
 def error_exit(message: str, code: int = 2) -> int:
     """Print one error line to stderr; the exit code for bad input is 2."""
-    print(f"trainer: error: {message}", file=sys.stderr, flush=True)
+    print(error_line(message), file=sys.stderr, flush=True)
     return code

@@ -4,6 +4,9 @@ A second Ctrl-C means "stop now": the process ends at once with one line naming 
 committed checkpoint (exit 130). It does not unwind through the save in progress: orbax's
 threads would log the interruption as a failure, traceback and all, and a save cut short stays a
 temporary folder that the next ``--resume`` ignores.
+
+The handlers write straight to file descriptor 2: a signal can land while the main thread is inside
+``sys.stderr``'s buffered write, and a second ``print`` there raises "reentrant call".
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from trainer import rundir
-from trainer.plan import INTERRUPTED, error_exit
+from trainer.plan import INTERRUPTED, error_line
 
 
 def interrupted_exit(run_dir: Path) -> int:
@@ -28,7 +31,13 @@ def interrupted_exit(run_dir: Path) -> int:
         if step is not None
         else "no checkpoint was saved"
     )
-    return error_exit(f"interrupted: stopped at once; {last}", code=INTERRUPTED)
+    _say(error_line(f"interrupted: stopped at once; {last}"))
+    return INTERRUPTED
+
+
+def _say(line: str) -> None:
+    """Write one line to stderr from a signal handler (unbuffered, never reentrant)."""
+    os.write(2, (line + "\n").encode())
 
 
 class StopFlag:
@@ -56,15 +65,14 @@ class StopFlag:
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
         again = "; Ctrl-C again stops at once" if signum == signal.SIGINT else ""
-        print(
-            f"trainer: {self.signal_name}: stopping after this step and saving a checkpoint{again}",
-            file=sys.stderr,
-            flush=True,
-        )
+        _say(f"trainer: {self.signal_name}: stopping after this step and saving a checkpoint{again}")
 
 
 def _end_process(run_dir: Path) -> None:
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except RuntimeError:  # the signal landed inside a stdout write: that line is lost, not the exit
+        pass
     os._exit(interrupted_exit(run_dir))
 
 

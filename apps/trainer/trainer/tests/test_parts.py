@@ -110,24 +110,25 @@ def test_trained_bpe_keeps_its_cache_folder(tmp_path):
     assert data_setup.make_tokenizer(cfg).fingerprint == tok.fingerprint
 
 
-def test_second_sigint_stops_now():
+def test_second_sigint_stops_now(capfd):
     called = []
     with stop_on_signals() as flag:
         flag._stop_now = lambda: called.append("now")  # what stop_on_signals(run_dir) installs
         os.kill(os.getpid(), signal.SIGINT)
         assert flag.signal_name == "SIGINT" and not called
+        assert "SIGINT: stopping after this step" in capfd.readouterr().err  # written to fd 2
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert called == ["now"]
 
 
-def test_interrupted_exit_names_the_newest_committed_step(tmp_path, capsys):
+def test_interrupted_exit_names_the_newest_committed_step(tmp_path, capfd):
     assert interrupted_exit(tmp_path) == 130
-    assert "interrupted: stopped at once; no checkpoint was saved" in capsys.readouterr().err
+    assert "interrupted: stopped at once; no checkpoint was saved" in capfd.readouterr().err
     for name in ("2", "4", "6.orbax-checkpoint-tmp"):
         (tmp_path / rundir.CHECKPOINTS_DIR / name).mkdir(parents=True)
     assert interrupted_exit(tmp_path) == 130
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert f"the last checkpoint is step 4 in {str(tmp_path)!r}; continue with --resume" in err
 
 

@@ -18,7 +18,6 @@ from trainer.schema import ConfigError, from_dict, nested, spec, to_dict
 # tjx.nn has no list of dtype names (its Precision takes any floating dtype): these are the ones
 # the trainer runs.
 DTYPES = ("float32", "bfloat16", "float16")
-SINKS = ("console", "jsonl", "wandb", "tensorboard")
 #: The model kinds the trainer trains and the task of each (trainer/tasks.py); the tjx.nn config
 #: class of each kind is in trainer/model_build.py.
 KIND_TASKS = {
@@ -137,7 +136,9 @@ class OptimizerConfig:
     """
 
     name: str = spec("adamw", choices=package_choices("tjx.optim", "OPTIMIZER_NAMES"))
-    lr: float = spec(1e-3, gt=0.0, max=10.0)
+    # Peak rate; null takes tjx.optim's DEFAULT_LEARNING_RATES for the optimizer (3e-4 for adamw,
+    # 2e-2 for muon, ...): one rate for all would be far off for most of them.
+    lr: float | None = spec(None, gt=0.0, max=10.0)
     b1: float | None = spec(None, min=0.0, lt=1.0, help=_OWN_DEFAULT)
     b2: float | None = spec(None, min=0.0, lt=1.0, help=_OWN_DEFAULT)
     eps: float | None = spec(None, gt=0.0, help=_OWN_DEFAULT)
@@ -191,7 +192,7 @@ class MeshConfig:
     data: int = spec(-1, min=-1)
     fsdp: int = spec(1, min=-1)
     tensor: int = spec(1, min=1)
-    strategy: str = spec("dp", choices=("dp", "fsdp", "tp", "fsdp_tp", "dp_tp"))
+    strategy: str = spec("dp", choices=package_choices("tjx.parallel", "STRATEGIES"))
 
 
 @dataclass
@@ -207,9 +208,13 @@ class CheckpointConfig:
 class LoggingConfig:
     """Log sinks (tjx.metrics) and the progress bar."""
 
-    sinks: list[str] = spec(["console", "jsonl"], each_choices=SINKS)
+    sinks: list[str] = spec(
+        ["console", "jsonl"], each_choices=package_choices("tjx.metrics", "LOGGER_NAMES")
+    )
     project: str = spec("tjx")
-    wandb_mode: str = spec("offline", choices=("offline", "online", "disabled"))
+    wandb_mode: str = spec(
+        "offline", choices=package_choices("tjx.metrics.loggers.wandb_logger", "WANDB_MODES")
+    )
     progress: bool = spec(True)
     # Each histogram step copies every weight to the host: off by default, and best kept rare.
     histogram_every: int = spec(0, min=0, help="parameter histograms every N steps; 0 = never")

@@ -115,7 +115,7 @@ def optimizer_config(cfg: Config) -> Any:
     try:
         schedule = optim.ScheduleConfig(
             name=o.schedule.name,
-            peak_lr=o.lr,
+            peak_lr=optim.DEFAULT_LEARNING_RATES[o.name] if o.lr is None else o.lr,
             warmup_steps=o.schedule.warmup_steps,
             total_steps=cfg.train.steps,
             min_lr_ratio=o.schedule.min_lr_ratio,

@@ -14,6 +14,7 @@ builds the abstract train state of both configs and compares them.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +79,48 @@ def is_training_only(key: str) -> bool:
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in TRAINING_ONLY)
 
 
+class OwnDefault(float):
+    """An optimizer setting left null, shown with whose default it is (compares as its value)."""
+
+    optimizer: str
+
+    def __new__(cls, value: float, optimizer: str) -> OwnDefault:
+        self = super().__new__(cls, value)
+        self.optimizer = optimizer
+        return self
+
+    def __repr__(self) -> str:
+        return f"{float(self)!r} ({self.optimizer}'s default)"
+
+
+def _own_defaults(flat: dict[str, Any]) -> dict[str, Any]:
+    """Null optimizer settings replaced by the optimizer's own values (tjx.optim's tables).
+
+    Runs saved before those settings could be null hold the old trainer defaults (b2 0.95, ...);
+    comparing values, not nulls, shows what really changes: ``optimizer.b2 0.95 → 0.999 (adamw's
+    default)``, and nothing where the saved number is the optimizer's own.
+    """
+    from tjx import optim
+
+    name = flat.get("optimizer.name")
+    if name not in optim.OPTIMIZER_NAMES:
+        return flat
+    own = dataclasses.asdict(optim.OptimizerConfig(name=name).resolved())
+    own["lr"] = optim.DEFAULT_LEARNING_RATES[name]
+    out = dict(flat)
+    for field, value in own.items():
+        key = f"optimizer.{field}"
+        if key in flat and flat[key] is None and isinstance(value, float):
+            out[key] = OwnDefault(value, name)
+    return out
+
+
 def changes(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Every dotted key whose value differs: ``key → (saved, new)`` (missing on one side: None)."""
-    a, b = flatten(saved), flatten(new)
+    """Every dotted key whose value differs: ``key → (saved, new)`` (missing on one side: None).
+
+    Optimizer settings left null count as the optimizer's own value.
+    """
+    a, b = _own_defaults(flatten(saved)), _own_defaults(flatten(new))
     return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
 
 

@@ -186,9 +186,11 @@ def check_field(f: dataclasses.Field[Any], value: Any, path: str) -> None:
         allowed = ", ".join(repr(c) for c in allowed_values)
         raise ConfigError(f"{path}: {value!r} is not allowed; choose one of {allowed}")
     if "each_choices" in meta:
+        each = meta["each_choices"]
+        each = tuple(each() if callable(each) else each)
         for item in value:
-            if item not in meta["each_choices"]:
-                allowed = ", ".join(repr(c) for c in meta["each_choices"])
+            if item not in each:
+                allowed = ", ".join(repr(c) for c in each)
                 raise ConfigError(f"{path}: {item!r} is not allowed; items must be among {allowed}")
     items = value if isinstance(value, list) else [value]
     for item in items:

@@ -9,12 +9,15 @@ import sys
 import pytest
 from flax import nnx
 
-from tjx import kernels, nn, optim
+from tjx import kernels, metrics, nn, optim, parallel
+from tjx.metrics.loggers.wandb_logger import WANDB_MODES
 from tjx.optim.config import LOSS_SCALES
 from trainer import model_build
 from trainer.config import (
     KIND_TASKS,
     Config,
+    LoggingConfig,
+    MeshConfig,
     ModelConfig,
     OptimizerConfig,
     ScheduleConfig,
@@ -36,8 +39,11 @@ OWNED_LISTS = [
     (OptimizerConfig, "name", optim.OPTIMIZER_NAMES),
     (ScheduleConfig, "name", optim.SCHEDULE_NAMES),
     (OptimizerConfig, "loss_scale", tuple(s for s in LOSS_SCALES if s is not None)),
+    (MeshConfig, "strategy", parallel.STRATEGIES),
+    (LoggingConfig, "wandb_mode", WANDB_MODES),
 ]
-SECTIONS = {ModelConfig: ("model",), OptimizerConfig: ("optimizer",)}
+SECTIONS = {ModelConfig: ("model",), OptimizerConfig: ("optimizer",), MeshConfig: ("mesh",)}
+SECTIONS[LoggingConfig] = ("logging",)
 SECTIONS[ScheduleConfig] = ("optimizer", "schedule")
 
 
@@ -61,6 +67,24 @@ def test_choice_lists_are_the_packages_own(cls, field, owned):
     message = str(err.value)
     assert message.startswith(".".join((*SECTIONS[cls], field)) + ": 'bogus' is not allowed")
     assert all(repr(value) in message for value in owned)
+
+
+def test_log_sinks_are_tjx_metrics_logger_names():
+    for name in metrics.LOGGER_NAMES:
+        assert build_config({"logging": {"sinks": [name]}}).logging.sinks == [name]
+    with pytest.raises(ConfigError) as err:
+        build_config({"logging": {"sinks": ["jsonl", "mlflow"]}})
+    assert str(err.value).startswith("logging.sinks: 'mlflow' is not allowed")
+    assert all(repr(name) in str(err.value) for name in metrics.LOGGER_NAMES)
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZER_NAMES)
+def test_an_unset_lr_is_the_optimizers_own_default_rate(name):
+    got = optimizer_config(build_config({"optimizer": {"name": name}}))
+    assert got.schedule is not None
+    assert got.schedule.peak_lr == optim.DEFAULT_LEARNING_RATES[name]
+    mine = optimizer_config(build_config({"optimizer": {"name": name, "lr": 0.123}}))
+    assert mine.schedule is not None and mine.schedule.peak_lr == 0.123
 
 
 def test_attention_impls_reach_the_kernel_dispatcher():

@@ -159,3 +159,17 @@ def test_latest_saved_step_counts_only_committed_folders(tmp_path):
     for name in ("10", "30", "40.orbax-checkpoint-tmp-123"):
         (ckpts / name).mkdir(parents=True)
     assert rundir.latest_saved_step(tmp_path) == 30
+
+
+def test_null_optimizer_settings_compare_as_the_optimizers_own_values(tmp_path):
+    """A run saved when b2 defaulted to 0.95 shows the real change, not ``0.95 → None``."""
+    old = _config().to_dict()
+    old["optimizer"].update(name="adamw", lr=1e-3, b2=0.95, eps=1e-8)  # eps 1e-8 is adamw's own
+    run = _saved_run(tmp_path, build_config(old))
+    new = _config("optimizer.lr=null", "optimizer.b2=null", "optimizer.eps=null").to_dict()
+    diff = resume.check_resume(run, new)
+    assert set(diff) == {"optimizer.lr", "optimizer.b2"}  # eps: the same number either way
+    line = resume.describe_changes(diff)
+    assert "optimizer.b2 0.95 → 0.999 (adamw's default)" in line
+    assert "optimizer.lr 0.001 → 0.0003 (adamw's default)" in line
+    assert resume.check_resume(run, build_config(old).to_dict()) == {}

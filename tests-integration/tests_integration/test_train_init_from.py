@@ -3,7 +3,7 @@
 A small GPT-2 is written as a HF checkpoint folder (config.json + model.safetensors); the trainer
 fine-tunes it on Shakespeare with the GPT-2 tokenizer for one step at a negligible learning rate,
 so the saved parameters must equal the HF weights (to 1e-6), the architecture comes from the
-checkpoint (not the tiny config), and ``--profile-steps`` writes a jax.profiler trace.
+checkpoint (not the tiny config) while decoding settings apply, and ``--profile-steps`` writes a jax.profiler trace.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def test_init_from_a_hf_folder(tmp_path):
         "optimizer.schedule.warmup_steps=0",
         "optimizer.weight_decay=0.0",
         "logging.sinks=[jsonl]",
+        "model.decode_topk=4",  # a decoding setting: applies to the loaded weights too
     ]
     proc = train(
         tmp_path, "ft", sets, "--init-from", str(tmp_path / "hf"), "--profile-steps", "0:1"
@@ -45,6 +46,7 @@ def test_init_from_a_hf_folder(tmp_path):
     run = tmp_path / "ft"
     desc = json.loads((run / "model.json").read_text())
     assert desc["fields"]["d_model"] == 32 and desc["fields"]["vocab_size"] == 50257
+    assert desc["fields"]["decode_topk"] == 4
     assert any((run / "profile").rglob("*")), "no profiler trace written"
     want = nnx.to_pure_dict(nnx.state(source, nnx.Param))
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), want)

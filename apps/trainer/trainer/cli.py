@@ -80,6 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
 HF_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
 
 
+def _check_fits_gpt2_weights(cfg: Config) -> None:
+    """``--init-from``: refuse architecture settings HF GPT-2 weights cannot have.
+
+    The checkpoint fixes the architecture; a setting that would change it (MLA, another position
+    scheme, no biases) cannot apply, and dropping it silently would train something else than asked.
+    """
+    m = cfg.model
+    gpt2_own = (("position", m.position, "learned"), ("attention_type", m.attention_type, "mha"))
+    gpt2_own += (("use_bias", m.use_bias, True),)
+    clashes = [f"model.{k} {v!r}" for k, v, own in gpt2_own if v is not None and v != own]
+    if clashes:
+        raise ConfigError(
+            f"--init-from: GPT-2 weights fix the architecture, so {', '.join(clashes)} cannot "
+            "apply; leave those settings unset"
+        )
+
+
 def parse_profile(text: str | None) -> tuple[int, int] | None:
     """``"10:15"`` → (10, 15); errors name the flag."""
     if text is None:
@@ -197,6 +214,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
             raise ConfigError(
                 f"--init-from: GPT-2 weights need data.tokenizer 'gpt2', got {cfg.data.tokenizer!r}"
             )
+        _check_fits_gpt2_weights(cfg)
         local = Path(args.init_from).expanduser()
         if not local.exists() and args.init_from not in HF_GPT2_NAMES:
             raise ConfigError(

@@ -80,6 +80,7 @@ def build(cfg: Config, vocab_size: int, init_from: str | None = None) -> Setup:
                 remat=m.remat,
                 attention_impl=m.attention_impl,
                 dropout=m.dropout,
+                decode_topk=m.decode_topk,
                 precision=model_cfg.precision,
             )
         except (OSError, ValueError) as err:

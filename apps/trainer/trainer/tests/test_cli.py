@@ -63,6 +63,15 @@ def test_parse_profile_rejects(text):
         (["--config", "tiny", "--init-from", "gpt2"], "data.tokenizer 'gpt2'"),
         (["--config", "llama_small", "--init-from", "gpt2"], "model.kind must be 'gpt2'"),
         (["--config", "gpt2_small", "--init-from", "./nowhere"], "neither a folder nor a hub"),
+        (
+            ["--config", "gpt2_small", "--init-from", "gpt2", "--set", "model.attention_type=mla"]
+            + ["--set", "model.kv_latent_dim=8", "--set", "model.use_bias=false"],
+            "model.attention_type 'mla', model.use_bias False cannot apply",
+        ),
+        (
+            ["--config", "gpt2_small", "--init-from", "gpt2", "--set", "model.position=rope"],
+            "GPT-2 weights fix the architecture, so model.position 'rope' cannot apply",
+        ),
         (["--config", "tiny", "--profile-steps", "1:9999"], "ends after train.steps"),
     ],
 )
@@ -140,7 +149,7 @@ def test_a_run_dir_that_cannot_be_made_is_refused_at_plan_time(in_tmp, monkeypat
         _plan("--config", "tiny", "--run-dir", "new")
 
 
-def test_ctrl_c_before_the_loop_is_one_line(in_tmp, capsys, monkeypatch):
+def test_ctrl_c_before_the_loop_is_one_line(in_tmp, capfd, monkeypatch):
     from trainer import loop
 
     def interrupted(plan):
@@ -148,5 +157,5 @@ def test_ctrl_c_before_the_loop_is_one_line(in_tmp, capsys, monkeypatch):
 
     monkeypatch.setattr(loop, "run", interrupted)
     assert main(["--config", "tiny", "--run-dir", "r"]) == 130
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert err.strip() == "trainer: error: interrupted: stopped at once; no checkpoint was saved"

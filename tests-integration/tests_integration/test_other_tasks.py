@@ -1,4 +1,4 @@
-"""The masked-LM and image presets end to end: train a few steps, then evaluate the run.
+"""The masked-LM, image and encoder-decoder runs end to end: train a few steps, then evaluate.
 
 ``bert_tiny``'s run used to crash the evaluator (it called BERT with a decoder's arguments) and
 ``vit_digits``'s asked the Hugging Face hub for a tokenizer called "none"; the image run logged
@@ -80,5 +80,14 @@ def test_the_encoder_decoder_trains_from_the_command_line(tmp_path):
     assert val["val_num_tokens"] == 2 * 16 * 17  # eval_batches × eval.batch_size × (32 - 16 + 1)
     model = json.loads((tmp_path / "encdec" / "model.json").read_text())
     assert model["class"] == "EncoderDecoderConfig"
-    proc = run_app("eval", ["--checkpoint", "encdec"], tmp_path)
-    assert proc.returncode == 2 and "encoder-decoder run is scored by the trainer" in proc.stderr
+    argv = ["--checkpoint", "encdec", "--max-batches", "2", "--batch-size", "16"]
+    argv += ["--generate", "ROMEO:", "--max-new-tokens", "5", "--temperature", "0"]
+    proc = run_app("eval", argv, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "544 held-out tokens continuing the first half of their window" in proc.stdout
+    # The evaluator scores the continuation as the trainer's evaluation does: one loss.
+    loss_line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("loss "))
+    assert abs(float(loss_line.split()[1]) - val["val_loss"]) < 1e-4
+    assert "bits_per_byte" in proc.stdout  # every continued token is scored
+    sample = proc.stdout.split("--- sample (prompt 'ROMEO:'; greedy; seed 0; 5 new tokens) ---\n")
+    assert sample[1].startswith("ROMEO:")  # the prompt, then what the decoder continued

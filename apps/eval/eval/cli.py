@@ -94,14 +94,14 @@ def _metrics(run: Any, args: argparse.Namespace) -> dict[str, float]:
     from eval.runs import heldout_dir
 
     shard_dir, bpt = heldout_dir(run, args.data)
-    mlm: dict[str, Any] = {}
+    mlm: dict[str, Any] = {"seq2seq": run.is_seq2seq}
     if run.is_masked_lm:
         # The trainer's own evaluation masks with key(seed + 1) (trainer/step.py): the same
         # positions here, so the two agree on the same batches.
         import jax
 
         train = run.config.get("train", {})
-        mlm = {
+        mlm |= {
             "mlm_key": jax.random.key(int(train.get("seed", 0)) + 1),
             "mlm_prob": float(train.get("mlm_probability", 0.15)),
         }
@@ -132,19 +132,16 @@ def _print_table(names: list[str], results: list[dict[str, float]]) -> None:
 
 
 def _check_scoreable(run: Any) -> None:
-    """Decoder and BERT runs are scored here; say so for the others, in one line."""
+    """Language-model runs are scored here; say so for the others, in one line."""
     if run.tokenizer is None:
         raise RunError("--checkpoint: only language-model runs can be evaluated here")
-    if run.is_seq2seq:
-        raise RunError(
-            "--checkpoint: an encoder-decoder run is scored by the trainer's own val_* metrics "
-            "(metrics.jsonl); the evaluator scores decoder and BERT runs"
-        )
 
 
 def _scope_note(run: Any, args: argparse.Namespace, results: dict[str, float]) -> str:
     """What the numbers above cover, and why the trainer's ``val_*`` differ from them."""
     what = "masked tokens" if run.is_masked_lm else "tokens"
+    if run.is_seq2seq:
+        what = "tokens continuing the first half of their window"
     scope = f"{round(results['num_tokens']):,} held-out {what}"
     if args.data is not None:
         return f"({scope} of {args.data!r}, the run's tokenizer)"
@@ -205,16 +202,24 @@ def _generate(run: Any, args: argparse.Namespace) -> None:
     import numpy as np
 
     max_len = int(run.nn_config.max_seq_len)
-    new = max(1, min(args.max_new_tokens, max_len - len(ids)))
-    out = nn.generate(
-        decoding_model(run, args.sparse_top_k),
-        np.asarray([ids], np.int32),
-        max_new_tokens=new,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-    )
+    model = decoding_model(run, args.sparse_top_k)
+    sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    if run.is_seq2seq:  # as trained: the encoder reads the prompt, the decoder continues it
+        new = max(1, min(args.max_new_tokens, max_len - 1))
+        tail = nn.generate_seq2seq(
+            model,
+            np.asarray([ids], np.int32),
+            decoder_prompts=np.asarray([ids[-1:]], np.int32),  # the last source token starts it
+            max_new_tokens=new,
+            seed=args.seed,
+            **sampling,
+        )
+        out = np.concatenate([np.asarray([ids[:-1]], np.int32), np.asarray(tail)], axis=1)
+    else:
+        new = max(1, min(args.max_new_tokens, max_len - len(ids)))
+        out = nn.generate(
+            model, np.asarray([ids], np.int32), max_new_tokens=new, seed=args.seed, **sampling
+        )
     how = "greedy" if args.temperature == 0 else f"temperature {args.temperature:g}"
     how += "".join(
         f", {name} {value:g}"
@@ -253,9 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         _print_table([f"{run.run_dir.name}@{run.step}"], [metrics])
         print(_scope_note(run, args, metrics))
         if args.generate is not None:
-            if not run.is_decoder:
+            if run.is_masked_lm:
                 raise RunError(
-                    "--generate: needs a decoder run (gpt2 or llama), not a BERT encoder"
+                    "--generate: needs a decoder or encoder-decoder run, not a BERT encoder"
                 )
             _generate(run, args)
         _attention(run, args)

@@ -1,8 +1,8 @@
 """Held-out metrics of a run: loss, perplexity, bits/token, bits/byte, top-1/5/10 accuracy.
 
 The sums are tjx-metrics' (`lm_stats` on device, `MetricAccumulator` on the host) and the logits
-the model's own (`logits()` of a decoder, `masked_lm` of BERT), the same code the trainer's
-evaluation runs.
+the model's own (`logits()` of a decoder, `masked_lm` of BERT, `continue_halves` of the
+encoder-decoder), the same code the trainer's evaluation runs.
 """
 
 from __future__ import annotations
@@ -17,11 +17,18 @@ from flax import nnx
 TOP_K = (1, 5, 10)
 
 
-def make_step(model: Any, *, mlm_key: jax.Array | None = None, mlm_prob: float = 0.15) -> Any:
+def make_step(
+    model: Any,
+    *,
+    mlm_key: jax.Array | None = None,
+    mlm_prob: float = 0.15,
+    seq2seq: bool = False,
+) -> Any:
     """A jitted ``step(params, batch) -> lm_stats sums`` for the model's graph.
 
     A BERT model (``mlm_key`` given) is scored on masked-token prediction, masking
-    ``mlm_prob`` of the real tokens with that fixed key; a decoder on next-token prediction.
+    ``mlm_prob`` of the real tokens with that fixed key; the encoder-decoder (``seq2seq``) on
+    continuing each window's first half; a decoder on next-token prediction.
     """
     from tjx import metrics
 
@@ -37,6 +44,10 @@ def make_step(model: Any, *, mlm_key: jax.Array | None = None, mlm_prob: float =
                 segment_ids=batch["segment_ids"],
                 positions=batch.get("positions"),
                 mask_prob=mlm_prob,
+            )
+        elif seq2seq:
+            logits, labels = m.continue_halves(
+                batch["inputs"], batch["targets"], segment_ids=batch["segment_ids"]
             )
         else:  # the decoder's own float32 logits of the packed batch
             seg, pos = batch.get("segment_ids"), batch.get("positions")
@@ -56,15 +67,17 @@ def evaluate(
     bytes_per_token: float | None,
     mlm_key: jax.Array | None = None,
     mlm_prob: float = 0.15,
+    seq2seq: bool = False,
 ) -> dict[str, float]:
     """Metrics over the held-out shards (in order; the first ``max_batches`` batches).
 
     ``bits_per_byte`` needs ``bytes_per_token`` and next-token scoring (every token scored);
-    masked-LM runs report loss, perplexity and accuracy over the masked tokens.
+    masked-LM runs report loss, perplexity and accuracy over the masked tokens, encoder-decoder
+    runs over the continued half of each window (every token there is scored, so bits/byte too).
     """
     from tjx import data, metrics
 
-    step = make_step(model, mlm_key=mlm_key, mlm_prob=mlm_prob)
+    step = make_step(model, mlm_key=mlm_key, mlm_prob=mlm_prob, seq2seq=seq2seq)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     acc = metrics.MetricAccumulator()
     for i, batch in enumerate(data.validation_batches(shard_dir, seq_len, batch_size)):

@@ -212,7 +212,7 @@ def test_a_bert_run_is_scored_on_masked_tokens(run_dir, capsys):
     assert _metric(out, "num_tokens") == count
     assert f"{count:,} held-out masked tokens" in out and "bits_per_byte" not in out
     assert main(["--checkpoint", str(run), "--generate", "x"]) == 2
-    assert "--generate: needs a decoder run" in capsys.readouterr().err
+    assert "--generate: needs a decoder or encoder-decoder run" in capsys.readouterr().err
 
 
 def test_data_file_is_tokenized_again_after_an_edit(run_dir, tmp_path, capsys, monkeypatch):

@@ -167,3 +167,26 @@ def test_seq2seq_errors():
         tnn.generate(model, src, max_new_tokens=1)
     with pytest.raises(ValueError, match="cross=True"):
         build(gpt2_tiny(num_layers=1)).stack.project_context(jnp.ones((1, 2, 32)))
+
+
+def test_continue_halves_encodes_the_first_half_and_predicts_the_second():
+    """Against the windows cut by hand: source t[:h], decoder input t[h-1:s], labels t[h:]."""
+    model = build(_encdec(), seed=6)
+    s, h = 9, 4
+    window = np.random.default_rng(3).integers(0, V, size=(2, s + 1)).astype(np.int32)
+    seg = np.ones((2, s), np.int32)
+    seg[1, 6:] = 2  # a second packed document in row 1: its tokens see only their own source
+    inputs, targets = jnp.asarray(window[:, :s]), jnp.asarray(window[:, 1:])
+    logits, labels = model.continue_halves(inputs, targets, segment_ids=jnp.asarray(seg))
+    want = model(
+        jnp.asarray(window[:, :h]),
+        jnp.asarray(window[:, h - 1 : s]),
+        src_segment_ids=jnp.asarray(seg[:, :h]),
+        tgt_segment_ids=jnp.asarray(seg[:, h - 1 :]),
+    )
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(want), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(labels), window[:, h:])
+    hidden, _ = model.continue_halves(inputs, targets, return_hidden=True)
+    assert hidden.shape == (2, s - h + 1, TINY["d_model"])
+    with pytest.raises(ValueError, match="windows of >= 2 tokens"):
+        model.continue_halves(inputs[:, :1], targets[:, :1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -137,6 +138,55 @@ class EncoderDecoder(nnx.Module):
             rng=k_dec,
         )
         return h if return_hidden else self.logits(h)
+
+    def continue_halves(
+        self,
+        inputs: Array,
+        targets: Array,
+        *,
+        segment_ids: Array | None = None,
+        deterministic: bool = True,
+        return_hidden: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> tuple[Array, Array]:
+        """Seq2seq on plain text: the encoder reads each window's first half, the decoder
+        continues it (teacher-forced). Training and evaluation both call this, so they agree.
+
+        From a packed window ``t`` of ``s + 1`` tokens (``inputs = t[:s]``, ``targets = t[1:]``)
+        and ``h = s // 2``: the source is ``t[:h]``, the decoder reads ``t[h-1:s]`` (the last
+        source token starts it, so no start id is needed) and predicts ``t[h:]``.
+
+        Parameters
+        ----------
+        inputs, targets : Array
+            int ``[b, s]`` (``s >= 2``), the next-token pairs of a packed batch.
+        segment_ids : Array, optional
+            int ``[b, s]`` of ``inputs``; 0 = padding. The decoder attends to the encoder states
+            of its own document only.
+        deterministic, return_hidden, rngs
+            As for ``__call__``.
+
+        Returns
+        -------
+        (Array, Array)
+            Logits ``[b, s - h + 1, vocab]`` (or decoder hidden states) and their labels
+            ``targets[:, h-1:]`` (``[b, s - h + 1]``, padding marked by the caller's convention).
+        """
+        chex.assert_rank([inputs, targets], 2)
+        chex.assert_equal_shape([inputs, targets])
+        if inputs.shape[1] < 2:
+            raise ValueError(f"continue_halves needs windows of >= 2 tokens, got {inputs.shape[1]}")
+        half = inputs.shape[1] // 2
+        out = self(
+            inputs[:, :half],
+            inputs[:, half - 1 :],
+            src_segment_ids=None if segment_ids is None else segment_ids[:, :half],
+            tgt_segment_ids=None if segment_ids is None else segment_ids[:, half - 1 :],
+            deterministic=deterministic,
+            return_hidden=return_hidden,
+            rngs=rngs,
+        )
+        return out, targets[:, half - 1 :]
 
     def logits(self, hidden: Array) -> Array:
         """Float32 logits from decoder hidden states."""

@@ -168,7 +168,9 @@ class TrainConfig:
     sample_every: int = spec(0, min=0, help="0 = only at the end")
     checkpoint_every: int = spec(500, min=0, help="0 = only at the end and on signals")
     chunked_ce: bool = spec(True, help="fused chunked cross-entropy (no [b,s,V] logits)")
-    ce_chunk_size: int = spec(1024, min=1)
+    ce_chunk_size: int | None = spec(
+        None, min=1, help="tokens per chunk; null: from the shape (tjx.kernels.auto_chunk_size)"
+    )
     z_loss: float = spec(0.0, min=0.0)
     mlm_probability: float = spec(0.15, gt=0.0, lt=1.0)
     stop_at: int | None = spec(

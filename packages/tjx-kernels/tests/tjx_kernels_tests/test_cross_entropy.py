@@ -171,3 +171,39 @@ def test_bad_arguments(kwargs, match):
         chunked_cross_entropy(
             args.pop("hidden"), args.pop("unembedding"), args.pop("labels"), **args
         )
+
+
+def test_auto_chunk_size_takes_a_sixteenth_of_the_tokens_above_8_mib():
+    from tjx.kernels import auto_chunk_size
+
+    assert auto_chunk_size(4 * 1024, 50304) == 256  # GPT-2 at batch 4 × 1024: 16 chunks
+    assert auto_chunk_size(4 * 1024 + 1, 50304) == 257  # rounds up: never more than 16 chunks
+    assert auto_chunk_size(16 * 128, 257) == (8 << 20) // (4 * 257)  # tiny: one 8 MiB chunk
+    assert auto_chunk_size(0, 10) >= 1
+    with pytest.raises(ValueError, match="vocab >= 1"):
+        auto_chunk_size(8, 0)
+
+
+def _temp_bytes(fn, *args):
+    """XLA's compiled temporaries of ``value_and_grad(fn)`` w.r.t. hidden and unembedding."""
+    compiled = jax.jit(jax.value_and_grad(fn, argnums=(0, 1))).lower(*args).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def _full_logits_ce(h, w, labels):
+    """The full-logits loss (what the trainer's plain path computes): logits, then mean CE."""
+    logits = jnp.einsum("bsd,dv->bsv", h, w, preferred_element_type=jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    return jnp.mean(lse - jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0])
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_default_chunks_keep_compiled_logits_memory_within_an_eighth(batch):
+    """Compiled, not run: the loss head's forward + backward temporaries with the default
+    (shape-chosen) chunks against the full-logits path, whose logits are 128 MiB."""
+    seq, d, vocab = 4096 // batch, 64, 8192
+    h = jax.ShapeDtypeStruct((batch, seq, d), jnp.float32)
+    w = jax.ShapeDtypeStruct((d, vocab), jnp.float32)
+    labels = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
+    chunked = lambda h, w, lab: chunked_cross_entropy(h, w, lab).loss
+    assert _temp_bytes(chunked, h, w, labels) <= _temp_bytes(_full_logits_ce, h, w, labels) / 8

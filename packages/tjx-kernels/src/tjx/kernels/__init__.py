@@ -4,7 +4,7 @@ Pallas flash attention (forward and backward), chunked cross-entropy, a plain-XL
 ``attention`` entry point that picks XLA, cuDNN or Pallas per call.
 """
 
-from tjx.kernels.cross_entropy import CrossEntropyOutput, chunked_cross_entropy
+from tjx.kernels.cross_entropy import CrossEntropyOutput, auto_chunk_size, chunked_cross_entropy
 from tjx.kernels.dispatch import IMPLEMENTATIONS, attention, select_implementation
 from tjx.kernels.flash import flash_attention
 from tjx.kernels.launch import LaunchDefaults, default_launch
@@ -20,6 +20,7 @@ __all__ = [
     "attention",
     "attention_mask",
     "attention_weights",
+    "auto_chunk_size",
     "chunked_cross_entropy",
     "default_launch",
     "flash_attention",

@@ -8,6 +8,13 @@ computes one ``[chunk, vocab]`` logits block, its log-sum-exp, the label logit a
 drops it. The backward pass is a ``custom_vjp`` that saves only the per-token log-sum-exp
 (``[tokens]`` float32) and recomputes each chunk's logits to form ``softmax - onehot`` on the fly,
 accumulating the unembedding gradient in float32.
+
+The chunk is chosen from the shape by default (`auto_chunk_size`): at least 16 chunks, so the
+logits that exist at once (one chunk's forward block, or its backward ``logits`` and ``dlogits``)
+stay within 1/8 of the full ``[tokens, vocab]`` float32 logits at any batch. A constant chunk
+cannot: GPT-2 medium's old 4096-token chunk was the whole batch of 4 × 1024 tokens, one chunk
+holding all logits. Chunks are never smaller than 8 MiB of logits, so small problems (the tiny
+presets) run as one chunk without a scan's per-step overhead.
 """
 
 from __future__ import annotations
@@ -21,6 +28,33 @@ import jax.numpy as jnp
 
 Array = jax.Array
 Sums = tuple[Array, Array, Array, Array]
+
+#: `auto_chunk_size` splits the logits into at least this many chunks...
+AUTO_MIN_CHUNKS = 16
+#: ...unless a chunk would hold less than this many bytes of float32 logits.
+AUTO_MIN_CHUNK_BYTES = 8 << 20
+
+
+def auto_chunk_size(num_tokens: int, vocab_size: int) -> int:
+    """Tokens per chunk for ``chunk_size=None``: 1/16 of the tokens, but at least 8 MiB of logits.
+
+    Parameters
+    ----------
+    num_tokens : int
+        Tokens scored at once (batch × sequence, per device if the batch is sharded: pass the
+        global count and the per-device share scales with it).
+    vocab_size : int
+        Columns of the unembedding.
+
+    Returns
+    -------
+    int
+        A positive chunk size for `chunked_cross_entropy`.
+    """
+    if num_tokens < 0 or vocab_size < 1:
+        raise ValueError(f"auto_chunk_size needs tokens >= 0 and vocab >= 1, got {num_tokens}, {vocab_size}")
+    floor = max(1, AUTO_MIN_CHUNK_BYTES // (4 * vocab_size))
+    return max(1, -(-num_tokens // AUTO_MIN_CHUNKS), floor)
 
 
 class CrossEntropyOutput(NamedTuple):
@@ -97,11 +131,13 @@ def _ce_sums_bwd(
     def step(dw: Array, xs: tuple[Array, Array, Array]) -> tuple[Array, Array]:
         h_c, l_c, lse_c = xs
         logits = jnp.dot(h_c, w, preferred_element_type=jnp.float32)
-        p = jnp.exp(logits - lse_c[:, None])
         valid = l_c != ignore_index
-        onehot = jax.nn.one_hot(jnp.where(valid, l_c, -1), w.shape[-1], dtype=jnp.float32)
-        # d(ce)/dlogits = p - onehot; d(lse²)/dlogits = 2·lse·p.
-        dlogits = g_ce * (p - onehot) + (2.0 * g_z) * lse_c[:, None] * p
+        # d(ce)/dlogits = p - onehot; d(lse²)/dlogits = 2·lse·p. One elementwise expression (the
+        # label test is an iota comparison, not a one-hot array), so XLA fuses it into a single
+        # [chunk, vocab] buffer next to the logits.
+        p = jnp.exp(logits - lse_c[:, None])
+        is_label = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1) == l_c[:, None]
+        dlogits = p * (g_ce + (2.0 * g_z) * lse_c[:, None]) - jnp.where(is_label, g_ce, 0.0)
         dlogits = jnp.where(valid[:, None], dlogits, 0.0)
         dh = jnp.dot(dlogits.astype(w.dtype), w.T, preferred_element_type=jnp.float32)
         dw = dw + jnp.dot(h_c.T, dlogits.astype(h_c.dtype), preferred_element_type=jnp.float32)
@@ -119,7 +155,7 @@ def chunked_cross_entropy(
     unembedding: Array,
     labels: Array,
     *,
-    chunk_size: int,
+    chunk_size: int | None = None,
     ignore_index: int = -100,
     z_loss: float = 0.0,
 ) -> CrossEntropyOutput:
@@ -134,8 +170,9 @@ def chunked_cross_entropy(
     labels : Array
         Integer targets of shape ``hidden.shape[:-1]``; ``ignore_index`` marks tokens to skip.
         Other labels must lie in ``[0, vocab)``.
-    chunk_size : int
-        Tokens per scan step (positive). Every step takes ``max(1, chunk_size // rows)`` positions
+    chunk_size : int, optional
+        Tokens per scan step (positive); ``None`` (the default) takes `auto_chunk_size` of the
+        shape, which keeps the logits alive at once within 1/8 of the full logits. Every step takes ``max(1, chunk_size // rows)`` positions
         of the last axis from every row (``rows`` = product of the other leading axes, kept whole
         so a batch-sharded input stays sharded), so peak extra memory is about
         ``max(chunk_size, rows) * vocab`` float32. The last axis is padded with ignored tokens.
@@ -161,6 +198,8 @@ def chunked_cross_entropy(
         )
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"`labels` must be an integer array; got {labels.dtype}")
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(math.prod(labels.shape), unembedding.shape[1])
     if not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"`chunk_size` must be a positive int; got {chunk_size!r}")
     if z_loss < 0:

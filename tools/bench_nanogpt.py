@@ -1,0 +1,58 @@
+"""tjx's train step against nanoGPT's recipe in PyTorch on the same CPU (issue #18's measure).
+
+    python tools/bench_nanogpt.py                       # all shapes, 15 rounds of 2 steps
+    python tools/bench_nanogpt.py --shapes tiny --rounds 5 --json out.json
+
+PyTorch goes into a scratch venv (``--venv``, default ``~/.cache/tjx/nanogpt-venv``), never into
+the project's environment; see ``tools/tjx_tools/nanogpt`` for how the two sides are matched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from tjx_tools.nanogpt.side_by_side import SHAPES, run_shape
+from tjx_tools.nanogpt.venv import peer_python
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen shapes and print tjx's tokens/s against nanoGPT's."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--shapes", default=",".join(SHAPES), help="comma-separated: " + ", ".join(SHAPES)
+    )
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=2, help="steps per turn")
+    parser.add_argument(
+        "--venv", type=Path, default=Path.home() / ".cache" / "tjx" / "nanogpt-venv"
+    )
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
+    if unknown or args.rounds < 1 or args.steps < 1:
+        parser.error(
+            f"unknown shapes {unknown}" if unknown else "--rounds and --steps must be >= 1"
+        )
+    python = peer_python(args.venv)
+    rows = []
+    for name in args.shapes.split(","):
+        row = run_shape(SHAPES[name], python, args.rounds, args.steps)
+        rows.append(row)
+        tps, diff = row["tokens_per_s"], row["first_loss_rel_diff"]
+        print(
+            f"{name:>10}: tjx {tps['tjx']:,.0f} tok/s, nanoGPT {tps['nanogpt']:,.0f} tok/s, "
+            f"tjx/nanoGPT {row['ratio']:.2f} (first losses differ by {diff:.1e})",
+            flush=True,
+        )
+    if args.json:
+        meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rounds": args.rounds}
+        args.json.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -195,6 +195,9 @@ class MeshConfig:
     fsdp: int = spec(1, min=-1)
     tensor: int = spec(1, min=1)
     strategy: str = spec("dp", choices=package_choices("tjx.parallel", "STRATEGIES"))
+    pipeline: int = spec(1, min=1, help="pipeline stages (layers split into runs of equal length)")
+    microbatches: int = spec(4, min=1, help="pipeline microbatches per step (mesh.pipeline > 1)")
+    schedule: str = spec("gpipe", choices=package_choices("tjx.parallel", "SCHEDULES"))
 
 
 @dataclass

@@ -31,18 +31,53 @@ class Setup:
     num_params: int
 
 
+def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:
+    """mesh.pipeline > 1 needs a decoder whose layers are stacked (scanned), without dropout,
+    and sizes that split (tjx.parallel's rules; ``batch_ways`` = data×fsdp once known)."""
+    from tjx import parallel
+
+    m, mc = cfg.model, cfg.mesh
+    if cfg.task != "lm":
+        raise ConfigError(
+            f"mesh.pipeline: only decoders (gpt2, llama) are pipelined; model.kind is {m.kind!r}"
+        )
+    if not m.scan_layers:
+        raise ConfigError(
+            "mesh.pipeline: needs model.scan_layers=true (a stage is a slice of the stacked layers)"
+        )
+    if m.dropout != 0.0:
+        raise ConfigError("mesh.pipeline: needs model.dropout=0 (no dropout keys per stage)")
+    try:
+        parallel.check_pipeline(
+            num_layers=m.num_layers,
+            stages=mc.pipeline,
+            batch_size=cfg.data.batch_size // cfg.optimizer.accumulation_steps,
+            microbatches=mc.microbatches,
+            batch_ways=batch_ways,
+            schedule=mc.schedule,
+        )
+    except ValueError as err:
+        raise ConfigError(f"mesh.pipeline: {err}") from None
+
+
 def make_mesh(cfg: Config) -> tuple[Any, Any]:
     """The device mesh and logical-axis rules; mesh/batch mismatches are config errors."""
     from tjx import parallel
 
     mc = cfg.mesh
+    if mc.pipeline > 1:  # the sizes first: their message is clearer than the mesh's
+        _check_pipeline(cfg)
     try:
-        mesh_cfg = parallel.MeshConfig(data=mc.data, fsdp=mc.fsdp, tensor=mc.tensor)
+        mesh_cfg = parallel.MeshConfig(
+            data=mc.data, fsdp=mc.fsdp, tensor=mc.tensor, pipeline=mc.pipeline
+        )
         mesh = parallel.make_mesh(mesh_cfg)
     except ValueError as err:
         raise ConfigError(f"mesh: {err} ({jax.device_count()} devices here)") from None
     batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
     per_micro = cfg.data.batch_size // cfg.optimizer.accumulation_steps
+    if mc.pipeline > 1:  # each microbatch is split over data×fsdp inside its stage
+        _check_pipeline(cfg, batch_ways)
     if per_micro % batch_ways:
         raise ConfigError(
             f"data.batch_size: {cfg.data.batch_size} / optimizer.accumulation_steps "
@@ -54,6 +89,9 @@ def make_mesh(cfg: Config) -> tuple[Any, Any]:
             f"eval.batch_size: {cfg.eval.batch_size} must be divisible by the data×fsdp mesh "
             f"size ({batch_ways})"
         )
+    if mc.pipeline > 1:
+        # stage k holds the k-th run of layers: the stacked params' leading dim over `pipeline`
+        return mesh, parallel.rules(mc.strategy, layers="pipeline")
     return mesh, parallel.rules(mc.strategy)
 
 

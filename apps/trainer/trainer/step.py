@@ -33,6 +33,10 @@ def reseed(rest: Any, step: jax.Array) -> Any:
 
 def make_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Callable[..., Any]:
     """``loss_fn(params, batch, step) -> (loss, aux)`` of the config's task (trainer/tasks.py)."""
+    if cfg.mesh.pipeline > 1:  # the layer stack as a pipeline over the `pipeline` mesh axis
+        from trainer.pipeline import pipeline_loss_fn
+
+        return pipeline_loss_fn(graphdef, rest, cfg)  # type: ignore[no-any-return]
     task = tasks.for_config(cfg)
     deterministic = cfg.model.dropout == 0.0
     base_key = jax.random.key(cfg.train.seed)

@@ -10,7 +10,15 @@ from tjx.parallel.distributed import (
 )
 from tjx.parallel.mesh import MESH_AXES, MeshConfig, make_mesh
 from tjx.parallel.peers import PeerWatch, watch_peers
+from tjx.parallel.pipeline import (
+    PIPELINE_AXIS,
+    check_pipeline,
+    microbatch,
+    pipeline_loss,
+    unmicrobatch,
+)
 from tjx.parallel.rules import LOGICAL_AXES, STRATEGIES, AxisRules, rules
+from tjx.parallel.schedule import SCHEDULES, Schedule, bubble_formula, make_schedule
 from tjx.parallel.sharding import (
     batch_sharding,
     host_local_to_global,
@@ -23,19 +31,24 @@ from tjx.parallel.sharding import (
 )
 from tjx.parallel.train_step import jit_train_step
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "LOGICAL_AXES",
     "MESH_AXES",
+    "PIPELINE_AXIS",
+    "SCHEDULES",
     "STRATEGIES",
     "AxisRules",
     "DistributedInfo",
     "MeshConfig",
     "PeerWatch",
+    "Schedule",
     "__version__",
     "barrier",
     "batch_sharding",
+    "bubble_formula",
+    "check_pipeline",
     "host_local_to_global",
     "initialize",
     "is_primary",
@@ -43,12 +56,16 @@ __all__ = [
     "logical_specs",
     "logical_to_sharding",
     "make_mesh",
+    "make_schedule",
+    "microbatch",
+    "pipeline_loss",
     "resolve_distributed",
     "rules",
     "runtime_client",
     "shard_batch",
     "shard_init",
     "state_shardings",
+    "unmicrobatch",
     "watch_peers",
     "with_logical_constraint",
 ]

@@ -1,4 +1,5 @@
-"""Device meshes with the axes ("data", "fsdp", "tensor") over all devices of all processes."""
+"""Device meshes with the axes ("pipeline", "data", "fsdp", "tensor") over all devices of all
+processes."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from jax.sharding import Mesh
 __all__ = ["MESH_AXES", "MeshConfig", "make_mesh"]
 
 #: Mesh axis names, outermost (least communication) to innermost (most communication).
-MESH_AXES: tuple[str, str, str] = ("data", "fsdp", "tensor")
+MESH_AXES: tuple[str, str, str, str] = ("pipeline", "data", "fsdp", "tensor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,11 +33,17 @@ class MeshConfig:
     tensor : int
         Tensor (Megatron) parallel group size: MLP / attention heads / vocab split. Kept inside one
         host by :func:`make_mesh` because it communicates on every layer.
+    pipeline : int
+        Pipeline stages: the layer stack split into this many groups of consecutive layers, one
+        per stage (see :mod:`tjx.parallel.pipeline`). Outermost axis: it only sends activations
+        between neighbours. Default 1 (a size-1 axis changes nothing). Last field, so the
+        positional order of the older three is kept.
     """
 
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    pipeline: int = 1
 
     def __post_init__(self) -> None:
         sizes = self.sizes_or_minus_one()
@@ -49,16 +56,19 @@ class MeshConfig:
                     f"devices), got {size}"
                 )
         if sum(s == -1 for s in sizes) > 1:
-            raise ValueError(
-                f"at most one MeshConfig field may be -1, got data={self.data}, "
-                f"fsdp={self.fsdp}, tensor={self.tensor}"
-            )
+            raise ValueError(f"at most one MeshConfig field may be -1, got {self.describe()}")
 
-    def sizes_or_minus_one(self) -> tuple[int, int, int]:
-        """The raw sizes in mesh-axis order ``(data, fsdp, tensor)``, ``-1`` unresolved."""
-        return (self.data, self.fsdp, self.tensor)
+    def describe(self) -> str:
+        """``"pipeline=P, data=D, fsdp=F, tensor=T"`` for messages."""
+        return ", ".join(
+            f"{n}={s}" for n, s in zip(MESH_AXES, self.sizes_or_minus_one(), strict=True)
+        )
 
-    def resolve(self, num_devices: int) -> tuple[int, int, int]:
+    def sizes_or_minus_one(self) -> tuple[int, int, int, int]:
+        """The raw sizes in mesh-axis order ``(pipeline, data, fsdp, tensor)`` (-1 unresolved)."""
+        return (self.pipeline, self.data, self.fsdp, self.tensor)
+
+    def resolve(self, num_devices: int) -> tuple[int, int, int, int]:
         """Concrete axis sizes for ``num_devices`` devices.
 
         Raises
@@ -68,7 +78,7 @@ class MeshConfig:
         """
         sizes = list(self.sizes_or_minus_one())
         fixed = math.prod(s for s in sizes if s != -1)
-        desc = f"data={self.data}, fsdp={self.fsdp}, tensor={self.tensor}"
+        desc = self.describe()
         if -1 in sizes:
             if num_devices % fixed != 0:
                 raise ValueError(
@@ -81,14 +91,15 @@ class MeshConfig:
                 f"mesh {desc} has {fixed} devices but {num_devices} are available; "
                 "the product of the axis sizes must equal the device count (or set one to -1)"
             )
-        return (sizes[0], sizes[1], sizes[2])
+        return (sizes[0], sizes[1], sizes[2], sizes[3])
 
 
 def _dcn_split(sizes: Sequence[int], num_granules: int) -> tuple[list[int], list[int]] | None:
     """Split each axis into (per-host, across-host) factors, hosts taken from the outer axes.
 
     Returns ``None`` when the across-host factor cannot be taken from data/fsdp alone, i.e. when
-    the tensor axis would have to span hosts.
+    the tensor axis would have to span hosts. Hosts are taken from ``pipeline`` first (it only
+    sends activations to its neighbour), then ``data``, then ``fsdp``.
     """
     remaining = num_granules
     dcn = []
@@ -104,7 +115,7 @@ def _dcn_split(sizes: Sequence[int], num_granules: int) -> tuple[list[int], list
 
 
 def make_mesh(config: MeshConfig | None = None, devices: Sequence[Any] | None = None) -> Mesh:
-    """Build a :class:`jax.sharding.Mesh` with axes ``("data", "fsdp", "tensor")``.
+    """Build a :class:`jax.sharding.Mesh` with axes ``("pipeline", "data", "fsdp", "tensor")``.
 
     Parameters
     ----------
@@ -123,9 +134,9 @@ def make_mesh(config: MeshConfig | None = None, devices: Sequence[Any] | None = 
     (it all-reduces every layer and wants the fast intra-host links). One process:
     :func:`jax.experimental.mesh_utils.create_device_mesh` (topology-aware on TPU, id-sorted on
     GPU). Several processes: :func:`~jax.experimental.mesh_utils.create_hybrid_device_mesh` with
-    processes as granules, putting the process count on the outer axes (data first, then fsdp), so
-    that only data/fsdp traffic crosses hosts. If that is impossible (the tensor axis is larger
-    than a host), a :class:`ValueError` says so.
+    processes as granules, putting the process count on the outer axes (pipeline, then data, then
+    fsdp), so that only pipeline/data/fsdp traffic crosses hosts. If that is impossible (the
+    tensor axis is larger than a host), a :class:`ValueError` says so.
     """
     config = MeshConfig() if config is None else config
     devs = list(jax.devices() if devices is None else devices)
@@ -140,9 +151,10 @@ def make_mesh(config: MeshConfig | None = None, devices: Sequence[Any] | None = 
         if split is None:
             per_host = len(devs) // num_processes
             raise ValueError(
-                f"mesh data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]} cannot keep the "
-                f"tensor axis inside a host: {num_processes} processes with {per_host} devices "
-                "each must divide data*fsdp (and tensor must divide the devices per host)"
+                f"mesh pipeline={sizes[0]}, data={sizes[1]}, fsdp={sizes[2]}, tensor={sizes[3]} "
+                f"cannot keep the tensor axis inside a host: {num_processes} processes with "
+                f"{per_host} devices each must divide pipeline*data*fsdp (and tensor must divide "
+                "the devices per host)"
             )
         ici, dcn = split
         array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devs, process_is_granule=True)

@@ -1,13 +1,13 @@
 """Pipeline parallelism (``mesh.pipeline``) end to end, on 8 simulated CPU devices.
 
 * GPT-2 and LLaMA: the trainer's pipelined loss (tjx.parallel.pipeline_loss wired to tjx.nn's
-  scanned stack in trainer/state.py) gives the unpipelined loss and gradients, for 2 and 4
+  scanned stack in trainer/pipeline.py) gives the unpipelined loss and gradients, for 2 and 4
   stages alone and with data / FSDP, GPipe and 1F1B, on fresh random tokens. Tolerance (fp32):
   loss within 1e-5 relative; each gradient leaf within ``1e-5 * max|leaf| + 1e-9`` (sums over
   microbatches and devices in another order; a leaf whose true gradient is zero, like the
   attention key bias, is compared with the absolute term).
 * The trainer with ``mesh.pipeline=2`` logs the losses of the same run without it (1e-5 relative,
-  as the data-parallel test), and a checkpoint saved on the pipeline mesh resumes on a plain mesh
+  as the data-parallel test), for ``tiny`` (GPT-2) and a scaled-down ``llama_small``, and a checkpoint saved on the pipeline mesh resumes on a plain mesh
   and back (tjx-ckpt's resharding restore) with the uninterrupted run's losses.
 * Bad pipeline settings: one error line, exit status 2, nothing written.
 """
@@ -124,6 +124,18 @@ def test_trainer_pipeline_matches_plain_and_checkpoints_move_between_meshes(tmp_
     assert sorted(moved) == [1, 2, 3, 4]
     for s in want:
         assert moved[s] == pytest.approx(want[s], rel=1e-5)
+
+
+def test_llama_small_trains_pipelined_to_the_losses_of_the_plain_mesh(tmp_path):
+    """``llama_small`` (scaled down: GQA, RoPE, RMSNorm, untied head) with ``mesh.pipeline=2``."""
+    llama = [*RUN, "model.num_kv_heads=1", "model.compute_dtype=float32"]
+    llama += ["data.tokenizer=byte", "model.vocab_size=null"]  # no 50k-row embedding to train
+    check_ok(train(tmp_path, "plain", llama, config="llama_small"))
+    check_ok(train(tmp_path, "piped", [*llama, *PIPE], config="llama_small"))
+    want, got = train_losses(tmp_path / "plain"), train_losses(tmp_path / "piped")
+    assert sorted(want) == sorted(got) == [1, 2, 3, 4]
+    for s in want:
+        assert got[s] == pytest.approx(want[s], rel=1e-5)
 
 
 @pytest.mark.parametrize(

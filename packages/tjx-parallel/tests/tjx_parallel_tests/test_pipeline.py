@@ -174,3 +174,25 @@ def test_pipeline_loss_rejects_shapes_that_do_not_split() -> None:
         pipeline_loss(layer, head, mesh, microbatches=3)(sp, hp, x, side, hside)
     with pytest.raises(ValueError, match="pipeline schedule must be one of"):
         pipeline_loss(layer, head, mesh, microbatches=2, schedule="interleaved")
+
+
+def test_bf16_activations_compile_and_match_the_float32_reference() -> None:
+    """bf16 activations: the input gradient's cross-stage sum once aborted XLA:CPU's compiler."""
+    sp, hp, x, side, hside = problem(seed=11)
+    want = jax.grad(reference, argnums=2)(sp, hp, x, side, hside)
+    mesh = make_mesh(MeshConfig(data=4, pipeline=2))
+
+    def layer16(p: dict[str, jax.Array], h: jax.Array, side: dict[str, jax.Array]) -> jax.Array:
+        return layer(p, h, side).astype(h.dtype)  # a layer keeps its activations' dtype
+
+    run = pipeline_loss(layer16, head, mesh, microbatches=2, schedule="gpipe")
+
+    def loss(x16: jax.Array) -> jax.Array:
+        return run(sp, hp, x16, side, hside)[0]
+
+    got = jax.jit(jax.grad(loss))(x.astype(jnp.bfloat16))
+    assert got.dtype == jnp.bfloat16
+    # bf16 inputs and a bf16 gradient: 8 mantissa bits, so 2 % of the largest entry.
+    np.testing.assert_allclose(
+        np.asarray(got, np.float32), np.asarray(want), atol=0.02 * float(np.max(np.abs(want)))
+    )

@@ -230,9 +230,27 @@ def _run(
     if not with_grad:
         return loss, aux
     # The head's and the input's gradients live on one stage (zeros elsewhere): sum to share.
-    hacc, dx = lax.psum(hacc, axis), lax.psum(dx, axis)
+    hacc, dx = _psum_wide(hacc, axis), _psum_wide(dx, axis)
     cast = lambda g, p: jax.tree.map(lambda a, b: a.astype(b.dtype), g, p)
     return loss, aux, cast(gacc, stage_params), cast(hacc, head_params), dx
+
+
+def _psum_wide(tree: Any, axis: str) -> Any:
+    """``psum`` with bf16/fp16 leaves summed as float32 and cast back.
+
+    Only one stage holds a non-zero term here, so the sum is exact either way; the cast is for
+    XLA:CPU, whose all-reduce promotion pass aborts the process on a bf16 all-reduce that
+    shard_map's lowering wraps in a sharding annotation ("Invalid binary instruction opcode
+    copy", jax 0.10) — a bf16 pipelined train step could not even compile on a CPU.
+    """
+
+    def one(a: jax.Array) -> jax.Array:
+        narrow = jnp.issubdtype(a.dtype, jnp.floating) and jnp.finfo(a.dtype).bits < 32
+        return (
+            lax.psum(a.astype(jnp.float32), axis).astype(a.dtype) if narrow else lax.psum(a, axis)
+        )
+
+    return jax.tree.map(one, tree)
 
 
 def pipeline_loss(

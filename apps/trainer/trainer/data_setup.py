@@ -8,13 +8,13 @@ the run directory, and every bad input raises before training starts.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
 from trainer.config import Config
 from trainer.schema import ConfigError
@@ -29,7 +29,7 @@ class DataBundle:
     val_dir: Path | None
     vocab_size: int
     bytes_per_token: float | None
-    arrays: dict[str, np.ndarray] | None = None  # ViT digits: in-memory images/labels
+    images: dict[str, Any] | None = None  # ViT digits: tjx.data.ImageDataset by split
 
 
 def _root(cfg: Config) -> Path:
@@ -94,9 +94,15 @@ def prepare(cfg: Config) -> DataBundle:
 
 def train_loader(bundle: DataBundle, cfg: Config) -> Any:
     """The resumable, shuffled, packed training iterator (``state_dict``/``load_state_dict``)."""
-    if bundle.arrays is not None:
-        return DigitsLoader(bundle.arrays, cfg.data.batch_size, cfg.train.seed)
     from tjx import data
+
+    if bundle.images is not None:
+        try:
+            return data.ImageLoader(
+                bundle.images["train"], cfg.data.batch_size, seed=cfg.train.seed
+            )
+        except data.DataError as err:
+            raise ConfigError(f"data.batch_size: {err}") from None
 
     assert bundle.train_dir is not None
     # Each process reads its own rows of every global batch (disjoint, complete across hosts);
@@ -145,23 +151,26 @@ def to_global(batch: Any, mesh: Any) -> Any:
 
 def val_batches(bundle: DataBundle, cfg: Config, max_batches: int | None) -> Iterator[Any]:
     """The first ``max_batches`` validation batches, always in the same order."""
-    if bundle.arrays is not None:
-        yield from DigitsLoader.validation(bundle.arrays, cfg.eval.batch_size, max_batches)
-        return
     from tjx import data
 
-    assert bundle.val_dir is not None
-    batches = data.validation_batches(
-        bundle.val_dir,
-        cfg.data.seq_len,
-        cfg.eval.batch_size // jax.process_count(),
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    for i, batch in enumerate(batches):
-        if max_batches is not None and i >= max_batches:
-            break
-        yield batch
+    if bundle.images is not None:  # in order, every batch full (one compiled shape)
+        batches: Iterator[Any] = data.image_batches(
+            bundle.images["validation"],
+            cfg.eval.batch_size,
+            seed=0,
+            shuffle=False,
+            drop_remainder=True,
+        )
+    else:
+        assert bundle.val_dir is not None
+        batches = data.validation_batches(
+            bundle.val_dir,
+            cfg.data.seq_len,
+            cfg.eval.batch_size // jax.process_count(),
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+    yield from itertools.islice(batches, max_batches)
 
 
 def _prepare_digits(cfg: Config) -> DataBundle:
@@ -175,75 +184,17 @@ def _prepare_digits(cfg: Config) -> DataBundle:
             f"model.image_size: {cfg.model.image_size} does not match the digits images "
             f"({train.images.shape[1]})"
         )
-    arrays = {
-        "train_images": train.images,
-        "train_labels": train.labels,
-        "val_images": val.images,
-        "val_labels": val.labels,
-    }
-    return DataBundle(None, None, None, 0, None, arrays)
-
-
-class DigitsLoader:
-    """Shuffled epochs over in-memory images; the state is (epoch, position)."""
-
-    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int) -> None:
-        self._x, self._y = arrays["train_images"], arrays["train_labels"]
-        self._batch, self._seed = batch_size, seed
-        self._epoch, self._pos = 0, 0
-
-    def __iter__(self) -> DigitsLoader:
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        if self._pos + self._batch > len(self._y):
-            self._epoch, self._pos = self._epoch + 1, 0
-        order = np.random.default_rng([self._seed, self._epoch]).permutation(len(self._y))
-        idx = order[self._pos : self._pos + self._batch]
-        self._pos += self._batch
-        return {"images": self._x[idx], "labels": self._y[idx]}
-
-    def state_dict(self) -> dict[str, int]:
-        """JSON-serialisable position."""
-        return {"epoch": self._epoch, "pos": self._pos}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue from ``state``."""
-        self._epoch, self._pos = int(state["epoch"]), int(state["pos"])
-
-    @staticmethod
-    def validation(
-        arrays: dict[str, np.ndarray], batch_size: int, max_batches: int | None
-    ) -> Iterator[dict[str, np.ndarray]]:
-        """In-order validation batches (drop the last partial one)."""
-        x, y = arrays["val_images"], arrays["val_labels"]
-        for i in range(len(y) // batch_size):
-            if max_batches is not None and i >= max_batches:
-                return
-            sl = slice(i * batch_size, (i + 1) * batch_size)
-            yield {"images": x[sl], "labels": y[sl]}
-
-
-def _saved_tokenizer(tok: Any, folder: Path) -> Path:
-    """``tok`` saved in ``folder`` (its ``tokenizer.json``); an identical saved copy (same
-    fingerprint: a resume) is kept as it is, so a resume rewrites no file it does not change."""
-    from tjx import data
-
-    existing = folder / "tokenizer.json"
-    if existing.is_file():
-        try:
-            if data.load_tokenizer(str(existing)).fingerprint == tok.fingerprint:
-                return existing
-        except (ValueError, OSError):  # unreadable: replaced below
-            pass
-    return Path(tok.save(folder))
+    return DataBundle(None, None, None, 0, None, {"train": train, "validation": val})
 
 
 def describe(bundle: DataBundle, cfg: Config, run_dir: Path) -> dict[str, Any]:
     """``data.json`` for the evaluator: tokenizer (saved into the run dir if trained), shards."""
     tokenizer: str | None = cfg.data.tokenizer if bundle.tokenizer is not None else None
     if bundle.tokenizer is not None and cfg.data.tokenizer not in ("byte", "bytes", "gpt2"):
-        tokenizer = str(_saved_tokenizer(bundle.tokenizer, run_dir / "tokenizer").resolve())
+        from tjx import data
+
+        # An identical saved copy (a resume) is kept: a resume rewrites no file it does not change.
+        tokenizer = str(data.save_tokenizer(bundle.tokenizer, run_dir / "tokenizer").resolve())
     return {
         "source": cfg.data.source,
         "tokenizer": tokenizer,

@@ -13,19 +13,18 @@ overstate a sharded step) and for ``--init-from`` (the architecture comes from t
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+# peak_bytes and available_bytes are tjx-metrics'; imported here by name, as tools/ use them.
+from tjx.metrics import GIB, available_bytes, peak_bytes
 from trainer import tasks
 from trainer.config import Config, build_config
 from trainer.overrides import apply_overrides
 from trainer.schema import ConfigError
-
-GIB = 2**30
 
 
 def abstract_step(cfg: Config, vocab_size: int) -> tuple[Any, Any, Any]:
@@ -65,40 +64,10 @@ def _concrete(rest: Any) -> Any:
     return jax.tree.map(one, rest)
 
 
-def peak_bytes(compiled: Any) -> dict[str, int]:
-    """XLA's memory analysis of a compiled step: arguments, outputs, temporaries, peak (bytes)."""
-    m = compiled.memory_analysis()
-    args, out, temp = m.argument_size_in_bytes, m.output_size_in_bytes, m.temp_size_in_bytes
-    alias = getattr(m, "alias_size_in_bytes", 0)
-    return {
-        "arguments": int(args),
-        "outputs": int(out),
-        "temporaries": int(temp),
-        "aliased": int(alias),
-        "peak": int(args + out + temp - alias),
-    }
-
-
 def step_peak(cfg: Config, vocab_size: int) -> int:
     """Peak bytes of the compiled train step of ``cfg`` on one device."""
     step, state, batch = abstract_step(cfg, vocab_size)
     return peak_bytes(step.lower(state, batch).compile())["peak"]
-
-
-def available_bytes() -> int | None:
-    """Memory the first device can use: the GPU's limit, or the host's available RAM on CPU."""
-    device = jax.devices()[0]
-    if device.platform != "cpu":
-        stats = device.memory_stats() or {}
-        limit = stats.get("bytes_limit")
-        return int(limit) if limit else None
-    meminfo = Path("/proc/meminfo")
-    if not meminfo.exists():
-        return None
-    for line in meminfo.read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return None
 
 
 def fit_memory(

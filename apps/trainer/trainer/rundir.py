@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml  # type: ignore[import-untyped]
 
 CONFIG_FILE = "config.yaml"
@@ -47,29 +45,6 @@ def write_samples(run_dir: Path, step: int, texts: list[str], prompts: list[str]
     ]
     path.write_text("\n".join(parts), "utf-8")
     return path
-
-
-def params_digest(params: Any) -> str:
-    """sha256 over every parameter's bytes in a fixed order (bit-exactness checks).
-
-    In a multi-host run a parameter sharded over several processes cannot be read whole on one
-    host: it is all-gathered, so every process must call this (in the same order) and all get the
-    same digest.
-    """
-    import jax
-    from jax.experimental import multihost_utils
-
-    def host_value(leaf: Any) -> np.ndarray:
-        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-            return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
-        return np.asarray(jax.device_get(leaf))
-
-    digest = hashlib.sha256()
-    leaves = jax.tree_util.tree_leaves_with_path(params)
-    for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
-        digest.update(jax.tree_util.keystr(path).encode())
-        digest.update(np.ascontiguousarray(host_value(leaf)).tobytes())
-    return digest.hexdigest()
 
 
 def write_final(run_dir: Path, summary: dict[str, Any]) -> None:

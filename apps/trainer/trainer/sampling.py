@@ -10,25 +10,13 @@ from flax import nnx
 from trainer.config import Config
 
 
-def encode_prompts(tokenizer: Any, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Right-padded prompt ids [n, max_len] and their lengths (empty prompts get the EOS id)."""
-    ids = tokenizer.encode_batch(prompts)
-    eos = getattr(tokenizer, "eos_id", None)
-    ids = [row if row else [eos if eos is not None else 0] for row in ids]
-    lengths = np.asarray([len(r) for r in ids], np.int32)
-    out = np.zeros((len(ids), int(lengths.max())), np.int32)
-    for i, row in enumerate(ids):
-        out[i, : len(row)] = row
-    return out, lengths
-
-
 def generate_texts(
     model: Any, tokenizer: Any, prompts: list[str], sampling: Any, seed: int, max_len: int
 ) -> list[str]:
     """Generate one continuation per prompt; returns prompt + continuation, decoded."""
-    from tjx import nn
+    from tjx import data, nn
 
-    tokens, lengths = encode_prompts(tokenizer, prompts)
+    tokens, lengths = data.encode_prompts(tokenizer, prompts)
     new = max(1, min(sampling.max_new_tokens, max_len - tokens.shape[1]))
     out = nn.generate(
         model,

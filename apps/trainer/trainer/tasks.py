@@ -42,16 +42,25 @@ def token_loss(model: Any, hidden: jax.Array, targets: jax.Array, cfg: Config) -
             "num_correct": out.num_correct,
         }
     # Plain path: the model's own float32 logits, tjx-nn's loss and tjx-metrics' sums.
-    from tjx import metrics, nn
+    from tjx import nn
 
     logits = model.logits(hidden)
-    stats = metrics.lm_stats(logits, targets, top_k=(1,))
-    return {
-        "loss": nn.cross_entropy_loss(logits, targets, z_loss=cfg.train.z_loss),
+    _, sums = scored_sums(logits, targets)
+    return {"loss": nn.cross_entropy_loss(logits, targets, z_loss=cfg.train.z_loss), **sums}
+
+
+def scored_sums(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, Aux]:
+    """(mean loss, aux sums) of float32 logits against labels (-100: unscored), from tjx-metrics'
+    ``lm_stats``: the summed loss, the scored labels and the top-1 correct among them."""
+    from tjx import metrics
+
+    stats = metrics.lm_stats(logits, labels, top_k=(1,))
+    aux = {
         "sum_loss": stats["sum_loss"],
         "num_tokens": stats["num_tokens"],
         "num_correct": stats["correct_top1"],
     }
+    return stats["sum_loss"] / jnp.maximum(stats["num_tokens"], 1), aux
 
 
 @dataclass(frozen=True)
@@ -121,16 +130,7 @@ class MaskedLM(Task):
     def loss(
         self, model: Any, batch: Batch, key: jax.Array, cfg: Config, *, deterministic: bool
     ) -> tuple[jax.Array, Aux]:
-        from tjx import metrics
-
-        logits, labels = self._masked(model, batch, key, cfg, deterministic=deterministic)
-        sums = metrics.lm_stats(logits, labels, top_k=(1,))
-        aux = {
-            "sum_loss": sums["sum_loss"],
-            "num_tokens": sums["num_tokens"],
-            "num_correct": sums["correct_top1"],
-        }
-        return sums["sum_loss"] / jnp.maximum(sums["num_tokens"], 1), aux
+        return scored_sums(*self._masked(model, batch, key, cfg, deterministic=deterministic))
 
     def eval_logits(self, model: Any, batch: Batch, cfg: Config) -> tuple[jax.Array, jax.Array]:
         # A fixed masking key: every evaluation masks the same positions (and the evaluator,
@@ -169,17 +169,8 @@ class Classify(Task):
     def loss(
         self, model: Any, batch: Batch, key: jax.Array, cfg: Config, *, deterministic: bool
     ) -> tuple[jax.Array, Aux]:
-        import optax
-
         del key, cfg
-        logits, labels = self._logits(model, batch, deterministic=deterministic)
-        per = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        aux = {
-            "sum_loss": per.sum(),
-            "num_tokens": jnp.asarray(labels.shape[0], jnp.int32),
-            "num_correct": (jnp.argmax(logits, -1) == labels).sum(),
-        }
-        return per.mean(), aux
+        return scored_sums(*self._logits(model, batch, deterministic=deterministic))
 
     def eval_logits(self, model: Any, batch: Batch, cfg: Config) -> tuple[jax.Array, jax.Array]:
         return self._logits(model, batch, deterministic=True)

@@ -23,6 +23,12 @@ import numpy as np
 from trainer import rundir, tasks
 from trainer.plan import RunPlan, error_exit
 
+#: How the divergence error (exit 3) ends: what to change, by config key, before resuming.
+DIVERGED_ADVICE = (
+    "lower optimizer.lr, raise optimizer.schedule.warmup_steps or set optimizer.clip_norm, and "
+    "resume from the last checkpoint (train.max_bad_steps sets the limit)"
+)
+
 
 def write_run_files(plan: RunPlan, setup: Any, bundle: Any) -> None:
     """``config.yaml``, ``model.json`` and ``data.json``; a file whose content is the same is left
@@ -130,8 +136,7 @@ class Training:
 
     def loop(self) -> int:
         """Every step from ``start`` to ``train.steps``, unless stopped; the exit code."""
-        from trainer import progress
-        from trainer.divergence import DivergenceGuard
+        from tjx.metrics import DivergenceGuard, progress_bar
         from trainer.signals import stop_on_signals
         from trainer.stop_agreement import for_this_run
 
@@ -140,10 +145,16 @@ class Training:
         # Several processes stop together: a signal on any of them stops all at the same
         # boundary (one host-side exchange per step); one process decides alone.
         agreement = for_this_run()
-        guard = DivergenceGuard(cfg.train.max_bad_steps)
+        guard = DivergenceGuard(
+            cfg.train.max_bad_steps, limit_name="train.max_bad_steps", advice=DIVERGED_ADVICE
+        )
         stopped_by: str | None = None
         step_done, profiling = start, False
-        with stop_on_signals(self.run_dir) as stop, progress.bar(cfg, start, total) as bar:
+        with (
+            stop_on_signals(self.run_dir) as stop,
+            # tjx-metrics' bar; plain lines with logging.progress: false or off a terminal.
+            progress_bar(start, total, enabled=cfg.logging.progress) as bar,
+        ):
             for step in range(start, total):
                 stopped_by = agreement.decide(step, stop.signal_name)
                 if stopped_by or (cfg.train.stop_at is not None and step >= cfg.train.stop_at):
@@ -275,13 +286,15 @@ class Training:
 
     def _finish(self, step_done: int, stopped_by: str | None) -> int:
         """The last save, ``final.json`` and the loss plot; exit 0 (a signal's stop included)."""
+        from tjx import ckpt
+
         total = self.cfg.train.steps
         self.save(step_done, force=True)
         self._close()
         summary: dict[str, Any] = {
             "step": step_done,
             "interrupted_by": stopped_by or ("stop_at" if step_done < total else None),
-            "params_sha256": rundir.params_digest(self.state["params"]),
+            "params_sha256": ckpt.params_sha256(self.state["params"]),
             "num_params": self.setup.num_params,
             **{f"val_{k}": v for k, v in self.last_eval.items()},
         }
@@ -302,17 +315,19 @@ def _rebuild_artefacts(
     run_dir: Path, setup: Any, st: Any, bundle: Any, cfg: Any, step: int, primary: bool
 ) -> list[str]:
     """Write a finished run's missing ``final.json`` (evaluating once) and loss plot."""
+    from tjx import ckpt
     from trainer import evaluation
 
     rebuilt = []
     if not (run_dir / rundir.FINAL_FILE).exists():
         # Every process evaluates (the parameters span them all); process 0 writes.
         val = evaluation.evaluate(setup, st["params"], bundle, cfg)
+        digest = ckpt.params_sha256(st["params"])  # a collective, like the evaluation
         if primary:
             summary = {
                 "step": step,
                 "interrupted_by": None,
-                "params_sha256": rundir.params_digest(st["params"]),
+                "params_sha256": digest,
                 "num_params": setup.num_params,
                 **{f"val_{k}": v for k, v in val.items()},
             }

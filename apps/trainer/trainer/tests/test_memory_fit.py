@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trainer.config import build_config
-from trainer.memory_fit import available_bytes, fit_memory, step_peak
+from trainer.memory_fit import fit_memory, step_peak
 from trainer.overrides import apply_overrides
 from trainer.presets import load_config_data
 from trainer.schema import ConfigError
@@ -65,8 +65,3 @@ def test_opt_out_and_multi_device_skip_the_check():
     tiny_budget = 1  # would fail if the check ran
     assert fit_memory(config("train.fit_memory=false"), VOCAB, budget=tiny_budget, devices=1)
     assert fit_memory(config(), VOCAB, budget=tiny_budget, devices=8)
-
-
-def test_available_memory_is_positive():
-    found = available_bytes()
-    assert found is None or found > 0

@@ -1,19 +1,15 @@
-"""Run directory, signals, progress bar and the data preparation through tjx.data."""
+"""Run directory, signals and the data preparation through tjx.data."""
 
 from __future__ import annotations
 
 import os
 import signal
 
-import jax.numpy as jnp
-import numpy as np
 import pytest
 import yaml
 
 from trainer import data_setup, rundir
 from trainer.config import build_config
-from trainer.data_setup import DigitsLoader
-from trainer.progress import _clock, bar
 from trainer.schema import ConfigError
 from trainer.signals import interrupted_exit, stop_on_signals
 
@@ -29,13 +25,6 @@ def test_rundir_files(tmp_path):
     assert rundir.read_config(run) == {"a": 1}
 
 
-def test_params_digest_sees_every_bit():
-    a = {"w": jnp.ones((2, 2)), "b": jnp.zeros(3)}
-    b = {"w": jnp.ones((2, 2)), "b": jnp.zeros(3).at[1].set(1e-30)}
-    assert rundir.params_digest(a) == rundir.params_digest(dict(a))
-    assert rundir.params_digest(a) != rundir.params_digest(b)
-
-
 def test_signal_sets_flag_and_handlers_are_restored():
     before = signal.getsignal(signal.SIGTERM)
     with stop_on_signals() as flag:
@@ -43,31 +32,6 @@ def test_signal_sets_flag_and_handlers_are_restored():
         os.kill(os.getpid(), signal.SIGTERM)
         assert flag and flag.signal_name == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is before
-
-
-def test_digits_loader_resumes_exactly():
-    arrays = {
-        "train_images": np.arange(40, dtype=np.float32).reshape(10, 2, 2, 1),
-        "train_labels": np.arange(10, dtype=np.int32),
-    }
-    a = DigitsLoader(arrays, 4, seed=1)
-    first = [next(a)["labels"] for _ in range(3)]
-    state = a.state_dict()
-    rest = [next(a)["labels"] for _ in range(4)]
-    b = DigitsLoader(arrays, 4, seed=1)
-    b.load_state_dict(state)
-    np.testing.assert_array_equal(np.stack([next(b)["labels"] for _ in range(4)]), np.stack(rest))
-    assert len(first) == 3
-
-
-def test_progress_plain_lines(capsys):
-    cfg = build_config({})
-    with bar(cfg, 0, 10) as b:
-        b.update(5, 1.2345)
-        b.note("hello")
-    out = capsys.readouterr().out
-    assert "[5/10] loss 1.2345" in out and "ETA" in out and "hello" in out
-    assert _clock(125) == "2:05"
 
 
 def _data_config(source, cache, **data):

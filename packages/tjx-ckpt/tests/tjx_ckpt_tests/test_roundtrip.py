@@ -126,7 +126,7 @@ def test_on_disk_layout_is_json_and_arrays(tmp_path: Path) -> None:
     assert manifest["format"] == "tjx-ckpt" and manifest["step"] == 7
     assert manifest["leaves"]["params/w"]["shape"] == [4]
     assert json.loads((step_dir / "config" / "metadata").read_text()) == {"lr": 0.1}
-    assert __version__ == "0.1.0"
+    assert __version__ == "0.2.0"
 
 
 def test_bad_arguments_are_rejected(tmp_path: Path) -> None:

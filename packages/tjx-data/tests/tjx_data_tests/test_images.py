@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from tjx.data import DataError, ImageDataset, image_batches, load_digits, load_image_dataset
+from tjx.data import (
+    DataError,
+    ImageDataset,
+    ImageLoader,
+    image_batches,
+    load_digits,
+    load_image_dataset,
+)
 from tjx.data.images import images_from_rows
 
 
@@ -47,3 +54,48 @@ def test_rows_to_dataset_and_errors():
         ImageDataset(np.zeros((2, 3)), np.zeros(2), 1)
     with pytest.raises(DataError, match="HF_HUB_OFFLINE"):
         load_image_dataset("uoft-cs/cifar10")
+
+
+def _toy(n: int, seed: int) -> ImageDataset:
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0.0, 1.0, (n, 3, 3, 1)).astype(np.float32)
+    return ImageDataset(images, rng.integers(0, 10, n).astype(np.int32), 10)
+
+
+def test_evaluation_batches_can_drop_the_partial_one():
+    data = _toy(10, 3)
+    kept = list(image_batches(data, 4, seed=0, shuffle=False))
+    dropped = list(image_batches(data, 4, seed=0, shuffle=False, drop_remainder=True))
+    assert [len(b["labels"]) for b in kept] == [4, 4, 2]
+    assert [len(b["labels"]) for b in dropped] == [4, 4]
+    np.testing.assert_array_equal(dropped[1]["images"], data.images[4:8])
+    shuffled = list(image_batches(data, 4, seed=5, drop_remainder=False))
+    assert sorted(np.concatenate([b["labels"] for b in shuffled])) == sorted(data.labels)
+
+
+def test_image_loader_draws_image_batches_epoch_after_epoch_and_resumes_exactly():
+    data = _toy(10, 4)
+    loader = ImageLoader(data, 4, seed=1)
+    drawn = [next(loader) for _ in range(5)]  # 2 full batches per epoch: epochs 0, 1, then 2
+    # Reference: one epoch of image_batches per epoch, the partial batch dropped.
+    expected = [b for e in range(3) for b in image_batches(data, 4, seed=1, epoch=e)][:5]
+    for got, want in zip(drawn, expected, strict=True):
+        np.testing.assert_array_equal(got["images"], want["images"])
+        np.testing.assert_array_equal(got["labels"], want["labels"])
+    state = loader.state_dict()
+    assert state == {"epoch": 2, "pos": 4}
+    rest = [next(loader)["labels"] for _ in range(4)]
+    again = ImageLoader(data, 4, seed=1)
+    again.load_state_dict(state)
+    assert iter(again) is again
+    np.testing.assert_array_equal(np.stack([next(again)["labels"] for _ in range(4)]), rest)
+
+
+def test_image_loader_rejects_bad_sizes_and_states():
+    data = _toy(6, 5)
+    for size in (0, 7):
+        with pytest.raises(DataError, match=r"batch_size must be in \[1, 6\]"):
+            ImageLoader(data, size, seed=0)
+    loader = ImageLoader(data, 6, seed=0)
+    with pytest.raises(DataError, match="outside this dataset"):
+        loader.load_state_dict({"epoch": 0, "pos": 7})

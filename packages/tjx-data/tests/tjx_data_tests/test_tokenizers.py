@@ -1,13 +1,16 @@
 import json
 import pickle
 
+import numpy as np
 import pytest
 
 from tjx.data import (
     DataError,
     HFTokenizer,
     Tokenizer,
+    encode_prompts,
     load_tokenizer,
+    save_tokenizer,
     train_bpe,
 )
 from tjx_data_tests._helpers import random_docs
@@ -62,6 +65,34 @@ def test_bpe_round_trip_save_load(bpe, tmp_path):
     assert load_tokenizer(file).fingerprint == bpe.fingerprint
     clone = pickle.loads(pickle.dumps(bpe))
     assert clone.fingerprint == bpe.fingerprint and clone.encode(docs[0]) == ids[0]
+
+
+def test_save_tokenizer_keeps_an_identical_copy_and_replaces_others(bpe, tmp_path):
+    folder = tmp_path / "run" / "tokenizer"
+    path = save_tokenizer(bpe, folder)
+    assert path == folder / "tokenizer.json" and load_tokenizer(path).fingerprint == bpe.fingerprint
+    stamp = path.stat().st_mtime_ns
+    path.touch()  # tell a rewrite from a kept file by its time
+    kept = path.stat().st_mtime_ns
+    assert save_tokenizer(bpe, folder) == path and path.stat().st_mtime_ns == kept >= stamp
+    other = train_bpe(random_docs(9, 200), 300, show_progress=False)
+    assert load_tokenizer(save_tokenizer(other, folder)).fingerprint == other.fingerprint
+    path.write_text("{not json")  # unreadable: replaced
+    assert load_tokenizer(save_tokenizer(bpe, folder)).fingerprint == bpe.fingerprint
+
+
+def test_encode_prompts_pads_right_and_gives_empty_prompts_the_eos(bpe):
+    prompts = [*random_docs(12, 3), ""]
+    ids, lengths = encode_prompts(bpe, prompts)
+    # Reference: each prompt's own ids, then zeros; the empty one is [eos].
+    rows = [*bpe.encode_batch(prompts[:3]), [bpe.eos_id]]
+    assert lengths.dtype == ids.dtype == np.int32
+    np.testing.assert_array_equal(lengths, [len(r) for r in rows])
+    assert ids.shape == (4, max(len(r) for r in rows))
+    for i, row in enumerate(rows):
+        assert ids[i, : len(row)].tolist() == row and not ids[i, len(row) :].any()
+    with pytest.raises(DataError, match="no prompts"):
+        encode_prompts(bpe, [])
 
 
 def test_fingerprint_tracks_vocabulary(bpe):

@@ -6,6 +6,7 @@ import pytest
 MODULES = [
     "tjx.metrics.accumulate",
     "tjx.metrics.devices",
+    "tjx.metrics.divergence",
     "tjx.metrics.flops",
     "tjx.metrics.lm",
     "tjx.metrics.throughput",

@@ -1,8 +1,10 @@
 """tjx.ckpt: crash-safe training checkpoints on orbax.
 
-Async, keep-N / best-K, atomic, validated on load, resharding restore, safetensors export.
+Async, keep-N / best-K, atomic, validated on load, resharding restore, safetensors export;
+``params_sha256`` for bit-exactness checks between runs.
 """
 
+from tjx.ckpt.digest import params_sha256
 from tjx.ckpt.errors import (
     CheckpointCommitError,
     CheckpointError,
@@ -37,6 +39,7 @@ __all__ = [
     "export_safetensors",
     "flat_names",
     "import_safetensors",
+    "params_sha256",
     "restore_params",
     "restore_params_and_step",
     "to_json",

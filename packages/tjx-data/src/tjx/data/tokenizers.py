@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import tokenizers as hf
 
 from tjx.data.errors import DataError
@@ -22,6 +23,7 @@ __all__ = [
     "ByteTokenizer",
     "HFTokenizer",
     "Tokenizer",
+    "encode_prompts",
     "fingerprint_of",
 ]
 
@@ -66,6 +68,32 @@ def fingerprint_of(payload: Any) -> str:
     """sha256 (hex, first 16 bytes) of a JSON-able payload in canonical form."""
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts as one right-padded id array and their lengths, for batched generation.
+
+    Parameters
+    ----------
+    tokenizer : Tokenizer
+        Encodes the prompts (no EOS added).
+    prompts : sequence of str
+        At least one; an empty prompt becomes the EOS id alone (a model continues from a token).
+
+    Returns
+    -------
+    (ids, lengths)
+        int32 ``[n, max_len]`` with each prompt's ids first and 0 after them, and int32 ``[n]``
+        — the layout of ``tjx.nn.generate``'s ``prompt_lengths``.
+    """
+    if not prompts:
+        raise DataError("no prompts to encode")
+    rows = [row or [tokenizer.eos_id] for row in tokenizer.encode_batch(list(prompts))]
+    lengths = np.asarray([len(row) for row in rows], np.int32)
+    ids = np.zeros((len(rows), int(lengths.max())), np.int32)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+    return ids, lengths
 
 
 def _count_bytes(texts: Sequence[str]) -> list[int]:

@@ -6,10 +6,14 @@
   :func:`device_peak_flops` by ``device_kind``, :func:`mfu` and :class:`ThroughputMeter`.
 * :func:`make_logger` fanning out to console / JSONL / W&B / TensorBoard; :func:`weights_to_host`
   (a params pytree as ``{path: host array}`` for ``log_histograms``); :func:`plot_curves`.
+* Before and during a run: :func:`peak_bytes` (XLA's memory analysis of a compiled step) and
+  :func:`available_bytes` (what a device can use); :class:`DivergenceGuard` (stop after too many
+  non-finite or skipped steps in a row); :func:`progress_bar` (rich, with loss and ETA).
 """
 
 from tjx.metrics.accumulate import MetricAccumulator, finalize_metrics
 from tjx.metrics.devices import DEVICE_PEAKS, DevicePeak, device_peak_flops, peak_flops
+from tjx.metrics.divergence import DivergenceGuard
 from tjx.metrics.flops import flops_per_token_from_config, transformer_flops_per_token
 from tjx.metrics.lm import lm_metrics, lm_stats, loss_metrics
 from tjx.metrics.loggers import (
@@ -29,25 +33,31 @@ from tjx.metrics.loggers import (
     select_weights,
     weights_to_host,
 )
+from tjx.metrics.memory import GIB, available_bytes, peak_bytes
 from tjx.metrics.plots import load_curves, plot_curves
+from tjx.metrics.progress import ProgressBar, progress_bar
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DEVICE_PEAKS",
+    "GIB",
     "HISTOGRAM_BINS",
     "LOGGER_NAMES",
     "ConsoleLogger",
     "DevicePeak",
+    "DivergenceGuard",
     "JsonlLogger",
     "Logger",
     "MetricAccumulator",
     "MultiLogger",
+    "ProgressBar",
     "TensorBoardLogger",
     "ThroughputMeter",
     "WandbLogger",
     "__version__",
+    "available_bytes",
     "check_logger_packages",
     "device_peak_flops",
     "finalize_metrics",
@@ -59,8 +69,10 @@ __all__ = [
     "loss_metrics",
     "make_logger",
     "mfu",
+    "peak_bytes",
     "peak_flops",
     "plot_curves",
+    "progress_bar",
     "read_jsonl",
     "resolve_wandb_mode",
     "select_weights",

@@ -1,4 +1,9 @@
-"""A rich progress bar with ETA (plain lines when stdout is not a terminal)."""
+"""A rich progress bar for a training loop, with the latest loss and an ETA.
+
+On a terminal it is a live bar (steps done of the total, loss, elapsed, ETA); elsewhere (a log
+file, CI) or when disabled it prints one plain line per ``update`` instead, so a log still shows
+the progress without control characters. Notes (``note``) print above the bar either way.
+"""
 
 from __future__ import annotations
 
@@ -17,9 +22,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+__all__ = ["ProgressBar", "progress_bar"]
 
-class Bar:
-    """Progress of the run: ``update(step, loss)`` and ``note(text)``."""
+
+class ProgressBar:
+    """Progress of a run: ``update(step, loss)``, ``note(text)``; made by :func:`progress_bar`."""
 
     def __init__(
         self, progress: Progress | None, task: Any, console: Console, start: int, total: int
@@ -49,14 +56,38 @@ class Bar:
 
 
 @contextmanager
-def bar(cfg: Any, start: int, total: int) -> Iterator[Bar]:
-    """The bar for one run (off with ``logging.progress: false`` or when not a terminal)."""
-    console = Console(highlight=False)
-    if not cfg.logging.progress or not console.is_terminal:
-        yield Bar(None, None, console, start, total)
+def progress_bar(
+    start: int,
+    total: int,
+    *,
+    label: str = "train",
+    enabled: bool = True,
+    console: Console | None = None,
+) -> Iterator[ProgressBar]:
+    """The bar of one run, from step ``start`` (a resumed run starts part-way) to ``total``.
+
+    Parameters
+    ----------
+    start, total : int
+        The first step and the last.
+    label : str
+        The bar's name on the terminal.
+    enabled : bool
+        ``False`` prints plain lines even on a terminal.
+    console : rich.console.Console, optional
+        Where to print; standard output by default.
+
+    Yields
+    ------
+    ProgressBar
+        Live on a terminal when enabled; plain lines otherwise.
+    """
+    console = Console(highlight=False) if console is None else console
+    if not enabled or not console.is_terminal:
+        yield ProgressBar(None, None, console, start, total)
         return
     progress = Progress(
-        TextColumn("[bold]train"),
+        TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"),
@@ -66,8 +97,8 @@ def bar(cfg: Any, start: int, total: int) -> Iterator[Bar]:
         console=console,
     )
     with progress:
-        task = progress.add_task("train", total=total, completed=start, loss="-")
-        yield Bar(progress, task, console, start, total)
+        task = progress.add_task(label, total=total, completed=start, loss="-")
+        yield ProgressBar(progress, task, console, start, total)
 
 
 def _clock(seconds: float) -> str:

@@ -1,0 +1,101 @@
+"""Stop a diverged run: too many steps in a row with a non-finite loss or a dropped update.
+
+With non-finite step skipping (``tjx.optim``'s ``skip_nonfinite``) a step with NaN/Inf gradients
+changes nothing, so a diverged run would otherwise spin to its last step and finish "done" with
+NaN metrics. The guard reads each step's ``loss`` and ``skipped`` one step late — after the next
+step is dispatched — so the device always has the next step queued while the host waits; a
+checkpoint boundary and the end of the loop ask for the newest step at once
+(:meth:`DivergenceGuard.flush`), so no checkpoint is written from a bad streak.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+
+__all__ = ["DivergenceGuard"]
+
+
+@dataclass
+class DivergenceGuard:
+    """Counts consecutive bad steps; ``diverged`` holds the error message once ``limit`` is hit.
+
+    A step is bad when its ``loss`` is not finite or its ``skipped`` flag is set. The first bad
+    step prints one warning to stderr; ``limit`` bad steps in a row set ``diverged``.
+
+    Parameters
+    ----------
+    limit : int
+        Bad steps in a row that make the run diverged (>= 1).
+    limit_name : str
+        How the warning names the limit (a trainer passes its config key).
+    advice : str
+        What the ``diverged`` message ends with: what to change before resuming.
+
+    Examples
+    --------
+    >>> guard = DivergenceGuard(limit=2)
+    >>> for step, loss in enumerate([1.0, float("nan"), float("nan")], start=1):
+    ...     guard.push(step, {"loss": loss})  # step 2's warning goes to stderr
+    >>> guard.flush()
+    >>> guard.diverged.startswith("training diverged: steps 2–3 (2 in a row)")
+    True
+    """
+
+    limit: int
+    limit_name: str = "max_bad_steps"
+    advice: str = (
+        "lower the learning rate, raise the warmup or clip the gradient norm, and resume from "
+        "the last checkpoint"
+    )
+    streak: int = 0
+    first_bad: int | None = None
+    warned: bool = False
+    diverged: str | None = None
+    _pending: tuple[int, Any, Any] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.limit < 1:
+            raise ValueError(f"limit must be >= 1; got {self.limit}")
+
+    def push(self, step: int, out: dict[str, Any]) -> None:
+        """Hold step ``step``'s outputs (``loss``, optional ``skipped``); judge the one before."""
+        previous, self._pending = self._pending, (step, out["loss"], out.get("skipped"))
+        if previous is not None:
+            self._judge(*previous)
+
+    def flush(self) -> None:
+        """Judge the held step now (waits for it)."""
+        previous, self._pending = self._pending, None
+        if previous is not None:
+            self._judge(*previous)
+
+    def _judge(self, step: int, loss: Any, skipped: Any) -> None:
+        loss_value, was_skipped = jax.device_get((loss, skipped))
+        bad = bool(was_skipped) or not math.isfinite(float(loss_value))
+        if not bad:
+            self.streak, self.first_bad = 0, None
+            return
+        self.streak += 1
+        self.first_bad = step if self.first_bad is None else self.first_bad
+        why = (
+            "its update was skipped (non-finite gradients)" if was_skipped else "loss is not finite"
+        )
+        if not self.warned:
+            self.warned = True
+            print(
+                f"warning: step {step}: {why} (loss {float(loss_value):g}); the run stops after "
+                f"{self.limit_name}={self.limit} such steps in a row",
+                file=sys.stderr,
+                flush=True,
+            )
+        if self.streak >= self.limit and self.diverged is None:
+            self.diverged = (
+                f"training diverged: steps {self.first_bad}–{step} ({self.streak} in a row) had a "
+                f"non-finite loss or a skipped update (last loss {float(loss_value):g}); "
+                f"{self.advice}"
+            )

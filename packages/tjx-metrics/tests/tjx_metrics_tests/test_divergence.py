@@ -1,0 +1,60 @@
+"""DivergenceGuard: bad steps (non-finite loss or a skipped update) counted in a row, one late."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tjx.metrics import DivergenceGuard
+
+
+def _out(loss: float, skipped: bool) -> dict[str, object]:
+    return {"loss": jnp.asarray(loss, jnp.float32), "skipped": jnp.asarray(skipped)}
+
+
+def test_guard_counts_bad_steps_in_a_row_one_step_late(capsys):
+    guard = DivergenceGuard(limit=3)
+    rng = np.random.default_rng(0)
+    losses = rng.uniform(1.0, 5.0, 3)
+    guard.push(1, _out(losses[0], False))
+    guard.push(2, _out(float("nan"), False))  # judges step 1 only
+    assert guard.streak == 0
+    guard.push(3, _out(losses[1], True))  # step 2 bad: non-finite loss
+    guard.push(4, _out(losses[2], False))  # step 3 bad: skipped
+    assert guard.streak == 2 and guard.diverged is None
+    guard.push(5, _out(float("inf"), False))  # step 4 good: the streak ends
+    assert guard.streak == 0 and guard.first_bad is None
+    for step in (6, 7):
+        guard.push(step, _out(float("nan"), True))
+    assert guard.streak == 2 and guard.diverged is None
+    guard.flush()  # step 7 judged now
+    assert guard.diverged is not None and guard.diverged.startswith(
+        "training diverged: steps 5–7 (3 in a row)"
+    )
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "warning: step 2: loss is not finite" in err
+    assert "the run stops after max_bad_steps=3 such steps in a row" in err
+
+
+def test_messages_use_the_callers_names(capsys):
+    guard = DivergenceGuard(2, limit_name="train.max_bad_steps", advice="lower optimizer.lr")
+    guard.push(1, {"loss": 2.5})  # no ``skipped`` key: only the loss is judged
+    guard.push(2, _out(float("nan"), True))
+    guard.flush()
+    assert guard.streak == 1 and guard.diverged is None
+    guard.flush()  # nothing held: a no-op
+    guard.push(3, _out(1.0, True))
+    guard.flush()
+    assert guard.diverged == (
+        "training diverged: steps 2–3 (2 in a row) had a non-finite loss or a skipped update "
+        "(last loss 1); lower optimizer.lr"
+    )
+    err = capsys.readouterr().err
+    assert "warning: step 2: its update was skipped (non-finite gradients) (loss nan)" in err
+    assert "train.max_bad_steps=2" in err
+
+
+def test_limit_must_be_positive():
+    with pytest.raises(ValueError, match="limit must be >= 1; got 0"):
+        DivergenceGuard(0)

@@ -1,0 +1,39 @@
+"""progress_bar: a live bar on a terminal, plain lines elsewhere, notes above it."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from rich.console import Console
+
+from tjx.metrics import progress_bar
+from tjx.metrics.progress import _clock
+
+
+def test_plain_lines_when_not_a_terminal(capsys):
+    loss = float(np.random.default_rng(0).uniform(1.0, 5.0))
+    with progress_bar(0, 10) as bar:  # pytest's captured stdout is not a terminal
+        bar.update(5, loss)
+        bar.note("hello")
+    out = capsys.readouterr().out
+    assert f"[5/10] loss {loss:.4f}  elapsed " in out and "ETA" in out and "hello" in out
+    assert _clock(125) == "2:05" and _clock(59.9) == "0:59"
+
+
+def test_disabled_prints_plain_lines_even_on_a_terminal():
+    file = io.StringIO()
+    console = Console(file=file, force_terminal=True, width=100)
+    with progress_bar(3, 7, enabled=False, console=console) as bar:
+        bar.update(4, 0.25)
+    assert "[4/7] loss 0.2500" in file.getvalue()
+
+
+def test_live_bar_on_a_terminal_shows_label_steps_and_loss():
+    file = io.StringIO()
+    console = Console(file=file, force_terminal=True, width=120)
+    with progress_bar(2, 9, label="finetune", console=console) as bar:
+        bar.update(6, 1.5)
+        bar.note("a note")
+    text = file.getvalue()
+    assert "finetune" in text and "6/9" in text and "loss 1.5000" in text and "a note" in text

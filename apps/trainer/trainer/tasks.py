@@ -193,11 +193,8 @@ class Classify(Task):
 @dataclass(frozen=True)
 class Seq2Seq(Task):
     """Encoder-decoder on plain text: the encoder reads the first half of each window, the
-    decoder continues it (teacher-forced), attending to the encoder's states of its own document.
-
-    From a packed window of ``s + 1`` tokens ``t`` (``inputs = t[:s]``, ``targets = t[1:]``) and
-    ``h = s // 2``: the source is ``t[:h]``, the decoder reads ``t[h-1:s]`` (the last source token
-    starts it, so no start id is needed) and predicts ``t[h:]``. Only the second half is scored.
+    decoder continues it (tjx-nn's ``EncoderDecoder.continue_halves``, which the evaluator calls
+    too). Only the continued half is scored.
     """
 
     name: str = "seq2seq"
@@ -212,30 +209,20 @@ class Seq2Seq(Task):
         self, model: Any, batch: Batch, key: jax.Array, cfg: Config, *, deterministic: bool
     ) -> tuple[jax.Array, Aux]:
         del key  # dropout keys come from the model's own RNG streams
-        hidden = self._decoder_hidden(model, batch, deterministic=deterministic)
-        out = token_loss(model, hidden, self._labels(batch), cfg)
-        return out.pop("loss"), out
-
-    def eval_logits(self, model: Any, batch: Batch, cfg: Config) -> tuple[jax.Array, jax.Array]:
-        hidden = self._decoder_hidden(model, batch, deterministic=True)
-        return model.logits(hidden), self._labels(batch)
-
-    @staticmethod
-    def _decoder_hidden(model: Any, batch: Batch, *, deterministic: bool) -> jax.Array:
-        half = batch["inputs"].shape[1] // 2
-        seg = batch["segment_ids"]
-        return model(
-            batch["inputs"][:, :half],
-            batch["inputs"][:, half - 1 :],
-            src_segment_ids=seg[:, :half],
-            tgt_segment_ids=seg[:, half - 1 :],
+        hidden, labels = model.continue_halves(
+            batch["inputs"],
+            batch["targets"],
+            segment_ids=batch["segment_ids"],
             deterministic=deterministic,
             return_hidden=True,
         )
+        out = token_loss(model, hidden, labels, cfg)
+        return out.pop("loss"), out
 
-    @staticmethod
-    def _labels(batch: Batch) -> jax.Array:
-        return batch["targets"][:, batch["inputs"].shape[1] // 2 - 1 :]
+    def eval_logits(self, model: Any, batch: Batch, cfg: Config) -> tuple[jax.Array, jax.Array]:
+        return model.continue_halves(  # type: ignore[no-any-return]
+            batch["inputs"], batch["targets"], segment_ids=batch["segment_ids"]
+        )
 
 
 TASKS: dict[str, Task] = {

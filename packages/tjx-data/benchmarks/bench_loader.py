@@ -4,8 +4,9 @@
 
 Measures, in one run on the same shards:
   * pre-tokenization tokens/s (documents already in memory; 1 process and N processes),
-  * PackedLoader tokens/s at batch × seq_len (default 32 × 1024): vectorised numpy with the
-    background prefetch thread, and vectorised without the thread,
+  * PackedLoader tokens/s at batch × seq_len (default 32 × 1024) with ``prefetch=4`` and
+    ``prefetch=0``, for an idle consumer and one away 0.5 ms per batch (``time.sleep``, as a
+    device step waits without the GIL), medians over ``--rounds`` alternating rounds,
   * a naive baseline: a Python loop over rows and tokens (slices of the memmap, then
     per-token Python for segment ids / positions), no prefetch.
 Prints a table and writes JSON (``--out``).
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -50,14 +52,33 @@ def naive_batch(
     return {k: np.asarray(v, dtype=np.int32) for k, v in rows.items()}
 
 
-def time_loader(loader: PackedLoader, batches: int) -> float:
-    """Tokens/s over ``batches`` batches after one warm-up batch."""
+def time_loader(loader: PackedLoader, batches: int, consumer_s: float = 0.0) -> float:
+    """Tokens/s over ``batches`` batches after one warm-up batch.
+
+    ``consumer_s``: seconds the consumer spends per batch away from the loader, without holding
+    the GIL (``time.sleep``, as a device step waits): what a prefetch thread can hide.
+    """
     next(loader)
     start = time.perf_counter()
     tokens = 0
     for _ in range(batches):
         tokens += next(loader)["inputs"].size
+        if consumer_s:
+            time.sleep(consumer_s)
     return tokens / (time.perf_counter() - start)
+
+
+def prefetch_rounds(shard_dir: Path, common: dict[str, Any], batches: int, rounds: int) -> dict:
+    """Median tokens/s with and without prefetch, idle and 0.5 ms consumers, alternating."""
+    out: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for consumer_s in (0.0, 0.0005):
+            for prefetch in (0, 4):
+                loader = PackedLoader(shard_dir, prefetch=prefetch, **common)
+                key = f"consumer_{consumer_s * 1e3:g}ms_prefetch_{prefetch}"
+                out.setdefault(key, []).append(time_loader(loader, batches, consumer_s))
+                loader.close()
+    return {key: statistics.median(values) for key, values in out.items()}
 
 
 def main() -> None:
@@ -68,6 +89,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=500)
     parser.add_argument("--naive-batches", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (medians)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -91,11 +113,14 @@ def main() -> None:
         results["tokens"] = index.tokens
         shard_dir = Path(tmp) / "w1"
         common = {"seq_len": args.seq_len, "batch_size": args.batch_size, "seed": 0}
-        threaded = PackedLoader(shard_dir, prefetch=4, **common)
-        results["loader_tokens_per_s_prefetch_thread"] = time_loader(threaded, args.batches)
-        threaded.close()
+        medians = prefetch_rounds(shard_dir, common, args.batches, args.rounds)
+        results.update({f"loader_tokens_per_s_{k}": v for k, v in medians.items()})
+        for consumer in ("0", "0.5"):
+            with_pf = medians[f"consumer_{consumer}ms_prefetch_4"]
+            results[f"prefetch_over_none_consumer_{consumer}ms"] = (
+                with_pf / medians[f"consumer_{consumer}ms_prefetch_0"]
+            )
         plain = PackedLoader(shard_dir, prefetch=0, **common)
-        results["loader_tokens_per_s_no_thread"] = time_loader(plain, args.batches)
         stream = index.read_all()
         order = plain.epoch_order(0)
         start = time.perf_counter()
@@ -106,7 +131,7 @@ def main() -> None:
         check = plain.batch_at(0, (args.naive_batches - 1) % len(order))
         assert all(np.array_equal(check[k], naive[k]) for k in naive), "naive != vectorised"
     results["speedup_vs_naive"] = (
-        results["loader_tokens_per_s_prefetch_thread"] / results["naive_tokens_per_s"]
+        results["loader_tokens_per_s_consumer_0ms_prefetch_0"] / results["naive_tokens_per_s"]
     )
     for key, value in results.items():
         shown = f"{value:,.0f}" if isinstance(value, float) and value > 100 else value

@@ -249,3 +249,46 @@ def test_prefetch_with_a_placement_function(shards):
     with pytest.raises(ValueError, match="not both"):
         prefetch_to_device(loader, put=put, sharding=object())
     loader.close()
+
+
+class _Clock:
+    """A ``time`` stand-in whose ``perf_counter`` advances by ``tick`` seconds per call (shared by
+    the consumer and the prefetch thread), so the loader's switching decisions are repeatable."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_an_idle_consumer_never_starts_the_thread(shards, monkeypatch):
+    """Away ~1 µs per batch: a thread could hide nothing, so every batch is built in __next__."""
+    from tjx.data import loader as loader_mod
+
+    monkeypatch.setattr(loader_mod, "time", _Clock(1e-6))
+    loader = PackedLoader(shards, seq_len=S, batch_size=B, seed=4, prefetch=2)
+    for _ in range(5 * loader_mod.SWITCH_AFTER):
+        next(loader)
+        assert loader._thread is None
+
+
+def test_switching_between_thread_and_inline_yields_the_same_batches(shards, monkeypatch):
+    """A busy consumer (1 s away per batch) starts the thread; waiting as long as a build stops
+    it; and so on, with doubling patience. Whatever the mode, the batches are prefetch=0's."""
+    from tjx.data import loader as loader_mod
+
+    monkeypatch.setattr(loader_mod, "time", _Clock(1.0))
+    loader = PackedLoader(shards, seq_len=S, batch_size=B, seed=6, prefetch=2, num_epochs=3)
+    reference = PackedLoader(shards, seq_len=S, batch_size=B, seed=6, prefetch=0, num_epochs=3)
+    started = 0
+    for want in reference:
+        had_thread = loader._thread is not None
+        got = next(loader)
+        started += loader._thread is not None and not had_thread
+        assert all(np.array_equal(got[k], want[k]) for k in want)
+        assert loader.state_dict() == reference.state_dict()
+    with pytest.raises(StopIteration):
+        next(loader)
+    assert started >= 2 and loader._switches >= 1  # both directions, more than once

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,14 @@ from tjx.data.packing import PackingPlan, TokenStream, make_batch
 from tjx.data.shards import ShardIndex, check_tokenizer, load_index
 from tjx.data.tokenizers import Tokenizer
 
-__all__ = ["PackedLoader", "validation_batches"]
+__all__ = ["SWITCH_AFTER", "PackedLoader", "validation_batches"]
 
 Batch = dict[str, np.ndarray]
 STATE_VERSION = 1
+#: Batches in a row that switch between building in ``__next__`` and the prefetch thread.
+SWITCH_AFTER = 8
+# A thread's gain must beat its cost per batch: a queue hand-off and a GIL switch (~10-30 µs).
+_HANDOFF_S = 50e-6
 _MUST_MATCH = ("seq_len", "batch_size", "seed", "shuffle", "drop_last", "process_index",
                "process_count", "fingerprint", "tokens")  # fmt: skip
 
@@ -53,9 +58,11 @@ def _produce(
         while not stop.is_set() and (num_epochs is None or epoch < num_epochs):
             if order is None or order_epoch != epoch:
                 order, order_epoch = plan.epoch_order(epoch), epoch
+            start = time.perf_counter()
             batch = make_batch(stream, order[step], plan.seq_len, eos_id)
+            build_s = time.perf_counter() - start
             epoch, step = _advance(plan, epoch, step)
-            _put(out, stop, (batch, epoch, step))
+            _put(out, stop, (batch, epoch, step, build_s))
         _put(out, stop, StopIteration)
     except BaseException as exc:  # hand errors to the consumer instead of dying silently
         _put(out, stop, exc)
@@ -88,7 +95,8 @@ class PackedLoader:
     num_epochs:
         Stop after this many epochs; ``None`` = never stop.
     prefetch:
-        Batches a background thread builds ahead (0 = build on demand in ``__next__``).
+        Batches a background thread may build ahead (0 = always build in ``__next__``). The
+        thread runs only while it pays: see Notes.
     tokenizer:
         A tokenizer or fingerprint the shards must have been made with (else ``DataError``).
 
@@ -97,6 +105,14 @@ class PackedLoader:
     ``state_dict()`` describes the batches handed out by ``__next__`` (not those prefetched), so
     a loader restored with ``load_state_dict`` yields exactly the batches an uninterrupted run
     would have yielded next.
+
+    A thread only helps when the consumer is away long enough for a batch to be built meanwhile
+    (a device step); a consumer that asks again at once only pays the hand-off and the GIL
+    contention (measured: half the throughput of building in ``__next__``). So with
+    ``prefetch > 0`` the loader starts building in ``__next__``, starts the thread after
+    `SWITCH_AFTER` batches in a row where the consumer's time away could have hidden a build,
+    and goes back (stopping the thread) after as many batches in a row that it waited for the
+    thread about as long as a build takes. Either way it yields the same batches.
     """
 
     def __init__(
@@ -140,6 +156,10 @@ class PackedLoader:
         self._thread: threading.Thread | None = None
         self._queue: queue.Queue[Any] | None = None
         self._stop = threading.Event()
+        self._streak = 0  # batches in a row that argue for switching mode
+        self._switches = 0  # thread -> inline switches so far (each doubles the next streak)
+        self._build_s = 0.0  # the last measured build time of one batch
+        self._returned: float | None = None  # when __next__ last returned
 
     # -- facts -------------------------------------------------------------------------------
     @property
@@ -200,26 +220,44 @@ class PackedLoader:
         return self
 
     def __next__(self) -> Batch:
-        if self.prefetch == 0:
+        arrived = time.perf_counter()
+        away = None if self._returned is None else arrived - self._returned
+        if self._thread is None:
             if self._finished(self._epoch):
                 raise StopIteration
             batch = self.batch_at(self._epoch, self._step)
             self._epoch, self._step = self._advance(self._epoch, self._step)
-            return batch
-        if self._thread is None:
-            if self._finished(self._epoch):
+            if self.prefetch:
+                self._build_s = time.perf_counter() - arrived
+                # A thread would have built this batch while the consumer was away.
+                self._vote(away is not None and min(away, self._build_s) > _HANDOFF_S)
+                if self._streak >= self._needed():
+                    self._streak = 0
+                    self._start()
+        else:
+            assert self._queue is not None
+            item = self._queue.get()
+            if item is StopIteration:
+                self.close()
                 raise StopIteration
-            self._start()
-        assert self._queue is not None
-        item = self._queue.get()
-        if item is StopIteration:
-            self.close()
-            raise StopIteration
-        if isinstance(item, BaseException):
-            self.close()
-            raise item
-        batch, self._epoch, self._step = item
+            if isinstance(item, BaseException):
+                self.close()
+                raise item
+            batch, self._epoch, self._step, self._build_s = item
+            # Waited about a whole build: the thread hid nothing, the hand-off is pure cost.
+            self._vote(time.perf_counter() - arrived > 0.8 * self._build_s)
+            if self._streak >= self._needed():
+                self._streak, self._switches = 0, self._switches + 1
+                self.close()
+        self._returned = time.perf_counter()
         return batch
+
+    def _vote(self, switch: bool) -> None:
+        self._streak = self._streak + 1 if switch else 0
+
+    def _needed(self) -> int:
+        # Each thread -> inline switch doubles the evidence needed next time: no flapping.
+        return SWITCH_AFTER << min(self._switches, 7)
 
     def __del__(self) -> None:
         stop = getattr(self, "_stop", None)  # absent if __init__ raised

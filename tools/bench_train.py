@@ -2,7 +2,8 @@
 
     python tools/bench_train.py throughput --configs tiny,gpt2_small --steps 20
     python tools/bench_train.py compile            # gpt2_small (scan_layers) vs gpt2_large
-    python tools/bench_train.py memory             # gpt2_medium: remat × chunked CE
+    python tools/bench_train.py memory             # gpt2_medium: batch × remat × cross-entropy
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 python tools/bench_train.py pipeline
     python tools/bench_train.py all --json out.json
 
 * throughput: tokens/s and MFU per config on the current device: the step is compiled once
@@ -10,10 +11,13 @@
   token batches (no data preparation needed). MFU uses tjx.metrics' peak table (n/a on CPU).
 * compile: wall time to lower + compile the full train step (forward, backward, optimizer) of
   gpt2_small with ``scan_layers`` from abstract shapes (no parameter is materialised), and
-  gpt2_large's time as a ratio of it.
-* memory: peak bytes of gpt2_medium's compiled step from XLA's ``memory_analysis()`` (arguments +
-  outputs + temporaries − donated aliases; nothing executes), with and without remat and with and
-  without the chunked cross-entropy, as ratios to the plain step.
+  gpt2_large's time as a ratio of it: as its preset is (full remat, batch 8) and with gpt2_small's
+  settings (no remat, batch 16), so the ratio is not flattered by the preset's choices.
+* memory: peak bytes (GiB) of gpt2_medium's compiled step from XLA's ``memory_analysis()``
+  (arguments + outputs + temporaries − donated aliases; nothing executes) at batch 4 and 8 × 1024,
+  with and without remat, for three losses: full logits, chunks of 4096 tokens (the constant the
+  presets used to pin) and chunks chosen from the shape (the default), as ratios to the full-logits
+  step of the same batch and remat.
 
 Use ``--set KEY=VALUE`` to override any config value for every case (e.g. data.batch_size=4).
 """
@@ -126,39 +130,98 @@ def throughput(name: str, sets: list[str], steps: int) -> dict[str, Any]:
 
 
 def compile_case(sets: list[str]) -> dict[str, Any]:
-    """gpt2_small (scan_layers) compile time and gpt2_large's ratio to it."""
+    """gpt2_small (scan_layers) compile time and gpt2_large's ratio to it, as preset and equal."""
     small = load("gpt2_small", ["model.scan_layers=true", *sets])
     large = load("gpt2_large", ["model.scan_layers=true", *sets])
+    # gpt2_large's preset also turns on full remat and halves the batch; with gpt2_small's own
+    # settings the two programs differ only in the model's size.
+    like_small = ["model.remat=none", f"data.batch_size={small.data.batch_size}"]
+    equal = load("gpt2_large", ["model.scan_layers=true", *like_small, *sets])
     compile_seconds(load("tiny", sets))  # warm-up: the first compile of a process pays extra
     d_small: dict[str, float] = {}
     d_large: dict[str, float] = {}
+    d_equal: dict[str, float] = {}
     t_small, _ = compile_seconds(small, d_small)
     t_large, _ = compile_seconds(large, d_large)
+    t_equal, _ = compile_seconds(equal, d_equal)
     return {
         "gpt2_small_compile_s": round(t_small, 2),
         "gpt2_small_detail": d_small,
         "gpt2_large_compile_s": round(t_large, 2),
         "gpt2_large_detail": d_large,
         "large_over_small": round(t_large / t_small, 3),
+        "gpt2_large_equal_settings_compile_s": round(t_equal, 2),
+        "gpt2_large_equal_settings_detail": d_equal,
+        "large_equal_over_small": round(t_equal / t_small, 3),
     }
 
 
-def memory_case(sets: list[str]) -> dict[str, Any]:
-    """gpt2_medium peak memory for remat × chunked CE, as ratios to (no remat, plain CE)."""
-    from trainer.memory_fit import peak_bytes
+#: The losses `memory_case` compares: full logits, the old constant chunk, the shape's chunk.
+CE_VARIANTS = {
+    "full logits": ["train.chunked_ce=false"],
+    "chunks of 4096": ["train.chunked_ce=true", "train.ce_chunk_size=4096"],
+    "chunks from the shape": ["train.chunked_ce=true", "train.ce_chunk_size=null"],
+}
 
-    out: dict[str, Any] = {}
-    for remat in ("none", "full"):
-        for chunked in (False, True):
-            cfg = load(
-                "gpt2_medium",
-                [f"model.remat={remat}", f"train.chunked_ce={str(chunked).lower()}", *sets],
-            )
-            _, compiled = compile_seconds(cfg)
-            out[f"remat={remat},chunked_ce={chunked}"] = peak_bytes(compiled)
-    base = out["remat=none,chunked_ce=False"]["peak"]
-    out["ratios_to_plain"] = {k: round(v["peak"] / base, 3) for k, v in out.items()}
-    return out
+
+def memory_case(sets: list[str]) -> dict[str, Any]:
+    """gpt2_medium peak memory (GiB) for batch × remat × loss, as ratios to full logits."""
+    from tjx.metrics import peak_bytes
+
+    rows = []
+    for batch in (4, 8):
+        for remat in ("none", "full"):
+            base = None
+            for name, ce in CE_VARIANTS.items():
+                shape = [f"data.batch_size={batch}", f"model.remat={remat}"]
+                cfg = load("gpt2_medium", [*shape, *ce, *sets])
+                _, compiled = compile_seconds(cfg)
+                peak = peak_bytes(compiled)["peak"] / 2**30
+                base = peak if base is None else base
+                row = {"batch": f"{batch} x 1024", "remat": remat, "loss": name}
+                rows.append(row | {"peak_GiB": round(peak, 2), "ratio": round(peak / base, 3)})
+                print(_table(rows[-1:]), flush=True)
+    return {"rows": rows}
+
+
+def pipeline_case(sets: list[str]) -> dict[str, Any]:
+    """Per-device compiled peak (GiB) of gpt2_small's step: data parallel against pipeline stages.
+
+    One process, ``jax.device_count()`` devices (4 or 8: run with
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` on a CPU), one global batch of 8 ×
+    1024: the unpipelined step splits the batch over every device and keeps all layers on each;
+    with ``mesh.pipeline=S`` each device holds ``1/S`` of the layers (and their optimizer state)
+    and the batch runs as microbatches of 1 row per data-parallel device.
+    """
+    from tjx.metrics import peak_bytes
+
+    n = jax.device_count()
+    if n not in (4, 8):
+        raise SystemExit(f"pipeline: needs 4 or 8 devices, got {n} (set XLA_FLAGS on a CPU)")
+    base = ["model.scan_layers=true", "data.batch_size=8", "eval.batch_size=8", *sets]
+    rows: list[dict[str, Any]] = []
+    # A pipeline stage recomputes its forward in the backward (it keeps only its input per
+    # microbatch), so the unpipelined step with full remat is the like-for-like baseline.
+    cases = [(1, "none (no remat)"), (1, "none (full remat)")]
+    cases += [(s, sched) for s in (2, 4) for sched in ("gpipe", "1f1b")]
+    for stages, schedule in cases:
+        data = n // stages
+        micro = 8 // data
+        mesh = [f"mesh.data={data}", f"mesh.pipeline={stages}", f"mesh.microbatches={micro}"]
+        if stages > 1:
+            mesh.append(f"mesh.schedule={schedule}")
+        elif "full" in schedule:
+            mesh.append("model.remat=full")
+        _, compiled = compile_seconds(load("gpt2_small", [*base, *mesh]))
+        peak = peak_bytes(compiled)["peak"] / 2**30
+        first = peak if not rows else rows[0]["peak_GiB_per_device"]
+        rows.append(
+            {"stages": stages, "data": data, "microbatches": micro if stages > 1 else "-",
+             "schedule": schedule, "peak_GiB_per_device": round(peak, 2),
+             "ratio": round(peak / first, 3)}  # fmt: skip
+        )
+        print(_table(rows[-1:]), flush=True)
+    return {"devices": n, "rows": rows}
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -172,7 +235,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen benchmarks, print them, optionally write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("throughput", "compile", "memory", "all"))
+    parser.add_argument("what", choices=("throughput", "compile", "memory", "pipeline", "all"))
     parser.add_argument("--configs", default="tiny", help="comma-separated presets (throughput)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (throughput)")
     parser.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE")
@@ -194,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results["compile"], indent=2), flush=True)
     if args.what in ("memory", "all"):
         results["memory"] = memory_case(args.sets)
-        print(json.dumps(results["memory"], indent=2), flush=True)
+        print(_table(results["memory"]["rows"]), flush=True)
+    if args.what == "pipeline":  # not in "all": it needs several devices
+        results["pipeline"] = pipeline_case(args.sets)
+        print(_table(results["pipeline"]["rows"]), flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)

@@ -1,7 +1,7 @@
 """Chunked softmax cross-entropy fused with the unembedding matmul.
 
 The LM loss ``CE(hidden @ unembedding, labels)`` normally materialises float32 logits of shape
-``[tokens, vocab]`` (GPT-2 small at 8 x 1024 tokens: 1.6 GB) and keeps them for the backward pass.
+``[tokens, vocab]`` (GPT-2 small at 8 x 1024 tokens: 1.5 GiB) and keeps them for the backward pass.
 Here a ``lax.scan`` walks along the sequence axis in chunks of about ``chunk_size`` tokens (a few
 positions of every batch row, so the batch axis, and its sharding, stays whole): each step
 computes one ``[chunk, vocab]`` logits block, its log-sum-exp, the label logit and the argmax, then

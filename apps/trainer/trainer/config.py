@@ -80,6 +80,11 @@ class ModelConfig:
     compute_dtype: str = spec("float32", choices=DTYPES)
     # Null keeps the family's own: LLaMA has no biases, GPT-2/BERT/ViT have them.
     use_bias: bool | None = spec(None, help="biases of dense layers and LayerNorms (null: kind's)")
+    # Null keeps tjx.nn's own (pre-LN; init std 0.02): the depth-stability study varies them.
+    norm_position: str | None = spec(
+        None, choices=package_choices("tjx.nn.configs", "NORM_POSITIONS"), help="pre | post"
+    )
+    init_std: float | None = spec(None, gt=0.0, help="std of the initial weights (null: 0.02)")
     attention_type: str = spec(
         "mha",
         choices=package_choices("tjx.nn.configs", "ATTENTION_TYPES"),

@@ -70,7 +70,8 @@ def nn_config(m: ModelConfig, vocab_size: int) -> Any:
     }
     fields: dict[str, Any] = {f: getattr(m, f) for f in (*_SHARED_FIELDS, *_KIND_FIELDS[m.kind])}
     fields["precision"] = nn.Precision(m.param_dtype, m.compute_dtype)  # dtype names suffice
-    for key in ("position", "use_bias"):  # null: each nn config keeps its family's default
+    # Null: each nn config keeps its family's default.
+    for key in ("position", "use_bias", "norm_position", "init_std"):
         if getattr(m, key) is not None:
             fields[key] = getattr(m, key)
     if m.kind == "vit":

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from trainer.config import Config
-from trainer.schema import ConfigError, field_map, hints, parse_scalar
+from trainer.schema import ConfigError, choices, field_map, hints, parse_scalar
 
 
 def field_type(path: str) -> Any:
@@ -42,7 +42,18 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"--set {text!r}: empty key")
-    return key, parse_scalar(value, field_type(key), key)
+    tp = field_type(key)
+    # "none" is a value where a field's own choices hold it (model.position: no positions).
+    none_is_value = value.strip().lower() == "none" and "none" in (_choices_of(key) or ())
+    return key, parse_scalar(value, tp, key, none_is_value=none_is_value)
+
+
+def _choices_of(path: str) -> tuple[Any, ...] | None:
+    *parents, name = path.split(".")
+    cls: Any = Config
+    for part in parents:
+        cls = hints(cls)[part]
+    return choices(field_map(cls)[name])
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

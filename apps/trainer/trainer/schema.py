@@ -65,12 +65,18 @@ def field_map(cls: type) -> dict[str, dataclasses.Field[Any]]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
-def parse_scalar(text: str, tp: Any, path: str) -> Any:
-    """Parse an override's text as the field's type (``--set a.b=TEXT``)."""
+def parse_scalar(text: str, tp: Any, path: str, *, none_is_value: bool = False) -> Any:
+    """Parse an override's text as the field's type (``--set a.b=TEXT``).
+
+    ``null``, ``~``, an empty text and ``none`` mean null, except ``none`` where the field takes
+    the word as a value (``none_is_value``: ``model.position=none``, no position encoding).
+    """
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if type(None) in args and text.strip().lower() in ("null", "none", "~", ""):
+        word = text.strip().lower()
+        is_null = word in ("null", "~", "") or (word == "none" and not none_is_value)
+        if type(None) in args and is_null:
             return None
         errors = []
         for arg in args:

@@ -94,6 +94,18 @@ class Worker:
         self.proc.stdin.flush()
         return float(self._reply())
 
+    def ask(self, command: str, expect: str) -> list[str]:
+        """Send one command and return its reply's words after ``expect`` (the reply's first
+        word); the worker is killed and RuntimeError raised if it answers anything else."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        words = self.proc.stdout.readline().split()
+        if not words or words[0] != expect:
+            self.proc.kill()
+            raise RuntimeError(f"{self.name} worker stopped (exit {self.proc.wait()})")
+        return words[1:]
+
     def close(self) -> None:
         """Ask the worker to quit and wait for it."""
         if self.proc.poll() is None and self.proc.stdin is not None:

@@ -2,7 +2,10 @@
 
 ``python -m tjx_tools.nanogpt.tjx_worker SPEC_JSON``; the protocol is `peer/torch_gpt.py`'s:
 ``ready <loss>`` after the first step on the first batch (compile included), then ``run N`` →
-wall seconds of N steps (blocked until the last one finished), ``quit``.
+wall seconds of N steps (blocked until the last one finished), ``quit``; and the two additions
+the experiments app's study uses: ``losses N`` → ``losses <seconds> <loss> ...`` (every step's
+loss, fetched after the timed steps), ``val`` → ``val <loss>`` over ``spec["val_batches"]`` (the
+trainer's eval step: tjx-metrics' token-weighted sums).
 """
 
 from __future__ import annotations
@@ -23,6 +26,26 @@ def trainer_config(spec: dict[str, Any]) -> Any:
     from trainer.presets import load_config_data
 
     return build_config(apply_overrides(load_config_data(spec["preset"]), spec["sets"]))
+
+
+def validation_loss(setup: Any, state: Any, cfg: Any, path: str) -> float:
+    """Token-weighted mean loss of the trainer's eval step over the held-out batches in ``path``."""
+    from tjx import parallel
+    from trainer.step import make_eval_step
+
+    held = np.load(path)
+    b, s = held["inputs"].shape[1:]
+    layout = {
+        "segment_ids": np.ones((b, s), np.int32),
+        "positions": np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy(),
+    }
+    evaluate = jax.jit(make_eval_step(setup.graphdef, setup.rest, cfg))
+    total, count = 0.0, 0
+    for x, y in zip(held["inputs"], held["targets"], strict=True):
+        batch = parallel.shard_batch({"inputs": x, "targets": y, **layout}, setup.mesh)
+        sums = jax.device_get(evaluate(state["params"], batch))
+        total, count = total + float(sums["sum_loss"]), count + int(sums["num_tokens"])
+    return total / count
 
 
 def main() -> int:
@@ -52,6 +75,20 @@ def main() -> int:
         cmd = line.split()
         if cmd[0] == "quit":
             break
+        if cmd[0] == "losses":
+            t0 = time.perf_counter()
+            outs = []
+            for _ in range(int(cmd[1])):
+                state, out = step(state, batches[done % len(batches)])
+                outs.append(out["loss"])
+                done += 1
+            jax.block_until_ready(outs)
+            seconds = time.perf_counter() - t0
+            print("losses", repr(seconds), *(repr(float(x)) for x in outs), flush=True)
+            continue
+        if cmd[0] == "val":
+            print(f"val {validation_loss(setup, state, cfg, spec['val_batches'])!r}", flush=True)
+            continue
         t0 = time.perf_counter()
         for _ in range(int(cmd[1])):
             state, out = step(state, batches[done % len(batches)])

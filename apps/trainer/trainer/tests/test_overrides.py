@@ -25,6 +25,10 @@ from trainer.schema import ConfigError
         ("optimizer.clip_norm=null", "optimizer.clip_norm", None),
         ("optimizer.clip_norm=0.5", "optimizer.clip_norm", 0.5),
         ("sampling.top_k=none", "sampling.top_k", None),
+        ("model.position=none", "model.position", "none"),  # a choice: no position encoding
+        ("model.position=null", "model.position", None),  # the family's own
+        ("optimizer.loss_scale=none", "optimizer.loss_scale", None),  # no such choice: null
+        ("data.cache_dir=none", "data.cache_dir", None),
         ("sampling.prompts=a=b", "sampling.prompts", ["a=b"]),
         ("optimizer.schedule.warmup_steps=7", "optimizer.schedule.warmup_steps", 7),
     ],

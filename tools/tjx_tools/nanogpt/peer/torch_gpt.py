@@ -13,7 +13,11 @@ tjx's GPT-2) does, so the two models compute the same function from the same wei
 Protocol (stdin/stdout, one line each): the worker prints ``ready <loss>`` after loading the HF
 GPT-2 weights tjx wrote and running one step on the first batch (the loss before the update, for
 the orchestrator's equivalence check); then ``run N`` runs N steps and prints the wall seconds;
-``quit`` ends it.
+``quit`` ends it. Two more commands serve the experiments app's side-by-side study (the first
+three are unchanged): ``losses N`` runs N steps and prints ``losses <seconds> <loss> ...`` (each
+step's loss before its update), and ``val`` prints ``val <loss>``, the mean cross-entropy over the
+held-out batches of ``spec["val_batches"]`` (an ``.npz`` of ``inputs``/``targets``, every batch
+the same shape).
 """
 
 from __future__ import annotations
@@ -114,6 +118,18 @@ def load_hf_weights(model: GPT, weights: dict[str, np.ndarray]) -> None:
     model.load_state_dict(own, strict=True)
 
 
+def validation_loss(model: GPT, path: str) -> float:
+    """Mean cross-entropy over the held-out batches in ``path`` (equal-sized batches, so the mean
+    of the batch means is the token mean)."""
+    held = np.load(path)
+    with torch.no_grad():
+        losses = [
+            float(model(torch.from_numpy(x).long(), torch.from_numpy(y).long()))
+            for x, y in zip(held["inputs"], held["targets"])
+        ]
+    return sum(losses) / len(losses)
+
+
 def main() -> int:
     spec = json.loads(sys.argv[1])
     torch.manual_seed(0)
@@ -146,6 +162,16 @@ def main() -> int:
         cmd = line.split()
         if cmd[0] == "quit":
             break
+        if cmd[0] == "losses":
+            t0 = time.perf_counter()
+            losses = [step(done + i) for i in range(int(cmd[1]))]
+            done += len(losses)
+            seconds = time.perf_counter() - t0
+            print("losses", repr(seconds), *(repr(x) for x in losses), flush=True)
+            continue
+        if cmd[0] == "val":
+            print(f"val {validation_loss(model, spec['val_batches'])!r}", flush=True)
+            continue
         t0 = time.perf_counter()
         for _ in range(int(cmd[1])):
             step(done)

@@ -1,0 +1,102 @@
+"""Measurements of a finished trainer run beyond its own log: the evaluator's held-out metrics
+at longer sequences, attention-distance histograms at the start, middle and end, and the
+compiled step's peak memory. Each is the owning code's (apps/eval, trainer.memory_fit), called
+on the run directory the trainer wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.spec import Row, RunContext
+
+#: How far beyond the training length the positions study evaluates.
+LENGTH_FACTORS = (1, 2, 4)
+
+
+def extrapolation(ctx: RunContext) -> Row:
+    """Held-out loss at 1×, 2× and 4× the training length (apps/eval's `heldout.evaluate` on the
+    run's own validation shards); a length beyond the model's ``max_seq_len`` is left empty (a
+    learned position table has no rows for it)."""
+    from eval import heldout
+    from eval.runs import heldout_dir, load_run
+
+    run = load_run(ctx.run_dir)
+    shard_dir, bpt = heldout_dir(run, None)
+    cfg = ctx.config
+    seq = cfg.data.seq_len
+    row: Row = {}
+    for factor in LENGTH_FACTORS:
+        key = f"val_loss_{factor}x"
+        if seq * factor > run.nn_config.max_seq_len:
+            row[key] = None
+            continue
+        # The same number of held-out tokens at every length: fewer rows of longer windows.
+        rows = max(1, cfg.eval.batch_size // factor)
+        out = heldout.evaluate(
+            run.model,
+            shard_dir,
+            seq_len=seq * factor,
+            batch_size=rows,
+            max_batches=cfg.train.eval_batches,
+            bytes_per_token=bpt,
+        )
+        row[key] = float(out["loss"])
+    return row
+
+
+def _initial_model(run_dir: Path, seed: int) -> Any:
+    """The run's model as the trainer initialised it (same config, same seed)."""
+    from flax import nnx
+
+    from eval.runs import build_nn_config
+    from tjx import nn
+
+    desc = json.loads((run_dir / "model.json").read_text())
+    return nn.build_model(build_nn_config(desc), rngs=nnx.Rngs(seed))
+
+
+def attention_stages(ctx: RunContext) -> Row:
+    """Attention-distance histograms (apps/eval's `attention_map`) at the start (the initial
+    weights), the middle (the checkpoint at half the steps) and the end; PNGs in the run dir,
+    the mean distance over all layers, heads and queries in the row."""
+    from eval import attention_map
+    from eval.runs import heldout_dir, load_run
+    from tjx import data
+
+    cfg = ctx.config
+    end = load_run(ctx.run_dir)
+    shard_dir, _ = heldout_dir(end, None)
+    batch = next(iter(data.validation_batches(shard_dir, cfg.data.seq_len, 4)))
+    batch = {k: np.asarray(v) for k, v in batch.items()}
+    middle_step = cfg.train.steps // 2
+    stages = {
+        "start": (_initial_model(ctx.run_dir, cfg.train.seed), 0),
+        "middle": (load_run(ctx.run_dir, step=middle_step).model, middle_step),
+        "end": (end.model, end.step),
+    }
+    row: Row = {}
+    for stage, (model, step) in stages.items():
+        distances = attention_map.layer_distances(model, batch)
+        png = ctx.run_dir / f"attention_{stage}.png"
+        attention_map.plot(distances, png, f"{ctx.spec.label}: {stage} (step {step})")
+        row[f"attn_{stage}"] = float(np.mean([d.mean() for d in distances]))
+    return row
+
+
+def peak_memory(ctx: RunContext) -> Row:
+    """Compiled peak memory of the run's train step (trainer.memory_fit: XLA's analysis of the
+    step compiled from abstract shapes) and its steps/s (the median logged tokens/s ÷ tokens per
+    step)."""
+    from trainer.memory_fit import step_peak
+
+    desc = json.loads((ctx.run_dir / "model.json").read_text())
+    vocab = int(desc["fields"]["vocab_size"])
+    cfg = ctx.config
+    return {
+        "peak_mib": step_peak(cfg, vocab) / 2**20,
+        "tokens_per_step": cfg.data.batch_size * cfg.data.seq_len,
+    }

@@ -1,0 +1,107 @@
+"""Study 6's runs: compile each config's train step and time it; nothing is trained.
+
+The peak is the trainer's own pre-flight measure (``trainer.memory_fit.abstract_step`` compiled
+from abstract shapes, ``tjx.metrics.peak_bytes`` of XLA's memory analysis: arguments + outputs +
+temporaries − donated aliases), as ``tools/bench_train.py memory`` takes it. The step time is the
+median of a few executed steps of the trainer's step on synthetic token batches.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.runner import SUMMARY_FILE, machine, study_progress, use_compile_cache, utc_now
+from experiments.spec import Row, RunSpec, Study
+
+#: Executed steps timed per config (after one warm-up step).
+TIMED_STEPS = {"smoke": 1, "cpu": 3, "gpu": 10}
+
+
+def trainer_config(spec: RunSpec) -> Any:
+    """The validated trainer config of ``spec`` (preset + overrides, as ``--set`` parses them)."""
+    from trainer.config import build_config
+    from trainer.overrides import apply_overrides
+    from trainer.presets import load_config_data
+
+    return build_config(apply_overrides(load_config_data(spec.preset), list(spec.sets)))
+
+
+def _vocab(cfg: Any) -> int:
+    if cfg.model.vocab_size:
+        return int(cfg.model.vocab_size)
+    from trainer.data_setup import make_tokenizer
+
+    return int(make_tokenizer(cfg).vocab_size)
+
+
+def measure_config(spec: RunSpec, scale: str) -> Row:
+    """Peak MiB and compile seconds of the abstract step; median executed step seconds."""
+    import jax
+
+    from tjx import parallel
+    from tjx.metrics import peak_bytes
+    from trainer import state as state_mod
+    from trainer.memory_fit import abstract_step
+    from trainer.step import make_train_step
+
+    cfg = trainer_config(spec)
+    vocab = _vocab(cfg)
+    step, abstract_state, abstract_batch = abstract_step(cfg, vocab)
+    t0 = time.perf_counter()
+    compiled = step.lower(abstract_state, abstract_batch).compile()
+    compile_s = time.perf_counter() - t0
+    peak = peak_bytes(compiled)["peak"]
+    del compiled
+    setup = state_mod.build(cfg, vocab)
+    run = jax.jit(make_train_step(setup.graphdef, setup.rest, setup.tx, cfg), donate_argnums=(0,))
+    b, s = cfg.data.batch_size, cfg.data.seq_len
+    tokens = np.random.default_rng(0).integers(0, vocab, (b, s + 1), dtype=np.int32)
+    batch = {
+        "inputs": tokens[:, :-1],
+        "targets": tokens[:, 1:],
+        "segment_ids": np.ones((b, s), np.int32),
+        "positions": np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy(),
+    }
+    batch = parallel.shard_batch(batch, setup.mesh)
+    st, out = run(setup.state, batch)  # warm-up (compiles the concrete step)
+    jax.block_until_ready(out)
+    times = []
+    for _ in range(TIMED_STEPS[scale]):
+        t0 = time.perf_counter()
+        st, out = run(st, batch)
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - t0)
+    return {
+        "label": spec.label,
+        "group": spec.group,
+        "peak_mib": peak / 2**20,
+        "compile_s": compile_s,
+        "step_s": statistics.median(times),
+        "loss_finite": bool(np.isfinite(float(out["loss"]))),
+    }
+
+
+def run_memory(study: Study, scale: str, runs_dir: Path) -> list[tuple[RunSpec, Path, Row]]:
+    """Every config of the memory study (a measured one is skipped on a rerun)."""
+    specs = study.runs(scale)
+    use_compile_cache(runs_dir / ".xla-cache")
+    out = []
+    with study_progress(study.name, len(specs)) as note:
+        for i, spec in enumerate(specs):
+            run_dir = runs_dir / study.name / scale / f"{i:02d}"
+            path = run_dir / SUMMARY_FILE
+            if not path.is_file():
+                note(f"{spec.label} compiling", i)
+                row = measure_config(spec, scale)
+                row.update(measured_at=utc_now(), machine=machine())
+                run_dir.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(row, indent=1))
+            out.append((spec, run_dir, json.loads(path.read_text())))
+            note(f"{spec.label} done", i + 1)
+    return out

@@ -1,0 +1,29 @@
+"""Every study by name, in the issue's order."""
+
+from __future__ import annotations
+
+from experiments.side import SIDE_STUDY
+from experiments.spec import Study
+from experiments.studies_a import (
+    DEPTH_STUDY,
+    OPTIMIZER_STUDY,
+    POSITIONS_STUDY,
+    PRECISION_STUDY,
+    SCHEDULE_STUDY,
+)
+from experiments.studies_b import BPB_STUDY, MEMORY_STUDY, SPEED_STUDY
+
+STUDIES: dict[str, Study] = {
+    s.name: s
+    for s in (
+        POSITIONS_STUDY,
+        DEPTH_STUDY,
+        PRECISION_STUDY,
+        OPTIMIZER_STUDY,
+        SCHEDULE_STUDY,
+        MEMORY_STUDY,
+        BPB_STUDY,
+        SPEED_STUDY,
+        SIDE_STUDY,
+    )
+}

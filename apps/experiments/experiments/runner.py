@@ -1,0 +1,181 @@
+"""Run a study's trainer configs in this process, through the trainer's own plan and loop.
+
+Each config is one ``python -m trainer`` command line (``--config PRESET --run-dir DIR --set
+...``), planned by ``trainer.cli.plan_run`` and carried out by ``trainer.loop.run``, exactly as
+the command does; nothing of the trainer is copied. One process runs them all, so JAX is imported
+once and XLA's persistent compilation cache (in the study's runs folder) serves every config
+that compiles the same program again — a resumed run, a rerun, an identical shape.
+
+A study can be stopped at any point and run again: a config whose ``summary.json`` exists is
+done and skipped; one with checkpoints but no ``final.json`` continues with ``--resume``; one
+that diverged (the trainer's exit 3) is a result, recorded in ``status.json``, and not rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from experiments.results import read_metrics, train_row
+from experiments.spec import Row, RunContext, RunSpec, Study
+
+STATUS_FILE = "status.json"
+SUMMARY_FILE = "summary.json"
+
+
+class StudyError(RuntimeError):
+    """A config could not run (bad overrides, a trainer error other than divergence)."""
+
+
+def machine() -> str:
+    """The machine in words: CPU architecture and cores, and the accelerator if any."""
+    import os
+
+    import jax
+
+    dev = jax.devices()[0]
+    cores = os.cpu_count()
+    accel = "" if dev.platform == "cpu" else f", {jax.device_count()} × {dev.device_kind}"
+    return f"{platform.machine()} CPU, {cores} cores{accel} (jax {jax.__version__}, {dev.platform})"
+
+
+def utc_now() -> str:
+    """The current UTC time as ``YYYY-MM-DD HH:MM UTC``."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+def use_compile_cache(folder: Path) -> None:
+    """Point JAX's persistent compilation cache at ``folder`` (unless the user chose one)."""
+    import jax
+
+    if getattr(jax.config, "jax_compilation_cache_dir", None):  # the user chose one
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def trainer_argv(spec: RunSpec, run_dir: Path, resume: bool) -> list[str]:
+    """The trainer command line of one config."""
+    argv = ["--config", spec.preset, "--run-dir", str(run_dir)]
+    for item in spec.sets:
+        argv += ["--set", item]
+    return [*argv, "--resume"] if resume else argv
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    ckpts = run_dir / "checkpoints"
+    return ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
+
+
+def plan_config(spec: RunSpec, run_dir: Path, resume: bool = False) -> Any:
+    """The trainer's validated `RunPlan` of a config (nothing written); StudyError if invalid."""
+    from trainer.cli import build_parser, plan_run
+    from trainer.schema import ConfigError
+
+    try:
+        return plan_run(build_parser().parse_args(trainer_argv(spec, run_dir, resume)))
+    except ConfigError as err:
+        raise StudyError(f"{spec.label}: {err}") from None
+
+
+def run_config(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+    """Train one config to its end (or to divergence); its status (``exit``, times)."""
+    from trainer.loop import run
+
+    status_path = run_dir / STATUS_FILE
+    if status_path.is_file():  # finished (or diverged) before
+        return dict(json.loads(status_path.read_text()))
+    resume = _has_checkpoint(run_dir)
+    plan = plan_config(spec, run_dir, resume=resume)
+    started = time.time()
+    code = run(plan)
+    status = {"exit": code, "started": started, "ended": time.time(), "resumed": resume}
+    if code not in (0, 3):  # 3: diverged, a result of the study; anything else is an error
+        raise StudyError(f"{spec.label}: the trainer exited {code} (run dir {run_dir})")
+    if code == 0 and not (run_dir / "final.json").is_file():
+        raise StudyError(f"{spec.label}: stopped before the end (signal?); run the study again")
+    status_path.write_text(json.dumps(status))
+    return status
+
+
+def finish_row(study: Study, spec: RunSpec, run_dir: Path, scale: str) -> Row:
+    """The config's table row (cached in ``summary.json``): metrics, status, study extras."""
+    path = run_dir / SUMMARY_FILE
+    if path.is_file():
+        return dict(json.loads(path.read_text()))
+    status = json.loads((run_dir / STATUS_FILE).read_text())
+    row = train_row(spec, run_dir, status)
+    if study.after_run is not None and status["exit"] == 0:
+        cfg = plan_config(spec, run_dir, resume=True).config
+        row.update(study.after_run(RunContext(spec, run_dir, scale, cfg)))
+    row.update(measured_at=utc_now(), machine=machine())
+    path.write_text(json.dumps(row, indent=1))
+    return row
+
+
+@contextmanager
+def study_progress(title: str, total: int) -> Iterator[Callable[[str, int], None]]:
+    """A bar across a study's configs (rich, on a terminal; plain lines elsewhere); yields
+    ``note(text, done)``."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(highlight=False)
+    if not console.is_terminal:
+
+        def line(text: str, done: int) -> None:
+            console.print(f"[{title} {done}/{total}] {text}", markup=False)
+
+        yield line
+        return
+    with Progress(
+        TextColumn(f"[bold]{title}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[now]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(title, total=total, now="")
+
+        def bar(text: str, done: int) -> None:
+            progress.update(task, completed=done, now=text)
+
+        yield bar
+
+
+def run_study(study: Study, scale: str, runs_dir: Path) -> list[tuple[RunSpec, Path, Row]]:
+    """Every config of ``study`` at ``scale`` (skipping finished ones); rows in config order."""
+    specs: Sequence[RunSpec] = study.runs(scale)
+    use_compile_cache(runs_dir / ".xla-cache")
+    out: list[tuple[RunSpec, Path, Row]] = []
+    with study_progress(study.name, len(specs)) as note:
+        for i, spec in enumerate(specs):
+            run_dir = runs_dir / study.name / scale / spec.label
+            if not (run_dir / SUMMARY_FILE).is_file():
+                note(f"{spec.label} running", i)
+                run_config(spec, run_dir)
+            row = finish_row(study, spec, run_dir, scale)
+            out.append((spec, run_dir, row))
+            note(f"{spec.label} done", i + 1)
+    return out
+
+
+def curves_of(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's logged records (metrics.jsonl), for the report's overlaid curves."""
+    return read_metrics(run_dir)

@@ -1,0 +1,211 @@
+"""Studies 6–9: memory, bits per byte, the speed run, nanoGPT side by side."""
+
+from __future__ import annotations
+
+import json
+
+from experiments import measure
+from experiments.spec import Column, Row, RunContext, RunSpec, Study, base, best, shape_value
+
+# --- 6. memory ---------------------------------------------------------------------------------
+
+#: The GPT-2-style shape each scale compiles (the GPU scale: GPT-2 small and medium themselves).
+MEMORY_SHAPES: dict[str, dict[str, tuple[str, ...]]] = {
+    "smoke": {"tiny": (*base("smoke"), "model.scan_layers=true")},
+    "cpu": {"gpt2 (4 layers, 256 wide)": (
+        "model.num_layers=4", "model.d_model=256", "model.num_heads=4", "model.mlp_dim=1024",
+        "model.max_seq_len=256", "data.seq_len=256", "data.batch_size=8", "model.scan_layers=true",
+        "model.compute_dtype=float32", "train.fit_memory=false")},
+    "gpu": {"gpt2_small": ("model.scan_layers=true", "train.fit_memory=false"),
+            "gpt2_medium": ("model.scan_layers=true", "data.batch_size=8",
+                            "train.fit_memory=false")},
+}  # fmt: skip
+REMATS = {"smoke": ("none", "full"), "cpu": ("none", "full", "save_dots"),
+          "gpu": ("none", "full", "save_dots")}  # fmt: skip
+ACCUM = {"smoke": (1,), "cpu": (1, 4), "gpu": (1, 4)}
+CE = {"smoke": (True,), "cpu": (True, False), "gpu": (True, False)}
+
+
+def memory_runs(scale: str) -> list[RunSpec]:
+    runs = []
+    for shape, sets in MEMORY_SHAPES[scale].items():
+        preset = (
+            "tiny" if scale == "smoke" else shape.split(" ")[0] if scale == "gpu" else "gpt2_small"
+        )
+        for remat in REMATS[scale]:
+            for ce in CE[scale]:
+                for acc in ACCUM[scale]:
+                    label = f"{shape}, remat {remat}, {'chunked' if ce else 'full'} CE, accum {acc}"
+                    case = (f"model.remat={remat}", f"train.chunked_ce={str(ce).lower()}",
+                            f"optimizer.accumulation_steps={acc}")  # fmt: skip
+                    runs.append(RunSpec(label, (*sets, *case), preset=preset, group=shape))
+    return runs
+
+
+def memory_conclude(rows: list[Row], scale: str) -> list[str]:
+    out = []
+    for shape in dict.fromkeys(r["group"] for r in rows):
+        mine = [r for r in rows if r["group"] == shape]
+        lo, hi = best(mine, "peak_mib"), max(mine, key=lambda r: r["peak_mib"])
+        fast = best(mine, "step_s")
+        if lo and fast:
+            out.append(
+                f"{shape}: peak {hi['peak_mib']:.0f} MiB ({hi['label'].split(', ', 1)[1]}) "
+                f"down to {lo['peak_mib']:.0f} MiB ({lo['label'].split(', ', 1)[1]}); "
+                f"fastest step {fast['step_s']:.3f} s ({fast['label'].split(', ', 1)[1]})."
+            )
+    out.append(
+        "On a CPU, XLA undoes remat in unrolled stacks; these are scanned (model.scan_layers)."
+    )
+    return out
+
+
+MEMORY_STUDY = Study(
+    name="memory",
+    title="Memory: remat policy × chunked cross-entropy × gradient accumulation",
+    question="What do remat, the chunked cross-entropy and accumulation cost and save in the "
+    "compiled step's peak memory and its time?",
+    varied="model.remat (none/full/save_dots), train.chunked_ce (on/off), "
+    "optimizer.accumulation_steps (1/4)",
+    fixed="the model shape (GPT-2-style; GPT-2 small and medium at the GPU scale), global batch, "
+    "sequence length, AdamW, fp32 on CPU (the presets' bf16 on a GPU)",
+    runs=memory_runs,
+    columns=(Column("peak MiB", "peak_mib", ".1f"), Column("step s", "step_s", ".3f"),
+             Column("compile s", "compile_s", ".1f")),  # fmt: skip
+    headline="peak_mib",
+    conclude=memory_conclude,
+    kind="memory",
+    curves=(),
+)
+
+# --- 7. bits per byte --------------------------------------------------------------------------
+
+
+def bpb_runs(scale: str) -> list[RunSpec]:
+    half = f"train.checkpoint_every={shape_value(scale, 'train.steps') // 2}"
+    common = base(scale, half, "optimizer.weight_decay=0.1", "model.dropout=0.0")
+    runs = [
+        RunSpec("baseline (wd 0.1, no dropout, cosine)", common),
+        RunSpec("no weight decay", (*common, "optimizer.weight_decay=0.0")),
+        RunSpec("dropout 0.1", (*common, "model.dropout=0.1")),
+        RunSpec("hold phase (WSD)", (*common, "optimizer.schedule.name=wsd")),
+    ]
+    return runs if scale != "smoke" else runs[:2]
+
+
+def bpb_conclude(rows: list[Row], scale: str) -> list[str]:
+    out = []
+    ref = rows[0] if rows else None
+    for r in rows[1:]:
+        if (
+            ref
+            and isinstance(r.get("val_bits_per_byte"), float)
+            and isinstance(ref.get("val_bits_per_byte"), float)
+        ):
+            d = r["val_bits_per_byte"] - ref["val_bits_per_byte"]
+            out.append(f"{r['label']}: {d:+.4f} bits/byte against the baseline.")
+    for r in rows:
+        if isinstance(r.get("attn_start"), float):
+            out.append(
+                f"{r['label']}: mean attended distance {r['attn_start']:.1f} → "
+                f"{r['attn_middle']:.1f} → {r['attn_end']:.1f} tokens (start → middle → end)."
+            )
+    return out
+
+
+BPB_STUDY = Study(
+    name="bits_per_byte",
+    title="Decoder experiments in bits per byte",
+    question="What do weight decay, dropout and a WSD hold phase do to held-out bits per byte, "
+    "and how does the attention reach change over training?",
+    varied="optimizer.weight_decay (0.1/0), model.dropout (0/0.1), schedule cosine vs WSD",
+    fixed="byte-level GPT-2-style model, Shakespeare, AdamW, steps, seed",
+    runs=bpb_runs,
+    columns=(Column("val bits/byte", "val_bits_per_byte"), Column("train bits/byte", "train_bpb"),
+             Column("attn dist start", "attn_start", ".1f"), Column("middle", "attn_middle", ".1f"),
+             Column("end", "attn_end", ".1f")),  # fmt: skip
+    headline="val_bits_per_byte",
+    conclude=bpb_conclude,
+    curves=("bits_per_byte", "val_bits_per_byte"),
+    after_run=lambda ctx: {**measure.attention_stages(ctx), **_train_bpb(ctx)},
+)
+
+
+def _train_bpb(ctx: RunContext) -> Row:
+    from experiments.results import read_metrics, series
+
+    _, values = series(read_metrics(ctx.run_dir), "bits_per_byte")
+    return {"train_bpb": values[-1] if values else None}
+
+
+# --- 8. speed run ------------------------------------------------------------------------------
+
+TARGET_BPB = {"smoke": 8.0, "cpu": 3.3, "gpu": 2.2}
+SPEED_SHAPE = {"smoke": (), "cpu": ("train.eval_every=20", "train.eval_batches=4"),
+               "gpu": ("train.eval_every=50", "train.eval_batches=8")}  # fmt: skip
+
+
+def speed_runs(scale: str) -> list[RunSpec]:
+    batch = shape_value(scale, "data.batch_size")
+    common = base(scale, *SPEED_SHAPE[scale], "data.tokenizer=byte", "model.vocab_size=null",
+                  "model.num_kv_heads=null", "model.compute_dtype=" +
+                  ("bfloat16" if scale == "gpu" else "float32"))  # fmt: skip
+    runs = [
+        RunSpec("adamw 3e-3", (*common, "optimizer.lr=3e-3")),
+        RunSpec("adamw 1e-2", (*common, "optimizer.lr=1e-2")),
+        RunSpec("muon 2e-2", (*common, "optimizer.name=muon", "optimizer.lr=2e-2",
+                              "optimizer.b1=null", "optimizer.b2=null", "optimizer.eps=null")),
+        RunSpec("adamw 1e-2, batch ×2", (*common, "optimizer.lr=1e-2",
+                                         f"data.batch_size={2 * batch}")),
+    ]  # fmt: skip
+    return [
+        RunSpec(r.label, r.sets, preset="llama_small")
+        for r in (runs if scale != "smoke" else runs[:2])
+    ]
+
+
+def time_to_target(ctx: RunContext) -> Row:
+    """Wall seconds from the run's start (data, compile and evaluations included) to the first
+    evaluation at or below the scale's target bits/byte, and its step."""
+    from experiments.results import read_metrics
+
+    status = json.loads((ctx.run_dir / "status.json").read_text())
+    target = TARGET_BPB[ctx.scale]
+    for rec in read_metrics(ctx.run_dir):
+        if rec.get("val_bits_per_byte") is not None and rec["val_bits_per_byte"] <= target:
+            return {"target_s": rec["time"] - status["started"], "target_step": rec["step"]}
+    return {"target_s": None, "target_step": None}
+
+
+def speed_conclude(rows: list[Row], scale: str) -> list[str]:
+    hit = sorted((r for r in rows if r.get("target_s") is not None), key=lambda r: r["target_s"])
+    for rank, r in enumerate(hit, 1):
+        r["rank"] = rank
+    target = TARGET_BPB[scale]
+    if not hit:
+        return [f"No recipe reached {target} bits/byte within its steps."]
+    w = hit[0]
+    return [f"Fastest to {target} validation bits/byte: {w['label']} in {w['target_s']:.1f} s "
+            f"(step {w['target_step']}); beat it by adding a recipe to experiments/studies_b.py.",
+            "Corpus: Shakespeare (tjx's built-in; TinyStories is not reachable offline), "
+            "byte-level tokens."]  # fmt: skip
+
+
+SPEED_STUDY = Study(
+    name="speedrun",
+    title="Speed run: a LLaMA-style model to a fixed validation bits/byte",
+    question="Which recipe brings a LLaMA-style decoder to the target held-out bits/byte in the "
+    "least wall time?",
+    varied="optimizer (AdamW/Muon), learning rate, batch size",
+    fixed="LLaMA-style model (RMSNorm, RoPE, SwiGLU) of the scale's size, byte-level Shakespeare, "
+    "steps, evaluation interval (time to target includes compile and evaluations)",
+    runs=speed_runs,
+    columns=(Column("rank", "rank", ""), Column("time to target (s)", "target_s", ".1f"),
+             Column("step", "target_step", ""),
+             Column("final val bits/byte", "val_bits_per_byte", ".3f"),
+             Column("run wall s", "wall_s", ".1f")),  # fmt: skip
+    headline="target_s",
+    conclude=speed_conclude,
+    curves=("loss", "val_bits_per_byte"),
+    after_run=time_to_target,
+)

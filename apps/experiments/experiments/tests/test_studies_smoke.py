@@ -1,0 +1,75 @@
+"""Every study's smoke version (two configs, a few steps) runs and writes its report; a rerun
+skips finished configs and continues a half-finished one from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from experiments.cli import main
+from experiments.registry import STUDIES
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One runs folder for the module: its XLA cache serves every study's identical shapes."""
+    root = tmp_path_factory.mktemp("experiments")
+    return root / "runs", root / "docs"
+
+
+def _run(study: str, folders: tuple[Path, Path]) -> int:
+    runs, docs = folders
+    return main([study, "--scale", "smoke", "--runs-dir", str(runs), "--out", str(docs)])
+
+
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_smoke_study_writes_its_report(name: str, folders: tuple[Path, Path]) -> None:
+    study = STUDIES[name]
+    assert _run(name, folders) == 0
+    out = folders[1] / name
+    readme = (out / "README.md").read_text()
+    header = "| config | " + " | ".join(c.header for c in study.columns) + " |"
+    assert header in readme
+    rows = [json.loads(line) for line in (out / "raw" / "results.jsonl").read_text().splitlines()]
+    # Two configs; the side-by-side has a row per side of each.
+    assert len(rows) == (4 if study.kind == "nanogpt" else 2)
+    for row in rows:
+        assert f"| {row['label']} |" in readme
+        assert row["machine"] and row["measured_at"]
+    assert (out / "bars.png").stat().st_size > 1000
+    if study.curves:
+        assert (out / "curves.png").stat().st_size > 1000
+    assert "## What it shows\n\n- " in readme
+
+
+def test_positions_rows_hold_the_longer_lengths(folders: tuple[Path, Path]) -> None:
+    assert _run("positions", folders) == 0
+    rows = {
+        r["label"]: r
+        for r in map(
+            json.loads, (folders[1] / "positions/raw/results.jsonl").read_text().splitlines()
+        )
+    }
+    assert rows["learned"]["val_loss_2x"] is None  # a learned table cannot go beyond
+    assert all(isinstance(rows["rope"][f"val_loss_{k}x"], float) for k in (1, 2, 4))
+
+
+def test_a_rerun_skips_finished_configs_and_resumes_a_half_finished_one(
+    folders: tuple[Path, Path],
+) -> None:
+    assert _run("schedules", folders) == 0
+    base = folders[0] / "schedules" / "smoke"
+    done, half = base / "cosine", base / "wsd"
+    stamp = (done / "summary.json").stat().st_mtime_ns
+    # Make `wsd` half-finished: only its step-2 checkpoint remains, as after a kill at step 3.
+    for name in ("summary.json", "status.json", "final.json"):
+        (half / name).unlink()
+    shutil.rmtree(half / "checkpoints" / "4")
+    assert _run("schedules", folders) == 0
+    assert (done / "summary.json").stat().st_mtime_ns == stamp
+    status = json.loads((half / "status.json").read_text())
+    assert status["resumed"] is True and status["exit"] == 0
+    assert json.loads((half / "final.json").read_text())["step"] == 4

@@ -3,7 +3,8 @@
 A small GPT-2 is written as a HF checkpoint folder (config.json + model.safetensors); the trainer
 fine-tunes it on Shakespeare with the GPT-2 tokenizer for one step at a negligible learning rate,
 so the saved parameters must equal the HF weights (to 1e-6), the architecture comes from the
-checkpoint (not the tiny config) while decoding settings apply, and ``--profile-steps`` writes a jax.profiler trace.
+checkpoint (not the tiny config) while decoding settings apply, and ``--profile-steps`` writes a
+jax.profiler trace.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@
   microbatches and devices in another order; a leaf whose true gradient is zero, like the
   attention key bias, is compared with the absolute term).
 * The trainer with ``mesh.pipeline=2`` logs the losses of the same run without it (1e-5 relative,
-  as the data-parallel test), for ``tiny`` (GPT-2) and a scaled-down ``llama_small``, and a checkpoint saved on the pipeline mesh resumes on a plain mesh
-  and back (tjx-ckpt's resharding restore) with the uninterrupted run's losses.
+  as the data-parallel test), for ``tiny`` (GPT-2) and a scaled-down ``llama_small``, and a
+  checkpoint saved on the pipeline mesh resumes on a plain mesh and back (tjx-ckpt's resharding
+  restore) with the uninterrupted run's losses.
 * Bad pipeline settings: one error line, exit status 2, nothing written.
 """
 

@@ -11,6 +11,7 @@ The handlers write straight to file descriptor 2: a signal can land while the ma
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -65,14 +66,15 @@ class StopFlag:
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
         again = "; Ctrl-C again stops at once" if signum == signal.SIGINT else ""
-        _say(f"trainer: {self.signal_name}: stopping after this step and saving a checkpoint{again}")
+        _say(
+            f"trainer: {self.signal_name}: stopping after this step and saving a checkpoint{again}"
+        )
 
 
 def _end_process(run_dir: Path) -> None:
-    try:
+    # The signal may land inside a stdout write: then that line is lost, not the exit.
+    with contextlib.suppress(RuntimeError):
         sys.stdout.flush()
-    except RuntimeError:  # the signal landed inside a stdout write: that line is lost, not the exit
-        pass
     os._exit(interrupted_exit(run_dir))
 
 

@@ -64,8 +64,11 @@ def test_parse_profile_rejects(text):
         (["--config", "llama_small", "--init-from", "gpt2"], "model.kind must be 'gpt2'"),
         (["--config", "gpt2_small", "--init-from", "./nowhere"], "neither a folder nor a hub"),
         (
-            ["--config", "gpt2_small", "--init-from", "gpt2", "--set", "model.attention_type=mla"]
-            + ["--set", "model.kv_latent_dim=8", "--set", "model.use_bias=false"],
+            [
+                *["--config", "gpt2_small", "--init-from", "gpt2"],
+                *["--set", "model.attention_type=mla", "--set", "model.kv_latent_dim=8"],
+                *["--set", "model.use_bias=false"],
+            ],
             "model.attention_type 'mla', model.use_bias False cannot apply",
         ),
         (

@@ -52,7 +52,9 @@ def auto_chunk_size(num_tokens: int, vocab_size: int) -> int:
         A positive chunk size for `chunked_cross_entropy`.
     """
     if num_tokens < 0 or vocab_size < 1:
-        raise ValueError(f"auto_chunk_size needs tokens >= 0 and vocab >= 1, got {num_tokens}, {vocab_size}")
+        raise ValueError(
+            f"auto_chunk_size needs tokens >= 0 and vocab >= 1, got {num_tokens}, {vocab_size}"
+        )
     floor = max(1, AUTO_MIN_CHUNK_BYTES // (4 * vocab_size))
     return max(1, -(-num_tokens // AUTO_MIN_CHUNKS), floor)
 
@@ -172,10 +174,11 @@ def chunked_cross_entropy(
         Other labels must lie in ``[0, vocab)``.
     chunk_size : int, optional
         Tokens per scan step (positive); ``None`` (the default) takes `auto_chunk_size` of the
-        shape, which keeps the logits alive at once within 1/8 of the full logits. Every step takes ``max(1, chunk_size // rows)`` positions
-        of the last axis from every row (``rows`` = product of the other leading axes, kept whole
-        so a batch-sharded input stays sharded), so peak extra memory is about
-        ``max(chunk_size, rows) * vocab`` float32. The last axis is padded with ignored tokens.
+        shape, which keeps the logits alive at once within 1/8 of the full logits. Every step
+        takes ``max(1, chunk_size // rows)`` positions of the last axis from every row (``rows``
+        = product of the other leading axes, kept whole so a batch-sharded input stays sharded),
+        so peak extra memory is about ``max(chunk_size, rows) * vocab`` float32. The last axis
+        is padded with ignored tokens.
     ignore_index : int
         Label value excluded from the loss and the counts.
     z_loss : float

@@ -196,11 +196,12 @@ def decoding_model(run: Any, sparse_top_k: int | None) -> Any:
 
 
 def _generate(run: Any, args: argparse.Namespace) -> None:
-    from tjx import nn
-
-    ids = run.tokenizer.encode_batch([args.generate])[0] or [run.tokenizer.eos_id]
     import numpy as np
 
+    from tjx import data, nn
+
+    # [1, n] int32; an empty prompt is the EOS id alone (a model continues from a token).
+    ids, _ = data.encode_prompts(run.tokenizer, [args.generate])
     max_len = int(run.nn_config.max_seq_len)
     model = decoding_model(run, args.sparse_top_k)
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
@@ -208,18 +209,16 @@ def _generate(run: Any, args: argparse.Namespace) -> None:
         new = max(1, min(args.max_new_tokens, max_len - 1))
         tail = nn.generate_seq2seq(
             model,
-            np.asarray([ids], np.int32),
-            decoder_prompts=np.asarray([ids[-1:]], np.int32),  # the last source token starts it
+            ids,
+            decoder_prompts=ids[:, -1:],  # the last source token starts it
             max_new_tokens=new,
             seed=args.seed,
             **sampling,
         )
-        out = np.concatenate([np.asarray([ids[:-1]], np.int32), np.asarray(tail)], axis=1)
+        out = np.concatenate([ids[:, :-1], np.asarray(tail)], axis=1)
     else:
-        new = max(1, min(args.max_new_tokens, max_len - len(ids)))
-        out = nn.generate(
-            model, np.asarray([ids], np.int32), max_new_tokens=new, seed=args.seed, **sampling
-        )
+        new = max(1, min(args.max_new_tokens, max_len - ids.shape[1]))
+        out = np.asarray(nn.generate(model, ids, max_new_tokens=new, seed=args.seed, **sampling))
     how = "greedy" if args.temperature == 0 else f"temperature {args.temperature:g}"
     how += "".join(
         f", {name} {value:g}"

@@ -7,6 +7,7 @@ encoder-decoder), the same code the trainer's evaluation runs.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +81,8 @@ def evaluate(
     step = make_step(model, mlm_key=mlm_key, mlm_prob=mlm_prob, seq2seq=seq2seq)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     acc = metrics.MetricAccumulator()
-    for i, batch in enumerate(data.validation_batches(shard_dir, seq_len, batch_size)):
-        if max_batches is not None and i >= max_batches:
-            break
+    batches = data.validation_batches(shard_dir, seq_len, batch_size)
+    for batch in itertools.islice(batches, max_batches):  # None: all of them
         acc.update_stats(step(params, {k: jnp.asarray(v) for k, v in batch.items()}))
     if acc.num_tokens == 0:
         raise ValueError(

@@ -110,26 +110,12 @@ def load_run(run_dir: Path, step: int | None = None) -> LoadedRun:
     # tjx.ckpt picks the step: with none given, the newest that reads back intact (a corrupt
     # newer one is skipped with a warning naming it), as the trainer's --resume does.
     step, restored = ckpt.restore_params_and_step(run_dir / "checkpoints", target=target, step=step)
-    rest = jax_materialize(rest)
-    model = nnx.merge(graphdef, restored, rest)
+    # The RNG streams are unused in evaluation; concrete stand-ins let the model merge.
+    model = nnx.merge(graphdef, restored, nn.concrete_state(rest))
     # Image runs have no tokenizer: null, or "none" in data.json written before that was fixed.
     spec = info.get("tokenizer")
     tokenizer = data.load_tokenizer(spec) if spec and spec != "none" else None
     return LoadedRun(run_dir, config, info, nn_config, model, int(step), tokenizer)
-
-
-def jax_materialize(rest: Any) -> Any:
-    """Concrete zeros/keys for the model's non-parameter state (RNG streams; unused in eval)."""
-    import jax
-
-    def one(x: Any) -> Any:
-        if isinstance(x, jax.ShapeDtypeStruct):
-            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-                return jax.random.key(0)
-            return jnp.zeros(x.shape, x.dtype)
-        return x
-
-    return jax.tree.map(one, rest)
 
 
 def heldout_dir(run: LoadedRun, source: str | None) -> tuple[Path, float | None]:

@@ -106,7 +106,7 @@ def train_loader(bundle: DataBundle, cfg: Config) -> Any:
 
     assert bundle.train_dir is not None
     # Each process reads its own rows of every global batch (disjoint, complete across hosts);
-    # `to_global` assembles them into one array on the mesh.
+    # `tjx.parallel.place_batch` assembles them into one array on the mesh.
     try:
         return data.PackedLoader(
             bundle.train_dir,
@@ -137,16 +137,6 @@ def restore_loader(loader: Any, state: dict[str, Any]) -> None:
     if "process_index" in state:
         state = {**state, "process_index": jax.process_index()}
     loader.load_state_dict(state)
-
-
-def to_global(batch: Any, mesh: Any) -> Any:
-    """A host batch as one array on the mesh: sharded directly in a single process, assembled
-    from every process's local rows in a multi-host run."""
-    from tjx import parallel
-
-    if jax.process_count() == 1:
-        return parallel.shard_batch(batch, mesh)
-    return parallel.host_local_to_global(batch, mesh)
 
 
 def val_batches(bundle: DataBundle, cfg: Config, max_batches: int | None) -> Iterator[Any]:

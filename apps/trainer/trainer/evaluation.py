@@ -25,13 +25,13 @@ def evaluate(setup: Any, params: Any, bundle: Any, cfg: Config) -> dict[str, flo
     """Metrics over the first ``train.eval_batches`` validation batches (always the same ones):
     tjx-metrics' token-weighted ``loss``, ``perplexity``, ``bits_per_token``, ``top{k}``,
     ``num_tokens`` and, for text, ``bits_per_byte``."""
-    from tjx import metrics
+    from tjx import metrics, parallel
     from trainer import data_setup
 
     step = _eval_step(setup, cfg)
     acc = metrics.MetricAccumulator()
     for batch in data_setup.val_batches(bundle, cfg, cfg.train.eval_batches):
-        acc.update_stats(step(params, data_setup.to_global(batch, setup.mesh)))
+        acc.update_stats(step(params, parallel.place_batch(batch, setup.mesh)))
     if acc.num_tokens == 0:
         raise ValueError("validation data is empty: no batch of the configured size fits")
     task = tasks.for_config(cfg)

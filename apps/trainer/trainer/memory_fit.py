@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# peak_bytes and available_bytes are tjx-metrics'; imported here by name, as tools/ use them.
 from tjx.metrics import GIB, available_bytes, peak_bytes
 from trainer import tasks
 from trainer.config import Config, build_config
@@ -47,21 +46,8 @@ def abstract_step(cfg: Config, vocab_size: int) -> tuple[Any, Any, Any]:
     b, s = cfg.data.batch_size, cfg.data.seq_len
     keys = ("inputs", "targets", "segment_ids", "positions")
     batch = {k: jax.ShapeDtypeStruct((b, s), jnp.int32) for k in keys}
-    step = jax.jit(make_train_step(graphdef, _concrete(rest), tx, cfg), donate_argnums=(0,))
+    step = jax.jit(make_train_step(graphdef, nn.concrete_state(rest), tx, cfg), donate_argnums=(0,))
     return step, state, batch
-
-
-def _concrete(rest: Any) -> Any:
-    """Concrete stand-ins for the abstract non-parameter state (RNG keys, counters)."""
-
-    def one(x: Any) -> Any:
-        if not isinstance(x, jax.ShapeDtypeStruct):
-            return x
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return jax.random.key(0)
-        return jnp.zeros(x.shape, x.dtype)
-
-    return jax.tree.map(one, rest)
 
 
 def step_peak(cfg: Config, vocab_size: int) -> int:

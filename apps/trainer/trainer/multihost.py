@@ -11,23 +11,22 @@ Two ways a multi-host launch goes wrong silently or loudly enough to confuse:
 * Processes that disagree: jax uses process 0's count, so a process told ``--num-processes 3`` in a
   run of 2 joins without complaint; a different ``--set`` on one host trains another model and
   hangs or diverges later. After joining, every process compares what it was told with the
-  others' (one tiny all-gather) and all exit 2 together, naming what differs.
+  others' (``tjx.parallel.process_values``: one tiny all-gather) and all exit 2 together,
+  naming what differs.
 
 A preemption signal during the run is acted on by all processes at the same step boundary
-(:mod:`trainer.stop_agreement`); jax's own preemption service is turned off here (see ``join``).
+(``tjx.parallel.stop_agreement``); jax's own preemption service is turned off here (see ``join``).
 A peer that dies mid-run ends the others within seconds, each with one line (:func:`watch`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml  # type: ignore[import-untyped]
 
 from trainer import rundir
@@ -79,13 +78,6 @@ def join(dist: Distributed, config: dict[str, Any], *, resume: bool, init_from: 
         f"start every process with the same --coordinator and --num-processes and its own "
         f"--process-id in 0..{info.num_processes - 1}, or raise --init-timeout"
     )
-    # jax's preemption service (on by default) catches SIGTERM in C++ and only records it: a
-    # signal before the loop installs the trainer's handler would be swallowed and the run would
-    # go on to the end. The trainer agrees on stopping itself (trainer/stop_agreement.py), so
-    # without the service a signal before the loop ends the process, as in a one-process run.
-    import jax
-
-    jax.config.update("jax_enable_preemption_service", False)
     try:
         parallel.initialize(
             info.coordinator,
@@ -93,6 +85,9 @@ def join(dist: Distributed, config: dict[str, Any], *, resume: bool, init_from: 
             info.process_id,
             timeout_s=dist.timeout_s,
             timeout_message=f"trainer: error: {expected}",
+            # The trainer agrees on stopping itself (tjx.parallel.stop_agreement); jax's service
+            # would swallow a SIGTERM that arrives before the loop installs its handler.
+            preemption_service=False,
         )
     except (RuntimeError, ValueError) as err:
         raise JoinError(f"{expected}: {str(err).strip().splitlines()[0]}", 1) from None
@@ -100,41 +95,34 @@ def join(dist: Distributed, config: dict[str, Any], *, resume: bool, init_from: 
     return info
 
 
-def _digest_words(text: str) -> list[int]:
-    """128 bits of sha256 as four int32 words (all-gathered as one small array)."""
-    raw = hashlib.sha256(text.encode()).digest()[:16]
-    return [int(w) for w in np.frombuffer(raw, dtype=np.int32)]
-
-
 def _check_agreement(
     num_processes: int, config: dict[str, Any], *, resume: bool, init_from: str | None
 ) -> None:
     import jax
-    from jax.experimental import multihost_utils
 
-    mine = np.asarray(
-        [
-            num_processes,
-            int(resume),
-            *_digest_words(init_from or ""),
-            *_digest_words(yaml.safe_dump(config, sort_keys=True)),
-        ],
-        dtype=np.int32,
+    from tjx import parallel
+
+    told = parallel.process_values(
+        {
+            "num_processes": num_processes,
+            "resume": resume,
+            "init_from": init_from or "",
+            "config": yaml.safe_dump(config, sort_keys=True),
+        }
     )
-    rows = np.asarray(multihost_utils.process_allgather(mine))  # [process_count, fields]
     problems = []
-    if (rows[:, 0] != jax.process_count()).any():
-        told = ", ".join(f"process {i}: {n}" for i, n in enumerate(rows[:, 0]))
+    if any(n != jax.process_count() for n in told["num_processes"]):
+        each = ", ".join(f"process {i}: {n}" for i, n in enumerate(told["num_processes"]))
         problems.append(
             f"--num-processes: the run has {jax.process_count()} processes but they were told "
-            f"{told}"
+            f"{each}"
         )
-    if (rows[:, 1] != rows[0, 1]).any():
+    if len(set(told["resume"])) > 1:
         problems.append("--resume: given to some processes only")
-    if (rows[:, 2:6] != rows[0, 2:6]).any():
+    if len(set(told["init_from"])) > 1:
         problems.append("--init-from: differs between processes")
-    if (rows[:, 6:] != rows[0, 6:]).any():
-        differ = [i for i in range(len(rows)) if (rows[i, 6:] != rows[0, 6:]).any()]
+    differ = [i for i, digest in enumerate(told["config"]) if digest != told["config"][0]]
+    if differ:
         problems.append(
             f"config: process(es) {differ} have another effective config than process 0 "
             "(compare the configs they printed)"

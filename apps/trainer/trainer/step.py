@@ -15,20 +15,12 @@ import jax
 import optax
 from flax import nnx
 
+from tjx.nn import reseed
 from trainer import tasks
 from trainer.config import Config
 
 Batch = dict[str, jax.Array]
 State = dict[str, Any]
-
-
-def _is_key(x: Any) -> bool:
-    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def reseed(rest: Any, step: jax.Array) -> Any:
-    """Every RNG key of the model's non-parameter state folded with ``step``."""
-    return jax.tree.map(lambda x: jax.random.fold_in(x, step) if _is_key(x) else x, rest)
 
 
 def make_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Callable[..., Any]:

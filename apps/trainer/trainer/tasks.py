@@ -95,7 +95,7 @@ class Task:
         self, model: Any, batch: Batch, key: jax.Array, cfg: Config, *, deterministic: bool
     ) -> tuple[jax.Array, Aux]:
         """(mean loss, aux sums) of one batch; ``key`` draws what the task itself randomises."""
-        del key  # dropout keys come from the model's own RNG streams (trainer.step.reseed)
+        del key  # dropout keys come from the model's own RNG streams (trainer.step: tjx.nn.reseed)
         hidden = model(
             batch["inputs"],
             positions=batch.get("positions"),

@@ -53,7 +53,7 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
     # host builds and transfers the next batch while the device runs this step. The resume state
     # is still that of the batches handed to the step (tjx.data's DevicePrefetcher).
     loader = data.prefetch_to_device(
-        loader, size=2, put=functools.partial(data_setup.to_global, mesh=setup.mesh)
+        loader, size=2, put=functools.partial(parallel.place_batch, mesh=setup.mesh)
     )
     manager = ckpt.CheckpointManager(
         run_dir / rundir.CHECKPOINTS_DIR,
@@ -137,14 +137,14 @@ class Training:
     def loop(self) -> int:
         """Every step from ``start`` to ``train.steps``, unless stopped; the exit code."""
         from tjx.metrics import DivergenceGuard, progress_bar
+        from tjx.parallel import stop_agreement
         from trainer.signals import stop_on_signals
-        from trainer.stop_agreement import for_this_run
 
         cfg, plan, start, total = self.cfg, self.plan, self.start, self.cfg.train.steps
         step_fn = self._compile()
         # Several processes stop together: a signal on any of them stops all at the same
         # boundary (one host-side exchange per step); one process decides alone.
-        agreement = for_this_run()
+        agreement = stop_agreement("trainer/stop")
         guard = DivergenceGuard(
             cfg.train.max_bad_steps, limit_name="train.max_bad_steps", advice=DIVERGED_ADVICE
         )

@@ -73,7 +73,7 @@ def largest_batch(
 def run(sec: Section, smoke: bool, meta: dict[str, Any], deadline: float) -> None:
     """Throughput (pallas, auto), medium/large fit, largest batch and its throughput, in that
     order of importance; what would start after ``deadline`` is skipped and said so."""
-    from trainer.memory_fit import available_bytes
+    from tjx.metrics import available_bytes
 
     plan = _plan(smoke)
     sets = [*STEP_SETS, *plan["sets"]]

@@ -98,12 +98,6 @@ def test_agreement_names_a_wrong_process_count():
     assert "the run has 1 processes but they were told process 0: 2" in str(exc.value)
 
 
-def test_digest_words_tell_configs_apart():
-    a = multihost._digest_words("model: {d_model: 64}")
-    assert a == multihost._digest_words("model: {d_model: 64}") and len(a) == 4
-    assert a != multihost._digest_words("model: {d_model: 65}")
-
-
 def test_any_process_resumes_from_process_0s_loader_state(tmp_path, monkeypatch):
     from tjx import data
 
@@ -132,25 +126,21 @@ def test_any_process_resumes_from_process_0s_loader_state(tmp_path, monkeypatch)
         loader(1).load_state_dict(saved)  # what the loop did before: every resume failed
 
 
-def test_join_turns_off_jax_preemption_service_before_initialize(no_dist_env, monkeypatch):
+def test_join_turns_off_jax_preemption_service(no_dist_env, monkeypatch):
     # Its C++ SIGTERM handler would swallow a signal that arrives before the loop; the trainer
-    # agrees on stopping itself (trainer.stop_agreement).
-    import jax
-
+    # agrees on stopping itself (tjx.parallel.stop_agreement). tjx-parallel's own test checks
+    # that initialize turns it off before joining.
     from tjx import parallel
 
     seen = {}
 
     def fake_initialize(*args, **kwargs):
-        seen["service"] = jax.config.jax_enable_preemption_service
+        seen["service"] = kwargs["preemption_service"]
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(parallel, "initialize", fake_initialize)
-    try:
-        with pytest.raises(multihost.JoinError):
-            multihost.join(Distributed("127.0.0.1:5", 2, 0, 30.0), {}, resume=False, init_from=None)
-    finally:
-        jax.config.update("jax_enable_preemption_service", True)
+    with pytest.raises(multihost.JoinError):
+        multihost.join(Distributed("127.0.0.1:5", 2, 0, 30.0), {}, resume=False, init_from=None)
     assert seen == {"service": False}
 
 

@@ -11,7 +11,7 @@ from flax import nnx
 from trainer.config import build_config
 from trainer.model_build import describe_nn_config, nn_config
 from trainer.state import build
-from trainer.step import make_eval_step, reseed
+from trainer.step import make_eval_step
 from trainer.tasks import token_loss
 
 SMALL = {
@@ -62,15 +62,6 @@ def test_chunked_and_plain_losses_agree_with_float64(model, z_loss):
         assert float(out["sum_loss"]) == pytest.approx(ce[mask].sum(), rel=1e-5)
         assert int(out["num_tokens"]) == mask.sum()
         assert int(out["num_correct"]) == (logits.argmax(-1) == targets)[mask].sum()
-
-
-def test_reseed_changes_keys_per_step_only():
-    rest = {"key": jax.random.key(3), "count": jnp.asarray(5, jnp.uint32)}
-    a, b = reseed(rest, jnp.asarray(1)), reseed(rest, jnp.asarray(2))
-    assert int(a["count"]) == 5
-    ka, kb = jax.random.key_data(a["key"]), jax.random.key_data(b["key"])
-    assert not np.array_equal(ka, kb)
-    np.testing.assert_array_equal(ka, jax.random.key_data(reseed(rest, jnp.asarray(1))["key"]))
 
 
 def test_train_step_lowers_loss_and_accumulation_matches_one_batch():

@@ -82,6 +82,14 @@ def test_initialize_passes_timeouts_and_explains_failure(monkeypatch: pytest.Mon
     assert seen["initialization_timeout"] == 12 + 10 and seen["heartbeat_timeout_seconds"] == 4
     assert seen["coordinator_address"] == "h:7" and seen["process_id"] == 1
     assert updates == [("jax_cpu_collectives_implementation", "gloo")]
+    updates.clear()
+    with pytest.raises(RuntimeError, match="could not join"):
+        initialize("h:7", 2, 1, timeout_s=12, preemption_service=False)
+    # Off before jax.distributed starts it (its C++ SIGTERM handler would swallow a signal).
+    assert updates == [
+        ("jax_enable_preemption_service", False),
+        ("jax_cpu_collectives_implementation", "gloo"),
+    ]
 
 
 @pytest.mark.parametrize("custom", [None, "app: error: start every process with --coordinator"])

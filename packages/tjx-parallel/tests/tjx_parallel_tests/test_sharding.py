@@ -18,6 +18,7 @@ from tjx.parallel import (
     logical_specs,
     logical_to_sharding,
     make_mesh,
+    place_batch,
     rules,
     shard_batch,
     shard_init,
@@ -154,3 +155,20 @@ def test_with_logical_constraint_inside_jit(mesh) -> None:
     y = f(x)
     assert y.sharding.spec == P(("data", "fsdp"), None, "tensor")
     np.testing.assert_allclose(np.asarray(y), 2 * np.asarray(x))
+
+
+def test_place_batch_one_process_or_many(mesh, monkeypatch) -> None:
+    import tjx.parallel.sharding as sharding
+
+    rng = np.random.default_rng(5)
+    batch = {"inputs": rng.integers(0, 99, (8, 5)).astype(np.int32), "scale": np.float32(0.5)}
+    placed = place_batch(batch, mesh)  # one process: the global batch, scalars replicated
+    assert placed["inputs"].sharding == batch_sharding(mesh, 2)
+    assert placed["scale"].sharding.is_fully_replicated
+    np.testing.assert_array_equal(np.asarray(placed["inputs"]), batch["inputs"])
+    with pytest.raises(ValueError, match="6 is not divisible"):
+        place_batch({"inputs": np.zeros((6, 2))}, mesh)
+    calls = []
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(sharding, "host_local_to_global", lambda b, m: calls.append((b, m)) or b)
+    assert place_batch(batch, mesh) is batch and calls == [(batch, mesh)]

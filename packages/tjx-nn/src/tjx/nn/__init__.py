@@ -37,6 +37,7 @@ from tjx.nn.losses import (
     mlm_mask,
 )
 from tjx.nn.mlp import MLP
+from tjx.nn.model_state import concrete_state, is_key, reseed
 from tjx.nn.norms import LayerNorm, RMSNorm
 from tjx.nn.params import LOGICAL_AXES, make_param
 from tjx.nn.params_io import get_flat_params, set_flat_params
@@ -86,6 +87,7 @@ __all__ = [
     "apply_rope",
     "build_model",
     "classification_loss",
+    "concrete_state",
     "config_param_count",
     "contrastive_loss",
     "count_params",
@@ -97,6 +99,7 @@ __all__ = [
     "get_flat_params",
     "gpt2_config",
     "init_cache",
+    "is_key",
     "kv_cache_bytes",
     "load_hf_gpt2",
     "make_param",
@@ -104,6 +107,7 @@ __all__ = [
     "matmul_param_count",
     "mlm_mask",
     "remat_policy",
+    "reseed",
     "residual_std",
     "sample_logits",
     "save_hf_gpt2",

@@ -148,6 +148,7 @@ def initialize(
     local_device_ids: Sequence[int] | None = None,
     cpu_collectives: str | None = "gloo",
     timeout_message: str | None = None,
+    preemption_service: bool | None = None,
 ) -> DistributedInfo:
     """Start ``jax.distributed`` when more than one process takes part; call before any JAX op.
 
@@ -174,6 +175,11 @@ def initialize(
         CPU cross-process collectives ("gloo" works with jax 0.10); ``None`` leaves jax's default.
     timeout_message : str, optional
         The line the watchdog prints instead of the default (e.g. an app's own flags and hint).
+    preemption_service : bool, optional
+        ``False`` turns jax's preemption service off: on by default, it catches SIGTERM in C++
+        and only records it, so a signal before the app installs its own handler is swallowed
+        and the run goes on to the end. An app that agrees on stopping itself
+        (:func:`tjx.parallel.stop_agreement`) wants it off. ``None`` leaves jax's setting.
 
     Returns
     -------
@@ -187,6 +193,8 @@ def initialize(
     info = resolve_distributed(coordinator, num_processes, process_id)
     if info.num_processes == 1:
         return info
+    if preemption_service is not None:
+        jax.config.update("jax_enable_preemption_service", preemption_service)
     if cpu_collectives is not None:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     failure = (

@@ -23,6 +23,7 @@ __all__ = [
     "host_local_to_global",
     "logical_specs",
     "logical_to_sharding",
+    "place_batch",
     "shard_batch",
     "shard_init",
     "state_shardings",
@@ -290,6 +291,34 @@ def host_local_to_global(batch: T, mesh: Mesh) -> T:
         return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
 
     return jax.tree_util.tree_map_with_path(one, batch)  # type: ignore[no-any-return]
+
+
+def place_batch(batch: T, mesh: Mesh) -> T:
+    """This host's batch as global arrays on the mesh, in a run of one process or of many.
+
+    One process: :func:`shard_batch` (the host's batch is the global batch; scalars replicated).
+    Several: :func:`host_local_to_global` (each process passes its own rows). A loop that feeds
+    its batches through this one call runs unchanged on one host and on many.
+
+    Parameters
+    ----------
+    batch : pytree
+        This process's rows (numpy or jax arrays, leading dim = the batch on this process).
+    mesh : Mesh
+
+    Returns
+    -------
+    pytree
+        Same structure, global ``jax.Array``s sharded over ``("data", "fsdp")``.
+
+    Raises
+    ------
+    ValueError
+        A global batch not divisible by ``data * fsdp``; with several processes, a scalar leaf.
+    """
+    if jax.process_count() == 1:
+        return shard_batch(batch, mesh)
+    return host_local_to_global(batch, mesh)
 
 
 def with_logical_constraint(

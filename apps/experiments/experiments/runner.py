@@ -122,41 +122,12 @@ def finish_row(study: Study, spec: RunSpec, run_dir: Path, scale: str) -> Row:
 
 @contextmanager
 def study_progress(title: str, total: int) -> Iterator[Callable[[str, int], None]]:
-    """A bar across a study's configs (rich, on a terminal; plain lines elsewhere); yields
-    ``note(text, done)``."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    """A bar across a study's configs (tjx-metrics' bar: live on a terminal, plain lines
+    elsewhere); yields ``note(text, done)``."""
+    from tjx.metrics import progress_bar
 
-    console = Console(highlight=False)
-    if not console.is_terminal:
-
-        def line(text: str, done: int) -> None:
-            console.print(f"[{title} {done}/{total}] {text}", markup=False)
-
-        yield line
-        return
-    with Progress(
-        TextColumn(f"[bold]{title}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[now]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    ) as progress:
-        task = progress.add_task(title, total=total, now="")
-
-        def bar(text: str, done: int) -> None:
-            progress.update(task, completed=done, now=text)
-
-        yield bar
+    with progress_bar(0, total, label=title) as bar:
+        yield lambda text, done: bar.update(done, text=text)
 
 
 def run_study(study: Study, scale: str, runs_dir: Path) -> list[tuple[RunSpec, Path, Row]]:

@@ -37,3 +37,13 @@ def test_live_bar_on_a_terminal_shows_label_steps_and_loss():
         bar.note("a note")
     text = file.getvalue()
     assert "finetune" in text and "6/9" in text and "loss 1.5000" in text and "a note" in text
+
+
+def test_a_bar_over_other_things_shows_text_instead_of_a_loss():
+    """A study's bar counts configs: ``update(i, text=...)`` prints the text where a run's loss
+    would stand (no rich markup is interpreted in it)."""
+    console = Console(record=True, width=120, force_terminal=False)
+    with progress_bar(0, 5, label="positions", console=console) as bar:
+        bar.update(2, text="[rope] done")
+    out = console.export_text()
+    assert "[2/5] [rope] done  elapsed 0:00  ETA 0:00" in out and "loss" not in out

@@ -26,7 +26,8 @@ __all__ = ["ProgressBar", "progress_bar"]
 
 
 class ProgressBar:
-    """Progress of a run: ``update(step, loss)``, ``note(text)``; made by :func:`progress_bar`."""
+    """Progress of a run: ``update(step, loss)`` (or ``update(i, text=...)`` for any other
+    count, e.g. a study's configs), ``note(text)``; made by :func:`progress_bar`."""
 
     def __init__(
         self, progress: Progress | None, task: Any, console: Console, start: int, total: int
@@ -37,17 +38,20 @@ class ProgressBar:
         self._start, self._total = start, total
         self._t0 = time.perf_counter()
 
-    def update(self, step: int, loss: float) -> None:
-        """Move the bar to ``step`` and show the latest loss (a plain line when not a terminal)."""
+    def update(self, step: int, loss: float | None = None, *, text: str | None = None) -> None:
+        """Move the bar to ``step`` and show the latest loss, or ``text`` (a plain line when not
+        a terminal)."""
+        status = text if text is not None else "" if loss is None else f"loss {loss:.4f}"
         if self._progress is not None:
-            self._progress.update(self._task, completed=step, loss=f"{loss:.4f}")
+            self._progress.update(self._task, completed=step, status=status)
             return
         done = step - self._start
         elapsed = time.perf_counter() - self._t0
         eta = elapsed / max(done, 1) * (self._total - step)
         self._console.print(
-            f"[{step}/{self._total}] loss {loss:.4f}  elapsed {_clock(elapsed)}  ETA {_clock(eta)}",
+            f"[{step}/{self._total}] {status}  elapsed {_clock(elapsed)}  ETA {_clock(eta)}",
             highlight=False,
+            markup=False,
         )
 
     def note(self, text: str) -> None:
@@ -90,14 +94,14 @@ def progress_bar(
         TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=console,
     )
     with progress:
-        task = progress.add_task(label, total=total, completed=start, loss="-")
+        task = progress.add_task(label, total=total, completed=start, status="")
         yield ProgressBar(progress, task, console, start, total)
 
 

@@ -87,8 +87,11 @@ def _check_fits_gpt2_weights(cfg: Config) -> None:
     scheme, no biases) cannot apply, and dropping it silently would train something else than asked.
     """
     m = cfg.model
-    gpt2_own = (("position", m.position, "learned"), ("attention_type", m.attention_type, "mha"))
-    gpt2_own += (("use_bias", m.use_bias, True),)
+    gpt2_own: tuple[tuple[str, object, object], ...] = (
+        ("position", m.position, "learned"),
+        ("attention_type", m.attention_type, "mha"),
+        ("use_bias", m.use_bias, True),
+    )
     clashes = [f"model.{k} {v!r}" for k, v, own in gpt2_own if v is not None and v != own]
     if clashes:
         raise ConfigError(

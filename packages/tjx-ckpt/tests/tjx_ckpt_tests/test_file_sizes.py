@@ -113,7 +113,7 @@ def test_every_data_file_truncated_is_one_short_error_and_no_noise(
     err = restore_error(tmp_path, how, layers=LAYERS)
 
     assert array_reads == []  # refused from the sizes alone, before orbax read any array
-    assert_quiet(capfd, caplog)
+    assert_quiet(capfd, caplog, tmp_path)
     message = str(err)
     assert len(message) < 1000 and "\n" not in message, message
     assert message.startswith(f"no readable checkpoint in {tmp_path}: step 30: "), message
@@ -143,7 +143,7 @@ def test_truncated_newest_step_falls_back_exactly(
     step, tree, caught = restore_newest(tmp_path, how, layers=LAYERS)
 
     assert array_reads == [1]
-    assert_quiet(capfd, caplog)
+    assert_quiet(capfd, caplog, tmp_path)
     assert step == 1
     assert_bit_exact(tree, saved(how, 1, layers=LAYERS))
     assert_one_skip_warning(caught, 2, " (truncated), ")

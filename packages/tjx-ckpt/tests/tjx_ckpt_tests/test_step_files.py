@@ -55,7 +55,7 @@ def test_missing_ocdbt_manifest_is_skipped_without_tracebacks(
 
     step, tree, caught = restore_newest(tmp_path, how, layers=layers)
 
-    assert_quiet(capfd, caplog)
+    assert_quiet(capfd, caplog, tmp_path)
     assert step == 1
     assert_bit_exact(tree, saved(how, 1, layers=layers))
     assert_one_skip_warning(caught, 2, "state/manifest.ocdbt is missing")
@@ -81,7 +81,7 @@ def test_broken_step_metadata_is_corruption(
         assert step == 1
         assert_bit_exact(tree, saved(how, 1))
         assert_one_skip_warning(caught, 2, "_CHECKPOINT_METADATA is ")
-    assert_quiet(capfd, caplog)
+    assert_quiet(capfd, caplog, tmp_path)
 
 
 def test_every_step_metadata_broken_is_one_error_naming_the_folder(tmp_path: Path) -> None:

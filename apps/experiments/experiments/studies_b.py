@@ -42,6 +42,11 @@ def memory_runs(scale: str) -> list[RunSpec]:
     return runs
 
 
+def _setting(row: Row, shape: str) -> str:
+    """A memory row's label without its model shape: ``remat full, chunked CE, accum 1``."""
+    return str(row["label"]).removeprefix(f"{shape}, ")
+
+
 def memory_conclude(rows: list[Row], scale: str) -> list[str]:
     out = []
     for shape in dict.fromkeys(r["group"] for r in rows):
@@ -50,9 +55,9 @@ def memory_conclude(rows: list[Row], scale: str) -> list[str]:
         fast = best(mine, "step_s")
         if lo and fast:
             out.append(
-                f"{shape}: peak {hi['peak_mib']:.0f} MiB ({hi['label'].split(', ', 1)[1]}) "
-                f"down to {lo['peak_mib']:.0f} MiB ({lo['label'].split(', ', 1)[1]}); "
-                f"fastest step {fast['step_s']:.3f} s ({fast['label'].split(', ', 1)[1]})."
+                f"{shape}: peak {hi['peak_mib']:.0f} MiB ({_setting(hi, shape)}) "
+                f"down to {lo['peak_mib']:.0f} MiB ({_setting(lo, shape)}); "
+                f"fastest step {fast['step_s']:.3f} s ({_setting(fast, shape)})."
             )
     out.append(
         "On a CPU, XLA undoes remat in unrolled stacks; these are scanned (model.scan_layers)."

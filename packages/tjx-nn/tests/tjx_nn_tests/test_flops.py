@@ -119,3 +119,11 @@ def test_flops_errors():
         tnn.flops_per_token(tnn.EncoderDecoderConfig(**TINY), 8, src_len=0)
     with pytest.raises(ValueError, match="num_patches"):
         tnn.flops_per_token(tnn.ViTConfig(**VIT), 16)
+
+
+def test_flops_per_unit_is_per_image_for_a_vit_and_per_token_otherwise():
+    vit = tnn.ViTConfig(**VIT)  # 8x8 images in 4x4 patches: 4 patches + the class token
+    weighted, _ = _independent(vit, 5, 5)
+    per_image = 6 * weighted + 12 * vit.num_heads * vit.head_dim * vit.num_layers * 5 * 5
+    assert tnn.flops_per_unit(vit, 123) == per_image  # the sequence is the image's, not 123
+    assert tnn.flops_per_unit(gpt2_tiny(), 12) == tnn.flops_per_token(gpt2_tiny(), 12)

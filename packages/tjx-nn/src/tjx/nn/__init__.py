@@ -7,6 +7,7 @@ interop; losses and utilities.
 from tjx.nn.attention import Attention
 from tjx.nn.bert import BERT
 from tjx.nn.block import Block, residual_std
+from tjx.nn.config_io import config_from_dict, config_to_dict
 from tjx.nn.configs import (
     ACTIVATIONS,
     ATTENTION_IMPLS,
@@ -21,10 +22,11 @@ from tjx.nn.configs import (
     ViTConfig,
     gpt2_config,
 )
-from tjx.nn.decoder import GPT2, DecoderLM, Llama
+from tjx.nn.decoder import GPT2, DecoderLM, Llama, head_cross_entropy
+from tjx.nn.decoder_stages import DecoderStages, decoder_stages
 from tjx.nn.embeddings import Embed
 from tjx.nn.encdec import EncoderDecoder
-from tjx.nn.flops import flops_per_token, matmul_param_count
+from tjx.nn.flops import flops_per_token, flops_per_unit, matmul_param_count
 from tjx.nn.generation import generate, sample_logits
 from tjx.nn.hf_gpt2 import load_hf_gpt2, save_hf_gpt2
 from tjx.nn.kv_cache import init_cache, kv_cache_bytes, topk_decode_attention
@@ -33,24 +35,26 @@ from tjx.nn.losses import (
     classification_loss,
     contrastive_loss,
     cross_entropy_loss,
+    logits_cross_entropy,
     masked_lm_loss,
     mlm_mask,
 )
 from tjx.nn.mlp import MLP
 from tjx.nn.model_state import concrete_state, is_key, reseed
 from tjx.nn.norms import LayerNorm, RMSNorm
+from tjx.nn.objectives import eval_mask_key, objective_logits, objective_loss, token_loss
 from tjx.nn.params import LOGICAL_AXES, make_param
 from tjx.nn.params_io import get_flat_params, set_flat_params
 from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, sinusoidal
 from tjx.nn.precision import Precision
-from tjx.nn.registry import build_model
+from tjx.nn.registry import MODEL_KINDS, build_model
 from tjx.nn.relative_bias import RelativePositionBias, t5_relative_bucket
 from tjx.nn.seq2seq_generation import generate_seq2seq
 from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ACTIVATIONS",
@@ -59,6 +63,7 @@ __all__ = [
     "GPT2",
     "LOGICAL_AXES",
     "MLP",
+    "MODEL_KINDS",
     "NORMS",
     "POSITIONS",
     "REMAT_POLICIES",
@@ -66,6 +71,7 @@ __all__ = [
     "BertConfig",
     "Block",
     "DecoderLM",
+    "DecoderStages",
     "Dense",
     "Embed",
     "EncoderDecoder",
@@ -88,24 +94,33 @@ __all__ = [
     "build_model",
     "classification_loss",
     "concrete_state",
+    "config_from_dict",
     "config_param_count",
+    "config_to_dict",
     "contrastive_loss",
     "count_params",
     "cross_entropy_loss",
+    "decoder_stages",
     "dropout",
+    "eval_mask_key",
     "flops_per_token",
+    "flops_per_unit",
     "generate",
     "generate_seq2seq",
     "get_flat_params",
     "gpt2_config",
+    "head_cross_entropy",
     "init_cache",
     "is_key",
     "kv_cache_bytes",
     "load_hf_gpt2",
+    "logits_cross_entropy",
     "make_param",
     "masked_lm_loss",
     "matmul_param_count",
     "mlm_mask",
+    "objective_logits",
+    "objective_loss",
     "remat_policy",
     "reseed",
     "residual_std",
@@ -115,5 +130,6 @@ __all__ = [
     "sinusoidal",
     "summary",
     "t5_relative_bucket",
+    "token_loss",
     "topk_decode_attention",
 ]

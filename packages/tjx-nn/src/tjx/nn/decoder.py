@@ -8,10 +8,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tjx.kernels import CrossEntropyOutput, chunked_cross_entropy
 from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
 from tjx.nn.embeddings import Embed, add_positions, learned_positions
 from tjx.nn.kv_cache import init_cache
 from tjx.nn.linear import Dense, dropout, dropout_stream, split_key
+from tjx.nn.losses import logits_cross_entropy
 from tjx.nn.norms import make_norm
 from tjx.nn.params import normal
 from tjx.nn.precision import Precision
@@ -62,6 +64,52 @@ def head_logits(embed: Embed, head: Dense | None, hidden: Array, precision: Prec
         head.kernel[...].astype(dt),
         preferred_element_type=jnp.promote_types(dt, jnp.float32),
     )
+
+
+def head_cross_entropy(
+    embed: Embed,
+    head: Dense | None,
+    hidden: Array,
+    labels: Array,
+    precision: Precision,
+    *,
+    chunked: bool = True,
+    chunk_size: int | None = None,
+    z_loss: float = 0.0,
+) -> CrossEntropyOutput:
+    """Cross-entropy of the LM head (tied ``embed`` or untied ``head``) on final hidden states.
+
+    A function of the head's own modules, not of a model, so a pipeline's last stage (which holds
+    only these) computes the loss exactly as the whole model does.
+
+    Parameters
+    ----------
+    embed, head : Embed, Dense or None
+        The model's token table and untied head (None when tied).
+    hidden : Array
+        Final (normed) hidden states ``[..., d_model]``.
+    labels : Array
+        int ``[...]``; ``-100`` is unscored.
+    precision : Precision
+        The model's policy (the untied head's matmul dtype).
+    chunked : bool
+        ``tjx.kernels.chunked_cross_entropy`` (no ``[..., vocab]`` logits in memory), else the
+        float32 logits and ``logits_cross_entropy``.
+    chunk_size : int, optional
+        Tokens per chunk (None: ``tjx.kernels.auto_chunk_size``); chunked only.
+    z_loss : float
+        PaLM's z-loss coefficient (in ``loss``, not in ``sum_loss``).
+
+    Returns
+    -------
+    CrossEntropyOutput
+        ``loss`` (mean, z-loss included), ``sum_loss``, ``num_tokens``, ``num_correct``.
+    """
+    if chunked:
+        w = head_unembedding(embed, head)
+        return chunked_cross_entropy(hidden, w, labels, chunk_size=chunk_size, z_loss=z_loss)
+    logits = head_logits(embed, head, hidden, precision)
+    return logits_cross_entropy(logits, labels, z_loss=z_loss)
 
 
 class DecoderLM(nnx.Module):

@@ -170,3 +170,28 @@ def flops_per_token(
     attn_dim = config.num_heads * config.head_dim
     # Integer numerator, one correctly rounded division: exact whenever the result is integral.
     return (6 * weighted + 12 * attn_dim * score_area) / seq_len
+
+
+def flops_per_unit(config: TransformerConfig, seq_len: int) -> float:
+    """Training FLOPs per unit a throughput counts: an image for a ViT, a token otherwise.
+
+    A ViT's sequence is fixed (``num_patches + 1`` positions per image), so its unit is the
+    image: ``flops_per_token`` at that length times the length. Language models count tokens:
+    ``flops_per_token(config, seq_len)``.
+
+    Parameters
+    ----------
+    config : TransformerConfig
+        The model's config.
+    seq_len : int
+        Training sequence length (ignored for a ViT).
+
+    Returns
+    -------
+    float
+        FLOPs per image (ViT) or per token.
+    """
+    if isinstance(config, ViTConfig):
+        positions = config.max_seq_len
+        return float(flops_per_token(config, positions)) * positions
+    return float(flops_per_token(config, seq_len))

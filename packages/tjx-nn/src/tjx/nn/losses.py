@@ -1,13 +1,16 @@
 """Losses: token cross-entropy, masked-LM, classification and contrastive (InfoNCE / CLIP).
 
-All compute in float32 and return a scalar mean. For the LM loss over a big vocabulary prefer
-``tjx.kernels.chunked_cross_entropy`` on final hidden states (``return_hidden=True``).
+All compute in float32 and return a scalar mean; ``logits_cross_entropy`` adds the exact sums a
+metric needs. For the LM loss over a big vocabulary prefer ``tjx.kernels.chunked_cross_entropy``
+on final hidden states (``return_hidden=True``).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from tjx.kernels import CrossEntropyOutput
 
 Array = jax.Array
 
@@ -63,6 +66,54 @@ def cross_entropy_loss(
     loss, _ = _token_ce(logits, labels, label_smoothing, z_loss)
     count = jnp.sum(mask)
     return jnp.sum(jnp.where(mask, loss, 0.0)) / jnp.maximum(count, 1)
+
+
+def logits_cross_entropy(
+    logits: Array, labels: Array, *, ignore_index: int = -100, z_loss: float = 0.0
+) -> CrossEntropyOutput:
+    """Cross-entropy of full logits with exact sums: the plain twin of
+    ``tjx.kernels.chunked_cross_entropy`` (same output, same meaning).
+
+    Parameters
+    ----------
+    logits : Array
+        ``[..., vocab]`` (computed in float32).
+    labels : Array
+        int ``[...]``; entries equal to ``ignore_index`` do not count.
+    ignore_index : int
+        Label of unscored positions.
+    z_loss : float
+        Coefficient of ``logsumexp(logits)²`` in ``loss`` (not in ``sum_loss``), >= 0.
+
+    Returns
+    -------
+    CrossEntropyOutput
+        ``loss`` (float32 mean over counted labels, z-loss included; 0 when none counts; equal
+        to ``cross_entropy_loss(..., z_loss=z_loss)``), ``sum_loss`` (float32 sum of the
+        cross-entropy), ``num_tokens`` and ``num_correct`` (int32; a label is correct when no
+        class scores strictly above it, ties counting for it as in ``tjx.metrics.lm_stats``).
+    """
+    if z_loss < 0:
+        raise ValueError(f"z_loss must be >= 0; got {z_loss}")
+    logits = logits.astype(jnp.float32)
+    mask = labels != ignore_index
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    target = jnp.take_along_axis(logits, jnp.where(mask, labels, 0)[..., None], axis=-1)[..., 0]
+    nll = lse - target
+    count = jnp.sum(mask, dtype=jnp.int32)
+    sum_loss = jnp.sum(jnp.where(mask, nll, 0.0))
+    # Its own sum even at z_loss=0: the mean is then cross_entropy_loss's to the bit (XLA rounds
+    # the two reductions differently).
+    total = jnp.sum(jnp.where(mask, nll + z_loss * jnp.square(lse), 0.0))
+    # Only the top-1 count a training step reports (top-k is tjx-metrics' business): no class
+    # strictly above the label.
+    correct = mask & ~jnp.any(logits > target[..., None], axis=-1)
+    return CrossEntropyOutput(
+        loss=total / jnp.maximum(count, 1),
+        sum_loss=sum_loss,
+        num_tokens=count,
+        num_correct=jnp.sum(correct, dtype=jnp.int32),
+    )
 
 
 def masked_lm_loss(

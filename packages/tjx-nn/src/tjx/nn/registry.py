@@ -1,4 +1,5 @@
-"""``build_model``: construct the model a config describes."""
+"""``build_model``: construct the model a config describes; ``MODEL_KINDS``: the config class of
+each model kind's name."""
 
 from __future__ import annotations
 
@@ -16,6 +17,15 @@ from tjx.nn.configs import (
 from tjx.nn.decoder import GPT2, DecoderLM, Llama
 from tjx.nn.encdec import EncoderDecoder
 from tjx.nn.vit import ViT
+
+#: A model kind's name (what a config file says, ``kind: gpt2``) → its config class.
+MODEL_KINDS: dict[str, type[TransformerConfig]] = {
+    "gpt2": GPT2Config,
+    "llama": LlamaConfig,
+    "bert": BertConfig,
+    "vit": ViTConfig,
+    "encdec": EncoderDecoderConfig,
+}
 
 _MODELS: list[tuple[type[TransformerConfig], type[nnx.Module]]] = [
     (GPT2Config, GPT2),

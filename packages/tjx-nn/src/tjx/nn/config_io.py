@@ -1,0 +1,86 @@
+"""A model config as JSON data and back: ``{"class": "GPT2Config", "fields": {...}}``.
+
+A trainer writes it next to its checkpoints; an evaluator rebuilds the exact model from it without
+the trainer's config code. Dtypes are written by name (``"bfloat16"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+
+from tjx.nn.configs import TransformerConfig
+from tjx.nn.precision import Precision
+from tjx.nn.registry import MODEL_KINDS
+
+
+def config_to_dict(config: TransformerConfig) -> dict[str, Any]:
+    """``config`` as JSON-ready data: its class name and every field (dtypes by name).
+
+    Parameters
+    ----------
+    config : TransformerConfig
+        Any tjx.nn model config.
+
+    Returns
+    -------
+    dict
+        ``{"class": name, "fields": {field: value}}``; ``precision`` is
+        ``{"param_dtype": name, "compute_dtype": name}``.
+    """
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, Precision):
+            value = {
+                "param_dtype": jnp.dtype(value.param_dtype).name,
+                "compute_dtype": jnp.dtype(value.compute_dtype).name,
+            }
+        fields[f.name] = value
+    return {"class": type(config).__name__, "fields": fields}
+
+
+def config_from_dict(data: Mapping[str, Any]) -> TransformerConfig:
+    """The config ``config_to_dict`` described (a field it leaves out keeps its default).
+
+    Parameters
+    ----------
+    data : Mapping
+        ``{"class": name, "fields": {...}}``, e.g. parsed from JSON.
+
+    Returns
+    -------
+    TransformerConfig
+        The config, validated by its class.
+
+    Raises
+    ------
+    ValueError
+        An unknown class or field, a missing ``fields`` mapping, or a value the class rejects.
+    """
+    known_classes: list[type[TransformerConfig]] = [TransformerConfig, *MODEL_KINDS.values()]
+    classes = {c.__name__: c for c in known_classes}
+    name, fields = data.get("class"), data.get("fields")
+    if name not in classes:
+        raise ValueError(f"config_from_dict: class must be one of {tuple(classes)}; got {name!r}")
+    if not isinstance(fields, Mapping):
+        raise ValueError(f"config_from_dict: 'fields' must be a mapping; got {fields!r}")
+    cls = classes[name]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"config_from_dict: {name} has no field(s) {', '.join(unknown)}")
+    values = dict(fields)
+    precision = values.get("precision")
+    if isinstance(precision, Mapping):  # dtype names; a preset name passes through as it is
+        try:
+            values["precision"] = Precision(precision["param_dtype"], precision["compute_dtype"])
+        except (KeyError, TypeError):
+            raise ValueError(
+                "config_from_dict: precision must hold the dtype names param_dtype and "
+                f"compute_dtype; got {precision!r}"
+            ) from None
+    return cls(**values)

@@ -1,0 +1,119 @@
+"""A scanned decoder LM cut into the plain functions a pipeline runs: the embedding before it,
+one layer of the stacked ``Stack`` per step, and the final norm + LM head + loss after it.
+
+The functions take parameters as pure dicts (``nnx.to_pure_dict`` of ``nnx.split(model,
+nnx.Param, ...)``), so a pipeline runner (``tjx.parallel.pipeline_loss``) can slice the stacked
+layer params over stages and hand the head's params to the last stage alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tjx.nn.decoder import DecoderLM, head_cross_entropy
+from tjx.nn.stack import remat_policy
+
+Array = jax.Array
+Side = dict[str, Any]
+
+#: The decoder's modules after the layer stack (a None module, e.g. a tied head, has no params).
+HEAD_MODULES = ("embed", "final_norm", "head")
+
+
+class DecoderStages(NamedTuple):
+    """The pieces of one decoder LM (see `decoder_stages`)."""
+
+    #: ``inputs(batch) -> (x, side, head_side)``: token (+ position) embeddings ``[b, s, d]``, the
+    #: layers' side inputs (``positions``, ``segment_ids``) and the head's (``targets``).
+    inputs: Callable[[dict[str, Array]], tuple[Array, Side, Side]]
+    #: ``layer(layer_params, h, side) -> h``: one block, no dropout, rematerialised per the
+    #: model's ``remat`` policy.
+    layer: Callable[[Any, Array, Side], Array]
+    #: ``head(head_params, h, head_side) -> (summed loss, sums)``: the final norm, LM head and
+    #: loss of a microbatch; the loss is the mean times ``num_tokens`` (z-loss included) and the
+    #: sums are ``sum_loss``, ``num_tokens``, ``num_correct``.
+    head: Callable[[Any, Array, Side], tuple[Array, dict[str, Array]]]
+    #: ``split_params(params) -> (stacked layer params, head params)``.
+    split_params: Callable[[Any], tuple[Any, Any]]
+
+
+def decoder_stages(
+    model: DecoderLM, *, chunked: bool = True, chunk_size: int | None = None, z_loss: float = 0.0
+) -> DecoderStages:
+    """``model``'s embedding, layer and head as plain functions of pure-dict params.
+
+    Parameters
+    ----------
+    model : DecoderLM
+        With ``scan_layers=True`` (a stage is a run of the stacked layers). Dropout is not
+        applied: pipelines run ``deterministic``.
+    chunked, chunk_size, z_loss
+        The head's loss, as for ``head_cross_entropy``.
+
+    Returns
+    -------
+    DecoderStages
+        Run in order, ``head(hp, layer(...layer(x)...), head_side)`` summed over microbatches
+        and divided by the summed ``num_tokens`` is the model's ``objective_loss``.
+
+    Raises
+    ------
+    ValueError
+        A model that is not a decoder LM, or whose layers are not scanned.
+    """
+    if not isinstance(model, DecoderLM) or not model.config.scan_layers:
+        raise ValueError(
+            "decoder_stages needs a DecoderLM with scan_layers=True (stacked layers); got "
+            f"{type(model).__name__}"
+        )
+    c = model.config
+    block_def = nnx.graphdef(model.stack.layers)
+    modules = {k: getattr(model, k) for k in HEAD_MODULES}
+    defs = {k: nnx.graphdef(m) for k, m in modules.items() if m is not None}
+
+    def inputs(batch: dict[str, Array]) -> tuple[Array, Side, Side]:
+        tokens = batch["inputs"]
+        b, s = tokens.shape
+        positions = batch.get("positions")
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+        side = {"positions": positions, "segment_ids": batch.get("segment_ids")}
+        return model.embed_tokens(tokens, positions), side, {"targets": batch["targets"]}
+
+    def layer(p: Any, h: Array, side: Side) -> Array:
+        out, _ = nnx.merge(block_def, p)(h, **side, deterministic=True)
+        return out  # type: ignore[no-any-return]
+
+    if c.remat != "none":
+        layer = jax.checkpoint(layer, policy=remat_policy(c.remat))
+
+    def head(hp: Any, h: Array, head_side: Side) -> tuple[Array, dict[str, Array]]:
+        part = {k: nnx.merge(defs[k], hp[k]) for k in hp}
+        if "final_norm" in part:
+            h = part["final_norm"](h)
+        out = head_cross_entropy(
+            part["embed"],
+            part.get("head"),  # None: tied to the embedding
+            h,
+            head_side["targets"],
+            c.precision,
+            chunked=chunked,
+            chunk_size=chunk_size,
+            z_loss=z_loss,
+        )
+        sums = {
+            "sum_loss": out.sum_loss,
+            "num_tokens": out.num_tokens,
+            "num_correct": out.num_correct,
+        }
+        return out.loss * out.num_tokens.astype(out.loss.dtype), sums
+
+    def split_params(params: Any) -> tuple[Any, Any]:
+        return params["stack"]["layers"], {k: params[k] for k in defs if k in params}
+
+    return DecoderStages(inputs, layer, head, split_params)

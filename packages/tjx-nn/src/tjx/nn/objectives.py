@@ -1,0 +1,222 @@
+"""What each model is trained and evaluated on, from a batch: one definition for a trainer and an
+evaluator, so the two cannot score a model differently.
+
+=================  ==================  ===========================================  ===============
+model              objective           batch keys                                   scored labels
+=================  ==================  ===========================================  ===============
+``DecoderLM``      next token          ``inputs``, ``targets`` (``positions``,      ``targets``
+(GPT-2, LLaMA)                         ``segment_ids`` optional)                    not -100
+``BERT``           masked tokens       ``inputs``, ``segment_ids`` (``positions``)  the masked ones
+``ViT``            classification      ``images``, ``labels``                       every image
+``EncoderDecoder`` second half of      ``inputs``, ``targets`` (``segment_ids``)    ``targets`` of
+                   each window                                                      the second half
+=================  ==================  ===========================================  ===============
+
+Decoders and the encoder-decoder end in a vocabulary head, so their loss runs on final hidden
+states (``head_cross_entropy``: chunked or plain, optional z-loss); BERT's MLM head and ViT's
+classifier are scored on their float32 logits (``logits_cross_entropy``, no z-loss).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from tjx.kernels import CrossEntropyOutput
+from tjx.nn.bert import BERT
+from tjx.nn.decoder import DecoderLM, head_cross_entropy
+from tjx.nn.encdec import EncoderDecoder
+from tjx.nn.losses import logits_cross_entropy
+from tjx.nn.vit import ViT
+
+Array = jax.Array
+Batch = dict[str, Array]
+
+_MODELS = (DecoderLM, BERT, ViT, EncoderDecoder)
+
+
+def eval_mask_key(seed: int) -> Array:
+    """The fixed masking key of a masked LM's evaluation, for a run seeded ``seed``.
+
+    Every evaluation masks the same positions, so scores of two steps compare; the trainer draws
+    its training masks from ``jax.random.key(seed)`` folded with the step, and ``seed + 1`` keeps
+    this key off that stream.
+
+    Parameters
+    ----------
+    seed : int
+        The run's seed.
+
+    Returns
+    -------
+    Array
+        A typed PRNG key.
+    """
+    return jax.random.key(seed + 1)
+
+
+def token_loss(
+    model: Any,
+    hidden: Array,
+    labels: Array,
+    *,
+    chunked: bool = True,
+    chunk_size: int | None = None,
+    z_loss: float = 0.0,
+) -> CrossEntropyOutput:
+    """Cross-entropy of a decoder's or encoder-decoder's vocabulary head on its final hidden
+    states (``head_cross_entropy`` of the model's ``embed``/``head``).
+
+    Parameters
+    ----------
+    model : DecoderLM or EncoderDecoder
+        The model whose head scores ``hidden``.
+    hidden : Array
+        ``[..., d_model]`` from ``return_hidden=True``.
+    labels : Array
+        int ``[...]``; ``-100`` is unscored.
+    chunked, chunk_size, z_loss
+        As for ``head_cross_entropy``.
+
+    Returns
+    -------
+    CrossEntropyOutput
+        ``loss``, ``sum_loss``, ``num_tokens``, ``num_correct``.
+    """
+    return head_cross_entropy(
+        model.embed,
+        model.head,
+        hidden,
+        labels,
+        model.config.precision,
+        chunked=chunked,
+        chunk_size=chunk_size,
+        z_loss=z_loss,
+    )
+
+
+def objective_loss(
+    model: Any,
+    batch: Batch,
+    *,
+    key: Array | None = None,
+    deterministic: bool = True,
+    chunked: bool = True,
+    chunk_size: int | None = None,
+    z_loss: float = 0.0,
+    mask_prob: float = 0.15,
+) -> CrossEntropyOutput:
+    """The training loss of ``model``'s objective on ``batch`` (see the module's table).
+
+    Parameters
+    ----------
+    model : DecoderLM, BERT, ViT or EncoderDecoder
+        The model (its class picks the objective).
+    batch : dict
+        The objective's batch keys.
+    key : Array, optional
+        BERT's masking key (required there; a new one per training step, e.g.
+        ``jax.random.fold_in(key, step)``); the other models ignore it. Dropout keys come from
+        the model's own stream.
+    deterministic : bool
+        Disable dropout.
+    chunked, chunk_size, z_loss
+        The vocabulary head's loss (decoders, encoder-decoder), as for ``head_cross_entropy``.
+    mask_prob : float
+        BERT's share of real tokens masked.
+
+    Returns
+    -------
+    CrossEntropyOutput
+        ``loss`` (mean over scored labels), ``sum_loss``, ``num_tokens`` (scored labels, images
+        for ViT) and ``num_correct`` (top-1).
+
+    Raises
+    ------
+    ValueError
+        A model of another class, or BERT without ``key``.
+    """
+    if isinstance(model, BERT | ViT):
+        logits, labels = _scored_logits(model, batch, key, mask_prob, deterministic)
+        return logits_cross_entropy(logits, labels)
+    hidden, labels = _lm_outputs(model, batch, deterministic, hidden=True)
+    return token_loss(model, hidden, labels, chunked=chunked, chunk_size=chunk_size, z_loss=z_loss)
+
+
+def objective_logits(
+    model: Any, batch: Batch, *, key: Array | None = None, mask_prob: float = 0.15
+) -> tuple[Array, Array]:
+    """Float32 logits and labels (``-100``: unscored) of ``model``'s objective on ``batch``, for
+    evaluation metrics (e.g. ``tjx.metrics.lm_stats``); dropout off.
+
+    Parameters
+    ----------
+    model : DecoderLM, BERT, ViT or EncoderDecoder
+        The model (its class picks the objective).
+    batch : dict
+        The objective's batch keys.
+    key : Array, optional
+        BERT's masking key (required there): a fixed one, ``eval_mask_key(seed)``, masks the
+        same positions at every evaluation. Other models ignore it.
+    mask_prob : float
+        BERT's share of real tokens masked.
+
+    Returns
+    -------
+    (Array, Array)
+        ``[..., vocab or classes]`` logits and int labels ``[...]``.
+
+    Raises
+    ------
+    ValueError
+        A model of another class, or BERT without ``key``.
+    """
+    if isinstance(model, BERT | ViT):
+        return _scored_logits(model, batch, key, mask_prob, True)
+    return _lm_outputs(model, batch, True, hidden=False)
+
+
+def _scored_logits(
+    model: Any, batch: Batch, key: Array | None, mask_prob: float, deterministic: bool
+) -> tuple[Array, Array]:
+    """BERT's masked-token logits or ViT's class logits, with their labels."""
+    if isinstance(model, ViT):
+        return model(batch["images"], deterministic=deterministic), batch["labels"]
+    if key is None:
+        raise ValueError("BERT's masked-LM objective needs key= (evaluation: eval_mask_key(seed))")
+    logits, labels = model.masked_lm(
+        batch["inputs"],
+        key,
+        segment_ids=batch["segment_ids"],
+        positions=batch.get("positions"),
+        mask_prob=mask_prob,
+        deterministic=deterministic,
+    )
+    return logits, labels
+
+
+def _lm_outputs(
+    model: Any, batch: Batch, deterministic: bool, *, hidden: bool
+) -> tuple[Array, Array]:
+    """(final hidden states or float32 logits, labels) of a decoder or the encoder-decoder."""
+    if isinstance(model, EncoderDecoder):
+        out, labels = model.continue_halves(
+            batch["inputs"],
+            batch["targets"],
+            segment_ids=batch.get("segment_ids"),
+            deterministic=deterministic,
+            return_hidden=hidden,
+        )
+        return out, labels
+    if not isinstance(model, DecoderLM):
+        allowed = ", ".join(m.__name__ for m in _MODELS)
+        raise ValueError(f"no objective for a {type(model).__name__}; models: {allowed}")
+    out = model(
+        batch["inputs"],
+        positions=batch.get("positions"),
+        segment_ids=batch.get("segment_ids"),
+        deterministic=deterministic,
+        return_hidden=hidden,
+    )
+    return out, batch["targets"]

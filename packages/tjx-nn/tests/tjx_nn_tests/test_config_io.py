@@ -1,0 +1,93 @@
+"""``config_to_dict`` / ``config_from_dict`` (a run's ``model.json``) and ``MODEL_KINDS``."""
+
+import json
+
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from tjx import nn as tnn
+
+#: A ``model.json`` exactly as the trainer wrote it before tjx-nn owned the format (tjx-nn 0.1):
+#: runs written then must still load.
+WRITTEN_BY_TJX_0_1 = {
+    "class": "LlamaConfig",
+    "fields": {
+        "vocab_size": 40, "max_seq_len": 256, "d_model": 16, "num_layers": 2, "num_heads": 2,
+        "num_kv_heads": 1, "head_dim": 8, "mlp_dim": 64, "mlp_activation": "swiglu",
+        "norm": "rmsnorm", "norm_eps": 1e-06, "norm_position": "pre", "position": "rope",
+        "rope_theta": 10000.0, "relative_buckets": 32, "relative_max_distance": 128,
+        "use_bias": False, "dropout": 0.0, "attention_dropout": 0.0, "tie_embeddings": True,
+        "attention_impl": "auto", "scan_layers": False, "remat": "none",
+        "precision": {"param_dtype": "float32", "compute_dtype": "bfloat16"},
+        "init_std": 0.02, "scaled_residual_init": False, "attention_type": "mha",
+        "kv_latent_dim": None, "decode_topk": None,
+    },
+}  # fmt: skip
+
+SMALL = dict(vocab_size=50, max_seq_len=16, d_model=16, num_layers=1, num_heads=2)
+CONFIGS = [
+    tnn.GPT2Config(**SMALL, precision="bf16", scan_layers=True, remat="full"),
+    tnn.LlamaConfig(**SMALL, num_kv_heads=1, attention_type="mla", kv_latent_dim=8),
+    tnn.BertConfig(**SMALL, precision="pure_bf16"),
+    tnn.ViTConfig(d_model=16, num_layers=1, num_heads=2, image_size=8, patch_size=4),
+    tnn.EncoderDecoderConfig(**SMALL, num_decoder_layers=2, position="t5"),
+    tnn.TransformerConfig(**SMALL, precision="fp16"),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: type(c).__name__)
+def test_round_trip_through_json(config):
+    data = json.loads(json.dumps(tnn.config_to_dict(config)))
+    assert data["class"] == type(config).__name__
+    assert data["fields"]["precision"] == {
+        "param_dtype": jnp.dtype(config.precision.param_dtype).name,
+        "compute_dtype": jnp.dtype(config.precision.compute_dtype).name,
+    }
+    assert tnn.config_from_dict(data) == config
+
+
+def test_a_model_json_of_tjx_0_1_loads():
+    config = tnn.config_from_dict(json.loads(json.dumps(WRITTEN_BY_TJX_0_1)))
+    assert type(config) is tnn.LlamaConfig
+    assert (config.d_model, config.num_kv_heads, config.tie_embeddings) == (16, 1, True)
+    assert config.precision == tnn.Precision(jnp.float32, jnp.bfloat16)
+    assert tnn.config_to_dict(config) == WRITTEN_BY_TJX_0_1
+    # An older file without the newer fields (and a preset name for precision) keeps defaults.
+    short = {"class": "GPT2Config", "fields": {**SMALL, "precision": "bf16"}}
+    assert tnn.config_from_dict(short) == tnn.GPT2Config(**SMALL, precision="bf16")
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({}, "class must be one of ('TransformerConfig', 'GPT2Config'"),
+        ({"class": "Precision", "fields": {}}, "got 'Precision'"),
+        ({"class": "GPT2Config"}, "'fields' must be a mapping; got None"),
+        ({"class": "GPT2Config", "fields": {"d_model": 16, "colour": 1}}, "no field(s) colour"),
+        ({"class": "GPT2Config", "fields": {"precision": {"param_dtype": "x"}}}, "dtype names"),
+        ({"class": "GPT2Config", "fields": {"precision": {"param_dtype": "float32",
+                                                          "compute_dtype": "nope"}}}, "dtype"),
+        ({"class": "GPT2Config", "fields": {"num_heads": 0}}, "GPT2Config.num_heads"),
+    ],
+)  # fmt: skip
+def test_bad_descriptions_raise_value_errors_naming_the_problem(data, needle):
+    with pytest.raises(ValueError) as err:
+        tnn.config_from_dict(data)
+    assert needle in str(err.value)
+
+
+def test_model_kinds_build_their_models():
+    models = {"gpt2": tnn.GPT2, "llama": tnn.Llama, "bert": tnn.BERT, "vit": tnn.ViT}
+    models["encdec"] = tnn.EncoderDecoder
+    assert set(tnn.MODEL_KINDS) == set(models)
+    for kind, cls in tnn.MODEL_KINDS.items():
+        fields = {"d_model": 16, "num_layers": 1, "num_heads": 2}
+        if kind == "vit":
+            fields |= {"image_size": 8, "patch_size": 4}
+        else:
+            fields |= {"vocab_size": 40, "max_seq_len": 8}
+        model = nnx.eval_shape(
+            lambda cls=cls, f=fields: tnn.build_model(cls(**f), rngs=nnx.Rngs(0))
+        )
+        assert type(model) is models[kind]

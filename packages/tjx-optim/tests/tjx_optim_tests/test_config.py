@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tjx.optim import OPTIMIZER_NAMES, OptimizerConfig, ScheduleConfig, build_optimizer
+from tjx.optim import OPTIMIZER_NAMES, OptimizerConfig, ScheduleConfig, build_optimizer, users_of
 
 
 @pytest.mark.parametrize(
@@ -77,3 +77,26 @@ def test_from_dict_and_defaults() -> None:
 def test_every_name_builds(name: str) -> None:
     tx = build_optimizer(OptimizerConfig(name=name))
     assert callable(tx.init) and callable(tx.update)
+
+
+@pytest.mark.parametrize("field", ["momentum", "nesterov"])
+@pytest.mark.parametrize("name", ["adamw", "adam", "lamb", "lion", "adafactor"])
+def test_momentum_is_refused_where_it_would_be_ignored(name: str, field: str) -> None:
+    value = True if field == "nesterov" else 0.9
+    message = (
+        rf"^OptimizerConfig\.{field}: only sgd, muon use it \(OptimizerConfig\.name is '{name}', "
+        rf"{field}={value!r}\); set it to None$"
+    )
+    with pytest.raises(ValueError, match=message):
+        OptimizerConfig(name=name, **{field: value})
+    # False is a setting too: the optimizer has no Nesterov switch to turn off.
+    with pytest.raises(ValueError, match=field):
+        OptimizerConfig(name=name, **{field: False if field == "nesterov" else 0.0})
+
+
+@pytest.mark.parametrize("name", ["sgd", "muon"])
+def test_momentum_optimizers_take_it(name: str) -> None:
+    c = OptimizerConfig(name=name, momentum=0.5, nesterov=True).resolved()
+    assert (c.momentum, c.nesterov) == (0.5, True)
+    assert users_of("momentum") == users_of("nesterov") == ("sgd", "muon")
+    assert users_of("b1") == ("adamw", "adam", "lamb", "lion", "muon")

@@ -1,10 +1,20 @@
 """tjx.ckpt: crash-safe training checkpoints on orbax.
 
 Async, keep-N / best-K, atomic, validated on load, resharding restore, safetensors export;
-``params_sha256`` for bit-exactness checks between runs.
+``params_sha256`` for bit-exactness checks between runs; ``RunDir``, a training run's directory
+(layout, atomic writes, the newest committed step) and ``config_changes``, what changed since a
+run was saved.
+
+``import tjx.ckpt`` loads neither orbax nor jax: the names that need them are imported on first
+use (``_LAZY``). An app's command line can then read and check its run directory before it pays
+for jax (seconds), and still after a Ctrl-C cut that import short.
 """
 
-from tjx.ckpt.digest import params_sha256
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from tjx.ckpt.errors import (
     CheckpointCommitError,
     CheckpointError,
@@ -13,16 +23,58 @@ from tjx.ckpt.errors import (
     CorruptCheckpointError,
     StepExistsError,
 )
-from tjx.ckpt.manager import CheckpointManager, CorruptCheckpointWarning, Restored
-from tjx.ckpt.metadata import collect_metadata, to_json
-from tjx.ckpt.params import restore_params, restore_params_and_step
-from tjx.ckpt.safetensors_io import (
-    export_safetensors,
-    flat_names,
-    import_safetensors,
-    unflatten_params,
+from tjx.ckpt.run_changes import (
+    ConfigChanges,
+    config_changes,
+    describe_changes,
+    flatten_config,
+    key_matches,
 )
+from tjx.ckpt.run_dir import RunDir, RunFileError, RunFileNotFoundError
 from tjx.ckpt.version import __version__
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' dependency inference)
+    from tjx.ckpt.digest import params_sha256
+    from tjx.ckpt.manager import CheckpointManager, CorruptCheckpointWarning, Restored
+    from tjx.ckpt.metadata import collect_metadata, to_json
+    from tjx.ckpt.params import restore_params, restore_params_and_step
+    from tjx.ckpt.safetensors_io import (
+        export_safetensors,
+        flat_names,
+        import_safetensors,
+        unflatten_params,
+    )
+
+#: The public names whose modules import orbax or jax → their module, imported on first use.
+_LAZY = {
+    "params_sha256": "tjx.ckpt.digest",
+    "CheckpointManager": "tjx.ckpt.manager",
+    "CorruptCheckpointWarning": "tjx.ckpt.manager",
+    "Restored": "tjx.ckpt.manager",
+    "collect_metadata": "tjx.ckpt.metadata",
+    "to_json": "tjx.ckpt.metadata",
+    "restore_params": "tjx.ckpt.params",
+    "restore_params_and_step": "tjx.ckpt.params",
+    "export_safetensors": "tjx.ckpt.safetensors_io",
+    "flat_names": "tjx.ckpt.safetensors_io",
+    "import_safetensors": "tjx.ckpt.safetensors_io",
+    "unflatten_params": "tjx.ckpt.safetensors_io",
+}
+
+if not TYPE_CHECKING:  # type checkers see the imports above; a typo stays an error for them
+
+    def __getattr__(name: str) -> Any:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # later reads are plain attribute reads
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "CheckpointCommitError",
@@ -30,15 +82,23 @@ __all__ = [
     "CheckpointManager",
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
+    "ConfigChanges",
     "CorruptCheckpointError",
     "CorruptCheckpointWarning",
     "Restored",
+    "RunDir",
+    "RunFileError",
+    "RunFileNotFoundError",
     "StepExistsError",
     "__version__",
     "collect_metadata",
+    "config_changes",
+    "describe_changes",
     "export_safetensors",
     "flat_names",
+    "flatten_config",
     "import_safetensors",
+    "key_matches",
     "params_sha256",
     "restore_params",
     "restore_params_and_step",

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import os
 import stat
@@ -52,6 +51,7 @@ from orbax.checkpoint._src.metadata import checkpoint as checkpoint_metadata
 from orbax.checkpoint._src.path import atomicity
 
 from tjx.ckpt.errors import CheckpointCommitError
+from tjx.ckpt.fsync import fsync_dir, fsync_file
 
 TMP_DIR_SUFFIX = atomicity.TMP_DIR_SUFFIX
 COMMIT_MARKER = atomicity.COMMIT_SUCCESS_FILE
@@ -64,9 +64,6 @@ FILE_SIZES_VERSION = 1
 _TENSORSTORE_DIRS = ("d",)
 _TENSORSTORE_DIR_PREFIX = "ocdbt.process_"
 _TENSORSTORE_FILES = ("manifest.ocdbt", "_sharding")
-# Directory fsync is not supported everywhere (some FUSE / network filesystems say EINVAL);
-# there it cannot be had at all, so it is skipped rather than failing every save.
-_DIR_FSYNC_UNSUPPORTED = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP)
 _MAX_FSYNC_THREADS = 16
 
 
@@ -78,31 +75,6 @@ def _tensorstore_owned(rel: Path) -> bool:
     if any(p in _TENSORSTORE_DIRS or p.startswith(_TENSORSTORE_DIR_PREFIX) for p in inner[:-1]):
         return True
     return len(inner) == 1 and inner[0] in _TENSORSTORE_FILES
-
-
-def fsync_file(path: Path) -> None:
-    """``fsync`` one regular file (opened read-only: fsync flushes the inode, not the fd)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as err:
-        raise OSError(err.errno, f"fsync failed: {err.strerror}", str(path)) from err
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """``fsync`` a directory, making its entries (creations, renames) durable."""
-    if not hasattr(os, "O_DIRECTORY"):  # Windows: a directory cannot be opened to fsync it
-        return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as err:
-        if err.errno not in _DIR_FSYNC_UNSUPPORTED:
-            raise OSError(err.errno, f"fsync failed: {err.strerror}", str(path)) from err
-    finally:
-        os.close(fd)
 
 
 def _fsync(path: Path) -> None:

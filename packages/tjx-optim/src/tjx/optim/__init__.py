@@ -9,7 +9,9 @@ from tjx.optim.config import (
     SCHEDULE_NAMES,
     OptimizerConfig,
     ScheduleConfig,
+    users_of,
 )
+from tjx.optim.defaults import OwnDefault, own_defaults, with_own_defaults
 from tjx.optim.loss_scale import (
     DynamicLossScaleState,
     all_finite,
@@ -48,7 +50,7 @@ from tjx.optim.transforms import (
     skip_nonfinite,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DEFAULT_LEARNING_RATES",
@@ -57,6 +59,7 @@ __all__ = [
     "ClipStatsState",
     "DynamicLossScaleState",
     "OptimizerConfig",
+    "OwnDefault",
     "ScheduleConfig",
     "ScheduleStatsState",
     "__version__",
@@ -80,6 +83,7 @@ __all__ = [
     "muon_dimension_numbers",
     "muon_mask",
     "optimizer_core",
+    "own_defaults",
     "path_to_str",
     "plot_schedule",
     "scale_by_schedule_with_stats",
@@ -89,6 +93,8 @@ __all__ = [
     "sqrt_decay",
     "step_report",
     "unscale_grads",
+    "users_of",
     "warmup_stable_decay",
+    "with_own_defaults",
     "with_warmup",
 ]

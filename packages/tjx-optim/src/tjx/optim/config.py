@@ -23,6 +23,7 @@ __all__ = [
     "WSD_DECAY_SHAPES",
     "OptimizerConfig",
     "ScheduleConfig",
+    "users_of",
 ]
 
 SCHEDULE_NAMES: tuple[str, ...] = (
@@ -173,6 +174,21 @@ _DEFAULTS: dict[str, dict[str, float | bool]] = {
 }
 
 
+def users_of(field: str) -> tuple[str, ...]:
+    """The optimizers that take hyper-parameter ``field`` (those with a default for it)."""
+    return tuple(n for n in OPTIMIZER_NAMES if field in _DEFAULTS[n])
+
+
+def _used_by_name(field: str, value: object, name: str) -> None:
+    # A setting the optimizer has no use for would be ignored without a word (adamw's momentum):
+    # refused, so that what the user set is what runs.
+    if value is not None and field not in _DEFAULTS[name]:
+        raise ValueError(
+            f"OptimizerConfig.{field}: only {', '.join(users_of(field))} use it "
+            f"(OptimizerConfig.name is {name!r}, {field}={value!r}); set it to None"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
     """The whole gradient-processing chain (see ``build_optimizer``).
@@ -182,7 +198,8 @@ class OptimizerConfig:
     the rate is a constant ``3e-4``.
 
     * ``b1``/``b2``/``eps``: Adam-family moments (Lion uses ``b1``/``b2``; Muon uses them for the
-      AdamW half). ``momentum``/``nesterov``: SGD and Muon momentum.
+      AdamW half). ``momentum``/``nesterov``: SGD and Muon momentum; set for another optimizer,
+      they raise ``ValueError`` (it would ignore them).
     * ``weight_decay``: decoupled (times the learning rate) for adamw, lamb, lion, adafactor, muon;
       L2 added to the gradient for adam and sgd. Masked by ``decay_mask_regex``/``no_decay_regex``.
     * ``clip_norm``: global-norm clipping threshold (None: no clipping).
@@ -255,6 +272,8 @@ class OptimizerConfig:
                 raise ValueError(
                     f"OptimizerConfig.{field}={value!r}; allowed values: [True, False]"
                 )
+        for field in ("momentum", "nesterov"):
+            _used_by_name(field, getattr(self, field), self.name)
         if self.clip_norm is not None:
             _number("OptimizerConfig.clip_norm", self.clip_norm, low=0.0, low_open=True)
         _choice("OptimizerConfig.loss_scale", self.loss_scale, LOSS_SCALES)

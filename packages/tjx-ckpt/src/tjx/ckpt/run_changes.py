@@ -1,0 +1,97 @@
+"""What changed since a run was saved: its saved config against a new one, key by key.
+
+A checkpoint holds the state of one model and optimizer and a position in one data stream, so
+only some settings may change when a run is continued. The app names those (an allow-list of
+dotted keys and whole sections); everything else must match, so a key added to the config later
+is refused by default. :func:`config_changes` splits the differences accordingly and
+:func:`describe_changes` words them (``model.d_model 32 → 64``) for the app's message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+#: A difference: dotted key → (saved value, new value); a key missing on one side has None there.
+Diff = dict[str, tuple[Any, Any]]
+
+
+def flatten_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys: ``{"a": {"b": 1}}`` → ``{"a.b": 1}``.
+
+    Lists and scalars are leaves; an empty mapping leaves no key.
+    """
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def key_matches(key: str, patterns: Iterable[str]) -> bool:
+    """Whether dotted ``key`` is one of ``patterns``: a key, or a section ending in ``"."``.
+
+    ``"train."`` matches ``train.steps``; ``"train.steps"`` does not match ``train.steps_extra``.
+    """
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigChanges:
+    """Every key whose value differs, split by whether the run may continue with it.
+
+    Attributes
+    ----------
+    allowed:
+        Changes of keys the app allows (``key → (saved, new)``, sorted by key).
+    refused:
+        Changes of every other key: the run cannot continue with them.
+    """
+
+    allowed: Diff
+    refused: Diff
+
+    def __bool__(self) -> bool:
+        return bool(self.allowed or self.refused)
+
+
+def config_changes(
+    saved: Mapping[str, Any], new: Mapping[str, Any], *, changeable: Iterable[str]
+) -> ConfigChanges:
+    """Compare a saved config with a new one, key by key.
+
+    Parameters
+    ----------
+    saved, new:
+        The two configs as nested mappings (e.g. `RunDir.read_config` and the app's own).
+        Values compare with ``==``: an app that gives a null setting a meaning (a default
+        decided elsewhere) replaces it by that value on both sides first.
+    changeable:
+        Dotted keys (``"optimizer.lr"``) and sections (``"logging."``) that may change; every
+        other key must be equal.
+
+    Returns
+    -------
+    ConfigChanges
+        ``allowed`` and ``refused`` differences; both empty when nothing changed.
+    """
+    patterns = tuple(changeable)
+    a, b = flatten_config(saved), flatten_config(new)
+    allowed: Diff = {}
+    refused: Diff = {}
+    for key in sorted(a.keys() | b.keys()):
+        old, now = a.get(key), b.get(key)
+        if old != now:
+            (allowed if key_matches(key, patterns) else refused)[key] = (old, now)
+    return ConfigChanges(allowed, refused)
+
+
+def describe_changes(diff: Mapping[str, tuple[Any, Any]]) -> str:
+    """``"model.d_model 32 → 64, train.steps 600 → 900"``: each key with its two values (repr)."""
+    return ", ".join(f"{key} {old!r} → {new!r}" for key, (old, new) in diff.items())
+
+
+__all__ = ["ConfigChanges", "config_changes", "describe_changes", "flatten_config", "key_matches"]

@@ -1,0 +1,234 @@
+"""A training run's directory: its layout, and reading and writing its files.
+
+::
+
+    RUN_DIR/
+      config.yaml        the effective config (the first file ever written)
+      model.json         what rebuilds the model (an app's description)
+      data.json          what rebuilds the data (an app's description)
+      final.json         the last step's summary, once the run ended
+      loss_curve.png     the loss plot
+      samples/step_0000012.txt
+      checkpoints/       a CheckpointManager's directory: one folder per step
+
+Every file is written whole or not at all: into a temporary file next to it, fsynced, then
+renamed over the old one (a kill or a power loss mid-write leaves the old file or the new one,
+never half a file). A file that already holds exactly the new text is not rewritten, so a resume
+with the same settings leaves the run's files and their times as they were.
+
+Standard library and PyYAML only (orbax-checkpoint requires PyYAML too): ``import tjx.ckpt``
+loads this module, not orbax or jax (see the package ``__init__``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml  # type: ignore[import-untyped]
+
+from tjx.ckpt.errors import CheckpointError, one_line
+from tjx.ckpt.fsync import fsync_dir, fsync_file
+
+#: The commit marker of a step (orbax's ``atomicity.COMMIT_SUCCESS_FILE``, which tjx.ckpt.durable
+#: writes), spelled out: this module must load without orbax and jax, so that an app can read its
+#: run directory before importing them, or after a Ctrl-C cut their import short.
+COMMIT_MARKER = "commit_success.txt"
+
+
+class RunFileNotFoundError(CheckpointError, FileNotFoundError):
+    """A file of the run directory is missing (or is not a regular file); ``.path`` names it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"{path} is missing")
+        self.path = path
+
+
+class RunFileError(CheckpointError, ValueError):
+    """A file of the run directory cannot be read as what it should hold.
+
+    Attributes
+    ----------
+    path:
+        The file.
+    reason:
+        Why, in one line: the parser's first line (``while parsing a flow sequence``), ``not
+        UTF-8 (...)``, or ``not a mapping: it holds a list``.
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    """Write ``text`` to ``path`` atomically unless it already holds exactly that; whether it wrote.
+
+    The text goes to ``.NAME.tmp`` in the same folder, is fsynced, and replaces ``path`` with one
+    rename (then the folder is fsynced): ``path`` is the old file or the new one, whole, after
+    any crash. A ``.NAME.tmp`` left by a crash is overwritten by the next write.
+    """
+    data = text.encode("utf-8")
+    try:
+        if path.read_bytes() == data:
+            return False
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        pass
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    fsync_file(tmp)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return True
+
+
+def _parse(path: Path) -> Any:
+    if not path.is_file():
+        raise RunFileNotFoundError(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RunFileError(path, f"not UTF-8 ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise RunFileError(path, f"cannot be read ({err.strerror})") from None
+    try:
+        return yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (yaml.YAMLError, ValueError) as err:  # JSONDecodeError is a ValueError
+        raise RunFileError(path, one_line(str(err)) or type(err).__name__) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    """The directory of one training run (see the module docstring for its layout).
+
+    Parameters
+    ----------
+    path:
+        The run directory (need not exist before `create`).
+    """
+
+    path: Path
+
+    CONFIG_FILE: ClassVar[str] = "config.yaml"
+    MODEL_FILE: ClassVar[str] = "model.json"
+    DATA_FILE: ClassVar[str] = "data.json"
+    FINAL_FILE: ClassVar[str] = "final.json"
+    CURVE_FILE: ClassVar[str] = "loss_curve.png"
+    SAMPLES_DIR: ClassVar[str] = "samples"
+    CHECKPOINTS_DIR: ClassVar[str] = "checkpoints"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))  # a str or PathLike is fine too
+
+    @property
+    def config_file(self) -> Path:
+        """``config.yaml``."""
+        return self.path / self.CONFIG_FILE
+
+    @property
+    def final_file(self) -> Path:
+        """``final.json``."""
+        return self.path / self.FINAL_FILE
+
+    @property
+    def curve_file(self) -> Path:
+        """``loss_curve.png``."""
+        return self.path / self.CURVE_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        """The checkpoint directory (give it to `CheckpointManager`)."""
+        return self.path / self.CHECKPOINTS_DIR
+
+    def samples_file(self, step: int) -> Path:
+        """The text samples of ``step``: ``samples/step_0000012.txt``."""
+        return self.path / self.SAMPLES_DIR / f"step_{step:07d}.txt"
+
+    def create(self, config: Mapping[str, Any]) -> bool:
+        """Make the directory (and ``samples/``) and write ``config.yaml``; whether it wrote.
+
+        The config is written as YAML in its own key order (``sort_keys=False``), as the user
+        reads and writes config files.
+        """
+        (self.path / self.SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
+        return write_if_changed(self.config_file, yaml.safe_dump(dict(config), sort_keys=False))
+
+    def write_json(self, name: str, data: Mapping[str, Any]) -> bool:
+        """``name`` (``model.json``, ``data.json``, ``final.json``) as indented, sorted JSON.
+
+        Values JSON does not know are written as their ``str`` (a dtype, a path). Returns
+        whether it wrote (unchanged content is not rewritten).
+        """
+        return write_if_changed(
+            self.path / name, json.dumps(dict(data), indent=2, sort_keys=True, default=str)
+        )
+
+    def write_final(self, summary: Mapping[str, Any]) -> bool:
+        """``final.json``: it exists whole or not at all (an app rebuilds it when missing)."""
+        return self.write_json(self.FINAL_FILE, summary)
+
+    def write_samples(self, step: int, text: str) -> Path:
+        """Write ``text`` as the samples of ``step``; returns the file."""
+        path = self.samples_file(step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_if_changed(path, text)
+        return path
+
+    def read(self, name: str) -> dict[str, Any]:
+        """The mapping in file ``name``: YAML for ``.yaml``/``.yml``, else JSON.
+
+        Raises
+        ------
+        RunFileNotFoundError
+            The file is missing.
+        RunFileError
+            It cannot be read or parsed, or holds something else than a mapping.
+        """
+        path = self.path / name
+        data = _parse(path)
+        if not isinstance(data, dict):
+            holds = "nothing" if data is None else f"a {type(data).__name__}"
+            raise RunFileError(path, f"not a mapping: it holds {holds}")
+        return data
+
+    def read_config(self) -> dict[str, Any]:
+        """The saved ``config.yaml`` (errors as `read`)."""
+        return self.read(self.CONFIG_FILE)
+
+    def step_folders(self) -> list[int]:
+        """Every step folder in ``checkpoints/``, committed or not, oldest first.
+
+        A folder named by a bare step number: what a save renames its temporary folder to
+        (``12.orbax-checkpoint-tmp...`` never counts). Use it to refuse starting a new run over
+        an old one; whether a step can be restored is for the `CheckpointManager` to say.
+        """
+        try:
+            entries = list(self.checkpoints.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(int(p.name) for p in entries if p.name.isdigit() and p.is_dir())
+
+    def has_checkpoints(self) -> bool:
+        """Whether ``checkpoints/`` holds any step folder (see `step_folders`)."""
+        return bool(self.step_folders())
+
+    def latest_step(self) -> int | None:
+        """The newest committed step, or None.
+
+        Committed: a step folder holding the commit marker (``commit_success.txt``), which the
+        commit writes last before renaming the folder into place. A folder without it (a copy
+        cut short, one made by hand) is what `CheckpointManager.restore` skips as never
+        committed, so it is not the step to name in "continue with --resume".
+        """
+        committed = [
+            s for s in self.step_folders() if (self.checkpoints / str(s) / COMMIT_MARKER).is_file()
+        ]
+        return committed[-1] if committed else None
+
+
+__all__ = ["RunDir", "RunFileError", "RunFileNotFoundError", "write_if_changed"]

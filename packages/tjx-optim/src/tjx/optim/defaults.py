@@ -1,0 +1,91 @@
+"""What a setting left ``None`` stands for: the named optimizer's own default.
+
+``OptimizerConfig.resolved()`` fills these in for a config object. The functions here do the same
+for settings as plain data (a parsed YAML section, a config saved with a run), so that two sets
+of settings can be compared by the values an optimizer really uses: ``b2: null`` under adamw is
+0.999, equal to a saved ``b2: 0.999`` and different from a saved ``b2: 0.95``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from tjx.optim.config import _DEFAULTS, OPTIMIZER_NAMES, OptimizerConfig
+from tjx.optim.optimizers import DEFAULT_LEARNING_RATES
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class OwnDefault:
+    """A setting left ``None`` that stands for optimizer ``optimizer``'s own ``value``.
+
+    It compares and hashes as ``value`` (``OwnDefault(0.999, "adamw") == 0.999``) and prints
+    whose default it is: ``0.999 (adamw's default)``.
+    """
+
+    value: float | bool
+    optimizer: str
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, OwnDefault):
+            other = other.value
+        return bool(self.value == other)
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    def __repr__(self) -> str:
+        return f"{self.value!r} ({self.optimizer}'s default)"
+
+
+def own_defaults(name: str) -> dict[str, float | bool]:
+    """Optimizer ``name``'s value for each `OptimizerConfig` field it fills when left ``None``.
+
+    ``learning_rate`` (the constant rate used without a schedule, `DEFAULT_LEARNING_RATES`) and
+    the hyper-parameters of the README's defaults table that this optimizer takes. Fields whose
+    ``None`` means something else (``clip_norm``: no clipping) are not listed.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not one of `OPTIMIZER_NAMES`.
+    """
+    if name not in OPTIMIZER_NAMES:
+        raise ValueError(f"name={name!r} is not allowed; allowed values: {list(OPTIMIZER_NAMES)}")
+    return {"learning_rate": DEFAULT_LEARNING_RATES[name], **_DEFAULTS[name]}
+
+
+def with_own_defaults(
+    settings: Mapping[str, Any], *, aliases: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """``settings`` with each ``None`` the optimizer fills replaced by an `OwnDefault`.
+
+    Parameters
+    ----------
+    settings:
+        One optimizer's settings as plain data: ``name`` (missing: `OptimizerConfig`'s default
+        name) and any fields. Keys that are no such field, and fields whose ``None`` has no
+        default (see `own_defaults`), are kept as they are.
+    aliases:
+        The caller's key → the `OptimizerConfig` field it is, e.g. ``{"lr": "learning_rate"}``.
+
+    Returns
+    -------
+    dict
+        A copy; unchanged when ``name`` is not an optimizer (nothing is known about it).
+    """
+    name = settings.get("name", OptimizerConfig.name)
+    if name not in OPTIMIZER_NAMES:
+        return dict(settings)
+    own = own_defaults(name)
+    fields = aliases or {}
+    out = dict(settings)
+    for key, value in settings.items():
+        field = fields.get(key, key)
+        if value is None and field in own:
+            out[key] = OwnDefault(own[field], name)
+    return out
+
+
+__all__ = ["OwnDefault", "own_defaults", "with_own_defaults"]

@@ -1,0 +1,74 @@
+"""What a setting left None stands for, on settings given as plain data."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tjx.optim import (
+    DEFAULT_LEARNING_RATES,
+    OPTIMIZER_NAMES,
+    OptimizerConfig,
+    OwnDefault,
+    own_defaults,
+    with_own_defaults,
+)
+
+
+@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+def test_own_defaults_are_what_resolved_fills(name: str) -> None:
+    own = own_defaults(name)
+    assert own.pop("learning_rate") == DEFAULT_LEARNING_RATES[name]
+    blank = dataclasses.asdict(OptimizerConfig(name=name))
+    filled = dataclasses.asdict(OptimizerConfig(name=name).resolved())
+    assert own == {k: v for k, v in filled.items() if blank[k] is None and v is not None}
+
+
+def test_own_defaults_of_an_unknown_optimizer() -> None:
+    with pytest.raises(
+        ValueError, match=r"name='adamax' is not allowed; allowed values: \['adamw'"
+    ):
+        own_defaults("adamax")
+
+
+def test_nulls_become_the_optimizers_own_values() -> None:
+    settings = {
+        "name": "adamw",
+        "lr": None,
+        "b1": 0.8,
+        "b2": None,
+        "momentum": None,  # adamw has none: stays None
+        "clip_norm": None,  # None means no clipping, not a default value
+        "schedule": {"name": "cosine"},
+    }
+    got = with_own_defaults(settings, aliases={"lr": "learning_rate"})
+    assert got == {**settings, "lr": 3e-4, "b2": 0.999}
+    assert repr(got["b2"]) == "0.999 (adamw's default)"
+    assert isinstance(got["lr"], OwnDefault) and got["lr"].optimizer == "adamw"
+    assert got["b1"] == 0.8 and not isinstance(got["b1"], OwnDefault)
+    assert got["momentum"] is None and got["clip_norm"] is None
+    assert settings["b2"] is None  # the input is left alone
+    # Without the alias "lr" is no field of tjx.optim's: kept as it is.
+    assert with_own_defaults(settings)["lr"] is None
+
+
+def test_a_missing_name_is_the_default_optimizer_and_an_unknown_one_is_left_alone() -> None:
+    assert with_own_defaults({"b2": None}) == {"b2": 0.999}
+    assert with_own_defaults({"name": "adamax", "b2": None}) == {"name": "adamax", "b2": None}
+
+
+def test_a_bool_default() -> None:
+    got = with_own_defaults({"name": "sgd", "nesterov": None})
+    assert got["nesterov"] == False  # noqa: E712 (OwnDefault compares as the value it stands for)
+    assert got["nesterov"] != True  # noqa: E712
+    assert repr(got["nesterov"]) == "False (sgd's default)"
+
+
+def test_own_default_compares_and_hashes_as_its_value() -> None:
+    a = OwnDefault(0.999, "adamw")
+    assert a == 0.999 and a != 0.95
+    assert 0.999 == a and 0.95 != a  # noqa: SIM300 (the float on the left: the reflected test)
+    assert a == OwnDefault(0.999, "lamb")
+    assert hash(a) == hash(0.999) and {a: 1}[0.999] == 1
+    assert a != "0.999"

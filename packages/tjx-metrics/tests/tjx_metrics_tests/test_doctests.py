@@ -9,6 +9,7 @@ MODULES = [
     "tjx.metrics.divergence",
     "tjx.metrics.flops",
     "tjx.metrics.lm",
+    "tjx.metrics.memory",
     "tjx.metrics.throughput",
     "tjx.metrics.loggers.console",
     "tjx.metrics.loggers.factory",

@@ -11,6 +11,7 @@ import pytest
 from tjx.metrics import (
     DEVICE_PEAKS,
     ThroughputMeter,
+    compute_peak_flops,
     device_peak_flops,
     flops_per_token_from_config,
     mfu,
@@ -117,6 +118,31 @@ def test_unknown_devices_give_none_with_warning():
         assert peak_flops("TPU v5p", "fp32") is None
     assert peak_flops("cpu") is None
     assert set(DEVICE_PEAKS) >= {"H100 SXM", "H100 PCIe", "H200 SXM", "A100", "TPU v4", "TPU v5e"}
+
+
+@pytest.mark.parametrize(
+    ("compute_dtype", "key"),
+    [("bfloat16", "bf16"), ("float16", "fp16"), ("float32", "tf32"), (jnp.float32, "tf32")],
+)
+def test_compute_peak_flops_is_the_default_precision_peak(compute_dtype, key):
+    """float32 matmuls run as TF32 at JAX's default precision: MFU against the tf32 peak."""
+    h100 = SimpleNamespace(platform="gpu", device_kind="NVIDIA H100 80GB HBM3")
+    assert compute_peak_flops(compute_dtype, h100) == getattr(DEVICE_PEAKS["H100 SXM"], key)
+    assert compute_peak_flops("float32", h100) != peak_flops(h100.device_kind, "fp32")
+
+
+def test_compute_peak_flops_unknown_and_cpu():
+    rtx = SimpleNamespace(platform="gpu", device_kind="NVIDIA GeForce RTX 4090")
+    with pytest.warns(UserWarning, match="no peak FLOP/s known"):
+        assert compute_peak_flops("bfloat16", rtx) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warn=False: a training loop's every start stays quiet
+        assert compute_peak_flops("bfloat16", rtx, warn=False) is None
+        tpu = SimpleNamespace(platform="tpu", device_kind="TPU v5p")
+        assert compute_peak_flops("float32", tpu, warn=False) is None  # TPUs have no TF32
+        assert compute_peak_flops("float32") is None  # this CPU
+    with pytest.raises(ValueError, match="dtype"):
+        compute_peak_flops("int8", rtx)
 
 
 def test_device_peak_flops_on_cpu_and_user_peak():

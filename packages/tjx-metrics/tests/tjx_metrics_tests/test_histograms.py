@@ -162,3 +162,28 @@ def test_wandb_histograms_through_a_fake_module(tmp_path, monkeypatch):
     kind, passed = data["blocks/0/w"]
     assert kind == "histogram"
     np.testing.assert_array_equal(passed, values[np.isfinite(values)])
+
+
+def test_log_weights_logs_every_parameter_by_path(tmp_path):
+    rng = np.random.default_rng(4)
+    params = _params(rng)
+    with make_logger(["jsonl"], tmp_path) as logger:
+        logger.log_weights(7, params)
+        logger.log_weights(8, params, r"embedding$")
+    first, second = read_jsonl(tmp_path / "metrics.jsonl")
+    assert first["step"] == 7 and list(first["histograms"]) == list(weights_to_host(params))
+    assert first["histograms"]["embed/embedding"] == histogram_summary(
+        np.asarray(params["embed"]["embedding"])
+    )
+    assert second["step"] == 8 and list(second["histograms"]) == ["embed/embedding"]
+
+
+def test_log_weights_fetches_on_a_logger_that_writes_nothing(monkeypatch):
+    """Another process's logger drops everything, yet must join the all-gather of the weights."""
+    from tjx.metrics.loggers import base
+
+    seen = []
+    monkeypatch.setattr(base, "weights_to_host", lambda tree, patterns: seen.append(tree) or {})
+    params = {"w": jnp.ones(3)}
+    base.MultiLogger([]).log_weights(1, params)
+    assert seen == [params]

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tjx.metrics import GIB, available_bytes, peak_bytes
+from tjx.metrics import GIB, MemoryCheck, MemoryFit, available_bytes, first_fit, peak_bytes
 
 
 def test_peak_of_an_abstractly_compiled_function_counts_its_arguments_and_outputs():
@@ -72,3 +72,52 @@ def test_cpu_memory_is_the_hosts_available_ram(tmp_path):
 def test_this_machine_reports_a_positive_figure_or_none(device):
     found = available_bytes(device)
     assert found is None or found > 0
+
+
+def test_first_fit_takes_the_first_candidate_that_fits_and_compiles_no_more():
+    compiled = []
+
+    def candidate(name: str, peak: int):
+        return name, lambda: compiled.append(name) or peak
+
+    seen: list = []
+    fit = first_fit(
+        [candidate("plain", 5 * GIB), candidate("remat", 2 * GIB), candidate("never", 1)],
+        budget=3 * GIB,
+        on_check=seen.append,
+    )
+    assert fit.chosen == "remat" and compiled == ["plain", "remat"]
+    assert [(c.name, c.peak, c.budget, c.fits) for c in fit.checks] == [
+        ("plain", 5 * GIB, 3 * GIB, False),
+        ("remat", 2 * GIB, 3 * GIB, True),
+    ]
+    assert seen == list(fit.checks)  # reported as each was measured
+    assert fit.report().splitlines()[0] == "plain needs 5.00 GiB; 3.00 GiB available"
+    # The peak exactly at the budget fits; nothing fits: no choice, every peak reported.
+    assert first_fit([("a", lambda: 10)], budget=10).chosen == "a"
+    none = first_fit([("a", lambda: 11), ("b", lambda: 12)], budget=10)
+    assert none.chosen is None and [c.peak for c in none.checks] == [11, 12]
+
+
+def test_first_fit_reads_compiled_peaks():
+    rng = np.random.default_rng(1)
+    n = int(rng.integers(64, 256))
+    x = jax.ShapeDtypeStruct((n, n), jnp.float32)
+
+    def compile_():
+        return jax.jit(lambda a: a @ a).lower(x).compile()
+
+    peak = peak_bytes(compile_())["peak"]
+    assert peak >= 2 * 4 * n * n  # the operand and the result at least
+    assert first_fit([("matmul", compile_)], budget=peak).chosen == "matmul"
+    assert first_fit([("matmul", compile_)], budget=peak - 1).chosen is None
+
+
+def test_first_fit_without_a_known_budget_compiles_nothing(monkeypatch):
+    from tjx.metrics import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: None)
+    fit = first_fit([("a", lambda: pytest.fail("compiled"))])
+    assert fit == MemoryFit(None) and fit.chosen is None and fit.report() == ""
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: 100)
+    assert first_fit([("a", lambda: 100)]).checks == (MemoryCheck("a", 100, 100),)

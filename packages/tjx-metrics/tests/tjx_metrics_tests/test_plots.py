@@ -6,7 +6,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from tjx.metrics import JsonlLogger, load_curves, plot_curves
+from tjx.metrics import JsonlLogger, load_curves, plot_curves, plot_run
 
 
 def _write_log(path, rng, steps=40):
@@ -77,3 +77,22 @@ def test_plot_curves_bad_input(tmp_path):
     with pytest.raises(ValueError, match="at least one"):
         plot_curves(log, tmp_path / "x.png", keys=())
     assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_run_plots_the_runs_log(tmp_path):
+    _write_log(tmp_path / "metrics.jsonl", np.random.default_rng(1))
+    out = plot_run(tmp_path, tmp_path / "loss_curve.png", keys=("loss", "eval_loss"))
+    assert out == tmp_path / "loss_curve.png" and _png_size(out) == (800, 520)
+
+
+def test_plot_run_never_raises(tmp_path, capsys):
+    # No log (nothing logged yet, or no JSONL sink): nothing to plot and nothing to say.
+    assert plot_run(tmp_path, tmp_path / "c.png") is None
+    assert capsys.readouterr().err == "" and not (tmp_path / "c.png").exists()
+    # A log without the keys: one warning line instead of plot_curves' ValueError.
+    (tmp_path / "other.jsonl").write_text(json.dumps({"step": 1, "accuracy": 0.5}) + "\n")
+    assert plot_run(tmp_path, tmp_path / "c.png", jsonl_name="other.jsonl") is None
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("warning: could not plot c.png: none of the keys") and err.count("\n") == 1
+    )

@@ -3,16 +3,25 @@
 * :func:`lm_stats` (jit-friendly sums and counts), :func:`lm_metrics`, :func:`loss_metrics` and the
   exact streaming :class:`MetricAccumulator`.
 * :func:`transformer_flops_per_token` (6·N + 12·L·d·s, PaLM appendix B), :func:`peak_flops` /
-  :func:`device_peak_flops` by ``device_kind``, :func:`mfu` and :class:`ThroughputMeter`.
+  :func:`device_peak_flops` by ``device_kind`` (:func:`compute_peak_flops` for a model's compute
+  dtype at JAX's default precision), :func:`mfu` and :class:`ThroughputMeter`.
 * :func:`make_logger` fanning out to console / JSONL / W&B / TensorBoard; :func:`weights_to_host`
-  (a params pytree as ``{path: host array}`` for ``log_histograms``); :func:`plot_curves`.
-* Before and during a run: :func:`peak_bytes` (XLA's memory analysis of a compiled step) and
-  :func:`available_bytes` (what a device can use); :class:`DivergenceGuard` (stop after too many
-  non-finite or skipped steps in a row); :func:`progress_bar` (rich, with loss and ETA).
+  (a params pytree as ``{path: host array}``; ``Logger.log_weights`` logs their histograms);
+  :func:`plot_curves`, and :func:`plot_run` at the end of a run (never raises).
+* Before and during a run: :func:`peak_bytes` (XLA's memory analysis of a compiled step),
+  :func:`available_bytes` (what a device can use) and :func:`first_fit` (the first candidate step
+  whose peak fits); :class:`DivergenceGuard` (stop after too many non-finite or skipped steps in a
+  row); :func:`progress_bar` (rich, with loss and ETA).
 """
 
 from tjx.metrics.accumulate import MetricAccumulator, finalize_metrics
-from tjx.metrics.devices import DEVICE_PEAKS, DevicePeak, device_peak_flops, peak_flops
+from tjx.metrics.devices import (
+    DEVICE_PEAKS,
+    DevicePeak,
+    compute_peak_flops,
+    device_peak_flops,
+    peak_flops,
+)
 from tjx.metrics.divergence import DivergenceGuard
 from tjx.metrics.flops import flops_per_token_from_config, transformer_flops_per_token
 from tjx.metrics.lm import lm_metrics, lm_stats, loss_metrics
@@ -33,12 +42,19 @@ from tjx.metrics.loggers import (
     select_weights,
     weights_to_host,
 )
-from tjx.metrics.memory import GIB, available_bytes, peak_bytes
-from tjx.metrics.plots import load_curves, plot_curves
+from tjx.metrics.memory import (
+    GIB,
+    MemoryCheck,
+    MemoryFit,
+    available_bytes,
+    first_fit,
+    peak_bytes,
+)
+from tjx.metrics.plots import load_curves, plot_curves, plot_run
 from tjx.metrics.progress import ProgressBar, progress_bar
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "DEVICE_PEAKS",
@@ -50,6 +66,8 @@ __all__ = [
     "DivergenceGuard",
     "JsonlLogger",
     "Logger",
+    "MemoryCheck",
+    "MemoryFit",
     "MetricAccumulator",
     "MultiLogger",
     "ProgressBar",
@@ -59,8 +77,10 @@ __all__ = [
     "__version__",
     "available_bytes",
     "check_logger_packages",
+    "compute_peak_flops",
     "device_peak_flops",
     "finalize_metrics",
+    "first_fit",
     "flops_per_token_from_config",
     "histogram_summary",
     "lm_metrics",
@@ -72,6 +92,7 @@ __all__ = [
     "peak_bytes",
     "peak_flops",
     "plot_curves",
+    "plot_run",
     "progress_bar",
     "read_jsonl",
     "resolve_wandb_mode",

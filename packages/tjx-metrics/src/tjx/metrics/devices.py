@@ -22,7 +22,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEVICE_PEAKS", "DevicePeak", "device_peak_flops", "normalize_dtype", "peak_flops"]
+__all__ = [
+    "DEVICE_PEAKS",
+    "DevicePeak",
+    "compute_peak_flops",
+    "device_peak_flops",
+    "normalize_dtype",
+    "peak_flops",
+]
 
 _T = 1e12
 
@@ -288,3 +295,45 @@ def device_peak_flops(
         normalize_dtype(dtype)
         return None
     return peak_flops(str(device.device_kind), dtype)
+
+
+def compute_peak_flops(
+    compute_dtype: Any, device: Any = None, *, warn: bool = True
+) -> float | None:
+    """The peak that MFU should use for a model computing in ``compute_dtype`` under JAX's defaults.
+
+    JAX multiplies float32 matrices at its default precision in TF32 on NVIDIA tensor cores
+    (Ampere and newer), so a float32 model's peak is the ``tf32`` one, not the CUDA-core
+    ``fp32`` figure (which would overstate MFU ~7x on an H100); bfloat16 and float16 are their
+    own keys. A TPU has no TF32 figure: ``None`` there.
+
+    Parameters
+    ----------
+    compute_dtype
+        The activations' dtype: ``"bfloat16"``, ``"float16"``, ``"float32"``, a numpy/jax dtype or
+        a key of :func:`peak_flops`.
+    device
+        A ``jax.Device``; defaults to ``jax.devices()[0]``.
+    warn : bool
+        Warn when the device has no figure (a training loop that logs MFU only where known
+        passes ``False``: it would warn on every start on such a device).
+
+    Returns
+    -------
+    float or None
+        FLOP/s of one device; ``None`` on CPU and where the table has no figure.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> h100 = SimpleNamespace(platform="gpu", device_kind="NVIDIA H100 80GB HBM3")
+    >>> compute_peak_flops("float32", h100) == peak_flops("NVIDIA H100 80GB HBM3", "tf32")
+    True
+    """
+    key = normalize_dtype(compute_dtype)
+    key = "tf32" if key == "fp32" else key
+    if warn:
+        return device_peak_flops(device, key)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return device_peak_flops(device, key)

@@ -4,14 +4,19 @@ A step compiled from abstract shapes (``jax.jit(f).lower(*shape_dtype_structs).c
 materialises nothing, yet XLA's memory analysis of it says how many bytes the step will need.
 Comparing that peak with :func:`available_bytes` before the first parameter is created turns an
 out-of-memory kill mid-compile or mid-step into a decision taken up front (remat, a smaller batch).
+:func:`first_fit` is that decision: it compiles candidates (the step as configured, then with
+remat, ...) in order and keeps the first whose peak fits, reporting each one as it goes.
 """
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GIB", "available_bytes", "peak_bytes"]
+__all__ = ["GIB", "MemoryCheck", "MemoryFit", "available_bytes", "first_fit", "peak_bytes"]
 
 GIB = 2**30
 _MEMINFO = Path("/proc/meminfo")
@@ -75,3 +80,108 @@ def available_bytes(device: Any = None, *, meminfo: Path = _MEMINFO) -> int | No
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) * 1024  # the file counts kB
     return None
+
+
+@dataclass(frozen=True)
+class MemoryCheck:
+    """One candidate of :func:`first_fit`: its compiled peak against the memory available.
+
+    Attributes
+    ----------
+    name : str
+        The candidate's name, as given.
+    peak, budget : int
+        Bytes the compiled computation needs, and bytes available.
+    """
+
+    name: str
+    peak: int
+    budget: int
+
+    @property
+    def fits(self) -> bool:
+        """Whether the peak is within the budget."""
+        return self.peak <= self.budget
+
+    def __str__(self) -> str:
+        # The name is the sentence's subject: "the train step needs 5.72 GiB; ...".
+        return f"{self.name} needs {self.peak / GIB:.2f} GiB; {self.budget / GIB:.2f} GiB available"
+
+
+@dataclass(frozen=True)
+class MemoryFit:
+    """What :func:`first_fit` found.
+
+    Attributes
+    ----------
+    budget : int or None
+        Bytes available; ``None`` when unknown, and then nothing was compiled.
+    checks : tuple of MemoryCheck
+        Each candidate compiled, in order; the search stops at the first that fits.
+    """
+
+    budget: int | None
+    checks: tuple[MemoryCheck, ...] = ()
+
+    @property
+    def chosen(self) -> str | None:
+        """The name of the first candidate that fits; ``None`` when none does (or no budget)."""
+        return self.checks[-1].name if self.checks and self.checks[-1].fits else None
+
+    def report(self) -> str:
+        """One line per candidate compiled: ``<name> needs 5.00 GiB; 3.00 GiB available``."""
+        return "\n".join(str(check) for check in self.checks)
+
+
+def first_fit(
+    candidates: Iterable[tuple[str, Callable[[], Any]]],
+    *,
+    budget: int | None = None,
+    device: Any = None,
+    on_check: Callable[[MemoryCheck], None] | None = None,
+) -> MemoryFit:
+    """The first candidate whose compiled peak fits in the memory available, and each one's peak.
+
+    Parameters
+    ----------
+    candidates : iterable of (name, compile)
+        Tried in order. ``compile()`` returns a compiled computation (its :func:`peak_bytes`
+        ``peak`` counts) or the peak itself in bytes; it is called only when every earlier
+        candidate was too big, so an expensive fallback costs nothing when the first fits.
+    budget : int, optional
+        Bytes available; defaults to :func:`available_bytes` of ``device``.
+    device
+        The ``jax.Device`` whose memory counts (default ``jax.devices()[0]``).
+    on_check : callable, optional
+        Called with each :class:`MemoryCheck` as soon as it is known (a compile can take
+        minutes: a caller may say what it found before the next one starts).
+
+    Returns
+    -------
+    MemoryFit
+        ``.chosen`` names the candidate that fits (``None``: none does, or the budget is
+        unknown), ``.checks`` has every peak measured, ``.budget`` the bytes compared against.
+
+    Examples
+    --------
+    >>> fit = first_fit([("plain", lambda: 5 * GIB), ("remat", lambda: 2 * GIB)], budget=3 * GIB)
+    >>> fit.chosen, [c.fits for c in fit.checks]
+    ('remat', [False, True])
+    >>> print(fit.report())
+    plain needs 5.00 GiB; 3.00 GiB available
+    remat needs 2.00 GiB; 3.00 GiB available
+    """
+    budget = available_bytes(device) if budget is None else budget
+    if budget is None:
+        return MemoryFit(None)
+    checks: list[MemoryCheck] = []
+    for name, compile_ in candidates:
+        compiled = compile_()
+        peak = compiled if isinstance(compiled, numbers.Integral) else peak_bytes(compiled)["peak"]
+        check = MemoryCheck(name, int(peak), int(budget))
+        checks.append(check)
+        if on_check is not None:
+            on_check(check)
+        if check.fits:
+            break
+    return MemoryFit(int(budget), tuple(checks))

@@ -1,16 +1,20 @@
 """Training curves (loss, learning rate, …) from a JSONL log to a PNG, with matplotlib's Agg canvas
-(no display, no pyplot global state — safe in training processes and threads)."""
+(no display, no pyplot global state — safe in training processes and threads).
+
+:func:`plot_curves` raises on a bad log; :func:`plot_run` is the end-of-run convenience that
+never does (a finished run must not fail over its picture)."""
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tjx.metrics.loggers.jsonl import read_jsonl
+from tjx.metrics.loggers.jsonl import JSONL_NAME, read_jsonl
 
-__all__ = ["load_curves", "plot_curves"]
+__all__ = ["load_curves", "plot_curves", "plot_run"]
 
 KeySpec = str | Sequence[str]
 
@@ -128,3 +132,46 @@ def plot_curves(
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")
     return out
+
+
+def plot_run(
+    run_dir: str | os.PathLike[str],
+    png_path: str | os.PathLike[str],
+    keys: Sequence[KeySpec] = ("loss", "learning_rate"),
+    *,
+    jsonl_name: str = JSONL_NAME,
+    title: str | None = None,
+) -> Path | None:
+    """Plot a run's JSONL log (the one :func:`~tjx.metrics.make_logger` writes), never raising.
+
+    Meant for the end of a run, or a rebuild of its files: the picture is a convenience, so a
+    problem with it is one warning line on stderr, not an error.
+
+    Parameters
+    ----------
+    run_dir
+        The run's folder, holding ``jsonl_name``.
+    png_path
+        Output image (see :func:`plot_curves`).
+    keys
+        Scalars to plot, one panel per entry (see :func:`plot_curves`).
+    jsonl_name
+        The log's file name in ``run_dir`` (``make_logger``'s ``jsonl_name``).
+    title
+        Figure title (default: the log's file name).
+
+    Returns
+    -------
+    Path or None
+        ``png_path``; ``None`` when the run has no log (nothing was logged, or no JSONL sink:
+        nothing is said) or the plot failed (none of the keys logged, a full disk: one
+        ``warning: could not plot ...`` line on stderr).
+    """
+    jsonl = Path(run_dir) / jsonl_name
+    if not jsonl.is_file():
+        return None
+    try:
+        return plot_curves(jsonl, png_path, keys, title=title)
+    except Exception as err:  # the plot is a convenience; never fail a finished run over it
+        print(f"warning: could not plot {Path(png_path).name}: {err}", file=sys.stderr)
+        return None

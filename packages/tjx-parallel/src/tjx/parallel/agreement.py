@@ -33,13 +33,17 @@ A single process gets the plain local decision: no exchange, nothing new per ste
 
 **Started alike.** :func:`process_values` shows every process what the others were told (counts,
 flags, a digest of a whole config) with one tiny all-gather right after joining, so an app can
-refuse, on every process at once, a run whose processes disagree.
+refuse, on every process at once, a run whose processes disagree. :func:`disagreements` is that
+check: the named values not every process holds alike (or not as expected), each a
+:class:`Disagreement` saying which processes differ. Every process gets the same list from the
+same gathered rows, so all of them refuse together and none is left waiting in a collective.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,10 +53,12 @@ from tjx.parallel.distributed import runtime_client
 __all__ = [
     "STOP_NAME",
     "STOP_TIMEOUT_S",
+    "Disagreement",
     "Exchange",
     "StopAgreement",
     "coordination_exchange",
     "digest_words",
+    "disagreements",
     "process_values",
     "stop_agreement",
 ]
@@ -246,3 +252,94 @@ def process_values(values: Mapping[str, int | str]) -> dict[str, list[Any]]:
         else:
             out[key] = [int(r[0]) for r in column]
     return out
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """A named value that the processes do not all hold alike (from :func:`disagreements`).
+
+    Attributes
+    ----------
+    name : str
+        The value's name, as given to :func:`disagreements`.
+    values : tuple
+        Each process's value, by process index: the int, or a string's four digest words.
+    expected : int, str or None
+        What every process had to hold, when the caller said; else process 0's value is the
+        reference (jax itself takes process 0's word on the run's shape).
+    """
+
+    name: str
+    values: tuple[Any, ...]
+    expected: int | str | None = None
+
+    @property
+    def differ(self) -> list[int]:
+        """The processes whose value is not the reference (``expected``, else process 0's)."""
+        if self.expected is None:
+            reference: Any = self.values[0]
+        elif isinstance(self.expected, str):
+            reference = tuple(digest_words(self.expected))
+        else:
+            reference = int(self.expected)
+        return [rank for rank, value in enumerate(self.values) if value != reference]
+
+    def each(self) -> str:
+        """``"process 0: 2, process 1: 3"``; a string shows its digest's first word in hex."""
+
+        def show(value: Any) -> str:
+            return f"{value[0] & 0xFFFFFFFF:08x}" if isinstance(value, tuple) else str(value)
+
+        return ", ".join(f"process {rank}: {show(v)}" for rank, v in enumerate(self.values))
+
+    def __str__(self) -> str:
+        if self.expected is not None:
+            return f"{self.name}: expected {self.expected}, but {self.each()}"
+        return f"{self.name}: process(es) {self.differ} hold another value than process 0"
+
+
+def disagreements(
+    values: Mapping[str, int | str], *, expected: Mapping[str, int | str] | None = None
+) -> list[Disagreement]:
+    """The named values that not every process holds alike: what differs, and on which process.
+
+    A collective (one tiny all-gather, :func:`process_values`): call it on every process, after
+    joining, with the same names in the same order. Every process gets the same answer, so an app
+    that refuses the run on a non-empty list refuses it everywhere at once.
+
+    Parameters
+    ----------
+    values : mapping of str to int or str
+        This process's values (what it was told: counts, flags, a whole config as text);
+        integers must fit in int32, strings are compared by their 128-bit digests.
+    expected : mapping of str to int or str, optional
+        Values that every process must hold (``{"num_processes": jax.process_count()}``); a name
+        not listed here must only be equal on all processes.
+
+    Returns
+    -------
+    list of Disagreement
+        In the order of ``values``; empty when the processes agree. One process agrees with
+        itself unless it differs from ``expected`` (no collective runs).
+
+    Raises
+    ------
+    ValueError
+        ``expected`` names a value not in ``values``, or a value cannot be sent
+        (:func:`process_values`).
+
+    Examples
+    --------
+    >>> disagreements({"steps": 10, "config": "lr: 0.1"})  # one process
+    []
+    >>> [str(d) for d in disagreements({"num_processes": 2}, expected={"num_processes": 1})]
+    ['num_processes: expected 1, but process 0: 2']
+    """
+    expected = dict(expected or {})
+    unknown = sorted(set(expected) - set(values))
+    if unknown:
+        raise ValueError(f"disagreements: expected names no value of this process: {unknown}")
+    found = []
+    for name, told in process_values(values).items():
+        found.append(Disagreement(name, tuple(told), expected.get(name)))
+    return [d for d in found if d.differ]

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from tjx.metrics.loggers.histograms import path_name
+from tjx.metrics.loggers.histograms import path_name, weights_to_host
 
 __all__ = [
     "Logger",
@@ -176,6 +176,27 @@ class Logger:
     def log_histograms(self, step: Any, values: Mapping[str, Any]) -> None:
         """Log value distributions (e.g. from :func:`select_weights`) at ``step``."""
         self._write_histograms(*_fetch_histograms(step, values))
+
+    def log_weights(
+        self, step: Any, tree: Any, patterns: Sequence[str] | str | None = None
+    ) -> None:
+        """Log the histogram of every array of a params pytree, named by its path.
+
+        The names are :func:`~tjx.metrics.weights_to_host`'s (``blocks/0/attn/q/kernel``). In a
+        multi-host run call it on **every** process, also those whose logger drops everything
+        (``make_logger(primary_only=True)``): an array spanning processes is all-gathered, a
+        collective they must all join.
+
+        Parameters
+        ----------
+        step
+            The step.
+        tree
+            A params pytree (pure dict, ``nnx.State``, ...).
+        patterns
+            Optional regexes on the path names; ``None`` logs every array.
+        """
+        self.log_histograms(step, weights_to_host(tree, patterns))
 
     def log_text(self, step: Any, key: str, text: str) -> None:
         """Log a text sample (e.g. generated text) under ``key`` at ``step``."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from tjx.metrics.loggers.base import Logger, MultiLogger
 from tjx.metrics.loggers.console import ConsoleLogger
-from tjx.metrics.loggers.jsonl import JsonlLogger
+from tjx.metrics.loggers.jsonl import JSONL_NAME, JsonlLogger
 
 __all__ = ["LOGGER_NAMES", "check_logger_packages", "make_logger"]
 
@@ -85,7 +85,7 @@ def make_logger(
     run_id: str | None = None,
     wandb_mode: str | None = None,
     console_keys: Sequence[str] | None = None,
-    jsonl_name: str = "metrics.jsonl",
+    jsonl_name: str = JSONL_NAME,
     primary_only: bool = True,
 ) -> MultiLogger:
     """Build one logger that fans out to several backends.

@@ -72,7 +72,7 @@ def weights_to_host(
     -----
     Arrays whose shards all live on this process come over in **one** ``jax.device_get``. An array
     spanning several processes (a multi-host run) cannot be read on one host: it is all-gathered,
-    as ``trainer.rundir.params_digest`` does — a collective, so **every** process must call this
+    as ``tjx.ckpt.params_sha256`` does — a collective, so **every** process must call this
     with the same tree, even though only the primary logger writes.
 
     Examples

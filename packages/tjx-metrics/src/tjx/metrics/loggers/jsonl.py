@@ -26,7 +26,10 @@ import numpy as np
 from tjx.metrics.loggers.base import Logger, Scalar
 from tjx.metrics.loggers.histograms import HISTOGRAM_BINS, histogram_summary
 
-__all__ = ["JsonlLogger", "read_jsonl"]
+__all__ = ["JSONL_NAME", "JsonlLogger", "read_jsonl"]
+
+#: The log's file name in a run's folder (``make_logger``'s ``jsonl_name`` default).
+JSONL_NAME = "metrics.jsonl"
 
 
 class JsonlLogger(Logger):

@@ -86,9 +86,8 @@ def compile_seconds(cfg: Any, detail: dict[str, float] | None = None) -> tuple[f
 
 def throughput(name: str, sets: list[str], steps: int) -> dict[str, Any]:
     """Compile once, then the median step time over ``steps`` steps on synthetic batches."""
-    from tjx import metrics, parallel
+    from tjx import metrics, nn, parallel
     from trainer import state as state_mod
-    from trainer.model_build import flops_per_unit
     from trainer.step import make_train_step
 
     cfg = load(name, sets)
@@ -113,9 +112,8 @@ def throughput(name: str, sets: list[str], steps: int) -> dict[str, Any]:
     median = statistics.median(times)
     tokens = cfg.data.batch_size * (cfg.data.seq_len if cfg.task != "classify" else 1)
     tps = tokens / median
-    flops = flops_per_unit(setup.nn_config, cfg)
-    dtype = {"bfloat16": "bf16", "float16": "fp16", "float32": "tf32"}[cfg.model.compute_dtype]
-    peak = None if jax.default_backend() == "cpu" else metrics.device_peak_flops(None, dtype)
+    flops = nn.flops_per_unit(setup.nn_config, cfg.data.seq_len)
+    peak = metrics.compute_peak_flops(cfg.model.compute_dtype, warn=False)
     mfu = metrics.mfu(tps, flops, peak, num_devices=jax.device_count()) if peak else None
     return {
         "config": name,

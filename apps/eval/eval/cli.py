@@ -92,19 +92,12 @@ def split_step(target: str, default: int | None) -> tuple[Path, int | None]:
 def _metrics(run: Any, args: argparse.Namespace) -> dict[str, float]:
     from eval import heldout
     from eval.runs import heldout_dir
+    from tjx import nn
 
     shard_dir, bpt = heldout_dir(run, args.data)
-    mlm: dict[str, Any] = {"seq2seq": run.is_seq2seq}
-    if run.is_masked_lm:
-        # The trainer's own evaluation masks with key(seed + 1) (trainer/step.py): the same
-        # positions here, so the two agree on the same batches.
-        import jax
-
-        train = run.config.get("train", {})
-        mlm |= {
-            "mlm_key": jax.random.key(int(train.get("seed", 0)) + 1),
-            "mlm_prob": float(train.get("mlm_probability", 0.15)),
-        }
+    # A BERT run masks with tjx.nn's evaluation key of the run's seed, as the trainer's own
+    # evaluation does: the same positions, so the two agree on the same batches.
+    train = run.config.get("train", {})
     return heldout.evaluate(
         run.model,
         shard_dir,
@@ -112,7 +105,8 @@ def _metrics(run: Any, args: argparse.Namespace) -> dict[str, float]:
         batch_size=args.batch_size,
         max_batches=args.max_batches,
         bytes_per_token=bpt,
-        **mlm,
+        key=nn.eval_mask_key(int(train.get("seed", 0))),
+        mask_prob=float(train.get("mlm_probability", 0.15)),
     )
 
 

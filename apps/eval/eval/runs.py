@@ -3,13 +3,10 @@ checkpoint's parameters, the tokenizer and the held-out shards."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
-import yaml  # type: ignore[import-untyped]
 from flax import nnx
 
 
@@ -46,45 +43,41 @@ class LoadedRun:
 
 
 def build_nn_config(desc: dict[str, Any]) -> Any:
-    """Rebuild a tjx.nn config from the trainer's ``model.json``."""
+    """Rebuild a tjx.nn config from the trainer's ``model.json`` (tjx.nn's ``config_from_dict``;
+    ``ValueError`` naming what is wrong)."""
     from tjx import nn
 
-    fields = dict(desc["fields"])
-    prec = fields.pop("precision", None)
-    if prec is not None:
-        fields["precision"] = nn.Precision(
-            jnp.dtype(prec["param_dtype"]), jnp.dtype(prec["compute_dtype"])
-        )
-    cls = getattr(nn, desc["class"])
-    return cls(**fields)
+    return nn.config_from_dict(desc)
 
 
 def _read(run_dir: Path, name: str) -> Any:
-    path = run_dir / name
-    if not path.is_file():
-        raise RunError(f"--checkpoint: {str(run_dir)!r} has no {name}; is it a trainer run dir?")
+    """The mapping in the run's file ``name`` (tjx.ckpt's `RunDir` reads it); `RunError` if not."""
+    from tjx import ckpt
+
     try:
-        text = path.read_text("utf-8")
-        content = yaml.safe_load(text) if name.endswith(".yaml") else json.loads(text)
-    except (UnicodeDecodeError, yaml.YAMLError, json.JSONDecodeError) as err:
-        first = str(err).strip().splitlines()[0]
+        return ckpt.RunDir(run_dir).read(name)
+    except ckpt.RunFileNotFoundError:
         raise RunError(
-            f"--checkpoint: {str(path)!r} is unreadable ({first}); the trainer writes it, so "
-            "the run directory was changed by hand or damaged"
+            f"--checkpoint: {str(run_dir)!r} has no {name}; is it a trainer run dir?"
         ) from None
-    if not isinstance(content, dict):
-        raise RunError(f"--checkpoint: {str(path)!r} does not hold a mapping; is it a trainer run?")
-    return content
+    except ckpt.RunFileError as err:
+        raise RunError(
+            f"--checkpoint: {str(err.path)!r} is unreadable ({err.reason}); the trainer writes "
+            "it, so the run directory was changed by hand or damaged"
+        ) from None
 
 
 def check_run_dir(run_dir: Path) -> None:
     """Raise `RunError` unless ``run_dir`` holds a config, model description and a checkpoint."""
+    from tjx import ckpt
+
     if not run_dir.is_dir():
         raise RunError(f"--checkpoint: no such run directory {str(run_dir)!r}")
-    for name in ("config.yaml", "model.json", "data.json"):
+    run = ckpt.RunDir(run_dir)
+    for name in (run.CONFIG_FILE, run.MODEL_FILE, run.DATA_FILE):
         _read(run_dir, name)
-    ckpts = run_dir / "checkpoints"
-    if not ckpts.is_dir() or not any(p.name.isdigit() for p in ckpts.iterdir()):
+    # Any step folder: which step reads back intact is for the restore to find (and say).
+    if not run.has_checkpoints():
         raise RunError(f"--checkpoint: {str(run_dir)!r} holds no checkpoint yet")
 
 

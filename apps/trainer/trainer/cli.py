@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from tjx import ckpt
 from trainer.config import Config, build_config
 from trainer.overrides import apply_overrides
 from trainer.plan import Distributed, RunPlan, config_yaml, error_exit
@@ -191,8 +192,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         _check_can_create("data.cache_dir", Path(cfg.data.cache_dir).expanduser())
     if args.init_from is not None and args.resume:  # before the checkpoint checks: the real issue
         raise ConfigError("--init-from: cannot be combined with --resume")
-    ckpt_dir = run_dir / "checkpoints"
-    has_ckpt = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+    has_ckpt = ckpt.RunDir(run_dir).has_checkpoints()  # committed or not: never train over one
     if args.resume and not has_ckpt:
         raise ConfigError(
             f"--resume: no checkpoint in {str(run_dir)!r}; train without --resume first"

@@ -19,7 +19,7 @@ from trainer.schema import ConfigError, from_dict, nested, spec, to_dict
 # the trainer runs.
 DTYPES = ("float32", "bfloat16", "float16")
 #: The model kinds the trainer trains and the task of each (trainer/tasks.py); the tjx.nn config
-#: class of each kind is in trainer/model_build.py.
+#: class of each kind is tjx.nn.MODEL_KINDS'.
 KIND_TASKS = {
     "gpt2": "lm",
     "llama": "lm",

@@ -1,14 +1,11 @@
 """Fit the train step to the memory the device has, before anything is written.
 
 A preset sized for a GPU does not fit every machine: gpt2_small's step (16 × 1024 tokens, no remat)
-needs about 43 GiB, more than a 24 GiB workstation has, and would be killed mid-compile or
-mid-step. So on a single device the trainer first compiles the step abstractly (no parameter is
-materialised), reads XLA's memory analysis, and compares the peak with the memory available. If it
-does not fit and remat is off, it switches to full remat and says so (gpt2_small: 5.7 GiB); if even
-that does not fit, it stops with exit code 2 and names the settings that shrink the step.
-
-The check is skipped on several devices (the abstract step is not partitioned, so its figure would
-overstate a sharded step) and for ``--init-from`` (the architecture comes from the checkpoint).
+needs about 43 GiB, more than a 24 GiB workstation has. So on a single device the trainer compiles
+the step abstractly (no parameter is materialised) and takes, through tjx-metrics' `first_fit`,
+the step as configured or else with full remat (gpt2_small: 5.7 GiB), saying so; if neither fits,
+it exits 2 naming the settings that shrink the step. Skipped on several devices (the abstract step
+is not partitioned: its figure would overstate a sharded step) and for ``--init-from``.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tjx.metrics import GIB, available_bytes, peak_bytes
+from tjx.metrics import GIB, first_fit, peak_bytes
 from trainer import tasks
 from trainer.config import Config, build_config
 from trainer.overrides import apply_overrides
@@ -56,6 +53,10 @@ def step_peak(cfg: Config, vocab_size: int) -> int:
     return peak_bytes(step.lower(state, batch).compile())["peak"]
 
 
+#: The candidates' names, as the ``memory:`` lines print them.
+STEP, FULL_REMAT = "the train step", "the train step with model.remat=full"
+
+
 def fit_memory(
     cfg: Config, vocab_size: int, *, budget: int | None = None, devices: int | None = None
 ) -> Config:
@@ -66,25 +67,21 @@ def fit_memory(
     devices = jax.device_count() if devices is None else devices
     if not cfg.train.fit_memory or not tasks.for_config(cfg).fits_memory or devices != 1:
         return cfg
-    budget = available_bytes() if budget is None else budget
-    if budget is None:
-        return cfg
-    need = step_peak(cfg, vocab_size)
-    print(f"memory: the train step needs {need / GIB:.2f} GiB; {budget / GIB:.2f} GiB available")
-    if need <= budget:
-        return cfg
+    full = build_config(apply_overrides(cfg.to_dict(), ["model.remat=full"]))
+    candidates = [(STEP, lambda: step_peak(cfg, vocab_size))]
     if cfg.model.remat == "none":
-        fitted = build_config(apply_overrides(cfg.to_dict(), ["model.remat=full"]))
-        need_full = step_peak(fitted, vocab_size)
-        if need_full <= budget:
-            print(
-                f"note: it does not fit, so this run uses model.remat=full "
-                f"({need_full / GIB:.2f} GiB; recomputes activations in the backward pass). "
-                "Set train.fit_memory=false to keep remat off.",
-                flush=True,
-            )
-            return fitted
-        need = need_full
+        candidates.append((FULL_REMAT, lambda: step_peak(full, vocab_size)))
+    # Each figure is printed as it comes: the next compile may take a while.
+    fit = first_fit(candidates, budget=budget, on_check=lambda c: print(f"memory: {c}", flush=True))
+    if fit.chosen == FULL_REMAT:
+        print(
+            "note: it does not fit, so this run uses model.remat=full (recomputes activations in "
+            "the backward pass). Set train.fit_memory=false to keep remat off.",
+            flush=True,
+        )
+        return full
+    if fit.chosen is not None or fit.budget is None:
+        return cfg
     # XLA:CPU undoes remat in unrolled stacks (it drops jax.checkpoint's barriers, then CSE
     # merges the recomputation back into the forward pass); scanned stacks keep it.
     unrolled = (
@@ -92,8 +89,9 @@ def fit_memory(
         if not cfg.model.scan_layers and jax.default_backend() == "cpu"
         else ""
     )
+    last = fit.checks[-1]
     raise ConfigError(
-        f"train.fit_memory: the train step needs {need / GIB:.2f} GiB even with model.remat="
-        f"full, but {budget / GIB:.2f} GiB is available; lower data.batch_size or data.seq_len, "
-        f"or raise optimizer.accumulation_steps{unrolled}"
+        f"train.fit_memory: the train step needs {last.peak / GIB:.2f} GiB even with model.remat="
+        f"full, but {last.budget / GIB:.2f} GiB is available; lower data.batch_size or "
+        f"data.seq_len, or raise optimizer.accumulation_steps{unrolled}"
     )

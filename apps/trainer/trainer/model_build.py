@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import jax.numpy as jnp
-
 from trainer.schema import ConfigError
 
 if TYPE_CHECKING:  # types only: `config` asks `nn_config` to validate the model section
@@ -50,9 +48,9 @@ def nn_config(m: ModelConfig, vocab_size: int) -> Any:
     Returns
     -------
     tjx.nn.TransformerConfig
-        A ``GPT2Config``, ``LlamaConfig``, ``BertConfig``, ``ViTConfig`` or
-        ``EncoderDecoderConfig``: ``tjx.nn.build_model``
-        builds the model of its class.
+        The config class of ``m.kind`` in ``tjx.nn.MODEL_KINDS`` (``GPT2Config``,
+        ``LlamaConfig``, ``BertConfig``, ``ViTConfig`` or ``EncoderDecoderConfig``):
+        ``tjx.nn.build_model`` builds the model of its class.
 
     Raises
     ------
@@ -61,13 +59,6 @@ def nn_config(m: ModelConfig, vocab_size: int) -> Any:
     """
     from tjx import nn
 
-    classes = {
-        "gpt2": nn.GPT2Config,
-        "llama": nn.LlamaConfig,
-        "bert": nn.BertConfig,
-        "vit": nn.ViTConfig,
-        "encdec": nn.EncoderDecoderConfig,
-    }
     fields: dict[str, Any] = {f: getattr(m, f) for f in (*_SHARED_FIELDS, *_KIND_FIELDS[m.kind])}
     fields["precision"] = nn.Precision(m.param_dtype, m.compute_dtype)  # dtype names suffice
     # Null: each nn config keeps its family's default.
@@ -78,7 +69,7 @@ def nn_config(m: ModelConfig, vocab_size: int) -> Any:
         fields["num_channels"] = 1  # the trainer's images (digits) are grey
     else:
         fields["vocab_size"] = m.vocab_size or vocab_size
-    return classes[m.kind](**fields)
+    return nn.MODEL_KINDS[m.kind](**fields)
 
 
 def optimizer_config(cfg: Config) -> Any:
@@ -100,13 +91,12 @@ def optimizer_config(cfg: Config) -> Any:
     Raises
     ------
     ConfigError
-        tjx.optim's cross-field rules, with the trainer's key names (``optimizer.lr``), and a
-        ``momentum``/``nesterov`` given to an optimizer that has none.
+        tjx.optim's rules, with the trainer's key names (``optimizer.lr``): cross-field ones, and
+        a ``momentum``/``nesterov`` given to an optimizer that has none.
     """
     from tjx import optim
 
     o = cfg.optimizer
-    _check_momentum(o.name, {"momentum": o.momentum, "nesterov": o.nesterov})
     # Null WSD settings are left out, so tjx.optim's own defaults apply.
     wsd = {
         k: getattr(o.schedule, k)
@@ -137,72 +127,22 @@ def optimizer_config(cfg: Config) -> Any:
             accumulation_steps=o.accumulation_steps,
             # No decay mask: tjx.optim's default leaves biases, norm scales and embeddings alone.
         ).resolved()
-    except ValueError as err:  # tjx.optim's cross-field rules speak of its own classes
+    except ValueError as err:  # tjx.optim's rules speak of its own classes
         raise ConfigError(_user_keys(str(err))) from None
 
 
-def _check_momentum(name: str, given: dict[str, Any]) -> None:
-    """Refuse a momentum setting that optimizer ``name`` would ignore (e.g. adamw's momentum).
-
-    Which optimizers take it is read from tjx.optim: those whose resolved default fills it.
-    """
-    from tjx import optim
-
-    def uses(optimizer: str, key: str) -> bool:
-        return getattr(optim.OptimizerConfig(name=optimizer).resolved(), key) is not None
-
-    for key, value in given.items():
-        if value is not None and not uses(name, key):
-            users = ", ".join(n for n in optim.OPTIMIZER_NAMES if uses(n, key))
-            raise ConfigError(
-                f"optimizer.{key}: only {users} use it (optimizer.name is {name!r}); set it to null"
-            )
-
-
-# tjx.optim's names → the trainer config's keys (most specific first).
+# tjx.optim's words → the trainer config's (most specific first): its keys, and YAML's null.
 _KEYS = (
     ("ScheduleConfig.peak_lr", "optimizer.lr"),
     ("ScheduleConfig.total_steps", "train.steps"),
     ("ScheduleConfig.", "optimizer.schedule."),
     ("OptimizerConfig.", "optimizer."),
+    ("set it to None", "set it to null"),
 )
 
 
 def _user_keys(message: str) -> str:
+    """A tjx.optim message as the trainer's user reads it (``optimizer.momentum: ...``)."""
     for theirs, ours in _KEYS:
         message = message.replace(theirs, ours)
     return message
-
-
-def describe_nn_config(config: Any) -> dict[str, Any]:
-    """A tjx.nn config as JSON data (``{"class": name, "fields": {...}}``, dtypes by name).
-
-    Written to ``RUN_DIR/model.json`` so the evaluator rebuilds the exact model without the
-    trainer's config code.
-    """
-    import dataclasses
-
-    fields: dict[str, Any] = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if f.name == "precision":
-            value = {
-                "param_dtype": jnp.dtype(value.param_dtype).name,
-                "compute_dtype": jnp.dtype(value.compute_dtype).name,
-            }
-        fields[f.name] = value
-    return {"class": type(config).__name__, "fields": fields}
-
-
-def flops_per_unit(nn_cfg: Any, cfg: Config) -> float:
-    """Training FLOPs per unit the trainer counts in ``tokens_per_step``, for MFU.
-
-    Language models count tokens (``tjx.nn.flops_per_token`` at the data's ``seq_len``); the
-    classifier counts images, each a fixed sequence of ``num_patches + 1`` positions.
-    """
-    from tjx import nn
-
-    if cfg.task == "classify":
-        positions = nn_cfg.max_seq_len
-        return float(nn.flops_per_token(nn_cfg, positions)) * positions
-    return float(nn.flops_per_token(nn_cfg, cfg.data.seq_len))

@@ -11,7 +11,7 @@ Two ways a multi-host launch goes wrong silently or loudly enough to confuse:
 * Processes that disagree: jax uses process 0's count, so a process told ``--num-processes 3`` in a
   run of 2 joins without complaint; a different ``--set`` on one host trains another model and
   hangs or diverges later. After joining, every process compares what it was told with the
-  others' (``tjx.parallel.process_values``: one tiny all-gather) and all exit 2 together,
+  others' (``tjx.parallel.disagreements``: one tiny all-gather) and all exit 2 together,
   naming what differs.
 
 A preemption signal during the run is acted on by all processes at the same step boundary
@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
-from trainer import rundir
+from tjx import ckpt
 from trainer.plan import Distributed, error_exit
 
 
@@ -95,6 +95,16 @@ def join(dist: Distributed, config: dict[str, Any], *, resume: bool, init_from: 
     return info
 
 
+#: The line for each value the processes disagree on (fields: a tjx.parallel.Disagreement's).
+DISAGREEMENTS = {
+    "num_processes": "--num-processes: the run has {expected} processes but they were told {each}",
+    "resume": "--resume: given to some processes only",
+    "init_from": "--init-from: differs between processes",
+    "config": "config: process(es) {differ} have another effective config than process 0 "
+    "(compare the configs they printed)",
+}
+
+
 def _check_agreement(
     num_processes: int, config: dict[str, Any], *, resume: bool, init_from: str | None
 ) -> None:
@@ -102,32 +112,21 @@ def _check_agreement(
 
     from tjx import parallel
 
-    told = parallel.process_values(
+    found = parallel.disagreements(
         {
             "num_processes": num_processes,
             "resume": resume,
             "init_from": init_from or "",
             "config": yaml.safe_dump(config, sort_keys=True),
-        }
+        },
+        # jax takes process 0's count: a process told another one would join without complaint.
+        expected={"num_processes": jax.process_count()},
     )
-    problems = []
-    if any(n != jax.process_count() for n in told["num_processes"]):
-        each = ", ".join(f"process {i}: {n}" for i, n in enumerate(told["num_processes"]))
-        problems.append(
-            f"--num-processes: the run has {jax.process_count()} processes but they were told "
-            f"{each}"
+    if found:
+        problems = (
+            DISAGREEMENTS[d.name].format(expected=d.expected, each=d.each(), differ=d.differ)
+            for d in found
         )
-    if len(set(told["resume"])) > 1:
-        problems.append("--resume: given to some processes only")
-    if len(set(told["init_from"])) > 1:
-        problems.append("--init-from: differs between processes")
-    differ = [i for i, digest in enumerate(told["config"]) if digest != told["config"][0]]
-    if differ:
-        problems.append(
-            f"config: process(es) {differ} have another effective config than process 0 "
-            "(compare the configs they printed)"
-        )
-    if problems:
         raise JoinError("multi-host processes disagree: " + "; ".join(problems), 2)
 
 
@@ -152,7 +151,7 @@ def watch(run_dir: Path) -> Any:
 
 
 def _peer_lost(run_dir: Path, message: str) -> None:
-    step = rundir.latest_saved_step(run_dir)
+    step = ckpt.RunDir(run_dir).latest_step()
     if step is None:
         then = "no checkpoint was saved; start every process again"
     else:

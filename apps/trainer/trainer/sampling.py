@@ -10,6 +10,15 @@ from flax import nnx
 from trainer.config import Config
 
 
+def format_samples(texts: list[str], prompts: list[str]) -> str:
+    """One sampling step's text (``samples/step_N.txt``): each sample under a header naming its
+    prompt."""
+    return "\n".join(
+        f"--- sample {i} (prompt {p!r}) ---\n{t}\n"
+        for i, (p, t) in enumerate(zip(prompts, texts, strict=True))
+    )
+
+
 def generate_texts(
     model: Any, tokenizer: Any, prompts: list[str], sampling: Any, seed: int, max_len: int
 ) -> list[str]:

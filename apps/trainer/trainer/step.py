@@ -24,19 +24,19 @@ State = dict[str, Any]
 
 
 def make_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Callable[..., Any]:
-    """``loss_fn(params, batch, step) -> (loss, aux)`` of the config's task (trainer/tasks.py)."""
+    """``loss_fn(params, batch, step) -> (loss, aux)`` of the model's objective (tjx.nn's, with
+    the config's settings: trainer/tasks.py)."""
     if cfg.mesh.pipeline > 1:  # the layer stack as a pipeline over the `pipeline` mesh axis
         from trainer.pipeline import pipeline_loss_fn
 
         return pipeline_loss_fn(graphdef, rest, cfg)  # type: ignore[no-any-return]
-    task = tasks.for_config(cfg)
     deterministic = cfg.model.dropout == 0.0
     base_key = jax.random.key(cfg.train.seed)
 
     def loss_fn(params: Any, batch: Batch, step: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
         model = nnx.merge(graphdef, params, reseed(rest, step))
-        key = jax.random.fold_in(base_key, step)  # the task's own draws (BERT's masking)
-        return task.loss(model, batch, key, cfg, deterministic=deterministic)
+        key = jax.random.fold_in(base_key, step)  # the objective's own draws (BERT's masking)
+        return tasks.loss(model, batch, key, cfg, deterministic=deterministic)
 
     return loss_fn
 
@@ -85,14 +85,13 @@ def make_eval_step(
     graphdef: Any, rest: Any, cfg: Config
 ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
     """``eval_step(params, batch) -> sums``: tjx-metrics' ``lm_stats`` (loss sum, token count,
-    top-k correct counts) of the task's evaluation logits."""
+    top-k correct counts) of the objective's evaluation logits."""
     from tjx import metrics
 
-    task = tasks.for_config(cfg)
     top_k = tuple(sorted(set(cfg.eval.top_k)))
 
     def eval_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
-        logits, labels = task.eval_logits(nnx.merge(graphdef, params, rest), batch, cfg)
+        logits, labels = tasks.eval_logits(nnx.merge(graphdef, params, rest), batch, cfg)
         return metrics.lm_stats(logits, labels, top_k=top_k)
 
     return eval_step

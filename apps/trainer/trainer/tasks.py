@@ -3,9 +3,10 @@ model kind in every module.
 
 ``lm`` (GPT-2, LLaMA: next-token prediction on packed text), ``mlm`` (BERT: masked tokens),
 ``classify`` (ViT: digits images) and ``seq2seq`` (the encoder-decoder: a window's second half
-from its first). Each says how its loss and its evaluation logits are computed
-from a batch, what a step consumes (tokens or images), and which extras apply (text samples,
-bits per byte, the memory fit, the [MASK] id). The model kind → task map is `Config.task`.
+from its first). The loss and the evaluation logits are tjx-nn's (``objective_loss``,
+``objective_logits``, which the evaluator calls too); a task holds what is about the run: what a
+step consumes (tokens or images), and which extras apply (text samples, bits per byte, the memory
+fit, the [MASK] id). The model kind → task map is `Config.task`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from trainer.config import Config
 
@@ -23,44 +23,37 @@ Batch = dict[str, jax.Array]
 Aux = dict[str, jax.Array]
 
 
-def token_loss(model: Any, hidden: jax.Array, targets: jax.Array, cfg: Config) -> dict[str, Any]:
-    """Mean loss (z-loss included) and exact sums, chunked (no [b,s,V] logits) or plain."""
-    from tjx.kernels import chunked_cross_entropy
+def head_settings(cfg: Config) -> dict[str, Any]:
+    """The vocabulary head's loss settings (tjx.nn's ``chunked``, ``chunk_size``, ``z_loss``)."""
+    t = cfg.train
+    return {"chunked": t.chunked_ce, "chunk_size": t.ce_chunk_size, "z_loss": t.z_loss}
 
-    if cfg.train.chunked_ce:
-        out = chunked_cross_entropy(
-            hidden,
-            model.unembedding(),
-            targets,
-            chunk_size=cfg.train.ce_chunk_size,
-            z_loss=cfg.train.z_loss,
-        )
-        return {
-            "loss": out.loss,
-            "sum_loss": out.sum_loss,
-            "num_tokens": out.num_tokens,
-            "num_correct": out.num_correct,
-        }
-    # Plain path: the model's own float32 logits, tjx-nn's loss and tjx-metrics' sums.
+
+def loss(
+    model: Any, batch: Batch, key: jax.Array, cfg: Config, *, deterministic: bool
+) -> tuple[jax.Array, Aux]:
+    """(mean loss, aux sums) of one batch: tjx.nn's ``objective_loss`` with the config's settings;
+    ``key`` draws what the objective itself randomises (BERT's masking)."""
     from tjx import nn
 
-    logits = model.logits(hidden)
-    _, sums = scored_sums(logits, targets)
-    return {"loss": nn.cross_entropy_loss(logits, targets, z_loss=cfg.train.z_loss), **sums}
+    out = nn.objective_loss(
+        model,
+        batch,
+        key=key,
+        deterministic=deterministic,
+        mask_prob=cfg.train.mlm_probability,
+        **head_settings(cfg),
+    )
+    return out.loss, {k: getattr(out, k) for k in ("sum_loss", "num_tokens", "num_correct")}
 
 
-def scored_sums(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, Aux]:
-    """(mean loss, aux sums) of float32 logits against labels (-100: unscored), from tjx-metrics'
-    ``lm_stats``: the summed loss, the scored labels and the top-1 correct among them."""
-    from tjx import metrics
+def eval_logits(model: Any, batch: Batch, cfg: Config) -> tuple[jax.Array, jax.Array]:
+    """(float32 logits, labels with -100 where unscored) for the validation metrics; a masked LM
+    masks with tjx.nn's fixed ``eval_mask_key`` of the run's seed, as the evaluator does."""
+    from tjx import nn
 
-    stats = metrics.lm_stats(logits, labels, top_k=(1,))
-    aux = {
-        "sum_loss": stats["sum_loss"],
-        "num_tokens": stats["num_tokens"],
-        "num_correct": stats["correct_top1"],
-    }
-    return stats["sum_loss"] / jnp.maximum(stats["num_tokens"], 1), aux
+    key = nn.eval_mask_key(cfg.train.seed)
+    return nn.objective_logits(model, batch, key=key, mask_prob=cfg.train.mlm_probability)
 
 
 @dataclass(frozen=True)
@@ -70,7 +63,7 @@ class Task:
     Attributes
     ----------
     name : str
-        ``"lm"``, ``"mlm"`` or ``"classify"``.
+        ``"lm"``, ``"mlm"``, ``"classify"`` or ``"seq2seq"``.
     unit : str
         What a step consumes and its rate is counted in (``tokens_per_s``, ``images_per_s``).
     extra_vocab : int
@@ -91,26 +84,6 @@ class Task:
         """Tokens (or images) in one global batch."""
         return cfg.data.batch_size * cfg.data.seq_len
 
-    def loss(
-        self, model: Any, batch: Batch, key: jax.Array, cfg: Config, *, deterministic: bool
-    ) -> tuple[jax.Array, Aux]:
-        """(mean loss, aux sums) of one batch; ``key`` draws what the task itself randomises."""
-        del key  # dropout keys come from the model's own RNG streams (trainer.step: tjx.nn.reseed)
-        hidden = model(
-            batch["inputs"],
-            positions=batch.get("positions"),
-            segment_ids=batch.get("segment_ids"),
-            deterministic=deterministic,
-            return_hidden=True,
-        )
-        out = token_loss(model, hidden, batch["targets"], cfg)
-        return out.pop("loss"), out
-
-    def eval_logits(self, model: Any, batch: Batch, cfg: Config) -> tuple[jax.Array, jax.Array]:
-        """(float32 logits, labels with -100 where unscored) for the validation metrics."""
-        seg, pos = batch.get("segment_ids"), batch.get("positions")
-        return model(batch["inputs"], positions=pos, segment_ids=seg), batch["targets"]
-
     def metrics(self, out: dict[str, float], cfg: Config) -> dict[str, float]:
         """The validation metrics under this task's names (the LM's are tjx-metrics' own)."""
         del cfg
@@ -127,31 +100,6 @@ class MaskedLM(Task):
     bits_per_byte: bool = False  # only the masked tokens are scored
     fits_memory: bool = False
 
-    def loss(
-        self, model: Any, batch: Batch, key: jax.Array, cfg: Config, *, deterministic: bool
-    ) -> tuple[jax.Array, Aux]:
-        return scored_sums(*self._masked(model, batch, key, cfg, deterministic=deterministic))
-
-    def eval_logits(self, model: Any, batch: Batch, cfg: Config) -> tuple[jax.Array, jax.Array]:
-        # A fixed masking key: every evaluation masks the same positions (and the evaluator,
-        # apps/eval, uses the same key).
-        key = jax.random.key(cfg.train.seed + 1)
-        return self._masked(model, batch, key, cfg, deterministic=True)
-
-    @staticmethod
-    def _masked(
-        model: Any, batch: Batch, key: jax.Array, cfg: Config, *, deterministic: bool
-    ) -> tuple[jax.Array, jax.Array]:
-        logits, labels = model.masked_lm(
-            batch["inputs"],
-            key,
-            segment_ids=batch["segment_ids"],
-            positions=batch.get("positions"),
-            mask_prob=cfg.train.mlm_probability,
-            deterministic=deterministic,
-        )
-        return logits, labels
-
 
 @dataclass(frozen=True)
 class Classify(Task):
@@ -166,20 +114,6 @@ class Classify(Task):
     def units_per_step(self, cfg: Config) -> int:
         return cfg.data.batch_size
 
-    def loss(
-        self, model: Any, batch: Batch, key: jax.Array, cfg: Config, *, deterministic: bool
-    ) -> tuple[jax.Array, Aux]:
-        del key, cfg
-        return scored_sums(*self._logits(model, batch, deterministic=deterministic))
-
-    def eval_logits(self, model: Any, batch: Batch, cfg: Config) -> tuple[jax.Array, jax.Array]:
-        return self._logits(model, batch, deterministic=True)
-
-    @staticmethod
-    def _logits(model: Any, batch: Batch, *, deterministic: bool) -> tuple[jax.Array, jax.Array]:
-        logits = model(batch["images"], deterministic=deterministic).astype(jnp.float32)
-        return logits, batch["labels"]
-
     def metrics(self, out: dict[str, float], cfg: Config) -> dict[str, float]:
         """Accuracy and images, not perplexity and tokens; top-k only below the number of
         classes (top-10 of 10 classes is always 1)."""
@@ -193,8 +127,8 @@ class Classify(Task):
 @dataclass(frozen=True)
 class Seq2Seq(Task):
     """Encoder-decoder on plain text: the encoder reads the first half of each window, the
-    decoder continues it (tjx-nn's ``EncoderDecoder.continue_halves``, which the evaluator calls
-    too). Only the continued half is scored.
+    decoder continues it (tjx-nn's ``EncoderDecoder.continue_halves``). Only the continued half
+    is scored.
     """
 
     name: str = "seq2seq"
@@ -204,25 +138,6 @@ class Seq2Seq(Task):
     def units_per_step(self, cfg: Config) -> int:
         """The scored (decoder) tokens of one global batch."""
         return cfg.data.batch_size * (cfg.data.seq_len - cfg.data.seq_len // 2 + 1)
-
-    def loss(
-        self, model: Any, batch: Batch, key: jax.Array, cfg: Config, *, deterministic: bool
-    ) -> tuple[jax.Array, Aux]:
-        del key  # dropout keys come from the model's own RNG streams
-        hidden, labels = model.continue_halves(
-            batch["inputs"],
-            batch["targets"],
-            segment_ids=batch["segment_ids"],
-            deterministic=deterministic,
-            return_hidden=True,
-        )
-        out = token_loss(model, hidden, labels, cfg)
-        return out.pop("loss"), out
-
-    def eval_logits(self, model: Any, batch: Batch, cfg: Config) -> tuple[jax.Array, jax.Array]:
-        return model.continue_halves(  # type: ignore[no-any-return]
-            batch["inputs"], batch["targets"], segment_ids=batch["segment_ids"]
-        )
 
 
 TASKS: dict[str, Task] = {

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from trainer import rundir, tasks
+from tjx.ckpt import RunDir
+from trainer import tasks
 from trainer.plan import RunPlan, error_exit
+
+#: The loss plot's panels (tjx.metrics.plot_run; it never fails a finished run).
+CURVES = ("loss", "val_loss")
 
 #: How the divergence error (exit 3) ends: what to change, by config key, before resuming.
 DIVERGED_ADVICE = (
@@ -33,13 +36,13 @@ DIVERGED_ADVICE = (
 def write_run_files(plan: RunPlan, setup: Any, bundle: Any) -> None:
     """``config.yaml``, ``model.json`` and ``data.json``; a file whose content is the same is left
     untouched, so a resume that changes nothing changes no file."""
+    from tjx import nn
     from trainer import data_setup
-    from trainer.model_build import describe_nn_config
 
-    cfg, run_dir = plan.config, plan.run_dir
-    rundir.create(run_dir, cfg.to_dict())
-    rundir.write_json(run_dir, rundir.MODEL_FILE, describe_nn_config(setup.nn_config))
-    rundir.write_json(run_dir, rundir.DATA_FILE, data_setup.describe(bundle, cfg, run_dir))
+    cfg, run = plan.config, RunDir(plan.run_dir)
+    run.create(cfg.to_dict())
+    run.write_json(RunDir.MODEL_FILE, nn.config_to_dict(setup.nn_config))
+    run.write_json(RunDir.DATA_FILE, data_setup.describe(bundle, cfg, plan.run_dir))
 
 
 def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
@@ -56,7 +59,7 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
         loader, size=2, put=functools.partial(parallel.place_batch, mesh=setup.mesh)
     )
     manager = ckpt.CheckpointManager(
-        run_dir / rundir.CHECKPOINTS_DIR,
+        RunDir(run_dir).checkpoints,
         keep_last=cfg.checkpoint.keep_last,
         keep_best=cfg.checkpoint.keep_best,
         best_metric="val_loss" if cfg.checkpoint.keep_best else None,
@@ -79,7 +82,7 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
         start = int(restored.step)
         if primary:
             write_run_files(plan, setup, bundle)  # the config may hold new training settings
-        print(f"resumed from step {start} ({run_dir / rundir.CHECKPOINTS_DIR})", flush=True)
+        print(f"resumed from step {start} ({RunDir(run_dir).checkpoints})", flush=True)
     if start >= cfg.train.steps:
         # A kill after the last checkpoint but before final.json or the plot must not leave them
         # missing for good: a finished run's --resume makes what is missing, and nothing else.
@@ -122,15 +125,16 @@ class Training:
     meter: Any = field(init=False)  # tjx-metrics' ThroughputMeter (rate and MFU per log line)
 
     def __post_init__(self) -> None:
-        from tjx import metrics
-        from trainer.model_build import flops_per_unit
+        from tjx import metrics, nn
 
         self.cfg, self.run_dir = self.plan.config, self.plan.run_dir
         self.task = tasks.for_config(self.cfg)
         self.saved = self.start if self.plan.resume else -1
+        # The peak is None (no MFU logged) on CPU and on devices without a figure, silently.
+        peak = metrics.compute_peak_flops(self.cfg.model.compute_dtype, warn=False)
         self.meter = metrics.ThroughputMeter(
-            flops_per_token=flops_per_unit(self.setup.nn_config, self.cfg),
-            peak_flops_per_device=_peak_flops(self.cfg),
+            flops_per_token=nn.flops_per_unit(self.setup.nn_config, self.cfg.data.seq_len),
+            peak_flops_per_device=peak,
             num_devices=jax.device_count(),
         )
 
@@ -226,7 +230,9 @@ class Training:
             self.logger.log_scalars(step_done, scalars)
             bar.update(step_done, scalars["loss"])
         if cfg.logging.histogram_every and step_done % cfg.logging.histogram_every == 0:
-            self._log_histograms(step_done)
+            # Every process fetches (a parameter spanning processes is all-gathered, a collective);
+            # only the primary's logger writes (make_logger).
+            self.logger.log_weights(step_done, self.state["params"])
         if (cfg.train.eval_every and step_done % cfg.train.eval_every == 0) or step_done == total:
             self.last_eval = evaluation.evaluate(self.setup, self.state["params"], self.bundle, cfg)
             self.logger.log_scalars(step_done, {f"val_{k}": v for k, v in self.last_eval.items()})
@@ -237,17 +243,9 @@ class Training:
             texts = sampling.sample(self.setup, self.state["params"], self.bundle, cfg, step_done)
             self.logger.log_text(step_done, "sample", texts[0])
             if self.primary:
-                path = rundir.write_samples(self.run_dir, step_done, texts, cfg.sampling.prompts)
+                text = sampling.format_samples(texts, cfg.sampling.prompts)
+                path = RunDir(self.run_dir).write_samples(step_done, text)
                 bar.note(f"step {step_done}: samples → {path}")
-
-    def _log_histograms(self, step_done: int) -> None:
-        """Every parameter's histogram, named by its path (``blocks/0/attn/q/kernel``)."""
-        from tjx import metrics
-
-        # Every process fetches: a parameter sharded over several processes is all-gathered, a
-        # collective they must all join; only the primary's logger writes (make_logger).
-        values = metrics.weights_to_host(self.state["params"])
-        self.logger.log_histograms(step_done, values)
 
     def _checkpoint_due(self, step_done: int) -> bool:
         every = self.cfg.train.checkpoint_every
@@ -278,7 +276,7 @@ class Training:
         """Nothing worse than the last good checkpoint is saved: one line, exit 3."""
         self._close()
         last = (
-            f"the last checkpoint is step {self.saved} in {self.run_dir / rundir.CHECKPOINTS_DIR}"
+            f"the last checkpoint is step {self.saved} in {RunDir(self.run_dir).checkpoints}"
             if self.saved >= 0
             else "no checkpoint was saved"
         )
@@ -286,7 +284,7 @@ class Training:
 
     def _finish(self, step_done: int, stopped_by: str | None) -> int:
         """The last save, ``final.json`` and the loss plot; exit 0 (a signal's stop included)."""
-        from tjx import ckpt
+        from tjx import ckpt, metrics
 
         total = self.cfg.train.steps
         self.save(step_done, force=True)
@@ -299,8 +297,9 @@ class Training:
             **{f"val_{k}": v for k, v in self.last_eval.items()},
         }
         if self.primary:
-            rundir.write_final(self.run_dir, summary)
-            _plot(self.run_dir)
+            run = RunDir(self.run_dir)
+            run.write_final(summary)
+            metrics.plot_run(self.run_dir, run.curve_file, keys=CURVES)
         if stopped_by or step_done < total:
             print(
                 f"{stopped_by or 'train.stop_at'}: saved step {step_done} to {self.run_dir}; "
@@ -315,11 +314,11 @@ def _rebuild_artefacts(
     run_dir: Path, setup: Any, st: Any, bundle: Any, cfg: Any, step: int, primary: bool
 ) -> list[str]:
     """Write a finished run's missing ``final.json`` (evaluating once) and loss plot."""
-    from tjx import ckpt
+    from tjx import ckpt, metrics
     from trainer import evaluation
 
-    rebuilt = []
-    if not (run_dir / rundir.FINAL_FILE).exists():
+    rebuilt, run = [], RunDir(run_dir)
+    if not run.final_file.exists():
         # Every process evaluates (the parameters span them all); process 0 writes.
         val = evaluation.evaluate(setup, st["params"], bundle, cfg)
         digest = ckpt.params_sha256(st["params"])  # a collective, like the evaluation
@@ -331,37 +330,12 @@ def _rebuild_artefacts(
                 "num_params": setup.num_params,
                 **{f"val_{k}": v for k, v in val.items()},
             }
-            rundir.write_final(run_dir, summary)
-        rebuilt.append(rundir.FINAL_FILE)
-    if primary and not (run_dir / rundir.CURVE_FILE).exists():
-        _plot(run_dir)
-        if (run_dir / rundir.CURVE_FILE).exists():
-            rebuilt.append(rundir.CURVE_FILE)
+            run.write_final(summary)
+        rebuilt.append(RunDir.FINAL_FILE)
+    if (
+        primary
+        and not run.curve_file.exists()
+        and metrics.plot_run(run_dir, run.curve_file, keys=CURVES)
+    ):
+        rebuilt.append(RunDir.CURVE_FILE)
     return rebuilt
-
-
-def _peak_flops(cfg: Any) -> float | None:
-    """Peak FLOP/s of one device for the compute dtype; None (no MFU logged) when unknown (CPU)."""
-    import warnings
-
-    from tjx import metrics
-
-    if jax.default_backend() == "cpu":
-        return None
-    dtype = {"bfloat16": "bf16", "float16": "fp16", "float32": "tf32"}[cfg.model.compute_dtype]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        peak = metrics.device_peak_flops(jax.devices()[0], dtype)
-    return float(peak) if peak else None
-
-
-def _plot(run_dir: Path) -> None:
-    from tjx import metrics
-
-    jsonl = next(iter(sorted(run_dir.glob("*.jsonl"))), None)
-    if jsonl is None:
-        return
-    try:
-        metrics.plot_curves(str(jsonl), str(run_dir / rundir.CURVE_FILE), keys=("loss", "val_loss"))
-    except Exception as err:  # the plot is a convenience; never fail a finished run over it
-        print(f"warning: could not plot the loss curve: {err}", file=sys.stderr)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
-import jax.numpy as jnp
 import pytest
 
 from eval.cli import main
-from eval.runs import RunError, build_nn_config, check_run_dir
+from eval.runs import RunError, check_run_dir
 
 
 def test_missing_run_dir_exits_2(tmp_path, capsys):
@@ -45,23 +42,6 @@ def test_compare_needs_two_runs():
     with pytest.raises(SystemExit) as exc:
         main(["--compare", "a"])
     assert exc.value.code == 2
-
-
-def test_build_nn_config_from_model_json():
-    desc = {
-        "class": "GPT2Config",
-        "fields": {
-            "vocab_size": 50,
-            "max_seq_len": 16,
-            "d_model": 16,
-            "num_layers": 1,
-            "num_heads": 2,
-            "precision": {"param_dtype": "float32", "compute_dtype": "bfloat16"},
-        },
-    }
-    cfg = build_nn_config(json.loads(json.dumps(desc)))
-    assert type(cfg).__name__ == "GPT2Config" and cfg.d_model == 16
-    assert cfg.precision.compute_dtype == jnp.bfloat16
 
 
 def test_table_prints_counts_as_whole_numbers(capsys):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from trainer import rundir
+from tjx.ckpt import RunDir
 from trainer.cli import build_parser, main, parse_profile, plan_run
 from trainer.schema import ConfigError
 
@@ -91,8 +91,8 @@ def test_existing_checkpoints_need_resume(in_tmp, capsys):
     assert main(["--config", "tiny", "--run-dir", "r"]) == 2
     assert "already holds checkpoints" in capsys.readouterr().err
     # --resume compares with the run's saved config: the same one is accepted.
-    rundir.create(
-        in_tmp / "r", _plan("--config", "tiny", "--run-dir", "elsewhere").config.to_dict()
+    RunDir(in_tmp / "r").create(
+        _plan("--config", "tiny", "--run-dir", "elsewhere").config.to_dict()
     )
     plan = _plan("--config", "tiny", "--run-dir", "r", "--resume")
     assert plan.resume and plan.resume_changes == {}

@@ -141,11 +141,11 @@ def test_config_file_path_and_errors(tmp_path):
 def test_flops_per_unit_of_every_preset(name):
     """MFU's numerator: per token for LMs, per image (all its positions) for the classifier."""
     from tjx import nn
-    from trainer.model_build import flops_per_unit, nn_config
+    from trainer.model_build import nn_config
 
     cfg = build_config(load_config_data(name))
     c = nn_config(cfg.model, 512)
-    got = flops_per_unit(c, cfg)
+    got = nn.flops_per_unit(c, cfg.data.seq_len)
     if cfg.task == "classify":
         positions = c.max_seq_len
         assert positions > 1

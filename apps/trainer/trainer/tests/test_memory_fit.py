@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tjx.metrics import GIB
 from trainer.config import build_config
 from trainer.memory_fit import fit_memory, step_peak
 from trainer.overrides import apply_overrides
@@ -36,7 +37,11 @@ def peaks() -> tuple[int, int]:
 def test_fitting_step_is_unchanged(peaks, capsys):
     cfg = config()
     assert fit_memory(cfg, VOCAB, budget=peaks[0] + 1, devices=1) is cfg
-    assert "train step needs" in capsys.readouterr().out
+    # One figure: full remat is never compiled when the step fits.
+    assert capsys.readouterr().out == (
+        f"memory: the train step needs {peaks[0] / GIB:.2f} GiB; "
+        f"{(peaks[0] + 1) / GIB:.2f} GiB available\n"
+    )
 
 
 def test_too_big_switches_to_full_remat_and_says_so(peaks, capsys):
@@ -44,12 +49,20 @@ def test_too_big_switches_to_full_remat_and_says_so(peaks, capsys):
     fitted = fit_memory(config(), VOCAB, budget=(plain + full) // 2, devices=1)
     assert fitted.model.remat == "full"
     assert fitted.data.batch_size == 16  # nothing else changes
-    assert "uses model.remat=full" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"memory: the train step needs {plain / GIB:.2f} GiB")
+    assert lines[1].startswith(
+        f"memory: the train step with model.remat=full needs {full / GIB:.2f} GiB"
+    )
+    assert "uses model.remat=full" in lines[2] and len(lines) == 3
 
 
 def test_too_big_even_with_remat_names_the_fix(peaks):
     with pytest.raises(ConfigError, match=r"lower data\.batch_size.*optimizer\.accumulation_steps"):
         fit_memory(config(), VOCAB, budget=peaks[1] - 1, devices=1)
+    # Already full remat: its one figure is the one named.
+    with pytest.raises(ConfigError, match=f"needs {peaks[1] / GIB:.2f} GiB even with"):
+        fit_memory(config("model.remat=full"), VOCAB, budget=peaks[1] - 1, devices=1)
 
 
 def test_unrolled_layers_on_cpu_are_told_to_scan(peaks):

@@ -98,6 +98,27 @@ def test_agreement_names_a_wrong_process_count():
     assert "the run has 1 processes but they were told process 0: 2" in str(exc.value)
 
 
+def test_agreement_names_each_flag_that_differs(monkeypatch):
+    """Two simulated processes: process 1 was given --resume, another --init-from and --set."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    from tjx import parallel
+
+    other = [2, 1, *parallel.digest_words("gpt2"), *parallel.digest_words("a: 2\n")]
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(
+        multihost_utils, "process_allgather", lambda mine: np.stack([mine, np.int32(other)])
+    )
+    with pytest.raises(multihost.JoinError) as exc:
+        multihost._check_agreement(2, {"a": 1}, resume=False, init_from=None)
+    assert str(exc.value) == (
+        "multi-host processes disagree: --resume: given to some processes only; "
+        "--init-from: differs between processes; config: process(es) [1] have another "
+        "effective config than process 0 (compare the configs they printed)"
+    )
+
+
 def test_any_process_resumes_from_process_0s_loader_state(tmp_path, monkeypatch):
     from tjx import data
 
@@ -157,6 +178,9 @@ def test_a_lost_peer_is_one_line_naming_the_last_checkpoint(tmp_path, capsys, mo
         f"trainer: error: {lost}; no checkpoint was saved; start every process again\n"
     )
     (tmp_path / "checkpoints" / "20").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "20" / "commit_success.txt").touch()  # committed
+    (tmp_path / "checkpoints" / "20" / "commit_success.txt").touch()  # committed
+    (tmp_path / "checkpoints" / "20" / "commit_success.txt").touch()  # committed
     with pytest.raises(SystemExit):
         multihost._peer_lost(tmp_path, lost)
     err = capsys.readouterr().err

@@ -1,37 +1,30 @@
-"""Run directory, signals and the data preparation through tjx.data."""
+"""Run directory and the data preparation through tjx.data (signals: test_signals.py)."""
 
 from __future__ import annotations
 
-import os
-import signal
+import json
 
 import pytest
 import yaml
 
-from trainer import data_setup, rundir
+from tjx.ckpt import RunDir
+from trainer import data_setup
 from trainer.config import build_config
+from trainer.sampling import format_samples
 from trainer.schema import ConfigError
-from trainer.signals import interrupted_exit, stop_on_signals
 
 
-def test_rundir_files(tmp_path):
-    run = tmp_path / "r"
-    rundir.create(run, {"a": 1})
-    assert yaml.safe_load((run / "config.yaml").read_text()) == {"a": 1}
-    p = rundir.write_samples(run, 12, ["x", "y"], ["p", "q"])
-    assert p.name == "step_0000012.txt" and "prompt 'q'" in p.read_text()
-    rundir.write_final(run, {"step": 3})
-    rundir.write_json(run, "model.json", {"k": 1})
-    assert rundir.read_config(run) == {"a": 1}
-
-
-def test_signal_sets_flag_and_handlers_are_restored():
-    before = signal.getsignal(signal.SIGTERM)
-    with stop_on_signals() as flag:
-        assert not flag
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert flag and flag.signal_name == "SIGTERM"
-    assert signal.getsignal(signal.SIGTERM) is before
+def test_samples_file(tmp_path):
+    # The layout and the writes are tjx.ckpt's RunDir (tested there); the sample text is ours.
+    run = RunDir(tmp_path / "r")
+    run.create({"a": 1})
+    assert yaml.safe_load((run.path / "config.yaml").read_text()) == {"a": 1}
+    p = run.write_samples(12, format_samples(["x", "y"], ["p", "q"]))
+    assert p == run.path / "samples" / "step_0000012.txt"
+    assert p.read_text() == "--- sample 0 (prompt 'p') ---\nx\n\n--- sample 1 (prompt 'q') ---\ny\n"
+    run.write_json(RunDir.MODEL_FILE, {"k": 1})
+    assert json.loads((run.path / "model.json").read_text()) == {"k": 1}
+    assert run.latest_step() is None
 
 
 def _data_config(source, cache, **data):
@@ -72,32 +65,3 @@ def test_trained_bpe_keeps_its_cache_folder(tmp_path):
     folder = tmp_path / "cache" / "tokenizers" / f"{slug(str(text))}-bpe300"
     assert (folder / "tokenizer.json").is_file()
     assert data_setup.make_tokenizer(cfg).fingerprint == tok.fingerprint
-
-
-def test_second_sigint_stops_now(capfd):
-    called = []
-    with stop_on_signals() as flag:
-        flag._stop_now = lambda: called.append("now")  # what stop_on_signals(run_dir) installs
-        os.kill(os.getpid(), signal.SIGINT)
-        assert flag.signal_name == "SIGINT" and not called
-        assert "SIGINT: stopping after this step" in capfd.readouterr().err  # written to fd 2
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-    assert called == ["now"]
-
-
-def test_interrupted_exit_names_the_newest_committed_step(tmp_path, capfd):
-    assert interrupted_exit(tmp_path) == 130
-    assert "interrupted: stopped at once; no checkpoint was saved" in capfd.readouterr().err
-    for name in ("2", "4", "6.orbax-checkpoint-tmp"):
-        (tmp_path / rundir.CHECKPOINTS_DIR / name).mkdir(parents=True)
-    assert interrupted_exit(tmp_path) == 130
-    err = capfd.readouterr().err
-    assert f"the last checkpoint is step 4 in {str(tmp_path)!r}; continue with --resume" in err
-
-
-def test_final_json_is_replaced_whole(tmp_path):
-    rundir.write_final(tmp_path, {"step": 1})
-    rundir.write_final(tmp_path, {"step": 2})
-    assert [p.name for p in tmp_path.iterdir()] == [rundir.FINAL_FILE]
-    assert '"step": 2' in (tmp_path / rundir.FINAL_FILE).read_text()

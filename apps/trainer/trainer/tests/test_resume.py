@@ -9,7 +9,8 @@ import jax
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from trainer import resume, rundir
+from tjx.ckpt import RunDir
+from trainer import resume
 from trainer.config import build_config
 from trainer.memory_fit import abstract_step
 from trainer.overrides import apply_overrides
@@ -105,7 +106,7 @@ def test_a_key_the_rule_does_not_know_must_match():
 
 
 def _saved_run(tmp_path, cfg):
-    rundir.create(tmp_path, cfg.to_dict())
+    RunDir(tmp_path).create(cfg.to_dict())
     return tmp_path
 
 
@@ -130,35 +131,23 @@ def test_a_model_change_is_refused_naming_every_key(tmp_path):
     text = str(err.value)
     assert "model.d_model 32 → 64" in text and "data.batch_size 16 → 8" in text
     assert "train.steps" not in text  # allowed changes are not the problem
-    assert f"--config {run / rundir.CONFIG_FILE}" in text
+    assert f"--config {run / 'config.yaml'}" in text
 
 
 def test_missing_or_broken_saved_config(tmp_path):
-    with pytest.raises(ConfigError, match="config.yaml' is missing"):
+    config = tmp_path / "config.yaml"
+    with pytest.raises(ConfigError, match=rf"^--resume: '{config}' is missing, so what the"):
         resume.check_resume(tmp_path, _config().to_dict())
-    (tmp_path / rundir.CONFIG_FILE).write_text("model: [1, 2\n")
-    with pytest.raises(ConfigError, match="is not a readable run config"):
+    config.write_text("model: [1, 2\n")
+    with pytest.raises(ConfigError) as err:
         resume.check_resume(tmp_path, _config().to_dict())
-    (tmp_path / rundir.CONFIG_FILE).write_text(yaml.safe_dump([1, 2]))
-    with pytest.raises(ConfigError, match="not a config mapping"):
+    assert f"'{config}' is not a readable run config (while parsing a flow sequence" in str(
+        err.value
+    )
+    assert str(err.value).endswith("put the run's config back or train into a new --run-dir")
+    config.write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(ConfigError, match=r"run config \(not a mapping: it holds a list\)"):
         resume.check_resume(tmp_path, _config().to_dict())
-
-
-def test_write_if_changed_keeps_identical_files(tmp_path):
-    path = tmp_path / "x.json"
-    assert rundir.write_if_changed(path, "a")
-    stamp = path.stat().st_mtime_ns
-    assert not rundir.write_if_changed(path, "a")
-    assert path.stat().st_mtime_ns == stamp
-    assert rundir.write_if_changed(path, "b") and path.read_text() == "b"
-
-
-def test_latest_saved_step_counts_only_committed_folders(tmp_path):
-    assert rundir.latest_saved_step(tmp_path) is None
-    ckpts = tmp_path / rundir.CHECKPOINTS_DIR
-    for name in ("10", "30", "40.orbax-checkpoint-tmp-123"):
-        (ckpts / name).mkdir(parents=True)
-    assert rundir.latest_saved_step(tmp_path) == 30
 
 
 def test_null_optimizer_settings_compare_as_the_optimizers_own_values(tmp_path):
@@ -173,3 +162,20 @@ def test_null_optimizer_settings_compare_as_the_optimizers_own_values(tmp_path):
     assert "optimizer.b2 0.95 → 0.999 (adamw's default)" in line
     assert "optimizer.lr 0.001 → 0.0003 (adamw's default)" in line
     assert resume.check_resume(run, build_config(old).to_dict()) == {}
+
+
+def test_a_null_that_means_off_is_not_a_default(tmp_path):
+    """``clip_norm: null`` turns clipping off: a change from 1.0, not the optimizer's value."""
+    run = _saved_run(tmp_path, _config("optimizer.clip_norm=1.0"))
+    diff = resume.check_resume(run, _config("optimizer.clip_norm=null").to_dict())
+    assert diff == {"optimizer.clip_norm": (1.0, None)}
+
+
+def test_a_null_switch_compares_as_the_optimizers_own(tmp_path):
+    sgd = ("optimizer.name=sgd", "optimizer.lr=0.01")
+    run = _saved_run(tmp_path, _config(*sgd, "optimizer.nesterov=false"))
+    assert resume.check_resume(run, _config(*sgd, "optimizer.nesterov=null").to_dict()) == {}
+    diff = resume.check_resume(run, _config(*sgd, "optimizer.nesterov=true").to_dict())
+    assert (
+        resume.describe_changes(diff) == "resume: changed settings: optimizer.nesterov False → True"
+    )

@@ -1,5 +1,6 @@
-"""The task objects: which task a model kind trains, their losses against float64 references, and
-the names their validation metrics take."""
+"""The task objects: which task a model kind trains, what a step counts, the names their
+validation metrics take, and that the config's loss settings reach tjx-nn's objectives (whose
+losses are tested against float64 references in tjx-nn)."""
 
 from __future__ import annotations
 
@@ -14,16 +15,7 @@ from trainer import tasks
 from trainer.config import build_config
 from trainer.model_build import nn_config
 
-
-def _np_ce(logits, labels):
-    """Per-row cross-entropy in float64 over rows whose label is not -100: (sum, count)."""
-    logits = np.asarray(logits, np.float64)
-    labels = np.asarray(labels)
-    keep = labels != -100
-    top = logits.max(-1, keepdims=True)
-    logz = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]
-    picked = np.take_along_axis(logits, np.where(keep, labels, 0)[..., None], -1)[..., 0]
-    return float((logz - picked)[keep].sum()), int(keep.sum())
+TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2}
 
 
 @pytest.mark.parametrize(
@@ -44,78 +36,37 @@ def test_image_task_counts_images_and_names_its_metrics():
     assert task.metrics(out, cfg) == {"loss": 1.0, "accuracy": 0.5, "num_images": 8, "top5": 0.9}
 
 
-def test_masked_lm_loss_is_the_masked_tokens_cross_entropy():
-    cfg = build_config({"model": {"kind": "bert", "d_model": 16, "num_layers": 1, "num_heads": 2}})
-    model = nn.build_model(nn_config(cfg.model, 41), rngs=nnx.Rngs(0))
-    rng = np.random.default_rng(3)
-    batch = {
-        "inputs": jnp.asarray(rng.integers(0, 40, (4, 12)), jnp.int32),
-        "segment_ids": jnp.asarray([[1] * 12, [1] * 6 + [2] * 6, [1] * 9 + [0] * 3, [1] * 12]),
-    }
-    key = jax.random.key(11)
-    loss, aux = tasks.MaskedLM().loss(model, batch, key, cfg, deterministic=True)
-    inputs, labels = nn.mlm_mask(
-        batch["inputs"],
-        key,
-        mask_id=40,
-        vocab_size=40,
-        mask_prob=cfg.train.mlm_probability,
-        special_mask=batch["segment_ids"] <= 0,
-    )
-    total, count = _np_ce(model(inputs, attention_mask=batch["segment_ids"]), labels)
-    assert count > 0 and int(aux["num_tokens"]) == count
-    assert float(aux["sum_loss"]) == pytest.approx(total, rel=1e-5)
-    assert float(loss) == pytest.approx(total / count, rel=1e-5)
-
-
-def test_classify_loss_is_the_images_cross_entropy():
-    cfg = build_config({"model": {"kind": "vit", "d_model": 16, "num_layers": 1, "num_heads": 2}})
-    model = nn.build_model(nn_config(cfg.model, 2), rngs=nnx.Rngs(1))
-    rng = np.random.default_rng(4)
-    size = cfg.model.image_size
-    batch = {
-        "images": jnp.asarray(rng.random((6, size, size, 1)), jnp.float32),
-        "labels": jnp.asarray(rng.integers(0, 10, (6,)), jnp.int32),
-    }
-    loss, aux = tasks.Classify().loss(model, batch, jax.random.key(0), cfg, deterministic=True)
-    logits, labels = tasks.Classify().eval_logits(model, batch, cfg)
-    total, count = _np_ce(logits, labels)
-    assert int(aux["num_tokens"]) == count == 6
-    assert float(loss) == pytest.approx(total / 6, rel=1e-5)
-    want_correct = int((np.asarray(logits).argmax(-1) == np.asarray(labels)).sum())
-    assert int(aux["num_correct"]) == want_correct
-
-
-def test_seq2seq_continues_the_first_half_of_each_window():
-    """The loss is the decoder's cross-entropy on the window's second half, given the first half
-    to the encoder (float64 reference through the model's own forward pass)."""
-    cfg = build_config(
-        {
-            "model": {"kind": "encdec", "d_model": 16, "num_layers": 1, "num_heads": 2},
-            "data": {"seq_len": 10},
-            "train": {"chunked_ce": False},
-        }
-    )
+def test_seq2seq_counts_the_continued_half():
+    cfg = build_config({"model": {"kind": "encdec"}, "data": {"seq_len": 10}})
     task = tasks.for_config(cfg)
     assert task.name == "seq2seq" and task.units_per_step(cfg) == cfg.data.batch_size * 6
-    model = nn.build_model(nn_config(cfg.model, 30), rngs=nnx.Rngs(2))
-    rng = np.random.default_rng(5)
-    tokens = rng.integers(0, 30, (3, 11)).astype(np.int32)
-    seg = np.ones((3, 10), np.int32)
-    seg[2, 8:] = 0  # padding at the end of one row
-    targets = np.where(seg > 0, tokens[:, 1:], -100).astype(np.int32)
-    batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(targets)}
-    batch["segment_ids"] = jnp.asarray(seg)
-    loss, aux = task.loss(model, batch, jax.random.key(0), cfg, deterministic=True)
-    logits = model(
-        batch["inputs"][:, :5],
-        batch["inputs"][:, 4:],
-        src_segment_ids=batch["segment_ids"][:, :5],
-        tgt_segment_ids=batch["segment_ids"][:, 4:],
-    )
-    total, count = _np_ce(logits, targets[:, 4:])
-    assert count == 3 * 6 - 2 and int(aux["num_tokens"]) == count
-    assert float(loss) == pytest.approx(total / count, rel=1e-5)
-    eval_logits, labels = task.eval_logits(model, batch, cfg)
-    np.testing.assert_allclose(eval_logits, logits, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(labels, targets[:, 4:])
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_the_configs_loss_settings_reach_tjx_nn(chunked):
+    train = {"chunked_ce": chunked, "ce_chunk_size": 4, "z_loss": 1e-2, "mlm_probability": 0.4}
+    cfg = build_config({"model": {"kind": "gpt2", **TINY}, "train": train})
+    model = nn.build_model(nn_config(cfg.model, 30), rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(1)
+    tokens = jnp.asarray(rng.integers(0, 30, (2, 9)), jnp.int32)
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+    loss, aux = tasks.loss(model, batch, jax.random.key(0), cfg, deterministic=True)
+    want = nn.objective_loss(model, batch, chunked=chunked, chunk_size=4, z_loss=1e-2)
+    assert float(loss) == float(want.loss) and set(aux) == {"sum_loss", "num_tokens", "num_correct"}
+    assert float(loss) > float(aux["sum_loss"]) / int(aux["num_tokens"])  # the z-loss is in
+
+
+def test_masked_lm_eval_masks_with_the_runs_fixed_key():
+    """The trainer's validation masks as the evaluator does: tjx-nn's key of the run's seed."""
+    cfg = build_config({"model": {"kind": "bert", **TINY}, "train": {"seed": 3}})
+    model = nn.build_model(nn_config(cfg.model, 41), rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(2)
+    batch = {
+        "inputs": jnp.asarray(rng.integers(0, 40, (2, 12)), jnp.int32),
+        "segment_ids": jnp.ones((2, 12), jnp.int32),
+    }
+    logits, labels = tasks.eval_logits(model, batch, cfg)
+    key = nn.eval_mask_key(3)
+    want, want_labels = nn.objective_logits(model, batch, key=key, mask_prob=0.15)
+    np.testing.assert_array_equal(labels, want_labels)
+    np.testing.assert_array_equal(logits, want)

@@ -1,8 +1,10 @@
-"""``python -m experiments STUDY [--scale smoke|cpu|gpu] [--out DIR] [--runs-dir DIR]``."""
+"""``python -m experiments STUDY [--scale smoke|cpu|gpu] [--out DIR] [--runs-dir DIR]
+[--fresh]``."""
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -31,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs-dir",
         default="runs/experiments",
         help="run directories (a rerun skips finished configs and resumes half-finished ones)",
+    )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete this study's run directories at this scale first and measure every config "
+        "again (otherwise finished configs are skipped)",
     )
     return parser
 
@@ -61,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.runner import StudyError
 
     study = STUDIES[args.study]
+    if args.fresh:
+        shutil.rmtree(Path(args.runs_dir) / study.name / args.scale, ignore_errors=True)
     try:
         runs = execute(study, args.scale, Path(args.runs_dir))
     except StudyError as err:

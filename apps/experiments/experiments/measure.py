@@ -5,6 +5,8 @@ on the run directory the trainer wrote."""
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -100,3 +102,38 @@ def peak_memory(ctx: RunContext) -> Row:
         "peak_mib": step_peak(cfg, vocab) / 2**20,
         "tokens_per_step": cfg.data.batch_size * cfg.data.seq_len,
     }
+
+
+@functools.lru_cache(maxsize=8)
+def _unigram_loss(
+    train_dir: str, val_dir: str, seq_len: int, batch_size: int, batches: int
+) -> float:
+    from tjx import data
+    from tjx.data.shards import load_index
+
+    train = load_index(train_dir).read_all()
+    vocab = int(load_index(train_dir).tokenizer["vocab_size"])
+    counts = np.bincount(train, minlength=vocab).astype(np.float64) + 1.0  # add-one: no log 0
+    logp = np.log(counts / counts.sum())
+    windows = itertools.islice(data.validation_batches(val_dir, seq_len, batch_size), batches)
+    targets = np.concatenate([np.asarray(b["targets"]).ravel() for b in windows])
+    targets = targets[targets >= 0]  # padding is -100
+    return float(-logp[targets].mean())
+
+
+def unigram(ctx: RunContext) -> Row:
+    """The loss of the unigram model on the run's own held-out tokens: each token's frequency in
+    the training split (add-one smoothed), scored on exactly the windows the trainer's
+    evaluation uses (the first ``train.eval_batches`` validation batches). A model that has
+    learned nothing about context scores about this; the depth and schedule studies compare
+    their final validation losses with it."""
+    desc = json.loads((ctx.run_dir / "data.json").read_text())
+    cfg = ctx.config
+    loss = _unigram_loss(
+        desc["train_dir"],
+        desc["val_dir"],
+        cfg.data.seq_len,
+        cfg.eval.batch_size,
+        cfg.train.eval_batches,
+    )
+    return {"unigram_loss": loss}

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from experiments.side import SIDE_STUDY
 from experiments.spec import Study
-from experiments.studies_a import (
-    DEPTH_STUDY,
-    OPTIMIZER_STUDY,
-    POSITIONS_STUDY,
-    PRECISION_STUDY,
-    SCHEDULE_STUDY,
-)
+from experiments.stability import DEPTH_STUDY, SCHEDULE_STUDY
+from experiments.studies_a import OPTIMIZER_STUDY, POSITIONS_STUDY, PRECISION_STUDY
 from experiments.studies_b import BPB_STUDY, MEMORY_STUDY, SPEED_STUDY
 
 STUDIES: dict[str, Study] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -48,20 +49,22 @@ def plot_curves(study: Study, runs: list[tuple[RunSpec, Path, Row]], path: Path)
     plt = _plt()
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
-        for _, run_dir, row in runs:
+        for i, (_, run_dir, row) in enumerate(runs):
             steps, values = series(read_metrics(run_dir), key)
             shown = [(s, v) for s, v in zip(steps, values, strict=True) if math.isfinite(v)]
-            if shown:
+            if shown:  # one colour per run in every panel, also where another run has no line
                 ax.plot(
                     *zip(*shown, strict=True),
                     label=row["label"],
+                    color=f"C{i % 10}",
                     marker="." if len(shown) < 30 else None,
                 )
         ax.set_xlabel("step")
         ax.set_title(key)
-        if key in ("grad_norm", "learning_rate"):
+        if key in study.log_curves:
             ax.set_yscale("log")
-    axes[0][-1].legend(fontsize=7)
+    # The legend goes on the panel with the most runs drawn (a diverged run has no val curve).
+    max(axes[0], key=lambda ax: len(ax.get_lines())).legend(fontsize=7)
     fig.suptitle(study.title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -83,6 +86,8 @@ def plot_bars(study: Study, rows: list[Row], path: Path) -> bool:
         range(len(shown)), [r["label"] for r in shown], rotation=30, ha="right", fontsize=7
     )
     ax.set_ylabel(header)
+    if study.headline in study.log_curves:
+        ax.set_yscale("log")
     finite = [v for v in values if math.isfinite(v)]
     if finite and min(finite) > 0 and study.headline.startswith("val"):
         lo, hi = min(finite), max(finite)  # losses differ in the decimals: zoom in on them
@@ -92,6 +97,24 @@ def plot_bars(study: Study, rows: list[Row], path: Path) -> bool:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return True
+
+
+def _load_note(rows: list[Row]) -> str:
+    """How long the configs trained and how loaded the machine was, from the rows' ``wall_s``
+    and ``load`` (the 1-minute load average as each config started and ended); "" without."""
+    walls = [float(r["wall_s"]) for r in rows if isinstance(r.get("wall_s"), int | float)]
+    loads = [float(x) for r in rows if isinstance(r.get("load"), list) for x in r["load"]]
+    if not walls or not loads:
+        return ""
+    cores = os.cpu_count() or 1
+    text = (
+        f"The configs trained for {sum(walls):.0f} s in all; the 1-minute load average was "
+        f"{min(loads):.1f}–{max(loads):.1f} as they started and ended ({cores} cores, this "
+        "study's own process included)."
+    )
+    if max(loads) > cores:
+        text += " Other work shared the cores for part of that time, so the times are upper bounds."
+    return text
 
 
 def write_report(
@@ -122,18 +145,21 @@ def write_report(
     dates = sorted({r["measured_at"] for r in rows if r.get("measured_at")})
     when = dates[0] if len(dates) == 1 else f"{dates[0]} – {dates[-1]}" if dates else "?"
     machines = sorted({r["machine"] for r in rows if r.get("machine")})
+    shared = _load_note(rows)
     text = [
         f"# {study.title}",
         "",
         f"Scale **{scale}**, measured {when} on {'; '.join(machines) or '?'}. Re-run with "
         f"`python -m experiments {study.name} --scale {scale}` (`--scale gpu` on a GPU).",
         "",
+        *([shared, ""] if shared else []),
         f"**Question.** {study.question}",
         "",
         f"**Varied.** {study.varied}",
         "",
         f"**Held fixed.** {study.fixed}",
         "",
+        *(f"_Note: {note}_\n" for note in study.notes),
         "## Results",
         "",
         table(study, rows),

@@ -11,6 +11,9 @@ from typing import Any
 from experiments.spec import Row, RunSpec
 
 METRICS_FILE = "metrics.jsonl"
+#: Nats above ln V (a uniform guess; an untrained model starts within a few hundredths of it)
+#: that a train loss must pass to count as a blow-up.
+BLOW_UP_MARGIN = 1.0
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -52,6 +55,28 @@ def first_bad_step(records: list[dict[str, Any]]) -> int | None:
     return None
 
 
+def uniform_loss(run_dir: Path) -> float | None:
+    """ln V, the loss of a uniform guess over the run's V-token vocabulary (where an untrained
+    language model starts); None without a ``model.json`` naming ``vocab_size``."""
+    path = run_dir / "model.json"
+    if not path.is_file():
+        return None
+    vocab = json.loads(path.read_text()).get("fields", {}).get("vocab_size")
+    return math.log(vocab) if isinstance(vocab, int) and vocab > 1 else None
+
+
+def first_blow_up(records: list[dict[str, Any]], uniform: float | None) -> int | None:
+    """The first logged step whose train loss is finite but more than `BLOW_UP_MARGIN` above
+    ``uniform`` (ln V: a model clearly worse than a uniform guess, so it blew up), or None."""
+    if uniform is None:
+        return None
+    for rec in records:
+        loss = rec.get("loss")
+        if loss is not None and _finite(float(loss)) and float(loss) > uniform + BLOW_UP_MARGIN:
+            return int(rec["step"])
+    return None
+
+
 def train_row(spec: RunSpec, run_dir: Path, status: dict[str, Any]) -> Row:
     """The generic row of a trainer run: final validation metrics (``final.json``, else the last
     logged evaluation), last train loss, median tokens/s, largest gradient norm, divergence."""
@@ -68,6 +93,9 @@ def train_row(spec: RunSpec, run_dir: Path, status: dict[str, Any]) -> Row:
     steps, losses = series(records, "loss")
     good = [v for v in losses if math.isfinite(v)]
     row["train_loss"] = good[-1] if good else None
+    row["peak_loss"] = max(good) if good else None
+    row["uniform_loss"] = uniform_loss(run_dir)
+    row["blew_up_at"] = first_blow_up(records, row["uniform_loss"])
     _, rates = series(records, "tokens_per_s")
     # The first rate of a run includes its compilation; the median of the others is the speed.
     row["tokens_per_s"] = statistics.median(rates[1:]) if len(rates) > 1 else None
@@ -79,4 +107,5 @@ def train_row(spec: RunSpec, run_dir: Path, status: dict[str, Any]) -> Row:
     row["diverged_at"] = bad if bad is not None else (steps[-1] if diverged and steps else None)
     row["status"] = f"diverged at step {row['diverged_at']}" if diverged else "finished"
     row["wall_s"] = round(float(status["ended"]) - float(status["started"]), 1)
+    row["load"] = status.get("load")
     return row

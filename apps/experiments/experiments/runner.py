@@ -14,6 +14,7 @@ that diverged (the trainer's exit 3) is a result, recorded in ``status.json``, a
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,8 +35,6 @@ class StudyError(RuntimeError):
 
 def machine() -> str:
     """The machine in words: CPU architecture and cores, and the accelerator if any."""
-    import os
-
     import jax
 
     dev = jax.devices()[0]
@@ -94,9 +93,16 @@ def run_config(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         return dict(json.loads(status_path.read_text()))
     resume = _has_checkpoint(run_dir)
     plan = plan_config(spec, run_dir, resume=resume)
-    started = time.time()
+    started, load = time.time(), os.getloadavg()[0]
     code = run(plan)
-    status = {"exit": code, "started": started, "ended": time.time(), "resumed": resume}
+    status = {
+        "exit": code,
+        "started": started,
+        "ended": time.time(),
+        "resumed": resume,
+        # The 1-minute load average as the config started and ended: how shared the machine was.
+        "load": [round(load, 2), round(os.getloadavg()[0], 2)],
+    }
     if code not in (0, 3):  # 3: diverged, a result of the study; anything else is an error
         raise StudyError(f"{spec.label}: the trainer exited {code} (run dir {run_dir})")
     if code == 0 and not (run_dir / "final.json").is_file():

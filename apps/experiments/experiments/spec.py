@@ -82,9 +82,13 @@ class Study:
     kind: str = "train"
     #: Scalars of metrics.jsonl drawn overlaid, one panel each.
     curves: tuple[str, ...] = ("loss", "val_bits_per_byte")
+    #: Which of `curves` (and, if named, the headline's bars) are drawn on a log scale (a
+    #: blow-up spans orders of magnitude).
+    log_curves: tuple[str, ...] = ("grad_norm", "learning_rate")
     #: Extra measurements of a finished trainer run (merged into its row).
     after_run: Callable[[RunContext], Row] | None = None
-    #: What differs from the CPU scale on a GPU, in words, for the README.
+    #: Caveats in words (what differs on a GPU, a choice the reader should know), for the
+    #: README: one italic line each under "Held fixed".
     notes: tuple[str, ...] = field(default=())
 
 

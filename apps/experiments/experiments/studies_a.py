@@ -1,4 +1,4 @@
-"""Studies 1–5: positions, depth stability, precision, optimizers, schedules."""
+"""Studies 1, 3 and 4: positions, precision, optimizers (2 and 5 are in `experiments.stability`)."""
 
 from __future__ import annotations
 
@@ -87,66 +87,6 @@ POSITIONS_STUDY = Study(
     headline="val_loss_1x",
     conclude=positions_conclude,
     after_run=measure.extrapolation,
-)
-
-# --- 2. depth stability ------------------------------------------------------------------------
-
-DEPTH_SHAPE = {
-    "smoke": ("model.num_layers=4",),
-    "cpu": ("model.num_layers=48", "model.d_model=32", "model.num_heads=2", "model.mlp_dim=128",
-            "model.max_seq_len=32", "data.seq_len=32", "data.batch_size=8", "train.steps=150",
-            "train.log_every=5", "train.eval_every=50", "train.checkpoint_every=75"),
-    "gpu": ("model.num_layers=48", "model.d_model=128", "model.num_heads=4", "model.mlp_dim=512"),
-}  # fmt: skip
-
-
-def depth_runs(scale: str) -> list[RunSpec]:
-    common = base(scale, *DEPTH_SHAPE[scale], "model.scan_layers=true", "optimizer.lr=1e-2",
-                  "train.max_bad_steps=5")  # fmt: skip
-    raw = (
-        "model.norm_position=post",
-        "optimizer.clip_norm=null",
-        "optimizer.schedule.warmup_steps=0",
-    )
-    pre_clip = ("model.norm_position=pre", "optimizer.clip_norm=1.0")
-    runs = [
-        RunSpec("post-LN, no clip, no warmup", (*common, *raw)),
-        RunSpec("pre-LN", (*common, *raw, "model.norm_position=pre")),
-        RunSpec("pre-LN + clip 1.0", (*common, *raw, *pre_clip)),
-        RunSpec("pre-LN + clip + warmup", (*common, *pre_clip)),
-        RunSpec("+ init 0.006", (*common, *pre_clip, "model.init_std=6e-3")),
-    ]  # fmt: skip
-    return smoke_pick(scale, runs, "post-LN, no clip, no warmup", "pre-LN + clip + warmup")
-
-
-def depth_conclude(rows: list[Row], scale: str) -> list[str]:
-    out = []
-    for r in rows:
-        where = (
-            f"diverged at step {r['diverged_at']}"
-            if r.get("diverged_at") is not None
-            else f"finished at val loss {_fmt(r.get('val_loss'))}"
-        )
-        out.append(
-            f"{r['label']}: {where}; largest gradient norm {_fmt(r.get('max_grad_norm'), '.3g')}."
-        )
-    return out
-
-
-DEPTH_STUDY = Study(
-    name="depth_stability",
-    title="Depth stability: a deep narrow stack",
-    question="Does a deep narrow stack trained at a high rate without clipping or warmup diverge, "
-    "where, and which fix (pre-LN, clipping, warmup, smaller init) stops it?",
-    varied="model.norm_position (post/pre), optimizer.clip_norm (none/1.0), warmup (0/the "
-    "scale's), model.init_std (0.02/0.006)",
-    fixed="48 layers (4 in the smoke test), narrow width, scanned layers, AdamW at lr 1e-2, "
-    "data, steps, seed; the trainer stops a run after 5 bad steps in a row",
-    runs=depth_runs,
-    columns=(STATUS, VAL, Column("max grad norm", "max_grad_norm", ".3g")),
-    headline="max_grad_norm",
-    conclude=depth_conclude,
-    curves=("loss", "grad_norm"),
 )
 
 # --- 3. precision ------------------------------------------------------------------------------
@@ -261,46 +201,4 @@ OPTIMIZER_STUDY = Study(
     columns=(Column("optimizer", "group", ""), VAL, BPB, STATUS),
     headline="val_loss",
     conclude=optimizer_conclude,
-)
-
-# --- 5. schedules ------------------------------------------------------------------------------
-
-
-def schedule_runs(scale: str) -> list[RunSpec]:
-    s = "optimizer.schedule.name"
-    runs = [RunSpec(name, base(scale, f"{s}={name}")) for name in
-            ("cosine", "linear", "inverse_sqrt", "wsd", "constant")]  # fmt: skip
-    runs.append(RunSpec("constant, no warmup, lr 0.1",
-                        base(scale, f"{s}=constant", "optimizer.schedule.warmup_steps=0",
-                             "optimizer.lr=0.1", "optimizer.clip_norm=null",
-                             "train.max_bad_steps=5")))  # fmt: skip
-    return smoke_pick(scale, runs, "cosine", "wsd")
-
-
-def schedule_conclude(rows: list[Row], scale: str) -> list[str]:
-    out = []
-    top = best(rows, "val_loss")
-    if top:
-        out.append(f"Lowest validation loss: {top['label']} ({top['val_loss']:.4f}).")
-    for r in rows:
-        if r.get("diverged_at") is not None:
-            out.append(f"{r['label']} diverged at step {r['diverged_at']}.")
-        elif "no warmup" in r["label"]:
-            out.append(f"{r['label']} did not diverge here (val loss {_fmt(r.get('val_loss'))}).")
-    return out
-
-
-SCHEDULE_STUDY = Study(
-    name="schedules",
-    title="Learning-rate schedules",
-    question="How do cosine, linear, inverse-sqrt, WSD (warmup-stable-decay, the hold phase) and "
-    "constant compare, and what does a high rate without warmup do?",
-    varied="optimizer.schedule.name; the last run also drops warmup and clipping at lr 0.1",
-    fixed="AdamW at the tiny preset's lr 5e-3 (except the last run), warmup steps, model, data, "
-    "steps, seed",
-    runs=schedule_runs,
-    columns=(VAL, BPB, STATUS),
-    headline="val_loss",
-    conclude=schedule_conclude,
-    curves=("loss", "learning_rate", "val_loss"),
 )

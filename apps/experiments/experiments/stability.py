@@ -1,0 +1,230 @@
+"""Studies 2 and 5, the two about blowing up: depth stability and learning-rate schedules.
+
+Both tell a run that *diverged* (a non-finite loss or gradient; the trainer stops it after
+``train.max_bad_steps`` such steps and exits 3) from one that *blew up*: a logged train loss,
+finite, more than 1 nat above ln V — clearly worse than a uniform guess over the vocabulary,
+where an untrained model starts (`experiments.results.first_blow_up`). Both compare final
+validation losses with the unigram model's on the same held-out windows
+(`experiments.measure.unigram`): a model at that loss has learned token frequencies and
+nothing about context.
+"""
+
+from __future__ import annotations
+
+import math
+
+from experiments import measure
+from experiments.results import BLOW_UP_MARGIN
+from experiments.spec import Column, Row, RunContext, RunSpec, Study, base, best, smoke_pick
+
+VAL = Column("val loss (nats)", "val_loss")
+BPB = Column("val bits/byte", "val_bits_per_byte", ".3f")
+STATUS = Column("status", "status", "")
+BLEW_UP = Column("blew up at step", "blew_up_at", "")
+PEAK = Column("peak train loss", "peak_loss", ".3g")
+UNIGRAM = "the unigram model"
+
+
+def _fmt(x: object, spec: str = ".4f") -> str:
+    return format(x, spec) if isinstance(x, float) else "—"
+
+
+def unigram_of(rows: list[Row]) -> float | None:
+    """The unigram loss on the held-out windows (the same for every config of a study)."""
+    return next((float(r["unigram_loss"]) for r in rows if r.get("unigram_loss")), None)
+
+
+def _after(ctx: RunContext) -> Row:
+    return measure.unigram(ctx)
+
+
+def fate(row: Row, unigram: float | None) -> str:
+    """What happened to one run, in words: diverged / blew up / final loss vs the unigram's."""
+    parts = []
+    if row.get("diverged_at") is not None:
+        parts.append(
+            f"diverged: a non-finite loss or gradient from step {row['diverged_at']} "
+            "(the trainer stopped it)"
+        )
+    if row.get("blew_up_at") is not None:
+        parts.append(
+            f"blew up at step {row['blew_up_at']} (train loss up to {row['peak_loss']:.3g}, "
+            f"more than {BLOW_UP_MARGIN:g} nat above ln V = {row['uniform_loss']:.3f}, "
+            "the loss of a uniform guess)"
+        )
+    val = row.get("val_loss")
+    if isinstance(val, float) and math.isfinite(val):
+        text = f"final validation loss {val:.4f}"
+        if unigram is not None:
+            side = "below" if val < unigram else "not below"
+            text += f", {side} {UNIGRAM}'s {unigram:.4f} ({val - unigram:+.4f})"
+        parts.append(text)
+    elif row.get("diverged_at") is None:
+        parts.append("no finite final validation loss")
+    return "; ".join(parts)
+
+
+# --- 2. depth stability ------------------------------------------------------------------------
+
+#: SGD with momentum (tjx.optim's 0.9) at a rate this high takes steps in proportion to the
+#: gradient, which is what clipping and warmup bound. (AdamW's step does not grow with the
+#: gradient: at the CPU scale no AdamW rate made the raw config diverge while the fixes learned.)
+DEPTH_OPTIMIZER = (
+    "optimizer.name=sgd",
+    "optimizer.lr=1.0",
+    "optimizer.b1=null",
+    "optimizer.b2=null",
+    "optimizer.eps=null",
+    "optimizer.weight_decay=null",
+)
+DEPTH_SHAPE = {
+    "smoke": ("model.num_layers=4",),
+    "cpu": ("model.num_layers=48", "model.d_model=32", "model.num_heads=2", "model.mlp_dim=128",
+            "model.max_seq_len=32", "data.seq_len=32", "data.batch_size=8", "train.steps=600",
+            "train.log_every=1", "train.eval_every=100", "train.checkpoint_every=300"),
+    "gpu": ("model.num_layers=48", "model.d_model=128", "model.num_heads=4", "model.mlp_dim=512",
+            "train.log_every=1"),
+}  # fmt: skip
+RAW = "post-LN, no clip, no warmup"
+FIXED = "pre-LN + clip + warmup"
+
+
+def depth_runs(scale: str) -> list[RunSpec]:
+    """The raw config, then the fixes added one at a time (pre-LN, clipping, warmup, init)."""
+    common = base(scale, *DEPTH_SHAPE[scale], *DEPTH_OPTIMIZER, "model.scan_layers=true",
+                  "train.max_bad_steps=5")  # fmt: skip
+    raw = (
+        "model.norm_position=post",
+        "optimizer.clip_norm=null",
+        "optimizer.schedule.warmup_steps=0",
+    )
+    pre_clip = ("model.norm_position=pre", "optimizer.clip_norm=1.0")
+    runs = [
+        RunSpec(RAW, (*common, *raw)),
+        RunSpec("pre-LN", (*common, *raw, "model.norm_position=pre")),
+        RunSpec("pre-LN + clip 1.0", (*common, *raw, *pre_clip)),
+        RunSpec(FIXED, (*common, *pre_clip)),
+        RunSpec("+ init 0.006", (*common, *pre_clip, "model.init_std=6e-3")),
+    ]  # fmt: skip
+    return smoke_pick(scale, runs, RAW, FIXED)
+
+
+def depth_conclude(rows: list[Row], scale: str) -> list[str]:
+    """One line per config (diverged / blew up / final loss, largest gradient norm), then which
+    configs neither diverged nor blew up and which beat the unigram."""
+    unigram = unigram_of(rows)
+    out = [
+        f"{r['label']}: {fate(r, unigram)}; largest gradient norm "
+        f"{_fmt(r.get('max_grad_norm'), '.3g')}."
+        for r in rows
+    ]
+    calm = [r for r in rows if r.get("diverged_at") is None and r.get("blew_up_at") is None]
+    out.append(
+        "Neither diverged nor blew up: " + (", ".join(r["label"] for r in calm) or "none") + "."
+    )
+    beat = []
+    if unigram is not None:
+        beat = [r for r in rows if isinstance(r.get("val_loss"), float) and r["val_loss"] < unigram]
+        out.append(
+            f"Below {UNIGRAM}'s {unigram:.4f} at the end: "
+            + (", ".join(f"{r['label']} ({r['val_loss']:.4f})" for r in beat) or "none")
+            + "."
+        )
+    if calm and rows[0] not in calm:
+        line = f"With the fixes added in the table's order, {calm[0]['label']} is the first "
+        line += "config that neither diverged nor blew up"
+        line += f", and {beat[0]['label']} the first below {UNIGRAM}." if beat else "."
+        out.append(line)
+    out.append(
+        "curves.png draws every config's train loss and gradient norm at every step (log "
+        "scales) and its validation loss; a diverged run's curves end where its values stop "
+        "being finite."
+    )
+    return out
+
+
+DEPTH_STUDY = Study(
+    name="depth_stability",
+    title="Depth stability: a deep narrow stack",
+    question="Does a deep narrow stack trained at a high rate without clipping or warmup diverge, "
+    "where, and which fix (pre-LN, clipping, warmup, smaller init) stops it?",
+    varied="model.norm_position (post/pre), optimizer.clip_norm (none/1.0), warmup (0/the "
+    "scale's), model.init_std (0.02/0.006), added one at a time",
+    fixed="48 layers (4 in the smoke test), narrow width (32 at the CPU scale), scanned layers, "
+    "SGD with momentum 0.9 at lr 1.0 with cosine decay, no weight decay, data, steps, seed; the "
+    "trainer stops a run after 5 bad steps in a row",
+    runs=depth_runs,
+    columns=(STATUS, BLEW_UP, PEAK, VAL, Column("max grad norm", "max_grad_norm", ".3g")),
+    headline="max_grad_norm",
+    conclude=depth_conclude,
+    curves=("loss", "grad_norm", "val_loss"),
+    log_curves=("loss", "grad_norm", "max_grad_norm"),
+    after_run=_after,
+    notes=(
+        "SGD, not AdamW (an earlier version of this study): AdamW's step does not grow with the "
+        "gradient, so clipping hardly acts on it, and when this CPU scale was tuned (AdamW at "
+        "rates 3e-3 to 3) no rate made the raw config diverge or blow up while the fixes still "
+        "learned: up to 0.05 the raw config stalled at the unigram loss without blowing up, and "
+        "from 0.05 up the fixes stalled there too.",
+        "The GPU scale (width 128, the same optimizer and rate) has not been run yet.",
+    ),
+)
+
+# --- 5. schedules ------------------------------------------------------------------------------
+
+#: The tiny preset's AdamW rate (apps/trainer/configs/tiny.yaml), which the schedules share.
+PRESET_LR = 5e-3
+#: The no-warmup run's rate, 60× the preset's: AdamW's first steps at it blow the CPU model up.
+HIGH_LR = 0.3
+
+
+def schedule_runs(scale: str) -> list[RunSpec]:
+    """The five schedules at the preset's rate, then constant without warmup at a high rate."""
+    s = "optimizer.schedule.name"
+    common = base(scale, "train.log_every=1", "train.max_bad_steps=5")
+    runs = [RunSpec(name, (*common, f"{s}={name}")) for name in
+            ("cosine", "linear", "inverse_sqrt", "wsd", "constant")]  # fmt: skip
+    lr = HIGH_LR
+    runs.append(RunSpec(f"constant, no warmup, lr {lr:g}",
+                        (*common, f"{s}=constant", "optimizer.schedule.warmup_steps=0",
+                         f"optimizer.lr={lr:g}", "optimizer.clip_norm=null")))  # fmt: skip
+    return smoke_pick(scale, runs, "cosine", "wsd")
+
+
+def schedule_conclude(rows: list[Row], scale: str) -> list[str]:
+    """The best schedule, how far apart the schedules ended, and the high-rate run's fate."""
+    out = []
+    unigram = unigram_of(rows)
+    warm = [r for r in rows if "no warmup" not in r["label"]]
+    top = best(warm, "val_loss")
+    finite = [r for r in warm if isinstance(r.get("val_loss"), float)]
+    if top and finite:
+        worst = max(finite, key=lambda r: float(r["val_loss"]))
+        out.append(
+            f"Lowest validation loss: {top['label']} ({top['val_loss']:.4f}); highest among the "
+            f"schedules with warmup: {worst['label']} ({worst['val_loss']:.4f}, "
+            f"{worst['val_loss'] - top['val_loss']:+.4f})."
+        )
+    for r in rows:
+        if "no warmup" in r["label"] or r.get("diverged_at") is not None or r.get("blew_up_at"):
+            out.append(f"{r['label']}: {fate(r, unigram)}.")
+    return out
+
+
+SCHEDULE_STUDY = Study(
+    name="schedules",
+    title="Learning-rate schedules",
+    question="How do cosine, linear, inverse-sqrt, WSD (warmup-stable-decay, the hold phase) and "
+    "constant compare, and what does a high rate without warmup do?",
+    varied="optimizer.schedule.name; the last run also drops warmup and clipping at lr "
+    f"{HIGH_LR:g}, {HIGH_LR / PRESET_LR:.0f}× the preset's",
+    fixed=f"AdamW at the tiny preset's lr {PRESET_LR:g} (except the last run), warmup steps, "
+    "clipping at 1.0 (except the last run), model, data, steps, seed; every step logged",
+    runs=schedule_runs,
+    columns=(VAL, BPB, STATUS, BLEW_UP, PEAK),
+    headline="val_loss",
+    conclude=schedule_conclude,
+    curves=("loss", "learning_rate", "val_loss"),
+    log_curves=("loss", "learning_rate"),
+    after_run=_after,
+)

@@ -80,6 +80,8 @@ def test_wheel_installs_alone_and_declares_its_requirements(name: str, tmp_path:
     probe = (
         "import importlib.metadata as md, json, sys\n"
         f"import tjx.{name} as pkg\n"
+        # Every exported name, so that names loaded on first use (tjx.ckpt's) are imported too.
+        "[getattr(pkg, n) for n in pkg.__all__]\n"
         "print(json.dumps({'version': pkg.__version__, 'file': pkg.__file__,"
         f" 'requires': md.requires('tjx-{name}') or [], 'api': sorted(pkg.__all__)}}))\n"
     )

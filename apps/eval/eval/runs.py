@@ -42,14 +42,6 @@ class LoadedRun:
         return type(self.nn_config).__name__ == "BertConfig"
 
 
-def build_nn_config(desc: dict[str, Any]) -> Any:
-    """Rebuild a tjx.nn config from the trainer's ``model.json`` (tjx.nn's ``config_from_dict``;
-    ``ValueError`` naming what is wrong)."""
-    from tjx import nn
-
-    return nn.config_from_dict(desc)
-
-
 def _read(run_dir: Path, name: str) -> Any:
     """The mapping in the run's file ``name`` (tjx.ckpt's `RunDir` reads it); `RunError` if not."""
     from tjx import ckpt
@@ -89,7 +81,7 @@ def load_run(run_dir: Path, step: int | None = None) -> LoadedRun:
     config = _read(run_dir, "config.yaml")
     info = _read(run_dir, "data.json")
     try:
-        nn_config = build_nn_config(_read(run_dir, "model.json"))
+        nn_config = nn.config_from_dict(_read(run_dir, "model.json"))
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         if isinstance(err, RunError):
             raise

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from experiments.spec import Row, RunContext
+from tjx.ckpt import RunDir  # no jax or orbax on import
 
 #: How far beyond the training length the positions study evaluates.
 LENGTH_FACTORS = (1, 2, 4)
@@ -54,11 +54,10 @@ def _initial_model(run_dir: Path, seed: int) -> Any:
     """The run's model as the trainer initialised it (same config, same seed)."""
     from flax import nnx
 
-    from eval.runs import build_nn_config
     from tjx import nn
 
-    desc = json.loads((run_dir / "model.json").read_text())
-    return nn.build_model(build_nn_config(desc), rngs=nnx.Rngs(seed))
+    desc = RunDir(run_dir).read(RunDir.MODEL_FILE)
+    return nn.build_model(nn.config_from_dict(desc), rngs=nnx.Rngs(seed))
 
 
 def attention_stages(ctx: RunContext) -> Row:
@@ -95,7 +94,7 @@ def peak_memory(ctx: RunContext) -> Row:
     step)."""
     from trainer.memory_fit import step_peak
 
-    desc = json.loads((ctx.run_dir / "model.json").read_text())
+    desc = RunDir(ctx.run_dir).read(RunDir.MODEL_FILE)
     vocab = int(desc["fields"]["vocab_size"])
     cfg = ctx.config
     return {
@@ -127,7 +126,7 @@ def unigram(ctx: RunContext) -> Row:
     evaluation uses (the first ``train.eval_batches`` validation batches). A model that has
     learned nothing about context scores about this; the depth and schedule studies compare
     their final validation losses with it."""
-    desc = json.loads((ctx.run_dir / "data.json").read_text())
+    desc = RunDir(ctx.run_dir).read(RunDir.DATA_FILE)
     cfg = ctx.config
     loss = _unigram_loss(
         desc["train_dir"],

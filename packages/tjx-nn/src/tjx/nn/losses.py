@@ -15,9 +15,8 @@ from tjx.kernels import CrossEntropyOutput
 Array = jax.Array
 
 
-def _token_ce(
-    logits: Array, labels: Array, label_smoothing: float, z_loss: float
-) -> tuple[Array, Array]:
+def _token_ce(logits: Array, labels: Array, label_smoothing: float) -> tuple[Array, Array, Array]:
+    """Per-token (cross-entropy, logsumexp, label's logit) in float32; negative labels read 0."""
     logits = logits.astype(jnp.float32)
     lse = jax.nn.logsumexp(logits, axis=-1)
     safe = jnp.where(labels < 0, 0, labels)
@@ -27,8 +26,7 @@ def _token_ce(
         # Smoothed target: (1-ε) on the label, ε spread uniformly over the vocabulary.
         smooth = lse - jnp.mean(logits, axis=-1)
         nll = (1.0 - label_smoothing) * nll + label_smoothing * smooth
-    loss = nll + z_loss * jnp.square(lse)
-    return loss, lse
+    return nll, lse, target
 
 
 def cross_entropy_loss(
@@ -63,7 +61,8 @@ def cross_entropy_loss(
         raise ValueError(f"z_loss must be >= 0; got {z_loss}")
     mask = labels != ignore_index
     labels = jnp.where(mask, labels, 0)
-    loss, _ = _token_ce(logits, labels, label_smoothing, z_loss)
+    nll, lse, _ = _token_ce(logits, labels, label_smoothing)
+    loss = nll + z_loss * jnp.square(lse)
     count = jnp.sum(mask)
     return jnp.sum(jnp.where(mask, loss, 0.0)) / jnp.maximum(count, 1)
 
@@ -97,9 +96,7 @@ def logits_cross_entropy(
         raise ValueError(f"z_loss must be >= 0; got {z_loss}")
     logits = logits.astype(jnp.float32)
     mask = labels != ignore_index
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    target = jnp.take_along_axis(logits, jnp.where(mask, labels, 0)[..., None], axis=-1)[..., 0]
-    nll = lse - target
+    nll, lse, target = _token_ce(logits, jnp.where(mask, labels, 0), 0.0)
     count = jnp.sum(mask, dtype=jnp.int32)
     sum_loss = jnp.sum(jnp.where(mask, nll, 0.0))
     # Its own sum even at z_loss=0: the mean is then cross_entropy_loss's to the bit (XLA rounds

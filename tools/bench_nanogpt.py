@@ -2,6 +2,8 @@
 
     python tools/bench_nanogpt.py                       # all shapes, 15 rounds of 2 steps
     python tools/bench_nanogpt.py --shapes tiny --rounds 5 --json out.json
+    python tools/bench_nanogpt.py --floor               # also each shape's matmul floor
+    python tools/bench_nanogpt.py --floor-only          # the floor alone (no PyTorch needed)
 
 PyTorch goes into a scratch venv (``--venv``, default ``~/.cache/tjx/nanogpt-venv``), never into
 the project's environment; see ``tools/tjx_tools/nanogpt`` for how the two sides are matched.
@@ -14,7 +16,9 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from tjx_tools.nanogpt.floor import measure_floor
 from tjx_tools.nanogpt.side_by_side import SHAPES, run_shape
 from tjx_tools.nanogpt.venv import peer_python
 
@@ -31,27 +35,51 @@ def main(argv: list[str] | None = None) -> int:
         "--venv", type=Path, default=Path.home() / ".cache" / "tjx" / "nanogpt-venv"
     )
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--floor", action="store_true", help="also time the step's matmuls alone (a lower bound)"
+    )
+    parser.add_argument("--floor-only", action="store_true", help="only the matmul floor")
     args = parser.parse_args(argv)
     unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
     if unknown or args.rounds < 1 or args.steps < 1:
         parser.error(
             f"unknown shapes {unknown}" if unknown else "--rounds and --steps must be >= 1"
         )
-    python = peer_python(args.venv)
-    rows = []
+    python = None if args.floor_only else peer_python(args.venv)
+    rows: list[dict[str, Any]] = []
     for name in args.shapes.split(","):
-        row = run_shape(SHAPES[name], python, args.rounds, args.steps)
+        row: dict[str, Any] = {"shape": name}
+        if python is not None:
+            row = run_shape(SHAPES[name], python, args.rounds, args.steps)
+            tps, diff = row["tokens_per_s"], row["first_loss_rel_diff"]
+            print(
+                f"{name:>10}: tjx {tps['tjx']:,.0f} tok/s, nanoGPT {tps['nanogpt']:,.0f} tok/s, "
+                f"tjx/nanoGPT {row['ratio']:.2f} (first losses differ by {diff:.1e})",
+                flush=True,
+            )
+        if args.floor or args.floor_only:
+            row["floor"] = floor = measure_floor(SHAPES[name])
+            print(_floor_line(name, floor, row.get("median_step_s")), flush=True)
         rows.append(row)
-        tps, diff = row["tokens_per_s"], row["first_loss_rel_diff"]
-        print(
-            f"{name:>10}: tjx {tps['tjx']:,.0f} tok/s, nanoGPT {tps['nanogpt']:,.0f} tok/s, "
-            f"tjx/nanoGPT {row['ratio']:.2f} (first losses differ by {diff:.1e})",
-            flush=True,
-        )
     if args.json:
         meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rounds": args.rounds}
         args.json.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     return 0
+
+
+def _floor_line(name: str, floor: dict[str, Any], steps: Any) -> str:
+    """The floor, and against nanoGPT's step when it was measured: what 1.25x would allow."""
+    ms = 1e3 * floor["floor_s"]
+    rate = floor["flops"] / floor["floor_s"] / 1e9
+    gflop = floor["flops"] / 1e9
+    line = f"{name:>10}: matmuls alone {ms:.1f} ms ({gflop:.2f} GFLOP, {rate:.0f} GFLOP/s)"
+    if isinstance(steps, dict):
+        allowed = 1e3 * steps["nanogpt"] / 1.25
+        line += (
+            f"; 1.25x nanoGPT allows {allowed:.1f} ms per step, tjx takes "
+            f"{1e3 * steps['tjx']:.1f} ms"
+        )
+    return line
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
@@ -78,26 +79,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-HF_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
+def _check_init_from(cfg: Config, source: str) -> None:
+    """``--init-from``: HF GPT-2 weights, from a folder or a hub name, that fit the config.
 
-
-def _check_fits_gpt2_weights(cfg: Config) -> None:
-    """``--init-from``: refuse architecture settings HF GPT-2 weights cannot have.
-
-    The checkpoint fixes the architecture; a setting that would change it (MLA, another position
-    scheme, no biases) cannot apply, and dropping it silently would train something else than asked.
+    The checkpoint fixes the architecture; a setting that would change it cannot apply (tjx.nn
+    says which: ``hf_gpt2_conflicts``), and dropping it silently would train something else than
+    asked.
     """
-    m = cfg.model
-    gpt2_own: tuple[tuple[str, object, object], ...] = (
-        ("position", m.position, "learned"),
-        ("attention_type", m.attention_type, "mha"),
-        ("use_bias", m.use_bias, True),
-    )
-    clashes = [f"model.{k} {v!r}" for k, v, own in gpt2_own if v is not None and v != own]
-    if clashes:
+    from tjx import nn
+
+    if cfg.model.kind != "gpt2":
         raise ConfigError(
-            f"--init-from: GPT-2 weights fix the architecture, so {', '.join(clashes)} cannot "
-            "apply; leave those settings unset"
+            f"--init-from: loads GPT-2 weights; model.kind must be 'gpt2', got {cfg.model.kind!r}"
+        )
+    if cfg.data.tokenizer != "gpt2":
+        raise ConfigError(
+            f"--init-from: GPT-2 weights need data.tokenizer 'gpt2', got {cfg.data.tokenizer!r}"
+        )
+    clashes = nn.hf_gpt2_conflicts(dataclasses.asdict(cfg.model))
+    if clashes:
+        settings = ", ".join(f"model.{k} {v!r}" for k, v in clashes.items())
+        raise ConfigError(
+            f"--init-from: GPT-2 weights fix the architecture, so {settings} cannot apply; leave "
+            "those settings unset"
+        )
+    if not Path(source).expanduser().exists() and source not in nn.HF_GPT2_NAMES:
+        raise ConfigError(
+            f"--init-from: {source!r} is neither a folder nor a hub name "
+            f"({', '.join(nn.HF_GPT2_NAMES)})"
         )
 
 
@@ -208,22 +217,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         if cfg.train.fit_memory and resume_changes.get("model.remat") == ("full", "none"):
             del resume_changes["model.remat"]  # the memory fit chose full remat, and will again
     if args.init_from is not None:
-        if cfg.model.kind != "gpt2":
-            raise ConfigError(
-                f"--init-from: loads GPT-2 weights; model.kind must be 'gpt2', got "
-                f"{cfg.model.kind!r}"
-            )
-        if cfg.data.tokenizer != "gpt2":
-            raise ConfigError(
-                f"--init-from: GPT-2 weights need data.tokenizer 'gpt2', got {cfg.data.tokenizer!r}"
-            )
-        _check_fits_gpt2_weights(cfg)
-        local = Path(args.init_from).expanduser()
-        if not local.exists() and args.init_from not in HF_GPT2_NAMES:
-            raise ConfigError(
-                f"--init-from: {args.init_from!r} is neither a folder nor a hub name "
-                f"({', '.join(HF_GPT2_NAMES)})"
-            )
+        _check_init_from(cfg, args.init_from)
     profile = parse_profile(args.profile_steps)
     if profile is not None and profile[1] > cfg.train.steps:
         raise ConfigError(

@@ -280,55 +280,25 @@ def _require(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _check_attention(cfg: Config) -> None:
-    """MLA's latent size goes with MLA only; top-k decoding with models that decode."""
-    m = cfg.model
-    if m.attention_type == "mla":
-        _require(
-            m.kv_latent_dim is not None,
-            "model.kv_latent_dim: attention_type 'mla' needs the latent's size, e.g. "
-            "model.kv_latent_dim=32",
-        )
-    else:  # tjx.nn would ignore it: a forgotten attention_type=mla must not pass unnoticed
-        _require(
-            m.kv_latent_dim is None,
-            f"model.kv_latent_dim: only attention_type 'mla' uses it (got {m.attention_type!r}); "
-            "set it to null",
-        )
-    _require(
-        m.decode_topk is None or cfg.task == "lm",
-        f"model.decode_topk: only decoders (gpt2, llama) decode; model.kind is {m.kind!r}",
-    )
-
-
 def validate(cfg: Config) -> Config:
-    """Checks across fields (single fields were checked while reading)."""
+    """Checks across fields (single fields were checked while reading).
+
+    Only the trainer's own rules live here (its keys: data, accumulation, sampling, mesh,
+    checkpoints); the model and optimizer sections are checked by tjx.nn and tjx.optim
+    themselves (``model_build``), with the trainer's key names in their errors.
+    """
     m, d, o, t = cfg.model, cfg.data, cfg.optimizer, cfg.train
+    # The trainer's recipe, not a tjx.nn rule (its attention groups key/value heads in every
+    # model): of the trainer's kinds, only llama uses grouped-query attention.
     _require(
-        m.d_model % m.num_heads == 0,
-        f"model.d_model: {m.d_model} must be divisible by model.num_heads ({m.num_heads})",
+        m.num_kv_heads in (None, m.num_heads) or m.kind == "llama",
+        "model.num_kv_heads: grouped-query attention needs model.kind 'llama' "
+        f"(got {m.kind!r}); set it to null",
     )
-    if m.num_kv_heads is not None:
-        _require(
-            m.num_heads % m.num_kv_heads == 0,
-            f"model.num_kv_heads: {m.num_kv_heads} must divide model.num_heads ({m.num_heads})",
-        )
-        _require(
-            m.kind == "llama" or m.num_kv_heads == m.num_heads,
-            "model.num_kv_heads: grouped-query attention needs model.kind 'llama' "
-            f"(got {m.kind!r})",
-        )
-    _check_attention(cfg)
-    if m.kind != "vit":
-        _require(
-            m.max_seq_len >= d.seq_len,
-            f"data.seq_len: {d.seq_len} exceeds model.max_seq_len ({m.max_seq_len})",
-        )
-    else:
-        _require(
-            m.image_size % m.patch_size == 0,
-            f"model.patch_size: {m.patch_size} must divide model.image_size ({m.image_size})",
-        )
+    _require(
+        m.kind == "vit" or m.max_seq_len >= d.seq_len,
+        f"data.seq_len: {d.seq_len} exceeds model.max_seq_len ({m.max_seq_len})",
+    )
     _require(
         d.batch_size % o.accumulation_steps == 0,
         f"optimizer.accumulation_steps: {o.accumulation_steps} must divide data.batch_size "
@@ -339,27 +309,6 @@ def validate(cfg: Config) -> Config:
         "sampling.prompts: give at least one prompt (a language model writes samples at the end "
         'of training), e.g. sampling.prompts=["\\n"]',
     )
-    for key in ("decay_fraction", "decay_shape"):
-        # Only WSD has a decay phase of its own; elsewhere the value would do nothing.
-        _require(
-            getattr(o.schedule, key) is None or o.schedule.name == "wsd",
-            f"optimizer.schedule.{key}: only the 'wsd' schedule uses it (optimizer.schedule.name "
-            f"is {o.schedule.name!r}); set it to null",
-        )
-    _require(
-        o.schedule.warmup_steps <= t.steps,
-        f"optimizer.schedule.warmup_steps: {o.schedule.warmup_steps} exceeds train.steps "
-        f"({t.steps})",
-    )
-    _require(
-        m.param_dtype != "float16",
-        "model.param_dtype: float16 parameters are not supported; use float32 or bfloat16",
-    )
-    if m.compute_dtype == "float16":
-        _require(
-            o.loss_scale == "dynamic",
-            "optimizer.loss_scale: float16 compute needs 'dynamic' loss scaling",
-        )
     _require(
         not (cfg.mesh.data == -1 and cfg.mesh.fsdp == -1),
         "mesh.fsdp: only one of mesh.data and mesh.fsdp may be -1",
@@ -369,16 +318,14 @@ def validate(cfg: Config) -> Config:
             m.num_heads % cfg.mesh.tensor == 0,
             f"mesh.tensor: {cfg.mesh.tensor} must divide model.num_heads ({m.num_heads})",
         )
-    # The model section must also make a valid tjx.nn config (e.g. which `position` a kind takes,
-    # T5's bucket counts): ask tjx.nn itself now, before any data is prepared, rather than
-    # repeating its rules here. The vocabulary plays no part in those checks.
+    # The model and optimizer sections must make valid tjx.nn and tjx.optim configs (e.g.
+    # d_model divisible by num_heads, which `position` a kind takes, warmup within train.steps,
+    # float16 needing dynamic loss scaling): ask the packages now, before any data is prepared,
+    # rather than repeating their rules here. The vocabulary plays no part in those checks.
     from trainer.model_build import nn_config, optimizer_config
 
-    try:
-        nn_config(m, m.vocab_size or 2)
-    except ValueError as err:
-        raise ConfigError(f"model: {err}") from None
-    optimizer_config(cfg)  # likewise tjx.optim's rules (errors name the trainer's keys)
+    nn_config(m, m.vocab_size or 2)  # errors name the trainer's keys (model.d_model: ...)
+    optimizer_config(cfg)
     if cfg.checkpoint.keep_best is not None:
         _require(
             t.eval_every > 0,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import TYPE_CHECKING, Any
 
 from trainer.schema import ConfigError
@@ -9,34 +11,15 @@ from trainer.schema import ConfigError
 if TYPE_CHECKING:  # types only: `config` asks `nn_config` to validate the model section
     from trainer.config import Config, ModelConfig
 
-# Every kind passes these model fields on to its tjx.nn config as they are.
-_SHARED_FIELDS = (
-    "d_model",
-    "num_layers",
-    "num_heads",
-    "mlp_dim",
-    "dropout",
-    "attention_impl",
-    "scan_layers",
-    "remat",
-    "relative_buckets",
-    "relative_max_distance",
-    "attention_type",
-    "kv_latent_dim",
-)
-# What each kind passes on besides: a field a kind leaves out keeps its tjx.nn config's own default
-# (BERT's tied head, ViT's untied one; only LLaMA groups its key/value heads; only decoders decode).
-_KIND_FIELDS = {
-    "gpt2": ("max_seq_len", "tie_embeddings", "decode_topk"),
-    "llama": ("max_seq_len", "num_kv_heads", "tie_embeddings", "decode_topk"),
-    "bert": ("max_seq_len",),
-    "vit": ("image_size", "patch_size", "num_classes"),
-    "encdec": ("max_seq_len", "tie_embeddings"),
-}
-
 
 def nn_config(m: ModelConfig, vocab_size: int) -> Any:
     """The tjx.nn config for ``m`` (``vocab_size`` from the tokenizer unless the model sets it).
+
+    The kind's tjx.nn config class decides what it takes: each of its fields the model section
+    has passes on, except a ``null`` (the kind's own default: LLaMA's rope and no biases, ...)
+    and a field the kind never reads (its ``unused_fields``: BERT's always-tied head, ViT's
+    tokens) that the user left at the trainer's default; one the user did set reaches tjx.nn,
+    which refuses it rather than ignore it.
 
     Parameters
     ----------
@@ -54,22 +37,39 @@ def nn_config(m: ModelConfig, vocab_size: int) -> Any:
 
     Raises
     ------
-    ValueError
-        tjx.nn's own rules (e.g. which ``position`` a kind takes), naming its class and field.
+    ConfigError
+        tjx.nn's rules (e.g. which ``position`` a kind takes), with the trainer's key names
+        (``model.d_model: ...``).
     """
     from tjx import nn
 
-    fields: dict[str, Any] = {f: getattr(m, f) for f in (*_SHARED_FIELDS, *_KIND_FIELDS[m.kind])}
+    kind = nn.MODEL_KINDS[m.kind]
+    ours = {f.name: f.default for f in dataclasses.fields(m)}
+    fields: dict[str, Any] = {}
+    for name in (f.name for f in dataclasses.fields(kind)):
+        value = getattr(m, name, None)
+        if name == "vocab_size" or value is None:
+            continue  # the vocabulary below; null keeps the kind's own default
+        if name in kind.unused_fields and value == ours[name]:
+            continue  # the trainer's default (tie_embeddings: true) for what the kind never reads
+        fields[name] = value
     fields["precision"] = nn.Precision(m.param_dtype, m.compute_dtype)  # dtype names suffice
-    # Null: each nn config keeps its family's default.
-    for key in ("position", "use_bias", "norm_position", "init_std"):
-        if getattr(m, key) is not None:
-            fields[key] = getattr(m, key)
+    if "vocab_size" not in kind.unused_fields:
+        fields["vocab_size"] = m.vocab_size or vocab_size
     if m.kind == "vit":
         fields["num_channels"] = 1  # the trainer's images (digits) are grey
-    else:
-        fields["vocab_size"] = m.vocab_size or vocab_size
-    return nn.MODEL_KINDS[m.kind](**fields)
+    try:
+        return kind(**fields)
+    except ValueError as err:  # tjx.nn's rules speak of its own classes
+        raise ConfigError(_model_keys(str(err), nn)) from None
+
+
+def _model_keys(message: str, nn: Any) -> str:
+    """A tjx.nn message in the trainer's words (``GPT2Config.d_model`` → ``model.d_model``)."""
+    classes = "|".join(c.__name__ for c in (*nn.MODEL_KINDS.values(), nn.TransformerConfig))
+    ours = re.sub(rf"\b(?:{classes})\.", "model.", message).replace("to None", "to null")
+    # A message naming no field of a config class (none known today) still names the section.
+    return ours if ours.startswith("model.") else f"model: {ours}"
 
 
 def optimizer_config(cfg: Config) -> Any:
@@ -91,18 +91,13 @@ def optimizer_config(cfg: Config) -> Any:
     Raises
     ------
     ConfigError
-        tjx.optim's rules, with the trainer's key names (``optimizer.lr``): cross-field ones, and
-        a ``momentum``/``nesterov`` given to an optimizer that has none.
+        tjx.optim's rules, with the trainer's key names (``optimizer.lr``): cross-field ones
+        (warmup within ``train.steps``, WSD-only decay settings, float16 needing dynamic loss
+        scaling), and a ``momentum``/``nesterov`` given to an optimizer that has none.
     """
     from tjx import optim
 
-    o = cfg.optimizer
-    # Null WSD settings are left out, so tjx.optim's own defaults apply.
-    wsd = {
-        k: getattr(o.schedule, k)
-        for k in ("decay_fraction", "decay_shape")
-        if getattr(o.schedule, k) is not None
-    }
+    o, m = cfg.optimizer, cfg.model
     try:
         schedule = optim.ScheduleConfig(
             name=o.schedule.name,
@@ -110,9 +105,10 @@ def optimizer_config(cfg: Config) -> Any:
             warmup_steps=o.schedule.warmup_steps,
             total_steps=cfg.train.steps,
             min_lr_ratio=o.schedule.min_lr_ratio,
-            **wsd,
+            decay_fraction=o.schedule.decay_fraction,  # null: tjx.optim's WSD_DEFAULTS
+            decay_shape=o.schedule.decay_shape,
         )
-        return optim.OptimizerConfig(
+        config = optim.OptimizerConfig(
             name=o.name,
             schedule=schedule,
             b1=o.b1,
@@ -127,6 +123,8 @@ def optimizer_config(cfg: Config) -> Any:
             accumulation_steps=o.accumulation_steps,
             # No decay mask: tjx.optim's default leaves biases, norm scales and embeddings alone.
         ).resolved()
+        optim.check_precision(config, param_dtype=m.param_dtype, compute_dtype=m.compute_dtype)
+        return config
     except ValueError as err:  # tjx.optim's rules speak of its own classes
         raise ConfigError(_user_keys(str(err))) from None
 
@@ -137,6 +135,8 @@ _KEYS = (
     ("ScheduleConfig.total_steps", "train.steps"),
     ("ScheduleConfig.", "optimizer.schedule."),
     ("OptimizerConfig.", "optimizer."),
+    ("param_dtype=", "model.param_dtype="),  # check_precision's arguments
+    ("compute_dtype=", "model.compute_dtype="),
     ("set it to None", "set it to null"),
 )
 

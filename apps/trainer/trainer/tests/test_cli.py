@@ -75,6 +75,13 @@ def test_parse_profile_rejects(text):
             ["--config", "gpt2_small", "--init-from", "gpt2", "--set", "model.position=rope"],
             "GPT-2 weights fix the architecture, so model.position 'rope' cannot apply",
         ),
+        (  # silently dropped before tjx.nn's hf_gpt2_conflicts said what GPT-2 weights fix
+            [
+                *["--config", "gpt2_small", "--init-from", "gpt2"],
+                *["--set", "model.norm_position=post", "--set", "model.tie_embeddings=false"],
+            ],
+            "model.norm_position 'post', model.tie_embeddings False cannot apply",
+        ),
         (["--config", "tiny", "--profile-steps", "1:9999"], "ends after train.steps"),
     ],
 )

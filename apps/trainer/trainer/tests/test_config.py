@@ -78,7 +78,11 @@ def test_base_inheritance_keeps_parent_keys():
             {"optimizer": {"accumulation_steps": 3}, "data": {"batch_size": 16}},
             "optimizer.accumulation_steps: 3 must divide data.batch_size",
         ),
-        ({"train": {"steps": 10}}, "optimizer.schedule.warmup_steps: 100 exceeds train.steps"),
+        (  # tjx.optim's rule and wording, in the trainer's keys
+            {"train": {"steps": 10}},
+            "optimizer.schedule.warmup_steps=100 is longer than the run; allowed values: 0 <= "
+            "warmup_steps <= train.steps=10",
+        ),
         ({"model": {"compute_dtype": "float16"}}, "optimizer.loss_scale"),
         ({"mesh": {"data": -1, "fsdp": -1}}, "mesh.fsdp: only one of"),
         ({"model": {"num_kv_heads": 2}}, "model.num_kv_heads: grouped-query attention"),
@@ -173,9 +177,9 @@ def test_position_reaches_the_model_and_is_checked_per_kind():
     )
     bad = [
         # tjx.nn's own rules, reported at config time with the model section named
-        (["model.kind=bert", "model.position=t5"], r"model: BertConfig\.position"),
-        (["model.kind=vit", "model.position=rope"], r"model: ViTConfig\.position"),
-        (["model.position=t5", "model.relative_buckets=7"], r"model: GPT2Config\.relative_buckets"),
+        (["model.kind=bert", "model.position=t5"], r"^model\.position must be one of"),
+        (["model.kind=vit", "model.position=rope"], r"^model\.position must be one of"),
+        (["model.position=t5", "model.relative_buckets=7"], r"^model\.relative_buckets must be"),
         (["model.position=spiral"], "model.position"),
     ]
     for sets, message in bad:

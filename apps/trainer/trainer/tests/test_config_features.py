@@ -76,7 +76,7 @@ def test_null_keeps_the_packages_own_defaults():
     own = optim.OptimizerConfig(name="sgd").resolved()
     assert (sgd.momentum, sgd.nesterov) == (own.momentum, own.nesterov) == (0.9, False)
     wsd = _opt({"schedule": WSD}).schedule
-    theirs = optim.ScheduleConfig()
+    theirs = optim.ScheduleConfig(name="wsd")  # tjx.optim fills a wsd schedule's own defaults
     assert (wsd.decay_fraction, wsd.decay_shape) == (theirs.decay_fraction, theirs.decay_shape)
 
 

@@ -12,7 +12,6 @@ from flax import nnx
 from tjx import kernels, metrics, nn, optim, parallel
 from tjx.metrics.loggers.wandb_logger import WANDB_MODES
 from tjx.optim.config import LOSS_SCALES
-from trainer import model_build
 from trainer.config import (
     KIND_TASKS,
     Config,
@@ -24,6 +23,7 @@ from trainer.config import (
     build_config,
 )
 from trainer.model_build import nn_config, optimizer_config
+from trainer.overrides import apply_overrides
 from trainer.presets import load_config_data, preset_names
 from trainer.schema import ConfigError, choices, deep_merge, field_map
 
@@ -107,7 +107,7 @@ def test_importing_the_config_does_not_load_jax():
     ],
 )
 def test_each_kind_is_built_by_tjx_nn_build_model(kind, config_class, model_class):
-    assert set(KIND_TASKS) == set(model_build._KIND_FIELDS)  # one entry per kind, both tables
+    assert set(KIND_TASKS) == set(nn.MODEL_KINDS)  # every kind the trainer trains, tjx.nn builds
     m = ModelConfig(kind=kind, d_model=16, num_layers=1, num_heads=2, max_seq_len=17)
     c = nn_config(m, 300)
     assert type(c) is config_class
@@ -158,3 +158,105 @@ def test_defaults_the_trainer_shares_with_tjx_optim_are_tjx_optims():
         assert getattr(ours, field) == getattr(theirs, field), field
     ours_s, theirs_s = ScheduleConfig(), optim.ScheduleConfig()
     assert (ours_s.name, ours_s.min_lr_ratio) == (theirs_s.name, theirs_s.min_lr_ratio)
+
+
+# The reference: model_build's hand-written field lists before #15 (tjx.nn's classes decide now).
+_OLD_SHARED = (
+    *("d_model", "num_layers", "num_heads", "mlp_dim", "dropout", "attention_impl"),
+    *("scan_layers", "remat", "relative_buckets", "relative_max_distance", "attention_type"),
+    "kv_latent_dim",
+)
+_OLD_KIND = {
+    "gpt2": ("max_seq_len", "tie_embeddings", "decode_topk"),
+    "llama": ("max_seq_len", "num_kv_heads", "tie_embeddings", "decode_topk"),
+    "bert": ("max_seq_len",),
+    "vit": ("image_size", "patch_size", "num_classes"),
+    "encdec": ("max_seq_len", "tie_embeddings"),
+}
+
+
+def _old_nn_config(m: ModelConfig, vocab_size: int) -> nn.TransformerConfig:
+    fields = {f: getattr(m, f) for f in (*_OLD_SHARED, *_OLD_KIND[m.kind])}
+    fields["precision"] = nn.Precision(m.param_dtype, m.compute_dtype)
+    for key in ("position", "use_bias", "norm_position", "init_std"):
+        if getattr(m, key) is not None:
+            fields[key] = getattr(m, key)
+    if m.kind == "vit":
+        fields["num_channels"] = 1
+    else:
+        fields["vocab_size"] = m.vocab_size or vocab_size
+    return nn.MODEL_KINDS[m.kind](**fields)
+
+
+_OVERRIDES = [
+    ("model.kind=llama", "model.num_kv_heads=2"),
+    ("model.kind=llama", "model.tie_embeddings=false", "model.use_bias=true"),
+    ("model.kind=bert",),
+    ("model.kind=bert", "model.norm_position=pre", "model.init_std=0.01"),
+    ("model.kind=vit", "model.max_seq_len=999", "model.tie_embeddings=false"),
+    ("model.kind=vit", "model.vocab_size=77"),  # ViT has no tokens: ignored, as before
+    ("model.kind=encdec", "model.position=t5", "model.relative_buckets=16"),
+    ("model.kind=encdec", "model.tie_embeddings=false"),
+    ("model.num_kv_heads=4", "model.decode_topk=3", "model.vocab_size=1000"),
+    ("model.attention_type=mla", "model.kv_latent_dim=8", "model.mlp_dim=64"),
+    ("model.compute_dtype=bfloat16", "model.remat=full", "model.scan_layers=true"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "sets"), [*((n, ()) for n in preset_names()), *(("tiny", s) for s in _OVERRIDES)]
+)
+def test_each_kind_builds_the_tjx_nn_config_it_built_before(name, sets):
+    """tjx.nn's dataclass fields (less each kind's ``unused_fields`` at the trainer's defaults)
+    choose what passes on: the same config as the old hand-written lists, for every shipped
+    preset and the tiny one with overrides of each kind."""
+    cfg = build_config(apply_overrides(load_config_data(name), list(sets)))
+    assert nn_config(cfg.model, 300) == _old_nn_config(cfg.model, 300)
+
+
+@pytest.mark.parametrize(
+    ("sets", "field", "value"),
+    [  # what the old lists dropped without a word now reaches tjx.nn, which decides
+        (("model.kind=encdec", "model.decode_topk=3"), "decode_topk", 3),  # its decoder decodes
+    ],
+)
+def test_a_setting_the_old_lists_dropped_now_reaches_tjx_nn(sets, field, value):
+    cfg = build_config(apply_overrides(load_config_data("tiny"), list(sets)))
+    assert getattr(nn_config(cfg.model, 300), field) == value
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (
+            ("model.kind=bert", "model.tie_embeddings=false"),
+            "model.tie_embeddings: BERT's MLM head always shares the token embedding; got False, "
+            "set it to True",
+        ),
+        (
+            ("model.kind=vit", "model.decode_topk=2"),
+            "model.decode_topk: only decoders decode (ViT does not); got 2, set it to null",
+        ),
+        (
+            ("model.d_model=100", "model.num_heads=3"),
+            "model.d_model: 100 must be divisible by model.num_heads (3)",
+        ),
+        (
+            ("model.kind=llama", "model.num_heads=4", "model.num_kv_heads=3"),
+            "model.num_kv_heads: 3 must divide model.num_heads (4)",
+        ),
+        (
+            ("model.kind=vit", "model.image_size=9", "model.patch_size=2"),
+            "model.patch_size: 2 must divide model.image_size (9)",
+        ),
+        (("model.param_dtype=float16",), "model.param_dtype=float16: float16 parameters are not"),
+        (
+            ("model.compute_dtype=float16",),
+            "model.compute_dtype=float16 needs optimizer.loss_scale='dynamic'",
+        ),
+    ],
+)
+def test_package_rules_reach_the_user_in_the_trainers_keys(sets, message):
+    with pytest.raises(ConfigError) as err:
+        build_config(apply_overrides(load_config_data("tiny"), list(sets)))
+    assert str(err.value).startswith(message), str(err.value)

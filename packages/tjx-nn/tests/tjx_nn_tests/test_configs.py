@@ -123,3 +123,69 @@ def test_attention_impls_are_the_kernel_dispatchers_own():
         assert tnn.GPT2Config(attention_impl=impl).attention_impl == impl
     with pytest.raises(ValueError, match="attention_impl.*cudnn"):
         tnn.GPT2Config(attention_impl="flash")
+
+
+BASE = dict(vocab_size=64, max_seq_len=16, d_model=32, num_layers=2, num_heads=4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(d_model=30), "GPT2Config.d_model: 30 must be divisible by GPT2Config.num_heads (4)"),
+        (dict(num_kv_heads=3), "GPT2Config.num_kv_heads: 3 must divide GPT2Config.num_heads (4)"),
+        (dict(attention_type="mla"), "GPT2Config.kv_latent_dim: attention_type 'mla' needs"),
+        (
+            dict(kv_latent_dim=8),
+            "GPT2Config.kv_latent_dim: only attention_type 'mla' uses it (got attention_type "
+            "'mha'); set it to None",
+        ),
+    ],
+)
+def test_cross_field_rules_name_both_fields(kwargs, message):
+    """Each message starts with the field to fix and names the others by class and field."""
+    with pytest.raises(ValueError) as err:
+        tnn.GPT2Config(**{**BASE, **kwargs})
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_vit_patch_size_must_divide_the_image():
+    with pytest.raises(
+        ValueError, match=r"^ViTConfig.patch_size: 8 must divide ViTConfig.image_size"
+    ):
+        tnn.ViTConfig(image_size=30, patch_size=8)
+
+
+@pytest.mark.parametrize(
+    ("config_class", "field", "value"),
+    [
+        (tnn.BertConfig, "tie_embeddings", False),
+        (tnn.BertConfig, "decode_topk", 2),
+        (tnn.ViTConfig, "tie_embeddings", True),
+        (tnn.ViTConfig, "decode_topk", 2),
+        (tnn.ViTConfig, "vocab_size", 100),
+    ],
+)
+def test_a_field_the_model_never_reads_keeps_its_default(config_class, field, value):
+    base = dict(d_model=16, num_layers=1, num_heads=2)
+    if config_class is tnn.ViTConfig:
+        base |= dict(image_size=8, patch_size=4)
+    assert field in config_class.unused_fields
+    default = config_class.__dataclass_fields__[field].default
+    assert getattr(config_class(**base), field) == default
+    assert getattr(config_class(**base, **{field: default}), field) == default  # e.g. replace()
+    with pytest.raises(ValueError) as err:
+        config_class(**base, **{field: value})
+    why = config_class.unused_fields[field]
+    assert str(err.value) == (
+        f"{config_class.__name__}.{field}: {why}; got {value!r}, set it to {default!r}"
+    )
+
+
+def test_decoders_read_every_shared_field():
+    """GPT-2, LLaMA, the encoder-decoder and the plain decoder use all of them (decode_topk
+    included: the encoder-decoder's decoder decodes too)."""
+    for config_class in (tnn.GPT2Config, tnn.LlamaConfig, tnn.EncoderDecoderConfig):
+        assert dict(config_class.unused_fields) == {}
+        assert config_class(decode_topk=2).decode_topk == 2
+    assert dict(tnn.TransformerConfig.unused_fields) == {}
+    assert tnn.EncoderDecoderConfig(tie_embeddings=False).tie_embeddings is False

@@ -8,6 +8,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from tjx import nn as tnn
+from tjx.nn.hf_gpt2 import config_to_hf
 
 D, H, L, V, POS = 16, 2, 2, 40, 12
 
@@ -143,3 +144,51 @@ def test_errors(tmp_path):
     _write_checkpoint(tmp_path / "bad", weights)
     with pytest.raises(ValueError, match="shape"):
         tnn.load_hf_gpt2(tmp_path / "bad")
+
+
+def test_hub_names_are_the_published_checkpoints():
+    assert tnn.HF_GPT2_NAMES[0] == "gpt2"
+    assert {"gpt2-medium", "gpt2-large", "gpt2-xl"} <= set(tnn.HF_GPT2_NAMES)
+    assert len(set(tnn.HF_GPT2_NAMES)) == len(tnn.HF_GPT2_NAMES)
+
+
+def test_conflicts_are_the_settings_gpt2_weights_fix():
+    fixed = tnn.HF_GPT2_FIXED
+    # GPT-2's own values (and unset ones) fit; sizes and training settings are not GPT-2's to fix.
+    assert tnn.hf_gpt2_conflicts(fixed) == {}
+    assert tnn.hf_gpt2_conflicts({k: None for k in fixed}) == {}
+    assert tnn.hf_gpt2_conflicts({"d_model": 7, "remat": "full", "dropout": 0.1}) == {}
+    # Each fixed field set to another value conflicts; the answer follows HF_GPT2_FIXED's order.
+    other = {
+        "use_bias": False,
+        "position": "rope",
+        "attention_type": "mla",
+        "norm": "rmsnorm",
+        "norm_position": "post",
+        "num_kv_heads": 1,
+        "tie_embeddings": False,
+    }
+    assert set(other) == set(fixed)
+    got = tnn.hf_gpt2_conflicts(other)
+    assert got == other and list(got) == list(fixed)
+    # A model whose config has one of these settings cannot be GPT-2's: the reference check is
+    # that such a config cannot be exported (config_to_hf, which load/save share).
+    base = dict(vocab_size=V, max_seq_len=POS, d_model=D, num_layers=1, num_heads=H)
+    for field, value in other.items():
+        extra = {"kv_latent_dim": 4} if field == "attention_type" else {}
+        if field == "num_kv_heads":
+            continue  # GPT2Config keeps GQA; its export refusal is checked below
+        config = tnn.GPT2Config(**base, **{field: value}, **extra)
+        with pytest.raises(ValueError, match=field):
+            config_to_hf(config)
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        config_to_hf(tnn.GPT2Config(**base, num_kv_heads=1))
+
+
+def test_load_refuses_overrides_the_weights_cannot_take(tmp_path):
+    _write_checkpoint(tmp_path / "ckpt", _hf_weights())
+    with pytest.raises(ValueError, match=r"fix the architecture.*'position': 'rope'.*learned"):
+        tnn.load_hf_gpt2(tmp_path / "ckpt", position="rope")
+    # Training settings apply to the loaded weights.
+    model = tnn.load_hf_gpt2(tmp_path / "ckpt", remat="full", decode_topk=2)
+    assert (model.config.remat, model.config.decode_topk) == ("full", 2)

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from tjx.optim import OPTIMIZER_NAMES, OptimizerConfig, ScheduleConfig, build_optimizer, users_of
+from tjx.optim import (
+    OPTIMIZER_NAMES,
+    SCHEDULE_NAMES,
+    OptimizerConfig,
+    ScheduleConfig,
+    build_optimizer,
+    build_schedule,
+    check_precision,
+    users_of,
+)
+from tjx.optim.config import WSD_DEFAULTS
 
 
 @pytest.mark.parametrize(
@@ -100,3 +114,70 @@ def test_momentum_optimizers_take_it(name: str) -> None:
     assert (c.momentum, c.nesterov) == (0.5, True)
     assert users_of("momentum") == users_of("nesterov") == ("sgd", "muon")
     assert users_of("b1") == ("adamw", "adam", "lamb", "lion", "muon")
+
+
+@pytest.mark.parametrize("field", ["decay_fraction", "decay_shape"])
+@pytest.mark.parametrize("name", [n for n in SCHEDULE_NAMES if n != "wsd"])
+def test_wsd_decay_settings_are_refused_elsewhere(name: str, field: str) -> None:
+    value = 0.5 if field == "decay_fraction" else "sqrt"
+    message = (
+        rf"^ScheduleConfig\.{field}: only the 'wsd' schedule uses it \(ScheduleConfig\.name is "
+        rf"'{name}'\); set it to None$"
+    )
+    warmup = 1 if name == "linear_warmup" else 0
+    with pytest.raises(ValueError, match=message):
+        ScheduleConfig(name=name, warmup_steps=warmup, **{field: value})
+    assert getattr(ScheduleConfig(name=name, warmup_steps=warmup), field) is None
+
+
+def test_wsd_fills_unset_decay_settings_with_its_defaults() -> None:
+    c = ScheduleConfig(name="wsd", total_steps=100)
+    assert (c.decay_fraction, c.decay_shape) == tuple(WSD_DEFAULTS.values())
+    assert list(WSD_DEFAULTS) == ["decay_fraction", "decay_shape"]
+    mine = ScheduleConfig(name="wsd", total_steps=100, decay_fraction=0.5, decay_shape="sqrt")
+    assert (mine.decay_fraction, mine.decay_shape) == (0.5, "sqrt")
+    assert dataclasses.replace(c, peak_lr=1.0) == dataclasses.replace(
+        mine, peak_lr=1.0, **WSD_DEFAULTS
+    )
+    # The same schedule as with the defaults spelled out.
+    spelled = ScheduleConfig(name="wsd", total_steps=100, **WSD_DEFAULTS)
+    steps = range(0, 101, 7)
+    assert [build_schedule(c)(s) for s in steps] == [build_schedule(spelled)(s) for s in steps]
+
+
+@pytest.mark.parametrize(
+    ("param", "compute", "loss_scale", "pattern"),
+    [
+        ("float16", "float32", "dynamic", r"^param_dtype=float16: float16 parameters are not"),
+        (
+            "float32",
+            "float16",
+            None,
+            r"^compute_dtype=float16 needs OptimizerConfig\.loss_scale='dynamic' \(got None\)",
+        ),
+    ],
+)
+def test_check_precision_refuses(
+    param: str, compute: str, loss_scale: str | None, pattern: str
+) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        check_precision(
+            OptimizerConfig(loss_scale=loss_scale), param_dtype=param, compute_dtype=compute
+        )
+
+
+@pytest.mark.parametrize(
+    ("param", "compute", "loss_scale"),
+    [
+        ("float32", "float32", None),
+        ("float32", "bfloat16", None),
+        ("bfloat16", "bfloat16", None),
+        ("float32", "float16", "dynamic"),
+        (np.float32, jnp.float16, "dynamic"),
+        ("float32", "float32", "dynamic"),
+    ],
+)
+def test_check_precision_accepts(param: object, compute: object, loss_scale: str | None) -> None:
+    check_precision(
+        OptimizerConfig(loss_scale=loss_scale), param_dtype=param, compute_dtype=compute
+    )

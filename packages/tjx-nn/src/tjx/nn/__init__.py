@@ -28,7 +28,13 @@ from tjx.nn.embeddings import Embed
 from tjx.nn.encdec import EncoderDecoder
 from tjx.nn.flops import flops_per_token, flops_per_unit, matmul_param_count
 from tjx.nn.generation import generate, sample_logits
-from tjx.nn.hf_gpt2 import load_hf_gpt2, save_hf_gpt2
+from tjx.nn.hf_gpt2 import (
+    HF_GPT2_FIXED,
+    HF_GPT2_NAMES,
+    hf_gpt2_conflicts,
+    load_hf_gpt2,
+    save_hf_gpt2,
+)
 from tjx.nn.kv_cache import init_cache, kv_cache_bytes, topk_decode_attention
 from tjx.nn.linear import Dense, dropout
 from tjx.nn.losses import (
@@ -54,13 +60,15 @@ from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "ACTIVATIONS",
     "ATTENTION_IMPLS",
     "BERT",
     "GPT2",
+    "HF_GPT2_FIXED",
+    "HF_GPT2_NAMES",
     "LOGICAL_AXES",
     "MLP",
     "MODEL_KINDS",
@@ -110,6 +118,7 @@ __all__ = [
     "get_flat_params",
     "gpt2_config",
     "head_cross_entropy",
+    "hf_gpt2_conflicts",
     "init_cache",
     "is_key",
     "kv_cache_bytes",

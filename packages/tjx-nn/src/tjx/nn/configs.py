@@ -8,8 +8,9 @@ model-specific fields.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from tjx.kernels import IMPLEMENTATIONS
 from tjx.nn.precision import Precision, as_precision
@@ -52,7 +53,14 @@ class TransformerConfig:
     ``position="t5"`` adds T5's bucketed relative position bias (``relative_buckets`` buckets,
     log-spaced up to ``relative_max_distance``) to the self-attention logits instead of any
     absolute position embedding.
+
+    ``unused_fields`` (a class attribute) names the shared fields a family's model never reads,
+    each with the reason: such a field must keep its class default (any other value would be
+    ignored without a word, so it is refused), and code mapping generic settings onto a family
+    (the trainer's ``model:`` section) leaves it out unless its user changed it.
     """
+
+    unused_fields: ClassVar[Mapping[str, str]] = {}
 
     vocab_size: int = 50257
     max_seq_len: int = 1024
@@ -95,15 +103,15 @@ class TransformerConfig:
         if self.head_dim is None:
             if self.d_model % self.num_heads:
                 raise ValueError(
-                    f"{cls}.d_model ({self.d_model}) must be divisible by num_heads "
-                    f"({self.num_heads}) unless head_dim is given"
+                    f"{cls}.d_model: {self.d_model} must be divisible by {cls}.num_heads "
+                    f"({self.num_heads}) when head_dim is None (it is then d_model // num_heads)"
                 )
             object.__setattr__(self, "head_dim", self.d_model // self.num_heads)
         _positive(cls, "head_dim", self.head_dim)
         assert self.num_kv_heads is not None and self.head_dim is not None
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
-                f"{cls}.num_kv_heads ({self.num_kv_heads}) must divide num_heads "
+                f"{cls}.num_kv_heads: {self.num_kv_heads} must divide {cls}.num_heads "
                 f"({self.num_heads}); allowed: divisors of {self.num_heads}"
             )
         if self.mlp_dim is None:
@@ -124,16 +132,42 @@ class TransformerConfig:
             raise ValueError(f"{cls}.init_std must be > 0; got {self.init_std!r}")
         if self.position == "rope":
             if self.head_dim % 2:
-                raise ValueError(f"{cls}.head_dim must be even for rope; got {self.head_dim}")
+                raise ValueError(
+                    f"{cls}.head_dim: rope needs an even head_dim; got {self.head_dim} "
+                    f"({cls}.d_model // {cls}.num_heads unless head_dim is given)"
+                )
             if not self.rope_theta > 0:
                 raise ValueError(f"{cls}.rope_theta must be > 0; got {self.rope_theta!r}")
         self._check_relative(cls)
-        if self.attention_type == "mla":
-            if self.kv_latent_dim is None:
-                raise ValueError(f"{cls}.kv_latent_dim must be a positive int when mla is used")
-            _positive(cls, "kv_latent_dim", self.kv_latent_dim)
+        self._check_mla(cls)
         if self.decode_topk is not None:
             _positive(cls, "decode_topk", self.decode_topk)
+        self._check_unused(cls)
+
+    def _check_mla(self, cls: str) -> None:
+        """The latent's size goes with MLA, and only with it (other attention ignores it)."""
+        if self.attention_type == "mla":
+            if self.kv_latent_dim is None:
+                raise ValueError(
+                    f"{cls}.kv_latent_dim: attention_type 'mla' needs the latent's size, a "
+                    "positive int; got None"
+                )
+            _positive(cls, "kv_latent_dim", self.kv_latent_dim)
+        elif self.kv_latent_dim is not None:
+            raise ValueError(
+                f"{cls}.kv_latent_dim: only attention_type 'mla' uses it (got attention_type "
+                f"{self.attention_type!r}); set it to None"
+            )
+
+    def _check_unused(self, cls: str) -> None:
+        """A field this family's model never reads keeps its default (else it would be ignored)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, why in self.unused_fields.items():
+            value = getattr(self, name)
+            if value != defaults[name]:
+                raise ValueError(
+                    f"{cls}.{name}: {why}; got {value!r}, set it to {defaults[name]!r}"
+                )
 
     def _check_vocab(self, cls: str) -> None:
         _positive(cls, "vocab_size", self.vocab_size)
@@ -209,6 +243,10 @@ class BertConfig(TransformerConfig):
     scaled_residual_init: bool = False
     num_labels: int | None = None
     pad_id: int = 0
+    unused_fields: ClassVar[Mapping[str, str]] = {
+        "tie_embeddings": "BERT's MLM head always shares the token embedding",
+        "decode_topk": "only decoders decode (BERT does not)",
+    }
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -233,14 +271,19 @@ class ViTConfig(TransformerConfig):
     norm_eps: float = 1e-6
     tie_embeddings: bool = False
     scaled_residual_init: bool = False
+    unused_fields: ClassVar[Mapping[str, str]] = {
+        "vocab_size": "ViT reads images, not tokens",
+        "tie_embeddings": "ViT has no token embedding to tie its classifier to",
+        "decode_topk": "only decoders decode (ViT does not)",
+    }
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "num_channels", "num_classes"):
             _positive("ViTConfig", name, getattr(self, name))
         if self.image_size % self.patch_size:
             raise ValueError(
-                f"ViTConfig.image_size ({self.image_size}) must be divisible by patch_size "
-                f"({self.patch_size})"
+                f"ViTConfig.patch_size: {self.patch_size} must divide ViTConfig.image_size "
+                f"({self.image_size})"
             )
         object.__setattr__(self, "max_seq_len", self.num_patches + 1)
         super().__post_init__()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,20 @@ _PER_LAYER = {
     "mlp.c_proj.weight": "mlp.fc_out.kernel",
     "mlp.c_proj.bias": "mlp.fc_out.bias",
 }
+#: The hub names of the published GPT-2 checkpoints (``load_hf_gpt2`` also reads a local folder).
+HF_GPT2_NAMES: tuple[str, ...] = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
+#: What every HF GPT-2 checkpoint fixes besides the sizes in its ``config.json``: a ``GPT2Config``
+#: field → GPT-2's value (``None``: the checkpoint's own, e.g. ``num_kv_heads`` = its head count).
+HF_GPT2_FIXED: Mapping[str, Any] = {
+    "position": "learned",
+    "attention_type": "mha",
+    "use_bias": True,
+    "norm": "layernorm",
+    "norm_position": "pre",
+    "num_kv_heads": None,
+    "tie_embeddings": True,
+}
+
 _TOP = {
     "wte.weight": "embed.embedding",
     "wpe.weight": "pos_embed.embedding",
@@ -65,6 +80,33 @@ def _resolve(path_or_name: str | os.PathLike[str]) -> Path:
     return Path(local)
 
 
+def hf_gpt2_conflicts(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The requested architecture settings that HF GPT-2 weights cannot have.
+
+    A checkpoint fixes its architecture (``HF_GPT2_FIXED``); a setting that would change it (MLA,
+    another position scheme, no biases, grouped key/value heads, ...) cannot apply to the loaded
+    weights, and dropping it silently would train something else than asked.
+
+    Parameters
+    ----------
+    options : Mapping[str, Any]
+        ``GPT2Config`` field → requested value; ``None`` means unset. Keys outside
+        ``HF_GPT2_FIXED`` are not architecture GPT-2 fixes and are ignored (sizes come from the
+        checkpoint; training settings such as ``remat`` or ``dropout`` apply as given).
+
+    Returns
+    -------
+    dict[str, Any]
+        Each conflicting field (in ``HF_GPT2_FIXED``'s order) → the value requested; empty when
+        the settings fit.
+    """
+    return {
+        name: options[name]
+        for name, own in HF_GPT2_FIXED.items()
+        if options.get(name) is not None and options[name] != own
+    }
+
+
 def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPT2Config:
     """A ``GPT2Config`` from a HF GPT-2 ``config.json`` dict (``overrides`` win)."""
     act = hf.get("activation_function", "gelu_new")
@@ -82,6 +124,13 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPT2Config:
         norm_eps=hf.get("layer_norm_epsilon", 1e-5),
         tie_embeddings=hf.get("tie_word_embeddings", True),
     )
+    conflicts = hf_gpt2_conflicts(overrides)
+    if conflicts:
+        gpt2 = {k: HF_GPT2_FIXED[k] for k in conflicts}
+        raise ValueError(
+            f"HF GPT-2 weights fix the architecture, so {conflicts} cannot apply; allowed: "
+            f"{gpt2} or None"
+        )
     fields.update(overrides)
     return GPT2Config(**fields)
 
@@ -94,12 +143,16 @@ def config_to_hf(config: GPT2Config) -> dict[str, Any]:
             f"mlp_activation must be one of {tuple(acts)} for HF GPT-2; got "
             f"{config.mlp_activation!r}"
         )
-    if config.position != "learned" or config.norm != "layernorm" or not config.use_bias:
-        raise ValueError("only GPT-2-shaped configs (learned positions, LayerNorm, biases) export")
-    if config.norm_position != "pre" or config.num_kv_heads != config.num_heads:
-        raise ValueError("HF GPT-2 needs norm_position='pre' and num_kv_heads == num_heads")
-    if not config.tie_embeddings:
-        raise ValueError("HF GPT-2 ties its head: tie_embeddings must be True")
+    own = {name: getattr(config, name) for name in HF_GPT2_FIXED}
+    if config.num_kv_heads == config.num_heads:
+        own["num_kv_heads"] = None  # one key/value head per query head, as in GPT-2
+    conflicts = hf_gpt2_conflicts(own)
+    if conflicts:
+        gpt2 = {k: HF_GPT2_FIXED[k] for k in conflicts}
+        raise ValueError(
+            f"only GPT-2-shaped configs export to HF GPT-2: {conflicts} must be {gpt2} "
+            "(num_kv_heads None: == num_heads)"
+        )
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",

@@ -73,7 +73,7 @@ def kv_cache_bytes(
 
     Standard attention stores ``2 · L · kv_heads · head_dim`` values per token; MLA stores
     ``L · kv_latent_dim``. Compare ``kv_cache_bytes(cfg)`` with
-    ``kv_cache_bytes(cfg.replace(attention_type="mha"))`` for the saving.
+    ``kv_cache_bytes(cfg.replace(attention_type="mha", kv_latent_dim=None))`` for the saving.
 
     Parameters
     ----------

@@ -15,6 +15,7 @@ from tjx.optim.defaults import OwnDefault, own_defaults, with_own_defaults
 from tjx.optim.loss_scale import (
     DynamicLossScaleState,
     all_finite,
+    check_precision,
     dynamic_loss_scale,
     loss_scale_value,
     scale_loss,
@@ -50,7 +51,7 @@ from tjx.optim.transforms import (
     skip_nonfinite,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "DEFAULT_LEARNING_RATES",
@@ -68,6 +69,7 @@ __all__ = [
     "any_component",
     "build_optimizer",
     "build_schedule",
+    "check_precision",
     "clip_by_global_norm_with_stats",
     "constant",
     "cosine_decay",

@@ -21,6 +21,7 @@ __all__ = [
     "OPTIMIZER_NAMES",
     "SCHEDULE_NAMES",
     "WSD_DECAY_SHAPES",
+    "WSD_DEFAULTS",
     "OptimizerConfig",
     "ScheduleConfig",
     "users_of",
@@ -35,6 +36,8 @@ SCHEDULE_NAMES: tuple[str, ...] = (
     "wsd",
 )
 WSD_DECAY_SHAPES: tuple[str, ...] = ("linear", "cosine", "sqrt")
+#: What a ``wsd`` schedule's ``decay_fraction`` and ``decay_shape`` left ``None`` become.
+WSD_DEFAULTS: Mapping[str, Any] = {"decay_fraction": 0.2, "decay_shape": "linear"}
 OPTIMIZER_NAMES: tuple[str, ...] = ("adamw", "adam", "sgd", "lamb", "lion", "adafactor", "muon")
 LOSS_SCALES: tuple[str | None, ...] = (None, "dynamic")
 ACCUMULATION_MODES: tuple[str, ...] = ("scan", "multi_steps")
@@ -100,6 +103,8 @@ class ScheduleConfig:
       with ``warmup_steps=0``, ``peak_lr / sqrt(step + 1)``.
     * ``wsd``: warmup, hold ``peak_lr``, then decay over the last ``decay_fraction * total_steps``
       steps to ``min_lr_ratio * peak_lr`` with ``decay_shape`` (``linear``, ``cosine`` or ``sqrt``).
+      Left ``None`` they are ``WSD_DEFAULTS`` (0.2, ``"linear"``), filled in at construction; the
+      other schedules have no decay phase of their own and refuse a value (it would do nothing).
     """
 
     name: str = "cosine"
@@ -108,8 +113,8 @@ class ScheduleConfig:
     total_steps: int = 10_000
     min_lr_ratio: float = 0.1
     init_lr_ratio: float = 0.0
-    decay_fraction: float = 0.2
-    decay_shape: str = "linear"
+    decay_fraction: float | None = None
+    decay_shape: str | None = None
 
     def __post_init__(self) -> None:
         _choice("ScheduleConfig.name", self.name, SCHEDULE_NAMES)
@@ -119,7 +124,7 @@ class ScheduleConfig:
         if self.warmup_steps > self.total_steps:
             raise ValueError(
                 f"ScheduleConfig.warmup_steps={self.warmup_steps} is longer than the run; allowed "
-                f"values: 0 <= warmup_steps <= total_steps={self.total_steps}"
+                f"values: 0 <= warmup_steps <= ScheduleConfig.total_steps={self.total_steps}"
             )
         if self.name == "linear_warmup" and self.warmup_steps == 0:
             raise ValueError(
@@ -128,18 +133,40 @@ class ScheduleConfig:
             )
         _number("ScheduleConfig.min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
         _number("ScheduleConfig.init_lr_ratio", self.init_lr_ratio, low=0.0, high=1.0)
-        _number(
-            "ScheduleConfig.decay_fraction", self.decay_fraction, low=0.0, high=1.0, low_open=True
-        )
-        _choice("ScheduleConfig.decay_shape", self.decay_shape, WSD_DECAY_SHAPES)
-        if self.name == "wsd":
-            decay = int(round(self.decay_fraction * self.total_steps))
-            if self.warmup_steps + decay > self.total_steps:
-                raise ValueError(
-                    f"ScheduleConfig.decay_fraction={self.decay_fraction} with warmup_steps="
-                    f"{self.warmup_steps} exceeds the run; allowed values: warmup_steps + "
-                    f"round(decay_fraction * total_steps) <= total_steps={self.total_steps}"
-                )
+        self._check_decay()
+
+    def _check_decay(self) -> None:
+        """WSD's decay settings: checked, filled in for ``wsd``, refused elsewhere."""
+        if self.decay_fraction is not None:
+            _number(
+                "ScheduleConfig.decay_fraction",
+                self.decay_fraction,
+                low=0.0,
+                high=1.0,
+                low_open=True,
+            )
+        if self.decay_shape is not None:
+            _choice("ScheduleConfig.decay_shape", self.decay_shape, WSD_DECAY_SHAPES)
+        if self.name != "wsd":
+            for field in WSD_DEFAULTS:
+                if getattr(self, field) is not None:
+                    raise ValueError(
+                        f"ScheduleConfig.{field}: only the 'wsd' schedule uses it "
+                        f"(ScheduleConfig.name is {self.name!r}); set it to None"
+                    )
+            return
+        for field, default in WSD_DEFAULTS.items():
+            if getattr(self, field) is None:  # frozen: set through object.__setattr__
+                object.__setattr__(self, field, default)
+        assert self.decay_fraction is not None
+        decay = int(round(self.decay_fraction * self.total_steps))
+        if self.warmup_steps + decay > self.total_steps:
+            raise ValueError(
+                f"ScheduleConfig.decay_fraction={self.decay_fraction} with warmup_steps="
+                f"{self.warmup_steps} exceeds the run; allowed values: warmup_steps + "
+                f"round(decay_fraction * total_steps) <= ScheduleConfig.total_steps="
+                f"{self.total_steps}"
+            )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ScheduleConfig:

@@ -19,9 +19,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from tjx.optim.config import OptimizerConfig
+
 __all__ = [
     "DynamicLossScaleState",
     "all_finite",
+    "check_precision",
     "dynamic_loss_scale",
     "find_loss_scale_state",
     "loss_scale_value",
@@ -108,6 +111,38 @@ def dynamic_loss_scale(
         return grads, DynamicLossScaleState(scale=scale.astype(jnp.float32), good_steps=good)
 
     return optax.GradientTransformation(init, update)
+
+
+def check_precision(config: OptimizerConfig, *, param_dtype: Any, compute_dtype: Any) -> None:
+    """Refuse a model precision that ``config``'s chain cannot train.
+
+    * float16 parameters: their gradients arrive in float16 too, where a scaled gradient
+      overflows and an update below float16's resolution is lost; this chain's loss scaling
+      assumes float32 (or bfloat16) parameters.
+    * float16 compute without ``loss_scale="dynamic"``: small float16 gradients flush to zero.
+
+    Parameters
+    ----------
+    config : OptimizerConfig
+        The gradient-processing chain.
+    param_dtype, compute_dtype : dtype or str
+        The model's parameter and compute dtypes (e.g. ``"float32"``, ``jnp.bfloat16``).
+
+    Raises
+    ------
+    ValueError
+        Naming ``param_dtype``/``compute_dtype`` and ``OptimizerConfig.loss_scale``.
+    """
+    if jnp.dtype(param_dtype) == jnp.float16:
+        raise ValueError(
+            "param_dtype=float16: float16 parameters are not supported (scaled gradients "
+            "overflow, small updates vanish); allowed values: float32 or bfloat16"
+        )
+    if jnp.dtype(compute_dtype) == jnp.float16 and config.loss_scale != "dynamic":
+        raise ValueError(
+            f"compute_dtype=float16 needs OptimizerConfig.loss_scale='dynamic' (got "
+            f"{config.loss_scale!r}): small float16 gradients flush to zero without it"
+        )
 
 
 def find_loss_scale_state(opt_state: Any) -> DynamicLossScaleState | None:

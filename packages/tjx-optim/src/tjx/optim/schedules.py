@@ -146,6 +146,8 @@ def build_schedule(config: ScheduleConfig) -> optax.Schedule:
     elif config.name == "inverse_sqrt":
         body = inverse_sqrt(peak, w)
     else:  # "wsd"; ScheduleConfig already rejected any other name
+        # ScheduleConfig fills a wsd schedule's decay settings left None with WSD_DEFAULTS.
+        assert config.decay_fraction is not None and config.decay_shape is not None
         decay_steps = int(round(config.decay_fraction * total))
         return warmup_stable_decay(
             peak,

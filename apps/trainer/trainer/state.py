@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 from trainer import tasks
 from trainer.config import Config
@@ -74,21 +73,16 @@ def make_mesh(cfg: Config) -> tuple[Any, Any]:
         mesh = parallel.make_mesh(mesh_cfg)
     except ValueError as err:
         raise ConfigError(f"mesh: {err} ({jax.device_count()} devices here)") from None
-    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    per_micro = cfg.data.batch_size // cfg.optimizer.accumulation_steps
     if mc.pipeline > 1:  # each microbatch is split over data×fsdp inside its stage
-        _check_pipeline(cfg, batch_ways)
-    if per_micro % batch_ways:
-        raise ConfigError(
-            f"data.batch_size: {cfg.data.batch_size} / optimizer.accumulation_steps "
-            f"({cfg.optimizer.accumulation_steps}) = {per_micro} must be divisible by the "
-            f"data×fsdp mesh size ({batch_ways})"
+        _check_pipeline(cfg, parallel.batch_ways(mesh))
+    batch, steps = cfg.data.batch_size, cfg.optimizer.accumulation_steps
+    per_step = f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})"
+    try:
+        parallel.check_batch_split(
+            {per_step: batch // steps, "eval.batch_size": cfg.eval.batch_size}, mesh
         )
-    if cfg.eval.batch_size % batch_ways:
-        raise ConfigError(
-            f"eval.batch_size: {cfg.eval.batch_size} must be divisible by the data×fsdp mesh "
-            f"size ({batch_ways})"
-        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if mc.pipeline > 1:
         # stage k holds the k-th run of layers: the stacked params' leading dim over `pipeline`
         return mesh, parallel.rules(mc.strategy, layers="pipeline")
@@ -137,22 +131,9 @@ def build(cfg: Config, vocab_size: int, init_from: str | None = None) -> Setup:
     abstract_opt = jax.eval_shape(tx.init, params)
     opt_shardings = parallel.state_shardings(abstract_opt, mesh, rules, param_specs=specs)
     opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
-    state = on_mesh(
+    # The step counter (and any leaf jit left on one device) replicated: one device set.
+    state = parallel.on_mesh(
         {"params": params, "opt_state": opt_state, "step": jnp.asarray(0, jnp.int32)}, mesh
     )
     num_params = sum(int(x.size) for x in jax.tree.leaves(params))
     return Setup(mesh, rules, model_cfg, graphdef, rest, tx, state, num_params)
-
-
-def on_mesh(tree: Any, mesh: Any) -> Any:
-    """Every leaf on ``mesh``: leaves not already sharded over it (the step counter, scalars that
-    jit put on one device) are replicated, so the jitted step sees one device set."""
-    replicated = NamedSharding(mesh, PartitionSpec())
-
-    def one(x: Any) -> Any:
-        sharding = getattr(x, "sharding", None)
-        if isinstance(sharding, NamedSharding) and sharding.mesh == mesh:
-            return x
-        return jax.device_put(x, replicated)
-
-    return jax.tree.map(one, tree)

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from tjx.ckpt import RunDir
+from tjx.ckpt import RunDir, final_summary
 from trainer import tasks
 from trainer.plan import RunPlan, error_exit
 
@@ -284,22 +284,20 @@ class Training:
 
     def _finish(self, step_done: int, stopped_by: str | None) -> int:
         """The last save, ``final.json`` and the loss plot; exit 0 (a signal's stop included)."""
-        from tjx import ckpt, metrics
-
         total = self.cfg.train.steps
         self.save(step_done, force=True)
         self._close()
-        summary: dict[str, Any] = {
-            "step": step_done,
-            "interrupted_by": stopped_by or ("stop_at" if step_done < total else None),
-            "params_sha256": ckpt.params_sha256(self.state["params"]),
-            "num_params": self.setup.num_params,
-            **{f"val_{k}": v for k, v in self.last_eval.items()},
-        }
+        # Every process digests the parameters (a collective); process 0 writes.
+        summary = final_summary(
+            step_done,
+            self.state["params"],
+            num_params=self.setup.num_params,
+            interrupted_by=stopped_by or ("stop_at" if step_done < total else None),
+            validation=self.last_eval,
+        )
         if self.primary:
-            run = RunDir(self.run_dir)
-            run.write_final(summary)
-            metrics.plot_run(self.run_dir, run.curve_file, keys=CURVES)
+            RunDir(self.run_dir).write_final(summary)
+            _plot(self.run_dir)
         if stopped_by or step_done < total:
             print(
                 f"{stopped_by or 'train.stop_at'}: saved step {step_done} to {self.run_dir}; "
@@ -310,32 +308,27 @@ class Training:
         return 0
 
 
+def _plot(run_dir: Path) -> bool:
+    """The loss plot (tjx.metrics.plot_run; it never fails a run); whether it was written."""
+    from tjx import metrics
+
+    return metrics.plot_run(run_dir, RunDir(run_dir).curve_file, keys=CURVES) is not None
+
+
 def _rebuild_artefacts(
     run_dir: Path, setup: Any, st: Any, bundle: Any, cfg: Any, step: int, primary: bool
 ) -> list[str]:
     """Write a finished run's missing ``final.json`` (evaluating once) and loss plot."""
-    from tjx import ckpt, metrics
     from trainer import evaluation
 
     rebuilt, run = [], RunDir(run_dir)
     if not run.final_file.exists():
         # Every process evaluates (the parameters span them all); process 0 writes.
         val = evaluation.evaluate(setup, st["params"], bundle, cfg)
-        digest = ckpt.params_sha256(st["params"])  # a collective, like the evaluation
+        summary = final_summary(step, st["params"], num_params=setup.num_params, validation=val)
         if primary:
-            summary = {
-                "step": step,
-                "interrupted_by": None,
-                "params_sha256": digest,
-                "num_params": setup.num_params,
-                **{f"val_{k}": v for k, v in val.items()},
-            }
             run.write_final(summary)
         rebuilt.append(RunDir.FINAL_FILE)
-    if (
-        primary
-        and not run.curve_file.exists()
-        and metrics.plot_run(run_dir, run.curve_file, keys=CURVES)
-    ):
+    if primary and not run.curve_file.exists() and _plot(run_dir):
         rebuilt.append(RunDir.CURVE_FILE)
     return rebuilt

@@ -7,6 +7,8 @@ test_train_multiprocess.py.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -59,15 +61,15 @@ def test_incomplete_setup_exits_2_before_anything(in_tmp, capsys, no_dist_env):
 
 
 def test_single_process_join_starts_nothing(no_dist_env, monkeypatch):
-    from tjx import parallel
+    from tjx.parallel import joining
 
-    monkeypatch.setattr(parallel, "initialize", lambda *a, **k: pytest.fail("initialized"))
+    monkeypatch.setattr(joining, "initialize", lambda *a, **k: pytest.fail("initialized"))
     info = multihost.join(Distributed(), {"a": 1}, resume=False, init_from=None)
     assert info.num_processes == 1 and info.process_id == 0
 
 
 def test_join_failure_is_exit_1_and_names_the_flags(no_dist_env, monkeypatch):
-    from tjx import parallel
+    from tjx.parallel import joining
 
     seen = {}
 
@@ -75,7 +77,7 @@ def test_join_failure_is_exit_1_and_names_the_flags(no_dist_env, monkeypatch):
         seen.update(args=args, kwargs=kwargs)
         raise RuntimeError("could not join\nC++ details")
 
-    monkeypatch.setattr(parallel, "initialize", fail)
+    monkeypatch.setattr(joining, "initialize", fail)  # what tjx.parallel.join calls
     dist = Distributed("127.0.0.1:5", 2, 1, 30.0)
     with pytest.raises(multihost.JoinError) as exc:
         multihost.join(dist, {}, resume=False, init_from=None)
@@ -89,29 +91,49 @@ def test_join_failure_is_exit_1_and_names_the_flags(no_dist_env, monkeypatch):
     assert seen["kwargs"]["timeout_message"] == "trainer: error: " + message.split(": could")[0]
 
 
-def test_agreement_names_a_wrong_process_count():
+def _joined(monkeypatch):
+    """tjx.parallel.join as if jax.distributed had joined (the agreement check runs for real)."""
+    from tjx.parallel import joining
+
+    monkeypatch.setattr(joining, "initialize", lambda *args, **kwargs: None)
+
+
+def test_agreement_names_a_wrong_process_count(no_dist_env, monkeypatch):
     # One process told it is one of two: the all-gather sees 2 where the run has 1.
-    multihost._check_agreement(1, {"a": 1}, resume=False, init_from=None)
+    _joined(monkeypatch)
+    dist = Distributed("127.0.0.1:5", 2, 0, 30.0)
     with pytest.raises(multihost.JoinError) as exc:
-        multihost._check_agreement(2, {"a": 1}, resume=True, init_from="gpt2")
+        multihost.join(dist, {"a": 1}, resume=True, init_from="gpt2")
     assert exc.value.code == 2
     assert "the run has 1 processes but they were told process 0: 2" in str(exc.value)
 
 
-def test_agreement_names_each_flag_that_differs(monkeypatch):
-    """Two simulated processes: process 1 was given --resume, another --init-from and --set."""
+def _two_processes(monkeypatch, other: list[int]) -> None:
+    """Two simulated processes: process 1's row of the all-gather is ``other``."""
     import jax
     from jax.experimental import multihost_utils
 
-    from tjx import parallel
-
-    other = [2, 1, *parallel.digest_words("gpt2"), *parallel.digest_words("a: 2\n")]
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     monkeypatch.setattr(
         multihost_utils, "process_allgather", lambda mine: np.stack([mine, np.int32(other)])
     )
+
+
+def test_agreement_names_each_flag_that_differs(no_dist_env, monkeypatch):
+    """Two simulated processes: process 1 was given --resume, another --init-from and --set."""
+    from tjx import parallel
+
+    config = {"a": 1}
+    _joined(monkeypatch)
+    dist = Distributed("127.0.0.1:5", 2, 0, 30.0)
+    same = [2, 0, *parallel.digest_words(""), *parallel.digest_words("a: 1\n")]
+    _two_processes(monkeypatch, same)
+    assert multihost.join(dist, config, resume=False, init_from=None).num_processes == 2
+    other = [2, 1, *parallel.digest_words("gpt2"), *parallel.digest_words("a: 2\n")]
+    _two_processes(monkeypatch, other)
     with pytest.raises(multihost.JoinError) as exc:
-        multihost._check_agreement(2, {"a": 1}, resume=False, init_from=None)
+        multihost.join(dist, config, resume=False, init_from=None)
+    assert exc.value.code == 2
     assert str(exc.value) == (
         "multi-host processes disagree: --resume: given to some processes only; "
         "--init-from: differs between processes; config: process(es) [1] have another "
@@ -151,7 +173,7 @@ def test_join_turns_off_jax_preemption_service(no_dist_env, monkeypatch):
     # Its C++ SIGTERM handler would swallow a signal that arrives before the loop; the trainer
     # agrees on stopping itself (tjx.parallel.stop_agreement). tjx-parallel's own test checks
     # that initialize turns it off before joining.
-    from tjx import parallel
+    from tjx.parallel import joining
 
     seen = {}
 
@@ -159,7 +181,7 @@ def test_join_turns_off_jax_preemption_service(no_dist_env, monkeypatch):
         seen["service"] = kwargs["preemption_service"]
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr(parallel, "initialize", fake_initialize)
+    monkeypatch.setattr(joining, "initialize", fake_initialize)
     with pytest.raises(multihost.JoinError):
         multihost.join(Distributed("127.0.0.1:5", 2, 0, 30.0), {}, resume=False, init_from=None)
     assert seen == {"service": False}
@@ -169,7 +191,7 @@ def test_a_lost_peer_is_one_line_naming_the_last_checkpoint(tmp_path, capsys, mo
     def exit_now(code):
         raise SystemExit(code)
 
-    monkeypatch.setattr(multihost.os, "_exit", exit_now)
+    monkeypatch.setattr(os, "_exit", exit_now)  # tjx.parallel.exit_now's
     lost = "process 1 of 2 stopped responding (no heartbeat for 15 s)"
     with pytest.raises(SystemExit) as ended:
         multihost._peer_lost(tmp_path, lost)

@@ -30,7 +30,7 @@ from tjx.ckpt.run_changes import (
     flatten_config,
     key_matches,
 )
-from tjx.ckpt.run_dir import RunDir, RunFileError, RunFileNotFoundError
+from tjx.ckpt.run_dir import RunDir, RunFileError, RunFileNotFoundError, final_summary
 from tjx.ckpt.version import __version__
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' dependency inference)
@@ -95,6 +95,7 @@ __all__ = [
     "config_changes",
     "describe_changes",
     "export_safetensors",
+    "final_summary",
     "flat_names",
     "flatten_config",
     "import_safetensors",

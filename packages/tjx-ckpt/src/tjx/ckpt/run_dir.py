@@ -6,7 +6,7 @@
       config.yaml        the effective config (the first file ever written)
       model.json         what rebuilds the model (an app's description)
       data.json          what rebuilds the data (an app's description)
-      final.json         the last step's summary, once the run ended
+      final.json         the last step's summary, once the run ended (`final_summary`)
       loss_curve.png     the loss plot
       samples/step_0000012.txt
       checkpoints/       a CheckpointManager's directory: one folder per step
@@ -100,6 +100,51 @@ def _parse(path: Path) -> Any:
         return yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
     except (yaml.YAMLError, ValueError) as err:  # JSONDecodeError is a ValueError
         raise RunFileError(path, one_line(str(err)) or type(err).__name__) from None
+
+
+def final_summary(
+    step: int,
+    params: Any,
+    *,
+    num_params: int,
+    interrupted_by: str | None = None,
+    validation: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """What ``final.json`` holds (`RunDir.write_final`): the last step, why the run stopped
+    before its end, the parameters' digest and size, and the last validation metrics.
+
+    Every process of a multi-host run must call this (in the same order): the digest of a
+    parameter spread over several processes is a collective (`params_sha256`). Write the result
+    on one process only.
+
+    Parameters
+    ----------
+    step : int
+        The last step trained.
+    params : pytree
+        The parameters at ``step`` (any sharding).
+    num_params : int
+        Their count.
+    interrupted_by : str, optional
+        Why the run stopped before its last step (a signal's name, a stop key); ``None``: it
+        ran to the end.
+    validation : mapping of str to float, optional
+        The last validation metrics, written as ``val_<name>``.
+
+    Returns
+    -------
+    dict
+        ``step``, ``interrupted_by``, ``params_sha256``, ``num_params`` and ``val_*``.
+    """
+    from tjx.ckpt.digest import params_sha256  # jax: loaded only when a run finishes
+
+    return {
+        "step": step,
+        "interrupted_by": interrupted_by,
+        "params_sha256": params_sha256(params),
+        "num_params": num_params,
+        **{f"val_{k}": v for k, v in (validation or {}).items()},
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,4 +276,4 @@ class RunDir:
         return committed[-1] if committed else None
 
 
-__all__ = ["RunDir", "RunFileError", "RunFileNotFoundError", "write_if_changed"]
+__all__ = ["RunDir", "RunFileError", "RunFileNotFoundError", "final_summary", "write_if_changed"]

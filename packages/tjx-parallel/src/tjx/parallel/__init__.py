@@ -1,8 +1,9 @@
 """tjx.parallel: device meshes, logical-axis sharding rules and multi-host setup for JAX.
 
-Multi-host runs: :func:`initialize` joins, :func:`disagreements` checks that every process was
-started alike, :func:`watch_peers` ends the survivors of a dead peer, and :func:`stop_on_signals`
-with :func:`stop_agreement` stops every process at the same step boundary on a preemption signal.
+Multi-host runs: :func:`join` joins (:func:`initialize`) and checks that every process was started
+alike (:func:`require_agreement`, over :func:`disagreements`), :func:`watch_peers` ends the
+survivors of a dead peer, and :func:`stop_on_signals` with :func:`stop_agreement` stops every
+process at the same step boundary on a preemption signal.
 """
 
 from tjx.parallel.agreement import (
@@ -22,7 +23,23 @@ from tjx.parallel.distributed import (
     resolve_distributed,
     runtime_client,
 )
-from tjx.parallel.mesh import MESH_AXES, MeshConfig, make_mesh
+from tjx.parallel.joining import (
+    NUM_PROCESSES,
+    DisagreementError,
+    DistributedSetupError,
+    JoinError,
+    NotJoinedError,
+    join,
+    require_agreement,
+)
+from tjx.parallel.mesh import (
+    BATCH_AXES,
+    MESH_AXES,
+    MeshConfig,
+    batch_ways,
+    check_batch_split,
+    make_mesh,
+)
 from tjx.parallel.peers import PeerWatch, watch_peers
 from tjx.parallel.pipeline import (
     PIPELINE_AXIS,
@@ -45,6 +62,7 @@ from tjx.parallel.sharding import (
     host_local_to_global,
     logical_specs,
     logical_to_sharding,
+    on_mesh,
     place_batch,
     shard_batch,
     shard_init,
@@ -53,19 +71,25 @@ from tjx.parallel.sharding import (
 )
 from tjx.parallel.train_step import jit_train_step
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
+    "BATCH_AXES",
     "LOGICAL_AXES",
     "MESH_AXES",
+    "NUM_PROCESSES",
     "PIPELINE_AXIS",
     "SCHEDULES",
     "STOP_MESSAGE",
     "STRATEGIES",
     "AxisRules",
     "Disagreement",
+    "DisagreementError",
     "DistributedInfo",
+    "DistributedSetupError",
+    "JoinError",
     "MeshConfig",
+    "NotJoinedError",
     "PeerWatch",
     "Schedule",
     "StopAgreement",
@@ -73,7 +97,9 @@ __all__ = [
     "__version__",
     "barrier",
     "batch_sharding",
+    "batch_ways",
     "bubble_formula",
+    "check_batch_split",
     "check_pipeline",
     "coordination_exchange",
     "digest_words",
@@ -83,14 +109,17 @@ __all__ = [
     "initialize",
     "is_primary",
     "jit_train_step",
+    "join",
     "logical_specs",
     "logical_to_sharding",
     "make_mesh",
     "make_schedule",
     "microbatch",
+    "on_mesh",
     "pipeline_loss",
     "place_batch",
     "process_values",
+    "require_agreement",
     "resolve_distributed",
     "rules",
     "runtime_client",

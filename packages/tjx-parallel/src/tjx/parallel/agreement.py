@@ -292,6 +292,30 @@ class Disagreement:
 
         return ", ".join(f"process {rank}: {show(v)}" for rank, v in enumerate(self.values))
 
+    def describe(self, template: str | None = None) -> str:
+        """One line about this disagreement, in the caller's words.
+
+        Parameters
+        ----------
+        template : str, optional
+            A format string with any of the fields ``{name}``, ``{expected}``, ``{each}``
+            (:meth:`each`) and ``{differ}`` (:attr:`differ`); ``None`` gives ``str(self)``.
+
+        Returns
+        -------
+        str
+
+        Examples
+        --------
+        >>> Disagreement("n", (2, 3)).describe("--n: told {each}")
+        '--n: told process 0: 2, process 1: 3'
+        """
+        if template is None:
+            return str(self)
+        return template.format(
+            name=self.name, expected=self.expected, each=self.each(), differ=self.differ
+        )
+
     def __str__(self) -> str:
         if self.expected is not None:
             return f"{self.name}: expected {self.expected}, but {self.each()}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -13,10 +13,12 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh
 
-__all__ = ["MESH_AXES", "MeshConfig", "make_mesh"]
+__all__ = ["BATCH_AXES", "MESH_AXES", "MeshConfig", "batch_ways", "check_batch_split", "make_mesh"]
 
 #: Mesh axis names, outermost (least communication) to innermost (most communication).
 MESH_AXES: tuple[str, str, str, str] = ("pipeline", "data", "fsdp", "tensor")
+#: The axes a batch's leading dimension is split over.
+BATCH_AXES: tuple[str, str] = ("data", "fsdp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,3 +161,58 @@ def make_mesh(config: MeshConfig | None = None, devices: Sequence[Any] | None = 
         ici, dcn = split
         array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devs, process_is_granule=True)
     return Mesh(np.asarray(array), MESH_AXES)
+
+
+def batch_ways(mesh: Mesh) -> int:
+    """Into how many parts a batch is split on ``mesh``: the product of its :data:`BATCH_AXES`.
+
+    Parameters
+    ----------
+    mesh : Mesh
+        A mesh with ``data`` and ``fsdp`` axes (:func:`make_mesh`'s).
+
+    Returns
+    -------
+    int
+        ``data × fsdp``.
+    """
+    return math.prod(int(mesh.shape[axis]) for axis in BATCH_AXES)
+
+
+def check_batch_split(sizes: Mapping[str, int], mesh: Mesh) -> int:
+    """Check that every named batch size splits evenly over the mesh's ``data × fsdp`` devices.
+
+    Call it once the mesh exists, before any batch is built: the caller names each size by its
+    own key (a config key, a flag), so the error says what to change.
+
+    Parameters
+    ----------
+    sizes : mapping of str to int
+        Batch sizes (rows per step, per microbatch, per evaluation batch) by the caller's name.
+    mesh : Mesh
+
+    Returns
+    -------
+    int
+        :func:`batch_ways` of ``mesh``.
+
+    Raises
+    ------
+    ValueError
+        ``"<name>: <size> must be divisible by the data×fsdp mesh size (<ways>)"`` for the first
+        size that does not split.
+
+    Examples
+    --------
+    >>> import jax
+    >>> mesh = make_mesh(MeshConfig(data=1), jax.devices()[:1])
+    >>> check_batch_split({"batch_size": 6}, mesh)
+    1
+    """
+    ways = batch_ways(mesh)
+    for name, size in sizes.items():
+        if size % ways:
+            raise ValueError(
+                f"{name}: {size} must be divisible by the data×fsdp mesh size ({ways})"
+            )
+    return ways

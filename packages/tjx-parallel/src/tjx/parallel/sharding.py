@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from tjx.parallel.mesh import BATCH_AXES, batch_ways
 from tjx.parallel.rules import AxisRules
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "host_local_to_global",
     "logical_specs",
     "logical_to_sharding",
+    "on_mesh",
     "place_batch",
     "shard_batch",
     "shard_init",
@@ -31,7 +33,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-BATCH_AXES: tuple[str, str] = ("data", "fsdp")
 _METADATA_KEYS = ("out_sharding", "sharding_names", "sharding")
 
 
@@ -224,7 +225,7 @@ def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
 
 
 def _batch_size_check(name: str, leading: int, mesh: Mesh, scale: int = 1) -> None:
-    size = mesh.shape["data"] * mesh.shape["fsdp"]
+    size = batch_ways(mesh)
     if (leading * scale) % size != 0:
         raise ValueError(
             f"batch leaf {name}: leading dimension {leading * scale} is not divisible by "
@@ -319,6 +320,36 @@ def place_batch(batch: T, mesh: Mesh) -> T:
     if jax.process_count() == 1:
         return shard_batch(batch, mesh)
     return host_local_to_global(batch, mesh)
+
+
+def on_mesh(tree: T, mesh: Mesh) -> T:
+    """Every leaf of ``tree`` on ``mesh``: a leaf already sharded over ``mesh`` stays as it is,
+    every other one (a step counter, a scalar that jit left on one device, a host array) is
+    replicated over it.
+
+    A jitted step whose inputs live on two device sets fails to compile; this puts a whole train
+    state on the one device set of the mesh, without moving what is already placed.
+
+    Parameters
+    ----------
+    tree : pytree
+        Arrays (jax or numpy) and scalars.
+    mesh : Mesh
+
+    Returns
+    -------
+    pytree
+        Same structure, every leaf a ``jax.Array`` with a ``NamedSharding`` over ``mesh``.
+    """
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def one(x: Any) -> Any:
+        sharding = getattr(x, "sharding", None)
+        if isinstance(sharding, NamedSharding) and sharding.mesh == mesh:
+            return x
+        return jax.device_put(x, replicated)
+
+    return jax.tree.map(one, tree)  # type: ignore[no-any-return]
 
 
 def with_logical_constraint(

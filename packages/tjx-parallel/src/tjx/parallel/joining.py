@@ -1,0 +1,228 @@
+"""Joining a multi-process run in one call: resolve the setup, start ``jax.distributed`` with a
+deadline, then check that every process was started alike.
+
+Two ways a multi-process launch goes wrong, which :func:`join` turns into one exception each:
+
+* Not every announced process joins (a wrong process count, a duplicated process id, a
+  coordinator nobody runs). :func:`~tjx.parallel.initialize`'s watchdog ends the process with
+  the caller's one line before jax aborts it from a C++ thread; a join that fails sooner raises
+  :class:`NotJoinedError`.
+* Processes that disagree. jax uses process 0's count, so a process told 3 in a run of 2 joins
+  without complaint; a process started with another config trains another model and hangs or
+  diverges later. After joining, every process compares what it was told with the others'
+  (:func:`require_agreement`: one tiny all-gather) and all raise :class:`DisagreementError`
+  together, with one message listing each value that differs.
+
+An app keeps its own words: the line the watchdog prints (``timeout_message``), a line per value
+(``lines``) and the exit status of each exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from tjx.parallel.agreement import Disagreement, disagreements
+from tjx.parallel.distributed import DistributedInfo, initialize, resolve_distributed
+
+__all__ = [
+    "NUM_PROCESSES",
+    "DisagreementError",
+    "DistributedSetupError",
+    "JoinError",
+    "NotJoinedError",
+    "join",
+    "require_agreement",
+]
+
+#: The name under which :func:`join` compares the process count each process was told.
+NUM_PROCESSES = "num_processes"
+
+
+class JoinError(RuntimeError):
+    """The run could not start as several processes (one of the subclasses says why).
+
+    Attributes
+    ----------
+    info : DistributedInfo or None
+        The resolved setup, when it could be resolved.
+    """
+
+    def __init__(self, message: str, info: DistributedInfo | None = None) -> None:
+        super().__init__(message)
+        self.info = info
+
+
+class DistributedSetupError(JoinError, ValueError):
+    """The setup is incomplete or inconsistent (:func:`~tjx.parallel.resolve_distributed`'s
+    message: what is missing or wrong); nothing was started."""
+
+
+class NotJoinedError(JoinError):
+    """``jax.distributed`` raised while joining.
+
+    Attributes
+    ----------
+    info : DistributedInfo
+        The setup this process tried.
+    reason : str
+        The first line of the error (the setup and jax's cause), without jax's C++ details.
+    """
+
+    def __init__(self, info: DistributedInfo, reason: str) -> None:
+        super().__init__(reason, info)
+        self.reason = reason
+
+
+class DisagreementError(JoinError):
+    """The processes were not started alike; every process raises it with the same message.
+
+    Attributes
+    ----------
+    found : list of Disagreement
+        Each value that differs, in the order given.
+    """
+
+    PREFIX = "multi-host processes disagree: "
+
+    def __init__(
+        self,
+        found: Sequence[Disagreement],
+        lines: Mapping[str, str] | None = None,
+        info: DistributedInfo | None = None,
+    ) -> None:
+        lines = lines or {}
+        problems = (d.describe(lines.get(d.name)) for d in found)
+        super().__init__(self.PREFIX + "; ".join(problems), info)
+        self.found = list(found)
+
+
+def require_agreement(
+    values: Mapping[str, int | str],
+    *,
+    num_processes: int | None = None,
+    lines: Mapping[str, str] | None = None,
+) -> None:
+    """Raise one error listing every value the processes do not all hold alike.
+
+    A collective (:func:`~tjx.parallel.disagreements`): call it on every process, after joining,
+    with the same names in the same order; all of them raise together or none does.
+
+    Parameters
+    ----------
+    values : mapping of str to int or str
+        What this process was told (flags, a whole config as text); strings are compared by
+        their digests.
+    num_processes : int, optional
+        The process count this process was told. It is compared first, under
+        :data:`NUM_PROCESSES`, with the count the run really has (``jax.process_count()``:
+        jax takes process 0's word, so a process told another count joins without complaint).
+    lines : mapping of str to str, optional
+        The caller's line per name (:meth:`Disagreement.describe`'s template: ``{name}``,
+        ``{expected}``, ``{each}``, ``{differ}``); a name without one gets the default line.
+
+    Raises
+    ------
+    DisagreementError
+        Some value differs; ``.found`` lists them.
+    ValueError
+        ``values`` names :data:`NUM_PROCESSES` too, or a value cannot be sent.
+    """
+    import jax
+
+    told: dict[str, int | str] = {}
+    expected: dict[str, int | str] = {}
+    if num_processes is not None:
+        if NUM_PROCESSES in values:
+            raise ValueError(
+                f"require_agreement: {NUM_PROCESSES!r} is compared by the num_processes "
+                "argument; remove it from values"
+            )
+        told[NUM_PROCESSES] = num_processes
+        expected[NUM_PROCESSES] = jax.process_count()
+    told.update(values)
+    found = disagreements(told, expected=expected)
+    if found:
+        raise DisagreementError(found, lines)
+
+
+def join(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    values: Mapping[str, int | str] | None = None,
+    lines: Mapping[str, str] | None = None,
+    timeout_s: float = 300.0,
+    timeout_message: str | Callable[[DistributedInfo], str] | None = None,
+    heartbeat_timeout_s: float = 100.0,
+    local_device_ids: Sequence[int] | None = None,
+    cpu_collectives: str | None = "gloo",
+    preemption_service: bool | None = None,
+) -> DistributedInfo:
+    """Resolve the setup, start ``jax.distributed`` with a deadline, and check agreement.
+
+    One process (no flags, no environment, no SLURM job of several tasks) starts nothing and
+    compares nothing. Several: :func:`~tjx.parallel.initialize` joins them (its watchdog prints
+    ``timeout_message`` and exits 1 when not every process joins in time), then
+    :func:`require_agreement` compares the process count each was told and ``values``.
+
+    Parameters
+    ----------
+    coordinator, num_processes, process_id
+        Explicit setup; missing values come from the environment
+        (:func:`~tjx.parallel.resolve_distributed`).
+    values : mapping of str to int or str, optional
+        What every process must share (flags, a whole config as text).
+    lines : mapping of str to str, optional
+        The caller's line per disagreeing name, :data:`NUM_PROCESSES` included (see
+        :func:`require_agreement`).
+    timeout_s : float
+        How long to wait for every process to join.
+    timeout_message : str or callable, optional
+        The watchdog's line; a callable gets the resolved setup (to name the coordinator, the
+        count and this process). Default: tjx.parallel's own line.
+    heartbeat_timeout_s, local_device_ids, cpu_collectives, preemption_service
+        As for :func:`~tjx.parallel.initialize`.
+
+    Returns
+    -------
+    DistributedInfo
+        Where this process stands (``num_processes == 1``: a single process).
+
+    Raises
+    ------
+    DistributedSetupError
+        An incomplete or inconsistent setup; nothing was started.
+    NotJoinedError
+        ``jax.distributed`` raised while joining.
+    DisagreementError
+        The processes joined but were not started alike (every process raises it).
+    """
+    try:
+        info = resolve_distributed(coordinator, num_processes, process_id)
+    except ValueError as err:
+        raise DistributedSetupError(str(err)) from None
+    if info.num_processes == 1:
+        return info
+    message = timeout_message(info) if callable(timeout_message) else timeout_message
+    try:
+        initialize(
+            info.coordinator,
+            info.num_processes,
+            info.process_id,
+            timeout_s=timeout_s,
+            heartbeat_timeout_s=heartbeat_timeout_s,
+            local_device_ids=local_device_ids,
+            cpu_collectives=cpu_collectives,
+            timeout_message=message,
+            preemption_service=preemption_service,
+        )
+    except (RuntimeError, ValueError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise NotJoinedError(info, reason) from None
+    try:
+        require_agreement(values or {}, num_processes=info.num_processes, lines=lines)
+    except DisagreementError as err:
+        err.info = info
+        raise
+    return info

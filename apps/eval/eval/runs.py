@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flax import nnx
+
+if TYPE_CHECKING:
+    from tjx.data import RunData
 
 
 class RunError(ValueError):
@@ -24,7 +27,12 @@ class LoadedRun:
     nn_config: Any
     model: Any
     step: int
-    tokenizer: Any
+    run_data: RunData  # data.json read back by tjx.data
+
+    @property
+    def tokenizer(self) -> Any:
+        """The run's tokenizer; ``None`` for an image run."""
+        return self.run_data.tokenizer
 
     @property
     def is_decoder(self) -> bool:
@@ -97,10 +105,12 @@ def load_run(run_dir: Path, step: int | None = None) -> LoadedRun:
     step, restored = ckpt.restore_params_and_step(run_dir / "checkpoints", target=target, step=step)
     # The RNG streams are unused in evaluation; concrete stand-ins let the model merge.
     model = nnx.merge(graphdef, restored, nn.concrete_state(rest))
-    # Image runs have no tokenizer: null, or "none" in data.json written before that was fixed.
-    spec = info.get("tokenizer")
-    tokenizer = data.load_tokenizer(spec) if spec and spec != "none" else None
-    return LoadedRun(run_dir, config, info, nn_config, model, int(step), tokenizer)
+    # tjx.data reads back what the trainer wrote (its RunData.describe), tokenizer included.
+    try:
+        run_data = data.RunData.from_description(info)
+    except data.DataError as err:
+        raise RunError(f"--checkpoint: {str(run_dir / 'data.json')!r}: {err}") from None
+    return LoadedRun(run_dir, config, info, nn_config, model, int(step), run_data)
 
 
 def heldout_dir(run: LoadedRun, source: str | None) -> tuple[Path, float | None]:
@@ -114,18 +124,9 @@ def heldout_dir(run: LoadedRun, source: str | None) -> tuple[Path, float | None]
 
     from tjx import data
 
-    if source is None:
-        return Path(run.data["val_dir"]), run.data.get("bytes_per_token")
-    if run.tokenizer is None:
-        raise RunError("--data: this run has no tokenizer (an image model)")
     try:
-        shards = data.prepare_shards(
-            source,
-            run.tokenizer,
-            run.data.get("cache_dir") or None,
-            splits=("validation",),
-            progress=sys.stderr.isatty(),
+        return run.run_data.heldout_shards(
+            source, progress=sys.stderr.isatty(), names={"source": "--data"}
         )
     except data.DataError as err:
-        raise RunError(f"--data: {err}") from None
-    return shards.dirs["validation"], shards.bytes_per_token["validation"]
+        raise RunError(str(err) if err.argument else f"--checkpoint: {err}") from None

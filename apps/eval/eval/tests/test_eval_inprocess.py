@@ -126,6 +126,18 @@ def test_image_runs_are_refused(run_dir, capsys, written):
     assert "only language-model runs" in capsys.readouterr().err
 
 
+def test_a_tokenizer_that_does_not_load_is_one_line(run_dir, capsys):
+    """data.json is read back by tjx.data (RunData.from_description); its errors name the file."""
+    run, _ = run_dir
+    info = json.loads((run / "data.json").read_text())
+    info["tokenizer"] = str(run / "tokenizer" / "tokenizer.json")  # the saved copy was deleted
+    (run / "data.json").write_text(json.dumps(info))
+    assert main(["--checkpoint", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"eval: error: --checkpoint: {str(run / 'data.json')!r}: tokenizer: ")
+    assert "no such tokenizer file" in err and "Traceback" not in err
+
+
 def _truncate_step(step_dir):
     """Cut every OCDBT data file of a checkpoint step in half (a crash mid-copy, a bad disk)."""
     files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]

@@ -65,3 +65,38 @@ def test_trained_bpe_keeps_its_cache_folder(tmp_path):
     folder = tmp_path / "cache" / "tokenizers" / f"{slug(str(text))}-bpe300"
     assert (folder / "tokenizer.json").is_file()
     assert data_setup.make_tokenizer(cfg).fingerprint == tok.fingerprint
+
+
+def test_each_bad_value_names_its_config_key(tmp_path):
+    """tjx.data's checks, worded by the key the user sets (its messages name tjx.data's argument
+    names, which the trainer maps; nothing parses the text)."""
+    import numpy as np
+
+    rng = np.random.default_rng()
+    text = tmp_path / "corpus.txt"
+    lines = (" ".join(map(str, rng.integers(0, 99, 9))) for _ in range(40))
+    text.write_text("\n".join(lines))  # one document: its last tenth is held out (~100 bytes)
+
+    def config(model=None, **data):
+        data = {"source": str(text), "cache_dir": str(tmp_path / "c"), "tokenizer": "byte", **data}
+        return build_config({"data": data, "model": model or {}})
+
+    with pytest.raises(ConfigError, match=r"^model\.vocab_size: 100 is smaller .*use >= 257"):
+        data_setup.prepare(config({"vocab_size": 100}))
+    with pytest.raises(ConfigError, match=r"^data\.source: .* \(data\.seq_len \+ 1 = 251\)"):
+        data_setup.prepare(config(seq_len=250))
+    bundle = data_setup.prepare(config(seq_len=16))
+    with pytest.raises(ConfigError, match=r"^data\.batch_size: .*lower data\.batch_size or data"):
+        data_setup.train_loader(bundle, config(seq_len=16, batch_size=10_000))
+    with pytest.raises(ConfigError, match=r"^data\.tokenizer: no such tokenizer"):
+        data_setup.prepare(config(tokenizer="./missing/tokenizer.json"))
+    vit = {"kind": "vit", "image_size": 16}
+    with pytest.raises(ConfigError, match=r"^model\.image_size: 16 does not match .* \(8\)"):
+        data_setup.prepare(build_config({"data": {"source": "digits"}, "model": vit}))
+    with pytest.raises(ConfigError, match=r"^data\.source: image runs read 'digits'"):
+        data_setup.prepare(build_config({"data": {"source": str(text)}, "model": {"kind": "vit"}}))
+    digits = build_config(
+        {"data": {"source": "digits", "batch_size": 5000}, "model": vit | {"image_size": 8}}
+    )
+    with pytest.raises(ConfigError, match=r"^data\.batch_size: batch_size must be in \[1, 1437\]"):
+        data_setup.train_loader(data_setup.prepare(digits), digits)

@@ -1,5 +1,5 @@
 """tjx.data: text sources, tokenizers, memmap token shards (prepared in a shared cache), a packed
-resumable loader, prefetch."""
+resumable loader, prefetch, and a training run's data (RunData) prepared, loaded and described."""
 
 from tjx.data.bpe import gpt2_tokenizer, load_tokenizer, save_tokenizer, train_bpe
 from tjx.data.builtin import BUILTIN_CORPORA, prepare_builtin
@@ -17,11 +17,18 @@ from tjx.data.packing import IGNORE_INDEX, PackingPlan
 from tjx.data.prefetch import DevicePrefetcher, prefetch_to_device
 from tjx.data.prepare import PreparedShards, bpe_tokenizer, prepare_shards
 from tjx.data.pretokenize import pretokenize
+from tjx.data.run_data import (
+    RunData,
+    prepare_image_run_data,
+    prepare_run_data,
+    restore_loader_state,
+    run_tokenizer,
+)
 from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_index
 from tjx.data.sources import Documents, load_source
 from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, encode_prompts
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "BUILTIN_CORPORA",
@@ -36,6 +43,7 @@ __all__ = [
     "PackedLoader",
     "PackingPlan",
     "PreparedShards",
+    "RunData",
     "ShardIndex",
     "Tokenizer",
     "__version__",
@@ -55,6 +63,10 @@ __all__ = [
     "prepare_shards",
     "pretokenize",
     "prepare_builtin",
+    "prepare_image_run_data",
+    "prepare_run_data",
+    "restore_loader_state",
+    "run_tokenizer",
     "save_tokenizer",
     "train_bpe",
     "validation_batches",

@@ -169,7 +169,8 @@ class ImageLoader:
     def __init__(self, data: ImageDataset, batch_size: int, *, seed: int) -> None:
         if not 1 <= batch_size <= len(data):
             raise DataError(
-                f"batch_size must be in [1, {len(data)}] (the images), got {batch_size}"
+                f"batch_size must be in [1, {len(data)}] (the images), got {batch_size}",
+                argument="batch_size",
             )
         self._data, self._batch, self._seed = data, batch_size, seed
         self._epoch, self._pos = 0, 0

@@ -111,7 +111,8 @@ class PackingPlan:
                 f"too little data: {self.num_tokens} tokens make {self.num_windows} window(s) of "
                 f"seq_len+1={self.seq_len + 1}, fewer than one global batch of "
                 f"{self.global_batch} (batch_size × process_count); use drop_last=False, a "
-                "smaller batch or more data"
+                "smaller batch or more data",
+                argument="batch_size",
             )
 
     @property

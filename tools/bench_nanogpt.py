@@ -4,6 +4,7 @@
     python tools/bench_nanogpt.py --shapes tiny --rounds 5 --json out.json
     python tools/bench_nanogpt.py --floor               # also each shape's matmul floor
     python tools/bench_nanogpt.py --floor-only          # the floor alone (no PyTorch needed)
+    python tools/bench_nanogpt.py --where               # also tjx's step: matmuls vs the rest
 
 PyTorch goes into a scratch venv (``--venv``, default ``~/.cache/tjx/nanogpt-venv``), never into
 the project's environment; see ``tools/tjx_tools/nanogpt`` for how the two sides are matched.
@@ -21,6 +22,7 @@ from typing import Any
 from tjx_tools.nanogpt.floor import measure_floor
 from tjx_tools.nanogpt.side_by_side import SHAPES, run_shape
 from tjx_tools.nanogpt.venv import peer_python
+from tjx_tools.nanogpt.where import where_time_goes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         "--floor", action="store_true", help="also time the step's matmuls alone (a lower bound)"
     )
     parser.add_argument("--floor-only", action="store_true", help="only the matmul floor")
+    parser.add_argument(
+        "--where", action="store_true", help="also profile tjx's step: matmul kernels vs the rest"
+    )
     args = parser.parse_args(argv)
     unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
     if unknown or args.rounds < 1 or args.steps < 1:
@@ -60,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.floor or args.floor_only:
             row["floor"] = floor = measure_floor(SHAPES[name])
             print(_floor_line(name, floor, row.get("median_step_s")), flush=True)
+        if args.where:
+            row["where"] = split = where_time_goes(SHAPES[name])
+            print(
+                f"{name:>10}: tjx step {split['wall_ms']:.1f} ms; in the trace, matmul kernels "
+                f"{split['matmul_ms']:.1f} ms, everything else {split['other_ms']:.1f} ms",
+                flush=True,
+            )
         rows.append(row)
     if args.json:
         meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rounds": args.rounds}

@@ -1,11 +1,12 @@
-"""How fast a side-by-side shape's train step could be on this CPU: its matmuls alone.
+"""How fast XLA:CPU runs the matrix products of a side-by-side shape's train step, one by one.
 
 Every matmul of a GPT-2 train step is listed with its shape (forward and both backward products of
 each dense layer, the six products of attention), each is timed on its own, jitted, on fresh random
-inputs, and the times are added up. That sum is a floor for any step XLA:CPU compiles for the
-shape: it leaves out every elementwise pass, reduction, transpose and the optimizer, and it gives
-each product the machine's full attention. Issue #18 asks for 1.25x nanoGPT's tokens/s; when this
-floor alone exceeds 1/1.25 of nanoGPT's step, no rearrangement of the rest reaches it.
+inputs, and the times are added up. The per-product rates show which products XLA:CPU runs slowly
+(attention's small batched ones); the sum leaves out every elementwise pass, reduction, transpose
+and the optimizer. It is an estimate, not a strict bound: each timed call pays one dispatch, and in
+a real step XLA may fuse a product with its neighbours. `where.py` measures the real step's matmul
+time from a profile.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 from pathlib import Path
 
 from tjx import ckpt
@@ -126,48 +125,51 @@ def parse_profile(text: str | None) -> tuple[int, int] | None:
     return start, stop
 
 
+#: tjx.parallel's argument names → the trainer's flags (its errors name the argument).
+DISTRIBUTED_FLAGS = {
+    "coordinator": "--coordinator",
+    "num_processes": "--num-processes",
+    "process_id": "--process-id",
+    "timeout_s": "--init-timeout",
+}
+
+
 def parse_distributed(args: argparse.Namespace) -> Distributed:
-    """The multi-host flags, checked on their own (the environment fills the rest at start)."""
+    """The multi-host flags, checked on their own by tjx.parallel's rules (the environment fills
+    the rest at start); errors name the flag."""
+    from tjx import parallel  # jax: already loaded at plan time (the config's tjx.nn checks)
+
     coordinator, count, rank = args.coordinator, args.num_processes, args.process_id
-    if coordinator is not None:
-        host, _, port = coordinator.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(
-                f"--coordinator: expected HOST:PORT with a port in 1..65535, got {coordinator!r}"
-            )
-    if count is not None and count < 1:
-        raise ConfigError(f"--num-processes: must be >= 1, got {count}")
-    if rank is not None and (rank < 0 or (count is not None and rank >= count)):
-        limit = f"0..{count - 1}" if count is not None else ">= 0"
-        raise ConfigError(f"--process-id: must be in {limit}, got {rank}")
-    if not args.init_timeout > 0:
-        raise ConfigError(f"--init-timeout: must be > 0 seconds, got {args.init_timeout}")
+    try:
+        parallel.check_distributed_args(coordinator, count, rank, args.init_timeout)
+    except parallel.DistributedArgumentError as err:
+        raise ConfigError(f"{DISTRIBUTED_FLAGS[err.argument]}: {err.problem}") from None
     return Distributed(coordinator, count, rank, float(args.init_timeout))
 
 
 def _check_data_source(source: str) -> None:
-    """A local-looking source must exist now (built-in and hub names are checked by tjx.data)."""
-    if source.startswith(("/", ".", "~")) or source.endswith((".txt", ".jsonl", ".parquet")):
-        path = Path(source).expanduser()
-        if not path.exists() and not any(ch in source for ch in "*?["):
-            raise ConfigError(f"data.source: no such file or folder {source!r}")
+    """A local file or folder must exist now (tjx.data says which sources are local)."""
+    from tjx import data  # no jax: tjx.data loads it nowhere at import
+
+    try:
+        data.check_local_source(source)
+    except data.DataError as err:
+        raise ConfigError(f"data.source: {err}") from None
 
 
-def _check_can_create(key: str, folder: Path) -> None:
-    """``folder`` exists as a directory, or can be made: its nearest existing ancestor is a
-    writable directory (else creating it later would end in a traceback)."""
-    ancestor = folder
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    """The run directory can be made and may start fresh or resume (tjx.ckpt's `RunDir`
+    decides; a fresh run never trains over a step folder, committed or not)."""
+    try:
+        ckpt.RunDir(run_dir).check_start(resume=resume)
+    except ckpt.NotCreatableError as err:
+        raise ConfigError(f"--run-dir: {err}") from None
+    except ckpt.RunStartError as err:
+        if err.resume:
+            raise ConfigError(f"--resume: {err}; train without --resume first") from None
         raise ConfigError(
-            f"{key}: cannot create {str(folder)!r}: {str(ancestor)!r} is a file, not a folder"
-        )
-    if ancestor != folder and not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConfigError(
-            f"{key}: cannot create {str(folder)!r}: {str(ancestor)!r} is not writable; choose "
-            "another place"
-        )
+            f"--run-dir: {err}; pass --resume to continue or choose another --run-dir"
+        ) from None
 
 
 def _check_loggers(cfg: Config) -> None:
@@ -193,24 +195,15 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     cfg = build_config(apply_overrides(data, overrides))
     _check_data_source(cfg.data.source)
     _check_loggers(cfg)
-    run_dir = Path(args.run_dir or Path("runs") / cfg.name).expanduser()
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--run-dir: {str(run_dir)!r} exists and is not a directory")
-    _check_can_create("--run-dir", run_dir)
-    if cfg.data.cache_dir:
-        _check_can_create("data.cache_dir", Path(cfg.data.cache_dir).expanduser())
     if args.init_from is not None and args.resume:  # before the checkpoint checks: the real issue
         raise ConfigError("--init-from: cannot be combined with --resume")
-    has_ckpt = ckpt.RunDir(run_dir).has_checkpoints()  # committed or not: never train over one
-    if args.resume and not has_ckpt:
-        raise ConfigError(
-            f"--resume: no checkpoint in {str(run_dir)!r}; train without --resume first"
-        )
-    if not args.resume and has_ckpt:
-        raise ConfigError(
-            f"--run-dir: {str(run_dir)!r} already holds checkpoints; pass --resume to continue "
-            "or choose another --run-dir"
-        )
+    run_dir = Path(args.run_dir or Path("runs") / cfg.name).expanduser()
+    _check_run_dir(run_dir, bool(args.resume))
+    if cfg.data.cache_dir:
+        try:
+            ckpt.check_can_create(Path(cfg.data.cache_dir).expanduser())
+        except ckpt.NotCreatableError as err:
+            raise ConfigError(f"data.cache_dir: {err}") from None
     resume_changes: dict[str, tuple[object, object]] = {}
     if args.resume:  # before anything is written: a mismatch leaves the run as it was
         resume_changes = check_resume(run_dir, cfg.to_dict())

@@ -92,15 +92,15 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
     run = ckpt.RunDir(run_dir)
     try:
         return run.read_config()
-    except ckpt.RunFileNotFoundError:
+    except ckpt.RunFileError as err:  # a missing file is one too (RunFileNotFoundError)
+        problem = (
+            "is missing"
+            if isinstance(err, ckpt.RunFileNotFoundError)
+            else f"is not a readable run config ({err.reason})"
+        )
         raise ConfigError(
-            f"--resume: {str(run.config_file)!r} is missing, so what the checkpoints were "
-            "trained with is unknown; put the run's config back or train into a new --run-dir"
-        ) from None
-    except ckpt.RunFileError as err:
-        raise ConfigError(
-            f"--resume: {str(run.config_file)!r} is not a readable run config ({err.reason}); "
-            "put the run's config back or train into a new --run-dir"
+            f"--resume: {str(run.config_file)!r} {problem}, so what the checkpoints were trained "
+            "with is unknown; put the run's config back or train into a new --run-dir"
         ) from None
 
 

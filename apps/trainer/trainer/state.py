@@ -128,9 +128,7 @@ def build(cfg: Config, vocab_size: int, init_from: str | None = None) -> Setup:
     tx = optim.build_optimizer(opt_cfg)
     # Optimizer slots that mirror the params (mu, nu, ...) are sharded like them (ZeRO under FSDP).
     specs = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
-    abstract_opt = jax.eval_shape(tx.init, params)
-    opt_shardings = parallel.state_shardings(abstract_opt, mesh, rules, param_specs=specs)
-    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+    opt_state = parallel.shard_opt_init(tx.init, params, mesh, rules, param_specs=specs)
     # The step counter (and any leaf jit left on one device) replicated: one device set.
     state = parallel.on_mesh(
         {"params": params, "opt_state": opt_state, "step": jnp.asarray(0, jnp.int32)}, mesh

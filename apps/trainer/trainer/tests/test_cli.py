@@ -151,7 +151,7 @@ def test_a_run_dir_that_cannot_be_made_is_refused_at_plan_time(in_tmp, monkeypat
     with pytest.raises(ConfigError, match="'file' is a file, not a folder"):
         _plan("--config", "tiny", "--run-dir", "file/run")
     # A read-only parent (simulated: the tests may run as root, who may write anywhere).
-    monkeypatch.setattr("trainer.cli.os.access", lambda path, mode: False)
+    monkeypatch.setattr("tjx.ckpt.run_checks.os.access", lambda path, mode: False)
     (in_tmp / "ok").mkdir()  # an existing run dir needs no write check of its parent
     with pytest.raises(ConfigError, match=r"data.cache_dir: cannot create .* is not writable"):
         _plan("--config", "tiny", "--run-dir", "ok", "--set", f"data.cache_dir={in_tmp}/c")

@@ -114,6 +114,9 @@ def test_a_missing_file(tmp_path: Path) -> None:
         RunDir(tmp_path).read_config()
     assert err.value.path == tmp_path / "config.yaml"
     assert isinstance(err.value, FileNotFoundError)
+    # also a RunFileError: one `except RunFileError` answers every unreadable run file
+    assert isinstance(err.value, RunFileError) and err.value.reason == "missing"
+    assert str(err.value) == f"{tmp_path / 'config.yaml'} is missing"
     (tmp_path / "config.yaml").mkdir()  # not a file either
     with pytest.raises(RunFileNotFoundError):
         RunDir(tmp_path).read_config()

@@ -5,7 +5,7 @@ import time
 import datasets
 import pytest
 
-from tjx.data import DataError, load_source
+from tjx.data import DataError, check_local_source, load_source
 from tjx.data.sources.local import iter_file
 
 
@@ -45,6 +45,34 @@ def test_missing_file_fails_at_once(tmp_path):
     empty.mkdir()
     with pytest.raises(DataError, match="matched no"):
         load_source(str(empty))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["{tmp}/nope.txt", "{tmp}/nope", "./nope-{name}", "~/nope-{name}.jsonl", "nope-{name}.md"],
+)
+def test_check_local_source_refuses_a_missing_path_without_reading(tmp_path, spec):
+    spec = spec.format(tmp=tmp_path, name=tmp_path.name)
+    with pytest.raises(DataError) as err:
+        check_local_source(spec)
+    assert str(err.value) == f"no such file or folder {spec!r}" and err.value.argument == "source"
+    with pytest.raises(DataError, match="no such file or folder"):  # what load_source says too
+        load_source(spec)
+
+
+def test_check_local_source_leaves_the_rest_to_load_source(tmp_path, monkeypatch):
+    (tmp_path / "a.txt").write_text("x", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    for spec in (
+        str(tmp_path / "a.txt"),  # exists
+        str(tmp_path),
+        "a.txt",
+        str(tmp_path / "*.jsonl"),  # patterns: what they match is load_source's to say
+        str(tmp_path / "{split}.txt"),
+        "shakespeare",  # a built-in
+        "owner/some-dataset",  # a hub name
+    ):
+        check_local_source(spec)
 
 
 def test_undecodable_text_reports_file_and_offset(tmp_path):

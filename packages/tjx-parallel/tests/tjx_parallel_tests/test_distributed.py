@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tjx.parallel import DistributedInfo, barrier, initialize, is_primary, resolve_distributed
+from tjx.parallel import (
+    DistributedArgumentError,
+    DistributedInfo,
+    barrier,
+    initialize,
+    is_primary,
+    resolve_distributed,
+)
 from tjx.parallel.distributed import slurm_first_host
 
 
@@ -23,10 +30,16 @@ def test_jax_environment_variables() -> None:
         resolve_distributed(env={"JAX_COORDINATOR_ADDRESS": "h:99", "JAX_NUM_PROCESSES": "2"})
     with pytest.raises(ValueError, match="JAX_NUM_PROCESSES must be an int, got 'two'"):
         resolve_distributed(env={"JAX_NUM_PROCESSES": "two"})
-    with pytest.raises(ValueError, match="0 <= process_id < num_processes"):
+    # Out of range: the rules of check_distributed_args, naming the value (and where it came
+    # from, when not from the arguments).
+    with pytest.raises(DistributedArgumentError, match=r"^process_id: must be in 0\.\.1, got 2$"):
         resolve_distributed("h:1", 2, 2, env={})
-    with pytest.raises(ValueError, match="host:port"):
+    with pytest.raises(DistributedArgumentError, match="^coordinator: expected HOST:PORT") as err:
         resolve_distributed("h", 2, 0, env={})
+    assert err.value.argument == "coordinator"
+    with pytest.raises(DistributedArgumentError, match=r"got 5 \(from env\)$") as err:
+        resolve_distributed(env={**env, "JAX_PROCESS_ID": "5"})
+    assert err.value.argument == "process_id"
 
 
 def test_slurm_variables() -> None:

@@ -22,6 +22,7 @@ from tjx.parallel import (
     rules,
     shard_batch,
     shard_init,
+    shard_opt_init,
     state_shardings,
     with_logical_constraint,
 )
@@ -172,3 +173,23 @@ def test_place_batch_one_process_or_many(mesh, monkeypatch) -> None:
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     monkeypatch.setattr(sharding, "host_local_to_global", lambda b, m: calls.append((b, m)) or b)
     assert place_batch(batch, mesh) is batch and calls == [(batch, mesh)]
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "fsdp_tp"])
+def test_shard_opt_init_slots_are_sharded_like_their_params(mesh, strategy) -> None:
+    r = rules(strategy)
+    with nnx.use_eager_sharding(False):
+        model = Mlp(nnx.Rngs(0))
+    placed = shard_init(lambda: nnx.state(model, nnx.Param), mesh, r)
+    params = nnx.to_pure_dict(placed)
+    specs = nnx.to_pure_dict(nnx.get_partition_spec(placed))
+    tx = optax.adamw(1e-3)
+    opt_state = shard_opt_init(tx.init, params, mesh, r, param_specs=specs)
+    param_shardings = jax.tree.map(lambda x: x.sharding, params)
+    assert any(s.spec != P() for s in jax.tree.leaves(param_shardings))  # something is sharded
+    for slot in (opt_state[0].mu, opt_state[0].nu):
+        assert jax.tree.map(lambda x: x.sharding, slot) == param_shardings
+    assert opt_state[0].count.sharding == NamedSharding(mesh, P())
+    # the same values as an unsharded init
+    reference = tx.init(jax.tree.map(np.asarray, params))
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, opt_state), reference)

@@ -30,6 +30,7 @@ from tjx.ckpt.run_changes import (
     flatten_config,
     key_matches,
 )
+from tjx.ckpt.run_checks import NotCreatableError, RunStartError, check_can_create
 from tjx.ckpt.run_dir import RunDir, RunFileError, RunFileNotFoundError, final_summary
 from tjx.ckpt.version import __version__
 
@@ -85,12 +86,15 @@ __all__ = [
     "ConfigChanges",
     "CorruptCheckpointError",
     "CorruptCheckpointWarning",
+    "NotCreatableError",
     "Restored",
     "RunDir",
     "RunFileError",
     "RunFileNotFoundError",
+    "RunStartError",
     "StepExistsError",
     "__version__",
+    "check_can_create",
     "collect_metadata",
     "config_changes",
     "describe_changes",

@@ -33,19 +33,12 @@ import yaml  # type: ignore[import-untyped]
 
 from tjx.ckpt.errors import CheckpointError, one_line
 from tjx.ckpt.fsync import fsync_dir, fsync_file
+from tjx.ckpt.run_checks import RunStartError, check_can_create
 
 #: The commit marker of a step (orbax's ``atomicity.COMMIT_SUCCESS_FILE``, which tjx.ckpt.durable
 #: writes), spelled out: this module must load without orbax and jax, so that an app can read its
 #: run directory before importing them, or after a Ctrl-C cut their import short.
 COMMIT_MARKER = "commit_success.txt"
-
-
-class RunFileNotFoundError(CheckpointError, FileNotFoundError):
-    """A file of the run directory is missing (or is not a regular file); ``.path`` names it."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(f"{path} is missing")
-        self.path = path
 
 
 class RunFileError(CheckpointError, ValueError):
@@ -64,6 +57,20 @@ class RunFileError(CheckpointError, ValueError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class RunFileNotFoundError(RunFileError, FileNotFoundError):
+    """A file of the run directory is missing (or is not a regular file); ``.path`` names it.
+
+    A `RunFileError` (``.reason`` is ``"missing"``), so one ``except RunFileError`` answers
+    every way a run file cannot be read; catch this one first to word a missing file apart.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, "missing")
+
+    def __str__(self) -> str:
+        return f"{self.path} is missing"  # a sentence, not "PATH: missing"
 
 
 def write_if_changed(path: Path, text: str) -> bool:
@@ -261,6 +268,25 @@ class RunDir:
     def has_checkpoints(self) -> bool:
         """Whether ``checkpoints/`` holds any step folder (see `step_folders`)."""
         return bool(self.step_folders())
+
+    def check_start(self, *, resume: bool) -> None:
+        """Raise unless the run may start here: fresh (``resume=False``) or resumed.
+
+        The directory must exist or be creatable (`check_can_create`). A fresh run needs a
+        directory without step folders, committed or not (`has_checkpoints`: never train over
+        an old run); a resumed one needs at least one (which step restores is the
+        `CheckpointManager`'s to say). Nothing is written.
+
+        Raises
+        ------
+        NotCreatableError
+            The directory is a file, or cannot be made.
+        RunStartError
+            ``.resume`` says which: a resume without a checkpoint, or a fresh start over some.
+        """
+        check_can_create(self.path)
+        if resume != self.has_checkpoints():
+            raise RunStartError(self.path, resume=resume)
 
     def latest_step(self) -> int | None:
         """The newest committed step, or None.

@@ -25,10 +25,10 @@ from tjx.data.run_data import (
     run_tokenizer,
 )
 from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_index
-from tjx.data.sources import Documents, load_source
+from tjx.data.sources import Documents, check_local_source, load_source
 from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, encode_prompts
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "BUILTIN_CORPORA",
@@ -49,6 +49,7 @@ __all__ = [
     "__version__",
     "bpe_tokenizer",
     "cache_dir",
+    "check_local_source",
     "check_tokenizer",
     "dtype_for_vocab",
     "encode_prompts",

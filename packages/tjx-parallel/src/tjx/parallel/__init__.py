@@ -15,6 +15,7 @@ from tjx.parallel.agreement import (
     process_values,
     stop_agreement,
 )
+from tjx.parallel.arguments import DistributedArgumentError, check_distributed_args
 from tjx.parallel.distributed import (
     DistributedInfo,
     barrier,
@@ -40,6 +41,7 @@ from tjx.parallel.mesh import (
     check_batch_split,
     make_mesh,
 )
+from tjx.parallel.opt_state import shard_opt_init
 from tjx.parallel.peers import PeerWatch, watch_peers
 from tjx.parallel.pipeline import (
     PIPELINE_AXIS,
@@ -71,7 +73,7 @@ from tjx.parallel.sharding import (
 )
 from tjx.parallel.train_step import jit_train_step
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "BATCH_AXES",
@@ -85,6 +87,7 @@ __all__ = [
     "AxisRules",
     "Disagreement",
     "DisagreementError",
+    "DistributedArgumentError",
     "DistributedInfo",
     "DistributedSetupError",
     "JoinError",
@@ -100,6 +103,7 @@ __all__ = [
     "batch_ways",
     "bubble_formula",
     "check_batch_split",
+    "check_distributed_args",
     "check_pipeline",
     "coordination_exchange",
     "digest_words",
@@ -125,6 +129,7 @@ __all__ = [
     "runtime_client",
     "shard_batch",
     "shard_init",
+    "shard_opt_init",
     "state_shardings",
     "stop_agreement",
     "stop_on_signals",

@@ -12,6 +12,8 @@ from typing import Any
 
 import jax
 
+from tjx.parallel.arguments import DistributedArgumentError, check_distributed_args
+
 __all__ = [
     "DistributedInfo",
     "barrier",
@@ -70,7 +72,8 @@ def resolve_distributed(
     ``JAX_PROCESS_ID``, then SLURM (``SLURM_NTASKS``, ``SLURM_PROCID``, first host of
     ``SLURM_STEP_NODELIST`` or ``SLURM_JOB_NODELIST``; port ``JAX_COORDINATOR_PORT`` or one
     derived from ``SLURM_JOB_ID``), else a single process. A partial setup → ValueError naming
-    what is missing.
+    what is missing; a value out of range → `DistributedArgumentError` (the rules of
+    :func:`~tjx.parallel.check_distributed_args`).
 
     Parameters
     ----------
@@ -88,7 +91,9 @@ def resolve_distributed(
     Raises
     ------
     ValueError
-        Incomplete or inconsistent setup (names what is missing or wrong).
+        Incomplete setup (names what is missing), or a `DistributedArgumentError` naming the
+        value out of range (``.argument``) and, when it did not come from the arguments, where
+        it came from.
     """
     env = os.environ if env is None else env
     source = "args" if any(v is not None for v in (coordinator, num_processes, process_id)) else ""
@@ -128,13 +133,12 @@ def resolve_distributed(
             f"incomplete distributed setup from {source}: missing {', '.join(missing)}"
         )
     assert num_processes is not None and process_id is not None and coordinator is not None
-    if num_processes < 1 or not 0 <= process_id < num_processes:
-        raise ValueError(
-            f"need num_processes >= 1 and 0 <= process_id < num_processes, got "
-            f"num_processes={num_processes}, process_id={process_id}"
-        )
-    if ":" not in coordinator:
-        raise ValueError(f"coordinator must be host:port, got {coordinator!r}")
+    try:
+        check_distributed_args(coordinator, num_processes, process_id)
+    except DistributedArgumentError as err:
+        if source == "args":
+            raise
+        raise DistributedArgumentError(err.argument, f"{err.problem} (from {source})") from None
     return DistributedInfo(coordinator, num_processes, process_id, source)
 
 

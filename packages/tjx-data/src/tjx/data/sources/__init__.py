@@ -13,7 +13,7 @@ from tjx.data.errors import DataError
 from tjx.data.sources.hub import iter_hub_texts, open_hub_dataset
 from tjx.data.sources.local import ERRORS, iter_file, resolve_files
 
-__all__ = ["Documents", "close_builtin", "is_local_source", "load_source"]
+__all__ = ["Documents", "check_local_source", "close_builtin", "is_local_source", "load_source"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,25 @@ def is_local_source(spec: str) -> bool:
         or spec.startswith((".", "/", "~"))
         or path.suffix in (".txt", ".text", ".md", ".jsonl", ".parquet")
     )
+
+
+def check_local_source(spec: str) -> None:
+    """Raise now if ``spec`` names a local file or folder (`is_local_source`) that is not there.
+
+    Cheap (no file is read, nothing is imported): an app can call it while it checks its input,
+    before minutes of set-up, instead of learning it from `load_source`. A glob or ``{split}``
+    pattern is not checked (what it matches is `load_source`'s to say), nor are built-in and hub
+    names (their errors need the package or the network).
+
+    Raises
+    ------
+    DataError
+        ``"no such file or folder '<spec>'"`` (``.argument`` is ``"source"``).
+    """
+    if not is_local_source(spec) or any(ch in spec for ch in "*?[{"):
+        return
+    if not Path(spec).expanduser().exists():
+        raise DataError(f"no such file or folder {spec!r}", argument="source")
 
 
 def load_source(

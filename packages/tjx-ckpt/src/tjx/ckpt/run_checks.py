@@ -1,0 +1,88 @@
+"""Whether a folder can be made, and whether a run directory may start fresh or resume.
+
+An app checks both before it writes anything (`RunDir.check_start`, `check_can_create` for any
+other folder it will make), so a bad path ends in one line naming it rather than a traceback
+later, after minutes of set-up. The messages name the path and the problem; the app adds its
+own flag and fix. Standard library only, like `tjx.ckpt.run_dir`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tjx.ckpt.errors import CheckpointError
+
+__all__ = ["NotCreatableError", "RunStartError", "check_can_create"]
+
+
+class NotCreatableError(CheckpointError, ValueError):
+    """A folder is neither a directory nor something that can be made.
+
+    Attributes
+    ----------
+    path : Path
+        The folder asked for.
+    """
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class RunStartError(CheckpointError, ValueError):
+    """A run directory cannot start as asked (`RunDir.check_start`).
+
+    Attributes
+    ----------
+    path : Path
+        The run directory.
+    resume : bool
+        What was asked: ``True``, to resume a run that holds no checkpoint; ``False``, to start
+        fresh over one that does.
+    """
+
+    def __init__(self, path: Path, *, resume: bool) -> None:
+        message = (
+            f"no checkpoint in {str(path)!r}"
+            if resume
+            else f"{str(path)!r} already holds checkpoints"
+        )
+        super().__init__(message)
+        self.path = path
+        self.resume = resume
+
+
+def check_can_create(folder: Path | str) -> None:
+    """Raise unless ``folder`` is a directory or can be made (``mkdir(parents=True)``).
+
+    It can be made when its nearest existing ancestor is a directory this process may write
+    into. A folder that exists is not checked further (writing into it is the caller's test).
+
+    Parameters
+    ----------
+    folder : Path or str
+        The folder (``~`` is not expanded: pass what you will create).
+
+    Raises
+    ------
+    NotCreatableError
+        ``folder`` exists and is not a directory, its nearest existing ancestor is a file, or
+        that ancestor is not writable; the message names both paths.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotCreatableError(folder, f"{str(folder)!r} exists and is not a directory")
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotCreatableError(
+            folder, f"cannot create {str(folder)!r}: {str(ancestor)!r} is a file, not a folder"
+        )
+    if ancestor != folder and not os.access(ancestor, os.W_OK | os.X_OK):
+        raise NotCreatableError(
+            folder,
+            f"cannot create {str(folder)!r}: {str(ancestor)!r} is not writable; choose another "
+            "place",
+        )

@@ -133,10 +133,7 @@ def _check_scoreable(run: Any) -> None:
 
 def _scope_note(run: Any, args: argparse.Namespace, results: dict[str, float]) -> str:
     """What the numbers above cover, and why the trainer's ``val_*`` differ from them."""
-    what = "masked tokens" if run.is_masked_lm else "tokens"
-    if run.is_seq2seq:
-        what = "tokens continuing the first half of their window"
-    scope = f"{round(results['num_tokens']):,} held-out {what}"
+    scope = f"{round(results['num_tokens']):,} held-out {run.objective.scores}"
     if args.data is not None:
         return f"({scope} of {args.data!r}, the run's tokenizer)"
     if args.max_batches is not None:
@@ -157,7 +154,7 @@ def _attention(run: Any, args: argparse.Namespace) -> None:
     from tjx import data
 
     target = args.attention_png
-    if target == "none" or not run.is_decoder:
+    if target == "none" or run.objective.name != "lm":  # a decoder's self-attention
         return
     path = Path(target) if target else run.run_dir / "attention_distance.png"
     shard_dir, _ = heldout_dir(run, args.data)
@@ -199,7 +196,8 @@ def _generate(run: Any, args: argparse.Namespace) -> None:
     max_len = int(run.nn_config.max_seq_len)
     model = decoding_model(run, args.sparse_top_k)
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
-    if run.is_seq2seq:  # as trained: the encoder reads the prompt, the decoder continues it
+    # As trained: a seq2seq model's encoder reads the prompt, its decoder continues it.
+    if run.objective.name == "seq2seq":
         new = max(1, min(args.max_new_tokens, max_len - 1))
         tail = nn.generate_seq2seq(
             model,
@@ -251,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         _print_table([f"{run.run_dir.name}@{run.step}"], [metrics])
         print(_scope_note(run, args, metrics))
         if args.generate is not None:
-            if run.is_masked_lm:
+            # BERT (an image run has no tokenizer: _check_scoreable refused it).
+            if not run.objective.decodes:
                 raise RunError(
                     "--generate: needs a decoder or encoder-decoder run, not a BERT encoder"
                 )

@@ -47,7 +47,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Metrics over the held-out shards (in order; the first ``max_batches`` batches).
 
-    ``bits_per_byte`` needs ``bytes_per_token`` and next-token scoring (every token scored);
+    ``bits_per_byte`` needs ``bytes_per_token`` and an objective that scores every token
+    (tjx.nn's ``Objective.scores_every_token``);
     masked-LM runs (BERT: ``key``, e.g. ``tjx.nn.eval_mask_key(seed)``, masks ``mask_prob`` of
     the real tokens, the same at every call) report loss, perplexity and accuracy over the
     masked tokens, encoder-decoder runs over the continued half of each window (every token
@@ -67,6 +68,6 @@ def evaluate(
             "lower --batch-size"
         )
     out = acc.compute()
-    if bytes_per_token and not isinstance(model, nn.BERT):  # BERT scores only masked tokens
+    if bytes_per_token and nn.objective_of(model).scores_every_token:  # not BERT's masked share
         out["bits_per_byte"] = out["bits_per_token"] / bytes_per_token
     return out

@@ -35,19 +35,12 @@ class LoadedRun:
         return self.run_data.tokenizer
 
     @property
-    def is_decoder(self) -> bool:
-        """GPT-2 / LLaMA (causal LMs)."""
-        return type(self.nn_config).__name__ in ("GPT2Config", "LlamaConfig")
+    def objective(self) -> Any:
+        """tjx.nn's `Objective` of the run's model: what it is scored on (``scores``, every
+        token or not), its name, and whether it writes text (``decodes``)."""
+        from tjx import nn
 
-    @property
-    def is_seq2seq(self) -> bool:
-        """The encoder-decoder (trained on continuing each window's first half)."""
-        return type(self.nn_config).__name__ == "EncoderDecoderConfig"
-
-    @property
-    def is_masked_lm(self) -> bool:
-        """BERT (scored on masked-token prediction)."""
-        return type(self.nn_config).__name__ == "BertConfig"
+        return nn.objective_of(self.nn_config)
 
 
 def _read(run_dir: Path, name: str) -> Any:

@@ -18,15 +18,9 @@ from trainer.schema import ConfigError, from_dict, nested, spec, to_dict
 # tjx.nn has no list of dtype names (its Precision takes any floating dtype): these are the ones
 # the trainer runs.
 DTYPES = ("float32", "bfloat16", "float16")
-#: The model kinds the trainer trains and the task of each (trainer/tasks.py); the tjx.nn config
-#: class of each kind is tjx.nn.MODEL_KINDS'.
-KIND_TASKS = {
-    "gpt2": "lm",
-    "llama": "lm",
-    "bert": "mlm",
-    "vit": "classify",
-    "encdec": "seq2seq",
-}
+#: The model kinds the trainer trains, here so that ``--help`` lists them without loading JAX;
+#: each kind's config class is tjx.nn.MODEL_KINDS', its objective tjx.nn.objective_of's.
+KINDS = ("gpt2", "llama", "bert", "vit", "encdec")
 
 
 def package_choices(module: str, name: str) -> Callable[[], tuple[Any, ...]]:
@@ -59,7 +53,7 @@ def package_choices(module: str, name: str) -> Callable[[], tuple[Any, ...]]:
 class ModelConfig:
     """Architecture. ``vocab_size: null`` takes the tokenizer's size."""
 
-    kind: str = spec("gpt2", choices=tuple(KIND_TASKS))
+    kind: str = spec("gpt2", choices=KINDS)
     vocab_size: int | None = spec(None, min=2)
     max_seq_len: int = spec(256, min=1, max=1 << 20)
     d_model: int = spec(128, min=1)
@@ -271,8 +265,11 @@ class Config:
 
     @property
     def task(self) -> str:
-        """ "lm" (decoders), "mlm" (BERT), "classify" (ViT) or "seq2seq" (encoder-decoder)."""
-        return KIND_TASKS[self.model.kind]
+        """ "lm" (decoders), "mlm" (BERT), "classify" (ViT) or "seq2seq" (encoder-decoder): the
+        name of tjx.nn's objective for the model kind (read on use: tjx.nn loads JAX)."""
+        from tjx import nn
+
+        return nn.objective_of(nn.MODEL_KINDS[self.model.kind]).name
 
 
 def _require(cond: bool, message: str) -> None:
@@ -304,8 +301,8 @@ def validate(cfg: Config) -> Config:
         f"optimizer.accumulation_steps: {o.accumulation_steps} must divide data.batch_size "
         f"({d.batch_size})",
     )
-    _require(
-        cfg.task != "lm" or bool(cfg.sampling.prompts),
+    _require(  # the prompts first: asking tjx.nn for the task loads JAX
+        bool(cfg.sampling.prompts) or cfg.task != "lm",
         "sampling.prompts: give at least one prompt (a language model writes samples at the end "
         'of training), e.g. sampling.prompts=["\\n"]',
     )

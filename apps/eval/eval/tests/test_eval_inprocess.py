@@ -227,6 +227,56 @@ def test_a_bert_run_is_scored_on_masked_tokens(run_dir, capsys):
     assert "--generate: needs a decoder or encoder-decoder run" in capsys.readouterr().err
 
 
+def test_a_seq2seq_run_is_scored_on_the_continued_half(run_dir, tmp_path, capsys):
+    """An encoder-decoder run: loss over the second half of each window (float64 reference of the
+    model fed the halves by hand), bits/byte (every continued token is scored), its scope note,
+    a sample from the encoder-decoder, and no attention-distance plot (decoders only)."""
+    run, _ = run_dir
+    fields = {
+        "vocab_size": 257,
+        "max_seq_len": 16,
+        "d_model": 16,
+        "num_layers": 1,
+        "num_heads": 2,
+        "precision": {"param_dtype": "float32", "compute_dtype": "float32"},
+    }
+    (run / "model.json").write_text(json.dumps({"class": "EncoderDecoderConfig", "fields": fields}))
+    model = nn.EncoderDecoder(
+        nn.EncoderDecoderConfig(**{**fields, "precision": "fp32"}), rngs=nnx.Rngs(6)
+    )
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    manager = ckpt.CheckpointManager(run / "checkpoints", async_save=False)
+    manager.save(6, state={"params": params, "step": np.int32(6)}, config={}, force=True)
+    manager.close()
+    png = tmp_path / "attn.png"
+    argv = ["--checkpoint", str(run), "--batch-size", "4", "--max-batches", "2"]
+    extra = ["--generate", "Line", "--max-new-tokens", "3", "--attention-png", str(png)]
+    assert main([*argv, *extra]) == 0
+    out = capsys.readouterr().out
+    total, count = 0.0, 0
+    for batch in list(data.validation_batches(run.parent / "shards" / "validation", 16, 4))[:2]:
+        inputs, seg = jax.numpy.asarray(batch["inputs"]), jax.numpy.asarray(batch["segment_ids"])
+        half = 16 // 2  # the encoder reads t[:8], the decoder t[7:16] and predicts t[8:17]
+        logits = model(
+            inputs[:, :half],
+            inputs[:, half - 1 :],
+            src_segment_ids=seg[:, :half],
+            tgt_segment_ids=seg[:, half - 1 :],
+        )
+        logits, labels = np.asarray(logits, np.float64), batch["targets"][:, half - 1 :]
+        mask = labels != -100
+        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        ce = logz - np.take_along_axis(logits, np.where(mask, labels, 0)[..., None], -1)[..., 0]
+        total += ce[mask].sum()
+        count += mask.sum()
+    assert _metric(out, "loss") == pytest.approx(total / count, rel=1e-5)
+    assert _metric(out, "num_tokens") == count
+    assert _metric(out, "bits_per_byte") == pytest.approx(total / count / np.log(2), rel=1e-5)
+    assert f"{count:,} held-out tokens continuing the first half of their window" in out
+    assert "--- sample (prompt 'Line'" in out
+    assert not png.exists() and "attention distance" not in out
+
+
 def test_data_file_is_tokenized_again_after_an_edit(run_dir, tmp_path, capsys, monkeypatch):
     """``--data ./notes.txt`` goes through tjx.data's shard cache like the trainer's data.source:
     its held-out tenth, and fresh shards once the file changes (stale shards were reused)."""

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from flax import nnx
 
-from trainer.config import Config, build_config
+from trainer.config import KINDS, Config, build_config
 from trainer.overrides import apply_overrides
 from trainer.presets import load_config_data, preset_names
 from trainer.schema import ConfigError, from_dict, to_dict
@@ -115,6 +115,22 @@ def test_task_follows_model_kind():
     assert build_config({"model": {"kind": "llama"}}).task == "lm"
     assert build_config({"model": {"kind": "bert"}}).task == "mlm"
     assert build_config({"model": {"kind": "vit"}}).task == "classify"
+    assert build_config({"model": {"kind": "encdec"}}).task == "seq2seq"
+
+
+def test_every_kind_is_a_tjx_nn_model_kind_with_its_objective():
+    from tjx import nn
+
+    assert set(KINDS) == set(nn.MODEL_KINDS)
+    for kind in KINDS:
+        want = nn.objective_of(nn.MODEL_KINDS[kind]).name
+        assert build_config({"model": {"kind": kind}}).task == want
+
+
+def test_a_lm_needs_a_prompt_and_the_others_none():
+    with pytest.raises(ConfigError, match="sampling.prompts: give at least one prompt"):
+        build_config({"sampling": {"prompts": []}})
+    assert build_config({"model": {"kind": "bert"}, "sampling": {"prompts": []}}).task == "mlm"
 
 
 def test_config_file_path_and_errors(tmp_path):

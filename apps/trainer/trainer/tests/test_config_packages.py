@@ -13,7 +13,7 @@ from tjx import kernels, metrics, nn, optim, parallel
 from tjx.metrics.loggers.wandb_logger import WANDB_MODES
 from tjx.optim.config import LOSS_SCALES
 from trainer.config import (
-    KIND_TASKS,
+    KINDS,
     Config,
     LoggingConfig,
     MeshConfig,
@@ -107,7 +107,7 @@ def test_importing_the_config_does_not_load_jax():
     ],
 )
 def test_each_kind_is_built_by_tjx_nn_build_model(kind, config_class, model_class):
-    assert set(KIND_TASKS) == set(nn.MODEL_KINDS)  # every kind the trainer trains, tjx.nn builds
+    assert set(KINDS) == set(nn.MODEL_KINDS)  # every kind the trainer trains, tjx.nn builds
     m = ModelConfig(kind=kind, d_model=16, num_layers=1, num_heads=2, max_seq_len=17)
     c = nn_config(m, 300)
     assert type(c) is config_class

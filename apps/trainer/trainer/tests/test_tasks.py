@@ -20,11 +20,21 @@ TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2}
 
 @pytest.mark.parametrize(
     ("kind", "name", "unit", "extra"),
-    [("gpt2", "lm", "tokens", 0), ("llama", "lm", "tokens", 0), ("bert", "mlm", "tokens", 1)],
+    [
+        ("gpt2", "lm", "tokens", 0),
+        ("llama", "lm", "tokens", 0),
+        ("bert", "mlm", "tokens", 1),
+        ("vit", "classify", "images", 0),
+        ("encdec", "seq2seq", "tokens", 0),
+    ],
 )
 def test_kind_to_task(kind, name, unit, extra):
     task = tasks.for_config(build_config({"model": {"kind": kind}}))
     assert (task.name, task.unit, task.extra_vocab) == (name, unit, extra)
+    assert task.objective is nn.objective_of(nn.MODEL_KINDS[kind])  # tjx-nn's, not a copy
+    # The trainer's extras: samples and the memory fit are for decoder-only models.
+    assert task.writes_samples == task.fits_memory == (name == "lm")
+    assert task.bits_per_byte == (name in ("lm", "seq2seq"))  # every token scored
 
 
 def test_image_task_counts_images_and_names_its_metrics():

@@ -5,6 +5,7 @@ import pytest
 
 MODULES = [
     "tjx.metrics.accumulate",
+    "tjx.metrics.classification",
     "tjx.metrics.devices",
     "tjx.metrics.divergence",
     "tjx.metrics.flops",

@@ -1,7 +1,8 @@
 """tjx.metrics: LM metrics, FLOPs/MFU/throughput, and loggers (console, JSONL, W&B, TensorBoard).
 
 * :func:`lm_stats` (jit-friendly sums and counts), :func:`lm_metrics`, :func:`loss_metrics` and the
-  exact streaming :class:`MetricAccumulator`.
+  exact streaming :class:`MetricAccumulator`; :func:`classification_metrics` names a classifier's
+  (accuracy, num_images, top-k below the class count).
 * :func:`transformer_flops_per_token` (6·N + 12·L·d·s, PaLM appendix B), :func:`peak_flops` /
   :func:`device_peak_flops` by ``device_kind`` (:func:`compute_peak_flops` for a model's compute
   dtype at JAX's default precision), :func:`mfu` and :class:`ThroughputMeter`.
@@ -15,6 +16,7 @@
 """
 
 from tjx.metrics.accumulate import MetricAccumulator, finalize_metrics
+from tjx.metrics.classification import classification_metrics
 from tjx.metrics.devices import (
     DEVICE_PEAKS,
     DevicePeak,
@@ -54,7 +56,7 @@ from tjx.metrics.plots import load_curves, plot_curves, plot_run
 from tjx.metrics.progress import ProgressBar, progress_bar
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "DEVICE_PEAKS",
@@ -77,6 +79,7 @@ __all__ = [
     "__version__",
     "available_bytes",
     "check_logger_packages",
+    "classification_metrics",
     "compute_peak_flops",
     "device_peak_flops",
     "finalize_metrics",

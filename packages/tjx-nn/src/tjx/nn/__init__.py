@@ -48,7 +48,15 @@ from tjx.nn.losses import (
 from tjx.nn.mlp import MLP
 from tjx.nn.model_state import concrete_state, is_key, reseed
 from tjx.nn.norms import LayerNorm, RMSNorm
-from tjx.nn.objectives import eval_mask_key, objective_logits, objective_loss, token_loss
+from tjx.nn.objectives import (
+    OBJECTIVES,
+    Objective,
+    eval_mask_key,
+    objective_logits,
+    objective_loss,
+    objective_of,
+    token_loss,
+)
 from tjx.nn.params import LOGICAL_AXES, make_param
 from tjx.nn.params_io import get_flat_params, set_flat_params
 from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, sinusoidal
@@ -60,7 +68,7 @@ from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "ACTIVATIONS",
@@ -73,6 +81,7 @@ __all__ = [
     "MLP",
     "MODEL_KINDS",
     "NORMS",
+    "OBJECTIVES",
     "POSITIONS",
     "REMAT_POLICIES",
     "Attention",
@@ -88,6 +97,7 @@ __all__ = [
     "LayerNorm",
     "Llama",
     "LlamaConfig",
+    "Objective",
     "Precision",
     "RMSNorm",
     "RelativePositionBias",
@@ -130,6 +140,7 @@ __all__ = [
     "mlm_mask",
     "objective_logits",
     "objective_loss",
+    "objective_of",
     "remat_policy",
     "reseed",
     "residual_std",

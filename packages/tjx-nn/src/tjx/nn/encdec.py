@@ -20,6 +20,25 @@ from tjx.nn.stack import Stack
 Array = jax.Array
 
 
+def window_halves(seq_len: int) -> tuple[int, int]:
+    """How ``EncoderDecoder.continue_halves`` splits a window of ``seq_len`` next-token pairs.
+
+    Parameters
+    ----------
+    seq_len : int
+        Tokens per window (``inputs.shape[1]``, >= 2).
+
+    Returns
+    -------
+    (int, int)
+        The source length ``h = seq_len // 2`` (the encoder reads ``t[:h]``) and the decoder's
+        length ``seq_len - h + 1`` (it reads ``t[h-1:seq_len]``, predicting ``t[h:]``): the
+        labels scored per window.
+    """
+    half = seq_len // 2
+    return half, seq_len - half + 1
+
+
 class EncoderDecoder(nnx.Module):
     """Encoder (bidirectional) + decoder (causal self-attention and cross-attention)."""
 
@@ -176,7 +195,7 @@ class EncoderDecoder(nnx.Module):
         chex.assert_equal_shape([inputs, targets])
         if inputs.shape[1] < 2:
             raise ValueError(f"continue_halves needs windows of >= 2 tokens, got {inputs.shape[1]}")
-        half = inputs.shape[1] // 2
+        half, _ = window_halves(inputs.shape[1])
         out = self(
             inputs[:, :half],
             inputs[:, half - 1 :],

@@ -15,18 +15,24 @@ model              objective           batch keys                               
 Decoders and the encoder-decoder end in a vocabulary head, so their loss runs on final hidden
 states (``head_cross_entropy``: chunked or plain, optional z-loss); BERT's MLM head and ViT's
 classifier are scored on their float32 logits (``logits_cross_entropy``, no z-loss).
+
+What an app needs to know about an objective without running it (what a step counts, which
+labels are scored, whether bits per byte apply, whether the model writes text) is its `Objective`
+(``objective_of(config or model)``), so no app branches on the model's class for it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import jax
 
 from tjx.kernels import CrossEntropyOutput
 from tjx.nn.bert import BERT
+from tjx.nn.configs import BertConfig, EncoderDecoderConfig, TransformerConfig, ViTConfig
 from tjx.nn.decoder import DecoderLM, head_cross_entropy
-from tjx.nn.encdec import EncoderDecoder
+from tjx.nn.encdec import EncoderDecoder, window_halves
 from tjx.nn.losses import logits_cross_entropy
 from tjx.nn.vit import ViT
 
@@ -34,6 +40,116 @@ Array = jax.Array
 Batch = dict[str, Array]
 
 _MODELS = (DecoderLM, BERT, ViT, EncoderDecoder)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a model family is trained on, as facts (see the module's table for the batches).
+
+    Attributes
+    ----------
+    name : str
+        ``"lm"`` (GPT-2, LLaMA: the next token), ``"mlm"`` (BERT: masked tokens),
+        ``"classify"`` (ViT: one label per image) or ``"seq2seq"`` (the encoder-decoder: the
+        second half of each window from its first).
+    unit : str
+        What a batch row is counted in: ``"tokens"`` or ``"images"``.
+    scores : str
+        The scored labels in words (``"masked tokens"``), for reports.
+    extra_vocab : int
+        Ids the model needs beyond its tokenizer's: BERT's [MASK] is the id after them.
+    scores_every_token : bool
+        Every token of the label positions is scored (not BERT's masked share, and no image
+        task), so bits per token over a corpus' bytes per token is its bits per byte.
+    decodes : bool
+        The model writes text: ``generate`` for a decoder, ``generate_seq2seq`` for the
+        encoder-decoder.
+    """
+
+    name: str
+    unit: str
+    scores: str
+    extra_vocab: int = 0
+    scores_every_token: bool = True
+    decodes: bool = True
+
+    def units_per_window(self, seq_len: int) -> int:
+        """The label positions ``objective_logits`` returns per batch row of ``seq_len`` tokens.
+
+        A decoder's and BERT's are every token (BERT reads them all and scores its masked ones,
+        the rest labelled -100), the encoder-decoder's the continued half
+        (``seq_len - seq_len // 2 + 1``, as ``EncoderDecoder.continue_halves`` cuts it), and a
+        classifier's one per image. A throughput counts these.
+
+        Parameters
+        ----------
+        seq_len : int
+            Tokens per window (ignored for images).
+
+        Returns
+        -------
+        int
+            Units (tokens or images) per batch row.
+
+        Raises
+        ------
+        ValueError
+            ``seq_len`` below the objective's shortest window (2 for seq2seq, else 1).
+        """
+        if self.unit == "images":
+            return 1
+        shortest = 2 if self.name == "seq2seq" else 1
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < shortest:
+            raise ValueError(
+                f"seq_len: the {self.name} objective needs an int >= {shortest}; got {seq_len!r}"
+            )
+        return window_halves(seq_len)[1] if self.name == "seq2seq" else seq_len
+
+
+#: Every objective by name.
+OBJECTIVES: dict[str, Objective] = {
+    "lm": Objective("lm", "tokens", "tokens"),
+    "mlm": Objective(
+        "mlm", "tokens", "masked tokens", extra_vocab=1, scores_every_token=False, decodes=False
+    ),
+    "classify": Objective("classify", "images", "images", scores_every_token=False, decodes=False),
+    "seq2seq": Objective("seq2seq", "tokens", "tokens continuing the first half of their window"),
+}
+
+# The base config (plain decoders, GPT-2, LLaMA) last: every config class derives from it.
+_FAMILIES: tuple[tuple[tuple[type, ...], str], ...] = (
+    ((BertConfig, BERT), "mlm"),
+    ((ViTConfig, ViT), "classify"),
+    ((EncoderDecoderConfig, EncoderDecoder), "seq2seq"),
+    ((TransformerConfig, DecoderLM), "lm"),
+)
+
+
+def objective_of(config_or_model: Any) -> Objective:
+    """The `Objective` of a model, of its config, or of a config class.
+
+    Parameters
+    ----------
+    config_or_model : TransformerConfig, type or nnx.Module
+        A config (``GPT2Config``, ``BertConfig``, ...), a config class (e.g. a value of
+        ``MODEL_KINDS``) or a model ``build_model`` makes.
+
+    Returns
+    -------
+    Objective
+        One of ``OBJECTIVES``.
+
+    Raises
+    ------
+    ValueError
+        Anything else (the message names what is accepted).
+    """
+    probe = config_or_model if isinstance(config_or_model, type) else type(config_or_model)
+    for types, name in _FAMILIES:
+        if issubclass(probe, types):
+            return OBJECTIVES[name]
+    allowed = ", ".join(m.__name__ for m in _MODELS)
+    raise ValueError(f"no objective for a {probe.__name__}; give a model ({allowed}) or its config")
 
 
 def eval_mask_key(seed: int) -> Array:

@@ -207,3 +207,18 @@ def test_default_chunks_keep_compiled_logits_memory_within_an_eighth(batch):
     labels = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
     chunked = lambda h, w, lab: chunked_cross_entropy(h, w, lab).loss
     assert _temp_bytes(chunked, h, w, labels) <= _temp_bytes(_full_logits_ce, h, w, labels) / 8
+
+
+@pytest.mark.parametrize(("z_loss", "products"), [(0.0, 3), (1e-2, 4)])
+def test_without_z_loss_the_gradient_needs_three_head_products_not_four(z_loss, products):
+    """Without z-loss the forward forms the gradient while the logits exist (h·W, dlogits·Wᵀ,
+    hᵀ·dlogits); with it the backward recomputes the logits first (a fourth product)."""
+    h = jax.ShapeDtypeStruct((2, 16, 8), jnp.float32)
+    w = jax.ShapeDtypeStruct((8, 32), jnp.float32)
+    labels = jnp.zeros((2, 16), jnp.int32)
+
+    def loss(h, w):
+        return chunked_cross_entropy(h, w, labels, chunk_size=8, z_loss=z_loss).loss
+
+    text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(h, w).as_text()
+    assert text.count("stablehlo.dot_general") == products

@@ -10,7 +10,7 @@ from tjx.kernels.flash import flash_attention
 from tjx.kernels.launch import LaunchDefaults, default_launch
 from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "IMPLEMENTATIONS",

@@ -5,9 +5,13 @@ The LM loss ``CE(hidden @ unembedding, labels)`` normally materialises float32 l
 Here a ``lax.scan`` walks along the sequence axis in chunks of about ``chunk_size`` tokens (a few
 positions of every batch row, so the batch axis, and its sharding, stays whole): each step
 computes one ``[chunk, vocab]`` logits block, its log-sum-exp, the label logit and the argmax, then
-drops it. The backward pass is a ``custom_vjp`` that saves only the per-token log-sum-exp
-(``[tokens]`` float32) and recomputes each chunk's logits to form ``softmax - onehot`` on the fly,
-accumulating the unembedding gradient in float32.
+drops it. The gradient is a ``custom_vjp``. Without z-loss (the default) the loss differentiates
+the sum of cross-entropy alone, so under differentiation the forward pass also forms
+``softmax - onehot`` of each chunk while its logits exist and keeps only the two gradients
+(``[tokens, d_model]`` and the float32 ``[d_model, vocab]`` accumulator), which the backward pass
+scales by its cotangent: the head's matmuls per step drop from four to three. With z-loss the
+forward saves the per-token log-sum-exp (``[tokens]`` float32) and the backward recomputes each
+chunk's logits.
 
 The chunk is chosen from the shape by default (`auto_chunk_size`): at least 16 chunks, so the
 logits that exist at once (one chunk's forward block, or its backward ``logits`` and ``dlogits``)
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -82,9 +86,10 @@ class CrossEntropyOutput(NamedTuple):
     num_correct: Array
 
 
-def _chunk_stats(h: Array, w: Array, labels: Array, ignore_index: int) -> tuple[Array, ...]:
-    """Per-token (ce, lse, valid, correct) for one chunk; logits live only inside this call."""
-    logits = jnp.dot(h, w, preferred_element_type=jnp.float32)  # [c, vocab]
+def _chunk_stats(
+    logits: Array, labels: Array, ignore_index: int
+) -> tuple[Array, Array, Array, Array]:
+    """Per-token (ce, lse, valid, correct) of one chunk's float32 ``[c, vocab]`` logits."""
     lse = jax.nn.logsumexp(logits, axis=-1)
     valid = labels != ignore_index
     safe = jnp.where(valid, labels, 0)
@@ -94,53 +99,104 @@ def _chunk_stats(h: Array, w: Array, labels: Array, ignore_index: int) -> tuple[
     return ce, lse, valid, correct
 
 
+def _add_sums(carry: Sums, ce: Array, lse: Array, valid: Array, correct: Array) -> Sums:
+    s_ce, s_z, n_tok, n_ok = carry
+    return (
+        s_ce + jnp.sum(ce),
+        s_z + jnp.sum(jnp.where(valid, lse * lse, 0.0)),
+        n_tok + jnp.sum(valid, dtype=jnp.int32),
+        n_ok + jnp.sum(correct, dtype=jnp.int32),
+    )
+
+
+def _zero_sums() -> Sums:
+    zero_f, zero_i = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
+    return zero_f, zero_f, zero_i, zero_i
+
+
+def _dlogits(logits: Array, labels: Array, lse: Array, g_ce: Array, g_z: Array) -> Array:
+    """d(g_ce·ce + g_z·lse²)/dlogits = g_ce·(p - onehot) + 2·g_z·lse·p, zero on ignored tokens.
+
+    One elementwise expression (the label test is an iota comparison, not a one-hot array), so
+    XLA fuses it into a single ``[chunk, vocab]`` buffer next to the logits."""
+    p = jnp.exp(logits - lse[:, None])
+    is_label = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1) == labels[:, None]
+    out = p * (g_ce + (2.0 * g_z) * lse[:, None]) - jnp.where(is_label, g_ce, 0.0)
+    return jnp.where(labels[:, None] >= 0, out, 0.0)
+
+
 def _sums_fwd_impl(hc: Array, w: Array, lc: Array, ignore_index: int) -> tuple[Sums, Array]:
-
     def step(carry: Sums, xs: tuple[Array, Array]) -> tuple[Sums, Array]:
-        s_ce, s_z, n_tok, n_ok = carry
-        ce, lse, valid, correct = _chunk_stats(xs[0], w, xs[1], ignore_index)
-        s_z = s_z + jnp.sum(jnp.where(valid, lse * lse, 0.0))
-        n_tok = n_tok + jnp.sum(valid, dtype=jnp.int32)
-        n_ok = n_ok + jnp.sum(correct, dtype=jnp.int32)
-        return (s_ce + jnp.sum(ce), s_z, n_tok, n_ok), lse
+        logits = jnp.dot(xs[0], w, preferred_element_type=jnp.float32)  # [c, vocab], dropped
+        ce, lse, valid, correct = _chunk_stats(logits, xs[1], ignore_index)
+        return _add_sums(carry, ce, lse, valid, correct), lse
 
-    zero_f = jnp.zeros((), jnp.float32)
-    zero_i = jnp.zeros((), jnp.int32)
-    return jax.lax.scan(step, (zero_f, zero_f, zero_i, zero_i), (hc, lc))
+    return jax.lax.scan(step, _zero_sums(), (hc, lc))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _ce_sums(hc: Array, w: Array, lc: Array, ignore_index: int) -> Sums:
-    """(sum of CE, sum of lse², token count, correct count) over chunks ``hc [n, rows, d]``."""
+def _sums_and_grads(hc: Array, w: Array, lc: Array, ignore_index: int) -> tuple[Sums, Array, Array]:
+    """The sums and, in the same pass over the chunks, d(sum of CE)/d(hc, w).
+
+    Without z-loss the sum of CE is the only differentiable output the loss uses, so its
+    gradient is known up to the scalar cotangent before the backward pass starts: forming it
+    here, while each chunk's logits exist anyway, saves the backward's recomputation of every
+    chunk's logits (one of the head's four ``[tokens, d] x [d, vocab]`` products per step;
+    Liger-Kernel's fused linear cross-entropy does the same on GPUs).
+    """
+    one, zero = jnp.ones((), jnp.float32), jnp.zeros((), jnp.float32)
+
+    def step(carry: tuple[Sums, Array], xs: tuple[Array, Array]) -> tuple[Any, Array]:
+        sums, dw = carry
+        h_c, l_c = xs
+        logits = jnp.dot(h_c, w, preferred_element_type=jnp.float32)
+        ce, lse, valid, correct = _chunk_stats(logits, l_c, ignore_index)
+        safe = jnp.where(valid, l_c, -1)  # _dlogits zeroes the rows of ignored tokens
+        dlogits = _dlogits(logits, safe, lse, one, zero)
+        dh = jnp.dot(dlogits.astype(w.dtype), w.T, preferred_element_type=jnp.float32)
+        dw = dw + jnp.dot(h_c.T, dlogits.astype(h_c.dtype), preferred_element_type=jnp.float32)
+        return (_add_sums(sums, ce, lse, valid, correct), dw), dh
+
+    (sums, dw), dh = jax.lax.scan(step, (_zero_sums(), jnp.zeros(w.shape, jnp.float32)), (hc, lc))
+    return sums, dh, dw
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _ce_sums(hc: Array, w: Array, lc: Array, ignore_index: int, fused: bool) -> Sums:
+    """(sum of CE, sum of lse², token count, correct count) over chunks ``hc [n, rows, d]``.
+
+    ``fused``: the caller differentiates the sum of CE only (no z-loss), so the forward pass
+    under differentiation also forms its gradient (`_sums_and_grads`)."""
+    del fused
     sums, _ = _sums_fwd_impl(hc, w, lc, ignore_index)
     return sums
 
 
 def _ce_sums_fwd(
-    hc: Array, w: Array, lc: Array, ignore_index: int
-) -> tuple[Sums, tuple[Array, Array, Array, Array]]:
+    hc: Array, w: Array, lc: Array, ignore_index: int, fused: bool
+) -> tuple[Sums, tuple[Array, ...]]:
+    if fused:
+        sums, dh, dw = _sums_and_grads(hc, w, lc, ignore_index)
+        # Empty arrays carry the inputs' dtypes to the backward (residuals are arrays only).
+        return sums, (dh, dw, jnp.zeros((0,), hc.dtype), jnp.zeros((0,), w.dtype))
     sums, lse = _sums_fwd_impl(hc, w, lc, ignore_index)
     return sums, (hc, w, lc, lse)
 
 
 def _ce_sums_bwd(
-    ignore_index: int, res: tuple[Array, Array, Array, Array], cts: Sums
+    ignore_index: int, fused: bool, res: tuple[Array, ...], cts: Sums
 ) -> tuple[Array, Array, None]:
-    hc, w, lc, lsec = res
     g_ce = cts[0].astype(jnp.float32)
     g_z = cts[1].astype(jnp.float32)
+    if fused:  # g_z is zero: the caller's loss has no z-loss term
+        dh, dw, h_dtype, w_dtype = res
+        return (g_ce * dh).astype(h_dtype.dtype), (g_ce * dw).astype(w_dtype.dtype), None
+    hc, w, lc, lsec = res
 
     def step(dw: Array, xs: tuple[Array, Array, Array]) -> tuple[Array, Array]:
         h_c, l_c, lse_c = xs
         logits = jnp.dot(h_c, w, preferred_element_type=jnp.float32)
-        valid = l_c != ignore_index
-        # d(ce)/dlogits = p - onehot; d(lse²)/dlogits = 2·lse·p. One elementwise expression (the
-        # label test is an iota comparison, not a one-hot array), so XLA fuses it into a single
-        # [chunk, vocab] buffer next to the logits.
-        p = jnp.exp(logits - lse_c[:, None])
-        is_label = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1) == l_c[:, None]
-        dlogits = p * (g_ce + (2.0 * g_z) * lse_c[:, None]) - jnp.where(is_label, g_ce, 0.0)
-        dlogits = jnp.where(valid[:, None], dlogits, 0.0)
+        labels = jnp.where(l_c != ignore_index, l_c, -1)
+        dlogits = _dlogits(logits, labels, lse_c, g_ce, g_z)
         dh = jnp.dot(dlogits.astype(w.dtype), w.T, preferred_element_type=jnp.float32)
         dw = dw + jnp.dot(h_c.T, dlogits.astype(h_c.dtype), preferred_element_type=jnp.float32)
         return dw, dh.astype(hc.dtype)
@@ -223,7 +279,8 @@ def chunked_cross_entropy(
     n = (seq + pad) // cols
     hc = h.reshape(rows, n, cols, d_model).transpose(1, 0, 2, 3).reshape(n, rows * cols, d_model)
     lc = lab.reshape(rows, n, cols).transpose(1, 0, 2).reshape(n, rows * cols)
-    s_ce, s_z, n_tok, n_ok = _ce_sums(hc, unembedding, lc, int(ignore_index))
+    fused = z_loss == 0.0  # then the loss differentiates the sum of CE alone (_sums_and_grads)
+    s_ce, s_z, n_tok, n_ok = _ce_sums(hc, unembedding, lc, int(ignore_index), fused)
     denom = jnp.maximum(n_tok, 1).astype(jnp.float32)
     loss = (s_ce + jnp.float32(z_loss) * s_z) / denom
     return CrossEntropyOutput(loss=loss, sum_loss=s_ce, num_tokens=n_tok, num_correct=n_ok)

@@ -2,36 +2,31 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
 from trainer.config import Config
-from trainer.schema import ConfigError, choices, field_map, hints, parse_scalar
+from trainer.schema import ConfigError, choices, convert, field_map, hints
 
 
-def field_type(path: str) -> Any:
-    """The declared type of the config field at dotted ``path`` (errors name allowed keys)."""
+def field_at(path: str) -> tuple[dataclasses.Field[Any], Any]:
+    """The config field at dotted ``path`` and its declared type (errors name allowed keys)."""
     cls: Any = Config
     parts = path.split(".")
-    walked: list[str] = []
-    for i, part in enumerate(parts):
+    for i, part in enumerate(parts, 1):
         fields = field_map(cls)
         if part not in fields:
-            where = ".".join([*walked, part])
-            raise ConfigError(
-                f"{where}: unknown key; allowed keys here: {', '.join(sorted(fields))}"
-            )
-        tp = hints(cls)[part]
-        walked.append(part)
-        if i == len(parts) - 1:
-            if dataclasses.is_dataclass(tp):
-                sub = ", ".join(sorted(field_map(tp)))  # type: ignore[arg-type]
-                raise ConfigError(f"{path}: is a section; set one of its keys: {sub}")
-            return tp
-        if not dataclasses.is_dataclass(tp):
-            raise ConfigError(f"{'.'.join(walked)}: is a value, not a section (in {path!r})")
+            allowed = ", ".join(sorted(fields))
+            raise ConfigError(f"{'.'.join(parts[:i])}: unknown key; allowed keys here: {allowed}")
+        field, tp = fields[part], hints(cls)[part]
+        if i < len(parts) and not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"{'.'.join(parts[:i])}: is a value, not a section (in {path!r})")
         cls = tp
-    raise ConfigError(f"{path}: empty key")  # pragma: no cover - split never yields []
+    if dataclasses.is_dataclass(cls):
+        sub = ", ".join(sorted(field_map(cls)))  # type: ignore[arg-type]
+        raise ConfigError(f"{path}: is a section; set one of its keys: {sub}")
+    return field, cls
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -42,40 +37,24 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"--set {text!r}: empty key")
-    tp = field_type(key)
+    field, tp = field_at(key)
     # "none" is a value where a field's own choices hold it (model.position: no positions).
-    none_is_value = value.strip().lower() == "none" and "none" in (_choices_of(key) or ())
-    return key, parse_scalar(value, tp, key, none_is_value=none_is_value)
-
-
-def _choices_of(path: str) -> tuple[Any, ...] | None:
-    *parents, name = path.split(".")
-    cls: Any = Config
-    for part in parents:
-        cls = hints(cls)[part]
-    return choices(field_map(cls)[name])
+    none_is_value = value.strip().lower() == "none" and "none" in (choices(field) or ())
+    return key, convert(tp, value, key, from_text=True, none_is_value=none_is_value)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """A copy of config ``data`` with every ``--set`` applied in order."""
-    out: dict[str, Any] = _copy(data)
+    out: dict[str, Any] = copy.deepcopy(data)
     for text in overrides:
         key, value = parse_override(text)
         node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
+        *parents, name = key.split(".")
+        for part in parents:
             child = node.get(part)
             if not isinstance(child, dict):
                 child = {}
                 node[part] = child
             node = child
-        node[parts[-1]] = value
+        node[name] = value
     return out
-
-
-def _copy(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _copy(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_copy(v) for v in data]
-    return data

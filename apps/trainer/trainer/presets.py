@@ -43,7 +43,34 @@ class _UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]
         return mapping
 
 
-def _parse(text: str, where: str) -> dict[str, Any]:
+def _name(source: str | Path) -> str:
+    """What errors and the ``base:`` chain call a preset name or a YAML file path."""
+    return str(source) if isinstance(source, Path) else f"preset {source}"
+
+
+def _read(source: str | Path, key: str) -> dict[str, Any]:
+    """The settings in preset ``source`` (a name) or YAML file ``source`` (a path); ``key`` is the
+    setting that names it (``--config`` or ``FILE.base``)."""
+    where = _name(source)
+    if isinstance(source, str):
+        names = preset_names()
+        if source not in names:
+            raise ConfigError(
+                f"--config: unknown preset {source!r}; choose one of {', '.join(names)} or a "
+                ".yaml path"
+            )
+        text = (configs_dir() / f"{source}.yaml").read_text("utf-8")
+    elif source.is_dir():
+        raise ConfigError(f"{key}: {where!r} is a directory; pass a .yaml file")
+    elif not source.is_file():
+        raise ConfigError(f"{key}: no such file {where!r}")
+    else:
+        try:
+            text = source.read_text("utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(
+                f"{where}: not UTF-8 text (byte {err.start}); save the config as UTF-8"
+            ) from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no code runs
     except yaml.YAMLError as err:
@@ -60,64 +87,36 @@ def _parse(text: str, where: str) -> dict[str, Any]:
     return data
 
 
-def _read_file(path: Path, key: str = "--config") -> dict[str, Any]:
-    if path.is_dir():
-        raise ConfigError(f"{key}: {str(path)!r} is a directory; pass a .yaml file")
-    if not path.is_file():
-        raise ConfigError(f"{key}: no such file {str(path)!r}")
-    try:
-        text = path.read_text("utf-8")
-    except UnicodeDecodeError as err:
-        raise ConfigError(
-            f"{path}: not UTF-8 text (byte {err.start}); save the config as UTF-8"
-        ) from None
-    return _parse(text, str(path))
+def _source(ref: str) -> str | Path:
+    """A preset name, or a path where ``ref`` looks like one (ends in .yaml/.yml or has a /)."""
+    return Path(ref).expanduser() if ref.endswith((".yaml", ".yml")) or "/" in ref else ref
 
 
-def _read_preset(name: str) -> dict[str, Any]:
-    names = preset_names()
-    if name not in names:
-        raise ConfigError(
-            f"--config: unknown preset {name!r}; choose one of {', '.join(names)} or a .yaml path"
-        )
-    text = (configs_dir() / f"{name}.yaml").read_text("utf-8")
-    return _parse(text, f"preset {name}")
-
-
-def _looks_like_path(name: str) -> bool:
-    return name.endswith((".yaml", ".yml")) or "/" in name
-
-
-def _resolve(
-    data: dict[str, Any], where: str, here: Path | None, seen: tuple[str, ...]
-) -> dict[str, Any]:
+def _resolve(data: dict[str, Any], source: str | Path, chain: tuple[str, ...]) -> dict[str, Any]:
     """Apply ``base:`` inheritance (a preset name, or a YAML path relative to the file that names
-    it; the file's own keys win). A base that comes back to a file already in the chain is an
-    error naming the chain."""
+    it, else to the working directory; the file's own keys win). ``chain``: the resolved names of
+    the files read so far, so that a base coming back to one is an error naming the chain."""
     base = data.pop("base", None)
     if base is None:
         return data
+    key = f"{_name(source)}.base"
     if not isinstance(base, str):
-        raise ConfigError(f"{where}.base: expected a preset name or a .yaml path, got {base!r}")
-    path: Path | None = None
-    if _looks_like_path(base):
-        path = Path(base).expanduser()
-        path = (path if path.is_absolute() or here is None else here / path).resolve()
-    ident = str(path) if path is not None else f"preset {base}"
-    if ident in seen:
-        raise ConfigError(f"{where}.base: a cycle: {' -> '.join([*seen, ident])}")
-    parent = _read_file(path, f"{where}.base") if path is not None else _read_preset(base)
-    parent_here = path.parent if path is not None else None
-    return deep_merge(_resolve(parent, ident, parent_here, (*seen, ident)), data)
+        raise ConfigError(f"{key}: expected a preset name or a .yaml path, got {base!r}")
+    parent = _source(base)
+    if isinstance(parent, Path):
+        here = source.resolve().parent if isinstance(source, Path) else Path()
+        parent = (here / parent).resolve()
+    if _name(parent) in chain:
+        raise ConfigError(f"{key}: a cycle: {' -> '.join([*chain, _name(parent)])}")
+    return deep_merge(_resolve(_read(parent, key), parent, (*chain, _name(parent))), data)
 
 
 def load_config_data(name_or_path: str) -> dict[str, Any]:
     """Plain data of a preset name or a YAML file path (``base:`` resolved)."""
-    if _looks_like_path(name_or_path):
-        path = Path(name_or_path).expanduser()
-        data = _read_file(path)
-        data.setdefault("name", path.stem)
-        return _resolve(data, str(path), path.resolve().parent, (str(path.resolve()),))
-    data = _read_preset(name_or_path)
-    data.setdefault("name", name_or_path)
-    return _resolve(data, f"preset {name_or_path}", None, (f"preset {name_or_path}",))
+    source = _source(name_or_path)
+    data = _read(source, "--config")
+    if isinstance(source, Path):
+        data.setdefault("name", source.stem)
+        return _resolve(data, source, (str(source.resolve()),))
+    data.setdefault("name", source)
+    return _resolve(data, source, (_name(source),))

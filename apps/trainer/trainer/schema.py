@@ -2,15 +2,16 @@
 
 Every field of a config dataclass is declared with a type hint and, where it matters, metadata:
 ``choices`` (allowed values, or a function returning them, for a list a package owns and that is
-read only when needed), ``min``/``max`` (inclusive bounds), ``gt`` (exclusive lower bound),
+read only when needed), ``min``/``max`` (inclusive bounds), ``gt``/``lt`` (exclusive bounds),
 ``each_choices`` (allowed values of a list's items) and ``help``. `from_dict` walks the data against
 those hints and raises one `ConfigError` naming the key path and what is allowed, at the first
-problem.
+problem. `convert` also reads a ``--set`` override's text as its field's type.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 import types
 import typing
 from typing import Any, TypeVar
@@ -27,7 +28,7 @@ class ConfigError(ValueError):
 
 
 def spec(default: Any = dataclasses.MISSING, **meta: Any) -> Any:
-    """A dataclass field with validation metadata (choices, min, max, gt, each_choices, help)."""
+    """A dataclass field with its checks (choices, each_choices, min, max, gt, lt) and help."""
     if isinstance(default, list | dict):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
@@ -37,6 +38,28 @@ def spec(default: Any = dataclasses.MISSING, **meta: Any) -> Any:
 def nested(cls: type) -> Any:
     """A dataclass-valued field defaulting to ``cls()``."""
     return dataclasses.field(default_factory=cls)
+
+
+def hints(cls: type) -> dict[str, Any]:
+    """Resolved type hints of a config dataclass."""
+    return typing.get_type_hints(cls)
+
+
+def field_map(cls: type) -> dict[str, dataclasses.Field[Any]]:
+    """The dataclass fields of ``cls`` by name."""
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+# Scalar field types: what a YAML value must be an instance of, and the type's name in errors.
+_SCALARS: dict[Any, tuple[Any, str]] = {
+    bool: (bool, "true/false"),
+    int: (int, "an integer"),
+    float: (int | float, "a number"),
+    str: (str, "a string"),
+}
+_BOOL_WORDS = dict.fromkeys(("true", "yes", "on", "1"), True)
+_BOOL_WORDS |= dict.fromkeys(("false", "no", "off", "0"), False)
+_NULL_WORDS = ("null", "~", "", "none")
 
 
 def _type_name(tp: Any) -> str:
@@ -50,174 +73,138 @@ def _type_name(tp: Any) -> str:
         return "null"
     if dataclasses.is_dataclass(tp):
         return "a mapping"
-    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(
-        tp, str(tp)
-    )
+    return _SCALARS[tp][1] if tp in _SCALARS else str(tp)
 
 
-def hints(cls: type) -> dict[str, Any]:
-    """Resolved type hints of a config dataclass."""
-    return typing.get_type_hints(cls)
+def _from_text(text: str, tp: Any, path: str) -> Any:
+    """The value YAML would give for override ``text`` on a scalar or list field of type ``tp``.
+
+    Text that does not read as ``tp`` comes back unchanged, for `convert` to reject quoting it.
+    """
+    word = text.strip()
+    if typing.get_origin(tp) is list:
+        if not word.startswith("["):
+            return [part.strip() for part in word.split(",")] if word else []
+        try:
+            items = yaml.safe_load(word)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: cannot read {text!r} as a list ({err})") from None
+        # Items stay text, to be read as the item type just like comma-form items.
+        return [item if isinstance(item, str) else str(item) for item in items]
+    if tp is bool:
+        return _BOOL_WORDS.get(word.lower(), text)
+    if tp is int:
+        try:
+            return int(word.replace("_", ""))  # 1_000
+        except ValueError:
+            return text
+    return text  # a float is read from text by `convert`, as YAML's "3e-4" is
 
 
-def field_map(cls: type) -> dict[str, dataclasses.Field[Any]]:
-    """The dataclass fields of ``cls`` by name."""
-    return {f.name: f for f in dataclasses.fields(cls)}
+def convert(
+    tp: Any, value: Any, path: str, *, from_text: bool = False, none_is_value: bool = False
+) -> Any:
+    """``value`` checked against type ``tp``, naming ``path`` in errors.
 
-
-def parse_scalar(text: str, tp: Any, path: str, *, none_is_value: bool = False) -> Any:
-    """Parse an override's text as the field's type (``--set a.b=TEXT``).
-
-    ``null``, ``~``, an empty text and ``none`` mean null, except ``none`` where the field takes
-    the word as a value (``none_is_value``: ``model.position=none``, no position encoding).
+    Nothing is coerced but int → float and a numeric string → float (YAML 1.1 reads ``3e-4`` as a
+    string). With ``from_text``, ``value`` is the text of ``--set a.b=TEXT``, read as ``tp``:
+    ``null``, ``~``, an empty text and ``none`` mean null for an optional field, except ``none``
+    where the field takes the word as a value (``none_is_value``: ``model.position=none``, no
+    position encoding).
     """
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        word = text.strip().lower()
-        is_null = word in ("null", "~", "") or (word == "none" and not none_is_value)
-        if type(None) in args and is_null:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return parse_scalar(text, arg, path)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(f"{path}: cannot read {text!r} as {_type_name(tp)}")
-    if origin is list:
-        (inner,) = typing.get_args(tp)
-        stripped = text.strip()
-        if stripped.startswith("["):
-            try:
-                items = yaml.safe_load(stripped)
-            except yaml.YAMLError as err:
-                raise ConfigError(f"{path}: cannot read {text!r} as a list ({err})") from None
-            return [
-                parse_scalar(str(i) if not isinstance(i, str) else i, inner, path) for i in items
-            ]
-        if stripped == "":
-            return []
-        return [parse_scalar(part.strip(), inner, path) for part in stripped.split(",")]
-    if tp is bool:
-        low = text.strip().lower()
-        if low in ("true", "yes", "on", "1"):
-            return True
-        if low in ("false", "no", "off", "0"):
-            return False
-        raise ConfigError(f"{path}: expected true/false, got {text!r}")
-    if tp is int:
-        try:
-            return int(text.strip().replace("_", ""))
-        except ValueError:
-            raise ConfigError(f"{path}: expected an integer, got {text!r}") from None
-    if tp is float:
-        try:
-            return float(text.strip())
-        except ValueError:
-            raise ConfigError(f"{path}: expected a number, got {text!r}") from None
-    if tp is str:
-        return text
-    raise ConfigError(f"{path}: cannot be set from the command line (type {_type_name(tp)})")
-
-
-def _convert(tp: Any, value: Any, path: str) -> Any:
-    """Check ``value`` against type ``tp`` (no coercion except int → float)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        word = value.strip().lower() if from_text else None
+        if type(None) in args and (
+            value is None or (word in _NULL_WORDS and not (word == "none" and none_is_value))
+        ):
             return None
         for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(arg, value, path)
-            except ConfigError:
-                continue
+            if arg is not type(None):
+                try:
+                    return convert(arg, value, path, from_text=from_text)
+                except ConfigError:
+                    continue
+        if from_text:
+            raise ConfigError(f"{path}: cannot read {value!r} as {_type_name(tp)}")
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, path)  # type: ignore[arg-type]
+    if from_text:
+        value = _from_text(value, tp, path)
     if origin is list:
         (inner,) = typing.get_args(tp)
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-        return [_convert(inner, v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            # YAML 1.1 reads "3e-4" as a string; accept numeric strings for float fields.
-            if isinstance(value, str):
-                try:
-                    return float(value)
-                except ValueError:
-                    pass
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{path}: unsupported type {tp}")
+        # An override's items keep the field's path: its text is one value.
+        return [
+            convert(inner, v, path if from_text else f"{path}[{i}]", from_text=from_text)
+            for i, v in enumerate(value)
+        ]
+    if tp not in _SCALARS:
+        raise ConfigError(f"{path}: unsupported type {tp}")
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    # bool is an int subclass, so only a bool field takes true/false.
+    if not isinstance(value, _SCALARS[tp][0]) or (tp is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    return float(value) if tp is float else value
 
 
-def choices(f: dataclasses.Field[Any]) -> tuple[Any, ...] | None:
-    """The values field ``f`` allows (None: any value of its type).
+def choices(f: dataclasses.Field[Any], key: str = "choices") -> tuple[Any, ...] | None:
+    """The values field ``f`` allows (None: any value of its type); with ``key="each_choices"``,
+    the values its list's items allow.
 
-    A callable ``choices`` is called here, so a list owned by a package (e.g. ``tjx.nn``'s remat
-    policies) is imported only when a value is checked, not when the CLI prints ``--help``.
+    A callable is called here, so a list owned by a package (e.g. ``tjx.nn``'s remat policies) is
+    imported only when a value is checked, not when the CLI prints ``--help``.
     """
-    allowed = f.metadata.get("choices")
+    allowed = f.metadata.get(key)
     if allowed is None:
         return None
     return tuple(allowed() if callable(allowed) else allowed)
 
 
+# Bound metadata: the key, the test a value fails it by, and the error's words.
+_BOUNDS = (
+    ("min", operator.lt, "too small; allowed: >="),
+    ("gt", operator.le, "too small; allowed: >"),
+    ("max", operator.gt, "too large; allowed: <="),
+    ("lt", operator.ge, "too large; allowed: <"),
+)
+
+
 def check_field(f: dataclasses.Field[Any], value: Any, path: str) -> None:
     """Apply a field's metadata constraints to a converted value."""
-    meta = f.metadata
     if value is None:
         return
-    allowed_values = choices(f)
-    if allowed_values is not None and value not in allowed_values:
-        allowed = ", ".join(repr(c) for c in allowed_values)
-        raise ConfigError(f"{path}: {value!r} is not allowed; choose one of {allowed}")
-    if "each_choices" in meta:
-        each = meta["each_choices"]
-        each = tuple(each() if callable(each) else each)
-        for item in value:
-            if item not in each:
-                allowed = ", ".join(repr(c) for c in each)
-                raise ConfigError(f"{path}: {item!r} is not allowed; items must be among {allowed}")
-    items = value if isinstance(value, list) else [value]
-    for item in items:
+    for key, items, hint in (
+        ("choices", [value], "choose one of"),
+        ("each_choices", value, "items must be among"),
+    ):
+        allowed = choices(f, key)
+        if allowed is None:
+            continue
+        for item in items:
+            if item not in allowed:
+                listed = ", ".join(repr(c) for c in allowed)
+                raise ConfigError(f"{path}: {item!r} is not allowed; {hint} {listed}")
+    for item in value if isinstance(value, list) else [value]:
         if isinstance(item, int | float) and not isinstance(item, bool):
-            if "min" in meta and item < meta["min"]:
-                raise ConfigError(f"{path}: {item!r} is too small; allowed: >= {meta['min']}")
-            if "gt" in meta and item <= meta["gt"]:
-                raise ConfigError(f"{path}: {item!r} is too small; allowed: > {meta['gt']}")
-            if "max" in meta and item > meta["max"]:
-                raise ConfigError(f"{path}: {item!r} is too large; allowed: <= {meta['max']}")
-            if "lt" in meta and item >= meta["lt"]:
-                raise ConfigError(f"{path}: {item!r} is too large; allowed: < {meta['lt']}")
+            for key, fails, words in _BOUNDS:
+                if key in f.metadata and fails(item, f.metadata[key]):
+                    raise ConfigError(f"{path}: {item!r} is {words} {f.metadata[key]}")
 
 
 def from_dict(cls: type[T], data: Any, path: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
-    where = path or "config"
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of keys, got {data!r}")
+        raise ConfigError(f"{path or 'config'}: expected a mapping of keys, got {data!r}")
     fields = field_map(cls)
     types_ = hints(cls)
     kwargs: dict[str, Any] = {}
@@ -226,9 +213,8 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
         if key not in fields:
             allowed = ", ".join(sorted(fields))
             raise ConfigError(f"{key_path}: unknown key; allowed keys here: {allowed}")
-        converted = _convert(types_[key], value, key_path)
-        check_field(fields[key], converted, key_path)
-        kwargs[key] = converted
+        kwargs[key] = convert(types_[key], value, key_path)
+        check_field(fields[key], kwargs[key], key_path)
     return cls(**kwargs)
 
 

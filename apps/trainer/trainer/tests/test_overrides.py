@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trainer.config import build_config
-from trainer.overrides import apply_overrides, field_type, parse_override
+from trainer.overrides import apply_overrides, field_at, parse_override
 from trainer.presets import load_config_data
 from trainer.schema import ConfigError
 
@@ -70,6 +70,7 @@ def test_apply_overrides_then_validate():
         build_config(apply_overrides(data, ["train.steps=0"]))
 
 
-def test_field_type_walks_sections():
-    assert field_type("optimizer.schedule.min_lr_ratio") is float
-    assert field_type("logging.sinks") == list[str]
+def test_field_at_walks_sections():
+    field, tp = field_at("optimizer.schedule.min_lr_ratio")
+    assert field.name == "min_lr_ratio" and tp is float
+    assert field_at("logging.sinks")[1] == list[str]

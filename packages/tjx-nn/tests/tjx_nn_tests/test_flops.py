@@ -127,3 +127,20 @@ def test_flops_per_unit_is_per_image_for_a_vit_and_per_token_otherwise():
     per_image = 6 * weighted + 12 * vit.num_heads * vit.head_dim * vit.num_layers * 5 * 5
     assert tnn.flops_per_unit(vit, 123) == per_image  # the sequence is the image's, not 123
     assert tnn.flops_per_unit(gpt2_tiny(), 12) == tnn.flops_per_token(gpt2_tiny(), 12)
+
+
+@pytest.mark.parametrize("seq_len", [8, 9])
+def test_flops_per_unit_of_an_encoder_decoder_is_per_continued_token(seq_len):
+    """The trainer counts an encoder-decoder's continued tokens (the window's second half, read
+    from its first): one window's FLOPs are those of a ``half``-token source and a
+    ``seq_len - half + 1``-token target, spread over that target."""
+    config = tnn.EncoderDecoderConfig(**TINY)
+    half = seq_len // 2
+    target = seq_len - half + 1
+    per_unit = tnn.flops_per_unit(config, seq_len)
+    assert per_unit * target == pytest.approx(
+        tnn.flops_per_token(config, target, src_len=half) * target, rel=1e-12
+    )
+    assert target == tnn.objective_of(config).units_per_window(seq_len)
+    # Less than pricing a full window on both sides, as the count did before.
+    assert per_unit < tnn.flops_per_token(config, seq_len)

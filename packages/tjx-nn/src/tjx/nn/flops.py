@@ -173,25 +173,32 @@ def flops_per_token(
 
 
 def flops_per_unit(config: TransformerConfig, seq_len: int) -> float:
-    """Training FLOPs per unit a throughput counts: an image for a ViT, a token otherwise.
+    """Training FLOPs per unit a throughput counts (`tjx.nn.objective_of`'s ``unit``).
 
     A ViT's sequence is fixed (``num_patches + 1`` positions per image), so its unit is the
-    image: ``flops_per_token`` at that length times the length. Language models count tokens:
-    ``flops_per_token(config, seq_len)``.
+    image: ``flops_per_token`` at that length times the length. An encoder-decoder trained on
+    windows of ``seq_len`` tokens continues each window's second half from its first
+    (``window_halves``): its unit is a continued token, with the first half as the source.
+    Decoder LMs and BERT count tokens: ``flops_per_token(config, seq_len)``.
 
     Parameters
     ----------
     config : TransformerConfig
         The model's config.
     seq_len : int
-        Training sequence length (ignored for a ViT).
+        Training window length (ignored for a ViT).
 
     Returns
     -------
     float
-        FLOPs per image (ViT) or per token.
+        FLOPs per image (ViT), per continued token (encoder-decoder) or per token.
     """
     if isinstance(config, ViTConfig):
         positions = config.max_seq_len
         return float(flops_per_token(config, positions)) * positions
+    if isinstance(config, EncoderDecoderConfig):
+        from tjx.nn.encdec import window_halves  # the objective's own split (loads flax)
+
+        source, target = window_halves(seq_len)
+        return float(flops_per_token(config, target, src_len=source))
     return float(flops_per_token(config, seq_len))

@@ -7,9 +7,14 @@ import dataclasses
 from pathlib import Path
 
 from tjx import ckpt
+from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first use)
+    DistributedArgumentError,
+    add_distributed_arguments,
+    distributed_from_args,
+)
 from trainer.config import Config, build_config
 from trainer.overrides import apply_overrides
-from trainer.plan import Distributed, RunPlan, config_yaml, error_exit
+from trainer.plan import RunPlan, config_yaml, error_exit
 from trainer.presets import load_config_data, preset_names
 from trainer.resume import check_resume, describe_changes
 from trainer.schema import ConfigError
@@ -50,31 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--profile-steps", default=None, metavar="A:B", help="write a jax.profiler trace of steps"
     )
-    multi = parser.add_argument_group(
-        "multi-host",
-        "Run one trainer process per host (or per process group) with the same command and its "
-        "own --process-id; unset values come from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / "
-        "JAX_PROCESS_ID or SLURM. Without any of them the run is a single process.",
-    )
-    multi.add_argument(
-        "--coordinator",
-        default=None,
-        metavar="HOST:PORT",
-        help="process 0's address and a free port",
-    )
-    multi.add_argument(
-        "--num-processes", type=int, default=None, metavar="N", help="processes in the run"
-    )
-    multi.add_argument(
-        "--process-id", type=int, default=None, metavar="I", help="this process's rank, 0..N-1"
-    )
-    multi.add_argument(
-        "--init-timeout",
-        type=float,
-        default=300.0,
-        metavar="SECONDS",
-        help="give up (exit 1) if not every process has joined by then (default 300)",
-    )
+    add_distributed_arguments(parser)  # the multi-host launch flags are tjx.parallel's
     return parser
 
 
@@ -123,28 +104,6 @@ def parse_profile(text: str | None) -> tuple[int, int] | None:
     if not 0 <= start < stop:
         raise ConfigError(f"--profile-steps: expected 0 <= A < B, got {text!r}")
     return start, stop
-
-
-#: tjx.parallel's argument names → the trainer's flags (its errors name the argument).
-DISTRIBUTED_FLAGS = {
-    "coordinator": "--coordinator",
-    "num_processes": "--num-processes",
-    "process_id": "--process-id",
-    "timeout_s": "--init-timeout",
-}
-
-
-def parse_distributed(args: argparse.Namespace) -> Distributed:
-    """The multi-host flags, checked on their own by tjx.parallel's rules (the environment fills
-    the rest at start); errors name the flag."""
-    from tjx import parallel  # jax: already loaded at plan time (the config's tjx.nn checks)
-
-    coordinator, count, rank = args.coordinator, args.num_processes, args.process_id
-    try:
-        parallel.check_distributed_args(coordinator, count, rank, args.init_timeout)
-    except parallel.DistributedArgumentError as err:
-        raise ConfigError(f"{DISTRIBUTED_FLAGS[err.argument]}: {err.problem}") from None
-    return Distributed(coordinator, count, rank, float(args.init_timeout))
 
 
 def _check_data_source(source: str) -> None:
@@ -216,7 +175,10 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         raise ConfigError(
             f"--profile-steps: {args.profile_steps} ends after train.steps ({cfg.train.steps})"
         )
-    distributed = parse_distributed(args)
+    try:  # the flags on their own; the environment fills the rest when joining
+        distributed = distributed_from_args(args)
+    except DistributedArgumentError as err:
+        raise ConfigError(str(err)) from None  # names the flag
     return RunPlan(
         cfg, run_dir, bool(args.resume), args.init_from, profile, distributed, resume_changes
     )

@@ -1,12 +1,13 @@
 """Joining a multi-host run in the trainer's words: `tjx.parallel.join` resolves the setup, joins
-with a deadline and checks that every process was started with the same run; this module names
-the flags in each message and picks the exit status.
+with a deadline and checks that every process was started with the same run, its messages naming
+the launch flags (tjx.parallel's); this module adds the trainer's own values and lines and picks
+the exit status.
 
 * Not every announced process joins (a wrong ``--num-processes``, a duplicated ``--process-id``,
   a coordinator nobody runs): one line saying what was expected and which flags fix it, exit 1
   (from tjx.parallel's join watchdog, before jax's own abort).
-* Processes that disagree (``--num-processes``, ``--resume``, ``--init-from``, the effective
-  config): all exit 2 together, naming what differs (`DISAGREEMENTS`).
+* Processes that disagree (``--num-processes``, and the trainer's ``--resume``, ``--init-from``,
+  effective config: `DISAGREEMENTS`): all exit 2 together, naming what differs.
 
 A preemption signal during the run is acted on by all processes at the same step boundary
 (``tjx.parallel.stop_agreement``); jax's own preemption service is turned off here (see ``join``).
@@ -22,7 +23,8 @@ from typing import Any
 import yaml  # type: ignore[import-untyped]
 
 from tjx import ckpt
-from trainer.plan import Distributed, error_exit, error_line
+from tjx.parallel.arguments import DistributedArgs, not_joined_line
+from trainer.plan import error_exit, error_line
 
 
 class JoinError(Exception):
@@ -33,9 +35,9 @@ class JoinError(Exception):
         self.code = code
 
 
-#: The line for each value the processes disagree on (fields: a tjx.parallel.Disagreement's).
+#: The line for each of the trainer's values the processes disagree on (fields: a
+#: tjx.parallel.Disagreement's); tjx.parallel words the process count (``--num-processes``).
 DISAGREEMENTS = {
-    "num_processes": "--num-processes: the run has {expected} processes but they were told {each}",
     "resume": "--resume: given to some processes only",
     "init_from": "--init-from: differs between processes",
     "config": "config: process(es) {differ} have another effective config than process 0 "
@@ -43,13 +45,15 @@ DISAGREEMENTS = {
 }
 
 
-def join(dist: Distributed, config: dict[str, Any], *, resume: bool, init_from: str | None) -> Any:
+def join(
+    dist: DistributedArgs, config: dict[str, Any], *, resume: bool, init_from: str | None
+) -> Any:
     """Start ``jax.distributed`` if this is one of several processes, then check agreement
     (`tjx.parallel.join`, with the trainer's flags named in every message).
 
     Parameters
     ----------
-    dist : Distributed
+    dist : tjx.parallel.DistributedArgs
         The ``--coordinator`` / ``--num-processes`` / ``--process-id`` / ``--init-timeout`` flags
         (unset ones come from the environment or SLURM).
     config : dict
@@ -69,13 +73,11 @@ def join(dist: Distributed, config: dict[str, Any], *, resume: bool, init_from: 
     """
     from tjx import parallel
 
-    def not_joined(info: Any) -> str:
-        return (
-            f"not all {info.num_processes} processes joined the run at coordinator "
-            f"{info.coordinator} within {dist.timeout_s:g} s (this is process {info.process_id}); "
-            f"start every process with the same --coordinator and --num-processes and its own "
-            f"--process-id in 0..{info.num_processes - 1}, or raise --init-timeout"
+    def not_joined(info: Any) -> str:  # tjx.parallel's line, as the trainer's one error line
+        line = not_joined_line(
+            info.num_processes, info.coordinator, info.process_id, dist.timeout_s
         )
+        return error_line(line)
 
     try:
         return parallel.join(
@@ -89,7 +91,7 @@ def join(dist: Distributed, config: dict[str, Any], *, resume: bool, init_from: 
             },
             lines=DISAGREEMENTS,
             timeout_s=dist.timeout_s,
-            timeout_message=lambda info: error_line(not_joined(info)),
+            timeout_message=not_joined,
             # The trainer agrees on stopping itself (tjx.parallel.stop_agreement); jax's service
             # would swallow a SIGTERM that arrives before the loop installs its handler.
             preemption_service=False,
@@ -97,7 +99,7 @@ def join(dist: Distributed, config: dict[str, Any], *, resume: bool, init_from: 
     except parallel.DistributedSetupError as err:
         raise JoinError(f"multi-host setup: {err}", 2) from None
     except parallel.NotJoinedError as err:
-        raise JoinError(f"{not_joined(err.info)}: {err.reason}", 1) from None
+        raise JoinError(f"{err.explanation}: {err.reason}", 1) from None
     except parallel.DisagreementError as err:
         raise JoinError(str(err), 2) from None
 

@@ -12,17 +12,8 @@ from pathlib import Path
 
 import yaml  # type: ignore[import-untyped]
 
+from tjx.parallel.arguments import DistributedArgs
 from trainer.config import Config
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """How this process joins a multi-host run (``None``: from the environment, or single)."""
-
-    coordinator: str | None = None
-    num_processes: int | None = None
-    process_id: int | None = None
-    timeout_s: float = 300.0
 
 
 @dataclass
@@ -34,7 +25,8 @@ class RunPlan:
     resume: bool
     init_from: str | None
     profile: tuple[int, int] | None
-    distributed: Distributed = field(default_factory=Distributed)
+    #: The multi-host launch flags (``None``: from the environment, or a single process).
+    distributed: DistributedArgs = field(default_factory=DistributedArgs)
     #: Training-only settings a ``--resume`` changes: key → (saved, new) (see `trainer.resume`).
     resume_changes: dict[str, tuple[object, object]] = field(default_factory=dict)
 

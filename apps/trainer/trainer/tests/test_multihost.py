@@ -12,9 +12,9 @@ import os
 import numpy as np
 import pytest
 
+from tjx.parallel.arguments import DistributedArgs
 from trainer import data_setup, multihost
 from trainer.cli import build_parser, main, plan_run
-from trainer.plan import Distributed
 
 DIST_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS")
 
@@ -28,9 +28,9 @@ def no_dist_env(monkeypatch):
 def test_flags_reach_the_plan(in_tmp):
     argv = ["--config", "tiny", "--coordinator", "10.0.0.1:1234", "--num-processes", "4"]
     plan = plan_run(build_parser().parse_args([*argv, "--process-id", "3", "--init-timeout", "7"]))
-    assert plan.distributed == Distributed("10.0.0.1:1234", 4, 3, 7.0)
+    assert plan.distributed == DistributedArgs("10.0.0.1:1234", 4, 3, 7.0)
     default = plan_run(build_parser().parse_args(["--config", "tiny"])).distributed
-    assert default == Distributed(None, None, None, 300.0)
+    assert default == DistributedArgs(None, None, None, 300.0)
 
 
 @pytest.mark.parametrize(
@@ -64,7 +64,7 @@ def test_single_process_join_starts_nothing(no_dist_env, monkeypatch):
     from tjx.parallel import joining
 
     monkeypatch.setattr(joining, "initialize", lambda *a, **k: pytest.fail("initialized"))
-    info = multihost.join(Distributed(), {"a": 1}, resume=False, init_from=None)
+    info = multihost.join(DistributedArgs(), {"a": 1}, resume=False, init_from=None)
     assert info.num_processes == 1 and info.process_id == 0
 
 
@@ -78,7 +78,7 @@ def test_join_failure_is_exit_1_and_names_the_flags(no_dist_env, monkeypatch):
         raise RuntimeError("could not join\nC++ details")
 
     monkeypatch.setattr(joining, "initialize", fail)  # what tjx.parallel.join calls
-    dist = Distributed("127.0.0.1:5", 2, 1, 30.0)
+    dist = DistributedArgs("127.0.0.1:5", 2, 1, 30.0)
     with pytest.raises(multihost.JoinError) as exc:
         multihost.join(dist, {}, resume=False, init_from=None)
     assert exc.value.code == 1
@@ -101,7 +101,7 @@ def _joined(monkeypatch):
 def test_agreement_names_a_wrong_process_count(no_dist_env, monkeypatch):
     # One process told it is one of two: the all-gather sees 2 where the run has 1.
     _joined(monkeypatch)
-    dist = Distributed("127.0.0.1:5", 2, 0, 30.0)
+    dist = DistributedArgs("127.0.0.1:5", 2, 0, 30.0)
     with pytest.raises(multihost.JoinError) as exc:
         multihost.join(dist, {"a": 1}, resume=True, init_from="gpt2")
     assert exc.value.code == 2
@@ -125,7 +125,7 @@ def test_agreement_names_each_flag_that_differs(no_dist_env, monkeypatch):
 
     config = {"a": 1}
     _joined(monkeypatch)
-    dist = Distributed("127.0.0.1:5", 2, 0, 30.0)
+    dist = DistributedArgs("127.0.0.1:5", 2, 0, 30.0)
     same = [2, 0, *parallel.digest_words(""), *parallel.digest_words("a: 1\n")]
     _two_processes(monkeypatch, same)
     assert multihost.join(dist, config, resume=False, init_from=None).num_processes == 2
@@ -183,7 +183,7 @@ def test_join_turns_off_jax_preemption_service(no_dist_env, monkeypatch):
 
     monkeypatch.setattr(joining, "initialize", fake_initialize)
     with pytest.raises(multihost.JoinError):
-        multihost.join(Distributed("127.0.0.1:5", 2, 0, 30.0), {}, resume=False, init_from=None)
+        multihost.join(DistributedArgs("127.0.0.1:5", 2, 0, 30.0), {}, resume=False, init_from=None)
     assert seen == {"service": False}
 
 

@@ -107,11 +107,41 @@ def test_a_failed_join_keeps_the_first_line_and_the_setup(monkeypatch):
         "timeout_message": "app: 2 at 127.0.0.1:5 as 1",
         "preemption_service": False,
     }
-    # A plain string is the watchdog's line as it is; none leaves initialize's default.
-    for given in ("app: late", None):
-        with pytest.raises(NotJoinedError):
-            join(COORD, 2, 1, timeout_message=given)
-        assert seen["kwargs"]["timeout_message"] == given
+    # A plain string is the watchdog's line as it is.
+    with pytest.raises(NotJoinedError):
+        join(COORD, 2, 1, timeout_message="app: late")
+    assert seen["kwargs"]["timeout_message"] == "app: late"
+
+
+def test_the_not_joined_words_name_the_launch_flags(monkeypatch):
+    seen = {}
+
+    def fail(*args, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("could not join\nC++ details")
+
+    monkeypatch.setattr(joining, "initialize", fail)
+    with pytest.raises(NotJoinedError) as exc:
+        join(COORD, 2, 1, timeout_s=30.0)
+    explanation = (
+        "not all 2 processes joined the run at coordinator 127.0.0.1:5 within 30 s (this is "
+        "process 1); start every process with the same --coordinator and --num-processes and its "
+        "own --process-id in 0..1, or raise --init-timeout"
+    )
+    assert exc.value.explanation == explanation == parallel.not_joined_line(2, COORD, 1, 30.0)
+    assert exc.value.reason == "could not join"
+    # The watchdog's default line is the same explanation (an app may pass its own prefix).
+    assert seen["timeout_message"] == f"tjx.parallel: error: {explanation}"
+
+
+def test_a_wrong_process_count_names_the_flag_by_default(joined, monkeypatch):
+    _others(monkeypatch, [[3, *digest_words("a")]])  # process 1 was told 3
+    with pytest.raises(DisagreementError) as exc:
+        join(COORD, 2, 0, values={"config": "a"}, lines={"config": "config differs"})
+    assert str(exc.value).startswith(
+        "multi-host processes disagree: --num-processes: the run has 2 processes but they were "
+        "told process 0: 2, process 1: 3"
+    )
 
 
 def test_processes_that_agree_join(joined, monkeypatch):

@@ -3,25 +3,18 @@ one-line error, naming the count and the config each was told."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tjx_parallel_tests.test_multiprocess import _free_port
+from tjx_parallel_tests.test_multiprocess import _free_port, _worker_env
 
 WORKER = Path(__file__).with_name("_join_worker.py")
 TIMEOUT_S = 120  # two interpreters import jax and join, on 2 shared cores
 
 
 def _run(told: list[int], configs: list[str]) -> list[tuple[int, str, str]]:
-    env = dict(os.environ)
-    env.update(
-        PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=1",
-        PYTHONUNBUFFERED="1",
-    )
+    env = _worker_env(1)
     port = str(_free_port())
     procs = [
         subprocess.Popen(

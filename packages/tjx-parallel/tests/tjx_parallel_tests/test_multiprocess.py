@@ -29,6 +29,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _worker_env(devices: int) -> dict[str, str]:
+    """A worker process's environment: this interpreter's path, CPU with ``devices`` devices."""
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
 def _reference():
     graphdef, params = nnx.split(jax.jit(make_model)())  # one compile, not one per init op
     opt_state = TX.init(params)
@@ -55,13 +67,7 @@ def _err(proc: subprocess.Popen) -> str:
 
 
 def test_two_processes_match_one_and_fail_fast(tmp_path: Path) -> None:
-    env = dict(os.environ)
-    env.update(
-        PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",  # 2 devices each → 4 in all
-        PYTHONUNBUFFERED="1",
-    )
+    env = _worker_env(2)  # 2 devices each → 4 in all
     port = str(_free_port())
     start = time.time()
     procs = [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import time
 from pathlib import Path
 
 from tjx_parallel_tests._peer_worker import SILENCE_S
-from tjx_parallel_tests.test_multiprocess import _free_port
+from tjx_parallel_tests.test_multiprocess import _free_port, _worker_env
 
 WORKER = Path(__file__).with_name("_peer_worker.py")
 START_TIMEOUT_S = 60  # two interpreters import jax, join and compile one sum on 2 shared cores
@@ -18,13 +17,7 @@ DETECT_DEADLINE_S = SILENCE_S + 10
 
 
 def _start(tmp_path: Path, mode: str) -> list[subprocess.Popen]:
-    env = dict(os.environ)
-    env.update(
-        PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=1",
-        PYTHONUNBUFFERED="1",
-    )
+    env = _worker_env(1)
     port = str(_free_port())
     procs = [
         subprocess.Popen(

@@ -1,91 +1,217 @@
 """tjx.parallel: device meshes, logical-axis sharding rules and multi-host setup for JAX.
 
-Multi-host runs: :func:`join` joins (:func:`initialize`) and checks that every process was started
-alike (:func:`require_agreement`, over :func:`disagreements`), :func:`watch_peers` ends the
-survivors of a dead peer, and :func:`stop_on_signals` with :func:`stop_agreement` stops every
-process at the same step boundary on a preemption signal.
+Multi-host runs: :func:`add_distributed_arguments` and :func:`distributed_from_args` give an app
+the launch flags (``--coordinator``, ``--num-processes``, ``--process-id``, ``--init-timeout``);
+:func:`join` joins (:func:`initialize`) and checks that every process was started alike
+(:func:`require_agreement`, over :func:`disagreements`), its messages naming those flags;
+:func:`watch_peers` ends the survivors of a dead peer, and :func:`stop_on_signals` with
+:func:`stop_agreement` stops every process at the same step boundary on a preemption signal.
+
+``import tjx.parallel`` (and ``tjx.parallel.arguments``) loads no jax: the names that need it are
+imported on first use (``_LAZY``), so an app's command line can build its parser and refuse a bad
+flag before it pays for jax (seconds).
 """
 
-from tjx.parallel.agreement import (
-    Disagreement,
-    StopAgreement,
-    coordination_exchange,
-    digest_words,
-    disagreements,
-    process_values,
-    stop_agreement,
-)
-from tjx.parallel.arguments import DistributedArgumentError, check_distributed_args
-from tjx.parallel.distributed import (
-    DistributedInfo,
-    barrier,
-    initialize,
-    is_primary,
-    resolve_distributed,
-    runtime_client,
-)
-from tjx.parallel.joining import (
-    NUM_PROCESSES,
-    DisagreementError,
-    DistributedSetupError,
-    JoinError,
-    NotJoinedError,
-    join,
-    require_agreement,
-)
-from tjx.parallel.mesh import (
-    BATCH_AXES,
-    MESH_AXES,
-    MeshConfig,
-    batch_ways,
-    check_batch_split,
-    make_mesh,
-)
-from tjx.parallel.opt_state import shard_opt_init
-from tjx.parallel.peers import PeerWatch, watch_peers
-from tjx.parallel.pipeline import (
-    PIPELINE_AXIS,
-    check_pipeline,
-    microbatch,
-    pipeline_loss,
-    unmicrobatch,
-)
-from tjx.parallel.preemption import (
-    STOP_MESSAGE,
-    StopFlag,
-    exit_now,
-    stop_on_signals,
-    write_stderr,
-)
-from tjx.parallel.rules import LOGICAL_AXES, STRATEGIES, AxisRules, rules
-from tjx.parallel.schedule import SCHEDULES, Schedule, bubble_formula, make_schedule
-from tjx.parallel.sharding import (
-    batch_sharding,
-    host_local_to_global,
-    logical_specs,
-    logical_to_sharding,
-    on_mesh,
-    place_batch,
-    shard_batch,
-    shard_init,
-    state_shardings,
-    with_logical_constraint,
-)
-from tjx.parallel.train_step import jit_train_step
+from __future__ import annotations
 
-__version__ = "0.5.0"
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+from tjx.parallel.arguments import (
+    DEFAULT_TIMEOUT_S,
+    DISTRIBUTED_FLAGS,
+    NUM_PROCESSES_LINE,
+    DistributedArgs,
+    DistributedArgumentError,
+    add_distributed_arguments,
+    check_distributed_args,
+    distributed_from_args,
+    not_joined_line,
+)
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' dependency inference)
+    from tjx.parallel.agreement import (
+        Disagreement,
+        StopAgreement,
+        coordination_exchange,
+        digest_words,
+        disagreements,
+        process_values,
+        stop_agreement,
+    )
+    from tjx.parallel.distributed import (
+        DistributedInfo,
+        barrier,
+        initialize,
+        is_primary,
+        resolve_distributed,
+        runtime_client,
+    )
+    from tjx.parallel.joining import (
+        NUM_PROCESSES,
+        DisagreementError,
+        DistributedSetupError,
+        JoinError,
+        NotJoinedError,
+        join,
+        require_agreement,
+    )
+    from tjx.parallel.mesh import (
+        BATCH_AXES,
+        MESH_AXES,
+        MeshConfig,
+        batch_ways,
+        check_batch_split,
+        make_mesh,
+    )
+    from tjx.parallel.opt_state import shard_opt_init
+    from tjx.parallel.peers import PeerWatch, watch_peers
+    from tjx.parallel.pipeline import (
+        PIPELINE_AXIS,
+        check_pipeline,
+        microbatch,
+        pipeline_loss,
+        unmicrobatch,
+    )
+    from tjx.parallel.preemption import (
+        STOP_MESSAGE,
+        StopFlag,
+        exit_now,
+        stop_on_signals,
+        write_stderr,
+    )
+    from tjx.parallel.rules import LOGICAL_AXES, STRATEGIES, AxisRules, rules
+    from tjx.parallel.schedule import SCHEDULES, Schedule, bubble_formula, make_schedule
+    from tjx.parallel.sharding import (
+        batch_sharding,
+        host_local_to_global,
+        logical_specs,
+        logical_to_sharding,
+        on_mesh,
+        place_batch,
+        shard_batch,
+        shard_init,
+        state_shardings,
+        with_logical_constraint,
+    )
+    from tjx.parallel.train_step import jit_train_step
+
+__version__ = "0.6.0"
+
+#: The public names whose modules import jax → their module, imported on first use.
+_LAZY = {
+    "Disagreement": "tjx.parallel.agreement",
+    "StopAgreement": "tjx.parallel.agreement",
+    "coordination_exchange": "tjx.parallel.agreement",
+    "digest_words": "tjx.parallel.agreement",
+    "disagreements": "tjx.parallel.agreement",
+    "process_values": "tjx.parallel.agreement",
+    "stop_agreement": "tjx.parallel.agreement",
+    "DistributedInfo": "tjx.parallel.distributed",
+    "barrier": "tjx.parallel.distributed",
+    "initialize": "tjx.parallel.distributed",
+    "is_primary": "tjx.parallel.distributed",
+    "resolve_distributed": "tjx.parallel.distributed",
+    "runtime_client": "tjx.parallel.distributed",
+    "NUM_PROCESSES": "tjx.parallel.joining",
+    "DisagreementError": "tjx.parallel.joining",
+    "DistributedSetupError": "tjx.parallel.joining",
+    "JoinError": "tjx.parallel.joining",
+    "NotJoinedError": "tjx.parallel.joining",
+    "join": "tjx.parallel.joining",
+    "require_agreement": "tjx.parallel.joining",
+    "BATCH_AXES": "tjx.parallel.mesh",
+    "MESH_AXES": "tjx.parallel.mesh",
+    "MeshConfig": "tjx.parallel.mesh",
+    "batch_ways": "tjx.parallel.mesh",
+    "check_batch_split": "tjx.parallel.mesh",
+    "make_mesh": "tjx.parallel.mesh",
+    "shard_opt_init": "tjx.parallel.opt_state",
+    "PeerWatch": "tjx.parallel.peers",
+    "watch_peers": "tjx.parallel.peers",
+    "PIPELINE_AXIS": "tjx.parallel.pipeline",
+    "check_pipeline": "tjx.parallel.pipeline",
+    "microbatch": "tjx.parallel.pipeline",
+    "pipeline_loss": "tjx.parallel.pipeline",
+    "unmicrobatch": "tjx.parallel.pipeline",
+    "STOP_MESSAGE": "tjx.parallel.preemption",
+    "StopFlag": "tjx.parallel.preemption",
+    "exit_now": "tjx.parallel.preemption",
+    "stop_on_signals": "tjx.parallel.preemption",
+    "write_stderr": "tjx.parallel.preemption",
+    "LOGICAL_AXES": "tjx.parallel.rules",
+    "STRATEGIES": "tjx.parallel.rules",
+    "AxisRules": "tjx.parallel.rules",
+    "rules": "tjx.parallel.rules",
+    "SCHEDULES": "tjx.parallel.schedule",
+    "Schedule": "tjx.parallel.schedule",
+    "bubble_formula": "tjx.parallel.schedule",
+    "make_schedule": "tjx.parallel.schedule",
+    "batch_sharding": "tjx.parallel.sharding",
+    "host_local_to_global": "tjx.parallel.sharding",
+    "logical_specs": "tjx.parallel.sharding",
+    "logical_to_sharding": "tjx.parallel.sharding",
+    "on_mesh": "tjx.parallel.sharding",
+    "place_batch": "tjx.parallel.sharding",
+    "shard_batch": "tjx.parallel.sharding",
+    "shard_init": "tjx.parallel.sharding",
+    "state_shardings": "tjx.parallel.sharding",
+    "with_logical_constraint": "tjx.parallel.sharding",
+    "jit_train_step": "tjx.parallel.train_step",
+}
+
+
+def _load(name: str) -> Any:
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    if name != "rules":  # see _Package
+        globals()[name] = value  # later reads are plain attribute reads
+    return value
+
+
+if not TYPE_CHECKING:  # type checkers see the imports above; a typo stays an error for them
+
+    def __getattr__(name: str) -> Any:
+        if name not in _LAZY:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return _load(name)
+
+    class _Package(types.ModuleType):
+        """``rules`` names both a submodule and its function: importing the submodule binds the
+        module here, which would hide the function (and skip ``__getattr__``); the function wins,
+        as it did when every name was imported at once."""
+
+        @property
+        def rules(self) -> Any:
+            return _load("rules")
+
+        @rules.setter
+        def rules(self, value: Any) -> None:
+            pass  # the import system binding the submodule
+
+    sys.modules[__name__].__class__ = _Package
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "BATCH_AXES",
+    "DEFAULT_TIMEOUT_S",
+    "DISTRIBUTED_FLAGS",
     "LOGICAL_AXES",
     "MESH_AXES",
     "NUM_PROCESSES",
+    "NUM_PROCESSES_LINE",
     "PIPELINE_AXIS",
     "SCHEDULES",
     "STOP_MESSAGE",
     "STRATEGIES",
     "AxisRules",
     "Disagreement",
+    "DistributedArgs",
     "DisagreementError",
     "DistributedArgumentError",
     "DistributedInfo",
@@ -98,6 +224,7 @@ __all__ = [
     "StopAgreement",
     "StopFlag",
     "__version__",
+    "add_distributed_arguments",
     "barrier",
     "batch_sharding",
     "batch_ways",
@@ -108,6 +235,7 @@ __all__ = [
     "coordination_exchange",
     "digest_words",
     "disagreements",
+    "distributed_from_args",
     "exit_now",
     "host_local_to_global",
     "initialize",
@@ -119,6 +247,7 @@ __all__ = [
     "make_mesh",
     "make_schedule",
     "microbatch",
+    "not_joined_line",
     "on_mesh",
     "pipeline_loss",
     "place_batch",

@@ -13,8 +13,12 @@ Two ways a multi-process launch goes wrong, which :func:`join` turns into one ex
   (:func:`require_agreement`: one tiny all-gather) and all raise :class:`DisagreementError`
   together, with one message listing each value that differs.
 
-An app keeps its own words: the line the watchdog prints (``timeout_message``), a line per value
-(``lines``) and the exit status of each exception.
+The setup's own messages name the launch flags of :func:`~tjx.parallel.add_distributed_arguments`
+(``--coordinator``, ``--num-processes``, ``--process-id``, ``--init-timeout``): the line the
+watchdog prints (:func:`~tjx.parallel.not_joined_line`, also :attr:`NotJoinedError.explanation`)
+and the process-count line (:data:`~tjx.parallel.NUM_PROCESSES_LINE`). An app adds its own words:
+a prefix or another watchdog line (``timeout_message``), a line per value of its own (``lines``)
+and the exit status of each exception.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from tjx.parallel.agreement import Disagreement, disagreements
+from tjx.parallel.arguments import DEFAULT_TIMEOUT_S, NUM_PROCESSES_LINE, not_joined_line
 from tjx.parallel.distributed import DistributedInfo, initialize, resolve_distributed
 
 __all__ = [
@@ -66,11 +71,15 @@ class NotJoinedError(JoinError):
         The setup this process tried.
     reason : str
         The first line of the error (the setup and jax's cause), without jax's C++ details.
+    explanation : str
+        What was expected and which flags fix it (:func:`~tjx.parallel.not_joined_line`; the
+        watchdog's default line); ``f"{explanation}: {reason}"`` is the whole story.
     """
 
-    def __init__(self, info: DistributedInfo, reason: str) -> None:
+    def __init__(self, info: DistributedInfo, reason: str, explanation: str = "") -> None:
         super().__init__(reason, info)
         self.reason = reason
+        self.explanation = explanation
 
 
 class DisagreementError(JoinError):
@@ -152,7 +161,7 @@ def join(
     *,
     values: Mapping[str, int | str] | None = None,
     lines: Mapping[str, str] | None = None,
-    timeout_s: float = 300.0,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
     timeout_message: str | Callable[[DistributedInfo], str] | None = None,
     heartbeat_timeout_s: float = 100.0,
     local_device_ids: Sequence[int] | None = None,
@@ -174,13 +183,15 @@ def join(
     values : mapping of str to int or str, optional
         What every process must share (flags, a whole config as text).
     lines : mapping of str to str, optional
-        The caller's line per disagreeing name, :data:`NUM_PROCESSES` included (see
-        :func:`require_agreement`).
+        The caller's line per disagreeing name (see :func:`require_agreement`);
+        :data:`NUM_PROCESSES` defaults to :data:`~tjx.parallel.NUM_PROCESSES_LINE`, naming
+        ``--num-processes``.
     timeout_s : float
         How long to wait for every process to join.
     timeout_message : str or callable, optional
         The watchdog's line; a callable gets the resolved setup (to name the coordinator, the
-        count and this process). Default: tjx.parallel's own line.
+        count and this process). Default: ``"tjx.parallel: error: "`` and
+        :func:`~tjx.parallel.not_joined_line`, naming the launch flags.
     heartbeat_timeout_s, local_device_ids, cpu_collectives, preemption_service
         As for :func:`~tjx.parallel.initialize`.
 
@@ -204,7 +215,13 @@ def join(
         raise DistributedSetupError(str(err)) from None
     if info.num_processes == 1:
         return info
-    message = timeout_message(info) if callable(timeout_message) else timeout_message
+    explanation = not_joined_line(info.num_processes, info.coordinator, info.process_id, timeout_s)
+    if timeout_message is None:
+        message = f"tjx.parallel: error: {explanation}"
+    elif callable(timeout_message):
+        message = timeout_message(info)
+    else:
+        message = timeout_message
     try:
         initialize(
             info.coordinator,
@@ -219,7 +236,8 @@ def join(
         )
     except (RuntimeError, ValueError) as err:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise NotJoinedError(info, reason) from None
+        raise NotJoinedError(info, reason, explanation) from None
+    lines = {NUM_PROCESSES: NUM_PROCESSES_LINE, **(lines or {})}
     try:
         require_agreement(values or {}, num_processes=info.num_processes, lines=lines)
     except DisagreementError as err:

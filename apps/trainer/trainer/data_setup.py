@@ -15,9 +15,14 @@ from trainer.config import Config
 from trainer.schema import ConfigError
 
 # tjx.data's argument names -> config keys: its messages name the key, err.argument the argument.
-KEYS = {"source": "data.source", "tokenizer": "data.tokenizer", "vocab_size": "model.vocab_size",
-        "seq_len": "data.seq_len", "batch_size": "data.batch_size",
-        "image_size": "model.image_size"}  # fmt: skip
+KEYS = {
+    "source": "data.source",
+    "tokenizer": "data.tokenizer",
+    "vocab_size": "model.vocab_size",
+    "seq_len": "data.seq_len",
+    "batch_size": "data.batch_size",
+    "image_size": "model.image_size",
+}
 
 
 def _keyed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -37,8 +42,9 @@ def _processes() -> dict[str, int]:
 def make_tokenizer(cfg: Config) -> Any:
     """``byte``, ``gpt2``, ``bpe`` (trained once on data.source, cached by tjx.data) or a path."""
     d = cfg.data
-    return _keyed(data.run_tokenizer, d.tokenizer, d.source, vocab=d.tokenizer_vocab,
-                  cache_dir=d.cache_dir)  # fmt: skip
+    return _keyed(
+        data.run_tokenizer, d.tokenizer, d.source, vocab=d.tokenizer_vocab, cache_dir=d.cache_dir
+    )
 
 
 def prepare(cfg: Config) -> data.RunData:
@@ -46,15 +52,28 @@ def prepare(cfg: Config) -> data.RunData:
     d, m = cfg.data, cfg.model
     if cfg.task == "classify":
         return _keyed(data.prepare_image_run_data, d.source, image_size=m.image_size)
-    return _keyed(data.prepare_run_data, d.source, d.tokenizer, seq_len=d.seq_len,
-                  tokenizer_vocab=d.tokenizer_vocab, cache_dir=d.cache_dir, vocab_size=m.vocab_size,
-                  num_workers=d.num_workers, progress=sys.stderr.isatty())  # fmt: skip
+    return _keyed(
+        data.prepare_run_data,
+        d.source,
+        d.tokenizer,
+        seq_len=d.seq_len,
+        tokenizer_vocab=d.tokenizer_vocab,
+        cache_dir=d.cache_dir,
+        vocab_size=m.vocab_size,
+        num_workers=d.num_workers,
+        progress=sys.stderr.isatty(),
+    )
 
 
 def train_loader(bundle: data.RunData, cfg: Config) -> Any:
     """The resumable, shuffled training iterator: this process's rows of each global batch."""
-    return _keyed(bundle.train_loader, cfg.data.batch_size, seed=cfg.train.seed,
-                  shuffle=cfg.data.shuffle, **_processes())  # fmt: skip
+    return _keyed(
+        bundle.train_loader,
+        cfg.data.batch_size,
+        seed=cfg.train.seed,
+        shuffle=cfg.data.shuffle,
+        **_processes(),
+    )
 
 
 def restore_loader(loader: Any, state: dict[str, Any]) -> None:

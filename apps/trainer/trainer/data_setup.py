@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -84,8 +83,3 @@ def restore_loader(loader: Any, state: dict[str, Any]) -> None:
 def val_batches(bundle: data.RunData, cfg: Config, max_batches: int | None) -> Iterator[Any]:
     """The first ``max_batches`` validation batches, always in the same order."""
     return bundle.validation_batches(cfg.eval.batch_size, max_batches, **_processes())
-
-
-def describe(bundle: data.RunData, cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """``data.json`` for the evaluator (a trained tokenizer is saved into the run dir)."""
-    return bundle.describe(run_dir)

@@ -37,12 +37,11 @@ def write_run_files(plan: RunPlan, setup: Any, bundle: Any) -> None:
     """``config.yaml``, ``model.json`` and ``data.json``; a file whose content is the same is left
     untouched, so a resume that changes nothing changes no file."""
     from tjx import nn
-    from trainer import data_setup
 
     cfg, run = plan.config, RunDir(plan.run_dir)
     run.create(cfg.to_dict())
     run.write_json(RunDir.MODEL_FILE, nn.config_to_dict(setup.nn_config))
-    run.write_json(RunDir.DATA_FILE, data_setup.describe(bundle, cfg, plan.run_dir))
+    run.write_json(RunDir.DATA_FILE, bundle.describe(plan.run_dir))  # tjx.data's RunData
 
 
 def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from tjx import ckpt
+from tjx import ckpt, data  # no jax: neither loads it at import
 from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first use)
     DistributedArgumentError,
     add_distributed_arguments,
@@ -17,7 +17,7 @@ from trainer.overrides import apply_overrides
 from trainer.plan import RunPlan, config_yaml, error_exit
 from trainer.presets import load_config_data, preset_names
 from trainer.resume import check_resume, describe_changes
-from trainer.schema import ConfigError
+from trainer.schema import ConfigError, keyed
 from trainer.signals import interrupted_exit
 
 
@@ -106,23 +106,12 @@ def parse_profile(text: str | None) -> tuple[int, int] | None:
     return start, stop
 
 
-def _check_data_source(source: str) -> None:
-    """A local file or folder must exist now (tjx.data says which sources are local)."""
-    from tjx import data  # no jax: tjx.data loads it nowhere at import
-
-    try:
-        data.check_local_source(source)
-    except data.DataError as err:
-        raise ConfigError(f"data.source: {err}") from None
-
-
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
     """The run directory can be made and may start fresh or resume (tjx.ckpt's `RunDir`
     decides; a fresh run never trains over a step folder, committed or not)."""
     try:
-        ckpt.RunDir(run_dir).check_start(resume=resume)
-    except ckpt.NotCreatableError as err:
-        raise ConfigError(f"--run-dir: {err}") from None
+        with keyed("--run-dir", ckpt.NotCreatableError):
+            ckpt.RunDir(run_dir).check_start(resume=resume)
     except ckpt.RunStartError as err:
         if err.resume:
             raise ConfigError(f"--resume: {err}; train without --resume first") from None
@@ -131,38 +120,29 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
         ) from None
 
 
-def _check_loggers(cfg: Config) -> None:
-    """An optional logger's package (tensorboardX, wandb) is there, before the run dir is made."""
-    from tjx import metrics
-
-    sinks = cfg.logging.sinks
-    mode = cfg.logging.wandb_mode if "wandb" in sinks else None
-    try:
-        metrics.check_logger_packages(sinks, wandb_mode=mode)
-    except ValueError as err:
-        raise ConfigError(f"logging.sinks: {err}") from err
-
-
 def plan_run(args: argparse.Namespace) -> RunPlan:
     """Everything validated; nothing written. Raises `ConfigError`."""
-    data = load_config_data(args.config)
+    settings = load_config_data(args.config)
     overrides = list(args.overrides)
     if args.data is not None:
         if not args.data.strip():
             raise ConfigError("--data: empty source; give a built-in name, hub name or path")
         overrides.append(f"data.source={args.data}")
-    cfg = build_config(apply_overrides(data, overrides))
-    _check_data_source(cfg.data.source)
-    _check_loggers(cfg)
+    cfg = build_config(apply_overrides(settings, overrides))
+    with keyed("data.source", data.DataError):  # a local file or folder must exist now
+        data.check_local_source(cfg.data.source)
+    from tjx import metrics  # only for a valid config: it loads jax
+
+    with keyed("logging.sinks"):  # an optional logger's package (tensorboardX, wandb) is there
+        wandb_mode = cfg.logging.wandb_mode if "wandb" in cfg.logging.sinks else None
+        metrics.check_logger_packages(cfg.logging.sinks, wandb_mode=wandb_mode)
     if args.init_from is not None and args.resume:  # before the checkpoint checks: the real issue
         raise ConfigError("--init-from: cannot be combined with --resume")
     run_dir = Path(args.run_dir or Path("runs") / cfg.name).expanduser()
     _check_run_dir(run_dir, bool(args.resume))
     if cfg.data.cache_dir:
-        try:
+        with keyed("data.cache_dir", ckpt.NotCreatableError):
             ckpt.check_can_create(Path(cfg.data.cache_dir).expanduser())
-        except ckpt.NotCreatableError as err:
-            raise ConfigError(f"data.cache_dir: {err}") from None
     resume_changes: dict[str, tuple[object, object]] = {}
     if args.resume:  # before anything is written: a mismatch leaves the run as it was
         resume_changes = check_resume(run_dir, cfg.to_dict())
@@ -175,10 +155,8 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         raise ConfigError(
             f"--profile-steps: {args.profile_steps} ends after train.steps ({cfg.train.steps})"
         )
-    try:  # the flags on their own; the environment fills the rest when joining
-        distributed = distributed_from_args(args)
-    except DistributedArgumentError as err:
-        raise ConfigError(str(err)) from None  # names the flag
+    with keyed(None, DistributedArgumentError):  # its message names the flag
+        distributed = distributed_from_args(args)  # the environment fills the rest when joining
     return RunPlan(
         cfg, run_dir, bool(args.resume), args.init_from, profile, distributed, resume_changes
     )

@@ -8,9 +8,7 @@ one `ConfigError` naming the key path and what is allowed (the CLI turns it into
 # ruff: noqa: RUF009
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import import_module
 from typing import Any
 
 from trainer.schema import ConfigError, from_dict, nested, spec, to_dict
@@ -21,32 +19,6 @@ DTYPES = ("float32", "bfloat16", "float16")
 #: The model kinds the trainer trains, here so that ``--help`` lists them without loading JAX;
 #: each kind's config class is tjx.nn.MODEL_KINDS', its objective tjx.nn.objective_of's.
 KINDS = ("gpt2", "llama", "bert", "vit", "encdec")
-
-
-def package_choices(module: str, name: str) -> Callable[[], tuple[Any, ...]]:
-    """The choice list ``name`` of package ``module``, read when a value is first checked.
-
-    The package validates its own configs with that list, so the trainer keeps no copy that could
-    drift from it. It is read lazily because importing tjx.nn or tjx.optim loads JAX, which
-    ``--help`` and a bad command line should not wait for.
-
-    Parameters
-    ----------
-    module : str
-        The module holding the list, e.g. ``"tjx.nn"``.
-    name : str
-        The list's name there, e.g. ``"REMAT_POLICIES"``.
-
-    Returns
-    -------
-    Callable[[], tuple]
-        Returns the list without ``None`` (a config's ``null`` is its type's business).
-    """
-
-    def read() -> tuple[Any, ...]:
-        return tuple(c for c in getattr(import_module(module), name) if c is not None)
-
-    return read
 
 
 @dataclass
@@ -63,11 +35,11 @@ class ModelConfig:
     mlp_dim: int | None = spec(None, min=1)
     dropout: float = spec(0.0, min=0.0, lt=1.0)
     tie_embeddings: bool = spec(True)
-    attention_impl: str = spec("auto", choices=package_choices("tjx.nn", "ATTENTION_IMPLS"))
+    attention_impl: str = spec("auto", choices="tjx.nn:ATTENTION_IMPLS")
     scan_layers: bool = spec(False)
-    remat: str = spec("none", choices=package_choices("tjx.nn", "REMAT_POLICIES"))
+    remat: str = spec("none", choices="tjx.nn:REMAT_POLICIES")
     # Position encoding; null keeps the family's own (GPT-2/BERT/ViT learned, LLaMA rope).
-    position: str | None = spec(None, choices=package_choices("tjx.nn", "POSITIONS"))
+    position: str | None = spec(None, choices="tjx.nn:POSITIONS")
     relative_buckets: int = spec(32, min=4, help="position=t5: buckets (even)")
     relative_max_distance: int = spec(128, min=3, help="position=t5: longest bucketed distance")
     param_dtype: str = spec("float32", choices=DTYPES)
@@ -76,12 +48,12 @@ class ModelConfig:
     use_bias: bool | None = spec(None, help="biases of dense layers and LayerNorms (null: kind's)")
     # Null keeps tjx.nn's own (pre-LN; init std 0.02): the depth-stability study varies them.
     norm_position: str | None = spec(
-        None, choices=package_choices("tjx.nn.configs", "NORM_POSITIONS"), help="pre | post"
+        None, choices="tjx.nn.configs:NORM_POSITIONS", help="pre | post"
     )
     init_std: float | None = spec(None, gt=0.0, help="std of the initial weights (null: 0.02)")
     attention_type: str = spec(
         "mha",
-        choices=package_choices("tjx.nn.configs", "ATTENTION_TYPES"),
+        choices="tjx.nn.configs:ATTENTION_TYPES",
         help="mla: keys/values from one low-rank latent per token (the KV cache stores it)",
     )
     kv_latent_dim: int | None = spec(None, min=1, help="attention_type=mla: the latent's size")
@@ -112,13 +84,13 @@ class DataConfig:
 class ScheduleConfig:
     """Learning-rate schedule; ``total_steps`` is the train's ``steps``."""
 
-    name: str = spec("cosine", choices=package_choices("tjx.optim", "SCHEDULE_NAMES"))
+    name: str = spec("cosine", choices="tjx.optim:SCHEDULE_NAMES")
     warmup_steps: int = spec(100, min=0)
     min_lr_ratio: float = spec(0.1, min=0.0, max=1.0)
     # Null = tjx.optim's defaults (decay over the last 0.2 of the run, linearly).
     decay_fraction: float | None = spec(None, gt=0.0, max=1.0, help="wsd: share of steps decaying")
     decay_shape: str | None = spec(
-        None, choices=package_choices("tjx.optim.config", "WSD_DECAY_SHAPES"), help="wsd only"
+        None, choices="tjx.optim.config:WSD_DECAY_SHAPES", help="wsd only"
     )
 
 
@@ -134,7 +106,7 @@ class OptimizerConfig:
     no decay, sgd momentum 0.9), so one optimizer's values never leak into another's.
     """
 
-    name: str = spec("adamw", choices=package_choices("tjx.optim", "OPTIMIZER_NAMES"))
+    name: str = spec("adamw", choices="tjx.optim:OPTIMIZER_NAMES")
     # Peak rate; null takes tjx.optim's DEFAULT_LEARNING_RATES for the optimizer (3e-4 for adamw,
     # 2e-2 for muon, ...): one rate for all would be far off for most of them.
     lr: float | None = spec(None, gt=0.0, max=10.0)
@@ -148,7 +120,7 @@ class OptimizerConfig:
     # tjx.optim's default too (the same for every optimizer); null turns clipping off.
     clip_norm: float | None = spec(1.0, gt=0.0, help="null = no clipping")
     accumulation_steps: int = spec(1, min=1)
-    loss_scale: str | None = spec(None, choices=package_choices("tjx.optim.config", "LOSS_SCALES"))
+    loss_scale: str | None = spec(None, choices="tjx.optim.config:LOSS_SCALES")
     skip_nonfinite: bool = spec(True)
     schedule: ScheduleConfig = nested(ScheduleConfig)
 
@@ -185,6 +157,11 @@ class TrainConfig:
         "loss or a skipped update",
     )
 
+    @property
+    def head_settings(self) -> dict[str, Any]:
+        """The vocabulary head's loss settings, as tjx.nn's objectives take them."""
+        return {"chunked": self.chunked_ce, "chunk_size": self.ce_chunk_size, "z_loss": self.z_loss}
+
 
 @dataclass
 class MeshConfig:
@@ -193,10 +170,10 @@ class MeshConfig:
     data: int = spec(-1, min=-1)
     fsdp: int = spec(1, min=-1)
     tensor: int = spec(1, min=1)
-    strategy: str = spec("dp", choices=package_choices("tjx.parallel", "STRATEGIES"))
+    strategy: str = spec("dp", choices="tjx.parallel:STRATEGIES")
     pipeline: int = spec(1, min=1, help="pipeline stages (layers split into runs of equal length)")
     microbatches: int = spec(4, min=1, help="pipeline microbatches per step (mesh.pipeline > 1)")
-    schedule: str = spec("gpipe", choices=package_choices("tjx.parallel", "SCHEDULES"))
+    schedule: str = spec("gpipe", choices="tjx.parallel:SCHEDULES")
 
 
 @dataclass
@@ -212,13 +189,9 @@ class CheckpointConfig:
 class LoggingConfig:
     """Log sinks (tjx.metrics) and the progress bar."""
 
-    sinks: list[str] = spec(
-        ["console", "jsonl"], each_choices=package_choices("tjx.metrics", "LOGGER_NAMES")
-    )
+    sinks: list[str] = spec(["console", "jsonl"], each_choices="tjx.metrics:LOGGER_NAMES")
     project: str = spec("tjx")
-    wandb_mode: str = spec(
-        "offline", choices=package_choices("tjx.metrics.loggers.wandb_logger", "WANDB_MODES")
-    )
+    wandb_mode: str = spec("offline", choices="tjx.metrics.loggers.wandb_logger:WANDB_MODES")
     progress: bool = spec(True)
     # Each histogram step copies every weight to the host: off by default, and best kept rare.
     histogram_every: int = spec(0, min=0, help="parameter histograms every N steps; 0 = never")
@@ -264,12 +237,22 @@ class Config:
         return out
 
     @property
-    def task(self) -> str:
-        """ "lm" (decoders), "mlm" (BERT), "classify" (ViT) or "seq2seq" (encoder-decoder): the
-        name of tjx.nn's objective for the model kind (read on use: tjx.nn loads JAX)."""
+    def objective(self) -> Any:
+        """tjx.nn's `Objective` of the model kind: what a step trains and counts (read on use:
+        tjx.nn loads JAX)."""
         from tjx import nn
 
-        return nn.objective_of(nn.MODEL_KINDS[self.model.kind]).name
+        return nn.objective_of(nn.MODEL_KINDS[self.model.kind])
+
+    @property
+    def task(self) -> str:
+        """The objective's name: "lm" (decoders), "mlm" (BERT), "classify" (ViT) or "seq2seq"."""
+        return str(self.objective.name)
+
+    @property
+    def units_per_step(self) -> int:
+        """Tokens (or images) one global batch scores; the encoder-decoder's continued half."""
+        return self.data.batch_size * int(self.objective.units_per_window(self.data.seq_len))
 
 
 def _require(cond: bool, message: str) -> None:

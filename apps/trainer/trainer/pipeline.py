@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from trainer import tasks
 from trainer.config import Config
 from trainer.state import make_mesh
 
@@ -35,7 +34,7 @@ def pipeline_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Any:
     def loss_fn(params: Any, batch: dict[str, jax.Array], step: jax.Array) -> Any:
         del step  # no dropout under the pipeline: nothing is drawn per step
         model = nnx.merge(graphdef, params, rest)
-        stages = nn.decoder_stages(model, **tasks.head_settings(cfg))
+        stages = nn.decoder_stages(model, **cfg.train.head_settings)
         run = parallel.pipeline_loss(
             stages.layer, stages.head, mesh, microbatches=mc.microbatches, schedule=mc.schedule
         )

@@ -1,8 +1,8 @@
 """Typed conversion of plain YAML data into nested config dataclasses.
 
 Every field of a config dataclass is declared with a type hint and, where it matters, metadata:
-``choices`` (allowed values, or a function returning them, for a list a package owns and that is
-read only when needed), ``min``/``max`` (inclusive bounds), ``gt``/``lt`` (exclusive bounds),
+``choices`` (allowed values, or ``"module:NAME"`` for a list a package owns, imported only when
+needed), ``min``/``max`` (inclusive bounds), ``gt``/``lt`` (exclusive bounds),
 ``each_choices`` (allowed values of a list's items) and ``help``. `from_dict` walks the data against
 those hints and raises one `ConfigError` naming the key path and what is allowed, at the first
 problem. `convert` also reads a ``--set`` override's text as its field's type.
@@ -10,10 +10,13 @@ problem. `convert` also reads a ``--set`` override's text as its field's type.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import operator
 import types
 import typing
+from collections.abc import Iterator
+from importlib import import_module
 from typing import Any, TypeVar
 
 import yaml  # type: ignore[import-untyped]
@@ -159,13 +162,28 @@ def choices(f: dataclasses.Field[Any], key: str = "choices") -> tuple[Any, ...] 
     """The values field ``f`` allows (None: any value of its type); with ``key="each_choices"``,
     the values its list's items allow.
 
-    A callable is called here, so a list owned by a package (e.g. ``tjx.nn``'s remat policies) is
-    imported only when a value is checked, not when the CLI prints ``--help``.
+    ``"module:NAME"`` names a package's own list (``"tjx.nn:REMAT_POLICIES"``): the package
+    validates its configs with it, so the trainer keeps no copy that could drift. It is imported
+    here, when a value is checked, because importing tjx.nn or tjx.optim loads JAX, which
+    ``--help`` and a bad command line should not wait for. A config's ``null`` is its type's
+    business, so ``None`` is left out of such a list.
     """
     allowed = f.metadata.get(key)
-    if allowed is None:
-        return None
-    return tuple(allowed() if callable(allowed) else allowed)
+    if isinstance(allowed, str):
+        module, name = allowed.split(":")
+        return tuple(c for c in getattr(import_module(module), name) if c is not None)
+    return None if allowed is None else tuple(allowed)
+
+
+@contextlib.contextmanager
+def keyed(key: str | None, *errors: type[Exception]) -> Iterator[None]:
+    """Turn a package's ``errors`` (default: ``ValueError``) into one `ConfigError` naming the
+    config key or flag ``key`` at fault (``None``: the message names it already)."""
+    caught = errors or (ValueError,)
+    try:
+        yield
+    except caught as err:
+        raise ConfigError(f"{key}: {err}" if key else str(err)) from None
 
 
 # Bound metadata: the key, the test a value fails it by, and the error's words.

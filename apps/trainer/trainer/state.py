@@ -10,10 +10,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from trainer import tasks
 from trainer.config import Config
 from trainer.model_build import nn_config, optimizer_config
-from trainer.schema import ConfigError
+from trainer.schema import ConfigError, keyed
 
 
 @dataclass
@@ -46,7 +45,7 @@ def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:
         )
     if m.dropout != 0.0:
         raise ConfigError("mesh.pipeline: needs model.dropout=0 (no dropout keys per stage)")
-    try:
+    with keyed("mesh.pipeline"):
         parallel.check_pipeline(
             num_layers=m.num_layers,
             stages=mc.pipeline,
@@ -55,8 +54,6 @@ def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:
             batch_ways=batch_ways,
             schedule=mc.schedule,
         )
-    except ValueError as err:
-        raise ConfigError(f"mesh.pipeline: {err}") from None
 
 
 def make_mesh(cfg: Config) -> tuple[Any, Any]:
@@ -77,12 +74,10 @@ def make_mesh(cfg: Config) -> tuple[Any, Any]:
         _check_pipeline(cfg, parallel.batch_ways(mesh))
     batch, steps = cfg.data.batch_size, cfg.optimizer.accumulation_steps
     per_step = f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})"
-    try:
+    with keyed(None):  # its message names the config keys
         parallel.check_batch_split(
             {per_step: batch // steps, "eval.batch_size": cfg.eval.batch_size}, mesh
         )
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
     if mc.pipeline > 1:
         # stage k holds the k-th run of layers: the stacked params' leading dim over `pipeline`
         return mesh, parallel.rules(mc.strategy, layers="pipeline")
@@ -94,18 +89,15 @@ def build(cfg: Config, vocab_size: int, init_from: str | None = None) -> Setup:
     from tjx import nn, optim, parallel
 
     mesh, rules = make_mesh(cfg)
-    try:
-        # BERT gets one extra id for its [MASK] token.
-        model_cfg = nn_config(cfg.model, vocab_size + tasks.for_config(cfg).extra_vocab)
-        opt_cfg = optimizer_config(cfg)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    # BERT gets one extra id for its [MASK] token.
+    model_cfg = nn_config(cfg.model, vocab_size + cfg.objective.extra_vocab)
+    opt_cfg = optimizer_config(cfg)
     model: nnx.Module
     if init_from is not None:
         # Architecture from the checkpoint; how to train it (scan, remat, kernels, precision,
         # dropout) from the config. Loaded on the host, then placed on the mesh.
         m = cfg.model
-        try:
+        with keyed("--init-from", OSError, ValueError):
             model = nn.load_hf_gpt2(
                 init_from,
                 scan_layers=m.scan_layers,
@@ -115,8 +107,6 @@ def build(cfg: Config, vocab_size: int, init_from: str | None = None) -> Setup:
                 decode_topk=m.decode_topk,
                 precision=model_cfg.precision,
             )
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"--init-from: {err}") from None
         model_cfg = model.config
         loaded = nnx.state(model)
         nnx.update(model, jax.device_put(loaded, parallel.state_shardings(loaded, mesh, rules)))

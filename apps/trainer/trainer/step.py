@@ -15,8 +15,7 @@ import jax
 import optax
 from flax import nnx
 
-from tjx.nn import reseed
-from trainer import tasks
+from tjx import nn
 from trainer.config import Config
 
 Batch = dict[str, jax.Array]
@@ -24,8 +23,9 @@ State = dict[str, Any]
 
 
 def make_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Callable[..., Any]:
-    """``loss_fn(params, batch, step) -> (loss, aux)`` of the model's objective (tjx.nn's, with
-    the config's settings: trainer/tasks.py)."""
+    """``loss_fn(params, batch, step) -> (mean loss, aux sums)``: tjx.nn's ``objective_loss`` of
+    the model's objective with the config's settings; aux holds the summed loss, the scored
+    units and the top-1 correct count."""
     if cfg.mesh.pipeline > 1:  # the layer stack as a pipeline over the `pipeline` mesh axis
         from trainer.pipeline import pipeline_loss_fn
 
@@ -34,9 +34,16 @@ def make_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Callable[..., Any]:
     base_key = jax.random.key(cfg.train.seed)
 
     def loss_fn(params: Any, batch: Batch, step: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
-        model = nnx.merge(graphdef, params, reseed(rest, step))
-        key = jax.random.fold_in(base_key, step)  # the objective's own draws (BERT's masking)
-        return tasks.loss(model, batch, key, cfg, deterministic=deterministic)
+        model = nnx.merge(graphdef, params, nn.reseed(rest, step))
+        out = nn.objective_loss(
+            model,
+            batch,
+            key=jax.random.fold_in(base_key, step),  # the objective's own draws (BERT's masking)
+            deterministic=deterministic,
+            mask_prob=cfg.train.mlm_probability,
+            **cfg.train.head_settings,
+        )
+        return out.loss, {k: getattr(out, k) for k in ("sum_loss", "num_tokens", "num_correct")}
 
     return loss_fn
 
@@ -85,13 +92,18 @@ def make_eval_step(
     graphdef: Any, rest: Any, cfg: Config
 ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
     """``eval_step(params, batch) -> sums``: tjx-metrics' ``lm_stats`` (loss sum, token count,
-    top-k correct counts) of the objective's evaluation logits."""
+    top-k correct counts) of the objective's evaluation logits; a masked LM masks with tjx.nn's
+    fixed ``eval_mask_key`` of the run's seed, as the evaluator does."""
     from tjx import metrics
 
     top_k = tuple(sorted(set(cfg.eval.top_k)))
+    key = nn.eval_mask_key(cfg.train.seed)
 
     def eval_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
-        logits, labels = tasks.eval_logits(nnx.merge(graphdef, params, rest), batch, cfg)
+        model = nnx.merge(graphdef, params, rest)
+        logits, labels = nn.objective_logits(
+            model, batch, key=key, mask_prob=cfg.train.mlm_probability
+        )
         return metrics.lm_stats(logits, labels, top_k=top_k)
 
     return eval_step

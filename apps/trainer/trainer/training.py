@@ -20,7 +20,6 @@ import jax
 import numpy as np
 
 from tjx.ckpt import RunDir, final_summary
-from trainer import tasks
 from trainer.plan import RunPlan, error_exit
 
 #: The loss plot's panels (tjx.metrics.plot_run; it never fails a finished run).
@@ -120,14 +119,14 @@ class Training:
     saved: int = field(init=False)  # the last step saved (or restored), -1 before any
     cfg: Any = field(init=False)
     run_dir: Path = field(init=False)
-    task: tasks.Task = field(init=False)
+    objective: Any = field(init=False)  # tjx.nn's Objective of the model kind
     meter: Any = field(init=False)  # tjx-metrics' ThroughputMeter (rate and MFU per log line)
 
     def __post_init__(self) -> None:
         from tjx import metrics, nn
 
         self.cfg, self.run_dir = self.plan.config, self.plan.run_dir
-        self.task = tasks.for_config(self.cfg)
+        self.objective = self.cfg.objective
         self.saved = self.start if self.plan.resume else -1
         # The peak is None (no MFU logged) on CPU and on devices without a figure, silently.
         peak = metrics.compute_peak_flops(self.cfg.model.compute_dtype, warn=False)
@@ -199,17 +198,14 @@ class Training:
             out_shardings=(shardings, None),
             donate_argnums=(0,),
         )
-        per_step = self.task.units_per_step(self.cfg)
-        print(
-            f"model: {setup.num_params:,} parameters; {per_step:,} {self.task.unit} per step",
-            flush=True,
-        )
+        per_step, unit = self.cfg.units_per_step, self.objective.unit
+        print(f"model: {setup.num_params:,} parameters; {per_step:,} {unit} per step", flush=True)
         self.meter.reset()
         return step_fn
 
     def _step(self, step_fn: Any) -> Any:
         self.state, out = step_fn(self.state, next(self.loader))  # already on the mesh
-        self.meter.update(self.task.units_per_step(self.cfg))  # a host int: no device read
+        self.meter.update(self.cfg.units_per_step)  # a host int: no device read
         return out
 
     def _at_boundary(self, step_done: int, out: Any, bar: Any) -> None:
@@ -220,10 +216,10 @@ class Training:
         if step_done % cfg.train.log_every == 0 or step_done == total:
             scalars = {k: float(np.asarray(v)) for k, v in jax.device_get(out).items()}
             bpt = self.bundle.bytes_per_token
-            if self.task.bits_per_byte and bpt:  # the training loss in bits, as val_* has it
+            if self.objective.scores_every_token and bpt:  # the loss in bits, as val_* has it
                 scalars["bits_per_byte"] = scalars["loss"] / math.log(2) / bpt
             rate = self.meter.report()  # over the steps since the last log line
-            scalars[f"{self.task.unit}_per_s"] = rate["tokens_per_s"]
+            scalars[f"{self.objective.unit}_per_s"] = rate["tokens_per_s"]
             if rate.get("mfu") is not None:
                 scalars["mfu"] = float(rate["mfu"])
             self.logger.log_scalars(step_done, scalars)
@@ -237,7 +233,8 @@ class Training:
             self.logger.log_scalars(step_done, {f"val_{k}": v for k, v in self.last_eval.items()})
             bar.note(f"step {step_done}: val loss {self.last_eval['loss']:.4f}")
         sample_now = cfg.train.sample_every and step_done % cfg.train.sample_every == 0
-        if self.task.writes_samples and (sample_now or step_done == total):
+        # Text samples from decoder-only models (trainer/sampling.py calls tjx.nn.generate).
+        if self.cfg.task == "lm" and (sample_now or step_done == total):
             # Every process generates (the params span them all); process 0 writes.
             texts = sampling.sample(self.setup, self.state["params"], self.bundle, cfg, step_done)
             self.logger.log_text(step_done, "sample", texts[0])

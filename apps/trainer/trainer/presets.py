@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
+from tjx import ckpt
 from trainer.schema import ConfigError, deep_merge
 
 
@@ -25,22 +26,6 @@ def configs_dir() -> Path:
 def preset_names() -> list[str]:
     """Names of the shipped presets (``tiny``, ``gpt2_small``, ...)."""
     return sorted(p.stem for p in configs_dir().glob("*.yaml"))
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]
-    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
-    keeps the last one silently, so a typo'd second ``lr:`` would win unnoticed)."""
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                line = key_node.start_mark.line + 1
-                raise ConfigError(f"key {key!r} is given twice (line {line}); keep one")
-            seen.add(key)
-        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
-        return mapping
 
 
 def _name(source: str | Path) -> str:
@@ -72,10 +57,10 @@ def _read(source: str | Path, key: str) -> dict[str, Any]:
                 f"{where}: not UTF-8 text (byte {err.start}); save the config as UTF-8"
             ) from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no code runs
+        data = ckpt.load_yaml(text)  # safe (no code runs), and a key given twice is an error
     except yaml.YAMLError as err:
         raise ConfigError(f"{where}: not valid YAML ({err})".replace("\n", " ")) from None
-    except ConfigError as err:
+    except ckpt.DuplicateKeyError as err:
         raise ConfigError(f"{where}: {err}") from None
     if data is None:
         raise ConfigError(

@@ -33,6 +33,7 @@ from tjx.ckpt.run_changes import (
 from tjx.ckpt.run_checks import NotCreatableError, RunStartError, check_can_create
 from tjx.ckpt.run_dir import RunDir, RunFileError, RunFileNotFoundError, final_summary
 from tjx.ckpt.version import __version__
+from tjx.ckpt.yaml_io import DuplicateKeyError, load_yaml
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' dependency inference)
     from tjx.ckpt.digest import params_sha256
@@ -86,6 +87,7 @@ __all__ = [
     "ConfigChanges",
     "CorruptCheckpointError",
     "CorruptCheckpointWarning",
+    "DuplicateKeyError",
     "NotCreatableError",
     "Restored",
     "RunDir",
@@ -104,6 +106,7 @@ __all__ = [
     "flatten_config",
     "import_safetensors",
     "key_matches",
+    "load_yaml",
     "params_sha256",
     "restore_params",
     "restore_params_and_step",

@@ -34,6 +34,7 @@ import yaml  # type: ignore[import-untyped]
 from tjx.ckpt.errors import CheckpointError, one_line
 from tjx.ckpt.fsync import fsync_dir, fsync_file
 from tjx.ckpt.run_checks import RunStartError, check_can_create
+from tjx.ckpt.yaml_io import load_yaml
 
 #: The commit marker of a step (orbax's ``atomicity.COMMIT_SUCCESS_FILE``, which tjx.ckpt.durable
 #: writes), spelled out: this module must load without orbax and jax, so that an app can read its
@@ -104,7 +105,7 @@ def _parse(path: Path) -> Any:
     except OSError as err:
         raise RunFileError(path, f"cannot be read ({err.strerror})") from None
     try:
-        return yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+        return load_yaml(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
     except (yaml.YAMLError, ValueError) as err:  # JSONDecodeError is a ValueError
         raise RunFileError(path, one_line(str(err)) or type(err).__name__) from None
 

@@ -1,18 +1,6 @@
-"""Joining a multi-host run in the trainer's words: `tjx.parallel.join` resolves the setup, joins
-with a deadline and checks that every process was started with the same run, its messages naming
-the launch flags (tjx.parallel's); this module adds the trainer's own values and lines and picks
-the exit status.
-
-* Not every announced process joins (a wrong ``--num-processes``, a duplicated ``--process-id``,
-  a coordinator nobody runs): one line saying what was expected and which flags fix it, exit 1
-  (from tjx.parallel's join watchdog, before jax's own abort).
-* Processes that disagree (``--num-processes``, and the trainer's ``--resume``, ``--init-from``,
-  effective config: `DISAGREEMENTS`): all exit 2 together, naming what differs.
-
-A preemption signal during the run is acted on by all processes at the same step boundary
-(``tjx.parallel.stop_agreement``); jax's own preemption service is turned off here (see ``join``).
-A peer that dies mid-run ends the others within seconds, each with one line (:func:`watch`).
-"""
+"""A multi-host run in the trainer's words: `tjx.parallel.join` (a deadline, then one error for
+every disagreement) with the trainer's own values, lines and exit statuses (1: not every process
+joined; 2: a bad setup, or processes started differently), and the dead-peer watch."""
 
 from __future__ import annotations
 

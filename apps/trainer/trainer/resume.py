@@ -1,19 +1,10 @@
 """What a ``--resume`` may change: the saved config against the new one, before anything is written.
 
-A checkpoint holds parameters and optimizer state of one architecture and optimizer, and a data
-position in one token stream. A resume whose config differs in any of those cannot continue the
-run: orbax would refuse the shapes, or the loader's position would point into another stream. It is
-refused at plan time, naming every changed key, and the run directory is left as it was.
-
-Settings that only steer the loop (how long, how often to log, evaluate, sample and save, the
-learning rate and its schedule, the kernels and remat used, the mesh) may change on resume: the
-state is the same tree of the same shapes, so the run goes on, and the trainer prints what changed.
-That the listed keys really leave the state alone is checked by ``tests/test_resume.py``, which
-builds the abstract train state of both configs and compares them.
-
-The comparison itself is tjx.ckpt's (``config_changes``), and what a null optimizer setting stands
-for is tjx.optim's (``with_own_defaults``, imported on use: importing the command line stays free
-of jax).
+A checkpoint holds one model's and optimizer's state and a position in one token stream, so a
+change to any of those is refused, naming every changed key. Settings that only steer the loop
+(`TRAINING_ONLY`) may change; ``tests/test_resume.py`` checks that they leave the abstract train
+state alone. The comparison is tjx.ckpt's ``config_changes``; what a null optimizer setting stands
+for is tjx.optim's ``with_own_defaults`` (imported on use: the command line stays free of jax).
 """
 
 from __future__ import annotations

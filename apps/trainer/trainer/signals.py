@@ -9,12 +9,13 @@ tjx/parallel/preemption.py).
 
 from __future__ import annotations
 
-import os
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tjx.ckpt import RunDir  # no jax: see _say
+# No jax in either: a Ctrl-C may have cut its import short when `interrupted_exit` runs.
+from tjx.ckpt import RunDir
+from tjx.parallel.preemption import write_stderr
 from trainer.plan import INTERRUPTED, error_line
 
 if TYPE_CHECKING:
@@ -29,17 +30,8 @@ def interrupted_exit(run_dir: Path) -> int:
         if step is not None
         else "no checkpoint was saved"
     )
-    _say(error_line(f"interrupted: stopped at once; {last}"))
+    write_stderr(error_line(f"interrupted: stopped at once; {last}"))
     return INTERRUPTED
-
-
-def _say(line: str) -> None:
-    """Write one line to stderr from a signal handler (unbuffered, never reentrant).
-
-    tjx.parallel.write_stderr's twin: the command line calls `interrupted_exit` for a Ctrl-C that
-    may have cut jax's import short, so this module imports nothing of jax's.
-    """
-    os.write(2, (line + "\n").encode())
 
 
 #: The first signal's line (tjx.parallel.STOP_MESSAGE's fields: the signal, the Ctrl-C hint).

@@ -64,11 +64,12 @@ from tjx.nn.precision import Precision
 from tjx.nn.registry import MODEL_KINDS, build_model
 from tjx.nn.relative_bias import RelativePositionBias, t5_relative_bucket
 from tjx.nn.seq2seq_generation import generate_seq2seq
+from tjx.nn.settings import config_from_settings
 from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.4.1"
+__version__ = "0.5.0"
 
 __all__ = [
     "ACTIVATIONS",
@@ -113,6 +114,7 @@ __all__ = [
     "classification_loss",
     "concrete_state",
     "config_from_dict",
+    "config_from_settings",
     "config_param_count",
     "config_to_dict",
     "contrastive_loss",

@@ -43,6 +43,7 @@ from tjx.optim.schedules import (
     warmup_stable_decay,
     with_warmup,
 )
+from tjx.optim.settings import config_from_settings
 from tjx.optim.transforms import (
     ClipStatsState,
     ScheduleStatsState,
@@ -51,7 +52,7 @@ from tjx.optim.transforms import (
     skip_nonfinite,
 )
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "DEFAULT_LEARNING_RATES",
@@ -71,6 +72,7 @@ __all__ = [
     "build_schedule",
     "check_precision",
     "clip_by_global_norm_with_stats",
+    "config_from_settings",
     "constant",
     "cosine_decay",
     "decay_mask",

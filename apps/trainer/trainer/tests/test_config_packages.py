@@ -194,7 +194,6 @@ _OVERRIDES = [
     ("model.kind=bert",),
     ("model.kind=bert", "model.norm_position=pre", "model.init_std=0.01"),
     ("model.kind=vit", "model.max_seq_len=999", "model.tie_embeddings=false"),
-    ("model.kind=vit", "model.vocab_size=77"),  # ViT has no tokens: ignored, as before
     ("model.kind=encdec", "model.position=t5", "model.relative_buckets=16"),
     ("model.kind=encdec", "model.tie_embeddings=false"),
     ("model.num_kv_heads=4", "model.decode_topk=3", "model.vocab_size=1000"),
@@ -236,6 +235,10 @@ def test_a_setting_the_old_lists_dropped_now_reaches_tjx_nn(sets, field, value):
         (
             ("model.kind=vit", "model.decode_topk=2"),
             "model.decode_topk: only decoders decode (ViT does not); got 2, set it to null",
+        ),
+        (  # ViT has no tokens: a vocabulary set is refused, no longer silently ignored
+            ("model.kind=vit", "model.vocab_size=77"),
+            "model.vocab_size: ViT reads images, not tokens; got 77, set it to null",
         ),
         (
             ("model.d_model=100", "model.num_heads=3"),

@@ -134,7 +134,12 @@ def test_vocab_comes_from_the_argument_unless_the_settings_set_it() -> None:
     assert build("gpt2").vocab_size == 300
     assert build("gpt2", vocab_size=77).vocab_size == 77
     assert build("bert", vocab_size=77).vocab_size == 77
-    assert build("vit", vocab_size=77).vocab_size == 0  # ViT reads images: ignored, not refused
+    assert build("vit").vocab_size == 0  # ViT reads images: the argument is not its vocabulary
+    with pytest.raises(ValueError) as err:  # a vocabulary the user set would be ignored
+        build("vit", vocab_size=77)
+    assert str(err.value) == (
+        "model.vocab_size: ViT reads images, not tokens; got 77, set it to None"
+    )
     got = config_from_settings("llama", {}, vocab_size=123)
     assert got == LlamaConfig(vocab_size=123)
 

@@ -50,8 +50,9 @@ def config_from_settings(
         (dtype names or dtypes; one left out or ``None`` is float32) make the config's
         ``precision``; a ``precision`` key may be given instead, not with them.
     vocab_size : int
-        The tokenizer's vocabulary: the config's unless ``settings["vocab_size"]`` is set, and
-        ignored by a kind that lists ``vocab_size`` in its ``unused_fields`` (ViT).
+        The tokenizer's vocabulary: the config's unless ``settings["vocab_size"]`` is set. A kind
+        that lists ``vocab_size`` in its ``unused_fields`` (ViT) ignores it, and refuses a
+        ``settings["vocab_size"]`` other than ``None`` or the app's default.
     app_defaults : Mapping[str, Any], optional
         The app's default of each setting (its config schema's). Only the kind's
         ``unused_fields`` are compared with it; without it, every value given passes on.
@@ -107,8 +108,13 @@ def _fields(
                 f"{cls.__name__}.precision: set either it or param_dtype/compute_dtype, not both"
             )
         fields["precision"] = _precision(settings)
+    given = settings.get("vocab_size")
     if "vocab_size" not in cls.unused_fields:
-        fields["vocab_size"] = settings.get("vocab_size") or vocab_size
+        fields["vocab_size"] = given or vocab_size
+    elif given is not None and given != app_defaults.get("vocab_size"):
+        # The class fills its own (ViT: 0) and cannot tell a vocabulary the user set from it.
+        why = cls.unused_fields["vocab_size"]
+        raise ValueError(f"{cls.__name__}.vocab_size: {why}; got {given!r}, set it to None")
     return fields
 
 

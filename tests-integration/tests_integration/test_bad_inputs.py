@@ -192,7 +192,6 @@ CASES = [
     ),
     ("fp16-params", T, [*TINY, "--set", "model.param_dtype=float16"], None, "float16 parameters"),
     ("fp16-no-scaling", T, [*TINY, "--set", "model.compute_dtype=float16"], None, "'dynamic'"),
-    ("gqa-on-gpt2", T, [*TINY, "--set", "model.num_kv_heads=2"], None, "needs model.kind 'llama'"),
     (
         "two-free-mesh-axes",
         T,

@@ -268,13 +268,6 @@ def validate(cfg: Config) -> Config:
     themselves (``model_build``), with the trainer's key names in their errors.
     """
     m, d, o, t = cfg.model, cfg.data, cfg.optimizer, cfg.train
-    # The trainer's recipe, not a tjx.nn rule (its attention groups key/value heads in every
-    # model): of the trainer's kinds, only llama uses grouped-query attention.
-    _require(
-        m.num_kv_heads in (None, m.num_heads) or m.kind == "llama",
-        "model.num_kv_heads: grouped-query attention needs model.kind 'llama' "
-        f"(got {m.kind!r}); set it to null",
-    )
     _require(
         m.kind == "vit" or m.max_seq_len >= d.seq_len,
         f"data.seq_len: {d.seq_len} exceeds model.max_seq_len ({m.max_seq_len})",

@@ -85,7 +85,6 @@ def test_base_inheritance_keeps_parent_keys():
         ),
         ({"model": {"compute_dtype": "float16"}}, "optimizer.loss_scale"),
         ({"mesh": {"data": -1, "fsdp": -1}}, "mesh.fsdp: only one of"),
-        ({"model": {"num_kv_heads": 2}}, "model.num_kv_heads: grouped-query attention"),
     ],
 )
 def test_bad_values_name_the_key(data, needle):

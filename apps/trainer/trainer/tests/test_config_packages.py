@@ -217,6 +217,10 @@ def test_each_kind_builds_the_tjx_nn_config_it_built_before(name, sets):
     ("sets", "field", "value"),
     [  # what the old lists dropped without a word now reaches tjx.nn, which decides
         (("model.kind=encdec", "model.decode_topk=3"), "decode_topk", 3),  # its decoder decodes
+        # Grouped-query attention is tjx.nn's in every model, not llama's alone.
+        (("model.num_kv_heads=2",), "num_kv_heads", 2),
+        (("model.kind=bert", "model.num_kv_heads=1"), "num_kv_heads", 1),
+        (("model.kind=encdec", "model.num_kv_heads=2"), "num_kv_heads", 2),
     ],
 )
 def test_a_setting_the_old_lists_dropped_now_reaches_tjx_nn(sets, field, value):

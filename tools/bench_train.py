@@ -239,10 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    device = jax.devices()[0]
+    from tjx import metrics
+
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "device": f"{jax.device_count()} × {device.device_kind} ({jax.default_backend()})",
+        "device": metrics.device_summary(),
         "jax": jax.__version__,
     }
     print(f"{results['date']} on {results['device']}, jax {results['jax']}", flush=True)

@@ -19,10 +19,10 @@ DATA_READY_TIMEOUT_S = 6 * 3600.0
 
 
 def _device_note() -> None:
-    backend = jax.default_backend()
-    devices = jax.devices()
-    print(f"devices: {len(devices)} × {devices[0].device_kind} ({backend})", flush=True)
-    if backend == "cpu":
+    from tjx.metrics import device_summary
+
+    print(f"devices: {device_summary()}", flush=True)
+    if jax.default_backend() == "cpu":
         print(
             "note: running on CPU — this works but is slow; a GPU runs the same command much "
             "faster.",

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from bench_attention import median_ms
 
+from tjx.metrics import device_summary
 from tjx_tools.gpu_suite.report import Section, fmt, md_table
 
 PACKAGES = (
@@ -62,7 +63,7 @@ def describe() -> dict[str, Any]:
     smi = nvidia_smi()
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "device": f"{jax.device_count()} × {dev.device_kind} ({jax.default_backend()})",
+        "device": device_summary(),
         "device_kind": dev.device_kind,
         "backend": jax.default_backend(),
         "driver": smi.get("driver"),

@@ -22,6 +22,7 @@ from tjx.metrics.devices import (
     DevicePeak,
     compute_peak_flops,
     device_peak_flops,
+    device_summary,
     peak_flops,
 )
 from tjx.metrics.divergence import DivergenceGuard
@@ -56,7 +57,7 @@ from tjx.metrics.plots import load_curves, plot_curves, plot_run
 from tjx.metrics.progress import ProgressBar, progress_bar
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "DEVICE_PEAKS",
@@ -82,6 +83,7 @@ __all__ = [
     "classification_metrics",
     "compute_peak_flops",
     "device_peak_flops",
+    "device_summary",
     "finalize_metrics",
     "first_fit",
     "flops_per_token_from_config",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -337,3 +338,34 @@ def compute_peak_flops(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return device_peak_flops(device, key)
+
+
+def device_summary(devices: Sequence[Any] | None = None) -> str:
+    """How many devices of which kind on which platform, as run logs and benchmark records
+    print it: ``"8 × NVIDIA H100 80GB HBM3 (gpu)"``.
+
+    Parameters
+    ----------
+    devices
+        ``jax.Device``-like objects (``device_kind``, ``platform``); defaults to
+        ``jax.devices()``. Several kinds are listed in order of first appearance.
+
+    Returns
+    -------
+    str
+        ``"<count> × <kinds> (<platforms>)"``.
+
+    Raises
+    ------
+    ValueError
+        ``devices`` is empty.
+    """
+    if devices is None:
+        import jax
+
+        devices = jax.devices()
+    if not devices:
+        raise ValueError("device_summary needs at least one device; got none")
+    kinds = ", ".join(dict.fromkeys(str(d.device_kind) for d in devices))
+    platforms = ", ".join(dict.fromkeys(str(d.platform) for d in devices))
+    return f"{len(devices)} × {kinds} ({platforms})"

@@ -88,3 +88,10 @@ def test_unscanned_or_other_models_are_refused():
                                 num_heads=2, scan_layers=True))  # fmt: skip
     with pytest.raises(ValueError, match="got BERT"):
         tnn.decoder_stages(bert)
+
+
+@pytest.mark.parametrize("rates", [{"dropout": 0.1}, {"attention_dropout": 0.2}])
+def test_dropout_is_refused_not_left_out(rates):
+    with pytest.raises(ValueError, match="without dropout") as err:
+        tnn.decoder_stages(build(gpt2_tiny(scan_layers=True, **rates)))
+    assert f"={next(iter(rates.values()))}" in str(err.value)

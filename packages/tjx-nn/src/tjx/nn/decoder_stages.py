@@ -50,8 +50,8 @@ def decoder_stages(
     Parameters
     ----------
     model : DecoderLM
-        With ``scan_layers=True`` (a stage is a run of the stacked layers). Dropout is not
-        applied: pipelines run ``deterministic``.
+        With ``scan_layers=True`` (a stage is a run of the stacked layers) and no dropout: the
+        stages run ``deterministic`` (no dropout keys per stage).
     chunked, chunk_size, z_loss
         The head's loss, as for ``head_cross_entropy``.
 
@@ -64,7 +64,8 @@ def decoder_stages(
     Raises
     ------
     ValueError
-        A model that is not a decoder LM, or whose layers are not scanned.
+        A model that is not a decoder LM, whose layers are not scanned, or with dropout (the
+        stages would leave it out without a word).
     """
     if not isinstance(model, DecoderLM) or not model.config.scan_layers:
         raise ValueError(
@@ -72,6 +73,11 @@ def decoder_stages(
             f"{type(model).__name__}"
         )
     c = model.config
+    if c.dropout or c.attention_dropout:
+        raise ValueError(
+            "decoder_stages runs the layers without dropout; got dropout="
+            f"{c.dropout}, attention_dropout={c.attention_dropout} (set both to 0)"
+        )
     block_def = nnx.graphdef(model.stack.layers)
     modules = {k: getattr(model, k) for k in HEAD_MODULES}
     defs = {k: nnx.graphdef(m) for k, m in modules.items() if m is not None}

@@ -120,13 +120,14 @@ class Training:
     cfg: Any = field(init=False)
     run_dir: Path = field(init=False)
     objective: Any = field(init=False)  # tjx.nn's Objective of the model kind
+    units_per_step: int = field(init=False)  # tokens (or images) a step scores: read once
     meter: Any = field(init=False)  # tjx-metrics' ThroughputMeter (rate and MFU per log line)
 
     def __post_init__(self) -> None:
         from tjx import metrics, nn
 
         self.cfg, self.run_dir = self.plan.config, self.plan.run_dir
-        self.objective = self.cfg.objective
+        self.objective, self.units_per_step = self.cfg.objective, self.cfg.units_per_step
         self.saved = self.start if self.plan.resume else -1
         # The peak is None (no MFU logged) on CPU and on devices without a figure, silently.
         peak = metrics.compute_peak_flops(self.cfg.model.compute_dtype, warn=False)
@@ -198,14 +199,14 @@ class Training:
             out_shardings=(shardings, None),
             donate_argnums=(0,),
         )
-        per_step, unit = self.cfg.units_per_step, self.objective.unit
+        per_step, unit = self.units_per_step, self.objective.unit
         print(f"model: {setup.num_params:,} parameters; {per_step:,} {unit} per step", flush=True)
         self.meter.reset()
         return step_fn
 
     def _step(self, step_fn: Any) -> Any:
         self.state, out = step_fn(self.state, next(self.loader))  # already on the mesh
-        self.meter.update(self.cfg.units_per_step)  # a host int: no device read
+        self.meter.update(self.units_per_step)  # a host int: no device read
         return out
 
     def _at_boundary(self, step_done: int, out: Any, bar: Any) -> None:
@@ -234,7 +235,7 @@ class Training:
             bar.note(f"step {step_done}: val loss {self.last_eval['loss']:.4f}")
         sample_now = cfg.train.sample_every and step_done % cfg.train.sample_every == 0
         # Text samples from decoder-only models (trainer/sampling.py calls tjx.nn.generate).
-        if self.cfg.task == "lm" and (sample_now or step_done == total):
+        if self.objective.name == "lm" and (sample_now or step_done == total):
             # Every process generates (the params span them all); process 0 writes.
             texts = sampling.sample(self.setup, self.state["params"], self.bundle, cfg, step_done)
             self.logger.log_text(step_done, "sample", texts[0])

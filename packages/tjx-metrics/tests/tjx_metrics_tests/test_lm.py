@@ -116,3 +116,23 @@ def test_one_shot_uses_accumulator_path():
         # eager vs jitted float32 reductions may round differently in the last bit
         assert streamed[key] == pytest.approx(one_shot[key], rel=1e-6), key
     assert streamed["top5"] == one_shot["top5"]
+
+
+def test_nonfinite_logits_never_count_as_top_k_correct():
+    # A diverged model's logits: some rows all NaN, some with one NaN or inf entry. The NumPy
+    # reference counts a hit only where the label is in the top k of an all-finite row.
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(40, 20)).astype(np.float32)
+    labels = rng.integers(0, 20, size=(40,))
+    logits[:10] = np.nan
+    logits[10:15, 3] = np.nan
+    logits[15:18, 0] = np.inf
+    logits[18:20, labels[18:20]] = np.nan
+    finite = np.isfinite(logits).all(-1)
+    order = np.argsort(-np.where(finite[:, None], logits, 0.0), axis=-1)
+    for k in (1, 5, 10):
+        hit = (order[:, :k] == labels[:, None]).any(-1) & finite
+        got = lm_metrics(logits, labels, top_k=(1, 5, 10))
+        assert got[f"top{k}"] == pytest.approx(hit.mean(), abs=1e-12), k
+    all_nan = lm_metrics(np.full((4, 8), np.nan, np.float32), np.arange(4), top_k=(1, 5))
+    assert all_nan["top1"] == 0.0 and all_nan["top5"] == 0.0

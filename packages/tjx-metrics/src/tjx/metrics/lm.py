@@ -71,7 +71,8 @@ def lm_stats(
         ``sum_loss`` (float32, summed cross-entropy in nats over scored tokens), ``num_tokens``
         (int32), and ``correct_top{k}`` (int32) for each ``k``. A label counts as top-k correct when
         fewer than ``k`` vocabulary entries score *strictly* higher than it (ties favour the label;
-        with continuous logits ties have probability zero).
+        with continuous logits ties have probability zero); a position whose logits hold a NaN or
+        an infinity is never correct.
     """
     ks = validate_top_k(top_k)
     if logits.ndim < 1 or logits.shape[:-1] != labels.shape:
@@ -91,12 +92,15 @@ def lm_stats(
     sum_loss = jnp.sum(jnp.where(mask, token_loss, 0.0))
     # Rank of the label = how many entries beat it; one compare over the vocab, no sort needed.
     rank = jnp.sum(logits32 > label_logit[..., None], axis=-1)
+    # A comparison with NaN is False, so a NaN row would rank its label first ("top-1 correct"):
+    # a row with any non-finite score counts as wrong, never as a hit of a broken model.
+    finite = jnp.all(jnp.isfinite(logits32), axis=-1)
     out: dict[str, jax.Array] = {
         "sum_loss": sum_loss,
         "num_tokens": jnp.sum(mask, dtype=jnp.int32),
     }
     for k in ks:
-        out[f"correct_top{k}"] = jnp.sum(mask & (rank < k), dtype=jnp.int32)
+        out[f"correct_top{k}"] = jnp.sum(mask & finite & (rank < k), dtype=jnp.int32)
     return out
 
 

@@ -183,7 +183,9 @@ class Training:
                         self.save(step_done, force=False)
             if profiling:
                 jax.profiler.stop_trace()
-        guard.flush()
+        # A run that ends (or is stopped) inside a non-finite streak shorter than the limit is
+        # diverged too: its state is neither saved nor reported done.
+        guard.end()
         if guard.diverged:
             return self._diverged(guard.diverged)
         # A signal after the last boundary (during the last step) is still reported.

@@ -11,8 +11,8 @@ from trainer.cli import main
 from trainer.tests.test_loop_inprocess import _argv
 
 
-def test_a_diverging_run_exits_3_without_final_or_bad_checkpoint(in_tmp, capsys, monkeypatch):
-    """From step 2 on the step reports a NaN loss and a skipped update, as a diverged run does."""
+def _poison_from(monkeypatch, first_bad: int) -> None:
+    """From step ``first_bad`` on the step reports a NaN loss and a skipped update."""
     from trainer import step as step_module
 
     real = step_module.make_train_step
@@ -22,7 +22,7 @@ def test_a_diverging_run_exits_3_without_final_or_bad_checkpoint(in_tmp, capsys,
 
         def train_step(state, batch):
             new, metrics = inner(state, batch)
-            bad = new["step"] >= 2
+            bad = new["step"] >= first_bad
             metrics = dict(metrics, loss=jnp.where(bad, jnp.nan, metrics["loss"]))
             metrics["skipped"] = jnp.logical_or(metrics["skipped"], bad)
             return new, metrics
@@ -30,6 +30,11 @@ def test_a_diverging_run_exits_3_without_final_or_bad_checkpoint(in_tmp, capsys,
         return train_step
 
     monkeypatch.setattr(step_module, "make_train_step", poisoned)
+
+
+def test_a_diverging_run_exits_3_without_final_or_bad_checkpoint(in_tmp, capsys, monkeypatch):
+    """From step 2 on the step reports a NaN loss and a skipped update, as a diverged run does."""
+    _poison_from(monkeypatch, 2)
     text = in_tmp / "corpus.txt"
     text.write_text("".join(f"Line {i}: to be or not to be.\n" for i in range(400)))
     sets = [f"data.cache_dir={in_tmp / 'cache'}", "train.steps=12", "train.max_bad_steps=3"]
@@ -49,3 +54,22 @@ def test_a_diverging_run_exits_3_without_final_or_bad_checkpoint(in_tmp, capsys,
     assert not (run / "final.json").exists()
     ckpts = run / "checkpoints"
     assert not ckpts.exists() or not any(p.name.isdigit() for p in ckpts.iterdir())
+
+
+def test_a_run_ending_inside_a_short_nonfinite_streak_exits_3(in_tmp, capsys, monkeypatch):
+    """Steps 5–8 are NaN, fewer than train.max_bad_steps: still diverged, not "done"."""
+    _poison_from(monkeypatch, 5)
+    text = in_tmp / "corpus.txt"
+    text.write_text("".join(f"Line {i}: to be or not to be.\n" for i in range(400)))
+    sets = [f"data.cache_dir={in_tmp / 'cache'}", "train.steps=8", "train.max_bad_steps=25"]
+    assert main(_argv(text, *[x for s in sets for x in ("--set", s)])) == 3
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("trainer: error:")]
+    assert len(lines) == 1, captured.err
+    assert "training ended inside a non-finite streak: steps 5–8 (4 in a row" in lines[0]
+    run = in_tmp / "run"
+    assert lines[0].endswith("the last checkpoint is step 4 in run/checkpoints")
+    assert "done:" not in captured.out
+    assert not (run / "final.json").exists()
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [2, 4]  # step 6 (mid-streak) and step 8 (the end) were never saved

@@ -58,3 +58,33 @@ def test_messages_use_the_callers_names(capsys):
 def test_limit_must_be_positive():
     with pytest.raises(ValueError, match="limit must be >= 1; got 0"):
         DivergenceGuard(0)
+
+
+def test_a_run_ending_inside_a_nonfinite_streak_is_diverged(capsys):
+    rng = np.random.default_rng(3)
+    guard = DivergenceGuard(25, limit_name="train.max_bad_steps", advice="lower optimizer.lr")
+    guard.push(1, _out(rng.uniform(1.0, 5.0), False))
+    for step in range(2, 21):  # 19 bad steps: under the limit
+        guard.push(step, _out(float("nan"), False))
+    assert guard.diverged is None
+    guard.end()
+    assert guard.diverged == (
+        "training ended inside a non-finite streak: steps 2–20 (19 in a row, under "
+        "train.max_bad_steps=25) had a non-finite loss or a skipped update (last loss nan); "
+        "lower optimizer.lr"
+    )
+    capsys.readouterr()
+
+
+def test_a_run_ending_on_skipped_updates_with_finite_loss_is_not_diverged():
+    # A dynamic loss scale backing off skips updates with a finite loss: the state is unchanged.
+    rng = np.random.default_rng(4)
+    guard = DivergenceGuard(25)
+    guard.push(1, _out(rng.uniform(1.0, 5.0), False))
+    guard.push(2, _out(rng.uniform(1.0, 5.0), True))
+    guard.push(3, _out(rng.uniform(1.0, 5.0), True))
+    guard.end()
+    assert guard.streak == 2 and guard.diverged is None
+    fresh = DivergenceGuard(3)
+    fresh.end()  # no step judged: nothing to say
+    assert fresh.diverged is None

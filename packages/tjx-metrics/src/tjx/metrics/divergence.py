@@ -5,7 +5,8 @@ changes nothing, so a diverged run would otherwise spin to its last step and fin
 NaN metrics. The guard reads each step's ``loss`` and ``skipped`` one step late — after the next
 step is dispatched — so the device always has the next step queued while the host waits; a
 checkpoint boundary and the end of the loop ask for the newest step at once
-(:meth:`DivergenceGuard.flush`), so no checkpoint is written from a bad streak.
+(:meth:`DivergenceGuard.flush`, :meth:`DivergenceGuard.end`), so no checkpoint is written from a bad
+streak, and a run that ends inside a non-finite streak shorter than the limit is diverged too.
 """
 
 from __future__ import annotations
@@ -54,9 +55,12 @@ class DivergenceGuard:
     )
     streak: int = 0
     first_bad: int | None = None
+    last_finite: bool = True  # the newest judged step's loss was finite
     warned: bool = False
     diverged: str | None = None
     _pending: tuple[int, Any, Any] | None = field(default=None, repr=False)
+    _last_step: int = field(default=0, repr=False)
+    _last_loss: float = field(default=0.0, repr=False)
 
     def __post_init__(self) -> None:
         if self.limit < 1:
@@ -74,9 +78,27 @@ class DivergenceGuard:
         if previous is not None:
             self._judge(*previous)
 
+    def end(self) -> None:
+        """The run ends here: judge the held step, and a run whose last loss is not finite is
+        diverged however short its streak (its state must be neither saved nor reported done).
+
+        A streak of skipped updates with finite losses (e.g. a dynamic loss scale backing off) is
+        not: a skipped update leaves the state as it was.
+        """
+        self.flush()
+        if self.diverged is None and self.streak and not self.last_finite:
+            self.diverged = (
+                f"training ended inside a non-finite streak: steps {self.first_bad}–"
+                f"{self._last_step} ({self.streak} in a row, under {self.limit_name}="
+                f"{self.limit}) had a non-finite loss or a skipped update (last loss "
+                f"{self._last_loss:g}); {self.advice}"
+            )
+
     def _judge(self, step: int, loss: Any, skipped: Any) -> None:
         loss_value, was_skipped = jax.device_get((loss, skipped))
-        bad = bool(was_skipped) or not math.isfinite(float(loss_value))
+        self._last_step, self._last_loss = step, float(loss_value)
+        self.last_finite = math.isfinite(float(loss_value))
+        bad = bool(was_skipped) or not self.last_finite
         if not bad:
             self.streak, self.first_bad = 0, None
             return

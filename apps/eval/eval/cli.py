@@ -79,6 +79,25 @@ def _check(args: argparse.Namespace) -> None:
         )
     for run in [args.checkpoint] if args.checkpoint else list(args.compare):
         check_run_dir(split_step(run, args.step)[0])
+    _check_png_folder(args)
+
+
+def _check_png_folder(args: argparse.Namespace) -> None:
+    """The attention PNG's folder can be written into, found by writing a probe (tjx.ckpt's
+    check): a read-only mount or an immutable run dir passes ``os.access`` as root, then
+    fails only after the whole evaluation."""
+    from tjx import ckpt
+
+    png = args.attention_png
+    if png == "none" or not args.checkpoint:  # --compare writes no PNG
+        return
+    folder = Path(png).expanduser().parent if png else split_step(args.checkpoint, None)[0]
+    try:
+        ckpt.check_can_create(folder)
+    except ckpt.NotCreatableError as err:
+        raise RunError(
+            f"--attention-png: {err}, or pass --attention-png none to skip the plot"
+        ) from None
 
 
 def split_step(target: str, default: int | None) -> tuple[Path, int | None]:

@@ -94,8 +94,11 @@ def load_run(run_dir: Path, step: int | None = None) -> LoadedRun:
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
     target = nnx.to_pure_dict(params)
     # tjx.ckpt picks the step: with none given, the newest that reads back intact (a corrupt
-    # newer one is skipped with a warning naming it), as the trainer's --resume does.
-    step, restored = ckpt.restore_params_and_step(run_dir / "checkpoints", target=target, step=step)
+    # newer one is skipped with one warning line naming it), as the trainer's --resume does.
+    with ckpt.corrupt_fallback_lines("eval"):
+        step, restored = ckpt.restore_params_and_step(
+            run_dir / "checkpoints", target=target, step=step
+        )
     # The RNG streams are unused in evaluation; concrete stand-ins let the model merge.
     model = nnx.merge(graphdef, restored, nn.concrete_state(rest))
     # tjx.data reads back what the trainer wrote (its RunData.describe), tokenizer included.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 
 from eval.cli import main
@@ -52,3 +55,35 @@ def test_table_prints_counts_as_whole_numbers(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split() == ["loss", "2.1235", "1.5000"]
     assert lines[2].split() == ["num_tokens", "426,514", "1,000"]
+
+
+def test_an_unwritable_png_folder_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """A read-only or immutable run dir passes os.access as root; the check writes a probe."""
+    for name in ("config.yaml", "model.json", "data.json"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "checkpoints" / "5").mkdir(parents=True)
+    (tmp_path / "plots").mkdir()
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if os.path.dirname(os.path.abspath(path)) in (str(tmp_path), str(tmp_path / "plots")):
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(path))
+        real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: True)  # the lie
+    assert main(["--checkpoint", str(tmp_path)]) == 2  # the default: RUN_DIR/attention_distance.png
+    err = capsys.readouterr().err
+    assert err == (
+        f"eval: error: --attention-png: cannot write into {str(tmp_path)!r} (Operation not "
+        "permitted); choose another place, or pass --attention-png none to skip the plot\n"
+    )
+    assert main(["--checkpoint", str(tmp_path), "--attention-png", f"{tmp_path}/plots/a.png"]) == 2
+    assert f"cannot write into {str(tmp_path / 'plots')!r}" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoints",
+        "config.yaml",
+        "data.json",
+        "model.json",
+        "plots",
+    ]

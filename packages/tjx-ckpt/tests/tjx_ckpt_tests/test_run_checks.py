@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,20 +40,48 @@ def test_a_file_in_the_way(tmp_path: Path) -> None:
     assert isinstance(err.value, ValueError) and isinstance(err.value, CheckpointError)
 
 
-def test_a_read_only_ancestor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    asked: list[tuple[str, int]] = []
+def _deny_mkdir_under(monkeypatch: pytest.MonkeyPatch, top: Path) -> list[str]:
+    """``os.mkdir`` fails with EPERM under ``top`` while ``os.access`` says yes, as root sees an
+    immutable folder (``chattr +i``) in a container; the tried paths are returned."""
+    real, tried = os.mkdir, []
 
-    def denied(path: str, mode: int) -> bool:  # simulated: the tests may run as root
-        asked.append((str(path), mode))
-        return False
+    def mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
+        if str(path).startswith(str(top)):
+            tried.append(str(path))
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(path))
+        real(path, *args, **kwargs)
 
-    monkeypatch.setattr("tjx.ckpt.run_checks.os.access", denied)
-    check_can_create(tmp_path)  # an existing folder needs no write check of its parent
-    assert asked == []
-    with pytest.raises(NotCreatableError, match=r"is not writable; choose another place$") as err:
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: True)  # the lie
+    return tried
+
+
+def test_an_unwritable_ancestor_is_found_by_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tried = _deny_mkdir_under(monkeypatch, tmp_path)
+    with pytest.raises(NotCreatableError) as err:
         check_can_create(tmp_path / "a" / "b")
-    assert str(err.value).startswith(f"cannot create {str(tmp_path / 'a' / 'b')!r}: ")
-    assert [path for path, _ in asked] == [str(tmp_path)]
+    assert str(err.value) == (
+        f"cannot create {str(tmp_path / 'a' / 'b')!r}: {str(tmp_path)!r} is not writable "
+        "(Operation not permitted); choose another place"
+    )
+    assert tried and all(Path(p).parent == tmp_path for p in tried)  # the probe, in the ancestor
+
+
+def test_an_existing_unwritable_folder_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "run").mkdir()
+    _deny_mkdir_under(monkeypatch, tmp_path / "run")
+    with pytest.raises(NotCreatableError) as err:
+        RunDir(tmp_path / "run").check_start(resume=False)
+    assert str(err.value) == (
+        f"cannot write into {str(tmp_path / 'run')!r} (Operation not permitted); choose another "
+        "place"
+    )
+    check_can_create(tmp_path / "other")  # elsewhere: fine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # every probe removed
 
 
 def _step(run: RunDir, step: int) -> None:

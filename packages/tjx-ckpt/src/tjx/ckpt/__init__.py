@@ -30,6 +30,7 @@ from tjx.ckpt.run_changes import (
     flatten_config,
     key_matches,
 )
+from tjx.ckpt.fallback import CorruptCheckpointWarning, corrupt_fallback_lines
 from tjx.ckpt.run_checks import NotCreatableError, RunStartError, check_can_create
 from tjx.ckpt.run_dir import RunDir, RunFileError, RunFileNotFoundError, final_summary
 from tjx.ckpt.version import __version__
@@ -37,7 +38,7 @@ from tjx.ckpt.yaml_io import DuplicateKeyError, load_yaml
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' dependency inference)
     from tjx.ckpt.digest import params_sha256
-    from tjx.ckpt.manager import CheckpointManager, CorruptCheckpointWarning, Restored
+    from tjx.ckpt.manager import CheckpointManager, Restored
     from tjx.ckpt.metadata import collect_metadata, to_json
     from tjx.ckpt.params import restore_params, restore_params_and_step
     from tjx.ckpt.safetensors_io import (
@@ -51,7 +52,6 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
 _LAZY = {
     "params_sha256": "tjx.ckpt.digest",
     "CheckpointManager": "tjx.ckpt.manager",
-    "CorruptCheckpointWarning": "tjx.ckpt.manager",
     "Restored": "tjx.ckpt.manager",
     "collect_metadata": "tjx.ckpt.metadata",
     "to_json": "tjx.ckpt.metadata",
@@ -99,6 +99,7 @@ __all__ = [
     "check_can_create",
     "collect_metadata",
     "config_changes",
+    "corrupt_fallback_lines",
     "describe_changes",
     "export_safetensors",
     "final_summary",

@@ -24,6 +24,7 @@ from tjx.ckpt.errors import (
     CorruptCheckpointError,
     StepExistsError,
 )
+from tjx.ckpt.fallback import CorruptCheckpointWarning, silence_failed_reads
 from tjx.ckpt.fingerprint import fingerprints
 from tjx.ckpt.metadata import collect_metadata, to_json
 from tjx.ckpt.reader import (
@@ -33,7 +34,6 @@ from tjx.ckpt.reader import (
     FORMAT_VERSION,
     MANIFEST,
     STATE,
-    CorruptCheckpointWarning,
     Restored,
     StepContents,
     no_readable_step_error,
@@ -51,6 +51,17 @@ _ITEMS = (STATE, DATA_STATE, CONFIG, MANIFEST)
 def _positive_or_none(name: str, value: int | None) -> None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
         raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+
+
+def _warn_skipped(failures: list[tuple[int, CorruptCheckpointError]], used: str) -> None:
+    """One warning per skipped step: which, why (``str(err)`` is "step N (path): one short
+    line", the cause chained, not shown) and ``used``, the step restored instead."""
+    for _, err in failures:
+        warnings.warn(
+            f"tjx.ckpt: skipping corrupt checkpoint {err}{used}",
+            CorruptCheckpointWarning,
+            stacklevel=4,
+        )
 
 
 class CheckpointManager:
@@ -303,16 +314,13 @@ class CheckpointManager:
             try:
                 contents = read_step(self._mgr, candidate, target=target, subtree=subtree)
             except CorruptCheckpointError as err:
-                # str(err) is "step N (path): one short line" (the cause is chained, not shown).
-                warnings.warn(
-                    f"tjx.ckpt: skipping corrupt checkpoint {err}",
-                    CorruptCheckpointWarning,
-                    stacklevel=3,
-                )
+                silence_failed_reads()  # the failed read's later asyncio/unraisable debris
                 self._corrupt.add(candidate)
                 failures.append((candidate, err))
                 continue
+            _warn_skipped(failures, f"; using step {candidate}")
             return candidate, contents, tuple(step for step, _ in failures)
+        _warn_skipped(failures, "")
         raise no_readable_step_error(self.directory, failures) from failures[0][1]
 
     def restore(self, step: int | None = None, *, target: Any = None) -> Restored:

@@ -32,10 +32,6 @@ STATE, DATA_STATE, CONFIG, MANIFEST = "state", "data_state", "config", "manifest
 _LISTED_STEPS = 3
 
 
-class CorruptCheckpointWarning(UserWarning):
-    """Issued when restore skips a committed step that cannot be read back intact."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Restored:
     """A restored step.

@@ -9,6 +9,7 @@ own flag and fix. Standard library only, like `tjx.ckpt.run_dir`.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from tjx.ckpt.errors import CheckpointError
@@ -53,11 +54,24 @@ class RunStartError(CheckpointError, ValueError):
         self.resume = resume
 
 
-def check_can_create(folder: Path | str) -> None:
-    """Raise unless ``folder`` is a directory or can be made (``mkdir(parents=True)``).
+def _write_problem(folder: Path) -> str | None:
+    """Why nothing can be made in ``folder``, found by doing it: a probe folder is made and
+    removed. ``os.access`` cannot tell (root in a container passes it on a read-only mount or
+    an immutable folder); the write itself can."""
+    try:
+        probe = tempfile.mkdtemp(prefix=".tjx-write-probe-", dir=folder)
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    os.rmdir(probe)
+    return None
 
-    It can be made when its nearest existing ancestor is a directory this process may write
-    into. A folder that exists is not checked further (writing into it is the caller's test).
+
+def check_can_create(folder: Path | str) -> None:
+    """Raise unless ``folder`` is a directory or can be made (``mkdir(parents=True)``), and
+    files can be written into it.
+
+    Checked by doing: a probe folder is made and removed in ``folder`` when it exists, else in
+    its nearest existing ancestor (which must be a directory). Nothing else is written.
 
     Parameters
     ----------
@@ -67,12 +81,20 @@ def check_can_create(folder: Path | str) -> None:
     Raises
     ------
     NotCreatableError
-        ``folder`` exists and is not a directory, its nearest existing ancestor is a file, or
-        that ancestor is not writable; the message names both paths.
+        ``folder`` exists and is not a directory or cannot be written into, its nearest
+        existing ancestor is a file, or nothing can be made in that ancestor; the message names
+        the paths and the system's reason (``Read-only file system``, ...).
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise NotCreatableError(folder, f"{str(folder)!r} exists and is not a directory")
+    if folder.is_dir():
+        problem = _write_problem(folder)
+        if problem:
+            raise NotCreatableError(
+                folder, f"cannot write into {str(folder)!r} ({problem}); choose another place"
+            )
+        return
     ancestor = folder
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
@@ -80,9 +102,10 @@ def check_can_create(folder: Path | str) -> None:
         raise NotCreatableError(
             folder, f"cannot create {str(folder)!r}: {str(ancestor)!r} is a file, not a folder"
         )
-    if ancestor != folder and not os.access(ancestor, os.W_OK | os.X_OK):
+    problem = _write_problem(ancestor)
+    if problem:
         raise NotCreatableError(
             folder,
-            f"cannot create {str(folder)!r}: {str(ancestor)!r} is not writable; choose another "
-            "place",
+            f"cannot create {str(folder)!r}: {str(ancestor)!r} is not writable ({problem}); "
+            "choose another place",
         )

@@ -1,0 +1,86 @@
+"""A corrupt step's fallback, said in one line: no Python warning format, no read's debris.
+
+``CheckpointManager`` warns (:class:`CorruptCheckpointWarning`) once per step it skips, naming the
+step, why and the step used instead. A command-line program wraps its restore in
+:func:`corrupt_fallback_lines`, which prints each such warning as one ``<prog>: warning: …`` line
+on stderr instead of Python's ``file:line: Category: message`` plus the source line.
+
+A failed tensorstore read also leaves debris that Python prints later, when the failed reads'
+futures are garbage-collected: asyncio's ``Future exception was never retrieved`` (logged with a
+traceback of the same error the warning names) and callbacks aimed at orbax's closed event loop
+(``RuntimeError: Event loop is closed``, reported as unraisable). :func:`silence_failed_reads`
+drops exactly those two kinds of message, for the rest of the process, once a read has failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import warnings
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+__all__ = ["CorruptCheckpointWarning", "corrupt_fallback_lines", "silence_failed_reads"]
+
+_NEVER_RETRIEVED = ("Future exception was never retrieved", "Task exception was never retrieved")
+
+
+class CorruptCheckpointWarning(UserWarning):
+    """Issued when restore skips a committed step that cannot be read back intact."""
+
+
+class _FailedReadDebris(logging.Filter):
+    """Drops asyncio's report of a failed read's future that nobody awaited any more."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_NEVER_RETRIEVED)
+
+
+_installed = False
+
+
+def silence_failed_reads() -> None:
+    """From now on, drop the messages a failed checkpoint read leaves behind (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    logging.getLogger("asyncio").addFilter(_FailedReadDebris())
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return  # a tensorstore callback to orbax's finished loop: nothing left to do
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
+@contextlib.contextmanager
+def corrupt_fallback_lines(prog: str, stream: TextIO | None = None) -> Iterator[None]:
+    """Print each :class:`CorruptCheckpointWarning` raised in the block as one line.
+
+    Parameters
+    ----------
+    prog : str
+        The program's name, the line's prefix (``trainer: warning: tjx.ckpt: skipping …``).
+    stream : TextIO, optional
+        Where the lines go (default: ``sys.stderr`` at the time of the warning).
+
+    Other warnings are shown as before.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", CorruptCheckpointWarning)
+        shown = warnings.showwarning
+
+        def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+            if not issubclass(category, CorruptCheckpointWarning):
+                shown(message, category, *args, **kwargs)
+                return
+            out = stream if stream is not None else sys.stderr
+            print(f"{prog}: warning: {message}", file=out, flush=True)
+
+        warnings.showwarning = show
+        yield

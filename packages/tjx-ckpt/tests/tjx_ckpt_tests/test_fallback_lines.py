@@ -1,0 +1,76 @@
+"""A corrupt step's fallback is one line: which step, why, which step is used, nothing else."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tjx.ckpt import CorruptCheckpointWarning, corrupt_fallback_lines, fallback
+
+
+def test_a_corrupt_newest_step_is_one_stderr_line_in_a_fresh_process(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    done = subprocess.run(
+        [sys.executable, "-m", "tjx_ckpt_tests._fallback_child", str(tmp_path / "ckpt")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "restored 1"
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr  # no warning source line, no asyncio traceback
+    assert lines[0].startswith(
+        f"demo: warning: tjx.ckpt: skipping corrupt checkpoint step 2 ({tmp_path / 'ckpt' / '2'}): "
+    )
+    assert lines[0].endswith("; using step 1")
+
+
+def test_other_warnings_keep_their_format() -> None:
+    out = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with corrupt_fallback_lines("demo", stream=out):
+            warnings.warn("step 9 (x): bad", CorruptCheckpointWarning, stacklevel=1)
+            warnings.warn("something else", UserWarning, stacklevel=1)
+    assert out.getvalue() == "demo: warning: step 9 (x): bad\n"
+    assert [str(w.message) for w in caught] == ["something else"]
+
+
+def test_failed_read_debris_is_dropped_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    passed_on: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: passed_on.append(str(u.exc_value)))
+    monkeypatch.setattr(fallback, "_installed", False)
+    fallback.silence_failed_reads()
+    fallback.silence_failed_reads()  # idempotent: one filter, one hook
+    logger = logging.getLogger("asyncio")
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        logger.error("Future exception was never retrieved\nfuture: <Future finished>")
+        logger.error("Task exception was never retrieved")
+        logger.error("something else went wrong")
+    finally:
+        logger.removeHandler(handler)
+    assert records == ["something else went wrong"]
+    for exc in (RuntimeError("Event loop is closed"), RuntimeError("other"), ValueError("x")):
+        sys.unraisablehook(SimpleNamespace(exc_value=exc))  # type: ignore[arg-type]
+    assert passed_on == ["other", "x"]

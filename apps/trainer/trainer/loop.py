@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 
 import jax
 
@@ -65,7 +66,11 @@ def _prepare_and_train(plan: RunPlan) -> int:
     _device_note()
     # Everything that can fail on bad input happens before the run directory exists.
     try:
+        # A first run tokenizes the corpus (minutes for a large one): say so, and how long it took.
+        print(f"data: preparing {cfg.data.source}…", flush=True)
+        started = time.perf_counter()
         bundle = data_setup.prepare(cfg)
+        print(f"data: ready in {time.perf_counter() - started:.1f} s", flush=True)
         # Data preparation may take one host much longer (it builds the shards the others then
         # find cached); CPU collectives give up on a peer after ~30 s, so everyone waits here.
         parallel.barrier("trainer:data_ready", timeout_s=DATA_READY_TIMEOUT_S)

@@ -52,6 +52,12 @@ def step_peak(cfg: Config, vocab_size: int) -> int:
     return peak_bytes(step.lower(state, batch).compile())["peak"]
 
 
+def _announced(name: str, cfg: Config, vocab_size: int) -> int:
+    """`step_peak`, said first: a big model's compile takes minutes on a CPU."""
+    print(f"memory: compiling {name} to measure its peak…", flush=True)
+    return step_peak(cfg, vocab_size)
+
+
 #: The candidates' names, as the ``memory:`` lines print them.
 STEP, FULL_REMAT = "the train step", "the train step with model.remat=full"
 
@@ -68,9 +74,9 @@ def fit_memory(
     if not cfg.train.fit_memory or cfg.task != "lm" or devices != 1:
         return cfg
     full = build_config(apply_overrides(cfg.to_dict(), ["model.remat=full"]))
-    candidates = [(STEP, lambda: step_peak(cfg, vocab_size))]
+    candidates = [(STEP, lambda: _announced(STEP, cfg, vocab_size))]
     if cfg.model.remat == "none":
-        candidates.append((FULL_REMAT, lambda: step_peak(full, vocab_size)))
+        candidates.append((FULL_REMAT, lambda: _announced(FULL_REMAT, full, vocab_size)))
     # Each figure is printed as it comes: the next compile may take a while.
     fit = first_fit(candidates, budget=budget, on_check=lambda c: print(f"memory: {c}", flush=True))
     if fit.chosen == FULL_REMAT:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,9 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
     st, start = setup.state, 0
     if plan.resume:
         try:
-            restored = manager.restore(target=st)
+            # A corrupt newest step is skipped in one warning line (which, why, which is used).
+            with ckpt.corrupt_fallback_lines("trainer"):
+                restored = manager.restore(target=st)
             if restored.data_state is not None:
                 data_setup.restore_loader(loader, restored.data_state)
         except (ckpt.CheckpointError, ValueError) as err:
@@ -116,6 +119,7 @@ class Training:
     start: int
     primary: bool
     last_eval: dict[str, float] = field(default_factory=dict)
+    compiled: bool = False  # the train step has run once (so it is compiled)
     saved: int = field(init=False)  # the last step saved (or restored), -1 before any
     cfg: Any = field(init=False)
     run_dir: Path = field(init=False)
@@ -207,7 +211,16 @@ class Training:
         return step_fn
 
     def _step(self, step_fn: Any) -> Any:
+        first = not self.compiled
+        if first:  # jit compiles on the first call: minutes for a big model on a CPU
+            print("compiling the train step…", flush=True)
+            started = time.perf_counter()
         self.state, out = step_fn(self.state, next(self.loader))  # already on the mesh
+        if first:
+            jax.block_until_ready(out)
+            self.compiled = True
+            took = time.perf_counter() - started
+            print(f"compiled the train step (and ran its first step) in {took:.1f} s", flush=True)
         self.meter.update(self.units_per_step)  # a host int: no device read
         return out
 

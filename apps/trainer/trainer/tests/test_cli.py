@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 
 import pytest
@@ -150,13 +152,31 @@ def test_a_run_dir_that_cannot_be_made_is_refused_at_plan_time(in_tmp, monkeypat
     (in_tmp / "file").write_text("x")
     with pytest.raises(ConfigError, match="'file' is a file, not a folder"):
         _plan("--config", "tiny", "--run-dir", "file/run")
-    # A read-only parent (simulated: the tests may run as root, who may write anywhere).
-    monkeypatch.setattr("tjx.ckpt.run_checks.os.access", lambda path, mode: False)
-    (in_tmp / "ok").mkdir()  # an existing run dir needs no write check of its parent
+    (in_tmp / "ok").mkdir()
+    (in_tmp / "ro").mkdir()
+    # Unwritable in a way os.access does not see (root in a container, an immutable folder):
+    # os.access says yes, making anything fails with EPERM. The check writes a probe.
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if os.path.abspath(os.path.dirname(path)) != str(in_tmp / "ok"):
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(path))
+        real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: True)
     with pytest.raises(ConfigError, match=r"data.cache_dir: cannot create .* is not writable"):
         _plan("--config", "tiny", "--run-dir", "ok", "--set", f"data.cache_dir={in_tmp}/c")
-    with pytest.raises(ConfigError, match=r"--run-dir: cannot create 'new': '.' is not writable"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--run-dir: cannot create 'new': '.' is not writable \(Operation not permitted\)",
+    ):
         _plan("--config", "tiny", "--run-dir", "new")
+    with pytest.raises(
+        ConfigError, match=r"^--run-dir: cannot write into 'ro' \(Operation not permitted\)"
+    ):
+        _plan("--config", "tiny", "--run-dir", "ro")
+    assert sorted(p.name for p in (in_tmp / "ok").iterdir()) == []  # the probe was removed
 
 
 def test_ctrl_c_before_the_loop_is_one_line(in_tmp, capfd, monkeypatch):

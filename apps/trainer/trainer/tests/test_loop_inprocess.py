@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -44,6 +45,16 @@ def test_train_resume_and_finish_in_process(in_tmp, capsys):
     assert main(_argv(text, "--set", cache, "--set", "train.stop_at=2")) == 0
     out = capsys.readouterr().out
     assert "train.stop_at: saved step 2" in out and "running on CPU" in out
+    # No silent start: each slow phase is said before it starts, with its time once done.
+    lines = out.splitlines()
+    said = [lines.index(f"data: preparing {text}…"), lines.index("compiling the train step…")]
+    ready = [i for i, line in enumerate(lines) if re.fullmatch(r"data: ready in \d+\.\d s", line)]
+    compiled = [
+        i
+        for i, line in enumerate(lines)
+        if re.fullmatch(r"compiled the train step \(and ran its first step\) in \d+\.\d s", line)
+    ]
+    assert said[0] < ready[0] < said[1] < compiled[0], out
     assert json.loads((in_tmp / "run" / "final.json").read_text())["step"] == 2
     assert main(_argv(text, "--set", cache, "--resume")) == 0
     out = capsys.readouterr().out

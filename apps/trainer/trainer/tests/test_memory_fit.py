@@ -37,8 +37,10 @@ def peaks() -> tuple[int, int]:
 def test_fitting_step_is_unchanged(peaks, capsys):
     cfg = config()
     assert fit_memory(cfg, VOCAB, budget=peaks[0] + 1, devices=1) is cfg
-    # One figure: full remat is never compiled when the step fits.
+    # One compile, said before it starts (minutes for a big model on a CPU), and one figure:
+    # full remat is never compiled when the step fits.
     assert capsys.readouterr().out == (
+        "memory: compiling the train step to measure its peak…\n"
         f"memory: the train step needs {peaks[0] / GIB:.2f} GiB; "
         f"{(peaks[0] + 1) / GIB:.2f} GiB available\n"
     )
@@ -50,11 +52,13 @@ def test_too_big_switches_to_full_remat_and_says_so(peaks, capsys):
     assert fitted.model.remat == "full"
     assert fitted.data.batch_size == 16  # nothing else changes
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith(f"memory: the train step needs {plain / GIB:.2f} GiB")
-    assert lines[1].startswith(
+    assert lines[0] == "memory: compiling the train step to measure its peak…"
+    assert lines[1].startswith(f"memory: the train step needs {plain / GIB:.2f} GiB")
+    assert lines[2] == "memory: compiling the train step with model.remat=full to measure its peak…"
+    assert lines[3].startswith(
         f"memory: the train step with model.remat=full needs {full / GIB:.2f} GiB"
     )
-    assert "uses model.remat=full" in lines[2] and len(lines) == 3
+    assert "uses model.remat=full" in lines[4] and len(lines) == 5
 
 
 def test_too_big_even_with_remat_names_the_fix(peaks):

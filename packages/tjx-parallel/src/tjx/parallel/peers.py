@@ -13,8 +13,9 @@ running while the main thread waits inside XLA (compile, execute, transfers rele
 so a long step is not a silence. A finished process writes ``done`` and is never reported.
 Process 0 hosts the service: calls that keep failing, or one that hangs for ``silence_s``, mean
 the coordinator is lost. jax itself aborts the survivors within a second when process 0's
-connection drops (it polls the service for errors), so this watch names a lost coordinator only
-when its host stops answering without closing the connection (stopped, hung, cut off).
+connection drops (it polls the service for errors): :func:`watch_peers` turns that abort into
+the same one line (``tjx.parallel.aborts``); the watch names a lost coordinator itself when its
+host stops answering without closing the connection (stopped, hung, cut off).
 
 The exit path matters as much as the step: with gloo (CPU) a collective whose peer died raises at
 once ("Connection closed by peer"), the process exits, and jax's exit handler then waits at a
@@ -32,6 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from tjx.parallel.aborts import guard_aborts
 from tjx.parallel.distributed import _give_up, runtime_client
 
 __all__ = ["DONE", "KEY_PREFIX", "KeyValueClient", "PeerWatch", "watch_peers"]
@@ -290,6 +292,12 @@ class PeerWatch:
         self._reported.wait(wait)
         return self._dead
 
+    def report(self, message: str) -> None:
+        """Report ``message`` as the watch's own (an earlier report wins), then wait until
+        ``on_dead`` has returned (it usually ends the process): the SIGABRT handler's way in."""
+        self._report(message)
+        self._reported.wait(10.0)
+
     def _coordinator(self) -> str:
         return f"lost the coordinator (process 0 of {self._n})"
 
@@ -376,11 +384,9 @@ def watch_peers(
     if not jax.distributed.is_initialized():
         return PeerWatch(None, 0, 1, silence_s=silence_s, interval_s=interval_s, on_dead=on_dead)
     client, rank, num_processes = runtime_client("watch_peers")
-    return PeerWatch(
-        client,
-        rank,
-        num_processes,
-        silence_s=silence_s,
-        interval_s=interval_s,
-        on_dead=on_dead,
+    watch = PeerWatch(
+        client, rank, num_processes, silence_s=silence_s, interval_s=interval_s, on_dead=on_dead
     ).start()
+    # jax aborts a survivor of process 0 at once (SIGABRT, a C++ dump): one line instead.
+    guard_aborts(watch, rank, num_processes)
+    return watch

@@ -1,14 +1,19 @@
 """A table of bad inputs: each gives one clear error, exit code 2, and leaves no run directory.
 
 Every case runs the app as a separate process (``python -m trainer`` / ``python -m eval``) in an
-empty folder; afterwards that folder holds only what the case itself prepared.
+empty folder; afterwards that folder holds only what the case itself prepared. A second table,
+``DIVERGED``, holds runs whose loss turns NaN for good: they end with one error line and exit code
+3, and leave no checkpoint from the bad streak and no ``final.json``.
 """
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from tests_integration._helpers_apps import run_app
+from tests_integration._helpers_apps import SMALL, run_app
+from tests_integration._helpers_unwritable import make_unwritable, writable_again
 
 T = "trainer"
 E = "eval"
@@ -44,8 +49,27 @@ def _config_files(d):
     (d / "b.yaml").write_text("base: ./a.yaml\n")
 
 
+def _immutable_run_dir(d):
+    (d / "r").mkdir()
+    make_unwritable(d / "r")
+
+
+def _immutable_parent(d):
+    (d / "ro").mkdir()
+    make_unwritable(d / "ro")
+
+
 CASES = [
     # (id, app, argv, setup, expected text in stderr)
+    # Unwritable where os.access says writable (root, chattr +i): found by writing a probe.
+    ("immutable-run-dir", T, TINY, _immutable_run_dir, "--run-dir: cannot write into 'r' ("),
+    (
+        "immutable-parent",
+        T,
+        ["--config", "tiny", "--run-dir", "ro/run"],
+        _immutable_parent,
+        "--run-dir: cannot create 'ro/run': 'ro' is not writable (",
+    ),
     ("unknown-preset", T, ["--config", "nope", "--run-dir", "r"], None, "unknown preset 'nope'"),
     ("missing-config-file", T, ["--config", "no/such.yaml"], None, "no such file"),
     ("bad-yaml", T, ["--config", "bad.yaml", "--run-dir", "r"], _bad_yaml, "not valid YAML"),
@@ -240,10 +264,13 @@ CASES = [
     ("app", "argv", "setup", "needle"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, app, argv, setup, needle):
-    if setup is not None:
-        setup(tmp_path)
-    before = sorted(p.name for p in tmp_path.iterdir())
-    proc = run_app(app, argv, tmp_path, timeout=300)
+    try:
+        if setup is not None:
+            setup(tmp_path)
+        before = sorted(p.name for p in tmp_path.iterdir())
+        proc = run_app(app, argv, tmp_path, timeout=300)
+    finally:
+        writable_again()
     assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
     assert needle in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
@@ -256,3 +283,38 @@ def test_tables_are_large_enough():
     from tests_integration import test_bad_runs
 
     assert len(CASES) + len(test_bad_runs.CASES) >= 80
+
+
+DIVERGED = [
+    # (id, settings): the loss turns NaN and stays NaN, fewer steps than train.max_bad_steps=25
+    (
+        "fp16-dynamic-scale-lr10",
+        [
+            "model.compute_dtype=float16",
+            "optimizer.loss_scale=dynamic",
+            "optimizer.lr=10",
+            "optimizer.clip_norm=null",
+        ],
+    ),
+    ("sgd-lr10", ["optimizer.name=sgd", "optimizer.lr=10", "optimizer.clip_norm=null"]),
+]
+
+
+@pytest.mark.parametrize("sets", [c[1] for c in DIVERGED], ids=[c[0] for c in DIVERGED])
+def test_a_run_ending_inside_a_nonfinite_streak_exits_3_and_saves_nothing_from_it(tmp_path, sets):
+    argv = ["--config", "tiny", "--run-dir", "r"]
+    for item in [*SMALL, "train.steps=20", "train.checkpoint_every=5", *sets]:
+        argv += ["--set", item]
+    proc = run_app(T, argv, tmp_path, timeout=600)
+    assert proc.returncode == 3, (proc.stdout[-2000:], proc.stderr[-2000:])
+    errors = [line for line in proc.stderr.splitlines() if "trainer: error:" in line]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    found = re.search(r"training (?:ended inside a non-finite streak|diverged): steps (\d+)–20 ", errors[0])
+    assert found, errors[0]
+    first_bad = int(found.group(1))
+    run = tmp_path / "r"
+    saved = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert all(step < first_bad for step in saved), (saved, errors[0])  # none from the streak
+    last = f"the last checkpoint is step {saved[-1]}" if saved else "no checkpoint was saved"
+    assert last in errors[0], errors[0]
+    assert not (run / "final.json").exists() and "done:" not in proc.stdout

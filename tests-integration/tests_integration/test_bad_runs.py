@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests_integration._helpers_apps import SMALL, run_app, trained_small_run
+from tests_integration._helpers_unwritable import make_unwritable, writable_again
 
 T = "trainer"
 E = "eval"
@@ -54,6 +55,19 @@ def _corrupt_every_checkpoint(run: Path) -> None:
     for path in (run / "checkpoints").rglob("*"):
         if path.is_file() and path.parent.name == "d":
             path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _immutable(run: Path) -> None:
+    make_unwritable(run)  # root passes os.access on it; writing fails (EPERM)
+
+
+def _zero_start_of_newest(run: Path) -> None:
+    # The start of step 30's data files zeroed (a bad sector, a copy that wrote zeros first).
+    for path in (run / "checkpoints" / "30").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            data = bytearray(path.read_bytes())
+            data[:64] = bytes(64)
+            path.write_bytes(bytes(data))
 
 
 def _other_text(run: Path) -> None:
@@ -105,6 +119,14 @@ CASES = [
         "--resume: no readable checkpoint",
     ),
     ("train-over-a-run", T, resume_with(flags=()), None, "already holds checkpoints"),
+    ("resume-immutable-run-dir", T, resume_with(), _immutable, "--run-dir: cannot write into 'r'"),
+    (
+        "eval-immutable-run-dir",
+        E,
+        ["--checkpoint", "r"],
+        _immutable,
+        "--attention-png: cannot write into 'r' (",
+    ),
     (
         "init-from-over-a-run",
         T,
@@ -160,10 +182,13 @@ def test_bad_input_on_a_run_exits_2_and_changes_nothing(
 ):
     run = tmp_path / "r"
     shutil.copytree(trained, run)  # copy2: times kept, so an untouched file keeps its stamp
-    if setup is not None:
-        setup(run)
-    before = _snapshot(tmp_path)
-    proc = run_app(app, argv, tmp_path, timeout=300)
+    try:
+        if setup is not None:
+            setup(run)
+        before = _snapshot(tmp_path)
+        proc = run_app(app, argv, tmp_path, timeout=300)
+    finally:
+        writable_again()
     assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
     assert needle in proc.stderr, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if f"{app}: error:" in line]
@@ -194,3 +219,25 @@ def test_a_resume_says_which_training_settings_change(tmp_path, trained):
     assert "resumed from step 30" in proc.stdout and "done: 32 steps" in proc.stdout
     assert "steps: 32" in (run / "config.yaml").read_text()  # the run's config is the new one
     assert _snapshot(run)["model.json"] == model_json  # same model: the file was not rewritten
+
+
+FALLBACKS = [
+    # (id, app, argv): a corrupt newest step (30) is skipped in one warning line, step 15 used.
+    ("resume", T, resume_with()),
+    ("eval", E, ["--checkpoint", "r", "--max-batches", "1", "--attention-png", "none"]),
+]
+
+
+@pytest.mark.parametrize(("app", "argv"), [c[1:] for c in FALLBACKS], ids=[c[0] for c in FALLBACKS])
+def test_a_corrupt_newest_checkpoint_is_one_warning_line(tmp_path, trained, app, argv):
+    run = tmp_path / "r"
+    shutil.copytree(trained, run)
+    _zero_start_of_newest(run)
+    proc = run_app(app, argv, tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr[-3000:]  # no source line, no orbax/asyncio traceback
+    assert lines[0].startswith(
+        f"{app}: warning: tjx.ckpt: skipping corrupt checkpoint step 30 ("
+    ), lines[0]
+    assert lines[0].endswith("; using step 15"), lines[0]

@@ -1,4 +1,5 @@
-"""A peer killed mid-run (kill -9 of process 1 of 2, loopback, 4 simulated CPU devices each).
+"""A peer killed mid-run (kill -9 of process 1, or of process 0, the coordinator, of 2; loopback,
+4 simulated CPU devices each).
 
 Without the peer watch, process 0 waited for jax's heartbeat timeout and died 78-100 s later by
 SIGABRT with a C++ stack dump and no ``trainer: error:`` line. With it:
@@ -10,6 +11,7 @@ SIGABRT with a C++ stack dump and no ``trainer: error:`` line. With it:
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -23,8 +25,8 @@ SETS = [*SMALL, f"train.steps={STEPS}", "train.eval_every=0", "train.checkpoint_
 DETECTION_LIMIT_S = 30.0
 
 
-def _kill_process_1_after_a_checkpoint(run_dir: Path, killed_at: list[float]):
-    """A ``while_running`` hook: once step 5 is committed and the run goes on, SIGKILL process 1."""
+def _kill_after_a_checkpoint(run_dir: Path, killed_at: list[float], victim: int = 1):
+    """A ``while_running`` hook: once step 5 is committed and the run goes on, SIGKILL ``victim``."""
 
     def hook(procs: list[subprocess.Popen]) -> None:
         end = time.monotonic() + LAUNCH_TIMEOUT_S
@@ -32,7 +34,7 @@ def _kill_process_1_after_a_checkpoint(run_dir: Path, killed_at: list[float]):
             if any(p.poll() is not None for p in procs):
                 return  # one ended early: the assertions on the results say why
             if (run_dir / "checkpoints" / "5").is_dir():
-                procs[1].send_signal(signal.SIGKILL)
+                procs[victim].send_signal(signal.SIGKILL)
                 killed_at.append(time.monotonic())
                 return
             time.sleep(0.05)
@@ -49,7 +51,7 @@ def test_a_killed_peer_ends_the_survivor_in_one_line_and_the_run_resumes(tmp_pat
         "dead",
         pair("two", SETS),
         LAUNCH_TIMEOUT_S,
-        _kill_process_1_after_a_checkpoint(run, killed_at),
+        _kill_after_a_checkpoint(run, killed_at),
     )
     assert killed_at, tails(results)
     survivor, killed = results
@@ -68,3 +70,26 @@ def test_a_killed_peer_ends_the_survivor_in_one_line_and_the_run_resumes(tmp_pat
     for r in resumed:
         assert r["rc"] == 0, tails(resumed)
         assert "resumed from step" in r["out"] and f"done: {STEPS} steps" in r["out"]
+
+
+def test_a_killed_coordinator_ends_the_survivor_in_one_line(tmp_path):
+    """jax aborts process 1 the moment process 0's connection drops (it used to die by SIGABRT
+    with a C++ stack dump): one line naming the lost coordinator and the checkpoint, exit 1."""
+    run = tmp_path / "two"
+    killed_at: list[float] = []
+    started = time.monotonic()
+    hook = _kill_after_a_checkpoint(run, killed_at, victim=0)
+    results = launch(tmp_path, "dead0", pair("two", SETS), LAUNCH_TIMEOUT_S, hook)
+    assert killed_at, tails(results)
+    killed, survivor = results
+    assert killed["rc"] == -signal.SIGKILL, tails(results)
+    assert survivor["rc"] == 1, tails(results)
+    assert survivor["seconds"] - (killed_at[0] - started) < DETECTION_LIMIT_S, tails(results)
+    err = survivor["err"]
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1, err
+    assert errors[0].startswith("trainer: error: lost the coordinator (process 0 of 2)"), err
+    assert "the last checkpoint is step" in errors[0] and "--resume" in errors[0], err
+    for noise in ("Traceback", "SIGABRT", "Check failure", "Terminating process"):
+        assert noise not in err, err
+    assert not re.search(r"^[EFW]\d{4} ", err, re.M), err  # no C++ log line

@@ -33,6 +33,11 @@ DIVERGED_ADVICE = (
 )
 
 
+#: The most skipped updates a dynamic loss scale's backoff takes (tjx.optim's initial 2**15 halved
+#: to 1): a run may end inside such a streak with finite losses (DivergenceGuard.end).
+LOSS_SCALE_BACKOFF = 16
+
+
 def write_run_files(plan: RunPlan, setup: Any, bundle: Any) -> None:
     """``config.yaml``, ``model.json`` and ``data.json``; a file whose content is the same is left
     untouched, so a resume that changes nothing changes no file."""
@@ -153,7 +158,11 @@ class Training:
         # boundary (one host-side exchange per step); one process decides alone.
         agreement = stop_agreement("trainer/stop")
         guard = DivergenceGuard(
-            cfg.train.max_bad_steps, limit_name="train.max_bad_steps", advice=DIVERGED_ADVICE
+            cfg.train.max_bad_steps,
+            limit_name="train.max_bad_steps",
+            advice=DIVERGED_ADVICE,
+            # A run may end while a dynamic loss scale backs off (halving from 2**15: 16 skips).
+            end_tolerance=LOSS_SCALE_BACKOFF if cfg.optimizer.loss_scale == "dynamic" else 0,
         )
         stopped_by: str | None = None
         step_done, profiling = start, False

@@ -76,15 +76,23 @@ def test_a_run_ending_inside_a_nonfinite_streak_is_diverged(capsys):
     capsys.readouterr()
 
 
-def test_a_run_ending_on_skipped_updates_with_finite_loss_is_not_diverged():
+def test_a_run_may_end_in_a_tolerated_streak_of_skipped_updates(capsys):
     # A dynamic loss scale backing off skips updates with a finite loss: the state is unchanged.
     rng = np.random.default_rng(4)
-    guard = DivergenceGuard(25)
-    guard.push(1, _out(rng.uniform(1.0, 5.0), False))
+    for skips, tolerance, diverged in [(2, 2, False), (3, 2, True), (1, 0, True)]:
+        guard = DivergenceGuard(25, end_tolerance=tolerance)
+        guard.push(1, _out(rng.uniform(1.0, 5.0), False))
+        for step in range(2, 2 + skips):
+            guard.push(step, _out(rng.uniform(1.0, 5.0), True))
+        guard.end()
+        assert guard.streak == skips and (guard.diverged is not None) == diverged, skips
+    # A non-finite loss anywhere in the streak is never tolerated, even if the last is finite.
+    guard = DivergenceGuard(25, end_tolerance=10)
+    guard.push(1, _out(float("nan"), True))
     guard.push(2, _out(rng.uniform(1.0, 5.0), True))
-    guard.push(3, _out(rng.uniform(1.0, 5.0), True))
     guard.end()
-    assert guard.streak == 2 and guard.diverged is None
+    assert guard.diverged is not None and "steps 1–2 (2 in a row" in guard.diverged
     fresh = DivergenceGuard(3)
     fresh.end()  # no step judged: nothing to say
     assert fresh.diverged is None
+    capsys.readouterr()

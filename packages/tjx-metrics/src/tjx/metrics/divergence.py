@@ -36,6 +36,9 @@ class DivergenceGuard:
         How the warning names the limit (a trainer passes its config key).
     advice : str
         What the ``diverged`` message ends with: what to change before resuming.
+    end_tolerance : int
+        The longest streak of skipped updates with finite losses a run may end in (:meth:`end`);
+        a trainer with a dynamic loss scale passes the steps its backoff can take.
 
     Examples
     --------
@@ -53,9 +56,10 @@ class DivergenceGuard:
         "lower the learning rate, raise the warmup or clip the gradient norm, and resume from "
         "the last checkpoint"
     )
+    end_tolerance: int = 0
     streak: int = 0
     first_bad: int | None = None
-    last_finite: bool = True  # the newest judged step's loss was finite
+    streak_nonfinite: bool = False  # a loss of the current streak was not finite
     warned: bool = False
     diverged: str | None = None
     _pending: tuple[int, Any, Any] | None = field(default=None, repr=False)
@@ -79,14 +83,14 @@ class DivergenceGuard:
             self._judge(*previous)
 
     def end(self) -> None:
-        """The run ends here: judge the held step, and a run whose last loss is not finite is
-        diverged however short its streak (its state must be neither saved nor reported done).
-
-        A streak of skipped updates with finite losses (e.g. a dynamic loss scale backing off) is
-        not: a skipped update leaves the state as it was.
+        """The run ends here: judge the held step; a run that ends inside a bad streak is diverged
+        however short the streak (its state must be neither saved nor reported done), unless the
+        streak is at most ``end_tolerance`` skipped updates with finite losses (a dynamic loss
+        scale backing off: a skipped update leaves the state as it was).
         """
         self.flush()
-        if self.diverged is None and self.streak and not self.last_finite:
+        tolerated = not self.streak_nonfinite and self.streak <= self.end_tolerance
+        if self.diverged is None and self.streak and not tolerated:
             self.diverged = (
                 f"training ended inside a non-finite streak: steps {self.first_bad}–"
                 f"{self._last_step} ({self.streak} in a row, under {self.limit_name}="
@@ -97,11 +101,12 @@ class DivergenceGuard:
     def _judge(self, step: int, loss: Any, skipped: Any) -> None:
         loss_value, was_skipped = jax.device_get((loss, skipped))
         self._last_step, self._last_loss = step, float(loss_value)
-        self.last_finite = math.isfinite(float(loss_value))
-        bad = bool(was_skipped) or not self.last_finite
+        finite = math.isfinite(float(loss_value))
+        bad = bool(was_skipped) or not finite
         if not bad:
-            self.streak, self.first_bad = 0, None
+            self.streak, self.first_bad, self.streak_nonfinite = 0, None, False
             return
+        self.streak_nonfinite = self.streak_nonfinite or not finite
         self.streak += 1
         self.first_bad = step if self.first_bad is None else self.first_bad
         why = (

@@ -27,9 +27,11 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 __all__ = [
     "CPP_LOGS_ENV",
+    "abort_message",
     "coordinator_reachable",
     "guard_aborts",
     "install_abort_handler",
@@ -101,7 +103,26 @@ def install_abort_handler(describe: Callable[[], str], report: Callable[[str], N
     _installed.append(callback)
 
 
-class _Reporter:
+def abort_message(
+    dead: str | None, rank: int, num_processes: int, reachable: Callable[[], bool]
+) -> str:
+    """The line for an abort: the watch's own message if it spoke first (a verdict, a silence);
+    else a lost coordinator when process 0's port refuses (asked only off process 0); else a
+    fatal error inside jax's runtime."""
+    if dead is not None:
+        return dead
+    if rank != 0 and not reachable():
+        return (
+            f"lost the coordinator (process 0 of {num_processes}): its connection closed "
+            "(killed or crashed), and jax's runtime ended this process"
+        )
+    return (
+        f"jax's runtime aborted process {rank} of {num_processes} (a fatal error in its C++ "
+        f"runtime; set {CPP_LOGS_ENV}=1 to see its log)"
+    )
+
+
+class _Reporter(Protocol):
     """What a watch offers the handler (a :class:`tjx.parallel.PeerWatch`)."""
 
     dead: str | None
@@ -116,16 +137,8 @@ def guard_aborts(watch: _Reporter, rank: int, num_processes: int) -> None:
     address = getattr(_distributed.global_state, "coordinator_address", None)
 
     def describe() -> str:
-        if watch.dead is not None:  # the watch spoke first (a verdict, a silence): its words
-            return watch.dead
-        if rank != 0 and not coordinator_reachable(address):
-            return (
-                f"lost the coordinator (process 0 of {num_processes}): its connection closed "
-                "(killed or crashed), and jax's runtime ended this process"
-            )
-        return (
-            f"jax's runtime aborted process {rank} of {num_processes} (a fatal error in its C++ "
-            f"runtime; set {CPP_LOGS_ENV}=1 to see its log)"
+        return abort_message(
+            watch.dead, rank, num_processes, lambda: coordinator_reachable(address)
         )
 
     silence_cpp_logs()

@@ -309,7 +309,9 @@ def test_a_run_ending_inside_a_nonfinite_streak_exits_3_and_saves_nothing_from_i
     assert proc.returncode == 3, (proc.stdout[-2000:], proc.stderr[-2000:])
     errors = [line for line in proc.stderr.splitlines() if "trainer: error:" in line]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    found = re.search(r"training (?:ended inside a non-finite streak|diverged): steps (\d+)–20 ", errors[0])
+    found = re.search(
+        r"training (?:ended inside a non-finite streak|diverged): steps (\d+)–20 ", errors[0]
+    )
     assert found, errors[0]
     first_bad = int(found.group(1))
     run = tmp_path / "r"

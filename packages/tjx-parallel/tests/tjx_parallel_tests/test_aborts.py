@@ -32,8 +32,7 @@ def test_cpp_logs_stay_on_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert aborts.silence_cpp_logs() is False
 
 
-_CHILD = textwrap.dedent(
-    """
+_CHILD = textwrap.dedent("""
     import os, sys
     from tjx.parallel import aborts
 
@@ -44,8 +43,7 @@ _CHILD = textwrap.dedent(
     aborts.install_abort_handler(lambda: "never used", report)  # once per process
     assert aborts.silence_cpp_logs()
     os.abort()
-    """
-)
+    """)
 
 
 def test_an_abort_becomes_one_line_and_status_1() -> None:

@@ -26,7 +26,7 @@ DETECTION_LIMIT_S = 30.0
 
 
 def _kill_after_a_checkpoint(run_dir: Path, killed_at: list[float], victim: int = 1):
-    """A ``while_running`` hook: once step 5 is committed and the run goes on, SIGKILL ``victim``."""
+    """A ``while_running`` hook: SIGKILL ``victim`` once step 5 is committed and the run goes on."""
 
     def hook(procs: list[subprocess.Popen]) -> None:
         end = time.monotonic() + LAUNCH_TIMEOUT_S

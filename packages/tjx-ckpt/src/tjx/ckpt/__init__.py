@@ -23,6 +23,7 @@ from tjx.ckpt.errors import (
     CorruptCheckpointError,
     StepExistsError,
 )
+from tjx.ckpt.fallback import CorruptCheckpointWarning, corrupt_fallback_lines
 from tjx.ckpt.run_changes import (
     ConfigChanges,
     config_changes,
@@ -30,7 +31,6 @@ from tjx.ckpt.run_changes import (
     flatten_config,
     key_matches,
 )
-from tjx.ckpt.fallback import CorruptCheckpointWarning, corrupt_fallback_lines
 from tjx.ckpt.run_checks import NotCreatableError, RunStartError, check_can_create
 from tjx.ckpt.run_dir import RunDir, RunFileError, RunFileNotFoundError, final_summary
 from tjx.ckpt.version import __version__

@@ -51,7 +51,7 @@ def silence_cpp_logs() -> bool:
     """Turn absl's C++ log output off (unless ``TJX_CPP_LOGS=1``); whether it was turned off."""
     if os.environ.get(CPP_LOGS_ENV, "") not in ("", "0"):
         return False
-    from jaxlib import utils  # jaxlib's setter of absl's minimum log level (jax logging uses it)
+    from jax._src.lib import utils  # jaxlib's setter of absl's minimum log level, as jax uses it
 
     utils.absl_set_min_log_level(_ABSL_OFF)
     return True

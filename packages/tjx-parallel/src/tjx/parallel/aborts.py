@@ -125,7 +125,8 @@ def abort_message(
 class _Reporter(Protocol):
     """What a watch offers the handler (a :class:`tjx.parallel.PeerWatch`)."""
 
-    dead: str | None
+    @property
+    def dead(self) -> str | None: ...
 
     def report(self, message: str) -> None: ...
 

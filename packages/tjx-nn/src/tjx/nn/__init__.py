@@ -28,7 +28,15 @@ from tjx.nn.embeddings import Embed
 from tjx.nn.encdec import EncoderDecoder
 from tjx.nn.flops import flops_per_token, flops_per_unit, matmul_param_count
 from tjx.nn.generation import generate, sample_logits
-from tjx.nn.hf import HF_MODEL_TYPES, hf_kind, load_hf, load_hf_gpt2, save_hf, save_hf_gpt2
+from tjx.nn.hf import (
+    HF_MODEL_TYPES,
+    hf_kind,
+    load_hf,
+    load_hf_gpt2,
+    read_hf_config,
+    save_hf,
+    save_hf_gpt2,
+)
 from tjx.nn.hf_gpt2 import HF_GPT2_FIXED, HF_GPT2_NAMES, hf_gpt2_conflicts
 from tjx.nn.kv_cache import init_cache, kv_cache_bytes, topk_decode_attention
 from tjx.nn.linear import Dense, dropout
@@ -142,6 +150,7 @@ __all__ = [
     "objective_loss",
     "objective_of",
     "remat_policy",
+    "read_hf_config",
     "reseed",
     "residual_std",
     "sample_logits",

@@ -52,6 +52,18 @@ def hf_kind(path_or_hub: str | os.PathLike[str]) -> str:
     return _kind(read_config(resolve(path_or_hub)))
 
 
+def read_hf_config(path_or_hub: str | os.PathLike[str], **overrides: Any) -> TransformerConfig:
+    """The tjx config of a HF checkpoint (``GPT2Config`` or ``LlamaConfig``), weights unread.
+
+    Raises
+    ------
+    ValueError
+        As ``load_hf`` for the folder and its ``config.json``.
+    """
+    config, _, _ = _plan(read_config(resolve(path_or_hub)), overrides)
+    return config  # type: ignore[no-any-return]
+
+
 def _kind(hf: dict[str, Any]) -> str:
     model_type = hf.get("model_type")
     if model_type not in HF_MODEL_TYPES:

@@ -1,10 +1,12 @@
 """transformers' side of the HF round-trip tests; runs ONLY in the scratch venv (torch inside).
 
-``python _hf_peer_script.py make SPEC.json OUT`` builds a tiny random model (``AutoConfig.
-for_model(**config)``), saves it to ``OUT`` (safetensors, ``max_shard_size`` if given) and scores
-it; ``python _hf_peer_script.py score FOLDER TOKENS.npy OUT.npz`` loads a folder with
-``AutoModelForCausalLM.from_pretrained`` and scores it. Scoring writes float32 logits of the
-tokens and a greedy continuation (``new`` tokens) of their first row's first 4 tokens.
+``python _hf_peer_script.py JOBS.json`` runs a list of jobs in one process (torch loads once):
+``{"make": SPEC, "out": FOLDER}`` builds a tiny random model (``AutoConfig.for_model(**SPEC
+["config"])``, norms and biases random too), saves it to ``FOLDER`` (safetensors, SPEC's
+``max_shard_size`` if given) and scores it into ``FOLDER/peer.npz``; ``{"score": FOLDER,
+"tokens": NPY, "out": NPZ, "new": N}`` loads a folder with ``AutoModelForCausalLM.
+from_pretrained`` and scores it. Scoring writes float32 logits of the tokens, a greedy
+continuation (``new`` tokens) of their first row's first 4 tokens and the class name.
 """
 
 from __future__ import annotations
@@ -31,27 +33,27 @@ def score(model: torch.nn.Module, tokens: np.ndarray, new: int, out: Path) -> No
     np.savez(out, logits=logits, greedy=greedy, arch=np.asarray(arch))
 
 
+def make(spec: dict, folder: Path) -> None:
+    torch.manual_seed(spec.get("seed", 0))
+    config = AutoConfig.for_model(**spec["config"])
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # random norms and biases too, so a swapped tensor shows
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name or "ln_" in name:
+                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if name.endswith("weight") else 0.0))
+    kwargs = {"max_shard_size": spec["max_shard_size"]} if spec.get("max_shard_size") else {}
+    model.save_pretrained(folder, **kwargs)
+    tokens = np.asarray(spec["tokens"], dtype=np.int64)
+    score(model, tokens, spec["new"], folder / "peer.npz")
+
+
 def main() -> None:
-    command = sys.argv[1]
-    torch.manual_seed(0)
-    if command == "make":
-        spec = json.loads(Path(sys.argv[2]).read_text())
-        folder = Path(sys.argv[3])
-        config = AutoConfig.for_model(**spec["config"])
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        with torch.no_grad():  # random norms and biases too, so a swapped tensor shows
-            for name, p in model.named_parameters():
-                if name.endswith("bias") or "norm" in name or "ln_" in name:
-                    p.copy_(torch.randn_like(p) * 0.1 + (1.0 if "norm" in name else 0.0))
-        kwargs = {"max_shard_size": spec["max_shard_size"]} if spec.get("max_shard_size") else {}
-        model.to(getattr(torch, spec.get("dtype", "float32"))).save_pretrained(folder, **kwargs)
-        model.float()
-        tokens = np.asarray(spec["tokens"], dtype=np.int64)
-        score(model, tokens, spec["new"], folder / "peer.npz")
-    else:
-        folder, tokens = Path(sys.argv[2]), np.load(sys.argv[3])
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-        score(model, tokens, int(sys.argv[5]), Path(sys.argv[4]))
+    for job in json.loads(Path(sys.argv[1]).read_text()):
+        if "make" in job:
+            make(job["make"], Path(job["out"]))
+        else:
+            model = AutoModelForCausalLM.from_pretrained(job["score"], dtype=torch.float32)
+            score(model, np.load(job["tokens"]), int(job["new"]), Path(job["out"]))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --export-hf: the weights' dtype on disk (default: the run's param dtype)",
     )
     parser.add_argument(
+        "--export-model-type",
+        default=None,
+        choices=("llama", "mistral", "qwen2"),
+        help="with --export-hf, for a Llama run: the HF model_type to write (default: qwen2 when "
+        "only q/k/v have biases, else llama)",
+    )
+    parser.add_argument(
         "--max-shard-size",
         default="5GB",
         help="with --export-hf: split the weights into shards above this size (e.g. 500MB)",
@@ -48,8 +55,10 @@ def is_hf_folder(path: Path) -> bool:
 def check_arguments(args: argparse.Namespace) -> None:
     """Raise `RunError` on export flags that do not fit the rest of the command line."""
     if args.export_hf is None:
-        if args.export_dtype is not None:
-            raise RunError("--export-dtype: applies to --export-hf; give --export-hf OUT")
+        for flag in ("export_dtype", "export_model_type"):
+            if getattr(args, flag) is not None:
+                name = "--" + flag.replace("_", "-")
+                raise RunError(f"{name}: applies to --export-hf; give --export-hf OUT")
         return
     if args.checkpoint is None:
         raise RunError("--export-hf: exports one run; give it with --checkpoint RUN_DIR")
@@ -94,7 +103,11 @@ def export_run(run: LoadedRun, args: argparse.Namespace) -> None:
     out = Path(args.export_hf).expanduser()
     try:
         files = nn.save_hf(
-            run.model, out, dtype=args.export_dtype, max_shard_size=args.max_shard_size
+            run.model,
+            out,
+            dtype=args.export_dtype,
+            max_shard_size=args.max_shard_size,
+            model_type=args.export_model_type,
         )
     except ValueError as err:
         raise RunError(f"--export-hf: {err}") from None

@@ -26,9 +26,7 @@ def score(model: torch.nn.Module, tokens: np.ndarray, new: int, out: Path) -> No
     with torch.no_grad():
         logits = model(ids).logits.float().numpy()
         prompt = ids[:1, :4]
-        greedy = model.generate(
-            prompt, max_new_tokens=new, do_sample=False, pad_token_id=0
-        ).numpy()
+        greedy = model.generate(prompt, max_new_tokens=new, do_sample=False, pad_token_id=0).numpy()
     arch = type(model).__name__
     np.savez(out, logits=logits, greedy=greedy, arch=np.asarray(arch))
 

@@ -71,7 +71,10 @@ def test_fine_tuned_llama_exports_with_tjx_final_logits(tmp_path):
     check_ok(run_app("eval", ["--checkpoint", str(run), "--export-hf", str(out)], tmp_path))
     assert (out / "tokenizer.json").is_file()
     back = tmp_path / "back.npz"
-    run_peer([{"score": str(out), "tokens": str(tmp_path / "tokens.npy"), "out": str(back), "new": 4}], tmp_path)
+    run_peer(
+        [{"score": str(out), "tokens": str(tmp_path / "tokens.npy"), "out": str(back), "new": 4}],
+        tmp_path,
+    )
     peer = dict(np.load(back))
     assert str(peer["arch"]) == "LlamaForCausalLM"
 
@@ -89,8 +92,20 @@ def test_fine_tuned_llama_exports_with_tjx_final_logits(tmp_path):
 
     scored = run_app(
         "eval",
-        ["--checkpoint", str(hf), "--data", "shakespeare", "--max-batches", "1",
-         "--batch-size", "2", "--generate", "ROMEO:", "--max-new-tokens", "4"],
+        [
+            "--checkpoint",
+            str(hf),
+            "--data",
+            "shakespeare",
+            "--max-batches",
+            "1",
+            "--batch-size",
+            "2",
+            "--generate",
+            "ROMEO:",
+            "--max-new-tokens",
+            "4",
+        ],
         tmp_path,
     )
     check_ok(scored)

@@ -82,8 +82,15 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
     tokens = np.asarray(TOKENS, np.int32)
     np.save(root / "tokens.npy", tokens.astype(np.int64))
     makes = [
-        {"make": {"config": case["config"], "max_shard_size": case.get("max_shard_size"),
-                  "tokens": TOKENS, "new": NEW}, "out": str(root / name)}
+        {
+            "make": {
+                "config": case["config"],
+                "max_shard_size": case.get("max_shard_size"),
+                "tokens": TOKENS,
+                "new": NEW,
+            },
+            "out": str(root / name),
+        }
         for name, case in CASES.items()
     ]
     run_peer(makes, root)

@@ -115,5 +115,9 @@ def export_run(run: LoadedRun, args: argparse.Namespace) -> None:
     if save is not None:  # an HF tokenizer: transformers reads its tokenizer.json
         files.append(Path(save(out)).name)
     else:
-        print(f"note: the run's tokenizer ({run.run_data.tokenizer_spec}) has no tokenizer.json form")
-    print(f"exported {run.run_dir}@{run.step} as a Hugging Face checkpoint: {out} ({', '.join(files)})")
+        print(
+            f"note: the run's tokenizer ({run.run_data.tokenizer_spec}) has no tokenizer.json form"
+        )
+    print(
+        f"exported {run.run_dir}@{run.step} as a Hugging Face checkpoint: {out} ({', '.join(files)})"
+    )

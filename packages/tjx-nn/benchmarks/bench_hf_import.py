@@ -22,14 +22,32 @@ from typing import Any
 
 SHAPES: dict[str, dict[str, Any]] = {
     # Llama 2 7B: 6.74 B parameters.
-    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-               num_attention_heads=32, num_key_value_heads=32, vocab_size=32000),
+    "7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+    ),
     # Llama 3.2 1B's shape (GQA 32/8, vocab 128256, tied): 1.24 B parameters.
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-               num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
-               tie_word_embeddings=True),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, vocab_size=256),
+    "1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+    ),
 }
 
 
@@ -108,7 +126,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tjx-hf-bench-") as tmp:
         subprocess.run([*me, "--child", "write", tmp], check=True)
         disk = sum(p.stat().st_size for p in Path(tmp).glob("*.safetensors")) / 2**20
-        out = subprocess.run([*me, "--child", "load", tmp], check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [*me, "--child", "load", tmp], check=True, capture_output=True, text=True
+        )
     r = json.loads(out.stdout.strip().splitlines()[-1])
     extra = (r["peak_mib"] - r["baseline_mib"]) / r["model_mib"]
     print(

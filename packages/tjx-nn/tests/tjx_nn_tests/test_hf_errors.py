@@ -11,7 +11,9 @@ from tjx import nn as tnn
 
 
 def _llama(tmp_path, **hf_changes):
-    config = tnn.LlamaConfig(vocab_size=24, max_seq_len=16, d_model=16, num_layers=1, num_heads=2, mlp_dim=24)
+    config = tnn.LlamaConfig(
+        vocab_size=24, max_seq_len=16, d_model=16, num_layers=1, num_heads=2, mlp_dim=24
+    )
     folder = tmp_path / "ck"
     tnn.save_hf(tnn.Llama(config, rngs=nnx.Rngs(0)), folder)
     hf = json.loads((folder / "config.json").read_text()) | hf_changes
@@ -29,9 +31,15 @@ def _edit_weights(folder, change):
     ("changes", "needle"),
     [
         ({"model_type": "falcon"}, "model_type 'falcon' is not supported"),
-        ({"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}, "rope_scaling type 'yarn' is not supported"),
+        (
+            {"rope_scaling": {"rope_type": "yarn", "factor": 2.0}},
+            "rope_scaling type 'yarn' is not supported",
+        ),
         ({"model_type": "mistral", "sliding_window": 8}, "sliding_window 8 is shorter"),
-        ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 4}, "sliding_window 4"),
+        (
+            {"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 4},
+            "sliding_window 4",
+        ),
         ({"auto_map": {"AutoModelForCausalLM": "x.Y"}}, "auto_map"),
         ({"fancy_new_thing": 1, "zz_top": 2}, "key(s) fancy_new_thing, zz_top are not understood"),
         ({"hidden_act": "gelu"}, "hidden_act must be 'silu'"),
@@ -56,7 +64,9 @@ def test_a_sliding_window_that_never_slides_is_served(tmp_path):
         (lambda w: w.pop("model.norm.weight"), "lacks tensor(s) model.norm.weight"),
         (lambda w: w.update(extra=np.zeros(2, np.float32)), "tensor(s) extra that"),
         (
-            lambda w: w.update({"model.layers.0.self_attn.k_proj.weight": np.zeros((4, 16), np.float32)}),
+            lambda w: w.update(
+                {"model.layers.0.self_attn.k_proj.weight": np.zeros((4, 16), np.float32)}
+            ),
             "tensor model.layers.0.self_attn.k_proj.weight has shape [4, 16], config.json implies [16, 16]",
         ),
     ],
@@ -86,7 +96,9 @@ def test_folders_without_config_or_safetensors_are_refused(tmp_path):
 
 
 def test_a_shard_the_index_names_must_exist(tmp_path):
-    config = tnn.LlamaConfig(vocab_size=24, max_seq_len=16, d_model=16, num_layers=1, num_heads=2, mlp_dim=24)
+    config = tnn.LlamaConfig(
+        vocab_size=24, max_seq_len=16, d_model=16, num_layers=1, num_heads=2, mlp_dim=24
+    )
     tnn.save_hf(tnn.Llama(config, rngs=nnx.Rngs(0)), tmp_path / "s", max_shard_size="2KB")
     shard = sorted((tmp_path / "s").glob("model-0000*.safetensors"))[-1]
     shard.unlink()
@@ -111,10 +123,15 @@ def test_bad_exports_write_nothing(tmp_path, kwargs, needle):
 
 
 def test_exports_refuse_what_hf_cannot_express_and_full_folders(tmp_path):
-    alibi = tnn.LlamaConfig(vocab_size=24, max_seq_len=16, d_model=16, num_layers=1, num_heads=2, position="alibi")
+    alibi = tnn.LlamaConfig(
+        vocab_size=24, max_seq_len=16, d_model=16, num_layers=1, num_heads=2, position="alibi"
+    )
     with pytest.raises(ValueError, match="only LLaMA-shaped configs export"):
         tnn.save_hf(tnn.Llama(alibi, rngs=nnx.Rngs(0)), tmp_path / "a")
-    bert = tnn.BERT(tnn.BertConfig(vocab_size=24, max_seq_len=16, d_model=16, num_layers=1, num_heads=2), rngs=nnx.Rngs(0))
+    bert = tnn.BERT(
+        tnn.BertConfig(vocab_size=24, max_seq_len=16, d_model=16, num_layers=1, num_heads=2),
+        rngs=nnx.Rngs(0),
+    )
     with pytest.raises(ValueError, match="saves GPT2 and Llama models"):
         tnn.save_hf(bert, tmp_path / "b")
     (tmp_path / "full").mkdir()

@@ -21,8 +21,16 @@ SCALING = (8.0, 1.0, 4.0, 16)
 
 def _config(**kw):
     base = dict(
-        vocab_size=48, max_seq_len=32, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
-        mlp_dim=40, rope_theta=5e5, rope_scaling=SCALING, qkv_bias=True,
+        vocab_size=48,
+        max_seq_len=32,
+        d_model=32,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        mlp_dim=40,
+        rope_theta=5e5,
+        rope_scaling=SCALING,
+        qkv_bias=True,
     )
     return tnn.LlamaConfig(**(base | kw))
 
@@ -62,11 +70,15 @@ def test_llama3_rope_matches_a_float64_reference():
         rs = np.random.RandomState(0)
         x = rs.randn(2, 7, 3, 64)
         pos = rs.randint(0, 5000, (2, 7))
-        got = np.asarray(apply_rope(jnp.asarray(x), jnp.asarray(pos), theta=5e5, scaling=(8.0, 1.0, 4.0, 8192)))
+        got = np.asarray(
+            apply_rope(jnp.asarray(x), jnp.asarray(pos), theta=5e5, scaling=(8.0, 1.0, 4.0, 8192))
+        )
         inv = _reference_inv_freq(64, 5e5, (8.0, 1.0, 4.0, 8192))
         ang = pos[..., None, None] * inv  # [b, s, 1, half]
         x1, x2 = x[..., :32], x[..., 32:]
-        want = np.concatenate([x1 * np.cos(ang) - x2 * np.sin(ang), x2 * np.cos(ang) + x1 * np.sin(ang)], -1)
+        want = np.concatenate(
+            [x1 * np.cos(ang) - x2 * np.sin(ang), x2 * np.cos(ang) + x1 * np.sin(ang)], -1
+        )
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     # The three bands all occur: some frequencies are kept, some divided, some blended.
     base = 1.0 / 5e5 ** (np.arange(32) / 32)
@@ -118,7 +130,9 @@ def test_weights_load_into_the_param_dtype_and_save_in_the_chosen_one(tmp_path):
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"
     f32, _ = tnn.load_hf(tmp_path / "bf16")
-    want = {k: v.astype(jnp.bfloat16).astype(np.float32) for k, v in tnn.get_flat_params(model).items()}
+    want = {
+        k: v.astype(jnp.bfloat16).astype(np.float32) for k, v in tnn.get_flat_params(model).items()
+    }
     got = tnn.get_flat_params(f32)
     assert all(got[k].dtype == np.float32 for k in got)
     for k in want:
@@ -140,7 +154,10 @@ def test_save_copies_the_tokenizer_files(tmp_path):
 
 
 def test_gpt2_goes_through_the_same_pair(tmp_path):
-    gpt2 = tnn.GPT2(tnn.gpt2_config(d_model=16, num_layers=1, num_heads=2, vocab_size=40, max_seq_len=12), rngs=nnx.Rngs(0))
+    gpt2 = tnn.GPT2(
+        tnn.gpt2_config(d_model=16, num_layers=1, num_heads=2, vocab_size=40, max_seq_len=12),
+        rngs=nnx.Rngs(0),
+    )
     tnn.save_hf(gpt2, tmp_path / "g")
     model, config = tnn.load_hf(tmp_path / "g")
     assert isinstance(model, tnn.GPT2) and tnn.hf_kind(tmp_path / "g") == "gpt2"

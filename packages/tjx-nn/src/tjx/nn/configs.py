@@ -173,7 +173,9 @@ class TransformerConfig:
                 f"> low_freq_factor, original_max_position_embeddings > 0) or None; got {value!r}"
             )
         factor, low, high, original = value
-        object.__setattr__(self, "rope_scaling", (float(factor), float(low), float(high), int(original)))
+        object.__setattr__(
+            self, "rope_scaling", (float(factor), float(low), float(high), int(original))
+        )
 
     def _check_mla(self, cls: str) -> None:
         """The latent's size goes with MLA, and only with it (other attention ignores it)."""

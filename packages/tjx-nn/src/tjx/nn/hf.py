@@ -112,7 +112,9 @@ def load_hf(
     with LazyWeights(folder) as weights:
         prefixed = hf.get("model_type") == "gpt2"  # save_pretrained's ``transformer.`` prefix
         names = {n.removeprefix("transformer.") if prefixed else n: n for n in weights.names()}
-        check_tensors({k: weights.shape(n) for k, n in names.items()}, mapping.shapes, mapping.ignored)
+        check_tensors(
+            {k: weights.shape(n) for k, n in names.items()}, mapping.shapes, mapping.ignored
+        )
 
         def read(name: str) -> np.ndarray:
             return weights.get(names[name])

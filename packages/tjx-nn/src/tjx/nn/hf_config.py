@@ -91,7 +91,9 @@ def _rope(hf: Mapping[str, Any]) -> tuple[float, tuple[float, float, float, int]
             "scaling only"
         )
     try:
-        factor, low, high = (float(scaling[k]) for k in ("factor", "low_freq_factor", "high_freq_factor"))
+        factor, low, high = (
+            float(scaling[k]) for k in ("factor", "low_freq_factor", "high_freq_factor")
+        )
         original = int(scaling["original_max_position_embeddings"])
     except KeyError as e:
         raise ValueError(f"config.json rope_scaling of type 'llama3' lacks {e.args[0]!r}") from None

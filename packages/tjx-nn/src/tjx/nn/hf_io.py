@@ -282,4 +282,3 @@ def copy_tokenizer(source: Path, target: Path) -> list[str]:
             shutil.copyfile(source / name, target / name)
             copied.append(name)
     return copied
-

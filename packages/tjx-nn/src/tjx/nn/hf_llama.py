@@ -84,4 +84,3 @@ def llama_mapping(c: LlamaConfig) -> HFMapping:
         )
 
     return HFMapping(shapes, to_tjx, to_hf, ignored)
-

@@ -132,7 +132,9 @@ def fill_params(model: nnx.Module, produce: Callable[[str], Any]) -> None:
 def _checked(name: str, produce: Callable[[str], Any], shape: tuple[int, ...]) -> np.ndarray:
     value = np.asarray(produce(name))
     if value.shape != shape:
-        raise ValueError(f"parameter {name!r}: shape {value.shape} does not match the model's {shape}")
+        raise ValueError(
+            f"parameter {name!r}: shape {value.shape} does not match the model's {shape}"
+        )
     return value
 
 

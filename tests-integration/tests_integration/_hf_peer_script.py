@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+import torch  # pants: no-infer-dep (the scratch venv's, never the resolve's)
+from transformers import AutoConfig, AutoModelForCausalLM  # pants: no-infer-dep
 
 
 def score(model: torch.nn.Module, tokens: np.ndarray, new: int, out: Path) -> None:

@@ -118,6 +118,5 @@ def export_run(run: LoadedRun, args: argparse.Namespace) -> None:
         print(
             f"note: the run's tokenizer ({run.run_data.tokenizer_spec}) has no tokenizer.json form"
         )
-    print(
-        f"exported {run.run_dir}@{run.step} as a Hugging Face checkpoint: {out} ({', '.join(files)})"
-    )
+    names = ", ".join(files)
+    print(f"exported {run.run_dir}@{run.step} as a Hugging Face checkpoint: {out} ({names})")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 from tjx import ckpt, data  # no jax: neither loads it at import
@@ -12,7 +11,7 @@ from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first u
     add_distributed_arguments,
     distributed_from_args,
 )
-from trainer.config import Config, build_config
+from trainer.config import build_config
 from trainer.init_from import check_init_from
 from trainer.overrides import apply_overrides
 from trainer.plan import RunPlan, config_yaml, error_exit

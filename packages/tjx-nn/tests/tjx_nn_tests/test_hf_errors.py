@@ -67,7 +67,8 @@ def test_a_sliding_window_that_never_slides_is_served(tmp_path):
             lambda w: w.update(
                 {"model.layers.0.self_attn.k_proj.weight": np.zeros((4, 16), np.float32)}
             ),
-            "tensor model.layers.0.self_attn.k_proj.weight has shape [4, 16], config.json implies [16, 16]",
+            "tensor model.layers.0.self_attn.k_proj.weight has shape [4, 16], config.json "
+            "implies [16, 16]",
         ),
     ],
 )

@@ -127,7 +127,7 @@ def test_weights_load_into_the_param_dtype_and_save_in_the_chosen_one(tmp_path):
     model = _model(_config())
     tnn.save_hf(model, tmp_path / "bf16", dtype="bfloat16")
     with safe_open(str(tmp_path / "bf16" / "model.safetensors"), framework="np") as f:
-        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+        assert {f.get_slice(k).get_dtype() for k in list(f.keys())} == {"BF16"}
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"
     f32, _ = tnn.load_hf(tmp_path / "bf16")
     want = {
@@ -141,7 +141,7 @@ def test_weights_load_into_the_param_dtype_and_save_in_the_chosen_one(tmp_path):
     assert {v.dtype for v in tnn.get_flat_params(half).values()} == {np.dtype(jnp.bfloat16)}
     tnn.save_hf(half, tmp_path / "fp16", dtype="float16")
     with safe_open(str(tmp_path / "fp16" / "model.safetensors"), framework="np") as f:
-        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+        assert {f.get_slice(k).get_dtype() for k in list(f.keys())} == {"F16"}
 
 
 def test_save_copies_the_tokenizer_files(tmp_path):

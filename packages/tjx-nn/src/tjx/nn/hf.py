@@ -178,6 +178,7 @@ def save_hf(
     """
     config = getattr(model, "config", None)
     hf_config, mapping = _export_plan(config, model_type)
+    assert config is not None
     readers = param_readers(model)
     name = str(dtype or jnp.dtype(config.precision.param_dtype).name)
     if name not in SAVE_DTYPES:

@@ -108,7 +108,7 @@ def _check_window(hf: Mapping[str, Any], model_type: str, max_len: int) -> None:
     sliding_layers = [t for t in layer_types if t != "full_attention"]
     if sliding_layers and window is None:
         raise ValueError(f"config.json layer_types {sorted(set(sliding_layers))} are not supported")
-    if (on or sliding_layers) and int(window) < max_len:
+    if (on or sliding_layers) and window is not None and int(window) < max_len:
         raise ValueError(
             f"config.json sliding_window {window} is shorter than max_position_embeddings "
             f"{max_len}; tjx has no sliding-window attention (set sliding_window to null to load "

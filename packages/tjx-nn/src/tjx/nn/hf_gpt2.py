@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from tjx.nn.configs import GPT2Config
-from tjx.nn.hf_io import HFMapping, Read
+from tjx.nn.hf_io import HFMapping, Read, concat, take
 
 _PER_LAYER = {
     "ln_1.weight": "attn_norm.scale",
@@ -246,32 +246,25 @@ def gpt2_mapping(config: GPT2Config) -> HFMapping:
     to_tjx: dict[str, Callable[[Read], np.ndarray]] = {}
     to_hf: dict[str, Callable[[Read], np.ndarray]] = {}
     for hf_name, name in _TOP.items():
-        to_tjx[name] = lambda r, n=hf_name: r(n)
-        to_hf[hf_name] = lambda r, n=name: r(n)
+        to_tjx[name] = take(hf_name)
+        to_hf[hf_name] = take(name)
     parts = ("query", "key", "value")
     for i in range(config.num_layers):
         p, t = f"h.{i}.", f"stack.layers.{i}."
         shapes.update({p + k: v for k, v in layer_sizes.items()})
         for hf_name, name in _PER_LAYER.items():
-            to_tjx[t + name] = lambda r, n=p + hf_name: r(n)
-            to_hf[p + hf_name] = lambda r, n=t + name: r(n)
+            to_tjx[t + name] = take(p + hf_name)
+            to_hf[p + hf_name] = take(t + name)
         for j, part in enumerate(parts):  # c_attn is Conv1D [in=d, out=3d], columns q | k | v
-            to_tjx[f"{t}attn.{part}.kernel"] = lambda r, j=j, p=p: r(p + "attn.c_attn.weight")[
-                :, j * d : (j + 1) * d
-            ].reshape(d, h, hd)
-            to_tjx[f"{t}attn.{part}.bias"] = lambda r, j=j, p=p: r(p + "attn.c_attn.bias")[
-                j * d : (j + 1) * d
-            ].reshape(h, hd)
-        to_hf[p + "attn.c_attn.weight"] = lambda r, t=t: np.concatenate(
-            [r(f"{t}attn.{q}.kernel").reshape(d, d) for q in parts], axis=1
-        )
-        to_hf[p + "attn.c_attn.bias"] = lambda r, t=t: np.concatenate(
-            [r(f"{t}attn.{q}.bias").reshape(d) for q in parts]
-        )
-        to_tjx[t + "attn.out.kernel"] = lambda r, p=p: r(p + "attn.c_proj.weight").reshape(h, hd, d)
-        to_hf[p + "attn.c_proj.weight"] = lambda r, t=t: r(t + "attn.out.kernel").reshape(d, d)
-        to_tjx[t + "attn.out.bias"] = lambda r, p=p: r(p + "attn.c_proj.bias")
-        to_hf[p + "attn.c_proj.bias"] = lambda r, t=t: r(t + "attn.out.bias")
+            cols = (j * d, (j + 1) * d)
+            to_tjx[f"{t}attn.{part}.kernel"] = take(p + "attn.c_attn.weight", (d, h, hd), cols)
+            to_tjx[f"{t}attn.{part}.bias"] = take(p + "attn.c_attn.bias", (h, hd), cols)
+        to_hf[p + "attn.c_attn.weight"] = concat([f"{t}attn.{q}.kernel" for q in parts], (d, d), 1)
+        to_hf[p + "attn.c_attn.bias"] = concat([f"{t}attn.{q}.bias" for q in parts], (d,), 0)
+        to_tjx[t + "attn.out.kernel"] = take(p + "attn.c_proj.weight", (h, hd, d))
+        to_hf[p + "attn.c_proj.weight"] = take(t + "attn.out.kernel", (d, d))
+        to_tjx[t + "attn.out.bias"] = take(p + "attn.c_proj.bias")
+        to_hf[p + "attn.c_proj.bias"] = take(t + "attn.out.bias")
 
     def ignored(name: str) -> bool:  # causal-mask buffers; the tied head's copy
         return name.endswith((".attn.bias", ".attn.masked_bias")) or name == "lm_head.weight"

@@ -14,9 +14,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from collections.abc import Callable, Iterable
-from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +59,29 @@ class HFMapping:
     to_tjx: dict[str, Callable[[Read], np.ndarray]]
     to_hf: dict[str, Callable[[Read], np.ndarray]]
     ignored: Callable[[str], bool]
+
+
+def take(
+    name: str, shape: tuple[int, ...] | None = None, columns: tuple[int, int] | None = None
+) -> Callable[[Read], np.ndarray]:
+    """A converter reading ``name``, its last axis cut to ``columns``, reshaped to ``shape``."""
+
+    def convert(read: Read) -> np.ndarray:
+        value = read(name)
+        if columns is not None:
+            value = value[..., columns[0] : columns[1]]
+        return value if shape is None else value.reshape(shape)
+
+    return convert
+
+
+def concat(names: list[str], shape: tuple[int, ...], axis: int) -> Callable[[Read], np.ndarray]:
+    """A converter joining ``names`` (each reshaped to ``shape``) along ``axis``."""
+
+    def convert(read: Read) -> np.ndarray:
+        return np.concatenate([read(n).reshape(shape) for n in names], axis=axis)
+
+    return convert
 
 
 def resolve(path_or_hub: str | os.PathLike[str]) -> Path:
@@ -137,36 +159,37 @@ class LazyWeights:
             self.files: dict[str, str] = {str(k): str(v) for k, v in weight_map.items()}
         else:
             self.files = {}
-        self._stack = ExitStack()
-        self._handles: dict[str, Any] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
 
     def __enter__(self) -> LazyWeights:
+        """Read every shard's header (names, shapes): no tensor data yet."""
         from safetensors import safe_open
 
-        names = sorted(set(self.files.values())) or [SINGLE]
-        for name in names:
+        listed = dict(self.files)
+        for name in sorted(set(listed.values())) or [SINGLE]:
             path = self.folder / name
             if not path.is_file():
                 raise ValueError(f"{self.folder}: shard {name} named in {INDEX} is missing")
-            self._handles[name] = self._stack.enter_context(safe_open(str(path), framework="np"))
-        if not self.files:
-            self.files = {key: SINGLE for key in self._handles[SINGLE].keys()}
-        else:
-            for key, name in self.files.items():
-                if key not in self._handles[name].keys():
-                    raise ValueError(f"{self.folder / name} lacks tensor {key} that {INDEX} names")
+            with safe_open(str(path), framework="np") as handle:
+                keys = list(handle.keys())
+                for key in keys:
+                    self._shapes[key] = tuple(handle.get_slice(key).get_shape())
+                    self.files.setdefault(key, name)
+            for key in (k for k, shard in listed.items() if shard == name):
+                if key not in self._shapes:
+                    raise ValueError(f"{path} lacks tensor {key} that {INDEX} names")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stack.close()
+        self._shapes.clear()
 
     def names(self) -> set[str]:
         """Every tensor name in the checkpoint."""
         return set(self.files)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        """The stored shape of ``name`` (read from the header, no data)."""
-        return tuple(self._handles[self.files[name]].get_slice(name).get_shape())
+        """The stored shape of ``name`` (from the header, no data)."""
+        return self._shapes[name]
 
     def get(self, name: str) -> np.ndarray:
         """The tensor ``name`` (its stored dtype; bf16 as ``ml_dtypes.bfloat16``).

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf_io import HFMapping, Read
+from tjx.nn.hf_io import HFMapping, Read, take
 
 Convert = Callable[[Read], np.ndarray]
 
@@ -40,8 +40,8 @@ def llama_mapping(c: LlamaConfig) -> HFMapping:
 
     def same(hf: str, tjx: str, shape: tuple[int, ...]) -> None:
         shapes[hf] = shape
-        to_tjx[tjx] = lambda read, hf=hf: read(hf)
-        to_hf[hf] = lambda read, tjx=tjx: read(tjx)
+        to_tjx[tjx] = take(hf)
+        to_hf[hf] = take(tjx)
 
     def linear(hf: str, tjx: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
         n_in, n_out = int(np.prod(in_shape)), int(np.prod(out_shape))
@@ -52,8 +52,8 @@ def llama_mapping(c: LlamaConfig) -> HFMapping:
     def bias(hf: str, tjx: str, out_shape: tuple[int, ...]) -> None:
         n_out = int(np.prod(out_shape))
         shapes[hf + ".bias"] = (n_out,)
-        to_tjx[tjx + ".bias"] = lambda read, hf=hf: read(hf + ".bias").reshape(out_shape)
-        to_hf[hf + ".bias"] = lambda read, tjx=tjx: read(tjx + ".bias").reshape(n_out)
+        to_tjx[tjx + ".bias"] = take(hf + ".bias", out_shape)
+        to_hf[hf + ".bias"] = take(tjx + ".bias", (n_out,))
 
     same("model.embed_tokens.weight", "embed.embedding", (v, d))
     for i in range(c.num_layers):

@@ -150,7 +150,14 @@ def param_readers(model: nnx.Module) -> dict[str, Callable[[], np.ndarray]]:
         if _is_stacked(var):
             prefix, rest = _split_at_layers(path)
             for i in range(value.shape[0]):
-                out[f"{prefix}.{i}.{rest}"] = lambda value=value, i=i: np.asarray(value[i])
+                out[f"{prefix}.{i}.{rest}"] = _reader(value, i)
         else:
-            out[".".join(str(p) for p in path)] = lambda value=value: np.asarray(value)
+            out[".".join(str(p) for p in path)] = _reader(value, None)
     return out
+
+
+def _reader(value: Any, layer: int | None) -> Callable[[], np.ndarray]:
+    def read() -> np.ndarray:
+        return np.asarray(value if layer is None else value[layer])
+
+    return read

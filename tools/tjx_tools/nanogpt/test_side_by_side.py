@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flax import nnx
 
 from tjx import nn
 from tjx_tools.nanogpt.side_by_side import SHAPES, Shape, Worker, compare, prepare, tjx_env

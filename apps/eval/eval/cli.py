@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from eval import hf_checkpoint
 from eval.runs import RunError, check_run_dir
 from tjx.ckpt import CheckpointError
 
@@ -17,7 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The evaluator's argument parser."""
     parser = argparse.ArgumentParser(prog="eval", description="Evaluate a tjx training run.")
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--checkpoint", metavar="RUN_DIR", help="a trainer run directory")
+    target.add_argument(
+        "--checkpoint",
+        metavar="RUN_DIR",
+        help="a trainer run directory, or a Hugging Face checkpoint folder (scored with --data)",
+    )
     target.add_argument(
         "--compare",
         nargs=2,
@@ -49,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the attention-distance PNG goes "
         "(default: RUN_DIR/attention_distance.png; 'none' to skip)",
     )
+    hf_checkpoint.add_arguments(parser)
     return parser
 
 
@@ -77,7 +83,15 @@ def _check(args: argparse.Namespace) -> None:
             f"--attention-png: the folder of {png!r} does not exist; create it or choose another "
             "path"
         )
+    hf_checkpoint.check_arguments(args)
     for run in [args.checkpoint] if args.checkpoint else list(args.compare):
+        if args.checkpoint and hf_checkpoint.is_hf_folder(Path(run)):
+            if args.data is None and args.export_hf is None:
+                raise RunError(
+                    "--data: a Hugging Face checkpoint has no held-out split of its own; give "
+                    "--data (a built-in name, hub name or path)"
+                )
+            continue
         check_run_dir(split_step(run, args.step)[0])
     _check_png_folder(args)
 
@@ -261,7 +275,14 @@ def main(argv: list[str] | None = None) -> int:
             results = [_metrics(r, args) for r in runs]
             _print_table([f"{r.run_dir.name}@{r.step}" for r in runs], results)
             return 0
-        run = load_run(Path(args.checkpoint), args.step)
+        if hf_checkpoint.is_hf_folder(Path(args.checkpoint)):
+            run = hf_checkpoint.load_hf_run(Path(args.checkpoint))
+            args.attention_png = args.attention_png or "none"  # never written into its folder
+        else:
+            run = load_run(Path(args.checkpoint), args.step)
+        if args.export_hf is not None:
+            hf_checkpoint.export_run(run, args)
+            return 0
         _check_scoreable(run)
         print(f"run {run.run_dir} at step {run.step}")
         metrics = _metrics(run, args)

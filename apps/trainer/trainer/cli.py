@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 from tjx import ckpt, data  # no jax: neither loads it at import
@@ -12,7 +11,8 @@ from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first u
     add_distributed_arguments,
     distributed_from_args,
 )
-from trainer.config import Config, build_config
+from trainer.config import build_config
+from trainer.init_from import check_init_from
 from trainer.overrides import apply_overrides
 from trainer.plan import RunPlan, config_yaml, error_exit
 from trainer.presets import load_config_data, preset_names
@@ -50,44 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--init-from",
         default=None,
         metavar="PATH_OR_HUB",
-        help="start from Hugging Face GPT-2 weights (a local folder or a hub name such as gpt2)",
+        help="start from a Hugging Face checkpoint: GPT-2, Llama, Mistral or Qwen2 (a local "
+        "folder, or a hub name such as gpt2 when online)",
     )
     parser.add_argument(
         "--profile-steps", default=None, metavar="A:B", help="write a jax.profiler trace of steps"
     )
     add_distributed_arguments(parser)  # the multi-host launch flags are tjx.parallel's
     return parser
-
-
-def _check_init_from(cfg: Config, source: str) -> None:
-    """``--init-from``: HF GPT-2 weights, from a folder or a hub name, that fit the config.
-
-    The checkpoint fixes the architecture; a setting that would change it cannot apply (tjx.nn
-    says which: ``hf_gpt2_conflicts``), and dropping it silently would train something else than
-    asked.
-    """
-    from tjx import nn
-
-    if cfg.model.kind != "gpt2":
-        raise ConfigError(
-            f"--init-from: loads GPT-2 weights; model.kind must be 'gpt2', got {cfg.model.kind!r}"
-        )
-    if cfg.data.tokenizer != "gpt2":
-        raise ConfigError(
-            f"--init-from: GPT-2 weights need data.tokenizer 'gpt2', got {cfg.data.tokenizer!r}"
-        )
-    clashes = nn.hf_gpt2_conflicts(dataclasses.asdict(cfg.model))
-    if clashes:
-        settings = ", ".join(f"model.{k} {v!r}" for k, v in clashes.items())
-        raise ConfigError(
-            f"--init-from: GPT-2 weights fix the architecture, so {settings} cannot apply; leave "
-            "those settings unset"
-        )
-    if not Path(source).expanduser().exists() and source not in nn.HF_GPT2_NAMES:
-        raise ConfigError(
-            f"--init-from: {source!r} is neither a folder nor a hub name "
-            f"({', '.join(nn.HF_GPT2_NAMES)})"
-        )
 
 
 def parse_profile(text: str | None) -> tuple[int, int] | None:
@@ -149,7 +119,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         if cfg.train.fit_memory and resume_changes.get("model.remat") == ("full", "none"):
             del resume_changes["model.remat"]  # the memory fit chose full remat, and will again
     if args.init_from is not None:
-        _check_init_from(cfg, args.init_from)
+        check_init_from(cfg, args.init_from)
     profile = parse_profile(args.profile_steps)
     if profile is not None and profile[1] > cfg.train.steps:
         raise ConfigError(

@@ -98,7 +98,7 @@ def build(cfg: Config, vocab_size: int, init_from: str | None = None) -> Setup:
         # dropout) from the config. Loaded on the host, then placed on the mesh.
         m = cfg.model
         with keyed("--init-from", OSError, ValueError):
-            model = nn.load_hf_gpt2(
+            model, _ = nn.load_hf(
                 init_from,
                 scan_layers=m.scan_layers,
                 remat=m.remat,
@@ -108,6 +108,12 @@ def build(cfg: Config, vocab_size: int, init_from: str | None = None) -> Setup:
                 precision=model_cfg.precision,
             )
         model_cfg = model.config
+        if vocab_size > model_cfg.vocab_size:
+            raise ConfigError(
+                f"--init-from: the tokenizer's {vocab_size} ids do not fit the checkpoint's "
+                f"vocab_size {model_cfg.vocab_size}; set data.tokenizer to the checkpoint's "
+                "tokenizer (its folder)"
+            )
         loaded = nnx.state(model)
         nnx.update(model, jax.device_put(loaded, parallel.state_shardings(loaded, mesh, rules)))
     else:

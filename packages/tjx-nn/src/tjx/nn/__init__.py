@@ -1,7 +1,7 @@
 """tjx.nn: Flax NNX transformer layers and models with logical axis names.
 
 GPT-2, LLaMA-style decoders, BERT, ViT and an encoder-decoder; KV-cache generation; HF GPT-2
-interop; losses and utilities.
+interop (GPT-2, Llama, Mistral, Qwen2: ``load_hf`` / ``save_hf``); losses and utilities.
 """
 
 from tjx.nn.attention import Attention
@@ -28,13 +28,16 @@ from tjx.nn.embeddings import Embed
 from tjx.nn.encdec import EncoderDecoder
 from tjx.nn.flops import flops_per_token, flops_per_unit, matmul_param_count
 from tjx.nn.generation import generate, sample_logits
-from tjx.nn.hf_gpt2 import (
-    HF_GPT2_FIXED,
-    HF_GPT2_NAMES,
-    hf_gpt2_conflicts,
+from tjx.nn.hf import (
+    HF_MODEL_TYPES,
+    hf_kind,
+    load_hf,
     load_hf_gpt2,
+    read_hf_config,
+    save_hf,
     save_hf_gpt2,
 )
+from tjx.nn.hf_gpt2 import HF_GPT2_FIXED, HF_GPT2_NAMES, hf_gpt2_conflicts
 from tjx.nn.kv_cache import init_cache, kv_cache_bytes, topk_decode_attention
 from tjx.nn.linear import Dense, dropout
 from tjx.nn.losses import (
@@ -78,6 +81,7 @@ __all__ = [
     "GPT2",
     "HF_GPT2_FIXED",
     "HF_GPT2_NAMES",
+    "HF_MODEL_TYPES",
     "LOGICAL_AXES",
     "MLP",
     "MODEL_KINDS",
@@ -131,9 +135,11 @@ __all__ = [
     "gpt2_config",
     "head_cross_entropy",
     "hf_gpt2_conflicts",
+    "hf_kind",
     "init_cache",
     "is_key",
     "kv_cache_bytes",
+    "load_hf",
     "load_hf_gpt2",
     "logits_cross_entropy",
     "make_param",
@@ -144,9 +150,11 @@ __all__ = [
     "objective_loss",
     "objective_of",
     "remat_policy",
+    "read_hf_config",
     "reseed",
     "residual_std",
     "sample_logits",
+    "save_hf",
     "save_hf_gpt2",
     "set_flat_params",
     "sinusoidal",

@@ -56,6 +56,7 @@ class Attention(nnx.Module):
         self.causal, self.cross = causal, cross
         self.position = "none" if cross else c.position
         self.rope_theta = c.rope_theta
+        self.rope_scaling = c.rope_scaling
         self.impl = c.attention_impl
         self.attention_dropout = c.attention_dropout
         self.decode_topk = c.decode_topk
@@ -63,23 +64,21 @@ class Attention(nnx.Module):
         d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
         common: dict[str, Any] = dict(rngs=rngs, use_bias=c.use_bias, precision=c.precision)
         init = normal(c.init_std)
-        self.query = Dense((d,), (h, hd), ("embed",), ("heads", "head_dim"), init=init, **common)
+        # Qwen2 has biases on q/k/v only (``qkv_bias``); ``use_bias`` puts them everywhere.
+        qkv: dict[str, Any] = dict(common, use_bias=c.use_bias or c.qkv_bias)
+        self.query = Dense((d,), (h, hd), ("embed",), ("heads", "head_dim"), init=init, **qkv)
         if self.mla:
             r = c.kv_latent_dim
             assert r is not None
             # The latent dim is not one of the logical axes: leave it replicated (None).
             self.kv_down: Dense | None = Dense((d,), (r,), ("embed",), (None,), init=init, **common)
-            self.key = Dense((r,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **common)
-            self.value = Dense(
-                (r,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **common
-            )
+            self.key = Dense((r,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **qkv)
+            self.value = Dense((r,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **qkv)
         else:
             self.kv_down = None
-            self.key = Dense(
-                (d,), (hk, hd), ("embed",), ("kv_heads", "head_dim"), init=init, **common
-            )
+            self.key = Dense((d,), (hk, hd), ("embed",), ("kv_heads", "head_dim"), init=init, **qkv)
             self.value = Dense(
-                (d,), (hk, hd), ("embed",), ("kv_heads", "head_dim"), init=init, **common
+                (d,), (hk, hd), ("embed",), ("kv_heads", "head_dim"), init=init, **qkv
             )
         self.out = Dense(
             (h, hd),
@@ -95,7 +94,7 @@ class Attention(nnx.Module):
             src = self.kv_down(src)
         k, v = self.key(src), self.value(src)
         if self.position == "rope" and positions is not None:
-            k = apply_rope(k, positions, theta=self.rope_theta)
+            k = apply_rope(k, positions, theta=self.rope_theta, scaling=self.rope_scaling)
         return k, v
 
     def project_context(self, context: Array) -> tuple[Array, Array]:
@@ -156,7 +155,7 @@ class Attention(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
         q = self.query(x)
         if self.position == "rope":
-            q = apply_rope(q, positions, theta=self.rope_theta)
+            q = apply_rope(q, positions, theta=self.rope_theta, scaling=self.rope_scaling)
         drop = 0.0 if deterministic else self.attention_dropout
         rng = dropout_rng if drop > 0.0 else None
         if cache is not None and cache_pos is not None and s == 1:
@@ -223,7 +222,7 @@ class Attention(nnx.Module):
             latent = cache["latent"].astype(q.dtype)
             k, v = self.key(latent), self.value(latent)
             if self.position == "rope":
-                k = apply_rope(k, slots, theta=self.rope_theta)
+                k = apply_rope(k, slots, theta=self.rope_theta, scaling=self.rope_scaling)
         else:
             k_new, v_new = self._keys_values(x, positions)
             cache = {

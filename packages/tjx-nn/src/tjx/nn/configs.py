@@ -54,6 +54,11 @@ class TransformerConfig:
     log-spaced up to ``relative_max_distance``) to the self-attention logits instead of any
     absolute position embedding.
 
+    ``rope_scaling`` is Llama 3's RoPE frequency scaling, ``(factor, low_freq_factor,
+    high_freq_factor, original_max_position_embeddings)`` (see ``positions.rope_inv_freq``); it
+    needs ``position="rope"``. ``qkv_bias`` gives the query/key/value projections a bias even
+    when ``use_bias`` is off (Qwen2's layout).
+
     ``unused_fields`` (a class attribute) names the shared fields a family's model never reads,
     each with the reason: such a field must keep its class default (any other value would be
     ignored without a word, so it is refused), and code mapping generic settings onto a family
@@ -76,9 +81,11 @@ class TransformerConfig:
     norm_position: str = "pre"
     position: str = "learned"
     rope_theta: float = 10000.0
+    rope_scaling: tuple[float, float, float, int] | None = None
     relative_buckets: int = 32
     relative_max_distance: int = 128
     use_bias: bool = True
+    qkv_bias: bool = False
     dropout: float = 0.0
     attention_dropout: float = 0.0
     tie_embeddings: bool = True
@@ -138,11 +145,37 @@ class TransformerConfig:
                 )
             if not self.rope_theta > 0:
                 raise ValueError(f"{cls}.rope_theta must be > 0; got {self.rope_theta!r}")
+        self._check_rope_scaling(cls)
         self._check_relative(cls)
         self._check_mla(cls)
         if self.decode_topk is not None:
             _positive(cls, "decode_topk", self.decode_topk)
         self._check_unused(cls)
+
+    def _check_rope_scaling(self, cls: str) -> None:
+        """Llama 3's four numbers, with rope (a list from JSON/YAML becomes the tuple)."""
+        value = self.rope_scaling
+        if value is None:
+            return
+        if self.position != "rope":
+            raise ValueError(
+                f"{cls}.rope_scaling: only position 'rope' uses it (got position "
+                f"{self.position!r}); set it to None"
+            )
+        ok = isinstance(value, list | tuple) and len(value) == 4
+        if ok:
+            factor, low, high, original = value
+            nums = all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+            ok = nums and factor > 0 and 0 < low < high and int(original) == original > 0
+        if not ok:
+            raise ValueError(
+                f"{cls}.rope_scaling must be (factor > 0, low_freq_factor > 0, high_freq_factor "
+                f"> low_freq_factor, original_max_position_embeddings > 0) or None; got {value!r}"
+            )
+        factor, low, high, original = value
+        object.__setattr__(
+            self, "rope_scaling", (float(factor), float(low), float(high), int(original))
+        )
 
     def _check_mla(self, cls: str) -> None:
         """The latent's size goes with MLA, and only with it (other attention ignores it)."""

@@ -9,23 +9,19 @@ reshapes, never transposes. Written files use the hub's ``gpt2`` naming (``wte.w
 ``transformer.``-prefixed names that ``save_pretrained`` writes and ignores the causal-mask
 buffers (``attn.bias``, ``attn.masked_bias``).
 
-``safetensors`` (and ``huggingface_hub`` for hub names) are imported lazily.
+Loading and saving go through ``tjx.nn.load_hf`` / ``save_hf`` (``hf.py``); this module holds
+GPT-2's config and tensor correspondence (``gpt2_mapping``).
 """
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from flax import nnx
 
 from tjx.nn.configs import GPT2Config
-from tjx.nn.decoder import GPT2
-from tjx.nn.params_io import get_flat_params, set_flat_params
+from tjx.nn.hf_io import HFMapping, Read, concat, take
 
 _PER_LAYER = {
     "ln_1.weight": "attn_norm.scale",
@@ -51,33 +47,63 @@ HF_GPT2_FIXED: Mapping[str, Any] = {
     "tie_embeddings": True,
 }
 
+#: Keys GPT-2's ``config.json`` may hold: sizes, dropouts, bookkeeping, generation defaults and
+#: the double-heads model's ``summary_*`` (no tensor of the LM uses them).
+_GPT2_KEYS = frozenset(
+    {
+        "architectures",
+        "model_type",
+        "transformers_version",
+        "torch_dtype",
+        "dtype",
+        "_name_or_path",
+        "use_cache",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "vocab_size",
+        "n_positions",
+        "n_ctx",
+        "n_embd",
+        "n_layer",
+        "n_head",
+        "n_inner",
+        "activation_function",
+        "layer_norm_epsilon",
+        "initializer_range",
+        "resid_pdrop",
+        "embd_pdrop",
+        "attn_pdrop",
+        "tie_word_embeddings",
+        "scale_attn_weights",
+        "scale_attn_by_inverse_layer_idx",
+        "reorder_and_upcast_attn",
+        "add_cross_attention",
+        "summary_type",
+        "summary_use_proj",
+        "summary_activation",
+        "summary_proj_to_labels",
+        "summary_first_dropout",
+        "task_specific_params",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+    }
+)
+#: Keys that change the computation, with the only value tjx's GPT-2 computes.
+_GPT2_VALUES: Mapping[str, Any] = {
+    "scale_attn_weights": True,
+    "scale_attn_by_inverse_layer_idx": False,
+    "add_cross_attention": False,
+    "tie_word_embeddings": True,
+}
+
 _TOP = {
     "wte.weight": "embed.embedding",
     "wpe.weight": "pos_embed.embedding",
     "ln_f.weight": "final_norm.scale",
     "ln_f.bias": "final_norm.bias",
 }
-
-
-def _resolve(path_or_name: str | os.PathLike[str]) -> Path:
-    path = Path(path_or_name)
-    if path.is_dir():
-        return path
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ValueError(
-            f"{str(path_or_name)!r} is not a local folder and huggingface_hub is not installed"
-        ) from e
-    try:
-        local = snapshot_download(
-            str(path_or_name), allow_patterns=["config.json", "model.safetensors"]
-        )
-    except Exception as e:
-        raise ValueError(
-            f"could not find {str(path_or_name)!r} locally or download it from the hub: {e}"
-        ) from e
-    return Path(local)
 
 
 def hf_gpt2_conflicts(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -108,7 +134,20 @@ def hf_gpt2_conflicts(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPT2Config:
-    """A ``GPT2Config`` from a HF GPT-2 ``config.json`` dict (``overrides`` win)."""
+    """A ``GPT2Config`` from a HF GPT-2 ``config.json`` dict (``overrides`` win).
+
+    Keys outside ``_GPT2_KEYS`` are refused by name; those that would change the computation
+    (``scale_attn_weights``, ``add_cross_attention`` ...) must have GPT-2's own value.
+    """
+    unknown = sorted(set(hf) - _GPT2_KEYS)
+    if unknown:
+        raise ValueError(
+            f"config.json key(s) {', '.join(unknown)} are not understood by tjx's gpt2 import "
+            "and could change the model; remove them only if they change no output"
+        )
+    for key, own in _GPT2_VALUES.items():
+        if hf.get(key, own) != own:
+            raise ValueError(f"config.json {key} must be {own!r} for tjx's GPT-2; got {hf[key]!r}")
     act = hf.get("activation_function", "gelu_new")
     acts = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact", "relu": "relu"}
     if act not in acts:
@@ -122,7 +161,7 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPT2Config:
         mlp_dim=hf.get("n_inner") or 4 * hf["n_embd"],
         mlp_activation=acts[act],
         norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        tie_embeddings=hf.get("tie_word_embeddings", True),
+        init_std=hf.get("initializer_range", 0.02),
     )
     conflicts = hf_gpt2_conflicts(overrides)
     if conflicts:
@@ -142,6 +181,11 @@ def config_to_hf(config: GPT2Config) -> dict[str, Any]:
         raise ValueError(
             f"mlp_activation must be one of {tuple(acts)} for HF GPT-2; got "
             f"{config.mlp_activation!r}"
+        )
+    if config.head_dim != config.d_model // config.num_heads:
+        raise ValueError(
+            f"HF GPT-2 has head_dim = d_model // num_heads ({config.d_model // config.num_heads}); "
+            f"got head_dim {config.head_dim}"
         )
     own = {name: getattr(config, name) for name in HF_GPT2_FIXED}
     if config.num_kv_heads == config.num_heads:
@@ -173,100 +217,56 @@ def config_to_hf(config: GPT2Config) -> dict[str, Any]:
     }
 
 
-def hf_to_tjx(weights: dict[str, np.ndarray], config: GPT2Config) -> dict[str, np.ndarray]:
-    """HF GPT-2 tensors → tjx flat parameter names (see ``params_io``)."""
-    d, h = config.d_model, config.num_heads
+def gpt2_mapping(config: GPT2Config) -> HFMapping:
+    """The HF ↔ tjx correspondence for a ``GPT2Config`` (hub naming; see ``HFMapping``)."""
+    assert config.mlp_dim is not None
+    d, h, m = config.d_model, config.num_heads, config.mlp_dim
     hd = d // h
-    w = {k.removeprefix("transformer."): v for k, v in weights.items()}
-    out: dict[str, np.ndarray] = {}
-    for hf_name, name in _TOP.items():
-        out[name] = w[hf_name]
-    for i in range(config.num_layers):
-        p, t = f"h.{i}.", f"stack.layers.{i}."
-        for hf_name, name in _PER_LAYER.items():
-            out[t + name] = w[p + hf_name]
-        qkv_w = w[p + "attn.c_attn.weight"]  # Conv1D: [in=d, out=3d]
-        qkv_b = w[p + "attn.c_attn.bias"]
-        for j, part in enumerate(("query", "key", "value")):
-            out[f"{t}attn.{part}.kernel"] = qkv_w[:, j * d : (j + 1) * d].reshape(d, h, hd)
-            out[f"{t}attn.{part}.bias"] = qkv_b[j * d : (j + 1) * d].reshape(h, hd)
-        out[t + "attn.out.kernel"] = w[p + "attn.c_proj.weight"].reshape(h, hd, d)
-        out[t + "attn.out.bias"] = w[p + "attn.c_proj.bias"]
-    return out
-
-
-def tjx_to_hf(flat: dict[str, np.ndarray], config: GPT2Config) -> dict[str, np.ndarray]:
-    """tjx flat parameters → HF GPT-2 tensors (hub naming, Conv1D ``[in, out]`` layout)."""
-    d = config.d_model
-    out: dict[str, np.ndarray] = {}
-    for hf_name, name in _TOP.items():
-        out[hf_name] = flat[name]
-    for i in range(config.num_layers):
-        p, t = f"h.{i}.", f"stack.layers.{i}."
-        for hf_name, name in _PER_LAYER.items():
-            out[p + hf_name] = flat[t + name]
-        parts = ("query", "key", "value")
-        out[p + "attn.c_attn.weight"] = np.concatenate(
-            [flat[f"{t}attn.{q}.kernel"].reshape(d, d) for q in parts], axis=1
-        )
-        out[p + "attn.c_attn.bias"] = np.concatenate(
-            [flat[f"{t}attn.{q}.bias"].reshape(d) for q in parts]
-        )
-        out[p + "attn.c_proj.weight"] = flat[t + "attn.out.kernel"].reshape(d, d)
-        out[p + "attn.c_proj.bias"] = flat[t + "attn.out.bias"]
-    return {k: np.ascontiguousarray(v) for k, v in out.items()}
-
-
-def load_hf_gpt2(
-    path_or_name: str | os.PathLike[str], *, rngs: nnx.Rngs | None = None, **overrides: Any
-) -> GPT2:
-    """Load a HF GPT-2 checkpoint (a local folder, or a hub name when online) into ``GPT2``.
-
-    Parameters
-    ----------
-    path_or_name : str or PathLike
-        Folder with ``config.json`` and ``model.safetensors``, or a hub repo id.
-    rngs : nnx.Rngs, optional
-        Only used to build the model before the weights are loaded (and for dropout).
-    **overrides
-        ``GPT2Config`` fields to change (e.g. ``scan_layers=True``, ``precision="bf16"``).
-    """
-    from safetensors.numpy import load_file
-
-    folder = _resolve(path_or_name)
-    for required in ("config.json", "model.safetensors"):
-        if not (folder / required).is_file():
-            raise ValueError(f"{folder} has no {required}: not a HF GPT-2 checkpoint folder")
-    config = config_from_hf(json.loads((folder / "config.json").read_text()), **overrides)
-    weights = load_file(str(folder / "model.safetensors"))
-    weights = {
-        k: v
-        for k, v in weights.items()
-        if not k.endswith((".attn.bias", ".attn.masked_bias")) and k != "lm_head.weight"
+    sizes = {
+        "wte.weight": (config.vocab_size, d),
+        "wpe.weight": (config.max_seq_len, d),
+        "ln_f.weight": (d,),
+        "ln_f.bias": (d,),
     }
-    model = GPT2(config, rngs=rngs or nnx.Rngs(0))
-    set_flat_params(model, hf_to_tjx(weights, config))
-    return model
+    layer_sizes = {
+        "ln_1.weight": (d,),
+        "ln_1.bias": (d,),
+        "ln_2.weight": (d,),
+        "ln_2.bias": (d,),
+        "mlp.c_fc.weight": (d, m),
+        "mlp.c_fc.bias": (m,),
+        "mlp.c_proj.weight": (m, d),
+        "mlp.c_proj.bias": (d,),
+        "attn.c_attn.weight": (d, 3 * d),
+        "attn.c_attn.bias": (3 * d,),
+        "attn.c_proj.weight": (d, d),
+        "attn.c_proj.bias": (d,),
+    }
+    shapes = dict(sizes)
+    to_tjx: dict[str, Callable[[Read], np.ndarray]] = {}
+    to_hf: dict[str, Callable[[Read], np.ndarray]] = {}
+    for hf_name, name in _TOP.items():
+        to_tjx[name] = take(hf_name)
+        to_hf[hf_name] = take(name)
+    parts = ("query", "key", "value")
+    for i in range(config.num_layers):
+        p, t = f"h.{i}.", f"stack.layers.{i}."
+        shapes.update({p + k: v for k, v in layer_sizes.items()})
+        for hf_name, name in _PER_LAYER.items():
+            to_tjx[t + name] = take(p + hf_name)
+            to_hf[p + hf_name] = take(t + name)
+        for j, part in enumerate(parts):  # c_attn is Conv1D [in=d, out=3d], columns q | k | v
+            cols = (j * d, (j + 1) * d)
+            to_tjx[f"{t}attn.{part}.kernel"] = take(p + "attn.c_attn.weight", (d, h, hd), cols)
+            to_tjx[f"{t}attn.{part}.bias"] = take(p + "attn.c_attn.bias", (h, hd), cols)
+        to_hf[p + "attn.c_attn.weight"] = concat([f"{t}attn.{q}.kernel" for q in parts], (d, d), 1)
+        to_hf[p + "attn.c_attn.bias"] = concat([f"{t}attn.{q}.bias" for q in parts], (d,), 0)
+        to_tjx[t + "attn.out.kernel"] = take(p + "attn.c_proj.weight", (h, hd, d))
+        to_hf[p + "attn.c_proj.weight"] = take(t + "attn.out.kernel", (d, d))
+        to_tjx[t + "attn.out.bias"] = take(p + "attn.c_proj.bias")
+        to_hf[p + "attn.c_proj.bias"] = take(t + "attn.out.bias")
 
+    def ignored(name: str) -> bool:  # causal-mask buffers; the tied head's copy
+        return name.endswith((".attn.bias", ".attn.masked_bias")) or name == "lm_head.weight"
 
-def save_hf_gpt2(model: GPT2, path: str | os.PathLike[str]) -> None:
-    """Write ``model`` as a HF GPT-2 checkpoint folder (``config.json`` + ``model.safetensors``).
-
-    Parameters
-    ----------
-    model : GPT2
-        The model (scanned or not).
-    path : str or PathLike
-        Output folder (created if missing).
-    """
-    from safetensors.numpy import save_file
-
-    config = model.config
-    if not isinstance(config, GPT2Config):
-        raise ValueError(f"save_hf_gpt2 needs a GPT2 model; got config {type(config).__name__}")
-    hf_config = config_to_hf(config)
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = tjx_to_hf(get_flat_params(model), config)
-    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    return HFMapping(shapes, to_tjx, to_hf, ignored)

@@ -8,6 +8,7 @@ and underlies the Hugging Face conversion.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
@@ -98,3 +99,65 @@ def set_flat_params(model: nnx.Module, flat: dict[str, Any], *, strict: bool = T
     if strict and extra:
         raise ValueError(f"unused weights: {extra[:5]}{' …' if len(extra) > 5 else ''}")
     nnx.update(model, nnx.from_flat_state(flat_state))
+
+
+def fill_params(model: nnx.Module, produce: Callable[[str], Any]) -> None:
+    """Set every ``nnx.Param`` of ``model`` to ``produce(name)`` (unrolled naming), in place.
+
+    One tensor at a time: a model built with ``nnx.eval_shape`` (no parameter in memory) is
+    filled without ever holding the source weights and the model's together. Values are cast to
+    each parameter's dtype; a scanned stack is assembled layer by layer into one buffer.
+
+    Raises
+    ------
+    ValueError
+        A value whose shape is not the parameter's (naming it).
+    """
+    flat_state = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    for path, var in flat_state:
+        current = var.get_value()
+        shape, dtype = tuple(current.shape), np.dtype(current.dtype)
+        if _is_stacked(var):
+            prefix, rest = _split_at_layers(path)
+            value = np.empty(shape, dtype)
+            for i in range(shape[0]):
+                value[i] = _checked(f"{prefix}.{i}.{rest}", produce, shape[1:])
+        else:
+            value = _checked(".".join(str(p) for p in path), produce, shape).astype(dtype)
+        var.set_value(jnp.asarray(value))
+        del value
+    nnx.update(model, nnx.from_flat_state(flat_state))
+
+
+def _checked(name: str, produce: Callable[[str], Any], shape: tuple[int, ...]) -> np.ndarray:
+    value = np.asarray(produce(name))
+    if value.shape != shape:
+        raise ValueError(
+            f"parameter {name!r}: shape {value.shape} does not match the model's {shape}"
+        )
+    return value
+
+
+def param_readers(model: nnx.Module) -> dict[str, Callable[[], np.ndarray]]:
+    """``{name: () -> numpy value}`` for every ``nnx.Param`` (unrolled naming), read on demand.
+
+    Unlike ``get_flat_params`` nothing is copied until a reader is called, so an export holds
+    one tensor of the model at a time beside it.
+    """
+    out: dict[str, Callable[[], np.ndarray]] = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        value = var.get_value()
+        if _is_stacked(var):
+            prefix, rest = _split_at_layers(path)
+            for i in range(value.shape[0]):
+                out[f"{prefix}.{i}.{rest}"] = _reader(value, i)
+        else:
+            out[".".join(str(p) for p in path)] = _reader(value, None)
+    return out
+
+
+def _reader(value: Any, layer: int | None) -> Callable[[], np.ndarray]:
+    def read() -> np.ndarray:
+        return np.asarray(value if layer is None else value[layer])
+
+    return read

@@ -40,7 +40,50 @@ def sinusoidal(positions: Array, dim: int, *, max_timescale: float = 10000.0) ->
     return out
 
 
-def apply_rope(x: Array, positions: Array, *, theta: float = 10000.0) -> Array:
+#: Llama 3's RoPE scaling: (factor, low_freq_factor, high_freq_factor, original context length),
+#: the four numbers of a HF ``rope_scaling`` of type ``llama3``.
+RopeScaling = tuple[float, float, float, int]
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> np.ndarray:
+    """RoPE's inverse frequencies ``[head_dim // 2]`` in float64, Llama 3-scaled if asked.
+
+    Llama 3 (``scaling`` given) divides the low frequencies (wavelength above
+    ``original / low_freq_factor``) by ``factor``, keeps the high ones (wavelength below
+    ``original / high_freq_factor``) and blends linearly in between, as Meta's reference and
+    transformers' ``_compute_llama3_parameters`` do.
+
+    Parameters
+    ----------
+    head_dim : int
+        Even head width.
+    theta : float
+        RoPE base.
+    scaling : RopeScaling, optional
+        ``(factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``[head_dim // 2]``.
+    """
+    half = head_dim // 2
+    inv = 1.0 / (theta ** (np.arange(half, dtype=np.float64) / half))
+    if scaling is None:
+        return inv
+    factor, low, high, original = scaling
+    wavelen = 2 * math.pi / inv
+    low_wavelen, high_wavelen = original / low, original / high
+    scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (original / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(medium, smoothed, scaled)
+
+
+def apply_rope(
+    x: Array, positions: Array, *, theta: float = 10000.0, scaling: RopeScaling | None = None
+) -> Array:
     """Rotate ``x`` [b, s, heads, head_dim] by ``positions`` [b, s] (LLaMA's rotate-half form).
 
     Dimension ``i`` pairs with ``i + head_dim/2``; angles are computed in float32.
@@ -53,6 +96,8 @@ def apply_rope(x: Array, positions: Array, *, theta: float = 10000.0) -> Array:
         int ``[b, s]`` absolute positions.
     theta : float
         RoPE base (10000 in LLaMA; larger for long contexts).
+    scaling : RopeScaling, optional
+        Llama 3's frequency scaling (see ``rope_inv_freq``); None: plain RoPE.
 
     Returns
     -------
@@ -62,7 +107,10 @@ def apply_rope(x: Array, positions: Array, *, theta: float = 10000.0) -> Array:
     d = x.shape[-1]
     half = d // 2
     dt = jnp.promote_types(x.dtype, jnp.float32)
-    inv_freq = 1.0 / (theta ** (jnp.arange(half, dtype=dt) / half))
+    if scaling is None:
+        inv_freq = 1.0 / (theta ** (jnp.arange(half, dtype=dt) / half))
+    else:  # static numbers: computed once in float64 while tracing
+        inv_freq = jnp.asarray(rope_inv_freq(d, theta, scaling), dtype=dt)
     angles = positions.astype(dt)[..., None] * inv_freq  # [b, s, half]
     cos = jnp.cos(angles)[:, :, None, :]
     sin = jnp.sin(angles)[:, :, None, :]

@@ -1,0 +1,82 @@
+"""``--init-from PATH_OR_HUB``: a Hugging Face checkpoint (GPT-2, Llama, Mistral, Qwen2) as the
+starting point. The checkpoint fixes the architecture; the config says how to train it.
+
+Checked before anything is written: the checkpoint's family must be ``model.kind``, and an
+architecture setting the user gave (``model.position`` ...) must be the checkpoint's, since
+dropping it silently would train something else than asked. A GPT-2 hub name (``gpt2``) is
+checked without downloading; any other source is read (its ``config.json`` only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from trainer.config import Config
+from trainer.schema import ConfigError
+
+#: Trainer model settings a checkpoint of the LLaMA family fixes (None: the user left it).
+LLAMA_FIXED = ("position", "attention_type", "norm_position", "use_bias", "num_kv_heads")
+
+
+def _is_hub_id(source: str) -> bool:
+    """``org/name``: a hub repo id (a local path would exist, or start with ``.``/``/``/``~``)."""
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not source.startswith((".", "~"))
+
+
+def _read(source: str) -> Any:
+    from tjx import nn
+
+    try:
+        return nn.read_hf_config(source)
+    except ValueError as err:
+        raise ConfigError(f"--init-from: {err}") from None
+
+
+def check_init_from(cfg: Config, source: str) -> None:
+    """Raise `ConfigError` (one line) unless ``source`` can start a run of ``cfg``."""
+    from tjx import nn
+
+    path = Path(source).expanduser()
+    if path.exists():
+        hf_cfg = _read(str(path))
+        kind = "gpt2" if isinstance(hf_cfg, nn.GPT2Config) else "llama"
+    elif source in nn.HF_GPT2_NAMES:
+        hf_cfg, kind = None, "gpt2"
+    elif _is_hub_id(source):
+        hf_cfg = _read(source)
+        kind = "gpt2" if isinstance(hf_cfg, nn.GPT2Config) else "llama"
+    else:
+        raise ConfigError(
+            f"--init-from: {source!r} is neither a folder nor a hub name "
+            f"({', '.join(nn.HF_GPT2_NAMES)}, or org/name)"
+        )
+    if cfg.model.kind != kind:
+        what = "GPT-2" if kind == "gpt2" else "LLaMA-family"
+        raise ConfigError(
+            f"--init-from: loads {what} weights; model.kind must be {kind!r}, got "
+            f"{cfg.model.kind!r}"
+        )
+    settings = dataclasses.asdict(cfg.model)
+    if kind == "gpt2":
+        if cfg.data.tokenizer != "gpt2" and Path(cfg.data.tokenizer).expanduser() != path:
+            raise ConfigError(
+                "--init-from: GPT-2 weights need data.tokenizer 'gpt2' (or the checkpoint "
+                f"folder), got {cfg.data.tokenizer!r}"
+            )
+        clashes = nn.hf_gpt2_conflicts(settings)
+    else:
+        clashes = {
+            k: settings[k]
+            for k in LLAMA_FIXED
+            if settings[k] is not None and settings[k] != getattr(hf_cfg, k)
+        }
+    if clashes:
+        named = ", ".join(f"model.{k} {v!r}" for k, v in clashes.items())
+        family = "GPT-2" if kind == "gpt2" else "the checkpoint's"
+        raise ConfigError(
+            f"--init-from: {family} weights fix the architecture, so {named} cannot apply; "
+            "leave those settings unset"
+        )

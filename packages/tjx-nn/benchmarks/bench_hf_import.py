@@ -1,0 +1,145 @@
+"""Peak memory of ``tjx.nn.load_hf`` on a synthetic LLaMA-shaped safetensors checkpoint.
+
+    python packages/tjx-nn/benchmarks/bench_hf_import.py [--shape 1b] [--param-dtype bfloat16]
+
+A child process writes a checkpoint of the chosen shape (bf16 tensors, sharded at 2 GB, as the
+hub's Llama checkpoints are) into a temporary folder; a second child imports it with
+``load_hf`` and reports its peak resident memory (``ru_maxrss``) and its resident memory after
+``import jax, tjx.nn`` (the baseline). The ratio ``(peak - baseline) / model bytes`` says how many
+copies of the weights the import held at once (1.0 = none besides the model itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SHAPES: dict[str, dict[str, Any]] = {
+    # Llama 2 7B: 6.74 B parameters.
+    "7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+    ),
+    # Llama 3.2 1B's shape (GQA 32/8, vocab 128256, tied): 1.24 B parameters.
+    "1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+    ),
+}
+
+
+def _rss_mib(key: str = "VmRSS") -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def write(folder: Path, shape: str) -> None:
+    """A checkpoint of ``shape`` (constant bf16 tensors, one at a time) with tjx's writer."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from tjx.nn.hf_config import llama_config_from_hf
+    from tjx.nn.hf_io import write_safetensors
+    from tjx.nn.hf_llama import llama_mapping
+
+    hf = {"model_type": "llama", "max_position_embeddings": 4096, **SHAPES[shape]}
+    mapping = llama_mapping(llama_config_from_hf(hf))
+    bf16 = jnp.dtype("bfloat16")
+    tensors = [
+        (name, s, lambda s=s: np.full(s, 0.01, dtype=bf16)) for name, s in mapping.shapes.items()
+    ]
+    write_safetensors(folder, tensors, itemsize=2, max_shard_size=2 * 10**9)
+    (folder / "config.json").write_text(json.dumps({**hf, "torch_dtype": "bfloat16"}))
+
+
+def load(folder: Path, param_dtype: str) -> dict[str, float]:
+    """Import ``folder`` with ``load_hf``; baseline and peak RSS in MiB, model bytes."""
+    import jax
+    import jax.numpy as jnp
+
+    from tjx import nn
+
+    baseline = _rss_mib()
+    dtype = jnp.dtype(param_dtype)
+    model, _ = nn.load_hf(folder, precision=nn.Precision(dtype, dtype))
+    leaves = jax.tree.leaves(nnx_state(model))
+    model_bytes = sum(x.size * x.dtype.itemsize for x in leaves)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    params = sum(x.size for x in leaves)
+    # After the import: anonymous memory (the model) vs file pages still mapped (none: closed).
+    anon, file = _rss_mib("RssAnon"), _rss_mib("RssFile")
+    return {
+        "baseline_mib": baseline,
+        "peak_mib": peak,
+        "model_mib": model_bytes / 2**20,
+        "params": params,
+        "after_anon_mib": anon,
+        "after_file_mib": file,
+    }
+
+
+def nnx_state(model: Any) -> Any:
+    from flax import nnx
+
+    return nnx.state(model, nnx.Param)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=tuple(SHAPES), default="1b")
+    parser.add_argument("--param-dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    parser.add_argument("--child", nargs=2, metavar=("ROLE", "FOLDER"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        role, folder = args.child
+        if role == "write":
+            write(Path(folder), args.shape)
+        else:
+            print(json.dumps(load(Path(folder), args.param_dtype)))
+        return
+    me = [sys.executable, __file__, "--shape", args.shape, "--param-dtype", args.param_dtype]
+    with tempfile.TemporaryDirectory(prefix="tjx-hf-bench-") as tmp:
+        subprocess.run([*me, "--child", "write", tmp], check=True)
+        disk = sum(p.stat().st_size for p in Path(tmp).glob("*.safetensors")) / 2**20
+        out = subprocess.run(
+            [*me, "--child", "load", tmp], check=True, capture_output=True, text=True
+        )
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    extra = (r["peak_mib"] - r["baseline_mib"]) / r["model_mib"]
+    print(
+        f"shape {args.shape}: {r['params'] / 1e9:.2f} B params, checkpoint {disk:,.0f} MiB (bf16), "
+        f"model {r['model_mib']:,.0f} MiB ({args.param_dtype}); RSS after imports "
+        f"{r['baseline_mib']:,.0f} MiB, peak {r['peak_mib']:,.0f} MiB; "
+        f"(peak - baseline) / model bytes = {extra:.2f}, peak / model bytes = "
+        f"{r['peak_mib'] / r['model_mib']:.2f}; after: anonymous {r['after_anon_mib']:,.0f} MiB, "
+        f"file-backed {r['after_file_mib']:,.0f} MiB"
+    )
+
+
+if __name__ == "__main__":
+    main()

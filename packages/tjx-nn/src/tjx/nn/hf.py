@@ -1,0 +1,234 @@
+"""``load_hf`` / ``save_hf``: Hugging Face checkpoints of GPT-2 and the LLaMA family in and out.
+
+A folder's ``config.json`` names the architecture (``model_type`` gpt2, llama, mistral or qwen2);
+its config module maps the config (refusing what tjx would ignore) and its mapping module the
+tensors. Weights move one tensor at a time: loading fills a model built abstractly
+(``nnx.eval_shape``) from safetensors' memory-mapped reads, saving writes one shard at a time,
+so neither holds two full copies of the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
+from tjx.nn.decoder import GPT2, DecoderLM, Llama
+from tjx.nn.hf_config import LLAMA_TYPES, llama_config_from_hf, llama_config_to_hf
+from tjx.nn.hf_gpt2 import config_from_hf, config_to_hf, gpt2_mapping
+from tjx.nn.hf_io import (
+    HFMapping,
+    LazyWeights,
+    check_tensors,
+    copy_tokenizer,
+    parse_size,
+    read_config,
+    resolve,
+    write_safetensors,
+)
+from tjx.nn.hf_llama import llama_mapping
+from tjx.nn.model_state import concrete_state
+from tjx.nn.params_io import fill_params, param_readers
+
+#: ``config.json`` model types ``load_hf`` reads, and the tjx model kind each becomes.
+HF_MODEL_TYPES: dict[str, str] = {"gpt2": "gpt2", **{t: "llama" for t in LLAMA_TYPES}}
+SAVE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def hf_kind(path_or_hub: str | os.PathLike[str]) -> str:
+    """The tjx model kind (``"gpt2"`` or ``"llama"``) of a HF checkpoint, from its config only.
+
+    Raises
+    ------
+    ValueError
+        Not a checkpoint folder (no config.json or weights) or an unsupported ``model_type``.
+    """
+    return _kind(read_config(resolve(path_or_hub)))
+
+
+def read_hf_config(path_or_hub: str | os.PathLike[str], **overrides: Any) -> TransformerConfig:
+    """The tjx config of a HF checkpoint (``GPT2Config`` or ``LlamaConfig``), weights unread.
+
+    Raises
+    ------
+    ValueError
+        As ``load_hf`` for the folder and its ``config.json``.
+    """
+    config, _, _ = _plan(read_config(resolve(path_or_hub)), overrides)
+    return config  # type: ignore[no-any-return]
+
+
+def _kind(hf: dict[str, Any]) -> str:
+    model_type = hf.get("model_type")
+    if model_type not in HF_MODEL_TYPES:
+        raise ValueError(
+            f"config.json model_type {model_type!r} is not supported; tjx loads "
+            f"{', '.join(HF_MODEL_TYPES)}"
+        )
+    return HF_MODEL_TYPES[model_type]
+
+
+def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[DecoderLM], HFMapping]:
+    if _kind(hf) == "gpt2":
+        gpt2 = config_from_hf(hf, **overrides)
+        return gpt2, GPT2, gpt2_mapping(gpt2)
+    llama = llama_config_from_hf(hf, **overrides)
+    return llama, Llama, llama_mapping(llama)
+
+
+def load_hf(
+    path_or_hub: str | os.PathLike[str], **overrides: Any
+) -> tuple[DecoderLM, TransformerConfig]:
+    """A HF checkpoint (local folder, or a hub repo id when online) as a tjx model.
+
+    Parameters
+    ----------
+    path_or_hub : str or PathLike
+        Folder with ``config.json`` and ``model.safetensors`` (or an index and its shards).
+    **overrides
+        Config fields for how to run it, not what it is: ``scan_layers``, ``remat``,
+        ``attention_impl``, ``precision`` (the param dtype the weights are cast to), ``dropout``.
+
+    Returns
+    -------
+    (model, config)
+        ``GPT2`` or ``Llama`` and its config.
+
+    Raises
+    ------
+    ValueError
+        Missing config or weights, PyTorch pickles only, an unsupported ``model_type`` or config
+        key, missing/extra/mis-shaped tensors (named).
+    """
+    folder = resolve(path_or_hub)
+    hf = read_config(folder)
+    config, cls, mapping = _plan(hf, overrides)
+    with LazyWeights(folder) as weights:
+        prefixed = hf.get("model_type") == "gpt2"  # save_pretrained's ``transformer.`` prefix
+        names = {n.removeprefix("transformer.") if prefixed else n: n for n in weights.names()}
+        check_tensors(
+            {k: weights.shape(n) for k, n in names.items()}, mapping.shapes, mapping.ignored
+        )
+
+        def read(name: str) -> np.ndarray:
+            return weights.get(names[name])
+
+        model = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
+        fill_params(model, lambda name: mapping.to_tjx[name](read))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
+    return nnx.merge(graphdef, params, concrete_state(rest)), config
+
+
+def _export_plan(config: Any, model_type: str | None) -> tuple[dict[str, Any], HFMapping]:
+    if isinstance(config, GPT2Config):
+        if model_type not in (None, "gpt2"):
+            raise ValueError(f"a GPT2 model saves as model_type 'gpt2'; got {model_type!r}")
+        return config_to_hf(config), gpt2_mapping(config)
+    if isinstance(config, LlamaConfig):
+        return llama_config_to_hf(config, model_type), llama_mapping(config)
+    raise ValueError(
+        f"save_hf saves GPT2 and Llama models; got a model with {type(config).__name__}"
+    )
+
+
+def save_hf(
+    model: nnx.Module,
+    path: str | os.PathLike[str],
+    *,
+    dtype: str | None = None,
+    max_shard_size: int | str = "5GB",
+    model_type: str | None = None,
+    tokenizer_from: str | os.PathLike[str] | None = None,
+) -> list[str]:
+    """Write ``model`` as a HF checkpoint folder that ``AutoModelForCausalLM`` loads.
+
+    Parameters
+    ----------
+    model : GPT2 or Llama
+        Scanned or not.
+    path : str or PathLike
+        A new or empty folder (created).
+    dtype : {"float32", "bfloat16", "float16"}, optional
+        The tensors' dtype on disk; default the model's param dtype.
+    max_shard_size : int or str
+        Above this many bytes (``"5GB"``, ``"200MB"``, an int) the weights are split into
+        shards with ``model.safetensors.index.json``.
+    model_type : str, optional
+        For a Llama: ``llama``, ``mistral`` or ``qwen2`` (default qwen2 when only q/k/v have
+        biases, else llama).
+    tokenizer_from : str or PathLike, optional
+        A folder whose tokenizer files (``tokenizer.json`` ...) are copied next to the weights.
+
+    Returns
+    -------
+    list of str
+        The files written.
+
+    Raises
+    ------
+    ValueError
+        A config HF cannot express, an unknown dtype, a bad size or a non-empty folder; nothing
+        is written then.
+    """
+    config = getattr(model, "config", None)
+    hf_config, mapping = _export_plan(config, model_type)
+    assert config is not None
+    readers = param_readers(model)
+    name = str(dtype or jnp.dtype(config.precision.param_dtype).name)
+    if name not in SAVE_DTYPES:
+        raise ValueError(f"dtype must be one of {SAVE_DTYPES}; got {dtype!r}")
+    out_dtype = jnp.dtype(name)
+    limit = parse_size(max_shard_size)
+    folder = Path(path).expanduser()
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ValueError(f"{folder} exists and is not an empty folder; choose a new folder")
+    source = Path(tokenizer_from).expanduser() if tokenizer_from is not None else None
+    if source is not None and not source.is_dir():
+        raise ValueError(f"tokenizer_from {str(source)!r} is not a folder")
+
+    def read(tjx_name: str) -> np.ndarray:
+        return readers[tjx_name]()
+
+    tensors = [
+        (hf_name, shape, lambda n=hf_name: mapping.to_hf[n](read).astype(out_dtype))
+        for hf_name, shape in mapping.shapes.items()
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    files = write_safetensors(folder, tensors, itemsize=out_dtype.itemsize, max_shard_size=limit)
+    hf_config["torch_dtype"] = name
+    (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    files.append("config.json")
+    if source is not None:
+        files += copy_tokenizer(source, folder)
+    return files
+
+
+def load_hf_gpt2(path_or_name: str | os.PathLike[str], **overrides: Any) -> GPT2:
+    """``load_hf`` for a GPT-2 checkpoint, returning only the model (the older name).
+
+    Raises
+    ------
+    ValueError
+        The checkpoint is not GPT-2 (or any ``load_hf`` error).
+    """
+    folder = resolve(path_or_name)
+    if _kind(read_config(folder)) != "gpt2":
+        raise ValueError(f"{folder} is not a GPT-2 checkpoint; use tjx.nn.load_hf")
+    model, _ = load_hf(folder, **overrides)
+    assert isinstance(model, GPT2)
+    return model
+
+
+def save_hf_gpt2(model: GPT2, path: str | os.PathLike[str]) -> None:
+    """``save_hf`` for a GPT-2 model (the older name)."""
+    if not isinstance(getattr(model, "config", None), GPT2Config):
+        raise ValueError(
+            f"save_hf_gpt2 needs a GPT2 model; got config {type(model.config).__name__}"
+        )
+    save_hf(model, path)

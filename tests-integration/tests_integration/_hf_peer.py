@@ -1,0 +1,52 @@
+"""transformers + PyTorch for the HF round-trip tests, in a scratch venv this helper makes.
+
+Never part of the project's resolve: the venv (``$TJX_HF_PEER_VENV``, default
+``~/.cache/tjx/hf-peer-venv``) is made once with pip (``torch==2.13.0`` pinned: a CPU build) and
+kept; `run_peer` runs ``_hf_peer_script.py`` in it as a subprocess, so no test process imports
+torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REQUIREMENTS = ("torch==2.13.0", "transformers", "safetensors", "numpy")
+SCRIPT = Path(__file__).with_name("_hf_peer_script.py")
+
+
+def peer_python() -> Path:
+    """The scratch venv's interpreter (made with pip if missing); it imports transformers."""
+    venv = Path(
+        os.environ.get("TJX_HF_PEER_VENV") or Path.home() / ".cache" / "tjx" / "hf-peer-venv"
+    )
+    python = venv / "bin" / "python"
+    probe = [str(python), "-c", "import torch, transformers, safetensors"]
+    if python.is_file() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return python
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet", *REQUIREMENTS]
+    subprocess.run(pip, check=True)
+    subprocess.run(probe, check=True)
+    return python
+
+
+def run_peer(jobs: list[dict[str, Any]], workdir: Path) -> None:
+    """Run ``jobs`` (see ``_hf_peer_script``) in the scratch venv; fail with its output."""
+    spec = workdir / f"jobs-{len(list(workdir.glob('jobs-*.json')))}.json"
+    spec.write_text(json.dumps(jobs))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(
+        [str(peer_python()), str(SCRIPT), str(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    assert proc.returncode == 0, f"peer failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

@@ -1,0 +1,58 @@
+"""transformers' side of the HF round-trip tests; runs ONLY in the scratch venv (torch inside).
+
+``python _hf_peer_script.py JOBS.json`` runs a list of jobs in one process (torch loads once):
+``{"make": SPEC, "out": FOLDER}`` builds a tiny random model (``AutoConfig.for_model(**SPEC
+["config"])``, norms and biases random too), saves it to ``FOLDER`` (safetensors, SPEC's
+``max_shard_size`` if given) and scores it into ``FOLDER/peer.npz``; ``{"score": FOLDER,
+"tokens": NPY, "out": NPZ, "new": N}`` loads a folder with ``AutoModelForCausalLM.
+from_pretrained`` and scores it. Scoring writes float32 logits of the tokens, a greedy
+continuation (``new`` tokens) of their first row's first 4 tokens and the class name.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch  # pants: no-infer-dep (the scratch venv's, never the resolve's)
+from transformers import AutoConfig, AutoModelForCausalLM  # pants: no-infer-dep
+
+
+def score(model: torch.nn.Module, tokens: np.ndarray, new: int, out: Path) -> None:
+    model.eval()
+    ids = torch.as_tensor(tokens, dtype=torch.long)
+    with torch.no_grad():
+        logits = model(ids).logits.float().numpy()
+        prompt = ids[:1, :4]
+        greedy = model.generate(prompt, max_new_tokens=new, do_sample=False, pad_token_id=0).numpy()
+    arch = type(model).__name__
+    np.savez(out, logits=logits, greedy=greedy, arch=np.asarray(arch))
+
+
+def make(spec: dict, folder: Path) -> None:
+    torch.manual_seed(spec.get("seed", 0))
+    config = AutoConfig.for_model(**spec["config"])
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # random norms and biases too, so a swapped tensor shows
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name or "ln_" in name:
+                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if name.endswith("weight") else 0.0))
+    kwargs = {"max_shard_size": spec["max_shard_size"]} if spec.get("max_shard_size") else {}
+    model.save_pretrained(folder, **kwargs)
+    tokens = np.asarray(spec["tokens"], dtype=np.int64)
+    score(model, tokens, spec["new"], folder / "peer.npz")
+
+
+def main() -> None:
+    for job in json.loads(Path(sys.argv[1]).read_text()):
+        if "make" in job:
+            make(job["make"], Path(job["out"]))
+        else:
+            model = AutoModelForCausalLM.from_pretrained(job["score"], dtype=torch.float32)
+            score(model, np.load(job["tokens"]), int(job["new"]), Path(job["out"]))
+
+
+if __name__ == "__main__":
+    main()

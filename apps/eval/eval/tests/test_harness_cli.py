@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
@@ -71,11 +69,11 @@ def test_without_lm_eval_the_flag_says_what_to_install(workdir, capsys, monkeypa
     assert f"--tasks: needs lm-evaluation-harness; {harness.INSTALL}" in capsys.readouterr().err
 
 
-def test_lm_eval_command_line_runs_the_tjx_model(workdir, tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "eval.lm_eval_cli",
+def test_lm_eval_command_line_runs_the_tjx_model(workdir, tmp_path, monkeypatch, capsys):
+    from eval import lm_eval_cli
+
+    argv = [
+        "lm_eval",
         "--model",
         "tjx",
         "--model_args",
@@ -91,7 +89,10 @@ def test_lm_eval_command_line_runs_the_tjx_model(workdir, tmp_path):
         "--output_path",
         str(tmp_path / "out"),
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "|local_hellaswag" in done.stdout and "|local_rolling" in done.stdout
-    assert list((tmp_path / "out").rglob("results_*.json"))
+    monkeypatch.setattr(sys, "argv", argv)  # lm-eval's own parser reads the command line
+    lm_eval_cli.main()
+    out = capsys.readouterr().out
+    assert "|local_hellaswag" in out and "|local_rolling" in out
+    written = list((tmp_path / "out").rglob("results_*.json"))
+    assert len(written) == 1
+    assert set(json.loads(written[0].read_text())["results"]) == {"local_hellaswag", "local_rolling"}

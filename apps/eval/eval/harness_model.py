@@ -128,7 +128,9 @@ class TjxLM(TemplateLM):
         """Traces of the scoring function so far (bounded by the length buckets)."""
         return self.scorer.compiles
 
-    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **_: Any) -> list[int]:
+    def tok_encode(
+        self, string: str, add_special_tokens: bool | None = None, **_: Any
+    ) -> list[int]:
         """Ids of ``string``; no special tokens are added (HFLM's causal-model default)."""
         return list(self.tokenizer_.encode_batch([string])[0])
 
@@ -157,9 +159,7 @@ class TjxLM(TemplateLM):
 
         re_ord = Collator(requests, sort_fn=_order)
         out: list[tuple[float, bool]] = []
-        bar = tqdm(
-            total=len(requests), disable=disable_tqdm, desc="Running loglikelihood requests"
-        )
+        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="Running loglikelihood requests")
         for chunk in re_ord.get_batched(n=self._batch_size):
             # HFLM's left truncation: keep the last max_length + 1 tokens.
             seqs = [(ctx + cont)[-(self.max_length + 1) :] for _, ctx, cont in chunk]

@@ -86,7 +86,9 @@ class Scorer:
 
         self._score = jax.jit(score)
 
-    def score(self, seqs: Sequence[Sequence[int]], cont_lens: Sequence[int]) -> list[tuple[float, bool]]:
+    def score(
+        self, seqs: Sequence[Sequence[int]], cont_lens: Sequence[int]
+    ) -> list[tuple[float, bool]]:
         """Score up to ``batch_size`` rows in one call.
 
         Parameters

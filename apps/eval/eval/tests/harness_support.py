@@ -18,7 +18,9 @@ TASKS = ("local_hellaswag", "local_lambada", "local_rolling", "local_generate")
 WORDS = "the a rose by any other name would smell as sweet wherefore art thou romeo night".split()
 
 
-def make_run(root: Path, *, max_seq_len: int = 64, seed: int = 3, model_json: Any = None) -> tuple[Path, Any]:
+def make_run(
+    root: Path, *, max_seq_len: int = 64, seed: int = 3, model_json: Any = None
+) -> tuple[Path, Any]:
     """A byte-tokenizer GPT-2 run directory (config, model.json, data.json, one checkpoint)."""
     fields = {
         "vocab_size": 257,

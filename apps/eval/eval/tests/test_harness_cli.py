@@ -95,4 +95,7 @@ def test_lm_eval_command_line_runs_the_tjx_model(workdir, tmp_path, monkeypatch,
     assert "|local_hellaswag" in out and "|local_rolling" in out
     written = list((tmp_path / "out").rglob("results_*.json"))
     assert len(written) == 1
-    assert set(json.loads(written[0].read_text())["results"]) == {"local_hellaswag", "local_rolling"}
+    assert set(json.loads(written[0].read_text())["results"]) == {
+        "local_hellaswag",
+        "local_rolling",
+    }

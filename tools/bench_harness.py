@@ -87,15 +87,16 @@ class PlainLoop:
 
 def bench(name: str, n: int, batch_size: int) -> dict[str, Any]:
     """Cold and warm requests/s of each way, and their compilations, for one model shape."""
-    model = nn.build_model(SHAPES[name](), rngs=nnx.Rngs(0))
-    reqs = requests(n, int(model.config.vocab_size), seed=0)
+    config = SHAPES[name]()
+    model = nn.build_model(config, rngs=nnx.Rngs(0))
+    reqs = requests(n, int(config.vocab_size), seed=0)
     out: dict[str, Any] = {"config": name, "requests": n, "batch_size": batch_size}
     ways: dict[str, Any] = {
         "batched": lambda s: run(s, reqs),
         "loop": lambda s: s.run(reqs),
         "loop_bucketed": lambda s: run(s, reqs),
     }
-    scorers = {"batched": Scorer(model, batch_size), "loop": PlainLoop(model)}
+    scorers: dict[str, Any] = {"batched": Scorer(model, batch_size), "loop": PlainLoop(model)}
     scorers["loop_bucketed"] = Scorer(model, 1)
     for label, timed in ways.items():
         scorer = scorers[label]

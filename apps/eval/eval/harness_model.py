@@ -11,7 +11,8 @@ model_args="checkpoint=RUN_DIR")`` then works (lm-eval 0.4 discovers models only
   (``prefix_token_id`` = ``eot_token_id`` = the tokenizer's EOS, as for GPT-2 in HFLM).
 * no special tokens are added by ``tok_encode`` (HFLM's default for causal models; tjx
   tokenizers never add any).
-* max length: the model's ``max_seq_len`` (HFLM reads ``n_positions`` / ``max_position_embeddings``).
+* max length: the model's ``max_seq_len`` (HFLM reads ``n_positions`` /
+  ``max_position_embeddings``).
 * left truncation: a scored row is ``(context + continuation)[-(max_length + 1):]`` and the model
   reads all but its last token; ``generate_until`` keeps a context's last
   ``max_length - max_gen_toks`` tokens; rolling windows come from the harness's own
@@ -48,7 +49,8 @@ MAX_GEN_TOKS = 256
 
 
 def check_decoder(run: LoadedRun) -> None:
-    """`RunError` (one line) unless the run is a causal decoder, the only kind the harness scores."""
+    """`RunError` (one line) unless the run is a causal decoder: the only kind the harness
+    scores."""
     objective = run.objective
     if objective.name != "lm":
         what = {"mlm": "a BERT masked-LM encoder", "classify": "a ViT image classifier"}.get(

@@ -13,11 +13,13 @@ import sys
 
 def main() -> None:
     """Register the ``tjx`` model, then run lm-eval's own command line."""
-    import eval.harness_model  # noqa: F401  (registers "tjx")
     from lm_eval.__main__ import cli_evaluate
+
+    import eval.harness_model  # noqa: F401  (registers "tjx")
 
     cli_evaluate()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
+    sys.exit(0)

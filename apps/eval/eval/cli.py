@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: RUN_DIR/attention_distance.png; 'none' to skip)",
     )
     hf_checkpoint.add_arguments(parser)
+    from eval import harness
+
+    harness.add_arguments(parser)  # --tasks, --num-fewshot, --limit, --include-path
     return parser
 
 
@@ -266,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         _check(args)
+        from eval import harness
+
+        tasks = harness.check_arguments(args)
+        if tasks:  # lm-evaluation-harness instead of the held-out metrics
+            harness.run_tasks(args, tasks)
+            return 0
         from eval.runs import load_run
 
         if args.compare:

@@ -1,0 +1,129 @@
+"""``python -m eval --checkpoint RUN --tasks ...``: lm-evaluation-harness on a run's decoder.
+
+lm-eval is optional for the evaluator: it is imported only here (and in ``harness_model``), and
+without it ``--tasks`` says what to install. Everything is checked before anything is written:
+the flags, the task names (with the harness's own matcher, ``--include-path`` folders included)
+and the run (a causal decoder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from eval.runs import RunError
+
+#: The one-line fix when lm-eval is missing (apps/eval's requirements pin the same range).
+INSTALL = "pip install 'lm-eval>=0.4.13,<0.5'"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The harness flags of the evaluator's parser."""
+    parser.add_argument(
+        "--tasks",
+        default=None,
+        metavar="T1,T2",
+        help="run lm-evaluation-harness tasks (e.g. hellaswag,lambada_openai) on the run's decoder",
+    )
+    parser.add_argument("--num-fewshot", type=int, default=None, metavar="K")
+    parser.add_argument(
+        "--limit", type=float, default=None, metavar="N", help="documents per task (< 1: a share)"
+    )
+    parser.add_argument(
+        "--include-path", default=None, metavar="DIR", help="a folder of your own task YAMLs"
+    )
+
+
+def check_arguments(args: argparse.Namespace) -> list[str]:
+    """The task names of ``--tasks``; `RunError` (one line) for a bad harness flag."""
+    if args.tasks is None:
+        for flag in ("num_fewshot", "limit", "include_path"):
+            if getattr(args, flag) is not None:
+                name = "--" + flag.replace("_", "-")
+                raise RunError(f"{name}: applies to --tasks; name the harness tasks to run")
+        return []
+    if args.compare:
+        raise RunError("--tasks: runs on one --checkpoint, not on --compare")
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise RunError(f"--num-fewshot: must be >= 0, got {args.num_fewshot}")
+    if args.limit is not None and not args.limit > 0:
+        raise RunError(f"--limit: must be > 0 (a count, or a share below 1), got {args.limit:g}")
+    if args.include_path is not None and not Path(args.include_path).is_dir():
+        raise RunError(f"--include-path: no such folder {args.include_path!r}")
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not names:
+        raise RunError("--tasks: give task names, e.g. --tasks hellaswag,lambada_openai")
+    return names
+
+
+def _task_manager(args: argparse.Namespace, names: list[str]) -> Any:
+    """The harness's task manager, after checking every name against it."""
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise RunError(f"--tasks: needs lm-evaluation-harness; {INSTALL}") from None
+    manager = TaskManager(include_path=args.include_path)
+    missing = [name for name in names if not manager.match_tasks([name])]
+    if missing:
+        # The harness's own message (lm_eval.config.evaluate_config), and where names come from.
+        raise RunError(
+            f"--tasks: Tasks not found: {', '.join(missing)} (list them with `lm-eval ls tasks`; "
+            "your own task YAMLs go in --include-path DIR)"
+        )
+    return manager
+
+
+def results_path(run: Any) -> Path:
+    """Where the JSON goes: the run directory, next to its other evaluation output."""
+    return Path(run.run_dir) / f"lm_eval_step{run.step}.json"
+
+
+def run_tasks(args: argparse.Namespace, names: list[str]) -> Path:
+    """Run the tasks on ``args.checkpoint``; print the harness's table; write and return the JSON.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The evaluator's arguments (``checkpoint``, ``step``, ``batch_size``, ``seed`` and the
+        harness flags).
+    names : list of str
+        Checked task names (``check_arguments``).
+
+    Returns
+    -------
+    Path
+        The JSON written (the harness's results, without per-sample logs).
+    """
+    manager = _task_manager(args, names)
+    from eval.runs import load_run
+
+    run = load_run(Path(args.checkpoint), args.step)
+    from eval.harness_model import TjxLM, check_decoder
+
+    check_decoder(run)
+    from lm_eval import simple_evaluate
+    from lm_eval.utils import handle_non_serializable, make_table
+
+    model = TjxLM(run=run, batch_size=args.batch_size, seed=args.seed)
+    print(f"run {run.run_dir} at step {run.step}: lm-evaluation-harness {', '.join(names)}")
+    results = simple_evaluate(
+        model=model,
+        tasks=names,
+        num_fewshot=args.num_fewshot,
+        limit=args.limit,
+        task_manager=manager,
+        log_samples=False,
+        random_seed=args.seed,
+        numpy_random_seed=args.seed,
+        fewshot_random_seed=args.seed,
+    )
+    print(make_table(results))
+    if results.get("groups"):
+        print(make_table(results, "groups"))
+    results["tjx"] = {"run_dir": str(run.run_dir), "step": run.step, "compiles": model.compiles}
+    path = results_path(run)
+    path.write_text(json.dumps(results, indent=2, default=handle_non_serializable) + "\n")
+    print(f"scoring compiled {model.compiles} time(s) (length buckets); results → {path}")
+    return path

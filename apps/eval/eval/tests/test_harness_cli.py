@@ -1,0 +1,101 @@
+"""``python -m eval --tasks`` and ``python -m eval.lm_eval_cli --model tjx`` on the local tasks."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from eval import harness
+from eval.cli import main
+from eval.tests.harness_support import TASK_DIR, TASKS, make_run, write_task_data
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch, rng):
+    """A run and the local tasks' data in the working folder (the YAMLs name it relatively)."""
+    run, _ = make_run(tmp_path)
+    write_task_data(tmp_path, rng)
+    monkeypatch.chdir(tmp_path)
+    return run
+
+
+def test_all_local_tasks_run_end_to_end_and_write_json_next_to_the_run(workdir, capsys):
+    argv = ["--checkpoint", str(workdir), "--tasks", ",".join(TASKS)]
+    assert main([*argv, "--include-path", str(TASK_DIR), "--limit", "4", "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    written = json.loads((workdir / "lm_eval_step1.json").read_text())
+    assert set(written["results"]) == set(TASKS)
+    lam = written["results"]["local_lambada"]
+    assert lam["perplexity,none"] > 1 and 0 <= lam["acc,none"] <= 1
+    assert 0 < written["results"]["local_rolling"]["bits_per_byte,none"] < 20
+    assert 1 <= written["tjx"]["compiles"] <= 2  # buckets of a 64-token model: 32, 64
+    for task in TASKS:
+        assert f"|{task}" in out  # the harness's table
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tasks", "no_such_task"], "Tasks not found: no_such_task"),
+        (["--tasks", "local_lambada", "--num-fewshot", "-1"], "--num-fewshot: must be >= 0"),
+        (["--tasks", "local_lambada", "--limit", "0"], "--limit: must be > 0"),
+        (["--num-fewshot", "2"], "--num-fewshot: applies to --tasks"),
+        (["--tasks", "x", "--include-path", "nowhere"], "--include-path: no such folder"),
+    ],
+)
+def test_bad_harness_flags_exit_2_and_write_nothing(workdir, capsys, flags, message):
+    before = sorted(p.name for p in workdir.iterdir())
+    assert main(["--checkpoint", str(workdir), "--include-path", str(TASK_DIR), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in workdir.iterdir()) == before
+
+
+def test_a_bert_run_is_refused_with_exit_2(tmp_path, capsys, monkeypatch):
+    fields = {"vocab_size": 258, "max_seq_len": 32, "d_model": 16, "num_layers": 1, "num_heads": 2}
+    run, _ = make_run(tmp_path, model_json={"class": "BertConfig", "fields": fields})
+    monkeypatch.chdir(tmp_path)
+    argv = ["--checkpoint", str(run), "--tasks", "local_lambada", "--include-path", str(TASK_DIR)]
+    assert main(argv) == 2
+    assert "BERT masked-LM encoder" in capsys.readouterr().err
+    assert not list(run.glob("lm_eval_*"))
+
+
+def test_without_lm_eval_the_flag_says_what_to_install(workdir, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lm_eval.tasks", None)  # import fails as if not installed
+    assert main(["--checkpoint", str(workdir), "--tasks", "local_lambada"]) == 2
+    assert f"--tasks: needs lm-evaluation-harness; {harness.INSTALL}" in capsys.readouterr().err
+
+
+def test_lm_eval_command_line_runs_the_tjx_model(workdir, tmp_path, monkeypatch, capsys):
+    from eval import lm_eval_cli
+
+    argv = [
+        "lm_eval",
+        "--model",
+        "tjx",
+        "--model_args",
+        f"checkpoint={workdir}",
+        "--tasks",
+        "local_hellaswag,local_rolling",
+        "--include_path",
+        str(TASK_DIR),
+        "--limit",
+        "3",
+        "--batch_size",
+        "4",
+        "--output_path",
+        str(tmp_path / "out"),
+    ]
+    monkeypatch.setattr(sys, "argv", argv)  # lm-eval's own parser reads the command line
+    lm_eval_cli.main()
+    out = capsys.readouterr().out
+    assert "|local_hellaswag" in out and "|local_rolling" in out
+    written = list((tmp_path / "out").rglob("results_*.json"))
+    assert len(written) == 1
+    assert set(json.loads(written[0].read_text())["results"]) == {
+        "local_hellaswag",
+        "local_rolling",
+    }

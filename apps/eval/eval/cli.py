@@ -89,7 +89,7 @@ def _check(args: argparse.Namespace) -> None:
     hf_checkpoint.check_arguments(args)
     for run in [args.checkpoint] if args.checkpoint else list(args.compare):
         if args.checkpoint and hf_checkpoint.is_hf_folder(Path(run)):
-            if args.data is None and args.export_hf is None:
+            if args.data is None and args.export_hf is None and args.tasks is None:
                 raise RunError(
                     "--data: a Hugging Face checkpoint has no held-out split of its own; give "
                     "--data (a built-in name, hub name or path)"
@@ -284,11 +284,9 @@ def main(argv: list[str] | None = None) -> int:
             results = [_metrics(r, args) for r in runs]
             _print_table([f"{r.run_dir.name}@{r.step}" for r in runs], results)
             return 0
+        run = hf_checkpoint.load_checkpoint(Path(args.checkpoint), args.step)
         if hf_checkpoint.is_hf_folder(Path(args.checkpoint)):
-            run = hf_checkpoint.load_hf_run(Path(args.checkpoint))
             args.attention_png = args.attention_png or "none"  # never written into its folder
-        else:
-            run = load_run(Path(args.checkpoint), args.step)
         if args.export_hf is not None:
             hf_checkpoint.export_run(run, args)
             return 0

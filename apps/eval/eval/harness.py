@@ -97,9 +97,9 @@ def run_tasks(args: argparse.Namespace, names: list[str]) -> Path:
         The JSON written (the harness's results, without per-sample logs).
     """
     manager = _task_manager(args, names)
-    from eval.runs import load_run
+    from eval.hf_checkpoint import load_checkpoint
 
-    run = load_run(Path(args.checkpoint), args.step)
+    run = load_checkpoint(Path(args.checkpoint), args.step)
     from eval.harness_model import TjxLM, check_decoder
 
     check_decoder(run)

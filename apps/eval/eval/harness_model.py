@@ -42,7 +42,8 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from eval.harness_scoring import Scorer, bucket_for, length_buckets
-from eval.runs import LoadedRun, RunError, load_run
+from eval.hf_checkpoint import load_checkpoint
+from eval.runs import LoadedRun, RunError
 
 #: Tokens ``generate_until`` may add when a task does not say (HFLM's ``max_gen_toks``).
 MAX_GEN_TOKS = 256
@@ -103,8 +104,11 @@ class TjxLM(TemplateLM):
         super().__init__()
         if run is None:
             if checkpoint is None:
-                raise RunError("tjx model_args: give checkpoint=RUN_DIR (a trainer run directory)")
-            run = load_run(Path(checkpoint), None if step is None else int(step))
+                raise RunError(
+                    "tjx model_args: give checkpoint=RUN_DIR (a trainer run directory or a "
+                    "Hugging Face folder)"
+                )
+            run = load_checkpoint(Path(checkpoint), None if step is None else int(step))
         check_decoder(run)
         if str(batch_size).startswith("auto"):
             raise RunError("tjx model_args: batch_size=auto is not supported; give a number")

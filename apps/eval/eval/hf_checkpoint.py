@@ -69,6 +69,15 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise RunError("--export-hf: --checkpoint is already a Hugging Face folder")
 
 
+def load_checkpoint(path: Path, step: int | None) -> LoadedRun:
+    """``--checkpoint``'s target loaded: a HF folder (step 0) or a trainer run at ``step``."""
+    if is_hf_folder(path):
+        return load_hf_run(path)
+    from eval.runs import load_run
+
+    return load_run(path, step)
+
+
 def load_hf_run(folder: Path) -> LoadedRun:
     """A HF checkpoint folder as a `LoadedRun` (step 0, no config; its tokenizer loaded)."""
     from tjx import data, nn

@@ -99,3 +99,26 @@ def test_lm_eval_command_line_runs_the_tjx_model(workdir, tmp_path, monkeypatch,
         "local_hellaswag",
         "local_rolling",
     }
+
+
+
+def test_tasks_score_a_hugging_face_folder_with_its_own_tokenizer(workdir, capsys):
+    """``--checkpoint HF_FOLDER --tasks``: no --data needed; the JSON lands in the folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from eval.tests.harness_support import WORDS
+
+    hf = workdir.parent / "hf"
+    assert main(["--checkpoint", str(workdir), "--export-hf", str(hf)]) == 0
+    # The run's byte tokenizer has no tokenizer.json form: give the folder a small BPE of its own
+    # (at most the model's 257 ids), as a real HF folder would have.
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["[UNK]", "<|endoftext|>"])
+    tok.train_from_iterator([" ".join(WORDS)] * 4, trainer)
+    tok.save(str(hf / "tokenizer.json"))
+    flags = ["--tasks", "local_lambada", "--include-path", str(TASK_DIR), "--limit", "4"]
+    assert main(["--checkpoint", str(hf), *flags, "--batch-size", "4"]) == 0
+    assert "|local_lambada" in capsys.readouterr().out
+    written = json.loads((hf / "lm_eval_step0.json").read_text())
+    assert written["results"]["local_lambada"]["perplexity,none"] > 1

@@ -224,7 +224,7 @@ def first_that_compiles(
         try:
             build(kernel)
         except Exception as err:  # any lowering/compile error of an unproven kernel
-            line = f"attention: {kernel} failed to compile ({first_line(err)})"
+            line = f"attention: {kernel} failed to lower or compile ({first_line(err)})"
             if explicit:
                 raise KernelFailed(line) from None
             nxt = order[i + 1] if i + 1 < len(order) else None

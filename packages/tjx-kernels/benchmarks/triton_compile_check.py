@@ -11,7 +11,8 @@ interpret mode. This tool cross-lowers the forward and both backward kernels for
 ``jax.export`` (the same Pallas→Triton lowering a GPU run uses), captures each kernel's Triton IR
 and launch parameters, and compiles it with the ``triton`` wheel from PyPI for the chosen compute
 capabilities down to a cubin (``ptxas`` ships inside that wheel). It reports, per kernel and
-configuration: registers per thread, spill bytes and shared memory against the architecture's
+configuration: registers per thread, spill bytes, tensor-core instructions (``wgmma`` is Hopper's
+warpgroup MMA, ``mma.sync`` the older per-warp one) and shared memory against the architecture's
 per-block limit.
 
 Caveats: the ``triton`` wheel's version differs from the Triton inside jaxlib's CUDA plugin, so a
@@ -74,6 +75,8 @@ class Result:
     ok: bool
     registers: int | None = None
     spill_bytes: int | None = None
+    wgmma: int | None = None
+    mma_sync: int | None = None
     shared_kib: float | None = None
     shared_limit_kib: float | None = None
     error: str | None = None
@@ -180,10 +183,14 @@ def compile_kernel(kernel: KernelIR, arch: int) -> dict[str, Any]:
             target=GPUTarget("cuda", arch, 32),
             options={"num_warps": kernel.num_warps, "num_stages": kernel.num_stages},
         )
-    registers, spills = ptxas_report(compiled.asm["ptx"], arch)
+    ptx = compiled.asm["ptx"]
+    registers, spills = ptxas_report(ptx, arch)
     return {
         "registers": registers,
         "spill_bytes": spills,
+        # Hopper's warpgroup tensor-core instruction vs the older per-warp one (sm_80's only).
+        "wgmma": len(re.findall(r"^\s*wgmma\.mma_async", ptx, re.MULTILINE)),
+        "mma_sync": len(re.findall(r"^\s*mma\.sync", ptx, re.MULTILINE)),
         "shared_kib": compiled.metadata.shared / 1024,
     }
 
@@ -213,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[Result] = []
     print("| kernel | dtype | head_dim | causal+segs+GQA4 | sm | warps/stages | regs | spill B "
-          "| smem KiB (limit) | ok |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| wgmma | mma.sync | smem KiB (limit) | ok |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for dtype, head_dim, causal, segments, groups in sweep(args.quick):
         for kernel in lower_kernels(dtype, head_dim, causal, segments, groups, args.seq):
             for arch in archs:
@@ -232,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(row)
                 print(f"| {row.kernel} | {dtype} | {head_dim} | {'yes' if causal else 'no'} "
                       f"| {arch} | {row.num_warps}/{row.num_stages} | {row.registers} "
-                      f"| {row.spill_bytes} | {row.shared_kib and round(row.shared_kib, 1)} "
+                      f"| {row.spill_bytes} | {row.wgmma} | {row.mma_sync} "
+                      f"| {row.shared_kib and round(row.shared_kib, 1)} "
                       f"({row.shared_limit_kib:.0f}) | {'yes' if row.ok else row.error or 'no'} |",
                       flush=True)  # fmt: skip
     if args.json:

@@ -76,6 +76,16 @@ def default_target() -> Target:
     return Target("gpu", str(device.device_kind), _capability(device))
 
 
+def lowering_for_cuda() -> bool:
+    """Whether kernels are lowered for a CUDA GPU: inside a :func:`target` block, its platform;
+    else the default backend (a test that only pretends the default device is a GPU still runs
+    the Pallas kernel in interpret mode)."""
+    override = _OVERRIDE.get()
+    if override is not None:
+        return override.cuda
+    return jax.default_backend() == "gpu"
+
+
 def current_target() -> Target:
     """The :func:`target` override when one is active, else :func:`default_target`."""
     override = _OVERRIDE.get()

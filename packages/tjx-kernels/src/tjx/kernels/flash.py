@@ -25,6 +25,7 @@ from tjx.kernels._checks import (
     check_segment_ids,
     split_segment_ids,
 )
+from tjx.kernels.choice import lowering_for_cuda
 from tjx.kernels.flash_fwd import KernelConfig
 from tjx.kernels.launch import MIN_BLOCK, LaunchDefaults, default_launch
 from tjx.kernels.partition import partitioned_backward, partitioned_forward
@@ -56,10 +57,11 @@ def _check_block(name: str, value: int | None) -> None:
 
 
 def resolve_interpret(interpret: bool | None) -> bool:
-    """``None`` → interpret everywhere except on a CUDA GPU (where Triton compiles the kernel)."""
+    """``None`` → interpret everywhere except on a CUDA GPU (where Triton compiles the kernel),
+    or inside a ``tjx.kernels.target("gpu", ...)`` block (cross-lowering for one)."""
     if interpret is not None:
         return bool(interpret)
-    return jax.default_backend() != "gpu"
+    return not lowering_for_cuda()
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))

@@ -22,6 +22,13 @@ def _device_note() -> None:
     from tjx.metrics import device_summary
 
     print(f"devices: {device_summary()}", flush=True)
+    from tjx.kernels import enable_compilation_cache
+
+    cache = enable_compilation_cache()  # GPU only: a rerun skips compiling and autotuning
+    if cache is not None:
+        print(
+            f"compilation cache: {cache} (TJX_COMPILATION_CACHE_DIR; 'off' to disable)", flush=True
+        )
     if jax.default_backend() == "cpu":
         print(
             "note: running on CPU — this works but is slow; a GPU runs the same command much "

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax import export
 
-from tjx.kernels import flash_attention
+from tjx.kernels import flash_attention, target
 
 #: Usable shared memory per thread block (opt-in maximum), bytes: A100 (sm_80) and H100 (sm_90).
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
@@ -103,10 +103,15 @@ def capture_triton_ir() -> Iterator[dict[str, str]]:
         lowering.lower_jaxpr_to_triton_module = original
 
 
+#: The GPU each architecture's kernels are lowered for (the launch defaults depend on it).
+GPUS = {80: "NVIDIA A100-SXM4-80GB", 86: "NVIDIA A10", 89: "NVIDIA L4", 90: "NVIDIA H100"}
+
+
 def lower_kernels(
-    dtype: str, head_dim: int, causal: bool, segments: bool, groups: int, seq: int
+    dtype: str, head_dim: int, causal: bool, segments: bool, groups: int, seq: int, arch: int = 90
 ) -> list[KernelIR]:
-    """Cross-lower flash attention forward + backward for CUDA; return the three kernels' IR."""
+    """Cross-lower flash attention forward + backward for CUDA ``sm_<arch>`` (its launch
+    defaults); return the three kernels' IR."""
     kv_heads = 2
     dt = DTYPES[dtype]
 
@@ -126,9 +131,10 @@ def lower_kernels(
         jax.ShapeDtypeStruct((1, seq), jnp.int32),
     ]
     # jax >= 0.11 no longer assumes sm_90 when no GPU is present: name the target GPU.
-    target = jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="gpu")
-    abstract = jax.sharding.AbstractMesh((), (), abstract_device=target)
-    with capture_triton_ir() as captured, jax.sharding.use_abstract_mesh(abstract):
+    gpu = jax.sharding.AbstractDevice(device_kind=GPUS[arch], num_cores=None, platform="gpu")
+    abstract = jax.sharding.AbstractMesh((), (), abstract_device=gpu)
+    device = target("gpu", GPUS[arch], (arch // 10, arch % 10))
+    with capture_triton_ir() as captured, jax.sharding.use_abstract_mesh(abstract), device:
         exported = export.export(
             jax.jit(fwd_bwd),
             platforms=["cuda"],
@@ -223,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
           "| wgmma | mma.sync | smem KiB (limit) | ok |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for dtype, head_dim, causal, segments, groups in sweep(args.quick):
-        for kernel in lower_kernels(dtype, head_dim, causal, segments, groups, args.seq):
-            for arch in archs:
+        for arch in archs:
+            for kernel in lower_kernels(dtype, head_dim, causal, segments, groups, args.seq, arch):
                 row = Result(kernel.name, dtype, head_dim, causal, segments, groups, arch,
                              kernel.num_warps, kernel.num_stages, ok=False,
                              shared_limit_kib=SMEM_LIMIT[arch] / 1024)  # fmt: skip

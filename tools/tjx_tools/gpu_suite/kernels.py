@@ -7,11 +7,15 @@ relative error ``max|a − e| / max|e|``.
 
 Pass rule: the error is within the dtype's tolerance, or within twice the XLA path's own error in
 the same dtype (XLA on the same inputs is the yardstick of what that precision allows: fp32 matmuls
-on NVIDIA GPUs run as TF32 by default). A failure fails the suite loudly.
+on NVIDIA GPUs run as TF32 by default). tjx's fp32 Pallas kernel asks Triton for IEEE products, so
+it is held to ``IEEE_TOLERANCE`` with no yardstick. A failure fails the suite loudly; a kernel that
+raises (fails to lower or compile) is a failed row, and the other cells still run; rows are saved
+as each case ends.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +30,8 @@ from tjx_tools.gpu_suite.report import Section, md_table
 #: Norm-wise relative error allowed per input dtype (fp32 allows TF32 matmuls: 10 mantissa bits).
 TOLERANCE = {"float32": 5e-3, "bfloat16": 3e-2}
 IMPLS = ("pallas", "cudnn", "xla")
+#: fp32 Pallas runs IEEE products: float32 rounding over ~1k-term sums, not TF32's 10 bits.
+IEEE_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,8 @@ def check_case(case: Case, dtype: str, head_dim: int, seed: int) -> list[dict[st
                 row[name] = rel_err(np.asarray(a, np.float64), e)
         except ValueError as err:  # the implementation does not serve this call (said why)
             row["unsupported"] = str(err).splitlines()[0][:100]
+        except Exception as err:  # - fails to lower/compile/run: a failed row, not a crash
+            row["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:100]}"
         rows.append(row)
     return rows
 
@@ -115,10 +123,16 @@ def judge(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         if "unsupported" in r:
             continue
-        base = xla[(r["case"], r["dtype"], r["head_dim"])]
+        if "error" in r:
+            r["pass"] = False
+            failures.append(f"{r['impl']} {r['case']} {r['dtype']} d{r['head_dim']}: {r['error']}")
+            continue
+        base = xla.get((r["case"], r["dtype"], r["head_dim"]), {})
         worst = max(r[n] for n in ("out", "dq", "dk", "dv"))
         yardstick = max(base.get(n, 0.0) for n in ("out", "dq", "dk", "dv"))
         allowed = max(TOLERANCE[r["dtype"]], 2 * yardstick)
+        if (r["impl"], r["dtype"]) == ("pallas", "float32"):
+            allowed = IEEE_TOLERANCE
         r["allowed"], r["pass"] = allowed, bool(worst <= allowed)
         if not r["pass"]:
             failures.append(
@@ -128,32 +142,41 @@ def judge(rows: list[dict[str, Any]]) -> list[str]:
     return failures
 
 
-def run(sec: Section, smoke: bool) -> None:
-    """Every case × dtype × head_dim × implementation; fails the section on any mismatch."""
+def run(sec: Section, smoke: bool, deadline: float = float("inf")) -> None:
+    """Every case × dtype × head_dim × implementation until ``deadline`` (perf_counter); fails
+    the section on any mismatch or kernel error."""
     head_dims = (32,) if smoke else (64, 128)
     dtypes = ("float32",) if smoke else ("bfloat16", "float32")
-    rows: list[dict[str, Any]] = []
-    seed = 0
+    seed, skipped = 0, 0
     for dtype in dtypes:
         for d in head_dims:
             for case in cases(smoke):
                 seed += 1
-                rows.extend(check_case(case, dtype, d, seed))
+                if time.perf_counter() > deadline:
+                    skipped += 1
+                    continue
+                for row in check_case(case, dtype, d, seed):
+                    sec.add_row(row)  # saved at once: a later crash keeps it
+    if skipped:
+        sec.notes.append(f"{skipped} cases skipped: the time budget was spent")
+    rows = sec.rows
     for why in judge(rows):
         sec.fail(why)
-    sec.rows = rows
     table = []
     for r in rows:
-        errs = [None if "unsupported" in r else f"{r[n]:.1e}" for n in ("out", "dq", "dk", "dv")]
-        verdict = (
-            "n/a: " + r["unsupported"]
-            if "unsupported" in r
-            else ("ok" if r["pass"] else "**FAIL**")
-        )
+        bad = "unsupported" in r or "error" in r
+        errs = [None if bad else f"{r[n]:.1e}" for n in ("out", "dq", "dk", "dv")]
+        if "unsupported" in r:
+            verdict = "n/a: " + r["unsupported"]
+        elif "error" in r:
+            verdict = "**FAIL**: " + r["error"]
+        else:
+            verdict = "ok" if r["pass"] else "**FAIL**"
         table.append([r["case"], r["dtype"], r["head_dim"], r["impl"], *errs, verdict])
     sec.markdown = (
         "Norm-wise relative error `max|a−e|/max|e|` against float64; pass = within "
-        f"{TOLERANCE} or 2× XLA's own error in the same dtype.\n\n"
+        f"{TOLERANCE} or 2× XLA's own error in the same dtype (fp32 Pallas: {IEEE_TOLERANCE}, "
+        "IEEE products).\n\n"
         + md_table(["case", "dtype", "d", "impl", "out", "dq", "dk", "dv", "verdict"], table)
     )
     measured = [r for r in rows if "pass" in r]

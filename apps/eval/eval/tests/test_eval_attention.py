@@ -24,7 +24,9 @@ def _set_impl(run, impl):
 
 
 @pytest.mark.parametrize("stage", ["lower", "compile"])
-def test_auto_goes_on_with_the_next_kernel_in_one_line(run_dir, tmp_path, monkeypatch, capsys, stage):
+def test_auto_goes_on_with_the_next_kernel_in_one_line(
+    run_dir, tmp_path, monkeypatch, capsys, stage
+):
     run, _ = run_dir
     monkeypatch.setattr(choice, "default_target", lambda: H100)
     tables = tmp_path / "tables.json"

@@ -35,7 +35,10 @@ def h100(tmp_path, monkeypatch):
     monkeypatch.setenv(launch.ENV_VAR, str(empty))
     launch.clear_launch_cache()
     gpu = AbstractDevice(device_kind=H100, num_cores=None, platform="gpu")
-    with kernels.target("gpu", H100, (9, 0)), use_abstract_mesh(AbstractMesh((), (), abstract_device=gpu)):
+    with (
+        kernels.target("gpu", H100, (9, 0)),
+        use_abstract_mesh(AbstractMesh((), (), abstract_device=gpu)),
+    ):
         yield
     launch.clear_launch_cache()
 

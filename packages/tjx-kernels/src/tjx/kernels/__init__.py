@@ -16,6 +16,7 @@ from tjx.kernels.choice import (
     first_that_compiles,
     target,
 )
+from tjx.kernels.compile_cache import enable_compilation_cache
 from tjx.kernels.cross_entropy import CrossEntropyOutput, auto_chunk_size, chunked_cross_entropy
 from tjx.kernels.dispatch import IMPLEMENTATIONS, attention, select_implementation
 from tjx.kernels.launch import LaunchDefaults, default_launch
@@ -39,6 +40,7 @@ __all__ = [
     "chunked_cross_entropy",
     "current_target",
     "default_launch",
+    "enable_compilation_cache",
     "first_that_compiles",
     "flash_attention",
     "reference_attention",

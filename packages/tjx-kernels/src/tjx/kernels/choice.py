@@ -1,4 +1,4 @@
-"""Which attention kernel ``auto`` takes, by evidence: the target device and what was measured on it.
+"""Which attention kernel ``auto`` takes, by evidence: the target device and what was measured.
 
 A :class:`Target` is the platform the step is lowered for (``"gpu"`` = CUDA, ``"tpu"``,
 ``"cpu"``...), the GPU's device kind and compute capability. It is the default device's unless a
@@ -51,7 +51,9 @@ class Target:
         return self.platform == "gpu"
 
 
-_OVERRIDE: contextvars.ContextVar[Target | None] = contextvars.ContextVar("tjx_target", default=None)
+_OVERRIDE: contextvars.ContextVar[Target | None] = contextvars.ContextVar(
+    "tjx_target", default=None
+)
 
 
 def _capability(device: Any) -> tuple[int, int] | None:
@@ -117,7 +119,8 @@ def cudnn_reason(dtype: Any, head_dim: int, t: Target) -> str | None:
     if not t.cuda:
         return f"implementation='cudnn' needs a CUDA GPU; this run's device is {t.platform}"
     if jnp.dtype(dtype) not in CUDNN_DTYPES:
-        return f"`q` dtype {jnp.dtype(dtype).name} is not supported by cuDNN; supported: bfloat16, float16"
+        name = jnp.dtype(dtype).name
+        return f"`q` dtype {name} is not supported by cuDNN; supported: bfloat16, float16"
     limit = cudnn_max_head_dim(t)
     if head_dim % 8 != 0 or head_dim > limit:
         return (

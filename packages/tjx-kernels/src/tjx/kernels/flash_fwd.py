@@ -142,17 +142,23 @@ IEEE = lax.Precision.HIGHEST
 
 def dot_nt(a: Array, b: Array) -> Array:
     """a @ b.T with float32 accumulation (a [m, d], b [n, d])."""
-    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=IEEE, preferred_element_type=jnp.float32)
+    return lax.dot_general(
+        a, b, (((1,), (1,)), ((), ())), precision=IEEE, preferred_element_type=jnp.float32
+    )
 
 
 def dot_tn(a: Array, b: Array) -> Array:
     """a.T @ b with float32 accumulation (a [m, n], b [m, d])."""
-    return lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision=IEEE, preferred_element_type=jnp.float32)
+    return lax.dot_general(
+        a, b, (((0,), (0,)), ((), ())), precision=IEEE, preferred_element_type=jnp.float32
+    )
 
 
 def dot_nn(a: Array, b: Array) -> Array:
     """a @ b with float32 accumulation."""
-    return lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=IEEE, preferred_element_type=jnp.float32)
+    return lax.dot_general(
+        a, b, (((1,), (0,)), ((), ())), precision=IEEE, preferred_element_type=jnp.float32
+    )
 
 
 def _fwd_kernel(

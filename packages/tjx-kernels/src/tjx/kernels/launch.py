@@ -86,18 +86,32 @@ class DeviceTable(NamedTuple):
 # (benchmarks/triton_compile_check.py): the largest tiles whose kernels need no register spills on
 # sm_90 and fit an A100's shared memory. E.g. 16-bit head_dim 64 with 128x128 tiles spilled
 # 228 B/thread under 4 warps and none under 8; fp32 head_dim 128 backward 64x64 tiles needed
-# 193 KiB of shared memory (A100 allows 163). The 16-bit head_dim-128 backward takes 128x64 tiles
-# under 8 warps: with 32-row query tiles Triton emitted no Hopper wgmma for dq (96 mma.sync) and 8
-# of 72 for dk/dv; 128x64 is all-wgmma with no spills (the kernels README's sm_90 table).
-# Key: (inputs are 16-bit, head_dim bucket).
+# 193 KiB of shared memory (A100 allows 163). Key: (inputs are 16-bit, head_dim bucket).
 _GENERIC: dict[tuple[bool, int], LaunchDefaults] = {
     (True, 64): LaunchDefaults(128, 128, 8, 64, 64, 4),
-    (True, 128): LaunchDefaults(128, 64, 8, 128, 64, 8),
+    (True, 128): LaunchDefaults(128, 64, 8, 32, 64, 8),
     (True, 256): LaunchDefaults(64, 64, 8, 32, 32, 8),
     (False, 64): LaunchDefaults(128, 64, 8, 32, 64, 8),
     (False, 128): LaunchDefaults(128, 64, 8, 32, 32, 4),
     (False, 256): LaunchDefaults(32, 32, 4, 16, 16, 4),
 }
+
+
+# Hopper (sm_90 and later) where its warpgroup MMA (wgmma) needs other tiles: the 16-bit
+# head_dim-128 backward with 32-row query tiles compiled to no wgmma for dq (96 mma.sync) and 8 of
+# 72 for dk/dv; 128x64 tiles under 8 warps are all-wgmma with no spills on sm_90 (the kernels
+# README's table), but spill 6.5 KB on sm_80, so only Hopper takes them.
+_HOPPER: dict[tuple[bool, int], LaunchDefaults] = {
+    (True, 128): LaunchDefaults(128, 64, 8, 128, 64, 8),
+}
+
+
+def default_is_hopper() -> bool:
+    """Whether the default device is a CUDA GPU of compute capability 9.0 or later."""
+    if device_kind_of_default_device() is None:
+        return False
+    cc = str(getattr(jax.devices()[0], "compute_capability", "0"))  # pragma: no cover - GPU only
+    return float(cc) >= 9.0  # pragma: no cover - GPU only
 
 
 def entry_key(dtype: Any, head_dim: int) -> str:
@@ -110,10 +124,12 @@ def entry_key(dtype: Any, head_dim: int) -> str:
     return f"{name}-{64 if head_dim <= 64 else 128 if head_dim <= 128 else 256}"
 
 
-def generic_launch(head_dim: int, dtype: Any) -> LaunchDefaults:
-    """The device-independent launch for ``head_dim`` and ``dtype`` (no table consulted)."""
+def generic_launch(head_dim: int, dtype: Any, *, hopper: bool = False) -> LaunchDefaults:
+    """The launch for ``head_dim`` and ``dtype`` chosen without a GPU (no table consulted);
+    ``hopper``: for sm_90 and later."""
     name, bucket = entry_key(dtype, head_dim).split("-")
-    return _GENERIC[(name != "fp32", int(bucket))]
+    key = (name != "fp32", int(bucket))
+    return _HOPPER.get(key, _GENERIC[key]) if hopper else _GENERIC[key]
 
 
 def _checked(key: str, value: Any, at: str) -> LaunchDefaults:
@@ -182,9 +198,8 @@ def _parse_tables(text: str, where: str) -> dict[str, DeviceTable]:
         at = f"launch tables {where}: device {kind!r}"
         ok = isinstance(table, dict) and {"source", "entries"} <= set(table) <= _TABLE_KEYS
         if not ok or not isinstance(table["source"], str) or not isinstance(table["entries"], dict):
-            raise ValueError(
-                f"{at}: want {{'source': <text>, 'entries': {{...}}, 'timings' (optional): {{...}}}}"
-            )
+            want = "{'source': <text>, 'entries': {...}, 'timings' (optional): {...}}"
+            raise ValueError(f"{at}: want {want}")
         entries = {k: _checked(k, v, at) for k, v in table["entries"].items()}
         timings = _checked_timings(table.get("timings", {}), at)
         tables[kind] = DeviceTable(table["source"], MappingProxyType(entries), timings)
@@ -215,24 +230,29 @@ def clear_launch_cache() -> None:
     _read_tables.cache_clear()
 
 
-def default_launch(head_dim: int, dtype: Any, device_kind: str | None = None) -> LaunchDefaults:
+def default_launch(
+    head_dim: int, dtype: Any, device_kind: str | None = None, *, hopper: bool | None = None
+) -> LaunchDefaults:
     """The launch for ``head_dim`` (1..256) and input ``dtype`` on a device kind.
 
     ``device_kind`` None means the default device's kind when it is a CUDA GPU (else no device
     table is consulted). Device kinds compare case-insensitively with whitespace collapsed. Order:
-    the device's entry for the dtype, its entry for the other 16-bit dtype, the generic table.
+    the device's entry for the dtype, its entry for the other 16-bit dtype, the generic table
+    (its Hopper entries when ``hopper``; None: whether the default device is sm_90 or later).
     """
     key = entry_key(dtype, head_dim)
     kind = device_kind_of_default_device() if device_kind is None else device_kind
     tables = load_launch_tables() if kind is not None else {}
-    found = [t.entries for k, t in tables.items() if kind is not None and norm_kind(k) == norm_kind(kind)]
+    found = [
+        t.entries for k, t in tables.items() if kind is not None and norm_kind(k) == norm_kind(kind)
+    ]
     name, bucket = key.split("-")
     other = {"bf16": "fp16", "fp16": "bf16"}.get(name, name)
     for candidate in (key, f"{other}-{bucket}"):
         for entries in found:
             if candidate in entries:
                 return entries[candidate]
-    return generic_launch(head_dim, dtype)
+    return generic_launch(head_dim, dtype, hopper=default_is_hopper() if hopper is None else hopper)
 
 
 def merge_launch_table(

@@ -79,6 +79,6 @@ def choose_attention(
             explicit=impl != "auto",
             say=say,
         )
-    except kernels.KernelFailed as err:
+    except kernels.KernelCompileError as err:
         raise RunError(f"{err}; evaluate on another device, or retrain with auto") from None
     return with_kernel(run, chosen)

@@ -83,7 +83,7 @@ def choose_attention(
             explicit=impl != "auto",
             say=say,
         )
-    except kernels.KernelFailed as err:
+    except kernels.KernelCompileError as err:
         raise ConfigError(
             f"{err}; set model.attention_impl=auto to let tjx choose (or xla)"
         ) from None

@@ -9,7 +9,7 @@ from typing import Any
 
 from tjx.kernels.choice import (
     AutoChoice,
-    KernelFailed,
+    KernelCompileError,
     Target,
     auto_order,
     current_target,
@@ -28,7 +28,7 @@ __all__ = [
     "IMPLEMENTATIONS",
     "AutoChoice",
     "CrossEntropyOutput",
-    "KernelFailed",
+    "KernelCompileError",
     "LaunchDefaults",
     "Target",
     "__version__",

@@ -207,7 +207,7 @@ def auto_order(dtype: Any, head_dim: int, t: Target | None = None) -> AutoChoice
     return AutoChoice(order, reason)  # XLA serves every call: it is always in the order
 
 
-class KernelFailed(RuntimeError):
+class KernelCompileError(RuntimeError):
     """An explicitly named kernel failed to lower or compile (message: one line)."""
 
 
@@ -228,7 +228,7 @@ def first_that_compiles(
 
     Each failure is one line through ``say`` naming the kernel and the error's first line; the
     next kernel is tried. An ``explicit`` request (one kernel named by the user) that fails raises
-    :class:`KernelFailed` with that line instead. ``"xla"`` is not built (it is the baseline every
+    :class:`KernelCompileError` with that line instead. ``"xla"`` is not built (it is the baseline every
     platform compiles; a failure there is no kernel choice's to handle).
     """
     for i, kernel in enumerate(order):
@@ -239,11 +239,11 @@ def first_that_compiles(
         except Exception as err:  # any lowering/compile error of an unproven kernel
             line = f"attention: {kernel} failed to lower or compile ({first_line(err)})"
             if explicit:
-                raise KernelFailed(line) from None
+                raise KernelCompileError(line) from None
             nxt = order[i + 1] if i + 1 < len(order) else None
             say(f"{line}; using {nxt}" if nxt else line)
             if nxt is None:
-                raise KernelFailed(line) from None
+                raise KernelCompileError(line) from None
             continue
         return kernel
-    raise KernelFailed("attention: no kernel to try")
+    raise KernelCompileError("attention: no kernel to try")

@@ -173,7 +173,7 @@ def _checked_timings(data: Any, at: str) -> Mapping[str, Mapping[str, float]]:
     out: dict[str, Mapping[str, float]] = {}
     for key, times in data.items():
         ok = isinstance(times, dict) and all(
-            k in _KERNELS and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+            k in _KERNELS and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
             for k, v in times.items()
         )
         if not _KEY.fullmatch(key) or not ok:

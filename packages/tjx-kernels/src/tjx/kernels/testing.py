@@ -3,8 +3,9 @@
 :func:`failing_attention` returns an attention function with ``flash_attention``'s signature whose
 forward and backward fail at ``"lower"`` (a primitive with no lowering rule: ``NotImplementedError``
 while lowering, as an unsupported Triton construct does) or at ``"compile"`` (a custom call no
-backend registers: ``JaxRuntimeError`` when XLA compiles, as a Triton compile error does). Swap it
-in for a kernel: ``monkeypatch.setattr(tjx.kernels.flash, "flash_attention", failing_attention(s))``.
+backend registers: ``JaxRuntimeError`` when XLA compiles, as a Triton compile error does). Swap
+it in for the Pallas kernel with
+``monkeypatch.setattr(tjx.kernels.flash, "flash_attention", failing_attention(stage))``.
 """
 
 from __future__ import annotations

@@ -93,10 +93,15 @@ def make_impl(name: str, causal: bool, on_gpu: bool) -> AttnFn:
             raise RuntimeError("Mosaic GPU attention needs a Hopper GPU")
         from jax.experimental.pallas.ops.gpu import attention_mgpu  # pants: no-infer-dep
 
-        pairs = (("q", "dkv"), ("kv", "dkv"), ("q", "dq"), ("kv", "dq"))
-        blocks = {f"block_{a}_{b}": 64 for a, b in pairs}
         config = attention_mgpu.TuningConfig(
-            block_q=64, block_kv=64, max_concurrent_steps=2, causal=causal, **blocks
+            block_q=64,
+            block_kv=64,
+            max_concurrent_steps=2,
+            causal=causal,
+            block_q_dkv=64,
+            block_kv_dkv=64,
+            block_q_dq=64,
+            block_kv_dq=64,
         )
         return lambda q, k, v: attention_mgpu.attention(q, k, v, config)
     raise ValueError(f"unknown implementation {name!r}; choose from {IMPLS}")

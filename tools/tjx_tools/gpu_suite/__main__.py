@@ -83,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
             clear_launch_cache()
         # Only kernels measured correct here get times in the launch table ("auto" ranks by them).
         checked = report.sections["kernels"].rows
-        bad = {(r["impl"], r["head_dim"]) for r in checked if r.get("pass") is False}
-        correct = {(r["impl"], r["head_dim"]) for r in checked if r.get("pass")} - bad
+        wrong = {(r["impl"], r["head_dim"]) for r in checked if r.get("pass") is False}
+        correct = {(r["impl"], r["head_dim"]) for r in checked if r.get("pass")} - wrong
         with report.section("attention") as sec:
             deadline = time.perf_counter() + report.time_left() - 15
             attention.run(sec, args.smoke, deadline, correct)

@@ -172,8 +172,7 @@ def run(sec: Section, smoke: bool, deadline: float = float("inf")) -> None:
     sec.markdown = (
         "Norm-wise relative error `max|a−e|/max|e|` against float64; pass = within "
         f"{TOLERANCE} or 2× XLA's own error in the same dtype (fp32 products are TF32 on a GPU)."
-        "\n\n"
-        + md_table(["case", "dtype", "d", "impl", "out", "dq", "dk", "dv", "verdict"], table)
+        "\n\n" + md_table(["case", "dtype", "d", "impl", "out", "dq", "dk", "dv", "verdict"], table)
     )
     measured = [r for r in rows if "pass" in r]
     sec.summary = {"checked": len(measured), "failed": sum(not r["pass"] for r in measured)}

@@ -166,7 +166,8 @@ def test_past_the_budget_cells_are_skipped_and_said() -> None:
     attention.run(sec, smoke=True, deadline=0.0)
     assert sec.rows == []
     assert sec.notes == [
-        f"{4 * len(attention.grid(smoke=True))} cells skipped: the time budget was spent"
+        f"{len(attention.IMPLS) * len(attention.grid(smoke=True))} cells skipped: the time "
+        "budget was spent"
     ]
     sec = Section("train_step")
     train_step.run(sec, smoke=True, meta={}, deadline=0.0)

@@ -20,7 +20,10 @@ def test_first_that_compiles_says_each_failure_in_one_line_and_goes_on():
         if kernel == "pallas":
             raise RuntimeError("Triton: out of resources\nshared memory 300000 > 232448")
 
-    assert first_that_compiles(("pallas", "cudnn", "xla"), build, explicit=False, say=said.append) == "cudnn"
+    assert (
+        first_that_compiles(("pallas", "cudnn", "xla"), build, explicit=False, say=said.append)
+        == "cudnn"
+    )
     assert built == ["pallas", "cudnn"]
     assert said == [
         "attention: pallas failed to lower or compile (RuntimeError: Triton: out of resources); "
@@ -32,7 +35,9 @@ def test_an_explicit_kernel_that_fails_raises_one_line_and_xla_is_not_built():
     def build(kernel):
         raise ValueError("")
 
-    with pytest.raises(KernelCompileError, match=r"^attention: cudnn failed .*\(ValueError: \(no message\)\)$"):
+    with pytest.raises(
+        KernelCompileError, match=r"^attention: cudnn failed .*\(ValueError: \(no message\)\)$"
+    ):
         first_that_compiles(("cudnn",), build, explicit=True, say=print)
     with pytest.raises(KernelCompileError, match="pallas failed"):
         first_that_compiles(("pallas",), build, explicit=False, say=lambda line: None)

@@ -228,8 +228,8 @@ def first_that_compiles(
 
     Each failure is one line through ``say`` naming the kernel and the error's first line; the
     next kernel is tried. An ``explicit`` request (one kernel named by the user) that fails raises
-    :class:`KernelCompileError` with that line instead. ``"xla"`` is not built (it is the baseline every
-    platform compiles; a failure there is no kernel choice's to handle).
+    :class:`KernelCompileError` with that line instead. ``"xla"`` is not built (it is the baseline
+    every platform compiles; a failure there is no kernel choice's to handle).
     """
     for i, kernel in enumerate(order):
         if kernel == "xla":

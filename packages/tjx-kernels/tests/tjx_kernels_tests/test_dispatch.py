@@ -9,8 +9,8 @@ import pytest
 
 import tjx.kernels.dispatch as dispatch
 from tjx.kernels import attention, reference_attention, select_implementation
-from tjx.kernels.choice import Target, auto_order, current_target, target
 from tjx.kernels._checks import check_qkv
+from tjx.kernels.choice import Target, auto_order, current_target, target
 
 from ._ref import measured_table, np_attention, np_mask, pretend_h100, rel_err
 

@@ -126,7 +126,7 @@ def split_step(target: str, default: int | None) -> tuple[Path, int | None]:
 
 
 def _metrics(run: Any, args: argparse.Namespace) -> dict[str, float]:
-    from eval import heldout
+    from eval import attention_choice, heldout
     from eval.runs import heldout_dir
     from tjx import nn
 
@@ -134,15 +134,26 @@ def _metrics(run: Any, args: argparse.Namespace) -> dict[str, float]:
     # A BERT run masks with tjx.nn's evaluation key of the run's seed, as the trainer's own
     # evaluation does: the same positions, so the two agree on the same batches.
     train = run.config.get("train", {})
+    key = nn.eval_mask_key(int(train.get("seed", 0)))
+    mask_prob = float(train.get("mlm_probability", 0.15))
+    seq_len = int(run.data["seq_len"])
+    # The attention kernel that compiles here (a failing one costs a line, or is the error).
+    run = attention_choice.choose_attention(
+        run,
+        shard_dir,
+        seq_len=seq_len,
+        batch_size=args.batch_size,
+        make_step=lambda model: heldout.make_step(model, key=key, mask_prob=mask_prob),
+    )
     return heldout.evaluate(
         run.model,
         shard_dir,
-        seq_len=int(run.data["seq_len"]),
+        seq_len=seq_len,
         batch_size=args.batch_size,
         max_batches=args.max_batches,
         bytes_per_token=bpt,
-        key=nn.eval_mask_key(int(train.get("seed", 0))),
-        mask_prob=float(train.get("mlm_probability", 0.15)),
+        key=key,
+        mask_prob=mask_prob,
     )
 
 

@@ -23,6 +23,13 @@ def _device_note() -> None:
     from tjx.metrics import device_summary
 
     print(f"devices: {device_summary()}", flush=True)
+    from tjx.kernels import enable_compilation_cache
+
+    cache = enable_compilation_cache()  # GPU only: a rerun skips compiling and autotuning
+    if cache is not None:
+        print(
+            f"compilation cache: {cache} (TJX_COMPILATION_CACHE_DIR; 'off' to disable)", flush=True
+        )
     if jax.default_backend() == "cpu":
         print(
             "note: running on CPU — this works but is slow; a GPU runs the same command much "
@@ -59,7 +66,7 @@ def run(plan: RunPlan) -> int:
 
 def _prepare_and_train(plan: RunPlan) -> int:
     from tjx import parallel
-    from trainer import data_setup, memory_fit, state
+    from trainer import attention_choice, data_setup, memory_fit, state
 
     cfg = plan.config
     primary = parallel.is_primary()
@@ -76,6 +83,8 @@ def _prepare_and_train(plan: RunPlan) -> int:
         parallel.barrier("trainer:data_ready", timeout_s=DATA_READY_TIMEOUT_S)
         loader = data_setup.train_loader(bundle, cfg)  # a corpus too small for a batch fails here
         if plan.init_from is None:
+            # The attention kernel that compiles (one line per kernel that fails), then memory.
+            cfg = attention_choice.choose_attention(cfg, bundle.vocab_size)
             cfg = memory_fit.fit_memory(cfg, bundle.vocab_size)
             plan = dataclasses.replace(plan, config=cfg)
         setup = state.build(cfg, bundle.vocab_size, plan.init_from)

@@ -5,7 +5,9 @@
 
 Implementations: ``xla`` (tjx reference), ``cudnn`` (``jax.nn.dot_product_attention``), ``pallas``
 (tjx flash attention) and ``jax-pallas`` (``jax.experimental.pallas.ops.gpu.attention.mha``, JAX's
-own Triton kernel, as a peer). For each shape it measures the forward and the forward+backward
+own Triton kernel, as a peer) and ``jax-mgpu`` (``jax.experimental.pallas.ops.gpu.attention_mgpu``,
+JAX's FA3-style Mosaic GPU kernel for Hopper, where it imports and serves the shape; otherwise its
+row holds the error). For each shape it measures the forward and the forward+backward
 (``vjp`` with a random cotangent) under ``jit``: the median of ``--iters`` runs after a warm-up,
 TFLOP/s with the FlashAttention convention (forward ``4·b·h·s_q·s_k·d``, halved when causal;
 forward+backward = 3.5 × forward), and the compiled executable's memory analysis (arguments +
@@ -33,7 +35,7 @@ from tjx.kernels import flash_attention, reference_attention
 
 Array = jax.Array
 AttnFn = Callable[[Array, Array, Array], Array]
-IMPLS = ("xla", "cudnn", "pallas", "jax-pallas")
+IMPLS = ("xla", "cudnn", "pallas", "jax-pallas", "jax-mgpu")
 
 
 @dataclasses.dataclass
@@ -85,6 +87,23 @@ def make_impl(name: str, causal: bool, on_gpu: bool) -> AttnFn:
             )
 
         return peer
+    if name == "jax-mgpu":
+        # JAX's Mosaic GPU attention (FA3-style, Hopper only; bf16/f16, head_dim a multiple of 64).
+        if not on_gpu:
+            raise RuntimeError("Mosaic GPU attention needs a Hopper GPU")
+        from jax.experimental.pallas.ops.gpu import attention_mgpu  # pants: no-infer-dep
+
+        config = attention_mgpu.TuningConfig(
+            block_q=64,
+            block_kv=64,
+            max_concurrent_steps=2,
+            causal=causal,
+            block_q_dkv=64,
+            block_kv_dkv=64,
+            block_q_dq=64,
+            block_kv_dq=64,
+        )
+        return lambda q, k, v: attention_mgpu.attention(q, k, v, config)
     raise ValueError(f"unknown implementation {name!r}; choose from {IMPLS}")
 
 

@@ -11,7 +11,8 @@ interpret mode. This tool cross-lowers the forward and both backward kernels for
 ``jax.export`` (the same Pallas→Triton lowering a GPU run uses), captures each kernel's Triton IR
 and launch parameters, and compiles it with the ``triton`` wheel from PyPI for the chosen compute
 capabilities down to a cubin (``ptxas`` ships inside that wheel). It reports, per kernel and
-configuration: registers per thread, spill bytes and shared memory against the architecture's
+configuration: registers per thread, spill bytes, tensor-core instructions (``wgmma`` is Hopper's
+warpgroup MMA, ``mma.sync`` the older per-warp one) and shared memory against the architecture's
 per-block limit.
 
 Caveats: the ``triton`` wheel's version differs from the Triton inside jaxlib's CUDA plugin, so a
@@ -40,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax import export
 
-from tjx.kernels import flash_attention
+from tjx.kernels import flash_attention, target
 
 #: Usable shared memory per thread block (opt-in maximum), bytes: A100 (sm_80) and H100 (sm_90).
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
@@ -74,6 +75,8 @@ class Result:
     ok: bool
     registers: int | None = None
     spill_bytes: int | None = None
+    wgmma: int | None = None
+    mma_sync: int | None = None
     shared_kib: float | None = None
     shared_limit_kib: float | None = None
     error: str | None = None
@@ -100,10 +103,15 @@ def capture_triton_ir() -> Iterator[dict[str, str]]:
         lowering.lower_jaxpr_to_triton_module = original
 
 
+#: The GPU each architecture's kernels are lowered for (the launch defaults depend on it).
+GPUS = {80: "NVIDIA A100-SXM4-80GB", 86: "NVIDIA A10", 89: "NVIDIA L4", 90: "NVIDIA H100"}
+
+
 def lower_kernels(
-    dtype: str, head_dim: int, causal: bool, segments: bool, groups: int, seq: int
+    dtype: str, head_dim: int, causal: bool, segments: bool, groups: int, seq: int, arch: int = 90
 ) -> list[KernelIR]:
-    """Cross-lower flash attention forward + backward for CUDA; return the three kernels' IR."""
+    """Cross-lower flash attention forward + backward for CUDA ``sm_<arch>`` (its launch
+    defaults); return the three kernels' IR."""
     kv_heads = 2
     dt = DTYPES[dtype]
 
@@ -123,9 +131,10 @@ def lower_kernels(
         jax.ShapeDtypeStruct((1, seq), jnp.int32),
     ]
     # jax >= 0.11 no longer assumes sm_90 when no GPU is present: name the target GPU.
-    target = jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="gpu")
-    abstract = jax.sharding.AbstractMesh((), (), abstract_device=target)
-    with capture_triton_ir() as captured, jax.sharding.use_abstract_mesh(abstract):
+    gpu = jax.sharding.AbstractDevice(device_kind=GPUS[arch], num_cores=None, platform="gpu")
+    abstract = jax.sharding.AbstractMesh((), (), abstract_device=gpu)
+    device = target("gpu", GPUS[arch], (arch // 10, arch % 10))
+    with capture_triton_ir() as captured, jax.sharding.use_abstract_mesh(abstract), device:
         exported = export.export(
             jax.jit(fwd_bwd),
             platforms=["cuda"],
@@ -180,10 +189,14 @@ def compile_kernel(kernel: KernelIR, arch: int) -> dict[str, Any]:
             target=GPUTarget("cuda", arch, 32),
             options={"num_warps": kernel.num_warps, "num_stages": kernel.num_stages},
         )
-    registers, spills = ptxas_report(compiled.asm["ptx"], arch)
+    ptx = compiled.asm["ptx"]
+    registers, spills = ptxas_report(ptx, arch)
     return {
         "registers": registers,
         "spill_bytes": spills,
+        # Hopper's warpgroup tensor-core instruction vs the older per-warp one (sm_80's only).
+        "wgmma": len(re.findall(r"^\s*wgmma\.mma_async", ptx, re.MULTILINE)),
+        "mma_sync": len(re.findall(r"^\s*mma\.sync", ptx, re.MULTILINE)),
         "shared_kib": compiled.metadata.shared / 1024,
     }
 
@@ -213,11 +226,11 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[Result] = []
     print("| kernel | dtype | head_dim | causal+segs+GQA4 | sm | warps/stages | regs | spill B "
-          "| smem KiB (limit) | ok |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| wgmma | mma.sync | smem KiB (limit) | ok |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for dtype, head_dim, causal, segments, groups in sweep(args.quick):
-        for kernel in lower_kernels(dtype, head_dim, causal, segments, groups, args.seq):
-            for arch in archs:
+        for arch in archs:
+            for kernel in lower_kernels(dtype, head_dim, causal, segments, groups, args.seq, arch):
                 row = Result(kernel.name, dtype, head_dim, causal, segments, groups, arch,
                              kernel.num_warps, kernel.num_stages, ok=False,
                              shared_limit_kib=SMEM_LIMIT[arch] / 1024)  # fmt: skip
@@ -232,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(row)
                 print(f"| {row.kernel} | {dtype} | {head_dim} | {'yes' if causal else 'no'} "
                       f"| {arch} | {row.num_warps}/{row.num_stages} | {row.registers} "
-                      f"| {row.spill_bytes} | {row.shared_kib and round(row.shared_kib, 1)} "
+                      f"| {row.spill_bytes} | {row.wgmma} | {row.mma_sync} "
+                      f"| {row.shared_kib and round(row.shared_kib, 1)} "
                       f"({row.shared_limit_kib:.0f}) | {'yes' if row.ok else row.error or 'no'} |",
                       flush=True)  # fmt: skip
     if args.json:

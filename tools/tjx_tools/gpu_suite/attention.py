@@ -1,4 +1,5 @@
-"""Attention speed: tjx Pallas flash vs cuDNN vs XLA vs JAX's own Pallas GPU kernel.
+"""Attention speed: tjx Pallas flash vs cuDNN vs XLA vs JAX's own Pallas GPU kernels (Triton, and
+the Mosaic GPU FA3-style kernel where it imports).
 
 Each cell is measured by the kernels' benchmark (``bench_attention.measure``: median of jitted
 forward and forward+backward after a warm-up, TFLOP/s with the FlashAttention FLOP convention, and
@@ -17,9 +18,10 @@ from typing import Any
 import jax.numpy as jnp
 from bench_attention import Row, measure
 
+from tjx.kernels.launch import entry_key
 from tjx_tools.gpu_suite.report import Section, fmt, md_table
 
-IMPLS = ("pallas", "cudnn", "jax-pallas", "xla")
+IMPLS = ("pallas", "cudnn", "jax-pallas", "jax-mgpu", "xla")
 
 
 def grid(smoke: bool) -> list[tuple[int, int, bool]]:
@@ -46,11 +48,32 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
                 r[f"fwd_bwd_x_{tag}"] = _ratio(base.get("fwd_bwd_ms"), r.get("fwd_bwd_ms"))
 
 
-def run(sec: Section, smoke: bool, deadline: float) -> None:
+def timings(
+    rows: list[dict[str, Any]], correct: set[tuple[str, int]], dtype: Any
+) -> dict[str, Any]:
+    """Launch-table ``timings`` (bucket key → kernel → ms): per head_dim, each tjx kernel's
+    forward+backward time summed over the causal cells every kernel measured, for kernels the
+    kernels section found correct (``correct``: (impl, head_dim)) — what "auto" ranks by."""
+    out: dict[str, Any] = {}
+    kernels = ("pallas", "cudnn", "xla")
+    for d in sorted({r["head_dim"] for r in rows}):
+        cells: dict[int, dict[str, float]] = {}
+        for r in rows:
+            if r["head_dim"] == d and r["causal"] and r["impl"] in kernels and r.get("fwd_bwd_ms"):
+                cells.setdefault(r["seq"], {})[r["impl"]] = r["fwd_bwd_ms"]
+        ok = [k for k in kernels if (k, d) in correct]
+        shared = [c for c in cells.values() if all(k in c for k in ok)]
+        if ok and shared:
+            out[entry_key(dtype, d)] = {k: sum(c[k] for c in shared) for k in ok}
+    return out
+
+
+def run(
+    sec: Section, smoke: bool, deadline: float, correct: set[tuple[str, int]] | None = None
+) -> None:
     """Measure the grid (bf16 on a GPU, float32 interpreted in a smoke run)."""
     dtype = jnp.float32 if smoke else jnp.bfloat16
     tokens, d_model, iters = (64, 64, 1) if smoke else (16384, 2048, 10)
-    rows: list[dict[str, Any]] = []
     skipped = 0
     for d, s, causal in grid(smoke):
         b, h = max(1, tokens // s), max(1, d_model // d)
@@ -59,9 +82,9 @@ def run(sec: Section, smoke: bool, deadline: float) -> None:
                 skipped += 1
                 continue
             row: Row = measure(impl, b, h, s, d, causal, dtype, iters, on_gpu=not smoke)
-            rows.append(dataclasses.asdict(row))
+            sec.add_row(dataclasses.asdict(row))  # saved at once: a later crash keeps it
+    rows = sec.rows
     add_ratios(rows)
-    sec.rows = rows
     if skipped:
         sec.notes.append(f"{skipped} cells skipped: the time budget was spent")
     table = [
@@ -110,4 +133,5 @@ def run(sec: Section, smoke: bool, deadline: float) -> None:
             default=None,
         ),
         "skipped": skipped,
+        "timings": timings(rows, correct or set(), dtype),
     }

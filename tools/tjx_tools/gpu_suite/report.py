@@ -12,7 +12,7 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,24 @@ class Section:
     markdown: str = ""
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: Saves the whole report (set by ``Report.section``; not part of the results).
+    saver: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+
+    def add_row(self, row: dict[str, Any]) -> None:
+        """Append a finished row and save at once: a later crash or kill cannot lose it."""
+        self.rows.append(row)
+        if self.saver is not None:
+            self.saver()
+
+    @contextlib.contextmanager
+    def cell(self, what: str) -> Iterator[None]:
+        """One measurement: any exception in it fails the section with one note and the
+        section goes on to the next cell (a kernel that does not compile is a finding)."""
+        try:
+            yield
+        except Exception as exc:  # - every failure is a result; the next cell still runs
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            self.fail(f"{what}: {type(exc).__name__}: {first}")
 
     def fail(self, why: str) -> None:
         """Mark a failed check (the suite exits non-zero at the end) and say why."""
@@ -71,7 +89,7 @@ class Report:
     @contextlib.contextmanager
     def section(self, name: str) -> Iterator[Section]:
         """Run one section: time it, record an exception as its error, save either way."""
-        sec = Section(name)
+        sec = Section(name, saver=self.save)
         self.sections[name] = sec
         t0 = time.perf_counter()
         print(f"gpu_suite: {name} …", flush=True)
@@ -96,7 +114,10 @@ class Report:
         return {
             "meta": self.meta,
             "smoke": self.smoke,
-            "sections": {n: vars(s) for n, s in self.sections.items()},
+            "sections": {
+                n: {k: v for k, v in vars(s).items() if k != "saver"}
+                for n, s in self.sections.items()
+            },
         }
 
     def save(self) -> None:

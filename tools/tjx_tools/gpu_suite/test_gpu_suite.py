@@ -90,7 +90,7 @@ def test_attention_train_step_and_run_measured(smoke: tuple[Path, dict[str, Any]
     assert all(r["fwd_ms"] > 0 for r in attn if r["impl"] in ("pallas", "xla"))
     assert all("cuDNN needs a CUDA GPU" in r["error"] for r in attn if r["impl"] == "cudnn")
     steps = doc["sections"]["train_step"]["rows"]
-    assert [r["attention_impl"] for r in steps] == ["pallas", "auto"]
+    assert [r["attention_impl"] for r in steps] == ["pallas", "xla"]  # same batch, by name
     assert all(r["loss_finite"] and r["tokens_per_s"] > 0 for r in steps)
     run = doc["sections"]["train_run"]["summary"]
     assert run["steps"] == 16 and run["last_loss"] < run["first_loss"]
@@ -166,7 +166,8 @@ def test_past_the_budget_cells_are_skipped_and_said() -> None:
     attention.run(sec, smoke=True, deadline=0.0)
     assert sec.rows == []
     assert sec.notes == [
-        f"{4 * len(attention.grid(smoke=True))} cells skipped: the time budget was spent"
+        f"{len(attention.IMPLS) * len(attention.grid(smoke=True))} cells skipped: the time "
+        "budget was spent"
     ]
     sec = Section("train_step")
     train_step.run(sec, smoke=True, meta={}, deadline=0.0)
@@ -176,3 +177,34 @@ def test_past_the_budget_cells_are_skipped_and_said() -> None:
         "skipped (time budget): throughput, auto",
         "skipped (time budget): tiny memory fit",
     ]
+
+
+def test_a_failing_cell_is_one_note_and_earlier_rows_are_already_saved(tmp_path: Path) -> None:
+    report = Report(tmp_path, smoke=True, budget_s=60.0)
+    with report.section("cells") as sec:
+        sec.add_row({"cell": 1})
+        saved = json.loads((tmp_path / "results.json").read_text())
+        assert saved["sections"]["cells"]["rows"] == [{"cell": 1}]  # before the section ends
+        with sec.cell("pallas d128"):
+            raise RuntimeError("Triton: out of shared memory\ndetails")
+        sec.add_row({"cell": 2})  # the section goes on
+    assert sec.status == "FAIL" and [r["cell"] for r in sec.rows] == [1, 2]
+    assert sec.notes == ["FAIL: pallas d128: RuntimeError: Triton: out of shared memory"]
+
+
+def test_a_kernel_that_fails_to_compile_is_a_failed_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tjx.kernels.flash as flash
+    from tjx.kernels.testing import failing_attention
+
+    monkeypatch.setattr(flash, "flash_attention", failing_attention("compile"))
+    rows = kernels.check_case(kernels.cases(smoke=True)[1], "float32", 32, seed=1)
+    pallas = next(r for r in rows if r["impl"] == "pallas")
+    assert pallas["error"].startswith("JaxRuntimeError")
+    assert next(r for r in rows if r["impl"] == "xla")["out"] < 1e-5  # the others still ran
+    failures = kernels.judge(rows)
+    assert len(failures) == 1 and failures[0].startswith("pallas mha causal float32 d32")
+
+
+def test_the_launcher_turns_preallocation_off() -> None:
+    text = (REPO / "tools" / "gpu_suite").read_text()
+    assert 'export XLA_PYTHON_CLIENT_PREALLOCATE="${XLA_PYTHON_CLIENT_PREALLOCATE:-false}"' in text

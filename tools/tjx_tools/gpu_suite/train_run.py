@@ -102,6 +102,9 @@ def run(sec: Section, out: Path, smoke: bool, steps: int, seconds: float) -> Non
         corpus.write_text(SMOKE_TEXT, encoding="utf-8")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p or os.curdir) for p in sys.path)
+    # This process still holds JAX's default share of the GPU (75 %): the child must not try to
+    # take 75 % of the rest up front.
+    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     log = (out / "train_run.log").open("w", encoding="utf-8")
     t0 = time.perf_counter()
     proc = subprocess.Popen(

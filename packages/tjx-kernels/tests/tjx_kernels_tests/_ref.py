@@ -101,3 +101,27 @@ def cuda_target():
 
     gpu = AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="gpu")
     return use_abstract_mesh(AbstractMesh((), (), abstract_device=gpu))
+
+
+def pretend_h100(monkeypatch):
+    """Make the default device look like an H100 to the kernel choice (kernels still run on CPU:
+    Pallas in interpret mode)."""
+    from tjx.kernels import choice
+
+    h100 = choice.Target("gpu", "NVIDIA H100 80GB HBM3", (9, 0))
+    monkeypatch.setattr(choice, "default_target", lambda: h100)
+    return h100
+
+
+def measured_table(monkeypatch, tmp_path, timings, kind="NVIDIA H100 80GB HBM3"):
+    """A launch-table file with only ``timings`` for ``kind``, made the current one."""
+    import json
+
+    from tjx.kernels import launch
+
+    path = tmp_path / "tables.json"
+    table = {"source": "test", "entries": {}, "timings": timings}
+    path.write_text(json.dumps({"schema": 1, "devices": {kind: table}}))
+    monkeypatch.setenv(launch.ENV_VAR, str(path))
+    launch.clear_launch_cache()
+    return path

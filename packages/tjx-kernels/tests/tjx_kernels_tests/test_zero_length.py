@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import tjx.kernels.dispatch as dispatch
+import tjx.kernels.flash as flash
 from tjx.kernels import (
     attention,
     attention_weights,
@@ -23,7 +24,7 @@ from tjx.kernels import (
     reference_attention,
 )
 
-from ._ref import np_attention, np_cross_entropy
+from ._ref import np_attention, np_cross_entropy, pretend_h100
 
 B, H, HKV, D = 2, 4, 2, 8
 
@@ -111,9 +112,9 @@ def test_empty_calls_never_reach_a_fused_kernel(monkeypatch):
     def no_fused(*args, **kwargs):
         raise AssertionError("a fused kernel was called for an empty sequence")
 
-    monkeypatch.setattr(dispatch, "on_cuda_gpu", lambda: True)
+    pretend_h100(monkeypatch)
     monkeypatch.setattr(dispatch, "_cudnn_attention", no_fused)
-    monkeypatch.setattr(dispatch, "flash_attention", no_fused)
+    monkeypatch.setattr(flash, "flash_attention", no_fused)
     q, k, v = _qkv(3, 4, 0, jnp.bfloat16)
     for impl in ("auto", "cudnn", "pallas"):
         out = attention(q, k, v, implementation=impl)

@@ -6,6 +6,7 @@ agree within ``rtol=1e-5`` (sums of a few dozen terms, each exact to ~1e-7), cou
 """
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -176,3 +177,32 @@ def test_a_model_without_an_objective_is_refused():
     for fn in (tnn.objective_loss, tnn.objective_logits):
         with pytest.raises(ValueError, match="no objective for a MLP; models: DecoderLM, BERT"):
             fn(mlp, {})
+
+
+def _dots(jaxpr):
+    """Every dot_general of a jaxpr, sub-jaxprs (scan, custom_vjp) included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            yield eqn
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            yield from _dots(sub)
+
+
+@pytest.mark.parametrize("make", [gpt2_tiny, llama_tiny], ids=["tied", "untied"])
+def test_chunked_lm_head_products_run_in_the_compute_dtype_with_float32_accumulation(make):
+    """All three head products (logits, d hidden, d table) take bf16 operands under bf16 compute
+    (a float32 table would make them float32: TF32 on a GPU, twice the bytes) and accumulate in
+    float32; the loss equals float64 cross-entropy of the bf16-rounded operands (rtol 1e-5)."""
+    model = build(make(precision="bf16"))
+    rng = np.random.default_rng(7)
+    hidden = jnp.asarray(rng.normal(size=(2, 8, 32)), jnp.float32)
+    labels = rng.integers(0, 64, (2, 8)).astype(np.int32)
+    loss = lambda h: tnn.token_loss(model, h, jnp.asarray(labels), chunked=True, chunk_size=8).loss
+    dots = list(_dots(jax.make_jaxpr(jax.grad(loss))(hidden).jaxpr))
+    assert len(dots) >= 3
+    for eqn in dots:
+        assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16, jnp.bfloat16], eqn
+        assert eqn.params["preferred_element_type"] == jnp.float32, eqn
+    bf16 = lambda x: np.asarray(jnp.asarray(x).astype(jnp.bfloat16), np.float64)
+    logits = bf16(hidden) @ bf16(model.unembedding())
+    _check(tnn.token_loss(model, hidden, jnp.asarray(labels), chunked=True), logits, labels)

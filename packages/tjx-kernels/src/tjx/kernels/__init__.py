@@ -1,12 +1,24 @@
 """tjx.kernels: fused kernels for transformer training.
 
 Pallas flash attention (forward and backward), chunked cross-entropy, a plain-XLA reference and one
-``attention`` entry point that picks XLA, cuDNN or Pallas per call.
+``attention`` entry point that picks XLA, cuDNN or Pallas per call by evidence
+(:mod:`tjx.kernels.choice`). ``flash_attention`` (and with it Pallas) is imported on first use.
 """
 
+from typing import Any
+
+from tjx.kernels.choice import (
+    AutoChoice,
+    KernelCompileError,
+    Target,
+    auto_order,
+    current_target,
+    first_that_compiles,
+    target,
+)
+from tjx.kernels.compile_cache import enable_compilation_cache
 from tjx.kernels.cross_entropy import CrossEntropyOutput, auto_chunk_size, chunked_cross_entropy
 from tjx.kernels.dispatch import IMPLEMENTATIONS, attention, select_implementation
-from tjx.kernels.flash import flash_attention
 from tjx.kernels.launch import LaunchDefaults, default_launch
 from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
 
@@ -14,16 +26,33 @@ __version__ = "0.2.0"
 
 __all__ = [
     "IMPLEMENTATIONS",
+    "AutoChoice",
     "CrossEntropyOutput",
+    "KernelCompileError",
     "LaunchDefaults",
+    "Target",
     "__version__",
     "attention",
     "attention_mask",
     "attention_weights",
     "auto_chunk_size",
+    "auto_order",
     "chunked_cross_entropy",
+    "current_target",
     "default_launch",
+    "enable_compilation_cache",
+    "first_that_compiles",
     "flash_attention",
     "reference_attention",
     "select_implementation",
+    "target",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The XLA path never needs Pallas: its import (and Triton's lowering) waits for first use.
+    if name == "flash_attention":
+        from tjx.kernels.flash import flash_attention
+
+        return flash_attention
+    raise AttributeError(f"module 'tjx.kernels' has no attribute {name!r}")

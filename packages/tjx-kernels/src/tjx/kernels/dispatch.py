@@ -1,17 +1,21 @@
 """``attention``: one entry point over the XLA reference, cuDNN fused attention and Pallas flash.
 
-Selection ("auto"): on a CUDA GPU, cuDNN when it serves the call (should jax's own cuDNN checks
-refuse it while tracing, the next choice), else the Pallas flash kernel when it serves the call,
-else XLA; on any other platform, XLA. The rule is the same on one device and on a mesh: both fused
-kernels partition over batch and heads under a sharded ``jit``. Features no fused kernel has (an
-additive ``bias``, attention dropout) and zero-length sequences always take the XLA path. An
-explicitly requested kernel that cannot run the call raises ``ValueError`` naming the argument and
-what is supported.
+Selection ("auto", :mod:`tjx.kernels.choice`): on a CUDA GPU the kernels measured on that device
+kind rank first (fastest first), then cuDNN wherever it serves the call (packed batches too: their
+segment ids become cuDNN's mask), then XLA; the unmeasured Pallas kernel only by name. Should
+jax's own cuDNN checks refuse a call while tracing, ``auto`` takes the next kernel and warns. On a
+TPU and on CPUs, "auto" is XLA; an explicit "pallas" or "cudnn" on a TPU is an error. The rule is
+the same on one device and on a mesh: both fused kernels partition over batch and heads under a
+sharded ``jit``. Features no fused kernel has (an additive ``bias``, attention dropout) and
+zero-length sequences always take the XLA path. An explicitly requested kernel that cannot run the
+call raises ``ValueError`` naming the argument and what is supported. The Pallas kernel's module
+(and Pallas itself) is imported only when the Pallas kernel is chosen.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Literal
 
 import jax
@@ -28,55 +32,27 @@ from tjx.kernels._checks import (
     check_segment_ids,
     split_segment_ids,
 )
-from tjx.kernels.flash import MAX_HEAD_DIM as PALLAS_MAX_HEAD_DIM
-from tjx.kernels.flash import flash_attention
+from tjx.kernels.choice import (
+    CUDNN_DTYPES,
+    Target,
+    auto_order,
+    cudnn_max_head_dim,
+    current_target,
+    first_line,
+    unsupported_reason,
+)
 from tjx.kernels.reference import attention_mask, reference_attention
 
 Array = jax.Array
 Implementation = Literal["auto", "xla", "cudnn", "pallas"]
 IMPLEMENTATIONS: tuple[str, ...] = ("auto", "xla", "cudnn", "pallas")
 
-#: cuDNN flash attention (through ``jax.nn.dot_product_attention``) takes these dtypes only.
-CUDNN_DTYPES: tuple[jnp.dtype, ...] = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-#: cuDNN head_dim limit before Hopper (Hopper and later accept up to 256; we keep the safe bound).
-CUDNN_MAX_HEAD_DIM = 128
+__all__ = ["CUDNN_DTYPES", "IMPLEMENTATIONS", "attention", "cudnn_max_head_dim"]
 
 
 def on_cuda_gpu() -> bool:
-    """Whether the default JAX backend is a CUDA GPU (the only place fused kernels compile)."""
-    try:
-        return jax.default_backend() == "gpu" and jax.devices()[0].platform == "gpu"
-    except RuntimeError:  # pragma: no cover - no backend at all
-        return False
-
-
-def cudnn_unsupported_reason(q: Array, shapes: AttentionShapes, on_gpu: bool) -> str | None:
-    """Why cuDNN cannot serve this call (None when it can)."""
-    if not on_gpu:
-        return "implementation='cudnn' needs a CUDA GPU backend; this run has " + (
-            jax.default_backend()
-        )
-    if jnp.dtype(q.dtype) not in CUDNN_DTYPES:
-        return f"`q` dtype {q.dtype} is not supported by cuDNN; supported: bfloat16, float16"
-    d = shapes.head_dim
-    if d % 8 != 0 or d > CUDNN_MAX_HEAD_DIM:
-        return (
-            f"head_dim {d} is not supported by cuDNN; supported: multiples of 8 up to "
-            f"{CUDNN_MAX_HEAD_DIM}"
-        )
-    return None
-
-
-def pallas_unsupported_reason(q: Array, shapes: AttentionShapes) -> str | None:
-    """Why the Pallas flash kernel cannot serve this call (None when it can)."""
-    if shapes.head_dim > PALLAS_MAX_HEAD_DIM:
-        return (
-            f"head_dim {shapes.head_dim} is not supported by the Pallas kernel; supported: "
-            f"1..{PALLAS_MAX_HEAD_DIM}"
-        )
-    if jnp.dtype(q.dtype) == jnp.dtype(jnp.float64):
-        return "`q` dtype float64 is not supported by the Pallas kernel; use bf16/fp16/fp32"
-    return None
+    """Whether the current target (:func:`tjx.kernels.choice.current_target`) is a CUDA GPU."""
+    return current_target().cuda
 
 
 def _segments_with_lengths(
@@ -150,9 +126,9 @@ def select_implementation(
     shapes: AttentionShapes,
     *,
     implementation: str,
-    segment_ids: SegmentIds | None,
+    segment_ids: SegmentIds | None = None,
     needs_xla: bool,
-    on_gpu: bool | None = None,
+    target: Target | None = None,
 ) -> str:
     """Resolve ``implementation`` to "xla" | "cudnn" | "pallas" for this call (see module doc).
 
@@ -170,11 +146,11 @@ def select_implementation(
     implementation : str
         One of ``IMPLEMENTATIONS``.
     segment_ids : Array or pair, optional
-        Segment ids of the call ("auto" sends calls with segment ids to Pallas, not cuDNN).
+        Segment ids of the call (cuDNN takes them as a mask; they do not change the choice).
     needs_xla : bool
         The call has a feature only XLA serves (additive bias, attention dropout).
-    on_gpu : bool, optional
-        Override platform detection (tests); default: whether the backend is a CUDA GPU.
+    target : Target, optional
+        The device to choose for; default :func:`tjx.kernels.choice.current_target`.
 
     Returns
     -------
@@ -187,31 +163,21 @@ def select_implementation(
         An unknown ``implementation``, or an explicit kernel that cannot serve the call (the
         message names the argument and what is supported).
     """
+    del segment_ids  # every kernel serves them
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
             f"`implementation` must be one of {', '.join(IMPLEMENTATIONS)}; got {implementation!r}"
         )
-    gpu = on_cuda_gpu() if on_gpu is None else on_gpu
-    if implementation == "cudnn":
-        reason = cudnn_unsupported_reason(q, shapes, gpu)
-        if reason is not None:
-            raise ValueError(reason)
-    if implementation == "pallas":
-        reason = pallas_unsupported_reason(q, shapes)
+    t = current_target() if target is None else target
+    if implementation in ("cudnn", "pallas"):
+        reason = unsupported_reason(implementation, q.dtype, shapes.head_dim, t)
         if reason is not None:
             raise ValueError(reason)
     if needs_xla:
         return "xla"
     if implementation != "auto":
         return implementation
-    if not gpu:
-        return "xla"
-    # cuDNN takes segment ids only as a dense mask (a bias inside cuDNN): Pallas is better there.
-    if segment_ids is None and cudnn_unsupported_reason(q, shapes, gpu) is None:
-        return "cudnn"
-    if pallas_unsupported_reason(q, shapes) is None:
-        return "pallas"
-    return "xla"
+    return auto_order(q.dtype, shapes.head_dim, t).kernel
 
 
 def attention(
@@ -284,13 +250,21 @@ def attention(
                 scale=sm_scale,
                 shapes=shapes,
             )
-        except (NotImplementedError, ValueError, RuntimeError):
+        except (NotImplementedError, ValueError, RuntimeError) as err:
             # jax checks cuDNN's finer limits (GPU generation, cuDNN version, shapes) while
-            # tracing; "auto" must not fail, so it falls through to Pallas (or XLA).
+            # tracing; "auto" must not fail, so it takes the next kernel, and says so.
             if implementation != "auto":
                 raise
-            impl = "pallas" if pallas_unsupported_reason(q, shapes) is None else "xla"
+            order = auto_order(q.dtype, shapes.head_dim).order
+            impl = order[order.index("cudnn") + 1] if "cudnn" in order else "xla"
+            warnings.warn(
+                f"attention: cudnn refused this call ({first_line(err)}); using {impl}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     if impl == "pallas":
+        from tjx.kernels.flash import flash_attention  # Pallas is imported only when chosen
+
         segs = _segments_with_lengths(segment_ids, kv_lengths, shapes)
         return flash_attention(q, k, v, causal=causal, segment_ids=segs, scale=sm_scale)
     return reference_attention(

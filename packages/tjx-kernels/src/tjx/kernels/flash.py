@@ -25,6 +25,7 @@ from tjx.kernels._checks import (
     check_segment_ids,
     split_segment_ids,
 )
+from tjx.kernels.choice import current_target, lowering_for_cuda
 from tjx.kernels.flash_fwd import KernelConfig
 from tjx.kernels.launch import MIN_BLOCK, LaunchDefaults, default_launch
 from tjx.kernels.partition import partitioned_backward, partitioned_forward
@@ -56,10 +57,11 @@ def _check_block(name: str, value: int | None) -> None:
 
 
 def resolve_interpret(interpret: bool | None) -> bool:
-    """``None`` → interpret everywhere except on a CUDA GPU (where Triton compiles the kernel)."""
+    """``None`` → interpret everywhere except on a CUDA GPU (where Triton compiles the kernel),
+    or inside a ``tjx.kernels.target("gpu", ...)`` block (cross-lowering for one)."""
     if interpret is not None:
         return bool(interpret)
-    return jax.default_backend() != "gpu"
+    return not lowering_for_cuda()
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -106,7 +108,13 @@ def _make_config(
     """
     d_pad = max(MIN_BLOCK, _next_pow2(shapes.head_dim))
     if launch is None:
-        launch = default_launch(shapes.head_dim, dtype)
+        t = current_target() if lowering_for_cuda() else None  # a target() block's GPU too
+        launch = default_launch(
+            shapes.head_dim,
+            dtype,
+            device_kind=None if t is None else t.device_kind,
+            hopper=t is not None and (t.compute_capability or (0, 0)) >= (9, 0),
+        )
     # An explicit block size applies to the forward and the backward kernels alike.
     bq = _fit_block(block_q or launch.block_q, shapes.q_len)
     bk = _fit_block(block_k or launch.block_k, shapes.kv_len)

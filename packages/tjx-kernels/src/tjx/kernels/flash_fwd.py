@@ -135,6 +135,10 @@ def q_block_range(
     return first, first_unmasked
 
 
+# No precision is passed to the products: Triton runs float32 inputs as TF32 (10 mantissa bits,
+# relative error ~1e-3), as XLA's own float32 matmuls on NVIDIA GPUs do. IEEE products
+# (lax.Precision.HIGHEST) lower to FMA loops that spilled 66 KB per thread (fp32 head_dim-64
+# forward on sm_90, the kernels README), so fp32 kernels are TF32 and GPU tolerances say so.
 def dot_nt(a: Array, b: Array) -> Array:
     """a @ b.T with float32 accumulation (a [m, d], b [n, d])."""
     return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)

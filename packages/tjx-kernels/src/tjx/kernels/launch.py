@@ -73,10 +73,13 @@ class LaunchDefaults:
 
 
 class DeviceTable(NamedTuple):
-    """The measured launches of one device kind and a note of how they were measured."""
+    """The measured launches of one device kind, a note of how they were measured and the
+    attention kernels' measured fwd+bwd times (bucket key → kernel → ms; only kernels the suite
+    found correct), which ``auto`` ranks by (:mod:`tjx.kernels.choice`)."""
 
     source: str
     entries: Mapping[str, LaunchDefaults]
+    timings: Mapping[str, Mapping[str, float]] = MappingProxyType({})
 
 
 # Chosen without a GPU by compiling every kernel with Triton for sm_90 and sm_80
@@ -94,6 +97,23 @@ _GENERIC: dict[tuple[bool, int], LaunchDefaults] = {
 }
 
 
+# Hopper (sm_90 and later) where its warpgroup MMA (wgmma) needs other tiles: the 16-bit
+# head_dim-128 backward with 32-row query tiles compiled to no wgmma for dq (96 mma.sync) and 8 of
+# 72 for dk/dv; 128x64 tiles under 8 warps are all-wgmma with no spills on sm_90 (the kernels
+# README's table), but spill 6.5 KB on sm_80, so only Hopper takes them.
+_HOPPER: dict[tuple[bool, int], LaunchDefaults] = {
+    (True, 128): LaunchDefaults(128, 64, 8, 128, 64, 8),
+}
+
+
+def default_is_hopper() -> bool:
+    """Whether the default device is a CUDA GPU of compute capability 9.0 or later."""
+    if device_kind_of_default_device() is None:
+        return False
+    cc = str(getattr(jax.devices()[0], "compute_capability", "0"))  # pragma: no cover - GPU only
+    return float(cc) >= 9.0  # pragma: no cover - GPU only
+
+
 def entry_key(dtype: Any, head_dim: int) -> str:
     """Table key ``"<bf16|fp16|fp32>-<64|128|256>"`` of an input dtype and head_dim (1..256)."""
     name = _DTYPES.get(jnp.dtype(dtype).name)
@@ -104,10 +124,12 @@ def entry_key(dtype: Any, head_dim: int) -> str:
     return f"{name}-{64 if head_dim <= 64 else 128 if head_dim <= 128 else 256}"
 
 
-def generic_launch(head_dim: int, dtype: Any) -> LaunchDefaults:
-    """The device-independent launch for ``head_dim`` and ``dtype`` (no table consulted)."""
+def generic_launch(head_dim: int, dtype: Any, *, hopper: bool = False) -> LaunchDefaults:
+    """The launch for ``head_dim`` and ``dtype`` chosen without a GPU (no table consulted);
+    ``hopper``: for sm_90 and later."""
     name, bucket = entry_key(dtype, head_dim).split("-")
-    return _GENERIC[(name != "fp32", int(bucket))]
+    key = (name != "fp32", int(bucket))
+    return _HOPPER.get(key, _GENERIC[key]) if hopper else _GENERIC[key]
 
 
 def _checked(key: str, value: Any, at: str) -> LaunchDefaults:
@@ -123,7 +145,8 @@ def _checked(key: str, value: Any, at: str) -> LaunchDefaults:
         raise ValueError(f"{at}, key {key!r}: {err}") from None
 
 
-def _norm(kind: str) -> str:
+def norm_kind(kind: str) -> str:
+    """A device kind compared case-insensitively with whitespace collapsed."""
     return " ".join(kind.split()).casefold()
 
 
@@ -139,6 +162,29 @@ def device_kind_of_default_device() -> str | None:
     return None if rocm else str(device.device_kind)
 
 
+_TABLE_KEYS = {"source", "entries", "timings"}
+_KERNELS = ("xla", "cudnn", "pallas")
+
+
+def _checked_timings(data: Any, at: str) -> Mapping[str, Mapping[str, float]]:
+    """``{bucket key: {kernel: positive ms}}`` validated, or ValueError naming ``at``/key."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{at}: 'timings' must be an object {{bucket: {{kernel: ms}}}}")
+    out: dict[str, Mapping[str, float]] = {}
+    for key, times in data.items():
+        ok = isinstance(times, dict) and all(
+            k in _KERNELS and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+            for k, v in times.items()
+        )
+        if not _KEY.fullmatch(key) or not ok:
+            raise ValueError(
+                f"{at}, timings {key!r}: want '<bf16|fp16|fp32>-<64|128|256>' → "
+                f"{{kernel ({', '.join(_KERNELS)}): milliseconds > 0}}"
+            )
+        out[key] = MappingProxyType({k: float(v) for k, v in times.items()})
+    return MappingProxyType(out)
+
+
 def _parse_tables(text: str, where: str) -> dict[str, DeviceTable]:
     try:
         data = json.loads(text)
@@ -150,11 +196,13 @@ def _parse_tables(text: str, where: str) -> dict[str, DeviceTable]:
     tables: dict[str, DeviceTable] = {}
     for kind, table in data["devices"].items():
         at = f"launch tables {where}: device {kind!r}"
-        ok = isinstance(table, dict) and set(table) == {"source", "entries"}
+        ok = isinstance(table, dict) and {"source", "entries"} <= set(table) <= _TABLE_KEYS
         if not ok or not isinstance(table["source"], str) or not isinstance(table["entries"], dict):
-            raise ValueError(f"{at}: want {{'source': <text>, 'entries': {{...}}}}")
+            want = "{'source': <text>, 'entries': {...}, 'timings' (optional): {...}}"
+            raise ValueError(f"{at}: want {want}")
         entries = {k: _checked(k, v, at) for k, v in table["entries"].items()}
-        tables[kind] = DeviceTable(table["source"], MappingProxyType(entries))
+        timings = _checked_timings(table.get("timings", {}), at)
+        tables[kind] = DeviceTable(table["source"], MappingProxyType(entries), timings)
     return tables
 
 
@@ -182,24 +230,29 @@ def clear_launch_cache() -> None:
     _read_tables.cache_clear()
 
 
-def default_launch(head_dim: int, dtype: Any, device_kind: str | None = None) -> LaunchDefaults:
+def default_launch(
+    head_dim: int, dtype: Any, device_kind: str | None = None, *, hopper: bool | None = None
+) -> LaunchDefaults:
     """The launch for ``head_dim`` (1..256) and input ``dtype`` on a device kind.
 
     ``device_kind`` None means the default device's kind when it is a CUDA GPU (else no device
     table is consulted). Device kinds compare case-insensitively with whitespace collapsed. Order:
-    the device's entry for the dtype, its entry for the other 16-bit dtype, the generic table.
+    the device's entry for the dtype, its entry for the other 16-bit dtype, the generic table
+    (its Hopper entries when ``hopper``; None: whether the default device is sm_90 or later).
     """
     key = entry_key(dtype, head_dim)
     kind = device_kind_of_default_device() if device_kind is None else device_kind
     tables = load_launch_tables() if kind is not None else {}
-    found = [t.entries for k, t in tables.items() if kind is not None and _norm(k) == _norm(kind)]
+    found = [
+        t.entries for k, t in tables.items() if kind is not None and norm_kind(k) == norm_kind(kind)
+    ]
     name, bucket = key.split("-")
     other = {"bf16": "fp16", "fp16": "bf16"}.get(name, name)
     for candidate in (key, f"{other}-{bucket}"):
         for entries in found:
             if candidate in entries:
                 return entries[candidate]
-    return generic_launch(head_dim, dtype)
+    return generic_launch(head_dim, dtype, hopper=default_is_hopper() if hopper is None else hopper)
 
 
 def merge_launch_table(
@@ -207,10 +260,12 @@ def merge_launch_table(
     device_kind: str,
     entries: Mapping[str, LaunchDefaults],
     source: str,
+    timings: Mapping[str, Mapping[str, float]] | None = None,
 ) -> None:
     """Merge measured launches of one device kind into a launch-table file, atomically.
 
-    Entries replace those of the same key, others are kept; ``source`` replaces the device's note
+    Entries replace those of the same key, others are kept (so do ``timings``' buckets: bucket key
+    → kernel → fwd+bwd ms, for kernels measured correct); ``source`` replaces the device's note
     (a device found under another spelling moves to ``device_kind``). The file (created if absent)
     is written sorted through a temporary file and ``os.replace``; the cache is cleared.
 
@@ -225,12 +280,21 @@ def merge_launch_table(
     where = f"merging into {target}: device {device_kind!r}"
     new = {k: _checked(k, v, where) for k, v in entries.items()}
     tables = _parse_tables(target.read_text("utf-8"), str(target)) if target.exists() else {}
+    times = _checked_timings(dict(timings or {}), where)
     merged: dict[str, LaunchDefaults] = {}
-    for kind in [k for k in tables if _norm(k) == _norm(device_kind)]:
-        merged.update(tables.pop(kind).entries)
+    merged_times: dict[str, Mapping[str, float]] = {}
+    for kind in [k for k in tables if norm_kind(k) == norm_kind(device_kind)]:
+        old = tables.pop(kind)
+        merged.update(old.entries)
+        merged_times.update(old.timings)
     merged.update(new)
-    tables[device_kind] = DeviceTable(source, merged)
-    devices = {kind: {"source": t.source, "entries": dict(t.entries)} for kind, t in tables.items()}
+    merged_times.update(times)
+    tables[device_kind] = DeviceTable(source, merged, MappingProxyType(merged_times))
+    devices: dict[str, dict[str, Any]] = {}
+    for kind, t in tables.items():
+        devices[kind] = {"source": t.source, "entries": dict(t.entries)}
+        if t.timings:
+            devices[kind]["timings"] = {k: dict(v) for k, v in t.timings.items()}
     data = {"schema": SCHEMA, "devices": devices}
     text = json.dumps(data, sort_keys=True, indent=1, default=dataclasses.asdict) + "\n"
     mode = target.stat().st_mode & 0o777 if target.exists() else 0o644

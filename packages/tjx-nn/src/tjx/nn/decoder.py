@@ -106,8 +106,13 @@ def head_cross_entropy(
         ``loss`` (mean, z-loss included), ``sum_loss``, ``num_tokens``, ``num_correct``.
     """
     if chunked:
-        w = head_unembedding(embed, head)
-        return chunked_cross_entropy(hidden, w, labels, chunk_size=chunk_size, z_loss=z_loss)
+        # The products in the compute dtype (the kernel accumulates in float32), as the unchunked
+        # path: a raw float32 table would make them float32 (TF32 on a GPU) at twice the bytes.
+        dt = precision.compute_dtype
+        w = head_unembedding(embed, head).astype(dt)
+        return chunked_cross_entropy(
+            hidden.astype(dt), w, labels, chunk_size=chunk_size, z_loss=z_loss
+        )
     logits = head_logits(embed, head, hidden, precision)
     return logits_cross_entropy(logits, labels, z_loss=z_loss)
 

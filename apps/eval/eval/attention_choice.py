@@ -1,0 +1,84 @@
+"""The evaluation's attention kernel, proven to compile before the held-out pass.
+
+As in the trainer: tjx.kernels ranks the kernels ``auto`` may take (:func:`tjx.kernels.auto_order`),
+the evaluator says the choice once and compiles its step with each kernel in turn until one
+compiles (one line per kernel that fails); a kernel named in the run's model that fails is one
+error line (exit 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flax import nnx
+
+from eval.runs import LoadedRun, RunError
+
+
+def with_kernel(run: LoadedRun, kernel: str) -> LoadedRun:
+    """``run`` whose model takes ``kernel`` (the attention kernel is part of the module graph)."""
+    from tjx import nn
+
+    if run.nn_config.attention_impl == kernel:
+        return run
+    config = dataclasses.replace(run.nn_config, attention_impl=kernel)
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: nn.build_model(config, rngs=nnx.Rngs(0))))
+    _, params, rest = nnx.split(run.model, nnx.Param, ...)  # type: ignore[misc]
+    return dataclasses.replace(run, nn_config=config, model=nnx.merge(graphdef, params, rest))
+
+
+def compile_step(run: LoadedRun, batch: dict[str, Any], make_step: Callable[[Any], Any]) -> None:
+    """Lower and compile the held-out step of ``run``'s model on ``batch``'s shapes."""
+    import jax
+
+    params = nnx.to_pure_dict(nnx.state(run.model, nnx.Param))
+    shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+    make_step(run.model).lower(params, shapes).compile()
+
+
+def choose_attention(
+    run: LoadedRun,
+    shard_dir: Path,
+    *,
+    seq_len: int,
+    batch_size: int,
+    make_step: Callable[[Any], Any],
+    say: Callable[[str], None] = lambda line: print(line, flush=True),
+) -> LoadedRun:
+    """``run`` with the attention kernel that compiles for its held-out step, saying the choice.
+
+    Raises
+    ------
+    RunError
+        The run's model names a kernel that fails to lower or compile here.
+    """
+    from tjx import data, kernels
+
+    impl = run.nn_config.attention_impl
+    if impl == "xla":
+        return run
+    dtype, head_dim = run.nn_config.precision.compute_dtype, run.nn_config.head_dim
+    if impl == "auto":
+        choice = kernels.auto_order(dtype, head_dim)
+        say(choice.line())
+        order = choice.order
+    else:
+        order = (impl,)
+        say(f"attention: {impl} (the run's model.attention_impl)")
+    first = list(itertools.islice(data.validation_batches(shard_dir, seq_len, batch_size), 1))
+    if not first:  # no batch: the evaluation says so itself
+        return run
+    try:
+        chosen = kernels.first_that_compiles(
+            order,
+            lambda k: compile_step(with_kernel(run, k), first[0], make_step),
+            explicit=impl != "auto",
+            say=say,
+        )
+    except kernels.KernelCompileError as err:
+        raise RunError(f"{err}; evaluate on another device, or retrain with auto") from None
+    return with_kernel(run, chosen)

@@ -1,0 +1,91 @@
+"""The run's attention kernel, proven to compile before anything is written.
+
+tjx.kernels decides which kernels ``model.attention_impl: auto`` may take and in what order (by
+what was measured on this device kind; :func:`tjx.kernels.auto_order`). The trainer says the
+choice once, then compiles the train step abstractly (no parameter is created) with each kernel in
+turn until one compiles: a kernel that fails to lower or compile costs one printed line, never the
+run. A kernel named in the config that fails is one error line (exit 2, nothing written). XLA, the
+last resort, is not compiled here: every platform compiles it, and the memory fit compiles it next.
+After a fallback the config carries the kernel that compiled (``model.attention_impl`` may differ
+on a resume).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from trainer.config import Config, build_config
+from trainer.overrides import apply_overrides
+from trainer.schema import ConfigError
+
+
+def with_kernel(cfg: Config, kernel: str) -> Config:
+    """``cfg`` with ``model.attention_impl`` set to ``kernel``."""
+    if cfg.model.attention_impl == kernel:
+        return cfg
+    return build_config(apply_overrides(cfg.to_dict(), [f"model.attention_impl={kernel}"]))
+
+
+def compile_step(cfg: Config, vocab_size: int) -> None:
+    """Lower and compile ``cfg``'s train step for the default device (abstract: nothing runs)."""
+    from trainer.memory_fit import abstract_step
+
+    step, state, batch = abstract_step(cfg, vocab_size)
+    step.lower(state, batch).compile()
+
+
+def choose_attention(
+    cfg: Config,
+    vocab_size: int,
+    *,
+    build: Callable[[Config, int], None] = compile_step,
+    say: Callable[[str], None] = lambda line: print(line, flush=True),
+) -> Config:
+    """``cfg`` with the attention kernel that compiles, saying the choice (see module doc).
+
+    Parameters
+    ----------
+    cfg : Config
+        The run's config (``model.attention_impl`` auto or a kernel's name).
+    vocab_size : int
+        The tokenizer's vocabulary size (the step's shapes).
+    build : callable
+        Lowers and compiles the step of a config; raises on failure (tests inject failures).
+    say : callable
+        Where the lines go.
+
+    Raises
+    ------
+    ConfigError
+        A kernel named in the config cannot serve the model or fails to lower or compile.
+    """
+    from tjx import kernels
+    from trainer.model_build import nn_config
+
+    impl = cfg.model.attention_impl
+    if impl == "xla":
+        return cfg
+    model = nn_config(cfg.model, vocab_size + cfg.objective.extra_vocab)
+    dtype, head_dim = model.precision.compute_dtype, model.head_dim
+    if impl == "auto":
+        choice = kernels.auto_order(dtype, head_dim)
+        say(choice.line())
+        order = choice.order
+    else:
+        order = (impl,)
+        say(f"attention: {impl} (model.attention_impl)")
+    if cfg.task != "lm":  # the abstract step is a decoder's; other tasks trace their kernel late
+        return cfg
+    try:
+        chosen = kernels.first_that_compiles(
+            order,
+            lambda kernel: build(with_kernel(cfg, kernel), vocab_size),
+            explicit=impl != "auto",
+            say=say,
+        )
+    except kernels.KernelCompileError as err:
+        raise ConfigError(
+            f"{err}; set model.attention_impl=auto to let tjx choose (or xla)"
+        ) from None
+    # With no fallback, "auto" stays: it resolves to the same kernel while tracing.
+    return cfg if chosen == order[0] else with_kernel(cfg, chosen)

@@ -1,0 +1,130 @@
+"""A kernel that fails to lower or compile never ends a run with a traceback: ``auto`` goes on
+with the next kernel in one line, a kernel named in the config is one error line (exit 2, no run
+directory). The failures are real: tjx.kernels.testing's kernels fail in jax's lowering and in
+XLA's compile, as a Triton error would."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+import tjx.kernels.flash as flash
+from tjx.kernels import choice, launch
+from tjx.kernels.testing import failing_attention
+from trainer.attention_choice import choose_attention
+from trainer.cli import main
+from trainer.config import build_config
+from trainer.overrides import apply_overrides
+from trainer.presets import load_config_data
+
+SETS = [
+    "model.d_model=16",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.mlp_dim=32",
+    "model.max_seq_len=16",
+    "data.seq_len=16",
+    "data.batch_size=8",
+    "eval.batch_size=8",
+    "train.steps=1",
+    "optimizer.schedule.warmup_steps=0",
+    "sampling.max_new_tokens=4",
+    "train.eval_every=1",
+    "train.eval_batches=1",
+    "train.sample_every=0",
+    "train.checkpoint_every=1",
+    "logging.sinks=[jsonl]",
+    "logging.progress=false",
+]
+H100 = choice.Target("gpu", "NVIDIA H100 80GB HBM3", (9, 0))
+
+
+def _argv(text, *sets):
+    argv = ["--config", "tiny", "--run-dir", "run", "--data", str(text)]
+    for item in [*SETS, *sets]:
+        argv += ["--set", item]
+    return argv
+
+
+@pytest.fixture
+def corpus(in_tmp):
+    text = in_tmp / "corpus.txt"
+    text.write_text("".join(f"Line {i}: to be or not to be.\n" for i in range(200)))
+    return text
+
+
+@pytest.fixture
+def pallas_measured_fastest(in_tmp, monkeypatch):
+    """A pretend H100 whose launch table says Pallas is the fastest correct kernel (fp32 d<=64)."""
+    monkeypatch.setattr(choice, "default_target", lambda: H100)
+    path = in_tmp / "tables.json"
+    table = {"source": "test", "entries": {}, "timings": {"fp32-64": {"pallas": 1.0, "xla": 2.0}}}
+    path.write_text(json.dumps({"schema": 1, "devices": {H100.device_kind: table}}))
+    monkeypatch.setenv(launch.ENV_VAR, str(path))
+    launch.clear_launch_cache()
+    yield
+    launch.clear_launch_cache()
+
+
+@pytest.mark.parametrize("stage", ["lower", "compile"])
+def test_auto_goes_on_with_the_next_kernel_in_one_line(
+    stage, corpus, in_tmp, monkeypatch, capsys, pallas_measured_fastest
+):
+    monkeypatch.setattr(flash, "flash_attention", failing_attention(stage))
+    assert main(_argv(corpus, f"data.cache_dir={in_tmp / 'cache'}")) == 0
+    captured = capsys.readouterr()
+    lines = [ln for ln in captured.out.splitlines() if ln.startswith("attention:")]
+    assert lines[0] == (
+        "attention: pallas (auto: fastest measured on NVIDIA H100 80GB HBM3 for fp32-64: "
+        "pallas 1 ms, xla 2 ms)"
+    )
+    error = "NotImplementedError: MLIR translation" if stage == "lower" else "JaxRuntimeError"
+    assert lines[1].startswith(f"attention: pallas failed to lower or compile ({error}")
+    assert lines[1].endswith("; using xla") and len(lines) == 2
+    assert "Traceback" not in captured.err
+    saved = yaml.safe_load((in_tmp / "run" / "config.yaml").read_text())
+    assert saved["model"]["attention_impl"] == "xla"  # the kernel the run used
+
+
+@pytest.mark.parametrize("stage", ["lower", "compile"])
+def test_a_named_kernel_that_fails_is_one_error_line_and_nothing_written(
+    stage, corpus, in_tmp, monkeypatch, capsys
+):
+    monkeypatch.setattr(flash, "flash_attention", failing_attention(stage))
+    sets = (f"data.cache_dir={in_tmp / 'cache'}", "model.attention_impl=pallas")
+    assert main(_argv(corpus, *sets)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "attention: pallas failed to lower or compile" in err[0]
+    assert "set model.attention_impl=auto" in err[0]
+    assert not (in_tmp / "run").exists()
+
+
+def test_auto_on_cpu_is_xla_without_a_compile(capsys):
+    cfg = build_config(apply_overrides(load_config_data("tiny"), SETS))
+
+    def never(cfg, vocab):
+        raise AssertionError("nothing to compile: XLA is the only candidate on a CPU")
+
+    assert choose_attention(cfg, 257, build=never) is cfg
+    assert capsys.readouterr().out == "attention: xla (auto: no CUDA GPU; XLA on cpu)\n"
+
+
+def test_with_no_measurement_auto_tries_cudnn_then_xla(monkeypatch):
+    monkeypatch.setattr(choice, "default_target", lambda: H100)
+    sets = [*SETS, "model.compute_dtype=bfloat16"]
+    cfg = build_config(apply_overrides(load_config_data("tiny"), sets))
+    tried, said = [], []
+
+    def build(cfg, vocab):
+        tried.append(cfg.model.attention_impl)
+        raise RuntimeError("cuDNN: no kernel for this call\nmore detail")
+
+    chosen = choose_attention(cfg, 257, build=build, say=said.append)
+    assert tried == ["cudnn"] and chosen.model.attention_impl == "xla"
+    assert said == [
+        "attention: cudnn (auto: no tjx measurement for NVIDIA H100 80GB HBM3 yet)",
+        "attention: cudnn failed to lower or compile (RuntimeError: cuDNN: no kernel for this "
+        "call); using xla",
+    ]

@@ -1,0 +1,249 @@
+"""Which attention kernel ``auto`` takes, by evidence: the target device and what was measured.
+
+A :class:`Target` is the platform the step is lowered for (``"gpu"`` = CUDA, ``"tpu"``,
+``"cpu"``...), the GPU's device kind and compute capability. It is the default device's unless a
+:func:`target` block says otherwise (cross-lowering for an abstract H100 on a CPU machine).
+
+:func:`auto_order` ranks the kernels ``auto`` may take for a (dtype, head_dim) on a target. On a
+CUDA GPU the kernels measured on that device kind (the ``timings`` of its launch table, written by
+the GPU suite for kernels it found correct) come first, fastest first; a kernel with no
+measurement never beats one with. With no measurement, cuDNN wherever it can serve the call, then
+XLA: the unmeasured Pallas kernel is taken only by name. On a TPU and on CPUs ``auto`` is XLA.
+The order is also the fallback order: :func:`first_that_compiles` walks it, saying each step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from tjx.kernels.launch import entry_key, load_launch_tables, norm_kind
+
+#: Kernels ``auto`` may rank (Pallas only where measured), in their order with no measurement.
+FUSED = ("cudnn", "pallas")
+#: cuDNN flash attention (through ``jax.nn.dot_product_attention``) takes these dtypes only.
+CUDNN_DTYPES: tuple[jnp.dtype, ...] = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+#: Largest head_dim the Pallas kernel accepts (padded internally to a power of two).
+PALLAS_MAX_HEAD_DIM = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """The device a step is lowered for.
+
+    ``platform`` is ``"gpu"`` only for CUDA GPUs (ROCm counts as ``"rocm"``); ``device_kind`` is
+    jax's ``device_kind`` (``"NVIDIA H100 80GB HBM3"``); ``compute_capability`` e.g. ``(9, 0)``.
+    """
+
+    platform: str
+    device_kind: str | None = None
+    compute_capability: tuple[int, int] | None = None
+
+    @property
+    def cuda(self) -> bool:
+        """Whether fused kernels (cuDNN, Triton) compile here."""
+        return self.platform == "gpu"
+
+
+_OVERRIDE: contextvars.ContextVar[Target | None] = contextvars.ContextVar(
+    "tjx_target", default=None
+)
+
+
+def _capability(device: Any) -> tuple[int, int] | None:
+    text = str(getattr(device, "compute_capability", "") or "")
+    parts = text.split(".")
+    if len(parts) < 2 or not all(p.isdigit() for p in parts[:2]):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def default_target() -> Target:
+    """The default device as a :class:`Target` (no :func:`target` override consulted)."""
+    try:
+        backend = jax.default_backend()
+        device = jax.devices()[0]
+    except RuntimeError:  # pragma: no cover - no backend at all
+        return Target("none")
+    if backend != "gpu":
+        return Target(backend, str(getattr(device, "device_kind", "")) or None)
+    if "rocm" in str(getattr(device.client, "platform_version", "")).lower():
+        return Target("rocm", str(device.device_kind))  # pragma: no cover - no ROCm here
+    return Target("gpu", str(device.device_kind), _capability(device))
+
+
+def lowering_for_cuda() -> bool:
+    """Whether kernels are lowered for a CUDA GPU: inside a :func:`target` block, its platform;
+    else the default backend (a test that only pretends the default device is a GPU still runs
+    the Pallas kernel in interpret mode)."""
+    override = _OVERRIDE.get()
+    if override is not None:
+        return override.cuda
+    return jax.default_backend() == "gpu"
+
+
+def current_target() -> Target:
+    """The :func:`target` override when one is active, else :func:`default_target`."""
+    override = _OVERRIDE.get()
+    return default_target() if override is None else override
+
+
+@contextlib.contextmanager
+def target(
+    platform: str, device_kind: str | None = None, compute_capability: tuple[int, int] | None = None
+) -> Iterator[Target]:
+    """Choose kernels for another device while tracing (cross-lowering), e.g.
+    ``with target("gpu", "NVIDIA H100 80GB HBM3", (9, 0)): jax.jit(f).trace(x).lower(
+    lowering_platforms=("cuda",))``."""
+    chosen = Target(platform, device_kind, compute_capability)
+    token = _OVERRIDE.set(chosen)
+    try:
+        yield chosen
+    finally:
+        _OVERRIDE.reset(token)
+
+
+def cudnn_max_head_dim(t: Target) -> int:
+    """cuDNN's head_dim limit (jax's check: 256 from Hopper, sm_90, on; 128 before)."""
+    return 256 if t.compute_capability is not None and t.compute_capability >= (9, 0) else 128
+
+
+def cudnn_reason(dtype: Any, head_dim: int, t: Target) -> str | None:
+    """Why cuDNN cannot serve (dtype, head_dim) on ``t`` (None when it can)."""
+    if not t.cuda:
+        return f"implementation='cudnn' needs a CUDA GPU; this run's device is {t.platform}"
+    if jnp.dtype(dtype) not in CUDNN_DTYPES:
+        name = jnp.dtype(dtype).name
+        return f"`q` dtype {name} is not supported by cuDNN; supported: bfloat16, float16"
+    limit = cudnn_max_head_dim(t)
+    if head_dim % 8 != 0 or head_dim > limit:
+        return (
+            f"head_dim {head_dim} is not supported by cuDNN on this GPU; supported: multiples of 8 "
+            f"up to {limit}"
+        )
+    return None
+
+
+def pallas_reason(dtype: Any, head_dim: int, t: Target) -> str | None:
+    """Why the Pallas kernel cannot serve (dtype, head_dim) on ``t`` (None when it can)."""
+    if t.platform == "tpu":
+        return "implementation='pallas' is a Triton (GPU) kernel; on a TPU use 'auto' or 'xla'"
+    if head_dim > PALLAS_MAX_HEAD_DIM:
+        return (
+            f"head_dim {head_dim} is not supported by the Pallas kernel; supported: "
+            f"1..{PALLAS_MAX_HEAD_DIM}"
+        )
+    if jnp.dtype(dtype) == jnp.dtype(jnp.float64):
+        return "`q` dtype float64 is not supported by the Pallas kernel; use bf16/fp16/fp32"
+    return None
+
+
+def unsupported_reason(kernel: str, dtype: Any, head_dim: int, t: Target) -> str | None:
+    """Why ``kernel`` ("xla" | "cudnn" | "pallas") cannot serve the call (None when it can)."""
+    if kernel == "cudnn":
+        return cudnn_reason(dtype, head_dim, t)
+    if kernel == "pallas":
+        return pallas_reason(dtype, head_dim, t)
+    return None
+
+
+def measured_timings(device_kind: str, dtype: Any, head_dim: int) -> dict[str, float]:
+    """Kernel → measured fwd+bwd milliseconds on ``device_kind`` for the (dtype, head_dim) bucket
+    (the launch table's ``timings``; empty when nothing was measured)."""
+    try:
+        key = entry_key(dtype, head_dim)
+    except ValueError:  # a dtype or head_dim no table has a bucket for
+        return {}
+    found: dict[str, float] = {}
+    for kind, table in load_launch_tables().items():
+        if norm_kind(kind) == norm_kind(device_kind):
+            found.update(table.timings.get(key, {}))
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoChoice:
+    """The kernels ``auto`` tries, best first (XLA always among them), and why the first."""
+
+    order: tuple[str, ...]
+    reason: str
+
+    @property
+    def kernel(self) -> str:
+        """The kernel ``auto`` takes when nothing fails."""
+        return self.order[0]
+
+    def line(self) -> str:
+        """The start-of-run line, e.g. ``attention: cudnn (auto: no tjx measurement for ...)``."""
+        return f"attention: {self.kernel} (auto: {self.reason})"
+
+
+def auto_order(dtype: Any, head_dim: int, t: Target | None = None) -> AutoChoice:
+    """Rank the kernels ``auto`` may take for (dtype, head_dim) on ``t`` (default: current).
+
+    See the module docstring for the rule; every kernel in the order can serve the call.
+    """
+    t = current_target() if t is None else t
+    if not t.cuda:
+        why = "fused kernels are CUDA-only in tjx" if t.platform == "tpu" else "no CUDA GPU"
+        return AutoChoice(("xla",), f"{why}; XLA on {t.platform}")
+    kind = t.device_kind or "this GPU"
+    servable = [k for k in (*FUSED, "xla") if unsupported_reason(k, dtype, head_dim, t) is None]
+    times = {k: v for k, v in measured_timings(kind, dtype, head_dim).items() if k in servable}
+    measured = sorted(times, key=lambda k: times[k])
+    rest = [k for k in ("cudnn", "xla") if k in servable and k not in times]
+    order = (*measured, *rest)
+    if not measured:
+        reason = f"no tjx measurement for {kind} yet"
+    else:
+        shown = ", ".join(f"{k} {times[k]:.3g} ms" for k in measured)
+        reason = f"fastest measured on {kind} for {entry_key(dtype, head_dim)}: {shown}"
+    return AutoChoice(order, reason)  # XLA serves every call: it is always in the order
+
+
+class KernelCompileError(RuntimeError):
+    """An explicitly named kernel failed to lower or compile (message: one line)."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an error, prefixed with its type."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else '(no message)'}"
+
+
+def first_that_compiles(
+    order: Sequence[str],
+    build: Callable[[str], object],
+    *,
+    explicit: bool,
+    say: Callable[[str], None] = print,
+) -> str:
+    """The first kernel of ``order`` for which ``build(kernel)`` (lower + compile) succeeds.
+
+    Each failure is one line through ``say`` naming the kernel and the error's first line; the
+    next kernel is tried. An ``explicit`` request (one kernel named by the user) that fails raises
+    :class:`KernelCompileError` with that line instead. ``"xla"`` is not built (it is the baseline
+    every platform compiles; a failure there is no kernel choice's to handle).
+    """
+    for i, kernel in enumerate(order):
+        if kernel == "xla":
+            return kernel
+        try:
+            build(kernel)
+        except Exception as err:  # any lowering/compile error of an unproven kernel
+            line = f"attention: {kernel} failed to lower or compile ({first_line(err)})"
+            if explicit:
+                raise KernelCompileError(line) from None
+            nxt = order[i + 1] if i + 1 < len(order) else None
+            say(f"{line}; using {nxt}" if nxt else line)
+            if nxt is None:
+                raise KernelCompileError(line) from None
+            continue
+        return kernel
+    raise KernelCompileError("attention: no kernel to try")

@@ -1,0 +1,91 @@
+"""The one-line fallback, the launch table's timings and the compilation cache setting."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import pytest
+
+from tjx.kernels import KernelCompileError, first_that_compiles, launch
+from tjx.kernels.compile_cache import ENV_VAR, compilation_cache_dir, enable_compilation_cache
+from tjx.kernels.testing import failing_attention
+
+
+def test_first_that_compiles_says_each_failure_in_one_line_and_goes_on():
+    said, built = [], []
+
+    def build(kernel):
+        built.append(kernel)
+        if kernel == "pallas":
+            raise RuntimeError("Triton: out of resources\nshared memory 300000 > 232448")
+
+    assert (
+        first_that_compiles(("pallas", "cudnn", "xla"), build, explicit=False, say=said.append)
+        == "cudnn"
+    )
+    assert built == ["pallas", "cudnn"]
+    assert said == [
+        "attention: pallas failed to lower or compile (RuntimeError: Triton: out of resources); "
+        "using cudnn"
+    ]
+
+
+def test_an_explicit_kernel_that_fails_raises_one_line_and_xla_is_not_built():
+    def build(kernel):
+        raise ValueError("")
+
+    with pytest.raises(
+        KernelCompileError, match=r"^attention: cudnn failed .*\(ValueError: \(no message\)\)$"
+    ):
+        first_that_compiles(("cudnn",), build, explicit=True, say=print)
+    with pytest.raises(KernelCompileError, match="pallas failed"):
+        first_that_compiles(("pallas",), build, explicit=False, say=lambda line: None)
+    assert first_that_compiles(("xla",), build, explicit=True) == "xla"
+
+
+def test_failing_attention_names_its_stages():
+    with pytest.raises(ValueError, match="'lower' or 'compile'"):
+        failing_attention("run")
+
+
+def test_bad_timings_name_the_file_device_and_bucket(tmp_path, monkeypatch):
+    path = tmp_path / "t.json"
+    table = {"source": "x", "entries": {}, "timings": {"bf16-64": {"pallas": -1.0}}}
+    path.write_text(json.dumps({"schema": 1, "devices": {"GPU X": table}}))
+    with pytest.raises(ValueError, match=r"device 'GPU X', timings 'bf16-64'"):
+        launch.load_launch_tables(path)
+    path.write_text(json.dumps({"schema": 1, "devices": {"GPU X": {**table, "timings": []}}}))
+    with pytest.raises(ValueError, match="'timings' must be an object"):
+        launch.load_launch_tables(path)
+    launch.clear_launch_cache()
+
+
+def test_merged_timings_replace_their_bucket_and_keep_the_others(tmp_path):
+    path = tmp_path / "t.json"
+    launch.merge_launch_table(path, "GPU X", {}, "a", timings={"bf16-64": {"xla": 2.0}})
+    launch.merge_launch_table(path, "gpu  x", {}, "b", timings={"bf16-128": {"cudnn": 1.0}})
+    launch.merge_launch_table(path, "gpu x", {}, "c", timings={"bf16-64": {"pallas": 1.5}})
+    tables = launch.load_launch_tables(path)
+    assert {k: dict(v) for k, v in tables["gpu x"].timings.items()} == {
+        "bf16-64": {"pallas": 1.5},
+        "bf16-128": {"cudnn": 1.0},
+    }
+    launch.clear_launch_cache()
+
+
+def test_compilation_cache_is_gpu_only_by_default_and_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "cache"))
+    assert compilation_cache_dir() == tmp_path / "cache"
+    assert enable_compilation_cache() is None  # a CPU run is left alone
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        assert enable_compilation_cache(only_on_gpu=False) == tmp_path / "cache"
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
+        assert (tmp_path / "cache").is_dir()
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+    monkeypatch.setenv(ENV_VAR, "off")
+    assert compilation_cache_dir() is None and enable_compilation_cache(only_on_gpu=False) is None
+    monkeypatch.delenv(ENV_VAR)
+    assert str(compilation_cache_dir()).endswith(".cache/tjx/jax-compilation")

@@ -17,6 +17,7 @@ import argparse
 from dataclasses import dataclass
 
 __all__ = [
+    "CLUSTERS",
     "DEFAULT_TIMEOUT_S",
     "DISTRIBUTED_FLAGS",
     "NUM_PROCESSES_LINE",
@@ -125,6 +126,12 @@ class DistributedArgs:
     num_processes: int | None = None
     process_id: int | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
+    cluster: str | None = None
+
+
+#: ``--cluster``'s choices: the names of JAX's cluster detectors that JAX lets one choose
+#: (``jax._src.clusters``; its Kubernetes one has no name and is only found by itself).
+CLUSTERS = ("slurm", "ompi", "gketpu", "gcetpu", "mpi4py")
 
 
 def add_distributed_arguments(
@@ -134,7 +141,7 @@ def add_distributed_arguments(
 
     ``--coordinator HOST:PORT``, ``--num-processes N``, ``--process-id I`` (all unset by default:
     the environment or SLURM fills them, else the run is a single process) and
-    ``--init-timeout SECONDS``. Read them back with :func:`distributed_from_args`.
+    ``--init-timeout SECONDS`` and ``--cluster NAME``. Read them back with :func:`distributed_from_args`.
 
     Parameters
     ----------
@@ -152,8 +159,9 @@ def add_distributed_arguments(
         "multi-host",
         f"Run one {parser.prog} process per host (or per process group) with the same command "
         f"and its own {DISTRIBUTED_FLAGS['process_id']}; unset values come from "
-        "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID or SLURM. Without any of "
-        "them the run is a single process.",
+        "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, else from the cluster "
+        "JAX detects (SLURM, Open MPI, Kubernetes, Cloud TPU). Without any of them the run is a "
+        "single process.",
     )
     group.add_argument(
         DISTRIBUTED_FLAGS["coordinator"],
@@ -181,6 +189,12 @@ def add_distributed_arguments(
         default=timeout_s,
         metavar="SECONDS",
         help=f"give up (exit 1) if not every process has joined by then (default {timeout_s:g})",
+    )
+    group.add_argument(
+        "--cluster",
+        choices=CLUSTERS,
+        default=None,
+        help="ask only this one of JAX's cluster detectors (mpi4py is only asked when named)",
     )
     return group
 
@@ -221,6 +235,7 @@ def distributed_from_args(args: argparse.Namespace) -> DistributedArgs:
         values["num_processes"],
         values["process_id"],
         float(values["timeout_s"]),
+        getattr(args, "cluster", None),
     )
 
 

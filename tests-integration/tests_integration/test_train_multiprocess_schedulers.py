@@ -88,9 +88,7 @@ def test_scheduler_started_runs_match_the_flag_started_run(tmp_path):
 def test_scheduler_without_its_partner_or_half_set_is_one_line(tmp_path):
     alone = {**slurm(0, free_port()), "SLURM_NTASKS": "2"}
     half = {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1"}
-    argvs = [
-        trainer_args(name, SETS, "--init-timeout", str(INIT_TIMEOUT_S)) for name in ("a", "h")
-    ]
+    argvs = [trainer_args(name, SETS, "--init-timeout", str(INIT_TIMEOUT_S)) for name in ("a", "h")]
     results = launch(tmp_path, "bad", argvs, 120, envs=[alone, half])
     for r in results:
         errors = [line for line in r["err"].splitlines() if line.startswith("trainer: error:")]

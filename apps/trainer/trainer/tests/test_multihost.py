@@ -18,7 +18,6 @@ from trainer import data_setup, multihost
 from trainer.cli import build_parser, main, plan_run
 
 
-
 @pytest.fixture()
 def no_dist_env(monkeypatch):
     for key in VARIABLES:

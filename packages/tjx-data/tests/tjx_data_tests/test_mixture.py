@@ -83,13 +83,15 @@ def _source_rows(root, seed, index, count):
 
 def test_rows_are_each_sources_own_windows_and_resume_on_any_process_count(sources):
     seed = int(np.random.default_rng().integers(1000))
-    spec = [(f"s{i}", root, w) for i, (root, w) in enumerate(zip(sources, (1.0, 2.0, 0.5)))]
+    spec = [(f"s{i}", root, w) for i, (root, w) in enumerate(zip(sources, (1.0, 2.0, 0.5), strict=True))]
     whole = MixtureLoader(spec, seq_len=S, batch_size=8, seed=seed)
     batches = [next(whole) for _ in range(12)]  # several epochs of the small source
     src = np.concatenate([b["source"] for b in batches])
     inputs = np.concatenate([b["inputs"] for b in batches])
     for i, root in enumerate(sources):
-        np.testing.assert_array_equal(inputs[src == i], _source_rows(root, seed, i, (src == i).sum()))
+        np.testing.assert_array_equal(
+            inputs[src == i], _source_rows(root, seed, i, (src == i).sum())
+        )
     # Saved after 5 steps on 1 process, resumed on 2 processes of 4 rows (and 2 -> 1).
     first = MixtureLoader(spec, seq_len=S, batch_size=8, seed=seed)
     for _ in range(5):

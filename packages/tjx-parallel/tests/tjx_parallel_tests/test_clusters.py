@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from tjx import parallel
-from tjx.parallel import DistributedInfo, NotJoinedError, joining, resolve_distributed
-from tjx.parallel import clusters
+from tjx.parallel import DistributedInfo, NotJoinedError, clusters, joining, resolve_distributed
 from tjx.parallel.arguments import CLUSTERS
 from tjx.parallel.clusters import VARIABLES, HalfSetError, detect
 

@@ -74,9 +74,7 @@ def test_a_cluster_fills_what_the_flags_leave_unset(monkeypatch: pytest.MonkeyPa
     _setenv(monkeypatch, SLURM)
     assert resolve_distributed() == DistributedInfo("gpu007:61441", 4, 2, "slurm", (1,))
     # A flag still wins over the scheduler; JAX fills only the rest.
-    assert resolve_distributed(process_id=3) == DistributedInfo(
-        "gpu007:61441", 4, 3, "slurm", (1,)
-    )
+    assert resolve_distributed(process_id=3) == DistributedInfo("gpu007:61441", 4, 3, "slurm", (1,))
     # A value out of range from a cluster names the cluster.
     monkeypatch.setenv("SLURM_PROCID", "4")
     with pytest.raises(DistributedArgumentError, match=r"got 4 \(from slurm\)$"):

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from tjx import parallel
-from tjx.parallel.clusters import VARIABLES
 from tjx.parallel import (
     NUM_PROCESSES,
     Disagreement,
@@ -22,6 +21,7 @@ from tjx.parallel import (
     joining,
     require_agreement,
 )
+from tjx.parallel.clusters import VARIABLES
 
 COORD = "127.0.0.1:5"
 

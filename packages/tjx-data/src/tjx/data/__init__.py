@@ -13,10 +13,10 @@ from tjx.data.images import (
     load_image_dataset,
 )
 from tjx.data.loader import PackedLoader, validation_batches
-from tjx.data.packing import IGNORE_INDEX, PackingPlan
-from tjx.data.prefetch import DevicePrefetcher, prefetch_to_device
 from tjx.data.mixture import MixtureRule, MixtureSource, check_mixture
 from tjx.data.mixture_loader import MixtureLoader, mixture_validation_batches
+from tjx.data.packing import IGNORE_INDEX, PackingPlan
+from tjx.data.prefetch import DevicePrefetcher, prefetch_to_device
 from tjx.data.prepare import PreparedShards, bpe_tokenizer, check_max_tokens, prepare_shards
 from tjx.data.pretokenize import pretokenize
 from tjx.data.run_data import (

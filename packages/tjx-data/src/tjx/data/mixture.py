@@ -39,7 +39,9 @@ class MixtureSource:
     weight: float
 
 
-def check_mixture(entries: Sequence[Mapping[str, object]], key: str = "sources") -> list[MixtureSource]:
+def check_mixture(
+    entries: Sequence[Mapping[str, object]], key: str = "sources"
+) -> list[MixtureSource]:
     """The mixture ``entries`` (``{source, weight, name}`` each) as checked `MixtureSource`\\ s.
 
     ``name`` defaults to the source's last path part (``"./web/"`` → ``"web"``).
@@ -128,7 +130,9 @@ class MixtureRule:
 
     def __post_init__(self) -> None:
         if self.on_exhausted not in ON_EXHAUSTED:
-            raise ValueError(f"on_exhausted must be one of {ON_EXHAUSTED}, got {self.on_exhausted!r}")
+            raise ValueError(
+                f"on_exhausted must be one of {ON_EXHAUSTED}, got {self.on_exhausted!r}"
+            )
         self.weights = np.asarray(self.weights, dtype=np.float64)
         self.windows = np.asarray(self.windows, dtype=np.int64)
         if self.counts is None:

@@ -174,7 +174,7 @@ def _write(
     handle = None
     bar = _progress(progress, f"pretokenize {source}")
     try:
-        for n, (flat, n_docs, n_empty, n_bytes) in _encoded_chunks(
+        for _, (flat, n_docs, n_empty, n_bytes) in _encoded_chunks(
             docs, tokenizer, dtype, workers, chunk_chars, start_method
         ):
             if max_tokens is not None and tokens + flat.size > max_tokens:

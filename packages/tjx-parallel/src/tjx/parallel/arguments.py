@@ -6,7 +6,7 @@ reads them back, checked, as :class:`DistributedArgs`: a bad value is refused be
 starts, in one line naming its flag. :func:`check_distributed_args` is the check alone, for values
 from elsewhere: every error carries the argument it is about (``.argument``) and the problem
 without that name (``.problem``). :func:`~tjx.parallel.resolve_distributed` checks the values it
-resolved (from arguments, the environment or SLURM) by the same rules, and
+resolved (from arguments, the environment or a cluster) by the same rules, and
 :func:`~tjx.parallel.join` words its messages by the same flags (:func:`not_joined_line`,
 :data:`NUM_PROCESSES_LINE`).
 """
@@ -120,7 +120,7 @@ def check_distributed_args(
 @dataclass(frozen=True)
 class DistributedArgs:
     """How this process joins a multi-process run, as given (``None``: from the environment or
-    SLURM, else a single process); the arguments of :func:`~tjx.parallel.join`."""
+    a cluster, else a single process); the arguments of :func:`~tjx.parallel.join`."""
 
     coordinator: str | None = None
     num_processes: int | None = None
@@ -140,8 +140,9 @@ def add_distributed_arguments(
     """Add the ``multi-host`` group of launch flags to an app's parser.
 
     ``--coordinator HOST:PORT``, ``--num-processes N``, ``--process-id I`` (all unset by default:
-    the environment or SLURM fills them, else the run is a single process) and
-    ``--init-timeout SECONDS`` and ``--cluster NAME``. Read them back with :func:`distributed_from_args`.
+    the ``JAX_*`` variables or the cluster JAX detects fill them, else the run is a single
+    process), ``--init-timeout SECONDS`` and ``--cluster NAME``. Read them back with
+    :func:`distributed_from_args`.
 
     Parameters
     ----------

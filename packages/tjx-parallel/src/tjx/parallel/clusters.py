@@ -3,8 +3,8 @@ whose variables are only half there.
 
 JAX knows SLURM, Open MPI, Kubernetes Jobs, Cloud TPU / GKE and (opt-in) mpi4py
 (``jax._src.clusters``); :func:`detect` asks them, in JAX's order, to fill what the flags and
-``JAX_*`` variables left unset (``jax._src.clusters.ClusterEnv.auto_detect_unset_distributed_params``,
-the function ``jax.distributed.initialize()`` itself calls). That is done before joining, not
+``JAX_*`` variables left unset (``ClusterEnv.auto_detect_unset_distributed_params``, the
+function ``jax.distributed.initialize()`` itself calls). That is done before joining, not
 inside ``jax.distributed.initialize``, so the resolved setup can be checked and named in tjx's
 one-line errors and the join watchdog, and a Kubernetes API is asked once.
 
@@ -214,7 +214,7 @@ def detect(
             found = cluster.auto_detect_unset_distributed_params(
                 coordinator, num_processes, process_id, None, method, max(1, int(timeout_s))
             )
-        except Exception as err:  # noqa: BLE001 - any detector error is the same failure to us
+        except Exception as err:  # any detector error is the same failure to us
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise RuntimeError(f"{cluster.__name__}: {first}") from err
         ids: Sequence[int] | None = found[3]

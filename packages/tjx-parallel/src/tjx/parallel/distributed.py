@@ -108,7 +108,11 @@ def resolve_distributed(
     num_processes = num_processes if num_processes is not None else from_env[1]
     process_id = process_id if process_id is not None else from_env[2]
     found = detect(coordinator, num_processes, process_id, method=cluster, timeout_s=timeout_s)
-    coordinator, num_processes, process_id = found.coordinator, found.num_processes, found.process_id
+    coordinator, num_processes, process_id = (
+        found.coordinator,
+        found.num_processes,
+        found.process_id,
+    )
     source = found.source or source
     if not source or num_processes == 1:
         return DistributedInfo(coordinator, 1, 0, source or "single")

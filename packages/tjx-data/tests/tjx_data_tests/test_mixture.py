@@ -83,7 +83,8 @@ def _source_rows(root, seed, index, count):
 
 def test_rows_are_each_sources_own_windows_and_resume_on_any_process_count(sources):
     seed = int(np.random.default_rng().integers(1000))
-    spec = [(f"s{i}", root, w) for i, (root, w) in enumerate(zip(sources, (1.0, 2.0, 0.5), strict=True))]
+    weights = (1.0, 2.0, 0.5)
+    spec = [(f"s{i}", root, w) for i, (root, w) in enumerate(zip(sources, weights, strict=True))]
     whole = MixtureLoader(spec, seq_len=S, batch_size=8, seed=seed)
     batches = [next(whole) for _ in range(12)]  # several epochs of the small source
     src = np.concatenate([b["source"] for b in batches])

@@ -172,8 +172,8 @@ def join(
     """Resolve the setup, start ``jax.distributed`` with a deadline, and check agreement.
 
     One process (no flags, no ``JAX_*`` variables, no cluster of several processes) starts
-    nothing and compares nothing. Several: :func:`~tjx.parallel.initialize` joins them (its watchdog prints
-    ``timeout_message`` and exits 1 when not every process joins in time), then
+    nothing and compares nothing. Several: :func:`~tjx.parallel.initialize` joins them (its
+    watchdog prints ``timeout_message`` and exits 1 when not every process joins in time), then
     :func:`require_agreement` compares the process count each was told and ``values``.
 
     Parameters

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -104,7 +105,6 @@ def check_mixture(
     return out
 
 
-@dataclass
 class MixtureRule:
     """The row-by-row source assignment (see the module docstring); mutable position.
 
@@ -122,23 +122,14 @@ class MixtureRule:
         Sources still in the rule.
     """
 
-    weights: np.ndarray
-    windows: np.ndarray
-    on_exhausted: str = "repeat"
-    counts: np.ndarray = field(default=None)  # type: ignore[assignment]
-    active: np.ndarray = field(default=None)  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        if self.on_exhausted not in ON_EXHAUSTED:
-            raise ValueError(
-                f"on_exhausted must be one of {ON_EXHAUSTED}, got {self.on_exhausted!r}"
-            )
-        self.weights = np.asarray(self.weights, dtype=np.float64)
-        self.windows = np.asarray(self.windows, dtype=np.int64)
-        if self.counts is None:
-            self.counts = np.zeros(len(self.weights), dtype=np.int64)
-        if self.active is None:
-            self.active = np.ones(len(self.weights), dtype=bool)
+    def __init__(self, weights: Any, windows: Any, on_exhausted: str = "repeat") -> None:
+        if on_exhausted not in ON_EXHAUSTED:
+            raise ValueError(f"on_exhausted must be one of {ON_EXHAUSTED}, got {on_exhausted!r}")
+        self.on_exhausted = on_exhausted
+        self.weights: np.ndarray = np.asarray(weights, dtype=np.float64)
+        self.windows: np.ndarray = np.asarray(windows, dtype=np.int64)
+        self.counts: np.ndarray = np.zeros(len(self.weights), dtype=np.int64)
+        self.active: np.ndarray = np.ones(len(self.weights), dtype=bool)
 
     @property
     def finished(self) -> bool:

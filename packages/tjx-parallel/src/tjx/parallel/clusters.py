@@ -219,7 +219,9 @@ def detect(
             raise RuntimeError(f"{cluster.__name__}: {first}") from err
         ids: Sequence[int] | None = found[3]
         name = getattr(cluster, "name", "") or cluster.__name__.removesuffix("Cluster").lower()
-        return Detected(*found[:3], None if ids is None else tuple(ids), name)
+        coordinator, num_processes, process_id = found[0], found[1], found[2]
+        ids_tuple = None if ids is None else tuple(ids)
+        return Detected(coordinator, num_processes, process_id, ids_tuple, name)
     scheduler = _half_set(env) if None in known else None
     if scheduler is None:
         return Detected(*known, None, "")

@@ -17,11 +17,11 @@ import pytest
 
 from tests_integration._helpers_apps import app_env, train_losses
 from tjx import ckpt
+from tjx.parallel.clusters import VARIABLES
 
 REL = 1e-5  # losses of 2 processes vs 1 (see test_train_multiprocess.py for why)
 LAUNCH_TIMEOUT_S = 300  # two processes: start, compile, 3 steps, 2 evaluations, a checkpoint
 JOIN_TIMEOUT_S = 120  # --init-timeout of the good runs (a loaded machine starts slowly)
-DIST_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS")
 
 # Runs `python -m trainer ARGS` under an audit hook that records what it writes in $AUDIT_ROOT
 # (relative paths) into $AUDIT_LOG at exit.
@@ -64,7 +64,7 @@ def free_port() -> int:
 
 def mp_env(devices: int, **extra: str) -> dict[str, str]:
     env = app_env(devices, **extra)
-    for key in DIST_ENV:  # hermetic: only the flags say how the processes meet
+    for key in VARIABLES:  # hermetic: only the flags say how the processes meet
         env.pop(key, None)
     return env
 
@@ -75,11 +75,13 @@ def launch(
     argvs: list[list[str]],
     timeout: float,
     while_running: Callable[[list[subprocess.Popen]], None] | None = None,
+    envs: list[dict[str, str]] | None = None,
 ) -> list[dict]:
     """Start one trainer per argv (under the audit hook) at once; wait for all with one deadline;
     kill whatever is left. Returns per process: rc, out, err, seconds and ``writes`` (paths
     relative to its ``--run-dir``). ``while_running(procs)`` is called once all have started
-    (e.g. to signal one); the deadline and the kill of stragglers cover it too."""
+    (e.g. to signal one); the deadline and the kill of stragglers cover it too. ``envs[i]``:
+    variables added to process i's environment (a scheduler's, say)."""
     procs, files = [], []
     logs = cwd / "logs"
     logs.mkdir(exist_ok=True)
@@ -90,6 +92,7 @@ def launch(
             files += [out, err]
             root = cwd / argv[argv.index("--run-dir") + 1]
             env = mp_env(4, AUDIT_ROOT=str(root), AUDIT_LOG=str(logs / f"{tag}.{i}.writes.json"))
+            env.update(envs[i] if envs else {})
             cmd = [sys.executable, "-c", AUDIT, *argv]
             procs.append(subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err))
         if while_running is not None:

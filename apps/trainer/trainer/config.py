@@ -78,6 +78,7 @@ class DataConfig:
     batch_size: int = spec(16, min=1, help="global batch (sequences per optimizer step)")
     num_workers: int = spec(1, min=1, max=256)
     shuffle: bool = spec(True)
+    max_tokens: int | None = spec(None, min=1, help="prepare at most this many tokens per split")
 
 
 @dataclass
@@ -260,6 +261,9 @@ def _require(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+_DATA_KEYS = {k: f"data.{k}" for k in ("max_tokens", "batch_size", "seq_len")}
+
+
 def validate(cfg: Config) -> Config:
     """Checks across fields (single fields were checked while reading).
 
@@ -277,6 +281,12 @@ def validate(cfg: Config) -> Config:
         f"optimizer.accumulation_steps: {o.accumulation_steps} must divide data.batch_size "
         f"({d.batch_size})",
     )
+    try:  # a cap below one batch: refused before anything is prepared (tjx.data's rule)
+        from tjx.data.prepare import check_max_tokens
+
+        check_max_tokens(d.max_tokens, d.seq_len, d.batch_size, names=_DATA_KEYS)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     _require(  # the prompts first: asking tjx.nn for the task loads JAX
         bool(cfg.sampling.prompts) or cfg.task != "lm",
         "sampling.prompts: give at least one prompt (a language model writes samples at the end "

@@ -21,6 +21,7 @@ KEYS = {
     "seq_len": "data.seq_len",
     "batch_size": "data.batch_size",
     "image_size": "model.image_size",
+    "max_tokens": "data.max_tokens",
 }
 
 
@@ -61,6 +62,7 @@ def prepare(cfg: Config) -> data.RunData:
         vocab_size=m.vocab_size,
         num_workers=d.num_workers,
         progress=sys.stderr.isatty(),
+        max_tokens=d.max_tokens,
     )
 
 

@@ -43,7 +43,8 @@ def run(plan: RunPlan) -> int:
     from trainer import multihost
 
     cfg = plan.config
-    # Multi-host: the flags, else JAX_COORDINATOR_ADDRESS/... or SLURM; with none of them this is a
+    # Multi-host: the flags, else JAX_COORDINATOR_ADDRESS/... or the cluster JAX detects (SLURM,
+    # Open MPI, Kubernetes, Cloud TPU); with none of them this is a
     # single process and nothing happens. A setup that cannot work ends here with one error line
     # (exit 1 when the processes could not join, 2 when they disagree), never a hang.
     try:
@@ -55,7 +56,7 @@ def run(plan: RunPlan) -> int:
     if info.num_processes > 1:
         print(
             f"multi-host: process {info.process_id} of {info.num_processes} "
-            f"(coordinator {info.coordinator})",
+            f"(coordinator {info.coordinator}, setup from {info.source})",
             flush=True,
         )
     # A peer that dies ends this process within seconds, in one line (multihost.watch); a

@@ -43,7 +43,7 @@ def join(
     ----------
     dist : tjx.parallel.DistributedArgs
         The ``--coordinator`` / ``--num-processes`` / ``--process-id`` / ``--init-timeout`` flags
-        (unset ones come from the environment or SLURM).
+        (unset ones come from the ``JAX_*`` variables or the cluster JAX detects).
     config : dict
         The effective config; every process must have the same one.
     resume, init_from
@@ -83,6 +83,7 @@ def join(
             # The trainer agrees on stopping itself (tjx.parallel.stop_agreement); jax's service
             # would swallow a SIGTERM that arrives before the loop installs its handler.
             preemption_service=False,
+            cluster=dist.cluster,
         )
     except parallel.DistributedSetupError as err:
         raise JoinError(f"multi-host setup: {err}", 2) from None

@@ -13,15 +13,14 @@ import numpy as np
 import pytest
 
 from tjx.parallel.arguments import DistributedArgs
+from tjx.parallel.clusters import VARIABLES
 from trainer import data_setup, multihost
 from trainer.cli import build_parser, main, plan_run
-
-DIST_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS")
 
 
 @pytest.fixture()
 def no_dist_env(monkeypatch):
-    for key in DIST_ENV:
+    for key in VARIABLES:
         monkeypatch.delenv(key, raising=False)
 
 
@@ -31,6 +30,8 @@ def test_flags_reach_the_plan(in_tmp):
     assert plan.distributed == DistributedArgs("10.0.0.1:1234", 4, 3, 7.0)
     default = plan_run(build_parser().parse_args(["--config", "tiny"])).distributed
     assert default == DistributedArgs(None, None, None, 300.0)
+    mpi = plan_run(build_parser().parse_args(["--config", "tiny", "--cluster", "mpi4py"]))
+    assert mpi.distributed == DistributedArgs(None, None, None, 300.0, "mpi4py")
 
 
 @pytest.mark.parametrize(
@@ -86,7 +87,12 @@ def test_join_failure_is_exit_1_and_names_the_flags(no_dist_env, monkeypatch):
     assert message.startswith("not all 2 processes joined the run at coordinator 127.0.0.1:5")
     assert "(this is process 1)" in message and message.endswith("could not join")
     # tjx.parallel's join watchdog prints the same explanation, as the trainer's one error line.
-    assert seen["args"] == ("127.0.0.1:5", 2, 1)
+    resolved = seen["kwargs"]["resolved"]
+    assert (resolved.coordinator, resolved.num_processes, resolved.process_id) == (
+        "127.0.0.1:5",
+        2,
+        1,
+    )
     assert seen["kwargs"]["timeout_s"] == 30.0
     assert seen["kwargs"]["timeout_message"] == "trainer: error: " + message.split(": could")[0]
 

@@ -157,6 +157,31 @@ def test_any_process_resumes_from_process_0s_state(corpus, tmp_path):
         resumed.load_state_dict(saved)
 
 
+def test_a_resume_on_another_process_count_continues_the_global_batches(corpus, tmp_path):
+    """Elastic resume: 2 processes of 2 rows saved, 1 process of 4 rows (and back) continues with
+    the same global batches, rows in the same order; another global batch is refused."""
+    run = prepare_run_data(corpus, "byte", seq_len=4, cache_dir=tmp_path / "cache")
+    seed = int(np.random.default_rng().integers(1000))
+    whole = run.train_loader(4, seed=seed)
+    halves = [run.train_loader(4, seed=seed, process_index=p, process_count=2) for p in (0, 1)]
+    steps = int(np.random.default_rng().integers(1, 4))
+    for _ in range(steps):
+        next(whole), next(halves[0]), next(halves[1])
+    one = run.train_loader(4, seed=seed)
+    restore_loader_state(one, halves[0].state_dict(), process_index=0)  # 2 -> 1
+    two = [run.train_loader(4, seed=seed, process_index=p, process_count=2) for p in (0, 1)]
+    for p, loader in enumerate(two):  # 1 -> 2
+        restore_loader_state(loader, whole.state_dict(), process_index=p)
+    for _ in range(2):
+        want = next(whole)
+        _same(next(one), want)
+        parts = [next(loader) for loader in two]
+        _same({k: np.concatenate([b[k] for b in parts]) for k in want}, want)
+    other = run.train_loader(2, seed=seed)
+    with pytest.raises(DataError, match=r"global batch is 4 rows \(2 × 2 processes\).* is 2 "):
+        restore_loader_state(other, halves[0].state_dict(), process_index=0)
+
+
 def test_digits_runs(tmp_path):
     run = prepare_image_run_data("digits", image_size=8)
     loader = run.train_loader(32, seed=3)

@@ -1,4 +1,4 @@
-"""Resolving the distributed setup from arguments, JAX_* and SLURM variables; single process."""
+"""Resolving the distributed setup from arguments, JAX_* variables and a cluster; single process."""
 
 from __future__ import annotations
 
@@ -12,65 +12,82 @@ from tjx.parallel import (
     is_primary,
     resolve_distributed,
 )
-from tjx.parallel.distributed import slurm_first_host
+from tjx.parallel.clusters import VARIABLES
+
+#: What ``srun`` sets for task 2 of 4 on the second of three nodes: JAX's SlurmCluster reads it.
+SLURM = {
+    "SLURM_JOB_ID": "4097",
+    "SLURM_STEP_NODELIST": "gpu[007-009,12],cpu1",
+    "SLURM_NTASKS": "4",
+    "SLURM_PROCID": "2",
+    "SLURM_LOCALID": "1",
+}
 
 
-def test_explicit_arguments_win_over_environment() -> None:
+@pytest.fixture(autouse=True)
+def no_dist_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in VARIABLES:
+        monkeypatch.delenv(key, raising=False)
+
+
+def _setenv(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_explicit_arguments_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     env = {"JAX_COORDINATOR_ADDRESS": "envhost:1", "JAX_NUM_PROCESSES": "8", "JAX_PROCESS_ID": "7"}
-    info = resolve_distributed("10.0.0.1:1234", 4, 2, env=env)
+    _setenv(monkeypatch, env)
+    info = resolve_distributed("10.0.0.1:1234", 4, 2)
     assert info == DistributedInfo("10.0.0.1:1234", 4, 2, "args")
     # partly explicit: the rest from the environment
-    assert resolve_distributed(process_id=3, env=env) == DistributedInfo("envhost:1", 8, 3, "args")
+    assert resolve_distributed(process_id=3) == DistributedInfo("envhost:1", 8, 3, "args")
 
 
-def test_jax_environment_variables() -> None:
+def test_jax_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     env = {"JAX_COORDINATOR_ADDRESS": "h:99", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
-    assert resolve_distributed(env=env) == DistributedInfo("h:99", 2, 1, "env")
+    _setenv(monkeypatch, env)
+    assert resolve_distributed() == DistributedInfo("h:99", 2, 1, "env")
+    monkeypatch.delenv("JAX_PROCESS_ID")
     with pytest.raises(ValueError, match=r"from env: missing process_id \(JAX_PROCESS_ID\)"):
-        resolve_distributed(env={"JAX_COORDINATOR_ADDRESS": "h:99", "JAX_NUM_PROCESSES": "2"})
+        resolve_distributed()
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
     with pytest.raises(ValueError, match="JAX_NUM_PROCESSES must be an int, got 'two'"):
-        resolve_distributed(env={"JAX_NUM_PROCESSES": "two"})
-    # Out of range: the rules of check_distributed_args, naming the value (and where it came
-    # from, when not from the arguments).
-    with pytest.raises(DistributedArgumentError, match=r"^process_id: must be in 0\.\.1, got 2$"):
-        resolve_distributed("h:1", 2, 2, env={})
-    with pytest.raises(DistributedArgumentError, match="^coordinator: expected HOST:PORT") as err:
-        resolve_distributed("h", 2, 0, env={})
-    assert err.value.argument == "coordinator"
+        resolve_distributed()
+    _setenv(monkeypatch, {**env, "JAX_PROCESS_ID": "5"})
     with pytest.raises(DistributedArgumentError, match=r"got 5 \(from env\)$") as err:
-        resolve_distributed(env={**env, "JAX_PROCESS_ID": "5"})
+        resolve_distributed()
     assert err.value.argument == "process_id"
 
 
-def test_slurm_variables() -> None:
-    env = {
-        "SLURM_NTASKS": "4",
-        "SLURM_PROCID": "2",
-        "SLURM_STEP_NODELIST": "gpu[007-009,12],cpu1",
-        "SLURM_JOB_ID": "4097",
-    }
-    assert resolve_distributed(env=env) == DistributedInfo("gpu007:61441", 4, 2, "slurm")
-    env["JAX_COORDINATOR_PORT"] = "5555"
-    assert resolve_distributed(env=env).coordinator == "gpu007:5555"
-    # one SLURM task = one process; no SLURM at all = single process
-    assert resolve_distributed(env={"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}).num_processes == 1
-    assert resolve_distributed(env={}) == DistributedInfo(None, 1, 0, "single")
-    with pytest.raises(ValueError, match="missing coordinator"):
-        resolve_distributed(env={"SLURM_NTASKS": "2", "SLURM_PROCID": "0"})
+def test_out_of_range_arguments_name_the_value() -> None:
+    # The rules of check_distributed_args, naming the value (and where it came from, when not
+    # from the arguments).
+    with pytest.raises(DistributedArgumentError, match=r"^process_id: must be in 0\.\.1, got 2$"):
+        resolve_distributed("h:1", 2, 2)
+    with pytest.raises(DistributedArgumentError, match="^coordinator: expected HOST:PORT") as err:
+        resolve_distributed("h", 2, 0)
+    assert err.value.argument == "coordinator"
 
 
-def test_slurm_first_host() -> None:
-    assert slurm_first_host("node1") == "node1"
-    assert slurm_first_host("node1,node2") == "node1"
-    assert slurm_first_host("a-b[0003-0010]") == "a-b0003"
-    assert slurm_first_host("n[5,7-9]") == "n5"
-    with pytest.raises(ValueError, match="cannot parse"):
-        slurm_first_host("")
+def test_a_cluster_fills_what_the_flags_leave_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    _setenv(monkeypatch, SLURM)
+    assert resolve_distributed() == DistributedInfo("gpu007:61441", 4, 2, "slurm", (1,))
+    # A flag still wins over the scheduler; JAX fills only the rest.
+    assert resolve_distributed(process_id=3) == DistributedInfo("gpu007:61441", 4, 3, "slurm", (1,))
+    # A value out of range from a cluster names the cluster.
+    monkeypatch.setenv("SLURM_PROCID", "4")
+    with pytest.raises(DistributedArgumentError, match=r"got 4 \(from slurm\)$"):
+        resolve_distributed()
+    # One SLURM task = one process; no cluster at all = single process.
+    _setenv(monkeypatch, {"SLURM_NTASKS": "1", "SLURM_PROCID": "0"})
+    assert resolve_distributed().num_processes == 1
+    for key in SLURM:
+        monkeypatch.delenv(key)
+    assert resolve_distributed() == DistributedInfo(None, 1, 0, "single")
 
 
-def test_single_process_initialize_barrier_primary(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS"):
-        monkeypatch.delenv(key, raising=False)
+def test_single_process_initialize_barrier_primary() -> None:
     assert initialize() == DistributedInfo(None, 1, 0, "single")
     assert initialize("h:1", 1, 0).num_processes == 1  # one process: nothing started
     assert is_primary()

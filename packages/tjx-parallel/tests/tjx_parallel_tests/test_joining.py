@@ -21,14 +21,14 @@ from tjx.parallel import (
     joining,
     require_agreement,
 )
+from tjx.parallel.clusters import VARIABLES
 
-DIST_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS")
 COORD = "127.0.0.1:5"
 
 
 @pytest.fixture(autouse=True)
 def no_dist_env(monkeypatch):
-    for key in DIST_ENV:
+    for key in VARIABLES:
         monkeypatch.delenv(key, raising=False)
 
 
@@ -98,8 +98,9 @@ def test_a_failed_join_keeps_the_first_line_and_the_setup(monkeypatch):
     err = exc.value
     assert err.reason == str(err) == "process 1 of 2 could not join: deadline"
     assert err.info == parallel.resolve_distributed(COORD, 2, 1)
-    assert seen["args"] == (COORD, 2, 1)
+    assert seen["args"] == ()
     assert seen["kwargs"] == {
+        "resolved": DistributedInfo(COORD, 2, 1, "args"),  # resolved once, handed on
         "timeout_s": 7.0,
         "heartbeat_timeout_s": 9.0,
         "local_device_ids": None,

@@ -13,9 +13,11 @@ from tjx.data.images import (
     load_image_dataset,
 )
 from tjx.data.loader import PackedLoader, validation_batches
+from tjx.data.mixture import MixtureRule, MixtureSource, check_mixture
+from tjx.data.mixture_loader import MixtureLoader, mixture_validation_batches
 from tjx.data.packing import IGNORE_INDEX, PackingPlan
 from tjx.data.prefetch import DevicePrefetcher, prefetch_to_device
-from tjx.data.prepare import PreparedShards, bpe_tokenizer, prepare_shards
+from tjx.data.prepare import PreparedShards, bpe_tokenizer, check_max_tokens, prepare_shards
 from tjx.data.pretokenize import pretokenize
 from tjx.data.run_data import (
     RunData,
@@ -40,6 +42,9 @@ __all__ = [
     "HFTokenizer",
     "ImageDataset",
     "ImageLoader",
+    "MixtureLoader",
+    "MixtureRule",
+    "MixtureSource",
     "PackedLoader",
     "PackingPlan",
     "PreparedShards",
@@ -50,6 +55,8 @@ __all__ = [
     "bpe_tokenizer",
     "cache_dir",
     "check_local_source",
+    "check_max_tokens",
+    "check_mixture",
     "check_tokenizer",
     "dtype_for_vocab",
     "encode_prompts",
@@ -60,6 +67,7 @@ __all__ = [
     "load_index",
     "load_source",
     "load_tokenizer",
+    "mixture_validation_batches",
     "prefetch_to_device",
     "prepare_shards",
     "pretokenize",

@@ -34,6 +34,7 @@ __all__ = [
     "SPLITS",
     "PreparedShards",
     "bpe_tokenizer",
+    "check_max_tokens",
     "held_out",
     "needs_held_out",
     "prepare_shards",
@@ -224,6 +225,39 @@ def bpe_tokenizer(
     return load_tokenizer(str(saved))
 
 
+def check_max_tokens(
+    max_tokens: int | None, seq_len: int, batch_size: int, names: Mapping[str, str] | None = None
+) -> None:
+    """Refuse a preparation cap below one global batch, before anything is prepared.
+
+    Parameters
+    ----------
+    max_tokens : int or None
+        The cap (``None``: none).
+    seq_len, batch_size : int
+        One global batch reads ``batch_size`` windows of ``seq_len + 1`` tokens (stride
+        ``seq_len``): at least ``batch_size * seq_len + 1`` tokens.
+    names : mapping, optional
+        The caller's names for the arguments (``{"max_tokens": "data.max_tokens"}``).
+
+    Raises
+    ------
+    DataError
+        ``argument="max_tokens"``: below one batch (or not positive).
+    """
+    if max_tokens is None:
+        return
+    name = (names or {}).get
+    least = batch_size * seq_len + 1
+    if max_tokens < least:
+        raise DataError(
+            f"{name('max_tokens', 'max_tokens')}: {max_tokens} tokens are fewer than one batch "
+            f"({name('batch_size', 'batch_size')} {batch_size} × {name('seq_len', 'seq_len')} "
+            f"{seq_len} + 1 = {least}); raise it or leave it unset",
+            argument="max_tokens",
+        )
+
+
 def prepare_shards(
     source: str,
     tokenizer: Tokenizer,
@@ -232,6 +266,7 @@ def prepare_shards(
     splits: Iterable[str] = SPLITS,
     num_workers: int = 1,
     progress: bool = False,
+    max_tokens: int | None = None,
 ) -> PreparedShards:
     """Tokenize ``source``'s splits into the shared shard cache, or find them there.
 
@@ -249,6 +284,9 @@ def prepare_shards(
         ``("validation",)`` finds the trainer's shards.
     num_workers, progress:
         Passed to `pretokenize`.
+    max_tokens:
+        Prepare at most this many tokens of each split (`pretokenize`'s cap); a capped
+        preparation has its own folder (``...-max<N>``), so it never passes for the whole source.
 
     Returns
     -------
@@ -266,6 +304,8 @@ def prepare_shards(
     if not splits:
         raise ValueError("splits must name at least one split")
     key = f"{shard_key(source)}-{tokenizer.fingerprint[:12]}"
+    if max_tokens is not None:
+        key += f"-max{max_tokens}"
     root = _root(cache_dir) / "shards" / key
     indexes = {}
     for split in splits:
@@ -277,5 +317,6 @@ def prepare_shards(
             num_workers=num_workers,
             source=f"{source}:{split}",
             progress=progress,
+            max_tokens=max_tokens,
         )
     return PreparedShards(source, key, root, indexes, needs_held_out(source))

@@ -150,7 +150,8 @@ def _progress(enabled: bool, desc: str) -> Any:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(desc=desc, unit=" docs", dynamic_ncols=True, leave=False)
+    # Counted in tokens, so the bar's rate is the preparation's tokens/s.
+    return tqdm(desc=desc, unit=" tok", unit_scale=True, dynamic_ncols=True, leave=False)
 
 
 def _write(
@@ -165,6 +166,7 @@ def _write(
     shard_tokens: int,
     progress: bool,
     start_method: str | None,
+    max_tokens: int | None = None,
 ) -> None:
     dtype = dtype_for_vocab(tokenizer.vocab_size)
     shards: list[dict[str, Any]] = []
@@ -172,9 +174,14 @@ def _write(
     handle = None
     bar = _progress(progress, f"pretokenize {source}")
     try:
-        for n, (flat, n_docs, n_empty, n_bytes) in _encoded_chunks(
+        for _, (flat, n_docs, n_empty, n_bytes) in _encoded_chunks(
             docs, tokenizer, dtype, workers, chunk_chars, start_method
         ):
+            if max_tokens is not None and tokens + flat.size > max_tokens:
+                # The cap: keep its first tokens (the last document cut), bytes pro rata.
+                kept = max_tokens - tokens
+                n_bytes = n_bytes * kept // max(int(flat.size), 1)
+                flat = flat[:kept]
             if flat.size:
                 if handle is None or shards[-1]["tokens"] >= shard_tokens:
                     if handle is not None:
@@ -187,8 +194,10 @@ def _write(
             tokens += int(flat.size)
             documents, empty, num_bytes = documents + n_docs, empty + n_empty, num_bytes + n_bytes
             if bar is not None:
-                bar.update(n)
-                bar.set_postfix(tokens=tokens, refresh=False)
+                bar.update(int(flat.size))
+                bar.set_postfix(docs=documents, refresh=False)
+            if max_tokens is not None and tokens >= max_tokens:
+                break  # the rest of the source is never read
     finally:
         if handle is not None:
             handle.close()
@@ -218,6 +227,7 @@ def pretokenize(
     progress: bool = True,
     overwrite: bool = False,
     start_method: str | None = None,
+    max_tokens: int | None = None,
 ) -> ShardIndex:
     """Tokenize documents into ``out_dir/split/`` shards and return their index.
 
@@ -242,13 +252,16 @@ def pretokenize(
         A new shard starts once the current one holds this many tokens (documents are never
         split across shards).
     progress:
-        Show a tqdm progress bar (documents, tokens).
+        Show a tqdm progress bar (tokens, tokens/s, documents).
     overwrite:
         Rebuild even if the split exists (the old shards stay readable until the swap).
     start_method:
         Worker start method (``"fork"``, ``"spawn"``, ``"forkserver"``); default ``"fork"``
         unless jax is imported (then ``"spawn"``, which requires an import-safe main module:
         ``if __name__ == "__main__":``).
+    max_tokens:
+        Stop after this many tokens (the last document is cut there; the rest of the source is
+        not read). ``None``: the whole source.
 
     Returns
     -------
@@ -267,6 +280,8 @@ def pretokenize(
     for name, value in (("chunk_chars", chunk_chars), ("shard_tokens", shard_tokens)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1 or None, got {max_tokens}")
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     if workers < 1:
         raise ValueError(f"num_workers must be >= 1 or None, got {num_workers}")
@@ -276,7 +291,7 @@ def pretokenize(
     def build(staging: Path) -> None:
         _write(staging, source_docs, tokenizer, split=split, source=label, workers=workers,
                chunk_chars=chunk_chars, shard_tokens=shard_tokens, progress=progress,
-               start_method=start_method)  # fmt: skip
+               start_method=start_method, max_tokens=max_tokens)  # fmt: skip
 
     atomic_prepare(final, build, replace=overwrite)
     index = load_index(final)

@@ -22,6 +22,7 @@ from typing import Any
 
 from tjx.data.bpe import load_tokenizer, save_tokenizer
 from tjx.data.cache import cache_dir as default_cache_dir
+from tjx.data.elastic import restore_loader_state
 from tjx.data.errors import DataError
 from tjx.data.images import ImageDataset, ImageLoader, image_batches, load_digits
 from tjx.data.loader import PackedLoader, validation_batches
@@ -293,6 +294,7 @@ def prepare_run_data(
     vocab_size: int | None = None,
     progress: bool = False,
     names: Names = None,
+    max_tokens: int | None = None,
 ) -> RunData:
     """Tokenizer and shards of both splits of ``source``, checked for a run (cheap when cached).
 
@@ -314,6 +316,9 @@ def prepare_run_data(
         A model vocabulary that must hold the tokenizer's ids (``None``: the tokenizer's).
     names:
         How messages name the arguments (default: their own names).
+    max_tokens:
+        Prepare at most this many tokens per split (`prepare_shards`); check it against the
+        batch first with `check_max_tokens`.
 
     Raises
     ------
@@ -336,7 +341,9 @@ def prepare_run_data(
             f"leave it unset (the tokenizer's size) or use >= {tok.vocab_size}",
         )
     try:
-        shards = prepare_shards(source, tok, root, num_workers=num_workers, progress=progress)
+        shards = prepare_shards(
+            source, tok, root, num_workers=num_workers, progress=progress, max_tokens=max_tokens
+        )
     except DataError as err:
         raise _fault(names, "source", str(err)) from None
     for split, tokens in shards.tokens.items():
@@ -376,18 +383,3 @@ def prepare_image_run_data(
         raise _fault(names, "image_size", f"{image_size} does not match the digits images ({side})")
     images = {"train": train, "validation": val}
     return RunData(source, None, None, None, None, 0, None, None, None, images)
-
-
-def restore_loader_state(loader: Any, state: Mapping[str, Any], *, process_index: int) -> None:
-    """Continue ``loader`` (a `PackedLoader`, `ImageLoader` or one wrapped by
-    `prefetch_to_device`) from a checkpoint's loader state, on any process of the run.
-
-    A checkpoint holds process 0's state (JSON items are written by the primary only). Every
-    process steps in lockstep, so all are at the same (epoch, step) and differ only in
-    ``process_index``: each takes the saved position with its own index. Another process count
-    or per-process batch still fails in ``load_state_dict`` (a different row split).
-    """
-    state = dict(state)
-    if "process_index" in state:
-        state["process_index"] = process_index
-    loader.load_state_dict(state)

@@ -6,7 +6,7 @@ reads them back, checked, as :class:`DistributedArgs`: a bad value is refused be
 starts, in one line naming its flag. :func:`check_distributed_args` is the check alone, for values
 from elsewhere: every error carries the argument it is about (``.argument``) and the problem
 without that name (``.problem``). :func:`~tjx.parallel.resolve_distributed` checks the values it
-resolved (from arguments, the environment or SLURM) by the same rules, and
+resolved (from arguments, the environment or a cluster) by the same rules, and
 :func:`~tjx.parallel.join` words its messages by the same flags (:func:`not_joined_line`,
 :data:`NUM_PROCESSES_LINE`).
 """
@@ -17,6 +17,7 @@ import argparse
 from dataclasses import dataclass
 
 __all__ = [
+    "CLUSTERS",
     "DEFAULT_TIMEOUT_S",
     "DISTRIBUTED_FLAGS",
     "NUM_PROCESSES_LINE",
@@ -119,12 +120,18 @@ def check_distributed_args(
 @dataclass(frozen=True)
 class DistributedArgs:
     """How this process joins a multi-process run, as given (``None``: from the environment or
-    SLURM, else a single process); the arguments of :func:`~tjx.parallel.join`."""
+    a cluster, else a single process); the arguments of :func:`~tjx.parallel.join`."""
 
     coordinator: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
+    cluster: str | None = None
+
+
+#: ``--cluster``'s choices: the names of JAX's cluster detectors that JAX lets one choose
+#: (``jax._src.clusters``; its Kubernetes one has no name and is only found by itself).
+CLUSTERS = ("slurm", "ompi", "gketpu", "gcetpu", "mpi4py")
 
 
 def add_distributed_arguments(
@@ -133,8 +140,9 @@ def add_distributed_arguments(
     """Add the ``multi-host`` group of launch flags to an app's parser.
 
     ``--coordinator HOST:PORT``, ``--num-processes N``, ``--process-id I`` (all unset by default:
-    the environment or SLURM fills them, else the run is a single process) and
-    ``--init-timeout SECONDS``. Read them back with :func:`distributed_from_args`.
+    the ``JAX_*`` variables or the cluster JAX detects fill them, else the run is a single
+    process), ``--init-timeout SECONDS`` and ``--cluster NAME``. Read them back with
+    :func:`distributed_from_args`.
 
     Parameters
     ----------
@@ -152,8 +160,9 @@ def add_distributed_arguments(
         "multi-host",
         f"Run one {parser.prog} process per host (or per process group) with the same command "
         f"and its own {DISTRIBUTED_FLAGS['process_id']}; unset values come from "
-        "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID or SLURM. Without any of "
-        "them the run is a single process.",
+        "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, else from the cluster "
+        "JAX detects (SLURM, Open MPI, Kubernetes, Cloud TPU). Without any of them the run is a "
+        "single process.",
     )
     group.add_argument(
         DISTRIBUTED_FLAGS["coordinator"],
@@ -181,6 +190,12 @@ def add_distributed_arguments(
         default=timeout_s,
         metavar="SECONDS",
         help=f"give up (exit 1) if not every process has joined by then (default {timeout_s:g})",
+    )
+    group.add_argument(
+        "--cluster",
+        choices=CLUSTERS,
+        default=None,
+        help="ask only this one of JAX's cluster detectors (mpi4py is only asked when named)",
     )
     return group
 
@@ -221,6 +236,7 @@ def distributed_from_args(args: argparse.Namespace) -> DistributedArgs:
         values["num_processes"],
         values["process_id"],
         float(values["timeout_s"]),
+        getattr(args, "cluster", None),
     )
 
 

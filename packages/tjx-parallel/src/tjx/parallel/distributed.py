@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -13,6 +12,7 @@ from typing import Any
 import jax
 
 from tjx.parallel.arguments import DistributedArgumentError, check_distributed_args
+from tjx.parallel.clusters import detect
 
 __all__ = [
     "DistributedInfo",
@@ -20,7 +20,6 @@ __all__ = [
     "initialize",
     "is_primary",
     "resolve_distributed",
-    "slurm_first_host",
 ]
 
 #: jax's own join deadline is this much later than ours, so our message, not its abort, is seen.
@@ -29,25 +28,19 @@ JAX_GRACE_S = 10.0
 
 @dataclasses.dataclass(frozen=True)
 class DistributedInfo:
-    """Where this process stands; ``source`` is "args", "env", "slurm" or "single"."""
+    """Where this process stands.
+
+    ``source`` is "args", "env" (``JAX_*`` variables), the name of the cluster detector that
+    filled the rest ("slurm", "ompi", "k8s", "gketpu", "gcetpu", "mpi4py") or "single";
+    ``local_device_ids`` are the devices the cluster gives this process (JAX's rule: one per
+    process when the scheduler numbers the processes of a host), ``None`` for all.
+    """
 
     coordinator: str | None
     num_processes: int
     process_id: int
     source: str
-
-
-def slurm_first_host(nodelist: str) -> str:
-    """First host of a SLURM node list: ``"gpu[003-005,9],cpu1"`` → ``"gpu003"``."""
-    nodelist = nodelist.strip()
-    match = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist)
-    if not nodelist or match is None:
-        raise ValueError(f"cannot parse SLURM node list {nodelist!r}")
-    prefix, bracket = match.group(1), match.group(3)
-    if bracket is None:
-        return prefix
-    first = bracket.split(",")[0].split("-")[0]
-    return prefix + first
+    local_device_ids: tuple[int, ...] | None = None
 
 
 def _int_env(env: Mapping[str, str], key: str) -> int | None:
@@ -64,15 +57,18 @@ def resolve_distributed(
     coordinator: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
-    env: Mapping[str, str] | None = None,
+    *,
+    cluster: str | None = None,
+    timeout_s: float = 300.0,
 ) -> DistributedInfo:
     """Decide the distributed setup without starting anything.
 
     Order: explicit arguments, then ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` /
-    ``JAX_PROCESS_ID``, then SLURM (``SLURM_NTASKS``, ``SLURM_PROCID``, first host of
-    ``SLURM_STEP_NODELIST`` or ``SLURM_JOB_NODELIST``; port ``JAX_COORDINATOR_PORT`` or one
-    derived from ``SLURM_JOB_ID``), else a single process. A partial setup → ValueError naming
-    what is missing; a value out of range → `DistributedArgumentError` (the rules of
+    ``JAX_PROCESS_ID``, then JAX's own cluster detectors (SLURM, Open MPI, Kubernetes, Cloud TPU /
+    GKE; mpi4py when ``cluster="mpi4py"``; :func:`tjx.parallel.clusters.detect`), else a single
+    process. A scheduler's multi-task variables without all a join needs →
+    :class:`~tjx.parallel.clusters.HalfSetError`; a partial setup → ValueError naming what is
+    missing; a value out of range → `DistributedArgumentError` (the rules of
     :func:`~tjx.parallel.check_distributed_args`).
 
     Parameters
@@ -81,8 +77,10 @@ def resolve_distributed(
         ``host:port`` of process 0's coordination service.
     num_processes, process_id : int, optional
         Process count and this process's rank.
-    env : mapping, optional
-        Environment to read (default ``os.environ``).
+    cluster : str, optional
+        Ask only this JAX detector (its ``cluster_detection_method`` name).
+    timeout_s : float
+        For a detector that waits for the coordinator's host name to resolve.
 
     Returns
     -------
@@ -91,11 +89,13 @@ def resolve_distributed(
     Raises
     ------
     ValueError
-        Incomplete setup (names what is missing), or a `DistributedArgumentError` naming the
-        value out of range (``.argument``) and, when it did not come from the arguments, where
-        it came from.
+        Incomplete setup (names what is missing), a half-set scheduler environment, or a
+        `DistributedArgumentError` naming the value out of range (``.argument``) and, when it did
+        not come from the arguments, where it came from.
+    RuntimeError
+        A JAX detector failed (a Kubernetes API error, say).
     """
-    env = os.environ if env is None else env
+    env = os.environ
     source = "args" if any(v is not None for v in (coordinator, num_processes, process_id)) else ""
     from_env = (
         env.get("JAX_COORDINATOR_ADDRESS") or None,
@@ -107,16 +107,13 @@ def resolve_distributed(
     coordinator = coordinator if coordinator is not None else from_env[0]
     num_processes = num_processes if num_processes is not None else from_env[1]
     process_id = process_id if process_id is not None else from_env[2]
-    ntasks = _int_env(env, "SLURM_NTASKS")
-    if not source and ntasks is not None and ntasks > 1:
-        source = "slurm"
-        num_processes, process_id = ntasks, _int_env(env, "SLURM_PROCID")
-        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
-        if nodelist:
-            port = _int_env(env, "JAX_COORDINATOR_PORT")
-            if port is None:  # the same scheme as jax's own SLURM detection: one port per job
-                port = (_int_env(env, "SLURM_JOB_ID") or 0) % 4096 + 61440
-            coordinator = f"{slurm_first_host(nodelist)}:{port}"
+    found = detect(coordinator, num_processes, process_id, method=cluster, timeout_s=timeout_s)
+    coordinator, num_processes, process_id = (
+        found.coordinator,
+        found.num_processes,
+        found.process_id,
+    )
+    source = found.source or source
     if not source or num_processes == 1:
         return DistributedInfo(coordinator, 1, 0, source or "single")
     missing = [
@@ -139,7 +136,7 @@ def resolve_distributed(
         if source == "args":
             raise
         raise DistributedArgumentError(err.argument, f"{err.problem} (from {source})") from None
-    return DistributedInfo(coordinator, num_processes, process_id, source)
+    return DistributedInfo(coordinator, num_processes, process_id, source, found.local_device_ids)
 
 
 def initialize(
@@ -153,6 +150,8 @@ def initialize(
     cpu_collectives: str | None = "gloo",
     timeout_message: str | None = None,
     preemption_service: bool | None = None,
+    cluster: str | None = None,
+    resolved: DistributedInfo | None = None,
 ) -> DistributedInfo:
     """Start ``jax.distributed`` when more than one process takes part; call before any JAX op.
 
@@ -184,6 +183,12 @@ def initialize(
         and only records it, so a signal before the app installs its own handler is swallowed
         and the run goes on to the end. An app that agrees on stopping itself
         (:func:`tjx.parallel.stop_agreement`) wants it off. ``None`` leaves jax's setting.
+    cluster : str, optional
+        Ask only this one of JAX's cluster detectors (``"mpi4py"`` is only tried when named).
+    resolved : DistributedInfo, optional
+        The setup :func:`resolve_distributed` already found (the other setup arguments are then
+        ignored); JAX's detectors ran there, so ``jax.distributed.initialize`` gets every value
+        and does not detect again.
 
     Returns
     -------
@@ -194,7 +199,11 @@ def initialize(
     RuntimeError
         jax raised while joining (the message names the setup).
     """
-    info = resolve_distributed(coordinator, num_processes, process_id)
+    info = resolved or resolve_distributed(
+        coordinator, num_processes, process_id, cluster=cluster, timeout_s=timeout_s
+    )
+    if local_device_ids is None:
+        local_device_ids = info.local_device_ids
     if info.num_processes == 1:
         return info
     if preemption_service is not None:
@@ -216,7 +225,7 @@ def initialize(
             num_processes=info.num_processes,
             process_id=info.process_id,
             local_device_ids=None if local_device_ids is None else list(local_device_ids),
-            cluster_detection_method="deactivate",
+            cluster_detection_method="deactivate",  # resolve_distributed asked JAX's detectors
             initialization_timeout=max(1, int(timeout_s + JAX_GRACE_S)),
             heartbeat_timeout_seconds=max(1, int(heartbeat_timeout_s)),
         )

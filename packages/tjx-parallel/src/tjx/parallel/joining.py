@@ -167,12 +167,13 @@ def join(
     local_device_ids: Sequence[int] | None = None,
     cpu_collectives: str | None = "gloo",
     preemption_service: bool | None = None,
+    cluster: str | None = None,
 ) -> DistributedInfo:
     """Resolve the setup, start ``jax.distributed`` with a deadline, and check agreement.
 
-    One process (no flags, no environment, no SLURM job of several tasks) starts nothing and
-    compares nothing. Several: :func:`~tjx.parallel.initialize` joins them (its watchdog prints
-    ``timeout_message`` and exits 1 when not every process joins in time), then
+    One process (no flags, no ``JAX_*`` variables, no cluster of several processes) starts
+    nothing and compares nothing. Several: :func:`~tjx.parallel.initialize` joins them (its
+    watchdog prints ``timeout_message`` and exits 1 when not every process joins in time), then
     :func:`require_agreement` compares the process count each was told and ``values``.
 
     Parameters
@@ -192,7 +193,7 @@ def join(
         The watchdog's line; a callable gets the resolved setup (to name the coordinator, the
         count and this process). Default: ``"tjx.parallel: error: "`` and
         :func:`~tjx.parallel.not_joined_line`, naming the launch flags.
-    heartbeat_timeout_s, local_device_ids, cpu_collectives, preemption_service
+    heartbeat_timeout_s, local_device_ids, cpu_collectives, preemption_service, cluster
         As for :func:`~tjx.parallel.initialize`.
 
     Returns
@@ -210,9 +211,17 @@ def join(
         The processes joined but were not started alike (every process raises it).
     """
     try:
-        info = resolve_distributed(coordinator, num_processes, process_id)
+        info = resolve_distributed(
+            coordinator, num_processes, process_id, cluster=cluster, timeout_s=timeout_s
+        )
     except ValueError as err:
         raise DistributedSetupError(str(err)) from None
+    except RuntimeError as err:  # a cluster detector failed: the scheduler is there, no join
+        raise NotJoinedError(
+            DistributedInfo(coordinator, num_processes or 0, process_id or 0, "cluster"),
+            str(err),
+            "the cluster's detector could not read the setup",
+        ) from None
     if info.num_processes == 1:
         return info
     explanation = not_joined_line(info.num_processes, info.coordinator, info.process_id, timeout_s)
@@ -224,9 +233,7 @@ def join(
         message = timeout_message
     try:
         initialize(
-            info.coordinator,
-            info.num_processes,
-            info.process_id,
+            resolved=info,
             timeout_s=timeout_s,
             heartbeat_timeout_s=heartbeat_timeout_s,
             local_device_ids=local_device_ids,

@@ -1,0 +1,94 @@
+"""Preparation that scales: a token cap (its own cache folder, the source read no further), a
+cap below one batch refused, a progress bar counting tokens, and ``python -m tjx.data`` preparing
+ahead into the cache a run then reads without tokenizing again."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+from tjx.data import ByteTokenizer, DataError, check_max_tokens, load_index, pretokenize
+from tjx.data.__main__ import main
+from tjx.data.run_data import prepare_run_data
+from tjx_data_tests._helpers import random_docs
+
+# The module (tjx.data.pretokenize the attribute is the function of the same name).
+pretokenize_module = importlib.import_module("tjx.data.pretokenize")
+
+
+def test_a_cap_keeps_the_first_tokens_and_reads_no_further(tmp_path):
+    docs = random_docs(int(np.random.default_rng().integers(1000)), 60)
+    full = pretokenize(docs, ByteTokenizer(), tmp_path / "full", num_workers=1, progress=False,
+                       chunk_chars=200)  # fmt: skip
+    cap = int(np.random.default_rng().integers(50, full.tokens // 2))
+    read: list[int] = []
+
+    def counted():
+        for i, doc in enumerate(docs):
+            read.append(i)
+            yield doc
+
+    capped = pretokenize(counted(), ByteTokenizer(), tmp_path / "cap", num_workers=1,
+                         progress=False, chunk_chars=200, max_tokens=cap)  # fmt: skip
+    assert capped.tokens == cap
+    head = np.fromfile(tmp_path / "full" / "train" / full.shards[0]["file"], dtype=full.dtype)
+    got = np.concatenate([np.fromfile(tmp_path / "cap" / "train" / s["file"], dtype=capped.dtype)
+                          for s in capped.shards])  # fmt: skip
+    np.testing.assert_array_equal(got, head[:cap])  # the reference: the uncapped stream's start
+    assert len(read) < len(docs)  # the rest of the source was never read
+    with pytest.raises(ValueError, match="max_tokens must be >= 1"):
+        pretokenize(docs, ByteTokenizer(), tmp_path / "x", max_tokens=0, progress=False)
+
+
+def test_a_cap_below_one_batch_is_one_line():
+    check_max_tokens(None, 128, 16)
+    check_max_tokens(16 * 128 + 1, 128, 16)
+    names = {"max_tokens": "data.max_tokens", "batch_size": "data.batch_size"}
+    with pytest.raises(DataError, match=r"^data\.max_tokens: 2048 tokens are fewer than one batch "
+                       r"\(data\.batch_size 16 × seq_len 128 \+ 1 = 2049\)") as err:  # fmt: skip
+        check_max_tokens(2048, 128, 16, names)
+    assert err.value.argument == "max_tokens" and "\n" not in str(err.value)
+
+
+def test_the_progress_bar_counts_tokens(tmp_path, monkeypatch):
+    updates: list[int] = []
+
+    class Bar:
+        def update(self, n: int) -> None:
+            updates.append(n)
+
+        def set_postfix(self, **kw: object) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(pretokenize_module, "_progress", lambda enabled, desc: Bar())
+    index = pretokenize(random_docs(3, 20), ByteTokenizer(), tmp_path, num_workers=1,
+                        chunk_chars=100)  # fmt: skip
+    assert sum(updates) == index.tokens and len(updates) > 1  # tqdm's rate is then tokens/s
+
+
+def test_prepare_ahead_then_a_run_tokenizes_nothing(tmp_path, text_corpus, monkeypatch, capsys):
+    root, _ = text_corpus
+    cache = tmp_path / "cache"
+    assert main([str(root), "--cache-dir", str(cache), "--max-tokens", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "train: 300 tokens in" in out and "-max300" in out
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr(pretokenize_module, "_write", no_tokenizing)
+    run = prepare_run_data(str(root), "byte", seq_len=8, cache_dir=cache, max_tokens=300)
+    assert load_index(run.train_dir).tokens == 300
+    assert main([str(root), "--max-tokens", "0"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "python -m tjx.data: error: --max-tokens: must be >= 1, got 0"
+    )
+    monkeypatch.undo()
+    assert main([str(tmp_path / "missing"), "--cache-dir", str(cache)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m tjx.data: error: ") and err.count("\n") == 1

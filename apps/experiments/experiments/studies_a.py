@@ -22,7 +22,8 @@ from experiments.spec import (
 )
 from experiments.stats import NO_DIFFERENCE, difference, ranking, tied_with_best
 
-POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
+#: No positions first (the baseline), then the two absolute schemes, then the relative ones.
+POSITIONS = ("none", "sinusoidal", "learned", "rope", "alibi", "t5")
 VAL = Column("val loss (nats)", "val_loss")
 BPB = Column("val bits/byte", "val_bits_per_byte", ".3f")
 STATUS = Column("status", "status", "")

@@ -46,7 +46,7 @@ def _sinusoidal_extrapolates(rows: list[Row]) -> Judgement:
     if row(rows, "learned").get("val_loss_2x") is not None:
         return "—", CANNOT_TELL, "the learned table was evaluated beyond its length."
     return (f"sinusoidal @4× − @1×: {d.words()} nats; learned: no rows past its length", AGREES,
-            "a learned table cannot run past its training length at all, sinusoids can.")  # fmt: skip
+            "a learned table cannot run past its training length, sinusoids can.")  # fmt: skip
 
 
 POSITIONS = (
@@ -68,7 +68,7 @@ def _raw_diverges(rows: list[Row]) -> Judgement:
     r = row(rows, "post-LN, no clip, no warmup")
     if r.get("diverged_at") is not None:
         return (f"diverged in {seeds_note(r, 'diverged_at')}, first at step {r['diverged_at']}",
-                AGREES, "the raw deep stack's gradients ran to non-finite values, as claimed.")  # fmt: skip
+                AGREES, "the raw deep stack's gradients went non-finite, as claimed.")  # fmt: skip
     return (f"max grad norm {value_text(r, 'max_grad_norm', '.3g')}", DISAGREES,
             "no seed of the raw deep stack diverged.")  # fmt: skip
 
@@ -79,7 +79,7 @@ def _clipped_calm(rows: list[Row]) -> Judgement:
     verdict = AGREES if v + s < 1.5 else DISAGREES if v - s > 1.5 else CANNOT_TELL
     return (f"pre-LN + clip + warmup: largest gradient norm (before clipping) "
             f"{value_text(r, 'max_grad_norm', '.3g')}", verdict,
-            "the largest logged norm against the claimed 1.5; tjx logs the norm before clipping.")  # fmt: skip
+            "the largest norm (tjx logs it before clipping) against the claimed 1.5.")  # fmt: skip
 
 
 def _pre_ln(rows: list[Row]) -> Judgement:
@@ -125,7 +125,9 @@ def _winners(rows: list[Row]) -> list[Row]:
         groups.setdefault(r["group"], []).append(r)
     out = []
     for g, mine in groups.items():
-        ok = [r for r in mine if isinstance(r.get("val_loss"), float) and math.isfinite(r["val_loss"])]
+        ok = [
+            r for r in mine if isinstance(r.get("val_loss"), float) and math.isfinite(r["val_loss"])
+        ]
         if ok:
             out.append({**min(ok, key=lambda r: r["val_loss"]), "label": g})
     return out
@@ -135,7 +137,9 @@ def _adamw_best(rows: list[Row]) -> Judgement:
     win = _winners(rows)
     tied, top = best_tie(win, "adamw")
     a = row(win, "adamw")
-    measured = f"adamw {value_text(a, 'val_loss')}; best {top['label']} {value_text(top, 'val_loss')}"
+    measured = (
+        f"adamw {value_text(a, 'val_loss')}; best {top['label']} {value_text(top, 'val_loss')}"
+    )
     if not tied:
         return measured, DISAGREES, f"AdamW is measurably worse than {top['label']}."
     if len(win) < 2:
@@ -183,7 +187,9 @@ def _cosine_best(rows: list[Row]) -> Judgement:
     scheds = [r for r in rows if r["label"] in SCHEDULE_NAMES]
     tied, top = best_tie(scheds, "cosine")
     c = row(scheds, "cosine")
-    measured = f"cosine {value_text(c, 'val_loss')}; best {top['label']} {value_text(top, 'val_loss')}"
+    measured = (
+        f"cosine {value_text(c, 'val_loss')}; best {top['label']} {value_text(top, 'val_loss')}"
+    )
     if not tied:
         return measured, DISAGREES, f"cosine is measurably worse than {top['label']}."
     if len(scheds) < 2:
@@ -214,7 +220,7 @@ def _remat_memory(rows: list[Row]) -> Judgement:
     factor = float(none["peak_mib"]) / float(full["peak_mib"])
     return (f"peak {none['peak_mib']:.0f} → {full['peak_mib']:.0f} MiB ({factor:.2f}×)",
             AGREES if factor >= 2.0 else DISAGREES,
-            "the compiled step's peak (deterministic, no seeds) against the claimed 2×.")  # fmt: skip
+            "the compiled step's peak (no seeds: deterministic) against 2×.")  # fmt: skip
 
 
 def _remat_time(rows: list[Row]) -> Judgement:
@@ -222,7 +228,7 @@ def _remat_time(rows: list[Row]) -> Judgement:
     slow = 100 * (float(full["step_s"]) / float(none["step_s"]) - 1)
     return (f"step {value_text(none, 'step_s', '.3f')} → {value_text(full, 'step_s', '.3f')} s "
             f"({slow:+.0f} %)", CANNOT_TELL,
-            "a CPU step's recompute cost says little about a GPU's (the claim's setting).")  # fmt: skip
+            "a CPU step's recompute cost says little about a GPU's (the claim's).")  # fmt: skip
 
 
 MEMORY = (
@@ -258,8 +264,11 @@ def _competitive(rows: list[Row]) -> Judgement:
     t, n = by_side(rows, "tjx"), by_side(rows, "nanoGPT")
     d = difference(t, n, "val_loss")
     verdict = DISAGREES if d.measurable and d.diff > 0 else AGREES
-    return (f"tjx − nanoGPT validation loss: {d.words()} nats", verdict,
-            "tjx is measurably worse." if verdict == DISAGREES else "tjx is not measurably worse.")
+    return (
+        f"tjx − nanoGPT validation loss: {d.words()} nats",
+        verdict,
+        "tjx is measurably worse." if verdict == DISAGREES else "tjx is not measurably worse.",
+    )
 
 
 def _speed(rows: list[Row]) -> Judgement:
@@ -270,7 +279,7 @@ def _speed(rows: list[Row]) -> Judgement:
     verdict = CANNOT_TELL if not d.measurable else AGREES if d.diff > 0 else DISAGREES
     return (f"tjx/nanoGPT tokens/s {ratio:.2f} ({value_text(t, 'tokens_per_s', '.0f')} vs "
             f"{value_text(n, 'tokens_per_s', '.0f')}), measured {', '.join(when)}", verdict,
-            "on this machine's CPU, the seed's figure is a GPU's; within noise means no call.")  # fmt: skip
+            "on this CPU (the seed's figure is a GPU's); within noise: no call.")  # fmt: skip
 
 
 NANOGPT = (

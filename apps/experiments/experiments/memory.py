@@ -3,7 +3,8 @@
 The peak is the trainer's own pre-flight measure (``trainer.memory_fit.abstract_step`` compiled
 from abstract shapes, ``tjx.metrics.peak_bytes`` of XLA's memory analysis: arguments + outputs +
 temporaries − donated aliases), as ``tools/bench_train.py memory`` takes it. The step time is the
-median (± the standard deviation) of a few executed steps of the trainer's step on synthetic token batches.
+median (± the standard deviation) of a few executed steps of the trainer's step on synthetic
+token batches.
 """
 
 from __future__ import annotations

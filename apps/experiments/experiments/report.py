@@ -196,7 +196,8 @@ def write_report(
         "## Raw data",
         "",
         "`raw/results.jsonl` holds every row above (all measured fields; `per_seed` holds each "
-        "seed's own row); `raw/<config>.jsonl` is the first seed's metrics log. The exact trainer overrides of each config are in "
+        "seed's own row); `raw/<config>.jsonl` is the first seed's metrics log. The exact "
+        "trainer overrides of each config are in "
         "`apps/experiments/experiments/` (the study's `runs`).",
         "",
     ]

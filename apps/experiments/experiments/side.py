@@ -193,8 +193,8 @@ def side_conclude(rows: list[Row], scale: str) -> list[str]:
     return [f"tjx's mean final validation loss minus nanoGPT's: {diff:+.4f} nats; noise (seed "
             f"standard deviation, pooled over both sides) {noise:.4f}: {verdict} 2× noise.",
             f"Mean tokens/s: tjx {speed['tjx']:.0f}, nanoGPT {speed['nanoGPT']:.0f} "
-            f"(ratio {speed['tjx'] / speed['nanoGPT']:.2f}, measured {', '.join(when)}; both on this "
-            "machine's CPU threads, alternating every chunk of steps).",
+            f"(ratio {speed['tjx'] / speed['nanoGPT']:.2f}, measured {', '.join(when)}; both on "
+            "this machine's CPU threads, alternating every chunk of steps).",
             "Known differences of recipe: tjx's weight-decay mask leaves the (tied) embedding "
             "undecayed, nanoGPT decays every matrix."]  # fmt: skip
 

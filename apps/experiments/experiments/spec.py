@@ -3,7 +3,8 @@
 A study names trainer runs (a preset and ``--set`` overrides, exactly what ``python -m trainer``
 takes) or, for the two studies that are not training runs, a `kind` that another module carries
 out. The three scales share everything but the sizes: ``smoke`` (two configs, a few steps: the
-tests), ``cpu`` (≤ 20 minutes on the project's 2-core machine, every seed included) and ``gpu`` (a lent GPU, unchanged).
+tests), ``cpu`` (≤ 20 minutes on the project's 2-core machine, every seed included) and ``gpu``
+(a lent GPU, unchanged).
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ class Column:
 
     def cell(self, row: Row) -> str:
         """The formatted cell (``—`` where the row has no value); ``mean ± std`` where the row
-        holds ``<key>_std`` (of several seeds, or of repeated timings), with ``(k/n seeds)`` where only k of its n seeds have one."""
+        holds ``<key>_std`` (of several seeds, or of repeated timings), with ``(k/n seeds)``
+        where only k of its n seeds have one.
+        """
         value = row.get(self.key)
         if value is None:
             return "—"

@@ -250,8 +250,7 @@ SCHEDULE_STUDY = Study(
     question="How do cosine, linear, inverse-sqrt, WSD (warmup-stable-decay, the hold phase) and "
     "constant compare, and does dropping warmup, at the same peak rate, hurt or diverge?",
     varied="optimizer.schedule.name at the preset's rate; then a constant schedule with and "
-    "without warmup at the same peak rate, for rates "
-    + ", ".join(f"{lr:g}" for lr in PAIR_LRS),
+    "without warmup at the same peak rate, for rates " + ", ".join(f"{lr:g}" for lr in PAIR_LRS),
     fixed=f"AdamW (the schedules at the tiny preset's lr {PRESET_LR:g}), the scale's warmup steps "
     "where there is warmup, clipping at 1.0 everywhere, model, data, steps; 3 seeds per config; "
     "every step logged",

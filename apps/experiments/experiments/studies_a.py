@@ -12,8 +12,6 @@ from experiments.spec import (
     RunContext,
     RunSpec,
     Study,
-    base,
-    best,
     Sweep,
     base,
     best,

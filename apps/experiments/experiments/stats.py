@@ -13,6 +13,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from experiments.spec import Row
 
@@ -23,7 +24,7 @@ FIRST_OF = ("diverged_at", "blew_up_at")
 NO_DIFFERENCE = "no measurable difference"
 
 
-def _number(x: object) -> bool:
+def _number(x: object) -> TypeGuard[int | float]:
     return isinstance(x, int | float) and not isinstance(x, bool)
 
 
@@ -106,18 +107,18 @@ class Difference:
 def difference(a: Row, b: Row, key: str) -> Difference:
     """``a[key] − b[key]`` and its combined noise (nan when either value is missing)."""
     va, vb = a.get(key), b.get(key)
-    if not (_number(va) and _number(vb)):
-        return Difference(math.nan, math.nan)
-    return Difference(float(va) - float(vb), noise(a, b, key))  # type: ignore[arg-type]
+    if _number(va) and _number(vb):
+        return Difference(float(va) - float(vb), noise(a, b, key))
+    return Difference(math.nan, math.nan)
 
 
 def value_text(row: Row, key: str, fmt: str = ".4f") -> str:
     """``2.1247 ± 0.0123`` (``—`` when the row has no finite value)."""
     v = row.get(key)
-    if not _number(v) or not math.isfinite(float(v)):  # type: ignore[arg-type]
-        return "—"
-    std = row.get(f"{key}_std")
-    return f"{v:{fmt}} ± {std:{fmt}}" if _number(std) else f"{v:{fmt}}"
+    if _number(v) and math.isfinite(float(v)):
+        std = row.get(f"{key}_std")
+        return f"{v:{fmt}} ± {std:{fmt}}" if _number(std) else f"{v:{fmt}}"
+    return "—"
 
 
 def ranking(rows: list[Row], key: str, fmt: str = ".4f") -> str:

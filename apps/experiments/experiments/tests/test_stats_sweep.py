@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -76,7 +77,9 @@ def _lr_spec(group: str, lr: float) -> RunSpec:
 SWEEP = Sweep(param="lr", factor=3.0, make=lambda s, lr: _lr_spec(s.group, lr), max_extensions=4)
 
 
-def _fake_rows(optimum: float, diverge_above: float = math.inf) -> tuple[list[str], object]:
+def _fake_rows(
+    optimum: float, diverge_above: float = math.inf
+) -> tuple[list[str], Callable[[list[RunSpec]], list[Row]]]:
     """rows_of for a sweep whose loss is |log(lr / optimum)| (and NaN above diverge_above)."""
     ran: list[str] = []
 
@@ -95,7 +98,7 @@ def _fake_rows(optimum: float, diverge_above: float = math.inf) -> tuple[list[st
 
 def test_a_sweep_with_its_best_at_the_top_is_extended_until_the_best_lies_inside() -> None:
     ran, rows_of = _fake_rows(optimum=30.0)
-    specs, notes = extend([_lr_spec("a", lr) for lr in (1.0, 3.0)], rows_of, SWEEP)  # type: ignore[arg-type]
+    specs, notes = extend([_lr_spec("a", lr) for lr in (1.0, 3.0)], rows_of, SWEEP)
     assert [float(s.param("lr")) for s in specs] == pytest.approx([1.0, 3.0, 9.0, 27.0, 81.0])
     assert "best lr 27 of 1 … 81" in notes[0] and "inside the sweep" in notes[0]
     assert len(ran) == 5
@@ -103,14 +106,14 @@ def test_a_sweep_with_its_best_at_the_top_is_extended_until_the_best_lies_inside
 
 def test_a_sweep_extends_downwards_and_stops_at_its_limit_saying_so() -> None:
     _, rows_of = _fake_rows(optimum=1e-6)
-    specs, notes = extend([_lr_spec("a", lr) for lr in (1.0, 3.0)], rows_of, SWEEP, limit=2)  # type: ignore[arg-type]
+    specs, notes = extend([_lr_spec("a", lr) for lr in (1.0, 3.0)], rows_of, SWEEP, limit=2)
     assert min(float(s.param("lr")) for s in specs) == pytest.approx(1 / 9)
     assert "still at the edge after 2 extensions" in notes[0]
 
 
 def test_a_diverged_point_past_the_edge_brackets_the_best() -> None:
     _, rows_of = _fake_rows(optimum=100.0, diverge_above=5.0)
-    specs, notes = extend([_lr_spec("a", lr) for lr in (1.0, 3.0)], rows_of, SWEEP)  # type: ignore[arg-type]
+    specs, notes = extend([_lr_spec("a", lr) for lr in (1.0, 3.0)], rows_of, SWEEP)
     assert len(specs) == 3
     assert "best lr 3" in notes[0] and "the point past it diverged" in notes[0]
 

@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale",
         choices=SCALES,
         default="cpu",
-        help="smoke: two configs, a few steps; cpu: <= 10 min on 2 cores; gpu: a lent GPU",
+        help="smoke: two configs, two seeds, a few steps; cpu: 3 seeds, sized for <= 20 min on "
+        "2 cores; gpu: a lent GPU",
     )
     parser.add_argument(
         "--out", default="docs/experiments", help="reports go to OUT/<study>/ (default %(default)s)"

@@ -3,7 +3,8 @@
 The peak is the trainer's own pre-flight measure (``trainer.memory_fit.abstract_step`` compiled
 from abstract shapes, ``tjx.metrics.peak_bytes`` of XLA's memory analysis: arguments + outputs +
 temporaries − donated aliases), as ``tools/bench_train.py memory`` takes it. The step time is the
-median of a few executed steps of the trainer's step on synthetic token batches.
+median (± the standard deviation) of a few executed steps of the trainer's step on synthetic
+token batches.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from experiments.runner import SUMMARY_FILE, machine, study_progress, use_compil
 from experiments.spec import Row, RunSpec, Study
 
 #: Executed steps timed per config (after one warm-up step).
-TIMED_STEPS = {"smoke": 1, "cpu": 3, "gpu": 10}
+TIMED_STEPS = {"smoke": 2, "cpu": 5, "gpu": 10}
 
 
 def trainer_config(spec: RunSpec) -> Any:
@@ -83,6 +84,7 @@ def measure_config(spec: RunSpec, scale: str) -> Row:
         "peak_mib": peak / 2**20,
         "compile_s": compile_s,
         "step_s": statistics.median(times),
+        "step_s_std": statistics.stdev(times) if len(times) > 1 else 0.0,
         "loss_finite": bool(np.isfinite(float(out["loss"]))),
     }
 

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from experiments.claims_table import verdict_table
 from experiments.results import read_metrics, series
 from experiments.spec import Row, RunSpec, Study
 
@@ -117,6 +118,18 @@ def _load_note(rows: list[Row]) -> str:
     return text
 
 
+def _seeds_note(rows: list[Row]) -> str:
+    """How many seeds each config ran with (the table's ± is their standard deviation)."""
+    seeds = sorted({int(r["seeds"]) for r in rows if isinstance(r.get("seeds"), int)})
+    if not seeds:
+        return ""
+    n = "/".join(map(str, seeds))
+    return (
+        f"Each config ran with {n} seeds; a ± is the seeds' standard deviation (ddof 1), the "
+        "value before it their mean."
+    )
+
+
 def write_report(
     study: Study, scale: str, runs: list[tuple[RunSpec, Path, Row]], out_dir: Path
 ) -> Path:
@@ -129,7 +142,7 @@ def write_report(
     raw.mkdir()
     with (raw / "results.jsonl").open("w") as f:
         for row in rows:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps({k: v for k, v in row.items() if k != "sweep_notes"}) + "\n")
     pictures = []
     if plot_curves(study, runs, out_dir / CURVES_PNG):
         pictures.append(f"![overlaid curves]({CURVES_PNG})")
@@ -150,7 +163,8 @@ def write_report(
         f"# {study.title}",
         "",
         f"Scale **{scale}**, measured {when} on {'; '.join(machines) or '?'}. Re-run with "
-        f"`python -m experiments {study.name} --scale {scale}` (`--scale gpu` on a GPU).",
+        f"`python -m experiments {study.name} --scale {scale}` (`--scale gpu` on a GPU). "
+        + _seeds_note(rows),
         "",
         *([shared, ""] if shared else []),
         f"**Question.** {study.question}",
@@ -167,14 +181,23 @@ def write_report(
         "## What it shows",
         "",
         *(f"- {line}" for line in findings),
+        *(f"- Sweep: {line}" for line in (rows[0].get("sweep_notes", []) if rows else [])),
+        "",
+        "## Verdict on the seeds' claims",
+        "",
+        "A difference within the combined noise of the seeds "
+        "(sqrt(std_a² + std_b²)) decides nothing: it is *no measurable difference*.",
+        "",
+        *verdict_table(study.name, rows),
         "",
         "## Plots",
         "",
         *(f"{p}\n" for p in pictures),
         "## Raw data",
         "",
-        "`raw/results.jsonl` holds every row above (all measured fields); `raw/<config>.jsonl` is "
-        "each run's own metrics log. The exact trainer overrides of each config are in "
+        "`raw/results.jsonl` holds every row above (all measured fields; `per_seed` holds each "
+        "seed's own row); `raw/<config>.jsonl` is the first seed's metrics log. The exact "
+        "trainer overrides of each config are in "
         "`apps/experiments/experiments/` (the study's `runs`).",
         "",
     ]

@@ -6,6 +6,11 @@ the command does; nothing of the trainer is copied. One process runs them all, s
 once and XLA's persistent compilation cache (in the study's runs folder) serves every config
 that compiles the same program again — a resumed run, a rerun, an identical shape.
 
+Each config runs once per seed (`experiments.spec.SEEDS`, ``train.seed``), each seed in its own
+run directory; the table shows the seeds' mean ± standard deviation (`experiments.stats`). A
+study with a `Sweep` has its sweep extended past an edge that holds the best point
+(`experiments.sweep`).
+
 A study can be stopped at any point and run again: a config whose ``summary.json`` exists is
 done and skipped; one with checkpoints but no ``final.json`` continues with ``--resume``; one
 that diverged (the trainer's exit 3) is a result, recorded in ``status.json``, and not rerun.
@@ -17,13 +22,13 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from experiments.results import read_metrics, train_row
-from experiments.spec import Row, RunContext, RunSpec, Study
+from experiments.spec import SEEDS, Row, RunContext, RunSpec, Study
 
 STATUS_FILE = "status.json"
 SUMMARY_FILE = "summary.json"
@@ -136,20 +141,59 @@ def study_progress(title: str, total: int) -> Iterator[Callable[[str, int], None
         yield lambda text, done: bar.update(done, text=text)
 
 
+def seed_spec(spec: RunSpec, seed: int) -> RunSpec:
+    """``spec`` run with ``train.seed=seed`` (the last ``--set`` wins over the study's own)."""
+    return RunSpec(spec.label, (*spec.sets, f"train.seed={seed}"), spec.preset, spec.group,
+                   (*spec.params, ("seed", seed)))  # fmt: skip
+
+
+def config_dir(runs_dir: Path, study: Study, scale: str, spec: RunSpec) -> Path:
+    """A config's folder (one ``seed_<n>`` run directory per seed inside)."""
+    return runs_dir / study.name / scale / spec.label
+
+
 def run_study(study: Study, scale: str, runs_dir: Path) -> list[tuple[RunSpec, Path, Row]]:
-    """Every config of ``study`` at ``scale`` (skipping finished ones); rows in config order."""
-    specs: Sequence[RunSpec] = study.runs(scale)
+    """Every config of ``study`` at ``scale``, each once per seed of `SEEDS` (skipping finished
+    runs), a sweep extended until its best lies inside; one row per config (the seeds'
+    mean ± std, `experiments.stats.aggregate`) with its first seed's run directory (the curves)."""
+    from experiments import sweep as sweep_mod
+    from experiments.stats import aggregate
+
+    specs: list[RunSpec] = list(study.runs(scale))
+    seeds = SEEDS[scale]
     use_compile_cache(runs_dir / ".xla-cache")
-    out: list[tuple[RunSpec, Path, Row]] = []
-    with study_progress(study.name, len(specs)) as note:
-        for i, spec in enumerate(specs):
-            run_dir = runs_dir / study.name / scale / spec.label
-            if not (run_dir / SUMMARY_FILE).is_file():
-                note(f"{spec.label} running", i)
-                run_config(spec, run_dir)
-            row = finish_row(study, spec, run_dir, scale)
-            out.append((spec, run_dir, row))
-            note(f"{spec.label} done", i + 1)
+    done: dict[str, tuple[RunSpec, Path, Row]] = {}
+    # The bar counts configs × seeds; a sweep's extensions add to it (tjx-metrics' bar has a
+    # fixed total: it counts every extension the limit allows, so it may end short of it).
+    limit = 0 if study.sweep is None else 1 if scale == "smoke" else study.sweep.max_extensions
+    extra = limit * len({s.group for s in specs})
+    with study_progress(study.name, (len(specs) + extra) * len(seeds)) as note:
+
+        def rows_of(batch: list[RunSpec]) -> list[Row]:
+            for spec in batch:
+                if spec.label in done:
+                    continue
+                seed_rows, first = [], None
+                for seed in seeds:
+                    run_dir = config_dir(runs_dir, study, scale, spec) / f"seed_{seed}"
+                    first = first or run_dir
+                    one = seed_spec(spec, seed)
+                    if not (run_dir / SUMMARY_FILE).is_file():
+                        note(f"{spec.label} seed {seed} running", len(done) * len(seeds))
+                        run_config(one, run_dir)
+                    seed_rows.append({**finish_row(study, one, run_dir, scale), "seed": seed})
+                assert first is not None
+                done[spec.label] = (spec, first, aggregate(seed_rows))
+                note(f"{spec.label} done", len(done) * len(seeds))
+            return [done[s.label][2] for s in batch]
+
+        notes: list[str] = []
+        if study.sweep is not None:
+            specs, notes = sweep_mod.extend(specs, rows_of, study.sweep, limit)
+        rows_of(specs)
+    out = [done[s.label] for s in specs]
+    for _, _, row in out:  # every row carries the sweep's notes: the report states them
+        row["sweep_notes"] = notes
     return out
 
 

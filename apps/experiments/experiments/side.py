@@ -30,7 +30,7 @@ SHAPES = {  # vocab (byte-level), seq, batch, d, layers, heads, mlp, steps, val 
     "gpu": dict(seq=256, batch=32, d=384, layers=6, heads=6, mlp=1536, steps=1000, val=16,
                 chunk=50),
 }  # fmt: skip
-SEEDS = {"smoke": (0, 1), "cpu": (0, 1), "gpu": (0, 1, 2)}
+SEEDS = {"smoke": (0, 1), "cpu": (0, 1, 2), "gpu": (0, 1, 2)}
 LR = 1e-3
 SIDES = ("tjx", "nanoGPT")
 
@@ -189,10 +189,12 @@ def side_conclude(rows: list[Row], scale: str) -> list[str]:
     diff, noise, ok = noise_check(rows)
     speed = {s: statistics.fmean(r["tokens_per_s"] for r in rows if r["group"] == s) for s in SIDES}
     verdict = "within" if ok else "WORSE THAN"
+    when = sorted({str(r["measured_at"])[:10] for r in rows if r.get("measured_at")})
     return [f"tjx's mean final validation loss minus nanoGPT's: {diff:+.4f} nats; noise (seed "
             f"standard deviation, pooled over both sides) {noise:.4f}: {verdict} 2× noise.",
             f"Mean tokens/s: tjx {speed['tjx']:.0f}, nanoGPT {speed['nanoGPT']:.0f} "
-            f"(ratio {speed['tjx'] / speed['nanoGPT']:.2f}; both on this machine's CPU threads).",
+            f"(ratio {speed['tjx'] / speed['nanoGPT']:.2f}, measured {', '.join(when)}; both on "
+            "this machine's CPU threads, alternating every chunk of steps).",
             "Known differences of recipe: tjx's weight-decay mask leaves the (tied) embedding "
             "undecayed, nanoGPT decays every matrix."]  # fmt: skip
 

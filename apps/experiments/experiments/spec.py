@@ -3,7 +3,8 @@
 A study names trainer runs (a preset and ``--set`` overrides, exactly what ``python -m trainer``
 takes) or, for the two studies that are not training runs, a `kind` that another module carries
 out. The three scales share everything but the sizes: ``smoke`` (two configs, a few steps: the
-tests), ``cpu`` (≤ 10 minutes on the project's 2-core machine) and ``gpu`` (a lent GPU, unchanged).
+tests), ``cpu`` (≤ 20 minutes on the project's 2-core machine, every seed included) and ``gpu``
+(a lent GPU, unchanged).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 SCALES = ("smoke", "cpu", "gpu")
+#: The seeds every config runs with (``train.seed``): its table shows mean ± standard deviation.
+#: The smoke scale (the tests) takes two, the fewest that give a spread.
+SEEDS: dict[str, tuple[int, ...]] = {"smoke": (0, 1), "cpu": (0, 1, 2), "gpu": (0, 1, 2)}
 
 #: A measured table row: ``label`` plus numbers (or text) named by the study's columns.
 Row = dict[str, Any]
@@ -45,12 +49,21 @@ class Column:
     fmt: str = ".4f"
 
     def cell(self, row: Row) -> str:
-        """The formatted cell (``—`` where the row has no value)."""
+        """The formatted cell (``—`` where the row has no value); ``mean ± std`` where the row
+        holds ``<key>_std`` (of several seeds, or of repeated timings), with ``(k/n seeds)``
+        where only k of its n seeds have one.
+        """
         value = row.get(self.key)
         if value is None:
             return "—"
         if isinstance(value, float) and self.fmt:
-            return format(value, self.fmt)
+            text = format(value, self.fmt)
+            std = row.get(f"{self.key}_std")
+            if isinstance(std, float) and row.get("seeds", 2) > 1:  # no spread from one seed
+                text += f" ± {std:{self.fmt.lstrip('+')}}"
+            if f"{self.key}_n" in row:
+                text += f" ({row[self.key + '_n']}/{row['seeds']} seeds)"
+            return text
         return str(value)
 
 
@@ -62,6 +75,20 @@ class RunContext:
     run_dir: Path
     scale: str
     config: Any  # the trainer's validated Config of the run
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """How a study's sweeps are extended (`experiments.sweep`): the swept parameter (a
+    `RunSpec.param`), the step between points (a factor: the sweeps are geometric), the most
+    extensions per group, the metric (lower is better) and how to build the config of a new
+    value from one of the group's configs."""
+
+    param: str
+    factor: float
+    make: Callable[[RunSpec, float], RunSpec]
+    metric: str = "val_loss"
+    max_extensions: int = 3
 
 
 @dataclass(frozen=True)
@@ -90,6 +117,8 @@ class Study:
     #: Caveats in words (what differs on a GPU, a choice the reader should know), for the
     #: README: one italic line each under "Held fixed".
     notes: tuple[str, ...] = field(default=())
+    #: The study's swept value, extended until its best point lies inside (None: no sweep).
+    sweep: Sweep | None = None
 
 
 # The model and run shapes of the scales: every trainer study starts from one of these. The

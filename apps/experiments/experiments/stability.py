@@ -15,7 +15,8 @@ import math
 
 from experiments import measure
 from experiments.results import BLOW_UP_MARGIN
-from experiments.spec import Column, Row, RunContext, RunSpec, Study, base, best, smoke_pick
+from experiments.spec import Column, Row, RunContext, RunSpec, Study, base, smoke_pick
+from experiments.stats import difference, ranking, value_text
 
 VAL = Column("val loss (nats)", "val_loss")
 BPB = Column("val bits/byte", "val_bits_per_byte", ".3f")
@@ -38,25 +39,39 @@ def _after(ctx: RunContext) -> Row:
     return measure.unigram(ctx)
 
 
+def _seeds(row: Row, key: str) -> str:
+    """`` in 2/3 seeds`` for an aggregated row (``""`` for a single run)."""
+    n = row.get("seeds")
+    return f" in {row.get(key + '_seeds', 0)}/{n} seeds" if isinstance(n, int) and n > 1 else ""
+
+
+def below(row: Row, unigram: float) -> bool:
+    """Whether the row's final validation loss is below ``unigram`` by more than its seeds'
+    spread (a measurable difference)."""
+    d = difference(row, {"val_loss": unigram}, "val_loss")
+    return d.measurable and d.diff < 0
+
+
 def fate(row: Row, unigram: float | None) -> str:
-    """What happened to one run, in words: diverged / blew up / final loss vs the unigram's."""
+    """What happened to one config, in words: diverged / blew up (in how many of its seeds, the
+    earliest step) / final loss (mean ± std of the seeds) vs the unigram's."""
     parts = []
     if row.get("diverged_at") is not None:
         parts.append(
-            f"diverged: a non-finite loss or gradient from step {row['diverged_at']} "
-            "(the trainer stopped it)"
+            f"diverged{_seeds(row, 'diverged_at')}: a non-finite loss or gradient from step "
+            f"{row['diverged_at']} (the trainer stopped it)"
         )
     if row.get("blew_up_at") is not None:
         parts.append(
-            f"blew up at step {row['blew_up_at']} (train loss up to {row['peak_loss']:.3g}, "
-            f"more than {BLOW_UP_MARGIN:g} nat above ln V = {row['uniform_loss']:.3f}, "
-            "the loss of a uniform guess)"
+            f"blew up{_seeds(row, 'blew_up_at')} at step {row['blew_up_at']} (train loss up to "
+            f"{row['peak_loss']:.3g}, more than {BLOW_UP_MARGIN:g} nat above ln V = "
+            f"{row['uniform_loss']:.3f}, the loss of a uniform guess)"
         )
     val = row.get("val_loss")
     if isinstance(val, float) and math.isfinite(val):
-        text = f"final validation loss {val:.4f}"
+        text = f"final validation loss {value_text(row, 'val_loss')}"
         if unigram is not None:
-            side = "below" if val < unigram else "not below"
+            side = "below" if below(row, unigram) else "not measurably below"
             text += f", {side} {UNIGRAM}'s {unigram:.4f} ({val - unigram:+.4f})"
         parts.append(text)
     elif row.get("diverged_at") is None:
@@ -124,10 +139,10 @@ def depth_conclude(rows: list[Row], scale: str) -> list[str]:
     )
     beat = []
     if unigram is not None:
-        beat = [r for r in rows if isinstance(r.get("val_loss"), float) and r["val_loss"] < unigram]
+        beat = [r for r in rows if below(r, unigram)]
         out.append(
-            f"Below {UNIGRAM}'s {unigram:.4f} at the end: "
-            + (", ".join(f"{r['label']} ({r['val_loss']:.4f})" for r in beat) or "none")
+            f"Measurably below {UNIGRAM}'s {unigram:.4f} at the end: "
+            + (", ".join(f"{r['label']} ({value_text(r, 'val_loss')})" for r in beat) or "none")
             + "."
         )
     if calm and rows[0] not in calm:
@@ -151,7 +166,7 @@ DEPTH_STUDY = Study(
     varied="model.norm_position (post/pre), optimizer.clip_norm (none/1.0), warmup (0/the "
     "scale's), model.init_std (0.02/0.006), added one at a time",
     fixed="48 layers (4 in the smoke test), narrow width (32 at the CPU scale), scanned layers, "
-    "SGD with momentum 0.9 at lr 1.0 with cosine decay, no weight decay, data, steps, seed; the "
+    "SGD with momentum 0.9 at lr 1.0 with cosine decay, no weight decay, data, steps; 3 seeds; the "
     "trainer stops a run after 5 bad steps in a row",
     runs=depth_runs,
     columns=(STATUS, BLEW_UP, PEAK, VAL, Column("max grad norm", "max_grad_norm", ".3g")),
@@ -174,39 +189,57 @@ DEPTH_STUDY = Study(
 
 #: The tiny preset's AdamW rate (apps/trainer/configs/tiny.yaml), which the schedules share.
 PRESET_LR = 5e-3
-#: The no-warmup run's rate, 60× the preset's: AdamW's first steps at it blow the CPU model up.
-HIGH_LR = 0.3
+#: The warmup pairs' peak rates: the preset's, 6× and 60× it. Each rate runs with a constant
+#: schedule with and without warmup, clipping at 1.0 in both: the pair differs in warmup alone.
+PAIR_LRS = (PRESET_LR, 3e-2, 0.3)
+SCHEDULES = ("cosine", "linear", "inverse_sqrt", "wsd", "constant")
+
+
+def pair_label(lr: float, warm: bool) -> str:
+    """``constant, warmup, lr 0.03`` / ``constant, no warmup, lr 0.03``."""
+    return f"constant, {'warmup' if warm else 'no warmup'}, lr {lr:g}"
 
 
 def schedule_runs(scale: str) -> list[RunSpec]:
-    """The five schedules at the preset's rate, then constant without warmup at a high rate."""
+    """The five schedules at the preset's rate, then the warmup pairs at `PAIR_LRS`."""
     s = "optimizer.schedule.name"
     common = base(scale, "train.log_every=1", "train.max_bad_steps=5")
-    runs = [RunSpec(name, (*common, f"{s}={name}")) for name in
-            ("cosine", "linear", "inverse_sqrt", "wsd", "constant")]  # fmt: skip
-    lr = HIGH_LR
-    runs.append(RunSpec(f"constant, no warmup, lr {lr:g}",
-                        (*common, f"{s}=constant", "optimizer.schedule.warmup_steps=0",
-                         f"optimizer.lr={lr:g}", "optimizer.clip_norm=null")))  # fmt: skip
-    return smoke_pick(scale, runs, "cosine", "wsd")
+    runs = [RunSpec(name, (*common, f"{s}={name}")) for name in SCHEDULES]
+    for lr in PAIR_LRS:
+        for warm in (True, False):
+            if lr == PRESET_LR and warm:
+                continue  # that is the "constant" schedule above
+            sets = (*common, f"{s}=constant", f"optimizer.lr={lr:g}")
+            sets += () if warm else ("optimizer.schedule.warmup_steps=0",)
+            runs.append(RunSpec(pair_label(lr, warm), sets, group=f"lr {lr:g}"))
+    return smoke_pick(scale, runs, "cosine", pair_label(PRESET_LR, False))
+
+
+def warm_row(rows: list[Row], lr: float, warm: bool) -> Row | None:
+    """The constant-schedule row at ``lr`` with or without warmup."""
+    label = "constant" if warm and lr == PRESET_LR else pair_label(lr, warm)
+    return next((r for r in rows if r["label"] == label), None)
 
 
 def schedule_conclude(rows: list[Row], scale: str) -> list[str]:
-    """The best schedule, how far apart the schedules ended, and the high-rate run's fate."""
-    out = []
+    """The schedules ranked (≈: no measurable difference), then each warmup pair's difference
+    and the fates of runs that diverged or blew up."""
     unigram = unigram_of(rows)
-    warm = [r for r in rows if "no warmup" not in r["label"]]
-    top = best(warm, "val_loss")
-    finite = [r for r in warm if isinstance(r.get("val_loss"), float)]
-    if top and finite:
-        worst = max(finite, key=lambda r: float(r["val_loss"]))
-        out.append(
-            f"Lowest validation loss: {top['label']} ({top['val_loss']:.4f}); highest among the "
-            f"schedules with warmup: {worst['label']} ({worst['val_loss']:.4f}, "
-            f"{worst['val_loss'] - top['val_loss']:+.4f})."
-        )
+    scheds = [r for r in rows if r["label"] in SCHEDULES]
+    out = [
+        f"The schedules at lr {PRESET_LR:g} with warmup, by final validation loss (≈: no "
+        f"measurable difference): {ranking(scheds, 'val_loss')}."
+    ]
+    for lr in PAIR_LRS:
+        warm, cold = warm_row(rows, lr, True), warm_row(rows, lr, False)
+        if warm and cold:
+            d = difference(cold, warm, "val_loss")
+            out.append(
+                f"Constant lr {lr:g}, no warmup minus warmup (clipping in both): "
+                f"{d.words()} nats."
+            )
     for r in rows:
-        if "no warmup" in r["label"] or r.get("diverged_at") is not None or r.get("blew_up_at"):
+        if r.get("diverged_at") is not None or r.get("blew_up_at") is not None:
             out.append(f"{r['label']}: {fate(r, unigram)}.")
     return out
 
@@ -215,11 +248,12 @@ SCHEDULE_STUDY = Study(
     name="schedules",
     title="Learning-rate schedules",
     question="How do cosine, linear, inverse-sqrt, WSD (warmup-stable-decay, the hold phase) and "
-    "constant compare, and what does a high rate without warmup do?",
-    varied="optimizer.schedule.name; the last run also drops warmup and clipping at lr "
-    f"{HIGH_LR:g}, {HIGH_LR / PRESET_LR:.0f}× the preset's",
-    fixed=f"AdamW at the tiny preset's lr {PRESET_LR:g} (except the last run), warmup steps, "
-    "clipping at 1.0 (except the last run), model, data, steps, seed; every step logged",
+    "constant compare, and does dropping warmup, at the same peak rate, hurt or diverge?",
+    varied="optimizer.schedule.name at the preset's rate; then a constant schedule with and "
+    "without warmup at the same peak rate, for rates " + ", ".join(f"{lr:g}" for lr in PAIR_LRS),
+    fixed=f"AdamW (the schedules at the tiny preset's lr {PRESET_LR:g}), the scale's warmup steps "
+    "where there is warmup, clipping at 1.0 everywhere, model, data, steps; 3 seeds per config; "
+    "every step logged",
     runs=schedule_runs,
     columns=(VAL, BPB, STATUS, BLEW_UP, PEAK),
     headline="val_loss",

@@ -5,26 +5,26 @@ from __future__ import annotations
 import math
 
 from experiments import measure
+from experiments.measure import LENGTH_FACTORS
 from experiments.spec import (
     Column,
     Row,
     RunContext,
     RunSpec,
     Study,
+    Sweep,
     base,
     best,
     shape_value,
     smoke_pick,
 )
+from experiments.stats import NO_DIFFERENCE, difference, ranking, tied_with_best
 
-POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
+#: No positions first (the baseline), then the two absolute schemes, then the relative ones.
+POSITIONS = ("none", "sinusoidal", "learned", "rope", "alibi", "t5")
 VAL = Column("val loss (nats)", "val_loss")
 BPB = Column("val bits/byte", "val_bits_per_byte", ".3f")
 STATUS = Column("status", "status", "")
-
-
-def _fmt(x: object, spec: str = ".4f") -> str:
-    return format(x, spec) if isinstance(x, float) else "—"
 
 
 # --- 1. positions ------------------------------------------------------------------------------
@@ -44,23 +44,12 @@ def positions_runs(scale: str) -> list[RunSpec]:
 
 
 def positions_conclude(rows: list[Row], scale: str) -> list[str]:
+    """At each length the schemes ranked by held-out loss (``≈``: no measurable difference)."""
     out = []
-    top = best(rows, "val_loss_1x")
-    if top:
-        out.append(
-            f"At the training length the lowest held-out loss is {top['label']}'s "
-            f"({top['val_loss_1x']:.4f} nats)."
-        )
-    for factor in (2, 4):
+    for factor in LENGTH_FACTORS:
         key = f"val_loss_{factor}x"
-        got = [r for r in rows if isinstance(r.get(key), float)]
-        if not got:
-            continue
-        b = best(got, key)
-        assert b is not None
-        worst = max(got, key=lambda r: float(r[key]) if math.isfinite(r[key]) else math.inf)
-        tail = f" and {worst['label']} worst ({_fmt(worst[key])})" if worst is not b else ""
-        out.append(f"At {factor}× the training length {b['label']} is best ({b[key]:.4f}){tail}.")
+        if any(isinstance(r.get(key), float) for r in rows):
+            out.append(f"At {factor}× the training length: {ranking(rows, key)}.")
     out.append(
         "The learned table has no rows beyond the training length, so it has no 2×/4× "
         "entries (—)."
@@ -74,8 +63,8 @@ POSITIONS_STUDY = Study(
     question="Which position scheme trains best, and which still works at 2× and 4× the length "
     "it was trained at?",
     varied="model.position: learned, sinusoidal, RoPE, ALiBi, T5 relative bias, none (NoPE)",
-    fixed="GPT-2-style model, data, optimizer (AdamW, cosine), steps, seed; models other than "
-    "learned are built with max_seq_len = 4× the training length",
+    fixed="GPT-2-style model, data, optimizer (AdamW, cosine), steps; 3 seeds per scheme; models "
+    "other than learned are built with max_seq_len = 4× the training length",
     runs=positions_runs,
     columns=(
         Column("val loss @1×", "val_loss_1x"),
@@ -107,26 +96,44 @@ def precision_after(ctx: RunContext) -> Row:
 
 
 def precision_rows(rows: list[Row]) -> None:
-    """Add the loss difference to fp32 (percent) and steps/s to each row, in place."""
+    """Add the loss difference to fp32 in percent (``delta_pct``, with the combined noise of the
+    two configs as ``delta_pct_std``) and steps/s to each row, in place."""
     ref = next((r for r in rows if r["label"] == "fp32"), None)
     for r in rows:
-        if ref and isinstance(r.get("val_loss"), float) and isinstance(ref.get("val_loss"), float):
-            r["delta_pct"] = 100.0 * (r["val_loss"] - ref["val_loss"]) / ref["val_loss"]
+        d = difference(r, ref, "val_loss") if ref else None
+        if ref and d and math.isfinite(d.diff):
+            r["delta_pct"] = 100.0 * d.diff / float(ref["val_loss"])
+            r["delta_pct_std"] = 100.0 * d.noise / float(ref["val_loss"])
         if isinstance(r.get("tokens_per_s"), float) and r.get("tokens_per_step"):
             r["steps_per_s"] = r["tokens_per_s"] / r["tokens_per_step"]
 
 
 def precision_conclude(rows: list[Row], scale: str) -> list[str]:
     precision_rows(rows)
+    ref = next((r for r in rows if r["label"] == "fp32"), None)
     out = []
     for r in rows:
-        if r["label"] != "fp32" and isinstance(r.get("delta_pct"), float):
-            claim = " (the seed claims < 0.1 % for bf16)" if r["label"].startswith("bf16") else ""
+        if ref and r is not ref and isinstance(r.get("delta_pct"), float):
+            d = difference(r, ref, "val_loss")
+            verdict = "" if d.measurable else f", {NO_DIFFERENCE}"
             out.append(
-                f"{r['label']}: final validation loss {r['delta_pct']:+.3f} % vs fp32{claim}."
+                f"{r['label']}: final validation loss {r['delta_pct']:+.3f} ± "
+                f"{r['delta_pct_std']:.3f} % vs fp32 ({d.diff:+.4f} ± {d.noise:.4f} nats{verdict})."
             )
+    out.append(F32_PARTS)
     out.append("On a CPU, bf16/fp16 arithmetic is emulated; their steps/s say nothing about a GPU.")
     return out
+
+
+#: What tjx-nn computes in float32 whatever the compute dtype (tjx/nn/precision.py, norms.py,
+#: losses.py, the attention kernels): the bf16 run is already "bf16 with norms, softmax and loss
+#: in float32", so its cost comes from what is left in bf16.
+F32_PARTS = (
+    "tjx-nn already keeps in float32, whatever model.compute_dtype says: the parameters and "
+    "optimizer state, the layer-norm statistics, the attention softmax, the output logits and the "
+    "loss; the bf16 run differs from fp32 only in the matmul inputs and the activations "
+    "(residual stream included) carried between them, so any cost of bf16 here comes from those."
+)
 
 
 PRECISION_STUDY = Study(
@@ -135,7 +142,8 @@ PRECISION_STUDY = Study(
     question="How much do bf16 and fp16 (dynamic loss scaling) change the final loss, the speed "
     "and the compiled memory of the step?",
     varied="model.compute_dtype (float32 / bfloat16 / float16 + optimizer.loss_scale=dynamic)",
-    fixed="fp32 parameters and optimizer state, model, data, optimizer, steps, seed",
+    fixed="fp32 parameters and optimizer state (norm statistics, softmax, logits and loss are "
+    "float32 in every config), model, data, optimizer, steps; 3 seeds per config",
     runs=precision_runs,
     columns=(VAL, Column("Δ vs fp32 (%)", "delta_pct", "+.3f"),
              Column("steps/s", "steps_per_s", ".2f"),
@@ -147,25 +155,32 @@ PRECISION_STUDY = Study(
 
 # --- 4. optimizers -----------------------------------------------------------------------------
 
-#: Each optimizer's sweep: its default learning rate (tjx.optim) × these factors.
-SWEEP = {"smoke": (1.0,), "cpu": (0.3, 1.0, 3.0), "gpu": (0.25, 0.5, 1.0, 2.0, 4.0)}
+#: Each optimizer's first sweep: its centre rate × these factors (a factor of 3 apart, the step
+#: by which `LR_SWEEP` extends a sweep whose best rate is at an edge).
+SWEEP = {"smoke": (1.0, 3.0), "cpu": (1 / 3, 1.0, 3.0), "gpu": (0.25, 0.5, 1.0, 2.0, 4.0)}
 OPTIMIZERS = {"adamw": 3e-3, "adam": 3e-3, "sgd": 0.1, "lamb": 3e-3, "lion": 3e-4,
               "adafactor": 1e-2, "muon": 2e-2}  # fmt: skip
 
 
+def optimizer_spec(scale: str, name: str, lr: float) -> RunSpec:
+    """One optimizer at one rate; weight decay and betas are its tjx.optim defaults (null)."""
+    sets = base(scale, f"optimizer.name={name}", f"optimizer.lr={lr:.3g}",
+                "optimizer.b1=null", "optimizer.b2=null", "optimizer.eps=null",
+                "optimizer.weight_decay=null")  # fmt: skip
+    return RunSpec(f"{name} lr={lr:.3g}", sets, group=name, params=(("lr", lr), ("scale", scale)))
+
+
 def optimizer_runs(scale: str) -> list[RunSpec]:
-    runs = []
-    for name, lr0 in OPTIMIZERS.items():
-        if scale == "smoke" and name not in ("adamw", "lion"):
-            continue
-        for f in SWEEP[scale]:
-            lr = lr0 * f
-            # Weight decay as each optimizer's default (null); the token budget is the scale's.
-            sets = base(scale, f"optimizer.name={name}", f"optimizer.lr={lr:g}",
-                        "optimizer.b1=null", "optimizer.b2=null", "optimizer.eps=null",
-                        "optimizer.weight_decay=null")  # fmt: skip
-            runs.append(RunSpec(f"{name} lr={lr:g}", sets, group=name, params=(("lr", lr),)))
-    return runs
+    names = ("adamw",) if scale == "smoke" else tuple(OPTIMIZERS)
+    return [optimizer_spec(scale, n, OPTIMIZERS[n] * f) for n in names for f in SWEEP[scale]]
+
+
+#: Every optimizer's rate sweep is extended by ×3 / ÷3 until its best rate lies inside.
+LR_SWEEP = Sweep(
+    param="lr",
+    factor=3.0,
+    make=lambda spec, lr: optimizer_spec(spec.param("scale"), spec.group, lr),
+)
 
 
 def optimizer_conclude(rows: list[Row], scale: str) -> list[str]:
@@ -173,19 +188,12 @@ def optimizer_conclude(rows: list[Row], scale: str) -> list[str]:
     for r in rows:
         groups.setdefault(r["group"], []).append(r)
     winners = [b for g in groups.values() if (b := best(g, "val_loss"))]
-    winners.sort(key=lambda r: r["val_loss"])
-    out = [
-        "Best learning rate per optimizer, ranked: "
-        + "; ".join(
-            f"{r['group']} {r['label'].split('=')[1]} → {r['val_loss']:.4f}" for r in winners
-        )
-        + "."
+    tied = tied_with_best(winners, "val_loss")
+    return [
+        "Each optimizer at its best rate, ranked by final validation loss (≈: no measurable "
+        f"difference): {ranking(winners, 'val_loss')}.",
+        "Not measurably worse than the best: " + ", ".join(r["label"] for r in tied) + ".",
     ]
-    out.append(
-        "Rows are every (optimizer, learning rate) of the sweep; a sweep whose best rate is "
-        "at its edge may do better beyond it."
-    )
-    return out
 
 
 OPTIMIZER_STUDY = Study(
@@ -196,9 +204,10 @@ OPTIMIZER_STUDY = Study(
     varied="optimizer.name (AdamW, Adam, SGD+momentum, LAMB, Lion, Adafactor, Muon) × "
     "optimizer.lr (a sweep around a per-optimizer centre)",
     fixed="model, data, steps × batch (the token budget), cosine schedule with warmup, clipping "
-    "at 1.0, seed; betas/eps/weight decay are each optimizer's tjx.optim default",
+    "at 1.0; 3 seeds per point; betas/eps/weight decay are each optimizer's tjx.optim default",
     runs=optimizer_runs,
     columns=(Column("optimizer", "group", ""), VAL, BPB, STATUS),
     headline="val_loss",
     conclude=optimizer_conclude,
+    sweep=LR_SWEEP,
 )

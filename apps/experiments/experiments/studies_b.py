@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 
 from experiments import measure
 from experiments.spec import Column, Row, RunContext, RunSpec, Study, base, best, shape_value
+from experiments.stats import difference, ranking
 
 # --- 6. memory ---------------------------------------------------------------------------------
 
@@ -102,18 +104,16 @@ def bpb_conclude(rows: list[Row], scale: str) -> list[str]:
     out = []
     ref = rows[0] if rows else None
     for r in rows[1:]:
-        if (
-            ref
-            and isinstance(r.get("val_bits_per_byte"), float)
-            and isinstance(ref.get("val_bits_per_byte"), float)
-        ):
-            d = r["val_bits_per_byte"] - ref["val_bits_per_byte"]
-            out.append(f"{r['label']}: {d:+.4f} bits/byte against the baseline.")
+        if ref:
+            d = difference(r, ref, "val_bits_per_byte")
+            if math.isfinite(d.diff):
+                out.append(f"{r['label']}: {d.words()} bits/byte against the baseline.")
     for r in rows:
         if isinstance(r.get("attn_start"), float):
             out.append(
                 f"{r['label']}: mean attended distance {r['attn_start']:.1f} → "
-                f"{r['attn_middle']:.1f} → {r['attn_end']:.1f} tokens (start → middle → end)."
+                f"{r['attn_middle']:.1f} → {r['attn_end']:.1f} tokens (start → middle → end, "
+                "mean of the seeds)."
             )
     return out
 
@@ -124,7 +124,7 @@ BPB_STUDY = Study(
     question="What do weight decay, dropout and a WSD hold phase do to held-out bits per byte, "
     "and how does the attention reach change over training?",
     varied="optimizer.weight_decay (0.1/0), model.dropout (0/0.1), schedule cosine vs WSD",
-    fixed="byte-level GPT-2-style model, Shakespeare, AdamW, steps, seed",
+    fixed="byte-level GPT-2-style model, Shakespeare, AdamW, steps; 3 seeds per config",
     runs=bpb_runs,
     columns=(Column("val bits/byte", "val_bits_per_byte"), Column("train bits/byte", "train_bpb"),
              Column("attn dist start", "attn_start", ".1f"), Column("middle", "attn_middle", ".1f"),
@@ -183,17 +183,30 @@ def time_to_target(ctx: RunContext) -> Row:
 
 
 def speed_conclude(rows: list[Row], scale: str) -> list[str]:
-    hit = sorted((r for r in rows if r.get("target_s") is not None), key=lambda r: r["target_s"])
+    """The recipes by mean time to the target (≈: no measurable difference), counting only the
+    recipes whose every seed reached it."""
+    hit = [r for r in rows if isinstance(r.get("target_s"), float) and "target_s_n" not in r]
+    hit.sort(key=lambda r: r["target_s"])
     for rank, r in enumerate(hit, 1):
         r["rank"] = rank
     target = TARGET_BPB[scale]
+    out = [STAND_IN]
     if not hit:
-        return [f"No recipe reached {target} bits/byte within its steps."]
-    w = hit[0]
-    return [f"Fastest to {target} validation bits/byte: {w['label']} in {w['target_s']:.1f} s "
-            f"(step {w['target_step']}); beat it by adding a recipe to experiments/studies_b.py.",
-            "Corpus: Shakespeare (tjx's built-in; TinyStories is not reachable offline), "
-            "byte-level tokens."]  # fmt: skip
+        return [f"No recipe reached {target} bits/byte in every seed within its steps.", *out]
+    return [f"Time to {target} validation bits/byte (every seed reached it; ≈: no measurable "
+            f"difference): {ranking(hit, 'target_s', '.1f')} s; beat it by adding a recipe to "
+            "experiments/studies_b.py.", *out]  # fmt: skip
+
+
+#: What the speed run stands in for, and what its GPU scale would run (the reader's question).
+STAND_IN = (
+    "This stands in for the seed's TinyStories speed run (002: validation loss ≤ 1.45 on an "
+    "A100/H100), which this machine cannot reach: TinyStories is not reachable offline, so the "
+    "corpus is tjx's built-in Shakespeare with byte-level tokens and the target is in bits per "
+    "byte. Its GPU scale runs the same recipes on a 6-layer, 384-wide LLaMA-style model "
+    "(sequence 256, batch 64, 3000 steps, bf16) to 2.2 bits/byte; online, the same command with "
+    "`--set data.source=roneneldan/TinyStories` (and a BPE tokenizer) would be the seed's run."
+)
 
 
 SPEED_STUDY = Study(
@@ -206,7 +219,7 @@ SPEED_STUDY = Study(
     "steps, evaluation interval (time to target includes compile and evaluations)",
     runs=speed_runs,
     columns=(Column("rank", "rank", ""), Column("time to target (s)", "target_s", ".1f"),
-             Column("step", "target_step", ""),
+             Column("step", "target_step", ".0f"),
              Column("final val bits/byte", "val_bits_per_byte", ".3f"),
              Column("run wall s", "wall_s", ".1f")),  # fmt: skip
     headline="target_s",

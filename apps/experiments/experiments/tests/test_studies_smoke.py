@@ -34,11 +34,16 @@ def test_smoke_study_writes_its_report(name: str, folders: tuple[Path, Path]) ->
     header = "| config | " + " | ".join(c.header for c in study.columns) + " |"
     assert header in readme
     rows = [json.loads(line) for line in (out / "raw" / "results.jsonl").read_text().splitlines()]
-    # Two configs; the side-by-side has a row per side of each.
-    assert len(rows) == (4 if study.kind == "nanogpt" else 2)
+    # Two configs; the side-by-side has a row per side of each, a sweep one point past its edge.
+    assert len(rows) == (4 if study.kind == "nanogpt" else 3 if study.sweep else 2)
     for row in rows:
         assert f"| {row['label']} |" in readme
         assert row["machine"] and row["measured_at"]
+        if study.kind == "train":  # every config ran with both smoke seeds, reported as mean ± std
+            assert [r["seed"] for r in row["per_seed"]] == [0, 1] and row["seeds"] == 2
+    assert "## Verdict on the seeds' claims" in readme
+    claims = readme.split("## Verdict on the seeds' claims")[1]
+    assert claims.count("\n| 00") >= 1  # a claim row quoting a seed file
     assert (out / "bars.png").stat().st_size > 1000
     if study.curves:
         assert (out / "curves.png").stat().st_size > 1000
@@ -55,6 +60,10 @@ def test_positions_rows_hold_the_longer_lengths(folders: tuple[Path, Path]) -> N
     }
     assert rows["learned"]["val_loss_2x"] is None  # a learned table cannot go beyond
     assert all(isinstance(rows["rope"][f"val_loss_{k}x"], float) for k in (1, 2, 4))
+    # Two seeds give two different runs: different initial weights and batch order.
+    first, second = (r["val_loss"] for r in rows["rope"]["per_seed"])
+    assert first != second
+    assert rows["rope"]["val_loss_std"] > 0
 
 
 def test_a_rerun_skips_finished_configs_and_resumes_a_half_finished_one(
@@ -62,9 +71,10 @@ def test_a_rerun_skips_finished_configs_and_resumes_a_half_finished_one(
 ) -> None:
     assert _run("schedules", folders) == 0
     base = folders[0] / "schedules" / "smoke"
-    done, half = base / "cosine", base / "wsd"
+    done, half = base / "cosine" / "seed_1", base / "cosine" / "seed_0"
     stamp = (done / "summary.json").stat().st_mtime_ns
-    # Make `wsd` half-finished: only its step-2 checkpoint remains, as after a kill at step 3.
+    # Make cosine's first seed half-finished: only its step-2 checkpoint remains, as after a kill
+    # at step 3.
     for name in ("summary.json", "status.json", "final.json"):
         (half / name).unlink()
     shutil.rmtree(half / "checkpoints" / "4")

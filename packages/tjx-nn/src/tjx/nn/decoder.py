@@ -10,7 +10,7 @@ from flax import nnx
 
 from tjx.kernels import CrossEntropyOutput, chunked_cross_entropy
 from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
-from tjx.nn.embeddings import Embed, add_positions, learned_positions
+from tjx.nn.embeddings import Embed, add_positions, learned_positions, sinusoid_amplitude
 from tjx.nn.kv_cache import init_cache
 from tjx.nn.linear import Dense, dropout, dropout_stream, split_key
 from tjx.nn.losses import logits_cross_entropy
@@ -160,7 +160,13 @@ class DecoderLM(nnx.Module):
     # -- pieces --------------------------------------------------------------------------------
     def embed_tokens(self, tokens: Array, positions: Array) -> Array:
         """Token (+ absolute position) embeddings ``[b, s, d_model]``."""
-        return add_positions(self.embed(tokens), positions, self.pos_embed, self.config.position)
+        return add_positions(
+            self.embed(tokens),
+            positions,
+            self.pos_embed,
+            self.config.position,
+            amplitude=sinusoid_amplitude(self.config.init_std),
+        )
 
     def unembedding(self) -> Array:
         """The output projection ``[d_model, vocab]`` (tied table transposed, or head kernel)."""

@@ -11,7 +11,7 @@ from flax import nnx
 
 from tjx.nn.configs import EncoderDecoderConfig
 from tjx.nn.decoder import check_length, head_logits, head_unembedding, output_head
-from tjx.nn.embeddings import Embed, add_positions, learned_positions
+from tjx.nn.embeddings import Embed, add_positions, learned_positions, sinusoid_amplitude
 from tjx.nn.kv_cache import init_cache
 from tjx.nn.linear import dropout, dropout_stream, split_key
 from tjx.nn.norms import make_norm
@@ -74,7 +74,13 @@ class EncoderDecoder(nnx.Module):
         positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
         if start is not None:
             positions = start[:, None].astype(jnp.int32) + positions
-        x = add_positions(self.embed(tokens), positions, self.pos_embed, self.config.position)
+        x = add_positions(
+            self.embed(tokens),
+            positions,
+            self.pos_embed,
+            self.config.position,
+            amplitude=sinusoid_amplitude(self.config.init_std),
+        )
         return dropout(x, self.config.dropout, key, deterministic=deterministic), positions
 
     def encode(

@@ -6,6 +6,7 @@ Learned absolute positions are an ``Embed`` over ``max_seq_len`` rows (see ``emb
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +15,10 @@ import numpy as np
 Array = jax.Array
 
 
-def sinusoidal(positions: Array, dim: int, *, max_timescale: float = 10000.0) -> Array:
-    """Vaswani et al. sinusoids: ``[..., dim]`` float32 with sin in the first half, cos after.
+def sinusoidal(
+    positions: Array, dim: int, *, max_timescale: float = 10000.0, dtype: Any = jnp.float32
+) -> Array:
+    """Vaswani et al. sinusoids: ``[..., dim]`` with sin in the first half, cos after.
 
     Parameters
     ----------
@@ -25,15 +28,17 @@ def sinusoidal(positions: Array, dim: int, *, max_timescale: float = 10000.0) ->
         Output width; an odd ``dim`` gets one zero column at the end.
     max_timescale : float
         Longest wavelength.
+    dtype : dtype
+        Dtype of the computation and the result (float32; float64 in x64 tests).
 
     Returns
     -------
     Array
-        float32 ``[..., dim]``.
+        ``[..., dim]`` in ``dtype``.
     """
     half = dim // 2
-    freq = jnp.exp(-math.log(max_timescale) * jnp.arange(half, dtype=jnp.float32) / max(half, 1))
-    angles = positions.astype(jnp.float32)[..., None] * freq
+    freq = jnp.exp(-math.log(max_timescale) * jnp.arange(half, dtype=dtype) / max(half, 1))
+    angles = positions.astype(dtype)[..., None] * freq
     out = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
     if dim % 2:
         out = jnp.pad(out, [(0, 0)] * (out.ndim - 1) + [(0, 1)])

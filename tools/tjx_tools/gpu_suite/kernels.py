@@ -22,9 +22,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tjx_kernels_tests._ref import np_attention, np_mask, rel_err
 
 from tjx.kernels import attention
+from tjx_kernels_tests._ref import np_attention, np_mask, rel_err
 from tjx_tools.gpu_suite.report import Section, md_table
 
 #: Norm-wise relative error allowed per input dtype (fp32 allows TF32 matmuls: 10 mantissa bits).

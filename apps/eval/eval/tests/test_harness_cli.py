@@ -101,7 +101,6 @@ def test_lm_eval_command_line_runs_the_tjx_model(workdir, tmp_path, monkeypatch,
     }
 
 
-
 def test_tasks_score_a_hugging_face_folder_with_its_own_tokenizer(workdir, capsys):
     """``--checkpoint HF_FOLDER --tasks``: no --data needed; the JSON lands in the folder."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers

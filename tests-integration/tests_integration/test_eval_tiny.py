@@ -57,6 +57,6 @@ def test_eval_compare_and_other_data(tmp_path):
         tmp_path,
     )
     check_ok(proc)
-    header = proc.stdout.splitlines()[0].split()
+    header = next(ln.split() for ln in proc.stdout.splitlines() if ln.startswith("metric"))
     assert header == ["metric", "small_run@30", "small_run@30"]
     assert _metric(proc.stdout, "loss", 0) == _metric(proc.stdout, "loss", 1)

@@ -174,7 +174,7 @@ def test_past_the_budget_cells_are_skipped_and_said() -> None:
     assert sec.rows == [] and sec.summary["largest_batch"] is None
     assert sec.notes == [
         "skipped (time budget): throughput, pallas",
-        "skipped (time budget): throughput, auto",
+        "skipped (time budget): throughput, xla",
         "skipped (time budget): tiny memory fit",
     ]
 

@@ -74,7 +74,7 @@ def test_compare_and_other_data(run_dir, tmp_path, capsys):
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split() == ["metric", "run@3", "run@3"]
+    assert _header(out) == ["metric", "run@3", "run@3"]
     assert _metric(out, "loss", 0) == _metric(out, "loss", 1)
 
 
@@ -285,11 +285,11 @@ def test_compare_two_steps_of_one_run_and_a_labelled_top_p_sample(run_dir, capsy
     argv = ["--compare", f"{run}@3", f"{run}@7", "--batch-size", "2", "--max-batches", "1"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split() == ["metric", "run@3", "run@7"]
+    assert _header(out) == ["metric", "run@3", "run@7"]
     assert _metric(out, "loss", 0) != _metric(out, "loss", 1)  # two different parameter sets
     # --step applies to both sides of --compare when they name no step.
     assert main(["--compare", str(run), str(run), "--step", "3", "--max-batches", "1"]) == 0
-    assert capsys.readouterr().out.splitlines()[0].split() == ["metric", "run@3", "run@3"]
+    assert _header(capsys.readouterr().out) == ["metric", "run@3", "run@3"]
     argv = ["--checkpoint", str(run), "--max-batches", "1", "--attention-png", "none"]
     sample = ["--generate", "Line", "--max-new-tokens", "4", "--top-p", "0.9", "--seed", "2"]
     assert main([*argv, *sample]) == 0
@@ -297,3 +297,8 @@ def test_compare_two_steps_of_one_run_and_a_labelled_top_p_sample(run_dir, capsy
     assert "--- sample (prompt 'Line'; temperature 0.8, top-p 0.9; seed 2; 4 new tokens) ---" in out
     assert main([*argv, "--generate", "x", "--top-p", "1.5"]) == 2
     assert "--top-p: must be in (0, 1]" in capsys.readouterr().err
+
+
+def _header(out: str) -> list[str]:
+    """The comparison table's header (after the attention choice's line)."""
+    return next(line.split() for line in out.splitlines() if line.startswith("metric"))

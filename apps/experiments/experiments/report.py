@@ -104,9 +104,10 @@ def _load_note(rows: list[Row]) -> str:
     """How long the configs trained and how loaded the machine was, from the rows' ``wall_s``
     and ``load`` (the 1-minute load average as each config started and ended); "" without."""
     # A config's row holds its seeds' mean wall time: the study's time is every seed's run.
-    runs = [
-        seed for r in rows for seed in (r["per_seed"] if isinstance(r.get("per_seed"), list) else [r])
-    ]
+    runs: list[Row] = []
+    for row in rows:
+        seeds = row.get("per_seed")
+        runs.extend(seeds if isinstance(seeds, list) else [row])
     walls = [float(r["wall_s"]) for r in runs if isinstance(r.get("wall_s"), int | float)]
     loads = [float(x) for r in runs if isinstance(r.get("load"), list) for x in r["load"]]
     if not walls or not loads:

@@ -8,6 +8,7 @@ torch.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -26,12 +27,16 @@ def peer_python() -> Path:
     )
     python = venv / "bin" / "python"
     probe = [str(python), "-c", "import torch, transformers, safetensors"]
-    if python.is_file() and subprocess.run(probe, capture_output=True).returncode == 0:
-        return python
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    pip = [str(python), "-m", "pip", "install", "--quiet", *REQUIREMENTS]
-    subprocess.run(pip, check=True)
-    subprocess.run(probe, check=True)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    # apps/eval's GPT-2 harness test uses this venv too, maybe from another Pants batch at once.
+    with open(venv.with_name(venv.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if python.is_file() and subprocess.run(probe, capture_output=True).returncode == 0:
+            return python
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        pip = [str(python), "-m", "pip", "install", "--quiet", *REQUIREMENTS]
+        subprocess.run(pip, check=True)
+        subprocess.run(probe, check=True)
     return python
 
 

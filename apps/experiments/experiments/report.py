@@ -103,8 +103,13 @@ def plot_bars(study: Study, rows: list[Row], path: Path) -> bool:
 def _load_note(rows: list[Row]) -> str:
     """How long the configs trained and how loaded the machine was, from the rows' ``wall_s``
     and ``load`` (the 1-minute load average as each config started and ended); "" without."""
-    walls = [float(r["wall_s"]) for r in rows if isinstance(r.get("wall_s"), int | float)]
-    loads = [float(x) for r in rows if isinstance(r.get("load"), list) for x in r["load"]]
+    # A config's row holds its seeds' mean wall time: the study's time is every seed's run.
+    runs: list[Row] = []
+    for row in rows:
+        seeds = row.get("per_seed")
+        runs.extend(seeds if isinstance(seeds, list) else [row])
+    walls = [float(r["wall_s"]) for r in runs if isinstance(r.get("wall_s"), int | float)]
+    loads = [float(x) for r in runs if isinstance(r.get("load"), list) for x in r["load"]]
     if not walls or not loads:
         return ""
     cores = os.cpu_count() or 1

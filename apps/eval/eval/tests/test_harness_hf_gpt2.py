@@ -10,6 +10,7 @@ in float64; tjx loads the folder with tjx.nn's HF GPT-2 loader and scores them t
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -22,7 +23,7 @@ import pytest
 from eval.harness_model import TjxLM
 from tjx import nn
 
-PEER_REQUIREMENTS = ("torch==2.13.0", "transformers", "numpy")
+PEER_REQUIREMENTS = ("torch==2.13.0", "transformers", "safetensors", "numpy")
 MAX_LEN = 64
 
 PEER = r"""
@@ -51,13 +52,23 @@ for ctx, cont in json.loads((out / "pairs.json").read_text()):
 
 
 def _peer_python() -> Path:
-    """The scratch venv's interpreter (made once, kept in the cache folder)."""
-    cache = Path(os.environ.get("TJX_CACHE") or Path.home() / ".cache" / "tjx")
-    venv = cache / "harness-gpt2-peer"
+    """The scratch venv's interpreter: tests-integration's HF peer venv (same path, same pins,
+    the same lock), so a machine installs torch and transformers once for both."""
+    venv = Path(
+        os.environ.get("TJX_HF_PEER_VENV") or Path.home() / ".cache" / "tjx" / "hf-peer-venv"
+    )
     python = venv / "bin" / "python"
-    probe = [str(python), "-c", "import torch, transformers"]
-    if python.is_file() and subprocess.run(probe, capture_output=True).returncode == 0:
-        return python
+    probe = [str(python), "-c", "import torch, transformers, safetensors"]
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.with_name(venv.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second Pants batch may be making it right now
+        if python.is_file() and subprocess.run(probe, capture_output=True).returncode == 0:
+            return python
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        pip = [str(python), "-m", "pip", "install", "--quiet", *PEER_REQUIREMENTS]
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        subprocess.run(pip, check=True, env=env)
+    return python
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
     pip = [str(python), "-m", "pip", "install", "--quiet", *PEER_REQUIREMENTS]
     subprocess.run(pip, check=True, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})

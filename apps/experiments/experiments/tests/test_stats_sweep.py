@@ -123,3 +123,13 @@ def test_next_value_is_none_when_the_best_is_inside() -> None:
     assert next_value(pts, SWEEP) is None
     assert next_value(pts[:2], SWEEP) == pytest.approx(9.0)
     assert next_value(pts[1:], SWEEP) == pytest.approx(1.0)
+
+
+def test_the_reports_training_time_adds_up_every_seeds_run() -> None:
+    from experiments.report import _load_note
+
+    seeds = [{"wall_s": 10.0, "load": [0.5, 1.5]}, {"wall_s": 20.0, "load": [0.7, 1.0]}]
+    other = [{"wall_s": 4.0, "load": [0.2, 0.4]}, {"wall_s": 6.0, "load": [0.3, 0.6]}]
+    note = _load_note([aggregate(seeds), aggregate(other)])
+    # 10 + 20 + 4 + 6 s, not the two configs' means (15 + 5); loads of every seed (0.2 to 1.5).
+    assert "trained for 40 s in all" in note and "0.2–1.5" in note

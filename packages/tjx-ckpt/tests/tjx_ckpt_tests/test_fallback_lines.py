@@ -74,3 +74,36 @@ def test_failed_read_debris_is_dropped_and_nothing_else(monkeypatch: pytest.Monk
     for exc in (RuntimeError("Event loop is closed"), RuntimeError("other"), ValueError("x")):
         sys.unraisablehook(SimpleNamespace(exc_value=exc))  # type: ignore[arg-type]
     assert passed_on == ["other", "x"]
+
+
+def test_debris_that_arrives_before_the_failure_is_seen_is_dropped_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # tensorstore's threads may call into orbax's closed loop while the failed read is still
+    # unwinding: the filter must already be in place when the first read starts.
+    import jax.numpy as jnp
+
+    from tjx.ckpt import CheckpointManager, manager as manager_module
+    from tjx.ckpt.errors import CorruptCheckpointError
+
+    passed_on: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: passed_on.append(str(u.exc_value)))
+    monkeypatch.setattr(fallback, "_installed", False)
+    state = {"w": jnp.arange(4.0)}
+    with CheckpointManager(tmp_path / "ckpt", async_save=False) as manager:
+        manager.save(1, state=state)
+        manager.save(2, state=state)
+    real_read = manager_module.read_step
+
+    def read_with_early_debris(mgr: object, step: int, **kwargs: object) -> object:
+        if step == 2:
+            sys.unraisablehook(SimpleNamespace(exc_value=RuntimeError("Event loop is closed")))
+            raise CorruptCheckpointError("step 2: damaged")
+        return real_read(mgr, step, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(manager_module, "read_step", read_with_early_debris)
+    out = io.StringIO()
+    with CheckpointManager(tmp_path / "ckpt") as manager, corrupt_fallback_lines("demo", out):
+        assert manager.restore(target=state).step == 1
+    assert passed_on == []
+    assert out.getvalue().count("\n") == 1

@@ -9,7 +9,9 @@ A failed tensorstore read also leaves debris that Python prints later, when the 
 futures are garbage-collected: asyncio's ``Future exception was never retrieved`` (logged with a
 traceback of the same error the warning names) and callbacks aimed at orbax's closed event loop
 (``RuntimeError: Event loop is closed``, reported as unraisable). :func:`silence_failed_reads`
-drops exactly those two kinds of message, for the rest of the process, once a read has failed.
+drops exactly those two kinds of message, for the rest of the process; the manager installs it
+before its first fallback read, because the debris can arrive from tensorstore's threads before
+the failed read's exception reaches the manager.
 """
 
 from __future__ import annotations

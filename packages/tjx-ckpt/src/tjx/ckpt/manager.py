@@ -310,11 +310,14 @@ class CheckpointManager:
                 self._corrupt.add(step)  # so that saving this step again may replace it
                 raise
         failures: list[tuple[int, CorruptCheckpointError]] = []
+        # Installed before the first read, not after a failure: the in-flight reads of a failed
+        # step call back into orbax's closed loop from tensorstore's threads at once, often
+        # before the failure has even reached this frame (a race CI lost once).
+        silence_failed_reads()
         for candidate in reversed(steps):
             try:
                 contents = read_step(self._mgr, candidate, target=target, subtree=subtree)
             except CorruptCheckpointError as err:
-                silence_failed_reads()  # the failed read's later asyncio/unraisable debris
                 self._corrupt.add(candidate)
                 failures.append((candidate, err))
                 continue

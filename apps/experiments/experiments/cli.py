@@ -1,5 +1,5 @@
-"""``python -m experiments STUDY [--scale smoke|cpu|gpu] [--out DIR] [--runs-dir DIR]
-[--fresh]``."""
+"""``python -m experiments STUDY [--scale smoke|cpu|gpu] [--seeds N] [--out DIR]
+[--runs-dir DIR] [--fresh]``."""
 
 from __future__ import annotations
 
@@ -24,8 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale",
         choices=SCALES,
         default="cpu",
-        help="smoke: two configs, two seeds, a few steps; cpu: 3 seeds, sized for <= 20 min on "
+        help="smoke: two configs, one seed, a few steps; cpu: 3 seeds, sized for <= 20 min on "
         "2 cores; gpu: a lent GPU",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run each config with seeds 0..N-1 instead of the scale's (training studies only)",
     )
     parser.add_argument(
         "--out", default="docs/experiments", help="reports go to OUT/<study>/ (default %(default)s)"
@@ -44,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def execute(study: Study, scale: str, runs_dir: Path) -> list[tuple[RunSpec, Path, Row]]:
+def execute(
+    study: Study, scale: str, runs_dir: Path, seeds: tuple[int, ...] | None = None
+) -> list[tuple[RunSpec, Path, Row]]:
     """Run every config of ``study`` (in this process) and return (spec, run dir, row)."""
     if study.kind == "memory":
         from experiments.memory import run_memory
@@ -56,7 +65,7 @@ def execute(study: Study, scale: str, runs_dir: Path) -> list[tuple[RunSpec, Pat
         return run_side(study, scale, runs_dir)
     from experiments.runner import run_study
 
-    return run_study(study, scale, runs_dir)
+    return run_study(study, scale, runs_dir, seeds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,10 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.runner import StudyError
 
     study = STUDIES[args.study]
+    seeds = None if args.seeds is None else tuple(range(args.seeds))
+    if seeds is not None and (not seeds or study.kind != "train"):
+        print(
+            f"experiments: error: --seeds {args.seeds}: "
+            + ("give at least 1" if not seeds else f"the {study.kind} study sets its own seeds")
+            + "; leave --seeds out for the scale's default",
+            file=sys.stderr,
+        )
+        return 2
     if args.fresh:
         shutil.rmtree(Path(args.runs_dir) / study.name / args.scale, ignore_errors=True)
     try:
-        runs = execute(study, args.scale, Path(args.runs_dir))
+        runs = execute(study, args.scale, Path(args.runs_dir), seeds)
     except StudyError as err:
         print(f"experiments: error: {err}", file=sys.stderr)
         return 2

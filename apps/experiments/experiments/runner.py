@@ -152,15 +152,18 @@ def config_dir(runs_dir: Path, study: Study, scale: str, spec: RunSpec) -> Path:
     return runs_dir / study.name / scale / spec.label
 
 
-def run_study(study: Study, scale: str, runs_dir: Path) -> list[tuple[RunSpec, Path, Row]]:
-    """Every config of ``study`` at ``scale``, each once per seed of `SEEDS` (skipping finished
-    runs), a sweep extended until its best lies inside; one row per config (the seeds'
-    mean ± std, `experiments.stats.aggregate`) with its first seed's run directory (the curves)."""
+def run_study(
+    study: Study, scale: str, runs_dir: Path, seeds: tuple[int, ...] | None = None
+) -> list[tuple[RunSpec, Path, Row]]:
+    """Every config of ``study`` at ``scale``, each once per seed (``seeds``, default the
+    scale's `SEEDS`; finished runs skipped), a sweep extended until its best lies inside; one
+    row per config (the seeds' mean ± std, `experiments.stats.aggregate`) with its first seed's
+    run directory (the curves)."""
     from experiments import sweep as sweep_mod
     from experiments.stats import aggregate
 
     specs: list[RunSpec] = list(study.runs(scale))
-    seeds = SEEDS[scale]
+    seeds = SEEDS[scale] if seeds is None else seeds
     use_compile_cache(runs_dir / ".xla-cache")
     done: dict[str, tuple[RunSpec, Path, Row]] = {}
     # The bar counts configs × seeds; a sweep's extensions add to it (tjx-metrics' bar has a

@@ -11,6 +11,7 @@ import pytest
 
 from experiments.cli import main
 from experiments.registry import STUDIES
+from experiments.stability import PRESET_LR, pair_label
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +21,9 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "runs", root / "docs"
 
 
-def _run(study: str, folders: tuple[Path, Path]) -> int:
+def _run(study: str, folders: tuple[Path, Path], *extra: str) -> int:
     runs, docs = folders
-    return main([study, "--scale", "smoke", "--runs-dir", str(runs), "--out", str(docs)])
+    return main([study, "--scale", "smoke", "--runs-dir", str(runs), "--out", str(docs), *extra])
 
 
 @pytest.mark.parametrize("name", list(STUDIES))
@@ -39,8 +40,8 @@ def test_smoke_study_writes_its_report(name: str, folders: tuple[Path, Path]) ->
     for row in rows:
         assert f"| {row['label']} |" in readme
         assert row["machine"] and row["measured_at"]
-        if study.kind == "train":  # every config ran with both smoke seeds, reported as mean ± std
-            assert [r["seed"] for r in row["per_seed"]] == [0, 1] and row["seeds"] == 2
+        if study.kind == "train":  # every config ran with the smoke scale's one seed
+            assert [r["seed"] for r in row["per_seed"]] == [0] and row["seeds"] == 1
     assert "## Verdict on the seeds' claims" in readme
     claims = readme.split("## Verdict on the seeds' claims")[1]
     assert claims.count("\n| 00") >= 1  # a claim row quoting a seed file
@@ -50,8 +51,10 @@ def test_smoke_study_writes_its_report(name: str, folders: tuple[Path, Path]) ->
     assert "## What it shows\n\n- " in readme
 
 
-def test_positions_rows_hold_the_longer_lengths(folders: tuple[Path, Path]) -> None:
-    assert _run("positions", folders) == 0
+def test_positions_rows_hold_the_longer_lengths_and_two_seeds_differ(
+    folders: tuple[Path, Path],
+) -> None:
+    assert _run("positions", folders, "--seeds", "2") == 0  # seed 0 ran above: only seed 1 runs
     rows = {
         r["label"]: r
         for r in map(
@@ -71,10 +74,10 @@ def test_a_rerun_skips_finished_configs_and_resumes_a_half_finished_one(
 ) -> None:
     assert _run("schedules", folders) == 0
     base = folders[0] / "schedules" / "smoke"
-    done, half = base / "cosine" / "seed_1", base / "cosine" / "seed_0"
+    done, half = base / pair_label(PRESET_LR, False) / "seed_0", base / "cosine" / "seed_0"
     stamp = (done / "summary.json").stat().st_mtime_ns
-    # Make cosine's first seed half-finished: only its step-2 checkpoint remains, as after a kill
-    # at step 3.
+    # Make cosine's seed half-finished: only its step-2 checkpoint remains, as after a kill at
+    # step 3.
     for name in ("summary.json", "status.json", "final.json"):
         (half / name).unlink()
     shutil.rmtree(half / "checkpoints" / "4")
@@ -83,3 +86,12 @@ def test_a_rerun_skips_finished_configs_and_resumes_a_half_finished_one(
     status = json.loads((half / "status.json").read_text())
     assert status["resumed"] is True and status["exit"] == 0
     assert json.loads((half / "final.json").read_text())["step"] == 4
+
+
+@pytest.mark.parametrize(("study", "seeds"), [("positions", "0"), ("memory", "2")])
+def test_seeds_must_be_positive_and_only_for_training_studies(
+    study: str, seeds: str, folders: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(study, folders, "--seeds", seeds) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"experiments: error: --seeds {seeds}: "), err

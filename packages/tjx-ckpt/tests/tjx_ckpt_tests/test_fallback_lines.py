@@ -83,7 +83,8 @@ def test_debris_that_arrives_before_the_failure_is_seen_is_dropped_too(
     # unwinding: the filter must already be in place when the first read starts.
     import jax.numpy as jnp
 
-    from tjx.ckpt import CheckpointManager, manager as manager_module
+    from tjx.ckpt import CheckpointManager
+    from tjx.ckpt import manager as manager_module
     from tjx.ckpt.errors import CorruptCheckpointError
 
     passed_on: list[str] = []

@@ -99,8 +99,17 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
             raise ConfigError("--data: empty source; give a built-in name, hub name or path")
         overrides.append(f"data.source={args.data}")
     cfg = build_config(apply_overrides(settings, overrides))
-    with keyed("data.source", data.DataError):  # a local file or folder must exist now
-        data.check_local_source(cfg.data.source)
+    if args.data is not None and cfg.data.sources is not None:
+        raise ConfigError(
+            "--data: this config trains on the mixture data.sources; drop --data, or add "
+            "--set data.sources=null to train on --data alone"
+        )
+    if cfg.data.sources is None:
+        with keyed("data.source", data.DataError):  # a local file or folder must exist now
+            data.check_local_source(cfg.data.source)
+    for i, entry in enumerate(cfg.data.sources or []):
+        with keyed(f"data.sources[{i}].source", data.DataError):
+            data.check_local_source(str(entry["source"]))
     from tjx import metrics  # only for a valid config: it loads jax
 
     with keyed("logging.sinks"):  # an optional logger's package (tensorboardX, wandb) is there

@@ -78,7 +78,19 @@ class DataConfig:
     batch_size: int = spec(16, min=1, help="global batch (sequences per optimizer step)")
     num_workers: int = spec(1, min=1, max=256)
     shuffle: bool = spec(True)
-    max_tokens: int | None = spec(None, min=1, help="prepare at most this many tokens per split")
+    max_tokens: int | None = spec(
+        None, min=1, help="prepare at most this many tokens per split (of each mixture source)"
+    )
+    sources: list[dict] | None = spec(
+        None,
+        help="a weighted mixture instead of data.source: [{source: ..., weight: 3, name: web}, "
+        "...] (tjx.data.check_mixture); val_loss/<name> per source",
+    )
+    on_exhausted: str = spec(
+        "repeat",
+        choices="tjx.data:ON_EXHAUSTED",
+        help="a mixture source that has given every window: repeat (a new epoch) or drop",
+    )
 
 
 @dataclass
@@ -264,6 +276,25 @@ def _require(cond: bool, message: str) -> None:
 _DATA_KEYS = {k: f"data.{k}" for k in ("max_tokens", "batch_size", "seq_len")}
 
 
+def _check_mixture(cfg: Config) -> None:
+    """``data.sources`` is tjx.data's mixture spec, for text runs that shuffle."""
+    from tjx import data
+
+    try:
+        data.check_mixture(cfg.data.sources or [], key="data.sources")
+    except data.DataError as err:
+        raise ConfigError(str(err)) from None
+    _require(
+        cfg.model.kind != "vit",
+        "data.sources: an image model reads the digits images (data.source=digits), not a mixture",
+    )
+    _require(
+        cfg.data.shuffle,
+        "data.shuffle: a mixture reads each source's windows shuffled; drop data.shuffle=false or "
+        "train on one data.source",
+    )
+
+
 def validate(cfg: Config) -> Config:
     """Checks across fields (single fields were checked while reading).
 
@@ -287,6 +318,8 @@ def validate(cfg: Config) -> Config:
         check_max_tokens(d.max_tokens, d.seq_len, d.batch_size, names=_DATA_KEYS)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if d.sources is not None:
+        _check_mixture(cfg)
     _require(  # the prompts first: asking tjx.nn for the task loads JAX
         bool(cfg.sampling.prompts) or cfg.task != "lm",
         "sampling.prompts: give at least one prompt (a language model writes samples at the end "

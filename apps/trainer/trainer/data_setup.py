@@ -22,6 +22,8 @@ KEYS = {
     "batch_size": "data.batch_size",
     "image_size": "model.image_size",
     "max_tokens": "data.max_tokens",
+    "sources": "data.sources",
+    "on_exhausted": "data.on_exhausted",
 }
 
 
@@ -39,19 +41,54 @@ def _processes() -> dict[str, int]:
     return {"process_index": jax.process_index(), "process_count": jax.process_count()}
 
 
+def mixture(cfg: Config) -> list[data.MixtureSource] | None:
+    """``data.sources`` as tjx.data's checked mixture (``None``: one ``data.source``)."""
+    if cfg.data.sources is None:
+        return None
+    try:
+        return data.check_mixture(cfg.data.sources, key="data.sources")
+    except data.DataError as err:  # config.validate checked it already; kept for callers
+        raise ConfigError(str(err)) from None
+
+
+def describe_source(cfg: Config) -> str:
+    """What the run reads, for its progress lines: the source, or the mixture's names."""
+    parts = mixture(cfg)
+    if parts is None:
+        return cfg.data.source
+    return "a mixture of " + ", ".join(f"{p.name} ({p.weight:g})" for p in parts)
+
+
 def make_tokenizer(cfg: Config) -> Any:
-    """``byte``, ``gpt2``, ``bpe`` (trained once on data.source, cached by tjx.data) or a path."""
-    d = cfg.data
+    """``byte``, ``gpt2``, ``bpe`` (trained once on data.source, or a mixture's first source,
+    cached by tjx.data) or a path."""
+    d, parts = cfg.data, mixture(cfg)
+    source = d.source if parts is None else parts[0].source
     return _keyed(
-        data.run_tokenizer, d.tokenizer, d.source, vocab=d.tokenizer_vocab, cache_dir=d.cache_dir
+        data.run_tokenizer, d.tokenizer, source, vocab=d.tokenizer_vocab, cache_dir=d.cache_dir
     )
 
 
 def prepare(cfg: Config) -> data.RunData:
-    """Tokenizer and checked shards of both splits, or the digits images (cheap when cached)."""
-    d, m = cfg.data, cfg.model
+    """Tokenizer and checked shards of both splits (of every mixture source), or the digits
+    images (cheap when cached)."""
+    d, m, parts = cfg.data, cfg.model, mixture(cfg)
     if cfg.task == "classify":
         return _keyed(data.prepare_image_run_data, d.source, image_size=m.image_size)
+    if parts is not None:
+        return _keyed(
+            data.prepare_mixture_run_data,
+            parts,
+            d.tokenizer,
+            seq_len=d.seq_len,
+            on_exhausted=d.on_exhausted,
+            tokenizer_vocab=d.tokenizer_vocab,
+            cache_dir=d.cache_dir,
+            vocab_size=m.vocab_size,
+            num_workers=d.num_workers,
+            progress=sys.stderr.isatty(),
+            max_tokens=d.max_tokens,
+        )
     return _keyed(
         data.prepare_run_data,
         d.source,
@@ -67,14 +104,27 @@ def prepare(cfg: Config) -> data.RunData:
 
 
 def train_loader(bundle: data.RunData, cfg: Config) -> Any:
-    """The resumable, shuffled training iterator: this process's rows of each global batch."""
-    return _keyed(
+    """The resumable, shuffled training iterator: this process's rows of each global batch.
+
+    A mixture that drops its exhausted sources ends; one that would end before ``train.steps``
+    is refused here, before anything is written, rather than stopping the run half-way.
+    """
+    loader = _keyed(
         bundle.train_loader,
         cfg.data.batch_size,
         seed=cfg.train.seed,
         shuffle=cfg.data.shuffle,
         **_processes(),
     )
+    rows, needed = getattr(loader, "total_rows", None), cfg.train.steps * cfg.data.batch_size
+    if rows is not None and rows < needed:
+        raise ConfigError(
+            f"data.on_exhausted: with drop the sources give {rows} rows in all, and "
+            f"train.steps × data.batch_size = {cfg.train.steps} × {cfg.data.batch_size} = "
+            f"{needed}; use train.steps <= {rows // cfg.data.batch_size}, or "
+            "data.on_exhausted=repeat"
+        )
+    return loader
 
 
 def restore_loader(loader: Any, state: dict[str, Any]) -> None:
@@ -85,3 +135,10 @@ def restore_loader(loader: Any, state: dict[str, Any]) -> None:
 def val_batches(bundle: data.RunData, cfg: Config, max_batches: int | None) -> Iterator[Any]:
     """The first ``max_batches`` validation batches, always in the same order."""
     return bundle.validation_batches(cfg.eval.batch_size, max_batches, **_processes())
+
+
+def val_sets(
+    bundle: data.RunData, cfg: Config, max_batches: int | None
+) -> dict[str, tuple[Iterator[Any], float | None]]:
+    """A mixture's held-out batches and bytes/token by source name (``val_loss/<name>``)."""
+    return bundle.mixture_validation(cfg.eval.batch_size, max_batches, **_processes())

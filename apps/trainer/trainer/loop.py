@@ -75,7 +75,7 @@ def _prepare_and_train(plan: RunPlan) -> int:
     # Everything that can fail on bad input happens before the run directory exists.
     try:
         # A first run tokenizes the corpus (minutes for a large one): say so, and how long it took.
-        print(f"data: preparing {cfg.data.source}…", flush=True)
+        print(f"data: preparing {data_setup.describe_source(cfg)}…", flush=True)
         started = time.perf_counter()
         bundle = data_setup.prepare(cfg)
         print(f"data: ready in {time.perf_counter() - started:.1f} s", flush=True)

@@ -59,6 +59,7 @@ _SCALARS: dict[Any, tuple[Any, str]] = {
     int: (int, "an integer"),
     float: (int | float, "a number"),
     str: (str, "a string"),
+    dict: (dict, "a mapping"),  # free-form entries a package checks itself (data.sources)
 }
 _BOOL_WORDS = dict.fromkeys(("true", "yes", "on", "1"), True)
 _BOOL_WORDS |= dict.fromkeys(("false", "no", "off", "0"), False)
@@ -92,8 +93,9 @@ def _from_text(text: str, tp: Any, path: str) -> Any:
             items = yaml.safe_load(word)
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: cannot read {text!r} as a list ({err})") from None
-        # Items stay text, to be read as the item type just like comma-form items.
-        return [item if isinstance(item, str) else str(item) for item in items]
+        # Items stay text, to be read as the item type just like comma-form items; a mapping
+        # (``[{source: ./web, weight: 3}]``) stays one.
+        return [item if isinstance(item, str | dict) else str(item) for item in items]
     if tp is bool:
         return _BOOL_WORDS.get(word.lower(), text)
     if tp is int:
@@ -134,7 +136,7 @@ def convert(
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, path)  # type: ignore[arg-type]
-    if from_text:
+    if from_text and isinstance(value, str):  # a list's mapping item is already a value
         value = _from_text(value, tp, path)
     if origin is list:
         (inner,) = typing.get_args(tp)

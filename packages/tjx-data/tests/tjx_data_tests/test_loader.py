@@ -1,4 +1,5 @@
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -252,13 +253,17 @@ def test_prefetch_with_a_placement_function(shards):
 
 
 class _Clock:
-    """A ``time`` stand-in whose ``perf_counter`` advances by ``tick`` seconds per call (shared by
-    the consumer and the prefetch thread), so the loader's switching decisions are repeatable."""
+    """A ``time`` stand-in whose ``perf_counter`` advances by ``tick`` seconds per call of the
+    consumer's thread; the prefetch thread always reads 0 (its builds take no time). Were they to
+    share one clock, how their calls interleave would decide the votes (the switching test failed
+    on some runs)."""
 
     def __init__(self, tick: float) -> None:
         self.now, self.tick = 0.0, tick
 
     def perf_counter(self) -> float:
+        if threading.current_thread() is not threading.main_thread():
+            return 0.0
         self.now += self.tick
         return self.now
 

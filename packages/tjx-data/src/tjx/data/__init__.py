@@ -13,19 +13,15 @@ from tjx.data.images import (
     load_image_dataset,
 )
 from tjx.data.loader import PackedLoader, validation_batches
-from tjx.data.mixture import MixtureRule, MixtureSource, check_mixture
+from tjx.data.mixture import ON_EXHAUSTED, MixturePart, MixtureRule, MixtureSource, check_mixture
 from tjx.data.mixture_loader import MixtureLoader, mixture_validation_batches
 from tjx.data.packing import IGNORE_INDEX, PackingPlan
 from tjx.data.prefetch import DevicePrefetcher, prefetch_to_device
 from tjx.data.prepare import PreparedShards, bpe_tokenizer, check_max_tokens, prepare_shards
 from tjx.data.pretokenize import pretokenize
-from tjx.data.run_data import (
-    RunData,
-    prepare_image_run_data,
-    prepare_run_data,
-    restore_loader_state,
-    run_tokenizer,
-)
+from tjx.data.run_data import RunData, restore_loader_state
+from tjx.data.run_prepare import prepare_image_run_data, prepare_mixture_run_data, prepare_run_data
+from tjx.data.run_tokenizer import run_tokenizer
 from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_index
 from tjx.data.sources import Documents, check_local_source, load_source
 from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, encode_prompts
@@ -35,6 +31,7 @@ __version__ = "0.5.0"
 __all__ = [
     "BUILTIN_CORPORA",
     "IGNORE_INDEX",
+    "ON_EXHAUSTED",
     "ByteTokenizer",
     "DataError",
     "DevicePrefetcher",
@@ -43,6 +40,7 @@ __all__ = [
     "ImageDataset",
     "ImageLoader",
     "MixtureLoader",
+    "MixturePart",
     "MixtureRule",
     "MixtureSource",
     "PackedLoader",
@@ -73,6 +71,7 @@ __all__ = [
     "pretokenize",
     "prepare_builtin",
     "prepare_image_run_data",
+    "prepare_mixture_run_data",
     "prepare_run_data",
     "restore_loader_state",
     "run_tokenizer",

@@ -16,7 +16,7 @@ import sys
 
 from tjx.data.errors import DataError
 from tjx.data.prepare import prepare_shards
-from tjx.data.run_data import run_tokenizer
+from tjx.data.run_tokenizer import run_tokenizer
 
 
 def main(argv: list[str] | None = None) -> int:

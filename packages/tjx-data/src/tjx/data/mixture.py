@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tjx.data.errors import DataError
 
-__all__ = ["ON_EXHAUSTED", "MixtureRule", "MixtureSource", "check_mixture"]
+__all__ = ["ON_EXHAUSTED", "MixturePart", "MixtureRule", "MixtureSource", "check_mixture"]
 
 #: What happens to a source that has given every window once.
 ON_EXHAUSTED = ("repeat", "drop")
@@ -38,6 +39,38 @@ class MixtureSource:
     name: str
     source: str
     weight: float
+
+
+@dataclass(frozen=True)
+class MixturePart:
+    """One prepared source of a run's mixture: where its two splits' shards are.
+
+    ``bytes_per_token`` is its validation split's (bits/byte of its ``val_loss/<name>``).
+    """
+
+    name: str
+    source: str
+    weight: float
+    train_dir: Path
+    val_dir: Path
+    bytes_per_token: float | None
+
+    def describe(self) -> dict[str, Any]:
+        """The part as JSON (``data.json``'s ``mixture`` list)."""
+        return {**asdict(self), "train_dir": str(self.train_dir), "val_dir": str(self.val_dir)}
+
+    @classmethod
+    def from_description(cls, info: Mapping[str, Any]) -> MixturePart:
+        """The part `describe` wrote."""
+        bpt = info.get("bytes_per_token")
+        return cls(
+            str(info["name"]),
+            str(info["source"]),
+            float(info["weight"]),
+            Path(info["train_dir"]),
+            Path(info["val_dir"]),
+            None if bpt is None else float(bpt),
+        )
 
 
 def check_mixture(

@@ -72,9 +72,13 @@ class MixtureLoader:
         self.streams = [TokenStream(list(index.open())) for index in self.indexes]
         windows = []
         for name, index in zip(self.names, self.indexes, strict=True):
+            if index.tokens < seq_len + 1:  # a source's rows come one at a time: one must fit
+                raise DataError(
+                    f"mixture source {name!r}: too few tokens for one row ({index.tokens} "
+                    f"tokens, a row needs seq_len + 1 = {seq_len + 1}); lower seq_len or give "
+                    "it more data"
+                )
             plan = PackingPlan(num_tokens=index.tokens, seq_len=seq_len, batch_size=1, seed=seed)
-            if plan.num_windows < 1:
-                raise DataError(f"mixture source {name!r}: too few tokens for one row")
             windows.append(plan.num_windows)
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.process_index, self.process_count = process_index, process_count
@@ -83,6 +87,12 @@ class MixtureLoader:
         )
         self.step = 0
         self._orders: dict[tuple[int, int], np.ndarray] = {}
+
+    @property
+    def total_rows(self) -> int | None:
+        """Rows the mixture gives before it ends: every window of every source once with
+        ``"drop"``; ``None`` (endless) with ``"repeat"``."""
+        return int(self.rule.windows.sum()) if self.rule.on_exhausted == "drop" else None
 
     @property
     def global_batch(self) -> int:

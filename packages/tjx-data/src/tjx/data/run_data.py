@@ -1,12 +1,10 @@
 """The data of one training run: tokenizer, checked shards, loaders and the run's description.
 
-`prepare_run_data` turns a source and a tokenizer spec into a `RunData`: the tokenizer (``"byte"``,
-``"gpt2"``, ``"bpe"`` trained on the source and cached, or a path), the source's shards in the
-shared cache (`prepare_shards`), checked to hold a sequence per split and to fit a model
-vocabulary. `prepare_image_run_data` gives the digits images instead. A `RunData` makes the
-run's loaders (every process its own rows of each global batch), its first validation batches
-and ``data.json`` (`RunData.describe`), which `RunData.from_description` reads back, so the
-program that trains and the one that evaluates share one definition of that file.
+`tjx.data.run_prepare` makes a `RunData` (one source, a weighted mixture, or the digits images).
+A `RunData` makes the run's loaders (every process its own rows of each global batch), its
+first validation batches and ``data.json`` (`RunData.describe`), which
+`RunData.from_description` reads back, so the program that trains and the one that evaluates
+share one definition of that file.
 
 Every check raises `DataError` with ``argument`` set to the argument at fault; ``names`` words
 the messages by the caller's own names for the arguments (``{"seq_len": "data.seq_len"}``).
@@ -21,66 +19,21 @@ from pathlib import Path
 from typing import Any
 
 from tjx.data.bpe import load_tokenizer, save_tokenizer
-from tjx.data.cache import cache_dir as default_cache_dir
 from tjx.data.elastic import restore_loader_state
 from tjx.data.errors import DataError
-from tjx.data.images import ImageDataset, ImageLoader, image_batches, load_digits
+from tjx.data.images import ImageDataset, ImageLoader, image_batches
 from tjx.data.loader import PackedLoader, validation_batches
-from tjx.data.prepare import bpe_tokenizer, prepare_shards
+from tjx.data.mixture import MixturePart
+from tjx.data.mixture_loader import MixtureLoader, mixture_validation_batches
+from tjx.data.prepare import prepare_shards
+from tjx.data.run_tokenizer import Names, fault, name_of
 from tjx.data.shards import load_index
-from tjx.data.tokenizers import ByteTokenizer, Tokenizer
+from tjx.data.tokenizers import Tokenizer
 
-__all__ = [
-    "BUILTIN_TOKENIZERS",
-    "RunData",
-    "prepare_image_run_data",
-    "prepare_run_data",
-    "restore_loader_state",
-    "run_tokenizer",
-]
+__all__ = ["BUILTIN_TOKENIZERS", "RunData", "restore_loader_state"]
 
 #: Tokenizer specs that name themselves in ``data.json``; any other tokenizer is saved beside it.
 BUILTIN_TOKENIZERS = ("byte", "bytes", "gpt2")
-Names = Mapping[str, str] | None
-
-
-def _fault(names: Names, argument: str, message: str) -> DataError:
-    """``DataError("<name of argument>: message", argument=argument)``."""
-    return DataError(f"{_name(names, argument)}: {message}", argument=argument)
-
-
-def _name(names: Names, argument: str) -> str:
-    return (names or {}).get(argument, argument)
-
-
-def _cache_root(cache_dir: str | Path | None) -> Path:
-    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-
-
-def run_tokenizer(
-    spec: str,
-    source: str,
-    *,
-    vocab: int = 2048,
-    cache_dir: str | Path | None = None,
-    names: Names = None,
-) -> Tokenizer:
-    """The tokenizer ``spec`` names for a run on ``source``.
-
-    ``"bpe"`` is a byte-level BPE of ``vocab`` ids trained on ``source``'s train split once and
-    cached (`bpe_tokenizer`); anything else goes to `load_tokenizer` (``"byte"``, ``"gpt2"``, a
-    path). A corpus the BPE cannot train on is a `DataError` with ``argument="source"``, a
-    tokenizer that does not load one with ``argument="tokenizer"``.
-    """
-    if spec != "bpe":
-        try:
-            return load_tokenizer(spec)
-        except DataError as err:
-            raise _fault(names, "tokenizer", str(err)) from None
-    try:
-        return bpe_tokenizer(source, vocab, _cache_root(cache_dir))
-    except DataError as err:  # the corpus it trains on is the source
-        raise _fault(names, "source", str(err)) from None
 
 
 @dataclass(frozen=True)
@@ -107,6 +60,10 @@ class RunData:
         The cache folder of the shards and a trained BPE (``None`` for images).
     images:
         ``{"train": ImageDataset, "validation": ImageDataset}`` of an image run.
+    mixture, on_exhausted:
+        The prepared sources of a weighted mixture (``source`` then names them all,
+        ``train_dir``/``val_dir`` are ``None`` and ``bytes_per_token`` is the weights' mean of
+        theirs), and what a source that has given every window does (`MixtureLoader`).
     """
 
     source: str
@@ -119,6 +76,8 @@ class RunData:
     seq_len: int | None
     cache_dir: Path | None
     images: Mapping[str, ImageDataset] | None = None
+    mixture: tuple[MixturePart, ...] | None = None
+    on_exhausted: str = "repeat"
 
     # -- loaders -----------------------------------------------------------------------------
     def train_loader(
@@ -130,7 +89,7 @@ class RunData:
         process_index: int = 0,
         process_count: int = 1,
         names: Names = None,
-    ) -> PackedLoader | ImageLoader:
+    ) -> PackedLoader | ImageLoader | MixtureLoader:
         """The resumable, shuffled training iterator (``state_dict``/``load_state_dict``).
 
         ``batch_size`` is the global batch: each of ``process_count`` processes reads its own
@@ -142,7 +101,9 @@ class RunData:
             try:
                 return ImageLoader(self.images["train"], batch_size, seed=seed)
             except DataError as err:
-                raise _fault(names, "batch_size", str(err)) from None
+                raise fault(names, "batch_size", str(err)) from None
+        if self.mixture is not None:
+            return self._mixture_loader(batch_size, seed, process_index, process_count, names)
         train_dir, seq_len = self._text("train_dir"), self._text("seq_len")
         try:
             return PackedLoader(
@@ -158,14 +119,55 @@ class RunData:
             if err.argument != "batch_size":
                 raise
         tokens = load_index(train_dir).tokens
-        b, s = _name(names, "batch_size"), _name(names, "seq_len")
-        raise _fault(
+        b, s = name_of(names, "batch_size"), name_of(names, "seq_len")
+        raise fault(
             names,
             "batch_size",
             f"the train split of {self.source!r} is too small for one batch of {batch_size} "
             f"sequences of {s} + 1 = {seq_len + 1} tokens ({tokens} tokens make "
             f"{(tokens - 1) // seq_len} such windows); lower {b} or {s}, or give more data",
         )
+
+    def _mixture_loader(
+        self, batch_size: int, seed: int, process_index: int, process_count: int, names: Names
+    ) -> MixtureLoader:
+        parts = self.mixture or ()
+        try:
+            return MixtureLoader(
+                [(p.name, p.train_dir, p.weight) for p in parts],
+                seq_len=self._text("seq_len"),
+                batch_size=batch_size // process_count,
+                seed=seed,
+                process_index=process_index,
+                process_count=process_count,
+                on_exhausted=self.on_exhausted,
+            )
+        except DataError as err:  # a source too small for one row, sources tokenized apart
+            raise fault(names, "sources", str(err)) from None
+
+    def mixture_validation(
+        self,
+        batch_size: int,
+        max_batches: int | None = None,
+        *,
+        process_index: int = 0,
+        process_count: int = 1,
+    ) -> dict[str, tuple[Iterator[dict[str, Any]], float | None]]:
+        """Each mixture source's first ``max_batches`` held-out batches and its bytes/token,
+        by name (``val_loss/<name>``); as `validation_batches` does for one source."""
+        if self.mixture is None:
+            raise DataError("this run's data is one source, not a mixture", argument="sources")
+        batches = mixture_validation_batches(
+            [(p.name, p.val_dir) for p in self.mixture],
+            self._text("seq_len"),
+            batch_size // process_count,
+            process_index=process_index,
+            process_count=process_count,
+        )
+        return {
+            p.name: (itertools.islice(batches[p.name], max_batches), p.bytes_per_token)
+            for p in self.mixture
+        }
 
     def validation_batches(
         self,
@@ -222,6 +224,14 @@ class RunData:
             "vocab_size": self.vocab_size,
             "seq_len": self.seq_len,
             "cache_dir": str(self.cache_dir) if self.cache_dir else None,
+            **(
+                {}
+                if self.mixture is None
+                else {
+                    "mixture": [p.describe() for p in self.mixture],
+                    "on_exhausted": self.on_exhausted,
+                }
+            ),
         }
 
     @classmethod
@@ -238,7 +248,7 @@ class RunData:
             try:
                 tokenizer = load_tokenizer(spec)
             except DataError as err:
-                raise _fault(None, "tokenizer", str(err)) from None
+                raise fault(None, "tokenizer", str(err)) from None
 
         def path(key: str) -> Path | None:
             return Path(info[key]) if info.get(key) else None
@@ -254,6 +264,12 @@ class RunData:
             bytes_per_token=info.get("bytes_per_token"),
             seq_len=info.get("seq_len"),
             cache_dir=path("cache_dir"),
+            mixture=(
+                None
+                if info.get("mixture") is None
+                else tuple(MixturePart.from_description(p) for p in info["mixture"])
+            ),
+            on_exhausted=str(info.get("on_exhausted") or "repeat"),
         )
 
     def heldout_shards(
@@ -266,10 +282,18 @@ class RunData:
         local file changes). Its errors, and a run without tokenizer, are a `DataError` with
         ``argument="source"``.
         """
+        if source is None and self.mixture is not None:
+            raise fault(
+                names,
+                "source",
+                "this run trained on a mixture ("
+                + ", ".join(f"{p.name}: {p.source}" for p in self.mixture)
+                + f"); name the held-out data to score, e.g. {self.mixture[0].source}",
+            )
         if source is None:
             return self._text("val_dir"), self.bytes_per_token
         if self.tokenizer is None:
-            raise _fault(names, "source", "this run has no tokenizer (an image model)")
+            raise fault(names, "source", "this run has no tokenizer (an image model)")
         try:
             shards = prepare_shards(
                 source,
@@ -279,107 +303,5 @@ class RunData:
                 progress=progress,
             )
         except DataError as err:
-            raise _fault(names, "source", str(err)) from None
+            raise fault(names, "source", str(err)) from None
         return shards.dirs["validation"], shards.bytes_per_token["validation"]
-
-
-def prepare_run_data(
-    source: str,
-    tokenizer: str | Tokenizer,
-    *,
-    seq_len: int,
-    tokenizer_vocab: int = 2048,
-    cache_dir: str | Path | None = None,
-    num_workers: int = 1,
-    vocab_size: int | None = None,
-    progress: bool = False,
-    names: Names = None,
-    max_tokens: int | None = None,
-) -> RunData:
-    """Tokenizer and shards of both splits of ``source``, checked for a run (cheap when cached).
-
-    Parameters
-    ----------
-    source:
-        Anything `load_source` reads.
-    tokenizer:
-        A tokenizer, or a spec for `run_tokenizer` (``"byte"``, ``"gpt2"``, ``"bpe"``, a path).
-    seq_len:
-        Tokens per sequence: each split must hold at least ``seq_len + 1`` tokens.
-    tokenizer_vocab:
-        The vocabulary of a ``"bpe"`` tokenizer.
-    cache_dir:
-        Where the shards (and a trained BPE) live (default: `cache_dir`).
-    num_workers, progress:
-        Passed to `prepare_shards`.
-    vocab_size:
-        A model vocabulary that must hold the tokenizer's ids (``None``: the tokenizer's).
-    names:
-        How messages name the arguments (default: their own names).
-    max_tokens:
-        Prepare at most this many tokens per split (`prepare_shards`); check it against the
-        batch first with `check_max_tokens`.
-
-    Raises
-    ------
-    DataError
-        With ``argument`` ``"tokenizer"`` (does not load), ``"vocab_size"`` (smaller than the
-        tokenizer's vocabulary) or ``"source"`` (unreadable, empty, or a split shorter than one
-        sequence; a BPE that cannot train on it).
-    """
-    root = _cache_root(cache_dir)
-    if isinstance(tokenizer, str):
-        spec: str | None = tokenizer
-        tok = run_tokenizer(tokenizer, source, vocab=tokenizer_vocab, cache_dir=root, names=names)
-    else:
-        spec, tok = ("bytes" if isinstance(tokenizer, ByteTokenizer) else None), tokenizer
-    if vocab_size is not None and vocab_size < tok.vocab_size:
-        raise _fault(
-            names,
-            "vocab_size",
-            f"{vocab_size} is smaller than the tokenizer's vocabulary ({tok.vocab_size}); "
-            f"leave it unset (the tokenizer's size) or use >= {tok.vocab_size}",
-        )
-    try:
-        shards = prepare_shards(
-            source, tok, root, num_workers=num_workers, progress=progress, max_tokens=max_tokens
-        )
-    except DataError as err:
-        raise _fault(names, "source", str(err)) from None
-    for split, tokens in shards.tokens.items():
-        if tokens < seq_len + 1:
-            raise _fault(
-                names,
-                "source",
-                f"the {split} split of {source!r} has {tokens} tokens, fewer than one sequence "
-                f"({_name(names, 'seq_len')} + 1 = {seq_len + 1})",
-            )
-    return RunData(
-        source=source,
-        tokenizer=tok,
-        tokenizer_spec=spec,
-        train_dir=shards.dirs["train"],
-        val_dir=shards.dirs["validation"],
-        vocab_size=tok.vocab_size,
-        bytes_per_token=shards.bytes_per_token["validation"],
-        seq_len=seq_len,
-        cache_dir=root,
-    )
-
-
-def prepare_image_run_data(
-    source: str, *, image_size: int | None = None, names: Names = None
-) -> RunData:
-    """The digits images of an image run (`load_digits`'s fixed train/validation split).
-
-    ``source`` must be ``"digits"`` and ``image_size``, if given, its side (8): else a
-    `DataError` with ``argument`` ``"source"`` or ``"image_size"``.
-    """
-    if source != "digits":
-        raise _fault(names, "source", f"image runs read 'digits', got {source!r}")
-    train, val = load_digits("train"), load_digits("validation")
-    side = train.images.shape[1]
-    if image_size is not None and image_size != side:
-        raise _fault(names, "image_size", f"{image_size} does not match the digits images ({side})")
-    images = {"train": train, "validation": val}
-    return RunData(source, None, None, None, None, 0, None, None, None, images)

@@ -1,0 +1,61 @@
+"""The tokenizer a run asks for, and how a run's data messages name the caller's arguments.
+
+``names`` maps tjx.data's argument names to the caller's (``{"seq_len": "data.seq_len"}``), so a
+`DataError` reads in the user's words while its ``argument`` stays tjx.data's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from tjx.data.bpe import load_tokenizer
+from tjx.data.cache import cache_dir as default_cache_dir
+from tjx.data.errors import DataError
+from tjx.data.prepare import bpe_tokenizer
+from tjx.data.tokenizers import Tokenizer
+
+__all__ = ["Names", "cache_root", "fault", "name_of", "run_tokenizer"]
+
+Names = Mapping[str, str] | None
+
+
+def fault(names: Names, argument: str, message: str) -> DataError:
+    """``DataError("<name of argument>: message", argument=argument)``."""
+    return DataError(f"{name_of(names, argument)}: {message}", argument=argument)
+
+
+def name_of(names: Names, argument: str) -> str:
+    """The caller's name for ``argument`` (the argument's own name by default)."""
+    return (names or {}).get(argument, argument)
+
+
+def cache_root(cache_dir: str | Path | None) -> Path:
+    """``cache_dir`` expanded, or tjx.data's default cache folder."""
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+
+
+def run_tokenizer(
+    spec: str,
+    source: str,
+    *,
+    vocab: int = 2048,
+    cache_dir: str | Path | None = None,
+    names: Names = None,
+) -> Tokenizer:
+    """The tokenizer ``spec`` names for a run on ``source``.
+
+    ``"bpe"`` is a byte-level BPE of ``vocab`` ids trained on ``source``'s train split once and
+    cached (`bpe_tokenizer`); anything else goes to `load_tokenizer` (``"byte"``, ``"gpt2"``, a
+    path). A corpus the BPE cannot train on is a `DataError` with ``argument="source"``, a
+    tokenizer that does not load one with ``argument="tokenizer"``.
+    """
+    if spec != "bpe":
+        try:
+            return load_tokenizer(spec)
+        except DataError as err:
+            raise fault(names, "tokenizer", str(err)) from None
+    try:
+        return bpe_tokenizer(source, vocab, cache_root(cache_dir))
+    except DataError as err:  # the corpus it trains on is the source
+        raise fault(names, "source", str(err)) from None

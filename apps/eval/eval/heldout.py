@@ -68,6 +68,6 @@ def evaluate(
             "lower --batch-size"
         )
     out = acc.compute()
-    if bytes_per_token and nn.objective_of(model).scores_every_token:  # not BERT's masked share
-        out["bits_per_byte"] = out["bits_per_token"] / bytes_per_token
+    if nn.objective_of(model).scores_every_token:  # not BERT's masked share
+        out = metrics.with_bits_per_byte(out, bytes_per_token)
     return out

@@ -72,7 +72,9 @@ def _accumulate(step: Any, params: Any, mesh: Any, batches: Any) -> Any:
 def _with_bits_per_byte(
     out: dict[str, float], bytes_per_token: float | None, cfg: Config
 ) -> dict[str, float]:
+    from tjx import metrics
+
     # Where every token is scored, bytes follow from the shards' bytes/token.
-    if cfg.objective.scores_every_token and bytes_per_token:
-        out["bits_per_byte"] = out["bits_per_token"] / bytes_per_token
-    return out
+    if not cfg.objective.scores_every_token:
+        return out
+    return metrics.with_bits_per_byte(out, bytes_per_token)

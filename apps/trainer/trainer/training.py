@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,6 +234,7 @@ class Training:
 
     def _at_boundary(self, step_done: int, out: Any, bar: Any) -> None:
         """Log, evaluate and sample when their intervals (or the last step) say so."""
+        from tjx import metrics
         from trainer import evaluation, sampling
 
         cfg, total = self.cfg, self.cfg.train.steps
@@ -242,7 +242,7 @@ class Training:
             scalars = {k: float(np.asarray(v)) for k, v in jax.device_get(out).items()}
             bpt = self.bundle.bytes_per_token
             if self.objective.scores_every_token and bpt:  # the loss in bits, as val_* has it
-                scalars["bits_per_byte"] = scalars["loss"] / math.log(2) / bpt
+                scalars["bits_per_byte"] = metrics.bits_per_byte(scalars["loss"], bpt)
             rate = self.meter.report()  # over the steps since the last log line
             scalars[f"{self.objective.unit}_per_s"] = rate["tokens_per_s"]
             if rate.get("mfu") is not None:

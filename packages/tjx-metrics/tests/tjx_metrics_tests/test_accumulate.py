@@ -6,7 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tjx.metrics import MetricAccumulator, finalize_metrics, lm_metrics, lm_stats
+from tjx.metrics import (
+    MetricAccumulator,
+    bits_per_byte,
+    finalize_metrics,
+    lm_metrics,
+    lm_stats,
+    with_bits_per_byte,
+)
 from tjx.metrics import accumulate as accumulate_module
 
 
@@ -130,3 +137,22 @@ def test_accumulator_bad_input():
             bad.compute()
     with pytest.raises(ValueError, match="sum_loss and num_tokens"):
         MetricAccumulator().update_stats(object())
+
+
+def test_bits_per_byte_is_the_loss_in_bits_over_the_bytes_per_token() -> None:
+    rng = np.random.default_rng()
+    sum_loss, tokens, bpt = (
+        float(rng.uniform(1, 1e4)),
+        int(rng.integers(1, 10**6)),
+        1 + rng.random(),
+    )
+    want = sum_loss / tokens / math.log(2) / bpt  # float64 reference
+    assert math.isclose(bits_per_byte(sum_loss / tokens, bpt), want, rel_tol=1e-12)
+    out = with_bits_per_byte(finalize_metrics(sum_loss, tokens), bpt)
+    assert math.isclose(out["bits_per_byte"], want, rel_tol=1e-12)
+    # Same as counting the bytes themselves (finalize_metrics' num_bytes).
+    exact = finalize_metrics(sum_loss, tokens, num_bytes=int(round(tokens * bpt)))
+    assert math.isclose(out["bits_per_byte"], exact["bits_per_byte"], rel_tol=1e-5)
+    assert "bits_per_byte" not in with_bits_per_byte(finalize_metrics(sum_loss, tokens), None)
+    with pytest.raises(ValueError, match="bytes_per_token must be > 0"):
+        bits_per_byte(1.0, 0.0)

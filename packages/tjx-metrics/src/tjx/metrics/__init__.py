@@ -15,7 +15,12 @@
   row); :func:`progress_bar` (rich, with loss and ETA).
 """
 
-from tjx.metrics.accumulate import MetricAccumulator, finalize_metrics
+from tjx.metrics.accumulate import (
+    MetricAccumulator,
+    bits_per_byte,
+    finalize_metrics,
+    with_bits_per_byte,
+)
 from tjx.metrics.classification import classification_metrics
 from tjx.metrics.devices import (
     DEVICE_PEAKS,
@@ -60,14 +65,14 @@ from tjx.metrics.throughput import ThroughputMeter, mfu
 __version__ = "0.6.0"
 
 __all__ = [
-    "DEVICE_PEAKS",
-    "GIB",
-    "HISTOGRAM_BINS",
-    "LOGGER_NAMES",
     "ConsoleLogger",
+    "DEVICE_PEAKS",
     "DevicePeak",
     "DivergenceGuard",
+    "GIB",
+    "HISTOGRAM_BINS",
     "JsonlLogger",
+    "LOGGER_NAMES",
     "Logger",
     "MemoryCheck",
     "MemoryFit",
@@ -79,6 +84,7 @@ __all__ = [
     "WandbLogger",
     "__version__",
     "available_bytes",
+    "bits_per_byte",
     "check_logger_packages",
     "classification_metrics",
     "compute_peak_flops",
@@ -104,4 +110,5 @@ __all__ = [
     "select_weights",
     "transformer_flops_per_token",
     "weights_to_host",
+    "with_bits_per_byte",
 ]

@@ -89,6 +89,27 @@ def finalize_metrics(
     return out
 
 
+def bits_per_byte(loss: float, bytes_per_token: float) -> float:
+    """Bits per UTF-8 byte of a mean per-token loss in nats, given the text's bytes per token.
+
+    The one formula every tjx program reports bits/byte with (the training line, validation, the
+    evaluator): nats → bits (÷ ln 2), per token → per byte (÷ bytes/token).
+    """
+    if not bytes_per_token > 0:
+        raise ValueError(f"bytes_per_token must be > 0; got {bytes_per_token}")
+    return float(loss) / _LN2 / float(bytes_per_token)
+
+
+def with_bits_per_byte(
+    metrics: dict[str, float], bytes_per_token: float | None
+) -> dict[str, float]:
+    """``metrics`` (from :func:`finalize_metrics`) with ``bits_per_byte`` from the mean ``loss``
+    and the text's ``bytes_per_token``; unchanged when that is unknown (``None`` or 0)."""
+    if bytes_per_token:
+        metrics["bits_per_byte"] = bits_per_byte(metrics["loss"], bytes_per_token)
+    return metrics
+
+
 class MetricAccumulator:
     """Streaming, token-weighted LM metrics (exact: sums in float64, counts in ints).
 

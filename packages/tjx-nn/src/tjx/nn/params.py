@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-#: Logical axis names used by tjx models (tjx-parallel maps these to mesh axes).
+#: Logical axis names used by tjx models (tjx-parallel maps these to mesh axes). tjx-parallel
+#: may not import tjx-nn, so it holds the same tuple; tests-integration's test_logical_axes.py
+#: keeps the two equal.
 LOGICAL_AXES = (
     "batch",
     "length",

@@ -11,7 +11,8 @@ from jax.sharding import Mesh, PartitionSpec
 
 __all__ = ["LOGICAL_AXES", "STRATEGIES", "AxisRules", "rules"]
 
-#: Logical names tjx-nn puts on parameters and activations.
+#: Logical names tjx-nn puts on parameters and activations (tjx-nn's own ``LOGICAL_AXES``: this
+#: package may not import tjx-nn; tests-integration's test_logical_axes.py keeps them equal).
 LOGICAL_AXES: tuple[str, ...] = (
     "batch",
     "length",

@@ -1,0 +1,45 @@
+"""tjx-nn names the axes, tjx-parallel maps them: the two lists of logical axis names are one.
+
+The package DAG keeps tjx-parallel from importing tjx-nn, so each holds the tuple; this test is
+what ties them: equal tuples, every name a model of every kind puts on a parameter among them,
+and every strategy's rules mapping each such parameter onto a mesh.
+"""
+
+from __future__ import annotations
+
+import jax
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec
+
+from tjx import nn as tnn
+from tjx import parallel
+
+
+def test_the_packages_hold_the_same_names_in_the_same_order() -> None:
+    assert tuple(tnn.LOGICAL_AXES) == tuple(parallel.LOGICAL_AXES)
+
+
+@pytest.mark.parametrize("kind", sorted(tnn.MODEL_KINDS))
+def test_every_parameter_of_every_kind_maps_under_every_strategy(kind: str) -> None:
+    fields = {"d_model": 16, "num_layers": 2, "num_heads": 2}
+    if kind == "vit":
+        fields |= {"image_size": 8, "patch_size": 4}
+    else:
+        fields |= {"vocab_size": 40, "max_seq_len": 8}
+    config = tnn.MODEL_KINDS[kind](**fields)
+    model = nnx.eval_shape(lambda: tnn.build_model(config, rngs=nnx.Rngs(0)))
+    params = nnx.state(model, nnx.Param)
+    named = [
+        (leaf.get_value().shape, tuple(leaf.get_metadata()["out_sharding"]))
+        for leaf in jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    ]
+    assert named, kind
+    used = {name for _, names in named for name in names if name is not None}
+    assert used <= set(parallel.LOGICAL_AXES), used - set(parallel.LOGICAL_AXES)
+    mesh = parallel.make_mesh(parallel.MeshConfig(data=2, fsdp=2, tensor=2))
+    for strategy in parallel.STRATEGIES:
+        table = parallel.rules(strategy)
+        for shape, names in named:
+            spec = table.to_mesh_spec(PartitionSpec(*names), mesh, shape)
+            assert len(spec) <= len(shape), (strategy, names, spec)

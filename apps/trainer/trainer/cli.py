@@ -28,8 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a transformer with tjx.",
         epilog=f"presets: {', '.join(preset_names())}",
     )
+    # Required, except with --show-config (main checks it, in argparse's own words).
+    parser.add_argument("--config", help="a preset name (see below) or a YAML file path")
     parser.add_argument(
-        "--config", required=True, help="a preset name (see below) or a YAML file path"
+        "--show-config",
+        action="store_true",
+        help="print every config key (type, value, allowed values, help) and exit; with "
+        "--config/--set, the values are that config's",
     )
     parser.add_argument(
         "--run-dir", default=None, help="where logs and checkpoints go (default: runs/<name>)"
@@ -141,9 +146,30 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     )
 
 
+def _show_config(args: argparse.Namespace) -> int:
+    """``--show-config``: the key table, with the values of ``--config``/``--set`` if given."""
+    from trainer.config import Config
+    from trainer.show_config import render
+
+    try:
+        cfg = None
+        if args.config is not None or args.overrides:
+            settings = load_config_data(args.config) if args.config is not None else {}
+            cfg = build_config(apply_overrides(settings, list(args.overrides)))
+        print(render(cfg if cfg is not None else Config(), args.config), end="")
+    except ConfigError as err:
+        return error_exit(str(err))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, validate everything, then train."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.show_config:
+        return _show_config(args)
+    if args.config is None:
+        parser.error("the following arguments are required: --config")
     try:
         plan = plan_run(args)
     except ConfigError as err:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from trainer.config_outputs import CheckpointConfig, EvalConfig, LoggingConfig, SamplingConfig
 from trainer.schema import ConfigError, from_dict, nested, spec, to_dict
 
 # tjx.nn has no list of dtype names (its Precision takes any floating dtype): these are the ones
@@ -25,25 +26,51 @@ KINDS = ("gpt2", "llama", "bert", "vit", "encdec")
 class ModelConfig:
     """Architecture. ``vocab_size: null`` takes the tokenizer's size."""
 
-    kind: str = spec("gpt2", choices=KINDS)
-    vocab_size: int | None = spec(None, min=2)
-    max_seq_len: int = spec(256, min=1, max=1 << 20)
-    d_model: int = spec(128, min=1)
-    num_layers: int = spec(4, min=1, max=512)
-    num_heads: int = spec(4, min=1)
-    num_kv_heads: int | None = spec(None, min=1)
-    mlp_dim: int | None = spec(None, min=1)
-    dropout: float = spec(0.0, min=0.0, lt=1.0)
-    tie_embeddings: bool = spec(True)
-    attention_impl: str = spec("auto", choices="tjx.nn:ATTENTION_IMPLS")
-    scan_layers: bool = spec(False)
-    remat: str = spec("none", choices="tjx.nn:REMAT_POLICIES")
+    kind: str = spec(
+        "gpt2", choices=KINDS, help="model family; tjx.nn.MODEL_KINDS holds each kind's config"
+    )
+    vocab_size: int | None = spec(None, min=2, help="null: the tokenizer's size")
+    max_seq_len: int = spec(
+        256, min=1, max=1 << 20, help="longest sequence (learned positions' table size)"
+    )
+    d_model: int = spec(128, min=1, help="residual width")
+    num_layers: int = spec(4, min=1, max=512, help="transformer blocks")
+    num_heads: int = spec(4, min=1, help="attention (query) heads; must divide d_model")
+    num_kv_heads: int | None = spec(
+        None, min=1, help="grouped-query attention's key/value heads; null: one per head"
+    )
+    mlp_dim: int | None = spec(
+        None, min=1, help="hidden width of the MLP; null: the family's (4 x d_model, ...)"
+    )
+    dropout: float = spec(
+        0.0, min=0.0, lt=1.0, help="dropout rate (keys from the step: a resume is exact)"
+    )
+    tie_embeddings: bool = spec(True, help="the output head reuses the input embedding")
+    attention_impl: str = spec(
+        "auto",
+        choices="tjx.nn:ATTENTION_IMPLS",
+        help="auto: tjx.kernels picks (one-line fallback if it fails)",
+    )
+    scan_layers: bool = spec(False, help="one jax.lax.scan over the layers: faster compiles")
+    remat: str = spec(
+        "none",
+        choices="tjx.nn:REMAT_POLICIES",
+        help="what the backward pass recomputes instead of storing",
+    )
     # Position encoding; null keeps the family's own (GPT-2/BERT/ViT learned, LLaMA rope).
-    position: str | None = spec(None, choices="tjx.nn:POSITIONS")
+    position: str | None = spec(
+        None,
+        choices="tjx.nn:POSITIONS",
+        help="null: the family's own (GPT-2/BERT/ViT learned, LLaMA rope)",
+    )
     relative_buckets: int = spec(32, min=4, help="position=t5: buckets (even)")
     relative_max_distance: int = spec(128, min=3, help="position=t5: longest bucketed distance")
-    param_dtype: str = spec("float32", choices=DTYPES)
-    compute_dtype: str = spec("float32", choices=DTYPES)
+    param_dtype: str = spec(
+        "float32", choices=DTYPES, help="dtype the weights are stored and updated in"
+    )
+    compute_dtype: str = spec(
+        "float32", choices=DTYPES, help="dtype of the forward and backward matmuls"
+    )
     # Null keeps the family's own: LLaMA has no biases, GPT-2/BERT/ViT have them.
     use_bias: bool | None = spec(None, help="biases of dense layers and LayerNorms (null: kind's)")
     # Null keeps tjx.nn's own (pre-LN; init std 0.02): the depth-stability study varies them.
@@ -61,9 +88,9 @@ class ModelConfig:
         None, min=1, help="decoding (samples) attends to the top-k cached keys only; null = all"
     )
     # ViT only.
-    image_size: int = spec(8, min=1)
-    patch_size: int = spec(2, min=1)
-    num_classes: int = spec(10, min=2)
+    image_size: int = spec(8, min=1, help="ViT: the images' side in pixels")
+    patch_size: int = spec(2, min=1, help="ViT: a patch's side in pixels")
+    num_classes: int = spec(10, min=2, help="ViT: classes of the head")
 
 
 @dataclass
@@ -74,10 +101,10 @@ class DataConfig:
     tokenizer: str = spec("byte", help="byte | gpt2 | bpe | a tokenizer path")
     tokenizer_vocab: int = spec(2048, min=260, max=1 << 20, help="vocab of a trained bpe")
     cache_dir: str | None = spec(None, help="pre-tokenized shards (default ~/.cache/tjx/data)")
-    seq_len: int = spec(128, min=2, max=1 << 20)
+    seq_len: int = spec(128, min=2, max=1 << 20, help="tokens per training sequence")
     batch_size: int = spec(16, min=1, help="global batch (sequences per optimizer step)")
-    num_workers: int = spec(1, min=1, max=256)
-    shuffle: bool = spec(True)
+    num_workers: int = spec(1, min=1, max=256, help="processes tokenizing during preparation")
+    shuffle: bool = spec(True, help="shuffle the windows each epoch")
     max_tokens: int | None = spec(
         None, min=1, help="prepare at most this many tokens per split (of each mixture source)"
     )
@@ -97,9 +124,9 @@ class DataConfig:
 class ScheduleConfig:
     """Learning-rate schedule; ``total_steps`` is the train's ``steps``."""
 
-    name: str = spec("cosine", choices="tjx.optim:SCHEDULE_NAMES")
-    warmup_steps: int = spec(100, min=0)
-    min_lr_ratio: float = spec(0.1, min=0.0, max=1.0)
+    name: str = spec("cosine", choices="tjx.optim:SCHEDULE_NAMES", help="learning-rate schedule")
+    warmup_steps: int = spec(100, min=0, help="linear warmup steps from 0")
+    min_lr_ratio: float = spec(0.1, min=0.0, max=1.0, help="final rate as a fraction of the peak")
     # Null = tjx.optim's defaults (decay over the last 0.2 of the run, linearly).
     decay_fraction: float | None = spec(None, gt=0.0, max=1.0, help="wsd: share of steps decaying")
     decay_shape: str | None = spec(
@@ -119,10 +146,15 @@ class OptimizerConfig:
     no decay, sgd momentum 0.9), so one optimizer's values never leak into another's.
     """
 
-    name: str = spec("adamw", choices="tjx.optim:OPTIMIZER_NAMES")
+    name: str = spec("adamw", choices="tjx.optim:OPTIMIZER_NAMES", help="the optimizer (tjx.optim)")
     # Peak rate; null takes tjx.optim's DEFAULT_LEARNING_RATES for the optimizer (3e-4 for adamw,
     # 2e-2 for muon, ...): one rate for all would be far off for most of them.
-    lr: float | None = spec(None, gt=0.0, max=10.0)
+    lr: float | None = spec(
+        None,
+        gt=0.0,
+        max=10.0,
+        help="peak learning rate; null: tjx.optim's default for the optimizer",
+    )
     b1: float | None = spec(None, min=0.0, lt=1.0, help=_OWN_DEFAULT)
     b2: float | None = spec(None, min=0.0, lt=1.0, help=_OWN_DEFAULT)
     eps: float | None = spec(None, gt=0.0, help=_OWN_DEFAULT)
@@ -132,9 +164,15 @@ class OptimizerConfig:
     nesterov: bool | None = spec(None, help=_OWN_DEFAULT)
     # tjx.optim's default too (the same for every optimizer); null turns clipping off.
     clip_norm: float | None = spec(1.0, gt=0.0, help="null = no clipping")
-    accumulation_steps: int = spec(1, min=1)
-    loss_scale: str | None = spec(None, choices="tjx.optim.config:LOSS_SCALES")
-    skip_nonfinite: bool = spec(True)
+    accumulation_steps: int = spec(
+        1, min=1, help="micro-batches per step; must divide data.batch_size"
+    )
+    loss_scale: str | None = spec(
+        None,
+        choices="tjx.optim.config:LOSS_SCALES",
+        help="dynamic loss scaling (float16); null: none",
+    )
+    skip_nonfinite: bool = spec(True, help="skip an update whose gradients are not finite")
     schedule: ScheduleConfig = nested(ScheduleConfig)
 
 
@@ -144,19 +182,21 @@ class TrainConfig:
 
     # A bound, not a budget: 10^9 steps is decades at any speed; more is a typo (and overflows the
     # int32 step counter at 2^31).
-    steps: int = spec(1000, min=1, max=10**9)
-    seed: int = spec(0, min=0)
-    log_every: int = spec(10, min=1)
+    steps: int = spec(1000, min=1, max=10**9, help="optimizer steps of the run")
+    seed: int = spec(0, min=0, help="initial weights, data order and dropout keys")
+    log_every: int = spec(10, min=1, help="a metrics line every N steps")
     eval_every: int = spec(200, min=0, help="0 = only at the end")
-    eval_batches: int = spec(8, min=1)
+    eval_batches: int = spec(
+        8, min=1, help="validation batches per evaluation (always the same ones)"
+    )
     sample_every: int = spec(0, min=0, help="0 = only at the end")
     checkpoint_every: int = spec(500, min=0, help="0 = only at the end and on signals")
     chunked_ce: bool = spec(True, help="fused chunked cross-entropy (no [b,s,V] logits)")
     ce_chunk_size: int | None = spec(
         None, min=1, help="tokens per chunk; null: from the shape (tjx.kernels.auto_chunk_size)"
     )
-    z_loss: float = spec(0.0, min=0.0)
-    mlm_probability: float = spec(0.15, gt=0.0, lt=1.0)
+    z_loss: float = spec(0.0, min=0.0, help="weight of the log-partition penalty (PaLM's z-loss)")
+    mlm_probability: float = spec(0.15, gt=0.0, lt=1.0, help="BERT: share of tokens masked")
     stop_at: int | None = spec(
         None, min=1, help="stop after this step as if preempted (save, exit 0; --resume goes on)"
     )
@@ -180,60 +220,26 @@ class TrainConfig:
 class MeshConfig:
     """Device mesh (tjx.parallel); -1 = all remaining devices."""
 
-    data: int = spec(-1, min=-1)
-    fsdp: int = spec(1, min=-1)
-    tensor: int = spec(1, min=1)
-    strategy: str = spec("dp", choices="tjx.parallel:STRATEGIES")
+    data: int = spec(-1, min=-1, help="data-parallel size")
+    fsdp: int = spec(1, min=-1, help="fully sharded data-parallel size")
+    tensor: int = spec(1, min=1, help="tensor-parallel size")
+    strategy: str = spec(
+        "dp",
+        choices="tjx.parallel:STRATEGIES",
+        help="which logical axes map to which mesh axes (tjx.parallel.rules)",
+    )
     pipeline: int = spec(1, min=1, help="pipeline stages (layers split into runs of equal length)")
     microbatches: int = spec(4, min=1, help="pipeline microbatches per step (mesh.pipeline > 1)")
-    schedule: str = spec("gpipe", choices="tjx.parallel:SCHEDULES")
-
-
-@dataclass
-class CheckpointConfig:
-    """Checkpoints under ``RUN_DIR/checkpoints``."""
-
-    keep_last: int = spec(3, min=1)
-    keep_best: int | None = spec(None, min=1)
-    async_save: bool = spec(True)
-
-
-@dataclass
-class LoggingConfig:
-    """Log sinks (tjx.metrics) and the progress bar."""
-
-    sinks: list[str] = spec(["console", "jsonl"], each_choices="tjx.metrics:LOGGER_NAMES")
-    project: str = spec("tjx")
-    wandb_mode: str = spec("offline", choices="tjx.metrics.loggers.wandb_logger:WANDB_MODES")
-    progress: bool = spec(True)
-    # Each histogram step copies every weight to the host: off by default, and best kept rare.
-    histogram_every: int = spec(0, min=0, help="parameter histograms every N steps; 0 = never")
-
-
-@dataclass
-class EvalConfig:
-    """Held-out metrics."""
-
-    batch_size: int = spec(16, min=1)
-    top_k: list[int] = spec([1, 5, 10], min=1)
-
-
-@dataclass
-class SamplingConfig:
-    """Text samples written during training."""
-
-    prompts: list[str] = spec(["\n"])
-    max_new_tokens: int = spec(200, min=1)
-    temperature: float = spec(0.8, min=0.0)
-    top_k: int | None = spec(None, min=1)
-    top_p: float | None = spec(None, gt=0.0, max=1.0)
+    schedule: str = spec(
+        "gpipe", choices="tjx.parallel:SCHEDULES", help="pipeline schedule (mesh.pipeline > 1)"
+    )
 
 
 @dataclass
 class Config:
     """Everything one training run needs."""
 
-    name: str = spec("custom")
+    name: str = spec("custom", help="the run's name (the default run dir is runs/<name>)")
     model: ModelConfig = nested(ModelConfig)
     data: DataConfig = nested(DataConfig)
     optimizer: OptimizerConfig = nested(OptimizerConfig)

@@ -66,13 +66,14 @@ _BOOL_WORDS |= dict.fromkeys(("false", "no", "off", "0"), False)
 _NULL_WORDS = ("null", "~", "", "none")
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
+    """How errors and ``--show-config`` word type ``tp`` ("an integer or null")."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+        return " or ".join(type_name(a) for a in typing.get_args(tp))
     if origin is list:
         (inner,) = typing.get_args(tp)
-        return f"a list of {_type_name(inner)}"
+        return f"a list of {type_name(inner)}"
     if tp is type(None):
         return "null"
     if dataclasses.is_dataclass(tp):
@@ -132,8 +133,8 @@ def convert(
                 except ConfigError:
                     continue
         if from_text:
-            raise ConfigError(f"{path}: cannot read {value!r} as {_type_name(tp)}")
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{path}: cannot read {value!r} as {type_name(tp)}")
+        raise ConfigError(f"{path}: expected {type_name(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, path)  # type: ignore[arg-type]
     if from_text and isinstance(value, str):  # a list's mapping item is already a value
@@ -141,7 +142,7 @@ def convert(
     if origin is list:
         (inner,) = typing.get_args(tp)
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{path}: expected {type_name(tp)}, got {value!r}")
         # An override's items keep the field's path: its text is one value.
         return [
             convert(inner, v, path if from_text else f"{path}[{i}]", from_text=from_text)
@@ -156,7 +157,7 @@ def convert(
             pass
     # bool is an int subclass, so only a bool field takes true/false.
     if not isinstance(value, _SCALARS[tp][0]) or (tp is not bool and isinstance(value, bool)):
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{path}: expected {type_name(tp)}, got {value!r}")
     return float(value) if tp is float else value
 
 

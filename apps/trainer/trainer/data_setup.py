@@ -75,32 +75,19 @@ def prepare(cfg: Config) -> data.RunData:
     d, m, parts = cfg.data, cfg.model, mixture(cfg)
     if cfg.task == "classify":
         return _keyed(data.prepare_image_run_data, d.source, image_size=m.image_size)
+    common = {
+        "seq_len": d.seq_len,
+        "tokenizer_vocab": d.tokenizer_vocab,
+        "cache_dir": d.cache_dir,
+        "vocab_size": m.vocab_size,
+        "num_workers": d.num_workers,
+        "progress": sys.stderr.isatty(),
+        "max_tokens": d.max_tokens,
+    }
     if parts is not None:
-        return _keyed(
-            data.prepare_mixture_run_data,
-            parts,
-            d.tokenizer,
-            seq_len=d.seq_len,
-            on_exhausted=d.on_exhausted,
-            tokenizer_vocab=d.tokenizer_vocab,
-            cache_dir=d.cache_dir,
-            vocab_size=m.vocab_size,
-            num_workers=d.num_workers,
-            progress=sys.stderr.isatty(),
-            max_tokens=d.max_tokens,
-        )
-    return _keyed(
-        data.prepare_run_data,
-        d.source,
-        d.tokenizer,
-        seq_len=d.seq_len,
-        tokenizer_vocab=d.tokenizer_vocab,
-        cache_dir=d.cache_dir,
-        vocab_size=m.vocab_size,
-        num_workers=d.num_workers,
-        progress=sys.stderr.isatty(),
-        max_tokens=d.max_tokens,
-    )
+        mix = data.prepare_mixture_run_data
+        return _keyed(mix, parts, d.tokenizer, on_exhausted=d.on_exhausted, **common)
+    return _keyed(data.prepare_run_data, d.source, d.tokenizer, **common)
 
 
 def train_loader(bundle: data.RunData, cfg: Config) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tjx.data.errors import DataError
 from tjx.data.images import load_digits
@@ -113,20 +114,17 @@ def prepare_mixture_run_data(
     *,
     seq_len: int,
     on_exhausted: str = "repeat",
-    tokenizer_vocab: int = 2048,
-    cache_dir: str | Path | None = None,
-    num_workers: int = 1,
-    vocab_size: int | None = None,
-    progress: bool = False,
     names: Names = None,
-    max_tokens: int | None = None,
+    **options: Any,
 ) -> RunData:
     """Every source of a checked mixture (`check_mixture`) prepared as `prepare_run_data`
     prepares one, with one tokenizer (a ``"bpe"`` is trained on the first source).
 
-    ``max_tokens`` caps each source's splits. A source's problem is a `DataError` with
-    ``argument="sources"`` naming the entry (``data.sources[1].source: ...``); the other
-    arguments' errors are as `prepare_run_data`'s.
+    ``options`` are `prepare_run_data`'s other keyword arguments (``tokenizer_vocab``,
+    ``cache_dir``, ``num_workers``, ``vocab_size``, ``progress``, ``max_tokens``: a cap on each
+    source's splits). A source's problem is a `DataError` with ``argument="sources"`` naming the
+    entry (``data.sources[1].source: ...``); the other arguments' errors are as
+    `prepare_run_data`'s.
     """
     if on_exhausted not in ON_EXHAUSTED:
         raise fault(names, "on_exhausted", f"{on_exhausted!r}; allowed: {', '.join(ON_EXHAUSTED)}")
@@ -139,18 +137,7 @@ def prepare_mixture_run_data(
     for i, item in enumerate(sources):
         own = {**(names or {}), "source": f"{where}[{i}].source"}
         try:
-            run = prepare_run_data(
-                item.source,
-                tok,
-                seq_len=seq_len,
-                tokenizer_vocab=tokenizer_vocab,
-                cache_dir=cache_dir,
-                num_workers=num_workers,
-                vocab_size=vocab_size,
-                progress=progress,
-                names=own,
-                max_tokens=max_tokens,
-            )
+            run = prepare_run_data(item.source, tok, seq_len=seq_len, names=own, **options)
         except DataError as err:
             if err.argument != "source":
                 raise

@@ -80,18 +80,17 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 def plan_config(spec: RunSpec, run_dir: Path, resume: bool = False) -> Any:
     """The trainer's validated `RunPlan` of a config (nothing written); StudyError if invalid."""
-    from trainer.cli import build_parser, plan_run
-    from trainer.schema import ConfigError
+    from trainer import ConfigError, plan_argv
 
     try:
-        return plan_run(build_parser().parse_args(trainer_argv(spec, run_dir, resume)))
+        return plan_argv(trainer_argv(spec, run_dir, resume))
     except ConfigError as err:
         raise StudyError(f"{spec.label}: {err}") from None
 
 
 def run_config(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     """Train one config to its end (or to divergence); its status (``exit``, times)."""
-    from trainer.loop import run
+    from trainer import run
 
     status_path = run_dir / STATUS_FILE
     if status_path.is_file():  # finished (or diverged) before

@@ -141,6 +141,23 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     )
 
 
+def plan_argv(argv: list[str]) -> RunPlan:
+    """The validated `RunPlan` of a trainer command line; nothing is written.
+
+    Parameters
+    ----------
+    argv : list[str]
+        The arguments ``python -m trainer`` would take (``--config``, ``--set``, ``--run-dir``...).
+
+    Returns
+    -------
+    RunPlan
+        What `trainer.run` trains. Raises `ConfigError` for an invalid config or flag value,
+        and ``SystemExit`` (argparse's) for a command line that does not parse.
+    """
+    return plan_run(build_parser().parse_args(argv))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, validate everything, then train."""
     args = build_parser().parse_args(argv)

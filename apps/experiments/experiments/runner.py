@@ -1,10 +1,11 @@
 """Run a study's trainer configs in this process, through the trainer's own plan and loop.
 
 Each config is one ``python -m trainer`` command line (``--config PRESET --run-dir DIR --set
-...``), planned by ``trainer.cli.plan_run`` and carried out by ``trainer.loop.run``, exactly as
-the command does; nothing of the trainer is copied. One process runs them all, so JAX is imported
-once and XLA's persistent compilation cache (in the study's runs folder) serves every config
-that compiles the same program again — a resumed run, a rerun, an identical shape.
+...``), planned by ``trainer.plan_argv`` and carried out by ``trainer.run`` (the trainer's
+public face over its CLI's plan and its loop), exactly as the command does; nothing of the
+trainer is copied. One process runs them all, so JAX is imported once and XLA's persistent
+compilation cache (in the study's runs folder) serves every config that compiles the same
+program again — a resumed run, a rerun, an identical shape.
 
 Each config runs once per seed (`experiments.spec.SEEDS`, ``train.seed``), each seed in its own
 run directory; the table shows the seeds' mean ± standard deviation (`experiments.stats`). A

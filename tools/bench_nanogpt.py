@@ -7,7 +7,8 @@
     python tools/bench_nanogpt.py --where               # also tjx's step: matmuls vs the rest
 
 PyTorch goes into a scratch venv (``--venv``, default ``~/.cache/tjx/nanogpt-venv``), never into
-the project's environment; see ``tools/tjx_tools/nanogpt`` for how the two sides are matched.
+the project's environment; see the experiments app's ``experiments/nanogpt`` for how the two
+sides are matched.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from experiments.nanogpt.side_by_side import SHAPES, run_shape
+from experiments.nanogpt.venv import peer_python
 from tjx_tools.nanogpt.floor import measure_floor
-from tjx_tools.nanogpt.side_by_side import SHAPES, run_shape
-from tjx_tools.nanogpt.venv import peer_python
 from tjx_tools.nanogpt.where import where_time_goes
 
 

@@ -37,11 +37,9 @@ import numpy as np
 
 def load(name: str, sets: list[str]) -> Any:
     """A validated trainer config: preset ``name`` with overrides."""
-    from trainer.config import build_config
-    from trainer.overrides import apply_overrides
-    from trainer.presets import load_config_data
+    from trainer import load_config
 
-    return build_config(apply_overrides(load_config_data(name), sets))
+    return load_config(name, sets)
 
 
 def vocab_of(cfg: Any) -> int:

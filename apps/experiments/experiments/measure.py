@@ -23,8 +23,7 @@ def extrapolation(ctx: RunContext) -> Row:
     """Held-out loss at 1×, 2× and 4× the training length (apps/eval's `heldout.evaluate` on the
     run's own validation shards); a length beyond the model's ``max_seq_len`` is left empty (a
     learned position table has no rows for it)."""
-    from eval import heldout
-    from eval.runs import heldout_dir, load_run
+    from eval import evaluate_heldout, heldout_dir, load_run
 
     run = load_run(ctx.run_dir)
     shard_dir, bpt = heldout_dir(run, None)
@@ -38,7 +37,7 @@ def extrapolation(ctx: RunContext) -> Row:
             continue
         # The same number of held-out tokens at every length: fewer rows of longer windows.
         rows = max(1, cfg.eval.batch_size // factor)
-        out = heldout.evaluate(
+        out = evaluate_heldout(
             run.model,
             shard_dir,
             seq_len=seq * factor,
@@ -64,8 +63,7 @@ def attention_stages(ctx: RunContext) -> Row:
     """Attention-distance histograms (apps/eval's `attention_map`) at the start (the initial
     weights), the middle (the checkpoint at half the steps) and the end; PNGs in the run dir,
     the mean distance over all layers, heads and queries in the row."""
-    from eval import attention_map
-    from eval.runs import heldout_dir, load_run
+    from eval import heldout_dir, layer_distances, load_run, plot_attention
     from tjx import data
 
     cfg = ctx.config
@@ -81,9 +79,9 @@ def attention_stages(ctx: RunContext) -> Row:
     }
     row: Row = {}
     for stage, (model, step) in stages.items():
-        distances = attention_map.layer_distances(model, batch)
+        distances = layer_distances(model, batch)
         png = ctx.run_dir / f"attention_{stage}.png"
-        attention_map.plot(distances, png, f"{ctx.spec.label}: {stage} (step {step})")
+        plot_attention(distances, png, f"{ctx.spec.label}: {stage} (step {step})")
         row[f"attn_{stage}"] = float(np.mean([d.mean() for d in distances]))
     return row
 
@@ -92,7 +90,7 @@ def peak_memory(ctx: RunContext) -> Row:
     """Compiled peak memory of the run's train step (trainer.memory_fit: XLA's analysis of the
     step compiled from abstract shapes) and its steps/s (the median logged tokens/s ÷ tokens per
     step)."""
-    from trainer.memory_fit import step_peak
+    from trainer import step_peak
 
     desc = RunDir(ctx.run_dir).read(RunDir.MODEL_FILE)
     vocab = int(desc["fields"]["vocab_size"])

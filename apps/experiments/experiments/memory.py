@@ -1,6 +1,6 @@
 """Study 6's runs: compile each config's train step and time it; nothing is trained.
 
-The peak is the trainer's own pre-flight measure (``trainer.memory_fit.abstract_step`` compiled
+The peak is the trainer's own pre-flight measure (``trainer.abstract_step`` compiled
 from abstract shapes, ``tjx.metrics.peak_bytes`` of XLA's memory analysis: arguments + outputs +
 temporaries − donated aliases), as ``tools/bench_train.py memory`` takes it. The step time is the
 median (± the standard deviation) of a few executed steps of the trainer's step on synthetic
@@ -26,17 +26,15 @@ TIMED_STEPS = {"smoke": 2, "cpu": 5, "gpu": 10}
 
 def trainer_config(spec: RunSpec) -> Any:
     """The validated trainer config of ``spec`` (preset + overrides, as ``--set`` parses them)."""
-    from trainer.config import build_config
-    from trainer.overrides import apply_overrides
-    from trainer.presets import load_config_data
+    from trainer import load_config
 
-    return build_config(apply_overrides(load_config_data(spec.preset), list(spec.sets)))
+    return load_config(spec.preset, list(spec.sets))
 
 
 def _vocab(cfg: Any) -> int:
     if cfg.model.vocab_size:
         return int(cfg.model.vocab_size)
-    from trainer.data_setup import make_tokenizer
+    from trainer import make_tokenizer
 
     return int(make_tokenizer(cfg).vocab_size)
 
@@ -47,9 +45,7 @@ def measure_config(spec: RunSpec, scale: str) -> Row:
 
     from tjx import parallel
     from tjx.metrics import peak_bytes
-    from trainer import state as state_mod
-    from trainer.memory_fit import abstract_step
-    from trainer.step import make_train_step
+    from trainer import abstract_step, build_state, make_train_step
 
     cfg = trainer_config(spec)
     vocab = _vocab(cfg)
@@ -59,7 +55,7 @@ def measure_config(spec: RunSpec, scale: str) -> Row:
     compile_s = time.perf_counter() - t0
     peak = peak_bytes(compiled)["peak"]
     del compiled
-    setup = state_mod.build(cfg, vocab)
+    setup = build_state(cfg, vocab)
     run = jax.jit(make_train_step(setup.graphdef, setup.rest, setup.tx, cfg), donate_argnums=(0,))
     b, s = cfg.data.batch_size, cfg.data.seq_len
     tokens = np.random.default_rng(0).integers(0, vocab, (b, s + 1), dtype=np.int32)

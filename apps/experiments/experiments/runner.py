@@ -1,10 +1,11 @@
 """Run a study's trainer configs in this process, through the trainer's own plan and loop.
 
 Each config is one ``python -m trainer`` command line (``--config PRESET --run-dir DIR --set
-...``), planned by ``trainer.cli.plan_run`` and carried out by ``trainer.loop.run``, exactly as
-the command does; nothing of the trainer is copied. One process runs them all, so JAX is imported
-once and XLA's persistent compilation cache (in the study's runs folder) serves every config
-that compiles the same program again — a resumed run, a rerun, an identical shape.
+...``), planned by ``trainer.plan_argv`` and carried out by ``trainer.run`` (the trainer's
+public face over its CLI's plan and its loop), exactly as the command does; nothing of the
+trainer is copied. One process runs them all, so JAX is imported once and XLA's persistent
+compilation cache (in the study's runs folder) serves every config that compiles the same
+program again — a resumed run, a rerun, an identical shape.
 
 Each config runs once per seed (`experiments.spec.SEEDS`, ``train.seed``), each seed in its own
 run directory; the table shows the seeds' mean ± standard deviation (`experiments.stats`). A
@@ -80,18 +81,17 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 def plan_config(spec: RunSpec, run_dir: Path, resume: bool = False) -> Any:
     """The trainer's validated `RunPlan` of a config (nothing written); StudyError if invalid."""
-    from trainer.cli import build_parser, plan_run
-    from trainer.schema import ConfigError
+    from trainer import ConfigError, plan_argv
 
     try:
-        return plan_run(build_parser().parse_args(trainer_argv(spec, run_dir, resume)))
+        return plan_argv(trainer_argv(spec, run_dir, resume))
     except ConfigError as err:
         raise StudyError(f"{spec.label}: {err}") from None
 
 
 def run_config(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     """Train one config to its end (or to divergence); its status (``exit``, times)."""
-    from trainer.loop import run
+    from trainer import run
 
     status_path = run_dir / STATUS_FILE
     if status_path.is_file():  # finished (or diverged) before

@@ -2,7 +2,7 @@
 
 Both sides start from the same GPT-2 weights (tjx builds and writes them) and take the same
 training batches of a built-in corpus and the same held-out batches, through the workers of
-``tools/tjx_tools/nanogpt`` (the tjx worker runs the trainer's own step; the PyTorch one runs in
+`experiments.nanogpt` (the tjx worker runs the trainer's own step; the PyTorch one runs in
 a scratch venv, never imported here). The two alternate every ``chunk`` steps, so the machine's
 load hits both alike. Noise: each seed changes the initial weights and the batch order; the spread
 (standard deviation) of the final validation loss across seeds, pooled over both sides, is the
@@ -66,21 +66,20 @@ def prepare(spec: RunSpec, scale: str, folder: Path) -> dict[str, Any]:
     """Weights (HF GPT-2 layout), the training batches and the held-out batches, as files."""
     from flax import nnx
 
+    from experiments.nanogpt.tjx_worker import trainer_config
     from tjx import nn
-    from tjx_tools.nanogpt.tjx_worker import trainer_config
-    from trainer import data_setup
-    from trainer.model_build import nn_config
+    from trainer import nn_config, prepare_data, train_loader, val_batches
 
     shape, seed = SHAPES[scale], int(spec.param("seed"))
     cfg = trainer_config({"preset": "tiny", "sets": list(spec.sets)})
-    bundle = data_setup.prepare(cfg)
+    bundle = prepare_data(cfg)
     vocab = bundle.vocab_size
     model = nn.build_model(nn_config(cfg.model, vocab), rngs=nnx.Rngs(seed))
     assert isinstance(model, nn.GPT2)  # model.kind gpt2: the peer reads HF GPT-2 weights
     nn.save_hf_gpt2(model, folder / "weights")
-    loader = data_setup.train_loader(bundle, cfg)
+    loader = train_loader(bundle, cfg)
     train = [next(loader) for _ in range(shape["steps"])]
-    held = list(data_setup.val_batches(bundle, cfg, shape["val"]))
+    held = list(val_batches(bundle, cfg, shape["val"]))
     for name, batches in (("batches", train), ("val_batches", held)):
         stacked = {k: np.stack([np.asarray(b[k]) for b in batches]) for k in ("inputs", "targets")}
         np.savez(folder / f"{name}.npz", inputs=stacked["inputs"], targets=stacked["targets"])
@@ -95,7 +94,7 @@ def prepare(spec: RunSpec, scale: str, folder: Path) -> dict[str, Any]:
 
 def peer_python() -> Path:
     """The scratch venv's interpreter (``$TJX_NANOGPT_VENV``, default ~/.cache/tjx/nanogpt-venv)."""
-    from tjx_tools.nanogpt.venv import peer_python as make
+    from experiments.nanogpt.venv import peer_python as make
 
     default = Path.home() / ".cache" / "tjx" / "nanogpt-venv"
     return make(Path(os.environ.get("TJX_NANOGPT_VENV", default)))
@@ -103,11 +102,11 @@ def peer_python() -> Path:
 
 def race(spec: RunSpec, scale: str, folder: Path) -> dict[str, dict[str, Any]]:
     """Both workers on one seed: per side the losses, the seconds of the timed steps, val loss."""
-    from tjx_tools.nanogpt.side_by_side import LOSS_RTOL, PEER, Worker, tjx_env
+    from experiments.nanogpt.side_by_side import LOSS_RTOL, PEER, Worker, tjx_env
 
     shape = SHAPES[scale]
     blob = json.dumps(prepare(spec, scale, folder))
-    argv = [sys.executable, "-m", "tjx_tools.nanogpt.tjx_worker", blob]
+    argv = [sys.executable, "-m", "experiments.nanogpt.tjx_worker", blob]
     workers = {"tjx": Worker("tjx", argv, tjx_env(XLA_FLAGS=""))}
     try:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

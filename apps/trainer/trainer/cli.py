@@ -162,6 +162,27 @@ def _show_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def plan_argv(argv: list[str]) -> RunPlan:
+    """The validated `RunPlan` of a trainer command line; nothing is written.
+
+    Parameters
+    ----------
+    argv : list[str]
+        The arguments ``python -m trainer`` would take (``--config``, ``--set``, ``--run-dir``...).
+
+    Returns
+    -------
+    RunPlan
+        What `trainer.run` trains. Raises `ConfigError` for an invalid config or flag value,
+        and ``SystemExit`` (argparse's) for a command line that does not parse.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config is None:
+        parser.error("the following arguments are required: --config")
+    return plan_run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, validate everything, then train."""
     parser = build_parser()

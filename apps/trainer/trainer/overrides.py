@@ -6,7 +6,8 @@ import copy
 import dataclasses
 from typing import Any
 
-from trainer.config import Config
+from trainer.config import Config, build_config
+from trainer.presets import load_config_data
 from trainer.schema import ConfigError, choices, convert, field_map, hints
 
 
@@ -58,3 +59,24 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = child
         node[name] = value
     return out
+
+
+def load_config(preset: str, overrides: list[str]) -> Config:
+    """The validated config of a preset (or YAML file) with ``--set`` overrides applied.
+
+    The command line's path minus its flags (``--data``, checks of the run directory): the
+    config other code builds to compile or run the trainer's step.
+
+    Parameters
+    ----------
+    preset : str
+        A preset name (``tiny``, ``gpt2_small``, ...) or a YAML file's path, as ``--config``.
+    overrides : list[str]
+        ``a.b=c`` overrides, as ``--set`` takes them.
+
+    Returns
+    -------
+    Config
+        The typed, validated config. Raises `ConfigError` if any part of it is invalid.
+    """
+    return build_config(apply_overrides(load_config_data(preset), overrides))

@@ -1,8 +1,7 @@
-"""tjx's train step against nanoGPT's recipe in PyTorch, side by side on the same CPU.
+"""Benchmark helpers around the nanoGPT side-by-side (``tools/bench_nanogpt.py``).
 
-``python tools/bench_nanogpt.py`` (see `side_by_side`) makes a scratch venv with PyTorch (never the
-project's resolve), writes one GPT-2's initial weights, starts a tjx worker (the trainer's own
-jitted, donated step, loaded from those weights through ``--init-from``'s code path) and a PyTorch
-worker (`peer/torch_gpt.py`, nanoGPT's architecture and AdamW), checks that both compute the same
-first loss on the same batch, then alternates them every 2 steps and reports the median tokens/s.
+The side-by-side itself (the shapes, the two workers, the PyTorch peer and its scratch venv) is
+the experiments app's, in ``apps/experiments/experiments/nanogpt`` (study 9 drives it too; an app
+may not import tools). Here: `floor` (each matmul of a shape's step timed on its own) and `where`
+(the trainer's step profiled: matmuls against the rest).
 """

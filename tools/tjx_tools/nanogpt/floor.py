@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from tjx_tools.nanogpt.side_by_side import Shape
+from experiments.nanogpt.side_by_side import Shape
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from experiments.nanogpt.side_by_side import Shape
 from tjx import nn
 from tjx_tools.nanogpt.floor import Product, measure_floor, step_products
-from tjx_tools.nanogpt.side_by_side import Shape
 
 TINY = Shape("t", "tiny", (), 61, 16, 2, 32, 2, 4, 128)
 

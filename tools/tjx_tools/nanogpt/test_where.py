@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from tjx_tools.nanogpt.side_by_side import Shape
+from experiments.nanogpt.side_by_side import Shape
 from tjx_tools.nanogpt.where import matmul_instructions, where_time_goes
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from tjx_tools.nanogpt.side_by_side import Shape
+from experiments.nanogpt.side_by_side import Shape
 
 _COMPUTATION = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\S+\s+(\w[\w\-]*)\(")
@@ -115,8 +115,8 @@ def split_time(
 
 def where_time_goes(shape: Shape, *, steps: int = 5, seed: int = 0) -> dict[str, Any]:
     """The trainer's jitted, donated step for ``shape`` (random weights and tokens), split."""
+    from experiments.nanogpt.tjx_worker import trainer_config
     from tjx import parallel
-    from tjx_tools.nanogpt.tjx_worker import trainer_config
     from trainer import state as state_mod
     from trainer.step import make_train_step
 

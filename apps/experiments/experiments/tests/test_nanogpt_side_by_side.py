@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments.nanogpt.side_by_side import SHAPES, Shape, Worker, compare, prepare, tjx_env
 from tjx import nn
-from tjx_tools.nanogpt.side_by_side import SHAPES, Shape, Worker, compare, prepare, tjx_env
 
 
 class _Fake:
@@ -48,7 +48,7 @@ def test_the_tjx_worker_runs_the_trainer_step_from_the_written_weights(tmp_path:
     )
     spec = prepare(shape, tmp_path, seed=3)
     env = tjx_env(JAX_PLATFORMS="cpu", XLA_FLAGS="")  # one device, as a user has
-    argv = [sys.executable, "-m", "tjx_tools.nanogpt.tjx_worker", json.dumps(spec)]
+    argv = [sys.executable, "-m", "experiments.nanogpt.tjx_worker", json.dumps(spec)]
     worker = Worker("tjx", argv, env)
     try:
         assert worker.run(2) > 0
@@ -64,7 +64,7 @@ def test_the_tjx_worker_runs_the_trainer_step_from_the_written_weights(tmp_path:
 
 
 def test_every_shape_matches_its_trainer_config() -> None:
-    from tjx_tools.nanogpt.tjx_worker import trainer_config
+    from experiments.nanogpt.tjx_worker import trainer_config
 
     for shape in SHAPES.values():
         cfg = trainer_config({"preset": shape.preset, "sets": shape.trainer_sets()})

@@ -1,6 +1,6 @@
 """The tjx side of the side-by-side: the trainer's real step, driven over stdin/stdout.
 
-``python -m tjx_tools.nanogpt.tjx_worker SPEC_JSON``; the protocol is `peer/torch_gpt.py`'s:
+``python -m experiments.nanogpt.tjx_worker SPEC_JSON``; the protocol is `peer/torch_gpt.py`'s:
 ``ready <loss>`` after the first step on the first batch (compile included), then ``run N`` →
 wall seconds of N steps (blocked until the last one finished), ``quit``; and the two additions
 the experiments app's study uses: ``losses N`` → ``losses <seconds> <loss> ...`` (every step's
@@ -21,17 +21,15 @@ import numpy as np
 
 def trainer_config(spec: dict[str, Any]) -> Any:
     """The trainer config of a side-by-side shape (a preset and ``--set`` overrides)."""
-    from trainer.config import build_config
-    from trainer.overrides import apply_overrides
-    from trainer.presets import load_config_data
+    from trainer import load_config
 
-    return build_config(apply_overrides(load_config_data(spec["preset"]), spec["sets"]))
+    return load_config(spec["preset"], spec["sets"])
 
 
 def validation_loss(setup: Any, state: Any, cfg: Any, path: str) -> float:
     """Token-weighted mean loss of the trainer's eval step over the held-out batches in ``path``."""
     from tjx import parallel
-    from trainer.step import make_eval_step
+    from trainer import make_eval_step
 
     held = np.load(path)
     b, s = held["inputs"].shape[1:]
@@ -51,12 +49,11 @@ def validation_loss(setup: Any, state: Any, cfg: Any, path: str) -> float:
 def main() -> int:
     """Build the step from the HF weights in ``spec["weights_dir"]``, then serve commands."""
     from tjx import parallel
-    from trainer import state as state_mod
-    from trainer.step import make_train_step
+    from trainer import build_state, make_train_step
 
     spec = json.loads(sys.argv[1])
     cfg = trainer_config(spec)
-    setup = state_mod.build(cfg, spec["vocab"], init_from=spec["weights_dir"])
+    setup = build_state(cfg, spec["vocab"], init_from=spec["weights_dir"])
     step = jax.jit(make_train_step(setup.graphdef, setup.rest, setup.tx, cfg), donate_argnums=(0,))
     arrays = np.load(spec["batches"])
     b, s = arrays["inputs"].shape[1:]

@@ -1,7 +1,7 @@
 """The PyTorch side of the nanoGPT side-by-side: a GPT built to nanoGPT's published recipe.
 
-Runs only inside the scratch venv that `tjx_tools.nanogpt.venv` makes (torch + numpy); nothing in
-tjx imports it, and Pants does not own it (tools/BUILD ships it as a plain file).
+Runs only inside the scratch venv that `experiments.nanogpt.venv` makes (torch + numpy); nothing in
+tjx imports it, and Pants does not own it (apps/experiments/experiments/BUILD ships it as a plain file).
 
 The model follows nanoGPT's architecture and training choices, written here from its description:
 token + learned position embeddings, pre-LayerNorm blocks with biases (eps 1e-5), fused q/k/v

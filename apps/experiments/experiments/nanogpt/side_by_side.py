@@ -118,9 +118,9 @@ def prepare(shape: Shape, folder: Path, seed: int = 0) -> dict[str, Any]:
     """Initial weights (HF GPT-2 layout) and two random batches, both sides' inputs."""
     from flax import nnx
 
+    from experiments.nanogpt.tjx_worker import trainer_config
     from tjx import nn
-    from tjx_tools.nanogpt.tjx_worker import trainer_config
-    from trainer.model_build import nn_config
+    from trainer import nn_config
 
     cfg = trainer_config({"preset": shape.preset, "sets": shape.trainer_sets()})
     model = nn.build_model(nn_config(cfg.model, shape.vocab), rngs=nnx.Rngs(seed))
@@ -177,7 +177,9 @@ def run_shape(shape: Shape, peer_python: Path, rounds: int, steps: int) -> dict[
     with tempfile.TemporaryDirectory(prefix="tjx-nanogpt-") as tmp:
         spec = prepare(shape, Path(tmp))
         blob = json.dumps(spec)
-        tjx = Worker("tjx", [sys.executable, "-m", "tjx_tools.nanogpt.tjx_worker", blob], tjx_env())
+        tjx = Worker(
+            "tjx", [sys.executable, "-m", "experiments.nanogpt.tjx_worker", blob], tjx_env()
+        )
         try:
             peer_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # its own venv
             peer = Worker("nanogpt", [str(peer_python), str(PEER), blob], peer_env)

@@ -50,16 +50,10 @@ def vocab_of(cfg: Any) -> int:
 
 
 def synthetic_batch(cfg: Any, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random tokens in the loader's layout (one document per row)."""
-    rng = np.random.default_rng(seed)
-    b, s = cfg.data.batch_size, cfg.data.seq_len
-    tokens = rng.integers(0, vocab, (b, s + 1), dtype=np.int32)
-    return {
-        "inputs": tokens[:, :-1],
-        "targets": tokens[:, 1:],
-        "segment_ids": np.ones((b, s), np.int32),
-        "positions": np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy(),
-    }
+    """Random tokens in the loader's layout (one document per row): tjx.data's `random_batch`."""
+    from tjx import data
+
+    return data.random_batch(cfg.data.batch_size, cfg.data.seq_len, vocab, seed=seed)
 
 
 def abstract_step(cfg: Any) -> tuple[Any, Any, Any]:
@@ -85,12 +79,11 @@ def compile_seconds(cfg: Any, detail: dict[str, float] | None = None) -> tuple[f
 def throughput(name: str, sets: list[str], steps: int) -> dict[str, Any]:
     """Compile once, then the median step time over ``steps`` steps on synthetic batches."""
     from tjx import metrics, nn, parallel
-    from trainer import state as state_mod
-    from trainer.step import make_train_step
+    from trainer import build_state, jit_train_step
 
     cfg = load(name, sets)
-    setup = state_mod.build(cfg, vocab_of(cfg))
-    step = jax.jit(make_train_step(setup.graphdef, setup.rest, setup.tx, cfg), donate_argnums=(0,))
+    setup = build_state(cfg, vocab_of(cfg))
+    step = jit_train_step(setup, cfg)
     batches = [
         parallel.shard_batch(synthetic_batch(cfg, vocab_of(cfg), seed), setup.mesh)
         for seed in range(2)

@@ -43,9 +43,9 @@ def measure_config(spec: RunSpec, scale: str) -> Row:
     """Peak MiB and compile seconds of the abstract step; median executed step seconds."""
     import jax
 
-    from tjx import parallel
+    from tjx import data, parallel
     from tjx.metrics import peak_bytes
-    from trainer import abstract_step, build_state, make_train_step
+    from trainer import abstract_step, build_state, jit_train_step
 
     cfg = trainer_config(spec)
     vocab = _vocab(cfg)
@@ -56,15 +56,8 @@ def measure_config(spec: RunSpec, scale: str) -> Row:
     peak = peak_bytes(compiled)["peak"]
     del compiled
     setup = build_state(cfg, vocab)
-    run = jax.jit(make_train_step(setup.graphdef, setup.rest, setup.tx, cfg), donate_argnums=(0,))
-    b, s = cfg.data.batch_size, cfg.data.seq_len
-    tokens = np.random.default_rng(0).integers(0, vocab, (b, s + 1), dtype=np.int32)
-    batch = {
-        "inputs": tokens[:, :-1],
-        "targets": tokens[:, 1:],
-        "segment_ids": np.ones((b, s), np.int32),
-        "positions": np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy(),
-    }
+    run = jit_train_step(setup, cfg)
+    batch = data.random_batch(cfg.data.batch_size, cfg.data.seq_len, vocab)
     batch = parallel.shard_batch(batch, setup.mesh)
     st, out = run(setup.state, batch)  # warm-up (compiles the concrete step)
     jax.block_until_ready(out)

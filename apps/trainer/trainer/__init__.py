@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for the type checker
     from trainer.schema import ConfigError
     from trainer.state import Setup
     from trainer.state import build as build_state
-    from trainer.step import make_eval_step, make_train_step
+    from trainer.step import jit_train_step, make_eval_step, make_train_step
 
 #: Each public name: (its module, its name there).
 _EXPORTS: dict[str, tuple[str, str]] = {
@@ -32,6 +32,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Setup": ("trainer.state", "Setup"),
     "abstract_step": ("trainer.memory_fit", "abstract_step"),
     "build_state": ("trainer.state", "build"),
+    "jit_train_step": ("trainer.step", "jit_train_step"),
     "load_config": ("trainer.overrides", "load_config"),
     "make_eval_step": ("trainer.step", "make_eval_step"),
     "make_tokenizer": ("trainer.data_setup", "make_tokenizer"),
@@ -52,6 +53,7 @@ __all__ = [
     "Setup",
     "abstract_step",
     "build_state",
+    "jit_train_step",
     "load_config",
     "make_eval_step",
     "make_tokenizer",

@@ -88,6 +88,14 @@ def make_train_step(
     return train_step
 
 
+def jit_train_step(setup: Any, cfg: Config, **jit_options: Any) -> Any:
+    """`make_train_step` of a built state (``trainer.state.Setup``), jitted with the state donated
+    (the new state reuses its buffers: one copy of the parameters and optimizer state, not two);
+    ``jit_options`` go to ``jax.jit`` (e.g. ``out_shardings``)."""
+    step = make_train_step(setup.graphdef, setup.rest, setup.tx, cfg)
+    return jax.jit(step, donate_argnums=(0,), **jit_options)
+
+
 def make_eval_step(
     graphdef: Any, rest: Any, cfg: Config
 ) -> Callable[[Any, Batch], dict[str, jax.Array]]:

@@ -204,15 +204,11 @@ class Training:
         return self._finish(step_done, stopped_by or stop.signal_name)
 
     def _compile(self) -> Any:
-        from trainer.step import make_train_step
+        from trainer.step import jit_train_step
 
         setup = self.setup
         shardings = jax.tree.map(lambda x: x.sharding, self.state)
-        step_fn = jax.jit(
-            make_train_step(setup.graphdef, setup.rest, setup.tx, self.cfg),
-            out_shardings=(shardings, None),
-            donate_argnums=(0,),
-        )
+        step_fn = jit_train_step(setup, self.cfg, out_shardings=(shardings, None))
         per_step, unit = self.units_per_step, self.objective.unit
         print(f"model: {setup.num_params:,} parameters; {per_step:,} {unit} per step", flush=True)
         self.meter.reset()

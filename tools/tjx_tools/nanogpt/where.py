@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
 from experiments.nanogpt.side_by_side import Shape
 
@@ -116,23 +115,13 @@ def split_time(
 def where_time_goes(shape: Shape, *, steps: int = 5, seed: int = 0) -> dict[str, Any]:
     """The trainer's jitted, donated step for ``shape`` (random weights and tokens), split."""
     from experiments.nanogpt.tjx_worker import trainer_config
-    from tjx import parallel
-    from trainer import state as state_mod
-    from trainer.step import make_train_step
+    from tjx import data, parallel
+    from trainer import build_state, jit_train_step
 
     cfg = trainer_config({"preset": shape.preset, "sets": shape.trainer_sets()})
-    setup = state_mod.build(cfg, shape.vocab)
-    step = jax.jit(make_train_step(setup.graphdef, setup.rest, setup.tx, cfg), donate_argnums=(0,))
-    b, s = shape.batch, shape.seq
-    tokens = np.random.default_rng(seed).integers(0, shape.vocab, (b, s + 1), dtype=np.int32)
-    batch = parallel.shard_batch(
-        {
-            "inputs": tokens[:, :-1],
-            "targets": tokens[:, 1:],
-            "segment_ids": np.ones((b, s), np.int32),
-            "positions": np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy(),
-        },
-        setup.mesh,
-    )
+    setup = build_state(cfg, shape.vocab)
+    step = jit_train_step(setup, cfg)
+    batch = data.random_batch(shape.batch, shape.seq, shape.vocab, seed=seed)
+    batch = parallel.shard_batch(batch, setup.mesh)
     hlo = step.lower(setup.state, batch).compile().as_text() or ""
     return {"shape": shape.name, **split_time(step, setup.state, batch, hlo, steps)}

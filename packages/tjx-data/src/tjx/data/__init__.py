@@ -15,7 +15,7 @@ from tjx.data.images import (
 from tjx.data.loader import PackedLoader, validation_batches
 from tjx.data.mixture import ON_EXHAUSTED, MixturePart, MixtureRule, MixtureSource, check_mixture
 from tjx.data.mixture_loader import MixtureLoader, mixture_validation_batches
-from tjx.data.packing import IGNORE_INDEX, PackingPlan
+from tjx.data.packing import IGNORE_INDEX, PackingPlan, random_batch
 from tjx.data.prefetch import DevicePrefetcher, prefetch_to_device
 from tjx.data.prepare import PreparedShards, bpe_tokenizer, check_max_tokens, prepare_shards
 from tjx.data.pretokenize import pretokenize
@@ -68,6 +68,7 @@ __all__ = [
     "mixture_validation_batches",
     "prefetch_to_device",
     "prepare_shards",
+    "random_batch",
     "pretokenize",
     "prepare_builtin",
     "prepare_image_run_data",

@@ -31,7 +31,14 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from tjx.data.errors import DataError
 
-__all__ = ["IGNORE_INDEX", "PackingPlan", "TokenStream", "make_batch", "segments_and_positions"]
+__all__ = [
+    "IGNORE_INDEX",
+    "PackingPlan",
+    "TokenStream",
+    "make_batch",
+    "random_batch",
+    "segments_and_positions",
+]
 
 IGNORE_INDEX = -100
 
@@ -200,4 +207,20 @@ def make_batch(
         "targets": targets,
         "segment_ids": segment_ids,
         "positions": positions,
+    }
+
+
+def random_batch(
+    batch_size: int, seq_len: int, vocab_size: int, *, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """A batch in the loader's layout of uniform random tokens, one document per row (for
+    benchmarks and memory measurements that need a step's shapes, not text)."""
+    tokens = np.random.default_rng(seed).integers(
+        0, vocab_size, (batch_size, seq_len + 1), dtype=np.int32
+    )
+    return {
+        "inputs": tokens[:, :-1],
+        "targets": tokens[:, 1:],
+        "segment_ids": np.ones((batch_size, seq_len), np.int32),
+        "positions": np.broadcast_to(_arange(seq_len), (batch_size, seq_len)).copy(),
     }

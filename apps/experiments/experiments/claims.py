@@ -79,6 +79,14 @@ def failed(r: Row) -> bool:
     return r.get("diverged_at") is not None or r.get("blew_up_at") is not None
 
 
+def failure_words(r: Row) -> str:
+    """How a `failed` config failed: ``diverged in 3/3 seeds (first at step 15)`` or ``blew up
+    in 2/3 seeds (first at step 6)``."""
+    key = "diverged_at" if r.get("diverged_at") is not None else "blew_up_at"
+    verb = "diverged" if key == "diverged_at" else "blew up"
+    return f"{verb} in {seeds_note(r, key)} (first at step {r[key]})"
+
+
 def seeds_note(r: Row, key: str) -> str:
     """``2/3 seeds`` of a failure key."""
     return f"{r.get(key + '_seeds', 1)}/{r.get('seeds', 1)} seeds"

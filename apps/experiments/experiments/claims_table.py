@@ -19,6 +19,7 @@ from experiments.claims import (
     by_side,
     cannot_on_cpu,
     failed,
+    failure_words,
     lower,
     row,
     seeds_note,
@@ -45,7 +46,8 @@ def _sinusoidal_extrapolates(rows: list[Row]) -> Judgement:
     d = Difference(float(sin["val_loss_4x"]) - float(sin["val_loss_1x"]), spread)
     if row(rows, "learned").get("val_loss_2x") is not None:
         return "—", CANNOT_TELL, "the learned table was evaluated beyond its length."
-    return (f"sinusoidal @4× − @1×: {d.words()} nats; learned: no rows past its length", AGREES,
+    measured = f"sinusoidal @4× − @1×: {d.words(unit='nats')}; learned: no rows past its length"
+    return (measured, AGREES,
             "a learned table cannot run past its training length, sinusoids can.")  # fmt: skip
 
 
@@ -152,7 +154,7 @@ def _adamw_best(rows: list[Row]) -> Judgement:
 def _lion_competitive(rows: list[Row]) -> Judgement:
     win = _winners(rows)
     d = difference(row(win, "lion"), row(win, "adamw"), "val_loss")
-    measured = f"lion − adamw at their best rates: {d.words()} nats"
+    measured = f"lion − adamw at their best rates: {d.words(unit='nats')}"
     if d.measurable and d.diff > 0:
         return measured, DISAGREES, "Lion is measurably worse than AdamW."
     return measured, AGREES, "Lion is not measurably worse than AdamW."
@@ -174,7 +176,8 @@ def _no_warmup(rows: list[Row]) -> Judgement:
     only_cold = [c for c, w in pairs if failed(c) and w is not None and not failed(w)]
     if only_cold:
         c = only_cold[0]
-        return (f"{c['label']}: {c['status']}; with warmup at the same rate it did not", AGREES,
+        measured = f"{c['label']}: {failure_words(c)}; with warmup at the same rate it did not"
+        return (measured, AGREES,
                 "at that peak rate dropping warmup alone made the run fail.")  # fmt: skip
     if any(failed(c) for c, _ in pairs):
         return ("no warmup failed only where warmup failed too", DISAGREES,
@@ -265,7 +268,7 @@ def _competitive(rows: list[Row]) -> Judgement:
     d = difference(t, n, "val_loss")
     verdict = DISAGREES if d.measurable and d.diff > 0 else AGREES
     return (
-        f"tjx − nanoGPT validation loss: {d.words()} nats",
+        f"tjx − nanoGPT validation loss: {d.words(unit='nats')}",
         verdict,
         "tjx is measurably worse." if verdict == DISAGREES else "tjx is not measurably worse.",
     )

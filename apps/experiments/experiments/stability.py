@@ -236,7 +236,7 @@ def schedule_conclude(rows: list[Row], scale: str) -> list[str]:
             d = difference(cold, warm, "val_loss")
             out.append(
                 f"Constant lr {lr:g}, no warmup minus warmup (clipping in both): "
-                f"{d.words()} nats."
+                f"{d.words(unit='nats')}."
             )
     for r in rows:
         if r.get("diverged_at") is not None or r.get("blew_up_at") is not None:

@@ -98,9 +98,10 @@ class Difference:
         """True when the difference exceeds the noise (and both are finite)."""
         return math.isfinite(self.diff) and abs(self.diff) > self.noise
 
-    def words(self, fmt: str = ".4f") -> str:
-        """``+0.0123 ± 0.0040`` followed by ``, no measurable difference`` when within noise."""
-        text = f"{self.diff:+{fmt}} ± {self.noise:{fmt}}"
+    def words(self, fmt: str = ".4f", unit: str = "") -> str:
+        """``+0.0123 ± 0.0040`` (then `` nats`` for ``unit="nats"``) followed by
+        ``, no measurable difference`` when within noise."""
+        text = f"{self.diff:+{fmt}} ± {self.noise:{fmt}}" + (f" {unit}" if unit else "")
         return text if self.measurable else f"{text}, {NO_DIFFERENCE}"
 
 

@@ -107,7 +107,7 @@ def bpb_conclude(rows: list[Row], scale: str) -> list[str]:
         if ref:
             d = difference(r, ref, "val_bits_per_byte")
             if math.isfinite(d.diff):
-                out.append(f"{r['label']}: {d.words()} bits/byte against the baseline.")
+                out.append(f"{r['label']}: {d.words(unit='bits/byte')} against the baseline.")
     for r in rows:
         if isinstance(r.get("attn_start"), float):
             out.append(

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from experiments.claims import AGREES, CANNOT_TELL, DISAGREES, lower, within
+from experiments.claims import AGREES, CANNOT_TELL, DISAGREES, failure_words, lower, within
 from experiments.runner import seed_spec
 from experiments.spec import Column, Row, RunSpec, Sweep
 from experiments.stats import NO_DIFFERENCE, aggregate, difference, ranking, tied_with_best
@@ -47,6 +47,7 @@ def test_a_difference_within_the_combined_noise_is_no_measurable_difference() ->
     d = difference(b, a, "v")
     assert d.noise == pytest.approx(0.05) and not d.measurable
     assert d.words().endswith(NO_DIFFERENCE)
+    assert d.words(unit="nats") == f"+0.0400 ± 0.0500 nats, {NO_DIFFERENCE}"  # unit, then words
     assert difference(c, a, "v").measurable
     assert ranking([c, b, a], "v") == "a 1.0000 ± 0.0300 ≈ b 1.0400 ± 0.0400 < c 1.2000 ± 0.0400"
     assert [r["label"] for r in tied_with_best([c, b, a], "v")] == ["b", "a"]
@@ -133,3 +134,10 @@ def test_the_reports_training_time_adds_up_every_seeds_run() -> None:
     note = _load_note([aggregate(seeds), aggregate(other)])
     # 10 + 20 + 4 + 6 s, not the two configs' means (15 + 5); loads of every seed (0.2 to 1.5).
     assert "trained for 40 s in all" in note and "0.2–1.5" in note
+
+
+def test_a_failed_config_says_how_it_failed_in_how_many_seeds() -> None:
+    blew = {"blew_up_at": 2, "blew_up_at_seeds": 3, "seeds": 3, "diverged_at": None}
+    assert failure_words(blew) == "blew up in 3/3 seeds (first at step 2)"
+    both = {**blew, "diverged_at": 15, "diverged_at_seeds": 2}
+    assert failure_words(both) == "diverged in 2/3 seeds (first at step 15)"

@@ -58,9 +58,10 @@ def synthetic_batch(cfg: Any, vocab: int, seed: int = 0) -> dict[str, np.ndarray
 
 def abstract_step(cfg: Any) -> tuple[Any, Any, Any]:
     """(jitted step, abstract state, abstract batch) without materialising any parameter."""
-    from trainer.memory_fit import abstract_step as trainer_abstract_step
+    from trainer import abstract_step as trainer_abstract_step
+    from trainer import resolve
 
-    return trainer_abstract_step(cfg, vocab_of(cfg))
+    return trainer_abstract_step(resolve(cfg, vocab_of(cfg)))
 
 
 def compile_seconds(cfg: Any, detail: dict[str, float] | None = None) -> tuple[float, Any]:
@@ -79,10 +80,10 @@ def compile_seconds(cfg: Any, detail: dict[str, float] | None = None) -> tuple[f
 def throughput(name: str, sets: list[str], steps: int) -> dict[str, Any]:
     """Compile once, then the median step time over ``steps`` steps on synthetic batches."""
     from tjx import metrics, nn, parallel
-    from trainer import build_state, jit_train_step
+    from trainer import build_state, jit_train_step, resolve
 
     cfg = load(name, sets)
-    setup = build_state(cfg, vocab_of(cfg))
+    setup = build_state(resolve(cfg, vocab_of(cfg)))
     step = jit_train_step(setup, cfg)
     batches = [
         parallel.shard_batch(synthetic_batch(cfg, vocab_of(cfg), seed), setup.mesh)

@@ -47,14 +47,14 @@ _REFERENCE: dict[str, Any] = {}
 
 
 def _loss_and_grads(model: str, sets: list[str]) -> tuple[float, Any]:
-    from trainer import state, step
+    from trainer import resolve, state, step
     from trainer.config import build_config
     from trainer.overrides import apply_overrides
     from trainer.presets import load_config_data
 
     preset, extra = PRESETS[model]
     cfg = build_config(apply_overrides(load_config_data(preset), [*MODEL, *extra, *sets]))
-    setup = state.build(cfg, VOCAB)
+    setup = state.build(resolve(cfg, VOCAB))
     loss_fn = step.make_loss_fn(setup.graphdef, setup.rest, cfg)
     rng = np.random.default_rng(len(model))
     batch = {

@@ -45,17 +45,18 @@ def measure_config(spec: RunSpec, scale: str) -> Row:
 
     from tjx import data, parallel
     from tjx.metrics import peak_bytes
-    from trainer import abstract_step, build_state, jit_train_step
+    from trainer import abstract_step, build_state, jit_train_step, resolve
 
     cfg = trainer_config(spec)
     vocab = _vocab(cfg)
-    step, abstract_state, abstract_batch = abstract_step(cfg, vocab)
+    resolved = resolve(cfg, vocab)
+    step, abstract_state, abstract_batch = abstract_step(resolved)
     t0 = time.perf_counter()
     compiled = step.lower(abstract_state, abstract_batch).compile()
     compile_s = time.perf_counter() - t0
     peak = peak_bytes(compiled)["peak"]
     del compiled
-    setup = build_state(cfg, vocab)
+    setup = build_state(resolved)
     run = jit_train_step(setup, cfg)
     batch = data.random_batch(cfg.data.batch_size, cfg.data.seq_len, vocab)
     batch = parallel.shard_batch(batch, setup.mesh)

@@ -68,13 +68,13 @@ def prepare(spec: RunSpec, scale: str, folder: Path) -> dict[str, Any]:
 
     from experiments.nanogpt.tjx_worker import trainer_config
     from tjx import nn
-    from trainer import nn_config, prepare_data, train_loader, val_batches
+    from trainer import prepare_data, resolve, train_loader, val_batches
 
     shape, seed = SHAPES[scale], int(spec.param("seed"))
     cfg = trainer_config({"preset": "tiny", "sets": list(spec.sets)})
     bundle = prepare_data(cfg)
     vocab = bundle.vocab_size
-    model = nn.build_model(nn_config(cfg.model, vocab), rngs=nnx.Rngs(seed))
+    model = nn.build_model(resolve(cfg, vocab).model, rngs=nnx.Rngs(seed))
     assert isinstance(model, nn.GPT2)  # model.kind gpt2: the peer reads HF GPT-2 weights
     nn.save_hf_gpt2(model, folder / "weights")
     loader = train_loader(bundle, cfg)

@@ -16,9 +16,9 @@ if TYPE_CHECKING:  # the same names, eagerly, for the type checker
     from trainer.data_setup import prepare as prepare_data
     from trainer.loop import run
     from trainer.memory_fit import abstract_step, step_peak
-    from trainer.model_build import nn_config
     from trainer.overrides import load_config
     from trainer.plan import RunPlan
+    from trainer.resolve import Resolved, resolve
     from trainer.schema import ConfigError
     from trainer.state import Setup
     from trainer.state import build as build_state
@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for the type checker
 _EXPORTS: dict[str, tuple[str, str]] = {
     "Config": ("trainer.config", "Config"),
     "ConfigError": ("trainer.schema", "ConfigError"),
+    "Resolved": ("trainer.resolve", "Resolved"),
     "RunPlan": ("trainer.plan", "RunPlan"),
     "Setup": ("trainer.state", "Setup"),
     "abstract_step": ("trainer.memory_fit", "abstract_step"),
@@ -37,9 +38,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "make_eval_step": ("trainer.step", "make_eval_step"),
     "make_tokenizer": ("trainer.data_setup", "make_tokenizer"),
     "make_train_step": ("trainer.step", "make_train_step"),
-    "nn_config": ("trainer.model_build", "nn_config"),
     "plan_argv": ("trainer.cli", "plan_argv"),
     "prepare_data": ("trainer.data_setup", "prepare"),
+    "resolve": ("trainer.resolve", "resolve"),
     "run": ("trainer.loop", "run"),
     "step_peak": ("trainer.memory_fit", "step_peak"),
     "train_loader": ("trainer.data_setup", "train_loader"),
@@ -49,6 +50,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
 __all__ = [
     "Config",
     "ConfigError",
+    "Resolved",
     "RunPlan",
     "Setup",
     "abstract_step",
@@ -58,9 +60,9 @@ __all__ = [
     "make_eval_step",
     "make_tokenizer",
     "make_train_step",
-    "nn_config",
     "plan_argv",
     "prepare_data",
+    "resolve",
     "run",
     "step_peak",
     "train_loader",

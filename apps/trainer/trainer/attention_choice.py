@@ -14,43 +14,37 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from trainer.config import Config, build_config
-from trainer.overrides import apply_overrides
+from trainer.resolve import Resolved
 from trainer.schema import ConfigError
 
 
-def with_kernel(cfg: Config, kernel: str) -> Config:
-    """``cfg`` with ``model.attention_impl`` set to ``kernel``."""
-    if cfg.model.attention_impl == kernel:
-        return cfg
-    return build_config(apply_overrides(cfg.to_dict(), [f"model.attention_impl={kernel}"]))
+def with_kernel(run: Resolved, kernel: str) -> Resolved:
+    """``run`` with ``model.attention_impl`` set to ``kernel`` (a replace, not a re-read)."""
+    return run.with_model(attention_impl=kernel)
 
 
-def compile_step(cfg: Config, vocab_size: int) -> None:
-    """Lower and compile ``cfg``'s train step for the default device (abstract: nothing runs)."""
+def compile_step(run: Resolved) -> None:
+    """Lower and compile ``run``'s train step for the default device (abstract: nothing runs)."""
     from trainer.memory_fit import abstract_step
 
-    step, state, batch = abstract_step(cfg, vocab_size)
+    step, state, batch = abstract_step(run)
     step.lower(state, batch).compile()
 
 
 def choose_attention(
-    cfg: Config,
-    vocab_size: int,
+    run: Resolved,
     *,
-    build: Callable[[Config, int], None] = compile_step,
+    build: Callable[[Resolved], None] = compile_step,
     say: Callable[[str], None] = lambda line: print(line, flush=True),
-) -> Config:
-    """``cfg`` with the attention kernel that compiles, saying the choice (see module doc).
+) -> Resolved:
+    """``run`` with the attention kernel that compiles, saying the choice (see module doc).
 
     Parameters
     ----------
-    cfg : Config
-        The run's config (``model.attention_impl`` auto or a kernel's name).
-    vocab_size : int
-        The tokenizer's vocabulary size (the step's shapes).
+    run : Resolved
+        The run (``model.attention_impl`` auto or a kernel's name), its vocabulary known.
     build : callable
-        Lowers and compiles the step of a config; raises on failure (tests inject failures).
+        Lowers and compiles the step of a run; raises on failure (tests inject failures).
     say : callable
         Where the lines go.
 
@@ -60,13 +54,11 @@ def choose_attention(
         A kernel named in the config cannot serve the model or fails to lower or compile.
     """
     from tjx import kernels
-    from trainer.model_build import nn_config
 
-    impl = cfg.model.attention_impl
+    impl = run.cfg.model.attention_impl
     if impl == "xla":
-        return cfg
-    model = nn_config(cfg.model, vocab_size + cfg.objective.extra_vocab)
-    dtype, head_dim = model.precision.compute_dtype, model.head_dim
+        return run
+    dtype, head_dim = run.model.precision.compute_dtype, run.model.head_dim
     if impl == "auto":
         choice = kernels.auto_order(dtype, head_dim)
         say(choice.line())
@@ -74,12 +66,12 @@ def choose_attention(
     else:
         order = (impl,)
         say(f"attention: {impl} (model.attention_impl)")
-    if cfg.task != "lm":  # the abstract step is a decoder's; other tasks trace their kernel late
-        return cfg
+    if run.cfg.task != "lm":  # the abstract step is a decoder's; other tasks trace it late
+        return run
     try:
         chosen = kernels.first_that_compiles(
             order,
-            lambda kernel: build(with_kernel(cfg, kernel), vocab_size),
+            lambda kernel: build(with_kernel(run, kernel)),
             explicit=impl != "auto",
             say=say,
         )
@@ -88,4 +80,4 @@ def choose_attention(
             f"{err}; set model.attention_impl=auto to let tjx choose (or xla)"
         ) from None
     # With no fallback, "auto" stays: it resolves to the same kernel while tracing.
-    return cfg if chosen == order[0] else with_kernel(cfg, chosen)
+    return run if chosen == order[0] else with_kernel(run, chosen)

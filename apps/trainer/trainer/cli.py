@@ -11,7 +11,7 @@ from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first u
     add_distributed_arguments,
     distributed_from_args,
 )
-from trainer.config import build_config
+from trainer.config import build_config, resolve_config
 from trainer.init_from import check_init_from
 from trainer.overrides import apply_overrides
 from trainer.plan import RunPlan, config_yaml, error_exit
@@ -103,7 +103,8 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         if not args.data.strip():
             raise ConfigError("--data: empty source; give a built-in name, hub name or path")
         overrides.append(f"data.source={args.data}")
-    cfg = build_config(apply_overrides(settings, overrides))
+    resolved = resolve_config(apply_overrides(settings, overrides))
+    cfg = resolved.cfg
     if args.data is not None and cfg.data.sources is not None:
         raise ConfigError(
             "--data: this config trains on the mixture data.sources; drop --data, or add "
@@ -142,7 +143,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     with keyed(None, DistributedArgumentError):  # its message names the flag
         distributed = distributed_from_args(args)  # the environment fills the rest when joining
     return RunPlan(
-        cfg, run_dir, bool(args.resume), args.init_from, profile, distributed, resume_changes
+        resolved, run_dir, bool(args.resume), args.init_from, profile, distributed, resume_changes
     )
 
 

@@ -9,10 +9,13 @@ one `ConfigError` naming the key path and what is allowed (the CLI turns it into
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainer.config_outputs import CheckpointConfig, EvalConfig, LoggingConfig, SamplingConfig
 from trainer.schema import ConfigError, from_dict, nested, spec, to_dict
+
+if TYPE_CHECKING:  # types only: `resolve` reads a Config
+    from trainer.resolve import Resolved
 
 # tjx.nn has no list of dtype names (its Precision takes any floating dtype): these are the ones
 # the trainer runs.
@@ -301,14 +304,11 @@ def _check_mixture(cfg: Config) -> None:
     )
 
 
-def validate(cfg: Config) -> Config:
-    """Checks across fields (single fields were checked while reading).
-
-    Only the trainer's own rules live here (its keys: data, accumulation, sampling, mesh,
-    checkpoints); the model and optimizer sections are checked by tjx.nn and tjx.optim
-    themselves (``model_build``), with the trainer's key names in their errors.
-    """
-    m, d, o, t = cfg.model, cfg.data, cfg.optimizer, cfg.train
+def _check_own(cfg: Config) -> None:
+    """The trainer's own rules across fields (single fields were checked while reading): its
+    keys (data, accumulation, sampling, mesh); the model and optimizer sections are checked by
+    tjx.nn and tjx.optim themselves when `resolve` builds their configs."""
+    m, d, o = cfg.model, cfg.data, cfg.optimizer
     _require(
         m.kind == "vit" or m.max_seq_len >= d.seq_len,
         f"data.seq_len: {d.seq_len} exceeds model.max_seq_len ({m.max_seq_len})",
@@ -340,22 +340,37 @@ def validate(cfg: Config) -> Config:
             m.num_heads % cfg.mesh.tensor == 0,
             f"mesh.tensor: {cfg.mesh.tensor} must divide model.num_heads ({m.num_heads})",
         )
-    # The model and optimizer sections must make valid tjx.nn and tjx.optim configs (e.g.
-    # d_model divisible by num_heads, which `position` a kind takes, warmup within train.steps,
-    # float16 needing dynamic loss scaling): ask the packages now, before any data is prepared,
-    # rather than repeating their rules here. The vocabulary plays no part in those checks.
-    from trainer.model_build import nn_config, optimizer_config
 
-    nn_config(m, m.vocab_size or 2)  # errors name the trainer's keys (model.d_model: ...)
-    optimizer_config(cfg)
+
+def _resolved(cfg: Config) -> Resolved:
+    """``cfg`` validated and resolved: the trainer's rules, then the packages' (tjx.nn and
+    tjx.optim build their configs by their own rules — d_model divisible by num_heads, which
+    `position` a kind takes, warmup within train.steps, float16 needing loss scaling — before any
+    data is prepared, rather than the trainer repeating them). The one place a run builds its
+    package configs; everything after receives the `Resolved`. Raises `ConfigError`."""
+    from trainer.resolve import resolve
+
+    _check_own(cfg)
+    resolved = resolve(cfg)  # errors name the trainer's keys (model.d_model: ...)
     if cfg.checkpoint.keep_best is not None:
         _require(
-            t.eval_every > 0,
+            cfg.train.eval_every > 0,
             "checkpoint.keep_best: needs train.eval_every > 0 (best = lowest validation loss)",
         )
-    return cfg
+    return resolved
+
+
+def resolve_config(data: dict[str, Any]) -> Resolved:
+    """Read, validate and resolve a config from plain data: what a run starts from."""
+    return _resolved(from_dict(Config, data))
+
+
+def validate(cfg: Config) -> Config:
+    """``cfg`` if it is valid (the rules of `resolve_config`); raises `ConfigError`."""
+    return _resolved(cfg).cfg
 
 
 def build_config(data: dict[str, Any]) -> Config:
-    """Read and validate a config from plain data."""
-    return validate(from_dict(Config, data))
+    """Read and validate a config from plain data (its package configs are not kept: a run
+    starts from `resolve_config`)."""
+    return resolve_config(data).cfg

@@ -83,12 +83,14 @@ def _prepare_and_train(plan: RunPlan) -> int:
         # find cached); CPU collectives give up on a peer after ~30 s, so everyone waits here.
         parallel.barrier("trainer:data_ready", timeout_s=DATA_READY_TIMEOUT_S)
         loader = data_setup.train_loader(bundle, cfg)  # a corpus too small for a batch fails here
+        # The config resolved on the command line, now with the tokenizer's vocabulary.
+        resolved = plan.resolved.with_vocab(bundle.vocab_size)
         if plan.init_from is None:
             # The attention kernel that compiles (one line per kernel that fails), then memory.
-            cfg = attention_choice.choose_attention(cfg, bundle.vocab_size)
-            cfg = memory_fit.fit_memory(cfg, bundle.vocab_size)
-            plan = dataclasses.replace(plan, config=cfg)
-        setup = state.build(cfg, bundle.vocab_size, plan.init_from)
+            resolved = attention_choice.choose_attention(resolved)
+            resolved = memory_fit.fit_memory(resolved)
+        plan = dataclasses.replace(plan, resolved=resolved)
+        setup = state.build(resolved, plan.init_from)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         return error_exit(str(err))
     # Process 0 writes the run directory; the others only take part in checkpoints (each saves

@@ -10,7 +10,6 @@ is not partitioned: its figure would overstate a sharded step) and for ``--init-
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -18,22 +17,20 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tjx.metrics import GIB, first_fit, peak_bytes
-from trainer.config import Config
+from trainer.resolve import Resolved
 from trainer.schema import ConfigError
 
 
-def abstract_step(cfg: Config, vocab_size: int) -> tuple[Any, Any, Any]:
-    """(jitted step, abstract state, abstract batch) of an LM config; no parameter is created."""
+def abstract_step(run: Resolved) -> tuple[Any, Any, Any]:
+    """(jitted step, abstract state, abstract batch) of an LM run; no parameter is created."""
     from tjx import nn, optim
-    from trainer.model_build import nn_config, optimizer_config
     from trainer.step import make_train_step
 
-    abstract = nnx.eval_shape(
-        lambda: nn.build_model(nn_config(cfg.model, vocab_size), rngs=nnx.Rngs(0))
-    )
+    cfg = run.cfg
+    abstract = nnx.eval_shape(lambda: nn.build_model(run.model, rngs=nnx.Rngs(0)))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
     params = nnx.to_pure_dict(params)
-    tx = optim.build_optimizer(optimizer_config(cfg))
+    tx = optim.build_optimizer(run.optimizer)
     state = {
         "params": params,
         "opt_state": jax.eval_shape(tx.init, params),
@@ -46,38 +43,37 @@ def abstract_step(cfg: Config, vocab_size: int) -> tuple[Any, Any, Any]:
     return step, state, batch
 
 
-def step_peak(cfg: Config, vocab_size: int) -> int:
-    """Peak bytes of the compiled train step of ``cfg`` on one device."""
-    step, state, batch = abstract_step(cfg, vocab_size)
+def step_peak(run: Resolved) -> int:
+    """Peak bytes of the compiled train step of ``run`` on one device."""
+    step, state, batch = abstract_step(run)
     return peak_bytes(step.lower(state, batch).compile())["peak"]
 
 
-def _announced(name: str, cfg: Config, vocab_size: int) -> int:
+def _announced(name: str, run: Resolved) -> int:
     """`step_peak`, said first: a big model's compile takes minutes on a CPU."""
     print(f"memory: compiling {name} to measure its peak…", flush=True)
-    return step_peak(cfg, vocab_size)
+    return step_peak(run)
 
 
 #: The candidates' names, as the ``memory:`` lines print them.
 STEP, FULL_REMAT = "the train step", "the train step with model.remat=full"
 
 
-def fit_memory(
-    cfg: Config, vocab_size: int, *, budget: int | None = None, devices: int | None = None
-) -> Config:
-    """``cfg`` if its step fits, else ``cfg`` with ``model.remat=full``; ConfigError if neither.
+def fit_memory(run: Resolved, *, budget: int | None = None, devices: int | None = None) -> Resolved:
+    """``run`` if its step fits, else ``run`` with ``model.remat=full``; ConfigError if neither.
 
     ``budget`` (bytes) and ``devices`` default to this machine's (tests pass their own).
     """
     devices = jax.device_count() if devices is None else devices
     # The abstract step below is a decoder's (an LM batch).
+    cfg = run.cfg
     if not cfg.train.fit_memory or cfg.task != "lm" or devices != 1:
-        return cfg
-    # A validated config with one valid value changed: no text round trip, no second validation.
-    full = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, remat="full"))
-    candidates = [(STEP, lambda: _announced(STEP, cfg, vocab_size))]
+        return run
+    # A resolved run with one valid value changed: no text round trip, no second resolution.
+    full = run.with_model(remat="full")
+    candidates = [(STEP, lambda: _announced(STEP, run))]
     if cfg.model.remat == "none":
-        candidates.append((FULL_REMAT, lambda: _announced(FULL_REMAT, full, vocab_size)))
+        candidates.append((FULL_REMAT, lambda: _announced(FULL_REMAT, full)))
     # Each figure is printed as it comes: the next compile may take a while.
     fit = first_fit(candidates, budget=budget, on_check=lambda c: print(f"memory: {c}", flush=True))
     if fit.chosen == FULL_REMAT:
@@ -88,7 +84,7 @@ def fit_memory(
         )
         return full
     if fit.chosen is not None or fit.budget is None:
-        return cfg
+        return run
     # XLA:CPU undoes remat in unrolled stacks (it drops jax.checkpoint's barriers, then CSE
     # merges the recomputation back into the forward pass); scanned stacks keep it.
     unrolled = (

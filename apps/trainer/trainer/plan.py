@@ -14,13 +14,15 @@ import yaml  # type: ignore[import-untyped]
 
 from tjx.parallel.arguments import DistributedArgs
 from trainer.config import Config
+from trainer.resolve import Resolved
 
 
 @dataclass
 class RunPlan:
-    """A validated request: the config and everything the run needs to know before it starts."""
+    """A validated request: the resolved config and everything the run needs to know before it
+    starts."""
 
-    config: Config
+    resolved: Resolved
     run_dir: Path
     resume: bool
     init_from: str | None
@@ -29,6 +31,11 @@ class RunPlan:
     distributed: DistributedArgs = field(default_factory=DistributedArgs)
     #: Training-only settings a ``--resume`` changes: key → (saved, new) (see `trainer.resume`).
     resume_changes: dict[str, tuple[object, object]] = field(default_factory=dict)
+
+    @property
+    def config(self) -> Config:
+        """The trainer's sections (``resolved.cfg``)."""
+        return self.resolved.cfg
 
 
 def config_yaml(cfg: Config) -> str:

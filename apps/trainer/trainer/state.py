@@ -11,7 +11,7 @@ import optax
 from flax import nnx
 
 from trainer.config import Config
-from trainer.model_build import nn_config, optimizer_config
+from trainer.resolve import Resolved
 from trainer.schema import ConfigError, keyed
 
 
@@ -84,14 +84,15 @@ def make_mesh(cfg: Config) -> tuple[Any, Any]:
     return mesh, parallel.rules(mc.strategy)
 
 
-def build(cfg: Config, vocab_size: int, init_from: str | None = None) -> Setup:
-    """Mesh, model (born sharded), optimizer and the initial state ``{params, opt_state, step}``."""
+def build(run: Resolved, init_from: str | None = None) -> Setup:
+    """Mesh, model (born sharded), optimizer and the initial state ``{params, opt_state, step}``
+    of a resolved run whose vocabulary is known (`Resolved.with_vocab`)."""
     from tjx import nn, optim, parallel
 
+    cfg, model_cfg, vocab_size = run.cfg, run.model, run.vocab_size
+    if vocab_size is None:
+        raise ValueError("state.build: the run's vocabulary is unknown; pass resolve(cfg, vocab)")
     mesh, rules = make_mesh(cfg)
-    # BERT gets one extra id for its [MASK] token.
-    model_cfg = nn_config(cfg.model, vocab_size + cfg.objective.extra_vocab)
-    opt_cfg = optimizer_config(cfg)
     model: nnx.Module
     if init_from is not None:
         # Architecture from the checkpoint; how to train it (scan, remat, kernels, precision,
@@ -121,7 +122,7 @@ def build(cfg: Config, vocab_size: int, init_from: str | None = None) -> Setup:
         model = parallel.shard_init(create, mesh, rules)
     graphdef, params_state, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
     params = nnx.to_pure_dict(params_state)
-    tx = optim.build_optimizer(opt_cfg)
+    tx = optim.build_optimizer(run.optimizer)
     # Optimizer slots that mirror the params (mu, nu, ...) are sharded like them (ZeRO under FSDP).
     specs = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
     opt_state = parallel.shard_opt_init(tx.init, params, mesh, rules, param_specs=specs)

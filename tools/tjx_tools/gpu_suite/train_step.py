@@ -48,11 +48,11 @@ def _plan(smoke: bool) -> dict[str, Any]:
 
 def step_memory(name: str, sets: list[str]) -> tuple[int, float]:
     """(peak bytes, compile seconds) of a config's step, compiled from abstract shapes."""
-    from trainer.memory_fit import step_peak
+    from trainer import resolve, step_peak
 
     cfg = load(name, sets)
     t0 = time.perf_counter()
-    peak = step_peak(cfg, vocab_of(cfg))
+    peak = step_peak(resolve(cfg, vocab_of(cfg)))
     return peak, time.perf_counter() - t0
 
 

@@ -116,10 +116,10 @@ def where_time_goes(shape: Shape, *, steps: int = 5, seed: int = 0) -> dict[str,
     """The trainer's jitted, donated step for ``shape`` (random weights and tokens), split."""
     from experiments.nanogpt.tjx_worker import trainer_config
     from tjx import data, parallel
-    from trainer import build_state, jit_train_step
+    from trainer import build_state, jit_train_step, resolve
 
     cfg = trainer_config({"preset": shape.preset, "sets": shape.trainer_sets()})
-    setup = build_state(cfg, shape.vocab)
+    setup = build_state(resolve(cfg, shape.vocab))
     step = jit_train_step(setup, cfg)
     batch = data.random_batch(shape.batch, shape.seq, shape.vocab, seed=seed)
     batch = parallel.shard_batch(batch, setup.mesh)

@@ -120,10 +120,10 @@ def prepare(shape: Shape, folder: Path, seed: int = 0) -> dict[str, Any]:
 
     from experiments.nanogpt.tjx_worker import trainer_config
     from tjx import nn
-    from trainer import nn_config
+    from trainer import resolve
 
     cfg = trainer_config({"preset": shape.preset, "sets": shape.trainer_sets()})
-    model = nn.build_model(nn_config(cfg.model, shape.vocab), rngs=nnx.Rngs(seed))
+    model = nn.build_model(resolve(cfg, shape.vocab).model, rngs=nnx.Rngs(seed))
     if not isinstance(model, nn.GPT2):
         raise ValueError(f"{shape.name}: the side-by-side compares GPT-2 models (model.kind gpt2)")
     nn.save_hf_gpt2(model, folder / "weights")

@@ -49,11 +49,11 @@ def validation_loss(setup: Any, state: Any, cfg: Any, path: str) -> float:
 def main() -> int:
     """Build the step from the HF weights in ``spec["weights_dir"]``, then serve commands."""
     from tjx import parallel
-    from trainer import build_state, jit_train_step
+    from trainer import build_state, jit_train_step, resolve
 
     spec = json.loads(sys.argv[1])
     cfg = trainer_config(spec)
-    setup = build_state(cfg, spec["vocab"], init_from=spec["weights_dir"])
+    setup = build_state(resolve(cfg, spec["vocab"]), init_from=spec["weights_dir"])
     step = jit_train_step(setup, cfg)
     arrays = np.load(spec["batches"])
     b, s = arrays["inputs"].shape[1:]

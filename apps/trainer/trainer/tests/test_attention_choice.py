@@ -18,6 +18,7 @@ from trainer.cli import main
 from trainer.config import build_config
 from trainer.overrides import apply_overrides
 from trainer.presets import load_config_data
+from trainer.resolve import resolve
 
 SETS = [
     "model.d_model=16",
@@ -104,10 +105,11 @@ def test_a_named_kernel_that_fails_is_one_error_line_and_nothing_written(
 def test_auto_on_cpu_is_xla_without_a_compile(capsys):
     cfg = build_config(apply_overrides(load_config_data("tiny"), SETS))
 
-    def never(cfg, vocab):
+    def never(run):
         raise AssertionError("nothing to compile: XLA is the only candidate on a CPU")
 
-    assert choose_attention(cfg, 257, build=never) is cfg
+    run = resolve(cfg, 257)
+    assert choose_attention(run, build=never) is run
     assert capsys.readouterr().out == "attention: xla (auto: no CUDA GPU; XLA on cpu)\n"
 
 
@@ -117,12 +119,13 @@ def test_with_no_measurement_auto_tries_cudnn_then_xla(monkeypatch):
     cfg = build_config(apply_overrides(load_config_data("tiny"), sets))
     tried, said = [], []
 
-    def build(cfg, vocab):
-        tried.append(cfg.model.attention_impl)
+    def build(run):
+        tried.append(run.cfg.model.attention_impl)
+        assert run.model.attention_impl == run.cfg.model.attention_impl  # one change, both views
         raise RuntimeError("cuDNN: no kernel for this call\nmore detail")
 
-    chosen = choose_attention(cfg, 257, build=build, say=said.append)
-    assert tried == ["cudnn"] and chosen.model.attention_impl == "xla"
+    chosen = choose_attention(resolve(cfg, 257), build=build, say=said.append)
+    assert tried == ["cudnn"] and chosen.cfg.model.attention_impl == "xla"
     assert said == [
         "attention: cudnn (auto: no tjx measurement for NVIDIA H100 80GB HBM3 yet)",
         "attention: cudnn failed to lower or compile (RuntimeError: cuDNN: no kernel for this "

@@ -160,10 +160,10 @@ def test_config_file_path_and_errors(tmp_path):
 def test_flops_per_unit_of_every_preset(name):
     """MFU's numerator: per token for LMs, per image (all its positions) for the classifier."""
     from tjx import nn
-    from trainer.model_build import nn_config
+    from trainer.resolve import model_config
 
     cfg = build_config(load_config_data(name))
-    c = nn_config(cfg.model, 512)
+    c = model_config(cfg.model, 512)
     got = nn.flops_per_unit(c, cfg.data.seq_len)
     if cfg.task == "classify":
         positions = c.max_seq_len
@@ -178,17 +178,18 @@ def test_flops_per_unit_of_every_preset(name):
 
 def test_position_reaches_the_model_and_is_checked_per_kind():
     from tjx import nn
-    from trainer.model_build import nn_config
+    from trainer.resolve import model_config
 
     base = load_config_data("tiny")
     cfg = build_config(apply_overrides(base, ["model.position=t5", "model.relative_buckets=16"]))
-    c = nn_config(cfg.model, 300)
+    c = model_config(cfg.model, 300)
     assert (c.position, c.relative_buckets, c.relative_max_distance) == ("t5", 16, 128)
     model = nn.build_model(c, rngs=nnx.Rngs(0))
     assert model(jnp.zeros((1, 8), jnp.int32)).shape == (1, 8, 300)
     # null keeps each family's default
     assert (
-        nn_config(build_config(base).model, 300).position == nn.GPT2Config(vocab_size=300).position
+        model_config(build_config(base).model, 300).position
+        == nn.GPT2Config(vocab_size=300).position
     )
     bad = [
         # tjx.nn's own rules, reported at config time with the model section named

@@ -19,9 +19,9 @@ from tjx.optim.config import WSD_DECAY_SHAPES
 from trainer.cli import main
 from trainer.config import ModelConfig, ScheduleConfig, build_config
 from trainer.memory_fit import abstract_step
-from trainer.model_build import nn_config, optimizer_config
 from trainer.overrides import apply_overrides
 from trainer.presets import load_config_data
+from trainer.resolve import model_config, optimizer_config, resolve
 from trainer.schema import ConfigError, choices, field_map
 
 TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2, "mlp_dim": 32}
@@ -30,7 +30,7 @@ WSD = {"name": "wsd", "warmup_steps": 0}
 
 
 def _nn(model: dict[str, Any]) -> Any:
-    return nn_config(build_config({"model": model}).model, 300)
+    return model_config(build_config({"model": model}).model, 300)
 
 
 def _opt(optimizer: dict[str, Any], steps: int = 100) -> Any:
@@ -214,7 +214,7 @@ def test_wsd_decay_fraction_moves_the_decay():
 def _signature(*sets: str) -> Any:
     small = ["model.num_layers=1", "model.d_model=16", "model.num_heads=2", "model.mlp_dim=32"]
     cfg = build_config(apply_overrides(load_config_data("tiny"), [*small, *sets]))
-    leaves, treedef = jax.tree.flatten(abstract_step(cfg, 257)[1])
+    leaves, treedef = jax.tree.flatten(abstract_step(resolve(cfg, 257))[1])
     return treedef, [(leaf.shape, leaf.dtype) for leaf in leaves]
 
 

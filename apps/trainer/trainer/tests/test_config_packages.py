@@ -22,9 +22,9 @@ from trainer.config import (
     ScheduleConfig,
     build_config,
 )
-from trainer.model_build import nn_config, optimizer_config
 from trainer.overrides import apply_overrides
 from trainer.presets import load_config_data, preset_names
+from trainer.resolve import model_config, optimizer_config
 from trainer.schema import ConfigError, choices, deep_merge, field_map
 
 # The trainer's optimizer defaults before #15 point 2: they applied to every optimizer.
@@ -109,7 +109,7 @@ def test_importing_the_config_does_not_load_jax():
 def test_each_kind_is_built_by_tjx_nn_build_model(kind, config_class, model_class):
     assert set(KINDS) == set(nn.MODEL_KINDS)  # every kind the trainer trains, tjx.nn builds
     m = ModelConfig(kind=kind, d_model=16, num_layers=1, num_heads=2, max_seq_len=17)
-    c = nn_config(m, 300)
+    c = model_config(m, 300)
     assert type(c) is config_class
     assert type(nnx.eval_shape(lambda: nn.build_model(c, rngs=nnx.Rngs(0)))) is model_class
     # Fields a kind leaves out keep tjx.nn's own defaults (no trainer copy of them).
@@ -210,7 +210,7 @@ def test_each_kind_builds_the_tjx_nn_config_it_built_before(name, sets):
     choose what passes on: the same config as the old hand-written lists, for every shipped
     preset and the tiny one with overrides of each kind."""
     cfg = build_config(apply_overrides(load_config_data(name), list(sets)))
-    assert nn_config(cfg.model, 300) == _old_nn_config(cfg.model, 300)
+    assert model_config(cfg.model, 300) == _old_nn_config(cfg.model, 300)
 
 
 @pytest.mark.parametrize(
@@ -225,7 +225,7 @@ def test_each_kind_builds_the_tjx_nn_config_it_built_before(name, sets):
 )
 def test_a_setting_the_old_lists_dropped_now_reaches_tjx_nn(sets, field, value):
     cfg = build_config(apply_overrides(load_config_data("tiny"), list(sets)))
-    assert getattr(nn_config(cfg.model, 300), field) == value
+    assert getattr(model_config(cfg.model, 300), field) == value
 
 
 @pytest.mark.parametrize(

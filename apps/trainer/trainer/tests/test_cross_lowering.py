@@ -19,6 +19,7 @@ from trainer.config import build_config
 from trainer.memory_fit import abstract_step
 from trainer.overrides import apply_overrides
 from trainer.presets import load_config_data
+from trainer.resolve import resolve
 
 TRITON, CUDNN = "__gpu$xla.gpu.triton", "__cudnn$fmha"
 H100 = "NVIDIA H100 80GB HBM3"
@@ -45,7 +46,7 @@ def h100(tmp_path, monkeypatch):
 
 def _lowered(*sets: str) -> str:
     cfg = build_config(apply_overrides(load_config_data("gpt2_small"), list(sets)))
-    step, state, batch = abstract_step(cfg, cfg.model.vocab_size or 50257)
+    step, state, batch = abstract_step(resolve(cfg, cfg.model.vocab_size or 50257))
     return step.trace(state, batch).lower(lowering_platforms=("cuda",)).as_text()
 
 

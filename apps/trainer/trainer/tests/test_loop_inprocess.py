@@ -99,3 +99,36 @@ def test_too_little_data_is_a_clear_error(in_tmp, capsys):
     assert main(argv) == 2
     assert "fewer than one sequence" in capsys.readouterr().err
     assert not (in_tmp / "run").exists()
+
+
+def test_a_run_builds_its_package_configs_once(in_tmp, capsys, monkeypatch):
+    """The command line is resolved once; the memory fit, the state and the loop receive it
+    (their changes are replaces, never a second build from the sections)."""
+    import functools
+
+    from tjx import nn, optim
+    from trainer import memory_fit
+
+    built = {"model": 0, "optimizer": 0}
+
+    def counting(key, build):
+        def counted(*args, **kwargs):
+            built[key] += 1
+            return build(*args, **kwargs)
+
+        return counted
+
+    monkeypatch.setattr(nn, "config_from_settings", counting("model", nn.config_from_settings))
+    monkeypatch.setattr(
+        optim, "config_from_settings", counting("optimizer", optim.config_from_settings)
+    )
+    text = in_tmp / "corpus.txt"
+    text.write_text("".join(f"Line {i}: all that glitters.\n" for i in range(300)))
+    cache = f"data.cache_dir={in_tmp / 'cache'}"
+    # The memory fit compiles the step too (as on one device): it must not build again.
+    monkeypatch.setattr(
+        memory_fit, "fit_memory", functools.partial(memory_fit.fit_memory, devices=1)
+    )
+    assert main(_argv(text, "--set", cache, "--set", "train.fit_memory=true")) == 0
+    assert "memory: the train step needs" in capsys.readouterr().out
+    assert built == {"model": 1, "optimizer": 1}

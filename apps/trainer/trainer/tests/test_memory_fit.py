@@ -9,6 +9,7 @@ from trainer.config import build_config
 from trainer.memory_fit import fit_memory, step_peak
 from trainer.overrides import apply_overrides
 from trainer.presets import load_config_data
+from trainer.resolve import resolve
 from trainer.schema import ConfigError
 
 VOCAB = 257
@@ -23,20 +24,20 @@ SETS = [
 
 
 def config(*extra: str):
-    return build_config(apply_overrides(load_config_data("tiny"), [*SETS, *extra]))
+    return resolve(build_config(apply_overrides(load_config_data("tiny"), [*SETS, *extra])), VOCAB)
 
 
 @pytest.fixture(scope="module")
 def peaks() -> tuple[int, int]:
-    plain = step_peak(config(), VOCAB)
-    full = step_peak(config("model.remat=full"), VOCAB)
+    plain = step_peak(config())
+    full = step_peak(config("model.remat=full"))
     assert full < plain, "the premise: full remat needs less memory than no remat"
     return plain, full
 
 
 def test_fitting_step_is_unchanged(peaks, capsys):
     cfg = config()
-    assert fit_memory(cfg, VOCAB, budget=peaks[0] + 1, devices=1) is cfg
+    assert fit_memory(cfg, budget=peaks[0] + 1, devices=1) is cfg
     # One compile, said before it starts (minutes for a big model on a CPU), and one figure:
     # full remat is never compiled when the step fits.
     assert capsys.readouterr().out == (
@@ -48,9 +49,11 @@ def test_fitting_step_is_unchanged(peaks, capsys):
 
 def test_too_big_switches_to_full_remat_and_says_so(peaks, capsys):
     plain, full = peaks
-    fitted = fit_memory(config(), VOCAB, budget=(plain + full) // 2, devices=1)
-    assert fitted.model.remat == "full"
-    assert fitted.data.batch_size == 16  # nothing else changes
+    fitted = fit_memory(config(), budget=(plain + full) // 2, devices=1)
+    # Both views change together: the saved config and the model the state is built from.
+    assert fitted.cfg.model.remat == "full" and fitted.model.remat == "full"
+    assert fitted.cfg.data.batch_size == 16  # nothing else changes
+    assert fitted.model == config("model.remat=full").model
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "memory: compiling the train step to measure its peak…"
     assert lines[1].startswith(f"memory: the train step needs {plain / GIB:.2f} GiB")
@@ -63,22 +66,22 @@ def test_too_big_switches_to_full_remat_and_says_so(peaks, capsys):
 
 def test_too_big_even_with_remat_names_the_fix(peaks):
     with pytest.raises(ConfigError, match=r"lower data\.batch_size.*optimizer\.accumulation_steps"):
-        fit_memory(config(), VOCAB, budget=peaks[1] - 1, devices=1)
+        fit_memory(config(), budget=peaks[1] - 1, devices=1)
     # Already full remat: its one figure is the one named.
     with pytest.raises(ConfigError, match=f"needs {peaks[1] / GIB:.2f} GiB even with"):
-        fit_memory(config("model.remat=full"), VOCAB, budget=peaks[1] - 1, devices=1)
+        fit_memory(config("model.remat=full"), budget=peaks[1] - 1, devices=1)
 
 
 def test_unrolled_layers_on_cpu_are_told_to_scan(peaks):
     """XLA:CPU keeps remat only in scanned stacks; the error says so for an unrolled one."""
     with pytest.raises(ConfigError, match=r"accumulation_steps; set model\.scan_layers=true"):
-        fit_memory(config("model.scan_layers=false"), VOCAB, budget=1, devices=1)
+        fit_memory(config("model.scan_layers=false"), budget=1, devices=1)
     with pytest.raises(ConfigError) as scanned:
-        fit_memory(config(), VOCAB, budget=1, devices=1)
+        fit_memory(config(), budget=1, devices=1)
     assert "scan_layers" not in str(scanned.value)
 
 
 def test_opt_out_and_multi_device_skip_the_check():
     tiny_budget = 1  # would fail if the check ran
-    assert fit_memory(config("train.fit_memory=false"), VOCAB, budget=tiny_budget, devices=1)
-    assert fit_memory(config(), VOCAB, budget=tiny_budget, devices=8)
+    assert fit_memory(config("train.fit_memory=false"), budget=tiny_budget, devices=1)
+    assert fit_memory(config(), budget=tiny_budget, devices=8)

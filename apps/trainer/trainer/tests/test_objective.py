@@ -11,7 +11,7 @@ from flax import nnx
 
 from tjx import metrics, nn
 from trainer.config import build_config
-from trainer.model_build import nn_config
+from trainer.resolve import model_config
 from trainer.step import make_eval_step, make_loss_fn
 
 TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2}
@@ -51,7 +51,7 @@ def _split(model):
 def test_the_configs_loss_settings_reach_tjx_nn(chunked):
     train = {"chunked_ce": chunked, "ce_chunk_size": 4, "z_loss": 1e-2, "mlm_probability": 0.4}
     cfg = build_config({"model": {"kind": "gpt2", **TINY}, "train": train})
-    model = nn.build_model(nn_config(cfg.model, 30), rngs=nnx.Rngs(0))
+    model = nn.build_model(model_config(cfg.model, 30), rngs=nnx.Rngs(0))
     rng = np.random.default_rng(1)
     tokens = jnp.asarray(rng.integers(0, 30, (2, 9)), jnp.int32)
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
@@ -66,7 +66,7 @@ def test_the_configs_loss_settings_reach_tjx_nn(chunked):
 def test_masked_lm_eval_masks_with_the_runs_fixed_key():
     """The trainer's validation masks as the evaluator does: tjx-nn's key of the run's seed."""
     cfg = build_config({"model": {"kind": "bert", **TINY}, "train": {"seed": 3}})
-    model = nn.build_model(nn_config(cfg.model, 41), rngs=nnx.Rngs(0))
+    model = nn.build_model(model_config(cfg.model, 41), rngs=nnx.Rngs(0))
     rng = np.random.default_rng(2)
     batch = {
         "inputs": jnp.asarray(rng.integers(0, 40, (2, 12)), jnp.int32),

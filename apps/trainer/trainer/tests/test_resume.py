@@ -15,6 +15,7 @@ from trainer.config import build_config
 from trainer.memory_fit import abstract_step
 from trainer.overrides import apply_overrides
 from trainer.presets import load_config_data
+from trainer.resolve import resolve
 from trainer.schema import ConfigError
 
 VOCAB = 257
@@ -27,7 +28,7 @@ def _config(*extra: str) -> Any:
 
 def _state_signature(cfg: Any) -> Any:
     """(tree structure, [(shape, dtype)]) of the abstract train state: what a checkpoint holds."""
-    _, state, _ = abstract_step(cfg, VOCAB)
+    _, state, _ = abstract_step(resolve(cfg, VOCAB))
     leaves, treedef = jax.tree.flatten(state)
     return treedef, [(leaf.shape, leaf.dtype) for leaf in leaves]
 

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 from trainer.config import build_config
+from trainer.resolve import resolve
 from trainer.state import build
 from trainer.step import make_eval_step
 
@@ -41,7 +42,7 @@ def test_train_step_lowers_loss_and_accumulation_matches_one_batch():
                 "data": {"seq_len": 8, "batch_size": 16},
             }
         )
-        setup = build(cfg, 40)
+        setup = build(resolve(cfg, 40))
         from trainer.step import make_train_step
 
         step = jax.jit(make_train_step(setup.graphdef, setup.rest, setup.tx, cfg))

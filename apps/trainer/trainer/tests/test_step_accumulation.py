@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from trainer.config import build_config
+from trainer.resolve import resolve
 from trainer.state import build
 from trainer.step import make_eval_step, make_train_step
 
@@ -62,7 +63,7 @@ def _padded_batch(seed: int) -> dict[str, np.ndarray]:
 
 
 def _one_step(cfg, batch, *, eval_sums=False):
-    setup = build(cfg, VOCAB)
+    setup = build(resolve(cfg, VOCAB))
     step = jax.jit(make_train_step(setup.graphdef, setup.rest, setup.tx, cfg))
     params0 = jax.tree.map(np.asarray, setup.state["params"])
     sums = None

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for the type checker
     from trainer.memory_fit import abstract_step, step_peak
     from trainer.overrides import load_config
     from trainer.plan import RunPlan
-    from trainer.resolve import Resolved, resolve
+    from trainer.resolved import Resolved, resolve
     from trainer.schema import ConfigError
     from trainer.state import Setup
     from trainer.state import build as build_state
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for the type checker
 _EXPORTS: dict[str, tuple[str, str]] = {
     "Config": ("trainer.config", "Config"),
     "ConfigError": ("trainer.schema", "ConfigError"),
-    "Resolved": ("trainer.resolve", "Resolved"),
+    "Resolved": ("trainer.resolved", "Resolved"),
     "RunPlan": ("trainer.plan", "RunPlan"),
     "Setup": ("trainer.state", "Setup"),
     "abstract_step": ("trainer.memory_fit", "abstract_step"),
@@ -40,7 +40,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "make_train_step": ("trainer.step", "make_train_step"),
     "plan_argv": ("trainer.cli", "plan_argv"),
     "prepare_data": ("trainer.data_setup", "prepare"),
-    "resolve": ("trainer.resolve", "resolve"),
+    "resolve": ("trainer.resolved", "resolve"),
     "run": ("trainer.loop", "run"),
     "step_peak": ("trainer.memory_fit", "step_peak"),
     "train_loader": ("trainer.data_setup", "train_loader"),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from trainer.resolve import Resolved
+from trainer.resolved import Resolved
 from trainer.schema import ConfigError
 
 

@@ -15,7 +15,7 @@ from trainer.config_outputs import CheckpointConfig, EvalConfig, LoggingConfig, 
 from trainer.schema import ConfigError, from_dict, nested, spec, to_dict
 
 if TYPE_CHECKING:  # types only: `resolve` reads a Config
-    from trainer.resolve import Resolved
+    from trainer.resolved import Resolved
 
 # tjx.nn has no list of dtype names (its Precision takes any floating dtype): these are the ones
 # the trainer runs.
@@ -348,7 +348,7 @@ def _resolved(cfg: Config) -> Resolved:
     `position` a kind takes, warmup within train.steps, float16 needing loss scaling — before any
     data is prepared, rather than the trainer repeating them). The one place a run builds its
     package configs; everything after receives the `Resolved`. Raises `ConfigError`."""
-    from trainer.resolve import resolve
+    from trainer.resolved import resolve
 
     _check_own(cfg)
     resolved = resolve(cfg)  # errors name the trainer's keys (model.d_model: ...)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tjx.metrics import GIB, first_fit, peak_bytes
-from trainer.resolve import Resolved
+from trainer.resolved import Resolved
 from trainer.schema import ConfigError
 
 

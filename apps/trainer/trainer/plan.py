@@ -14,7 +14,7 @@ import yaml  # type: ignore[import-untyped]
 
 from tjx.parallel.arguments import DistributedArgs
 from trainer.config import Config
-from trainer.resolve import Resolved
+from trainer.resolved import Resolved
 
 
 @dataclass

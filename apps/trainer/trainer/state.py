@@ -11,7 +11,7 @@ import optax
 from flax import nnx
 
 from trainer.config import Config
-from trainer.resolve import Resolved
+from trainer.resolved import Resolved
 from trainer.schema import ConfigError, keyed
 
 

@@ -18,7 +18,7 @@ from trainer.cli import main
 from trainer.config import build_config
 from trainer.overrides import apply_overrides
 from trainer.presets import load_config_data
-from trainer.resolve import resolve
+from trainer.resolved import resolve
 
 SETS = [
     "model.d_model=16",

@@ -160,7 +160,7 @@ def test_config_file_path_and_errors(tmp_path):
 def test_flops_per_unit_of_every_preset(name):
     """MFU's numerator: per token for LMs, per image (all its positions) for the classifier."""
     from tjx import nn
-    from trainer.resolve import model_config
+    from trainer.resolved import model_config
 
     cfg = build_config(load_config_data(name))
     c = model_config(cfg.model, 512)
@@ -178,7 +178,7 @@ def test_flops_per_unit_of_every_preset(name):
 
 def test_position_reaches_the_model_and_is_checked_per_kind():
     from tjx import nn
-    from trainer.resolve import model_config
+    from trainer.resolved import model_config
 
     base = load_config_data("tiny")
     cfg = build_config(apply_overrides(base, ["model.position=t5", "model.relative_buckets=16"]))

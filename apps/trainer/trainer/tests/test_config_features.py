@@ -21,7 +21,7 @@ from trainer.config import ModelConfig, ScheduleConfig, build_config
 from trainer.memory_fit import abstract_step
 from trainer.overrides import apply_overrides
 from trainer.presets import load_config_data
-from trainer.resolve import model_config, optimizer_config, resolve
+from trainer.resolved import model_config, optimizer_config, resolve
 from trainer.schema import ConfigError, choices, field_map
 
 TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2, "mlp_dim": 32}

@@ -24,7 +24,7 @@ from trainer.config import (
 )
 from trainer.overrides import apply_overrides
 from trainer.presets import load_config_data, preset_names
-from trainer.resolve import model_config, optimizer_config
+from trainer.resolved import model_config, optimizer_config
 from trainer.schema import ConfigError, choices, deep_merge, field_map
 
 # The trainer's optimizer defaults before #15 point 2: they applied to every optimizer.

@@ -19,7 +19,7 @@ from trainer.config import build_config
 from trainer.memory_fit import abstract_step
 from trainer.overrides import apply_overrides
 from trainer.presets import load_config_data
-from trainer.resolve import resolve
+from trainer.resolved import resolve
 
 TRITON, CUDNN = "__gpu$xla.gpu.triton", "__cudnn$fmha"
 H100 = "NVIDIA H100 80GB HBM3"

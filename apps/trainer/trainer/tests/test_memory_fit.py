@@ -9,7 +9,7 @@ from trainer.config import build_config
 from trainer.memory_fit import fit_memory, step_peak
 from trainer.overrides import apply_overrides
 from trainer.presets import load_config_data
-from trainer.resolve import resolve
+from trainer.resolved import resolve
 from trainer.schema import ConfigError
 
 VOCAB = 257

@@ -11,7 +11,7 @@ from flax import nnx
 
 from tjx import metrics, nn
 from trainer.config import build_config
-from trainer.resolve import model_config
+from trainer.resolved import model_config
 from trainer.step import make_eval_step, make_loss_fn
 
 TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2}

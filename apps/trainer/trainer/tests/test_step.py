@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from trainer.config import build_config
-from trainer.resolve import resolve
+from trainer.resolved import resolve
 from trainer.state import build
 from trainer.step import make_eval_step
 

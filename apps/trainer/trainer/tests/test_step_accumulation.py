@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from trainer.config import build_config
-from trainer.resolve import resolve
+from trainer.resolved import resolve
 from trainer.state import build
 from trainer.step import make_eval_step, make_train_step
 

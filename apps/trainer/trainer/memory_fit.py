@@ -31,9 +31,11 @@ def abstract_step(cfg: Config, vocab_size: int) -> tuple[Any, Any, Any]:
     abstract = nnx.eval_shape(
         lambda: nn.build_model(nn_config(cfg.model, vocab_size), rngs=nnx.Rngs(0))
     )
-    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
-    params = nnx.to_pure_dict(params)
-    tx = optim.build_optimizer(optimizer_config(cfg))
+    graphdef, params_state, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
+    params = nnx.to_pure_dict(params_state)
+    # The same optimizer as the run's (state.build): masks read from the params' logical axes.
+    axes = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
+    tx = optim.build_optimizer(optimizer_config(cfg), axes=axes)
     state = {
         "params": params,
         "opt_state": jax.eval_shape(tx.init, params),

@@ -49,7 +49,9 @@ def _is_dims(x: Any) -> bool:
     return x is None or hasattr(x, "reduction_axis")
 
 
-@pytest.mark.parametrize(("label", "config"), _configs(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    ("label", "config"), _configs(), ids=lambda v: v if isinstance(v, str) else ""
+)
 def test_the_axes_choose_what_the_paths_chose_for_every_model(label: str, config: Any) -> None:
     model = nnx.eval_shape(lambda: tnn.build_model(config, rngs=nnx.Rngs(0)))
     state = nnx.state(model, nnx.Param)
@@ -65,14 +67,16 @@ def test_the_axes_choose_what_the_paths_chose_for_every_model(label: str, config
     by_path = jax.tree.leaves(decay_mask(params))
     by_axes = [decay_mask(opaque, axes=opaque_axes)[f"p{i}"] for i in range(len(flat))]
     assert sum(by_path) > 0
-    mismatch = [(p, n) for (p, _), n, a, b in zip(flat, names, by_path, by_axes) if a != b]
+    mismatch = [
+        (p, n) for (p, _), n, a, b in zip(flat, names, by_path, by_axes, strict=False) if a != b
+    ]
     assert not mismatch, (label, "decay", mismatch)
     dims_path = jax.tree.leaves(muon_dimension_numbers(params), is_leaf=_is_dims)
     dims_axes = muon_dimension_numbers(opaque, axes=opaque_axes)
     assert any(d is not None for d in dims_path)
     mismatch = [
         (p, n, a, dims_axes[f"p{i}"])
-        for i, ((p, _), n, a) in enumerate(zip(flat, names, dims_path))
+        for i, ((p, _), n, a) in enumerate(zip(flat, names, dims_path, strict=False))
         if a != dims_axes[f"p{i}"]
     ]
     assert not mismatch, (label, "muon", mismatch)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from jax.sharding import PartitionSpec as P
+from jax.sharding import PartitionSpec
 from optax import contrib
 
 from tjx.optim import OptimizerConfig, build_optimizer, decay_mask, muon_dimension_numbers
@@ -49,7 +48,7 @@ def test_the_axes_say_whether_a_parameter_decays_and_goes_to_muon(names, decays,
 def _named(kinds) -> tuple[dict, dict]:
     # Paths that tell nothing ("p0", "p1", ...): only the axes can decide.
     params = {f"p{i}": jnp.ones((3,) * len(names)) for i, (names, _, _) in enumerate(kinds)}
-    axes = {f"p{i}": P(*names) for i, (names, _, _) in enumerate(kinds)}
+    axes = {f"p{i}": PartitionSpec(*names) for i, (names, _, _) in enumerate(kinds)}
     return params, axes
 
 
@@ -74,7 +73,10 @@ def test_a_leading_layers_axis_is_muons_batch_axis() -> None:
 
 def test_unnamed_leaves_fall_back_to_the_path_rules() -> None:
     params = {"mlp": {"kernel": jnp.ones((4, 8))}, "embed": {"embedding": jnp.ones((9, 4))}}
-    partial = {"mlp": {"kernel": P()}, "embed": {"embedding": P(None, None)}}
+    partial = {
+        "mlp": {"kernel": PartitionSpec()},
+        "embed": {"embedding": PartitionSpec(None, None)},
+    }
     assert decay_mask(params, axes=partial) == {
         "mlp": {"kernel": True},
         "embed": {"embedding": False},
@@ -94,7 +96,7 @@ def test_the_regex_options_override_named_leaves_too() -> None:
 def test_names_meet_the_params_through_variable_wrappers() -> None:
     # NNX state on either side: a `.value` wrapper does not change the path the two meet at.
     params = {"blocks": {0: {"fc": Var(jnp.ones((4, 8)))}}, "tok": Var(jnp.ones((9, 4)))}
-    axes = {"blocks": {0: {"fc": Var(P("embed", "mlp"))}}, "tok": ("vocab", "embed")}
+    axes = {"blocks": {0: {"fc": Var(PartitionSpec("embed", "mlp"))}}, "tok": ("vocab", "embed")}
     assert names_by_path(axes) == {"blocks/0/fc": ("embed", "mlp"), "tok": ("vocab", "embed")}
     mask = decay_mask(params, axes=axes)
     assert mask["blocks"][0]["fc"].value is True and mask["tok"].value is False
@@ -112,7 +114,7 @@ def _decayed(axes) -> np.ndarray:
 def test_build_optimizer_passes_the_axes_to_the_decay_mask() -> None:
     # The path says "table", which the path rule decays; its axes say embedding: no decay.
     assert np.all(_decayed(None) < 0)
-    assert np.all(_decayed({"table": P("vocab", "embed")}) == 0)
+    assert np.all(_decayed({"table": PartitionSpec("vocab", "embed")}) == 0)
 
 
 def test_build_optimizer_passes_the_axes_to_muon() -> None:
@@ -120,7 +122,10 @@ def test_build_optimizer_passes_the_axes_to_muon() -> None:
     cfg = OptimizerConfig(name="muon", learning_rate=1.0, clip_norm=None)
     grads = {"w": jnp.arange(32.0).reshape(4, 8)}
     step = {}
-    for label, axes in (("muon", {"w": P("embed", "mlp")}), ("adamw", {"w": P("embed", "vocab")})):
+    for label, axes in (
+        ("muon", {"w": PartitionSpec("embed", "mlp")}),
+        ("adamw", {"w": PartitionSpec("embed", "vocab")}),
+    ):
         tx = build_optimizer(cfg, axes=axes)
         step[label], _ = tx.update(grads, tx.init(params), params)
     # AdamW's first step is sign-like (one magnitude wherever the gradient is not 0); Muon's,

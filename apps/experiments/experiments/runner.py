@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from experiments.results import read_metrics, train_row
+from experiments.results import train_row
 from experiments.spec import SEEDS, Row, RunContext, RunSpec, Study
 
 STATUS_FILE = "status.json"
@@ -198,8 +198,3 @@ def run_study(
     for _, _, row in out:  # every row carries the sweep's notes: the report states them
         row["sweep_notes"] = notes
     return out
-
-
-def curves_of(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's logged records (metrics.jsonl), for the report's overlaid curves."""
-    return read_metrics(run_dir)

@@ -28,9 +28,11 @@ def abstract_step(run: Resolved) -> tuple[Any, Any, Any]:
 
     cfg = run.cfg
     abstract = nnx.eval_shape(lambda: nn.build_model(run.model, rngs=nnx.Rngs(0)))
-    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
-    params = nnx.to_pure_dict(params)
-    tx = optim.build_optimizer(run.optimizer)
+    graphdef, params_state, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
+    params = nnx.to_pure_dict(params_state)
+    # The same optimizer as the run's (state.build): masks read from the params' logical axes.
+    axes = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
+    tx = optim.build_optimizer(run.optimizer, axes=axes)
     state = {
         "params": params,
         "opt_state": jax.eval_shape(tx.init, params),

@@ -122,9 +122,10 @@ def build(run: Resolved, init_from: str | None = None) -> Setup:
         model = parallel.shard_init(create, mesh, rules)
     graphdef, params_state, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
     params = nnx.to_pure_dict(params_state)
-    tx = optim.build_optimizer(run.optimizer)
-    # Optimizer slots that mirror the params (mu, nu, ...) are sharded like them (ZeRO under FSDP).
+    # The params' logical axes: the weight-decay mask and Muon's matrices are read from them, and
+    # optimizer slots that mirror the params (mu, nu, ...) are sharded like them (ZeRO under FSDP).
     specs = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
+    tx = optim.build_optimizer(run.optimizer, axes=specs)
     opt_state = parallel.shard_opt_init(tx.init, params, mesh, rules, param_specs=specs)
     # The step counter (and any leaf jit left on one device) replicated: one device set.
     state = parallel.on_mesh(

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tjx.optim import decay_mask, path_to_str
+from tjx.optim import decay_mask
+from tjx.optim.paths import path_to_str
 
 from . import _ref
 

@@ -8,13 +8,8 @@ import numpy as np
 import optax
 from optax import contrib
 
-from tjx.optim import (
-    OptimizerConfig,
-    build_optimizer,
-    muon_dimension_numbers,
-    muon_mask,
-    path_to_str,
-)
+from tjx.optim import OptimizerConfig, build_optimizer, muon_dimension_numbers, muon_mask
+from tjx.optim.paths import path_to_str
 
 from . import _ref
 

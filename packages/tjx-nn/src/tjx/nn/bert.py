@@ -63,7 +63,7 @@ class BERT(nnx.Module):
                 (c.d_model,),
                 (c.num_labels,),
                 ("mlp",),
-                (None,),
+                ("classes",),
                 rngs=rngs,
                 init=normal(c.init_std),
                 precision=p,

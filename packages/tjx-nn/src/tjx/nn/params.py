@@ -30,6 +30,9 @@ LOGICAL_AXES = (
     "vocab",
     "layers",
     "norm",
+    # A classifier's labels (ViT head, BERT classifier): named so that an optimizer reading
+    # the axes tells a readout from a hidden matrix; every strategy replicates it.
+    "classes",
 )
 
 Initializer = Callable[..., jax.Array]

@@ -48,7 +48,7 @@ class ViT(nnx.Module):
             (c.d_model,),
             (c.num_classes,),
             ("embed",),
-            (None,),
+            ("classes",),
             rngs=rngs,
             init=normal(c.init_std),
             precision=p,

@@ -21,7 +21,7 @@ from tjx.optim.loss_scale import (
     scale_loss,
     unscale_grads,
 )
-from tjx.optim.masks import any_component, decay_mask, path_to_str
+from tjx.optim.masks import decay_mask
 from tjx.optim.muon import muon_dimension_numbers, muon_mask
 from tjx.optim.optimizers import (
     DEFAULT_LEARNING_RATES,
@@ -52,7 +52,7 @@ from tjx.optim.transforms import (
     skip_nonfinite,
 )
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "DEFAULT_LEARNING_RATES",
@@ -67,7 +67,6 @@ __all__ = [
     "__version__",
     "accumulate_gradients",
     "all_finite",
-    "any_component",
     "build_optimizer",
     "build_schedule",
     "check_precision",
@@ -88,7 +87,6 @@ __all__ = [
     "muon_mask",
     "optimizer_core",
     "own_defaults",
-    "path_to_str",
     "plot_schedule",
     "scale_by_schedule_with_stats",
     "scale_loss",

@@ -1,8 +1,10 @@
-"""Weight-decay and Muon masks decided from parameter paths and shapes.
+"""The weight-decay mask: by each parameter's logical axes, else by its path and shape.
 
-Works on any pytree (dicts, lists, Flax NNX ``State``) through ``jax.tree_util.tree_map_with_path``:
-each leaf's path becomes a string such as ``"blocks/0/attn/qkv/kernel"``; wrapper attributes that
-Flax adds (``.value``) are dropped so the last component is the parameter's own name.
+Default rule, leaf by leaf: a parameter whose axes are named (``axes=`` given, e.g. tjx-nn's
+annotations) decays iff ``axes.is_weight`` says it is a weight matrix. A parameter with no names
+(a plain pytree, or ``axes`` left out) falls back to the path rule: ``ndim >= 2`` and no path
+component naming a bias, norm scale, embedding or position table (``DEFAULT_NO_DECAY_NAMES``).
+For tjx-nn's models the two rules agree leaf by leaf (tests-integration checks every kind).
 """
 
 from __future__ import annotations
@@ -11,14 +13,11 @@ import re
 from typing import Any
 
 import jax
-from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
-__all__ = [
-    "DEFAULT_NO_DECAY_NAMES",
-    "any_component",
-    "decay_mask",
-    "path_to_str",
-]
+from tjx.optim.axes import is_weight, names_by_path
+from tjx.optim.paths import any_component, path_to_str
+
+__all__ = ["DEFAULT_NO_DECAY_NAMES", "decay_mask"]
 
 # A path component (whole name, case-insensitive) that marks a parameter as "no weight decay".
 DEFAULT_NO_DECAY_NAMES = (
@@ -27,39 +26,8 @@ DEFAULT_NO_DECAY_NAMES = (
     r"|.*embed.*|wte|wpe|pos|pos_.*|.*position.*"
 )
 
-_WRAPPER_NAMES = {"value", "raw_value"}
 
-
-def _key_str(key: Any) -> str:
-    if isinstance(key, DictKey):
-        return str(key.key)
-    if isinstance(key, SequenceKey):
-        return str(key.idx)
-    if isinstance(key, GetAttrKey):
-        return key.name
-    if isinstance(key, FlattenedIndexKey):
-        return str(key.key)
-    return str(key)
-
-
-def path_to_str(path: tuple[Any, ...]) -> str:
-    """``('blocks', 0, 'attn', 'qkv', 'kernel')`` key path → ``"blocks/0/attn/qkv/kernel"``.
-
-    Trailing wrapper attributes (``value``, ``raw_value`` of Flax variables) are dropped.
-    """
-    parts = [_key_str(k) for k in path]
-    while len(parts) > 1 and parts[-1] in _WRAPPER_NAMES:
-        parts.pop()
-    return "/".join(parts)
-
-
-def any_component(pattern: str, path: str) -> bool:
-    """Whether any ``/``-separated component of ``path`` fully matches ``pattern`` (no case)."""
-    rx = re.compile(rf"(?:{pattern})", re.IGNORECASE)
-    return any(rx.fullmatch(part) for part in path.split("/"))
-
-
-def _default_decays(path: str, ndim: int) -> bool:
+def _path_decays(path: str, ndim: int) -> bool:
     # Vectors and scalars (biases, norm scales, learned scalars) never decay; stacked layers
     # (scan) make biases 2-D, so the name rule below catches those.
     if ndim < 2:
@@ -68,7 +36,11 @@ def _default_decays(path: str, ndim: int) -> bool:
 
 
 def decay_mask(
-    params: Any, *, decay_regex: str | None = None, no_decay_regex: str | None = None
+    params: Any,
+    *,
+    axes: Any = None,
+    decay_regex: str | None = None,
+    no_decay_regex: str | None = None,
 ) -> Any:
     """A bool pytree like ``params``: True where weight decay applies.
 
@@ -76,8 +48,13 @@ def decay_mask(
     ----------
     params
         Any pytree of arrays (or ``ShapeDtypeStruct``; only paths and shapes are read).
+    axes
+        The params' logical axis names: a pytree like ``params`` whose leaves are name tuples or
+        ``PartitionSpec``s (``nnx.get_partition_spec`` of the params). None: every leaf falls
+        back to the path rule.
     decay_regex
-        If given, replaces the default rule: a leaf decays iff ``re.search(decay_regex, path)``.
+        If given, replaces the default rule for every leaf, named or not: a leaf decays iff
+        ``re.search(decay_regex, path)``.
     no_decay_regex
         If given, leaves whose path matches (``re.search``) never decay (applied last).
 
@@ -85,21 +62,19 @@ def decay_mask(
     -------
     Any
         Same structure as ``params`` with Python bools as leaves.
-
-    Notes
-    -----
-    Default: decay only leaves with ``ndim >= 2`` none of whose path components names a bias,
-    norm scale, embedding or position table (``DEFAULT_NO_DECAY_NAMES``).
     """
     decay_rx = re.compile(decay_regex) if decay_regex is not None else None
     no_rx = re.compile(no_decay_regex) if no_decay_regex is not None else None
+    named = names_by_path(axes) if axes is not None else {}
 
     def leaf(path: tuple[Any, ...], x: Any) -> bool:
         name = path_to_str(path)
         if decay_rx is not None:
             decays = decay_rx.search(name) is not None
+        elif name in named:
+            decays = is_weight(named[name])
         else:
-            decays = _default_decays(name, len(getattr(x, "shape", ())))
+            decays = _path_decays(name, len(getattr(x, "shape", ())))
         if no_rx is not None and no_rx.search(name):
             decays = False
         return decays

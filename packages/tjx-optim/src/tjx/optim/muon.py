@@ -7,6 +7,10 @@ scanned layers add a leading ``layers`` axis, so "2-D" is too narrow a rule. Eac
 is instead viewed as a matrix ``prod(leading axes) x prod(trailing axes)``, split where the
 matrix is most nearly square, with a stacked-layers axis as a batch axis that optax's Muon
 orthogonalizes slice by slice (``MuonDimensionNumbers``).
+
+Which leaves are hidden matrices, and which carry a stacked-layers axis, is read from their
+logical axes when given (``axes.is_muon_matrix``, a leading ``layers`` axis); a leaf with no
+names falls back to path rules (``DEFAULT_NO_DECAY_NAMES``, ``HEAD_NAMES``, ``STACK_NAMES``).
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ from typing import Any
 import jax
 from optax import contrib
 
-from tjx.optim.masks import DEFAULT_NO_DECAY_NAMES, any_component, path_to_str
+from tjx.optim.axes import is_muon_matrix, is_stacked, names_by_path
+from tjx.optim.masks import DEFAULT_NO_DECAY_NAMES
+from tjx.optim.paths import any_component, path_to_str
 
 __all__ = ["HEAD_NAMES", "STACK_NAMES", "muon_dimension_numbers", "muon_mask"]
 
-# Output-head components: AdamW, like the embeddings (modded-nanogpt).
+# The fallback for leaves without axis names. Output-head components: AdamW, like the
+# embeddings (modded-nanogpt).
 HEAD_NAMES = r"lm_head|head|unembed|unembedding|classifier"
 # A component named like this with no integer index anywhere after it holds stacked layers.
 STACK_NAMES = {"layers", "blocks", "h", "stack"}
@@ -50,8 +57,16 @@ def _split(shape: tuple[int, ...]) -> int:
     return min(range(1, len(shape)), key=skew)
 
 
+def _path_matrix(path: str) -> bool:
+    return not (any_component(DEFAULT_NO_DECAY_NAMES, path) or any_component(HEAD_NAMES, path))
+
+
 def muon_dimension_numbers(
-    params: Any, *, stacked: bool | None = None, exclude_regex: str | None = None
+    params: Any,
+    *,
+    axes: Any = None,
+    stacked: bool | None = None,
+    exclude_regex: str | None = None,
 ) -> Any:
     """A pytree like ``params``: ``MuonDimensionNumbers`` for Muon leaves, None for AdamW ones.
 
@@ -59,11 +74,16 @@ def muon_dimension_numbers(
     ----------
     params
         Any pytree of arrays or ``ShapeDtypeStruct`` (only paths and shapes are read).
+    axes
+        The params' logical axis names (a pytree like ``params`` of name tuples or
+        ``PartitionSpec``s). A named leaf goes to Muon iff ``is_muon_matrix``; its stacked axis
+        is a leading ``layers``. None, or a leaf without names: the path rules.
     stacked
         Whether hidden weights carry a leading stacked-layers axis (``scan_layers``). None: decide
-        per leaf from the path (a ``layers``/``blocks`` component not followed by an index).
+        per leaf from its axes (a leading ``layers``), else from the path (a
+        ``layers``/``blocks`` component not followed by an index).
     exclude_regex
-        Leaves whose path matches (``re.search``) go to AdamW.
+        Leaves whose path matches (``re.search``) go to AdamW, named or not.
 
     Returns
     -------
@@ -71,15 +91,21 @@ def muon_dimension_numbers(
         The tree optax's ``contrib.muon(muon_weight_dimension_numbers=...)`` takes.
     """
     no_rx = re.compile(exclude_regex) if exclude_regex is not None else None
+    named = names_by_path(axes) if axes is not None else {}
 
     def leaf(path: tuple[Any, ...], x: Any) -> contrib.MuonDimensionNumbers | None:
         name = path_to_str(path)
         shape = tuple(getattr(x, "shape", ()))
-        if any_component(DEFAULT_NO_DECAY_NAMES, name) or any_component(HEAD_NAMES, name):
+        names = named.get(name)
+        if not (is_muon_matrix(names) if names is not None else _path_matrix(name)):
             return None
         if no_rx is not None and no_rx.search(name):
             return None
-        lead = 1 if (_stacked(name) if stacked is None else stacked) else 0
+        if stacked is None:
+            stacked_here = is_stacked(names) if names is not None else _stacked(name)
+        else:
+            stacked_here = stacked
+        lead = 1 if stacked_here else 0
         matrix = shape[lead:]
         if len(matrix) < 2:
             return None
@@ -91,9 +117,18 @@ def muon_dimension_numbers(
     return jax.tree_util.tree_map_with_path(leaf, params)
 
 
-def muon_mask(params: Any, *, stacked: bool | None = None, exclude_regex: str | None = None) -> Any:
-    """A bool pytree like ``params``: True for the hidden matrices Muon optimizes."""
-    dims = muon_dimension_numbers(params, stacked=stacked, exclude_regex=exclude_regex)
+def muon_mask(
+    params: Any,
+    *,
+    axes: Any = None,
+    stacked: bool | None = None,
+    exclude_regex: str | None = None,
+) -> Any:
+    """A bool pytree like ``params``: True for the hidden matrices Muon optimizes.
+
+    Takes ``muon_dimension_numbers``' arguments.
+    """
+    dims = muon_dimension_numbers(params, axes=axes, stacked=stacked, exclude_regex=exclude_regex)
     return jax.tree.map(
         lambda d: d is not None,
         dims,

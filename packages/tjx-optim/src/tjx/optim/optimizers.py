@@ -59,7 +59,7 @@ def _l2(weight_decay: float, mask: Any) -> list[optax.GradientTransformation]:
     return [optax.add_decayed_weights(weight_decay, mask)] if weight_decay > 0 else []
 
 
-def optimizer_core(config: OptimizerConfig) -> optax.GradientTransformation:
+def optimizer_core(config: OptimizerConfig, *, axes: Any = None) -> optax.GradientTransformation:
     """The bare optimizer with learning rate 1 (updates already point downhill).
 
     Multiply by the learning rate afterwards (``scale_by_schedule_with_stats``) to get the
@@ -69,6 +69,8 @@ def optimizer_core(config: OptimizerConfig) -> optax.GradientTransformation:
     ----------
     config
         Any ``OptimizerConfig``; ``None`` hyper-parameters take the per-optimizer defaults.
+    axes
+        The params' logical axis names (see ``build_optimizer``); None: the path rules.
 
     Returns
     -------
@@ -76,7 +78,7 @@ def optimizer_core(config: OptimizerConfig) -> optax.GradientTransformation:
     """
     c = config.resolved()
     mask = functools.partial(
-        decay_mask, decay_regex=c.decay_mask_regex, no_decay_regex=c.no_decay_regex
+        decay_mask, axes=axes, decay_regex=c.decay_mask_regex, no_decay_regex=c.no_decay_regex
     )
     wd = float(c.weight_decay or 0.0)
     b1, b2, eps = c.b1, c.b2, c.eps
@@ -117,19 +119,26 @@ def optimizer_core(config: OptimizerConfig) -> optax.GradientTransformation:
         adam_learning_rate=c.muon_adam_lr_ratio,
         muon_weight_dimension_numbers=functools.partial(
             muon_dimension_numbers,
+            axes=axes,
             stacked=c.muon_stacked_layers,
             exclude_regex=c.muon_exclude_regex,
         ),
     )
 
 
-def build_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
+def build_optimizer(config: OptimizerConfig, *, axes: Any = None) -> optax.GradientTransformation:
     """The whole chain: loss scaling, clipping, non-finite skip, masked optimizer, schedule.
 
     Parameters
     ----------
     config
         A validated ``OptimizerConfig``.
+    axes
+        The params' logical axis names: a pytree like the params whose leaves are name tuples
+        or ``PartitionSpec``s (``nnx.get_partition_spec`` of the params, as a pure dict when the
+        params are one). The default weight-decay mask and Muon's selection read them; a leaf
+        without names (or ``axes=None``) falls back to the path rules of ``decay_mask`` and
+        ``muon_dimension_numbers``. The config's regexes override either.
 
     Returns
     -------
@@ -140,7 +149,7 @@ def build_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     """
     c = config.resolved()
     inner: optax.GradientTransformation = optax.chain(
-        optimizer_core(c), scale_by_schedule_with_stats(learning_rate_schedule(c))
+        optimizer_core(c, axes=axes), scale_by_schedule_with_stats(learning_rate_schedule(c))
     )
     if c.skip_nonfinite:
         inner = skip_nonfinite(inner)

@@ -24,6 +24,7 @@ LOGICAL_AXES: tuple[str, ...] = (
     "vocab",
     "layers",
     "norm",
+    "classes",  # a classifier's labels: no preset maps it (replicated)
 )
 
 #: A logical name maps to no mesh axis (replicated), one axis, or several (in major-to-minor order).

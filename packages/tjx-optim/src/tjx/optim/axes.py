@@ -1,0 +1,101 @@
+"""What a parameter is, read from its logical axis names: a weight, a Muon matrix, a layer stack.
+
+Models that name their parameters' axes (tjx-nn: ``embed``, ``mlp``, ``heads``, ``vocab``,
+``layers``, ...) say what each parameter is, so the default weight-decay mask and Muon's
+selection read the names instead of guessing from paths. tjx-optim may not import tjx-nn or
+tjx-parallel (the package DAG), so the names arrive as data: a pytree like the params whose
+leaves are tuples of names, or ``PartitionSpec``s as ``nnx.get_partition_spec`` gives them.
+A leaf with no names (absent, or all ``None``) falls back to the path rules in ``masks.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from jax.sharding import PartitionSpec
+
+from tjx.optim.paths import path_to_str
+
+__all__ = [
+    "LAYERS",
+    "LOOKUP_ROWS",
+    "READOUTS",
+    "is_muon_matrix",
+    "is_stacked",
+    "is_weight",
+    "names_by_path",
+]
+
+Names = tuple[str | None, ...]
+
+#: A leading axis of this name stacks one parameter per layer (scanned layers).
+LAYERS = "layers"
+#: Output axes of a readout (LM head, classifier): AdamW's, not Muon's.
+READOUTS = frozenset({"vocab", "classes"})
+#: Row axes of a lookup table: a token index, or an index the model leaves unnamed (positions,
+#: token types, relative-position buckets, a patch's pixels).
+LOOKUP_ROWS = frozenset({"vocab", None})
+# The axes of a bias of an attention projection: one width, split into heads.
+_HEAD_WIDTHS = frozenset({("heads", "head_dim"), ("kv_heads", "head_dim")})
+
+
+def _is_names(x: Any) -> bool:
+    return isinstance(x, PartitionSpec | tuple) and all(n is None or isinstance(n, str) for n in x)
+
+
+def names_by_path(axes: Any) -> dict[str, Names]:
+    """``{"stack/layers/0/mlp/fc_in/kernel": ("embed", "mlp"), ...}`` from a tree of names.
+
+    Parameters
+    ----------
+    axes
+        A pytree like the params (a dict, or an NNX ``State`` of specs) whose leaves are tuples of
+        logical names or ``PartitionSpec``s. Paths are spelled as ``path_to_str`` spells them, so
+        the params and their names meet whatever wrappers either tree has.
+
+    Returns
+    -------
+    dict
+        Only the annotated leaves: those with at least one name.
+    """
+    flat = jax.tree_util.tree_leaves_with_path(axes, is_leaf=_is_names)
+    table = {path_to_str(p): tuple(n) for p, n in flat if _is_names(n)}
+    return {path: names for path, names in table.items() if any(n is not None for n in names)}
+
+
+def _body(names: Names) -> Names:
+    # A scanned stack's parameter is one layer's parameter with a leading `layers` axis.
+    return names[1:] if names[:1] == (LAYERS,) else names
+
+
+def is_weight(names: Names) -> bool:
+    """Whether a parameter with these axes decays by default: a weight matrix.
+
+    Not a weight: a vector (bias, norm scale; with one axis beyond ``layers``), an attention
+    projection's bias (``heads|kv_heads × head_dim``), or an embedding table (``vocab|None ×
+    embed``: tokens, positions, token types, the patch projection of raw pixels). Everything else
+    with two or more axes decays, the output head (``embed × vocab``) included.
+    """
+    body = _body(names)
+    if len(body) < 2 or body in _HEAD_WIDTHS:
+        return False
+    return not (len(body) == 2 and body[0] in LOOKUP_ROWS and body[1] == "embed")
+
+
+def is_muon_matrix(names: Names) -> bool:
+    """Whether Muon orthogonalizes a parameter with these axes (else AdamW takes it).
+
+    A weight (``is_weight``) that is neither a readout (a ``vocab`` or ``classes`` axis: the
+    LM head, a classifier) nor a two-axis lookup table (rows ``vocab`` or unnamed, such as T5's
+    relative-position buckets × heads): the hidden matrices, modded-nanogpt's recipe.
+    """
+    body = _body(names)
+    if not is_weight(names) or READOUTS.intersection(body):
+        return False
+    return not (len(body) == 2 and body[0] in LOOKUP_ROWS)
+
+
+def is_stacked(names: Names) -> bool:
+    """Whether the leading axis stacks layers (Muon orthogonalizes each slice on its own)."""
+    return names[:1] == (LAYERS,)

@@ -1,0 +1,103 @@
+"""The first losses of each model family's preset, to prove a refactor changed no number.
+
+``python tools/loss_fingerprint.py --out before.json`` trains every case below for a few steps
+(``python -m trainer``, shrunk by ``--set`` so that all five take minutes on a CPU) and saves each
+logged training loss exactly; run it again on the changed code with ``--out after.json``, then
+``--compare before.json after.json`` says, case by case, whether the losses are bit-identical
+(exit 1 if any differs). The shrinking settings are the same on both sides, so what is compared
+is the code path from the preset to the step: the config, the package configs, the state, the
+optimizer and the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+STEPS = 6
+_SMALL = [
+    "model.d_model=32",
+    "model.num_layers=2",
+    "model.num_heads=4",
+    "model.mlp_dim=64",
+    "model.max_seq_len=32",
+    "data.seq_len=32",
+    "data.batch_size=8",
+    "eval.batch_size=8",
+]
+_QUIET = [
+    f"train.steps={STEPS}",
+    "train.log_every=1",
+    "train.eval_every=0",
+    "train.eval_batches=1",
+    "train.checkpoint_every=0",
+    "train.fit_memory=false",
+    "optimizer.schedule.warmup_steps=2",
+    "sampling.max_new_tokens=2",
+    "logging.sinks=[jsonl]",
+    "logging.progress=false",
+]
+#: name → (preset, its own settings); each family's distinctive settings stay as the preset has
+#: them (LLaMA's grouped-query attention, bf16 compute and scanned layers; ViT's patches).
+CASES: dict[str, tuple[str, list[str]]] = {
+    "tiny": ("tiny", _SMALL),
+    "llama_small": ("llama_small", [*_SMALL, "model.num_kv_heads=2", "model.vocab_size=null"]),
+    "bert_tiny": ("bert_tiny", _SMALL),
+    "vit_digits": ("vit_digits", ["data.batch_size=16", "eval.batch_size=16"]),
+    "encdec": ("tiny", [*_SMALL, "model.kind=encdec", "model.position=sinusoidal"]),
+}
+
+
+def losses(preset: str, sets: list[str], root: Path) -> list[str]:
+    """The logged training losses of one short run, as exact texts (``repr`` of the float)."""
+    argv = [sys.executable, "-m", "trainer", "--config", preset, "--run-dir", str(root / "run")]
+    for item in [*sets, *_QUIET, f"data.cache_dir={root / 'cache'}"]:
+        argv += ["--set", item]
+    done = subprocess.run(argv, capture_output=True, text=True, env=os.environ.copy())
+    if done.returncode != 0:
+        raise SystemExit(f"{preset}: the run failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    rows = (root / "run" / "metrics.jsonl").read_text().splitlines()
+    return [repr(row["loss"]) for row in map(json.loads, rows) if "loss" in row]
+
+
+def record(out: Path) -> None:
+    """Train every case and write ``{case: [loss, ...]}`` to ``out``."""
+    found = {}
+    for name, (preset, sets) in CASES.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            found[name] = losses(preset, sets, Path(tmp))
+        print(f"{name}: {', '.join(found[name])}", flush=True)
+    out.write_text(json.dumps(found, indent=1) + "\n")
+
+
+def compare(before: Path, after: Path) -> int:
+    """0 if every case's losses are identical in both files, else 1 (each case said)."""
+    old, new = json.loads(before.read_text()), json.loads(after.read_text())
+    differ = 0
+    for name in sorted(set(old) | set(new)):
+        same = old.get(name) == new.get(name) and bool(old.get(name))
+        differ += not same
+        print(f"{name}: {'bit-identical' if same else 'DIFFERENT'} ({len(new.get(name, []))} losses)")
+    return int(differ > 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, help="record the losses of this code here")
+    parser.add_argument("--compare", type=Path, nargs=2, metavar=("BEFORE", "AFTER"))
+    args = parser.parse_args(argv)
+    if args.compare:
+        return compare(*args.compare)
+    if args.out is None:
+        parser.error("give --out FILE or --compare BEFORE AFTER")
+    record(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -59,13 +59,7 @@ def choose_attention(
     if impl == "xla":
         return run
     dtype, head_dim = run.model.precision.compute_dtype, run.model.head_dim
-    if impl == "auto":
-        choice = kernels.auto_order(dtype, head_dim)
-        say(choice.line())
-        order = choice.order
-    else:
-        order = (impl,)
-        say(f"attention: {impl} (model.attention_impl)")
+    order = kernels.kernel_order(impl, dtype, head_dim, named_by="model.attention_impl", say=say)
     if run.cfg.task != "lm":  # the abstract step is a decoder's; other tasks trace it late
         return run
     try:

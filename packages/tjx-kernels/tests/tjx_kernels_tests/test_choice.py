@@ -89,3 +89,20 @@ def test_compilation_cache_is_gpu_only_by_default_and_can_be_turned_off(tmp_path
     assert compilation_cache_dir() is None and enable_compilation_cache(only_on_gpu=False) is None
     monkeypatch.delenv(ENV_VAR)
     assert str(compilation_cache_dir()).endswith(".cache/tjx/jax-compilation")
+
+
+def test_kernel_order_says_a_named_kernel_or_autos_ranking_in_one_line():
+    from tjx.kernels import auto_order, kernel_order
+
+    said = []
+    assert kernel_order("pallas", jax.numpy.bfloat16, 64, named_by="m.impl", say=said.append) == (
+        "pallas",
+    )
+    assert said == ["attention: pallas (m.impl)"]
+    said.clear()
+    # "auto" is auto_order's ranking on this device, said with its reason (on a CPU: XLA).
+    expected = auto_order(jax.numpy.float32, 64)
+    assert kernel_order("auto", jax.numpy.float32, 64, named_by="m.impl", say=said.append) == (
+        expected.order
+    )
+    assert said == [expected.line()]

@@ -14,6 +14,7 @@ from tjx.kernels.choice import (
     auto_order,
     current_target,
     first_that_compiles,
+    kernel_order,
     target,
 )
 from tjx.kernels.compile_cache import enable_compilation_cache
@@ -22,7 +23,7 @@ from tjx.kernels.dispatch import IMPLEMENTATIONS, attention, select_implementati
 from tjx.kernels.launch import LaunchDefaults, default_launch
 from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
 
-__version__ = "0.3.0"
+__version__ = "0.3.1"
 
 __all__ = [
     "IMPLEMENTATIONS",
@@ -43,6 +44,7 @@ __all__ = [
     "enable_compilation_cache",
     "first_that_compiles",
     "flash_attention",
+    "kernel_order",
     "reference_attention",
     "select_implementation",
     "target",

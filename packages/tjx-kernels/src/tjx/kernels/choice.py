@@ -207,6 +207,44 @@ def auto_order(dtype: Any, head_dim: int, t: Target | None = None) -> AutoChoice
     return AutoChoice(order, reason)  # XLA serves every call: it is always in the order
 
 
+def kernel_order(
+    impl: str,
+    dtype: Any,
+    head_dim: int,
+    *,
+    named_by: str,
+    say: Callable[[str], None] = print,
+) -> tuple[str, ...]:
+    """The kernels to try, best first, for an ``attention_impl`` setting, said in one line.
+
+    ``"auto"`` is `auto_order`'s ranking for (dtype, head_dim) on this device, said with its
+    reason; a kernel's name is that kernel alone, said with ``named_by`` (where the name came
+    from: ``"model.attention_impl"``). Both apps say their choice this one way.
+
+    Parameters
+    ----------
+    impl : str
+        ``"auto"`` or one of `IMPLEMENTATIONS` other than ``"xla"`` (which needs no choice).
+    dtype, head_dim
+        The attention call's compute dtype and head size.
+    named_by : str
+        The setting that named the kernel, for the line.
+    say : callable
+        Where the line goes.
+
+    Returns
+    -------
+    tuple of str
+        The candidates for `first_that_compiles`.
+    """
+    if impl != "auto":
+        say(f"attention: {impl} ({named_by})")
+        return (impl,)
+    choice = auto_order(dtype, head_dim)
+    say(choice.line())
+    return choice.order
+
+
 class KernelCompileError(RuntimeError):
     """An explicitly named kernel failed to lower or compile (message: one line)."""
 

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import yaml
+
 from tests_integration._helpers_apps import check_ok, read_log, run_app, train
+
+
+def read_config(run_dir):
+    """The run's resolved config (config.yaml)."""
+    return yaml.safe_load((run_dir / "config.yaml").read_text())
+
 
 FEW = [
     "train.steps=6",
@@ -46,19 +55,36 @@ def test_bert_tiny_trains_and_evaluates_on_masked_tokens(tmp_path):
     assert abs(float(loss_line.split()[1]) - val[-1]["val_loss"]) < 1e-4
 
 
-def test_vit_digits_logs_image_metrics_and_the_evaluator_says_why_it_stops(tmp_path):
+def test_vit_digits_logs_image_metrics_and_the_evaluator_prints_the_same(tmp_path):
+    """One held-out loop (tjx-metrics' `evaluate_heldout` of tjx-nn's objective logits): the
+    evaluator's numbers of the last checkpoint on the trainer's batches are its val_* ones."""
+    from eval import evaluate_run, load_run
+
     check_ok(train(tmp_path, "vit", FEW, config="vit_digits"))
     log = read_log(tmp_path / "vit")
     steps = [r for r in log if "loss" in r and "val_loss" not in r]
     assert all("images_per_s" in r and "tokens_per_s" not in r for r in steps)
     val = [r for r in log if "val_loss" in r][-1]
-    assert 0.0 <= val["val_accuracy"] <= 1.0 and val["val_num_images"] > 0
+    assert val["step"] == 6 and 0.0 <= val["val_accuracy"] <= 1.0
     for lm_only in ("val_perplexity", "val_bits_per_token", "val_top10"):
         assert lm_only not in val
     assert json.loads((tmp_path / "vit" / "data.json").read_text())["tokenizer"] is None
-    proc = run_app("eval", ["--checkpoint", "vit"], tmp_path)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "only language-model runs can be evaluated here" in proc.stderr
+    size = read_config(tmp_path / "vit")["eval"]["batch_size"]
+    got = evaluate_run(load_run(tmp_path / "vit"), batch_size=size, max_batches=2)
+    assert sorted(f"val_{k}" for k in got) == sorted(k for k in val if k.startswith("val_"))
+    assert got["num_images"] == val["val_num_images"] == 2 * size
+    # Counts of the same images: identical. The loss: the same float32 sums, added across the
+    # trainer's 8 devices in another order (the 8-device mesh), so to 1e-6 relative.
+    assert got["accuracy"] == val["val_accuracy"] and got["top5"] == val["val_top5"]
+    assert got["loss"] == pytest.approx(val["val_loss"], rel=1e-6)
+    argv = ["--checkpoint", "vit", "--batch-size", str(size), "--max-batches", "2"]
+    proc = run_app("eval", argv, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = {ln.split()[0]: ln.split()[1] for ln in proc.stdout.splitlines() if ln.strip()}
+    assert printed["accuracy"] == f"{val['val_accuracy']:.4f}"
+    assert printed["top5"] == f"{val['val_top5']:.4f}"
+    assert abs(float(printed["loss"]) - val["val_loss"]) <= 5e-5  # printed to 4 decimals
+    assert f"{2 * size} held-out images: the first 2 batches of {size}" in proc.stdout
 
 
 def test_the_encoder_decoder_trains_from_the_command_line(tmp_path):

@@ -9,9 +9,7 @@ error line (exit 2).
 from __future__ import annotations
 
 import dataclasses
-import itertools
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flax import nnx
@@ -31,7 +29,7 @@ def with_kernel(run: LoadedRun, kernel: str) -> LoadedRun:
     return dataclasses.replace(run, nn_config=config, model=nnx.merge(graphdef, params, rest))
 
 
-def compile_step(run: LoadedRun, batch: dict[str, Any], make_step: Callable[[Any], Any]) -> None:
+def compile_step(run: LoadedRun, batch: Mapping[str, Any], make_step: Callable[[Any], Any]) -> None:
     """Lower and compile the held-out step of ``run``'s model on ``batch``'s shapes."""
     import jax
 
@@ -42,21 +40,20 @@ def compile_step(run: LoadedRun, batch: dict[str, Any], make_step: Callable[[Any
 
 def choose_attention(
     run: LoadedRun,
-    shard_dir: Path,
+    first: Mapping[str, Any] | None,
     *,
-    seq_len: int,
-    batch_size: int,
     make_step: Callable[[Any], Any],
     say: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> LoadedRun:
-    """``run`` with the attention kernel that compiles for its held-out step, saying the choice.
+    """``run`` with the attention kernel that compiles for its held-out step on the shapes of
+    ``first`` (the first held-out batch; ``None``: there is none), saying the choice.
 
     Raises
     ------
     RunError
         The run's model names a kernel that fails to lower or compile here.
     """
-    from tjx import data, kernels
+    from tjx import kernels
 
     impl = run.nn_config.attention_impl
     if impl == "xla":
@@ -69,13 +66,12 @@ def choose_attention(
     else:
         order = (impl,)
         say(f"attention: {impl} (the run's model.attention_impl)")
-    first = list(itertools.islice(data.validation_batches(shard_dir, seq_len, batch_size), 1))
-    if not first:  # no batch: the evaluation says so itself
+    if first is None:  # no batch: the evaluation says so itself
         return run
     try:
         chosen = kernels.first_that_compiles(
             order,
-            lambda k: compile_step(with_kernel(run, k), first[0], make_step),
+            lambda k: compile_step(with_kernel(run, k), first, make_step),
             explicit=impl != "auto",
             say=say,
         )

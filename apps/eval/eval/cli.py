@@ -126,38 +126,15 @@ def split_step(target: str, default: int | None) -> tuple[Path, int | None]:
 
 
 def _metrics(run: Any, args: argparse.Namespace) -> dict[str, float]:
-    from eval import attention_choice, heldout
-    from eval.runs import heldout_dir
-    from tjx import nn
+    from eval import heldout
 
-    shard_dir, bpt = heldout_dir(run, args.data)
-    # A BERT run masks with tjx.nn's evaluation key of the run's seed, as the trainer's own
-    # evaluation does: the same positions, so the two agree on the same batches.
-    train = run.config.get("train", {})
-    key = nn.eval_mask_key(int(train.get("seed", 0)))
-    mask_prob = float(train.get("mlm_probability", 0.15))
-    seq_len = int(run.data["seq_len"])
-    # The attention kernel that compiles here (a failing one costs a line, or is the error).
-    run = attention_choice.choose_attention(
-        run,
-        shard_dir,
-        seq_len=seq_len,
-        batch_size=args.batch_size,
-        make_step=lambda model: heldout.make_step(model, key=key, mask_prob=mask_prob),
-    )
-    return heldout.evaluate(
-        run.model,
-        shard_dir,
-        seq_len=seq_len,
-        batch_size=args.batch_size,
-        max_batches=args.max_batches,
-        bytes_per_token=bpt,
-        key=key,
-        mask_prob=mask_prob,
+    return heldout.evaluate_run(
+        run, source=args.data, batch_size=args.batch_size, max_batches=args.max_batches
     )
 
 
-COUNT_KEYS = ("num_tokens",)  # counts print as whole numbers (426,514), not as 426514.0000
+#: Counts print as whole numbers (426,514), not as 426514.0000.
+COUNT_KEYS = ("num_tokens", "num_images")
 
 
 def _print_table(names: list[str], results: list[dict[str, float]]) -> None:
@@ -173,23 +150,28 @@ def _print_table(names: list[str], results: list[dict[str, float]]) -> None:
 
 
 def _check_scoreable(run: Any) -> None:
-    """Language-model runs are scored here; say so for the others, in one line."""
-    if run.tokenizer is None:
-        raise RunError("--checkpoint: only language-model runs can be evaluated here")
+    """Every objective is scored here; a text run needs the tokenizer its data.json names."""
+    if run.objective.unit != "images" and run.tokenizer is None:
+        raise RunError(
+            f"--checkpoint: {str(run.run_dir / 'data.json')!r} names no tokenizer, which a text "
+            "run needs; the trainer writes it, so it was changed by hand"
+        )
 
 
 def _scope_note(run: Any, args: argparse.Namespace, results: dict[str, float]) -> str:
     """What the numbers above cover, and why the trainer's ``val_*`` differ from them."""
-    scope = f"{round(results['num_tokens']):,} held-out {run.objective.scores}"
+    count = results["num_images" if run.objective.unit == "images" else "num_tokens"]
+    scope = f"{round(count):,} held-out {run.objective.scores}"
     if args.data is not None:
         return f"({scope} of {args.data!r}, the run's tokenizer)"
     if args.max_batches is not None:
         return f"({scope}: the first {args.max_batches} batches of {args.batch_size})"
     train = run.config.get("train", {})
     batches, size = train.get("eval_batches"), run.config.get("eval", {}).get("batch_size")
+    rows = "images" if run.objective.unit == "images" else "sequences"
     return (
         f"({scope}: the whole validation split; the trainer's val_* metrics use only its first "
-        f"{batches} batches of {size} sequences, so they differ a little)"
+        f"{batches} batches of {size} {rows}, so they differ a little)"
     )
 
 
@@ -307,11 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         _print_table([f"{run.run_dir.name}@{run.step}"], [metrics])
         print(_scope_note(run, args, metrics))
         if args.generate is not None:
-            # BERT (an image run has no tokenizer: _check_scoreable refused it).
             if not run.objective.decodes:
-                raise RunError(
-                    "--generate: needs a decoder or encoder-decoder run, not a BERT encoder"
+                model = (
+                    "an image classifier" if run.objective.unit == "images" else "a BERT encoder"
                 )
+                raise RunError(f"--generate: needs a decoder or encoder-decoder run, not {model}")
             _generate(run, args)
         _attention(run, args)
     except (RunError, ValueError, FileNotFoundError, CheckpointError) as err:

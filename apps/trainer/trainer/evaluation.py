@@ -1,4 +1,8 @@
-"""Held-out metrics during training: loss, perplexity, bits/token, bits/byte, top-k accuracy."""
+"""Held-out metrics during training: loss, perplexity, bits/token, bits/byte, top-k accuracy.
+
+The loop is tjx-metrics' (``accumulate_heldout`` and ``heldout_metrics``, what the evaluator's
+``--checkpoint`` runs too) over this run's validation batches, placed on its mesh.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from trainer.step import make_eval_step
 _EVAL_STEPS: dict[int, Any] = {}
 #: A mixture's metrics kept per source (``val_loss/<name>``, ...): the rest only pooled.
 PER_SOURCE = ("loss", "bits_per_byte", "top1", "num_tokens")
+_EMPTY = "validation data is empty: no batch of the configured size fits"
 
 
 def _eval_step(setup: Any, cfg: Config) -> Any:
@@ -25,7 +30,8 @@ def _eval_step(setup: Any, cfg: Config) -> Any:
 def evaluate(setup: Any, params: Any, bundle: Any, cfg: Config) -> dict[str, float]:
     """Metrics over the first ``train.eval_batches`` validation batches (always the same ones):
     tjx-metrics' token-weighted ``loss``, ``perplexity``, ``bits_per_token``, ``top{k}``,
-    ``num_tokens`` and, for text, ``bits_per_byte``.
+    ``num_tokens`` and, for text, ``bits_per_byte``; a classifier's ``loss``, ``accuracy``,
+    ``num_images`` and ``top{k}`` below its class count.
 
     A mixture (``data.sources``) evaluates each source's own held-out split: `PER_SOURCE`'s
     metrics per source as ``<metric>/<name>`` (``loss/web``, logged ``val_loss/web``), and every
@@ -36,45 +42,33 @@ def evaluate(setup: Any, params: Any, bundle: Any, cfg: Config) -> dict[str, flo
     from trainer import data_setup
 
     step = _eval_step(setup, cfg)
+    naming = {
+        "scores_every_token": cfg.objective.scores_every_token,
+        "num_classes": cfg.model.num_classes if cfg.task == "classify" else None,
+    }
     if getattr(bundle, "mixture", None) is None:
         batches = data_setup.val_batches(bundle, cfg, cfg.train.eval_batches)
-        out = _accumulate(step, params, setup.mesh, batches).compute()
-        if cfg.task == "classify":  # accuracy and images, not top1 and tokens (tjx-metrics' names)
-            return metrics.classification_metrics(out, cfg.model.num_classes)
-        return _with_bits_per_byte(out, bundle.bytes_per_token, cfg)
+        acc = _accumulate(step, params, setup.mesh, batches)
+        return metrics.heldout_metrics(acc, bytes_per_token=bundle.bytes_per_token, **naming)
     pooled, per_source = metrics.MetricAccumulator(), {}
     num_bytes: float | None = 0.0  # None once a source has no bytes/token
     for name, (batches, bpt) in data_setup.val_sets(bundle, cfg, cfg.train.eval_batches).items():
         acc = _accumulate(step, params, setup.mesh, batches)
-        for key, value in _with_bits_per_byte(acc.compute(), bpt, cfg).items():
+        for key, value in metrics.heldout_metrics(acc, bytes_per_token=bpt, **naming).items():
             if key in PER_SOURCE:
                 per_source[f"{key}/{name}"] = value
         num_bytes = None if num_bytes is None or not bpt else num_bytes + acc.num_tokens * bpt
         pooled.merge(acc)
-    out = pooled.compute()
-    if num_bytes:  # bits over all sources' tokens / their bytes: bits per token / bytes per token
-        out = _with_bits_per_byte(out, num_bytes / pooled.num_tokens, cfg)
+    # Bits over all sources' tokens / their bytes: bits per token / bytes per token.
+    bpt_all = num_bytes / pooled.num_tokens if num_bytes else None
+    out = metrics.heldout_metrics(pooled, bytes_per_token=bpt_all, **naming)
     return {**out, **per_source}
 
 
 def _accumulate(step: Any, params: Any, mesh: Any, batches: Any) -> Any:
-    """tjx-metrics' accumulator over ``batches``; an empty validation set is an error."""
+    """tjx-metrics' held-out sums over ``batches`` on the run's mesh; none is an error."""
     from tjx import metrics, parallel
 
-    acc = metrics.MetricAccumulator()
-    for batch in batches:
-        acc.update_stats(step(params, parallel.place_batch(batch, mesh)))
-    if acc.num_tokens == 0:
-        raise ValueError("validation data is empty: no batch of the configured size fits")
-    return acc
-
-
-def _with_bits_per_byte(
-    out: dict[str, float], bytes_per_token: float | None, cfg: Config
-) -> dict[str, float]:
-    from tjx import metrics
-
-    # Where every token is scored, bytes follow from the shards' bytes/token.
-    if not cfg.objective.scores_every_token:
-        return out
-    return metrics.with_bits_per_byte(out, bytes_per_token)
+    return metrics.accumulate_heldout(
+        step, params, batches, place=lambda b: parallel.place_batch(b, mesh), empty=_EMPTY
+    )

@@ -99,19 +99,13 @@ def jit_train_step(setup: Any, cfg: Config, **jit_options: Any) -> Any:
 def make_eval_step(
     graphdef: Any, rest: Any, cfg: Config
 ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
-    """``eval_step(params, batch) -> sums``: tjx-metrics' ``lm_stats`` (loss sum, token count,
-    top-k correct counts) of the objective's evaluation logits; a masked LM masks with tjx.nn's
-    fixed ``eval_mask_key`` of the run's seed, as the evaluator does."""
+    """``eval_step(params, batch) -> sums``: tjx-metrics' ``heldout_step`` (``lm_stats``: loss
+    sum, scored units, top-k correct counts) of tjx-nn's ``objective_logits_fn``, the step the
+    evaluator builds too; a masked LM masks with tjx.nn's fixed ``eval_mask_key`` of the run's
+    seed, as the evaluator does."""
     from tjx import metrics
 
-    top_k = tuple(sorted(set(cfg.eval.top_k)))
-    key = nn.eval_mask_key(cfg.train.seed)
-
-    def eval_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
-        model = nnx.merge(graphdef, params, rest)
-        logits, labels = nn.objective_logits(
-            model, batch, key=key, mask_prob=cfg.train.mlm_probability
-        )
-        return metrics.lm_stats(logits, labels, top_k=top_k)
-
-    return eval_step
+    logits_fn = nn.objective_logits_fn(
+        graphdef, rest, key=nn.eval_mask_key(cfg.train.seed), mask_prob=cfg.train.mlm_probability
+    )
+    return metrics.heldout_step(logits_fn, top_k=cfg.eval.top_k)

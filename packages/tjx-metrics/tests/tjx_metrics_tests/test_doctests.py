@@ -9,6 +9,7 @@ MODULES = [
     "tjx.metrics.devices",
     "tjx.metrics.divergence",
     "tjx.metrics.flops",
+    "tjx.metrics.heldout",
     "tjx.metrics.lm",
     "tjx.metrics.memory",
     "tjx.metrics.throughput",

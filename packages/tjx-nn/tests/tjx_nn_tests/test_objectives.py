@@ -206,3 +206,17 @@ def test_chunked_lm_head_products_run_in_the_compute_dtype_with_float32_accumula
     bf16 = lambda x: np.asarray(jnp.asarray(x).astype(jnp.bfloat16), np.float64)
     logits = bf16(hidden) @ bf16(model.unembedding())
     _check(tnn.token_loss(model, hidden, jnp.asarray(labels), chunked=True), logits, labels)
+
+
+def test_objective_logits_fn_is_objective_logits_as_a_pure_function_of_the_params():
+    """The held-out step of a trainer and an evaluator: the same logits under jit as eagerly, and
+    new parameters give the new model's logits (the graph is merged with what is passed)."""
+    model, other = build(gpt2_tiny()), build(gpt2_tiny(), seed=1)
+    batch = _lm_batch(np.random.default_rng(4), 32)
+    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+    fn = jax.jit(tnn.objective_logits_fn(graphdef, rest))
+    for m in (model, other):
+        want, want_labels = tnn.objective_logits(m, batch)
+        got, labels = fn(nnx.to_pure_dict(nnx.state(m, nnx.Param)), batch)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)  # jit vs eager: fp32 order
+        np.testing.assert_array_equal(labels, want_labels)

@@ -3,6 +3,9 @@
 * :func:`lm_stats` (jit-friendly sums and counts), :func:`lm_metrics`, :func:`loss_metrics` and the
   exact streaming :class:`MetricAccumulator`; :func:`classification_metrics` names a classifier's
   (accuracy, num_images, top-k below the class count).
+* The one held-out evaluation a trainer and an evaluator share: :func:`heldout_step` (a model's
+  logits function → the per-batch sums) and :func:`evaluate_heldout` (the host loop:
+  :func:`accumulate_heldout`, then :func:`heldout_metrics` with bits/byte or a classifier's names).
 * :func:`transformer_flops_per_token` (6·N + 12·L·d·s, PaLM appendix B), :func:`peak_flops` /
   :func:`device_peak_flops` by ``device_kind`` (:func:`compute_peak_flops` for a model's compute
   dtype at JAX's default precision), :func:`mfu` and :class:`ThroughputMeter`.
@@ -32,6 +35,13 @@ from tjx.metrics.devices import (
 )
 from tjx.metrics.divergence import DivergenceGuard
 from tjx.metrics.flops import flops_per_token_from_config, transformer_flops_per_token
+from tjx.metrics.heldout import (
+    DEFAULT_TOP_K,
+    accumulate_heldout,
+    evaluate_heldout,
+    heldout_metrics,
+    heldout_step,
+)
 from tjx.metrics.lm import lm_metrics, lm_stats, loss_metrics
 from tjx.metrics.loggers import (
     HISTOGRAM_BINS,
@@ -62,10 +72,11 @@ from tjx.metrics.plots import load_curves, plot_curves, plot_run
 from tjx.metrics.progress import ProgressBar, progress_bar
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 __all__ = [
     "ConsoleLogger",
+    "DEFAULT_TOP_K",
     "DEVICE_PEAKS",
     "DevicePeak",
     "DivergenceGuard",
@@ -83,6 +94,7 @@ __all__ = [
     "ThroughputMeter",
     "WandbLogger",
     "__version__",
+    "accumulate_heldout",
     "available_bytes",
     "bits_per_byte",
     "check_logger_packages",
@@ -90,8 +102,11 @@ __all__ = [
     "compute_peak_flops",
     "device_peak_flops",
     "device_summary",
+    "evaluate_heldout",
     "finalize_metrics",
     "first_fit",
+    "heldout_metrics",
+    "heldout_step",
     "flops_per_token_from_config",
     "histogram_summary",
     "lm_metrics",

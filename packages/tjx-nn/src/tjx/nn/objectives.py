@@ -23,10 +23,12 @@ labels are scored, whether bits per byte apply, whether the model writes text) i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import jax
+from flax import nnx
 
 from tjx.kernels import CrossEntropyOutput
 from tjx.nn.bert import BERT
@@ -291,6 +293,39 @@ def objective_logits(
     if isinstance(model, BERT | ViT):
         return _scored_logits(model, batch, key, mask_prob, True)
     return _lm_outputs(model, batch, True, hidden=False)
+
+
+def objective_logits_fn(
+    graphdef: Any, rest: Any, *, key: Array | None = None, mask_prob: float = 0.15
+) -> Callable[[Any, Batch], tuple[Array, Array]]:
+    """``fn(params, batch) -> (logits, labels)``: `objective_logits` of the model that
+    ``graphdef``, ``params`` and ``rest`` make, a pure function of the parameters for ``jax.jit``.
+
+    A trainer and an evaluator build their held-out step from this one function (e.g. with
+    ``tjx.metrics.heldout_step``), so the two score a checkpoint the same way.
+
+    Parameters
+    ----------
+    graphdef : nnx.GraphDef
+        The model's graph (``nnx.split(model, nnx.Param, ...)``'s first part).
+    rest : nnx.State
+        Its non-parameter state (RNG streams; evaluation draws nothing from them).
+    key : Array, optional
+        BERT's fixed masking key, e.g. ``eval_mask_key(seed)``; other models ignore it.
+    mask_prob : float
+        BERT's share of real tokens masked.
+
+    Returns
+    -------
+    Callable
+        ``fn(params, batch)`` with ``params`` the pure parameter dict (or state).
+    """
+
+    def fn(params: Any, batch: Batch) -> tuple[Array, Array]:
+        model = nnx.merge(graphdef, params, rest)
+        return objective_logits(model, batch, key=key, mask_prob=mask_prob)
+
+    return fn
 
 
 def _scored_logits(

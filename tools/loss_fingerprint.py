@@ -1,4 +1,4 @@
-"""The first losses of each model family's preset, to prove a refactor changed no number.
+"""The first losses (and the validation loss) of each model family's preset, to prove a refactor changed no number.
 
 ``python tools/loss_fingerprint.py --out before.json`` trains every case below for a few steps
 (``python -m trainer``, shrunk by ``--set`` so that all five take minutes on a CPU) and saves each
@@ -54,7 +54,8 @@ CASES: dict[str, tuple[str, list[str]]] = {
 
 
 def losses(preset: str, sets: list[str], root: Path) -> list[str]:
-    """The logged training losses of one short run, as exact texts (``repr`` of the float)."""
+    """The logged training losses of one short run and its final validation loss, as exact
+    texts (``repr`` of the float; the validation loss prefixed ``val``)."""
     argv = [sys.executable, "-m", "trainer", "--config", preset, "--run-dir", str(root / "run")]
     for item in [*sets, *_QUIET, f"data.cache_dir={root / 'cache'}"]:
         argv += ["--set", item]
@@ -62,7 +63,11 @@ def losses(preset: str, sets: list[str], root: Path) -> list[str]:
     if done.returncode != 0:
         raise SystemExit(f"{preset}: the run failed ({done.returncode}):\n{done.stderr[-2000:]}")
     rows = (root / "run" / "metrics.jsonl").read_text().splitlines()
-    return [repr(row["loss"]) for row in map(json.loads, rows) if "loss" in row]
+    found = []
+    for row in map(json.loads, rows):
+        found += [repr(row["loss"])] if "loss" in row else []
+        found += [f"val {row['val_loss']!r}"] if "val_loss" in row else []
+    return found
 
 
 def record(out: Path) -> None:
@@ -82,7 +87,9 @@ def compare(before: Path, after: Path) -> int:
     for name in sorted(set(old) | set(new)):
         same = old.get(name) == new.get(name) and bool(old.get(name))
         differ += not same
-        print(f"{name}: {'bit-identical' if same else 'DIFFERENT'} ({len(new.get(name, []))} losses)")
+        print(
+            f"{name}: {'bit-identical' if same else 'DIFFERENT'} ({len(new.get(name, []))} losses)"
+        )
     return int(differ > 0)
 
 

@@ -59,13 +59,8 @@ def choose_attention(
     if impl == "xla":
         return run
     dtype, head_dim = run.nn_config.precision.compute_dtype, run.nn_config.head_dim
-    if impl == "auto":
-        choice = kernels.auto_order(dtype, head_dim)
-        say(choice.line())
-        order = choice.order
-    else:
-        order = (impl,)
-        say(f"attention: {impl} (the run's model.attention_impl)")
+    named_by = "the run's model.attention_impl"
+    order = kernels.kernel_order(impl, dtype, head_dim, named_by=named_by, say=say)
     if first is None:  # no batch: the evaluation says so itself
         return run
     try:

@@ -206,6 +206,12 @@ class TrainConfig:
     fit_memory: bool = spec(
         True, help="check the step's compiled memory first; switch to full remat if it won't fit"
     )
+    compilation_cache: str = spec(
+        "auto",
+        help="GPU runs: JAX's persistent compilation cache folder (a rerun skips compiling and "
+        "autotuning); auto: tjx.kernels' default (TJX_COMPILATION_CACHE_DIR, else "
+        "~/.cache/tjx/jax-compilation); off: none",
+    )
     max_bad_steps: int = spec(
         25,
         min=1,

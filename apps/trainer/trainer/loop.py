@@ -11,6 +11,7 @@ import time
 import jax
 
 from trainer import training
+from trainer.config import Config
 from trainer.plan import RunPlan, config_yaml, error_exit
 from trainer.schema import ConfigError
 
@@ -19,17 +20,17 @@ from trainer.schema import ConfigError
 DATA_READY_TIMEOUT_S = 6 * 3600.0
 
 
-def _device_note() -> None:
+def _device_note(cfg: Config) -> None:
     from tjx.metrics import device_summary
 
     print(f"devices: {device_summary()}", flush=True)
     from tjx.kernels import enable_compilation_cache
 
-    cache = enable_compilation_cache()  # GPU only: a rerun skips compiling and autotuning
+    setting = cfg.train.compilation_cache
+    # GPU only: a rerun skips compiling and autotuning. "auto" leaves the folder to tjx.kernels.
+    cache = enable_compilation_cache(None if setting == "auto" else setting)
     if cache is not None:
-        print(
-            f"compilation cache: {cache} (TJX_COMPILATION_CACHE_DIR; 'off' to disable)", flush=True
-        )
+        print(f"compilation cache: {cache} (train.compilation_cache; off to disable)", flush=True)
     if jax.default_backend() == "cpu":
         print(
             "note: running on CPU — this works but is slow; a GPU runs the same command much "
@@ -71,7 +72,7 @@ def _prepare_and_train(plan: RunPlan) -> int:
 
     cfg = plan.config
     primary = parallel.is_primary()
-    _device_note()
+    _device_note(cfg)
     # Everything that can fail on bad input happens before the run directory exists.
     try:
         # A first run tokenizes the corpus (minutes for a large one): say so, and how long it took.

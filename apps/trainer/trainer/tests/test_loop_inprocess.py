@@ -132,3 +132,28 @@ def test_a_run_builds_its_package_configs_once(in_tmp, capsys, monkeypatch):
     assert main(_argv(text, "--set", cache, "--set", "train.fit_memory=true")) == 0
     assert "memory: the train step needs" in capsys.readouterr().out
     assert built == {"model": 1, "optimizer": 1}
+
+
+def test_the_compilation_cache_folder_is_the_config_key(monkeypatch, capsys, tmp_path):
+    """train.compilation_cache reaches tjx.kernels (auto: its own default, None), and the folder
+    in use is said with the key that sets it."""
+    import tjx.kernels
+    from trainer.config import build_config
+    from trainer.loop import _device_note
+
+    asked = []
+
+    def enable(directory=None):
+        asked.append(directory)
+        return None if directory == "off" else tmp_path / "cache"
+
+    monkeypatch.setattr(tjx.kernels, "enable_compilation_cache", enable)
+    for value in ("auto", str(tmp_path / "mine"), "off"):
+        _device_note(build_config({"train": {"compilation_cache": value}}))
+    assert asked == [None, str(tmp_path / "mine"), "off"]
+    said = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("compilation")]
+    assert (
+        said
+        == [f"compilation cache: {tmp_path / 'cache'} (train.compilation_cache; off to " "disable)"]
+        * 2
+    )

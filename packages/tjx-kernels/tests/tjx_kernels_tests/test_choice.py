@@ -91,6 +91,20 @@ def test_compilation_cache_is_gpu_only_by_default_and_can_be_turned_off(tmp_path
     assert str(compilation_cache_dir()).endswith(".cache/tjx/jax-compilation")
 
 
+def test_a_named_compilation_cache_folder_wins_over_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "from-env"))
+    assert compilation_cache_dir(tmp_path / "named") == tmp_path / "named"
+    monkeypatch.setenv(ENV_VAR, "off")  # the caller's folder is still used
+    assert compilation_cache_dir(str(tmp_path / "named")) == tmp_path / "named"
+    assert compilation_cache_dir("Off") is None
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        assert enable_compilation_cache(tmp_path / "named", only_on_gpu=False) == tmp_path / "named"
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "named")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+
+
 def test_kernel_order_says_a_named_kernel_or_autos_ranking_in_one_line():
     from tjx.kernels import auto_order, kernel_order
 

@@ -1,4 +1,4 @@
-"""The first losses (and the validation loss) of each model family's preset, to prove a refactor changed no number.
+"""Each model family's first losses and validation loss, to prove a refactor changed no number.
 
 ``python tools/loss_fingerprint.py --out before.json`` trains every case below for a few steps
 (``python -m trainer``, shrunk by ``--set`` so that all five take minutes on a CPU) and saves each

@@ -84,6 +84,15 @@ def test_unnamed_leaves_fall_back_to_the_path_rules() -> None:
     assert names_by_path(partial) == {}
 
 
+def test_a_parameter_missing_from_the_axes_is_an_error_not_a_path_guess() -> None:
+    params = {"mlp": {"kernel": jnp.ones((4, 8))}, "head": {"kernel": jnp.ones((4, 9))}}
+    axes = {"mlp": {"kernel": ("embed", "mlp")}}  # another tree: the head has no entry
+    with pytest.raises(ValueError, match=r"axes: no entry for parameter\(s\) head/kernel;"):
+        decay_mask(params, axes=axes)
+    with pytest.raises(ValueError, match=r"head/kernel"):
+        muon_dimension_numbers(params, axes=axes)
+
+
 def test_the_regex_options_override_named_leaves_too() -> None:
     params = {"a": jnp.ones((4, 8)), "b": jnp.ones((4, 8))}
     axes = {"a": ("embed", "mlp"), "b": ("vocab", "embed")}

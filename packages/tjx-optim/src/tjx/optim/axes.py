@@ -24,6 +24,7 @@ __all__ = [
     "is_muon_matrix",
     "is_stacked",
     "is_weight",
+    "named_leaves",
     "names_by_path",
 ]
 
@@ -62,6 +63,39 @@ def names_by_path(axes: Any) -> dict[str, Names]:
     flat = jax.tree_util.tree_leaves_with_path(axes, is_leaf=_is_names)
     table = {path_to_str(p): tuple(n) for p, n in flat if _is_names(n)}
     return {path: names for path, names in table.items() if any(n is not None for n in names)}
+
+
+def named_leaves(params: Any, axes: Any) -> dict[str, Names]:
+    """`names_by_path` of ``axes`` ({} for None), once every leaf of ``params`` has an entry.
+
+    An entry may say "no names" (all ``None``: that leaf takes the path rules), but a parameter
+    with no entry at all means ``axes`` is not the params' tree (another model's, or a sub-tree):
+    deciding it by path would be a silent fallback, so it is an error.
+
+    Raises
+    ------
+    ValueError
+        Names the first parameter paths missing from ``axes``.
+    """
+    if axes is None:
+        return {}
+    listed = {
+        path_to_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(axes, is_leaf=_is_names)
+    }
+    missing = [
+        name
+        for name in (path_to_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params))
+        if name not in listed
+    ]
+    if missing:
+        shown = ", ".join(missing[:3]) + (
+            f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
+        )
+        raise ValueError(
+            f"axes: no entry for parameter(s) {shown}; pass the logical axes of these very params "
+            "(e.g. nnx.get_partition_spec of them), or axes=None for the path rules"
+        )
+    return names_by_path(axes)
 
 
 def _body(names: Names) -> Names:

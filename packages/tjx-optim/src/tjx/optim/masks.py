@@ -14,7 +14,7 @@ from typing import Any
 
 import jax
 
-from tjx.optim.axes import is_weight, names_by_path
+from tjx.optim.axes import is_weight, named_leaves
 from tjx.optim.paths import any_component, path_to_str
 
 __all__ = ["DEFAULT_NO_DECAY_NAMES", "decay_mask"]
@@ -65,7 +65,7 @@ def decay_mask(
     """
     decay_rx = re.compile(decay_regex) if decay_regex is not None else None
     no_rx = re.compile(no_decay_regex) if no_decay_regex is not None else None
-    named = names_by_path(axes) if axes is not None else {}
+    named = named_leaves(params, axes)
 
     def leaf(path: tuple[Any, ...], x: Any) -> bool:
         name = path_to_str(path)

@@ -22,7 +22,7 @@ from typing import Any
 import jax
 from optax import contrib
 
-from tjx.optim.axes import is_muon_matrix, is_stacked, names_by_path
+from tjx.optim.axes import is_muon_matrix, is_stacked, named_leaves
 from tjx.optim.masks import DEFAULT_NO_DECAY_NAMES
 from tjx.optim.paths import any_component, path_to_str
 
@@ -91,7 +91,7 @@ def muon_dimension_numbers(
         The tree optax's ``contrib.muon(muon_weight_dimension_numbers=...)`` takes.
     """
     no_rx = re.compile(exclude_regex) if exclude_regex is not None else None
-    named = names_by_path(axes) if axes is not None else {}
+    named = named_leaves(params, axes)
 
     def leaf(path: tuple[Any, ...], x: Any) -> contrib.MuonDimensionNumbers | None:
         name = path_to_str(path)

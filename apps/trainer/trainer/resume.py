@@ -43,6 +43,7 @@ TRAINING_ONLY = (
     "train.stop_at",
     "train.fit_memory",
     "train.max_bad_steps",
+    "train.compilation_cache",
     "train.chunked_ce",
     "train.ce_chunk_size",
     "train.z_loss",

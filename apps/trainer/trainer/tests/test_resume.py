@@ -124,6 +124,16 @@ def test_training_only_changes_are_returned_and_described(tmp_path):
     assert "optimizer.lr 0.005 → 0.0001" in line and "train.steps 600 → 900" in line
 
 
+def test_a_run_saved_before_the_compilation_cache_key_resumes(tmp_path):
+    """A config.yaml written before ``train.compilation_cache`` existed lacks the key; where the
+    compiled programs are cached changes no number, so the resume goes on and says so."""
+    saved = _config().to_dict()
+    del saved["train"]["compilation_cache"]
+    RunDir(tmp_path).create(saved)
+    diff = resume.check_resume(tmp_path, _config().to_dict())
+    assert diff == {"train.compilation_cache": (None, "auto")}
+
+
 def test_a_model_change_is_refused_naming_every_key(tmp_path):
     run = _saved_run(tmp_path, _config())
     new = _config("model.d_model=64", "data.batch_size=8", "train.steps=900").to_dict()

@@ -348,14 +348,16 @@ def _check_own(cfg: Config) -> None:
         )
 
 
-def _resolved(cfg: Config) -> Resolved:
-    """``cfg`` validated and resolved: the trainer's rules, then the packages' (tjx.nn and
+def resolve_config(data: dict[str, Any]) -> Resolved:
+    """Read a config from plain data, validate and resolve it: what a run starts from. The
+    trainer's rules first, then the packages' (tjx.nn and
     tjx.optim build their configs by their own rules — d_model divisible by num_heads, which
     `position` a kind takes, warmup within train.steps, float16 needing loss scaling — before any
     data is prepared, rather than the trainer repeating them). The one place a run builds its
     package configs; everything after receives the `Resolved`. Raises `ConfigError`."""
     from trainer.resolved import resolve
 
+    cfg = from_dict(Config, data)
     _check_own(cfg)
     resolved = resolve(cfg)  # errors name the trainer's keys (model.d_model: ...)
     if cfg.checkpoint.keep_best is not None:
@@ -364,16 +366,6 @@ def _resolved(cfg: Config) -> Resolved:
             "checkpoint.keep_best: needs train.eval_every > 0 (best = lowest validation loss)",
         )
     return resolved
-
-
-def resolve_config(data: dict[str, Any]) -> Resolved:
-    """Read, validate and resolve a config from plain data: what a run starts from."""
-    return _resolved(from_dict(Config, data))
-
-
-def validate(cfg: Config) -> Config:
-    """``cfg`` if it is valid (the rules of `resolve_config`); raises `ConfigError`."""
-    return _resolved(cfg).cfg
 
 
 def build_config(data: dict[str, Any]) -> Config:

@@ -47,7 +47,7 @@ def mixture(cfg: Config) -> list[data.MixtureSource] | None:
         return None
     try:
         return data.check_mixture(cfg.data.sources, key="data.sources")
-    except data.DataError as err:  # config.validate checked it already; kept for callers
+    except data.DataError as err:  # config.resolve_config checked it already; kept for callers
         raise ConfigError(str(err)) from None
 
 

@@ -24,7 +24,7 @@ def pipeline_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Any:
 
     The embedding runs before the pipeline and the final norm + unembedding + loss on its last
     stage; the loss is the token-weighted mean of the microbatches' means, so it equals the
-    unpipelined loss. Needs ``model.scan_layers`` and no dropout (``config.validate`` checks).
+    unpipelined loss. Needs ``model.scan_layers`` and no dropout (``config.resolve_config`` checks).
     """
     from tjx import nn, parallel
 

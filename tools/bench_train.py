@@ -44,8 +44,8 @@ def load(name: str, sets: list[str]) -> Any:
 
 def vocab_of(cfg: Any) -> int:
     """The model vocabulary the trainer would use (synthetic data: no tokenizer is loaded)."""
-    if cfg.model.vocab_size:
-        return int(cfg.model.vocab_size)
+    if cfg.model.get("vocab_size"):
+        return int(cfg.model["vocab_size"])
     return {"byte": 257, "bytes": 257, "gpt2": 50257}.get(cfg.data.tokenizer, 32000)
 
 
@@ -83,8 +83,9 @@ def throughput(name: str, sets: list[str], steps: int) -> dict[str, Any]:
     from trainer import build_state, jit_train_step, resolve
 
     cfg = load(name, sets)
-    setup = build_state(resolve(cfg, vocab_of(cfg)))
-    step = jit_train_step(setup, cfg)
+    run = resolve(cfg, vocab_of(cfg))
+    setup = build_state(run)
+    step = jit_train_step(setup, run)
     batches = [
         parallel.shard_batch(synthetic_batch(cfg, vocab_of(cfg), seed), setup.mesh)
         for seed in range(2)
@@ -105,7 +106,7 @@ def throughput(name: str, sets: list[str], steps: int) -> dict[str, Any]:
     tokens = cfg.data.batch_size * (cfg.data.seq_len if cfg.task != "classify" else 1)
     tps = tokens / median
     flops = nn.flops_per_unit(setup.nn_config, cfg.data.seq_len)
-    peak = metrics.compute_peak_flops(cfg.model.compute_dtype, warn=False)
+    peak = metrics.compute_peak_flops(setup.nn_config.precision.compute_dtype, warn=False)
     mfu = metrics.mfu(tps, flops, peak, num_devices=jax.device_count()) if peak else None
     return {
         "config": name,

@@ -32,8 +32,8 @@ def trainer_config(spec: RunSpec) -> Any:
 
 
 def _vocab(cfg: Any) -> int:
-    if cfg.model.vocab_size:
-        return int(cfg.model.vocab_size)
+    if cfg.model.get("vocab_size"):
+        return int(cfg.model["vocab_size"])
     from trainer import make_tokenizer
 
     return int(make_tokenizer(cfg).vocab_size)
@@ -57,7 +57,7 @@ def measure_config(spec: RunSpec, scale: str) -> Row:
     peak = peak_bytes(compiled)["peak"]
     del compiled
     setup = build_state(resolved)
-    run = jit_train_step(setup, cfg)
+    run = jit_train_step(setup, resolved)
     batch = data.random_batch(cfg.data.batch_size, cfg.data.seq_len, vocab)
     batch = parallel.shard_batch(batch, setup.mesh)
     st, out = run(setup.state, batch)  # warm-up (compiles the concrete step)

@@ -55,7 +55,7 @@ def choose_attention(
     """
     from tjx import kernels
 
-    impl = run.cfg.model.attention_impl
+    impl = run.model.attention_impl
     if impl == "xla":
         return run
     dtype, head_dim = run.model.precision.compute_dtype, run.model.head_dim

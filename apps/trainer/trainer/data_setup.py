@@ -12,6 +12,7 @@ import jax
 from tjx import data
 from trainer.config import Config
 from trainer.schema import ConfigError
+from trainer.sections import expanded
 
 # tjx.data's argument names -> config keys: its messages name the key, err.argument the argument.
 KEYS = {
@@ -72,14 +73,19 @@ def make_tokenizer(cfg: Config) -> Any:
 def prepare(cfg: Config) -> data.RunData:
     """Tokenizer and checked shards of both splits (of every mixture source), or the digits
     images (cheap when cached)."""
-    d, m, parts = cfg.data, cfg.model, mixture(cfg)
+    d, m, parts = cfg.data, expanded("model", cfg.model), mixture(cfg)
     if cfg.task == "classify":
-        return _keyed(data.prepare_image_run_data, d.source, image_size=m.image_size)
+        if m["num_channels"] != 1:
+            raise ConfigError(
+                f"model.num_channels: the digits images are grey (1 channel), the model reads "
+                f"{m['num_channels']}; set model.num_channels=1"
+            )
+        return _keyed(data.prepare_image_run_data, d.source, image_size=m["image_size"])
     common = {
         "seq_len": d.seq_len,
         "tokenizer_vocab": d.tokenizer_vocab,
         "cache_dir": d.cache_dir,
-        "vocab_size": m.vocab_size,
+        "vocab_size": m["vocab_size"],
         "num_workers": d.num_workers,
         "progress": sys.stderr.isatty(),
         "max_tokens": d.max_tokens,

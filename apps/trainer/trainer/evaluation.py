@@ -44,7 +44,7 @@ def evaluate(setup: Any, params: Any, bundle: Any, cfg: Config) -> dict[str, flo
     step = _eval_step(setup, cfg)
     naming = {
         "scores_every_token": cfg.objective.scores_every_token,
-        "num_classes": cfg.model.num_classes if cfg.task == "classify" else None,
+        "num_classes": setup.nn_config.num_classes if cfg.task == "classify" else None,
     }
     if getattr(bundle, "mixture", None) is None:
         batches = data_setup.val_batches(bundle, cfg, cfg.train.eval_batches)

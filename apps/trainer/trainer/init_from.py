@@ -9,7 +9,6 @@ checked without downloading; any other source is read (its ``config.json`` only)
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +52,13 @@ def check_init_from(cfg: Config, source: str) -> None:
             f"--init-from: {source!r} is neither a folder nor a hub name "
             f"({', '.join(nn.HF_GPT2_NAMES)}, or org/name)"
         )
-    if cfg.model.kind != kind:
+    if cfg.kind != kind:
         what = "GPT-2" if kind == "gpt2" else "LLaMA-family"
         raise ConfigError(
             f"--init-from: loads {what} weights; model.kind must be {kind!r}, got "
-            f"{cfg.model.kind!r}"
+            f"{cfg.kind!r}"
         )
-    settings = dataclasses.asdict(cfg.model)
+    settings = cfg.model  # the keys the config sets
     if kind == "gpt2":
         if cfg.data.tokenizer != "gpt2" and Path(cfg.data.tokenizer).expanduser() != path:
             raise ConfigError(
@@ -71,7 +70,7 @@ def check_init_from(cfg: Config, source: str) -> None:
         clashes = {
             k: settings[k]
             for k in LLAMA_FIXED
-            if settings[k] is not None and settings[k] != getattr(hf_cfg, k)
+            if settings.get(k) is not None and settings[k] != getattr(hf_cfg, k)
         }
     if clashes:
         named = ", ".join(f"model.{k} {v!r}" for k, v in clashes.items())

@@ -41,7 +41,7 @@ def abstract_step(run: Resolved) -> tuple[Any, Any, Any]:
     b, s = cfg.data.batch_size, cfg.data.seq_len
     keys = ("inputs", "targets", "segment_ids", "positions")
     batch = {k: jax.ShapeDtypeStruct((b, s), jnp.int32) for k in keys}
-    step = jax.jit(make_train_step(graphdef, nn.concrete_state(rest), tx, cfg), donate_argnums=(0,))
+    step = jax.jit(make_train_step(graphdef, nn.concrete_state(rest), tx, run), donate_argnums=(0,))
     return step, state, batch
 
 
@@ -74,7 +74,7 @@ def fit_memory(run: Resolved, *, budget: int | None = None, devices: int | None 
     # A resolved run with one valid value changed: no text round trip, no second resolution.
     full = run.with_model(remat="full")
     candidates = [(STEP, lambda: _announced(STEP, run))]
-    if cfg.model.remat == "none":
+    if run.model.remat == "none":
         candidates.append((FULL_REMAT, lambda: _announced(FULL_REMAT, full)))
     # Each figure is printed as it comes: the next compile may take a while.
     fit = first_fit(candidates, budget=budget, on_check=lambda c: print(f"memory: {c}", flush=True))
@@ -91,7 +91,7 @@ def fit_memory(run: Resolved, *, budget: int | None = None, devices: int | None 
     # merges the recomputation back into the forward pass); scanned stacks keep it.
     unrolled = (
         "; set model.scan_layers=true (remat only saves memory on scanned layers on CPU)"
-        if not cfg.model.scan_layers and jax.default_backend() == "cpu"
+        if not run.model.scan_layers and jax.default_backend() == "cpu"
         else ""
     )
     last = fit.checks[-1]

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Any
 
 from trainer.config import Config, build_config
 from trainer.presets import load_config_data
+from trainer import sections
+from trainer.migrate import migrate, renamed
 from trainer.schema import ConfigError, choices, convert, field_map, hints
+from trainer.sections import section_class
 
 
-def field_at(path: str) -> tuple[dataclasses.Field[Any], Any]:
-    """The config field at dotted ``path`` and its declared type (errors name allowed keys)."""
+def field_at(path: str, data: dict[str, Any] | None = None) -> tuple[dataclasses.Field[Any], Any]:
+    """The config field at dotted ``path`` and its declared type (errors name allowed keys); a
+    package section's keys are its class's fields (the model's: those of ``data``'s kind)."""
     cls: Any = Config
     parts = path.split(".")
     for i, part in enumerate(parts, 1):
@@ -20,6 +23,12 @@ def field_at(path: str) -> tuple[dataclasses.Field[Any], Any]:
         if part not in fields:
             allowed = ", ".join(sorted(fields))
             raise ConfigError(f"{'.'.join(parts[:i])}: unknown key; allowed keys here: {allowed}")
+        section = fields[part].metadata.get("package")
+        if section is not None:
+            if i == len(parts):
+                raise ConfigError(f"{path}: is a section; set one of its keys")
+            owner = section_class(section, (data or {}).get(section))
+            return sections.field_at(owner, parts[i:], section)
         field, tp = fields[part], hints(cls)[part]
         if i < len(parts) and not dataclasses.is_dataclass(tp):
             raise ConfigError(f"{'.'.join(parts[:i])}: is a value, not a section (in {path!r})")
@@ -30,15 +39,15 @@ def field_at(path: str) -> tuple[dataclasses.Field[Any], Any]:
     return field, cls
 
 
-def parse_override(text: str) -> tuple[str, Any]:
+def parse_override(text: str, data: dict[str, Any] | None = None) -> tuple[str, Any]:
     """``"optimizer.lr=3e-4"`` → ``("optimizer.lr", 0.0003)`` typed by the field."""
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optimizer.lr=3e-4")
     key, value = text.split("=", 1)
-    key = key.strip()
+    key = renamed(key.strip())
     if not key:
         raise ConfigError(f"--set {text!r}: empty key")
-    field, tp = field_at(key)
+    field, tp = field_at(key, data)
     # "none" is a value where a field's own choices hold it (model.position: no positions).
     none_is_value = value.strip().lower() == "none" and "none" in (choices(field) or ())
     return key, convert(tp, value, key, from_text=True, none_is_value=none_is_value)
@@ -46,9 +55,9 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """A copy of config ``data`` with every ``--set`` applied in order."""
-    out: dict[str, Any] = copy.deepcopy(data)
+    out: dict[str, Any] = migrate(data)
     for text in overrides:
-        key, value = parse_override(text)
+        key, value = parse_override(text, out)
         node = out
         *parents, name = key.split(".")
         for part in parents:

@@ -14,13 +14,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from trainer.config import Config
+from trainer.resolved import Resolved
 from trainer.state import make_mesh
 
 
-def pipeline_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Any:
+def pipeline_loss_fn(graphdef: Any, rest: Any, run: Resolved) -> Any:
     """``loss_fn(params, batch, step) -> (loss, aux)`` of a decoder LM with its layer stack run
-    as a ``cfg.mesh.pipeline``-stage pipeline (tjx.parallel.pipeline_loss).
+    as a ``mesh.pipeline``-stage pipeline (tjx.parallel.pipeline_loss).
 
     The embedding runs before the pipeline and the final norm + unembedding + loss on its last
     stage; the loss is the token-weighted mean of the microbatches' means, so it equals the
@@ -28,8 +28,8 @@ def pipeline_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Any:
     """
     from tjx import nn, parallel
 
-    mesh, _ = make_mesh(cfg)  # the same devices and sizes as build(): the same mesh
-    mc = cfg.mesh
+    mesh, _ = make_mesh(run)  # the same devices and sizes as build(): the same mesh
+    cfg, mc = run.cfg, run.mesh
 
     def loss_fn(params: Any, batch: dict[str, jax.Array], step: jax.Array) -> Any:
         del step  # no dropout under the pipeline: nothing is drawn per step

@@ -12,6 +12,7 @@ from typing import Any
 import yaml  # type: ignore[import-untyped]
 
 from tjx import ckpt
+from trainer.migrate import migrate
 from trainer.schema import ConfigError, deep_merge
 
 
@@ -69,7 +70,7 @@ def _read(source: str | Path, key: str) -> dict[str, Any]:
         )
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: a config file must hold a mapping of keys, got {data!r}")
-    return data
+    return migrate(data)  # each file's older key names first: a child's then win over its base
 
 
 def _source(ref: str) -> str | Path:

@@ -2,67 +2,45 @@
 
 A checkpoint holds one model's and optimizer's state and a position in one token stream, so a
 change to any of those is refused, naming every changed key. Settings that only steer the loop
-(`TRAINING_ONLY`) may change; ``tests/test_resume.py`` checks that they leave the abstract train
+(their fields say so: ``resumable`` metadata) may change; ``tests/test_resume.py`` checks that they leave the abstract train
 state alone. The comparison is tjx.ckpt's ``config_changes``; what a null optimizer setting stands
 for is tjx.optim's ``with_own_defaults`` (imported on use: the command line stays free of jax).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from tjx import ckpt
-from trainer.schema import ConfigError
+from trainer import sections
+from trainer.config import Config
+from trainer.migrate import migrate
+from trainer.schema import ConfigError, field_map, from_dict, hints
+from trainer.sections import PACKAGE_SECTIONS
 
-#: Keys (or whole sections, ending in ".") a resume may change. Everything else must match: a key
-#: added to the config later is then safe by default.
-TRAINING_ONLY = (
-    "name",
-    "model.attention_impl",
-    "model.remat",
-    "model.compute_dtype",
-    "model.dropout",
-    "model.decode_topk",
-    "data.cache_dir",
-    "optimizer.lr",
-    "optimizer.b1",
-    "optimizer.b2",
-    "optimizer.eps",
-    "optimizer.weight_decay",
-    "optimizer.clip_norm",
-    "optimizer.accumulation_steps",
-    "optimizer.nesterov",
-    "optimizer.schedule.",
-    "train.steps",
-    "train.log_every",
-    "train.eval_every",
-    "train.eval_batches",
-    "train.sample_every",
-    "train.checkpoint_every",
-    "train.stop_at",
-    "train.fit_memory",
-    "train.max_bad_steps",
-    "train.compilation_cache",
-    "train.chunked_ce",
-    "train.ce_chunk_size",
-    "train.z_loss",
-    "train.mlm_probability",
-    "mesh.",
-    "checkpoint.",
-    "logging.",
-    "eval.",
-    "sampling.",
-)
-
-
-def is_training_only(key: str) -> bool:
-    """Whether a resume may change ``key`` (a dotted config path)."""
-    return ckpt.key_matches(key, TRAINING_ONLY)
+def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
+    """Whether a resume may change dotted config ``key``: its field's ``resumable`` metadata, or
+    that of a section holding it (the trainer's own in `Config`, a package section's in the
+    package's class; the model's of ``config``'s kind)."""
+    section = key.split(".")[0]
+    if section in PACKAGE_SECTIONS:
+        return "." in key and sections.resumable(key, config or {})
+    cls: Any = Config
+    for part in key.split("."):
+        fields = field_map(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in fields:
+            return False
+        if fields[part].metadata.get("resumable"):
+            return True
+        cls = hints(cls)[part]
+    return False
 
 
 def _compared(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with its null optimizer settings as the optimizer's own values.
+    """``config`` as today's trainer writes it (older keys migrated, every package key filled
+    in), its null optimizer settings as the optimizer's own values.
 
     Runs saved before those settings could be null hold the old trainer defaults (b2 0.95, ...);
     comparing values, not nulls, shows what really changes: ``optimizer.b2 0.95 → 0.999 (adamw's
@@ -70,13 +48,8 @@ def _compared(config: dict[str, Any]) -> dict[str, Any]:
     """
     from tjx import optim
 
-    section = config.get("optimizer")
-    if not isinstance(section, dict):
-        return config
-    return {
-        **config,
-        "optimizer": optim.with_own_defaults(section, aliases={"lr": "learning_rate"}),
-    }
+    full = from_dict(Config, migrate(config)).to_dict()
+    return {**full, "optimizer": optim.with_own_defaults(full["optimizer"])}
 
 
 def saved_config(run_dir: Path) -> dict[str, Any]:
@@ -114,10 +87,18 @@ def check_resume(run_dir: Path, new: dict[str, Any]) -> dict[str, tuple[Any, Any
     Raises
     ------
     ConfigError
-        ``config.yaml`` is missing or unreadable, or a key outside :data:`TRAINING_ONLY` changed.
+        ``config.yaml`` is missing or unreadable, or a key that is not resumable changed.
     """
-    saved = _compared(saved_config(run_dir))
-    changes = ckpt.config_changes(saved, _compared(new), changeable=TRAINING_ONLY)
+    try:
+        saved = _compared(saved_config(run_dir))
+    except ConfigError as err:
+        raise ConfigError(
+            f"--resume: {ckpt.RunDir(run_dir).config_file} is no config this trainer reads ({err})"
+        ) from None
+    new = _compared(new)
+    keys = set(ckpt.flatten_config(saved)) | set(ckpt.flatten_config(new))
+    changeable = tuple(k for k in keys if is_training_only(k, new))
+    changes = ckpt.config_changes(saved, new, changeable=changeable)
     if changes.refused:
         raise ConfigError(
             f"--resume: the checkpoints in {str(run_dir)!r} cannot continue with "

@@ -38,9 +38,10 @@ def spec(default: Any = dataclasses.MISSING, **meta: Any) -> Any:
     return dataclasses.field(default=default, metadata=meta)
 
 
-def nested(cls: type) -> Any:
-    """A dataclass-valued field defaulting to ``cls()``."""
-    return dataclasses.field(default_factory=cls)
+def nested(cls: type, **meta: Any) -> Any:
+    """A dataclass-valued field defaulting to ``cls()`` (``resumable=True``: a resume may
+    change any of its keys)."""
+    return dataclasses.field(default_factory=cls, metadata=meta)
 
 
 def hints(cls: type) -> dict[str, Any]:
@@ -74,6 +75,8 @@ def type_name(tp: Any) -> str:
     if origin is list:
         (inner,) = typing.get_args(tp)
         return f"a list of {type_name(inner)}"
+    if origin is tuple:
+        return "a list of " + ", ".join(type_name(a) for a in typing.get_args(tp))
     if tp is type(None):
         return "null"
     if dataclasses.is_dataclass(tp):
@@ -87,7 +90,7 @@ def _from_text(text: str, tp: Any, path: str) -> Any:
     Text that does not read as ``tp`` comes back unchanged, for `convert` to reject quoting it.
     """
     word = text.strip()
-    if typing.get_origin(tp) is list:
+    if typing.get_origin(tp) in (list, tuple):
         if not word.startswith("["):
             return [part.strip() for part in word.split(",")] if word else []
         try:
@@ -139,6 +142,12 @@ def convert(
         return from_dict(tp, value, path)  # type: ignore[arg-type]
     if from_text and isinstance(value, str):  # a list's mapping item is already a value
         value = _from_text(value, tp, path)
+    if origin is tuple:  # a fixed-length tuple field (rope_scaling): a list of its item types
+        items = typing.get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(items):
+            raise ConfigError(f"{path}: expected a list of {len(items)} values, got {value!r}")
+        pairs = enumerate(zip(items, value, strict=True))
+        return [convert(t, v, f"{path}[{i}]", from_text=from_text) for i, (t, v) in pairs]
     if origin is list:
         (inner,) = typing.get_args(tp)
         if not isinstance(value, list | tuple):
@@ -234,6 +243,10 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
         if key not in fields:
             allowed = ", ".join(sorted(fields))
             raise ConfigError(f"{key_path}: unknown key; allowed keys here: {allowed}")
+        reader = fields[key].metadata.get("read")  # a package's section reads itself
+        if reader is not None:
+            kwargs[key] = reader(value, key_path)
+            continue
         kwargs[key] = convert(types_[key], value, key_path)
         check_field(fields[key], kwargs[key], key_path)
     return cls(**kwargs)

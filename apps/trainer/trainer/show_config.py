@@ -12,7 +12,9 @@ from typing import Any
 
 from trainer.config import Config
 from trainer.schema import choices, field_map, hints, type_name
+from trainer.sections import expand, fields_of, nested_class, section_class
 
+Row = tuple[str, str, str, str, str]
 #: Bound metadata → how the table words it.
 _BOUNDS = (("min", ">="), ("gt", ">"), ("max", "<="), ("lt", "<"))
 
@@ -34,11 +36,27 @@ def _allowed(f: dataclasses.Field[Any]) -> str:
     return ", ".join(bounds)
 
 
-def rows(cfg: Any, prefix: str = "") -> Iterator[tuple[str, str, str, str, str]]:
+def _package_rows(cls: type, values: dict[str, Any], path: str) -> Iterator[Row]:
+    """The rows of a package section (its class's fields, the model's of its kind)."""
+    for name, (tp, f) in fields_of(cls, path).items():
+        inner = nested_class(tp)
+        if inner is not None:
+            yield from _package_rows(inner, values[name], f"{path}.{name}")
+        else:
+            help_text = str(f.metadata.get("help", ""))
+            yield f"{path}.{name}", type_name(tp), _value(values[name]), _allowed(f), help_text
+
+
+def rows(cfg: Any, prefix: str = "") -> Iterator[Row]:
     """(key, type, value in ``cfg``, allowed, help) of every leaf key of config ``cfg``."""
     types = hints(type(cfg))
     for name, f in field_map(type(cfg)).items():
         key, value = f"{prefix}{name}", getattr(cfg, name)
+        section = f.metadata.get("package")
+        if section is not None:
+            owner = section_class(section, value)
+            yield from _package_rows(owner, expand(owner, value, section), section)
+            continue
         if dataclasses.is_dataclass(value):
             yield from rows(value, f"{key}.")
             continue

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from trainer.config import Config
 from trainer.resolved import Resolved
 from trainer.schema import ConfigError, keyed
 
@@ -29,15 +28,15 @@ class Setup:
     num_params: int
 
 
-def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:
+def _check_pipeline(run: Resolved, batch_ways: int = 1) -> None:
     """mesh.pipeline > 1 needs a decoder whose layers are stacked (scanned), without dropout,
     and sizes that split (tjx.parallel's rules; ``batch_ways`` = data×fsdp once known)."""
     from tjx import parallel
 
-    m, mc = cfg.model, cfg.mesh
+    cfg, m, mc = run.cfg, run.model, run.mesh
     if cfg.task != "lm":
         raise ConfigError(
-            f"mesh.pipeline: only decoders (gpt2, llama) are pipelined; model.kind is {m.kind!r}"
+            f"mesh.pipeline: only decoders (gpt2, llama) are pipelined; model.kind is {cfg.kind!r}"
         )
     if not m.scan_layers:
         raise ConfigError(
@@ -49,30 +48,27 @@ def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:
         parallel.check_pipeline(
             num_layers=m.num_layers,
             stages=mc.pipeline,
-            batch_size=cfg.data.batch_size // cfg.optimizer.accumulation_steps,
+            batch_size=cfg.data.batch_size // run.optimizer.accumulation_steps,
             microbatches=mc.microbatches,
             batch_ways=batch_ways,
             schedule=mc.schedule,
         )
 
 
-def make_mesh(cfg: Config) -> tuple[Any, Any]:
+def make_mesh(run: Resolved) -> tuple[Any, Any]:
     """The device mesh and logical-axis rules; mesh/batch mismatches are config errors."""
     from tjx import parallel
 
-    mc = cfg.mesh
+    cfg, mc = run.cfg, run.mesh
     if mc.pipeline > 1:  # the sizes first: their message is clearer than the mesh's
-        _check_pipeline(cfg)
+        _check_pipeline(run)
     try:
-        mesh_cfg = parallel.MeshConfig(
-            data=mc.data, fsdp=mc.fsdp, tensor=mc.tensor, pipeline=mc.pipeline
-        )
-        mesh = parallel.make_mesh(mesh_cfg)
+        mesh = parallel.make_mesh(mc)
     except ValueError as err:
         raise ConfigError(f"mesh: {err} ({jax.device_count()} devices here)") from None
     if mc.pipeline > 1:  # each microbatch is split over data×fsdp inside its stage
-        _check_pipeline(cfg, parallel.batch_ways(mesh))
-    batch, steps = cfg.data.batch_size, cfg.optimizer.accumulation_steps
+        _check_pipeline(run, parallel.batch_ways(mesh))
+    batch, steps = cfg.data.batch_size, run.optimizer.accumulation_steps
     per_step = f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})"
     with keyed(None):  # its message names the config keys
         parallel.check_batch_split(
@@ -92,12 +88,12 @@ def build(run: Resolved, init_from: str | None = None) -> Setup:
     cfg, model_cfg, vocab_size = run.cfg, run.model, run.vocab_size
     if vocab_size is None:
         raise ValueError("state.build: the run's vocabulary is unknown; pass resolve(cfg, vocab)")
-    mesh, rules = make_mesh(cfg)
+    mesh, rules = make_mesh(run)
     model: nnx.Module
     if init_from is not None:
         # Architecture from the checkpoint; how to train it (scan, remat, kernels, precision,
         # dropout) from the config. Loaded on the host, then placed on the mesh.
-        m = cfg.model
+        m = model_cfg
         with keyed("--init-from", OSError, ValueError):
             model, _ = nn.load_hf(
                 init_from,

@@ -138,7 +138,7 @@ class Training:
         self.objective, self.units_per_step = self.cfg.objective, self.cfg.units_per_step
         self.saved = self.start if self.plan.resume else -1
         # The peak is None (no MFU logged) on CPU and on devices without a figure, silently.
-        peak = metrics.compute_peak_flops(self.cfg.model.compute_dtype, warn=False)
+        peak = metrics.compute_peak_flops(self.setup.nn_config.precision.compute_dtype, warn=False)
         self.meter = metrics.ThroughputMeter(
             flops_per_token=nn.flops_per_unit(self.setup.nn_config, self.cfg.data.seq_len),
             peak_flops_per_device=peak,
@@ -161,7 +161,7 @@ class Training:
             limit_name="train.max_bad_steps",
             advice=DIVERGED_ADVICE,
             # A run may end while a dynamic loss scale backs off (halving from 2**15: 16 skips).
-            end_tolerance=LOSS_SCALE_BACKOFF if cfg.optimizer.loss_scale == "dynamic" else 0,
+            end_tolerance=LOSS_SCALE_BACKOFF if plan.resolved.optimizer.loss_scale else 0,
         )
         stopped_by: str | None = None
         step_done, profiling = start, False
@@ -208,7 +208,7 @@ class Training:
 
         setup = self.setup
         shardings = jax.tree.map(lambda x: x.sharding, self.state)
-        step_fn = jit_train_step(setup, self.cfg, out_shardings=(shardings, None))
+        step_fn = jit_train_step(setup, self.plan.resolved, out_shardings=(shardings, None))
         per_step, unit = self.units_per_step, self.objective.unit
         print(f"model: {setup.num_params:,} parameters; {per_step:,} {unit} per step", flush=True)
         self.meter.reset()

@@ -53,8 +53,9 @@ def main() -> int:
 
     spec = json.loads(sys.argv[1])
     cfg = trainer_config(spec)
-    setup = build_state(resolve(cfg, spec["vocab"]), init_from=spec["weights_dir"])
-    step = jit_train_step(setup, cfg)
+    run = resolve(cfg, spec["vocab"])
+    setup = build_state(run, init_from=spec["weights_dir"])
+    step = jit_train_step(setup, run)
     arrays = np.load(spec["batches"])
     b, s = arrays["inputs"].shape[1:]
     layout = {

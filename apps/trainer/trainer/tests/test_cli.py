@@ -37,7 +37,7 @@ def test_plan_overrides_data_and_profile(in_tmp):
         "--profile-steps",
         "2:4",
     )
-    assert plan.config.optimizer.lr == 0.01
+    assert plan.config.optimizer["schedule"]["peak_lr"] == 0.01
     assert plan.config.data.source == "kjv"
     assert str(plan.run_dir) == "out" and plan.profile == (2, 4)
 

@@ -64,11 +64,10 @@ from tjx.nn.objectives import (
 from tjx.nn.params import LOGICAL_AXES, make_param
 from tjx.nn.params_io import get_flat_params, set_flat_params
 from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, sinusoidal
-from tjx.nn.precision import Precision
+from tjx.nn.precision import DTYPE_NAMES, Precision
 from tjx.nn.registry import MODEL_KINDS, build_model
 from tjx.nn.relative_bias import RelativePositionBias, t5_relative_bucket
 from tjx.nn.seq2seq_generation import generate_seq2seq
-from tjx.nn.settings import config_from_settings
 from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
@@ -78,6 +77,7 @@ __version__ = "0.7.0"
 __all__ = [
     "ACTIVATIONS",
     "ATTENTION_IMPLS",
+    "DTYPE_NAMES",
     "BERT",
     "GPT2",
     "HF_GPT2_FIXED",
@@ -119,7 +119,6 @@ __all__ = [
     "classification_loss",
     "concrete_state",
     "config_from_dict",
-    "config_from_settings",
     "config_param_count",
     "config_to_dict",
     "contrastive_loss",

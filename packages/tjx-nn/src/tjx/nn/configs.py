@@ -25,6 +25,16 @@ REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_output", "save_do
 ATTENTION_TYPES = ("mha", "mla")
 
 
+def setting(default: Any, *, factory: bool = False, **meta: Any) -> Any:
+    """A config field with its metadata: ``help`` (one line), ``choices`` (the allowed values)
+    and ``resumable`` (a run resumed from a checkpoint may change it: the parameters keep their
+    shapes and meaning). Apps read them to list, document and check the fields (the trainer's
+    ``model:`` section is these classes), so a new field is one line here."""
+    if factory:
+        return dataclasses.field(default_factory=default, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
 def _choice(cls: str, field: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{cls}.{field} must be one of {allowed}; got {value!r}")
@@ -67,37 +77,39 @@ class TransformerConfig:
 
     unused_fields: ClassVar[Mapping[str, str]] = {}
 
-    vocab_size: int = 50257
-    max_seq_len: int = 1024
-    d_model: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    num_kv_heads: int | None = None
-    head_dim: int | None = None
-    mlp_dim: int | None = None
-    mlp_activation: str = "gelu"
-    norm: str = "layernorm"
-    norm_eps: float = 1e-5
-    norm_position: str = "pre"
-    position: str = "learned"
-    rope_theta: float = 10000.0
-    rope_scaling: tuple[float, float, float, int] | None = None
-    relative_buckets: int = 32
-    relative_max_distance: int = 128
-    use_bias: bool = True
-    qkv_bias: bool = False
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
-    tie_embeddings: bool = True
-    attention_impl: str = "auto"
-    scan_layers: bool = False
-    remat: str = "none"
-    precision: Any = dataclasses.field(default_factory=Precision)
-    init_std: float = 0.02
-    scaled_residual_init: bool = True
-    attention_type: str = "mha"
-    kv_latent_dim: int | None = None
-    decode_topk: int | None = None
+    vocab_size: int = setting(50257, help="tokens in the vocabulary (embedding and output rows)")
+    max_seq_len: int = setting(1024, help="longest sequence (the learned position table's size)")
+    d_model: int = setting(768, help="residual width")
+    num_layers: int = setting(12, help="transformer blocks")
+    num_heads: int = setting(12, help="attention (query) heads")
+    num_kv_heads: int | None = setting(None, help="key/value heads (grouped-query attention); None: num_heads")
+    head_dim: int | None = setting(None, help="width of one head; None: d_model // num_heads")
+    mlp_dim: int | None = setting(None, help="MLP hidden width; None: the family's (4 d_model; LLaMA 8/3 d_model to 64)")
+    mlp_activation: str = setting("gelu", choices=ACTIVATIONS, help="MLP activation (swiglu, geglu: gated)")
+    norm: str = setting("layernorm", choices=NORMS, help="normalisation layer")
+    norm_eps: float = setting(1e-5, help="the norm's epsilon")
+    norm_position: str = setting("pre", choices=NORM_POSITIONS, help="norm before (pre) or after (post) each sublayer")
+    position: str = setting("learned", choices=POSITIONS, help="position encoding (t5: bucketed relative bias)")
+    rope_theta: float = setting(10000.0, help="rope's base wavelength (Llama 3: 500000)")
+    rope_scaling: tuple[float, float, float, int] | None = setting(None, help="Llama 3 rope scaling [factor, low_freq_factor, high_freq_factor, original_max_positions]")
+    relative_buckets: int = setting(32, help="position=t5: buckets (even, >= 4)")
+    relative_max_distance: int = setting(128, help="position=t5: longest bucketed distance")
+    use_bias: bool = setting(True, help="biases of dense layers and LayerNorms")
+    qkv_bias: bool = setting(False, help="query/key/value biases even without use_bias (Qwen2)")
+    dropout: float = setting(0.0, resumable=True, help="dropout rate of the residual branches and embeddings")
+    attention_dropout: float = setting(0.0, resumable=True, help="dropout rate of the attention weights (XLA path)")
+    tie_embeddings: bool = setting(True, help="the output head reuses the input embedding")
+    attention_impl: str = setting("auto", choices=ATTENTION_IMPLS, resumable=True, help="attention kernel; auto: tjx.kernels picks by measurement")
+    scan_layers: bool = setting(False, help="one scan over the layers (stacked weights): faster compiles")
+    remat: str = setting("none", choices=REMAT_POLICIES, resumable=True, help="what the backward pass recomputes instead of storing")
+    precision: Precision = setting(
+        Precision, factory=True, help="parameter and compute dtypes (param_dtype, compute_dtype)"
+    )
+    init_std: float = setting(0.02, help="std of the initial weights")
+    scaled_residual_init: bool = setting(True, help="residual output projections init / sqrt(2 num_layers) (GPT-2)")
+    attention_type: str = setting("mha", choices=ATTENTION_TYPES, help="mla: keys/values from one low-rank latent per token")
+    kv_latent_dim: int | None = setting(None, help="attention_type=mla: the latent's size")
+    decode_topk: int | None = setting(None, resumable=True, help="decoding attends to the top-k cached keys only; None: all")
 
     def __post_init__(self) -> None:
         cls = type(self).__name__
@@ -269,13 +281,13 @@ class BertConfig(TransformerConfig):
 
     vocab_size: int = 30522
     max_seq_len: int = 512
-    type_vocab_size: int = 2
+    type_vocab_size: int = setting(2, help="BERT: token types (segments A/B)")
     norm_position: str = "post"
     norm_eps: float = 1e-12
     mlp_activation: str = "gelu_exact"
     scaled_residual_init: bool = False
-    num_labels: int | None = None
-    pad_id: int = 0
+    num_labels: int | None = setting(None, help="BERT: classes of a sequence-classification head; None: none")
+    pad_id: int = setting(0, help="BERT: the padding token's id (not attended to)")
     unused_fields: ClassVar[Mapping[str, str]] = {
         "tie_embeddings": "BERT's MLM head always shares the token embedding",
         "decode_topk": "only decoders decode (BERT does not)",
@@ -295,10 +307,10 @@ class ViTConfig(TransformerConfig):
     """Vision Transformer on ``[b, h, w, c]`` images: patch embedding, class token, classifier."""
 
     vocab_size: int = 0
-    image_size: int = 224
-    patch_size: int = 16
-    num_channels: int = 3
-    num_classes: int = 1000
+    image_size: int = setting(224, help="ViT: the images' side in pixels")
+    patch_size: int = setting(16, help="ViT: a patch's side in pixels (divides image_size)")
+    num_channels: int = setting(3, help="ViT: colour channels of the images")
+    num_classes: int = setting(1000, help="ViT: classes of the head")
     max_seq_len: int = 0
     mlp_activation: str = "gelu_exact"
     norm_eps: float = 1e-6
@@ -335,8 +347,8 @@ class ViTConfig(TransformerConfig):
 class EncoderDecoderConfig(TransformerConfig):
     """Encoder-decoder (Vaswani/T5 style) with shared embeddings; layer counts per side."""
 
-    num_encoder_layers: int | None = None
-    num_decoder_layers: int | None = None
+    num_encoder_layers: int | None = setting(None, help="encoder blocks; None: num_layers")
+    num_decoder_layers: int | None = setting(None, help="decoder blocks; None: num_layers")
     position: str = "sinusoidal"
     scaled_residual_init: bool = False
 

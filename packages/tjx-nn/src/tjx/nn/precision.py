@@ -7,13 +7,16 @@ statistics, softmax and logits always run in float32 regardless of the policy (s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 _PRESETS = ("fp32", "bf16", "pure_bf16", "fp16")
+#: The dtypes tjx trains in, by name (a config file's values; Python code may pass any floating
+#: dtype).
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -28,8 +31,18 @@ class Precision:
         Dtype activations and matmul inputs are cast to.
     """
 
-    param_dtype: Any = jnp.float32
-    compute_dtype: Any = jnp.float32
+    param_dtype: Any = field(
+        default=jnp.float32,
+        metadata={"choices": DTYPE_NAMES, "help": "dtype the weights are stored and updated in"},
+    )
+    compute_dtype: Any = field(
+        default=jnp.float32,
+        metadata={
+            "choices": DTYPE_NAMES,
+            "resumable": True,
+            "help": "dtype of the forward and backward matmuls",
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("param_dtype", "compute_dtype"):

@@ -43,7 +43,6 @@ from tjx.optim.schedules import (
     warmup_stable_decay,
     with_warmup,
 )
-from tjx.optim.settings import config_from_settings
 from tjx.optim.transforms import (
     ClipStatsState,
     ScheduleStatsState,
@@ -71,7 +70,6 @@ __all__ = [
     "build_schedule",
     "check_precision",
     "clip_by_global_norm_with_stats",
-    "config_from_settings",
     "constant",
     "cosine_decay",
     "decay_mask",

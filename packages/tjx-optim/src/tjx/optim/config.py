@@ -17,6 +17,7 @@ from numpy import bool_ as np_bool
 
 __all__ = [
     "ACCUMULATION_MODES",
+    "DEFAULT_LEARNING_RATES",
     "LOSS_SCALES",
     "OPTIMIZER_NAMES",
     "SCHEDULE_NAMES",
@@ -41,6 +42,27 @@ WSD_DEFAULTS: Mapping[str, Any] = {"decay_fraction": 0.2, "decay_shape": "linear
 OPTIMIZER_NAMES: tuple[str, ...] = ("adamw", "adam", "sgd", "lamb", "lion", "adafactor", "muon")
 LOSS_SCALES: tuple[str | None, ...] = (None, "dynamic")
 ACCUMULATION_MODES: tuple[str, ...] = ("scan", "multi_steps")
+
+
+#: The peak rate each optimizer gets when none is given (a schedule's ``peak_lr`` left None, or no
+#: rate and no schedule at all): one rate for all would be far off for most of them.
+DEFAULT_LEARNING_RATES: Mapping[str, float] = {
+    "adamw": 3e-4,
+    "adam": 3e-4,
+    "sgd": 1e-2,
+    "lamb": 1e-3,
+    "lion": 1e-4,
+    "adafactor": 1e-2,
+    "muon": 2e-2,
+}
+
+
+def setting(default: Any, **meta: Any) -> Any:
+    """A config field with its metadata: ``help`` (one line), ``choices`` (allowed values) and
+    ``resumable`` (a run resumed from a checkpoint may change it: the optimizer state keeps its
+    shapes and meaning). Apps read them to list, document and check the fields (the trainer's
+    ``optimizer:`` section is these classes), so a new field is one line here."""
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def _choice(field: str, value: object, allowed: tuple[Any, ...]) -> None:
@@ -107,18 +129,21 @@ class ScheduleConfig:
       other schedules have no decay phase of their own and refuse a value (it would do nothing).
     """
 
-    name: str = "cosine"
-    peak_lr: float = 3e-4
-    warmup_steps: int = 0
-    total_steps: int = 10_000
-    min_lr_ratio: float = 0.1
-    init_lr_ratio: float = 0.0
-    decay_fraction: float | None = None
-    decay_shape: str | None = None
+    name: str = setting("cosine", choices=SCHEDULE_NAMES, help="learning-rate schedule")
+    peak_lr: float | None = setting(
+        None, help="the peak rate; None: the optimizer's DEFAULT_LEARNING_RATES entry"
+    )
+    warmup_steps: int = setting(0, help="linear warmup steps from init_lr_ratio x peak_lr")
+    total_steps: int = setting(10_000, help="steps the schedule spans (the trainer: train.steps)")
+    min_lr_ratio: float = setting(0.1, help="final rate as a fraction of the peak")
+    init_lr_ratio: float = setting(0.0, help="the warmup's first rate as a fraction of the peak")
+    decay_fraction: float | None = setting(None, help="wsd: share of the steps decaying; None: 0.2")
+    decay_shape: str | None = setting(None, choices=WSD_DECAY_SHAPES, help="wsd: the decay's shape; None: linear")
 
     def __post_init__(self) -> None:
         _choice("ScheduleConfig.name", self.name, SCHEDULE_NAMES)
-        _number("ScheduleConfig.peak_lr", self.peak_lr, low=0.0, low_open=True)
+        if self.peak_lr is not None:  # None: OptimizerConfig fills in its optimizer's rate
+            _number("ScheduleConfig.peak_lr", self.peak_lr, low=0.0, low_open=True)
         _number("ScheduleConfig.total_steps", self.total_steps, low=1, integer=True)
         _number("ScheduleConfig.warmup_steps", self.warmup_steps, low=0, integer=True)
         if self.warmup_steps > self.total_steps:
@@ -241,38 +266,41 @@ class OptimizerConfig:
       ``muon_dimension_numbers``.
     """
 
-    name: str = "adamw"
-    learning_rate: float | None = None
-    schedule: ScheduleConfig | None = None
-    b1: float | None = None
-    b2: float | None = None
-    eps: float | None = None
-    weight_decay: float | None = None
-    momentum: float | None = None
-    nesterov: bool | None = None
-    clip_norm: float | None = 1.0
-    skip_nonfinite: bool = True
-    loss_scale: str | None = None
-    loss_scale_init: float = 2.0**15
-    loss_scale_growth_interval: int = 2000
-    loss_scale_min: float = 1.0
-    loss_scale_max: float = 2.0**24
-    accumulation_steps: int = 1
-    accumulation_mode: str = "scan"
-    decay_mask_regex: str | None = None
-    no_decay_regex: str | None = None
-    adafactor_factored: bool = True
-    adafactor_min_dim_size_to_factor: int = 128
-    muon_ns_steps: int = 5
-    muon_adam_lr_ratio: float = 1.0
-    muon_stacked_layers: bool | None = None
-    muon_exclude_regex: str | None = None
+    name: str = setting("adamw", choices=OPTIMIZER_NAMES, help="the optimizer")
+    learning_rate: float | None = setting(None, help="a constant rate instead of a schedule (not with schedule)")
+    schedule: ScheduleConfig | None = setting(None, resumable=True, help="the learning-rate schedule (ScheduleConfig)")
+    b1: float | None = setting(None, resumable=True, help="first-moment decay; None: the optimizer's own default")
+    b2: float | None = setting(None, resumable=True, help="second-moment decay; None: the optimizer's own default")
+    eps: float | None = setting(None, resumable=True, help="denominator epsilon; None: the optimizer's own default")
+    weight_decay: float | None = setting(None, resumable=True, help="decoupled (adam, sgd: L2) weight decay; None: the optimizer's own default")
+    momentum: float | None = setting(None, help="sgd and muon only: momentum; None: the optimizer's own default")
+    nesterov: bool | None = setting(None, resumable=True, help="sgd and muon only: Nesterov momentum; None: the optimizer's own default")
+    clip_norm: float | None = setting(1.0, resumable=True, help="global gradient-norm clipping; None: none")
+    skip_nonfinite: bool = setting(True, help="skip an update whose gradients are not finite")
+    loss_scale: str | None = setting(None, choices=LOSS_SCALES, help="dynamic loss scaling (float16); None: none")
+    loss_scale_init: float = setting(2.0**15, help="dynamic loss scaling: the first scale")
+    loss_scale_growth_interval: int = setting(2000, help="dynamic loss scaling: good steps before doubling")
+    loss_scale_min: float = setting(1.0, help="dynamic loss scaling: the smallest scale")
+    loss_scale_max: float = setting(2.0**24, help="dynamic loss scaling: the largest scale")
+    accumulation_steps: int = setting(1, resumable=True, help="micro-batches per step (gradient accumulation)")
+    accumulation_mode: str = setting("scan", choices=ACCUMULATION_MODES, help="scan: one step sums micro-batches; multi_steps: optax.MultiSteps")
+    decay_mask_regex: str | None = setting(None, help="decay only parameters whose path matches; None: by logical axis")
+    no_decay_regex: str | None = setting(None, help="never decay parameters whose path matches")
+    adafactor_factored: bool = setting(True, help="adafactor: factored second moments")
+    adafactor_min_dim_size_to_factor: int = setting(128, help="adafactor: smallest dimension factored")
+    muon_ns_steps: int = setting(5, help="muon: Newton-Schulz iterations")
+    muon_adam_lr_ratio: float = setting(1.0, help="muon: AdamW's rate on non-matrix parameters / muon's")
+    muon_stacked_layers: bool | None = setting(None, help="muon: weights stacked over layers; None: from the axes")
+    muon_exclude_regex: str | None = setting(None, help="muon: matrices left to AdamW (path regex)")
 
     def __post_init__(self) -> None:
         _choice("OptimizerConfig.name", self.name, OPTIMIZER_NAMES)
         if isinstance(self.schedule, Mapping):
             # YAML gives a mapping; frozen dataclass, so set through object.__setattr__.
             object.__setattr__(self, "schedule", ScheduleConfig.from_dict(self.schedule))
+        if isinstance(self.schedule, ScheduleConfig) and self.schedule.peak_lr is None:
+            rate = DEFAULT_LEARNING_RATES.get(self.name)  # an unknown name is refused below
+            object.__setattr__(self, "schedule", dataclasses.replace(self.schedule, peak_lr=rate))
         if self.schedule is not None and not isinstance(self.schedule, ScheduleConfig):
             raise ValueError(
                 f"OptimizerConfig.schedule={self.schedule!r} must be a ScheduleConfig, a mapping "

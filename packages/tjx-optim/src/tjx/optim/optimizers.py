@@ -20,7 +20,7 @@ from typing import Any
 import optax
 from optax import contrib
 
-from tjx.optim.config import OptimizerConfig
+from tjx.optim.config import DEFAULT_LEARNING_RATES, OptimizerConfig
 from tjx.optim.loss_scale import dynamic_loss_scale
 from tjx.optim.masks import decay_mask
 from tjx.optim.muon import muon_dimension_numbers
@@ -32,18 +32,6 @@ from tjx.optim.transforms import (
 )
 
 __all__ = ["DEFAULT_LEARNING_RATES", "build_optimizer", "learning_rate_schedule", "optimizer_core"]
-
-# The constant rate used when neither learning_rate nor schedule is set.
-DEFAULT_LEARNING_RATES: dict[str, float] = {
-    "adamw": 3e-4,
-    "adam": 3e-4,
-    "sgd": 1e-2,
-    "lamb": 1e-3,
-    "lion": 1e-4,
-    "adafactor": 1e-2,
-    "muon": 2e-2,
-}
-
 
 def learning_rate_schedule(config: OptimizerConfig) -> optax.ScalarOrSchedule:
     """``build_schedule(config.schedule)``, else ``config.learning_rate``, else the default."""

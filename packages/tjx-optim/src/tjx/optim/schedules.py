@@ -132,6 +132,11 @@ def build_schedule(config: ScheduleConfig) -> optax.Schedule:
     optax.Schedule
         ``step -> learning rate``, jit-friendly (``step`` may be a traced int32).
     """
+    if config.peak_lr is None:
+        raise ValueError(
+            "ScheduleConfig.peak_lr is None: give the peak rate, or build the schedule through "
+            "OptimizerConfig(schedule=...), which fills in its optimizer's default rate"
+        )
     peak = float(config.peak_lr)
     floor = peak * config.min_lr_ratio
     init = peak * config.init_lr_ratio

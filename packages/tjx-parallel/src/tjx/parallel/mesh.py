@@ -13,7 +13,14 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh
 
+from tjx.parallel.rules import STRATEGIES
+from tjx.parallel.schedule import SCHEDULES
+
 __all__ = ["BATCH_AXES", "MESH_AXES", "MeshConfig", "batch_ways", "check_batch_split", "make_mesh"]
+
+def _setting(default: Any, help_text: str, **meta: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help_text, "resumable": True, **meta})
+
 
 #: Mesh axis names, outermost (least communication) to innermost (most communication).
 MESH_AXES: tuple[str, str, str, str] = ("pipeline", "data", "fsdp", "tensor")
@@ -40,14 +47,37 @@ class MeshConfig:
         per stage (see :mod:`tjx.parallel.pipeline`). Outermost axis: it only sends activations
         between neighbours. Default 1 (a size-1 axis changes nothing). Last field, so the
         positional order of the older three is kept.
+    strategy : str
+        How logical axes map onto these mesh axes: a name of `STRATEGIES` (`rules_for`).
+        Default ``"dp"``.
+    microbatches : int
+        Pipeline microbatches per step (with ``pipeline > 1``; `pipeline_loss`). Default 4.
+    schedule : str
+        Pipeline schedule, one of `SCHEDULES` (``"gpipe"``, ``"1f1b"``). Default ``"gpipe"``.
+
+    Each field's metadata holds its ``help`` line and ``resumable: True``: a run resumed from a
+    checkpoint may lay its state out on another mesh (apps list and document fields from them).
     """
 
-    data: int = -1
-    fsdp: int = 1
-    tensor: int = 1
-    pipeline: int = 1
+    data: int = _setting(-1, "data-parallel size (-1: all remaining devices)")
+    fsdp: int = _setting(1, "fully sharded data-parallel size (-1: all remaining devices)")
+    tensor: int = _setting(1, "tensor-parallel size (kept inside one host)")
+    pipeline: int = _setting(1, "pipeline stages (layers split into runs of equal length)")
+    strategy: str = _setting(
+        "dp", "which logical axes map to which mesh axes (rules_for)", choices=STRATEGIES
+    )
+    microbatches: int = _setting(4, "pipeline microbatches per step (pipeline > 1)")
+    schedule: str = _setting("gpipe", "pipeline schedule (pipeline > 1)", choices=SCHEDULES)
 
     def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"MeshConfig.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"MeshConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if isinstance(self.microbatches, bool) or not isinstance(self.microbatches, int):
+            raise ValueError(f"MeshConfig.microbatches must be an int, got {self.microbatches!r}")
+        if self.microbatches < 1:
+            raise ValueError(f"MeshConfig.microbatches must be >= 1, got {self.microbatches}")
         sizes = self.sizes_or_minus_one()
         for name, size in zip(MESH_AXES, sizes, strict=False):
             if not isinstance(size, int) or isinstance(size, bool):

@@ -92,9 +92,9 @@ CASES = [
     (
         "negative-lr",
         T,
-        [*TINY, "--set", "optimizer.lr=-1"],
+        [*TINY, "--set", "optimizer.schedule.peak_lr=-1"],
         None,
-        "optimizer.lr: -1.0 is too small",
+        "optimizer.schedule.peak_lr=-1.0 is out of range",
     ),
     ("bad-choice", T, [*TINY, "--set", "model.kind=rnn"], None, "model.kind: 'rnn' is not allowed"),
     (
@@ -119,7 +119,7 @@ CASES = [
         "optimizer.accumulation_steps: 3 must divide data.batch_size",
     ),
     ("bad-sink", T, [*TINY, "--set", "logging.sinks=[slack]"], None, "'slack' is not allowed"),
-    ("set-without-value", T, [*TINY, "--set", "optimizer.lr"], None, "expected KEY=VALUE"),
+    ("set-without-value", T, [*TINY, "--set", "optimizer.schedule.peak_lr"], None, "expected KEY=VALUE"),
     ("set-a-section", T, [*TINY, "--set", "optimizer=1"], None, "optimizer: is a section"),
     ("missing-data-file", T, [*TINY, "--data", "./nope.txt"], None, "data.source: no such file"),
     ("empty-data-file", T, [*TINY, "--data", "./empty.txt"], _empty_text, "empty"),
@@ -214,14 +214,14 @@ CASES = [
         None,
         "optimizer.schedule.warmup_steps=50 is longer",
     ),
-    ("fp16-params", T, [*TINY, "--set", "model.param_dtype=float16"], None, "float16 parameters"),
-    ("fp16-no-scaling", T, [*TINY, "--set", "model.compute_dtype=float16"], None, "'dynamic'"),
+    ("fp16-params", T, [*TINY, "--set", "model.precision.param_dtype=float16"], None, "float16 parameters"),
+    ("fp16-no-scaling", T, [*TINY, "--set", "model.precision.compute_dtype=float16"], None, "'dynamic'"),
     (
         "two-free-mesh-axes",
         T,
         [*TINY, "--set", "mesh.data=-1", "--set", "mesh.fsdp=-1"],
         None,
-        "only one of mesh.data and mesh.fsdp",
+        "mesh: at most one of data, fsdp, tensor and pipeline may be -1",
     ),
     (
         "keep-best-without-eval",
@@ -290,13 +290,13 @@ DIVERGED = [
     (
         "fp16-dynamic-scale-lr10",
         [
-            "model.compute_dtype=float16",
+            "model.precision.compute_dtype=float16",
             "optimizer.loss_scale=dynamic",
-            "optimizer.lr=10",
+            "optimizer.schedule.peak_lr=10",
             "optimizer.clip_norm=null",
         ],
     ),
-    ("sgd-lr10", ["optimizer.name=sgd", "optimizer.lr=10", "optimizer.clip_norm=null"]),
+    ("sgd-lr10", ["optimizer.name=sgd", "optimizer.schedule.peak_lr=10", "optimizer.clip_norm=null"]),
 ]
 
 

@@ -44,7 +44,7 @@ SETS = [
     "train.eval_batches=1",
     "train.sample_every=0",
     "train.checkpoint_every=20",
-    "optimizer.lr=3e-3",
+    "optimizer.schedule.peak_lr=3e-3",
     "optimizer.schedule.warmup_steps=0",
     "logging.sinks=[jsonl]",
 ]

@@ -34,7 +34,7 @@ def test_init_from_a_hf_folder(tmp_path):
         "train.sample_every=0",
         "train.checkpoint_every=1",
         "sampling.max_new_tokens=4",
-        "optimizer.lr=1e-12",
+        "optimizer.schedule.peak_lr=1e-12",
         "optimizer.schedule.warmup_steps=0",
         "optimizer.weight_decay=0.0",
         "logging.sinks=[jsonl]",

@@ -86,7 +86,7 @@ def fate(row: Row, unigram: float | None) -> str:
 #: gradient: at the CPU scale no AdamW rate made the raw config diverge while the fixes learned.)
 DEPTH_OPTIMIZER = (
     "optimizer.name=sgd",
-    "optimizer.lr=1.0",
+    "optimizer.schedule.peak_lr=1.0",
     "optimizer.b1=null",
     "optimizer.b2=null",
     "optimizer.eps=null",
@@ -209,7 +209,7 @@ def schedule_runs(scale: str) -> list[RunSpec]:
         for warm in (True, False):
             if lr == PRESET_LR and warm:
                 continue  # that is the "constant" schedule above
-            sets = (*common, f"{s}=constant", f"optimizer.lr={lr:g}")
+            sets = (*common, f"{s}=constant", f"optimizer.schedule.peak_lr={lr:g}")
             sets += () if warm else ("optimizer.schedule.warmup_steps=0",)
             runs.append(RunSpec(pair_label(lr, warm), sets, group=f"lr {lr:g}"))
     return smoke_pick(scale, runs, "cosine", pair_label(PRESET_LR, False))

@@ -83,10 +83,10 @@ POSITIONS_STUDY = Study(
 
 def precision_runs(scale: str) -> list[RunSpec]:
     runs = [
-        RunSpec("fp32", base(scale, "model.compute_dtype=float32")),
-        RunSpec("bf16 compute", base(scale, "model.compute_dtype=bfloat16")),
+        RunSpec("fp32", base(scale, "model.precision.compute_dtype=float32")),
+        RunSpec("bf16 compute", base(scale, "model.precision.compute_dtype=bfloat16")),
         RunSpec("fp16 + dynamic loss scale",
-                base(scale, "model.compute_dtype=float16", "optimizer.loss_scale=dynamic")),
+                base(scale, "model.precision.compute_dtype=float16", "optimizer.loss_scale=dynamic")),
     ]  # fmt: skip
     return smoke_pick(scale, runs, "fp32", "bf16 compute")
 
@@ -129,7 +129,7 @@ def precision_conclude(rows: list[Row], scale: str) -> list[str]:
 #: losses.py, the attention kernels): the bf16 run is already "bf16 with norms, softmax and loss
 #: in float32", so its cost comes from what is left in bf16.
 F32_PARTS = (
-    "tjx-nn already keeps in float32, whatever model.compute_dtype says: the parameters and "
+    "tjx-nn already keeps in float32, whatever model.precision.compute_dtype says: the parameters and "
     "optimizer state, the layer-norm statistics, the attention softmax, the output logits and the "
     "loss; the bf16 run differs from fp32 only in the matmul inputs and the activations "
     "(residual stream included) carried between them, so any cost of bf16 here comes from those."
@@ -141,7 +141,7 @@ PRECISION_STUDY = Study(
     title="Precision: fp32, bf16 compute, fp16 with dynamic loss scaling",
     question="How much do bf16 and fp16 (dynamic loss scaling) change the final loss, the speed "
     "and the compiled memory of the step?",
-    varied="model.compute_dtype (float32 / bfloat16 / float16 + optimizer.loss_scale=dynamic)",
+    varied="model.precision.compute_dtype (float32 / bfloat16 / float16 + optimizer.loss_scale=dynamic)",
     fixed="fp32 parameters and optimizer state (norm statistics, softmax, logits and loss are "
     "float32 in every config), model, data, optimizer, steps; 3 seeds per config",
     runs=precision_runs,
@@ -164,7 +164,7 @@ OPTIMIZERS = {"adamw": 3e-3, "adam": 3e-3, "sgd": 0.1, "lamb": 3e-3, "lion": 3e-
 
 def optimizer_spec(scale: str, name: str, lr: float) -> RunSpec:
     """One optimizer at one rate; weight decay and betas are its tjx.optim defaults (null)."""
-    sets = base(scale, f"optimizer.name={name}", f"optimizer.lr={lr:.3g}",
+    sets = base(scale, f"optimizer.name={name}", f"optimizer.schedule.peak_lr={lr:.3g}",
                 "optimizer.b1=null", "optimizer.b2=null", "optimizer.eps=null",
                 "optimizer.weight_decay=null")  # fmt: skip
     return RunSpec(f"{name} lr={lr:.3g}", sets, group=name, params=(("lr", lr), ("scale", scale)))
@@ -202,7 +202,7 @@ OPTIMIZER_STUDY = Study(
     question="With each optimizer at the best learning rate of a small sweep and the same "
     "token budget, which reaches the lowest validation loss?",
     varied="optimizer.name (AdamW, Adam, SGD+momentum, LAMB, Lion, Adafactor, Muon) × "
-    "optimizer.lr (a sweep around a per-optimizer centre)",
+    "optimizer.schedule.peak_lr (a sweep around a per-optimizer centre)",
     fixed="model, data, steps × batch (the token budget), cosine schedule with warmup, clipping "
     "at 1.0; 3 seeds per point; betas/eps/weight decay are each optimizer's tjx.optim default",
     runs=optimizer_runs,

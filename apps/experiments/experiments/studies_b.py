@@ -17,7 +17,7 @@ MEMORY_SHAPES: dict[str, dict[str, tuple[str, ...]]] = {
     "cpu": {"gpt2 (4 layers, 256 wide)": (
         "model.num_layers=4", "model.d_model=256", "model.num_heads=4", "model.mlp_dim=1024",
         "model.max_seq_len=256", "data.seq_len=256", "data.batch_size=8", "model.scan_layers=true",
-        "model.compute_dtype=float32", "train.fit_memory=false")},
+        "model.precision.compute_dtype=float32", "train.fit_memory=false")},
     "gpu": {"gpt2_small": ("model.scan_layers=true", "train.fit_memory=false"),
             "gpt2_medium": ("model.scan_layers=true", "data.batch_size=8",
                             "train.fit_memory=false")},
@@ -153,14 +153,14 @@ SPEED_SHAPE = {"smoke": (), "cpu": ("train.eval_every=20", "train.eval_batches=4
 def speed_runs(scale: str) -> list[RunSpec]:
     batch = shape_value(scale, "data.batch_size")
     common = base(scale, *SPEED_SHAPE[scale], "data.tokenizer=byte", "model.vocab_size=null",
-                  "model.num_kv_heads=null", "model.compute_dtype=" +
+                  "model.num_kv_heads=null", "model.precision.compute_dtype=" +
                   ("bfloat16" if scale == "gpu" else "float32"))  # fmt: skip
     runs = [
-        RunSpec("adamw 3e-3", (*common, "optimizer.lr=3e-3")),
-        RunSpec("adamw 1e-2", (*common, "optimizer.lr=1e-2")),
-        RunSpec("muon 2e-2", (*common, "optimizer.name=muon", "optimizer.lr=2e-2",
+        RunSpec("adamw 3e-3", (*common, "optimizer.schedule.peak_lr=3e-3")),
+        RunSpec("adamw 1e-2", (*common, "optimizer.schedule.peak_lr=1e-2")),
+        RunSpec("muon 2e-2", (*common, "optimizer.name=muon", "optimizer.schedule.peak_lr=2e-2",
                               "optimizer.b1=null", "optimizer.b2=null", "optimizer.eps=null")),
-        RunSpec("adamw 1e-2, batch ×2", (*common, "optimizer.lr=1e-2",
+        RunSpec("adamw 1e-2, batch ×2", (*common, "optimizer.schedule.peak_lr=1e-2",
                                          f"data.batch_size={2 * batch}")),
     ]  # fmt: skip
     return [

@@ -24,6 +24,16 @@ RENAMED = {
 #: of a GPT-2 run lists ViT's image size) or never reads it (BERT's always-tied head).
 _OLD_DEFAULTS = {"image_size": 8, "patch_size": 2, "num_classes": 10, "tie_embeddings": True}
 _KIND_FIELDS = {"vit": ("image_size", "patch_size", "num_classes")}
+RENAMED_IN = ("model", "optimizer")
+
+
+def written_by_v08(data: Any) -> bool:
+    """Whether config ``data`` is a ``config.yaml`` trainer 0.8 saved (it wrote every key, the
+    renamed ones included)."""
+    model, optimizer = (data.get(k) if isinstance(data, dict) else None for k in RENAMED_IN)
+    return isinstance(model, dict) and "compute_dtype" in model or (
+        isinstance(optimizer, dict) and "lr" in optimizer
+    )
 
 
 def renamed(key: str) -> str:

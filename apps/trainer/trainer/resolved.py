@@ -31,8 +31,8 @@ def _reworded(err: ValueError, words: dict[str, str]) -> ConfigError:
     naming no key names the section (the first of ``words``' values)."""
     pattern = "|".join(re.escape(theirs) for theirs in words)
     text = re.sub(pattern, lambda match: words[match.group()], str(err)).replace("to None", "to null")
-    section = next(iter(words.values())).split(".")[0]
-    return ConfigError(text if text.startswith(section) else f"{section}: {text}")
+    keys = tuple(dict.fromkeys(v.split(".")[0].split("=")[0] for v in words.values()))
+    return ConfigError(text if text.startswith(keys) else f"{keys[0]}: {text}")
 
 
 def model_config(cfg: Config, vocab_size: int) -> Any:
@@ -89,7 +89,7 @@ def mesh_config(cfg: Config) -> Any:
     try:
         return parallel.MeshConfig(**cfg.mesh)
     except ValueError as err:
-        raise _reworded(err, {"MeshConfig.": "mesh."}) from None
+        raise _reworded(err, {"MeshConfig.": "mesh.", "MeshConfig: ": "mesh: "}) from None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 from tjx import ckpt
 from trainer import sections
 from trainer.config import Config
-from trainer.migrate import migrate
+from trainer.migrate import migrate, written_by_v08
 from trainer.schema import ConfigError, field_map, from_dict, hints
 from trainer.sections import PACKAGE_SECTIONS
 
@@ -39,8 +39,10 @@ def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
 
 
 def _compared(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` as today's trainer writes it (older keys migrated, every package key filled
-    in), its null optimizer settings as the optimizer's own values.
+    """``config`` with its null optimizer settings as the optimizer's own values; a
+    ``config.yaml`` of trainer 0.8 as today's trainer writes it (keys migrated, the package keys
+    it could not set filled with the values it ran with: their defaults). A key missing from a
+    file written since stays missing, so a key added later must match unless it is resumable.
 
     Runs saved before those settings could be null hold the old trainer defaults (b2 0.95, ...);
     comparing values, not nulls, shows what really changes: ``optimizer.b2 0.95 → 0.999 (adamw's
@@ -48,8 +50,15 @@ def _compared(config: dict[str, Any]) -> dict[str, Any]:
     """
     from tjx import optim
 
-    full = from_dict(Config, migrate(config)).to_dict()
-    return {**full, "optimizer": optim.with_own_defaults(full["optimizer"])}
+    full = from_dict(Config, migrate(config)).to_dict() if written_by_v08(config) else config
+    if not isinstance(full.get("optimizer"), dict):
+        return full
+    section = optim.with_own_defaults(full["optimizer"])
+    schedule = section.get("schedule")
+    if isinstance(schedule, dict) and schedule.get("peak_lr") is None:  # the optimizer's own rate
+        own = optim.with_own_defaults({"name": section["name"], "learning_rate": None})
+        section["schedule"] = {**schedule, "peak_lr": own["learning_rate"]}
+    return {**full, "optimizer": section}
 
 
 def saved_config(run_dir: Path) -> dict[str, Any]:
@@ -89,8 +98,9 @@ def check_resume(run_dir: Path, new: dict[str, Any]) -> dict[str, tuple[Any, Any
     ConfigError
         ``config.yaml`` is missing or unreadable, or a key that is not resumable changed.
     """
+    saved_data = saved_config(run_dir)
     try:
-        saved = _compared(saved_config(run_dir))
+        saved = _compared(saved_data)
     except ConfigError as err:
         raise ConfigError(
             f"--resume: {ckpt.RunDir(run_dir).config_file} is no config this trainer reads ({err})"

@@ -183,8 +183,8 @@ def choices(f: dataclasses.Field[Any], key: str = "choices") -> tuple[Any, ...] 
     allowed = f.metadata.get(key)
     if isinstance(allowed, str):
         module, name = allowed.split(":")
-        return tuple(c for c in getattr(import_module(module), name) if c is not None)
-    return None if allowed is None else tuple(allowed)
+        allowed = getattr(import_module(module), name)
+    return None if allowed is None else tuple(c for c in allowed if c is not None)
 
 
 @contextlib.contextmanager

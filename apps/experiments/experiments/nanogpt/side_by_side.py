@@ -52,7 +52,7 @@ class Shape:
             f"data.seq_len={self.seq}",
             f"data.batch_size={self.batch}",
             "model.dropout=0.0",
-            "model.compute_dtype=float32",
+            "model.precision.compute_dtype=float32",
             *self.extra,
         ]
 

@@ -11,21 +11,13 @@ from flax import nnx
 
 from tjx import kernels, metrics, nn, optim, parallel
 from tjx.metrics.loggers.wandb_logger import WANDB_MODES
+from tjx.nn.configs import setting
 from tjx.optim.config import LOSS_SCALES
-from trainer.config import (
-    KINDS,
-    Config,
-    LoggingConfig,
-    MeshConfig,
-    ModelConfig,
-    OptimizerConfig,
-    ScheduleConfig,
-    build_config,
-)
-from trainer.overrides import apply_overrides
+from trainer.config import KINDS, Config, build_config, resolve_config
+from trainer.overrides import apply_overrides, field_at
 from trainer.presets import load_config_data, preset_names
-from trainer.resolved import model_config, optimizer_config
-from trainer.schema import ConfigError, choices, deep_merge, field_map
+from trainer.schema import ConfigError, choices, deep_merge
+from trainer.show_config import rows
 
 # The trainer's optimizer defaults before #15 point 2: they applied to every optimizer.
 OLD_TRAINER_DEFAULTS = {"b1": 0.9, "b2": 0.95, "eps": 1e-8, "weight_decay": 0.1}
@@ -33,18 +25,21 @@ OLD_TRAINER_DEFAULTS = {"b1": 0.9, "b2": 0.95, "eps": 1e-8, "weight_decay": 0.1}
 OWN_DEFAULTS = ("b1", "b2", "eps", "weight_decay", "momentum", "nesterov")
 
 OWNED_LISTS = [
-    (ModelConfig, "attention_impl", nn.ATTENTION_IMPLS),
-    (ModelConfig, "remat", nn.REMAT_POLICIES),
-    (ModelConfig, "position", nn.POSITIONS),
-    (OptimizerConfig, "name", optim.OPTIMIZER_NAMES),
-    (ScheduleConfig, "name", optim.SCHEDULE_NAMES),
-    (OptimizerConfig, "loss_scale", tuple(s for s in LOSS_SCALES if s is not None)),
-    (MeshConfig, "strategy", parallel.STRATEGIES),
-    (LoggingConfig, "wandb_mode", WANDB_MODES),
+    ("model.attention_impl", nn.ATTENTION_IMPLS),
+    ("model.remat", nn.REMAT_POLICIES),
+    ("model.position", nn.POSITIONS),
+    ("model.norm", nn.NORMS),
+    ("model.precision.compute_dtype", nn.DTYPE_NAMES),
+    ("optimizer.name", optim.OPTIMIZER_NAMES),
+    ("optimizer.schedule.name", optim.SCHEDULE_NAMES),
+    ("optimizer.loss_scale", tuple(s for s in LOSS_SCALES if s is not None)),
+    ("mesh.strategy", parallel.STRATEGIES),
+    ("logging.wandb_mode", WANDB_MODES),
 ]
-SECTIONS = {ModelConfig: ("model",), OptimizerConfig: ("optimizer",), MeshConfig: ("mesh",)}
-SECTIONS[LoggingConfig] = ("logging",)
-SECTIONS[ScheduleConfig] = ("optimizer", "schedule")
+
+
+def _optimizer(data: dict) -> optim.OptimizerConfig:
+    return resolve_config(data).optimizer
 
 
 def _nest(path: tuple[str, ...], value: object) -> dict[str, object]:
@@ -54,18 +49,22 @@ def _nest(path: tuple[str, ...], value: object) -> dict[str, object]:
     return out
 
 
-@pytest.mark.parametrize(("cls", "field", "owned"), OWNED_LISTS)
-def test_choice_lists_are_the_packages_own(cls, field, owned):
-    assert choices(field_map(cls)[field]) == tuple(owned)
+@pytest.mark.parametrize(("key", "owned"), OWNED_LISTS)
+def test_choice_lists_are_the_packages_own(key, owned):
+    assert choices(field_at(key)[0]) == tuple(owned)
+    path = tuple(key.split("."))
     for value in owned:  # every value the package takes passes the trainer's whole validation
-        data = _nest((*SECTIONS[cls], field), value)
-        if field == "loss_scale":  # float16 compute is what dynamic scaling is for
-            data["model"] = {"compute_dtype": "float16"}
+        data = _nest(path, value)
+        if path[-1] == "loss_scale" or value == "float16":  # what dynamic scaling is for
+            data = deep_merge(data, {"model": {"precision": {"compute_dtype": "float16"}}})
+            data = deep_merge(data, {"optimizer": {"loss_scale": "dynamic"}})
+        if value == "linear_warmup":  # a warmup is its point
+            data = deep_merge(data, {"optimizer": {"schedule": {"warmup_steps": 1}}})
         build_config(data)
     with pytest.raises(ConfigError) as err:
-        build_config(_nest((*SECTIONS[cls], field), "bogus"))
+        build_config(_nest(path, "bogus"))
     message = str(err.value)
-    assert message.startswith(".".join((*SECTIONS[cls], field)) + ": 'bogus' is not allowed")
+    assert message.startswith(key + ": 'bogus' is not allowed")
     assert all(repr(value) in message for value in owned)
 
 
@@ -80,15 +79,15 @@ def test_log_sinks_are_tjx_metrics_logger_names():
 
 @pytest.mark.parametrize("name", optim.OPTIMIZER_NAMES)
 def test_an_unset_lr_is_the_optimizers_own_default_rate(name):
-    got = optimizer_config(build_config({"optimizer": {"name": name}}))
+    got = _optimizer({"optimizer": {"name": name}})
     assert got.schedule is not None
     assert got.schedule.peak_lr == optim.DEFAULT_LEARNING_RATES[name]
-    mine = optimizer_config(build_config({"optimizer": {"name": name, "lr": 0.123}}))
+    mine = _optimizer({"optimizer": {"name": name, "schedule": {"peak_lr": 0.123}}})
     assert mine.schedule is not None and mine.schedule.peak_lr == 0.123
 
 
 def test_attention_impls_reach_the_kernel_dispatcher():
-    assert choices(field_map(ModelConfig)["attention_impl"]) == kernels.IMPLEMENTATIONS
+    assert choices(field_at("model.attention_impl")[0]) == kernels.IMPLEMENTATIONS
 
 
 def test_importing_the_config_does_not_load_jax():
@@ -108,8 +107,8 @@ def test_importing_the_config_does_not_load_jax():
 )
 def test_each_kind_is_built_by_tjx_nn_build_model(kind, config_class, model_class):
     assert set(KINDS) == set(nn.MODEL_KINDS)  # every kind the trainer trains, tjx.nn builds
-    m = ModelConfig(kind=kind, d_model=16, num_layers=1, num_heads=2, max_seq_len=17)
-    c = model_config(m, 300)
+    m = {"kind": kind, "d_model": 16, "num_layers": 1, "num_heads": 2, "max_seq_len": 17}
+    c = resolve_config({"model": m, "data": {"seq_len": 16}}).with_vocab(300).model
     assert type(c) is config_class
     assert type(nnx.eval_shape(lambda: nn.build_model(c, rngs=nnx.Rngs(0)))) is model_class
     # Fields a kind leaves out keep tjx.nn's own defaults (no trainer copy of them).
@@ -122,95 +121,80 @@ def test_each_kind_is_built_by_tjx_nn_build_model(kind, config_class, model_clas
 def test_presets_keep_the_optimizer_they_had(name):
     """Each preset's resolved tjx.optim config is what it was under the old trainer defaults."""
     data = load_config_data(name)
-    before = optimizer_config(build_config(deep_merge({"optimizer": OLD_TRAINER_DEFAULTS}, data)))
-    after = optimizer_config(build_config(data))
+    before = _optimizer(deep_merge({"optimizer": OLD_TRAINER_DEFAULTS}, data))
+    after = _optimizer(data)
     assert dataclasses.asdict(after) == dataclasses.asdict(before)  # a diff names the field
 
 
 @pytest.mark.parametrize("name", optim.OPTIMIZER_NAMES)
 def test_untouched_hyper_parameters_take_the_optimizers_own_defaults(name):
-    got = optimizer_config(build_config({"optimizer": {"name": name}}))
+    got = _optimizer({"optimizer": {"name": name}})
     own = optim.OptimizerConfig(name=name).resolved()
     assert {f: getattr(got, f) for f in OWN_DEFAULTS} == {f: getattr(own, f) for f in OWN_DEFAULTS}
 
 
 def test_adafactor_gets_adafactors_defaults_and_set_values_win():
-    got = optimizer_config(build_config({"optimizer": {"name": "adafactor"}}))
+    got = _optimizer({"optimizer": {"name": "adafactor"}})
     # Not the trainer's old eps 1e-8 and weight decay 0.1 (AdamW's values).
     assert (got.eps, got.weight_decay) == (1e-30, 0.0)
     assert got.clip_norm == 1.0
     mine = {"name": "adafactor", "eps": 1e-3, "weight_decay": 0.01}
-    got = optimizer_config(build_config({"optimizer": mine}))
+    got = _optimizer({"optimizer": mine})
     assert (got.eps, got.weight_decay) == (1e-3, 0.01)
 
 
 def test_null_in_yaml_means_the_optimizers_default():
-    got = optimizer_config(build_config({"optimizer": {"name": "lion", "b2": None}}))
+    got = _optimizer({"optimizer": {"name": "lion", "b2": None}})
     assert got.b2 == optim.OptimizerConfig(name="lion").resolved().b2 == 0.99
-    assert Config().optimizer.b2 is None  # saved config.yaml says null, not a stale number
+    saved = Config().to_dict()["optimizer"]
+    assert saved["b2"] is None  # saved config.yaml says null, not a stale number
 
 
-def test_defaults_the_trainer_shares_with_tjx_optim_are_tjx_optims():
-    """Where a trainer default stands for tjx.optim's (not a choice of the trainer's own), it is
-    the same value. The trainer's lr and warmup_steps are its recipe and may differ."""
-    ours, theirs = OptimizerConfig(), optim.OptimizerConfig()
-    for field in ("clip_norm", "skip_nonfinite", "loss_scale", "accumulation_steps"):
-        assert getattr(ours, field) == getattr(theirs, field), field
-    ours_s, theirs_s = ScheduleConfig(), optim.ScheduleConfig()
-    assert (ours_s.name, ours_s.min_lr_ratio) == (theirs_s.name, theirs_s.min_lr_ratio)
+def _package_keys() -> list[tuple[str, str]]:
+    """(kind, key) of every field of tjx-nn's model configs (each kind), tjx-optim's and
+    tjx-parallel's."""
+
+    def walk(cls: type, path: str) -> list[str]:
+        out = []
+        for f in dataclasses.fields(cls):
+            key = f"{path}.{f.name}"
+            inner = {"model.precision": nn.Precision, "optimizer.schedule": optim.ScheduleConfig}.get(key)
+            out += walk(inner, key) if inner is not None else [key]
+        return out
+
+    keys = [(kind, k) for kind, cls in nn.MODEL_KINDS.items() for k in walk(cls, "model")]
+    keys += [("gpt2", k) for k in walk(optim.OptimizerConfig, "optimizer")]
+    keys += [("gpt2", k) for k in walk(parallel.MeshConfig, "mesh")]
+    return [kk for kk in keys if kk[1] != "optimizer.schedule.total_steps"]  # train.steps
 
 
-# The reference: model_build's hand-written field lists before #15 (tjx.nn's classes decide now).
-_OLD_SHARED = (
-    *("d_model", "num_layers", "num_heads", "mlp_dim", "dropout", "attention_impl"),
-    *("scan_layers", "remat", "relative_buckets", "relative_max_distance", "attention_type"),
-    "kv_latent_dim",
-)
-_OLD_KIND = {
-    "gpt2": ("max_seq_len", "tie_embeddings", "decode_topk"),
-    "llama": ("max_seq_len", "num_kv_heads", "tie_embeddings", "decode_topk"),
-    "bert": ("max_seq_len",),
-    "vit": ("image_size", "patch_size", "num_classes"),
-    "encdec": ("max_seq_len", "tie_embeddings"),
-}
+def test_every_package_field_is_settable_listed_and_explained():
+    listed = set()
+    for kind in nn.MODEL_KINDS:
+        listed |= {k for k, *_ in rows(build_config({"model": {"kind": kind}}))}
+    for kind, key in _package_keys():
+        field, _ = field_at(key, {"model": {"kind": kind}})
+        assert field.metadata.get("help"), f"{key}: no help line in its package"
+        assert key in listed, key
+    # Llama 3's rope base, which the trainer's own copy of the model section could not reach
+    run = resolve_config(apply_overrides({"model": {"kind": "llama"}}, ["model.rope_theta=5e5"]))
+    assert run.model.rope_theta == 500000.0
 
 
-def _old_nn_config(m: ModelConfig, vocab_size: int) -> nn.TransformerConfig:
-    fields = {f: getattr(m, f) for f in (*_OLD_SHARED, *_OLD_KIND[m.kind])}
-    fields["precision"] = nn.Precision(m.param_dtype, m.compute_dtype)
-    for key in ("position", "use_bias", "norm_position", "init_std"):
-        if getattr(m, key) is not None:
-            fields[key] = getattr(m, key)
-    if m.kind == "vit":
-        fields["num_channels"] = 1
-    else:
-        fields["vocab_size"] = m.vocab_size or vocab_size
-    return nn.MODEL_KINDS[m.kind](**fields)
+def test_a_new_package_field_is_one_line_in_its_package(monkeypatch):
+    """A field a tjx-nn config gains (with its ``help``) is settable, checked, listed and
+    reaches the model config, with nothing changed in the trainer."""
 
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Grown(nn.GPT2Config):
+        logit_softcap: float | None = setting(None, help="tanh cap of the logits")
 
-_OVERRIDES = [
-    ("model.kind=llama", "model.num_kv_heads=2"),
-    ("model.kind=llama", "model.tie_embeddings=false", "model.use_bias=true"),
-    ("model.kind=bert",),
-    ("model.kind=bert", "model.norm_position=pre", "model.init_std=0.01"),
-    ("model.kind=vit", "model.max_seq_len=999", "model.tie_embeddings=false"),
-    ("model.kind=encdec", "model.position=t5", "model.relative_buckets=16"),
-    ("model.kind=encdec", "model.tie_embeddings=false"),
-    ("model.num_kv_heads=4", "model.decode_topk=3", "model.vocab_size=1000"),
-    ("model.attention_type=mla", "model.kv_latent_dim=8", "model.mlp_dim=64"),
-    ("model.compute_dtype=bfloat16", "model.remat=full", "model.scan_layers=true"),
-]
-
-
-@pytest.mark.parametrize(
-    ("name", "sets"), [*((n, ()) for n in preset_names()), *(("tiny", s) for s in _OVERRIDES)]
-)
-def test_each_kind_builds_the_tjx_nn_config_it_built_before(name, sets):
-    """tjx.nn's dataclass fields (less each kind's ``unused_fields`` at the trainer's defaults)
-    choose what passes on: the same config as the old hand-written lists, for every shipped
-    preset and the tiny one with overrides of each kind."""
-    cfg = build_config(apply_overrides(load_config_data(name), list(sets)))
-    assert model_config(cfg.model, 300) == _old_nn_config(cfg.model, 300)
+    monkeypatch.setitem(nn.MODEL_KINDS, "gpt2", Grown)
+    run = resolve_config(apply_overrides({}, ["model.logit_softcap=30"]))
+    assert type(run.model) is Grown and run.model.logit_softcap == 30.0
+    assert "model.logit_softcap" in {k for k, *_ in rows(run.cfg)}
+    with pytest.raises(ConfigError, match="model.logit_softcap: cannot read 'high'"):
+        apply_overrides({}, ["model.logit_softcap=high"])
 
 
 @pytest.mark.parametrize(
@@ -224,8 +208,8 @@ def test_each_kind_builds_the_tjx_nn_config_it_built_before(name, sets):
     ],
 )
 def test_a_setting_the_old_lists_dropped_now_reaches_tjx_nn(sets, field, value):
-    cfg = build_config(apply_overrides(load_config_data("tiny"), list(sets)))
-    assert getattr(model_config(cfg.model, 300), field) == value
+    run = resolve_config(apply_overrides(load_config_data("tiny"), list(sets)))
+    assert getattr(run.model, field) == value
 
 
 @pytest.mark.parametrize(
@@ -242,7 +226,7 @@ def test_a_setting_the_old_lists_dropped_now_reaches_tjx_nn(sets, field, value):
         ),
         (  # ViT has no tokens: a vocabulary set is refused, no longer silently ignored
             ("model.kind=vit", "model.vocab_size=77"),
-            "model.vocab_size: ViT reads images, not tokens; got 77, set it to null",
+            "model.vocab_size: ViT reads images, not tokens; set it to null",
         ),
         (
             ("model.d_model=100", "model.num_heads=3"),
@@ -256,10 +240,13 @@ def test_a_setting_the_old_lists_dropped_now_reaches_tjx_nn(sets, field, value):
             ("model.kind=vit", "model.image_size=9", "model.patch_size=2"),
             "model.patch_size: 2 must divide model.image_size (9)",
         ),
-        (("model.param_dtype=float16",), "model.param_dtype=float16: float16 parameters are not"),
         (
-            ("model.compute_dtype=float16",),
-            "model.compute_dtype=float16 needs optimizer.loss_scale='dynamic'",
+            ("model.param_dtype=float16",),  # trainer 0.8's key, read as today's
+            "model.precision.param_dtype=float16: float16 parameters are not",
+        ),
+        (
+            ("model.precision.compute_dtype=float16",),
+            "model.precision.compute_dtype=float16 needs optimizer.loss_scale='dynamic'",
         ),
     ],
 )

@@ -3,6 +3,7 @@ state of both configs is the same tree of the same shapes and dtypes)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -38,10 +39,10 @@ def _state_signature(cfg: Any) -> Any:
 TRAINING_ONLY_VALUES = [
     "model.attention_impl=xla",
     "model.remat=full",
-    "model.compute_dtype=bfloat16",
+    "model.precision.compute_dtype=bfloat16",
     "model.dropout=0.2",
     "model.decode_topk=4",
-    "optimizer.lr=1e-4",
+    "optimizer.schedule.peak_lr=1e-4",
     "optimizer.b1=0.8",
     "optimizer.b2=0.9",
     "optimizer.eps=1e-6",
@@ -65,7 +66,7 @@ STATE_CHANGING = [
     "model.max_seq_len=256",
     "model.tie_embeddings=false",
     "model.scan_layers=true",
-    "model.param_dtype=bfloat16",
+    "model.precision.param_dtype=bfloat16",
     "model.vocab_size=300",
     "optimizer.name=lion",
     "optimizer.loss_scale=dynamic",
@@ -118,10 +119,11 @@ def test_same_config_has_no_changes(tmp_path):
 
 def test_training_only_changes_are_returned_and_described(tmp_path):
     run = _saved_run(tmp_path, _config())
-    diff = resume.check_resume(run, _config("train.steps=900", "optimizer.lr=1e-4").to_dict())
-    assert diff == {"optimizer.lr": (5e-3, 1e-4), "train.steps": (600, 900)}
+    new = _config("train.steps=900", "optimizer.lr=1e-4").to_dict()  # the 0.8 name, migrated
+    diff = resume.check_resume(run, new)
+    assert diff == {"optimizer.schedule.peak_lr": (5e-3, 1e-4), "train.steps": (600, 900)}
     line = resume.describe_changes(diff)
-    assert "optimizer.lr 0.005 → 0.0001" in line and "train.steps 600 → 900" in line
+    assert "optimizer.schedule.peak_lr 0.005 → 0.0001" in line and "train.steps 600 → 900" in line
 
 
 def test_a_run_saved_before_the_compilation_cache_key_resumes(tmp_path):
@@ -164,14 +166,15 @@ def test_missing_or_broken_saved_config(tmp_path):
 def test_null_optimizer_settings_compare_as_the_optimizers_own_values(tmp_path):
     """A run saved when b2 defaulted to 0.95 shows the real change, not ``0.95 → None``."""
     old = _config().to_dict()
-    old["optimizer"].update(name="adamw", lr=1e-3, b2=0.95, eps=1e-8)  # eps 1e-8 is adamw's own
+    old["optimizer"].update(name="adamw", b2=0.95, eps=1e-8)  # eps 1e-8 is adamw's own
+    old["optimizer"]["schedule"]["peak_lr"] = 1e-3
     run = _saved_run(tmp_path, build_config(old))
-    new = _config("optimizer.lr=null", "optimizer.b2=null", "optimizer.eps=null").to_dict()
-    diff = resume.check_resume(run, new)
-    assert set(diff) == {"optimizer.lr", "optimizer.b2"}  # eps: the same number either way
+    sets = ("optimizer.schedule.peak_lr=null", "optimizer.b2=null", "optimizer.eps=null")
+    diff = resume.check_resume(run, _config(*sets).to_dict())
+    assert set(diff) == {"optimizer.schedule.peak_lr", "optimizer.b2"}  # eps: the same number
     line = resume.describe_changes(diff)
     assert "optimizer.b2 0.95 → 0.999 (adamw's default)" in line
-    assert "optimizer.lr 0.001 → 0.0003 (adamw's default)" in line
+    assert "optimizer.schedule.peak_lr 0.001 → 0.0003 (adamw's default)" in line
     assert resume.check_resume(run, build_config(old).to_dict()) == {}
 
 
@@ -183,10 +186,39 @@ def test_a_null_that_means_off_is_not_a_default(tmp_path):
 
 
 def test_a_null_switch_compares_as_the_optimizers_own(tmp_path):
-    sgd = ("optimizer.name=sgd", "optimizer.lr=0.01")
+    sgd = ("optimizer.name=sgd", "optimizer.schedule.peak_lr=0.01")
     run = _saved_run(tmp_path, _config(*sgd, "optimizer.nesterov=false"))
     assert resume.check_resume(run, _config(*sgd, "optimizer.nesterov=null").to_dict()) == {}
     diff = resume.check_resume(run, _config(*sgd, "optimizer.nesterov=true").to_dict())
     assert (
         resume.describe_changes(diff) == "resume: changed settings: optimizer.nesterov False → True"
     )
+
+
+SAVED_V08 = Path(__file__).parent / "saved_v08"
+#: Each ``config.yaml`` trainer 0.8 wrote (its own copies of the sections, every key of every
+#: kind), and the command that made it.
+V08_RUNS = [
+    ("v08_tiny.yaml", "tiny", []),
+    ("v08_vit_digits.yaml", "vit_digits", []),
+    (
+        "v08_bert_tiny_sgd.yaml",
+        "bert_tiny",
+        ["optimizer.name=sgd", "optimizer.b1=null", "optimizer.b2=null", "optimizer.eps=null"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("saved", "preset", "sets"), V08_RUNS)
+def test_a_run_saved_by_trainer_0_8_resumes_with_the_same_command(tmp_path, saved, preset, sets):
+    """Its renamed keys (``model.compute_dtype``, ``optimizer.lr``) and the ViT-only keys it listed
+    under every kind are migrated: the same command resumes with no change, and a real change is
+    still named in today's keys."""
+    RunDir(tmp_path).create(yaml.safe_load((SAVED_V08 / saved).read_text()))
+    cfg = build_config(apply_overrides(load_config_data(preset), sets))
+    assert resume.check_resume(tmp_path, cfg.to_dict()) == {}
+    changed = build_config(apply_overrides(load_config_data(preset), [*sets, "train.steps=77"]))
+    assert set(resume.check_resume(tmp_path, changed.to_dict())) == {"train.steps"}
+    other = apply_overrides(load_config_data(preset), [*sets, "model.precision.param_dtype=bfloat16"])
+    with pytest.raises(ConfigError, match="model.precision.param_dtype 'float32' → 'bfloat16'"):
+        resume.check_resume(tmp_path, build_config(other).to_dict())

@@ -88,7 +88,10 @@ class MeshConfig:
                     f"devices), got {size}"
                 )
         if sum(s == -1 for s in sizes) > 1:
-            raise ValueError(f"at most one MeshConfig field may be -1, got {self.describe()}")
+            raise ValueError(
+                "MeshConfig: at most one of data, fsdp, tensor and pipeline may be -1 (all "
+                f"remaining devices); got {self.describe()}"
+            )
 
     def describe(self) -> str:
         """``"pipeline=P, data=D, fsdp=F, tensor=T"`` for messages."""

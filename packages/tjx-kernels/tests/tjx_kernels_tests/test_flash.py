@@ -13,6 +13,7 @@ import pytest
 
 from tjx.kernels import attention, flash_attention, reference_attention
 from tjx.kernels.flash import default_launch, resolve_interpret
+from tjx.kernels.launch import LaunchDefaults
 
 from ._ref import cuda_target, np_attention, np_mask, rel_err
 
@@ -90,6 +91,21 @@ def test_flash_matches_float64_reference(b, sq, sk, h, hkv, d, causal, segs, dty
     for name, a, e in zip(("out", "dq", "dk", "dv"), got, expected, strict=True):
         assert np.all(np.isfinite(a)), name
         assert rel_err(a, e) <= TOL[dtype], (name, rel_err(a, e))
+
+
+def test_split_backward_in_four_slices_with_key_padding_matches():
+    """head_split_bwd 4 (16-column slices) at head_dim 50 (padded to 64), kv longer than q and
+    not a block multiple, separate query/key segment ids: float32 against float64."""
+    launch = LaunchDefaults(16, 16, 1, 16, 32, 1, head_split_bwd=4)
+    b, sq, sk, h, hkv, d = 2, 24, 40, 2, 1, 50
+    q, k, v, do = _inputs(4050, b, sq, sk, h, hkv, d, F32)
+    q_ids, kv_ids = _segments(4051, b, sq), _segments(4052, b, sk)
+    mask = np_mask(b, sq, sk, causal=False, q_ids=q_ids, kv_ids=kv_ids)
+    expected = np_attention(q, k, v, mask, d_out=do)
+    seg = (jnp.asarray(q_ids), jnp.asarray(kv_ids))
+    got = _run_flash(q, k, v, do, F32, segment_ids=seg, launch=launch)
+    for name, a, e in zip(("out", "dq", "dk", "dv"), got, expected, strict=True):
+        assert rel_err(a, e) <= TOL[F32], (name, rel_err(a, e))
 
 
 @pytest.mark.parametrize("block_q,block_k", [(32, 16), (16, 64)])

@@ -30,6 +30,7 @@ _RULES: dict[str, tuple[Callable[[int], bool], str]] = {  # field-name prefix â†
     "block": (lambda v: v >= MIN_BLOCK and not v & (v - 1), f"a power of two >= {MIN_BLOCK}"),
     "num_warps": (lambda v: v in (1, 2, 4, 8, 16), "one of 1, 2, 4, 8, 16"),
     "num_stages": (lambda v: 1 <= v <= 8, "in 1..8"),
+    "head_split": (lambda v: v in (1, 2, 4, 8), "one of 1, 2, 4, 8"),
 }
 _DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 _KEY = re.compile(r"(bf16|fp16|fp32)-(64|128|256)")
@@ -41,6 +42,11 @@ class LaunchDefaults:
 
     Blocks are powers of two >= 16, warps one of 1, 2, 4, 8, 16 and stages 1..8; a bad value
     raises ``ValueError`` naming the field on construction.
+
+    ``head_split_bwd`` (1, 2, 4 or 8; optional in a table file, default 1) > 1 selects the split
+    backward (:mod:`tjx.kernels.flash_bwd`): each kernel runs that many programs per block, each
+    writing its slice of the gradient's columns, and each kernel's own block (keys for dK/dV,
+    queries for dQ) has ``block_k_bwd`` rows, the blocks it walks over ``block_q_bwd``.
     """
 
     block_q: int
@@ -51,6 +57,7 @@ class LaunchDefaults:
     num_warps_bwd: int
     num_stages: int = 2
     num_stages_bwd: int = 2
+    head_split_bwd: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -65,10 +72,13 @@ class LaunchDefaults:
 
     @classmethod
     def from_json(cls, data: Any) -> LaunchDefaults:
-        """Parse one table entry (an object with every field); ``ValueError`` if malformed."""
-        if not isinstance(data, dict) or set(data) != {f.name for f in dataclasses.fields(cls)}:
+        """Parse one table entry (an object with every field but the optional
+        ``head_split_bwd``); ``ValueError`` if malformed."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or not names - {"head_split_bwd"} <= set(data) <= names:
             want = ", ".join(f.name for f in dataclasses.fields(cls))
-            raise ValueError(f"an entry must be an object with exactly the fields {want}")
+            raise ValueError(f"an entry must be an object with exactly the fields {want} "
+                             "(head_split_bwd optional)")  # fmt: skip
         return cls(**data)
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from tjx.kernels import attention, flash_attention, reference_attention
 from tjx.kernels.flash import default_launch, resolve_interpret
-from tjx.kernels.launch import LaunchDefaults
+from tjx.kernels.launch import LaunchDefaults, generic_launch
 
 from ._ref import cuda_target, np_attention, np_mask, rel_err
 
@@ -88,6 +88,22 @@ def test_flash_matches_float64_reference(b, sq, sk, h, hkv, d, causal, segs, dty
     mask = np_mask(b, sq, sk, causal=causal, q_ids=q_ids, kv_ids=kv_ids)
     expected = np_attention(q, k, v, mask, d_out=do)
     got = _run_flash(q, k, v, do, dtype, causal=causal, segment_ids=seg_arg)
+    for name, a, e in zip(("out", "dq", "dk", "dv"), got, expected, strict=True):
+        assert np.all(np.isfinite(a)), name
+        assert rel_err(a, e) <= TOL[dtype], (name, rel_err(a, e))
+
+
+@pytest.mark.parametrize("dtype", [BF16, F32])
+def test_split_backward_of_hopper_head_dim_256_matches_float64_reference(dtype):
+    """The sm_90 launch of 16-bit head_dim 256 (dK/dV and dQ in column halves, transposed dK/dV
+    tiles, dQ's tiles swapped), forced on CPU: causal + segment ids + GQA 2 against float64."""
+    launch = generic_launch(256, BF16, hopper=True)
+    assert launch.head_split_bwd == 2 and generic_launch(256, BF16).head_split_bwd == 1
+    b, s, h, hkv, d = 1, 80, 4, 2, 256  # 80: padded to 128, two 64-row and four 32-row blocks
+    q, k, v, do = _inputs(2560, b, s, s, h, hkv, d, dtype)
+    ids = _segments(2561, b, s)
+    expected = np_attention(q, k, v, np_mask(b, s, s, causal=True, q_ids=ids, kv_ids=ids), d_out=do)
+    got = _run_flash(q, k, v, do, dtype, causal=True, segment_ids=jnp.asarray(ids), launch=launch)
     for name, a, e in zip(("out", "dq", "dk", "dv"), got, expected, strict=True):
         assert np.all(np.isfinite(a)), name
         assert rel_err(a, e) <= TOL[dtype], (name, rel_err(a, e))

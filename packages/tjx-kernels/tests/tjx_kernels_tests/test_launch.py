@@ -286,6 +286,9 @@ def test_head_split_is_optional_in_tables_validated_and_clamped_to_16_columns(ta
     assert default_launch(128, BF16, device_kind=H100).head_split_bwd == 4
     with pytest.raises(ValueError, match="head_split_bwd"):
         LaunchDefaults(64, 64, 8, 32, 64, 8, head_split_bwd=3)
+    assert generic_launch(256, BF16, hopper=True).head_split_bwd == 2  # sm_90 only, 16-bit only
+    assert generic_launch(256, F16, hopper=False).head_split_bwd == 1
+    assert generic_launch(256, F32, hopper=True).head_split_bwd == 1
     common = {"dtype": F32, "causal": True, "has_segments": False, "scale": 1.0, "interpret": True}
     split8 = LaunchDefaults(16, 16, 1, 16, 32, 1, head_split_bwd=8)
     for d, want in ((16, 1), (40, 4), (256, 8)):  # at least 16 columns a slice

@@ -110,9 +110,13 @@ _GENERIC: dict[tuple[bool, int], LaunchDefaults] = {
 # Hopper (sm_90 and later) where its warpgroup MMA (wgmma) needs other tiles: the 16-bit
 # head_dim-128 backward with 32-row query tiles compiled to no wgmma for dq (96 mma.sync) and 8 of
 # 72 for dk/dv; 128x64 tiles under 8 warps are all-wgmma with no spills on sm_90 (the kernels
-# README's table), but spill 6.5 KB on sm_80, so only Hopper takes them.
+# README's table), but spill 6.5 KB on sm_80, so only Hopper takes them. The 16-bit head_dim-256
+# backward emitted wgmma only with tiles that spilled (2-4 KB); split in two column halves (dK/dV
+# on transposed 64-key x 32-query tiles, dQ on 64-query x 32-key tiles) it is all-wgmma with no
+# spills, at 1.5x the dK/dV and 1.67x the dQ kernel's products (the scores are computed twice).
 _HOPPER: dict[tuple[bool, int], LaunchDefaults] = {
     (True, 128): LaunchDefaults(128, 64, 8, 128, 64, 8),
+    (True, 256): LaunchDefaults(64, 64, 8, 32, 64, 8, head_split_bwd=2),
 }
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from tjx.kernels import attention, flash_attention, reference_attention
 from tjx.kernels.flash import default_launch, resolve_interpret
+from tjx.kernels.launch import LaunchDefaults, generic_launch
 
 from ._ref import cuda_target, np_attention, np_mask, rel_err
 
@@ -90,6 +91,37 @@ def test_flash_matches_float64_reference(b, sq, sk, h, hkv, d, causal, segs, dty
     for name, a, e in zip(("out", "dq", "dk", "dv"), got, expected, strict=True):
         assert np.all(np.isfinite(a)), name
         assert rel_err(a, e) <= TOL[dtype], (name, rel_err(a, e))
+
+
+@pytest.mark.parametrize("dtype", [BF16, F32])
+def test_split_backward_of_hopper_head_dim_256_matches_float64_reference(dtype):
+    """The sm_90 launch of 16-bit head_dim 256 (dK/dV and dQ in column halves, transposed dK/dV
+    tiles, dQ's tiles swapped), forced on CPU: causal + segment ids + GQA 2 against float64."""
+    launch = generic_launch(256, BF16, hopper=True)
+    assert launch.head_split_bwd == 2 and generic_launch(256, BF16).head_split_bwd == 1
+    b, s, h, hkv, d = 1, 80, 4, 2, 256  # 80: padded to 128, two 64-row and four 32-row blocks
+    q, k, v, do = _inputs(2560, b, s, s, h, hkv, d, dtype)
+    ids = _segments(2561, b, s)
+    expected = np_attention(q, k, v, np_mask(b, s, s, causal=True, q_ids=ids, kv_ids=ids), d_out=do)
+    got = _run_flash(q, k, v, do, dtype, causal=True, segment_ids=jnp.asarray(ids), launch=launch)
+    for name, a, e in zip(("out", "dq", "dk", "dv"), got, expected, strict=True):
+        assert np.all(np.isfinite(a)), name
+        assert rel_err(a, e) <= TOL[dtype], (name, rel_err(a, e))
+
+
+def test_split_backward_in_four_slices_with_key_padding_matches():
+    """head_split_bwd 4 (16-column slices) at head_dim 50 (padded to 64), kv longer than q and
+    not a block multiple, separate query/key segment ids: float32 against float64."""
+    launch = LaunchDefaults(16, 16, 1, 16, 32, 1, head_split_bwd=4)
+    b, sq, sk, h, hkv, d = 2, 24, 40, 2, 1, 50
+    q, k, v, do = _inputs(4050, b, sq, sk, h, hkv, d, F32)
+    q_ids, kv_ids = _segments(4051, b, sq), _segments(4052, b, sk)
+    mask = np_mask(b, sq, sk, causal=False, q_ids=q_ids, kv_ids=kv_ids)
+    expected = np_attention(q, k, v, mask, d_out=do)
+    seg = (jnp.asarray(q_ids), jnp.asarray(kv_ids))
+    got = _run_flash(q, k, v, do, F32, segment_ids=seg, launch=launch)
+    for name, a, e in zip(("out", "dq", "dk", "dv"), got, expected, strict=True):
+        assert rel_err(a, e) <= TOL[F32], (name, rel_err(a, e))
 
 
 @pytest.mark.parametrize("block_q,block_k", [(32, 16), (16, 64)])

@@ -271,3 +271,32 @@ def test_block_arguments_override_the_launch_and_blocks_shrink():
     assert (q_pad, kv_pad, cfg.num_stages, cfg.compiler_params().num_stages) == (32, 32, 4, 4)
     with pytest.raises(ValueError, match="launch"):
         flash_attention(jnp.ones((1, 8, 2, 16)), *[jnp.ones((1, 8, 2, 16))] * 2, launch=(16,) * 6)
+
+
+def test_head_split_is_optional_in_tables_validated_and_clamped_to_16_columns(table):
+    table(
+        {
+            H100: {
+                "source": "s",
+                "entries": {"bf16-64": ENTRY, "bf16-128": dict(ENTRY, head_split_bwd=4)},
+            }
+        }
+    )
+    assert default_launch(64, BF16, device_kind=H100).head_split_bwd == 1  # omitted: 1
+    assert default_launch(128, BF16, device_kind=H100).head_split_bwd == 4
+    with pytest.raises(ValueError, match="head_split_bwd"):
+        LaunchDefaults(64, 64, 8, 32, 64, 8, head_split_bwd=3)
+    assert generic_launch(256, BF16, hopper=True).head_split_bwd == 2  # sm_90 only, 16-bit only
+    assert generic_launch(256, F16, hopper=False).head_split_bwd == 1
+    assert generic_launch(256, F32, hopper=True).head_split_bwd == 1
+    common = {"dtype": F32, "causal": True, "has_segments": False, "scale": 1.0, "interpret": True}
+    split8 = LaunchDefaults(16, 16, 1, 16, 32, 1, head_split_bwd=8)
+    for d, want in ((16, 1), (40, 4), (256, 8)):  # at least 16 columns a slice
+        cfg, *_ = flash._make_config(AttentionShapes(1, 20, 20, 2, 2, d), block_q=None,
+                                     block_k=None, launch=split8, **common)  # fmt: skip
+        assert cfg.head_split_bwd == want
+    # With a split both lengths are padded to both backward tiles (dQ's are swapped): 20 → 32.
+    cfg, q_pad, kv_pad, _ = flash._make_config(
+        AttentionShapes(1, 20, 20, 2, 2, 64), block_q=None, block_k=None, launch=split8, **common
+    )
+    assert (q_pad, kv_pad, cfg.dq_blocks()) == (32, 32, (32, 16))

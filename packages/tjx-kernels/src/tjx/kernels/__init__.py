@@ -23,7 +23,7 @@ from tjx.kernels.dispatch import IMPLEMENTATIONS, attention, select_implementati
 from tjx.kernels.launch import LaunchDefaults, default_launch
 from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
 
-__version__ = "0.3.1"
+__version__ = "0.4.0"
 
 __all__ = [
     "IMPLEMENTATIONS",

@@ -120,8 +120,12 @@ def _make_config(
     bk = _fit_block(block_k or launch.block_k, shapes.kv_len)
     bq_b = _fit_block(block_q or launch.block_q_bwd, shapes.q_len)
     bk_b = _fit_block(block_k or launch.block_k_bwd, shapes.kv_len)
-    q_pad = _round_up(shapes.q_len, max(bq, bq_b))
-    kv_pad = _round_up(shapes.kv_len, max(bk, bk_b))
+    # A head split (at most one 16-column slice per program) swaps dQ's tiles: both lengths
+    # then pass through both backward tiles.
+    split = min(launch.head_split_bwd, d_pad // MIN_BLOCK)
+    both = max(bq_b, bk_b) if split > 1 else 0
+    q_pad = _round_up(shapes.q_len, max(bq, bq_b, both))
+    kv_pad = _round_up(shapes.kv_len, max(bk, bk_b, both))
     cfg = KernelConfig(
         scale=scale,
         causal=causal,
@@ -139,6 +143,7 @@ def _make_config(
         num_stages=launch.num_stages,
         num_stages_bwd=launch.num_stages_bwd,
         interpret=interpret,
+        head_split_bwd=split,
     )
     return cfg, q_pad, kv_pad, d_pad
 

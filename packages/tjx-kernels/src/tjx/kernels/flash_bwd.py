@@ -11,6 +11,15 @@ recomputed as ``P = exp2(S·log2e − L)``; with ``δ = rowsum(dO ∘ O)`` (comp
 
 With GQA each query head writes its own dK/dV slice (float32); the caller sums the group in XLA.
 Nothing of size ``[seq, seq]`` is ever stored.
+
+Head split (``cfg.head_split_bwd = n > 1``, the sm_90 launch of 16-bit head_dim 256): each block
+gets n programs, each accumulating only its ``head_dim / n`` columns of dK/dV or dQ, so the float32
+accumulators shrink n-fold (at n = 1 they did not fit a warpgroup's registers with wgmma tiles).
+Each program still computes the tile's full-width ``S`` and ``dP`` (summed over the column slices),
+so the kernels do ``(2n + 2)/4`` (dK/dV) and ``(2n + 1)/3`` (dQ) times the products of n = 1
+(1.5 and 1.67 at n = 2) and n times the exponentials.
+dK/dV then works on transposed tiles (``Sᵀ = K·Qᵀ``, keys on rows), the operand layout of
+its products, and dQ takes the tiles the other way round (:meth:`KernelConfig.dq_blocks`).
 """
 
 from __future__ import annotations
@@ -40,22 +49,43 @@ Array = jax.Array
 
 def _probs(
     cfg: KernelConfig,
-    q: Array,
-    k: Array,
+    s: Array,
     lse: Array,
     q_pos: Array,
     k_pos: Array,
     q_ids: Array | None,
     kv_ids: Array | None,
     causal: bool,
+    transposed: bool = False,
 ) -> Array:
-    """Recompute the attention probabilities of one [bq, bk] tile from the saved log-sum-exp."""
-    s = dot_nt(q, k) * (cfg.scale * LOG2E)
-    mask = block_mask(cfg, q_pos, k_pos, q_ids, kv_ids, causal)
+    """Attention probabilities of one tile from its raw scores ``s`` ([bq, bk] = q·kᵀ, or
+    [bk, bq] = k·qᵀ when ``transposed``) and the saved log-sum-exp."""
+    s = s * (cfg.scale * LOG2E)
+    mask = block_mask(cfg, q_pos, k_pos, q_ids, kv_ids, causal, transposed)
     if mask is not None:
         s = jnp.where(mask, s, -jnp.inf)
     # lse is +inf on empty rows: exp2(-inf) = 0 whatever s is.
-    return jnp.exp2(s - lse[:, None])
+    return jnp.exp2(s - (lse[None, :] if transposed else lse[:, None]))
+
+
+def _split_program(cfg: KernelConfig, d: int) -> tuple[Array, list[Any] | None]:
+    """(block index, column slices) of this program; slices None without a head split.
+
+    With ``head_split_bwd = n > 1`` grid axis 0 runs n programs per block side by side (they read
+    the same inputs). Each accumulates and writes only its own ``d / n`` columns of the gradient,
+    the first slice; the tile's scores still need every column, summed over the n slices (its own
+    first, so the loads of its slice serve both).
+    """
+    n = cfg.head_split_bwd
+    if n == 1:
+        return pl.program_id(0), None
+    pid, w = pl.program_id(0), d // n
+    return pid // n, [pl.ds((pid % n + t) % n * w, w) for t in range(n)]
+
+
+def _dot_parts(a: list[Array], b: list[Array]) -> Array:
+    """Σ a[t]·b[t]ᵀ: a product over column slices, float32."""
+    return functools.reduce(lambda x, y: x + y, map(dot_nt, a, b))
 
 
 def _dkdv_kernel(
@@ -73,26 +103,32 @@ def _dkdv_kernel(
     cfg: KernelConfig,
 ) -> None:
     bq, bk = cfg.block_q_bwd, cfg.block_k_bwd
-    j = pl.program_id(0)
-    k = k_ref[...]
-    v = v_ref[...]
+    j, cols = _split_program(cfg, k_ref.shape[-1])
+    k: Any = k_ref[...] if cols is None else [k_ref[:, c] for c in cols]
+    v: Any = v_ref[...] if cols is None else [v_ref[:, c] for c in cols]
     k_pos = j * bk + jnp.arange(bk)
     kv_ids = None if kid_ref is None else kid_ref[...]
 
     def body(i: Array, carry: tuple[Array, Array], causal: bool) -> tuple[Array, Array]:
         dk, dv = carry
         qs = pl.ds(i * bq, bq)
-        q = q_ref[qs, :]
-        do = do_ref[qs, :]
+        q: Any = q_ref[qs, :] if cols is None else [q_ref[qs, c] for c in cols]
+        do: Any = do_ref[qs, :] if cols is None else [do_ref[qs, c] for c in cols]
         q_ids = None if qid_ref is None else qid_ref[qs]
         q_pos = i * bq + jnp.arange(bq)
-        p = _probs(cfg, q, k, lse_ref[qs], q_pos, k_pos, q_ids, kv_ids, causal)
+        lse = lse_ref[qs]
+        if cols is not None:  # transposed tiles [bk, bq] (keys on rows, as dK/dV want)
+            pt = _probs(cfg, _dot_parts(k, q), lse, q_pos, k_pos, q_ids, kv_ids, causal, True)
+            dv = dv + dot_nn(pt.astype(do[0].dtype), do[0])
+            dst = pt * (_dot_parts(v, do) - delta_ref[qs][None, :])
+            return dk + dot_nn(dst.astype(q[0].dtype), q[0]), dv
+        p = _probs(cfg, dot_nt(q, k), lse, q_pos, k_pos, q_ids, kv_ids, causal)
         dv = dv + dot_tn(p.astype(do.dtype), do)
         ds = p * (dot_nt(do, v) - delta_ref[qs][:, None])
         dk = dk + dot_tn(ds.astype(q.dtype), q)
         return dk, dv
 
-    d = k.shape[-1]
+    d = k_ref.shape[-1] // cfg.head_split_bwd
     carry = (jnp.zeros((bk, d), jnp.float32), jnp.zeros((bk, d), jnp.float32))
     # Causal: query blocks wholly before this key block see none of it; those straddling the
     # diagonal need the causal mask; the rest see the whole key block.
@@ -119,10 +155,10 @@ def _dq_kernel(
     *,
     cfg: KernelConfig,
 ) -> None:
-    bq, bk = cfg.block_q_bwd, cfg.block_k_bwd
-    i = pl.program_id(0)
-    q = q_ref[...]
-    do = do_ref[...]
+    bq, bk = cfg.dq_blocks()
+    i, cols = _split_program(cfg, q_ref.shape[-1])
+    q = [q_ref[...]] if cols is None else [q_ref[:, c] for c in cols]
+    do = [do_ref[...]] if cols is None else [do_ref[:, c] for c in cols]
     lse = lse_ref[...]
     delta = delta_ref[...]
     q_pos = i * bq + jnp.arange(bq)
@@ -130,14 +166,16 @@ def _dq_kernel(
 
     def body(j: Array, dq: Array, causal: bool) -> Array:
         ks = pl.ds(j * bk, bk)
-        k = k_ref[ks, :]
+        k = [k_ref[ks, :]] if cols is None else [k_ref[ks, c] for c in cols]
         kv_ids = None if kid_ref is None else kid_ref[ks]
-        p = _probs(cfg, q, k, lse, q_pos, j * bk + jnp.arange(bk), q_ids, kv_ids, causal)
-        ds = p * (dot_nt(do, v_ref[ks, :]) - delta[:, None])
-        return dq + dot_nn(ds.astype(k.dtype), k)
+        k_pos = j * bk + jnp.arange(bk)
+        p = _probs(cfg, _dot_parts(q, k), lse, q_pos, k_pos, q_ids, kv_ids, causal)
+        v = [v_ref[ks, :]] if cols is None else [v_ref[ks, c] for c in cols]
+        ds = p * (_dot_parts(do, v) - delta[:, None])
+        return dq + dot_nn(ds.astype(k[0].dtype), k[0])
 
     n_unmasked, n_total = kv_block_range(cfg, i, bq, bk)
-    dq = jnp.zeros(q.shape, jnp.float32)
+    dq = jnp.zeros((bq, q_ref.shape[-1] // cfg.head_split_bwd), jnp.float32)
     dq = lax.fori_loop(0, n_unmasked, functools.partial(body, causal=False), dq)
     if cfg.causal:
         dq = lax.fori_loop(n_unmasked, n_total, functools.partial(body, causal=True), dq)
@@ -165,15 +203,19 @@ def flash_backward(
     d_out = d_out.astype(q.dtype)
     args = (q, k, v, d_out, lse, delta, q_ids, kv_ids)
 
-    # dK, dV: grid over key blocks; queries, dO, lse, delta whole.
+    n = cfg.head_split_bwd
+    blk = (lambda x: x) if n == 1 else (lambda x: x // n)  # grid axis 0 → block index
+    col = (lambda x: 0) if n == 1 else (lambda x: x % n)  # grid axis 0 → output column slice
+
+    # dK, dV: grid over key blocks (× column slices); queries, dO, lse, delta whole.
     full_q = pl.BlockSpec((None, s_q, None, d), lambda j, bi, hi: (bi, 0, hi, 0))
     full_row = pl.BlockSpec((None, None, s_q), lambda j, bi, hi: (bi, hi, 0))
-    kv_blk = pl.BlockSpec((None, bk, None, d), lambda j, bi, hi: (bi, j, hi // g, 0))
-    out_kv = pl.BlockSpec((None, bk, None, d), lambda j, bi, hi: (bi, j, hi, 0))
+    kv_blk = pl.BlockSpec((None, bk, None, d), lambda j, bi, hi: (bi, blk(j), hi // g, 0))
+    out_kv = pl.BlockSpec((None, bk, None, d // n), lambda j, bi, hi: (bi, blk(j), hi, col(j)))
     kv_dtype = k.dtype if g == 1 else jnp.float32
     dk, dv = pl.pallas_call(
         functools.partial(_dkdv_kernel, cfg=cfg),
-        grid=(s_k // bk, b, h),
+        grid=(s_k // bk * n, b, h),
         in_specs=[
             full_q,
             kv_blk,
@@ -182,7 +224,7 @@ def flash_backward(
             full_row,
             full_row,
             None if q_ids is None else pl.BlockSpec((None, s_q), lambda j, bi, hi: (bi, 0)),
-            None if kv_ids is None else pl.BlockSpec((None, bk), lambda j, bi, hi: (bi, j)),
+            None if kv_ids is None else pl.BlockSpec((None, bk), lambda j, bi, hi: (bi, blk(j))),
         ],
         out_specs=[out_kv, out_kv],
         out_shape=[out_struct((b, s_k, h, d), kv_dtype, *args)] * 2,
@@ -194,13 +236,15 @@ def flash_backward(
         dk = dk.reshape(b, s_k, h_kv, g, d).sum(axis=3).astype(k.dtype)
         dv = dv.reshape(b, s_k, h_kv, g, d).sum(axis=3).astype(v.dtype)
 
-    # dQ: grid over query blocks; keys and values whole.
-    q_blk = pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, i, hi, 0))
-    row_blk = pl.BlockSpec((None, None, bq), lambda i, bi, hi: (bi, hi, i))
+    # dQ: grid over query blocks (× column slices); keys and values whole.
+    bq, bk = cfg.dq_blocks()
+    q_blk = pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, blk(i), hi, 0))
+    out_q = pl.BlockSpec((None, bq, None, d // n), lambda i, bi, hi: (bi, blk(i), hi, col(i)))
+    row_blk = pl.BlockSpec((None, None, bq), lambda i, bi, hi: (bi, hi, blk(i)))
     full_kv = pl.BlockSpec((None, s_k, None, d), lambda i, bi, hi: (bi, 0, hi // g, 0))
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, cfg=cfg),
-        grid=(s_q // bq, b, h),
+        grid=(s_q // bq * n, b, h),
         in_specs=[
             q_blk,
             full_kv,
@@ -208,10 +252,10 @@ def flash_backward(
             q_blk,
             row_blk,
             row_blk,
-            None if q_ids is None else pl.BlockSpec((None, bq), lambda i, bi, hi: (bi, i)),
+            None if q_ids is None else pl.BlockSpec((None, bq), lambda i, bi, hi: (bi, blk(i))),
             None if kv_ids is None else pl.BlockSpec((None, s_k), lambda i, bi, hi: (bi, 0)),
         ],
-        out_specs=q_blk,
+        out_specs=out_q,
         out_shape=out_struct(q.shape, q.dtype, *args),
         compiler_params=cfg.compiler_params(backward=True),
         interpret=cfg.interpret,

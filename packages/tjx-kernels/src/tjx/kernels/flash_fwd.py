@@ -50,6 +50,14 @@ class KernelConfig:
     num_stages: int
     num_stages_bwd: int
     interpret: bool
+    head_split_bwd: int = 1  #: column slices of dK/dV and dQ, one program each (see flash_bwd)
+
+    def dq_blocks(self) -> tuple[int, int]:
+        """(query, key) block rows of the dQ kernel: with a head split each backward kernel's own
+        block (dQ's queries) has ``block_k_bwd`` rows and the walked one ``block_q_bwd``."""
+        if self.head_split_bwd > 1:
+            return self.block_k_bwd, self.block_q_bwd
+        return self.block_q_bwd, self.block_k_bwd
 
     def compiler_params(self, backward: bool = False) -> Any:
         """Triton launch parameters of the forward or backward kernels (unused when interpreted)."""
@@ -79,24 +87,29 @@ def block_mask(
     q_ids: Array | None,
     kv_ids: Array | None,
     causal: bool,
+    transposed: bool = False,
 ) -> Array | None:
     """Boolean [bq, bk] mask (True = attend) for one tile, or None when the tile is all visible.
 
     ``causal`` is False for tiles wholly below the diagonal (the caller knows), so those skip the
-    position comparison.
+    position comparison. ``transposed``: the [bk, bq] mask of the transposed tile.
     """
     mask: Array | None = None
 
     def conj(a: Array | None, b: Array) -> Array:
         return b if a is None else jnp.logical_and(a, b)
 
+    def side(x: Array, key: bool) -> Array:  # a query- or key-side vector, against the tile
+        return x[:, None] if key == transposed else x[None, :]
+
+    shape = (k_pos.size, q_pos.size) if transposed else (q_pos.size, k_pos.size)
     if causal:
-        mask = conj(mask, q_pos[:, None] >= k_pos[None, :])
+        mask = conj(mask, side(q_pos, False) >= side(k_pos, True))
     if not cfg.has_segments and cfg.kv_valid != cfg.kv_len:
-        mask = conj(mask, jnp.broadcast_to(k_pos[None, :] < cfg.kv_valid, (q_pos.size, k_pos.size)))
+        mask = conj(mask, jnp.broadcast_to(side(k_pos, True) < cfg.kv_valid, shape))
     if q_ids is not None and kv_ids is not None:
-        same = q_ids[:, None] == kv_ids[None, :]
-        mask = conj(mask, jnp.logical_and(same, kv_ids[None, :] != 0))
+        same = side(q_ids, False) == side(kv_ids, True)
+        mask = conj(mask, jnp.logical_and(same, side(kv_ids, True) != 0))
     return mask
 
 

@@ -30,6 +30,7 @@ _RULES: dict[str, tuple[Callable[[int], bool], str]] = {  # field-name prefix â†
     "block": (lambda v: v >= MIN_BLOCK and not v & (v - 1), f"a power of two >= {MIN_BLOCK}"),
     "num_warps": (lambda v: v in (1, 2, 4, 8, 16), "one of 1, 2, 4, 8, 16"),
     "num_stages": (lambda v: 1 <= v <= 8, "in 1..8"),
+    "head_split": (lambda v: v in (1, 2, 4, 8), "one of 1, 2, 4, 8"),
 }
 _DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 _KEY = re.compile(r"(bf16|fp16|fp32)-(64|128|256)")
@@ -41,6 +42,11 @@ class LaunchDefaults:
 
     Blocks are powers of two >= 16, warps one of 1, 2, 4, 8, 16 and stages 1..8; a bad value
     raises ``ValueError`` naming the field on construction.
+
+    ``head_split_bwd`` (1, 2, 4 or 8; optional in a table file, default 1) > 1 selects the split
+    backward (:mod:`tjx.kernels.flash_bwd`): each kernel runs that many programs per block, each
+    writing its slice of the gradient's columns, and each kernel's own block (keys for dK/dV,
+    queries for dQ) has ``block_k_bwd`` rows, the blocks it walks over ``block_q_bwd``.
     """
 
     block_q: int
@@ -51,6 +57,7 @@ class LaunchDefaults:
     num_warps_bwd: int
     num_stages: int = 2
     num_stages_bwd: int = 2
+    head_split_bwd: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -65,10 +72,13 @@ class LaunchDefaults:
 
     @classmethod
     def from_json(cls, data: Any) -> LaunchDefaults:
-        """Parse one table entry (an object with every field); ``ValueError`` if malformed."""
-        if not isinstance(data, dict) or set(data) != {f.name for f in dataclasses.fields(cls)}:
+        """Parse one table entry (an object with every field but the optional
+        ``head_split_bwd``); ``ValueError`` if malformed."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or not names - {"head_split_bwd"} <= set(data) <= names:
             want = ", ".join(f.name for f in dataclasses.fields(cls))
-            raise ValueError(f"an entry must be an object with exactly the fields {want}")
+            raise ValueError(f"an entry must be an object with exactly the fields {want} "
+                             "(head_split_bwd optional)")  # fmt: skip
         return cls(**data)
 
 
@@ -100,9 +110,13 @@ _GENERIC: dict[tuple[bool, int], LaunchDefaults] = {
 # Hopper (sm_90 and later) where its warpgroup MMA (wgmma) needs other tiles: the 16-bit
 # head_dim-128 backward with 32-row query tiles compiled to no wgmma for dq (96 mma.sync) and 8 of
 # 72 for dk/dv; 128x64 tiles under 8 warps are all-wgmma with no spills on sm_90 (the kernels
-# README's table), but spill 6.5 KB on sm_80, so only Hopper takes them.
+# README's table), but spill 6.5 KB on sm_80, so only Hopper takes them. The 16-bit head_dim-256
+# backward emitted wgmma only with tiles that spilled (2-4 KB); split in two column halves (dK/dV
+# on transposed 64-key x 32-query tiles, dQ on 64-query x 32-key tiles) it is all-wgmma with no
+# spills, at 1.5x the dK/dV and 1.67x the dQ kernel's products (the scores are computed twice).
 _HOPPER: dict[tuple[bool, int], LaunchDefaults] = {
     (True, 128): LaunchDefaults(128, 64, 8, 128, 64, 8),
+    (True, 256): LaunchDefaults(64, 64, 8, 32, 64, 8, head_split_bwd=2),
 }
 
 

@@ -75,12 +75,13 @@ def prepare(cfg: Config) -> data.RunData:
     images (cheap when cached)."""
     d, m, parts = cfg.data, expanded("model", cfg.model), mixture(cfg)
     if cfg.task == "classify":
+        images = _keyed(data.prepare_image_run_data, d.source, image_size=m["image_size"])
         if m["num_channels"] != 1:
             raise ConfigError(
                 f"model.num_channels: the digits images are grey (1 channel), the model reads "
                 f"{m['num_channels']}; set model.num_channels=1"
             )
-        return _keyed(data.prepare_image_run_data, d.source, image_size=m["image_size"])
+        return images
     common = {
         "seq_len": d.seq_len,
         "tokenizer_vocab": d.tokenizer_vocab,

@@ -120,12 +120,12 @@ def test_with_no_measurement_auto_tries_cudnn_then_xla(monkeypatch):
     tried, said = [], []
 
     def build(run):
-        tried.append(run.cfg.model.attention_impl)
-        assert run.model.attention_impl == run.cfg.model.attention_impl  # one change, both views
+        tried.append(run.cfg.model["attention_impl"])
+        assert run.model.attention_impl == run.cfg.model["attention_impl"]  # one change, both views
         raise RuntimeError("cuDNN: no kernel for this call\nmore detail")
 
     chosen = choose_attention(resolve(cfg, 257), build=build, say=said.append)
-    assert tried == ["cudnn"] and chosen.cfg.model.attention_impl == "xla"
+    assert tried == ["cudnn"] and chosen.cfg.model["attention_impl"] == "xla"
     assert said == [
         "attention: cudnn (auto: no tjx measurement for NVIDIA H100 80GB HBM3 yet)",
         "attention: cudnn failed to lower or compile (RuntimeError: cuDNN: no kernel for this "

@@ -46,7 +46,7 @@ def h100(tmp_path, monkeypatch):
 
 def _lowered(*sets: str) -> str:
     cfg = build_config(apply_overrides(load_config_data("gpt2_small"), list(sets)))
-    step, state, batch = abstract_step(resolve(cfg, cfg.model.vocab_size or 50257))
+    step, state, batch = abstract_step(resolve(cfg, cfg.model.get("vocab_size") or 50257))
     return step.trace(state, batch).lower(lowering_platforms=("cuda",)).as_text()
 
 

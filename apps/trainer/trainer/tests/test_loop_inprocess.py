@@ -106,10 +106,9 @@ def test_a_run_builds_its_package_configs_once(in_tmp, capsys, monkeypatch):
     (their changes are replaces, never a second build from the sections)."""
     import functools
 
-    from tjx import nn, optim
-    from trainer import memory_fit
+    from trainer import memory_fit, resolved
 
-    built = {"model": 0, "optimizer": 0}
+    built = {"model": 0, "optimizer": 0, "mesh": 0}
 
     def counting(key, build):
         def counted(*args, **kwargs):
@@ -118,10 +117,10 @@ def test_a_run_builds_its_package_configs_once(in_tmp, capsys, monkeypatch):
 
         return counted
 
-    monkeypatch.setattr(nn, "config_from_settings", counting("model", nn.config_from_settings))
-    monkeypatch.setattr(
-        optim, "config_from_settings", counting("optimizer", optim.config_from_settings)
-    )
+    for name in ("model", "optimizer", "mesh"):
+        monkeypatch.setattr(
+            resolved, f"{name}_config", counting(name, getattr(resolved, f"{name}_config"))
+        )
     text = in_tmp / "corpus.txt"
     text.write_text("".join(f"Line {i}: all that glitters.\n" for i in range(300)))
     cache = f"data.cache_dir={in_tmp / 'cache'}"
@@ -131,7 +130,7 @@ def test_a_run_builds_its_package_configs_once(in_tmp, capsys, monkeypatch):
     )
     assert main(_argv(text, "--set", cache, "--set", "train.fit_memory=true")) == 0
     assert "memory: the train step needs" in capsys.readouterr().out
-    assert built == {"model": 1, "optimizer": 1}
+    assert built == {"model": 1, "optimizer": 1, "mesh": 1}
 
 
 def test_the_compilation_cache_folder_is_the_config_key(monkeypatch, capsys, tmp_path):

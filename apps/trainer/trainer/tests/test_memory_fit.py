@@ -51,7 +51,7 @@ def test_too_big_switches_to_full_remat_and_says_so(peaks, capsys):
     plain, full = peaks
     fitted = fit_memory(config(), budget=(plain + full) // 2, devices=1)
     # Both views change together: the saved config and the model the state is built from.
-    assert fitted.cfg.model.remat == "full" and fitted.model.remat == "full"
+    assert fitted.cfg.model["remat"] == "full" and fitted.model.remat == "full"
     assert fitted.cfg.data.batch_size == 16  # nothing else changes
     assert fitted.model == config("model.remat=full").model
     lines = capsys.readouterr().out.splitlines()

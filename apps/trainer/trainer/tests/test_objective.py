@@ -11,7 +11,7 @@ from flax import nnx
 
 from tjx import metrics, nn
 from trainer.config import build_config
-from trainer.resolved import model_config
+from trainer.resolved import resolve
 from trainer.step import make_eval_step, make_loss_fn
 
 TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2}
@@ -51,12 +51,13 @@ def _split(model):
 def test_the_configs_loss_settings_reach_tjx_nn(chunked):
     train = {"chunked_ce": chunked, "ce_chunk_size": 4, "z_loss": 1e-2, "mlm_probability": 0.4}
     cfg = build_config({"model": {"kind": "gpt2", **TINY}, "train": train})
-    model = nn.build_model(model_config(cfg.model, 30), rngs=nnx.Rngs(0))
+    run = resolve(cfg, 30)
+    model = nn.build_model(run.model, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(1)
     tokens = jnp.asarray(rng.integers(0, 30, (2, 9)), jnp.int32)
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
     graphdef, params, rest = _split(model)
-    loss, aux = make_loss_fn(graphdef, rest, cfg)(params, batch, jnp.asarray(0))
+    loss, aux = make_loss_fn(graphdef, rest, run)(params, batch, jnp.asarray(0))
     want = nn.objective_loss(model, batch, chunked=chunked, chunk_size=4, z_loss=1e-2)
     np.testing.assert_allclose(float(loss), float(want.loss), rtol=1e-6)
     assert set(aux) == {"sum_loss", "num_tokens", "num_correct"}
@@ -66,7 +67,7 @@ def test_the_configs_loss_settings_reach_tjx_nn(chunked):
 def test_masked_lm_eval_masks_with_the_runs_fixed_key():
     """The trainer's validation masks as the evaluator does: tjx-nn's key of the run's seed."""
     cfg = build_config({"model": {"kind": "bert", **TINY}, "train": {"seed": 3}})
-    model = nn.build_model(model_config(cfg.model, 41), rngs=nnx.Rngs(0))
+    model = nn.build_model(resolve(cfg, 40).model, rngs=nnx.Rngs(0))  # + BERT's [MASK] id
     rng = np.random.default_rng(2)
     batch = {
         "inputs": jnp.asarray(rng.integers(0, 40, (2, 12)), jnp.int32),

@@ -90,13 +90,16 @@ def test_each_bad_value_names_its_config_key(tmp_path):
         data_setup.train_loader(bundle, config(seq_len=16, batch_size=10_000))
     with pytest.raises(ConfigError, match=r"^data\.tokenizer: no such tokenizer"):
         data_setup.prepare(config(tokenizer="./missing/tokenizer.json"))
-    vit = {"kind": "vit", "image_size": 16}
+    vit = {"kind": "vit", "image_size": 16, "num_channels": 1}
     with pytest.raises(ConfigError, match=r"^model\.image_size: 16 does not match .* \(8\)"):
         data_setup.prepare(build_config({"data": {"source": "digits"}, "model": vit}))
     with pytest.raises(ConfigError, match=r"^data\.source: image runs read 'digits'"):
         data_setup.prepare(build_config({"data": {"source": str(text)}, "model": {"kind": "vit"}}))
+    grey = {"kind": "vit", "image_size": 8, "patch_size": 2}  # tjx-nn's default: 3 channels
+    with pytest.raises(ConfigError, match=r"^model\.num_channels: the digits images are grey"):
+        data_setup.prepare(build_config({"data": {"source": "digits"}, "model": grey}))
     digits = build_config(
-        {"data": {"source": "digits", "batch_size": 5000}, "model": vit | {"image_size": 8}}
+        {"data": {"source": "digits", "batch_size": 5000}, "model": vit | {"image_size": 8, "patch_size": 2}}
     )
     with pytest.raises(ConfigError, match=r"^data\.batch_size: batch_size must be in \[1, 1437\]"):
         data_setup.train_loader(data_setup.prepare(digits), digits)

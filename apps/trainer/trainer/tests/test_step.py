@@ -42,10 +42,11 @@ def test_train_step_lowers_loss_and_accumulation_matches_one_batch():
                 "data": {"seq_len": 8, "batch_size": 16},
             }
         )
-        setup = build(resolve(cfg, 40))
+        run = resolve(cfg, 40)
+        setup = build(run)
         from trainer.step import make_train_step
 
-        step = jax.jit(make_train_step(setup.graphdef, setup.rest, setup.tx, cfg))
+        step = jax.jit(make_train_step(setup.graphdef, setup.rest, setup.tx, run))
         st = setup.state
         losses = []
         for _ in range(4):

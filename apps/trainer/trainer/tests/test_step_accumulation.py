@@ -63,8 +63,9 @@ def _padded_batch(seed: int) -> dict[str, np.ndarray]:
 
 
 def _one_step(cfg, batch, *, eval_sums=False):
-    setup = build(resolve(cfg, VOCAB))
-    step = jax.jit(make_train_step(setup.graphdef, setup.rest, setup.tx, cfg))
+    run = resolve(cfg, VOCAB)
+    setup = build(run)
+    step = jax.jit(make_train_step(setup.graphdef, setup.rest, setup.tx, run))
     params0 = jax.tree.map(np.asarray, setup.state["params"])
     sums = None
     if eval_sums:  # sum of CE and token count of the whole batch, by the eval path

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tjx.optim import (
+    DEFAULT_LEARNING_RATES,
     OPTIMIZER_NAMES,
     SCHEDULE_NAMES,
     OptimizerConfig,
@@ -131,7 +132,7 @@ def test_wsd_decay_settings_are_refused_elsewhere(name: str, field: str) -> None
 
 
 def test_wsd_fills_unset_decay_settings_with_its_defaults() -> None:
-    c = ScheduleConfig(name="wsd", total_steps=100)
+    c = ScheduleConfig(name="wsd", total_steps=100, peak_lr=1e-3)
     assert (c.decay_fraction, c.decay_shape) == tuple(WSD_DEFAULTS.values())
     assert list(WSD_DEFAULTS) == ["decay_fraction", "decay_shape"]
     mine = ScheduleConfig(name="wsd", total_steps=100, decay_fraction=0.5, decay_shape="sqrt")
@@ -140,7 +141,7 @@ def test_wsd_fills_unset_decay_settings_with_its_defaults() -> None:
         mine, peak_lr=1.0, **WSD_DEFAULTS
     )
     # The same schedule as with the defaults spelled out.
-    spelled = ScheduleConfig(name="wsd", total_steps=100, **WSD_DEFAULTS)
+    spelled = ScheduleConfig(name="wsd", total_steps=100, peak_lr=1e-3, **WSD_DEFAULTS)
     steps = range(0, 101, 7)
     assert [build_schedule(c)(s) for s in steps] == [build_schedule(spelled)(s) for s in steps]
 
@@ -181,3 +182,15 @@ def test_check_precision_accepts(param: object, compute: object, loss_scale: str
     check_precision(
         OptimizerConfig(loss_scale=loss_scale), param_dtype=param, compute_dtype=compute
     )
+
+
+def test_a_schedule_without_a_rate_takes_its_optimizers_default_rate() -> None:
+    assert ScheduleConfig().peak_lr is None
+    for name, rate in DEFAULT_LEARNING_RATES.items():
+        config = OptimizerConfig(name=name, schedule=ScheduleConfig(warmup_steps=0))
+        assert config.schedule is not None and config.schedule.peak_lr == rate
+        assert float(build_schedule(config.schedule)(0)) == pytest.approx(rate)
+    mine = OptimizerConfig(name="muon", schedule=ScheduleConfig(peak_lr=0.5))
+    assert mine.schedule is not None and mine.schedule.peak_lr == 0.5
+    with pytest.raises(ValueError, match="ScheduleConfig.peak_lr is None: give the peak rate"):
+        build_schedule(ScheduleConfig())

@@ -119,7 +119,13 @@ CASES = [
         "optimizer.accumulation_steps: 3 must divide data.batch_size",
     ),
     ("bad-sink", T, [*TINY, "--set", "logging.sinks=[slack]"], None, "'slack' is not allowed"),
-    ("set-without-value", T, [*TINY, "--set", "optimizer.schedule.peak_lr"], None, "expected KEY=VALUE"),
+    (
+        "set-without-value",
+        T,
+        [*TINY, "--set", "optimizer.schedule.peak_lr"],
+        None,
+        "expected KEY=VALUE",
+    ),
     ("set-a-section", T, [*TINY, "--set", "optimizer=1"], None, "optimizer: is a section"),
     ("missing-data-file", T, [*TINY, "--data", "./nope.txt"], None, "data.source: no such file"),
     ("empty-data-file", T, [*TINY, "--data", "./empty.txt"], _empty_text, "empty"),
@@ -214,8 +220,20 @@ CASES = [
         None,
         "optimizer.schedule.warmup_steps=50 is longer",
     ),
-    ("fp16-params", T, [*TINY, "--set", "model.precision.param_dtype=float16"], None, "float16 parameters"),
-    ("fp16-no-scaling", T, [*TINY, "--set", "model.precision.compute_dtype=float16"], None, "'dynamic'"),
+    (
+        "fp16-params",
+        T,
+        [*TINY, "--set", "model.precision.param_dtype=float16"],
+        None,
+        "float16 parameters",
+    ),
+    (
+        "fp16-no-scaling",
+        T,
+        [*TINY, "--set", "model.precision.compute_dtype=float16"],
+        None,
+        "'dynamic'",
+    ),
     (
         "two-free-mesh-axes",
         T,
@@ -296,7 +314,10 @@ DIVERGED = [
             "optimizer.clip_norm=null",
         ],
     ),
-    ("sgd-lr10", ["optimizer.name=sgd", "optimizer.schedule.peak_lr=10", "optimizer.clip_norm=null"]),
+    (
+        "sgd-lr10",
+        ["optimizer.name=sgd", "optimizer.schedule.peak_lr=10", "optimizer.clip_norm=null"],
+    ),
 ]
 
 

@@ -84,7 +84,13 @@ CASES = [
     ("resume-kind", T, resume_with("model.kind=llama"), None, "model.kind 'gpt2' → 'llama'"),
     ("resume-untie", T, resume_with("model.tie_embeddings=false"), None, "tie_embeddings"),
     ("resume-scan", T, resume_with("model.scan_layers=true"), None, "model.scan_layers"),
-    ("resume-param-dtype", T, resume_with("model.precision.param_dtype=bfloat16"), None, "param_dtype"),
+    (
+        "resume-param-dtype",
+        T,
+        resume_with("model.precision.param_dtype=bfloat16"),
+        None,
+        "param_dtype",
+    ),
     ("resume-vocab", T, resume_with("model.vocab_size=300"), None, "model.vocab_size None → 300"),
     ("resume-position", T, resume_with("model.position=rope"), None, "model.position"),
     ("resume-batch", T, resume_with("data.batch_size=16"), None, "data.batch_size 8 → 16"),
@@ -210,11 +216,14 @@ def test_a_resume_says_which_training_settings_change(tmp_path, trained):
     run = tmp_path / "r"
     shutil.copytree(trained, run)
     model_json = _snapshot(run)["model.json"]
-    argv = resume_with("train.steps=32", "optimizer.schedule.peak_lr=0.002", "logging.sinks=[jsonl]")
+    argv = resume_with(
+        "train.steps=32", "optimizer.schedule.peak_lr=0.002", "logging.sinks=[jsonl]"
+    )
     proc = run_app(T, argv, tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (
-        "resume: changed settings: optimizer.schedule.peak_lr 0.005 → 0.002, train.steps 30 → 32" in proc.stdout
+        "resume: changed settings: optimizer.schedule.peak_lr 0.005 → 0.002, train.steps 30 → 32"
+        in proc.stdout
     )
     assert "resumed from step 30" in proc.stdout and "done: 32 steps" in proc.stdout
     assert "steps: 32" in (run / "config.yaml").read_text()  # the run's config is the new one

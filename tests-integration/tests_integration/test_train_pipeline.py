@@ -40,7 +40,11 @@ PRESETS = {
     "gpt2": ("tiny", []),
     "llama": (
         "llama_small",
-        [f"model.vocab_size={VOCAB}", "model.num_kv_heads=2", "model.precision.compute_dtype=float32"],
+        [
+            f"model.vocab_size={VOCAB}",
+            "model.num_kv_heads=2",
+            "model.precision.compute_dtype=float32",
+        ],
     ),
 }
 _REFERENCE: dict[str, Any] = {}

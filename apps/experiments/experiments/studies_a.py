@@ -86,7 +86,8 @@ def precision_runs(scale: str) -> list[RunSpec]:
         RunSpec("fp32", base(scale, "model.precision.compute_dtype=float32")),
         RunSpec("bf16 compute", base(scale, "model.precision.compute_dtype=bfloat16")),
         RunSpec("fp16 + dynamic loss scale",
-                base(scale, "model.precision.compute_dtype=float16", "optimizer.loss_scale=dynamic")),
+                base(scale, "model.precision.compute_dtype=float16",
+                     "optimizer.loss_scale=dynamic")),
     ]  # fmt: skip
     return smoke_pick(scale, runs, "fp32", "bf16 compute")
 
@@ -129,9 +130,9 @@ def precision_conclude(rows: list[Row], scale: str) -> list[str]:
 #: losses.py, the attention kernels): the bf16 run is already "bf16 with norms, softmax and loss
 #: in float32", so its cost comes from what is left in bf16.
 F32_PARTS = (
-    "tjx-nn already keeps in float32, whatever model.precision.compute_dtype says: the parameters and "
-    "optimizer state, the layer-norm statistics, the attention softmax, the output logits and the "
-    "loss; the bf16 run differs from fp32 only in the matmul inputs and the activations "
+    "tjx-nn already keeps in float32, whatever model.precision.compute_dtype says: the parameters "
+    "and optimizer state, the layer-norm statistics, the attention softmax, the output logits and "
+    "the loss; the bf16 run differs from fp32 only in the matmul inputs and the activations "
     "(residual stream included) carried between them, so any cost of bf16 here comes from those."
 )
 
@@ -141,7 +142,8 @@ PRECISION_STUDY = Study(
     title="Precision: fp32, bf16 compute, fp16 with dynamic loss scaling",
     question="How much do bf16 and fp16 (dynamic loss scaling) change the final loss, the speed "
     "and the compiled memory of the step?",
-    varied="model.precision.compute_dtype (float32 / bfloat16 / float16 + optimizer.loss_scale=dynamic)",
+    varied="model.precision.compute_dtype (float32 / bfloat16 / float16 + "
+    "optimizer.loss_scale=dynamic)",
     fixed="fp32 parameters and optimizer state (norm statistics, softmax, logits and loss are "
     "float32 in every config), model, data, optimizer, steps; 3 seeds per config",
     runs=precision_runs,

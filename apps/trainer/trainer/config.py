@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 from trainer.config_outputs import CheckpointConfig, EvalConfig, LoggingConfig, SamplingConfig
 from trainer.migrate import migrate
 from trainer.schema import ConfigError, from_dict, nested, spec, to_dict
-from trainer.sections import KINDS, PACKAGE_SECTIONS, expanded, package
+from trainer.sections import PACKAGE_SECTIONS, expanded, package
 
 if TYPE_CHECKING:  # types only: `resolve` reads a Config
     from trainer.resolved import Resolved
+
 
 @dataclass
 class DataConfig:
@@ -26,7 +27,9 @@ class DataConfig:
     source: str = spec("shakespeare", help="built-in name, hub name or local path")
     tokenizer: str = spec("byte", help="byte | gpt2 | bpe | a tokenizer path")
     tokenizer_vocab: int = spec(2048, min=260, max=1 << 20, help="vocab of a trained bpe")
-    cache_dir: str | None = spec(None, help="pre-tokenized shards (default ~/.cache/tjx/data)", resumable=True)
+    cache_dir: str | None = spec(
+        None, help="pre-tokenized shards (default ~/.cache/tjx/data)", resumable=True
+    )
     seq_len: int = spec(128, min=2, max=1 << 20, help="tokens per training sequence")
     batch_size: int = spec(16, min=1, help="global batch (sequences per optimizer step)")
     num_workers: int = spec(1, min=1, max=256, help="processes tokenizing during preparation")
@@ -57,28 +60,52 @@ class TrainConfig:
     log_every: int = spec(10, min=1, help="a metrics line every N steps", resumable=True)
     eval_every: int = spec(200, min=0, help="0 = only at the end", resumable=True)
     eval_batches: int = spec(
-        8, min=1, help="validation batches per evaluation (always the same ones)", resumable=True)
+        8, min=1, help="validation batches per evaluation (always the same ones)", resumable=True
+    )
     sample_every: int = spec(0, min=0, help="0 = only at the end", resumable=True)
-    checkpoint_every: int = spec(500, min=0, help="0 = only at the end and on signals", resumable=True)
-    chunked_ce: bool = spec(True, help="fused chunked cross-entropy (no [b,s,V] logits)", resumable=True)
+    checkpoint_every: int = spec(
+        500, min=0, help="0 = only at the end and on signals", resumable=True
+    )
+    chunked_ce: bool = spec(
+        True, help="fused chunked cross-entropy (no [b,s,V] logits)", resumable=True
+    )
     ce_chunk_size: int | None = spec(
-        None, min=1, help="tokens per chunk; null: from the shape (tjx.kernels.auto_chunk_size)", resumable=True)
-    z_loss: float = spec(0.0, min=0.0, help="weight of the log-partition penalty (PaLM's z-loss)", resumable=True)
-    mlm_probability: float = spec(0.15, gt=0.0, lt=1.0, help="BERT: share of tokens masked", resumable=True)
+        None,
+        min=1,
+        help="tokens per chunk; null: from the shape (tjx.kernels.auto_chunk_size)",
+        resumable=True,
+    )
+    z_loss: float = spec(
+        0.0, min=0.0, help="weight of the log-partition penalty (PaLM's z-loss)", resumable=True
+    )
+    mlm_probability: float = spec(
+        0.15, gt=0.0, lt=1.0, help="BERT: share of tokens masked", resumable=True
+    )
     stop_at: int | None = spec(
-        None, min=1, help="stop after this step as if preempted (save, exit 0; --resume goes on)", resumable=True)
+        None,
+        min=1,
+        help="stop after this step as if preempted (save, exit 0; --resume goes on)",
+        resumable=True,
+    )
     fit_memory: bool = spec(
-        True, help="check the step's compiled memory first; switch to full remat if it won't fit", resumable=True)
+        True,
+        help="check the step's compiled memory first; switch to full remat if it won't fit",
+        resumable=True,
+    )
     compilation_cache: str = spec(
         "auto",
         help="GPU runs: JAX's persistent compilation cache folder (a rerun skips compiling and "
         "autotuning); auto: tjx.kernels' default (TJX_COMPILATION_CACHE_DIR, else "
-        "~/.cache/tjx/jax-compilation); off: none", resumable=True)
+        "~/.cache/tjx/jax-compilation); off: none",
+        resumable=True,
+    )
     max_bad_steps: int = spec(
         25,
         min=1,
         help="stop (exit 3, no new checkpoint) after this many steps in a row with a non-finite "
-        "loss or a skipped update", resumable=True)
+        "loss or a skipped update",
+        resumable=True,
+    )
 
     @property
     def head_settings(self) -> dict[str, Any]:
@@ -90,7 +117,9 @@ class TrainConfig:
 class Config:
     """Everything one training run needs."""
 
-    name: str = spec("custom", help="the run's name (the default run dir is runs/<name>)", resumable=True)
+    name: str = spec(
+        "custom", help="the run's name (the default run dir is runs/<name>)", resumable=True
+    )
     model: dict[str, Any] = package("model", "the tjx.nn config of model.kind")
     data: DataConfig = nested(DataConfig)
     optimizer: dict[str, Any] = package("optimizer", "tjx.optim's OptimizerConfig")

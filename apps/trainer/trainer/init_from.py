@@ -55,8 +55,7 @@ def check_init_from(cfg: Config, source: str) -> None:
     if cfg.kind != kind:
         what = "GPT-2" if kind == "gpt2" else "LLaMA-family"
         raise ConfigError(
-            f"--init-from: loads {what} weights; model.kind must be {kind!r}, got "
-            f"{cfg.kind!r}"
+            f"--init-from: loads {what} weights; model.kind must be {kind!r}, got " f"{cfg.kind!r}"
         )
     settings = cfg.model  # the keys the config sets
     if kind == "gpt2":

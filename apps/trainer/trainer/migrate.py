@@ -31,8 +31,10 @@ def written_by_v08(data: Any) -> bool:
     """Whether config ``data`` is a ``config.yaml`` trainer 0.8 saved (it wrote every key, the
     renamed ones included)."""
     model, optimizer = (data.get(k) if isinstance(data, dict) else None for k in RENAMED_IN)
-    return isinstance(model, dict) and "compute_dtype" in model or (
-        isinstance(optimizer, dict) and "lr" in optimizer
+    return (
+        isinstance(model, dict)
+        and "compute_dtype" in model
+        or (isinstance(optimizer, dict) and "lr" in optimizer)
     )
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from trainer.config import Config, build_config
-from trainer.presets import load_config_data
 from trainer import sections
+from trainer.config import Config, build_config
 from trainer.migrate import migrate, renamed
+from trainer.presets import load_config_data
 from trainer.schema import ConfigError, choices, convert, field_map, hints
 from trainer.sections import section_class
 

@@ -30,7 +30,9 @@ def _reworded(err: ValueError, words: dict[str, str]) -> ConfigError:
     (``GPT2Config.d_model`` → ``model.d_model``), its ``None`` the config's ``null``; a message
     naming no key names the section (the first of ``words``' values)."""
     pattern = "|".join(re.escape(theirs) for theirs in words)
-    text = re.sub(pattern, lambda match: words[match.group()], str(err)).replace("to None", "to null")
+    text = re.sub(pattern, lambda match: words[match.group()], str(err)).replace(
+        "to None", "to null"
+    )
     keys = tuple(dict.fromkeys(v.split(".")[0].split("=")[0] for v in words.values()))
     return ConfigError(text if text.startswith(keys) else f"{keys[0]}: {text}")
 
@@ -121,7 +123,10 @@ class Resolved:
         """The run with the tokenizer's ``vocab_size`` (a ``model.vocab_size`` set in the config
         is kept; a kind that reads no tokens, ViT, keeps none)."""
         model = self.model
-        if self.cfg.model.get("vocab_size") is None and "vocab_size" not in type(model).unused_fields:
+        if (
+            self.cfg.model.get("vocab_size") is None
+            and "vocab_size" not in type(model).unused_fields
+        ):
             extra = int(self.cfg.objective.extra_vocab)  # BERT's [MASK] id
             model = dataclasses.replace(model, vocab_size=vocab_size + extra)
         return dataclasses.replace(self, model=model, vocab_size=vocab_size)

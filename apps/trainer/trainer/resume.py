@@ -2,9 +2,10 @@
 
 A checkpoint holds one model's and optimizer's state and a position in one token stream, so a
 change to any of those is refused, naming every changed key. Settings that only steer the loop
-(their fields say so: ``resumable`` metadata) may change; ``tests/test_resume.py`` checks that they leave the abstract train
-state alone. The comparison is tjx.ckpt's ``config_changes``; what a null optimizer setting stands
-for is tjx.optim's ``with_own_defaults`` (imported on use: the command line stays free of jax).
+(their fields say so: ``resumable`` metadata) may change; ``tests/test_resume.py`` checks that
+they leave the abstract train state alone. The comparison is tjx.ckpt's ``config_changes``; what
+a null optimizer setting stands for is tjx.optim's ``with_own_defaults`` (imported on use: the
+command line stays free of jax).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from trainer.migrate import migrate, written_by_v08
 from trainer.schema import ConfigError, field_map, from_dict, hints
 from trainer.sections import PACKAGE_SECTIONS
 
+
 def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
     """Whether a resume may change dotted config ``key``: its field's ``resumable`` metadata, or
     that of a section holding it (the trainer's own in `Config`, a package section's in the
@@ -29,7 +31,7 @@ def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
         return "." in key and sections.resumable(key, config or {})
     cls: Any = Config
     for part in key.split("."):
-        fields = field_map(cls) if dataclasses.is_dataclass(cls) else {}
+        fields = field_map(cls) if isinstance(cls, type) and dataclasses.is_dataclass(cls) else {}
         if part not in fields:
             return False
         if fields[part].metadata.get("resumable"):

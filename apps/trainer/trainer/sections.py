@@ -145,7 +145,9 @@ def field_at(cls: type, parts: list[str], path: str) -> tuple[dataclasses.Field[
     inner = nested_class(tp)
     if inner is not None:
         if not rest:
-            raise ConfigError(f"{key}: is a section; set one of its keys: {', '.join(fields_of(inner, key))}")
+            raise ConfigError(
+                f"{key}: is a section; set one of its keys: {', '.join(fields_of(inner, key))}"
+            )
         return field_at(inner, rest, key)
     if rest:
         raise ConfigError(f"{key}: is a value, not a section")

@@ -21,7 +21,11 @@ from tjx_tools.gpu_suite.report import Section, fmt, md_table
 
 GIB = 2**30
 #: The issue's gpt2_small step: bf16 compute, scanned layers, chunked cross-entropy.
-STEP_SETS = ["model.scan_layers=true", "model.precision.compute_dtype=bfloat16", "train.chunked_ce=true"]
+STEP_SETS = [
+    "model.scan_layers=true",
+    "model.precision.compute_dtype=bfloat16",
+    "train.chunked_ce=true",
+]
 #: The smoke run's step: the same code path on a model that compiles in seconds on 2 CPU cores.
 SMOKE_SETS = [
     "data.batch_size=2",

@@ -72,7 +72,12 @@ def test_each_seed_runs_the_config_with_its_own_train_seed() -> None:
 
 
 def _lr_spec(group: str, lr: float) -> RunSpec:
-    return RunSpec(f"{group} {lr:g}", (f"optimizer.schedule.peak_lr={lr:g}",), group=group, params=(("lr", lr),))
+    return RunSpec(
+        f"{group} {lr:g}",
+        (f"optimizer.schedule.peak_lr={lr:g}",),
+        group=group,
+        params=(("lr", lr),),
+    )
 
 
 SWEEP = Sweep(param="lr", factor=3.0, make=lambda s, lr: _lr_spec(s.group, lr), max_extensions=4)

@@ -85,7 +85,10 @@ def test_base_inheritance_keeps_parent_keys():
             "warmup_steps <= train.steps=10",
         ),
         ({"model": {"compute_dtype": "float16"}}, "optimizer.loss_scale"),
-        ({"mesh": {"data": -1, "fsdp": -1}}, "mesh: at most one of data, fsdp, tensor and pipeline may be -1"),
+        (
+            {"mesh": {"data": -1, "fsdp": -1}},
+            "mesh: at most one of data, fsdp, tensor and pipeline may be -1",
+        ),
         ({"optimizer": {"schedule": {"total_steps": 5}}}, "optimizer.schedule.total_steps: the "),
         ({"mesh": {"strategy": "nope"}}, "mesh.strategy: 'nope' is not allowed"),
     ],
@@ -193,10 +196,7 @@ def test_position_reaches_the_model_and_is_checked_per_kind():
     model = nn.build_model(c, rngs=nnx.Rngs(0))
     assert model(jnp.zeros((1, 8), jnp.int32)).shape == (1, 8, 300)
     # null keeps each family's default
-    assert (
-        model_config(build_config(base), 300).position
-        == nn.GPT2Config(vocab_size=300).position
-    )
+    assert model_config(build_config(base), 300).position == nn.GPT2Config(vocab_size=300).position
     bad = [
         # tjx.nn's own rules, reported at config time with the model section named
         (["model.kind=bert", "model.position=t5"], r"^model\.position must be one of"),

@@ -93,15 +93,24 @@ def test_choice_lists_are_the_packages_own():
         ({"model": {"attention_type": "gqa"}}, "model.attention_type: 'gqa' is not allowed"),
         ({"model": {"attention_type": "mla"}}, "model.kv_latent_dim: attention_type 'mla' needs"),
         ({"model": {"kv_latent_dim": 8}}, "model.kv_latent_dim: only attention_type 'mla'"),
-        ({"model": {**MLA, "kv_latent_dim": 0}}, "model.kv_latent_dim must be a positive int; got 0"),
+        (
+            {"model": {**MLA, "kv_latent_dim": 0}},
+            "model.kv_latent_dim must be a positive int; got 0",
+        ),
         ({"model": {"use_bias": "maybe"}}, "model.use_bias: expected true/false, got 'maybe'"),
         ({"model": {"decode_topk": 0}}, "model.decode_topk must be a positive int; got 0"),
         ({"model": {"kind": "bert", "decode_topk": 2}}, "model.decode_topk: only decoders"),
         ({"optimizer": {"name": "sgd", "momentum": 1.0}}, "optimizer.momentum=1.0 is out of range"),
-        ({"optimizer": {"name": "sgd", "momentum": -0.1}}, "optimizer.momentum=-0.1 is out of range"),
+        (
+            {"optimizer": {"name": "sgd", "momentum": -0.1}},
+            "optimizer.momentum=-0.1 is out of range",
+        ),
         ({"optimizer": {"momentum": 0.9}}, "optimizer.momentum: only sgd, muon use it"),
         ({"optimizer": {"name": "lion", "nesterov": True}}, "optimizer.nesterov: only sgd, muon"),
-        ({"optimizer": {"name": "sgd", "nesterov": 1}}, "optimizer.nesterov: expected true/false or null"),
+        (
+            {"optimizer": {"name": "sgd", "nesterov": 1}},
+            "optimizer.nesterov: expected true/false or null",
+        ),
         (
             {"optimizer": {"schedule": {"decay_fraction": 0.3}}},
             "optimizer.schedule.decay_fraction: only the 'wsd' schedule uses it",

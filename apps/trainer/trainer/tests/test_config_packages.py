@@ -158,7 +158,10 @@ def _package_keys() -> list[tuple[str, str]]:
         out = []
         for f in dataclasses.fields(cls):
             key = f"{path}.{f.name}"
-            inner = {"model.precision": nn.Precision, "optimizer.schedule": optim.ScheduleConfig}.get(key)
+            inner = {
+                "model.precision": nn.Precision,
+                "optimizer.schedule": optim.ScheduleConfig,
+            }.get(key)
             out += walk(inner, key) if inner is not None else [key]
         return out
 
@@ -187,7 +190,7 @@ def test_a_new_package_field_is_one_line_in_its_package(monkeypatch):
 
     @dataclasses.dataclass(frozen=True, kw_only=True)
     class Grown(nn.GPT2Config):
-        logit_softcap: float | None = setting(None, help="tanh cap of the logits")
+        logit_softcap: float | None = setting(None, help="tanh cap of the logits")  # noqa: RUF009
 
     monkeypatch.setitem(nn.MODEL_KINDS, "gpt2", Grown)
     run = resolve_config(apply_overrides({}, ["model.logit_softcap=30"]))

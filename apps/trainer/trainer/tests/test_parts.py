@@ -99,7 +99,10 @@ def test_each_bad_value_names_its_config_key(tmp_path):
     with pytest.raises(ConfigError, match=r"^model\.num_channels: the digits images are grey"):
         data_setup.prepare(build_config({"data": {"source": "digits"}, "model": grey}))
     digits = build_config(
-        {"data": {"source": "digits", "batch_size": 5000}, "model": vit | {"image_size": 8, "patch_size": 2}}
+        {
+            "data": {"source": "digits", "batch_size": 5000},
+            "model": vit | {"image_size": 8, "patch_size": 2},
+        }
     )
     with pytest.raises(ConfigError, match=r"^data\.batch_size: batch_size must be in \[1, 1437\]"):
         data_setup.train_loader(data_setup.prepare(digits), digits)

@@ -219,6 +219,8 @@ def test_a_run_saved_by_trainer_0_8_resumes_with_the_same_command(tmp_path, save
     assert resume.check_resume(tmp_path, cfg.to_dict()) == {}
     changed = build_config(apply_overrides(load_config_data(preset), [*sets, "train.steps=77"]))
     assert set(resume.check_resume(tmp_path, changed.to_dict())) == {"train.steps"}
-    other = apply_overrides(load_config_data(preset), [*sets, "model.precision.param_dtype=bfloat16"])
+    other = apply_overrides(
+        load_config_data(preset), [*sets, "model.precision.param_dtype=bfloat16"]
+    )
     with pytest.raises(ConfigError, match="model.precision.param_dtype 'float32' → 'bfloat16'"):
         resume.check_resume(tmp_path, build_config(other).to_dict())

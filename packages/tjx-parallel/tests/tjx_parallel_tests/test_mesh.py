@@ -27,7 +27,10 @@ def test_minus_one_takes_the_rest() -> None:
         ({"data": 0}, "MeshConfig.data must be a positive int or -1"),
         ({"tensor": -2}, "MeshConfig.tensor must be a positive int or -1"),
         ({"fsdp": 1.5}, "MeshConfig.fsdp must be an int"),
-        ({"data": -1, "fsdp": -1}, "MeshConfig: at most one of data, fsdp, tensor and pipeline may be -1"),
+        (
+            {"data": -1, "fsdp": -1},
+            "MeshConfig: at most one of data, fsdp, tensor and pipeline may be -1",
+        ),
         ({"pipeline": 0}, "MeshConfig.pipeline must be a positive int or -1"),
     ],
 )

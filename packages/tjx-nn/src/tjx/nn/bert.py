@@ -3,6 +3,8 @@ optional sequence classifier (on the [CLS] position through a tanh pooler)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -32,7 +34,7 @@ class BERT(nnx.Module):
         # BERT always has learned positions and token types.
         self.pos_embed = lookup_table(c.max_seq_len, c, rngs=rngs)
         self.type_embed = lookup_table(c.type_vocab_size, c, rngs=rngs)
-        norm_kw = dict(rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias, precision=p)
+        norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias, precision=p)
         self.embed_norm = make_norm(c.norm, c.d_model, **norm_kw)
         self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=False)
         self.final_norm = (

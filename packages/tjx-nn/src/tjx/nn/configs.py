@@ -5,6 +5,8 @@ The decoder configs share ``TransformerConfig``'s fields; subclasses only change
 model-specific fields.
 """
 
+# `setting()` returns dataclasses.field objects (with the metadata apps read).
+# ruff: noqa: RUF009
 from __future__ import annotations
 
 import dataclasses
@@ -82,34 +84,69 @@ class TransformerConfig:
     d_model: int = setting(768, help="residual width")
     num_layers: int = setting(12, help="transformer blocks")
     num_heads: int = setting(12, help="attention (query) heads")
-    num_kv_heads: int | None = setting(None, help="key/value heads (grouped-query attention); None: num_heads")
+    num_kv_heads: int | None = setting(
+        None, help="key/value heads (grouped-query attention); None: num_heads"
+    )
     head_dim: int | None = setting(None, help="width of one head; None: d_model // num_heads")
-    mlp_dim: int | None = setting(None, help="MLP hidden width; None: the family's (4 d_model; LLaMA 8/3 d_model to 64)")
-    mlp_activation: str = setting("gelu", choices=ACTIVATIONS, help="MLP activation (swiglu, geglu: gated)")
+    mlp_dim: int | None = setting(
+        None, help="MLP hidden width; None: the family's (4 d_model; LLaMA 8/3 d_model to 64)"
+    )
+    mlp_activation: str = setting(
+        "gelu", choices=ACTIVATIONS, help="MLP activation (swiglu, geglu: gated)"
+    )
     norm: str = setting("layernorm", choices=NORMS, help="normalisation layer")
     norm_eps: float = setting(1e-5, help="the norm's epsilon")
-    norm_position: str = setting("pre", choices=NORM_POSITIONS, help="norm before (pre) or after (post) each sublayer")
-    position: str = setting("learned", choices=POSITIONS, help="position encoding (t5: bucketed relative bias)")
+    norm_position: str = setting(
+        "pre", choices=NORM_POSITIONS, help="norm before (pre) or after (post) each sublayer"
+    )
+    position: str = setting(
+        "learned", choices=POSITIONS, help="position encoding (t5: bucketed relative bias)"
+    )
     rope_theta: float = setting(10000.0, help="rope's base wavelength (Llama 3: 500000)")
-    rope_scaling: tuple[float, float, float, int] | None = setting(None, help="Llama 3 rope scaling [factor, low_freq_factor, high_freq_factor, original_max_positions]")
+    rope_scaling: tuple[float, float, float, int] | None = setting(
+        None,
+        help="Llama 3 rope scaling [factor, low_freq_factor, high_freq_factor, original_max_pos]",
+    )
     relative_buckets: int = setting(32, help="position=t5: buckets (even, >= 4)")
     relative_max_distance: int = setting(128, help="position=t5: longest bucketed distance")
     use_bias: bool = setting(True, help="biases of dense layers and LayerNorms")
     qkv_bias: bool = setting(False, help="query/key/value biases even without use_bias (Qwen2)")
-    dropout: float = setting(0.0, resumable=True, help="dropout rate of the residual branches and embeddings")
-    attention_dropout: float = setting(0.0, resumable=True, help="dropout rate of the attention weights (XLA path)")
+    dropout: float = setting(
+        0.0, resumable=True, help="dropout rate of the residual branches and embeddings"
+    )
+    attention_dropout: float = setting(
+        0.0, resumable=True, help="dropout rate of the attention weights (XLA path)"
+    )
     tie_embeddings: bool = setting(True, help="the output head reuses the input embedding")
-    attention_impl: str = setting("auto", choices=ATTENTION_IMPLS, resumable=True, help="attention kernel; auto: tjx.kernels picks by measurement")
-    scan_layers: bool = setting(False, help="one scan over the layers (stacked weights): faster compiles")
-    remat: str = setting("none", choices=REMAT_POLICIES, resumable=True, help="what the backward pass recomputes instead of storing")
+    attention_impl: str = setting(
+        "auto",
+        choices=ATTENTION_IMPLS,
+        resumable=True,
+        help="attention kernel; auto: tjx.kernels picks by measurement",
+    )
+    scan_layers: bool = setting(
+        False, help="one scan over the layers (stacked weights): faster compiles"
+    )
+    remat: str = setting(
+        "none",
+        choices=REMAT_POLICIES,
+        resumable=True,
+        help="what the backward pass recomputes instead of storing",
+    )
     precision: Precision = setting(
         Precision, factory=True, help="parameter and compute dtypes (param_dtype, compute_dtype)"
     )
     init_std: float = setting(0.02, help="std of the initial weights")
-    scaled_residual_init: bool = setting(True, help="residual output projections init / sqrt(2 num_layers) (GPT-2)")
-    attention_type: str = setting("mha", choices=ATTENTION_TYPES, help="mla: keys/values from one low-rank latent per token")
+    scaled_residual_init: bool = setting(
+        True, help="residual output projections init / sqrt(2 num_layers) (GPT-2)"
+    )
+    attention_type: str = setting(
+        "mha", choices=ATTENTION_TYPES, help="mla: keys/values from one low-rank latent per token"
+    )
     kv_latent_dim: int | None = setting(None, help="attention_type=mla: the latent's size")
-    decode_topk: int | None = setting(None, resumable=True, help="decoding attends to the top-k cached keys only; None: all")
+    decode_topk: int | None = setting(
+        None, resumable=True, help="decoding attends to the top-k cached keys only; None: all"
+    )
 
     def __post_init__(self) -> None:
         cls = type(self).__name__
@@ -286,7 +323,9 @@ class BertConfig(TransformerConfig):
     norm_eps: float = 1e-12
     mlp_activation: str = "gelu_exact"
     scaled_residual_init: bool = False
-    num_labels: int | None = setting(None, help="BERT: classes of a sequence-classification head; None: none")
+    num_labels: int | None = setting(
+        None, help="BERT: classes of a sequence-classification head; None: none"
+    )
     pad_id: int = setting(0, help="BERT: the padding token's id (not attended to)")
     unused_fields: ClassVar[Mapping[str, str]] = {
         "tie_embeddings": "BERT's MLM head always shares the token embedding",

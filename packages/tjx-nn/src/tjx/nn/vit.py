@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from einops import rearrange
@@ -40,7 +42,7 @@ class ViT(nnx.Module):
         )
         self.pos_embed = learned_positions(c, rngs=rngs)
         self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=False)
-        norm_kw = dict(rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias, precision=p)
+        norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias, precision=p)
         self.final_norm = (
             make_norm(c.norm, c.d_model, **norm_kw) if c.norm_position == "pre" else None
         )

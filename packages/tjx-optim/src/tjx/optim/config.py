@@ -4,6 +4,8 @@ Every field is checked in ``__post_init__`` so a bad YAML value fails when the c
 with a ``ValueError`` naming the field and what it may be, not deep inside a jitted step.
 """
 
+# `setting()` returns dataclasses.field objects (with the metadata apps read).
+# ruff: noqa: RUF009
 from __future__ import annotations
 
 import dataclasses
@@ -138,7 +140,9 @@ class ScheduleConfig:
     min_lr_ratio: float = setting(0.1, help="final rate as a fraction of the peak")
     init_lr_ratio: float = setting(0.0, help="the warmup's first rate as a fraction of the peak")
     decay_fraction: float | None = setting(None, help="wsd: share of the steps decaying; None: 0.2")
-    decay_shape: str | None = setting(None, choices=WSD_DECAY_SHAPES, help="wsd: the decay's shape; None: linear")
+    decay_shape: str | None = setting(
+        None, choices=WSD_DECAY_SHAPES, help="wsd: the decay's shape; None: linear"
+    )
 
     def __post_init__(self) -> None:
         _choice("ScheduleConfig.name", self.name, SCHEDULE_NAMES)
@@ -267,30 +271,70 @@ class OptimizerConfig:
     """
 
     name: str = setting("adamw", choices=OPTIMIZER_NAMES, help="the optimizer")
-    learning_rate: float | None = setting(None, help="a constant rate instead of a schedule (not with schedule)")
-    schedule: ScheduleConfig | None = setting(None, resumable=True, help="the learning-rate schedule (ScheduleConfig)")
-    b1: float | None = setting(None, resumable=True, help="first-moment decay; None: the optimizer's own default")
-    b2: float | None = setting(None, resumable=True, help="second-moment decay; None: the optimizer's own default")
-    eps: float | None = setting(None, resumable=True, help="denominator epsilon; None: the optimizer's own default")
-    weight_decay: float | None = setting(None, resumable=True, help="decoupled (adam, sgd: L2) weight decay; None: the optimizer's own default")
-    momentum: float | None = setting(None, help="sgd and muon only: momentum; None: the optimizer's own default")
-    nesterov: bool | None = setting(None, resumable=True, help="sgd and muon only: Nesterov momentum; None: the optimizer's own default")
-    clip_norm: float | None = setting(1.0, resumable=True, help="global gradient-norm clipping; None: none")
+    learning_rate: float | None = setting(
+        None, help="a constant rate instead of a schedule (not with schedule)"
+    )
+    schedule: ScheduleConfig | None = setting(
+        None, resumable=True, help="the learning-rate schedule (ScheduleConfig)"
+    )
+    b1: float | None = setting(
+        None, resumable=True, help="first-moment decay; None: the optimizer's own default"
+    )
+    b2: float | None = setting(
+        None, resumable=True, help="second-moment decay; None: the optimizer's own default"
+    )
+    eps: float | None = setting(
+        None, resumable=True, help="denominator epsilon; None: the optimizer's own default"
+    )
+    weight_decay: float | None = setting(
+        None,
+        resumable=True,
+        help="decoupled (adam, sgd: L2) weight decay; None: the optimizer's own default",
+    )
+    momentum: float | None = setting(
+        None, help="sgd and muon only: momentum; None: the optimizer's own default"
+    )
+    nesterov: bool | None = setting(
+        None,
+        resumable=True,
+        help="sgd and muon only: Nesterov momentum; None: the optimizer's own default",
+    )
+    clip_norm: float | None = setting(
+        1.0, resumable=True, help="global gradient-norm clipping; None: none"
+    )
     skip_nonfinite: bool = setting(True, help="skip an update whose gradients are not finite")
-    loss_scale: str | None = setting(None, choices=LOSS_SCALES, help="dynamic loss scaling (float16); None: none")
+    loss_scale: str | None = setting(
+        None, choices=LOSS_SCALES, help="dynamic loss scaling (float16); None: none"
+    )
     loss_scale_init: float = setting(2.0**15, help="dynamic loss scaling: the first scale")
-    loss_scale_growth_interval: int = setting(2000, help="dynamic loss scaling: good steps before doubling")
+    loss_scale_growth_interval: int = setting(
+        2000, help="dynamic loss scaling: good steps before doubling"
+    )
     loss_scale_min: float = setting(1.0, help="dynamic loss scaling: the smallest scale")
     loss_scale_max: float = setting(2.0**24, help="dynamic loss scaling: the largest scale")
-    accumulation_steps: int = setting(1, resumable=True, help="micro-batches per step (gradient accumulation)")
-    accumulation_mode: str = setting("scan", choices=ACCUMULATION_MODES, help="scan: one step sums micro-batches; multi_steps: optax.MultiSteps")
-    decay_mask_regex: str | None = setting(None, help="decay only parameters whose path matches; None: by logical axis")
+    accumulation_steps: int = setting(
+        1, resumable=True, help="micro-batches per step (gradient accumulation)"
+    )
+    accumulation_mode: str = setting(
+        "scan",
+        choices=ACCUMULATION_MODES,
+        help="scan: one step sums micro-batches; multi_steps: optax.MultiSteps",
+    )
+    decay_mask_regex: str | None = setting(
+        None, help="decay only parameters whose path matches; None: by logical axis"
+    )
     no_decay_regex: str | None = setting(None, help="never decay parameters whose path matches")
     adafactor_factored: bool = setting(True, help="adafactor: factored second moments")
-    adafactor_min_dim_size_to_factor: int = setting(128, help="adafactor: smallest dimension factored")
+    adafactor_min_dim_size_to_factor: int = setting(
+        128, help="adafactor: smallest dimension factored"
+    )
     muon_ns_steps: int = setting(5, help="muon: Newton-Schulz iterations")
-    muon_adam_lr_ratio: float = setting(1.0, help="muon: AdamW's rate on non-matrix parameters / muon's")
-    muon_stacked_layers: bool | None = setting(None, help="muon: weights stacked over layers; None: from the axes")
+    muon_adam_lr_ratio: float = setting(
+        1.0, help="muon: AdamW's rate on non-matrix parameters / muon's"
+    )
+    muon_stacked_layers: bool | None = setting(
+        None, help="muon: weights stacked over layers; None: from the axes"
+    )
     muon_exclude_regex: str | None = setting(None, help="muon: matrices left to AdamW (path regex)")
 
     def __post_init__(self) -> None:

@@ -33,6 +33,7 @@ from tjx.optim.transforms import (
 
 __all__ = ["DEFAULT_LEARNING_RATES", "build_optimizer", "learning_rate_schedule", "optimizer_core"]
 
+
 def learning_rate_schedule(config: OptimizerConfig) -> optax.ScalarOrSchedule:
     """``build_schedule(config.schedule)``, else ``config.learning_rate``, else the default."""
     if config.schedule is not None:

@@ -1,6 +1,8 @@
 """Device meshes with the axes ("pipeline", "data", "fsdp", "tensor") over all devices of all
 processes."""
 
+# `_setting()` returns dataclasses.field objects (with the metadata apps read).
+# ruff: noqa: RUF009
 from __future__ import annotations
 
 import dataclasses
@@ -18,8 +20,11 @@ from tjx.parallel.schedule import SCHEDULES
 
 __all__ = ["BATCH_AXES", "MESH_AXES", "MeshConfig", "batch_ways", "check_batch_split", "make_mesh"]
 
+
 def _setting(default: Any, help_text: str, **meta: Any) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help_text, "resumable": True, **meta})
+    return dataclasses.field(
+        default=default, metadata={"help": help_text, "resumable": True, **meta}
+    )
 
 
 #: Mesh axis names, outermost (least communication) to innermost (most communication).
@@ -71,9 +76,13 @@ class MeshConfig:
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"MeshConfig.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+            raise ValueError(
+                f"MeshConfig.strategy must be one of {STRATEGIES}, got {self.strategy!r}"
+            )
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"MeshConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+            raise ValueError(
+                f"MeshConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}"
+            )
         if isinstance(self.microbatches, bool) or not isinstance(self.microbatches, int):
             raise ValueError(f"MeshConfig.microbatches must be an int, got {self.microbatches!r}")
         if self.microbatches < 1:

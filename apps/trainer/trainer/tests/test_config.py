@@ -7,7 +7,8 @@ import pytest
 import yaml
 from flax import nnx
 
-from trainer.config import KINDS, Config, build_config, resolve_config
+from trainer.config import Config, build_config, resolve_config
+from trainer.sections import KINDS
 from trainer.overrides import apply_overrides
 from trainer.presets import load_config_data, preset_names
 from trainer.schema import ConfigError, from_dict, to_dict

@@ -11,9 +11,10 @@ from flax import nnx
 
 from tjx import kernels, metrics, nn, optim, parallel
 from tjx.metrics.loggers.wandb_logger import WANDB_MODES
-from tjx.nn.configs import setting
+from tjx.nn.fields import setting
 from tjx.optim.config import LOSS_SCALES
-from trainer.config import KINDS, Config, build_config, resolve_config
+from trainer.config import Config, build_config, resolve_config
+from trainer.sections import KINDS
 from trainer.overrides import apply_overrides, field_at
 from trainer.presets import load_config_data, preset_names
 from trainer.schema import ConfigError, choices, deep_merge

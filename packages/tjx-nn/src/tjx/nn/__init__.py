@@ -20,7 +20,6 @@ from tjx.nn.configs import (
     LlamaConfig,
     TransformerConfig,
     ViTConfig,
-    gpt2_config,
 )
 from tjx.nn.decoder import GPT2, DecoderLM, Llama, head_cross_entropy
 from tjx.nn.decoder_stages import DecoderStages, decoder_stages
@@ -28,6 +27,7 @@ from tjx.nn.embeddings import Embed
 from tjx.nn.encdec import EncoderDecoder
 from tjx.nn.flops import flops_per_token, flops_per_unit, matmul_param_count
 from tjx.nn.generation import generate, sample_logits
+from tjx.nn.gpt2_presets import gpt2_config
 from tjx.nn.hf import (
     HF_MODEL_TYPES,
     hf_kind,

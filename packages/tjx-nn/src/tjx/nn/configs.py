@@ -1,4 +1,4 @@
-"""Typed, validated model configs (frozen dataclasses) and the GPT-2 presets.
+"""Typed, validated model configs (frozen dataclasses), one per model family.
 
 Every bad value raises ``ValueError`` at construction naming the field and the allowed values.
 The decoder configs share ``TransformerConfig``'s fields; subclasses only change defaults and add
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from tjx.kernels import IMPLEMENTATIONS
+from tjx.nn.fields import choice, positive, rate, setting
 from tjx.nn.precision import Precision, as_precision
 
 ACTIVATIONS = ("gelu", "gelu_exact", "relu", "silu", "swiglu", "geglu")
@@ -25,34 +26,6 @@ POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
 ATTENTION_IMPLS: tuple[str, ...] = IMPLEMENTATIONS
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_output", "save_dots_and_attention")
 ATTENTION_TYPES = ("mha", "mla")
-
-
-def setting(default: Any, *, factory: bool = False, **meta: Any) -> Any:
-    """A config field with its metadata: ``help`` (one line), ``choices`` (the allowed values)
-    and ``resumable`` (a run resumed from a checkpoint may change it: the parameters keep their
-    shapes and meaning). Apps read them to list, document and check the fields (the trainer's
-    ``model:`` section is these classes), so a new field is one line here."""
-    if factory:
-        return dataclasses.field(default_factory=default, metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
-
-
-def _choice(cls: str, field: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{cls}.{field} must be one of {allowed}; got {value!r}")
-
-
-def _positive(cls: str, field: str, value: Any, *, allow_zero: bool = False) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool)
-    ok = ok and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        kind = "a non-negative" if allow_zero else "a positive"
-        raise ValueError(f"{cls}.{field} must be {kind} int; got {value!r}")
-
-
-def _rate(cls: str, field: str, value: Any) -> None:
-    if not isinstance(value, int | float) or not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{cls}.{field} must be a float in [0, 1); got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,7 +127,7 @@ class TransformerConfig:
         if self.num_kv_heads is None:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
         for name in ("max_seq_len", "d_model", "num_layers", "num_heads", "num_kv_heads"):
-            _positive(cls, name, getattr(self, name))
+            positive(cls, name, getattr(self, name))
         self._check_vocab(cls)
         if self.head_dim is None:
             if self.d_model % self.num_heads:
@@ -163,7 +136,7 @@ class TransformerConfig:
                     f"({self.num_heads}) when head_dim is None (it is then d_model // num_heads)"
                 )
             object.__setattr__(self, "head_dim", self.d_model // self.num_heads)
-        _positive(cls, "head_dim", self.head_dim)
+        positive(cls, "head_dim", self.head_dim)
         assert self.num_kv_heads is not None and self.head_dim is not None
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
@@ -172,16 +145,16 @@ class TransformerConfig:
             )
         if self.mlp_dim is None:
             object.__setattr__(self, "mlp_dim", 4 * self.d_model)
-        _positive(cls, "mlp_dim", self.mlp_dim)
-        _choice(cls, "mlp_activation", self.mlp_activation, ACTIVATIONS)
-        _choice(cls, "norm", self.norm, NORMS)
-        _choice(cls, "norm_position", self.norm_position, NORM_POSITIONS)
-        _choice(cls, "position", self.position, POSITIONS)
-        _choice(cls, "attention_impl", self.attention_impl, ATTENTION_IMPLS)
-        _choice(cls, "remat", self.remat, REMAT_POLICIES)
-        _choice(cls, "attention_type", self.attention_type, ATTENTION_TYPES)
-        _rate(cls, "dropout", self.dropout)
-        _rate(cls, "attention_dropout", self.attention_dropout)
+        positive(cls, "mlp_dim", self.mlp_dim)
+        choice(cls, "mlp_activation", self.mlp_activation, ACTIVATIONS)
+        choice(cls, "norm", self.norm, NORMS)
+        choice(cls, "norm_position", self.norm_position, NORM_POSITIONS)
+        choice(cls, "position", self.position, POSITIONS)
+        choice(cls, "attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        choice(cls, "remat", self.remat, REMAT_POLICIES)
+        choice(cls, "attention_type", self.attention_type, ATTENTION_TYPES)
+        rate(cls, "dropout", self.dropout)
+        rate(cls, "attention_dropout", self.attention_dropout)
         if not self.norm_eps > 0:
             raise ValueError(f"{cls}.norm_eps must be > 0; got {self.norm_eps!r}")
         if not self.init_std > 0:
@@ -198,7 +171,7 @@ class TransformerConfig:
         self._check_relative(cls)
         self._check_mla(cls)
         if self.decode_topk is not None:
-            _positive(cls, "decode_topk", self.decode_topk)
+            positive(cls, "decode_topk", self.decode_topk)
         self._check_unused(cls)
 
     def _check_rope_scaling(self, cls: str) -> None:
@@ -234,7 +207,7 @@ class TransformerConfig:
                     f"{cls}.kv_latent_dim: attention_type 'mla' needs the latent's size, a "
                     "positive int; got None"
                 )
-            _positive(cls, "kv_latent_dim", self.kv_latent_dim)
+            positive(cls, "kv_latent_dim", self.kv_latent_dim)
         elif self.kv_latent_dim is not None:
             raise ValueError(
                 f"{cls}.kv_latent_dim: only attention_type 'mla' uses it (got attention_type "
@@ -252,7 +225,7 @@ class TransformerConfig:
                 )
 
     def _check_vocab(self, cls: str) -> None:
-        _positive(cls, "vocab_size", self.vocab_size)
+        positive(cls, "vocab_size", self.vocab_size)
 
     def _check_relative(self, cls: str) -> None:
         """T5 bias sizes (checked whatever ``position`` is, so a typo fails early)."""
@@ -335,10 +308,10 @@ class BertConfig(TransformerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         # BERT always adds its learned position table; T5's bias is for models without one.
-        _choice("BertConfig", "position", self.position, tuple(p for p in POSITIONS if p != "t5"))
-        _positive("BertConfig", "type_vocab_size", self.type_vocab_size)
+        choice("BertConfig", "position", self.position, tuple(p for p in POSITIONS if p != "t5"))
+        positive("BertConfig", "type_vocab_size", self.type_vocab_size)
         if self.num_labels is not None:
-            _positive("BertConfig", "num_labels", self.num_labels)
+            positive("BertConfig", "num_labels", self.num_labels)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -363,7 +336,7 @@ class ViTConfig(TransformerConfig):
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "num_channels", "num_classes"):
-            _positive("ViTConfig", name, getattr(self, name))
+            positive("ViTConfig", name, getattr(self, name))
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"ViTConfig.patch_size: {self.patch_size} must divide ViTConfig.image_size "
@@ -371,10 +344,10 @@ class ViTConfig(TransformerConfig):
             )
         object.__setattr__(self, "max_seq_len", self.num_patches + 1)
         super().__post_init__()
-        _choice("ViTConfig", "position", self.position, ("learned", "sinusoidal"))
+        choice("ViTConfig", "position", self.position, ("learned", "sinusoidal"))
 
     def _check_vocab(self, cls: str) -> None:
-        _positive(cls, "vocab_size", self.vocab_size, allow_zero=True)
+        positive(cls, "vocab_size", self.vocab_size, allow_zero=True)
 
     @property
     def num_patches(self) -> int:
@@ -396,42 +369,10 @@ class EncoderDecoderConfig(TransformerConfig):
         for name in ("num_encoder_layers", "num_decoder_layers"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, self.num_layers)
-            _positive("EncoderDecoderConfig", name, getattr(self, name))
-        _choice(
+            positive("EncoderDecoderConfig", name, getattr(self, name))
+        choice(
             "EncoderDecoderConfig",
             "position",
             self.position,
             ("learned", "sinusoidal", "rope", "t5", "none"),
         )
-
-
-_GPT2_PRESETS = {
-    "small": {"d_model": 768, "num_layers": 12, "num_heads": 12},
-    "medium": {"d_model": 1024, "num_layers": 24, "num_heads": 16},
-    "large": {"d_model": 1280, "num_layers": 36, "num_heads": 20},
-    "xl": {"d_model": 1600, "num_layers": 48, "num_heads": 25},
-}
-
-
-def gpt2_config(name: str = "small", **overrides: Any) -> GPT2Config:
-    """The GPT-2 preset ``name`` (``small``/``medium``/``large``/``xl``) with ``overrides``.
-
-    Parameter counts equal Hugging Face's: 124,439,808 / 354,823,168 / 774,030,080 /
-    1,557,611,200 (tied embeddings, vocab 50257, 1024 positions).
-
-    Parameters
-    ----------
-    name : {"small", "medium", "large", "xl"}
-        The preset.
-    **overrides
-        Any ``GPT2Config`` field (``max_seq_len``, ``scan_layers``, ``precision`` …).
-
-    Returns
-    -------
-    GPT2Config
-    """
-    if name not in _GPT2_PRESETS:
-        raise ValueError(f"gpt2_config name must be one of {tuple(_GPT2_PRESETS)}; got {name!r}")
-    fields: dict[str, Any] = dict(vocab_size=50257, max_seq_len=1024, **_GPT2_PRESETS[name])
-    fields.update(overrides)
-    return GPT2Config(**fields)

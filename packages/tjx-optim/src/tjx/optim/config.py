@@ -9,13 +9,10 @@ with a ``ValueError`` naming the field and what it may be, not deep inside a jit
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
-import re
 from collections.abc import Mapping
 from typing import Any
 
-from numpy import bool_ as np_bool
+from tjx.optim.fields import choice, number, regex, setting
 
 __all__ = [
     "ACCUMULATION_MODES",
@@ -59,60 +56,6 @@ DEFAULT_LEARNING_RATES: Mapping[str, float] = {
 }
 
 
-def setting(default: Any, **meta: Any) -> Any:
-    """A config field with its metadata: ``help`` (one line), ``choices`` (allowed values) and
-    ``resumable`` (a run resumed from a checkpoint may change it: the optimizer state keeps its
-    shapes and meaning). Apps read them to list, document and check the fields (the trainer's
-    ``optimizer:`` section is these classes), so a new field is one line here."""
-    return dataclasses.field(default=default, metadata=meta)
-
-
-def _choice(field: str, value: object, allowed: tuple[Any, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{field}={value!r} is not allowed; allowed values: {list(allowed)}")
-
-
-def _number(
-    field: str,
-    value: object,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-    integer: bool = False,
-) -> None:
-    """Check that ``value`` is a finite number inside the stated interval."""
-    kind = "an integer" if integer else "a number"
-    # numbers.Integral / numbers.Real also admit numpy scalars (e.g. from np.arange sweeps).
-    ok_type = isinstance(value, numbers.Integral if integer else numbers.Real)
-    lo = "-inf" if low is None else f"{low:g}"
-    hi = "inf" if high is None else f"{high:g}"
-    left = "(" if low_open or low is None else "["
-    right = ")" if high_open or high is None else "]"
-    interval = f"{left}{lo}, {hi}{right}"
-    if isinstance(value, bool | np_bool) or not ok_type or not isinstance(value, numbers.Real):
-        raise ValueError(f"{field}={value!r} must be {kind} in {interval}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{field}={value!r} must be {kind} in {interval}")
-    bad_low = low is not None and (v <= low if low_open else v < low)
-    bad_high = high is not None and (v >= high if high_open else v > high)
-    if bad_low or bad_high:
-        raise ValueError(f"{field}={value!r} is out of range; allowed values: {interval}")
-
-
-def _regex(field: str, value: str | None) -> None:
-    if value is None:
-        return
-    if not isinstance(value, str):
-        raise ValueError(f"{field}={value!r} must be a regular expression string or None")
-    try:
-        re.compile(value)
-    except re.error as err:
-        raise ValueError(f"{field}={value!r} is not a valid regular expression: {err}") from err
-
-
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
     """Learning-rate schedule.
@@ -145,11 +88,11 @@ class ScheduleConfig:
     )
 
     def __post_init__(self) -> None:
-        _choice("ScheduleConfig.name", self.name, SCHEDULE_NAMES)
+        choice("ScheduleConfig.name", self.name, SCHEDULE_NAMES)
         if self.peak_lr is not None:  # None: OptimizerConfig fills in its optimizer's rate
-            _number("ScheduleConfig.peak_lr", self.peak_lr, low=0.0, low_open=True)
-        _number("ScheduleConfig.total_steps", self.total_steps, low=1, integer=True)
-        _number("ScheduleConfig.warmup_steps", self.warmup_steps, low=0, integer=True)
+            number("ScheduleConfig.peak_lr", self.peak_lr, low=0.0, low_open=True)
+        number("ScheduleConfig.total_steps", self.total_steps, low=1, integer=True)
+        number("ScheduleConfig.warmup_steps", self.warmup_steps, low=0, integer=True)
         if self.warmup_steps > self.total_steps:
             raise ValueError(
                 f"ScheduleConfig.warmup_steps={self.warmup_steps} is longer than the run; allowed "
@@ -160,14 +103,14 @@ class ScheduleConfig:
                 "ScheduleConfig.warmup_steps=0 with name='linear_warmup'; allowed values: "
                 f"1 <= warmup_steps <= total_steps={self.total_steps} (or use name='constant')"
             )
-        _number("ScheduleConfig.min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
-        _number("ScheduleConfig.init_lr_ratio", self.init_lr_ratio, low=0.0, high=1.0)
+        number("ScheduleConfig.min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
+        number("ScheduleConfig.init_lr_ratio", self.init_lr_ratio, low=0.0, high=1.0)
         self._check_decay()
 
     def _check_decay(self) -> None:
         """WSD's decay settings: checked, filled in for ``wsd``, refused elsewhere."""
         if self.decay_fraction is not None:
-            _number(
+            number(
                 "ScheduleConfig.decay_fraction",
                 self.decay_fraction,
                 low=0.0,
@@ -175,7 +118,7 @@ class ScheduleConfig:
                 low_open=True,
             )
         if self.decay_shape is not None:
-            _choice("ScheduleConfig.decay_shape", self.decay_shape, WSD_DECAY_SHAPES)
+            choice("ScheduleConfig.decay_shape", self.decay_shape, WSD_DECAY_SHAPES)
         if self.name != "wsd":
             for field in WSD_DEFAULTS:
                 if getattr(self, field) is not None:
@@ -338,7 +281,7 @@ class OptimizerConfig:
     muon_exclude_regex: str | None = setting(None, help="muon: matrices left to AdamW (path regex)")
 
     def __post_init__(self) -> None:
-        _choice("OptimizerConfig.name", self.name, OPTIMIZER_NAMES)
+        choice("OptimizerConfig.name", self.name, OPTIMIZER_NAMES)
         if isinstance(self.schedule, Mapping):
             # YAML gives a mapping; frozen dataclass, so set through object.__setattr__.
             object.__setattr__(self, "schedule", ScheduleConfig.from_dict(self.schedule))
@@ -356,15 +299,15 @@ class OptimizerConfig:
                 "one of them (schedule.peak_lr is the peak rate)"
             )
         if self.learning_rate is not None:
-            _number("OptimizerConfig.learning_rate", self.learning_rate, low=0.0, low_open=True)
+            number("OptimizerConfig.learning_rate", self.learning_rate, low=0.0, low_open=True)
         for field in ("b1", "b2", "momentum"):
             value = getattr(self, field)
             if value is not None:
-                _number(f"OptimizerConfig.{field}", value, low=0.0, high=1.0, high_open=True)
+                number(f"OptimizerConfig.{field}", value, low=0.0, high=1.0, high_open=True)
         if self.eps is not None:
-            _number("OptimizerConfig.eps", self.eps, low=0.0)
+            number("OptimizerConfig.eps", self.eps, low=0.0)
         if self.weight_decay is not None:
-            _number("OptimizerConfig.weight_decay", self.weight_decay, low=0.0)
+            number("OptimizerConfig.weight_decay", self.weight_decay, low=0.0)
         for field in ("nesterov", "skip_nonfinite", "adafactor_factored", "muon_stacked_layers"):
             value = getattr(self, field)
             if value is not None and not isinstance(value, bool):
@@ -374,17 +317,17 @@ class OptimizerConfig:
         for field in ("momentum", "nesterov"):
             _used_by_name(field, getattr(self, field), self.name)
         if self.clip_norm is not None:
-            _number("OptimizerConfig.clip_norm", self.clip_norm, low=0.0, low_open=True)
-        _choice("OptimizerConfig.loss_scale", self.loss_scale, LOSS_SCALES)
-        _number("OptimizerConfig.loss_scale_init", self.loss_scale_init, low=1.0)
-        _number(
+            number("OptimizerConfig.clip_norm", self.clip_norm, low=0.0, low_open=True)
+        choice("OptimizerConfig.loss_scale", self.loss_scale, LOSS_SCALES)
+        number("OptimizerConfig.loss_scale_init", self.loss_scale_init, low=1.0)
+        number(
             "OptimizerConfig.loss_scale_growth_interval",
             self.loss_scale_growth_interval,
             low=1,
             integer=True,
         )
-        _number("OptimizerConfig.loss_scale_min", self.loss_scale_min, low=0.0, low_open=True)
-        _number("OptimizerConfig.loss_scale_max", self.loss_scale_max, low=1.0)
+        number("OptimizerConfig.loss_scale_min", self.loss_scale_min, low=0.0, low_open=True)
+        number("OptimizerConfig.loss_scale_max", self.loss_scale_max, low=1.0)
         if not self.loss_scale_min <= self.loss_scale_init <= self.loss_scale_max:
             raise ValueError(
                 f"OptimizerConfig.loss_scale_init={self.loss_scale_init} with loss_scale_min="
@@ -396,19 +339,19 @@ class OptimizerConfig:
                 "OptimizerConfig.skip_nonfinite=False with loss_scale='dynamic'; allowed values: "
                 "skip_nonfinite=True (an overflowed step must be skipped)"
             )
-        _number("OptimizerConfig.accumulation_steps", self.accumulation_steps, low=1, integer=True)
-        _choice("OptimizerConfig.accumulation_mode", self.accumulation_mode, ACCUMULATION_MODES)
-        _regex("OptimizerConfig.decay_mask_regex", self.decay_mask_regex)
-        _regex("OptimizerConfig.no_decay_regex", self.no_decay_regex)
-        _regex("OptimizerConfig.muon_exclude_regex", self.muon_exclude_regex)
-        _number(
+        number("OptimizerConfig.accumulation_steps", self.accumulation_steps, low=1, integer=True)
+        choice("OptimizerConfig.accumulation_mode", self.accumulation_mode, ACCUMULATION_MODES)
+        regex("OptimizerConfig.decay_mask_regex", self.decay_mask_regex)
+        regex("OptimizerConfig.no_decay_regex", self.no_decay_regex)
+        regex("OptimizerConfig.muon_exclude_regex", self.muon_exclude_regex)
+        number(
             "OptimizerConfig.adafactor_min_dim_size_to_factor",
             self.adafactor_min_dim_size_to_factor,
             low=1,
             integer=True,
         )
-        _number("OptimizerConfig.muon_ns_steps", self.muon_ns_steps, low=1, integer=True)
-        _number(
+        number("OptimizerConfig.muon_ns_steps", self.muon_ns_steps, low=1, integer=True)
+        number(
             "OptimizerConfig.muon_adam_lr_ratio", self.muon_adam_lr_ratio, low=0.0, low_open=True
         )
 

@@ -100,6 +100,18 @@ def fields_of(cls: type, path: str) -> dict[str, tuple[Any, dataclasses.Field[An
     return out
 
 
+def _entry(cls: type, path: str, key: str) -> tuple[Any, dataclasses.Field[Any]]:
+    """(type, field) of ``key`` in the section at ``path`` of class ``cls``; a key the trainer
+    fills itself or an unknown one is a `ConfigError` saying what to set instead."""
+    key_path = f"{path}.{key}"
+    if key_path in FILLED:
+        raise ConfigError(f"{key_path}: the trainer sets it from {FILLED[key_path]}; set that")
+    known = fields_of(cls, path)
+    if key not in known:
+        raise ConfigError(f"{key_path}: unknown key; allowed keys here: {', '.join(known)}")
+    return known[key]
+
+
 def read(cls: type, data: Any, path: str) -> dict[str, Any]:
     """The keys ``data`` sets in the section of class ``cls`` at ``path``, checked against the
     fields' types and metadata (plain values; nested sections as mappings).
@@ -111,15 +123,10 @@ def read(cls: type, data: Any, path: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys, got {data!r}")
-    known = fields_of(cls, path)
     out: dict[str, Any] = {}
     for key, value in data.items():
         key_path = f"{path}.{key}"
-        if key_path in FILLED:
-            raise ConfigError(f"{key_path}: the trainer sets it from {FILLED[key_path]}; set that")
-        if key not in known:
-            raise ConfigError(f"{key_path}: unknown key; allowed keys here: {', '.join(known)}")
-        tp, f = known[key]
+        tp, f = _entry(cls, path, key)
         inner = nested_class(tp)
         if value is None and (inner is not None or not _optional(tp)):
             continue  # the class's own default
@@ -134,14 +141,9 @@ def read(cls: type, data: Any, path: str) -> dict[str, Any]:
 def field_at(cls: type, parts: list[str], path: str) -> tuple[dataclasses.Field[Any], Any]:
     """The field and type of dotted ``parts`` below the section of class ``cls`` at ``path``
     (for ``--set``); errors name the allowed keys."""
-    known = fields_of(cls, path)
     head, rest = parts[0], parts[1:]
     key = f"{path}.{head}"
-    if key in FILLED:
-        raise ConfigError(f"{key}: the trainer sets it from {FILLED[key]}; set that")
-    if head not in known:
-        raise ConfigError(f"{key}: unknown key; allowed keys here: {', '.join(known)}")
-    tp, f = known[head]
+    tp, f = _entry(cls, path, head)
     inner = nested_class(tp)
     if inner is not None:
         if not rest:

@@ -8,10 +8,10 @@ import yaml
 from flax import nnx
 
 from trainer.config import Config, build_config, resolve_config
-from trainer.sections import KINDS
 from trainer.overrides import apply_overrides
 from trainer.presets import load_config_data, preset_names
 from trainer.schema import ConfigError, from_dict, to_dict
+from trainer.sections import KINDS
 
 PRESETS = [
     "tiny",

@@ -1,8 +1,8 @@
 """Config files written for the trainer before its sections were the packages' configs.
 
-The model, optimizer and mesh sections were the trainer's own copies until trainer 0.9; a few of
-their keys have other names in the packages' classes, and a saved ``config.yaml`` listed every
-key of every kind. `migrate` reads such data as today's: presets, user files, ``--set`` keys and
+The model, optimizer and mesh sections were the trainer's own copies until tjx-nn 0.8, tjx-optim
+0.6 and tjx-parallel 0.9 (the old layout); a few of their keys have other names in the packages'
+classes, and a saved ``config.yaml`` listed every key of every kind. `migrate` reads such data as today's: presets, user files, ``--set`` keys and
 the ``config.yaml`` of a run being resumed all keep working.
 """
 
@@ -27,9 +27,9 @@ _KIND_FIELDS = {"vit": ("image_size", "patch_size", "num_classes")}
 RENAMED_IN = ("model", "optimizer")
 
 
-def written_by_v08(data: Any) -> bool:
-    """Whether config ``data`` is a ``config.yaml`` trainer 0.8 saved (it wrote every key, the
-    renamed ones included)."""
+def in_old_layout(data: Any) -> bool:
+    """Whether config ``data`` is a ``config.yaml`` saved in the old layout (it held every key,
+    the renamed ones included)."""
     model, optimizer = (data.get(k) if isinstance(data, dict) else None for k in RENAMED_IN)
     return (
         isinstance(model, dict)

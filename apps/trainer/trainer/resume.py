@@ -17,7 +17,7 @@ from typing import Any
 from tjx import ckpt
 from trainer import sections
 from trainer.config import Config
-from trainer.migrate import migrate, written_by_v08
+from trainer.migrate import in_old_layout, migrate
 from trainer.schema import ConfigError, field_map, from_dict, hints
 from trainer.sections import PACKAGE_SECTIONS
 
@@ -42,7 +42,7 @@ def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
 
 def _compared(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` with its null optimizer settings as the optimizer's own values; a
-    ``config.yaml`` of trainer 0.8 as today's trainer writes it (keys migrated, the package keys
+    ``config.yaml`` in the old layout (`trainer.migrate`) as today's trainer writes it (keys migrated, the package keys
     it could not set filled with the values it ran with: their defaults). A key missing from a
     file written since stays missing, so a key added later must match unless it is resumable.
 
@@ -52,7 +52,7 @@ def _compared(config: dict[str, Any]) -> dict[str, Any]:
     """
     from tjx import optim
 
-    full = from_dict(Config, migrate(config)).to_dict() if written_by_v08(config) else config
+    full = from_dict(Config, migrate(config)).to_dict() if in_old_layout(config) else config
     if not isinstance(full.get("optimizer"), dict):
         return full
     section = optim.with_own_defaults(full["optimizer"])

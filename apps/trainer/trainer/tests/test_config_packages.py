@@ -245,7 +245,7 @@ def test_a_setting_the_old_lists_dropped_now_reaches_tjx_nn(sets, field, value):
             "model.patch_size: 2 must divide model.image_size (9)",
         ),
         (
-            ("model.param_dtype=float16",),  # trainer 0.8's key, read as today's
+            ("model.param_dtype=float16",),  # the old layout's key, read as today's
             "model.precision.param_dtype=float16: float16 parameters are not",
         ),
         (

@@ -13,7 +13,7 @@ from trainer.schema import ConfigError
 @pytest.mark.parametrize(
     ("text", "key", "value"),
     [
-        # trainer 0.8's key, read as today's
+        # the old layout's key, read as today's
         ("optimizer.lr=3e-4", "optimizer.schedule.peak_lr", 3e-4),
         ("optimizer.schedule.peak_lr=1", "optimizer.schedule.peak_lr", 1.0),
         ("model.rope_theta=500000", "model.rope_theta", 500000.0),

@@ -119,7 +119,9 @@ def test_same_config_has_no_changes(tmp_path):
 
 def test_training_only_changes_are_returned_and_described(tmp_path):
     run = _saved_run(tmp_path, _config())
-    new = _config("train.steps=900", "optimizer.lr=1e-4").to_dict()  # the 0.8 name, migrated
+    new = _config(
+        "train.steps=900", "optimizer.lr=1e-4"
+    ).to_dict()  # the old layout's name, migrated
     diff = resume.check_resume(run, new)
     assert diff == {"optimizer.schedule.peak_lr": (5e-3, 1e-4), "train.steps": (600, 900)}
     line = resume.describe_changes(diff)
@@ -195,26 +197,27 @@ def test_a_null_switch_compares_as_the_optimizers_own(tmp_path):
     )
 
 
-SAVED_V08 = Path(__file__).parent / "saved_v08"
-#: Each ``config.yaml`` trainer 0.8 wrote (its own copies of the sections, every key of every
-#: kind), and the command that made it.
-V08_RUNS = [
-    ("v08_tiny.yaml", "tiny", []),
-    ("v08_vit_digits.yaml", "vit_digits", []),
+SAVED_OLD = Path(__file__).parent / "saved_old_layout"
+#: Each a ``config.yaml`` the trainer wrote before its sections were the packages' configs (its
+#: own copies of the sections, every key of every kind; commit 99dd4f4), and the command that
+#: made it.
+OLD_RUNS = [
+    ("tiny.yaml", "tiny", []),
+    ("vit_digits.yaml", "vit_digits", []),
     (
-        "v08_bert_tiny_sgd.yaml",
+        "bert_tiny_sgd.yaml",
         "bert_tiny",
         ["optimizer.name=sgd", "optimizer.b1=null", "optimizer.b2=null", "optimizer.eps=null"],
     ),
 ]
 
 
-@pytest.mark.parametrize(("saved", "preset", "sets"), V08_RUNS)
-def test_a_run_saved_by_trainer_0_8_resumes_with_the_same_command(tmp_path, saved, preset, sets):
+@pytest.mark.parametrize(("saved", "preset", "sets"), OLD_RUNS)
+def test_a_run_saved_in_the_old_layout_resumes_with_the_same_command(tmp_path, saved, preset, sets):
     """Its renamed keys (``model.compute_dtype``, ``optimizer.lr``) and the ViT-only keys it listed
     under every kind are migrated: the same command resumes with no change, and a real change is
     still named in today's keys."""
-    RunDir(tmp_path).create(yaml.safe_load((SAVED_V08 / saved).read_text()))
+    RunDir(tmp_path).create(yaml.safe_load((SAVED_OLD / saved).read_text()))
     cfg = build_config(apply_overrides(load_config_data(preset), sets))
     assert resume.check_resume(tmp_path, cfg.to_dict()) == {}
     changed = build_config(apply_overrides(load_config_data(preset), [*sets, "train.steps=77"]))

@@ -2,8 +2,9 @@
 
 The model, optimizer and mesh sections were the trainer's own copies until tjx-nn 0.8, tjx-optim
 0.6 and tjx-parallel 0.9 (the old layout); a few of their keys have other names in the packages'
-classes, and a saved ``config.yaml`` listed every key of every kind. `migrate` reads such data as today's: presets, user files, ``--set`` keys and
-the ``config.yaml`` of a run being resumed all keep working.
+classes, and a saved ``config.yaml`` listed every key of every kind. `migrate` reads such data as
+today's: presets, user files, ``--set`` keys and the ``config.yaml`` of a run being resumed all
+keep working.
 """
 
 from __future__ import annotations

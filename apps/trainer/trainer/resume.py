@@ -42,9 +42,10 @@ def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
 
 def _compared(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` with its null optimizer settings as the optimizer's own values; a
-    ``config.yaml`` in the old layout (`trainer.migrate`) as today's trainer writes it (keys migrated, the package keys
-    it could not set filled with the values it ran with: their defaults). A key missing from a
-    file written since stays missing, so a key added later must match unless it is resumable.
+    ``config.yaml`` in the old layout (`trainer.migrate`) as today's trainer writes it (keys
+    migrated, the package keys it could not set filled with the values it ran with: their
+    defaults). A key missing from a file written since stays missing, so a key added later must
+    match unless it is resumable.
 
     Runs saved before those settings could be null hold the old trainer defaults (b2 0.95, ...);
     comparing values, not nulls, shows what really changes: ``optimizer.b2 0.95 → 0.999 (adamw's

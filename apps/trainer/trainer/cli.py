@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         dest="overrides",
-        help="override a config value, e.g. --set optimizer.lr=3e-4 (repeatable)",
+        help="override a config value, e.g. --set optimizer.schedule.peak_lr=3e-4 (repeatable)",
     )
     parser.add_argument("--data", default=None, help="a built-in corpus, hub name or local path")
     parser.add_argument(

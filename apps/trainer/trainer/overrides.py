@@ -40,9 +40,9 @@ def field_at(path: str, data: dict[str, Any] | None = None) -> tuple[dataclasses
 
 
 def parse_override(text: str, data: dict[str, Any] | None = None) -> tuple[str, Any]:
-    """``"optimizer.lr=3e-4"`` → ``("optimizer.lr", 0.0003)`` typed by the field."""
+    """``"train.steps=1_000"`` → ``("train.steps", 1000)`` typed by the field."""
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optimizer.lr=3e-4")
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.steps=1000")
     key, value = text.split("=", 1)
     key = renamed(key.strip())
     if not key:

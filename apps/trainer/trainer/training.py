@@ -27,8 +27,8 @@ CURVES = ("loss", "val_loss")
 
 #: How the divergence error (exit 3) ends: what to change, by config key, before resuming.
 DIVERGED_ADVICE = (
-    "lower optimizer.lr, raise optimizer.schedule.warmup_steps or set optimizer.clip_norm, and "
-    "resume from the last checkpoint (train.max_bad_steps sets the limit)"
+    "lower optimizer.schedule.peak_lr, raise optimizer.schedule.warmup_steps or set "
+    "optimizer.clip_norm, and resume from the last checkpoint (train.max_bad_steps sets the limit)"
 )
 
 

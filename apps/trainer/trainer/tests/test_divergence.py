@@ -47,8 +47,9 @@ def test_a_diverging_run_exits_3_without_final_or_bad_checkpoint(in_tmp, capsys,
     assert "the run stops after train.max_bad_steps=3 such steps in a row" in captured.err
     # The advice names the trainer's config keys (tjx.metrics' guard is given them).
     assert (
-        "; lower optimizer.lr, raise optimizer.schedule.warmup_steps or set optimizer.clip_norm, "
-        "and resume from the last checkpoint (train.max_bad_steps sets the limit). " in lines[0]
+        "; lower optimizer.schedule.peak_lr, raise optimizer.schedule.warmup_steps or set "
+        "optimizer.clip_norm, and resume from the last checkpoint (train.max_bad_steps sets the "
+        "limit). " in lines[0]
     )
     run = in_tmp / "run"
     assert not (run / "final.json").exists()

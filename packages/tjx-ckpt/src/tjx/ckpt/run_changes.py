@@ -70,7 +70,7 @@ def config_changes(
         Values compare with ``==``: an app that gives a null setting a meaning (a default
         decided elsewhere) replaces it by that value on both sides first.
     changeable:
-        Dotted keys (``"optimizer.lr"``) and sections (``"logging."``) that may change; every
+        Dotted keys (``"train.steps"``) and sections (``"logging."``) that may change; every
         other key must be equal.
 
     Returns

@@ -58,8 +58,9 @@ def _loss_and_grads(model: str, sets: list[str]) -> tuple[float, Any]:
 
     preset, extra = PRESETS[model]
     cfg = build_config(apply_overrides(load_config_data(preset), [*MODEL, *extra, *sets]))
-    setup = state.build(resolve(cfg, VOCAB))
-    loss_fn = step.make_loss_fn(setup.graphdef, setup.rest, cfg)
+    run = resolve(cfg, VOCAB)
+    setup = state.build(run)
+    loss_fn = step.make_loss_fn(setup.graphdef, setup.rest, run)
     rng = np.random.default_rng(len(model))
     batch = {
         k: jnp.asarray(rng.integers(0, VOCAB, (16, 16)), jnp.int32) for k in ("inputs", "targets")

@@ -110,6 +110,8 @@ def watch(run_dir: Path) -> Any:
     """
     from tjx import parallel
 
+    # A save that a dead peer cuts short would add orbax's traceback to the watch's one line.
+    ckpt.silence_lost_peer_commits()
     return parallel.watch_peers(silence_s=PEER_SILENCE_S, on_dead=partial(_peer_lost, run_dir))
 
 

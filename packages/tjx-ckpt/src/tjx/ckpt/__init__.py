@@ -24,6 +24,7 @@ from tjx.ckpt.errors import (
     StepExistsError,
 )
 from tjx.ckpt.fallback import CorruptCheckpointWarning, corrupt_fallback_lines
+from tjx.ckpt.lost_peer import silence_lost_peer_commits
 from tjx.ckpt.run_changes import (
     ConfigChanges,
     config_changes,
@@ -111,6 +112,7 @@ __all__ = [
     "params_sha256",
     "restore_params",
     "restore_params_and_step",
+    "silence_lost_peer_commits",
     "to_json",
     "unflatten_params",
 ]

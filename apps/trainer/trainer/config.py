@@ -1,7 +1,10 @@
 """The trainer's typed config: nested dataclasses, validated field by field and across fields.
 
-YAML presets in ``configs/`` fill these; ``--set a.b=c`` overrides single fields. Every problem is
-one `ConfigError` naming the key path and what is allowed (the CLI turns it into exit code 2).
+The ``model``, ``optimizer`` and ``mesh`` sections are the packages' own config classes, read by
+their fields (`trainer.sections`); the other sections are the trainer's, declared here. YAML
+presets in ``configs/`` fill them; ``--set a.b=c`` overrides single fields. Every problem is one
+`ConfigError` naming the key path and what is allowed (the CLI turns it into exit code 2); what a
+``--resume`` may change is each field's ``resumable`` metadata.
 """
 
 # `spec()`/`nested()` return dataclasses.field objects (with validation metadata).

@@ -25,18 +25,17 @@ RENAMED = {
 #: of a GPT-2 run lists ViT's image size) or never reads it (BERT's always-tied head).
 _OLD_DEFAULTS = {"image_size": 8, "patch_size": 2, "num_classes": 10, "tie_embeddings": True}
 _KIND_FIELDS = {"vit": ("image_size", "patch_size", "num_classes")}
-RENAMED_IN = ("model", "optimizer")
 
 
 def in_old_layout(data: Any) -> bool:
-    """Whether config ``data`` is a ``config.yaml`` saved in the old layout (it held every key,
-    the renamed ones included)."""
-    model, optimizer = (data.get(k) if isinstance(data, dict) else None for k in RENAMED_IN)
-    return (
-        isinstance(model, dict)
-        and "compute_dtype" in model
-        or (isinstance(optimizer, dict) and "lr" in optimizer)
-    )
+    """Whether config ``data`` holds a key of the old layout (a ``config.yaml`` saved then holds
+    all of them)."""
+    for old in RENAMED:
+        section, key = old.split(".")
+        node = data.get(section) if isinstance(data, dict) else None
+        if isinstance(node, dict) and key in node:
+            return True
+    return False
 
 
 def renamed(key: str) -> str:
@@ -53,8 +52,8 @@ def migrate(data: Any) -> Any:
         return data
     out = copy.deepcopy(data)
     model = out.get("model")
-    if isinstance(model, dict) and model.get("kind") == "vit" and "param_dtype" in model:
-        model.setdefault("num_channels", 1)  # a run saved then: the trainer set grey images
+    if isinstance(model, dict) and model.get("kind") == "vit" and in_old_layout(out):
+        model.setdefault("num_channels", 1)  # the old trainer gave ViT grey images
     for old, new in RENAMED.items():
         section, key = old.split(".")
         node = out.get(section)

@@ -62,10 +62,7 @@ def join(
     from tjx import parallel
 
     def not_joined(info: Any) -> str:  # tjx.parallel's line, as the trainer's one error line
-        line = not_joined_line(
-            info.num_processes, info.coordinator, info.process_id, dist.timeout_s
-        )
-        return error_line(line)
+        return error_line(not_joined_line(info, dist.timeout_s))
 
     try:
         return parallel.join(

@@ -43,7 +43,7 @@ def join(
     ----------
     dist : tjx.parallel.DistributedArgs
         The ``--coordinator`` / ``--num-processes`` / ``--process-id`` / ``--init-timeout`` flags
-        (unset ones come from the ``JAX_*`` variables or the cluster JAX detects).
+        (unset ones come from the ``JAX_*`` variables or the scheduler, JAX finding the rest).
     config : dict
         The effective config; every process must have the same one.
     resume, init_from

@@ -12,8 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from tjx.parallel.arguments import DistributedArgs
-from tjx.parallel.arguments import VARIABLES
+from tjx.parallel.arguments import VARIABLES, DistributedArgs
 from trainer import data_setup, multihost
 from trainer.cli import build_parser, main, plan_run
 

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from tjx.parallel import peers as aborts
+from tjx.parallel import aborts
 
 
 def test_a_listening_port_is_reachable_and_a_closed_one_is_not() -> None:
@@ -29,23 +29,21 @@ def test_a_listening_port_is_reachable_and_a_closed_one_is_not() -> None:
 
 _CHILD = textwrap.dedent("""
     import os, sys
-    from tjx.parallel import peers
+    from tjx.parallel import aborts
 
     def report(message):
         print(f"demo: error: {message}", file=sys.stderr, flush=True)
 
-    peers.guard_aborts(lambda: "never used", report)
-    peers.guard_aborts(lambda: "what happened", report)  # the latest meaning counts
+    aborts.guard_aborts(lambda: "never used", report)
+    aborts.guard_aborts(lambda: "what happened", report)  # the latest meaning counts
     os.abort()
     """)
 
 
 def test_cpp_logs_stay_on_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tjx.parallel import peers
-
     set_to: list[int] = []
-    monkeypatch.setattr(peers, "set_cpp_log_level", set_to.append)
-    monkeypatch.setattr(peers, "_guard", {"callback": object()})  # installed: no new handler
+    monkeypatch.setattr(aborts, "set_cpp_log_level", set_to.append)
+    monkeypatch.setattr(aborts, "_guard", {"callback": object()})  # installed: no new handler
     monkeypatch.setenv(aborts.CPP_LOGS_ENV, "1")
     aborts.guard_aborts(lambda: "x", print)
     assert set_to == []

@@ -16,10 +16,10 @@ from tjx.parallel import (
     StopAgreement,
     coordination_exchange,
     digest_words,
+    internals,
     process_values,
     stop_agreement,
 )
-from tjx.parallel import internals
 from tjx.parallel.preemption import STOP_NAME
 
 

@@ -1,15 +1,13 @@
 """How a process joins a multi-process run, decided before anything starts (no jax needed).
 
-:func:`add_distributed_arguments` gives an app's parser the launch flags and
-:func:`distributed_from_args` reads them back, checked (one line naming the flag).
-:func:`resolve_distributed` completes them: the flags, then ``JAX_COORDINATOR_ADDRESS`` /
-``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``, then the scheduler whose task variables are set
-(:data:`SCHEDULERS`), else a single process. The scheduler's values that tjx cannot read (the
-coordinator of a SLURM step, the count of a Kubernetes Job) are left to JAX's own detector, which
-``jax.distributed.initialize`` runs when joining. One thing JAX's detectors do not do: they need
-every variable they read and say "no cluster" otherwise, so a job whose task variables are only
-half there would run silently as one process per host; here it is a :class:`HalfSetError`, one
-line naming the missing variables and the fix.
+The launch flags (:func:`add_distributed_arguments`, read back checked by
+:func:`distributed_from_args`), then ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` /
+``JAX_PROCESS_ID``, then the scheduler whose task variables are set (:data:`SCHEDULERS`), else a
+single process (:func:`resolve_distributed`). What tjx cannot read (a SLURM step's coordinator, a
+Job's count) is left to JAX's detector, which ``jax.distributed.initialize`` runs when joining.
+JAX's detectors need every variable they read and say "no cluster" otherwise: a job whose task
+variables are only half there would silently run one process per host. Here it is a
+:class:`HalfSetError`, one line naming the missing variables and the fix.
 """
 
 from __future__ import annotations
@@ -19,26 +17,6 @@ import dataclasses
 import importlib.util
 import os
 from collections.abc import Mapping
-
-__all__ = [
-    "CLUSTERS",
-    "DEFAULT_TIMEOUT_S",
-    "DISTRIBUTED_FLAGS",
-    "NUM_PROCESSES_LINE",
-    "SCHEDULERS",
-    "VARIABLES",
-    "DistributedArgs",
-    "DistributedArgumentError",
-    "DistributedInfo",
-    "HalfSetError",
-    "JAX_VARIABLES",
-    "Scheduler",
-    "add_distributed_arguments",
-    "check_distributed_args",
-    "distributed_from_args",
-    "not_joined_line",
-    "resolve_distributed",
-]
 
 MAX_PORT = 65535
 #: How long a process waits for every other one to join, unless told (``--init-timeout``).
@@ -77,14 +55,9 @@ def check_distributed_args(
     process_id: int | None = None,
     timeout_s: float | None = None,
 ) -> None:
-    """Refuse the first value that cannot be part of a multi-process setup (``None``: not given):
-    ``HOST:PORT`` with a port in 1..65535, a count >= 1, an id in ``0..count-1``, a timeout > 0.
-
-    Raises
-    ------
-    DistributedArgumentError
-        The first value (in that order) that breaks its rule.
-    """
+    """Raise :class:`DistributedArgumentError` for the first value (``None``: not given) that
+    breaks its rule: ``HOST:PORT`` with a port in 1..65535, a count >= 1, an id in
+    ``0..count-1``, a timeout > 0."""
     if coordinator is not None:
         host, _, port = coordinator.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) <= MAX_PORT:
@@ -166,12 +139,8 @@ def add_distributed_arguments(
 
 
 def distributed_from_args(args: argparse.Namespace) -> DistributedArgs:
-    """The flags of :func:`add_distributed_arguments`, checked on their own.
-
-    Raises
-    ------
-    DistributedArgumentError
-        Naming the flag: ``"--process-id: must be in 0..1, got 2"``.
+    """The flags of :func:`add_distributed_arguments`, checked on their own; a
+    :class:`DistributedArgumentError` names the flag (``"--process-id: must be in 0..1, got 2"``).
     """
     values = {
         name: getattr(args, flag.lstrip("-").replace("-", "_"))
@@ -242,7 +211,12 @@ SCHEDULERS = (
         f"start the processes with srun, or {_SET_JAX}",
     ),
     Scheduler(
-        "gketpu", "GKE TPU workload", None, "TPU_WORKER_ID", ("TPU_WORKER_HOSTNAMES",), _SET_JAX
+        "gketpu",
+        "GKE TPU workload",
+        None,
+        "TPU_WORKER_ID",
+        ("TPU_WORKER_HOSTNAMES",),
+        f"on a Cloud TPU VM pass --cluster gcetpu, else {_SET_JAX}",
     ),
     Scheduler(
         "k8s",
@@ -255,17 +229,12 @@ SCHEDULERS = (
         "(jax[k8s]) so JAX reads them from the API",
     ),
 )
-#: The ``JAX_*`` variable of each value.
-JAX_VARIABLES = {
-    "coordinator": "JAX_COORDINATOR_ADDRESS",
-    "num_processes": "JAX_NUM_PROCESSES",
-    "process_id": "JAX_PROCESS_ID",
-}
 #: Every variable that can make a process join a run (what a test removes to start a process
 #: that only its own setup steers).
 VARIABLES = tuple(
     dict.fromkeys(
-        [*JAX_VARIABLES.values(), "JAX_COORDINATOR_PORT", "JAX_LOCAL_DEVICE_IDS"]
+        ["JAX_COORDINATOR_ADDRESS", "JAX_COORDINATOR_PORT", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"]
+        + ["JAX_LOCAL_DEVICE_IDS"]
         + [name for s in SCHEDULERS for name in (s.marker, s.rank, *s.jax_needs)]
         + ["OMPI_COMM_WORLD_LOCAL_RANK"]
     )
@@ -302,38 +271,36 @@ def resolve_distributed(
     *,
     cluster: str | None = None,
 ) -> DistributedInfo:
-    """Decide the setup without starting anything (in the module docstring's order).
-
-    ``cluster`` (one of :data:`CLUSTERS`) names the only detector asked: mpi4py and Cloud TPU
-    VMs are asked only when named, and JAX's detector then finds every unset value when joining.
+    """Decide the setup without starting anything, in the module docstring's order. ``cluster``
+    (of :data:`CLUSTERS`) is the only detector asked; mpi4py and Cloud TPU VMs are asked only
+    when named, and JAX's detector then finds every unset value when joining.
 
     Raises
     ------
     HalfSetError
         A scheduler's task variables without all a join needs.
-    DistributedArgumentError
-        A value out of range (:func:`check_distributed_args`), naming where it came from.
     ValueError
-        An incomplete setup from flags or ``JAX_*`` (naming what is missing), or a variable
-        that is not an int.
+        An incomplete setup from flags or ``JAX_*``, a variable that is not an int, or a
+        :class:`DistributedArgumentError` (a value out of range, naming where it came from).
     """
     env = os.environ
-    values = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
-    source = "args" if any(v is not None for v in values.values()) else ""
-    for name, var in JAX_VARIABLES.items():
-        if values[name] is None:
-            values[name] = (env.get(var) or None) if name == "coordinator" else _int(env, var)
-            source = source or ("env" if values[name] is not None else "")
+    source = "args" if (coordinator, num_processes, process_id) != (None, None, None) else ""
+    from_env = env.get("JAX_COORDINATOR_ADDRESS") or None
+    count, rank = _int(env, "JAX_NUM_PROCESSES"), _int(env, "JAX_PROCESS_ID")
+    source = source or ("env" if (from_env, count, rank) != (None, None, None) else "")
+    coordinator = coordinator if coordinator is not None else from_env
+    num_processes = num_processes if num_processes is not None else count
+    process_id = process_id if process_id is not None else rank
     scheduler = None
-    if cluster is not None or None in values.values():
+    if cluster is not None or None in (coordinator, num_processes, process_id):
         scheduler = _scheduler(env, cluster)
         source = scheduler.name if scheduler else cluster or source
     if scheduler is not None:
-        if values["num_processes"] is None and scheduler.count:
-            values["num_processes"] = _int(env, scheduler.count)
-        if values["process_id"] is None:
-            values["process_id"] = _int(env, scheduler.rank)
-        unknown = values["coordinator"] is None or values["num_processes"] is None
+        if num_processes is None and scheduler.count:
+            num_processes = _int(env, scheduler.count)
+        if process_id is None:
+            process_id = _int(env, scheduler.rank)
+        unknown = coordinator is None or num_processes is None
         if unknown and not scheduler.jax_detects(env):
             absent = ", ".join(v for v in scheduler.jax_needs if v not in env)
             raise HalfSetError(
@@ -341,17 +308,22 @@ def resolve_distributed(
                 f"{scheduler.name} detector cannot start it (missing: "
                 f"{absent or 'the kubernetes package'}); {scheduler.fix}"
             )
-    if not source or values["num_processes"] == 1:
-        return DistributedInfo(values["coordinator"], 1, 0, source or "single")
-    missing = [f"{k} ({JAX_VARIABLES[k]})" for k, v in values.items() if v is None]
+    if not source or num_processes == 1:
+        return DistributedInfo(coordinator, 1, 0, source or "single")
+    given = {
+        "coordinator (JAX_COORDINATOR_ADDRESS)": coordinator,
+        "num_processes (JAX_NUM_PROCESSES)": num_processes,
+        "process_id (JAX_PROCESS_ID)": process_id,
+    }
+    missing = [name for name, value in given.items() if value is None]
     if source in ("args", "env") and missing:  # else JAX's detector finds them when joining
         raise ValueError(
             f"incomplete distributed setup from {source}: missing {', '.join(missing)}"
         )
     try:
-        check_distributed_args(**values)
+        check_distributed_args(coordinator, num_processes, process_id)
     except DistributedArgumentError as err:
         if source == "args":
             raise
         raise DistributedArgumentError(err.argument, f"{err.problem} (from {source})") from None
-    return DistributedInfo(**values, source=source)
+    return DistributedInfo(coordinator, num_processes, process_id, source)

@@ -1,11 +1,6 @@
-"""Joining a multi-process run in one call: resolve the setup, start ``jax.distributed``, then
-check that every process was started alike.
-
-:func:`initialize` hands the setup to ``jax.distributed.initialize`` (whose detectors fill what
-tjx left unset) with its ``initialization_timeout`` and ``heartbeat_timeout_seconds``. When not
-every announced process joins in time, jax 0.10 aborts from a C++ thread instead of raising; the
-abort guard (:func:`~tjx.parallel.peers.guard_aborts`) turns that into the caller's one line and
-exit status 1 (jax gives up about 5 s after the timeout).
+"""Joining a multi-process run in one call (:func:`join`): resolve the setup, start
+``jax.distributed`` (:func:`initialize`: jax's detectors and timeouts, its abort as one line),
+then check that every process was started alike.
 
 jax takes process 0's word on the run's shape, so a process told 3 in a run of 2 joins without
 complaint, and one started with another config trains another model until a collective hangs.
@@ -21,11 +16,13 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import jax
 import numpy as np
 
+from tjx.parallel.aborts import abort_message, coordinator_reachable, exit_with, guard_aborts
 from tjx.parallel.arguments import (
     DEFAULT_TIMEOUT_S,
     NUM_PROCESSES_LINE,
@@ -35,24 +32,6 @@ from tjx.parallel.arguments import (
     resolve_distributed,
 )
 from tjx.parallel.internals import joined_setup, runtime_client
-from tjx.parallel.peers import abort_message, coordinator_reachable, exit_with, guard_aborts
-
-__all__ = [
-    "NUM_PROCESSES",
-    "Disagreement",
-    "DisagreementError",
-    "DistributedSetupError",
-    "JoinError",
-    "NotJoinedError",
-    "barrier",
-    "digest_words",
-    "disagreements",
-    "initialize",
-    "is_primary",
-    "join",
-    "process_values",
-    "require_agreement",
-]
 
 #: The name under which :func:`join` compares the process count each process was told.
 NUM_PROCESSES = "num_processes"
@@ -152,13 +131,8 @@ def digest_words(text: str) -> list[int]:
 def process_values(values: Mapping[str, int | str]) -> dict[str, list[Any]]:
     """Every process's value of each name, by process, from one tiny all-gather (a collective:
     call it on every process with the same names, after joining). Ints (int32) arrive as they
-    are, strings as their :func:`digest_words` tuples; one process gathers nothing.
-
-    Raises
-    ------
-    ValueError
-        An int outside int32, or a value of another type.
-    """
+    are, strings as their :func:`digest_words` tuples; one process gathers nothing. ValueError:
+    an int outside int32, or a value of another type."""
     from jax.experimental import multihost_utils
 
     row: list[int] = []
@@ -208,9 +182,9 @@ def require_agreement(
     lines: Mapping[str, str] | None = None,
 ) -> None:
     """Raise one :class:`DisagreementError` listing every value the processes do not hold alike
-    (a collective). ``num_processes``: the count this process was told, compared first (as
-    :data:`NUM_PROCESSES`) with the run's real one; ``lines``: the caller's
-    :meth:`Disagreement.describe` template per name."""
+    (a collective); ``num_processes``, the count this process was told, first (as
+    :data:`NUM_PROCESSES`), against the run's. ``lines``: a :meth:`Disagreement.describe`
+    template per name."""
     told: dict[str, int | str] = {}
     expected: dict[str, int | str] = {}
     if num_processes is not None:
@@ -250,31 +224,16 @@ def initialize(
     cluster: str | None = None,
     resolved: DistributedInfo | None = None,
 ) -> DistributedInfo:
-    """Start ``jax.distributed`` when more than one process takes part (before any JAX op).
+    """Start ``jax.distributed`` when more than one process takes part (before any JAX op);
+    the setup, every value filled (``resolved``: :func:`resolve_distributed`'s, if had).
 
-    Parameters
-    ----------
-    coordinator, num_processes, process_id, cluster
-        As for :func:`~tjx.parallel.resolve_distributed`; ``resolved``: its result, already had.
-    timeout_s : float
-        jax's ``initialization_timeout``; when not every process joined by then, one line
-        (``timeout_message``, or a callable of the setup, default :func:`not_joined_line`'s)
-        and exit status 1.
-    heartbeat_timeout_s : float
-        jax's ``heartbeat_timeout_seconds``: a peer silent this long is dead for jax.
-    local_device_ids : sequence of int, optional
-        This process's devices (default: JAX's rule for the scheduler, else all).
-    cpu_collectives : str or None
-        CPU cross-process collectives ("gloo"); ``None`` leaves jax's default.
-    preemption_service : bool, optional
-        ``False`` turns jax's preemption service off: it catches SIGTERM in C++ and only records
-        it, so an app that agrees on stopping itself (:func:`~tjx.parallel.stop_agreement`)
-        never hears a signal that came before its handler. ``None`` leaves jax's setting.
-
-    Returns
-    -------
-    DistributedInfo
-        Every value filled (one process: nothing started).
+    ``timeout_s`` and ``heartbeat_timeout_s`` are jax's own; when not every process joined in
+    time, jax aborts (~5 s later) and the abort guard prints ``timeout_message`` (a line, or a
+    function of the setup; default :func:`not_joined_line`'s) and exits with status 1.
+    ``local_device_ids``: default JAX's rule for the scheduler, else all. ``cpu_collectives``:
+    "gloo" (CPU multi-process needs it); ``None`` leaves jax's. ``preemption_service=False``
+    turns jax's off: it catches SIGTERM in C++ and only records it, so an app that stops through
+    :func:`~tjx.parallel.stop_agreement` would miss a signal that came before its handler.
 
     Raises
     ------
@@ -296,8 +255,8 @@ def initialize(
         return timeout_message or f"tjx.parallel: error: {not_joined_line(now, timeout_s)}"
 
     guard_aborts(not_joined, lambda line: exit_with(line, prefix=""))
-    # JAX's detectors fill what the scheduler left unknown (and JAX's rule for local devices);
-    # a setup from flags or JAX_* variables is not detected again.
+    # JAX's detector fills what a scheduler left unknown (and sets its rule for local devices);
+    # values from flags or JAX_* variables are not detected again.
     scheduler = next((s for s in SCHEDULERS if s.name == info.source), None)
     detects = scheduler is not None and scheduler.jax_detects(os.environ)
     try:
@@ -316,14 +275,12 @@ def initialize(
             f"process {now.process_id} of {now.num_processes} could not join the run at "
             f"coordinator {now.coordinator} ({info.source} setup): {err}"
         ) from err
-    finally:
-        joined = _now(info)
-        rank, n, address = joined.process_id or 0, joined.num_processes or 1, joined.coordinator
-        guard_aborts(
-            lambda: abort_message(None, rank, n, lambda: coordinator_reachable(address)),
-            exit_with,
-        )
-    return joined
+    finally:  # from now on an abort is jax's runtime, or a lost coordinator
+        now = _now(info)
+        rank, n = now.process_id or 0, now.num_processes or 1
+        reachable = partial(coordinator_reachable, now.coordinator)
+        guard_aborts(lambda: abort_message(None, rank, n, reachable), exit_with)
+    return now
 
 
 def join(
@@ -373,6 +330,7 @@ def join(
         )
     except (RuntimeError, ValueError) as err:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        info = _now(info)
         raise NotJoinedError(info, reason, not_joined_line(info, timeout_s)) from None
     try:
         require_agreement(
@@ -393,13 +351,7 @@ def is_primary() -> bool:
 
 def barrier(name: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     """Wait until every process reaches the barrier ``name`` (the coordination service's, no
-    device collective; one process: no-op).
-
-    Raises
-    ------
-    TimeoutError
-        Not every process arrived within ``timeout_s`` (the message names the barrier).
-    """
+    device collective; one process: no-op); a TimeoutError naming it after ``timeout_s``."""
     if jax.process_count() == 1:
         return
     client, rank, n = runtime_client("barrier")

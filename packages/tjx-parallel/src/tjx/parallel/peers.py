@@ -1,152 +1,52 @@
-"""A dead peer ends every survivor in seconds with one line, and so does a C++ abort of jax's.
+"""A dead peer ends every survivor within seconds, with one line naming it.
 
-**The watch.** jax's coordination service declares a process dead only after its heartbeat
-timeout (100 s by default), then aborts the survivors; ``client.get_live_nodes`` is itself a
-collective. So every process writes a counter under ``tjx/peers/beat/<rank>`` in the service's
-key-value store every ``interval_s`` and lists everyone's: a peer whose counter has not changed
-for ``silence_s`` is dead. The threads keep running while the main thread waits inside XLA
-(compile and execute release the GIL), so a long step is not a silence; a finished process writes
-``done``. Process 0 hosts the service: calls that keep failing, or none succeeding for
-``silence_s`` (a host that stopped answering: calls hang), mean the coordinator is lost. With
-gloo a collective raises as soon as a peer's connection drops, and jax's exit handler then waits
-for the dead peer at a shutdown barrier; so a process that leaves without ``stop(done=True)``
-stops beating (its peers should notice) but keeps judging them until it is gone.
-
-**Aborts.** jax 0.10 ends a process from a C++ thread when it cannot join by its deadline, and
-every survivor the moment process 0's connection drops: ``LOG(FATAL)``, a stack dump, SIGABRT. The
-client's ``missed_heartbeat_callback`` cannot carry the status to Python (``std::bad_cast``) and a
-Python signal handler never runs. So :func:`guard_aborts` turns absl's C++ log off (``TJX_CPP_LOGS=1``
-keeps it) and gives SIGABRT a C-level handler (ctypes) that runs on the aborting thread, reports
-the line of the moment (not joined; the watch's verdict; a lost coordinator when process 0's
-port refuses; else jax's runtime) and ends the process with status 1, never returning.
+jax's coordination service declares a process dead only after its heartbeat timeout (100 s by
+default), then aborts the survivors; ``client.get_live_nodes`` is itself a collective. So every
+process writes a counter under ``tjx/peers/beat/<rank>`` in the service's key-value store every
+``interval_s`` and lists everyone's: a peer whose counter has not changed for ``silence_s`` is
+dead. The threads run on while the main thread waits inside XLA (compile and execute release the
+GIL), so a long step is no silence; a finished process writes ``done``. Process 0 hosts the
+service: calls that keep failing, or none succeeding for ``silence_s`` (a host that stopped
+answering: calls hang), mean the coordinator is lost. With gloo a collective raises as soon as a
+peer's connection drops, and jax's exit handler then waits for the dead peer at a shutdown
+barrier; so a process that leaves without ``stop(done=True)`` stops beating (its peers should
+notice) but judges them until it is gone.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
-import os
-import signal
-import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
-from tjx.parallel.internals import joined_setup, runtime_client, set_cpp_log_level
-
-__all__ = [
-    "CPP_LOGS_ENV",
-    "DONE",
-    "KEY_PREFIX",
-    "PeerWatch",
-    "abort_message",
-    "coordinator_reachable",
-    "exit_with",
-    "guard_aborts",
-    "watch_peers",
-]
+from tjx.parallel.aborts import abort_message, coordinator_reachable, exit_with, guard_aborts
+from tjx.parallel.internals import joined_setup, runtime_client
 
 KEY_PREFIX = "tjx/peers/"
 DONE = "done"  # a finished process's last heartbeat: its silence afterwards is no death
 FAILED_ROUNDS = 3  # failed rounds in a row before the coordinator counts as lost (not a blip)
 _VERDICT = "verdict"
-#: Set to 1 to keep jax's C++ log output in a multi-process run.
-CPP_LOGS_ENV = "TJX_CPP_LOGS"
-_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_int)
-_guard: dict[str, object] = {}  # the ctypes callback (kept alive) and what an abort means now
 
 
-class KeyValueClient(Protocol):
-    """The part of jax's runtime client the watch uses (a fake in tests)."""
+class KeyValueClient(Protocol):  # the part of jax's runtime client the watch uses
 
     def key_value_set(self, key: str, value: str, allow_overwrite: bool = False) -> None: ...
 
     def key_value_dir_get(self, key: str) -> list[tuple[str, str]]: ...
 
 
-def exit_with(message: str, prefix: str = "tjx.parallel: error: ") -> None:
-    """Print ``prefix + message`` and end the process with status 1 (the main thread may be
-    stuck in a C++ collective, where nothing can be raised)."""
-    print(prefix + message, file=sys.stderr, flush=True)
-    os._exit(1)
-
-
-def coordinator_reachable(
-    address: str | None, timeout_s: float = 2.0, settle_s: float = 0.5
-) -> bool:
-    """Whether ``host:port`` accepts a TCP connection (a killed process 0's port refuses). The
-    abort comes as its connection drops, while its listening socket may still be closing:
-    ``settle_s`` first. Unknown or malformed: ``True`` (never claim a loss unseen)."""
-    if not address or ":" not in address:
-        return True
-    time.sleep(settle_s)
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
-def abort_message(dead: str | None, rank: int, n: int, reachable: Callable[[], bool]) -> str:
-    """An abort's line after joining: the watch's verdict if it spoke first; a lost coordinator
-    when process 0's port refuses (asked off process 0 only); else jax's runtime."""
-    if dead is not None:
-        return dead
-    if rank != 0 and not reachable():
-        return (
-            f"lost the coordinator (process 0 of {n}): its connection closed (killed or "
-            "crashed), and jax's runtime ended this process"
-        )
-    return (
-        f"jax's runtime aborted process {rank} of {n} (a fatal error in its C++ runtime; set "
-        f"{CPP_LOGS_ENV}=1 to see its log)"
-    )
-
-
-def guard_aborts(describe: Callable[[], str], report: Callable[[str], None]) -> None:
-    """From now on a SIGABRT runs ``report(describe())`` on the aborting thread, then
-    ``os._exit(1)``; jax's C++ log is off unless ``TJX_CPP_LOGS=1``. A later call replaces what
-    an abort means (joining, then joined, then watched)."""
-    _guard["describe"], _guard["report"] = describe, report
-    if os.environ.get(CPP_LOGS_ENV, "") in ("", "0"):
-        set_cpp_log_level(1000)  # absl's kInfinity: nothing is logged, FATAL included
-    if "callback" in _guard:
-        return
-
-    def on_abort(signum: int) -> None:
-        with contextlib.suppress(BaseException):  # whatever fails: status 1, never return
-            _guard["report"](_guard["describe"]())  # type: ignore[operator]
-        os._exit(1)
-
-    _guard["callback"] = callback = _HANDLER(on_abort)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.signal.restype = ctypes.c_void_p
-    libc.signal.argtypes = [ctypes.c_int, _HANDLER]
-    libc.signal(signal.SIGABRT, callback)
-
-
 class PeerWatch:
     """Heartbeats through the coordination service; reports the first dead peer once.
 
-    Parameters
-    ----------
-    client : KeyValueClient or None
-        jax's runtime client; ``None`` only for a single process (an idle watch).
-    rank, num_processes : int
-        This process and the count.
-    silence_s : float
-        A heartbeat unchanged this long is a death (a peer not seen yet gets it from
-        :meth:`start`).
-    interval_s : float
-        Seconds between rounds (one write and one listing each).
-    on_dead : callable, optional
-        Called once with the message on a watch thread; default :func:`exit_with`.
-    clock : callable
-        Monotonic seconds (a fake in tests).
+    ``client``: jax's runtime client (``None`` only for one process: an idle watch); ``rank`` of
+    ``num_processes``; a heartbeat unchanged for ``silence_s`` is a death (a peer not seen yet
+    has that long from :meth:`start`); one write and one listing every ``interval_s``;
+    ``on_dead`` gets the message once, on a watch thread (default :func:`exit_with`); ``clock``:
+    monotonic seconds (a fake in tests).
     """
 
     def __init__(
@@ -179,7 +79,9 @@ class PeerWatch:
 
     def _reset(self) -> None:
         self._last_ok = now = self._clock()  # a peer not seen yet counts from now
-        self._seen = {r: (None, now) for r in range(self._n) if r != self._rank}
+        self._seen: dict[int, tuple[str | None, float]] = {
+            r: (None, now) for r in range(self._n) if r != self._rank
+        }
 
     @property
     def dead(self) -> str | None:
@@ -256,13 +158,9 @@ class PeerWatch:
             elif now - changed > self._silence_s:
                 silent.append((rank, now - changed))
         if silent:
-            ranks = [r for r, _ in silent]
-            who = (
-                f"process {ranks[0]}"
-                if len(ranks) == 1
-                else "processes " + ", ".join(map(str, ranks[:-1])) + f" and {ranks[-1]}"
-            )
-            gone = "its host is" if len(ranks) == 1 else "their hosts are"
+            *others, last = (str(r) for r, _ in silent)
+            who = f"processes {', '.join(others)} and {last}" if others else f"process {last}"
+            gone = "their hosts are" if others else "its host is"
             longest = max(s for _, s in silent)
             self._report(
                 f"{who} of {self._n} stopped responding (no heartbeat for {longest:.0f} s: "
@@ -365,9 +263,6 @@ def watch_peers(
     watch = PeerWatch(
         client, rank, n, silence_s=silence_s, interval_s=interval_s, on_dead=on_dead
     ).start()
-    address = joined_setup()[0]
-    guard_aborts(
-        lambda: abort_message(watch.dead, rank, n, lambda: coordinator_reachable(address)),
-        watch.report,
-    )
+    reachable = partial(coordinator_reachable, joined_setup()[0])
+    guard_aborts(lambda: abort_message(watch.dead, rank, n, reachable), watch.report)
     return watch

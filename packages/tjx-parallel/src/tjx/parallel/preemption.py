@@ -1,29 +1,22 @@
-"""Stopping together: SIGTERM/SIGINT → a flag checked at step boundaries, and one decision for
-every process on the step where the run stops.
+"""Stopping together: SIGTERM/SIGINT set a flag that the loop checks at its step boundaries, and
+every process decides alike on the step where the run stops.
 
-A scheduler that preempts a job sends SIGTERM (SIGKILL after a grace period); a user presses
-Ctrl-C. Neither should cut a step in half: the handler of :func:`stop_on_signals` only records the
-signal and writes its line straight to file descriptor 2 (:func:`write_stderr`: a signal can land
-inside ``sys.stderr``'s buffered write, where a ``print`` raises "reentrant call"); the loop saves
-and stops at its next boundary. A second Ctrl-C runs ``stop_now`` (an app ends the process there,
-:func:`exit_now`, rather than unwinding through a checkpoint save whose threads would report the
-interruption as their failure), else raises KeyboardInterrupt.
+The handler of :func:`stop_on_signals` only records the signal (no step is cut in half) and
+writes its line to file descriptor 2 (:func:`write_stderr`: a signal can land inside
+``sys.stderr``'s buffered write, where ``print`` raises "reentrant call"). A second Ctrl-C runs
+``stop_now`` (an app ends the process there, :func:`exit_now`, rather than unwind through a save
+whose threads would report the interruption as their failure), else raises KeyboardInterrupt.
 
-A scheduler's SIGTERM reaches the tasks of a job one by one, or misses one. A process that stopped
-alone would enter the checkpoint save (a collective) at step N while a peer enters step N+1's
-train step (another collective): both hang until jax's timeouts and the checkpoint is lost. So
-:func:`stop_agreement` gives every process the same answer at every boundary, through the
-coordination service ``jax.distributed`` runs: a signalled process writes ``<name>/<step>/<rank>``,
-all meet at one barrier (its id reused: jax counts its rounds), then all list that step's keys
-and decide alike. Writes before the barrier, reads after: everyone reads the same set. No device
-collective: an all-gather of the flag would queue behind the step just dispatched and cost the
-host its run-ahead (~0.9 ms per boundary for barrier and listing, ~2 ms for the all-gather; 2
-processes, loopback, CPU).
-
-Not jax's preemption sync point (``multihost_utils.reached_preemption_sync_point``, what orbax and
-MaxText use): it hears SIGTERM only through its own C++ handler, which an app's Python handler
-replaces, so it would never fire; it knows no SIGINT; and before the app's handler exists it
-swallows SIGTERM (the run goes on to the end). Join with ``preemption_service=False``.
+A scheduler's SIGTERM reaches a job's tasks one by one, or misses one; a process stopping alone
+would enter the checkpoint save (a collective) while a peer enters the next step (another one),
+and both would hang. :func:`stop_agreement` decides alike everywhere through the coordination
+service: a signalled process writes ``<name>/<step>/<rank>``, all meet at one barrier (its id
+reused: jax counts rounds), then all list that step's keys. No device collective: an all-gather
+would queue behind the step just dispatched and cost the host its run-ahead (~0.9 ms per boundary
+against ~2 ms, 2 processes, loopback, CPU). Not jax's preemption sync point (what orbax and
+MaxText use): it hears SIGTERM only in its own C++ handler, which the app's Python one replaces;
+it knows no SIGINT; and before the app's handler exists it swallows SIGTERM. Join with
+``preemption_service=False``.
 """
 
 from __future__ import annotations
@@ -37,32 +30,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
-__all__ = [
-    "AGAIN",
-    "STOP_MESSAGE",
-    "STOP_NAME",
-    "STOP_TIMEOUT_S",
-    "Exchange",
-    "StopAgreement",
-    "StopFlag",
-    "coordination_exchange",
-    "exit_now",
-    "stop_agreement",
-    "stop_on_signals",
-    "write_stderr",
-]
-
-#: The line written on the first signal: ``{signal}`` its name, ``{again}`` :data:`AGAIN` after
-#: SIGINT and empty otherwise.
+#: The first signal's line: ``{signal}`` its name, ``{again}`` :data:`AGAIN` after SIGINT.
 STOP_MESSAGE = "{signal}: stopping at the next step boundary{again}"
 AGAIN = "; Ctrl-C again stops at once"
 #: The keys' folder and the barrier id of :func:`stop_agreement`.
 STOP_NAME = "tjx/stop"
-# Hosts meet here within a step of each other (the step's collectives couple them), but a first
-# compile on a loaded host may lag by minutes; a dead peer is the peer watch's (~15 s).
+# Hosts meet within a step of each other, but a first compile on a loaded host may lag by
+# minutes; a dead peer is the peer watch's (~15 s).
 STOP_TIMEOUT_S = 3600.0
-#: (step, this process's signal or None) → {rank: signal} of every process signalled at this
-#: boundary, the same dict on every process.
+#: (step, this process's signal or None) → {rank: signal} of every process signalled there.
 Exchange = Callable[[int, "str | None"], dict[int, str]]
 
 
@@ -184,13 +160,7 @@ def coordination_exchange(
 
 def stop_agreement(name: str = STOP_NAME) -> StopAgreement:
     """The agreement for this run: the local flag alone for one process, else over the
-    coordination service (``name``: its keys' folder and barrier id).
-
-    Raises
-    ------
-    RuntimeError
-        Several processes, but ``jax.distributed`` was not initialised.
-    """
+    coordination service (``name``: its keys and barrier); a RuntimeError if it never joined."""
     import jax
 
     from tjx.parallel.internals import runtime_client

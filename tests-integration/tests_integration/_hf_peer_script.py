@@ -6,7 +6,10 @@
 ``max_shard_size`` if given) and scores it into ``FOLDER/peer.npz``; ``{"score": FOLDER,
 "tokens": NPY, "out": NPZ, "new": N}`` loads a folder with ``AutoModelForCausalLM.
 from_pretrained`` and scores it. Scoring writes float32 logits of the tokens, a greedy
-continuation (``new`` tokens) of their first row's first 4 tokens and the class name.
+continuation (``new`` tokens) of their first row's first 4 tokens and the class name. A
+``make`` SPEC with ``"bf16": true`` also scores the model cast to bfloat16 into
+``FOLDER/peer_bf16.npz``. Attention is transformers' eager path (its reference, the only one
+that soft-caps Gemma 2's logits).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch  # pants: no-infer-dep (the scratch venv's, never the resolve's)
 from transformers import AutoConfig, AutoModelForCausalLM  # pants: no-infer-dep
+
+EAGER = {"attn_implementation": "eager"}
 
 
 def score(model: torch.nn.Module, tokens: np.ndarray, new: int, out: Path) -> None:
@@ -34,7 +39,7 @@ def score(model: torch.nn.Module, tokens: np.ndarray, new: int, out: Path) -> No
 def make(spec: dict, folder: Path) -> None:
     torch.manual_seed(spec.get("seed", 0))
     config = AutoConfig.for_model(**spec["config"])
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **EAGER)
     with torch.no_grad():  # random norms and biases too, so a swapped tensor shows
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name or "ln_" in name:
@@ -43,6 +48,8 @@ def make(spec: dict, folder: Path) -> None:
     model.save_pretrained(folder, **kwargs)
     tokens = np.asarray(spec["tokens"], dtype=np.int64)
     score(model, tokens, spec["new"], folder / "peer.npz")
+    if spec.get("bf16"):
+        score(model.to(torch.bfloat16), tokens, spec["new"], folder / "peer_bf16.npz")
 
 
 def main() -> None:
@@ -50,7 +57,7 @@ def main() -> None:
         if "make" in job:
             make(job["make"], Path(job["out"]))
         else:
-            model = AutoModelForCausalLM.from_pretrained(job["score"], dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(job["score"], dtype=torch.float32, **EAGER)
             score(model, np.load(job["tokens"]), int(job["new"]), Path(job["out"]))
 
 

@@ -22,6 +22,7 @@ from tjx.kernels.cross_entropy import CrossEntropyOutput, auto_chunk_size, chunk
 from tjx.kernels.dispatch import IMPLEMENTATIONS, attention, select_implementation
 from tjx.kernels.launch import LaunchDefaults, default_launch
 from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
+from tjx.kernels.softcap import soft_cap
 
 __version__ = "0.4.0"
 
@@ -47,6 +48,7 @@ __all__ = [
     "kernel_order",
     "reference_attention",
     "select_implementation",
+    "soft_cap",
     "target",
 ]
 

@@ -29,6 +29,7 @@ from tjx.kernels.choice import current_target, lowering_for_cuda
 from tjx.kernels.flash_fwd import KernelConfig
 from tjx.kernels.launch import MIN_BLOCK, LaunchDefaults, default_launch
 from tjx.kernels.partition import partitioned_backward, partitioned_forward
+from tjx.kernels.softcap import check_softcap
 
 Array = jax.Array
 
@@ -101,6 +102,7 @@ def _make_config(
     block_k: int | None,
     interpret: bool,
     launch: LaunchDefaults | None = None,
+    softcap: float | None = None,
 ) -> tuple[KernelConfig, int, int, int]:
     """Kernel config plus the padded (q_len, kv_len, head_dim).
 
@@ -144,6 +146,7 @@ def _make_config(
         num_stages_bwd=launch.num_stages_bwd,
         interpret=interpret,
         head_split_bwd=split,
+        softcap=None if softcap is None else float(softcap),
     )
     return cfg, q_pad, kv_pad, d_pad
 
@@ -160,6 +163,7 @@ def flash_attention(
     block_k: int | None = None,
     interpret: bool | None = None,
     launch: LaunchDefaults | None = None,
+    softcap: float | None = None,
 ) -> Array:
     """Flash attention in Pallas (online softmax, fused forward and backward).
 
@@ -185,6 +189,9 @@ def flash_attention(
     launch : LaunchDefaults, optional
         Tiles, warps and stages of both passes for this call. ``None`` (default): the device's
         table entry for dtype and head_dim, else the generic one (:func:`default_launch`).
+    softcap : float, optional
+        Soft-cap the scaled logits to ``(-softcap, softcap)`` (``softcap · tanh(x / softcap)``,
+        Gemma 2), before masking; None: no cap.
 
     Returns
     -------
@@ -195,6 +202,7 @@ def flash_attention(
     shapes = check_qkv(q, k, v)
     check_segment_ids(segment_ids, shapes)
     check_scale(scale)
+    check_softcap(softcap)
     _check_block("block_q", block_q)
     _check_block("block_k", block_k)
     if launch is not None and not isinstance(launch, LaunchDefaults):
@@ -224,6 +232,7 @@ def flash_attention(
         block_k=block_k,
         interpret=resolve_interpret(interpret),
         launch=launch,
+        softcap=softcap,
     )
     dq_, dk_, dd = q_pad - shapes.q_len, kv_pad - shapes.kv_len, d_pad - shapes.head_dim
     qp = jnp.pad(q, ((0, 0), (0, dq_), (0, 0), (0, dd)))

@@ -9,6 +9,10 @@ recomputed as ``P = exp2(S·log2e − L)``; with ``δ = rowsum(dO ∘ O)`` (comp
 * ``dq`` kernel: one program per (query block, batch, query head); walks over key blocks up to the
   diagonal and accumulates dQ in float32.
 
+With a ``softcap`` the tile's logits are the capped ``cap · tanh(scale · q·kᵀ / cap)``; ``dS``
+is then multiplied by the cap's derivative ``1 - t²`` (``t`` recomputed with the probabilities)
+before the ``scale · dS·K`` products.
+
 With GQA each query head writes its own dK/dV slice (float32); the caller sums the group in XLA.
 Nothing of size ``[seq, seq]`` is ever stored.
 
@@ -33,7 +37,6 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from tjx.kernels.flash_fwd import (
-    LOG2E,
     KernelConfig,
     block_mask,
     dot_nn,
@@ -42,7 +45,9 @@ from tjx.kernels.flash_fwd import (
     kv_block_range,
     out_struct,
     q_block_range,
+    scores,
 )
+from tjx.kernels.softcap import uncap_grad
 
 Array = jax.Array
 
@@ -57,15 +62,16 @@ def _probs(
     kv_ids: Array | None,
     causal: bool,
     transposed: bool = False,
-) -> Array:
+) -> tuple[Array, Array | None]:
     """Attention probabilities of one tile from its raw scores ``s`` ([bq, bk] = q·kᵀ, or
-    [bk, bq] = k·qᵀ when ``transposed``) and the saved log-sum-exp."""
-    s = s * (cfg.scale * LOG2E)
+    [bk, bq] = k·qᵀ when ``transposed``) and the saved log-sum-exp, with the soft cap's
+    ``tanh`` (None without a cap) for ``uncap_grad``."""
+    s, t = scores(cfg, s)
     mask = block_mask(cfg, q_pos, k_pos, q_ids, kv_ids, causal, transposed)
     if mask is not None:
         s = jnp.where(mask, s, -jnp.inf)
     # lse is +inf on empty rows: exp2(-inf) = 0 whatever s is.
-    return jnp.exp2(s - (lse[None, :] if transposed else lse[:, None]))
+    return jnp.exp2(s - (lse[None, :] if transposed else lse[:, None])), t
 
 
 def _split_program(cfg: KernelConfig, d: int) -> tuple[Array, list[Any] | None]:
@@ -118,13 +124,13 @@ def _dkdv_kernel(
         q_pos = i * bq + jnp.arange(bq)
         lse = lse_ref[qs]
         if cols is not None:  # transposed tiles [bk, bq] (keys on rows, as dK/dV want)
-            pt = _probs(cfg, _dot_parts(k, q), lse, q_pos, k_pos, q_ids, kv_ids, causal, True)
+            pt, tt = _probs(cfg, _dot_parts(k, q), lse, q_pos, k_pos, q_ids, kv_ids, causal, True)
             dv = dv + dot_nn(pt.astype(do[0].dtype), do[0])
-            dst = pt * (_dot_parts(v, do) - delta_ref[qs][None, :])
+            dst = uncap_grad(pt * (_dot_parts(v, do) - delta_ref[qs][None, :]), tt)
             return dk + dot_nn(dst.astype(q[0].dtype), q[0]), dv
-        p = _probs(cfg, dot_nt(q, k), lse, q_pos, k_pos, q_ids, kv_ids, causal)
+        p, t = _probs(cfg, dot_nt(q, k), lse, q_pos, k_pos, q_ids, kv_ids, causal)
         dv = dv + dot_tn(p.astype(do.dtype), do)
-        ds = p * (dot_nt(do, v) - delta_ref[qs][:, None])
+        ds = uncap_grad(p * (dot_nt(do, v) - delta_ref[qs][:, None]), t)
         dk = dk + dot_tn(ds.astype(q.dtype), q)
         return dk, dv
 
@@ -169,9 +175,9 @@ def _dq_kernel(
         k = [k_ref[ks, :]] if cols is None else [k_ref[ks, c] for c in cols]
         kv_ids = None if kid_ref is None else kid_ref[ks]
         k_pos = j * bk + jnp.arange(bk)
-        p = _probs(cfg, _dot_parts(q, k), lse, q_pos, k_pos, q_ids, kv_ids, causal)
+        p, t = _probs(cfg, _dot_parts(q, k), lse, q_pos, k_pos, q_ids, kv_ids, causal)
         v = [v_ref[ks, :]] if cols is None else [v_ref[ks, c] for c in cols]
-        ds = p * (_dot_parts(do, v) - delta[:, None])
+        ds = uncap_grad(p * (_dot_parts(do, v) - delta[:, None]), t)
         return dq + dot_nn(ds.astype(k[0].dtype), k[0])
 
     n_unmasked, n_total = kv_block_range(cfg, i, bq, bk)

@@ -24,6 +24,7 @@ from tjx.kernels._checks import (
     check_segment_ids,
     split_segment_ids,
 )
+from tjx.kernels.softcap import check_softcap, soft_cap
 
 Array = jax.Array
 
@@ -91,6 +92,7 @@ def reference_attention(
     dropout_rate: float = 0.0,
     dropout_rng: Array | None = None,
     bias: Array | None = None,
+    softcap: float | None = None,
 ) -> Array:
     """Multi-head attention in plain XLA (the reference implementation).
 
@@ -116,7 +118,10 @@ def reference_attention(
         PRNG key for dropout.
     bias : Array, optional
         Additive logit bias ``[batch|1, heads|1, q_len, kv_len]`` (e.g. ALiBi), added after
-        scaling.
+        scaling (and after the soft cap).
+    softcap : float, optional
+        Soft-cap the scaled logits to ``(-softcap, softcap)`` (``softcap · tanh(x / softcap)``,
+        Gemma 2) before the bias and masks; None: no cap.
 
     Returns
     -------
@@ -136,6 +141,7 @@ def reference_attention(
         kv_lengths=kv_lengths,
         scale=scale,
         bias=bias,
+        softcap=softcap,
     )
     acc_t = p.dtype
     if dropout_rate > 0.0:
@@ -195,18 +201,20 @@ def _probabilities(
     kv_lengths: Array | None,
     scale: float | None,
     bias: Array | None,
+    softcap: float | None = None,
 ) -> Array:
     """Softmax probabilities ``[b, h, s_q, s_k]`` (float32 or wider)."""
     check_segment_ids(segment_ids, shapes)
     check_kv_lengths(kv_lengths, shapes)
     check_bias(bias, shapes)
     check_scale(scale)
+    check_softcap(softcap)
     h, d = q.shape[2], q.shape[3]
     sm_scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     acc_t = jnp.promote_types(q.dtype, jnp.float32)
     k = _per_query_head(k, h)
     logits = jnp.einsum("bqhd,bshd->bhqs", q, k, preferred_element_type=acc_t)
-    logits = logits * jnp.asarray(sm_scale, acc_t)
+    logits = soft_cap(logits * jnp.asarray(sm_scale, acc_t), softcap)
     if bias is not None:
         logits = logits + bias.astype(acc_t)  # [b|1, h|1, s_q, s_k]
     mask = attention_mask(shapes, causal=causal, segment_ids=segment_ids, kv_lengths=kv_lengths)
@@ -224,6 +232,7 @@ def attention_weights(
     kv_lengths: Array | None = None,
     scale: float | None = None,
     bias: Array | None = None,
+    softcap: float | None = None,
 ) -> Array:
     """The attention probabilities of :func:`reference_attention` (without dropout).
 
@@ -232,7 +241,7 @@ def attention_weights(
 
     Parameters
     ----------
-    q, k, causal, segment_ids, kv_lengths, scale, bias
+    q, k, causal, segment_ids, kv_lengths, scale, bias, softcap
         As in :func:`reference_attention` (``k``'s heads may be fewer: GQA/MQA).
 
     Returns
@@ -252,4 +261,5 @@ def attention_weights(
         kv_lengths=kv_lengths,
         scale=scale,
         bias=bias,
+        softcap=softcap,
     )

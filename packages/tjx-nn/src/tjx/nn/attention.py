@@ -1,5 +1,6 @@
 """Multi-head attention with GQA/MQA (``num_kv_heads``), cross-attention, RoPE/ALiBi, an
-optional MLA-style low-rank key/value path, and KV-cache prefill/decode.
+optional MLA-style low-rank key/value path, and KV-cache prefill/decode; q/k norms, Gemma's
+query scale and soft-capped logits (see ``family_config``).
 
 The score/softmax/value step is ``tjx.kernels.attention`` (layout ``[batch, seq, heads,
 head_dim]``), so the kernel is a config switch (``attention_impl``). Its output is tagged
@@ -20,6 +21,7 @@ from tjx import kernels
 from tjx.nn.configs import TransformerConfig
 from tjx.nn.kv_cache import LayerCache, topk_decode_attention
 from tjx.nn.linear import Dense
+from tjx.nn.norms import RMSNorm
 from tjx.nn.params import normal
 from tjx.nn.positions import alibi_bias, apply_rope
 
@@ -60,6 +62,9 @@ class Attention(nnx.Module):
         self.impl = c.attention_impl
         self.attention_dropout = c.attention_dropout
         self.decode_topk = c.decode_topk
+        # Gemma: 1/sqrt(query_pre_attn_scalar) instead of 1/sqrt(head_dim); Gemma 2's soft cap.
+        self.scale = 1.0 / math.sqrt(c.query_pre_attn_scalar or c.head_dim)
+        self.softcap = c.attn_logit_softcap
         self.mla = c.attention_type == "mla" and not cross
         d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
         common: dict[str, Any] = dict(rngs=rngs, use_bias=c.use_bias, precision=c.precision)
@@ -88,11 +93,28 @@ class Attention(nnx.Module):
             init=normal(out_std if out_std is not None else c.init_std),
             **common,
         )
+        # q/k norms after the projections, before RoPE: per head (Qwen3, Gemma 3: one head_dim
+        # scale shared by the heads) or over the whole projection (OLMo 2).
+        self.qk_scope = c.qk_norm_scope
+        norm_kw: dict[str, Any] = dict(
+            rngs=rngs, eps=c.norm_eps, precision=c.precision, plus_one=c.norm_plus_one
+        )
+        whole = c.qk_norm_scope == "projection"
+        self.q_norm = RMSNorm(h * hd if whole else hd, **norm_kw) if c.qk_norm else None
+        self.k_norm = RMSNorm(hk * hd if whole else hd, **norm_kw) if c.qk_norm else None
+
+    def _normed(self, norm: RMSNorm | None, x: Array) -> Array:
+        """``x`` [..., heads, head_dim] through a q/k norm (none: unchanged)."""
+        if norm is None:
+            return x
+        if self.qk_scope == "head":
+            return norm(x)
+        return norm(x.reshape(*x.shape[:-2], -1)).reshape(x.shape)
 
     def _keys_values(self, src: Array, positions: Array | None) -> tuple[Array, Array]:
         if self.kv_down is not None:
             src = self.kv_down(src)
-        k, v = self.key(src), self.value(src)
+        k, v = self._normed(self.k_norm, self.key(src)), self.value(src)
         if self.position == "rope" and positions is not None:
             k = apply_rope(k, positions, theta=self.rope_theta, scaling=self.rope_scaling)
         return k, v
@@ -104,7 +126,7 @@ class Attention(nnx.Module):
     def _kernel(self, q: Array, k: Array, v: Array, *, impl: str, **kw: Any) -> Array:
         # An additive bias (ALiBi, T5) or attention dropout makes tjx.kernels take its XLA path.
         return kernels.attention(
-            q, k, v, scale=1.0 / math.sqrt(self.head_dim), implementation=impl, **kw  # type: ignore[arg-type]
+            q, k, v, scale=self.scale, softcap=self.softcap, implementation=impl, **kw  # type: ignore[arg-type]
         )
 
     def __call__(
@@ -153,7 +175,7 @@ class Attention(nnx.Module):
         b, s, _ = x.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
-        q = self.query(x)
+        q = self._normed(self.q_norm, self.query(x))
         if self.position == "rope":
             q = apply_rope(q, positions, theta=self.rope_theta, scaling=self.rope_scaling)
         drop = 0.0 if deterministic else self.attention_dropout
@@ -220,7 +242,7 @@ class Attention(nnx.Module):
             t = cache["latent"].shape[1]
             slots = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
             latent = cache["latent"].astype(q.dtype)
-            k, v = self.key(latent), self.value(latent)
+            k, v = self._normed(self.k_norm, self.key(latent)), self.value(latent)
             if self.position == "rope":
                 k = apply_rope(k, slots, theta=self.rope_theta, scaling=self.rope_scaling)
         else:
@@ -237,7 +259,14 @@ class Attention(nnx.Module):
             bias = _add(bias, alibi_bias(positions, slots, self.num_heads))
         if self.decode_topk is not None and self.decode_topk < t:
             out = topk_decode_attention(
-                q, k, v, kv_lengths=lengths, topk=self.decode_topk, bias=bias
+                q,
+                k,
+                v,
+                kv_lengths=lengths,
+                topk=self.decode_topk,
+                bias=bias,
+                scale=self.scale,
+                softcap=self.softcap,
             )
         else:
             # One query per row: the XLA path (fused kernels target long query blocks).
@@ -246,7 +275,8 @@ class Attention(nnx.Module):
                 k,
                 v,
                 kv_lengths=lengths,
-                scale=1.0 / math.sqrt(self.head_dim),
+                scale=self.scale,
+                softcap=self.softcap,
                 implementation="xla",
                 bias=bias,
             )

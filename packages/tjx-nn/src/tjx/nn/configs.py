@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from tjx.kernels import IMPLEMENTATIONS
+from tjx.nn.family_config import DECODER_ONLY, QK_NORM_SCOPES, check_family
 from tjx.nn.fields import choice, positive, rate, setting
 from tjx.nn.precision import Precision, as_precision
 
 ACTIVATIONS = ("gelu", "gelu_exact", "relu", "silu", "swiglu", "geglu")
 NORMS = ("layernorm", "rmsnorm")
-NORM_POSITIONS = ("pre", "post")
+# x + f(n(x)); n(x + f(x)) (BERT); x + n(f(n(x))) (Gemma); x + n(f(x)) (OLMo 2): decoders only.
+NORM_POSITIONS = ("pre", "post", "sandwich", "output")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
 # tjx-kernels' dispatcher owns this list: an implementation it adds is accepted here at once.
 ATTENTION_IMPLS: tuple[str, ...] = IMPLEMENTATIONS
@@ -43,6 +45,9 @@ class TransformerConfig:
     high_freq_factor, original_max_position_embeddings)`` (see ``positions.rope_inv_freq``); it
     needs ``position="rope"``. ``qkv_bias`` gives the query/key/value projections a bias even
     when ``use_bias`` is off (Qwen2's layout).
+
+    The switches of Qwen3, OLMo 2 and Gemma 2/3 (``qk_norm`` ... ``final_logit_softcap``) are
+    described and checked in :mod:`tjx.nn.family_config`.
 
     ``unused_fields`` (a class attribute) names the shared fields a family's model never reads,
     each with the reason: such a field must keep its class default (any other value would be
@@ -70,7 +75,9 @@ class TransformerConfig:
     norm: str = setting("layernorm", choices=NORMS, help="normalisation layer")
     norm_eps: float = setting(1e-5, help="the norm's epsilon")
     norm_position: str = setting(
-        "pre", choices=NORM_POSITIONS, help="norm before (pre) or after (post) each sublayer"
+        "pre",
+        choices=NORM_POSITIONS,
+        help="pre: x+f(n(x)); post: n(x+f(x)); sandwich: x+n(f(n(x))); output: x+n(f(x))",
     )
     position: str = setting(
         "learned", choices=POSITIONS, help="position encoding (t5: bucketed relative bias)"
@@ -120,6 +127,15 @@ class TransformerConfig:
     decode_topk: int | None = setting(
         None, resumable=True, help="decoding attends to the top-k cached keys only; None: all"
     )
+    qk_norm: bool = setting(False, help="RMSNorm of each query and key head (Qwen3)")
+    qk_norm_scope: str = setting(
+        "head", choices=QK_NORM_SCOPES, help="qk_norm per head, or over all heads (OLMo 2)"
+    )
+    norm_plus_one: bool = setting(False, help="norms scale by 1 + weight, weight from 0 (Gemma)")
+    scale_embeddings: bool = setting(False, help="token embeddings times sqrt(d_model) (Gemma)")
+    query_pre_attn_scalar: float | None = setting(None, help="logits times 1/sqrt(it) (Gemma)")
+    attn_logit_softcap: float | None = setting(None, help="attention logits c·tanh(x/c) (Gemma 2)")
+    final_logit_softcap: float | None = setting(None, help="output logits c·tanh(x/c) (Gemma 2)")
 
     def __post_init__(self) -> None:
         cls = type(self).__name__
@@ -172,6 +188,7 @@ class TransformerConfig:
         self._check_mla(cls)
         if self.decode_topk is not None:
             positive(cls, "decode_topk", self.decode_topk)
+        check_family(self, cls)
         self._check_unused(cls)
 
     def _check_rope_scaling(self, cls: str) -> None:
@@ -303,6 +320,7 @@ class BertConfig(TransformerConfig):
     unused_fields: ClassVar[Mapping[str, str]] = {
         "tie_embeddings": "BERT's MLM head always shares the token embedding",
         "decode_topk": "only decoders decode (BERT does not)",
+        **DECODER_ONLY,
     }
 
     def __post_init__(self) -> None:
@@ -332,6 +350,7 @@ class ViTConfig(TransformerConfig):
         "vocab_size": "ViT reads images, not tokens",
         "tie_embeddings": "ViT has no token embedding to tie its classifier to",
         "decode_topk": "only decoders decode (ViT does not)",
+        **DECODER_ONLY,
     }
 
     def __post_init__(self) -> None:
@@ -358,6 +377,8 @@ class ViTConfig(TransformerConfig):
 @dataclass(frozen=True, kw_only=True)
 class EncoderDecoderConfig(TransformerConfig):
     """Encoder-decoder (Vaswani/T5 style) with shared embeddings; layer counts per side."""
+
+    unused_fields: ClassVar[Mapping[str, str]] = DECODER_ONLY
 
     num_encoder_layers: int | None = setting(None, help="encoder blocks; None: num_layers")
     num_decoder_layers: int | None = setting(None, help="decoder blocks; None: num_layers")

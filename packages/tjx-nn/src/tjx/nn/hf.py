@@ -1,6 +1,8 @@
-"""``load_hf`` / ``save_hf``: Hugging Face checkpoints of GPT-2 and the LLaMA family in and out.
+"""``load_hf`` / ``save_hf``: Hugging Face checkpoints of GPT-2 and the LLaMA-style families in
+and out.
 
-A folder's ``config.json`` names the architecture (``model_type`` gpt2, llama, mistral or qwen2);
+A folder's ``config.json`` names the architecture (``model_type`` gpt2, llama, mistral, qwen2,
+qwen3, olmo2, phi3, gemma2 or gemma3_text);
 its config module maps the config (refusing what tjx would ignore) and its mapping module the
 tensors. Weights move one tensor at a time: loading fills a model built abstractly
 (``nnx.eval_shape``) from safetensors' memory-mapped reads, saving writes one shard at a time,
@@ -21,6 +23,13 @@ from flax import nnx
 from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
 from tjx.nn.decoder import GPT2, DecoderLM, Llama
 from tjx.nn.hf_config import LLAMA_TYPES, llama_config_from_hf, llama_config_to_hf
+from tjx.nn.hf_families import (
+    FAMILY_TYPES,
+    export_family,
+    family_config_from_hf,
+    family_config_to_hf,
+)
+from tjx.nn.hf_family_tensors import family_mapping
 from tjx.nn.hf_gpt2 import config_from_hf, config_to_hf, gpt2_mapping
 from tjx.nn.hf_io import (
     HFMapping,
@@ -37,7 +46,15 @@ from tjx.nn.model_state import concrete_state
 from tjx.nn.params_io import fill_params, param_readers
 
 #: ``config.json`` model types ``load_hf`` reads, and the tjx model kind each becomes.
-HF_MODEL_TYPES: dict[str, str] = {"gpt2": "gpt2", **{t: "llama" for t in LLAMA_TYPES}}
+HF_MODEL_TYPES: dict[str, str] = {
+    "gpt2": "gpt2",
+    **{t: "llama" for t in (*LLAMA_TYPES, *FAMILY_TYPES)},
+}
+#: model types refused with a line of their own (what to load instead).
+_REFUSED = {
+    "gemma3": "is Gemma 3's image-text model; tjx loads the text model (model_type "
+    "'gemma3_text', Gemma3ForCausalLM checkpoints such as gemma-3-1b)",
+}
 SAVE_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -66,6 +83,8 @@ def read_hf_config(path_or_hub: str | os.PathLike[str], **overrides: Any) -> Tra
 
 def _kind(hf: dict[str, Any]) -> str:
     model_type = hf.get("model_type")
+    if model_type in _REFUSED:
+        raise ValueError(f"config.json model_type {model_type!r} {_REFUSED[model_type]}")
     if model_type not in HF_MODEL_TYPES:
         raise ValueError(
             f"config.json model_type {model_type!r} is not supported; tjx loads "
@@ -78,6 +97,10 @@ def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[Deco
     if _kind(hf) == "gpt2":
         gpt2 = config_from_hf(hf, **overrides)
         return gpt2, GPT2, gpt2_mapping(gpt2)
+    model_type = str(hf.get("model_type"))
+    if model_type in FAMILY_TYPES:
+        family = family_config_from_hf(hf, **overrides)
+        return family, Llama, family_mapping(family, model_type)
     llama = llama_config_from_hf(hf, **overrides)
     return llama, Llama, llama_mapping(llama)
 
@@ -93,12 +116,15 @@ def load_hf(
         Folder with ``config.json`` and ``model.safetensors`` (or an index and its shards).
     **overrides
         Config fields for how to run it, not what it is: ``scan_layers``, ``remat``,
-        ``attention_impl``, ``precision`` (the param dtype the weights are cast to), ``dropout``.
+        ``attention_impl``, ``precision`` (the param dtype the weights are cast to), ``dropout``;
+        ``max_seq_len`` no longer than a Gemma/Qwen3/Phi-3 sliding window loads it exactly up
+        to that length (tjx has no sliding window yet, ``hf_family_base``).
 
     Returns
     -------
     (model, config)
-        ``GPT2`` or ``Llama`` and its config.
+        ``GPT2`` or ``Llama`` and its config (the families' switches set, see
+        ``family_config``).
 
     Raises
     ------
@@ -131,7 +157,10 @@ def _export_plan(config: Any, model_type: str | None) -> tuple[dict[str, Any], H
             raise ValueError(f"a GPT2 model saves as model_type 'gpt2'; got {model_type!r}")
         return config_to_hf(config), gpt2_mapping(config)
     if isinstance(config, LlamaConfig):
-        return llama_config_to_hf(config, model_type), llama_mapping(config)
+        chosen = export_family(config, model_type)
+        if chosen in FAMILY_TYPES:
+            return family_config_to_hf(config, chosen), family_mapping(config, chosen)
+        return llama_config_to_hf(config, chosen), llama_mapping(config)
     raise ValueError(
         f"save_hf saves GPT2 and Llama models; got a model with {type(config).__name__}"
     )
@@ -160,8 +189,11 @@ def save_hf(
         Above this many bytes (``"5GB"``, ``"200MB"``, an int) the weights are split into
         shards with ``model.safetensors.index.json``.
     model_type : str, optional
-        For a Llama: ``llama``, ``mistral`` or ``qwen2`` (default qwen2 when only q/k/v have
-        biases, else llama).
+        For a Llama: ``llama``, ``mistral``, ``qwen2``, ``qwen3``, ``olmo2``, ``phi3``,
+        ``gemma2`` or ``gemma3_text``. Default: the family of the config's switches (sandwich
+        norms: gemma2, or gemma3_text with q/k norms; output norms: olmo2; q/k norms: qwen3),
+        else qwen2 when only q/k/v have biases, else llama. Phi-3 (the same computation as
+        Llama, its tensors fused) only when asked.
     tokenizer_from : str or PathLike, optional
         A folder whose tokenizer files (``tokenizer.json`` ...) are copied next to the weights.
 

@@ -211,6 +211,7 @@ def token_loss(
         chunked=chunked,
         chunk_size=chunk_size,
         z_loss=z_loss,
+        softcap=model.config.final_logit_softcap,
     )
 
 

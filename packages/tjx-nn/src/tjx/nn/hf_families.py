@@ -1,0 +1,167 @@
+"""Hugging Face ``config.json`` of Qwen3, OLMo 2, Phi-3 and Gemma 2/3 ↔ ``LlamaConfig``.
+
+Each family is the LLaMA decoder with a few switches (:mod:`tjx.nn.family_config`): Qwen3 adds
+per-head q/k RMSNorms; OLMo 2 moves the norms onto the sublayers' outputs and normalises q and k
+over the whole projection; Phi-3 computes exactly what Llama does (it fuses q/k/v and gate/up in
+its tensors only, :mod:`tjx.nn.hf_family_tensors`); Gemma 2 and 3 are in :mod:`tjx.nn.hf_gemma`.
+As for the Llama family (``hf_config``), every key is mapped, checked, or on the allow-list of
+keys that change no number; anything else, and any value tjx cannot honour, is refused in one line
+naming it (what is not honoured yet: :mod:`tjx.nn.hf_family_base`).
+
+On export the config's switches choose the family (sandwich norms: Gemma, 3 with q/k norms;
+output norms: OLMo 2; q/k norms alone: Qwen3); Phi-3 is written only when asked for by name,
+since a Llama computes the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tjx.nn.configs import LlamaConfig
+from tjx.nn.hf_family_base import (
+    LLAMA_SWITCHES,
+    base_fields,
+    check_exportable,
+    check_keys,
+    check_switches,
+    check_window,
+    common_to_hf,
+    rope_theta,
+)
+from tjx.nn.hf_gemma import (
+    GEMMA_SWITCHES,
+    GEMMA_TYPES,
+    gemma_config_to_hf,
+    gemma_fields,
+    gemma_type,
+)
+
+FAMILY_TYPES = ("qwen3", "olmo2", "phi3", *GEMMA_TYPES)
+ARCHITECTURES = {
+    "qwen3": "Qwen3ForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+}
+#: Each family's keys beyond ``hf_family_base.BASE_KEYS``.
+FAMILY_KEYS = {
+    "qwen3": frozenset(
+        {"hidden_act", "sliding_window", "use_sliding_window", "max_window_layers", "layer_types"}
+    ),
+    "olmo2": frozenset({"hidden_act"}),
+    # transformers' Phi-3 never reads embd_pdrop; resid_pdrop becomes tjx's dropout.
+    "phi3": frozenset(
+        {
+            "hidden_act",
+            "sliding_window",
+            "resid_pdrop",
+            "embd_pdrop",
+            "original_max_position_embeddings",  # read by longrope only (refused for now)
+        }
+    ),
+}
+#: The switches each family computes with (an export checks that the config has these).
+SWITCHES: dict[str, dict[str, Any]] = {
+    "llama": LLAMA_SWITCHES,
+    "phi3": LLAMA_SWITCHES,
+    "qwen3": {**LLAMA_SWITCHES, "qk_norm": True},
+    "olmo2": {
+        **LLAMA_SWITCHES,
+        "norm_position": "output",
+        "qk_norm": True,
+        "qk_norm_scope": "projection",
+    },
+    **GEMMA_SWITCHES,
+}
+
+
+def _qwen3_sliding(hf: Mapping[str, Any], layers: int) -> bool:
+    """Whether any Qwen3 layer slides (transformers: ``use_sliding_window`` and the layers from
+    ``max_window_layers`` on, or an explicit ``layer_types``)."""
+    types = hf.get("layer_types")
+    if types is not None:
+        return any(t != "full_attention" for t in types)
+    return bool(hf.get("use_sliding_window")) and int(hf.get("max_window_layers", 28)) < layers
+
+
+def family_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
+    """A ``LlamaConfig`` from a ``config.json`` dict of one of ``FAMILY_TYPES`` (``overrides``
+    win; a ``max_seq_len`` no longer than a sliding window serves the window).
+
+    Raises
+    ------
+    ValueError
+        An unknown or unsupported key or value, named.
+    """
+    model_type = str(hf.get("model_type"))
+    if model_type in GEMMA_TYPES:
+        return LlamaConfig(**{**gemma_fields(hf, model_type, overrides), **overrides})
+    if model_type not in FAMILY_TYPES:
+        raise ValueError(
+            f"config.json model_type must be one of {FAMILY_TYPES}; got {model_type!r}"
+        )
+    check_keys(hf, model_type, FAMILY_KEYS[model_type])
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        raise ValueError(f"config.json hidden_act must be 'silu' (SwiGLU); got {act!r}")
+    fields = base_fields(hf, tied=False, eps=1e-6 if model_type == "qwen3" else 1e-5)
+    fields["rope_theta"] = rope_theta(hf, model_type)
+    max_len = int(overrides.get("max_seq_len", fields["max_seq_len"]))
+    if model_type == "qwen3":
+        sliding = _qwen3_sliding(hf, fields["num_layers"])
+        check_window(hf.get("sliding_window"), sliding, max_len)
+    elif model_type == "phi3":
+        check_window(hf.get("sliding_window"), True, max_len)
+        fields["dropout"] = float(hf.get("resid_pdrop", 0.0))
+    return LlamaConfig(**{**fields, **SWITCHES[model_type], **overrides})
+
+
+def family_of(config: LlamaConfig) -> str:
+    """The HF family whose switches ``config`` has (``"llama"`` when it has none of them)."""
+    if config.norm_position == "sandwich":
+        return gemma_type(config)
+    if config.norm_position == "output":
+        return "olmo2"
+    return "qwen3" if config.qk_norm else "llama"
+
+
+def export_family(config: LlamaConfig, model_type: str | None) -> str:
+    """The ``model_type`` to save ``config`` as: the one asked for, else its switches' family
+    (``"llama"`` means the Llama family's own export, ``hf_config``). Raises ``ValueError`` when
+    ``config`` has switches that type does not compute, naming them."""
+    chosen = model_type or family_of(config)
+    want = SWITCHES.get(chosen, LLAMA_SWITCHES)  # llama, mistral, qwen2: no switch
+    hint = f"save as model_type={family_of(config)!r}, or change the config"
+    check_switches(config, chosen, want, hint)
+    return chosen
+
+
+def family_config_to_hf(config: LlamaConfig, model_type: str) -> dict[str, Any]:
+    """The ``config.json`` dict of ``config`` as one of ``FAMILY_TYPES``.
+
+    Raises
+    ------
+    ValueError
+        ``config`` computes something ``model_type`` cannot express (named).
+    """
+    check_exportable(config)
+    check_switches(config, model_type, SWITCHES[model_type], "change the config")
+    if model_type in GEMMA_TYPES:
+        return gemma_config_to_hf(config, model_type)
+    out = {
+        "architectures": [ARCHITECTURES[model_type]],
+        "model_type": model_type,
+        **common_to_hf(config),
+        "hidden_act": "silu",
+    }
+    if model_type == "phi3":
+        return out | {
+            "resid_pdrop": config.dropout,
+            "embd_pdrop": 0.0,
+            "original_max_position_embeddings": config.max_seq_len,
+            "sliding_window": None,
+        }
+    out["attention_bias"] = False
+    if model_type == "qwen3":
+        out |= {"use_sliding_window": False, "sliding_window": None}
+    return out

@@ -54,7 +54,10 @@ def _np_capped_attention(q, k, v, mask, do, *, scale, cap):
 def _inputs(seed, b, sq, sk, h, hkv, d, dtype, magnitude):
     rng = np.random.default_rng(seed)
     shapes = ((b, sq, h, d), (b, sk, hkv, d), (b, sk, hkv, d), (b, sq, h, d))
-    xs = [rng.standard_normal(s) * m for s, m in zip(shapes, (magnitude, magnitude, 1, 1))]
+    xs = [
+        rng.standard_normal(s) * m
+        for s, m in zip(shapes, (magnitude, magnitude, 1, 1), strict=True)
+    ]
     return [np.asarray(jnp.asarray(x, dtype).astype(F32), np.float64) for x in xs]
 
 

@@ -54,6 +54,15 @@ def test_a_model_json_of_tjx_0_1_loads():
     assert config.precision == tnn.Precision(jnp.float32, jnp.bfloat16)
     # Written again, it gains only the fields added since (#28's rope_scaling, qkv_bias).
     newer = {"rope_scaling": None, "qkv_bias": False}
+    newer |= {  # #44's family switches
+        "qk_norm": False,
+        "qk_norm_scope": "head",
+        "norm_plus_one": False,
+        "scale_embeddings": False,
+        "query_pre_attn_scalar": None,
+        "attn_logit_softcap": None,
+        "final_logit_softcap": None,
+    }
     want = {**WRITTEN_BY_TJX_0_1, "fields": {**WRITTEN_BY_TJX_0_1["fields"], **newer}}
     assert tnn.config_to_dict(config) == want
     # An older file without the newer fields (and a preset name for precision) keeps defaults.

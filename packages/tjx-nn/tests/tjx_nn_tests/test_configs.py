@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
+from tjx.nn.family_config import DECODER_ONLY
 
 HF_COUNTS = {
     "small": 124_439_808,
@@ -39,7 +40,7 @@ def test_gpt2_config_overrides_and_unknown_preset():
         (dict(mlp_activation="tanh"), "mlp_activation"),
         (dict(position="relative"), "position"),
         (dict(norm="batchnorm"), "norm"),
-        (dict(norm_position="sandwich"), "norm_position"),
+        (dict(norm_position="peri"), "norm_position"),
         (dict(num_layers=-1), "num_layers"),
         (dict(vocab_size=0), "vocab_size"),
         (dict(dropout=1.5), "dropout"),
@@ -163,6 +164,9 @@ def test_vit_patch_size_must_divide_the_image():
         (tnn.ViTConfig, "tie_embeddings", True),
         (tnn.ViTConfig, "decode_topk", 2),
         (tnn.ViTConfig, "vocab_size", 100),
+        (tnn.ViTConfig, "norm_plus_one", True),
+        (tnn.BertConfig, "final_logit_softcap", 30.0),
+        (tnn.EncoderDecoderConfig, "scale_embeddings", True),
     ],
 )
 def test_a_field_the_model_never_reads_keeps_its_default(config_class, field, value):
@@ -182,10 +186,11 @@ def test_a_field_the_model_never_reads_keeps_its_default(config_class, field, va
 
 
 def test_decoders_read_every_shared_field():
-    """GPT-2, LLaMA, the encoder-decoder and the plain decoder use all of them (decode_topk
-    included: the encoder-decoder's decoder decodes too)."""
+    """GPT-2, LLaMA and the plain decoder use all of them; the encoder-decoder all but the
+    decoder-only switches of the Gemma family (decode_topk included: its decoder decodes too)."""
     for config_class in (tnn.GPT2Config, tnn.LlamaConfig, tnn.EncoderDecoderConfig):
-        assert dict(config_class.unused_fields) == {}
+        unused = dict(config_class.unused_fields)
+        assert unused == ({} if config_class is not tnn.EncoderDecoderConfig else DECODER_ONLY)
         assert config_class(decode_topk=2).decode_topk == 2
     assert dict(tnn.TransformerConfig.unused_fields) == {}
     assert tnn.EncoderDecoderConfig(tie_embeddings=False).tie_embeddings is False

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from tjx.kernels.softcap import check_softcap, uncap_grad
+from tjx.kernels.softcap import cap_derivative, check_softcap, uncap_grad
 
 Array = jax.Array
 Sums = tuple[Array, Array, Array, Array]
@@ -170,7 +170,7 @@ def _sums_and_grads(
         logits, t = _chunk_logits(h_c, w, softcap)
         ce, lse, valid, correct = _chunk_stats(logits, l_c, ignore_index)
         safe = jnp.where(valid, l_c, -1)  # _dlogits zeroes the rows of ignored tokens
-        dlogits = uncap_grad(_dlogits(logits, safe, lse, one, zero), t)
+        dlogits = uncap_grad(_dlogits(logits, safe, lse, one, zero), cap_derivative(t))
         dh = jnp.dot(dlogits.astype(w.dtype), w.T, preferred_element_type=jnp.float32)
         dw = dw + jnp.dot(h_c.T, dlogits.astype(h_c.dtype), preferred_element_type=jnp.float32)
         return (_add_sums(sums, ce, lse, valid, correct), dw), dh
@@ -217,7 +217,7 @@ def _ce_sums_bwd(
         h_c, l_c, lse_c = xs
         logits, t = _chunk_logits(h_c, w, softcap)
         labels = jnp.where(l_c != ignore_index, l_c, -1)
-        dlogits = uncap_grad(_dlogits(logits, labels, lse_c, g_ce, g_z), t)
+        dlogits = uncap_grad(_dlogits(logits, labels, lse_c, g_ce, g_z), cap_derivative(t))
         dh = jnp.dot(dlogits.astype(w.dtype), w.T, preferred_element_type=jnp.float32)
         dw = dw + jnp.dot(h_c.T, dlogits.astype(h_c.dtype), preferred_element_type=jnp.float32)
         return dw, dh.astype(hc.dtype)

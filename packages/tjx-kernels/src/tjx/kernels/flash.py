@@ -122,9 +122,15 @@ def _make_config(
     bk = _fit_block(block_k or launch.block_k, shapes.kv_len)
     bq_b = _fit_block(block_q or launch.block_q_bwd, shapes.q_len)
     bk_b = _fit_block(block_k or launch.block_k_bwd, shapes.kv_len)
+    split = min(launch.head_split_bwd, d_pad // MIN_BLOCK)
+    if softcap is not None and split > 1 and not (block_q or block_k):
+        # The capped backward keeps one more [q, k] float32 tile live (P times the cap's
+        # derivative). Under a head split (16-bit head_dim 256 on sm_90) half the query rows
+        # compile to 0 spills with wgmma kept (16 bytes spilled otherwise, triton 3.9; kernels
+        # README). Elsewhere the default tiles stay: halving them cost wgmma.
+        bq_b = max(MIN_BLOCK, bq_b // 2)
     # A head split (at most one 16-column slice per program) swaps dQ's tiles: both lengths
     # then pass through both backward tiles.
-    split = min(launch.head_split_bwd, d_pad // MIN_BLOCK)
     both = max(bq_b, bk_b) if split > 1 else 0
     q_pad = _round_up(shapes.q_len, max(bq, bq_b, both))
     kv_pad = _round_up(shapes.kv_len, max(bk, bk_b, both))

@@ -10,8 +10,8 @@ recomputed as ``P = exp2(S·log2e − L)``; with ``δ = rowsum(dO ∘ O)`` (comp
   diagonal and accumulates dQ in float32.
 
 With a ``softcap`` the tile's logits are the capped ``cap · tanh(scale · q·kᵀ / cap)``; ``dS``
-is then multiplied by the cap's derivative ``1 - t²`` (``t`` recomputed with the probabilities)
-before the ``scale · dS·K`` products.
+is then multiplied by the cap's derivative ``1 - t²`` (``t`` recomputed with the probabilities
+and folded into them at once, see ``_probs``) before the ``scale · dS·K`` products.
 
 With GQA each query head writes its own dK/dV slice (float32); the caller sums the group in XLA.
 Nothing of size ``[seq, seq]`` is ever stored.
@@ -47,7 +47,7 @@ from tjx.kernels.flash_fwd import (
     q_block_range,
     scores,
 )
-from tjx.kernels.softcap import uncap_grad
+from tjx.kernels.softcap import cap_derivative
 
 Array = jax.Array
 
@@ -62,16 +62,20 @@ def _probs(
     kv_ids: Array | None,
     causal: bool,
     transposed: bool = False,
-) -> tuple[Array, Array | None]:
+) -> tuple[Array, Array]:
     """Attention probabilities of one tile from its raw scores ``s`` ([bq, bk] = q·kᵀ, or
     [bk, bq] = k·qᵀ when ``transposed``) and the saved log-sum-exp, with the soft cap's
-    ``tanh`` (None without a cap) for ``uncap_grad``."""
+    probabilities as ``dS = P ∘ (dP − δ)`` uses them: times the soft cap's derivative ``1 - t²``
+    (``P`` itself without a cap). Forming that product here, before the ``dV`` product, lets
+    ``t`` die at once: a kernel keeping ``P``, ``t`` and ``dP`` spilled registers on sm_90."""
     s, t = scores(cfg, s)
     mask = block_mask(cfg, q_pos, k_pos, q_ids, kv_ids, causal, transposed)
     if mask is not None:
         s = jnp.where(mask, s, -jnp.inf)
     # lse is +inf on empty rows: exp2(-inf) = 0 whatever s is.
-    return jnp.exp2(s - (lse[None, :] if transposed else lse[:, None])), t
+    p = jnp.exp2(s - (lse[None, :] if transposed else lse[:, None]))
+    g = cap_derivative(t)
+    return p, p if g is None else p * g
 
 
 def _split_program(cfg: KernelConfig, d: int) -> tuple[Array, list[Any] | None]:
@@ -124,13 +128,15 @@ def _dkdv_kernel(
         q_pos = i * bq + jnp.arange(bq)
         lse = lse_ref[qs]
         if cols is not None:  # transposed tiles [bk, bq] (keys on rows, as dK/dV want)
-            pt, tt = _probs(cfg, _dot_parts(k, q), lse, q_pos, k_pos, q_ids, kv_ids, causal, True)
+            pt, pt_ds = _probs(
+                cfg, _dot_parts(k, q), lse, q_pos, k_pos, q_ids, kv_ids, causal, True
+            )
             dv = dv + dot_nn(pt.astype(do[0].dtype), do[0])
-            dst = uncap_grad(pt * (_dot_parts(v, do) - delta_ref[qs][None, :]), tt)
+            dst = pt_ds * (_dot_parts(v, do) - delta_ref[qs][None, :])
             return dk + dot_nn(dst.astype(q[0].dtype), q[0]), dv
-        p, t = _probs(cfg, dot_nt(q, k), lse, q_pos, k_pos, q_ids, kv_ids, causal)
+        p, p_ds = _probs(cfg, dot_nt(q, k), lse, q_pos, k_pos, q_ids, kv_ids, causal)
         dv = dv + dot_tn(p.astype(do.dtype), do)
-        ds = uncap_grad(p * (dot_nt(do, v) - delta_ref[qs][:, None]), t)
+        ds = p_ds * (dot_nt(do, v) - delta_ref[qs][:, None])
         dk = dk + dot_tn(ds.astype(q.dtype), q)
         return dk, dv
 
@@ -175,9 +181,9 @@ def _dq_kernel(
         k = [k_ref[ks, :]] if cols is None else [k_ref[ks, c] for c in cols]
         kv_ids = None if kid_ref is None else kid_ref[ks]
         k_pos = j * bk + jnp.arange(bk)
-        p, t = _probs(cfg, _dot_parts(q, k), lse, q_pos, k_pos, q_ids, kv_ids, causal)
+        _, p_ds = _probs(cfg, _dot_parts(q, k), lse, q_pos, k_pos, q_ids, kv_ids, causal)
         v = [v_ref[ks, :]] if cols is None else [v_ref[ks, c] for c in cols]
-        ds = uncap_grad(p * (_dot_parts(do, v) - delta[:, None]), t)
+        ds = p_ds * (_dot_parts(do, v) - delta[:, None])
         return dq + dot_nn(ds.astype(k[0].dtype), k[0])
 
     n_unmasked, n_total = kv_block_range(cfg, i, bq, bk)

@@ -34,9 +34,14 @@ def soft_cap(x: Array, softcap: float | None) -> Array:
     return cap * jnp.tanh(x / cap)
 
 
-def uncap_grad(d_capped: Array, tanh_value: Array | None) -> Array:
-    """The gradient w.r.t. the uncapped logits from the one w.r.t. the capped ones, given
-    ``t = tanh(x / cap)`` (None: no cap, ``d_capped`` unchanged)."""
-    if tanh_value is None:
+def cap_derivative(tanh_value: Array | None) -> Array | None:
+    """The cap's derivative ``1 - t²`` from ``t = tanh(x / cap)`` (None: no cap)."""
+    return None if tanh_value is None else 1.0 - tanh_value * tanh_value
+
+
+def uncap_grad(d_capped: Array, derivative: Array | None) -> Array:
+    """The gradient w.r.t. the uncapped logits from the one w.r.t. the capped ones and the cap's
+    ``derivative`` (None: no cap, ``d_capped`` unchanged)."""
+    if derivative is None:
         return d_capped
-    return d_capped * (1.0 - tanh_value * tanh_value)
+    return d_capped * derivative

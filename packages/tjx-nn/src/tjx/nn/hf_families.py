@@ -125,15 +125,16 @@ def family_of(config: LlamaConfig) -> str:
     return "qwen3" if config.qk_norm else "llama"
 
 
-def export_family(config: LlamaConfig, model_type: str | None) -> str:
-    """The ``model_type`` to save ``config`` as: the one asked for, else its switches' family
-    (``"llama"`` means the Llama family's own export, ``hf_config``). Raises ``ValueError`` when
-    ``config`` has switches that type does not compute, naming them."""
-    chosen = model_type or family_of(config)
+def export_family(config: LlamaConfig, model_type: str | None) -> str | None:
+    """The ``model_type`` to save ``config`` as: the one asked for, else its switches' family;
+    None leaves a switchless config to the Llama family's own choice (``hf_config``). Raises
+    ``ValueError`` when ``config`` has switches that type does not compute, naming them."""
+    family = family_of(config)
+    chosen = model_type or family
     want = SWITCHES.get(chosen, LLAMA_SWITCHES)  # llama, mistral, qwen2: no switch
-    hint = f"save as model_type={family_of(config)!r}, or change the config"
+    hint = f"save as model_type={family!r}, or change the config"
     check_switches(config, chosen, want, hint)
-    return chosen
+    return None if model_type is None and family == "llama" else chosen
 
 
 def family_config_to_hf(config: LlamaConfig, model_type: str) -> dict[str, Any]:

@@ -52,9 +52,25 @@ LLAMA_SWITCHES: dict[str, Any] = dict(
 )
 
 
+#: ``auto_map`` entries naming the modelling code that transformers itself ships for the model
+#: type (the hub code it was upstreamed from): transformers loads such a checkpoint with its own
+#: class when remote code is not trusted, and so does tjx (it runs no code either way).
+UPSTREAMED = {
+    "phi3": {
+        "AutoConfig": "configuration_phi3.Phi3Config",
+        "AutoModelForCausalLM": "modeling_phi3.Phi3ForCausalLM",
+    }
+}
+
+
 def check_keys(hf: Mapping[str, Any], model_type: str, family_keys: frozenset[str]) -> None:
-    """Refuse ``auto_map``, ``attention_bias`` and any key neither mapped nor harmless, by name."""
-    if "auto_map" in hf:
+    """Refuse ``auto_map`` (but the upstreamed Phi-3 classes), ``attention_bias`` and any key
+    neither mapped nor harmless, by name."""
+    auto_map = hf.get("auto_map")
+    upstreamed = UPSTREAMED.get(model_type, {})
+    if isinstance(auto_map, Mapping) and auto_map and auto_map.items() <= upstreamed.items():
+        auto_map = None
+    if auto_map is not None:
         raise ValueError(
             "config.json has auto_map (custom modelling code, which tjx never runs); its "
             f"architecture may differ from model_type {model_type!r}, so it is refused"

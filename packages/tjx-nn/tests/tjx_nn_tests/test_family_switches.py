@@ -101,9 +101,11 @@ def test_scanned_and_remat_stacks_compute_the_same(family):
     np.testing.assert_allclose(scanned(tokens), model(tokens), rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("family", ["gemma2", "olmo2"])
+@pytest.mark.parametrize("family", ["gemma2", "olmo2", "olmo2-mla"])
 def test_cached_decoding_matches_the_full_forward(family):
-    model, _ = _model(family)
+    # MLA: the key norm acts on keys up-projected from the cached latent at every step.
+    mla = dict(attention_type="mla", kv_latent_dim=8) if family.endswith("mla") else {}
+    model, _ = _model(family.removesuffix("-mla"), **mla)
     tokens = jnp.asarray(_tokens(9))
     full = np.asarray(model(tokens))
     cache = model.init_cache(2, 16)
@@ -152,6 +154,22 @@ def test_gemma_norms_start_at_zero_and_act_as_one():
     norm = tnn.RMSNorm(24, rngs=nnx.Rngs(0), plus_one=True)
     plain = tnn.RMSNorm(24, rngs=nnx.Rngs(0))
     np.testing.assert_allclose(norm(x), plain(x), rtol=1e-6)
+
+
+def test_a_layer_norm_with_plus_one_scales_by_one_plus_its_weight():
+    x = jnp.asarray(np.random.RandomState(1).randn(3, 8), jnp.float32)
+    norm = tnn.LayerNorm(8, rngs=nnx.Rngs(0), plus_one=True)
+    assert not np.asarray(norm.scale[...]).any()
+    norm.scale.set_value(jnp.full((8,), 0.5))
+    plain = tnn.LayerNorm(8, rngs=nnx.Rngs(0))
+    plain.scale.set_value(jnp.full((8,), 1.5))
+    np.testing.assert_allclose(norm(x), plain(x), rtol=1e-6)
+
+
+def test_a_cross_attention_block_refuses_the_decoder_only_norm_positions():
+    config = tnn.TransformerConfig(**BASE, norm_position="sandwich")
+    with pytest.raises(ValueError, match="cross-attention blocks take norm_position pre or post"):
+        tnn.Block(config, rngs=nnx.Rngs(0), num_layers=1, causal=True, cross=True)
 
 
 def test_the_embedding_scale_is_rounded_as_transformers_rounds_it():

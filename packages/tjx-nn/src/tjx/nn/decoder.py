@@ -187,7 +187,8 @@ class DecoderLM(nnx.Module):
         )
 
     def unembedding(self) -> Array:
-        """The output projection ``[d_model, vocab]`` (tied table transposed, or head kernel)."""
+        """The output projection ``[d_model, vocab]`` (tied table transposed, or head kernel);
+        ``final_logit_softcap`` is not in it (``logits`` and the loss apply it)."""
         return head_unembedding(self.embed, self.head)
 
     def logits(self, hidden: Array) -> Array:

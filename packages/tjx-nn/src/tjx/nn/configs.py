@@ -127,13 +127,13 @@ class TransformerConfig:
     decode_topk: int | None = setting(
         None, resumable=True, help="decoding attends to the top-k cached keys only; None: all"
     )
-    qk_norm: bool = setting(False, help="RMSNorm of each query and key head (Qwen3)")
+    qk_norm: bool = setting(False, help="RMSNorm of queries and keys (Qwen3, Gemma 3, OLMo 2)")
     qk_norm_scope: str = setting(
         "head", choices=QK_NORM_SCOPES, help="qk_norm per head, or over all heads (OLMo 2)"
     )
     norm_plus_one: bool = setting(False, help="norms scale by 1 + weight, weight from 0 (Gemma)")
     scale_embeddings: bool = setting(False, help="token embeddings times sqrt(d_model) (Gemma)")
-    query_pre_attn_scalar: float | None = setting(None, help="logits times 1/sqrt(it) (Gemma)")
+    query_pre_attn_scalar: float | None = setting(None, help="attention scale 1/sqrt(it) (Gemma)")
     attn_logit_softcap: float | None = setting(None, help="attention logits c·tanh(x/c) (Gemma 2)")
     final_logit_softcap: float | None = setting(None, help="output logits c·tanh(x/c) (Gemma 2)")
 

@@ -9,7 +9,9 @@
 * :func:`transformer_flops_per_token` (6·N + 12·L·d·s, PaLM appendix B), :func:`peak_flops` /
   :func:`device_peak_flops` by ``device_kind`` (:func:`compute_peak_flops` for a model's compute
   dtype at JAX's default precision), :func:`mfu` and :class:`ThroughputMeter`.
-* :func:`make_logger` fanning out to console / JSONL / W&B / TensorBoard; :func:`weights_to_host`
+* :func:`make_logger` fanning out to console / JSONL / W&B / TensorBoard (the JSONL log is standard
+  JSON: :func:`dumps_json` / :func:`loads_json` write and read NaN and infinities as ``null`` named
+  in a ``"nonfinite"`` entry); :func:`weights_to_host`
   (a params pytree as ``{path: host array}``; ``Logger.log_weights`` logs their histograms);
   :func:`plot_curves`, and :func:`plot_run` at the end of a run (never raises).
 * Before and during a run: :func:`peak_bytes` (XLA's memory analysis of a compiled step),
@@ -46,6 +48,7 @@ from tjx.metrics.lm import lm_metrics, lm_stats, loss_metrics
 from tjx.metrics.loggers import (
     HISTOGRAM_BINS,
     LOGGER_NAMES,
+    NONFINITE_KEY,
     ConsoleLogger,
     JsonlLogger,
     Logger,
@@ -53,11 +56,15 @@ from tjx.metrics.loggers import (
     TensorBoardLogger,
     WandbLogger,
     check_logger_packages,
+    dumps_json,
+    from_standard_json,
     histogram_summary,
+    loads_json,
     make_logger,
     read_jsonl,
     resolve_wandb_mode,
     select_weights,
+    to_standard_json,
     weights_to_host,
 )
 from tjx.metrics.memory import (
@@ -72,7 +79,7 @@ from tjx.metrics.plots import load_curves, plot_curves, plot_run
 from tjx.metrics.progress import ProgressBar, progress_bar
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 __all__ = [
     "ConsoleLogger",
@@ -89,6 +96,7 @@ __all__ = [
     "MemoryFit",
     "MetricAccumulator",
     "MultiLogger",
+    "NONFINITE_KEY",
     "ProgressBar",
     "TensorBoardLogger",
     "ThroughputMeter",
@@ -102,16 +110,19 @@ __all__ = [
     "compute_peak_flops",
     "device_peak_flops",
     "device_summary",
+    "dumps_json",
     "evaluate_heldout",
     "finalize_metrics",
     "first_fit",
     "heldout_metrics",
     "heldout_step",
     "flops_per_token_from_config",
+    "from_standard_json",
     "histogram_summary",
     "lm_metrics",
     "lm_stats",
     "load_curves",
+    "loads_json",
     "loss_metrics",
     "make_logger",
     "mfu",
@@ -123,6 +134,7 @@ __all__ = [
     "read_jsonl",
     "resolve_wandb_mode",
     "select_weights",
+    "to_standard_json",
     "transformer_flops_per_token",
     "weights_to_host",
     "with_bits_per_byte",

@@ -24,7 +24,7 @@ def _decode(data: bytes, path: Path, offset: int, errors: str) -> str:
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{path}: text is not valid UTF-8 at byte offset {offset + exc.start} ({exc.reason}); "
-            "fix the file or pass errors='replace' to replace undecodable bytes with U+FFFD"
+            "convert it to UTF-8 (e.g. iconv -f LATIN1 -t UTF-8 FILE > FILE.utf8)"
         ) from None
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from tjx.metrics.accelerators import Accelerator
 from tjx.metrics.hlo import Array, Computation, HloModule, Instruction, json_config
+from tjx.metrics.op_flops import convolution_flops, cudnn_flops, gemm_flops
 
 __all__ = ["CustomCall", "CustomCost", "Kernel", "KernelCosts", "is_free"]
 
@@ -36,7 +37,7 @@ _SLICING = {"slice", "dynamic-slice", "gather"}
 _IN_PLACE = {"dynamic-update-slice": 1, "scatter": 2}
 _VIEW = {"bitcast", "reshape", "get-tuple-element"}
 #: Custom calls that launch nothing (a TPU's scoped buffer allocation).
-_NO_KERNEL = {"AllocateBuffer"}
+_NO_KERNEL = {"AllocateBuffer", "ConcatBitcast"}
 
 
 @dataclass(frozen=True)
@@ -276,18 +277,13 @@ class KernelCosts:
         lhs, rhs = (self._shape(comp, o) for o in ins.operands[:2])
         if not lhs or not rhs:
             return {}
+        precision = re.findall(r"highest|high", ins.attrs.get("operand_precision", ""))
+        key = lhs[0].dtype + (f"@{precision[0]}" if precision else "")
         if ins.opcode == "dot":
             dims = [int(d) for d in re.findall(r"\d+", ins.attrs.get("lhs_contracting_dims", ""))]
             inner = math.prod(lhs[0].dims[d] for d in dims)
-        else:  # 2·out·(the kernel's input features × its window)
-            labels = ins.attrs.get("dim_labels", "")
-            kernel_labels = labels.split("_")[1].split("->")[0] if "_" in labels else ""
-            inner = math.prod(
-                d for d, c in zip(rhs[0].dims, kernel_labels, strict=False) if c not in "o"
-            )
-        precision = re.findall(r"highest|high", ins.attrs.get("operand_precision", ""))
-        key = lhs[0].dtype + (f"@{precision[0]}" if precision else "")
-        return {key: 2.0 * ins.shape[0].elements * inner}
+            return {key: 2.0 * ins.shape[0].elements * inner}
+        return {key: convolution_flops(ins, lhs[0], rhs[0])}
 
     def custom_call(self, comp: Computation, ins: Instruction) -> Kernel:
         target = ins.attrs.get("custom_call_target", "").strip('"')
@@ -298,10 +294,10 @@ class KernelCosts:
         config = ins.attrs.get("backend_config", "")
         if target.startswith("__cudnn$fmha"):
             return self.priced(
-                ins.name, "attention", target, _cudnn_flops(config, operands), read, written
+                ins.name, "attention", target, cudnn_flops(config, operands), read, written
             )
         if target.startswith("__cublas"):
-            return self.priced(ins.name, "matmul", target, _gemm_flops(config, operands, results),
+            return self.priced(ins.name, "matmul", target, gemm_flops(config, operands, results),
                                read, written)  # fmt: skip
         name = re.search(r'\bname = "([^"]*)"', config)
         grid = tuple(
@@ -359,29 +355,3 @@ def _group_size(ins: Instruction, partitions: int) -> int:
     if pairs:
         return len(set(re.findall(r"\d+", pairs)))
     return max(partitions, 1)
-
-
-def _cudnn_flops(config: str, operands: tuple[Array, ...]) -> dict[str, float]:
-    """cuDNN flash attention: 2 products forward, 5 backward, each 2·b·h·s_q·s_k·d; causal
-    halves them (masked tiles are skipped)."""
-    fmha = json_config(config).get("cudnn_fmha_backend_config", {})
-    shape = [int(d) for d in fmha.get("intermediate_tensor_shape", {}).get("dimensions", [])]
-    if len(shape) != 4 or not operands:
-        return {}
-    head_dim = operands[0].dims[-1]
-    products = 5 if "bmm1_grad_gemm1_dot_dimension_numbers" in fmha else 2
-    flops = products * 2.0 * math.prod(shape) * head_dim
-    if "CAUSAL" in str(fmha.get("mask_type", "")):
-        flops /= 2
-    return {operands[0].dtype: flops}
-
-
-def _gemm_flops(
-    config: str, operands: tuple[Array, ...], results: tuple[Array, ...]
-) -> dict[str, float]:
-    gemm = json_config(config).get("gemm_backend_config", {})
-    dims = gemm.get("dot_dimension_numbers", {}).get("lhs_contracting_dimensions", [])
-    if not operands or not results:
-        return {}
-    inner = math.prod(operands[0].dims[int(d)] for d in dims)
-    return {operands[0].dtype: 2.0 * results[0].elements * inner}

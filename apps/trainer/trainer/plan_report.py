@@ -177,6 +177,8 @@ def plan(run: Resolved, target: Any, text: str, say: Say) -> PlanResult:
         return result
     if step.error is None:
         say(f"train step: compiles ({step.seconds:.1f} s)")
+        if step.note:
+            say(f"  note: {step.note}")
     else:
         say(f"train step: the compiler refuses it for memory ({step.error[:120]})")
     fitted, chosen, memory = fit(run, target, step, say)
@@ -190,6 +192,7 @@ def plan(run: Resolved, target: Any, text: str, say: Say) -> PlanResult:
         "peak_bytes": chosen.peak,
         "changes": chosen.label,
         "f32_dots": f32_dots(text_hlo),
+        "note": chosen.note,
         "remat": fitted.model.remat,
         "accumulation_steps": fitted.optimizer.accumulation_steps,
     }
@@ -216,9 +219,12 @@ def _does_not_fit(text: str, target: Any, memory: dict[str, Any]) -> str:
     budget, _ = budget_bytes(target.device)
     peaks = [t["peak_bytes"] for t in memory["tried"] if t["peak_bytes"] is not None]
     over = f" by {(min(peaks) - budget) / GIB:.2f} GiB" if peaks else ""
+    tried = ", ".join(t["change"] for t in memory["tried"][1:])
+    more = 4 * target.count
     return (
-        f"--plan {text}: the train step does not fit{over} even with "
-        f"{', '.join(t['change'] for t in memory['tried'][1:]) or 'nothing else to try'}; lower "
-        "data.batch_size or data.seq_len, or plan on more devices (e.g. --plan "
-        f"{2 * target.count}x{target.device.key})"
+        f"--plan {text}: the train step does not fit{over} per device"
+        f"{f' even with {tried}' if tried else ''}; lower data.batch_size or data.seq_len, or "
+        f"shard the parameters and optimizer state over more devices (--plan "
+        f"{more}x{target.device.key} --set mesh.strategy=fsdp --set mesh.data=1 --set "
+        "mesh.fsdp=-1)"
     )

@@ -37,6 +37,7 @@ class Compiled:
     compiled: Any = None
     error: str | None = None
     peak: int | None = None  # bytes per device (XLA's memory analysis; None when refused)
+    note: str | None = None  # how it was compiled when not as usual
 
     @property
     def out_of_memory(self) -> bool:
@@ -74,11 +75,38 @@ def budget_bytes(device: Any) -> tuple[int, str]:
     return int(total * fraction), why
 
 
+#: XLA's GPU compiler without autotuning gives each Triton GEMM a minimal tile config, which a
+#: few shapes cannot take ("Couldn't find output tile sizes"); a GPU would autotune past it.
+UNTUNED_GEMM = "Couldn't find output tile sizes"
+CUBLAS_NOTE = (
+    "XLA's untuned Triton GEMM has no tiles for a shape here (a deviceless compile cannot "
+    "autotune); compiled with xla_gpu_enable_triton_gemm=false (cuBLAS GEMMs)"
+)
+
+
+def _compile(lowered: Any, label: str, started: float) -> Compiled:
+    """Compile ``lowered``; an untuned Triton GEMM that fails is compiled with cuBLAS instead."""
+    from tjx.metrics import peak_bytes
+
+    note = None
+    try:
+        try:
+            compiled = lowered.compile()
+        except Exception as err:  # retried once without Triton GEMMs, else reported
+            if UNTUNED_GEMM not in str(err):
+                raise
+            compiled = lowered.compile(compiler_options={"xla_gpu_enable_triton_gemm": False})
+            note = CUBLAS_NOTE
+    except Exception as err:  # a compile error is a finding: one line in the plan
+        return Compiled(label, time.perf_counter() - started, error=_first_line(err))
+    took = time.perf_counter() - started
+    return Compiled(label, took, compiled, peak=peak_bytes(compiled)["peak"], note=note)
+
+
 def compile_train(run: Resolved, target: Any, label: str) -> Compiled:
     """Compile ``run``'s train step for ``target``'s devices; a failure is kept, not raised
     (a `ConfigError` about the mesh or batch is raised)."""
     from tjx import kernels
-    from tjx.metrics import peak_bytes
     from trainer import abstract_run
     from trainer.deviceless import quiet_native_stderr
 
@@ -86,30 +114,26 @@ def compile_train(run: Resolved, target: Any, label: str) -> Compiled:
     with kernels.target(*target.kernel_target), quiet_native_stderr():
         built = abstract_run.build(run, target.devices)
         try:
-            compiled = built.train_step.lower(built.state, built.batch).compile()
-        except Exception as err:  # a compile error is a finding: one line in the plan
+            lowered = built.train_step.lower(built.state, built.batch)
+        except Exception as err:  # a kernel that does not lower: the choice's fallback line
             return Compiled(label, time.perf_counter() - started, error=_first_line(err))
-    took = time.perf_counter() - started
-    return Compiled(label, took, compiled, peak=peak_bytes(compiled)["peak"])
+        return _compile(lowered, label, started)
 
 
 def compile_eval(run: Resolved, target: Any) -> Compiled:
     """Compile ``run``'s eval step (one batch of ``eval.batch_size``) for ``target``."""
     from tjx import kernels
-    from tjx.metrics import peak_bytes
     from trainer import abstract_run
     from trainer.deviceless import quiet_native_stderr
 
     started = time.perf_counter()
     with kernels.target(*target.kernel_target), quiet_native_stderr():
         built = abstract_run.build(run, target.devices)
-        params = built.state["params"]
         try:
-            compiled = built.eval_step.lower(params, built.eval_batch).compile()
+            lowered = built.eval_step.lower(built.state["params"], built.eval_batch)
         except Exception as err:  # reported, as for the train step
             return Compiled("the eval step", time.perf_counter() - started, error=_first_line(err))
-    took = time.perf_counter() - started
-    return Compiled("the eval step", took, compiled, peak=peak_bytes(compiled)["peak"])
+        return _compile(lowered, "the eval step", started)
 
 
 def _first_line(err: BaseException) -> str:
@@ -263,6 +287,29 @@ def plan_from_args(args: argparse.Namespace) -> int:
     if result.error is not None:
         return error_exit(result.error)
     return 0
+
+
+def plan_here(
+    resolved: Resolved, *, device: str | None = None, say: Say | None = None
+) -> dict[str, Any]:
+    """The plan of ``resolved`` on this machine's own devices (compiled for them, as a run
+    compiles), estimated against the device table's entry for their kind (or ``device``): the
+    figures the GPU suite puts beside its measurements. Raises `ConfigError` when the table has no
+    entry for this device kind and ``device`` is not given."""
+    import jax
+
+    from tjx import metrics
+    from trainer import plan_report
+    from trainer.deviceless import Target
+
+    devices = jax.devices()
+    kind = str(devices[0].device_kind)
+    found = metrics.accelerator(device) if device else metrics.accelerator_of(kind)
+    if found is None:
+        raise ConfigError(f"the device table has no entry for {kind!r}; pass device=")
+    target = Target(found, len(devices), devices)
+    result = plan_report.plan(plan_vocab(resolved), target, found.key, say or (lambda line: None))
+    return {**result.data, "error": result.error}
 
 
 def _say(line: str) -> None:

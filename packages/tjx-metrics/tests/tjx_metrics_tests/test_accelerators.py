@@ -6,7 +6,14 @@ import re
 
 import pytest
 
-from tjx.metrics import ACCELERATORS, accelerator, gpu_target_config, parse_target, peak_flops
+from tjx.metrics import (
+    ACCELERATORS,
+    accelerator,
+    accelerator_of,
+    gpu_target_config,
+    parse_target,
+    peak_flops,
+)
 
 
 def test_a_target_is_a_device_or_a_count_of_them():
@@ -67,3 +74,9 @@ def test_a_gpu_target_config_agrees_with_the_table(key: str):
 def test_a_tpu_has_no_gpu_target_config():
     with pytest.raises(ValueError, match="not a GPU"):
         gpu_target_config(accelerator("v5e"))
+
+
+def test_a_devices_kind_finds_its_entry():
+    assert accelerator_of("NVIDIA H100 80GB HBM3") is accelerator("h100")
+    assert accelerator_of("TPU v5 lite") is accelerator("v5e")
+    assert accelerator_of("NVIDIA H100 PCIe") is None and accelerator_of("cpu") is None

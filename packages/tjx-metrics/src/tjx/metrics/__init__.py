@@ -27,6 +27,7 @@ from tjx.metrics.accelerators import (
     ACCELERATORS,
     Accelerator,
     accelerator,
+    accelerator_of,
     gpu_target_config,
     parse_target,
 )
@@ -81,6 +82,7 @@ from tjx.metrics.memory import (
     available_bytes,
     first_fit,
     peak_bytes,
+    refused_bytes,
 )
 from tjx.metrics.plots import load_curves, plot_curves, plot_run
 from tjx.metrics.progress import ProgressBar, progress_bar
@@ -116,6 +118,7 @@ __all__ = [
     "WandbLogger",
     "__version__",
     "accelerator",
+    "accelerator_of",
     "accumulate_heldout",
     "available_bytes",
     "bits_per_byte",
@@ -145,6 +148,7 @@ __all__ = [
     "plot_curves",
     "plot_run",
     "progress_bar",
+    "refused_bytes",
     "roofline",
     "read_jsonl",
     "resolve_wandb_mode",

@@ -36,7 +36,14 @@ from importlib import resources
 
 from tjx.metrics.devices import DEVICE_PEAKS, DevicePeak, normalize_dtype
 
-__all__ = ["ACCELERATORS", "Accelerator", "accelerator", "gpu_target_config", "parse_target"]
+__all__ = [
+    "ACCELERATORS",
+    "Accelerator",
+    "accelerator",
+    "accelerator_of",
+    "gpu_target_config",
+    "parse_target",
+]
 
 _G, _T = 1e9, 1e12
 
@@ -244,6 +251,16 @@ def accelerator(key: str) -> Accelerator:
     if found is None:
         raise ValueError(f"unknown target {key!r}; known: {', '.join(ACCELERATORS)}")
     return found
+
+
+def accelerator_of(device_kind: str) -> Accelerator | None:
+    """The table's entry for a ``jax.Device.device_kind`` (``"NVIDIA H100 80GB HBM3"`` → h100),
+    or None for a kind the table does not hold (an H100 PCIe, a CPU)."""
+    norm = " ".join(device_kind.lower().split())
+    for acc in ACCELERATORS.values():
+        if " ".join(acc.device_kind.lower().split()) == norm:
+            return acc
+    return None
 
 
 def parse_target(text: str) -> tuple[Accelerator, int]:

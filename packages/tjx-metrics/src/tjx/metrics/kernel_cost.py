@@ -201,6 +201,12 @@ class KernelCosts:
             read += min(full, self.param_read(inner, param, full))
         written = self.outputs_written(inner, ins)
         flops = self.computation_flops(inner)
+        gathered = [i for i in inner.instructions if _base(i.opcode) in _COLLECTIVES]
+        if gathered:  # a TPU fuses a collective with its neighbours (its matmul too): one kernel
+            parts = [self.collective(inner, i) for i in gathered]
+            detail = " + ".join(p.detail for p in parts)
+            wire = sum(p.wire_bytes for p in parts)
+            return self.priced(ins.name, "collective", detail, flops, read, written, wire)
         kind = {"kLoop": "loop fusion", "kInput": "reduction fusion", "kOutput": "output fusion"}
         label = kind.get(ins.attrs.get("kind", ""), "fusion")
         if backend_kind == "__triton":
@@ -321,17 +327,22 @@ class KernelCosts:
             where = self.module.computations[ins.called("calls") or ""]
             inner = where.root
         op = _base(inner.opcode)
-        size = sum(_hbm(a, self.tpu) for o in inner.operands for a in self._shape(where, o))
+        arrays = [a for o in inner.operands for a in self._shape(where, o)]
+        # The wire carries the data wherever it sits (a TPU may send from VMEM); device memory
+        # counts only what lives there.
+        size = sum(a.bytes for a in arrays)
+        local = sum(_hbm(a, self.tpu) for a in arrays)
         n = _group_size(inner, self.module.num_partitions)
         share = (n - 1) / n if n > 1 else 0.0
         # Per device: what it reads, writes, and sends to its peers (a ring's bytes on the wire).
-        out = {"all-gather": size * n, "reduce-scatter": size / n}.get(op, size)
+        scale = {"all-gather": float(n), "reduce-scatter": 1 / n}.get(op, 1.0)
         wire = {
             "all-reduce": 2 * share * size,
-            "all-gather": share * out,
+            "all-gather": share * size * n,
             "collective-permute": size if n > 1 else 0.0,
         }.get(op, share * size)
-        return self.priced(ins.name, "collective", f"{op} over {n}", {}, size, out, wire)
+        name, detail = ins.name, f"{op} over {n}"
+        return self.priced(name, "collective", detail, {}, local, local * scale, wire)
 
     def _shape(self, comp: Computation, name: str) -> tuple[Array, ...]:
         found = comp.by_name.get(name)
@@ -345,6 +356,10 @@ def _base(opcode: str) -> str:
 def _group_size(ins: Instruction, partitions: int) -> int:
     """Devices per group of a collective's ``replica_groups`` (all of them when empty)."""
     groups = ins.attrs.get("replica_groups", "")
+    named = re.match(r"mesh\[([^\]]*)\]\s*\{([^}]*)\}", groups)  # mesh['a'=4,'b'=2] {'a'}
+    if named:
+        sizes = {k: int(v) for k, v in re.findall(r"'([^']+)'=(\d+)", named.group(1))}
+        return math.prod(sizes.get(axis, 1) for axis in re.findall(r"'([^']+)'", named.group(2)))
     iota = re.match(r"\[(\d+(?:,\d+)*)\]<=", groups)
     if iota:
         return int(iota.group(1).split(",")[-1])

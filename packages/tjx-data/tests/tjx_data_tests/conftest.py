@@ -53,8 +53,10 @@ def write_chat_folder(folder: Path, template: str | None = CHAT_TEMPLATE) -> Pat
 
     model = hf.ByteLevelBPETokenizer()
     text = " ".join(WORDS * 8) + " user assistant system hello world\n\n"
-    model.train_from_iterator([text] * 4, vocab_size=320, min_frequency=2, show_progress=False,
-                              special_tokens=["<|endoftext|>", "<|bos|>", "<|start|>", "<|end|>"])  # fmt: skip
+    specials = ["<|endoftext|>", "<|bos|>", "<|start|>", "<|end|>"]
+    model.train_from_iterator(
+        [text] * 4, vocab_size=320, min_frequency=2, show_progress=False, special_tokens=specials
+    )
     folder.mkdir(parents=True, exist_ok=True)
     model._tokenizer.save(str(folder / "tokenizer.json"))
     config = {"bos_token": "<|bos|>", "eos_token": {"content": "<|end|>", "special": True}}

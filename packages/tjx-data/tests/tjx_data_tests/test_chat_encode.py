@@ -67,7 +67,7 @@ def test_a_plain_completion_trains_on_itself_and_the_eos(chat_folder: Path):
         ({"messages": [{"role": "assistant", "content": 3}]}, "'content' must be a string"),
         ({"text": "hi"}, "expected a 'messages' column or 'prompt' and 'completion'"),
         ({"prompt": "hi", "completion": ""}, "the completion is empty"),
-        ({"prompt": "hi", "completion": [{"role": "assistant"}]}, "must both be strings or both lists"),
+        ({"prompt": "hi", "completion": [{"role": "assistant"}]}, "must both be strings or both"),
         ({"prompt": [{"role": "user", "content": "a"}], "completion": [{"role": "user",
                                                                         "content": "b"}]},
          "completion has no assistant turn"),  # fmt: skip

@@ -1,4 +1,4 @@
-"""Encoded chat and preference splits: the truncation rule, packing, resumable loaders, the cache."""
+"""Encoded chat and preference splits: truncation, packing, resumable loaders, the cache."""
 
 from __future__ import annotations
 

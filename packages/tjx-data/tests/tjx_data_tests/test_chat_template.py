@@ -125,8 +125,10 @@ def test_the_folders_jinja_file_wins_over_the_config_and_a_named_list_gives_its_
     assert ChatTemplate.from_folder(chat_folder).render([{"role": "user"}]) == "FILE 1"
     (chat_folder / "chat_template.jinja").unlink()
     config = json.loads((chat_folder / "tokenizer_config.json").read_text())
-    config["chat_template"] = [{"name": "tool_use", "template": "T"}, {"name": "default",
-                                                                        "template": "D"}]  # fmt: skip
+    config["chat_template"] = [
+        {"name": "tool_use", "template": "T"},
+        {"name": "default", "template": "D"},
+    ]
     (chat_folder / "tokenizer_config.json").write_text(json.dumps(config))
     assert ChatTemplate.from_folder(chat_folder / "tokenizer.json").render([]) == "D"
     config["chat_template"] = [{"name": "tool_use", "template": "T"}]

@@ -28,7 +28,7 @@ def randomize_b(model: nnx.Module, scale: float = 0.3) -> None:
     """Give every adapter a random B (as after training), so it changes the outputs."""
     key = jax.random.key(int(np.random.default_rng().integers(1 << 20)))
     for i, (_, _, dense) in enumerate(tnn.lora.lora_modules(model)):
-        b = dense.lora.b  # type: ignore[union-attr]
+        b = dense.lora.lora_b  # type: ignore[union-attr]
         b.set_value(scale * jax.random.normal(jax.random.fold_in(key, i), b[...].shape))
 
 
@@ -46,8 +46,8 @@ def test_adapters_go_on_the_named_roles_and_the_model_starts_exactly_as_the_base
     # A [*in, r] (stacked: a leading layers axis with its logical name), B [r, *out].
     q = model.stack.layers.attn.query if scan else model.stack.layers[0].attn.query
     lead = (2,) if scan else ()
-    assert q.lora.a[...].shape == (*lead, 16, 4) and q.lora.b[...].shape == (*lead, 4, 4, 4)
-    names = q.lora.a.get_metadata()["out_sharding"]
+    assert q.lora.lora_a[...].shape == (*lead, 16, 4) and q.lora.lora_b[...].shape == (*lead, 4, 4, 4)
+    names = q.lora.lora_a.get_metadata()["out_sharding"]
     assert names == (("layers",) if scan else ()) + ("embed", None)
     assert tnn.lora_param_count(model) == 2 * (16 * 4 + 4 * 16 + 16 * 4 + 4 * 8 + 24 * 4 + 4 * 16)
 
@@ -59,7 +59,7 @@ def test_a_trained_adapter_adds_scale_times_x_a_b_to_its_projection():
     randomize_b(model)
     dense = model.stack.layers[1].mlp.fc_in
     x = jax.random.normal(jax.random.key(0), (5, 16))
-    a, b = np.asarray(dense.lora.a[...], np.float64), np.asarray(dense.lora.b[...], np.float64)
+    a, b = np.asarray(dense.lora.lora_a[...], np.float64), np.asarray(dense.lora.lora_b[...], np.float64)
     w = np.asarray(dense.kernel[...], np.float64)
     expected = np.asarray(x, np.float64) @ (w + config.scale * a @ b)
     np.testing.assert_allclose(np.asarray(dense(x)), expected, rtol=1e-5, atol=1e-5)
@@ -166,7 +166,7 @@ def test_save_peft_writes_peft_names_shapes_and_config(tmp_path: Path, scan: boo
     assert tensors[f"{name}.lora_A.weight"].shape == (3, 16)  # [r, heads * head_dim]
     assert tensors[f"{name}.lora_B.weight"].shape == (16, 3)  # [d_model, r]
     dense = model.stack.layers.attn.out if scan else model.stack.layers[1].attn.out
-    a = np.asarray(dense.lora.a[...])
+    a = np.asarray(dense.lora.lora_a[...])
     np.testing.assert_array_equal(tensors[f"{name}.lora_A.weight"],
                                   (a[1] if scan else a).reshape(16, 3).T)  # fmt: skip
     with pytest.raises(ValueError, match="not an empty folder"):

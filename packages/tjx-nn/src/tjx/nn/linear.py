@@ -30,14 +30,14 @@ class LoRAAdapter(nnx.Module):
     """
 
     def __init__(self, a: nnx.LoRAParam, b: nnx.LoRAParam, *, scale: float, rate: float) -> None:
-        self.a, self.b = a, b
+        self.lora_a, self.lora_b = a, b
         self.scale, self.rate = float(scale), float(rate)
 
     def __call__(self, x: Array, n_in: int, rng: Array | None, dtype: jnp.dtype) -> Array:
         """The update for ``x`` (dropout only with a key: a training call)."""
         x = dropout(x, self.rate, rng, deterministic=rng is None)
-        h = jnp.tensordot(x.astype(dtype), self.a[...].astype(dtype), axes=n_in)
-        return self.scale * jnp.tensordot(h, self.b[...].astype(dtype), axes=1)
+        h = jnp.tensordot(x.astype(dtype), self.lora_a[...].astype(dtype), axes=n_in)
+        return self.scale * jnp.tensordot(h, self.lora_b[...].astype(dtype), axes=1)
 
 
 class Dense(nnx.Module):

@@ -201,7 +201,7 @@ def lora_param_count(model: nnx.Module) -> int:
 
 def _delta(adapter: LoRAAdapter, stacked: bool) -> jax.Array:
     """``scale · A · B`` in float32, shaped like the kernel (per layer when stacked)."""
-    a, b = adapter.a[...].astype(jnp.float32), adapter.b[...].astype(jnp.float32)
+    a, b = adapter.lora_a[...].astype(jnp.float32), adapter.lora_b[...].astype(jnp.float32)
     if stacked:
         return adapter.scale * jax.vmap(lambda x, y: jnp.tensordot(x, y, axes=1))(a, b)
     return adapter.scale * jnp.tensordot(a, b, axes=1)
@@ -255,7 +255,7 @@ def _merged(
 ) -> Callable[[], np.ndarray]:
     def value() -> np.ndarray:
         base = read()
-        a, b = np.asarray(adapter.a[...], np.float32), np.asarray(adapter.b[...], np.float32)
+        a, b = np.asarray(adapter.lora_a[...], np.float32), np.asarray(adapter.lora_b[...], np.float32)
         if layer is not None:
             a, b = a[layer], b[layer]
         delta = adapter.scale * np.tensordot(a, b, axes=1)

@@ -48,7 +48,7 @@ def test_adapters_go_on_the_named_roles_and_the_model_starts_exactly_as_the_base
     lead = (2,) if scan else ()
     assert q.lora.lora_a[...].shape == (*lead, 16, 4) and q.lora.lora_b[...].shape == (*lead, 4, 4, 4)
     names = q.lora.lora_a.get_metadata()["out_sharding"]
-    assert names == (("layers",) if scan else ()) + ("embed", None)
+    assert names == (("layers",) if scan else ()) + ("embed", "lora_rank")
     assert tnn.lora_param_count(model) == 2 * (16 * 4 + 4 * 16 + 16 * 4 + 4 * 8 + 24 * 4 + 4 * 16)
 
 

@@ -57,7 +57,7 @@ def test_metrics_are_means_over_real_pairs_only():
     zero = jnp.zeros(3)
     out = tnn.dpo_loss(c, r, zero, zero, beta=0.5, valid=jnp.array([True, True, False]))
     metrics = {k: float(v) for k, v in out.metrics().items()}
-    assert metrics["rewards/accuracy"] == 0.5
+    assert metrics["rewards/accuracies"] == 0.5
     np.testing.assert_allclose(metrics["rewards/margins"], 0.5 * ((1.0 - 4.0) / 2))
     np.testing.assert_allclose(metrics["rewards/chosen"], 0.5 * (-3.0))
     np.testing.assert_allclose(

@@ -127,9 +127,10 @@ def _adapter(dense: Dense, config: LoraConfig, key: jax.Array) -> LoRAAdapter:
     bound = 1.0 / np.sqrt(fan_in)  # PEFT: kaiming_uniform(a=√5) of A is U(±1/√fan_in)
     a = jax.random.uniform(key, (*layers, *in_shape, config.rank), jnp.float32, -bound, bound)
     b = jnp.zeros((*layers, config.rank, *out_shape), jnp.float32)
-    # The rank axis has no logical name (replicated); the rest shard like the kernel's.
-    a_var = nnx.LoRAParam(a, out_sharding=(*layer_names, *in_names, None), eager_sharding=False)
-    b_var = nnx.LoRAParam(b, out_sharding=(*layer_names, None, *out_names), eager_sharding=False)
+    # The rank axis is `lora_rank` (replicated by every strategy); the rest shard as the kernel.
+    rank = "lora_rank"
+    a_var = nnx.LoRAParam(a, out_sharding=(*layer_names, *in_names, rank), eager_sharding=False)
+    b_var = nnx.LoRAParam(b, out_sharding=(*layer_names, rank, *out_names), eager_sharding=False)
     return LoRAAdapter(a_var, b_var, scale=config.scale, rate=config.dropout)
 
 

@@ -68,7 +68,7 @@ class PreferenceOutput(NamedTuple):
 
     def metrics(self) -> dict[str, Array]:
         """Means over real pairs: ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``,
-        ``rewards/accuracy``, ``logps/chosen``, ``logps/rejected`` (TRL's names)."""
+        ``rewards/accuracies``, ``logps/chosen``, ``logps/rejected`` (TRL's names)."""
         w = self.valid.astype(jnp.float32)
         n = jnp.maximum(w.sum(), 1.0)
 
@@ -80,7 +80,7 @@ class PreferenceOutput(NamedTuple):
             "rewards/chosen": mean(self.chosen_rewards),
             "rewards/rejected": mean(self.rejected_rewards),
             "rewards/margins": mean(margins),
-            "rewards/accuracy": mean((margins > 0).astype(jnp.float32)),
+            "rewards/accuracies": mean((margins > 0).astype(jnp.float32)),
             "logps/chosen": mean(self.chosen_logps),
             "logps/rejected": mean(self.rejected_logps),
         }

@@ -229,3 +229,40 @@ def test_prepare_holds_out_every_tenth_row_of_a_local_file_and_names_bad_lines(
     text.write_text("hi")
     with pytest.raises(DataError, match="rows .*not text files"):
         prepare_chat_data(str(text), enc, tmp_path / "cache")
+
+
+def test_rows_come_from_parquet_split_folders_and_the_hub_name_says_offline(
+    chat_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import datasets
+
+    from tjx.data import load_rows
+    from tjx.data.chat_prepare import split_rows
+
+    rng = np.random.default_rng()
+    rows = [{"messages": random_conversation(rng)} for _ in range(4)]
+    for split in ("train", "validation"):
+        (tmp_path / "d" / split).mkdir(parents=True)
+        datasets.Dataset.from_list(rows[:2] if split == "train" else rows[2:]).to_parquet(
+            str(tmp_path / "d" / split / "part.parquet")
+        )
+    prepared = prepare_chat_data(str(tmp_path / "d"), _encoder(chat_folder), tmp_path / "cache")
+    assert not prepared.held_out
+    assert {s: i.rows for s, i in prepared.indexes.items()} == {"train": 2, "validation": 2}
+    assert [r["messages"] for r in load_rows(str(tmp_path / "d"), split="validation")] == [
+        r["messages"] for r in rows[2:]
+    ]
+    single = tmp_path / "one.jsonl"
+    single.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n")
+    with pytest.raises(DataError, match="has no split 'test'"):
+        split_rows(str(single), "test")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b"\xff\xfe\n")
+    with pytest.raises(DataError, match="line 1 is not valid UTF-8"):
+        list(load_rows(str(bad)))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match="could not load 'someone/chats'.*offline mode is on"):
+        load_rows("someone/chats")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        prepare_chat_data(str(single), _encoder(chat_folder), tmp_path / "c", kind="sft")

@@ -158,3 +158,28 @@ def test_a_template_pickles_to_an_equal_one_and_its_fingerprint_follows_text_and
     assert again.fingerprint == template.fingerprint
     assert ChatTemplate(TAGGED, {**SPECIAL, "eos_token": "x"}).fingerprint != template.fingerprint
     assert ChatTemplate(CHAT_TEMPLATE, SPECIAL).fingerprint != template.fingerprint
+
+
+def test_templates_get_transformers_globals_and_plain_json_inputs():
+    import enum
+
+    class Role(str, enum.Enum):
+        USER = "user"
+
+    class Count(enum.IntEnum):
+        TWO = 2
+
+    template = ChatTemplate(
+        "{{ messages | tojson }}|{{ dict(a=1) | tojson }}|{{ dict.fromkeys(['x']) | tojson }}|"
+        "{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}"
+        "{% endfor %}{{ ns.n }}|{{ strftime_now('%Y') | length }}"
+    )
+    messages = [
+        {"role": Role.USER, "content": "é <b>", "n": np.int64(3), "k": Count.TWO,
+         "f": np.float32(0.5), "ok": np.bool_(True), "t": ("a",), "o": object()},
+    ]  # fmt: skip
+    text = template.render(messages)
+    assert text == (
+        '[{"role": "user", "content": "é <b>", "n": 3, "k": 2, "f": 0.5, "ok": true, '
+        '"t": ["a"], "o": "<object>"}]|{"a": 1}|{"x": null}|1|4'
+    )

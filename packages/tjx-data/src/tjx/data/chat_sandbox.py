@@ -32,9 +32,7 @@ def plain(value: Any) -> Any:
         return value
     if isinstance(value, str):  # subclasses (enums, numpy strings) carry methods of their own
         return str.__str__(value)
-    if isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, int):
+    if isinstance(value, int):  # IntEnum; bool cannot be subclassed
         return int.__int__(value)
     if isinstance(value, float):
         return float.__float__(value)

@@ -136,3 +136,18 @@ def test_a_preference_pair_shares_its_prompt_and_masks_only_each_completion(
 def test_a_bad_preference_row_is_one_error(chat_folder: Path, row: dict, message: str):
     with pytest.raises(DataError, match=rf"row 2: .*{message}"):
         encoder(chat_folder).encode_pair(row, "row 2")
+
+
+def test_a_chat_prompt_is_the_conversation_so_far_and_generation_stops_at_the_end_of_turn(
+    chat_folder: Path,
+):
+    enc = encoder(chat_folder)
+    messages = [{"role": "user", "content": "alpha beta"}]
+    prompt = enc.encode_prompt(messages)
+    answer = enc.encode({"messages": [*messages, {"role": "assistant", "content": "gamma"}]})
+    np.testing.assert_array_equal(answer.ids[: prompt.size], prompt)
+    assert not answer.mask[: prompt.size].any() and answer.mask[prompt.size :].all()
+    assert enc.end_of_turn_id == enc.tokenizer.tokenizer.token_to_id("<|end|>")
+    assert answer.ids[-1] == enc.end_of_turn_id
+    with pytest.raises(DataError, match="prompt: messages must be a non-empty list"):
+        enc.encode_prompt([])

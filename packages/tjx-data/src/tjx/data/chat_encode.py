@@ -162,6 +162,30 @@ class ChatEncoder:
             mask[first : ids.size if last is None else last + 1] = True
         return Encoded(ids, mask)
 
+    # -- generation ----------------------------------------------------------------------------
+    def encode_prompt(self, messages: Sequence[Message], where: str = "prompt") -> np.ndarray:
+        """The ids a chat model continues: ``messages`` rendered with the generation prompt.
+
+        Raises
+        ------
+        DataError
+            Malformed messages, no template, a template that fails on them.
+        """
+        template = self._template(where)
+        checked = self._check_messages(list(messages), where, "messages")
+        try:
+            text = template.render(checked, add_generation_prompt=True)
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}", argument=exc.argument) from None
+        ids = self.tokenizer.tokenizer.encode(text, add_special_tokens=False).ids
+        return np.asarray(ids, np.int64)
+
+    @property
+    def end_of_turn_id(self) -> int | None:
+        """The id generation stops at: the template's EOS token (``<|eot_id|>``,
+        ``<|im_end|>``), else the tokenizer's EOS; ``None`` if that text is no single token."""
+        return self.tokenizer.tokenizer.token_to_id(self.eos_text)
+
     # -- rows --------------------------------------------------------------------------------
     def encode(self, row: Mapping[str, Any], where: str = "row") -> Encoded:
         """The ids and trained-token mask of a conversation or prompt/completion row.

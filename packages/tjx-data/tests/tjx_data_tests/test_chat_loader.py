@@ -143,6 +143,15 @@ def test_processes_read_disjoint_rows_that_make_up_the_global_batch(chat_split):
         halves = [next(p) for p in parts]
         for key in whole:
             np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), whole[key])
+    # Elastic: process 0's state of the 2-process run continues a 1-process run with the same
+    # global batch exactly where the two left off.
+    from tjx.data import restore_loader_state
+
+    resumed = ChatLoader(folder, seq_len=32, batch_size=4, seed=1)
+    restore_loader_state(resumed, parts[0].state_dict(), process_index=0)
+    expected, got = next(one), next(resumed)
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])
 
 
 def test_a_loader_refuses_a_split_of_another_tokenizer_template_or_kind(chat_split, tmp_path):

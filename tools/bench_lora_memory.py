@@ -69,10 +69,12 @@ def measure(shape: str, *, lora: nn.LoraConfig | None, seq: int, batch: int, tar
     model = _abstract(config, lora)
     tx = build_optimizer(OptimizerConfig(name="adamw", learning_rate=1e-4))
     if lora is None:
-        graphdef, train, rest = nnx.split(model, nnx.Param, ...)
+        graphdef, train, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
         frozen: Any = {}
     else:
-        graphdef, train, frozen, rest = nnx.split(model, nnx.LoRAParam, nnx.Param, ...)
+        graphdef, train, frozen, rest = nnx.split(  # type: ignore[misc]
+            model, nnx.LoRAParam, nnx.Param, ...
+        )
         frozen = nnx.to_pure_dict(frozen)
     train = nnx.to_pure_dict(train)
     rest = nn.concrete_state(rest)
@@ -82,7 +84,8 @@ def measure(shape: str, *, lora: nn.LoraConfig | None, seq: int, batch: int, tar
 
     def step(train: Any, frozen: Any, opt_state: Any, batch: Any) -> Any:
         def loss_fn(p: Any) -> jax.Array:
-            merged = nnx.merge(graphdef, p, frozen, rest) if frozen else nnx.merge(graphdef, p, rest)
+            parts = (p, frozen, rest) if frozen else (p, rest)
+            merged = nnx.merge(graphdef, *parts)
             return nn.objective_loss(merged, batch).loss
 
         loss, grads = jax.value_and_grad(loss_fn)(train)
@@ -100,6 +103,7 @@ def measure(shape: str, *, lora: nn.LoraConfig | None, seq: int, batch: int, tar
         placed(train), placed(frozen), placed(opt_state), placed(data)
     )
     stats = lowered.compile().memory_analysis()
+    assert stats is not None, f"no memory analysis for target {target}"
 
     def gib(tree: Any) -> float:
         return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)) / 2**30

@@ -11,8 +11,8 @@ Jobs (dicts; ``_hf_peer_script.main`` dispatches on the key):
   collated ids and masks, ``compute_loss`` and the gradients of every trainable parameter
   after ``loss.backward()``, and the metrics TRL logged. ``SPEC``: ``base`` (a folder with the
   tokenizer), ``adapter`` (a PEFT adapter: the policy is base + adapter, the reference the
-  base with adapters disabled, TRL's reference for a fresh adapter) or ``policy`` (a checkpoint; the reference is ``base``), ``rows``, ``beta``,
-  ``loss_type``, ``workdir``.
+  base with adapters disabled, TRL's reference for a fresh adapter) or ``policy`` (a
+  checkpoint; the reference is ``base``), ``rows``, ``beta``, ``loss_type``, ``workdir``.
 """
 
 from __future__ import annotations

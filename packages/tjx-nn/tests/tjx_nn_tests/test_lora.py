@@ -46,7 +46,8 @@ def test_adapters_go_on_the_named_roles_and_the_model_starts_exactly_as_the_base
     # A [*in, r] (stacked: a leading layers axis with its logical name), B [r, *out].
     q = model.stack.layers.attn.query if scan else model.stack.layers[0].attn.query
     lead = (2,) if scan else ()
-    assert q.lora.lora_a[...].shape == (*lead, 16, 4) and q.lora.lora_b[...].shape == (*lead, 4, 4, 4)
+    assert q.lora.lora_a[...].shape == (*lead, 16, 4)
+    assert q.lora.lora_b[...].shape == (*lead, 4, 4, 4)
     names = q.lora.lora_a.get_metadata()["out_sharding"]
     assert names == (("layers",) if scan else ()) + ("embed", "lora_rank")
     assert tnn.lora_param_count(model) == 2 * (16 * 4 + 4 * 16 + 16 * 4 + 4 * 8 + 24 * 4 + 4 * 16)
@@ -59,7 +60,8 @@ def test_a_trained_adapter_adds_scale_times_x_a_b_to_its_projection():
     randomize_b(model)
     dense = model.stack.layers[1].mlp.fc_in
     x = jax.random.normal(jax.random.key(0), (5, 16))
-    a, b = np.asarray(dense.lora.lora_a[...], np.float64), np.asarray(dense.lora.lora_b[...], np.float64)
+    a = np.asarray(dense.lora.lora_a[...], np.float64)
+    b = np.asarray(dense.lora.lora_b[...], np.float64)
     w = np.asarray(dense.kernel[...], np.float64)
     expected = np.asarray(x, np.float64) @ (w + config.scale * a @ b)
     np.testing.assert_allclose(np.asarray(dense(x)), expected, rtol=1e-5, atol=1e-5)

@@ -256,7 +256,8 @@ def _merged(
 ) -> Callable[[], np.ndarray]:
     def value() -> np.ndarray:
         base = read()
-        a, b = np.asarray(adapter.lora_a[...], np.float32), np.asarray(adapter.lora_b[...], np.float32)
+        a = np.asarray(adapter.lora_a[...], np.float32)
+        b = np.asarray(adapter.lora_b[...], np.float32)
         if layer is not None:
             a, b = a[layer], b[layer]
         delta = adapter.scale * np.tensordot(a, b, axes=1)

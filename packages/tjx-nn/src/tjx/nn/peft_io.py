@@ -100,7 +100,8 @@ def save_peft(
     for module_path, role, dense in adapted:
         adapter = dense.lora
         assert adapter is not None
-        a, b = np.asarray(adapter.lora_a[...], np.float32), np.asarray(adapter.lora_b[...], np.float32)
+        a = np.asarray(adapter.lora_a[...], np.float32)
+        b = np.asarray(adapter.lora_b[...], np.float32)
         rank = a.shape[-1]
         if rank != config.rank or not np.isclose(adapter.scale, config.scale):
             raise ValueError(

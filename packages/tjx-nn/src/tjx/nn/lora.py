@@ -67,7 +67,9 @@ class LoraConfig:
 
     rank: int = setting(8, help="rank r of each adapter (A is [in, r], B is [r, out])")
     alpha: float = setting(16.0, help="the update is scaled by alpha / rank (PEFT's lora_alpha)")
-    dropout: float = setting(0.0, help="dropout on an adapter's input while training")
+    dropout: float = setting(
+        0.0, resumable=True, help="dropout on an adapter's input while training"
+    )
     targets: tuple[str, ...] = setting(
         ("q", "k", "v", "o"),
         help="projections by role: q, k, v, o, gate, up, down",

@@ -218,9 +218,10 @@ def test_prepare_holds_out_every_tenth_row_of_a_local_file_and_names_bad_lines(
     prepared = prepare_chat_data(str(data), enc, tmp_path / "cache")
     assert prepared.held_out
     assert {s: i.rows for s, i in prepared.indexes.items()} == {"train": 23, "validation": 2}
-    val = list(chat_validation_batches(prepared.dirs["validation"], 64, 4))
+    val = list(chat_validation_batches(prepared.dirs["validation"], 256, 4))
     inputs = [tuple(x.tolist()) for b in val for r in range(4) for x, _ in _segments(b, r)]
-    assert sorted(inputs) == sorted(tuple(enc.encode(rows[i]).ids[:-1].tolist()) for i in (9, 19))
+    expected = [tuple(enc.encode(rows[i]).ids[:-1][:256].tolist()) for i in (9, 19)]
+    assert sorted(inputs) == sorted(expected)
     again = prepare_chat_data(str(data), enc, tmp_path / "cache")
     assert again.root == prepared.root
     bad = tmp_path / "bad.jsonl"

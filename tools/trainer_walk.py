@@ -37,7 +37,7 @@ SETS = [
 ]
 
 
-class Stop(Exception):
+class StepReachedError(Exception):
     """Raised at the first call of the train step."""
 
 
@@ -54,7 +54,7 @@ def walk(argv: list[str]) -> list[str]:
             return
         name = path.name
         if frame.f_code.co_name == "train_step" and name == "step.py":
-            raise Stop
+            raise StepReachedError
         if frame.f_code in read:
             return
         read.add(frame.f_code)
@@ -66,7 +66,7 @@ def walk(argv: list[str]) -> list[str]:
     sys.setprofile(hook)
     try:
         main(argv)
-    except Stop:
+    except StepReachedError:
         pass
     finally:
         sys.setprofile(None)

@@ -51,16 +51,12 @@ _REFERENCE: dict[str, Any] = {}
 
 
 def _loss_and_grads(model: str, sets: list[str]) -> tuple[float, Any]:
-    from trainer import resolve, state, step
-    from trainer.config import build_config
-    from trainer.overrides import apply_overrides
-    from trainer.presets import load_config_data
+    from trainer import build_state, load_config, resolve, step
 
     preset, extra = PRESETS[model]
-    cfg = build_config(apply_overrides(load_config_data(preset), [*MODEL, *extra, *sets]))
-    run = resolve(cfg, VOCAB)
-    setup = state.build(run)
-    loss_fn = step.make_loss_fn(setup.graphdef, setup.rest, run)
+    cfg = resolve(load_config(preset, [*MODEL, *extra, *sets]), VOCAB)
+    setup = build_state(cfg)
+    loss_fn = step.make_loss_fn(setup.graphdef, setup.rest, cfg)
     rng = np.random.default_rng(len(model))
     batch = {
         k: jnp.asarray(rng.integers(0, VOCAB, (16, 16)), jnp.int32) for k in ("inputs", "targets")

@@ -1,46 +1,32 @@
-"""``--set a.b=c`` overrides: the text is parsed as the type of the field it names."""
+"""``--set a.b=c`` overrides: the text is read as the type of the field it names."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
-from trainer import sections
-from trainer.config import Config, build_config
-from trainer.migrate import migrate, renamed
+from trainer.config import Config, read_config
+from trainer.migrate import renamed
 from trainer.presets import load_config_data
-from trainer.schema import ConfigError, choices, convert, field_map, hints
-from trainer.sections import section_class
+from trainer.schema import ConfigError, choices, convert
+from trainer.sections import PACKAGE_SECTIONS, lookup, optional
 
 
-def field_at(path: str, data: dict[str, Any] | None = None) -> tuple[dataclasses.Field[Any], Any]:
-    """The config field at dotted ``path`` and its declared type (errors name allowed keys); a
-    package section's keys are its class's fields (the model's: those of ``data``'s kind)."""
-    cls: Any = Config
-    parts = path.split(".")
-    for i, part in enumerate(parts, 1):
-        fields = field_map(cls)
-        if part not in fields:
-            allowed = ", ".join(sorted(fields))
-            raise ConfigError(f"{'.'.join(parts[:i])}: unknown key; allowed keys here: {allowed}")
-        section = fields[part].metadata.get("package")
-        if section is not None:
-            if i == len(parts):
-                raise ConfigError(f"{path}: is a section; set one of its keys")
-            owner = section_class(section, (data or {}).get(section))
-            return sections.field_at(owner, parts[i:], section)
-        field, tp = fields[part], hints(cls)[part]
-        if i < len(parts) and not dataclasses.is_dataclass(tp):
-            raise ConfigError(f"{'.'.join(parts[:i])}: is a value, not a section (in {path!r})")
-        cls = tp
-    if dataclasses.is_dataclass(cls):
-        sub = ", ".join(sorted(field_map(cls)))  # type: ignore[arg-type]
-        raise ConfigError(f"{path}: is a section; set one of its keys: {sub}")
-    return field, cls
+def field_at(key: str, data: dict[str, Any] | None = None) -> tuple[dataclasses.Field[Any], Any]:
+    """The field at dotted ``key`` and the type ``--set`` reads (errors name the allowed keys);
+    the model's keys are those of ``data``'s kind. In a package's section ``null`` is the
+    class's own default, as in a file, so every key there takes it."""
+    model = (data or {}).get("model")
+    kind = model.get("kind", "gpt2") if isinstance(model, dict) else "gpt2"
+    tp, field = lookup(Config, key, kind)[-1]
+    package = key.split(".")[0] in PACKAGE_SECTIONS
+    return field, (tp | None if package and not optional(tp) else tp)
 
 
 def parse_override(text: str, data: dict[str, Any] | None = None) -> tuple[str, Any]:
-    """``"train.steps=1_000"`` → ``("train.steps", 1000)`` typed by the field."""
+    """``"train.steps=1_000"`` → ``("train.steps", 1000)`` typed by the field (an old key name is
+    read as today's: ``optimizer.lr`` → ``optimizer.schedule.peak_lr``)."""
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.steps=1000")
     key, value = text.split("=", 1)
@@ -53,19 +39,28 @@ def parse_override(text: str, data: dict[str, Any] | None = None) -> tuple[str, 
     return key, convert(tp, value, key, from_text=True, none_is_value=none_is_value)
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """A copy of config ``data`` with every ``--set`` applied in order."""
-    out: dict[str, Any] = migrate(data)
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], say: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """A copy of config ``data`` with every ``--set`` applied in order (a key set twice: the last
+    wins). A setting given under its old and its new name is refused, as in a file: neither may
+    silently win; an old name alone works, and ``say`` hears its new name once."""
+    out: dict[str, Any] = dict(data)
+    named: dict[str, str] = {}  # today's key → the name the command line gave it
     for text in overrides:
         key, value = parse_override(text, out)
+        given = text.split("=", 1)[0].strip()
+        first, before = key not in named, named.setdefault(key, given)
+        if before != given:  # one setting under its old and its new name
+            old = given if given != key else before
+            raise ConfigError(f"--set {old}: is {key} now, which is set too; keep only {key}")
+        if first and given != key and say is not None:
+            say(f"trainer: note: --set {given} is {key} now (the old name still works)")
         node = out
         *parents, name = key.split(".")
         for part in parents:
             child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
+            node[part] = node = dict(child) if isinstance(child, dict) else {}
         node[name] = value
     return out
 
@@ -88,4 +83,4 @@ def load_config(preset: str, overrides: list[str]) -> Config:
     Config
         The typed, validated config. Raises `ConfigError` if any part of it is invalid.
     """
-    return build_config(apply_overrides(load_config_data(preset), overrides))
+    return read_config(apply_overrides(load_config_data(preset), overrides))

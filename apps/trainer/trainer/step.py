@@ -17,22 +17,20 @@ from flax import nnx
 
 from tjx import nn
 from trainer.config import Config
-from trainer.resolved import Resolved
 
 Batch = dict[str, jax.Array]
 State = dict[str, Any]
 
 
-def make_loss_fn(graphdef: Any, rest: Any, run: Resolved) -> Callable[..., Any]:
+def make_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Callable[..., Any]:
     """``loss_fn(params, batch, step) -> (mean loss, aux sums)``: tjx.nn's ``objective_loss`` of
     the model's objective with the config's settings; aux holds the summed loss, the scored
     units and the top-1 correct count."""
-    cfg = run.cfg
-    if run.mesh.pipeline > 1:  # the layer stack as a pipeline over the `pipeline` mesh axis
+    if cfg.mesh.pipeline > 1:  # the layer stack as a pipeline over the `pipeline` mesh axis
         from trainer.pipeline import pipeline_loss_fn
 
-        return pipeline_loss_fn(graphdef, rest, run)  # type: ignore[no-any-return]
-    deterministic = run.model.dropout == 0.0
+        return pipeline_loss_fn(graphdef, rest, cfg)  # type: ignore[no-any-return]
+    deterministic = cfg.model.dropout == 0.0
     base_key = jax.random.key(cfg.train.seed)
 
     def loss_fn(params: Any, batch: Batch, step: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
@@ -51,14 +49,14 @@ def make_loss_fn(graphdef: Any, rest: Any, run: Resolved) -> Callable[..., Any]:
 
 
 def make_train_step(
-    graphdef: Any, rest: Any, tx: optax.GradientTransformation, run: Resolved
+    graphdef: Any, rest: Any, tx: optax.GradientTransformation, cfg: Config
 ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
     """``train_step(state, batch) -> (state, metrics)``: accumulation, update, step report."""
     from tjx.optim import accumulate_gradients, loss_scale_value, scale_loss, step_report
 
-    loss_fn = make_loss_fn(graphdef, rest, run)
-    micro = run.optimizer.accumulation_steps
-    scaled = run.optimizer.loss_scale is not None
+    loss_fn = make_loss_fn(graphdef, rest, cfg)
+    micro = cfg.optimizer.accumulation_steps
+    scaled = cfg.optimizer.loss_scale is not None
 
     def train_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
         params, opt_state, step = state["params"], state["opt_state"], state["step"]
@@ -90,11 +88,11 @@ def make_train_step(
     return train_step
 
 
-def jit_train_step(setup: Any, run: Resolved, **jit_options: Any) -> Any:
+def jit_train_step(setup: Any, cfg: Config, **jit_options: Any) -> Any:
     """`make_train_step` of a built state (``trainer.state.Setup``), jitted with the state donated
     (the new state reuses its buffers: one copy of the parameters and optimizer state, not two);
     ``jit_options`` go to ``jax.jit`` (e.g. ``out_shardings``)."""
-    step = make_train_step(setup.graphdef, setup.rest, setup.tx, run)
+    step = make_train_step(setup.graphdef, setup.rest, setup.tx, cfg)
     return jax.jit(step, donate_argnums=(0,), **jit_options)
 
 

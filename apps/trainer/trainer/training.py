@@ -4,7 +4,7 @@
 only after that succeeded), opens the log sinks and hands over to a `Training`, which holds what
 the loop changes (the state, the last evaluation, the last saved step) and has one method per
 thing done at a step boundary. Everything that can fail on bad input was checked before
-(trainer/loop.py); here the exits are a diverged run (3), a signal (0, saved) and the end (0).
+(trainer/startup.py); here the exits are a diverged run (3), a signal (0, saved) and the end (0).
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ class Training:
             limit_name="train.max_bad_steps",
             advice=DIVERGED_ADVICE,
             # A run may end while a dynamic loss scale backs off (halving from 2**15: 16 skips).
-            end_tolerance=LOSS_SCALE_BACKOFF if plan.resolved.optimizer.loss_scale else 0,
+            end_tolerance=LOSS_SCALE_BACKOFF if cfg.optimizer.loss_scale else 0,
         )
         stopped_by: str | None = None
         step_done, profiling = start, False
@@ -208,7 +208,7 @@ class Training:
 
         setup = self.setup
         shardings = jax.tree.map(lambda x: x.sharding, self.state)
-        step_fn = jit_train_step(setup, self.plan.resolved, out_shardings=(shardings, None))
+        step_fn = jit_train_step(setup, self.cfg, out_shardings=(shardings, None))
         per_step, unit = self.units_per_step, self.objective.unit
         print(f"model: {setup.num_params:,} parameters; {per_step:,} {unit} per step", flush=True)
         self.meter.reset()

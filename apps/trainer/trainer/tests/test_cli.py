@@ -37,7 +37,7 @@ def test_plan_overrides_data_and_profile(in_tmp):
         "--profile-steps",
         "2:4",
     )
-    assert plan.config.optimizer["schedule"]["peak_lr"] == 0.01
+    assert plan.config.optimizer.schedule.peak_lr == 0.01
     assert plan.config.data.source == "kjv"
     assert str(plan.run_dir) == "out" and plan.profile == (2, 4)
 
@@ -180,12 +180,12 @@ def test_a_run_dir_that_cannot_be_made_is_refused_at_plan_time(in_tmp, monkeypat
 
 
 def test_ctrl_c_before_the_loop_is_one_line(in_tmp, capfd, monkeypatch):
-    from trainer import loop
+    from trainer import startup
 
     def interrupted(plan):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "run", interrupted)
+    monkeypatch.setattr(startup, "run", interrupted)
     assert main(["--config", "tiny", "--run-dir", "r"]) == 130
     err = capfd.readouterr().err
     assert err.strip() == "trainer: error: interrupted: stopped at once; no checkpoint was saved"

@@ -12,11 +12,10 @@ import yaml  # type: ignore[import-untyped]
 
 from tjx.ckpt import RunDir
 from trainer import resume
-from trainer.config import build_config
+from trainer.config import read_config, resolve
 from trainer.memory_fit import abstract_step
 from trainer.overrides import apply_overrides
 from trainer.presets import load_config_data
-from trainer.resolved import resolve
 from trainer.schema import ConfigError
 
 VOCAB = 257
@@ -24,7 +23,7 @@ SMALL = ["model.num_layers=2", "model.d_model=32", "model.num_heads=2", "model.m
 
 
 def _config(*extra: str) -> Any:
-    return build_config(apply_overrides(load_config_data("tiny"), [*SMALL, *extra]))
+    return read_config(apply_overrides(load_config_data("tiny"), [*SMALL, *extra]))
 
 
 def _state_signature(cfg: Any) -> Any:
@@ -170,14 +169,14 @@ def test_null_optimizer_settings_compare_as_the_optimizers_own_values(tmp_path):
     old = _config().to_dict()
     old["optimizer"].update(name="adamw", b2=0.95, eps=1e-8)  # eps 1e-8 is adamw's own
     old["optimizer"]["schedule"]["peak_lr"] = 1e-3
-    run = _saved_run(tmp_path, build_config(old))
+    run = _saved_run(tmp_path, read_config(old))
     sets = ("optimizer.schedule.peak_lr=null", "optimizer.b2=null", "optimizer.eps=null")
     diff = resume.check_resume(run, _config(*sets).to_dict())
     assert set(diff) == {"optimizer.schedule.peak_lr", "optimizer.b2"}  # eps: the same number
     line = resume.describe_changes(diff)
     assert "optimizer.b2 0.95 → 0.999 (adamw's default)" in line
     assert "optimizer.schedule.peak_lr 0.001 → 0.0003 (adamw's default)" in line
-    assert resume.check_resume(run, build_config(old).to_dict()) == {}
+    assert resume.check_resume(run, read_config(old).to_dict()) == {}
 
 
 def test_a_null_that_means_off_is_not_a_default(tmp_path):
@@ -218,12 +217,12 @@ def test_a_run_saved_in_the_old_layout_resumes_with_the_same_command(tmp_path, s
     under every kind are migrated: the same command resumes with no change, and a real change is
     still named in today's keys."""
     RunDir(tmp_path).create(yaml.safe_load((SAVED_OLD / saved).read_text()))
-    cfg = build_config(apply_overrides(load_config_data(preset), sets))
+    cfg = read_config(apply_overrides(load_config_data(preset), sets))
     assert resume.check_resume(tmp_path, cfg.to_dict()) == {}
-    changed = build_config(apply_overrides(load_config_data(preset), [*sets, "train.steps=77"]))
+    changed = read_config(apply_overrides(load_config_data(preset), [*sets, "train.steps=77"]))
     assert set(resume.check_resume(tmp_path, changed.to_dict())) == {"train.steps"}
     other = apply_overrides(
         load_config_data(preset), [*sets, "model.precision.param_dtype=bfloat16"]
     )
     with pytest.raises(ConfigError, match="model.precision.param_dtype 'float32' → 'bfloat16'"):
-        resume.check_resume(tmp_path, build_config(other).to_dict())
+        resume.check_resume(tmp_path, read_config(other).to_dict())

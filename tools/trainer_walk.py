@@ -1,24 +1,25 @@
 """How far a reader walks through the trainer from ``cli.main`` to the first train step.
 
 ``python tools/trainer_walk.py`` runs ``--config tiny`` (shrunk, on a small local text) in this
-process with a profile hook, records every call of a function defined in ``apps/trainer/trainer``
-(tests and module bodies excluded) until the step function ``train_step`` is first called, keeps
-each function's first call only (a reader reads a function once, where it is first called),
-collapses consecutive functions of one file, and prints the files in walk order, the number of
-distinct files and the number of *returns*: entries into a file already visited before (the reader
-turns back to a file seen earlier). Run it through ``tools/devtest``'s
-environment (PYTHONPATH over the source roots, ``JAX_PLATFORMS=cpu``).
+process with a profile hook and records every call of a named function of the ``trainer`` package
+on PYTHONPATH (tests, module and class bodies, lambdas and comprehensions excluded) until the step
+function ``train_step`` is first called. It keeps each function's first call only (a reader reads
+a function once, where it is first called), collapses consecutive functions of one file, and
+prints the files in walk order, the number of distinct files and the number of *returns*: entries
+into a file already visited (the reader turns back to a file seen earlier). ``--functions`` also
+prints each function as it is first called, on stderr. Run it in ``tools/devtest``'s environment
+(PYTHONPATH over the source roots, ``JAX_PLATFORMS=cpu``); any revision's trainer can be walked.
 """
 
 from __future__ import annotations
 
 import sys
 import tempfile
+from inspect import CO_NEWLOCALS
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1] / "apps" / "trainer" / "trainer"
 SETS = [
     "model.d_model=16",
     "model.num_layers=1",
@@ -43,21 +44,29 @@ class StepReachedError(Exception):
 
 def walk(argv: list[str]) -> list[str]:
     """The trainer files entered (consecutive repeats collapsed) until ``train_step`` runs."""
+    import trainer
+
+    root = Path(trainer.__file__).resolve().parent  # the checkout on PYTHONPATH: any revision
     seen: list[str] = []
     read: set[Any] = set()
 
     def hook(frame: FrameType, event: str, arg: Any) -> None:
-        if event != "call":
+        code = frame.f_code
+        # Named functions only: a class body runs at import, a lambda or comprehension is read
+        # as part of the function that holds it.
+        if event != "call" or code.co_name.startswith("<") or not code.co_flags & CO_NEWLOCALS:
             return
-        path = Path(frame.f_code.co_filename)
-        if ROOT not in path.parents or "tests" in path.parts or frame.f_code.co_name == "<module>":
+        path = Path(code.co_filename)
+        if root not in path.parents or "tests" in path.parts:
             return
         name = path.name
-        if frame.f_code.co_name == "train_step" and name == "step.py":
+        if code.co_name == "train_step" and name == "step.py":
             raise StepReachedError
-        if frame.f_code in read:
+        if code in read:
             return
-        read.add(frame.f_code)
+        read.add(code)
+        if "--functions" in sys.argv:
+            print(f"{name}:{code.co_name}", file=sys.stderr)
         if not seen or seen[-1] != name:
             seen.append(name)
 

@@ -18,7 +18,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "abstract_step": ("trainer.memory_fit", "abstract_step"),
     "build_state": ("trainer.state", "build"),
     "jit_train_step": ("trainer.step", "jit_train_step"),
-    "load_config": ("trainer.overrides", "load_config"),
+    "load_config": ("trainer.settings", "load_config"),
     "make_eval_step": ("trainer.step", "make_eval_step"),
     "make_tokenizer": ("trainer.data_setup", "make_tokenizer"),
     "make_train_step": ("trainer.step", "make_train_step"),

@@ -16,11 +16,10 @@ from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first u
 )
 from trainer.config import Config, read_config
 from trainer.init_from import check_init_from
-from trainer.overrides import apply_overrides
 from trainer.plan import RunPlan, error_exit
-from trainer.presets import load_config_data, preset_names
 from trainer.resume import check_resume, describe_changes
 from trainer.schema import ConfigError, keyed
+from trainer.settings import apply_overrides, changed, load_config_data, preset_names
 from trainer.signals import interrupted_exit
 
 
@@ -114,8 +113,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def plan_run(args: argparse.Namespace) -> RunPlan:
     """Everything validated; nothing written. Raises `ConfigError`."""
-    settings = load_config_data(args.config)
-    cfg = read_config(apply_overrides(settings, _overrides(args), say=_note))
+    overrides = _overrides(args)
+    cfg = read_config(apply_overrides(load_config_data(args.config), overrides, say=_note))
     if args.data is not None and cfg.data.sources is not None:
         raise ConfigError(
             "--data: this config trains on the mixture data.sources; drop --data, or add "
@@ -199,11 +198,10 @@ def plan_argv(argv: list[str]) -> RunPlan:
 def _first_lines(args: argparse.Namespace, cfg: Config) -> None:
     """The preset (or file) and only the keys this command changes; every key with
     ``--print-config`` (``config.yaml`` always saves them all)."""
-    from trainer.show_config import changed_line
-
     source = f"preset {args.config}" if args.config in preset_names() else args.config
     preset = load_config_data(args.config)
-    print(changed_line(cfg, preset, apply_overrides(preset, _overrides(args)), source), flush=True)
+    keys = changed(preset, apply_overrides(preset, _overrides(args)))
+    print(f"config: {source}" + (f"; changed: {', '.join(keys)}" if keys else ""), flush=True)
     if args.print_config:
         text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
         print("# effective config\n" + text, end="", flush=True)

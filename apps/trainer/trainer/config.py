@@ -12,162 +12,36 @@ is `Config.to_dict` of the objects. Every problem is one `ConfigError` naming th
 # ruff: noqa: RUF009
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.schema import ConfigError, check_field, convert, setting
-from trainer.sections import build as build_section
-from trainer.sections import keys, reworded, section_class, values, write
+from trainer.schema import (
+    OWN_KEYS,
+    ConfigError,
+    check_field,
+    convert,
+    keys,
+    nested_class,
+    section_class,
+    setting,
+    values,
+)
+from trainer.sections import (
+    CheckpointConfig,
+    DataConfig,
+    EvalConfig,
+    LoggingConfig,
+    SamplingConfig,
+    TrainConfig,
+)
 
 #: The vocabulary the model holds until the tokenizer's is known: no rule of tjx.nn depends on it.
 UNKNOWN_VOCAB = 2
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where text comes from and how it is cut into batches."""
-
-    source: str = setting("shakespeare", help="built-in name, hub name or local path")
-    tokenizer: str = setting("byte", help="byte | gpt2 | bpe | a tokenizer path")
-    tokenizer_vocab: int = setting(2048, min=260, max=1 << 20, help="vocab of a trained bpe")
-    cache_dir: str | None = setting(
-        None, help="pre-tokenized shards (default ~/.cache/tjx/data)", resumable=True
-    )
-    seq_len: int = setting(128, min=2, max=1 << 20, help="tokens per training sequence")
-    batch_size: int = setting(16, min=1, help="global batch (sequences per optimizer step)")
-    num_workers: int = setting(1, min=1, max=256, help="processes tokenizing during preparation")
-    shuffle: bool = setting(True, help="shuffle the windows each epoch")
-    max_tokens: int | None = setting(
-        None, min=1, help="prepare at most this many tokens per split (of each mixture source)"
-    )
-    sources: list[dict] | None = setting(
-        None,
-        help="a weighted mixture instead of data.source: [{source: ..., weight: 3, name: web}, "
-        "...] (tjx.data.check_mixture); val_loss/<name> per source",
-    )
-    on_exhausted: str = setting(
-        "repeat",
-        choices="tjx.data:ON_EXHAUSTED",
-        help="a mixture source that has given every window: repeat (a new epoch) or drop",
-    )
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The loop: how long, how often to evaluate, sample, log and save."""
-
-    # A bound, not a budget: 10^9 steps is decades at any speed; more is a typo (and overflows the
-    # int32 step counter at 2^31).
-    steps: int = setting(1000, min=1, max=10**9, help="optimizer steps of the run", resumable=True)
-    seed: int = setting(0, min=0, help="initial weights, data order and dropout keys")
-    log_every: int = setting(10, min=1, help="a metrics line every N steps", resumable=True)
-    eval_every: int = setting(200, min=0, help="0 = only at the end", resumable=True)
-    eval_batches: int = setting(
-        8, min=1, help="validation batches per evaluation (always the same ones)", resumable=True
-    )
-    sample_every: int = setting(0, min=0, help="0 = only at the end", resumable=True)
-    checkpoint_every: int = setting(
-        500, min=0, help="0 = only at the end and on signals", resumable=True
-    )
-    chunked_ce: bool = setting(
-        True, help="fused chunked cross-entropy (no [b,s,V] logits)", resumable=True
-    )
-    ce_chunk_size: int | None = setting(
-        None,
-        min=1,
-        help="tokens per chunk; null: from the shape (tjx.kernels.auto_chunk_size)",
-        resumable=True,
-    )
-    z_loss: float = setting(
-        0.0, min=0.0, help="weight of the log-partition penalty (PaLM's z-loss)", resumable=True
-    )
-    mlm_probability: float = setting(
-        0.15, gt=0.0, lt=1.0, help="BERT: share of tokens masked", resumable=True
-    )
-    stop_at: int | None = setting(
-        None,
-        min=1,
-        help="stop after this step as if preempted (save, exit 0; --resume goes on)",
-        resumable=True,
-    )
-    fit_memory: bool = setting(
-        True,
-        help="check the step's compiled memory first; switch to full remat if it won't fit",
-        resumable=True,
-    )
-    compilation_cache: str = setting(
-        "auto",
-        help="GPU runs: JAX's persistent compilation cache folder (a rerun skips compiling and "
-        "autotuning); auto: tjx.kernels' default (TJX_COMPILATION_CACHE_DIR, else "
-        "~/.cache/tjx/jax-compilation); off: none",
-        resumable=True,
-    )
-    max_bad_steps: int = setting(
-        25,
-        min=1,
-        help="stop (exit 3, no new checkpoint) after this many steps in a row with a non-finite "
-        "loss or a skipped update",
-        resumable=True,
-    )
-
-    @property
-    def head_settings(self) -> dict[str, Any]:
-        """The vocabulary head's loss settings, as tjx.nn's objectives take them."""
-        return {"chunked": self.chunked_ce, "chunk_size": self.ce_chunk_size, "z_loss": self.z_loss}
-
-
-@dataclass(frozen=True)
-class CheckpointConfig:
-    """Checkpoints under ``RUN_DIR/checkpoints``."""
-
-    keep_last: int = setting(3, min=1, help="newest checkpoints kept")
-    keep_best: int | None = setting(None, min=1, help="also keep the N lowest val_loss; null: off")
-    async_save: bool = setting(True, help="write checkpoints in the background")
-
-
-@dataclass(frozen=True)
-class LoggingConfig:
-    """Log sinks (tjx.metrics) and the progress bar."""
-
-    sinks: list[str] = setting(
-        lambda: ["console", "jsonl"],
-        factory=True,
-        each_choices="tjx.metrics:LOGGER_NAMES",
-        help="where metrics go",
-    )
-    project: str = setting("tjx", help="wandb project")
-    wandb_mode: str = setting(
-        "offline",
-        choices="tjx.metrics.loggers.wandb_logger:WANDB_MODES",
-        help="wandb: offline (default), online or disabled",
-    )
-    progress: bool = setting(True, help="progress bar on a terminal (plain lines otherwise)")
-    # Each histogram step copies every weight to the host: off by default, and best kept rare.
-    histogram_every: int = setting(0, min=0, help="parameter histograms every N steps; 0 = never")
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Held-out metrics."""
-
-    batch_size: int = setting(16, min=1, help="sequences per validation batch")
-    top_k: list[int] = setting(
-        lambda: [1, 5, 10], factory=True, min=1, help="top-k accuracies reported"
-    )
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """Text samples written during training."""
-
-    prompts: list[str] = setting(
-        lambda: ["\n"], factory=True, help="one sample per prompt at each sampling step"
-    )
-    max_new_tokens: int = setting(200, min=1, help="tokens generated per sample")
-    temperature: float = setting(0.8, min=0.0, help="0: greedy")
-    top_k: int | None = setting(None, min=1, help="sample among the k likeliest tokens; null: all")
-    top_p: float | None = setting(None, gt=0.0, max=1.0, help="nucleus sampling; null: off")
 
 
 @dataclass(frozen=True)
@@ -209,11 +83,6 @@ class Config:
     def task(self) -> str:
         """The objective's name: "lm" (decoders), "mlm" (BERT), "classify" (ViT) or "seq2seq"."""
         return str(self.objective.name)
-
-    @property
-    def units_per_step(self) -> int:
-        """Tokens (or images) one global batch scores; the encoder-decoder's continued half."""
-        return self.data.batch_size * int(self.objective.units_per_window(self.data.seq_len))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (YAML-safe) of every key: what ``config.yaml`` saves and a resume compares."""
@@ -264,21 +133,21 @@ def read_config(data: Any) -> Config:
         else:
             read[key] = convert(tp, value, key)
             check_field(f, read[key], key)
-    own = {k: build_section(known[k][0], read.pop(k, {}), k) for k in _OWN_SECTIONS}
+    own = {k: build(known[k][0], read.pop(k, {}), k) for k in _OWN_SECTIONS}
     _check_own(own, section_class("model", kind))
     vocab = read.get("model", {}).get("vocab_size")
     model = _model(section_class("model", kind), read.get("model", {}), vocab)
     optimizer = read.get("optimizer", {})
     optimizer["schedule"] = {**optimizer.get("schedule", {}), "total_steps": own["train"].steps}
     with reworded("optimizer"):
-        optimizer = build_section(section_class("optimizer"), optimizer, "optimizer")
+        optimizer = build(section_class("optimizer"), optimizer, "optimizer")
         from tjx import optim
 
         precision = model.precision
         optim.check_precision(
             optimizer, param_dtype=precision.param_dtype, compute_dtype=precision.compute_dtype
         )
-    mesh = build_section(section_class("mesh"), read.get("mesh", {}), "mesh")
+    mesh = build(section_class("mesh"), read.get("mesh", {}), "mesh")
     name = str(read.get("name", Config.name))
     cfg = Config(name, model, optimizer=optimizer, mesh=mesh, vocab_size=vocab, **own)
     _check_across(cfg)
@@ -298,7 +167,7 @@ def _model(cls: type, read: dict[str, Any], vocab: int | None) -> Any:
         fields["vocab_size"] = vocab or UNKNOWN_VOCAB
     elif vocab is not None:
         raise ConfigError(f"model.vocab_size: {unused['vocab_size']}; set it to null")
-    return build_section(cls, fields, "model")
+    return build(cls, fields, "model")
 
 
 def _require(cond: bool, message: str) -> None:
@@ -358,3 +227,100 @@ def _check_across(cfg: Config) -> None:
             m.num_heads % mesh.tensor == 0,
             f"mesh.tensor: {mesh.tensor} must divide model.num_heads ({m.num_heads})",
         )
+
+
+#: How a package's messages name its fields (``GPT2Config.d_model``), as the config's keys.
+_WORDS = {
+    "optimizer": {
+        "OptimizerConfig.": "optimizer.",
+        "ScheduleConfig.total_steps": "train.steps",
+        "ScheduleConfig.": "optimizer.schedule.",
+        "param_dtype=": "model.precision.param_dtype=",
+        "compute_dtype=": "model.precision.compute_dtype=",
+    },
+    "mesh": {"MeshConfig.": "mesh.", "MeshConfig: ": "mesh: "},
+}
+
+
+def build(cls: type, checked: dict[str, Any], path: str) -> Any:
+    """``cls`` from `values`' output (nested sections built first; the trainer's own keys taken
+    out by the caller); a package's ``ValueError`` is a `ConfigError` in the config's keys."""
+    known = keys(cls, path)
+    kwargs = dict(checked)
+    for key, value in checked.items():
+        inner = nested_class(known[key][0]) if key in known else None
+        if inner is not None and isinstance(value, dict):
+            kwargs[key] = build(inner, value, f"{path}.{key}")
+    with reworded(path.split(".")[0]):
+        return cls(**kwargs)
+
+
+def _words(section: str) -> dict[str, str]:
+    if section != "model":
+        return _WORDS.get(section, {})
+    from tjx import nn
+
+    words = {f"{c.__name__}.": "model." for c in (*nn.MODEL_KINDS.values(), nn.TransformerConfig)}
+    return {**words, "Precision.": "model.precision."}
+
+
+@contextlib.contextmanager
+def reworded(section: str) -> Iterator[None]:
+    """A package's ``ValueError`` inside, as a `ConfigError` in the config's words: its class
+    names become the section's keys (``GPT2Config.d_model`` → ``model.d_model``), its ``None``
+    the config's ``null``; a message naming no key names the section."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as err:
+        words = _words(section)
+        if not words:
+            raise
+        pattern = "|".join(re.escape(theirs) for theirs in words)
+        text = re.sub(pattern, lambda m: words[m.group()], str(err)).replace("to None", "to null")
+        named = tuple(dict.fromkeys(v.split(".")[0].split("=")[0] for v in words.values()))
+        raise ConfigError(text if text.startswith(named) else f"{named[0]}: {text}") from None
+
+
+def write(obj: Any, path: str, own: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``obj`` as plain data (YAML-safe), every key (``own``: the values of the trainer's keys).
+
+    A field whose null stands for a value its class derives from the others (``num_kv_heads``:
+    ``num_heads``; ``schedule.peak_lr``: the optimizer's rate) is written null while it holds
+    that value, so the data read back derives it again after another setting changes.
+    """
+    return _write(obj, path, own or {}, obj, ())
+
+
+def _write(obj: Any, path: str, own: dict[str, Any], root: Any, at: tuple[str, ...]) -> Any:
+    out: dict[str, Any] = {}
+    for name, (_, f) in keys(type(obj), path).items():
+        value = own[name] if name in OWN_KEYS.get(path, {}) else getattr(obj, name)
+        if dataclasses.is_dataclass(value):
+            out[name] = _write(value, f"{path}.{name}", own, root, (*at, name))
+        elif value is not None and f.default is None and _derived(root, (*at, name), value):
+            out[name] = None
+        elif isinstance(value, tuple):
+            out[name] = list(value)
+        elif value is None or isinstance(value, bool | int | float | str | list | dict):
+            out[name] = value
+        else:
+            import numpy as np  # a dtype (jnp.float32), by its name: "float32"
+
+            out[name] = np.dtype(value).name
+    return out
+
+
+def _derived(root: Any, at: tuple[str, ...], value: Any) -> bool:
+    """Whether ``root`` with the field at ``at`` set to None derives ``value`` there again."""
+
+    def replaced(obj: Any, at: tuple[str, ...]) -> Any:
+        inner = None if len(at) == 1 else replaced(getattr(obj, at[0]), at[1:])
+        return dataclasses.replace(obj, **{at[0]: inner})
+
+    try:
+        again = replaced(root, at)
+    except (ValueError, TypeError):
+        return False
+    return bool(functools.reduce(getattr, at, again) == value)

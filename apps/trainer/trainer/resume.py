@@ -15,9 +15,8 @@ from typing import Any
 
 from tjx import ckpt
 from trainer.config import Config, read_config
-from trainer.migrate import in_old_layout, migrate
-from trainer.schema import ConfigError
-from trainer.sections import lookup
+from trainer.schema import ConfigError, lookup
+from trainer.settings import in_old_layout, migrate
 
 
 def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:

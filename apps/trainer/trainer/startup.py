@@ -10,7 +10,7 @@ import time
 
 import jax
 
-from trainer import training
+import trainer.training as training
 from trainer.config import Config, resolve
 from trainer.plan import RunPlan, error_exit
 from trainer.schema import ConfigError
@@ -41,7 +41,7 @@ def _device_note(cfg: Config) -> None:
 
 def run(plan: RunPlan) -> int:
     """Train as planned; exit code 0 on success or after a signal-triggered save, 2 on bad input."""
-    from trainer import multihost
+    import trainer.multihost as multihost
 
     cfg = plan.config
     # Multi-host: the flags, else JAX_COORDINATOR_ADDRESS/... or the cluster JAX detects (SLURM,
@@ -67,8 +67,11 @@ def run(plan: RunPlan) -> int:
 
 
 def _prepare_and_train(plan: RunPlan) -> int:
+    import trainer.attention_choice as attention_choice
+    import trainer.data_setup as data_setup
+    import trainer.memory_fit as memory_fit
+    import trainer.state as state
     from tjx import parallel
-    from trainer import attention_choice, data_setup, memory_fit, state
 
     cfg = plan.config
     primary = parallel.is_primary()

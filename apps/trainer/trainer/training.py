@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from tjx.ckpt import RunDir, final_summary
+from trainer.config import Config
 from trainer.plan import RunPlan, error_exit
 
 #: The loss plot's panels (tjx.metrics.plot_run; it never fails a finished run).
@@ -37,6 +38,11 @@ DIVERGED_ADVICE = (
 LOSS_SCALE_BACKOFF = 16
 
 
+def units_per_step(cfg: Config) -> int:
+    """Tokens (or images) one global batch scores; the encoder-decoder's continued half."""
+    return cfg.data.batch_size * int(cfg.objective.units_per_window(cfg.data.seq_len))
+
+
 def write_run_files(plan: RunPlan, setup: Any, bundle: Any) -> None:
     """``config.yaml``, ``model.json`` and ``data.json``; a file whose content is the same is left
     untouched, so a resume that changes nothing changes no file."""
@@ -50,8 +56,8 @@ def write_run_files(plan: RunPlan, setup: Any, bundle: Any) -> None:
 
 def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
     """Run the steps of a prepared run; the process's exit code."""
+    import trainer.data_setup as data_setup
     from tjx import ckpt, data, metrics, parallel
-    from trainer import data_setup
 
     cfg, run_dir = plan.config, plan.run_dir
     primary = parallel.is_primary()
@@ -135,7 +141,7 @@ class Training:
         from tjx import metrics, nn
 
         self.cfg, self.run_dir = self.plan.config, self.plan.run_dir
-        self.objective, self.units_per_step = self.cfg.objective, self.cfg.units_per_step
+        self.objective, self.units_per_step = self.cfg.objective, units_per_step(self.cfg)
         self.saved = self.start if self.plan.resume else -1
         # The peak is None (no MFU logged) on CPU and on devices without a figure, silently.
         peak = metrics.compute_peak_flops(self.setup.nn_config.precision.compute_dtype, warn=False)
@@ -230,8 +236,9 @@ class Training:
 
     def _at_boundary(self, step_done: int, out: Any, bar: Any) -> None:
         """Log, evaluate and sample when their intervals (or the last step) say so."""
+        import trainer.evaluation as evaluation
+        import trainer.sampling as sampling
         from tjx import metrics
-        from trainer import evaluation, sampling
 
         cfg, total = self.cfg, self.cfg.train.steps
         if step_done % cfg.train.log_every == 0 or step_done == total:
@@ -336,7 +343,7 @@ def _rebuild_artefacts(
     run_dir: Path, setup: Any, st: Any, bundle: Any, cfg: Any, step: int, primary: bool
 ) -> list[str]:
     """Write a finished run's missing ``final.json`` (evaluating once) and loss plot."""
-    from trainer import evaluation
+    import trainer.evaluation as evaluation
 
     rebuilt, run = [], RunDir(run_dir)
     if not run.final_file.exists():

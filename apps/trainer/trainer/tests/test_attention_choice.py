@@ -16,8 +16,7 @@ from tjx.kernels.testing import failing_attention
 from trainer.attention_choice import choose_attention
 from trainer.cli import main
 from trainer.config import read_config, resolve
-from trainer.overrides import apply_overrides
-from trainer.presets import load_config_data
+from trainer.settings import apply_overrides, load_config_data
 
 SETS = [
     "model.d_model=16",

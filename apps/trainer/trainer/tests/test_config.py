@@ -11,11 +11,8 @@ import yaml
 from flax import nnx
 
 from trainer.config import read_config, resolve
-from trainer.migrate import migrate
-from trainer.overrides import apply_overrides
-from trainer.presets import load_config_data, preset_names
-from trainer.schema import ConfigError
-from trainer.sections import KINDS
+from trainer.schema import KINDS, ConfigError
+from trainer.settings import apply_overrides, load_config_data, migrate, preset_names
 
 PRESETS = [
     "tiny",

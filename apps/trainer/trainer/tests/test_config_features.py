@@ -19,9 +19,8 @@ from tjx.optim.config import WSD_DECAY_SHAPES
 from trainer.cli import main
 from trainer.config import read_config, resolve
 from trainer.memory_fit import abstract_step
-from trainer.overrides import apply_overrides, field_at
-from trainer.presets import load_config_data
 from trainer.schema import ConfigError, choices
+from trainer.settings import apply_overrides, field_at, load_config_data
 
 TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2, "mlp_dim": 32}
 MLA = {"attention_type": "mla", "kv_latent_dim": 4}

@@ -14,10 +14,8 @@ from tjx.metrics.loggers.wandb_logger import WANDB_MODES
 from tjx.nn.fields import setting
 from tjx.optim.config import LOSS_SCALES
 from trainer.config import read_config, resolve
-from trainer.overrides import apply_overrides, field_at
-from trainer.presets import load_config_data, preset_names
-from trainer.schema import ConfigError, choices, deep_merge
-from trainer.sections import KINDS
+from trainer.schema import KINDS, ConfigError, choices
+from trainer.settings import apply_overrides, deep_merge, field_at, load_config_data, preset_names
 from trainer.show_config import rows
 
 # The trainer's optimizer defaults before #15 point 2: they applied to every optimizer.

@@ -17,8 +17,7 @@ from tjx import kernels
 from tjx.kernels import launch
 from trainer.config import read_config, resolve
 from trainer.memory_fit import abstract_step
-from trainer.overrides import apply_overrides
-from trainer.presets import load_config_data
+from trainer.settings import apply_overrides, load_config_data
 
 TRITON, CUDNN = "__gpu$xla.gpu.triton", "__cudnn$fmha"
 H100 = "NVIDIA H100 80GB HBM3"

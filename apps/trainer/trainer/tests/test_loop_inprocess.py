@@ -109,14 +109,14 @@ def test_a_run_builds_its_package_configs_once(in_tmp, capsys, monkeypatch):
     from trainer import config, memory_fit
 
     built = {"model": 0, "optimizer": 0, "mesh": 0}
-    real = config.build_section
+    real = config.build
 
     def counted(cls, checked, path):
         if path in built:
             built[path] += 1
         return real(cls, checked, path)
 
-    monkeypatch.setattr(config, "build_section", counted)
+    monkeypatch.setattr(config, "build", counted)
     text = in_tmp / "corpus.txt"
     text.write_text("".join(f"Line {i}: all that glitters.\n" for i in range(300)))
     cache = f"data.cache_dir={in_tmp / 'cache'}"

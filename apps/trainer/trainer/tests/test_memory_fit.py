@@ -7,9 +7,8 @@ import pytest
 from tjx.metrics import GIB
 from trainer.config import read_config, resolve
 from trainer.memory_fit import fit_memory, step_peak
-from trainer.overrides import apply_overrides
-from trainer.presets import load_config_data
 from trainer.schema import ConfigError
+from trainer.settings import apply_overrides, load_config_data
 
 VOCAB = 257
 # A scanned stack whose activations dominate its memory, so full remat shrinks it measurably.

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from trainer.config import read_config
-from trainer.overrides import apply_overrides, field_at, parse_override
-from trainer.presets import load_config_data
 from trainer.schema import ConfigError
+from trainer.settings import apply_overrides, field_at, load_config_data, parse_override
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,8 @@ from tjx.ckpt import RunDir
 from trainer import resume
 from trainer.config import read_config, resolve
 from trainer.memory_fit import abstract_step
-from trainer.overrides import apply_overrides
-from trainer.presets import load_config_data
 from trainer.schema import ConfigError
+from trainer.settings import apply_overrides, load_config_data
 
 VOCAB = 257
 SMALL = ["model.num_layers=2", "model.d_model=32", "model.num_heads=2", "model.mlp_dim=64"]

@@ -9,8 +9,7 @@ import pytest
 
 from trainer.cli import main
 from trainer.config import read_config
-from trainer.overrides import apply_overrides
-from trainer.presets import load_config_data
+from trainer.settings import apply_overrides, load_config_data
 from trainer.show_config import render, rows
 
 README = Path(__file__).resolve().parents[2] / "README.md"

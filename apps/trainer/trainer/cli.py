@@ -114,7 +114,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 def plan_run(args: argparse.Namespace) -> RunPlan:
     """Everything validated; nothing written. Raises `ConfigError`."""
     overrides = _overrides(args)
-    cfg = read_config(apply_overrides(load_config_data(args.config), overrides, say=_note))
+    notes: list[str] = []  # an old key's new name: said once the command line is valid
+    cfg = read_config(apply_overrides(load_config_data(args.config), overrides, notes.append))
     if args.data is not None and cfg.data.sources is not None:
         raise ConfigError(
             "--data: this config trains on the mixture data.sources; drop --data, or add "
@@ -152,13 +153,10 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         )
     with keyed(None, DistributedArgumentError):  # its message names the flag
         distributed = distributed_from_args(args)  # the environment fills the rest when joining
+    print(*notes, sep="\n", file=sys.stderr, flush=True, end="\n" if notes else "")
     return RunPlan(
         cfg, run_dir, bool(args.resume), args.init_from, profile, distributed, resume_changes
     )
-
-
-def _note(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def _show_config(args: argparse.Namespace) -> int:
@@ -167,7 +165,7 @@ def _show_config(args: argparse.Namespace) -> int:
 
     try:
         settings = load_config_data(args.config) if args.config is not None else {}
-        cfg = read_config(apply_overrides(settings, list(args.overrides), say=_note))
+        cfg = read_config(apply_overrides(settings, list(args.overrides)))
         print(render(cfg, args.config), end="")
     except ConfigError as err:
         return error_exit(str(err))

@@ -272,7 +272,22 @@ def value_text(value: Any) -> str:
 
 
 def changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """``key=value`` of every key whose value ``after`` differs from ``before`` (a preset's data
-    and the same after a command line's overrides), as ``--set`` would write it."""
+    """``key=value`` of every key whose value ``after`` (a preset's data with a command line's
+    overrides) differs from ``before`` (the preset's; a key it leaves out: the field's default),
+    as ``--set`` would write it."""
     ours, theirs = ckpt.flatten_config(after), ckpt.flatten_config(before)
-    return [f"{k}={value_text(v)}" for k, v in ours.items() if k not in theirs or theirs[k] != v]
+    model = after.get("model")
+    kind = model.get("kind", "gpt2") if isinstance(model, dict) else "gpt2"
+    out = []
+    for key, value in ours.items():
+        if key not in theirs:
+            f = lookup(Config, key, kind)[-1][1]
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            if not isinstance(default, str | int | float | list | dict | None):
+                import numpy as np  # a dtype default (jnp.float32), by its name
+
+                default = np.dtype(default).name
+            theirs[key] = default
+        if theirs[key] != value:
+            out.append(f"{key}={value_text(value)}")
+    return out

@@ -23,8 +23,12 @@ from tjx.ckpt import RunDir, final_summary
 from trainer.config import Config
 from trainer.plan import RunPlan, error_exit
 
-#: The loss plot's panels (tjx.metrics.plot_run; it never fails a finished run).
-CURVES = ("loss", "val_loss")
+#: The loss plot: training and validation loss on one axis (tjx.metrics.plot_run; it never fails a
+#: finished run), titled with the run's name.
+CURVES = (("loss", "val_loss"),)
+#: The console's one line per log step, in this order (tokens/s is images/s for a classifier; MFU
+#: where the device's peak is known); everything else goes to the other sinks.
+CONSOLE = ("loss", "learning_rate", "grad_norm", "{unit}_per_s", "mfu")
 
 #: How the divergence error (exit 3) ends: what to change, by config key, before resuming.
 DIVERGED_ADVICE = (
@@ -98,7 +102,7 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
         # A kill after the last checkpoint but before final.json or the plot must not leave them
         # missing for good: a finished run's --resume makes what is missing, and nothing else.
         manager.close()
-        rebuilt = _rebuild_artefacts(run_dir, setup, st, bundle, cfg, start, primary)
+        rebuilt = _rebuild_artefacts(plan, setup, st, bundle, start, primary)
         done = f"; rebuilt {', '.join(rebuilt)}" if rebuilt else ""
         print(f"nothing to do: the run is already at step {start} of {cfg.train.steps}{done}")
         return 0
@@ -107,6 +111,8 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
         list(cfg.logging.sinks),
         str(run_dir),
         config=cfg.to_dict(),
+        console_keys=[k.format(unit=cfg.objective.unit) for k in CONSOLE],
+        console_total=cfg.train.steps,
         project=cfg.logging.project,
         # W&B never reaches for the network unless asked: offline is the default mode.
         wandb_mode=cfg.logging.wandb_mode if "wandb" in cfg.logging.sinks else None,
@@ -216,7 +222,13 @@ class Training:
         shardings = jax.tree.map(lambda x: x.sharding, self.state)
         step_fn = jit_train_step(setup, self.cfg, out_shardings=(shardings, None))
         per_step, unit = self.units_per_step, self.objective.unit
-        print(f"model: {setup.num_params:,} parameters; {per_step:,} {unit} per step", flush=True)
+        print(f"model: {self.cfg.kind}, {setup.num_params:,} parameters", flush=True)
+        mesh = " × ".join(f"{axis} {size}" for axis, size in setup.mesh.shape.items())
+        print(
+            f"plan: {per_step:,} {unit} per step on mesh {mesh} "
+            f"({self.cfg.mesh.strategy}, {jax.device_count()} devices)",
+            flush=True,
+        )
         self.meter.reset()
         return step_fn
 
@@ -251,7 +263,8 @@ class Training:
             if rate.get("mfu") is not None:
                 scalars["mfu"] = float(rate["mfu"])
             self.logger.log_scalars(step_done, scalars)
-            bar.update(step_done, scalars["loss"])
+            if bar.live:  # off a terminal the console sink's line is the step's one line
+                bar.update(step_done, scalars["loss"])
         if cfg.logging.histogram_every and step_done % cfg.logging.histogram_every == 0:
             # Every process fetches (a parameter spanning processes is all-gathered, a collective);
             # only the primary's logger writes (make_logger).
@@ -321,7 +334,7 @@ class Training:
         )
         if self.primary:
             RunDir(self.run_dir).write_final(summary)
-            _plot(self.run_dir)
+            _plot(self.run_dir, self.cfg.name)
         if stopped_by or step_done < total:
             print(
                 f"{stopped_by or 'train.stop_at'}: saved step {step_done} to {self.run_dir}; "
@@ -332,19 +345,21 @@ class Training:
         return 0
 
 
-def _plot(run_dir: Path) -> bool:
+def _plot(run_dir: Path, name: str) -> bool:
     """The loss plot (tjx.metrics.plot_run; it never fails a run); whether it was written."""
     from tjx import metrics
 
-    return metrics.plot_run(run_dir, RunDir(run_dir).curve_file, keys=CURVES) is not None
+    curve = RunDir(run_dir).curve_file
+    return metrics.plot_run(run_dir, curve, keys=CURVES, title=name) is not None
 
 
 def _rebuild_artefacts(
-    run_dir: Path, setup: Any, st: Any, bundle: Any, cfg: Any, step: int, primary: bool
+    plan: RunPlan, setup: Any, st: Any, bundle: Any, step: int, primary: bool
 ) -> list[str]:
     """Write a finished run's missing ``final.json`` (evaluating once) and loss plot."""
     import trainer.evaluation as evaluation
 
+    cfg, run_dir = plan.config, plan.run_dir
     rebuilt, run = [], RunDir(run_dir)
     if not run.final_file.exists():
         # Every process evaluates (the parameters span them all); process 0 writes.
@@ -353,6 +368,6 @@ def _rebuild_artefacts(
         if primary:
             run.write_final(summary)
         rebuilt.append(RunDir.FINAL_FILE)
-    if primary and not run.curve_file.exists() and _plot(run_dir):
+    if primary and not run.curve_file.exists() and _plot(run_dir, cfg.name):
         rebuilt.append(RunDir.CURVE_FILE)
     return rebuilt

@@ -280,4 +280,3 @@ def test_every_package_declares_a_setting_with_the_one_same_helper():
     )
     # and the packages' classes use them: a mesh field's metadata is tjx.parallel's helper's
     assert dict(parallel.MeshConfig.__dataclass_fields__["data"].metadata)["resumable"] is True
-

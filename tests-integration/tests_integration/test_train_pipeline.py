@@ -1,7 +1,7 @@
 """Pipeline parallelism (``mesh.pipeline``) end to end, on 8 simulated CPU devices.
 
 * GPT-2 and LLaMA: the trainer's pipelined loss (tjx.parallel.pipeline_loss wired to tjx.nn's
-  scanned stack in trainer/pipeline.py) gives the unpipelined loss and gradients, for 2 and 4
+  scanned stack in trainer/step.py) gives the unpipelined loss and gradients, for 2 and 4
   stages alone and with data / FSDP, GPipe and 1F1B, on fresh random tokens. Tolerance (fp32):
   loss within 1e-5 relative; each gradient leaf within ``1e-5 * max|leaf| + 1e-9`` (sums over
   microbatches and devices in another order; a leaf whose true gradient is zero, like the

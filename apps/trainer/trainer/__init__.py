@@ -32,27 +32,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "val_batches": ("trainer.data_setup", "val_batches"),
 }
 
-__all__ = [
-    "Config",
-    "ConfigError",
-    "RunPlan",
-    "Setup",
-    "abstract_step",
-    "build_state",
-    "jit_train_step",
-    "load_config",
-    "make_eval_step",
-    "make_tokenizer",
-    "make_train_step",
-    "plan_argv",
-    "prepare_data",
-    "read_config",
-    "resolve",
-    "run",
-    "step_peak",
-    "train_loader",
-    "val_batches",
-]
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

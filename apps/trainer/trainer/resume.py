@@ -33,7 +33,7 @@ def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
 
 def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
     """``config`` as the comparison sees it: a saved one read and written back as this trainer
-    writes it (the old layout migrated, `trainer.migrate`, and filled with the values it ran
+    writes it (the old layout migrated, `trainer.settings.migrate`, and filled with the values it ran
     with: their defaults; a file written since keeps only its own keys, so a key added later must
     match unless it is resumable), and every null optimizer setting as the optimizer's own value.
 
@@ -71,9 +71,9 @@ def _only(data: dict[str, Any], kept: set[str], prefix: str = "") -> dict[str, A
 
 def saved_config(run_dir: Path) -> dict[str, Any]:
     """The run's ``config.yaml``; a missing or unreadable one is a `ConfigError` naming it."""
-    run = ckpt.RunDir(run_dir)
+    folder = ckpt.RunDir(run_dir)
     try:
-        return run.read_config()
+        return folder.read_config()
     except ckpt.RunFileError as err:  # a missing file is one too (RunFileNotFoundError)
         problem = (
             "is missing"
@@ -81,7 +81,7 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
             else f"is not a readable run config ({err.reason})"
         )
         raise ConfigError(
-            f"--resume: {str(run.config_file)!r} {problem}, so what the checkpoints were trained "
+            f"--resume: {str(folder.config_file)!r} {problem}, so what the checkpoints were trained "
             "with is unknown; put the run's config back or train into a new --run-dir"
         ) from None
 

@@ -52,10 +52,10 @@ def write_run_files(plan: RunPlan, setup: Any, bundle: Any) -> None:
     untouched, so a resume that changes nothing changes no file."""
     from tjx import nn
 
-    cfg, run = plan.config, RunDir(plan.run_dir)
-    run.create(cfg.to_dict())
-    run.write_json(RunDir.MODEL_FILE, nn.config_to_dict(setup.nn_config))
-    run.write_json(RunDir.DATA_FILE, bundle.describe(plan.run_dir))  # tjx.data's RunData
+    folder = RunDir(plan.run_dir)
+    folder.create(plan.config.to_dict())
+    folder.write_json(RunDir.MODEL_FILE, nn.config_to_dict(setup.nn_config))
+    folder.write_json(RunDir.DATA_FILE, bundle.describe(plan.run_dir))  # tjx.data's RunData
 
 
 def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
@@ -117,8 +117,7 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
         # W&B never reaches for the network unless asked: offline is the default mode.
         wandb_mode=cfg.logging.wandb_mode if "wandb" in cfg.logging.sinks else None,
     )
-    run = Training(plan, bundle, setup, loader, manager, logger, st, start, primary)
-    return run.loop()
+    return Training(plan, bundle, setup, loader, manager, logger, st, start, primary).loop()
 
 
 @dataclass
@@ -360,14 +359,14 @@ def _rebuild_artefacts(
     import trainer.evaluation as evaluation
 
     cfg, run_dir = plan.config, plan.run_dir
-    rebuilt, run = [], RunDir(run_dir)
-    if not run.final_file.exists():
+    rebuilt, folder = [], RunDir(run_dir)
+    if not folder.final_file.exists():
         # Every process evaluates (the parameters span them all); process 0 writes.
         val = evaluation.evaluate(setup, st["params"], bundle, cfg)
         summary = final_summary(step, st["params"], num_params=setup.num_params, validation=val)
         if primary:
-            run.write_final(summary)
+            folder.write_final(summary)
         rebuilt.append(RunDir.FINAL_FILE)
-    if primary and not run.curve_file.exists() and _plot(run_dir, cfg.name):
+    if primary and not folder.curve_file.exists() and _plot(run_dir, cfg.name):
         rebuilt.append(RunDir.CURVE_FILE)
     return rebuilt

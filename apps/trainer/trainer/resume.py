@@ -33,9 +33,9 @@ def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
 
 def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
     """``config`` as the comparison sees it: a saved one read and written back as this trainer
-    writes it (the old layout migrated, `trainer.settings.migrate`, and filled with the values it ran
-    with: their defaults; a file written since keeps only its own keys, so a key added later must
-    match unless it is resumable), and every null optimizer setting as the optimizer's own value.
+    writes it (the old layout migrated, `trainer.settings.migrate`, and filled with the values it
+    ran with: their defaults; a file written since keeps only its own keys, so a key added later
+    must match unless it is resumable), and every null optimizer setting as the optimizer's own.
 
     Runs saved before those settings could be null hold the old trainer defaults (b2 0.95, ...);
     comparing values, not nulls, shows what really changes: ``optimizer.b2 0.95 → 0.999 (adamw's
@@ -81,8 +81,8 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
             else f"is not a readable run config ({err.reason})"
         )
         raise ConfigError(
-            f"--resume: {str(folder.config_file)!r} {problem}, so what the checkpoints were trained "
-            "with is unknown; put the run's config back or train into a new --run-dir"
+            f"--resume: {str(folder.config_file)!r} {problem}, so what the checkpoints were "
+            "trained with is unknown; put the run's config back or train into a new --run-dir"
         ) from None
 
 

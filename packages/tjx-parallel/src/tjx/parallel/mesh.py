@@ -1,7 +1,7 @@
 """Device meshes with the axes ("pipeline", "data", "fsdp", "tensor") over all devices of all
 processes."""
 
-# `_setting()` returns dataclasses.field objects (with the metadata apps read).
+# `setting()` returns dataclasses.field objects (with the metadata apps read).
 # ruff: noqa: RUF009
 from __future__ import annotations
 
@@ -15,16 +15,11 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh
 
+from tjx.parallel.fields import setting
 from tjx.parallel.rules import STRATEGIES
 from tjx.parallel.schedule import SCHEDULES
 
 __all__ = ["BATCH_AXES", "MESH_AXES", "MeshConfig", "batch_ways", "check_batch_split", "make_mesh"]
-
-
-def _setting(default: Any, help_text: str, **meta: Any) -> Any:
-    return dataclasses.field(
-        default=default, metadata={"help": help_text, "resumable": True, **meta}
-    )
 
 
 #: Mesh axis names, outermost (least communication) to innermost (most communication).
@@ -64,15 +59,26 @@ class MeshConfig:
     checkpoint may lay its state out on another mesh (apps list and document fields from them).
     """
 
-    data: int = _setting(-1, "data-parallel size (-1: all remaining devices)")
-    fsdp: int = _setting(1, "fully sharded data-parallel size (-1: all remaining devices)")
-    tensor: int = _setting(1, "tensor-parallel size (kept inside one host)")
-    pipeline: int = _setting(1, "pipeline stages (layers split into runs of equal length)")
-    strategy: str = _setting(
-        "dp", "which logical axes map to which mesh axes (rules_for)", choices=STRATEGIES
+    data: int = setting(-1, resumable=True, help="data-parallel size (-1: all remaining devices)")
+    fsdp: int = setting(
+        1, resumable=True, help="fully sharded data-parallel size (-1: all remaining devices)"
     )
-    microbatches: int = _setting(4, "pipeline microbatches per step (pipeline > 1)")
-    schedule: str = _setting("gpipe", "pipeline schedule (pipeline > 1)", choices=SCHEDULES)
+    tensor: int = setting(1, resumable=True, help="tensor-parallel size (kept inside one host)")
+    pipeline: int = setting(
+        1, resumable=True, help="pipeline stages (layers split into runs of equal length)"
+    )
+    strategy: str = setting(
+        "dp",
+        resumable=True,
+        help="which logical axes map to which mesh axes (rules_for)",
+        choices=STRATEGIES,
+    )
+    microbatches: int = setting(
+        4, resumable=True, help="pipeline microbatches per step (pipeline > 1)"
+    )
+    schedule: str = setting(
+        "gpipe", resumable=True, help="pipeline schedule (pipeline > 1)", choices=SCHEDULES
+    )
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

@@ -7,6 +7,12 @@ Pallas flash attention (forward and backward), chunked cross-entropy, a plain-XL
 
 from typing import Any
 
+from tjx.kernels.blocks import (
+    BLOCK_IMPLEMENTATIONS,
+    attention_backward,
+    attention_forward,
+    block_kernel,
+)
 from tjx.kernels.choice import (
     AutoChoice,
     KernelCompileError,
@@ -26,6 +32,7 @@ from tjx.kernels.reference import attention_mask, attention_weights, reference_a
 __version__ = "0.4.0"
 
 __all__ = [
+    "BLOCK_IMPLEMENTATIONS",
     "IMPLEMENTATIONS",
     "AutoChoice",
     "CrossEntropyOutput",
@@ -34,10 +41,13 @@ __all__ = [
     "Target",
     "__version__",
     "attention",
+    "attention_backward",
+    "attention_forward",
     "attention_mask",
     "attention_weights",
     "auto_chunk_size",
     "auto_order",
+    "block_kernel",
     "chunked_cross_entropy",
     "current_target",
     "default_launch",

@@ -49,7 +49,8 @@ def test_a_window_hides_keys_further_than_it_on_xla_and_pallas(sq, h, hkv, windo
         return reference_attention(q, k, v, **kw)
 
     out, vjp = jax.vjp(xla, *(jnp.asarray(x, F32) for x in (q, k, v)))
-    for name, g, w in zip(("out", "dq", "dk", "dv"), (out, *vjp(jnp.asarray(do, F32))), want):
+    got = (out, *vjp(jnp.asarray(do, F32)))
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
         assert rel_err(g, w) <= 1e-5, f"xla {name}"
 
 

@@ -386,8 +386,6 @@ def flash_backward_lse(
     lse2 = jnp.pad(lse2, ((0, 0), (0, 0), (0, rows)), constant_values=jnp.inf)
     out_p = _pad_rows(out.astype(q.dtype), rows, cols)
     d_out_p = _pad_rows(d_out.astype(q.dtype), rows, cols)
-    dq, dk, dv = partitioned_backward(
-        p.q, p.k, p.v, p.q_ids, p.kv_ids, out_p, lse2, d_out_p, p.cfg
-    )
+    dq, dk, dv = partitioned_backward(p.q, p.k, p.v, p.q_ids, p.kv_ids, out_p, lse2, d_out_p, p.cfg)
     s_k = p.shapes.kv_len
     return dq[:, :s_q, :, :d], dk[:, :s_k, :, :d], dv[:, :s_k, :, :d]

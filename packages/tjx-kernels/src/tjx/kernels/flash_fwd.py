@@ -197,9 +197,7 @@ def q_block_range(
     return lo, a, b, hi
 
 
-def walk(
-    lo: Array, a: Array, b: Array, hi: Array, body: Any, carry: Any, positional: bool
-) -> Any:
+def walk(lo: Array, a: Array, b: Array, hi: Array, body: Any, carry: Any, positional: bool) -> Any:
     """Run ``body(j, carry, edge)`` over blocks ``[lo, hi)``: masked on ``[lo, a)`` and
     ``[b, hi)``, unmasked on ``[a, b)`` (a positional mask's edges, see the ranges above)."""
     if positional:
@@ -248,9 +246,7 @@ def _fwd_kernel(
     q_ids = None if qid_ref is None else qid_ref[...]
     qk_scale = cfg.scale * LOG2E
 
-    def body(
-        j: Array, carry: tuple[Array, Array, Array], edge: bool
-    ) -> tuple[Array, Array, Array]:
+    def body(j: Array, carry: tuple[Array, Array, Array], edge: bool) -> tuple[Array, Array, Array]:
         acc, m_prev, l_prev = carry
         ks = pl.ds(j * bk, bk)
         s = dot_nt(q, k_ref[ks, :]) * qk_scale

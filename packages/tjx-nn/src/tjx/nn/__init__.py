@@ -1,7 +1,9 @@
 """tjx.nn: Flax NNX transformer layers and models with logical axis names.
 
-GPT-2, LLaMA-style decoders, BERT, ViT and an encoder-decoder; KV-cache generation; HF GPT-2
-interop (GPT-2, Llama, Mistral, Qwen2: ``load_hf`` / ``save_hf``); losses and utilities.
+GPT-2, LLaMA-style decoders, BERT, ViT and an encoder-decoder; sliding-window attention and RoPE
+scalings (linear, dynamic, yarn, longrope, llama3); KV-cache generation (rolling for windows); HF
+interop (GPT-2, Llama, Mistral, Qwen2: ``load_hf`` / ``save_hf``); sequence-split (context
+parallel) runs through ``sequence_parallel``; losses and utilities.
 """
 
 from tjx.nn.attention import Attention
@@ -11,6 +13,7 @@ from tjx.nn.config_io import config_from_dict, config_to_dict
 from tjx.nn.configs import (
     ACTIVATIONS,
     ATTENTION_IMPLS,
+    LAYER_KINDS,
     NORMS,
     POSITIONS,
     REMAT_POLICIES,
@@ -38,7 +41,7 @@ from tjx.nn.hf import (
     save_hf_gpt2,
 )
 from tjx.nn.hf_gpt2 import HF_GPT2_FIXED, HF_GPT2_NAMES, hf_gpt2_conflicts
-from tjx.nn.kv_cache import init_cache, kv_cache_bytes, topk_decode_attention
+from tjx.nn.kv_cache import cache_slots, init_cache, kv_cache_bytes, topk_decode_attention
 from tjx.nn.linear import Dense, dropout
 from tjx.nn.losses import (
     classification_loss,
@@ -63,11 +66,13 @@ from tjx.nn.objectives import (
 )
 from tjx.nn.params import LOGICAL_AXES, make_param
 from tjx.nn.params_io import get_flat_params, set_flat_params
-from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, sinusoidal
+from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, rope_inv_freq, sinusoidal
 from tjx.nn.precision import DTYPE_NAMES, Precision
 from tjx.nn.registry import MODEL_KINDS, build_model
 from tjx.nn.relative_bias import RelativePositionBias, t5_relative_bucket
+from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling, rope_parameters
 from tjx.nn.seq2seq_generation import generate_seq2seq
+from tjx.nn.sequence import SequenceSplit, current_sequence_parallel, sequence_parallel
 from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
@@ -78,6 +83,15 @@ __all__ = [
     "ACTIVATIONS",
     "ATTENTION_IMPLS",
     "DTYPE_NAMES",
+    "LAYER_KINDS",
+    "ROPE_SCALINGS",
+    "RopeScaling",
+    "SequenceSplit",
+    "cache_slots",
+    "current_sequence_parallel",
+    "rope_inv_freq",
+    "rope_parameters",
+    "sequence_parallel",
     "BERT",
     "GPT2",
     "HF_GPT2_FIXED",

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from tjx.kernels import IMPLEMENTATIONS
 from tjx.nn.fields import choice, positive, rate, setting
 from tjx.nn.precision import Precision, as_precision
+from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
 ACTIVATIONS = ("gelu", "gelu_exact", "relu", "silu", "swiglu", "geglu")
 NORMS = ("layernorm", "rmsnorm")
@@ -26,6 +27,8 @@ POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
 ATTENTION_IMPLS: tuple[str, ...] = IMPLEMENTATIONS
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_output", "save_dots_and_attention")
 ATTENTION_TYPES = ("mha", "mla")
+#: What each entry of ``window_pattern`` says about a layer: sliding window or full attention.
+LAYER_KINDS = ("local", "global")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,10 +42,18 @@ class TransformerConfig:
     log-spaced up to ``relative_max_distance``) to the self-attention logits instead of any
     absolute position embedding.
 
-    ``rope_scaling`` is Llama 3's RoPE frequency scaling, ``(factor, low_freq_factor,
-    high_freq_factor, original_max_position_embeddings)`` (see ``positions.rope_inv_freq``); it
-    needs ``position="rope"``. ``qkv_bias`` gives the query/key/value projections a bias even
-    when ``use_bias`` is off (Qwen2's layout).
+    ``rope_scaling`` is a `RopeScaling` (linear, dynamic, yarn, longrope or llama3, see
+    :mod:`tjx.nn.rope_scaling`); a mapping with a ``type`` and, from configs saved before it was
+    typed, Llama 3's four numbers ``[factor, low_freq_factor, high_freq_factor,
+    original_max_position_embeddings]`` are read into one. It needs ``position="rope"``.
+    ``qkv_bias`` gives the query/key/value projections a bias even when ``use_bias`` is off
+    (Qwen2's layout).
+
+    ``sliding_window`` (keys a query sees, itself included) makes self-attention local;
+    ``window_pattern`` says which layers: its entries (``"local"``/``"global"``) repeat over the
+    layers, e.g. ``["local", "global"]`` (Gemma 2) or five ``"local"`` and a ``"global"``
+    (Gemma 3); None with a window: every layer is local. A model whose every layer is local
+    decodes with a rolling KV cache of the window's size.
 
     ``unused_fields`` (a class attribute) names the shared fields a family's model never reads,
     each with the reason: such a field must keep its class default (any other value would be
@@ -76,9 +87,17 @@ class TransformerConfig:
         "learned", choices=POSITIONS, help="position encoding (t5: bucketed relative bias)"
     )
     rope_theta: float = setting(10000.0, help="rope's base wavelength (Llama 3: 500000)")
-    rope_scaling: tuple[float, float, float, int] | None = setting(
+    rope_scaling: RopeScaling | None = setting(
         None,
-        help="Llama 3 rope scaling [factor, low_freq_factor, high_freq_factor, original_max_pos]",
+        help=f"rope frequency scaling (type: {', '.join(ROPE_SCALINGS)}); None: plain rope",
+    )
+    sliding_window: int | None = setting(
+        None, help="self-attention window (keys a query sees, itself included); None: full"
+    )
+    window_pattern: list[str] | None = setting(
+        None,
+        each_choices=LAYER_KINDS,
+        help="layers' kinds, repeated over the stack (local: windowed); None: all local",
     )
     relative_buckets: int = setting(32, help="position=t5: buckets (even, >= 4)")
     relative_max_distance: int = setting(128, help="position=t5: longest bucketed distance")
@@ -168,6 +187,7 @@ class TransformerConfig:
             if not self.rope_theta > 0:
                 raise ValueError(f"{cls}.rope_theta must be > 0; got {self.rope_theta!r}")
         self._check_rope_scaling(cls)
+        self._check_window(cls)
         self._check_relative(cls)
         self._check_mla(cls)
         if self.decode_topk is not None:
@@ -175,8 +195,8 @@ class TransformerConfig:
         self._check_unused(cls)
 
     def _check_rope_scaling(self, cls: str) -> None:
-        """Llama 3's four numbers, with rope (a list from JSON/YAML becomes the tuple)."""
-        value = self.rope_scaling
+        """A `RopeScaling` (read from a mapping or Llama 3's legacy four numbers), with rope."""
+        value = RopeScaling.parse(self.rope_scaling, f"{cls}.rope_scaling")
         if value is None:
             return
         if self.position != "rope":
@@ -184,19 +204,51 @@ class TransformerConfig:
                 f"{cls}.rope_scaling: only position 'rope' uses it (got position "
                 f"{self.position!r}); set it to None"
             )
-        ok = isinstance(value, list | tuple) and len(value) == 4
-        if ok:
-            factor, low, high, original = value
-            nums = all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-            ok = nums and factor > 0 and 0 < low < high and int(original) == original > 0
-        if not ok:
+        assert self.head_dim is not None
+        half = self.head_dim // 2
+        for name in ("short_factor", "long_factor"):
+            factors = getattr(value, name)
+            if factors is not None and len(factors) != half:
+                raise ValueError(
+                    f"{cls}.rope_scaling.{name} needs head_dim // 2 = {half} numbers; got "
+                    f"{len(factors)}"
+                )
+        object.__setattr__(self, "rope_scaling", value)
+
+    def _check_window(self, cls: str) -> None:
+        """A positive window, and a pattern only with one (a tuple: the config is hashable)."""
+        window, pattern = self.sliding_window, self.window_pattern
+        if window is not None:
+            positive(cls, "sliding_window", window)
+            if self.position == "t5":
+                raise ValueError(
+                    f"{cls}.sliding_window: position 't5' is not supported with a window (its "
+                    "relative bias reads the cache by slot); set it to None"
+                )
+        if pattern is None:
+            return
+        if window is None:
             raise ValueError(
-                f"{cls}.rope_scaling must be (factor > 0, low_freq_factor > 0, high_freq_factor "
-                f"> low_freq_factor, original_max_position_embeddings > 0) or None; got {value!r}"
+                f"{cls}.window_pattern: it says which layers use sliding_window, which is None; "
+                "set sliding_window or set window_pattern to None"
             )
-        factor, low, high, original = value
-        object.__setattr__(
-            self, "rope_scaling", (float(factor), float(low), float(high), int(original))
+        if isinstance(pattern, str) or not isinstance(pattern, list | tuple) or not pattern:
+            raise ValueError(
+                f"{cls}.window_pattern must be a non-empty list of {LAYER_KINDS}; got {pattern!r}"
+            )
+        for kind in pattern:
+            choice(cls, "window_pattern", kind, LAYER_KINDS)
+        object.__setattr__(self, "window_pattern", tuple(pattern))
+
+    def layer_windows(self, num_layers: int | None = None) -> tuple[int | None, ...]:
+        """Each layer's self-attention window (None: full attention), ``window_pattern``
+        repeated over ``num_layers`` (default ``num_layers``) layers."""
+        n = self.num_layers if num_layers is None else num_layers
+        if self.sliding_window is None:
+            return (None,) * n
+        pattern = self.window_pattern or ("local",)
+        return tuple(
+            self.sliding_window if pattern[i % len(pattern)] == "local" else None for i in range(n)
         )
 
     def _check_mla(self, cls: str) -> None:

@@ -9,7 +9,8 @@ elementwise. A tied token table counts once, as the unembedding matmul.
 The attention term is ``12·A·s_q·s_k`` per layer and sequence (``QKᵀ`` and ``PV``, ``2·A·s_k``
 FLOPs each per query forward, ×3 with backward), ``A = num_heads·head_dim``, with the **full**
 score matrix even when causal (PaLM's convention; most kernels compute it). For a decoder that is
-``12·L·A·s`` per token.
+``12·L·A·s`` per token. A layer with a sliding window ``W`` counts the keys its window holds:
+``s_k = min(s, W)`` causal, ``min(s, 2W - 1)`` bidirectional (kernels skip the rest).
 
 The counts are derived from the config here and checked in the tests against the weights of the
 built model (``nnx.state``), so the two cannot drift apart silently.
@@ -49,6 +50,16 @@ def _self_block(c: TransformerConfig) -> int:
     return q_out + kv + _mlp_weights(c)
 
 
+def _area(c: TransformerConfig, s: int, layers: int, *, causal: bool) -> int:
+    """Summed ``s_q·s_k`` of ``layers`` self-attention layers over ``s`` tokens (windows cut
+    ``s_k`` to the keys they hold)."""
+    total = 0
+    for w in c.layer_windows(layers):
+        keys = s if w is None else min(s, w if causal else 2 * w - 1)
+        total += s * keys
+    return total
+
+
 def _terms(config: TransformerConfig, seq_len: int, src_len: int) -> tuple[_Terms, int]:
     """Matmul weights with their positions per sequence, and the summed ``s_q·s_k`` over layers."""
     c = config
@@ -64,17 +75,19 @@ def _terms(config: TransformerConfig, seq_len: int, src_len: int) -> tuple[_Term
             (ld * cross_kv, S),  # cross keys/values project the encoder output
             (unembed, s),
         ]
-        return terms, le * S * S + ld * s * s + ld * s * S
+        area = _area(c, S, le, causal=False) + _area(c, s, ld, causal=True)
+        return terms, area + ld * s * S
     layers = c.num_layers * _self_block(c)
     if isinstance(c, ViTConfig):
         patch = c.patch_size * c.patch_size * c.num_channels * d
         # The patch projection skips the class token; the classifier reads only the class token.
-        return [(layers, s), (patch, s - 1), (d * c.num_classes, 1)], c.num_layers * s * s
+        area = _area(c, s, c.num_layers, causal=False)
+        return [(layers, s), (patch, s - 1), (d * c.num_classes, 1)], area
     if isinstance(c, BertConfig):
         # __call__ is the MLM head: dense transform + tied table. classify()'s pooler/classifier
         # are not part of it (they run once per sequence: add 6·(d² + d·labels)/s if you use them).
-        return [(layers, s), (d * d, s), (unembed, s)], c.num_layers * s * s
-    return [(layers, s), (unembed, s)], c.num_layers * s * s
+        return [(layers, s), (d * d, s), (unembed, s)], _area(c, s, c.num_layers, causal=False)
+    return [(layers, s), (unembed, s)], _area(c, s, c.num_layers, causal=True)
 
 
 def _check(config: TransformerConfig, seq_len: int, src_len: int | None) -> int:

@@ -41,6 +41,14 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
         process_values,
         stop_agreement,
     )
+    from tjx.parallel.context import ContextParallel, context_parallel
+    from tjx.parallel.context_layout import (
+        balance,
+        balanced_order,
+        check_context_split,
+        context_ways,
+        restore,
+    )
     from tjx.parallel.distributed import (
         DistributedInfo,
         barrier,
@@ -60,6 +68,8 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
     )
     from tjx.parallel.mesh import (
         BATCH_AXES,
+        CONTEXT_AXIS,
+        CONTEXT_STRATEGIES,
         MESH_AXES,
         MeshConfig,
         batch_ways,
@@ -86,6 +96,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
     from tjx.parallel.schedule import SCHEDULES, Schedule, bubble_formula, make_schedule
     from tjx.parallel.sharding import (
         batch_sharding,
+        batch_share,
         host_local_to_global,
         logical_specs,
         logical_to_sharding,
@@ -109,6 +120,13 @@ _LAZY = {
     "disagreements": "tjx.parallel.agreement",
     "process_values": "tjx.parallel.agreement",
     "stop_agreement": "tjx.parallel.agreement",
+    "ContextParallel": "tjx.parallel.context",
+    "context_parallel": "tjx.parallel.context",
+    "balance": "tjx.parallel.context_layout",
+    "balanced_order": "tjx.parallel.context_layout",
+    "check_context_split": "tjx.parallel.context_layout",
+    "context_ways": "tjx.parallel.context_layout",
+    "restore": "tjx.parallel.context_layout",
     "DistributedInfo": "tjx.parallel.distributed",
     "barrier": "tjx.parallel.distributed",
     "initialize": "tjx.parallel.distributed",
@@ -123,6 +141,8 @@ _LAZY = {
     "join": "tjx.parallel.joining",
     "require_agreement": "tjx.parallel.joining",
     "BATCH_AXES": "tjx.parallel.mesh",
+    "CONTEXT_AXIS": "tjx.parallel.mesh",
+    "CONTEXT_STRATEGIES": "tjx.parallel.mesh",
     "MESH_AXES": "tjx.parallel.mesh",
     "MeshConfig": "tjx.parallel.mesh",
     "batch_ways": "tjx.parallel.mesh",
@@ -149,6 +169,7 @@ _LAZY = {
     "Schedule": "tjx.parallel.schedule",
     "bubble_formula": "tjx.parallel.schedule",
     "make_schedule": "tjx.parallel.schedule",
+    "batch_share": "tjx.parallel.sharding",
     "batch_sharding": "tjx.parallel.sharding",
     "host_local_to_global": "tjx.parallel.sharding",
     "logical_specs": "tjx.parallel.sharding",
@@ -199,6 +220,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "BATCH_AXES",
+    "CONTEXT_AXIS",
+    "CONTEXT_STRATEGIES",
     "DEFAULT_TIMEOUT_S",
     "DISTRIBUTED_FLAGS",
     "LOGICAL_AXES",
@@ -210,6 +233,7 @@ __all__ = [
     "STOP_MESSAGE",
     "STRATEGIES",
     "AxisRules",
+    "ContextParallel",
     "Disagreement",
     "DistributedArgs",
     "DisagreementError",
@@ -225,13 +249,19 @@ __all__ = [
     "StopFlag",
     "__version__",
     "add_distributed_arguments",
+    "balance",
+    "balanced_order",
     "barrier",
+    "batch_share",
     "batch_sharding",
     "batch_ways",
     "bubble_formula",
     "check_batch_split",
+    "check_context_split",
     "check_distributed_args",
     "check_pipeline",
+    "context_parallel",
+    "context_ways",
     "coordination_exchange",
     "digest_words",
     "disagreements",
@@ -254,6 +284,7 @@ __all__ = [
     "process_values",
     "require_agreement",
     "resolve_distributed",
+    "restore",
     "rules",
     "runtime_client",
     "shard_batch",

@@ -274,7 +274,7 @@ def _sequence_layout(name: str, x: Any, mesh: Mesh) -> Any:
     ways = context_ways(mesh)
     if ways == 1 or x.ndim < 2:
         return x
-    check_context_split(x.shape[1], ways, f"batch leaf {name}: sequence length")
+    check_context_split(x.shape[1], ways, f"batch leaf {name} sequence length")
     return balance(x, ways)
 
 

@@ -57,8 +57,15 @@ def test_a_bad_rope_scaling_is_refused_naming_the_field(value, match):
 
 def test_longrope_factors_must_fit_the_head():
     with pytest.raises(ValueError, match="short_factor needs head_dim // 2 = 4 numbers; got 2"):
-        llama_tiny(rope_scaling={"type": "longrope", "factor": 2.0, "short_factor": [1, 1],
-                                 "long_factor": [1, 1], "original_max_position_embeddings": 8})
+        llama_tiny(
+            rope_scaling={
+                "type": "longrope",
+                "factor": 2.0,
+                "short_factor": [1, 1],
+                "long_factor": [1, 1],
+                "original_max_position_embeddings": 8,
+            }
+        )
 
 
 def _rotate(scaling, positions, length=None):

@@ -118,7 +118,9 @@ def test_bad_window_settings_are_refused_by_name(kw, match):
 
 
 def test_a_pipeline_refuses_a_mixed_pattern():
-    model = build(llama_tiny(scan_layers=True, sliding_window=4, window_pattern=["local", "global"]))
+    model = build(
+        llama_tiny(scan_layers=True, sliding_window=4, window_pattern=["local", "global"])
+    )
     with pytest.raises(ValueError, match="window_pattern that mixes local and global"):
         tnn.decoder_stages(model)
 

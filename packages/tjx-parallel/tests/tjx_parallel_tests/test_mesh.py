@@ -99,9 +99,7 @@ def test_multi_process_keeps_tensor_inside_a_host() -> None:
         assert dcn[-1] == 1 and np.prod(dcn) == 2
         assert [i * d for i, d in zip(ici, dcn, strict=False)] == list(sizes)
         pipeline, data, fsdp, context, tensor = sizes
-        config = MeshConfig(
-            data=data, fsdp=fsdp, tensor=tensor, pipeline=pipeline, context=context
-        )
+        config = MeshConfig(data=data, fsdp=fsdp, tensor=tensor, pipeline=pipeline, context=context)
         mesh = make_mesh(config, devices=devices)
         procs = np.vectorize(lambda d: d.process_index)(mesh.devices)
         # every tensor group (last axis) lives on one process; hosts split the outer axes

@@ -15,6 +15,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from tjx.kernels import IMPLEMENTATIONS
+from tjx.nn.config_checks import (
+    LAYER_KINDS,
+    check_mla,
+    check_relative,
+    check_rope_scaling,
+    check_window,
+)
 from tjx.nn.fields import choice, positive, rate, setting
 from tjx.nn.precision import Precision, as_precision
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
@@ -27,8 +34,6 @@ POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
 ATTENTION_IMPLS: tuple[str, ...] = IMPLEMENTATIONS
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_output", "save_dots_and_attention")
 ATTENTION_TYPES = ("mha", "mla")
-#: What each entry of ``window_pattern`` says about a layer: sliding window or full attention.
-LAYER_KINDS = ("local", "global")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,59 +191,13 @@ class TransformerConfig:
                 )
             if not self.rope_theta > 0:
                 raise ValueError(f"{cls}.rope_theta must be > 0; got {self.rope_theta!r}")
-        self._check_rope_scaling(cls)
-        self._check_window(cls)
-        self._check_relative(cls)
-        self._check_mla(cls)
+        check_rope_scaling(self, cls)
+        check_window(self, cls)
+        check_relative(self, cls)
+        check_mla(self, cls)
         if self.decode_topk is not None:
             positive(cls, "decode_topk", self.decode_topk)
         self._check_unused(cls)
-
-    def _check_rope_scaling(self, cls: str) -> None:
-        """A `RopeScaling` (read from a mapping or Llama 3's legacy four numbers), with rope."""
-        value = RopeScaling.parse(self.rope_scaling, f"{cls}.rope_scaling")
-        if value is None:
-            return
-        if self.position != "rope":
-            raise ValueError(
-                f"{cls}.rope_scaling: only position 'rope' uses it (got position "
-                f"{self.position!r}); set it to None"
-            )
-        assert self.head_dim is not None
-        half = self.head_dim // 2
-        for name in ("short_factor", "long_factor"):
-            factors = getattr(value, name)
-            if factors is not None and len(factors) != half:
-                raise ValueError(
-                    f"{cls}.rope_scaling.{name} needs head_dim // 2 = {half} numbers; got "
-                    f"{len(factors)}"
-                )
-        object.__setattr__(self, "rope_scaling", value)
-
-    def _check_window(self, cls: str) -> None:
-        """A positive window, and a pattern only with one (a tuple: the config is hashable)."""
-        window, pattern = self.sliding_window, self.window_pattern
-        if window is not None:
-            positive(cls, "sliding_window", window)
-            if self.position == "t5":
-                raise ValueError(
-                    f"{cls}.sliding_window: position 't5' is not supported with a window (its "
-                    "relative bias reads the cache by slot); set it to None"
-                )
-        if pattern is None:
-            return
-        if window is None:
-            raise ValueError(
-                f"{cls}.window_pattern: it says which layers use sliding_window, which is None; "
-                "set sliding_window or set window_pattern to None"
-            )
-        if isinstance(pattern, str) or not isinstance(pattern, list | tuple) or not pattern:
-            raise ValueError(
-                f"{cls}.window_pattern must be a non-empty list of {LAYER_KINDS}; got {pattern!r}"
-            )
-        for kind in pattern:
-            choice(cls, "window_pattern", kind, LAYER_KINDS)
-        object.__setattr__(self, "window_pattern", tuple(pattern))
 
     def layer_windows(self, num_layers: int | None = None) -> tuple[int | None, ...]:
         """Each layer's self-attention window (None: full attention), ``window_pattern``
@@ -250,21 +209,6 @@ class TransformerConfig:
         return tuple(
             self.sliding_window if pattern[i % len(pattern)] == "local" else None for i in range(n)
         )
-
-    def _check_mla(self, cls: str) -> None:
-        """The latent's size goes with MLA, and only with it (other attention ignores it)."""
-        if self.attention_type == "mla":
-            if self.kv_latent_dim is None:
-                raise ValueError(
-                    f"{cls}.kv_latent_dim: attention_type 'mla' needs the latent's size, a "
-                    "positive int; got None"
-                )
-            positive(cls, "kv_latent_dim", self.kv_latent_dim)
-        elif self.kv_latent_dim is not None:
-            raise ValueError(
-                f"{cls}.kv_latent_dim: only attention_type 'mla' uses it (got attention_type "
-                f"{self.attention_type!r}); set it to None"
-            )
 
     def _check_unused(self, cls: str) -> None:
         """A field this family's model never reads keeps its default (else it would be ignored)."""
@@ -278,19 +222,6 @@ class TransformerConfig:
 
     def _check_vocab(self, cls: str) -> None:
         positive(cls, "vocab_size", self.vocab_size)
-
-    def _check_relative(self, cls: str) -> None:
-        """T5 bias sizes (checked whatever ``position`` is, so a typo fails early)."""
-        nb, md = self.relative_buckets, self.relative_max_distance
-        if isinstance(nb, bool) or not isinstance(nb, int) or nb < 4 or nb % 2:
-            # Even: the encoder splits the buckets in half per direction (T5's layout).
-            raise ValueError(f"{cls}.relative_buckets must be an even int >= 4; got {nb!r}")
-        # The causal decoder's exact range is nb // 2 distances; log-spaced buckets start there.
-        if isinstance(md, bool) or not isinstance(md, int) or md <= nb // 2:
-            raise ValueError(
-                f"{cls}.relative_max_distance must be an int > relative_buckets // 2 = {nb // 2}; "
-                f"got {md!r}"
-            )
 
     @property
     def gated(self) -> bool:

@@ -38,9 +38,11 @@ from tjx.kernels.flash_fwd import (
     dot_nn,
     dot_nt,
     dot_tn,
+    key_walk,
     kv_block_range,
     out_struct,
     q_block_range,
+    query_walk,
     walk,
 )
 
@@ -133,7 +135,7 @@ def _dkdv_kernel(
     # Causal: query blocks wholly before this key block see none of it, nor do those wholly past
     # a window; those straddling the diagonal or the window's edge need the mask; the rest see
     # the whole key block.
-    dk, dv = walk(*q_block_range(cfg, j, bq, bk), body, carry, cfg.positional)
+    dk, dv = walk(*q_block_range(cfg, j, bq, bk), body, carry, *query_walk(cfg))
     dk_ref[...] = (dk * cfg.scale).astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
@@ -171,7 +173,7 @@ def _dq_kernel(
         return dq + dot_nn(ds.astype(k[0].dtype), k[0])
 
     dq = jnp.zeros((bq, q_ref.shape[-1] // cfg.head_split_bwd), jnp.float32)
-    dq = walk(*kv_block_range(cfg, i, bq, bk), body, dq, cfg.positional)
+    dq = walk(*kv_block_range(cfg, i, bq, bk), body, dq, *key_walk(cfg))
     dq_ref[...] = (dq * cfg.scale).astype(dq_ref.dtype)
 
 

@@ -65,11 +65,6 @@ class KernelConfig:
             return 0
         return None if self.window is None else self.window - 1
 
-    @property
-    def positional(self) -> bool:
-        """Whether tiles near the diagonal need a position mask (causal or a window)."""
-        return self.causal or self.window is not None
-
     def dq_blocks(self) -> tuple[int, int]:
         """(query, key) block rows of the dQ kernel: with a head split each backward kernel's own
         block (dQ's queries) has ``block_k_bwd`` rows and the walked one ``block_q_bwd``."""
@@ -197,15 +192,37 @@ def q_block_range(
     return lo, a, b, hi
 
 
-def walk(lo: Array, a: Array, b: Array, hi: Array, body: Any, carry: Any, positional: bool) -> Any:
-    """Run ``body(j, carry, edge)`` over blocks ``[lo, hi)``: masked on ``[lo, a)`` and
-    ``[b, hi)``, unmasked on ``[a, b)`` (a positional mask's edges, see the ranges above)."""
-    if positional:
+def walk(
+    lo: Array, a: Array, b: Array, hi: Array, body: Any, carry: Any, low: bool, high: bool
+) -> Any:
+    """Run ``body(j, carry, edge)`` over blocks ``[lo, hi)``: masked on ``[lo, a)`` (when the
+    walk has a ``low`` edge) and ``[b, hi)`` (a ``high`` one), unmasked on ``[a, b)`` (see the
+    ranges above; a walk without an edge has it empty and gets no loop for it)."""
+    if low and high:  # both edges in one masked loop: one copy of the masked body
+        carry = lax.fori_loop(a, b, functools.partial(body, edge=False), carry)
+        n_low = a - lo
+
+        def edge(t: Array, c: Any) -> Any:
+            return body(jnp.where(t < n_low, lo + t, b + t - n_low), c, edge=True)
+
+        return lax.fori_loop(0, n_low + hi - b, edge, carry)
+    if low:
         carry = lax.fori_loop(lo, a, functools.partial(body, edge=True), carry)
     carry = lax.fori_loop(a, b, functools.partial(body, edge=False), carry)
-    if positional:
+    if high:
         carry = lax.fori_loop(b, hi, functools.partial(body, edge=True), carry)
     return carry
+
+
+def key_walk(cfg: KernelConfig) -> tuple[bool, bool]:
+    """(low, high) edges of a walk over key blocks: the window's start, the diagonal (or a
+    bidirectional window's end)."""
+    return cfg.window is not None, cfg.reach is not None
+
+
+def query_walk(cfg: KernelConfig) -> tuple[bool, bool]:
+    """(low, high) edges of a walk over query blocks: the diagonal, the window's end."""
+    return cfg.reach is not None, cfg.window is not None
 
 
 # No precision is passed to the products: Triton runs float32 inputs as TF32 (10 mantissa bits,
@@ -269,7 +286,7 @@ def _fwd_kernel(
         jnp.full((bq,), -jnp.inf, jnp.float32),
         jnp.zeros((bq,), jnp.float32),
     )
-    acc, m, denom = walk(*kv_block_range(cfg, i, bq, bk), body, carry, cfg.positional)
+    acc, m, denom = walk(*kv_block_range(cfg, i, bq, bk), body, carry, *key_walk(cfg))
     empty = denom == 0.0
     denom = jnp.where(empty, 1.0, denom)
     o_ref[...] = (acc / denom[:, None]).astype(o_ref.dtype)

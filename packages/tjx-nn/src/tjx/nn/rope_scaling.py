@@ -86,10 +86,14 @@ class RopeScaling:
     """How RoPE's frequencies are scaled for a context longer than pretraining's.
 
     Only the fields of ``type`` may be set (see the module's table); the others stay None.
-    ``short_factor``/``long_factor`` (longrope) hold ``head_dim // 2`` numbers each.
+    ``short_factor``/``long_factor`` (longrope) hold ``head_dim // 2`` numbers each. ``type``
+    None with every field None is "no scaling" (what an app writes for an unset section):
+    :meth:`parse` reads it as None.
     """
 
-    type: str = setting("linear", choices=ROPE_SCALINGS, help="scaling type (transformers' names)")
+    type: str | None = setting(
+        None, choices=ROPE_SCALINGS, help="scaling type (transformers' names); null: none"
+    )
     factor: float | None = setting(None, help="context extension factor (> 0; >= 1 usually)")
     original_max_position_embeddings: int | None = setting(
         None, help="context the model was pretrained at (dynamic, yarn, longrope, llama3)"
@@ -109,6 +113,14 @@ class RopeScaling:
 
     def __post_init__(self) -> None:
         name = "RopeScaling"
+        if self.type is None:
+            set_ = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+            if set_:
+                raise ValueError(
+                    f"{name}.type: None (no scaling) with {', '.join(set_)} set; choose one of "
+                    f"{', '.join(ROPE_SCALINGS)}"
+                )
+            return
         if self.type not in ROPE_SCALINGS:
             raise ValueError(f"{name}.type must be one of {ROPE_SCALINGS}; got {self.type!r}")
         used = _FIELDS[self.type]
@@ -166,15 +178,20 @@ class RopeScaling:
     @classmethod
     def parse(cls, value: Any, where: str = "rope_scaling") -> RopeScaling | None:
         """A `RopeScaling` from None, itself, a mapping (``type`` or transformers'
-        ``rope_type``) or Llama 3's legacy four numbers; ``ValueError`` naming ``where``.
+        ``rope_type``) or Llama 3's legacy four numbers; ``ValueError`` naming ``where``. An
+        unset one (``type`` and every field None, e.g. a section an app expanded) is None.
         """
-        if value is None or isinstance(value, RopeScaling):
-            return value
+        if value is None:
+            return None
+        if isinstance(value, RopeScaling):
+            return None if value.type is None else value
         if isinstance(value, Mapping):
             data = dict(value)
             kind = data.pop("type", None)
             alias = data.pop("rope_type", None)
             kind = kind if kind is not None else alias
+            if kind is None and all(v is None for v in data.values()):
+                return None
             if kind not in ROPE_SCALINGS:
                 raise ValueError(
                     f"{where}.type: {kind!r} is not a RoPE scaling tjx computes; choose one of "

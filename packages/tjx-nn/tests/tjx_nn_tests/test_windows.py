@@ -117,6 +117,12 @@ def test_bad_window_settings_are_refused_by_name(kw, match):
         llama_tiny(**kw)
 
 
+def test_a_kernel_that_cannot_apply_the_window_is_refused_by_name():
+    with pytest.raises(ValueError, match="BertConfig.attention_impl: 'cudnn' cannot apply a bidi"):
+        tnn.BertConfig(sliding_window=4, attention_impl="cudnn")
+    assert llama_tiny(sliding_window=4, attention_impl="cudnn").sliding_window == 4  # causal
+
+
 def test_a_pipeline_refuses_a_mixed_pattern():
     model = build(
         llama_tiny(scan_layers=True, sliding_window=4, window_pattern=["local", "global"])

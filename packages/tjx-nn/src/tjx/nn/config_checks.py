@@ -39,6 +39,11 @@ def check_window(config: Any, cls: str) -> None:
     window, pattern = config.sliding_window, config.window_pattern
     if window is not None:
         positive(cls, "sliding_window", window)
+        if config.bidirectional and config.attention_impl == "cudnn":
+            raise ValueError(
+                f"{cls}.attention_impl: 'cudnn' cannot apply a bidirectional sliding_window "
+                "(cuDNN's window looks back only); use 'auto', 'xla' or 'pallas'"
+            )
         if config.position == "t5":
             raise ValueError(
                 f"{cls}.sliding_window: position 't5' is not supported with a window (its "

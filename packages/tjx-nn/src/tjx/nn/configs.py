@@ -67,6 +67,9 @@ class TransformerConfig:
     """
 
     unused_fields: ClassVar[Mapping[str, str]] = {}
+    #: Whether the family has bidirectional self-attention (an encoder), whose window cuDNN
+    #: cannot apply (its sliding window looks back only).
+    bidirectional: ClassVar[bool] = False
 
     vocab_size: int = setting(50257, help="tokens in the vocabulary (embedding and output rows)")
     max_seq_len: int = setting(1024, help="longest sequence (the learned position table's size)")
@@ -272,6 +275,8 @@ class LlamaConfig(TransformerConfig):
 class BertConfig(TransformerConfig):
     """BERT encoder: post-LN, exact GELU, learned positions + token types, MLM head."""
 
+    bidirectional: ClassVar[bool] = True
+
     vocab_size: int = 30522
     max_seq_len: int = 512
     type_vocab_size: int = setting(2, help="BERT: token types (segments A/B)")
@@ -300,6 +305,8 @@ class BertConfig(TransformerConfig):
 @dataclass(frozen=True, kw_only=True)
 class ViTConfig(TransformerConfig):
     """Vision Transformer on ``[b, h, w, c]`` images: patch embedding, class token, classifier."""
+
+    bidirectional: ClassVar[bool] = True
 
     vocab_size: int = 0
     image_size: int = setting(224, help="ViT: the images' side in pixels")
@@ -341,6 +348,8 @@ class ViTConfig(TransformerConfig):
 @dataclass(frozen=True, kw_only=True)
 class EncoderDecoderConfig(TransformerConfig):
     """Encoder-decoder (Vaswani/T5 style) with shared embeddings; layer counts per side."""
+
+    bidirectional: ClassVar[bool] = True
 
     num_encoder_layers: int | None = setting(None, help="encoder blocks; None: num_layers")
     num_decoder_layers: int | None = setting(None, help="decoder blocks; None: num_layers")

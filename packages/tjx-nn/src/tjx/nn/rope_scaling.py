@@ -355,7 +355,10 @@ def rope_frequencies(
     the call's ``length`` (default: its longest position + 1) in ``dtype``, ``longrope`` picks
     its long or short factors by it.
     """
-    if scaling is None or not scaling.depends_on_length:
+    if scaling is None:  # computed in `dtype`, as before scalings were typed (and transformers)
+        half = head_dim // 2
+        return 1.0 / (theta ** (jnp.arange(half, dtype=dtype) / half)), 1.0
+    if not scaling.depends_on_length:
         inv, attention = rope_parameters(head_dim, theta, scaling)
         return jnp.asarray(inv, dtype), attention
     if length is None:

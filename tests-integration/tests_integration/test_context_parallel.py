@@ -54,9 +54,9 @@ def _packed_batch(rows: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
             "positions": positions}  # fmt: skip
 
 
-def _loss_and_grads(config, batch, mesh_config, strategy="fsdp"):
+def _loss_and_grads(config, batch, mesh_config):
     mesh = parallel.make_mesh(mesh_config)
-    axis_rules = parallel.rules(strategy)
+    axis_rules = parallel.rules_for(mesh_config)  # ZeRO over fsdp × context when split
     with nnx.logical_axis_rules(axis_rules.flax_rules()):
         model = parallel.shard_init(lambda: tnn.Llama(config, rngs=nnx.Rngs(0)), mesh, axis_rules)
     graphdef, params = nnx.split(model)
@@ -78,23 +78,23 @@ def _loss_and_grads(config, batch, mesh_config, strategy="fsdp"):
 @pytest.fixture(scope="module")
 def unsplit():
     batch = _packed_batch(8, 64)
-    return batch, _loss_and_grads(_config(), batch, parallel.MeshConfig(data=8))
+    return batch, _loss_and_grads(_config(), batch, parallel.MeshConfig(data=8, strategy="fsdp"))
 
 
 @pytest.mark.parametrize(
-    "mesh_kw,strategy",
+    "mesh_kw",
     [
-        (dict(data=4, context=2), "fsdp"),
-        (dict(data=2, context=4), "fsdp"),
-        (dict(data=1, context=8), "fsdp"),
-        (dict(data=1, context=8, context_strategy="all_gather"), "fsdp"),
-        (dict(data=1, fsdp=2, context=2, tensor=2), "fsdp_tp"),  # with FSDP and tensor
+        dict(data=4, context=2, strategy="fsdp"),  # weights split over the 2 context devices
+        dict(data=2, context=4, strategy="dp"),
+        dict(data=1, context=8, strategy="fsdp"),
+        dict(data=1, context=8, strategy="dp", context_strategy="all_gather"),
+        dict(data=1, fsdp=2, context=2, tensor=2, strategy="fsdp_tp"),  # with FSDP and tensor
     ],
     ids=["context2", "context4", "context8", "context8-all-gather", "fsdp2-context2-tensor2"],
 )
-def test_losses_and_gradients_equal_those_of_an_unsplit_sequence(unsplit, mesh_kw, strategy):
+def test_losses_and_gradients_equal_those_of_an_unsplit_sequence(unsplit, mesh_kw):
     batch, (want_loss, want_grads) = unsplit
-    loss, grads = _loss_and_grads(_config(), batch, parallel.MeshConfig(**mesh_kw), strategy)
+    loss, grads = _loss_and_grads(_config(), batch, parallel.MeshConfig(**mesh_kw))
     assert abs(loss - want_loss) <= TOL * abs(want_loss)
     assert set(grads) == set(want_grads)
     for name, g in grads.items():
@@ -140,9 +140,9 @@ def test_attention_memory_per_device_falls_with_the_split():
 def test_a_tiny_model_trains_at_32k_tokens_with_context_8():
     config = _config(max_seq_len=32768, d_model=16, num_layers=1, num_heads=2, num_kv_heads=1,
                      mlp_dim=32)  # fmt: skip
-    mesh_config = parallel.MeshConfig(data=1, context=8)
+    mesh_config = parallel.MeshConfig(data=1, context=8, strategy="fsdp")
     mesh = parallel.make_mesh(mesh_config)
-    axis_rules = parallel.rules("dp")
+    axis_rules = parallel.rules_for(mesh_config)
     cp = parallel.context_parallel(mesh, axis_rules, mesh_config)
     with nnx.logical_axis_rules(axis_rules.flax_rules()):
         model = parallel.shard_init(lambda: tnn.Llama(config, rngs=nnx.Rngs(0)), mesh, axis_rules)

@@ -24,6 +24,7 @@ from tjx.parallel import (
     place_batch,
     restore,
     rules,
+    rules_for,
 )
 
 TOL = 2e-6
@@ -60,6 +61,17 @@ def test_a_batch_is_placed_balanced_and_split_along_its_sequence():
 
 def test_every_strategy_splits_the_activations_sequence_over_context():
     assert all(rules(s).mesh_axes("length") == ("context",) for s in ("dp", "fsdp", "fsdp_tp"))
+
+
+def test_a_split_run_shards_weights_over_its_context_devices_too():
+    split = rules_for(MeshConfig(data=1, context=4, strategy="fsdp_tp"))
+    assert split.mesh_axes("embed") == ("fsdp", "context")
+    assert split.mesh_axes("mlp") == ("tensor",)
+    assert rules_for(MeshConfig(strategy="fsdp")) == rules("fsdp")  # unsplit: the preset as is
+    assert rules_for(MeshConfig(context=2, strategy="tp")).mesh_axes("embed") == ()
+    assert rules_for(MeshConfig(context=2, strategy="fsdp"), embed=None).mesh_axes("embed") == ()
+    mesh = make_mesh(MeshConfig(data=2, context=4))
+    assert split.to_mesh_spec(P("embed", "mlp"), mesh, (8, 8)) == P(("fsdp", "context"), "tensor")
     with pytest.raises(ValueError, match="context strategy must be one of"):
         ContextParallel(make_mesh(MeshConfig()), rules(), "tree")
 

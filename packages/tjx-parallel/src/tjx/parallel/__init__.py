@@ -75,6 +75,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
         batch_ways,
         check_batch_split,
         make_mesh,
+        rules_for,
     )
     from tjx.parallel.opt_state import shard_opt_init
     from tjx.parallel.peers import PeerWatch, watch_peers
@@ -148,6 +149,7 @@ _LAZY = {
     "batch_ways": "tjx.parallel.mesh",
     "check_batch_split": "tjx.parallel.mesh",
     "make_mesh": "tjx.parallel.mesh",
+    "rules_for": "tjx.parallel.mesh",
     "shard_opt_init": "tjx.parallel.opt_state",
     "PeerWatch": "tjx.parallel.peers",
     "watch_peers": "tjx.parallel.peers",
@@ -286,6 +288,7 @@ __all__ = [
     "resolve_distributed",
     "restore",
     "rules",
+    "rules_for",
     "runtime_client",
     "shard_batch",
     "shard_init",

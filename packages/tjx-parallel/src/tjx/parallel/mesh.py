@@ -15,7 +15,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh
 
-from tjx.parallel.rules import STRATEGIES
+from tjx.parallel.rules import STRATEGIES, AxisRules, MeshAxes, rules
 from tjx.parallel.schedule import SCHEDULES
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "batch_ways",
     "check_batch_split",
     "make_mesh",
+    "rules_for",
 ]
 
 
@@ -69,7 +70,7 @@ class MeshConfig:
         between neighbours. Default 1 (a size-1 axis changes nothing). Last field, so the
         positional order of the older three is kept.
     strategy : str
-        How logical axes map onto these mesh axes: a name of `STRATEGIES` (`rules_for`).
+        How logical axes map onto these mesh axes: a name of `STRATEGIES` (:func:`rules_for`).
         Default ``"dp"``.
     microbatches : int
         Pipeline microbatches per step (with ``pipeline > 1``; `pipeline_loss`). Default 4.
@@ -306,3 +307,30 @@ def check_batch_split(sizes: Mapping[str, int], mesh: Mesh) -> int:
                 f"{name}: {size} must be divisible by the data×fsdp mesh size ({ways})"
             )
     return ways
+
+
+def rules_for(config: MeshConfig, **overrides: MeshAxes) -> AxisRules:
+    """The logical-axis rules of a run laid out by ``config``: its ``strategy`` preset, and with
+    context parallelism (``context`` other than 1) ZeRO-3 over the context devices too.
+
+    A ZeRO strategy (``embed`` → ``fsdp``) then splits weights over ``("fsdp", "context")``: the
+    context devices hold other tokens of the same rows, so like data-parallel ranks each needs a
+    weight once per layer and reduces its gradient (torchtitan's FSDP spans ``dp_shard × cp``,
+    MaxText's ``embed`` rule lists its context axis). Without context parallelism the preset is
+    returned as it is (its specs unchanged).
+
+    Parameters
+    ----------
+    config : MeshConfig
+    **overrides
+        Remapped logical names, as for :func:`rules` (an ``embed`` given here is kept).
+
+    Returns
+    -------
+    AxisRules
+    """
+    found = rules(config.strategy).replace(**overrides)
+    zero = found.mesh_axes("embed") == ("fsdp",) and "embed" not in overrides
+    if config.context != 1 and zero:
+        return found.replace(embed=("fsdp", CONTEXT_AXIS))
+    return found

@@ -116,9 +116,11 @@ def lower_kernels(
     seq: int,
     arch: int = 90,
     softcap: float | None = None,
+    window: int | None = None,
 ) -> list[KernelIR]:
     """Cross-lower flash attention forward + backward for CUDA ``sm_<arch>`` (its launch
-    defaults; ``softcap``: Gemma 2's capped logits); return the three kernels' IR."""
+    defaults; ``softcap``: Gemma 2's capped logits; a sliding ``window`` if given); return the
+    three kernels' IR."""
     kv_heads = 2
     dt = DTYPES[dtype]
 
@@ -126,7 +128,14 @@ def lower_kernels(
         def loss(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
             segs = ids if segments else None
             out = flash_attention(
-                q, k, v, causal=causal, segment_ids=segs, interpret=False, softcap=softcap
+                q,
+                k,
+                v,
+                causal=causal,
+                segment_ids=segs,
+                interpret=False,
+                softcap=softcap,
+                window=window,
             )
             return out.astype(jnp.float32).sum()
 

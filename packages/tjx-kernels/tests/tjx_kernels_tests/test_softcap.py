@@ -245,3 +245,63 @@ def test_soft_cap_is_identity_without_a_cap_and_bounded_with_one():
     capped = soft_cap(x, 30.0)
     assert float(jnp.max(jnp.abs(capped))) < 30.0
     np.testing.assert_allclose(soft_cap(jnp.asarray([1e-3]), 30.0), [1e-3], rtol=1e-6)
+
+
+def test_capped_window_key_halves_merged_by_their_lse_are_the_capped_attention():
+    """Gemma 2's local layer under context parallelism (XLA blocks): each key half's forward
+    (its output and the log-sum-exp of its capped logits), merged by those, and each half's
+    backward given the merged rows give the windowed soft-capped attention and its gradients."""
+    from tjx.kernels import attention_backward, attention_forward
+
+    s, half, cap, scale, window = 40, 24, 4.0, 0.6, 11
+    q, k, v, do = _inputs(7, 1, s, s, 4, 2, 16, F32, magnitude=3.0)
+    want = _np_capped_attention(
+        q, k, v, np_mask(1, s, s, causal=True, window=window), do, scale=scale, cap=cap
+    )
+    qj, do_j = jnp.asarray(q, F32), jnp.asarray(do, F32)
+    parts = []
+    for sl in (slice(0, half), slice(half, s)):
+        kj, vj = jnp.asarray(k[:, sl], F32), jnp.asarray(v[:, sl], F32)
+        kw = dict(
+            causal=True, window=window, scale=scale, softcap=cap, implementation="xla",
+            token_index=(jnp.arange(s), jnp.arange(sl.start, sl.stop)),
+        )  # fmt: skip
+        parts.append((kj, vj, kw, *attention_forward(qj, kj, vj, **kw)))
+    lse = jnp.logaddexp(parts[0][4], parts[1][4])
+    w = [jnp.where(jnp.isfinite(p[4]), jnp.exp(p[4] - lse), 0.0) for p in parts]
+    out = sum(wi.transpose(0, 2, 1)[..., None] * p[3] for wi, p in zip(w, parts, strict=True))
+    assert rel_err(out, want[0]) <= 1e-5
+    grads = [attention_backward(qj, kj, vj, out, lse, do_j, **kw) for kj, vj, kw, _, _ in parts]
+    assert rel_err(grads[0][0] + grads[1][0], want[1]) <= 1e-5
+    assert rel_err(jnp.concatenate([grads[0][1], grads[1][1]], 1), want[2]) <= 1e-5
+    assert rel_err(jnp.concatenate([grads[0][2], grads[1][2]], 1), want[3]) <= 1e-5
+
+
+def test_pallas_halves_of_a_capped_window_give_its_output_lse_and_gradients():
+    """The Pallas forward/backward halves (one block: every key) with a cap and a window."""
+    from tjx.kernels import attention_backward, attention_forward
+
+    cap, scale, window = 4.0, 0.6, 11
+    q, k, v, do = _inputs(8, 1, 40, 40, 4, 2, 16, F32, magnitude=3.0)
+    want = _np_capped_attention(
+        q, k, v, np_mask(1, 40, 40, causal=True, window=window), do, scale=scale, cap=cap
+    )
+    kw = dict(causal=True, window=window, scale=scale, softcap=cap, implementation="pallas")
+    qj, kj, vj, do_j = (jnp.asarray(x, F32) for x in (q, k, v, do))
+    out, lse = attention_forward(qj, kj, vj, **kw)
+    assert rel_err(out, want[0]) <= 1e-5
+    for g, e in zip(attention_backward(qj, kj, vj, out, lse, do_j, **kw), want[1:], strict=True):
+        assert rel_err(g, e) <= 1e-5
+
+
+def test_a_windowed_capped_flash_call_matches_float64():
+    """Both switches of a Gemma 2 local layer in one Pallas call (window walk + cap)."""
+    cap, scale, window = 5.0, 0.7, 9
+    q, k, v, do = _inputs(11, 2, 45, 45, 4, 2, 32, F32, magnitude=3.0)
+    want = _np_capped_attention(
+        q, k, v, np_mask(2, 45, 45, causal=True, window=window), do, scale=scale, cap=cap
+    )
+    kw = dict(causal=True, scale=scale, softcap=cap, window=window, block_q=16, block_k=16)
+    got = _fwd_bwd(lambda q, k, v: flash_attention(q, k, v, **kw), q, k, v, do, F32)
+    for name, a, e in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
+        assert rel_err(a, e) <= 1e-5, (name, rel_err(a, e))

@@ -52,9 +52,11 @@ def test_a_model_json_of_tjx_0_1_loads():
     assert type(config) is tnn.LlamaConfig
     assert (config.d_model, config.num_kv_heads, config.tie_embeddings) == (16, 1, True)
     assert config.precision == tnn.Precision(jnp.float32, jnp.bfloat16)
-    # Written again, it gains only the fields added since (#28's rope_scaling, qkv_bias).
-    newer = {"rope_scaling": None, "qkv_bias": False}
-    newer |= {  # #44's family switches
+    # Written again, it gains only the fields added since (#28's rope_scaling, qkv_bias; #42's
+    # sliding_window, window_pattern; #44's family switches).
+    newer = {"rope_scaling": None, "qkv_bias": False, "sliding_window": None,
+             "window_pattern": None}  # fmt: skip
+    newer |= {
         "qk_norm": False,
         "qk_norm_scope": "head",
         "norm_plus_one": False,

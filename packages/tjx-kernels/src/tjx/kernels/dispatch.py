@@ -14,6 +14,10 @@ call raises ``ValueError`` naming the argument and what is supported. The Pallas
 Soft-capped logits (``softcap``, Gemma 2) are served by XLA and the Pallas kernels; jax's cuDNN
 attention cannot cap them, so ``auto`` leaves cuDNN out of its order for such a call (its reason
 says so) and an explicit ``"cudnn"`` is a ``ValueError``.
+
+A sliding ``window`` is served by every kernel: cuDNN's own ``local_window_size`` (causal only; a
+bidirectional window skips cuDNN under "auto"), the Pallas kernels skip the key blocks outside it,
+XLA masks.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from tjx.kernels._checks import (
     check_qkv,
     check_scale,
     check_segment_ids,
+    check_window,
     split_segment_ids,
 )
 from tjx.kernels.choice import (
@@ -54,6 +59,11 @@ Implementation = Literal["auto", "xla", "cudnn", "pallas"]
 IMPLEMENTATIONS: tuple[str, ...] = ("auto", "xla", "cudnn", "pallas")
 
 __all__ = ["CUDNN_DTYPES", "IMPLEMENTATIONS", "attention", "cudnn_max_head_dim"]
+
+_CUDNN_WINDOW = (
+    "`window` without `causal` is not supported by implementation 'cudnn' (cuDNN's sliding "
+    "window looks back only); use 'xla' or 'pallas', or 'auto'"
+)
 
 
 def on_cuda_gpu() -> bool:
@@ -85,6 +95,7 @@ def _cudnn_attention(
     kv_lengths: Array | None,
     scale: float,
     shapes: AttentionShapes,
+    window: int | None = None,
 ) -> Array:
     mask = None
     if segment_ids is not None:
@@ -100,11 +111,15 @@ def _cudnn_attention(
         scale=scale,
         is_causal=causal,
         key_value_seq_lengths=lengths,
+        # cuDNN's own sliding window (causal only: `_window_reason`): `window - 1` keys before.
+        local_window_size=None if window is None else (window - 1, 0),
         implementation="cudnn",
     )
     # cuDNN leaves rows that see no key at all to its own devices (a uniform average or NaN);
     # our convention, shared with XLA and Pallas, is zeros.
-    visible = _visible_rows(shapes, causal=causal, segment_ids=segment_ids, kv_lengths=lengths)
+    visible = _visible_rows(
+        shapes, causal=causal, segment_ids=segment_ids, kv_lengths=lengths, window=window
+    )
     if visible is None:
         return out
     return jnp.where(visible[:, :, None, None], out, jnp.zeros((), out.dtype))
@@ -116,13 +131,16 @@ def _visible_rows(
     causal: bool,
     segment_ids: SegmentIds | None,
     kv_lengths: Array | None,
+    window: int | None = None,
 ) -> Array | None:
     """Bool [b, s_q]: whether each query row sees at least one key (None: every row does)."""
     if segment_ids is None:
         if kv_lengths is None:
             return None  # key 0 is visible to every query, causal or not
         return jnp.broadcast_to((kv_lengths > 0)[:, None], (shapes.batch, shapes.q_len))
-    mask = attention_mask(shapes, causal=causal, segment_ids=segment_ids, kv_lengths=kv_lengths)
+    mask = attention_mask(
+        shapes, causal=causal, segment_ids=segment_ids, kv_lengths=kv_lengths, window=window
+    )
     assert mask is not None
     return jnp.broadcast_to(jnp.any(mask[:, 0], axis=-1), (shapes.batch, shapes.q_len))
 
@@ -205,6 +223,7 @@ def attention(
     implementation: Implementation = "auto",
     bias: Array | None = None,
     softcap: float | None = None,
+    window: int | None = None,
 ) -> Array:
     """Multi-head attention with a choice of implementation.
 
@@ -231,6 +250,10 @@ def attention(
     softcap : float, optional
         Soft-cap the scaled logits to ``(-softcap, softcap)`` (``softcap · tanh(x / softcap)``,
         Gemma 2) before bias and masks: XLA and Pallas; never cuDNN (see the module doc).
+    window : int, optional
+        Sliding window: query ``i`` sees keys ``i - window < j`` (``<= i`` when causal, else
+        ``< i + window``); every kernel applies it (cuDNN only with ``causal``: without it,
+        "auto" takes the next kernel and an explicit "cudnn" is an error). None: every key.
 
     Returns
     -------
@@ -246,6 +269,7 @@ def attention(
     check_dropout(dropout_rate, dropout_rng)
     check_scale(scale)
     check_softcap(softcap)
+    check_window(window)
     # A zero-length call has nothing to compute (an empty or all-zero result): XLA serves it
     # without padding a sequence of 0 up to a kernel block. Explicit requests are still checked.
     empty = shapes.q_len == 0 or shapes.kv_len == 0
@@ -259,6 +283,11 @@ def attention(
         softcap=softcap is not None,
     )
     sm_scale = 1.0 / math.sqrt(shapes.head_dim) if scale is None else float(scale)
+    if impl == "cudnn" and window is not None and not causal:
+        if implementation == "cudnn":
+            raise ValueError(_CUDNN_WINDOW)
+        order = auto_order(q.dtype, shapes.head_dim).order
+        impl = order[order.index("cudnn") + 1] if "cudnn" in order else "xla"
     if impl == "cudnn":
         try:
             return _cudnn_attention(
@@ -270,6 +299,7 @@ def attention(
                 kv_lengths=kv_lengths,
                 scale=sm_scale,
                 shapes=shapes,
+                window=window,
             )
         except (NotImplementedError, ValueError, RuntimeError) as err:
             # jax checks cuDNN's finer limits (GPU generation, cuDNN version, shapes) while
@@ -288,7 +318,14 @@ def attention(
 
         segs = _segments_with_lengths(segment_ids, kv_lengths, shapes)
         return flash_attention(
-            q, k, v, causal=causal, segment_ids=segs, scale=sm_scale, softcap=softcap
+            q,
+            k,
+            v,
+            causal=causal,
+            segment_ids=segs,
+            scale=sm_scale,
+            softcap=softcap,
+            window=window,
         )
     return reference_attention(
         q,
@@ -302,4 +339,5 @@ def attention(
         dropout_rng=dropout_rng,
         bias=bias,
         softcap=softcap,
+        window=window,
     )

@@ -116,6 +116,8 @@ class Block(nnx.Module):
         cache_pos: Array | None = None,
         context_kv: LayerCache | None = None,
         bias: Array | None = None,
+        local: Any = None,
+        lengths: Array | None = None,
     ) -> tuple[Array, LayerCache | None]:
         """Apply the layer; returns ``(x, updated cache)``.
 
@@ -124,8 +126,11 @@ class Block(nnx.Module):
 
         ``context_kv`` (``{"k", "v"}``, see ``Attention.project_context``) replaces projecting
         ``context`` in the cross-attention (incremental decoding of an encoder-decoder).
+        ``local`` switches the self-attention's sliding window for this layer and ``lengths``
+        gives a prefill's real tokens per row (see ``Attention``).
         """
         keys = split_key(rng, 6)
+        lora_keys = split_key(keys[5], 2)  # LoRA adapters' dropout (tjx.nn.add_lora)
 
         def sub(
             x: Array, norm: nnx.Module | None, post: nnx.Module | None, fn: Any, key: Array | None
@@ -149,6 +154,9 @@ class Block(nnx.Module):
                 cache=cache,
                 cache_pos=cache_pos,
                 bias=bias,
+                lora_rng=lora_keys[0],
+                local=local,
+                lengths=lengths,
             )
             return out
 
@@ -168,5 +176,5 @@ class Block(nnx.Module):
                 return out
 
             x = sub(x, self.cross_norm, None, cross, keys[3])
-        x = sub(x, self.mlp_norm, self.mlp_post_norm, self.mlp, keys[4])
+        x = sub(x, self.mlp_norm, self.mlp_post_norm, lambda h: self.mlp(h, lora_keys[1]), keys[4])
         return x, new_cache[0]

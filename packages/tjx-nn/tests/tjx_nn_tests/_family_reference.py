@@ -55,17 +55,22 @@ def reference_logits(p: dict[str, np.ndarray], c, tokens: np.ndarray) -> np.ndar
         return flat.reshape(y.shape)
 
     causal = np.tril(np.ones((s, s), bool))
+    rows, cols = np.arange(s)[:, None], np.arange(s)[None, :]
     scale = 1.0 / math.sqrt(c.query_pre_attn_scalar or hd)
     for i in range(c.num_layers):
         t = f"stack.layers.{i}."
+        # Gemma's local layers: query i sees keys i - window < j <= i, rotated at their own base.
+        window = c.layer_windows()[i]
+        seen = causal if window is None else causal & (rows - cols < window)
+        theta = c.rope_local_theta if window is not None and c.rope_local_theta else c.rope_theta
         a = norm(t + "attn_norm", x)
         q = qk(t + "attn.q_norm", np.einsum("bsd,dhk->bshk", a, p[t + "attn.query.kernel"]), h)
         k = qk(t + "attn.k_norm", np.einsum("bsd,dhk->bshk", a, p[t + "attn.key.kernel"]), hk)
         v = np.einsum("bsd,dhk->bshk", a, p[t + "attn.value.kernel"])
-        q, k = _rope(q, pos, c.rope_theta), _rope(k, pos, c.rope_theta)
+        q, k = _rope(q, pos, theta), _rope(k, pos, theta)
         k, v = np.repeat(k, h // hk, axis=2), np.repeat(v, h // hk, axis=2)
         logits = _cap(np.einsum("bqhd,bkhd->bhqk", q, k) * scale, c.attn_logit_softcap)
-        logits = np.where(causal, logits, -np.inf)
+        logits = np.where(seen, logits, -np.inf)
         w = np.exp(logits - logits.max(-1, keepdims=True))
         w /= w.sum(-1, keepdims=True)
         o = np.einsum("bhqk,bkhd->bqhd", w, v)

@@ -40,13 +40,29 @@ FAMILIES = {
         qk_norm=True,
         tie_embeddings=True,
     ),
+    # Gemma 2's local/global pattern: a window of 4 (the sequences are 9-11 long) in layer 0.
+    "gemma2-local": dict(sliding_window=4, window_pattern=("local", "global")),
+    # Gemma 3's: local layers 0 and 2 rotate at their own base (100, against 10,000), layer 1
+    # is global; three layers so that a scan carries a pattern that is not uniform.
+    "gemma3-local": dict(
+        sliding_window=3,
+        window_pattern=("local", "global"),
+        rope_local_theta=100.0,
+        num_layers=3,
+    ),
     "qwen3": dict(qk_norm=True, head_dim=10),
     "olmo2": dict(norm_position="output", qk_norm=True, qk_norm_scope="projection"),
 }
 
 
+def _switches(family):
+    """A case's fields: a ``-local`` case is its Gemma with a window pattern on top."""
+    name, _, local = family.partition("-")
+    return {**BASE, **FAMILIES[name], **(FAMILIES[family] if local else {})}
+
+
 def _model(family, seed=0, **kw):
-    config = tnn.LlamaConfig(**BASE, **FAMILIES[family], **kw)
+    config = tnn.LlamaConfig(**{**_switches(family), **kw})
     model = tnn.Llama(config, rngs=nnx.Rngs(seed))
     # Random norms (init makes them 0 or 1): a misplaced or mis-scaled norm changes the logits;
     # weights large enough that the soft caps bend the logits (without saturating them).
@@ -92,7 +108,21 @@ def test_each_switch_changes_the_logits():
         assert np.abs(np.asarray(other(tokens)) - base).max() > 1e-3, change
 
 
-@pytest.mark.parametrize("family", ["gemma2", "olmo2"])
+def test_local_layers_rotate_at_their_own_base_and_see_only_their_window():
+    """Both of Gemma 3's local-layer switches move the logits (the reference above agrees with
+    each): the local base, and the window."""
+    tokens = jnp.asarray(_tokens())
+    model, config = _model("gemma3-local")
+    base = np.asarray(model(tokens))
+    flat = tnn.get_flat_params(model)
+    no_window = dict(rope_local_theta=None, sliding_window=None, window_pattern=None)
+    for change in (dict(rope_local_theta=None), no_window):
+        other = tnn.Llama(config.replace(**change), rngs=nnx.Rngs(0))
+        tnn.set_flat_params(other, flat)
+        assert np.abs(np.asarray(other(tokens)) - base).max() > 1e-3, change
+
+
+@pytest.mark.parametrize("family", ["gemma2", "olmo2", "gemma3-local"])
 def test_scanned_and_remat_stacks_compute_the_same(family):
     model, config = _model(family)
     tokens = jnp.asarray(_tokens())
@@ -101,11 +131,13 @@ def test_scanned_and_remat_stacks_compute_the_same(family):
     np.testing.assert_allclose(scanned(tokens), model(tokens), rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("family", ["gemma2", "olmo2", "olmo2-mla"])
+@pytest.mark.parametrize("family", ["gemma2", "olmo2", "olmo2-mla", "gemma3-local", "gemma3-mla"])
 def test_cached_decoding_matches_the_full_forward(family):
-    # MLA: the key norm acts on keys up-projected from the cached latent at every step.
+    # MLA: the key norm acts on keys up-projected from the cached latent at every step; with
+    # Gemma 3's windows (gemma3-mla) those keys are re-rotated at the local base.
     mla = dict(attention_type="mla", kv_latent_dim=8) if family.endswith("mla") else {}
-    model, _ = _model(family.removesuffix("-mla"), **mla)
+    name = "gemma3-local" if family == "gemma3-mla" else family.removesuffix("-mla")
+    model, _ = _model(name, **mla)
     tokens = jnp.asarray(_tokens(9))
     full = np.asarray(model(tokens))
     cache = model.init_cache(2, 16)
@@ -197,6 +229,12 @@ def test_the_embedding_scale_is_rounded_as_transformers_rounds_it():
             dict(attn_logit_softcap=50.0, attention_impl="cudnn"),
             "attention_impl 'cudnn' cannot soft-cap",
         ),
+        (dict(rope_local_theta=1e4), "rope_local_theta: only windowed RoPE layers use it"),
+        (
+            dict(rope_local_theta=1e4, sliding_window=8, position="alibi"),
+            "rope_local_theta: only windowed RoPE layers",
+        ),
+        (dict(rope_local_theta=0, sliding_window=8), "rope_local_theta must be a positive"),
     ],
 )
 def test_bad_switches_raise_naming_the_field(kwargs, message):

@@ -68,6 +68,7 @@ class Attention(nnx.Module):
         self.position = "none" if cross else c.position
         self.rope_theta = c.rope_theta
         self.rope_scaling = c.rope_scaling
+        self.rope_local_theta = c.rope_local_theta  # Gemma 3's windowed layers (family_config)
         self.impl = c.attention_impl
         self.attention_dropout = c.attention_dropout
         self.decode_topk = c.decode_topk
@@ -121,20 +122,39 @@ class Attention(nnx.Module):
             return norm(x)
         return norm(x.reshape(*x.shape[:-2], -1)).reshape(x.shape)
 
-    def _rope(self, x: Array, positions: Array, length: Array | None = None) -> Array:
-        return apply_rope(
-            x, positions, theta=self.rope_theta, scaling=self.rope_scaling, length=length
-        )
+    def _rope(
+        self, x: Array, positions: Array, length: Array | None = None, local: Local = None
+    ) -> Array:
+        """``x`` rotated as this layer's kind says: a windowed layer (``local``, as in
+        ``_windowed``) of a config with ``rope_local_theta`` at that base, unscaled; else at
+        ``rope_theta`` with ``rope_scaling``. A traced ``local`` (scanned layers of a mixed
+        pattern) picks between both rotations."""
+
+        def wide() -> Array:
+            return apply_rope(
+                x, positions, theta=self.rope_theta, scaling=self.rope_scaling, length=length
+            )
+
+        if self.rope_local_theta is None or self.window is None or local is False:
+            return wide()
+        near = apply_rope(x, positions, theta=self.rope_local_theta)
+        if local is None or local is True:
+            return near
+        return jnp.where(local, near, wide())
 
     def _keys_values(
-        self, src: Array, positions: Array | None, lora_rng: Array | None = None
+        self,
+        src: Array,
+        positions: Array | None,
+        lora_rng: Array | None = None,
+        local: Local = None,
     ) -> tuple[Array, Array]:
         if self.kv_down is not None:
             src = self.kv_down(src)
         k_key, k_value = split_key(lora_rng, 2)
         k, v = self._normed(self.k_norm, self.key(src, k_key)), self.value(src, k_value)
         if self.position == "rope" and positions is not None:
-            k = self._rope(k, positions)
+            k = self._rope(k, positions, local=local)
         return k, v
 
     def project_context(self, context: Array) -> tuple[Array, Array]:
@@ -217,7 +237,7 @@ class Attention(nnx.Module):
         k_query, k_kv, k_out = split_key(lora_rng, 3)
         q = self._normed(self.q_norm, self.query(x, k_query))
         if self.position == "rope":
-            q = self._rope(q, positions)
+            q = self._rope(q, positions, local=local)
         drop = 0.0 if deterministic else self.attention_dropout
         rng = dropout_rng if drop > 0.0 else None
         if cache is not None and cache_pos is not None and s == 1:
@@ -234,7 +254,7 @@ class Attention(nnx.Module):
                 else:
                     k, v = self.project_context(context)
             else:
-                k, v = self._keys_values(x, positions, k_kv)
+                k, v = self._keys_values(x, positions, k_kv, local)
             if self.position == "alibi":
                 bias = _add(bias, alibi_bias(positions, positions, self.num_heads))
             split = current_sequence_parallel() if cache is None and not self.cross else None
@@ -301,9 +321,9 @@ class Attention(nnx.Module):
             latent = cache["latent"].astype(q.dtype)
             k, v = self._normed(self.k_norm, self.key(latent)), self.value(latent)
             if self.position == "rope":  # each cached key at its own position (right padding)
-                k = self._rope(k, jnp.maximum(held, 0), length=jnp.max(cache_pos) + 1)
+                k = self._rope(k, jnp.maximum(held, 0), length=jnp.max(cache_pos) + 1, local=local)
         else:
-            k_new, v_new = self._keys_values(x, positions)
+            k_new, v_new = self._keys_values(x, positions, local=local)
             cache = {
                 "k": cache["k"].at[rows, slot].set(k_new[:, 0].astype(cache["k"].dtype)),
                 "v": cache["v"].at[rows, slot].set(v_new[:, 0].astype(cache["v"].dtype)),

@@ -62,7 +62,7 @@ class TransformerConfig:
     (Gemma 3); None with a window: every layer is local. A model whose every layer is local
     decodes with a rolling KV cache of the window's size.
 
-    The switches of Qwen3, OLMo 2 and Gemma 2/3 (``qk_norm`` ... ``final_logit_softcap``) are
+    The switches of Qwen3, OLMo 2 and Gemma 2/3 (``qk_norm`` ... ``rope_local_theta``) are
     described and checked in :mod:`tjx.nn.family_config`.
 
     ``unused_fields`` (a class attribute) names the shared fields a family's model never reads,
@@ -163,6 +163,9 @@ class TransformerConfig:
     query_pre_attn_scalar: float | None = setting(None, help="attention scale 1/sqrt(it) (Gemma)")
     attn_logit_softcap: float | None = setting(None, help="attention logits c·tanh(x/c) (Gemma 2)")
     final_logit_softcap: float | None = setting(None, help="output logits c·tanh(x/c) (Gemma 2)")
+    rope_local_theta: float | None = setting(
+        None, help="RoPE base of windowed layers, unscaled (Gemma 3); None: as the others"
+    )
 
     def __post_init__(self) -> None:
         cls = type(self).__name__

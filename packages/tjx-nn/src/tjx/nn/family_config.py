@@ -21,9 +21,10 @@ Each is one ``TransformerConfig`` field (``configs.py``), off by default:
 * ``final_logit_softcap`` (Gemma 2): output logits become ``c·tanh(x/c)``, in ``logits``, the
   chunked loss and generation alike.
 
-Gemma's local/global layer pattern and its separate RoPE base for local layers come with the
-sliding-window attention they need (the next step of #44): the local base is meant as one more
-field, ``rope_local_theta`` (None: ``rope_theta``), read where a layer's window applies.
+* ``rope_local_theta`` (Gemma 3): the RoPE base of the layers whose ``sliding_window`` applies
+  (``window_pattern``'s ``"local"`` ones), without ``rope_scaling`` (transformers rotates Gemma 3's
+  local layers with the default RoPE at ``rope_local_base_freq``); the global layers keep
+  ``rope_theta`` and ``rope_scaling``. None: every layer rotates alike. Needs a window.
 """
 
 from __future__ import annotations
@@ -43,7 +44,12 @@ DECODER_ONLY: Mapping[str, str] = {
     name: "only decoders (gpt2, llama) implement it"
     for name in ("norm_plus_one", "scale_embeddings", "final_logit_softcap")
 }
-_CAPS = ("query_pre_attn_scalar", "attn_logit_softcap", "final_logit_softcap")
+_POSITIVE = (
+    "query_pre_attn_scalar",
+    "attn_logit_softcap",
+    "final_logit_softcap",
+    "rope_local_theta",
+)
 
 
 def _positive_float(cls: str, name: str, value: Any) -> float | None:
@@ -64,13 +70,21 @@ def check_family(config: Any, cls: str) -> None:
             f"{cls}.qk_norm_scope: only qk_norm uses it (qk_norm is False); set qk_norm=True "
             "or leave qk_norm_scope 'head'"
         )
-    for name in _CAPS:
+    for name in _POSITIVE:
         object.__setattr__(config, name, _positive_float(cls, name, getattr(config, name)))
     decoder = "scale_embeddings" not in type(config).unused_fields
     if not decoder and config.norm_position in DECODER_NORM_POSITIONS:
         raise ValueError(
             f"{cls}.norm_position {config.norm_position!r} is implemented by decoders only; "
             "choose 'pre' or 'post'"
+        )
+    if config.rope_local_theta is not None and (
+        config.sliding_window is None or config.position != "rope"
+    ):
+        raise ValueError(
+            f"{cls}.rope_local_theta: only windowed RoPE layers use it (sliding_window "
+            f"{config.sliding_window}, position {config.position!r}); set sliding_window (and "
+            "position 'rope') or leave rope_local_theta None"
         )
     if config.attn_logit_softcap is not None and config.attention_impl == "cudnn":
         raise ValueError(

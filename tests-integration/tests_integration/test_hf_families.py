@@ -18,8 +18,10 @@ soft caps bending the logits) and scores it in float32 and bfloat16; tjx loads e
 * tjx saves each with ``tjx.nn.save_hf`` (the family from the config's switches; Phi-3 by name)
   and transformers loads it as the same class with the same logits (1e-6) and greedy tokens.
 
-Sliding windows never slide here: each Gemma window is 64 = ``max_position_embeddings`` and the
-sequences are at most 24 tokens (tjx has no sliding window yet; ``hf_family_base``).
+The windows slide: the sequences are 12 tokens (24 while generating) and every family but OLMo 2
+(which has none) has a window of 5 in some layers: Qwen3 layer 1 (``max_window_layers``), every
+Phi-3 layer, Gemma 2 layer 0 (its alternating pattern), Gemma 3 layer 0 (``layer_types``), whose
+local layers also rotate at their own RoPE base (100, the global one 10,000).
 """
 
 from __future__ import annotations
@@ -49,14 +51,26 @@ COMMON = dict(
     num_attention_heads=4,
     num_key_value_heads=2,
 )
-GEMMA = dict(sliding_window=64, initializer_range=0.2, head_dim=16)
+WINDOW = 5
+GEMMA = dict(sliding_window=WINDOW, initializer_range=0.2, head_dim=16)
 CASES: dict[str, dict[str, Any]] = {
-    # Per-head q/k norms, head_dim 16 != 32 / 4.
-    "qwen3": dict(config=dict(model_type="qwen3", **COMMON, head_dim=16)),
+    # Per-head q/k norms, head_dim 16 != 32 / 4; layer 1 slides.
+    "qwen3": dict(
+        config=dict(
+            model_type="qwen3",
+            **COMMON,
+            head_dim=16,
+            use_sliding_window=True,
+            sliding_window=WINDOW,
+            max_window_layers=1,
+        )
+    ),
     # Norms on the sublayers' outputs, q/k norms over the whole projection; tied head.
     "olmo2": dict(config=dict(model_type="olmo2", **COMMON, tie_word_embeddings=True)),
-    # Fused qkv_proj / gate_up_proj (a Phi-3-mini-4k shape: no rope_scaling).
-    "phi3": dict(config=dict(model_type="phi3", **COMMON), model_type="phi3"),
+    # Fused qkv_proj / gate_up_proj; a window in every layer (Phi-3-mini-4k's 2047 of 4096).
+    "phi3": dict(
+        config=dict(model_type="phi3", **COMMON, sliding_window=WINDOW), model_type="phi3"
+    ),
     # Sandwich norms (1 + w), sqrt(d) embeddings, GeGLU, query scale 12 (not head_dim 16),
     # soft caps low enough to bend the logits of this small model.
     "gemma2": dict(
@@ -69,14 +83,16 @@ CASES: dict[str, dict[str, Any]] = {
             final_logit_softcapping=3.0,
         )
     ),
-    # Gemma 3: per-head q/k norms (1 + w); one RoPE base for local and global layers.
+    # Gemma 3: per-head q/k norms (1 + w); local layer 0 at RoPE base 100, global layer 1 at
+    # 10,000 (low bases, so that 12 positions turn the rotations far apart).
     "gemma3_text": dict(
         config=dict(
             model_type="gemma3_text",
             **COMMON,
             **GEMMA,
+            layer_types=["sliding_attention", "full_attention"],
             rope_theta=10000.0,
-            rope_local_base_freq=10000.0,
+            rope_local_base_freq=100.0,
             tie_word_embeddings=False,
         )
     ),
@@ -178,6 +194,13 @@ def test_the_cases_exercise_each_switch(results):
     )
     assert g2.norm_plus_one and g2.scale_embeddings and g2.mlp_activation == "geglu"
     assert g3.qk_norm and g3.final_logit_softcap is None and not g3.tie_embeddings
+    # Each family's windows as transformers places them (the logits above prove they slide).
+    local, full = WINDOW, None
+    assert cfg["qwen3"].layer_windows() == (full, local)
+    assert cfg["phi3"].layer_windows() == (local, local)
+    assert g2.layer_windows() == g3.layer_windows() == (local, full)
+    assert (g3.rope_theta, g3.rope_local_theta) == (10000.0, 100.0)
+    assert cfg["olmo2"].sliding_window is None
     logits = results["gemma2"]["peer"]["logits"]
     assert 0.5 * 3.0 < np.abs(logits).max() < 3.0  # within the cap, and near it
     # tjx wrote Phi-3's fused tensors (and transformers read them back, above).

@@ -64,6 +64,7 @@ def test_a_model_json_of_tjx_0_1_loads():
         "query_pre_attn_scalar": None,
         "attn_logit_softcap": None,
         "final_logit_softcap": None,
+        "rope_local_theta": None,
     }
     want = {**WRITTEN_BY_TJX_0_1, "fields": {**WRITTEN_BY_TJX_0_1["fields"], **newer}}
     assert tnn.config_to_dict(config) == want

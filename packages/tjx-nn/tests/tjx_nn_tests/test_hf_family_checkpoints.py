@@ -24,12 +24,27 @@ GEMMA = dict(
     mlp_activation="geglu",
     query_pre_attn_scalar=12,
 )
+#: Each family with the windows it may have (layer 1 of Qwen3, every Phi-3 layer, Gemma's
+#: alternate layers from 0; Gemma 3's local layers at their own RoPE base).
 CONFIGS = {
-    "qwen3": dict(qk_norm=True, head_dim=16),
+    "qwen3": dict(qk_norm=True, head_dim=16, sliding_window=8, window_pattern=("global", "local")),
     "olmo2": dict(norm_position="output", qk_norm=True, qk_norm_scope="projection"),
-    "phi3": dict(),
-    "gemma2": dict(**GEMMA, attn_logit_softcap=2.0, final_logit_softcap=3.0, tie_embeddings=True),
-    "gemma3_text": dict(**GEMMA, qk_norm=True),
+    "phi3": dict(sliding_window=8),
+    "gemma2": dict(
+        **GEMMA,
+        attn_logit_softcap=2.0,
+        final_logit_softcap=3.0,
+        tie_embeddings=True,
+        sliding_window=8,
+        window_pattern=("local", "global"),
+    ),
+    "gemma3_text": dict(
+        **GEMMA,
+        qk_norm=True,
+        sliding_window=8,
+        window_pattern=("local", "global"),
+        rope_local_theta=100.0,
+    ),
 }
 #: Tensors of layer 0 each family's checkpoint holds beyond the shared o_proj and down_proj.
 LAYER0 = {
@@ -194,35 +209,46 @@ def test_published_shapes_load_or_are_refused_in_one_line_naming_why():
     )  # fmt: skip
     olmo2 = family_config_from_hf(PUBLISHED["olmo2"])
     assert olmo2.norm_position == "output" and olmo2.rope_theta == 500000.0
-    # Phi-3-mini-4k: its window (2047 of 4096) slides; exact up to the window when asked.
-    with pytest.raises(
-        ValueError, match=r"^config.json sliding_window 2047 is shorter .* max_seq_len=2047"
-    ):
-        family_config_from_hf(PUBLISHED["phi3"])
-    phi3 = family_config_from_hf(PUBLISHED["phi3"], max_seq_len=2047)
-    assert phi3.max_seq_len == 2047 and phi3.vocab_size == 32064 and not phi3.qk_norm
-    gemma2 = family_config_from_hf(PUBLISHED["gemma2"], max_seq_len=4096)
+    # Phi-3-mini-4k: its window (2047 of 4096) slides in every layer.
+    phi3 = family_config_from_hf(PUBLISHED["phi3"])
+    assert (phi3.sliding_window, phi3.window_pattern, phi3.max_seq_len) == (2047, None, 4096)
+    assert phi3.vocab_size == 32064 and not phi3.qk_norm
+    gemma2 = family_config_from_hf(PUBLISHED["gemma2"])
     assert (gemma2.attn_logit_softcap, gemma2.final_logit_softcap) == (50.0, 30.0)
     assert gemma2.query_pre_attn_scalar == 256.0 and gemma2.tie_embeddings
-    with pytest.raises(ValueError, match="rope_local_base_freq 10000 differs from rope_theta 1e"):
-        family_config_from_hf(PUBLISHED["gemma3_text"], max_seq_len=512)
-    same_base = {**PUBLISHED["gemma3_text"], "rope_local_base_freq": 1000000}
-    gemma3 = family_config_from_hf(same_base, max_seq_len=512)
+    assert (gemma2.sliding_window, gemma2.window_pattern) == (4096, ("local", "global"))
+    # Gemma 3 1B: five local layers (window 512, base 1e4) and a global one (base 1e6).
+    gemma3 = family_config_from_hf(PUBLISHED["gemma3_text"])
     assert gemma3.qk_norm and gemma3.final_logit_softcap is None and gemma3.num_kv_heads == 1
+    assert gemma3.window_pattern == ("local",) * 5 + ("global",)
+    assert (gemma3.sliding_window, gemma3.rope_theta, gemma3.rope_local_theta) == (512, 1e6, 1e4)
+    assert gemma3.layer_windows()[:7] == (512,) * 5 + (None, 512)
 
 
 def test_transformers_defaults_fill_what_a_gemma_config_leaves_out():
     small = dict(model_type="gemma2", vocab_size=8, hidden_size=8, intermediate_size=8,
-                 num_hidden_layers=1, num_attention_heads=2, head_dim=4)  # fmt: skip
-    config = family_config_from_hf(small, max_seq_len=64)  # window 4096 by default
+                 num_hidden_layers=3, num_attention_heads=2, head_dim=4)  # fmt: skip
+    config = family_config_from_hf(small)
     assert (config.attn_logit_softcap, config.final_logit_softcap) == (50.0, 30.0)
     assert config.query_pre_attn_scalar == 256.0 and config.tie_embeddings
-    # Gemma 3's one layer is local (pattern 6): its default local base 1e4 is not the global 1e6.
-    small3 = {**small, "model_type": "gemma3_text"}
-    with pytest.raises(ValueError, match="rope_local_base_freq 10000 differs from rope_theta 1e"):
-        family_config_from_hf(small3, max_seq_len=64)
-    g3 = family_config_from_hf({**small3, "rope_local_base_freq": 1e6}, max_seq_len=64)
-    assert g3.attn_logit_softcap is None and g3.rope_theta == 1e6
+    assert config.layer_windows() == (4096, None, 4096)  # window 4096, layer 0 local
+    # Gemma 3's three layers are local (pattern 6): the default bases 1e6 global, 1e4 local.
+    g3 = family_config_from_hf({**small, "model_type": "gemma3_text"})
+    assert g3.attn_logit_softcap is None and (g3.rope_theta, g3.rope_local_theta) == (1e6, 1e4)
+    assert (g3.sliding_window, g3.window_pattern) == (4096, None)
+    # Only global layers: no window, and the local base has nothing to rotate.
+    full = ["full_attention"] * 3
+    g3 = family_config_from_hf({**small, "model_type": "gemma3_text", "layer_types": full})
+    assert (g3.sliding_window, g3.rope_local_theta) == (None, None)
+
+
+def test_qwen3_slides_from_max_window_layers_on_as_transformers_does():
+    base = {**PUBLISHED["qwen3"], "num_hidden_layers": 4, "sliding_window": 8}
+    assert family_config_from_hf(base).sliding_window is None  # use_sliding_window false
+    on = family_config_from_hf({**base, "use_sliding_window": True, "max_window_layers": 2})
+    assert on.layer_windows() == (None, None, 8, 8)
+    every = family_config_from_hf({**base, "use_sliding_window": True, "max_window_layers": 0})
+    assert (every.sliding_window, every.window_pattern) == (8, None)
 
 
 def test_v5_rope_parameters_are_read_per_layer_type():
@@ -230,11 +256,13 @@ def test_v5_rope_parameters_are_read_per_layer_type():
     del base["rope_theta"], base["rope_local_base_freq"], base["rope_scaling"]
     rope = {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
             "sliding_attention": {"rope_type": "default", "rope_theta": 1e6}}  # fmt: skip
-    config = family_config_from_hf({**base, "rope_parameters": rope}, max_seq_len=4096)
-    assert config.rope_theta == 1e6
+    config = family_config_from_hf({**base, "rope_parameters": rope})
+    assert config.rope_theta == 1e6 and config.rope_local_theta == 1e6
+    rope["sliding_attention"]["rope_theta"] = 1e4
+    assert family_config_from_hf({**base, "rope_parameters": rope}).rope_local_theta == 1e4
     rope["full_attention"] = {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}
     with pytest.raises(ValueError, match="rope_scaling of type 'linear' is not supported"):
-        family_config_from_hf({**base, "rope_parameters": rope}, max_seq_len=4096)
+        family_config_from_hf({**base, "rope_parameters": rope})
 
 
 @pytest.mark.parametrize(
@@ -245,13 +273,12 @@ def test_v5_rope_parameters_are_read_per_layer_type():
          "partial_rotary_factor 0.75"),
         ("phi3", {"auto_map": {"AutoModelForCausalLM": "modeling_x.Phi3ForCausalLM"}}, "auto_map"),
         ("qwen3", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "type 'yarn'"),
-        ("qwen3", {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 0},
-         "sliding_window 8 is shorter"),
+        ("qwen3", {"use_sliding_window": True, "sliding_window": None, "max_window_layers": 0},
+         "sliding layers but no sliding_window"),
         ("qwen3", {"attention_bias": True}, "attention_bias true"),
         ("qwen3", {"hidden_act": "gelu"}, "hidden_act must be 'silu'"),
         ("olmo2", {"clip_qkv": 8.0}, "key(s) clip_qkv are not understood"),
-        # tjx wrote every layer as full_attention; transformers' default pattern slides layer 0.
-        ("gemma2", {"sliding_window": 8, "layer_types": None}, "max_seq_len=8 to load_hf"),
+        ("qwen3", {"layer_types": ["sliding_attention", "local"]}, "layer_types must list 2"),
         ("gemma2", {"hidden_activation": "gelu"}, "hidden_activation must be one of"),
         ("gemma3_text", {"use_bidirectional_attention": True}, "use_bidirectional_attention"),
         ("gemma3_text", {"layer_types": ["sliding_attention"]}, "layer_types must list 2"),
@@ -275,6 +302,10 @@ def test_what_tjx_cannot_honour_is_refused_by_name(tmp_path, family, changes, ne
         ("olmo2", "qwen3", {}, "norm_position='output'"),
         ("qwen3", None, {"rope_scaling": (8.0, 1.0, 4.0, 16)}, "rope_scaling="),
         ("gemma3_text", None, {"attention_type": "mla", "kv_latent_dim": 8}, "attention_type"),
+        ("olmo2", None, {"sliding_window": 8}, "'olmo2' has no sliding window"),
+        ("phi3", "phi3", {"window_pattern": ("local", "global")}, "slides the window in every"),
+        ("gemma2", None, {"rope_local_theta": 10.0}, "'gemma2' cannot express rope_local_theta"),
+        ("phi3", None, {"rope_local_theta": 10.0}, "no Hugging Face family tjx writes computes"),
     ],
 )
 def test_an_export_that_cannot_express_the_config_writes_nothing(

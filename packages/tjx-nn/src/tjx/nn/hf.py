@@ -117,9 +117,7 @@ def load_hf(
         Folder with ``config.json`` and ``model.safetensors`` (or an index and its shards).
     **overrides
         Config fields for how to run it, not what it is: ``scan_layers``, ``remat``,
-        ``attention_impl``, ``precision`` (the param dtype the weights are cast to), ``dropout``;
-        ``max_seq_len`` no longer than a Gemma/Qwen3/Phi-3 sliding window loads it exactly up
-        to that length (tjx has no sliding window yet, ``hf_family_base``).
+        ``attention_impl``, ``precision`` (the param dtype the weights are cast to), ``dropout``.
 
     Returns
     -------

@@ -25,9 +25,10 @@ from tjx.nn.hf_family_base import (
     check_exportable,
     check_keys,
     check_switches,
-    check_window,
     common_to_hf,
+    layer_types,
     rope_theta,
+    windows,
 )
 from tjx.nn.hf_gemma import (
     GEMMA_SWITCHES,
@@ -75,18 +76,28 @@ SWITCHES: dict[str, dict[str, Any]] = {
 }
 
 
-def _qwen3_sliding(hf: Mapping[str, Any], layers: int) -> bool:
-    """Whether any Qwen3 layer slides (transformers: ``use_sliding_window`` and the layers from
-    ``max_window_layers`` on, or an explicit ``layer_types``)."""
+def _sliding(hf: Mapping[str, Any], model_type: str, layers: int) -> list[bool]:
+    """Which layers slide, as transformers decides: an explicit ``layer_types``; else Qwen3's
+    layers from ``max_window_layers`` on under ``use_sliding_window``; Phi-3's every layer."""
     types = hf.get("layer_types")
     if types is not None:
-        return any(t != "full_attention" for t in types)
-    return bool(hf.get("use_sliding_window")) and int(hf.get("max_window_layers", 28)) < layers
+        kinds = {"sliding_attention", "full_attention"}
+        if len(types) != layers or not set(types) <= kinds:
+            raise ValueError(
+                f"config.json layer_types must list {layers} of {sorted(kinds)}; got {types!r}"
+            )
+        return [t == "sliding_attention" for t in types]
+    if model_type == "qwen3":
+        if not hf.get("use_sliding_window"):
+            return [False] * layers
+        first = int(hf.get("max_window_layers", 28))
+        return [i >= first for i in range(layers)]
+    return [True] * layers  # phi3: its sliding_window (null: none) holds for every layer
 
 
 def family_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
     """A ``LlamaConfig`` from a ``config.json`` dict of one of ``FAMILY_TYPES`` (``overrides``
-    win; a ``max_seq_len`` no longer than a sliding window serves the window).
+    win).
 
     Raises
     ------
@@ -95,7 +106,7 @@ def family_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
     """
     model_type = str(hf.get("model_type"))
     if model_type in GEMMA_TYPES:
-        return LlamaConfig(**{**gemma_fields(hf, model_type, overrides), **overrides})
+        return LlamaConfig(**{**gemma_fields(hf, model_type), **overrides})
     if model_type not in FAMILY_TYPES:
         raise ValueError(
             f"config.json model_type must be one of {FAMILY_TYPES}; got {model_type!r}"
@@ -106,12 +117,9 @@ def family_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
         raise ValueError(f"config.json hidden_act must be 'silu' (SwiGLU); got {act!r}")
     fields = base_fields(hf, tied=False, eps=1e-6 if model_type == "qwen3" else 1e-5)
     fields["rope_theta"] = rope_theta(hf, model_type)
-    max_len = int(overrides.get("max_seq_len", fields["max_seq_len"]))
-    if model_type == "qwen3":
-        sliding = _qwen3_sliding(hf, fields["num_layers"])
-        check_window(hf.get("sliding_window"), sliding, max_len)
-    elif model_type == "phi3":
-        check_window(hf.get("sliding_window"), True, max_len)
+    if model_type in ("qwen3", "phi3"):
+        fields |= windows(hf.get("sliding_window"), _sliding(hf, model_type, fields["num_layers"]))
+    if model_type == "phi3":
         fields["dropout"] = float(hf.get("resid_pdrop", 0.0))
     return LlamaConfig(**{**fields, **SWITCHES[model_type], **overrides})
 
@@ -132,7 +140,10 @@ def export_family(config: LlamaConfig, model_type: str | None) -> str | None:
     family = family_of(config)
     chosen = model_type or family
     want = SWITCHES.get(chosen, LLAMA_SWITCHES)  # llama, mistral, qwen2: no switch
+    fits = all(getattr(config, k) == v for k, v in SWITCHES[family].items())
     hint = f"save as model_type={family!r}, or change the config"
+    if not fits:  # e.g. rope_local_theta without Gemma's norms: no family computes it
+        hint = "no Hugging Face family tjx writes computes that; change the config"
     check_switches(config, chosen, want, hint)
     return None if model_type is None and family == "llama" else chosen
 
@@ -155,14 +166,27 @@ def family_config_to_hf(config: LlamaConfig, model_type: str) -> dict[str, Any]:
         **common_to_hf(config),
         "hidden_act": "silu",
     }
+    if config.sliding_window is not None and model_type == "olmo2":
+        raise ValueError("model_type 'olmo2' has no sliding window; got sliding_window set")
     if model_type == "phi3":
+        if config.window_pattern is not None:
+            raise ValueError(
+                "model_type 'phi3' slides the window in every layer; got window_pattern "
+                f"{list(config.window_pattern)}"
+            )
         return out | {
             "resid_pdrop": config.dropout,
             "embd_pdrop": 0.0,
             "original_max_position_embeddings": config.max_seq_len,
-            "sliding_window": None,
+            "sliding_window": config.sliding_window,
         }
     out["attention_bias"] = False
     if model_type == "qwen3":
-        out |= {"use_sliding_window": False, "sliding_window": None}
+        windowed = config.sliding_window is not None
+        out |= {"use_sliding_window": windowed, "sliding_window": config.sliding_window}
+        if windowed:
+            # transformers reads layer_types when given; max_window_layers says the same for
+            # the older reading (the first sliding layer).
+            out["layer_types"] = layer_types(config)
+            out["max_window_layers"] = out["layer_types"].index("sliding_attention")
     return out

@@ -1,11 +1,10 @@
 """What the Hugging Face imports of Qwen3, OLMo 2, Phi-3 and Gemma 2/3 share: the keys every
 family maps, RoPE's base, the sliding-window rule, the common fields and the export checks.
 
-Not yet honoured (refused in one line naming the key): a RoPE scaling (``rope_scaling``, or a
-non-default ``rope_parameters`` type such as Phi-3's ``longrope``/``su``), and a sliding window
-shorter than the context. tjx has no sliding window yet (#44's next step): a window is served
-where it never slides, i.e. when it is at least ``max_seq_len`` (``max_position_embeddings``, or
-a shorter ``max_seq_len`` passed to ``load_hf``, which then runs the model exactly up to it).
+Sliding windows map onto ``sliding_window`` and ``window_pattern`` (which layers slide, as
+transformers decides per family: ``windows`` reads them, ``layer_types`` writes them). Not yet
+honoured (refused in one line naming the key): a RoPE scaling (``rope_scaling``, or a non-default
+``rope_parameters`` type such as Phi-3's ``longrope``/``su``).
 """
 
 from __future__ import annotations
@@ -49,6 +48,7 @@ LLAMA_SWITCHES: dict[str, Any] = dict(
     query_pre_attn_scalar=None,
     attn_logit_softcap=None,
     final_logit_softcap=None,
+    rope_local_theta=None,
 )
 
 
@@ -109,15 +109,24 @@ def rope_theta(
     return float(theta if theta is not None else entry.get("rope_theta", 10000.0))
 
 
-def check_window(window: Any, sliding: bool, max_len: int) -> None:
-    """A sliding window is served only where it never slides: at least ``max_len`` tokens."""
-    if not sliding or window is None or int(window) >= max_len:
-        return
-    raise ValueError(
-        f"config.json sliding_window {window} is shorter than the context ({max_len}); tjx has "
-        f"no sliding window yet: pass max_seq_len={window} to load_hf to run it exactly up to "
-        f"{window} tokens"
-    )
+def windows(window: Any, sliding: list[bool]) -> dict[str, Any]:
+    """``sliding_window`` and ``window_pattern`` of a model whose layers slide as ``sliding``
+    says (no window when none does; no pattern when all do; else the shortest repeating one)."""
+    if window is None or not any(sliding):
+        if any(sliding) and window is None:
+            raise ValueError("config.json has sliding layers but no sliding_window")
+        return dict(sliding_window=None, window_pattern=None)
+    kinds = ["local" if s else "global" for s in sliding]
+    if all(sliding):
+        return dict(sliding_window=int(window), window_pattern=None)
+    n = len(kinds)
+    period = next(p for p in range(1, n + 1) if all(kinds[i] == kinds[i % p] for i in range(n)))
+    return dict(sliding_window=int(window), window_pattern=tuple(kinds[:period]))
+
+
+def layer_types(config: LlamaConfig) -> list[str]:
+    """transformers' ``layer_types`` of ``config``: each layer sliding or full."""
+    return ["full_attention" if w is None else "sliding_attention" for w in config.layer_windows()]
 
 
 def base_fields(hf: Mapping[str, Any], *, tied: bool, eps: float) -> dict[str, Any]:

@@ -4,12 +4,12 @@ Gemma is the LLaMA decoder with sandwich norms (before and after attention and t
 that scale by ``1 + weight``, embeddings times ``sqrt(d_model)``, GeGLU with the tanh GELU and a
 query scale ``1/sqrt(query_pre_attn_scalar)``; Gemma 2 soft-caps its attention and output logits
 (transformers' defaults 50 and 30 where a config leaves them out), Gemma 3 normalises q and k per
-head instead. Their local/global layer pattern slides a window over the local layers, and Gemma 3
-gives those layers their own RoPE base (``rope_local_base_freq``): tjx has neither yet (#44's next
-step), so a config loads where its window never slides (``hf_family_base.check_window``: pass a
-``max_seq_len`` no longer than the window) and, for Gemma 3, where the local base equals the
-global one. Gemma 3's image-text checkpoints (``model_type`` ``gemma3``) are refused: only the
-text model (``Gemma3ForCausalLM``) loads.
+head instead. Their local/global layer pattern slides a window over the local layers
+(``sliding_window`` + ``window_pattern``: Gemma 2 alternates from a local layer 0, Gemma 3 makes
+every ``sliding_window_pattern``-th layer global, or ``layer_types`` says it per layer), and
+Gemma 3 rotates the local layers at their own RoPE base (``rope_local_base_freq`` →
+``rope_local_theta``). Gemma 3's image-text checkpoints (``model_type`` ``gemma3``) are refused:
+only the text model (``Gemma3ForCausalLM``) loads.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf_family_base import (
     base_fields,
     check_keys,
-    check_window,
     common_to_hf,
+    layer_types,
     rope_theta,
+    windows,
 )
 
 GEMMA_TYPES = ("gemma2", "gemma3_text")
@@ -55,9 +56,14 @@ GEMMA_SWITCHES: dict[str, dict[str, Any]] = {
         mlp_activation="geglu",
         qk_norm=False,
         qk_norm_scope="head",
+        rope_local_theta=None,
     )
 }
-GEMMA_SWITCHES["gemma3_text"] = {**GEMMA_SWITCHES["gemma2"], "qk_norm": True}
+#: Gemma 3: q/k norms; its local RoPE base is the config's (any value).
+GEMMA_SWITCHES["gemma3_text"] = {
+    **{k: v for k, v in GEMMA_SWITCHES["gemma2"].items() if k != "rope_local_theta"},
+    "qk_norm": True,
+}
 #: transformers' (attention, final) soft caps where a config.json leaves them out.
 _CAPS = {"gemma2": (50.0, 30.0), "gemma3_text": (None, None)}
 
@@ -79,29 +85,20 @@ def _sliding_layers(hf: Mapping[str, Any], model_type: str, layers: int) -> list
     return [bool((i + 1) % pattern) for i in range(layers)]
 
 
-def _gemma3_theta(hf: Mapping[str, Any], sliding: bool) -> float:
-    """Gemma 3's global RoPE base; refused when its local layers would need another one."""
+def _gemma3_thetas(hf: Mapping[str, Any]) -> tuple[float, float]:
+    """Gemma 3's (global, local) RoPE bases, from the legacy keys or v5's per-layer-type
+    ``rope_parameters`` (transformers' defaults 1e6 and 1e4); a scaling is refused."""
     params = hf.get("rope_parameters") or {}
     full = params.get("full_attention") or {}
     local = params.get("sliding_attention") or {}
     rope_theta(hf, "gemma3_text", full)  # refuses a scaling of either kind of layer
     rope_theta(hf, "gemma3_text", local)
     theta = float(hf.get("rope_theta", full.get("rope_theta", 1_000_000.0)))
-    local_theta = float(hf.get("rope_local_base_freq", local.get("rope_theta", 10_000.0)))
-    if sliding and local_theta != theta:
-        raise ValueError(
-            f"config.json rope_local_base_freq {local_theta:g} differs from rope_theta "
-            f"{theta:g}: Gemma 3's local layers use their own RoPE base, which tjx adds with "
-            "sliding-window attention (#44's next step)"
-        )
-    return theta
+    return theta, float(hf.get("rope_local_base_freq", local.get("rope_theta", 10_000.0)))
 
 
-def gemma_fields(
-    hf: Mapping[str, Any], model_type: str, overrides: Mapping[str, Any]
-) -> dict[str, Any]:
-    """The ``LlamaConfig`` fields of a gemma2/gemma3_text ``config.json`` (``overrides``' own
-    ``max_seq_len`` decides whether the window slides)."""
+def gemma_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]:
+    """The ``LlamaConfig`` fields of a gemma2/gemma3_text ``config.json``."""
     check_keys(hf, model_type, GEMMA_KEYS)
     act = hf.get("hidden_activation") or "gelu_pytorch_tanh"
     if act not in TANH_GELU:
@@ -115,13 +112,14 @@ def gemma_fields(
             f"loads {model_type} as a causal decoder"
         )
     fields = base_fields(hf, tied=True, eps=1e-6)
-    sliding = any(_sliding_layers(hf, model_type, fields["num_layers"]))
-    max_len = int(overrides.get("max_seq_len", fields["max_seq_len"]))
-    check_window(hf.get("sliding_window", 4096), sliding, max_len)
+    sliding = _sliding_layers(hf, model_type, fields["num_layers"])
+    fields |= windows(hf.get("sliding_window", 4096), sliding)
     if model_type == "gemma2":
         fields["rope_theta"] = rope_theta(hf, model_type)
     else:
-        fields["rope_theta"] = _gemma3_theta(hf, sliding)
+        fields["rope_theta"], local = _gemma3_thetas(hf)
+        # Only the local layers read it (none: leave it unset, as a config without a window).
+        fields["rope_local_theta"] = local if any(sliding) else None
     attn_cap, final_cap = _CAPS[model_type]
     return {
         **fields,
@@ -140,8 +138,8 @@ def gemma_type(config: LlamaConfig) -> str:
 def gemma_config_to_hf(config: LlamaConfig, model_type: str) -> dict[str, Any]:
     """The ``config.json`` dict of ``config`` as ``model_type`` (its switches already checked).
 
-    Every layer is written as ``full_attention`` with ``sliding_window = max_seq_len``: what tjx
-    computes, exactly, in transformers' terms.
+    ``layer_types`` says which layers slide; a config without a window writes every layer as
+    ``full_attention`` (with ``sliding_window = max_seq_len``, a window that never slides).
     """
     assert config.head_dim is not None
     scalar = config.query_pre_attn_scalar or float(config.head_dim)
@@ -155,10 +153,10 @@ def gemma_config_to_hf(config: LlamaConfig, model_type: str) -> dict[str, Any]:
         "attn_logit_softcapping": config.attn_logit_softcap,
         "final_logit_softcapping": config.final_logit_softcap,
         "attention_bias": False,
-        "sliding_window": config.max_seq_len,
-        "layer_types": ["full_attention"] * config.num_layers,
+        "sliding_window": config.sliding_window or config.max_seq_len,
+        "layer_types": layer_types(config),
         "use_bidirectional_attention": False,
     }
     if model_type == "gemma3_text":
-        out["rope_local_base_freq"] = config.rope_theta
+        out["rope_local_base_freq"] = config.rope_local_theta or config.rope_theta
     return out

@@ -31,6 +31,11 @@ def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
         return False
 
 
+#: Model keys added since runs were saved whose default is what every earlier run computed (#44's
+#: family switches, off by default): a saved file without them is compared at that default.
+ADDED_OFF = frozenset({"qk_norm", "qk_norm_scope", "norm_plus_one", "scale_embeddings"})
+
+
 def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
     """``config`` as the comparison sees it: a saved one read and written back as this trainer
     writes it (the old layout migrated, `trainer.settings.migrate`, and filled with the values it
@@ -51,6 +56,7 @@ def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
             # A key added since the file was written is compared at its default (what the run
             # had) where a resume may change it (``mesh.context``), and must match otherwise.
             added = {k for k in ckpt.flatten_config(full) if is_training_only(k, full)}
+            added |= {k for k in ckpt.flatten_config(full) if k.split(".")[-1] in ADDED_OFF}
             full = _only(full, set(ckpt.flatten_config(config)) | added)
     if not isinstance(full.get("optimizer"), dict):
         return full

@@ -50,10 +50,14 @@ from tjx.nn.losses import (
 )
 from tjx.nn.mlp import MLP
 from tjx.nn.model_state import concrete_state, is_key, reseed
+from tjx.nn.moe import MoE, MoEStats, router_penalty
+from tjx.nn.moe_config import moe_layers
+from tjx.nn.moe_parallel import current_expert_parallel, expert_parallel_scope
 from tjx.nn.norms import LayerNorm, RMSNorm
 from tjx.nn.objectives import (
     OBJECTIVES,
     Objective,
+    ObjectiveLoss,
     eval_mask_key,
     objective_logits,
     objective_logits_fn,
@@ -67,6 +71,7 @@ from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, sinusoidal
 from tjx.nn.precision import DTYPE_NAMES, Precision
 from tjx.nn.registry import MODEL_KINDS, build_model
 from tjx.nn.relative_bias import RelativePositionBias, t5_relative_bucket
+from tjx.nn.routers import ROUTERS, Routing, register_router
 from tjx.nn.seq2seq_generation import generate_seq2seq
 from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
@@ -87,6 +92,7 @@ __all__ = [
     "MLP",
     "MODEL_KINDS",
     "NORMS",
+    "ROUTERS",
     "OBJECTIVES",
     "POSITIONS",
     "REMAT_POLICIES",
@@ -103,10 +109,14 @@ __all__ = [
     "LayerNorm",
     "Llama",
     "LlamaConfig",
+    "MoE",
+    "MoEStats",
     "Objective",
+    "ObjectiveLoss",
     "Precision",
     "RMSNorm",
     "RelativePositionBias",
+    "Routing",
     "Stack",
     "TransformerConfig",
     "ViT",
@@ -123,10 +133,12 @@ __all__ = [
     "config_to_dict",
     "contrastive_loss",
     "count_params",
+    "current_expert_parallel",
     "cross_entropy_loss",
     "decoder_stages",
     "dropout",
     "eval_mask_key",
+    "expert_parallel_scope",
     "flops_per_token",
     "flops_per_unit",
     "generate",
@@ -146,13 +158,16 @@ __all__ = [
     "masked_lm_loss",
     "matmul_param_count",
     "mlm_mask",
+    "moe_layers",
     "objective_logits",
     "objective_logits_fn",
     "objective_loss",
     "objective_of",
     "remat_policy",
     "read_hf_config",
+    "register_router",
     "reseed",
+    "router_penalty",
     "residual_std",
     "sample_logits",
     "save_hf",

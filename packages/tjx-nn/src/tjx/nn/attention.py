@@ -20,6 +20,7 @@ from tjx import kernels
 from tjx.nn.configs import TransformerConfig
 from tjx.nn.kv_cache import LayerCache, topk_decode_attention
 from tjx.nn.linear import Dense
+from tjx.nn.norms import RMSNorm
 from tjx.nn.params import normal
 from tjx.nn.positions import alibi_bias, apply_rope
 
@@ -88,11 +89,19 @@ class Attention(nnx.Module):
             init=normal(out_std if out_std is not None else c.init_std),
             **common,
         )
+        # Qwen3: an RMSNorm over each query and key head (one scale per head_dim, shared by
+        # the heads), after the projection and before RoPE.
+        norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm_eps, precision=c.precision)
+        self.q_norm = RMSNorm(hd, **norm_kw) if c.qk_norm else None
+        self.k_norm = RMSNorm(hd, **norm_kw) if c.qk_norm else None
+
+    def _norm_keys(self, k: Array) -> Array:
+        return k if self.k_norm is None else self.k_norm(k)
 
     def _keys_values(self, src: Array, positions: Array | None) -> tuple[Array, Array]:
         if self.kv_down is not None:
             src = self.kv_down(src)
-        k, v = self.key(src), self.value(src)
+        k, v = self._norm_keys(self.key(src)), self.value(src)
         if self.position == "rope" and positions is not None:
             k = apply_rope(k, positions, theta=self.rope_theta, scaling=self.rope_scaling)
         return k, v
@@ -154,6 +163,8 @@ class Attention(nnx.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
         q = self.query(x)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
         if self.position == "rope":
             q = apply_rope(q, positions, theta=self.rope_theta, scaling=self.rope_scaling)
         drop = 0.0 if deterministic else self.attention_dropout
@@ -220,7 +231,7 @@ class Attention(nnx.Module):
             t = cache["latent"].shape[1]
             slots = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
             latent = cache["latent"].astype(q.dtype)
-            k, v = self.key(latent), self.value(latent)
+            k, v = self._norm_keys(self.key(latent)), self.value(latent)
             if self.position == "rope":
                 k = apply_rope(k, slots, theta=self.rope_theta, scaling=self.rope_scaling)
         else:

@@ -16,7 +16,9 @@ from typing import Any, ClassVar
 
 from tjx.kernels import IMPLEMENTATIONS
 from tjx.nn.fields import choice, positive, rate, setting
+from tjx.nn.moe_config import ALL_MOE_FIELDS, ROUTER_DTYPES, check_moe
 from tjx.nn.precision import Precision, as_precision
+from tjx.nn.routers import ROUTERS
 
 ACTIVATIONS = ("gelu", "gelu_exact", "relu", "silu", "swiglu", "geglu")
 NORMS = ("layernorm", "rmsnorm")
@@ -26,6 +28,10 @@ POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
 ATTENTION_IMPLS: tuple[str, ...] = IMPLEMENTATIONS
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_output", "save_dots_and_attention")
 ATTENTION_TYPES = ("mha", "mla")
+
+
+# The families whose blocks have no MoE layer refuse the MoE settings (see ``unused_fields``).
+_NO_MOE = {name: "only decoders (gpt2, llama) have MoE layers" for name in ALL_MOE_FIELDS}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,6 +126,33 @@ class TransformerConfig:
     decode_topk: int | None = setting(
         None, resumable=True, help="decoding attends to the top-k cached keys only; None: all"
     )
+    qk_norm: bool = setting(False, help="RMSNorm of each query and key head (Qwen3)")
+    # Mixture of experts (moe_config.py checks them; moe.py is the block).
+    num_experts: int = setting(0, help="MoE: routed experts per MoE layer; 0: dense MLPs")
+    experts_per_token: int = setting(2, help="MoE: experts each token is routed to (top-k)")
+    expert_mlp_dim: int | None = setting(None, help="MoE: a routed expert's width; None: mlp_dim")
+    num_shared_experts: int = setting(0, help="MoE: experts every token goes through (DeepSeek)")
+    shared_expert_mlp_dim: int | None = setting(
+        None, help="MoE: the shared experts' width in all; None: shared x expert_mlp_dim"
+    )
+    shared_expert_gate: bool = setting(False, help="MoE: a sigmoid gate on the shared output")
+    moe_layer_step: int = setting(1, help="MoE: layer i is MoE when (i + 1) % step == 0")
+    moe_first_dense: int = setting(0, help="MoE: the first k layers keep a dense MLP")
+    router: str = setting(
+        "softmax",
+        choices=tuple(ROUTERS),
+        help="MoE: softmax top-k (Mixtral) or sigmoid with a balancing bias (DeepSeek)",
+    )
+    router_norm_topk: bool = setting(True, help="MoE: the top-k weights sum to 1")
+    router_aux_loss: float = setting(0.01, help="MoE: load-balancing loss coefficient (Switch)")
+    router_z_loss: float = setting(0.0, help="MoE: router z-loss coefficient (ST-MoE)")
+    router_dtype: str = setting("float32", choices=ROUTER_DTYPES, help="MoE: the router's dtype")
+    router_bias_rate: float = setting(
+        1e-3, resumable=True, help="MoE: the balancing bias's update speed (sigmoid router)"
+    )
+    capacity_factor: float | None = setting(
+        None, help="MoE: expert slots per sequence / fair share (overflow dropped); None: dropless"
+    )
 
     def __post_init__(self) -> None:
         cls = type(self).__name__
@@ -172,6 +205,7 @@ class TransformerConfig:
         self._check_mla(cls)
         if self.decode_topk is not None:
             positive(cls, "decode_topk", self.decode_topk)
+        check_moe(self, cls)
         self._check_unused(cls)
 
     def _check_rope_scaling(self, cls: str) -> None:
@@ -303,6 +337,7 @@ class BertConfig(TransformerConfig):
     unused_fields: ClassVar[Mapping[str, str]] = {
         "tie_embeddings": "BERT's MLM head always shares the token embedding",
         "decode_topk": "only decoders decode (BERT does not)",
+        **_NO_MOE,
     }
 
     def __post_init__(self) -> None:
@@ -332,6 +367,7 @@ class ViTConfig(TransformerConfig):
         "vocab_size": "ViT reads images, not tokens",
         "tie_embeddings": "ViT has no token embedding to tie its classifier to",
         "decode_topk": "only decoders decode (ViT does not)",
+        **_NO_MOE,
     }
 
     def __post_init__(self) -> None:
@@ -359,6 +395,7 @@ class ViTConfig(TransformerConfig):
 class EncoderDecoderConfig(TransformerConfig):
     """Encoder-decoder (Vaswani/T5 style) with shared embeddings; layer counts per side."""
 
+    unused_fields: ClassVar[Mapping[str, str]] = _NO_MOE
     num_encoder_layers: int | None = setting(None, help="encoder blocks; None: num_layers")
     num_decoder_layers: int | None = setting(None, help="decoder blocks; None: num_layers")
     position: str = "sinusoidal"

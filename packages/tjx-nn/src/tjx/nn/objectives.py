@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 from flax import nnx
@@ -36,6 +36,7 @@ from tjx.nn.configs import BertConfig, EncoderDecoderConfig, TransformerConfig, 
 from tjx.nn.decoder import DecoderLM, head_cross_entropy
 from tjx.nn.encdec import EncoderDecoder, window_halves
 from tjx.nn.losses import logits_cross_entropy
+from tjx.nn.moe import MoEStats, router_penalty
 from tjx.nn.vit import ViT
 
 Array = jax.Array
@@ -154,6 +155,32 @@ def objective_of(config_or_model: Any) -> Objective:
     raise ValueError(f"no objective for a {probe.__name__}; give a model ({allowed}) or its config")
 
 
+class ObjectiveLoss(NamedTuple):
+    """`objective_loss`'s result: ``tjx.kernels.CrossEntropyOutput``'s fields, the training loss
+    with the router's losses in it, and the MoE layers' statistics.
+
+    Attributes
+    ----------
+    loss : Array
+        float32 scalar to differentiate: the mean cross-entropy over scored labels (z-loss
+        included) plus, for an MoE model, ``moe.router_penalty`` (the load-balancing and router
+        z-losses times their coefficients, summed over MoE layers).
+    sum_loss, num_tokens, num_correct : Array
+        As ``CrossEntropyOutput``'s: the summed cross-entropy (nothing else), the scored labels,
+        the top-1 correct ones.
+    moe : MoEStats or None
+        The MoE layers' router statistics, stacked in layer order (sums: add them over
+        micro-batches; ``tjx.metrics.moe_metrics`` makes the logged values of them); None for a
+        model without MoE layers.
+    """
+
+    loss: Array
+    sum_loss: Array
+    num_tokens: Array
+    num_correct: Array
+    moe: MoEStats | None = None
+
+
 def eval_mask_key(seed: int) -> Array:
     """The fixed masking key of a masked LM's evaluation, for a run seeded ``seed``.
 
@@ -224,7 +251,7 @@ def objective_loss(
     chunk_size: int | None = None,
     z_loss: float = 0.0,
     mask_prob: float = 0.15,
-) -> CrossEntropyOutput:
+) -> ObjectiveLoss:
     """The training loss of ``model``'s objective on ``batch`` (see the module's table).
 
     Parameters
@@ -246,9 +273,10 @@ def objective_loss(
 
     Returns
     -------
-    CrossEntropyOutput
-        ``loss`` (mean over scored labels), ``sum_loss``, ``num_tokens`` (scored labels, images
-        for ViT) and ``num_correct`` (top-1).
+    ObjectiveLoss
+        ``loss`` (mean over scored labels, plus an MoE model's router losses), ``sum_loss``,
+        ``num_tokens`` (scored labels, images for ViT), ``num_correct`` (top-1) and ``moe``
+        (the router statistics; None without MoE layers).
 
     Raises
     ------
@@ -257,9 +285,24 @@ def objective_loss(
     """
     if isinstance(model, BERT | ViT):
         logits, labels = _scored_logits(model, batch, key, mask_prob, deterministic)
-        return logits_cross_entropy(logits, labels)
-    hidden, labels = _lm_outputs(model, batch, deterministic, hidden=True)
-    return token_loss(model, hidden, labels, chunked=chunked, chunk_size=chunk_size, z_loss=z_loss)
+        return ObjectiveLoss(*logits_cross_entropy(logits, labels))
+    stats: MoEStats | None = None
+    if isinstance(model, DecoderLM):
+        hidden, stats = model.forward(
+            batch["inputs"],
+            positions=batch.get("positions"),
+            segment_ids=batch.get("segment_ids"),
+            deterministic=deterministic,
+            return_hidden=True,
+        )
+        labels = batch["targets"]
+    else:
+        hidden, labels = _lm_outputs(model, batch, deterministic, hidden=True)
+    out = token_loss(model, hidden, labels, chunked=chunked, chunk_size=chunk_size, z_loss=z_loss)
+    if stats is None:
+        return ObjectiveLoss(*out)
+    penalty = router_penalty(stats, model.config).astype(out.loss.dtype)
+    return ObjectiveLoss(out.loss + penalty, out.sum_loss, out.num_tokens, out.num_correct, stats)
 
 
 def objective_logits(

@@ -33,6 +33,9 @@ LOGICAL_AXES = (
     # A classifier's labels (ViT head, BERT classifier): named so that an optimizer reading
     # the axes tells a readout from a hidden matrix; every strategy replicates it.
     "classes",
+    # An MoE layer's routed experts: the leading axis of the stacked expert weights (a stack of
+    # matrices, like `layers`) and the router's output axis; tjx-parallel maps it to `expert`.
+    "experts",
 )
 
 Initializer = Callable[..., jax.Array]

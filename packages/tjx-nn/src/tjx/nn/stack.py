@@ -13,7 +13,7 @@ with depth. ``remat`` wraps each layer in ``nnx.remat`` with a ``jax.checkpoint`
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +21,8 @@ from flax import nnx
 
 from tjx.nn.block import Block
 from tjx.nn.configs import REMAT_POLICIES, TransformerConfig
+from tjx.nn.moe import MoEStats
+from tjx.nn.moe_config import moe_layers
 from tjx.nn.relative_bias import RelativePositionBias
 
 Array = jax.Array
@@ -53,8 +55,60 @@ def remat_policy(name: str) -> Callable[..., bool] | None:
     return policies[name]
 
 
+class Segment(NamedTuple):
+    """A run of a scanned stack: ``repeats`` copies of ``unit`` (per position: an MoE layer?),
+    starting at layer ``start``."""
+
+    start: int
+    unit: tuple[bool, ...]
+    repeats: int
+
+
+def segments(kinds: tuple[bool, ...], max_period: int) -> tuple[Segment, ...]:
+    """Cut a stack's layer kinds (True: MoE) into the fewest repeating runs a scan can stack.
+
+    Each run repeats a unit of at most ``max_period`` layers (ties: the longer first run). A dense
+    or all-MoE stack is one run of period 1; DeepSeek's first dense layers are a run of their own
+    before the MoE run; Qwen2-MoE's every-other-layer MoE is one run of the unit (dense, MoE).
+    """
+    n = len(kinds)
+    # fewest[i]: (runs needed for kinds[i:], the first run as (period, repeats)); a small DP.
+    fewest: list[tuple[int, tuple[int, int]]] = [(0, (0, 0))] * (n + 1)
+    for i in range(n - 1, -1, -1):
+        best = (n + 1, 0, (1, 1))  # (runs, -layers the first run covers, its (period, repeats))
+        for p in range(1, min(max_period, n - i) + 1):
+            unit = kinds[i : i + p]
+            r = 1
+            while kinds[i + r * p : i + (r + 1) * p] == unit:
+                r += 1
+            for reps in range(r, 0, -1):
+                best = min(best, (1 + fewest[i + reps * p][0], -reps * p, (p, reps)))
+        fewest[i] = (best[0], best[2])
+    out: list[Segment] = []
+    i = 0
+    while i < n:
+        p, reps = fewest[i][1]
+        out.append(Segment(i, kinds[i : i + p], reps))
+        i += p * reps
+    return tuple(out)
+
+
+class Unit(nnx.Module):
+    """One repeat of a segment: its blocks in order (stacked over the repeats when scanned)."""
+
+    def __init__(self, blocks: list[Block]) -> None:
+        self.blocks = nnx.List(blocks)
+
+
 class Stack(nnx.Module):
-    """``num_layers`` ``Block``s applied in sequence (decoder, encoder or enc-dec decoder)."""
+    """``num_layers`` ``Block``s applied in sequence (decoder, encoder or enc-dec decoder).
+
+    Which layers are MoE comes from the config (``moe_config.moe_layers``). Scanned, a stack of
+    one kind of layer keeps every block stacked in ``layers`` (leading ``layers`` axis); a stack
+    mixing dense and MoE layers is cut into ``segments`` (see `segments`), each scanning a
+    ``Unit`` of blocks; unrolled, ``layers`` is the list of blocks. Canonical (unrolled) names
+    are ``layers.<i>...`` either way (``params_io``).
+    """
 
     def __init__(
         self,
@@ -70,21 +124,27 @@ class Stack(nnx.Module):
         self.scan = config.scan_layers
         self.remat = config.remat
         depth = residual_layers or num_layers
+        kinds = moe_layers(config) if config.num_experts else (False,) * num_layers
+        assert len(kinds) == num_layers
 
-        def make(r: nnx.Rngs) -> Block:
-            return Block(config, rngs=r, num_layers=depth, causal=causal, cross=cross)
+        def make(r: nnx.Rngs, moe: bool) -> Block:
+            return Block(config, rngs=r, num_layers=depth, causal=causal, cross=cross, moe=moe)
 
-        if self.scan:
-            layer_rngs = nnx.Rngs(params=rngs.params())
-
-            @nnx.split_rngs(splits=num_layers)
-            @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-            def create(r: nnx.Rngs) -> Block:
-                return make(r)
-
-            self.layers: Any = create(layer_rngs)
+        self.plan = segments(kinds, max(1, config.moe_layer_step)) if self.scan else ()
+        layers: Any = None
+        parts: Any = None
+        if not self.scan:
+            layers = nnx.List([make(rngs, moe) for moe in kinds])
+        elif len(self.plan) == 1 and len(self.plan[0].unit) == 1:
+            layers = _scanned(lambda r: make(r, kinds[0]), rngs, num_layers)
         else:
-            self.layers = nnx.List([make(rngs) for _ in range(num_layers)])
+
+            def unit(unit_kinds: tuple[bool, ...]) -> Callable[[nnx.Rngs], Unit]:
+                return lambda r: Unit([make(r, m) for m in unit_kinds])
+
+            parts = nnx.List([_scanned(unit(seg.unit), rngs, seg.repeats) for seg in self.plan])
+        self.layers = layers
+        self.segments = parts
         # T5: one relative-bias table per stack, shared by every layer (so not under the layers
         # axis when scanned); the encoder's is bidirectional, a causal stack's looks back only.
         self.relative_bias = (
@@ -93,7 +153,12 @@ class Stack(nnx.Module):
             else None
         )
 
-    def __call__(
+    def __call__(self, x: Array, **kw: Any) -> tuple[Array, dict[str, Array] | None]:
+        """`run` without the MoE statistics: ``(x, updated cache or None)``."""
+        out, cache, _ = self.run(x, **kw)
+        return out, cache
+
+    def run(
         self,
         x: Array,
         *,
@@ -106,12 +171,13 @@ class Stack(nnx.Module):
         cache: dict[str, Array] | None = None,
         cache_pos: Array | None = None,
         context_kv: dict[str, Array] | None = None,
-    ) -> tuple[Array, dict[str, Array] | None]:
+    ) -> tuple[Array, dict[str, Array] | None, MoEStats | None]:
         """Run every layer; ``cache`` and ``context_kv`` leaves carry a leading ``layers`` axis.
 
         ``context_kv`` is ``project_context(context)``: cross-attention keys/values computed once.
         With ``position="t5"`` the relative position bias is computed here once and given to
-        every layer's self-attention.
+        every layer's self-attention. Returns ``(x, updated cache, stats)``: ``stats`` is the MoE
+        layers' `MoEStats` stacked in layer order (one row per MoE layer), None without any.
         """
         kw: dict[str, Any] = dict(
             bias=self._relative_bias(x, positions, cache, cache_pos),
@@ -124,11 +190,14 @@ class Stack(nnx.Module):
         )
 
         def body(block: Block, h: Array, key: Array | None, layer_cache: Any, ctx_kv: Any) -> Any:
-            return block(h, rng=key, cache=layer_cache, context_kv=ctx_kv, **kw)
+            out, new, stats = block(h, rng=key, cache=layer_cache, context_kv=ctx_kv, **kw)
+            return out, (new, stats)
 
         if self.remat != "none":
             body = nnx.remat(body, policy=remat_policy(self.remat))
         keys = None if rng is None else jax.random.split(rng, self.num_layers)
+        if self.segments is not None:
+            return self._run_segments(body, x, keys, cache, context_kv)
         if self.scan:
 
             @nnx.scan(
@@ -139,19 +208,97 @@ class Stack(nnx.Module):
             def step(block: Block, h: Array, key: Any, layer_cache: Any, ctx_kv: Any) -> Any:
                 return body(block, h, key, layer_cache, ctx_kv)
 
-            return step(self.layers, x, keys, cache, context_kv)
-        outs = []
+            x, (new_cache, stats) = step(self.layers, x, keys, cache, context_kv)
+            return x, new_cache, stats
+        caches, all_stats = [], []
         for i, block in enumerate(self.layers):
-            x, new = body(
+            x, (new, stats) = body(
                 block,
                 x,
                 None if keys is None else keys[i],
                 _layer(cache, i),
                 _layer(context_kv, i),
             )
-            outs.append(new)
-        new_cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
-        return x, new_cache
+            caches.append(new)
+            if stats is not None:
+                all_stats.append(stats)
+        new_cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *caches)
+        stacked = jax.tree.map(lambda *a: jnp.stack(a), *all_stats) if all_stats else None
+        return x, new_cache, stacked
+
+    def _run_segments(
+        self, body: Any, x: Array, keys: Array | None, cache: Any, context_kv: Any
+    ) -> tuple[Array, Any, MoEStats | None]:
+        """Scan each segment's units; per-layer inputs are cut and outputs joined in layer order."""
+        caches, all_stats = [], []
+        for seg, unit in zip(self.plan, self.segments, strict=True):
+            u, r = len(seg.unit), seg.repeats
+
+            def cut(tree: Any, seg: Segment = seg, u: int = u, r: int = r) -> Any:
+                return jax.tree.map(
+                    lambda a: a[seg.start : seg.start + u * r].reshape(r, u, *a.shape[1:]), tree
+                )
+
+            @nnx.scan(
+                in_axes=(0, nnx.Carry, 0, 0, 0),
+                out_axes=(nnx.Carry, 0),
+                transform_metadata={nnx.PARTITION_NAME: "layers"},
+            )
+            def step(unit: Unit, h: Array, key: Any, layer_cache: Any, ctx_kv: Any) -> Any:
+                outs = []
+                for j, block in enumerate(unit.blocks):
+                    h, out = body(
+                        block, h, _layer(key, j), _layer(layer_cache, j), _layer(ctx_kv, j)
+                    )
+                    outs.append(out)
+                new = None if layer_cache is None else _stack([o[0] for o in outs])
+                moe = [o[1] for o in outs if o[1] is not None]
+                return h, (new, _stack(moe) if moe else None)
+
+            x, (new, stats) = step(unit, x, cut(keys), cut(cache), cut(context_kv))
+            if new is not None:
+                caches.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), new))
+            if stats is not None:  # [repeats, MoE blocks per unit, ...] in layer order
+                all_stats.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), stats))
+        new_cache = None if cache is None else _concat(caches)
+        return x, new_cache, _concat(all_stats) if all_stats else None
+
+    def update_router_bias(self, expert_tokens: Array, rate: float) -> None:
+        """Move each MoE layer's balancing bias (a router that has one) in place: ``bias_e +=
+        rate · sign(mean_e' load − load_e)``, DeepSeek-V3's auxiliary-loss-free rule.
+
+        Parameters
+        ----------
+        expert_tokens : Array
+            int ``[moe layers, E]``: a step's ``MoEStats.expert_tokens`` (summed over its
+            micro-batches), rows in layer order.
+        rate : float
+            The update speed (the config's ``router_bias_rate``).
+        """
+        load = expert_tokens.astype(jnp.float32)
+        step = rate * jnp.sign(jnp.mean(load, axis=-1, keepdims=True) - load)  # [moe layers, E]
+        row = 0
+
+        def move(block: Any, rows: Array) -> None:
+            bias = None if block.moe is None else block.moe.router.bias
+            if bias is not None:
+                bias.set_value(bias[...] + step[rows].astype(bias.dtype))
+
+        if self.segments is None and self.scan:
+            n = self.num_layers if self.layers.moe is not None else 0
+            move(self.layers, jnp.arange(n))
+            return
+        if self.segments is None:
+            for block in self.layers:
+                if block.moe is not None:
+                    move(block, jnp.asarray(row))
+                    row += 1
+            return
+        for seg, unit in zip(self.plan, self.segments, strict=True):
+            moe_at = [j for j, m in enumerate(seg.unit) if m]
+            for j in moe_at:  # rows of layers start + r·period + j among the MoE layers
+                move(unit.blocks[j], row + jnp.arange(seg.repeats) * len(moe_at) + moe_at.index(j))
+            row += seg.repeats * len(moe_at)
 
     def _relative_bias(
         self,
@@ -185,6 +332,9 @@ class Stack(nnx.Module):
         an encoder-decoder computes them once per source instead of once per decoded token.
         """
 
+        if self.segments is not None:
+            raise ValueError("project_context needs a stack of one kind of layer (no MoE)")
+
         def project(block: Block, ctx: Array) -> dict[str, Array]:
             if block.cross_attn is None:
                 raise ValueError("project_context needs a stack built with cross=True")
@@ -202,6 +352,27 @@ class Stack(nnx.Module):
         return jax.tree.map(lambda *a: jnp.stack(a), *per_layer)  # type: ignore[no-any-return]
 
 
-def _layer(tree: dict[str, Array] | None, i: int) -> dict[str, Array] | None:
+def _layer(tree: Any, i: int) -> Any:
     """Layer ``i`` of a tree with a leading layers axis (None stays None)."""
     return None if tree is None else jax.tree.map(lambda a: a[i], tree)
+
+
+def _stack(trees: list[Any]) -> Any:
+    return jax.tree.map(lambda *a: jnp.stack(a), *trees)
+
+
+def _concat(trees: list[Any]) -> Any:
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *trees)
+
+
+def _scanned(make: Callable[[nnx.Rngs], Any], rngs: nnx.Rngs, n: int) -> Any:
+    """``n`` modules made by ``make`` under ``nnx.vmap``: parameters gain a leading ``layers``
+    axis (each copy initialised from its own key)."""
+    layer_rngs = nnx.Rngs(params=rngs.params())
+
+    @nnx.split_rngs(splits=n)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def create(r: nnx.Rngs) -> Any:
+        return make(r)
+
+    return create(layer_rngs)

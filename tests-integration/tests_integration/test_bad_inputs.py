@@ -182,7 +182,7 @@ CASES = [
         T,
         [*TINY, "--set", "data.batch_size=12"],
         None,
-        "must be divisible by the data×fsdp mesh size (8)",
+        "must be divisible by the data×fsdp×expert mesh size (8)",
     ),
     (
         "tensor-does-not-divide-heads",

@@ -5,10 +5,12 @@ experts (``routers.py``), runs them (``moe_dispatch.py``: dropless grouped matmu
 capacity path), adds the shared experts (one MLP every token goes through, optionally scaled by
 ``sigmoid(x · shared_gate)``, Qwen2-MoE) and returns the block's output with its `MoEStats`.
 
-Parameters (logical axes in brackets): ``router.kernel`` ``[embed, experts]``, the sigmoid
-router's balancing ``router.bias`` ``[experts]``; ``experts.fc_in``/``fc_gate`` ``[experts,
-embed, mlp]`` and ``fc_out`` ``[experts, mlp, embed]`` (``.kernel``, and ``.bias`` with
-``use_bias``); ``shared`` (an ``MLP``) and ``shared_gate.kernel`` ``[embed, None]``.
+Parameters (logical axes in brackets): ``router.kernel`` ``[embed, None]``, the sigmoid
+router's balancing ``router.bias`` ``[None]`` (the router is small and replicated);
+``experts.fc_in``/``fc_gate`` ``[experts, embed, mlp]`` and ``fc_out`` ``[experts, mlp,
+embed]`` (``.kernel``, and ``.bias`` with ``use_bias``: a stack of matrices, split over the
+``expert`` mesh axis by expert parallelism); ``shared`` (an ``MLP``) and ``shared_gate.kernel``
+``[embed, None]``.
 
 Statistics and losses (per layer; `MoEStats` holds sums, so micro-batches and devices add up):
 the tokens each expert was chosen by, the dropped assignments, the Switch load-balancing loss
@@ -40,6 +42,17 @@ from tjx.nn.routers import ROUTERS
 Array = jax.Array
 
 
+#: The logical axes of `ExpertWeights`' fields (what tjx-parallel shards them by).
+WEIGHT_NAMES = ExpertWeights(
+    ("experts", "embed", "mlp"),
+    ("experts", "embed", "mlp"),
+    ("experts", "mlp", "embed"),
+    ("experts", "mlp"),
+    ("experts", "mlp"),
+    ("experts", "embed"),
+)
+
+
 class MoEStats(NamedTuple):
     """One MoE layer's router statistics for one call, as sums (stacked: one row per layer).
 
@@ -67,11 +80,13 @@ class Router(nnx.Module):
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs) -> None:
         c = config
         dtype = c.precision.param_dtype
+        # The expert dimension is left unnamed (replicated): the router is small, and its logits
+        # go with tokens split over the batch axes, expert included.
         self.kernel = make_param(
-            rngs, normal(c.init_std), (c.d_model, c.num_experts), ("embed", "experts"), dtype
+            rngs, normal(c.init_std), (c.d_model, c.num_experts), ("embed", None), dtype
         )
         self.bias = (
-            make_param(rngs, zeros(), (c.num_experts,), ("experts",), jnp.float32)
+            make_param(rngs, zeros(), (c.num_experts,), (None,), jnp.float32)
             if ROUTERS[c.router].bias
             else None
         )
@@ -186,21 +201,28 @@ class MoE(nnx.Module):
         weights = routing.weights.reshape(b, s, -1)
         ffn = FFN(activation(c.mlp_activation), c.gated, dt)
         w = self.experts.weights()
-        ep = current_expert_parallel()
         slots = (
             None
             if c.capacity_factor is None
             else expert_capacity(c.capacity_factor, s, c.experts_per_token, c.num_experts)
         )
-        if ep is not None:
-            y, dropped = ep.run_experts(x, experts, weights, w, ffn, slots)
-        elif slots is None:
-            y = dropless(
-                x.reshape(b * s, d), experts.reshape(b * s, -1), weights.reshape(b * s, -1), w, ffn
-            ).reshape(b, s, d)
-            dropped = jnp.zeros((), jnp.int32)
+
+        def run(x: Array, experts: Array, weights: Array, w: Any, comm: Any) -> tuple[Array, Array]:
+            """One device's share (all of it without expert parallelism)."""
+            if slots is not None:
+                return capacity(x, experts, weights, w, ffn, slots, comm)
+            shape = x.shape
+            flat = (x.reshape(-1, shape[-1]), experts.reshape(-1, experts.shape[-1]))
+            y = dropless(*flat, weights.reshape(flat[1].shape), w, ffn, comm)
+            return y.reshape(shape), jnp.zeros((), jnp.int32)
+
+        ep = current_expert_parallel()
+        if ep is None:
+            y, dropped = run(x, experts, weights, w, None)
         else:
-            y, dropped = capacity(x, experts, weights, w, ffn, slots)
+            pairs = zip(w, WEIGHT_NAMES, strict=True)
+            names = ExpertWeights(*(None if a is None else n for a, n in pairs))
+            y, dropped = ep.run(run, x, experts, weights, w, names)
         if self.shared is not None:
             h = self.shared(x).astype(dt)
             if self.shared_gate is not None:

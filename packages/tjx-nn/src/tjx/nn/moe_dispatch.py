@@ -32,14 +32,15 @@ Array = jax.Array
 
 
 class ExpertWeights(NamedTuple):
-    """Every routed expert's weights (a device's own experts under expert parallelism)."""
+    """Every routed expert's weights (a device's own experts under expert parallelism); the
+    same structure holds their logical axis names (``moe.WEIGHT_NAMES``), hence ``Any``."""
 
-    fc_in: Array  # [E, d, f]
-    fc_gate: Array | None  # [E, d, f] (gated activations)
-    fc_out: Array  # [E, f, d]
-    b_in: Array | None  # [E, f]
-    b_gate: Array | None  # [E, f]
-    b_out: Array | None  # [E, d]
+    fc_in: Any  # [E, d, f]
+    fc_gate: Any  # [E, d, f] (gated activations), else None
+    fc_out: Any  # [E, f, d]
+    b_in: Any  # [E, f] (use_bias), else None
+    b_gate: Any  # [E, f]
+    b_out: Any  # [E, d]
 
 
 class FFN(NamedTuple):

@@ -3,13 +3,14 @@
 tjx-nn knows logical axes, not meshes; tjx-parallel knows meshes, not models. So the experts'
 placement is handed in: ``tjx.parallel.expert_parallel(mesh, rules)`` gives an object with
 
-``run_experts(x, experts, weights, w, ffn, slots) -> (y, dropped)``
-    ``x`` ``[b, s, d]`` tokens, the router's ``experts``/``weights`` ``[b, s, k]``, every
-    expert's ``moe_dispatch.ExpertWeights`` (logical axes ``experts`` first), the ``FFN``, and
-    ``slots`` (capacity per sequence, None: dropless); it runs ``moe_dispatch.dropless`` or
-    ``capacity`` on each device's tokens with its own experts under ``shard_map``, giving them an
+``run(fn, x, experts, weights, w, w_names) -> (y, dropped)``
+    ``fn(x, experts, weights, w, comm) -> (y, dropped)`` is the MoE block's computation of its
+    routed experts (``moe_dispatch.dropless`` or ``capacity``); ``x`` ``[b, s, d]`` the tokens,
+    ``experts``/``weights`` ``[b, s, k]`` the router's choices, ``w`` every expert's
+    ``ExpertWeights`` and ``w_names`` their logical axes (``moe.WEIGHT_NAMES``). It runs ``fn``
+    on each device's tokens with that device's experts under ``shard_map``, with an
     ``ExpertComm`` for the all-to-all, and returns the outputs ``[b, s, d]`` and the dropped
-    count summed over devices,
+    count summed over the devices,
 
 and a model call traced inside ``expert_parallel_scope(ep)`` uses it (the trainer wraps its loss
 function's body). Outside a scope every expert runs where XLA puts it (one device, or whatever

@@ -34,7 +34,7 @@ LOGICAL_AXES = (
     # the axes tells a readout from a hidden matrix; every strategy replicates it.
     "classes",
     # An MoE layer's routed experts: the leading axis of the stacked expert weights (a stack of
-    # matrices, like `layers`) and the router's output axis; tjx-parallel maps it to `expert`.
+    # matrices, like `layers`); tjx-parallel maps it to the `expert` mesh axis.
     "experts",
 )
 

@@ -1,5 +1,5 @@
-"""Device meshes with the axes ("pipeline", "data", "fsdp", "tensor") over all devices of all
-processes."""
+"""Device meshes with the axes ("pipeline", "data", "fsdp", "expert", "tensor") over all devices
+of all processes."""
 
 # `_setting()` returns dataclasses.field objects (with the metadata apps read).
 # ruff: noqa: RUF009
@@ -18,7 +18,15 @@ from jax.sharding import Mesh
 from tjx.parallel.rules import STRATEGIES
 from tjx.parallel.schedule import SCHEDULES
 
-__all__ = ["BATCH_AXES", "MESH_AXES", "MeshConfig", "batch_ways", "check_batch_split", "make_mesh"]
+__all__ = [
+    "BATCH_AXES",
+    "MESH_AXES",
+    "MeshConfig",
+    "batch_axes",
+    "batch_ways",
+    "check_batch_split",
+    "make_mesh",
+]
 
 
 def _setting(default: Any, help_text: str, **meta: Any) -> Any:
@@ -28,9 +36,12 @@ def _setting(default: Any, help_text: str, **meta: Any) -> Any:
 
 
 #: Mesh axis names, outermost (least communication) to innermost (most communication).
-MESH_AXES: tuple[str, str, str, str] = ("pipeline", "data", "fsdp", "tensor")
-#: The axes a batch's leading dimension is split over.
-BATCH_AXES: tuple[str, str] = ("data", "fsdp")
+MESH_AXES: tuple[str, ...] = ("pipeline", "data", "fsdp", "expert", "tensor")
+#: The axes a batch's leading dimension is split over. ``expert`` is one of them: outside its MoE
+#: layers a model is data-parallel over the expert axis (its devices read different rows, as
+#: MaxText's and torchtitan's expert parallelism borrow from data parallelism); inside, the
+#: rows' assignments go to the devices of their experts by all-to-all (`expert_parallel`).
+BATCH_AXES: tuple[str, ...] = ("data", "fsdp", "expert")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +61,8 @@ class MeshConfig:
     pipeline : int
         Pipeline stages: the layer stack split into this many groups of consecutive layers, one
         per stage (see :mod:`tjx.parallel.pipeline`). Outermost axis: it only sends activations
-        between neighbours. Default 1 (a size-1 axis changes nothing). Last field, so the
-        positional order of the older three is kept.
+        between neighbours. Default 1 (a size-1 axis changes nothing). After the older three,
+        so their positional order is kept.
     strategy : str
         How logical axes map onto these mesh axes: a name of `STRATEGIES` (`rules_for`).
         Default ``"dp"``.
@@ -59,6 +70,11 @@ class MeshConfig:
         Pipeline microbatches per step (with ``pipeline > 1``; `pipeline_loss`). Default 4.
     schedule : str
         Pipeline schedule, one of `SCHEDULES` (``"gpipe"``, ``"1f1b"``). Default ``"gpipe"``.
+    expert : int
+        Expert parallelism: an MoE layer's experts split over this many devices (logical
+        axis ``experts`` → ``expert``; it must divide the model's ``num_experts``,
+        `check_expert_split`), its tokens exchanged by all-to-all (`expert_parallel`); outside
+        MoE layers the axis splits the batch like ``data``. Default 1.
 
     Each field's metadata holds its ``help`` line and ``resumable: True``: a run resumed from a
     checkpoint may lay its state out on another mesh (apps list and document fields from them).
@@ -73,6 +89,7 @@ class MeshConfig:
     )
     microbatches: int = _setting(4, "pipeline microbatches per step (pipeline > 1)")
     schedule: str = _setting("gpipe", "pipeline schedule (pipeline > 1)", choices=SCHEDULES)
+    expert: int = _setting(1, "expert-parallel size: MoE experts split over it, batch too")
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -98,21 +115,21 @@ class MeshConfig:
                 )
         if sum(s == -1 for s in sizes) > 1:
             raise ValueError(
-                "MeshConfig: at most one of data, fsdp, tensor and pipeline may be -1 (all "
+                "MeshConfig: at most one of data, fsdp, expert, tensor and pipeline may be -1 (all "
                 f"remaining devices); got {self.describe()}"
             )
 
     def describe(self) -> str:
-        """``"pipeline=P, data=D, fsdp=F, tensor=T"`` for messages."""
+        """``"pipeline=P, data=D, fsdp=F, expert=E, tensor=T"`` for messages."""
         return ", ".join(
             f"{n}={s}" for n, s in zip(MESH_AXES, self.sizes_or_minus_one(), strict=True)
         )
 
-    def sizes_or_minus_one(self) -> tuple[int, int, int, int]:
-        """The raw sizes in mesh-axis order ``(pipeline, data, fsdp, tensor)`` (-1 unresolved)."""
-        return (self.pipeline, self.data, self.fsdp, self.tensor)
+    def sizes_or_minus_one(self) -> tuple[int, ...]:
+        """The raw sizes in mesh-axis order (`MESH_AXES`; -1 unresolved)."""
+        return tuple(getattr(self, name) for name in MESH_AXES)
 
-    def resolve(self, num_devices: int) -> tuple[int, int, int, int]:
+    def resolve(self, num_devices: int) -> tuple[int, ...]:
         """Concrete axis sizes for ``num_devices`` devices.
 
         Raises
@@ -135,7 +152,11 @@ class MeshConfig:
                 f"mesh {desc} has {fixed} devices but {num_devices} are available; "
                 "the product of the axis sizes must equal the device count (or set one to -1)"
             )
-        return (sizes[0], sizes[1], sizes[2], sizes[3])
+        return tuple(sizes)
+
+
+def _describe(sizes: Sequence[int]) -> str:
+    return ", ".join(f"{n}={s}" for n, s in zip(MESH_AXES, sizes, strict=True))
 
 
 def _dcn_split(sizes: Sequence[int], num_granules: int) -> tuple[list[int], list[int]] | None:
@@ -143,7 +164,8 @@ def _dcn_split(sizes: Sequence[int], num_granules: int) -> tuple[list[int], list
 
     Returns ``None`` when the across-host factor cannot be taken from data/fsdp alone, i.e. when
     the tensor axis would have to span hosts. Hosts are taken from ``pipeline`` first (it only
-    sends activations to its neighbour), then ``data``, then ``fsdp``.
+    sends activations to its neighbour), then ``data``, ``fsdp`` and last ``expert`` (whose
+    all-to-all wants the fast links of a host).
     """
     remaining = num_granules
     dcn = []
@@ -159,7 +181,7 @@ def _dcn_split(sizes: Sequence[int], num_granules: int) -> tuple[list[int], list
 
 
 def make_mesh(config: MeshConfig | None = None, devices: Sequence[Any] | None = None) -> Mesh:
-    """Build a :class:`jax.sharding.Mesh` with axes ``("pipeline", "data", "fsdp", "tensor")``.
+    """Build a :class:`jax.sharding.Mesh` with the axes `MESH_AXES`.
 
     Parameters
     ----------
@@ -195,14 +217,19 @@ def make_mesh(config: MeshConfig | None = None, devices: Sequence[Any] | None = 
         if split is None:
             per_host = len(devs) // num_processes
             raise ValueError(
-                f"mesh pipeline={sizes[0]}, data={sizes[1]}, fsdp={sizes[2]}, tensor={sizes[3]} "
-                f"cannot keep the tensor axis inside a host: {num_processes} processes with "
-                f"{per_host} devices each must divide pipeline*data*fsdp (and tensor must divide "
+                f"mesh {_describe(sizes)} cannot keep the tensor axis inside a host: "
+                f"{num_processes} processes with {per_host} devices each must divide "
+                "pipeline*data*fsdp*expert (and tensor must divide "
                 "the devices per host)"
             )
         ici, dcn = split
         array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devs, process_is_granule=True)
     return Mesh(np.asarray(array), MESH_AXES)
+
+
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+    """The :data:`BATCH_AXES` that ``mesh`` has (a mesh made elsewhere may lack some)."""
+    return tuple(axis for axis in BATCH_AXES if axis in mesh.shape)
 
 
 def batch_ways(mesh: Mesh) -> int:
@@ -211,18 +238,24 @@ def batch_ways(mesh: Mesh) -> int:
     Parameters
     ----------
     mesh : Mesh
-        A mesh with ``data`` and ``fsdp`` axes (:func:`make_mesh`'s).
+        A mesh (:func:`make_mesh`'s has every batch axis; one without some counts the others).
 
     Returns
     -------
     int
-        ``data × fsdp``.
+        ``data × fsdp × expert``.
     """
-    return math.prod(int(mesh.shape[axis]) for axis in BATCH_AXES)
+    return math.prod(int(mesh.shape[axis]) for axis in batch_axes(mesh))
+
+
+def batch_label(mesh: Mesh) -> str:
+    """``"data×fsdp×expert"``: the batch axes of ``mesh``, for messages."""
+    return "×".join(batch_axes(mesh))
 
 
 def check_batch_split(sizes: Mapping[str, int], mesh: Mesh) -> int:
-    """Check that every named batch size splits evenly over the mesh's ``data × fsdp`` devices.
+    """Check that every named batch size splits evenly over the mesh's batch axes'
+    (``data × fsdp × expert``) devices.
 
     Call it once the mesh exists, before any batch is built: the caller names each size by its
     own key (a config key, a flag), so the error says what to change.
@@ -241,8 +274,8 @@ def check_batch_split(sizes: Mapping[str, int], mesh: Mesh) -> int:
     Raises
     ------
     ValueError
-        ``"<name>: <size> must be divisible by the data×fsdp mesh size (<ways>)"`` for the first
-        size that does not split.
+        ``"<name>: <size> must be divisible by the data×fsdp×expert mesh size (<ways>)"`` for
+        the first size that does not split.
 
     Examples
     --------
@@ -255,6 +288,6 @@ def check_batch_split(sizes: Mapping[str, int], mesh: Mesh) -> int:
     for name, size in sizes.items():
         if size % ways:
             raise ValueError(
-                f"{name}: {size} must be divisible by the data×fsdp mesh size ({ways})"
+                f"{name}: {size} must be divisible by the {batch_label(mesh)} mesh size ({ways})"
             )
     return ways

@@ -25,12 +25,14 @@ LOGICAL_AXES: tuple[str, ...] = (
     "layers",
     "norm",
     "classes",  # a classifier's labels: no preset maps it (replicated)
+    "experts",  # an MoE layer's routed experts: every preset maps it to the `expert` axis
 )
 
 #: A logical name maps to no mesh axis (replicated), one axis, or several (in major-to-minor order).
 MeshAxes = None | str | tuple[str, ...]
 
-_BATCH: MeshAxes = ("data", "fsdp")
+_BATCH: MeshAxes = ("data", "fsdp", "expert")
+_EP: dict[str, MeshAxes] = {"experts": "expert"}
 _TP: dict[str, MeshAxes] = {
     "mlp": "tensor",
     "heads": "tensor",
@@ -38,11 +40,11 @@ _TP: dict[str, MeshAxes] = {
     "vocab": "tensor",
 }
 _PRESETS: dict[str, dict[str, MeshAxes]] = {
-    "dp": {"batch": _BATCH},
-    "fsdp": {"batch": _BATCH, "embed": "fsdp"},
-    "tp": {"batch": _BATCH, **_TP},
-    "fsdp_tp": {"batch": _BATCH, "embed": "fsdp", **_TP},
-    "dp_tp": {"batch": _BATCH, **_TP},
+    "dp": {"batch": _BATCH, **_EP},
+    "fsdp": {"batch": _BATCH, "embed": "fsdp", **_EP},
+    "tp": {"batch": _BATCH, **_TP, **_EP},
+    "fsdp_tp": {"batch": _BATCH, "embed": "fsdp", **_TP, **_EP},
+    "dp_tp": {"batch": _BATCH, **_TP, **_EP},
 }
 STRATEGIES: tuple[str, ...] = tuple(_PRESETS)
 
@@ -193,7 +195,8 @@ def rules(strategy: str = "dp", *, strict: bool = False, **overrides: MeshAxes) 
         embed dimension, and its optimizer state, is split). ``tp``/``dp_tp``: Megatron — ``mlp``,
         ``heads``, ``kv_heads`` and ``vocab`` → ``tensor`` (column split of up/QKV projections,
         row split of down/output projections). ``fsdp_tp``: both. In all, ``batch`` →
-        ``("data", "fsdp")``; other names are replicated.
+        ``("data", "fsdp", "expert")`` and ``experts`` → ``expert`` (an MoE layer's experts split
+        over the expert axis; a size-1 axis changes nothing); other names are replicated.
     strict : bool
         Raise instead of replicating a dimension that its mesh axes do not divide.
     **overrides

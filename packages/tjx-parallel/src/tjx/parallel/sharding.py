@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tjx.parallel.mesh import BATCH_AXES, batch_ways
+from tjx.parallel.mesh import batch_axes, batch_label, batch_ways
 from tjx.parallel.rules import AxisRules
 
 __all__ = [
@@ -208,12 +208,12 @@ def shard_init(create_fn: Callable[[], T], mesh: Mesh, rules: AxisRules) -> T:
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
-    """Leading dimension over ``("data", "fsdp")``, the rest replicated.
+    """Leading dimension over the batch axes ``("data", "fsdp", "expert")``, the rest replicated.
 
     Parameters
     ----------
     mesh : Mesh
-        Mesh with ``data`` and ``fsdp`` axes.
+        A mesh (its batch axes: `batch_axes`).
     ndim : int
         Rank of the array (0 gives a replicated sharding).
 
@@ -221,7 +221,7 @@ def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
     -------
     NamedSharding
     """
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXES) if ndim > 0 else PartitionSpec())
+    return NamedSharding(mesh, PartitionSpec(batch_axes(mesh)) if ndim > 0 else PartitionSpec())
 
 
 def _batch_size_check(name: str, leading: int, mesh: Mesh, scale: int = 1) -> None:
@@ -229,12 +229,12 @@ def _batch_size_check(name: str, leading: int, mesh: Mesh, scale: int = 1) -> No
     if (leading * scale) % size != 0:
         raise ValueError(
             f"batch leaf {name}: leading dimension {leading * scale} is not divisible by "
-            f"data*fsdp = {size} (mesh {dict(mesh.shape)})"
+            f"{batch_label(mesh)} = {size} (mesh {dict(mesh.shape)})"
         )
 
 
 def shard_batch(batch: T, mesh: Mesh) -> T:
-    """Place a *global* batch (the same on every process) with its leading dim over (data, fsdp).
+    """Place a *global* batch (the same on every process) with its leading dim over the batch axes.
 
     Scalars are replicated. A leading dimension not divisible by ``data * fsdp`` → ValueError.
     For per-process batches in multi-host runs use :func:`host_local_to_global`.
@@ -248,7 +248,7 @@ def shard_batch(batch: T, mesh: Mesh) -> T:
     Returns
     -------
     pytree
-        Same structure, ``jax.Array``s sharded over ``("data", "fsdp")``.
+        Same structure, ``jax.Array``s sharded over the batch axes (`batch_axes`).
     """
 
     def one(path: Any, x: Any) -> Any:
@@ -310,7 +310,7 @@ def place_batch(batch: T, mesh: Mesh) -> T:
     Returns
     -------
     pytree
-        Same structure, global ``jax.Array``s sharded over ``("data", "fsdp")``.
+        Same structure, global ``jax.Array``s sharded over the batch axes (`batch_axes`).
 
     Raises
     ------

@@ -22,7 +22,7 @@ def _emulated_ragged_all_to_all(operand, output, input_offsets, send, output_off
     """``lax.ragged_all_to_all`` as its docstring defines it, from ``all_to_all``: slice ``j``
     (``operand[input_offsets[j]:+send[j]]``) is written at ``output_offsets[j]`` of device
     ``j``'s ``output``."""
-    n, m = len(send), operand.shape[0]
+    m = operand.shape[0]
     r = jnp.arange(m)
     blocks = jnp.where(
         (r[None, :] < send[:, None])[..., None],

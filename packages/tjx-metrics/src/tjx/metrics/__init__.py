@@ -16,6 +16,8 @@
   :func:`available_bytes` (what a device can use) and :func:`first_fit` (the first candidate step
   whose peak fits); :class:`DivergenceGuard` (stop after too many non-finite or skipped steps in a
   row); :func:`progress_bar` (rich, with loss and ETA).
+* Mixture of experts: :func:`moe_metrics` (balance and z-losses, dropped fraction, expert load)
+  and :func:`expert_load` (``[layers, experts]`` shares) of the router's summed statistics.
 """
 
 from tjx.metrics.accumulate import (
@@ -68,6 +70,7 @@ from tjx.metrics.memory import (
     first_fit,
     peak_bytes,
 )
+from tjx.metrics.moe import MOE_FIELDS, expert_load, moe_metrics
 from tjx.metrics.plots import load_curves, plot_curves, plot_run
 from tjx.metrics.progress import ProgressBar, progress_bar
 from tjx.metrics.throughput import ThroughputMeter, mfu
@@ -85,6 +88,7 @@ __all__ = [
     "JsonlLogger",
     "LOGGER_NAMES",
     "Logger",
+    "MOE_FIELDS",
     "MemoryCheck",
     "MemoryFit",
     "MetricAccumulator",
@@ -103,6 +107,7 @@ __all__ = [
     "device_peak_flops",
     "device_summary",
     "evaluate_heldout",
+    "expert_load",
     "finalize_metrics",
     "first_fit",
     "heldout_metrics",
@@ -115,6 +120,7 @@ __all__ = [
     "loss_metrics",
     "make_logger",
     "mfu",
+    "moe_metrics",
     "peak_bytes",
     "peak_flops",
     "plot_curves",

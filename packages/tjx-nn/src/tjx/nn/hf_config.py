@@ -21,6 +21,9 @@ ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
 }
 #: Keys that change nothing tjx computes (bookkeeping, token ids for generation, HF switches).
 HARMLESS = frozenset(
@@ -100,10 +103,14 @@ def _rope(hf: Mapping[str, Any]) -> tuple[float, tuple[float, float, float, int]
     return theta, (factor, low, high, original)
 
 
+#: Model types whose ``sliding_window`` slides whenever it is set (no ``use_sliding_window``).
+ALWAYS_SLIDE = ("mistral", "mixtral")
+
+
 def _check_window(hf: Mapping[str, Any], model_type: str, max_len: int) -> None:
     """tjx has no sliding window: one is served only where it never slides (≥ the context)."""
     window = hf.get("sliding_window")
-    on = window is not None and (model_type == "mistral" or bool(hf.get("use_sliding_window")))
+    on = window is not None and (model_type in ALWAYS_SLIDE or bool(hf.get("use_sliding_window")))
     layer_types = hf.get("layer_types") or []
     sliding_layers = [t for t in layer_types if t != "full_attention"]
     if sliding_layers and window is None:
@@ -116,23 +123,23 @@ def _check_window(hf: Mapping[str, Any], model_type: str, max_len: int) -> None:
         )
 
 
-def llama_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
-    """A ``LlamaConfig`` from a llama/mistral/qwen2 ``config.json`` dict (``overrides`` win).
+def llama_fields(
+    hf: Mapping[str, Any], model_type: str, *, handled: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The ``LlamaConfig`` fields every LLaMA-shaped ``config.json`` carries (the MoE types' too,
+    which add ``handled`` keys of their own and map them in ``hf_moe``).
 
     Raises
     ------
     ValueError
         An unknown or unsupported key or value, named.
     """
-    model_type = hf.get("model_type")
-    if model_type not in LLAMA_TYPES:
-        raise ValueError(f"config.json model_type must be one of {LLAMA_TYPES}; got {model_type!r}")
     if "auto_map" in hf:
         raise ValueError(
             "config.json has auto_map (custom modelling code, which tjx never runs); its "
             f"architecture may differ from model_type {model_type!r}, so it is refused"
         )
-    unknown = sorted(set(hf) - HANDLED - HARMLESS)
+    unknown = sorted(set(hf) - HANDLED - HARMLESS - handled)
     if unknown:
         raise ValueError(
             f"config.json key(s) {', '.join(unknown)} are not understood by tjx's {model_type} "
@@ -151,7 +158,7 @@ def llama_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig
     _check_window(hf, model_type, max_len)
     theta, scaling = _rope(hf)
     heads = int(hf["num_attention_heads"])
-    fields: dict[str, Any] = dict(
+    return dict(
         vocab_size=int(hf["vocab_size"]),
         max_seq_len=max_len,
         d_model=int(hf["hidden_size"]),
@@ -164,21 +171,31 @@ def llama_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig
         rope_theta=theta,
         rope_scaling=scaling,
         use_bias=attn_bias,
-        qkv_bias=model_type == "qwen2",
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         attention_dropout=float(hf.get("attention_dropout", 0.0)),
         init_std=float(hf.get("initializer_range", 0.02)),
     )
+
+
+def llama_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
+    """A ``LlamaConfig`` from a llama/mistral/qwen2 ``config.json`` dict (``overrides`` win).
+
+    Raises
+    ------
+    ValueError
+        An unknown or unsupported key or value, named.
+    """
+    model_type = hf.get("model_type")
+    if model_type not in LLAMA_TYPES:
+        raise ValueError(f"config.json model_type must be one of {LLAMA_TYPES}; got {model_type!r}")
+    fields = llama_fields(hf, model_type)
+    fields["qkv_bias"] = model_type == "qwen2"
     fields.update(overrides)
     return LlamaConfig(**fields)
 
 
-def export_type(config: LlamaConfig, model_type: str | None) -> str:
-    """The HF ``model_type`` to write: the one asked for, else qwen2 with q/k/v-only biases,
-    else llama. Raises ``ValueError`` when ``config`` cannot be that type."""
-    chosen = model_type or ("qwen2" if config.qkv_bias and not config.use_bias else "llama")
-    if chosen not in LLAMA_TYPES:
-        raise ValueError(f"model_type must be one of {LLAMA_TYPES} for a Llama; got {chosen!r}")
+def check_llama_shape(config: LlamaConfig) -> None:
+    """Raise ``ValueError`` unless ``config`` is LLaMA-shaped (what every HF Llama type is)."""
     shaped = config.attention_type == "mha" and config.position == "rope"
     if not shaped or config.norm != "rmsnorm":
         raise ValueError(
@@ -190,6 +207,20 @@ def export_type(config: LlamaConfig, model_type: str | None) -> str:
             "only LLaMA-shaped configs export (mlp_activation 'swiglu', norm_position 'pre'); "
             f"got {config.mlp_activation!r}, {config.norm_position!r}"
         )
+
+
+def export_type(config: LlamaConfig, model_type: str | None) -> str:
+    """The HF ``model_type`` to write: the one asked for, else qwen2 with q/k/v-only biases,
+    else llama. Raises ``ValueError`` when ``config`` cannot be that type."""
+    chosen = model_type or ("qwen2" if config.qkv_bias and not config.use_bias else "llama")
+    if chosen not in LLAMA_TYPES:
+        raise ValueError(f"model_type must be one of {LLAMA_TYPES} for a Llama; got {chosen!r}")
+    if config.qk_norm:
+        raise ValueError(
+            f"model_type {chosen!r} has no q/k norms (qk_norm=True); of the HF types tjx "
+            "writes only qwen3_moe has them"
+        )
+    check_llama_shape(config)
     qwen = chosen == "qwen2"
     if qwen != (config.qkv_bias and not config.use_bias):
         raise ValueError(
@@ -204,6 +235,18 @@ def export_type(config: LlamaConfig, model_type: str | None) -> str:
 def llama_config_to_hf(config: LlamaConfig, model_type: str | None = None) -> dict[str, Any]:
     """The ``config.json`` dict of ``config`` as ``model_type`` (see ``export_type``)."""
     chosen = export_type(config, model_type)
+    out = llama_common_to_hf(config, chosen)
+    if chosen == "llama":
+        out["attention_bias"] = out["mlp_bias"] = config.use_bias
+    elif chosen == "mistral":
+        out["sliding_window"] = None
+    else:
+        out["use_sliding_window"] = False
+    return out
+
+
+def llama_common_to_hf(config: LlamaConfig, chosen: str) -> dict[str, Any]:
+    """The keys every LLaMA-shaped ``config.json`` of ``model_type`` ``chosen`` holds."""
     out: dict[str, Any] = {
         "architectures": [ARCHITECTURES[chosen]],
         "model_type": chosen,
@@ -231,10 +274,4 @@ def llama_config_to_hf(config: LlamaConfig, model_type: str | None = None) -> di
             "high_freq_factor": high,
             "original_max_position_embeddings": original,
         }
-    if chosen == "llama":
-        out["attention_bias"] = out["mlp_bias"] = config.use_bias
-    elif chosen == "mistral":
-        out["sliding_window"] = None
-    else:
-        out["use_sliding_window"] = False
     return out

@@ -1,7 +1,8 @@
 """tjx.nn: Flax NNX transformer layers and models with logical axis names.
 
-GPT-2, LLaMA-style decoders, BERT, ViT and an encoder-decoder; KV-cache generation; HF GPT-2
-interop (GPT-2, Llama, Mistral, Qwen2: ``load_hf`` / ``save_hf``); losses and utilities.
+GPT-2, LLaMA-style decoders (with mixture-of-experts layers), BERT, ViT and an encoder-decoder;
+KV-cache generation; HF interop (GPT-2, Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE, Qwen3-MoE:
+``load_hf`` / ``save_hf``); losses and utilities.
 """
 
 from tjx.nn.attention import Attention
@@ -77,7 +78,7 @@ from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.8.0"
+__version__ = "0.9.0"
 
 __all__ = [
     "ACTIVATIONS",

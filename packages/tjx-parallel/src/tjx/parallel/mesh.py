@@ -115,8 +115,8 @@ class MeshConfig:
                 )
         if sum(s == -1 for s in sizes) > 1:
             raise ValueError(
-                "MeshConfig: at most one of data, fsdp, expert, tensor and pipeline may be -1 (all "
-                f"remaining devices); got {self.describe()}"
+                "MeshConfig: at most one of data, fsdp, tensor and pipeline may be -1 (or expert: "
+                f"one axis takes all remaining devices); got {self.describe()}"
             )
 
     def describe(self) -> str:

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
-from tjx.nn.stack import Segment, segments
+from tjx.nn.layer_runs import Segment, segments
 from tjx_nn_tests._helpers import build
 
 MOE = dict(
@@ -177,5 +177,7 @@ def test_flops_count_active_parameters_only():
     total = tnn.config_param_count(cfg)
     assert total > active  # the idle experts are parameters, not FLOPs
     s = 8
+    # PaLM's count (attention whole), and the default with causal attention at half.
     want = (6 * active * s + 12 * cfg.num_layers * 2 * 8 * s * s) / s
-    assert tnn.flops_per_token(cfg, s) == want
+    assert tnn.flops_per_token(cfg, s, causal_half=False) == want
+    assert tnn.flops_per_token(cfg, s) == (6 * active * s + 6 * cfg.num_layers * 2 * 8 * s * s) / s

@@ -22,7 +22,8 @@ def test_presets_map_names_as_documented() -> None:
         assert set(LOGICAL_AXES) <= set(table)
         assert table["batch"] == ("data", "fsdp", "expert")
         assert table["experts"] == "expert"  # every strategy: MoE experts over the expert axis
-        assert table["length"] is None and table["head_dim"] is None and table["norm"] is None
+        assert table["length"] == "context"  # context parallelism splits the sequence
+        assert table["head_dim"] is None and table["norm"] is None
         assert table["embed"] == ("fsdp" if "fsdp" in strategy else None)
         for name in ("mlp", "heads", "kv_heads", "vocab"):
             assert table[name] == ("tensor" if strategy.endswith("tp") else None)
@@ -36,8 +37,8 @@ def test_to_mesh_spec_fsdp_tp(mesh) -> None:
         "tensor", None, "fsdp"
     )
     # fsdp is taken by the batch, so the activation's embed dim is replicated
-    want = P(("data", "fsdp", "expert"))
-    assert r.to_mesh_spec(P("batch", "length", "embed"), mesh, (4, 3, 8)) == want
+    spec = r.to_mesh_spec(P("batch", "length", "embed"), mesh, (4, 3, 8))
+    assert spec == P(("data", "fsdp", "expert"), "context")
     assert r.to_mesh_spec(P(None, "norm"), mesh, (3, 5)) == P()
     assert r.to_mesh_spec(P(("embed", "vocab")), mesh, (8,)) == P(("fsdp", "tensor"))
 

@@ -7,6 +7,12 @@ Pallas flash attention (forward and backward), chunked cross-entropy, a plain-XL
 
 from typing import Any
 
+from tjx.kernels.blocks import (
+    BLOCK_IMPLEMENTATIONS,
+    attention_backward,
+    attention_forward,
+    block_kernel,
+)
 from tjx.kernels.choice import (
     AutoChoice,
     KernelCompileError,
@@ -15,17 +21,20 @@ from tjx.kernels.choice import (
     current_target,
     first_that_compiles,
     kernel_order,
+    out_of_memory,
     target,
 )
 from tjx.kernels.compile_cache import enable_compilation_cache
+from tjx.kernels.costs import custom_call_cost
 from tjx.kernels.cross_entropy import CrossEntropyOutput, auto_chunk_size, chunked_cross_entropy
 from tjx.kernels.dispatch import IMPLEMENTATIONS, attention, select_implementation
 from tjx.kernels.launch import LaunchDefaults, default_launch
 from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
 
-__version__ = "0.4.0"
+__version__ = "0.6.0"
 
 __all__ = [
+    "BLOCK_IMPLEMENTATIONS",
     "IMPLEMENTATIONS",
     "AutoChoice",
     "CrossEntropyOutput",
@@ -34,17 +43,22 @@ __all__ = [
     "Target",
     "__version__",
     "attention",
+    "attention_backward",
+    "attention_forward",
     "attention_mask",
     "attention_weights",
     "auto_chunk_size",
     "auto_order",
+    "block_kernel",
     "chunked_cross_entropy",
     "current_target",
+    "custom_call_cost",
     "default_launch",
     "enable_compilation_cache",
     "first_that_compiles",
     "flash_attention",
     "kernel_order",
+    "out_of_memory",
     "reference_attention",
     "select_implementation",
     "target",

@@ -9,9 +9,16 @@
 * :func:`transformer_flops_per_token` (6·N + 12·L·d·s, PaLM appendix B), :func:`peak_flops` /
   :func:`device_peak_flops` by ``device_kind`` (:func:`compute_peak_flops` for a model's compute
   dtype at JAX's default precision), :func:`mfu` and :class:`ThroughputMeter`.
-* :func:`make_logger` fanning out to console / JSONL / W&B / TensorBoard; :func:`weights_to_host`
+* :func:`make_logger` fanning out to console / JSONL / W&B / TensorBoard (the JSONL log is standard
+  JSON: :func:`dumps_json` / :func:`loads_json` write and read NaN and infinities as ``null`` named
+  in a ``"nonfinite"`` entry); :func:`weights_to_host`
   (a params pytree as ``{path: host array}``; ``Logger.log_weights`` logs their histograms);
   :func:`plot_curves`, and :func:`plot_run` at the end of a run (never raises).
+* Before a device is rented: :func:`roofline` (an estimated step time from a compiled program's
+  optimized HLO: per kernel FLOPs, bytes read and written, loops times their trip counts) over
+  :func:`parse_hlo`, against the device table (:data:`ACCELERATORS`, :func:`accelerator`,
+  :func:`parse_target`: peaks per dtype, HBM, bandwidth, links; :func:`gpu_target_config`, XLA's
+  own GPU spec for a deviceless compile).
 * Before and during a run: :func:`peak_bytes` (XLA's memory analysis of a compiled step),
   :func:`available_bytes` (what a device can use) and :func:`first_fit` (the first candidate step
   whose peak fits); :class:`DivergenceGuard` (stop after too many non-finite or skipped steps in a
@@ -20,6 +27,14 @@
   and :func:`expert_load` (``[layers, experts]`` shares) of the router's summed statistics.
 """
 
+from tjx.metrics.accelerators import (
+    ACCELERATORS,
+    Accelerator,
+    accelerator,
+    accelerator_of,
+    gpu_target_config,
+    parse_target,
+)
 from tjx.metrics.accumulate import (
     MetricAccumulator,
     bits_per_byte,
@@ -44,10 +59,13 @@ from tjx.metrics.heldout import (
     heldout_metrics,
     heldout_step,
 )
+from tjx.metrics.hlo import HloModule, parse_hlo
+from tjx.metrics.kernel_cost import CustomCall, Kernel
 from tjx.metrics.lm import lm_metrics, lm_stats, loss_metrics
 from tjx.metrics.loggers import (
     HISTOGRAM_BINS,
     LOGGER_NAMES,
+    NONFINITE_KEY,
     ConsoleLogger,
     JsonlLogger,
     Logger,
@@ -55,11 +73,15 @@ from tjx.metrics.loggers import (
     TensorBoardLogger,
     WandbLogger,
     check_logger_packages,
+    dumps_json,
+    from_standard_json,
     histogram_summary,
+    loads_json,
     make_logger,
     read_jsonl,
     resolve_wandb_mode,
     select_weights,
+    to_standard_json,
     weights_to_host,
 )
 from tjx.metrics.memory import (
@@ -69,23 +91,30 @@ from tjx.metrics.memory import (
     available_bytes,
     first_fit,
     peak_bytes,
+    refused_bytes,
 )
 from tjx.metrics.moe import MOE_FIELDS, expert_load, moe_metrics
 from tjx.metrics.plots import load_curves, plot_curves, plot_run
 from tjx.metrics.progress import ProgressBar, progress_bar
+from tjx.metrics.roofline import Roofline, roofline
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
-__version__ = "0.8.0"
+__version__ = "0.11.0"
 
 __all__ = [
+    "ACCELERATORS",
+    "Accelerator",
     "ConsoleLogger",
+    "CustomCall",
     "DEFAULT_TOP_K",
     "DEVICE_PEAKS",
     "DevicePeak",
     "DivergenceGuard",
     "GIB",
     "HISTOGRAM_BINS",
+    "HloModule",
     "JsonlLogger",
+    "Kernel",
     "LOGGER_NAMES",
     "Logger",
     "MOE_FIELDS",
@@ -93,11 +122,15 @@ __all__ = [
     "MemoryFit",
     "MetricAccumulator",
     "MultiLogger",
+    "NONFINITE_KEY",
     "ProgressBar",
+    "Roofline",
     "TensorBoardLogger",
     "ThroughputMeter",
     "WandbLogger",
     "__version__",
+    "accelerator",
+    "accelerator_of",
     "accumulate_heldout",
     "available_bytes",
     "bits_per_byte",
@@ -106,6 +139,7 @@ __all__ = [
     "compute_peak_flops",
     "device_peak_flops",
     "device_summary",
+    "dumps_json",
     "evaluate_heldout",
     "expert_load",
     "finalize_metrics",
@@ -113,22 +147,30 @@ __all__ = [
     "heldout_metrics",
     "heldout_step",
     "flops_per_token_from_config",
+    "from_standard_json",
+    "gpu_target_config",
     "histogram_summary",
     "lm_metrics",
     "lm_stats",
     "load_curves",
+    "loads_json",
     "loss_metrics",
     "make_logger",
     "mfu",
     "moe_metrics",
+    "parse_hlo",
+    "parse_target",
     "peak_bytes",
     "peak_flops",
     "plot_curves",
     "plot_run",
     "progress_bar",
+    "refused_bytes",
+    "roofline",
     "read_jsonl",
     "resolve_wandb_mode",
     "select_weights",
+    "to_standard_json",
     "transformer_flops_per_token",
     "weights_to_host",
     "with_bits_per_byte",

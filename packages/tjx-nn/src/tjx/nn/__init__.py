@@ -1,8 +1,11 @@
 """tjx.nn: Flax NNX transformer layers and models with logical axis names.
 
 GPT-2, LLaMA-style decoders (with mixture-of-experts layers), BERT, ViT and an encoder-decoder;
-KV-cache generation; HF interop (GPT-2, Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE, Qwen3-MoE:
-``load_hf`` / ``save_hf``); losses and utilities.
+sliding-window attention and RoPE scalings (linear, dynamic, yarn, longrope, llama3); KV-cache
+generation (rolling for windows); HF interop (GPT-2, Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE,
+Qwen3-MoE: ``load_hf`` / ``save_hf``); LoRA adapters (``add_lora``,
+merged or PEFT export) and preference losses (DPO, IPO); sequence-split (context parallel) runs
+through ``sequence_parallel``; losses and utilities.
 """
 
 from tjx.nn.attention import Attention
@@ -12,6 +15,7 @@ from tjx.nn.config_io import config_from_dict, config_to_dict
 from tjx.nn.configs import (
     ACTIVATIONS,
     ATTENTION_IMPLS,
+    LAYER_KINDS,
     NORMS,
     POSITIONS,
     REMAT_POLICIES,
@@ -39,14 +43,24 @@ from tjx.nn.hf import (
     save_hf_gpt2,
 )
 from tjx.nn.hf_gpt2 import HF_GPT2_FIXED, HF_GPT2_NAMES, hf_gpt2_conflicts
-from tjx.nn.kv_cache import init_cache, kv_cache_bytes, topk_decode_attention
-from tjx.nn.linear import Dense, dropout
+from tjx.nn.kv_cache import cache_slots, init_cache, kv_cache_bytes, topk_decode_attention
+from tjx.nn.linear import Dense, LoRAAdapter, dropout
+from tjx.nn.lora import (
+    LORA_ROLES,
+    LoraConfig,
+    adapters_off,
+    add_lora,
+    has_lora,
+    lora_param_count,
+    merge_lora,
+)
 from tjx.nn.losses import (
     classification_loss,
     contrastive_loss,
     cross_entropy_loss,
     logits_cross_entropy,
     masked_lm_loss,
+    masked_mean,
     mlm_mask,
 )
 from tjx.nn.mlp import MLP
@@ -68,65 +82,87 @@ from tjx.nn.objectives import (
 )
 from tjx.nn.params import LOGICAL_AXES, make_param
 from tjx.nn.params_io import get_flat_params, set_flat_params
-from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, sinusoidal
+from tjx.nn.peft_io import save_peft
+from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, rope_inv_freq, sinusoidal
 from tjx.nn.precision import DTYPE_NAMES, Precision
+from tjx.nn.preference import (
+    PREFERENCE_LOSSES,
+    PreferenceOutput,
+    dpo_loss,
+    preference_loss,
+    sequence_logprobs,
+)
 from tjx.nn.registry import MODEL_KINDS, build_model
 from tjx.nn.relative_bias import RelativePositionBias, t5_relative_bucket
+from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling, rope_parameters
 from tjx.nn.routers import ROUTERS, Routing, register_router
 from tjx.nn.seq2seq_generation import generate_seq2seq
+from tjx.nn.sequence import SequenceSplit, current_sequence_parallel, sequence_parallel
 from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.9.0"
+__version__ = "0.13.0"
 
 __all__ = [
     "ACTIVATIONS",
     "ATTENTION_IMPLS",
-    "DTYPE_NAMES",
-    "BERT",
-    "GPT2",
-    "HF_GPT2_FIXED",
-    "HF_GPT2_NAMES",
-    "HF_MODEL_TYPES",
-    "LOGICAL_AXES",
-    "MLP",
-    "MODEL_KINDS",
-    "NORMS",
-    "ROUTERS",
-    "OBJECTIVES",
-    "POSITIONS",
-    "REMAT_POLICIES",
     "Attention",
+    "BERT",
     "BertConfig",
     "Block",
+    "DTYPE_NAMES",
     "DecoderLM",
     "DecoderStages",
     "Dense",
     "Embed",
     "EncoderDecoder",
     "EncoderDecoderConfig",
+    "GPT2",
     "GPT2Config",
+    "HF_GPT2_FIXED",
+    "HF_GPT2_NAMES",
+    "HF_MODEL_TYPES",
+    "LAYER_KINDS",
+    "LOGICAL_AXES",
+    "LORA_ROLES",
     "LayerNorm",
     "Llama",
     "LlamaConfig",
+    "LoRAAdapter",
+    "LoraConfig",
+    "MLP",
+    "MODEL_KINDS",
     "MoE",
     "MoEStats",
+    "NORMS",
+    "OBJECTIVES",
     "Objective",
     "ObjectiveLoss",
+    "POSITIONS",
+    "PREFERENCE_LOSSES",
     "Precision",
+    "PreferenceOutput",
+    "REMAT_POLICIES",
     "RMSNorm",
+    "ROPE_SCALINGS",
+    "ROUTERS",
     "RelativePositionBias",
+    "RopeScaling",
     "Routing",
+    "SequenceSplit",
     "Stack",
     "TransformerConfig",
     "ViT",
     "ViTConfig",
     "__version__",
+    "adapters_off",
+    "add_lora",
     "alibi_bias",
     "alibi_slopes",
     "apply_rope",
     "build_model",
+    "cache_slots",
     "classification_loss",
     "concrete_state",
     "config_from_dict",
@@ -134,9 +170,11 @@ __all__ = [
     "config_to_dict",
     "contrastive_loss",
     "count_params",
-    "current_expert_parallel",
     "cross_entropy_loss",
+    "current_expert_parallel",
+    "current_sequence_parallel",
     "decoder_stages",
+    "dpo_loss",
     "dropout",
     "eval_mask_key",
     "expert_parallel_scope",
@@ -146,6 +184,7 @@ __all__ = [
     "generate_seq2seq",
     "get_flat_params",
     "gpt2_config",
+    "has_lora",
     "head_cross_entropy",
     "hf_gpt2_conflicts",
     "hf_kind",
@@ -155,24 +194,33 @@ __all__ = [
     "load_hf",
     "load_hf_gpt2",
     "logits_cross_entropy",
+    "lora_param_count",
     "make_param",
     "masked_lm_loss",
+    "masked_mean",
     "matmul_param_count",
+    "merge_lora",
     "mlm_mask",
     "moe_layers",
     "objective_logits",
     "objective_logits_fn",
     "objective_loss",
     "objective_of",
-    "remat_policy",
+    "preference_loss",
     "read_hf_config",
     "register_router",
+    "remat_policy",
     "reseed",
-    "router_penalty",
     "residual_std",
+    "rope_inv_freq",
+    "rope_parameters",
+    "router_penalty",
     "sample_logits",
     "save_hf",
     "save_hf_gpt2",
+    "save_peft",
+    "sequence_logprobs",
+    "sequence_parallel",
     "set_flat_params",
     "sinusoidal",
     "summary",

@@ -104,6 +104,8 @@ class Block(nnx.Module):
         cache_pos: Array | None = None,
         context_kv: LayerCache | None = None,
         bias: Array | None = None,
+        local: Any = None,
+        lengths: Array | None = None,
     ) -> tuple[Array, LayerCache | None, MoEStats | None]:
         """Apply the layer; returns ``(x, updated cache, MoE statistics or None)``.
 
@@ -112,8 +114,11 @@ class Block(nnx.Module):
 
         ``context_kv`` (``{"k", "v"}``, see ``Attention.project_context``) replaces projecting
         ``context`` in the cross-attention (incremental decoding of an encoder-decoder).
+        ``local`` switches the self-attention's sliding window for this layer and ``lengths``
+        gives a prefill's real tokens per row (see ``Attention``).
         """
         keys = split_key(rng, 6)
+        lora_keys = split_key(keys[5], 2)  # LoRA adapters' dropout (tjx.nn.add_lora)
 
         def sub(x: Array, norm: nnx.Module, fn: Any, key: Array | None) -> Array:
             if self.pre_ln:
@@ -132,6 +137,9 @@ class Block(nnx.Module):
                 cache=cache,
                 cache_pos=cache_pos,
                 bias=bias,
+                lora_rng=lora_keys[0],
+                local=local,
+                lengths=lengths,
             )
             return out
 
@@ -157,7 +165,7 @@ class Block(nnx.Module):
         def ffn(h: Array) -> Array:
             if moe is None:
                 assert self.mlp is not None
-                return self.mlp(h)
+                return self.mlp(h, lora_keys[1])
             out, stats[0] = moe(h)
             return out
 

@@ -35,6 +35,7 @@ from tjx.nn.hf_io import (
 )
 from tjx.nn.hf_llama import llama_mapping
 from tjx.nn.hf_moe import MOE_TYPES, moe_config_from_hf, moe_config_to_hf, moe_export_type
+from tjx.nn.lora import merged_readers
 from tjx.nn.model_state import concrete_state
 from tjx.nn.params_io import fill_params, param_readers
 
@@ -163,7 +164,7 @@ def save_hf(
     Parameters
     ----------
     model : GPT2 or Llama
-        Scanned or not.
+        Scanned or not; LoRA adapters (``add_lora``) are merged into the weights written.
     path : str or PathLike
         A new or empty folder (created).
     dtype : {"float32", "bfloat16", "float16"}, optional
@@ -193,7 +194,8 @@ def save_hf(
     config = getattr(model, "config", None)
     hf_config, mapping = _export_plan(config, model_type)
     assert config is not None
-    readers = param_readers(model)
+    # LoRA adapters, if any, are merged into their kernels as each tensor is read.
+    readers = merged_readers(model, param_readers(model))
     name = str(dtype or jnp.dtype(config.precision.param_dtype).name)
     if name not in SAVE_DTYPES:
         raise ValueError(f"dtype must be one of {SAVE_DTYPES}; got {dtype!r}")

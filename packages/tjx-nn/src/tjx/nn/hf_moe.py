@@ -143,6 +143,9 @@ def moe_export_type(config: LlamaConfig, model_type: str | None) -> str:
     if chosen == "mixtral":
         need(c.moe_layer_step == 1 and c.moe_first_dense == 0, "every layer MoE")
         need(c.router_norm_topk, "router_norm_topk=True")
+        need(c.window_pattern is None, "one sliding_window for every layer (no window_pattern)")
+    else:
+        need(c.sliding_window is None, "no sliding_window (tjx writes none for the Qwen MoE types)")
     return chosen
 
 
@@ -156,7 +159,7 @@ def moe_config_to_hf(config: LlamaConfig, model_type: str | None = None) -> dict
         out |= dict(
             num_local_experts=c.num_experts,
             intermediate_size=expert_mlp_dim(c),
-            sliding_window=None,
+            sliding_window=c.sliding_window,
         )
         return out
     out |= dict(

@@ -7,12 +7,43 @@ on final hidden states (``return_hidden=True``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, NamedTuple
+
 import jax
 import jax.numpy as jnp
 
 from tjx.kernels import CrossEntropyOutput
 
+if TYPE_CHECKING:
+    from tjx.nn.moe import MoEStats
+
 Array = jax.Array
+
+
+class ObjectiveLoss(NamedTuple):
+    """`objective_loss`'s result: ``tjx.kernels.CrossEntropyOutput``'s fields, the training loss
+    with the router's losses in it, and the MoE layers' statistics.
+
+    Attributes
+    ----------
+    loss : Array
+        float32 scalar to differentiate: the mean cross-entropy over scored labels (z-loss
+        included) plus, for an MoE model, ``moe.router_penalty`` (the load-balancing and router
+        z-losses times their coefficients, summed over MoE layers).
+    sum_loss, num_tokens, num_correct : Array
+        As ``CrossEntropyOutput``'s: the summed cross-entropy (nothing else), the scored labels,
+        the top-1 correct ones.
+    moe : MoEStats or None
+        The MoE layers' router statistics, stacked in layer order (sums: add them over
+        micro-batches; ``tjx.metrics.moe_metrics`` makes the logged values of them); None for a
+        model without MoE layers.
+    """
+
+    loss: Array
+    sum_loss: Array
+    num_tokens: Array
+    num_correct: Array
+    moe: MoEStats | None = None
 
 
 def _token_ce(logits: Array, labels: Array, label_smoothing: float) -> tuple[Array, Array, Array]:
@@ -65,6 +96,32 @@ def cross_entropy_loss(
     loss = nll + z_loss * jnp.square(lse)
     count = jnp.sum(mask)
     return jnp.sum(jnp.where(mask, loss, 0.0)) / jnp.maximum(count, 1)
+
+
+def masked_mean(values: Array, mask: Array) -> Array:
+    """The mean of ``values`` over the batch's unmasked entries: ``Σ values·mask / Σ mask``.
+
+    tjx's token losses average this way, per token over the whole batch (as MaxText, torchtitan,
+    levanter and TRL do), not as a mean of per-sequence means: every scored token weighs the
+    same whatever the length of its sequence (a per-sequence mean gives each token of a short
+    answer more weight than one of a long answer, and its value would depend on how sequences are
+    packed into rows), and micro-batches accumulate exactly by weighting with their token counts.
+
+    Parameters
+    ----------
+    values : Array
+        Per-token values ``[...]`` (computed in float32).
+    mask : Array
+        bool ``[...]``: the entries that count.
+
+    Returns
+    -------
+    Array
+        Scalar float32 (0 when nothing counts).
+    """
+    mask = mask.astype(bool)
+    total = jnp.sum(jnp.where(mask, values.astype(jnp.float32), 0.0))
+    return total / jnp.maximum(jnp.sum(mask), 1)
 
 
 def logits_cross_entropy(

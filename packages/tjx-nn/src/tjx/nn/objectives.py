@@ -12,6 +12,11 @@ model              objective           batch keys                               
                    each window                                                      the second half
 =================  ==================  ===========================================  ===============
 
+Supervised fine-tuning is the ``lm`` objective on chat batches (``tjx.data.ChatLoader``): every
+target the assistant did not write is ``-100``, so the loss is the mean over the assistant's
+tokens, per token over the whole batch (``losses.masked_mean``: why per token, not per sequence).
+Preference optimisation (DPO, IPO) is ``tjx.nn.preference_loss`` on preference batches.
+
 Decoders and the encoder-decoder end in a vocabulary head, so their loss runs on final hidden
 states (``head_cross_entropy``: chunked or plain, optional z-loss); BERT's MLM head and ViT's
 classifier are scored on their float32 logits (``logits_cross_entropy``, no z-loss).
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 from flax import nnx
@@ -35,7 +40,7 @@ from tjx.nn.bert import BERT
 from tjx.nn.configs import BertConfig, EncoderDecoderConfig, TransformerConfig, ViTConfig
 from tjx.nn.decoder import DecoderLM, head_cross_entropy
 from tjx.nn.encdec import EncoderDecoder, window_halves
-from tjx.nn.losses import logits_cross_entropy
+from tjx.nn.losses import ObjectiveLoss, logits_cross_entropy
 from tjx.nn.moe import MoEStats, router_penalty
 from tjx.nn.vit import ViT
 
@@ -153,32 +158,6 @@ def objective_of(config_or_model: Any) -> Objective:
             return OBJECTIVES[name]
     allowed = ", ".join(m.__name__ for m in _MODELS)
     raise ValueError(f"no objective for a {probe.__name__}; give a model ({allowed}) or its config")
-
-
-class ObjectiveLoss(NamedTuple):
-    """`objective_loss`'s result: ``tjx.kernels.CrossEntropyOutput``'s fields, the training loss
-    with the router's losses in it, and the MoE layers' statistics.
-
-    Attributes
-    ----------
-    loss : Array
-        float32 scalar to differentiate: the mean cross-entropy over scored labels (z-loss
-        included) plus, for an MoE model, ``moe.router_penalty`` (the load-balancing and router
-        z-losses times their coefficients, summed over MoE layers).
-    sum_loss, num_tokens, num_correct : Array
-        As ``CrossEntropyOutput``'s: the summed cross-entropy (nothing else), the scored labels,
-        the top-1 correct ones.
-    moe : MoEStats or None
-        The MoE layers' router statistics, stacked in layer order (sums: add them over
-        micro-batches; ``tjx.metrics.moe_metrics`` makes the logged values of them); None for a
-        model without MoE layers.
-    """
-
-    loss: Array
-    sum_loss: Array
-    num_tokens: Array
-    num_correct: Array
-    moe: MoEStats | None = None
 
 
 def eval_mask_key(seed: int) -> Array:

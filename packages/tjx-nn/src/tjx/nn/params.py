@@ -36,6 +36,9 @@ LOGICAL_AXES = (
     # An MoE layer's routed experts: the leading axis of the stacked expert weights (a stack of
     # matrices, like `layers`); tjx-parallel maps it to the `expert` mesh axis.
     "experts",
+    # A LoRA adapter's rank (A is [in, lora_rank], B [lora_rank, out]): named so that B of an
+    # output projection ([lora_rank, embed]) never reads as an embedding table; replicated.
+    "lora_rank",
 )
 
 Initializer = Callable[..., jax.Array]

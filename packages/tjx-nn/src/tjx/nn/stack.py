@@ -13,7 +13,7 @@ with depth. ``remat`` wraps each layer in ``nnx.remat`` with a ``jax.checkpoint`
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +21,7 @@ from flax import nnx
 
 from tjx.nn.block import Block
 from tjx.nn.configs import REMAT_POLICIES, TransformerConfig
+from tjx.nn.layer_runs import Segment, Unit, scanned, segments
 from tjx.nn.moe import MoEStats
 from tjx.nn.moe_config import moe_layers
 from tjx.nn.relative_bias import RelativePositionBias
@@ -55,51 +56,6 @@ def remat_policy(name: str) -> Callable[..., bool] | None:
     return policies[name]
 
 
-class Segment(NamedTuple):
-    """A run of a scanned stack: ``repeats`` copies of ``unit`` (per position: an MoE layer?),
-    starting at layer ``start``."""
-
-    start: int
-    unit: tuple[bool, ...]
-    repeats: int
-
-
-def segments(kinds: tuple[bool, ...], max_period: int) -> tuple[Segment, ...]:
-    """Cut a stack's layer kinds (True: MoE) into the fewest repeating runs a scan can stack.
-
-    Each run repeats a unit of at most ``max_period`` layers (ties: the longer first run). A dense
-    or all-MoE stack is one run of period 1; DeepSeek's first dense layers are a run of their own
-    before the MoE run; Qwen2-MoE's every-other-layer MoE is one run of the unit (dense, MoE).
-    """
-    n = len(kinds)
-    # fewest[i]: (runs needed for kinds[i:], the first run as (period, repeats)); a small DP.
-    fewest: list[tuple[int, tuple[int, int]]] = [(0, (0, 0))] * (n + 1)
-    for i in range(n - 1, -1, -1):
-        best = (n + 1, 0, (1, 1))  # (runs, -layers the first run covers, its (period, repeats))
-        for p in range(1, min(max_period, n - i) + 1):
-            unit = kinds[i : i + p]
-            r = 1
-            while kinds[i + r * p : i + (r + 1) * p] == unit:
-                r += 1
-            for reps in range(r, 0, -1):
-                best = min(best, (1 + fewest[i + reps * p][0], -reps * p, (p, reps)))
-        fewest[i] = (best[0], best[2])
-    out: list[Segment] = []
-    i = 0
-    while i < n:
-        p, reps = fewest[i][1]
-        out.append(Segment(i, kinds[i : i + p], reps))
-        i += p * reps
-    return tuple(out)
-
-
-class Unit(nnx.Module):
-    """One repeat of a segment: its blocks in order (stacked over the repeats when scanned)."""
-
-    def __init__(self, blocks: list[Block]) -> None:
-        self.blocks = nnx.List(blocks)
-
-
 class Stack(nnx.Module):
     """``num_layers`` ``Block``s applied in sequence (decoder, encoder or enc-dec decoder).
 
@@ -123,6 +79,8 @@ class Stack(nnx.Module):
         self.num_layers = num_layers
         self.scan = config.scan_layers
         self.remat = config.remat
+        # Each layer's sliding window (None: full attention), as the config's pattern says.
+        self.windows = tuple(config.layer_windows(num_layers))
         depth = residual_layers or num_layers
         kinds = moe_layers(config) if config.num_experts else (False,) * num_layers
         assert len(kinds) == num_layers
@@ -136,13 +94,13 @@ class Stack(nnx.Module):
         if not self.scan:
             layers = nnx.List([make(rngs, moe) for moe in kinds])
         elif len(self.plan) == 1 and len(self.plan[0].unit) == 1:
-            layers = _scanned(lambda r: make(r, kinds[0]), rngs, num_layers)
+            layers = scanned(lambda r: make(r, kinds[0]), rngs, num_layers)
         else:
 
             def unit(unit_kinds: tuple[bool, ...]) -> Callable[[nnx.Rngs], Unit]:
                 return lambda r: Unit([make(r, m) for m in unit_kinds])
 
-            parts = nnx.List([_scanned(unit(seg.unit), rngs, seg.repeats) for seg in self.plan])
+            parts = nnx.List([scanned(unit(seg.unit), rngs, seg.repeats) for seg in self.plan])
         self.layers = layers
         self.segments = parts
         # T5: one relative-bias table per stack, shared by every layer (so not under the layers
@@ -171,13 +129,17 @@ class Stack(nnx.Module):
         cache: dict[str, Array] | None = None,
         cache_pos: Array | None = None,
         context_kv: dict[str, Array] | None = None,
+        lengths: Array | None = None,
     ) -> tuple[Array, dict[str, Array] | None, MoEStats | None]:
         """Run every layer; ``cache`` and ``context_kv`` leaves carry a leading ``layers`` axis.
 
         ``context_kv`` is ``project_context(context)``: cross-attention keys/values computed once.
         With ``position="t5"`` the relative position bias is computed here once and given to
-        every layer's self-attention. Returns ``(x, updated cache, stats)``: ``stats`` is the MoE
-        layers' `MoEStats` stacked in layer order (one row per MoE layer), None without any.
+        every layer's self-attention. ``lengths``: a prefill's real tokens per row (a rolling
+        cache keeps each row's last ones). Each layer learns whether its window applies
+        (``local``): statically when unrolled or when every layer is alike, as a scanned flag
+        otherwise. Returns ``(x, updated cache, stats)``: ``stats`` is the MoE layers'
+        `MoEStats` stacked in layer order (one row per MoE layer), None without any.
         """
         kw: dict[str, Any] = dict(
             bias=self._relative_bias(x, positions, cache, cache_pos),
@@ -187,37 +149,55 @@ class Stack(nnx.Module):
             context_segment_ids=context_segment_ids,
             deterministic=deterministic,
             cache_pos=cache_pos,
+            lengths=lengths,
         )
+        kinds = {w is not None for w in self.windows}
+        uniform = None if len(kinds) > 1 else kinds.pop()  # every layer alike: a static flag
 
-        def body(block: Block, h: Array, key: Array | None, layer_cache: Any, ctx_kv: Any) -> Any:
-            out, new, stats = block(h, rng=key, cache=layer_cache, context_kv=ctx_kv, **kw)
-            return out, (new, stats)
+        def layer_fn(local: Any) -> Any:
+            """The layer body with its window switch: a Python bool is bound here, so that it
+            stays static under remat; a traced one (scanned mixed pattern) is an argument."""
 
-        if self.remat != "none":
-            body = nnx.remat(body, policy=remat_policy(self.remat))
+            def body(block: Block, h: Array, key: Any, layer_cache: Any, ctx_kv: Any,
+                     flag: Any) -> Any:  # fmt: skip
+                switch = flag if local is None else local
+                out, new, stats = block(
+                    h, rng=key, cache=layer_cache, context_kv=ctx_kv, local=switch, **kw
+                )
+                return out, (new, stats)
+
+            if self.remat != "none":
+                body = nnx.remat(body, policy=remat_policy(self.remat))
+            return body
+
         keys = None if rng is None else jax.random.split(rng, self.num_layers)
+        flags = None if uniform is not None else jnp.asarray([w is not None for w in self.windows])
         if self.segments is not None:
-            return self._run_segments(body, x, keys, cache, context_kv)
+            return self._run_segments(layer_fn(uniform), x, keys, cache, context_kv, flags)
         if self.scan:
+            body = layer_fn(uniform)
 
             @nnx.scan(
-                in_axes=(0, nnx.Carry, 0, 0, 0),
+                in_axes=(0, nnx.Carry, 0, 0, 0, 0),
                 out_axes=(nnx.Carry, 0),
                 transform_metadata={nnx.PARTITION_NAME: "layers"},
             )
-            def step(block: Block, h: Array, key: Any, layer_cache: Any, ctx_kv: Any) -> Any:
-                return body(block, h, key, layer_cache, ctx_kv)
+            def step(
+                block: Block, h: Array, key: Any, layer_cache: Any, ctx_kv: Any, flag: Any
+            ) -> Any:
+                return body(block, h, key, layer_cache, ctx_kv, flag)
 
-            x, (new_cache, stats) = step(self.layers, x, keys, cache, context_kv)
+            x, (new_cache, stats) = step(self.layers, x, keys, cache, context_kv, flags)
             return x, new_cache, stats
         caches, all_stats = [], []
         for i, block in enumerate(self.layers):
-            x, (new, stats) = body(
+            x, (new, stats) = layer_fn(self.windows[i] is not None)(
                 block,
                 x,
                 None if keys is None else keys[i],
                 _layer(cache, i),
                 _layer(context_kv, i),
+                None,
             )
             caches.append(new)
             if stats is not None:
@@ -227,9 +207,11 @@ class Stack(nnx.Module):
         return x, new_cache, stacked
 
     def _run_segments(
-        self, body: Any, x: Array, keys: Array | None, cache: Any, context_kv: Any
+        self, body: Any, x: Array, keys: Array | None, cache: Any, context_kv: Any, flags: Any
     ) -> tuple[Array, Any, MoEStats | None]:
-        """Scan each segment's units; per-layer inputs are cut and outputs joined in layer order."""
+        """Scan each segment's units; per-layer inputs are cut and outputs joined in layer order.
+
+        ``flags``: each layer's window switch (None: ``body`` has it bound, every layer alike)."""
         caches, all_stats = [], []
         for seg, unit in zip(self.plan, self.segments, strict=True):
             u, r = len(seg.unit), seg.repeats
@@ -240,22 +222,29 @@ class Stack(nnx.Module):
                 )
 
             @nnx.scan(
-                in_axes=(0, nnx.Carry, 0, 0, 0),
+                in_axes=(0, nnx.Carry, 0, 0, 0, 0),
                 out_axes=(nnx.Carry, 0),
                 transform_metadata={nnx.PARTITION_NAME: "layers"},
             )
-            def step(unit: Unit, h: Array, key: Any, layer_cache: Any, ctx_kv: Any) -> Any:
+            def step(
+                unit: Unit, h: Array, key: Any, layer_cache: Any, ctx_kv: Any, flag: Any
+            ) -> Any:
                 outs = []
                 for j, block in enumerate(unit.blocks):
                     h, out = body(
-                        block, h, _layer(key, j), _layer(layer_cache, j), _layer(ctx_kv, j)
+                        block,
+                        h,
+                        _layer(key, j),
+                        _layer(layer_cache, j),
+                        _layer(ctx_kv, j),
+                        _layer(flag, j),
                     )
                     outs.append(out)
                 new = None if layer_cache is None else _stack([o[0] for o in outs])
                 moe = [o[1] for o in outs if o[1] is not None]
                 return h, (new, _stack(moe) if moe else None)
 
-            x, (new, stats) = step(unit, x, cut(keys), cut(cache), cut(context_kv))
+            x, (new, stats) = step(unit, x, cut(keys), cut(cache), cut(context_kv), cut(flags))
             if new is not None:
                 caches.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), new))
             if stats is not None:  # [repeats, MoE blocks per unit, ...] in layer order
@@ -363,16 +352,3 @@ def _stack(trees: list[Any]) -> Any:
 
 def _concat(trees: list[Any]) -> Any:
     return jax.tree.map(lambda *a: jnp.concatenate(a), *trees)
-
-
-def _scanned(make: Callable[[nnx.Rngs], Any], rngs: nnx.Rngs, n: int) -> Any:
-    """``n`` modules made by ``make`` under ``nnx.vmap``: parameters gain a leading ``layers``
-    axis (each copy initialised from its own key)."""
-    layer_rngs = nnx.Rngs(params=rngs.params())
-
-    @nnx.split_rngs(splits=n)
-    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-    def create(r: nnx.Rngs) -> Any:
-        return make(r)
-
-    return create(layer_rngs)

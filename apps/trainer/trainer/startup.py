@@ -1,0 +1,107 @@
+"""A run's start-up, from a validated plan: join the other processes, prepare everything that can
+fail on bad input (data, attention kernel, memory fit, model, optimizer, mesh) before anything is
+written, write the run directory, then hand over to the step loop (trainer/training.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+import jax
+
+import trainer.training as training
+from trainer.config import Config, resolve
+from trainer.plan import RunPlan, error_exit
+from trainer.schema import ConfigError
+
+# A dead peer is caught by the peer watch (multihost.watch) within seconds; a slow first-time
+# tokenization of a large corpus is not an error.
+DATA_READY_TIMEOUT_S = 6 * 3600.0
+
+
+def _device_note(cfg: Config) -> None:
+    from tjx.metrics import device_summary
+
+    print(f"devices: {device_summary()}", flush=True)
+    from tjx.kernels import enable_compilation_cache
+
+    setting = cfg.train.compilation_cache
+    # GPU only: a rerun skips compiling and autotuning. "auto" leaves the folder to tjx.kernels.
+    cache = enable_compilation_cache(None if setting == "auto" else setting)
+    if cache is not None:
+        print(f"compilation cache: {cache} (train.compilation_cache; off to disable)", flush=True)
+    if jax.default_backend() == "cpu":
+        print(
+            "note: running on CPU — this works but is slow; a GPU runs the same command much "
+            "faster.",
+            flush=True,
+        )
+
+
+def run(plan: RunPlan) -> int:
+    """Train as planned; exit code 0 on success or after a signal-triggered save, 2 on bad input."""
+    import trainer.multihost as multihost
+
+    cfg = plan.config
+    # Multi-host: the flags, else JAX_COORDINATOR_ADDRESS/... or the cluster JAX detects (SLURM,
+    # Open MPI, Kubernetes, Cloud TPU); with none of them this is a
+    # single process and nothing happens. A setup that cannot work ends here with one error line
+    # (exit 1 when the processes could not join, 2 when they disagree), never a hang.
+    try:
+        info = multihost.join(
+            plan.distributed, cfg.to_dict(), resume=plan.resume, init_from=plan.init_from
+        )
+    except multihost.JoinError as err:
+        return error_exit(str(err), code=err.code)
+    if info.num_processes > 1:
+        print(
+            f"multi-host: process {info.process_id} of {info.num_processes} "
+            f"(coordinator {info.coordinator}, setup from {info.source})",
+            flush=True,
+        )
+    # A peer that dies ends this process within seconds, in one line (multihost.watch); a
+    # single process watches nothing.
+    with multihost.watch(plan.run_dir):
+        return _prepare_and_train(plan)
+
+
+def _prepare_and_train(plan: RunPlan) -> int:
+    import trainer.attention_choice as attention_choice
+    import trainer.data_setup as data_setup
+    import trainer.memory_fit as memory_fit
+    import trainer.state as state
+    from tjx import parallel
+
+    cfg = plan.config
+    primary = parallel.is_primary()
+    _device_note(cfg)
+    # Everything that can fail on bad input happens before the run directory exists.
+    try:
+        # A first run tokenizes the corpus (minutes for a large one): say so, and how long it took.
+        print(f"data: preparing {data_setup.describe_source(cfg)}…", flush=True)
+        started = time.perf_counter()
+        bundle = data_setup.prepare(cfg)
+        print(f"data: ready in {time.perf_counter() - started:.1f} s", flush=True)
+        # Data preparation may take one host much longer (it builds the shards the others then
+        # find cached); CPU collectives give up on a peer after ~30 s, so everyone waits here.
+        parallel.barrier("trainer:data_ready", timeout_s=DATA_READY_TIMEOUT_S)
+        loader = data_setup.train_loader(bundle, cfg)  # a corpus too small for a batch fails here
+        cfg = resolve(cfg, bundle.vocab_size)  # the tokenizer's vocabulary
+        if plan.init_from is None:
+            # The attention kernel that compiles (one line per kernel that fails), then memory.
+            cfg = memory_fit.fit_memory(attention_choice.choose_attention(cfg))
+        plan = dataclasses.replace(plan, config=cfg)
+        setup = state.build(cfg, plan.init_from)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        return error_exit(str(err))
+    # Process 0 writes the run directory; the others only take part in checkpoints (each saves
+    # its own shards there), after process 0 has made the folder. A resume writes only once its
+    # checkpoint has been restored (see training.train): a failed one leaves the run as it was.
+    if primary and not plan.resume:
+        training.write_run_files(plan, setup, bundle)
+    parallel.barrier("trainer:run_dir", timeout_s=plan.distributed.timeout_s)
+    try:
+        return training.train(plan, bundle, setup, loader)
+    finally:
+        sys.stdout.flush()

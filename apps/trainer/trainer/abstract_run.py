@@ -72,7 +72,8 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
         (its stages are built over this machine's own devices).
     """
     from tjx import nn, optim, parallel
-    from trainer.step import make_eval_step, make_train_step
+    from trainer.state import check_experts
+    from trainer.step import experts_of, make_eval_step, make_train_step
 
     cfg, mc = run, run.mesh
     if mc.pipeline > 1:
@@ -91,6 +92,7 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
             },
             mesh,
         )
+    check_experts(cfg, mesh)
     rules = parallel.rules(mc.strategy)
     abstract = nnx.eval_shape(lambda: nn.build_model(run.model, rngs=nnx.Rngs(cfg.train.seed)))
     graphdef, params_state, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
@@ -106,7 +108,7 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
     state = _sharded(state, shardings)
     concrete_rest = nn.concrete_state(rest)
     train = jax.jit(
-        make_train_step(graphdef, concrete_rest, tx, run),
+        make_train_step(graphdef, concrete_rest, tx, run, experts_of(mesh, rules, run)),
         donate_argnums=(0,),
         out_shardings=(shardings, None),
     )

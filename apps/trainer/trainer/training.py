@@ -135,6 +135,10 @@ class Training:
     primary: bool
     last_eval: dict[str, float] = field(default_factory=dict)
     compiled: bool = False  # the train step has run once (so it is compiled)
+    # An MoE model's router statistics summed over the steps since the last log line (on device:
+    # no read per step), and the model layer of each of their rows.
+    moe_sums: Any = None
+    moe_rows: list[int] = field(default_factory=list)
     saved: int = field(init=False)  # the last step saved (or restored), -1 before any
     cfg: Any = field(init=False)
     run_dir: Path = field(init=False)
@@ -158,6 +162,8 @@ class Training:
             peak_flops_per_device=peak,
             num_devices=jax.device_count(),
         )
+        if model.num_experts:
+            self.moe_rows = [i for i, moe in enumerate(nn.moe_layers(model)) if moe]
 
     def loop(self) -> int:
         """Every step from ``start`` to ``train.steps``, unless stopped; the exit code."""
@@ -240,6 +246,10 @@ class Training:
             print("compiling the train step…", flush=True)
             started = time.perf_counter()
         self.state, out = step_fn(self.state, next(self.loader))  # already on the mesh
+        moe = out.pop("moe", None)
+        if moe is not None:  # sums: the log line's metrics are exact over its interval
+            old = self.moe_sums
+            self.moe_sums = moe if old is None else jax.tree.map(lambda a, b: a + b, old, moe)
         if first:
             jax.block_until_ready(out)
             self.compiled = True
@@ -262,6 +272,9 @@ class Training:
                 scalars["bits_per_byte"] = metrics.bits_per_byte(scalars["loss"], bpt)
             rate = self.meter.report()  # over the steps since the last log line
             scalars[f"{self.objective.unit}_per_s"] = rate["tokens_per_s"]
+            if self.moe_sums is not None:  # balance, dropped share, expert load per layer
+                sums, self.moe_sums = jax.device_get(self.moe_sums), None
+                scalars |= metrics.moe_metrics(sums, per_layer=True, layers=self.moe_rows)
             if rate.get("mfu") is not None:
                 scalars["mfu"] = float(rate["mfu"])
                 scalars["mfu_palm"] = float(rate["mfu_palm"])

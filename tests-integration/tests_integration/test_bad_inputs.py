@@ -241,7 +241,7 @@ CASES = [
         T,
         [*TINY, "--set", "mesh.data=-1", "--set", "mesh.fsdp=-1"],
         None,
-        "mesh: at most one of pipeline, data, fsdp, context, tensor may be -1",
+        "mesh: at most one of pipeline, data, fsdp, expert, context, tensor may be -1",
     ),
     (
         "keep-best-without-eval",

@@ -144,7 +144,8 @@ def _window(
     types' windows are refused (tjx has not checked which of their layers slide)."""
     window = hf.get("sliding_window")
     if model_type in ("qwen2_moe", "qwen3_moe"):
-        if hf.get("use_sliding_window") or hf.get("layer_types"):
+        sliding = [t for t in hf.get("layer_types") or [] if t != "full_attention"]
+        if hf.get("use_sliding_window") or sliding:
             raise ValueError(
                 f"config.json use_sliding_window/layer_types: tjx's {model_type} import takes no "
                 "sliding window (set use_sliding_window to false to load it with full attention)"

@@ -20,6 +20,8 @@ PRESETS = [
     "gpt2_medium",
     "gpt2_large",
     "llama_small",
+    "moe_tiny",
+    "mixtral_small",
     "bert_tiny",
     "vit_digits",
 ]

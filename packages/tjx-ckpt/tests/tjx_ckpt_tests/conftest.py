@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 
 import jax
 import numpy as np
 import pytest
 from jax.sharding import Mesh
+
+from tjx.ckpt import teststores
 
 
 @pytest.fixture
@@ -38,3 +43,27 @@ def default_unraisablehook(monkeypatch: pytest.MonkeyPatch) -> None:
     time.sleep(0.2)  # a read still in flight ends
     gc.collect()
     monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+
+
+@pytest.fixture(scope="session", params=["gs", "s3"])
+def store(request: pytest.FixtureRequest) -> Iterator[teststores.LocalStore]:
+    """A local object-store server (fake-gcs-server, moto), started once per scheme for the
+    session, its client settings in this process's environment while the tests run."""
+    server = teststores.start(request.param)
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    try:
+        yield server
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
+
+
+@pytest.fixture
+def store_url(store: teststores.LocalStore, request: pytest.FixtureRequest) -> str:
+    """A fresh prefix in the store's bucket, named after the test."""
+    return store.url(f"{request.node.name.replace('[', '-').rstrip(']')}-{uuid.uuid4().hex[:8]}")

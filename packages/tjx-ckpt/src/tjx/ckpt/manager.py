@@ -6,6 +6,7 @@ See the package README for the on-disk layout and the atomicity argument.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import time
@@ -18,6 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from tjx.ckpt import orbax_s3, remote, storage
 from tjx.ckpt.durable import DurableAtomicRenameTemporaryPath
 from tjx.ckpt.errors import (
     CheckpointError,
@@ -40,6 +42,7 @@ from tjx.ckpt.reader import (
     no_readable_step_error,
     read_step,
 )
+from tjx.ckpt.retention import saved_metric, steps_to_remove
 from tjx.ckpt.stepfiles import CheckedNameFormat
 from tjx.ckpt.treepaths import flatten, nest
 from tjx.ckpt.validate import storable
@@ -52,6 +55,14 @@ _ITEMS = (STATE, DATA_STATE, CONFIG, MANIFEST)
 def _positive_or_none(name: str, value: int | None) -> None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
         raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _warn_skipped(failures: list[tuple[int, CorruptCheckpointError]], used: str) -> None:
@@ -113,57 +124,91 @@ class CheckpointManager:
             raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
         if keep_best is not None and not best_metric:
             raise ValueError("best_metric must name a metric when keep_best is set")
-        self.directory = Path(directory).absolute()
-        if self.directory.exists() and not self.directory.is_dir():
-            raise CheckpointError(f"{self.directory} exists and is not a directory")
-        if read_only and not self.directory.is_dir():
+        self._async_save = async_save
+        self.directory: Any = storage.as_path(directory)
+        self.remote = storage.is_remote(self.directory)
+        if self.remote:
+            storage.check_remote(self.directory, write=not read_only)
+            if storage.scheme_of(self.directory) == "s3":
+                orbax_s3.install()
+        else:
+            self.directory = Path(self.directory).absolute()
+            if self.directory.exists() and not self.directory.is_dir():
+                raise CheckpointError(f"{self.directory} exists and is not a directory")
+        if read_only and not self._exists():
             raise CheckpointNotFoundError(f"checkpoint directory {self.directory} does not exist")
         self.keep_last, self.keep_best = keep_last, keep_best
         self.best_metric, self.best_mode = best_metric, best_mode
         self.save_every, self.read_only = save_every, read_only
         self._corrupt: set[int] = set()
+        self._metrics: dict[int, float | None] = {}  # best_metric per step (object stores)
         self._run_metadata = collect_metadata(mesh=mesh, extra=metadata)
-        policies: list[Any] = [ocm.LatestN(n=keep_last)]
         best_fn = None
         if keep_best is not None:
             metric = str(best_metric)
             best_fn = lambda m: float(m[metric])
+        self._name_format = ocp.path.step.standard_name_format()
+        self._purge_trash()
+        if self.remote and not read_only and jax.process_index() == 0:
+            remote.remove_uncommitted(self.directory)  # what a crash left (never listed)
+        self._mgr = ocp.CheckpointManager(
+            self.directory, options=self._options(best_fn), item_names=_ITEMS
+        )
+
+    def _exists(self) -> bool:
+        if self.remote:  # no directories on a store: a checkpoint directory is its objects
+            return bool(remote.step_prefixes(self.directory))
+        return bool(self.directory.is_dir())
+
+    def _options(self, best_fn: Any) -> Any:
+        """orbax's options: on a local disk its policies delete old steps (renamed into
+        ``_deleted/`` first) and the commit is a durable rename; on an object store the commit
+        is the marker (`tjx.ckpt.remote`) and tjx-ckpt deletes old steps (`_prune`)."""
+        read_only = self.read_only
+        policies: list[Any] = [ocm.LatestN(n=None if self.remote else self.keep_last)]
+        if best_fn is not None and not self.remote:
             policies.append(
                 ocm.BestN(
                     get_metric_fn=best_fn,
-                    reverse=best_mode == "min",
-                    n=keep_best,
+                    reverse=self.best_mode == "min",
+                    n=self.keep_best,
                     keep_checkpoints_without_metrics=False,
                 )
             )
-        options = ocp.CheckpointManagerOptions(
+        step_class: Any = (
+            remote.CommitMarkerTemporaryPath if self.remote else DurableAtomicRenameTemporaryPath
+        )
+        return ocp.CheckpointManagerOptions(
             preservation_policy=ocm.AnyPreservationPolicy(policies),
             best_fn=best_fn,
-            best_mode=best_mode,
+            best_mode=self.best_mode,
             create=not read_only,
             read_only=read_only,
-            cleanup_tmp_directories=not read_only,
-            todelete_subdir=None if read_only else TRASH_DIR,
-            temporary_path_class=DurableAtomicRenameTemporaryPath,  # orbax's never fsyncs
+            cleanup_tmp_directories=not read_only and not self.remote,
+            todelete_subdir=None if read_only or self.remote else TRASH_DIR,
+            temporary_path_class=step_class,  # orbax's never fsyncs, nor lists its files
+            # Items commit by a file on a store too (s3's default would rename, i.e. copy).
+            atomicity_options=(
+                ocp.options.AtomicityOptions(mode=ocp.options.AtomicityMode.COMMIT_FILE)
+                if self.remote
+                else None
+            ),
             # orbax's naming, but a malformed _CHECKPOINT_METADATA no longer breaks opening.
             step_name_format=CheckedNameFormat(
-                ocp.path.step.standard_name_format(
-                    temporary_path_cls=DurableAtomicRenameTemporaryPath
-                )
+                ocp.path.step.standard_name_format(temporary_path_cls=step_class)
             ),
-            enable_async_checkpointing=async_save,
+            enable_async_checkpointing=self._async_save,
             save_root_metadata=False,
             # orbax warns when read_only meets the default interval of 1.
             save_interval_steps=0 if read_only else 1,
         )
-        self._name_format = ocp.path.step.standard_name_format()
-        self._purge_trash()
-        self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
 
     # ------------------------------------------------------------------ queries
 
     def all_steps(self) -> list[int]:
         """Committed steps on disk now, ascending (orbax's finalization check; no tmp dirs)."""
+        if self.remote:
+            return remote.committed_steps(self.directory)
         if not self.directory.is_dir():
             return []
         return sorted(m.step for m in self._name_format.find_all(self.directory))
@@ -255,9 +300,16 @@ class CheckpointManager:
                 raise StepExistsError(f"step {step} already has a checkpoint in {self.directory}")
             self._quarantine(step)
         ranked = metrics_json if self.best_metric in (metrics_json or {}) else None  # keys: str
+        if self.best_metric is not None:
+            self._metrics[step] = _finite((metrics_json or {}).get(self.best_metric))
         return bool(self._mgr.save(step, args=args, metrics=ranked, force=True))
 
     def _quarantine(self, step: int) -> None:
+        if self.remote:  # no rename: uncommitted (marker first), the new save replaces it
+            remote.remove_step(self.directory / str(step))
+            self._corrupt.discard(step)
+            self._mgr.reload()
+            return
         # Keep the corrupt step for inspection instead of deleting it; a rename is atomic.
         dest = self.directory / CORRUPT_DIR / f"{step}-{time.time_ns()}"
         dest.parent.mkdir(exist_ok=True)
@@ -273,12 +325,38 @@ class CheckpointManager:
         """
         if self.read_only or jax.process_index() != 0:
             return
+        if self.remote:
+            self._prune()
+            return
         trash = self.directory / TRASH_DIR
         if trash.is_dir():
             for entry in trash.iterdir():
                 shutil.rmtree(entry, ignore_errors=True)
             with contextlib.suppress(OSError):  # not empty: an entry rmtree could not remove
                 trash.rmdir()
+
+    def _prune(self) -> None:
+        """Object stores: delete the steps keep-N / best-K let go (`tjx.ckpt.retention`)."""
+        if not hasattr(self, "_mgr"):
+            return
+        metric = str(self.best_metric)
+
+        def metric_of(step: int) -> float | None:
+            if step not in self._metrics:
+                self._metrics[step] = saved_metric(self.directory / str(step), metric)
+            return self._metrics[step]
+
+        gone = steps_to_remove(
+            self.all_steps(),
+            keep_last=self.keep_last,
+            keep_best=self.keep_best,
+            metric_of=metric_of,
+            best_mode=self.best_mode,
+        )
+        for step in gone:
+            remote.remove_step(self.directory / str(step))
+        if gone:
+            self._mgr.reload()
 
     def wait_until_finished(self) -> None:
         """Blocks until the pending async save (and old-step removal) has finished."""

@@ -20,8 +20,8 @@ import orbax.checkpoint as ocp
 from tjx.ckpt.errors import CheckpointMismatchError, CorruptCheckpointError, one_line
 from tjx.ckpt.fingerprint import fingerprints
 from tjx.ckpt.reasons import read_failure, specific_cause
-from tjx.ckpt.storage import as_path
 from tjx.ckpt.stepfiles import array_store_problem, commit_problem, recorded_files_problem
+from tjx.ckpt.storage import as_path
 from tjx.ckpt.treepaths import SEP, flatten, nest, unflatten_like
 from tjx.ckpt.validate import LeafSpec, adopt_host_kinds, check_against, target_spec
 

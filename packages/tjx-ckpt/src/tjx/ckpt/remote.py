@@ -25,92 +25,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from typing import Any
 
 from orbax.checkpoint.path import atomicity
 
-from tjx.ckpt.durable import COMMIT_MARKER, FILE_SIZES, FILE_SIZES_FORMAT, FILE_SIZES_VERSION
-from tjx.ckpt.durable import STEP_METADATA
+from tjx.ckpt.durable import (
+    COMMIT_MARKER,
+    FILE_SIZES,
+    FILE_SIZES_FORMAT,
+    FILE_SIZES_VERSION,
+    STEP_METADATA,
+)
 from tjx.ckpt.errors import CheckpointCommitError
-from tjx.ckpt.storage import bucket_and_key, filesystem
-
-
-def _url(path: Any) -> str:
-    return os.fspath(path).rstrip("/")
-
-
-def file_sizes(root: Any) -> dict[str, int]:
-    """Size in bytes of every object under ``root``, by ``/``-separated relative path.
-
-    One listing (fsspec ``find``), not cached: what the store holds now.
-    """
-    fs = filesystem(root)
-    base = _url(root)
-    bucket, key = bucket_and_key(base)
-    prefix = f"{bucket}/{key}/" if key else f"{bucket}/"  # fsspec names objects "bucket/key"
-    sizes: dict[str, int] = {}
-    for name, info in fs.find(base, detail=True).items():
-        if info.get("type", "file") == "file" and name.startswith(prefix):
-            sizes[name[len(prefix) :]] = int(info.get("size") or 0)
-    return dict(sorted(sizes.items()))
-
-
-def write_whole(path: Any, data: bytes) -> None:
-    """One object, written with one request: readers see the old object or all of ``data``."""
-    filesystem(path).pipe_file(_url(path), data)
-
-
-def read_bytes(path: Any) -> bytes:
-    """The object's bytes (``FileNotFoundError`` when there is none)."""
-    return bytes(filesystem(path).cat_file(_url(path)))
-
-
-def committed_steps(directory: Any) -> list[int]:
-    """Steps under ``directory`` whose commit marker is there, ascending (one listing)."""
-    fs = filesystem(directory)
-    try:
-        markers = fs.glob(f"{_url(directory)}/*/{COMMIT_MARKER}")
-    except FileNotFoundError:
-        return []
-    steps = {m.rstrip("/").split("/")[-2] for m in markers}
-    return sorted(int(s) for s in steps if s.isdigit())
-
-
-def step_prefixes(directory: Any) -> list[int]:
-    """Every step number with objects under ``directory``, committed or not."""
-    fs = filesystem(directory)
-    try:
-        entries = fs.ls(_url(directory), detail=False)
-    except FileNotFoundError:
-        return []
-    names = {str(e).rstrip("/").split("/")[-1] for e in entries}
-    return sorted(int(n) for n in names if n.isdigit())
-
-
-def remove_step(step_dir: Any) -> None:
-    """Delete a step marker first: from the first request on it is no longer committed."""
-    fs = filesystem(step_dir)
-    url = _url(step_dir)
-    try:
-        fs.rm_file(f"{url}/{COMMIT_MARKER}")
-    except FileNotFoundError:
-        pass
-    try:
-        fs.rm(url, recursive=True)
-    except FileNotFoundError:
-        pass
-
-
-def remove_uncommitted(directory: Any) -> list[int]:
-    """Delete the objects of every step without a commit marker (a save a crash cut short, a
-    deletion a crash cut short); returns their steps. Only a writer calls it, before saving."""
-    committed = set(committed_steps(directory))
-    debris = [s for s in step_prefixes(directory) if s not in committed]
-    for step in debris:
-        remove_step(f"{_url(directory)}/{step}")
-    return debris
+from tjx.ckpt.objects import file_sizes, write_whole
 
 
 def record_and_commit(step_dir: Any, marker_text: str) -> None:
@@ -121,7 +49,7 @@ def record_and_commit(step_dir: Any, marker_text: str) -> None:
     CheckpointCommitError
         A request failed: the marker was not written, so the step is not committed.
     """
-    url = _url(step_dir)
+    url = str(step_dir).rstrip("/")
     try:
         sizes = file_sizes(url)
         sizes.pop(FILE_SIZES, None)
@@ -174,12 +102,5 @@ class CommitMarkerTemporaryPath(atomicity.CommitFileTemporaryPath):
 
 __all__ = [
     "CommitMarkerTemporaryPath",
-    "committed_steps",
-    "file_sizes",
-    "read_bytes",
     "record_and_commit",
-    "remove_step",
-    "remove_uncommitted",
-    "step_prefixes",
-    "write_whole",
 ]

@@ -5,7 +5,7 @@ removing it there. An object store has no rename (orbax would copy the whole ste
 object) and orbax's plain recursive delete removes objects in any order, so a crash in the
 middle could leave a step that still has its commit marker and lacks arrays. On a store the
 manager therefore tells orbax to keep every step and removes the old ones itself, once the new
-one is committed, marker first (`tjx.ckpt.remote.remove_step`), with the same rule as orbax's
+one is committed, marker first (`tjx.ckpt.objects.remove_step`), with the same rule as orbax's
 policies: keep the newest ``keep_last`` and the ``keep_best`` best by the metric; steps without
 the metric are kept only among the newest.
 """
@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tjx.ckpt.remote import read_bytes
+from tjx.ckpt.objects import read_bytes, remove_step
 
 #: Where a step records the metrics given to ``save`` (the tjx manifest item).
 MANIFEST_FILE = "manifest/metadata"
@@ -72,4 +72,32 @@ def saved_metric(step_dir: Any, metric: str) -> float | None:
         return None
 
 
-__all__ = ["MANIFEST_FILE", "saved_metric", "steps_to_remove"]
+def prune(
+    directory: Any,
+    steps: Sequence[int],
+    *,
+    keep_last: int | None,
+    keep_best: int | None,
+    best_metric: str | None,
+    best_mode: str,
+    known: dict[int, float | None],
+) -> list[int]:
+    """Delete (marker first) the committed ``steps`` of ``directory`` that keep-N / best-K let
+    go; returns them. ``known``: the metric of steps saved by this process (filled from the
+    steps' manifests for the others, one read each, remembered there)."""
+    metric = str(best_metric)
+
+    def metric_of(step: int) -> float | None:
+        if step not in known:
+            known[step] = saved_metric(f"{str(directory).rstrip('/')}/{step}", metric)
+        return known[step]
+
+    gone = steps_to_remove(
+        steps, keep_last=keep_last, keep_best=keep_best, metric_of=metric_of, best_mode=best_mode
+    )
+    for step in gone:
+        remove_step(f"{str(directory).rstrip('/')}/{step}")
+    return gone
+
+
+__all__ = ["MANIFEST_FILE", "prune", "saved_metric", "steps_to_remove"]

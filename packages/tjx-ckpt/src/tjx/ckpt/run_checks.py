@@ -22,11 +22,11 @@ class NotCreatableError(CheckpointError, ValueError):
 
     Attributes
     ----------
-    path : Path
-        The folder asked for.
+    path : Path or str
+        The folder asked for (a URL as a str: `tjx.ckpt.storage.StorageError`).
     """
 
-    def __init__(self, path: Path, message: str) -> None:
+    def __init__(self, path: Path | str, message: str) -> None:
         super().__init__(message)
         self.path = path
 
@@ -76,7 +76,9 @@ def check_can_create(folder: Path | str) -> None:
     Parameters
     ----------
     folder : Path or str
-        The folder (``~`` is not expanded: pass what you will create).
+        The folder (``~`` is not expanded: pass what you will create), or a ``gs://`` /
+        ``s3://`` URL: then `tjx.ckpt.storage.check_remote` (credentials, the bucket, a probe
+        object written and deleted) raises its `StorageError`, a `NotCreatableError` too.
 
     Raises
     ------
@@ -85,6 +87,14 @@ def check_can_create(folder: Path | str) -> None:
         existing ancestor is a file, or nothing can be made in that ancestor; the message names
         the paths and the system's reason (``Read-only file system``, ...).
     """
+    from tjx.ckpt import storage  # imports this module: resolved at call time
+
+    if storage.scheme_of(folder) is not None:
+        path = storage.as_path(folder)  # UnsupportedURLError for a scheme tjx cannot serve
+        if storage.is_remote(path):
+            storage.check_remote(path, write=True)
+            return
+        folder = path
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise NotCreatableError(folder, f"{str(folder)!r} exists and is not a directory")

@@ -46,7 +46,7 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
-from tjx.ckpt import storage
+from tjx.ckpt import objects, storage
 from tjx.ckpt.durable import (
     COMMIT_MARKER,
     FILE_SIZES,
@@ -138,12 +138,6 @@ def _compare(size: int | None, expected: int) -> str | None:
     return None
 
 
-def _remote_sizes(step_dir: Any) -> dict[str, int]:
-    from tjx.ckpt.remote import file_sizes  # orbax's atomicity module: loaded with the manager
-
-    return file_sizes(step_dir)
-
-
 def recorded_files_problem(step_dir: Any) -> str | None:
     """Why ``step_dir``'s files differ from those its commit recorded in ``tjx_files.json``.
 
@@ -177,7 +171,7 @@ def recorded_files_problem(step_dir: Any) -> str | None:
         # Written and fsynced before the commit marker like the rest: damaged, not old.
         return f"{FILE_SIZES} is not the file list tjx-ckpt writes"
     if storage.is_remote(step_dir):  # one listing instead of a request per object
-        actual = _remote_sizes(step_dir)
+        actual = objects.file_sizes(step_dir)
         bad = [
             rel + problem
             for rel, size in sizes.items()

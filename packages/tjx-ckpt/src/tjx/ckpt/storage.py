@@ -127,40 +127,56 @@ def bucket_and_key(path: Any) -> tuple[str, str]:
     return bucket, key.strip("/")
 
 
-_configured = False
+_UNSET = object()
+_configured_for: Any = _UNSET  # the STORAGE_EMULATOR_HOST the settings below were made for
+_set_by_us: dict[str, str] = {}
 
 
 def configure() -> None:
-    """Point every layer tjx uses at the same endpoints (idempotent; for the first URL).
+    """Point every layer tjx uses at the same endpoints (for the first URL; again only when
+    ``STORAGE_EMULATOR_HOST`` changed).
 
     - ``STORAGE_EMULATOR_HOST`` (what Google's clients and gcsfs read) is given to tensorstore
-      as ``TENSORSTORE_GCS_HTTP_URL`` (unless that is set): its ``gcs`` store reads only that.
-      An emulator takes anonymous requests, as google-cloud-storage's client sends them there:
-      gcsfs is told so (``token="anon"``) unless ``GOOGLE_APPLICATION_CREDENTIALS`` names a
-      key; and gcsfs' bucket-type lookup, a gRPC call emulators do not serve (each one waits
-      60 s), is turned off (``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` unless set).
+      as ``TENSORSTORE_GCS_HTTP_URL`` (unless the user set that): its ``gcs`` store reads only
+      that. An emulator takes anonymous requests, as google-cloud-storage's client sends them
+      there: gcsfs is told so (``token="anon"``) unless ``GOOGLE_APPLICATION_CREDENTIALS``
+      names a key; and gcsfs' bucket-type lookup, a gRPC call emulators do not serve (each one
+      waits 60 s), is turned off (``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` unless set).
     - ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` are read by botocore (s3fs) themselves;
       tensorstore's ``s3`` store takes the endpoint in its spec (`tensorstore_s3_spec`).
     - fsspec's listing cache is off for both: another process (a peer host, a later run) writes
       the same directories, and a cached listing would hide its steps.
     """
-    global _configured
-    if _configured:
+    global _configured_for
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST") or None
+    if emulator == _configured_for:
         return
-    _configured = True
-    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    _configured_for = emulator
+    for key, value in list(_set_by_us.items()):  # undo what was set for another emulator
+        if key.startswith("fsspec:"):
+            continue
+        if os.environ.get(key) == value:
+            del os.environ[key]
+        del _set_by_us[key]
     if emulator:
-        if "://" not in emulator:
-            emulator = f"http://{emulator}"
-        os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", emulator.rstrip("/"))
-        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+        url = (emulator if "://" in emulator else f"http://{emulator}").rstrip("/")
+        for key, value in (
+            ("TENSORSTORE_GCS_HTTP_URL", url),
+            ("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false"),
+        ):
+            if key not in os.environ:
+                os.environ[key] = _set_by_us[key] = value
     import fsspec
 
     for scheme, protocol in _FSSPEC_PROTOCOL.items():
         conf = fsspec.config.conf.setdefault(protocol, {})
         conf.setdefault("use_listings_cache", False)
-        if scheme == "gs" and emulator and not os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
-            conf.setdefault("token", "anon")
+        if scheme == "gs":
+            if conf.get("token") == "anon" and _set_by_us.pop("fsspec:gcs.token", None):
+                del conf["token"]  # set for an emulator that is gone
+            anonymous = emulator and not os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+            if anonymous and "token" not in conf:
+                conf["token"] = _set_by_us["fsspec:gcs.token"] = "anon"
 
 
 def filesystem(path: Any) -> Any:

@@ -217,8 +217,8 @@ def credentials_problem(scheme: str) -> str | None:
     if scheme == "gs":
         if os.environ.get("STORAGE_EMULATOR_HOST"):
             return None
-        import google.auth
-        import google.auth.exceptions
+        import google.auth  # pants: no-infer-dep  (gcsfs's dependency: the gcs extra)
+        import google.auth.exceptions  # pants: no-infer-dep
 
         try:
             google.auth.default()
@@ -228,7 +228,7 @@ def credentials_problem(scheme: str) -> str | None:
                 "login`, or set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file"
             )
         return None
-    import botocore.session
+    import botocore.session  # pants: no-infer-dep  (s3fs's dependency: the s3 extra)
 
     if botocore.session.Session().get_credentials() is None:
         return (

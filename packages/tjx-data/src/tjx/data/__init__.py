@@ -3,7 +3,7 @@ resumable loader, prefetch, and a training run's data (RunData) prepared, loaded
 
 from tjx.data.bpe import gpt2_tokenizer, load_tokenizer, save_tokenizer, train_bpe
 from tjx.data.builtin import BUILTIN_CORPORA, prepare_builtin
-from tjx.data.cache import cache_dir
+from tjx.data.cache import cache_dir, local_cache_folder
 from tjx.data.errors import DataError
 from tjx.data.images import (
     ImageDataset,
@@ -52,6 +52,7 @@ __all__ = [
     "__version__",
     "bpe_tokenizer",
     "cache_dir",
+    "local_cache_folder",
     "check_local_source",
     "check_max_tokens",
     "check_mixture",

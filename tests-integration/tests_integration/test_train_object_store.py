@@ -115,3 +115,49 @@ def test_a_run_on_a_store_resumes_bit_exact_after_kill_9_mid_save_and_evaluates(
     check_ok(evaluated)
     assert f"run {url} at step {STEPS}" in evaluated.stdout
     assert any(line.split()[:1] == ["loss"] for line in evaluated.stdout.splitlines())
+
+
+def _bare(store: teststores.LocalStore, home: Path) -> dict[str, str]:
+    """The apps' environment with no credentials anywhere a client looks (and no emulator)."""
+    env = {k: v for k, v in app_env().items() if not k.startswith(("AWS_", "GOOGLE_"))}
+    env.pop("STORAGE_EMULATOR_HOST", None)
+    env.update(
+        AWS_SHARED_CREDENTIALS_FILE=str(home / "none"),
+        AWS_CONFIG_FILE=str(home / "none"),
+        AWS_EC2_METADATA_DISABLED="true",
+        CLOUDSDK_CONFIG=str(home / "gcloud"),
+    )
+    return env
+
+
+def test_a_store_the_apps_cannot_use_is_one_line_and_exit_2(
+    store: teststores.LocalStore, tmp_path: Path
+) -> None:
+    bucket = f"{store.scheme}://no-such-bucket-tjx"
+    cases = [
+        (["--run-dir", f"{bucket}/run"], None, f"--run-dir: bucket {bucket} does not exist"),
+        (["--run-dir", store.url("run")], _bare(store, tmp_path), "--run-dir: cannot use "),
+    ]
+    for args, env, line in cases:
+        proc = run_app("trainer", ["--config", "tiny", *args, "--set", *SETS[:1]], tmp_path, env=env)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and line in lines[0], proc.stderr
+        assert "Traceback" not in proc.stderr and "testing" not in proc.stderr  # no key shown
+    evaluated = run_app("eval", ["--checkpoint", f"{bucket}/run"], tmp_path)
+    assert evaluated.returncode == 2, evaluated.stderr[-3000:]
+    assert evaluated.stderr.strip().splitlines() == [
+        f"eval: error: bucket {bucket} does not exist (cannot read {bucket}/run): create it "
+        "first, or check the bucket's name"
+    ]
+    assert not any(p.name.endswith(":") for p in tmp_path.iterdir())  # no local "gs:" folder
+
+
+def test_a_url_scheme_tjx_cannot_serve_is_one_line(tmp_path: Path) -> None:
+    proc = run_app("trainer", ["--config", "tiny", "--run-dir", "hdfs://nn/run"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        "trainer: error: --run-dir: 'hdfs://nn/run': tjx cannot write to hdfs:// URLs; use a "
+        "local path, gs://BUCKET/PATH or s3://BUCKET/PATH"
+    ]
+    assert list(tmp_path.iterdir()) == []

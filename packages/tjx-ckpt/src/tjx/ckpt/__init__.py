@@ -41,6 +41,7 @@ from tjx.ckpt.storage import (
     NoCredentialsError,
     StorageError,
     UnsupportedURLError,
+    check_remote,
     is_remote,
 )
 from tjx.ckpt.version import __version__
@@ -112,6 +113,7 @@ __all__ = [
     "UnsupportedURLError",
     "__version__",
     "check_can_create",
+    "check_remote",
     "collect_metadata",
     "config_changes",
     "corrupt_fallback_lines",

@@ -139,7 +139,9 @@ def test_a_store_the_apps_cannot_use_is_one_line_and_exit_2(
         (["--run-dir", store.url("run")], _bare(store, tmp_path), "--run-dir: cannot use "),
     ]
     for args, env, line in cases:
-        proc = run_app("trainer", ["--config", "tiny", *args, "--set", *SETS[:1]], tmp_path, env=env)
+        proc = run_app(
+            "trainer", ["--config", "tiny", *args, "--set", *SETS[:1]], tmp_path, env=env
+        )
         assert proc.returncode == 2, proc.stderr[-3000:]
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and line in lines[0], proc.stderr

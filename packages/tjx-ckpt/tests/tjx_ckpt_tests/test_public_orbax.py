@@ -51,9 +51,9 @@ def test_only_orbax_s3_imports_orbax_internals() -> None:
 @pytest.mark.parametrize("name", PRIVATE)
 def test_each_private_orbax_function_orbax_s3_replaces_is_still_there(name: str) -> None:
     module, _, attr = name.rpartition(".")
-    assert callable(getattr(importlib.import_module(module), attr)), (
-        f"orbax {ocp.__version__} moved {name}: tjx.ckpt.orbax_s3 must follow it"
-    )
+    assert callable(
+        getattr(importlib.import_module(module), attr)
+    ), f"orbax {ocp.__version__} moved {name}: tjx.ckpt.orbax_s3 must follow it"
     from tjx.ckpt import orbax_s3
 
     assert [f"{m.__name__}.{n}" for m, n in orbax_s3.PATCHED] == PRIVATE

@@ -12,23 +12,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from tjx.ckpt.errors import CheckpointError
+from tjx.ckpt import storage
+from tjx.ckpt.errors import CheckpointError, NotCreatableError
 
 __all__ = ["NotCreatableError", "RunStartError", "check_can_create"]
-
-
-class NotCreatableError(CheckpointError, ValueError):
-    """A folder is neither a directory nor something that can be made.
-
-    Attributes
-    ----------
-    path : Path or str
-        The folder asked for (a URL as a str: `tjx.ckpt.storage.StorageError`).
-    """
-
-    def __init__(self, path: Path | str, message: str) -> None:
-        super().__init__(message)
-        self.path = path
 
 
 class RunStartError(CheckpointError, ValueError):
@@ -87,8 +74,6 @@ def check_can_create(folder: Path | str) -> None:
         existing ancestor is a file, or nothing can be made in that ancestor; the message names
         the paths and the system's reason (``Read-only file system``, ...).
     """
-    from tjx.ckpt import storage  # imports this module: resolved at call time
-
     if storage.scheme_of(folder) is not None:
         path = storage.as_path(folder)  # UnsupportedURLError for a scheme tjx cannot serve
         if storage.is_remote(path):

@@ -36,8 +36,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from tjx.ckpt.errors import one_line
-from tjx.ckpt.run_checks import NotCreatableError
+from tjx.ckpt.errors import NotCreatableError, one_line
 
 if TYPE_CHECKING:
     from etils import epath

@@ -79,7 +79,7 @@ from tjx.metrics.plots import load_curves, plot_curves, plot_run
 from tjx.metrics.progress import ProgressBar, progress_bar
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
-__version__ = "0.8.0"
+__version__ = "0.9.0"
 
 __all__ = [
     "ConsoleLogger",

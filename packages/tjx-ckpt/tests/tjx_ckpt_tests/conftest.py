@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import os
 import sys
 import time
 import uuid
@@ -45,22 +44,12 @@ def default_unraisablehook(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
 
 
-@pytest.fixture(scope="session", params=["gs", "s3"])
+@pytest.fixture(scope="module", params=["gs", "s3"])
 def store(request: pytest.FixtureRequest) -> Iterator[teststores.LocalStore]:
-    """A local object-store server (fake-gcs-server, moto), started once per scheme for the
-    session, its client settings in this process's environment while the tests run."""
-    server = teststores.start(request.param)
-    saved = {k: os.environ.get(k) for k in server.env}
-    os.environ.update(server.env)
-    try:
+    """A local object-store server (fake-gcs-server, moto; one per scheme for the whole process),
+    its client settings in this process's environment while the module's tests run."""
+    with teststores.using(request.param) as server:
         yield server
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.stop()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,14 +100,15 @@ def test_a_refused_permission_is_said_with_the_fix(store: teststores.LocalStore)
     iam = botocore.session.get_session().create_client(
         "iam", endpoint_url=store.endpoint, region_name="us-east-1"
     )
-    iam.create_user(UserName="reader")
+    user = f"reader-{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=user)
     policy = {
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"],
                        "Resource": "*"}],
     }  # fmt: skip
-    iam.put_user_policy(UserName="reader", PolicyName="read", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName="reader")["AccessKey"]
+    iam.put_user_policy(UserName=user, PolicyName="read", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
     saved = dict(os.environ)
     fs_class = type(storage.filesystem(store.url()))
     _moto_auth_after(store, 0)

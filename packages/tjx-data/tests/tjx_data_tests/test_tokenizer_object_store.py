@@ -3,7 +3,6 @@ servers on 127.0.0.1): saved whole, not rewritten when unchanged, loaded back by
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -17,16 +16,9 @@ from tjx.data.bpe import save_tokenizer, train_bpe
 
 @pytest.fixture(scope="module", params=["gs", "s3"])
 def store(request: pytest.FixtureRequest) -> Iterator[teststores.LocalStore]:
-    server = teststores.start(request.param)
-    saved = dict(os.environ)
-    os.environ.update(server.env)
-    storage.configure()
-    try:
+    with teststores.using(request.param) as server:  # one server per scheme per process
+        storage.configure()
         yield server
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        server.stop()
 
 
 def test_a_trained_tokenizer_round_trips_through_a_store(store: teststores.LocalStore) -> None:

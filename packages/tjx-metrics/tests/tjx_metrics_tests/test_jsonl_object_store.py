@@ -4,7 +4,6 @@ batched, read back; a resumed run continues the same object."""
 from __future__ import annotations
 
 import math
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -19,16 +18,9 @@ from tjx.metrics.plots import plot_run
 
 @pytest.fixture(scope="module", params=["gs", "s3"])
 def store(request: pytest.FixtureRequest) -> Iterator[teststores.LocalStore]:
-    server = teststores.start(request.param)
-    saved = dict(os.environ)
-    os.environ.update(server.env)
-    storage.configure()
-    try:
+    with teststores.using(request.param) as server:  # one server per scheme per process
+        storage.configure()
         yield server
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        server.stop()
 
 
 def test_records_are_uploaded_whole_on_flush_and_when_due(store: teststores.LocalStore) -> None:

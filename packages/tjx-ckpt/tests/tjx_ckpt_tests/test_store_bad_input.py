@@ -78,8 +78,21 @@ def test_no_credentials_is_said_with_where_to_put_them(
     if store.scheme == "s3":
         assert "no AWS credentials found: set AWS_ACCESS_KEY_ID" in message
     else:
-        assert "no Google Cloud credentials found: run `gcloud auth application-default" in message
+        assert (
+            "no Google Cloud credentials found (none in the standard places): run `gcloud"
+            in message
+        )
     assert teststores.FAKE_KEY_ID not in message and teststores.FAKE_SECRET not in message
+
+
+@pytest.mark.parametrize("store", ["gs"], indirect=True)  # S3's chain has no key-file variable
+def test_a_gcs_key_file_that_cannot_be_used_is_named(
+    store: teststores.LocalStore, bare_env: None, tmp_path: Path
+) -> None:
+    os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = str(tmp_path / "missing-key.json")
+    with pytest.raises(storage.NoCredentialsError) as err:
+        RunDir(store.url("run")).check_start(resume=False)
+    assert "missing-key.json" in str(err.value) and "\n" not in str(err.value)
 
 
 def _moto_auth_after(store: teststores.LocalStore, requests: float) -> None:

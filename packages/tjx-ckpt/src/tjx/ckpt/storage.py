@@ -221,10 +221,13 @@ def credentials_problem(scheme: str) -> str | None:
 
         try:
             google.auth.default()
-        except google.auth.exceptions.DefaultCredentialsError:
+        except google.auth.exceptions.DefaultCredentialsError as err:
+            # google-auth's reason names a file it could not use, never a secret.
+            reason = "none in the standard places" if "were not found" in str(err) else err
             return (
-                "no Google Cloud credentials found: run `gcloud auth application-default "
-                "login`, or set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file"
+                f"no Google Cloud credentials found ({one_line(str(reason))}): run `gcloud "
+                "auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a "
+                "service-account key file"
             )
         return None
     import botocore.session  # pants: no-infer-dep  (s3fs's dependency: the s3 extra)
@@ -284,9 +287,7 @@ def check_remote(path: Any, *, write: bool) -> None:
             fs.rm_file(probe)
         else:
             fs.find(probe)
-    except (OSError, ValueError) as err:
-        raise storage_error(url, err, "write to" if write else "read") from None
-    except Exception as err:  # e.g. botocore's own errors, said in one line
+    except Exception as err:  # fsspec's OSErrors, botocore's and aiohttp's own: one line each
         raise storage_error(url, err, "write to" if write else "read") from None
 
 

@@ -5,11 +5,23 @@ from __future__ import annotations
 import numpy as np
 
 
-def np_mask(b, sq, sk, *, causal=False, q_ids=None, kv_ids=None, kv_lengths=None):
-    """Boolean [b, sq, sk] mask, True = attend (same rules as tjx.kernels.attention_mask)."""
+def np_mask(
+    b, sq, sk, *, causal=False, q_ids=None, kv_ids=None, kv_lengths=None, window=None, index=None
+):
+    """Boolean [b, sq, sk] mask, True = attend (same rules as tjx.kernels.attention_mask).
+
+    ``window``: query i sees keys with i - window < j (and j < i + window when not causal);
+    ``index``: (q_index, kv_index) token indices replacing 0..s-1 in the causal/window tests.
+    """
     m = np.ones((b, sq, sk), bool)
+    qi, ki = (np.arange(sq), np.arange(sk)) if index is None else map(np.asarray, index)
+    rows, cols = qi[:, None], ki[None, :]
     if causal:
-        m &= np.tril(np.ones((sq, sk), bool))[None]
+        m &= (rows >= cols)[None]
+    if window is not None:
+        m &= (rows - cols < window)[None]
+        if not causal:
+            m &= (cols - rows < window)[None]
     if q_ids is not None:
         q_ids, kv_ids = np.asarray(q_ids), np.asarray(kv_ids)
         m &= (q_ids[:, :, None] == kv_ids[:, None, :]) & (kv_ids[:, None, :] != 0)

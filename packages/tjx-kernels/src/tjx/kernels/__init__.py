@@ -7,6 +7,12 @@ Pallas flash attention (forward and backward), chunked cross-entropy, a plain-XL
 
 from typing import Any
 
+from tjx.kernels.blocks import (
+    BLOCK_IMPLEMENTATIONS,
+    attention_backward,
+    attention_forward,
+    block_kernel,
+)
 from tjx.kernels.choice import (
     AutoChoice,
     KernelCompileError,
@@ -25,9 +31,10 @@ from tjx.kernels.dispatch import IMPLEMENTATIONS, attention, select_implementati
 from tjx.kernels.launch import LaunchDefaults, default_launch
 from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 __all__ = [
+    "BLOCK_IMPLEMENTATIONS",
     "IMPLEMENTATIONS",
     "AutoChoice",
     "CrossEntropyOutput",
@@ -36,10 +43,13 @@ __all__ = [
     "Target",
     "__version__",
     "attention",
+    "attention_backward",
+    "attention_forward",
     "attention_mask",
     "attention_weights",
     "auto_chunk_size",
     "auto_order",
+    "block_kernel",
     "chunked_cross_entropy",
     "current_target",
     "custom_call_cost",

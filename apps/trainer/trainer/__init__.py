@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for the type checker
     from trainer.state import Setup
     from trainer.state import build as build_state
     from trainer.step import jit_train_step, make_eval_step, make_train_step
+    from trainer.target_plan import plan_here
 
 #: Each public name: (its module, its name there).
 _EXPORTS: dict[str, tuple[str, str]] = {
@@ -39,6 +40,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "make_tokenizer": ("trainer.data_setup", "make_tokenizer"),
     "make_train_step": ("trainer.step", "make_train_step"),
     "plan_argv": ("trainer.cli", "plan_argv"),
+    "plan_here": ("trainer.target_plan", "plan_here"),
     "prepare_data": ("trainer.data_setup", "prepare"),
     "resolve": ("trainer.resolved", "resolve"),
     "run": ("trainer.loop", "run"),
@@ -61,6 +63,7 @@ __all__ = [
     "make_tokenizer",
     "make_train_step",
     "plan_argv",
+    "plan_here",
     "prepare_data",
     "resolve",
     "run",

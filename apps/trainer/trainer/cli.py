@@ -61,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--profile-steps", default=None, metavar="A:B", help="write a jax.profiler trace of steps"
     )
+    parser.add_argument(
+        "--plan",
+        default=None,
+        metavar="TARGET",
+        help="compile the run's steps for a device that is not here (h100, a100-40gb, 8xh100, "
+        "v5e, ...) and print what it needs: kernel, memory, estimated step time; trains nothing",
+    )
+    parser.add_argument(
+        "--plan-json", default=None, metavar="PATH", help="with --plan: also write its figures"
+    )
     add_distributed_arguments(parser)  # the multi-host launch flags are tjx.parallel's
     return parser
 
@@ -192,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         return _show_config(args)
     if args.config is None:
         parser.error("the following arguments are required: --config")
+    if args.plan is not None:  # compile for a device that is not here; nothing trained (#38)
+        from trainer.target_plan import plan_from_args
+
+        return plan_from_args(args)
     try:
         plan = plan_run(args)
     except ConfigError as err:

@@ -1,11 +1,16 @@
 """Fit the train step to the memory the device has, before anything is written.
 
-A preset sized for a GPU does not fit every machine: gpt2_small's step (16 × 1024 tokens, no remat)
-needs about 43 GiB, more than a 24 GiB workstation has. So on a single device the trainer compiles
-the step abstractly (no parameter is materialised) and takes, through tjx-metrics' `first_fit`,
-the step as configured or else with full remat (gpt2_small: 5.7 GiB), saying so; if neither fits,
-it exits 2 naming the settings that shrink the step. Skipped on several devices (the abstract step
-is not partitioned: its figure would overstate a sharded step) and for ``--init-from``.
+A preset sized for a GPU does not fit every machine, and what a step needs depends on the device
+that compiles it: gpt2_small's step (16 × 1024 tokens, no remat) needs 14.9 GiB compiled for an
+H100 with cuDNN attention (29.2 GiB with XLA's; ``python -m trainer --plan h100``, BENCHMARKS.md)
+but about 43 GiB on XLA:CPU, more than a 24 GiB workstation has. So on a single device the trainer
+compiles the step abstractly (no parameter is materialised) and takes, through tjx-metrics'
+`first_fit`, the step as configured or else with full remat (gpt2_small on CPU: 5.7 GiB), saying
+so; if neither fits, it exits 2 naming the settings that shrink the step. A compiler that refuses
+a step too big for the device (a TPU's ``RESOURCE_EXHAUSTED``) counts as "does not fit"
+(`first_fit`). Skipped on several devices (the abstract step is not partitioned: its figure would
+overstate a sharded step) and for ``--init-from``; ``--plan`` shows what it would do on a device
+that is not here.
 """
 
 from __future__ import annotations
@@ -95,8 +100,9 @@ def fit_memory(run: Resolved, *, budget: int | None = None, devices: int | None 
         else ""
     )
     last = fit.checks[-1]
+    need = f"{'more than ' if last.refused else ''}{last.peak / GIB:.2f} GiB"
     raise ConfigError(
-        f"train.fit_memory: the train step needs {last.peak / GIB:.2f} GiB even with model.remat="
+        f"train.fit_memory: the train step needs {need} even with model.remat="
         f"full, but {last.budget / GIB:.2f} GiB is available; lower data.batch_size or "
         f"data.seq_len, or raise optimizer.accumulation_steps{unrolled}"
     )

@@ -139,8 +139,11 @@ class Training:
         self.saved = self.start if self.plan.resume else -1
         # The peak is None (no MFU logged) on CPU and on devices without a figure, silently.
         peak = metrics.compute_peak_flops(self.setup.nn_config.precision.compute_dtype, warn=False)
+        seq, model = self.cfg.data.seq_len, self.setup.nn_config
+        # mfu counts causal attention at half (MaxText, torchtitan); mfu_palm counts it whole.
         self.meter = metrics.ThroughputMeter(
-            flops_per_token=nn.flops_per_unit(self.setup.nn_config, self.cfg.data.seq_len),
+            flops_per_token=nn.flops_per_unit(model, seq),
+            palm_flops_per_token=nn.flops_per_unit(model, seq, causal_half=False),
             peak_flops_per_device=peak,
             num_devices=jax.device_count(),
         )
@@ -243,6 +246,7 @@ class Training:
             scalars[f"{self.objective.unit}_per_s"] = rate["tokens_per_s"]
             if rate.get("mfu") is not None:
                 scalars["mfu"] = float(rate["mfu"])
+                scalars["mfu_palm"] = float(rate["mfu_palm"])
             self.logger.log_scalars(step_done, scalars)
             bar.update(step_done, scalars["loss"])
         if cfg.logging.histogram_every and step_done % cfg.logging.histogram_every == 0:

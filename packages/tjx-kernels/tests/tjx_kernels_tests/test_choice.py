@@ -8,6 +8,7 @@ import jax
 import pytest
 
 from tjx.kernels import KernelCompileError, first_that_compiles, launch
+from tjx.kernels.choice import out_of_memory
 from tjx.kernels.compile_cache import ENV_VAR, compilation_cache_dir, enable_compilation_cache
 from tjx.kernels.testing import failing_attention
 
@@ -42,6 +43,22 @@ def test_an_explicit_kernel_that_fails_raises_one_line_and_xla_is_not_built():
     with pytest.raises(KernelCompileError, match="pallas failed"):
         first_that_compiles(("pallas",), build, explicit=False, say=lambda line: None)
     assert first_that_compiles(("xla",), build, explicit=True) == "xla"
+
+
+def test_a_step_that_does_not_fit_the_device_is_no_kernel_failure():
+    """A TPU's compiler refuses a step too big for its memory; that is the memory fit's to
+    handle (remat), so the kernel is kept and nothing falls back."""
+    said = []
+
+    def build(kernel):
+        raise RuntimeError(
+            "RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used 27.98G of 15.75G hbm."
+        )
+
+    assert first_that_compiles(("cudnn", "xla"), build, explicit=True, say=said.append) == "cudnn"
+    assert said == []
+    assert out_of_memory(RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory"))
+    assert not out_of_memory(RuntimeError("INTERNAL: Triton: RESOURCE_EXHAUSTED shared memory"))
 
 
 def test_failing_attention_names_its_stages():

@@ -25,14 +25,15 @@ N, L, D, S = 124_439_808, 12, 768, 1024
 
 
 def test_gpt2_small_flops_per_token():
-    palm = transformer_flops_per_token(num_params=N, num_layers=L, d_model=D, seq_len=S)
-    assert palm == 6 * N + 12 * L * D * S == 859_885_056
-    causal = transformer_flops_per_token(
-        num_params=N, num_layers=L, d_model=D, seq_len=S, causal_discount=True
+    # The default counts causal attention at half (MaxText, torchtitan); PaLM counts it whole.
+    causal = transformer_flops_per_token(num_params=N, num_layers=L, d_model=D, seq_len=S)
+    assert causal == 6 * N + 6 * L * D * S == 803_261_952
+    palm = transformer_flops_per_token(
+        num_params=N, num_layers=L, d_model=D, seq_len=S, causal_discount=False
     )
-    assert causal == 6 * N + 6 * L * D * S
+    assert palm == 6 * N + 12 * L * D * S == 859_885_056
     forward = transformer_flops_per_token(
-        num_params=N, num_layers=L, d_model=D, seq_len=S, training=False
+        num_params=N, num_layers=L, d_model=D, seq_len=S, training=False, causal_discount=False
     )
     assert forward == 2 * N + 4 * L * D * S
     assert palm == pytest.approx(3 * forward)
@@ -48,13 +49,16 @@ class TinyConfig:
 
 
 def test_flops_from_config():
-    assert flops_per_token_from_config(TinyConfig(), num_params=N) == 859_885_056
+    assert flops_per_token_from_config(TinyConfig(), num_params=N) == 803_261_952
+    assert flops_per_token_from_config(TinyConfig(), num_params=N, causal_discount=False) == (
+        859_885_056
+    )
     assert flops_per_token_from_config(TinyConfig(), num_params=N, seq_len=512) == (
-        6 * N + 12 * L * D * 512
+        6 * N + 6 * L * D * 512
     )
     # An explicit head_dim (e.g. a model with d_model != heads·head_dim) sets the attention width.
     cfg = SimpleNamespace(num_layers=2, d_model=64, num_heads=4, head_dim=32, max_seq_len=16)
-    assert flops_per_token_from_config(cfg, num_params=1000) == 6 * 1000 + 12 * 2 * 128 * 16
+    assert flops_per_token_from_config(cfg, num_params=1000) == 6 * 1000 + 6 * 2 * 128 * 16
     with pytest.raises(ValueError, match="num_layers"):
         flops_per_token_from_config(SimpleNamespace(d_model=8, max_seq_len=4), num_params=10)
 
@@ -166,7 +170,9 @@ def test_device_peak_flops_on_cpu_and_user_peak():
 
 
 def test_mfu_gpt2_small_on_h100s():
-    flops = transformer_flops_per_token(num_params=N, num_layers=L, d_model=D, seq_len=S)
+    flops = transformer_flops_per_token(
+        num_params=N, num_layers=L, d_model=D, seq_len=S, causal_discount=False
+    )
     peak = peak_flops("NVIDIA H100 80GB HBM3", "bf16")
     tokens_per_s = 400_000.0
     got = mfu(tokens_per_s, flops, peak, num_devices=8)
@@ -215,6 +221,28 @@ def test_throughput_meter_with_fake_clock():
     now[0] += 2.0
     assert cpu_meter.report()["mfu"] is None
     assert "mfu" not in ThroughputMeter(clock=lambda: now[0]).report()
+
+
+def test_the_meter_reports_palms_mfu_beside_the_default():
+    now = [0.0]
+    half = transformer_flops_per_token(num_params=N, num_layers=L, d_model=D, seq_len=S)
+    full = transformer_flops_per_token(
+        num_params=N, num_layers=L, d_model=D, seq_len=S, causal_discount=False
+    )
+    meter = ThroughputMeter(
+        flops_per_token=half,
+        palm_flops_per_token=full,
+        peak_flops_per_device=989.5e12,
+        clock=lambda: now[0],
+    )
+    meter.update(tokens=16 * 1024)
+    now[0] = 0.05
+    report = meter.report()
+    assert report["mfu"] == pytest.approx(16 * 1024 / 0.05 * half / 989.5e12, rel=1e-12)
+    assert report["mfu_palm"] == pytest.approx(report["mfu"] * full / half, rel=1e-12)
+    assert "mfu_palm" not in ThroughputMeter(flops_per_token=half, clock=lambda: 1.0).report()
+    with pytest.raises(ValueError, match="palm_flops_per_token"):
+        ThroughputMeter(flops_per_token=half, palm_flops_per_token=-1.0)
 
 
 def test_throughput_meter_bad_input():

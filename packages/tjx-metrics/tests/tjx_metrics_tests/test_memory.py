@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tjx.metrics import GIB, MemoryCheck, MemoryFit, available_bytes, first_fit, peak_bytes
+from tjx.metrics.memory import refused_bytes
 
 
 def test_peak_of_an_abstractly_compiled_function_counts_its_arguments_and_outputs():
@@ -121,3 +122,28 @@ def test_first_fit_without_a_known_budget_compiles_nothing(monkeypatch):
     assert fit == MemoryFit(None) and fit.chosen is None and fit.report() == ""
     monkeypatch.setattr(memory, "available_bytes", lambda device=None: 100)
     assert first_fit([("a", lambda: 100)]).checks == (MemoryCheck("a", 100, 100),)
+
+
+def test_a_program_the_compiler_refuses_for_memory_does_not_fit():
+    """A TPU's compiler refuses a step too big for its HBM instead of sizing it: that candidate
+    does not fit, and the next one (full remat) is tried."""
+
+    def refuse():
+        raise RuntimeError(
+            "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+            "temporaries (27.98G) exceeds available HBM (15.75G)"
+        )
+
+    fit = first_fit([("plain", refuse), ("remat", lambda: 4 * GIB)], budget=15 * GIB)
+    assert fit.chosen == "remat"
+    first = fit.checks[0]
+    assert first.refused and not first.fits and first.peak == int(27.98 * GIB)
+    assert str(first) == "plain needs more than 27.98 GiB; 15.00 GiB available"
+    assert refused_bytes(RuntimeError("RESOURCE_EXHAUSTED: out of memory")) == 0
+    assert refused_bytes(ValueError("INTERNAL: something else")) is None
+
+    def broken():
+        raise ValueError("INTERNAL: not a memory problem")
+
+    with pytest.raises(ValueError, match="INTERNAL"):
+        first_fit([("plain", broken)], budget=GIB)

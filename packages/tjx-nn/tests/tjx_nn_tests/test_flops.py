@@ -82,17 +82,21 @@ def test_flops_equal_six_times_matmul_weights_plus_attention(cfg, s, src):
     A = cfg.num_heads * cfg.head_dim
     if isinstance(cfg, tnn.EncoderDecoderConfig):
         le, ld = cfg.num_encoder_layers, cfg.num_decoder_layers
-        area = le * S * S + ld * s * s + ld * s * S  # enc self, dec self, cross (full matrices)
+        full, causal = le * S * S + ld * s * S, ld * s * s  # enc self + cross; dec self
+    elif isinstance(cfg, tnn.ViTConfig | tnn.BertConfig):
+        full, causal = cfg.num_layers * s * s, 0  # bidirectional
     else:
-        area = cfg.num_layers * s * s
-    expected = (6 * weighted + 12 * A * area) / s
+        full, causal = 0, cfg.num_layers * s * s
     kw = {} if src is None else {"src_len": src}
-    assert tnn.flops_per_token(cfg, s, **kw) == expected
+    # PaLM counts every score matrix whole; MaxText and torchtitan a causal one at half.
+    palm = (6 * weighted + 12 * A * (full + causal)) / s
+    assert tnn.flops_per_token(cfg, s, causal_half=False, **kw) == palm
+    assert tnn.flops_per_token(cfg, s, **kw) == (6 * weighted + 12 * A * (full + causal / 2)) / s
     assert tnn.matmul_param_count(cfg) == n_matmul
     # Lookup tables are excluded, so N_matmul < N for every family here.
     assert n_matmul < tnn.config_param_count(cfg)
-    if not isinstance(cfg, tnn.ViTConfig | tnn.EncoderDecoderConfig):
-        assert tnn.flops_per_token(cfg, s) == 6 * n_matmul + 12 * cfg.num_layers * A * s
+    if not isinstance(cfg, tnn.ViTConfig | tnn.EncoderDecoderConfig | tnn.BertConfig):
+        assert tnn.flops_per_token(cfg, s) == 6 * n_matmul + 6 * cfg.num_layers * A * s
 
 
 def test_gpt2_small_by_hand():
@@ -101,7 +105,9 @@ def test_gpt2_small_by_hand():
     assert n_matmul == 123_532_032  # HF's 124,439,808 minus wpe (786,432) and biases/norms
     cfg = tnn.gpt2_config("small")
     assert tnn.matmul_param_count(cfg) == n_matmul
-    assert tnn.flops_per_token(cfg, s) == 6 * n_matmul + 12 * L * d * s == 854_438_400
+    assert tnn.flops_per_token(cfg, s, causal_half=False) == 6 * n_matmul + 12 * L * d * s
+    assert tnn.flops_per_token(cfg, s, causal_half=False) == 854_438_400  # PaLM
+    assert tnn.flops_per_token(cfg, s) == 6 * n_matmul + 6 * L * d * s == 797_815_296
     # Untying adds a lookup-only table: the FLOPs do not change.
     untied = tnn.gpt2_config("small", tie_embeddings=False)
     assert tnn.flops_per_token(untied, s) == tnn.flops_per_token(cfg, s)
@@ -119,6 +125,8 @@ def test_flops_errors():
         tnn.flops_per_token(tnn.EncoderDecoderConfig(**TINY), 8, src_len=0)
     with pytest.raises(ValueError, match="num_patches"):
         tnn.flops_per_token(tnn.ViTConfig(**VIT), 16)
+    with pytest.raises(ValueError, match="causal_half"):
+        tnn.flops_per_token(gpt2_tiny(), 8, causal_half=1)
 
 
 def test_flops_per_unit_is_per_image_for_a_vit_and_per_token_otherwise():

@@ -15,15 +15,17 @@ from tjx.kernels.choice import (
     current_target,
     first_that_compiles,
     kernel_order,
+    out_of_memory,
     target,
 )
 from tjx.kernels.compile_cache import enable_compilation_cache
+from tjx.kernels.costs import custom_call_cost
 from tjx.kernels.cross_entropy import CrossEntropyOutput, auto_chunk_size, chunked_cross_entropy
 from tjx.kernels.dispatch import IMPLEMENTATIONS, attention, select_implementation
 from tjx.kernels.launch import LaunchDefaults, default_launch
 from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "IMPLEMENTATIONS",
@@ -40,11 +42,13 @@ __all__ = [
     "auto_order",
     "chunked_cross_entropy",
     "current_target",
+    "custom_call_cost",
     "default_launch",
     "enable_compilation_cache",
     "first_that_compiles",
     "flash_attention",
     "kernel_order",
+    "out_of_memory",
     "reference_attention",
     "select_implementation",
     "target",

@@ -255,6 +255,12 @@ def first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0] if lines else '(no message)'}"
 
 
+def out_of_memory(err: BaseException) -> bool:
+    """Whether a compile failed because the step does not fit the device (a TPU's compiler
+    refuses such a program with ``RESOURCE_EXHAUSTED``), not because of the kernel."""
+    return str(err).lstrip().startswith("RESOURCE_EXHAUSTED")
+
+
 def first_that_compiles(
     order: Sequence[str],
     build: Callable[[str], object],
@@ -267,7 +273,9 @@ def first_that_compiles(
     Each failure is one line through ``say`` naming the kernel and the error's first line; the
     next kernel is tried. An ``explicit`` request (one kernel named by the user) that fails raises
     :class:`KernelCompileError` with that line instead. ``"xla"`` is not built (it is the baseline
-    every platform compiles; a failure there is no kernel choice's to handle).
+    every platform compiles; a failure there is no kernel choice's to handle). A step that does not
+    fit the device's memory (:func:`out_of_memory`) is no kernel failure: that kernel is taken,
+    and the memory fit that follows decides what to shrink.
     """
     for i, kernel in enumerate(order):
         if kernel == "xla":
@@ -275,6 +283,8 @@ def first_that_compiles(
         try:
             build(kernel)
         except Exception as err:  # any lowering/compile error of an unproven kernel
+            if out_of_memory(err):  # it compiled far enough to be sized: the memory fit decides
+                return kernel
             line = f"attention: {kernel} failed to lower or compile ({first_line(err)})"
             if explicit:
                 raise KernelCompileError(line) from None

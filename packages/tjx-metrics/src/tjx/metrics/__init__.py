@@ -12,12 +12,25 @@
 * :func:`make_logger` fanning out to console / JSONL / W&B / TensorBoard; :func:`weights_to_host`
   (a params pytree as ``{path: host array}``; ``Logger.log_weights`` logs their histograms);
   :func:`plot_curves`, and :func:`plot_run` at the end of a run (never raises).
+* Before a device is rented: :func:`roofline` (an estimated step time from a compiled program's
+  optimized HLO: per kernel FLOPs, bytes read and written, loops times their trip counts) over
+  :func:`parse_hlo`, against the device table (:data:`ACCELERATORS`, :func:`accelerator`,
+  :func:`parse_target`: peaks per dtype, HBM, bandwidth, links; :func:`gpu_target_config`, XLA's
+  own GPU spec for a deviceless compile).
 * Before and during a run: :func:`peak_bytes` (XLA's memory analysis of a compiled step),
   :func:`available_bytes` (what a device can use) and :func:`first_fit` (the first candidate step
   whose peak fits); :class:`DivergenceGuard` (stop after too many non-finite or skipped steps in a
   row); :func:`progress_bar` (rich, with loss and ETA).
 """
 
+from tjx.metrics.accelerators import (
+    ACCELERATORS,
+    Accelerator,
+    accelerator,
+    accelerator_of,
+    gpu_target_config,
+    parse_target,
+)
 from tjx.metrics.accumulate import (
     MetricAccumulator,
     bits_per_byte,
@@ -42,6 +55,8 @@ from tjx.metrics.heldout import (
     heldout_metrics,
     heldout_step,
 )
+from tjx.metrics.hlo import HloModule, parse_hlo
+from tjx.metrics.kernel_cost import CustomCall, Kernel
 from tjx.metrics.lm import lm_metrics, lm_stats, loss_metrics
 from tjx.metrics.loggers import (
     HISTOGRAM_BINS,
@@ -67,22 +82,29 @@ from tjx.metrics.memory import (
     available_bytes,
     first_fit,
     peak_bytes,
+    refused_bytes,
 )
 from tjx.metrics.plots import load_curves, plot_curves, plot_run
 from tjx.metrics.progress import ProgressBar, progress_bar
+from tjx.metrics.roofline import Roofline, roofline
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 __all__ = [
+    "ACCELERATORS",
+    "Accelerator",
     "ConsoleLogger",
+    "CustomCall",
     "DEFAULT_TOP_K",
     "DEVICE_PEAKS",
     "DevicePeak",
     "DivergenceGuard",
     "GIB",
     "HISTOGRAM_BINS",
+    "HloModule",
     "JsonlLogger",
+    "Kernel",
     "LOGGER_NAMES",
     "Logger",
     "MemoryCheck",
@@ -90,10 +112,13 @@ __all__ = [
     "MetricAccumulator",
     "MultiLogger",
     "ProgressBar",
+    "Roofline",
     "TensorBoardLogger",
     "ThroughputMeter",
     "WandbLogger",
     "__version__",
+    "accelerator",
+    "accelerator_of",
     "accumulate_heldout",
     "available_bytes",
     "bits_per_byte",
@@ -108,6 +133,7 @@ __all__ = [
     "heldout_metrics",
     "heldout_step",
     "flops_per_token_from_config",
+    "gpu_target_config",
     "histogram_summary",
     "lm_metrics",
     "lm_stats",
@@ -115,11 +141,15 @@ __all__ = [
     "loss_metrics",
     "make_logger",
     "mfu",
+    "parse_hlo",
+    "parse_target",
     "peak_bytes",
     "peak_flops",
     "plot_curves",
     "plot_run",
     "progress_bar",
+    "refused_bytes",
+    "roofline",
     "read_jsonl",
     "resolve_wandb_mode",
     "select_weights",

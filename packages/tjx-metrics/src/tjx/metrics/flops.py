@@ -1,8 +1,11 @@
 """Model FLOPs per token for dense decoder transformers (training: forward + backward).
 
-Convention (PaLM, Chowdhery et al. 2022, appendix B — also what nanoGPT and most MFU reports use):
+Two conventions, both reported by the trainer:
 
-    FLOPs/token = 6·N + 12·L·d·s
+    mfu       FLOPs/token = 6·N + 6·L·d·s    causal attention at half: MaxText (since 2025),
+                                             torchtitan (the default here)
+    mfu_palm  FLOPs/token = 6·N + 12·L·d·s   PaLM (Chowdhery et al. 2022, appendix B), nanoGPT,
+                                             Megatron: the full score matrix
 
 * ``6·N``: each parameter takes part in one multiply-add (2 FLOPs) in the forward pass and two in
   the backward pass (gradients w.r.t. activations and w.r.t. weights), so 2 + 4 = 6 FLOPs per
@@ -10,16 +13,13 @@ Convention (PaLM, Chowdhery et al. 2022, appendix B — also what nanoGPT and mo
   embedding lookups are not matmuls, so passing the non-embedding count is the stricter choice —
   either way, say which one you report; tjx-nn's ``flops_per_token`` counts matmul weights only:
   no lookup tables, a tied embedding once, as the unembedding).
-* ``12·L·d·s``: the attention score ``Q·Kᵀ`` and the weighted sum ``A·V`` are matmuls without
-  parameters; per layer and token each costs ``2·d·s`` FLOPs forward (``d = heads·head_dim``,
-  ``s`` = sequence length), so ``4·L·d·s`` forward and ``3×`` that for forward + backward.
-
-**Causal masking.** A causal model needs only about half of the score matrix, so the FLOPs it
-actually *must* do are ``6·N + 6·L·d·s``. We default to the PaLM convention (``12·L·d·s``, no
-discount) because (a) MFU is meant to be comparable across implementations and papers, and the
-published figures (PaLM, nanoGPT, Megatron's MFU) use it; (b) most kernels, including plain XLA
-attention, do compute the full masked matrix. Pass ``causal_discount=True`` for the stricter count
-(``6·L·d·s``); flash-style kernels that skip masked blocks approach that.
+* the attention score ``Q·Kᵀ`` and the weighted sum ``A·V`` are matmuls without parameters; per
+  layer and token each costs ``2·d·s`` FLOPs forward over the whole score matrix (``d =
+  heads·head_dim``, ``s`` = sequence length), so ``4·L·d·s`` forward and ``3×`` that, ``12·L·d·s``,
+  for forward + backward. A causal model needs only the unmasked half, ``6·L·d·s``: what a flash
+  kernel that skips masked tiles does, and what MaxText and torchtitan count
+  (``causal_discount=True``, the default). ``causal_discount=False`` gives PaLM's figure, to
+  compare with papers that use it (say which one you quote).
 
 Not counted (all small for realistic models): softmax, norms, activations, the optimizer update,
 rematerialisation (recomputed FLOPs make *hardware* FLOPs utilisation larger than *model* FLOPs
@@ -45,10 +45,11 @@ def transformer_flops_per_token(
     num_layers: int,
     d_model: int,
     seq_len: int,
-    causal_discount: bool = False,
+    causal_discount: bool = True,
     training: bool = True,
 ) -> float:
-    """Model FLOPs per token: ``6·N + 12·L·d·s`` (PaLM appendix B; see the module notes).
+    """Model FLOPs per token: ``6·N + 6·L·d·s`` (causal attention at half: MaxText,
+    torchtitan), or PaLM's ``6·N + 12·L·d·s`` with ``causal_discount=False`` (module notes).
 
     Parameters
     ----------
@@ -62,8 +63,8 @@ def transformer_flops_per_token(
     seq_len
         ``s``, the sequence length attended over (the training context length).
     causal_discount
-        Halve the attention term (``6·L·d·s``) to count only the unmasked half of a causal score
-        matrix. Default ``False`` follows PaLM, so MFU matches published figures.
+        Halve the attention term (``6·L·d·s``): only the unmasked half of a causal score matrix
+        (default, MaxText's and torchtitan's convention). ``False``: PaLM's full matrix.
     training
         ``True`` (default): forward + backward. ``False``: forward only (``2·N + 4·L·d·s``), for
         inference / evaluation throughput.
@@ -79,6 +80,10 @@ def transformer_flops_per_token(
 
     >>> transformer_flops_per_token(
     ...     num_params=124_439_808, num_layers=12, d_model=768, seq_len=1024
+    ... )
+    803261952.0
+    >>> transformer_flops_per_token(
+    ...     num_params=124_439_808, num_layers=12, d_model=768, seq_len=1024, causal_discount=False
     ... )
     859885056.0
     """
@@ -102,7 +107,7 @@ def flops_per_token_from_config(
     *,
     num_params: int,
     seq_len: int | None = None,
-    causal_discount: bool = False,
+    causal_discount: bool = True,
     training: bool = True,
 ) -> float:
     """FLOPs per token read from a model config (duck-typed, e.g. ``tjx.nn.GPT2Config``).

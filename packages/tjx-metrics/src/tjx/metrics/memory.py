@@ -11,12 +11,21 @@ remat, ...) in order and keeps the first whose peak fits, reporting each one as 
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GIB", "MemoryCheck", "MemoryFit", "available_bytes", "first_fit", "peak_bytes"]
+__all__ = [
+    "GIB",
+    "MemoryCheck",
+    "MemoryFit",
+    "available_bytes",
+    "first_fit",
+    "peak_bytes",
+    "refused_bytes",
+]
 
 GIB = 2**30
 _MEMINFO = Path("/proc/meminfo")
@@ -97,15 +106,20 @@ class MemoryCheck:
     name: str
     peak: int
     budget: int
+    #: The compiler refused the program for its memory (a TPU's): ``peak`` is a lower bound.
+    refused: bool = False
 
     @property
     def fits(self) -> bool:
         """Whether the peak is within the budget."""
-        return self.peak <= self.budget
+        return not self.refused and self.peak <= self.budget
 
     def __str__(self) -> str:
         # The name is the sentence's subject: "the train step needs 5.72 GiB; ...".
-        return f"{self.name} needs {self.peak / GIB:.2f} GiB; {self.budget / GIB:.2f} GiB available"
+        need = (
+            f"more than {self.peak / GIB:.2f} GiB" if self.refused else f"{self.peak / GIB:.2f} GiB"
+        )
+        return f"{self.name} needs {need}; {self.budget / GIB:.2f} GiB available"
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,23 @@ class MemoryFit:
         return "\n".join(str(check) for check in self.checks)
 
 
+_REFUSED = re.compile(r"\(([\d.]+)([KMGT])\) exceeds available")
+
+
+def refused_bytes(err: BaseException) -> int | None:
+    """What a compiler that refused a program for its memory says it needed (bytes; 0 when it
+    gives no figure), or None when ``err`` is not such a refusal. A TPU's compiler refuses with
+    ``RESOURCE_EXHAUSTED: ... memory required for HLO temporaries (27.98G) exceeds available HBM
+    (15.75G)`` (binary units)."""
+    text = str(err).lstrip()
+    if not text.startswith("RESOURCE_EXHAUSTED"):
+        return None
+    found = _REFUSED.search(text)
+    if found is None:
+        return 0
+    return int(float(found.group(1)) * 1024 ** "KMGT".index(found.group(2)) * 1024)
+
+
 def first_fit(
     candidates: Iterable[tuple[str, Callable[[], Any]]],
     *,
@@ -156,6 +187,10 @@ def first_fit(
         Called with each :class:`MemoryCheck` as soon as it is known (a compile can take
         minutes: a caller may say what it found before the next one starts).
 
+    A ``compile()`` that raises because the compiler refused the program for its memory (a TPU's
+    ``RESOURCE_EXHAUSTED``, :func:`refused_bytes`) is a candidate that does not fit
+    (``refused=True``), not an error; any other exception propagates.
+
     Returns
     -------
     MemoryFit
@@ -176,9 +211,18 @@ def first_fit(
         return MemoryFit(None)
     checks: list[MemoryCheck] = []
     for name, compile_ in candidates:
-        compiled = compile_()
-        peak = compiled if isinstance(compiled, numbers.Integral) else peak_bytes(compiled)["peak"]
-        check = MemoryCheck(name, int(peak), int(budget))
+        try:
+            compiled = compile_()
+        except Exception as err:  # a compiler that refuses a program too big for the device
+            needed = refused_bytes(err)
+            if needed is None:
+                raise
+            check = MemoryCheck(name, max(needed, int(budget) + 1), int(budget), refused=True)
+        else:
+            peak = (
+                compiled if isinstance(compiled, numbers.Integral) else peak_bytes(compiled)["peak"]
+            )
+            check = MemoryCheck(name, int(peak), int(budget))
         checks.append(check)
         if on_check is not None:
             on_check(check)

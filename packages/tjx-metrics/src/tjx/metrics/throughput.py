@@ -68,7 +68,11 @@ class ThroughputMeter:
     Parameters
     ----------
     flops_per_token
-        Model FLOPs per token; enables ``tflops_per_device`` and ``mfu`` in reports.
+        Model FLOPs per token; enables ``tflops_per_device`` and ``mfu`` in reports (tjx's
+        convention: causal attention at half, as MaxText and torchtitan count).
+    palm_flops_per_token
+        The same model's FLOPs per token by PaLM's convention (the whole causal score matrix);
+        adds ``mfu_palm`` to reports, to compare with figures quoted that way.
     peak_flops_per_device
         Peak FLOP/s of one device (``None`` → ``mfu`` is ``None``).
     num_devices
@@ -89,6 +93,7 @@ class ThroughputMeter:
         self,
         *,
         flops_per_token: float | None = None,
+        palm_flops_per_token: float | None = None,
         peak_flops_per_device: float | None = None,
         num_devices: int = 1,
         clock: Callable[[], float] | None = None,
@@ -97,11 +102,16 @@ class ThroughputMeter:
             raise ValueError(f"num_devices must be a positive int; got {num_devices!r}")
         if flops_per_token is not None and not flops_per_token > 0:
             raise ValueError(f"flops_per_token must be > 0 or None; got {flops_per_token!r}")
+        if palm_flops_per_token is not None and not palm_flops_per_token > 0:
+            raise ValueError(
+                f"palm_flops_per_token must be > 0 or None; got {palm_flops_per_token!r}"
+            )
         if peak_flops_per_device is not None and not peak_flops_per_device > 0:
             raise ValueError(
                 f"peak_flops_per_device must be > 0 or None; got {peak_flops_per_device!r}"
             )
         self.flops_per_token = flops_per_token
+        self.palm_flops_per_token = palm_flops_per_token
         self.peak_flops_per_device = peak_flops_per_device
         self.num_devices = num_devices
         self._clock = clock or time.perf_counter
@@ -140,7 +150,8 @@ class ThroughputMeter:
         dict
             ``tokens_per_s``, ``steps_per_s``, ``step_time_s`` (mean wall time per step),
             ``tokens_per_s_per_device``, ``interval_s``, ``total_tokens`` and, with
-            ``flops_per_token``, ``tflops_per_device`` and ``mfu`` (``None`` without a peak).
+            ``flops_per_token``, ``tflops_per_device`` and ``mfu`` (``None`` without a peak),
+            and ``mfu_palm`` with ``palm_flops_per_token``.
         """
         now = self._clock()
         elapsed = now - self._start
@@ -171,6 +182,8 @@ class ThroughputMeter:
                     num_devices=self.num_devices,
                 )
             )
+        if self.palm_flops_per_token is not None and out.get("mfu") is not None:
+            out["mfu_palm"] = out["mfu"] * self.palm_flops_per_token / self.flops_per_token
         if reset:
             self._start = now
             self._tokens = 0

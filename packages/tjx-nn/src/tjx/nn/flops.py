@@ -1,15 +1,21 @@
 """Model FLOPs per token for MFU: ``6·N_matmul`` plus the attention score/value matmuls.
 
-Convention (PaLM appendix B, as MaxText and nanoGPT's MFU use it): a parameter that is a matmul
-weight costs 2 FLOPs per token forward and 4 backward, so ``6`` per token. Only **matmul weights**
-count: embedding lookups (the token table when it is not also the output projection, learned
-position and token-type tables, ViT's class token) are gathers, and biases/norm scales are
-elementwise. A tied token table counts once, as the unembedding matmul.
+A parameter that is a matmul weight costs 2 FLOPs per token forward and 4 backward, so ``6`` per
+token. Only **matmul weights** count: embedding lookups (the token table when it is not also the
+output projection, learned position and token-type tables, ViT's class token) are gathers, and
+biases/norm scales are elementwise. A tied token table counts once, as the unembedding matmul.
 
 The attention term is ``12·A·s_q·s_k`` per layer and sequence (``QKᵀ`` and ``PV``, ``2·A·s_k``
-FLOPs each per query forward, ×3 with backward), ``A = num_heads·head_dim``, with the **full**
-score matrix even when causal (PaLM's convention; most kernels compute it). For a decoder that is
-``12·L·A·s`` per token.
+FLOPs each per query forward, ×3 with backward), ``A = num_heads·head_dim``. Two conventions
+for **causal** attention (a decoder's self-attention, an encoder-decoder's decoder side):
+
+* ``causal_half=True`` (the default, as **MaxText** (since 2025) and **torchtitan** count): a
+  causal score matrix is counted at half, ``6·L·A·s`` per token for a decoder: the products a
+  causal kernel must do (flash kernels skip the masked tiles). The trainer's ``mfu`` uses it.
+* ``causal_half=False``: **PaLM's** appendix B (also nanoGPT's and Megatron's MFU): the full
+  matrix, ``12·L·A·s``; the trainer logs it as ``mfu_palm``.
+
+Bidirectional attention (BERT, ViT, an encoder, cross-attention) is counted whole either way.
 
 The counts are derived from the config here and checked in the tests against the weights of the
 built model (``nnx.state``), so the two cannot drift apart silently.
@@ -49,8 +55,9 @@ def _self_block(c: TransformerConfig) -> int:
     return q_out + kv + _mlp_weights(c)
 
 
-def _terms(config: TransformerConfig, seq_len: int, src_len: int) -> tuple[_Terms, int]:
-    """Matmul weights with their positions per sequence, and the summed ``s_q·s_k`` over layers."""
+def _terms(config: TransformerConfig, seq_len: int, src_len: int) -> tuple[_Terms, int, int]:
+    """Matmul weights with their positions per sequence, and the summed ``s_q·s_k`` over layers
+    of bidirectional and of causal attention."""
     c = config
     d, s = c.d_model, seq_len
     unembed = c.vocab_size * d  # the head, or the tied table used as the output matmul
@@ -64,17 +71,17 @@ def _terms(config: TransformerConfig, seq_len: int, src_len: int) -> tuple[_Term
             (ld * cross_kv, S),  # cross keys/values project the encoder output
             (unembed, s),
         ]
-        return terms, le * S * S + ld * s * s + ld * s * S
+        return terms, le * S * S + ld * s * S, ld * s * s
     layers = c.num_layers * _self_block(c)
     if isinstance(c, ViTConfig):
         patch = c.patch_size * c.patch_size * c.num_channels * d
         # The patch projection skips the class token; the classifier reads only the class token.
-        return [(layers, s), (patch, s - 1), (d * c.num_classes, 1)], c.num_layers * s * s
+        return [(layers, s), (patch, s - 1), (d * c.num_classes, 1)], c.num_layers * s * s, 0
     if isinstance(c, BertConfig):
         # __call__ is the MLM head: dense transform + tied table. classify()'s pooler/classifier
         # are not part of it (they run once per sequence: add 6·(d² + d·labels)/s if you use them).
-        return [(layers, s), (d * d, s), (unembed, s)], c.num_layers * s * s
-    return [(layers, s), (unembed, s)], c.num_layers * s * s
+        return [(layers, s), (d * d, s), (unembed, s)], c.num_layers * s * s, 0
+    return [(layers, s), (unembed, s)], 0, c.num_layers * s * s
 
 
 def _check(config: TransformerConfig, seq_len: int, src_len: int | None) -> int:
@@ -119,28 +126,35 @@ def matmul_param_count(config: TransformerConfig) -> int:
 
 
 def flops_per_token(
-    config: TransformerConfig, seq_len: int, *, src_len: int | None = None
+    config: TransformerConfig,
+    seq_len: int,
+    *,
+    src_len: int | None = None,
+    causal_half: bool = True,
 ) -> float:
-    """Training FLOPs (forward + backward) per token: ``6·N_matmul + 12·L·A·s`` for decoders.
+    """Training FLOPs (forward + backward) per token: ``6·N_matmul + 6·L·A·s`` for decoders
+    (causal attention at half, MaxText/torchtitan), ``+ 12·L·A·s`` with ``causal_half=False``
+    (PaLM).
 
     ``N_matmul`` is ``matmul_param_count(config)``: lookup-only tables (learned positions, the
     token table when the LM head is untied) are not multiplied and are not counted; a tied table
-    is counted once as the unembedding. ``A = num_heads·head_dim``; the attention term counts the
-    full score matrix even for causal models (PaLM convention, not halved). Weights that run at
-    fewer positions than the sequence has (ViT's classifier on the class token) are weighted by
-    the share of positions they run at, so the result times the tokens processed is the exact
-    model FLOPs under this convention.
+    is counted once as the unembedding. ``A = num_heads·head_dim``; a causal score matrix counts
+    at half unless ``causal_half=False`` (the module docstring's two conventions). Weights that
+    run at fewer positions than the sequence has (ViT's classifier on the class token) are
+    weighted by the share of positions they run at, so the result times the tokens processed is
+    the exact model FLOPs under the chosen convention.
 
     Per family (``s`` = ``seq_len``, ``S`` = ``src_len``, ``L_e``/``L_d`` = encoder/decoder
     layers):
 
-    - decoders (GPT-2, LLaMA incl. GQA/MLA), BERT's MLM ``__call__``: per token as above;
+    - decoders (GPT-2, LLaMA incl. GQA/MLA): per token as above; BERT's MLM ``__call__``:
+      ``6·N_matmul + 12·L·A·s`` (bidirectional: whole under both conventions);
     - ViT: per position of the fixed ``num_patches + 1`` sequence (``seq_len`` must equal it);
       multiply by ``seq_len`` for FLOPs per image;
     - ``EncoderDecoder``: per **target** token, for sources of ``S`` tokens (default ``s``):
-      ``6·(N_dec + N_enc·S/s) + 12·A·(L_d·s + L_d·S + L_e·S²/s)`` (decoder self-attention,
-      cross-attention, encoder self-attention), where the encoder and the cross keys/values run
-      on ``S`` source positions.
+      ``6·(N_dec + N_enc·S/s) + 12·A·(c·L_d·s + L_d·S + L_e·S²/s)`` (decoder self-attention,
+      at ``c`` = ½ with ``causal_half`` and 1 without; cross-attention; encoder self-attention),
+      where the encoder and the cross keys/values run on ``S`` source positions.
 
     Parameters
     ----------
@@ -151,6 +165,9 @@ def flops_per_token(
     src_len : int, optional
         Source length of an encoder-decoder (default ``seq_len``); only for
         ``EncoderDecoderConfig``.
+    causal_half : bool
+        Count causal attention at half (default; MaxText's and torchtitan's MFU) or whole
+        (``False``; PaLM's).
 
     Returns
     -------
@@ -165,14 +182,17 @@ def flops_per_token(
     """
     S = _check(config, seq_len, src_len)
     assert config.head_dim is not None
-    terms, score_area = _terms(config, seq_len, S)
+    if not isinstance(causal_half, bool):
+        raise ValueError(f"causal_half must be True or False; got {causal_half!r}")
+    terms, full_area, causal_area = _terms(config, seq_len, S)
     weighted = sum(n * positions for n, positions in terms)
     attn_dim = config.num_heads * config.head_dim
     # Integer numerator, one correctly rounded division: exact whenever the result is integral.
-    return (6 * weighted + 12 * attn_dim * score_area) / seq_len
+    attention = 12 * attn_dim * full_area + (6 if causal_half else 12) * attn_dim * causal_area
+    return (6 * weighted + attention) / seq_len
 
 
-def flops_per_unit(config: TransformerConfig, seq_len: int) -> float:
+def flops_per_unit(config: TransformerConfig, seq_len: int, *, causal_half: bool = True) -> float:
     """Training FLOPs per unit a throughput counts (`tjx.nn.objective_of`'s ``unit``).
 
     A ViT's sequence is fixed (``num_patches + 1`` positions per image), so its unit is the
@@ -187,6 +207,8 @@ def flops_per_unit(config: TransformerConfig, seq_len: int) -> float:
         The model's config.
     seq_len : int
         Training window length (ignored for a ViT).
+    causal_half : bool
+        As in `flops_per_token` (default: causal attention at half).
 
     Returns
     -------
@@ -195,10 +217,10 @@ def flops_per_unit(config: TransformerConfig, seq_len: int) -> float:
     """
     if isinstance(config, ViTConfig):
         positions = config.max_seq_len
-        return float(flops_per_token(config, positions)) * positions
+        return float(flops_per_token(config, positions, causal_half=causal_half)) * positions
     if isinstance(config, EncoderDecoderConfig):
         from tjx.nn.encdec import window_halves  # the objective's own split (loads flax)
 
         source, target = window_halves(seq_len)
-        return float(flops_per_token(config, target, src_len=source))
-    return float(flops_per_token(config, seq_len))
+        return float(flops_per_token(config, target, src_len=source, causal_half=causal_half))
+    return float(flops_per_token(config, seq_len, causal_half=causal_half))

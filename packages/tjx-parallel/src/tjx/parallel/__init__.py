@@ -96,9 +96,10 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
         state_shardings,
         with_logical_constraint,
     )
+    from tjx.parallel.topology import abstract_devices
     from tjx.parallel.train_step import jit_train_step
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"
 
 #: The public names whose modules import jax → their module, imported on first use.
 _LAZY = {
@@ -159,6 +160,7 @@ _LAZY = {
     "shard_init": "tjx.parallel.sharding",
     "state_shardings": "tjx.parallel.sharding",
     "with_logical_constraint": "tjx.parallel.sharding",
+    "abstract_devices": "tjx.parallel.topology",
     "jit_train_step": "tjx.parallel.train_step",
 }
 
@@ -224,6 +226,7 @@ __all__ = [
     "StopAgreement",
     "StopFlag",
     "__version__",
+    "abstract_devices",
     "add_distributed_arguments",
     "barrier",
     "batch_sharding",

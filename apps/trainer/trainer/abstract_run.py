@@ -1,0 +1,121 @@
+"""A run's train and eval steps over abstract, sharded inputs: what a compile needs, nothing else.
+
+The same model, optimizer, mesh rules and steps as a run builds (`trainer.state.build`,
+`trainer.step`), but every array is a ``jax.ShapeDtypeStruct`` carrying its sharding on the given
+mesh: no parameter is created, so a mesh of devices that are not here (tjx-parallel's
+`abstract_devices`) compiles the program those devices would run, state donated and laid out as
+the real run lays it out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from trainer.resolved import Resolved
+from trainer.schema import ConfigError, keyed
+
+#: The loader's token batch (tjx.data's layout): every LM-like objective reads from these.
+TOKEN_KEYS = ("inputs", "targets", "segment_ids", "positions")
+
+
+@dataclass
+class AbstractRun:
+    """The jitted steps of a run and their abstract, sharded arguments."""
+
+    train_step: Any
+    state: Any
+    batch: dict[str, jax.ShapeDtypeStruct]
+    eval_step: Any
+    eval_batch: dict[str, jax.ShapeDtypeStruct]
+    mesh: Any
+
+
+def _sharded(tree: Any, shardings: Any) -> Any:
+    def leaf(x: Any, sharding: Any) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+    return jax.tree.map(leaf, tree, shardings)
+
+
+def abstract_batch(run: Resolved, rows: int, mesh: Any) -> dict[str, jax.ShapeDtypeStruct]:
+    """A batch of ``rows`` in the loader's layout for the run's objective, split over the mesh's
+    batch axes (a ViT's images and labels; every other objective's tokens)."""
+    from tjx import parallel
+
+    if run.cfg.task == "classify":
+        m = run.model
+        shapes = {
+            "images": ((rows, m.image_size, m.image_size, m.num_channels), jnp.float32),
+            "labels": ((rows,), jnp.int32),
+        }
+    else:
+        seq = run.cfg.data.seq_len
+        shapes = {k: ((rows, seq), jnp.int32) for k in TOKEN_KEYS}
+    return {
+        k: jax.ShapeDtypeStruct(shape, dtype, sharding=parallel.batch_sharding(mesh, len(shape)))
+        for k, (shape, dtype) in shapes.items()
+    }
+
+
+def build(run: Resolved, devices: list[Any]) -> AbstractRun:
+    """The run's steps over ``devices`` (abstract or real), with the run's mesh and rules.
+
+    Raises
+    ------
+    ConfigError
+        A mesh or batch that does not split over ``len(devices)`` devices, or a pipelined mesh
+        (its stages are built over this machine's own devices).
+    """
+    from tjx import nn, optim, parallel
+    from trainer.step import make_eval_step, make_train_step
+
+    cfg, mc = run.cfg, run.mesh
+    if mc.pipeline > 1:
+        raise ConfigError("mesh.pipeline: a pipelined run is not planned without its devices yet")
+    try:
+        mesh = parallel.make_mesh(mc, devices)
+    except ValueError as err:
+        raise ConfigError(f"mesh: {err} ({len(devices)} devices planned)") from None
+    batch, steps = cfg.data.batch_size, run.optimizer.accumulation_steps
+    with keyed(None):  # tjx.parallel's message names the config keys
+        parallel.check_batch_split(
+            {
+                f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})": batch
+                // steps,
+                "eval.batch_size": cfg.eval.batch_size,
+            },
+            mesh,
+        )
+    rules = parallel.rules(mc.strategy)
+    abstract = nnx.eval_shape(lambda: nn.build_model(run.model, rngs=nnx.Rngs(cfg.train.seed)))
+    graphdef, params_state, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
+    params = nnx.to_pure_dict(params_state)
+    specs = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
+    tx = optim.build_optimizer(run.optimizer, axes=specs)
+    state = {
+        "params": params,
+        "opt_state": jax.eval_shape(tx.init, params),
+        "step": jax.ShapeDtypeStruct((), jnp.int32),
+    }
+    shardings = parallel.state_shardings(state, mesh, rules, param_specs=specs)
+    state = _sharded(state, shardings)
+    concrete_rest = nn.concrete_state(rest)
+    train = jax.jit(
+        make_train_step(graphdef, concrete_rest, tx, run),
+        donate_argnums=(0,),
+        out_shardings=(shardings, None),
+    )
+    evaluate = jax.jit(make_eval_step(graphdef, concrete_rest, cfg))
+    return AbstractRun(
+        train,
+        state,
+        abstract_batch(run, batch, mesh),
+        evaluate,
+        abstract_batch(run, cfg.eval.batch_size, mesh),
+        mesh,
+    )

@@ -1,0 +1,176 @@
+"""``--plan TARGET`` without a GPU or TPU package: bad input, the memory fit's decisions, and the
+whole report over this machine's CPU devices (the deviceless compiles themselves are
+tests-integration's test_plan_deviceless.py, in a scratch environment with the plugins)."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import pytest
+
+from tjx.metrics import GIB, accelerator
+from trainer import deviceless, plan_report, target_plan
+from trainer.cli import main
+from trainer.config import build_config
+from trainer.deviceless import Target
+from trainer.overrides import apply_overrides
+from trainer.presets import load_config_data
+from trainer.resolved import resolve
+from trainer.target_plan import Compiled
+
+TINY = ["data.batch_size=8", "data.seq_len=32", "model.max_seq_len=32", "model.num_layers=2"]
+
+
+def run_of(*sets: str, preset: str = "tiny"):
+    return resolve(build_config(apply_overrides(load_config_data(preset), [*TINY, *sets])), 257)
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_an_unknown_target_is_one_line_listing_the_known_ones(capsys, in_tmp):
+    assert main(["--config", "tiny", "--plan", "h800"]) == 2
+    line = error_line(capsys)
+    assert line.startswith("trainer: error: --plan: unknown target 'h800'; known: h100, h200")
+    assert "v5e" in line and not list(in_tmp.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("text", ["3xh100", "8 x h100"])
+def test_a_malformed_count_is_one_line(text: str, capsys, in_tmp):
+    assert main(["--config", "tiny", "--plan", text]) == 2
+    assert "--plan" in error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "target,words",
+    [
+        ("h100", ["jax-cuda12-plugin==", "jax-cuda12-pjrt==", "nvidia-cudnn-cu12"]),
+        ("v5e", ["jax[tpu]=="]),
+    ],
+)
+def test_a_missing_package_says_what_to_install(target, words, capsys, in_tmp, monkeypatch):
+    monkeypatch.setattr(deviceless, "_find", lambda module: False)
+    assert main(["--config", "tiny", "--plan", target]) == 2
+    line = error_line(capsys)
+    assert "pip install" in line and all(w + jax.__version__ in line or w in line for w in words)
+
+
+def test_a_plan_is_of_a_fresh_run(capsys, in_tmp):
+    assert main(["--config", "tiny", "--plan", "h100", "--resume"]) == 2
+    assert "drop --resume" in error_line(capsys)
+
+
+def test_a_gpu_budget_is_the_share_jax_takes(monkeypatch):
+    h100 = accelerator("h100")
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+    assert target_plan.budget_bytes(h100)[0] == int(h100.memory_bytes * 0.75)
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")
+    budget, why = target_plan.budget_bytes(h100)
+    assert budget == int(h100.memory_bytes * 0.9) and "=0.9" in why
+    v5e = accelerator("v5e")
+    assert target_plan.budget_bytes(v5e)[0] == v5e.memory_bytes  # the compiler enforces it
+
+
+def fake_compiles(monkeypatch, peaks: dict[tuple[str, int], int | None]) -> list[str]:
+    """``compile_train`` answering from ``peaks`` by (remat, accumulation steps); None: refused
+    by the compiler for memory, as a TPU's is."""
+    seen: list[str] = []
+
+    def compile_train(run, target, label):
+        seen.append(label)
+        peak = peaks[(run.model.remat, run.optimizer.accumulation_steps)]
+        if peak is None:
+            error = "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for "
+            error += "HLO temporaries (27.98G) exceeds available HBM (15.75G)"
+            return Compiled(label, 1.0, error=error)
+        return Compiled(label, 1.0, compiled=object(), peak=peak)
+
+    monkeypatch.setattr(target_plan, "compile_train", compile_train)
+    return seen
+
+
+def target(key: str = "v5e", count: int = 1) -> Target:
+    return Target(accelerator(key), count, jax.devices()[:count])
+
+
+def test_the_fit_takes_full_remat_when_the_step_is_refused_for_memory(monkeypatch):
+    seen = fake_compiles(monkeypatch, {("none", 1): None, ("full", 1): 4 * GIB})
+    lines: list[str] = []
+    run = run_of()
+    first = target_plan.compile_train(run, target(), "as configured")
+    fitted, step, record = target_plan.fit(run, target(), first, lines.append)
+    assert fitted.model.remat == "full" and step.peak == 4 * GIB and record["fits"]
+    assert seen == ["as configured", "model.remat=full"]
+    assert "27.98G of temporaries alone" in lines[0] and lines[0].endswith("does not fit")
+    assert lines[1].startswith("memory: with model.remat=full: 4.00 GiB") and "fits" in lines[1]
+
+
+def test_when_remat_is_not_enough_the_batch_is_split_into_micro_batches(monkeypatch):
+    big = 20 * GIB
+    peaks = {("none", 1): big, ("full", 1): big, ("full", 2): big, ("full", 4): 10 * GIB}
+    seen = fake_compiles(monkeypatch, peaks)
+    run = run_of()
+    first = target_plan.compile_train(run, target(), "as configured")
+    fitted, _, record = target_plan.fit(run, target(), first, lambda line: None)
+    assert record["fits"] and fitted.optimizer.accumulation_steps == 4
+    assert fitted.cfg.optimizer["accumulation_steps"] == 4
+    assert seen[-1] == "optimizer.accumulation_steps=4"
+
+
+def test_a_step_that_never_fits_is_an_error_saying_by_how_much(monkeypatch):
+    peaks = {("none", m): 40 * GIB for m in (1, 2, 4, 8)}
+    peaks |= {("full", m): (20 + m) * GIB for m in (1, 2, 4, 8)}
+    fake_compiles(monkeypatch, peaks)
+    run = run_of()
+    first = target_plan.compile_train(run, target(), "as configured")
+    fitted, _, record = target_plan.fit(run, target(), first, lambda line: None)
+    assert not record["fits"] and fitted is run  # the plan goes on with the step as configured
+    message = plan_report._does_not_fit("v5e", target(), record)
+    over = (21 * GIB - accelerator("v5e").memory_bytes) / GIB
+    assert f"does not fit by {over:.2f} GiB per device" in message
+    assert "--plan 4xv5e --set mesh.strategy=fsdp" in message
+
+
+def test_the_vocabulary_is_the_tokenizers_without_preparing_data():
+    assert target_plan.plan_vocab(run_of()).model.vocab_size == 257  # byte-level
+    gpt2 = resolve(build_config(load_config_data("gpt2_small")))
+    assert target_plan.plan_vocab(gpt2).model.vocab_size == 50304  # the preset sets it
+
+
+def test_the_whole_report_on_this_machines_devices(capsys, tmp_path, monkeypatch):
+    """The plan's path end to end, compiled by XLA:CPU for 2 devices and estimated against a
+    TPU v5e's table (the deviceless part is the integration test's)."""
+    lines: list[str] = []
+    result = plan_report.plan(run_of(), target("v5e", 2), "2xv5e", say=lines.append)
+    assert result.error is None, result.error
+    assert lines[0].startswith("plan: tiny on 2 × TPU v5e")
+    assert lines[1].startswith("attention: xla (auto: fused kernels are CUDA-only in tjx")
+    assert lines[2].startswith("train step: compiles")
+    assert any(line.startswith("memory: as configured:") and "fits" in line for line in lines)
+    assert any(line.startswith("estimate:") and "an estimate" in line for line in lines)
+    assert any("collectives" in line and "all-reduce over 2" in line for line in lines)
+    assert lines[-1].startswith("eval step: compiles")
+    data = json.loads(json.dumps(result.data, default=str))
+    est = data["estimate"]
+    assert est["mfu_palm"] > est["mfu"] > 0  # causal attention at half: fewer model FLOPs
+    assert est["model_flops"] < est["model_flops_palm"]
+    assert data["train"]["remat"] == "none" and data["memory"]["fits"]
+
+
+def test_float32_matmuls_are_named_by_their_operation():
+    dims = "lhs_contracting_dims={1}, rhs_contracting_dims={0}"
+    text = "\n".join([
+        "HloModule m",
+        "ENTRY %main (a: f32[2,2], b: bf16[2,2]) -> f32[2,2] {",
+        "  %a = f32[2,2]{1,0} parameter(0)",
+        "  %b = bf16[2,2]{1,0} parameter(1)",
+        "  %c = bf16[2,2]{1,0} convert(%a)",
+        f'  %d = f32[2,2]{{1,0}} dot(%a, %a), {dims}, metadata={{op_name="jit(f)/logits"}}',
+        f'  ROOT %e = f32[2,2]{{1,0}} dot(%c, %b), {dims}, metadata={{op_name="jit(f)/mixed"}}',
+        "}",
+    ])  # fmt: skip
+    assert plan_report.f32_dots(text) == ["jit(f)/logits"]

@@ -1,0 +1,126 @@
+"""What tjx's own Triton kernels read, write and compute: their prices for a roofline estimate.
+
+A compiled program shows a Pallas kernel as one custom call with its launch grid, its operands
+and its results; its operands alone would flatter it (a flash kernel reads the keys and values
+once per query block, not once). So each kernel is priced from its grid, the way its programs
+walk their tiles (the kernels' own loop bounds, `kv_block_range` / `q_block_range`), with the
+launch parameters tjx.kernels chooses for that device (`default_launch`: the walked tile and the
+backward's head split). ``d`` is the padded head size the kernel computes with; ``b``, ``h`` the
+batch and query heads; sizes in elements, times the input's item size for bytes.
+
+``tjx_flash_fwd``, grid (s_q / B_q, b, h); query block i visits keys ``0 .. n_i`` (all of them
+without a causal mask; with one, up to the diagonal rounded up to the key tile B_k):
+    reads   b·h·(s_q·d + 2·d·Σᵢ nᵢ)                            [+ ids: s_q + Σᵢ nᵢ, int32]
+    writes  b·h·(s_q·d + s_q·4 bytes of log-sum-exp)
+    FLOPs   b·h·4·B_q·d·Σᵢ nᵢ                                   (QKᵀ and PV)
+``tjx_flash_bwd_dq``, grid (s_q / B_q · n, b, h) with the head split n: every program of a block
+reads its query tile, dO, lse, delta and the keys/values it walks, computes the full-width
+scores and its own d/n columns of dQ:
+    reads   n·b·h·Σᵢ (2·B_q·d + 2·B_q·4 + 2·nᵢ·d)    writes  b·h·s_q·d
+    FLOPs   b·h·(4n + 2)·B_q·d·Σᵢ nᵢ                             (QKᵀ, dO·Vᵀ, dS·K/n per program)
+``tjx_flash_bwd_dkdv``, grid (s_k / B_k · n, b, h); key block j meets queries ``m_j`` (all, or
+from the diagonal on):
+    reads   n·b·h·Σⱼ (2·B_k·d + 2·m_j·d + 2·m_j·4)   writes  2·b·h·s_k·d (float32 under GQA)
+    FLOPs   b·h·(4n + 4)·B_k·d·Σⱼ mⱼ                             (QKᵀ, dO·Vᵀ, dV/n, dK/n)
+
+Segment ids add their int32 reads where the call has them. What it leaves out: L2 hits (tiles
+re-read by neighbouring programs often come from L2, so real HBM traffic is lower) and the
+exponentials (not matmul FLOPs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from tjx.kernels.launch import MIN_BLOCK, default_launch
+
+__all__ = ["KERNELS", "custom_call_cost"]
+
+#: The kernels priced here, by their ``pallas_call`` name.
+KERNELS = ("tjx_flash_fwd", "tjx_flash_bwd_dq", "tjx_flash_bwd_dkdv")
+
+Shape = tuple[str, Sequence[int]]  # (HLO element type, dims)
+_ITEM = {"bf16": 2, "f16": 2, "f32": 4, "f64": 8}
+_NUMPY = {"bf16": "bfloat16", "f16": "float16", "f32": "float32", "f64": "float64"}
+
+
+def _walked(own: int, walked: int, length: int, total: int, causal: bool, after: bool) -> int:
+    """Σ over ``own``-row blocks of the rows of the other side each visits (``total`` of them,
+    in tiles of ``walked``): everything, or up to (``after``: from) the causal diagonal."""
+    count = length // own
+    if not causal:
+        return count * total
+    visited = 0
+    for i in range(count):
+        if after:  # key block i meets the query tiles from the one holding its first key on
+            first = (i * own) // walked * walked
+            visited += max(0, total - first)
+        else:  # query block i meets the key tiles up to the one holding its last query
+            last = (i + 1) * own
+            visited += min(total, -(-last // walked) * walked)
+    return visited
+
+
+def custom_call_cost(
+    kernel: str,
+    grid: Sequence[int],
+    operands: Sequence[Shape],
+    results: Sequence[Shape],
+    *,
+    causal: bool = True,
+    device_kind: str | None = None,
+    hopper: bool = True,
+) -> tuple[dict[str, float], float, float] | None:
+    """``(FLOPs by dtype, bytes read, bytes written)`` of one launch of a tjx kernel (see the
+    module docstring for the formulas), or None for a kernel that is not tjx's.
+
+    Parameters
+    ----------
+    kernel : str
+        The custom call's kernel name (``"tjx_flash_fwd"``...).
+    grid : sequence of int
+        Its launch grid (x, y, z).
+    operands, results : sequence of (dtype, dims)
+        HLO element types and dimensions, in the call's order (the kernel's argument order:
+        ``q, k, v[, d_out, lse, delta][, q_ids][, kv_ids]``).
+    causal : bool
+        Whether the attention was causal (the custom call does not say; the model does).
+    device_kind, hopper : optional
+        The device the kernel was launched for, to read its launch parameters.
+    """
+    if kernel not in KERNELS or len(operands) < 3 or not results:
+        return None
+    (dtype, q), (_, k) = operands[0], operands[1]
+    b, s_q, h, d = (int(x) for x in q)
+    s_k = int(k[1])
+    item = _ITEM.get(dtype, 4)
+    launch = default_launch(
+        max(d, MIN_BLOCK), np.dtype(_NUMPY.get(dtype, "float32")), device_kind, hopper=hopper
+    )
+    heads = b * h
+    ids = len(operands) - (3 if kernel == "tjx_flash_fwd" else 6)  # segment ids given: 0 or 2
+    if kernel == "tjx_flash_fwd":
+        bq = s_q // int(grid[0])
+        bk = min(launch.block_k, 1 << max(0, (s_k - 1).bit_length()))
+        keys = _walked(bq, bk, s_q, s_k, causal, after=False)
+        read = heads * (s_q * d + 2 * keys * d) * item + heads * (s_q + keys) * 4 * (ids > 0)
+        written = heads * s_q * d * item + heads * s_q * 4
+        return {dtype: 4.0 * heads * bq * d * keys}, float(read), float(written)
+    n = max(1, min(launch.head_split_bwd, d // MIN_BLOCK))
+    if kernel == "tjx_flash_bwd_dq":
+        bq = s_q * n // int(grid[0])
+        other = launch.block_q_bwd if n > 1 else launch.block_k_bwd  # dq_blocks()
+        keys = _walked(bq, min(other, s_k), s_q, s_k, causal, after=False)
+        read = n * heads * ((2 * s_q * d + 2 * keys * d) * item + 2 * s_q * 4)
+        read += n * heads * (s_q + keys) * 4 * (ids > 0)
+        written = heads * s_q * d * item
+        return {dtype: (4.0 * n + 2) * heads * bq * d * keys}, float(read), float(written)
+    bk = s_k * n // int(grid[0])
+    queries = _walked(bk, min(launch.block_q_bwd, s_q), s_k, s_q, causal, after=True)
+    read = n * heads * ((2 * s_k * d + 2 * queries * d) * item + 2 * queries * 4)
+    read += n * heads * (s_k + queries) * 4 * (ids > 0)
+    out_item = _ITEM.get(results[0][0], item)
+    written = 2 * heads * s_k * d * out_item
+    return {dtype: (4.0 * n + 4) * heads * bk * d * queries}, float(read), float(written)

@@ -1,0 +1,164 @@
+"""The per-kernel roofline over real optimized HLO (compiled deviceless for an H100 and a TPU v5e).
+
+The programs and their sizes are tools/hlo_fixtures.py's (copied here as constants): every FLOP
+and byte expected below is counted by hand from them, independently of the HLO.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tjx.metrics import CustomCall, accelerator, parse_hlo, roofline
+
+TEXTS = Path(__file__).parent / "hlo_texts"
+LAYERS, WIDTH, ROWS = 6, 256, 8
+VOCAB, TOKENS = 1024, 8
+BATCH, SEQ, HEADS, HEAD_DIM = 2, 128, 4, 64
+DEVICES, CHUNK = 8, 4096
+PALLAS_ROWS = 32
+BF16 = 2
+
+
+def read(name: str) -> str:
+    return (TEXTS / name).read_text()
+
+
+@pytest.mark.parametrize("name,device", [("h100_scan.hlo", "h100"), ("v5e_scan.hlo", "v5e")])
+def test_a_scanned_stack_counts_its_matmuls_once_per_layer(name: str, device: str):
+    est = roofline(read(name), accelerator(device))
+    # Forward h @ W_i, backward dh @ W_iᵀ and hᵀ @ dh: three [ROWS, WIDTH] x [WIDTH, WIDTH]
+    # products per layer. A TPU states no trip count: it is read from the loop's condition.
+    assert est.flops == 3 * LAYERS * 2 * ROWS * WIDTH * WIDTH
+    assert est.notes == ()
+    matmuls = [k for k in est.kernels if k.kind == "matmul"]
+    assert matmuls and all(k.count == LAYERS for k in matmuls)
+
+
+def test_a_trip_count_the_compiler_leaves_implicit_is_read_from_the_loop():
+    text = re.sub(r'"known_trip_count":\{"n":"\d+"\},', "", read("h100_scan.hlo"))
+    assert "known_trip_count" not in text
+    est = roofline(text, accelerator("h100"))
+    assert est.flops == 3 * LAYERS * 2 * ROWS * WIDTH * WIDTH and est.notes == ()
+
+
+def test_a_loop_whose_trip_count_cannot_be_read_is_counted_once_and_said():
+    text = re.sub(r'"known_trip_count":\{"n":"\d+"\},', "", read("h100_scan.hlo"))
+    text = text.replace("constant(6)", "constant(-6)").replace("direction=LT", "direction=GT")
+    est = roofline(text, accelerator("h100"))
+    assert est.flops == 3 * 2 * ROWS * WIDTH * WIDTH  # each loop body once
+    assert len(est.notes) == 2 and all("no known trip count" in n for n in est.notes)
+
+
+def test_a_kernel_that_slices_one_layer_reads_that_layer_not_the_stack():
+    est = roofline(read("h100_scan.hlo"), accelerator("h100"))
+    layer, stack = WIDTH * WIDTH * BF16, LAYERS * WIDTH * WIDTH * BF16
+    in_loop = [k for k in est.kernels if k.count == LAYERS]
+    assert max(k.bytes_read for k in in_loop) < 2 * layer < stack
+    # The weight slices: one layer's weights per iteration, in both loops.
+    sliced = [k for k in in_loop if "dynamic_slice" in k.name and k.bytes_read >= layer]
+    assert len(sliced) == 2 and all(k.bytes_read == layer + 4 for k in sliced)  # + the index
+
+
+def test_an_in_place_update_writes_the_update_not_the_buffer():
+    est = roofline(read("h100_scan.hlo"), accelerator("h100"))
+    updates = [k for k in est.kernels if "dynamic_update_slice" in k.name]
+    assert updates
+    # Each writes one layer's slice into a stacked [LAYERS, ...] buffer.
+    activations, grads = ROWS * WIDTH * BF16, WIDTH * WIDTH * BF16
+    assert {k.bytes_written for k in updates} <= {activations, grads}
+    [scatter] = [k for k in est.kernels if "scatter" in k.name]
+    assert scatter.bytes_written == TOKENS * WIDTH * BF16  # the gradient rows, not the table
+
+
+def test_a_gather_reads_the_rows_it_takes():
+    est = roofline(read("h100_scan.hlo"), accelerator("h100"))
+    [gather] = [k for k in est.kernels if "gather" in k.name]
+    assert gather.bytes_read == TOKENS * WIDTH * BF16 + TOKENS * 4  # rows + their indices
+    assert gather.bytes_read < VOCAB * WIDTH * BF16
+
+
+def test_each_kernel_takes_the_slower_of_its_two_roofs():
+    h100 = accelerator("h100")
+    est = roofline(read("h100_scan.hlo"), h100)
+    for k in est.kernels:
+        compute = sum(k.flops.values()) / h100.peak.bf16
+        memory = (k.bytes_read + k.bytes_written) / h100.hbm_bandwidth
+        assert k.seconds == pytest.approx(max(compute, memory), rel=1e-12)
+    assert est.seconds == pytest.approx(sum(k.seconds * k.count for k in est.kernels))
+    assert est.bytes == pytest.approx(sum(k.total_bytes for k in est.kernels))
+    assert sum(v["count"] for v in est.by_kind().values()) == est.launches
+    assert est.top(3)[0].total_seconds == max(k.total_seconds for k in est.kernels)
+
+
+def test_cudnn_attention_counts_what_it_computes_halved_when_causal():
+    est = roofline(read("h100_attention.hlo"), accelerator("h100"))
+    attention = {k.detail: k for k in est.kernels if k.kind == "attention"}
+    square = BATCH * HEADS * SEQ * SEQ * HEAD_DIM
+    fwd, bwd = attention["__cudnn$fmhaSoftmax"], attention["__cudnn$fmhaSoftmaxBackward"]
+    assert fwd.flops == {"bf16": 2 * 2 * square / 2}  # QKᵀ and PV; causal skips half
+    assert bwd.flops == {"bf16": 5 * 2 * square / 2}  # QKᵀ again, dV, dP, dQ, dK
+    qkv = BATCH * SEQ * HEADS * HEAD_DIM * BF16
+    assert fwd.bytes_read == 3 * qkv
+    assert fwd.bytes_written == qkv + BATCH * HEADS * SEQ * 4  # output + float32 row statistics
+
+
+def test_collectives_are_timed_on_the_links_at_ring_traffic():
+    h100 = accelerator("h100")
+    est = roofline(read("h100x8_collectives.hlo"), h100)
+    size = CHUNK * 4
+    share = (DEVICES - 1) / DEVICES
+    wire = {k.detail: k.wire_bytes for k in est.collectives}
+    assert wire == {
+        f"all-reduce over {DEVICES}": 2 * share * size,
+        f"all-gather over {DEVICES}": share * size * DEVICES,
+        f"reduce-scatter over {DEVICES}": share * size,
+        f"collective-permute over {DEVICES}": size,
+    }
+    for k in est.collectives:
+        memory = (k.bytes_read + k.bytes_written) / h100.hbm_bandwidth
+        assert k.seconds == pytest.approx(max(k.wire_bytes / h100.link_bandwidth, memory))
+
+
+def test_a_callers_kernel_is_priced_by_its_cost_function_else_flagged():
+    text, h100 = read("h100_pallas.hlo"), accelerator("h100")
+    plain = roofline(text, h100)
+    [kernel] = [k for k in plain.kernels if k.kind == "custom call"]
+    tile = PALLAS_ROWS * 128 * 4
+    assert not kernel.priced and kernel.detail == "tiny_add"
+    assert (kernel.bytes_read, kernel.bytes_written) == (2 * tile, tile)
+    assert any("tiny_add" in note for note in plain.notes)
+    seen: list[CustomCall] = []
+
+    def cost(call: CustomCall) -> tuple[dict[str, float], float, float]:
+        seen.append(call)
+        return {"f32": 1e9}, 3.0 * tile, 1.0 * tile
+
+    priced = roofline(text, h100, custom_call_cost=cost)
+    [call] = seen
+    assert (call.kernel, call.grid) == ("tiny_add", (PALLAS_ROWS // 8, 1, 1))
+    assert [a.dims for a in call.operands] == [(PALLAS_ROWS, 128)] * 2
+    [kernel] = [k for k in priced.kernels if k.detail == "tiny_add"]
+    assert kernel.priced and kernel.bytes_read == 3 * tile and priced.notes == ()
+    assert kernel.seconds == pytest.approx(max(1e9 / h100.peak.tf32, 4 * tile / h100.hbm_bandwidth))
+
+
+def test_estimated_mfu_is_model_flops_over_time_at_the_bf16_peak():
+    est = roofline(read("h100_scan.hlo"), accelerator("h100"))
+    assert est.mfu(1e9, devices=2) == pytest.approx(1e9 / (est.seconds * 989.5e12 * 2))
+
+
+def test_the_parser_reads_shapes_layouts_and_attributes():
+    module = parse_hlo(read("v5e_scan.hlo"))
+    assert module.entry in module.computations
+    spaces = {a.memory_space for c in module.computations.values() for i in c.instructions
+              for a in i.shape}  # fmt: skip
+    assert {0, 1} <= spaces  # HBM and a TPU's VMEM (S(1))
+    whiles = [i for i in module.entry_computation.instructions if i.opcode == "while"]
+    assert len(whiles) == 2 and all(w.called("body") in module.computations for w in whiles)
+    gpu = parse_hlo(read("h100x8_collectives.hlo"))
+    assert gpu.num_partitions == DEVICES
+    with pytest.raises(ValueError, match="no 'HloModule' line"):
+        parse_hlo("ENTRY %main () -> f32[] {\n}\n")

@@ -1,0 +1,130 @@
+"""The presets compile for an H100 and a TPU v5e without either: CI's guard on the GPU/TPU path.
+
+Each case is one ``python -m trainer --config PRESET --plan TARGET --set model.attention_impl=K``
+(XLA's real GPU compiler through jax's CUDA plugin, or libtpu's, on abstract devices; the
+packages in a scratch folder this test installs once, `_deviceless.py`). Asserted per case:
+
+* it compiles (train and eval step); ``auto`` takes cuDNN on an H100 no tjx measurement covers,
+  and XLA on a TPU (an explicit ``cudnn`` is the same program as that ``auto``: not compiled
+  twice);
+* the Pallas kernels compile through jaxlib's own Triton (their ``tjx_flash_*`` Triton calls are
+  in the program XLA built; a Triton failure fails the compile);
+* no float32 matrix product in these bf16 runs except the ones ``ALLOWED_F32_DOTS`` names;
+* the compiled peak per device is within 5 % of the figure committed in BENCHMARKS.md's guard
+  table (a regression guard: update the table on purpose when the program changes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests_integration._deviceless import scratch_env
+
+ROOT = Path(__file__).resolve().parents[2]
+GUARD = re.compile(r"<!-- plan-guard -->(.*?)<!-- /plan-guard -->", re.S)
+GIB = 2**30
+
+CASES = [
+    *[(p, "h100", k) for p in ("gpt2_small", "llama_small") for k in ("auto", "pallas", "xla")],
+    ("gpt2_small", "v5e", "auto"),
+    ("llama_small", "v5e", "auto"),
+]
+
+#: Float32 matrix products a bf16 run may hold, by the JAX operation that makes them (op_name
+#: patterns), and why:
+ALLOWED_F32_DOTS = [
+    # The XLA attention's scores are an einsum with preferred_element_type=float32 (the softmax
+    # runs in float32); its transpose multiplies the float32 cotangent of those scores by K and
+    # by Q in the backward: dS·K and dSᵀ·Q run in float32 (TF32 on a GPU, one bf16 pass on a
+    # TPU's MXU at default precision). The fused kernels (cuDNN, Pallas) have none.
+    r"bqhd,bshd->bhqs/dot_general$",
+]
+
+
+def guard_table() -> dict[tuple[str, str, str], float]:
+    """(preset, target, kernel) → peak GiB from BENCHMARKS.md's guard table."""
+    found = GUARD.search((ROOT / "BENCHMARKS.md").read_text(encoding="utf-8"))
+    assert found, "BENCHMARKS.md has no <!-- plan-guard --> table"
+    rows = {}
+    for line in found.group(1).splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 5 and cells[0] not in ("preset", "") and not cells[0].startswith("-"):
+            rows[(cells[0], cells[1], cells[2])] = float(cells[4].split()[0])
+    return rows
+
+
+@pytest.fixture(scope="module")
+def envs() -> dict[str, Path]:
+    found = {}
+    for platform in ("cuda12", "libtpu"):
+        folder, seconds = scratch_env(platform)
+        if seconds is not None:  # a cold install: how long it took, for CI's budget
+            print(f"deviceless {platform}: installed in {seconds:.1f} s", file=sys.stderr)
+        found[platform] = folder
+    return found
+
+
+def plan(preset: str, target: str, kernel: str, env_dir: Path, tmp: Path) -> dict:
+    out = tmp / "plan.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    paths = [os.path.abspath(p or os.curdir) for p in sys.path]
+    env.update(
+        PYTHONPATH=os.pathsep.join([*paths, str(env_dir)]),
+        JAX_PLATFORMS="cpu",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        WANDB_MODE="disabled",
+    )
+    args = ["--config", preset, "--plan", target, "--plan-json", str(out)]
+    args += ["--set", f"model.attention_impl={kernel}"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", *args],
+        cwd=tmp, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{preset} on {target} ({kernel}):\n{proc.stdout}\n{proc.stderr}"
+    assert not list(tmp.glob("runs")), "a plan writes no run directory"
+    data = json.loads(out.read_text())
+    data["stdout"] = proc.stdout
+    return data
+
+
+@pytest.mark.parametrize("preset,target,kernel", CASES)
+def test_the_preset_compiles_for_the_device_without_it(preset, target, kernel, envs, tmp_path):
+    tpu = target == "v5e"
+    data = plan(preset, target, kernel, envs["libtpu" if tpu else "cuda12"], tmp_path)
+    chosen = data["attention"]["kernel"]
+    calls = data["train"]["custom_calls"]
+    if kernel == "auto":
+        if tpu:
+            assert chosen == "xla" and "fused kernels are CUDA-only" in data["attention"]["line"]
+        else:
+            assert chosen == "cudnn" and "no tjx measurement" in data["attention"]["line"]
+            assert any(c.startswith("__cudnn$fmha") for c in calls), calls
+    else:
+        assert chosen == kernel
+    if kernel == "pallas":  # built by XLA's (jaxlib's) Triton into the program
+        assert {"tjx_flash_fwd", "tjx_flash_bwd_dq", "tjx_flash_bwd_dkdv"} <= set(calls), calls
+    if kernel == "xla":
+        assert not any("cudnn" in c or "tjx_flash" in c for c in calls), calls
+    assert data["train"]["compiles"] and data["eval"]["compiles"]
+    assert data["memory"]["fits"]
+    unexplained = [
+        op
+        for op in data["train"]["f32_dots"]
+        if not any(re.search(pattern, op) for pattern in ALLOWED_F32_DOTS)
+    ]
+    assert not unexplained, f"float32 matrix products in a bf16 run: {unexplained}"
+    committed = guard_table()[(preset, target, chosen)]
+    peak = data["train"]["peak_bytes"] / GIB
+    assert peak == pytest.approx(committed, rel=0.05), (
+        f"{preset} on {target} ({chosen}): compiled peak {peak:.2f} GiB, BENCHMARKS.md says "
+        f"{committed:.2f} GiB; update its guard table if the change is meant"
+    )
+    assert "an estimate" in data["stdout"] and data["estimate"]["seconds"] > 0

@@ -131,12 +131,49 @@ def lower_kernels(
         jax.ShapeDtypeStruct((1, seq), jnp.int32),
     ]
     # jax >= 0.11 no longer assumes sm_90 when no GPU is present: name the target GPU.
+    return _export_kernels(fwd_bwd, args, arch)
+
+
+def lower_ce_kernels(
+    dtype: str,
+    d_model: int,
+    vocab: int,
+    tokens: int,
+    z_loss: float = 0.0,
+    arch: int = 90,
+    launch: Any = None,
+) -> list[KernelIR]:
+    """Cross-lower the fused linear cross-entropy (forward + both backward kernels; the default
+    launch unless ``launch``, a ``CELaunch``, names one) for CUDA ``sm_<arch>``; return the three
+    kernels' IR."""
+    from tjx.kernels.fused_ce import fused_cross_entropy
+
+    dt = DTYPES[dtype]
+
+    def fwd_bwd(h: jax.Array, w: jax.Array, labels: jax.Array) -> Any:
+        def loss(h: jax.Array, w: jax.Array) -> jax.Array:
+            return fused_cross_entropy(
+                h, w, labels, z_loss=z_loss, launch=launch, interpret=False
+            ).loss
+
+        return jax.grad(loss, (0, 1))(h, w)
+
+    args = [
+        jax.ShapeDtypeStruct((tokens, d_model), dt),
+        jax.ShapeDtypeStruct((d_model, vocab), dt),
+        jax.ShapeDtypeStruct((tokens,), jnp.int32),
+    ]
+    return _export_kernels(fwd_bwd, args, arch)
+
+
+def _export_kernels(fn: Any, args: list[Any], arch: int) -> list[KernelIR]:
+    """Export ``fn`` for CUDA ``sm_<arch>`` and return the IR of every Pallas kernel in it."""
     gpu = jax.sharding.AbstractDevice(device_kind=GPUS[arch], num_cores=None, platform="gpu")
     abstract = jax.sharding.AbstractMesh((), (), abstract_device=gpu)
     device = target("gpu", GPUS[arch], (arch // 10, arch % 10))
     with capture_triton_ir() as captured, jax.sharding.use_abstract_mesh(abstract), device:
         exported = export.export(
-            jax.jit(fwd_bwd),
+            jax.jit(fn),
             platforms=["cuda"],
             disabled_checks=[export.DisabledSafetyCheck.custom_call(TRITON_CALL)],
         )(*args)

@@ -227,15 +227,17 @@ def test_without_z_loss_the_gradient_needs_three_head_products_not_four(z_loss, 
     assert text.count("stablehlo.dot_general") == products
 
 
-def test_one_pass_lse_and_argmax_match_float64_and_take_the_first_of_equal_maxima():
-    from tjx.kernels.cross_entropy import lse_and_argmax
+def test_one_pass_row_stats_match_float64_and_take_the_first_of_equal_maxima():
+    from tjx.kernels.cross_entropy import row_stats
 
     x = np.random.default_rng(11).standard_normal((6, 777)) * 8
     x[1, [5, 300, 776]] = 40.0  # three equal maxima: the first wins, as jnp.argmax
     x[2] = -1e30  # a row of huge negatives: finite, no inf − inf
-    lse, top = jax.jit(lse_and_argmax)(jnp.asarray(x, jnp.float32))
+    labels = np.asarray([0, 300, 776, 5, 123, 9])
+    lse, top, picked = jax.jit(row_stats)(jnp.asarray(x, jnp.float32), jnp.asarray(labels))
     x32 = np.asarray(jnp.asarray(x, jnp.float32), np.float64)
     mx = x32.max(-1, keepdims=True)
     ref = mx[:, 0] + np.log(np.exp(x32 - mx).sum(-1))
     assert np.max(np.abs(np.asarray(lse, np.float64) - ref) / np.abs(ref)) < 1e-6
     assert list(np.asarray(top)) == list(x32.argmax(-1)) and int(top[1]) == 5
+    assert np.array_equal(np.asarray(picked, np.float64), x32[np.arange(6), labels])

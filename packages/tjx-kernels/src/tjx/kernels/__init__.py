@@ -7,6 +7,13 @@ Pallas flash attention (forward and backward), chunked cross-entropy, a plain-XL
 
 from typing import Any
 
+from tjx.kernels.ce_choice import (
+    CE_IMPLEMENTATIONS,
+    ce_auto_order,
+    ce_implementation,
+    linear_cross_entropy,
+)
+from tjx.kernels.ce_launch import CELaunch
 from tjx.kernels.choice import (
     AutoChoice,
     KernelCompileError,
@@ -28,8 +35,10 @@ from tjx.kernels.reference import attention_mask, attention_weights, reference_a
 __version__ = "0.5.0"
 
 __all__ = [
+    "CE_IMPLEMENTATIONS",
     "IMPLEMENTATIONS",
     "AutoChoice",
+    "CELaunch",
     "CrossEntropyOutput",
     "KernelCompileError",
     "LaunchDefaults",
@@ -40,6 +49,8 @@ __all__ = [
     "attention_weights",
     "auto_chunk_size",
     "auto_order",
+    "ce_auto_order",
+    "ce_implementation",
     "chunked_cross_entropy",
     "current_target",
     "custom_call_cost",
@@ -47,7 +58,9 @@ __all__ = [
     "enable_compilation_cache",
     "first_that_compiles",
     "flash_attention",
+    "fused_cross_entropy",
     "kernel_order",
+    "linear_cross_entropy",
     "out_of_memory",
     "reference_attention",
     "select_implementation",
@@ -61,4 +74,8 @@ def __getattr__(name: str) -> Any:
         from tjx.kernels.flash import flash_attention
 
         return flash_attention
+    if name == "fused_cross_entropy":
+        from tjx.kernels.fused_ce import fused_cross_entropy
+
+        return fused_cross_entropy
     raise AttributeError(f"module 'tjx.kernels' has no attribute {name!r}")

@@ -20,7 +20,7 @@ within a bounded size at any batch, while few chunks keep the per-chunk traffic 
 unembedding, updating the ``d(unembedding)`` accumulator) small. Chunks are never smaller than
 8 MiB of logits, so small problems (the tiny presets) run as one chunk without a scan's per-step
 overhead. Each chunk's log-sum-exp and argmax come from one pass over its logits
-(`lse_and_argmax`).
+(`row_stats`).
 """
 
 from __future__ import annotations
@@ -100,45 +100,51 @@ class CrossEntropyOutput(NamedTuple):
     num_correct: Array
 
 
-def _merge(
-    a: tuple[Array, Array, Array], b: tuple[Array, Array, Array]
-) -> tuple[Array, Array, Array]:
-    """Combine two partial (max, Σ exp(x − max), index of the max) of a row (online softmax)."""
-    m1, s1, i1 = a
-    m2, s2, i2 = b
+Partial = tuple[Array, Array, Array, Array]
+
+
+def _merge(a: Partial, b: Partial) -> Partial:
+    """Combine two partials of a row: (max, Σ exp(x − max), index of the max, label's logit)."""
+    m1, s1, i1, l1 = a
+    m2, s2, i2, l2 = b
     m = jnp.maximum(m1, m2)
     shift = jnp.where(m == -jnp.inf, 0.0, m)  # two empty partials: no inf − inf
     s = s1 * jnp.exp(m1 - shift) + s2 * jnp.exp(m2 - shift)
     # the first index among equal maxima, as jnp.argmax
     i = jnp.where(m1 > m2, i1, jnp.where(m2 > m1, i2, jnp.minimum(i1, i2)))
-    return m, s, i
+    return m, s, i, l1 + l2
 
 
-def lse_and_argmax(logits: Array) -> tuple[Array, Array]:
-    """Row log-sum-exp and argmax of float32 ``[c, vocab]`` logits in one pass over them.
+def row_stats(logits: Array, labels: Array) -> tuple[Array, Array, Array]:
+    """Row log-sum-exp, argmax and the label's logit of float32 ``[c, vocab]`` logits, in one
+    pass over them.
 
     One variadic reduction (online softmax: a running max, the sum of exponentials rescaled to
-    it, and the max's index) instead of ``logsumexp`` and ``argmax``: those are three passes over
-    the logits (max; Σ exp(x − max), which needs the max first; argmax), each reading the chunk
-    from memory. The sum is taken in another order than ``logsumexp``'s, so results agree to
-    float32 rounding, not bitwise.
+    it, the max's index, and the logit where the column is the row's label) instead of
+    ``logsumexp``, ``argmax`` and a gather: XLA makes those three or four passes over the logits
+    (the max; Σ exp(x − max), which needs the max first; argmax; the label pick as a masked
+    sum), each reading the whole chunk from memory. The sum is taken in another order than
+    ``logsumexp``'s, so the results agree to float32 rounding, not bitwise. A label outside
+    ``[0, vocab)`` picks 0.
     """
-    index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
-    init = (jnp.asarray(-jnp.inf, logits.dtype), jnp.asarray(0, logits.dtype), jnp.int32(0))
-    m, s, i = jax.lax.reduce(
-        (logits, jnp.ones_like(logits), index), init, _merge, (logits.ndim - 1,)
+    axis = logits.ndim - 1
+    index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, axis)
+    picked = jnp.where(index == labels[..., None], logits, jnp.zeros((), logits.dtype))
+    zero = jnp.asarray(0, logits.dtype)
+    init = (jnp.asarray(-jnp.inf, logits.dtype), zero, jnp.int32(0), zero)
+    m, s, i, label_logit = jax.lax.reduce(
+        (logits, jnp.ones_like(logits), index, picked), init, _merge, (axis,)
     )
-    return m + jnp.log(s), i
+    return m + jnp.log(s), i, label_logit
 
 
 def _chunk_stats(
     logits: Array, labels: Array, ignore_index: int
 ) -> tuple[Array, Array, Array, Array]:
     """Per-token (ce, lse, valid, correct) of one chunk's float32 ``[c, vocab]`` logits."""
-    lse, top = lse_and_argmax(logits)
     valid = labels != ignore_index
     safe = jnp.where(valid, labels, 0)
-    label_logit = jnp.take_along_axis(logits, safe[:, None], axis=-1)[:, 0]
+    lse, top, label_logit = row_stats(logits, safe)
     ce = jnp.where(valid, lse - label_logit, 0.0)
     correct = valid & (top == safe)
     return ce, lse, valid, correct
@@ -253,6 +259,23 @@ def _ce_sums_bwd(
 _ce_sums.defvjp(_ce_sums_fwd, _ce_sums_bwd)
 
 
+def check_ce_args(hidden: Array, unembedding: Array, labels: Array, z_loss: float) -> None:
+    """The argument checks every linear cross-entropy shares (``ValueError`` naming the fault)."""
+    if hidden.ndim < 1 or unembedding.ndim != 2 or hidden.shape[-1] != unembedding.shape[0]:
+        raise ValueError(
+            f"`hidden` [..., d_model] and `unembedding` [d_model, vocab] disagree: "
+            f"{hidden.shape} vs {unembedding.shape}"
+        )
+    if labels.shape != hidden.shape[:-1]:
+        raise ValueError(
+            f"`labels` must have shape hidden.shape[:-1] = {hidden.shape[:-1]}; got {labels.shape}"
+        )
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"`labels` must be an integer array; got {labels.dtype}")
+    if z_loss < 0:
+        raise ValueError(f"`z_loss` must be >= 0; got {z_loss}")
+
+
 def chunked_cross_entropy(
     hidden: Array,
     unembedding: Array,
@@ -291,23 +314,11 @@ def chunked_cross_entropy(
         ``loss`` (float32 mean incl. z-loss), ``sum_loss`` (float32 sum of CE), ``num_tokens`` and
         ``num_correct`` (int32).
     """
-    if hidden.ndim < 1 or unembedding.ndim != 2 or hidden.shape[-1] != unembedding.shape[0]:
-        raise ValueError(
-            f"`hidden` [..., d_model] and `unembedding` [d_model, vocab] disagree: "
-            f"{hidden.shape} vs {unembedding.shape}"
-        )
-    if labels.shape != hidden.shape[:-1]:
-        raise ValueError(
-            f"`labels` must have shape hidden.shape[:-1] = {hidden.shape[:-1]}; got {labels.shape}"
-        )
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise ValueError(f"`labels` must be an integer array; got {labels.dtype}")
+    check_ce_args(hidden, unembedding, labels, z_loss)
     if chunk_size is None:
         chunk_size = auto_chunk_size(math.prod(labels.shape), unembedding.shape[1])
     if not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"`chunk_size` must be a positive int; got {chunk_size!r}")
-    if z_loss < 0:
-        raise ValueError(f"`z_loss` must be >= 0; got {z_loss}")
     d_model = hidden.shape[-1]
     # Rows = every leading axis but the last (kept whole, so batch sharding survives); the scan
     # walks along the last (sequence) axis, `cols` positions of every row per step.

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from tjx.kernels import IMPLEMENTATIONS
+from tjx.kernels import CE_IMPLEMENTATIONS, IMPLEMENTATIONS
 from tjx.nn.fields import choice, positive, rate, setting
 from tjx.nn.precision import Precision, as_precision
 
@@ -24,6 +24,8 @@ NORM_POSITIONS = ("pre", "post")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
 # tjx-kernels' dispatcher owns this list: an implementation it adds is accepted here at once.
 ATTENTION_IMPLS: tuple[str, ...] = IMPLEMENTATIONS
+#: The vocabulary head's loss: chunked XLA or the fused Pallas kernel (tjx.kernels.ce_choice).
+CE_IMPLS: tuple[str, ...] = CE_IMPLEMENTATIONS
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_output", "save_dots_and_attention")
 ATTENTION_TYPES = ("mha", "mla")
 
@@ -97,6 +99,12 @@ class TransformerConfig:
         resumable=True,
         help="attention kernel; auto: tjx.kernels picks by measurement",
     )
+    cross_entropy_impl: str = setting(
+        "auto",
+        choices=CE_IMPLS,
+        resumable=True,
+        help="the vocabulary head's loss: xla (chunked), pallas (fused kernel); auto: by evidence",
+    )
     scan_layers: bool = setting(
         False, help="one scan over the layers (stacked weights): faster compiles"
     )
@@ -151,6 +159,7 @@ class TransformerConfig:
         choice(cls, "norm_position", self.norm_position, NORM_POSITIONS)
         choice(cls, "position", self.position, POSITIONS)
         choice(cls, "attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        choice(cls, "cross_entropy_impl", self.cross_entropy_impl, CE_IMPLS)
         choice(cls, "remat", self.remat, REMAT_POLICIES)
         choice(cls, "attention_type", self.attention_type, ATTENTION_TYPES)
         rate(cls, "dropout", self.dropout)
@@ -303,6 +312,7 @@ class BertConfig(TransformerConfig):
     unused_fields: ClassVar[Mapping[str, str]] = {
         "tie_embeddings": "BERT's MLM head always shares the token embedding",
         "decode_topk": "only decoders decode (BERT does not)",
+        "cross_entropy_impl": "BERT's MLM head scores its masked tokens from their logits",
     }
 
     def __post_init__(self) -> None:
@@ -332,6 +342,7 @@ class ViTConfig(TransformerConfig):
         "vocab_size": "ViT reads images, not tokens",
         "tie_embeddings": "ViT has no token embedding to tie its classifier to",
         "decode_topk": "only decoders decode (ViT does not)",
+        "cross_entropy_impl": "ViT's head is a classifier, not a vocabulary",
     }
 
     def __post_init__(self) -> None:

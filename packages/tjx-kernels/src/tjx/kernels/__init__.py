@@ -32,7 +32,7 @@ from tjx.kernels.dispatch import IMPLEMENTATIONS, attention, select_implementati
 from tjx.kernels.launch import LaunchDefaults, default_launch
 from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 __all__ = [
     "CE_IMPLEMENTATIONS",

@@ -44,7 +44,7 @@ from tjx.metrics.hlo import Computation, HloModule, Instruction, parse_hlo
 from tjx.metrics.hlo_loops import trip_count
 from tjx.metrics.kernel_cost import CustomCost, Kernel, KernelCosts, is_free
 
-__all__ = ["Roofline", "roofline"]
+__all__ = ["LIKELY_BRANCH", "Roofline", "roofline"]
 
 
 @dataclass(frozen=True)

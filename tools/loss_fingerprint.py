@@ -5,9 +5,9 @@
 logged training loss exactly; run it again on the changed code with ``--out after.json``, then
 ``--compare before.json after.json`` says, case by case, whether the losses are bit-identical
 (exit 1 if any differs; ``--rtol R`` accepts a relative difference up to R, for a change that
-rounds differently on purpose). The shrinking settings are the same on both sides, so what is compared
-is the code path from the preset to the step: the config, the package configs, the state, the
-optimizer and the step.
+rounds differently on purpose). The shrinking settings are the same on both sides, so what is
+compared is the code path from the preset to the step: the config, the package configs, the
+state, the optimizer and the step.
 """
 
 from __future__ import annotations

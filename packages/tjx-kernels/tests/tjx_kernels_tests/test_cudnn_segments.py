@@ -196,3 +196,20 @@ def test_jax_still_has_the_private_symbols_tjx_uses():
     for name in SYMBOLS:
         assert hasattr(fa, name), f"jax._src.cudnn.fused_attention_stablehlo.{name} moved"
     assert {"PADDING", "PADDING_CAUSAL"} <= set(fa.MaskType.__members__)
+
+
+def test_jaxs_gpu_generation_check_answers_from_the_target_while_cross_lowering():
+    """On a CPU machine jax's check asks a device that does not exist; inside a ``target`` block
+    naming a GPU it reads the target's compute capability, elsewhere it is jax's own."""
+    from tjx.kernels import target
+    from tjx.kernels._jax_private import install_capability_hook
+
+    install_capability_hook()
+    install_capability_hook()  # once is enough: the second call keeps the first hook
+    fa = _module()
+    assert getattr(fa.check_compute_capability, "_tjx_hook", False)
+    assert fa.check_compute_capability("9.0") is False  # CPU, no target: jax's answer
+    with target("gpu", "NVIDIA H100 80GB HBM3", (9, 0)):
+        assert fa.check_compute_capability("9.0") and not fa.check_compute_capability("10.0")
+    with target("gpu", "NVIDIA A100-SXM4-40GB", (8, 0)):
+        assert not fa.check_compute_capability("9.0") and fa.check_compute_capability("8.0")

@@ -63,9 +63,10 @@ def losses(preset: str, sets: list[str], root: Path) -> list[str]:
     done = subprocess.run(argv, capture_output=True, text=True, env=os.environ.copy())
     if done.returncode != 0:
         raise SystemExit(f"{preset}: the run failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    rows = (root / "run" / "metrics.jsonl").read_text().splitlines()
+    from tjx.metrics import read_jsonl  # NaN losses come back as nan (logged as null + name)
+
     found = []
-    for row in map(json.loads, rows):
+    for row in read_jsonl(root / "run" / "metrics.jsonl"):
         found += [repr(row["loss"])] if "loss" in row else []
         found += [f"val {row['val_loss']!r}"] if "val_loss" in row else []
     return found

@@ -9,7 +9,6 @@ offline, W&B disabled. Built-in data and shards go to the usual tjx cache (``$TJ
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import shutil
 import subprocess
@@ -120,9 +119,10 @@ def check_ok(proc: subprocess.CompletedProcess[str]) -> None:
 
 
 def read_log(run_dir: Path) -> list[dict[str, Any]]:
-    """Every record of the run's JSONL log."""
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Every record of the run's JSONL log (a NaN loss as NaN: tjx.metrics reads it back)."""
+    from tjx.metrics import read_jsonl
+
+    return read_jsonl(run_dir / "metrics.jsonl")
 
 
 def train_losses(run_dir: Path) -> dict[int, float]:
@@ -136,8 +136,11 @@ def val_losses(run_dir: Path) -> dict[int, float]:
 
 
 def final(run_dir: Path) -> dict[str, Any]:
-    """The run's ``final.json`` (step, params digest, last validation metrics)."""
-    return json.loads((run_dir / "final.json").read_text())
+    """The run's ``final.json`` (step, params digest, last validation metrics), read as tjx.ckpt
+    wrote it (a non-finite value is a float again)."""
+    from tjx.ckpt import RunDir
+
+    return RunDir(run_dir).read(RunDir.FINAL_FILE)
 
 
 _TRAINED: dict[str, Path] = {}

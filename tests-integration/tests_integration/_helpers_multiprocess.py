@@ -17,7 +17,7 @@ import pytest
 
 from tests_integration._helpers_apps import app_env, train_losses
 from tjx import ckpt
-from tjx.parallel.clusters import VARIABLES
+from tjx.parallel.arguments import VARIABLES
 
 REL = 1e-5  # losses of 2 processes vs 1 (see test_train_multiprocess.py for why)
 LAUNCH_TIMEOUT_S = 300  # two processes: start, compile, 3 steps, 2 evaluations, a checkpoint

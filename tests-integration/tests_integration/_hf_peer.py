@@ -1,9 +1,9 @@
-"""transformers + PyTorch for the HF round-trip tests, in a scratch venv this helper makes.
+"""transformers, PyTorch, PEFT and TRL for the HF peer tests, in a scratch venv this helper makes.
 
 Never part of the project's resolve: the venv (``$TJX_HF_PEER_VENV``, default
 ``~/.cache/tjx/hf-peer-venv``) is made once with pip (``torch==2.13.0`` pinned: a CPU build) and
 kept; `run_peer` runs ``_hf_peer_script.py`` in it as a subprocess, so no test process imports
-torch.
+torch. A venv made before PEFT and TRL joined the list gets them added (not rebuilt).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REQUIREMENTS = ("torch==2.13.0", "transformers", "safetensors", "numpy")
+REQUIREMENTS = ("torch==2.13.0", "transformers", "safetensors", "numpy", "peft", "trl")
 SCRIPT = Path(__file__).with_name("_hf_peer_script.py")
 
 
@@ -26,14 +26,16 @@ def peer_python() -> Path:
         os.environ.get("TJX_HF_PEER_VENV") or Path.home() / ".cache" / "tjx" / "hf-peer-venv"
     )
     python = venv / "bin" / "python"
-    probe = [str(python), "-c", "import torch, transformers, safetensors"]
+    probe = [str(python), "-c", "import torch, transformers, safetensors, peft, trl"]
+    base = [str(python), "-c", "import torch, transformers, safetensors"]
     venv.parent.mkdir(parents=True, exist_ok=True)
     # apps/eval's GPT-2 harness test uses this venv too, maybe from another Pants batch at once.
     with open(venv.with_name(venv.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if python.is_file() and subprocess.run(probe, capture_output=True).returncode == 0:
             return python
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        if not (python.is_file() and subprocess.run(base, capture_output=True).returncode == 0):
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
         pip = [str(python), "-m", "pip", "install", "--quiet", *REQUIREMENTS]
         subprocess.run(pip, check=True)
         subprocess.run(probe, check=True)

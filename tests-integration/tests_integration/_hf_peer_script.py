@@ -6,7 +6,9 @@
 ``max_shard_size`` if given) and scores it into ``FOLDER/peer.npz``; ``{"score": FOLDER,
 "tokens": NPY, "out": NPZ, "new": N}`` loads a folder with ``AutoModelForCausalLM.
 from_pretrained`` and scores it. Scoring writes float32 logits of the tokens, a greedy
-continuation (``new`` tokens) of their first row's first 4 tokens and the class name.
+continuation (``new`` tokens) of their first row's first 4 tokens and the class name. The
+post-training jobs (``chat``, ``peft``, ``dpo``: chat templates, PEFT adapters, TRL's DPO) are
+``_hf_peer_post``'s.
 """
 
 from __future__ import annotations
@@ -47,7 +49,12 @@ def make(spec: dict, folder: Path) -> None:
 
 def main() -> None:
     for job in json.loads(Path(sys.argv[1]).read_text()):
-        if "make" in job:
+        post = [key for key in ("chat", "peft", "dpo") if key in job]
+        if post:
+            from _hf_peer_post import JOBS  # the script's folder is on sys.path
+
+            JOBS[post[0]](job)
+        elif "make" in job:
             make(job["make"], Path(job["out"]))
         else:
             model = AutoModelForCausalLM.from_pretrained(job["score"], dtype=torch.float32)

@@ -8,11 +8,13 @@ empty folder; afterwards that folder holds only what the case itself prepared. A
 
 from __future__ import annotations
 
+import json
+import math
 import re
 
 import pytest
 
-from tests_integration._helpers_apps import SMALL, run_app
+from tests_integration._helpers_apps import SMALL, app_env, read_log, run_app
 from tests_integration._helpers_unwritable import make_unwritable, writable_again
 
 T = "trainer"
@@ -297,6 +299,48 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, app, argv, setup, needle
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run dir, nothing written
 
 
+BAD_DATA = [
+    # (id, file, its bytes, expected text in the one error line): issue #46's hostile corpora.
+    ("empty-file", "empty.txt", b"", "empty dataset"),
+    ("binary-file", "blob.bin", bytes(range(256)) * 4, "unsupported file type"),
+    ("binary-as-text", "blob.txt", bytes(range(256)) * 4, "not valid UTF-8"),
+    (
+        "latin1-text",
+        "latin1.txt",
+        "caf\u00e9 cr\u00e8me\n".encode("latin-1") * 100,
+        "not valid UTF-8",
+    ),
+    (
+        "broken-jsonl",
+        "broken.jsonl",
+        b'{"text": "fine"}\n{"text": broken\n',
+        "line 2: invalid JSON",
+    ),
+    ("fake-parquet", "fake.parquet", b"no parquet here\n" * 20, "not a readable Parquet file ("),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "needle"), [c[1:] for c in BAD_DATA], ids=[c[0] for c in BAD_DATA]
+)
+def test_bad_data_is_one_line_naming_key_and_file_and_leaves_no_debris(
+    tmp_path, name, data, needle
+):
+    work, cache = tmp_path / "work", tmp_path / "cache"  # the cache: what ~/.cache/tjx/data is
+    work.mkdir()
+    cache.mkdir()
+    (work / name).write_bytes(data)
+    proc = run_app(T, [*TINY, "--data", f"./{name}"], work, env=app_env(TJX_CACHE=str(cache)))
+    assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr and "Failed to read" not in proc.stderr, proc.stderr
+    errors = [x for x in proc.stderr.splitlines() if "trainer: error:" in x]
+    assert len(errors) == 1, proc.stderr
+    line = errors[0]
+    assert "trainer: error: data.source: " in line and name in line and needle in line, line
+    assert sorted(p.name for p in work.iterdir()) == [name]  # no run directory
+    assert list(cache.rglob("*")) == []  # no shard folder, no .train.lock
+
+
 def test_tables_are_large_enough():
     from tests_integration import test_bad_runs
 
@@ -341,3 +385,14 @@ def test_a_run_ending_inside_a_nonfinite_streak_exits_3_and_saves_nothing_from_i
     last = f"the last checkpoint is step {saved[-1]}" if saved else "no checkpoint was saved"
     assert last in errors[0], errors[0]
     assert not (run / "final.json").exists() and "done:" not in proc.stdout
+    # The log is standard JSON (jq reads it): what was not finite is null, named, read back.
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    strict = [json.loads(x, parse_constant=_refuse_bare_token) for x in lines]
+    named = [(i, k) for i, r in enumerate(strict) for k in r.get("nonfinite", {})]
+    assert named, lines[-3:]  # a loss or a gradient norm that was not finite
+    records = read_log(run)
+    assert all(strict[i][k] is None and not math.isfinite(records[i][k]) for i, k in named)
+
+
+def _refuse_bare_token(token: str) -> None:
+    raise AssertionError(f"metrics.jsonl holds a bare {token}: not standard JSON")

@@ -50,6 +50,8 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
     assert final(tmp_path / "int")["step"] == STEPS
     assert final(tmp_path / "int")["params_sha256"] == final(tmp_path / "ref")["params_sha256"]
     assert train_losses(tmp_path / "int") == train_losses(tmp_path / "ref")
+    for run in ("int", "ref"):  # old steps were removed through checkpoints/_deleted/, which went
+        assert not (tmp_path / run / "checkpoints" / "_deleted").exists()
 
 
 def test_second_ctrl_c_stops_at_once_in_one_line_and_the_run_resumes(tmp_path):
@@ -78,3 +80,4 @@ def test_second_ctrl_c_stops_at_once_in_one_line_and_the_run_resumes(tmp_path):
     assert not (tmp_path / "int" / "final.json").exists() or final(tmp_path / "int")  # whole
     check_ok(train(tmp_path, "int", SETS, "--resume"))
     assert final(tmp_path / "int")["step"] == STEPS
+    assert not (tmp_path / "int" / "checkpoints" / "_deleted").exists()

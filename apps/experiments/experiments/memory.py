@@ -9,7 +9,6 @@ token batches.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -17,7 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from experiments.runner import SUMMARY_FILE, machine, study_progress, use_compile_cache, utc_now
+from experiments.runner import (
+    SUMMARY_FILE,
+    machine,
+    read_row,
+    study_progress,
+    use_compile_cache,
+    utc_now,
+    write_row,
+)
 from experiments.spec import Row, RunSpec, Study
 
 #: Executed steps timed per config (after one warm-up step).
@@ -93,7 +100,7 @@ def run_memory(study: Study, scale: str, runs_dir: Path) -> list[tuple[RunSpec, 
                 row = measure_config(spec, scale)
                 row.update(measured_at=utc_now(), machine=machine())
                 run_dir.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(row, indent=1))
-            out.append((spec, run_dir, json.loads(path.read_text())))
+                write_row(path, row)
+            out.append((spec, run_dir, read_row(path)))
             note(f"{spec.label} done", i + 1)
     return out

@@ -3,7 +3,6 @@ shows), overlaid curves and bars as PNGs, and the raw JSONL of every run."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -139,6 +138,8 @@ def write_report(
     study: Study, scale: str, runs: list[tuple[RunSpec, Path, Row]], out_dir: Path
 ) -> Path:
     """Write ``out_dir/README.md``, the PNGs and ``raw/``; returns the README's path."""
+    from tjx.metrics import dumps_json  # standard JSON: a diverged run's NaN as null, named
+
     rows = [row for _, _, row in runs]
     findings = study.conclude(rows, scale)  # may add derived columns to the rows
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +148,7 @@ def write_report(
     raw.mkdir()
     with (raw / "results.jsonl").open("w") as f:
         for row in rows:
-            f.write(json.dumps({k: v for k, v in row.items() if k != "sweep_notes"}) + "\n")
+            f.write(dumps_json({k: v for k, v in row.items() if k != "sweep_notes"}) + "\n")
     pictures = []
     if plot_curves(study, runs, out_dir / CURVES_PNG):
         pictures.append(f"![overlaid curves]({CURVES_PNG})")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.spec import Row, RunSpec
+from tjx.ckpt import RunDir  # no jax or orbax on import
 
 METRICS_FILE = "metrics.jsonl"
 #: Nats above ln V (a uniform guess; an untrained model starts within a few hundredths of it)
@@ -17,17 +18,14 @@ BLOW_UP_MARGIN = 1.0
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Every scalar record of the run's JSONL log (histogram and text records left out)."""
+    """Every scalar record of the run's JSONL log (histogram and text records left out), read
+    by tjx.metrics: a diverged loss is NaN again (the log writes it as null, named)."""
+    from tjx.metrics import read_jsonl  # jax: loaded when a study reads its runs
+
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return []
-    records = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            if "histograms" not in rec and "text" not in rec:
-                records.append(rec)
-    return records
+    return [rec for rec in read_jsonl(path) if "histograms" not in rec and "text" not in rec]
 
 
 def series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -82,8 +80,8 @@ def train_row(spec: RunSpec, run_dir: Path, status: dict[str, Any]) -> Row:
     logged evaluation), last train loss, median tokens/s, largest gradient norm, divergence."""
     records = read_metrics(run_dir)
     row: Row = {"label": spec.label, "group": spec.group or spec.label}
-    final_path = run_dir / "final.json"
-    final = json.loads(final_path.read_text()) if final_path.is_file() else {}
+    run = RunDir(run_dir)
+    final = run.read(RunDir.FINAL_FILE) if run.final_file.is_file() else {}
     for key in ("val_loss", "val_bits_per_byte", "val_top1", "num_params", "step"):
         if key in final:
             row[key] = final[key]

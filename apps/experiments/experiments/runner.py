@@ -19,7 +19,6 @@ that diverged (the trainer's exit 3) is a result, recorded in ``status.json``, a
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -33,6 +32,20 @@ from experiments.spec import SEEDS, Row, RunContext, RunSpec, Study
 
 STATUS_FILE = "status.json"
 SUMMARY_FILE = "summary.json"
+
+
+def write_row(path: Path, row: dict[str, Any]) -> None:
+    """A row or status file as standard JSON (a NaN as null, named: `tjx.metrics.dumps_json`)."""
+    from tjx.metrics import dumps_json
+
+    path.write_text(dumps_json(row, indent=1))
+
+
+def read_row(path: Path) -> dict[str, Any]:
+    """A file `write_row` wrote (or an older one with bare NaN), as it was written."""
+    from tjx.metrics import loads_json
+
+    return dict(loads_json(path.read_text()))
 
 
 class StudyError(RuntimeError):
@@ -95,7 +108,7 @@ def run_config(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
 
     status_path = run_dir / STATUS_FILE
     if status_path.is_file():  # finished (or diverged) before
-        return dict(json.loads(status_path.read_text()))
+        return read_row(status_path)
     resume = _has_checkpoint(run_dir)
     plan = plan_config(spec, run_dir, resume=resume)
     started, load = time.time(), os.getloadavg()[0]
@@ -112,7 +125,7 @@ def run_config(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         raise StudyError(f"{spec.label}: the trainer exited {code} (run dir {run_dir})")
     if code == 0 and not (run_dir / "final.json").is_file():
         raise StudyError(f"{spec.label}: stopped before the end (signal?); run the study again")
-    status_path.write_text(json.dumps(status))
+    write_row(status_path, status)
     return status
 
 
@@ -120,14 +133,14 @@ def finish_row(study: Study, spec: RunSpec, run_dir: Path, scale: str) -> Row:
     """The config's table row (cached in ``summary.json``): metrics, status, study extras."""
     path = run_dir / SUMMARY_FILE
     if path.is_file():
-        return dict(json.loads(path.read_text()))
-    status = json.loads((run_dir / STATUS_FILE).read_text())
+        return read_row(path)
+    status = read_row(run_dir / STATUS_FILE)
     row = train_row(spec, run_dir, status)
     if study.after_run is not None and status["exit"] == 0:
         cfg = plan_config(spec, run_dir, resume=True).config
         row.update(study.after_run(RunContext(spec, run_dir, scale, cfg)))
     row.update(measured_at=utc_now(), machine=machine())
-    path.write_text(json.dumps(row, indent=1))
+    write_row(path, row)
     return row
 
 

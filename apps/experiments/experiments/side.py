@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.runner import SUMMARY_FILE, machine, study_progress, utc_now
+from experiments.runner import SUMMARY_FILE, machine, read_row, study_progress, utc_now, write_row
 from experiments.spec import Column, Row, RunSpec, Study
 
 SHAPES = {  # vocab (byte-level), seq, batch, d, layers, heads, mlp, steps, val batches, chunk
@@ -150,7 +150,7 @@ def run_side(study: Study, scale: str, runs_dir: Path) -> list[tuple[RunSpec, Pa
                 for side, d in dirs.items():
                     _write_side(d, spec, side, result[side], shape)
             for side, d in dirs.items():
-                row = json.loads((d / SUMMARY_FILE).read_text())
+                row = read_row(d / SUMMARY_FILE)
                 rows.append((RunSpec(row["label"], group=side), d, row))
             note(f"{spec.label} done", i + 1)
     return rows
@@ -161,10 +161,12 @@ def _write_side(
 ) -> None:
     d.mkdir(parents=True, exist_ok=True)
     losses = res["losses"]
+    from tjx.metrics import dumps_json  # the trainer's log format: a NaN loss as null, named
+
     with (d / "metrics.jsonl").open("w") as f:
         for i, loss in enumerate(losses, 1):
-            f.write(json.dumps({"step": i, "loss": loss}) + "\n")
-        f.write(json.dumps({"step": len(losses), "val_loss": res["val_loss"]}) + "\n")
+            f.write(dumps_json({"step": i, "loss": loss}) + "\n")
+        f.write(dumps_json({"step": len(losses), "val_loss": res["val_loss"]}) + "\n")
     timed = len(losses) - 1  # the first step (compile / warm-up) is not timed
     row = {
         "label": f"{side} {spec.label}", "group": side, "seed": spec.param("seed"),
@@ -172,7 +174,7 @@ def _write_side(
         "tokens_per_s": timed * shape["batch"] * shape["seq"] / res["seconds"] if timed else None,
         "measured_at": utc_now(), "machine": machine(),
     }  # fmt: skip
-    (d / SUMMARY_FILE).write_text(json.dumps(row, indent=1))
+    write_row(d / SUMMARY_FILE, row)
 
 
 def noise_check(rows: list[Row]) -> tuple[float, float, bool]:

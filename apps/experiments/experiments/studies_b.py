@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 from experiments import measure
+from experiments.runner import STATUS_FILE, read_row
 from experiments.spec import Column, Row, RunContext, RunSpec, Study, base, best, shape_value
 from experiments.stats import difference, ranking
 
@@ -174,7 +174,7 @@ def time_to_target(ctx: RunContext) -> Row:
     evaluation at or below the scale's target bits/byte, and its step."""
     from experiments.results import read_metrics
 
-    status = json.loads((ctx.run_dir / "status.json").read_text())
+    status = read_row(ctx.run_dir / STATUS_FILE)
     target = TARGET_BPB[ctx.scale]
     for rec in read_metrics(ctx.run_dir):
         if rec.get("val_bits_per_byte") is not None and rec["val_bits_per_byte"] <= target:

@@ -43,7 +43,7 @@ def join(
     ----------
     dist : tjx.parallel.DistributedArgs
         The ``--coordinator`` / ``--num-processes`` / ``--process-id`` / ``--init-timeout`` flags
-        (unset ones come from the ``JAX_*`` variables or the cluster JAX detects).
+        (unset ones come from the ``JAX_*`` variables or the scheduler, JAX finding the rest).
     config : dict
         The effective config; every process must have the same one.
     resume, init_from
@@ -62,10 +62,7 @@ def join(
     from tjx import parallel
 
     def not_joined(info: Any) -> str:  # tjx.parallel's line, as the trainer's one error line
-        line = not_joined_line(
-            info.num_processes, info.coordinator, info.process_id, dist.timeout_s
-        )
-        return error_line(line)
+        return error_line(not_joined_line(info, dist.timeout_s))
 
     try:
         return parallel.join(

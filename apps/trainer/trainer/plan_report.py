@@ -10,21 +10,35 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
-from trainer.resolved import Resolved
-from trainer.target_plan import (
+from trainer.plan_compile import (
     Compiled,
-    PlanResult,
     Say,
     budget_bytes,
     choose_kernel,
     compile_eval,
     fit,
 )
+from trainer.resolved import Resolved
+
+
+@dataclass
+class PlanResult:
+    """Everything the plan found (``--plan-json`` writes it)."""
+
+    target: str
+    config: str
+    lines: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
 
 #: Kernels listed in the "top kernels" line.
 TOP = 5
+#: Below this much estimated work per kernel launch, the plan says launch overhead dominates.
+LAUNCH_BOUND_S = 5e-6
 _DOT = re.compile(r"= f32\[[^\]]*\][^ ]* (?:dot|convolution)\((%[^,]+),")
 
 
@@ -133,6 +147,12 @@ def estimate(step: Compiled, run: Resolved, target: Any, say: Say) -> dict[str, 
             collectives.append({"collective": detail, "count": n, "wire_bytes": wire, "s": secs})
         say(f"  collectives (est., at {target.device.link_bandwidth / 1e9:.0f} GB/s per device "
             f"each way): {'; '.join(parts)}")  # fmt: skip
+    if est.launches and est.seconds / est.launches < LAUNCH_BOUND_S:
+        say(
+            f"  note: {est.seconds / est.launches * 1e6:.1f} µs of work per kernel launch on "
+            "average: launch overhead (a few µs each on a GPU; not in the estimate) will dominate "
+            "a step this small"
+        )
     for note in est.notes:
         say(f"  note: {note}")
     return {

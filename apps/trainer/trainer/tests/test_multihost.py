@@ -12,8 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from tjx.parallel.arguments import DistributedArgs
-from tjx.parallel.clusters import VARIABLES
+from tjx.parallel.arguments import VARIABLES, DistributedArgs
 from trainer import data_setup, multihost
 from trainer.cli import build_parser, main, plan_run
 
@@ -86,7 +85,6 @@ def test_join_failure_is_exit_1_and_names_the_flags(no_dist_env, monkeypatch):
     message = str(exc.value)
     assert message.startswith("not all 2 processes joined the run at coordinator 127.0.0.1:5")
     assert "(this is process 1)" in message and message.endswith("could not join")
-    # tjx.parallel's join watchdog prints the same explanation, as the trainer's one error line.
     resolved = seen["kwargs"]["resolved"]
     assert (resolved.coordinator, resolved.num_processes, resolved.process_id) == (
         "127.0.0.1:5",
@@ -94,14 +92,16 @@ def test_join_failure_is_exit_1_and_names_the_flags(no_dist_env, monkeypatch):
         1,
     )
     assert seen["kwargs"]["timeout_s"] == 30.0
-    assert seen["kwargs"]["timeout_message"] == "trainer: error: " + message.split(": could")[0]
+    # An abort while joining prints the same explanation, as the trainer's one error line.
+    line = seen["kwargs"]["timeout_message"](resolved)
+    assert line == "trainer: error: " + message.split(": could")[0]
 
 
 def _joined(monkeypatch):
     """tjx.parallel.join as if jax.distributed had joined (the agreement check runs for real)."""
     from tjx.parallel import joining
 
-    monkeypatch.setattr(joining, "initialize", lambda *args, **kwargs: None)
+    monkeypatch.setattr(joining, "initialize", lambda *args, **kwargs: kwargs["resolved"])
 
 
 def test_agreement_names_a_wrong_process_count(no_dist_env, monkeypatch):

@@ -10,14 +10,15 @@ import jax
 import pytest
 
 from tjx.metrics import GIB, accelerator
-from trainer import deviceless, plan_report, target_plan
+from trainer import deviceless, plan_compile, plan_report, target_plan
 from trainer.cli import main
 from trainer.config import build_config
 from trainer.deviceless import Target
 from trainer.overrides import apply_overrides
+from trainer.plan_compile import Compiled
 from trainer.presets import load_config_data
 from trainer.resolved import resolve
-from trainer.target_plan import Compiled
+from trainer.schema import ConfigError
 
 TINY = ["data.batch_size=8", "data.seq_len=32", "model.max_seq_len=32", "model.num_layers=2"]
 
@@ -67,12 +68,12 @@ def test_a_plan_is_of_a_fresh_run(capsys, in_tmp):
 def test_a_gpu_budget_is_the_share_jax_takes(monkeypatch):
     h100 = accelerator("h100")
     monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
-    assert target_plan.budget_bytes(h100)[0] == int(h100.memory_bytes * 0.75)
+    assert plan_compile.budget_bytes(h100)[0] == int(h100.memory_bytes * 0.75)
     monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")
-    budget, why = target_plan.budget_bytes(h100)
+    budget, why = plan_compile.budget_bytes(h100)
     assert budget == int(h100.memory_bytes * 0.9) and "=0.9" in why
     v5e = accelerator("v5e")
-    assert target_plan.budget_bytes(v5e)[0] == v5e.memory_bytes  # the compiler enforces it
+    assert plan_compile.budget_bytes(v5e)[0] == v5e.memory_bytes  # the compiler enforces it
 
 
 def fake_compiles(monkeypatch, peaks: dict[tuple[str, int], int | None]) -> list[str]:
@@ -89,7 +90,7 @@ def fake_compiles(monkeypatch, peaks: dict[tuple[str, int], int | None]) -> list
             return Compiled(label, 1.0, error=error)
         return Compiled(label, 1.0, compiled=object(), peak=peak)
 
-    monkeypatch.setattr(target_plan, "compile_train", compile_train)
+    monkeypatch.setattr(plan_compile, "compile_train", compile_train)
     return seen
 
 
@@ -101,8 +102,8 @@ def test_the_fit_takes_full_remat_when_the_step_is_refused_for_memory(monkeypatc
     seen = fake_compiles(monkeypatch, {("none", 1): None, ("full", 1): 4 * GIB})
     lines: list[str] = []
     run = run_of()
-    first = target_plan.compile_train(run, target(), "as configured")
-    fitted, step, record = target_plan.fit(run, target(), first, lines.append)
+    first = plan_compile.compile_train(run, target(), "as configured")
+    fitted, step, record = plan_compile.fit(run, target(), first, lines.append)
     assert fitted.model.remat == "full" and step.peak == 4 * GIB and record["fits"]
     assert seen == ["as configured", "model.remat=full"]
     assert "27.98G of temporaries alone" in lines[0] and lines[0].endswith("does not fit")
@@ -114,8 +115,8 @@ def test_when_remat_is_not_enough_the_batch_is_split_into_micro_batches(monkeypa
     peaks = {("none", 1): big, ("full", 1): big, ("full", 2): big, ("full", 4): 10 * GIB}
     seen = fake_compiles(monkeypatch, peaks)
     run = run_of()
-    first = target_plan.compile_train(run, target(), "as configured")
-    fitted, _, record = target_plan.fit(run, target(), first, lambda line: None)
+    first = plan_compile.compile_train(run, target(), "as configured")
+    fitted, _, record = plan_compile.fit(run, target(), first, lambda line: None)
     assert record["fits"] and fitted.optimizer.accumulation_steps == 4
     assert fitted.cfg.optimizer["accumulation_steps"] == 4
     assert seen[-1] == "optimizer.accumulation_steps=4"
@@ -126,8 +127,8 @@ def test_a_step_that_never_fits_is_an_error_saying_by_how_much(monkeypatch):
     peaks |= {("full", m): (20 + m) * GIB for m in (1, 2, 4, 8)}
     fake_compiles(monkeypatch, peaks)
     run = run_of()
-    first = target_plan.compile_train(run, target(), "as configured")
-    fitted, _, record = target_plan.fit(run, target(), first, lambda line: None)
+    first = plan_compile.compile_train(run, target(), "as configured")
+    fitted, _, record = plan_compile.fit(run, target(), first, lambda line: None)
     assert not record["fits"] and fitted is run  # the plan goes on with the step as configured
     message = plan_report._does_not_fit("v5e", target(), record)
     over = (21 * GIB - accelerator("v5e").memory_bytes) / GIB
@@ -174,3 +175,59 @@ def test_float32_matmuls_are_named_by_their_operation():
         "}",
     ])  # fmt: skip
     assert plan_report.f32_dots(text) == ["jit(f)/logits"]
+
+
+def on_this_machine(monkeypatch, key: str = "v5e") -> None:
+    """``--plan`` opens this machine's first CPU device as if it were ``key``'s."""
+    monkeypatch.setattr(deviceless, "open_target", lambda text, flag="--plan": target(key))
+
+
+def test_the_cli_prints_the_plan_and_writes_its_json(capsys, in_tmp, monkeypatch):
+    on_this_machine(monkeypatch)
+    sets = [x for s in TINY for x in ("--set", s)]
+    out = in_tmp / "plan.json"
+    assert main(["--config", "tiny", *sets, "--plan", "v5e", "--plan-json", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("plan: tiny on 1 × TPU v5e")
+    assert any("launch overhead" in line for line in lines)  # a tiny step: launch-bound
+    data = json.loads(out.read_text())
+    assert data["train"]["compiles"] and data["estimate"]["launches"] > 0
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["plan.json"]  # no run directory
+
+
+def test_a_named_kernel_the_target_cannot_run_is_one_line(capsys, in_tmp, monkeypatch):
+    on_this_machine(monkeypatch)
+    sets = [x for s in TINY for x in ("--set", s)]
+    argv = ["--config", "tiny", *sets, "--set", "model.attention_impl=pallas", "--plan", "v5e"]
+    assert main(argv) == 2
+    line = error_line(capsys)
+    assert line.startswith("trainer: error: --plan: attention: pallas failed") and "TPU" in line
+
+
+def test_plan_here_estimates_this_machines_devices_against_a_named_entry():
+    found = target_plan.plan_here(run_of(), device="v5e")
+    assert found["error"] is None and found["device"] == "v5e" and found["estimate"]["seconds"]
+    with pytest.raises(ConfigError, match="no entry for"):
+        target_plan.plan_here(run_of())  # a CPU is in no device table
+
+
+def test_an_untuned_triton_gemm_is_compiled_with_cublas_and_said():
+    calls = []
+
+    class Lowered:
+        def compile(self, compiler_options=None):
+            calls.append(compiler_options)
+            if compiler_options is None:
+                raise RuntimeError("INTERNAL: Couldn't find output tile sizes that satisfy hlo")
+            return jax.jit(lambda x: x + 1).lower(1.0).compile()
+
+    got = plan_compile._compile(Lowered(), "step", 0.0)
+    assert calls == [None, {"xla_gpu_enable_triton_gemm": False}]
+    assert got.error is None and got.note == plan_compile.CUBLAS_NOTE and got.peak is not None
+
+    class Broken:
+        def compile(self, compiler_options=None):
+            raise RuntimeError("INTERNAL: ptxas failed\nmore lines")
+
+    failed = plan_compile._compile(Broken(), "step", 0.0)
+    assert failed.error == "INTERNAL: ptxas failed" and failed.compiled is None

@@ -95,6 +95,30 @@ def test_commit_fsyncs_data_then_marker_then_rename_then_parent(
     assert max(data) < marker < index[tmp] < rename < index[str(tmp_path)]
 
 
+def test_the_commit_time_is_recorded_and_synced_with_the_step(tmp_path: Path) -> None:
+    """orbax's commit stamps ``commit_timestamp_nsecs`` into the step's metadata; the durable
+    commit does it too, through the metadata store orbax hands its constructor (its public
+    keyword), before the file sizes are recorded and synced."""
+    import json
+    import time
+
+    import orbax.checkpoint as ocp
+
+    from tjx.ckpt.durable import STEP_METADATA
+
+    before = time.time_ns()
+    for async_save in (True, False):
+        with CheckpointManager(tmp_path / str(async_save), async_save=async_save) as mgr:
+            mgr.save(3, state=_state(3), data_state={}, config={})
+            mgr.wait_until_finished()
+        after = time.time_ns()
+        step = tmp_path / str(async_save) / "3"
+        stamp = ocp.metadata.get_step_metadata(step).commit_timestamp_nsecs
+        assert stamp is not None and before <= stamp <= after
+        sizes = json.loads((step / FILE_SIZES).read_text())["files"]
+        assert sizes[STEP_METADATA] == (step / STEP_METADATA).stat().st_size
+
+
 def test_fsync_count_does_not_grow_with_leaves(tmp_path: Path, events: list[Event]) -> None:
     counts = []
     for leaves in (2, 40):

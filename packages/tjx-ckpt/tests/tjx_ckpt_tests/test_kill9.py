@@ -85,6 +85,7 @@ def test_kill9_at_random_moments_never_leaves_a_partial_step(tmp_path: Path) -> 
             restored_steps.append(restored.step)
         finally:
             manager.close()
+        assert not (directory / "_deleted").exists()  # no empty trash folder stays behind
     print(f"kill -9: {interrupted_saves}/{KILLS} kills cut a save short; steps {restored_steps}")
     assert interrupted_saves >= 1, "no kill landed during a save: the test proved nothing"
     assert len(restored_steps) >= KILLS // 2

@@ -24,9 +24,23 @@ def test_keep_last_n(tmp_path: Path) -> None:
         manager.wait_until_finished()
         assert manager.all_steps() == [4, 5]
         np.testing.assert_array_equal(manager.restore(4).state["w"], np.full(3, 4.0))
-    # Removed steps went through the trash directory, which is emptied.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["4", "5", "_deleted"]
-    assert list((tmp_path / "_deleted").iterdir()) == []
+    # Removed steps went through the trash directory, which is removed once empty.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["4", "5"]
+
+
+def test_a_trash_folder_left_by_a_kill_is_removed_on_opening(tmp_path: Path) -> None:
+    # What kill -9 between orbax's rename into _deleted/ and its removal leaves behind.
+    with CheckpointManager(tmp_path, keep_last=2, async_save=False) as manager:
+        manager.save(1, state=_state(1))
+    (tmp_path / "_deleted" / "0" / "state").mkdir(parents=True)
+    (tmp_path / "_deleted" / "0" / "state" / "x").write_bytes(b"half removed")
+    with CheckpointManager(tmp_path, keep_last=2) as manager:
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["1"]
+        for step in (2, 3):  # orbax makes the folder again for its next removal
+            manager.save(step, state=_state(step))
+        manager.wait_until_finished()
+        assert manager.all_steps() == [2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2", "3"]
 
 
 @pytest.mark.parametrize(("mode", "best"), [("min", [2, 4]), ("max", [1, 7])])

@@ -3,6 +3,8 @@ reason, and which step is the newest committed one."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -80,6 +82,39 @@ def test_json_files_are_sorted_and_take_any_value(tmp_path: Path) -> None:
     assert text.index('"a"') < text.index('"b"') and '"float32"' in text
     assert run.read(RunDir.MODEL_FILE) == {"a": str(tmp_path), "b": "float32"}
     assert not run.write_json(RunDir.MODEL_FILE, {"a": tmp_path, "b": np.dtype("float32")})
+
+
+def test_final_json_is_standard_json_with_nan_and_infinity_named(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    rng = np.random.default_rng(46)
+    loss = float(rng.uniform(8000.0, 9000.0))  # a loss that grew: exp(loss) overflows
+    summary = {"step": 20, "val_loss": loss, "val_perplexity": math.inf}  # exp(loss) overflowed
+    summary |= {"val_top1": math.nan, "val_bits_per_byte": -math.inf, "num_params": 10}
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"not standard JSON: {token}")
+
+    run.write_final(summary)
+    text = run.final_file.read_text()
+    strict = json.loads(text, parse_constant=refuse)  # what jq or a browser would parse
+    assert strict["val_perplexity"] is None and strict["val_loss"] == loss
+    assert strict["nonfinite"] == {
+        "val_bits_per_byte": "-Infinity",
+        "val_perplexity": "Infinity",
+        "val_top1": "NaN",
+    }
+    back = run.read(RunDir.FINAL_FILE)
+    assert back["val_perplexity"] == math.inf and back["val_bits_per_byte"] == -math.inf
+    assert math.isnan(back["val_top1"]) and "nonfinite" not in back
+    assert {k: v for k, v in back.items() if k != "val_top1"} == {
+        k: v for k, v in summary.items() if k != "val_top1"
+    }
+    # A final.json written before (bare tokens) reads as it always did.
+    run.final_file.write_text('{"step": 20, "val_perplexity": Infinity, "val_top1": NaN}')
+    old = run.read(RunDir.FINAL_FILE)
+    assert old["val_perplexity"] == math.inf and math.isnan(old["val_top1"])
+    with pytest.raises(ValueError, match="inside a list"):
+        run.write_json("x.json", {"losses": [1.0, math.nan]})
 
 
 def test_samples_go_to_one_file_per_step(tmp_path: Path) -> None:

@@ -171,6 +171,7 @@ def test_concurrent_prepare_two_processes(tmp_path):
     assert outs == [str(tmp_path / "entry")] * 2
     assert log.read_text() == "built\n"  # one built, the other waited and reused it
     assert (tmp_path / "entry" / "data").read_text() == "ok"
+    assert not (tmp_path / ".entry.lock").exists()
 
 
 def test_replace_swaps_only_when_complete(tmp_path):
@@ -181,7 +182,7 @@ def test_replace_swaps_only_when_complete(tmp_path):
     assert (final / "v").read_text() == "1"
     atomic_prepare(final, lambda s: (s / "v").write_text("2"), replace=True)
     assert (final / "v").read_text() == "2"
-    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == ["e"]
+    assert [p.name for p in tmp_path.iterdir()] == ["e"]  # the lock file went with the lock
 
 
 def test_pip_command_choices(monkeypatch):

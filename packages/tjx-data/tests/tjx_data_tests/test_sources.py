@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import time
 
@@ -6,7 +7,7 @@ import datasets
 import pytest
 
 from tjx.data import DataError, check_local_source, load_source
-from tjx.data.sources.local import iter_file
+from tjx.data.sources.local import PARQUET_LOGGER, iter_file
 
 
 def test_folder_with_split_subfolders(text_corpus):
@@ -142,3 +143,33 @@ def test_a_misspelt_builtin_corpus_is_named_not_sent_to_the_hub(monkeypatch):
             load_source(typo, split="train")
     assert close_builtin("kjv") is None and close_builtin("wikitext") is None
     assert close_builtin("someone/shakespear") is None  # owner/name: a hub dataset
+
+
+def test_a_file_that_is_not_parquet_is_one_error_naming_it_and_the_fix(tmp_path):
+    from datasets.packaged_modules.parquet import parquet
+
+    # The filter sits on datasets' Parquet reader's logger: if datasets renames it, say so here.
+    assert parquet.logger.name == PARQUET_LOGGER
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Keep(logging.DEBUG)
+    parquet.logger.addHandler(handler)
+    try:
+        for name, data in (("fake.parquet", b"plain text\n" * 20), ("empty.parquet", b"")):
+            path = tmp_path / name
+            path.write_bytes(data)
+            with pytest.raises(DataError) as caught:
+                list(load_source(str(path)))
+            message = str(caught.value)
+            assert message.startswith(f"{path}: not a readable Parquet file (")
+            assert "\n" not in message
+            assert "replace it with a valid Parquet file, or give text as .txt" in message
+        assert seen == []  # no "Failed to read schema from ... ArrowInvalid" line of its own
+        parquet.logger.error("Failed to read file 'x' with error ArrowInvalid: y")
+        assert len(seen) == 1  # silenced only while tjx reads (and reports) a Parquet file
+    finally:
+        parquet.logger.removeHandler(handler)

@@ -134,3 +134,19 @@ def test_train_bpe_validates():
         train_bpe(["a"], 300, special_tokens=())
     with pytest.raises(DataError, match="empty"):
         train_bpe([], 300, show_progress=False)
+
+
+def test_a_wrapper_is_unwrapped_through_its_public_json():
+    """tokenizers' wrappers (``ByteLevelBPETokenizer``) keep their ``Tokenizer`` in a private
+    attribute; tjx-data takes it through the public JSON instead: the same rules and ids."""
+    import tokenizers as hf
+
+    from tjx.data.bpe import _unwrap
+
+    wrapper = hf.ByteLevelBPETokenizer()  # as train_bpe trains it
+    docs = random_docs(5, 50)
+    wrapper.train_from_iterator(docs, 290, special_tokens=["<eos>"], show_progress=False)
+    tok = _unwrap(wrapper)
+    assert isinstance(tok, hf.Tokenizer) and tok.to_str() == wrapper.to_str()
+    docs = [*random_docs(6, 10), "a<eos>b"]
+    assert [e.ids for e in tok.encode_batch(docs)] == [e.ids for e in wrapper.encode_batch(docs)]

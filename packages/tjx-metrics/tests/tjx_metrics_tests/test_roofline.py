@@ -164,6 +164,26 @@ def test_the_parser_reads_shapes_layouts_and_attributes():
         parse_hlo("ENTRY %main () -> f32[] {\n}\n")
 
 
+def test_a_tpu_head_batched_projection_counts_the_taps_inside_its_padding():
+    """A TPU writes ``bsd,dhk->bshk`` (a [16·1024, 768] × [768, 12·64] projection) as a
+    convolution whose 1×12 window slides over 11 columns of padding on each side of a size-1
+    input: one tap per output is real (the line is libtpu's, gpt2_small's query projection)."""
+    conv = (
+        "  ROOT %c = bf16[16,1024,12,64]{1,3,2,0} convolution(%a, %b), "
+        "window={size=1x12 pad=0_0x11_11 rhs_reversal=0x1}, dim_labels=0bf1_i1o0->0b1f"
+    )
+    text = "\n".join([
+        "HloModule m",
+        "ENTRY %main (a: bf16[16,1024,768,1], b: bf16[768,12,64,1]) -> bf16[16,1024,12,64] {",
+        "  %a = bf16[16,1024,768,1]{1,2,3,0} parameter(0)",
+        "  %b = bf16[768,12,64,1]{0,2,1,3} parameter(1)",
+        conv,
+        "}",
+    ])  # fmt: skip
+    est = roofline(text, accelerator("v5e"))
+    assert est.flops == 2 * (16 * 1024) * 768 * (12 * 64)  # not 12× that (every tap)
+
+
 def _conditional(marked: str | None) -> str:
     """A program whose conditional has a cheap branch (one exp) and a dear one (three)."""
     meta = lambda b: (

@@ -1,4 +1,4 @@
-"""A C++ abort (SIGABRT) of a watched process ends it with one line and status 1."""
+"""A C++ abort (SIGABRT) of a joined process ends it with one line and status 1."""
 
 from __future__ import annotations
 
@@ -27,11 +27,6 @@ def test_a_listening_port_is_reachable_and_a_closed_one_is_not() -> None:
     assert not aborts.coordinator_reachable("127.0.0.1:notaport", settle_s=0.0)
 
 
-def test_cpp_logs_stay_on_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(aborts.CPP_LOGS_ENV, "1")
-    assert aborts.silence_cpp_logs() is False
-
-
 _CHILD = textwrap.dedent("""
     import os, sys
     from tjx.parallel import aborts
@@ -39,11 +34,22 @@ _CHILD = textwrap.dedent("""
     def report(message):
         print(f"demo: error: {message}", file=sys.stderr, flush=True)
 
-    aborts.install_abort_handler(lambda: "what happened", report)
-    aborts.install_abort_handler(lambda: "never used", report)  # once per process
-    assert aborts.silence_cpp_logs()
+    aborts.guard_aborts(lambda: "never used", report)
+    aborts.guard_aborts(lambda: "what happened", report)  # the latest meaning counts
     os.abort()
     """)
+
+
+def test_cpp_logs_stay_on_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_to: list[int] = []
+    monkeypatch.setattr(aborts, "set_cpp_log_level", set_to.append)
+    monkeypatch.setattr(aborts, "_guard", {"callback": object()})  # installed: no new handler
+    monkeypatch.setenv(aborts.CPP_LOGS_ENV, "1")
+    aborts.guard_aborts(lambda: "x", print)
+    assert set_to == []
+    monkeypatch.setenv(aborts.CPP_LOGS_ENV, "0")
+    aborts.guard_aborts(lambda: "x", print)
+    assert set_to == [1000]  # absl's "nothing", FATAL included
 
 
 def test_an_abort_becomes_one_line_and_status_1() -> None:

@@ -16,10 +16,11 @@ from tjx.parallel import (
     StopAgreement,
     coordination_exchange,
     digest_words,
+    internals,
     process_values,
     stop_agreement,
 )
-from tjx.parallel.agreement import STOP_NAME
+from tjx.parallel.preemption import STOP_NAME
 
 
 class FakeClient:
@@ -125,20 +126,20 @@ def test_a_barrier_timeout_names_the_step():
 
 def test_several_processes_use_jax_distributed_client(monkeypatch):
     import jax
-    from jax._src import distributed
+
+    def client(caller):
+        raise RuntimeError(f"{caller}: jax.distributed is not initialised")
 
     monkeypatch.setattr(jax, "process_count", lambda: 2)
-    monkeypatch.setattr(jax, "process_index", lambda: 1)
-    monkeypatch.setattr(distributed.global_state, "process_id", 1)
-    monkeypatch.setattr(distributed.global_state, "client", None)
+    monkeypatch.setattr(internals, "runtime_client", client)
     with pytest.raises(RuntimeError, match="stop agreement: jax.distributed is not initialised"):
         stop_agreement()
-    client = FakeClient(1)  # the other process is not simulated: a barrier of one
-    monkeypatch.setattr(distributed.global_state, "client", client)
+    fake = FakeClient(1)  # the other process is not simulated: a barrier of one
+    monkeypatch.setattr(internals, "runtime_client", lambda caller: (fake, 1, 2))
     agreement = stop_agreement("app/stop")
     assert agreement.decide(4, None) is None
     assert agreement.decide(5, "SIGINT") == "SIGINT"
-    assert client.store == {"app/stop/5/1": "SIGINT"}
+    assert fake.store == {"app/stop/5/1": "SIGINT"}
 
 
 def test_digest_words_are_the_first_128_bits_of_sha256():

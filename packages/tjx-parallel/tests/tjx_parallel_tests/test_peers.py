@@ -268,15 +268,19 @@ def test_heartbeats_go_on_while_the_main_thread_waits_in_xla() -> None:
     client.peer_beats(0, "1")
 
     @jax.jit
-    def slow(x: jax.Array) -> jax.Array:
-        return jax.lax.fori_loop(0, 1000, lambda i, y: jnp.tanh(y @ y) * 0.5, x)
+    def slow(x: jax.Array, n: jax.Array) -> jax.Array:
+        return jax.lax.fori_loop(0, n, lambda i, y: jnp.tanh(y @ y) * 0.5, x)
 
     x = jnp.ones((384, 384), jnp.float32) * 0.01
-    slow.lower(x).compile()  # not timed: only the execution and the fetch
+    float(slow(x, jnp.int32(1))[0, 0])  # compiles (not timed below)
+    took = time.monotonic()
+    float(slow(x, jnp.int32(100))[0, 0])
+    # as many iterations as take about 1 s on this machine, however fast or loaded it is
+    n = jnp.int32(max(100, int(100 * 1.0 / max(time.monotonic() - took, 1e-3))))
     with watch.start():
         time.sleep(0.2)
         start = time.monotonic()
-        float(slow(x)[0, 0])  # the main thread blocks in XLA here
+        float(slow(x, n)[0, 0])  # the main thread blocks in XLA here
         end = time.monotonic()
     beats = [t for t, key, _ in client.writes if key.endswith("beat/1") and start <= t <= end]
     expected = (end - start) / 0.05

@@ -46,15 +46,17 @@ import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from orbax.checkpoint._src.metadata import checkpoint as checkpoint_metadata
-from orbax.checkpoint._src.path import atomicity
+from orbax.checkpoint.path import atomicity  # orbax's public module (ocp.path.atomicity)
 
 from tjx.ckpt.errors import CheckpointCommitError
 from tjx.ckpt.fsync import fsync_dir, fsync_file
 
 TMP_DIR_SUFFIX = atomicity.TMP_DIR_SUFFIX
 COMMIT_MARKER = atomicity.COMMIT_SUCCESS_FILE
+#: orbax's step metadata file (``ocp.metadata.get_step_metadata`` reads it).
+STEP_METADATA = "_CHECKPOINT_METADATA"
 #: The list of a step's files and their sizes, written into the step by its commit (see
 #: :func:`record_file_sizes`); a step from before it has none and is not size-checked.
 FILE_SIZES = "tjx_files.json"
@@ -193,13 +195,30 @@ class DurableAtomicRenameTemporaryPath(atomicity.AtomicRenameTemporaryPath):
     """orbax's atomic-rename commit with fsyncs (see the module docstring).
 
     Item directories inside a step's temporary directory keep orbax's plain finalize: they are
-    not commits on their own, and the step's commit syncs them.
+    not commits on their own, and the step's commit syncs them; so does a snapshot commit.
+    The metadata store and snapshot type are kept from the constructor's public keywords (the
+    ``TemporaryPath`` protocol's ``from_final``), not read from orbax's private attributes.
     """
+
+    def __init__(
+        self,
+        *args: Any,
+        checkpoint_metadata_store: Any = None,
+        snapshot_type: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            *args,
+            checkpoint_metadata_store=checkpoint_metadata_store,
+            snapshot_type=snapshot_type,
+            **kwargs,
+        )
+        self._tjx_store, self._tjx_snapshot = checkpoint_metadata_store, snapshot_type
 
     async def finalize(self) -> None:
         """Updates the step metadata's commit time, then :func:`durable_commit`."""
         final = Path(self.get_final())
-        if TMP_DIR_SUFFIX in final.parent.name or self._snapshot is not None:
+        if TMP_DIR_SUFFIX in final.parent.name or self._tjx_snapshot is not None:
             await super().finalize()
             return
         await asyncio.to_thread(self._commit, Path(self.get()), final)
@@ -207,19 +226,17 @@ class DurableAtomicRenameTemporaryPath(atomicity.AtomicRenameTemporaryPath):
     def _commit(self, tmp: Path, final: Path) -> None:
         # As orbax 0.12.8's AtomicRenameTemporaryPath.finalize: record the commit timestamp in
         # _CHECKPOINT_METADATA and wait for that write, so that the sync below includes it.
-        store = self._checkpoint_metadata_store
+        store = self._tjx_store
         if store is not None:
             store.wait_until_finished()
-            store.update(
-                file_path=checkpoint_metadata.step_metadata_file_path(self.get()),
-                commit_timestamp_nsecs=time.time_ns(),
-            )
+            store.update(file_path=tmp / STEP_METADATA, commit_timestamp_nsecs=time.time_ns())
             store.wait_until_finished()
         durable_commit(tmp, final, f"Checkpoint commit was successful to {final}")
 
 
 __all__ = [
     "FILE_SIZES",
+    "STEP_METADATA",
     "DurableAtomicRenameTemporaryPath",
     "durable_commit",
     "file_sizes",

@@ -5,6 +5,7 @@ See the package README for the on-disk layout and the atomicity argument.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -43,7 +44,7 @@ from tjx.ckpt.stepfiles import CheckedNameFormat
 from tjx.ckpt.treepaths import flatten, nest
 from tjx.ckpt.validate import storable
 
-TRASH_DIR = "_deleted"  # old steps are renamed here (atomic) before being removed
+TRASH_DIR = "_deleted"  # old steps are renamed here (atomic), then removed with the folder
 CORRUPT_DIR = "_corrupt"  # a corrupt step is moved here when its step number is saved again
 _ITEMS = (STATE, DATA_STATE, CONFIG, MANIFEST)
 
@@ -265,12 +266,19 @@ class CheckpointManager:
         self._mgr.reload()
 
     def _purge_trash(self) -> None:
+        """Empty ``_deleted/`` and remove it: orbax makes it again for its next removal.
+
+        Runs when no removal is under way (on opening, and after orbax's save-and-remove work
+        has finished), so nothing is renamed into the folder while it goes.
+        """
         if self.read_only or jax.process_index() != 0:
             return
         trash = self.directory / TRASH_DIR
         if trash.is_dir():
             for entry in trash.iterdir():
                 shutil.rmtree(entry, ignore_errors=True)
+            with contextlib.suppress(OSError):  # not empty: an entry rmtree could not remove
+                trash.rmdir()
 
     def wait_until_finished(self) -> None:
         """Blocks until the pending async save (and old-step removal) has finished."""

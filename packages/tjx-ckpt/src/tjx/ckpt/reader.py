@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 
 from tjx.ckpt.errors import CheckpointMismatchError, CorruptCheckpointError, one_line
 from tjx.ckpt.fingerprint import fingerprints
+from tjx.ckpt.reasons import read_failure, specific_cause
 from tjx.ckpt.stepfiles import array_store_problem, commit_problem, recorded_files_problem
 from tjx.ckpt.treepaths import SEP, flatten, nest, unflatten_like
 from tjx.ckpt.validate import LeafSpec, adopt_host_kinds, check_against, target_spec
@@ -77,7 +78,8 @@ def corrupt(step: int, where: Any, reason: str) -> CorruptCheckpointError:
 
 
 def _failed(what: str, err: BaseException) -> str:
-    return f"{what} ({type(err).__name__}: {one_line(str(err), limit=10_000)})"
+    cause = specific_cause(err)  # not orbax's wrapper, whose message is a method's repr
+    return f"{what} ({type(cause).__name__}: {one_line(str(cause), limit=10_000)})"
 
 
 def no_readable_step_error(
@@ -258,7 +260,9 @@ def read_step(
         restored = mgr.restore(step, args=ocp.args.Composite(**composite))
         flat = flatten(restored[STATE])
     except Exception as err:  # tensorstore/ocdbt raise many types on bad data
-        raise corrupt(step, where, _failed("reading it failed", err)) from err
+        # orbax names an array by its path joined with "." (params.w0): said as ours (params/w0).
+        names = {path.replace(SEP, "."): path for path in specs}
+        raise corrupt(step, where, read_failure(err, names, str(where))) from err
     if set(flat) != set(specs):
         raise corrupt(step, where, "the arrays do not match its manifest")
     if verify:

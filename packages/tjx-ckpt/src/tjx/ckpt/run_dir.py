@@ -16,6 +16,10 @@ renamed over the old one (a kill or a power loss mid-write leaves the old file o
 never half a file). A file that already holds exactly the new text is not rewritten, so a resume
 with the same settings leaves the run's files and their times as they were.
 
+The JSON files are standard JSON, which jq and strict parsers read: a NaN or an infinity (the
+perplexity of a loss that grew to 8,703) is written as ``null`` and named in a ``"nonfinite"``
+entry beside it (:mod:`tjx.ckpt.standard_json`), and read back as the float it was.
+
 Standard library and PyYAML only (orbax-checkpoint requires PyYAML too): ``import tjx.ckpt``
 loads this module, not orbax or jax (see the package ``__init__``).
 """
@@ -23,7 +27,6 @@ loads this module, not orbax or jax (see the package ``__init__``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +34,7 @@ from typing import Any, ClassVar
 
 import yaml  # type: ignore[import-untyped]
 
+from tjx.ckpt import standard_json
 from tjx.ckpt.errors import CheckpointError, one_line
 from tjx.ckpt.fsync import fsync_dir, fsync_file
 from tjx.ckpt.run_checks import RunStartError, check_can_create
@@ -105,7 +109,7 @@ def _parse(path: Path) -> Any:
     except OSError as err:
         raise RunFileError(path, f"cannot be read ({err.strerror})") from None
     try:
-        return load_yaml(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+        return load_yaml(text) if path.suffix in (".yaml", ".yml") else standard_json.loads(text)
     except (yaml.YAMLError, ValueError) as err:  # JSONDecodeError is a ValueError
         raise RunFileError(path, one_line(str(err)) or type(err).__name__) from None
 
@@ -137,7 +141,8 @@ def final_summary(
         Why the run stopped before its last step (a signal's name, a stop key); ``None``: it
         ran to the end.
     validation : mapping of str to float, optional
-        The last validation metrics, written as ``val_<name>``.
+        The last validation metrics, written as ``val_<name>`` (one that is not finite as
+        ``null``, named in the file's ``"nonfinite"`` entry: see `RunDir.write_json`).
 
     Returns
     -------
@@ -214,12 +219,13 @@ class RunDir:
     def write_json(self, name: str, data: Mapping[str, Any]) -> bool:
         """``name`` (``model.json``, ``data.json``, ``final.json``) as indented, sorted JSON.
 
-        Values JSON does not know are written as their ``str`` (a dtype, a path). Returns
-        whether it wrote (unchanged content is not rewritten).
+        Standard JSON: a NaN or an infinity is written as ``null`` and named in the mapping's
+        ``"nonfinite"`` entry (:mod:`tjx.ckpt.standard_json`; `read` puts it back). Values JSON
+        does not know are written as their ``str`` (a dtype, a path). Returns whether it wrote
+        (unchanged content is not rewritten).
         """
-        return write_if_changed(
-            self.path / name, json.dumps(dict(data), indent=2, sort_keys=True, default=str)
-        )
+        text = standard_json.dumps(dict(data), indent=2, sort_keys=True, default=str)
+        return write_if_changed(self.path / name, text)
 
     def write_final(self, summary: Mapping[str, Any]) -> bool:
         """``final.json``: it exists whole or not at all (an app rebuilds it when missing)."""
@@ -233,7 +239,8 @@ class RunDir:
         return path
 
     def read(self, name: str) -> dict[str, Any]:
-        """The mapping in file ``name``: YAML for ``.yaml``/``.yml``, else JSON.
+        """The mapping in file ``name``: YAML for ``.yaml``/``.yml``, else JSON (the values a
+        ``"nonfinite"`` entry names are floats again; bare ``NaN`` of older files reads too).
 
         Raises
         ------

@@ -45,11 +45,15 @@ from pathlib import Path
 from typing import Any
 
 import orbax.checkpoint as ocp
-from orbax.checkpoint._src.metadata import step_metadata_serialization
 
-from tjx.ckpt.durable import COMMIT_MARKER, FILE_SIZES, FILE_SIZES_FORMAT, FILE_SIZES_VERSION
+from tjx.ckpt.durable import (
+    COMMIT_MARKER,
+    FILE_SIZES,
+    FILE_SIZES_FORMAT,
+    FILE_SIZES_VERSION,
+    STEP_METADATA,
+)
 
-STEP_METADATA = "_CHECKPOINT_METADATA"
 OCDBT_ROOT = "manifest.ocdbt"
 
 
@@ -65,12 +69,12 @@ def step_metadata_problem(step_dir: Path) -> str | None:
     if not raw.strip():
         return f"{STEP_METADATA} is empty"
     try:
-        data = json.loads(raw)
+        json.loads(raw)  # orbax's reader would log an error and go on
     except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
         return f"{STEP_METADATA} is not JSON ({err})"
     try:
-        # orbax's own parser: whatever it would raise on in its constructor is caught here.
-        step_metadata_serialization.deserialize(data)
+        # orbax's own reader and parser: whatever it would raise on in its constructor.
+        ocp.metadata.get_step_metadata(step_dir)
     except Exception as err:  # its validators raise several types
         return f"{STEP_METADATA} is not orbax step metadata ({err})"
     return None
@@ -193,12 +197,17 @@ def array_store_problem(item_dir: Path) -> str | None:
 class _NoStepMetadata(ocp.path.step.Metadata):
     """A step whose ``_CHECKPOINT_METADATA`` orbax must not read (see the module docstring).
 
-    orbax then treats it as a step without that file: its time is the folder's modification time
-    and keep-N / best-K count it as usual. Restoring it is refused by :func:`commit_problem`.
+    Its public timestamps say "none", as for a step without that file: its time is the folder's
+    modification time and keep-N / best-K count it as usual. Restoring it is refused by
+    :func:`commit_problem`.
     """
 
     @property
-    def _checkpoint_metadata(self) -> Any:
+    def init_timestamp_nsecs(self) -> int | None:
+        return None
+
+    @property
+    def commit_timestamp_nsecs(self) -> int | None:
         return None
 
 

@@ -1,9 +1,16 @@
 """tjx.data: text sources, tokenizers, memmap token shards (prepared in a shared cache), a packed
-resumable loader, prefetch, and a training run's data (RunData) prepared, loaded and described."""
+resumable loader, prefetch, a training run's data (RunData) prepared, loaded and described, and
+post-training data: chat templates in a sandbox, conversations with their loss mask and
+preference pairs, packed and resumable."""
 
 from tjx.data.bpe import gpt2_tokenizer, load_tokenizer, save_tokenizer, train_bpe
 from tjx.data.builtin import BUILTIN_CORPORA, prepare_builtin
 from tjx.data.cache import cache_dir
+from tjx.data.chat_encode import ChatEncoder, Encoded, Pair
+from tjx.data.chat_loader import ChatLoader, PreferenceLoader, chat_validation_batches
+from tjx.data.chat_prepare import PreparedSequences, Rows, load_rows, prepare_chat_data
+from tjx.data.chat_store import SequenceIndex, load_sequences, write_sequences
+from tjx.data.chat_template import ChatTemplate
 from tjx.data.errors import DataError
 from tjx.data.images import (
     ImageDataset,
@@ -26,16 +33,20 @@ from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_i
 from tjx.data.sources import Documents, check_local_source, load_source
 from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, encode_prompts
 
-__version__ = "0.5.0"
+__version__ = "0.7.0"
 
 __all__ = [
     "BUILTIN_CORPORA",
     "IGNORE_INDEX",
     "ON_EXHAUSTED",
     "ByteTokenizer",
+    "ChatEncoder",
+    "ChatLoader",
+    "ChatTemplate",
     "DataError",
     "DevicePrefetcher",
     "Documents",
+    "Encoded",
     "HFTokenizer",
     "ImageDataset",
     "ImageLoader",
@@ -45,13 +56,19 @@ __all__ = [
     "MixtureSource",
     "PackedLoader",
     "PackingPlan",
+    "Pair",
+    "PreferenceLoader",
+    "PreparedSequences",
     "PreparedShards",
+    "Rows",
     "RunData",
+    "SequenceIndex",
     "ShardIndex",
     "Tokenizer",
     "__version__",
     "bpe_tokenizer",
     "cache_dir",
+    "chat_validation_batches",
     "check_local_source",
     "check_max_tokens",
     "check_mixture",
@@ -63,20 +80,24 @@ __all__ = [
     "load_digits",
     "load_image_dataset",
     "load_index",
+    "load_rows",
+    "load_sequences",
     "load_source",
     "load_tokenizer",
     "mixture_validation_batches",
     "prefetch_to_device",
-    "prepare_shards",
-    "random_batch",
-    "pretokenize",
     "prepare_builtin",
+    "prepare_chat_data",
     "prepare_image_run_data",
     "prepare_mixture_run_data",
     "prepare_run_data",
+    "prepare_shards",
+    "pretokenize",
+    "random_batch",
     "restore_loader_state",
     "run_tokenizer",
     "save_tokenizer",
     "train_bpe",
     "validation_batches",
+    "write_sequences",
 ]

@@ -23,10 +23,16 @@ GPT2_FILES = {  # byte-identical to OpenAI's GPT-2 encoder.json / vocab.bpe
 EOS = "<|endoftext|>"
 
 
+def _unwrap(model: hf.implementations.BaseTokenizer) -> hf.Tokenizer:
+    """The ``Tokenizer`` inside one of tokenizers' wrappers, through its public JSON (the same
+    model, rules and added tokens; the wrapper keeps it only in a private attribute)."""
+    return hf.Tokenizer.from_str(model.to_str())
+
+
 def _byte_level_bpe(vocab: Path, merges: Path) -> hf.Tokenizer:
     model = hf.ByteLevelBPETokenizer(str(vocab), str(merges))
     model.add_special_tokens([EOS])  # already id 50256 in GPT-2's vocabulary: marks it special
-    return model._tokenizer
+    return _unwrap(model)
 
 
 def _build_gpt2(staging: Path) -> None:
@@ -186,4 +192,4 @@ def train_bpe(
     )
     if model.get_vocab_size() <= minimum:
         raise DataError("train_bpe: the texts are empty; nothing to learn from")
-    return HFTokenizer(model._tokenizer, name=f"bpe-{vocab_size}", eos_token=special_tokens[0])
+    return HFTokenizer(_unwrap(model), name=f"bpe-{vocab_size}", eos_token=special_tokens[0])

@@ -20,16 +20,20 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import IO
 
 from tjx.data.errors import DataError
 
 __all__ = [
     "atomic_prepare",
     "cache_dir",
+    "discard",
     "file_lock",
+    "missing_folders",
     "pip_command",
     "pip_download",
     "pip_environment",
+    "remove_empty",
     "sha256_file",
 ]
 
@@ -42,20 +46,69 @@ def cache_dir() -> Path:
     return path
 
 
+def _open_locked(path: Path) -> IO[bytes]:
+    """``path`` opened and exclusively ``flock``ed, the lock on the file the name means now.
+
+    A holder that finishes removes the lock file (and maybe its empty folder, see
+    `atomic_prepare`), so a waiter can wake up holding the lock of a file that no longer has that
+    name, while a newcomer locks a fresh file of the same name: the waiter sees the name point
+    elsewhere (or nowhere) and tries again.
+    """
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = open(path, "a+b")  # noqa: SIM115 (returned, closed by the caller)
+        except FileNotFoundError:  # the folder went away between mkdir and open
+            continue
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            now = None
+        held = os.fstat(handle.fileno())
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            return handle
+        handle.close()  # closing drops the lock
+
+
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path, *, remove: bool = False) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block.
 
     The lock belongs to the open file, so it also separates threads of one process, and the
-    kernel drops it when a holder dies (no stale locks after a crash).
+    kernel drops it when a holder dies (no stale locks after a crash). With ``remove`` the
+    file is deleted when the block ends (still under the lock): nothing is left behind, and a
+    process that was waiting on the deleted file takes the lock again on the new one.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    handle = _open_locked(path)
+    try:
+        yield
+    finally:
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        handle.close()
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove each folder in turn (deepest first) while it is empty; stop at the first that is
+    not (another process's work, or a file someone put there)."""
+    for folder in folders:
         try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
 
 
 def atomic_prepare(final: Path, build: Callable[[Path], None], *, replace: bool = False) -> Path:
@@ -77,30 +130,57 @@ def atomic_prepare(final: Path, build: Callable[[Path], None], *, replace: bool 
     -------
     Path
         ``final``.
+
+    Notes
+    -----
+    The lock file (``.<name>.lock`` next to ``final``) is removed when the preparation ends, and
+    a failed one also removes the folders it had to create for ``final`` while they are empty:
+    a failure leaves nothing in the cache.
     """
     if final.is_dir() and not replace:
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(final.parent / f".{final.name}.lock"):
-        if final.is_dir() and not replace:  # another process finished while we waited
-            return final
-        # Leftovers of a killed preparation: never complete, safe to delete under the lock.
-        for stale in final.parent.glob(f".{final.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-        try:
-            build(staging)
-            if final.is_dir():  # replace: move the old one aside, then swap in the new one
-                trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-old-", dir=final.parent))
-                os.rename(final, trash / final.name)
-                os.rename(staging, final)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.rename(staging, final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+    created = missing_folders(final.parent)
+    try:
+        with file_lock(final.parent / f".{final.name}.lock", remove=True):
+            if final.is_dir() and not replace:  # another process finished while we waited
+                return final
+            _build_in_place(final, build)
+    except BaseException:
+        remove_empty(created)
+        raise
     return final
+
+
+def _build_in_place(final: Path, build: Callable[[Path], None]) -> None:
+    """Build into a staging folder and rename it to ``final`` (under ``final``'s lock)."""
+    # Leftovers of a killed preparation: never complete, safe to delete under the lock.
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        build(staging)
+        if final.is_dir():  # replace: move the old one aside, then swap in the new one
+            trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-old-", dir=final.parent))
+            os.rename(final, trash / final.name)
+            os.rename(staging, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def discard(final: Path) -> None:
+    """Remove a prepared folder ``final`` under its lock (a preparation that failed as a whole
+    takes back what it made): renamed aside first, so it never looks complete half-deleted."""
+    if not final.is_dir():
+        return
+    with file_lock(final.parent / f".{final.name}.lock", remove=True):
+        if final.is_dir():
+            aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-gone-", dir=final.parent))
+            os.rename(final, aside / final.name)
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def sha256_file(path: Path) -> str:

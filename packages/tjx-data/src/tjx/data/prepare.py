@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from tjx.data.bpe import load_tokenizer, train_bpe
-from tjx.data.cache import atomic_prepare
+from tjx.data.cache import atomic_prepare, discard, missing_folders, remove_empty
 from tjx.data.cache import cache_dir as default_cache_dir
 from tjx.data.errors import DataError
 from tjx.data.pretokenize import pretokenize
@@ -217,8 +217,24 @@ def bpe_tokenizer(
     saved = folder / "tokenizer.json"
 
     def build(staging: Path) -> None:
-        docs = split_documents(source, "train")
-        train_bpe(docs, vocab_size, show_progress=progress).save(staging)
+        read = {"chars": 0, "to_the_end": False}
+
+        def documents() -> Iterator[str]:
+            for doc in split_documents(source, "train"):
+                read["chars"] += len(doc)
+                yield doc
+            read["to_the_end"] = True
+
+        try:
+            tokenizer = train_bpe(documents(), vocab_size, show_progress=progress)
+        except DataError:
+            if not read["to_the_end"] or read["chars"]:
+                raise  # the source's own error (a file that does not decode, ...)
+            raise DataError(  # train_bpe's "texts are empty", said of the source
+                f"empty dataset: {source} has no text in its train split to train a BPE "
+                "tokenizer on"
+            ) from None
+        tokenizer.save(staging)
 
     # A folder without tokenizer.json is a save interrupted by an older tjx: train it again.
     atomic_prepare(folder, build, replace=folder.is_dir() and not saved.is_file())
@@ -292,7 +308,9 @@ def prepare_shards(
     -------
     PreparedShards
         Folders, token counts, bytes/token and the key. Cheap when cached: a cached split's text
-        is not read again (a hub dataset is not even opened).
+        is not read again (a hub dataset is not even opened). When a split fails, the splits
+        this call made are removed again, and the folders it created while empty: a failed
+        preparation leaves nothing in the cache (splits that were there before stay).
 
     Raises
     ------
@@ -307,16 +325,28 @@ def prepare_shards(
     if max_tokens is not None:
         key += f"-max{max_tokens}"
     root = _root(cache_dir) / "shards" / key
+    created = missing_folders(root)
+    built: list[Path] = []
     indexes = {}
-    for split in splits:
-        indexes[split] = pretokenize(
-            _read_when_built(source, split),
-            tokenizer,
-            root,
-            split=split,
-            num_workers=num_workers,
-            source=f"{source}:{split}",
-            progress=progress,
-            max_tokens=max_tokens,
-        )
+    try:
+        for split in splits:
+            if not (root / split).is_dir():
+                built.append(root / split)
+            indexes[split] = pretokenize(
+                _read_when_built(source, split),
+                tokenizer,
+                root,
+                split=split,
+                num_workers=num_workers,
+                source=f"{source}:{split}",
+                progress=progress,
+                max_tokens=max_tokens,
+            )
+    except BaseException:
+        # A failed preparation leaves nothing: the splits made before the one that failed go
+        # too (the key of an edited local source changes, so they could never be found again).
+        for folder in built:
+            discard(folder)
+        remove_empty(created)
+        raise
     return PreparedShards(source, key, root, indexes, needs_held_out(source))

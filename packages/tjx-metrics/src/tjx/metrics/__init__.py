@@ -9,7 +9,9 @@
 * :func:`transformer_flops_per_token` (6·N + 12·L·d·s, PaLM appendix B), :func:`peak_flops` /
   :func:`device_peak_flops` by ``device_kind`` (:func:`compute_peak_flops` for a model's compute
   dtype at JAX's default precision), :func:`mfu` and :class:`ThroughputMeter`.
-* :func:`make_logger` fanning out to console / JSONL / W&B / TensorBoard; :func:`weights_to_host`
+* :func:`make_logger` fanning out to console / JSONL / W&B / TensorBoard (the JSONL log is standard
+  JSON: :func:`dumps_json` / :func:`loads_json` write and read NaN and infinities as ``null`` named
+  in a ``"nonfinite"`` entry); :func:`weights_to_host`
   (a params pytree as ``{path: host array}``; ``Logger.log_weights`` logs their histograms);
   :func:`plot_curves`, and :func:`plot_run` at the end of a run (never raises).
 * Before a device is rented: :func:`roofline` (an estimated step time from a compiled program's
@@ -61,6 +63,7 @@ from tjx.metrics.lm import lm_metrics, lm_stats, loss_metrics
 from tjx.metrics.loggers import (
     HISTOGRAM_BINS,
     LOGGER_NAMES,
+    NONFINITE_KEY,
     ConsoleLogger,
     JsonlLogger,
     Logger,
@@ -68,11 +71,15 @@ from tjx.metrics.loggers import (
     TensorBoardLogger,
     WandbLogger,
     check_logger_packages,
+    dumps_json,
+    from_standard_json,
     histogram_summary,
+    loads_json,
     make_logger,
     read_jsonl,
     resolve_wandb_mode,
     select_weights,
+    to_standard_json,
     weights_to_host,
 )
 from tjx.metrics.memory import (
@@ -89,7 +96,7 @@ from tjx.metrics.progress import ProgressBar, progress_bar
 from tjx.metrics.roofline import LIKELY_BRANCH, Roofline, roofline
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"
 
 __all__ = [
     "LIKELY_BRANCH",
@@ -112,6 +119,7 @@ __all__ = [
     "MemoryFit",
     "MetricAccumulator",
     "MultiLogger",
+    "NONFINITE_KEY",
     "ProgressBar",
     "Roofline",
     "TensorBoardLogger",
@@ -128,17 +136,20 @@ __all__ = [
     "compute_peak_flops",
     "device_peak_flops",
     "device_summary",
+    "dumps_json",
     "evaluate_heldout",
     "finalize_metrics",
     "first_fit",
     "heldout_metrics",
     "heldout_step",
     "flops_per_token_from_config",
+    "from_standard_json",
     "gpu_target_config",
     "histogram_summary",
     "lm_metrics",
     "lm_stats",
     "load_curves",
+    "loads_json",
     "loss_metrics",
     "make_logger",
     "mfu",
@@ -154,6 +165,7 @@ __all__ = [
     "read_jsonl",
     "resolve_wandb_mode",
     "select_weights",
+    "to_standard_json",
     "transformer_flops_per_token",
     "weights_to_host",
     "with_bits_per_byte",

@@ -1,7 +1,8 @@
 """tjx.nn: Flax NNX transformer layers and models with logical axis names.
 
 GPT-2, LLaMA-style decoders, BERT, ViT and an encoder-decoder; KV-cache generation; HF GPT-2
-interop (GPT-2, Llama, Mistral, Qwen2: ``load_hf`` / ``save_hf``); losses and utilities.
+interop (GPT-2, Llama, Mistral, Qwen2: ``load_hf`` / ``save_hf``); LoRA adapters (``add_lora``,
+merged or PEFT export) and preference losses (DPO, IPO); losses and utilities.
 """
 
 from tjx.nn.attention import Attention
@@ -39,13 +40,23 @@ from tjx.nn.hf import (
 )
 from tjx.nn.hf_gpt2 import HF_GPT2_FIXED, HF_GPT2_NAMES, hf_gpt2_conflicts
 from tjx.nn.kv_cache import init_cache, kv_cache_bytes, topk_decode_attention
-from tjx.nn.linear import Dense, dropout
+from tjx.nn.linear import Dense, LoRAAdapter, dropout
+from tjx.nn.lora import (
+    LORA_ROLES,
+    LoraConfig,
+    adapters_off,
+    add_lora,
+    has_lora,
+    lora_param_count,
+    merge_lora,
+)
 from tjx.nn.losses import (
     classification_loss,
     contrastive_loss,
     cross_entropy_loss,
     logits_cross_entropy,
     masked_lm_loss,
+    masked_mean,
     mlm_mask,
 )
 from tjx.nn.mlp import MLP
@@ -63,8 +74,16 @@ from tjx.nn.objectives import (
 )
 from tjx.nn.params import LOGICAL_AXES, make_param
 from tjx.nn.params_io import get_flat_params, set_flat_params
+from tjx.nn.peft_io import save_peft
 from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, sinusoidal
 from tjx.nn.precision import DTYPE_NAMES, Precision
+from tjx.nn.preference import (
+    PREFERENCE_LOSSES,
+    PreferenceOutput,
+    dpo_loss,
+    preference_loss,
+    sequence_logprobs,
+)
 from tjx.nn.registry import MODEL_KINDS, build_model
 from tjx.nn.relative_bias import RelativePositionBias, t5_relative_bucket
 from tjx.nn.seq2seq_generation import generate_seq2seq
@@ -72,23 +91,25 @@ from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.10.0"
+__version__ = "0.11.0"
 
 __all__ = [
     "ACTIVATIONS",
     "ATTENTION_IMPLS",
-    "DTYPE_NAMES",
     "BERT",
+    "DTYPE_NAMES",
     "GPT2",
     "HF_GPT2_FIXED",
     "HF_GPT2_NAMES",
     "HF_MODEL_TYPES",
     "LOGICAL_AXES",
+    "LORA_ROLES",
     "MLP",
     "MODEL_KINDS",
     "NORMS",
     "OBJECTIVES",
     "POSITIONS",
+    "PREFERENCE_LOSSES",
     "REMAT_POLICIES",
     "Attention",
     "BertConfig",
@@ -103,8 +124,11 @@ __all__ = [
     "LayerNorm",
     "Llama",
     "LlamaConfig",
+    "LoRAAdapter",
+    "LoraConfig",
     "Objective",
     "Precision",
+    "PreferenceOutput",
     "RMSNorm",
     "RelativePositionBias",
     "Stack",
@@ -112,6 +136,8 @@ __all__ = [
     "ViT",
     "ViTConfig",
     "__version__",
+    "adapters_off",
+    "add_lora",
     "alibi_bias",
     "alibi_slopes",
     "apply_rope",
@@ -125,6 +151,7 @@ __all__ = [
     "count_params",
     "cross_entropy_loss",
     "decoder_stages",
+    "dpo_loss",
     "dropout",
     "eval_mask_key",
     "flops_per_token",
@@ -133,6 +160,7 @@ __all__ = [
     "generate_seq2seq",
     "get_flat_params",
     "gpt2_config",
+    "has_lora",
     "head_cross_entropy",
     "hf_gpt2_conflicts",
     "hf_kind",
@@ -142,21 +170,27 @@ __all__ = [
     "load_hf",
     "load_hf_gpt2",
     "logits_cross_entropy",
+    "lora_param_count",
     "make_param",
     "masked_lm_loss",
+    "masked_mean",
     "matmul_param_count",
+    "merge_lora",
     "mlm_mask",
     "objective_logits",
     "objective_logits_fn",
     "objective_loss",
     "objective_of",
-    "remat_policy",
+    "preference_loss",
     "read_hf_config",
+    "remat_policy",
     "reseed",
     "residual_std",
     "sample_logits",
     "save_hf",
     "save_hf_gpt2",
+    "save_peft",
+    "sequence_logprobs",
     "set_flat_params",
     "sinusoidal",
     "summary",

@@ -19,7 +19,7 @@ from jax.ad_checkpoint import checkpoint_name
 from tjx import kernels
 from tjx.nn.configs import TransformerConfig
 from tjx.nn.kv_cache import LayerCache, topk_decode_attention
-from tjx.nn.linear import Dense
+from tjx.nn.linear import Dense, split_key
 from tjx.nn.params import normal
 from tjx.nn.positions import alibi_bias, apply_rope
 
@@ -89,10 +89,13 @@ class Attention(nnx.Module):
             **common,
         )
 
-    def _keys_values(self, src: Array, positions: Array | None) -> tuple[Array, Array]:
+    def _keys_values(
+        self, src: Array, positions: Array | None, lora_rng: Array | None = None
+    ) -> tuple[Array, Array]:
         if self.kv_down is not None:
             src = self.kv_down(src)
-        k, v = self.key(src), self.value(src)
+        k_key, k_value = split_key(lora_rng, 2)
+        k, v = self.key(src, k_key), self.value(src, k_value)
         if self.position == "rope" and positions is not None:
             k = apply_rope(k, positions, theta=self.rope_theta, scaling=self.rope_scaling)
         return k, v
@@ -120,6 +123,7 @@ class Attention(nnx.Module):
         cache_pos: Array | None = None,
         kv: tuple[Array, Array] | None = None,
         bias: Array | None = None,
+        lora_rng: Array | None = None,
     ) -> tuple[Array, LayerCache | None]:
         """Attend.
 
@@ -145,6 +149,8 @@ class Attention(nnx.Module):
         bias : Array, optional
             Additive float32 logit bias ``[b|1, heads, s, s_kv]`` from the stack (T5 relative
             positions, ``RelativePositionBias``); for a decode step ``s_kv`` is the cache length.
+        lora_rng : Array, optional
+            The dropout key of the projections' LoRA adapters (a training call).
 
         Returns
         -------
@@ -153,7 +159,8 @@ class Attention(nnx.Module):
         b, s, _ = x.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
-        q = self.query(x)
+        k_query, k_kv, k_out = split_key(lora_rng, 3)
+        q = self.query(x, k_query)
         if self.position == "rope":
             q = apply_rope(q, positions, theta=self.rope_theta, scaling=self.rope_scaling)
         drop = 0.0 if deterministic else self.attention_dropout
@@ -172,7 +179,7 @@ class Attention(nnx.Module):
                 else:
                     k, v = self.project_context(context)
             else:
-                k, v = self._keys_values(x, positions)
+                k, v = self._keys_values(x, positions, k_kv)
             if self.position == "alibi":
                 bias = _add(bias, alibi_bias(positions, positions, self.num_heads))
             out = self._kernel(
@@ -189,7 +196,7 @@ class Attention(nnx.Module):
             if cache is not None:
                 cache = self._write_prefill(x, k, v, cache)
         out = checkpoint_name(out, "attention_output")
-        return self.out(out), cache
+        return self.out(out, k_out), cache
 
     def _write_prefill(self, x: Array, k: Array, v: Array, cache: LayerCache) -> LayerCache:
         if "latent" in cache:

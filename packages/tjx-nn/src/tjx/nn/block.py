@@ -106,6 +106,7 @@ class Block(nnx.Module):
         ``context`` in the cross-attention (incremental decoding of an encoder-decoder).
         """
         keys = split_key(rng, 6)
+        lora_keys = split_key(keys[5], 2)  # LoRA adapters' dropout (tjx.nn.add_lora)
 
         def sub(x: Array, norm: nnx.Module, fn: Any, key: Array | None) -> Array:
             if self.pre_ln:
@@ -124,6 +125,7 @@ class Block(nnx.Module):
                 cache=cache,
                 cache_pos=cache_pos,
                 bias=bias,
+                lora_rng=lora_keys[0],
             )
             return out
 
@@ -143,5 +145,5 @@ class Block(nnx.Module):
                 return out
 
             x = sub(x, self.cross_norm, cross, keys[3])
-        x = sub(x, self.mlp_norm, self.mlp, keys[4])
+        x = sub(x, self.mlp_norm, lambda h: self.mlp(h, lora_keys[1]), keys[4])
         return x, new_cache[0]

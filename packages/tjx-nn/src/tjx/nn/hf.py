@@ -33,6 +33,7 @@ from tjx.nn.hf_io import (
     write_safetensors,
 )
 from tjx.nn.hf_llama import llama_mapping
+from tjx.nn.lora import merged_readers
 from tjx.nn.model_state import concrete_state
 from tjx.nn.params_io import fill_params, param_readers
 
@@ -151,7 +152,7 @@ def save_hf(
     Parameters
     ----------
     model : GPT2 or Llama
-        Scanned or not.
+        Scanned or not; LoRA adapters (``add_lora``) are merged into the weights written.
     path : str or PathLike
         A new or empty folder (created).
     dtype : {"float32", "bfloat16", "float16"}, optional
@@ -179,7 +180,8 @@ def save_hf(
     config = getattr(model, "config", None)
     hf_config, mapping = _export_plan(config, model_type)
     assert config is not None
-    readers = param_readers(model)
+    # LoRA adapters, if any, are merged into their kernels as each tensor is read.
+    readers = merged_readers(model, param_readers(model))
     name = str(dtype or jnp.dtype(config.precision.param_dtype).name)
     if name not in SAVE_DTYPES:
         raise ValueError(f"dtype must be one of {SAVE_DTYPES}; got {dtype!r}")

@@ -1,4 +1,4 @@
-"""Dense (general) projections and dropout with explicit PRNG keys.
+"""Dense (general) projections, their low-rank adapters (LoRA), and dropout with explicit keys.
 
 Keys in tjx.nn: a model draws one dropout key per call from its own ``nnx.Rngs`` stream (or the
 caller's ``rngs=``) and splits it (``split_key``) into one key per use: embedding dropout, every
@@ -20,11 +20,32 @@ from tjx.nn.precision import Precision
 Array = jax.Array
 
 
+class LoRAAdapter(nnx.Module):
+    """A low-rank update ``scale · dropout(x) · A · B`` beside a `Dense` (Hu et al., 2021).
+
+    ``A`` is ``[*in_shape, rank]`` and ``B`` ``[rank, *out_shape]``, both ``nnx.LoRAParam`` (a
+    kind of ``nnx.Param``, so a filter can tell adapters from the frozen weights), with a leading
+    ``layers`` axis when the `Dense` sits in a scanned stack. ``tjx.nn.add_lora`` makes them: ``B``
+    starts at zero, so the adapted model starts as the base model exactly.
+    """
+
+    def __init__(self, a: nnx.LoRAParam, b: nnx.LoRAParam, *, scale: float, rate: float) -> None:
+        self.lora_a, self.lora_b = a, b
+        self.scale, self.rate = float(scale), float(rate)
+
+    def __call__(self, x: Array, n_in: int, rng: Array | None, dtype: jnp.dtype) -> Array:
+        """The update for ``x`` (dropout only with a key: a training call)."""
+        x = dropout(x, self.rate, rng, deterministic=rng is None)
+        h = jnp.tensordot(x.astype(dtype), self.lora_a[...].astype(dtype), axes=n_in)
+        return self.scale * jnp.tensordot(h, self.lora_b[...].astype(dtype), axes=1)
+
+
 class Dense(nnx.Module):
     """``y = x · W + b`` contracting the last ``len(in_shape)`` dims of ``x``.
 
     The kernel has shape ``in_shape + out_shape`` (e.g. ``[embed, heads, head_dim]`` for a query
-    projection) with logical names ``in_names + out_names``; the bias has ``out_shape``.
+    projection) with logical names ``in_names + out_names``; the bias has ``out_shape``. ``lora``
+    holds an adapter once ``tjx.nn.add_lora`` has put one here.
     """
 
     def __init__(
@@ -54,14 +75,18 @@ class Dense(nnx.Module):
             if use_bias
             else None
         )
+        # Data (a sub-module once set), not a static attribute: `add_lora` assigns it later.
+        self.lora: LoRAAdapter | None = nnx.data(None)
 
-    def __call__(self, x: Array) -> Array:
-        """Project ``x`` in the compute dtype."""
+    def __call__(self, x: Array, rng: Array | None = None) -> Array:
+        """Project ``x`` in the compute dtype (``rng``: the adapter's dropout key, if any)."""
         dt = self.precision.compute_dtype
         kernel = self.kernel[...].astype(dt)
         y = jnp.tensordot(x.astype(dt), kernel, axes=self.n_in)
         if self.bias is not None:
             y = y + self.bias[...].astype(dt)
+        if self.lora is not None:
+            y = y + self.lora(x, self.n_in, rng, dt)
         return y
 
 

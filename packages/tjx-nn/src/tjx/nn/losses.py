@@ -67,6 +67,32 @@ def cross_entropy_loss(
     return jnp.sum(jnp.where(mask, loss, 0.0)) / jnp.maximum(count, 1)
 
 
+def masked_mean(values: Array, mask: Array) -> Array:
+    """The mean of ``values`` over the batch's unmasked entries: ``Σ values·mask / Σ mask``.
+
+    tjx's token losses average this way, per token over the whole batch (as MaxText, torchtitan,
+    levanter and TRL do), not as a mean of per-sequence means: every scored token weighs the
+    same whatever the length of its sequence (a per-sequence mean gives each token of a short
+    answer more weight than one of a long answer, and its value would depend on how sequences are
+    packed into rows), and micro-batches accumulate exactly by weighting with their token counts.
+
+    Parameters
+    ----------
+    values : Array
+        Per-token values ``[...]`` (computed in float32).
+    mask : Array
+        bool ``[...]``: the entries that count.
+
+    Returns
+    -------
+    Array
+        Scalar float32 (0 when nothing counts).
+    """
+    mask = mask.astype(bool)
+    total = jnp.sum(jnp.where(mask, values.astype(jnp.float32), 0.0))
+    return total / jnp.maximum(jnp.sum(mask), 1)
+
+
 def logits_cross_entropy(
     logits: Array, labels: Array, *, ignore_index: int = -100, z_loss: float = 0.0
 ) -> CrossEntropyOutput:

@@ -10,7 +10,7 @@ import jax
 from flax import nnx
 
 from tjx.nn.activations import fused_activation, gated_activation
-from tjx.nn.linear import Dense
+from tjx.nn.linear import Dense, split_key
 from tjx.nn.params import normal
 from tjx.nn.precision import Precision
 
@@ -75,10 +75,11 @@ class MLP(nnx.Module):
             **common,
         )
 
-    def __call__(self, x: Array) -> Array:
-        """Apply the MLP to ``x`` [..., d_model]."""
+    def __call__(self, x: Array, lora_rng: Array | None = None) -> Array:
+        """Apply the MLP to ``x`` [..., d_model] (``lora_rng``: adapters' dropout key)."""
+        k_gate, k_in, k_out = split_key(lora_rng, 3)
         if self.fc_gate is not None and self.gate_act is not None:
-            h = gated_activation(self.gate_act, self.fc_gate(x), self.fc_in(x))
+            h = gated_activation(self.gate_act, self.fc_gate(x, k_gate), self.fc_in(x, k_in))
         else:
-            h = self.act(self.fc_in(x))
-        return self.fc_out(h)
+            h = self.act(self.fc_in(x, k_in))
+        return self.fc_out(h, k_out)

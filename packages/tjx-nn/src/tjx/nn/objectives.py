@@ -12,6 +12,11 @@ model              objective           batch keys                               
                    each window                                                      the second half
 =================  ==================  ===========================================  ===============
 
+Supervised fine-tuning is the ``lm`` objective on chat batches (``tjx.data.ChatLoader``): every
+target the assistant did not write is ``-100``, so the loss is the mean over the assistant's
+tokens, per token over the whole batch (``losses.masked_mean``: why per token, not per sequence).
+Preference optimisation (DPO, IPO) is ``tjx.nn.preference_loss`` on preference batches.
+
 Decoders and the encoder-decoder end in a vocabulary head, so their loss runs on final hidden
 states (``head_cross_entropy``: chunked or plain, optional z-loss); BERT's MLM head and ViT's
 classifier are scored on their float32 logits (``logits_cross_entropy``, no z-loss).

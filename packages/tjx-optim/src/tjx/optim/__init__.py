@@ -12,6 +12,7 @@ from tjx.optim.config import (
     users_of,
 )
 from tjx.optim.defaults import OwnDefault, own_defaults, with_own_defaults
+from tjx.optim.freeze import ADAPTER_NAMES, adapter_mask, only_trainable, path_mask
 from tjx.optim.loss_scale import (
     DynamicLossScaleState,
     all_finite,
@@ -51,9 +52,10 @@ from tjx.optim.transforms import (
     skip_nonfinite,
 )
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 __all__ = [
+    "ADAPTER_NAMES",
     "DEFAULT_LEARNING_RATES",
     "OPTIMIZER_NAMES",
     "SCHEDULE_NAMES",
@@ -65,6 +67,7 @@ __all__ = [
     "ScheduleStatsState",
     "__version__",
     "accumulate_gradients",
+    "adapter_mask",
     "all_finite",
     "build_optimizer",
     "build_schedule",
@@ -83,8 +86,10 @@ __all__ = [
     "loss_scale_value",
     "muon_dimension_numbers",
     "muon_mask",
+    "only_trainable",
     "optimizer_core",
     "own_defaults",
+    "path_mask",
     "plot_schedule",
     "scale_by_schedule_with_stats",
     "scale_loss",

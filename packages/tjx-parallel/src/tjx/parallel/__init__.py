@@ -25,37 +25,30 @@ from tjx.parallel.arguments import (
     NUM_PROCESSES_LINE,
     DistributedArgs,
     DistributedArgumentError,
+    DistributedInfo,
     add_distributed_arguments,
     check_distributed_args,
     distributed_from_args,
     not_joined_line,
+    resolve_distributed,
 )
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' dependency inference)
-    from tjx.parallel.agreement import (
-        Disagreement,
-        StopAgreement,
-        coordination_exchange,
-        digest_words,
-        disagreements,
-        process_values,
-        stop_agreement,
-    )
-    from tjx.parallel.distributed import (
-        DistributedInfo,
-        barrier,
-        initialize,
-        is_primary,
-        resolve_distributed,
-        runtime_client,
-    )
+    from tjx.parallel.internals import runtime_client
     from tjx.parallel.joining import (
         NUM_PROCESSES,
+        Disagreement,
         DisagreementError,
         DistributedSetupError,
         JoinError,
         NotJoinedError,
+        barrier,
+        digest_words,
+        disagreements,
+        initialize,
+        is_primary,
         join,
+        process_values,
         require_agreement,
     )
     from tjx.parallel.mesh import (
@@ -77,8 +70,11 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
     )
     from tjx.parallel.preemption import (
         STOP_MESSAGE,
+        StopAgreement,
         StopFlag,
+        coordination_exchange,
         exit_now,
+        stop_agreement,
         stop_on_signals,
         write_stderr,
     )
@@ -99,29 +95,24 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
     from tjx.parallel.topology import abstract_devices
     from tjx.parallel.train_step import jit_train_step
 
-__version__ = "0.10.0"
+__version__ = "0.12.0"
 
 #: The public names whose modules import jax → their module, imported on first use.
 _LAZY = {
-    "Disagreement": "tjx.parallel.agreement",
-    "StopAgreement": "tjx.parallel.agreement",
-    "coordination_exchange": "tjx.parallel.agreement",
-    "digest_words": "tjx.parallel.agreement",
-    "disagreements": "tjx.parallel.agreement",
-    "process_values": "tjx.parallel.agreement",
-    "stop_agreement": "tjx.parallel.agreement",
-    "DistributedInfo": "tjx.parallel.distributed",
-    "barrier": "tjx.parallel.distributed",
-    "initialize": "tjx.parallel.distributed",
-    "is_primary": "tjx.parallel.distributed",
-    "resolve_distributed": "tjx.parallel.distributed",
-    "runtime_client": "tjx.parallel.distributed",
+    "runtime_client": "tjx.parallel.internals",
     "NUM_PROCESSES": "tjx.parallel.joining",
+    "Disagreement": "tjx.parallel.joining",
     "DisagreementError": "tjx.parallel.joining",
     "DistributedSetupError": "tjx.parallel.joining",
     "JoinError": "tjx.parallel.joining",
     "NotJoinedError": "tjx.parallel.joining",
+    "barrier": "tjx.parallel.joining",
+    "digest_words": "tjx.parallel.joining",
+    "disagreements": "tjx.parallel.joining",
+    "initialize": "tjx.parallel.joining",
+    "is_primary": "tjx.parallel.joining",
     "join": "tjx.parallel.joining",
+    "process_values": "tjx.parallel.joining",
     "require_agreement": "tjx.parallel.joining",
     "BATCH_AXES": "tjx.parallel.mesh",
     "MESH_AXES": "tjx.parallel.mesh",
@@ -138,8 +129,11 @@ _LAZY = {
     "pipeline_loss": "tjx.parallel.pipeline",
     "unmicrobatch": "tjx.parallel.pipeline",
     "STOP_MESSAGE": "tjx.parallel.preemption",
+    "StopAgreement": "tjx.parallel.preemption",
     "StopFlag": "tjx.parallel.preemption",
+    "coordination_exchange": "tjx.parallel.preemption",
     "exit_now": "tjx.parallel.preemption",
+    "stop_agreement": "tjx.parallel.preemption",
     "stop_on_signals": "tjx.parallel.preemption",
     "write_stderr": "tjx.parallel.preemption",
     "LOGICAL_AXES": "tjx.parallel.rules",

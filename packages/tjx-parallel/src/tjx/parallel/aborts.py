@@ -1,21 +1,12 @@
-"""When jax's C++ runtime aborts a watched process, end it with one line, not a stack dump.
+"""A C++ abort of jax's runtime ends the process with one line, not a stack dump.
 
-jax 0.10's coordination client polls the service (hosted by process 0) for errors; when process
-0 dies, every other process sees its connection drop and aborts within a second: a C++
-``LOG(FATAL)`` ("Terminating process because the JAX distributed service detected fatal
-errors"), a stack trace, SIGABRT. The client's ``missed_heartbeat_callback`` would be the hook,
-but jaxlib 0.10 cannot hand its ``absl::Status`` to a Python callable (``std::bad_cast``, then
-``std::terminate``), and a Python ``signal.signal`` handler never runs: ``abort()`` kills the
-process as soon as the C handler returns.
-
-So while a multi-process run is watched (:class:`tjx.parallel.PeerWatch`), two things:
-
-* absl's C++ log output is turned off (minimum level above FATAL), so the dump is never written;
-  ``TJX_CPP_LOGS=1`` keeps it (to debug jax itself);
-* SIGABRT gets a C-level handler (ctypes) that runs on the aborting thread, names what happened
-  — process 0's port refuses connections: the coordinator is gone; else a fatal error inside
-  jax's runtime — and hands the message to the watch's ``on_dead`` (one line, exit status 1).
-  The handler never returns: returning would let ``abort()`` end the process by SIGABRT.
+jax 0.10 ends a process from a C++ thread when not every process joined by its deadline, and
+every survivor the moment process 0's connection drops: ``LOG(FATAL)``, a stack dump, SIGABRT. The
+client's ``missed_heartbeat_callback`` cannot carry the status to Python (``std::bad_cast``), and
+a Python signal handler never runs. So :func:`guard_aborts` turns absl's C++ log off
+(``TJX_CPP_LOGS=1`` keeps it) and gives SIGABRT a C-level handler (ctypes) that runs on the
+aborting thread, reports the line of the moment (not joined; the peer watch's verdict; a lost
+coordinator when process 0's port refuses; else jax's runtime) and ends the process with status 1.
 """
 
 from __future__ import annotations
@@ -25,48 +16,33 @@ import ctypes
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
-from typing import Protocol
 
-__all__ = [
-    "CPP_LOGS_ENV",
-    "abort_message",
-    "coordinator_reachable",
-    "guard_aborts",
-    "install_abort_handler",
-    "silence_cpp_logs",
-]
+from tjx.parallel.internals import set_cpp_log_level
 
-#: Set to 1 to keep jax's C++ log output in a watched multi-process run.
+#: Set to 1 to keep jax's C++ log output in a multi-process run.
 CPP_LOGS_ENV = "TJX_CPP_LOGS"
-#: absl's ``LogSeverityAtLeast::kInfinity``: no message is logged, FATAL included.
-_ABSL_OFF = 1000
-
-_HANDLER_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_int)
-_installed: list[object] = []  # the ctypes callback: alive as long as the handler is installed
+_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_int)
+_guard: dict[str, object] = {}  # the ctypes callback (kept alive) and what an abort means now
 
 
-def silence_cpp_logs() -> bool:
-    """Turn absl's C++ log output off (unless ``TJX_CPP_LOGS=1``); whether it was turned off."""
-    if os.environ.get(CPP_LOGS_ENV, "") not in ("", "0"):
-        return False
-    from jax._src.lib import utils  # jaxlib's setter of absl's minimum log level, as jax uses it
-
-    utils.absl_set_min_log_level(_ABSL_OFF)
-    return True
+def exit_with(message: str, prefix: str = "tjx.parallel: error: ") -> None:
+    """Print ``prefix + message`` and end the process with status 1 (the main thread may be
+    stuck in a C++ collective, where nothing can be raised)."""
+    print(prefix + message, file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 def coordinator_reachable(
     address: str | None, timeout_s: float = 2.0, settle_s: float = 0.5
 ) -> bool:
-    """Whether ``host:port`` accepts a TCP connection (a killed process 0's port refuses).
-
-    The abort comes the moment process 0's connection drops, while the kernel may still be
-    closing its listening socket (which completes handshakes by itself): ``settle_s`` first.
-    """
+    """Whether ``host:port`` accepts a TCP connection (a killed process 0's port refuses). The
+    abort comes as its connection drops, while its listening socket may still be closing:
+    ``settle_s`` first. Unknown or malformed: ``True`` (never claim a loss unseen)."""
     if not address or ":" not in address:
-        return True  # unknown: do not claim the coordinator is gone
+        return True
     time.sleep(settle_s)
     host, _, port = address.rpartition(":")
     try:
@@ -76,71 +52,39 @@ def coordinator_reachable(
         return False
 
 
-def install_abort_handler(describe: Callable[[], str], report: Callable[[str], None]) -> None:
-    """On SIGABRT: ``report(describe())`` on the aborting thread, then ``os._exit(1)``.
-
-    Parameters
-    ----------
-    describe : callable
-        The message, computed when the abort comes (it may probe the coordinator).
-    report : callable
-        Prints the line (the watch's ``on_dead``); it usually ends the process itself.
-    """
-    if _installed:
-        return
-
-    def on_abort(signum: int) -> None:
-        # Any failure here must still end the process quietly with status 1, never return.
-        with contextlib.suppress(BaseException):
-            report(describe())
-        os._exit(1)
-
-    callback = _HANDLER_TYPE(on_abort)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.signal.restype = ctypes.c_void_p
-    libc.signal.argtypes = [ctypes.c_int, _HANDLER_TYPE]
-    libc.signal(signal.SIGABRT, callback)
-    _installed.append(callback)
-
-
-def abort_message(
-    dead: str | None, rank: int, num_processes: int, reachable: Callable[[], bool]
-) -> str:
-    """The line for an abort: the watch's own message if it spoke first (a verdict, a silence);
-    else a lost coordinator when process 0's port refuses (asked only off process 0); else a
-    fatal error inside jax's runtime."""
+def abort_message(dead: str | None, rank: int, n: int, reachable: Callable[[], bool]) -> str:
+    """An abort's line after joining: the watch's verdict if it spoke first; a lost coordinator
+    when process 0's port refuses (asked off process 0 only); else jax's runtime."""
     if dead is not None:
         return dead
     if rank != 0 and not reachable():
         return (
-            f"lost the coordinator (process 0 of {num_processes}): its connection closed "
-            "(killed or crashed), and jax's runtime ended this process"
+            f"lost the coordinator (process 0 of {n}): its connection closed (killed or "
+            "crashed), and jax's runtime ended this process"
         )
     return (
-        f"jax's runtime aborted process {rank} of {num_processes} (a fatal error in its C++ "
-        f"runtime; set {CPP_LOGS_ENV}=1 to see its log)"
+        f"jax's runtime aborted process {rank} of {n} (a fatal error in its C++ runtime; set "
+        f"{CPP_LOGS_ENV}=1 to see its log)"
     )
 
 
-class _Reporter(Protocol):
-    """What a watch offers the handler (a :class:`tjx.parallel.PeerWatch`)."""
+def guard_aborts(describe: Callable[[], str], report: Callable[[str], None]) -> None:
+    """From now on a SIGABRT runs ``report(describe())`` on the aborting thread, then
+    ``os._exit(1)``; jax's C++ log is off unless ``TJX_CPP_LOGS=1``. A later call replaces what
+    an abort means (joining, then joined, then watched)."""
+    _guard["describe"], _guard["report"] = describe, report
+    if os.environ.get(CPP_LOGS_ENV, "") in ("", "0"):
+        set_cpp_log_level(1000)  # absl's kInfinity: nothing is logged, FATAL included
+    if "callback" in _guard:
+        return
 
-    @property
-    def dead(self) -> str | None: ...
+    def on_abort(signum: int) -> None:
+        with contextlib.suppress(BaseException):  # whatever fails: status 1, never return
+            _guard["report"](_guard["describe"]())  # type: ignore[operator]
+        os._exit(1)
 
-    def report(self, message: str) -> None: ...
-
-
-def guard_aborts(watch: _Reporter, rank: int, num_processes: int) -> None:
-    """Silence jax's C++ log and report an abort through ``watch`` (see the module docstring)."""
-    from jax._src import distributed as _distributed  # where jax 0.10 keeps the address
-
-    address = getattr(_distributed.global_state, "coordinator_address", None)
-
-    def describe() -> str:
-        return abort_message(
-            watch.dead, rank, num_processes, lambda: coordinator_reachable(address)
-        )
-
-    silence_cpp_logs()
-    install_abort_handler(describe, watch.report)
+    _guard["callback"] = callback = _HANDLER(on_abort)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.signal.restype = ctypes.c_void_p
+    libc.signal.argtypes = [ctypes.c_int, _HANDLER]
+    libc.signal(signal.SIGABRT, callback)

@@ -1,27 +1,16 @@
-"""A dead peer ends every survivor in seconds, with one line naming it.
+"""A dead peer ends every survivor within seconds, with one line naming it.
 
-Why not jax's own detection: jax 0.10's coordination service declares a process dead only after
-its heartbeat timeout (100 s by default, :func:`tjx.parallel.initialize`), then aborts the
-survivors from a C++ thread (SIGABRT, a stack dump). ``client.get_live_nodes`` does not help: it
-is itself a collective (it returns only when every live process calls it, and a dead one counts
-as live until that same timeout).
-
-How: every process writes a counter under ``tjx/peers/beat/<rank>`` in the coordination
-service's key-value store every ``interval_s`` and lists everyone's counters. A peer whose
-counter has not changed for ``silence_s`` is dead. The watch runs on Python threads, which keep
-running while the main thread waits inside XLA (compile, execute, transfers release the GIL),
-so a long step is not a silence. A finished process writes ``done`` and is never reported.
-Process 0 hosts the service: calls that keep failing, or one that hangs for ``silence_s``, mean
-the coordinator is lost. jax itself aborts the survivors within a second when process 0's
-connection drops (it polls the service for errors): :func:`watch_peers` turns that abort into
-the same one line (``tjx.parallel.aborts``); the watch names a lost coordinator itself when its
-host stops answering without closing the connection (stopped, hung, cut off).
-
-The exit path matters as much as the step: with gloo (CPU) a collective whose peer died raises at
-once ("Connection closed by peer"), the process exits, and jax's exit handler then waits at a
-shutdown barrier for the dead peer until its heartbeat timeout. So a process that leaves without
-``stop(done=True)`` (an error, the end of the interpreter) stops beating, since it failed and its
-peers should notice, but keeps judging the others until it is gone.
+jax's coordination service declares a process dead only after its heartbeat timeout (100 s by
+default), then aborts the survivors; ``client.get_live_nodes`` is itself a collective. So every
+process writes a counter under ``tjx/peers/beat/<rank>`` in the service's key-value store every
+``interval_s`` and lists everyone's: a peer whose counter has not changed for ``silence_s`` is
+dead. The threads run on while the main thread waits inside XLA (compile and execute release the
+GIL), so a long step is no silence; a finished process writes ``done``. Process 0 hosts the
+service: calls that keep failing, or none succeeding for ``silence_s`` (a host that stopped
+answering: calls hang), mean the coordinator is lost. With gloo a collective raises as soon as a
+peer's connection drops, and jax's exit handler then waits for the dead peer at a shutdown
+barrier; so a process that leaves without ``stop(done=True)`` stops beating (its peers should
+notice) but judges them until it is gone.
 """
 
 from __future__ import annotations
@@ -31,69 +20,33 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
-from tjx.parallel.aborts import guard_aborts
-from tjx.parallel.distributed import _give_up, runtime_client
-
-__all__ = ["DONE", "KEY_PREFIX", "KeyValueClient", "PeerWatch", "watch_peers"]
+from tjx.parallel.aborts import abort_message, coordinator_reachable, exit_with, guard_aborts
+from tjx.parallel.internals import joined_setup, runtime_client
 
 KEY_PREFIX = "tjx/peers/"
-#: The heartbeat of a process that finished normally: its silence afterwards is not a death.
-DONE = "done"
-#: Failed rounds in a row before the coordinator counts as lost: one failed call may be a blip
-#: (a slow network, a restarting connection), three in a row at 1 s apart are not.
-FAILED_ROUNDS = 3
+DONE = "done"  # a finished process's last heartbeat: its silence afterwards is no death
+FAILED_ROUNDS = 3  # failed rounds in a row before the coordinator counts as lost (not a blip)
 _VERDICT = "verdict"
 
 
-class KeyValueClient(Protocol):
-    """The part of jax's distributed runtime client the watch uses (a fake in tests)."""
+class KeyValueClient(Protocol):  # the part of jax's runtime client the watch uses
 
     def key_value_set(self, key: str, value: str, allow_overwrite: bool = False) -> None: ...
 
     def key_value_dir_get(self, key: str) -> list[tuple[str, str]]: ...
 
 
-def _exit_with(message: str) -> None:
-    """The default reaction: the main thread may be stuck in a C++ collective, so raising there
-    is impossible; print one line and end the process (status 1)."""
-    _give_up(f"tjx.parallel: error: {message}")
-
-
-def _who(ranks: list[int]) -> tuple[str, str]:
-    """("process 1", "its host is") or ("processes 1, 2 and 3", "their hosts are")."""
-    if len(ranks) == 1:
-        return f"process {ranks[0]}", "its host is"
-    listed = ", ".join(str(r) for r in ranks[:-1]) + f" and {ranks[-1]}"
-    return f"processes {listed}", "their hosts are"
-
-
 class PeerWatch:
     """Heartbeats through the coordination service; reports the first dead peer once.
 
-    Parameters
-    ----------
-    client : KeyValueClient or None
-        jax's distributed runtime client (:func:`watch_peers` passes it); ``None`` only for a
-        single process, where the watch does nothing.
-    rank, num_processes : int
-        This process's index and the process count.
-    silence_s : float
-        A peer whose heartbeat has not changed this long is dead; also how long a peer that has
-        not written its first heartbeat yet gets from :meth:`start`.
-    interval_s : float
-        Seconds between two heartbeats (each one write and one listing).
-    on_dead : callable, optional
-        Called once with the message, on a watch thread. Default: print
-        ``tjx.parallel: error: <message>`` to stderr and ``os._exit(1)``.
-    clock : callable
-        Monotonic seconds (a fake in tests).
-
-    Raises
-    ------
-    ValueError
-        Bad rank, count or timings, or no client for several processes.
+    ``client``: jax's runtime client (``None`` only for one process: an idle watch); ``rank`` of
+    ``num_processes``; a heartbeat unchanged for ``silence_s`` is a death (a peer not seen yet
+    has that long from :meth:`start`); one write and one listing every ``interval_s``;
+    ``on_dead`` gets the message once, on a watch thread (default :func:`exit_with`); ``clock``:
+    monotonic seconds (a fake in tests).
     """
 
     def __init__(
@@ -113,34 +66,26 @@ class PeerWatch:
             raise ValueError(f"need 0 < interval_s < silence_s, got {interval_s:g}, {silence_s:g}")
         if client is None and num_processes > 1:
             raise ValueError(f"watching {num_processes} processes needs a client")
-        self._client = client
-        self._rank, self._n = rank, num_processes
+        self._client, self._rank, self._n = client, rank, num_processes
         self._silence_s, self._interval_s = silence_s, interval_s
-        self._on_dead = on_dead or _exit_with
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._on_dead, self._clock = on_dead or exit_with, clock
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._reported = threading.Event()  # set once on_dead has returned
         self._threads: list[threading.Thread] = []
         self._dead: str | None = None
-        self._counter = 0
-        self._failures = 0
-        self._mark_done = False
-        self._leaving = False  # failed or exiting: judge the peers, stop beating
-        self._reported = threading.Event()  # set once on_dead has returned
-        self._last_ok = 0.0
-        # rank -> (last heartbeat seen, when it last changed)
-        self._seen: dict[int, tuple[str | None, float]] = {}
+        self._counter = self._failures = 0
+        self._mark_done = self._leaving = False  # leaving: failed or exiting, judge, don't beat
         self._reset()
 
     def _reset(self) -> None:
-        # A peer not seen yet counts from now, so a slow starter has the whole silence to write
-        # its first heartbeat.
-        self._last_ok = now = self._clock()
-        self._seen = {r: (None, now) for r in range(self._n) if r != self._rank}
+        self._last_ok = now = self._clock()  # a peer not seen yet counts from now
+        self._seen: dict[int, tuple[str | None, float]] = {
+            r: (None, now) for r in range(self._n) if r != self._rank
+        }
 
     @property
     def dead(self) -> str | None:
-        """The message reported (a dead peer or the lost coordinator), or ``None``."""
+        """The message reported (a dead peer, a lost coordinator), or ``None``."""
         return self._dead
 
     @property
@@ -149,13 +94,7 @@ class PeerWatch:
         return any(t.is_alive() for t in self._threads)
 
     def start(self) -> PeerWatch:
-        """Start the heartbeat and judge threads (daemons); a single process starts nothing.
-
-        Returns
-        -------
-        PeerWatch
-            ``self`` (:class:`RuntimeError` when started twice).
-        """
+        """Start the beat and judge threads (daemons; none for one process); returns ``self``."""
         if self._threads:
             raise RuntimeError("PeerWatch.start: already started")
         if self._n == 1:
@@ -167,26 +106,13 @@ class PeerWatch:
         ]
         for thread in self._threads:
             thread.start()
-        # Runs before jax's own exit handler (registered at import, so earlier in LIFO order).
-        atexit.register(self._at_exit)
+        atexit.register(self._at_exit)  # before jax's exit handler (registered earlier)
         return self
 
     def stop(self, done: bool = True, timeout_s: float = 10.0) -> None:
-        """Stop watching; with ``done`` the last heartbeat says this process finished normally.
-
-        Call ``stop(done=True)`` when the work is finished, before a slow end (final files,
-        the exit): peers still busy then do not report this process dead. After a failure,
-        leaving the ``with`` block by the error, or nothing, is better than ``stop(done=False)``:
-        the watch stops beating (the peers should notice) but judges them until the process is
-        gone. Stop before an explicit ``jax.distributed.shutdown()``, after which calls fail.
-
-        Parameters
-        ----------
-        done : bool
-            Write ``done`` as this process's last heartbeat (not when a death was reported).
-        timeout_s : float
-            How long to wait for each thread (one whose call hangs is a daemon and is left).
-        """
+        """Stop watching; ``done``: the last heartbeat says this process finished normally (peers
+        still busy do not report it). After a failure, leave by the error instead: the watch
+        stops beating but judges the peers until the process is gone."""
         atexit.unregister(self._at_exit)
         with self._lock:
             self._mark_done = done and self._dead is None
@@ -196,35 +122,27 @@ class PeerWatch:
                 thread.join(timeout_s)
 
     def beat(self) -> str | None:
-        """One round (the beat thread's, every ``interval_s``): write this process's heartbeat,
-        read everyone's, judge the peers.
-
-        Returns
-        -------
-        str or None
-            The reported message (also on earlier rounds), or ``None``.
-        """
+        """One round: write this heartbeat, read everyone's, judge; the reported message or None."""
         if self._dead is not None or self._client is None:
             return self._dead
         self._counter += 1
         try:
             if not self._leaving:
-                key = f"{KEY_PREFIX}beat/{self._rank}"
-                self._client.key_value_set(key, str(self._counter), True)
+                self._client.key_value_set(
+                    f"{KEY_PREFIX}beat/{self._rank}", str(self._counter), True
+                )
             entries = self._client.key_value_dir_get(KEY_PREFIX)
         except Exception as err:  # jax's runtime error type: the service is gone or cut off
             self._failures += 1
             if self._failures >= FAILED_ROUNDS:
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-                self._report(
-                    f"{self._coordinator()}: {self._failures} calls in a row failed ({first})"
-                )
+                self._report(f"{self._lost()}: {self._failures} calls in a row failed ({first})")
             return self._dead
         now = self._last_ok = self._clock()
         self._failures = 0
         beats: dict[int, str] = {}
         for key, value in entries:
-            name = key[len(KEY_PREFIX) :] if key.startswith(KEY_PREFIX) else key
+            name = key.removeprefix(KEY_PREFIX)
             if name == _VERDICT:  # another process saw the death first: end with its words
                 self._report(value, share=False)
                 return self._dead
@@ -240,7 +158,9 @@ class PeerWatch:
             elif now - changed > self._silence_s:
                 silent.append((rank, now - changed))
         if silent:
-            who, gone = _who([r for r, _ in silent])
+            *others, last = (str(r) for r, _ in silent)
+            who = f"processes {', '.join(others)} and {last}" if others else f"process {last}"
+            gone = "their hosts are" if others else "its host is"
             longest = max(s for _, s in silent)
             self._report(
                 f"{who} of {self._n} stopped responding (no heartbeat for {longest:.0f} s: "
@@ -250,55 +170,33 @@ class PeerWatch:
         return self._dead
 
     def check_coordinator(self) -> str | None:
-        """Judge the service itself (the judge thread, every ``interval_s``): no round has
-        succeeded for ``silence_s``. A call to a host that stopped answering (SIGSTOP, a hung
-        machine, a cut network) hangs instead of failing, so the beat thread cannot tell.
-
-        Returns
-        -------
-        str or None
-            The reported message, or ``None``.
-        """
+        """The judge thread's round: no round has succeeded for ``silence_s`` (a call to a host
+        that stopped answering hangs instead of failing); the reported message or None."""
         quiet = self._clock() - self._last_ok
         if self._dead is None and self._n > 1 and quiet > self._silence_s:
             self._report(
-                f"{self._coordinator()}: no answer for {quiet:.0f} s (killed, stopped or its "
-                f"host is gone)"
+                f"{self._lost()}: no answer for {quiet:.0f} s (killed, stopped or its host is gone)"
             )
         return self._dead
 
     def wait_dead(self, timeout_s: float | None = None) -> str | None:
-        """After a step failed in this process, give the watch the time to name a dead peer.
-
-        With gloo a collective raises as soon as a peer's connection drops, long before the
-        peer's silence is over. An app that catches the error calls this first: when a peer
-        died, the watch reports it meanwhile (by default: one line, exit status 1, so the caller
-        never returns); otherwise the caller goes on with its own error after ``timeout_s``.
-
-        Parameters
-        ----------
-        timeout_s : float, optional
-            Default: ``silence_s + 3 * interval_s``, enough for a death that happened just now.
-
-        Returns
-        -------
-        str or None
-            The message, once ``on_dead`` has returned; ``None`` when nobody died in time, or
-            the watch is idle or stopped.
-        """
+        """After a step failed here, give the watch time to name a dead peer (gloo raises long
+        before the silence is over): the message once ``on_dead`` returned (by default it ends the
+        process), or ``None`` after ``timeout_s`` (default ``silence_s + 3 * interval_s``)."""
         if not self.running:
             return self._dead
-        wait = self._silence_s + 3 * self._interval_s if timeout_s is None else timeout_s
-        self._reported.wait(wait)
+        self._reported.wait(
+            self._silence_s + 3 * self._interval_s if timeout_s is None else timeout_s
+        )
         return self._dead
 
     def report(self, message: str) -> None:
-        """Report ``message`` as the watch's own (an earlier report wins), then wait until
-        ``on_dead`` has returned (it usually ends the process): the SIGABRT handler's way in."""
+        """Report ``message`` as the watch's own (an earlier report wins) and wait for
+        ``on_dead``: the abort handler's way in."""
         self._report(message)
         self._reported.wait(10.0)
 
-    def _coordinator(self) -> str:
+    def _lost(self) -> str:
         return f"lost the coordinator (process 0 of {self._n})"
 
     def _report(self, message: str, share: bool = False) -> None:
@@ -308,8 +206,7 @@ class PeerWatch:
             self._dead = message
         self._stop.set()
         if share and self._n > 2 and self._client is not None:
-            # With three or more processes, tell the others what happened: when process 0 exits,
-            # jax aborts the rest at once, before their own watch has seen the silence.
+            # Tell the others: when process 0 exits, jax aborts the rest before they see it.
             with contextlib.suppress(Exception):  # a verdict is there already: theirs wins
                 self._client.key_value_set(KEY_PREFIX + _VERDICT, message, False)
             if self._rank == 0:
@@ -326,8 +223,7 @@ class PeerWatch:
         with self._lock:
             mark_done = self._mark_done
         if mark_done and self._client is not None:
-            # finishing anyway; a peer that cannot read "done" reports this process later
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # finishing anyway; a peer may report us later
                 self._client.key_value_set(f"{KEY_PREFIX}beat/{self._rank}", DONE, True)
 
     def _judge_loop(self) -> None:
@@ -335,15 +231,13 @@ class PeerWatch:
             self.check_coordinator()
 
     def _at_exit(self) -> None:
-        # Not "done" (an uncaught exception also ends here), and not stopped: jax's exit handler
-        # runs next and waits at a shutdown barrier for every peer, a dead one included.
-        self._leaving = True
+        self._leaving = True  # not "done" (an uncaught error ends here too), and not stopped
 
     def __enter__(self) -> PeerWatch:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        """Success: ``stop(done=True)``. An error: first :meth:`wait_dead` (a dead peer is the
+        """Success: ``stop(done=True)``; an error: :meth:`wait_dead` first (a dead peer is the
         likelier cause; not for Ctrl-C or ``sys.exit``), then leave as at exit."""
         if exc_type is None:
             self.stop(done=True)
@@ -354,39 +248,21 @@ class PeerWatch:
 
 
 def watch_peers(
-    silence_s: float = 15.0,
-    interval_s: float = 1.0,
-    on_dead: Callable[[str], None] | None = None,
+    silence_s: float = 15.0, interval_s: float = 1.0, on_dead: Callable[[str], None] | None = None
 ) -> PeerWatch:
-    """Watch the other processes of a ``jax.distributed`` run; call right after ``initialize()``.
-
-    Parameters
-    ----------
-    silence_s : float
-        A peer silent this long is dead (keep it well below ``initialize``'s
-        ``heartbeat_timeout_s``, when jax aborts with a stack dump instead).
-    interval_s : float
-        Seconds between heartbeats.
-    on_dead : callable, optional
-        Called once with a message such as ``"process 1 of 2 stopped responding (...)"`` or
-        ``"lost the coordinator (process 0 of 2): ..."``, on a watch thread while the main thread
-        may be stuck in a collective: do quick work only, and end the process. Default: print
-        ``tjx.parallel: error: <message>`` to stderr and exit with status 1.
-
-    Returns
-    -------
-    PeerWatch
-        Started; for a single process (``jax.distributed`` not initialised) an idle watch whose
-        ``stop`` does nothing.
-    """
+    """Watch the other processes of a joined run (call right after joining); one process: an
+    idle watch. ``on_dead`` gets ``"process 1 of 2 stopped responding (...)"`` or ``"lost the
+    coordinator (process 0 of 2): ..."`` once, on a watch thread while the main thread may be
+    stuck in a collective: quick work only, then end the process (default :func:`exit_with`).
+    Keep ``silence_s`` well below jax's heartbeat timeout."""
     import jax
 
     if not jax.distributed.is_initialized():
         return PeerWatch(None, 0, 1, silence_s=silence_s, interval_s=interval_s, on_dead=on_dead)
-    client, rank, num_processes = runtime_client("watch_peers")
+    client, rank, n = runtime_client("watch_peers")
     watch = PeerWatch(
-        client, rank, num_processes, silence_s=silence_s, interval_s=interval_s, on_dead=on_dead
+        client, rank, n, silence_s=silence_s, interval_s=interval_s, on_dead=on_dead
     ).start()
-    # jax aborts a survivor of process 0 at once (SIGABRT, a C++ dump): one line instead.
-    guard_aborts(watch, rank, num_processes)
+    reachable = partial(coordinator_reachable, joined_setup()[0])
+    guard_aborts(lambda: abort_message(watch.dead, rank, n, reachable), watch.report)
     return watch

@@ -1,20 +1,22 @@
-"""SIGTERM/SIGINT → a flag that a training loop checks at its step boundaries.
+"""Stopping together: SIGTERM/SIGINT set a flag that the loop checks at its step boundaries, and
+every process decides alike on the step where the run stops.
 
-A scheduler that preempts a job sends SIGTERM (and SIGKILL after a grace period); a user presses
-Ctrl-C. Neither should cut a step in half: the handler of :func:`stop_on_signals` only records
-which signal came, and the loop, at its next step boundary, saves a checkpoint and stops. With
-several processes they agree on that boundary through :func:`tjx.parallel.stop_agreement`
-(``agreement.decide(step, flag.signal_name)``), since a scheduler signals them one by one.
+The handler of :func:`stop_on_signals` only records the signal (no step is cut in half) and
+writes its line to file descriptor 2 (:func:`write_stderr`: a signal can land inside
+``sys.stderr``'s buffered write, where ``print`` raises "reentrant call"). A second Ctrl-C runs
+``stop_now`` (an app ends the process there, :func:`exit_now`, rather than unwind through a save
+whose threads would report the interruption as their failure), else raises KeyboardInterrupt.
 
-A second Ctrl-C means "stop now": the caller's ``stop_now`` runs (an app typically ends the
-process there with :func:`exit_now`, naming its newest committed checkpoint), else
-KeyboardInterrupt is raised. Ending the process beats unwinding through a checkpoint save in
-progress: orbax's threads would log the interruption as a failure, traceback and all, while a save
-cut short stays a temporary folder that a restore ignores.
-
-The handler writes straight to file descriptor 2 (:func:`write_stderr`): a signal can land while
-the main thread is inside ``sys.stderr``'s buffered write, and a second ``print`` there raises
-``RuntimeError: reentrant call``.
+A scheduler's SIGTERM reaches a job's tasks one by one, or misses one; a process stopping alone
+would enter the checkpoint save (a collective) while a peer enters the next step (another one),
+and both would hang. :func:`stop_agreement` decides alike everywhere through the coordination
+service: a signalled process writes ``<name>/<step>/<rank>``, all meet at one barrier (its id
+reused: jax counts rounds), then all list that step's keys. No device collective: an all-gather
+would queue behind the step just dispatched and cost the host its run-ahead (~0.9 ms per boundary
+against ~2 ms, 2 processes, loopback, CPU). Not jax's preemption sync point (what orbax and
+MaxText use): it hears SIGTERM only in its own C++ handler, which the app's Python one replaces;
+it knows no SIGINT; and before the app's handler exists it swallows SIGTERM. Join with
+``preemption_service=False``.
 """
 
 from __future__ import annotations
@@ -26,70 +28,39 @@ import sys
 import types
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
-__all__ = [
-    "AGAIN",
-    "STOP_MESSAGE",
-    "StopFlag",
-    "exit_now",
-    "stop_on_signals",
-    "write_stderr",
-]
-
-#: The default line written on the first signal: ``{signal}`` is its name, ``{again}`` is
-#: :data:`AGAIN` after SIGINT (a second one stops at once) and empty otherwise.
+#: The first signal's line: ``{signal}`` its name, ``{again}`` :data:`AGAIN` after SIGINT.
 STOP_MESSAGE = "{signal}: stopping at the next step boundary{again}"
-#: What ``{again}`` becomes after a first SIGINT.
 AGAIN = "; Ctrl-C again stops at once"
+#: The keys' folder and the barrier id of :func:`stop_agreement`.
+STOP_NAME = "tjx/stop"
+# Hosts meet within a step of each other, but a first compile on a loaded host may lag by
+# minutes; a dead peer is the peer watch's (~15 s).
+STOP_TIMEOUT_S = 3600.0
+#: (step, this process's signal or None) → {rank: signal} of every process signalled there.
+Exchange = Callable[[int, "str | None"], dict[int, str]]
 
 
 def write_stderr(line: str) -> None:
-    """Write one line to file descriptor 2, unbuffered: safe inside a signal handler.
-
-    Parameters
-    ----------
-    line : str
-        The text, without its newline.
-    """
+    """Write one line to file descriptor 2, unbuffered: safe inside a signal handler."""
     data = (line + "\n").encode()
     while data:  # os.write may take part of it (a full pipe); the rest follows
         data = data[os.write(2, data) :]
 
 
 def exit_now(code: int) -> NoReturn:
-    """End the process at once with ``code``, from a signal handler or a watch thread.
-
-    What ``sys.stdout`` holds is flushed first; when the signal landed inside a write to it, that
-    flush raises "reentrant call", and then the buffered text is lost, not the exit. No cleanup
-    runs (``os._exit``): threads that would log the interruption as their own failure never get
-    the chance.
-
-    Parameters
-    ----------
-    code : int
-        The exit status (130 = 128 + SIGINT is what a shell reports for Ctrl-C).
-    """
+    """End the process at once (``os._exit``: no cleanup, no thread reports its interruption),
+    after flushing ``sys.stdout`` (lost, not the exit, when the signal landed inside a write)."""
     with contextlib.suppress(RuntimeError):
         sys.stdout.flush()
     os._exit(code)
 
 
 class StopFlag:
-    """Which signal asked the loop to stop; true once one came (set by :func:`stop_on_signals`).
-
-    Parameters
-    ----------
-    message : str or None
-        The line written to stderr on a signal (see :data:`STOP_MESSAGE`); ``None`` writes none.
-    stop_now : callable, optional
-        Called on a second SIGINT; if it returns, or none is given, KeyboardInterrupt is raised.
-
-    Attributes
-    ----------
-    signal_name : str or None
-        ``"SIGTERM"`` or ``"SIGINT"`` (the latest signal), ``None`` before any.
-    """
+    """Which signal asked the loop to stop (``.signal_name``: ``"SIGTERM"``, ``"SIGINT"`` or
+    ``None``); true once one came. ``message``: the line written on a signal (``None``: none);
+    ``stop_now``: called on a second SIGINT (then, or without it, KeyboardInterrupt)."""
 
     def __init__(
         self, message: str | None = STOP_MESSAGE, stop_now: Callable[[], None] | None = None
@@ -121,29 +92,9 @@ def stop_on_signals(
     stop_now: Callable[[], None] | None = None,
     signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
 ) -> Iterator[StopFlag]:
-    """Handle ``signals`` by setting a :class:`StopFlag` for the block; restore the old handlers.
+    """Handle ``signals`` by setting a :class:`StopFlag` for the block (from the main thread);
+    the old handlers come back after it.
 
-    Call it from the main thread (Python runs signal handlers there, and only there may they be
-    installed).
-
-    Parameters
-    ----------
-    message : str or None
-        The line written to stderr on a signal, with ``{signal}`` and ``{again}`` fields
-        (:data:`STOP_MESSAGE` by default); ``None`` writes nothing.
-    stop_now : callable, optional
-        What a second SIGINT does (e.g. ``lambda: exit_now(130)``); without it, or if it
-        returns, KeyboardInterrupt is raised there.
-    signals : sequence of int
-        The signals that set the flag.
-
-    Yields
-    ------
-    StopFlag
-        Check ``flag.signal_name`` (or ``bool(flag)``) at each step boundary.
-
-    Examples
-    --------
     >>> with stop_on_signals(message=None) as flag:
     ...     for step in range(3):
     ...         if flag:
@@ -160,3 +111,61 @@ def stop_on_signals(
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+class StopAgreement:
+    """Decides alike on every process whether the run stops at a step boundary (``exchange``:
+    shares this process's signal, :data:`Exchange`; ``None`` for one process)."""
+
+    def __init__(self, exchange: Exchange | None = None) -> None:
+        self._exchange = exchange
+
+    def decide(self, step: int, local: str | None) -> str | None:
+        """Whether to stop before ``step`` (every process asks at every boundary, in order):
+        ``local`` (this process's signal) when it was signalled, ``"<SIGNAL> on process <rank>"``
+        (the lowest rank signalled) when only others were, ``None`` when nobody was."""
+        if self._exchange is None:
+            return local
+        signals = self._exchange(step, local)
+        if local is not None or not signals:
+            return local
+        rank = min(signals)
+        return f"{signals[rank]} on process {rank}"
+
+
+def coordination_exchange(
+    client: Any, rank: int, *, name: str = STOP_NAME, timeout_s: float = STOP_TIMEOUT_S
+) -> Exchange:
+    """An :data:`Exchange` over jax's runtime client (``key_value_set``, ``wait_at_barrier``,
+    ``key_value_dir_get``; a fake in tests). The keys are per step (a fast process may write at
+    the next boundary while a slow one reads this one); only a signalled process writes, once.
+    It raises RuntimeError naming the step when the barrier times out."""
+    timeout_ms = max(1, int(timeout_s * 1000))
+
+    def exchange(step: int, local: str | None) -> dict[int, str]:
+        if local is not None:
+            client.key_value_set(f"{name}/{step}/{rank}", local, True)
+        try:
+            client.wait_at_barrier(name, timeout_ms)
+        except Exception as err:  # jax's runtime error type; name the step and the cause
+            raise RuntimeError(
+                f"stop agreement at step {step}: not every process reached the step boundary "
+                f"within {timeout_s:g} s (process {rank}): {err}"
+            ) from err
+        entries = client.key_value_dir_get(f"{name}/{step}/")
+        return {int(key.rstrip("/").rsplit("/", 1)[-1]): value for key, value in entries}
+
+    return exchange
+
+
+def stop_agreement(name: str = STOP_NAME) -> StopAgreement:
+    """The agreement for this run: the local flag alone for one process, else over the
+    coordination service (``name``: its keys and barrier); a RuntimeError if it never joined."""
+    import jax
+
+    from tjx.parallel.internals import runtime_client
+
+    if jax.process_count() == 1:
+        return StopAgreement()
+    client, rank, _ = runtime_client("stop agreement")
+    return StopAgreement(coordination_exchange(client, rank, name=name))

@@ -25,6 +25,7 @@ LOGICAL_AXES: tuple[str, ...] = (
     "layers",
     "norm",
     "classes",  # a classifier's labels: no preset maps it (replicated)
+    "lora_rank",  # a LoRA adapter's rank: small, no preset maps it (replicated)
 )
 
 #: A logical name maps to no mesh axis (replicated), one axis, or several (in major-to-minor order).

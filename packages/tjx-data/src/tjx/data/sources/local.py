@@ -4,7 +4,9 @@ and ``.parquet`` (one row = one document), given as a file, a folder or a glob."
 from __future__ import annotations
 
 import glob as globlib
+import itertools
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +24,7 @@ def _decode(data: bytes, path: Path, offset: int, errors: str) -> str:
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{path}: text is not valid UTF-8 at byte offset {offset + exc.start} ({exc.reason}); "
-            "fix the file or pass errors='replace' to replace undecodable bytes with U+FFFD"
+            "convert it to UTF-8 (e.g. iconv -f LATIN1 -t UTF-8 FILE > FILE.utf8)"
         ) from None
 
 
@@ -77,14 +79,50 @@ def _iter_jsonl(path: Path, text_field: str, errors: str) -> Iterator[str]:
             yield row[text_field]
 
 
+#: The logger of datasets' Parquet reader, which logs "Failed to read schema from '…' with error
+#: ArrowInvalid: …" (or "Failed to read file …") before raising: tjx says it in its own line.
+PARQUET_LOGGER = "datasets.packaged_modules.parquet.parquet"
+
+
+class _ParquetFailureLines(logging.Filter):
+    """Drops the Parquet reader's own report of a file that fails to read (tjx reports it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to read ")
+
+
+def _not_parquet(path: Path, err: BaseException) -> DataError:
+    first = next((s.strip() for s in str(err).splitlines() if s.strip()), type(err).__name__)
+    return DataError(
+        f"{path}: not a readable Parquet file ({first}); replace it with a valid Parquet file, "
+        "or give text as .txt and JSON lines as .jsonl"
+    )
+
+
 def _iter_parquet(path: Path, text_field: str) -> Iterator[str]:
     import datasets  # lazy: importing datasets costs ~0.3-1 s
 
-    table = datasets.load_dataset("parquet", data_files=str(path), split="train", streaming=True)
-    for number, row in enumerate(table):
-        if not isinstance(row.get(text_field), str):
-            raise DataError(f"{path}: row {number}: no string column {text_field!r}")
-        yield row[text_field]
+    logger = logging.getLogger(PARQUET_LOGGER)
+    quiet = _ParquetFailureLines()
+    logger.addFilter(quiet)
+    try:
+        rows = iter(
+            datasets.load_dataset("parquet", data_files=str(path), split="train", streaming=True)
+        )
+        for number in itertools.count():
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            if not isinstance(row.get(text_field), str):
+                raise DataError(f"{path}: row {number}: no string column {text_field!r}")
+            yield row[text_field]
+    except DataError:
+        raise
+    except (ValueError, OSError) as err:  # Arrow's errors: ArrowInvalid, ArrowIOError, ...
+        raise _not_parquet(path, err) from None
+    finally:
+        logger.removeFilter(quiet)
 
 
 def iter_file(path: Path, *, text_field: str = "text", errors: str = "strict") -> Iterator[str]:

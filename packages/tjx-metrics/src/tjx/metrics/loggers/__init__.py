@@ -6,12 +6,20 @@ from tjx.metrics.loggers.console import ConsoleLogger
 from tjx.metrics.loggers.factory import LOGGER_NAMES, check_logger_packages, make_logger
 from tjx.metrics.loggers.histograms import HISTOGRAM_BINS, histogram_summary, weights_to_host
 from tjx.metrics.loggers.jsonl import JsonlLogger, read_jsonl
+from tjx.metrics.loggers.standard_json import (
+    NONFINITE_KEY,
+    dumps_json,
+    from_standard_json,
+    loads_json,
+    to_standard_json,
+)
 from tjx.metrics.loggers.tensorboard import TensorBoardLogger
 from tjx.metrics.loggers.wandb_logger import WandbLogger, resolve_wandb_mode
 
 __all__ = [
     "HISTOGRAM_BINS",
     "LOGGER_NAMES",
+    "NONFINITE_KEY",
     "ConsoleLogger",
     "JsonlLogger",
     "Logger",
@@ -19,10 +27,14 @@ __all__ = [
     "TensorBoardLogger",
     "WandbLogger",
     "check_logger_packages",
+    "dumps_json",
+    "from_standard_json",
     "histogram_summary",
+    "loads_json",
     "make_logger",
     "read_jsonl",
     "resolve_wandb_mode",
     "select_weights",
+    "to_standard_json",
     "weights_to_host",
 ]

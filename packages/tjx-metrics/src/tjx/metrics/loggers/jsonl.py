@@ -9,8 +9,14 @@ Record shapes (``time`` is Unix seconds):
   :func:`~tjx.metrics.loggers.histograms.histogram_summary`)
 * text: ``{"step": 100, "time": ..., "text": {"sample": "..."}}``
 
-Non-finite floats are written as ``NaN`` / ``Infinity`` (Python's ``json`` reads them back; strict
-JSON parsers do not) — a diverged loss must stay visible in the log.
+Every line is standard JSON (jq, browsers and strict parsers read it). A diverged loss must stay
+visible in the log, so a non-finite scalar is written as ``null`` and named, with what it was, in
+the record's ``"nonfinite"`` entry (see :mod:`tjx.metrics.loggers.standard_json`)::
+
+    {"step": 7, "time": 1.7e9, "loss": null, "nonfinite": {"loss": "NaN"}}
+
+:func:`read_jsonl` gives the record back as logged (``loss`` NaN), also from logs written before,
+whose lines held bare ``NaN`` / ``Infinity`` tokens.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import numpy as np
 
 from tjx.metrics.loggers.base import Logger, Scalar
 from tjx.metrics.loggers.histograms import HISTOGRAM_BINS, histogram_summary
+from tjx.metrics.loggers.standard_json import NONFINITE_KEY, dumps_json, from_standard_json
 
 __all__ = ["JSONL_NAME", "JsonlLogger", "read_jsonl"]
 
@@ -62,13 +69,13 @@ class JsonlLogger(Logger):
         if self._file is None:
             raise ValueError(f"JsonlLogger for {self.path} is closed")
         # One write call per line: a crash leaves at most one torn *last* line (readers skip it).
-        self._file.write(json.dumps(record) + "\n")
+        self._file.write(dumps_json(record) + "\n")
         self._file.flush()
         if self.fsync:
             os.fsync(self._file.fileno())
 
     def _write_scalars(self, step: int, scalars: dict[str, Scalar]) -> None:
-        clash = {"step", "time", "histograms", "text"} & set(scalars)
+        clash = {"step", "time", "histograms", "text", NONFINITE_KEY} & set(scalars)
         if clash:
             raise ValueError(f"metric names {sorted(clash)} are reserved in the JSONL log")
         self._write({"step": step, "time": time.time(), **scalars})
@@ -93,7 +100,9 @@ class JsonlLogger(Logger):
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read a JSONL log written by :class:`JsonlLogger`.
 
-    A torn last line (a crash mid-write) is skipped; a malformed line elsewhere raises.
+    A torn last line (a crash mid-write) is skipped; a malformed line elsewhere raises. Values
+    the writer named in a ``"nonfinite"`` entry are floats again (``NaN``, ``inf``); bare
+    ``NaN`` / ``Infinity`` tokens of older logs are read too.
 
     Raises
     ------
@@ -118,5 +127,5 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             raise ValueError(f"{path}:{i + 1}: not valid JSON ({err.msg})") from err
         if not isinstance(record, dict):
             raise ValueError(f"{path}:{i + 1}: expected a JSON object, got {type(record).__name__}")
-        records.append(record)
+        records.append(from_standard_json(record))
     return records

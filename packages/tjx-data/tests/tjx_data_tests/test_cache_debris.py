@@ -1,0 +1,117 @@
+"""A preparation that fails leaves nothing in the shared cache: no empty folder, no lock file."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tjx.data import ByteTokenizer, DataError, load_index, prepare_shards
+from tjx.data.cache import atomic_prepare
+from tjx.data.run_prepare import prepare_run_data
+
+# What a new user points the trainer at by mistake (issue #46): each is refused with one error.
+BAD_FILES = {
+    "empty.txt": b"",
+    "binary.bin": bytes(range(256)) * 4,
+    "binary.txt": bytes(range(256)) * 4,
+    "latin1.txt": "café au lait, crème brûlée\n".encode("latin-1") * 40,
+    "broken.jsonl": b'{"text": "a fine first row"}\n{"text": broken\n',
+    "fake.parquet": b"these are not the bytes of a parquet file\n" * 10,
+}
+
+
+def _everything(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("tokenizer", ["byte", "bpe"])
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_data_fails_and_leaves_the_cache_as_it_was(tmp_path, name, tokenizer):
+    path = tmp_path / name
+    path.write_bytes(BAD_FILES[name])
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with pytest.raises(DataError) as caught:
+        prepare_run_data(str(path), tokenizer, seq_len=8, tokenizer_vocab=300, cache_dir=cache)
+    assert caught.value.argument == "source" and name in str(caught.value)
+    assert _everything(cache) == []  # no shards/<key>/, no .train.lock, no tokenizers/<key>/
+
+
+def test_a_split_that_fails_takes_back_the_splits_this_call_made(tmp_path):
+    root = tmp_path / "corpus"
+    (root / "train").mkdir(parents=True)
+    (root / "validation").mkdir()
+    (root / "train" / "a.txt").write_text("a perfectly good training text\n" * 50)
+    (root / "validation" / "v.txt").write_bytes("caf\u00e9\n".encode("latin-1"))
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        prepare_shards(str(root), ByteTokenizer(), cache)
+    assert _everything(cache) == []  # the train split was finished, and removed again
+    # A split that was there before the failing call is not its to remove.
+    before = prepare_shards(str(root), ByteTokenizer(), cache, splits=("train",))
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        prepare_shards(str(root), ByteTokenizer(), cache)
+    assert load_index(before.dirs["train"]).tokens == before.tokens["train"]
+    assert _everything(before.root) == ["train", "train/index.json", "train/shard_00000.bin"]
+
+
+def test_a_corpus_too_short_for_a_sequence_keeps_its_finished_shards(tmp_path):
+    path = tmp_path / "short.txt"
+    path.write_text("a short text\n" * 3)
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match="fewer than one sequence"):
+        prepare_run_data(str(path), "byte", seq_len=1000, cache_dir=cache)
+    (key,) = (cache / "shards").iterdir()
+    assert _everything(key) == [
+        "train",
+        "train/index.json",
+        "train/shard_00000.bin",
+        "validation",
+        "validation/index.json",
+        "validation/shard_00000.bin",
+    ]  # complete, valid splits (found again with a shorter data.seq_len), and no lock file
+
+
+def test_a_waiter_behind_a_failed_build_never_builds_beside_a_newcomer(tmp_path):
+    """The failing holder removes its lock file: a thread that waited on it must lock the new
+    file, or it would build at the same time as one that came later and locked that file."""
+    final = tmp_path / "entry"
+    active: list[str] = []
+    overlaps: list[list[str]] = []
+    builds: list[str] = []
+
+    def build(name: str, seconds: float, fail: bool):
+        def run(staging: Path) -> None:
+            builds.append(name)
+            active.append(name)
+            if len(active) > 1:
+                overlaps.append(list(active))
+            time.sleep(seconds)
+            active.remove(name)
+            if fail:
+                raise RuntimeError("bad data")
+            (staging / "by").write_text(name)
+
+        return run
+
+    def prepare(name: str, delay: float, seconds: float, fail: bool = False) -> None:
+        time.sleep(delay)
+        with contextlib.suppress(RuntimeError):
+            atomic_prepare(final, build(name, seconds, fail))
+
+    threads = [
+        threading.Thread(target=prepare, args=("first", 0.0, 0.4, True)),
+        threading.Thread(target=prepare, args=("waiter", 0.1, 0.6)),
+        threading.Thread(target=prepare, args=("newcomer", 0.7, 0.1)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == [] and builds[0] == "first" and len(builds) == 2, builds
+    assert (final / "by").read_text() == builds[1]
+    assert _everything(tmp_path) == ["entry", "entry/by"]  # no lock file, no staging folder

@@ -1,0 +1,90 @@
+"""Training some parameters and freezing the rest: the adapter mask and ``only_trainable``.
+
+``only_trainable(tx, mask)`` applies ``tx`` to the leaves the mask marks and gives the others a
+zero update. It is ``optax.multi_transform`` over the labels ``"train"`` / ``"frozen"``, so ``tx``
+(its moments, its clipping norm, its loss-scale checks, its schedule) sees only the trainable
+leaves: a frozen weight holds no optimizer state at all, which for LoRA is most of the memory
+AdamW would spend (two float32 moments per weight). Put it outermost, around the whole chain
+(``only_trainable(build_optimizer(config), mask)``), so clipping measures the trainable
+gradients only.
+
+A trainer that differentiates only the adapters (``nnx.split(model, nnx.LoRAParam, ...)``) needs
+no mask; the mask is for a trainer that keeps one parameter tree, and as the rule that says what
+an adapter is by name: a path component ``lora`` (``.../query/lora/lora_a``, tjx-nn's naming).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import optax
+
+from tjx.optim.paths import any_component, path_to_str
+
+__all__ = ["ADAPTER_NAMES", "adapter_mask", "only_trainable", "path_mask"]
+
+#: A path component (whole, case-insensitive) that marks a parameter as an adapter.
+ADAPTER_NAMES = r"lora|lora_a|lora_b"
+
+
+def path_mask(params: Any, pattern: str) -> Any:
+    """A bool pytree like ``params``: True where ``re.search(pattern, path)`` matches the leaf's
+    ``/``-joined path (``"stack/layers/attn/query/kernel"``).
+
+    Parameters
+    ----------
+    params
+        Any pytree of arrays (or ``ShapeDtypeStruct``s: only paths are read).
+    pattern
+        A regular expression.
+    """
+    rx = re.compile(pattern)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: rx.search(path_to_str(path)) is not None, params
+    )
+
+
+def adapter_mask(params: Any) -> Any:
+    """True at LoRA adapter leaves (a path component ``lora``, ``lora_A`` or ``lora_B``).
+
+    Raises
+    ------
+    ValueError
+        No leaf is an adapter (training nothing is a mistake, not a configuration).
+    """
+    mask = jax.tree_util.tree_map_with_path(
+        lambda path, _: any_component(ADAPTER_NAMES, path_to_str(path)), params
+    )
+    if not any(jax.tree.leaves(mask)):
+        raise ValueError("no parameter is a LoRA adapter (no path component 'lora'); add adapters")
+    return mask
+
+
+def only_trainable(
+    tx: optax.GradientTransformation, trainable: Any | Callable[[Any], Any]
+) -> optax.GradientTransformation:
+    """``tx`` on the trainable leaves, a zero update (and no state) for the rest.
+
+    Parameters
+    ----------
+    tx
+        The optimizer chain for the trainable leaves (e.g. ``build_optimizer(config)``).
+    trainable
+        A bool pytree like the params (e.g. ``adapter_mask(params)``), or a function of the
+        params that returns one.
+
+    Returns
+    -------
+    optax.GradientTransformation
+        Its state is ``optax.MultiTransformState``; ``tx``'s own state (for ``step_report``) is
+        ``state.inner_states["train"].inner_state``.
+    """
+
+    def labels(params: Any) -> Any:
+        mask = trainable(params) if callable(trainable) else trainable
+        return jax.tree.map(lambda m: "train" if m else "frozen", mask)
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

@@ -142,8 +142,8 @@ def main() -> None:
     ]  # fmt: skip
     for row in rows:
         print(json.dumps(row))
-    print(json.dumps({"peak_ratio_lora_over_full": round(rows[1]["peak_bytes"] / rows[0]["peak_bytes"],
-                                                         4)}))  # fmt: skip
+    ratio = rows[1]["peak_bytes"] / rows[0]["peak_bytes"]
+    print(json.dumps({"peak_ratio_lora_over_full": round(ratio, 4)}))
 
 
 if __name__ == "__main__":

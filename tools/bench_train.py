@@ -44,8 +44,8 @@ def load(name: str, sets: list[str]) -> Any:
 
 def vocab_of(cfg: Any) -> int:
     """The model vocabulary the trainer would use (synthetic data: no tokenizer is loaded)."""
-    if cfg.model.get("vocab_size"):
-        return int(cfg.model["vocab_size"])
+    if cfg.vocab_size:  # model.vocab_size as the config sets it
+        return int(cfg.vocab_size)
     return {"byte": 257, "bytes": 257, "gpt2": 50257}.get(cfg.data.tokenizer, 32000)
 
 
@@ -83,9 +83,9 @@ def throughput(name: str, sets: list[str], steps: int) -> dict[str, Any]:
     from trainer import build_state, jit_train_step, resolve
 
     cfg = load(name, sets)
-    run = resolve(cfg, vocab_of(cfg))
-    setup = build_state(run)
-    step = jit_train_step(setup, run)
+    cfg = resolve(cfg, vocab_of(cfg))
+    setup = build_state(cfg)
+    step = jit_train_step(setup, cfg)
     batches = [
         parallel.shard_batch(synthetic_batch(cfg, vocab_of(cfg), seed), setup.mesh)
         for seed in range(2)

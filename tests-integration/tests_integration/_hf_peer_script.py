@@ -9,6 +9,9 @@ from_pretrained`` and scores it. Scoring writes float32 logits of the tokens, a 
 continuation (``new`` tokens) of their first row's first 4 tokens and the class name. The
 post-training jobs (``chat``, ``peft``, ``dpo``: chat templates, PEFT adapters, TRL's DPO) are
 ``_hf_peer_post``'s.
+``{"rope": [{"config": CONFIG, "seq_len": N or null}, ...], "out": NPZ}`` writes, per entry,
+the inverse frequencies (``inv_<i>``) and attention factor (``factor_<i>``) that
+``modeling_rope_utils`` computes for ``AutoConfig.for_model(**CONFIG)`` at that length.
 """
 
 from __future__ import annotations
@@ -47,10 +50,25 @@ def make(spec: dict, folder: Path) -> None:
     score(model, tokens, spec["new"], folder / "peer.npz")
 
 
+def rope(entries: list[dict], out: Path) -> None:
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # pants: no-infer-dep
+
+    arrays = {}
+    for i, entry in enumerate(entries):
+        config = AutoConfig.for_model(**entry["config"])
+        kind = config.rope_parameters["rope_type"]
+        inv, factor = ROPE_INIT_FUNCTIONS[kind](config, "cpu", seq_len=entry["seq_len"])
+        arrays[f"inv_{i}"] = inv.double().numpy()
+        arrays[f"factor_{i}"] = np.asarray(float(factor))
+    np.savez(out, **arrays)
+
+
 def main() -> None:
     for job in json.loads(Path(sys.argv[1]).read_text()):
         post = [key for key in ("chat", "peft", "dpo") if key in job]
-        if post:
+        if "rope" in job:
+            rope(job["rope"], Path(job["out"]))
+        elif post:
             from _hf_peer_post import JOBS  # the script's folder is on sys.path
 
             JOBS[post[0]](job)

@@ -216,9 +216,9 @@ CASES = [
     ("log-every-zero", T, [*TINY, "--set", "train.log_every=0"], None, "train.log_every"),
     ("bad-wandb-mode", T, [*TINY, "--set", "logging.wandb_mode=loud"], None, "wandb_mode"),
     (
-        "warmup-past-end",
+        "warmup-past-end",  # an explicit one: a preset's is a share of the run (#40 point 2)
         T,
-        [*TINY, "--set", "train.steps=10"],
+        [*TINY, "--set", "train.steps=10", "--set", "optimizer.schedule.warmup_steps=50"],
         None,
         "optimizer.schedule.warmup_steps=50 is longer",
     ),
@@ -241,7 +241,7 @@ CASES = [
         T,
         [*TINY, "--set", "mesh.data=-1", "--set", "mesh.fsdp=-1"],
         None,
-        "mesh: at most one of data, fsdp, tensor and pipeline may be -1",
+        "mesh: at most one of pipeline, data, fsdp, context, tensor may be -1",
     ),
     (
         "keep-best-without-eval",

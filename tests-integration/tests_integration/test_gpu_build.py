@@ -82,6 +82,25 @@ def test_default_kernels_compile_fit_and_do_not_spill(check: object, dtype: str,
                 assert "inputPrecision = tf32" in kernel.ttir, f"{where}: not TF32"
 
 
+def test_windowed_kernels_compile_to_wgmma_without_spills(check: object):
+    """With a sliding window each kernel walks the blocks from the first one the window reaches
+    (its two masked edges in one loop, so that the dK/dV kernel keeps its registers: as two
+    loops it spilled 136 B on sm_90). The walk's bounds depend on the window, so each window is
+    its own program; that blocks outside it are never loaded is shown on CPU, where the same
+    kernels run interpreted (test_window.py's poisoned blocks)."""
+    lower = check.lower_kernels  # type: ignore[attr-defined]
+    plain = lower("bf16", 128, causal=True, segments=True, groups=4, seq=1024)
+    windowed = lower("bf16", 128, causal=True, segments=True, groups=4, seq=1024, window=256)
+    other = lower("bf16", 128, causal=True, segments=True, groups=4, seq=1024, window=384)
+    for a, b, c in zip(plain, windowed, other, strict=True):
+        assert a.name == b.name == c.name and a.ttir != b.ttir != c.ttir, a.name
+    for kernel in windowed:
+        built = check.compile_kernel(kernel, 90)  # type: ignore[attr-defined]
+        where = f"{kernel.name} window=256 sm_90"
+        assert built["spill_bytes"] == 0 and 0 < built["shared_kib"] <= 227, f"{where}: {built}"
+        assert built["wgmma"] > 0 and built["mma_sync"] == 0, f"{where}: {built}"
+
+
 def test_a_spilling_launch_is_reported(check: object):
     """Control: the check can fail — 128x128 tiles under 4 warps spill (the old default)."""
     [fwd] = [

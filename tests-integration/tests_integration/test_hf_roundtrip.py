@@ -1,7 +1,8 @@
 """Every supported HF family round-trips through transformers (PyTorch in a scratch venv).
 
-transformers builds tiny random models (GQA, MQA, head_dim != d/heads, Llama 3 RoPE scaling,
-tied and untied heads, Qwen2's q/k/v bias, a sharded checkpoint) and saves them; tjx loads each
+transformers builds tiny random models (GQA, MQA, head_dim != d/heads, the RoPE scalings llama3,
+yarn, dynamic and longrope, sliding windows in every layer and in some, tied and untied heads,
+Qwen2's q/k/v bias, a sharded checkpoint) and saves them; tjx loads each
 with ``tjx.nn.load_hf``: float32 logits within 1e-4 relative of transformers', and 20 greedy
 tokens identical. tjx saves each again with ``tjx.nn.save_hf`` (the Llama one sharded) and
 transformers' ``AutoModelForCausalLM`` loads it as the same class, with the same logits.
@@ -57,6 +58,53 @@ CASES: dict[str, dict[str, Any]] = {
     ),
     # Biases on q/k/v only, GQA.
     "qwen2": dict(config=dict(model_type="qwen2", **SIZES, **COMMON, num_key_value_heads=2)),
+    # A window of 5 shorter than the 12 scored tokens and the 24 generated: every layer slides,
+    # so tjx decodes with a rolling cache of 5 slots.
+    "mistral-window": dict(
+        config=dict(
+            model_type="mistral", **SIZES, **COMMON, num_key_value_heads=2, sliding_window=5
+        ),
+        model_type="mistral",
+    ),
+    # Qwen2.5's YaRN (4x of 16 pretrained positions) and a window on layer 1 only
+    # (max_window_layers 1): a mixed per-layer pattern.
+    "qwen2-yarn": dict(
+        config=dict(
+            model_type="qwen2",
+            **SIZES,
+            **COMMON,
+            num_key_value_heads=2,
+            rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
+            use_sliding_window=True,
+            sliding_window=6,
+            max_window_layers=1,
+        ),
+    ),
+    # Dynamic NTK past 8 positions (the 12 scored tokens, the 24 generated ones).
+    "llama-dynamic": dict(
+        config=dict(
+            model_type="llama",
+            **SIZES,
+            **{**COMMON, "max_position_embeddings": 8},
+            num_key_value_heads=2,
+            rope_scaling={"rope_type": "dynamic", "factor": 4.0},
+        ),
+    ),
+    # LongRoPE: long factors past 8 pretrained positions.
+    "llama-longrope": dict(
+        config=dict(
+            model_type="llama",
+            **SIZES,
+            **COMMON,
+            num_key_value_heads=2,
+            rope_scaling={
+                "rope_type": "longrope",
+                "original_max_position_embeddings": 8,
+                "short_factor": [1.0, 1.2, 1.5, 2.0],
+                "long_factor": [1.0, 2.0, 4.0, 8.0],
+            },
+        ),
+    ),
     "gpt2": dict(
         config=dict(
             model_type="gpt2",
@@ -142,9 +190,26 @@ def test_saved_checkpoint_loads_in_transformers_as_the_same_model(results, famil
     np.testing.assert_array_equal(r["back"]["greedy"], r["peer"]["greedy"])
 
 
+def test_windows_and_scalings_are_read_as_their_configs_say(results):
+    """The window cases score 12 tokens and generate 24 with windows of 5 and 6: the logits and
+    greedy tokens compared above are those of a window that slides (a rolling cache for
+    mistral, whose every layer is windowed)."""
+    mistral, qwen = results["mistral-window"]["config"], results["qwen2-yarn"]["config"]
+    assert mistral.sliding_window == 5 and mistral.window_pattern is None
+    assert nn.cache_slots(mistral, 24) == 5
+    assert qwen.layer_windows() == (None, 6) and nn.cache_slots(qwen, 24) == 24
+    assert qwen.rope_scaling.type == "yarn" and qwen.max_seq_len == 64  # max(64, 4 x 16)
+    dynamic = results["llama-dynamic"]["config"]
+    assert dynamic.rope_scaling.original_max_position_embeddings == 8
+    assert dynamic.max_seq_len == 32  # 8 x factor 4: dynamic NTK scales past 8
+    assert results["llama-longrope"]["config"].rope_scaling.factor == 8.0  # 64 / 8
+
+
 def test_the_cases_cover_what_the_configs_carry(results):
     llama, mistral, qwen = (results[k]["config"] for k in ("llama", "mistral", "qwen2"))
-    assert llama.num_kv_heads == 2 and llama.rope_scaling == (8.0, 1.0, 4.0, 16)
+    assert llama.num_kv_heads == 2 and llama.rope_scaling == nn.RopeScaling.parse(
+        [8.0, 1.0, 4.0, 16]
+    )
     assert not llama.tie_embeddings and mistral.tie_embeddings
     assert mistral.num_kv_heads == 1 and mistral.head_dim == 16 != mistral.d_model // 4
     assert qwen.qkv_bias and not qwen.use_bias

@@ -1,7 +1,7 @@
 """Pipeline parallelism (``mesh.pipeline``) end to end, on 8 simulated CPU devices.
 
 * GPT-2 and LLaMA: the trainer's pipelined loss (tjx.parallel.pipeline_loss wired to tjx.nn's
-  scanned stack in trainer/pipeline.py) gives the unpipelined loss and gradients, for 2 and 4
+  scanned stack in trainer/step.py) gives the unpipelined loss and gradients, for 2 and 4
   stages alone and with data / FSDP, GPipe and 1F1B, on fresh random tokens. Tolerance (fp32):
   loss within 1e-5 relative; each gradient leaf within ``1e-5 * max|leaf| + 1e-9`` (sums over
   microbatches and devices in another order; a leaf whose true gradient is zero, like the
@@ -51,16 +51,12 @@ _REFERENCE: dict[str, Any] = {}
 
 
 def _loss_and_grads(model: str, sets: list[str]) -> tuple[float, Any]:
-    from trainer import resolve, state, step
-    from trainer.config import build_config
-    from trainer.overrides import apply_overrides
-    from trainer.presets import load_config_data
+    from trainer import build_state, load_config, resolve, step
 
     preset, extra = PRESETS[model]
-    cfg = build_config(apply_overrides(load_config_data(preset), [*MODEL, *extra, *sets]))
-    run = resolve(cfg, VOCAB)
-    setup = state.build(run)
-    loss_fn = step.make_loss_fn(setup.graphdef, setup.rest, run)
+    cfg = resolve(load_config(preset, [*MODEL, *extra, *sets]), VOCAB)
+    setup = build_state(cfg)
+    loss_fn = step.make_loss_fn(setup.graphdef, setup.rest, cfg)
     rng = np.random.default_rng(len(model))
     batch = {
         k: jnp.asarray(rng.integers(0, VOCAB, (16, 16)), jnp.int32) for k in ("inputs", "targets")
@@ -149,7 +145,10 @@ def test_llama_small_trains_pipelined_to_the_losses_of_the_plain_mesh(tmp_path):
     [
         (["mesh.pipeline=3"], "the pipeline's 3 stages must divide the 2 layers"),
         (["mesh.pipeline=2", "mesh.microbatches=3"], "3 microbatches must divide the batch of 8"),
-        (["mesh.pipeline=2", "mesh.data=2"], "pipeline=2, data=2, fsdp=1, tensor=1 has 4 devices"),
+        (
+            ["mesh.pipeline=2", "mesh.data=2"],
+            "pipeline=2, data=2, fsdp=1, context=1, tensor=1 has 4",
+        ),
         (["mesh.pipeline=2", "model.scan_layers=false"], "needs model.scan_layers=true"),
         (["mesh.pipeline=2", "mesh.microbatches=4"], "a microbatch of 2 rows"),
         (["mesh.pipeline=2", "mesh.schedule=zigzag"], "mesh.schedule"),

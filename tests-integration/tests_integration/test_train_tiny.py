@@ -35,8 +35,10 @@ def test_tiny_trains_end_to_end(tmp_path):
     proc = train(tmp_path, str(run_dir), sets)
     check_ok(proc)
     out = proc.stdout
-    assert "# effective config" in out and "running on CPU" in out and "done: 120 steps" in out
-    # The effective config printed and saved is the overridden one.
+    assert "running on CPU" in out and "done: 120 steps" in out
+    # The first line names the preset and only what the command changes; config.yaml keeps all.
+    assert out.startswith("config: preset tiny; changed: data.seq_len=64, optimizer.schedule.")
+    assert "# effective config" not in out
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["train"]["steps"] == 120 and saved["data"]["seq_len"] == 64
     for name in ("metrics.jsonl", "loss_curve.png", "final.json", "model.json", "data.json"):

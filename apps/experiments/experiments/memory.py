@@ -39,8 +39,8 @@ def trainer_config(spec: RunSpec) -> Any:
 
 
 def _vocab(cfg: Any) -> int:
-    if cfg.model.get("vocab_size"):
-        return int(cfg.model["vocab_size"])
+    if cfg.vocab_size:  # model.vocab_size as the config sets it
+        return int(cfg.vocab_size)
     from trainer import make_tokenizer
 
     return int(make_tokenizer(cfg).vocab_size)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from trainer.resolved import Resolved
+from trainer.config import Config
 from trainer.schema import ConfigError, keyed
 
 #: The loader's token batch (tjx.data's layout): every LM-like objective reads from these.
@@ -42,19 +42,19 @@ def _sharded(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(leaf, tree, shardings)
 
 
-def abstract_batch(run: Resolved, rows: int, mesh: Any) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_batch(run: Config, rows: int, mesh: Any) -> dict[str, jax.ShapeDtypeStruct]:
     """A batch of ``rows`` in the loader's layout for the run's objective, split over the mesh's
     batch axes (a ViT's images and labels; every other objective's tokens)."""
     from tjx import parallel
 
-    if run.cfg.task == "classify":
+    if run.task == "classify":
         m = run.model
         shapes = {
             "images": ((rows, m.image_size, m.image_size, m.num_channels), jnp.float32),
             "labels": ((rows,), jnp.int32),
         }
     else:
-        seq = run.cfg.data.seq_len
+        seq = run.data.seq_len
         shapes = {k: ((rows, seq), jnp.int32) for k in TOKEN_KEYS}
     return {
         k: jax.ShapeDtypeStruct(shape, dtype, sharding=parallel.batch_sharding(mesh, len(shape)))
@@ -62,7 +62,7 @@ def abstract_batch(run: Resolved, rows: int, mesh: Any) -> dict[str, jax.ShapeDt
     }
 
 
-def build(run: Resolved, devices: list[Any]) -> AbstractRun:
+def build(run: Config, devices: list[Any]) -> AbstractRun:
     """The run's steps over ``devices`` (abstract or real), with the run's mesh and rules.
 
     Raises
@@ -74,7 +74,7 @@ def build(run: Resolved, devices: list[Any]) -> AbstractRun:
     from tjx import nn, optim, parallel
     from trainer.step import make_eval_step, make_train_step
 
-    cfg, mc = run.cfg, run.mesh
+    cfg, mc = run, run.mesh
     if mc.pipeline > 1:
         raise ConfigError("mesh.pipeline: a pipelined run is not planned without its devices yet")
     try:

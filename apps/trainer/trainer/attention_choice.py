@@ -14,37 +14,32 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from trainer.resolved import Resolved
+from trainer.config import Config
 from trainer.schema import ConfigError
 
 
-def with_kernel(run: Resolved, kernel: str) -> Resolved:
-    """``run`` with ``model.attention_impl`` set to ``kernel`` (a replace, not a re-read)."""
-    return run.with_model(attention_impl=kernel)
-
-
-def compile_step(run: Resolved) -> None:
-    """Lower and compile ``run``'s train step for the default device (abstract: nothing runs)."""
+def compile_step(cfg: Config) -> None:
+    """Lower and compile ``cfg``'s train step for the default device (abstract: nothing runs)."""
     from trainer.memory_fit import abstract_step
 
-    step, state, batch = abstract_step(run)
+    step, state, batch = abstract_step(cfg)
     step.lower(state, batch).compile()
 
 
 def choose_attention(
-    run: Resolved,
+    cfg: Config,
     *,
-    build: Callable[[Resolved], None] = compile_step,
+    build: Callable[[Config], None] = compile_step,
     say: Callable[[str], None] = lambda line: print(line, flush=True),
-) -> Resolved:
-    """``run`` with the attention kernel that compiles, saying the choice (see module doc).
+) -> Config:
+    """``cfg`` with the attention kernel that compiles, saying the choice (see module doc).
 
     Parameters
     ----------
-    run : Resolved
-        The run (``model.attention_impl`` auto or a kernel's name), its vocabulary known.
+    cfg : Config
+        The run's config (``model.attention_impl`` auto or a kernel's name), its vocabulary known.
     build : callable
-        Lowers and compiles the step of a run; raises on failure (tests inject failures).
+        Lowers and compiles the step of a config; raises on failure (tests inject failures).
     say : callable
         Where the lines go.
 
@@ -55,17 +50,17 @@ def choose_attention(
     """
     from tjx import kernels
 
-    impl = run.model.attention_impl
+    impl = cfg.model.attention_impl
     if impl == "xla":
-        return run
-    dtype, head_dim = run.model.precision.compute_dtype, run.model.head_dim
+        return cfg
+    dtype, head_dim = cfg.model.precision.compute_dtype, cfg.model.head_dim
     order = kernels.kernel_order(impl, dtype, head_dim, named_by="model.attention_impl", say=say)
-    if run.cfg.task != "lm":  # the abstract step is a decoder's; other tasks trace it late
-        return run
+    if cfg.task != "lm":  # the abstract step is a decoder's; other tasks trace it late
+        return cfg
     try:
         chosen = kernels.first_that_compiles(
             order,
-            lambda kernel: build(with_kernel(run, kernel)),
+            lambda kernel: build(cfg.with_model(attention_impl=kernel)),
             explicit=impl != "auto",
             say=say,
         )
@@ -74,4 +69,4 @@ def choose_attention(
             f"{err}; set model.attention_impl=auto to let tjx choose (or xla)"
         ) from None
     # With no fallback, "auto" stays: it resolves to the same kernel while tracing.
-    return run if chosen == order[0] else with_kernel(run, chosen)
+    return cfg if chosen == order[0] else cfg.with_model(attention_impl=chosen)

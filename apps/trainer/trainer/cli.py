@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+import yaml  # type: ignore[import-untyped]
 
 from tjx import ckpt, data  # no jax: neither loads it at import
 from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first use)
@@ -11,13 +14,12 @@ from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first u
     add_distributed_arguments,
     distributed_from_args,
 )
-from trainer.config import build_config, resolve_config
+from trainer.config import Config, read_config
 from trainer.init_from import check_init_from
-from trainer.overrides import apply_overrides
-from trainer.plan import RunPlan, config_yaml, error_exit
-from trainer.presets import load_config_data, preset_names
+from trainer.plan import RunPlan, error_exit
 from trainer.resume import check_resume, describe_changes
 from trainer.schema import ConfigError, keyed
+from trainer.settings import apply_overrides, changed, load_config_data, preset_names
 from trainer.signals import interrupted_exit
 
 
@@ -35,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print every config key (type, value, allowed values, help) and exit; with "
         "--config/--set, the values are that config's",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective config (every key) before training; config.yaml saves it too",
     )
     parser.add_argument(
         "--run-dir", default=None, help="where logs and checkpoints go (default: runs/<name>)"
@@ -105,16 +112,20 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
         ) from None
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """The ``--set`` overrides, ``--data`` last (as ``data.source``)."""
+    if args.data is None:
+        return list(args.overrides)
+    if not args.data.strip():
+        raise ConfigError("--data: empty source; give a built-in name, hub name or path")
+    return [*args.overrides, f"data.source={args.data}"]
+
+
 def plan_run(args: argparse.Namespace) -> RunPlan:
     """Everything validated; nothing written. Raises `ConfigError`."""
-    settings = load_config_data(args.config)
-    overrides = list(args.overrides)
-    if args.data is not None:
-        if not args.data.strip():
-            raise ConfigError("--data: empty source; give a built-in name, hub name or path")
-        overrides.append(f"data.source={args.data}")
-    resolved = resolve_config(apply_overrides(settings, overrides))
-    cfg = resolved.cfg
+    overrides = _overrides(args)
+    notes: list[str] = []  # an old key's new name: said once the command line is valid
+    cfg = read_config(apply_overrides(load_config_data(args.config), overrides, notes.append))
     if args.data is not None and cfg.data.sources is not None:
         raise ConfigError(
             "--data: this config trains on the mixture data.sources; drop --data, or add "
@@ -152,22 +163,20 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         )
     with keyed(None, DistributedArgumentError):  # its message names the flag
         distributed = distributed_from_args(args)  # the environment fills the rest when joining
+    print(*notes, sep="\n", file=sys.stderr, flush=True, end="\n" if notes else "")
     return RunPlan(
-        resolved, run_dir, bool(args.resume), args.init_from, profile, distributed, resume_changes
+        cfg, run_dir, bool(args.resume), args.init_from, profile, distributed, resume_changes
     )
 
 
 def _show_config(args: argparse.Namespace) -> int:
     """``--show-config``: the key table, with the values of ``--config``/``--set`` if given."""
-    from trainer.config import Config
     from trainer.show_config import render
 
     try:
-        cfg = None
-        if args.config is not None or args.overrides:
-            settings = load_config_data(args.config) if args.config is not None else {}
-            cfg = build_config(apply_overrides(settings, list(args.overrides)))
-        print(render(cfg if cfg is not None else Config(), args.config), end="")
+        settings = load_config_data(args.config) if args.config is not None else {}
+        cfg = read_config(apply_overrides(settings, list(args.overrides)))
+        print(render(cfg, args.config), end="")
     except ConfigError as err:
         return error_exit(str(err))
     return 0
@@ -194,6 +203,18 @@ def plan_argv(argv: list[str]) -> RunPlan:
     return plan_run(args)
 
 
+def _first_lines(args: argparse.Namespace, cfg: Config) -> None:
+    """The preset (or file) and only the keys this command changes; every key with
+    ``--print-config`` (``config.yaml`` always saves them all)."""
+    source = f"preset {args.config}" if args.config in preset_names() else args.config
+    preset = load_config_data(args.config)
+    keys = changed(preset, apply_overrides(preset, _overrides(args)))
+    print(f"config: {source}" + (f"; changed: {', '.join(keys)}" if keys else ""), flush=True)
+    if args.print_config:
+        text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+        print("# effective config\n" + text, end="", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, validate everything, then train."""
     parser = build_parser()
@@ -210,10 +231,11 @@ def main(argv: list[str] | None = None) -> int:
         plan = plan_run(args)
     except ConfigError as err:
         return error_exit(str(err))
-    print("# effective config\n" + config_yaml(plan.config), flush=True)
+    _first_lines(args, plan.config)
+    print(f"run directory: {plan.run_dir}", flush=True)
     if plan.resume_changes:
         print(describe_changes(plan.resume_changes), flush=True)
-    from trainer.loop import run  # heavy imports (jax) only once the input is valid
+    from trainer.startup import run  # heavy imports (jax) only once the input is valid
 
     try:
         return run(plan)

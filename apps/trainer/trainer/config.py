@@ -1,168 +1,173 @@
-"""The trainer's typed config: nested dataclasses, validated field by field and across fields.
+"""The trainer's config: one object per run (`Config`), read once from plain data (`read_config`).
 
-The ``model``, ``optimizer`` and ``mesh`` sections are the packages' own config classes, read by
-their fields (`trainer.sections`); the other sections are the trainer's, declared here. YAML
-presets in ``configs/`` fill them; ``--set a.b=c`` overrides single fields. Every problem is one
-`ConfigError` naming the key path and what is allowed (the CLI turns it into exit code 2); what a
-``--resume`` may change is each field's ``resumable`` metadata.
+Its ``model``, ``optimizer`` and ``mesh`` sections ARE the packages' config objects (tjx.nn's class
+of ``model.kind``, tjx.optim's `OptimizerConfig`, tjx.parallel's `MeshConfig`), built from the
+moment they are read; the other sections are the trainer's own, declared here. The model's
+vocabulary is a placeholder until the tokenizer's is known (`resolve`); a stage that changes a
+setting (the kernel that compiled, full remat) replaces it (`Config.with_model`). ``config.yaml``
+is `Config.to_dict` of the objects. Every problem is one `ConfigError` naming the key path.
 """
 
-# `spec()`/`nested()` return dataclasses.field objects (with validation metadata).
+# `setting()` returns dataclasses.field objects (with validation metadata).
 # ruff: noqa: RUF009
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from trainer.config_outputs import CheckpointConfig, EvalConfig, LoggingConfig, SamplingConfig
-from trainer.migrate import migrate
-from trainer.schema import ConfigError, from_dict, nested, spec, to_dict
-from trainer.sections import PACKAGE_SECTIONS, expanded, package
+from trainer.schema import (
+    OWN_KEYS,
+    ConfigError,
+    check_field,
+    convert,
+    keys,
+    nested_class,
+    section_class,
+    setting,
+    values,
+)
+from trainer.sections import (
+    CheckpointConfig,
+    DataConfig,
+    EvalConfig,
+    LoggingConfig,
+    SamplingConfig,
+    TrainConfig,
+)
 
-if TYPE_CHECKING:  # types only: `resolve` reads a Config
-    from trainer.resolved import Resolved
-
-
-@dataclass
-class DataConfig:
-    """Where text comes from and how it is cut into batches."""
-
-    source: str = spec("shakespeare", help="built-in name, hub name or local path")
-    tokenizer: str = spec("byte", help="byte | gpt2 | bpe | a tokenizer path")
-    tokenizer_vocab: int = spec(2048, min=260, max=1 << 20, help="vocab of a trained bpe")
-    cache_dir: str | None = spec(
-        None, help="pre-tokenized shards (default ~/.cache/tjx/data)", resumable=True
-    )
-    seq_len: int = spec(128, min=2, max=1 << 20, help="tokens per training sequence")
-    batch_size: int = spec(16, min=1, help="global batch (sequences per optimizer step)")
-    num_workers: int = spec(1, min=1, max=256, help="processes tokenizing during preparation")
-    shuffle: bool = spec(True, help="shuffle the windows each epoch")
-    max_tokens: int | None = spec(
-        None, min=1, help="prepare at most this many tokens per split (of each mixture source)"
-    )
-    sources: list[dict] | None = spec(
-        None,
-        help="a weighted mixture instead of data.source: [{source: ..., weight: 3, name: web}, "
-        "...] (tjx.data.check_mixture); val_loss/<name> per source",
-    )
-    on_exhausted: str = spec(
-        "repeat",
-        choices="tjx.data:ON_EXHAUSTED",
-        help="a mixture source that has given every window: repeat (a new epoch) or drop",
-    )
+#: The vocabulary the model holds until the tokenizer's is known: no rule of tjx.nn depends on it.
+UNKNOWN_VOCAB = 2
 
 
-@dataclass
-class TrainConfig:
-    """The loop: how long, how often to evaluate, sample, log and save."""
-
-    # A bound, not a budget: 10^9 steps is decades at any speed; more is a typo (and overflows the
-    # int32 step counter at 2^31).
-    steps: int = spec(1000, min=1, max=10**9, help="optimizer steps of the run", resumable=True)
-    seed: int = spec(0, min=0, help="initial weights, data order and dropout keys")
-    log_every: int = spec(10, min=1, help="a metrics line every N steps", resumable=True)
-    eval_every: int = spec(200, min=0, help="0 = only at the end", resumable=True)
-    eval_batches: int = spec(
-        8, min=1, help="validation batches per evaluation (always the same ones)", resumable=True
-    )
-    sample_every: int = spec(0, min=0, help="0 = only at the end", resumable=True)
-    checkpoint_every: int = spec(
-        500, min=0, help="0 = only at the end and on signals", resumable=True
-    )
-    chunked_ce: bool = spec(
-        True, help="fused chunked cross-entropy (no [b,s,V] logits)", resumable=True
-    )
-    ce_chunk_size: int | None = spec(
-        None,
-        min=1,
-        help="tokens per chunk; null: from the shape (tjx.kernels.auto_chunk_size)",
-        resumable=True,
-    )
-    z_loss: float = spec(
-        0.0, min=0.0, help="weight of the log-partition penalty (PaLM's z-loss)", resumable=True
-    )
-    mlm_probability: float = spec(
-        0.15, gt=0.0, lt=1.0, help="BERT: share of tokens masked", resumable=True
-    )
-    stop_at: int | None = spec(
-        None,
-        min=1,
-        help="stop after this step as if preempted (save, exit 0; --resume goes on)",
-        resumable=True,
-    )
-    fit_memory: bool = spec(
-        True,
-        help="check the step's compiled memory first; switch to full remat if it won't fit",
-        resumable=True,
-    )
-    compilation_cache: str = spec(
-        "auto",
-        help="GPU runs: JAX's persistent compilation cache folder (a rerun skips compiling and "
-        "autotuning); auto: tjx.kernels' default (TJX_COMPILATION_CACHE_DIR, else "
-        "~/.cache/tjx/jax-compilation); off: none",
-        resumable=True,
-    )
-    max_bad_steps: int = spec(
-        25,
-        min=1,
-        help="stop (exit 3, no new checkpoint) after this many steps in a row with a non-finite "
-        "loss or a skipped update",
-        resumable=True,
-    )
-
-    @property
-    def head_settings(self) -> dict[str, Any]:
-        """The vocabulary head's loss settings, as tjx.nn's objectives take them."""
-        return {"chunked": self.chunked_ce, "chunk_size": self.ce_chunk_size, "z_loss": self.z_loss}
-
-
-@dataclass
+@dataclass(frozen=True)
 class Config:
-    """Everything one training run needs."""
+    """Everything one training run needs (made by `read_config`)."""
 
-    name: str = spec(
+    name: str = setting(
         "custom", help="the run's name (the default run dir is runs/<name>)", resumable=True
     )
-    model: dict[str, Any] = package("model", "the tjx.nn config of model.kind")
-    data: DataConfig = nested(DataConfig)
-    optimizer: dict[str, Any] = package("optimizer", "tjx.optim's OptimizerConfig")
-    train: TrainConfig = nested(TrainConfig)
-    mesh: dict[str, Any] = package("mesh", "tjx.parallel's MeshConfig")
-    checkpoint: CheckpointConfig = nested(CheckpointConfig, resumable=True)
-    logging: LoggingConfig = nested(LoggingConfig, resumable=True)
-    eval: EvalConfig = nested(EvalConfig, resumable=True)
-    sampling: SamplingConfig = nested(SamplingConfig, resumable=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data (YAML-safe); the package sections with every key, their defaults filled
-        in, so ``config.yaml`` records the values a run used."""
-        out: dict[str, Any] = to_dict(self)
-        for section in PACKAGE_SECTIONS:
-            out[section] = expanded(section, getattr(self, section))
-        return out
+    model: Any = setting(None, section="model", help="the tjx.nn config of model.kind")
+    data: DataConfig = setting(DataConfig, factory=True)
+    optimizer: Any = setting(None, section="optimizer", help="tjx.optim's OptimizerConfig")
+    train: TrainConfig = setting(TrainConfig, factory=True)
+    mesh: Any = setting(None, section="mesh", help="tjx.parallel's MeshConfig")
+    checkpoint: CheckpointConfig = setting(CheckpointConfig, factory=True, resumable=True)
+    logging: LoggingConfig = setting(LoggingConfig, factory=True, resumable=True)
+    eval: EvalConfig = setting(EvalConfig, factory=True, resumable=True)
+    sampling: SamplingConfig = setting(SamplingConfig, factory=True, resumable=True)
+    #: ``model.vocab_size`` as the config sets it (None: the tokenizer's, once `resolve` knows it).
+    vocab_size: int | None = setting(None, key=False)
+    #: The tokenizer's vocabulary (`resolve`); None before the data is prepared.
+    tokenizer_vocab: int | None = setting(None, key=False)
 
     @property
     def kind(self) -> str:
-        """The model kind (``model.kind``)."""
-        return str(self.model.get("kind", "gpt2"))
+        """The model kind (``model.kind``): the key of tjx.nn.MODEL_KINDS holding its class."""
+        from tjx import nn
+
+        return next(k for k, cls in nn.MODEL_KINDS.items() if type(self.model) is cls)
 
     @property
     def objective(self) -> Any:
-        """tjx.nn's `Objective` of the model kind: what a step trains and counts (read on use:
-        tjx.nn loads JAX)."""
+        """tjx.nn's `Objective` of the model kind: what a step trains and counts."""
         from tjx import nn
 
-        return nn.objective_of(nn.MODEL_KINDS[self.kind])
+        return nn.objective_of(type(self.model))
 
     @property
     def task(self) -> str:
         """The objective's name: "lm" (decoders), "mlm" (BERT), "classify" (ViT) or "seq2seq"."""
         return str(self.objective.name)
 
-    @property
-    def units_per_step(self) -> int:
-        """Tokens (or images) one global batch scores; the encoder-decoder's continued half."""
-        return self.data.batch_size * int(self.objective.units_per_window(self.data.seq_len))
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (YAML-safe) of every key: what ``config.yaml`` saves and a resume compares."""
+        out: dict[str, Any] = {}
+        for name in keys(Config, "", self.kind):
+            value = getattr(self, name)
+            own = {"kind": self.kind, "vocab_size": self.vocab_size}
+            out[name] = write(value, name, own) if dataclasses.is_dataclass(value) else value
+        return out
+
+    def with_model(self, **changes: Any) -> Config:
+        """The config with model settings ``changes`` (``remat="full"``, ``attention_impl=...``)."""
+        if all(getattr(self.model, k) == v for k, v in changes.items()):
+            return self
+        with reworded("model"):
+            return dataclasses.replace(self, model=dataclasses.replace(self.model, **changes))
+
+
+def resolve(cfg: Config, vocab_size: int) -> Config:
+    """``cfg`` with the tokenizer's ``vocab_size``: the model's, unless ``model.vocab_size`` is
+    set (BERT's [MASK] id added; a kind that reads no tokens, ViT, keeps none)."""
+    model = cfg.model
+    if cfg.vocab_size is None and "vocab_size" not in type(model).unused_fields:
+        extra = int(cfg.objective.extra_vocab)
+        model = dataclasses.replace(model, vocab_size=vocab_size + extra)
+    return dataclasses.replace(cfg, model=model, tokenizer_vocab=vocab_size)
+
+
+def read_config(data: Any) -> Config:
+    """The validated config of plain data (files already migrated, ``--set`` applied).
+
+    Every key is read as its type first (the first problem, in the data's order); then the
+    trainer's rules; then the packages build their sections by their own rules (d_model
+    divisible by num_heads, warmup within train.steps, float16 needing loss scaling), their
+    messages in the trainer's keys; then the rules between sections. Raises `ConfigError`.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping of keys, got {data!r}")
+    model = data.get("model")
+    kind = model.get("kind", "gpt2") if isinstance(model, dict) else "gpt2"
+    known, read = keys(Config, "", kind), {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"{key}: unknown key; allowed keys here: {', '.join(known)}")
+        tp, f = known[key]
+        if dataclasses.is_dataclass(tp):
+            read[key] = values(tp, value, key, kind)  # type: ignore[arg-type]
+        else:
+            read[key] = convert(tp, value, key)
+            check_field(f, read[key], key)
+    own = {k: build(known[k][0], read.pop(k, {}), k) for k in _OWN_SECTIONS}
+    _check_own(own, section_class("model", kind))
+    vocab = read.get("model", {}).get("vocab_size")
+    model = _model(section_class("model", kind), read.get("model", {}), vocab)
+    optimizer = read.get("optimizer", {})
+    optimizer["schedule"] = {**optimizer.get("schedule", {}), "total_steps": own["train"].steps}
+    with reworded("optimizer"):
+        optimizer = build(section_class("optimizer"), optimizer, "optimizer")
+        from tjx import optim
+
+        precision = model.precision
+        optim.check_precision(
+            optimizer, param_dtype=precision.param_dtype, compute_dtype=precision.compute_dtype
+        )
+    mesh = build(section_class("mesh"), read.get("mesh", {}), "mesh")
+    name = str(read.get("name", Config.name))
+    cfg = Config(name, model, optimizer=optimizer, mesh=mesh, vocab_size=vocab, **own)
+    _check_across(cfg)
+    return cfg
+
+
+#: The trainer's own sections (the others are the packages').
+_OWN_SECTIONS = ("data", "train", "checkpoint", "logging", "eval", "sampling")
+
+
+def _model(cls: type, read: dict[str, Any], vocab: int | None) -> Any:
+    """The tjx.nn config of ``cls`` with the checked settings ``read`` and a vocabulary (the one
+    set, else the placeholder; none for a kind that reads no tokens)."""
+    fields = {k: v for k, v in read.items() if k not in ("kind", "vocab_size")}
+    unused = cls.unused_fields  # type: ignore[attr-defined]
+    if "vocab_size" not in unused:
+        fields["vocab_size"] = vocab or UNKNOWN_VOCAB
+    elif vocab is not None:
+        raise ConfigError(f"model.vocab_size: {unused['vocab_size']}; set it to null")
+    return build(cls, fields, "model")
 
 
 def _require(cond: bool, message: str) -> None:
@@ -170,57 +175,46 @@ def _require(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-_DATA_KEYS = {k: f"data.{k}" for k in ("max_tokens", "batch_size", "seq_len")}
+def _check_own(own: dict[str, Any], model_cls: type) -> None:
+    """The trainer's own rules across its sections (single fields were checked while reading)."""
+    from tjx import data, nn
 
-
-def _check_mixture(cfg: Config) -> None:
-    """``data.sources`` is tjx.data's mixture spec, for text runs that shuffle."""
-    from tjx import data
-
-    try:
-        data.check_mixture(cfg.data.sources or [], key="data.sources")
-    except data.DataError as err:
-        raise ConfigError(str(err)) from None
-    _require(
-        cfg.kind != "vit",
-        "data.sources: an image model reads the digits images (data.source=digits), not a mixture",
-    )
-    _require(
-        cfg.data.shuffle,
-        "data.shuffle: a mixture reads each source's windows shuffled; drop data.shuffle=false or "
-        "train on one data.source",
-    )
-
-
-def _check_own(cfg: Config) -> None:
-    """The trainer's own rules across its sections (single fields were checked while reading);
-    the package sections are checked by their packages when `resolve` builds them."""
-    d = cfg.data
+    d = own["data"]
+    task = nn.objective_of(model_cls).name
+    names = {k: f"data.{k}" for k in ("max_tokens", "batch_size", "seq_len")}
     try:  # a cap below one batch: refused before anything is prepared (tjx.data's rule)
-        from tjx.data.prepare import check_max_tokens
-
-        check_max_tokens(d.max_tokens, d.seq_len, d.batch_size, names=_DATA_KEYS)
-    except ValueError as err:
+        data.check_max_tokens(d.max_tokens, d.seq_len, d.batch_size, names=names)
+        if d.sources is not None:
+            data.check_mixture(d.sources, key="data.sources")
+    except (ValueError, data.DataError) as err:
         raise ConfigError(str(err)) from None
     if d.sources is not None:
-        _check_mixture(cfg)
-    _require(  # the prompts first: asking tjx.nn for the task loads JAX
-        bool(cfg.sampling.prompts) or cfg.task != "lm",
+        _require(
+            task != "classify",
+            "data.sources: an image model reads the digits images (data.source=digits), not a "
+            "mixture",
+        )
+        _require(
+            d.shuffle,
+            "data.shuffle: a mixture reads each source's windows shuffled; drop "
+            "data.shuffle=false or train on one data.source",
+        )
+    _require(
+        bool(own["sampling"].prompts) or task != "lm",
         "sampling.prompts: give at least one prompt (a language model writes samples at the end "
         'of training), e.g. sampling.prompts=["\\n"]',
     )
-    if cfg.checkpoint.keep_best is not None:
-        _require(
-            cfg.train.eval_every > 0,
-            "checkpoint.keep_best: needs train.eval_every > 0 (best = lowest validation loss)",
-        )
-
-
-def _check_across(run: Resolved) -> None:
-    """The rules between the trainer's sections and the packages' built configs."""
-    m, d, o, mesh = run.model, run.cfg.data, run.optimizer, run.mesh
     _require(
-        run.cfg.kind == "vit" or m.max_seq_len >= d.seq_len,
+        own["checkpoint"].keep_best is None or own["train"].eval_every > 0,
+        "checkpoint.keep_best: needs train.eval_every > 0 (best = lowest validation loss)",
+    )
+
+
+def _check_across(cfg: Config) -> None:
+    """The rules between the trainer's sections and the packages' configs."""
+    m, d, o, mesh = cfg.model, cfg.data, cfg.optimizer, cfg.mesh
+    _require(
+        cfg.task == "classify" or m.max_seq_len >= d.seq_len,
         f"data.seq_len: {d.seq_len} exceeds model.max_seq_len ({m.max_seq_len})",
     )
     _require(
@@ -235,23 +229,98 @@ def _check_across(run: Resolved) -> None:
         )
 
 
-def resolve_config(data: dict[str, Any]) -> Resolved:
-    """Read a config from plain data (older key names migrated), validate and resolve it: what a
-    run starts from. The trainer's rules first, then the packages' (tjx.nn, tjx.optim and
-    tjx.parallel build their configs by their own rules — d_model divisible by num_heads, which
-    `position` a kind takes, warmup within train.steps, float16 needing loss scaling — before any
-    data is prepared, rather than the trainer repeating them). The one place a run builds its
-    package configs; everything after receives the `Resolved`. Raises `ConfigError`."""
-    from trainer.resolved import resolve
-
-    cfg = from_dict(Config, migrate(data))
-    _check_own(cfg)
-    resolved = resolve(cfg)  # errors name the trainer's keys (model.d_model: ...)
-    _check_across(resolved)
-    return resolved
+#: How a package's messages name its fields (``GPT2Config.d_model``), as the config's keys.
+_WORDS = {
+    "optimizer": {
+        "OptimizerConfig.": "optimizer.",
+        "ScheduleConfig.total_steps": "train.steps",
+        "ScheduleConfig.": "optimizer.schedule.",
+        "param_dtype=": "model.precision.param_dtype=",
+        "compute_dtype=": "model.precision.compute_dtype=",
+    },
+    "mesh": {"MeshConfig.": "mesh.", "MeshConfig: ": "mesh: "},
+}
 
 
-def build_config(data: dict[str, Any]) -> Config:
-    """Read and validate a config from plain data (its package configs are not kept: a run
-    starts from `resolve_config`)."""
-    return resolve_config(data).cfg
+def build(cls: type, checked: dict[str, Any], path: str) -> Any:
+    """``cls`` from `values`' output (nested sections built first; the trainer's own keys taken
+    out by the caller); a package's ``ValueError`` is a `ConfigError` in the config's keys."""
+    known = keys(cls, path)
+    kwargs = dict(checked)
+    for key, value in checked.items():
+        inner = nested_class(known[key][0]) if key in known else None
+        if inner is not None and isinstance(value, dict):
+            kwargs[key] = build(inner, value, f"{path}.{key}")
+    with reworded(path.split(".")[0]):
+        return cls(**kwargs)
+
+
+def _words(section: str) -> dict[str, str]:
+    if section != "model":
+        return _WORDS.get(section, {})
+    from tjx import nn
+
+    words = {f"{c.__name__}.": "model." for c in (*nn.MODEL_KINDS.values(), nn.TransformerConfig)}
+    return {**words, "Precision.": "model.precision."}
+
+
+@contextlib.contextmanager
+def reworded(section: str) -> Iterator[None]:
+    """A package's ``ValueError`` inside, as a `ConfigError` in the config's words: its class
+    names become the section's keys (``GPT2Config.d_model`` → ``model.d_model``), its ``None``
+    the config's ``null``; a message naming no key names the section."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as err:
+        words = _words(section)
+        if not words:
+            raise
+        pattern = "|".join(re.escape(theirs) for theirs in words)
+        text = re.sub(pattern, lambda m: words[m.group()], str(err)).replace("to None", "to null")
+        named = tuple(dict.fromkeys(v.split(".")[0].split("=")[0] for v in words.values()))
+        raise ConfigError(text if text.startswith(named) else f"{named[0]}: {text}") from None
+
+
+def write(obj: Any, path: str, own: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``obj`` as plain data (YAML-safe), every key (``own``: the values of the trainer's keys).
+
+    A field whose null stands for a value its class derives from the others (``num_kv_heads``:
+    ``num_heads``; ``schedule.peak_lr``: the optimizer's rate) is written null while it holds
+    that value, so the data read back derives it again after another setting changes.
+    """
+    return _write(obj, path, own or {}, obj, ())
+
+
+def _write(obj: Any, path: str, own: dict[str, Any], root: Any, at: tuple[str, ...]) -> Any:
+    out: dict[str, Any] = {}
+    for name, (_, f) in keys(type(obj), path).items():
+        value = own[name] if name in OWN_KEYS.get(path, {}) else getattr(obj, name)
+        if dataclasses.is_dataclass(value):
+            out[name] = _write(value, f"{path}.{name}", own, root, (*at, name))
+        elif value is not None and f.default is None and _derived(root, (*at, name), value):
+            out[name] = None
+        elif isinstance(value, tuple):
+            out[name] = list(value)
+        elif value is None or isinstance(value, bool | int | float | str | list | dict):
+            out[name] = value
+        else:
+            import numpy as np  # a dtype (jnp.float32), by its name: "float32"
+
+            out[name] = np.dtype(value).name
+    return out
+
+
+def _derived(root: Any, at: tuple[str, ...], value: Any) -> bool:
+    """Whether ``root`` with the field at ``at`` set to None derives ``value`` there again."""
+
+    def replaced(obj: Any, at: tuple[str, ...]) -> Any:
+        inner = None if len(at) == 1 else replaced(getattr(obj, at[0]), at[1:])
+        return dataclasses.replace(obj, **{at[0]: inner})
+
+    try:
+        again = replaced(root, at)
+    except (ValueError, TypeError):
+        return False
+    return bool(functools.reduce(getattr, at, again) == value)

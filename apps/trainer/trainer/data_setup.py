@@ -12,7 +12,6 @@ import jax
 from tjx import data
 from trainer.config import Config
 from trainer.schema import ConfigError
-from trainer.sections import expanded
 
 # tjx.data's argument names -> config keys: its messages name the key, err.argument the argument.
 KEYS = {
@@ -48,7 +47,7 @@ def mixture(cfg: Config) -> list[data.MixtureSource] | None:
         return None
     try:
         return data.check_mixture(cfg.data.sources, key="data.sources")
-    except data.DataError as err:  # config.resolve_config checked it already; kept for callers
+    except data.DataError as err:  # config.read_config checked it already; kept for callers
         raise ConfigError(str(err)) from None
 
 
@@ -73,20 +72,20 @@ def make_tokenizer(cfg: Config) -> Any:
 def prepare(cfg: Config) -> data.RunData:
     """Tokenizer and checked shards of both splits (of every mixture source), or the digits
     images (cheap when cached)."""
-    d, m, parts = cfg.data, expanded("model", cfg.model), mixture(cfg)
+    d, m, parts = cfg.data, cfg.model, mixture(cfg)
     if cfg.task == "classify":
-        images = _keyed(data.prepare_image_run_data, d.source, image_size=m["image_size"])
-        if m["num_channels"] != 1:
+        images = _keyed(data.prepare_image_run_data, d.source, image_size=m.image_size)
+        if m.num_channels != 1:
             raise ConfigError(
                 f"model.num_channels: the digits images are grey (1 channel), the model reads "
-                f"{m['num_channels']}; set model.num_channels=1"
+                f"{m.num_channels}; set model.num_channels=1"
             )
         return images
     common = {
         "seq_len": d.seq_len,
         "tokenizer_vocab": d.tokenizer_vocab,
         "cache_dir": d.cache_dir,
-        "vocab_size": m["vocab_size"],
+        "vocab_size": cfg.vocab_size,  # model.vocab_size as set (None: the tokenizer's)
         "num_workers": d.num_workers,
         "progress": sys.stderr.isatty(),
         "max_tokens": d.max_tokens,

@@ -38,8 +38,8 @@ def evaluate(setup: Any, params: Any, bundle: Any, cfg: Config) -> dict[str, flo
     plain key over all of them together (the sources' tokens pooled, bytes by each source's
     bytes/token).
     """
+    import trainer.data_setup as data_setup
     from tjx import metrics
-    from trainer import data_setup
 
     step = _eval_step(setup, cfg)
     naming = {

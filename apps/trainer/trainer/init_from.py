@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from trainer.config import Config
+from trainer.config import Config, read_config
 from trainer.schema import ConfigError
 
 #: Trainer model settings a checkpoint of the LLaMA family fixes (None: the user left it).
@@ -57,7 +57,9 @@ def check_init_from(cfg: Config, source: str) -> None:
         raise ConfigError(
             f"--init-from: loads {what} weights; model.kind must be {kind!r}, got " f"{cfg.kind!r}"
         )
-    settings = cfg.model  # the keys the config sets
+    # The settings the config gives: those unlike the kind's own (null: derived from the others).
+    default = read_config({"model": {"kind": cfg.kind}}).to_dict()["model"]
+    settings = {k: v for k, v in cfg.to_dict()["model"].items() if v != default[k]}
     if kind == "gpt2":
         if cfg.data.tokenizer != "gpt2" and Path(cfg.data.tokenizer).expanduser() != path:
             raise ConfigError(

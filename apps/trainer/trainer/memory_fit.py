@@ -22,22 +22,21 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tjx.metrics import GIB, first_fit, peak_bytes
-from trainer.resolved import Resolved
+from trainer.config import Config
 from trainer.schema import ConfigError
 
 
-def abstract_step(run: Resolved) -> tuple[Any, Any, Any]:
+def abstract_step(cfg: Config) -> tuple[Any, Any, Any]:
     """(jitted step, abstract state, abstract batch) of an LM run; no parameter is created."""
     from tjx import nn, optim
     from trainer.step import make_train_step
 
-    cfg = run.cfg
-    abstract = nnx.eval_shape(lambda: nn.build_model(run.model, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: nn.build_model(cfg.model, rngs=nnx.Rngs(0)))
     graphdef, params_state, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
     params = nnx.to_pure_dict(params_state)
     # The same optimizer as the run's (state.build): masks read from the params' logical axes.
     axes = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
-    tx = optim.build_optimizer(run.optimizer, axes=axes)
+    tx = optim.build_optimizer(cfg.optimizer, axes=axes)
     state = {
         "params": params,
         "opt_state": jax.eval_shape(tx.init, params),
@@ -46,40 +45,38 @@ def abstract_step(run: Resolved) -> tuple[Any, Any, Any]:
     b, s = cfg.data.batch_size, cfg.data.seq_len
     keys = ("inputs", "targets", "segment_ids", "positions")
     batch = {k: jax.ShapeDtypeStruct((b, s), jnp.int32) for k in keys}
-    step = jax.jit(make_train_step(graphdef, nn.concrete_state(rest), tx, run), donate_argnums=(0,))
+    step = jax.jit(make_train_step(graphdef, nn.concrete_state(rest), tx, cfg), donate_argnums=(0,))
     return step, state, batch
 
 
-def step_peak(run: Resolved) -> int:
-    """Peak bytes of the compiled train step of ``run`` on one device."""
-    step, state, batch = abstract_step(run)
+def step_peak(cfg: Config) -> int:
+    """Peak bytes of the compiled train step of ``cfg`` on one device."""
+    step, state, batch = abstract_step(cfg)
     return peak_bytes(step.lower(state, batch).compile())["peak"]
 
 
-def _announced(name: str, run: Resolved) -> int:
+def _announced(name: str, cfg: Config) -> int:
     """`step_peak`, said first: a big model's compile takes minutes on a CPU."""
     print(f"memory: compiling {name} to measure its peak…", flush=True)
-    return step_peak(run)
+    return step_peak(cfg)
 
 
 #: The candidates' names, as the ``memory:`` lines print them.
 STEP, FULL_REMAT = "the train step", "the train step with model.remat=full"
 
 
-def fit_memory(run: Resolved, *, budget: int | None = None, devices: int | None = None) -> Resolved:
-    """``run`` if its step fits, else ``run`` with ``model.remat=full``; ConfigError if neither.
+def fit_memory(cfg: Config, *, budget: int | None = None, devices: int | None = None) -> Config:
+    """``cfg`` if its step fits, else ``cfg`` with ``model.remat=full``; ConfigError if neither.
 
     ``budget`` (bytes) and ``devices`` default to this machine's (tests pass their own).
     """
     devices = jax.device_count() if devices is None else devices
     # The abstract step below is a decoder's (an LM batch).
-    cfg = run.cfg
     if not cfg.train.fit_memory or cfg.task != "lm" or devices != 1:
-        return run
-    # A resolved run with one valid value changed: no text round trip, no second resolution.
-    full = run.with_model(remat="full")
-    candidates = [(STEP, lambda: _announced(STEP, run))]
-    if run.model.remat == "none":
+        return cfg
+    full = cfg.with_model(remat="full")
+    candidates = [(STEP, lambda: _announced(STEP, cfg))]
+    if cfg.model.remat == "none":
         candidates.append((FULL_REMAT, lambda: _announced(FULL_REMAT, full)))
     # Each figure is printed as it comes: the next compile may take a while.
     fit = first_fit(candidates, budget=budget, on_check=lambda c: print(f"memory: {c}", flush=True))
@@ -91,12 +88,12 @@ def fit_memory(run: Resolved, *, budget: int | None = None, devices: int | None 
         )
         return full
     if fit.chosen is not None or fit.budget is None:
-        return run
+        return cfg
     # XLA:CPU undoes remat in unrolled stacks (it drops jax.checkpoint's barriers, then CSE
     # merges the recomputation back into the forward pass); scanned stacks keep it.
     unrolled = (
         "; set model.scan_layers=true (remat only saves memory on scanned layers on CPU)"
-        if not run.model.scan_layers and jax.default_backend() == "cpu"
+        if not cfg.model.scan_layers and jax.default_backend() == "cpu"
         else ""
     )
     last = fit.checks[-1]

@@ -10,19 +10,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml  # type: ignore[import-untyped]
-
 from tjx.parallel.arguments import DistributedArgs
 from trainer.config import Config
-from trainer.resolved import Resolved
 
 
 @dataclass
 class RunPlan:
-    """A validated request: the resolved config and everything the run needs to know before it
-    starts."""
+    """A validated request: the config and everything the run needs to know before it starts."""
 
-    resolved: Resolved
+    config: Config
     run_dir: Path
     resume: bool
     init_from: str | None
@@ -31,16 +27,6 @@ class RunPlan:
     distributed: DistributedArgs = field(default_factory=DistributedArgs)
     #: Training-only settings a ``--resume`` changes: key → (saved, new) (see `trainer.resume`).
     resume_changes: dict[str, tuple[object, object]] = field(default_factory=dict)
-
-    @property
-    def config(self) -> Config:
-        """The trainer's sections (``resolved.cfg``)."""
-        return self.resolved.cfg
-
-
-def config_yaml(cfg: Config) -> str:
-    """The effective config as YAML."""
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
 #: Exit status after Ctrl-C stopped the run at once (128 + SIGINT, as a shell reports it).

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.resolved import Resolved
+from trainer.config import Config
 from trainer.schema import ConfigError
 
 Say = Callable[[str], None]
@@ -84,7 +84,7 @@ def _compile(lowered: Any, label: str, started: float) -> Compiled:
     return Compiled(label, took, compiled, peak=peak_bytes(compiled)["peak"], note=note)
 
 
-def compile_train(run: Resolved, target: Any, label: str) -> Compiled:
+def compile_train(run: Config, target: Any, label: str) -> Compiled:
     """Compile ``run``'s train step for ``target``'s devices; a failure is kept, not raised
     (a `ConfigError` about the mesh or batch is raised)."""
     from tjx import kernels
@@ -101,7 +101,7 @@ def compile_train(run: Resolved, target: Any, label: str) -> Compiled:
         return _compile(lowered, label, started)
 
 
-def compile_eval(run: Resolved, target: Any) -> Compiled:
+def compile_eval(run: Config, target: Any) -> Compiled:
     """Compile ``run``'s eval step (one batch of ``eval.batch_size``) for ``target``."""
     from tjx import kernels
     from trainer import abstract_run
@@ -122,7 +122,7 @@ def _first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def choose_kernel(run: Resolved, target: Any, say: Say) -> tuple[Resolved, Compiled, str]:
+def choose_kernel(run: Config, target: Any, say: Say) -> tuple[Config, Compiled, str]:
     """The attention kernel ``auto`` (or the config) takes on ``target``, said as a run says it,
     with its compiled train step: (run with that kernel, compiled step, the choice's line)."""
     from tjx import kernels
@@ -160,7 +160,7 @@ def choose_kernel(run: Resolved, target: Any, say: Say) -> tuple[Resolved, Compi
     return run.with_model(attention_impl=chosen), built[chosen], "; ".join(lines)
 
 
-def fit(run: Resolved, target: Any, first: Compiled, say: Say) -> tuple[Resolved, Compiled, dict]:  # type: ignore[type-arg]
+def fit(run: Config, target: Any, first: Compiled, say: Say) -> tuple[Config, Compiled, dict]:  # type: ignore[type-arg]
     """What the trainer's memory fit would do with ``first`` (the step as configured): keep it,
     else take full remat (``train.fit_memory``), else split the batch into more micro-batches
     until it fits (advice: the trainer does not do that itself). Says one line per step compiled;
@@ -180,7 +180,7 @@ def fit(run: Resolved, target: Any, first: Compiled, say: Say) -> tuple[Resolved
         current = run.with_model(remat="full")
         step = compile_train(current, target, "model.remat=full")
         tried.append(step)
-    batch, ways = run.cfg.data.batch_size, _batch_ways(run, target)
+    batch, ways = run.data.batch_size, _batch_ways(run, target)
     micro = current.optimizer.accumulation_steps
     while not fits(step) and sized(step):
         micro *= 2
@@ -210,16 +210,15 @@ def _refused(error: str) -> str:
     return f"{found.group(1)} of temporaries alone (the compiler refuses it; {found.group(2)} free)"
 
 
-def _batch_ways(run: Resolved, target: Any) -> int:
+def _batch_ways(run: Config, target: Any) -> int:
     """Devices a batch is split over on the planned mesh (data × fsdp)."""
     sizes = run.mesh.resolve(target.count)
     return int(sizes[1] * sizes[2])
 
 
-def _with_accumulation(run: Resolved, steps: int) -> Resolved:
+def _with_accumulation(run: Config, steps: int) -> Config:
     """``run`` with ``optimizer.accumulation_steps=steps`` (the batch split into micro-batches)."""
     import dataclasses
 
     optimizer = dataclasses.replace(run.optimizer, accumulation_steps=steps)
-    cfg = dataclasses.replace(run.cfg, optimizer={**run.cfg.optimizer, "accumulation_steps": steps})
-    return dataclasses.replace(run, cfg=cfg, optimizer=optimizer)
+    return dataclasses.replace(run, optimizer=optimizer)

@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainer.config import Config
 from trainer.plan_compile import (
     Compiled,
     Say,
@@ -21,7 +22,7 @@ from trainer.plan_compile import (
     compile_eval,
     fit,
 )
-from trainer.resolved import Resolved
+from trainer.training import units_per_step
 
 
 @dataclass
@@ -42,23 +43,23 @@ LAUNCH_BOUND_S = 5e-6
 _DOT = re.compile(r"= f32\[[^\]]*\][^ ]* (?:dot|convolution)\((%[^,]+),")
 
 
-def model_flops(run: Resolved) -> tuple[float, float]:
+def model_flops(run: Config) -> tuple[float, float]:
     """Model FLOPs of one step: (causal attention at half, MaxText/torchtitan; PaLM's full)."""
     from tjx import nn
 
-    units = run.cfg.units_per_step
-    seq = run.cfg.data.seq_len
+    units = units_per_step(run)
+    seq = run.data.seq_len
     half = nn.flops_per_unit(run.model, seq, causal_half=True) * units
     full = nn.flops_per_unit(run.model, seq, causal_half=False) * units
     return half, full
 
 
-def kernel_costs(run: Resolved, target: Any) -> Any:
+def kernel_costs(run: Config, target: Any) -> Any:
     """tjx-kernels' prices for its own Triton kernels, as tjx-metrics' roofline asks for them
     (the model says whether its attention is causal; the target which launch it took)."""
     from tjx import kernels
 
-    causal = run.cfg.task in ("lm", "seq2seq")
+    causal = run.task in ("lm", "seq2seq")
     capability = target.device.compute_capability or (0, 0)
 
     def cost(call: Any) -> Any:
@@ -104,7 +105,7 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:,.1f} ms"
 
 
-def estimate(step: Compiled, run: Resolved, target: Any, say: Say) -> dict[str, Any]:
+def estimate(step: Compiled, run: Config, target: Any, say: Say) -> dict[str, Any]:
     """The roofline of a compiled train step, said in two lines (three on a mesh)."""
     from tjx.metrics import roofline
 
@@ -119,9 +120,9 @@ def estimate(step: Compiled, run: Resolved, target: Any, say: Say) -> dict[str, 
     say(f"custom calls per step: {shown}")
     half, full = model_flops(run)
     devices = target.count
-    tokens = run.cfg.units_per_step / est.seconds
+    tokens = units_per_step(run) / est.seconds
     mfu, palm = est.mfu(half, devices), est.mfu(full, devices)
-    unit = run.cfg.objective.unit
+    unit = run.objective.unit
     say(
         f"estimate: {_ms(est.seconds)} per step, {tokens:,.0f} {unit}/s, MFU {mfu:.0%} "
         f"(PaLM convention: {palm:.0%}) — an estimate: per-kernel roofline over the compiled "
@@ -176,15 +177,15 @@ def estimate(step: Compiled, run: Resolved, target: Any, say: Say) -> dict[str, 
     }
 
 
-def plan(run: Resolved, target: Any, text: str, say: Say) -> PlanResult:
+def plan(run: Config, target: Any, text: str, say: Say) -> PlanResult:
     """Compile, fit and estimate ``run`` on ``target`` (see `trainer.target_plan`)."""
     from tjx.metrics import GIB
 
-    result = PlanResult(text, run.cfg.name)
+    result = PlanResult(text, run.name)
     data = result.data
-    data.update(target=text, device=target.device.key, devices=target.count, config=run.cfg.name)
+    data.update(target=text, device=target.device.key, devices=target.count, config=run.name)
     say(
-        f"plan: {run.cfg.name} on {target.describe()}, compiled without the device; nothing is "
+        f"plan: {run.name} on {target.describe()}, compiled without the device; nothing is "
         "trained, nothing written"
     )
     run, step, line = choose_kernel(run, target, say)
@@ -227,7 +228,7 @@ def plan(run: Resolved, target: Any, text: str, say: Say) -> PlanResult:
         assert evaluated.peak is not None
         say(
             f"eval step: compiles in {evaluated.seconds:.1f} s; {evaluated.peak / GIB:.2f} GiB "
-            f"per device for a batch of {fitted.cfg.eval.batch_size}"
+            f"per device for a batch of {fitted.eval.batch_size}"
         )
     data["eval"] = {"compiles": evaluated.error is None, "peak_bytes": evaluated.peak}
     return result

@@ -10,42 +10,32 @@ command line stays free of jax).
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 from tjx import ckpt
-from trainer import sections
-from trainer.config import Config
-from trainer.migrate import in_old_layout, migrate
-from trainer.schema import ConfigError, field_map, from_dict, hints
-from trainer.sections import PACKAGE_SECTIONS
+from trainer.config import Config, read_config
+from trainer.schema import ConfigError, lookup
+from trainer.settings import in_old_layout, migrate
 
 
 def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
     """Whether a resume may change dotted config ``key``: its field's ``resumable`` metadata, or
-    that of a section holding it (the trainer's own in `Config`, a package section's in the
-    package's class; the model's of ``config``'s kind)."""
-    section = key.split(".")[0]
-    if section in PACKAGE_SECTIONS:
-        return "." in key and sections.resumable(key, config or {})
-    cls: Any = Config
-    for part in key.split("."):
-        fields = field_map(cls) if isinstance(cls, type) and dataclasses.is_dataclass(cls) else {}
-        if part not in fields:
-            return False
-        if fields[part].metadata.get("resumable"):
-            return True
-        cls = hints(cls)[part]
-    return False
+    that of a section holding it (the trainer's in `Config`, a package's in its class; the
+    model's of ``config``'s kind)."""
+    model = (config or {}).get("model")
+    kind = model.get("kind", "gpt2") if isinstance(model, dict) else "gpt2"
+    try:
+        return any(f.metadata.get("resumable") for _, f in lookup(Config, key, kind))
+    except ConfigError:
+        return False
 
 
-def _compared(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with its null optimizer settings as the optimizer's own values; a
-    ``config.yaml`` in the old layout (`trainer.migrate`) as today's trainer writes it (keys
-    migrated, the package keys it could not set filled with the values it ran with: their
-    defaults). A key missing from a file written since stays missing, so a key added later must
-    match unless it is resumable.
+def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
+    """``config`` as the comparison sees it: a saved one read and written back as this trainer
+    writes it (the old layout migrated, `trainer.settings.migrate`, and filled with the values it
+    ran with: their defaults; a file written since keeps only its own keys, so a key added later
+    must match unless it is resumable), and every null optimizer setting as the optimizer's own.
 
     Runs saved before those settings could be null hold the old trainer defaults (b2 0.95, ...);
     comparing values, not nulls, shows what really changes: ``optimizer.b2 0.95 → 0.999 (adamw's
@@ -53,7 +43,11 @@ def _compared(config: dict[str, Any]) -> dict[str, Any]:
     """
     from tjx import optim
 
-    full = from_dict(Config, migrate(config)).to_dict() if in_old_layout(config) else config
+    full = config
+    if saved:
+        full = read_config(migrate(config)).to_dict()
+        if not in_old_layout(config):
+            full = _only(full, set(ckpt.flatten_config(config)))
     if not isinstance(full.get("optimizer"), dict):
         return full
     section = optim.with_own_defaults(full["optimizer"])
@@ -64,11 +58,22 @@ def _compared(config: dict[str, Any]) -> dict[str, Any]:
     return {**full, "optimizer": section}
 
 
+def _only(data: dict[str, Any], kept: set[str], prefix: str = "") -> dict[str, Any]:
+    """``data`` with only the dotted keys ``kept``."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out[key] = _only(value, kept, f"{prefix}{key}.")
+        elif f"{prefix}{key}" in kept:
+            out[key] = value
+    return out
+
+
 def saved_config(run_dir: Path) -> dict[str, Any]:
     """The run's ``config.yaml``; a missing or unreadable one is a `ConfigError` naming it."""
-    run = ckpt.RunDir(run_dir)
+    folder = ckpt.RunDir(run_dir)
     try:
-        return run.read_config()
+        return folder.read_config()
     except ckpt.RunFileError as err:  # a missing file is one too (RunFileNotFoundError)
         problem = (
             "is missing"
@@ -76,8 +81,8 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
             else f"is not a readable run config ({err.reason})"
         )
         raise ConfigError(
-            f"--resume: {str(run.config_file)!r} {problem}, so what the checkpoints were trained "
-            "with is unknown; put the run's config back or train into a new --run-dir"
+            f"--resume: {str(folder.config_file)!r} {problem}, so what the checkpoints were "
+            "trained with is unknown; put the run's config back or train into a new --run-dir"
         ) from None
 
 
@@ -103,12 +108,12 @@ def check_resume(run_dir: Path, new: dict[str, Any]) -> dict[str, tuple[Any, Any
     """
     saved_data = saved_config(run_dir)
     try:
-        saved = _compared(saved_data)
+        saved = _compared(saved_data, saved=True)
     except ConfigError as err:
         raise ConfigError(
             f"--resume: {ckpt.RunDir(run_dir).config_file} is no config this trainer reads ({err})"
         ) from None
-    new = _compared(new)
+    new = _compared(new, saved=False)
     keys = set(ckpt.flatten_config(saved)) | set(ckpt.flatten_config(new))
     changeable = tuple(k for k in keys if is_training_only(k, new))
     changes = ckpt.config_changes(saved, new, changeable=changeable)

@@ -1,11 +1,15 @@
-"""Typed conversion of plain YAML data into nested config dataclasses.
+"""The config's schema: every key of every section, walked one way (`keys`, `lookup`, `leaves`),
+and one value read from YAML or ``--set`` text as its field's type (`convert`) and checked against
+its metadata (`check_field`). Every problem is one `ConfigError` naming the key path and what is
+allowed (the CLI turns it into exit code 2).
 
-Every field of a config dataclass is declared with a type hint and, where it matters, metadata:
-``choices`` (allowed values, or ``"module:NAME"`` for a list a package owns, imported only when
-needed), ``min``/``max`` (inclusive bounds), ``gt``/``lt`` (exclusive bounds),
-``each_choices`` (allowed values of a list's items) and ``help``. `from_dict` walks the data against
-those hints and raises one `ConfigError` naming the key path and what is allowed, at the first
-problem. `convert` also reads a ``--set`` override's text as its field's type.
+A section's keys are its class's fields, the trainer's own sections (`trainer.sections`) and the
+packages' classes alike (``model`` is tjx.nn's class of ``model.kind``, ``optimizer`` tjx.optim's
+`OptimizerConfig`, ``mesh`` tjx.parallel's `MeshConfig`), with the metadata their owner gave them
+(`setting`: ``help``, ``choices`` — a list, or ``"module:NAME"`` for one a package owns —,
+``each_choices``, bounds ``min``/``max``/``gt``/``lt``, ``resumable``). So a field a package
+adds is read, written, set and listed with no change here. The packages load JAX: their classes
+are imported when a section is first walked, never when the command line is parsed.
 """
 
 from __future__ import annotations
@@ -17,11 +21,9 @@ import types
 import typing
 from collections.abc import Iterator
 from importlib import import_module
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml  # type: ignore[import-untyped]
-
-T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -30,28 +32,14 @@ class ConfigError(ValueError):
     exit_code = 2
 
 
-def spec(default: Any = dataclasses.MISSING, **meta: Any) -> Any:
-    """A dataclass field with its checks (choices, each_choices, min, max, gt, lt) and help."""
-    if isinstance(default, list | dict):
-        value = default
-        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
+def setting(default: Any, *, factory: bool = False, **meta: Any) -> Any:
+    """A config field: its default (with ``factory``, a callable that makes it: a list, a nested
+    config) and the metadata apps read to list, document and check it: ``help`` (one line),
+    ``choices`` (the allowed values), ``resumable`` (a resumed run may change it) and bounds
+    (``min``, ``max``, ``gt``, ``lt``). The same helper in every package (a test keeps them so)."""
+    if factory:
+        return dataclasses.field(default_factory=default, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
-
-
-def nested(cls: type, **meta: Any) -> Any:
-    """A dataclass-valued field defaulting to ``cls()`` (``resumable=True``: a resume may
-    change any of its keys)."""
-    return dataclasses.field(default_factory=cls, metadata=meta)
-
-
-def hints(cls: type) -> dict[str, Any]:
-    """Resolved type hints of a config dataclass."""
-    return typing.get_type_hints(cls)
-
-
-def field_map(cls: type) -> dict[str, dataclasses.Field[Any]]:
-    """The dataclass fields of ``cls`` by name."""
-    return {f.name: f for f in dataclasses.fields(cls)}
 
 
 # Scalar field types: what a YAML value must be an instance of, and the type's name in errors.
@@ -138,8 +126,6 @@ def convert(
         if from_text:
             raise ConfigError(f"{path}: cannot read {value!r} as {type_name(tp)}")
         raise ConfigError(f"{path}: expected {type_name(tp)}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, path)  # type: ignore[arg-type]
     if from_text and isinstance(value, str):  # a list's mapping item is already a value
         value = _from_text(value, tp, path)
     if origin is tuple:  # a fixed-length tuple field (rope_scaling): a list of its item types
@@ -229,44 +215,151 @@ def check_field(f: dataclasses.Field[Any], value: Any, path: str) -> None:
                     raise ConfigError(f"{path}: {item!r} is {words} {f.metadata[key]}")
 
 
-def from_dict(cls: type[T], data: Any, path: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping of keys, got {data!r}")
-    fields = field_map(cls)
-    types_ = hints(cls)
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        key_path = f"{path}.{key}" if path else str(key)
-        if key not in fields:
-            allowed = ", ".join(sorted(fields))
-            raise ConfigError(f"{key_path}: unknown key; allowed keys here: {allowed}")
-        reader = fields[key].metadata.get("read")  # a package's section reads itself
-        if reader is not None:
-            kwargs[key] = reader(value, key_path)
+#: Each package section: the class it is (``module:NAME``; the model's is chosen by ``kind``).
+PACKAGE_SECTIONS = {
+    "model": "tjx.nn:MODEL_KINDS",
+    "optimizer": "tjx.optim:OptimizerConfig",
+    "mesh": "tjx.parallel:MeshConfig",
+}
+#: The model kinds the trainer trains (``--help`` lists them without loading JAX).
+KINDS = ("gpt2", "llama", "bert", "vit", "encdec")
+#: The trainer's own keys of a section, before the class's fields.
+OWN_KEYS: dict[str, dict[str, tuple[Any, dataclasses.Field[Any]]]] = {
+    "model": {
+        "kind": (str, setting("gpt2", choices=KINDS, help="model family (tjx.nn.MODEL_KINDS)")),
+        # The one trainer rule on a model field: its vocabulary is the tokenizer's by default.
+        "vocab_size": (
+            int | None,
+            setting(None, min=2, help="tokens in the vocabulary; null: the tokenizer's"),
+        ),
+    },
+}
+#: Keys a section's class has that the trainer fills itself (set them elsewhere).
+FILLED = {"optimizer.schedule.total_steps": "train.steps"}
+
+
+def section_class(section: str, kind: Any = "gpt2") -> type:
+    """The class of package section ``section`` (``"model"``: the one of ``kind``)."""
+    module, name = PACKAGE_SECTIONS[section].split(":")
+    found = getattr(import_module(module), name)
+    if section != "model":
+        return found  # type: ignore[no-any-return]
+    if not isinstance(kind, str) or kind not in found:
+        allowed = ", ".join(repr(k) for k in found)
+        raise ConfigError(f"model.kind: {kind!r} is not allowed; choose one of {allowed}")
+    return found[kind]  # type: ignore[no-any-return]
+
+
+def meta(cls: type, name: str) -> dataclasses.Field[Any]:
+    """Field ``name`` of ``cls`` (its default) with the metadata its owner gave it: a subclass
+    that only changes a default (``LlamaConfig.norm``) keeps the base class's ``help``."""
+    own: dataclasses.Field[Any] = cls.__dataclass_fields__[name]  # type: ignore[attr-defined]
+    for klass in cls.__mro__:
+        f = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if f is not None and f.metadata:
+            if own.default_factory is not dataclasses.MISSING:
+                merged = dataclasses.field(default_factory=own.default_factory, metadata=f.metadata)
+            else:
+                merged = dataclasses.field(default=own.default, metadata=f.metadata)
+            merged.name = name
+            return merged  # type: ignore[no-any-return]
+    return own
+
+
+def nested_class(tp: Any) -> type | None:
+    """The dataclass a field of type ``tp`` holds (``ScheduleConfig | None`` → ScheduleConfig)."""
+    for arg in (tp, *typing.get_args(tp)):
+        if dataclasses.is_dataclass(arg):
+            return arg  # type: ignore[return-value]
+    return None
+
+
+def optional(tp: Any) -> bool:
+    """Whether type ``tp`` takes null."""
+    origin = typing.get_origin(tp)
+    return origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def keys(cls: type, path: str, kind: Any = "gpt2") -> dict[str, tuple[Any, dataclasses.Field[Any]]]:
+    """Every key of the section at ``path`` (``""``: the top) of class ``cls``: (type, field).
+
+    A field whose metadata names a package ``section`` is that package's class; one marked
+    ``key=False`` is no key (a `Config`'s bookkeeping); a dtype field (``Any``) is written by name.
+    """
+    own = OWN_KEYS.get(path, {})
+    hints = typing.get_type_hints(cls)
+    out = dict(own)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        key = f"{path}.{f.name}" if path else f.name
+        if f.name in own or key in FILLED or f.metadata.get("key") is False:
             continue
-        kwargs[key] = convert(types_[key], value, key_path)
-        check_field(fields[key], kwargs[key], key_path)
-    return cls(**kwargs)
-
-
-def to_dict(obj: Any) -> Any:
-    """A dataclass tree as plain YAML-safe data."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, list | tuple):
-        return [to_dict(v) for v in obj]
-    return obj
-
-
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """``update`` merged into a copy of ``base`` (mappings merge, everything else replaces)."""
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
+        section = f.metadata.get("section")
+        tp = section_class(section, kind) if section else hints[f.name]
+        out[f.name] = (str if tp is Any else tp, meta(cls, f.name))
     return out
+
+
+def values(cls: type, data: Any, path: str, kind: Any = "gpt2") -> dict[str, Any]:
+    """The keys ``data`` sets in the section of class ``cls`` at ``path``, each read as its type
+    and checked (nested sections as mappings). In a package's section, a ``null`` on a field that
+    takes none (``model.position: null``) is the class's own default, and is left out."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys, got {data!r}")
+    package = path.split(".")[0] in PACKAGE_SECTIONS
+    out: dict[str, Any] = {}
+    for key in data:
+        tp, f = _entry(cls, path, key, kind)
+        inner, key_path = nested_class(tp), f"{path}.{key}"
+        if data[key] is None and package and (inner is not None or not optional(tp)):
+            continue
+        if inner is not None:
+            out[key] = values(inner, data[key], key_path, kind)
+            continue
+        out[key] = convert(tp, data[key], key_path)
+        check_field(f, out[key], key_path)
+    return out
+
+
+def _entry(cls: type, path: str, key: str, kind: Any) -> tuple[Any, dataclasses.Field[Any]]:
+    """(type, field) of ``key`` in the section at ``path``; a key the trainer fills itself or an
+    unknown one is a `ConfigError` saying what to set instead."""
+    here = f"{path}.{key}" if path else str(key)
+    if here in FILLED:
+        raise ConfigError(f"{here}: the trainer sets it from {FILLED[here]}; set that")
+    known = keys(cls, path, kind)
+    if key not in known:
+        raise ConfigError(f"{here}: unknown key; allowed keys here: {', '.join(known)}")
+    return known[key]
+
+
+def lookup(
+    cls: type, key: str, kind: Any = "gpt2", path: str = ""
+) -> list[tuple[Any, dataclasses.Field[Any]]]:
+    """The fields from the section at ``path`` of class ``cls`` down to dotted ``key``: each
+    one's type and field. Unknown keys, a section given a value and a value given keys are
+    `ConfigError`s naming what is allowed."""
+    chain: list[tuple[Any, dataclasses.Field[Any]]] = []
+    parts = key.split(".")
+    for i, part in enumerate(parts, 1):
+        here = f"{path}.{part}" if path else part
+        chain.append(_entry(cls, path, part, kind))
+        inner = nested_class(chain[-1][0])
+        if inner is not None and i == len(parts):
+            sub = ", ".join(keys(inner, here, kind))
+            raise ConfigError(f"{here}: is a section; set one of its keys: {sub}")
+        if inner is None and i < len(parts):
+            raise ConfigError(f"{here}: is a value, not a section (in {key!r})")
+        cls, path = inner, here  # type: ignore[assignment]
+    return chain
+
+
+def leaves(cls: type, path: str = "", kind: Any = "gpt2") -> Iterator[tuple[str, Any, Any]]:
+    """(dotted key, type, field) of every value key below the section at ``path``, in order."""
+    for name, (tp, f) in keys(cls, path, kind).items():
+        key, inner = f"{path}.{name}" if path else name, nested_class(tp)
+        if inner is None:
+            yield key, tp, f
+        else:
+            yield from leaves(inner, key, kind)

@@ -1,221 +1,158 @@
-"""The packages' configs as the trainer's sections: ``model`` is the tjx.nn config class of
-``model.kind``, ``optimizer`` tjx.optim's `OptimizerConfig` (its ``schedule`` a `ScheduleConfig`),
-``mesh`` tjx.parallel's `MeshConfig`.
+"""The trainer's own config sections (beside the packages' ``model``, ``optimizer`` and ``mesh``):
+data, the loop, checkpoints, logs, held-out metrics and text samples. Each field is declared once,
+with its help and checks (`trainer.schema.setting`)."""
 
-A section is read as plain data checked against its class's own fields: their types, and the
-``choices``/``help``/``resumable`` metadata the package gives each field. The trainer keeps no
-copy of any field, so a field a package adds is settable (``--set``), listed
-(``--show-config``) and documented at once. The classes themselves are built from the data once
-per run (`trainer.resolved.resolve`), by their own rules. The packages load JAX, so they are
-imported here only when a section is read, never when the command line is parsed.
-"""
-
+# `setting()` returns dataclasses.field objects (with validation metadata).
+# ruff: noqa: RUF009
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from importlib import import_module
+from dataclasses import dataclass
 from typing import Any
 
-from trainer.schema import ConfigError, check_field, convert, hints, spec
-
-#: Each section: the class it is (``module:NAME``; the model's is chosen by ``kind``).
-PACKAGE_SECTIONS = {
-    "model": "tjx.nn:MODEL_KINDS",
-    "optimizer": "tjx.optim:OptimizerConfig",
-    "mesh": "tjx.parallel:MeshConfig",
-}
-#: The model kinds the trainer trains (``--help`` lists them without loading JAX); each one's
-#: class is tjx.nn.MODEL_KINDS', its objective tjx.nn.objective_of's.
-KINDS = ("gpt2", "llama", "bert", "vit", "encdec")
-#: The trainer's own keys of a section, beside the class's fields.
-OWN_KEYS: dict[str, dict[str, tuple[Any, dataclasses.Field[Any]]]] = {
-    "model": {
-        "kind": (str, spec("gpt2", choices=KINDS, help="model family (tjx.nn.MODEL_KINDS)")),
-        # The one trainer rule on a model field: its vocabulary is the tokenizer's by default.
-        "vocab_size": (
-            int | None,
-            spec(None, min=2, help="tokens in the vocabulary; null: the tokenizer's"),
-        ),
-    },
-}
-#: Keys a section's class has that the trainer fills itself (set them elsewhere).
-FILLED = {"optimizer.schedule.total_steps": "train.steps"}
+from trainer.schema import setting
 
 
-def section_class(section: str, data: Any = None) -> type:
-    """The class of ``section`` (``"model"``: the one of ``data``'s ``kind``)."""
-    module, name = PACKAGE_SECTIONS[section].split(":")
-    found = getattr(import_module(module), name)
-    if section != "model":
-        return found  # type: ignore[no-any-return]
-    kind = data.get("kind", "gpt2") if isinstance(data, dict) else "gpt2"
-    if kind not in found:
-        allowed = ", ".join(repr(k) for k in found)
-        raise ConfigError(f"model.kind: {kind!r} is not allowed; choose one of {allowed}")
-    return found[kind]  # type: ignore[no-any-return]
+@dataclass(frozen=True)
+class DataConfig:
+    """Where text comes from and how it is cut into batches."""
 
-
-def meta(cls: type, name: str) -> dataclasses.Field[Any]:
-    """Field ``name`` of ``cls`` (its default) with the metadata its package gave it: a subclass
-    that only changes a default (``LlamaConfig.norm``) keeps the base class's ``help`` and
-    ``choices``."""
-    own: dataclasses.Field[Any] = cls.__dataclass_fields__[name]  # type: ignore[attr-defined]
-    for klass in cls.__mro__:
-        f = getattr(klass, "__dataclass_fields__", {}).get(name)
-        if f is not None and f.metadata:
-            if own.default_factory is not dataclasses.MISSING:
-                merged = dataclasses.field(default_factory=own.default_factory, metadata=f.metadata)
-            else:
-                merged = dataclasses.field(default=own.default, metadata=f.metadata)
-            merged.name = name
-            return merged  # type: ignore[no-any-return]
-    return own
-
-
-def nested_class(tp: Any) -> type | None:
-    """The dataclass a field of type ``tp`` holds (``ScheduleConfig | None`` → ScheduleConfig)."""
-    for arg in (tp, *typing.get_args(tp)):
-        if dataclasses.is_dataclass(arg):
-            return arg  # type: ignore[return-value]
-    return None
-
-
-def _optional(tp: Any) -> bool:
-    origin = typing.get_origin(tp)
-    return origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
-
-
-def fields_of(cls: type, path: str) -> dict[str, tuple[Any, dataclasses.Field[Any]]]:
-    """Every key of the section at ``path`` of class ``cls``: (its type, its field)."""
-    own = OWN_KEYS.get(path, {})
-    types_ = hints(cls)
-    out = dict(own)
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        key = f"{path}.{f.name}"
-        if f.name not in own and key not in FILLED:
-            tp = types_[f.name]  # a dtype field (Any) is written as its name
-            out[f.name] = (str if tp is Any else tp, meta(cls, f.name))
-    return out
-
-
-def _entry(cls: type, path: str, key: str) -> tuple[Any, dataclasses.Field[Any]]:
-    """(type, field) of ``key`` in the section at ``path`` of class ``cls``; a key the trainer
-    fills itself or an unknown one is a `ConfigError` saying what to set instead."""
-    key_path = f"{path}.{key}"
-    if key_path in FILLED:
-        raise ConfigError(f"{key_path}: the trainer sets it from {FILLED[key_path]}; set that")
-    known = fields_of(cls, path)
-    if key not in known:
-        raise ConfigError(f"{key_path}: unknown key; allowed keys here: {', '.join(known)}")
-    return known[key]
-
-
-def read(cls: type, data: Any, path: str) -> dict[str, Any]:
-    """The keys ``data`` sets in the section of class ``cls`` at ``path``, checked against the
-    fields' types and metadata (plain values; nested sections as mappings).
-
-    A ``null`` on a field that takes none (``model.position: null``) means the class's own
-    default, and is left out: the kind's default then applies (LLaMA's rope, GPT-2's learned).
-    """
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys, got {data!r}")
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        key_path = f"{path}.{key}"
-        tp, f = _entry(cls, path, key)
-        inner = nested_class(tp)
-        if value is None and (inner is not None or not _optional(tp)):
-            continue  # the class's own default
-        if inner is not None:
-            out[key] = read(inner, value, key_path)
-            continue
-        out[key] = convert(tp, value, key_path)
-        check_field(f, out[key], key_path)
-    return out
-
-
-def field_at(cls: type, parts: list[str], path: str) -> tuple[dataclasses.Field[Any], Any]:
-    """The field and type of dotted ``parts`` below the section of class ``cls`` at ``path``
-    (for ``--set``); errors name the allowed keys."""
-    head, rest = parts[0], parts[1:]
-    key = f"{path}.{head}"
-    tp, f = _entry(cls, path, head)
-    inner = nested_class(tp)
-    if inner is not None:
-        if not rest:
-            raise ConfigError(
-                f"{key}: is a section; set one of its keys: {', '.join(fields_of(inner, key))}"
-            )
-        return field_at(inner, rest, key)
-    if rest:
-        raise ConfigError(f"{key}: is a value, not a section")
-    # ``--set model.position=null``: the class's own default, as in a file (`read`)
-    return f, (tp if _optional(tp) else tp | None)
-
-
-def _plain(value: Any) -> Any:
-    """A class default as YAML writes it (a dtype by its name, a tuple as a list)."""
-    if isinstance(value, tuple):
-        return list(value)
-    if value is not None and not isinstance(value, bool | int | float | str | list | dict):
-        import numpy as np  # a dtype default (jnp.float32), by its name: "float32"
-
-        return np.dtype(value).name
-    return value
-
-
-def expand(cls: type, data: dict[str, Any], path: str) -> dict[str, Any]:
-    """Every key of the section: ``data``'s value, else the class's default (what ``config.yaml``
-    saves and ``--show-config`` lists, so a run records the values it ran with)."""
-    out: dict[str, Any] = {}
-    for key, (tp, f) in fields_of(cls, path).items():
-        inner = nested_class(tp)
-        if inner is not None:
-            out[key] = expand(inner, data.get(key) or {}, f"{path}.{key}")
-        elif key in data:
-            out[key] = data[key]
-        elif f.default is not dataclasses.MISSING:
-            out[key] = _plain(f.default)
-        else:
-            out[key] = _plain(f.default_factory())  # type: ignore[misc]
-    return out
-
-
-def resumable(key: str, data: dict[str, Any]) -> bool:
-    """Whether a ``--resume`` may change the section key ``key`` (``model.remat``): its field's
-    ``resumable`` metadata, or a section's that holds it (``optimizer.schedule``)."""
-    section, *parts = key.split(".")
-    cls = section_class(section, data.get(section))
-    path = section
-    for part in parts:
-        known = fields_of(cls, path)
-        if part not in known:
-            return False
-        tp, f = known[part]
-        if f.metadata.get("resumable"):
-            return True
-        inner = nested_class(tp)
-        if inner is None:
-            return False
-        cls, path = inner, f"{path}.{part}"
-    return False
-
-
-def package(section: str, help_text: str) -> Any:
-    """The `Config` field of package section ``section``: read by `read`, ``{}`` by default."""
-
-    def reader(value: Any, path: str) -> dict[str, Any]:
-        return read(section_class(section, value), value, path)
-
-    return dataclasses.field(
-        default_factory=dict, metadata={"read": reader, "package": section, "help": help_text}
+    source: str = setting("shakespeare", help="built-in name, hub name or local path")
+    tokenizer: str = setting("byte", help="byte | gpt2 | bpe | a tokenizer path")
+    tokenizer_vocab: int = setting(2048, min=260, max=1 << 20, help="vocab of a trained bpe")
+    cache_dir: str | None = setting(
+        None, help="pre-tokenized shards (default ~/.cache/tjx/data)", resumable=True
+    )
+    seq_len: int = setting(128, min=2, max=1 << 20, help="tokens per training sequence")
+    batch_size: int = setting(16, min=1, help="global batch (sequences per optimizer step)")
+    num_workers: int = setting(1, min=1, max=256, help="processes tokenizing during preparation")
+    shuffle: bool = setting(True, help="shuffle the windows each epoch")
+    max_tokens: int | None = setting(
+        None, min=1, help="prepare at most this many tokens per split (of each mixture source)"
+    )
+    sources: list[dict] | None = setting(
+        None,
+        help="a weighted mixture instead of data.source: [{source: ..., weight: 3, name: web}, "
+        "...] (tjx.data.check_mixture); val_loss/<name> per source",
+    )
+    on_exhausted: str = setting(
+        "repeat",
+        choices="tjx.data:ON_EXHAUSTED",
+        help="a mixture source that has given every window: repeat (a new epoch) or drop",
     )
 
 
-def expanded(section: str, data: dict[str, Any]) -> dict[str, Any]:
-    """`expand` of the section ``section`` holding ``data``."""
-    return expand(section_class(section, data), data, section)
+@dataclass(frozen=True)
+class TrainConfig:
+    """The loop: how long, how often to evaluate, sample, log and save."""
+
+    # A bound, not a budget: 10^9 steps is decades at any speed; more is a typo (and overflows the
+    # int32 step counter at 2^31).
+    steps: int = setting(1000, min=1, max=10**9, help="optimizer steps of the run", resumable=True)
+    seed: int = setting(0, min=0, help="initial weights, data order and dropout keys")
+    log_every: int = setting(10, min=1, help="a metrics line every N steps", resumable=True)
+    eval_every: int = setting(200, min=0, help="0 = only at the end", resumable=True)
+    eval_batches: int = setting(
+        8, min=1, help="validation batches per evaluation (always the same ones)", resumable=True
+    )
+    sample_every: int = setting(0, min=0, help="0 = only at the end", resumable=True)
+    checkpoint_every: int = setting(
+        500, min=0, help="0 = only at the end and on signals", resumable=True
+    )
+    chunked_ce: bool = setting(
+        True, help="fused chunked cross-entropy (no [b,s,V] logits)", resumable=True
+    )
+    ce_chunk_size: int | None = setting(
+        None,
+        min=1,
+        help="tokens per chunk; null: from the shape (tjx.kernels.auto_chunk_size)",
+        resumable=True,
+    )
+    z_loss: float = setting(
+        0.0, min=0.0, help="weight of the log-partition penalty (PaLM's z-loss)", resumable=True
+    )
+    mlm_probability: float = setting(
+        0.15, gt=0.0, lt=1.0, help="BERT: share of tokens masked", resumable=True
+    )
+    stop_at: int | None = setting(
+        None,
+        min=1,
+        help="stop after this step as if preempted (save, exit 0; --resume goes on)",
+        resumable=True,
+    )
+    fit_memory: bool = setting(
+        True,
+        help="check the step's compiled memory first; switch to full remat if it won't fit",
+        resumable=True,
+    )
+    compilation_cache: str = setting(
+        "auto",
+        help="GPU runs: JAX's persistent compilation cache folder (a rerun skips compiling and "
+        "autotuning); auto: tjx.kernels' default (TJX_COMPILATION_CACHE_DIR, else "
+        "~/.cache/tjx/jax-compilation); off: none",
+        resumable=True,
+    )
+    max_bad_steps: int = setting(
+        25,
+        min=1,
+        help="stop (exit 3, no new checkpoint) after this many steps in a row with a non-finite "
+        "loss or a skipped update",
+        resumable=True,
+    )
+
+    @property
+    def head_settings(self) -> dict[str, Any]:
+        """The vocabulary head's loss settings, as tjx.nn's objectives take them."""
+        return {"chunked": self.chunked_ce, "chunk_size": self.ce_chunk_size, "z_loss": self.z_loss}
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Checkpoints under ``RUN_DIR/checkpoints``."""
+
+    keep_last: int = setting(3, min=1, help="newest checkpoints kept")
+    keep_best: int | None = setting(None, min=1, help="also keep the N lowest val_loss; null: off")
+    async_save: bool = setting(True, help="write checkpoints in the background")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Log sinks (tjx.metrics) and the progress bar."""
+
+    sinks: list[str] = setting(
+        lambda: ["console", "jsonl"],
+        factory=True,
+        each_choices="tjx.metrics:LOGGER_NAMES",
+        help="where metrics go",
+    )
+    project: str = setting("tjx", help="wandb project")
+    wandb_mode: str = setting(
+        "offline",
+        choices="tjx.metrics.loggers.wandb_logger:WANDB_MODES",
+        help="wandb: offline (default), online or disabled",
+    )
+    progress: bool = setting(True, help="progress bar on a terminal (plain lines otherwise)")
+    # Each histogram step copies every weight to the host: off by default, and best kept rare.
+    histogram_every: int = setting(0, min=0, help="parameter histograms every N steps; 0 = never")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Held-out metrics."""
+
+    batch_size: int = setting(16, min=1, help="sequences per validation batch")
+    top_k: list[int] = setting(
+        lambda: [1, 5, 10], factory=True, min=1, help="top-k accuracies reported"
+    )
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Text samples written during training."""
+
+    prompts: list[str] = setting(
+        lambda: ["\n"], factory=True, help="one sample per prompt at each sampling step"
+    )
+    max_new_tokens: int = setting(200, min=1, help="tokens generated per sample")
+    temperature: float = setting(0.8, min=0.0, help="0: greedy")
+    top_k: int | None = setting(None, min=1, help="sample among the k likeliest tokens; null: all")
+    top_p: float | None = setting(None, gt=0.0, max=1.0, help="nucleus sampling; null: off")

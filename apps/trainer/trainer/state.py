@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from trainer.resolved import Resolved
+from trainer.config import Config
 from trainer.schema import ConfigError, keyed
 
 
@@ -28,12 +28,12 @@ class Setup:
     num_params: int
 
 
-def _check_pipeline(run: Resolved, batch_ways: int = 1) -> None:
+def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:
     """mesh.pipeline > 1 needs a decoder whose layers are stacked (scanned), without dropout,
     and sizes that split (tjx.parallel's rules; ``batch_ways`` = data×fsdp once known)."""
     from tjx import parallel
 
-    cfg, m, mc = run.cfg, run.model, run.mesh
+    m, mc = cfg.model, cfg.mesh
     if cfg.task != "lm":
         raise ConfigError(
             f"mesh.pipeline: only decoders (gpt2, llama) are pipelined; model.kind is {cfg.kind!r}"
@@ -48,27 +48,27 @@ def _check_pipeline(run: Resolved, batch_ways: int = 1) -> None:
         parallel.check_pipeline(
             num_layers=m.num_layers,
             stages=mc.pipeline,
-            batch_size=cfg.data.batch_size // run.optimizer.accumulation_steps,
+            batch_size=cfg.data.batch_size // cfg.optimizer.accumulation_steps,
             microbatches=mc.microbatches,
             batch_ways=batch_ways,
             schedule=mc.schedule,
         )
 
 
-def make_mesh(run: Resolved) -> tuple[Any, Any]:
+def make_mesh(cfg: Config) -> tuple[Any, Any]:
     """The device mesh and logical-axis rules; mesh/batch mismatches are config errors."""
     from tjx import parallel
 
-    cfg, mc = run.cfg, run.mesh
+    mc = cfg.mesh
     if mc.pipeline > 1:  # the sizes first: their message is clearer than the mesh's
-        _check_pipeline(run)
+        _check_pipeline(cfg)
     try:
         mesh = parallel.make_mesh(mc)
     except ValueError as err:
         raise ConfigError(f"mesh: {err} ({jax.device_count()} devices here)") from None
     if mc.pipeline > 1:  # each microbatch is split over data×fsdp inside its stage
-        _check_pipeline(run, parallel.batch_ways(mesh))
-    batch, steps = cfg.data.batch_size, run.optimizer.accumulation_steps
+        _check_pipeline(cfg, parallel.batch_ways(mesh))
+    batch, steps = cfg.data.batch_size, cfg.optimizer.accumulation_steps
     per_step = f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})"
     with keyed(None):  # its message names the config keys
         parallel.check_batch_split(
@@ -80,15 +80,15 @@ def make_mesh(run: Resolved) -> tuple[Any, Any]:
     return mesh, parallel.rules(mc.strategy)
 
 
-def build(run: Resolved, init_from: str | None = None) -> Setup:
+def build(cfg: Config, init_from: str | None = None) -> Setup:
     """Mesh, model (born sharded), optimizer and the initial state ``{params, opt_state, step}``
-    of a resolved run whose vocabulary is known (`Resolved.with_vocab`)."""
+    of a config whose vocabulary is known (`trainer.config.resolve`)."""
     from tjx import nn, optim, parallel
 
-    cfg, model_cfg, vocab_size = run.cfg, run.model, run.vocab_size
+    model_cfg, vocab_size = cfg.model, cfg.tokenizer_vocab
     if vocab_size is None:
         raise ValueError("state.build: the run's vocabulary is unknown; pass resolve(cfg, vocab)")
-    mesh, rules = make_mesh(run)
+    mesh, rules = make_mesh(cfg)
     model: nnx.Module
     if init_from is not None:
         # Architecture from the checkpoint; how to train it (scan, remat, kernels, precision,
@@ -121,7 +121,7 @@ def build(run: Resolved, init_from: str | None = None) -> Setup:
     # The params' logical axes: the weight-decay mask and Muon's matrices are read from them, and
     # optimizer slots that mirror the params (mu, nu, ...) are sharded like them (ZeRO under FSDP).
     specs = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
-    tx = optim.build_optimizer(run.optimizer, axes=specs)
+    tx = optim.build_optimizer(cfg.optimizer, axes=specs)
     opt_state = parallel.shard_opt_init(tx.init, params, mesh, rules, param_specs=specs)
     # The step counter (and any leaf jit left on one device) replicated: one device set.
     state = parallel.on_mesh(

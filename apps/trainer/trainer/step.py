@@ -12,27 +12,24 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
 from tjx import nn
 from trainer.config import Config
-from trainer.resolved import Resolved
 
 Batch = dict[str, jax.Array]
 State = dict[str, Any]
 
 
-def make_loss_fn(graphdef: Any, rest: Any, run: Resolved) -> Callable[..., Any]:
+def make_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Callable[..., Any]:
     """``loss_fn(params, batch, step) -> (mean loss, aux sums)``: tjx.nn's ``objective_loss`` of
     the model's objective with the config's settings; aux holds the summed loss, the scored
     units and the top-1 correct count."""
-    cfg = run.cfg
-    if run.mesh.pipeline > 1:  # the layer stack as a pipeline over the `pipeline` mesh axis
-        from trainer.pipeline import pipeline_loss_fn
-
-        return pipeline_loss_fn(graphdef, rest, run)  # type: ignore[no-any-return]
-    deterministic = run.model.dropout == 0.0
+    if cfg.mesh.pipeline > 1:  # the layer stack as a pipeline over the `pipeline` mesh axis
+        return pipeline_loss_fn(graphdef, rest, cfg)
+    deterministic = cfg.model.dropout == 0.0
     base_key = jax.random.key(cfg.train.seed)
 
     def loss_fn(params: Any, batch: Batch, step: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
@@ -51,14 +48,14 @@ def make_loss_fn(graphdef: Any, rest: Any, run: Resolved) -> Callable[..., Any]:
 
 
 def make_train_step(
-    graphdef: Any, rest: Any, tx: optax.GradientTransformation, run: Resolved
+    graphdef: Any, rest: Any, tx: optax.GradientTransformation, cfg: Config
 ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
     """``train_step(state, batch) -> (state, metrics)``: accumulation, update, step report."""
     from tjx.optim import accumulate_gradients, loss_scale_value, scale_loss, step_report
 
-    loss_fn = make_loss_fn(graphdef, rest, run)
-    micro = run.optimizer.accumulation_steps
-    scaled = run.optimizer.loss_scale is not None
+    loss_fn = make_loss_fn(graphdef, rest, cfg)
+    micro = cfg.optimizer.accumulation_steps
+    scaled = cfg.optimizer.loss_scale is not None
 
     def train_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
         params, opt_state, step = state["params"], state["opt_state"], state["step"]
@@ -90,11 +87,11 @@ def make_train_step(
     return train_step
 
 
-def jit_train_step(setup: Any, run: Resolved, **jit_options: Any) -> Any:
+def jit_train_step(setup: Any, cfg: Config, **jit_options: Any) -> Any:
     """`make_train_step` of a built state (``trainer.state.Setup``), jitted with the state donated
     (the new state reuses its buffers: one copy of the parameters and optimizer state, not two);
     ``jit_options`` go to ``jax.jit`` (e.g. ``out_shardings``)."""
-    step = make_train_step(setup.graphdef, setup.rest, setup.tx, run)
+    step = make_train_step(setup.graphdef, setup.rest, setup.tx, cfg)
     return jax.jit(step, donate_argnums=(0,), **jit_options)
 
 
@@ -111,3 +108,35 @@ def make_eval_step(
         graphdef, rest, key=nn.eval_mask_key(cfg.train.seed), mask_prob=cfg.train.mlm_probability
     )
     return metrics.heldout_step(logits_fn, top_k=cfg.eval.top_k)
+
+
+# tjx.parallel's `pipeline_loss` is generic (stacked layer params, a layer function, a last-stage
+# head); tjx.nn's `decoder_stages` cuts the decoder into those pieces (the embedding before the
+# pipeline, one `Block` per layer, the final norm, unembedding and loss on the last stage).
+def pipeline_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Any:
+    """``loss_fn(params, batch, step) -> (loss, aux)`` of a decoder LM with its layer stack run
+    as a ``mesh.pipeline``-stage pipeline (tjx.parallel.pipeline_loss).
+
+    The embedding runs before the pipeline and the final norm + unembedding + loss on its last
+    stage; the loss is the token-weighted mean of the microbatches' means, so it equals the
+    unpipelined loss. Needs ``model.scan_layers`` and no dropout (``state.make_mesh`` checks).
+    """
+    from tjx import parallel
+    from trainer.state import make_mesh
+
+    mesh, _ = make_mesh(cfg)  # the same devices and sizes as build(): the same mesh
+    mc = cfg.mesh
+
+    def loss_fn(params: Any, batch: dict[str, jax.Array], step: jax.Array) -> Any:
+        del step  # no dropout under the pipeline: nothing is drawn per step
+        model = nnx.merge(graphdef, params, rest)
+        stages = nn.decoder_stages(model, **cfg.train.head_settings)
+        pipelined = parallel.pipeline_loss(
+            stages.layer, stages.head, mesh, microbatches=mc.microbatches, schedule=mc.schedule
+        )
+        x, side, head_side = stages.inputs(batch)
+        total, aux = pipelined(*stages.split_params(params), x, side, head_side)
+        count = jnp.maximum(aux["num_tokens"], 1).astype(total.dtype)
+        return total / count, aux
+
+    return loss_fn

@@ -18,35 +18,36 @@ import json
 from pathlib import Path
 from typing import Any
 
+from trainer.config import Config
 from trainer.plan import error_exit
 from trainer.plan_compile import Say
-from trainer.resolved import Resolved
 from trainer.schema import ConfigError
 
 
-def plan_vocab(run: Resolved) -> Resolved:
+def plan_vocab(run: Config) -> Config:
     """The run with its tokenizer's vocabulary, read without preparing any data (a BPE that is
     not trained yet is planned at ``data.tokenizer_vocab`` ids)."""
-    cfg = run.cfg
-    if cfg.model.get("vocab_size") or cfg.task == "classify":
-        return run.with_vocab(int(cfg.model.get("vocab_size") or 0))
+    from trainer.config import resolve
+
+    cfg = run
+    if cfg.vocab_size or cfg.task == "classify":
+        return resolve(run, int(cfg.vocab_size or 0))
     if cfg.data.tokenizer == "bpe":
-        return run.with_vocab(int(cfg.data.tokenizer_vocab))
+        return resolve(run, int(cfg.data.tokenizer_vocab))
     from tjx import data
     from trainer.schema import keyed
 
     with keyed("data.tokenizer", data.DataError):
         tokenizer = data.load_tokenizer(cfg.data.tokenizer)
-    return run.with_vocab(int(tokenizer.vocab_size))
+    return resolve(run, int(tokenizer.vocab_size))
 
 
 def plan_from_args(args: argparse.Namespace) -> int:
     """``--plan``: the config (``--config``, ``--set``, ``--data``) resolved as a run resolves it,
     then planned on ``args.plan`` and printed; the exit code (0, or 2 with one error line)."""
     from trainer import deviceless, plan_report
-    from trainer.config import resolve_config
-    from trainer.overrides import apply_overrides
-    from trainer.presets import load_config_data
+    from trainer.config import read_config
+    from trainer.settings import apply_overrides, load_config_data
 
     try:
         if args.resume or args.init_from:
@@ -57,7 +58,7 @@ def plan_from_args(args: argparse.Namespace) -> int:
         # The native libraries' start-up chatter (jax loading the CUDA plugin or libtpu, the CUDA
         # stub's "no driver") stays off the terminal; the plan's lines go to stdout.
         with deviceless.quiet_native_stderr():
-            resolved = resolve_config(apply_overrides(load_config_data(args.config), overrides))
+            resolved = read_config(apply_overrides(load_config_data(args.config), overrides))
             target = deviceless.open_target(args.plan)
             result = plan_report.plan(plan_vocab(resolved), target, args.plan, say=_say)
     except ConfigError as err:
@@ -70,7 +71,7 @@ def plan_from_args(args: argparse.Namespace) -> int:
 
 
 def plan_here(
-    resolved: Resolved, *, device: str | None = None, say: Say | None = None
+    resolved: Config, *, device: str | None = None, say: Say | None = None
 ) -> dict[str, Any]:
     """The plan of ``resolved`` on this machine's own devices (compiled for them, as a run
     compiles), estimated against the device table's entry for their kind (or ``device``): the

@@ -4,7 +4,7 @@
 only after that succeeded), opens the log sinks and hands over to a `Training`, which holds what
 the loop changes (the state, the last evaluation, the last saved step) and has one method per
 thing done at a step boundary. Everything that can fail on bad input was checked before
-(trainer/loop.py); here the exits are a diverged run (3), a signal (0, saved) and the end (0).
+(trainer/startup.py); here the exits are a diverged run (3), a signal (0, saved) and the end (0).
 """
 
 from __future__ import annotations
@@ -20,10 +20,15 @@ import jax
 import numpy as np
 
 from tjx.ckpt import RunDir, final_summary
+from trainer.config import Config
 from trainer.plan import RunPlan, error_exit
 
-#: The loss plot's panels (tjx.metrics.plot_run; it never fails a finished run).
-CURVES = ("loss", "val_loss")
+#: The loss plot: training and validation loss on one axis (tjx.metrics.plot_run; it never fails a
+#: finished run), titled with the run's name.
+CURVES = (("loss", "val_loss"),)
+#: The console's one line per log step, in this order (tokens/s is images/s for a classifier; MFU
+#: where the device's peak is known); everything else goes to the other sinks.
+CONSOLE = ("loss", "learning_rate", "grad_norm", "{unit}_per_s", "mfu")
 
 #: How the divergence error (exit 3) ends: what to change, by config key, before resuming.
 DIVERGED_ADVICE = (
@@ -37,21 +42,26 @@ DIVERGED_ADVICE = (
 LOSS_SCALE_BACKOFF = 16
 
 
+def units_per_step(cfg: Config) -> int:
+    """Tokens (or images) one global batch scores; the encoder-decoder's continued half."""
+    return cfg.data.batch_size * int(cfg.objective.units_per_window(cfg.data.seq_len))
+
+
 def write_run_files(plan: RunPlan, setup: Any, bundle: Any) -> None:
     """``config.yaml``, ``model.json`` and ``data.json``; a file whose content is the same is left
     untouched, so a resume that changes nothing changes no file."""
     from tjx import nn
 
-    cfg, run = plan.config, RunDir(plan.run_dir)
-    run.create(cfg.to_dict())
-    run.write_json(RunDir.MODEL_FILE, nn.config_to_dict(setup.nn_config))
-    run.write_json(RunDir.DATA_FILE, bundle.describe(plan.run_dir))  # tjx.data's RunData
+    folder = RunDir(plan.run_dir)
+    folder.create(plan.config.to_dict())
+    folder.write_json(RunDir.MODEL_FILE, nn.config_to_dict(setup.nn_config))
+    folder.write_json(RunDir.DATA_FILE, bundle.describe(plan.run_dir))  # tjx.data's RunData
 
 
 def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
     """Run the steps of a prepared run; the process's exit code."""
+    import trainer.data_setup as data_setup
     from tjx import ckpt, data, metrics, parallel
-    from trainer import data_setup
 
     cfg, run_dir = plan.config, plan.run_dir
     primary = parallel.is_primary()
@@ -92,7 +102,7 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
         # A kill after the last checkpoint but before final.json or the plot must not leave them
         # missing for good: a finished run's --resume makes what is missing, and nothing else.
         manager.close()
-        rebuilt = _rebuild_artefacts(run_dir, setup, st, bundle, cfg, start, primary)
+        rebuilt = _rebuild_artefacts(plan, setup, st, bundle, start, primary)
         done = f"; rebuilt {', '.join(rebuilt)}" if rebuilt else ""
         print(f"nothing to do: the run is already at step {start} of {cfg.train.steps}{done}")
         return 0
@@ -101,12 +111,13 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
         list(cfg.logging.sinks),
         str(run_dir),
         config=cfg.to_dict(),
+        console_keys=[k.format(unit=cfg.objective.unit) for k in CONSOLE],
+        console_total=cfg.train.steps,
         project=cfg.logging.project,
         # W&B never reaches for the network unless asked: offline is the default mode.
         wandb_mode=cfg.logging.wandb_mode if "wandb" in cfg.logging.sinks else None,
     )
-    run = Training(plan, bundle, setup, loader, manager, logger, st, start, primary)
-    return run.loop()
+    return Training(plan, bundle, setup, loader, manager, logger, st, start, primary).loop()
 
 
 @dataclass
@@ -135,7 +146,7 @@ class Training:
         from tjx import metrics, nn
 
         self.cfg, self.run_dir = self.plan.config, self.plan.run_dir
-        self.objective, self.units_per_step = self.cfg.objective, self.cfg.units_per_step
+        self.objective, self.units_per_step = self.cfg.objective, units_per_step(self.cfg)
         self.saved = self.start if self.plan.resume else -1
         # The peak is None (no MFU logged) on CPU and on devices without a figure, silently.
         peak = metrics.compute_peak_flops(self.setup.nn_config.precision.compute_dtype, warn=False)
@@ -164,7 +175,7 @@ class Training:
             limit_name="train.max_bad_steps",
             advice=DIVERGED_ADVICE,
             # A run may end while a dynamic loss scale backs off (halving from 2**15: 16 skips).
-            end_tolerance=LOSS_SCALE_BACKOFF if plan.resolved.optimizer.loss_scale else 0,
+            end_tolerance=LOSS_SCALE_BACKOFF if cfg.optimizer.loss_scale else 0,
         )
         stopped_by: str | None = None
         step_done, profiling = start, False
@@ -211,9 +222,15 @@ class Training:
 
         setup = self.setup
         shardings = jax.tree.map(lambda x: x.sharding, self.state)
-        step_fn = jit_train_step(setup, self.plan.resolved, out_shardings=(shardings, None))
+        step_fn = jit_train_step(setup, self.cfg, out_shardings=(shardings, None))
         per_step, unit = self.units_per_step, self.objective.unit
-        print(f"model: {setup.num_params:,} parameters; {per_step:,} {unit} per step", flush=True)
+        print(f"model: {self.cfg.kind}, {setup.num_params:,} parameters", flush=True)
+        mesh = " × ".join(f"{axis} {size}" for axis, size in setup.mesh.shape.items())
+        print(
+            f"plan: {per_step:,} {unit} per step on mesh {mesh} "
+            f"({self.cfg.mesh.strategy}, {jax.device_count()} devices)",
+            flush=True,
+        )
         self.meter.reset()
         return step_fn
 
@@ -233,8 +250,9 @@ class Training:
 
     def _at_boundary(self, step_done: int, out: Any, bar: Any) -> None:
         """Log, evaluate and sample when their intervals (or the last step) say so."""
+        import trainer.evaluation as evaluation
+        import trainer.sampling as sampling
         from tjx import metrics
-        from trainer import evaluation, sampling
 
         cfg, total = self.cfg, self.cfg.train.steps
         if step_done % cfg.train.log_every == 0 or step_done == total:
@@ -248,7 +266,8 @@ class Training:
                 scalars["mfu"] = float(rate["mfu"])
                 scalars["mfu_palm"] = float(rate["mfu_palm"])
             self.logger.log_scalars(step_done, scalars)
-            bar.update(step_done, scalars["loss"])
+            if bar.live:  # off a terminal the console sink's line is the step's one line
+                bar.update(step_done, scalars["loss"])
         if cfg.logging.histogram_every and step_done % cfg.logging.histogram_every == 0:
             # Every process fetches (a parameter spanning processes is all-gathered, a collective);
             # only the primary's logger writes (make_logger).
@@ -318,7 +337,7 @@ class Training:
         )
         if self.primary:
             RunDir(self.run_dir).write_final(summary)
-            _plot(self.run_dir)
+            _plot(self.run_dir, self.cfg.name)
         if stopped_by or step_done < total:
             print(
                 f"{stopped_by or 'train.stop_at'}: saved step {step_done} to {self.run_dir}; "
@@ -329,27 +348,29 @@ class Training:
         return 0
 
 
-def _plot(run_dir: Path) -> bool:
+def _plot(run_dir: Path, name: str) -> bool:
     """The loss plot (tjx.metrics.plot_run; it never fails a run); whether it was written."""
     from tjx import metrics
 
-    return metrics.plot_run(run_dir, RunDir(run_dir).curve_file, keys=CURVES) is not None
+    curve = RunDir(run_dir).curve_file
+    return metrics.plot_run(run_dir, curve, keys=CURVES, title=name) is not None
 
 
 def _rebuild_artefacts(
-    run_dir: Path, setup: Any, st: Any, bundle: Any, cfg: Any, step: int, primary: bool
+    plan: RunPlan, setup: Any, st: Any, bundle: Any, step: int, primary: bool
 ) -> list[str]:
     """Write a finished run's missing ``final.json`` (evaluating once) and loss plot."""
-    from trainer import evaluation
+    import trainer.evaluation as evaluation
 
-    rebuilt, run = [], RunDir(run_dir)
-    if not run.final_file.exists():
+    cfg, run_dir = plan.config, plan.run_dir
+    rebuilt, folder = [], RunDir(run_dir)
+    if not folder.final_file.exists():
         # Every process evaluates (the parameters span them all); process 0 writes.
         val = evaluation.evaluate(setup, st["params"], bundle, cfg)
         summary = final_summary(step, st["params"], num_params=setup.num_params, validation=val)
         if primary:
-            run.write_final(summary)
+            folder.write_final(summary)
         rebuilt.append(RunDir.FINAL_FILE)
-    if primary and not run.curve_file.exists() and _plot(run_dir):
+    if primary and not folder.curve_file.exists() and _plot(run_dir, cfg.name):
         rebuilt.append(RunDir.CURVE_FILE)
     return rebuilt

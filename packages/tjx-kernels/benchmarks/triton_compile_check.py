@@ -108,17 +108,30 @@ GPUS = {80: "NVIDIA A100-SXM4-80GB", 86: "NVIDIA A10", 89: "NVIDIA L4", 90: "NVI
 
 
 def lower_kernels(
-    dtype: str, head_dim: int, causal: bool, segments: bool, groups: int, seq: int, arch: int = 90
+    dtype: str,
+    head_dim: int,
+    causal: bool,
+    segments: bool,
+    groups: int,
+    seq: int,
+    arch: int = 90,
+    window: int | None = None,
 ) -> list[KernelIR]:
     """Cross-lower flash attention forward + backward for CUDA ``sm_<arch>`` (its launch
-    defaults); return the three kernels' IR."""
+    defaults; a sliding ``window`` if given); return the three kernels' IR."""
     kv_heads = 2
     dt = DTYPES[dtype]
 
     def fwd_bwd(q: jax.Array, k: jax.Array, v: jax.Array, ids: jax.Array) -> Any:
         def loss(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
             out = flash_attention(
-                q, k, v, causal=causal, segment_ids=ids if segments else None, interpret=False
+                q,
+                k,
+                v,
+                causal=causal,
+                segment_ids=ids if segments else None,
+                interpret=False,
+                window=window,
             )
             return out.astype(jnp.float32).sum()
 

@@ -28,10 +28,10 @@ def prepare(carry: Path) -> Path:
     os.environ["TJX_CACHE"] = str(data.resolve())
     from bench_train import load
 
-    from trainer import data_setup
+    from trainer import prepare_data
 
     cfg = load("gpt2_small", ["data.source=kjv"])
-    bundle = data_setup.prepare(cfg)
+    bundle = prepare_data(cfg)
     size = folder_bytes(carry)
     if size > CARRY_LIMIT:
         raise SystemExit(

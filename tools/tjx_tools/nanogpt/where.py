@@ -119,9 +119,9 @@ def where_time_goes(shape: Shape, *, steps: int = 5, seed: int = 0) -> dict[str,
     from trainer import build_state, jit_train_step, resolve
 
     cfg = trainer_config({"preset": shape.preset, "sets": shape.trainer_sets()})
-    run = resolve(cfg, shape.vocab)
-    setup = build_state(run)
-    step = jit_train_step(setup, run)
+    cfg = resolve(cfg, shape.vocab)
+    setup = build_state(cfg)
+    step = jit_train_step(setup, cfg)
     batch = data.random_batch(shape.batch, shape.seq, shape.vocab, seed=seed)
     batch = parallel.shard_batch(batch, setup.mesh)
     hlo = step.lower(setup.state, batch).compile().as_text() or ""

@@ -53,9 +53,9 @@ def main() -> int:
 
     spec = json.loads(sys.argv[1])
     cfg = trainer_config(spec)
-    run = resolve(cfg, spec["vocab"])
-    setup = build_state(run, init_from=spec["weights_dir"])
-    step = jit_train_step(setup, run)
+    cfg = resolve(cfg, spec["vocab"])
+    setup = build_state(cfg, init_from=spec["weights_dir"])
+    step = jit_train_step(setup, cfg)
     arrays = np.load(spec["batches"])
     b, s = arrays["inputs"].shape[1:]
     layout = {

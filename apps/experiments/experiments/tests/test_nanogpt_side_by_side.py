@@ -65,11 +65,10 @@ def test_the_tjx_worker_runs_the_trainer_step_from_the_written_weights(tmp_path:
 
 def test_every_shape_matches_its_trainer_config() -> None:
     from experiments.nanogpt.tjx_worker import trainer_config
-    from trainer import resolve
 
     for shape in SHAPES.values():
         cfg = trainer_config({"preset": shape.preset, "sets": shape.trainer_sets()})
-        m = resolve(cfg).model
+        m = cfg.model  # model.vocab_size is set: no tokenizer needed
         got = (m.vocab_size, m.max_seq_len, m.d_model, m.num_layers, m.num_heads, m.mlp_dim)
         assert got == (shape.vocab, shape.seq, shape.d, shape.layers, shape.heads, shape.mlp)
         dtype = m.precision.compute_dtype

@@ -15,10 +15,8 @@ from tjx.kernels import choice, launch
 from tjx.kernels.testing import failing_attention
 from trainer.attention_choice import choose_attention
 from trainer.cli import main
-from trainer.config import build_config
-from trainer.overrides import apply_overrides
-from trainer.presets import load_config_data
-from trainer.resolved import resolve
+from trainer.config import read_config, resolve
+from trainer.settings import apply_overrides, load_config_data
 
 SETS = [
     "model.d_model=16",
@@ -103,7 +101,7 @@ def test_a_named_kernel_that_fails_is_one_error_line_and_nothing_written(
 
 
 def test_auto_on_cpu_is_xla_without_a_compile(capsys):
-    cfg = build_config(apply_overrides(load_config_data("tiny"), SETS))
+    cfg = read_config(apply_overrides(load_config_data("tiny"), SETS))
 
     def never(run):
         raise AssertionError("nothing to compile: XLA is the only candidate on a CPU")
@@ -116,16 +114,16 @@ def test_auto_on_cpu_is_xla_without_a_compile(capsys):
 def test_with_no_measurement_auto_tries_cudnn_then_xla(monkeypatch):
     monkeypatch.setattr(choice, "default_target", lambda: H100)
     sets = [*SETS, "model.compute_dtype=bfloat16"]
-    cfg = build_config(apply_overrides(load_config_data("tiny"), sets))
+    cfg = read_config(apply_overrides(load_config_data("tiny"), sets))
     tried, said = [], []
 
     def build(run):
-        tried.append(run.cfg.model["attention_impl"])
-        assert run.model.attention_impl == run.cfg.model["attention_impl"]  # one change, both views
+        tried.append(run.model.attention_impl)
         raise RuntimeError("cuDNN: no kernel for this call\nmore detail")
 
     chosen = choose_attention(resolve(cfg, 257), build=build, say=said.append)
-    assert tried == ["cudnn"] and chosen.cfg.model["attention_impl"] == "xla"
+    assert tried == ["cudnn"] and chosen.model.attention_impl == "xla"
+    assert chosen.to_dict()["model"]["attention_impl"] == "xla"  # what config.yaml saves
     assert said == [
         "attention: cudnn (auto: no tjx measurement for NVIDIA H100 80GB HBM3 yet)",
         "attention: cudnn failed to lower or compile (RuntimeError: cuDNN: no kernel for this "

@@ -37,9 +37,42 @@ def test_plan_overrides_data_and_profile(in_tmp):
         "--profile-steps",
         "2:4",
     )
-    assert plan.config.optimizer["schedule"]["peak_lr"] == 0.01
+    assert plan.config.optimizer.schedule.peak_lr == 0.01
     assert plan.config.data.source == "kjv"
     assert str(plan.run_dir) == "out" and plan.profile == (2, 4)
+
+
+NEW_NAME = "optimizer.schedule.peak_lr"
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ("optimizer.lr=1e-3", f"{NEW_NAME}=2e-3"),
+        (f"{NEW_NAME}=2e-3", "optimizer.lr=1e-3"),
+        ("optimizer.lr=1e-3", "train.steps=9", f"{NEW_NAME}=2e-3", "optimizer.lr=3e-3"),
+    ],
+)
+def test_one_setting_under_its_old_and_its_new_name_is_one_error_line(in_tmp, capsys, sets):
+    """As in a file, neither may silently win (#46 point 1: the last one won)."""
+    argv = ["--config", "tiny", *(a for s in sets for a in ("--set", s))]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"trainer: error: --set optimizer.lr: is {NEW_NAME} now, which is set too; keep only "
+        f"{NEW_NAME}\n"
+    )
+    assert list(in_tmp.iterdir()) == []
+
+
+def test_an_old_name_alone_still_works_and_says_its_new_name_once(in_tmp, capsys):
+    plan = _plan("--config", "tiny", "--set", "optimizer.lr=1e-3", "--set", "optimizer.lr=2e-3")
+    assert plan.config.optimizer.schedule.peak_lr == 2e-3  # a key set twice: the last wins
+    assert capsys.readouterr().err.splitlines() == [
+        f"trainer: note: --set optimizer.lr is {NEW_NAME} now (the old name still works)"
+    ]
+    _plan("--config", "tiny", "--set", f"{NEW_NAME}=1e-3", "--set", f"{NEW_NAME}=2e-3")
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize(("text", "expected"), [(None, None), ("0:1", (0, 1)), ("10:15", (10, 15))])
@@ -180,12 +213,12 @@ def test_a_run_dir_that_cannot_be_made_is_refused_at_plan_time(in_tmp, monkeypat
 
 
 def test_ctrl_c_before_the_loop_is_one_line(in_tmp, capfd, monkeypatch):
-    from trainer import loop
+    from trainer import startup
 
     def interrupted(plan):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "run", interrupted)
+    monkeypatch.setattr(startup, "run", interrupted)
     assert main(["--config", "tiny", "--run-dir", "r"]) == 130
     err = capfd.readouterr().err
     assert err.strip() == "trainer: error: interrupted: stopped at once; no checkpoint was saved"

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
+import numpy as np
 import pytest
 import yaml
 from flax import nnx
 
-from trainer.config import Config, build_config, resolve_config
-from trainer.overrides import apply_overrides
-from trainer.presets import load_config_data, preset_names
-from trainer.schema import ConfigError, from_dict, to_dict
-from trainer.sections import KINDS
+from trainer.config import read_config, resolve
+from trainer.schema import KINDS, ConfigError
+from trainer.settings import apply_overrides, load_config_data, migrate, preset_names
 
 PRESETS = [
     "tiny",
@@ -30,11 +31,11 @@ def test_all_presets_are_shipped():
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_presets_validate_and_round_trip(name):
-    cfg = build_config(load_config_data(name))
+    cfg = read_config(load_config_data(name))
     assert cfg.name == name
-    # The saved YAML reads back into the same config.
-    again = build_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
-    assert again.to_dict() == cfg.to_dict()
+    # The saved YAML reads back into the same config: the same package objects.
+    again = read_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+    assert again.to_dict() == cfg.to_dict() and again == cfg
 
 
 def test_gpt2_presets_have_the_published_shapes():
@@ -44,17 +45,17 @@ def test_gpt2_presets_have_the_published_shapes():
         "gpt2_large": (1280, 36, 20),
     }
     for name, (d, layers, heads) in shapes.items():
-        m = resolve_config(load_config_data(name)).model
+        m = read_config(load_config_data(name)).model
         assert (m.d_model, m.num_layers, m.num_heads) == (d, layers, heads)
         assert m.precision.compute_dtype == "bfloat16" and m.max_seq_len == 1024
 
 
 def test_base_inheritance_keeps_parent_keys():
-    medium = build_config(load_config_data("gpt2_medium"))
-    small = build_config(load_config_data("gpt2_small"))
+    medium = read_config(load_config_data("gpt2_medium"))
+    small = read_config(load_config_data("gpt2_small"))
     assert medium.data.tokenizer == small.data.tokenizer == "gpt2"
-    shape = lambda cfg: {k: v for k, v in cfg.optimizer["schedule"].items() if k != "peak_lr"}
-    assert shape(medium) == shape(small) and medium.optimizer["schedule"]["peak_lr"] == 3e-4
+    shape = lambda cfg: dataclasses.replace(cfg.optimizer.schedule, peak_lr=None)
+    assert shape(medium) == shape(small) and medium.optimizer.schedule.peak_lr == 3e-4
 
 
 @pytest.mark.parametrize(
@@ -67,7 +68,7 @@ def test_base_inheritance_keeps_parent_keys():
         ({"model": {"d_model": True}}, "model.d_model: expected an integer"),
         ({"model": {"d_model": 0}}, "model.d_model must be a positive int; got 0"),
         ({"model": {"kind": "rnn"}}, "model.kind: 'rnn' is not allowed; choose one of"),
-        ({"optimizer": {"lr": -1.0}}, "optimizer.schedule.peak_lr=-1.0 is out of range"),
+        (migrate({"optimizer": {"lr": -1.0}}), "optimizer.schedule.peak_lr=-1.0 is out of range"),
         ({"optimizer": {"b1": 1.0}}, "optimizer.b1=1.0 is out of range; allowed values: [0, 1)"),
         ({"model": {"dropout": 1.0}}, "model.dropout"),
         ({"logging": {"sinks": ["console", "slack"]}}, "logging.sinks: 'slack' is not allowed"),
@@ -85,7 +86,7 @@ def test_base_inheritance_keeps_parent_keys():
             "optimizer.schedule.warmup_steps=100 is longer than the run; allowed values: 0 <= "
             "warmup_steps <= train.steps=10",
         ),
-        ({"model": {"compute_dtype": "float16"}}, "optimizer.loss_scale"),
+        (migrate({"model": {"compute_dtype": "float16"}}), "optimizer.loss_scale"),
         (
             {"mesh": {"data": -1, "fsdp": -1}},
             "mesh: at most one of data, fsdp, tensor and pipeline may be -1",
@@ -96,35 +97,57 @@ def test_base_inheritance_keeps_parent_keys():
 )
 def test_bad_values_name_the_key(data, needle):
     with pytest.raises(ConfigError) as err:
-        build_config(data)
+        read_config(data)
     assert needle in str(err.value)
 
 
 def test_float_fields_accept_ints_and_yaml_exponent_strings():
-    cfg = build_config({"optimizer": {"schedule": {"peak_lr": 1}, "eps": "1e-6"}})
-    peak = cfg.optimizer["schedule"]["peak_lr"]
+    cfg = read_config({"optimizer": {"schedule": {"peak_lr": 1}, "eps": "1e-6"}})
+    peak = cfg.optimizer.schedule.peak_lr
     assert peak == 1.0 and isinstance(peak, float)
-    assert cfg.optimizer["eps"] == pytest.approx(1e-6)
+    assert cfg.optimizer.eps == pytest.approx(1e-6)
 
 
 def test_optional_fields_accept_null():
-    cfg = build_config({"optimizer": {"clip_norm": None}, "model": {"vocab_size": None}})
-    assert cfg.optimizer["clip_norm"] is None and cfg.model.get("vocab_size") is None
+    cfg = read_config({"optimizer": {"clip_norm": None}, "model": {"vocab_size": None}})
+    assert cfg.optimizer.clip_norm is None and cfg.vocab_size is None
     # a field that takes no null: null is the class's own default (the kind's)
-    assert resolve_config({"model": {"kind": "llama", "position": None}}).model.position == "rope"
+    assert read_config({"model": {"kind": "llama", "position": None}}).model.position == "rope"
 
 
-def test_to_dict_is_plain_data():
-    data = to_dict(Config())
+def test_to_dict_is_plain_data_that_reads_back():
+    data = read_config({}).to_dict()
     assert isinstance(data["model"], dict) and data["logging"]["sinks"] == ["console", "jsonl"]
-    assert from_dict(Config, data).to_dict() == Config().to_dict()
+    assert yaml.safe_load(yaml.safe_dump(data)) == data
+    assert read_config(data) == read_config({})
+
+
+def test_a_derived_setting_is_written_null_while_it_follows_the_others():
+    """``mlp_dim`` 4 × d_model, ``num_kv_heads`` = num_heads, ``peak_lr`` the optimizer's own:
+    written null while the object holds that value, so the file read back derives it again."""
+    rng = np.random.default_rng()
+    d, heads = 32 * int(rng.integers(1, 5)), 2 ** int(rng.integers(0, 3))
+    model = {"d_model": d, "num_heads": heads, "mlp_dim": 4 * d, "num_kv_heads": heads}
+    cfg = read_config({"model": model, "optimizer": {"schedule": {"peak_lr": 3e-4}}})
+    assert (cfg.model.mlp_dim, cfg.model.num_kv_heads, cfg.model.head_dim) == (
+        4 * d,
+        heads,
+        d // heads,
+    )
+    data = cfg.to_dict()
+    assert [data["model"][k] for k in ("mlp_dim", "num_kv_heads", "head_dim")] == [None] * 3
+    assert data["optimizer"]["schedule"]["peak_lr"] is None  # adamw's own 3e-4
+    data["model"]["d_model"] = 2 * d  # another width: the derived sizes follow it
+    assert read_config(data).model.mlp_dim == 8 * d
+    other = read_config({"model": {**model, "mlp_dim": 3 * d}}).to_dict()["model"]
+    assert other["mlp_dim"] == 3 * d  # a value of its own is written as such
 
 
 def test_task_follows_model_kind():
-    assert build_config({"model": {"kind": "llama"}}).task == "lm"
-    assert build_config({"model": {"kind": "bert"}}).task == "mlm"
-    assert build_config({"model": {"kind": "vit"}}).task == "classify"
-    assert build_config({"model": {"kind": "encdec"}}).task == "seq2seq"
+    assert read_config({"model": {"kind": "llama"}}).task == "lm"
+    assert read_config({"model": {"kind": "bert"}}).task == "mlm"
+    assert read_config({"model": {"kind": "vit"}}).task == "classify"
+    assert read_config({"model": {"kind": "encdec"}}).task == "seq2seq"
 
 
 def test_every_kind_is_a_tjx_nn_model_kind_with_its_objective():
@@ -133,21 +156,21 @@ def test_every_kind_is_a_tjx_nn_model_kind_with_its_objective():
     assert set(KINDS) == set(nn.MODEL_KINDS)
     for kind in KINDS:
         want = nn.objective_of(nn.MODEL_KINDS[kind]).name
-        assert build_config({"model": {"kind": kind}}).task == want
+        assert read_config({"model": {"kind": kind}}).task == want
 
 
 def test_a_lm_needs_a_prompt_and_the_others_none():
     with pytest.raises(ConfigError, match="sampling.prompts: give at least one prompt"):
-        build_config({"sampling": {"prompts": []}})
-    assert build_config({"model": {"kind": "bert"}, "sampling": {"prompts": []}}).task == "mlm"
+        read_config({"sampling": {"prompts": []}})
+    assert read_config({"model": {"kind": "bert"}, "sampling": {"prompts": []}}).task == "mlm"
 
 
 def test_config_file_path_and_errors(tmp_path):
     good = tmp_path / "mine.yaml"
     good.write_text("base: tiny\ntrain: {steps: 77}\n")
     data = load_config_data(str(good))
-    cfg = build_config(data)
-    assert cfg.name == "mine" and cfg.train.steps == 77 and cfg.model["d_model"] == 128
+    cfg = read_config(data)
+    assert cfg.name == "mine" and cfg.train.steps == 77 and cfg.model.d_model == 128
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
@@ -170,10 +193,9 @@ def test_config_file_path_and_errors(tmp_path):
 def test_flops_per_unit_of_every_preset(name):
     """MFU's numerator: per token for LMs, per image (all its positions) for the classifier."""
     from tjx import nn
-    from trainer.resolved import model_config
 
-    cfg = build_config(load_config_data(name))
-    c = model_config(cfg, 512)
+    cfg = read_config(load_config_data(name))
+    c = resolve(cfg, 512).model
     got = nn.flops_per_unit(c, cfg.data.seq_len)
     if cfg.task == "classify":
         positions = c.max_seq_len
@@ -188,16 +210,15 @@ def test_flops_per_unit_of_every_preset(name):
 
 def test_position_reaches_the_model_and_is_checked_per_kind():
     from tjx import nn
-    from trainer.resolved import model_config
 
     base = load_config_data("tiny")
-    cfg = build_config(apply_overrides(base, ["model.position=t5", "model.relative_buckets=16"]))
-    c = model_config(cfg, 300)
+    cfg = read_config(apply_overrides(base, ["model.position=t5", "model.relative_buckets=16"]))
+    c = resolve(cfg, 300).model
     assert (c.position, c.relative_buckets, c.relative_max_distance) == ("t5", 16, 128)
     model = nn.build_model(c, rngs=nnx.Rngs(0))
     assert model(jnp.zeros((1, 8), jnp.int32)).shape == (1, 8, 300)
     # null keeps each family's default
-    assert model_config(build_config(base), 300).position == nn.GPT2Config(vocab_size=300).position
+    assert resolve(read_config(base), 300).model.position == nn.GPT2Config().position
     bad = [
         # tjx.nn's own rules, reported at config time with the model section named
         (["model.kind=bert", "model.position=t5"], r"^model\.position must be one of"),
@@ -207,7 +228,7 @@ def test_position_reaches_the_model_and_is_checked_per_kind():
     ]
     for sets, message in bad:
         with pytest.raises(ConfigError, match=message):
-            build_config(apply_overrides(base, sets))
+            read_config(apply_overrides(base, sets))
 
 
 def test_config_files_that_would_mislead_are_refused(tmp_path):
@@ -229,7 +250,7 @@ def test_config_files_that_would_mislead_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="is a directory; pass a .yaml file"):
         load_config_data(str(folder))
     with pytest.raises(ConfigError, match=r"train.steps.*10\*\*9|train.steps.*1000000000"):
-        build_config({"train": {"steps": 10**25}})
+        read_config({"train": {"steps": 10**25}})
 
 
 def test_base_may_be_a_file_relative_to_its_includer_and_cycles_are_named(tmp_path):
@@ -237,8 +258,8 @@ def test_base_may_be_a_file_relative_to_its_includer_and_cycles_are_named(tmp_pa
     (tmp_path / "shared" / "common.yaml").write_text("base: tiny\ntrain: {steps: 333}\n")
     mine = tmp_path / "mine.yaml"
     mine.write_text("base: shared/common.yaml\noptimizer: {lr: 0.002}\n")
-    cfg = build_config(load_config_data(str(mine)))
-    got = (cfg.train.steps, cfg.optimizer["schedule"]["peak_lr"], cfg.model["d_model"])
+    cfg = read_config(load_config_data(str(mine)))
+    got = (cfg.train.steps, cfg.optimizer.schedule.peak_lr, cfg.model.d_model)
     assert got == (333, 0.002, 128)
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_text("base: ./b.yaml\n")
@@ -253,13 +274,13 @@ def test_base_may_be_a_file_relative_to_its_includer_and_cycles_are_named(tmp_pa
 
 def test_optimizer_rules_of_tjx_optim_name_the_trainers_keys():
     with pytest.raises(ConfigError, match=r"^optimizer.skip_nonfinite=False with loss_scale"):
-        build_config({"optimizer": {"skip_nonfinite": False, "loss_scale": "dynamic"}})
+        read_config({"optimizer": {"skip_nonfinite": False, "loss_scale": "dynamic"}})
     with pytest.raises(
         ConfigError,
         match=r"^optimizer.schedule.decay_fraction=.*train.steps|"
         r"^optimizer.schedule.decay_fraction",
     ):
-        build_config(
+        read_config(
             {
                 "train": {"steps": 600},
                 "optimizer": {"schedule": {"name": "wsd", "warmup_steps": 600}},

@@ -17,12 +17,10 @@ from tjx import nn, optim
 from tjx.nn.configs import ATTENTION_TYPES
 from tjx.optim.config import WSD_DECAY_SHAPES
 from trainer.cli import main
-from trainer.config import build_config, resolve_config
+from trainer.config import read_config, resolve
 from trainer.memory_fit import abstract_step
-from trainer.overrides import apply_overrides, field_at
-from trainer.presets import load_config_data
-from trainer.resolved import resolve
 from trainer.schema import ConfigError, choices
+from trainer.settings import apply_overrides, field_at, load_config_data
 
 TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2, "mlp_dim": 32}
 MLA = {"attention_type": "mla", "kv_latent_dim": 4}
@@ -30,11 +28,11 @@ WSD = {"name": "wsd", "warmup_steps": 0}
 
 
 def _nn(model: dict[str, Any]) -> Any:
-    return resolve_config({"model": model, "data": {"seq_len": 16}}).with_vocab(300).model
+    return resolve(read_config({"model": model, "data": {"seq_len": 16}}), 300).model
 
 
 def _opt(optimizer: dict[str, Any], steps: int = 100) -> Any:
-    return resolve_config({"optimizer": optimizer, "train": {"steps": steps}}).optimizer
+    return read_config({"optimizer": optimizer, "train": {"steps": steps}}).optimizer.resolved()
 
 
 @pytest.mark.parametrize(
@@ -144,7 +142,7 @@ def test_choice_lists_are_the_packages_own():
 )
 def test_bad_values_name_the_key(data, needle):
     with pytest.raises(ConfigError) as err:
-        build_config(data)
+        read_config(data)
     assert str(err.value).startswith(needle), str(err.value)
 
 
@@ -190,11 +188,10 @@ def test_use_bias_false_leaves_no_bias_in_the_blocks_and_norms(kind):
 def _one_sgd_step(nesterov: bool) -> np.ndarray:
     opt = {
         "name": "sgd",
-        "lr": 0.1,
         "momentum": 0.5,
         "nesterov": nesterov,
         "clip_norm": None,
-        "schedule": {"name": "constant", "warmup_steps": 0},
+        "schedule": {"name": "constant", "warmup_steps": 0, "peak_lr": 0.1},
     }
     tx = optim.build_optimizer(_opt(opt))
     params = {"w": jnp.asarray([1.0, -2.0])}
@@ -212,8 +209,8 @@ def test_nesterov_changes_the_first_sgd_step():
 
 def test_wsd_decay_fraction_moves_the_decay():
     def lr_at(fraction: float, step: int) -> float:
-        sched = {"name": "wsd", "warmup_steps": 0, "decay_fraction": fraction}
-        c = _opt({"lr": 1.0, "schedule": sched}, steps=100)
+        sched = {"name": "wsd", "warmup_steps": 0, "decay_fraction": fraction, "peak_lr": 1.0}
+        c = _opt({"schedule": sched}, steps=100)
         return float(optim.learning_rate_schedule(c)(step))
 
     assert lr_at(0.2, 70) == pytest.approx(1.0)  # still stable: decay starts at step 80
@@ -222,7 +219,7 @@ def test_wsd_decay_fraction_moves_the_decay():
 
 def _signature(*sets: str) -> Any:
     small = ["model.num_layers=1", "model.d_model=16", "model.num_heads=2", "model.mlp_dim=32"]
-    cfg = build_config(apply_overrides(load_config_data("tiny"), [*small, *sets]))
+    cfg = read_config(apply_overrides(load_config_data("tiny"), [*small, *sets]))
     leaves, treedef = jax.tree.flatten(abstract_step(resolve(cfg, 257))[1])
     return treedef, [(leaf.shape, leaf.dtype) for leaf in leaves]
 

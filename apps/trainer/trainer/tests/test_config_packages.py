@@ -13,11 +13,9 @@ from tjx import kernels, metrics, nn, optim, parallel
 from tjx.metrics.loggers.wandb_logger import WANDB_MODES
 from tjx.nn.fields import setting
 from tjx.optim.config import LOSS_SCALES
-from trainer.config import Config, build_config, resolve_config
-from trainer.overrides import apply_overrides, field_at
-from trainer.presets import load_config_data, preset_names
-from trainer.schema import ConfigError, choices, deep_merge
-from trainer.sections import KINDS
+from trainer.config import read_config, resolve
+from trainer.schema import KINDS, ConfigError, choices
+from trainer.settings import apply_overrides, deep_merge, field_at, load_config_data, preset_names
 from trainer.show_config import rows
 
 # The trainer's optimizer defaults before #15 point 2: they applied to every optimizer.
@@ -40,7 +38,8 @@ OWNED_LISTS = [
 
 
 def _optimizer(data: dict) -> optim.OptimizerConfig:
-    return resolve_config(data).optimizer
+    """The optimizer a config's run uses (its nulls filled, as tjx.optim's chain does)."""
+    return read_config(data).optimizer.resolved()
 
 
 def _nest(path: tuple[str, ...], value: object) -> dict[str, object]:
@@ -61,9 +60,9 @@ def test_choice_lists_are_the_packages_own(key, owned):
             data = deep_merge(data, {"optimizer": {"loss_scale": "dynamic"}})
         if value == "linear_warmup":  # a warmup is its point
             data = deep_merge(data, {"optimizer": {"schedule": {"warmup_steps": 1}}})
-        build_config(data)
+        read_config(data)
     with pytest.raises(ConfigError) as err:
-        build_config(_nest(path, "bogus"))
+        read_config(_nest(path, "bogus"))
     message = str(err.value)
     assert message.startswith(key + ": 'bogus' is not allowed")
     assert all(repr(value) in message for value in owned)
@@ -71,9 +70,9 @@ def test_choice_lists_are_the_packages_own(key, owned):
 
 def test_log_sinks_are_tjx_metrics_logger_names():
     for name in metrics.LOGGER_NAMES:
-        assert build_config({"logging": {"sinks": [name]}}).logging.sinks == [name]
+        assert read_config({"logging": {"sinks": [name]}}).logging.sinks == [name]
     with pytest.raises(ConfigError) as err:
-        build_config({"logging": {"sinks": ["jsonl", "mlflow"]}})
+        read_config({"logging": {"sinks": ["jsonl", "mlflow"]}})
     assert str(err.value).startswith("logging.sinks: 'mlflow' is not allowed")
     assert all(repr(name) in str(err.value) for name in metrics.LOGGER_NAMES)
 
@@ -109,7 +108,7 @@ def test_importing_the_config_does_not_load_jax():
 def test_each_kind_is_built_by_tjx_nn_build_model(kind, config_class, model_class):
     assert set(KINDS) == set(nn.MODEL_KINDS)  # every kind the trainer trains, tjx.nn builds
     m = {"kind": kind, "d_model": 16, "num_layers": 1, "num_heads": 2, "max_seq_len": 17}
-    c = resolve_config({"model": m, "data": {"seq_len": 16}}).with_vocab(300).model
+    c = resolve(read_config({"model": m, "data": {"seq_len": 16}}), 300).model
     assert type(c) is config_class
     assert type(nnx.eval_shape(lambda: nn.build_model(c, rngs=nnx.Rngs(0)))) is model_class
     # Fields a kind leaves out keep tjx.nn's own defaults (no trainer copy of them).
@@ -147,7 +146,7 @@ def test_adafactor_gets_adafactors_defaults_and_set_values_win():
 def test_null_in_yaml_means_the_optimizers_default():
     got = _optimizer({"optimizer": {"name": "lion", "b2": None}})
     assert got.b2 == optim.OptimizerConfig(name="lion").resolved().b2 == 0.99
-    saved = Config().to_dict()["optimizer"]
+    saved = read_config({}).to_dict()["optimizer"]
     assert saved["b2"] is None  # saved config.yaml says null, not a stale number
 
 
@@ -175,14 +174,14 @@ def _package_keys() -> list[tuple[str, str]]:
 def test_every_package_field_is_settable_listed_and_explained():
     listed = set()
     for kind in nn.MODEL_KINDS:
-        listed |= {k for k, *_ in rows(build_config({"model": {"kind": kind}}))}
+        listed |= {k for k, *_ in rows(read_config({"model": {"kind": kind}}))}
     for kind, key in _package_keys():
         field, _ = field_at(key, {"model": {"kind": kind}})
         assert field.metadata.get("help"), f"{key}: no help line in its package"
         assert key in listed, key
     # Llama 3's rope base, which the trainer's own copy of the model section could not reach
-    run = resolve_config(apply_overrides({"model": {"kind": "llama"}}, ["model.rope_theta=5e5"]))
-    assert run.model.rope_theta == 500000.0
+    cfg = read_config(apply_overrides({"model": {"kind": "llama"}}, ["model.rope_theta=5e5"]))
+    assert cfg.model.rope_theta == 500000.0
 
 
 def test_a_new_package_field_is_one_line_in_its_package(monkeypatch):
@@ -194,9 +193,10 @@ def test_a_new_package_field_is_one_line_in_its_package(monkeypatch):
         logit_softcap: float | None = setting(None, help="tanh cap of the logits")  # noqa: RUF009
 
     monkeypatch.setitem(nn.MODEL_KINDS, "gpt2", Grown)
-    run = resolve_config(apply_overrides({}, ["model.logit_softcap=30"]))
-    assert type(run.model) is Grown and run.model.logit_softcap == 30.0
-    assert "model.logit_softcap" in {k for k, *_ in rows(run.cfg)}
+    cfg = read_config(apply_overrides({}, ["model.logit_softcap=30"]))
+    assert type(cfg.model) is Grown and cfg.model.logit_softcap == 30.0
+    assert "model.logit_softcap" in {k for k, *_ in rows(cfg)}
+    assert read_config(cfg.to_dict()).model.logit_softcap == 30.0  # config.yaml keeps it
     with pytest.raises(ConfigError, match="model.logit_softcap: cannot read 'high'"):
         apply_overrides({}, ["model.logit_softcap=high"])
 
@@ -212,8 +212,8 @@ def test_a_new_package_field_is_one_line_in_its_package(monkeypatch):
     ],
 )
 def test_a_setting_the_old_lists_dropped_now_reaches_tjx_nn(sets, field, value):
-    run = resolve_config(apply_overrides(load_config_data("tiny"), list(sets)))
-    assert getattr(run.model, field) == value
+    cfg = read_config(apply_overrides(load_config_data("tiny"), list(sets)))
+    assert getattr(cfg.model, field) == value
 
 
 @pytest.mark.parametrize(
@@ -256,5 +256,27 @@ def test_a_setting_the_old_lists_dropped_now_reaches_tjx_nn(sets, field, value):
 )
 def test_package_rules_reach_the_user_in_the_trainers_keys(sets, message):
     with pytest.raises(ConfigError) as err:
-        build_config(apply_overrides(load_config_data("tiny"), list(sets)))
+        read_config(apply_overrides(load_config_data("tiny"), list(sets)))
     assert str(err.value).startswith(message), str(err.value)
+
+
+def test_every_package_declares_a_setting_with_the_one_same_helper():
+    """#40 point 4: tjx-nn, tjx-optim, tjx-parallel and the trainer each keep a `setting`
+    (the DAG lets no package import another's), and they are the same function, word for word."""
+    import inspect
+
+    from tjx.nn import fields as nn_fields
+    from tjx.optim import fields as optim_fields
+    from tjx.parallel import fields as parallel_fields
+    from trainer import schema
+
+    owners = (nn_fields, optim_fields, parallel_fields, schema)
+    sources = {m.__name__: inspect.getsource(m.setting) for m in owners}
+    assert len(set(sources.values())) == 1, sources
+    made = {m.__name__: m.setting(1, help="h", resumable=True) for m in owners}
+    assert all(
+        (f.default, dict(f.metadata)) == (1, {"help": "h", "resumable": True})
+        for f in made.values()
+    )
+    # and the packages' classes use them: a mesh field's metadata is tjx.parallel's helper's
+    assert dict(parallel.MeshConfig.__dataclass_fields__["data"].metadata)["resumable"] is True

@@ -15,11 +15,9 @@ from jax.sharding import AbstractDevice, AbstractMesh, use_abstract_mesh
 
 from tjx import kernels
 from tjx.kernels import launch
-from trainer.config import build_config
+from trainer.config import read_config, resolve
 from trainer.memory_fit import abstract_step
-from trainer.overrides import apply_overrides
-from trainer.presets import load_config_data
-from trainer.resolved import resolve
+from trainer.settings import apply_overrides, load_config_data
 
 TRITON, CUDNN = "__gpu$xla.gpu.triton", "__cudnn$fmha"
 H100 = "NVIDIA H100 80GB HBM3"
@@ -47,8 +45,8 @@ def h100(tmp_path, monkeypatch):
 def _lowered(*sets: str) -> str:
     # Scanned layers: one layer's kernels in the program (the preset unrolls its 12).
     sets = ("model.scan_layers=true", *sets)
-    cfg = build_config(apply_overrides(load_config_data("gpt2_small"), list(sets)))
-    step, state, batch = abstract_step(resolve(cfg, cfg.model.get("vocab_size") or 50257))
+    cfg = read_config(apply_overrides(load_config_data("gpt2_small"), list(sets)))
+    step, state, batch = abstract_step(resolve(cfg, cfg.vocab_size or 50257))
     return step.trace(state, batch).lower(lowering_platforms=("cuda",)).as_text()
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from trainer import data_setup
 from trainer.cli import main
-from trainer.config import build_config
+from trainer.config import read_config
 from trainer.schema import ConfigError
 
 
@@ -23,7 +23,7 @@ def test_a_cap_below_one_batch_exits_2_and_writes_nothing(in_tmp, capsys):
     assert "(data.batch_size 4 × data.seq_len 16 + 1 = 65)" in err
     assert list(in_tmp.iterdir()) == []
     with pytest.raises(ConfigError, match=r"^data\.max_tokens: 0 is too small; allowed: >= 1$"):
-        build_config({"data": {"max_tokens": 0}})
+        read_config({"data": {"max_tokens": 0}})
 
 
 def test_a_cap_prepares_that_many_tokens(tmp_path):
@@ -32,7 +32,7 @@ def test_a_cap_prepares_that_many_tokens(tmp_path):
     text = tmp_path / "corpus.txt"
     text.write_text("".join(f"Line {i}: to be or not to be.\n" for i in range(300)))
     cap = int(np.random.default_rng().integers(200, 2000))
-    cfg = build_config(
+    cfg = read_config(
         {
             "data": {
                 "source": str(text),

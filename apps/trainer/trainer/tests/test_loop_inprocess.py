@@ -102,25 +102,21 @@ def test_too_little_data_is_a_clear_error(in_tmp, capsys):
 
 
 def test_a_run_builds_its_package_configs_once(in_tmp, capsys, monkeypatch):
-    """The command line is resolved once; the memory fit, the state and the loop receive it
+    """The command line is read once; the memory fit, the state and the loop receive its config
     (their changes are replaces, never a second build from the sections)."""
     import functools
 
-    from trainer import memory_fit, resolved
+    from trainer import config, memory_fit
 
     built = {"model": 0, "optimizer": 0, "mesh": 0}
+    real = config.build
 
-    def counting(key, build):
-        def counted(*args, **kwargs):
-            built[key] += 1
-            return build(*args, **kwargs)
+    def counted(cls, checked, path):
+        if path in built:
+            built[path] += 1
+        return real(cls, checked, path)
 
-        return counted
-
-    for name in ("model", "optimizer", "mesh"):
-        monkeypatch.setattr(
-            resolved, f"{name}_config", counting(name, getattr(resolved, f"{name}_config"))
-        )
+    monkeypatch.setattr(config, "build", counted)
     text = in_tmp / "corpus.txt"
     text.write_text("".join(f"Line {i}: all that glitters.\n" for i in range(300)))
     cache = f"data.cache_dir={in_tmp / 'cache'}"
@@ -137,8 +133,8 @@ def test_the_compilation_cache_folder_is_the_config_key(monkeypatch, capsys, tmp
     """train.compilation_cache reaches tjx.kernels (auto: its own default, None), and the folder
     in use is said with the key that sets it."""
     import tjx.kernels
-    from trainer.config import build_config
-    from trainer.loop import _device_note
+    from trainer.config import read_config
+    from trainer.startup import _device_note
 
     asked = []
 
@@ -148,7 +144,7 @@ def test_the_compilation_cache_folder_is_the_config_key(monkeypatch, capsys, tmp
 
     monkeypatch.setattr(tjx.kernels, "enable_compilation_cache", enable)
     for value in ("auto", str(tmp_path / "mine"), "off"):
-        _device_note(build_config({"train": {"compilation_cache": value}}))
+        _device_note(read_config({"train": {"compilation_cache": value}}))
     assert asked == [None, str(tmp_path / "mine"), "off"]
     said = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("compilation")]
     assert (

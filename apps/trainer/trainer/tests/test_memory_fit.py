@@ -5,12 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tjx.metrics import GIB
-from trainer.config import build_config
+from trainer.config import read_config, resolve
 from trainer.memory_fit import fit_memory, step_peak
-from trainer.overrides import apply_overrides
-from trainer.presets import load_config_data
-from trainer.resolved import resolve
 from trainer.schema import ConfigError
+from trainer.settings import apply_overrides, load_config_data
 
 VOCAB = 257
 # A scanned stack whose activations dominate its memory, so full remat shrinks it measurably.
@@ -24,7 +22,7 @@ SETS = [
 
 
 def config(*extra: str):
-    return resolve(build_config(apply_overrides(load_config_data("tiny"), [*SETS, *extra])), VOCAB)
+    return resolve(read_config(apply_overrides(load_config_data("tiny"), [*SETS, *extra])), VOCAB)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +49,8 @@ def test_too_big_switches_to_full_remat_and_says_so(peaks, capsys):
     plain, full = peaks
     fitted = fit_memory(config(), budget=(plain + full) // 2, devices=1)
     # Both views change together: the saved config and the model the state is built from.
-    assert fitted.cfg.model["remat"] == "full" and fitted.model.remat == "full"
-    assert fitted.cfg.data.batch_size == 16  # nothing else changes
+    assert fitted.model.remat == "full" and fitted.to_dict()["model"]["remat"] == "full"
+    assert fitted.data.batch_size == 16  # nothing else changes
     assert fitted.model == config("model.remat=full").model
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "memory: compiling the train step to measure its peak…"

@@ -10,8 +10,7 @@ import pytest
 from flax import nnx
 
 from tjx import metrics, nn
-from trainer.config import build_config
-from trainer.resolved import resolve
+from trainer.config import read_config, resolve
 from trainer.step import make_eval_step, make_loss_fn
 
 TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2}
@@ -28,18 +27,20 @@ TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2}
     ],
 )
 def test_kind_to_objective(kind, name, unit, extra):
-    cfg = build_config({"model": {"kind": kind}})
+    cfg = read_config({"model": {"kind": kind}})
     assert cfg.objective is nn.objective_of(nn.MODEL_KINDS[kind])  # tjx-nn's, not a copy
     assert (cfg.task, cfg.objective.unit, cfg.objective.extra_vocab) == (name, unit, extra)
 
 
 def test_a_step_counts_images_or_the_continued_half():
-    vit = build_config({"model": {"kind": "vit"}, "data": {"batch_size": 8}})
-    assert vit.units_per_step == 8
-    encdec = build_config({"model": {"kind": "encdec"}, "data": {"seq_len": 10}})
-    assert encdec.units_per_step == encdec.data.batch_size * 6
-    gpt2 = build_config({"data": {"seq_len": 10, "batch_size": 3}})
-    assert gpt2.units_per_step == 30
+    from trainer.training import units_per_step
+
+    vit = read_config({"model": {"kind": "vit"}, "data": {"batch_size": 8}})
+    assert units_per_step(vit) == 8
+    encdec = read_config({"model": {"kind": "encdec"}, "data": {"seq_len": 10}})
+    assert units_per_step(encdec) == encdec.data.batch_size * 6
+    gpt2 = read_config({"data": {"seq_len": 10, "batch_size": 3}})
+    assert units_per_step(gpt2) == 30
 
 
 def _split(model):
@@ -50,7 +51,7 @@ def _split(model):
 @pytest.mark.parametrize("chunked", [True, False])
 def test_the_configs_loss_settings_reach_tjx_nn(chunked):
     train = {"chunked_ce": chunked, "ce_chunk_size": 4, "z_loss": 1e-2, "mlm_probability": 0.4}
-    cfg = build_config({"model": {"kind": "gpt2", **TINY}, "train": train})
+    cfg = read_config({"model": {"kind": "gpt2", **TINY}, "train": train})
     run = resolve(cfg, 30)
     model = nn.build_model(run.model, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(1)
@@ -66,7 +67,7 @@ def test_the_configs_loss_settings_reach_tjx_nn(chunked):
 
 def test_masked_lm_eval_masks_with_the_runs_fixed_key():
     """The trainer's validation masks as the evaluator does: tjx-nn's key of the run's seed."""
-    cfg = build_config({"model": {"kind": "bert", **TINY}, "train": {"seed": 3}})
+    cfg = read_config({"model": {"kind": "bert", **TINY}, "train": {"seed": 3}})
     model = nn.build_model(resolve(cfg, 40).model, rngs=nnx.Rngs(0))  # + BERT's [MASK] id
     rng = np.random.default_rng(2)
     batch = {

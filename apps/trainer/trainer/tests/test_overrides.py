@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.config import build_config
-from trainer.overrides import apply_overrides, field_at, parse_override
-from trainer.presets import load_config_data
+from trainer.config import read_config
 from trainer.schema import ConfigError
+from trainer.settings import apply_overrides, field_at, load_config_data, parse_override
 
 
 @pytest.mark.parametrize(
@@ -69,13 +68,13 @@ def test_bad_overrides(text, needle):
 def test_apply_overrides_then_validate():
     data = load_config_data("tiny")
     out = apply_overrides(data, ["optimizer.lr=0.01", "train.steps=200", "mesh.data=2"])
-    cfg = build_config(out)
-    assert cfg.optimizer["schedule"]["peak_lr"] == 0.01
-    assert cfg.train.steps == 200 and cfg.mesh["data"] == 2
+    cfg = read_config(out)
+    assert cfg.optimizer.schedule.peak_lr == 0.01
+    assert cfg.train.steps == 200 and cfg.mesh.data == 2
     assert data["optimizer"]["schedule"]["peak_lr"] != 0.01  # the input is not modified
     # A range error surfaces at validation, named by its key.
     with pytest.raises(ConfigError, match="train.steps: 0 is too small"):
-        build_config(apply_overrides(data, ["train.steps=0"]))
+        read_config(apply_overrides(data, ["train.steps=0"]))
 
 
 def test_field_at_walks_sections():

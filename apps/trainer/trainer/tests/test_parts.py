@@ -9,7 +9,7 @@ import yaml
 
 from tjx.ckpt import RunDir
 from trainer import data_setup
-from trainer.config import build_config
+from trainer.config import read_config
 from trainer.sampling import format_samples
 from trainer.schema import ConfigError
 
@@ -28,7 +28,7 @@ def test_samples_file(tmp_path):
 
 
 def _data_config(source, cache, **data):
-    return build_config({"data": {"source": str(source), "cache_dir": str(cache), **data}})
+    return read_config({"data": {"source": str(source), "cache_dir": str(cache), **data}})
 
 
 def test_prepare_uses_the_shards_of_tjx_data(tmp_path):
@@ -79,7 +79,7 @@ def test_each_bad_value_names_its_config_key(tmp_path):
 
     def config(model=None, **data):
         data = {"source": str(text), "cache_dir": str(tmp_path / "c"), "tokenizer": "byte", **data}
-        return build_config({"data": data, "model": model or {}})
+        return read_config({"data": data, "model": model or {}})
 
     with pytest.raises(ConfigError, match=r"^model\.vocab_size: 100 is smaller .*use >= 257"):
         data_setup.prepare(config({"vocab_size": 100}))
@@ -92,13 +92,13 @@ def test_each_bad_value_names_its_config_key(tmp_path):
         data_setup.prepare(config(tokenizer="./missing/tokenizer.json"))
     vit = {"kind": "vit", "image_size": 16, "num_channels": 1}
     with pytest.raises(ConfigError, match=r"^model\.image_size: 16 does not match .* \(8\)"):
-        data_setup.prepare(build_config({"data": {"source": "digits"}, "model": vit}))
+        data_setup.prepare(read_config({"data": {"source": "digits"}, "model": vit}))
     with pytest.raises(ConfigError, match=r"^data\.source: image runs read 'digits'"):
-        data_setup.prepare(build_config({"data": {"source": str(text)}, "model": {"kind": "vit"}}))
+        data_setup.prepare(read_config({"data": {"source": str(text)}, "model": {"kind": "vit"}}))
     grey = {"kind": "vit", "image_size": 8, "patch_size": 2}  # tjx-nn's default: 3 channels
     with pytest.raises(ConfigError, match=r"^model\.num_channels: the digits images are grey"):
-        data_setup.prepare(build_config({"data": {"source": "digits"}, "model": grey}))
-    digits = build_config(
+        data_setup.prepare(read_config({"data": {"source": "digits"}, "model": grey}))
+    digits = read_config(
         {
             "data": {"source": "digits", "batch_size": 5000},
             "model": vit | {"image_size": 8, "patch_size": 2},

@@ -12,19 +12,17 @@ import yaml  # type: ignore[import-untyped]
 
 from tjx.ckpt import RunDir
 from trainer import resume
-from trainer.config import build_config
+from trainer.config import read_config, resolve
 from trainer.memory_fit import abstract_step
-from trainer.overrides import apply_overrides
-from trainer.presets import load_config_data
-from trainer.resolved import resolve
 from trainer.schema import ConfigError
+from trainer.settings import apply_overrides, load_config_data
 
 VOCAB = 257
 SMALL = ["model.num_layers=2", "model.d_model=32", "model.num_heads=2", "model.mlp_dim=64"]
 
 
 def _config(*extra: str) -> Any:
-    return build_config(apply_overrides(load_config_data("tiny"), [*SMALL, *extra]))
+    return read_config(apply_overrides(load_config_data("tiny"), [*SMALL, *extra]))
 
 
 def _state_signature(cfg: Any) -> Any:
@@ -123,7 +121,12 @@ def test_training_only_changes_are_returned_and_described(tmp_path):
         "train.steps=900", "optimizer.lr=1e-4"
     ).to_dict()  # the old layout's name, migrated
     diff = resume.check_resume(run, new)
-    assert diff == {"optimizer.schedule.peak_lr": (5e-3, 1e-4), "train.steps": (600, 900)}
+    # tiny's warmup is a share of the run: a longer run warms up longer, and says so
+    assert diff == {
+        "optimizer.schedule.peak_lr": (5e-3, 1e-4),
+        "optimizer.schedule.warmup_steps": (50, 75),
+        "train.steps": (600, 900),
+    }
     line = resume.describe_changes(diff)
     assert "optimizer.schedule.peak_lr 0.005 → 0.0001" in line and "train.steps 600 → 900" in line
 
@@ -170,14 +173,14 @@ def test_null_optimizer_settings_compare_as_the_optimizers_own_values(tmp_path):
     old = _config().to_dict()
     old["optimizer"].update(name="adamw", b2=0.95, eps=1e-8)  # eps 1e-8 is adamw's own
     old["optimizer"]["schedule"]["peak_lr"] = 1e-3
-    run = _saved_run(tmp_path, build_config(old))
+    run = _saved_run(tmp_path, read_config(old))
     sets = ("optimizer.schedule.peak_lr=null", "optimizer.b2=null", "optimizer.eps=null")
     diff = resume.check_resume(run, _config(*sets).to_dict())
     assert set(diff) == {"optimizer.schedule.peak_lr", "optimizer.b2"}  # eps: the same number
     line = resume.describe_changes(diff)
     assert "optimizer.b2 0.95 → 0.999 (adamw's default)" in line
     assert "optimizer.schedule.peak_lr 0.001 → 0.0003 (adamw's default)" in line
-    assert resume.check_resume(run, build_config(old).to_dict()) == {}
+    assert resume.check_resume(run, read_config(old).to_dict()) == {}
 
 
 def test_a_null_that_means_off_is_not_a_default(tmp_path):
@@ -218,12 +221,29 @@ def test_a_run_saved_in_the_old_layout_resumes_with_the_same_command(tmp_path, s
     under every kind are migrated: the same command resumes with no change, and a real change is
     still named in today's keys."""
     RunDir(tmp_path).create(yaml.safe_load((SAVED_OLD / saved).read_text()))
-    cfg = build_config(apply_overrides(load_config_data(preset), sets))
+    cfg = read_config(apply_overrides(load_config_data(preset), sets))
     assert resume.check_resume(tmp_path, cfg.to_dict()) == {}
-    changed = build_config(apply_overrides(load_config_data(preset), [*sets, "train.steps=77"]))
-    assert set(resume.check_resume(tmp_path, changed.to_dict())) == {"train.steps"}
+    changed = read_config(apply_overrides(load_config_data(preset), [*sets, "train.steps=77"]))
+    warmup = "optimizer.schedule.warmup_steps"  # a share of the run in today's presets
+    assert set(resume.check_resume(tmp_path, changed.to_dict())) == {"train.steps", warmup}
     other = apply_overrides(
         load_config_data(preset), [*sets, "model.precision.param_dtype=bfloat16"]
     )
     with pytest.raises(ConfigError, match="model.precision.param_dtype 'float32' → 'bfloat16'"):
-        resume.check_resume(tmp_path, build_config(other).to_dict())
+        resume.check_resume(tmp_path, read_config(other).to_dict())
+
+
+SAVED_BEFORE_40 = Path(__file__).parent / "saved_before_40"
+
+
+@pytest.mark.parametrize("preset", ["tiny", "llama_small", "gpt2_medium", "vit_digits"])
+def test_a_config_yaml_saved_before_the_sections_were_objects_resumes_unchanged(tmp_path, preset):
+    """Saved by 2a808f8 (``model.mlp_dim: 512``, ``peak_lr: 0.0003``, warmup in steps, where today
+    writes null for a value that follows from the others and presets give warmup as a share):
+    the same command resumes with no change; a real change is still named."""
+    RunDir(tmp_path).create(yaml.safe_load((SAVED_BEFORE_40 / f"{preset}.yaml").read_text()))
+    assert resume.check_resume(tmp_path, read_config(load_config_data(preset)).to_dict()) == {}
+    sets = ["train.steps=6000", "model.mlp_dim=64"]
+    new = read_config(apply_overrides(load_config_data(preset), sets)).to_dict()
+    with pytest.raises(ConfigError, match=r"cannot continue with model\.mlp_dim (None|\d+) → 64"):
+        resume.check_resume(tmp_path, new)

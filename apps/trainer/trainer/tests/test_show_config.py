@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from trainer.cli import main
-from trainer.config import Config, build_config
-from trainer.overrides import apply_overrides
-from trainer.presets import load_config_data
+from trainer.config import read_config
+from trainer.settings import apply_overrides, load_config_data
 from trainer.show_config import render, rows
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -30,7 +29,7 @@ def test_the_readme_table_is_the_commands_output(capsys: pytest.CaptureFixture[s
 
 
 def test_every_key_is_listed_once_with_a_type_and_a_line_of_help() -> None:
-    listed = list(rows(Config()))
+    listed = list(rows(read_config({})))
     keys = [key for key, *_ in listed]
     assert len(keys) == len(set(keys)) and "data.sources" in keys and "model.d_model" in keys
     assert all(tp and help_text for _, tp, _, _, help_text in listed), [
@@ -39,16 +38,16 @@ def test_every_key_is_listed_once_with_a_type_and_a_line_of_help() -> None:
 
 
 def test_every_printed_value_reads_back_as_that_value() -> None:
-    default = Config().to_dict()
-    for key, _, value, _, _ in rows(Config()):
+    default = read_config({}).to_dict()
+    for key, _, value, _, _ in rows(read_config({})):
         got = apply_overrides(default, [f"{key}={value}"])
-        assert build_config(got).to_dict() == build_config(default).to_dict(), key
+        assert read_config(got).to_dict() == read_config(default).to_dict(), key
 
 
 def test_a_preset_and_overrides_show_their_values(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--show-config", "--config", "tiny", "--set", "model.d_model=24"]) == 0
     shown = {r[0].strip("`"): r[2].strip("`") for r in _table_rows(capsys.readouterr().out)}
-    tiny = build_config(apply_overrides(load_config_data("tiny"), ["model.d_model=24"]))
+    tiny = read_config(apply_overrides(load_config_data("tiny"), ["model.d_model=24"]))
     assert shown["model.d_model"] == "24" and shown["name"] == tiny.name
     assert shown["train.steps"] == str(tiny.train.steps)
     assert render(tiny, "tiny").splitlines()[0].endswith("holds preset tiny.")

@@ -6,8 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from trainer.config import build_config
-from trainer.resolved import resolve
+from trainer.config import read_config, resolve
 from trainer.state import build
 from trainer.step import make_eval_step
 
@@ -35,7 +34,7 @@ def test_train_step_lowers_loss_and_accumulation_matches_one_batch():
     batch = _batch(rng, b=16)
     results = {}
     for accum in (1, 2):
-        cfg = build_config(
+        cfg = read_config(
             {
                 **SMALL,
                 "optimizer": {**SMALL["optimizer"], "accumulation_steps": accum},

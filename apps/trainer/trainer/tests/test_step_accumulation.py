@@ -10,8 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from trainer.config import build_config
-from trainer.resolved import resolve
+from trainer.config import read_config, resolve
 from trainer.state import build
 from trainer.step import make_eval_step, make_train_step
 
@@ -23,7 +22,7 @@ VALID = [0, 8, 64, 41]
 
 
 def _config(accum: int, **optimizer):
-    return build_config(
+    return read_config(
         {
             "model": {
                 "d_model": 16,
@@ -37,11 +36,10 @@ def _config(accum: int, **optimizer):
             # exactly -lr * gradient, so comparing params compares gradients.
             "optimizer": {
                 "name": "sgd",
-                "lr": 0.5,
                 "clip_norm": None,
                 "weight_decay": 0.0,
                 "accumulation_steps": accum,
-                "schedule": {"name": "constant", "warmup_steps": 0},
+                "schedule": {"name": "constant", "warmup_steps": 0, "peak_lr": 0.5},
                 **optimizer,
             },
             "train": {"steps": 2, "ce_chunk_size": 4},

@@ -12,19 +12,17 @@ import pytest
 from tjx.metrics import GIB, accelerator
 from trainer import deviceless, plan_compile, plan_report, target_plan
 from trainer.cli import main
-from trainer.config import build_config
+from trainer.config import read_config, resolve
 from trainer.deviceless import Target
-from trainer.overrides import apply_overrides
 from trainer.plan_compile import Compiled
-from trainer.presets import load_config_data
-from trainer.resolved import resolve
 from trainer.schema import ConfigError
+from trainer.settings import apply_overrides, load_config_data
 
 TINY = ["data.batch_size=8", "data.seq_len=32", "model.max_seq_len=32", "model.num_layers=2"]
 
 
 def run_of(*sets: str, preset: str = "tiny"):
-    return resolve(build_config(apply_overrides(load_config_data(preset), [*TINY, *sets])), 257)
+    return resolve(read_config(apply_overrides(load_config_data(preset), [*TINY, *sets])), 257)
 
 
 def error_line(capsys) -> str:
@@ -118,7 +116,7 @@ def test_when_remat_is_not_enough_the_batch_is_split_into_micro_batches(monkeypa
     first = plan_compile.compile_train(run, target(), "as configured")
     fitted, _, record = plan_compile.fit(run, target(), first, lambda line: None)
     assert record["fits"] and fitted.optimizer.accumulation_steps == 4
-    assert fitted.cfg.optimizer["accumulation_steps"] == 4
+    assert fitted.optimizer.accumulation_steps == 4
     assert seen[-1] == "optimizer.accumulation_steps=4"
 
 
@@ -138,7 +136,7 @@ def test_a_step_that_never_fits_is_an_error_saying_by_how_much(monkeypatch):
 
 def test_the_vocabulary_is_the_tokenizers_without_preparing_data():
     assert target_plan.plan_vocab(run_of()).model.vocab_size == 257  # byte-level
-    gpt2 = resolve(build_config(load_config_data("gpt2_small")))
+    gpt2 = read_config(load_config_data("gpt2_small"))
     assert target_plan.plan_vocab(gpt2).model.vocab_size == 50304  # the preset sets it
 
 

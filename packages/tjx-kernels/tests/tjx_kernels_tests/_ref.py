@@ -9,11 +9,23 @@ import numpy as np
 from tjx.kernels import reference_attention
 
 
-def np_mask(b, sq, sk, *, causal=False, q_ids=None, kv_ids=None, kv_lengths=None):
-    """Boolean [b, sq, sk] mask, True = attend (same rules as tjx.kernels.attention_mask)."""
+def np_mask(
+    b, sq, sk, *, causal=False, q_ids=None, kv_ids=None, kv_lengths=None, window=None, index=None
+):
+    """Boolean [b, sq, sk] mask, True = attend (same rules as tjx.kernels.attention_mask).
+
+    ``window``: query i sees keys with i - window < j (and j < i + window when not causal);
+    ``index``: (q_index, kv_index) token indices replacing 0..s-1 in the causal/window tests.
+    """
     m = np.ones((b, sq, sk), bool)
+    qi, ki = (np.arange(sq), np.arange(sk)) if index is None else map(np.asarray, index)
+    rows, cols = qi[:, None], ki[None, :]
     if causal:
-        m &= np.tril(np.ones((sq, sk), bool))[None]
+        m &= (rows >= cols)[None]
+    if window is not None:
+        m &= (rows - cols < window)[None]
+        if not causal:
+            m &= (cols - rows < window)[None]
     if q_ids is not None:
         q_ids, kv_ids = np.asarray(q_ids), np.asarray(kv_ids)
         m &= (q_ids[:, :, None] == kv_ids[:, None, :]) & (kv_ids[:, None, :] != 0)
@@ -150,7 +162,7 @@ def _nan_grads_bwd(bad, g):
 _nan_grads.defvjp(lambda x, bad: (x, bad), _nan_grads_bwd)
 
 
-def _fake_packed(q, k, v, *, lengths, offsets, causal, scale, target):
+def _fake_packed(q, k, v, *, lengths, offsets, causal, scale, target, window=None):
     """The packed layout's semantics: token t is in segment m iff off[m] <= t < off[m] + len[m]."""
     assert target.compute_capability >= (9, 0)
     s, m = q.shape[1], lengths.shape[1]
@@ -159,7 +171,7 @@ def _fake_packed(q, k, v, *, lengths, offsets, causal, scale, target):
     ids = jnp.where(inside.any(1), jnp.argmax(inside, axis=1) + 1, 0)
     bad = (ids == 0).astype(jnp.float32)
     q, k, v = (_nan_grads(x, bad) for x in (q, k, v))
-    out = reference_attention(q, k, v, causal=causal, segment_ids=ids, scale=scale)
+    out = reference_attention(q, k, v, causal=causal, segment_ids=ids, scale=scale, window=window)
     return jnp.where(bad[:, :, None, None] > 0, jnp.nan, out).astype(out.dtype)  # unspecified
 
 

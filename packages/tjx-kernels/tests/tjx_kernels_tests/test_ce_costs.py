@@ -20,7 +20,7 @@ def _launches(tokens: int, d: int, vocab: int, dtype: str) -> list[tuple[str, tu
     h = jax.ShapeDtypeStruct((tokens, d), dt)
     w = jax.ShapeDtypeStruct((d, vocab), dt)
     lab = jax.ShapeDtypeStruct((tokens,), jnp.int32)
-    loss = lambda h, w, l: fused_cross_entropy(h, w, l, z_loss=1e-4, interpret=True).loss
+    loss = lambda h, w, y: fused_cross_entropy(h, w, y, z_loss=1e-4, interpret=True).loss
     jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(h, w, lab).jaxpr
     found: list[tuple[str, tuple, list]] = []
 

@@ -86,17 +86,23 @@ def test_each_batch_takes_the_cheap_branch_where_it_is_exact():
 
 
 @pytest.mark.parametrize(
-    "rows, causal, hopper",
+    "rows, causal, hopper, window",
     [
-        ([ROWS[1], ROWS[5]], True, False),  # single
-        ([ROWS[1], ROWS[5]], True, True),  # packed
-        ([ROWS[0], ROWS[2]], True, True),  # packed, with gaps
-        ([ROWS[0], ROWS[2]], False, True),
-        ([ROWS[0], ROWS[2]], True, False),  # dense (no packed layout before Hopper)
-        ([ROWS[3], ROWS[4]], True, True),  # dense
+        ([ROWS[1], ROWS[5]], True, False, None),  # single
+        ([ROWS[1], ROWS[5]], True, True, None),  # packed
+        ([ROWS[0], ROWS[2]], True, True, None),  # packed, with gaps
+        ([ROWS[0], ROWS[2]], False, True, None),
+        ([ROWS[0], ROWS[2]], True, False, None),  # dense (no packed layout before Hopper)
+        ([ROWS[3], ROWS[4]], True, True, None),  # dense
+        # #42's sliding window reaches every branch (cuDNN's window is causal only)
+        ([ROWS[1], ROWS[5]], True, False, 3),  # single
+        ([ROWS[0], ROWS[1]], True, True, 2),  # packed
+        ([ROWS[3], ROWS[4]], True, True, 3),  # dense
     ],
 )
-def test_packed_batches_match_float64_in_value_and_gradients(monkeypatch, rows, causal, hopper):
+def test_packed_batches_match_float64_in_value_and_gradients(
+    monkeypatch, rows, causal, hopper, window
+):
     emulate_cudnn(monkeypatch)
     if not hopper:
         a100 = Target("gpu", "NVIDIA A100-SXM4-80GB", (8, 0))
@@ -109,7 +115,9 @@ def test_packed_batches_match_float64_in_value_and_gradients(monkeypatch, rows, 
     as_bf16 = functools.partial(jnp.asarray, dtype=jnp.bfloat16)
 
     def loss(q, k, v):
-        out = attention(q, k, v, causal=causal, segment_ids=ids, implementation="cudnn")
+        out = attention(
+            q, k, v, causal=causal, segment_ids=ids, implementation="cudnn", window=window
+        )
         return jnp.sum(out.astype(jnp.float32) * g), out
 
     (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
@@ -117,7 +125,7 @@ def test_packed_batches_match_float64_in_value_and_gradients(monkeypatch, rows, 
     )
     # the reference sees the inputs the kernel saw (bf16-rounded), in float64
     q, k, v = (np.asarray(as_bf16(x), np.float64) for x in (q, k, v))
-    mask = np_mask(b, s, s, causal=causal, q_ids=ids, kv_ids=ids)
+    mask = np_mask(b, s, s, causal=causal, q_ids=ids, kv_ids=ids, window=window)
     ref = np_attention(q, k, v, mask, d_out=g)
     for name, got, want in zip(("out", "dq", "dk", "dv"), (out, *grads), ref, strict=True):
         got = np.asarray(got, np.float64)

@@ -91,6 +91,33 @@ def test_console_keys_and_formatting():
         ConsoleLogger(max_text_chars=0)
 
 
+def test_a_console_line_of_a_run_of_known_length_shows_its_step_of_the_total_and_the_time_left(
+    monkeypatch,
+):
+    """``step N/total`` first, the keys in the order asked, then ``ETA`` at the rate since the
+    first line (which would count a compilation, so it shows none); never a second line."""
+    from tjx.metrics.loggers import console as console_module
+
+    clock = iter([0.0, 100.0, 110.0, 130.0])  # construction, then one reading per line
+    monkeypatch.setattr(console_module.time, "monotonic", lambda: next(clock))
+    buf = io.StringIO()
+    keys = ["loss", "learning_rate", "grad_norm"]
+    logger = ConsoleLogger(keys=keys, console=Console(file=buf, width=300), total_steps=600)
+    rng = np.random.default_rng()
+    for step in (10, 20, 40):
+        logger.log_scalars(step, {"grad_norm": 0.5, "loss": float(rng.uniform(1, 5)), "x": 1.0})
+        logger.log_scalars(step, {"val_loss": 2.0})  # none of the keys: no line, no clock read
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("step 10/600 │ loss ")
+    assert [ln.split(" │ ")[1].split()[0] for ln in lines] == ["loss"] * 3
+    assert "learning_rate" not in lines[0] and "x 1" not in lines[0] and "ETA" not in lines[0]
+    assert lines[0].index("loss") < lines[0].index("grad_norm 0.5")
+    # 10 steps in 10 s since the first line: 580 steps left are 580 s.
+    assert lines[1].endswith(" │ ETA 0:09:40"), lines[1]
+    # 30 steps in 30 s: 560 left.
+    assert lines[2].endswith(" │ ETA 0:09:20"), lines[2]
+
+
 def test_jsonl_read_back(tmp_path):
     rng = np.random.default_rng(1)
     weights = rng.normal(size=(8, 4)).astype(np.float32)

@@ -25,6 +25,7 @@ def test_disabled_prints_plain_lines_even_on_a_terminal():
     file = io.StringIO()
     console = Console(file=file, force_terminal=True, width=100)
     with progress_bar(3, 7, enabled=False, console=console) as bar:
+        assert not bar.live
         bar.update(4, 0.25)
     assert "[4/7] loss 0.2500" in file.getvalue()
 
@@ -33,6 +34,7 @@ def test_live_bar_on_a_terminal_shows_label_steps_and_loss():
     file = io.StringIO()
     console = Console(file=file, force_terminal=True, width=120)
     with progress_bar(2, 9, label="finetune", console=console) as bar:
+        assert bar.live  # a caller printing its own lines skips `update` unless it is
         bar.update(6, 1.5)
         bar.note("a note")
     text = file.getvalue()

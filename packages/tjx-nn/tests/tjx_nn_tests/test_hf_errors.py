@@ -32,14 +32,19 @@ def _edit_weights(folder, change):
     [
         ({"model_type": "falcon"}, "model_type 'falcon' is not supported"),
         (
-            {"rope_scaling": {"rope_type": "yarn", "factor": 2.0}},
-            "rope_scaling type 'yarn' is not supported",
+            {"rope_scaling": {"rope_type": "proportional", "factor": 2.0}},
+            "rope_scaling type 'proportional' is not supported; tjx computes linear, dynamic",
         ),
-        ({"model_type": "mistral", "sliding_window": 8}, "sliding_window 8 is shorter"),
         (
-            {"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 4},
-            "sliding_window 4",
+            {"rope_scaling": {"rope_type": "yarn", "factor": 2.0, "beta_faster": 3}},
+            "rope_scaling: unknown key(s) beta_faster",
         ),
+        ({"model_type": "mistral", "sliding_window": 0}, "sliding_window must be a positive"),
+        (
+            {"model_type": "qwen2", "layer_types": ["sliding_attention"], "sliding_window": None},
+            "layer_types has sliding layers but no sliding_window",
+        ),
+        ({"layer_types": ["full_attention"] * 2}, "layer_types must list 1 of"),
         ({"auto_map": {"AutoModelForCausalLM": "x.Y"}}, "auto_map"),
         ({"fancy_new_thing": 1, "zz_top": 2}, "key(s) fancy_new_thing, zz_top are not understood"),
         ({"hidden_act": "gelu"}, "hidden_act must be 'silu'"),

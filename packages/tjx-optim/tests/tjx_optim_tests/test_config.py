@@ -31,7 +31,8 @@ from tjx.optim.config import WSD_DEFAULTS
         (dict(peak_lr=-1e-3), r"ScheduleConfig.peak_lr"),
         (dict(peak_lr=float("nan")), r"ScheduleConfig.peak_lr=nan must be a number"),
         (dict(total_steps=0), r"ScheduleConfig.total_steps"),
-        (dict(warmup_steps=1.5), r"ScheduleConfig.warmup_steps=1.5 must be an integer"),
+        (dict(warmup_steps=1.5), r"ScheduleConfig.warmup_steps=1.5 must be an integer \(steps\)"),
+        (dict(warmup_steps=-0.1), r"or a float in \[0, 1\) \(that fraction of total_steps\)"),
         (dict(min_lr_ratio=1.5), r"ScheduleConfig.min_lr_ratio.*\[0, 1\]"),
         (dict(name="linear_warmup", warmup_steps=0), r"ScheduleConfig.warmup_steps=0"),
         (dict(decay_shape="exp"), r"ScheduleConfig.decay_shape='exp'.*'sqrt'"),
@@ -41,6 +42,24 @@ from tjx.optim.config import WSD_DEFAULTS
 def test_schedule_config_rejects(kwargs: dict, pattern: str) -> None:
     with pytest.raises(ValueError, match=pattern):
         ScheduleConfig(**kwargs)
+
+
+def test_a_float_warmup_below_one_is_that_share_of_the_run() -> None:
+    """A warmup written as a fraction fits every run length; it is held as the steps it makes
+    (rounded), and the schedule is the one of those steps."""
+    steps = np.random.default_rng().integers(2, 5000)
+    share = ScheduleConfig(warmup_steps=0.1, total_steps=int(steps), peak_lr=1.0)
+    assert share.warmup_steps == round(0.1 * steps) and isinstance(share.warmup_steps, int)
+    same = dataclasses.replace(share, warmup_steps=share.warmup_steps)
+    got, want = build_schedule(share), build_schedule(same)
+    assert [float(got(t)) for t in range(0, int(steps), 7)] == [
+        float(want(t)) for t in range(0, int(steps), 7)
+    ]
+    assert ScheduleConfig(warmup_steps=0.0834, total_steps=600).warmup_steps == 50
+    assert ScheduleConfig(warmup_steps=0.0834, total_steps=30).warmup_steps == 3
+    assert ScheduleConfig(warmup_steps=0.5, total_steps=1).warmup_steps == 0  # round half even
+    with pytest.raises(ValueError, match=r"warmup_steps=30 is longer than the run"):
+        ScheduleConfig(warmup_steps=30, total_steps=20)  # steps stay steps
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,8 @@ def test_presets_map_names_as_documented() -> None:
         table = rules(strategy).as_dict()
         assert set(LOGICAL_AXES) <= set(table)
         assert table["batch"] == ("data", "fsdp")
-        assert table["length"] is None and table["head_dim"] is None and table["norm"] is None
+        assert table["length"] == "context"  # context parallelism splits the sequence
+        assert table["head_dim"] is None and table["norm"] is None
         assert table["embed"] == ("fsdp" if "fsdp" in strategy else None)
         for name in ("mlp", "heads", "kv_heads", "vocab"):
             assert table[name] == ("tensor" if strategy.endswith("tp") else None)
@@ -35,7 +36,8 @@ def test_to_mesh_spec_fsdp_tp(mesh) -> None:
         "tensor", None, "fsdp"
     )
     # fsdp is taken by the batch, so the activation's embed dim is replicated
-    assert r.to_mesh_spec(P("batch", "length", "embed"), mesh, (4, 3, 8)) == P(("data", "fsdp"))
+    spec = r.to_mesh_spec(P("batch", "length", "embed"), mesh, (4, 3, 8))
+    assert spec == P(("data", "fsdp"), "context")
     assert r.to_mesh_spec(P(None, "norm"), mesh, (3, 5)) == P()
     assert r.to_mesh_spec(P(("embed", "vocab")), mesh, (8,)) == P(("fsdp", "tensor"))
 

@@ -159,7 +159,7 @@ def test_with_logical_constraint_inside_jit(mesh) -> None:
 
 
 def test_place_batch_one_process_or_many(mesh, monkeypatch) -> None:
-    import tjx.parallel.sharding as sharding
+    import tjx.parallel.batches as batches
 
     rng = np.random.default_rng(5)
     batch = {"inputs": rng.integers(0, 99, (8, 5)).astype(np.int32), "scale": np.float32(0.5)}
@@ -171,7 +171,7 @@ def test_place_batch_one_process_or_many(mesh, monkeypatch) -> None:
         place_batch({"inputs": np.zeros((6, 2))}, mesh)
     calls = []
     monkeypatch.setattr(jax, "process_count", lambda: 2)
-    monkeypatch.setattr(sharding, "host_local_to_global", lambda b, m: calls.append((b, m)) or b)
+    monkeypatch.setattr(batches, "host_local_to_global", lambda b, m: calls.append((b, m)) or b)
     assert place_batch(batch, mesh) is batch and calls == [(batch, mesh)]
 
 

@@ -110,7 +110,10 @@ def load_hf_weights(model: GPT, weights: dict[str, np.ndarray]) -> None:
     for i in range(len(model.h)):
         p = f"h.{i}."
         for name in ("ln_1", "ln_2"):
-            own[f"{p}{name}.weight"], own[f"{p}{name}.bias"] = w[f"{p}{name}.weight"], w[f"{p}{name}.bias"]
+            own[f"{p}{name}.weight"], own[f"{p}{name}.bias"] = (
+                w[f"{p}{name}.weight"],
+                w[f"{p}{name}.bias"],
+            )
         for hf, mine in (("attn.c_attn", "attn.c_attn"), ("attn.c_proj", "attn.c_proj"),
                          ("mlp.c_fc", "c_fc"), ("mlp.c_proj", "c_proj")):  # fmt: skip
             own[f"{p}{mine}.weight"] = w[f"{p}{hf}.weight"].T.contiguous()

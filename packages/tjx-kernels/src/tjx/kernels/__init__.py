@@ -7,6 +7,12 @@ Pallas flash attention (forward and backward), chunked cross-entropy, a plain-XL
 
 from typing import Any
 
+from tjx.kernels.blocks import (
+    BLOCK_IMPLEMENTATIONS,
+    attention_backward,
+    attention_forward,
+    block_kernel,
+)
 from tjx.kernels.ce_choice import (
     CE_IMPLEMENTATIONS,
     ce_auto_order,
@@ -32,9 +38,10 @@ from tjx.kernels.dispatch import IMPLEMENTATIONS, attention, select_implementati
 from tjx.kernels.launch import LaunchDefaults, default_launch
 from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 __all__ = [
+    "BLOCK_IMPLEMENTATIONS",
     "CE_IMPLEMENTATIONS",
     "IMPLEMENTATIONS",
     "AutoChoice",
@@ -45,10 +52,13 @@ __all__ = [
     "Target",
     "__version__",
     "attention",
+    "attention_backward",
+    "attention_forward",
     "attention_mask",
     "attention_weights",
     "auto_chunk_size",
     "auto_order",
+    "block_kernel",
     "ce_auto_order",
     "ce_implementation",
     "chunked_cross_entropy",

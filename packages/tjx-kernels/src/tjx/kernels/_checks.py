@@ -140,3 +140,29 @@ def check_scale(scale: float | None) -> None:
     """Validate the softmax scale (None = 1/sqrt(head_dim), else a positive finite float)."""
     if scale is not None and not (float(scale) > 0.0 and float(scale) < float("inf")):
         raise ValueError(f"`scale` must be a positive finite float or None; got {scale}")
+
+
+def check_window(window: int | None) -> None:
+    """Validate a sliding ``window``: None (every key) or a positive int (the keys a query sees,
+    itself included: ``i - window < j <= i`` when causal, ``|i - j| < window`` when not)."""
+    if window is None:
+        return
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(
+            f"`window` must be a positive int (the keys a query sees, itself included) or None; "
+            f"got {window!r}"
+        )
+
+
+def window_visible(rows: Array, cols: Array, *, causal: bool, window: int | None) -> Array | None:
+    """Boolean (broadcast of ``rows`` against ``cols``): the causal and window conditions on
+    query index ``rows`` and key index ``cols``; None when neither applies."""
+    mask: Array | None = None
+    if causal:
+        mask = rows >= cols
+    if window is not None:
+        near = rows - cols < window
+        if not causal:
+            near = near & (cols - rows < window)
+        mask = near if mask is None else mask & near
+    return mask

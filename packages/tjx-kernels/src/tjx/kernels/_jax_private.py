@@ -66,9 +66,11 @@ def packed_attention(
     causal: bool,
     scale: float,
     target: Target,
+    window: int | None = None,
 ) -> Array:
     """cuDNN attention over packed segments: ``offsets`` [b, M+1] (segment starts, -1 padded)
     and ``lengths`` [b, M] (-1 padded), the same for queries and keys; causal within a segment.
+    ``window`` (causal only): a query sees its ``window`` latest keys, itself included.
 
     Tokens outside every segment get unspecified outputs and gradients (the caller masks them).
     """
@@ -86,4 +88,5 @@ def packed_attention(
         kv_offsets=offsets,
         scale=scale,
         mask_type=mask,
+        sliding_window_length=window,
     )

@@ -129,12 +129,18 @@ def segment_attention(
     scale: float,
     target: Target,
     max_segments: int = DEFAULT_MAX_SEGMENTS,
+    window: int | None = None,
 ) -> Array:
     """cuDNN attention of a packed batch (self-attention segment ids ``[b, s]``, 0 = padding).
 
     See the module docstring for the branches. ``q`` ``[b, s, h, d]``, ``k``/``v``
-    ``[b, s, h_kv, d]``; returns ``[b, s, h, d]`` in ``q``'s dtype.
+    ``[b, s, h_kv, d]``; returns ``[b, s, h, d]`` in ``q``'s dtype. ``window`` (causal only, as
+    cuDNN's own sliding window): a query sees its ``window`` latest keys, itself included; runs
+    are contiguous, so the distance within a segment is the distance in the row.
     """
+    if window is not None and not causal:
+        raise ValueError("segment_attention: cuDNN's sliding window needs causal=True")
+    local = None if window is None else (window - 1, 0)
     install_capability_hook()  # jax's own checks see `target` when cross-lowering for it
     packed_ok = target.compute_capability is not None and target.compute_capability >= (9, 0)
     index, offsets, lengths = branch_index(ids, max_segments=max_segments, packed_ok=packed_ok)
@@ -150,13 +156,22 @@ def segment_attention(
             is_causal=causal,
             query_seq_lengths=n,
             key_value_seq_lengths=n,
+            local_window_size=local,
             implementation="cudnn",
         )
 
     def packed(q: Array, k: Array, v: Array) -> Array:
         # Every token is in a run (padding runs too), so cuDNN writes every output and gradient.
         out = packed_attention(
-            q, k, v, lengths=lengths, offsets=offsets, causal=causal, scale=scale, target=target
+            q,
+            k,
+            v,
+            lengths=lengths,
+            offsets=offsets,
+            causal=causal,
+            scale=scale,
+            target=target,
+            window=window,
         )
         return _zero_rows(out, keep)
 
@@ -164,7 +179,14 @@ def segment_attention(
     def dense(q: Array, k: Array, v: Array) -> Array:
         mask = ((ids[:, :, None] == ids[:, None, :]) & (ids[:, None, :] != 0))[:, None]
         out = jax.nn.dot_product_attention(
-            q, k, v, mask=mask, scale=scale, is_causal=causal, implementation="cudnn"
+            q,
+            k,
+            v,
+            mask=mask,
+            scale=scale,
+            is_causal=causal,
+            local_window_size=local,
+            implementation="cudnn",
         )
         return _zero_rows(out, keep)  # a padding row sees nothing: zeros
 

@@ -10,6 +10,10 @@ sharded ``jit``. Features no fused kernel has (an additive ``bias``, attention d
 zero-length sequences always take the XLA path. An explicitly requested kernel that cannot run the
 call raises ``ValueError`` naming the argument and what is supported. The Pallas kernel's module
 (and Pallas itself) is imported only when the Pallas kernel is chosen.
+
+A sliding ``window`` is served by every kernel: cuDNN's own ``local_window_size`` (causal only; a
+bidirectional window skips cuDNN under "auto"), the Pallas kernels skip the key blocks outside it,
+XLA masks.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from tjx.kernels._checks import (
     check_qkv,
     check_scale,
     check_segment_ids,
+    check_window,
     split_segment_ids,
 )
 from tjx.kernels.choice import (
@@ -49,6 +54,11 @@ Implementation = Literal["auto", "xla", "cudnn", "pallas"]
 IMPLEMENTATIONS: tuple[str, ...] = ("auto", "xla", "cudnn", "pallas")
 
 __all__ = ["CUDNN_DTYPES", "IMPLEMENTATIONS", "attention", "cudnn_max_head_dim"]
+
+_CUDNN_WINDOW = (
+    "`window` without `causal` is not supported by implementation 'cudnn' (cuDNN's sliding "
+    "window looks back only); use 'xla' or 'pallas', or 'auto'"
+)
 
 
 def on_cuda_gpu() -> bool:
@@ -80,11 +90,14 @@ def _cudnn_attention(
     kv_lengths: Array | None,
     scale: float,
     shapes: AttentionShapes,
+    window: int | None = None,
 ) -> Array:
     if segment_ids is not None and not isinstance(segment_ids, tuple | list) and kv_lengths is None:
         # Self-attention segment ids (packed documents): no s × s mask (cudnn_segments).
         ids = jnp.asarray(segment_ids, jnp.int32)
-        return segment_attention(q, k, v, ids, causal=causal, scale=scale, target=current_target())
+        return segment_attention(
+            q, k, v, ids, causal=causal, scale=scale, target=current_target(), window=window
+        )
     mask = None
     if segment_ids is not None:
         q_ids, kv_ids = split_segment_ids(segment_ids)
@@ -99,11 +112,15 @@ def _cudnn_attention(
         scale=scale,
         is_causal=causal,
         key_value_seq_lengths=lengths,
+        # cuDNN's own sliding window (causal only: `_window_reason`): `window - 1` keys before.
+        local_window_size=None if window is None else (window - 1, 0),
         implementation="cudnn",
     )
     # cuDNN leaves rows that see no key at all to its own devices (a uniform average or NaN);
     # our convention, shared with XLA and Pallas, is zeros.
-    visible = _visible_rows(shapes, causal=causal, segment_ids=segment_ids, kv_lengths=lengths)
+    visible = _visible_rows(
+        shapes, causal=causal, segment_ids=segment_ids, kv_lengths=lengths, window=window
+    )
     if visible is None:
         return out
     return jnp.where(visible[:, :, None, None], out, jnp.zeros((), out.dtype))
@@ -115,13 +132,16 @@ def _visible_rows(
     causal: bool,
     segment_ids: SegmentIds | None,
     kv_lengths: Array | None,
+    window: int | None = None,
 ) -> Array | None:
     """Bool [b, s_q]: whether each query row sees at least one key (None: every row does)."""
     if segment_ids is None:
         if kv_lengths is None:
             return None  # key 0 is visible to every query, causal or not
         return jnp.broadcast_to((kv_lengths > 0)[:, None], (shapes.batch, shapes.q_len))
-    mask = attention_mask(shapes, causal=causal, segment_ids=segment_ids, kv_lengths=kv_lengths)
+    mask = attention_mask(
+        shapes, causal=causal, segment_ids=segment_ids, kv_lengths=kv_lengths, window=window
+    )
     assert mask is not None
     return jnp.broadcast_to(jnp.any(mask[:, 0], axis=-1), (shapes.batch, shapes.q_len))
 
@@ -198,6 +218,7 @@ def attention(
     dropout_rng: Array | None = None,
     implementation: Implementation = "auto",
     bias: Array | None = None,
+    window: int | None = None,
 ) -> Array:
     """Multi-head attention with a choice of implementation.
 
@@ -221,6 +242,10 @@ def attention(
         "auto" never raises for a valid call (see module docstring for the rule).
     bias : Array, optional
         Additive logit bias ``[batch|1, heads|1, q_len, kv_len]`` (XLA path).
+    window : int, optional
+        Sliding window: query ``i`` sees keys ``i - window < j`` (``<= i`` when causal, else
+        ``< i + window``); every kernel applies it (cuDNN only with ``causal``: without it,
+        "auto" takes the next kernel and an explicit "cudnn" is an error). None: every key.
 
     Returns
     -------
@@ -235,6 +260,7 @@ def attention(
     check_bias(bias, shapes)
     check_dropout(dropout_rate, dropout_rng)
     check_scale(scale)
+    check_window(window)
     # A zero-length call has nothing to compute (an empty or all-zero result): XLA serves it
     # without padding a sequence of 0 up to a kernel block. Explicit requests are still checked.
     empty = shapes.q_len == 0 or shapes.kv_len == 0
@@ -243,6 +269,11 @@ def attention(
         q, shapes, implementation=implementation, segment_ids=segment_ids, needs_xla=needs_xla
     )
     sm_scale = 1.0 / math.sqrt(shapes.head_dim) if scale is None else float(scale)
+    if impl == "cudnn" and window is not None and not causal:
+        if implementation == "cudnn":
+            raise ValueError(_CUDNN_WINDOW)
+        order = auto_order(q.dtype, shapes.head_dim).order
+        impl = order[order.index("cudnn") + 1] if "cudnn" in order else "xla"
     if impl == "cudnn":
         try:
             return _cudnn_attention(
@@ -254,6 +285,7 @@ def attention(
                 kv_lengths=kv_lengths,
                 scale=sm_scale,
                 shapes=shapes,
+                window=window,
             )
         except (NotImplementedError, ValueError, RuntimeError) as err:
             # jax checks cuDNN's finer limits (GPU generation, cuDNN version, shapes) while
@@ -271,7 +303,9 @@ def attention(
         from tjx.kernels.flash import flash_attention  # Pallas is imported only when chosen
 
         segs = _segments_with_lengths(segment_ids, kv_lengths, shapes)
-        return flash_attention(q, k, v, causal=causal, segment_ids=segs, scale=sm_scale)
+        return flash_attention(
+            q, k, v, causal=causal, segment_ids=segs, scale=sm_scale, window=window
+        )
     return reference_attention(
         q,
         k,
@@ -283,4 +317,5 @@ def attention(
         dropout_rate=dropout_rate,
         dropout_rng=dropout_rng,
         bias=bias,
+        window=window,
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,7 @@ from tjx.kernels._checks import (
     check_qkv,
     check_scale,
     check_segment_ids,
+    check_window,
     split_segment_ids,
 )
 from tjx.kernels.choice import current_target, lowering_for_cuda
@@ -34,6 +35,7 @@ Array = jax.Array
 
 #: Largest head_dim the kernel accepts (padded internally to a power of two).
 MAX_HEAD_DIM = 256
+_LN2 = math.log(2.0)
 
 
 def _next_pow2(n: int) -> int:
@@ -101,6 +103,7 @@ def _make_config(
     block_k: int | None,
     interpret: bool,
     launch: LaunchDefaults | None = None,
+    window: int | None = None,
 ) -> tuple[KernelConfig, int, int, int]:
     """Kernel config plus the padded (q_len, kv_len, head_dim).
 
@@ -144,8 +147,93 @@ def _make_config(
         num_stages_bwd=launch.num_stages_bwd,
         interpret=interpret,
         head_split_bwd=split,
+        window=window,
     )
     return cfg, q_pad, kv_pad, d_pad
+
+
+class _Padded(NamedTuple):
+    """One call's kernel config and its inputs padded to the kernel's tiles."""
+
+    cfg: KernelConfig
+    shapes: AttentionShapes
+    q: Array
+    k: Array
+    v: Array
+    q_ids: Array | None
+    kv_ids: Array | None
+
+
+def _pad_rows(x: Array, rows: int, cols: int, axis: int = 1) -> Array:
+    """``x`` padded with ``rows`` zeros along ``axis`` and ``cols`` along the last axis."""
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, rows)
+    widths[-1] = (0, cols)
+    return jnp.pad(x, widths)
+
+
+def _prepare(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    causal: bool,
+    segment_ids: SegmentIds | None,
+    scale: float | None,
+    block_q: int | None,
+    block_k: int | None,
+    interpret: bool | None,
+    launch: LaunchDefaults | None,
+    window: int | None,
+) -> _Padded | AttentionShapes:
+    """Validate one call and pad it to the kernel's tiles; the bare shapes when either length is
+    0 (nothing to tile: no query rows, or no key for any row to see)."""
+    shapes = check_qkv(q, k, v)
+    check_segment_ids(segment_ids, shapes)
+    check_scale(scale)
+    check_window(window)
+    _check_block("block_q", block_q)
+    _check_block("block_k", block_k)
+    if launch is not None and not isinstance(launch, LaunchDefaults):
+        raise ValueError(f"`launch` must be a LaunchDefaults; got {type(launch).__name__}")
+    if shapes.head_dim > MAX_HEAD_DIM:
+        raise ValueError(
+            f"`q` head_dim {shapes.head_dim} is not supported by flash_attention; "
+            f"supported: 1..{MAX_HEAD_DIM}"
+        )
+    if jnp.dtype(q.dtype) == jnp.dtype(jnp.float64):
+        raise ValueError(
+            "`q` dtype float64 is not supported by flash_attention; use bf16/fp16/fp32"
+        )
+    if shapes.q_len == 0 or shapes.kv_len == 0:
+        return shapes  # padding a length of 0 up to a block would invent keys
+    sm_scale = 1.0 / math.sqrt(shapes.head_dim) if scale is None else float(scale)
+    q_ids, kv_ids = split_segment_ids(segment_ids)
+    cfg, q_pad, kv_pad, d_pad = _make_config(
+        shapes,
+        dtype=q.dtype,
+        causal=causal,
+        has_segments=q_ids is not None,
+        scale=sm_scale,
+        block_q=block_q,
+        block_k=block_k,
+        interpret=resolve_interpret(interpret),
+        launch=launch,
+        window=window,
+    )
+    dq_, dk_, dd = q_pad - shapes.q_len, kv_pad - shapes.kv_len, d_pad - shapes.head_dim
+    if q_ids is not None and kv_ids is not None:
+        q_ids = jnp.pad(q_ids, ((0, 0), (0, dq_)))
+        kv_ids = jnp.pad(kv_ids, ((0, 0), (0, dk_)))
+    return _Padded(
+        cfg,
+        shapes,
+        _pad_rows(q, dq_, dd),
+        _pad_rows(k, dk_, dd),
+        _pad_rows(v, dk_, dd),
+        q_ids,
+        kv_ids,
+    )
 
 
 def flash_attention(
@@ -160,6 +248,7 @@ def flash_attention(
     block_k: int | None = None,
     interpret: bool | None = None,
     launch: LaunchDefaults | None = None,
+    window: int | None = None,
 ) -> Array:
     """Flash attention in Pallas (online softmax, fused forward and backward).
 
@@ -185,6 +274,10 @@ def flash_attention(
     launch : LaunchDefaults, optional
         Tiles, warps and stages of both passes for this call. ``None`` (default): the device's
         table entry for dtype and head_dim, else the generic one (:func:`default_launch`).
+    window : int, optional
+        Sliding window: query ``i`` sees keys ``i - window < j`` (``<= i`` when causal, else
+        ``< i + window``). Key blocks wholly outside every query's window of a query block are
+        never loaded (forward and backward). None: every key.
 
     Returns
     -------
@@ -192,45 +285,107 @@ def flash_attention(
         ``[batch, q_len, heads, head_dim]`` in ``q``'s dtype; rows with no visible key are 0
         (all of them when ``kv_len == 0``; ``q_len == 0`` gives an empty array).
     """
-    shapes = check_qkv(q, k, v)
-    check_segment_ids(segment_ids, shapes)
-    check_scale(scale)
-    _check_block("block_q", block_q)
-    _check_block("block_k", block_k)
-    if launch is not None and not isinstance(launch, LaunchDefaults):
-        raise ValueError(f"`launch` must be a LaunchDefaults; got {type(launch).__name__}")
-    if shapes.head_dim > MAX_HEAD_DIM:
-        raise ValueError(
-            f"`q` head_dim {shapes.head_dim} is not supported by flash_attention; "
-            f"supported: 1..{MAX_HEAD_DIM}"
-        )
-    if jnp.dtype(q.dtype) == jnp.dtype(jnp.float64):
-        raise ValueError(
-            "`q` dtype float64 is not supported by flash_attention; use bf16/fp16/fp32"
-        )
-    if shapes.q_len == 0 or shapes.kv_len == 0:
-        # Nothing to tile: no query rows, or no key for any row to see (zeros, as for a fully
-        # masked row). Padding a length of 0 up to a block would invent keys.
-        return jnp.zeros(q.shape, q.dtype)
-    sm_scale = 1.0 / math.sqrt(shapes.head_dim) if scale is None else float(scale)
-    q_ids, kv_ids = split_segment_ids(segment_ids)
-    cfg, q_pad, kv_pad, d_pad = _make_config(
-        shapes,
-        dtype=q.dtype,
+    p = _prepare(
+        q,
+        k,
+        v,
         causal=causal,
-        has_segments=q_ids is not None,
-        scale=sm_scale,
+        segment_ids=segment_ids,
+        scale=scale,
         block_q=block_q,
         block_k=block_k,
-        interpret=resolve_interpret(interpret),
+        interpret=interpret,
         launch=launch,
+        window=window,
     )
-    dq_, dk_, dd = q_pad - shapes.q_len, kv_pad - shapes.kv_len, d_pad - shapes.head_dim
-    qp = jnp.pad(q, ((0, 0), (0, dq_), (0, 0), (0, dd)))
-    kp = jnp.pad(k, ((0, 0), (0, dk_), (0, 0), (0, dd)))
-    vp = jnp.pad(v, ((0, 0), (0, dk_), (0, 0), (0, dd)))
-    if q_ids is not None and kv_ids is not None:
-        q_ids = jnp.pad(q_ids, ((0, 0), (0, dq_)))
-        kv_ids = jnp.pad(kv_ids, ((0, 0), (0, dk_)))
-    out = _flash_core(qp, kp, vp, q_ids, kv_ids, cfg)
-    return out[:, : shapes.q_len, :, : shapes.head_dim]
+    if not isinstance(p, _Padded):
+        # Nothing to tile: no query rows, or no key for any row to see (zeros, as for a fully
+        # masked row).
+        return jnp.zeros(q.shape, q.dtype)
+    out = _flash_core(p.q, p.k, p.v, p.q_ids, p.kv_ids, p.cfg)
+    return out[:, : p.shapes.q_len, :, : p.shapes.head_dim]
+
+
+def flash_forward_lse(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    causal: bool = False,
+    segment_ids: SegmentIds | None = None,
+    scale: float | None = None,
+    window: int | None = None,
+    interpret: bool | None = None,
+    launch: LaunchDefaults | None = None,
+) -> tuple[Array, Array]:
+    """The forward kernel alone: ``(out, lse)``, not differentiable (see :mod:`tjx.kernels.blocks`).
+
+    ``lse`` is the float32 natural log-sum-exp ``[batch, heads, q_len]`` of each row's scaled
+    logits, ``-inf`` for a row that sees no key. Arguments as :func:`flash_attention`.
+    """
+    p = _prepare(
+        q,
+        k,
+        v,
+        causal=causal,
+        segment_ids=segment_ids,
+        scale=scale,
+        block_q=None,
+        block_k=None,
+        interpret=interpret,
+        launch=launch,
+        window=window,
+    )
+    if not isinstance(p, _Padded):
+        b, s_q, h, _ = q.shape
+        return jnp.zeros(q.shape, q.dtype), jnp.full((b, h, s_q), -jnp.inf, jnp.float32)
+    out, lse2 = partitioned_forward(p.q, p.k, p.v, p.q_ids, p.kv_ids, p.cfg)
+    s_q, d = p.shapes.q_len, p.shapes.head_dim
+    lse2 = lse2[:, :, :s_q]
+    # The kernel keeps base-2 sums and +inf on empty rows (its backward's convention).
+    lse = jnp.where(lse2 == jnp.inf, -jnp.inf, lse2 * _LN2)
+    return out[:, :s_q, :, :d], lse
+
+
+def flash_backward_lse(
+    q: Array,
+    k: Array,
+    v: Array,
+    out: Array,
+    lse: Array,
+    d_out: Array,
+    *,
+    causal: bool = False,
+    segment_ids: SegmentIds | None = None,
+    scale: float | None = None,
+    window: int | None = None,
+    interpret: bool | None = None,
+    launch: LaunchDefaults | None = None,
+) -> tuple[Array, Array, Array]:
+    """The backward kernels alone: ``(dq, dk, dv)`` of the rows' softmax given by ``out`` and
+    ``lse`` (natural log, ``-inf`` for empty rows), which may be those of a longer attention this
+    call is one block of (ring attention): the probabilities are ``exp(s - lse)``."""
+    p = _prepare(
+        q,
+        k,
+        v,
+        causal=causal,
+        segment_ids=segment_ids,
+        scale=scale,
+        block_q=None,
+        block_k=None,
+        interpret=interpret,
+        launch=launch,
+        window=window,
+    )
+    if not isinstance(p, _Padded):
+        return jnp.zeros_like(q), jnp.zeros_like(k), jnp.zeros_like(v)
+    s_q, d = p.shapes.q_len, p.shapes.head_dim
+    rows, cols = p.q.shape[1] - s_q, p.q.shape[-1] - d
+    lse2 = jnp.where(lse == -jnp.inf, jnp.inf, lse.astype(jnp.float32) / _LN2)
+    lse2 = jnp.pad(lse2, ((0, 0), (0, 0), (0, rows)), constant_values=jnp.inf)
+    out_p = _pad_rows(out.astype(q.dtype), rows, cols)
+    d_out_p = _pad_rows(d_out.astype(q.dtype), rows, cols)
+    dq, dk, dv = partitioned_backward(p.q, p.k, p.v, p.q_ids, p.kv_ids, out_p, lse2, d_out_p, p.cfg)
+    s_k = p.shapes.kv_len
+    return dq[:, :s_q, :, :d], dk[:, :s_k, :, :d], dv[:, :s_k, :, :d]

@@ -5,9 +5,9 @@ recomputed as ``P = exp2(S·log2e − L)``; with ``δ = rowsum(dO ∘ O)`` (comp
 ``dS = P ∘ (dO·Vᵀ − δ)``, ``dV = Pᵀ·dO``, ``dK = scale · dSᵀ·Q`` and ``dQ = scale · dS·K``.
 
 * ``dkdv`` kernel: one program per (key block, batch, query head); walks over query blocks from the
-  diagonal on (causal) and accumulates dK and dV in float32.
-* ``dq`` kernel: one program per (query block, batch, query head); walks over key blocks up to the
-  diagonal and accumulates dQ in float32.
+  diagonal on (causal), up to the end of a sliding window, and accumulates dK and dV in float32.
+* ``dq`` kernel: one program per (query block, batch, query head); walks over key blocks from the
+  window's start up to the diagonal and accumulates dQ in float32.
 
 With GQA each query head writes its own dK/dV slice (float32); the caller sums the group in XLA.
 Nothing of size ``[seq, seq]`` is ever stored.
@@ -29,7 +29,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 from jax.experimental import pallas as pl
 
 from tjx.kernels.flash_fwd import (
@@ -39,9 +38,12 @@ from tjx.kernels.flash_fwd import (
     dot_nn,
     dot_nt,
     dot_tn,
+    key_walk,
     kv_block_range,
     out_struct,
     q_block_range,
+    query_walk,
+    walk,
 )
 
 Array = jax.Array
@@ -55,13 +57,13 @@ def _probs(
     k_pos: Array,
     q_ids: Array | None,
     kv_ids: Array | None,
-    causal: bool,
+    edge: bool,
     transposed: bool = False,
 ) -> Array:
     """Attention probabilities of one tile from its raw scores ``s`` ([bq, bk] = q·kᵀ, or
     [bk, bq] = k·qᵀ when ``transposed``) and the saved log-sum-exp."""
     s = s * (cfg.scale * LOG2E)
-    mask = block_mask(cfg, q_pos, k_pos, q_ids, kv_ids, causal, transposed)
+    mask = block_mask(cfg, q_pos, k_pos, q_ids, kv_ids, edge, transposed)
     if mask is not None:
         s = jnp.where(mask, s, -jnp.inf)
     # lse is +inf on empty rows: exp2(-inf) = 0 whatever s is.
@@ -109,7 +111,7 @@ def _dkdv_kernel(
     k_pos = j * bk + jnp.arange(bk)
     kv_ids = None if kid_ref is None else kid_ref[...]
 
-    def body(i: Array, carry: tuple[Array, Array], causal: bool) -> tuple[Array, Array]:
+    def body(i: Array, carry: tuple[Array, Array], edge: bool) -> tuple[Array, Array]:
         dk, dv = carry
         qs = pl.ds(i * bq, bq)
         q: Any = q_ref[qs, :] if cols is None else [q_ref[qs, c] for c in cols]
@@ -118,11 +120,11 @@ def _dkdv_kernel(
         q_pos = i * bq + jnp.arange(bq)
         lse = lse_ref[qs]
         if cols is not None:  # transposed tiles [bk, bq] (keys on rows, as dK/dV want)
-            pt = _probs(cfg, _dot_parts(k, q), lse, q_pos, k_pos, q_ids, kv_ids, causal, True)
+            pt = _probs(cfg, _dot_parts(k, q), lse, q_pos, k_pos, q_ids, kv_ids, edge, True)
             dv = dv + dot_nn(pt.astype(do[0].dtype), do[0])
             dst = pt * (_dot_parts(v, do) - delta_ref[qs][None, :])
             return dk + dot_nn(dst.astype(q[0].dtype), q[0]), dv
-        p = _probs(cfg, dot_nt(q, k), lse, q_pos, k_pos, q_ids, kv_ids, causal)
+        p = _probs(cfg, dot_nt(q, k), lse, q_pos, k_pos, q_ids, kv_ids, edge)
         dv = dv + dot_tn(p.astype(do.dtype), do)
         ds = p * (dot_nt(do, v) - delta_ref[qs][:, None])
         dk = dk + dot_tn(ds.astype(q.dtype), q)
@@ -130,14 +132,10 @@ def _dkdv_kernel(
 
     d = k_ref.shape[-1] // cfg.head_split_bwd
     carry = (jnp.zeros((bk, d), jnp.float32), jnp.zeros((bk, d), jnp.float32))
-    # Causal: query blocks wholly before this key block see none of it; those straddling the
-    # diagonal need the causal mask; the rest see the whole key block.
-    first, first_unmasked = q_block_range(cfg, j, bq, bk)
-    if cfg.causal:
-        carry = lax.fori_loop(first, first_unmasked, functools.partial(body, causal=True), carry)
-    dk, dv = lax.fori_loop(
-        first_unmasked, cfg.q_len // bq, functools.partial(body, causal=False), carry
-    )
+    # Causal: query blocks wholly before this key block see none of it, nor do those wholly past
+    # a window; those straddling the diagonal or the window's edge need the mask; the rest see
+    # the whole key block.
+    dk, dv = walk(*q_block_range(cfg, j, bq, bk), body, carry, *query_walk(cfg))
     dk_ref[...] = (dk * cfg.scale).astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
@@ -164,21 +162,18 @@ def _dq_kernel(
     q_pos = i * bq + jnp.arange(bq)
     q_ids = None if qid_ref is None else qid_ref[...]
 
-    def body(j: Array, dq: Array, causal: bool) -> Array:
+    def body(j: Array, dq: Array, edge: bool) -> Array:
         ks = pl.ds(j * bk, bk)
         k = [k_ref[ks, :]] if cols is None else [k_ref[ks, c] for c in cols]
         kv_ids = None if kid_ref is None else kid_ref[ks]
         k_pos = j * bk + jnp.arange(bk)
-        p = _probs(cfg, _dot_parts(q, k), lse, q_pos, k_pos, q_ids, kv_ids, causal)
+        p = _probs(cfg, _dot_parts(q, k), lse, q_pos, k_pos, q_ids, kv_ids, edge)
         v = [v_ref[ks, :]] if cols is None else [v_ref[ks, c] for c in cols]
         ds = p * (_dot_parts(do, v) - delta[:, None])
         return dq + dot_nn(ds.astype(k[0].dtype), k[0])
 
-    n_unmasked, n_total = kv_block_range(cfg, i, bq, bk)
     dq = jnp.zeros((bq, q_ref.shape[-1] // cfg.head_split_bwd), jnp.float32)
-    dq = lax.fori_loop(0, n_unmasked, functools.partial(body, causal=False), dq)
-    if cfg.causal:
-        dq = lax.fori_loop(n_unmasked, n_total, functools.partial(body, causal=True), dq)
+    dq = walk(*kv_block_range(cfg, i, bq, bk), body, dq, *key_walk(cfg))
     dq_ref[...] = (dq * cfg.scale).astype(dq_ref.dtype)
 
 

@@ -4,9 +4,11 @@ One program handles one ``block_q`` tile of queries of one (batch, head): it kee
 float32 accumulator ``[block_q, head_dim]``, the running row maximum ``m`` and the running
 denominator ``l``, and walks over ``block_k`` tiles of keys/values. Logits are kept in base 2
 (``s · log2(e)``) so the exponentials are ``exp2``. With ``causal`` the walk stops at the diagonal
-(blocks wholly above it are never loaded). It writes the normalised output and the per-row
-log-sum-exp (base 2) that the backward pass needs; an empty row (every key masked) gets output 0
-and log-sum-exp ``+inf`` so that the backward pass recomputes probabilities of exactly 0.
+(blocks wholly above it are never loaded), and with a sliding ``window`` it starts at the first
+key block the window reaches (blocks wholly outside it are never loaded either). It writes the
+normalised output and the per-row log-sum-exp (base 2) that the backward pass needs; an empty row
+(every key masked) gets output 0 and log-sum-exp ``+inf`` so that the backward pass recomputes
+probabilities of exactly 0.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class KernelConfig:
 
     ``q_len``/``kv_len`` are the padded lengths (multiples of the block sizes); ``kv_valid`` is the
     true key length, masked when it differs from ``kv_len`` and no segment ids carry the padding.
+    ``window``: the sliding window (query ``i`` sees keys ``i - window < j``, and ``j <= i`` when
+    causal, ``j < i + window`` when not); None: no window.
     """
 
     scale: float
@@ -51,6 +55,15 @@ class KernelConfig:
     num_stages_bwd: int
     interpret: bool
     head_split_bwd: int = 1  #: column slices of dK/dV and dQ, one program each (see flash_bwd)
+    window: int | None = None
+
+    @property
+    def reach(self) -> int | None:
+        """How far past a query a key may lie and be seen: 0 causal, ``window - 1`` for a
+        bidirectional window, None (any distance) otherwise."""
+        if self.causal:
+            return 0
+        return None if self.window is None else self.window - 1
 
     def dq_blocks(self) -> tuple[int, int]:
         """(query, key) block rows of the dQ kernel: with a head split each backward kernel's own
@@ -86,13 +99,14 @@ def block_mask(
     k_pos: Array,
     q_ids: Array | None,
     kv_ids: Array | None,
-    causal: bool,
+    edge: bool,
     transposed: bool = False,
 ) -> Array | None:
     """Boolean [bq, bk] mask (True = attend) for one tile, or None when the tile is all visible.
 
-    ``causal`` is False for tiles wholly below the diagonal (the caller knows), so those skip the
-    position comparison. ``transposed``: the [bk, bq] mask of the transposed tile.
+    ``edge`` is False for tiles the caller knows to lie wholly inside the causal diagonal and the
+    window, so those skip the position comparisons. ``transposed``: the [bk, bq] mask of the
+    transposed tile.
     """
     mask: Array | None = None
 
@@ -103,8 +117,14 @@ def block_mask(
         return x[:, None] if key == transposed else x[None, :]
 
     shape = (k_pos.size, q_pos.size) if transposed else (q_pos.size, k_pos.size)
-    if causal:
-        mask = conj(mask, side(q_pos, False) >= side(k_pos, True))
+    if edge:
+        rows, cols = side(q_pos, False), side(k_pos, True)
+        if cfg.causal:
+            mask = conj(mask, rows >= cols)
+        if cfg.window is not None:
+            mask = conj(mask, rows - cols < cfg.window)
+            if not cfg.causal:
+                mask = conj(mask, cols - rows < cfg.window)
     if not cfg.has_segments and cfg.kv_valid != cfg.kv_len:
         mask = conj(mask, jnp.broadcast_to(side(k_pos, True) < cfg.kv_valid, shape))
     if q_ids is not None and kv_ids is not None:
@@ -113,39 +133,96 @@ def block_mask(
     return mask
 
 
+def _clamp(x: Array, lo: Array, hi: Array) -> Array:
+    return lax.max(lo, lax.min(x, hi))
+
+
 def kv_block_range(
     cfg: KernelConfig, q_block: Array, block_q: int, block_k: int
-) -> tuple[Array, Array]:
-    """(n_unmasked, n_total) key blocks a query block visits.
+) -> tuple[Array, Array, Array, Array]:
+    """(lo, a, b, hi): the key blocks ``[lo, hi)`` a query block visits, of which ``[a, b)``
+    need no position mask.
 
-    Key blocks ``[0, n_unmasked)`` lie wholly at or below the causal diagonal (no causal mask);
-    ``[n_unmasked, n_total)`` straddle it; blocks from ``n_total`` on are above it and skipped.
-    Without ``causal`` every block is visited and none needs the causal mask.
+    Key blocks before ``lo`` lie wholly before every query's window, those from ``hi`` on wholly
+    above the causal diagonal (or past a bidirectional window): they are skipped. Blocks in
+    ``[lo, a)`` straddle the window's lower edge and ``[b, hi)`` the diagonal (or the window's
+    upper edge); both take the mask. Without causal or window every block is visited unmasked.
     """
     n_kv = jnp.int32(cfg.kv_len // block_k)
-    if not cfg.causal:
-        return n_kv, n_kv
+    zero = jnp.int32(0)
     first_q = q_block * block_q
-    n_total = lax.min(n_kv, lax.div(first_q + block_q + block_k - 1, block_k))
-    n_unmasked = lax.min(n_total, lax.div(first_q + 1, block_k))
-    return n_unmasked, n_total
+    last_q = first_q + block_q - 1
+    if cfg.window is None:
+        lo = a = zero
+    else:  # keys from first_q - window + 1 on; whole blocks from last_q - window + 1 on
+        lo = _clamp(lax.div(first_q - cfg.window + 1, block_k), zero, n_kv)
+        a = _clamp(lax.div(last_q - cfg.window + block_k, block_k), lo, n_kv)
+    reach = cfg.reach
+    if reach is None:
+        return lo, a, n_kv, n_kv
+    hi = _clamp(lax.div(last_q + reach + block_k, block_k), a, n_kv)
+    b = _clamp(lax.div(first_q + reach + 1, block_k), a, hi)
+    return lo, a, b, hi
 
 
 def q_block_range(
     cfg: KernelConfig, kv_block: Array, block_q: int, block_k: int
-) -> tuple[Array, Array]:
-    """(first, first_unmasked) query blocks a key block meets (it meets all up to the end).
+) -> tuple[Array, Array, Array, Array]:
+    """(lo, a, b, hi): the query blocks ``[lo, hi)`` a key block meets, of which ``[a, b)`` need
+    no position mask (the transpose of :func:`kv_block_range`).
 
-    Query blocks before ``first`` lie wholly above the diagonal (skipped); ``[first,
-    first_unmasked)`` straddle it; blocks from ``first_unmasked`` on see the whole key block.
+    Query blocks before ``lo`` lie wholly above the causal diagonal (or before a bidirectional
+    window), those from ``hi`` on wholly past the window: skipped. ``[lo, a)`` straddle the
+    diagonal (or the window's lower edge as seen from the keys), ``[b, hi)`` the window's edge.
     """
     n_q = jnp.int32(cfg.q_len // block_q)
-    if not cfg.causal:
-        return jnp.int32(0), jnp.int32(0)
-    first = lax.min(n_q, lax.div(kv_block * block_k, block_q))
-    last_key = (kv_block + 1) * block_k - 1
-    first_unmasked = lax.min(n_q, lax.div(last_key + block_q - 1, block_q))
-    return first, first_unmasked
+    zero = jnp.int32(0)
+    first_k = kv_block * block_k
+    last_k = first_k + block_k - 1
+    reach = cfg.reach
+    if reach is None:
+        lo = a = zero
+    else:  # queries from first_k - reach on; whole blocks from last_k - reach on
+        lo = _clamp(lax.div(first_k - reach, block_q), zero, n_q)
+        a = _clamp(lax.div(last_k - reach + block_q - 1, block_q), lo, n_q)
+    if cfg.window is None:
+        return lo, a, n_q, n_q
+    hi = _clamp(lax.div(last_k + cfg.window - 1 + block_q, block_q), a, n_q)
+    b = _clamp(lax.div(first_k + cfg.window, block_q), a, hi)
+    return lo, a, b, hi
+
+
+def walk(
+    lo: Array, a: Array, b: Array, hi: Array, body: Any, carry: Any, low: bool, high: bool
+) -> Any:
+    """Run ``body(j, carry, edge)`` over blocks ``[lo, hi)``: masked on ``[lo, a)`` (when the
+    walk has a ``low`` edge) and ``[b, hi)`` (a ``high`` one), unmasked on ``[a, b)`` (see the
+    ranges above; a walk without an edge has it empty and gets no loop for it)."""
+    if low and high:  # both edges in one masked loop: one copy of the masked body
+        carry = lax.fori_loop(a, b, functools.partial(body, edge=False), carry)
+        n_low = a - lo
+
+        def edge(t: Array, c: Any) -> Any:
+            return body(jnp.where(t < n_low, lo + t, b + t - n_low), c, edge=True)
+
+        return lax.fori_loop(0, n_low + hi - b, edge, carry)
+    if low:
+        carry = lax.fori_loop(lo, a, functools.partial(body, edge=True), carry)
+    carry = lax.fori_loop(a, b, functools.partial(body, edge=False), carry)
+    if high:
+        carry = lax.fori_loop(b, hi, functools.partial(body, edge=True), carry)
+    return carry
+
+
+def key_walk(cfg: KernelConfig) -> tuple[bool, bool]:
+    """(low, high) edges of a walk over key blocks: the window's start, the diagonal (or a
+    bidirectional window's end)."""
+    return cfg.window is not None, cfg.reach is not None
+
+
+def query_walk(cfg: KernelConfig) -> tuple[bool, bool]:
+    """(low, high) edges of a walk over query blocks: the diagonal, the window's end."""
+    return cfg.reach is not None, cfg.window is not None
 
 
 # No precision is passed to the products: Triton runs float32 inputs as TF32 (10 mantissa bits,
@@ -186,14 +263,12 @@ def _fwd_kernel(
     q_ids = None if qid_ref is None else qid_ref[...]
     qk_scale = cfg.scale * LOG2E
 
-    def body(
-        j: Array, carry: tuple[Array, Array, Array], causal: bool
-    ) -> tuple[Array, Array, Array]:
+    def body(j: Array, carry: tuple[Array, Array, Array], edge: bool) -> tuple[Array, Array, Array]:
         acc, m_prev, l_prev = carry
         ks = pl.ds(j * bk, bk)
         s = dot_nt(q, k_ref[ks, :]) * qk_scale
         kv_ids = None if kid_ref is None else kid_ref[ks]
-        mask = block_mask(cfg, q_pos, j * bk + jnp.arange(bk), q_ids, kv_ids, causal)
+        mask = block_mask(cfg, q_pos, j * bk + jnp.arange(bk), q_ids, kv_ids, edge)
         if mask is not None:
             s = jnp.where(mask, s, -jnp.inf)
         m_next = jnp.maximum(m_prev, jnp.max(s, axis=-1))
@@ -211,11 +286,7 @@ def _fwd_kernel(
         jnp.full((bq,), -jnp.inf, jnp.float32),
         jnp.zeros((bq,), jnp.float32),
     )
-    n_unmasked, n_total = kv_block_range(cfg, i, bq, bk)
-    carry = lax.fori_loop(0, n_unmasked, functools.partial(body, causal=False), carry)
-    if cfg.causal:
-        carry = lax.fori_loop(n_unmasked, n_total, functools.partial(body, causal=True), carry)
-    acc, m, denom = carry
+    acc, m, denom = walk(*kv_block_range(cfg, i, bq, bk), body, carry, *key_walk(cfg))
     empty = denom == 0.0
     denom = jnp.where(empty, 1.0, denom)
     o_ref[...] = (acc / denom[:, None]).astype(o_ref.dtype)

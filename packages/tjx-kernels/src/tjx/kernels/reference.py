@@ -22,7 +22,9 @@ from tjx.kernels._checks import (
     check_qkv,
     check_scale,
     check_segment_ids,
+    check_window,
     split_segment_ids,
+    window_visible,
 )
 
 Array = jax.Array
@@ -34,12 +36,15 @@ def attention_mask(
     causal: bool,
     segment_ids: SegmentIds | None,
     kv_lengths: Array | None,
+    window: int | None = None,
 ) -> Array | None:
     """Boolean mask [b|1, 1, s_q, s_k] (True = attend), or None when nothing is masked.
 
     Causal masking is top-left aligned (query ``i`` sees keys ``j <= i``), as in
     ``jax.nn.dot_product_attention``. Segment id 0 marks padding: a padding query attends to
-    nothing and no query attends to a padding key.
+    nothing and no query attends to a padding key. A sliding ``window`` keeps the keys within
+    ``window`` of the query, itself included: ``i - window < j`` (and ``j < i + window`` when not
+    causal).
 
     Parameters
     ----------
@@ -51,6 +56,8 @@ def attention_mask(
         int ``[b, s]`` or a pair ``(q_ids [b, s_q], kv_ids [b, s_k])``; 0 = padding.
     kv_lengths : Array, optional
         int ``[b]``: keys at positions ``>= kv_lengths[b]`` are masked.
+    window : int, optional
+        Sliding window (keys a query sees, itself included); None: no window.
 
     Returns
     -------
@@ -58,16 +65,18 @@ def attention_mask(
         Boolean ``[b|1, 1, s_q, s_k]``, True where a query may attend to a key; ``None`` when
         nothing is masked.
     """
+    check_window(window)
     s_q, s_k = shapes.q_len, shapes.kv_len
     mask: Array | None = None
 
     def conj(a: Array | None, b: Array) -> Array:
         return b if a is None else jnp.logical_and(a, b)
 
-    if causal:
-        rows = jnp.arange(s_q)[:, None]
-        cols = jnp.arange(s_k)[None, :]
-        mask = conj(mask, (rows >= cols)[None, None])
+    near = window_visible(
+        jnp.arange(s_q)[:, None], jnp.arange(s_k)[None, :], causal=causal, window=window
+    )
+    if near is not None:
+        mask = conj(mask, near[None, None])
     q_ids, kv_ids = split_segment_ids(segment_ids)
     if q_ids is not None and kv_ids is not None:
         same = q_ids[:, :, None] == kv_ids[:, None, :]
@@ -91,6 +100,7 @@ def reference_attention(
     dropout_rate: float = 0.0,
     dropout_rng: Array | None = None,
     bias: Array | None = None,
+    window: int | None = None,
 ) -> Array:
     """Multi-head attention in plain XLA (the reference implementation).
 
@@ -117,6 +127,9 @@ def reference_attention(
     bias : Array, optional
         Additive logit bias ``[batch|1, heads|1, q_len, kv_len]`` (e.g. ALiBi), added after
         scaling.
+    window : int, optional
+        Sliding window: query ``i`` sees keys ``i - window < j`` (``<= i`` when causal, else
+        ``< i + window``); None: every key.
 
     Returns
     -------
@@ -136,6 +149,7 @@ def reference_attention(
         kv_lengths=kv_lengths,
         scale=scale,
         bias=bias,
+        window=window,
     )
     acc_t = p.dtype
     if dropout_rate > 0.0:
@@ -195,6 +209,7 @@ def _probabilities(
     kv_lengths: Array | None,
     scale: float | None,
     bias: Array | None,
+    window: int | None = None,
 ) -> Array:
     """Softmax probabilities ``[b, h, s_q, s_k]`` (float32 or wider)."""
     check_segment_ids(segment_ids, shapes)
@@ -209,7 +224,9 @@ def _probabilities(
     logits = logits * jnp.asarray(sm_scale, acc_t)
     if bias is not None:
         logits = logits + bias.astype(acc_t)  # [b|1, h|1, s_q, s_k]
-    mask = attention_mask(shapes, causal=causal, segment_ids=segment_ids, kv_lengths=kv_lengths)
+    mask = attention_mask(
+        shapes, causal=causal, segment_ids=segment_ids, kv_lengths=kv_lengths, window=window
+    )
     if mask is not None:
         logits = jnp.where(mask, logits, -jnp.inf)  # [b|1, 1, s_q, s_k]
     return _masked_softmax(logits)
@@ -224,6 +241,7 @@ def attention_weights(
     kv_lengths: Array | None = None,
     scale: float | None = None,
     bias: Array | None = None,
+    window: int | None = None,
 ) -> Array:
     """The attention probabilities of :func:`reference_attention` (without dropout).
 
@@ -232,7 +250,7 @@ def attention_weights(
 
     Parameters
     ----------
-    q, k, causal, segment_ids, kv_lengths, scale, bias
+    q, k, causal, segment_ids, kv_lengths, scale, bias, window
         As in :func:`reference_attention` (``k``'s heads may be fewer: GQA/MQA).
 
     Returns
@@ -252,4 +270,5 @@ def attention_weights(
         kv_lengths=kv_lengths,
         scale=scale,
         bias=bias,
+        window=window,
     )

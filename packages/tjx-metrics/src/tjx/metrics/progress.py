@@ -38,6 +38,11 @@ class ProgressBar:
         self._start, self._total = start, total
         self._t0 = time.perf_counter()
 
+    @property
+    def live(self) -> bool:
+        """Whether this is a live bar on a terminal (else `update` prints a plain line)."""
+        return self._progress is not None
+
     def update(self, step: int, loss: float | None = None, *, text: str | None = None) -> None:
         """Move the bar to ``step`` and show the latest loss, or ``text`` (a plain line when not
         a terminal)."""

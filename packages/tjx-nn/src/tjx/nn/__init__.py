@@ -1,8 +1,10 @@
 """tjx.nn: Flax NNX transformer layers and models with logical axis names.
 
-GPT-2, LLaMA-style decoders, BERT, ViT and an encoder-decoder; KV-cache generation; HF GPT-2
+GPT-2, LLaMA-style decoders, BERT, ViT and an encoder-decoder; sliding-window attention and RoPE
+scalings (linear, dynamic, yarn, longrope, llama3); KV-cache generation (rolling for windows); HF
 interop (GPT-2, Llama, Mistral, Qwen2: ``load_hf`` / ``save_hf``); LoRA adapters (``add_lora``,
-merged or PEFT export) and preference losses (DPO, IPO); losses and utilities.
+merged or PEFT export) and preference losses (DPO, IPO); sequence-split (context parallel) runs
+through ``sequence_parallel``; losses and utilities.
 """
 
 from tjx.nn.attention import Attention
@@ -12,6 +14,7 @@ from tjx.nn.config_io import config_from_dict, config_to_dict
 from tjx.nn.configs import (
     ACTIVATIONS,
     ATTENTION_IMPLS,
+    LAYER_KINDS,
     NORMS,
     POSITIONS,
     REMAT_POLICIES,
@@ -39,7 +42,7 @@ from tjx.nn.hf import (
     save_hf_gpt2,
 )
 from tjx.nn.hf_gpt2 import HF_GPT2_FIXED, HF_GPT2_NAMES, hf_gpt2_conflicts
-from tjx.nn.kv_cache import init_cache, kv_cache_bytes, topk_decode_attention
+from tjx.nn.kv_cache import cache_slots, init_cache, kv_cache_bytes, topk_decode_attention
 from tjx.nn.linear import Dense, LoRAAdapter, dropout
 from tjx.nn.lora import (
     LORA_ROLES,
@@ -75,7 +78,7 @@ from tjx.nn.objectives import (
 from tjx.nn.params import LOGICAL_AXES, make_param
 from tjx.nn.params_io import get_flat_params, set_flat_params
 from tjx.nn.peft_io import save_peft
-from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, sinusoidal
+from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, rope_inv_freq, sinusoidal
 from tjx.nn.precision import DTYPE_NAMES, Precision
 from tjx.nn.preference import (
     PREFERENCE_LOSSES,
@@ -86,51 +89,57 @@ from tjx.nn.preference import (
 )
 from tjx.nn.registry import MODEL_KINDS, build_model
 from tjx.nn.relative_bias import RelativePositionBias, t5_relative_bucket
+from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling, rope_parameters
 from tjx.nn.seq2seq_generation import generate_seq2seq
+from tjx.nn.sequence import SequenceSplit, current_sequence_parallel, sequence_parallel
 from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.11.0"
+__version__ = "0.13.0"
 
 __all__ = [
     "ACTIVATIONS",
     "ATTENTION_IMPLS",
-    "BERT",
-    "DTYPE_NAMES",
-    "GPT2",
-    "HF_GPT2_FIXED",
-    "HF_GPT2_NAMES",
-    "HF_MODEL_TYPES",
-    "LOGICAL_AXES",
-    "LORA_ROLES",
-    "MLP",
-    "MODEL_KINDS",
-    "NORMS",
-    "OBJECTIVES",
-    "POSITIONS",
-    "PREFERENCE_LOSSES",
-    "REMAT_POLICIES",
     "Attention",
+    "BERT",
     "BertConfig",
     "Block",
+    "DTYPE_NAMES",
     "DecoderLM",
     "DecoderStages",
     "Dense",
     "Embed",
     "EncoderDecoder",
     "EncoderDecoderConfig",
+    "GPT2",
     "GPT2Config",
+    "HF_GPT2_FIXED",
+    "HF_GPT2_NAMES",
+    "HF_MODEL_TYPES",
+    "LAYER_KINDS",
+    "LOGICAL_AXES",
+    "LORA_ROLES",
     "LayerNorm",
     "Llama",
     "LlamaConfig",
     "LoRAAdapter",
     "LoraConfig",
+    "MLP",
+    "MODEL_KINDS",
+    "NORMS",
+    "OBJECTIVES",
     "Objective",
+    "POSITIONS",
+    "PREFERENCE_LOSSES",
     "Precision",
     "PreferenceOutput",
+    "REMAT_POLICIES",
     "RMSNorm",
+    "ROPE_SCALINGS",
     "RelativePositionBias",
+    "RopeScaling",
+    "SequenceSplit",
     "Stack",
     "TransformerConfig",
     "ViT",
@@ -142,6 +151,7 @@ __all__ = [
     "alibi_slopes",
     "apply_rope",
     "build_model",
+    "cache_slots",
     "classification_loss",
     "concrete_state",
     "config_from_dict",
@@ -150,6 +160,7 @@ __all__ = [
     "contrastive_loss",
     "count_params",
     "cross_entropy_loss",
+    "current_sequence_parallel",
     "decoder_stages",
     "dpo_loss",
     "dropout",
@@ -186,11 +197,14 @@ __all__ = [
     "remat_policy",
     "reseed",
     "residual_std",
+    "rope_inv_freq",
+    "rope_parameters",
     "sample_logits",
     "save_hf",
     "save_hf_gpt2",
     "save_peft",
     "sequence_logprobs",
+    "sequence_parallel",
     "set_flat_params",
     "sinusoidal",
     "summary",

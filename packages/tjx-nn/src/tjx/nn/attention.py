@@ -1,5 +1,10 @@
 """Multi-head attention with GQA/MQA (``num_kv_heads``), cross-attention, RoPE/ALiBi, an
-optional MLA-style low-rank key/value path, and KV-cache prefill/decode.
+optional MLA-style low-rank key/value path, a sliding window, and KV-cache prefill/decode.
+
+A windowed layer (``sliding_window``; ``window_pattern`` says which layers) passes the window to
+the kernel; when decoding, its cache may be a rolling one of the window's size (slot ``p mod T``
+holds position ``p``, see :func:`slot_positions`). Under ``sequence_parallel`` (a sequence split
+across devices) self-attention runs through the split's own attention (:mod:`tjx.nn.sequence`).
 
 The score/softmax/value step is ``tjx.kernels.attention`` (layout ``[batch, seq, heads,
 head_dim]``), so the kernel is a config switch (``attention_impl``). Its output is tagged
@@ -8,6 +13,7 @@ head_dim]``), so the kernel is a config switch (``attention_impl``). Its output 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -18,12 +24,16 @@ from jax.ad_checkpoint import checkpoint_name
 
 from tjx import kernels
 from tjx.nn.configs import TransformerConfig
-from tjx.nn.kv_cache import LayerCache, topk_decode_attention
+from tjx.nn.kv_cache import LayerCache, slot_positions, topk_decode_attention
 from tjx.nn.linear import Dense, split_key
 from tjx.nn.params import normal
 from tjx.nn.positions import alibi_bias, apply_rope
+from tjx.nn.sequence import SequenceSplit, current_sequence_parallel
 
 Array = jax.Array
+#: A layer's window switch: None (the layer's own setting), a bool, or a traced bool (scanned
+#: layers of a mixed ``window_pattern``).
+Local = bool | Array | None
 
 
 class Attention(nnx.Module):
@@ -60,6 +70,7 @@ class Attention(nnx.Module):
         self.impl = c.attention_impl
         self.attention_dropout = c.attention_dropout
         self.decode_topk = c.decode_topk
+        self.window = None if cross else c.sliding_window
         self.mla = c.attention_type == "mla" and not cross
         d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
         common: dict[str, Any] = dict(rngs=rngs, use_bias=c.use_bias, precision=c.precision)
@@ -89,6 +100,11 @@ class Attention(nnx.Module):
             **common,
         )
 
+    def _rope(self, x: Array, positions: Array, length: Array | None = None) -> Array:
+        return apply_rope(
+            x, positions, theta=self.rope_theta, scaling=self.rope_scaling, length=length
+        )
+
     def _keys_values(
         self, src: Array, positions: Array | None, lora_rng: Array | None = None
     ) -> tuple[Array, Array]:
@@ -97,7 +113,7 @@ class Attention(nnx.Module):
         k_key, k_value = split_key(lora_rng, 2)
         k, v = self.key(src, k_key), self.value(src, k_value)
         if self.position == "rope" and positions is not None:
-            k = apply_rope(k, positions, theta=self.rope_theta, scaling=self.rope_scaling)
+            k = self._rope(k, positions)
         return k, v
 
     def project_context(self, context: Array) -> tuple[Array, Array]:
@@ -108,6 +124,60 @@ class Attention(nnx.Module):
         # An additive bias (ALiBi, T5) or attention dropout makes tjx.kernels take its XLA path.
         return kernels.attention(
             q, k, v, scale=1.0 / math.sqrt(self.head_dim), implementation=impl, **kw  # type: ignore[arg-type]
+        )
+
+    def _windowed(self, local: Local, attend: Any) -> Array:
+        """``attend(window)`` with this layer's window: static when ``local`` is known while
+        tracing, else both variants under ``lax.cond`` (kernels take static windows)."""
+        if self.window is None or local is False:
+            return attend(None)  # type: ignore[no-any-return]
+        if local is None or local is True:
+            return attend(self.window)  # type: ignore[no-any-return]
+        window = self.window
+        return jax.lax.cond(local, lambda: attend(window), lambda: attend(None))  # type: ignore[no-any-return]
+
+    def _split_attention(
+        self,
+        split: SequenceSplit,
+        q: Array,
+        k: Array,
+        v: Array,
+        *,
+        segment_ids: Any,
+        window: int | None,
+        drop: float,
+        bias: Array | None,
+    ) -> Array:
+        """Self-attention across a sequence split (context parallelism): its blocks are this
+        layer's kernel's forward/backward halves (cuDNN has none: see tjx.kernels.blocks)."""
+        if bias is not None or drop > 0.0:
+            raise ValueError(
+                "a split sequence (context parallelism) takes no additive attention bias "
+                "(position 'alibi' or 't5') and no attention_dropout; set position to 'rope' "
+                "and attention_dropout to 0"
+            )
+        impl = self.impl
+        if impl == "cudnn":
+            raise ValueError(
+                "attention_impl 'cudnn' cannot run context-parallel attention (jax's cuDNN call "
+                "has no separate forward and backward); use 'auto', 'pallas' or 'xla'"
+            )
+        if impl == "pallas" and window is not None:
+            raise ValueError(
+                "attention_impl 'pallas' cannot apply sliding_window across a split sequence "
+                "(its masks use the tile's own positions); use 'auto' or 'xla'"
+            )
+        block = "auto" if impl == "auto" else impl
+        return split.attention(
+            q,
+            k,
+            v,
+            forward=functools.partial(kernels.attention_forward, implementation=block),
+            backward=functools.partial(kernels.attention_backward, implementation=block),
+            causal=self.causal,
+            segment_ids=segment_ids,
+            scale=1.0 / math.sqrt(self.head_dim),
+            window=window,
         )
 
     def __call__(
@@ -124,6 +194,8 @@ class Attention(nnx.Module):
         kv: tuple[Array, Array] | None = None,
         bias: Array | None = None,
         lora_rng: Array | None = None,
+        local: Local = None,
+        lengths: Array | None = None,
     ) -> tuple[Array, LayerCache | None]:
         """Attend.
 
@@ -151,6 +223,12 @@ class Attention(nnx.Module):
             positions, ``RelativePositionBias``); for a decode step ``s_kv`` is the cache length.
         lora_rng : Array, optional
             The dropout key of the projections' LoRA adapters (a training call).
+        local : bool or Array, optional
+            Whether this layer's ``sliding_window`` applies (a traced bool for scanned layers of
+            a mixed ``window_pattern``); None: it does, when the config has one.
+        lengths : Array, optional
+            int ``[b]`` real tokens of a right-padded prefill: a rolling cache shorter than the
+            prompt keeps each row's last real tokens (default: every row is full).
 
         Returns
         -------
@@ -162,11 +240,11 @@ class Attention(nnx.Module):
         k_query, k_kv, k_out = split_key(lora_rng, 3)
         q = self.query(x, k_query)
         if self.position == "rope":
-            q = apply_rope(q, positions, theta=self.rope_theta, scaling=self.rope_scaling)
+            q = self._rope(q, positions)
         drop = 0.0 if deterministic else self.attention_dropout
         rng = dropout_rng if drop > 0.0 else None
         if cache is not None and cache_pos is not None and s == 1:
-            out, cache = self._decode(x, q, positions, cache, cache_pos, bias)
+            out, cache = self._decode(x, q, positions, cache, cache_pos, bias, local)
         else:
             impl = self.impl
             if self.cross:
@@ -182,31 +260,45 @@ class Attention(nnx.Module):
                 k, v = self._keys_values(x, positions, k_kv)
             if self.position == "alibi":
                 bias = _add(bias, alibi_bias(positions, positions, self.num_heads))
-            out = self._kernel(
-                q,
-                k,
-                v,
-                impl=impl,
-                causal=self.causal,
-                segment_ids=segment_ids,
-                dropout_rate=drop,
-                dropout_rng=rng,
-                bias=bias,
-            )
+            split = current_sequence_parallel() if cache is None and not self.cross else None
+
+            def attend(window: int | None) -> Array:
+                if split is not None:
+                    return self._split_attention(
+                        split, q, k, v, segment_ids=segment_ids, window=window, drop=drop,
+                        bias=bias,
+                    )  # fmt: skip
+                return self._kernel(
+                    q,
+                    k,
+                    v,
+                    impl=impl,
+                    causal=self.causal,
+                    segment_ids=segment_ids,
+                    dropout_rate=drop,
+                    dropout_rng=rng,
+                    bias=bias,
+                    window=window,
+                )
+
+            out = self._windowed(local, attend)
             if cache is not None:
-                cache = self._write_prefill(x, k, v, cache)
+                cache = self._write_prefill(x, k, v, cache, lengths)
         out = checkpoint_name(out, "attention_output")
         return self.out(out, k_out), cache
 
-    def _write_prefill(self, x: Array, k: Array, v: Array, cache: LayerCache) -> LayerCache:
+    def _write_prefill(
+        self, x: Array, k: Array, v: Array, cache: LayerCache, lengths: Array | None
+    ) -> LayerCache:
+        new = {"k": k, "v": v}
         if "latent" in cache:
             assert self.kv_down is not None
-            lat = self.kv_down(x).astype(cache["latent"].dtype)
-            return {"latent": jax.lax.dynamic_update_slice_in_dim(cache["latent"], lat, 0, 1)}
-        return {
-            "k": jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), 0, 1),
-            "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), 0, 1),
-        }
+            new = {"latent": self.kv_down(x)}
+        slots = jax.tree.leaves(cache)[0].shape[1]
+        if k.shape[1] > slots:  # a rolling cache shorter than the prompt: its last real tokens
+            new = _last_real(new, slots, lengths)
+        put = jax.lax.dynamic_update_slice_in_dim
+        return {n: put(cache[n], a.astype(cache[n].dtype), 0, 1) for n, a in new.items()}
 
     def _decode(
         self,
@@ -216,43 +308,45 @@ class Attention(nnx.Module):
         cache: LayerCache,
         cache_pos: Array,
         bias: Array | None,
+        local: Local,
     ) -> tuple[Array, LayerCache]:
         b = x.shape[0]
         rows = jnp.arange(b)
+        t = jax.tree.leaves(cache)[0].shape[1]
+        # Slot p mod T holds position p: the identity while p < T, a rolling window after.
+        slot = (cache_pos % t).astype(jnp.int32)
+        held = slot_positions(cache_pos, t)  # [b, T] position in each slot (< 0: none yet)
         if "latent" in cache:
             assert self.kv_down is not None
             lat = self.kv_down(x)[:, 0].astype(cache["latent"].dtype)
-            cache = {"latent": cache["latent"].at[rows, cache_pos].set(lat)}
-            # Up-project every cached latent; slot index == absolute position (right padding).
-            t = cache["latent"].shape[1]
-            slots = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+            cache = {"latent": cache["latent"].at[rows, slot].set(lat)}
             latent = cache["latent"].astype(q.dtype)
             k, v = self.key(latent), self.value(latent)
-            if self.position == "rope":
-                k = apply_rope(k, slots, theta=self.rope_theta, scaling=self.rope_scaling)
+            if self.position == "rope":  # each cached key at its own position (right padding)
+                k = self._rope(k, jnp.maximum(held, 0), length=jnp.max(cache_pos) + 1)
         else:
             k_new, v_new = self._keys_values(x, positions)
             cache = {
-                "k": cache["k"].at[rows, cache_pos].set(k_new[:, 0].astype(cache["k"].dtype)),
-                "v": cache["v"].at[rows, cache_pos].set(v_new[:, 0].astype(cache["v"].dtype)),
+                "k": cache["k"].at[rows, slot].set(k_new[:, 0].astype(cache["k"].dtype)),
+                "v": cache["v"].at[rows, slot].set(v_new[:, 0].astype(cache["v"].dtype)),
             }
             k, v = cache["k"].astype(q.dtype), cache["v"].astype(q.dtype)
-        lengths = (cache_pos + 1).astype(jnp.int32)
-        t = k.shape[1]
         if self.position == "alibi":
-            slots = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-            bias = _add(bias, alibi_bias(positions, slots, self.num_heads))
+            bias = _add(bias, alibi_bias(positions, jnp.maximum(held, 0), self.num_heads))
+        visible = held >= 0
+        if self.window is not None and local is not False:
+            near = cache_pos[:, None] - held < self.window
+            visible = visible & (near if local is None or local is True else near | ~local)
         if self.decode_topk is not None and self.decode_topk < t:
-            out = topk_decode_attention(
-                q, k, v, kv_lengths=lengths, topk=self.decode_topk, bias=bias
-            )
+            out = topk_decode_attention(q, k, v, kv_mask=visible, topk=self.decode_topk, bias=bias)
         else:
             # One query per row: the XLA path (fused kernels target long query blocks).
+            ones = jnp.ones((b, 1), jnp.int32)
             out = kernels.attention(
                 q,
                 k,
                 v,
-                kv_lengths=lengths,
+                segment_ids=(ones, visible.astype(jnp.int32)),
                 scale=1.0 / math.sqrt(self.head_dim),
                 implementation="xla",
                 bias=bias,
@@ -263,3 +357,17 @@ class Attention(nnx.Module):
 def _add(bias: Array | None, extra: Array) -> Array:
     """``bias + extra`` where ``bias`` may be absent."""
     return extra if bias is None else bias + extra
+
+
+def _last_real(new: dict[str, Array], slots: int, lengths: Array | None) -> dict[str, Array]:
+    """Per row, the keys/values (or latents) of its last ``slots`` real positions, each in slot
+    ``position mod slots`` (a rolling cache filled by a prompt longer than it)."""
+    s = jax.tree.leaves(new)[0].shape[1]
+    b = jax.tree.leaves(new)[0].shape[0]
+    last = jnp.full((b,), s, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
+    t = jnp.arange(slots, dtype=jnp.int32)[None, :]
+    # The latest real position p <= last - 1 with p = t (mod slots); clipped when none.
+    held = t + slots * jnp.floor_divide(last[:, None] - 1 - t, slots)
+    index = jnp.clip(held, 0, s - 1)
+    return {name: jnp.take_along_axis(x, index.reshape(*index.shape, *(1,) * (x.ndim - 2)), 1)
+            for name, x in new.items()}  # fmt: skip

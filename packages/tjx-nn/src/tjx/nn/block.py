@@ -96,6 +96,8 @@ class Block(nnx.Module):
         cache_pos: Array | None = None,
         context_kv: LayerCache | None = None,
         bias: Array | None = None,
+        local: Any = None,
+        lengths: Array | None = None,
     ) -> tuple[Array, LayerCache | None]:
         """Apply the layer; returns ``(x, updated cache)``.
 
@@ -104,6 +106,8 @@ class Block(nnx.Module):
 
         ``context_kv`` (``{"k", "v"}``, see ``Attention.project_context``) replaces projecting
         ``context`` in the cross-attention (incremental decoding of an encoder-decoder).
+        ``local`` switches the self-attention's sliding window for this layer and ``lengths``
+        gives a prefill's real tokens per row (see ``Attention``).
         """
         keys = split_key(rng, 6)
         lora_keys = split_key(keys[5], 2)  # LoRA adapters' dropout (tjx.nn.add_lora)
@@ -126,6 +130,8 @@ class Block(nnx.Module):
                 cache_pos=cache_pos,
                 bias=bias,
                 lora_rng=lora_keys[0],
+                local=local,
+                lengths=lengths,
             )
             return out
 

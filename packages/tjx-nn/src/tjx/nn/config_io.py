@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from tjx.nn.configs import TransformerConfig
 from tjx.nn.precision import Precision
 from tjx.nn.registry import MODEL_KINDS
+from tjx.nn.rope_scaling import RopeScaling
 
 
 def config_to_dict(config: TransformerConfig) -> dict[str, Any]:
@@ -29,7 +30,8 @@ def config_to_dict(config: TransformerConfig) -> dict[str, Any]:
     -------
     dict
         ``{"class": name, "fields": {field: value}}``; ``precision`` is
-        ``{"param_dtype": name, "compute_dtype": name}``.
+        ``{"param_dtype": name, "compute_dtype": name}``, ``rope_scaling`` its set fields
+        (``RopeScaling.as_dict``), tuples lists.
     """
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(config):
@@ -39,6 +41,10 @@ def config_to_dict(config: TransformerConfig) -> dict[str, Any]:
                 "param_dtype": jnp.dtype(value.param_dtype).name,
                 "compute_dtype": jnp.dtype(value.compute_dtype).name,
             }
+        elif isinstance(value, RopeScaling):
+            value = value.as_dict()
+        elif isinstance(value, tuple):
+            value = list(value)
         fields[f.name] = value
     return {"class": type(config).__name__, "fields": fields}
 

@@ -15,8 +15,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from tjx.kernels import CE_IMPLEMENTATIONS, IMPLEMENTATIONS
+from tjx.nn.config_checks import (
+    LAYER_KINDS,
+    check_mla,
+    check_relative,
+    check_rope_scaling,
+    check_window,
+)
 from tjx.nn.fields import choice, positive, rate, setting
 from tjx.nn.precision import Precision, as_precision
+from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
 ACTIVATIONS = ("gelu", "gelu_exact", "relu", "silu", "swiglu", "geglu")
 NORMS = ("layernorm", "rmsnorm")
@@ -41,10 +49,18 @@ class TransformerConfig:
     log-spaced up to ``relative_max_distance``) to the self-attention logits instead of any
     absolute position embedding.
 
-    ``rope_scaling`` is Llama 3's RoPE frequency scaling, ``(factor, low_freq_factor,
-    high_freq_factor, original_max_position_embeddings)`` (see ``positions.rope_inv_freq``); it
-    needs ``position="rope"``. ``qkv_bias`` gives the query/key/value projections a bias even
-    when ``use_bias`` is off (Qwen2's layout).
+    ``rope_scaling`` is a `RopeScaling` (linear, dynamic, yarn, longrope or llama3, see
+    :mod:`tjx.nn.rope_scaling`); a mapping with a ``type`` and, from configs saved before it was
+    typed, Llama 3's four numbers ``[factor, low_freq_factor, high_freq_factor,
+    original_max_position_embeddings]`` are read into one. It needs ``position="rope"``.
+    ``qkv_bias`` gives the query/key/value projections a bias even when ``use_bias`` is off
+    (Qwen2's layout).
+
+    ``sliding_window`` (keys a query sees, itself included) makes self-attention local;
+    ``window_pattern`` says which layers: its entries (``"local"``/``"global"``) repeat over the
+    layers, e.g. ``["local", "global"]`` (Gemma 2) or five ``"local"`` and a ``"global"``
+    (Gemma 3); None with a window: every layer is local. A model whose every layer is local
+    decodes with a rolling KV cache of the window's size.
 
     ``unused_fields`` (a class attribute) names the shared fields a family's model never reads,
     each with the reason: such a field must keep its class default (any other value would be
@@ -53,6 +69,9 @@ class TransformerConfig:
     """
 
     unused_fields: ClassVar[Mapping[str, str]] = {}
+    #: Whether the family has bidirectional self-attention (an encoder), whose window cuDNN
+    #: cannot apply (its sliding window looks back only).
+    bidirectional: ClassVar[bool] = False
 
     vocab_size: int = setting(50257, help="tokens in the vocabulary (embedding and output rows)")
     max_seq_len: int = setting(1024, help="longest sequence (the learned position table's size)")
@@ -78,9 +97,17 @@ class TransformerConfig:
         "learned", choices=POSITIONS, help="position encoding (t5: bucketed relative bias)"
     )
     rope_theta: float = setting(10000.0, help="rope's base wavelength (Llama 3: 500000)")
-    rope_scaling: tuple[float, float, float, int] | None = setting(
+    rope_scaling: RopeScaling | None = setting(
         None,
-        help="Llama 3 rope scaling [factor, low_freq_factor, high_freq_factor, original_max_pos]",
+        help=f"rope frequency scaling (type: {', '.join(ROPE_SCALINGS)}); None: plain rope",
+    )
+    sliding_window: int | None = setting(
+        None, help="self-attention window (keys a query sees, itself included); None: full"
+    )
+    window_pattern: list[str] | None = setting(
+        None,
+        each_choices=LAYER_KINDS,
+        help="layers' kinds, repeated over the stack (local: windowed); None: all local",
     )
     relative_buckets: int = setting(32, help="position=t5: buckets (even, >= 4)")
     relative_max_distance: int = setting(128, help="position=t5: longest bucketed distance")
@@ -176,52 +203,24 @@ class TransformerConfig:
                 )
             if not self.rope_theta > 0:
                 raise ValueError(f"{cls}.rope_theta must be > 0; got {self.rope_theta!r}")
-        self._check_rope_scaling(cls)
-        self._check_relative(cls)
-        self._check_mla(cls)
+        check_rope_scaling(self, cls)
+        check_window(self, cls)
+        check_relative(self, cls)
+        check_mla(self, cls)
         if self.decode_topk is not None:
             positive(cls, "decode_topk", self.decode_topk)
         self._check_unused(cls)
 
-    def _check_rope_scaling(self, cls: str) -> None:
-        """Llama 3's four numbers, with rope (a list from JSON/YAML becomes the tuple)."""
-        value = self.rope_scaling
-        if value is None:
-            return
-        if self.position != "rope":
-            raise ValueError(
-                f"{cls}.rope_scaling: only position 'rope' uses it (got position "
-                f"{self.position!r}); set it to None"
-            )
-        ok = isinstance(value, list | tuple) and len(value) == 4
-        if ok:
-            factor, low, high, original = value
-            nums = all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-            ok = nums and factor > 0 and 0 < low < high and int(original) == original > 0
-        if not ok:
-            raise ValueError(
-                f"{cls}.rope_scaling must be (factor > 0, low_freq_factor > 0, high_freq_factor "
-                f"> low_freq_factor, original_max_position_embeddings > 0) or None; got {value!r}"
-            )
-        factor, low, high, original = value
-        object.__setattr__(
-            self, "rope_scaling", (float(factor), float(low), float(high), int(original))
+    def layer_windows(self, num_layers: int | None = None) -> tuple[int | None, ...]:
+        """Each layer's self-attention window (None: full attention), ``window_pattern``
+        repeated over ``num_layers`` (default ``num_layers``) layers."""
+        n = self.num_layers if num_layers is None else num_layers
+        if self.sliding_window is None:
+            return (None,) * n
+        pattern = self.window_pattern or ("local",)
+        return tuple(
+            self.sliding_window if pattern[i % len(pattern)] == "local" else None for i in range(n)
         )
-
-    def _check_mla(self, cls: str) -> None:
-        """The latent's size goes with MLA, and only with it (other attention ignores it)."""
-        if self.attention_type == "mla":
-            if self.kv_latent_dim is None:
-                raise ValueError(
-                    f"{cls}.kv_latent_dim: attention_type 'mla' needs the latent's size, a "
-                    "positive int; got None"
-                )
-            positive(cls, "kv_latent_dim", self.kv_latent_dim)
-        elif self.kv_latent_dim is not None:
-            raise ValueError(
-                f"{cls}.kv_latent_dim: only attention_type 'mla' uses it (got attention_type "
-                f"{self.attention_type!r}); set it to None"
-            )
 
     def _check_unused(self, cls: str) -> None:
         """A field this family's model never reads keeps its default (else it would be ignored)."""
@@ -235,19 +234,6 @@ class TransformerConfig:
 
     def _check_vocab(self, cls: str) -> None:
         positive(cls, "vocab_size", self.vocab_size)
-
-    def _check_relative(self, cls: str) -> None:
-        """T5 bias sizes (checked whatever ``position`` is, so a typo fails early)."""
-        nb, md = self.relative_buckets, self.relative_max_distance
-        if isinstance(nb, bool) or not isinstance(nb, int) or nb < 4 or nb % 2:
-            # Even: the encoder splits the buckets in half per direction (T5's layout).
-            raise ValueError(f"{cls}.relative_buckets must be an even int >= 4; got {nb!r}")
-        # The causal decoder's exact range is nb // 2 distances; log-spaced buckets start there.
-        if isinstance(md, bool) or not isinstance(md, int) or md <= nb // 2:
-            raise ValueError(
-                f"{cls}.relative_max_distance must be an int > relative_buckets // 2 = {nb // 2}; "
-                f"got {md!r}"
-            )
 
     @property
     def gated(self) -> bool:
@@ -298,6 +284,8 @@ class LlamaConfig(TransformerConfig):
 class BertConfig(TransformerConfig):
     """BERT encoder: post-LN, exact GELU, learned positions + token types, MLM head."""
 
+    bidirectional: ClassVar[bool] = True
+
     vocab_size: int = 30522
     max_seq_len: int = 512
     type_vocab_size: int = setting(2, help="BERT: token types (segments A/B)")
@@ -327,6 +315,8 @@ class BertConfig(TransformerConfig):
 @dataclass(frozen=True, kw_only=True)
 class ViTConfig(TransformerConfig):
     """Vision Transformer on ``[b, h, w, c]`` images: patch embedding, class token, classifier."""
+
+    bidirectional: ClassVar[bool] = True
 
     vocab_size: int = 0
     image_size: int = setting(224, help="ViT: the images' side in pixels")
@@ -369,6 +359,8 @@ class ViTConfig(TransformerConfig):
 @dataclass(frozen=True, kw_only=True)
 class EncoderDecoderConfig(TransformerConfig):
     """Encoder-decoder (Vaswani/T5 style) with shared embeddings; layer counts per side."""
+
+    bidirectional: ClassVar[bool] = True
 
     num_encoder_layers: int | None = setting(None, help="encoder blocks; None: num_layers")
     num_decoder_layers: int | None = setting(None, help="decoder blocks; None: num_layers")

@@ -17,6 +17,7 @@ from tjx.nn.losses import logits_cross_entropy
 from tjx.nn.norms import make_norm
 from tjx.nn.params import normal
 from tjx.nn.precision import Precision
+from tjx.nn.sequence import current_sequence_parallel
 from tjx.nn.stack import Stack
 
 Array = jax.Array
@@ -108,7 +109,16 @@ def head_cross_entropy(
     -------
     CrossEntropyOutput
         ``loss`` (mean, z-loss included), ``sum_loss``, ``num_tokens``, ``num_correct``.
+
+    Under ``sequence_parallel`` each device's share of a ``[b, s]`` sequence becomes rows of
+    their own (``[b, shards, s / shards]``): the chunked loss walks the sequence, which would
+    otherwise gather it onto every device.
     """
+    split = current_sequence_parallel()
+    if split is not None and split.shards > 1 and labels.ndim == 2:
+        b, s = labels.shape
+        labels = labels.reshape(b, split.shards, s // split.shards)
+        hidden = hidden.reshape(b, split.shards, s // split.shards, hidden.shape[-1])
     if chunked:
         # The products in the compute dtype (the kernel accumulates in float32), as the unchunked
         # path: a raw float32 table would make them float32 (TF32 on a GPU) at twice the bytes.
@@ -208,7 +218,8 @@ class DecoderLM(nnx.Module):
         tokens : Array
             int32 ``[b, s]`` with ``s <= max_seq_len``.
         positions : Array, optional
-            int32 ``[b, s]`` (restarting per packed document); default ``0..s-1``.
+            int32 ``[b, s]`` (restarting per packed document); default ``0..s-1`` (under
+            ``sequence_parallel``, the split's order of them).
         segment_ids : Array, optional
             int32 ``[b, s]`` packed-document ids (0 = padding); attention stays in a segment.
         deterministic : bool
@@ -222,8 +233,15 @@ class DecoderLM(nnx.Module):
         """
         b, s = tokens.shape
         check_length(s, self.config.max_seq_len)
+        split = current_sequence_parallel()
+        if split is not None:
+            split.check(s)
         if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+            positions = (
+                jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+                if split is None
+                else split.positions(b, s)
+            )
         key = self._dropout_key(deterministic, rngs)
         k_embed, k_stack = split_key(key, 2)
         x = self.embed_tokens(tokens, positions)
@@ -245,18 +263,26 @@ class DecoderLM(nnx.Module):
         return init_cache(self.config, batch, max_len, dtype)
 
     def forward_cached(
-        self, tokens: Array, cache: dict[str, Array], cache_pos: Array
+        self,
+        tokens: Array,
+        cache: dict[str, Array],
+        cache_pos: Array,
+        lengths: Array | None = None,
     ) -> tuple[Array, dict[str, Array]]:
         """Prefill (``s > 1``, ``cache_pos`` all 0) or one decode step (``s == 1``).
 
         Token ``i`` of row ``r`` sits at absolute position ``cache_pos[r] + i``, which is also its
-        cache slot. Returns float32 logits ``[b, s, vocab]`` and the updated cache.
+        cache slot (modulo the slots of a rolling cache, see ``kv_cache``). ``lengths``: a
+        right-padded prefill's real tokens per row (a rolling cache keeps each row's last ones).
+        Returns float32 logits ``[b, s, vocab]`` and the updated cache.
         """
         b, s = tokens.shape
         check_length(s, self.config.max_seq_len)
         positions = cache_pos[:, None].astype(jnp.int32) + jnp.arange(s, dtype=jnp.int32)
         x = self.embed_tokens(tokens, positions)
-        x, new_cache = self.stack(x, positions=positions, cache=cache, cache_pos=cache_pos)
+        x, new_cache = self.stack(
+            x, positions=positions, cache=cache, cache_pos=cache_pos, lengths=lengths
+        )
         assert new_cache is not None
         if self.final_norm is not None:
             x = self.final_norm(x)

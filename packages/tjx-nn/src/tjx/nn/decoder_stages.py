@@ -73,6 +73,11 @@ def decoder_stages(
             f"{type(model).__name__}"
         )
     c = model.config
+    if c.window_pattern is not None and len(set(c.layer_windows())) > 1:
+        raise ValueError(
+            "decoder_stages runs every layer alike; a window_pattern that mixes local and global "
+            "layers is not supported in a pipeline (one sliding_window for every layer is)"
+        )
     if c.dropout or c.attention_dropout:
         raise ValueError(
             "decoder_stages runs the layers without dropout; got dropout="

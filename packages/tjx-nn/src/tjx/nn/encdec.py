@@ -261,13 +261,18 @@ class EncoderDecoder(nnx.Module):
         }
 
     def forward_cached(
-        self, tokens: Array, cache: dict[str, Any], cache_pos: Array
+        self,
+        tokens: Array,
+        cache: dict[str, Any],
+        cache_pos: Array,
+        lengths: Array | None = None,
     ) -> tuple[Array, dict[str, Any]]:
         """Decoder prefill (``s > 1``, ``cache_pos`` all 0) or one decode step (``s == 1``).
 
         Same contract as ``DecoderLM.forward_cached`` with ``cache`` from ``start_cache``:
-        token ``i`` of row ``r`` sits at position and self-attention slot ``cache_pos[r] + i``.
-        Returns float32 logits ``[b, s, vocab]`` and the updated state.
+        token ``i`` of row ``r`` sits at position and self-attention slot ``cache_pos[r] + i``
+        (``lengths``: a prefill's real tokens per row). Returns float32 logits ``[b, s, vocab]``
+        and the updated state.
         """
         x, positions = self._embed(tokens, None, True, start=cache_pos)
         q_ids = jnp.ones(tokens.shape, jnp.int32)
@@ -278,6 +283,7 @@ class EncoderDecoder(nnx.Module):
             cache=cache["self"],
             cache_pos=cache_pos,
             context_kv=cache["cross"],
+            lengths=lengths,
         )
         assert new_self is not None
         if self.decoder_norm is not None:

@@ -16,6 +16,10 @@ for **causal** attention (a decoder's self-attention, an encoder-decoder's decod
   matrix, ``12·L·A·s``; the trainer logs it as ``mfu_palm``.
 
 Bidirectional attention (BERT, ViT, an encoder, cross-attention) is counted whole either way.
+A layer with a sliding window ``W`` counts only the keys its window holds: ``k = min(s, W)``
+causal, ``min(s, 2W - 1)`` bidirectional (kernels skip the rest). A windowed causal layer's
+half is exact: the ``s·k - k²/2`` query-key pairs the causal window sees (``s²/2`` when
+``W >= s``); PaLM's whole count is ``s·k``.
 
 The counts are derived from the config here and checked in the tests against the weights of the
 built model (``nnx.state``), so the two cannot drift apart silently.
@@ -55,9 +59,23 @@ def _self_block(c: TransformerConfig) -> int:
     return q_out + kv + _mlp_weights(c)
 
 
-def _terms(config: TransformerConfig, seq_len: int, src_len: int) -> tuple[_Terms, int, int]:
-    """Matmul weights with their positions per sequence, and the summed ``s_q·s_k`` over layers
-    of bidirectional and of causal attention."""
+def _area(c: TransformerConfig, s: int, layers: int, *, causal: bool) -> tuple[int, int]:
+    """Summed ``s_q·s_k`` of ``layers`` self-attention layers over ``s`` tokens (windows cut
+    ``s_k`` to the keys they hold: ``k``), and the summed ``k²`` (a causal layer sees ``s·k - k²/2``
+    pairs, which `flops_per_token` counts with ``causal_half``)."""
+    total = overlap = 0
+    for w in c.layer_windows(layers):
+        keys = s if w is None else min(s, w if causal else 2 * w - 1)
+        total += s * keys
+        overlap += keys * keys
+    return total, overlap
+
+
+def _terms(
+    config: TransformerConfig, seq_len: int, src_len: int
+) -> tuple[_Terms, int, tuple[int, int]]:
+    """Matmul weights with their positions per sequence, the summed ``s_q·s_k`` over layers of
+    bidirectional attention, and of causal attention with its summed ``k²`` (`_area`)."""
     c = config
     d, s = c.d_model, seq_len
     unembed = c.vocab_size * d  # the head, or the tied table used as the output matmul
@@ -71,17 +89,20 @@ def _terms(config: TransformerConfig, seq_len: int, src_len: int) -> tuple[_Term
             (ld * cross_kv, S),  # cross keys/values project the encoder output
             (unembed, s),
         ]
-        return terms, le * S * S + ld * s * S, ld * s * s
+        whole = _area(c, S, le, causal=False)[0] + ld * s * S
+        return terms, whole, _area(c, s, ld, causal=True)
     layers = c.num_layers * _self_block(c)
     if isinstance(c, ViTConfig):
         patch = c.patch_size * c.patch_size * c.num_channels * d
         # The patch projection skips the class token; the classifier reads only the class token.
-        return [(layers, s), (patch, s - 1), (d * c.num_classes, 1)], c.num_layers * s * s, 0
+        whole = _area(c, s, c.num_layers, causal=False)[0]
+        return [(layers, s), (patch, s - 1), (d * c.num_classes, 1)], whole, (0, 0)
     if isinstance(c, BertConfig):
         # __call__ is the MLM head: dense transform + tied table. classify()'s pooler/classifier
         # are not part of it (they run once per sequence: add 6·(d² + d·labels)/s if you use them).
-        return [(layers, s), (d * d, s), (unembed, s)], c.num_layers * s * s, 0
-    return [(layers, s), (unembed, s)], 0, c.num_layers * s * s
+        whole = _area(c, s, c.num_layers, causal=False)[0]
+        return [(layers, s), (d * d, s), (unembed, s)], whole, (0, 0)
+    return [(layers, s), (unembed, s)], 0, _area(c, s, c.num_layers, causal=True)
 
 
 def _check(config: TransformerConfig, seq_len: int, src_len: int | None) -> int:
@@ -184,11 +205,14 @@ def flops_per_token(
     assert config.head_dim is not None
     if not isinstance(causal_half, bool):
         raise ValueError(f"causal_half must be True or False; got {causal_half!r}")
-    terms, full_area, causal_area = _terms(config, seq_len, S)
+    terms, full_area, (causal_area, overlap) = _terms(config, seq_len, S)
     weighted = sum(n * positions for n, positions in terms)
     attn_dim = config.num_heads * config.head_dim
     # Integer numerator, one correctly rounded division: exact whenever the result is integral.
-    attention = 12 * attn_dim * full_area + (6 if causal_half else 12) * attn_dim * causal_area
+    # Half of a causal layer: s·k - k²/2 pairs (s²/2 without a window).
+    attention = 12 * attn_dim * (full_area + causal_area) - (
+        6 * attn_dim * overlap if causal_half else 0
+    )
     return (6 * weighted + attention) / seq_len
 
 

@@ -100,7 +100,7 @@ def _prefill(
     if src is not None:  # encoder-decoder: encode once, cross keys/values into the cache
         cache = model.start_cache(src, cache, src_segment_ids=src_ids)
     b = prompts.shape[0]
-    logits, cache = model.forward_cached(prompts, cache, jnp.zeros((b,), jnp.int32))
+    logits, cache = model.forward_cached(prompts, cache, jnp.zeros((b,), jnp.int32), lengths)
     last = logits[jnp.arange(b), lengths - 1]
     t, k, p = sampling
     return cache, sample_logits(last, key, temperature=t, top_k=k, top_p=p)

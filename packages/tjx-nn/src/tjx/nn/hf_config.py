@@ -1,8 +1,9 @@
 """Hugging Face ``config.json`` of the LLaMA family (llama, mistral, qwen2) ↔ ``LlamaConfig``.
 
-Every key of a ``config.json`` is either mapped onto a ``LlamaConfig`` field, checked to have the
-one value tjx computes the same way (``hidden_act: silu``, a sliding window that never slides), or
-on the explicit allow-list ``HARMLESS`` (bookkeeping and generation defaults that change no
+Every key of a ``config.json`` is either mapped onto a ``LlamaConfig`` field (sliding windows and
+the per-layer ``layer_types``, every RoPE scaling of :mod:`tjx.nn.rope_scaling`), checked to have
+the one value tjx computes the same way (``hidden_act: silu``), or on the explicit allow-list
+``HARMLESS`` (bookkeeping and generation defaults that change no
 number). Anything else is refused by name, so a checkpoint never loads into a model that computes
 something other than what its config says. ``auto_map`` (custom modelling code) is refused: tjx
 never runs code from a checkpoint, and the weights of a custom architecture may mean something
@@ -11,10 +12,12 @@ else than ``model_type`` says.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
+from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
 LLAMA_TYPES = ("llama", "mistral", "qwen2")
 ARCHITECTURES = {
@@ -40,7 +43,6 @@ HARMLESS = frozenset(
         "output_hidden_states",
         "return_dict",
         "tokenizer_class",
-        "max_window_layers",  # qwen2: which layers slide, when use_sliding_window is on
         "use_return_dict",
     }
 )
@@ -65,6 +67,7 @@ HANDLED = frozenset(
         "mlp_bias",
         "sliding_window",
         "use_sliding_window",
+        "max_window_layers",
         "layer_types",
         "attention_dropout",
         "initializer_range",
@@ -73,47 +76,90 @@ HANDLED = frozenset(
 )
 
 
-def _rope(hf: Mapping[str, Any]) -> tuple[float, tuple[float, float, float, int] | None]:
-    """(rope_theta, llama3 scaling or None) from the legacy keys or v5's ``rope_parameters``."""
+#: config.json's RoPE keys that are not `RopeScaling` fields (read elsewhere or named here).
+_ROPE_OTHER = frozenset({"type", "rope_type", "rope_theta", "partial_rotary_factor"})
+#: The layer kinds of a ``layer_types`` list, as tjx's ``window_pattern`` entries.
+_LAYER_KINDS = {"sliding_attention": "local", "full_attention": "global"}
+
+
+def _rope(hf: Mapping[str, Any], max_len: int) -> tuple[float, RopeScaling | None]:
+    """(rope_theta, scaling or None) from the legacy keys or v5's ``rope_parameters``.
+
+    transformers' defaults are filled in where a config leaves them out: the pretraining length
+    (``original_max_position_embeddings``) is ``max_position_embeddings`` (for dynamic NTK that
+    is the length its formula scales from), and a longrope or yarn ``factor`` is their ratio.
+    """
     params = hf.get("rope_parameters") or {}
     theta = float(hf.get("rope_theta", params.get("rope_theta", 10000.0)))
     scaling = hf.get("rope_scaling")
-    if scaling is None and params.get("rope_type", "default") != "default":
+    if scaling is None and params.get("rope_type", params.get("type", "default")) != "default":
         scaling = params
     if scaling is None:
         return theta, None
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind == "default":
         return theta, None
-    if kind != "llama3":
+    if kind not in ROPE_SCALINGS:
         raise ValueError(
-            f"config.json rope_scaling type {kind!r} is not supported; tjx implements 'llama3' "
-            "scaling only"
+            f"config.json rope_scaling type {kind!r} is not supported; tjx computes "
+            f"{', '.join(ROPE_SCALINGS)}"
         )
-    try:
-        factor, low, high = (
-            float(scaling[k]) for k in ("factor", "low_freq_factor", "high_freq_factor")
-        )
-        original = int(scaling["original_max_position_embeddings"])
-    except KeyError as e:
-        raise ValueError(f"config.json rope_scaling of type 'llama3' lacks {e.args[0]!r}") from None
-    return theta, (factor, low, high, original)
+    partial = scaling.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if partial not in (None, 1, 1.0):
+        raise ValueError(f"config.json partial_rotary_factor {partial} is not supported (only 1)")
+    fields = {k: v for k, v in scaling.items() if k not in _ROPE_OTHER}
+    if kind == "dynamic":
+        fields["original_max_position_embeddings"] = max_len
+    elif kind != "linear":
+        fields.setdefault("original_max_position_embeddings", max_len)
+    if kind in ("yarn", "longrope") and fields.get("factor") is None:
+        fields["factor"] = max_len / fields["original_max_position_embeddings"]
+    return theta, RopeScaling.parse({"type": kind, **fields}, "config.json rope_scaling")
 
 
-def _check_window(hf: Mapping[str, Any], model_type: str, max_len: int) -> None:
-    """tjx has no sliding window: one is served only where it never slides (≥ the context)."""
+def _longest(scaling: RopeScaling | None, max_len: int) -> int:
+    """tjx's ``max_seq_len`` (the longest sequence it accepts) for a checkpoint whose config says
+    ``max_position_embeddings = max_len``: yarn's extended context ``factor × original`` when
+    longer, dynamic NTK's ``factor × max_len`` (it scales past ``max_len``), else ``max_len``."""
+    if scaling is None or scaling.factor is None:
+        return max_len
+    if scaling.type == "yarn":
+        assert scaling.original_max_position_embeddings is not None
+        return max(max_len, math.ceil(scaling.factor * scaling.original_max_position_embeddings))
+    if scaling.type == "dynamic":
+        return math.ceil(max_len * scaling.factor)
+    return max_len
+
+
+def _window(
+    hf: Mapping[str, Any], model_type: str, layers: int
+) -> tuple[int | None, list[str] | None]:
+    """(sliding_window, window_pattern) as transformers decides which layers slide: every layer
+    of a mistral with a window; qwen2 only with ``use_sliding_window``, layers from
+    ``max_window_layers`` on; an explicit ``layer_types`` list says it per layer."""
     window = hf.get("sliding_window")
-    on = window is not None and (model_type == "mistral" or bool(hf.get("use_sliding_window")))
-    layer_types = hf.get("layer_types") or []
-    sliding_layers = [t for t in layer_types if t != "full_attention"]
-    if sliding_layers and window is None:
-        raise ValueError(f"config.json layer_types {sorted(set(sliding_layers))} are not supported")
-    if (on or sliding_layers) and window is not None and int(window) < max_len:
-        raise ValueError(
-            f"config.json sliding_window {window} is shorter than max_position_embeddings "
-            f"{max_len}; tjx has no sliding-window attention (set sliding_window to null to load "
-            "it with full attention, which changes outputs beyond the window)"
-        )
+    if model_type == "qwen2" and not hf.get("use_sliding_window"):
+        window = None
+    layer_types = hf.get("layer_types")
+    if layer_types is not None:
+        unknown = sorted(set(layer_types) - set(_LAYER_KINDS))
+        if unknown or len(layer_types) != layers:
+            raise ValueError(
+                f"config.json layer_types must list {layers} of {sorted(_LAYER_KINDS)}; got "
+                f"{len(layer_types)} entries{' with ' + ', '.join(unknown) if unknown else ''}"
+            )
+        pattern = [_LAYER_KINDS[t] for t in layer_types]
+    elif model_type == "qwen2":
+        first = int(hf.get("max_window_layers", 28))
+        pattern = ["global" if i < first else "local" for i in range(layers)]
+    else:
+        pattern = ["local"] * layers
+    if "local" not in pattern or window is None:
+        if "local" in pattern and layer_types is not None:
+            raise ValueError("config.json layer_types has sliding layers but no sliding_window")
+        return None, None
+    window = int(window)
+    return window, None if "global" not in pattern else pattern
 
 
 def llama_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
@@ -148,14 +194,15 @@ def llama_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig
             "(tjx puts biases on every projection or on none, or on q/k/v only as Qwen2)"
         )
     max_len = int(hf.get("max_position_embeddings", 2048))
-    _check_window(hf, model_type, max_len)
-    theta, scaling = _rope(hf)
+    theta, scaling = _rope(hf, max_len)
+    layers = int(hf["num_hidden_layers"])
+    window, pattern = _window(hf, model_type, layers)
     heads = int(hf["num_attention_heads"])
     fields: dict[str, Any] = dict(
         vocab_size=int(hf["vocab_size"]),
-        max_seq_len=max_len,
+        max_seq_len=_longest(scaling, max_len),
         d_model=int(hf["hidden_size"]),
-        num_layers=int(hf["num_hidden_layers"]),
+        num_layers=layers,
         num_heads=heads,
         num_kv_heads=int(hf.get("num_key_value_heads") or heads),
         head_dim=hf.get("head_dim") or None,
@@ -163,6 +210,8 @@ def llama_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         rope_theta=theta,
         rope_scaling=scaling,
+        sliding_window=window,
+        window_pattern=pattern,
         use_bias=attn_bias,
         qkv_bias=model_type == "qwen2",
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
@@ -176,7 +225,9 @@ def llama_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig
 def export_type(config: LlamaConfig, model_type: str | None) -> str:
     """The HF ``model_type`` to write: the one asked for, else qwen2 with q/k/v-only biases,
     else llama. Raises ``ValueError`` when ``config`` cannot be that type."""
-    chosen = model_type or ("qwen2" if config.qkv_bias and not config.use_bias else "llama")
+    qwen = config.qkv_bias and not config.use_bias
+    windowed = config.sliding_window is not None
+    chosen = model_type or ("qwen2" if qwen else "mistral" if windowed else "llama")
     if chosen not in LLAMA_TYPES:
         raise ValueError(f"model_type must be one of {LLAMA_TYPES} for a Llama; got {chosen!r}")
     shaped = config.attention_type == "mha" and config.position == "rope"
@@ -198,6 +249,16 @@ def export_type(config: LlamaConfig, model_type: str | None) -> str:
         )
     if chosen == "mistral" and config.use_bias:
         raise ValueError("model_type 'mistral' has no biases; got use_bias=True")
+    if windowed and chosen == "llama":
+        raise ValueError(
+            "model_type 'llama' has no sliding window; export a model with sliding_window as "
+            "'mistral' or 'qwen2'"
+        )
+    if chosen == "mistral" and config.window_pattern is not None:
+        raise ValueError(
+            "model_type 'mistral' slides the window in every layer; a window_pattern exports "
+            "as 'qwen2' (its layer_types)"
+        )
     return chosen
 
 
@@ -214,7 +275,7 @@ def llama_config_to_hf(config: LlamaConfig, model_type: str | None = None) -> di
         "num_attention_heads": config.num_heads,
         "num_key_value_heads": config.num_kv_heads,
         "head_dim": config.head_dim,
-        "max_position_embeddings": config.max_seq_len,
+        "max_position_embeddings": _max_position(config),
         "rms_norm_eps": config.norm_eps,
         "rope_theta": config.rope_theta,
         "hidden_act": "silu",
@@ -223,18 +284,31 @@ def llama_config_to_hf(config: LlamaConfig, model_type: str | None = None) -> di
         "initializer_range": config.init_std,
     }
     if config.rope_scaling is not None:
-        factor, low, high, original = config.rope_scaling
-        out["rope_scaling"] = {
-            "rope_type": "llama3",
-            "factor": factor,
-            "low_freq_factor": low,
-            "high_freq_factor": high,
-            "original_max_position_embeddings": original,
-        }
+        fields = config.rope_scaling.as_dict()
+        kind = fields.pop("type")
+        if kind == "dynamic":  # its original length is max_position_embeddings (written above)
+            fields.pop("original_max_position_embeddings")
+        out["rope_scaling"] = {"rope_type": kind, **fields}
     if chosen == "llama":
         out["attention_bias"] = out["mlp_bias"] = config.use_bias
     elif chosen == "mistral":
-        out["sliding_window"] = None
+        out["sliding_window"] = config.sliding_window
     else:
-        out["use_sliding_window"] = False
+        out["use_sliding_window"] = config.sliding_window is not None
+        out["sliding_window"] = config.sliding_window
+        if config.sliding_window is not None:
+            kinds = {None: "full_attention", config.sliding_window: "sliding_attention"}
+            out["layer_types"] = [kinds[w] for w in config.layer_windows()]
+            local = [i for i, w in enumerate(config.layer_windows()) if w is not None]
+            out["max_window_layers"] = local[0]
     return out
+
+
+def _max_position(config: LlamaConfig) -> int:
+    """``max_position_embeddings`` to write: tjx's ``max_seq_len``, except for dynamic NTK,
+    whose formula scales from it (tjx keeps that length in the scaling's original)."""
+    scaling = config.rope_scaling
+    if scaling is not None and scaling.type == "dynamic":
+        assert scaling.original_max_position_embeddings is not None
+        return scaling.original_max_position_embeddings
+    return config.max_seq_len

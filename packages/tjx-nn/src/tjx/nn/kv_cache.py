@@ -3,8 +3,10 @@
 A cache is a dict of stacked arrays with a leading ``layers`` axis:
 ``{"k": [L, b, T, kv_heads, head_dim], "v": ...}`` for standard attention, or
 ``{"latent": [L, b, T, kv_latent_dim]}`` for the MLA-style compressed cache (keys and values are
-up-projected from the latent at each decode step). Slot ``t`` holds the token at absolute
-position ``t`` (prompts are right-padded, see ``generate``).
+up-projected from the latent at each decode step). Slot ``p mod T`` holds the token at absolute
+position ``p`` (prompts are right-padded, see ``generate``): while ``p < T`` slot ``t`` is
+position ``t``; a model whose every layer has a sliding window gets a *rolling* cache of the
+window's size (``init_cache``), where a new token overwrites the one that just left the window.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ def init_cache(
     Returns
     -------
     dict of str to Array
-        ``{"k", "v"}`` ``[L, b, T, kv_heads, head_dim]`` or ``{"latent"}`` ``[L, b, T, r]``.
+        ``{"k", "v"}`` ``[L, b, T, kv_heads, head_dim]`` or ``{"latent"}`` ``[L, b, T, r]``;
+        ``T`` is ``max_len``, or the window when every layer is windowed and it is shorter
+        (a rolling cache).
     """
     if max_len > config.max_seq_len:
         raise ValueError(
@@ -58,6 +62,7 @@ def init_cache(
         )
     dt = dtype or config.precision.compute_dtype
     L = config.num_layers if num_layers is None else num_layers
+    max_len = cache_slots(config, max_len, L)
     if config.attention_type == "mla":
         assert config.kv_latent_dim is not None
         return {"latent": jnp.zeros((L, batch, max_len, config.kv_latent_dim), dt)}
@@ -66,10 +71,30 @@ def init_cache(
     return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
 
 
+def cache_slots(config: TransformerConfig, max_len: int, num_layers: int | None = None) -> int:
+    """Slots per row of a cache for ``max_len`` tokens: the window when every layer has one and
+    it is shorter (a rolling cache), else ``max_len`` (a layer of a mixed ``window_pattern`` that
+    attends to everything needs every slot)."""
+    windows = config.layer_windows(num_layers)
+    if windows and all(w is not None for w in windows):
+        return min(max_len, max(w for w in windows if w is not None))
+    return max_len
+
+
+def slot_positions(cache_pos: Array, slots: int) -> Array:
+    """int32 ``[b, slots]``: the position each slot holds once row ``r`` has written position
+    ``cache_pos[r]`` (the latest ``p <= cache_pos`` with ``p mod slots`` = the slot; negative
+    where no such position exists yet)."""
+    t = jnp.arange(slots, dtype=jnp.int32)[None, :]
+    pos = cache_pos.astype(jnp.int32)[:, None]
+    return pos - jnp.mod(pos - t, slots)
+
+
 def kv_cache_bytes(
     config: TransformerConfig, *, batch: int, seq_len: int, dtype: Any = jnp.bfloat16
 ) -> int:
-    """Bytes of the KV cache for ``batch × seq_len`` tokens under ``config``.
+    """Bytes of the KV cache for ``batch × seq_len`` tokens under ``config`` (a rolling cache
+    holds the window's tokens only, see ``cache_slots``).
 
     Standard attention stores ``2 · L · kv_heads · head_dim`` values per token; MLA stores
     ``L · kv_latent_dim``. Compare ``kv_cache_bytes(cfg)`` with
@@ -90,6 +115,7 @@ def kv_cache_bytes(
         Bytes.
     """
     itemsize = jnp.dtype(dtype).itemsize
+    seq_len = cache_slots(config, seq_len)
     if config.attention_type == "mla":
         assert config.kv_latent_dim is not None
         per_token = config.kv_latent_dim
@@ -104,9 +130,10 @@ def topk_decode_attention(
     k: Array,
     v: Array,
     *,
-    kv_lengths: Array,
+    kv_lengths: Array | None = None,
     topk: int,
     bias: Array | None = None,
+    kv_mask: Array | None = None,
 ) -> Array:
     """Decode-time sparse attention: each query head keeps its ``topk`` highest-scoring keys.
 
@@ -116,8 +143,10 @@ def topk_decode_attention(
         ``[b, s_q, h, d]`` (``s_q`` is 1 when decoding).
     k, v : Array
         ``[b, T, h_kv, d]``; head ``h`` uses kv head ``h // (h / h_kv)`` as in tjx.kernels.
-    kv_lengths : Array
+    kv_lengths : Array, optional
         int ``[b]``; keys at ``>= kv_lengths`` are invalid and never selected.
+    kv_mask : Array, optional
+        bool ``[b, T]``: the valid keys (a rolling cache's), instead of or with ``kv_lengths``.
     topk : int
         Keys kept per query and head (softmax over those only).
     bias : Array, optional
@@ -136,7 +165,11 @@ def topk_decode_attention(
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, kk, preferred_element_type=jnp.float32) / math.sqrt(d)
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
-    valid = jnp.arange(t)[None, :] < kv_lengths[:, None]  # [b, T]
+    valid = jnp.ones((b, t), bool)
+    if kv_lengths is not None:
+        valid = jnp.arange(t)[None, :] < kv_lengths[:, None]
+    if kv_mask is not None:
+        valid = valid & kv_mask
     logits = jnp.where(valid[:, None, None, :], logits, -jnp.inf)
     kth = jax.lax.top_k(logits, min(topk, t))[0][..., -1:]
     logits = jnp.where(logits >= kth, logits, -jnp.inf)

@@ -1,4 +1,5 @@
-"""Position information: sinusoidal tables, rotary embeddings (RoPE) and ALiBi biases.
+"""Position information: sinusoidal tables, rotary embeddings (RoPE, with the scalings of
+:mod:`tjx.nn.rope_scaling`) and ALiBi biases.
 
 Learned absolute positions are an ``Embed`` over ``max_seq_len`` rows (see ``embeddings.py``).
 """
@@ -6,11 +7,14 @@ Learned absolute positions are an ``Embed`` over ``max_seq_len`` rows (see ``emb
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from tjx.nn.rope_scaling import RopeScaling, rope_frequencies, rope_parameters
 
 Array = jax.Array
 
@@ -45,49 +49,32 @@ def sinusoidal(
     return out
 
 
-#: Llama 3's RoPE scaling: (factor, low_freq_factor, high_freq_factor, original context length),
-#: the four numbers of a HF ``rope_scaling`` of type ``llama3``.
-RopeScaling = tuple[float, float, float, int]
+def rope_inv_freq(
+    head_dim: int, theta: float, scaling: RopeScaling | Sequence[float] | None = None
+) -> np.ndarray:
+    """RoPE's inverse frequencies ``[head_dim // 2]`` in float64, scaled if asked.
 
-
-def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> np.ndarray:
-    """RoPE's inverse frequencies ``[head_dim // 2]`` in float64, Llama 3-scaled if asked.
-
-    Llama 3 (``scaling`` given) divides the low frequencies (wavelength above
-    ``original / low_freq_factor``) by ``factor``, keeps the high ones (wavelength below
-    ``original / high_freq_factor``) and blends linearly in between, as Meta's reference and
-    transformers' ``_compute_llama3_parameters`` do.
-
-    Parameters
-    ----------
-    head_dim : int
-        Even head width.
-    theta : float
-        RoPE base.
-    scaling : RopeScaling, optional
-        ``(factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)``.
+    ``scaling`` is a `RopeScaling` (or Llama 3's legacy four numbers ``(factor,
+    low_freq_factor, high_freq_factor, original_max_position_embeddings)``); see
+    :func:`tjx.nn.rope_scaling.rope_parameters` (for ``dynamic``/``longrope``: their frequencies
+    within the original context).
 
     Returns
     -------
     numpy.ndarray
         float64 ``[head_dim // 2]``.
     """
-    half = head_dim // 2
-    inv = 1.0 / (theta ** (np.arange(half, dtype=np.float64) / half))
-    if scaling is None:
-        return inv
-    factor, low, high, original = scaling
-    wavelen = 2 * math.pi / inv
-    low_wavelen, high_wavelen = original / low, original / high
-    scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
-    smooth = (original / wavelen - low) / (high - low)
-    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-    return np.where(medium, smoothed, scaled)
+    inv, _ = rope_parameters(head_dim, theta, RopeScaling.parse(scaling))
+    return inv
 
 
 def apply_rope(
-    x: Array, positions: Array, *, theta: float = 10000.0, scaling: RopeScaling | None = None
+    x: Array,
+    positions: Array,
+    *,
+    theta: float = 10000.0,
+    scaling: RopeScaling | Sequence[float] | None = None,
+    length: Array | None = None,
 ) -> Array:
     """Rotate ``x`` [b, s, heads, head_dim] by ``positions`` [b, s] (LLaMA's rotate-half form).
 
@@ -102,7 +89,12 @@ def apply_rope(
     theta : float
         RoPE base (10000 in LLaMA; larger for long contexts).
     scaling : RopeScaling, optional
-        Llama 3's frequency scaling (see ``rope_inv_freq``); None: plain RoPE.
+        The frequency scaling (:mod:`tjx.nn.rope_scaling`; yarn and longrope also scale the
+        rotated ``x`` by their attention factor, as transformers scales cos and sin); None: plain
+        RoPE.
+    length : Array, optional
+        The call's sequence length for ``dynamic``/``longrope`` (default ``max(positions) +
+        1``; a decode step re-rotating cached keys passes the current one).
 
     Returns
     -------
@@ -112,13 +104,14 @@ def apply_rope(
     d = x.shape[-1]
     half = d // 2
     dt = jnp.promote_types(x.dtype, jnp.float32)
-    if scaling is None:
-        inv_freq = 1.0 / (theta ** (jnp.arange(half, dtype=dt) / half))
-    else:  # static numbers: computed once in float64 while tracing
-        inv_freq = jnp.asarray(rope_inv_freq(d, theta, scaling), dtype=dt)
+    inv_freq, attention = rope_frequencies(
+        positions, d, theta, RopeScaling.parse(scaling), dt, length=length
+    )
     angles = positions.astype(dt)[..., None] * inv_freq  # [b, s, half]
     cos = jnp.cos(angles)[:, :, None, :]
     sin = jnp.sin(angles)[:, :, None, :]
+    if attention != 1.0:
+        cos, sin = cos * attention, sin * attention
     x32 = x.astype(dt)
     x1, x2 = x32[..., :half], x32[..., half:]
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)

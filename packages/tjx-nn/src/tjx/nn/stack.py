@@ -69,6 +69,8 @@ class Stack(nnx.Module):
         self.num_layers = num_layers
         self.scan = config.scan_layers
         self.remat = config.remat
+        # Each layer's sliding window (None: full attention), as the config's pattern says.
+        self.windows = tuple(config.layer_windows(num_layers))
         depth = residual_layers or num_layers
 
         def make(r: nnx.Rngs) -> Block:
@@ -106,12 +108,16 @@ class Stack(nnx.Module):
         cache: dict[str, Array] | None = None,
         cache_pos: Array | None = None,
         context_kv: dict[str, Array] | None = None,
+        lengths: Array | None = None,
     ) -> tuple[Array, dict[str, Array] | None]:
         """Run every layer; ``cache`` and ``context_kv`` leaves carry a leading ``layers`` axis.
 
         ``context_kv`` is ``project_context(context)``: cross-attention keys/values computed once.
         With ``position="t5"`` the relative position bias is computed here once and given to
-        every layer's self-attention.
+        every layer's self-attention. ``lengths``: a prefill's real tokens per row (a rolling
+        cache keeps each row's last ones). Each layer learns whether its window applies
+        (``local``): statically when unrolled or when every layer is alike, as a scanned flag
+        otherwise.
         """
         kw: dict[str, Any] = dict(
             bias=self._relative_bias(x, positions, cache, cache_pos),
@@ -121,33 +127,51 @@ class Stack(nnx.Module):
             context_segment_ids=context_segment_ids,
             deterministic=deterministic,
             cache_pos=cache_pos,
+            lengths=lengths,
         )
+        kinds = {w is not None for w in self.windows}
+        uniform = None if len(kinds) > 1 else kinds.pop()  # every layer alike: a static flag
 
-        def body(block: Block, h: Array, key: Array | None, layer_cache: Any, ctx_kv: Any) -> Any:
-            return block(h, rng=key, cache=layer_cache, context_kv=ctx_kv, **kw)
+        def layer_fn(local: Any) -> Any:
+            """The layer body with its window switch: a Python bool is bound here, so that it
+            stays static under remat; a traced one (scanned mixed pattern) is an argument."""
 
-        if self.remat != "none":
-            body = nnx.remat(body, policy=remat_policy(self.remat))
+            def body(block: Block, h: Array, key: Any, layer_cache: Any, ctx_kv: Any,
+                     flag: Any) -> Any:  # fmt: skip
+                switch = flag if local is None else local
+                return block(h, rng=key, cache=layer_cache, context_kv=ctx_kv, local=switch, **kw)
+
+            if self.remat != "none":
+                body = nnx.remat(body, policy=remat_policy(self.remat))
+            return body
+
         keys = None if rng is None else jax.random.split(rng, self.num_layers)
         if self.scan:
+            body = layer_fn(uniform)
 
             @nnx.scan(
-                in_axes=(0, nnx.Carry, 0, 0, 0),
+                in_axes=(0, nnx.Carry, 0, 0, 0, 0),
                 out_axes=(nnx.Carry, 0),
                 transform_metadata={nnx.PARTITION_NAME: "layers"},
             )
-            def step(block: Block, h: Array, key: Any, layer_cache: Any, ctx_kv: Any) -> Any:
-                return body(block, h, key, layer_cache, ctx_kv)
+            def step(
+                block: Block, h: Array, key: Any, layer_cache: Any, ctx_kv: Any, flag: Any
+            ) -> Any:
+                return body(block, h, key, layer_cache, ctx_kv, flag)
 
-            return step(self.layers, x, keys, cache, context_kv)
+            flags = None
+            if uniform is None:
+                flags = jnp.asarray([w is not None for w in self.windows])
+            return step(self.layers, x, keys, cache, context_kv, flags)
         outs = []
         for i, block in enumerate(self.layers):
-            x, new = body(
+            x, new = layer_fn(self.windows[i] is not None)(
                 block,
                 x,
                 None if keys is None else keys[i],
                 _layer(cache, i),
                 _layer(context_kv, i),
+                None,
             )
             outs.append(new)
         new_cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)

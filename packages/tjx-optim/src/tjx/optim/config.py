@@ -61,7 +61,8 @@ class ScheduleConfig:
     """Learning-rate schedule.
 
     Every schedule starts with ``warmup_steps`` of linear warmup from ``init_lr_ratio * peak_lr`` to
-    ``peak_lr`` (none when ``warmup_steps == 0``), then follows its body:
+    ``peak_lr`` (none when ``warmup_steps == 0``; a float below 1 is that fraction of
+    ``total_steps``, rounded, and is held as the steps it makes), then follows its body:
 
     * ``constant`` / ``linear_warmup``: hold ``peak_lr`` (``linear_warmup`` needs warmup steps).
     * ``cosine``: cosine decay to ``min_lr_ratio * peak_lr`` at ``total_steps``, then hold it.
@@ -78,7 +79,11 @@ class ScheduleConfig:
     peak_lr: float | None = setting(
         None, help="the peak rate; None: the optimizer's DEFAULT_LEARNING_RATES entry"
     )
-    warmup_steps: int = setting(0, help="linear warmup steps from init_lr_ratio x peak_lr")
+    warmup_steps: int | float = setting(
+        0,
+        help="linear warmup from init_lr_ratio x peak_lr: steps, or a float below 1: that fraction "
+        "of total_steps",
+    )
     total_steps: int = setting(10_000, help="steps the schedule spans (the trainer: train.steps)")
     min_lr_ratio: float = setting(0.1, help="final rate as a fraction of the peak")
     init_lr_ratio: float = setting(0.0, help="the warmup's first rate as a fraction of the peak")
@@ -92,7 +97,7 @@ class ScheduleConfig:
         if self.peak_lr is not None:  # None: OptimizerConfig fills in its optimizer's rate
             number("ScheduleConfig.peak_lr", self.peak_lr, low=0.0, low_open=True)
         number("ScheduleConfig.total_steps", self.total_steps, low=1, integer=True)
-        number("ScheduleConfig.warmup_steps", self.warmup_steps, low=0, integer=True)
+        self._warmup_of_run()
         if self.warmup_steps > self.total_steps:
             raise ValueError(
                 f"ScheduleConfig.warmup_steps={self.warmup_steps} is longer than the run; allowed "
@@ -106,6 +111,19 @@ class ScheduleConfig:
         number("ScheduleConfig.min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
         number("ScheduleConfig.init_lr_ratio", self.init_lr_ratio, low=0.0, high=1.0)
         self._check_decay()
+
+    def _warmup_of_run(self) -> None:
+        """A float ``warmup_steps`` below 1 is that fraction of the run (rounded), so a warmup
+        written for a long run still fits a short one (levanter's ``warmup``); an int is steps."""
+        w = self.warmup_steps
+        if isinstance(w, float):
+            if not 0.0 <= w < 1.0:
+                raise ValueError(
+                    f"ScheduleConfig.warmup_steps={w!r} must be an integer (steps) or a float in "
+                    "[0, 1) (that fraction of total_steps)"
+                )
+            object.__setattr__(self, "warmup_steps", int(round(w * self.total_steps)))
+        number("ScheduleConfig.warmup_steps", self.warmup_steps, low=0, integer=True)
 
     def _check_decay(self) -> None:
         """WSD's decay settings: checked, filled in for ``wsd``, refused elsewhere."""

@@ -12,11 +12,13 @@ from typing import Any
 from numpy import bool_ as np_bool
 
 
-def setting(default: Any, **meta: Any) -> Any:
-    """A config field with its metadata: ``help`` (one line), ``choices`` (allowed values) and
-    ``resumable`` (a run resumed from a checkpoint may change it: the optimizer state keeps its
-    shapes and meaning). Apps read them to list, document and check the fields (the trainer's
-    ``optimizer:`` section is these classes), so a new field is one line here."""
+def setting(default: Any, *, factory: bool = False, **meta: Any) -> Any:
+    """A config field: its default (with ``factory``, a callable that makes it: a list, a nested
+    config) and the metadata apps read to list, document and check it: ``help`` (one line),
+    ``choices`` (the allowed values), ``resumable`` (a resumed run may change it) and bounds
+    (``min``, ``max``, ``gt``, ``lt``). The same helper in every package (a test keeps them so)."""
+    if factory:
+        return dataclasses.field(default_factory=default, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 

@@ -140,7 +140,7 @@ def build_schedule(config: ScheduleConfig) -> optax.Schedule:
     peak = float(config.peak_lr)
     floor = peak * config.min_lr_ratio
     init = peak * config.init_lr_ratio
-    w, total = config.warmup_steps, config.total_steps
+    w, total = int(config.warmup_steps), config.total_steps  # a fraction is steps by now
     rest = max(total - w, 1)
     if config.name in ("constant", "linear_warmup"):
         body = constant(peak)

@@ -34,6 +34,19 @@ from tjx.parallel.arguments import (
 )
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' dependency inference)
+    from tjx.parallel.batches import (
+        batch_sharding,
+        batch_share,
+        host_local_to_global,
+    )
+    from tjx.parallel.context import ContextParallel, context_parallel
+    from tjx.parallel.context_layout import (
+        balance,
+        balanced_order,
+        check_context_split,
+        context_ways,
+        restore,
+    )
     from tjx.parallel.internals import runtime_client
     from tjx.parallel.joining import (
         NUM_PROCESSES,
@@ -53,11 +66,14 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
     )
     from tjx.parallel.mesh import (
         BATCH_AXES,
+        CONTEXT_AXIS,
+        CONTEXT_STRATEGIES,
         MESH_AXES,
         MeshConfig,
         batch_ways,
         check_batch_split,
         make_mesh,
+        rules_for,
     )
     from tjx.parallel.opt_state import shard_opt_init
     from tjx.parallel.peers import PeerWatch, watch_peers
@@ -81,8 +97,6 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
     from tjx.parallel.rules import LOGICAL_AXES, STRATEGIES, AxisRules, rules
     from tjx.parallel.schedule import SCHEDULES, Schedule, bubble_formula, make_schedule
     from tjx.parallel.sharding import (
-        batch_sharding,
-        host_local_to_global,
         logical_specs,
         logical_to_sharding,
         on_mesh,
@@ -95,7 +109,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
     from tjx.parallel.topology import abstract_devices
     from tjx.parallel.train_step import jit_train_step
 
-__version__ = "0.12.0"
+__version__ = "0.14.0"
 
 #: The public names whose modules import jax → their module, imported on first use.
 _LAZY = {
@@ -114,12 +128,22 @@ _LAZY = {
     "join": "tjx.parallel.joining",
     "process_values": "tjx.parallel.joining",
     "require_agreement": "tjx.parallel.joining",
+    "ContextParallel": "tjx.parallel.context",
+    "context_parallel": "tjx.parallel.context",
+    "balance": "tjx.parallel.context_layout",
+    "balanced_order": "tjx.parallel.context_layout",
+    "check_context_split": "tjx.parallel.context_layout",
+    "context_ways": "tjx.parallel.context_layout",
+    "restore": "tjx.parallel.context_layout",
     "BATCH_AXES": "tjx.parallel.mesh",
+    "CONTEXT_AXIS": "tjx.parallel.mesh",
+    "CONTEXT_STRATEGIES": "tjx.parallel.mesh",
     "MESH_AXES": "tjx.parallel.mesh",
     "MeshConfig": "tjx.parallel.mesh",
     "batch_ways": "tjx.parallel.mesh",
     "check_batch_split": "tjx.parallel.mesh",
     "make_mesh": "tjx.parallel.mesh",
+    "rules_for": "tjx.parallel.mesh",
     "shard_opt_init": "tjx.parallel.opt_state",
     "PeerWatch": "tjx.parallel.peers",
     "watch_peers": "tjx.parallel.peers",
@@ -144,13 +168,14 @@ _LAZY = {
     "Schedule": "tjx.parallel.schedule",
     "bubble_formula": "tjx.parallel.schedule",
     "make_schedule": "tjx.parallel.schedule",
-    "batch_sharding": "tjx.parallel.sharding",
-    "host_local_to_global": "tjx.parallel.sharding",
+    "batch_share": "tjx.parallel.batches",
+    "batch_sharding": "tjx.parallel.batches",
+    "host_local_to_global": "tjx.parallel.batches",
     "logical_specs": "tjx.parallel.sharding",
     "logical_to_sharding": "tjx.parallel.sharding",
     "on_mesh": "tjx.parallel.sharding",
-    "place_batch": "tjx.parallel.sharding",
-    "shard_batch": "tjx.parallel.sharding",
+    "place_batch": "tjx.parallel.batches",
+    "shard_batch": "tjx.parallel.batches",
     "shard_init": "tjx.parallel.sharding",
     "state_shardings": "tjx.parallel.sharding",
     "with_logical_constraint": "tjx.parallel.sharding",
@@ -194,41 +219,50 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AxisRules",
     "BATCH_AXES",
+    "CONTEXT_AXIS",
+    "CONTEXT_STRATEGIES",
+    "ContextParallel",
     "DEFAULT_TIMEOUT_S",
     "DISTRIBUTED_FLAGS",
-    "LOGICAL_AXES",
-    "MESH_AXES",
-    "NUM_PROCESSES",
-    "NUM_PROCESSES_LINE",
-    "PIPELINE_AXIS",
-    "SCHEDULES",
-    "STOP_MESSAGE",
-    "STRATEGIES",
-    "AxisRules",
     "Disagreement",
-    "DistributedArgs",
     "DisagreementError",
+    "DistributedArgs",
     "DistributedArgumentError",
     "DistributedInfo",
     "DistributedSetupError",
     "JoinError",
+    "LOGICAL_AXES",
+    "MESH_AXES",
     "MeshConfig",
+    "NUM_PROCESSES",
+    "NUM_PROCESSES_LINE",
     "NotJoinedError",
+    "PIPELINE_AXIS",
     "PeerWatch",
+    "SCHEDULES",
+    "STOP_MESSAGE",
+    "STRATEGIES",
     "Schedule",
     "StopAgreement",
     "StopFlag",
     "__version__",
     "abstract_devices",
     "add_distributed_arguments",
+    "balance",
+    "balanced_order",
     "barrier",
     "batch_sharding",
+    "batch_share",
     "batch_ways",
     "bubble_formula",
     "check_batch_split",
+    "check_context_split",
     "check_distributed_args",
     "check_pipeline",
+    "context_parallel",
+    "context_ways",
     "coordination_exchange",
     "digest_words",
     "disagreements",
@@ -251,7 +285,9 @@ __all__ = [
     "process_values",
     "require_agreement",
     "resolve_distributed",
+    "restore",
     "rules",
+    "rules_for",
     "runtime_client",
     "shard_batch",
     "shard_init",

@@ -1,7 +1,7 @@
-"""Device meshes with the axes ("pipeline", "data", "fsdp", "tensor") over all devices of all
-processes."""
+"""Device meshes with the axes ("pipeline", "data", "fsdp", "context", "tensor") over all devices of
+all processes."""
 
-# `_setting()` returns dataclasses.field objects (with the metadata apps read).
+# `setting()` returns dataclasses.field objects (with the metadata apps read).
 # ruff: noqa: RUF009
 from __future__ import annotations
 
@@ -15,22 +15,34 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh
 
-from tjx.parallel.rules import STRATEGIES
+from tjx.parallel.fields import setting
+from tjx.parallel.rules import STRATEGIES, AxisRules, MeshAxes, rules
 from tjx.parallel.schedule import SCHEDULES
 
-__all__ = ["BATCH_AXES", "MESH_AXES", "MeshConfig", "batch_ways", "check_batch_split", "make_mesh"]
-
-
-def _setting(default: Any, help_text: str, **meta: Any) -> Any:
-    return dataclasses.field(
-        default=default, metadata={"help": help_text, "resumable": True, **meta}
-    )
+__all__ = [
+    "BATCH_AXES",
+    "CONTEXT_AXIS",
+    "CONTEXT_STRATEGIES",
+    "MESH_AXES",
+    "MeshConfig",
+    "batch_ways",
+    "check_batch_split",
+    "make_mesh",
+    "rules_for",
+]
 
 
 #: Mesh axis names, outermost (least communication) to innermost (most communication).
-MESH_AXES: tuple[str, str, str, str] = ("pipeline", "data", "fsdp", "tensor")
+MESH_AXES: tuple[str, ...] = ("pipeline", "data", "fsdp", "context", "tensor")
 #: The axes a batch's leading dimension is split over.
 BATCH_AXES: tuple[str, str] = ("data", "fsdp")
+#: The axis a sequence (dimension 1 of a batch and of the activations) is split over.
+CONTEXT_AXIS = "context"
+#: How attention crosses the context axis (tjx.parallel.context): keys/values passed around a
+#: ring of ppermutes, or all-gathered once. "ring" is the default: measured on the deviceless
+#: H100 compile (tjx-parallel README, "Context parallelism"), it holds 1/context of the
+#: keys/values per device where all-gather holds them all, for the same bytes moved.
+CONTEXT_STRATEGIES: tuple[str, ...] = ("ring", "all_gather")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,26 +65,55 @@ class MeshConfig:
         between neighbours. Default 1 (a size-1 axis changes nothing). Last field, so the
         positional order of the older three is kept.
     strategy : str
-        How logical axes map onto these mesh axes: a name of `STRATEGIES` (`rules_for`).
+        How logical axes map onto these mesh axes: a name of `STRATEGIES` (:func:`rules_for`).
         Default ``"dp"``.
     microbatches : int
         Pipeline microbatches per step (with ``pipeline > 1``; `pipeline_loss`). Default 4.
     schedule : str
         Pipeline schedule, one of `SCHEDULES` (``"gpipe"``, ``"1f1b"``). Default ``"gpipe"``.
+    context : int
+        Context parallelism: every sequence (a batch's dimension 1, and the activations' length)
+        split over this many devices, attention crossing them by `context_strategy`
+        (:mod:`tjx.parallel.context`). Default 1. Sequences must split into ``2 × context``
+        equal chunks (each device holds two mirrored ones, for causal load balance).
+    context_strategy : str
+        One of `CONTEXT_STRATEGIES`: ``"ring"`` (default) or ``"all_gather"``.
 
     Each field's metadata holds its ``help`` line and ``resumable: True``: a run resumed from a
     checkpoint may lay its state out on another mesh (apps list and document fields from them).
     """
 
-    data: int = _setting(-1, "data-parallel size (-1: all remaining devices)")
-    fsdp: int = _setting(1, "fully sharded data-parallel size (-1: all remaining devices)")
-    tensor: int = _setting(1, "tensor-parallel size (kept inside one host)")
-    pipeline: int = _setting(1, "pipeline stages (layers split into runs of equal length)")
-    strategy: str = _setting(
-        "dp", "which logical axes map to which mesh axes (rules_for)", choices=STRATEGIES
+    data: int = setting(-1, resumable=True, help="data-parallel size (-1: all remaining devices)")
+    fsdp: int = setting(
+        1, resumable=True, help="fully sharded data-parallel size (-1: all remaining devices)"
     )
-    microbatches: int = _setting(4, "pipeline microbatches per step (pipeline > 1)")
-    schedule: str = _setting("gpipe", "pipeline schedule (pipeline > 1)", choices=SCHEDULES)
+    tensor: int = setting(1, resumable=True, help="tensor-parallel size (kept inside one host)")
+    pipeline: int = setting(
+        1, resumable=True, help="pipeline stages (layers split into runs of equal length)"
+    )
+    strategy: str = setting(
+        "dp",
+        resumable=True,
+        help="which logical axes map to which mesh axes (rules_for)",
+        choices=STRATEGIES,
+    )
+    microbatches: int = setting(
+        4, resumable=True, help="pipeline microbatches per step (pipeline > 1)"
+    )
+    schedule: str = setting(
+        "gpipe", resumable=True, help="pipeline schedule (pipeline > 1)", choices=SCHEDULES
+    )
+    context: int = setting(
+        1,
+        resumable=True,
+        help="context-parallel size: each sequence split over this many devices (-1: the rest)",
+    )
+    context_strategy: str = setting(
+        "ring",
+        resumable=True,
+        help="how attention crosses the context axis (ring: ppermute; all_gather: keys/values)",
+        choices=CONTEXT_STRATEGIES,
+    )
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -82,6 +123,11 @@ class MeshConfig:
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"MeshConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}"
+            )
+        if self.context_strategy not in CONTEXT_STRATEGIES:
+            raise ValueError(
+                f"MeshConfig.context_strategy must be one of {CONTEXT_STRATEGIES}, got "
+                f"{self.context_strategy!r}"
             )
         if isinstance(self.microbatches, bool) or not isinstance(self.microbatches, int):
             raise ValueError(f"MeshConfig.microbatches must be an int, got {self.microbatches!r}")
@@ -98,21 +144,26 @@ class MeshConfig:
                 )
         if sum(s == -1 for s in sizes) > 1:
             raise ValueError(
-                "MeshConfig: at most one of data, fsdp, tensor and pipeline may be -1 (all "
-                f"remaining devices); got {self.describe()}"
+                f"MeshConfig: at most one of {', '.join(MESH_AXES)} may be -1 (all remaining "
+                f"devices); got {self.describe()}"
+            )
+        if self.context > 1 and self.pipeline > 1:
+            raise ValueError(
+                f"MeshConfig: context parallelism (context={self.context}) with pipeline "
+                f"stages (pipeline={self.pipeline}) is not supported; set one of them to 1"
             )
 
     def describe(self) -> str:
-        """``"pipeline=P, data=D, fsdp=F, tensor=T"`` for messages."""
+        """``"pipeline=P, data=D, fsdp=F, context=C, tensor=T"`` for messages."""
         return ", ".join(
             f"{n}={s}" for n, s in zip(MESH_AXES, self.sizes_or_minus_one(), strict=True)
         )
 
-    def sizes_or_minus_one(self) -> tuple[int, int, int, int]:
-        """The raw sizes in mesh-axis order ``(pipeline, data, fsdp, tensor)`` (-1 unresolved)."""
-        return (self.pipeline, self.data, self.fsdp, self.tensor)
+    def sizes_or_minus_one(self) -> tuple[int, ...]:
+        """The raw sizes in `MESH_AXES` order (-1 unresolved)."""
+        return tuple(getattr(self, name) for name in MESH_AXES)
 
-    def resolve(self, num_devices: int) -> tuple[int, int, int, int]:
+    def resolve(self, num_devices: int) -> tuple[int, ...]:
         """Concrete axis sizes for ``num_devices`` devices.
 
         Raises
@@ -135,15 +186,22 @@ class MeshConfig:
                 f"mesh {desc} has {fixed} devices but {num_devices} are available; "
                 "the product of the axis sizes must equal the device count (or set one to -1)"
             )
-        return (sizes[0], sizes[1], sizes[2], sizes[3])
+        named = dict(zip(MESH_AXES, sizes, strict=True))
+        if named["context"] > 1 and named["pipeline"] > 1:
+            raise ValueError(
+                f"mesh {desc}: context parallelism (context={named['context']}) with pipeline "
+                f"stages (pipeline={named['pipeline']}) is not supported; set one of them to 1"
+            )
+        return tuple(sizes)
 
 
 def _dcn_split(sizes: Sequence[int], num_granules: int) -> tuple[list[int], list[int]] | None:
     """Split each axis into (per-host, across-host) factors, hosts taken from the outer axes.
 
-    Returns ``None`` when the across-host factor cannot be taken from data/fsdp alone, i.e. when
-    the tensor axis would have to span hosts. Hosts are taken from ``pipeline`` first (it only
-    sends activations to its neighbour), then ``data``, then ``fsdp``.
+    Returns ``None`` when the across-host factor cannot be taken from the outer axes alone, i.e.
+    when the tensor axis would have to span hosts. Hosts are taken from ``pipeline`` first (it
+    only sends activations to its neighbour), then ``data``, then ``fsdp``, then ``context``
+    (its ring passes one block of keys/values per step: hosts only when the others are used up).
     """
     remaining = num_granules
     dcn = []
@@ -159,7 +217,7 @@ def _dcn_split(sizes: Sequence[int], num_granules: int) -> tuple[list[int], list
 
 
 def make_mesh(config: MeshConfig | None = None, devices: Sequence[Any] | None = None) -> Mesh:
-    """Build a :class:`jax.sharding.Mesh` with axes ``("pipeline", "data", "fsdp", "tensor")``.
+    """Build a :class:`jax.sharding.Mesh` with axes `MESH_AXES`.
 
     Parameters
     ----------
@@ -179,7 +237,7 @@ def make_mesh(config: MeshConfig | None = None, devices: Sequence[Any] | None = 
     :func:`jax.experimental.mesh_utils.create_device_mesh` (topology-aware on TPU, id-sorted on
     GPU). Several processes: :func:`~jax.experimental.mesh_utils.create_hybrid_device_mesh` with
     processes as granules, putting the process count on the outer axes (pipeline, then data, then
-    fsdp), so that only pipeline/data/fsdp traffic crosses hosts. If that is impossible (the
+    fsdp, then context), so that tensor traffic never crosses hosts. If that is impossible (the
     tensor axis is larger than a host), a :class:`ValueError` says so.
     """
     config = MeshConfig() if config is None else config
@@ -194,11 +252,11 @@ def make_mesh(config: MeshConfig | None = None, devices: Sequence[Any] | None = 
         split = _dcn_split(sizes, num_processes)
         if split is None:
             per_host = len(devs) // num_processes
+            named = ", ".join(f"{n}={s}" for n, s in zip(MESH_AXES, sizes, strict=True))
             raise ValueError(
-                f"mesh pipeline={sizes[0]}, data={sizes[1]}, fsdp={sizes[2]}, tensor={sizes[3]} "
-                f"cannot keep the tensor axis inside a host: {num_processes} processes with "
-                f"{per_host} devices each must divide pipeline*data*fsdp (and tensor must divide "
-                "the devices per host)"
+                f"mesh {named} cannot keep the tensor axis inside a host: {num_processes} "
+                f"processes with {per_host} devices each must divide the product of the other "
+                "axes (and tensor must divide the devices per host)"
             )
         ici, dcn = split
         array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devs, process_is_granule=True)
@@ -258,3 +316,30 @@ def check_batch_split(sizes: Mapping[str, int], mesh: Mesh) -> int:
                 f"{name}: {size} must be divisible by the data×fsdp mesh size ({ways})"
             )
     return ways
+
+
+def rules_for(config: MeshConfig, **overrides: MeshAxes) -> AxisRules:
+    """The logical-axis rules of a run laid out by ``config``: its ``strategy`` preset, and with
+    context parallelism (``context`` other than 1) ZeRO-3 over the context devices too.
+
+    A ZeRO strategy (``embed`` → ``fsdp``) then splits weights over ``("fsdp", "context")``: the
+    context devices hold other tokens of the same rows, so like data-parallel ranks each needs a
+    weight once per layer and reduces its gradient (torchtitan's FSDP spans ``dp_shard × cp``,
+    MaxText's ``embed`` rule lists its context axis). Without context parallelism the preset is
+    returned as it is (its specs unchanged).
+
+    Parameters
+    ----------
+    config : MeshConfig
+    **overrides
+        Remapped logical names, as for :func:`rules` (an ``embed`` given here is kept).
+
+    Returns
+    -------
+    AxisRules
+    """
+    found = rules(config.strategy).replace(**overrides)
+    zero = found.mesh_axes("embed") == ("fsdp",) and "embed" not in overrides
+    if config.context != 1 and zero:
+        return found.replace(embed=("fsdp", CONTEXT_AXIS))
+    return found

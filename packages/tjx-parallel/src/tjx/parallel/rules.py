@@ -32,6 +32,9 @@ LOGICAL_AXES: tuple[str, ...] = (
 MeshAxes = None | str | tuple[str, ...]
 
 _BATCH: MeshAxes = ("data", "fsdp")
+#: Every preset splits the activations' sequence over the context axis (a size-1 axis splits
+#: nothing); no parameter has a ``length`` dimension.
+_LENGTH: MeshAxes = "context"
 _TP: dict[str, MeshAxes] = {
     "mlp": "tensor",
     "heads": "tensor",
@@ -39,11 +42,11 @@ _TP: dict[str, MeshAxes] = {
     "vocab": "tensor",
 }
 _PRESETS: dict[str, dict[str, MeshAxes]] = {
-    "dp": {"batch": _BATCH},
-    "fsdp": {"batch": _BATCH, "embed": "fsdp"},
-    "tp": {"batch": _BATCH, **_TP},
-    "fsdp_tp": {"batch": _BATCH, "embed": "fsdp", **_TP},
-    "dp_tp": {"batch": _BATCH, **_TP},
+    "dp": {"batch": _BATCH, "length": _LENGTH},
+    "fsdp": {"batch": _BATCH, "length": _LENGTH, "embed": "fsdp"},
+    "tp": {"batch": _BATCH, "length": _LENGTH, **_TP},
+    "fsdp_tp": {"batch": _BATCH, "length": _LENGTH, "embed": "fsdp", **_TP},
+    "dp_tp": {"batch": _BATCH, "length": _LENGTH, **_TP},
 }
 STRATEGIES: tuple[str, ...] = tuple(_PRESETS)
 
@@ -194,7 +197,8 @@ def rules(strategy: str = "dp", *, strict: bool = False, **overrides: MeshAxes) 
         embed dimension, and its optimizer state, is split). ``tp``/``dp_tp``: Megatron — ``mlp``,
         ``heads``, ``kv_heads`` and ``vocab`` → ``tensor`` (column split of up/QKV projections,
         row split of down/output projections). ``fsdp_tp``: both. In all, ``batch`` →
-        ``("data", "fsdp")``; other names are replicated.
+        ``("data", "fsdp")`` and ``length`` → ``context`` (context parallelism); other names are
+        replicated.
     strict : bool
         Raise instead of replicating a dimension that its mesh axes do not divide.
     **overrides

@@ -1,4 +1,5 @@
-"""Shardings for params, optimizer state and batches, from logical-axis rules.
+"""Shardings for params and optimizer state from logical-axis rules (batches: `batches`, whose
+names are re-exported here).
 
 Trees here are plain pytrees or pytrees of *variable-like* leaves: objects with ``get_metadata()``
 and ``replace(value)`` such as ``flax.nnx.Variable`` (flax is not imported; the duck type is
@@ -13,13 +14,19 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import jax
-import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tjx.parallel.mesh import BATCH_AXES, batch_ways
+from tjx.parallel.batches import (
+    batch_sharding,
+    batch_share,
+    host_local_to_global,
+    place_batch,
+    shard_batch,
+)
 from tjx.parallel.rules import AxisRules
 
 __all__ = [
+    "batch_share",
     "batch_sharding",
     "host_local_to_global",
     "logical_specs",
@@ -205,121 +212,6 @@ def shard_init(create_fn: Callable[[], T], mesh: Mesh, rules: AxisRules) -> T:
         abstract = jax.eval_shape(create_fn)
         shardings = state_shardings(abstract, mesh, rules)
         return jax.jit(create_fn, out_shardings=shardings)()  # type: ignore[no-any-return]
-
-
-def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
-    """Leading dimension over ``("data", "fsdp")``, the rest replicated.
-
-    Parameters
-    ----------
-    mesh : Mesh
-        Mesh with ``data`` and ``fsdp`` axes.
-    ndim : int
-        Rank of the array (0 gives a replicated sharding).
-
-    Returns
-    -------
-    NamedSharding
-    """
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXES) if ndim > 0 else PartitionSpec())
-
-
-def _batch_size_check(name: str, leading: int, mesh: Mesh, scale: int = 1) -> None:
-    size = batch_ways(mesh)
-    if (leading * scale) % size != 0:
-        raise ValueError(
-            f"batch leaf {name}: leading dimension {leading * scale} is not divisible by "
-            f"data*fsdp = {size} (mesh {dict(mesh.shape)})"
-        )
-
-
-def shard_batch(batch: T, mesh: Mesh) -> T:
-    """Place a *global* batch (the same on every process) with its leading dim over (data, fsdp).
-
-    Scalars are replicated. A leading dimension not divisible by ``data * fsdp`` → ValueError.
-    For per-process batches in multi-host runs use :func:`host_local_to_global`.
-
-    Parameters
-    ----------
-    batch : pytree
-        Arrays with the global batch as leading dimension (numpy or jax).
-    mesh : Mesh
-
-    Returns
-    -------
-    pytree
-        Same structure, ``jax.Array``s sharded over ``("data", "fsdp")``.
-    """
-
-    def one(path: Any, x: Any) -> Any:
-        x = x if hasattr(x, "shape") else np.asarray(x)
-        if x.ndim:
-            _batch_size_check(jax.tree_util.keystr(path), x.shape[0], mesh)
-        return jax.device_put(x, batch_sharding(mesh, x.ndim))
-
-    return jax.tree_util.tree_map_with_path(one, batch)  # type: ignore[no-any-return]
-
-
-def host_local_to_global(batch: T, mesh: Mesh) -> T:
-    """Assemble global arrays from each process's own slice of the batch.
-
-    Each process passes its local rows (``PackedLoader(process_index=..., process_count=...)``);
-    the global batch has ``process_count`` times as many rows, laid out over ``("data",
-    "fsdp")`` (``jax.make_array_from_process_local_data``).
-
-    Parameters
-    ----------
-    batch : pytree
-        This process's rows (numpy arrays, leading dim = local batch).
-    mesh : Mesh
-
-    Returns
-    -------
-    pytree
-        Global ``jax.Array``s, leading dim = local batch × process count.
-
-    Raises
-    ------
-    ValueError
-        A scalar leaf, or a global batch not divisible by ``data * fsdp``.
-    """
-
-    def one(path: Any, x: Any) -> Any:
-        x = np.asarray(x)
-        if x.ndim == 0:
-            raise ValueError(f"batch leaf {jax.tree_util.keystr(path)} is a scalar; need [B, ...]")
-        _batch_size_check(jax.tree_util.keystr(path), x.shape[0], mesh, jax.process_count())
-        return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
-
-    return jax.tree_util.tree_map_with_path(one, batch)  # type: ignore[no-any-return]
-
-
-def place_batch(batch: T, mesh: Mesh) -> T:
-    """This host's batch as global arrays on the mesh, in a run of one process or of many.
-
-    One process: :func:`shard_batch` (the host's batch is the global batch; scalars replicated).
-    Several: :func:`host_local_to_global` (each process passes its own rows). A loop that feeds
-    its batches through this one call runs unchanged on one host and on many.
-
-    Parameters
-    ----------
-    batch : pytree
-        This process's rows (numpy or jax arrays, leading dim = the batch on this process).
-    mesh : Mesh
-
-    Returns
-    -------
-    pytree
-        Same structure, global ``jax.Array``s sharded over ``("data", "fsdp")``.
-
-    Raises
-    ------
-    ValueError
-        A global batch not divisible by ``data * fsdp``; with several processes, a scalar leaf.
-    """
-    if jax.process_count() == 1:
-        return shard_batch(batch, mesh)
-    return host_local_to_global(batch, mesh)
 
 
 def on_mesh(tree: T, mesh: Mesh) -> T:

@@ -1,6 +1,8 @@
 """Console logger: one compact rich line per log call.
 
-``step    120 │ 0:01:05 │ loss 3.412 │ learning_rate 3.00e-04 │ tokens_per_s 45.1k │ mfu 38.2%``
+``step    120 │ 0:01:05 │ loss 3.412 │ learning_rate 3.00e-04 │ tokens_per_s 45.1k │ mfu 38.2%``,
+or with the run's length known (``total_steps``) the step of the total and the time left:
+``step 120/600 │ loss 3.412 │ learning_rate 3.00e-04 │ tokens_per_s 45.1k │ ETA 0:03:12``.
 
 Histograms are not printed (use TensorBoard or W&B); text samples are printed on their own line,
 shortened to ``max_text_chars``.
@@ -72,6 +74,10 @@ class ConsoleLogger(Logger):
         A ``rich.console.Console``; defaults to one on stdout.
     max_text_chars
         Text samples longer than this are cut (with "…").
+    total_steps
+        The run's last step: each line shows ``step N/total`` and, from the second line on, the
+        time left at the rate since the first line (``ETA h:mm:ss``; the first interval would
+        count a compilation) instead of the time elapsed.
     """
 
     name = "console"
@@ -82,27 +88,47 @@ class ConsoleLogger(Logger):
         keys: Sequence[str] | None = None,
         console: Console | None = None,
         max_text_chars: int = 500,
+        total_steps: int | None = None,
     ) -> None:
         if max_text_chars < 1:
             raise ValueError(f"max_text_chars must be >= 1; got {max_text_chars}")
         self.keys = None if keys is None else list(keys)
         self.console = console or Console(highlight=False)
         self.max_text_chars = max_text_chars
+        self.total_steps = total_steps
         self._start = time.monotonic()
+        self._first: tuple[int, float] | None = None  # (step, time) of the first scalars line
 
     def _prefix(self, step: int) -> Text:
+        if self.total_steps is not None:
+            return Text(f"step {step}/{self.total_steps}", style="bold")
         line = Text(f"step {step:>7}", style="bold")
         line.append(_SEP + _elapsed(time.monotonic() - self._start), style="dim")
         return line
 
+    def _eta(self, step: int) -> str | None:
+        """The time left at the rate since the first line; None on the first line."""
+        now = time.monotonic()
+        if self._first is None or step <= self._first[0]:
+            self._first = self._first or (step, now)
+            return None
+        per_step = (now - self._first[1]) / (step - self._first[0])
+        return _elapsed(per_step * max((self.total_steps or step) - step, 0))
+
     def _write_scalars(self, step: int, scalars: dict[str, Scalar]) -> None:
         keys = list(scalars) if self.keys is None else [k for k in self.keys if k in scalars]
+        if not keys:  # none of the keys asked for (a validation call): no line
+            return
         line = self._prefix(step)
         for key in keys:
             value = scalars[key]
             bad = isinstance(value, float) and not math.isfinite(value)
             line.append(_SEP + key + " ", style="dim")
             line.append(format_scalar(key, value), style="bold red" if bad else "")
+        eta = self._eta(step) if self.total_steps is not None else None
+        if eta is not None:
+            line.append(_SEP + "ETA ", style="dim")
+            line.append(eta)
         # soft_wrap: never break the line into several; a terminal may still wrap it visually.
         self.console.print(line, soft_wrap=True)
 

@@ -85,6 +85,7 @@ def make_logger(
     run_id: str | None = None,
     wandb_mode: str | None = None,
     console_keys: Sequence[str] | None = None,
+    console_total: int | None = None,
     jsonl_name: str = JSONL_NAME,
     primary_only: bool = True,
 ) -> MultiLogger:
@@ -107,6 +108,8 @@ def make_logger(
         ``WANDB_MODE`` if set, else online with an API key and offline without.
     console_keys
         Scalars the console line shows, in order (default: all).
+    console_total
+        The run's last step: the console line shows ``step N/total`` and the time left.
     jsonl_name
         File name of the JSONL log inside ``run_dir``.
     primary_only
@@ -140,7 +143,7 @@ def make_logger(
     try:
         for name in selected:
             if name == "console":
-                loggers.append(ConsoleLogger(keys=console_keys))
+                loggers.append(ConsoleLogger(keys=console_keys, total_steps=console_total))
             elif name == "jsonl":
                 loggers.append(JsonlLogger(run_dir / jsonl_name))
             elif name == "tensorboard":

@@ -1,6 +1,6 @@
-"""A run from a validated plan: join the other processes, prepare everything that can fail on bad
-input (data, memory fit, model, optimizer, mesh) before anything is written, write the run
-directory, then hand over to the step loop (trainer/training.py)."""
+"""A run's start-up, from a validated plan: join the other processes, prepare everything that can
+fail on bad input (data, attention kernel, memory fit, model, optimizer, mesh) before anything is
+written, write the run directory, then hand over to the step loop (trainer/training.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import time
 
 import jax
 
-from trainer import training
-from trainer.config import Config
-from trainer.plan import RunPlan, config_yaml, error_exit
+import trainer.training as training
+from trainer.config import Config, resolve
+from trainer.plan import RunPlan, error_exit
 from trainer.schema import ConfigError
 
 # A dead peer is caught by the peer watch (multihost.watch) within seconds; a slow first-time
@@ -41,7 +41,7 @@ def _device_note(cfg: Config) -> None:
 
 def run(plan: RunPlan) -> int:
     """Train as planned; exit code 0 on success or after a signal-triggered save, 2 on bad input."""
-    from trainer import multihost
+    import trainer.multihost as multihost
 
     cfg = plan.config
     # Multi-host: the flags, else JAX_COORDINATOR_ADDRESS/... or the cluster JAX detects (SLURM,
@@ -67,8 +67,11 @@ def run(plan: RunPlan) -> int:
 
 
 def _prepare_and_train(plan: RunPlan) -> int:
+    import trainer.attention_choice as attention_choice
+    import trainer.data_setup as data_setup
+    import trainer.memory_fit as memory_fit
+    import trainer.state as state
     from tjx import parallel
-    from trainer import attention_choice, data_setup, memory_fit, state
 
     cfg = plan.config
     primary = parallel.is_primary()
@@ -84,14 +87,12 @@ def _prepare_and_train(plan: RunPlan) -> int:
         # find cached); CPU collectives give up on a peer after ~30 s, so everyone waits here.
         parallel.barrier("trainer:data_ready", timeout_s=DATA_READY_TIMEOUT_S)
         loader = data_setup.train_loader(bundle, cfg)  # a corpus too small for a batch fails here
-        # The config resolved on the command line, now with the tokenizer's vocabulary.
-        resolved = plan.resolved.with_vocab(bundle.vocab_size)
+        cfg = resolve(cfg, bundle.vocab_size)  # the tokenizer's vocabulary
         if plan.init_from is None:
             # The attention kernel that compiles (one line per kernel that fails), then memory.
-            resolved = attention_choice.choose_attention(resolved)
-            resolved = memory_fit.fit_memory(resolved)
-        plan = dataclasses.replace(plan, resolved=resolved)
-        setup = state.build(resolved, plan.init_from)
+            cfg = memory_fit.fit_memory(attention_choice.choose_attention(cfg))
+        plan = dataclasses.replace(plan, config=cfg)
+        setup = state.build(cfg, plan.init_from)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         return error_exit(str(err))
     # Process 0 writes the run directory; the others only take part in checkpoints (each saves
@@ -104,6 +105,3 @@ def _prepare_and_train(plan: RunPlan) -> int:
         return training.train(plan, bundle, setup, loader)
     finally:
         sys.stdout.flush()
-
-
-__all__ = ["config_yaml", "run"]

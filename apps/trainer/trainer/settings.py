@@ -1,0 +1,293 @@
+"""A command line's settings as plain data: presets and YAML files (``base:`` chains, and the old
+layout's key names migrated where a file is read), then ``--set`` overrides read as the types of
+the fields they name; `trainer.config.read_config` makes the `Config` of the result.
+
+Presets are the YAML files of ``apps/trainer/configs/``, shipped beside the ``trainer`` package
+(Pants' source root is ``apps/trainer``: the binary, the tests and ``tools/devtest`` all hold
+``configs/`` next to ``trainer/``). Files written for the trainer before its sections were the
+packages' configs (tjx-nn 0.8, tjx-optim 0.6, tjx-parallel 0.9: the old layout) name a few keys
+otherwise, and a ``config.yaml`` saved then listed every key of every kind; `migrate` reads them
+as today's (presets, user files and the ``config.yaml`` of a resumed run), `renamed` a ``--set``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml  # type: ignore[import-untyped]
+
+from tjx import ckpt
+from trainer.config import Config, read_config
+from trainer.schema import PACKAGE_SECTIONS, ConfigError, choices, convert, lookup, optional
+
+#: Old key → the package field it is now.
+RENAMED = {
+    "model.param_dtype": "model.precision.param_dtype",
+    "model.compute_dtype": "model.precision.compute_dtype",
+    "optimizer.lr": "optimizer.schedule.peak_lr",
+}
+#: Keys the old flat model section saved for every kind, with the value they then held unless
+#: the kind read them: dropped where the kind's class has no such field (a saved ``config.yaml``
+#: of a GPT-2 run lists ViT's image size) or never reads it (BERT's always-tied head).
+_OLD_DEFAULTS = {"image_size": 8, "patch_size": 2, "num_classes": 10, "tie_embeddings": True}
+_KIND_FIELDS = {"vit": ("image_size", "patch_size", "num_classes")}
+
+
+def in_old_layout(data: Any) -> bool:
+    """Whether config ``data`` holds a key of the old layout (a ``config.yaml`` saved then holds
+    all of them)."""
+    for old in RENAMED:
+        section, key = old.split(".")
+        node = data.get(section) if isinstance(data, dict) else None
+        if isinstance(node, dict) and key in node:
+            return True
+    return False
+
+
+def renamed(key: str) -> str:
+    """Today's name of dotted ``key`` (itself unless it, or a section holding it, was renamed)."""
+    for old, new in RENAMED.items():
+        if key == old or key.startswith(f"{old}."):
+            return new + key[len(old) :]
+    return key
+
+
+def migrate(data: Any) -> Any:
+    """A copy of config ``data`` in today's keys (data that is no mapping is returned as is)."""
+    if not isinstance(data, dict):
+        return data
+    out = copy.deepcopy(data)
+    model = out.get("model")
+    if isinstance(model, dict) and model.get("kind") == "vit" and in_old_layout(out):
+        model.setdefault("num_channels", 1)  # the old trainer gave ViT grey images
+    for old, new in RENAMED.items():
+        section, key = old.split(".")
+        node = out.get(section)
+        if isinstance(node, dict) and key in node:
+            value = node.pop(key)
+            *parents, leaf = new.split(".")[1:]
+            for part in parents:
+                child = node.get(part)
+                node[part] = child = dict(child) if isinstance(child, dict) else {}
+                node = child
+            if leaf in node:  # one setting twice: neither may silently win
+                raise ConfigError(f"{old}: is {new} now, which is set too; keep only {new}")
+            node[leaf] = value
+    if isinstance(model, dict):
+        kind = model.get("kind", "gpt2")
+        for key, old_default in _OLD_DEFAULTS.items():
+            reads = key in _KIND_FIELDS.get(kind, ()) or (
+                key == "tie_embeddings" and kind not in ("bert", "vit")
+            )
+            if not reads and model.get(key, None) == old_default:
+                del model[key]
+    return out
+
+
+def configs_dir() -> Path:
+    """The folder of shipped presets, ``configs/`` beside the ``trainer`` package."""
+    folder = Path(__file__).resolve().parent.parent / "configs"
+    if not folder.is_dir():
+        raise ConfigError(f"the trainer's presets are missing: no folder {folder}")
+    return folder
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped presets (``tiny``, ``gpt2_small``, ...)."""
+    return sorted(p.stem for p in configs_dir().glob("*.yaml"))
+
+
+def _name(source: str | Path) -> str:
+    """What errors and the ``base:`` chain call a preset name or a YAML file path."""
+    return str(source) if isinstance(source, Path) else f"preset {source}"
+
+
+def _read(source: str | Path, key: str) -> dict[str, Any]:
+    """The settings in preset ``source`` (a name) or YAML file ``source`` (a path); ``key`` is the
+    setting that names it (``--config`` or ``FILE.base``)."""
+    where = _name(source)
+    if isinstance(source, str):
+        names = preset_names()
+        if source not in names:
+            raise ConfigError(
+                f"--config: unknown preset {source!r}; choose one of {', '.join(names)} or a "
+                ".yaml path"
+            )
+        text = (configs_dir() / f"{source}.yaml").read_text("utf-8")
+    elif source.is_dir():
+        raise ConfigError(f"{key}: {where!r} is a directory; pass a .yaml file")
+    elif not source.is_file():
+        raise ConfigError(f"{key}: no such file {where!r}")
+    else:
+        try:
+            text = source.read_text("utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(
+                f"{where}: not UTF-8 text (byte {err.start}); save the config as UTF-8"
+            ) from None
+    try:
+        data = ckpt.load_yaml(text)  # safe (no code runs), and a key given twice is an error
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML ({err})".replace("\n", " ")) from None
+    except ckpt.DuplicateKeyError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    if data is None:
+        raise ConfigError(
+            f"{where}: the file holds no settings (it would train on every default); give at "
+            "least `base: tiny` or another preset"
+        )
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: a config file must hold a mapping of keys, got {data!r}")
+    return migrate(data)  # each file's older key names first: a child's then win over its base
+
+
+def _source(ref: str) -> str | Path:
+    """A preset name, or a path where ``ref`` looks like one (ends in .yaml/.yml or has a /)."""
+    return Path(ref).expanduser() if ref.endswith((".yaml", ".yml")) or "/" in ref else ref
+
+
+def _resolve(data: dict[str, Any], source: str | Path, chain: tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``base:`` inheritance (a preset name, or a YAML path relative to the file that names
+    it, else to the working directory; the file's own keys win). ``chain``: the resolved names of
+    the files read so far, so that a base coming back to one is an error naming the chain."""
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    key = f"{_name(source)}.base"
+    if not isinstance(base, str):
+        raise ConfigError(f"{key}: expected a preset name or a .yaml path, got {base!r}")
+    parent = _source(base)
+    if isinstance(parent, Path):
+        here = source.resolve().parent if isinstance(source, Path) else Path()
+        parent = (here / parent).resolve()
+    if _name(parent) in chain:
+        raise ConfigError(f"{key}: a cycle: {' -> '.join([*chain, _name(parent)])}")
+    return deep_merge(_resolve(_read(parent, key), parent, (*chain, _name(parent))), data)
+
+
+def load_config_data(name_or_path: str) -> dict[str, Any]:
+    """Plain data of a preset name or a YAML file path (``base:`` resolved)."""
+    source = _source(name_or_path)
+    data = _read(source, "--config")
+    if isinstance(source, Path):
+        data.setdefault("name", source.stem)
+        return _resolve(data, source, (str(source.resolve()),))
+    data.setdefault("name", source)
+    return _resolve(data, source, (_name(source),))
+
+
+def field_at(key: str, data: dict[str, Any] | None = None) -> tuple[dataclasses.Field[Any], Any]:
+    """The field at dotted ``key`` and the type ``--set`` reads (errors name the allowed keys);
+    the model's keys are those of ``data``'s kind. In a package's section ``null`` is the
+    class's own default, as in a file, so every key there takes it."""
+    model = (data or {}).get("model")
+    kind = model.get("kind", "gpt2") if isinstance(model, dict) else "gpt2"
+    tp, field = lookup(Config, key, kind)[-1]
+    package = key.split(".")[0] in PACKAGE_SECTIONS
+    return field, (tp | None if package and not optional(tp) else tp)
+
+
+def parse_override(text: str, data: dict[str, Any] | None = None) -> tuple[str, Any]:
+    """``"train.steps=1_000"`` → ``("train.steps", 1000)`` typed by the field (an old key name is
+    read as today's: ``optimizer.lr`` → ``optimizer.schedule.peak_lr``)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.steps=1000")
+    key, value = text.split("=", 1)
+    key = renamed(key.strip())
+    if not key:
+        raise ConfigError(f"--set {text!r}: empty key")
+    field, tp = field_at(key, data)
+    # "none" is a value where a field's own choices hold it (model.position: no positions).
+    none_is_value = value.strip().lower() == "none" and "none" in (choices(field) or ())
+    return key, convert(tp, value, key, from_text=True, none_is_value=none_is_value)
+
+
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], say: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """A copy of config ``data`` with every ``--set`` applied in order (a key set twice: the last
+    wins). A setting given under its old and its new name is refused, as in a file: neither may
+    silently win; an old name alone works, and ``say`` hears its new name once."""
+    out: dict[str, Any] = dict(data)
+    named: dict[str, str] = {}  # today's key → the name the command line gave it
+    for text in overrides:
+        key, value = parse_override(text, out)
+        given = text.split("=", 1)[0].strip()
+        first, before = key not in named, named.setdefault(key, given)
+        if before != given:  # one setting under its old and its new name
+            old = given if given != key else before
+            raise ConfigError(f"--set {old}: is {key} now, which is set too; keep only {key}")
+        if first and given != key and say is not None:
+            say(f"trainer: note: --set {given} is {key} now (the old name still works)")
+        node = out
+        *parents, name = key.split(".")
+        for part in parents:
+            child = node.get(part)
+            node[part] = node = dict(child) if isinstance(child, dict) else {}
+        node[name] = value
+    return out
+
+
+def load_config(preset: str, overrides: list[str]) -> Config:
+    """The validated config of a preset (or YAML file) with ``--set`` overrides applied.
+
+    The command line's path minus its flags (``--data``, checks of the run directory): the
+    config other code builds to compile or run the trainer's step.
+
+    Parameters
+    ----------
+    preset : str
+        A preset name (``tiny``, ``gpt2_small``, ...) or a YAML file's path, as ``--config``.
+    overrides : list[str]
+        ``a.b=c`` overrides, as ``--set`` takes them.
+
+    Returns
+    -------
+    Config
+        The typed, validated config. Raises `ConfigError` if any part of it is invalid.
+    """
+    return read_config(apply_overrides(load_config_data(preset), overrides))
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` merged into a copy of ``base`` (mappings merge, everything else replaces)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def value_text(value: Any) -> str:
+    """A value as it would be written in YAML or ``--set`` (``null``, ``true``, ``[1, 5]``)."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text[1:-1] if isinstance(value, str) and text[1:-1] == value and value else text
+
+
+def changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """``key=value`` of every key whose value ``after`` (a preset's data with a command line's
+    overrides) differs from ``before`` (the preset's; a key it leaves out: the field's default),
+    as ``--set`` would write it."""
+    ours, theirs = ckpt.flatten_config(after), ckpt.flatten_config(before)
+    model = after.get("model")
+    kind = model.get("kind", "gpt2") if isinstance(model, dict) else "gpt2"
+    out = []
+    for key, value in ours.items():
+        if key not in theirs:
+            f = lookup(Config, key, kind)[-1][1]
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            if not isinstance(default, str | int | float | list | dict | None):
+                import numpy as np  # a dtype default (jnp.float32), by its name
+
+                default = np.dtype(default).name
+            theirs[key] = default
+        if theirs[key] != value:
+            out.append(f"{key}={value_text(value)}")
+    return out

@@ -1,0 +1,256 @@
+"""Attention split into its forward and backward halves, for callers that combine blocks.
+
+Ring and all-gather (context-parallel) attention cut the keys into blocks that live on different
+devices: each block's forward gives a partial output and its rows' log-sum-exp, the partials are
+merged by an online softmax, and each block's backward needs the *merged* output and log-sum-exp
+(FlashAttention-2's backward recomputes the probabilities as ``exp(s - lse)``). These are those two
+halves, for the XLA path and the Pallas kernels:
+
+* :func:`attention_forward` ``-> (out, lse)``: ``out`` as :func:`tjx.kernels.attention` would give
+  for this block alone, ``lse`` the float32 natural log-sum-exp ``[batch, heads, q_len]`` of each
+  row's scaled logits (``-inf`` where the row sees no key of the block);
+* :func:`attention_backward` ``-> (dq, dk, dv)``: the gradients of this block's share of an
+  attention whose rows' softmax is given by ``out`` and ``lse`` (the merged ones), for the
+  cotangent ``d_out`` of the merged output.
+
+Neither is differentiable itself: the caller's ``custom_vjp`` calls them. cuDNN has no such split in
+jax's public API (its log-sum-exp output takes no cotangent), so ``auto`` is the Pallas kernel on a
+CUDA GPU and XLA elsewhere. ``token_index`` (XLA only) gives each query and key its index in the
+whole sequence, for the causal and window masks of a block whose tokens are not a contiguous run
+(context parallelism's load-balanced chunks).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from tjx.kernels._checks import (
+    AttentionShapes,
+    SegmentIds,
+    check_qkv,
+    check_scale,
+    check_segment_ids,
+    check_window,
+    split_segment_ids,
+    window_visible,
+)
+from tjx.kernels.choice import current_target
+from tjx.kernels.reference import attention_mask
+
+Array = jax.Array
+TokenIndex = tuple[Array, Array]
+BLOCK_IMPLEMENTATIONS: tuple[str, ...] = ("auto", "xla", "pallas")
+
+__all__ = ["BLOCK_IMPLEMENTATIONS", "attention_backward", "attention_forward", "block_kernel"]
+
+
+def block_kernel(implementation: str, *, token_index: TokenIndex | None = None) -> str:
+    """``"xla"`` or ``"pallas"`` for ``implementation`` (``auto``: Pallas on a CUDA GPU, else XLA).
+
+    Raises
+    ------
+    ValueError
+        An implementation other than auto/xla/pallas (cuDNN has no split forward/backward), or
+        ``token_index`` with Pallas (its masks take positions from the tile).
+    """
+    if implementation not in BLOCK_IMPLEMENTATIONS:
+        raise ValueError(
+            f"`implementation` of a split attention must be one of "
+            f"{', '.join(BLOCK_IMPLEMENTATIONS)} (cuDNN has no separate forward and backward "
+            f"in jax's public API); got {implementation!r}"
+        )
+    if implementation == "auto":
+        implementation = "pallas" if current_target().cuda and token_index is None else "xla"
+    if implementation == "pallas" and token_index is not None:
+        raise ValueError(
+            "`token_index` is served by the XLA path only (the Pallas kernel masks by the "
+            "tile's own positions); use implementation 'xla'"
+        )
+    return implementation
+
+
+def _mask(
+    shapes: AttentionShapes,
+    *,
+    causal: bool,
+    segment_ids: SegmentIds | None,
+    window: int | None,
+    token_index: TokenIndex | None,
+) -> Array | None:
+    """Boolean [b|1, 1, s_q, s_k] mask (True = attend) or None."""
+    if token_index is None:
+        return attention_mask(
+            shapes, causal=causal, segment_ids=segment_ids, kv_lengths=None, window=window
+        )
+    q_index, kv_index = (jnp.asarray(i, jnp.int32) for i in token_index)
+    if q_index.shape != (shapes.q_len,) or kv_index.shape != (shapes.kv_len,):
+        raise ValueError(
+            f"`token_index` must be int arrays of shapes ({shapes.q_len},) and "
+            f"({shapes.kv_len},); got {q_index.shape} and {kv_index.shape}"
+        )
+    near = window_visible(q_index[:, None], kv_index[None, :], causal=causal, window=window)
+    mask = None if near is None else near[None, None]
+    q_ids, kv_ids = split_segment_ids(segment_ids)
+    if q_ids is not None and kv_ids is not None:
+        same = (q_ids[:, :, None] == kv_ids[:, None, :]) & (kv_ids[:, None, :] != 0)
+        mask = same[:, None] if mask is None else mask & same[:, None]
+    return mask
+
+
+def _logits(q: Array, k: Array, scale: float, mask: Array | None) -> Array:
+    """Masked scaled logits ``[b, h, s_q, s_k]`` in float32 (or wider), keys per query head."""
+    acc_t = jnp.promote_types(q.dtype, jnp.float32)
+    k = jnp.repeat(k, q.shape[2] // k.shape[2], axis=2)
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=acc_t)
+    s = s * jnp.asarray(scale, acc_t)
+    return s if mask is None else jnp.where(mask, s, -jnp.inf)
+
+
+def _check(
+    q: Array,
+    k: Array,
+    v: Array,
+    segment_ids: SegmentIds | None,
+    scale: float | None,
+    window: int | None,
+) -> tuple[AttentionShapes, float]:
+    shapes = check_qkv(q, k, v)
+    check_segment_ids(segment_ids, shapes)
+    check_scale(scale)
+    check_window(window)
+    return shapes, 1.0 / math.sqrt(shapes.head_dim) if scale is None else float(scale)
+
+
+def attention_forward(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    causal: bool = False,
+    segment_ids: SegmentIds | None = None,
+    scale: float | None = None,
+    window: int | None = None,
+    token_index: TokenIndex | None = None,
+    implementation: str = "auto",
+) -> tuple[Array, Array]:
+    """One block's attention output and its rows' log-sum-exp (not differentiable).
+
+    Parameters
+    ----------
+    q : Array
+        ``[batch, q_len, heads, head_dim]``.
+    k, v : Array
+        ``[batch, kv_len, kv_heads, head_dim]`` (``kv_heads`` divides ``heads``).
+    causal, segment_ids, scale, window
+        As in :func:`tjx.kernels.attention` (causal top-left aligned unless ``token_index``).
+    token_index : (Array, Array), optional
+        int ``[q_len]`` and ``[kv_len]``: each query's and key's index in the whole sequence, for
+        the causal (``q >= k``) and window masks (XLA only).
+    implementation : {"auto", "xla", "pallas"}
+        See :func:`block_kernel`.
+
+    Returns
+    -------
+    (Array, Array)
+        ``out [batch, q_len, heads, head_dim]`` in ``q``'s dtype (zeros on rows that see no key)
+        and ``lse`` float32 ``[batch, heads, q_len]`` (``-inf`` on those rows).
+    """
+    shapes, sm_scale = _check(q, k, v, segment_ids, scale, window)
+    impl = block_kernel(implementation, token_index=token_index)
+    if impl == "pallas":
+        from tjx.kernels.flash import flash_forward_lse  # Pallas is imported only when chosen
+
+        return flash_forward_lse(
+            q, k, v, causal=causal, segment_ids=segment_ids, scale=sm_scale, window=window
+        )
+    mask = _mask(
+        shapes, causal=causal, segment_ids=segment_ids, window=window, token_index=token_index
+    )
+    s = _logits(q, k, sm_scale, mask)
+    row_max = jnp.max(s, axis=-1, keepdims=True, initial=-jnp.inf)
+    shift = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+    p = jnp.exp(s - shift)
+    total = jnp.sum(p, axis=-1, keepdims=True)
+    lse = jnp.where(total > 0, jnp.log(jnp.where(total > 0, total, 1.0)) + shift, -jnp.inf)
+    p = p / jnp.where(total > 0, total, 1.0)
+    v_h = jnp.repeat(v, shapes.num_heads // shapes.num_kv_heads, axis=2)
+    out = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v_h, preferred_element_type=p.dtype)
+    return out.astype(q.dtype), lse[..., 0].astype(jnp.float32)
+
+
+def attention_backward(
+    q: Array,
+    k: Array,
+    v: Array,
+    out: Array,
+    lse: Array,
+    d_out: Array,
+    *,
+    causal: bool = False,
+    segment_ids: SegmentIds | None = None,
+    scale: float | None = None,
+    window: int | None = None,
+    token_index: TokenIndex | None = None,
+    implementation: str = "auto",
+) -> tuple[Array, Array, Array]:
+    """Gradients ``(dq, dk, dv)`` of one block of an attention whose rows' softmax is
+    ``exp(s - lse)`` and whose output is ``out`` (the merged ones when blocks are combined).
+
+    Parameters
+    ----------
+    q, k, v, causal, segment_ids, scale, window, token_index, implementation
+        As in :func:`attention_forward` (the same block).
+    out : Array
+        ``[batch, q_len, heads, head_dim]``: the (merged) attention output of these rows.
+    lse : Array
+        float32 ``[batch, heads, q_len]``: the (merged) log-sum-exp of these rows.
+    d_out : Array
+        The cotangent of ``out``.
+
+    Returns
+    -------
+    (Array, Array, Array)
+        ``dq`` (this block's share), ``dk`` and ``dv``, in the dtypes of ``q``, ``k``, ``v``.
+    """
+    shapes, sm_scale = _check(q, k, v, segment_ids, scale, window)
+    impl = block_kernel(implementation, token_index=token_index)
+    if impl == "pallas":
+        from tjx.kernels.flash import flash_backward_lse
+
+        return flash_backward_lse(
+            q,
+            k,
+            v,
+            out,
+            lse,
+            d_out,
+            causal=causal,
+            segment_ids=segment_ids,
+            scale=sm_scale,
+            window=window,
+        )
+    mask = _mask(
+        shapes, causal=causal, segment_ids=segment_ids, window=window, token_index=token_index
+    )
+    s = _logits(q, k, sm_scale, mask)
+    acc_t = s.dtype
+    row = lse.astype(acc_t)[..., None]
+    p = jnp.where(jnp.isfinite(row), jnp.exp(s - jnp.where(jnp.isfinite(row), row, 0.0)), 0.0)
+    g = shapes.num_heads // shapes.num_kv_heads
+    do = d_out.astype(acc_t)
+    v_h = jnp.repeat(v, g, axis=2).astype(acc_t)
+    k_h = jnp.repeat(k, g, axis=2).astype(acc_t)
+    delta = jnp.einsum("bqhd,bqhd->bhq", do, out.astype(acc_t))[..., None]
+    ds = p * (jnp.einsum("bqhd,bkhd->bhqk", do, v_h) - delta)
+    dq = jnp.einsum("bhqk,bkhd->bqhd", ds, k_h) * sm_scale
+    dk_h = jnp.einsum("bhqk,bqhd->bkhd", ds, q.astype(acc_t)) * sm_scale
+    dv_h = jnp.einsum("bhqk,bqhd->bkhd", p, do)
+
+    def grouped(x: Array) -> Array:  # per-query-head gradients summed over each GQA group
+        b, s_k, _, d = x.shape
+        return x.reshape(b, s_k, shapes.num_kv_heads, g, d).sum(axis=3)
+
+    return dq.astype(q.dtype), grouped(dk_h).astype(k.dtype), grouped(dv_h).astype(v.dtype)

@@ -1,0 +1,95 @@
+"""The cross-field checks of ``TransformerConfig`` (its ``__post_init__`` calls them), each a
+``ValueError`` naming ``Class.field``: RoPE scaling, sliding windows, MLA, T5's relative bias."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tjx.nn.fields import choice, positive
+from tjx.nn.rope_scaling import RopeScaling
+
+#: What each entry of ``window_pattern`` says about a layer: sliding window or full attention.
+LAYER_KINDS = ("local", "global")
+
+
+def check_rope_scaling(config: Any, cls: str) -> None:
+    """A `RopeScaling` (read from a mapping or Llama 3's legacy four numbers), with rope."""
+    value = RopeScaling.parse(config.rope_scaling, f"{cls}.rope_scaling")
+    if value is None:
+        return
+    if config.position != "rope":
+        raise ValueError(
+            f"{cls}.rope_scaling: only position 'rope' uses it (got position "
+            f"{config.position!r}); set it to None"
+        )
+    assert config.head_dim is not None
+    half = config.head_dim // 2
+    for name in ("short_factor", "long_factor"):
+        factors = getattr(value, name)
+        if factors is not None and len(factors) != half:
+            raise ValueError(
+                f"{cls}.rope_scaling.{name} needs head_dim // 2 = {half} numbers; got "
+                f"{len(factors)}"
+            )
+    object.__setattr__(config, "rope_scaling", value)
+
+
+def check_window(config: Any, cls: str) -> None:
+    """A positive window, and a pattern only with one (a tuple: the config is hashable)."""
+    window, pattern = config.sliding_window, config.window_pattern
+    if window is not None:
+        positive(cls, "sliding_window", window)
+        if config.bidirectional and config.attention_impl == "cudnn":
+            raise ValueError(
+                f"{cls}.attention_impl: 'cudnn' cannot apply a bidirectional sliding_window "
+                "(cuDNN's window looks back only); use 'auto', 'xla' or 'pallas'"
+            )
+        if config.position == "t5":
+            raise ValueError(
+                f"{cls}.sliding_window: position 't5' is not supported with a window (its "
+                "relative bias reads the cache by slot); set it to None"
+            )
+    if pattern is None:
+        return
+    if window is None:
+        raise ValueError(
+            f"{cls}.window_pattern: it says which layers use sliding_window, which is None; "
+            "set sliding_window or set window_pattern to None"
+        )
+    if isinstance(pattern, str) or not isinstance(pattern, list | tuple) or not pattern:
+        raise ValueError(
+            f"{cls}.window_pattern must be a non-empty list of {LAYER_KINDS}; got {pattern!r}"
+        )
+    for kind in pattern:
+        choice(cls, "window_pattern", kind, LAYER_KINDS)
+    object.__setattr__(config, "window_pattern", tuple(pattern))
+
+
+def check_mla(config: Any, cls: str) -> None:
+    """The latent's size goes with MLA, and only with it (other attention ignores it)."""
+    if config.attention_type == "mla":
+        if config.kv_latent_dim is None:
+            raise ValueError(
+                f"{cls}.kv_latent_dim: attention_type 'mla' needs the latent's size, a "
+                "positive int; got None"
+            )
+        positive(cls, "kv_latent_dim", config.kv_latent_dim)
+    elif config.kv_latent_dim is not None:
+        raise ValueError(
+            f"{cls}.kv_latent_dim: only attention_type 'mla' uses it (got attention_type "
+            f"{config.attention_type!r}); set it to None"
+        )
+
+
+def check_relative(config: Any, cls: str) -> None:
+    """T5 bias sizes (checked whatever ``position`` is, so a typo fails early)."""
+    nb, md = config.relative_buckets, config.relative_max_distance
+    if isinstance(nb, bool) or not isinstance(nb, int) or nb < 4 or nb % 2:
+        # Even: the encoder splits the buckets in half per direction (T5's layout).
+        raise ValueError(f"{cls}.relative_buckets must be an even int >= 4; got {nb!r}")
+    # The causal decoder's exact range is nb // 2 distances; log-spaced buckets start there.
+    if isinstance(md, bool) or not isinstance(md, int) or md <= nb // 2:
+        raise ValueError(
+            f"{cls}.relative_max_distance must be an int > relative_buckets // 2 = {nb // 2}; "
+            f"got {md!r}"
+        )

@@ -1,0 +1,76 @@
+"""The ``sequence_parallel`` hook, with a split that does its attention on one device (the real
+one, tjx.parallel.ContextParallel, is tested across devices in tests-integration)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tjx import nn as tnn
+
+from ._helpers import build, gpt2_tiny, llama_tiny
+
+
+class OneDeviceSplit:
+    """A split in name only: the same order, attention through the given block halves."""
+
+    shards = 2
+
+    def __init__(self):
+        self.calls = []
+
+    def check(self, seq_len, name="sequence length"):
+        if seq_len % 4:
+            raise ValueError(f"{name}: {seq_len} must be divisible by 4")
+
+    def positions(self, batch, seq_len):
+        self.calls.append("positions")
+        return jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len))
+
+    def attention(self, q, k, v, *, forward, backward, causal, segment_ids, scale, window):
+        self.calls.append(("attention", causal, window))
+        ids = None if segment_ids is None else (segment_ids, segment_ids)
+        out, _ = forward(q, k, v, causal=causal, segment_ids=ids, scale=scale, window=window)
+        del backward
+        return out
+
+
+def _toks(s=8):
+    return jnp.asarray(np.random.default_rng(1).integers(0, 64, (2, s)), jnp.int32)
+
+
+def test_a_split_model_runs_its_attention_positions_and_loss_through_the_split():
+    model = build(llama_tiny(sliding_window=3))
+    toks = _toks()
+    batch = {"inputs": toks, "targets": jnp.roll(toks, -1, 1)}
+    want_logits, want_loss = model(toks), tnn.objective_loss(model, batch)
+    split = OneDeviceSplit()
+    with tnn.sequence_parallel(split):
+        logits = model(toks)
+        loss = tnn.objective_loss(model, batch)
+        assert tnn.current_sequence_parallel() is split
+    assert tnn.current_sequence_parallel() is None
+    np.testing.assert_allclose(logits, want_logits, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+    assert ("attention", True, 3) in split.calls and "positions" in split.calls
+    with tnn.sequence_parallel(None):  # no split: a no-op
+        np.testing.assert_allclose(model(toks), want_logits, rtol=1e-6, atol=1e-6)
+
+
+def test_a_sequence_the_split_cannot_divide_is_refused_by_its_words():
+    with tnn.sequence_parallel(OneDeviceSplit()), pytest.raises(ValueError, match="by 4"):
+        build(llama_tiny())(_toks(6))
+
+
+@pytest.mark.parametrize(
+    "cfg,match",
+    [
+        (llama_tiny(attention_impl="cudnn"), "attention_impl 'cudnn' cannot run context-parallel"),
+        (llama_tiny(attention_impl="pallas", sliding_window=3), "'pallas' cannot apply slid"),
+        (gpt2_tiny(position="alibi"), "no additive attention bias"),
+    ],
+)
+def test_what_a_split_cannot_run_is_refused_naming_the_setting(cfg, match):
+    model = build(cfg)
+    with tnn.sequence_parallel(OneDeviceSplit()), pytest.raises(ValueError, match=match):
+        jax.eval_shape(lambda t: model(t), _toks())

@@ -295,10 +295,12 @@ def write(obj: Any, path: str, own: dict[str, Any] | None = None) -> dict[str, A
 
 def _write(obj: Any, path: str, own: dict[str, Any], root: Any, at: tuple[str, ...]) -> Any:
     out: dict[str, Any] = {}
-    for name, (_, f) in keys(type(obj), path).items():
+    for name, (tp, f) in keys(type(obj), path).items():
         value = own[name] if name in OWN_KEYS.get(path, {}) else getattr(obj, name)
-        if dataclasses.is_dataclass(value):
-            out[name] = _write(value, f"{path}.{name}", own, root, (*at, name))
+        unset = _unset_section(tp) if value is None else None
+        if dataclasses.is_dataclass(value) or unset is not None:
+            section = value if unset is None else unset
+            out[name] = _write(section, f"{path}.{name}", own, root, (*at, name))
         elif value is not None and f.default is None and _derived(root, (*at, name), value):
             out[name] = None
         elif isinstance(value, tuple):
@@ -310,6 +312,16 @@ def _write(obj: Any, path: str, own: dict[str, Any], root: Any, at: tuple[str, .
 
             out[name] = np.dtype(value).name
     return out
+
+
+def _unset_section(tp: Any) -> Any:
+    """The all-null instance of the section class of a field of type ``tp`` (``model.rope_scaling``:
+    null keys are "no scaling"), or None where the class has a key that is not null by default:
+    a null section is written as its keys, so the table and ``config.yaml`` list every key."""
+    inner = nested_class(tp)
+    if inner is None or any(f.default is not None for f in dataclasses.fields(inner)):
+        return None
+    return inner()
 
 
 def _derived(root: Any, at: tuple[str, ...], value: Any) -> bool:

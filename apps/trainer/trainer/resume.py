@@ -34,8 +34,9 @@ def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
 def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
     """``config`` as the comparison sees it: a saved one read and written back as this trainer
     writes it (the old layout migrated, `trainer.settings.migrate`, and filled with the values it
-    ran with: their defaults; a file written since keeps only its own keys, so a key added later
-    must match unless it is resumable), and every null optimizer setting as the optimizer's own.
+    ran with: their defaults; a file written since keeps its own keys and the resumable ones, so a
+    key added later must match unless it is resumable), and every null optimizer setting as the
+    optimizer's own.
 
     Runs saved before those settings could be null hold the old trainer defaults (b2 0.95, ...);
     comparing values, not nulls, shows what really changes: ``optimizer.b2 0.95 → 0.999 (adamw's
@@ -47,7 +48,10 @@ def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
     if saved:
         full = read_config(migrate(config)).to_dict()
         if not in_old_layout(config):
-            full = _only(full, set(ckpt.flatten_config(config)))
+            # A key added since the file was written is compared at its default (what the run
+            # had) where a resume may change it (``mesh.context``), and must match otherwise.
+            added = {k for k in ckpt.flatten_config(full) if is_training_only(k, full)}
+            full = _only(full, set(ckpt.flatten_config(config)) | added)
     if not isinstance(full.get("optimizer"), dict):
         return full
     section = optim.with_own_defaults(full["optimizer"])

@@ -78,6 +78,9 @@ def migrate(data: Any) -> Any:
             if leaf in node:  # one setting twice: neither may silently win
                 raise ConfigError(f"{old}: is {new} now, which is set too; keep only {new}")
             node[leaf] = value
+    if isinstance(model, dict) and isinstance(model.get("rope_scaling"), list):
+        # tjx-nn 0.11 held Llama 3's scaling as four numbers; it is a section of named keys now
+        model["rope_scaling"] = _rope_section(model["rope_scaling"])
     if isinstance(model, dict):
         kind = model.get("kind", "gpt2")
         for key, old_default in _OLD_DEFAULTS.items():
@@ -87,6 +90,17 @@ def migrate(data: Any) -> Any:
             if not reads and model.get(key, None) == old_default:
                 del model[key]
     return out
+
+
+def _rope_section(numbers: list[Any]) -> dict[str, Any]:
+    """The ``model.rope_scaling`` section of Llama 3's legacy ``[factor, low, high, original]``."""
+    from tjx import nn  # jax's import waits for a run: --help and --show-config stay quick
+
+    try:
+        scaling = nn.RopeScaling.parse(numbers, "model.rope_scaling")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return {} if scaling is None else scaling.as_dict()
 
 
 def configs_dir() -> Path:

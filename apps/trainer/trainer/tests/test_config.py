@@ -89,7 +89,7 @@ def test_base_inheritance_keeps_parent_keys():
         (migrate({"model": {"compute_dtype": "float16"}}), "optimizer.loss_scale"),
         (
             {"mesh": {"data": -1, "fsdp": -1}},
-            "mesh: at most one of data, fsdp, tensor and pipeline may be -1",
+            "mesh: at most one of pipeline, data, fsdp, context, tensor may be -1",
         ),
         ({"optimizer": {"schedule": {"total_steps": 5}}}, "optimizer.schedule.total_steps: the "),
         ({"mesh": {"strategy": "nope"}}, "mesh.strategy: 'nope' is not allowed"),

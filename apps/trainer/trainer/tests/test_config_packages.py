@@ -160,6 +160,7 @@ def _package_keys() -> list[tuple[str, str]]:
             key = f"{path}.{f.name}"
             inner = {
                 "model.precision": nn.Precision,
+                "model.rope_scaling": nn.RopeScaling,
                 "optimizer.schedule": optim.ScheduleConfig,
             }.get(key)
             out += walk(inner, key) if inner is not None else [key]

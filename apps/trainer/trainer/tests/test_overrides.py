@@ -16,7 +16,8 @@ from trainer.settings import apply_overrides, field_at, load_config_data, parse_
         ("optimizer.lr=3e-4", "optimizer.schedule.peak_lr", 3e-4),
         ("optimizer.schedule.peak_lr=1", "optimizer.schedule.peak_lr", 1.0),
         ("model.rope_theta=500000", "model.rope_theta", 500000.0),
-        ("model.rope_scaling=[8, 1, 4, 8192]", "model.rope_scaling", [8.0, 1.0, 4.0, 8192]),
+        ("model.rope_scaling.factor=8", "model.rope_scaling.factor", 8.0),
+        ("model.rope_scaling.type=llama3", "model.rope_scaling.type", "llama3"),
         ("model.precision.compute_dtype=bfloat16", "model.precision.compute_dtype", "bfloat16"),
         ("mesh.strategy=fsdp", "mesh.strategy", "fsdp"),
         ("train.steps=1_000", "train.steps", 1000),
@@ -81,3 +82,19 @@ def test_field_at_walks_sections():
     field, tp = field_at("optimizer.schedule.min_lr_ratio")
     assert field.name == "min_lr_ratio" and tp == float | None  # null: tjx.optim's default
     assert field_at("logging.sinks")[1] == list[str]
+
+
+def test_llama3s_four_numbers_in_an_old_file_read_as_the_rope_scaling_section():
+    """tjx-nn 0.11 held ``model.rope_scaling`` as ``[factor, low, high, original]``; a preset,
+    user file or saved ``config.yaml`` in that form reads as the section of named keys."""
+    from trainer.settings import migrate
+
+    old = {"model": {"kind": "llama", "rope_scaling": [8, 1, 4, 8192]}}
+    section = migrate(old)["model"]["rope_scaling"]
+    assert section["type"] == "llama3" and section["factor"] == 8
+    assert section["original_max_position_embeddings"] == 8192
+    scaling = read_config(migrate(old)).model.rope_scaling
+    assert (scaling.low_freq_factor, scaling.high_freq_factor) == (1.0, 4.0)
+    assert old["model"]["rope_scaling"] == [8, 1, 4, 8192]  # the input is not modified
+    with pytest.raises(ConfigError, match="model.rope_scaling"):
+        migrate({"model": {"rope_scaling": [8, 4, 1, 16]}})

@@ -133,12 +133,14 @@ def test_training_only_changes_are_returned_and_described(tmp_path):
 
 def test_a_run_saved_before_the_compilation_cache_key_resumes(tmp_path):
     """A config.yaml written before ``train.compilation_cache`` existed lacks the key; where the
-    compiled programs are cached changes no number, so the resume goes on and says so."""
+    compiled programs are cached changes no number, so the resume goes on: at the default
+    silently (the key is compared at its default), and naming a value set now."""
     saved = _config().to_dict()
     del saved["train"]["compilation_cache"]
     RunDir(tmp_path).create(saved)
-    diff = resume.check_resume(tmp_path, _config().to_dict())
-    assert diff == {"train.compilation_cache": (None, "auto")}
+    assert resume.check_resume(tmp_path, _config().to_dict()) == {}
+    diff = resume.check_resume(tmp_path, _config("train.compilation_cache=/tmp/xla").to_dict())
+    assert diff == {"train.compilation_cache": ("auto", "/tmp/xla")}
 
 
 def test_a_model_change_is_refused_naming_every_key(tmp_path):

@@ -24,6 +24,9 @@ def test_every_form_reads_into_one_typed_setting():
     legacy = llama_tiny(rope_scaling=[8, 1, 4, 16]).rope_scaling
     assert legacy.type == "llama3" and legacy.original_max_position_embeddings == 16
     assert tnn.RopeScaling.parse(None) is None
+    # an app's unset section (every key null) is "no scaling": the config holds None
+    assert llama_tiny(rope_scaling=tnn.RopeScaling()).rope_scaling is None
+    assert llama_tiny(rope_scaling={"type": None, "factor": None}).rope_scaling is None
     cfg = llama_tiny(
         rope_scaling={"type": "longrope", "factor": 2.0, "original_max_position_embeddings": 8,
                       "short_factor": [1.0] * 4, "long_factor": [2, 3, 4, 5]}

@@ -15,6 +15,7 @@ LAYER_KINDS = ("local", "global")
 def check_rope_scaling(config: Any, cls: str) -> None:
     """A `RopeScaling` (read from a mapping or Llama 3's legacy four numbers), with rope."""
     value = RopeScaling.parse(config.rope_scaling, f"{cls}.rope_scaling")
+    object.__setattr__(config, "rope_scaling", value)  # an unset section (all null) is None
     if value is None:
         return
     if config.position != "rope":

@@ -92,8 +92,12 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
             },
             mesh,
         )
+    from trainer.state import check_context
+
+    check_context(cfg, parallel.context_ways(mesh))
     check_experts(cfg, mesh)
-    rules = parallel.rules(mc.strategy)
+    rules = parallel.rules_for(mc)  # ZeRO over fsdp × context under a split, as state.make_mesh
+    split = parallel.context_parallel(mesh, rules, mc)  # as state.build: None unless split
     abstract = nnx.eval_shape(lambda: nn.build_model(run.model, rngs=nnx.Rngs(cfg.train.seed)))
     graphdef, params_state, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
     params = nnx.to_pure_dict(params_state)
@@ -108,11 +112,11 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
     state = _sharded(state, shardings)
     concrete_rest = nn.concrete_state(rest)
     train = jax.jit(
-        make_train_step(graphdef, concrete_rest, tx, run, experts_of(mesh, rules, run)),
+        make_train_step(graphdef, concrete_rest, tx, run, split, experts_of(mesh, rules, run)),
         donate_argnums=(0,),
         out_shardings=(shardings, None),
     )
-    evaluate = jax.jit(make_eval_step(graphdef, concrete_rest, cfg))
+    evaluate = jax.jit(make_eval_step(graphdef, concrete_rest, cfg, split))
     return AbstractRun(
         train,
         state,

@@ -23,12 +23,16 @@ Batch = dict[str, jax.Array]
 State = dict[str, Any]
 
 
-def make_loss_fn(graphdef: Any, rest: Any, cfg: Config, experts: Any = None) -> Callable[..., Any]:
+def make_loss_fn(
+    graphdef: Any, rest: Any, cfg: Config, split: Any = None, experts: Any = None
+) -> Callable[..., Any]:
     """``loss_fn(params, batch, step) -> (mean loss, aux sums)``: tjx.nn's ``objective_loss`` of
     the model's objective with the config's settings; aux holds the summed loss, the scored
     units and the top-1 correct count, and for a model with MoE layers their router statistics
-    (``"moe"``: tjx.nn's ``MoEStats`` sums as a dict, rows = MoE layers). ``experts``: how the
-    MoE layers run on the mesh (tjx.parallel's ``expert_parallel``; None: as XLA shards them)."""
+    (``"moe"``: tjx.nn's ``MoEStats`` sums as a dict, rows = MoE layers). ``split``
+    (tjx.parallel's ContextParallel, or None): the model is traced with its sequences split over
+    the context devices. ``experts``: how the MoE layers run on the mesh (tjx.parallel's
+    ``expert_parallel``; None: as XLA shards them)."""
     if cfg.mesh.pipeline > 1:  # the layer stack as a pipeline over the `pipeline` mesh axis
         return pipeline_loss_fn(graphdef, rest, cfg)
     deterministic = cfg.model.dropout == 0.0
@@ -36,7 +40,9 @@ def make_loss_fn(graphdef: Any, rest: Any, cfg: Config, experts: Any = None) -> 
 
     def loss_fn(params: Any, batch: Batch, step: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
         model = nnx.merge(graphdef, params, nn.reseed(rest, step))
-        with nn.expert_parallel_scope(experts):
+        # Under a split, attention crosses the context devices (ring or all-gather) and the loss
+        # keeps each device's tokens; the batch came in the split's order (place_batch).
+        with nn.sequence_parallel(split), nn.expert_parallel_scope(experts):
             out = nn.objective_loss(
                 model,
                 batch,
@@ -54,14 +60,20 @@ def make_loss_fn(graphdef: Any, rest: Any, cfg: Config, experts: Any = None) -> 
 
 
 def make_train_step(
-    graphdef: Any, rest: Any, tx: optax.GradientTransformation, cfg: Config, experts: Any = None
+    graphdef: Any,
+    rest: Any,
+    tx: optax.GradientTransformation,
+    cfg: Config,
+    split: Any = None,
+    experts: Any = None,
 ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
-    """``train_step(state, batch) -> (state, metrics)``: accumulation, update, step report; a
-    model with MoE layers adds ``metrics["moe"]``, the step's summed router statistics, and moves
-    a sigmoid router's balancing bias by them (DeepSeek-V3's auxiliary-loss-free rule)."""
+    """``train_step(state, batch) -> (state, metrics)``: accumulation, update, step report
+    (``split``, ``experts``: as for `make_loss_fn`); a model with MoE layers adds
+    ``metrics["moe"]``, the step's summed router statistics, and moves a sigmoid router's
+    balancing bias by them (DeepSeek-V3's auxiliary-loss-free rule)."""
     from tjx.optim import accumulate_gradients, loss_scale_value, scale_loss, step_report
 
-    loss_fn = make_loss_fn(graphdef, rest, cfg, experts)
+    loss_fn = make_loss_fn(graphdef, rest, cfg, split, experts)
     balance_bias = cfg.model.num_experts > 0 and cfg.model.router == "sigmoid"
     micro = cfg.optimizer.accumulation_steps
     scaled = cfg.optimizer.loss_scale is not None
@@ -106,9 +118,8 @@ def jit_train_step(setup: Any, cfg: Config, **jit_options: Any) -> Any:
     """`make_train_step` of a built state (``trainer.state.Setup``), jitted with the state donated
     (the new state reuses its buffers: one copy of the parameters and optimizer state, not two);
     ``jit_options`` go to ``jax.jit`` (e.g. ``out_shardings``)."""
-    step = make_train_step(
-        setup.graphdef, setup.rest, setup.tx, cfg, experts_of(setup.mesh, setup.rules, cfg)
-    )
+    experts = experts_of(setup.mesh, setup.rules, cfg)
+    step = make_train_step(setup.graphdef, setup.rest, setup.tx, cfg, setup.split, experts)
     return jax.jit(step, donate_argnums=(0,), **jit_options)
 
 
@@ -124,18 +135,27 @@ def experts_of(mesh: Any, rules: Any, cfg: Config) -> Any:
 
 
 def make_eval_step(
-    graphdef: Any, rest: Any, cfg: Config
+    graphdef: Any, rest: Any, cfg: Config, split: Any = None
 ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
     """``eval_step(params, batch) -> sums``: tjx-metrics' ``heldout_step`` (``lm_stats``: loss
     sum, scored units, top-k correct counts) of tjx-nn's ``objective_logits_fn``, the step the
     evaluator builds too; a masked LM masks with tjx.nn's fixed ``eval_mask_key`` of the run's
-    seed, as the evaluator does."""
+    seed, as the evaluator does. ``split``: as for `make_loss_fn` (the sums are over tokens, so
+    the split's token order changes none of them)."""
     from tjx import metrics
 
     logits_fn = nn.objective_logits_fn(
         graphdef, rest, key=nn.eval_mask_key(cfg.train.seed), mask_prob=cfg.train.mlm_probability
     )
-    return metrics.heldout_step(logits_fn, top_k=cfg.eval.top_k)
+    step = metrics.heldout_step(logits_fn, top_k=cfg.eval.top_k)
+    if split is None:
+        return step
+
+    def split_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
+        with nn.sequence_parallel(split):
+            return step(params, batch)  # type: ignore[no-any-return]
+
+    return split_step
 
 
 # tjx.parallel's `pipeline_loss` is generic (stacked layer params, a layer function, a last-stage

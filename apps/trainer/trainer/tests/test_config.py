@@ -22,6 +22,7 @@ PRESETS = [
     "llama_small",
     "moe_tiny",
     "mixtral_small",
+    "llama_32k",
     "bert_tiny",
     "vit_digits",
 ]

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from tjx.kernels import IMPLEMENTATIONS
+from tjx.kernels import CE_IMPLEMENTATIONS, IMPLEMENTATIONS
 from tjx.nn.config_checks import (
     LAYER_KINDS,
     check_mla,
@@ -23,10 +23,9 @@ from tjx.nn.config_checks import (
     check_window,
 )
 from tjx.nn.fields import choice, positive, rate, setting
-from tjx.nn.moe_config import NO_MOE, ROUTER_DTYPES, check_moe
+from tjx.nn.moe_config import NO_MOE, ROUTER_DTYPES, ROUTER_NAMES, check_moe
 from tjx.nn.precision import Precision, as_precision
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
-from tjx.nn.routers import ROUTERS
 
 ACTIVATIONS = ("gelu", "gelu_exact", "relu", "silu", "swiglu", "geglu")
 NORMS = ("layernorm", "rmsnorm")
@@ -34,6 +33,8 @@ NORM_POSITIONS = ("pre", "post")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
 # tjx-kernels' dispatcher owns this list: an implementation it adds is accepted here at once.
 ATTENTION_IMPLS: tuple[str, ...] = IMPLEMENTATIONS
+#: The vocabulary head's loss: chunked XLA or the fused Pallas kernel (tjx.kernels.ce_choice).
+CE_IMPLS: tuple[str, ...] = CE_IMPLEMENTATIONS
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_output", "save_dots_and_attention")
 ATTENTION_TYPES = ("mha", "mla")
 
@@ -126,9 +127,13 @@ class TransformerConfig:
         resumable=True,
         help="attention kernel; auto: tjx.kernels picks by measurement",
     )
-    scan_layers: bool = setting(
-        False, help="one scan over the layers (stacked weights): faster compiles"
+    cross_entropy_impl: str = setting(
+        "auto",
+        choices=CE_IMPLS,
+        resumable=True,
+        help="the vocabulary head's loss: xla (chunked), pallas (fused kernel); auto: by evidence",
     )
+    scan_layers: bool = setting(False, help="one scan over the layers (stacked): faster compiles")
     remat: str = setting(
         "none",
         choices=REMAT_POLICIES,
@@ -139,9 +144,7 @@ class TransformerConfig:
         Precision, factory=True, help="parameter and compute dtypes (param_dtype, compute_dtype)"
     )
     init_std: float = setting(0.02, help="std of the initial weights")
-    scaled_residual_init: bool = setting(
-        True, help="residual output projections init / sqrt(2 num_layers) (GPT-2)"
-    )
+    scaled_residual_init: bool = setting(True, help="residual output init / sqrt(2 layers) (GPT-2)")
     attention_type: str = setting(
         "mha", choices=ATTENTION_TYPES, help="mla: keys/values from one low-rank latent per token"
     )
@@ -150,28 +153,21 @@ class TransformerConfig:
         None, resumable=True, help="decoding attends to the top-k cached keys only; None: all"
     )
     qk_norm: bool = setting(False, help="RMSNorm of each query and key head (Qwen3)")
-    # Mixture of experts (moe_config.py checks them; moe.py is the block).
     num_experts: int = setting(0, help="MoE: routed experts per MoE layer; 0: dense MLPs")
     experts_per_token: int = setting(2, help="MoE: experts each token is routed to (top-k)")
     expert_mlp_dim: int | None = setting(None, help="MoE: a routed expert's width; None: mlp_dim")
     num_shared_experts: int = setting(0, help="MoE: experts every token goes through (DeepSeek)")
-    shared_expert_mlp_dim: int | None = setting(
-        None, help="MoE: the shared experts' width in all; None: shared x expert_mlp_dim"
-    )
+    shared_expert_mlp_dim: int | None = setting(None, help="MoE: all shared experts' width")
     shared_expert_gate: bool = setting(False, help="MoE: a sigmoid gate on the shared output")
     moe_layer_step: int = setting(1, help="MoE: layer i is MoE when (i + 1) % step == 0")
     moe_first_dense: int = setting(0, help="MoE: the first k layers keep a dense MLP")
-    router: str = setting(
-        "softmax", choices=tuple(ROUTERS), help="MoE: softmax (Mixtral) or sigmoid (DeepSeek-V3)"
-    )
+    router: str = setting("softmax", choices=ROUTER_NAMES, help="MoE: the router (see ROUTERS)")
     router_norm_topk: bool = setting(True, help="MoE: the top-k weights sum to 1")
     router_aux_loss: float = setting(0.01, help="MoE: load-balancing loss coefficient (Switch)")
     router_z_loss: float = setting(0.0, help="MoE: router z-loss coefficient (ST-MoE)")
     router_dtype: str = setting("float32", choices=ROUTER_DTYPES, help="MoE: the router's dtype")
     router_bias_rate: float = setting(1e-3, resumable=True, help="MoE: sigmoid router's bias step")
-    capacity_factor: float | None = setting(
-        None, help="MoE: expert slots per sequence / fair share (overflow dropped); None: dropless"
-    )
+    capacity_factor: float | None = setting(None, help="MoE: slots / fair share; None: dropless")
 
     def __post_init__(self) -> None:
         cls = type(self).__name__
@@ -203,6 +199,7 @@ class TransformerConfig:
         choice(cls, "norm_position", self.norm_position, NORM_POSITIONS)
         choice(cls, "position", self.position, POSITIONS)
         choice(cls, "attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        choice(cls, "cross_entropy_impl", self.cross_entropy_impl, CE_IMPLS)
         choice(cls, "remat", self.remat, REMAT_POLICIES)
         choice(cls, "attention_type", self.attention_type, ATTENTION_TYPES)
         rate(cls, "dropout", self.dropout)
@@ -317,6 +314,7 @@ class BertConfig(TransformerConfig):
     unused_fields: ClassVar[Mapping[str, str]] = {
         "tie_embeddings": "BERT's MLM head always shares the token embedding",
         "decode_topk": "only decoders decode (BERT does not)",
+        "cross_entropy_impl": "BERT's MLM head scores its masked tokens from their logits",
         **NO_MOE,
     }
 
@@ -349,6 +347,7 @@ class ViTConfig(TransformerConfig):
         "vocab_size": "ViT reads images, not tokens",
         "tie_embeddings": "ViT has no token embedding to tie its classifier to",
         "decode_topk": "only decoders decode (ViT does not)",
+        "cross_entropy_impl": "ViT's head is a classifier, not a vocabulary",
         **NO_MOE,
     }
 

@@ -37,6 +37,8 @@ MOE_FIELDS = (
 )
 #: Every field an MoE model reads (``num_experts`` first): what a family without MoE refuses.
 ALL_MOE_FIELDS = ("num_experts", *MOE_FIELDS)
+#: The routers' names (``routers.ROUTERS``), a config's choices.
+ROUTER_NAMES = tuple(ROUTERS)
 #: The families whose blocks have no MoE layer refuse the MoE settings (``unused_fields``).
 NO_MOE = {name: "only decoders (gpt2, llama) have MoE layers" for name in ALL_MOE_FIELDS}
 ROUTER_DTYPES = ("float32", "bfloat16", "float64")

@@ -51,6 +51,8 @@ def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
             # A key added since the file was written is compared at its default (what the run
             # had) where a resume may change it (``mesh.context``), and must match otherwise.
             added = {k for k in ckpt.flatten_config(full) if is_training_only(k, full)}
+            # A whole section added since (``lora``) ran as its defaults (no adapters).
+            added |= {k for k in ckpt.flatten_config(full) if k.split(".")[0] not in config}
             full = _only(full, set(ckpt.flatten_config(config)) | added)
     if not isinstance(full.get("optimizer"), dict):
         return full

@@ -209,6 +209,11 @@ def _check_own(own: dict[str, Any], model_cls: type) -> None:
             data.check_mixture(d.sources, key="data.sources")
     except (ValueError, data.DataError) as err:
         raise ConfigError(str(err)) from None
+    _require(
+        d.format == "text" or (task == "lm" and d.sources is None),
+        f"data.format: {d.format} data trains a decoder (model.kind gpt2 or llama) on one "
+        "data.source; set data.format=text",
+    )
     if d.sources is not None:
         _require(
             task != "classify",

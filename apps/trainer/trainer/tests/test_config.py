@@ -22,6 +22,7 @@ PRESETS = [
     "llama_small",
     "bert_tiny",
     "vit_digits",
+    "sft_tiny",
 ]
 
 

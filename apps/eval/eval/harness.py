@@ -9,11 +9,11 @@ and the run (a causal decoder).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from eval.runs import RunError
+from tjx.ckpt import standard_json
 
 #: The one-line fix when lm-eval is missing (apps/eval's requirements pin the same range).
 INSTALL = "pip install 'lm-eval>=0.4.13,<0.5'"
@@ -124,6 +124,8 @@ def run_tasks(args: argparse.Namespace, names: list[str]) -> Path:
         print(make_table(results, "groups"))
     results["tjx"] = {"run_dir": str(run.run_dir), "step": run.step, "compiles": model.compiles}
     path = results_path(run)
-    path.write_text(json.dumps(results, indent=2, default=handle_non_serializable) + "\n")
+    # lm-eval reports an undefined stderr (one sample) as NaN: standard JSON names it instead
+    text = standard_json.dumps(results, indent=2, default=handle_non_serializable)
+    path.write_text(text + "\n")
     print(f"scoring compiled {model.compiles} time(s) (length buckets); results → {path}")
     return path

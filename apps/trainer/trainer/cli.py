@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
@@ -105,6 +106,15 @@ def parse_profile(text: str | None) -> tuple[int, int] | None:
     return start, stop
 
 
+def _run_location(text: str) -> Any:
+    """``--run-dir`` as tjx.ckpt's `RunDir` takes it: a local `Path` (``~`` expanded), or for a
+    ``gs://`` / ``s3://`` URL an `epath.Path` (another scheme is one ``--run-dir:`` line)."""
+    with keyed("--run-dir", ckpt.NotCreatableError):
+        if "://" in text:
+            return ckpt.RunDir(text).path
+        return Path(text).expanduser()
+
+
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
     """The run directory can be made and may start fresh or resume (tjx.ckpt's `RunDir`
     decides; a fresh run never trains over a step folder, committed or not)."""
@@ -174,11 +184,11 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         metrics.check_logger_packages(cfg.logging.sinks, wandb_mode=wandb_mode)
     if args.init_from is not None and args.resume:  # before the checkpoint checks: the real issue
         raise ConfigError("--init-from: cannot be combined with --resume")
-    run_dir = Path(args.run_dir or Path("runs") / cfg.name).expanduser()
+    run_dir = _run_location(args.run_dir or str(Path("runs") / cfg.name))
     _check_run_dir(run_dir, bool(args.resume))
     if cfg.data.cache_dir:
-        with keyed("data.cache_dir", ckpt.NotCreatableError):
-            ckpt.check_can_create(Path(cfg.data.cache_dir).expanduser())
+        with keyed("data.cache_dir", data.DataError, ckpt.NotCreatableError):
+            ckpt.check_can_create(data.local_cache_folder(cfg.data.cache_dir))
     resume_changes: dict[str, tuple[object, object]] = {}
     if args.resume:  # before anything is written: a mismatch leaves the run as it was
         resume_changes = check_resume(run_dir, cfg.to_dict())

@@ -29,7 +29,9 @@ class DataConfig:
     )
     tokenizer_vocab: int = setting(2048, min=260, max=1 << 20, help="vocab of a trained bpe")
     cache_dir: str | None = setting(
-        None, help="pre-tokenized shards (default ~/.cache/tjx/data)", resumable=True
+        None,
+        help="local folder of pre-tokenized shards (default ~/.cache/tjx/data; no URL)",
+        resumable=True,
     )
     seq_len: int = setting(128, min=2, max=1 << 20, help="tokens per training sequence")
     batch_size: int = setting(16, min=1, help="global batch (sequences per optimizer step)")

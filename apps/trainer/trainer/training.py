@@ -306,6 +306,7 @@ class Training:
             metrics=val,
             force=force,
         )
+        self.logger.flush()  # a log in object storage is uploaded with each checkpoint
 
     def _close(self) -> None:
         self.manager.wait_until_finished()

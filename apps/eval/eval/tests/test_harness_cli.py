@@ -10,6 +10,7 @@ import pytest
 from eval import harness
 from eval.cli import main
 from eval.tests.harness_support import TASK_DIR, TASKS, make_run, write_task_data
+from tjx.ckpt import standard_json
 
 
 @pytest.fixture()
@@ -21,11 +22,17 @@ def workdir(tmp_path, monkeypatch, rng):
     return run
 
 
+def _bare_token(token: str) -> None:
+    raise AssertionError(f"the results file holds a bare {token}, which strict readers reject")
+
+
 def test_all_local_tasks_run_end_to_end_and_write_json_next_to_the_run(workdir, capsys):
     argv = ["--checkpoint", str(workdir), "--tasks", ",".join(TASKS)]
     assert main([*argv, "--include-path", str(TASK_DIR), "--limit", "4", "--batch-size", "4"]) == 0
     out = capsys.readouterr().out
-    written = json.loads((workdir / "lm_eval_step1.json").read_text())
+    text = (workdir / "lm_eval_step1.json").read_text()
+    json.loads(text, parse_constant=_bare_token)  # standard JSON: no NaN / Infinity tokens
+    written = standard_json.loads(text)
     assert set(written["results"]) == set(TASKS)
     lam = written["results"]["local_lambada"]
     assert lam["perplexity,none"] > 1 and 0 <= lam["acc,none"] <= 1

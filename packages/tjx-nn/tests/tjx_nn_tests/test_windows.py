@@ -93,12 +93,17 @@ def test_a_rolling_cache_holds_the_window_and_counts_its_bytes():
 
 
 def test_windows_cut_the_attention_flops():
-    plain = tnn.flops_per_token(llama_tiny(max_seq_len=64), 64)
-    local = tnn.flops_per_token(llama_tiny(max_seq_len=64, sliding_window=16), 64)
-    cfg = llama_tiny(max_seq_len=64)
-    attn_dim = cfg.num_heads * cfg.head_dim
-    # per token and layer: 12 · A · s_k, with s_k = 64 without and 16 with the window
-    assert plain - local == pytest.approx(12 * attn_dim * 2 * (64 - 16))
+    cfg, s, w = llama_tiny(max_seq_len=64), 64, 16
+    windowed = llama_tiny(max_seq_len=64, sliding_window=w)
+    area = cfg.num_layers * cfg.num_heads * cfg.head_dim  # L · A
+    # PaLM's count (the whole score matrix): per token and layer 12 · A · s_k, with s_k = s
+    # without the window and w with it
+    palm = [tnn.flops_per_token(c, s, causal_half=False) for c in (cfg, windowed)]
+    assert palm[0] - palm[1] == pytest.approx(12 * area * (s - w))
+    # Causal at half: s·s/2 pairs without the window; s·w - w²/2 with it (the first w queries
+    # see fewer than w keys), per token 6·A·s and 12·A·w - 6·A·w²/s
+    half = [tnn.flops_per_token(c, s) for c in (cfg, windowed)]
+    assert half[0] - half[1] == pytest.approx(area * (6 * s - (12 * w - 6 * w * w / s)))
 
 
 @pytest.mark.parametrize(

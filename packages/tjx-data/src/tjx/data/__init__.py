@@ -5,7 +5,7 @@ preference pairs, packed and resumable."""
 
 from tjx.data.bpe import gpt2_tokenizer, load_tokenizer, save_tokenizer, train_bpe
 from tjx.data.builtin import BUILTIN_CORPORA, prepare_builtin
-from tjx.data.cache import cache_dir
+from tjx.data.cache import cache_dir, local_cache_folder
 from tjx.data.chat_encode import ChatEncoder, Encoded, Pair
 from tjx.data.chat_loader import ChatLoader, PreferenceLoader, chat_validation_batches
 from tjx.data.chat_prepare import PreparedSequences, Rows, load_rows, prepare_chat_data
@@ -35,7 +35,7 @@ from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_i
 from tjx.data.sources import Documents, check_local_source, load_source
 from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, encode_prompts
 
-__version__ = "0.8.0"
+__version__ = "0.9.0"
 
 __all__ = [
     "BUILTIN_CORPORA",
@@ -75,6 +75,7 @@ __all__ = [
     "cache_dir",
     "arithmetic_rows",
     "chat_validation_batches",
+    "local_cache_folder",
     "check_local_source",
     "check_max_tokens",
     "check_mixture",

@@ -96,7 +96,7 @@ from tjx.metrics.progress import ProgressBar, progress_bar
 from tjx.metrics.roofline import Roofline, roofline
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
-__version__ = "0.10.0"
+__version__ = "0.11.0"
 
 __all__ = [
     "ACCELERATORS",

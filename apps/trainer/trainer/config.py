@@ -214,6 +214,12 @@ def _check_own(own: dict[str, Any], model_cls: type) -> None:
         f"data.format: {d.format} data trains a decoder (model.kind gpt2 or llama) on one "
         "data.source; set data.format=text",
     )
+    # Preference pairs would train as SFT on the rejected answers too: refused until DPO is wired.
+    _require(
+        d.format != "preference",
+        "data.format: preference pairs train with DPO, which the trainer does not run yet; use "
+        "data.format=chat (tjx.nn.preference_loss holds the DPO/IPO loss)",
+    )
     if d.sources is not None:
         _require(
             task != "classify",

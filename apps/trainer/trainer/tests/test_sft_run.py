@@ -11,7 +11,8 @@ import pytest
 
 from tjx import nn
 from trainer.cli import main, plan_argv
-from trainer.config import resolve
+from trainer.config import read_config, resolve
+from trainer.schema import ConfigError
 
 SMALL = [
     "model.d_model=32",
@@ -83,3 +84,12 @@ def test_sft_tiny_loss_falls_and_the_run_says_what_the_truncation_did(in_tmp, ca
     assert len(val) == 2 and val[1] < val[0], val
     described = json.loads((run / "data.json").read_text())
     assert described["format"] == "chat" and described["bytes_per_token"] is None
+
+
+def test_chat_data_on_a_model_it_cannot_train_and_preference_pairs_without_dpo_are_refused():
+    with pytest.raises(ConfigError, match=r"^data\.format: chat data trains a decoder"):
+        read_config({"model": {"kind": "bert"}, "data": {"format": "chat"}})
+    with pytest.raises(ConfigError, match=r"^data\.format: preference pairs train with DPO"):
+        read_config({"data": {"format": "preference"}})
+    with pytest.raises(ConfigError, match=r"^data\.format: 'dpo' is not allowed"):
+        read_config({"data": {"format": "dpo"}})

@@ -52,10 +52,10 @@ def test_a_model_json_of_tjx_0_1_loads():
     assert type(config) is tnn.LlamaConfig
     assert (config.d_model, config.num_kv_heads, config.tie_embeddings) == (16, 1, True)
     assert config.precision == tnn.Precision(jnp.float32, jnp.bfloat16)
-    # Written again, it gains only the fields added since (#28's rope_scaling, qkv_bias; #42's
-    # sliding_window, window_pattern).
-    newer = {"rope_scaling": None, "qkv_bias": False, "sliding_window": None,
-             "window_pattern": None}  # fmt: skip
+    # Written again, it gains only the fields added since (#28's rope_scaling, qkv_bias; #39's
+    # cross_entropy_impl; #42's sliding_window, window_pattern).
+    newer = {"rope_scaling": None, "qkv_bias": False, "cross_entropy_impl": "auto",
+             "sliding_window": None, "window_pattern": None}  # fmt: skip
     want = {**WRITTEN_BY_TJX_0_1, "fields": {**WRITTEN_BY_TJX_0_1["fields"], **newer}}
     assert tnn.config_to_dict(config) == want
     # An older file without the newer fields (and a preset name for precision) keeps defaults.

@@ -93,12 +93,13 @@ from tjx.metrics.memory import (
 )
 from tjx.metrics.plots import load_curves, plot_curves, plot_run
 from tjx.metrics.progress import ProgressBar, progress_bar
-from tjx.metrics.roofline import Roofline, roofline
+from tjx.metrics.roofline import LIKELY_BRANCH, Roofline, roofline
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
-__version__ = "0.11.0"
+__version__ = "0.12.0"
 
 __all__ = [
+    "LIKELY_BRANCH",
     "ACCELERATORS",
     "Accelerator",
     "ConsoleLogger",

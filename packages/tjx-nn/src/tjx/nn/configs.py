@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from tjx.kernels import IMPLEMENTATIONS
+from tjx.kernels import CE_IMPLEMENTATIONS, IMPLEMENTATIONS
 from tjx.nn.config_checks import (
     LAYER_KINDS,
     check_mla,
@@ -32,6 +32,8 @@ NORM_POSITIONS = ("pre", "post")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
 # tjx-kernels' dispatcher owns this list: an implementation it adds is accepted here at once.
 ATTENTION_IMPLS: tuple[str, ...] = IMPLEMENTATIONS
+#: The vocabulary head's loss: chunked XLA or the fused Pallas kernel (tjx.kernels.ce_choice).
+CE_IMPLS: tuple[str, ...] = CE_IMPLEMENTATIONS
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_output", "save_dots_and_attention")
 ATTENTION_TYPES = ("mha", "mla")
 
@@ -124,6 +126,12 @@ class TransformerConfig:
         resumable=True,
         help="attention kernel; auto: tjx.kernels picks by measurement",
     )
+    cross_entropy_impl: str = setting(
+        "auto",
+        choices=CE_IMPLS,
+        resumable=True,
+        help="the vocabulary head's loss: xla (chunked), pallas (fused kernel); auto: by evidence",
+    )
     scan_layers: bool = setting(
         False, help="one scan over the layers (stacked weights): faster compiles"
     )
@@ -178,6 +186,7 @@ class TransformerConfig:
         choice(cls, "norm_position", self.norm_position, NORM_POSITIONS)
         choice(cls, "position", self.position, POSITIONS)
         choice(cls, "attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        choice(cls, "cross_entropy_impl", self.cross_entropy_impl, CE_IMPLS)
         choice(cls, "remat", self.remat, REMAT_POLICIES)
         choice(cls, "attention_type", self.attention_type, ATTENTION_TYPES)
         rate(cls, "dropout", self.dropout)
@@ -291,6 +300,7 @@ class BertConfig(TransformerConfig):
     unused_fields: ClassVar[Mapping[str, str]] = {
         "tie_embeddings": "BERT's MLM head always shares the token embedding",
         "decode_topk": "only decoders decode (BERT does not)",
+        "cross_entropy_impl": "BERT's MLM head scores its masked tokens from their logits",
     }
 
     def __post_init__(self) -> None:
@@ -322,6 +332,7 @@ class ViTConfig(TransformerConfig):
         "vocab_size": "ViT reads images, not tokens",
         "tie_embeddings": "ViT has no token embedding to tie its classifier to",
         "decode_topk": "only decoders decode (ViT does not)",
+        "cross_entropy_impl": "ViT's head is a classifier, not a vocabulary",
     }
 
     def __post_init__(self) -> None:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tjx.kernels import CrossEntropyOutput, chunked_cross_entropy
+from tjx.kernels import CrossEntropyOutput, linear_cross_entropy
 from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
 from tjx.nn.embeddings import Embed, add_positions, learned_positions, sinusoid_amplitude
 from tjx.nn.kv_cache import init_cache
@@ -77,6 +77,7 @@ def head_cross_entropy(
     chunked: bool = True,
     chunk_size: int | None = None,
     z_loss: float = 0.0,
+    implementation: str = "auto",
 ) -> CrossEntropyOutput:
     """Cross-entropy of the LM head (tied ``embed`` or untied ``head``) on final hidden states.
 
@@ -94,12 +95,15 @@ def head_cross_entropy(
     precision : Precision
         The model's policy (the untied head's matmul dtype).
     chunked : bool
-        ``tjx.kernels.chunked_cross_entropy`` (no ``[..., vocab]`` logits in memory), else the
+        ``tjx.kernels.linear_cross_entropy`` (no ``[..., vocab]`` logits in memory), else the
         float32 logits and ``logits_cross_entropy``.
     chunk_size : int, optional
         Tokens per chunk (None: ``tjx.kernels.auto_chunk_size``); chunked only.
     z_loss : float
         PaLM's z-loss coefficient (in ``loss``, not in ``sum_loss``).
+    implementation : {"auto", "xla", "pallas"}
+        The chunked (XLA) or fused (Pallas) loss, ``auto``: ``tjx.kernels.ce_choice``'s rule
+        (the model's ``cross_entropy_impl``); chunked only.
 
     Returns
     -------
@@ -120,8 +124,13 @@ def head_cross_entropy(
         # path: a raw float32 table would make them float32 (TF32 on a GPU) at twice the bytes.
         dt = precision.compute_dtype
         w = head_unembedding(embed, head).astype(dt)
-        return chunked_cross_entropy(
-            hidden.astype(dt), w, labels, chunk_size=chunk_size, z_loss=z_loss
+        return linear_cross_entropy(  # type: ignore[no-any-return]
+            hidden.astype(dt),
+            w,
+            labels,
+            implementation=implementation,
+            chunk_size=chunk_size,
+            z_loss=z_loss,
         )
     logits = head_logits(embed, head, hidden, precision)
     return logits_cross_entropy(logits, labels, z_loss=z_loss)

@@ -116,6 +116,7 @@ def decoder_stages(
             chunked=chunked,
             chunk_size=chunk_size,
             z_loss=z_loss,
+            implementation=c.cross_entropy_impl,
         )
         sums = {
             "sum_loss": out.sum_loss,

@@ -216,6 +216,7 @@ def token_loss(
         chunked=chunked,
         chunk_size=chunk_size,
         z_loss=z_loss,
+        implementation=getattr(model.config, "cross_entropy_impl", "auto"),
     )
 
 

@@ -92,7 +92,11 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
             },
             mesh,
         )
-    rules = parallel.rules(mc.strategy)
+    from trainer.state import check_context
+
+    check_context(cfg, parallel.context_ways(mesh))
+    rules = parallel.rules_for(mc)  # ZeRO over fsdp × context under a split, as state.make_mesh
+    split = parallel.context_parallel(mesh, rules, mc)  # as state.build: None unless split
     abstract = nnx.eval_shape(lambda: new_model(run, run.model))  # LoRA adapters included
     graphdef, params_state, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
     params = nnx.to_pure_dict(params_state)
@@ -107,11 +111,11 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
     state = _sharded(state, shardings)
     concrete_rest = nn.concrete_state(rest)
     train = jax.jit(
-        make_train_step(graphdef, concrete_rest, tx, run),
+        make_train_step(graphdef, concrete_rest, tx, run, split),
         donate_argnums=(0,),
         out_shardings=(shardings, None),
     )
-    evaluate = jax.jit(make_eval_step(graphdef, concrete_rest, cfg))
+    evaluate = jax.jit(make_eval_step(graphdef, concrete_rest, cfg, split))
     return AbstractRun(
         train,
         state,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,9 @@ class Setup:
     tx: optax.GradientTransformation
     state: dict[str, Any]
     num_params: int
+    #: tjx.parallel's ContextParallel of a run whose sequences are split (mesh.context > 1):
+    #: the steps trace the model inside ``tjx.nn.sequence_parallel(split)``; None: not split.
+    split: Any = None
 
 
 def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:
@@ -74,10 +78,45 @@ def make_mesh(cfg: Config) -> tuple[Any, Any]:
         parallel.check_batch_split(
             {per_step: batch // steps, "eval.batch_size": cfg.eval.batch_size}, mesh
         )
+    check_context(cfg, parallel.context_ways(mesh))
     if mc.pipeline > 1:
         # stage k holds the k-th run of layers: the stacked params' leading dim over `pipeline`
-        return mesh, parallel.rules(mc.strategy, layers="pipeline")
-    return mesh, parallel.rules(mc.strategy)
+        return mesh, parallel.rules_for(mc, layers="pipeline")
+    # rules_for: with the sequence split, ZeRO's weights span fsdp × context (tjx.parallel)
+    return mesh, parallel.rules_for(mc)
+
+
+def check_context(cfg: Config, ways: int) -> None:
+    """The rules of a run whose sequences are split over ``ways`` context devices, each a
+    `ConfigError` naming the key (tjx.nn would refuse the last four only while tracing)."""
+    from tjx import parallel
+
+    if ways == 1:
+        return
+    m, split = cfg.model, f"with mesh.context={ways} (each sequence split over {ways} devices)"
+    if cfg.task != "lm":
+        raise ConfigError(
+            f"mesh.context: context parallelism splits decoder language models; model.kind is "
+            f"{cfg.kind!r}: set mesh.context=1"
+        )
+    with keyed(None):  # its message names the key
+        parallel.check_context_split(cfg.data.seq_len, ways, "data.seq_len")
+    if m.attention_impl == "cudnn":
+        raise ConfigError(
+            f"model.attention_impl: cudnn cannot attend across a split sequence (jax's cuDNN "
+            f"call has no separate forward and backward) {split}; use auto, pallas or xla"
+        )
+    if m.position in ("alibi", "t5") or m.attention_dropout > 0:
+        key = "model.position" if m.position in ("alibi", "t5") else "model.attention_dropout"
+        raise ConfigError(
+            f"{key}: a split sequence takes no additive attention bias (alibi, t5) and no "
+            f"attention dropout {split}; set model.position=rope and model.attention_dropout=0"
+        )
+    if m.attention_impl == "pallas" and any(w is not None for w in m.layer_windows()):
+        raise ConfigError(
+            f"model.attention_impl: pallas cannot apply model.sliding_window across a split "
+            f"sequence (its masks use the tile's own positions) {split}; use auto or xla"
+        )
 
 
 def with_adapters(model: Any, cfg: Config) -> Any:
@@ -133,6 +172,8 @@ def build(cfg: Config, init_from: str | None = None) -> Setup:
                 precision=model_cfg.precision,
             )
         model_cfg = model.config
+        # the checkpoint's own attention settings (its position encoding) under the split
+        check_context(dataclasses.replace(cfg, model=model_cfg), parallel.context_ways(mesh))
         with_adapters(model, cfg)
         if vocab_size > model_cfg.vocab_size:
             raise ConfigError(
@@ -156,4 +197,5 @@ def build(cfg: Config, init_from: str | None = None) -> Setup:
         {"params": params, "opt_state": opt_state, "step": jnp.asarray(0, jnp.int32)}, mesh
     )
     num_params = sum(int(x.size) for x in jax.tree.leaves(params))
-    return Setup(mesh, rules, model_cfg, graphdef, rest, tx, state, num_params)
+    split = parallel.context_parallel(mesh, rules, cfg.mesh)  # None unless mesh.context > 1
+    return Setup(mesh, rules, model_cfg, graphdef, rest, tx, state, num_params, split)

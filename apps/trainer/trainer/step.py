@@ -23,10 +23,11 @@ Batch = dict[str, jax.Array]
 State = dict[str, Any]
 
 
-def make_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Callable[..., Any]:
+def make_loss_fn(graphdef: Any, rest: Any, cfg: Config, split: Any = None) -> Callable[..., Any]:
     """``loss_fn(params, batch, step) -> (mean loss, aux sums)``: tjx.nn's ``objective_loss`` of
     the model's objective with the config's settings; aux holds the summed loss, the scored
-    units and the top-1 correct count."""
+    units and the top-1 correct count. ``split`` (tjx.parallel's ContextParallel, or None): the
+    model is traced with its sequences split over the context devices."""
     if cfg.mesh.pipeline > 1:  # the layer stack as a pipeline over the `pipeline` mesh axis
         return pipeline_loss_fn(graphdef, rest, cfg)
     # Adapter dropout draws from the model's dropout stream too (tjx.nn.add_lora installs one).
@@ -35,27 +36,31 @@ def make_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Callable[..., Any]:
 
     def loss_fn(params: Any, batch: Batch, step: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
         model = nnx.merge(graphdef, params, nn.reseed(rest, step))
-        out = nn.objective_loss(
-            model,
-            batch,
-            key=jax.random.fold_in(base_key, step),  # the objective's own draws (BERT's masking)
-            deterministic=deterministic,
-            mask_prob=cfg.train.mlm_probability,
-            **cfg.train.head_settings,
-        )
+        # Under a split, attention crosses the context devices (ring or all-gather) and the loss
+        # keeps each device's tokens; the batch came in the split's order (place_batch).
+        with nn.sequence_parallel(split):
+            out = nn.objective_loss(
+                model,
+                batch,
+                key=jax.random.fold_in(base_key, step),  # the objective's own draws (BERT's)
+                deterministic=deterministic,
+                mask_prob=cfg.train.mlm_probability,
+                **cfg.train.head_settings,
+            )
         return out.loss, {k: getattr(out, k) for k in ("sum_loss", "num_tokens", "num_correct")}
 
     return loss_fn
 
 
 def make_train_step(
-    graphdef: Any, rest: Any, tx: optax.GradientTransformation, cfg: Config
+    graphdef: Any, rest: Any, tx: optax.GradientTransformation, cfg: Config, split: Any = None
 ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
-    """``train_step(state, batch) -> (state, metrics)``: accumulation, update, step report."""
+    """``train_step(state, batch) -> (state, metrics)``: accumulation, update, step report
+    (``split``: as for `make_loss_fn`)."""
     from tjx import optim
     from tjx.optim import accumulate_gradients, loss_scale_value, scale_loss, step_report
 
-    loss_fn = make_loss_fn(graphdef, rest, cfg)
+    loss_fn = make_loss_fn(graphdef, rest, cfg, split)
     micro = cfg.optimizer.accumulation_steps
     scaled = cfg.optimizer.loss_scale is not None
 
@@ -107,23 +112,32 @@ def jit_train_step(setup: Any, cfg: Config, **jit_options: Any) -> Any:
     """`make_train_step` of a built state (``trainer.state.Setup``), jitted with the state donated
     (the new state reuses its buffers: one copy of the parameters and optimizer state, not two);
     ``jit_options`` go to ``jax.jit`` (e.g. ``out_shardings``)."""
-    step = make_train_step(setup.graphdef, setup.rest, setup.tx, cfg)
+    step = make_train_step(setup.graphdef, setup.rest, setup.tx, cfg, setup.split)
     return jax.jit(step, donate_argnums=(0,), **jit_options)
 
 
 def make_eval_step(
-    graphdef: Any, rest: Any, cfg: Config
+    graphdef: Any, rest: Any, cfg: Config, split: Any = None
 ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
     """``eval_step(params, batch) -> sums``: tjx-metrics' ``heldout_step`` (``lm_stats``: loss
     sum, scored units, top-k correct counts) of tjx-nn's ``objective_logits_fn``, the step the
     evaluator builds too; a masked LM masks with tjx.nn's fixed ``eval_mask_key`` of the run's
-    seed, as the evaluator does."""
+    seed, as the evaluator does. ``split``: as for `make_loss_fn` (the sums are over tokens, so
+    the split's token order changes none of them)."""
     from tjx import metrics
 
     logits_fn = nn.objective_logits_fn(
         graphdef, rest, key=nn.eval_mask_key(cfg.train.seed), mask_prob=cfg.train.mlm_probability
     )
-    return metrics.heldout_step(logits_fn, top_k=cfg.eval.top_k)
+    step = metrics.heldout_step(logits_fn, top_k=cfg.eval.top_k)
+    if split is None:
+        return step
+
+    def split_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
+        with nn.sequence_parallel(split):
+            return step(params, batch)  # type: ignore[no-any-return]
+
+    return split_step
 
 
 # tjx.parallel's `pipeline_loss` is generic (stacked layer params, a layer function, a last-stage

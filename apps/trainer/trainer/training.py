@@ -86,7 +86,7 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
             with ckpt.corrupt_fallback_lines("trainer"):
                 restored = manager.restore(target=st)
             if restored.data_state is not None:
-                data_setup.restore_loader(loader, restored.data_state)
+                data_setup.restore_loader(loader, restored.data_state, setup.mesh)
         except (ckpt.CheckpointError, ValueError) as err:
             # Every step corrupt, or a state the config check could not foresee (another process
             # count splits the batch differently): one line, and the run directory as it was.

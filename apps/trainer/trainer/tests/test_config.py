@@ -20,6 +20,7 @@ PRESETS = [
     "gpt2_medium",
     "gpt2_large",
     "llama_small",
+    "llama_32k",
     "bert_tiny",
     "vit_digits",
     "sft_tiny",

@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-import fsspec
+import fsspec  # pants: no-infer-dep  (the BUILD names gcsfs and s3fs, which bring it)
 import pytest
 
 from tjx.ckpt import storage

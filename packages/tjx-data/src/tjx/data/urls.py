@@ -22,13 +22,13 @@ def is_url(path: Any) -> bool:
 
 def read_text(url: Any) -> str:
     """The object's UTF-8 text; ``FileNotFoundError`` when there is none."""
-    from etils import epath
+    from etils import epath  # pants: no-infer-dep  (orbax-checkpoint's dependency)
 
     return str(epath.Path(os.fspath(url)).read_text(encoding="utf-8"))
 
 
 def write_text(url: Any, text: str) -> None:
     """``text`` as the whole object (one upload)."""
-    from etils import epath
+    from etils import epath  # pants: no-infer-dep  (orbax-checkpoint's dependency)
 
     epath.Path(os.fspath(url)).write_text(text, encoding="utf-8")

@@ -24,7 +24,7 @@ def is_url(path: Any) -> bool:
 
 
 def _epath(url: Any) -> Any:
-    from etils import epath
+    from etils import epath  # pants: no-infer-dep  (orbax-checkpoint's dependency)
 
     return epath.Path(os.fspath(url))
 

@@ -31,6 +31,11 @@ def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
         return False
 
 
+#: Keys added after runs were saved whose default is exactly what those runs did (#43: LoRA off,
+#: text data): a saved config.yaml without them resumes.
+RAN_AS_DEFAULT = ("lora.", "data.format", "data.messages_field")
+
+
 def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
     """``config`` as the comparison sees it: a saved one read and written back as this trainer
     writes it (the old layout migrated, `trainer.settings.migrate`, and filled with the values it
@@ -51,6 +56,8 @@ def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
             # A key added since the file was written is compared at its default (what the run
             # had) where a resume may change it (``mesh.context``), and must match otherwise.
             added = {k for k in ckpt.flatten_config(full) if is_training_only(k, full)}
+            # Keys added since whose default is what every earlier run did (no adapters, text).
+            added |= {k for k in ckpt.flatten_config(full) if k.startswith(RAN_AS_DEFAULT)}
             full = _only(full, set(ckpt.flatten_config(config)) | added)
     if not isinstance(full.get("optimizer"), dict):
         return full

@@ -105,6 +105,7 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
         rebuilt = _rebuild_artefacts(plan, setup, st, bundle, start, primary)
         done = f"; rebuilt {', '.join(rebuilt)}" if rebuilt else ""
         print(f"nothing to do: the run is already at step {start} of {cfg.train.steps}{done}")
+        export_adapters(plan, setup, st["params"], primary)
         return 0
     # The log sinks open their files only now: a resume that failed above touched none of them.
     logger = metrics.make_logger(
@@ -339,6 +340,8 @@ class Training:
         if self.primary:
             RunDir(self.run_dir).write_final(summary)
             _plot(self.run_dir, self.cfg.name)
+        if not stopped_by and step_done == total:  # a stopped run exports when it finishes
+            export_adapters(self.plan, self.setup, self.state["params"], self.primary)
         if stopped_by or step_done < total:
             print(
                 f"{stopped_by or 'train.stop_at'}: saved step {step_done} to {self.run_dir}; "
@@ -347,6 +350,22 @@ class Training:
         else:
             print(f"done: {step_done} steps; run directory {self.run_dir}")
         return 0
+
+
+def export_adapters(plan: RunPlan, setup: Any, params: Any, primary: bool) -> None:
+    """``--export-peft DIR``: the LoRA adapters of ``params`` as a PEFT adapter folder (checked
+    by the command line: a Llama-family LoRA run and a new folder)."""
+    if plan.export_peft is None:
+        return
+    from flax import nnx
+
+    from tjx import nn
+
+    model = nnx.merge(setup.graphdef, jax.device_get(params), setup.rest)
+    if primary:
+        base = plan.init_from
+        nn.save_peft(model, plan.export_peft, plan.config.lora, base_model=base)
+        print(f"PEFT adapter written to {plan.export_peft}", flush=True)
 
 
 def _plot(run_dir: Path, name: str) -> bool:

@@ -96,7 +96,7 @@ from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.13.0"
+__version__ = "0.13.1"
 
 __all__ = [
     "ACTIVATIONS",

@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--plan-json", default=None, metavar="PATH", help="with --plan: also write its figures"
     )
+    parser.add_argument(
+        "--export-peft",
+        default=None,
+        metavar="DIR",
+        help="with lora.enabled: write the trained adapters to DIR as a PEFT adapter "
+        "(adapter_config.json + adapter_model.safetensors) when the run ends",
+    )
     add_distributed_arguments(parser)  # the multi-host launch flags are tjx.parallel's
     return parser
 
@@ -120,6 +127,29 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
         raise ConfigError(
             f"--run-dir: {err}; pass --resume to continue or choose another --run-dir"
         ) from None
+
+
+def _check_export_peft(cfg: Config, folder: str | None) -> Path | None:
+    """``--export-peft DIR``: a LoRA run of a Llama-family model, and a new or empty folder."""
+    if folder is None:
+        return None
+    if not cfg.use_lora:
+        raise ConfigError(
+            "--export-peft: this run trains no adapters; set lora.enabled=true (a fully trained "
+            "model is exported with eval --checkpoint RUN --export-hf DIR)"
+        )
+    if cfg.kind != "llama":
+        raise ConfigError(
+            f"--export-peft: PEFT adapters are written for Llama-family models, not "
+            f"model.kind={cfg.kind} (HF's GPT-2 fuses q/k/v); export the merged model with eval "
+            "--export-hf"
+        )
+    path = Path(folder).expanduser()
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ConfigError(
+            f"--export-peft: {path} exists and is not an empty folder; name a new one"
+        )
+    return path
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -166,6 +196,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
             del resume_changes["model.remat"]  # the memory fit chose full remat, and will again
     if args.init_from is not None:
         check_init_from(cfg, args.init_from)
+    export_peft = _check_export_peft(cfg, args.export_peft)
     profile = parse_profile(args.profile_steps)
     if profile is not None and profile[1] > cfg.train.steps:
         raise ConfigError(
@@ -175,7 +206,14 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         distributed = distributed_from_args(args)  # the environment fills the rest when joining
     print(*notes, sep="\n", file=sys.stderr, flush=True, end="\n" if notes else "")
     return RunPlan(
-        cfg, run_dir, bool(args.resume), args.init_from, profile, distributed, resume_changes
+        cfg,
+        run_dir,
+        bool(args.resume),
+        args.init_from,
+        profile,
+        distributed,
+        resume_changes,
+        export_peft,
     )
 
 

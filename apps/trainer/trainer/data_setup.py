@@ -24,6 +24,7 @@ KEYS = {
     "max_tokens": "data.max_tokens",
     "sources": "data.sources",
     "on_exhausted": "data.on_exhausted",
+    "data": "data.source",
 }
 
 
@@ -77,7 +78,7 @@ def make_tokenizer(cfg: Config) -> Any:
     )
 
 
-def prepare(cfg: Config) -> data.RunData:
+def prepare(cfg: Config) -> data.RunData | data.ChatRunData:
     """Tokenizer and checked shards of both splits (of every mixture source), or the digits
     images (cheap when cached)."""
     d, m, parts = cfg.data, cfg.model, mixture(cfg)
@@ -89,6 +90,17 @@ def prepare(cfg: Config) -> data.RunData:
                 f"{m.num_channels}; set model.num_channels=1"
             )
         return images
+    if d.format != "text":  # conversations or preference pairs (tjx.data's chat modules)
+        return _keyed(
+            data.prepare_chat_run_data,
+            d.source,
+            d.tokenizer,
+            kind=d.format,
+            seq_len=d.seq_len,
+            cache_dir=d.cache_dir,
+            tokenizer_vocab=d.tokenizer_vocab,
+            messages_field=d.messages_field,
+        )
     common = {
         "seq_len": d.seq_len,
         "tokenizer_vocab": d.tokenizer_vocab,
@@ -104,7 +116,7 @@ def prepare(cfg: Config) -> data.RunData:
     return _keyed(data.prepare_run_data, d.source, d.tokenizer, **common)
 
 
-def train_loader(bundle: data.RunData, cfg: Config, mesh: Any = None) -> Any:
+def train_loader(bundle: Any, cfg: Config, mesh: Any = None) -> Any:
     """The resumable, shuffled training iterator: this process's rows of each global batch
     (its share on ``mesh``, see `_processes`).
 
@@ -118,6 +130,14 @@ def train_loader(bundle: data.RunData, cfg: Config, mesh: Any = None) -> Any:
         shuffle=cfg.data.shuffle,
         **_processes(mesh),
     )
+    cut = getattr(loader, "truncation", None)  # chat data: what the truncation rule did
+    if cut is not None:
+        fill = f", rows {loader.fill:.0%} full" if hasattr(loader, "fill") else ""
+        print(
+            f"data: {cut.rows:,} {cfg.data.format} rows kept, {cut.truncated:,} cut to "
+            f"data.seq_len + 1, {cut.dropped:,} dropped (no trained token left){fill}",
+            flush=True,
+        )
     rows, needed = getattr(loader, "total_rows", None), cfg.train.steps * cfg.data.batch_size
     if rows is not None and rows < needed:
         raise ConfigError(
@@ -136,14 +156,14 @@ def restore_loader(loader: Any, state: dict[str, Any], mesh: Any = None) -> None
 
 
 def val_batches(
-    bundle: data.RunData, cfg: Config, max_batches: int | None, mesh: Any = None
+    bundle: Any, cfg: Config, max_batches: int | None, mesh: Any = None
 ) -> Iterator[Any]:
     """The first ``max_batches`` validation batches, always in the same order."""
     return bundle.validation_batches(cfg.eval.batch_size, max_batches, **_processes(mesh))
 
 
 def val_sets(
-    bundle: data.RunData, cfg: Config, max_batches: int | None, mesh: Any = None
+    bundle: Any, cfg: Config, max_batches: int | None, mesh: Any = None
 ) -> dict[str, tuple[Iterator[Any], float | None]]:
     """A mixture's held-out batches and bytes/token by source name (``val_loss/<name>``)."""
     return bundle.mixture_validation(cfg.eval.batch_size, max_batches, **_processes(mesh))

@@ -31,6 +31,11 @@ def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
         return False
 
 
+#: Keys added after runs were saved whose default is exactly what those runs did (#43: LoRA off,
+#: text data): a saved config.yaml without them resumes.
+RAN_AS_DEFAULT = ("lora.", "data.format", "data.messages_field")
+
+
 def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
     """``config`` as the comparison sees it: a saved one read and written back as this trainer
     writes it (the old layout migrated, `trainer.settings.migrate`, and filled with the values it
@@ -49,11 +54,13 @@ def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
         full = read_config(migrate(config)).to_dict()
         if not in_old_layout(config):
             # A key added since the file was written is compared at its default (what the run
-            # had) where a resume may change it (``mesh.context``), and must match otherwise;
-            # a model field too, as tjx-nn reads an older model.json: a field added later keeps,
+            # had) where a resume may change it (``mesh.context``), and must match otherwise.
+            added = {k for k in ckpt.flatten_config(full) if is_training_only(k, full)}
+            # Keys added since whose default is what every earlier run did (no adapters, text).
+            added |= {k for k in ckpt.flatten_config(full) if k.startswith(RAN_AS_DEFAULT)}
+            # A model field too, as tjx-nn reads an older model.json: a field added later keeps,
             # at its default, the model a run had before it (``model.num_experts`` 0: dense).
-            flat = ckpt.flatten_config(full)
-            added = {k for k in flat if is_training_only(k, full) or k.startswith("model.")}
+            added |= {k for k in ckpt.flatten_config(full) if k.startswith("model.")}
             full = _only(full, set(ckpt.flatten_config(config)) | added)
     if not isinstance(full.get("optimizer"), dict):
         return full

@@ -138,10 +138,38 @@ def check_context(cfg: Config, ways: int) -> None:
         )
 
 
+def with_adapters(model: Any, cfg: Config) -> Any:
+    """``model`` with tjx.nn's LoRA adapters of ``cfg.lora`` when ``lora.enabled`` (in place;
+    step 0 computes exactly what the base computes); a target the model lacks is a config error."""
+    from tjx import nn
+
+    if cfg.use_lora:
+        seed = cfg.train.seed
+        with keyed("lora.targets"):
+            nn.add_lora(model, cfg.lora, rngs=nnx.Rngs(params=seed + 1, dropout=seed + 2))
+    return model
+
+
+def new_model(cfg: Config, model_cfg: Any) -> Any:
+    """A freshly initialised model of ``model_cfg`` (adapters included) from ``train.seed``."""
+    from tjx import nn
+
+    return with_adapters(nn.build_model(model_cfg, rngs=nnx.Rngs(cfg.train.seed)), cfg)
+
+
+def make_optimizer(cfg: Config, params: Any, specs: Any) -> optax.GradientTransformation:
+    """tjx.optim's optimizer of the config (masks from the params' logical axes ``specs``); with
+    LoRA, over the adapters only: the base holds no optimizer state and gets no update."""
+    from tjx import optim
+
+    tx = optim.build_optimizer(cfg.optimizer, axes=specs)
+    return optim.only_trainable(tx, optim.adapter_mask(params)) if cfg.use_lora else tx
+
+
 def build(cfg: Config, init_from: str | None = None) -> Setup:
     """Mesh, model (born sharded), optimizer and the initial state ``{params, opt_state, step}``
     of a config whose vocabulary is known (`trainer.config.resolve`)."""
-    from tjx import nn, optim, parallel
+    from tjx import nn, parallel
 
     model_cfg, vocab_size = cfg.model, cfg.tokenizer_vocab
     if vocab_size is None:
@@ -165,6 +193,7 @@ def build(cfg: Config, init_from: str | None = None) -> Setup:
         model_cfg = model.config
         # the checkpoint's own attention settings (its position encoding) under the split
         check_context(dataclasses.replace(cfg, model=model_cfg), parallel.context_ways(mesh))
+        with_adapters(model, cfg)
         if vocab_size > model_cfg.vocab_size:
             raise ConfigError(
                 f"--init-from: the tokenizer's {vocab_size} ids do not fit the checkpoint's "
@@ -174,14 +203,13 @@ def build(cfg: Config, init_from: str | None = None) -> Setup:
         loaded = nnx.state(model)
         nnx.update(model, jax.device_put(loaded, parallel.state_shardings(loaded, mesh, rules)))
     else:
-        create = lambda: nn.build_model(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
-        model = parallel.shard_init(create, mesh, rules)
+        model = parallel.shard_init(lambda: new_model(cfg, model_cfg), mesh, rules)
     graphdef, params_state, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
     params = nnx.to_pure_dict(params_state)
     # The params' logical axes: the weight-decay mask and Muon's matrices are read from them, and
     # optimizer slots that mirror the params (mu, nu, ...) are sharded like them (ZeRO under FSDP).
     specs = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
-    tx = optim.build_optimizer(cfg.optimizer, axes=specs)
+    tx = make_optimizer(cfg, params, specs)
     opt_state = parallel.shard_opt_init(tx.init, params, mesh, rules, param_specs=specs)
     # The step counter (and any leaf jit left on one device) replicated: one device set.
     state = parallel.on_mesh(

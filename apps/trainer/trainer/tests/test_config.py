@@ -25,6 +25,7 @@ PRESETS = [
     "llama_32k",
     "bert_tiny",
     "vit_digits",
+    "sft_tiny",
 ]
 
 

@@ -72,8 +72,8 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
         (its stages are built over this machine's own devices).
     """
     from tjx import nn, parallel
-    from trainer.state import make_optimizer, new_model
-    from trainer.step import make_eval_step, make_train_step
+    from trainer.state import check_experts, make_optimizer, new_model
+    from trainer.step import experts_of, make_eval_step, make_train_step
 
     cfg, mc = run, run.mesh
     if mc.pipeline > 1:
@@ -95,6 +95,7 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
     from trainer.state import check_context
 
     check_context(cfg, parallel.context_ways(mesh))
+    check_experts(cfg, mesh)
     rules = parallel.rules_for(mc)  # ZeRO over fsdp × context under a split, as state.make_mesh
     split = parallel.context_parallel(mesh, rules, mc)  # as state.build: None unless split
     abstract = nnx.eval_shape(lambda: new_model(run, run.model))  # LoRA adapters included
@@ -111,7 +112,7 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
     state = _sharded(state, shardings)
     concrete_rest = nn.concrete_state(rest)
     train = jax.jit(
-        make_train_step(graphdef, concrete_rest, tx, run, split),
+        make_train_step(graphdef, concrete_rest, tx, run, split, experts_of(mesh, rules, run)),
         donate_argnums=(0,),
         out_shardings=(shardings, None),
     )

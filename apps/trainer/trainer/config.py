@@ -254,6 +254,14 @@ def _check_across(cfg: Config) -> None:
         f"optimizer.accumulation_steps: {o.accumulation_steps} must divide data.batch_size "
         f"({d.batch_size})",
     )
+    if m.num_experts and m.capacity_factor is not None:
+        # Capacity is per sequence: a device holding part of each sequence would size and fill
+        # the slots of its part, so the dropped tokens would depend on the context split.
+        _require(
+            mesh.context == 1,
+            f"model.capacity_factor: MoE capacity is per sequence, which mesh.context "
+            f"({mesh.context}) splits; set model.capacity_factor=null (dropless) or mesh.context=1",
+        )
     if mesh.strategy in ("tp", "fsdp_tp", "dp_tp"):
         _require(
             m.num_heads % mesh.tensor == 0,

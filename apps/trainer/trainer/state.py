@@ -48,6 +48,11 @@ def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:
         )
     if m.dropout != 0.0:
         raise ConfigError("mesh.pipeline: needs model.dropout=0 (no dropout keys per stage)")
+    if m.num_experts:
+        raise ConfigError(
+            "mesh.pipeline: MoE layers are not pipelined (model.num_experts="
+            f"{m.num_experts}); set mesh.pipeline=1 (mesh.expert splits the experts instead)"
+        )
     with keyed("mesh.pipeline"):
         parallel.check_pipeline(
             num_layers=m.num_layers,
@@ -57,6 +62,19 @@ def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:
             batch_ways=batch_ways,
             schedule=mc.schedule,
         )
+
+
+def check_experts(cfg: Config, mesh: Any) -> None:
+    """The mesh's ``expert`` axis must divide an MoE model's experts (each device holds an equal
+    share of whole experts)."""
+    from tjx import parallel
+
+    if cfg.model.num_experts:
+        with keyed(None):
+            try:
+                parallel.check_expert_split(cfg.model.num_experts, mesh)
+            except ValueError as err:
+                raise ValueError(str(err).replace("MeshConfig.", "mesh.")) from None
 
 
 def make_mesh(cfg: Config) -> tuple[Any, Any]:
@@ -72,6 +90,7 @@ def make_mesh(cfg: Config) -> tuple[Any, Any]:
         raise ConfigError(f"mesh: {err} ({jax.device_count()} devices here)") from None
     if mc.pipeline > 1:  # each microbatch is split over data×fsdp inside its stage
         _check_pipeline(cfg, parallel.batch_ways(mesh))
+    check_experts(cfg, mesh)
     batch, steps = cfg.data.batch_size, cfg.optimizer.accumulation_steps
     per_step = f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})"
     with keyed(None):  # its message names the config keys

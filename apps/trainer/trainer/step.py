@@ -23,11 +23,16 @@ Batch = dict[str, jax.Array]
 State = dict[str, Any]
 
 
-def make_loss_fn(graphdef: Any, rest: Any, cfg: Config, split: Any = None) -> Callable[..., Any]:
+def make_loss_fn(
+    graphdef: Any, rest: Any, cfg: Config, split: Any = None, experts: Any = None
+) -> Callable[..., Any]:
     """``loss_fn(params, batch, step) -> (mean loss, aux sums)``: tjx.nn's ``objective_loss`` of
     the model's objective with the config's settings; aux holds the summed loss, the scored
-    units and the top-1 correct count. ``split`` (tjx.parallel's ContextParallel, or None): the
-    model is traced with its sequences split over the context devices."""
+    units and the top-1 correct count, and for a model with MoE layers their router statistics
+    (``"moe"``: tjx.nn's ``MoEStats`` sums as a dict, rows = MoE layers). ``split``
+    (tjx.parallel's ContextParallel, or None): the model is traced with its sequences split over
+    the context devices. ``experts``: how the MoE layers run on the mesh (tjx.parallel's
+    ``expert_parallel``; None: as XLA shards them)."""
     if cfg.mesh.pipeline > 1:  # the layer stack as a pipeline over the `pipeline` mesh axis
         return pipeline_loss_fn(graphdef, rest, cfg)
     # Adapter dropout draws from the model's dropout stream too (tjx.nn.add_lora installs one).
@@ -38,7 +43,7 @@ def make_loss_fn(graphdef: Any, rest: Any, cfg: Config, split: Any = None) -> Ca
         model = nnx.merge(graphdef, params, nn.reseed(rest, step))
         # Under a split, attention crosses the context devices (ring or all-gather) and the loss
         # keeps each device's tokens; the batch came in the split's order (place_batch).
-        with nn.sequence_parallel(split):
+        with nn.sequence_parallel(split), nn.expert_parallel_scope(experts):
             out = nn.objective_loss(
                 model,
                 batch,
@@ -47,20 +52,31 @@ def make_loss_fn(graphdef: Any, rest: Any, cfg: Config, split: Any = None) -> Ca
                 mask_prob=cfg.train.mlm_probability,
                 **cfg.train.head_settings,
             )
-        return out.loss, {k: getattr(out, k) for k in ("sum_loss", "num_tokens", "num_correct")}
+        aux = {k: getattr(out, k) for k in ("sum_loss", "num_tokens", "num_correct")}
+        if out.moe is not None:  # sums: they add over micro-batches (aux_reduce="sum")
+            aux["moe"] = out.moe._asdict()
+        return out.loss, aux
 
     return loss_fn
 
 
 def make_train_step(
-    graphdef: Any, rest: Any, tx: optax.GradientTransformation, cfg: Config, split: Any = None
+    graphdef: Any,
+    rest: Any,
+    tx: optax.GradientTransformation,
+    cfg: Config,
+    split: Any = None,
+    experts: Any = None,
 ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
     """``train_step(state, batch) -> (state, metrics)``: accumulation, update, step report
-    (``split``: as for `make_loss_fn`)."""
+    (``split``, ``experts``: as for `make_loss_fn`); a model with MoE layers adds
+    ``metrics["moe"]``, the step's summed router statistics, and moves a sigmoid router's
+    balancing bias by them (DeepSeek-V3's auxiliary-loss-free rule)."""
     from tjx import optim
     from tjx.optim import accumulate_gradients, loss_scale_value, scale_loss, step_report
 
-    loss_fn = make_loss_fn(graphdef, rest, cfg, split)
+    loss_fn = make_loss_fn(graphdef, rest, cfg, split, experts)
+    balance_bias = cfg.model.num_experts > 0 and cfg.model.router == "sigmoid"
     micro = cfg.optimizer.accumulation_steps
     scaled = cfg.optimizer.loss_scale is not None
 
@@ -100,8 +116,14 @@ def make_train_step(
             loss = loss / loss_scale_value(opt_state).astype(loss.dtype)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
+        if balance_bias:  # the bias has no gradient; it follows the step's expert loads
+            model = nnx.merge(graphdef, params, rest)
+            model.update_router_bias(aux["moe"]["expert_tokens"])  # type: ignore[operator]
+            params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         metrics = {"loss": loss, **step_report(opt_state, grads, updates, params)}
         metrics["num_tokens"] = aux["num_tokens"]
+        if "moe" in aux:
+            metrics["moe"] = aux["moe"]
         new_state = {"params": params, "opt_state": opt_state, "step": step + 1}
         return new_state, metrics
 
@@ -112,8 +134,20 @@ def jit_train_step(setup: Any, cfg: Config, **jit_options: Any) -> Any:
     """`make_train_step` of a built state (``trainer.state.Setup``), jitted with the state donated
     (the new state reuses its buffers: one copy of the parameters and optimizer state, not two);
     ``jit_options`` go to ``jax.jit`` (e.g. ``out_shardings``)."""
-    step = make_train_step(setup.graphdef, setup.rest, setup.tx, cfg, setup.split)
+    experts = experts_of(setup.mesh, setup.rules, cfg)
+    step = make_train_step(setup.graphdef, setup.rest, setup.tx, cfg, setup.split, experts)
     return jax.jit(step, donate_argnums=(0,), **jit_options)
+
+
+def experts_of(mesh: Any, rules: Any, cfg: Config) -> Any:
+    """How a model's MoE layers run on the run's mesh: tjx.parallel's ``expert_parallel`` (each
+    device routes its own tokens; with ``mesh.expert > 1`` the experts are split over that axis
+    and tokens travel by all-to-all); None for a model without MoE layers."""
+    if not cfg.model.num_experts:
+        return None
+    from tjx import parallel
+
+    return parallel.expert_parallel(mesh, rules)
 
 
 def make_eval_step(

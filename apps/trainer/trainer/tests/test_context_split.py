@@ -73,7 +73,7 @@ def test_a_context_split_trains_as_the_unsplit_run(in_tmp, corpus, capsys):
         out = capsys.readouterr().out
         # the block kernel under the split, never cuDNN (auto: XLA's blocks on a CPU)
         assert f"attention: xla blocks, {strategy} across mesh.context={ways}" in out, out
-        assert f"data {data} × fsdp 1 × context {ways}" in out, out
+        assert f"data {data} × fsdp 1 × expert 1 × context {ways}" in out, out
         train, val = _losses(run)
         assert train == pytest.approx(whole[0], rel=RTOL)
         assert val == pytest.approx(whole[1], rel=RTOL)

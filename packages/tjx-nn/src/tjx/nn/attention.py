@@ -26,6 +26,7 @@ from tjx import kernels
 from tjx.nn.configs import TransformerConfig
 from tjx.nn.kv_cache import LayerCache, slot_positions, topk_decode_attention
 from tjx.nn.linear import Dense, split_key
+from tjx.nn.norms import RMSNorm
 from tjx.nn.params import normal
 from tjx.nn.positions import alibi_bias, apply_rope
 from tjx.nn.sequence import SequenceSplit, current_sequence_parallel
@@ -99,6 +100,15 @@ class Attention(nnx.Module):
             init=normal(out_std if out_std is not None else c.init_std),
             **common,
         )
+        # Qwen3: an RMSNorm over each query and key head (one scale per head_dim, shared by
+        # the heads), after the projection and before RoPE.
+        norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm_eps, precision=c.precision)
+        self.q_norm = RMSNorm(hd, **norm_kw) if c.qk_norm else None
+        self.k_norm = RMSNorm(hd, **norm_kw) if c.qk_norm else None
+
+    def _normed(self, norm: RMSNorm | None, x: Array) -> Array:
+        """``x`` [..., heads, head_dim] through a q/k norm (none: unchanged)."""
+        return x if norm is None else norm(x)
 
     def _rope(self, x: Array, positions: Array, length: Array | None = None) -> Array:
         return apply_rope(
@@ -111,7 +121,7 @@ class Attention(nnx.Module):
         if self.kv_down is not None:
             src = self.kv_down(src)
         k_key, k_value = split_key(lora_rng, 2)
-        k, v = self.key(src, k_key), self.value(src, k_value)
+        k, v = self._normed(self.k_norm, self.key(src, k_key)), self.value(src, k_value)
         if self.position == "rope" and positions is not None:
             k = self._rope(k, positions)
         return k, v
@@ -238,7 +248,7 @@ class Attention(nnx.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
         k_query, k_kv, k_out = split_key(lora_rng, 3)
-        q = self.query(x, k_query)
+        q = self._normed(self.q_norm, self.query(x, k_query))
         if self.position == "rope":
             q = self._rope(q, positions)
         drop = 0.0 if deterministic else self.attention_dropout
@@ -321,7 +331,7 @@ class Attention(nnx.Module):
             lat = self.kv_down(x)[:, 0].astype(cache["latent"].dtype)
             cache = {"latent": cache["latent"].at[rows, slot].set(lat)}
             latent = cache["latent"].astype(q.dtype)
-            k, v = self.key(latent), self.value(latent)
+            k, v = self._normed(self.k_norm, self.key(latent)), self.value(latent)
             if self.position == "rope":  # each cached key at its own position (right padding)
                 k = self._rope(k, jnp.maximum(held, 0), length=jnp.max(cache_pos) + 1)
         else:

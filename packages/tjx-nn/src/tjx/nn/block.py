@@ -13,6 +13,7 @@ from tjx.nn.configs import TransformerConfig
 from tjx.nn.kv_cache import LayerCache
 from tjx.nn.linear import dropout, split_key
 from tjx.nn.mlp import MLP
+from tjx.nn.moe import MoE, MoEStats
 from tjx.nn.norms import LayerNorm, RMSNorm, make_norm
 
 Array = jax.Array
@@ -42,7 +43,8 @@ class Block(nnx.Module):
 
     Pre-LN: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``. Post-LN (BERT, original
     Transformer): ``norm(x + attn(x))`` then ``norm(x + mlp(x))``. With ``cross=True`` a
-    cross-attention sub-layer over ``context`` sits between the two.
+    cross-attention sub-layer over ``context`` sits between the two. With ``moe=True`` the MLP
+    is an MoE block (``moe.MoE``), whose router statistics the call returns.
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class Block(nnx.Module):
         num_layers: int,
         causal: bool,
         cross: bool = False,
+        moe: bool = False,
     ) -> None:
         c = config
         self.pre_ln = c.norm_position == "pre"
@@ -71,15 +74,20 @@ class Block(nnx.Module):
             self.cross_attn = None
         self.mlp_norm = make_norm(c.norm, c.d_model, **norm_kw)
         assert c.mlp_dim is not None
-        self.mlp = MLP(
-            c.d_model,
-            c.mlp_dim,
-            rngs=rngs,
-            activation_name=c.mlp_activation,
-            use_bias=c.use_bias,
-            init_std=c.init_std,
-            out_std=out_std,
-            precision=c.precision,
+        self.moe: MoE | None = MoE(c, rngs=rngs, out_std=out_std) if moe else None
+        self.mlp: MLP | None = (
+            None
+            if moe
+            else MLP(
+                c.d_model,
+                c.mlp_dim,
+                rngs=rngs,
+                activation_name=c.mlp_activation,
+                use_bias=c.use_bias,
+                init_std=c.init_std,
+                out_std=out_std,
+                precision=c.precision,
+            )
         )
 
     def __call__(
@@ -98,8 +106,8 @@ class Block(nnx.Module):
         bias: Array | None = None,
         local: Any = None,
         lengths: Array | None = None,
-    ) -> tuple[Array, LayerCache | None]:
-        """Apply the layer; returns ``(x, updated cache)``.
+    ) -> tuple[Array, LayerCache | None, MoEStats | None]:
+        """Apply the layer; returns ``(x, updated cache, MoE statistics or None)``.
 
         ``bias`` (the stack's T5 relative position bias) goes to the self-attention only:
         cross-attention has no relative positions, as in T5.
@@ -151,5 +159,15 @@ class Block(nnx.Module):
                 return out
 
             x = sub(x, self.cross_norm, cross, keys[3])
-        x = sub(x, self.mlp_norm, lambda h: self.mlp(h, lora_keys[1]), keys[4])
-        return x, new_cache[0]
+        stats: list[MoEStats | None] = [None]
+        moe = self.moe
+
+        def ffn(h: Array) -> Array:
+            if moe is None:
+                assert self.mlp is not None
+                return self.mlp(h, lora_keys[1])
+            out, stats[0] = moe(h)
+            return out
+
+        x = sub(x, self.mlp_norm, ffn, keys[4])
+        return x, new_cache[0], stats[0]

@@ -23,6 +23,7 @@ from tjx.nn.config_checks import (
     check_window,
 )
 from tjx.nn.fields import choice, positive, rate, setting
+from tjx.nn.moe_config import NO_MOE, ROUTER_DTYPES, ROUTER_NAMES, check_moe
 from tjx.nn.precision import Precision, as_precision
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
@@ -132,9 +133,7 @@ class TransformerConfig:
         resumable=True,
         help="the vocabulary head's loss: xla (chunked), pallas (fused kernel); auto: by evidence",
     )
-    scan_layers: bool = setting(
-        False, help="one scan over the layers (stacked weights): faster compiles"
-    )
+    scan_layers: bool = setting(False, help="one scan over the layers (stacked): faster compiles")
     remat: str = setting(
         "none",
         choices=REMAT_POLICIES,
@@ -145,9 +144,7 @@ class TransformerConfig:
         Precision, factory=True, help="parameter and compute dtypes (param_dtype, compute_dtype)"
     )
     init_std: float = setting(0.02, help="std of the initial weights")
-    scaled_residual_init: bool = setting(
-        True, help="residual output projections init / sqrt(2 num_layers) (GPT-2)"
-    )
+    scaled_residual_init: bool = setting(True, help="residual output init / sqrt(2 layers) (GPT-2)")
     attention_type: str = setting(
         "mha", choices=ATTENTION_TYPES, help="mla: keys/values from one low-rank latent per token"
     )
@@ -155,6 +152,22 @@ class TransformerConfig:
     decode_topk: int | None = setting(
         None, resumable=True, help="decoding attends to the top-k cached keys only; None: all"
     )
+    qk_norm: bool = setting(False, help="RMSNorm of each query and key head (Qwen3)")
+    num_experts: int = setting(0, help="MoE: routed experts per MoE layer; 0: dense MLPs")
+    experts_per_token: int = setting(2, help="MoE: experts each token is routed to (top-k)")
+    expert_mlp_dim: int | None = setting(None, help="MoE: a routed expert's width; None: mlp_dim")
+    num_shared_experts: int = setting(0, help="MoE: experts every token goes through (DeepSeek)")
+    shared_expert_mlp_dim: int | None = setting(None, help="MoE: all shared experts' width")
+    shared_expert_gate: bool = setting(False, help="MoE: a sigmoid gate on the shared output")
+    moe_layer_step: int = setting(1, help="MoE: layer i is MoE when (i + 1) % step == 0")
+    moe_first_dense: int = setting(0, help="MoE: the first k layers keep a dense MLP")
+    router: str = setting("softmax", choices=ROUTER_NAMES, help="MoE: the router (see ROUTERS)")
+    router_norm_topk: bool = setting(True, help="MoE: the top-k weights sum to 1")
+    router_aux_loss: float = setting(0.01, help="MoE: load-balancing loss coefficient (Switch)")
+    router_z_loss: float = setting(0.0, help="MoE: router z-loss coefficient (ST-MoE)")
+    router_dtype: str = setting("float32", choices=ROUTER_DTYPES, help="MoE: the router's dtype")
+    router_bias_rate: float = setting(1e-3, resumable=True, help="MoE: sigmoid router's bias step")
+    capacity_factor: float | None = setting(None, help="MoE: slots / fair share; None: dropless")
 
     def __post_init__(self) -> None:
         cls = type(self).__name__
@@ -209,6 +222,7 @@ class TransformerConfig:
         check_mla(self, cls)
         if self.decode_topk is not None:
             positive(cls, "decode_topk", self.decode_topk)
+        check_moe(self, cls)
         self._check_unused(cls)
 
     def layer_windows(self, num_layers: int | None = None) -> tuple[int | None, ...]:
@@ -301,6 +315,7 @@ class BertConfig(TransformerConfig):
         "tie_embeddings": "BERT's MLM head always shares the token embedding",
         "decode_topk": "only decoders decode (BERT does not)",
         "cross_entropy_impl": "BERT's MLM head scores its masked tokens from their logits",
+        **NO_MOE,
     }
 
     def __post_init__(self) -> None:
@@ -333,6 +348,7 @@ class ViTConfig(TransformerConfig):
         "tie_embeddings": "ViT has no token embedding to tie its classifier to",
         "decode_topk": "only decoders decode (ViT does not)",
         "cross_entropy_impl": "ViT's head is a classifier, not a vocabulary",
+        **NO_MOE,
     }
 
     def __post_init__(self) -> None:
@@ -360,6 +376,7 @@ class ViTConfig(TransformerConfig):
 class EncoderDecoderConfig(TransformerConfig):
     """Encoder-decoder (Vaswani/T5 style) with shared embeddings; layer counts per side."""
 
+    unused_fields: ClassVar[Mapping[str, str]] = NO_MOE
     bidirectional: ClassVar[bool] = True
 
     num_encoder_layers: int | None = setting(None, help="encoder blocks; None: num_layers")

@@ -14,6 +14,7 @@ from tjx.nn.embeddings import Embed, add_positions, learned_positions, sinusoid_
 from tjx.nn.kv_cache import init_cache
 from tjx.nn.linear import Dense, dropout, dropout_stream, split_key
 from tjx.nn.losses import logits_cross_entropy
+from tjx.nn.moe import MoEStats
 from tjx.nn.norms import make_norm
 from tjx.nn.params import normal
 from tjx.nn.precision import Precision
@@ -231,6 +232,31 @@ class DecoderLM(nnx.Module):
             call, so ``nnx.Rngs(dropout=k)`` with the same ``k`` repeats the same masks: derive
             ``k`` per step (``jax.random.fold_in(key, step)``).
         """
+        out, _ = self.forward(
+            tokens,
+            positions=positions,
+            segment_ids=segment_ids,
+            deterministic=deterministic,
+            return_hidden=return_hidden,
+            rngs=rngs,
+        )
+        return out
+
+    def forward(
+        self,
+        tokens: Array,
+        *,
+        positions: Array | None = None,
+        segment_ids: Array | None = None,
+        deterministic: bool = True,
+        return_hidden: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> tuple[Array, MoEStats | None]:
+        """``__call__``'s output with the MoE layers' router statistics (None without MoE).
+
+        The statistics are ``moe.MoEStats`` stacked over the MoE layers in layer order;
+        ``moe.router_penalty(stats, config)`` is what their losses add to the training loss.
+        """
         b, s = tokens.shape
         check_length(s, self.config.max_seq_len)
         split = current_sequence_parallel()
@@ -246,7 +272,7 @@ class DecoderLM(nnx.Module):
         k_embed, k_stack = split_key(key, 2)
         x = self.embed_tokens(tokens, positions)
         x = dropout(x, self.config.dropout, k_embed, deterministic=deterministic)
-        x, _ = self.stack(
+        x, _, stats = self.stack.run(
             x,
             positions=positions,
             segment_ids=segment_ids,
@@ -255,7 +281,22 @@ class DecoderLM(nnx.Module):
         )
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return x if return_hidden else self.logits(x)
+        return (x if return_hidden else self.logits(x)), stats
+
+    def update_router_bias(self, expert_tokens: Array) -> None:
+        """After an optimizer step: move the MoE layers' balancing biases (``router="sigmoid"``)
+        by the step's expert loads, in place (``Stack.update_router_bias`` with the config's
+        ``router_bias_rate``); a model without them is left as it is.
+
+        The bias gets no gradient (it only steers the top-k choice), so the optimizer leaves it
+        alone; a train step calls this with the summed ``ObjectiveLoss.moe.expert_tokens``::
+
+            model = nnx.merge(graphdef, params, rest)
+            model.update_router_bias(moe_sums.expert_tokens)
+            params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        """
+        if self.config.num_experts:
+            self.stack.update_router_bias(expert_tokens, self.config.router_bias_rate)
 
     # -- incremental decoding --------------------------------------------------------------------
     def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> dict[str, Array]:
@@ -280,7 +321,7 @@ class DecoderLM(nnx.Module):
         check_length(s, self.config.max_seq_len)
         positions = cache_pos[:, None].astype(jnp.int32) + jnp.arange(s, dtype=jnp.int32)
         x = self.embed_tokens(tokens, positions)
-        x, new_cache = self.stack(
+        x, new_cache, _ = self.stack.run(
             x, positions=positions, cache=cache, cache_pos=cache_pos, lengths=lengths
         )
         assert new_cache is not None

@@ -1,6 +1,7 @@
 """``load_hf`` / ``save_hf``: Hugging Face checkpoints of GPT-2 and the LLaMA family in and out.
 
-A folder's ``config.json`` names the architecture (``model_type`` gpt2, llama, mistral or qwen2);
+A folder's ``config.json`` names the architecture (``model_type`` gpt2, llama, mistral, qwen2,
+or the MoE types mixtral, qwen2_moe and qwen3_moe, ``hf_moe``);
 its config module maps the config (refusing what tjx would ignore) and its mapping module the
 tensors. Weights move one tensor at a time: loading fills a model built abstractly
 (``nnx.eval_shape``) from safetensors' memory-mapped reads, saving writes one shard at a time,
@@ -33,12 +34,17 @@ from tjx.nn.hf_io import (
     write_safetensors,
 )
 from tjx.nn.hf_llama import llama_mapping
+from tjx.nn.hf_moe import MOE_TYPES, moe_config_from_hf, moe_config_to_hf, moe_export_type
 from tjx.nn.lora import merged_readers
 from tjx.nn.model_state import concrete_state
 from tjx.nn.params_io import fill_params, param_readers
 
 #: ``config.json`` model types ``load_hf`` reads, and the tjx model kind each becomes.
-HF_MODEL_TYPES: dict[str, str] = {"gpt2": "gpt2", **{t: "llama" for t in LLAMA_TYPES}}
+HF_MODEL_TYPES: dict[str, str] = {
+    "gpt2": "gpt2",
+    **{t: "llama" for t in LLAMA_TYPES},
+    **{t: "llama" for t in MOE_TYPES},
+}
 SAVE_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -79,6 +85,9 @@ def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[Deco
     if _kind(hf) == "gpt2":
         gpt2 = config_from_hf(hf, **overrides)
         return gpt2, GPT2, gpt2_mapping(gpt2)
+    if hf.get("model_type") in MOE_TYPES:
+        moe = moe_config_from_hf(hf, **overrides)
+        return moe, Llama, llama_mapping(moe, hf["model_type"])
     llama = llama_config_from_hf(hf, **overrides)
     return llama, Llama, llama_mapping(llama)
 
@@ -131,6 +140,9 @@ def _export_plan(config: Any, model_type: str | None) -> tuple[dict[str, Any], H
         if model_type not in (None, "gpt2"):
             raise ValueError(f"a GPT2 model saves as model_type 'gpt2'; got {model_type!r}")
         return config_to_hf(config), gpt2_mapping(config)
+    if isinstance(config, LlamaConfig) and config.num_experts:
+        chosen = moe_export_type(config, model_type)
+        return moe_config_to_hf(config, chosen), llama_mapping(config, chosen)
     if isinstance(config, LlamaConfig):
         return llama_config_to_hf(config, model_type), llama_mapping(config)
     raise ValueError(
@@ -162,7 +174,9 @@ def save_hf(
         shards with ``model.safetensors.index.json``.
     model_type : str, optional
         For a Llama: ``llama``, ``mistral`` or ``qwen2`` (default qwen2 when only q/k/v have
-        biases, else llama).
+        biases, else llama); for one with MoE layers ``mixtral``, ``qwen2_moe`` or
+        ``qwen3_moe`` (default qwen2_moe with shared experts, qwen3_moe with q/k norms, else
+        mixtral; see ``hf_moe.moe_export_type``).
     tokenizer_from : str or PathLike, optional
         A folder whose tokenizer files (``tokenizer.json`` ...) are copied next to the weights.
 

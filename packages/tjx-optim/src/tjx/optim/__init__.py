@@ -59,7 +59,7 @@ from tjx.optim.transforms import (
     skip_nonfinite,
 )
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"
 
 __all__ = [
     "ADAPTER_NAMES",

@@ -157,6 +157,7 @@ def moe_conclude(rows: list[Row], scale: str) -> list[str]:
     if dense and moe:
         d = difference(moe, dense, "val_loss")
         out.append(f"MoE − dense: {d.words(unit='nats')} at the same steps and tokens.")
+        out.extend(_paired(dense, moe))
         out.append(_matched(dense, moe))
     if dense and moe and wide:
         gap = difference(dense, wide, "val_loss")
@@ -193,6 +194,26 @@ def moe_conclude(rows: list[Row], scale: str) -> list[str]:
             "coefficient 0.01)."
         )
     return out
+
+
+def _paired(dense: Row, moe: Row) -> list[str]:
+    """MoE − dense seed by seed (a seed fixes the batch order, so the two saw the same batches);
+    descriptive only: the verdict keeps the unpaired noise rule of every study."""
+    by_seed = {r["seed"]: r.get("val_loss") for r in dense.get("per_seed", [])}
+    diffs = [
+        (r["seed"], float(r["val_loss"]) - float(by_seed[r["seed"]]))
+        for r in moe.get("per_seed", [])
+        if isinstance(r.get("val_loss"), float) and isinstance(by_seed.get(r["seed"]), float)
+    ]
+    if len(diffs) < 2:
+        return []
+    lower = sum(d < 0 for _, d in diffs)
+    each = ", ".join(f"{d:+.4f} (seed {seed})" for seed, d in diffs)
+    return [
+        f"Seed by seed (the same seed: the same batches in the same order): MoE − dense = {each}; "
+        f"the MoE is lower in {lower} of {len(diffs)} seeds. This pairing is descriptive: the "
+        "verdict below uses the unpaired rule of every study."
+    ]
 
 
 def _ratio(a: Row, b: Row, key: str) -> str:

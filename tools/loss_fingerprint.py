@@ -4,9 +4,10 @@
 (``python -m trainer``, shrunk by ``--set`` so that all five take minutes on a CPU) and saves each
 logged training loss exactly; run it again on the changed code with ``--out after.json``, then
 ``--compare before.json after.json`` says, case by case, whether the losses are bit-identical
-(exit 1 if any differs). The shrinking settings are the same on both sides, so what is compared
-is the code path from the preset to the step: the config, the package configs, the state, the
-optimizer and the step.
+(exit 1 if any differs; ``--rtol R`` accepts a relative difference up to R, for a change that
+rounds differently on purpose). The shrinking settings are the same on both sides, so what is
+compared is the code path from the preset to the step: the config, the package configs, the
+state, the optimizer and the step.
 """
 
 from __future__ import annotations
@@ -81,16 +82,29 @@ def record(out: Path) -> None:
     out.write_text(json.dumps(found, indent=1) + "\n")
 
 
-def compare(before: Path, after: Path) -> int:
-    """0 if every case's losses are identical in both files, else 1 (each case said)."""
+def _relative(old: list[str], new: list[str]) -> float:
+    """Largest relative difference between two cases' losses (inf if they do not pair up)."""
+    if len(old) != len(new) or not old:
+        return float("inf")
+    values = [(float(a.split()[-1]), float(b.split()[-1])) for a, b in zip(old, new, strict=True)]
+    return max(abs(b - a) / max(abs(a), 1e-30) for a, b in values)
+
+
+def compare(before: Path, after: Path, rtol: float = 0.0) -> int:
+    """0 if every case's losses are identical in both files (or, with ``rtol``, agree within it
+    relatively: for a change that rounds differently on purpose), else 1 (each case said)."""
     old, new = json.loads(before.read_text()), json.loads(after.read_text())
     differ = 0
     for name in sorted(set(old) | set(new)):
-        same = old.get(name) == new.get(name) and bool(old.get(name))
-        differ += not same
-        print(
-            f"{name}: {'bit-identical' if same else 'DIFFERENT'} ({len(new.get(name, []))} losses)"
-        )
+        a, b = old.get(name, []), new.get(name, [])
+        if a == b and a:
+            print(f"{name}: bit-identical ({len(b)} losses)")
+            continue
+        rel = _relative(a, b)
+        ok = rel <= rtol
+        differ += not ok
+        verdict = f"within rtol {rtol:g}" if ok else "DIFFERENT"
+        print(f"{name}: {verdict} (largest relative difference {rel:.3g}; {len(b)} losses)")
     return int(differ > 0)
 
 
@@ -98,9 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, help="record the losses of this code here")
     parser.add_argument("--compare", type=Path, nargs=2, metavar=("BEFORE", "AFTER"))
+    parser.add_argument(
+        "--rtol",
+        type=float,
+        default=0.0,
+        help="--compare: accept losses within this relative difference (default: bitwise)",
+    )
     args = parser.parse_args(argv)
     if args.compare:
-        return compare(*args.compare)
+        before, after = args.compare
+        return compare(before, after, rtol=args.rtol)
     if args.out is None:
         parser.error("give --out FILE or --compare BEFORE AFTER")
     record(args.out)

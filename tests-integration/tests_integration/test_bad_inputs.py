@@ -184,7 +184,7 @@ CASES = [
         T,
         [*TINY, "--set", "data.batch_size=12"],
         None,
-        "must be divisible by the data×fsdp mesh size (8)",
+        "must be divisible by the data×fsdp×expert mesh size (8)",
     ),
     (
         "tensor-does-not-divide-heads",
@@ -241,7 +241,7 @@ CASES = [
         T,
         [*TINY, "--set", "mesh.data=-1", "--set", "mesh.fsdp=-1"],
         None,
-        "mesh: at most one of pipeline, data, fsdp, context, tensor may be -1",
+        "mesh: at most one of pipeline, data, fsdp, expert, context, tensor may be -1",
     ),
     (
         "keep-best-without-eval",

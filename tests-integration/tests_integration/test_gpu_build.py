@@ -1,4 +1,4 @@
-"""The flash-attention kernels compile to GPU machine code, without a GPU.
+"""The flash-attention and fused cross-entropy kernels compile to GPU machine code, without a GPU.
 
 CI has no GPU, and in Pallas interpret mode the kernels never meet Triton's compiler: a change that
 Triton cannot lay out, a tile that overflows shared memory or a launch that spills registers would
@@ -117,3 +117,21 @@ def test_script_runs_end_to_end(check: object, tmp_path: Path):
     argv = ["--quick", "--arch", "90", "--seq", "256", "--json", str(tmp_path / "r.json")]
     assert check.main(argv) == 0  # type: ignore[attr-defined]
     assert (tmp_path / "r.json").read_text().count('"ok": true') == 6
+
+
+@pytest.mark.parametrize("dtype,d_model", [("bf16", 768), ("f32", 256)])
+def test_the_fused_cross_entropy_kernels_compile_without_spills_on_sm_90(
+    check: object, dtype: str, d_model: int
+):
+    """Its default launch (`tjx.kernels.CELaunch`): the three kernels compile, fit, need no
+    register spills on sm_90 and run their products on wgmma (bf16 and TF32)."""
+    kernels = check.lower_ce_kernels(  # type: ignore[attr-defined]
+        dtype, d_model, vocab=50304 if dtype == "bf16" else 8192, tokens=1024, z_loss=1e-4, arch=90
+    )
+    assert sorted(k.name for k in kernels) == ["tjx_ce_dw", "tjx_ce_dx", "tjx_ce_fwd"]
+    for kernel in kernels:
+        built = check.compile_kernel(kernel, 90)  # type: ignore[attr-defined]
+        where = f"{kernel.name} {dtype} d_model={d_model} warps={kernel.num_warps}"
+        assert 0 < built["shared_kib"] <= check.SMEM_LIMIT[90] / 1024, f"{where}: {built}"  # type: ignore[attr-defined]
+        assert built["spill_bytes"] == 0, f"{where} spills registers: {built}"
+        assert built["wgmma"] > 0 and built["mma_sync"] == 0, f"{where}: {built}"

@@ -2,7 +2,9 @@
 
 transformers builds tiny random models (GQA, MQA, head_dim != d/heads, the RoPE scalings llama3,
 yarn, dynamic and longrope, sliding windows in every layer and in some, tied and untied heads,
-Qwen2's q/k/v bias, a sharded checkpoint) and saves them; tjx loads each
+Qwen2's q/k/v bias, a sharded checkpoint; the MoE families: Mixtral, Qwen2-MoE with its gated
+shared expert, a dense first layer and top-k weights left unnormalised, Qwen3-MoE with q/k norms
+and head_dim != d/heads) and saves them; tjx loads each
 with ``tjx.nn.load_hf``: float32 logits within 1e-4 relative of transformers', and 20 greedy
 tokens identical. tjx saves each again with ``tjx.nn.save_hf`` (the Llama one sharded) and
 transformers' ``AutoModelForCausalLM`` loads it as the same class, with the same logits.
@@ -104,6 +106,25 @@ CASES: dict[str, dict[str, Any]] = {
                 "long_factor": [1.0, 2.0, 4.0, 8.0],
             },
         ),
+    ),
+    "mixtral": dict(
+        config=dict(
+            model_type="mixtral", **SIZES, **COMMON, num_key_value_heads=2, num_local_experts=4,
+            num_experts_per_tok=2, sliding_window=None,
+        )  # fmt: skip
+    ),
+    "qwen2_moe": dict(
+        config=dict(
+            model_type="qwen2_moe", **SIZES, **COMMON, num_key_value_heads=2, num_experts=4,
+            num_experts_per_tok=2, moe_intermediate_size=24, shared_expert_intermediate_size=40,
+            norm_topk_prob=False, mlp_only_layers=[0],
+        )  # fmt: skip
+    ),
+    "qwen3_moe": dict(
+        config=dict(
+            model_type="qwen3_moe", **SIZES, **COMMON, num_key_value_heads=2, head_dim=16,
+            num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, norm_topk_prob=True,
+        )  # fmt: skip
     ),
     "gpt2": dict(
         config=dict(
@@ -216,3 +237,9 @@ def test_the_cases_cover_what_the_configs_carry(results):
     # transformers wrote the Llama checkpoint in shards, and tjx did too.
     assert "model.safetensors.index.json" in results["llama"]["source_files"]
     assert "model.safetensors.index.json" in results["llama"]["files"]
+    mixtral, qwen2_moe, qwen3_moe = (results[k]["config"] for k in ("mixtral", "qwen2_moe",
+                                                                        "qwen3_moe"))  # fmt: skip
+    assert mixtral.num_experts == 4 and mixtral.router_norm_topk and not mixtral.num_shared_experts
+    assert nn.moe_layers(qwen2_moe) == (False, True) and not qwen2_moe.router_norm_topk
+    assert qwen2_moe.shared_expert_gate and qwen2_moe.shared_expert_mlp_dim == 40
+    assert qwen2_moe.qkv_bias and qwen3_moe.qk_norm and qwen3_moe.head_dim == 16

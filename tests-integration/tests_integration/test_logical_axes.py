@@ -20,9 +20,12 @@ def test_the_packages_hold_the_same_names_in_the_same_order() -> None:
     assert tuple(tnn.LOGICAL_AXES) == tuple(parallel.LOGICAL_AXES)
 
 
-@pytest.mark.parametrize("kind", sorted(tnn.MODEL_KINDS))
+@pytest.mark.parametrize("kind", [*sorted(tnn.MODEL_KINDS), "llama-moe"])
 def test_every_parameter_of_every_kind_maps_under_every_strategy(kind: str) -> None:
     fields = {"d_model": 16, "num_layers": 2, "num_heads": 2}
+    if kind == "llama-moe":  # routed experts (logical `experts`), shared experts, first dense
+        kind = "llama"
+        fields |= {"num_experts": 4, "num_shared_experts": 1, "moe_first_dense": 1}
     if kind == "vit":
         fields |= {"image_size": 8, "patch_size": 4}
     else:

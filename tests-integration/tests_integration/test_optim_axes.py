@@ -8,6 +8,7 @@ behind opaque keys) equal the path rules' leaf by leaf: runs train exactly as be
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -26,6 +27,14 @@ _DECODER_VARIANTS: list[dict[str, Any]] = [
     {"use_bias": True, "qkv_bias": True},
     {"attention_type": "mla", "kv_latent_dim": 8},
     {"num_kv_heads": 1},
+    # MoE: routed experts after a dense layer, shared experts with a gate, a balancing bias.
+    {
+        "num_experts": 4,
+        "moe_first_dense": 1,
+        "num_shared_experts": 1,
+        "shared_expert_gate": True,
+        "router": "sigmoid",
+    },
 ]
 VARIANTS = {"gpt2": _DECODER_VARIANTS, "llama": _DECODER_VARIANTS, "bert": [{}, {"num_labels": 3}]}
 
@@ -43,6 +52,23 @@ def _configs() -> list[tuple[str, Any]]:
                 config = tnn.MODEL_KINDS[kind](**base, **extra, scan_layers=scan)
                 out.append((f"{kind}-scan={scan}-{extra}", config))
     return out
+
+
+def _view(dims: Any, shape: tuple[int, ...]) -> Any:
+    """What Muon orthogonalizes: (stack axes, rows, cols) sizes (equal views, equal updates)."""
+    if dims is None:
+        return None
+    rows = math.prod(shape[a] for a in dims.reduction_axis)
+    cols = math.prod(shape[a] for a in dims.output_axis)
+    stack = [
+        shape[a] for a in range(len(shape)) if a not in (*dims.reduction_axis, *dims.output_axis)
+    ]
+    return stack, rows, cols
+
+
+def _stacks_unseen(path: Any, names: Any) -> bool:
+    keys = [str(getattr(k, "key", k)) for k in path]
+    return "experts" in names or "segments" in keys
 
 
 def _is_dims(x: Any) -> bool:
@@ -76,9 +102,15 @@ def test_the_axes_choose_what_the_paths_chose_for_every_model(label: str, config
     assert any(d is not None for d in dims_path)
     mismatch = [
         (p, n, a, dims_axes[f"p{i}"])
-        for i, ((p, _), n, a) in enumerate(zip(flat, names, dims_path, strict=False))
-        if a != dims_axes[f"p{i}"]
+        for i, ((p, x), n, a) in enumerate(zip(flat, names, dims_path, strict=False))
+        if _view(a, x.shape) != _view(dims_axes[f"p{i}"], x.shape) and not _stacks_unseen(p, n)
     ]
     assert not mismatch, (label, "muon", mismatch)
+    # What the path rule cannot see (an expert stack; the layer axis of a mixed dense/MoE stack's
+    # segments, "segments/<s>/blocks/<j>"): the axes make each slice one matrix, inputs as rows.
+    for i, ((p, _), n) in enumerate(zip(flat, names, strict=False)):
+        if _stacks_unseen(p, n) and dims_axes[f"p{i}"] is not None:
+            stack = sum(1 for a in n[:2] if a in ("layers", "experts"))
+            assert min(dims_axes[f"p{i}"].reduction_axis) == stack, (label, p, n)
     # The trainer passes the specs as they are: the params' own paths, the same answer.
     assert jax.tree.leaves(decay_mask(params, axes=specs)) == by_path

@@ -147,7 +147,7 @@ def test_llama_small_trains_pipelined_to_the_losses_of_the_plain_mesh(tmp_path):
         (["mesh.pipeline=2", "mesh.microbatches=3"], "3 microbatches must divide the batch of 8"),
         (
             ["mesh.pipeline=2", "mesh.data=2"],
-            "pipeline=2, data=2, fsdp=1, context=1, tensor=1 has 4",
+            "pipeline=2, data=2, fsdp=1, expert=1, context=1, tensor=1 has 4",
         ),
         (["mesh.pipeline=2", "model.scan_layers=false"], "needs model.scan_layers=true"),
         (["mesh.pipeline=2", "mesh.microbatches=4"], "a microbatch of 2 rows"),

@@ -13,6 +13,7 @@ histogram per layer of those means (all heads and queries) is drawn into one PNG
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +99,13 @@ def plot(distances: list[np.ndarray], path: Path, title: str) -> Path:
         ax.set_xlabel("mean distance attended (tokens)", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)  # its folder exists: the run dir, or checked by the command line
+    if "://" in str(path):  # a run directory in object storage: the PNG is one object
+        from etils import epath
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=90)
+        epath.Path(str(path)).write_bytes(buffer.getvalue())
+    else:
+        fig.savefig(path, dpi=90)  # its folder exists: the run dir, or checked by the CLI
     plt.close(fig)
     return path

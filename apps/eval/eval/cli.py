@@ -88,7 +88,7 @@ def _check(args: argparse.Namespace) -> None:
         )
     hf_checkpoint.check_arguments(args)
     for run in [args.checkpoint] if args.checkpoint else list(args.compare):
-        if args.checkpoint and hf_checkpoint.is_hf_folder(Path(run)):
+        if args.checkpoint and hf_checkpoint.is_hf_folder(location(run)):
             if args.data is None and args.export_hf is None and args.tasks is None:
                 raise RunError(
                     "--data: a Hugging Face checkpoint has no held-out split of its own; give "
@@ -117,12 +117,22 @@ def _check_png_folder(args: argparse.Namespace) -> None:
         ) from None
 
 
-def split_step(target: str, default: int | None) -> tuple[Path, int | None]:
+def location(target: str) -> Any:
+    """A ``--checkpoint`` / ``--compare`` path: a local `Path`, or for a ``gs://`` / ``s3://``
+    run directory tjx.ckpt's `epath.Path` (another scheme: tjx.ckpt's one-line error)."""
+    if "://" in target:
+        from tjx import ckpt
+
+        return ckpt.RunDir(target).path
+    return Path(target)
+
+
+def split_step(target: str, default: int | None) -> tuple[Any, int | None]:
     """``"runs/x@200"`` → (runs/x, 200); no ``@STEP`` → (the path, ``default``)."""
     path, sep, step = target.rpartition("@")
     if not sep or not step.isdigit():
-        return Path(target), default
-    return Path(path), int(step)
+        return location(target), default
+    return location(path), int(step)
 
 
 def _metrics(run: Any, args: argparse.Namespace) -> dict[str, float]:
@@ -277,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             results = [_metrics(r, args) for r in runs]
             _print_table([f"{r.run_dir.name}@{r.step}" for r in runs], results)
             return 0
-        run = hf_checkpoint.load_checkpoint(Path(args.checkpoint), args.step)
-        if hf_checkpoint.is_hf_folder(Path(args.checkpoint)):
+        run = hf_checkpoint.load_checkpoint(location(args.checkpoint), args.step)
+        if hf_checkpoint.is_hf_folder(location(args.checkpoint)):
             args.attention_png = args.attention_png or "none"  # never written into its folder
         if args.export_hf is not None:
             hf_checkpoint.export_run(run, args)

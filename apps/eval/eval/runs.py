@@ -64,6 +64,8 @@ def check_run_dir(run_dir: Path) -> None:
     """Raise `RunError` unless ``run_dir`` holds a config, model description and a checkpoint."""
     from tjx import ckpt
 
+    if ckpt.is_remote(run_dir):  # the bucket, the credentials: one line each (StorageError)
+        ckpt.check_remote(run_dir, write=False)
     if not run_dir.is_dir():
         raise RunError(f"--checkpoint: no such run directory {str(run_dir)!r}")
     run = ckpt.RunDir(run_dir)

@@ -28,6 +28,7 @@ from experiments.claims import (
 from experiments.spec import Row
 from experiments.stability import SCHEDULES as SCHEDULE_NAMES
 from experiments.stats import Difference, difference, value_text
+from experiments.studies_moe import DENSE, MOE_GROUP
 
 # --- positions ---------------------------------------------------------------------------------
 
@@ -291,6 +292,33 @@ NANOGPT = (
           _speed),
 )  # fmt: skip
 
+# --- mixture of experts ------------------------------------------------------------------------
+
+#: Not a seed's claim: issue #41 names it ("the claim everyone repeats") and asks for this study.
+ISSUE41 = "issue #41"
+#: How far apart the two configs' active parameters may be and still count as equal (the
+#: router's d·E weights are the MoE's extra).
+MATCHED = 0.02
+
+
+def _moe_beats_dense(rows: list[Row]) -> Judgement:
+    moe = next(r for r in rows if r["group"] == MOE_GROUP)
+    dense = row(rows, DENSE)
+    extra = float(moe["active_params"]) / float(dense["active_params"]) - 1
+    if abs(extra) > MATCHED:
+        return (f"active parameters differ by {100 * extra:+.1f} %", CANNOT_TELL,
+                f"the two are not matched within {100 * MATCHED:.0f} %.")  # fmt: skip
+    _, verdict, why = lower(moe, dense, "val_loss", "held-out loss")
+    d = difference(moe, dense, "val_loss")
+    return (f"MoE − dense: {d.words(unit='nats')}; active parameters {100 * extra:+.1f} %",
+            verdict, f"{why} Same steps, tokens and learning rate.")  # fmt: skip
+
+
+MOE = (
+    Claim(ISSUE41, "at equal active parameters (and equal FLOPs per token), an MoE reaches a "
+          "lower held-out loss than the dense model in the same steps", _moe_beats_dense),
+)  # fmt: skip
+
 #: Every study's claims by study name.
 CLAIMS: dict[str, tuple[Claim, ...]] = {
     "positions": POSITIONS,
@@ -302,6 +330,7 @@ CLAIMS: dict[str, tuple[Claim, ...]] = {
     "bits_per_byte": BPB,
     "speedrun": SPEEDRUN,
     "nanogpt": NANOGPT,
+    "moe": MOE,
 }
 
 

@@ -7,6 +7,7 @@ from experiments.spec import Study
 from experiments.stability import DEPTH_STUDY, SCHEDULE_STUDY
 from experiments.studies_a import OPTIMIZER_STUDY, POSITIONS_STUDY, PRECISION_STUDY
 from experiments.studies_b import BPB_STUDY, MEMORY_STUDY, SPEED_STUDY
+from experiments.studies_moe import MOE_STUDY
 
 STUDIES: dict[str, Study] = {
     s.name: s
@@ -20,5 +21,6 @@ STUDIES: dict[str, Study] = {
         BPB_STUDY,
         SPEED_STUDY,
         SIDE_STUDY,
+        MOE_STUDY,
     )
 }

@@ -71,8 +71,9 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
         A mesh or batch that does not split over ``len(devices)`` devices, or a pipelined mesh
         (its stages are built over this machine's own devices).
     """
-    from tjx import nn, optim, parallel
-    from trainer.step import make_eval_step, make_train_step
+    from tjx import nn, parallel
+    from trainer.state import check_experts, make_optimizer, new_model
+    from trainer.step import experts_of, make_eval_step, make_train_step
 
     cfg, mc = run, run.mesh
     if mc.pipeline > 1:
@@ -91,12 +92,17 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
             },
             mesh,
         )
-    rules = parallel.rules(mc.strategy)
-    abstract = nnx.eval_shape(lambda: nn.build_model(run.model, rngs=nnx.Rngs(cfg.train.seed)))
+    from trainer.state import check_context
+
+    check_context(cfg, parallel.context_ways(mesh))
+    check_experts(cfg, mesh)
+    rules = parallel.rules_for(mc)  # ZeRO over fsdp × context under a split, as state.make_mesh
+    split = parallel.context_parallel(mesh, rules, mc)  # as state.build: None unless split
+    abstract = nnx.eval_shape(lambda: new_model(run, run.model))  # LoRA adapters included
     graphdef, params_state, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
     params = nnx.to_pure_dict(params_state)
     specs = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
-    tx = optim.build_optimizer(run.optimizer, axes=specs)
+    tx = make_optimizer(run, params, specs)
     state = {
         "params": params,
         "opt_state": jax.eval_shape(tx.init, params),
@@ -106,11 +112,11 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
     state = _sharded(state, shardings)
     concrete_rest = nn.concrete_state(rest)
     train = jax.jit(
-        make_train_step(graphdef, concrete_rest, tx, run),
+        make_train_step(graphdef, concrete_rest, tx, run, split, experts_of(mesh, rules, run)),
         donate_argnums=(0,),
         out_shardings=(shardings, None),
     )
-    evaluate = jax.jit(make_eval_step(graphdef, concrete_rest, cfg))
+    evaluate = jax.jit(make_eval_step(graphdef, concrete_rest, cfg, split))
     return AbstractRun(
         train,
         state,

@@ -8,6 +8,11 @@ run. A kernel named in the config that fails is one error line (exit 2, nothing 
 last resort, is not compiled here: every platform compiles it, and the memory fit compiles it next.
 After a fallback the config carries the kernel that compiled (``model.attention_impl`` may differ
 on a resume).
+
+Under context parallelism (``mesh.context`` > 1) attention is tjx.parallel's ring (or all-gather)
+over blocks of one kernel's separate forward and backward halves: cuDNN has none, so the line
+names the block kernel (`tjx.kernels.block_kernel`: auto is Pallas on a CUDA GPU, else XLA) and
+nothing is compiled here (the abstract step below is one device's).
 """
 
 from __future__ import annotations
@@ -48,9 +53,15 @@ def choose_attention(
     ConfigError
         A kernel named in the config cannot serve the model or fails to lower or compile.
     """
+    import jax
+
     from tjx import kernels
 
     impl = cfg.model.attention_impl
+    line = split_kernel_line(cfg, jax.device_count())
+    if line is not None:
+        say(line)
+        return cfg
     if impl == "xla":
         return cfg
     dtype, head_dim = cfg.model.precision.compute_dtype, cfg.model.head_dim
@@ -73,3 +84,27 @@ def choose_attention(
         ) from None
     # With no fallback, "auto" stays: it resolves to the same kernel while tracing.
     return cfg if chosen == order[0] else cfg.with_model(attention_impl=chosen)
+
+
+def split_kernel_line(cfg: Config, devices: int) -> str | None:
+    """The ``attention:`` line of a run whose sequences are split over the context devices of
+    ``devices`` (None when they are not): the block kernel and how the blocks cross devices."""
+    from tjx import kernels, parallel
+    from trainer.state import check_context
+
+    try:
+        sizes = dict(zip(parallel.MESH_AXES, cfg.mesh.resolve(devices), strict=True))
+    except ValueError:  # a mesh that does not fit the devices: the mesh's own line says so
+        return None
+    ways, impl = sizes[parallel.CONTEXT_AXIS], cfg.model.attention_impl
+    if ways == 1:
+        return None
+    check_context(cfg, ways)  # cudnn, or pallas with a window: one line naming the key
+    windowed = any(w is not None for w in cfg.model.layer_windows())
+    # a window masks by each token's original place: the XLA blocks take it (token_index)
+    block = "xla" if impl == "auto" and windowed else kernels.block_kernel(impl)
+    how = "windowed, " if windowed else ""
+    return (
+        f"attention: {block} blocks, {cfg.mesh.context_strategy} across mesh.context={ways} "
+        f"({how}model.attention_impl={impl}; cuDNN has no split forward and backward)"
+    )

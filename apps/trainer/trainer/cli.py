@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
@@ -78,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--plan-json", default=None, metavar="PATH", help="with --plan: also write its figures"
     )
+    parser.add_argument(
+        "--export-peft",
+        default=None,
+        metavar="DIR",
+        help="with lora.enabled: write the trained adapters to DIR as a PEFT adapter "
+        "(adapter_config.json + adapter_model.safetensors) when the run ends",
+    )
     add_distributed_arguments(parser)  # the multi-host launch flags are tjx.parallel's
     return parser
 
@@ -98,6 +106,15 @@ def parse_profile(text: str | None) -> tuple[int, int] | None:
     return start, stop
 
 
+def _run_location(text: str) -> Any:
+    """``--run-dir`` as tjx.ckpt's `RunDir` takes it: a local `Path` (``~`` expanded), or for a
+    ``gs://`` / ``s3://`` URL an `epath.Path` (another scheme is one ``--run-dir:`` line)."""
+    with keyed("--run-dir", ckpt.NotCreatableError):
+        if "://" in text:
+            return ckpt.RunDir(text).path
+        return Path(text).expanduser()
+
+
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
     """The run directory can be made and may start fresh or resume (tjx.ckpt's `RunDir`
     decides; a fresh run never trains over a step folder, committed or not)."""
@@ -110,6 +127,29 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
         raise ConfigError(
             f"--run-dir: {err}; pass --resume to continue or choose another --run-dir"
         ) from None
+
+
+def _check_export_peft(cfg: Config, folder: str | None) -> Path | None:
+    """``--export-peft DIR``: a LoRA run of a Llama-family model, and a new or empty folder."""
+    if folder is None:
+        return None
+    if not cfg.use_lora:
+        raise ConfigError(
+            "--export-peft: this run trains no adapters; set lora.enabled=true (a fully trained "
+            "model is exported with eval --checkpoint RUN --export-hf DIR)"
+        )
+    if cfg.kind != "llama":
+        raise ConfigError(
+            f"--export-peft: PEFT adapters are written for Llama-family models, not "
+            f"model.kind={cfg.kind} (HF's GPT-2 fuses q/k/v); export the merged model with eval "
+            "--export-hf"
+        )
+    path = Path(folder).expanduser()
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ConfigError(
+            f"--export-peft: {path} exists and is not an empty folder; name a new one"
+        )
+    return path
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -144,11 +184,11 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         metrics.check_logger_packages(cfg.logging.sinks, wandb_mode=wandb_mode)
     if args.init_from is not None and args.resume:  # before the checkpoint checks: the real issue
         raise ConfigError("--init-from: cannot be combined with --resume")
-    run_dir = Path(args.run_dir or Path("runs") / cfg.name).expanduser()
+    run_dir = _run_location(args.run_dir or str(Path("runs") / cfg.name))
     _check_run_dir(run_dir, bool(args.resume))
     if cfg.data.cache_dir:
-        with keyed("data.cache_dir", ckpt.NotCreatableError):
-            ckpt.check_can_create(Path(cfg.data.cache_dir).expanduser())
+        with keyed("data.cache_dir", data.DataError, ckpt.NotCreatableError):
+            ckpt.check_can_create(data.local_cache_folder(cfg.data.cache_dir))
     resume_changes: dict[str, tuple[object, object]] = {}
     if args.resume:  # before anything is written: a mismatch leaves the run as it was
         resume_changes = check_resume(run_dir, cfg.to_dict())
@@ -156,6 +196,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
             del resume_changes["model.remat"]  # the memory fit chose full remat, and will again
     if args.init_from is not None:
         check_init_from(cfg, args.init_from)
+    export_peft = _check_export_peft(cfg, args.export_peft)
     profile = parse_profile(args.profile_steps)
     if profile is not None and profile[1] > cfg.train.steps:
         raise ConfigError(
@@ -165,7 +206,14 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         distributed = distributed_from_args(args)  # the environment fills the rest when joining
     print(*notes, sep="\n", file=sys.stderr, flush=True, end="\n" if notes else "")
     return RunPlan(
-        cfg, run_dir, bool(args.resume), args.init_from, profile, distributed, resume_changes
+        cfg,
+        run_dir,
+        bool(args.resume),
+        args.init_from,
+        profile,
+        distributed,
+        resume_changes,
+        export_peft,
     )
 
 

@@ -56,6 +56,7 @@ class Config:
     optimizer: Any = setting(None, section="optimizer", help="tjx.optim's OptimizerConfig")
     train: TrainConfig = setting(TrainConfig, factory=True)
     mesh: Any = setting(None, section="mesh", help="tjx.parallel's MeshConfig")
+    lora: Any = setting(None, section="lora", help="tjx.nn's LoraConfig (with lora.enabled)")
     checkpoint: CheckpointConfig = setting(CheckpointConfig, factory=True, resumable=True)
     logging: LoggingConfig = setting(LoggingConfig, factory=True, resumable=True)
     eval: EvalConfig = setting(EvalConfig, factory=True, resumable=True)
@@ -64,6 +65,8 @@ class Config:
     vocab_size: int | None = setting(None, key=False)
     #: The tokenizer's vocabulary (`resolve`); None before the data is prepared.
     tokenizer_vocab: int | None = setting(None, key=False)
+    #: ``lora.enabled``: only the adapters of ``lora`` train (tjx.nn.add_lora).
+    use_lora: bool = setting(False, key=False)
 
     @property
     def kind(self) -> str:
@@ -89,7 +92,7 @@ class Config:
         out: dict[str, Any] = {}
         for name in keys(Config, "", self.kind):
             value = getattr(self, name)
-            own = {"kind": self.kind, "vocab_size": self.vocab_size}
+            own = {"kind": self.kind, "vocab_size": self.vocab_size, "enabled": self.use_lora}
             out[name] = write(value, name, own) if dataclasses.is_dataclass(value) else value
         return out
 
@@ -148,8 +151,10 @@ def read_config(data: Any) -> Config:
             optimizer, param_dtype=precision.param_dtype, compute_dtype=precision.compute_dtype
         )
     mesh = build(section_class("mesh"), read.get("mesh", {}), "mesh")
+    lora, use_lora = _lora(read.get("lora", {}))
     name = str(read.get("name", Config.name))
     cfg = Config(name, model, optimizer=optimizer, mesh=mesh, vocab_size=vocab, **own)
+    cfg = dataclasses.replace(cfg, lora=lora, use_lora=use_lora)
     _check_across(cfg)
     return cfg
 
@@ -170,6 +175,22 @@ def _model(cls: type, read: dict[str, Any], vocab: int | None) -> Any:
     return build(cls, fields, "model")
 
 
+def _lora(read: dict[str, Any]) -> tuple[Any, bool]:
+    """tjx.nn's `LoraConfig` of the ``lora`` section and ``lora.enabled``; a setting changed
+    while LoRA is off is refused (it would silently do nothing)."""
+    enabled = bool(read.pop("enabled", False))
+    lora = build(section_class("lora"), read, "lora")
+    if not enabled:
+        default = type(lora)()
+        changed = [k for k in read if getattr(lora, k) != getattr(default, k)]
+        _require(
+            not changed,
+            f"lora.{changed[0] if changed else ''}: LoRA is off; set lora.enabled=true to train "
+            "adapters, or drop the lora settings",
+        )
+    return lora, enabled
+
+
 def _require(cond: bool, message: str) -> None:
     if not cond:
         raise ConfigError(message)
@@ -188,6 +209,17 @@ def _check_own(own: dict[str, Any], model_cls: type) -> None:
             data.check_mixture(d.sources, key="data.sources")
     except (ValueError, data.DataError) as err:
         raise ConfigError(str(err)) from None
+    _require(
+        d.format == "text" or (task == "lm" and d.sources is None),
+        f"data.format: {d.format} data trains a decoder (model.kind gpt2 or llama) on one "
+        "data.source; set data.format=text",
+    )
+    # Preference pairs would train as SFT on the rejected answers too: refused until DPO is wired.
+    _require(
+        d.format != "preference",
+        "data.format: preference pairs train with DPO, which the trainer does not run yet; use "
+        "data.format=chat (tjx.nn.preference_loss holds the DPO/IPO loss)",
+    )
     if d.sources is not None:
         _require(
             task != "classify",
@@ -222,6 +254,14 @@ def _check_across(cfg: Config) -> None:
         f"optimizer.accumulation_steps: {o.accumulation_steps} must divide data.batch_size "
         f"({d.batch_size})",
     )
+    if m.num_experts and m.capacity_factor is not None:
+        # Capacity is per sequence: a device holding part of each sequence would size and fill
+        # the slots of its part, so the dropped tokens would depend on the context split.
+        _require(
+            mesh.context == 1,
+            f"model.capacity_factor: MoE capacity is per sequence, which mesh.context "
+            f"({mesh.context}) splits; set model.capacity_factor=null (dropless) or mesh.context=1",
+        )
     if mesh.strategy in ("tp", "fsdp_tp", "dp_tp"):
         _require(
             m.num_heads % mesh.tensor == 0,
@@ -239,6 +279,7 @@ _WORDS = {
         "compute_dtype=": "model.precision.compute_dtype=",
     },
     "mesh": {"MeshConfig.": "mesh.", "MeshConfig: ": "mesh: "},
+    "lora": {"LoraConfig.": "lora.", "LoraConfig: ": "lora: "},
 }
 
 

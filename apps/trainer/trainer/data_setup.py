@@ -24,6 +24,7 @@ KEYS = {
     "max_tokens": "data.max_tokens",
     "sources": "data.sources",
     "on_exhausted": "data.on_exhausted",
+    "data": "data.source",
 }
 
 
@@ -37,8 +38,16 @@ def _keyed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise ConfigError(str(err)) from None
 
 
-def _processes() -> dict[str, int]:
-    return {"process_index": jax.process_index(), "process_count": jax.process_count()}
+def _processes(mesh: Any = None) -> dict[str, int]:
+    """This process's share of each global batch: tjx.parallel's ``batch_share`` of the run's
+    mesh (processes that differ only along context/tensor load the same rows), else one share
+    per process."""
+    if mesh is None:
+        return {"process_index": jax.process_index(), "process_count": jax.process_count()}
+    from tjx import parallel
+
+    index, count = parallel.batch_share(mesh)
+    return {"process_index": index, "process_count": count}
 
 
 def mixture(cfg: Config) -> list[data.MixtureSource] | None:
@@ -69,7 +78,7 @@ def make_tokenizer(cfg: Config) -> Any:
     )
 
 
-def prepare(cfg: Config) -> data.RunData:
+def prepare(cfg: Config) -> data.RunData | data.ChatRunData:
     """Tokenizer and checked shards of both splits (of every mixture source), or the digits
     images (cheap when cached)."""
     d, m, parts = cfg.data, cfg.model, mixture(cfg)
@@ -81,6 +90,17 @@ def prepare(cfg: Config) -> data.RunData:
                 f"{m.num_channels}; set model.num_channels=1"
             )
         return images
+    if d.format != "text":  # conversations or preference pairs (tjx.data's chat modules)
+        return _keyed(
+            data.prepare_chat_run_data,
+            d.source,
+            d.tokenizer,
+            kind=d.format,
+            seq_len=d.seq_len,
+            cache_dir=d.cache_dir,
+            tokenizer_vocab=d.tokenizer_vocab,
+            messages_field=d.messages_field,
+        )
     common = {
         "seq_len": d.seq_len,
         "tokenizer_vocab": d.tokenizer_vocab,
@@ -96,8 +116,9 @@ def prepare(cfg: Config) -> data.RunData:
     return _keyed(data.prepare_run_data, d.source, d.tokenizer, **common)
 
 
-def train_loader(bundle: data.RunData, cfg: Config) -> Any:
-    """The resumable, shuffled training iterator: this process's rows of each global batch.
+def train_loader(bundle: Any, cfg: Config, mesh: Any = None) -> Any:
+    """The resumable, shuffled training iterator: this process's rows of each global batch
+    (its share on ``mesh``, see `_processes`).
 
     A mixture that drops its exhausted sources ends; one that would end before ``train.steps``
     is refused here, before anything is written, rather than stopping the run half-way.
@@ -107,8 +128,16 @@ def train_loader(bundle: data.RunData, cfg: Config) -> Any:
         cfg.data.batch_size,
         seed=cfg.train.seed,
         shuffle=cfg.data.shuffle,
-        **_processes(),
+        **_processes(mesh),
     )
+    cut = getattr(loader, "truncation", None)  # chat data: what the truncation rule did
+    if cut is not None:
+        fill = f", rows {loader.fill:.0%} full" if hasattr(loader, "fill") else ""
+        print(
+            f"data: {cut.rows:,} {cfg.data.format} rows kept, {cut.truncated:,} cut to "
+            f"data.seq_len + 1, {cut.dropped:,} dropped (no trained token left){fill}",
+            flush=True,
+        )
     rows, needed = getattr(loader, "total_rows", None), cfg.train.steps * cfg.data.batch_size
     if rows is not None and rows < needed:
         raise ConfigError(
@@ -120,18 +149,21 @@ def train_loader(bundle: data.RunData, cfg: Config) -> Any:
     return loader
 
 
-def restore_loader(loader: Any, state: dict[str, Any]) -> None:
+def restore_loader(loader: Any, state: dict[str, Any], mesh: Any = None) -> None:
     """Continue ``loader`` from a checkpoint's (process 0's) loader state on this process."""
-    data.restore_loader_state(loader, state, process_index=jax.process_index())
+    index = _processes(mesh)["process_index"]
+    data.restore_loader_state(loader, state, process_index=index)
 
 
-def val_batches(bundle: data.RunData, cfg: Config, max_batches: int | None) -> Iterator[Any]:
+def val_batches(
+    bundle: Any, cfg: Config, max_batches: int | None, mesh: Any = None
+) -> Iterator[Any]:
     """The first ``max_batches`` validation batches, always in the same order."""
-    return bundle.validation_batches(cfg.eval.batch_size, max_batches, **_processes())
+    return bundle.validation_batches(cfg.eval.batch_size, max_batches, **_processes(mesh))
 
 
 def val_sets(
-    bundle: data.RunData, cfg: Config, max_batches: int | None
+    bundle: Any, cfg: Config, max_batches: int | None, mesh: Any = None
 ) -> dict[str, tuple[Iterator[Any], float | None]]:
     """A mixture's held-out batches and bytes/token by source name (``val_loss/<name>``)."""
-    return bundle.mixture_validation(cfg.eval.batch_size, max_batches, **_processes())
+    return bundle.mixture_validation(cfg.eval.batch_size, max_batches, **_processes(mesh))

@@ -23,7 +23,7 @@ def _eval_step(setup: Any, cfg: Config) -> Any:
     key = id(setup)
     if key not in _EVAL_STEPS:
         _EVAL_STEPS.clear()
-        _EVAL_STEPS[key] = jax.jit(make_eval_step(setup.graphdef, setup.rest, cfg))
+        _EVAL_STEPS[key] = jax.jit(make_eval_step(setup.graphdef, setup.rest, cfg, setup.split))
     return _EVAL_STEPS[key]
 
 
@@ -47,12 +47,14 @@ def evaluate(setup: Any, params: Any, bundle: Any, cfg: Config) -> dict[str, flo
         "num_classes": setup.nn_config.num_classes if cfg.task == "classify" else None,
     }
     if getattr(bundle, "mixture", None) is None:
-        batches = data_setup.val_batches(bundle, cfg, cfg.train.eval_batches)
+        batches = data_setup.val_batches(bundle, cfg, cfg.train.eval_batches, setup.mesh)
         acc = _accumulate(step, params, setup.mesh, batches)
         return metrics.heldout_metrics(acc, bytes_per_token=bundle.bytes_per_token, **naming)
     pooled, per_source = metrics.MetricAccumulator(), {}
     num_bytes: float | None = 0.0  # None once a source has no bytes/token
-    for name, (batches, bpt) in data_setup.val_sets(bundle, cfg, cfg.train.eval_batches).items():
+    for name, (batches, bpt) in data_setup.val_sets(
+        bundle, cfg, cfg.train.eval_batches, setup.mesh
+    ).items():
         acc = _accumulate(step, params, setup.mesh, batches)
         for key, value in metrics.heldout_metrics(acc, bytes_per_token=bpt, **naming).items():
             if key in PER_SOURCE:

@@ -28,15 +28,16 @@ from trainer.schema import ConfigError
 
 def abstract_step(cfg: Config) -> tuple[Any, Any, Any]:
     """(jitted step, abstract state, abstract batch) of an LM run; no parameter is created."""
-    from tjx import nn, optim
+    from tjx import nn
+    from trainer.state import make_optimizer, new_model
     from trainer.step import make_train_step
 
-    abstract = nnx.eval_shape(lambda: nn.build_model(cfg.model, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: new_model(cfg, cfg.model))  # LoRA adapters included
     graphdef, params_state, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
     params = nnx.to_pure_dict(params_state)
     # The same optimizer as the run's (state.build): masks read from the params' logical axes.
     axes = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
-    tx = optim.build_optimizer(cfg.optimizer, axes=axes)
+    tx = make_optimizer(cfg, params, axes)
     state = {
         "params": params,
         "opt_state": jax.eval_shape(tx.init, params),

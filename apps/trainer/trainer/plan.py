@@ -27,6 +27,8 @@ class RunPlan:
     distributed: DistributedArgs = field(default_factory=DistributedArgs)
     #: Training-only settings a ``--resume`` changes: key → (saved, new) (see `trainer.resume`).
     resume_changes: dict[str, tuple[object, object]] = field(default_factory=dict)
+    #: ``--export-peft``: the folder the trained LoRA adapters are written to, as PEFT reads them.
+    export_peft: Path | None = None
 
 
 #: Exit status after Ctrl-C stopped the run at once (128 + SIGINT, as a shell reports it).

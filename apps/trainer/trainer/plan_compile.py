@@ -126,6 +126,7 @@ def choose_kernel(run: Config, target: Any, say: Say) -> tuple[Config, Compiled,
     """The attention kernel ``auto`` (or the config) takes on ``target``, said as a run says it,
     with its compiled train step: (run with that kernel, compiled step, the choice's line)."""
     from tjx import kernels
+    from trainer.attention_choice import split_kernel_line
 
     impl = run.model.attention_impl
     lines: list[str] = []
@@ -142,7 +143,12 @@ def choose_kernel(run: Config, target: Any, say: Say) -> tuple[Config, Compiled,
         if error is not None:
             raise RuntimeError(error)
 
-    if impl == "xla":
+    with kernels.target(*target.kernel_target):  # auto's block kernel is the target's
+        split_line = split_kernel_line(run, target.count)
+    if split_line is not None:  # the blocks of a context split: no cuDNN, nothing to choose
+        tell(split_line)
+        chosen = impl
+    elif impl == "xla":
         tell("attention: xla (model.attention_impl)")
         chosen = "xla"
     else:

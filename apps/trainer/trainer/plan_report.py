@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +60,9 @@ def kernel_costs(run: Config, target: Any) -> Any:
     (the model says whether its attention is causal; the target which launch it took)."""
     from tjx import kernels
 
-    causal = run.task in ("lm", "seq2seq")
+    # Under a context split only each device's own block is causal: the others are priced whole
+    # (its causal half overcounted: 1/C more attention work than is done; README).
+    causal = run.task in ("lm", "seq2seq") and run.mesh.context == 1
     capability = target.device.compute_capability or (0, 0)
 
     def cost(call: Any) -> Any:
@@ -154,7 +157,7 @@ def estimate(step: Compiled, run: Config, target: Any, say: Say) -> dict[str, An
             "average: launch overhead (a few µs each on a GPU; not in the estimate) will dominate "
             "a step this small"
         )
-    for note in est.notes:
+    for note in grouped_notes(est.notes):
         say(f"  note: {note}")
     return {
         "custom_calls": dict(calls),
@@ -175,6 +178,23 @@ def estimate(step: Compiled, run: Config, target: Any, say: Say) -> dict[str, An
         "collectives": collectives,
         "notes": list(est.notes),
     }
+
+
+def grouped_notes(notes: Iterable[str]) -> list[str]:
+    """The roofline's notes, one line per kind: ``"<op>: <what>"`` notes that say the same of
+    several ops (a context split's ring has a conditional per step and layer) become one."""
+    ops: dict[str, list[str]] = {}
+    for note in notes:
+        op, sep, what = note.partition(": ")
+        ops.setdefault(what if sep else note, []).append(op if sep else "")
+    out = []
+    for what, names in ops.items():
+        if len(names) == 1:
+            out.append(f"{names[0]}: {what}" if names[0] else what)
+        else:
+            shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+            out.append(f"{what}: {len(names)} of them ({shown})")
+    return out
 
 
 def plan(run: Config, target: Any, text: str, say: Say) -> PlanResult:

@@ -31,17 +31,17 @@ def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
         return False
 
 
-#: Model keys added since runs were saved whose default is what every earlier run computed (#44's
-#: family switches, off by default): a saved file without them is compared at that default.
-ADDED_OFF = frozenset({"qk_norm", "qk_norm_scope", "norm_plus_one", "scale_embeddings"})
+#: Keys added after runs were saved whose default is exactly what those runs did (#43: LoRA off,
+#: text data): a saved config.yaml without them resumes.
+RAN_AS_DEFAULT = ("lora.", "data.format", "data.messages_field")
 
 
 def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
     """``config`` as the comparison sees it: a saved one read and written back as this trainer
     writes it (the old layout migrated, `trainer.settings.migrate`, and filled with the values it
-    ran with: their defaults; a file written since keeps its own keys and the resumable ones, so a
-    key added later must match unless it is resumable), and every null optimizer setting as the
-    optimizer's own.
+    ran with: their defaults; a file written since keeps its own keys, the resumable ones and the
+    model's, so a key added later must match unless it is resumable or a model field), and every
+    null optimizer setting as the optimizer's own.
 
     Runs saved before those settings could be null hold the old trainer defaults (b2 0.95, ...);
     comparing values, not nulls, shows what really changes: ``optimizer.b2 0.95 → 0.999 (adamw's
@@ -56,7 +56,11 @@ def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
             # A key added since the file was written is compared at its default (what the run
             # had) where a resume may change it (``mesh.context``), and must match otherwise.
             added = {k for k in ckpt.flatten_config(full) if is_training_only(k, full)}
-            added |= {k for k in ckpt.flatten_config(full) if k.split(".")[-1] in ADDED_OFF}
+            # Keys added since whose default is what every earlier run did (no adapters, text).
+            added |= {k for k in ckpt.flatten_config(full) if k.startswith(RAN_AS_DEFAULT)}
+            # A model field too, as tjx-nn reads an older model.json: a field added later keeps,
+            # at its default, the model a run had before it (``model.num_experts`` 0: dense).
+            added |= {k for k in ckpt.flatten_config(full) if k.startswith("model.")}
             full = _only(full, set(ckpt.flatten_config(config)) | added)
     if not isinstance(full.get("optimizer"), dict):
         return full

@@ -63,6 +63,8 @@ def type_name(tp: Any) -> str:
     if origin is list:
         (inner,) = typing.get_args(tp)
         return f"a list of {type_name(inner)}"
+    if origin is tuple and _variadic(tp):
+        return f"a list of {type_name(typing.get_args(tp)[0])}"
     if origin is tuple:
         return "a list of " + ", ".join(type_name(a) for a in typing.get_args(tp))
     if tp is type(None):
@@ -70,6 +72,12 @@ def type_name(tp: Any) -> str:
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     return _SCALARS[tp][1] if tp in _SCALARS else str(tp)
+
+
+def _variadic(tp: Any) -> bool:
+    """Whether ``tp`` is ``tuple[X, ...]`` (a list of any length), not a fixed-length tuple."""
+    args = typing.get_args(tp)
+    return len(args) == 2 and args[1] is Ellipsis
 
 
 def _from_text(text: str, tp: Any, path: str) -> Any:
@@ -128,6 +136,9 @@ def convert(
         raise ConfigError(f"{path}: expected {type_name(tp)}, got {value!r}")
     if from_text and isinstance(value, str):  # a list's mapping item is already a value
         value = _from_text(value, tp, path)
+    if origin is tuple and _variadic(tp):  # tuple[str, ...] (lora.targets): any length
+        item = typing.get_args(tp)[0]
+        tp, origin = list[item], list  # type: ignore[valid-type]
     if origin is tuple:  # a fixed-length tuple field (rope_scaling): a list of its item types
         items = typing.get_args(tp)
         if not isinstance(value, list | tuple) or len(value) != len(items):
@@ -220,6 +231,7 @@ PACKAGE_SECTIONS = {
     "model": "tjx.nn:MODEL_KINDS",
     "optimizer": "tjx.optim:OptimizerConfig",
     "mesh": "tjx.parallel:MeshConfig",
+    "lora": "tjx.nn:LoraConfig",
 }
 #: The model kinds the trainer trains (``--help`` lists them without loading JAX).
 KINDS = ("gpt2", "llama", "bert", "vit", "encdec")
@@ -231,6 +243,12 @@ OWN_KEYS: dict[str, dict[str, tuple[Any, dataclasses.Field[Any]]]] = {
         "vocab_size": (
             int | None,
             setting(None, min=2, help="tokens in the vocabulary; null: the tokenizer's"),
+        ),
+    },
+    "lora": {
+        "enabled": (
+            bool,
+            setting(False, help="train low-rank adapters only; the base model stays frozen"),
         ),
     },
 }

@@ -17,10 +17,21 @@ class DataConfig:
     """Where text comes from and how it is cut into batches."""
 
     source: str = setting("shakespeare", help="built-in name, hub name or local path")
-    tokenizer: str = setting("byte", help="byte | gpt2 | bpe | a tokenizer path")
+    format: str = setting(
+        "text",
+        choices="tjx.data:DATA_FORMATS",
+        help="text (windows of documents), chat (SFT: the loss on assistant tokens only) or "
+        "preference (DPO pairs: prompt, chosen, rejected)",
+    )
+    messages_field: str = setting("messages", help="chat data: the column of a row's turns")
+    tokenizer: str = setting(
+        "byte", help="byte | gpt2 | bpe | a tokenizer path (chat data: a folder with a template)"
+    )
     tokenizer_vocab: int = setting(2048, min=260, max=1 << 20, help="vocab of a trained bpe")
     cache_dir: str | None = setting(
-        None, help="pre-tokenized shards (default ~/.cache/tjx/data)", resumable=True
+        None,
+        help="local folder of pre-tokenized shards (default ~/.cache/tjx/data; no URL)",
+        resumable=True,
     )
     seq_len: int = setting(128, min=2, max=1 << 20, help="tokens per training sequence")
     batch_size: int = setting(16, min=1, help="global batch (sequences per optimizer step)")

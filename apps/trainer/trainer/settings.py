@@ -297,7 +297,9 @@ def changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
         if key not in theirs:
             f = lookup(Config, key, kind)[-1][1]
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-            if not isinstance(default, str | int | float | list | dict | None):
+            if isinstance(default, tuple):  # lora.targets: a tuple default, a list in YAML
+                default = list(default)
+            elif not isinstance(default, str | int | float | list | dict | None):
                 import numpy as np  # a dtype default (jnp.float32), by its name
 
                 default = np.dtype(default).name

@@ -78,6 +78,8 @@ def _prepare_and_train(plan: RunPlan) -> int:
     _device_note(cfg)
     # Everything that can fail on bad input happens before the run directory exists.
     try:
+        # The mesh first: a mesh, batch or context split that cannot work costs no data preparation
+        mesh, _ = state.make_mesh(cfg)
         # A first run tokenizes the corpus (minutes for a large one): say so, and how long it took.
         print(f"data: preparing {data_setup.describe_source(cfg)}…", flush=True)
         started = time.perf_counter()
@@ -86,7 +88,8 @@ def _prepare_and_train(plan: RunPlan) -> int:
         # Data preparation may take one host much longer (it builds the shards the others then
         # find cached); CPU collectives give up on a peer after ~30 s, so everyone waits here.
         parallel.barrier("trainer:data_ready", timeout_s=DATA_READY_TIMEOUT_S)
-        loader = data_setup.train_loader(bundle, cfg)  # a corpus too small for a batch fails here
+        # This process's share of each batch on the mesh; a corpus too small for a batch fails here
+        loader = data_setup.train_loader(bundle, cfg, mesh)
         cfg = resolve(cfg, bundle.vocab_size)  # the tokenizer's vocabulary
         if plan.init_from is None:
             # The attention kernel that compiles (one line per kernel that fails), then memory.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,9 @@ class Setup:
     tx: optax.GradientTransformation
     state: dict[str, Any]
     num_params: int
+    #: tjx.parallel's ContextParallel of a run whose sequences are split (mesh.context > 1):
+    #: the steps trace the model inside ``tjx.nn.sequence_parallel(split)``; None: not split.
+    split: Any = None
 
 
 def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:
@@ -44,6 +48,11 @@ def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:
         )
     if m.dropout != 0.0:
         raise ConfigError("mesh.pipeline: needs model.dropout=0 (no dropout keys per stage)")
+    if m.num_experts:
+        raise ConfigError(
+            "mesh.pipeline: MoE layers are not pipelined (model.num_experts="
+            f"{m.num_experts}); set mesh.pipeline=1 (mesh.expert splits the experts instead)"
+        )
     with keyed("mesh.pipeline"):
         parallel.check_pipeline(
             num_layers=m.num_layers,
@@ -53,6 +62,19 @@ def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:
             batch_ways=batch_ways,
             schedule=mc.schedule,
         )
+
+
+def check_experts(cfg: Config, mesh: Any) -> None:
+    """The mesh's ``expert`` axis must divide an MoE model's experts (each device holds an equal
+    share of whole experts)."""
+    from tjx import parallel
+
+    if cfg.model.num_experts:
+        with keyed(None):
+            try:
+                parallel.check_expert_split(cfg.model.num_experts, mesh)
+            except ValueError as err:
+                raise ValueError(str(err).replace("MeshConfig.", "mesh.")) from None
 
 
 def make_mesh(cfg: Config) -> tuple[Any, Any]:
@@ -68,22 +90,86 @@ def make_mesh(cfg: Config) -> tuple[Any, Any]:
         raise ConfigError(f"mesh: {err} ({jax.device_count()} devices here)") from None
     if mc.pipeline > 1:  # each microbatch is split over data×fsdp inside its stage
         _check_pipeline(cfg, parallel.batch_ways(mesh))
+    check_experts(cfg, mesh)
     batch, steps = cfg.data.batch_size, cfg.optimizer.accumulation_steps
     per_step = f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})"
     with keyed(None):  # its message names the config keys
         parallel.check_batch_split(
             {per_step: batch // steps, "eval.batch_size": cfg.eval.batch_size}, mesh
         )
+    check_context(cfg, parallel.context_ways(mesh))
     if mc.pipeline > 1:
         # stage k holds the k-th run of layers: the stacked params' leading dim over `pipeline`
-        return mesh, parallel.rules(mc.strategy, layers="pipeline")
-    return mesh, parallel.rules(mc.strategy)
+        return mesh, parallel.rules_for(mc, layers="pipeline")
+    # rules_for: with the sequence split, ZeRO's weights span fsdp × context (tjx.parallel)
+    return mesh, parallel.rules_for(mc)
+
+
+def check_context(cfg: Config, ways: int) -> None:
+    """The rules of a run whose sequences are split over ``ways`` context devices, each a
+    `ConfigError` naming the key (tjx.nn would refuse the last four only while tracing)."""
+    from tjx import parallel
+
+    if ways == 1:
+        return
+    m, split = cfg.model, f"with mesh.context={ways} (each sequence split over {ways} devices)"
+    if cfg.task != "lm":
+        raise ConfigError(
+            f"mesh.context: context parallelism splits decoder language models; model.kind is "
+            f"{cfg.kind!r}: set mesh.context=1"
+        )
+    with keyed(None):  # its message names the key
+        parallel.check_context_split(cfg.data.seq_len, ways, "data.seq_len")
+    if m.attention_impl == "cudnn":
+        raise ConfigError(
+            f"model.attention_impl: cudnn cannot attend across a split sequence (jax's cuDNN "
+            f"call has no separate forward and backward) {split}; use auto, pallas or xla"
+        )
+    if m.position in ("alibi", "t5") or m.attention_dropout > 0:
+        key = "model.position" if m.position in ("alibi", "t5") else "model.attention_dropout"
+        raise ConfigError(
+            f"{key}: a split sequence takes no additive attention bias (alibi, t5) and no "
+            f"attention dropout {split}; set model.position=rope and model.attention_dropout=0"
+        )
+    if m.attention_impl == "pallas" and any(w is not None for w in m.layer_windows()):
+        raise ConfigError(
+            f"model.attention_impl: pallas cannot apply model.sliding_window across a split "
+            f"sequence (its masks use the tile's own positions) {split}; use auto or xla"
+        )
+
+
+def with_adapters(model: Any, cfg: Config) -> Any:
+    """``model`` with tjx.nn's LoRA adapters of ``cfg.lora`` when ``lora.enabled`` (in place;
+    step 0 computes exactly what the base computes); a target the model lacks is a config error."""
+    from tjx import nn
+
+    if cfg.use_lora:
+        seed = cfg.train.seed
+        with keyed("lora.targets"):
+            nn.add_lora(model, cfg.lora, rngs=nnx.Rngs(params=seed + 1, dropout=seed + 2))
+    return model
+
+
+def new_model(cfg: Config, model_cfg: Any) -> Any:
+    """A freshly initialised model of ``model_cfg`` (adapters included) from ``train.seed``."""
+    from tjx import nn
+
+    return with_adapters(nn.build_model(model_cfg, rngs=nnx.Rngs(cfg.train.seed)), cfg)
+
+
+def make_optimizer(cfg: Config, params: Any, specs: Any) -> optax.GradientTransformation:
+    """tjx.optim's optimizer of the config (masks from the params' logical axes ``specs``); with
+    LoRA, over the adapters only: the base holds no optimizer state and gets no update."""
+    from tjx import optim
+
+    tx = optim.build_optimizer(cfg.optimizer, axes=specs)
+    return optim.only_trainable(tx, optim.adapter_mask(params)) if cfg.use_lora else tx
 
 
 def build(cfg: Config, init_from: str | None = None) -> Setup:
     """Mesh, model (born sharded), optimizer and the initial state ``{params, opt_state, step}``
     of a config whose vocabulary is known (`trainer.config.resolve`)."""
-    from tjx import nn, optim, parallel
+    from tjx import nn, parallel
 
     model_cfg, vocab_size = cfg.model, cfg.tokenizer_vocab
     if vocab_size is None:
@@ -105,6 +191,9 @@ def build(cfg: Config, init_from: str | None = None) -> Setup:
                 precision=model_cfg.precision,
             )
         model_cfg = model.config
+        # the checkpoint's own attention settings (its position encoding) under the split
+        check_context(dataclasses.replace(cfg, model=model_cfg), parallel.context_ways(mesh))
+        with_adapters(model, cfg)
         if vocab_size > model_cfg.vocab_size:
             raise ConfigError(
                 f"--init-from: the tokenizer's {vocab_size} ids do not fit the checkpoint's "
@@ -114,18 +203,18 @@ def build(cfg: Config, init_from: str | None = None) -> Setup:
         loaded = nnx.state(model)
         nnx.update(model, jax.device_put(loaded, parallel.state_shardings(loaded, mesh, rules)))
     else:
-        create = lambda: nn.build_model(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
-        model = parallel.shard_init(create, mesh, rules)
+        model = parallel.shard_init(lambda: new_model(cfg, model_cfg), mesh, rules)
     graphdef, params_state, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
     params = nnx.to_pure_dict(params_state)
     # The params' logical axes: the weight-decay mask and Muon's matrices are read from them, and
     # optimizer slots that mirror the params (mu, nu, ...) are sharded like them (ZeRO under FSDP).
     specs = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
-    tx = optim.build_optimizer(cfg.optimizer, axes=specs)
+    tx = make_optimizer(cfg, params, specs)
     opt_state = parallel.shard_opt_init(tx.init, params, mesh, rules, param_specs=specs)
     # The step counter (and any leaf jit left on one device) replicated: one device set.
     state = parallel.on_mesh(
         {"params": params, "opt_state": opt_state, "step": jnp.asarray(0, jnp.int32)}, mesh
     )
     num_params = sum(int(x.size) for x in jax.tree.leaves(params))
-    return Setup(mesh, rules, model_cfg, graphdef, rest, tx, state, num_params)
+    split = parallel.context_parallel(mesh, rules, cfg.mesh)  # None unless mesh.context > 1
+    return Setup(mesh, rules, model_cfg, graphdef, rest, tx, state, num_params, split)

@@ -23,37 +23,60 @@ Batch = dict[str, jax.Array]
 State = dict[str, Any]
 
 
-def make_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Callable[..., Any]:
+def make_loss_fn(
+    graphdef: Any, rest: Any, cfg: Config, split: Any = None, experts: Any = None
+) -> Callable[..., Any]:
     """``loss_fn(params, batch, step) -> (mean loss, aux sums)``: tjx.nn's ``objective_loss`` of
     the model's objective with the config's settings; aux holds the summed loss, the scored
-    units and the top-1 correct count."""
+    units and the top-1 correct count, and for a model with MoE layers their router statistics
+    (``"moe"``: tjx.nn's ``MoEStats`` sums as a dict, rows = MoE layers). ``split``
+    (tjx.parallel's ContextParallel, or None): the model is traced with its sequences split over
+    the context devices. ``experts``: how the MoE layers run on the mesh (tjx.parallel's
+    ``expert_parallel``; None: as XLA shards them)."""
     if cfg.mesh.pipeline > 1:  # the layer stack as a pipeline over the `pipeline` mesh axis
         return pipeline_loss_fn(graphdef, rest, cfg)
-    deterministic = cfg.model.dropout == 0.0
+    # Adapter dropout draws from the model's dropout stream too (tjx.nn.add_lora installs one).
+    deterministic = cfg.model.dropout == 0.0 and not (cfg.use_lora and cfg.lora.dropout > 0)
     base_key = jax.random.key(cfg.train.seed)
 
     def loss_fn(params: Any, batch: Batch, step: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
         model = nnx.merge(graphdef, params, nn.reseed(rest, step))
-        out = nn.objective_loss(
-            model,
-            batch,
-            key=jax.random.fold_in(base_key, step),  # the objective's own draws (BERT's masking)
-            deterministic=deterministic,
-            mask_prob=cfg.train.mlm_probability,
-            **cfg.train.head_settings,
-        )
-        return out.loss, {k: getattr(out, k) for k in ("sum_loss", "num_tokens", "num_correct")}
+        # Under a split, attention crosses the context devices (ring or all-gather) and the loss
+        # keeps each device's tokens; the batch came in the split's order (place_batch).
+        with nn.sequence_parallel(split), nn.expert_parallel_scope(experts):
+            out = nn.objective_loss(
+                model,
+                batch,
+                key=jax.random.fold_in(base_key, step),  # the objective's own draws (BERT's)
+                deterministic=deterministic,
+                mask_prob=cfg.train.mlm_probability,
+                **cfg.train.head_settings,
+            )
+        aux = {k: getattr(out, k) for k in ("sum_loss", "num_tokens", "num_correct")}
+        if out.moe is not None:  # sums: they add over micro-batches (aux_reduce="sum")
+            aux["moe"] = out.moe._asdict()
+        return out.loss, aux
 
     return loss_fn
 
 
 def make_train_step(
-    graphdef: Any, rest: Any, tx: optax.GradientTransformation, cfg: Config
+    graphdef: Any,
+    rest: Any,
+    tx: optax.GradientTransformation,
+    cfg: Config,
+    split: Any = None,
+    experts: Any = None,
 ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
-    """``train_step(state, batch) -> (state, metrics)``: accumulation, update, step report."""
+    """``train_step(state, batch) -> (state, metrics)``: accumulation, update, step report
+    (``split``, ``experts``: as for `make_loss_fn`); a model with MoE layers adds
+    ``metrics["moe"]``, the step's summed router statistics, and moves a sigmoid router's
+    balancing bias by them (DeepSeek-V3's auxiliary-loss-free rule)."""
+    from tjx import optim
     from tjx.optim import accumulate_gradients, loss_scale_value, scale_loss, step_report
 
-    loss_fn = make_loss_fn(graphdef, rest, cfg)
+    loss_fn = make_loss_fn(graphdef, rest, cfg, split, experts)
+    balance_bias = cfg.model.num_experts > 0 and cfg.model.router == "sigmoid"
     micro = cfg.optimizer.accumulation_steps
     scaled = cfg.optimizer.loss_scale is not None
 
@@ -65,22 +88,42 @@ def make_train_step(
             # fp16: differentiate loss × scale; the optimizer chain unscales (and skips on inf).
             return (scale_loss(loss, opt_state) if scaled else loss), aux
 
+        # With LoRA only the adapters are differentiated: the frozen base's weight gradients
+        # are never computed (tjx.optim.split_trainable), and its zero "gradients" below are
+        # constants that only_trainable's frozen branch drops.
+        trained, frozen = (
+            optim.split_trainable(params, optim.adapter_mask(params))
+            if cfg.use_lora
+            else (params, None)
+        )
+
         def grad_fn(p: Any, b: Batch) -> Any:
-            return jax.value_and_grad(scaled_loss, has_aux=True)(p, b)
+            def whole(q: Any) -> tuple[jax.Array, dict[str, Any]]:
+                return scaled_loss(q if frozen is None else optim.join_trainable(q, frozen), b)
+
+            return jax.value_and_grad(whole, has_aux=True)(p)
 
         # Each micro-batch's loss is a mean over its own valid targets (num_tokens: non-ignored
         # labels, MLM-masked tokens, or images). Weighting by that count makes the step the
         # gradient of the whole batch's mean; equal weights would over-count the tokens of
         # micro-batches with more padding / ignored targets. Counts in aux are summed.
         loss, aux, grads = accumulate_gradients(
-            grad_fn, params, batch, num_micro_batches=micro, aux_reduce="sum", weight="num_tokens"
+            grad_fn, trained, batch, num_micro_batches=micro, aux_reduce="sum", weight="num_tokens"
         )
+        if frozen is not None:
+            grads = optim.join_trainable(grads, jax.tree.map(jnp.zeros_like, frozen))
         if scaled:  # report the unscaled loss (exact for the power-of-two dynamic scale)
             loss = loss / loss_scale_value(opt_state).astype(loss.dtype)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
+        if balance_bias:  # the bias has no gradient; it follows the step's expert loads
+            model = nnx.merge(graphdef, params, rest)
+            model.update_router_bias(aux["moe"]["expert_tokens"])  # type: ignore[operator]
+            params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         metrics = {"loss": loss, **step_report(opt_state, grads, updates, params)}
         metrics["num_tokens"] = aux["num_tokens"]
+        if "moe" in aux:
+            metrics["moe"] = aux["moe"]
         new_state = {"params": params, "opt_state": opt_state, "step": step + 1}
         return new_state, metrics
 
@@ -91,23 +134,44 @@ def jit_train_step(setup: Any, cfg: Config, **jit_options: Any) -> Any:
     """`make_train_step` of a built state (``trainer.state.Setup``), jitted with the state donated
     (the new state reuses its buffers: one copy of the parameters and optimizer state, not two);
     ``jit_options`` go to ``jax.jit`` (e.g. ``out_shardings``)."""
-    step = make_train_step(setup.graphdef, setup.rest, setup.tx, cfg)
+    experts = experts_of(setup.mesh, setup.rules, cfg)
+    step = make_train_step(setup.graphdef, setup.rest, setup.tx, cfg, setup.split, experts)
     return jax.jit(step, donate_argnums=(0,), **jit_options)
 
 
+def experts_of(mesh: Any, rules: Any, cfg: Config) -> Any:
+    """How a model's MoE layers run on the run's mesh: tjx.parallel's ``expert_parallel`` (each
+    device routes its own tokens; with ``mesh.expert > 1`` the experts are split over that axis
+    and tokens travel by all-to-all); None for a model without MoE layers."""
+    if not cfg.model.num_experts:
+        return None
+    from tjx import parallel
+
+    return parallel.expert_parallel(mesh, rules)
+
+
 def make_eval_step(
-    graphdef: Any, rest: Any, cfg: Config
+    graphdef: Any, rest: Any, cfg: Config, split: Any = None
 ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
     """``eval_step(params, batch) -> sums``: tjx-metrics' ``heldout_step`` (``lm_stats``: loss
     sum, scored units, top-k correct counts) of tjx-nn's ``objective_logits_fn``, the step the
     evaluator builds too; a masked LM masks with tjx.nn's fixed ``eval_mask_key`` of the run's
-    seed, as the evaluator does."""
+    seed, as the evaluator does. ``split``: as for `make_loss_fn` (the sums are over tokens, so
+    the split's token order changes none of them)."""
     from tjx import metrics
 
     logits_fn = nn.objective_logits_fn(
         graphdef, rest, key=nn.eval_mask_key(cfg.train.seed), mask_prob=cfg.train.mlm_probability
     )
-    return metrics.heldout_step(logits_fn, top_k=cfg.eval.top_k)
+    step = metrics.heldout_step(logits_fn, top_k=cfg.eval.top_k)
+    if split is None:
+        return step
+
+    def split_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
+        with nn.sequence_parallel(split):
+            return step(params, batch)  # type: ignore[no-any-return]
+
+    return split_step
 
 
 # tjx.parallel's `pipeline_loss` is generic (stacked layer params, a layer function, a last-stage

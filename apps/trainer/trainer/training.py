@@ -65,9 +65,8 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
 
     cfg, run_dir = plan.config, plan.run_dir
     primary = parallel.is_primary()
-    # Two batches ahead on the mesh (assembled from every host's rows in a multi-host run): the
-    # host builds and transfers the next batch while the device runs this step. The resume state
-    # is still that of the batches handed to the step (tjx.data's DevicePrefetcher).
+    # Two batches ahead on the mesh (every host's rows in a multi-host run): the host builds the
+    # next batch while the device runs this step; the resume state is the step's (DevicePrefetcher).
     loader = data.prefetch_to_device(
         loader, size=2, put=functools.partial(parallel.place_batch, mesh=setup.mesh)
     )
@@ -86,7 +85,7 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
             with ckpt.corrupt_fallback_lines("trainer"):
                 restored = manager.restore(target=st)
             if restored.data_state is not None:
-                data_setup.restore_loader(loader, restored.data_state)
+                data_setup.restore_loader(loader, restored.data_state, setup.mesh)
         except (ckpt.CheckpointError, ValueError) as err:
             # Every step corrupt, or a state the config check could not foresee (another process
             # count splits the batch differently): one line, and the run directory as it was.
@@ -99,12 +98,12 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
             write_run_files(plan, setup, bundle)  # the config may hold new training settings
         print(f"resumed from step {start} ({RunDir(run_dir).checkpoints})", flush=True)
     if start >= cfg.train.steps:
-        # A kill after the last checkpoint but before final.json or the plot must not leave them
-        # missing for good: a finished run's --resume makes what is missing, and nothing else.
+        # Killed after the last checkpoint, before final.json or the plot: --resume makes them.
         manager.close()
         rebuilt = _rebuild_artefacts(plan, setup, st, bundle, start, primary)
         done = f"; rebuilt {', '.join(rebuilt)}" if rebuilt else ""
         print(f"nothing to do: the run is already at step {start} of {cfg.train.steps}{done}")
+        export_adapters(plan, setup, st["params"], primary)
         return 0
     # The log sinks open their files only now: a resume that failed above touched none of them.
     logger = metrics.make_logger(
@@ -135,6 +134,7 @@ class Training:
     primary: bool
     last_eval: dict[str, float] = field(default_factory=dict)
     compiled: bool = False  # the train step has run once (so it is compiled)
+    moe_sums: Any = None  # an MoE model's router sums since the last log line (on the device)
     saved: int = field(init=False)  # the last step saved (or restored), -1 before any
     cfg: Any = field(init=False)
     run_dir: Path = field(init=False)
@@ -167,8 +167,7 @@ class Training:
 
         cfg, plan, start, total = self.cfg, self.plan, self.start, self.cfg.train.steps
         step_fn = self._compile()
-        # Several processes stop together: a signal on any of them stops all at the same
-        # boundary (one host-side exchange per step); one process decides alone.
+        # A signal on any process stops all at the same boundary (a host exchange per step).
         agreement = stop_agreement("trainer/stop")
         guard = DivergenceGuard(
             cfg.train.max_bad_steps,
@@ -209,13 +208,11 @@ class Training:
                         self.save(step_done, force=False)
             if profiling:
                 jax.profiler.stop_trace()
-        # A run that ends (or is stopped) inside a non-finite streak shorter than the limit is
-        # diverged too: its state is neither saved nor reported done.
+        # A run ending inside a non-finite streak shorter than the limit is diverged too.
         guard.end()
         if guard.diverged:
             return self._diverged(guard.diverged)
-        # A signal after the last boundary (during the last step) is still reported.
-        return self._finish(step_done, stopped_by or stop.signal_name)
+        return self._finish(step_done, stopped_by or stop.signal_name)  # a last step's signal too
 
     def _compile(self) -> Any:
         from trainer.step import jit_train_step
@@ -240,6 +237,9 @@ class Training:
             print("compiling the train step…", flush=True)
             started = time.perf_counter()
         self.state, out = step_fn(self.state, next(self.loader))  # already on the mesh
+        if (moe := out.pop("moe", None)) is not None:  # sums: exact over a log line's steps
+            old = self.moe_sums
+            self.moe_sums = moe if old is None else jax.tree.map(lambda a, b: a + b, old, moe)
         if first:
             jax.block_until_ready(out)
             self.compiled = True
@@ -252,7 +252,7 @@ class Training:
         """Log, evaluate and sample when their intervals (or the last step) say so."""
         import trainer.evaluation as evaluation
         import trainer.sampling as sampling
-        from tjx import metrics
+        from tjx import metrics, nn
 
         cfg, total = self.cfg, self.cfg.train.steps
         if step_done % cfg.train.log_every == 0 or step_done == total:
@@ -262,6 +262,10 @@ class Training:
                 scalars["bits_per_byte"] = metrics.bits_per_byte(scalars["loss"], bpt)
             rate = self.meter.report()  # over the steps since the last log line
             scalars[f"{self.objective.unit}_per_s"] = rate["tokens_per_s"]
+            if self.moe_sums is not None:  # balance, dropped share, each layer's expert load
+                rows = [i for i, m in enumerate(nn.moe_layers(self.setup.nn_config)) if m]
+                sums, self.moe_sums = jax.device_get(self.moe_sums), None
+                scalars |= metrics.moe_metrics(sums, per_layer=True, layers=rows)
             if rate.get("mfu") is not None:
                 scalars["mfu"] = float(rate["mfu"])
                 scalars["mfu_palm"] = float(rate["mfu_palm"])
@@ -305,6 +309,7 @@ class Training:
             metrics=val,
             force=force,
         )
+        self.logger.flush()  # a log in object storage is uploaded with each checkpoint
 
     def _close(self) -> None:
         self.manager.wait_until_finished()
@@ -338,6 +343,8 @@ class Training:
         if self.primary:
             RunDir(self.run_dir).write_final(summary)
             _plot(self.run_dir, self.cfg.name)
+        if not stopped_by and step_done == total:  # a stopped run exports when it finishes
+            export_adapters(self.plan, self.setup, self.state["params"], self.primary)
         if stopped_by or step_done < total:
             print(
                 f"{stopped_by or 'train.stop_at'}: saved step {step_done} to {self.run_dir}; "
@@ -346,6 +353,22 @@ class Training:
         else:
             print(f"done: {step_done} steps; run directory {self.run_dir}")
         return 0
+
+
+def export_adapters(plan: RunPlan, setup: Any, params: Any, primary: bool) -> None:
+    """``--export-peft DIR``: the LoRA adapters of ``params`` as a PEFT adapter folder (checked
+    by the command line: a Llama-family LoRA run and a new folder)."""
+    if plan.export_peft is None:
+        return
+    from flax import nnx
+
+    from tjx import nn
+
+    model = nnx.merge(setup.graphdef, jax.device_get(params), setup.rest)
+    if primary:
+        base = plan.init_from
+        nn.save_peft(model, plan.export_peft, plan.config.lora, base_model=base)
+        print(f"PEFT adapter written to {plan.export_peft}", flush=True)
 
 
 def _plot(run_dir: Path, name: str) -> bool:

@@ -148,12 +148,49 @@ def lower_kernels(
         jax.ShapeDtypeStruct((1, seq), jnp.int32),
     ]
     # jax >= 0.11 no longer assumes sm_90 when no GPU is present: name the target GPU.
+    return _export_kernels(fwd_bwd, args, arch)
+
+
+def lower_ce_kernels(
+    dtype: str,
+    d_model: int,
+    vocab: int,
+    tokens: int,
+    z_loss: float = 0.0,
+    arch: int = 90,
+    launch: Any = None,
+) -> list[KernelIR]:
+    """Cross-lower the fused linear cross-entropy (forward + both backward kernels; the default
+    launch unless ``launch``, a ``CELaunch``, names one) for CUDA ``sm_<arch>``; return the three
+    kernels' IR."""
+    from tjx.kernels.fused_ce import fused_cross_entropy
+
+    dt = DTYPES[dtype]
+
+    def fwd_bwd(h: jax.Array, w: jax.Array, labels: jax.Array) -> Any:
+        def loss(h: jax.Array, w: jax.Array) -> jax.Array:
+            return fused_cross_entropy(
+                h, w, labels, z_loss=z_loss, launch=launch, interpret=False
+            ).loss
+
+        return jax.grad(loss, (0, 1))(h, w)
+
+    args = [
+        jax.ShapeDtypeStruct((tokens, d_model), dt),
+        jax.ShapeDtypeStruct((d_model, vocab), dt),
+        jax.ShapeDtypeStruct((tokens,), jnp.int32),
+    ]
+    return _export_kernels(fwd_bwd, args, arch)
+
+
+def _export_kernels(fn: Any, args: list[Any], arch: int) -> list[KernelIR]:
+    """Export ``fn`` for CUDA ``sm_<arch>`` and return the IR of every Pallas kernel in it."""
     gpu = jax.sharding.AbstractDevice(device_kind=GPUS[arch], num_cores=None, platform="gpu")
     abstract = jax.sharding.AbstractMesh((), (), abstract_device=gpu)
     device = target("gpu", GPUS[arch], (arch // 10, arch % 10))
     with capture_triton_ir() as captured, jax.sharding.use_abstract_mesh(abstract), device:
         exported = export.export(
-            jax.jit(fwd_bwd),
+            jax.jit(fn),
             platforms=["cuda"],
             disabled_checks=[export.DisabledSafetyCheck.custom_call(TRITON_CALL)],
         )(*args)
@@ -236,12 +273,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="two configurations only")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--softcap", type=float, help="soft-cap the logits (Gemma 2: 50)")
+    parser.add_argument(
+        "--ce", action="store_true", help="the fused cross-entropy kernels instead (CE_CASES)"
+    )
     args = parser.parse_args(argv)
     archs = args.arch or [90]
     for arch in archs:
         if arch not in SMEM_LIMIT:
             parser.error(f"--arch {arch} is not one of {sorted(SMEM_LIMIT)}")
 
+    if args.ce:
+        return ce_main(archs)
     results: list[Result] = []
     print("| kernel | dtype | head_dim | causal+segs+GQA4 | sm | warps/stages | regs | spill B "
           "| wgmma | mma.sync | smem KiB (limit) | ok |")  # fmt: skip
@@ -275,6 +317,28 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in results if not r.ok]
     print(f"\n{len(results) - len(failed)}/{len(results)} kernel builds fit and compiled "
           f"(triton {__import__('triton').__version__}, jax {jax.__version__})")  # fmt: skip
+    return 1 if failed else 0
+
+
+#: Fused cross-entropy shapes checked: (dtype, d_model, vocab, tokens) — GPT-2 small's head and
+#: a float32 one (TF32 products).
+CE_CASES = [("bf16", 768, 50304, 4096), ("bf16", 1024, 50304, 4096), ("f32", 256, 8192, 1024)]
+
+
+def ce_main(archs: list[int]) -> int:
+    """Compile the fused cross-entropy kernels of `CE_CASES`; a table, exit 1 on a failure."""
+    print("| kernel | dtype | d_model | sm | warps/stages | regs | spill B | wgmma | mma.sync "
+          "| smem KiB (limit) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    failed = 0
+    for (dtype, d, vocab, tokens), arch in itertools.product(CE_CASES, archs):
+        for kernel in lower_ce_kernels(dtype, d, vocab, tokens, arch=arch):
+            built = compile_kernel(kernel, arch)
+            failed += built["shared_kib"] * 1024 > SMEM_LIMIT[arch]
+            print(f"| {kernel.name} | {dtype} | {d} | {arch} | {kernel.num_warps}/"
+                  f"{kernel.num_stages} | {built['registers']} | {built['spill_bytes']} "
+                  f"| {built['wgmma']} | {built['mma_sync']} | {built['shared_kib']:.1f} "
+                  f"({SMEM_LIMIT[arch] / 1024:.0f}) |", flush=True)  # fmt: skip
     return 1 if failed else 0
 
 

@@ -146,3 +146,22 @@ def test_a_failed_config_says_how_it_failed_in_how_many_seeds() -> None:
     assert failure_words(blew) == "blew up in 3/3 seeds (first at step 2)"
     both = {**blew, "diverged_at": 15, "diverged_at_seeds": 2}
     assert failure_words(both) == "diverged in 2/3 seeds (first at step 15)"
+
+
+def test_the_moe_claim_needs_matched_active_parameters_and_a_gap_beyond_the_noise() -> None:
+    from experiments.claims_table import MOE
+
+    def rows(moe_loss: float, moe_active: float) -> list[Row]:
+        dense = {"label": "dense", "group": "dense", "active_params": 1000.0}
+        moe = {"label": "MoE", "group": "moe", "active_params": moe_active}
+        return [
+            {**dense, "val_loss": 2.0, "val_loss_std": 0.01},
+            {**moe, "val_loss": moe_loss, "val_loss_std": 0.01},
+        ]
+
+    claim = MOE[0]
+    assert claim.verdict(rows(1.9, 1010.0))[1] == AGREES
+    assert claim.verdict(rows(2.1, 1010.0))[1] == DISAGREES
+    assert claim.verdict(rows(1.99, 1010.0))[1] == CANNOT_TELL  # 0.01 < sqrt(2) · 0.01
+    measured, verdict, why = claim.verdict(rows(1.9, 1100.0))  # 10 % more active weights
+    assert verdict == CANNOT_TELL and "+10.0 %" in measured and "not matched" in why

@@ -44,7 +44,8 @@ def test_smoke_study_writes_its_report(name: str, folders: tuple[Path, Path]) ->
             assert [r["seed"] for r in row["per_seed"]] == [0] and row["seeds"] == 1
     assert "## Verdict on the seeds' claims" in readme
     claims = readme.split("## Verdict on the seeds' claims")[1]
-    assert claims.count("\n| 00") >= 1  # a claim row quoting a seed file
+    # A claim row quoting a seed file (the MoE study's claim is issue #41's).
+    assert claims.count("\n| 00") + claims.count("\n| issue #") >= 1
     assert (out / "bars.png").stat().st_size > 1000
     if study.curves:
         assert (out / "curves.png").stat().st_size > 1000
@@ -86,6 +87,25 @@ def test_a_rerun_skips_finished_configs_and_resumes_a_half_finished_one(
     status = json.loads((half / "status.json").read_text())
     assert status["resumed"] is True and status["exit"] == 0
     assert json.loads((half / "final.json").read_text())["step"] == 4
+
+
+def test_the_moe_study_matches_active_parameters_and_measures_the_router(
+    folders: tuple[Path, Path],
+) -> None:
+    assert _run("moe", folders) == 0  # the smoke run above: only the report is written again
+    out = folders[1] / "moe"
+    rows = {
+        r["group"]: r for r in map(json.loads, (out / "raw/results.jsonl").read_text().splitlines())
+    }
+    dense, moe = rows["dense"], rows["moe"]
+    # Equal active weights but for the router's d·E (d_model 32, 4 experts, 1 layer); the MoE
+    # holds twice the dense MLP's weights (4 experts of half the width).
+    assert moe["active_params"] - dense["active_params"] == 32 * 4
+    assert moe["flops_per_token"] > dense["flops_per_token"]
+    assert moe["num_params"] - dense["num_params"] == 32 * 4 + 3 * 32 * 64
+    assert moe["load_max"] >= 1.0 and "load_max" not in dense
+    readme = (out / "README.md").read_text()
+    assert "| issue #41 |" in readme and "MoE − dense: " in readme
 
 
 @pytest.mark.parametrize(("study", "seeds"), [("positions", "0"), ("memory", "2")])

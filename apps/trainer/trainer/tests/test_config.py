@@ -20,8 +20,12 @@ PRESETS = [
     "gpt2_medium",
     "gpt2_large",
     "llama_small",
+    "moe_tiny",
+    "mixtral_small",
+    "llama_32k",
     "bert_tiny",
     "vit_digits",
+    "sft_tiny",
 ]
 
 
@@ -89,7 +93,7 @@ def test_base_inheritance_keeps_parent_keys():
         (migrate({"model": {"compute_dtype": "float16"}}), "optimizer.loss_scale"),
         (
             {"mesh": {"data": -1, "fsdp": -1}},
-            "mesh: at most one of pipeline, data, fsdp, context, tensor may be -1",
+            "mesh: at most one of pipeline, data, fsdp, expert, context, tensor may be -1",
         ),
         ({"optimizer": {"schedule": {"total_steps": 5}}}, "optimizer.schedule.total_steps: the "),
         ({"mesh": {"strategy": "nope"}}, "mesh.strategy: 'nope' is not allowed"),

@@ -43,6 +43,8 @@ def h100(tmp_path, monkeypatch):
 
 
 def _lowered(*sets: str) -> str:
+    # Scanned layers: one layer's kernels in the program (the preset unrolls its 12).
+    sets = ("model.scan_layers=true", *sets)
     cfg = read_config(apply_overrides(load_config_data("gpt2_small"), list(sets)))
     step, state, batch = abstract_step(resolve(cfg, cfg.vocab_size or 50257))
     return step.trace(state, batch).lower(lowering_platforms=("cuda",)).as_text()

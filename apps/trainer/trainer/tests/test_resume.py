@@ -238,14 +238,25 @@ def test_a_run_saved_in_the_old_layout_resumes_with_the_same_command(tmp_path, s
 SAVED_BEFORE_40 = Path(__file__).parent / "saved_before_40"
 
 
+#: #39's presets unroll their layers where 2a808f8's scanned them (the checkpoint's parameter
+#: layout): such a run resumes by saying so, and the bare command is refused naming the key.
+SCANNED_BEFORE_39 = {"llama_small", "gpt2_medium"}
+
+
 @pytest.mark.parametrize("preset", ["tiny", "llama_small", "gpt2_medium", "vit_digits"])
 def test_a_config_yaml_saved_before_the_sections_were_objects_resumes_unchanged(tmp_path, preset):
     """Saved by 2a808f8 (``model.mlp_dim: 512``, ``peak_lr: 0.0003``, warmup in steps, where today
     writes null for a value that follows from the others and presets give warmup as a share):
     the same command resumes with no change; a real change is still named."""
     RunDir(tmp_path).create(yaml.safe_load((SAVED_BEFORE_40 / f"{preset}.yaml").read_text()))
-    assert resume.check_resume(tmp_path, read_config(load_config_data(preset)).to_dict()) == {}
-    sets = ["train.steps=6000", "model.mlp_dim=64"]
+    scan = ["model.scan_layers=true"] if preset in SCANNED_BEFORE_39 else []
+    if scan:
+        bare = read_config(load_config_data(preset)).to_dict()
+        with pytest.raises(ConfigError, match=r"cannot continue with model\.scan_layers True"):
+            resume.check_resume(tmp_path, bare)
+    same = read_config(apply_overrides(load_config_data(preset), scan)).to_dict()
+    assert resume.check_resume(tmp_path, same) == {}
+    sets = [*scan, "train.steps=6000", "model.mlp_dim=64"]
     new = read_config(apply_overrides(load_config_data(preset), sets)).to_dict()
     with pytest.raises(ConfigError, match=r"cannot continue with model\.mlp_dim (None|\d+) → 64"):
         resume.check_resume(tmp_path, new)

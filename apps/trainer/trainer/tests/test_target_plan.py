@@ -229,3 +229,46 @@ def test_an_untuned_triton_gemm_is_compiled_with_cublas_and_said():
 
     failed = plan_compile._compile(Broken(), "step", 0.0)
     assert failed.error == "INTERNAL: ptxas failed" and failed.compiled is None
+
+
+def test_a_split_plan_holds_each_devices_share_of_the_activations():
+    """Under mesh.context=4 the plan's peak per device grows with the sequence by about a quarter
+    of what one unsplit device's grows (the state is the same at both lengths), its attention
+    line names the block kernel, and the ring's collective-permutes are priced.
+
+    Weights replicated (strategy dp): with ZeRO weights XLA:CPU's partitioner gathers some
+    activations of these tiny shapes (plain FSDP too); the H100 compile of ``llama_32k`` keeps
+    them split (README, "Long context")."""
+
+    def growth(ways: int) -> tuple[int, list[str]]:
+        peaks, lines = [], []
+        for seq in (128, 256):
+            run = run_of(
+                *(f"data.seq_len={seq}", f"model.max_seq_len={seq}", "model.d_model=64"),
+                *("mesh.data=1", "mesh.strategy=dp", f"mesh.context={ways}"),
+            )
+            lines = []
+            result = plan_report.plan(run, target("v5e", ways), f"{ways}xv5e", say=lines.append)
+            assert result.error is None, result.error
+            peaks.append(result.data["train"]["peak_bytes"])
+        return peaks[1] - peaks[0], lines
+
+    whole, _ = growth(1)
+    split, lines = growth(4)
+    assert 0 < split <= 0.35 * whole, (split, whole)
+    assert lines[1] == (
+        "attention: xla blocks, ring across mesh.context=4 (model.attention_impl=auto; cuDNN "
+        "has no split forward and backward)"
+    )
+    assert any("collective-permute over 4" in line for line in lines), lines
+
+
+def test_notes_that_say_the_same_of_many_ops_are_one_line():
+    notes = [f"conditional.{i}: conditional counted as its most expensive branch" for i in range(5)]
+    notes += ["while.3: while loop with no known trip count, counted once", "a plain note"]
+    assert plan_report.grouped_notes(notes) == [
+        "conditional counted as its most expensive branch: 5 of them (conditional.0, "
+        "conditional.1, conditional.2, …)",
+        "while.3: while loop with no known trip count, counted once",
+        "a plain note",
+    ]

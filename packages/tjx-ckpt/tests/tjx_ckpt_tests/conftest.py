@@ -5,11 +5,15 @@ from __future__ import annotations
 import gc
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 
 import jax
 import numpy as np
 import pytest
 from jax.sharding import Mesh
+
+from tjx.ckpt import teststores
 
 
 @pytest.fixture
@@ -38,3 +42,17 @@ def default_unraisablehook(monkeypatch: pytest.MonkeyPatch) -> None:
     time.sleep(0.2)  # a read still in flight ends
     gc.collect()
     monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+
+
+@pytest.fixture(scope="module", params=["gs", "s3"])
+def store(request: pytest.FixtureRequest) -> Iterator[teststores.LocalStore]:
+    """A local object-store server (fake-gcs-server, moto; one per scheme for the whole process),
+    its client settings in this process's environment while the module's tests run."""
+    with teststores.using(request.param) as server:
+        yield server
+
+
+@pytest.fixture
+def store_url(store: teststores.LocalStore, request: pytest.FixtureRequest) -> str:
+    """A fresh prefix in the store's bucket, named after the test."""
+    return store.url(f"{request.node.name.replace('[', '-').rstrip(']')}-{uuid.uuid4().hex[:8]}")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from tjx.kernels import reference_attention
 
 
 def np_mask(
@@ -137,3 +141,56 @@ def measured_table(monkeypatch, tmp_path, timings, kind="NVIDIA H100 80GB HBM3")
     monkeypatch.setenv(launch.ENV_VAR, str(path))
     launch.clear_launch_cache()
     return path
+
+
+# -- cuDNN emulated on CPU, with its documented behaviour -------------------------------------
+# The padding mask zeroes output rows past a row's length; the packed layout leaves tokens
+# outside every segment unspecified (here NaN in outputs and gradients, so any leak shows).
+
+
+@jax.custom_vjp
+def _nan_grads(x, bad):
+    """Identity whose cotangent is NaN where ``bad`` ([b, s] float, 1 = bad): cuDNN's
+    unspecified gradients for tokens outside every segment (it never reads their inputs)."""
+    return x
+
+
+def _nan_grads_bwd(bad, g):
+    return jnp.where(bad[:, :, None, None] > 0, jnp.nan, g).astype(g.dtype), jnp.zeros_like(bad)
+
+
+_nan_grads.defvjp(lambda x, bad: (x, bad), _nan_grads_bwd)
+
+
+def _fake_packed(q, k, v, *, lengths, offsets, causal, scale, target, window=None):
+    """The packed layout's semantics: token t is in segment m iff off[m] <= t < off[m] + len[m]."""
+    assert target.compute_capability >= (9, 0)
+    s, m = q.shape[1], lengths.shape[1]
+    t = jnp.arange(s)[None, None, :]
+    inside = (t >= offsets[:, :m, None]) & (t < offsets[:, :m, None] + lengths[:, :, None])
+    ids = jnp.where(inside.any(1), jnp.argmax(inside, axis=1) + 1, 0)
+    bad = (ids == 0).astype(jnp.float32)
+    q, k, v = (_nan_grads(x, bad) for x in (q, k, v))
+    out = reference_attention(q, k, v, causal=causal, segment_ids=ids, scale=scale, window=window)
+    return jnp.where(bad[:, :, None, None] > 0, jnp.nan, out).astype(out.dtype)  # unspecified
+
+
+def _fake_dpa(real):
+    def dpa(q, k, v, *args, query_seq_lengths=None, implementation=None, **kw):
+        assert implementation == "cudnn"
+        out = real(q, k, v, *args, query_seq_lengths=query_seq_lengths, implementation="xla", **kw)
+        if query_seq_lengths is not None:  # cuDNN's padding mask zeroes rows past the length
+            keep = jnp.arange(q.shape[1])[None, :] < query_seq_lengths[:, None]
+            out = jnp.where(keep[:, :, None, None], out, jnp.zeros((), out.dtype))
+        return out
+
+    return dpa
+
+
+def emulate_cudnn(monkeypatch):
+    """Route tjx's cuDNN calls (public and packed) to the CPU emulation; pretend an H100."""
+    import tjx.kernels.cudnn_segments as cs
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", _fake_dpa(jax.nn.dot_product_attention))
+    monkeypatch.setattr(cs, "packed_attention", _fake_packed)
+    return pretend_h100(monkeypatch)

@@ -26,7 +26,7 @@ def _config(s: int, causal: bool) -> KernelConfig:
 @pytest.mark.parametrize("s,own,walked", [(256, 64, 32), (256, 32, 64), (512, 128, 128)])
 def test_visited_rows_are_the_kernels_own_loop_bounds(s: int, own: int, walked: int, causal):
     cfg = _config(s, causal)
-    # Forward / dQ: query block i walks key blocks [lo, hi) = [0, hi) without a window.
+    # Forward / dQ: query block i walks key blocks [lo, hi) (lo = 0 without a window).
     by_kernel = sum(int(kv_block_range(cfg, jnp.int32(i), own, walked)[3]) * walked
                     for i in range(s // own))  # fmt: skip
     assert _walked(own, walked, s, s, causal, after=False) == by_kernel

@@ -12,7 +12,7 @@ from tjx.kernels import attention, reference_attention, select_implementation
 from tjx.kernels._checks import check_qkv
 from tjx.kernels.choice import Target, auto_order, current_target, target
 
-from ._ref import measured_table, np_attention, np_mask, pretend_h100, rel_err
+from ._ref import emulate_cudnn, measured_table, np_attention, np_mask, pretend_h100, rel_err
 
 
 def _x(shape, dtype=jnp.float32, seed=0):
@@ -168,28 +168,28 @@ def test_cudnn_plumbing_with_segments_and_lengths(monkeypatch):
     assert rel_err(got.astype(jnp.float32), ref.astype(jnp.float32)) <= 2e-2
 
     ids = jnp.asarray([[1, 1, 1, 2, 2, 2, 2, 2], [1, 1, 1, 1, 1, 1, 1, 1]], jnp.int32)
-    got = jax.jit(lambda q, k, v: attention(q, k, v, segment_ids=ids, implementation="cudnn"))(
+    pair = (ids, ids[:, ::-1])  # cross-attention ids: the boolean mask (test_cudnn_segments
+    # covers self-attention ids, which take cuDNN's packed layout)
+    got = jax.jit(lambda q, k, v: attention(q, k, v, segment_ids=pair, implementation="cudnn"))(
         q, k, v
     )
     assert calls[-1][1]["mask"] is not None
-    ref = reference_attention(q, k, v, segment_ids=ids)
+    ref = reference_attention(q, k, v, segment_ids=pair)
     assert rel_err(got.astype(jnp.float32), ref.astype(jnp.float32)) <= 2e-2
 
 
 def test_cudnn_rows_that_see_no_key_are_zero(monkeypatch):
     """jax's own (XLA) dot_product_attention averages over all keys on a fully masked row; the
     cuDNN path must give the tjx convention (zeros), as XLA and Pallas do."""
-    real = jax.nn.dot_product_attention
-    fake = lambda *a, implementation=None, **kw: real(*a, implementation="xla", **kw)
-    monkeypatch.setattr(jax.nn, "dot_product_attention", fake)
-    pretend_h100(monkeypatch)
+    emulate_cudnn(monkeypatch)
     q = _x((2, 8, 4, 16), jnp.bfloat16, 9)
     k, v = _x((2, 8, 2, 16), jnp.bfloat16, 10), _x((2, 8, 2, 16), jnp.bfloat16, 11)
     ids = jnp.asarray([[1, 1, 1, 2, 2, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]], jnp.int32)
     lengths = jnp.asarray([8, 0], jnp.int32)
     run = lambda **kw: jax.jit(lambda q, k, v: attention(q, k, v, implementation="cudnn", **kw))
     for kw in (
-        {"segment_ids": ids},
+        {"segment_ids": ids},  # packed layout (test_cudnn_segments)
+        {"segment_ids": (ids, ids)},  # a pair: the boolean mask
         {"kv_lengths": lengths},
         {"causal": True, "kv_lengths": lengths},
     ):

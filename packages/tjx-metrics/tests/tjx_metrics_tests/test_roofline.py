@@ -182,3 +182,46 @@ def test_a_tpu_head_batched_projection_counts_the_taps_inside_its_padding():
     ])  # fmt: skip
     est = roofline(text, accelerator("v5e"))
     assert est.flops == 2 * (16 * 1024) * 768 * (12 * 64)  # not 12× that (every tap)
+
+
+def _conditional(marked: str | None) -> str:
+    """A program whose conditional has a cheap branch (one exp) and a dear one (three)."""
+    meta = lambda b: (
+        f', metadata={{op_name="jit(f)/cond/branch_{b}_fun/{marked}/exp"}}'
+        if marked is not None and b == 0
+        else f', metadata={{op_name="jit(f)/cond/branch_{b}_fun/exp"}}'
+    )
+    return f"""HloModule m
+
+%cheap (a: f32[1048576]) -> f32[1048576] {{
+  %a = f32[1048576]{{0}} parameter(0)
+  ROOT %e0 = f32[1048576]{{0}} exponential(%a){meta(0)}
+}}
+
+%dear (b: f32[1048576]) -> f32[1048576] {{
+  %b = f32[1048576]{{0}} parameter(0)
+  %e1 = f32[1048576]{{0}} exponential(%b){meta(1)}
+  %e2 = f32[1048576]{{0}} exponential(%e1){meta(1)}
+  ROOT %e3 = f32[1048576]{{0}} exponential(%e2){meta(1)}
+}}
+
+ENTRY %main (i: s32[], x: f32[1048576]) -> f32[1048576] {{
+  %i = s32[] parameter(0)
+  %x = f32[1048576]{{0}} parameter(1)
+  ROOT %c = f32[1048576]{{0}} conditional(%i, %x, %x), branch_computations={{%cheap, %dear}}
+}}
+"""
+
+
+def test_a_conditional_counts_its_dearest_branch_unless_one_is_marked_likely():
+    h100 = accelerator("h100")
+    one = 2 * 4 * 2**20  # one exp: reads and writes 4 MiB
+    worst = roofline(_conditional(None), h100)
+    assert worst.bytes == 3 * one and "most expensive branch" in worst.notes[0]
+    likely = roofline(_conditional("likely_branch"), h100)
+    assert likely.bytes == one
+    (note,) = likely.notes
+    saved = 2 * one / h100.hbm_bandwidth * 1e3
+    assert note.startswith("1 conditional(s) counted as their branch marked 'likely_branch'")
+    assert f"would add {saved:.2f} ms" in note
+    assert roofline(_conditional("some_other_scope"), h100).bytes == 3 * one  # only the marker

@@ -1,5 +1,6 @@
 """``config_to_dict`` / ``config_from_dict`` (a run's ``model.json``) and ``MODEL_KINDS``."""
 
+import dataclasses
 import json
 
 import jax.numpy as jnp
@@ -7,6 +8,7 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
+from tjx.nn.moe_config import ALL_MOE_FIELDS as ALL_MOE
 
 #: A ``model.json`` exactly as the trainer wrote it before tjx-nn owned the format (tjx-nn 0.1):
 #: runs written then must still load.
@@ -33,6 +35,7 @@ CONFIGS = [
     tnn.ViTConfig(d_model=16, num_layers=1, num_heads=2, image_size=8, patch_size=4),
     tnn.EncoderDecoderConfig(**SMALL, num_decoder_layers=2, position="t5"),
     tnn.TransformerConfig(**SMALL, precision="fp16"),
+    tnn.LlamaConfig(**SMALL, num_experts=4, capacity_factor=1.25, router="sigmoid"),
 ]
 
 
@@ -52,10 +55,12 @@ def test_a_model_json_of_tjx_0_1_loads():
     assert type(config) is tnn.LlamaConfig
     assert (config.d_model, config.num_kv_heads, config.tie_embeddings) == (16, 1, True)
     assert config.precision == tnn.Precision(jnp.float32, jnp.bfloat16)
-    # Written again, it gains only the fields added since (#28's rope_scaling, qkv_bias; #42's
-    # sliding_window, window_pattern; #44's family switches).
-    newer = {"rope_scaling": None, "qkv_bias": False, "sliding_window": None,
-             "window_pattern": None}  # fmt: skip
+    # Written again, it gains only the fields added since (#28's rope_scaling, qkv_bias; #39's
+    # cross_entropy_impl; #42's sliding_window, window_pattern; #41's MoE settings, at their dense
+    # defaults; #44's family switches).
+    moe = {f.name: f.default for f in dataclasses.fields(tnn.LlamaConfig) if f.name in ALL_MOE}
+    newer = {"rope_scaling": None, "qkv_bias": False, "cross_entropy_impl": "auto",
+             "sliding_window": None, "window_pattern": None, **moe}  # fmt: skip
     newer |= {
         "qk_norm": False,
         "qk_norm_scope": "head",

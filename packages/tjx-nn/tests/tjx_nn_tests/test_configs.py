@@ -7,6 +7,7 @@ from flax import nnx
 
 from tjx import nn as tnn
 from tjx.nn.family_config import DECODER_ONLY
+from tjx.nn.moe_config import ALL_MOE_FIELDS as ALL_MOE
 
 HF_COUNTS = {
     "small": 124_439_808,
@@ -187,10 +188,12 @@ def test_a_field_the_model_never_reads_keeps_its_default(config_class, field, va
 
 def test_decoders_read_every_shared_field():
     """GPT-2, LLaMA and the plain decoder use all of them; the encoder-decoder all but the
-    decoder-only switches of the Gemma family (decode_topk included: its decoder decodes too)."""
+    decoder-only switches of the Gemma family and the MoE layers (decode_topk included: its
+    decoder decodes too)."""
     for config_class in (tnn.GPT2Config, tnn.LlamaConfig, tnn.EncoderDecoderConfig):
-        unused = dict(config_class.unused_fields)
-        assert unused == ({} if config_class is not tnn.EncoderDecoderConfig else DECODER_ONLY)
+        unused = set(config_class.unused_fields)
+        decoder = config_class is not tnn.EncoderDecoderConfig
+        assert unused == (set() if decoder else set(DECODER_ONLY) | set(ALL_MOE))
         assert config_class(decode_topk=2).decode_topk == 2
     assert dict(tnn.TransformerConfig.unused_fields) == {}
     assert tnn.EncoderDecoderConfig(tie_embeddings=False).tie_embeddings is False

@@ -229,6 +229,10 @@ def test_the_embedding_scale_is_rounded_as_transformers_rounds_it():
             dict(attn_logit_softcap=50.0, attention_impl="cudnn"),
             "attention_impl 'cudnn' cannot soft-cap",
         ),
+        (
+            dict(final_logit_softcap=30.0, cross_entropy_impl="pallas"),
+            "cross_entropy_impl 'pallas' cannot soft-cap the output logits",
+        ),
         (dict(rope_local_theta=1e4), "rope_local_theta: only windowed RoPE layers use it"),
         (
             dict(rope_local_theta=1e4, sliding_window=8, position="alibi"),

@@ -101,6 +101,20 @@ def test_decoder_objective_is_next_token_cross_entropy(chunked):
     np.testing.assert_array_equal(labels, batch["targets"])
 
 
+def test_the_models_cross_entropy_impl_picks_the_fused_kernel():
+    """``cross_entropy_impl="pallas"``: the fused kernel (Pallas' interpreter on CPU) scores the
+    head, with the same float64-checked results as the chunked default."""
+    model = build(gpt2_tiny(cross_entropy_impl="pallas"))
+    batch = _lm_batch(np.random.default_rng(4), 64)
+    out = tnn.objective_loss(model, batch, z_loss=1e-3)
+    logits = model(batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+    _check(out, logits, batch["targets"], 1e-3)
+    text = str(jax.make_jaxpr(lambda m, b: tnn.objective_loss(m, b).loss)(model, batch))
+    assert "tjx_ce_fwd" in text
+    with pytest.raises(ValueError, match="cross_entropy_impl"):
+        gpt2_tiny(cross_entropy_impl="fused")
+
+
 def test_masked_lm_objective_scores_the_masked_tokens():
     cfg = tnn.BertConfig(vocab_size=41, max_seq_len=16, d_model=16, num_layers=1, num_heads=2)
     model = build(cfg)

@@ -35,6 +35,10 @@ KINDS = [
     (("embed",), False, False),  # bias
     (("norm",), False, False),  # norm scale
     (("vocab",), False, False),  # output bias
+    (("experts", "embed", "mlp"), True, True),  # MoE: one matrix per expert, stacked
+    (("experts", "mlp", "embed"), True, True),
+    (("experts", "mlp"), False, False),  # an expert's bias
+    (("experts", "embed"), False, False),
 ]
 
 
@@ -69,6 +73,19 @@ def test_a_leading_layers_axis_is_muons_batch_axis() -> None:
     assert dims["w"] == MDN((1,), (2,)) and dims["v"] == MDN((0,), (1, 2))
     # An explicit setting still wins over the axes.
     assert muon_dimension_numbers(params, axes=axes, stacked=False)["w"] == MDN((0, 1), (2,))
+
+
+def test_stack_axes_are_layers_then_experts_and_inputs_come_before_outputs() -> None:
+    from tjx.optim.axes import input_axes, stack_axes
+
+    assert stack_axes(("layers", "experts", "embed", "mlp")) == 2
+    assert stack_axes(("experts", "embed", "mlp")) == 1
+    assert stack_axes(("experts", "layers", "mlp")) == 1  # layers only leads
+    assert stack_axes(("layers",)) == 0  # a stack axis alone is no stack
+    assert input_axes(("embed", "heads", "head_dim")) == 1
+    assert input_axes(("heads", "head_dim", "embed")) == 2
+    assert input_axes((None, "kv_heads", "head_dim")) == 1  # MLA: the latent alone
+    assert input_axes(("layers", "experts", "mlp", "embed")) == 1
 
 
 def test_unnamed_leaves_fall_back_to_the_path_rules() -> None:

@@ -11,8 +11,10 @@ from tjx.optim import (
     OptimizerConfig,
     adapter_mask,
     build_optimizer,
+    join_trainable,
     only_trainable,
     path_mask,
+    split_trainable,
     step_report,
 )
 from tjx.optim.paths import path_to_str
@@ -85,3 +87,25 @@ def test_the_mask_may_be_a_function_or_a_path_regex_and_an_empty_adapter_set_is_
     assert sum(jax.tree.leaves(keys)) == 2
     with pytest.raises(ValueError, match="no parameter is a LoRA adapter"):
         adapter_mask({"attn": {"kernel": jnp.zeros(2)}})
+
+
+def test_the_split_trees_give_the_full_gradient_at_the_adapters_and_none_elsewhere():
+    rng = np.random.default_rng()
+    params = lora_tree(rng)
+    mask = adapter_mask(params)
+    kept, rest = split_trainable(params, mask)
+    assert jax.tree.structure(join_trainable(kept, rest)) == jax.tree.structure(params)
+
+    def loss(p: dict) -> jax.Array:
+        return sum(jnp.sum(jnp.sin(x) * (i + 1)) for i, x in enumerate(jax.tree.leaves(p)))
+
+    full = jax.grad(loss)(params)
+    part = jax.grad(lambda k: loss(join_trainable(k, rest)))(kept)
+    got = jax.tree.leaves(part)
+    want = [g for g, m in zip(jax.tree.leaves(full), jax.tree.leaves(mask), strict=True) if m]
+    assert len(got) == len(want) == 8  # only the adapters' gradients were computed
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    zeros = jax.tree.map(jnp.zeros_like, rest)
+    filled = join_trainable(part, zeros)
+    assert float(jnp.abs(filled["embed"]["embedding"]).max()) == 0

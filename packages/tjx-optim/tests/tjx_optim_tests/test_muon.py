@@ -103,3 +103,50 @@ def test_stacked_and_nd_kernels_match_their_matrix_views() -> None:
     want = _muon_updates({"q": flat(stacked)}, [{"q": flat(g)} for g in grads])["q"]
     np.testing.assert_allclose(np.asarray(got[1]).reshape(8, 8), want, rtol=1e-5, atol=1e-6)
     assert float(jnp.max(jnp.abs(want - flat(stacked)))) > 1e-3
+
+
+def test_named_kernels_split_at_their_input_axes_not_where_most_square() -> None:
+    """MLA's key kernel [latent=32, kv_heads=8, head_dim=64] is the 32 x 512 map; "most nearly
+    square" made it 256 x 64 (the bug). Experts stack like layers."""
+    shapes = {
+        "key": (32, 8, 64),
+        "stacked_key": (2, 32, 8, 64),
+        "experts": (4, 8, 16),
+        "expert_out": (3, 4, 16, 8),
+        "out": (8, 64, 32),
+    }
+    names = {
+        "key": (None, "kv_heads", "head_dim"),
+        "stacked_key": ("layers", None, "kv_heads", "head_dim"),
+        "experts": ("experts", "embed", "mlp"),
+        "expert_out": ("layers", "experts", "mlp", "embed"),
+        "out": ("kv_heads", "head_dim", "embed"),
+    }
+    params = {k: jnp.ones(v) for k, v in shapes.items()}
+    dims = muon_dimension_numbers(params, axes=names)
+    assert dims["key"] == MDN((0,), (1, 2))  # 32 x 512
+    assert muon_dimension_numbers(params)["key"] == MDN((0, 1), (2,))  # unnamed: 256 x 64
+    assert dims["stacked_key"] == MDN((1,), (2, 3))
+    assert dims["experts"] == MDN((1,), (2,))
+    assert dims["expert_out"] == MDN((2,), (3,))
+    assert dims["out"] == MDN((0, 1), (2,))
+
+
+def test_mla_keys_and_experts_update_as_their_matrices() -> None:
+    rng = np.random.default_rng(5)
+    # The "most nearly square" view of this key is 8 x 8 (the old split): a different update.
+    params = {
+        "key": jnp.asarray(rng.normal(size=(4, 2, 8)), jnp.float32),  # latent 4 < head_dim 8
+        "experts": jnp.asarray(rng.normal(size=(3, 6, 5)), jnp.float32),
+    }
+    axes = {"key": (None, "kv_heads", "head_dim"), "experts": ("experts", "embed", "mlp")}
+    grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), params)]
+    tx = build_optimizer(OptimizerConfig(name="muon", learning_rate=0.1, clip_norm=None), axes=axes)
+    updates, _ = jax.jit(tx.update)(grads[0], tx.init(params), params)
+    plain = {"k": params["key"].reshape(4, 16), "e1": params["experts"][1]}
+    plain_grads = [{"k": grads[0]["key"].reshape(4, 16), "e1": grads[0]["experts"][1]}]
+    want = _muon_updates(plain, plain_grads)
+    got_key = params["key"] + updates["key"]
+    np.testing.assert_allclose(got_key.reshape(4, 16), want["k"], rtol=1e-5, atol=1e-6)
+    got_e1 = params["experts"][1] + updates["experts"][1]
+    np.testing.assert_allclose(got_e1, want["e1"], rtol=1e-5, atol=1e-6)

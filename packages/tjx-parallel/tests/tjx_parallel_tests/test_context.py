@@ -46,8 +46,8 @@ def test_a_batch_is_placed_balanced_and_split_along_its_sequence():
     tokens = np.arange(2 * 16).reshape(2, 16)
     placed = place_batch({"inputs": tokens, "n": np.float32(1)}, mesh)
     assert placed["inputs"].sharding == batch_sharding(mesh, 2)
-    assert batch_sharding(mesh, 2).spec == P(("data", "fsdp"), "context")
-    assert batch_sharding(mesh, 1).spec == P(("data", "fsdp"))
+    assert batch_sharding(mesh, 2).spec == P(("data", "fsdp", "expert"), "context")
+    assert batch_sharding(mesh, 1).spec == P(("data", "fsdp", "expert"))
     np.testing.assert_array_equal(placed["inputs"], balance(tokens, 4))
     for shard in placed["inputs"].addressable_shards:
         assert shard.data.shape == (1, 4)  # a row's two chunks of 2 on each device

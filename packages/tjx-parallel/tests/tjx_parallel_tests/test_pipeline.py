@@ -152,7 +152,7 @@ def test_microbatch_round_trip() -> None:
         ({"microbatches": 3}, "3 microbatches must divide the batch of 16 rows"),
         (
             {"microbatches": 4, "batch_ways": 8},
-            r"microbatch of 4 rows .* data×fsdp mesh size \(8\)",
+            r"microbatch of 4 rows .* data×fsdp×expert mesh size \(8\)",
         ),
         ({"schedule": "zb"}, "pipeline schedule must be one of"),
         ({"microbatches": 0}, "must be >= 1"),

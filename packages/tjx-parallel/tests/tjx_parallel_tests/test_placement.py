@@ -43,9 +43,12 @@ def test_on_mesh_replicates_what_is_not_there_and_keeps_what_is(mesh):
 
 
 def test_batch_ways_is_the_product_of_the_batch_axes(mesh):
-    assert BATCH_AXES == ("data", "fsdp")
+    assert BATCH_AXES == ("data", "fsdp", "expert")
     assert batch_ways(mesh) == math.prod(mesh.shape[a] for a in BATCH_AXES)
     assert batch_ways(make_mesh(MeshConfig(data=1, tensor=8))) == 1
+    assert batch_ways(make_mesh(MeshConfig(data=2, expert=4))) == 8  # expert splits the batch
+    # A mesh made elsewhere, without some batch axes, counts the ones it has.
+    assert batch_ways(jax.make_mesh((4, 2), ("data", "tensor"))) == 4
 
 
 def test_check_batch_split_names_the_first_size_that_does_not_split(mesh):
@@ -54,7 +57,7 @@ def test_check_batch_split_names_the_first_size_that_does_not_split(mesh):
     with pytest.raises(ValueError) as exc:
         check_batch_split({"train": 3 * ways, "eval": ways + 1, "other": 1}, mesh)
     assert str(exc.value) == (
-        f"eval: {ways + 1} must be divisible by the data×fsdp mesh size ({ways})"
+        f"eval: {ways + 1} must be divisible by the data×fsdp×expert mesh size ({ways})"
     )
 
 

@@ -20,7 +20,8 @@ def test_presets_map_names_as_documented() -> None:
     for strategy in STRATEGIES:
         table = rules(strategy).as_dict()
         assert set(LOGICAL_AXES) <= set(table)
-        assert table["batch"] == ("data", "fsdp")
+        assert table["batch"] == ("data", "fsdp", "expert")
+        assert table["experts"] == "expert"  # every strategy: MoE experts over the expert axis
         assert table["length"] == "context"  # context parallelism splits the sequence
         assert table["head_dim"] is None and table["norm"] is None
         assert table["embed"] == ("fsdp" if "fsdp" in strategy else None)
@@ -37,7 +38,7 @@ def test_to_mesh_spec_fsdp_tp(mesh) -> None:
     )
     # fsdp is taken by the batch, so the activation's embed dim is replicated
     spec = r.to_mesh_spec(P("batch", "length", "embed"), mesh, (4, 3, 8))
-    assert spec == P(("data", "fsdp"), "context")
+    assert spec == P(("data", "fsdp", "expert"), "context")
     assert r.to_mesh_spec(P(None, "norm"), mesh, (3, 5)) == P()
     assert r.to_mesh_spec(P(("embed", "vocab")), mesh, (8,)) == P(("fsdp", "tensor"))
 
@@ -72,7 +73,7 @@ def test_spec_longer_than_array_and_missing_mesh_axis(mesh) -> None:
 def test_overrides_replace_and_validation() -> None:
     r = rules("fsdp").replace(vocab="fsdp", layers=("data",))
     assert r.as_dict()["vocab"] == "fsdp" and r.as_dict()["layers"] == "data"
-    assert r.mesh_axes("batch") == ("data", "fsdp") and r.mesh_axes("norm") == ()
+    assert r.mesh_axes("batch") == ("data", "fsdp", "expert") and r.mesh_axes("norm") == ()
     assert rules("dp", embed=()).mesh_axes("embed") == ()
     assert ("embed", "fsdp") in rules("fsdp").flax_rules()
     assert "stage" in AxisRules.from_dict({"stage": "data"}).known

@@ -134,14 +134,16 @@ def test_shard_batch_and_host_local_to_global(mesh) -> None:
     rng = np.random.default_rng(0)
     batch = {"inputs": rng.integers(0, 9, (8, 3)).astype(np.int32), "scale": np.float32(2.0)}
     placed = shard_batch(batch, mesh)
-    assert placed["inputs"].sharding.spec == P(("data", "fsdp"))
+    assert placed["inputs"].sharding.spec == P(("data", "fsdp", "expert"))
     assert placed["inputs"].addressable_shards[0].data.shape == (2, 3)
     assert placed["scale"].sharding.is_fully_replicated
     np.testing.assert_array_equal(np.asarray(placed["inputs"]), batch["inputs"])
     glob = host_local_to_global({"inputs": batch["inputs"]}, mesh)  # one process: local = global
     assert glob["inputs"].sharding == batch_sharding(mesh, 2)
     np.testing.assert_array_equal(np.asarray(glob["inputs"]), batch["inputs"])
-    with pytest.raises(ValueError, match=r"\['inputs'\].*6 is not divisible by data\*fsdp = 4"):
+    with pytest.raises(
+        ValueError, match=r"\['inputs'\].*6 is not divisible by data×fsdp×expert = 4"
+    ):
         shard_batch({"inputs": np.zeros((6, 2))}, mesh)
     with pytest.raises(ValueError, match="6 is not divisible"):
         host_local_to_global({"inputs": np.zeros((6, 2))}, mesh)

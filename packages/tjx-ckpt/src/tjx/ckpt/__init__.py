@@ -2,6 +2,7 @@
 
 Async, keep-N / best-K, atomic, validated on load, resharding restore, safetensors export;
 ``params_sha256`` for bit-exactness checks between runs; ``RunDir``, a training run's directory
+(a local folder, or a ``gs://`` / ``s3://`` URL: `tjx.ckpt.storage`)
 (layout, atomic writes, the newest committed step) and ``config_changes``, what changed since a
 run was saved.
 
@@ -34,6 +35,15 @@ from tjx.ckpt.run_changes import (
 )
 from tjx.ckpt.run_checks import NotCreatableError, RunStartError, check_can_create
 from tjx.ckpt.run_dir import RunDir, RunFileError, RunFileNotFoundError, final_summary
+from tjx.ckpt.storage import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    NoCredentialsError,
+    StorageError,
+    UnsupportedURLError,
+    check_remote,
+    is_remote,
+)
 from tjx.ckpt.version import __version__
 from tjx.ckpt.yaml_io import DuplicateKeyError, load_yaml
 
@@ -80,6 +90,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AccessDeniedError",
+    "BucketNotFoundError",
     "CheckpointCommitError",
     "CheckpointError",
     "CheckpointManager",
@@ -89,6 +101,7 @@ __all__ = [
     "CorruptCheckpointError",
     "CorruptCheckpointWarning",
     "DuplicateKeyError",
+    "NoCredentialsError",
     "NotCreatableError",
     "Restored",
     "RunDir",
@@ -96,8 +109,11 @@ __all__ = [
     "RunFileNotFoundError",
     "RunStartError",
     "StepExistsError",
+    "StorageError",
+    "UnsupportedURLError",
     "__version__",
     "check_can_create",
+    "check_remote",
     "collect_metadata",
     "config_changes",
     "corrupt_fallback_lines",
@@ -107,6 +123,7 @@ __all__ = [
     "flat_names",
     "flatten_config",
     "import_safetensors",
+    "is_remote",
     "key_matches",
     "load_yaml",
     "params_sha256",

@@ -8,6 +8,7 @@ keeps working.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 #: The most characters of one step's corruption reason (in the skip warning and in the
 #: "no readable checkpoint" error, which an app prints as its one error line).
@@ -80,12 +81,27 @@ class CheckpointCommitError(CheckpointError, OSError):
     """
 
 
+class NotCreatableError(CheckpointError, ValueError):
+    """A folder is neither a directory nor something that can be made.
+
+    Attributes
+    ----------
+    path : Path or str
+        The folder asked for (a URL as a str: `tjx.ckpt.storage.StorageError`).
+    """
+
+    def __init__(self, path: Path | str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 __all__ = [
     "CheckpointCommitError",
     "CheckpointError",
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
     "CorruptCheckpointError",
+    "NotCreatableError",
     "StepExistsError",
     "one_line",
 ]

@@ -23,7 +23,12 @@ import warnings
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-__all__ = ["CorruptCheckpointWarning", "corrupt_fallback_lines", "silence_failed_reads"]
+__all__ = [
+    "CorruptCheckpointWarning",
+    "corrupt_fallback_lines",
+    "silence_failed_reads",
+    "warn_skipped",
+]
 
 _NEVER_RETRIEVED = ("Future exception was never retrieved", "Task exception was never retrieved")
 
@@ -58,6 +63,18 @@ def silence_failed_reads() -> None:
         previous(unraisable)
 
     sys.unraisablehook = hook
+
+
+def warn_skipped(failures: list[tuple[int, Any]], used: str) -> None:
+    """One warning per skipped step: which, why (``str(err)`` of its `CorruptCheckpointError`
+    is "step N (path): one short line", the cause chained, not shown) and ``used``, the step
+    restored instead."""
+    for _, err in failures:
+        warnings.warn(
+            f"tjx.ckpt: skipping corrupt checkpoint {err}{used}",
+            CorruptCheckpointWarning,
+            stacklevel=4,
+        )
 
 
 @contextlib.contextmanager

@@ -9,25 +9,24 @@ import contextlib
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-from orbax.checkpoint import checkpoint_managers as ocm
 
-from tjx.ckpt.durable import DurableAtomicRenameTemporaryPath
+from tjx.ckpt import objects, orbax_s3, storage
 from tjx.ckpt.errors import (
     CheckpointError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
     StepExistsError,
 )
-from tjx.ckpt.fallback import CorruptCheckpointWarning, silence_failed_reads
+from tjx.ckpt.fallback import silence_failed_reads, warn_skipped
 from tjx.ckpt.fingerprint import fingerprints
 from tjx.ckpt.metadata import collect_metadata, to_json
+from tjx.ckpt.options import TRASH_DIR, finite, orbax_options, positive_or_none
 from tjx.ckpt.reader import (
     CONFIG,
     DATA_STATE,
@@ -40,29 +39,12 @@ from tjx.ckpt.reader import (
     no_readable_step_error,
     read_step,
 )
-from tjx.ckpt.stepfiles import CheckedNameFormat
+from tjx.ckpt.retention import prune
 from tjx.ckpt.treepaths import flatten, nest
 from tjx.ckpt.validate import storable
 
-TRASH_DIR = "_deleted"  # old steps are renamed here (atomic), then removed with the folder
 CORRUPT_DIR = "_corrupt"  # a corrupt step is moved here when its step number is saved again
 _ITEMS = (STATE, DATA_STATE, CONFIG, MANIFEST)
-
-
-def _positive_or_none(name: str, value: int | None) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
-
-
-def _warn_skipped(failures: list[tuple[int, CorruptCheckpointError]], used: str) -> None:
-    """One warning per skipped step: which, why (``str(err)`` is "step N (path): one short
-    line", the cause chained, not shown) and ``used``, the step restored instead."""
-    for _, err in failures:
-        warnings.warn(
-            f"tjx.ckpt: skipping corrupt checkpoint {err}{used}",
-            CorruptCheckpointWarning,
-            stacklevel=4,
-        )
 
 
 class CheckpointManager:
@@ -106,64 +88,61 @@ class CheckpointManager:
         metadata: Mapping[str, Any] | None = None,
         read_only: bool = False,
     ) -> None:
-        _positive_or_none("keep_last", keep_last)
-        _positive_or_none("keep_best", keep_best)
-        _positive_or_none("save_every", save_every)
+        positive_or_none("keep_last", keep_last)
+        positive_or_none("keep_best", keep_best)
+        positive_or_none("save_every", save_every)
         if best_mode not in ("min", "max"):
             raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
         if keep_best is not None and not best_metric:
             raise ValueError("best_metric must name a metric when keep_best is set")
-        self.directory = Path(directory).absolute()
-        if self.directory.exists() and not self.directory.is_dir():
-            raise CheckpointError(f"{self.directory} exists and is not a directory")
-        if read_only and not self.directory.is_dir():
+        self.directory: Any = storage.as_path(directory)
+        self.remote = storage.is_remote(self.directory)
+        if self.remote:
+            storage.check_remote(self.directory, write=not read_only)
+            if storage.scheme_of(self.directory) == "s3":
+                orbax_s3.install()
+        else:
+            self.directory = Path(self.directory).absolute()
+            if self.directory.exists() and not self.directory.is_dir():
+                raise CheckpointError(f"{self.directory} exists and is not a directory")
+        if read_only and not self._exists():
             raise CheckpointNotFoundError(f"checkpoint directory {self.directory} does not exist")
         self.keep_last, self.keep_best = keep_last, keep_best
         self.best_metric, self.best_mode = best_metric, best_mode
         self.save_every, self.read_only = save_every, read_only
         self._corrupt: set[int] = set()
+        self._metrics: dict[int, float | None] = {}  # best_metric per step (object stores)
         self._run_metadata = collect_metadata(mesh=mesh, extra=metadata)
-        policies: list[Any] = [ocm.LatestN(n=keep_last)]
         best_fn = None
         if keep_best is not None:
             metric = str(best_metric)
             best_fn = lambda m: float(m[metric])
-            policies.append(
-                ocm.BestN(
-                    get_metric_fn=best_fn,
-                    reverse=best_mode == "min",
-                    n=keep_best,
-                    keep_checkpoints_without_metrics=False,
-                )
-            )
-        options = ocp.CheckpointManagerOptions(
-            preservation_policy=ocm.AnyPreservationPolicy(policies),
-            best_fn=best_fn,
-            best_mode=best_mode,
-            create=not read_only,
-            read_only=read_only,
-            cleanup_tmp_directories=not read_only,
-            todelete_subdir=None if read_only else TRASH_DIR,
-            temporary_path_class=DurableAtomicRenameTemporaryPath,  # orbax's never fsyncs
-            # orbax's naming, but a malformed _CHECKPOINT_METADATA no longer breaks opening.
-            step_name_format=CheckedNameFormat(
-                ocp.path.step.standard_name_format(
-                    temporary_path_cls=DurableAtomicRenameTemporaryPath
-                )
-            ),
-            enable_async_checkpointing=async_save,
-            save_root_metadata=False,
-            # orbax warns when read_only meets the default interval of 1.
-            save_interval_steps=0 if read_only else 1,
-        )
         self._name_format = ocp.path.step.standard_name_format()
         self._purge_trash()
+        if self.remote and not read_only and jax.process_index() == 0:
+            objects.remove_uncommitted(self.directory)  # what a crash left (never listed)
+        options = orbax_options(
+            remote=self.remote,
+            read_only=read_only,
+            keep_last=keep_last,
+            keep_best=keep_best,
+            best_fn=best_fn,
+            best_mode=best_mode,
+            async_save=async_save,
+        )
         self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
+
+    def _exists(self) -> bool:
+        if self.remote:  # no directories on a store: a checkpoint directory is its objects
+            return bool(objects.step_prefixes(self.directory))
+        return bool(self.directory.is_dir())
 
     # ------------------------------------------------------------------ queries
 
     def all_steps(self) -> list[int]:
         """Committed steps on disk now, ascending (orbax's finalization check; no tmp dirs)."""
+        if self.remote:
+            return objects.committed_steps(self.directory)
         if not self.directory.is_dir():
             return []
         return sorted(m.step for m in self._name_format.find_all(self.directory))
@@ -255,9 +234,16 @@ class CheckpointManager:
                 raise StepExistsError(f"step {step} already has a checkpoint in {self.directory}")
             self._quarantine(step)
         ranked = metrics_json if self.best_metric in (metrics_json or {}) else None  # keys: str
+        if self.best_metric is not None:
+            self._metrics[step] = finite((metrics_json or {}).get(self.best_metric))
         return bool(self._mgr.save(step, args=args, metrics=ranked, force=True))
 
     def _quarantine(self, step: int) -> None:
+        if self.remote:  # no rename: uncommitted (marker first), the new save replaces it
+            objects.remove_step(self.directory / str(step))
+            self._corrupt.discard(step)
+            self._mgr.reload()
+            return
         # Keep the corrupt step for inspection instead of deleting it; a rename is atomic.
         dest = self.directory / CORRUPT_DIR / f"{step}-{time.time_ns()}"
         dest.parent.mkdir(exist_ok=True)
@@ -273,12 +259,30 @@ class CheckpointManager:
         """
         if self.read_only or jax.process_index() != 0:
             return
+        if self.remote:
+            self._prune()
+            return
         trash = self.directory / TRASH_DIR
         if trash.is_dir():
             for entry in trash.iterdir():
                 shutil.rmtree(entry, ignore_errors=True)
             with contextlib.suppress(OSError):  # not empty: an entry rmtree could not remove
                 trash.rmdir()
+
+    def _prune(self) -> None:
+        """Object stores: delete the steps keep-N / best-K let go (`tjx.ckpt.retention`)."""
+        if hasattr(self, "_mgr"):
+            gone = prune(
+                self.directory,
+                self.all_steps(),
+                keep_last=self.keep_last,
+                keep_best=self.keep_best,
+                best_metric=self.best_metric,
+                best_mode=self.best_mode,
+                known=self._metrics,
+            )
+            if gone:
+                self._mgr.reload()
 
     def wait_until_finished(self) -> None:
         """Blocks until the pending async save (and old-step removal) has finished."""
@@ -329,9 +333,9 @@ class CheckpointManager:
                 self._corrupt.add(candidate)
                 failures.append((candidate, err))
                 continue
-            _warn_skipped(failures, f"; using step {candidate}")
+            warn_skipped(failures, f"; using step {candidate}")
             return candidate, contents, tuple(step for step, _ in failures)
-        _warn_skipped(failures, "")
+        warn_skipped(failures, "")
         raise no_readable_step_error(self.directory, failures) from failures[0][1]
 
     def restore(self, step: int | None = None, *, target: Any = None) -> Restored:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -22,6 +21,7 @@ from tjx.ckpt.errors import CheckpointMismatchError, CorruptCheckpointError, one
 from tjx.ckpt.fingerprint import fingerprints
 from tjx.ckpt.reasons import read_failure, specific_cause
 from tjx.ckpt.stepfiles import array_store_problem, commit_problem, recorded_files_problem
+from tjx.ckpt.storage import as_path
 from tjx.ckpt.treepaths import SEP, flatten, nest, unflatten_like
 from tjx.ckpt.validate import LeafSpec, adopt_host_kinds, check_against, target_spec
 
@@ -224,7 +224,7 @@ def read_step(
         is read (:mod:`tjx.ckpt.stepfiles`).
     """
     where = mgr.directory / str(step)
-    step_dir = Path(str(where))
+    step_dir = as_path(str(where))  # a local Path, or an epath.Path for gs:// and s3://
     # Checked before orbax opens anything (see tjx.ckpt.stepfiles): a folder no commit made is
     # not taken, and a step orbax would fail on is refused here, not with a traceback per leaf.
     if (problem := commit_problem(step_dir) or recorded_files_problem(step_dir)) is not None:

@@ -12,23 +12,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from tjx.ckpt.errors import CheckpointError
+from tjx.ckpt import storage
+from tjx.ckpt.errors import CheckpointError, NotCreatableError
 
 __all__ = ["NotCreatableError", "RunStartError", "check_can_create"]
-
-
-class NotCreatableError(CheckpointError, ValueError):
-    """A folder is neither a directory nor something that can be made.
-
-    Attributes
-    ----------
-    path : Path
-        The folder asked for.
-    """
-
-    def __init__(self, path: Path, message: str) -> None:
-        super().__init__(message)
-        self.path = path
 
 
 class RunStartError(CheckpointError, ValueError):
@@ -76,7 +63,9 @@ def check_can_create(folder: Path | str) -> None:
     Parameters
     ----------
     folder : Path or str
-        The folder (``~`` is not expanded: pass what you will create).
+        The folder (``~`` is not expanded: pass what you will create), or a ``gs://`` /
+        ``s3://`` URL: then `tjx.ckpt.storage.check_remote` (credentials, the bucket, a probe
+        object written and deleted) raises its `StorageError`, a `NotCreatableError` too.
 
     Raises
     ------
@@ -85,6 +74,12 @@ def check_can_create(folder: Path | str) -> None:
         existing ancestor is a file, or nothing can be made in that ancestor; the message names
         the paths and the system's reason (``Read-only file system``, ...).
     """
+    if storage.scheme_of(folder) is not None:
+        path = storage.as_path(folder)  # UnsupportedURLError for a scheme tjx cannot serve
+        if storage.is_remote(path):
+            storage.check_remote(path, write=True)
+            return
+        folder = path
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise NotCreatableError(folder, f"{str(folder)!r} exists and is not a directory")

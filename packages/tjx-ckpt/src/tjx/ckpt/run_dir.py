@@ -11,10 +11,13 @@
       samples/step_0000012.txt
       checkpoints/       a CheckpointManager's directory: one folder per step
 
-Every file is written whole or not at all: into a temporary file next to it, fsynced, then
-renamed over the old one (a kill or a power loss mid-write leaves the old file or the new one,
-never half a file). A file that already holds exactly the new text is not rewritten, so a resume
-with the same settings leaves the run's files and their times as they were.
+``RUN_DIR`` is a local folder or a ``gs://`` / ``s3://`` URL (`tjx.ckpt.storage`). Every file is
+written whole or not at all. On a disk: into a temporary file next to it, fsynced, then renamed
+over the old one (a kill or a power loss mid-write leaves the old file or the new one, never
+half a file). On an object store: as one object with one request, which the store shows whole
+or not at all (there is no rename, and no folder to make). A file that already holds exactly the
+new text is not rewritten, so a resume with the same settings leaves the run's files and their
+times as they were.
 
 The JSON files are standard JSON, which jq and strict parsers read: a NaN or an infinity (the
 perplexity of a loss that grew to 8,703) is written as ``null`` and named in a ``"nonfinite"``
@@ -34,10 +37,11 @@ from typing import Any, ClassVar
 
 import yaml  # type: ignore[import-untyped]
 
-from tjx.ckpt import standard_json
+from tjx.ckpt import objects, standard_json, storage
 from tjx.ckpt.errors import CheckpointError, one_line
 from tjx.ckpt.fsync import fsync_dir, fsync_file
 from tjx.ckpt.run_checks import RunStartError, check_can_create
+from tjx.ckpt.storage import StoragePath
 from tjx.ckpt.yaml_io import load_yaml
 
 #: The commit marker of a step (orbax's ``atomicity.COMMIT_SUCCESS_FILE``, which tjx.ckpt.durable
@@ -58,7 +62,7 @@ class RunFileError(CheckpointError, ValueError):
         UTF-8 (...)``, or ``not a mapping: it holds a list``.
     """
 
-    def __init__(self, path: Path, reason: str) -> None:
+    def __init__(self, path: StoragePath, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
@@ -71,21 +75,31 @@ class RunFileNotFoundError(RunFileError, FileNotFoundError):
     every way a run file cannot be read; catch this one first to word a missing file apart.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: StoragePath) -> None:
         super().__init__(path, "missing")
 
     def __str__(self) -> str:
         return f"{self.path} is missing"  # a sentence, not "PATH: missing"
 
 
-def write_if_changed(path: Path, text: str) -> bool:
+def write_if_changed(path: StoragePath, text: str) -> bool:
     """Write ``text`` to ``path`` atomically unless it already holds exactly that; whether it wrote.
 
-    The text goes to ``.NAME.tmp`` in the same folder, is fsynced, and replaces ``path`` with one
-    rename (then the folder is fsynced): ``path`` is the old file or the new one, whole, after
-    any crash. A ``.NAME.tmp`` left by a crash is overwritten by the next write.
+    On a disk the text goes to ``.NAME.tmp`` in the same folder, is fsynced, and replaces
+    ``path`` with one rename (then the folder is fsynced): ``path`` is the old file or the new
+    one, whole, after any crash. A ``.NAME.tmp`` left by a crash is overwritten by the next
+    write. On an object store (``gs://``, ``s3://``) it is one object written with one request.
     """
     data = text.encode("utf-8")
+    if storage.is_remote(path):
+        try:
+            if objects.read_bytes(path) == data:
+                return False
+        except FileNotFoundError:
+            pass
+        objects.write_whole(path, data)
+        return True
+    path = Path(path)
     try:
         if path.read_bytes() == data:
             return False
@@ -99,15 +113,22 @@ def write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
-def _parse(path: Path) -> Any:
-    if not path.is_file():
-        raise RunFileNotFoundError(path)
+def _parse(path: StoragePath) -> Any:
     try:
-        text = path.read_bytes().decode("utf-8")
+        if storage.is_remote(path):
+            raw = objects.read_bytes(path)
+        elif not path.is_file():
+            raise RunFileNotFoundError(Path(path))
+        else:
+            raw = path.read_bytes()
+    except FileNotFoundError:
+        raise RunFileNotFoundError(path) from None
+    except OSError as err:
+        raise RunFileError(path, f"cannot be read ({err.strerror or err})") from None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise RunFileError(path, f"not UTF-8 ({err.reason} at byte {err.start})") from None
-    except OSError as err:
-        raise RunFileError(path, f"cannot be read ({err.strerror})") from None
     try:
         return load_yaml(text) if path.suffix in (".yaml", ".yml") else standard_json.loads(text)
     except (yaml.YAMLError, ValueError) as err:  # JSONDecodeError is a ValueError
@@ -167,10 +188,11 @@ class RunDir:
     Parameters
     ----------
     path:
-        The run directory (need not exist before `create`).
+        The run directory (need not exist before `create`): a local path, or a ``gs://`` /
+        ``s3://`` URL (`tjx.ckpt.storage.as_path`; another scheme raises `UnsupportedURLError`).
     """
 
-    path: Path
+    path: StoragePath
 
     CONFIG_FILE: ClassVar[str] = "config.yaml"
     MODEL_FILE: ClassVar[str] = "model.json"
@@ -181,29 +203,29 @@ class RunDir:
     CHECKPOINTS_DIR: ClassVar[str] = "checkpoints"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))  # a str or PathLike is fine too
+        object.__setattr__(self, "path", storage.as_path(self.path))  # str, PathLike or URL
 
     @property
-    def config_file(self) -> Path:
+    def config_file(self) -> StoragePath:
         """``config.yaml``."""
         return self.path / self.CONFIG_FILE
 
     @property
-    def final_file(self) -> Path:
+    def final_file(self) -> StoragePath:
         """``final.json``."""
         return self.path / self.FINAL_FILE
 
     @property
-    def curve_file(self) -> Path:
+    def curve_file(self) -> StoragePath:
         """``loss_curve.png``."""
         return self.path / self.CURVE_FILE
 
     @property
-    def checkpoints(self) -> Path:
+    def checkpoints(self) -> StoragePath:
         """The checkpoint directory (give it to `CheckpointManager`)."""
         return self.path / self.CHECKPOINTS_DIR
 
-    def samples_file(self, step: int) -> Path:
+    def samples_file(self, step: int) -> StoragePath:
         """The text samples of ``step``: ``samples/step_0000012.txt``."""
         return self.path / self.SAMPLES_DIR / f"step_{step:07d}.txt"
 
@@ -213,7 +235,8 @@ class RunDir:
         The config is written as YAML in its own key order (``sort_keys=False``), as the user
         reads and writes config files.
         """
-        (self.path / self.SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
+        if not storage.is_remote(self.path):  # a store has no folders to make
+            (self.path / self.SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
         return write_if_changed(self.config_file, yaml.safe_dump(dict(config), sort_keys=False))
 
     def write_json(self, name: str, data: Mapping[str, Any]) -> bool:
@@ -231,10 +254,11 @@ class RunDir:
         """``final.json``: it exists whole or not at all (an app rebuilds it when missing)."""
         return self.write_json(self.FINAL_FILE, summary)
 
-    def write_samples(self, step: int, text: str) -> Path:
+    def write_samples(self, step: int, text: str) -> StoragePath:
         """Write ``text`` as the samples of ``step``; returns the file."""
         path = self.samples_file(step)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not storage.is_remote(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
         write_if_changed(path, text)
         return path
 
@@ -265,8 +289,12 @@ class RunDir:
 
         A folder named by a bare step number: what a save renames its temporary folder to
         (``12.orbax-checkpoint-tmp...`` never counts). Use it to refuse starting a new run over
-        an old one; whether a step can be restored is for the `CheckpointManager` to say.
+        an old one; whether a step can be restored is for the `CheckpointManager` to say. On an
+        object store a step is written in place, so what a crash cut short is a step without its
+        commit marker there (the analogue of the temporary folder): only committed steps count.
         """
+        if storage.is_remote(self.checkpoints):
+            return objects.committed_steps(self.checkpoints)
         try:
             entries = list(self.checkpoints.iterdir())
         except (FileNotFoundError, NotADirectoryError):
@@ -304,9 +332,14 @@ class RunDir:
         cut short, one made by hand) is what `CheckpointManager.restore` skips as never
         committed, so it is not the step to name in "continue with --resume".
         """
-        committed = [
-            s for s in self.step_folders() if (self.checkpoints / str(s) / COMMIT_MARKER).is_file()
-        ]
+        if storage.is_remote(self.checkpoints):
+            committed = objects.committed_steps(self.checkpoints)
+        else:
+            committed = [
+                s
+                for s in self.step_folders()
+                if (self.checkpoints / str(s) / COMMIT_MARKER).is_file()
+            ]
         return committed[-1] if committed else None
 
 

@@ -46,6 +46,7 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from tjx.ckpt import objects, storage
 from tjx.ckpt.durable import (
     COMMIT_MARKER,
     FILE_SIZES,
@@ -57,7 +58,7 @@ from tjx.ckpt.durable import (
 OCDBT_ROOT = "manifest.ocdbt"
 
 
-def step_metadata_problem(step_dir: Path) -> str | None:
+def step_metadata_problem(step_dir: Any) -> str | None:
     """Why orbax cannot use ``step_dir``'s ``_CHECKPOINT_METADATA``, or None when it can."""
     path = step_dir / STEP_METADATA
     try:
@@ -80,7 +81,7 @@ def step_metadata_problem(step_dir: Path) -> str | None:
     return None
 
 
-def commit_problem(step_dir: Path) -> str | None:
+def commit_problem(step_dir: Any) -> str | None:
     """Why ``step_dir`` is not a complete commit (marker, step metadata), or None."""
     if not (step_dir / COMMIT_MARKER).is_file():
         return (
@@ -124,14 +125,20 @@ def _size_problem(path: Path, expected: int) -> str | None:
         return f" cannot be read ({err.strerror})"
     if not stat.S_ISREG(info.st_mode):
         return " is not a regular file"
-    if info.st_size < expected:
-        return f": {info.st_size} bytes, expected {expected} (truncated)"
-    if info.st_size > expected:
-        return f": {info.st_size} bytes, expected {expected} (longer than written)"
+    return _compare(info.st_size, expected)
+
+
+def _compare(size: int | None, expected: int) -> str | None:
+    if size is None:
+        return " is missing"
+    if size < expected:
+        return f": {size} bytes, expected {expected} (truncated)"
+    if size > expected:
+        return f": {size} bytes, expected {expected} (longer than written)"
     return None
 
 
-def recorded_files_problem(step_dir: Path) -> str | None:
+def recorded_files_problem(step_dir: Any) -> str | None:
     """Why ``step_dir``'s files differ from those its commit recorded in ``tjx_files.json``.
 
     None when they match, when the step has no such list (saved before it existed) and when
@@ -163,18 +170,26 @@ def recorded_files_problem(step_dir: Path) -> str | None:
     if sizes is None:
         # Written and fsynced before the commit marker like the rest: damaged, not old.
         return f"{FILE_SIZES} is not the file list tjx-ckpt writes"
-    bad = [
-        rel + problem
-        for rel, size in sizes.items()
-        if (problem := _size_problem(step_dir / rel, size)) is not None
-    ]
+    if storage.is_remote(step_dir):  # one listing instead of a request per object
+        actual = objects.file_sizes(step_dir)
+        bad = [
+            rel + problem
+            for rel, size in sizes.items()
+            if (problem := _compare(actual.get(rel), size)) is not None
+        ]
+    else:
+        bad = [
+            rel + problem
+            for rel, size in sizes.items()
+            if (problem := _size_problem(step_dir / rel, size)) is not None
+        ]
     if not bad:
         return None
     # ", " not "; ": the manager joins the reasons of several steps with "; ".
     return f"{bad[0]}, {len(bad)} of {len(sizes)} files in {FILE_SIZES} differ"
 
 
-def array_store_problem(item_dir: Path) -> str | None:
+def array_store_problem(item_dir: Any) -> str | None:
     """Why the OCDBT store of the arrays in ``item_dir`` cannot be opened, or None.
 
     Only what the file system shows is checked (the root manifest is there and not empty): it is
@@ -183,7 +198,10 @@ def array_store_problem(item_dir: Path) -> str | None:
     root = item_dir / OCDBT_ROOT
     name = f"{item_dir.name}/{OCDBT_ROOT}"
     try:
-        size = root.stat().st_size
+        if storage.is_remote(root):
+            size = int(storage.filesystem(root).info(os.fspath(root)).get("size") or 0)
+        else:
+            size = root.stat().st_size
     except FileNotFoundError:
         return f"{name} is missing (the root of its array store)"
     except OSError as err:
@@ -212,7 +230,7 @@ class _NoStepMetadata(ocp.path.step.Metadata):
 
 
 def _checked(metadata: Any) -> Any:
-    if step_metadata_problem(Path(str(metadata.path))) is None:
+    if step_metadata_problem(storage.as_path(str(metadata.path))) is None:
         return metadata
     return _NoStepMetadata(step=metadata.step, path=metadata.path)
 

@@ -5,11 +5,13 @@ preference pairs, packed and resumable."""
 
 from tjx.data.bpe import gpt2_tokenizer, load_tokenizer, save_tokenizer, train_bpe
 from tjx.data.builtin import BUILTIN_CORPORA, prepare_builtin
-from tjx.data.cache import cache_dir
+from tjx.data.cache import cache_dir, local_cache_folder
 from tjx.data.chat_encode import ChatEncoder, Encoded, Pair
 from tjx.data.chat_loader import ChatLoader, PreferenceLoader, chat_validation_batches
 from tjx.data.chat_prepare import PreparedSequences, Rows, load_rows, prepare_chat_data
+from tjx.data.chat_run import DATA_FORMATS, ChatRunData, prepare_chat_run_data
 from tjx.data.chat_store import SequenceIndex, load_sequences, write_sequences
+from tjx.data.chat_tasks import ARITHMETIC, arithmetic_rows, prepare_arithmetic
 from tjx.data.chat_template import ChatTemplate
 from tjx.data.errors import DataError
 from tjx.data.images import (
@@ -33,14 +35,17 @@ from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_i
 from tjx.data.sources import Documents, check_local_source, load_source
 from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, encode_prompts
 
-__version__ = "0.7.0"
+__version__ = "0.9.0"
 
 __all__ = [
     "BUILTIN_CORPORA",
     "IGNORE_INDEX",
     "ON_EXHAUSTED",
     "ByteTokenizer",
+    "ARITHMETIC",
+    "DATA_FORMATS",
     "ChatEncoder",
+    "ChatRunData",
     "ChatLoader",
     "ChatTemplate",
     "DataError",
@@ -68,7 +73,9 @@ __all__ = [
     "__version__",
     "bpe_tokenizer",
     "cache_dir",
+    "arithmetic_rows",
     "chat_validation_batches",
+    "local_cache_folder",
     "check_local_source",
     "check_max_tokens",
     "check_mixture",
@@ -87,7 +94,9 @@ __all__ = [
     "mixture_validation_batches",
     "prefetch_to_device",
     "prepare_builtin",
+    "prepare_arithmetic",
     "prepare_chat_data",
+    "prepare_chat_run_data",
     "prepare_image_run_data",
     "prepare_mixture_run_data",
     "prepare_run_data",

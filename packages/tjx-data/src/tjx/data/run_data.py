@@ -29,6 +29,7 @@ from tjx.data.prepare import prepare_shards
 from tjx.data.run_tokenizer import Names, fault, name_of
 from tjx.data.shards import load_index
 from tjx.data.tokenizers import Tokenizer
+from tjx.data.urls import is_url
 
 __all__ = ["BUILTIN_TOKENIZERS", "RunData", "restore_loader_state"]
 
@@ -213,8 +214,12 @@ class RunData:
         """
         spec = self.tokenizer_spec if self.tokenizer is not None else None
         if self.tokenizer is not None and spec not in BUILTIN_TOKENIZERS:
-            folder = Path(run_dir) / "tokenizer"
-            spec = str(save_tokenizer(self.tokenizer, folder).resolve())  # type: ignore[arg-type]
+            if is_url(run_dir):  # a run directory in object storage: the object's URL
+                url = f"{str(run_dir).rstrip('/')}/tokenizer"
+                spec = str(save_tokenizer(self.tokenizer, url))  # type: ignore[arg-type]
+            else:
+                saved = save_tokenizer(self.tokenizer, Path(run_dir) / "tokenizer")  # type: ignore[arg-type]
+                spec = str(Path(saved).resolve())
         return {
             "source": self.source,
             "tokenizer": spec,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tjx.data.bpe import load_tokenizer
 from tjx.data.cache import cache_dir as default_cache_dir
+from tjx.data.cache import local_cache_folder
 from tjx.data.errors import DataError
 from tjx.data.prepare import bpe_tokenizer
 from tjx.data.tokenizers import Tokenizer
@@ -32,7 +33,7 @@ def name_of(names: Names, argument: str) -> str:
 
 def cache_root(cache_dir: str | Path | None) -> Path:
     """``cache_dir`` expanded, or tjx.data's default cache folder."""
-    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    return local_cache_folder(cache_dir) if cache_dir else default_cache_dir()
 
 
 def run_tokenizer(

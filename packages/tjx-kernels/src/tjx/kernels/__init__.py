@@ -13,6 +13,13 @@ from tjx.kernels.blocks import (
     attention_forward,
     block_kernel,
 )
+from tjx.kernels.ce_choice import (
+    CE_IMPLEMENTATIONS,
+    ce_auto_order,
+    ce_implementation,
+    linear_cross_entropy,
+)
+from tjx.kernels.ce_launch import CELaunch
 from tjx.kernels.choice import (
     AutoChoice,
     KernelCompileError,
@@ -32,12 +39,14 @@ from tjx.kernels.launch import LaunchDefaults, default_launch
 from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
 from tjx.kernels.softcap import soft_cap
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 __all__ = [
     "BLOCK_IMPLEMENTATIONS",
+    "CE_IMPLEMENTATIONS",
     "IMPLEMENTATIONS",
     "AutoChoice",
+    "CELaunch",
     "CrossEntropyOutput",
     "KernelCompileError",
     "LaunchDefaults",
@@ -51,6 +60,8 @@ __all__ = [
     "auto_chunk_size",
     "auto_order",
     "block_kernel",
+    "ce_auto_order",
+    "ce_implementation",
     "chunked_cross_entropy",
     "current_target",
     "custom_call_cost",
@@ -58,7 +69,9 @@ __all__ = [
     "enable_compilation_cache",
     "first_that_compiles",
     "flash_attention",
+    "fused_cross_entropy",
     "kernel_order",
+    "linear_cross_entropy",
     "out_of_memory",
     "reference_attention",
     "select_implementation",
@@ -73,4 +86,8 @@ def __getattr__(name: str) -> Any:
         from tjx.kernels.flash import flash_attention
 
         return flash_attention
+    if name == "fused_cross_entropy":
+        from tjx.kernels.fused_ce import fused_cross_entropy
+
+        return fused_cross_entropy
     raise AttributeError(f"module 'tjx.kernels' has no attribute {name!r}")

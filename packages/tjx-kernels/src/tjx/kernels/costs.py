@@ -23,7 +23,25 @@ from the diagonal on):
     reads   n·b·h·Σⱼ (2·B_k·d + 2·m_j·d + 2·m_j·4)   writes  2·b·h·s_k·d (float32 under GQA)
     FLOPs   b·h·(4n + 4)·B_k·d·Σⱼ mⱼ                             (QKᵀ, dO·Vᵀ, dV/n, dK/n)
 
-Segment ids add their int32 reads where the call has them. What it leaves out: L2 hits (tiles
+Segment ids add their int32 reads where the call has them.
+
+The fused linear cross-entropy (`fused_ce_kernels`), ``T`` tokens, ``D`` = d_model, ``V`` the
+vocabulary (all padded to the tiles), tiles ``B_t × B_v`` of logits, ``B_k`` columns of ``D`` per
+product step, ``B_d`` output columns per backward program; ``I`` the inputs' item size. Every
+logits tile loads its ``B_t × D`` hidden rows and ``D × B_v`` unembedding columns again (Triton
+holds no more than the tile in registers):
+``tjx_ce_fwd``, grid (T / B_t,):
+    reads   T·D·I·V/B_v + (T/B_t)·D·V·I + 4·T         writes  12·T
+    FLOPs   2·T·D·V
+``tjx_ce_dx``, grid (T / B_t, D / B_d): each program recomputes its tokens' logits over all of V
+and multiplies by its ``B_d`` rows of the unembedding:
+    reads   (T/B_t)(D/B_d)·[(V/B_v)·((B_t·D + D·B_v + B_d·B_v)·I + 8) + 8·B_t]
+    writes  T·D·I       FLOPs   2·T·D·V·(D/B_d + 1)
+``tjx_ce_dw``, grid (D / B_d, V / B_v): each program walks every token tile:
+    reads   (D/B_d)(V/B_v)·(T/B_t)·((B_t·D + D·B_v + B_t·B_d)·I + 8·B_t + 8)
+    writes  D·V·I       FLOPs   2·T·D·V·(D/B_d + 1)
+``B_v`` and ``B_k`` (and ``B_t`` for ``dw``) are the default launch's (`DEFAULT_CE_LAUNCH`, what
+the model takes); the rest come from the grid. What it leaves out: L2 hits (tiles
 re-read by neighbouring programs often come from L2, so real HBM traffic is lower) and the
 exponentials (not matmul FLOPs).
 """
@@ -36,10 +54,11 @@ import numpy as np
 
 from tjx.kernels.launch import MIN_BLOCK, default_launch
 
-__all__ = ["KERNELS", "custom_call_cost"]
+__all__ = ["CE_KERNELS", "KERNELS", "ce_cost", "custom_call_cost"]
 
 #: The kernels priced here, by their ``pallas_call`` name.
 KERNELS = ("tjx_flash_fwd", "tjx_flash_bwd_dq", "tjx_flash_bwd_dkdv")
+CE_KERNELS = ("tjx_ce_fwd", "tjx_ce_dx", "tjx_ce_dw")
 
 Shape = tuple[str, Sequence[int]]  # (HLO element type, dims)
 _ITEM = {"bf16": 2, "f16": 2, "f32": 4, "f64": 8}
@@ -90,6 +109,8 @@ def custom_call_cost(
     device_kind, hopper : optional
         The device the kernel was launched for, to read its launch parameters.
     """
+    if kernel in CE_KERNELS and len(operands) >= 3:
+        return ce_cost(kernel, grid, operands)
     if kernel not in KERNELS or len(operands) < 3 or not results:
         return None
     (dtype, q), (_, k) = operands[0], operands[1]
@@ -124,3 +145,32 @@ def custom_call_cost(
     out_item = _ITEM.get(results[0][0], item)
     written = 2 * heads * s_k * d * out_item
     return {dtype: (4.0 * n + 4) * heads * bk * d * queries}, float(read), float(written)
+
+
+def ce_cost(
+    kernel: str, grid: Sequence[int], operands: Sequence[Shape]
+) -> tuple[dict[str, float], float, float]:
+    """``(FLOPs by dtype, bytes read, bytes written)`` of one launch of a fused cross-entropy
+    kernel (``operands``: ``h [T, D], w [D, V], labels[, lse, g]``; formulas above)."""
+    from tjx.kernels.ce_launch import DEFAULT_CE_LAUNCH
+
+    (dtype, (t, d)), (_, (_, v)) = operands[0], operands[1]
+    t, d, v = int(t), int(d), int(v)
+    item = _ITEM.get(dtype, 4)
+    launch = DEFAULT_CE_LAUNCH.fitted(d)
+    bv = launch.block_v
+    products = 2.0 * t * d * v
+    if kernel == "tjx_ce_fwd":
+        bt = t // int(grid[0])
+        read = t * d * item * (v // bv) + (t // bt) * d * v * item + 4 * t
+        return {dtype: products}, float(read), float(12 * t)
+    if kernel == "tjx_ce_dx":
+        bt, bd = t // int(grid[0]), d // int(grid[1])
+        tile = (bt * d + d * bv + bd * bv) * item + 8
+        read = (t // bt) * (d // bd) * ((v // bv) * tile + 8 * bt)
+        return {dtype: products * (d // bd + 1)}, float(read), float(t * d * item)
+    bd, bv = d // int(grid[0]), v // int(grid[1])
+    bt = launch.block_t
+    tile = (bt * d + d * bv + bt * bd) * item + 8 * bt + 8
+    read = (d // bd) * (v // bv) * (t // bt) * tile
+    return {dtype: products * (d // bd + 1)}, float(read), float(d * v * item)

@@ -51,6 +51,7 @@ from tjx.kernels.choice import (
     first_line,
     unsupported_reason,
 )
+from tjx.kernels.cudnn_segments import segment_attention
 from tjx.kernels.reference import attention_mask, reference_attention
 from tjx.kernels.softcap import check_softcap
 
@@ -97,6 +98,12 @@ def _cudnn_attention(
     shapes: AttentionShapes,
     window: int | None = None,
 ) -> Array:
+    if segment_ids is not None and not isinstance(segment_ids, tuple | list) and kv_lengths is None:
+        # Self-attention segment ids (packed documents): no s × s mask (cudnn_segments).
+        ids = jnp.asarray(segment_ids, jnp.int32)
+        return segment_attention(
+            q, k, v, ids, causal=causal, scale=scale, target=current_target(), window=window
+        )
     mask = None
     if segment_ids is not None:
         q_ids, kv_ids = split_segment_ids(segment_ids)

@@ -34,6 +34,8 @@ _RULES: dict[str, tuple[Callable[[int], bool], str]] = {  # field-name prefix �
 }
 _DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 _KEY = re.compile(r"(bf16|fp16|fp32)-(64|128|256)")
+#: Timings of the linear cross-entropy (``tjx.kernels.ce_choice``): one bucket per input dtype.
+CE_KEY = re.compile(r"ce-(bf16|fp16|fp32)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,9 +192,10 @@ def _checked_timings(data: Any, at: str) -> Mapping[str, Mapping[str, float]]:
             k in _KERNELS and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
             for k, v in times.items()
         )
-        if not _KEY.fullmatch(key) or not ok:
+        if not (_KEY.fullmatch(key) or CE_KEY.fullmatch(key)) or not ok:
             raise ValueError(
-                f"{at}, timings {key!r}: want '<bf16|fp16|fp32>-<64|128|256>' → "
+                f"{at}, timings {key!r}: want '<bf16|fp16|fp32>-<64|128|256>' (attention) or "
+                f"'ce-<bf16|fp16|fp32>' (cross-entropy) → "
                 f"{{kernel ({', '.join(_KERNELS)}): milliseconds > 0}}"
             )
         out[key] = MappingProxyType({k: float(v) for k, v in times.items()})

@@ -23,6 +23,8 @@
   :func:`available_bytes` (what a device can use) and :func:`first_fit` (the first candidate step
   whose peak fits); :class:`DivergenceGuard` (stop after too many non-finite or skipped steps in a
   row); :func:`progress_bar` (rich, with loss and ETA).
+* Mixture of experts: :func:`moe_metrics` (balance and z-losses, dropped fraction, expert load)
+  and :func:`expert_load` (``[layers, experts]`` shares) of the router's summed statistics.
 """
 
 from tjx.metrics.accelerators import (
@@ -91,14 +93,16 @@ from tjx.metrics.memory import (
     peak_bytes,
     refused_bytes,
 )
+from tjx.metrics.moe import MOE_FIELDS, expert_load, moe_metrics
 from tjx.metrics.plots import load_curves, plot_curves, plot_run
 from tjx.metrics.progress import ProgressBar, progress_bar
-from tjx.metrics.roofline import Roofline, roofline
+from tjx.metrics.roofline import LIKELY_BRANCH, Roofline, roofline
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
-__version__ = "0.10.0"
+__version__ = "0.13.0"
 
 __all__ = [
+    "LIKELY_BRANCH",
     "ACCELERATORS",
     "Accelerator",
     "ConsoleLogger",
@@ -114,6 +118,7 @@ __all__ = [
     "Kernel",
     "LOGGER_NAMES",
     "Logger",
+    "MOE_FIELDS",
     "MemoryCheck",
     "MemoryFit",
     "MetricAccumulator",
@@ -137,6 +142,7 @@ __all__ = [
     "device_summary",
     "dumps_json",
     "evaluate_heldout",
+    "expert_load",
     "finalize_metrics",
     "first_fit",
     "heldout_metrics",
@@ -152,6 +158,7 @@ __all__ = [
     "loss_metrics",
     "make_logger",
     "mfu",
+    "moe_metrics",
     "parse_hlo",
     "parse_target",
     "peak_bytes",

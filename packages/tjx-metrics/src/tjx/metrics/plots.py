@@ -6,13 +6,16 @@ never does (a finished run must not fail over its picture)."""
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tjx.metrics.loggers.jsonl import JSONL_NAME, read_jsonl
+from tjx.metrics.loggers.urls import is_url, read_bytes, write_bytes
 
 __all__ = ["load_curves", "plot_curves", "plot_run"]
 
@@ -51,7 +54,7 @@ def plot_curves(
     title: str | None = None,
     log_y: Sequence[str] = (),
     dpi: int = 100,
-) -> Path:
+) -> Path | str:
     """Plot curves from a JSONL log to a PNG, one panel per key (shared step axis).
 
     Parameters
@@ -72,8 +75,8 @@ def plot_curves(
 
     Returns
     -------
-    Path
-        ``png_path``.
+    Path or str
+        ``png_path`` (a ``gs://`` / ``s3://`` URL as given: the PNG is written as one object).
 
     Raises
     ------
@@ -127,7 +130,12 @@ def plot_curves(
         if not logscale:
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
     axes[-1].set_xlabel("step")
-    fig.suptitle(title or Path(jsonl_path).name)
+    fig.suptitle(title or os.fspath(jsonl_path).rstrip("/").rsplit("/", 1)[-1])
+    if is_url(png_path):  # object storage: the picture is one object, written whole
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        write_bytes(png_path, buffer.getvalue())
+        return os.fspath(png_path)  # the URL as given
     out = Path(png_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")
@@ -141,7 +149,7 @@ def plot_run(
     *,
     jsonl_name: str = JSONL_NAME,
     title: str | None = None,
-) -> Path | None:
+) -> Path | str | None:
     """Plot a run's JSONL log (the one :func:`~tjx.metrics.make_logger` writes), never raising.
 
     Meant for the end of a run, or a rebuild of its files: the picture is a convenience, so a
@@ -162,16 +170,25 @@ def plot_run(
 
     Returns
     -------
-    Path or None
-        ``png_path``; ``None`` when the run has no log (nothing was logged, or no JSONL sink:
-        nothing is said) or the plot failed (none of the keys logged, a full disk: one
+    Path, str or None
+        ``png_path`` (``run_dir`` and ``png_path`` may be ``gs://`` / ``s3://`` URLs); ``None``
+        when the run has no log (nothing was logged, or no JSONL sink: nothing is said) or the
+        plot failed (none of the keys logged, a full disk: one
         ``warning: could not plot ...`` line on stderr).
     """
-    jsonl = Path(run_dir) / jsonl_name
-    if not jsonl.is_file():
-        return None
+    if is_url(run_dir):
+        jsonl: Any = f"{os.fspath(run_dir).rstrip('/')}/{jsonl_name}"
+        try:
+            read_bytes(jsonl)
+        except FileNotFoundError:
+            return None
+    else:
+        jsonl = Path(run_dir) / jsonl_name
+        if not jsonl.is_file():
+            return None
     try:
         return plot_curves(jsonl, png_path, keys, title=title)
     except Exception as err:  # the plot is a convenience; never fail a finished run over it
-        print(f"warning: could not plot {Path(png_path).name}: {err}", file=sys.stderr)
+        name = os.fspath(png_path).rstrip("/").rsplit("/", 1)[-1]
+        print(f"warning: could not plot {name}: {err}", file=sys.stderr)
         return None

@@ -18,6 +18,11 @@ count. The rules that keep the bytes honest:
 * a while loop's trip count is XLA's ``known_trip_count`` where the compiler states it (GPU), else
   read from the loop's condition (``i < N`` with a constant start and step: what a TPU program
   leaves implicit, and why a TPU's ``cost_analysis()`` counts a scanned body once);
+* a ``conditional`` counts its most expensive branch, unless exactly one branch's work is under
+  ``jax.named_scope(LIKELY_BRANCH)`` (``"likely_branch"``): the program's own word for the branch
+  that runs on the data it is built for (tjx-kernels' packed cuDNN attention marks its packed
+  branch; the dense-mask fallback runs only on unusual batches). A note says what the most
+  expensive branch would add;
 * cuDNN attention counts the FLOPs it computes (forward 4·b·h·s_q·s_k·d, backward 10·b·h·s_q·
   s_k·d, halved when causal: it skips masked tiles) and its operands and results as bytes;
   other custom calls are costed by ``custom_call_cost`` (the caller's kernels: a Triton kernel's
@@ -39,7 +44,7 @@ from tjx.metrics.hlo import Computation, HloModule, Instruction, parse_hlo
 from tjx.metrics.hlo_loops import trip_count
 from tjx.metrics.kernel_cost import CustomCost, Kernel, KernelCosts, is_free
 
-__all__ = ["Roofline", "roofline"]
+__all__ = ["LIKELY_BRANCH", "Roofline", "roofline"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,11 @@ class Roofline:
         return model_flops / (self.seconds * self.device.peak.bf16 * devices)
 
 
+#: A ``jax.named_scope`` that marks a conditional's branch as the one that runs on the data the
+#: program is built for; the estimate counts that branch instead of the most expensive one.
+LIKELY_BRANCH = "likely_branch"
+
+
 class _Walker:
     """Walks the program from its entry: loops times their trip counts, every kernel priced."""
 
@@ -115,6 +125,8 @@ class _Walker:
         self.costs = KernelCosts(module, device, custom)
         self.kernels: dict[str, Kernel] = {}
         self.notes: list[str] = []
+        #: conditionals counted as their likely branch, and what their worst branches would add
+        self.likely_branches, self.likely_extra_ms = 0, 0.0
 
     def walk(self, comp: Computation, count: int) -> None:
         for ins in comp.instructions:
@@ -154,10 +166,27 @@ class _Walker:
             costs.append(sub)
         if not costs:
             return
-        worst = max(costs, key=lambda w: sum(k.total_seconds for k in w.kernels.values()))
-        self.notes.append(f"{ins.name}: conditional counted as its most expensive branch")
-        for k in worst.kernels.values():
+        seconds = [sum(k.total_seconds for k in w.kernels.values()) for w in costs]
+        worst = max(range(len(costs)), key=lambda i: seconds[i])
+        marked = [i for i, name in enumerate(names) if self.likely(name)]
+        if len(marked) == 1:
+            # The program says which branch runs on the data it is built for (a packed batch
+            # takes cuDNN's packed layout; the dense mask is a fallback): count that one, and
+            # say what the worst branch would add.
+            chosen = marked[0]
+            self.likely_branches += 1
+            self.likely_extra_ms += (seconds[worst] - seconds[chosen]) * count * 1e3
+        else:
+            chosen = worst
+            self.notes.append(f"{ins.name}: conditional counted as its most expensive branch")
+        for k in costs[chosen].kernels.values():
             self.add(k, k.count * count)
+
+    def likely(self, name: str) -> bool:
+        """Whether a branch computation's work is under a ``jax.named_scope(LIKELY_BRANCH)``."""
+        comp = self.module.computations[name]
+        marker = f"/{LIKELY_BRANCH}/"
+        return any(marker in ins.attrs.get("metadata", "") for ins in comp.instructions)
 
     def trip_count(self, comp: Computation, ins: Instruction) -> int:
         found = trip_count(self.module, comp, ins)
@@ -196,6 +225,12 @@ def roofline(
     kernels = tuple(k for k in walker.kernels.values() if k.kind != "view")
     unpriced = sorted({k.detail for k in kernels if not k.priced})
     notes = list(walker.notes)
+    if walker.likely_branches:
+        notes.append(
+            f"{walker.likely_branches} conditional(s) counted as their branch marked "
+            f"{LIKELY_BRANCH!r}; their most expensive branches would add "
+            f"{walker.likely_extra_ms:.2f} ms"
+        )
     if unpriced:
         notes.append(f"custom calls counted by their operands and results: {', '.join(unpriced)}")
     return Roofline(device, kernels, tuple(notes))

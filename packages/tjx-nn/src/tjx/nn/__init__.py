@@ -1,8 +1,9 @@
 """tjx.nn: Flax NNX transformer layers and models with logical axis names.
 
-GPT-2, LLaMA-style decoders, BERT, ViT and an encoder-decoder; sliding-window attention and RoPE
-scalings (linear, dynamic, yarn, longrope, llama3); KV-cache generation (rolling for windows); HF
-interop (GPT-2, Llama, Mistral, Qwen2: ``load_hf`` / ``save_hf``); LoRA adapters (``add_lora``,
+GPT-2, LLaMA-style decoders (with mixture-of-experts layers), BERT, ViT and an encoder-decoder;
+sliding-window attention and RoPE scalings (linear, dynamic, yarn, longrope, llama3); KV-cache
+generation (rolling for windows); HF interop (GPT-2, Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE,
+Qwen3-MoE: ``load_hf`` / ``save_hf``); LoRA adapters (``add_lora``,
 merged or PEFT export) and preference losses (DPO, IPO); sequence-split (context parallel) runs
 through ``sequence_parallel``; losses and utilities.
 """
@@ -64,10 +65,14 @@ from tjx.nn.losses import (
 )
 from tjx.nn.mlp import MLP
 from tjx.nn.model_state import concrete_state, is_key, reseed
+from tjx.nn.moe import MoE, MoEStats, router_penalty
+from tjx.nn.moe_config import moe_layers
+from tjx.nn.moe_parallel import current_expert_parallel, expert_parallel_scope
 from tjx.nn.norms import LayerNorm, RMSNorm
 from tjx.nn.objectives import (
     OBJECTIVES,
     Objective,
+    ObjectiveLoss,
     eval_mask_key,
     objective_logits,
     objective_logits_fn,
@@ -90,13 +95,14 @@ from tjx.nn.preference import (
 from tjx.nn.registry import MODEL_KINDS, build_model
 from tjx.nn.relative_bias import RelativePositionBias, t5_relative_bucket
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling, rope_parameters
+from tjx.nn.routers import ROUTERS, Routing, register_router
 from tjx.nn.seq2seq_generation import generate_seq2seq
 from tjx.nn.sequence import SequenceSplit, current_sequence_parallel, sequence_parallel
 from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.13.0"
+__version__ = "0.15.0"
 
 __all__ = [
     "ACTIVATIONS",
@@ -127,9 +133,12 @@ __all__ = [
     "LoraConfig",
     "MLP",
     "MODEL_KINDS",
+    "MoE",
+    "MoEStats",
     "NORMS",
     "OBJECTIVES",
     "Objective",
+    "ObjectiveLoss",
     "POSITIONS",
     "PREFERENCE_LOSSES",
     "Precision",
@@ -137,8 +146,10 @@ __all__ = [
     "REMAT_POLICIES",
     "RMSNorm",
     "ROPE_SCALINGS",
+    "ROUTERS",
     "RelativePositionBias",
     "RopeScaling",
+    "Routing",
     "SequenceSplit",
     "Stack",
     "TransformerConfig",
@@ -160,11 +171,13 @@ __all__ = [
     "contrastive_loss",
     "count_params",
     "cross_entropy_loss",
+    "current_expert_parallel",
     "current_sequence_parallel",
     "decoder_stages",
     "dpo_loss",
     "dropout",
     "eval_mask_key",
+    "expert_parallel_scope",
     "flops_per_token",
     "flops_per_unit",
     "generate",
@@ -188,17 +201,20 @@ __all__ = [
     "matmul_param_count",
     "merge_lora",
     "mlm_mask",
+    "moe_layers",
     "objective_logits",
     "objective_logits_fn",
     "objective_loss",
     "objective_of",
     "preference_loss",
     "read_hf_config",
+    "register_router",
     "remat_policy",
     "reseed",
     "residual_std",
     "rope_inv_freq",
     "rope_parameters",
+    "router_penalty",
     "sample_logits",
     "save_hf",
     "save_hf_gpt2",

@@ -15,6 +15,7 @@ from tjx.nn.configs import TransformerConfig
 from tjx.nn.kv_cache import LayerCache
 from tjx.nn.linear import dropout, split_key
 from tjx.nn.mlp import MLP
+from tjx.nn.moe import MoE, MoEStats
 from tjx.nn.norms import LayerNorm, RMSNorm, make_norm
 
 Array = jax.Array
@@ -46,7 +47,8 @@ class Block(nnx.Module):
     Transformer): ``norm(x + attn(x))`` then ``norm(x + mlp(x))``. Sandwich (Gemma 2/3):
     ``x + post_norm(attn(norm(x)))``, likewise the MLP; output (OLMo 2): ``x + post_norm(attn(x))``
     (no ``attn_norm``/``mlp_norm``). With ``cross=True`` a cross-attention sub-layer over
-    ``context`` sits between the two (pre- and post-LN only).
+    ``context`` sits between the two (pre- and post-LN only). With ``moe=True`` the MLP is an
+    MoE block (``moe.MoE``), whose router statistics the call returns.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class Block(nnx.Module):
         num_layers: int,
         causal: bool,
         cross: bool = False,
+        moe: bool = False,
     ) -> None:
         c = config
         self.post_ln = c.norm_position == "post"
@@ -91,15 +94,20 @@ class Block(nnx.Module):
         self.mlp_norm = norm(before)
         self.mlp_post_norm = norm(after)
         assert c.mlp_dim is not None
-        self.mlp = MLP(
-            c.d_model,
-            c.mlp_dim,
-            rngs=rngs,
-            activation_name=c.mlp_activation,
-            use_bias=c.use_bias,
-            init_std=c.init_std,
-            out_std=out_std,
-            precision=c.precision,
+        self.moe: MoE | None = MoE(c, rngs=rngs, out_std=out_std) if moe else None
+        self.mlp: MLP | None = (
+            None
+            if moe
+            else MLP(
+                c.d_model,
+                c.mlp_dim,
+                rngs=rngs,
+                activation_name=c.mlp_activation,
+                use_bias=c.use_bias,
+                init_std=c.init_std,
+                out_std=out_std,
+                precision=c.precision,
+            )
         )
 
     def __call__(
@@ -118,8 +126,8 @@ class Block(nnx.Module):
         bias: Array | None = None,
         local: Any = None,
         lengths: Array | None = None,
-    ) -> tuple[Array, LayerCache | None]:
-        """Apply the layer; returns ``(x, updated cache)``.
+    ) -> tuple[Array, LayerCache | None, MoEStats | None]:
+        """Apply the layer; returns ``(x, updated cache, MoE statistics or None)``.
 
         ``bias`` (the stack's T5 relative position bias) goes to the self-attention only:
         cross-attention has no relative positions, as in T5.
@@ -176,5 +184,15 @@ class Block(nnx.Module):
                 return out
 
             x = sub(x, self.cross_norm, None, cross, keys[3])
-        x = sub(x, self.mlp_norm, self.mlp_post_norm, lambda h: self.mlp(h, lora_keys[1]), keys[4])
-        return x, new_cache[0]
+        stats: list[MoEStats | None] = [None]
+        moe = self.moe
+
+        def ffn(h: Array) -> Array:
+            if moe is None:
+                assert self.mlp is not None
+                return self.mlp(h, lora_keys[1])
+            out, stats[0] = moe(h)
+            return out
+
+        x = sub(x, self.mlp_norm, self.mlp_post_norm, ffn, keys[4])
+        return x, new_cache[0], stats[0]

@@ -14,16 +14,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from tjx.kernels import IMPLEMENTATIONS
+from tjx.kernels import CE_IMPLEMENTATIONS, IMPLEMENTATIONS
 from tjx.nn.config_checks import (
     LAYER_KINDS,
     check_mla,
     check_relative,
+    check_rope,
     check_rope_scaling,
+    check_sizes,
     check_window,
 )
 from tjx.nn.family_config import DECODER_ONLY, QK_NORM_SCOPES, check_family
 from tjx.nn.fields import choice, positive, rate, setting
+from tjx.nn.moe_config import NO_MOE, ROUTER_DTYPES, ROUTER_NAMES, check_moe
 from tjx.nn.precision import Precision, as_precision
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
@@ -34,6 +37,8 @@ NORM_POSITIONS = ("pre", "post", "sandwich", "output")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
 # tjx-kernels' dispatcher owns this list: an implementation it adds is accepted here at once.
 ATTENTION_IMPLS: tuple[str, ...] = IMPLEMENTATIONS
+#: The vocabulary head's loss: chunked XLA or the fused Pallas kernel (tjx.kernels.ce_choice).
+CE_IMPLS: tuple[str, ...] = CE_IMPLEMENTATIONS
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_output", "save_dots_and_attention")
 ATTENTION_TYPES = ("mha", "mla")
 
@@ -131,9 +136,13 @@ class TransformerConfig:
         resumable=True,
         help="attention kernel; auto: tjx.kernels picks by measurement",
     )
-    scan_layers: bool = setting(
-        False, help="one scan over the layers (stacked weights): faster compiles"
+    cross_entropy_impl: str = setting(
+        "auto",
+        choices=CE_IMPLS,
+        resumable=True,
+        help="the vocabulary head's loss: xla (chunked), pallas (fused kernel); auto: by evidence",
     )
+    scan_layers: bool = setting(False, help="one scan over the layers (stacked): faster compiles")
     remat: str = setting(
         "none",
         choices=REMAT_POLICIES,
@@ -144,9 +153,7 @@ class TransformerConfig:
         Precision, factory=True, help="parameter and compute dtypes (param_dtype, compute_dtype)"
     )
     init_std: float = setting(0.02, help="std of the initial weights")
-    scaled_residual_init: bool = setting(
-        True, help="residual output projections init / sqrt(2 num_layers) (GPT-2)"
-    )
+    scaled_residual_init: bool = setting(True, help="residual output init / sqrt(2 layers) (GPT-2)")
     attention_type: str = setting(
         "mha", choices=ATTENTION_TYPES, help="mla: keys/values from one low-rank latent per token"
     )
@@ -166,6 +173,21 @@ class TransformerConfig:
     rope_local_theta: float | None = setting(
         None, help="RoPE base of windowed layers, unscaled (Gemma 3); None: as the others"
     )
+    num_experts: int = setting(0, help="MoE: routed experts per MoE layer; 0: dense MLPs")
+    experts_per_token: int = setting(2, help="MoE: experts each token is routed to (top-k)")
+    expert_mlp_dim: int | None = setting(None, help="MoE: a routed expert's width; None: mlp_dim")
+    num_shared_experts: int = setting(0, help="MoE: experts every token goes through (DeepSeek)")
+    shared_expert_mlp_dim: int | None = setting(None, help="MoE: all shared experts' width")
+    shared_expert_gate: bool = setting(False, help="MoE: a sigmoid gate on the shared output")
+    moe_layer_step: int = setting(1, help="MoE: layer i is MoE when (i + 1) % step == 0")
+    moe_first_dense: int = setting(0, help="MoE: the first k layers keep a dense MLP")
+    router: str = setting("softmax", choices=ROUTER_NAMES, help="MoE: the router (see ROUTERS)")
+    router_norm_topk: bool = setting(True, help="MoE: the top-k weights sum to 1")
+    router_aux_loss: float = setting(0.01, help="MoE: load-balancing loss coefficient (Switch)")
+    router_z_loss: float = setting(0.0, help="MoE: router z-loss coefficient (ST-MoE)")
+    router_dtype: str = setting("float32", choices=ROUTER_DTYPES, help="MoE: the router's dtype")
+    router_bias_rate: float = setting(1e-3, resumable=True, help="MoE: sigmoid router's bias step")
+    capacity_factor: float | None = setting(None, help="MoE: slots / fair share; None: dropless")
 
     def __post_init__(self) -> None:
         cls = type(self).__name__
@@ -175,28 +197,13 @@ class TransformerConfig:
         for name in ("max_seq_len", "d_model", "num_layers", "num_heads", "num_kv_heads"):
             positive(cls, name, getattr(self, name))
         self._check_vocab(cls)
-        if self.head_dim is None:
-            if self.d_model % self.num_heads:
-                raise ValueError(
-                    f"{cls}.d_model: {self.d_model} must be divisible by {cls}.num_heads "
-                    f"({self.num_heads}) when head_dim is None (it is then d_model // num_heads)"
-                )
-            object.__setattr__(self, "head_dim", self.d_model // self.num_heads)
-        positive(cls, "head_dim", self.head_dim)
-        assert self.num_kv_heads is not None and self.head_dim is not None
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"{cls}.num_kv_heads: {self.num_kv_heads} must divide {cls}.num_heads "
-                f"({self.num_heads}); allowed: divisors of {self.num_heads}"
-            )
-        if self.mlp_dim is None:
-            object.__setattr__(self, "mlp_dim", 4 * self.d_model)
-        positive(cls, "mlp_dim", self.mlp_dim)
+        check_sizes(self, cls)
         choice(cls, "mlp_activation", self.mlp_activation, ACTIVATIONS)
         choice(cls, "norm", self.norm, NORMS)
         choice(cls, "norm_position", self.norm_position, NORM_POSITIONS)
         choice(cls, "position", self.position, POSITIONS)
         choice(cls, "attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        choice(cls, "cross_entropy_impl", self.cross_entropy_impl, CE_IMPLS)
         choice(cls, "remat", self.remat, REMAT_POLICIES)
         choice(cls, "attention_type", self.attention_type, ATTENTION_TYPES)
         rate(cls, "dropout", self.dropout)
@@ -205,14 +212,7 @@ class TransformerConfig:
             raise ValueError(f"{cls}.norm_eps must be > 0; got {self.norm_eps!r}")
         if not self.init_std > 0:
             raise ValueError(f"{cls}.init_std must be > 0; got {self.init_std!r}")
-        if self.position == "rope":
-            if self.head_dim % 2:
-                raise ValueError(
-                    f"{cls}.head_dim: rope needs an even head_dim; got {self.head_dim} "
-                    f"({cls}.d_model // {cls}.num_heads unless head_dim is given)"
-                )
-            if not self.rope_theta > 0:
-                raise ValueError(f"{cls}.rope_theta must be > 0; got {self.rope_theta!r}")
+        check_rope(self, cls)
         check_rope_scaling(self, cls)
         check_window(self, cls)
         check_relative(self, cls)
@@ -220,6 +220,7 @@ class TransformerConfig:
         if self.decode_topk is not None:
             positive(cls, "decode_topk", self.decode_topk)
         check_family(self, cls)
+        check_moe(self, cls)
         self._check_unused(cls)
 
     def layer_windows(self, num_layers: int | None = None) -> tuple[int | None, ...]:
@@ -311,7 +312,9 @@ class BertConfig(TransformerConfig):
     unused_fields: ClassVar[Mapping[str, str]] = {
         "tie_embeddings": "BERT's MLM head always shares the token embedding",
         "decode_topk": "only decoders decode (BERT does not)",
+        "cross_entropy_impl": "BERT's MLM head scores its masked tokens from their logits",
         **DECODER_ONLY,
+        **NO_MOE,
     }
 
     def __post_init__(self) -> None:
@@ -343,7 +346,9 @@ class ViTConfig(TransformerConfig):
         "vocab_size": "ViT reads images, not tokens",
         "tie_embeddings": "ViT has no token embedding to tie its classifier to",
         "decode_topk": "only decoders decode (ViT does not)",
+        "cross_entropy_impl": "ViT's head is a classifier, not a vocabulary",
         **DECODER_ONLY,
+        **NO_MOE,
     }
 
     def __post_init__(self) -> None:
@@ -371,7 +376,7 @@ class ViTConfig(TransformerConfig):
 class EncoderDecoderConfig(TransformerConfig):
     """Encoder-decoder (Vaswani/T5 style) with shared embeddings; layer counts per side."""
 
-    unused_fields: ClassVar[Mapping[str, str]] = DECODER_ONLY
+    unused_fields: ClassVar[Mapping[str, str]] = {**DECODER_ONLY, **NO_MOE}
 
     bidirectional: ClassVar[bool] = True
 

@@ -10,12 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tjx.kernels import CrossEntropyOutput, chunked_cross_entropy, soft_cap
+from tjx.kernels import CrossEntropyOutput, linear_cross_entropy, soft_cap
 from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
 from tjx.nn.embeddings import Embed, add_positions, learned_positions, sinusoid_amplitude
 from tjx.nn.kv_cache import init_cache
 from tjx.nn.linear import Dense, dropout, dropout_stream, split_key
 from tjx.nn.losses import logits_cross_entropy
+from tjx.nn.moe import MoEStats
 from tjx.nn.norms import make_norm
 from tjx.nn.params import normal
 from tjx.nn.precision import Precision
@@ -88,6 +89,7 @@ def head_cross_entropy(
     chunk_size: int | None = None,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    implementation: str = "auto",
 ) -> CrossEntropyOutput:
     """Cross-entropy of the LM head (tied ``embed`` or untied ``head``) on final hidden states.
 
@@ -105,7 +107,7 @@ def head_cross_entropy(
     precision : Precision
         The model's policy (the untied head's matmul dtype).
     chunked : bool
-        ``tjx.kernels.chunked_cross_entropy`` (no ``[..., vocab]`` logits in memory), else the
+        ``tjx.kernels.linear_cross_entropy`` (no ``[..., vocab]`` logits in memory), else the
         float32 logits and ``logits_cross_entropy``.
     chunk_size : int, optional
         Tokens per chunk (None: ``tjx.kernels.auto_chunk_size``); chunked only.
@@ -113,6 +115,9 @@ def head_cross_entropy(
         PaLM's z-loss coefficient (in ``loss``, not in ``sum_loss``).
     softcap : float, optional
         The model's ``final_logit_softcap``: the loss is that of the capped logits.
+    implementation : {"auto", "xla", "pallas"}
+        The chunked (XLA) or fused (Pallas) loss, ``auto``: ``tjx.kernels.ce_choice``'s rule
+        (the model's ``cross_entropy_impl``); chunked only. A capped head is always XLA.
 
     Returns
     -------
@@ -133,8 +138,14 @@ def head_cross_entropy(
         # path: a raw float32 table would make them float32 (TF32 on a GPU) at twice the bytes.
         dt = precision.compute_dtype
         w = head_unembedding(embed, head).astype(dt)
-        return chunked_cross_entropy(
-            hidden.astype(dt), w, labels, chunk_size=chunk_size, z_loss=z_loss, softcap=softcap
+        return linear_cross_entropy(  # type: ignore[no-any-return]
+            hidden.astype(dt),
+            w,
+            labels,
+            implementation=implementation,
+            chunk_size=chunk_size,
+            z_loss=z_loss,
+            softcap=softcap,
         )
     logits = head_logits(embed, head, hidden, precision, softcap)
     return logits_cross_entropy(logits, labels, z_loss=z_loss)
@@ -243,6 +254,31 @@ class DecoderLM(nnx.Module):
             call, so ``nnx.Rngs(dropout=k)`` with the same ``k`` repeats the same masks: derive
             ``k`` per step (``jax.random.fold_in(key, step)``).
         """
+        out, _ = self.forward(
+            tokens,
+            positions=positions,
+            segment_ids=segment_ids,
+            deterministic=deterministic,
+            return_hidden=return_hidden,
+            rngs=rngs,
+        )
+        return out
+
+    def forward(
+        self,
+        tokens: Array,
+        *,
+        positions: Array | None = None,
+        segment_ids: Array | None = None,
+        deterministic: bool = True,
+        return_hidden: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> tuple[Array, MoEStats | None]:
+        """``__call__``'s output with the MoE layers' router statistics (None without MoE).
+
+        The statistics are ``moe.MoEStats`` stacked over the MoE layers in layer order;
+        ``moe.router_penalty(stats, config)`` is what their losses add to the training loss.
+        """
         b, s = tokens.shape
         check_length(s, self.config.max_seq_len)
         split = current_sequence_parallel()
@@ -258,7 +294,7 @@ class DecoderLM(nnx.Module):
         k_embed, k_stack = split_key(key, 2)
         x = self.embed_tokens(tokens, positions)
         x = dropout(x, self.config.dropout, k_embed, deterministic=deterministic)
-        x, _ = self.stack(
+        x, _, stats = self.stack.run(
             x,
             positions=positions,
             segment_ids=segment_ids,
@@ -267,7 +303,22 @@ class DecoderLM(nnx.Module):
         )
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return x if return_hidden else self.logits(x)
+        return (x if return_hidden else self.logits(x)), stats
+
+    def update_router_bias(self, expert_tokens: Array) -> None:
+        """After an optimizer step: move the MoE layers' balancing biases (``router="sigmoid"``)
+        by the step's expert loads, in place (``Stack.update_router_bias`` with the config's
+        ``router_bias_rate``); a model without them is left as it is.
+
+        The bias gets no gradient (it only steers the top-k choice), so the optimizer leaves it
+        alone; a train step calls this with the summed ``ObjectiveLoss.moe.expert_tokens``::
+
+            model = nnx.merge(graphdef, params, rest)
+            model.update_router_bias(moe_sums.expert_tokens)
+            params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        """
+        if self.config.num_experts:
+            self.stack.update_router_bias(expert_tokens, self.config.router_bias_rate)
 
     # -- incremental decoding --------------------------------------------------------------------
     def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> dict[str, Array]:
@@ -292,7 +343,7 @@ class DecoderLM(nnx.Module):
         check_length(s, self.config.max_seq_len)
         positions = cache_pos[:, None].astype(jnp.int32) + jnp.arange(s, dtype=jnp.int32)
         x = self.embed_tokens(tokens, positions)
-        x, new_cache = self.stack(
+        x, new_cache, _ = self.stack.run(
             x, positions=positions, cache=cache, cache_pos=cache_pos, lengths=lengths
         )
         assert new_cache is not None

@@ -64,8 +64,8 @@ def decoder_stages(
     Raises
     ------
     ValueError
-        A model that is not a decoder LM, whose layers are not scanned, or with dropout (the
-        stages would leave it out without a word).
+        A model that is not a decoder LM, whose layers are not scanned, with dropout (the
+        stages would leave it out without a word), or with MoE layers.
     """
     if not isinstance(model, DecoderLM) or not model.config.scan_layers:
         raise ValueError(
@@ -73,6 +73,11 @@ def decoder_stages(
             f"{type(model).__name__}"
         )
     c = model.config
+    if c.num_experts:
+        raise ValueError(
+            "decoder_stages: MoE layers are not pipelined (their router losses and statistics "
+            f"would be lost between stages); got num_experts={c.num_experts} (set it to 0)"
+        )
     if c.window_pattern is not None and len(set(c.layer_windows())) > 1:
         raise ValueError(
             "decoder_stages runs every layer alike; a window_pattern that mixes local and global "
@@ -97,7 +102,7 @@ def decoder_stages(
         return model.embed_tokens(tokens, positions), side, {"targets": batch["targets"]}
 
     def layer(p: Any, h: Array, side: Side) -> Array:
-        out, _ = nnx.merge(block_def, p)(h, **side, deterministic=True)
+        out, _, _ = nnx.merge(block_def, p)(h, **side, deterministic=True)
         return out  # type: ignore[no-any-return]
 
     if c.remat != "none":
@@ -117,6 +122,7 @@ def decoder_stages(
             chunk_size=chunk_size,
             z_loss=z_loss,
             softcap=c.final_logit_softcap,
+            implementation=c.cross_entropy_impl,
         )
         sums = {
             "sum_loss": out.sum_loss,

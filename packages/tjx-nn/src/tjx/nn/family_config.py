@@ -92,3 +92,9 @@ def check_family(config: Any, cls: str) -> None:
             f"(attn_logit_softcap {config.attn_logit_softcap}): jax's cuDNN attention has no "
             "soft cap; use 'auto' (which then leaves cuDNN out), 'xla' or 'pallas'"
         )
+    if config.final_logit_softcap is not None and config.cross_entropy_impl == "pallas":
+        raise ValueError(
+            f"{cls}.cross_entropy_impl 'pallas' cannot soft-cap the output logits "
+            f"(final_logit_softcap {config.final_logit_softcap}): the fused kernel has no soft "
+            "cap; use 'auto' (which then takes the chunked XLA loss) or 'xla'"
+        )

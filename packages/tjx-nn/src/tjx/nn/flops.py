@@ -21,6 +21,13 @@ causal, ``min(s, 2W - 1)`` bidirectional (kernels skip the rest). A windowed cau
 half is exact: the ``s·k - k²/2`` query-key pairs the causal window sees (``s²/2`` when
 ``W >= s``); PaLM's whole count is ``s·k``.
 
+**Mixture of experts: only active parameters count.** A token goes through its MoE layer's
+router (``d·E``), its ``experts_per_token`` routed experts and the shared experts, so an MoE
+layer's ``N`` is ``d·E + k·N_expert + N_shared`` (``N_expert`` one expert's matmul weights), not
+its ``E`` experts' total: FLOPs per token, and an MFU from them, count the work a token really
+causes (MaxText's and torchtitan's convention). Capacity-dropped assignments are still counted
+(the slots are computed anyway). ``count_params``/``config_param_count`` give the total.
+
 The counts are derived from the config here and checked in the tests against the weights of the
 built model (``nnx.state``), so the two cannot drift apart silently.
 """
@@ -28,6 +35,7 @@ built model (``nnx.state``), so the two cannot drift apart silently.
 from __future__ import annotations
 
 from tjx.nn.configs import BertConfig, EncoderDecoderConfig, TransformerConfig, ViTConfig
+from tjx.nn.moe_config import expert_mlp_dim, moe_layers, shared_mlp_dim
 
 # (matmul parameters, positions per sequence they are applied at)
 _Terms = list[tuple[int, int]]
@@ -57,6 +65,21 @@ def _mlp_weights(c: TransformerConfig) -> int:
 def _self_block(c: TransformerConfig) -> int:
     q_out, kv = _attention_weights(c)
     return q_out + kv + _mlp_weights(c)
+
+
+def _moe_active(c: TransformerConfig) -> int:
+    """An MoE layer's matmul weights one token uses: router, its k experts, the shared ones."""
+    per = (3 if c.gated else 2) * c.d_model
+    gate = c.d_model if c.shared_expert_gate else 0
+    active = c.experts_per_token * expert_mlp_dim(c) + shared_mlp_dim(c)
+    return c.d_model * c.num_experts + per * active + gate
+
+
+def _decoder_layers(c: TransformerConfig) -> int:
+    """Every layer's active matmul weights: dense blocks, and MoE blocks by `_moe_active`."""
+    kinds = moe_layers(c)
+    moe = sum(kinds)
+    return c.num_layers * _self_block(c) - moe * (_mlp_weights(c) - _moe_active(c))
 
 
 def _area(c: TransformerConfig, s: int, layers: int, *, causal: bool) -> tuple[int, int]:
@@ -91,7 +114,7 @@ def _terms(
         ]
         whole = _area(c, S, le, causal=False)[0] + ld * s * S
         return terms, whole, _area(c, s, ld, causal=True)
-    layers = c.num_layers * _self_block(c)
+    layers = _decoder_layers(c)
     if isinstance(c, ViTConfig):
         patch = c.patch_size * c.patch_size * c.num_channels * d
         # The patch projection skips the class token; the classifier reads only the class token.
@@ -130,7 +153,9 @@ def matmul_param_count(config: TransformerConfig) -> int:
     Kernels of every projection (attention incl. MLA's ``kv_down``, cross-attention, MLP, BERT's
     MLM transform, ViT's patch projection and classifier) plus the output projection: the LM head
     when untied, else the tied token table (counted once). Lookup-only tables (untied token
-    embedding, learned positions, token types, class token), biases and norms are excluded.
+    embedding, learned positions, token types, class token), biases and norms are excluded. An
+    MoE layer counts its **active** weights: router, ``experts_per_token`` experts, shared
+    experts and their gate (see the module's docstring).
 
     Parameters
     ----------

@@ -2,9 +2,9 @@
 and out.
 
 A folder's ``config.json`` names the architecture (``model_type`` gpt2, llama, mistral, qwen2,
-qwen3, olmo2, phi3, gemma2 or gemma3_text);
-its config module maps the config (refusing what tjx would ignore) and its mapping module the
-tensors. Weights move one tensor at a time: loading fills a model built abstractly
+qwen3, olmo2, phi3, gemma2 or gemma3_text, or the MoE types mixtral, qwen2_moe and qwen3_moe,
+``hf_moe``); its config module maps the config (refusing what tjx would ignore) and its mapping
+module the tensors. Weights move one tensor at a time: loading fills a model built abstractly
 (``nnx.eval_shape``) from safetensors' memory-mapped reads, saving writes one shard at a time,
 so neither holds two full copies of the weights.
 """
@@ -42,6 +42,7 @@ from tjx.nn.hf_io import (
     write_safetensors,
 )
 from tjx.nn.hf_llama import llama_mapping
+from tjx.nn.hf_moe import MOE_TYPES, moe_config_from_hf, moe_config_to_hf, moe_export_type
 from tjx.nn.lora import merged_readers
 from tjx.nn.model_state import concrete_state
 from tjx.nn.params_io import fill_params, param_readers
@@ -50,6 +51,7 @@ from tjx.nn.params_io import fill_params, param_readers
 HF_MODEL_TYPES: dict[str, str] = {
     "gpt2": "gpt2",
     **{t: "llama" for t in (*LLAMA_TYPES, *FAMILY_TYPES)},
+    **{t: "llama" for t in MOE_TYPES},
 }
 #: model types refused with a line of their own (what to load instead).
 _REFUSED = {
@@ -102,6 +104,9 @@ def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[Deco
     if model_type in FAMILY_TYPES:
         family = family_config_from_hf(hf, **overrides)
         return family, Llama, family_mapping(family, model_type)
+    if hf.get("model_type") in MOE_TYPES:
+        moe = moe_config_from_hf(hf, **overrides)
+        return moe, Llama, llama_mapping(moe, hf["model_type"])
     llama = llama_config_from_hf(hf, **overrides)
     return llama, Llama, llama_mapping(llama)
 
@@ -155,6 +160,9 @@ def _export_plan(config: Any, model_type: str | None) -> tuple[dict[str, Any], H
         if model_type not in (None, "gpt2"):
             raise ValueError(f"a GPT2 model saves as model_type 'gpt2'; got {model_type!r}")
         return config_to_hf(config), gpt2_mapping(config)
+    if isinstance(config, LlamaConfig) and config.num_experts:
+        moe_type = moe_export_type(config, model_type)
+        return moe_config_to_hf(config, moe_type), llama_mapping(config, moe_type)
     if isinstance(config, LlamaConfig):
         chosen = export_family(config, model_type)
         if chosen in FAMILY_TYPES:
@@ -193,6 +201,9 @@ def save_hf(
         norms: gemma2, or gemma3_text with q/k norms; output norms: olmo2; q/k norms: qwen3),
         else qwen2 when only q/k/v have biases, else llama. Phi-3 (the same computation as
         Llama, its tensors fused) only when asked.
+        For one with MoE layers ``mixtral``, ``qwen2_moe`` or ``qwen3_moe`` (default
+        qwen2_moe with shared experts, qwen3_moe with q/k norms, else mixtral; see
+        ``hf_moe.moe_export_type``).
     tokenizer_from : str or PathLike, optional
         A folder whose tokenizer files (``tokenizer.json`` ...) are copied next to the weights.
 

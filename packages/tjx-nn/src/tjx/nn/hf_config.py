@@ -1,4 +1,5 @@
-"""Hugging Face ``config.json`` of the LLaMA family (llama, mistral, qwen2) ↔ ``LlamaConfig``.
+"""Hugging Face ``config.json`` of the LLaMA family (llama, mistral, qwen2) ↔ ``LlamaConfig``
+(``llama_fields``/``llama_common_to_hf`` are shared with the MoE types of ``hf_moe``).
 
 Every key of a ``config.json`` is either mapped onto a ``LlamaConfig`` field (sliding windows and
 the per-layer ``layer_types``, every RoPE scaling of :mod:`tjx.nn.rope_scaling`), checked to have
@@ -24,6 +25,9 @@ ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
 }
 #: Keys that change nothing tjx computes (bookkeeping, token ids for generation, HF switches).
 HARMLESS = frozenset(
@@ -135,9 +139,18 @@ def _window(
     hf: Mapping[str, Any], model_type: str, layers: int
 ) -> tuple[int | None, list[str] | None]:
     """(sliding_window, window_pattern) as transformers decides which layers slide: every layer
-    of a mistral with a window; qwen2 only with ``use_sliding_window``, layers from
-    ``max_window_layers`` on; an explicit ``layer_types`` list says it per layer."""
+    of a mistral (or mixtral) with a window; qwen2 only with ``use_sliding_window``, layers from
+    ``max_window_layers`` on; an explicit ``layer_types`` list says it per layer. The Qwen MoE
+    types' windows are refused (tjx has not checked which of their layers slide)."""
     window = hf.get("sliding_window")
+    if model_type in ("qwen2_moe", "qwen3_moe"):
+        sliding = [t for t in hf.get("layer_types") or [] if t != "full_attention"]
+        if hf.get("use_sliding_window") or sliding:
+            raise ValueError(
+                f"config.json use_sliding_window/layer_types: tjx's {model_type} import takes no "
+                "sliding window (set use_sliding_window to false to load it with full attention)"
+            )
+        return None, None
     if model_type == "qwen2" and not hf.get("use_sliding_window"):
         window = None
     layer_types = hf.get("layer_types")
@@ -162,23 +175,23 @@ def _window(
     return window, None if "global" not in pattern else pattern
 
 
-def llama_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
-    """A ``LlamaConfig`` from a llama/mistral/qwen2 ``config.json`` dict (``overrides`` win).
+def llama_fields(
+    hf: Mapping[str, Any], model_type: str, *, handled: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The ``LlamaConfig`` fields every LLaMA-shaped ``config.json`` carries (the MoE types' too,
+    which add ``handled`` keys of their own and map them in ``hf_moe``).
 
     Raises
     ------
     ValueError
         An unknown or unsupported key or value, named.
     """
-    model_type = hf.get("model_type")
-    if model_type not in LLAMA_TYPES:
-        raise ValueError(f"config.json model_type must be one of {LLAMA_TYPES}; got {model_type!r}")
     if "auto_map" in hf:
         raise ValueError(
             "config.json has auto_map (custom modelling code, which tjx never runs); its "
             f"architecture may differ from model_type {model_type!r}, so it is refused"
         )
-    unknown = sorted(set(hf) - HANDLED - HARMLESS)
+    unknown = sorted(set(hf) - HANDLED - HARMLESS - handled)
     if unknown:
         raise ValueError(
             f"config.json key(s) {', '.join(unknown)} are not understood by tjx's {model_type} "
@@ -198,7 +211,7 @@ def llama_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig
     layers = int(hf["num_hidden_layers"])
     window, pattern = _window(hf, model_type, layers)
     heads = int(hf["num_attention_heads"])
-    fields: dict[str, Any] = dict(
+    return dict(
         vocab_size=int(hf["vocab_size"]),
         max_seq_len=_longest(scaling, max_len),
         d_model=int(hf["hidden_size"]),
@@ -213,23 +226,31 @@ def llama_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig
         sliding_window=window,
         window_pattern=pattern,
         use_bias=attn_bias,
-        qkv_bias=model_type == "qwen2",
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         attention_dropout=float(hf.get("attention_dropout", 0.0)),
         init_std=float(hf.get("initializer_range", 0.02)),
     )
+
+
+def llama_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
+    """A ``LlamaConfig`` from a llama/mistral/qwen2 ``config.json`` dict (``overrides`` win).
+
+    Raises
+    ------
+    ValueError
+        An unknown or unsupported key or value, named.
+    """
+    model_type = hf.get("model_type")
+    if model_type not in LLAMA_TYPES:
+        raise ValueError(f"config.json model_type must be one of {LLAMA_TYPES}; got {model_type!r}")
+    fields = llama_fields(hf, model_type)
+    fields["qkv_bias"] = model_type == "qwen2"
     fields.update(overrides)
     return LlamaConfig(**fields)
 
 
-def export_type(config: LlamaConfig, model_type: str | None) -> str:
-    """The HF ``model_type`` to write: the one asked for, else qwen2 with q/k/v-only biases,
-    else llama. Raises ``ValueError`` when ``config`` cannot be that type."""
-    qwen = config.qkv_bias and not config.use_bias
-    windowed = config.sliding_window is not None
-    chosen = model_type or ("qwen2" if qwen else "mistral" if windowed else "llama")
-    if chosen not in LLAMA_TYPES:
-        raise ValueError(f"model_type must be one of {LLAMA_TYPES} for a Llama; got {chosen!r}")
+def check_llama_shape(config: LlamaConfig) -> None:
+    """Raise ``ValueError`` unless ``config`` is LLaMA-shaped (what every HF Llama type is)."""
     shaped = config.attention_type == "mha" and config.position == "rope"
     if not shaped or config.norm != "rmsnorm":
         raise ValueError(
@@ -241,6 +262,22 @@ def export_type(config: LlamaConfig, model_type: str | None) -> str:
             "only LLaMA-shaped configs export (mlp_activation 'swiglu', norm_position 'pre'); "
             f"got {config.mlp_activation!r}, {config.norm_position!r}"
         )
+
+
+def export_type(config: LlamaConfig, model_type: str | None) -> str:
+    """The HF ``model_type`` to write: the one asked for, else qwen2 with q/k/v-only biases,
+    else llama. Raises ``ValueError`` when ``config`` cannot be that type."""
+    qwen = config.qkv_bias and not config.use_bias
+    windowed = config.sliding_window is not None
+    chosen = model_type or ("qwen2" if qwen else "mistral" if windowed else "llama")
+    if chosen not in LLAMA_TYPES:
+        raise ValueError(f"model_type must be one of {LLAMA_TYPES} for a Llama; got {chosen!r}")
+    if config.qk_norm:
+        raise ValueError(
+            f"model_type {chosen!r} has no q/k norms (qk_norm=True); of the HF types tjx "
+            "writes only qwen3_moe has them"
+        )
+    check_llama_shape(config)
     qwen = chosen == "qwen2"
     if qwen != (config.qkv_bias and not config.use_bias):
         raise ValueError(
@@ -265,6 +302,24 @@ def export_type(config: LlamaConfig, model_type: str | None) -> str:
 def llama_config_to_hf(config: LlamaConfig, model_type: str | None = None) -> dict[str, Any]:
     """The ``config.json`` dict of ``config`` as ``model_type`` (see ``export_type``)."""
     chosen = export_type(config, model_type)
+    out = llama_common_to_hf(config, chosen)
+    if chosen == "llama":
+        out["attention_bias"] = out["mlp_bias"] = config.use_bias
+    elif chosen == "mistral":
+        out["sliding_window"] = config.sliding_window
+    else:
+        out["use_sliding_window"] = config.sliding_window is not None
+        out["sliding_window"] = config.sliding_window
+        if config.sliding_window is not None:
+            kinds = {None: "full_attention", config.sliding_window: "sliding_attention"}
+            out["layer_types"] = [kinds[w] for w in config.layer_windows()]
+            local = [i for i, w in enumerate(config.layer_windows()) if w is not None]
+            out["max_window_layers"] = local[0]
+    return out
+
+
+def llama_common_to_hf(config: LlamaConfig, chosen: str) -> dict[str, Any]:
+    """The keys every LLaMA-shaped ``config.json`` of ``model_type`` ``chosen`` holds."""
     out: dict[str, Any] = {
         "architectures": [ARCHITECTURES[chosen]],
         "model_type": chosen,
@@ -289,18 +344,6 @@ def llama_config_to_hf(config: LlamaConfig, model_type: str | None = None) -> di
         if kind == "dynamic":  # its original length is max_position_embeddings (written above)
             fields.pop("original_max_position_embeddings")
         out["rope_scaling"] = {"rope_type": kind, **fields}
-    if chosen == "llama":
-        out["attention_bias"] = out["mlp_bias"] = config.use_bias
-    elif chosen == "mistral":
-        out["sliding_window"] = config.sliding_window
-    else:
-        out["use_sliding_window"] = config.sliding_window is not None
-        out["sliding_window"] = config.sliding_window
-        if config.sliding_window is not None:
-            kinds = {None: "full_attention", config.sliding_window: "sliding_attention"}
-            out["layer_types"] = [kinds[w] for w in config.layer_windows()]
-            local = [i for i, w in enumerate(config.layer_windows()) if w is not None]
-            out["max_window_layers"] = local[0]
     return out
 
 

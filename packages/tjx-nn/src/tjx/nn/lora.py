@@ -73,7 +73,7 @@ class LoraConfig:
     targets: tuple[str, ...] = setting(
         ("q", "k", "v", "o"),
         help="projections by role: q, k, v, o, gate, up, down",
-        choices=LORA_ROLES,
+        each_choices=LORA_ROLES,
     )
     rslora: bool = setting(False, help="scale by alpha / sqrt(rank) (rank-stabilised LoRA)")
 

@@ -7,12 +7,43 @@ on final hidden states (``return_hidden=True``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, NamedTuple
+
 import jax
 import jax.numpy as jnp
 
 from tjx.kernels import CrossEntropyOutput
 
+if TYPE_CHECKING:
+    from tjx.nn.moe import MoEStats
+
 Array = jax.Array
+
+
+class ObjectiveLoss(NamedTuple):
+    """`objective_loss`'s result: ``tjx.kernels.CrossEntropyOutput``'s fields, the training loss
+    with the router's losses in it, and the MoE layers' statistics.
+
+    Attributes
+    ----------
+    loss : Array
+        float32 scalar to differentiate: the mean cross-entropy over scored labels (z-loss
+        included) plus, for an MoE model, ``moe.router_penalty`` (the load-balancing and router
+        z-losses times their coefficients, summed over MoE layers).
+    sum_loss, num_tokens, num_correct : Array
+        As ``CrossEntropyOutput``'s: the summed cross-entropy (nothing else), the scored labels,
+        the top-1 correct ones.
+    moe : MoEStats or None
+        The MoE layers' router statistics, stacked in layer order (sums: add them over
+        micro-batches; ``tjx.metrics.moe_metrics`` makes the logged values of them); None for a
+        model without MoE layers.
+    """
+
+    loss: Array
+    sum_loss: Array
+    num_tokens: Array
+    num_correct: Array
+    moe: MoEStats | None = None
 
 
 def _token_ce(logits: Array, labels: Array, label_smoothing: float) -> tuple[Array, Array, Array]:

@@ -9,20 +9,24 @@ from typing import Any
 import jax
 from flax import nnx
 
+from tjx.nn.activations import fused_activation, gated_activation
 from tjx.nn.linear import Dense, split_key
 from tjx.nn.params import normal
 from tjx.nn.precision import Precision
 
 Array = jax.Array
 
+# gelu (tanh form) and silu differentiate in one fused kernel (tjx.nn.activations).
 _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "gelu": partial(jax.nn.gelu, approximate=True),  # GPT-2's "gelu_new"
+    "gelu": partial(fused_activation, "gelu"),  # GPT-2's "gelu_new"
     "gelu_exact": partial(jax.nn.gelu, approximate=False),
     "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swiglu": jax.nn.silu,
-    "geglu": partial(jax.nn.gelu, approximate=True),
+    "silu": partial(fused_activation, "silu"),
+    "swiglu": partial(fused_activation, "silu"),
+    "geglu": partial(fused_activation, "gelu"),
 }
+#: The gated activations' inner function (for `gated_activation`).
+_GATED = {"swiglu": "silu", "geglu": "gelu"}
 
 
 def activation(name: str) -> Callable[[Array], Array]:
@@ -51,7 +55,8 @@ class MLP(nnx.Module):
         precision: Precision | None = None,
     ) -> None:
         self.act = activation(activation_name)
-        self.gated = activation_name in ("swiglu", "geglu")
+        self.gate_act = _GATED.get(activation_name)
+        self.gated = self.gate_act is not None
         common: dict[str, Any] = dict(rngs=rngs, use_bias=use_bias, precision=precision)
         self.fc_in = Dense(
             (d_model,), (mlp_dim,), ("embed",), ("mlp",), init=normal(init_std), **common
@@ -73,8 +78,8 @@ class MLP(nnx.Module):
     def __call__(self, x: Array, lora_rng: Array | None = None) -> Array:
         """Apply the MLP to ``x`` [..., d_model] (``lora_rng``: adapters' dropout key)."""
         k_gate, k_in, k_out = split_key(lora_rng, 3)
-        if self.fc_gate is not None:
-            h = self.act(self.fc_gate(x, k_gate)) * self.fc_in(x, k_in)
+        if self.fc_gate is not None and self.gate_act is not None:
+            h = gated_activation(self.gate_act, self.fc_gate(x, k_gate), self.fc_in(x, k_in))
         else:
             h = self.act(self.fc_in(x, k_in))
         return self.fc_out(h, k_out)

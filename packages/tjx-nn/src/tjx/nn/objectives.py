@@ -40,7 +40,8 @@ from tjx.nn.bert import BERT
 from tjx.nn.configs import BertConfig, EncoderDecoderConfig, TransformerConfig, ViTConfig
 from tjx.nn.decoder import DecoderLM, head_cross_entropy
 from tjx.nn.encdec import EncoderDecoder, window_halves
-from tjx.nn.losses import logits_cross_entropy
+from tjx.nn.losses import ObjectiveLoss, logits_cross_entropy
+from tjx.nn.moe import MoEStats, router_penalty
 from tjx.nn.vit import ViT
 
 Array = jax.Array
@@ -217,6 +218,7 @@ def token_loss(
         chunk_size=chunk_size,
         z_loss=z_loss,
         softcap=model.config.final_logit_softcap,
+        implementation=getattr(model.config, "cross_entropy_impl", "auto"),
     )
 
 
@@ -230,7 +232,7 @@ def objective_loss(
     chunk_size: int | None = None,
     z_loss: float = 0.0,
     mask_prob: float = 0.15,
-) -> CrossEntropyOutput:
+) -> ObjectiveLoss:
     """The training loss of ``model``'s objective on ``batch`` (see the module's table).
 
     Parameters
@@ -252,9 +254,10 @@ def objective_loss(
 
     Returns
     -------
-    CrossEntropyOutput
-        ``loss`` (mean over scored labels), ``sum_loss``, ``num_tokens`` (scored labels, images
-        for ViT) and ``num_correct`` (top-1).
+    ObjectiveLoss
+        ``loss`` (mean over scored labels, plus an MoE model's router losses), ``sum_loss``,
+        ``num_tokens`` (scored labels, images for ViT), ``num_correct`` (top-1) and ``moe``
+        (the router statistics; None without MoE layers).
 
     Raises
     ------
@@ -263,9 +266,24 @@ def objective_loss(
     """
     if isinstance(model, BERT | ViT):
         logits, labels = _scored_logits(model, batch, key, mask_prob, deterministic)
-        return logits_cross_entropy(logits, labels)
-    hidden, labels = _lm_outputs(model, batch, deterministic, hidden=True)
-    return token_loss(model, hidden, labels, chunked=chunked, chunk_size=chunk_size, z_loss=z_loss)
+        return ObjectiveLoss(*logits_cross_entropy(logits, labels))
+    stats: MoEStats | None = None
+    if isinstance(model, DecoderLM):
+        hidden, stats = model.forward(
+            batch["inputs"],
+            positions=batch.get("positions"),
+            segment_ids=batch.get("segment_ids"),
+            deterministic=deterministic,
+            return_hidden=True,
+        )
+        labels = batch["targets"]
+    else:
+        hidden, labels = _lm_outputs(model, batch, deterministic, hidden=True)
+    out = token_loss(model, hidden, labels, chunked=chunked, chunk_size=chunk_size, z_loss=z_loss)
+    if stats is None:
+        return ObjectiveLoss(*out)
+    penalty = router_penalty(stats, model.config).astype(out.loss.dtype)
+    return ObjectiveLoss(out.loss + penalty, out.sum_loss, out.num_tokens, out.num_correct, stats)
 
 
 def objective_logits(

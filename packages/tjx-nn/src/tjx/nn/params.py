@@ -33,6 +33,9 @@ LOGICAL_AXES = (
     # A classifier's labels (ViT head, BERT classifier): named so that an optimizer reading
     # the axes tells a readout from a hidden matrix; every strategy replicates it.
     "classes",
+    # An MoE layer's routed experts: the leading axis of the stacked expert weights (a stack of
+    # matrices, like `layers`); tjx-parallel maps it to the `expert` mesh axis.
+    "experts",
     # A LoRA adapter's rank (A is [in, lora_rank], B [lora_rank, out]): named so that B of an
     # output projection ([lora_rank, embed]) never reads as an embedding table; replicated.
     "lora_rank",

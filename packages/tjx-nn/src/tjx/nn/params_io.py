@@ -21,10 +21,26 @@ def _is_stacked(var: nnx.Variable) -> bool:
     return names is not None and len(names) > 0 and names[0] == "layers"
 
 
-def _split_at_layers(path: tuple[Any, ...]) -> tuple[str, str]:
+def _layer_names(model: nnx.Module, path: tuple[Any, ...], n: int) -> list[str]:
+    """The unrolled names of a stacked parameter's ``n`` slices.
+
+    ``stack.layers.attn...`` (one kind of layer, scanned) → ``stack.layers.<i>.attn...``; a
+    segment of a mixed stack, ``stack.segments.<s>.blocks.<j>.mlp...`` (its unit's block ``j``,
+    stacked over the repeats), → ``stack.layers.<start + r·period + j>.mlp...``.
+    """
     keys = [str(p) for p in path]
+    if "segments" in keys and "layers" not in keys:
+        k = keys.index("segments")
+        owner: Any = model
+        for key in keys[:k]:
+            owner = getattr(owner, key)
+        seg = owner.plan[int(keys[k + 1])]
+        j, tail = int(keys[k + 3]), ".".join(keys[k + 4 :])
+        head = ".".join([*keys[:k], "layers"])
+        return [f"{head}.{seg.start + r * len(seg.unit) + j}.{tail}" for r in range(n)]
     i = keys.index("layers")
-    return ".".join(keys[: i + 1]), ".".join(keys[i + 1 :])
+    prefix, rest = ".".join(keys[: i + 1]), ".".join(keys[i + 1 :])
+    return [f"{prefix}.{r}.{rest}" for r in range(n)]
 
 
 def get_flat_params(model: nnx.Module) -> dict[str, np.ndarray]:
@@ -43,9 +59,8 @@ def get_flat_params(model: nnx.Module) -> dict[str, np.ndarray]:
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         value = np.asarray(var.get_value())
         if _is_stacked(var):
-            prefix, rest = _split_at_layers(path)
-            for i in range(value.shape[0]):
-                out[f"{prefix}.{i}.{rest}"] = value[i]
+            for i, name in enumerate(_layer_names(model, path, value.shape[0])):
+                out[name] = value[i]
         else:
             out[".".join(str(p) for p in path)] = value
     return out
@@ -76,8 +91,7 @@ def set_flat_params(model: nnx.Module, flat: dict[str, Any], *, strict: bool = T
     for path, var in flat_state:
         current = var.get_value()
         if _is_stacked(var):
-            prefix, rest = _split_at_layers(path)
-            names = [f"{prefix}.{i}.{rest}" for i in range(current.shape[0])]
+            names = _layer_names(model, path, current.shape[0])
             missing = [n for n in names if n not in flat]
             if missing:
                 raise ValueError(f"parameter {missing[0]!r} missing from the given weights")
@@ -118,10 +132,9 @@ def fill_params(model: nnx.Module, produce: Callable[[str], Any]) -> None:
         current = var.get_value()
         shape, dtype = tuple(current.shape), np.dtype(current.dtype)
         if _is_stacked(var):
-            prefix, rest = _split_at_layers(path)
             value = np.empty(shape, dtype)
-            for i in range(shape[0]):
-                value[i] = _checked(f"{prefix}.{i}.{rest}", produce, shape[1:])
+            for i, name in enumerate(_layer_names(model, path, shape[0])):
+                value[i] = _checked(name, produce, shape[1:])
         else:
             value = _checked(".".join(str(p) for p in path), produce, shape).astype(dtype)
         var.set_value(jnp.asarray(value))
@@ -148,9 +161,8 @@ def param_readers(model: nnx.Module) -> dict[str, Callable[[], np.ndarray]]:
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         value = var.get_value()
         if _is_stacked(var):
-            prefix, rest = _split_at_layers(path)
-            for i in range(value.shape[0]):
-                out[f"{prefix}.{i}.{rest}"] = _reader(value, i)
+            for i, name in enumerate(_layer_names(model, path, value.shape[0])):
+                out[name] = _reader(value, i)
         else:
             out[".".join(str(p) for p in path)] = _reader(value, None)
     return out

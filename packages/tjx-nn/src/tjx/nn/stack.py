@@ -21,6 +21,9 @@ from flax import nnx
 
 from tjx.nn.block import Block
 from tjx.nn.configs import REMAT_POLICIES, TransformerConfig
+from tjx.nn.layer_runs import Segment, Unit, scanned, segments
+from tjx.nn.moe import MoEStats
+from tjx.nn.moe_config import moe_layers
 from tjx.nn.relative_bias import RelativePositionBias
 
 Array = jax.Array
@@ -54,7 +57,14 @@ def remat_policy(name: str) -> Callable[..., bool] | None:
 
 
 class Stack(nnx.Module):
-    """``num_layers`` ``Block``s applied in sequence (decoder, encoder or enc-dec decoder)."""
+    """``num_layers`` ``Block``s applied in sequence (decoder, encoder or enc-dec decoder).
+
+    Which layers are MoE comes from the config (``moe_config.moe_layers``). Scanned, a stack of
+    one kind of layer keeps every block stacked in ``layers`` (leading ``layers`` axis); a stack
+    mixing dense and MoE layers is cut into ``segments`` (see `segments`), each scanning a
+    ``Unit`` of blocks; unrolled, ``layers`` is the list of blocks. Canonical (unrolled) names
+    are ``layers.<i>...`` either way (``params_io``).
+    """
 
     def __init__(
         self,
@@ -72,21 +82,27 @@ class Stack(nnx.Module):
         # Each layer's sliding window (None: full attention), as the config's pattern says.
         self.windows = tuple(config.layer_windows(num_layers))
         depth = residual_layers or num_layers
+        kinds = moe_layers(config) if config.num_experts else (False,) * num_layers
+        assert len(kinds) == num_layers
 
-        def make(r: nnx.Rngs) -> Block:
-            return Block(config, rngs=r, num_layers=depth, causal=causal, cross=cross)
+        def make(r: nnx.Rngs, moe: bool) -> Block:
+            return Block(config, rngs=r, num_layers=depth, causal=causal, cross=cross, moe=moe)
 
-        if self.scan:
-            layer_rngs = nnx.Rngs(params=rngs.params())
-
-            @nnx.split_rngs(splits=num_layers)
-            @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-            def create(r: nnx.Rngs) -> Block:
-                return make(r)
-
-            self.layers: Any = create(layer_rngs)
+        self.plan = segments(kinds, max(1, config.moe_layer_step)) if self.scan else ()
+        layers: Any = None
+        parts: Any = None
+        if not self.scan:
+            layers = nnx.List([make(rngs, moe) for moe in kinds])
+        elif len(self.plan) == 1 and len(self.plan[0].unit) == 1:
+            layers = scanned(lambda r: make(r, kinds[0]), rngs, num_layers)
         else:
-            self.layers = nnx.List([make(rngs) for _ in range(num_layers)])
+
+            def unit(unit_kinds: tuple[bool, ...]) -> Callable[[nnx.Rngs], Unit]:
+                return lambda r: Unit([make(r, m) for m in unit_kinds])
+
+            parts = nnx.List([scanned(unit(seg.unit), rngs, seg.repeats) for seg in self.plan])
+        self.layers = layers
+        self.segments = parts
         # T5: one relative-bias table per stack, shared by every layer (so not under the layers
         # axis when scanned); the encoder's is bidirectional, a causal stack's looks back only.
         self.relative_bias = (
@@ -95,7 +111,12 @@ class Stack(nnx.Module):
             else None
         )
 
-    def __call__(
+    def __call__(self, x: Array, **kw: Any) -> tuple[Array, dict[str, Array] | None]:
+        """`run` without the MoE statistics: ``(x, updated cache or None)``."""
+        out, cache, _ = self.run(x, **kw)
+        return out, cache
+
+    def run(
         self,
         x: Array,
         *,
@@ -109,7 +130,7 @@ class Stack(nnx.Module):
         cache_pos: Array | None = None,
         context_kv: dict[str, Array] | None = None,
         lengths: Array | None = None,
-    ) -> tuple[Array, dict[str, Array] | None]:
+    ) -> tuple[Array, dict[str, Array] | None, MoEStats | None]:
         """Run every layer; ``cache`` and ``context_kv`` leaves carry a leading ``layers`` axis.
 
         ``context_kv`` is ``project_context(context)``: cross-attention keys/values computed once.
@@ -117,7 +138,8 @@ class Stack(nnx.Module):
         every layer's self-attention. ``lengths``: a prefill's real tokens per row (a rolling
         cache keeps each row's last ones). Each layer learns whether its window applies
         (``local``): statically when unrolled or when every layer is alike, as a scanned flag
-        otherwise.
+        otherwise. Returns ``(x, updated cache, stats)``: ``stats`` is the MoE layers'
+        `MoEStats` stacked in layer order (one row per MoE layer), None without any.
         """
         kw: dict[str, Any] = dict(
             bias=self._relative_bias(x, positions, cache, cache_pos),
@@ -139,13 +161,19 @@ class Stack(nnx.Module):
             def body(block: Block, h: Array, key: Any, layer_cache: Any, ctx_kv: Any,
                      flag: Any) -> Any:  # fmt: skip
                 switch = flag if local is None else local
-                return block(h, rng=key, cache=layer_cache, context_kv=ctx_kv, local=switch, **kw)
+                out, new, stats = block(
+                    h, rng=key, cache=layer_cache, context_kv=ctx_kv, local=switch, **kw
+                )
+                return out, (new, stats)
 
             if self.remat != "none":
                 body = nnx.remat(body, policy=remat_policy(self.remat))
             return body
 
         keys = None if rng is None else jax.random.split(rng, self.num_layers)
+        flags = None if uniform is not None else jnp.asarray([w is not None for w in self.windows])
+        if self.segments is not None:
+            return self._run_segments(layer_fn(uniform), x, keys, cache, context_kv, flags)
         if self.scan:
             body = layer_fn(uniform)
 
@@ -159,13 +187,11 @@ class Stack(nnx.Module):
             ) -> Any:
                 return body(block, h, key, layer_cache, ctx_kv, flag)
 
-            flags = None
-            if uniform is None:
-                flags = jnp.asarray([w is not None for w in self.windows])
-            return step(self.layers, x, keys, cache, context_kv, flags)
-        outs = []
+            x, (new_cache, stats) = step(self.layers, x, keys, cache, context_kv, flags)
+            return x, new_cache, stats
+        caches, all_stats = [], []
         for i, block in enumerate(self.layers):
-            x, new = layer_fn(self.windows[i] is not None)(
+            x, (new, stats) = layer_fn(self.windows[i] is not None)(
                 block,
                 x,
                 None if keys is None else keys[i],
@@ -173,9 +199,95 @@ class Stack(nnx.Module):
                 _layer(context_kv, i),
                 None,
             )
-            outs.append(new)
-        new_cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
-        return x, new_cache
+            caches.append(new)
+            if stats is not None:
+                all_stats.append(stats)
+        new_cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *caches)
+        stacked = jax.tree.map(lambda *a: jnp.stack(a), *all_stats) if all_stats else None
+        return x, new_cache, stacked
+
+    def _run_segments(
+        self, body: Any, x: Array, keys: Array | None, cache: Any, context_kv: Any, flags: Any
+    ) -> tuple[Array, Any, MoEStats | None]:
+        """Scan each segment's units; per-layer inputs are cut and outputs joined in layer order.
+
+        ``flags``: each layer's window switch (None: ``body`` has it bound, every layer alike)."""
+        caches, all_stats = [], []
+        for seg, unit in zip(self.plan, self.segments, strict=True):
+            u, r = len(seg.unit), seg.repeats
+
+            def cut(tree: Any, seg: Segment = seg, u: int = u, r: int = r) -> Any:
+                return jax.tree.map(
+                    lambda a: a[seg.start : seg.start + u * r].reshape(r, u, *a.shape[1:]), tree
+                )
+
+            @nnx.scan(
+                in_axes=(0, nnx.Carry, 0, 0, 0, 0),
+                out_axes=(nnx.Carry, 0),
+                transform_metadata={nnx.PARTITION_NAME: "layers"},
+            )
+            def step(
+                unit: Unit, h: Array, key: Any, layer_cache: Any, ctx_kv: Any, flag: Any
+            ) -> Any:
+                outs = []
+                for j, block in enumerate(unit.blocks):
+                    h, out = body(
+                        block,
+                        h,
+                        _layer(key, j),
+                        _layer(layer_cache, j),
+                        _layer(ctx_kv, j),
+                        _layer(flag, j),
+                    )
+                    outs.append(out)
+                new = None if layer_cache is None else _stack([o[0] for o in outs])
+                moe = [o[1] for o in outs if o[1] is not None]
+                return h, (new, _stack(moe) if moe else None)
+
+            x, (new, stats) = step(unit, x, cut(keys), cut(cache), cut(context_kv), cut(flags))
+            if new is not None:
+                caches.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), new))
+            if stats is not None:  # [repeats, MoE blocks per unit, ...] in layer order
+                all_stats.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), stats))
+        new_cache = None if cache is None else _concat(caches)
+        return x, new_cache, _concat(all_stats) if all_stats else None
+
+    def update_router_bias(self, expert_tokens: Array, rate: float) -> None:
+        """Move each MoE layer's balancing bias (a router that has one) in place: ``bias_e +=
+        rate · sign(mean_e' load − load_e)``, DeepSeek-V3's auxiliary-loss-free rule.
+
+        Parameters
+        ----------
+        expert_tokens : Array
+            int ``[moe layers, E]``: a step's ``MoEStats.expert_tokens`` (summed over its
+            micro-batches), rows in layer order.
+        rate : float
+            The update speed (the config's ``router_bias_rate``).
+        """
+        load = expert_tokens.astype(jnp.float32)
+        step = rate * jnp.sign(jnp.mean(load, axis=-1, keepdims=True) - load)  # [moe layers, E]
+        row = 0
+
+        def move(block: Any, rows: Array) -> None:
+            bias = None if block.moe is None else block.moe.router.bias
+            if bias is not None:
+                bias.set_value(bias[...] + step[rows].astype(bias.dtype))
+
+        if self.segments is None and self.scan:
+            n = self.num_layers if self.layers.moe is not None else 0
+            move(self.layers, jnp.arange(n))
+            return
+        if self.segments is None:
+            for block in self.layers:
+                if block.moe is not None:
+                    move(block, jnp.asarray(row))
+                    row += 1
+            return
+        for seg, unit in zip(self.plan, self.segments, strict=True):
+            moe_at = [j for j, m in enumerate(seg.unit) if m]
+            for j in moe_at:  # rows of layers start + r·period + j among the MoE layers
+                move(unit.blocks[j], row + jnp.arange(seg.repeats) * len(moe_at) + moe_at.index(j))
+            row += seg.repeats * len(moe_at)
 
     def _relative_bias(
         self,
@@ -209,6 +321,9 @@ class Stack(nnx.Module):
         an encoder-decoder computes them once per source instead of once per decoded token.
         """
 
+        if self.segments is not None:
+            raise ValueError("project_context needs a stack of one kind of layer (no MoE)")
+
         def project(block: Block, ctx: Array) -> dict[str, Array]:
             if block.cross_attn is None:
                 raise ValueError("project_context needs a stack built with cross=True")
@@ -226,6 +341,14 @@ class Stack(nnx.Module):
         return jax.tree.map(lambda *a: jnp.stack(a), *per_layer)  # type: ignore[no-any-return]
 
 
-def _layer(tree: dict[str, Array] | None, i: int) -> dict[str, Array] | None:
+def _layer(tree: Any, i: int) -> Any:
     """Layer ``i`` of a tree with a leading layers axis (None stays None)."""
     return None if tree is None else jax.tree.map(lambda a: a[i], tree)
+
+
+def _stack(trees: list[Any]) -> Any:
+    return jax.tree.map(lambda *a: jnp.stack(a), *trees)
+
+
+def _concat(trees: list[Any]) -> Any:
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *trees)

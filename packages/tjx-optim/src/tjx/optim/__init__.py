@@ -12,7 +12,14 @@ from tjx.optim.config import (
     users_of,
 )
 from tjx.optim.defaults import OwnDefault, own_defaults, with_own_defaults
-from tjx.optim.freeze import ADAPTER_NAMES, adapter_mask, only_trainable, path_mask
+from tjx.optim.freeze import (
+    ADAPTER_NAMES,
+    adapter_mask,
+    join_trainable,
+    only_trainable,
+    path_mask,
+    split_trainable,
+)
 from tjx.optim.loss_scale import (
     DynamicLossScaleState,
     all_finite,
@@ -52,7 +59,7 @@ from tjx.optim.transforms import (
     skip_nonfinite,
 )
 
-__version__ = "0.8.0"
+__version__ = "0.10.0"
 
 __all__ = [
     "ADAPTER_NAMES",
@@ -86,7 +93,9 @@ __all__ = [
     "loss_scale_value",
     "muon_dimension_numbers",
     "muon_mask",
+    "join_trainable",
     "only_trainable",
+    "split_trainable",
     "optimizer_core",
     "own_defaults",
     "path_mask",

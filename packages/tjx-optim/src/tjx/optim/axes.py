@@ -1,4 +1,4 @@
-"""What a parameter is, read from its logical axis names: a weight, a Muon matrix, a layer stack.
+"""What a parameter is, read from its logical axis names: a weight, a Muon matrix, a stack of them.
 
 Models that name their parameters' axes (tjx-nn: ``embed``, ``mlp``, ``heads``, ``vocab``,
 ``layers``, ...) say what each parameter is, so the default weight-decay mask and Muon's
@@ -18,20 +18,26 @@ from jax.sharding import PartitionSpec
 from tjx.optim.paths import path_to_str
 
 __all__ = [
+    "EXPERTS",
     "LAYERS",
     "LOOKUP_ROWS",
     "READOUTS",
+    "input_axes",
     "is_muon_matrix",
     "is_stacked",
     "is_weight",
     "named_leaves",
     "names_by_path",
+    "stack_axes",
 ]
 
 Names = tuple[str | None, ...]
 
 #: A leading axis of this name stacks one parameter per layer (scanned layers).
 LAYERS = "layers"
+#: A leading axis (after any ``layers``) of this name stacks one matrix per routed expert of an
+#: MoE layer: ``[experts, in, out]`` is a stack of ``in × out`` matrices, like ``layers``.
+EXPERTS = "experts"
 #: Output axes of a readout (LM head, classifier): AdamW's, not Muon's.
 READOUTS = frozenset({"vocab", "classes"})
 #: Row axes of a lookup table: a token index, or an index the model leaves unnamed (positions,
@@ -98,9 +104,33 @@ def named_leaves(params: Any, axes: Any) -> dict[str, Names]:
     return names_by_path(axes)
 
 
+def stack_axes(names: Names) -> int:
+    """How many leading axes stack matrices: a ``layers`` axis, then an ``experts`` axis (each
+    optional), when the parameter has axes beyond them."""
+    n = 0
+    for stack in (LAYERS, EXPERTS):
+        if names[n : n + 1] == (stack,) and len(names) > n + 1:
+            n += 1
+    return n
+
+
 def _body(names: Names) -> Names:
-    # A scanned stack's parameter is one layer's parameter with a leading `layers` axis.
-    return names[1:] if names[:1] == (LAYERS,) else names
+    # A stacked parameter is one layer's (one expert's) parameter with leading stack axes.
+    return names[stack_axes(names) :]
+
+
+def input_axes(names: Names) -> int:
+    """How many axes of a weight's body (after its stack axes) are its inputs.
+
+    tjx-nn's kernels are ``in_shape + out_shape``; the outputs are the last axis, or the last
+    two when they are a head split (``heads|kv_heads × head_dim``: a query, key or value
+    projection). So ``[embed, heads, head_dim]`` is ``embed × (heads·head_dim)``, ``[heads,
+    head_dim, embed]`` is ``(heads·head_dim) × embed``, and MLA's ``[None, kv_heads, head_dim]``
+    key is ``latent × (kv_heads·head_dim)``, whatever the sizes.
+    """
+    body = _body(names)
+    outputs = 2 if len(body) > 2 and body[-2:] in _HEAD_WIDTHS else 1
+    return max(len(body) - outputs, 1)
 
 
 def is_weight(names: Names) -> bool:
@@ -133,3 +163,8 @@ def is_muon_matrix(names: Names) -> bool:
 def is_stacked(names: Names) -> bool:
     """Whether the leading axis stacks layers (Muon orthogonalizes each slice on its own)."""
     return names[:1] == (LAYERS,)
+
+
+def is_expert_stack(names: Names) -> bool:
+    """Whether the parameter stacks one matrix per routed expert (an ``experts`` stack axis)."""
+    return EXPERTS in names[: stack_axes(names)]

@@ -24,7 +24,14 @@ import optax
 
 from tjx.optim.paths import any_component, path_to_str
 
-__all__ = ["ADAPTER_NAMES", "adapter_mask", "only_trainable", "path_mask"]
+__all__ = [
+    "ADAPTER_NAMES",
+    "adapter_mask",
+    "join_trainable",
+    "only_trainable",
+    "path_mask",
+    "split_trainable",
+]
 
 #: A path component (whole, case-insensitive) that marks a parameter as an adapter.
 ADAPTER_NAMES = r"lora|lora_a|lora_b"
@@ -88,3 +95,26 @@ def only_trainable(
         return jax.tree.map(lambda m: "train" if m else "frozen", mask)
 
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def _none(x: Any) -> bool:
+    return x is None
+
+
+def split_trainable(params: Any, trainable: Any) -> tuple[Any, Any]:
+    """``params`` as two trees of its structure: the trainable leaves (``None`` elsewhere) and
+    the frozen ones (``None`` elsewhere).
+
+    Differentiating a loss of ``join_trainable(t, frozen)`` with respect to ``t`` computes no
+    gradient of a frozen weight at all (``None`` is an empty subtree to ``jax.grad``), which
+    is what a LoRA step wants: the base's weight gradients are neither computed nor kept.
+    """
+    kept = jax.tree.map(lambda p, m: p if m else None, params, trainable)
+    rest = jax.tree.map(lambda p, m: None if m else p, params, trainable)
+    return kept, rest
+
+
+def join_trainable(kept: Any, rest: Any) -> Any:
+    """The tree `split_trainable` split: each leaf from whichever side holds it (``rest`` may be
+    any tree of that structure, e.g. zeros for the frozen leaves' updates)."""
+    return jax.tree.map(lambda k, r: r if k is None else k, kept, rest, is_leaf=_none)

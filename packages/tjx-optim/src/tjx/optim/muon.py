@@ -2,15 +2,17 @@
 
 modded-nanogpt's recipe: Muon for the hidden weight matrices, AdamW for embeddings, the output
 head and every vector/scalar. tjx-nn's ``Dense`` kernels are ``in_shape + out_shape`` (a query
-kernel is ``[embed, heads, head_dim]``, an output projection ``[heads, head_dim, embed]``) and
-scanned layers add a leading ``layers`` axis, so "2-D" is too narrow a rule. Each hidden kernel
-is instead viewed as a matrix ``prod(leading axes) x prod(trailing axes)``, split where the
-matrix is most nearly square, with a stacked-layers axis as a batch axis that optax's Muon
-orthogonalizes slice by slice (``MuonDimensionNumbers``).
+kernel is ``[embed, heads, head_dim]``, an output projection ``[heads, head_dim, embed]``),
+scanned layers add a leading ``layers`` axis and an MoE layer's experts a leading ``experts``
+axis, so "2-D" is too narrow a rule. Each hidden kernel is instead viewed as the linear map it
+is, ``prod(input axes) x prod(output axes)``, with the stack axes (``layers``, ``experts``) as
+batch axes that optax's Muon orthogonalizes slice by slice (``MuonDimensionNumbers``).
 
-Which leaves are hidden matrices, and which carry a stacked-layers axis, is read from their
-logical axes when given (``axes.is_muon_matrix``, a leading ``layers`` axis); a leaf with no
-names falls back to path rules (``DEFAULT_NO_DECAY_NAMES``, ``HEAD_NAMES``, ``STACK_NAMES``).
+Which leaves are hidden matrices, which axes stack them and which are inputs is read from their
+logical axes when given (``axes.is_muon_matrix``, ``axes.stack_axes``, ``axes.input_axes``: MLA's
+``[latent, kv_heads, head_dim]`` key is ``latent x (kv_heads·head_dim)``, whatever the sizes). A
+leaf with no names falls back to path rules (``DEFAULT_NO_DECAY_NAMES``, ``HEAD_NAMES``,
+``STACK_NAMES``) and to the split where the matrix is most nearly square.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import jax
 from optax import contrib
 
-from tjx.optim.axes import is_muon_matrix, is_stacked, named_leaves
+from tjx.optim.axes import LAYERS, is_muon_matrix, named_leaves, stack_axes
 from tjx.optim.masks import DEFAULT_NO_DECAY_NAMES
 from tjx.optim.paths import any_component, path_to_str
 
@@ -48,13 +50,30 @@ def _stacked(path: str) -> bool:
 
 
 def _split(shape: tuple[int, ...]) -> int:
-    """Number of leading axes that form the matrix rows: the most nearly square split."""
+    """Number of leading axes that form the matrix rows, for a leaf without axis names: the most
+    nearly square split (a named leaf splits at its input axes instead: ``_inputs``)."""
 
     def skew(k: int) -> float:
         rows, cols = math.prod(shape[:k]), math.prod(shape[k:])
         return abs(math.log(max(rows, 1)) - math.log(max(cols, 1)))
 
     return min(range(1, len(shape)), key=skew)
+
+
+def _inputs(names: tuple[str | None, ...]) -> int:
+    """Input axes of a matrix with these axis names (see ``axes.input_axes``; stack axes
+    already removed): all but the last, or all but a trailing ``heads|kv_heads × head_dim``."""
+    heads = {("heads", "head_dim"), ("kv_heads", "head_dim")}
+    outputs = 2 if len(names) > 2 and names[-2:] in heads else 1
+    return max(len(names) - outputs, 1)
+
+
+def _lead(names: tuple[str | None, ...], stacked: bool | None) -> int:
+    """Leading stack axes of a named leaf; ``stacked`` (when set) decides the ``layers`` one."""
+    lead = stack_axes(names)
+    if stacked is not None:
+        lead += int(stacked) - int(names[:1] == (LAYERS,) and lead > 0)
+    return lead
 
 
 def _path_matrix(path: str) -> bool:
@@ -76,12 +95,14 @@ def muon_dimension_numbers(
         Any pytree of arrays or ``ShapeDtypeStruct`` (only paths and shapes are read).
     axes
         The params' logical axis names (a pytree like ``params`` of name tuples or
-        ``PartitionSpec``s). A named leaf goes to Muon iff ``is_muon_matrix``; its stacked axis
-        is a leading ``layers``. None, or a leaf without names: the path rules.
+        ``PartitionSpec``s). A named leaf goes to Muon iff ``is_muon_matrix``; its stack axes
+        are a leading ``layers`` and/or ``experts``, its rows its input axes
+        (``axes.input_axes``). None, or a leaf without names: the path rules.
     stacked
         Whether hidden weights carry a leading stacked-layers axis (``scan_layers``). None: decide
         per leaf from its axes (a leading ``layers``), else from the path (a
-        ``layers``/``blocks`` component not followed by an index).
+        ``layers``/``blocks`` component not followed by an index). An ``experts`` stack axis
+        is read from the axes either way.
     exclude_regex
         Leaves whose path matches (``re.search``) go to AdamW, named or not.
 
@@ -101,15 +122,16 @@ def muon_dimension_numbers(
             return None
         if no_rx is not None and no_rx.search(name):
             return None
-        if stacked is None:
-            stacked_here = is_stacked(names) if names is not None else _stacked(name)
+        if names is not None:
+            lead = _lead(names, stacked)
         else:
-            stacked_here = stacked
-        lead = 1 if stacked_here else 0
+            lead = int(_stacked(name) if stacked is None else stacked)
         matrix = shape[lead:]
         if len(matrix) < 2:
             return None
-        k = _split(matrix)
+        # A named leaf is split at its input axes; an unnamed one where it is most nearly square.
+        by_names = names is not None and len(names) == len(shape)
+        k = _inputs(names[lead:]) if by_names else _split(matrix)  # type: ignore[index]
         rows = tuple(range(lead, lead + k))
         cols = tuple(range(lead + k, len(shape)))
         return contrib.MuonDimensionNumbers(reduction_axis=rows, output_axis=cols)

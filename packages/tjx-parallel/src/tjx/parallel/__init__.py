@@ -47,6 +47,14 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
         context_ways,
         restore,
     )
+    from tjx.parallel.experts import (
+        EXPERT_AXIS,
+        TRANSPORTS,
+        ExpertComm,
+        ExpertParallel,
+        check_expert_split,
+        expert_parallel,
+    )
     from tjx.parallel.internals import runtime_client
     from tjx.parallel.joining import (
         NUM_PROCESSES,
@@ -70,6 +78,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
         CONTEXT_STRATEGIES,
         MESH_AXES,
         MeshConfig,
+        batch_axes,
         batch_ways,
         check_batch_split,
         make_mesh,
@@ -109,7 +118,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
     from tjx.parallel.topology import abstract_devices
     from tjx.parallel.train_step import jit_train_step
 
-__version__ = "0.14.0"
+__version__ = "0.15.0"
 
 #: The public names whose modules import jax → their module, imported on first use.
 _LAZY = {
@@ -135,11 +144,18 @@ _LAZY = {
     "check_context_split": "tjx.parallel.context_layout",
     "context_ways": "tjx.parallel.context_layout",
     "restore": "tjx.parallel.context_layout",
+    "EXPERT_AXIS": "tjx.parallel.experts",
+    "TRANSPORTS": "tjx.parallel.experts",
+    "ExpertComm": "tjx.parallel.experts",
+    "ExpertParallel": "tjx.parallel.experts",
+    "check_expert_split": "tjx.parallel.experts",
+    "expert_parallel": "tjx.parallel.experts",
     "BATCH_AXES": "tjx.parallel.mesh",
     "CONTEXT_AXIS": "tjx.parallel.mesh",
     "CONTEXT_STRATEGIES": "tjx.parallel.mesh",
     "MESH_AXES": "tjx.parallel.mesh",
     "MeshConfig": "tjx.parallel.mesh",
+    "batch_axes": "tjx.parallel.mesh",
     "batch_ways": "tjx.parallel.mesh",
     "check_batch_split": "tjx.parallel.mesh",
     "make_mesh": "tjx.parallel.mesh",
@@ -232,6 +248,9 @@ __all__ = [
     "DistributedArgumentError",
     "DistributedInfo",
     "DistributedSetupError",
+    "EXPERT_AXIS",
+    "ExpertComm",
+    "ExpertParallel",
     "JoinError",
     "LOGICAL_AXES",
     "MESH_AXES",
@@ -247,12 +266,14 @@ __all__ = [
     "Schedule",
     "StopAgreement",
     "StopFlag",
+    "TRANSPORTS",
     "__version__",
     "abstract_devices",
     "add_distributed_arguments",
     "balance",
     "balanced_order",
     "barrier",
+    "batch_axes",
     "batch_sharding",
     "batch_share",
     "batch_ways",
@@ -260,6 +281,7 @@ __all__ = [
     "check_batch_split",
     "check_context_split",
     "check_distributed_args",
+    "check_expert_split",
     "check_pipeline",
     "context_parallel",
     "context_ways",
@@ -268,6 +290,7 @@ __all__ = [
     "disagreements",
     "distributed_from_args",
     "exit_now",
+    "expert_parallel",
     "host_local_to_global",
     "initialize",
     "is_primary",

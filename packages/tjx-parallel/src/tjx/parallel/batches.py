@@ -1,4 +1,5 @@
-"""Batches on the mesh: rows over ``("data", "fsdp")``, sequences over ``context``.
+"""Batches on the mesh: rows over the batch axes ``("data", "fsdp", "expert")``, sequences over
+``context``.
 
 A batch's leading dimension is split over the batch axes; with a ``context`` axis larger than 1,
 its sequence dimension (1) is put in the context-balanced layout
@@ -15,7 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tjx.parallel.context_layout import balance, check_context_split, context_ways
-from tjx.parallel.mesh import BATCH_AXES, CONTEXT_AXIS, batch_ways
+from tjx.parallel.mesh import CONTEXT_AXIS, batch_axes, batch_label, batch_ways
 
 __all__ = [
     "batch_share",
@@ -29,13 +30,13 @@ T = TypeVar("T")
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
-    """Leading dimension over ``("data", "fsdp")``, the sequence (dimension 1) over ``context``
-    when that axis is larger than 1, the rest replicated.
+    """Leading dimension over the batch axes ``("data", "fsdp", "expert")``, the sequence
+    (dimension 1) over ``context`` when that axis is larger than 1, the rest replicated.
 
     Parameters
     ----------
     mesh : Mesh
-        Mesh with ``data`` and ``fsdp`` axes (and optionally ``context``).
+        A mesh (its batch axes: `batch_axes`; optionally ``context``).
     ndim : int
         Rank of the array (0 gives a replicated sharding).
 
@@ -46,8 +47,8 @@ def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
     if ndim == 0:
         return NamedSharding(mesh, PartitionSpec())
     if ndim >= 2 and context_ways(mesh) > 1:
-        return NamedSharding(mesh, PartitionSpec(BATCH_AXES, CONTEXT_AXIS))
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+        return NamedSharding(mesh, PartitionSpec(batch_axes(mesh), CONTEXT_AXIS))
+    return NamedSharding(mesh, PartitionSpec(batch_axes(mesh)))
 
 
 def batch_share(mesh: Mesh) -> tuple[int, int]:
@@ -69,7 +70,7 @@ def batch_share(mesh: Mesh) -> tuple[int, int]:
         This process's share and the number of distinct shares.
     """
     names = list(mesh.axis_names)
-    batch_dims = [names.index(a) for a in BATCH_AXES if a in names]
+    batch_dims = [names.index(a) for a in batch_axes(mesh)]
     rows: dict[int, set[tuple[int, ...]]] = {}
     for where, device in np.ndenumerate(mesh.devices):
         rows.setdefault(device.process_index, set()).add(tuple(where[i] for i in batch_dims))
@@ -83,7 +84,7 @@ def _batch_size_check(name: str, leading: int, mesh: Mesh, scale: int = 1) -> No
     if (leading * scale) % size != 0:
         raise ValueError(
             f"batch leaf {name}: leading dimension {leading * scale} is not divisible by "
-            f"data*fsdp = {size} (mesh {dict(mesh.shape)})"
+            f"{batch_label(mesh)} = {size} (mesh {dict(mesh.shape)})"
         )
 
 
@@ -100,7 +101,7 @@ def _sequence_layout(name: str, x: Any, mesh: Mesh) -> Any:
 def shard_batch(batch: T, mesh: Mesh) -> T:
     """Place a *global* batch (the same on every process) with its leading dim over (data, fsdp).
 
-    Scalars are replicated. A leading dimension not divisible by ``data * fsdp`` → ValueError.
+    Scalars are replicated. A leading dimension not divisible by the batch axes' size → ValueError.
     With a ``context`` axis larger than 1, every leaf of rank >= 2 has its sequence (dimension
     1) put in the context-balanced layout and split over ``context``; a sequence that does not
     split into ``2 × context`` chunks → ValueError. For per-process batches in multi-host runs
@@ -115,7 +116,7 @@ def shard_batch(batch: T, mesh: Mesh) -> T:
     Returns
     -------
     pytree
-        Same structure, ``jax.Array``s sharded over ``("data", "fsdp")``.
+        Same structure, ``jax.Array``s sharded over the batch axes.
     """
 
     def one(path: Any, x: Any) -> Any:
@@ -133,7 +134,7 @@ def host_local_to_global(batch: T, mesh: Mesh) -> T:
 
     Each process passes its local rows (``PackedLoader(process_index=..., process_count=...)``
     with :func:`batch_share`'s numbers), whole sequences; the global batch has as many times more
-    rows as there are shares, laid out over ``("data", "fsdp")``, sequences (in the
+    rows as there are shares, laid out over the batch axes, sequences (in the
     context-balanced layout) over ``context`` (``jax.make_array_from_process_local_data``; a
     process takes from its rows the part of each sequence its devices hold).
 
@@ -151,7 +152,7 @@ def host_local_to_global(batch: T, mesh: Mesh) -> T:
     Raises
     ------
     ValueError
-        A scalar leaf, a global batch not divisible by ``data * fsdp``, or a sequence that does
+        A scalar leaf, a global batch not divisible by the batch axes' size, or a sequence that does
         not split into ``2 × context`` chunks.
     """
     _, shares = batch_share(mesh)
@@ -185,12 +186,12 @@ def place_batch(batch: T, mesh: Mesh) -> T:
     Returns
     -------
     pytree
-        Same structure, global ``jax.Array``s sharded over ``("data", "fsdp")``.
+        Same structure, global ``jax.Array``s sharded over the batch axes.
 
     Raises
     ------
     ValueError
-        A global batch not divisible by ``data * fsdp``; with several processes, a scalar leaf.
+        A global batch not divisible by the batch axes' size; with several processes, a scalar leaf.
     """
     if jax.process_count() == 1:
         return shard_batch(batch, mesh)

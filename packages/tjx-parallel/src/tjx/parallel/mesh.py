@@ -1,5 +1,5 @@
-"""Device meshes with the axes ("pipeline", "data", "fsdp", "context", "tensor") over all devices of
-all processes."""
+"""Device meshes with the axes ("pipeline", "data", "fsdp", "expert", "context", "tensor") over all
+devices of all processes."""
 
 # `setting()` returns dataclasses.field objects (with the metadata apps read).
 # ruff: noqa: RUF009
@@ -25,6 +25,7 @@ __all__ = [
     "CONTEXT_STRATEGIES",
     "MESH_AXES",
     "MeshConfig",
+    "batch_axes",
     "batch_ways",
     "check_batch_split",
     "make_mesh",
@@ -33,9 +34,12 @@ __all__ = [
 
 
 #: Mesh axis names, outermost (least communication) to innermost (most communication).
-MESH_AXES: tuple[str, ...] = ("pipeline", "data", "fsdp", "context", "tensor")
-#: The axes a batch's leading dimension is split over.
-BATCH_AXES: tuple[str, str] = ("data", "fsdp")
+MESH_AXES: tuple[str, ...] = ("pipeline", "data", "fsdp", "expert", "context", "tensor")
+#: The axes a batch's leading dimension is split over. ``expert`` is one of them: outside its MoE
+#: layers a model is data-parallel over the expert axis (its devices read different rows, as
+#: MaxText's and torchtitan's expert parallelism borrow from data parallelism); inside, the
+#: rows' assignments go to the devices of their experts by all-to-all (`expert_parallel`).
+BATCH_AXES: tuple[str, ...] = ("data", "fsdp", "expert")
 #: The axis a sequence (dimension 1 of a batch and of the activations) is split over.
 CONTEXT_AXIS = "context"
 #: How attention crosses the context axis (tjx.parallel.context): keys/values passed around a
@@ -78,6 +82,11 @@ class MeshConfig:
         equal chunks (each device holds two mirrored ones, for causal load balance).
     context_strategy : str
         One of `CONTEXT_STRATEGIES`: ``"ring"`` (default) or ``"all_gather"``.
+    expert : int
+        Expert parallelism: an MoE layer's experts split over this many devices (logical
+        axis ``experts`` → ``expert``; it must divide the model's ``num_experts``,
+        `check_expert_split`), its tokens exchanged by all-to-all (`expert_parallel`); outside
+        MoE layers the axis splits the batch like ``data``. Default 1.
 
     Each field's metadata holds its ``help`` line and ``resumable: True``: a run resumed from a
     checkpoint may lay its state out on another mesh (apps list and document fields from them).
@@ -113,6 +122,9 @@ class MeshConfig:
         resumable=True,
         help="how attention crosses the context axis (ring: ppermute; all_gather: keys/values)",
         choices=CONTEXT_STRATEGIES,
+    )
+    expert: int = setting(
+        1, resumable=True, help="expert-parallel size: MoE experts split over it, batch too"
     )
 
     def __post_init__(self) -> None:
@@ -154,7 +166,7 @@ class MeshConfig:
             )
 
     def describe(self) -> str:
-        """``"pipeline=P, data=D, fsdp=F, context=C, tensor=T"`` for messages."""
+        """``"pipeline=P, data=D, fsdp=F, expert=E, context=C, tensor=T"`` for messages."""
         return ", ".join(
             f"{n}={s}" for n, s in zip(MESH_AXES, self.sizes_or_minus_one(), strict=True)
         )
@@ -200,8 +212,9 @@ def _dcn_split(sizes: Sequence[int], num_granules: int) -> tuple[list[int], list
 
     Returns ``None`` when the across-host factor cannot be taken from the outer axes alone, i.e.
     when the tensor axis would have to span hosts. Hosts are taken from ``pipeline`` first (it
-    only sends activations to its neighbour), then ``data``, then ``fsdp``, then ``context``
-    (its ring passes one block of keys/values per step: hosts only when the others are used up).
+    only sends activations to its neighbour), then ``data``, then ``fsdp``, then ``expert`` (its
+    all-to-all wants the fast links of a host), then ``context`` (its ring passes one block of
+    keys/values per step: hosts only when the others are used up).
     """
     remaining = num_granules
     dcn = []
@@ -237,7 +250,7 @@ def make_mesh(config: MeshConfig | None = None, devices: Sequence[Any] | None = 
     :func:`jax.experimental.mesh_utils.create_device_mesh` (topology-aware on TPU, id-sorted on
     GPU). Several processes: :func:`~jax.experimental.mesh_utils.create_hybrid_device_mesh` with
     processes as granules, putting the process count on the outer axes (pipeline, then data, then
-    fsdp, then context), so that tensor traffic never crosses hosts. If that is impossible (the
+    fsdp, expert, context), so that tensor traffic never crosses hosts. If that is impossible (the
     tensor axis is larger than a host), a :class:`ValueError` says so.
     """
     config = MeshConfig() if config is None else config
@@ -263,24 +276,35 @@ def make_mesh(config: MeshConfig | None = None, devices: Sequence[Any] | None = 
     return Mesh(np.asarray(array), MESH_AXES)
 
 
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+    """The :data:`BATCH_AXES` that ``mesh`` has (a mesh made elsewhere may lack some)."""
+    return tuple(axis for axis in BATCH_AXES if axis in mesh.shape)
+
+
 def batch_ways(mesh: Mesh) -> int:
     """Into how many parts a batch is split on ``mesh``: the product of its :data:`BATCH_AXES`.
 
     Parameters
     ----------
     mesh : Mesh
-        A mesh with ``data`` and ``fsdp`` axes (:func:`make_mesh`'s).
+        A mesh (:func:`make_mesh`'s has every batch axis; one without some counts the others).
 
     Returns
     -------
     int
-        ``data × fsdp``.
+        ``data × fsdp × expert``.
     """
-    return math.prod(int(mesh.shape[axis]) for axis in BATCH_AXES)
+    return math.prod(int(mesh.shape[axis]) for axis in batch_axes(mesh))
+
+
+def batch_label(mesh: Mesh) -> str:
+    """``"data×fsdp×expert"``: the batch axes of ``mesh``, for messages."""
+    return "×".join(batch_axes(mesh))
 
 
 def check_batch_split(sizes: Mapping[str, int], mesh: Mesh) -> int:
-    """Check that every named batch size splits evenly over the mesh's ``data × fsdp`` devices.
+    """Check that every named batch size splits evenly over the mesh's batch axes'
+    (``data × fsdp × expert``) devices.
 
     Call it once the mesh exists, before any batch is built: the caller names each size by its
     own key (a config key, a flag), so the error says what to change.
@@ -299,8 +323,8 @@ def check_batch_split(sizes: Mapping[str, int], mesh: Mesh) -> int:
     Raises
     ------
     ValueError
-        ``"<name>: <size> must be divisible by the data×fsdp mesh size (<ways>)"`` for the first
-        size that does not split.
+        ``"<name>: <size> must be divisible by the data×fsdp×expert mesh size (<ways>)"`` for
+        the first size that does not split.
 
     Examples
     --------
@@ -313,7 +337,7 @@ def check_batch_split(sizes: Mapping[str, int], mesh: Mesh) -> int:
     for name, size in sizes.items():
         if size % ways:
             raise ValueError(
-                f"{name}: {size} must be divisible by the data×fsdp mesh size ({ways})"
+                f"{name}: {size} must be divisible by the {batch_label(mesh)} mesh size ({ways})"
             )
     return ways
 

@@ -74,8 +74,8 @@ def check_pipeline(
     microbatches : int
         Microbatches ``M`` per step.
     batch_ways : int
-        Devices the batch is split over inside a stage (data × fsdp): each microbatch's rows
-        must split evenly over them.
+        Devices the batch is split over inside a stage (data × fsdp × expert): each
+        microbatch's rows must split evenly over them.
     schedule : str
         One of :data:`~tjx.parallel.schedule.SCHEDULES`.
     """
@@ -96,7 +96,7 @@ def check_pipeline(
     if per_micro % batch_ways:
         raise ValueError(
             f"a microbatch of {per_micro} rows (batch {batch_size} / {microbatches} microbatches) "
-            f"must be divisible by the data×fsdp mesh size ({batch_ways})"
+            f"must be divisible by the data×fsdp×expert mesh size ({batch_ways})"
         )
 
 
@@ -272,7 +272,8 @@ def pipeline_loss(
         ``(head_params, h, head_side) -> (loss, aux)`` on the last stage; ``aux`` is a pytree
         of arrays (counts, sums) summed over microbatches and not differentiated.
     mesh : jax.sharding.Mesh
-        Has ``axis``; the other axes (data, fsdp, tensor) stay under XLA's automatic partitioning
+        Has ``axis``; the other axes (data, fsdp, expert, tensor) stay under XLA's automatic
+        partitioning
         inside each stage.
     microbatches : int
         ``M`` per step (``M >= S`` keeps the bubble below one half).
@@ -299,7 +300,7 @@ def pipeline_loss(
         out_specs: tuple[Any, ...] = (PartitionSpec(), PartitionSpec())
         if with_grad:
             out_specs += (PartitionSpec(axis), PartitionSpec(), PartitionSpec())
-        # jit: a shard_map with automatic axes left (data, fsdp, tensor) runs only compiled,
+        # jit: a shard_map with automatic axes left (data, fsdp, expert, tensor) runs only compiled,
         # so an eager call (outside the caller's jit) needs it too.
         return jax.jit(
             jax.shard_map(

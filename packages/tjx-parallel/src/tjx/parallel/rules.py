@@ -25,13 +25,15 @@ LOGICAL_AXES: tuple[str, ...] = (
     "layers",
     "norm",
     "classes",  # a classifier's labels: no preset maps it (replicated)
+    "experts",  # an MoE layer's routed experts: every preset maps it to the `expert` axis
     "lora_rank",  # a LoRA adapter's rank: small, no preset maps it (replicated)
 )
 
 #: A logical name maps to no mesh axis (replicated), one axis, or several (in major-to-minor order).
 MeshAxes = None | str | tuple[str, ...]
 
-_BATCH: MeshAxes = ("data", "fsdp")
+_BATCH: MeshAxes = ("data", "fsdp", "expert")
+_EP: dict[str, MeshAxes] = {"experts": "expert"}
 #: Every preset splits the activations' sequence over the context axis (a size-1 axis splits
 #: nothing); no parameter has a ``length`` dimension.
 _LENGTH: MeshAxes = "context"
@@ -42,11 +44,11 @@ _TP: dict[str, MeshAxes] = {
     "vocab": "tensor",
 }
 _PRESETS: dict[str, dict[str, MeshAxes]] = {
-    "dp": {"batch": _BATCH, "length": _LENGTH},
-    "fsdp": {"batch": _BATCH, "length": _LENGTH, "embed": "fsdp"},
-    "tp": {"batch": _BATCH, "length": _LENGTH, **_TP},
-    "fsdp_tp": {"batch": _BATCH, "length": _LENGTH, "embed": "fsdp", **_TP},
-    "dp_tp": {"batch": _BATCH, "length": _LENGTH, **_TP},
+    "dp": {"batch": _BATCH, "length": _LENGTH, **_EP},
+    "fsdp": {"batch": _BATCH, "length": _LENGTH, "embed": "fsdp", **_EP},
+    "tp": {"batch": _BATCH, "length": _LENGTH, **_TP, **_EP},
+    "fsdp_tp": {"batch": _BATCH, "length": _LENGTH, "embed": "fsdp", **_TP, **_EP},
+    "dp_tp": {"batch": _BATCH, "length": _LENGTH, **_TP, **_EP},
 }
 STRATEGIES: tuple[str, ...] = tuple(_PRESETS)
 
@@ -197,8 +199,9 @@ def rules(strategy: str = "dp", *, strict: bool = False, **overrides: MeshAxes) 
         embed dimension, and its optimizer state, is split). ``tp``/``dp_tp``: Megatron — ``mlp``,
         ``heads``, ``kv_heads`` and ``vocab`` → ``tensor`` (column split of up/QKV projections,
         row split of down/output projections). ``fsdp_tp``: both. In all, ``batch`` →
-        ``("data", "fsdp")`` and ``length`` → ``context`` (context parallelism); other names are
-        replicated.
+        ``("data", "fsdp", "expert")``, ``length`` → ``context`` (context parallelism) and
+        ``experts`` → ``expert`` (an MoE layer's experts split over the expert axis; a size-1
+        axis changes nothing); other names are replicated.
     strict : bool
         Raise instead of replicating a dimension that its mesh axes do not divide.
     **overrides

@@ -12,6 +12,7 @@ from typing import Any
 from tjx.metrics.loggers.base import Logger, MultiLogger
 from tjx.metrics.loggers.console import ConsoleLogger
 from tjx.metrics.loggers.jsonl import JSONL_NAME, JsonlLogger
+from tjx.metrics.loggers.urls import is_url
 
 __all__ = ["LOGGER_NAMES", "check_logger_packages", "make_logger"]
 
@@ -138,18 +139,26 @@ def make_logger(
     check_logger_packages(selected, wandb_mode=wandb_mode)
     if primary_only and not _is_primary():
         return MultiLogger([])
-    run_dir = Path(run_dir)
+    remote = is_url(run_dir)
+    local_only = [n for n in selected if n in _OPTIONAL]
+    if remote and local_only:
+        raise ValueError(
+            f"{', '.join(local_only)} write(s) files into a local folder, and the run directory "
+            f"{os.fspath(run_dir)} is in object storage: log to console,jsonl there (the JSONL "
+            "log is written to the store), or use a local run directory"
+        )
+    base: Any = os.fspath(run_dir).rstrip("/") if remote else Path(run_dir)
     loggers: list[Logger] = []
     try:
         for name in selected:
             if name == "console":
                 loggers.append(ConsoleLogger(keys=console_keys, total_steps=console_total))
             elif name == "jsonl":
-                loggers.append(JsonlLogger(run_dir / jsonl_name))
+                loggers.append(JsonlLogger(f"{base}/{jsonl_name}" if remote else base / jsonl_name))
             elif name == "tensorboard":
                 from tjx.metrics.loggers.tensorboard import TensorBoardLogger
 
-                loggers.append(TensorBoardLogger(run_dir / "tensorboard", config=config))
+                loggers.append(TensorBoardLogger(base / "tensorboard", config=config))
             else:
                 from tjx.metrics.loggers.wandb_logger import WandbLogger, resolve_wandb_mode
 
@@ -158,7 +167,7 @@ def make_logger(
                     continue
                 loggers.append(
                     WandbLogger(
-                        run_dir,
+                        base,
                         project=project,
                         entity=entity,
                         run_name=run_name,

@@ -1,0 +1,83 @@
+"""The ``moe_tiny`` preset, shrunk, trains in-process: its loss falls, the router's metrics are
+logged for every log line (balance and z-losses, dropped share, every MoE layer's expert load),
+it evaluates and samples (KV-cache generation through MoE layers); bad MoE input is one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from trainer.cli import main
+
+SETS = [
+    "model.d_model=32",
+    "model.num_layers=2",
+    "model.num_heads=2",
+    "model.num_kv_heads=1",
+    "model.mlp_dim=32",
+    "model.max_seq_len=32",
+    "data.seq_len=32",
+    "data.batch_size=8",
+    "eval.batch_size=8",
+    "train.steps=24",
+    "train.log_every=4",
+    "train.eval_every=24",
+    "train.eval_batches=1",
+    "train.sample_every=0",
+    "train.checkpoint_every=0",
+    "optimizer.schedule.warmup_steps=2",
+    "sampling.max_new_tokens=4",
+    "logging.sinks=[jsonl]",
+    "logging.progress=false",
+]
+
+
+def _argv(root, *extra):
+    text = root / "corpus.txt"
+    rng = np.random.default_rng()
+    words = ["to", "be", "or", "not", "that", "is", "the", "question"]
+    text.write_text("".join(" ".join(rng.choice(words, 9)) + ".\n" for _ in range(300)))
+    argv = ["--config", "moe_tiny", "--run-dir", str(root / "run"), "--data", str(text)]
+    for item in [*SETS, f"data.cache_dir={root / 'cache'}", *extra]:
+        argv += ["--set", item]
+    return argv
+
+
+def test_moe_tiny_learns_and_logs_its_routers(in_tmp, capsys):
+    assert main(_argv(in_tmp)) == 0
+    capsys.readouterr()
+    run = in_tmp / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r and "step" in r]
+    assert [r["step"] for r in steps] == [4, 8, 12, 16, 20, 24]
+    assert steps[-1]["loss"] < 0.7 * steps[0]["loss"], [r["loss"] for r in steps]
+    for r in steps:
+        # Dropless routing drops nothing; the Switch balance loss is >= 1 (1: balanced); the
+        # loads of each MoE layer (layers 0 and 1) are shares of its assignments.
+        assert r["moe_dropped_fraction"] == 0.0
+        assert r["moe_balance_loss"] >= 1.0 - 1e-6 and r["moe_z_loss"] > 0
+        assert r["moe_load_max"] >= 1.0 >= r["moe_load_min"] >= 0.0
+        for layer in (0, 1):
+            loads = [r[f"moe_load/{layer}/{e}"] for e in range(4)]
+            assert sum(loads) == pytest.approx(1.0, abs=1e-9)
+            assert r[f"moe_load_max/{layer}"] == pytest.approx(4 * max(loads))
+    assert any("val_loss" in r for r in rows)
+    assert (run / "samples" / "step_0000024.txt").read_text().strip()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["mesh.data=1", "mesh.expert=8"], "mesh.expert: 8 devices do not divide"),
+        (["model.experts_per_token=5"], "model.experts_per_token"),
+        (["model.capacity_factor=0"], "model.capacity_factor"),
+        (["model.capacity_factor=1.0", "mesh.context=2"], "per sequence"),
+    ],
+)
+def test_bad_moe_input_is_one_line_and_writes_nothing(in_tmp, capsys, extra, message):
+    assert main(_argv(in_tmp, *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (in_tmp / "run").exists()

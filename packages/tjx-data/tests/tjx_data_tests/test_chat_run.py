@@ -1,0 +1,87 @@
+"""A post-training run's data: the generated arithmetic task, the ChatML BPE made for a source, and
+`ChatRunData` (RunData's interface over the chat loaders)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tjx.data import (
+    ARITHMETIC,
+    DataError,
+    arithmetic_rows,
+    prepare_arithmetic,
+    prepare_chat_run_data,
+)
+
+NAMES = {"tokenizer": "data.tokenizer", "source": "data.source", "batch_size": "data.batch_size"}
+
+
+def test_the_arithmetic_rows_are_seeded_and_every_rejected_answer_is_wrong():
+    chat = list(arithmetic_rows(200, seed=3))
+    assert chat == list(arithmetic_rows(200, seed=3)) != list(arithmetic_rows(200, seed=4))
+    for row in chat:
+        question, answer = row["messages"][0]["content"], row["messages"][1]["content"]
+        a, op, b = question.removeprefix("What is ").removesuffix("?").split()
+        assert int(answer) == (int(a) + int(b) if op == "+" else int(a) - int(b))
+    pairs = list(arithmetic_rows(500, seed=1, kind="preference"))
+    for row in pairs:
+        a, op, b = row["prompt"][0]["content"].removeprefix("What is ").removesuffix("?").split()
+        right = int(a) + int(b) if op == "+" else int(a) - int(b)
+        assert int(row["chosen"][0]["content"]) == right
+        assert int(row["rejected"][0]["content"]) != right
+    swapped = [r for r in pairs if abs(int(r["rejected"][0]["content"])) not in
+               (abs(int(r["chosen"][0]["content"]) + d) for d in (-1, 1, 10))]  # fmt: skip
+    assert swapped  # the digit-swap near miss occurs
+
+
+def test_a_chat_run_reads_the_generated_task_with_a_chatml_bpe_made_once(tmp_path):
+    first = prepare_chat_run_data(
+        ARITHMETIC, "bpe", kind="chat", seq_len=32, cache_dir=tmp_path, tokenizer_vocab=300
+    )
+    again = prepare_chat_run_data(
+        ARITHMETIC, "bpe", kind="chat", seq_len=32, cache_dir=tmp_path, tokenizer_vocab=300
+    )
+    assert again.tokenizer_dir == first.tokenizer_dir and again.template == first.template
+    assert (first.tokenizer_dir / "tokenizer_config.json").is_file()
+    assert first.vocab_size <= 300 and first.bytes_per_token is None and first.mixture is None
+    loader = first.train_loader(8, seed=0, process_index=1, process_count=2)
+    batch = next(loader)
+    assert batch["inputs"].shape == (4, 32)
+    trained = batch["targets"] != -100
+    assert 0 < trained.sum() < (batch["segment_ids"] > 0).sum()
+    val = list(first.validation_batches(8, 3))
+    assert len(val) == 3
+    info = first.describe(tmp_path / "run")
+    assert info["format"] == "chat" and info["tokenizer"] == str(first.tokenizer_dir)
+    json.dumps(info)
+    pairs = prepare_chat_run_data(
+        ARITHMETIC, first.tokenizer_dir.as_posix(), kind="preference", seq_len=32,
+        cache_dir=tmp_path,
+    )  # fmt: skip
+    rows = next(pairs.train_loader(4, seed=0))
+    assert rows["inputs"].shape == (8, 32)  # chosen, rejected of each pair
+    chosen, rejected = rows["targets"][0::2], rows["targets"][1::2]
+    assert not np.array_equal(chosen, rejected)
+    assert prepare_arithmetic("chat", tmp_path).is_file()
+
+
+def test_bad_chat_run_inputs_are_one_data_error_naming_the_setting(tmp_path):
+    with pytest.raises(DataError, match=r"^data\.tokenizer: chat data needs a Hugging Face"):
+        prepare_chat_run_data(
+            ARITHMETIC, "byte", kind="chat", seq_len=32, cache_dir=tmp_path, names=NAMES
+        )
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    rows.write_text(rows.read_text() * 3)
+    with pytest.raises(DataError, match=r"^data\.source: .*no assistant turn"):
+        prepare_chat_run_data(
+            str(rows), "bpe", kind="chat", seq_len=32, cache_dir=tmp_path, names=NAMES
+        )
+    data = prepare_chat_run_data(ARITHMETIC, "bpe", kind="chat", seq_len=32, cache_dir=tmp_path)
+    with pytest.raises(DataError, match=r"^data\.batch_size: .*fewer than one global batch"):
+        data.train_loader(10**6, seed=0, names=NAMES)
+    with pytest.raises(ValueError, match="kind must be chat or preference"):
+        prepare_chat_run_data(ARITHMETIC, "bpe", kind="text", seq_len=32)

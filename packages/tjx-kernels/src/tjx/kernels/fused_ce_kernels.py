@@ -1,0 +1,217 @@
+"""Pallas (Triton) kernels of the fused linear cross-entropy: logits are never written.
+
+Shapes (padded by the caller, `fused_ce`): hidden ``h [T, D]``, unembedding ``w [D, V]``,
+labels ``[T]`` int32 (-1: not scored), all T/D/V multiples of the tiles. Logits are computed
+tile by tile in float32 (``B_t`` tokens × ``B_v`` vocabulary columns, the products accumulated
+over ``B_k``-wide slices of ``D``) and dropped; columns at or past ``vocab`` (padding) are
+masked.
+
+* ``tjx_ce_fwd``, grid ``(T / B_t,)``: a program owns a token tile and walks the vocabulary with
+  an online log-sum-exp (running max, rescaled sum of exponentials), the first argmax and the
+  label's logit. Writes ``lse``, ``argmax`` and the label logit per token.
+* ``tjx_ce_dx``, grid ``(T / B_t, D / B_d)``: a program recomputes its token tile's logits tile
+  by tile over the whole vocabulary, forms ``dlogits = g_ce·(p − onehot) + 2·g_z·lse·p`` (zero
+  for unscored tokens and padded columns) and accumulates its ``B_d`` columns of
+  ``dx = dlogits · wᵀ``.
+* ``tjx_ce_dw``, grid ``(D / B_d, V / B_v)``: a program owns a ``[B_d, B_v]`` tile of ``dw``,
+  walks the tokens, recomputes each token tile's logits against its vocabulary tile and
+  accumulates ``hᵀ · dlogits``.
+
+The backward kernels recompute the logits ``D / B_d`` times each (a program needs the whole
+``D`` for a logit but accumulates only ``B_d`` columns of its output, whose float32 tile must
+stay in registers). What each launch reads, writes and computes is in `costs.py`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from tjx.kernels.ce_launch import CELaunch
+from tjx.kernels.flash_fwd import dot_nn, dot_nt, dot_tn, out_struct
+
+Array = jax.Array
+
+
+def _params(launch: CELaunch, backward: bool) -> Any:
+    warps = launch.num_warps_bwd if backward else launch.num_warps
+    return plgpu.CompilerParams(num_warps=warps, num_stages=launch.num_stages)
+
+
+def _logits(h_ref: Any, w_ref: Any, rows: Any, cols: Any, d: int, bk: int) -> Array:
+    """float32 ``h[rows] @ w[:, cols]``, accumulated over ``bk``-wide slices of ``d``."""
+
+    def step(k: Array, acc: Array) -> Array:
+        ks = pl.ds(k * bk, bk)
+        return acc + dot_nn(h_ref[rows, ks], w_ref[ks, cols])
+
+    n_rows = rows.size if isinstance(rows, pl.Slice) else h_ref.shape[0]
+    n_cols = cols.size
+    return lax.fori_loop(0, d // bk, step, jnp.zeros((n_rows, n_cols), jnp.float32))
+
+
+def _dlogits(logits: Array, lse: Array, labels: Array, col: Array, vocab: int, g_ref: Any) -> Array:
+    """``g_ce·(p − onehot) + 2·g_z·lse·p`` of a tile; 0 for unscored rows and padded columns."""
+    g_ce, g_z = g_ref[0], g_ref[1]
+    keep = (labels[:, None] >= 0) & (col[None, :] < vocab)
+    p = jnp.where(keep, jnp.exp(logits - lse[:, None]), 0.0)
+    onehot = jnp.where(col[None, :] == labels[:, None], g_ce, 0.0)
+    return p * (g_ce + 2.0 * g_z * lse[:, None]) - onehot
+
+
+def _fwd_kernel(
+    h_ref: Any, w_ref: Any, lab_ref: Any, lse_ref: Any, top_ref: Any, pick_ref: Any, **kw: Any
+) -> None:
+    vocab, d, bt, bv, bk = kw["vocab"], kw["d"], kw["bt"], kw["bv"], kw["bk"]
+    labels = lab_ref[...]
+    rows = pl.ds(0, bt)
+
+    def body(j: Array, carry: tuple[Array, Array, Array, Array]) -> Any:
+        m, s, top, pick = carry
+        col = j * bv + jnp.arange(bv)
+        logits = _logits(h_ref, w_ref, rows, pl.ds(j * bv, bv), d, bk)
+        logits = jnp.where(col[None, :] < vocab, logits, -jnp.inf)
+        tile_max = jnp.max(logits, axis=1)
+        # first column of the tile's max (ties: the lowest index, as jnp.argmax)
+        tile_arg = jnp.min(jnp.where(logits == tile_max[:, None], col[None, :], vocab), axis=1)
+        m_new = jnp.maximum(m, tile_max)
+        shift = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+        s = s * jnp.exp(m - shift) + jnp.sum(jnp.exp(logits - shift[:, None]), axis=1)
+        top = jnp.where(tile_max > m, tile_arg, top)  # an earlier tile keeps a tie
+        pick = pick + jnp.sum(jnp.where(col[None, :] == labels[:, None], logits, 0.0), axis=1)
+        return m_new, s, top, pick
+
+    init = (
+        jnp.full((bt,), -jnp.inf, jnp.float32),
+        jnp.zeros((bt,), jnp.float32),
+        jnp.zeros((bt,), jnp.int32),
+        jnp.zeros((bt,), jnp.float32),
+    )
+    m, s, top, pick = lax.fori_loop(0, kw["nv"], body, init)
+    lse_ref[...] = m + jnp.log(s)
+    top_ref[...] = top
+    pick_ref[...] = pick
+
+
+def ce_forward(
+    h: Array, w: Array, labels: Array, vocab: int, launch: CELaunch, interpret: bool
+) -> tuple[Array, Array, Array]:
+    """(lse f32 [T], argmax int32 [T], label logit f32 [T]) of padded inputs."""
+    t, d = h.shape
+    v = w.shape[1]
+    bt, bv = launch.block_t, launch.block_v
+    kw = dict(vocab=vocab, d=d, bt=bt, bv=bv, bk=launch.block_k, nv=v // bv)
+    outs = [out_struct((t,), dt, h, w, labels) for dt in (jnp.float32, jnp.int32, jnp.float32)]
+    row = pl.BlockSpec((bt,), lambda i: (i,))
+    return pl.pallas_call(  # type: ignore[no-any-return]
+        functools.partial(_fwd_kernel, **kw),
+        grid=(t // bt,),
+        in_specs=[
+            pl.BlockSpec((bt, d), lambda i: (i, 0)),
+            pl.BlockSpec((d, v), lambda i: (0, 0)),
+            row,
+        ],
+        out_specs=[row, row, row],
+        out_shape=outs,
+        compiler_params=_params(launch, backward=False),
+        interpret=interpret,
+        name="tjx_ce_fwd",
+    )(h, w, labels)
+
+
+def _dx_kernel(
+    h_ref: Any, w_ref: Any, lab_ref: Any, lse_ref: Any, g_ref: Any, dx_ref: Any, **kw: Any
+) -> None:
+    vocab, d, bt, bv, bk, bd = kw["vocab"], kw["d"], kw["bt"], kw["bv"], kw["bk"], kw["bd"]
+    di = pl.program_id(1)
+    labels, lse = lab_ref[...], lse_ref[...]
+    rows = pl.ds(0, bt)
+
+    def body(j: Array, acc: Array) -> Array:
+        col = j * bv + jnp.arange(bv)
+        logits = _logits(h_ref, w_ref, rows, pl.ds(j * bv, bv), d, bk)
+        dl = _dlogits(logits, lse, labels, col, vocab, g_ref).astype(w_ref.dtype)
+        return acc + dot_nt(dl, w_ref[pl.ds(di * bd, bd), pl.ds(j * bv, bv)])
+
+    acc = lax.fori_loop(0, kw["nv"], body, jnp.zeros((bt, bd), jnp.float32))
+    dx_ref[...] = acc.astype(dx_ref.dtype)
+
+
+def ce_dx(
+    h: Array, w: Array, labels: Array, lse: Array, g: Array, vocab: int, launch: CELaunch,
+    interpret: bool,
+) -> Array:  # fmt: skip
+    """``dx [T, D]`` (``h``'s dtype) of padded inputs; ``g`` = float32 ``[g_ce, g_z]``."""
+    t, d = h.shape
+    v = w.shape[1]
+    bt, bv, bd = launch.block_t, launch.block_v, launch.block_d
+    kw = dict(vocab=vocab, d=d, bt=bt, bv=bv, bk=launch.block_k, bd=bd, nv=v // bv)
+    row = pl.BlockSpec((bt,), lambda i, di: (i,))
+    return pl.pallas_call(  # type: ignore[no-any-return]
+        functools.partial(_dx_kernel, **kw),
+        grid=(t // bt, d // bd),
+        in_specs=[
+            pl.BlockSpec((bt, d), lambda i, di: (i, 0)),
+            pl.BlockSpec((d, v), lambda i, di: (0, 0)),
+            row,
+            row,
+            pl.BlockSpec((2,), lambda i, di: (0,)),
+        ],
+        out_specs=pl.BlockSpec((bt, bd), lambda i, di: (i, di)),
+        out_shape=out_struct(h.shape, h.dtype, h, w, labels, lse, g),
+        compiler_params=_params(launch, backward=True),
+        interpret=interpret,
+        name="tjx_ce_dx",
+    )(h, w, labels, lse, g)
+
+
+def _dw_kernel(
+    h_ref: Any, w_ref: Any, lab_ref: Any, lse_ref: Any, g_ref: Any, dw_ref: Any, **kw: Any
+) -> None:
+    vocab, d, bt, bv, bk, bd = kw["vocab"], kw["d"], kw["bt"], kw["bv"], kw["bk"], kw["bd"]
+    di, j = pl.program_id(0), pl.program_id(1)
+    col = j * bv + jnp.arange(bv)
+    cols = pl.ds(0, bv)  # w_ref is this program's [D, B_v] vocabulary tile
+
+    def body(i: Array, acc: Array) -> Array:
+        rows = pl.ds(i * bt, bt)
+        logits = _logits(h_ref, w_ref, rows, cols, d, bk)
+        dl = _dlogits(logits, lse_ref[rows], lab_ref[rows], col, vocab, g_ref).astype(h_ref.dtype)
+        return acc + dot_tn(h_ref[rows, pl.ds(di * bd, bd)], dl)
+
+    acc = lax.fori_loop(0, kw["nt"], body, jnp.zeros((bd, bv), jnp.float32))
+    dw_ref[...] = acc.astype(dw_ref.dtype)
+
+
+def ce_dw(
+    h: Array, w: Array, labels: Array, lse: Array, g: Array, vocab: int, launch: CELaunch,
+    interpret: bool,
+) -> Array:  # fmt: skip
+    """``dw [D, V]`` (``w``'s dtype) of padded inputs; ``g`` = float32 ``[g_ce, g_z]``."""
+    t, d = h.shape
+    v = w.shape[1]
+    bt, bv, bd = launch.block_t, launch.block_v, launch.block_d
+    kw = dict(vocab=vocab, d=d, bt=bt, bv=bv, bk=launch.block_k, bd=bd, nt=t // bt)
+    whole = pl.BlockSpec((t,), lambda di, j: (0,))
+    return pl.pallas_call(  # type: ignore[no-any-return]
+        functools.partial(_dw_kernel, **kw),
+        grid=(d // bd, v // bv),
+        in_specs=[
+            pl.BlockSpec((t, d), lambda di, j: (0, 0)),
+            pl.BlockSpec((d, bv), lambda di, j: (0, j)),
+            whole,
+            whole,
+            pl.BlockSpec((2,), lambda di, j: (0,)),
+        ],
+        out_specs=pl.BlockSpec((bd, bv), lambda di, j: (di, j)),
+        out_shape=out_struct(w.shape, w.dtype, h, w, labels, lse, g),
+        compiler_params=_params(launch, backward=True),
+        interpret=interpret,
+        name="tjx_ce_dw",
+    )(h, w, labels, lse, g)

@@ -1,0 +1,183 @@
+"""MoE decoders: the config's checks and layer patterns, scanned = unrolled, the objective's
+router losses, KV-cache generation, active-parameter FLOPs."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from tjx import nn as tnn
+from tjx.nn.layer_runs import Segment, segments
+from tjx_nn_tests._helpers import build
+
+MOE = dict(
+    vocab_size=64,
+    max_seq_len=16,
+    d_model=16,
+    num_layers=4,
+    num_heads=2,
+    num_kv_heads=1,
+    mlp_dim=24,
+    num_experts=4,
+    experts_per_token=2,
+    expert_mlp_dim=12,
+)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field, words",
+    [
+        (dict(experts_per_token=5), "experts_per_token", "more than the 4 experts"),
+        (dict(capacity_factor=0.0), "capacity_factor", "must be > 0"),
+        (dict(capacity_factor=-1.5), "capacity_factor", "must be > 0"),
+        (dict(num_experts=-1), "num_experts", "non-negative int"),
+        (dict(router="hash"), "router", "one of ('softmax', 'sigmoid')"),
+        (dict(router_dtype="int8"), "router_dtype", "one of"),
+        (dict(router_aux_loss=-0.1), "router_aux_loss", ">= 0"),
+        (dict(moe_first_dense=4), "moe_first_dense", "none of the 4 layers is MoE"),
+        (dict(moe_layer_step=0), "moe_layer_step", "positive int"),
+        (dict(shared_expert_gate=True), "shared_expert_gate", "only shared experts"),
+        (dict(router_bias_rate=0.1), "router_bias_rate", "has none"),
+        (
+            dict(num_experts=0, expert_mlp_dim=None, capacity_factor=1.0),
+            "capacity_factor",
+            "only MoE models",
+        ),
+        (
+            dict(num_experts=0, expert_mlp_dim=None, experts_per_token=1),
+            "experts_per_token",
+            "only MoE models",
+        ),
+    ],
+)
+def test_bad_moe_settings_raise_naming_the_field(kwargs, field, words):
+    with pytest.raises(ValueError, match=re.escape(f"LlamaConfig.{field}")) as err:
+        tnn.LlamaConfig(**{**MOE, **kwargs})
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("config_class", [tnn.BertConfig, tnn.ViTConfig, tnn.EncoderDecoderConfig])
+def test_families_without_moe_layers_refuse_moe_settings(config_class):
+    base = dict(d_model=16, num_layers=1, num_heads=2)
+    if config_class is tnn.ViTConfig:
+        base |= dict(image_size=8, patch_size=4)
+    with pytest.raises(ValueError, match=r"\.num_experts: only decoders \(gpt2, llama\)"):
+        config_class(**base, num_experts=4)
+
+
+@pytest.mark.parametrize(
+    "extra, kinds",
+    [
+        ({}, "MMMM"),
+        (dict(moe_first_dense=1), "DMMM"),
+        (dict(moe_layer_step=2), "DMDM"),
+        (dict(moe_layer_step=2, moe_first_dense=2), "DDDM"),
+        (dict(num_experts=0, expert_mlp_dim=None), "DDDD"),
+    ],
+)
+def test_which_layers_are_moe(extra, kinds):
+    cfg = tnn.LlamaConfig(**{**MOE, **extra})
+    assert "".join("M" if k else "D" for k in tnn.moe_layers(cfg)) == kinds
+
+
+def test_segments_cut_a_stack_into_repeating_units():
+    d, m = False, True
+    assert segments((d, d, d), 1) == (Segment(0, (d,), 3),)
+    assert segments((d, m, m, m), 1) == (Segment(0, (d,), 1), Segment(1, (m,), 3))
+    assert segments((d, m, d, m, d), 2) == (Segment(0, (d, m), 2), Segment(4, (d,), 1))
+    assert segments((d, d, d, m, d, m), 2) == (
+        Segment(0, (d,), 2),
+        Segment(2, (d, m), 2),
+    )
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        # segments: (dense, MoE) x 2 then a dense layer; DeepSeek's balancing-bias router
+        dict(moe_layer_step=2, num_layers=5, router="sigmoid"),
+        dict(num_shared_experts=1, capacity_factor=1.0),
+    ],
+    ids=["every-other-layer-sigmoid", "all-moe-shared-capacity"],
+)
+def test_scanned_and_unrolled_moe_decoders_agree_with_canonical_names(extra):
+    cfg = tnn.LlamaConfig(**{**MOE, **extra})
+    unrolled, scanned = build(cfg), build(cfg.replace(scan_layers=True), seed=5)
+    flat = tnn.get_flat_params(unrolled)
+    assert set(flat) == set(tnn.get_flat_params(scanned))
+    assert "stack.layers.1.moe.experts.fc_in.kernel" in flat
+    tnn.set_flat_params(scanned, flat)
+    toks = jax.random.randint(jax.random.key(0), (2, 10), 0, 64)
+    batch = {"inputs": toks, "targets": jnp.roll(toks, -1, axis=1)}
+
+    def loss(model):
+        return tnn.objective_loss(model, batch).loss
+
+    # One compile per model (an eager MoE step is hundreds of small ops).
+    outs = [nnx.jit(lambda m: tnn.objective_loss(m, batch))(m) for m in (unrolled, scanned)]
+    np.testing.assert_allclose(outs[0].loss, outs[1].loss, rtol=1e-6)
+    for field in outs[0].moe._fields:
+        np.testing.assert_allclose(
+            getattr(outs[0].moe, field), getattr(outs[1].moe, field), rtol=1e-5
+        )
+    g = [tnn.get_flat_params(m) for m in (unrolled, scanned)]
+    grads = [nnx.jit(nnx.grad(loss))(m) for m in (unrolled, scanned)]
+    for model, grad, into in zip((unrolled, scanned), grads, g, strict=True):
+        nnx.update(model, grad)
+        into.update(tnn.get_flat_params(model))
+    for key in g[0]:
+        np.testing.assert_allclose(g[0][key], g[1][key], rtol=2e-4, atol=1e-6, err_msg=key)
+
+
+def test_the_objective_adds_the_router_losses_and_returns_the_statistics():
+    cfg = tnn.LlamaConfig(**MOE, router_aux_loss=0.5, router_z_loss=0.1)
+    model = build(cfg)
+    toks = jax.random.randint(jax.random.key(1), (2, 8), 0, 64)
+    batch = {"inputs": toks, "targets": jnp.roll(toks, -1, axis=1).at[:, -1].set(-100)}
+    out = tnn.objective_loss(model, batch)
+    _, stats = model.forward(toks)
+    assert out.moe.expert_tokens.shape == (4, 4) and int(out.moe.expert_tokens.sum()) == 4 * 32
+    ce = out.sum_loss / out.num_tokens
+    penalty = float(jnp.sum((0.5 * stats.balance_loss_sum + 0.1 * stats.z_loss_sum) / 16))
+    np.testing.assert_allclose(out.loss, ce + penalty, rtol=1e-5)
+    dense_cfg = tnn.LlamaConfig(**{**MOE, "num_experts": 0, "expert_mlp_dim": None})
+    dense = tnn.objective_loss(build(dense_cfg), batch)
+    assert dense.moe is None
+    with pytest.raises(ValueError, match="MoE layers are not pipelined"):
+        tnn.decoder_stages(build(cfg.replace(scan_layers=True)))
+
+
+@pytest.mark.parametrize("extra", [dict(moe_first_dense=1), dict(capacity_factor=8.0)])
+def test_kv_cache_generation_with_moe_layers_equals_the_full_model(extra):
+    cfg = tnn.LlamaConfig(**{**MOE, **extra}, scan_layers=True)
+    model = build(cfg, seed=2)
+    prompts = np.random.RandomState(0).randint(0, 64, (2, 4)).astype(np.int32)
+    out = np.asarray(tnn.generate(model, prompts, max_new_tokens=5))
+    seq = prompts
+    for _ in range(5):  # re-run the whole model on the growing sequence
+        logits = model(jnp.asarray(seq))
+        seq = np.concatenate([seq, np.asarray(jnp.argmax(logits[:, -1], -1))[:, None]], 1)
+    np.testing.assert_array_equal(out, seq)
+
+
+def test_flops_count_active_parameters_only():
+    cfg = tnn.LlamaConfig(**MOE, moe_first_dense=1, num_shared_experts=1, shared_expert_gate=True)
+    abstract = nnx.eval_shape(lambda: tnn.build_model(cfg, rngs=nnx.Rngs(0)))
+    active = 0
+    for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
+        names = [str(p) for p in path]
+        if names[-1] not in ("kernel", "embedding") or names[0] == "embed":
+            continue  # untied: the token table is a lookup, the head a kernel
+        size = int(np.prod(var.get_value().shape))
+        active += size * 2 // 4 if "experts" in names else size  # k=2 of E=4 experts
+    assert tnn.matmul_param_count(cfg) == active
+    total = tnn.config_param_count(cfg)
+    assert total > active  # the idle experts are parameters, not FLOPs
+    s = 8
+    # PaLM's count (attention whole), and the default with causal attention at half.
+    want = (6 * active * s + 12 * cfg.num_layers * 2 * 8 * s * s) / s
+    assert tnn.flops_per_token(cfg, s, causal_half=False) == want
+    assert tnn.flops_per_token(cfg, s) == (6 * active * s + 6 * cfg.num_layers * 2 * 8 * s * s) / s

@@ -6,9 +6,11 @@
 ``max_shard_size`` if given) and scores it into ``FOLDER/peer.npz``; ``{"score": FOLDER,
 "tokens": NPY, "out": NPZ, "new": N}`` loads a folder with ``AutoModelForCausalLM.
 from_pretrained`` and scores it. Scoring writes float32 logits of the tokens, a greedy
-continuation (``new`` tokens) of their first row's first 4 tokens and the class name. The
-post-training jobs (``chat``, ``peft``, ``dpo``: chat templates, PEFT adapters, TRL's DPO) are
-``_hf_peer_post``'s.
+continuation (``new`` tokens) of their first row's first 4 tokens and the class name. A
+``make`` SPEC with ``"bf16": true`` also scores the model cast to bfloat16 into
+``FOLDER/peer_bf16.npz``. Attention is transformers' eager path (its reference, the only one
+that soft-caps Gemma 2's logits). The post-training jobs (``chat``, ``peft``, ``dpo``: chat
+templates, PEFT adapters, TRL's DPO) are ``_hf_peer_post``'s.
 ``{"rope": [{"config": CONFIG, "seq_len": N or null}, ...], "out": NPZ}`` writes, per entry,
 the inverse frequencies (``inv_<i>``) and attention factor (``factor_<i>``) that
 ``modeling_rope_utils`` computes for ``AutoConfig.for_model(**CONFIG)`` at that length.
@@ -23,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch  # pants: no-infer-dep (the scratch venv's, never the resolve's)
 from transformers import AutoConfig, AutoModelForCausalLM  # pants: no-infer-dep
+
+EAGER = {"attn_implementation": "eager"}
 
 
 def score(model: torch.nn.Module, tokens: np.ndarray, new: int, out: Path) -> None:
@@ -39,7 +43,7 @@ def score(model: torch.nn.Module, tokens: np.ndarray, new: int, out: Path) -> No
 def make(spec: dict, folder: Path) -> None:
     torch.manual_seed(spec.get("seed", 0))
     config = AutoConfig.for_model(**spec["config"])
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **EAGER)
     with torch.no_grad():  # random norms and biases too, so a swapped tensor shows
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name or "ln_" in name:
@@ -48,6 +52,8 @@ def make(spec: dict, folder: Path) -> None:
     model.save_pretrained(folder, **kwargs)
     tokens = np.asarray(spec["tokens"], dtype=np.int64)
     score(model, tokens, spec["new"], folder / "peer.npz")
+    if spec.get("bf16"):
+        score(model.to(torch.bfloat16), tokens, spec["new"], folder / "peer_bf16.npz")
 
 
 def rope(entries: list[dict], out: Path) -> None:
@@ -75,7 +81,7 @@ def main() -> None:
         elif "make" in job:
             make(job["make"], Path(job["out"]))
         else:
-            model = AutoModelForCausalLM.from_pretrained(job["score"], dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(job["score"], dtype=torch.float32, **EAGER)
             score(model, np.load(job["tokens"]), int(job["new"]), Path(job["out"]))
 
 

@@ -60,7 +60,8 @@ def choose_attention(
         return run
     dtype, head_dim = run.nn_config.precision.compute_dtype, run.nn_config.head_dim
     named_by = "the run's model.attention_impl"
-    order = kernels.kernel_order(impl, dtype, head_dim, named_by=named_by, say=say)
+    capped = run.nn_config.attn_logit_softcap is not None  # cuDNN cannot soft-cap (Gemma 2)
+    order = kernels.kernel_order(impl, dtype, head_dim, named_by=named_by, say=say, softcap=capped)
     if first is None:  # no batch: the evaluation says so itself
         return run
     try:

@@ -65,7 +65,10 @@ def choose_attention(
     if impl == "xla":
         return cfg
     dtype, head_dim = cfg.model.precision.compute_dtype, cfg.model.head_dim
-    order = kernels.kernel_order(impl, dtype, head_dim, named_by="model.attention_impl", say=say)
+    capped = cfg.model.attn_logit_softcap is not None  # cuDNN cannot soft-cap (Gemma 2)
+    order = kernels.kernel_order(
+        impl, dtype, head_dim, named_by="model.attention_impl", say=say, softcap=capped
+    )
     if cfg.task != "lm":  # the abstract step is a decoder's; other tasks trace it late
         return cfg
     try:

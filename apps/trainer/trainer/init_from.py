@@ -1,5 +1,6 @@
-"""``--init-from PATH_OR_HUB``: a Hugging Face checkpoint (GPT-2, Llama, Mistral, Qwen2) as the
-starting point. The checkpoint fixes the architecture; the config says how to train it.
+"""``--init-from PATH_OR_HUB``: a Hugging Face checkpoint (GPT-2, or the LLaMA family: Llama,
+Mistral, Qwen2, Qwen3, OLMo 2, Phi-3, Gemma 2/3) as the starting point. The checkpoint fixes the
+architecture; the config says how to train it.
 
 Checked before anything is written: the checkpoint's family must be ``model.kind``, and an
 architecture setting the user gave (``model.position`` ...) must be the checkpoint's, since
@@ -15,8 +16,25 @@ from typing import Any
 from trainer.config import Config, read_config
 from trainer.schema import ConfigError
 
-#: Trainer model settings a checkpoint of the LLaMA family fixes (None: the user left it).
-LLAMA_FIXED = ("position", "attention_type", "norm_position", "use_bias", "num_kv_heads")
+#: Trainer model settings a checkpoint of the LLaMA family fixes (None: the user left it): its
+#: shape, its windows and the switches of the families built on it (Qwen3, OLMo 2, Gemma).
+LLAMA_FIXED = (
+    "position",
+    "attention_type",
+    "norm_position",
+    "use_bias",
+    "num_kv_heads",
+    "sliding_window",
+    "window_pattern",
+    "qk_norm",
+    "qk_norm_scope",
+    "norm_plus_one",
+    "scale_embeddings",
+    "query_pre_attn_scalar",
+    "attn_logit_softcap",
+    "final_logit_softcap",
+    "rope_local_theta",
+)
 
 
 def _is_hub_id(source: str) -> bool:
@@ -32,6 +50,11 @@ def _read(source: str) -> Any:
         return nn.read_hf_config(source)
     except ValueError as err:
         raise ConfigError(f"--init-from: {err}") from None
+
+
+def _same(value: Any) -> Any:
+    """A config value as tjx-nn holds it (a YAML list, ``window_pattern``'s, as a tuple)."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 def check_init_from(cfg: Config, source: str) -> None:
@@ -71,7 +94,7 @@ def check_init_from(cfg: Config, source: str) -> None:
         clashes = {
             k: settings[k]
             for k in LLAMA_FIXED
-            if settings.get(k) is not None and settings[k] != getattr(hf_cfg, k)
+            if settings.get(k) is not None and _same(settings[k]) != getattr(hf_cfg, k)
         }
     if clashes:
         named = ", ".join(f"model.{k} {v!r}" for k, v in clashes.items())

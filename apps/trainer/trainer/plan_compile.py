@@ -155,7 +155,12 @@ def choose_kernel(run: Config, target: Any, say: Say) -> tuple[Config, Compiled,
         dtype, head_dim = run.model.precision.compute_dtype, run.model.head_dim
         with kernels.target(*target.kernel_target):
             order = kernels.kernel_order(
-                impl, dtype, head_dim, named_by="model.attention_impl", say=tell
+                impl,
+                dtype,
+                head_dim,
+                named_by="model.attention_impl",
+                say=tell,
+                softcap=run.model.attn_logit_softcap is not None,  # cuDNN cannot soft-cap
             )
         try:
             chosen = kernels.first_that_compiles(order, build, explicit=impl != "auto", say=tell)

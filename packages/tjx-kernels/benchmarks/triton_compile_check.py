@@ -115,22 +115,26 @@ def lower_kernels(
     groups: int,
     seq: int,
     arch: int = 90,
+    softcap: float | None = None,
     window: int | None = None,
 ) -> list[KernelIR]:
     """Cross-lower flash attention forward + backward for CUDA ``sm_<arch>`` (its launch
-    defaults; a sliding ``window`` if given); return the three kernels' IR."""
+    defaults; ``softcap``: Gemma 2's capped logits; a sliding ``window`` if given); return the
+    three kernels' IR."""
     kv_heads = 2
     dt = DTYPES[dtype]
 
     def fwd_bwd(q: jax.Array, k: jax.Array, v: jax.Array, ids: jax.Array) -> Any:
         def loss(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+            segs = ids if segments else None
             out = flash_attention(
                 q,
                 k,
                 v,
                 causal=causal,
-                segment_ids=ids if segments else None,
+                segment_ids=segs,
                 interpret=False,
+                softcap=softcap,
                 window=window,
             )
             return out.astype(jnp.float32).sum()
@@ -268,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq", type=int, default=1024, help="sequence length to lower at")
     parser.add_argument("--quick", action="store_true", help="two configurations only")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--softcap", type=float, help="soft-cap the logits (Gemma 2: 50)")
     parser.add_argument(
         "--ce", action="store_true", help="the fused cross-entropy kernels instead (CE_CASES)"
     )
@@ -285,7 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for dtype, head_dim, causal, segments, groups in sweep(args.quick):
         for arch in archs:
-            for kernel in lower_kernels(dtype, head_dim, causal, segments, groups, args.seq, arch):
+            lowered = lower_kernels(
+                dtype, head_dim, causal, segments, groups, args.seq, arch, args.softcap
+            )
+            for kernel in lowered:
                 row = Result(kernel.name, dtype, head_dim, causal, segments, groups, arch,
                              kernel.num_warps, kernel.num_stages, ok=False,
                              shared_limit_kib=SMEM_LIMIT[arch] / 1024)  # fmt: skip

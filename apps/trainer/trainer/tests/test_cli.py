@@ -128,6 +128,31 @@ def test_main_rejects_with_exit_2_and_writes_nothing(in_tmp, capsys, argv, needl
     assert list(in_tmp.iterdir()) == []  # nothing written
 
 
+def test_a_family_switch_or_window_the_llama_checkpoint_lacks_is_refused(in_tmp, capsys):
+    """Gemma's, Qwen3's and OLMo 2's switches and the windows come from the checkpoint: asked of
+    a plain Llama's weights they would be dropped, so the run stops (one line, nothing written);
+    the checkpoint's own values pass."""
+    from flax import nnx
+
+    from tjx import nn
+
+    config = nn.LlamaConfig(
+        vocab_size=64, d_model=16, num_layers=2, num_heads=4, num_kv_heads=4, qkv_bias=True,
+        sliding_window=4, window_pattern=("local", "global"),
+    )  # fmt: skip
+    nn.save_hf(nn.Llama(config, rngs=nnx.Rngs(0)), in_tmp / "ck", model_type="qwen2")
+    base = ["--config", "llama_small", "--init-from", str(in_tmp / "ck")]
+    asked = ["--set", "model.qk_norm=true", "--set", "model.sliding_window=8"]
+    assert main([*base, *asked]) == 2
+    err = capsys.readouterr().err
+    assert "model.sliding_window 8, model.qk_norm True cannot apply" in err
+    assert err.count("\n") == 1 and sorted(p.name for p in in_tmp.iterdir()) == ["ck"]
+    from trainer.init_from import check_init_from
+
+    same = ["--set", "model.sliding_window=4", "--set", "model.window_pattern=[local,global]"]
+    check_init_from(_plan(*base, *same).config, str(in_tmp / "ck"))  # no clash
+
+
 def test_existing_checkpoints_need_resume(in_tmp, capsys):
     (in_tmp / "r" / "checkpoints" / "10").mkdir(parents=True)
     assert main(["--config", "tiny", "--run-dir", "r"]) == 2

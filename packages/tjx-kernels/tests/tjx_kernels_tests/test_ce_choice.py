@@ -80,3 +80,35 @@ def test_linear_cross_entropy_runs_either_implementation_with_one_result():
     assert float(xla.loss) == float(ref.loss)
     fused = linear_cross_entropy(h, w, labels, implementation="pallas", z_loss=1e-3)
     assert rel_err(fused.loss, ref.loss) <= 1e-5 and int(fused.num_correct) == int(ref.num_correct)
+
+
+def test_a_soft_capped_head_never_takes_the_fused_kernel():
+    """The fused kernel does not cap its logits: ``auto`` takes XLA even where a measurement
+    ranks Pallas first, and an explicit ``pallas`` with a cap is refused in one line."""
+    h, w = jnp.zeros((4, 8), jnp.bfloat16), jnp.zeros((8, 16), jnp.bfloat16)
+    assert ce_implementation("auto", h, w, H100, softcap=30.0) == "xla"
+    assert ce_implementation("xla", h, w, H100, softcap=30.0) == "xla"
+    with pytest.raises(ValueError, match="does not soft-cap logits.*cross_entropy_impl: xla"):
+        ce_implementation("pallas", h, w, Target("cpu"), softcap=30.0)
+    rng = np.random.default_rng(5)
+    hf = jnp.asarray(rng.standard_normal((2, 5, 16)), jnp.float32)
+    wf = jnp.asarray(rng.standard_normal((16, 24)) * 3.0, jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 24, (2, 5)), jnp.int32)
+    got = linear_cross_entropy(hf, wf, labels, softcap=2.0)
+    want = chunked_cross_entropy(hf, wf, labels, softcap=2.0)
+    assert float(got.loss) == float(want.loss)
+    assert float(got.loss) != float(chunked_cross_entropy(hf, wf, labels).loss)
+    with pytest.raises(ValueError, match="does not soft-cap logits"):
+        linear_cross_entropy(hf, wf, labels, implementation="pallas", softcap=2.0)
+
+
+def test_auto_with_a_cap_ignores_a_measurement_that_ranks_the_fused_kernel_first(
+    monkeypatch, tmp_path
+):
+    measured_table(monkeypatch, tmp_path, {"ce-bf16": {"pallas": 1.0, "xla": 9.0}})
+    h, w = jnp.zeros((4, 8), jnp.bfloat16), jnp.zeros((8, 16), jnp.bfloat16)
+    try:
+        assert ce_implementation("auto", h, w, H100) == "pallas"  # the measurement counts...
+        assert ce_implementation("auto", h, w, H100, softcap=30.0) == "xla"  # ...but not capped
+    finally:
+        clear_launch_cache()

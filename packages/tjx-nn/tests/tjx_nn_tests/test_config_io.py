@@ -56,11 +56,21 @@ def test_a_model_json_of_tjx_0_1_loads():
     assert (config.d_model, config.num_kv_heads, config.tie_embeddings) == (16, 1, True)
     assert config.precision == tnn.Precision(jnp.float32, jnp.bfloat16)
     # Written again, it gains only the fields added since (#28's rope_scaling, qkv_bias; #39's
-    # cross_entropy_impl; #42's sliding_window, window_pattern; #41's qk_norm and the MoE
-    # settings, at their dense defaults).
+    # cross_entropy_impl; #42's sliding_window, window_pattern; #41's MoE settings, at their dense
+    # defaults; #44's family switches).
     moe = {f.name: f.default for f in dataclasses.fields(tnn.LlamaConfig) if f.name in ALL_MOE}
     newer = {"rope_scaling": None, "qkv_bias": False, "cross_entropy_impl": "auto",
-             "sliding_window": None, "window_pattern": None, "qk_norm": False, **moe}  # fmt: skip
+             "sliding_window": None, "window_pattern": None, **moe}  # fmt: skip
+    newer |= {
+        "qk_norm": False,
+        "qk_norm_scope": "head",
+        "norm_plus_one": False,
+        "scale_embeddings": False,
+        "query_pre_attn_scalar": None,
+        "attn_logit_softcap": None,
+        "final_logit_softcap": None,
+        "rope_local_theta": None,
+    }
     want = {**WRITTEN_BY_TJX_0_1, "fields": {**WRITTEN_BY_TJX_0_1["fields"], **newer}}
     assert tnn.config_to_dict(config) == want
     # An older file without the newer fields (and a preset name for precision) keeps defaults.

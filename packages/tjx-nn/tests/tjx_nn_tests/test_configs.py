@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
+from tjx.nn.family_config import DECODER_ONLY
 from tjx.nn.moe_config import ALL_MOE_FIELDS as ALL_MOE
 
 HF_COUNTS = {
@@ -40,7 +41,7 @@ def test_gpt2_config_overrides_and_unknown_preset():
         (dict(mlp_activation="tanh"), "mlp_activation"),
         (dict(position="relative"), "position"),
         (dict(norm="batchnorm"), "norm"),
-        (dict(norm_position="sandwich"), "norm_position"),
+        (dict(norm_position="peri"), "norm_position"),
         (dict(num_layers=-1), "num_layers"),
         (dict(vocab_size=0), "vocab_size"),
         (dict(dropout=1.5), "dropout"),
@@ -164,6 +165,9 @@ def test_vit_patch_size_must_divide_the_image():
         (tnn.ViTConfig, "tie_embeddings", True),
         (tnn.ViTConfig, "decode_topk", 2),
         (tnn.ViTConfig, "vocab_size", 100),
+        (tnn.ViTConfig, "norm_plus_one", True),
+        (tnn.BertConfig, "final_logit_softcap", 30.0),
+        (tnn.EncoderDecoderConfig, "scale_embeddings", True),
     ],
 )
 def test_a_field_the_model_never_reads_keeps_its_default(config_class, field, value):
@@ -183,12 +187,13 @@ def test_a_field_the_model_never_reads_keeps_its_default(config_class, field, va
 
 
 def test_decoders_read_every_shared_field():
-    """GPT-2, LLaMA, the encoder-decoder and the plain decoder use all of them (decode_topk
-    included: the encoder-decoder's decoder decodes too), but the encoder-decoder has no MoE
-    layers."""
+    """GPT-2, LLaMA and the plain decoder use all of them; the encoder-decoder all but the
+    decoder-only switches of the Gemma family and the MoE layers (decode_topk included: its
+    decoder decodes too)."""
     for config_class in (tnn.GPT2Config, tnn.LlamaConfig, tnn.EncoderDecoderConfig):
-        assert set(config_class.unused_fields) <= set(ALL_MOE)
+        unused = set(config_class.unused_fields)
+        decoder = config_class is not tnn.EncoderDecoderConfig
+        assert unused == (set() if decoder else set(DECODER_ONLY) | set(ALL_MOE))
         assert config_class(decode_topk=2).decode_topk == 2
-    assert set(tnn.EncoderDecoderConfig.unused_fields) == set(ALL_MOE)
     assert dict(tnn.TransformerConfig.unused_fields) == {}
     assert tnn.EncoderDecoderConfig(tie_embeddings=False).tie_embeddings is False

@@ -115,3 +115,36 @@ def test_gated_activation_gradients_match_float64(name):
     got = jax.vjp(lambda a, b: gated_activation(name, a, b), *args)[1](jnp.asarray(g, jnp.float32))
     for a, b in zip(got, ref, strict=True):
         assert _rel(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["rms", "layer"])
+def test_a_plus_one_norm_through_the_fused_backward_matches_float64(kind):
+    """Gemma's norms (``plus_one``) pass ``1 + w`` (float32) as the fused functions' scale: the
+    output and the gradients of ``x`` and ``w`` are the float64 formula's with ``1 + w``."""
+    from flax import nnx
+
+    from tjx import nn as tnn
+
+    x, g = _inputs(9, (3, 4, 32))
+    w = np.random.default_rng(10).standard_normal(32) * 0.1
+    with jax.enable_x64(True):
+
+        def plain(x, w):
+            if kind == "rms":
+                return _plain_rms_norm(x, 1.0 + w, 1e-6)
+            return _plain_layer_norm(x, 1.0 + w, None, 1e-6)
+
+        ref_y, ref_vjp = jax.vjp(plain, jnp.asarray(x), jnp.asarray(w))
+        ref = ref_vjp(jnp.asarray(g))
+    precision = tnn.Precision(jnp.float32, jnp.float32)
+    cls = tnn.RMSNorm if kind == "rms" else tnn.LayerNorm
+    kw = {} if kind == "rms" else {"use_bias": False}
+    norm = cls(32, rngs=nnx.Rngs(0), eps=1e-6, precision=precision, plus_one=True, **kw)
+    assert not np.asarray(norm.scale[...]).any()  # starts at 0: acts as 1
+    norm.scale.set_value(jnp.asarray(w, jnp.float32))
+    graph, state = nnx.split(norm)
+    y, vjp = jax.vjp(lambda x, s: nnx.merge(graph, s)(x), jnp.asarray(x, jnp.float32), state)
+    dx, dstate = vjp(jnp.asarray(g, jnp.float32))
+    dw = dstate["scale"][...]
+    assert _rel(y, ref_y) < 1e-5 and _rel(dx, ref[0]) < 1e-5
+    assert dw.dtype == jnp.float32 and _rel(dw, ref[1]) < 1e-5

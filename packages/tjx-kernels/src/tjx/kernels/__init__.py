@@ -37,8 +37,9 @@ from tjx.kernels.cross_entropy import CrossEntropyOutput, auto_chunk_size, chunk
 from tjx.kernels.dispatch import IMPLEMENTATIONS, attention, select_implementation
 from tjx.kernels.launch import LaunchDefaults, default_launch
 from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
+from tjx.kernels.softcap import soft_cap
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 __all__ = [
     "BLOCK_IMPLEMENTATIONS",
@@ -74,6 +75,7 @@ __all__ = [
     "out_of_memory",
     "reference_attention",
     "select_implementation",
+    "soft_cap",
     "target",
 ]
 

@@ -17,7 +17,8 @@ Neither is differentiable itself: the caller's ``custom_vjp`` calls them. cuDNN 
 jax's public API (its log-sum-exp output takes no cotangent), so ``auto`` is the Pallas kernel on a
 CUDA GPU and XLA elsewhere. ``token_index`` (XLA only) gives each query and key its index in the
 whole sequence, for the causal and window masks of a block whose tokens are not a contiguous run
-(context parallelism's load-balanced chunks).
+(context parallelism's load-balanced chunks). ``softcap`` soft-caps the scaled logits (Gemma 2)
+in both halves: ``lse`` is then that of the capped logits, so blocks merge as without a cap.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from tjx.kernels._checks import (
 )
 from tjx.kernels.choice import current_target
 from tjx.kernels.reference import attention_mask
+from tjx.kernels.softcap import cap_derivative, check_softcap
 
 Array = jax.Array
 TokenIndex = tuple[Array, Array]
@@ -100,13 +102,21 @@ def _mask(
     return mask
 
 
-def _logits(q: Array, k: Array, scale: float, mask: Array | None) -> Array:
-    """Masked scaled logits ``[b, h, s_q, s_k]`` in float32 (or wider), keys per query head."""
+def _logits(
+    q: Array, k: Array, scale: float, mask: Array | None, softcap: float | None
+) -> tuple[Array, Array | None]:
+    """Masked scaled (and capped) logits ``[b, h, s_q, s_k]`` in float32 (or wider), keys per
+    query head, and ``tanh(x / cap)`` of the uncapped ones (None without a cap)."""
     acc_t = jnp.promote_types(q.dtype, jnp.float32)
     k = jnp.repeat(k, q.shape[2] // k.shape[2], axis=2)
     s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=acc_t)
     s = s * jnp.asarray(scale, acc_t)
-    return s if mask is None else jnp.where(mask, s, -jnp.inf)
+    t = None
+    if softcap is not None:
+        cap = jnp.asarray(softcap, acc_t)
+        t = jnp.tanh(s / cap)
+        s = cap * t
+    return (s if mask is None else jnp.where(mask, s, -jnp.inf)), t
 
 
 def _check(
@@ -116,10 +126,12 @@ def _check(
     segment_ids: SegmentIds | None,
     scale: float | None,
     window: int | None,
+    softcap: float | None,
 ) -> tuple[AttentionShapes, float]:
     shapes = check_qkv(q, k, v)
     check_segment_ids(segment_ids, shapes)
     check_scale(scale)
+    check_softcap(softcap)
     check_window(window)
     return shapes, 1.0 / math.sqrt(shapes.head_dim) if scale is None else float(scale)
 
@@ -135,6 +147,7 @@ def attention_forward(
     window: int | None = None,
     token_index: TokenIndex | None = None,
     implementation: str = "auto",
+    softcap: float | None = None,
 ) -> tuple[Array, Array]:
     """One block's attention output and its rows' log-sum-exp (not differentiable).
 
@@ -144,7 +157,7 @@ def attention_forward(
         ``[batch, q_len, heads, head_dim]``.
     k, v : Array
         ``[batch, kv_len, kv_heads, head_dim]`` (``kv_heads`` divides ``heads``).
-    causal, segment_ids, scale, window
+    causal, segment_ids, scale, window, softcap
         As in :func:`tjx.kernels.attention` (causal top-left aligned unless ``token_index``).
     token_index : (Array, Array), optional
         int ``[q_len]`` and ``[kv_len]``: each query's and key's index in the whole sequence, for
@@ -158,18 +171,25 @@ def attention_forward(
         ``out [batch, q_len, heads, head_dim]`` in ``q``'s dtype (zeros on rows that see no key)
         and ``lse`` float32 ``[batch, heads, q_len]`` (``-inf`` on those rows).
     """
-    shapes, sm_scale = _check(q, k, v, segment_ids, scale, window)
+    shapes, sm_scale = _check(q, k, v, segment_ids, scale, window, softcap)
     impl = block_kernel(implementation, token_index=token_index)
     if impl == "pallas":
-        from tjx.kernels.flash import flash_forward_lse  # Pallas is imported only when chosen
+        from tjx.kernels.flash_lse import flash_forward_lse  # Pallas is imported only when chosen
 
         return flash_forward_lse(
-            q, k, v, causal=causal, segment_ids=segment_ids, scale=sm_scale, window=window
+            q,
+            k,
+            v,
+            causal=causal,
+            segment_ids=segment_ids,
+            scale=sm_scale,
+            window=window,
+            softcap=softcap,
         )
     mask = _mask(
         shapes, causal=causal, segment_ids=segment_ids, window=window, token_index=token_index
     )
-    s = _logits(q, k, sm_scale, mask)
+    s, _ = _logits(q, k, sm_scale, mask, softcap)
     row_max = jnp.max(s, axis=-1, keepdims=True, initial=-jnp.inf)
     shift = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
     p = jnp.exp(s - shift)
@@ -195,13 +215,14 @@ def attention_backward(
     window: int | None = None,
     token_index: TokenIndex | None = None,
     implementation: str = "auto",
+    softcap: float | None = None,
 ) -> tuple[Array, Array, Array]:
     """Gradients ``(dq, dk, dv)`` of one block of an attention whose rows' softmax is
     ``exp(s - lse)`` and whose output is ``out`` (the merged ones when blocks are combined).
 
     Parameters
     ----------
-    q, k, v, causal, segment_ids, scale, window, token_index, implementation
+    q, k, v, causal, segment_ids, scale, window, token_index, implementation, softcap
         As in :func:`attention_forward` (the same block).
     out : Array
         ``[batch, q_len, heads, head_dim]``: the (merged) attention output of these rows.
@@ -215,10 +236,10 @@ def attention_backward(
     (Array, Array, Array)
         ``dq`` (this block's share), ``dk`` and ``dv``, in the dtypes of ``q``, ``k``, ``v``.
     """
-    shapes, sm_scale = _check(q, k, v, segment_ids, scale, window)
+    shapes, sm_scale = _check(q, k, v, segment_ids, scale, window, softcap)
     impl = block_kernel(implementation, token_index=token_index)
     if impl == "pallas":
-        from tjx.kernels.flash import flash_backward_lse
+        from tjx.kernels.flash_lse import flash_backward_lse
 
         return flash_backward_lse(
             q,
@@ -231,11 +252,12 @@ def attention_backward(
             segment_ids=segment_ids,
             scale=sm_scale,
             window=window,
+            softcap=softcap,
         )
     mask = _mask(
         shapes, causal=causal, segment_ids=segment_ids, window=window, token_index=token_index
     )
-    s = _logits(q, k, sm_scale, mask)
+    s, t = _logits(q, k, sm_scale, mask, softcap)
     acc_t = s.dtype
     row = lse.astype(acc_t)[..., None]
     p = jnp.where(jnp.isfinite(row), jnp.exp(s - jnp.where(jnp.isfinite(row), row, 0.0)), 0.0)
@@ -245,6 +267,9 @@ def attention_backward(
     k_h = jnp.repeat(k, g, axis=2).astype(acc_t)
     delta = jnp.einsum("bqhd,bqhd->bhq", do, out.astype(acc_t))[..., None]
     ds = p * (jnp.einsum("bqhd,bkhd->bhqk", do, v_h) - delta)
+    derivative = cap_derivative(t)  # d(capped)/d(scaled logit); None without a cap
+    if derivative is not None:
+        ds = ds * derivative
     dq = jnp.einsum("bhqk,bkhd->bqhd", ds, k_h) * sm_scale
     dk_h = jnp.einsum("bhqk,bqhd->bkhd", ds, q.astype(acc_t)) * sm_scale
     dv_h = jnp.einsum("bhqk,bqhd->bkhd", p, do)

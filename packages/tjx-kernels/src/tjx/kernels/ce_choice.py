@@ -98,14 +98,28 @@ def ce_auto_order(
 
 
 def ce_implementation(
-    implementation: str, hidden: Any, unembedding: Any, t: Target | None = None
+    implementation: str,
+    hidden: Any,
+    unembedding: Any,
+    t: Target | None = None,
+    softcap: float | None = None,
 ) -> str:
-    """``"xla"`` or ``"pallas"`` for a call (``implementation`` one of `CE_IMPLEMENTATIONS`)."""
+    """``"xla"`` or ``"pallas"`` for a call (``implementation`` one of `CE_IMPLEMENTATIONS`).
+
+    A soft-capped head (``softcap``, Gemma 2) is always ``"xla"``: the fused kernel does not cap
+    its logits, so ``auto`` never takes it and an explicit ``"pallas"`` is refused."""
     if implementation not in CE_IMPLEMENTATIONS:
         raise ValueError(
             f"cross-entropy implementation must be one of {', '.join(CE_IMPLEMENTATIONS)}; "
             f"got {implementation!r}"
         )
+    if softcap is not None:
+        if implementation == "pallas":
+            raise ValueError(
+                "the fused (pallas) cross-entropy does not soft-cap logits; a model with "
+                "final_logit_softcap needs cross_entropy_impl: xla (or auto)"
+            )
+        return "xla"
     if implementation != "auto":
         return implementation
     tokens = math.prod(hidden.shape[:-1])
@@ -122,22 +136,29 @@ def linear_cross_entropy(
     chunk_size: int | None = None,
     ignore_index: int = -100,
     z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> Any:
     """``CE(hidden @ unembedding, labels)`` by the implementation `ce_implementation` picks.
 
     ``"xla"``: `tjx.kernels.chunked_cross_entropy` (``chunk_size`` applies); ``"pallas"``:
     `tjx.kernels.fused_cross_entropy` (compiled on a CUDA GPU, interpreted elsewhere);
     ``"auto"``: the module docstring's rule. Same arguments and result as both
-    (`CrossEntropyOutput`).
+    (`CrossEntropyOutput`). ``softcap`` (Gemma 2's final-logit cap) is chunked only.
     """
     from tjx.kernels.cross_entropy import chunked_cross_entropy
 
-    if ce_implementation(implementation, hidden, unembedding) == "pallas":
+    if ce_implementation(implementation, hidden, unembedding, softcap=softcap) == "pallas":
         from tjx.kernels.fused_ce import fused_cross_entropy  # Pallas only when chosen
 
         return fused_cross_entropy(
             hidden, unembedding, labels, ignore_index=ignore_index, z_loss=z_loss
         )
     return chunked_cross_entropy(
-        hidden, unembedding, labels, chunk_size=chunk_size, ignore_index=ignore_index, z_loss=z_loss
+        hidden,
+        unembedding,
+        labels,
+        chunk_size=chunk_size,
+        ignore_index=ignore_index,
+        z_loss=z_loss,
+        softcap=softcap,
     )

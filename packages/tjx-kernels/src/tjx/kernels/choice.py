@@ -10,6 +10,8 @@ the GPU suite for kernels it found correct) come first, fastest first; a kernel 
 measurement never beats one with. With no measurement, cuDNN wherever it can serve the call, then
 XLA: the unmeasured Pallas kernel is taken only by name. On a TPU and on CPUs ``auto`` is XLA.
 The order is also the fallback order: :func:`first_that_compiles` walks it, saying each step.
+A soft-capped call (Gemma 2's attention logits) leaves cuDNN out of the order, and the reason
+says so: jax's cuDNN attention has no logit soft-capping.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ FUSED = ("cudnn", "pallas")
 CUDNN_DTYPES: tuple[jnp.dtype, ...] = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 #: Largest head_dim the Pallas kernel accepts (padded internally to a power of two).
 PALLAS_MAX_HEAD_DIM = 256
+#: Why cuDNN never serves a soft-capped call (an explicit request raises it).
+CUDNN_SOFTCAP = (
+    "`softcap` is not supported by implementation 'cudnn' (jax's cuDNN attention has no logit "
+    "soft-capping); use 'auto', 'xla' or 'pallas'"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,10 +191,13 @@ class AutoChoice:
         return f"attention: {self.kernel} (auto: {self.reason})"
 
 
-def auto_order(dtype: Any, head_dim: int, t: Target | None = None) -> AutoChoice:
+def auto_order(
+    dtype: Any, head_dim: int, t: Target | None = None, *, softcap: bool = False
+) -> AutoChoice:
     """Rank the kernels ``auto`` may take for (dtype, head_dim) on ``t`` (default: current).
 
-    See the module docstring for the rule; every kernel in the order can serve the call.
+    See the module docstring for the rule; every kernel in the order can serve the call
+    (``softcap``: the call soft-caps its logits, which cuDNN cannot).
     """
     t = current_target() if t is None else t
     if not t.cuda:
@@ -195,6 +205,10 @@ def auto_order(dtype: Any, head_dim: int, t: Target | None = None) -> AutoChoice
         return AutoChoice(("xla",), f"{why}; XLA on {t.platform}")
     kind = t.device_kind or "this GPU"
     servable = [k for k in (*FUSED, "xla") if unsupported_reason(k, dtype, head_dim, t) is None]
+    skipped = ""
+    if softcap and "cudnn" in servable:
+        servable.remove("cudnn")
+        skipped = "; cudnn skipped: it cannot soft-cap the logits"
     times = {k: v for k, v in measured_timings(kind, dtype, head_dim).items() if k in servable}
     measured = sorted(times, key=lambda k: times[k])
     rest = [k for k in ("cudnn", "xla") if k in servable and k not in times]
@@ -204,7 +218,7 @@ def auto_order(dtype: Any, head_dim: int, t: Target | None = None) -> AutoChoice
     else:
         shown = ", ".join(f"{k} {times[k]:.3g} ms" for k in measured)
         reason = f"fastest measured on {kind} for {entry_key(dtype, head_dim)}: {shown}"
-    return AutoChoice(order, reason)  # XLA serves every call: it is always in the order
+    return AutoChoice(order, reason + skipped)  # XLA serves every call: always in the order
 
 
 def kernel_order(
@@ -214,6 +228,7 @@ def kernel_order(
     *,
     named_by: str,
     say: Callable[[str], None] = print,
+    softcap: bool = False,
 ) -> tuple[str, ...]:
     """The kernels to try, best first, for an ``attention_impl`` setting, said in one line.
 
@@ -231,6 +246,9 @@ def kernel_order(
         The setting that named the kernel, for the line.
     say : callable
         Where the line goes.
+    softcap : bool
+        The model soft-caps its attention logits (cuDNN cannot: ``auto`` leaves it out and says
+        so; a named ``cudnn`` is a ``ValueError``).
 
     Returns
     -------
@@ -238,9 +256,11 @@ def kernel_order(
         The candidates for `first_that_compiles`.
     """
     if impl != "auto":
+        if impl == "cudnn" and softcap:
+            raise ValueError(f"{named_by}: {CUDNN_SOFTCAP}")
         say(f"attention: {impl} ({named_by})")
         return (impl,)
-    choice = auto_order(dtype, head_dim)
+    choice = auto_order(dtype, head_dim, softcap=softcap)
     say(choice.line())
     return choice.order
 

@@ -21,6 +21,9 @@ unembedding, updating the ``d(unembedding)`` accumulator) small. Chunks are neve
 8 MiB of logits, so small problems (the tiny presets) run as one chunk without a scan's per-step
 overhead. Each chunk's log-sum-exp and argmax come from one pass over its logits
 (`row_stats`).
+
+With ``softcap`` (Gemma 2's final-logit cap) each chunk's logits are ``cap · tanh(x / cap)``
+before `row_stats`, and the gradient through them carries the cap's derivative ``1 - t²``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from tjx.kernels.softcap import cap_derivative, check_softcap, uncap_grad
 
 Array = jax.Array
 Sums = tuple[Array, Array, Array, Array]
@@ -98,6 +103,16 @@ class CrossEntropyOutput(NamedTuple):
     sum_loss: Array
     num_tokens: Array
     num_correct: Array
+
+
+def _chunk_logits(h_c: Array, w: Array, softcap: float | None) -> tuple[Array, Array | None]:
+    """One chunk's float32 ``[c, vocab]`` logits, soft-capped when asked, and the cap's
+    ``tanh(x / cap)`` (None without a cap) for ``uncap_grad``."""
+    logits = jnp.dot(h_c, w, preferred_element_type=jnp.float32)
+    if softcap is None:
+        return logits, None
+    t = jnp.tanh(logits / softcap)
+    return softcap * t, t
 
 
 Partial = tuple[Array, Array, Array, Array]
@@ -176,16 +191,20 @@ def _dlogits(logits: Array, labels: Array, lse: Array, g_ce: Array, g_z: Array) 
     return jnp.where(labels[:, None] >= 0, out, 0.0)
 
 
-def _sums_fwd_impl(hc: Array, w: Array, lc: Array, ignore_index: int) -> tuple[Sums, Array]:
+def _sums_fwd_impl(
+    hc: Array, w: Array, lc: Array, ignore_index: int, softcap: float | None
+) -> tuple[Sums, Array]:
     def step(carry: Sums, xs: tuple[Array, Array]) -> tuple[Sums, Array]:
-        logits = jnp.dot(xs[0], w, preferred_element_type=jnp.float32)  # [c, vocab], dropped
+        logits, _ = _chunk_logits(xs[0], w, softcap)  # [c, vocab], dropped
         ce, lse, valid, correct = _chunk_stats(logits, xs[1], ignore_index)
         return _add_sums(carry, ce, lse, valid, correct), lse
 
     return jax.lax.scan(step, _zero_sums(), (hc, lc))
 
 
-def _sums_and_grads(hc: Array, w: Array, lc: Array, ignore_index: int) -> tuple[Sums, Array, Array]:
+def _sums_and_grads(
+    hc: Array, w: Array, lc: Array, ignore_index: int, softcap: float | None
+) -> tuple[Sums, Array, Array]:
     """The sums and, in the same pass over the chunks, d(sum of CE)/d(hc, w).
 
     Without z-loss the sum of CE is the only differentiable output the loss uses, so its
@@ -199,10 +218,10 @@ def _sums_and_grads(hc: Array, w: Array, lc: Array, ignore_index: int) -> tuple[
     def step(carry: tuple[Sums, Array], xs: tuple[Array, Array]) -> tuple[Any, Array]:
         sums, dw = carry
         h_c, l_c = xs
-        logits = jnp.dot(h_c, w, preferred_element_type=jnp.float32)
+        logits, t = _chunk_logits(h_c, w, softcap)
         ce, lse, valid, correct = _chunk_stats(logits, l_c, ignore_index)
         safe = jnp.where(valid, l_c, -1)  # _dlogits zeroes the rows of ignored tokens
-        dlogits = _dlogits(logits, safe, lse, one, zero)
+        dlogits = uncap_grad(_dlogits(logits, safe, lse, one, zero), cap_derivative(t))
         dh = jnp.dot(dlogits.astype(w.dtype), w.T, preferred_element_type=jnp.float32)
         dw = dw + jnp.dot(h_c.T, dlogits.astype(h_c.dtype), preferred_element_type=jnp.float32)
         return (_add_sums(sums, ce, lse, valid, correct), dw), dh
@@ -211,30 +230,32 @@ def _sums_and_grads(hc: Array, w: Array, lc: Array, ignore_index: int) -> tuple[
     return sums, dh, dw
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _ce_sums(hc: Array, w: Array, lc: Array, ignore_index: int, fused: bool) -> Sums:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _ce_sums(
+    hc: Array, w: Array, lc: Array, ignore_index: int, fused: bool, softcap: float | None
+) -> Sums:
     """(sum of CE, sum of lse², token count, correct count) over chunks ``hc [n, rows, d]``.
 
     ``fused``: the caller differentiates the sum of CE only (no z-loss), so the forward pass
     under differentiation also forms its gradient (`_sums_and_grads`)."""
     del fused
-    sums, _ = _sums_fwd_impl(hc, w, lc, ignore_index)
+    sums, _ = _sums_fwd_impl(hc, w, lc, ignore_index, softcap)
     return sums
 
 
 def _ce_sums_fwd(
-    hc: Array, w: Array, lc: Array, ignore_index: int, fused: bool
+    hc: Array, w: Array, lc: Array, ignore_index: int, fused: bool, softcap: float | None
 ) -> tuple[Sums, tuple[Array, ...]]:
     if fused:
-        sums, dh, dw = _sums_and_grads(hc, w, lc, ignore_index)
+        sums, dh, dw = _sums_and_grads(hc, w, lc, ignore_index, softcap)
         # Empty arrays carry the inputs' dtypes to the backward (residuals are arrays only).
         return sums, (dh, dw, jnp.zeros((0,), hc.dtype), jnp.zeros((0,), w.dtype))
-    sums, lse = _sums_fwd_impl(hc, w, lc, ignore_index)
+    sums, lse = _sums_fwd_impl(hc, w, lc, ignore_index, softcap)
     return sums, (hc, w, lc, lse)
 
 
 def _ce_sums_bwd(
-    ignore_index: int, fused: bool, res: tuple[Array, ...], cts: Sums
+    ignore_index: int, fused: bool, softcap: float | None, res: tuple[Array, ...], cts: Sums
 ) -> tuple[Array, Array, None]:
     g_ce = cts[0].astype(jnp.float32)
     g_z = cts[1].astype(jnp.float32)
@@ -245,9 +266,9 @@ def _ce_sums_bwd(
 
     def step(dw: Array, xs: tuple[Array, Array, Array]) -> tuple[Array, Array]:
         h_c, l_c, lse_c = xs
-        logits = jnp.dot(h_c, w, preferred_element_type=jnp.float32)
+        logits, t = _chunk_logits(h_c, w, softcap)
         labels = jnp.where(l_c != ignore_index, l_c, -1)
-        dlogits = _dlogits(logits, labels, lse_c, g_ce, g_z)
+        dlogits = uncap_grad(_dlogits(logits, labels, lse_c, g_ce, g_z), cap_derivative(t))
         dh = jnp.dot(dlogits.astype(w.dtype), w.T, preferred_element_type=jnp.float32)
         dw = dw + jnp.dot(h_c.T, dlogits.astype(h_c.dtype), preferred_element_type=jnp.float32)
         return dw, dh.astype(hc.dtype)
@@ -284,6 +305,7 @@ def chunked_cross_entropy(
     chunk_size: int | None = None,
     ignore_index: int = -100,
     z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> CrossEntropyOutput:
     """Cross-entropy of ``hidden @ unembedding`` against ``labels`` without full logits.
 
@@ -307,6 +329,10 @@ def chunked_cross_entropy(
         Label value excluded from the loss and the counts.
     z_loss : float
         Weight of the auxiliary ``mean(logsumexp(logits)**2)`` term (PaLM's z-loss), >= 0.
+    softcap : float, optional
+        Soft-cap the logits to ``(-softcap, softcap)`` (``softcap · tanh(x / softcap)``, Gemma
+        2's final-logit cap) before the softmax; the loss, the counts and the gradients are
+        those of the capped logits. None: no cap.
 
     Returns
     -------
@@ -319,6 +345,7 @@ def chunked_cross_entropy(
         chunk_size = auto_chunk_size(math.prod(labels.shape), unembedding.shape[1])
     if not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"`chunk_size` must be a positive int; got {chunk_size!r}")
+    check_softcap(softcap)
     d_model = hidden.shape[-1]
     # Rows = every leading axis but the last (kept whole, so batch sharding survives); the scan
     # walks along the last (sequence) axis, `cols` positions of every row per step.
@@ -336,7 +363,8 @@ def chunked_cross_entropy(
     hc = h.reshape(rows, n, cols, d_model).transpose(1, 0, 2, 3).reshape(n, rows * cols, d_model)
     lc = lab.reshape(rows, n, cols).transpose(1, 0, 2).reshape(n, rows * cols)
     fused = z_loss == 0.0  # then the loss differentiates the sum of CE alone (_sums_and_grads)
-    s_ce, s_z, n_tok, n_ok = _ce_sums(hc, unembedding, lc, int(ignore_index), fused)
+    cap = None if softcap is None else float(softcap)
+    s_ce, s_z, n_tok, n_ok = _ce_sums(hc, unembedding, lc, int(ignore_index), fused, cap)
     denom = jnp.maximum(n_tok, 1).astype(jnp.float32)
     loss = (s_ce + jnp.float32(z_loss) * s_z) / denom
     return CrossEntropyOutput(loss=loss, sum_loss=s_ce, num_tokens=n_tok, num_correct=n_ok)

@@ -11,6 +11,10 @@ zero-length sequences always take the XLA path. An explicitly requested kernel t
 call raises ``ValueError`` naming the argument and what is supported. The Pallas kernel's module
 (and Pallas itself) is imported only when the Pallas kernel is chosen.
 
+Soft-capped logits (``softcap``, Gemma 2) are served by XLA and the Pallas kernels; jax's cuDNN
+attention cannot cap them, so ``auto`` leaves cuDNN out of its order for such a call (its reason
+says so) and an explicit ``"cudnn"`` is a ``ValueError``.
+
 A sliding ``window`` is served by every kernel: cuDNN's own ``local_window_size`` (causal only; a
 bidirectional window skips cuDNN under "auto"), the Pallas kernels skip the key blocks outside it,
 XLA masks.
@@ -39,6 +43,7 @@ from tjx.kernels._checks import (
 )
 from tjx.kernels.choice import (
     CUDNN_DTYPES,
+    CUDNN_SOFTCAP,
     Target,
     auto_order,
     cudnn_max_head_dim,
@@ -48,6 +53,7 @@ from tjx.kernels.choice import (
 )
 from tjx.kernels.cudnn_segments import segment_attention
 from tjx.kernels.reference import attention_mask, reference_attention
+from tjx.kernels.softcap import check_softcap
 
 Array = jax.Array
 Implementation = Literal["auto", "xla", "cudnn", "pallas"]
@@ -154,6 +160,7 @@ def select_implementation(
     segment_ids: SegmentIds | None = None,
     needs_xla: bool,
     target: Target | None = None,
+    softcap: bool = False,
 ) -> str:
     """Resolve ``implementation`` to "xla" | "cudnn" | "pallas" for this call (see module doc).
 
@@ -176,6 +183,8 @@ def select_implementation(
         The call has a feature only XLA serves (additive bias, attention dropout).
     target : Target, optional
         The device to choose for; default :func:`tjx.kernels.choice.current_target`.
+    softcap : bool
+        The call soft-caps its logits (cuDNN cannot: left out of ``auto``, refused by name).
 
     Returns
     -------
@@ -198,11 +207,13 @@ def select_implementation(
         reason = unsupported_reason(implementation, q.dtype, shapes.head_dim, t)
         if reason is not None:
             raise ValueError(reason)
+    if implementation == "cudnn" and softcap:
+        raise ValueError(CUDNN_SOFTCAP)
     if needs_xla:
         return "xla"
     if implementation != "auto":
         return implementation
-    return auto_order(q.dtype, shapes.head_dim, t).kernel
+    return auto_order(q.dtype, shapes.head_dim, t, softcap=softcap).kernel
 
 
 def attention(
@@ -218,6 +229,7 @@ def attention(
     dropout_rng: Array | None = None,
     implementation: Implementation = "auto",
     bias: Array | None = None,
+    softcap: float | None = None,
     window: int | None = None,
 ) -> Array:
     """Multi-head attention with a choice of implementation.
@@ -242,6 +254,9 @@ def attention(
         "auto" never raises for a valid call (see module docstring for the rule).
     bias : Array, optional
         Additive logit bias ``[batch|1, heads|1, q_len, kv_len]`` (XLA path).
+    softcap : float, optional
+        Soft-cap the scaled logits to ``(-softcap, softcap)`` (``softcap · tanh(x / softcap)``,
+        Gemma 2) before bias and masks: XLA and Pallas; never cuDNN (see the module doc).
     window : int, optional
         Sliding window: query ``i`` sees keys ``i - window < j`` (``<= i`` when causal, else
         ``< i + window``); every kernel applies it (cuDNN only with ``causal``: without it,
@@ -260,13 +275,19 @@ def attention(
     check_bias(bias, shapes)
     check_dropout(dropout_rate, dropout_rng)
     check_scale(scale)
+    check_softcap(softcap)
     check_window(window)
     # A zero-length call has nothing to compute (an empty or all-zero result): XLA serves it
     # without padding a sequence of 0 up to a kernel block. Explicit requests are still checked.
     empty = shapes.q_len == 0 or shapes.kv_len == 0
     needs_xla = bias is not None or dropout_rate > 0.0 or empty
     impl = select_implementation(
-        q, shapes, implementation=implementation, segment_ids=segment_ids, needs_xla=needs_xla
+        q,
+        shapes,
+        implementation=implementation,
+        segment_ids=segment_ids,
+        needs_xla=needs_xla,
+        softcap=softcap is not None,
     )
     sm_scale = 1.0 / math.sqrt(shapes.head_dim) if scale is None else float(scale)
     if impl == "cudnn" and window is not None and not causal:
@@ -304,7 +325,14 @@ def attention(
 
         segs = _segments_with_lengths(segment_ids, kv_lengths, shapes)
         return flash_attention(
-            q, k, v, causal=causal, segment_ids=segs, scale=sm_scale, window=window
+            q,
+            k,
+            v,
+            causal=causal,
+            segment_ids=segs,
+            scale=sm_scale,
+            softcap=softcap,
+            window=window,
         )
     return reference_attention(
         q,
@@ -317,5 +345,6 @@ def attention(
         dropout_rate=dropout_rate,
         dropout_rng=dropout_rng,
         bias=bias,
+        softcap=softcap,
         window=window,
     )

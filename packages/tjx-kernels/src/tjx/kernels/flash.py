@@ -30,12 +30,13 @@ from tjx.kernels.choice import current_target, lowering_for_cuda
 from tjx.kernels.flash_fwd import KernelConfig
 from tjx.kernels.launch import MIN_BLOCK, LaunchDefaults, default_launch
 from tjx.kernels.partition import partitioned_backward, partitioned_forward
+from tjx.kernels.softcap import check_softcap
 
 Array = jax.Array
 
 #: Largest head_dim the kernel accepts (padded internally to a power of two).
 MAX_HEAD_DIM = 256
-_LN2 = math.log(2.0)
+LN2 = math.log(2.0)
 
 
 def _next_pow2(n: int) -> int:
@@ -103,6 +104,7 @@ def _make_config(
     block_k: int | None,
     interpret: bool,
     launch: LaunchDefaults | None = None,
+    softcap: float | None = None,
     window: int | None = None,
 ) -> tuple[KernelConfig, int, int, int]:
     """Kernel config plus the padded (q_len, kv_len, head_dim).
@@ -123,9 +125,15 @@ def _make_config(
     bk = _fit_block(block_k or launch.block_k, shapes.kv_len)
     bq_b = _fit_block(block_q or launch.block_q_bwd, shapes.q_len)
     bk_b = _fit_block(block_k or launch.block_k_bwd, shapes.kv_len)
+    split = min(launch.head_split_bwd, d_pad // MIN_BLOCK)
+    if softcap is not None and split > 1 and not (block_q or block_k):
+        # The capped backward keeps one more [q, k] float32 tile live (P times the cap's
+        # derivative). Under a head split (16-bit head_dim 256 on sm_90) half the query rows
+        # compile to 0 spills with wgmma kept (16 bytes spilled otherwise, triton 3.9; kernels
+        # README). Elsewhere the default tiles stay: halving them cost wgmma.
+        bq_b = max(MIN_BLOCK, bq_b // 2)
     # A head split (at most one 16-column slice per program) swaps dQ's tiles: both lengths
     # then pass through both backward tiles.
-    split = min(launch.head_split_bwd, d_pad // MIN_BLOCK)
     both = max(bq_b, bk_b) if split > 1 else 0
     q_pad = _round_up(shapes.q_len, max(bq, bq_b, both))
     kv_pad = _round_up(shapes.kv_len, max(bk, bk_b, both))
@@ -147,12 +155,13 @@ def _make_config(
         num_stages_bwd=launch.num_stages_bwd,
         interpret=interpret,
         head_split_bwd=split,
+        softcap=None if softcap is None else float(softcap),
         window=window,
     )
     return cfg, q_pad, kv_pad, d_pad
 
 
-class _Padded(NamedTuple):
+class Padded(NamedTuple):
     """One call's kernel config and its inputs padded to the kernel's tiles."""
 
     cfg: KernelConfig
@@ -164,7 +173,7 @@ class _Padded(NamedTuple):
     kv_ids: Array | None
 
 
-def _pad_rows(x: Array, rows: int, cols: int, axis: int = 1) -> Array:
+def pad_rows(x: Array, rows: int, cols: int, axis: int = 1) -> Array:
     """``x`` padded with ``rows`` zeros along ``axis`` and ``cols`` along the last axis."""
     widths = [(0, 0)] * x.ndim
     widths[axis] = (0, rows)
@@ -172,7 +181,7 @@ def _pad_rows(x: Array, rows: int, cols: int, axis: int = 1) -> Array:
     return jnp.pad(x, widths)
 
 
-def _prepare(
+def prepare_call(
     q: Array,
     k: Array,
     v: Array,
@@ -185,12 +194,14 @@ def _prepare(
     interpret: bool | None,
     launch: LaunchDefaults | None,
     window: int | None,
-) -> _Padded | AttentionShapes:
+    softcap: float | None = None,
+) -> Padded | AttentionShapes:
     """Validate one call and pad it to the kernel's tiles; the bare shapes when either length is
     0 (nothing to tile: no query rows, or no key for any row to see)."""
     shapes = check_qkv(q, k, v)
     check_segment_ids(segment_ids, shapes)
     check_scale(scale)
+    check_softcap(softcap)
     check_window(window)
     _check_block("block_q", block_q)
     _check_block("block_k", block_k)
@@ -219,18 +230,19 @@ def _prepare(
         block_k=block_k,
         interpret=resolve_interpret(interpret),
         launch=launch,
+        softcap=softcap,
         window=window,
     )
     dq_, dk_, dd = q_pad - shapes.q_len, kv_pad - shapes.kv_len, d_pad - shapes.head_dim
     if q_ids is not None and kv_ids is not None:
         q_ids = jnp.pad(q_ids, ((0, 0), (0, dq_)))
         kv_ids = jnp.pad(kv_ids, ((0, 0), (0, dk_)))
-    return _Padded(
+    return Padded(
         cfg,
         shapes,
-        _pad_rows(q, dq_, dd),
-        _pad_rows(k, dk_, dd),
-        _pad_rows(v, dk_, dd),
+        pad_rows(q, dq_, dd),
+        pad_rows(k, dk_, dd),
+        pad_rows(v, dk_, dd),
         q_ids,
         kv_ids,
     )
@@ -248,6 +260,7 @@ def flash_attention(
     block_k: int | None = None,
     interpret: bool | None = None,
     launch: LaunchDefaults | None = None,
+    softcap: float | None = None,
     window: int | None = None,
 ) -> Array:
     """Flash attention in Pallas (online softmax, fused forward and backward).
@@ -274,6 +287,9 @@ def flash_attention(
     launch : LaunchDefaults, optional
         Tiles, warps and stages of both passes for this call. ``None`` (default): the device's
         table entry for dtype and head_dim, else the generic one (:func:`default_launch`).
+    softcap : float, optional
+        Soft-cap the scaled logits to ``(-softcap, softcap)`` (``softcap · tanh(x / softcap)``,
+        Gemma 2), before masking; None: no cap.
     window : int, optional
         Sliding window: query ``i`` sees keys ``i - window < j`` (``<= i`` when causal, else
         ``< i + window``). Key blocks wholly outside every query's window of a query block are
@@ -285,7 +301,7 @@ def flash_attention(
         ``[batch, q_len, heads, head_dim]`` in ``q``'s dtype; rows with no visible key are 0
         (all of them when ``kv_len == 0``; ``q_len == 0`` gives an empty array).
     """
-    p = _prepare(
+    p = prepare_call(
         q,
         k,
         v,
@@ -296,96 +312,12 @@ def flash_attention(
         block_k=block_k,
         interpret=interpret,
         launch=launch,
+        softcap=softcap,
         window=window,
     )
-    if not isinstance(p, _Padded):
+    if not isinstance(p, Padded):
         # Nothing to tile: no query rows, or no key for any row to see (zeros, as for a fully
         # masked row).
         return jnp.zeros(q.shape, q.dtype)
     out = _flash_core(p.q, p.k, p.v, p.q_ids, p.kv_ids, p.cfg)
     return out[:, : p.shapes.q_len, :, : p.shapes.head_dim]
-
-
-def flash_forward_lse(
-    q: Array,
-    k: Array,
-    v: Array,
-    *,
-    causal: bool = False,
-    segment_ids: SegmentIds | None = None,
-    scale: float | None = None,
-    window: int | None = None,
-    interpret: bool | None = None,
-    launch: LaunchDefaults | None = None,
-) -> tuple[Array, Array]:
-    """The forward kernel alone: ``(out, lse)``, not differentiable (see :mod:`tjx.kernels.blocks`).
-
-    ``lse`` is the float32 natural log-sum-exp ``[batch, heads, q_len]`` of each row's scaled
-    logits, ``-inf`` for a row that sees no key. Arguments as :func:`flash_attention`.
-    """
-    p = _prepare(
-        q,
-        k,
-        v,
-        causal=causal,
-        segment_ids=segment_ids,
-        scale=scale,
-        block_q=None,
-        block_k=None,
-        interpret=interpret,
-        launch=launch,
-        window=window,
-    )
-    if not isinstance(p, _Padded):
-        b, s_q, h, _ = q.shape
-        return jnp.zeros(q.shape, q.dtype), jnp.full((b, h, s_q), -jnp.inf, jnp.float32)
-    out, lse2 = partitioned_forward(p.q, p.k, p.v, p.q_ids, p.kv_ids, p.cfg)
-    s_q, d = p.shapes.q_len, p.shapes.head_dim
-    lse2 = lse2[:, :, :s_q]
-    # The kernel keeps base-2 sums and +inf on empty rows (its backward's convention).
-    lse = jnp.where(lse2 == jnp.inf, -jnp.inf, lse2 * _LN2)
-    return out[:, :s_q, :, :d], lse
-
-
-def flash_backward_lse(
-    q: Array,
-    k: Array,
-    v: Array,
-    out: Array,
-    lse: Array,
-    d_out: Array,
-    *,
-    causal: bool = False,
-    segment_ids: SegmentIds | None = None,
-    scale: float | None = None,
-    window: int | None = None,
-    interpret: bool | None = None,
-    launch: LaunchDefaults | None = None,
-) -> tuple[Array, Array, Array]:
-    """The backward kernels alone: ``(dq, dk, dv)`` of the rows' softmax given by ``out`` and
-    ``lse`` (natural log, ``-inf`` for empty rows), which may be those of a longer attention this
-    call is one block of (ring attention): the probabilities are ``exp(s - lse)``."""
-    p = _prepare(
-        q,
-        k,
-        v,
-        causal=causal,
-        segment_ids=segment_ids,
-        scale=scale,
-        block_q=None,
-        block_k=None,
-        interpret=interpret,
-        launch=launch,
-        window=window,
-    )
-    if not isinstance(p, _Padded):
-        return jnp.zeros_like(q), jnp.zeros_like(k), jnp.zeros_like(v)
-    s_q, d = p.shapes.q_len, p.shapes.head_dim
-    rows, cols = p.q.shape[1] - s_q, p.q.shape[-1] - d
-    lse2 = jnp.where(lse == -jnp.inf, jnp.inf, lse.astype(jnp.float32) / _LN2)
-    lse2 = jnp.pad(lse2, ((0, 0), (0, 0), (0, rows)), constant_values=jnp.inf)
-    out_p = _pad_rows(out.astype(q.dtype), rows, cols)
-    d_out_p = _pad_rows(d_out.astype(q.dtype), rows, cols)
-    dq, dk, dv = partitioned_backward(p.q, p.k, p.v, p.q_ids, p.kv_ids, out_p, lse2, d_out_p, p.cfg)
-    s_k = p.shapes.kv_len
-    return dq[:, :s_q, :, :d], dk[:, :s_k, :, :d], dv[:, :s_k, :, :d]

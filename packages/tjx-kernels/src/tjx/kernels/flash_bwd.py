@@ -9,6 +9,10 @@ recomputed as ``P = exp2(S·log2e − L)``; with ``δ = rowsum(dO ∘ O)`` (comp
 * ``dq`` kernel: one program per (query block, batch, query head); walks over key blocks from the
   window's start up to the diagonal and accumulates dQ in float32.
 
+With a ``softcap`` the tile's logits are the capped ``cap · tanh(scale · q·kᵀ / cap)``; ``dS``
+is then multiplied by the cap's derivative ``1 - t²`` (``t`` recomputed with the probabilities
+and folded into them at once, see ``_probs``) before the ``scale · dS·K`` products.
+
 With GQA each query head writes its own dK/dV slice (float32); the caller sums the group in XLA.
 Nothing of size ``[seq, seq]`` is ever stored.
 
@@ -32,7 +36,6 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from tjx.kernels.flash_fwd import (
-    LOG2E,
     KernelConfig,
     block_mask,
     dot_nn,
@@ -43,8 +46,10 @@ from tjx.kernels.flash_fwd import (
     out_struct,
     q_block_range,
     query_walk,
+    scores,
     walk,
 )
+from tjx.kernels.softcap import cap_derivative
 
 Array = jax.Array
 
@@ -59,15 +64,20 @@ def _probs(
     kv_ids: Array | None,
     edge: bool,
     transposed: bool = False,
-) -> Array:
+) -> tuple[Array, Array]:
     """Attention probabilities of one tile from its raw scores ``s`` ([bq, bk] = q·kᵀ, or
-    [bk, bq] = k·qᵀ when ``transposed``) and the saved log-sum-exp."""
-    s = s * (cfg.scale * LOG2E)
+    [bk, bq] = k·qᵀ when ``transposed``) and the saved log-sum-exp, with the soft cap's
+    probabilities as ``dS = P ∘ (dP − δ)`` uses them: times the soft cap's derivative ``1 - t²``
+    (``P`` itself without a cap). Forming that product here, before the ``dV`` product, lets
+    ``t`` die at once: a kernel keeping ``P``, ``t`` and ``dP`` spilled registers on sm_90."""
+    s, t = scores(cfg, s)
     mask = block_mask(cfg, q_pos, k_pos, q_ids, kv_ids, edge, transposed)
     if mask is not None:
         s = jnp.where(mask, s, -jnp.inf)
     # lse is +inf on empty rows: exp2(-inf) = 0 whatever s is.
-    return jnp.exp2(s - (lse[None, :] if transposed else lse[:, None]))
+    p = jnp.exp2(s - (lse[None, :] if transposed else lse[:, None]))
+    g = cap_derivative(t)
+    return p, p if g is None else p * g
 
 
 def _split_program(cfg: KernelConfig, d: int) -> tuple[Array, list[Any] | None]:
@@ -120,13 +130,13 @@ def _dkdv_kernel(
         q_pos = i * bq + jnp.arange(bq)
         lse = lse_ref[qs]
         if cols is not None:  # transposed tiles [bk, bq] (keys on rows, as dK/dV want)
-            pt = _probs(cfg, _dot_parts(k, q), lse, q_pos, k_pos, q_ids, kv_ids, edge, True)
+            pt, pt_ds = _probs(cfg, _dot_parts(k, q), lse, q_pos, k_pos, q_ids, kv_ids, edge, True)
             dv = dv + dot_nn(pt.astype(do[0].dtype), do[0])
-            dst = pt * (_dot_parts(v, do) - delta_ref[qs][None, :])
+            dst = pt_ds * (_dot_parts(v, do) - delta_ref[qs][None, :])
             return dk + dot_nn(dst.astype(q[0].dtype), q[0]), dv
-        p = _probs(cfg, dot_nt(q, k), lse, q_pos, k_pos, q_ids, kv_ids, edge)
+        p, p_ds = _probs(cfg, dot_nt(q, k), lse, q_pos, k_pos, q_ids, kv_ids, edge)
         dv = dv + dot_tn(p.astype(do.dtype), do)
-        ds = p * (dot_nt(do, v) - delta_ref[qs][:, None])
+        ds = p_ds * (dot_nt(do, v) - delta_ref[qs][:, None])
         dk = dk + dot_tn(ds.astype(q.dtype), q)
         return dk, dv
 
@@ -167,9 +177,9 @@ def _dq_kernel(
         k = [k_ref[ks, :]] if cols is None else [k_ref[ks, c] for c in cols]
         kv_ids = None if kid_ref is None else kid_ref[ks]
         k_pos = j * bk + jnp.arange(bk)
-        p = _probs(cfg, _dot_parts(q, k), lse, q_pos, k_pos, q_ids, kv_ids, edge)
+        _, p_ds = _probs(cfg, _dot_parts(q, k), lse, q_pos, k_pos, q_ids, kv_ids, edge)
         v = [v_ref[ks, :]] if cols is None else [v_ref[ks, c] for c in cols]
-        ds = p * (_dot_parts(do, v) - delta[:, None])
+        ds = p_ds * (_dot_parts(do, v) - delta[:, None])
         return dq + dot_nn(ds.astype(k[0].dtype), k[0])
 
     dq = jnp.zeros((bq, q_ref.shape[-1] // cfg.head_split_bwd), jnp.float32)

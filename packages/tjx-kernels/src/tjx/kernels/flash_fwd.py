@@ -8,7 +8,8 @@ denominator ``l``, and walks over ``block_k`` tiles of keys/values. Logits are k
 key block the window reaches (blocks wholly outside it are never loaded either). It writes the
 normalised output and the per-row log-sum-exp (base 2) that the backward pass needs; an empty row
 (every key masked) gets output 0 and log-sum-exp ``+inf`` so that the backward pass recomputes
-probabilities of exactly 0.
+probabilities of exactly 0. With a ``softcap`` the scaled logits are soft-capped
+(``cap · tanh(x / cap)``, :mod:`tjx.kernels.softcap`) before the mask, as the reference does.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class KernelConfig:
     num_stages_bwd: int
     interpret: bool
     head_split_bwd: int = 1  #: column slices of dK/dV and dQ, one program each (see flash_bwd)
+    softcap: float | None = None  #: logits soft-capped to (-softcap, softcap) (Gemma 2); None: not
     window: int | None = None
 
     @property
@@ -244,6 +246,15 @@ def dot_nn(a: Array, b: Array) -> Array:
     return lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
 
 
+def scores(cfg: KernelConfig, raw: Array) -> tuple[Array, Array | None]:
+    """Base-2 logits of a tile's raw ``q·kᵀ`` products (scaled, then soft-capped when
+    ``cfg.softcap`` is set) and ``t = tanh(scaled / cap)`` for the backward (None: no cap)."""
+    if cfg.softcap is None:
+        return raw * (cfg.scale * LOG2E), None
+    t = jnp.tanh(raw * (cfg.scale / cfg.softcap))
+    return t * (cfg.softcap * LOG2E), t
+
+
 def _fwd_kernel(
     q_ref: Any,
     k_ref: Any,
@@ -261,12 +272,11 @@ def _fwd_kernel(
     head_dim = q.shape[-1]
     q_pos = i * bq + jnp.arange(bq)
     q_ids = None if qid_ref is None else qid_ref[...]
-    qk_scale = cfg.scale * LOG2E
 
     def body(j: Array, carry: tuple[Array, Array, Array], edge: bool) -> tuple[Array, Array, Array]:
         acc, m_prev, l_prev = carry
         ks = pl.ds(j * bk, bk)
-        s = dot_nt(q, k_ref[ks, :]) * qk_scale
+        s, _ = scores(cfg, dot_nt(q, k_ref[ks, :]))
         kv_ids = None if kid_ref is None else kid_ref[ks]
         mask = block_mask(cfg, q_pos, j * bk + jnp.arange(bk), q_ids, kv_ids, edge)
         if mask is not None:

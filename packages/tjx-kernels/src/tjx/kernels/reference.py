@@ -26,6 +26,7 @@ from tjx.kernels._checks import (
     split_segment_ids,
     window_visible,
 )
+from tjx.kernels.softcap import check_softcap, soft_cap
 
 Array = jax.Array
 
@@ -100,6 +101,7 @@ def reference_attention(
     dropout_rate: float = 0.0,
     dropout_rng: Array | None = None,
     bias: Array | None = None,
+    softcap: float | None = None,
     window: int | None = None,
 ) -> Array:
     """Multi-head attention in plain XLA (the reference implementation).
@@ -126,7 +128,10 @@ def reference_attention(
         PRNG key for dropout.
     bias : Array, optional
         Additive logit bias ``[batch|1, heads|1, q_len, kv_len]`` (e.g. ALiBi), added after
-        scaling.
+        scaling (and after the soft cap).
+    softcap : float, optional
+        Soft-cap the scaled logits to ``(-softcap, softcap)`` (``softcap · tanh(x / softcap)``,
+        Gemma 2) before the bias and masks; None: no cap.
     window : int, optional
         Sliding window: query ``i`` sees keys ``i - window < j`` (``<= i`` when causal, else
         ``< i + window``); None: every key.
@@ -149,6 +154,7 @@ def reference_attention(
         kv_lengths=kv_lengths,
         scale=scale,
         bias=bias,
+        softcap=softcap,
         window=window,
     )
     acc_t = p.dtype
@@ -209,6 +215,7 @@ def _probabilities(
     kv_lengths: Array | None,
     scale: float | None,
     bias: Array | None,
+    softcap: float | None = None,
     window: int | None = None,
 ) -> Array:
     """Softmax probabilities ``[b, h, s_q, s_k]`` (float32 or wider)."""
@@ -216,12 +223,13 @@ def _probabilities(
     check_kv_lengths(kv_lengths, shapes)
     check_bias(bias, shapes)
     check_scale(scale)
+    check_softcap(softcap)
     h, d = q.shape[2], q.shape[3]
     sm_scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     acc_t = jnp.promote_types(q.dtype, jnp.float32)
     k = _per_query_head(k, h)
     logits = jnp.einsum("bqhd,bshd->bhqs", q, k, preferred_element_type=acc_t)
-    logits = logits * jnp.asarray(sm_scale, acc_t)
+    logits = soft_cap(logits * jnp.asarray(sm_scale, acc_t), softcap)
     if bias is not None:
         logits = logits + bias.astype(acc_t)  # [b|1, h|1, s_q, s_k]
     mask = attention_mask(
@@ -241,6 +249,7 @@ def attention_weights(
     kv_lengths: Array | None = None,
     scale: float | None = None,
     bias: Array | None = None,
+    softcap: float | None = None,
     window: int | None = None,
 ) -> Array:
     """The attention probabilities of :func:`reference_attention` (without dropout).
@@ -250,7 +259,7 @@ def attention_weights(
 
     Parameters
     ----------
-    q, k, causal, segment_ids, kv_lengths, scale, bias, window
+    q, k, causal, segment_ids, kv_lengths, scale, bias, softcap, window
         As in :func:`reference_attention` (``k``'s heads may be fewer: GQA/MQA).
 
     Returns
@@ -270,5 +279,6 @@ def attention_weights(
         kv_lengths=kv_lengths,
         scale=scale,
         bias=bias,
+        softcap=softcap,
         window=window,
     )

@@ -1,5 +1,6 @@
 """Multi-head attention with GQA/MQA (``num_kv_heads``), cross-attention, RoPE/ALiBi, an
-optional MLA-style low-rank key/value path, a sliding window, and KV-cache prefill/decode.
+optional MLA-style low-rank key/value path, a sliding window, and KV-cache prefill/decode; q/k
+norms, Gemma's query scale and soft-capped logits (see ``family_config``).
 
 A windowed layer (``sliding_window``; ``window_pattern`` says which layers) passes the window to
 the kernel; when decoding, its cache may be a rolling one of the window's size (slot ``p mod T``
@@ -13,7 +14,6 @@ head_dim]``), so the kernel is a config switch (``attention_impl``). Its output 
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -29,7 +29,7 @@ from tjx.nn.linear import Dense, split_key
 from tjx.nn.norms import RMSNorm
 from tjx.nn.params import normal
 from tjx.nn.positions import alibi_bias, apply_rope
-from tjx.nn.sequence import SequenceSplit, current_sequence_parallel
+from tjx.nn.sequence import current_sequence_parallel, split_self_attention
 
 Array = jax.Array
 #: A layer's window switch: None (the layer's own setting), a bool, or a traced bool (scanned
@@ -68,9 +68,13 @@ class Attention(nnx.Module):
         self.position = "none" if cross else c.position
         self.rope_theta = c.rope_theta
         self.rope_scaling = c.rope_scaling
+        self.rope_local_theta = c.rope_local_theta  # Gemma 3's windowed layers (family_config)
         self.impl = c.attention_impl
         self.attention_dropout = c.attention_dropout
         self.decode_topk = c.decode_topk
+        # Gemma: 1/sqrt(query_pre_attn_scalar) instead of 1/sqrt(head_dim); Gemma 2's soft cap.
+        self.scale = 1.0 / math.sqrt(c.query_pre_attn_scalar or c.head_dim)
+        self.softcap = c.attn_logit_softcap
         self.window = None if cross else c.sliding_window
         self.mla = c.attention_type == "mla" and not cross
         d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
@@ -100,30 +104,57 @@ class Attention(nnx.Module):
             init=normal(out_std if out_std is not None else c.init_std),
             **common,
         )
-        # Qwen3: an RMSNorm over each query and key head (one scale per head_dim, shared by
-        # the heads), after the projection and before RoPE.
-        norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm_eps, precision=c.precision)
-        self.q_norm = RMSNorm(hd, **norm_kw) if c.qk_norm else None
-        self.k_norm = RMSNorm(hd, **norm_kw) if c.qk_norm else None
+        # q/k norms after the projections, before RoPE: per head (Qwen3, Gemma 3: one head_dim
+        # scale shared by the heads) or over the whole projection (OLMo 2).
+        self.qk_scope = c.qk_norm_scope
+        norm_kw: dict[str, Any] = dict(
+            rngs=rngs, eps=c.norm_eps, precision=c.precision, plus_one=c.norm_plus_one
+        )
+        whole = c.qk_norm_scope == "projection"
+        self.q_norm = RMSNorm(h * hd if whole else hd, **norm_kw) if c.qk_norm else None
+        self.k_norm = RMSNorm(hk * hd if whole else hd, **norm_kw) if c.qk_norm else None
 
     def _normed(self, norm: RMSNorm | None, x: Array) -> Array:
         """``x`` [..., heads, head_dim] through a q/k norm (none: unchanged)."""
-        return x if norm is None else norm(x)
+        if norm is None:
+            return x
+        if self.qk_scope == "head":
+            return norm(x)
+        return norm(x.reshape(*x.shape[:-2], -1)).reshape(x.shape)
 
-    def _rope(self, x: Array, positions: Array, length: Array | None = None) -> Array:
-        return apply_rope(
-            x, positions, theta=self.rope_theta, scaling=self.rope_scaling, length=length
-        )
+    def _rope(
+        self, x: Array, positions: Array, length: Array | None = None, local: Local = None
+    ) -> Array:
+        """``x`` rotated as this layer's kind says: a windowed layer (``local``, as in
+        ``_windowed``) of a config with ``rope_local_theta`` at that base, unscaled; else at
+        ``rope_theta`` with ``rope_scaling``. A traced ``local`` (scanned layers of a mixed
+        pattern) picks between both rotations."""
+
+        def wide() -> Array:
+            return apply_rope(
+                x, positions, theta=self.rope_theta, scaling=self.rope_scaling, length=length
+            )
+
+        if self.rope_local_theta is None or self.window is None or local is False:
+            return wide()
+        near = apply_rope(x, positions, theta=self.rope_local_theta)
+        if local is None or local is True:
+            return near
+        return jnp.where(local, near, wide())
 
     def _keys_values(
-        self, src: Array, positions: Array | None, lora_rng: Array | None = None
+        self,
+        src: Array,
+        positions: Array | None,
+        lora_rng: Array | None = None,
+        local: Local = None,
     ) -> tuple[Array, Array]:
         if self.kv_down is not None:
             src = self.kv_down(src)
         k_key, k_value = split_key(lora_rng, 2)
         k, v = self._normed(self.k_norm, self.key(src, k_key)), self.value(src, k_value)
         if self.position == "rope" and positions is not None:
-            k = self._rope(k, positions)
+            k = self._rope(k, positions, local=local)
         return k, v
 
     def project_context(self, context: Array) -> tuple[Array, Array]:
@@ -133,7 +164,7 @@ class Attention(nnx.Module):
     def _kernel(self, q: Array, k: Array, v: Array, *, impl: str, **kw: Any) -> Array:
         # An additive bias (ALiBi, T5) or attention dropout makes tjx.kernels take its XLA path.
         return kernels.attention(
-            q, k, v, scale=1.0 / math.sqrt(self.head_dim), implementation=impl, **kw  # type: ignore[arg-type]
+            q, k, v, scale=self.scale, softcap=self.softcap, implementation=impl, **kw  # type: ignore[arg-type]
         )
 
     def _windowed(self, local: Local, attend: Any) -> Array:
@@ -145,50 +176,6 @@ class Attention(nnx.Module):
             return attend(self.window)  # type: ignore[no-any-return]
         window = self.window
         return jax.lax.cond(local, lambda: attend(window), lambda: attend(None))  # type: ignore[no-any-return]
-
-    def _split_attention(
-        self,
-        split: SequenceSplit,
-        q: Array,
-        k: Array,
-        v: Array,
-        *,
-        segment_ids: Any,
-        window: int | None,
-        drop: float,
-        bias: Array | None,
-    ) -> Array:
-        """Self-attention across a sequence split (context parallelism): its blocks are this
-        layer's kernel's forward/backward halves (cuDNN has none: see tjx.kernels.blocks)."""
-        if bias is not None or drop > 0.0:
-            raise ValueError(
-                "a split sequence (context parallelism) takes no additive attention bias "
-                "(position 'alibi' or 't5') and no attention_dropout; set position to 'rope' "
-                "and attention_dropout to 0"
-            )
-        impl = self.impl
-        if impl == "cudnn":
-            raise ValueError(
-                "attention_impl 'cudnn' cannot run context-parallel attention (jax's cuDNN call "
-                "has no separate forward and backward); use 'auto', 'pallas' or 'xla'"
-            )
-        if impl == "pallas" and window is not None:
-            raise ValueError(
-                "attention_impl 'pallas' cannot apply sliding_window across a split sequence "
-                "(its masks use the tile's own positions); use 'auto' or 'xla'"
-            )
-        block = "auto" if impl == "auto" else impl
-        return split.attention(
-            q,
-            k,
-            v,
-            forward=functools.partial(kernels.attention_forward, implementation=block),
-            backward=functools.partial(kernels.attention_backward, implementation=block),
-            causal=self.causal,
-            segment_ids=segment_ids,
-            scale=1.0 / math.sqrt(self.head_dim),
-            window=window,
-        )
 
     def __call__(
         self,
@@ -250,7 +237,7 @@ class Attention(nnx.Module):
         k_query, k_kv, k_out = split_key(lora_rng, 3)
         q = self._normed(self.q_norm, self.query(x, k_query))
         if self.position == "rope":
-            q = self._rope(q, positions)
+            q = self._rope(q, positions, local=local)
         drop = 0.0 if deterministic else self.attention_dropout
         rng = dropout_rng if drop > 0.0 else None
         if cache is not None and cache_pos is not None and s == 1:
@@ -267,15 +254,16 @@ class Attention(nnx.Module):
                 else:
                     k, v = self.project_context(context)
             else:
-                k, v = self._keys_values(x, positions, k_kv)
+                k, v = self._keys_values(x, positions, k_kv, local)
             if self.position == "alibi":
                 bias = _add(bias, alibi_bias(positions, positions, self.num_heads))
             split = current_sequence_parallel() if cache is None and not self.cross else None
 
             def attend(window: int | None) -> Array:
                 if split is not None:
-                    return self._split_attention(
-                        split, q, k, v, segment_ids=segment_ids, window=window, drop=drop,
+                    return split_self_attention(
+                        split, q, k, v, impl=self.impl, causal=self.causal, scale=self.scale,
+                        softcap=self.softcap, segment_ids=segment_ids, window=window, drop=drop,
                         bias=bias,
                     )  # fmt: skip
                 return self._kernel(
@@ -333,9 +321,9 @@ class Attention(nnx.Module):
             latent = cache["latent"].astype(q.dtype)
             k, v = self._normed(self.k_norm, self.key(latent)), self.value(latent)
             if self.position == "rope":  # each cached key at its own position (right padding)
-                k = self._rope(k, jnp.maximum(held, 0), length=jnp.max(cache_pos) + 1)
+                k = self._rope(k, jnp.maximum(held, 0), length=jnp.max(cache_pos) + 1, local=local)
         else:
-            k_new, v_new = self._keys_values(x, positions)
+            k_new, v_new = self._keys_values(x, positions, local=local)
             cache = {
                 "k": cache["k"].at[rows, slot].set(k_new[:, 0].astype(cache["k"].dtype)),
                 "v": cache["v"].at[rows, slot].set(v_new[:, 0].astype(cache["v"].dtype)),
@@ -348,7 +336,16 @@ class Attention(nnx.Module):
             near = cache_pos[:, None] - held < self.window
             visible = visible & (near if local is None or local is True else near | ~local)
         if self.decode_topk is not None and self.decode_topk < t:
-            out = topk_decode_attention(q, k, v, kv_mask=visible, topk=self.decode_topk, bias=bias)
+            out = topk_decode_attention(
+                q,
+                k,
+                v,
+                kv_mask=visible,
+                topk=self.decode_topk,
+                bias=bias,
+                scale=self.scale,
+                softcap=self.softcap,
+            )
         else:
             # One query per row: the XLA path (fused kernels target long query blocks).
             ones = jnp.ones((b, 1), jnp.int32)
@@ -357,7 +354,8 @@ class Attention(nnx.Module):
                 k,
                 v,
                 segment_ids=(ones, visible.astype(jnp.int32)),
-                scale=1.0 / math.sqrt(self.head_dim),
+                scale=self.scale,
+                softcap=self.softcap,
                 implementation="xla",
                 bias=bias,
             )

@@ -1,4 +1,6 @@
-"""One transformer layer: (self-attention, optional cross-attention, MLP), pre-LN or post-LN."""
+"""One transformer layer: (self-attention, optional cross-attention, MLP) with its norms before
+the sublayers (pre-LN), after the residual sum (post-LN), on both sides of each sublayer (Gemma's
+sandwich) or on its output only (OLMo 2)."""
 
 from __future__ import annotations
 
@@ -42,9 +44,11 @@ class Block(nnx.Module):
     """A transformer layer.
 
     Pre-LN: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``. Post-LN (BERT, original
-    Transformer): ``norm(x + attn(x))`` then ``norm(x + mlp(x))``. With ``cross=True`` a
-    cross-attention sub-layer over ``context`` sits between the two. With ``moe=True`` the MLP
-    is an MoE block (``moe.MoE``), whose router statistics the call returns.
+    Transformer): ``norm(x + attn(x))`` then ``norm(x + mlp(x))``. Sandwich (Gemma 2/3):
+    ``x + post_norm(attn(norm(x)))``, likewise the MLP; output (OLMo 2): ``x + post_norm(attn(x))``
+    (no ``attn_norm``/``mlp_norm``). With ``cross=True`` a cross-attention sub-layer over
+    ``context`` sits between the two (pre- and post-LN only). With ``moe=True`` the MLP is an
+    MoE block (``moe.MoE``), whose router statistics the call returns.
     """
 
     def __init__(
@@ -58,13 +62,28 @@ class Block(nnx.Module):
         moe: bool = False,
     ) -> None:
         c = config
-        self.pre_ln = c.norm_position == "pre"
+        self.post_ln = c.norm_position == "post"
         self.rate = c.dropout
         out_std = residual_std(c, num_layers)
         norm_kw: dict[str, Any] = dict(
-            rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias, precision=c.precision
+            rngs=rngs,
+            eps=c.norm_eps,
+            use_bias=c.use_bias,
+            precision=c.precision,
+            plus_one=c.norm_plus_one,
         )
-        self.attn_norm: LayerNorm | RMSNorm = make_norm(c.norm, c.d_model, **norm_kw)
+        before = c.norm_position != "output"  # a norm on each sublayer's input (or sum)
+        after = c.norm_position in ("sandwich", "output")  # a norm on each sublayer's output
+        if cross and after:
+            raise ValueError(
+                f"cross-attention blocks take norm_position pre or post; got {c.norm_position!r}"
+            )
+
+        def norm(on: bool) -> LayerNorm | RMSNorm | None:
+            return make_norm(c.norm, c.d_model, **norm_kw) if on else None
+
+        self.attn_norm = norm(before)
+        self.attn_post_norm = norm(after)
         self.attn = Attention(c, rngs=rngs, causal=causal, out_std=out_std)
         if cross:
             self.cross_norm: LayerNorm | RMSNorm | None = make_norm(c.norm, c.d_model, **norm_kw)
@@ -72,7 +91,8 @@ class Block(nnx.Module):
         else:
             self.cross_norm = None
             self.cross_attn = None
-        self.mlp_norm = make_norm(c.norm, c.d_model, **norm_kw)
+        self.mlp_norm = norm(before)
+        self.mlp_post_norm = norm(after)
         assert c.mlp_dim is not None
         self.moe: MoE | None = MoE(c, rngs=rngs, out_std=out_std) if moe else None
         self.mlp: MLP | None = (
@@ -120,10 +140,15 @@ class Block(nnx.Module):
         keys = split_key(rng, 6)
         lora_keys = split_key(keys[5], 2)  # LoRA adapters' dropout (tjx.nn.add_lora)
 
-        def sub(x: Array, norm: nnx.Module, fn: Any, key: Array | None) -> Array:
-            if self.pre_ln:
-                return x + dropout(fn(norm(x)), self.rate, key, deterministic=deterministic)
-            return norm(x + dropout(fn(x), self.rate, key, deterministic=deterministic))
+        def sub(
+            x: Array, norm: nnx.Module | None, post: nnx.Module | None, fn: Any, key: Array | None
+        ) -> Array:
+            if self.post_ln:
+                assert norm is not None
+                return norm(x + dropout(fn(x), self.rate, key, deterministic=deterministic))
+            h = fn(x if norm is None else norm(x))
+            h = h if post is None else post(h)
+            return x + dropout(h, self.rate, key, deterministic=deterministic)
 
         new_cache: list[LayerCache | None] = [cache]
 
@@ -143,7 +168,7 @@ class Block(nnx.Module):
             )
             return out
 
-        x = sub(x, self.attn_norm, self_attn, keys[1])
+        x = sub(x, self.attn_norm, self.attn_post_norm, self_attn, keys[1])
         if self.cross_attn is not None and self.cross_norm is not None:
             cross_attn = self.cross_attn
 
@@ -158,7 +183,7 @@ class Block(nnx.Module):
                 )
                 return out
 
-            x = sub(x, self.cross_norm, cross, keys[3])
+            x = sub(x, self.cross_norm, None, cross, keys[3])
         stats: list[MoEStats | None] = [None]
         moe = self.moe
 
@@ -169,5 +194,5 @@ class Block(nnx.Module):
             out, stats[0] = moe(h)
             return out
 
-        x = sub(x, self.mlp_norm, ffn, keys[4])
+        x = sub(x, self.mlp_norm, self.mlp_post_norm, ffn, keys[4])
         return x, new_cache[0], stats[0]

@@ -1,5 +1,6 @@
 """The cross-field checks of ``TransformerConfig`` (its ``__post_init__`` calls them), each a
-``ValueError`` naming ``Class.field``: RoPE scaling, sliding windows, MLA, T5's relative bias."""
+``ValueError`` naming ``Class.field``: sizes, RoPE and its scaling, sliding windows, MLA, T5's
+relative bias."""
 
 from __future__ import annotations
 
@@ -10,6 +11,40 @@ from tjx.nn.rope_scaling import RopeScaling
 
 #: What each entry of ``window_pattern`` says about a layer: sliding window or full attention.
 LAYER_KINDS = ("local", "global")
+
+
+def check_sizes(config: Any, cls: str) -> None:
+    """``head_dim`` (default ``d_model // num_heads``), ``num_kv_heads`` dividing ``num_heads``
+    and ``mlp_dim`` (default ``4 * d_model``), filled in and checked."""
+    if config.head_dim is None:
+        if config.d_model % config.num_heads:
+            raise ValueError(
+                f"{cls}.d_model: {config.d_model} must be divisible by {cls}.num_heads "
+                f"({config.num_heads}) when head_dim is None (it is then d_model // num_heads)"
+            )
+        object.__setattr__(config, "head_dim", config.d_model // config.num_heads)
+    positive(cls, "head_dim", config.head_dim)
+    assert config.num_kv_heads is not None and config.head_dim is not None
+    if config.num_heads % config.num_kv_heads:
+        raise ValueError(
+            f"{cls}.num_kv_heads: {config.num_kv_heads} must divide {cls}.num_heads "
+            f"({config.num_heads}); allowed: divisors of {config.num_heads}"
+        )
+    if config.mlp_dim is None:
+        object.__setattr__(config, "mlp_dim", 4 * config.d_model)
+    positive(cls, "mlp_dim", config.mlp_dim)
+
+
+def check_rope(config: Any, cls: str) -> None:
+    """With position ``rope``: an even ``head_dim`` and a positive ``rope_theta``."""
+    if config.position == "rope":
+        if config.head_dim % 2:
+            raise ValueError(
+                f"{cls}.head_dim: rope needs an even head_dim; got {config.head_dim} "
+                f"({cls}.d_model // {cls}.num_heads unless head_dim is given)"
+            )
+        if not config.rope_theta > 0:
+            raise ValueError(f"{cls}.rope_theta must be > 0; got {config.rope_theta!r}")
 
 
 def check_rope_scaling(config: Any, cls: str) -> None:

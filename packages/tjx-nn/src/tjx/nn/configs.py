@@ -19,9 +19,12 @@ from tjx.nn.config_checks import (
     LAYER_KINDS,
     check_mla,
     check_relative,
+    check_rope,
     check_rope_scaling,
+    check_sizes,
     check_window,
 )
+from tjx.nn.family_config import DECODER_ONLY, QK_NORM_SCOPES, check_family
 from tjx.nn.fields import choice, positive, rate, setting
 from tjx.nn.moe_config import NO_MOE, ROUTER_DTYPES, ROUTER_NAMES, check_moe
 from tjx.nn.precision import Precision, as_precision
@@ -29,7 +32,8 @@ from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
 ACTIVATIONS = ("gelu", "gelu_exact", "relu", "silu", "swiglu", "geglu")
 NORMS = ("layernorm", "rmsnorm")
-NORM_POSITIONS = ("pre", "post")
+# x + f(n(x)); n(x + f(x)) (BERT); x + n(f(n(x))) (Gemma); x + n(f(x)) (OLMo 2): decoders only.
+NORM_POSITIONS = ("pre", "post", "sandwich", "output")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
 # tjx-kernels' dispatcher owns this list: an implementation it adds is accepted here at once.
 ATTENTION_IMPLS: tuple[str, ...] = IMPLEMENTATIONS
@@ -63,6 +67,9 @@ class TransformerConfig:
     (Gemma 3); None with a window: every layer is local. A model whose every layer is local
     decodes with a rolling KV cache of the window's size.
 
+    The switches of Qwen3, OLMo 2 and Gemma 2/3 (``qk_norm`` ... ``rope_local_theta``) are
+    described and checked in :mod:`tjx.nn.family_config`.
+
     ``unused_fields`` (a class attribute) names the shared fields a family's model never reads,
     each with the reason: such a field must keep its class default (any other value would be
     ignored without a word, so it is refused), and code mapping generic settings onto a family
@@ -92,7 +99,9 @@ class TransformerConfig:
     norm: str = setting("layernorm", choices=NORMS, help="normalisation layer")
     norm_eps: float = setting(1e-5, help="the norm's epsilon")
     norm_position: str = setting(
-        "pre", choices=NORM_POSITIONS, help="norm before (pre) or after (post) each sublayer"
+        "pre",
+        choices=NORM_POSITIONS,
+        help="pre: x+f(n(x)); post: n(x+f(x)); sandwich: x+n(f(n(x))); output: x+n(f(x))",
     )
     position: str = setting(
         "learned", choices=POSITIONS, help="position encoding (t5: bucketed relative bias)"
@@ -152,7 +161,18 @@ class TransformerConfig:
     decode_topk: int | None = setting(
         None, resumable=True, help="decoding attends to the top-k cached keys only; None: all"
     )
-    qk_norm: bool = setting(False, help="RMSNorm of each query and key head (Qwen3)")
+    qk_norm: bool = setting(False, help="RMSNorm of queries and keys (Qwen3, Gemma 3, OLMo 2)")
+    qk_norm_scope: str = setting(
+        "head", choices=QK_NORM_SCOPES, help="qk_norm per head, or over all heads (OLMo 2)"
+    )
+    norm_plus_one: bool = setting(False, help="norms scale by 1 + weight, weight from 0 (Gemma)")
+    scale_embeddings: bool = setting(False, help="token embeddings times sqrt(d_model) (Gemma)")
+    query_pre_attn_scalar: float | None = setting(None, help="attention scale 1/sqrt(it) (Gemma)")
+    attn_logit_softcap: float | None = setting(None, help="attention logits c·tanh(x/c) (Gemma 2)")
+    final_logit_softcap: float | None = setting(None, help="output logits c·tanh(x/c) (Gemma 2)")
+    rope_local_theta: float | None = setting(
+        None, help="RoPE base of windowed layers, unscaled (Gemma 3); None: as the others"
+    )
     num_experts: int = setting(0, help="MoE: routed experts per MoE layer; 0: dense MLPs")
     experts_per_token: int = setting(2, help="MoE: experts each token is routed to (top-k)")
     expert_mlp_dim: int | None = setting(None, help="MoE: a routed expert's width; None: mlp_dim")
@@ -177,23 +197,7 @@ class TransformerConfig:
         for name in ("max_seq_len", "d_model", "num_layers", "num_heads", "num_kv_heads"):
             positive(cls, name, getattr(self, name))
         self._check_vocab(cls)
-        if self.head_dim is None:
-            if self.d_model % self.num_heads:
-                raise ValueError(
-                    f"{cls}.d_model: {self.d_model} must be divisible by {cls}.num_heads "
-                    f"({self.num_heads}) when head_dim is None (it is then d_model // num_heads)"
-                )
-            object.__setattr__(self, "head_dim", self.d_model // self.num_heads)
-        positive(cls, "head_dim", self.head_dim)
-        assert self.num_kv_heads is not None and self.head_dim is not None
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"{cls}.num_kv_heads: {self.num_kv_heads} must divide {cls}.num_heads "
-                f"({self.num_heads}); allowed: divisors of {self.num_heads}"
-            )
-        if self.mlp_dim is None:
-            object.__setattr__(self, "mlp_dim", 4 * self.d_model)
-        positive(cls, "mlp_dim", self.mlp_dim)
+        check_sizes(self, cls)
         choice(cls, "mlp_activation", self.mlp_activation, ACTIVATIONS)
         choice(cls, "norm", self.norm, NORMS)
         choice(cls, "norm_position", self.norm_position, NORM_POSITIONS)
@@ -208,20 +212,14 @@ class TransformerConfig:
             raise ValueError(f"{cls}.norm_eps must be > 0; got {self.norm_eps!r}")
         if not self.init_std > 0:
             raise ValueError(f"{cls}.init_std must be > 0; got {self.init_std!r}")
-        if self.position == "rope":
-            if self.head_dim % 2:
-                raise ValueError(
-                    f"{cls}.head_dim: rope needs an even head_dim; got {self.head_dim} "
-                    f"({cls}.d_model // {cls}.num_heads unless head_dim is given)"
-                )
-            if not self.rope_theta > 0:
-                raise ValueError(f"{cls}.rope_theta must be > 0; got {self.rope_theta!r}")
+        check_rope(self, cls)
         check_rope_scaling(self, cls)
         check_window(self, cls)
         check_relative(self, cls)
         check_mla(self, cls)
         if self.decode_topk is not None:
             positive(cls, "decode_topk", self.decode_topk)
+        check_family(self, cls)
         check_moe(self, cls)
         self._check_unused(cls)
 
@@ -315,6 +313,7 @@ class BertConfig(TransformerConfig):
         "tie_embeddings": "BERT's MLM head always shares the token embedding",
         "decode_topk": "only decoders decode (BERT does not)",
         "cross_entropy_impl": "BERT's MLM head scores its masked tokens from their logits",
+        **DECODER_ONLY,
         **NO_MOE,
     }
 
@@ -348,6 +347,7 @@ class ViTConfig(TransformerConfig):
         "tie_embeddings": "ViT has no token embedding to tie its classifier to",
         "decode_topk": "only decoders decode (ViT does not)",
         "cross_entropy_impl": "ViT's head is a classifier, not a vocabulary",
+        **DECODER_ONLY,
         **NO_MOE,
     }
 
@@ -376,7 +376,8 @@ class ViTConfig(TransformerConfig):
 class EncoderDecoderConfig(TransformerConfig):
     """Encoder-decoder (Vaswani/T5 style) with shared embeddings; layer counts per side."""
 
-    unused_fields: ClassVar[Mapping[str, str]] = NO_MOE
+    unused_fields: ClassVar[Mapping[str, str]] = {**DECODER_ONLY, **NO_MOE}
+
     bidirectional: ClassVar[bool] = True
 
     num_encoder_layers: int | None = setting(None, help="encoder blocks; None: num_layers")

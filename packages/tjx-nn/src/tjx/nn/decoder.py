@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from tjx.kernels import CrossEntropyOutput, linear_cross_entropy
+from tjx.kernels import CrossEntropyOutput, linear_cross_entropy, soft_cap
 from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
 from tjx.nn.embeddings import Embed, add_positions, learned_positions, sinusoid_amplitude
 from tjx.nn.kv_cache import init_cache
@@ -55,17 +57,25 @@ def head_unembedding(embed: Embed, head: Dense | None) -> Array:
     return embed.unembedding() if head is None else head.kernel[...]
 
 
-def head_logits(embed: Embed, head: Dense | None, hidden: Array, precision: Precision) -> Array:
-    """Float32 logits ``[..., vocab]`` through the tied table or the untied ``head``."""
+def head_logits(
+    embed: Embed,
+    head: Dense | None,
+    hidden: Array,
+    precision: Precision,
+    softcap: float | None = None,
+) -> Array:
+    """Float32 logits ``[..., vocab]`` through the tied table or the untied ``head``, soft-capped
+    to ``(-softcap, softcap)`` when given (Gemma 2's ``final_logit_softcap``)."""
     if head is None:
-        return embed.attend(hidden)
+        return soft_cap(embed.attend(hidden), softcap)
     dt = precision.compute_dtype
-    return jnp.einsum(
+    logits = jnp.einsum(
         "...d,dv->...v",
         hidden.astype(dt),
         head.kernel[...].astype(dt),
         preferred_element_type=jnp.promote_types(dt, jnp.float32),
     )
+    return soft_cap(logits, softcap)
 
 
 def head_cross_entropy(
@@ -78,6 +88,7 @@ def head_cross_entropy(
     chunked: bool = True,
     chunk_size: int | None = None,
     z_loss: float = 0.0,
+    softcap: float | None = None,
     implementation: str = "auto",
 ) -> CrossEntropyOutput:
     """Cross-entropy of the LM head (tied ``embed`` or untied ``head``) on final hidden states.
@@ -102,9 +113,11 @@ def head_cross_entropy(
         Tokens per chunk (None: ``tjx.kernels.auto_chunk_size``); chunked only.
     z_loss : float
         PaLM's z-loss coefficient (in ``loss``, not in ``sum_loss``).
+    softcap : float, optional
+        The model's ``final_logit_softcap``: the loss is that of the capped logits.
     implementation : {"auto", "xla", "pallas"}
         The chunked (XLA) or fused (Pallas) loss, ``auto``: ``tjx.kernels.ce_choice``'s rule
-        (the model's ``cross_entropy_impl``); chunked only.
+        (the model's ``cross_entropy_impl``); chunked only. A capped head is always XLA.
 
     Returns
     -------
@@ -132,8 +145,9 @@ def head_cross_entropy(
             implementation=implementation,
             chunk_size=chunk_size,
             z_loss=z_loss,
+            softcap=softcap,
         )
-    logits = head_logits(embed, head, hidden, precision)
+    logits = head_logits(embed, head, hidden, precision, softcap)
     return logits_cross_entropy(logits, labels, z_loss=z_loss)
 
 
@@ -170,8 +184,9 @@ class DecoderLM(nnx.Module):
                 eps=c.norm_eps,
                 use_bias=c.use_bias,
                 precision=c.precision,
+                plus_one=c.norm_plus_one,
             )
-            if c.norm_position == "pre"
+            if c.norm_position != "post"  # pre, sandwich and output end with a norm
             else None
         )
         self.head = output_head(c, rngs=rngs)
@@ -179,9 +194,13 @@ class DecoderLM(nnx.Module):
 
     # -- pieces --------------------------------------------------------------------------------
     def embed_tokens(self, tokens: Array, positions: Array) -> Array:
-        """Token (+ absolute position) embeddings ``[b, s, d_model]``."""
+        """Token (+ absolute position) embeddings ``[b, s, d_model]`` (times ``sqrt(d_model)``
+        with ``scale_embeddings``, the factor in float32 then the compute dtype, as Gemma's)."""
+        x = self.embed(tokens)
+        if self.config.scale_embeddings:
+            x = x * jnp.asarray(np.float32(math.sqrt(self.config.d_model)), x.dtype)
         return add_positions(
-            self.embed(tokens),
+            x,
             positions,
             self.pos_embed,
             self.config.position,
@@ -189,12 +208,15 @@ class DecoderLM(nnx.Module):
         )
 
     def unembedding(self) -> Array:
-        """The output projection ``[d_model, vocab]`` (tied table transposed, or head kernel)."""
+        """The output projection ``[d_model, vocab]`` (tied table transposed, or head kernel);
+        ``final_logit_softcap`` is not in it (``logits`` and the loss apply it)."""
         return head_unembedding(self.embed, self.head)
 
     def logits(self, hidden: Array) -> Array:
-        """Float32 logits ``[..., vocab]`` from final hidden states."""
-        return head_logits(self.embed, self.head, hidden, self.config.precision)
+        """Float32 logits ``[..., vocab]`` from final hidden states (soft-capped when
+        ``final_logit_softcap`` is set)."""
+        c = self.config
+        return head_logits(self.embed, self.head, hidden, c.precision, c.final_logit_softcap)
 
     def _dropout_key(self, deterministic: bool, rngs: nnx.Rngs | None) -> Array | None:
         if deterministic or self.dropout_rngs is None:

@@ -121,6 +121,7 @@ def decoder_stages(
             chunked=chunked,
             chunk_size=chunk_size,
             z_loss=z_loss,
+            softcap=c.final_logit_softcap,
             implementation=c.cross_entropy_impl,
         )
         sums = {

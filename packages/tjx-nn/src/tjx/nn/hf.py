@@ -1,9 +1,10 @@
-"""``load_hf`` / ``save_hf``: Hugging Face checkpoints of GPT-2 and the LLaMA family in and out.
+"""``load_hf`` / ``save_hf``: Hugging Face checkpoints of GPT-2 and the LLaMA-style families in
+and out.
 
 A folder's ``config.json`` names the architecture (``model_type`` gpt2, llama, mistral, qwen2,
-or the MoE types mixtral, qwen2_moe and qwen3_moe, ``hf_moe``);
-its config module maps the config (refusing what tjx would ignore) and its mapping module the
-tensors. Weights move one tensor at a time: loading fills a model built abstractly
+qwen3, olmo2, phi3, gemma2 or gemma3_text, or the MoE types mixtral, qwen2_moe and qwen3_moe,
+``hf_moe``); its config module maps the config (refusing what tjx would ignore) and its mapping
+module the tensors. Weights move one tensor at a time: loading fills a model built abstractly
 (``nnx.eval_shape``) from safetensors' memory-mapped reads, saving writes one shard at a time,
 so neither holds two full copies of the weights.
 """
@@ -22,6 +23,13 @@ from flax import nnx
 from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
 from tjx.nn.decoder import GPT2, DecoderLM, Llama
 from tjx.nn.hf_config import LLAMA_TYPES, llama_config_from_hf, llama_config_to_hf
+from tjx.nn.hf_families import (
+    FAMILY_TYPES,
+    export_family,
+    family_config_from_hf,
+    family_config_to_hf,
+)
+from tjx.nn.hf_family_tensors import family_mapping
 from tjx.nn.hf_gpt2 import config_from_hf, config_to_hf, gpt2_mapping
 from tjx.nn.hf_io import (
     HFMapping,
@@ -42,8 +50,13 @@ from tjx.nn.params_io import fill_params, param_readers
 #: ``config.json`` model types ``load_hf`` reads, and the tjx model kind each becomes.
 HF_MODEL_TYPES: dict[str, str] = {
     "gpt2": "gpt2",
-    **{t: "llama" for t in LLAMA_TYPES},
+    **{t: "llama" for t in (*LLAMA_TYPES, *FAMILY_TYPES)},
     **{t: "llama" for t in MOE_TYPES},
+}
+#: model types refused with a line of their own (what to load instead).
+_REFUSED = {
+    "gemma3": "is Gemma 3's image-text model; tjx loads the text model (model_type "
+    "'gemma3_text', Gemma3ForCausalLM checkpoints such as gemma-3-1b)",
 }
 SAVE_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -73,6 +86,8 @@ def read_hf_config(path_or_hub: str | os.PathLike[str], **overrides: Any) -> Tra
 
 def _kind(hf: dict[str, Any]) -> str:
     model_type = hf.get("model_type")
+    if model_type in _REFUSED:
+        raise ValueError(f"config.json model_type {model_type!r} {_REFUSED[model_type]}")
     if model_type not in HF_MODEL_TYPES:
         raise ValueError(
             f"config.json model_type {model_type!r} is not supported; tjx loads "
@@ -85,6 +100,10 @@ def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[Deco
     if _kind(hf) == "gpt2":
         gpt2 = config_from_hf(hf, **overrides)
         return gpt2, GPT2, gpt2_mapping(gpt2)
+    model_type = str(hf.get("model_type"))
+    if model_type in FAMILY_TYPES:
+        family = family_config_from_hf(hf, **overrides)
+        return family, Llama, family_mapping(family, model_type)
     if hf.get("model_type") in MOE_TYPES:
         moe = moe_config_from_hf(hf, **overrides)
         return moe, Llama, llama_mapping(moe, hf["model_type"])
@@ -108,7 +127,8 @@ def load_hf(
     Returns
     -------
     (model, config)
-        ``GPT2`` or ``Llama`` and its config.
+        ``GPT2`` or ``Llama`` and its config (the families' switches set, see
+        ``family_config``).
 
     Raises
     ------
@@ -141,10 +161,13 @@ def _export_plan(config: Any, model_type: str | None) -> tuple[dict[str, Any], H
             raise ValueError(f"a GPT2 model saves as model_type 'gpt2'; got {model_type!r}")
         return config_to_hf(config), gpt2_mapping(config)
     if isinstance(config, LlamaConfig) and config.num_experts:
-        chosen = moe_export_type(config, model_type)
-        return moe_config_to_hf(config, chosen), llama_mapping(config, chosen)
+        moe_type = moe_export_type(config, model_type)
+        return moe_config_to_hf(config, moe_type), llama_mapping(config, moe_type)
     if isinstance(config, LlamaConfig):
-        return llama_config_to_hf(config, model_type), llama_mapping(config)
+        chosen = export_family(config, model_type)
+        if chosen in FAMILY_TYPES:
+            return family_config_to_hf(config, chosen), family_mapping(config, chosen)
+        return llama_config_to_hf(config, chosen), llama_mapping(config)
     raise ValueError(
         f"save_hf saves GPT2 and Llama models; got a model with {type(config).__name__}"
     )
@@ -173,10 +196,14 @@ def save_hf(
         Above this many bytes (``"5GB"``, ``"200MB"``, an int) the weights are split into
         shards with ``model.safetensors.index.json``.
     model_type : str, optional
-        For a Llama: ``llama``, ``mistral`` or ``qwen2`` (default qwen2 when only q/k/v have
-        biases, else llama); for one with MoE layers ``mixtral``, ``qwen2_moe`` or
-        ``qwen3_moe`` (default qwen2_moe with shared experts, qwen3_moe with q/k norms, else
-        mixtral; see ``hf_moe.moe_export_type``).
+        For a Llama: ``llama``, ``mistral``, ``qwen2``, ``qwen3``, ``olmo2``, ``phi3``,
+        ``gemma2`` or ``gemma3_text``. Default: the family of the config's switches (sandwich
+        norms: gemma2, or gemma3_text with q/k norms; output norms: olmo2; q/k norms: qwen3),
+        else qwen2 when only q/k/v have biases, else llama. Phi-3 (the same computation as
+        Llama, its tensors fused) only when asked.
+        For one with MoE layers ``mixtral``, ``qwen2_moe`` or ``qwen3_moe`` (default
+        qwen2_moe with shared experts, qwen3_moe with q/k norms, else mixtral; see
+        ``hf_moe.moe_export_type``).
     tokenizer_from : str or PathLike, optional
         A folder whose tokenizer files (``tokenizer.json`` ...) are copied next to the weights.
 

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from tjx.kernels import soft_cap
 from tjx.nn.configs import TransformerConfig
 
 Array = jax.Array
@@ -133,6 +134,8 @@ def topk_decode_attention(
     kv_lengths: Array | None = None,
     topk: int,
     bias: Array | None = None,
+    scale: float | None = None,
+    softcap: float | None = None,
     kv_mask: Array | None = None,
 ) -> Array:
     """Decode-time sparse attention: each query head keeps its ``topk`` highest-scoring keys.
@@ -151,6 +154,10 @@ def topk_decode_attention(
         Keys kept per query and head (softmax over those only).
     bias : Array, optional
         Additive ``[b|1, h|1, s_q, T]`` logit bias (ALiBi), applied before selection.
+    scale : float, optional
+        Logit scale; default ``1/sqrt(d)``.
+    softcap : float, optional
+        Soft-cap the scaled logits (``softcap · tanh(x / softcap)``, Gemma 2) before the bias.
 
     Returns
     -------
@@ -162,7 +169,8 @@ def topk_decode_attention(
     g = h // h_kv
     kk = jnp.repeat(k, g, axis=2)
     vv = jnp.repeat(v, g, axis=2)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, kk, preferred_element_type=jnp.float32) / math.sqrt(d)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, kk, preferred_element_type=jnp.float32)
+    logits = soft_cap(logits * (1.0 / math.sqrt(d) if scale is None else scale), softcap)
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
     valid = jnp.ones((b, t), bool)

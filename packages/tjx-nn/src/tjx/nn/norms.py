@@ -10,6 +10,11 @@ tokens. The residuals are the input (compute dtype) and two float32 numbers per 
 of the formula saves the centred float32 input and more ([tokens, d] float32 each), and its
 backward is a chain of separate reductions. Measured on the deviceless H100 compile of
 gpt2_small's step (BENCHMARKS.md).
+
+``plus_one`` (Gemma's norms) multiplies by ``1 + scale`` instead of ``scale``, the scale starting
+at 0; the sum is taken in float32, as transformers' Gemma does (``1 + w`` in bfloat16 would lose
+the small weights' low bits). The modules pass ``1 + w`` as the fused functions' scale, so the
+gradient of the add carries ``dscale`` to ``w`` unchanged.
 """
 
 from __future__ import annotations
@@ -144,17 +149,20 @@ class LayerNorm(nnx.Module):
         eps: float = 1e-5,
         use_bias: bool = True,
         precision: Precision | None = None,
+        plus_one: bool = False,
     ) -> None:
         self.precision = precision or Precision()
         self.eps = eps
+        self.plus_one = plus_one
         dtype = self.precision.param_dtype
-        self.scale = make_param(rngs, ones(), (dim,), ("norm",), dtype)
+        self.scale = make_param(rngs, zeros() if plus_one else ones(), (dim,), ("norm",), dtype)
         self.bias = make_param(rngs, zeros(), (dim,), ("norm",), dtype) if use_bias else None
 
     def __call__(self, x: Array) -> Array:
         """Normalise ``x`` [..., dim]."""
         bias = None if self.bias is None else self.bias[...]
-        return layer_norm(x, self.scale[...], bias, self.eps, self.precision.compute_dtype)
+        scale = _gain(self.scale[...], x, self.plus_one)
+        return layer_norm(x, scale, bias, self.eps, self.precision.compute_dtype)
 
 
 class RMSNorm(nnx.Module):
@@ -167,14 +175,24 @@ class RMSNorm(nnx.Module):
         rngs: nnx.Rngs,
         eps: float = 1e-6,
         precision: Precision | None = None,
+        plus_one: bool = False,
     ) -> None:
         self.precision = precision or Precision()
         self.eps = eps
-        self.scale = make_param(rngs, ones(), (dim,), ("norm",), self.precision.param_dtype)
+        self.plus_one = plus_one
+        init = zeros() if plus_one else ones()
+        self.scale = make_param(rngs, init, (dim,), ("norm",), self.precision.param_dtype)
 
     def __call__(self, x: Array) -> Array:
         """Normalise ``x`` [..., dim]."""
-        return rms_norm(x, self.scale[...], self.eps, self.precision.compute_dtype)
+        scale = _gain(self.scale[...], x, self.plus_one)
+        return rms_norm(x, scale, self.eps, self.precision.compute_dtype)
+
+
+def _gain(scale: Array, x: Array, plus_one: bool) -> Array:
+    """The norm's multiplier: ``scale`` as stored, or ``1 + scale`` summed in the statistics'
+    dtype (float32; float64 in x64 tests), whose gradient reaches ``scale`` unchanged."""
+    return 1.0 + scale.astype(stats_dtype(x)) if plus_one else scale
 
 
 def make_norm(
@@ -185,10 +203,14 @@ def make_norm(
     eps: float,
     use_bias: bool = True,
     precision: Precision | None = None,
+    plus_one: bool = False,
 ) -> LayerNorm | RMSNorm:
-    """``LayerNorm`` for ``kind="layernorm"``, ``RMSNorm`` for ``"rmsnorm"``."""
+    """``LayerNorm`` for ``kind="layernorm"``, ``RMSNorm`` for ``"rmsnorm"`` (``plus_one``:
+    Gemma's ``1 + scale``)."""
     if kind == "layernorm":
-        return LayerNorm(dim, rngs=rngs, eps=eps, use_bias=use_bias, precision=precision)
+        return LayerNorm(
+            dim, rngs=rngs, eps=eps, use_bias=use_bias, precision=precision, plus_one=plus_one
+        )
     if kind == "rmsnorm":
-        return RMSNorm(dim, rngs=rngs, eps=eps, precision=precision)
+        return RMSNorm(dim, rngs=rngs, eps=eps, precision=precision, plus_one=plus_one)
     raise ValueError(f"norm must be one of ('layernorm', 'rmsnorm'); got {kind!r}")

@@ -217,6 +217,7 @@ def token_loss(
         chunked=chunked,
         chunk_size=chunk_size,
         z_loss=z_loss,
+        softcap=model.config.final_logit_softcap,
         implementation=getattr(model.config, "cross_entropy_impl", "auto"),
     )
 

@@ -24,14 +24,22 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from collections.abc import Iterator
 from typing import Any, Protocol
 
 import jax
 
+from tjx import kernels
+
 Array = jax.Array
 
-__all__ = ["SequenceSplit", "current_sequence_parallel", "sequence_parallel"]
+__all__ = [
+    "SequenceSplit",
+    "current_sequence_parallel",
+    "sequence_parallel",
+    "split_self_attention",
+]
 
 
 class SequenceSplit(Protocol):
@@ -86,3 +94,59 @@ def sequence_parallel(split: SequenceSplit | None) -> Iterator[SequenceSplit | N
 def current_sequence_parallel() -> SequenceSplit | None:
     """The split set by the innermost :func:`sequence_parallel` block (None outside any)."""
     return _CURRENT.get()
+
+
+def split_self_attention(
+    split: SequenceSplit,
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    impl: str,
+    causal: bool,
+    scale: float,
+    softcap: float | None,
+    segment_ids: Any,
+    window: int | None,
+    drop: float,
+    bias: Array | None,
+) -> Array:
+    """A layer's self-attention across ``split`` (context parallelism): its blocks are the
+    forward/backward halves of the layer's kernel ``impl`` (cuDNN has none: tjx.kernels.blocks).
+
+    Raises
+    ------
+    ValueError
+        What a split cannot serve (an additive bias, attention dropout, cuDNN, a Pallas window),
+        named with the setting to change.
+    """
+    if bias is not None or drop > 0.0:
+        raise ValueError(
+            "a split sequence (context parallelism) takes no additive attention bias "
+            "(position 'alibi' or 't5') and no attention_dropout; set position to 'rope' "
+            "and attention_dropout to 0"
+        )
+    if impl == "cudnn":
+        raise ValueError(
+            "attention_impl 'cudnn' cannot run context-parallel attention (jax's cuDNN call "
+            "has no separate forward and backward); use 'auto', 'pallas' or 'xla'"
+        )
+    if impl == "pallas" and window is not None:
+        raise ValueError(
+            "attention_impl 'pallas' cannot apply sliding_window across a split sequence "
+            "(its masks use the tile's own positions); use 'auto' or 'xla'"
+        )
+    # The soft cap rides in the halves (the split merges their log-sum-exps as they are).
+    return split.attention(
+        q,
+        k,
+        v,
+        forward=functools.partial(kernels.attention_forward, implementation=impl, softcap=softcap),
+        backward=functools.partial(
+            kernels.attention_backward, implementation=impl, softcap=softcap
+        ),
+        causal=causal,
+        segment_ids=segment_ids,
+        scale=scale,
+        window=window,
+    )

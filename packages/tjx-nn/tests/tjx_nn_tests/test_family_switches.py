@@ -1,0 +1,257 @@
+"""The families' switches (Gemma 2/3, Qwen3, OLMo 2; ``family_config``) against a float64 NumPy
+decoder written independently (``_family_reference``), in decoding, the loss and the config
+checks."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from tjx import kernels
+from tjx import nn as tnn
+from tjx.nn.kv_cache import topk_decode_attention
+
+from ._family_reference import reference_logits
+
+BASE = dict(vocab_size=40, max_seq_len=32, d_model=24, num_layers=2, num_heads=4, num_kv_heads=2)
+FAMILIES = {
+    # Gemma 2: sandwich norms (1 + w), scaled embeddings, GeGLU, query scale, both soft caps.
+    "gemma2": dict(
+        norm_position="sandwich",
+        norm_plus_one=True,
+        scale_embeddings=True,
+        mlp_activation="geglu",
+        query_pre_attn_scalar=9,
+        attn_logit_softcap=2.0,
+        final_logit_softcap=3.0,
+        tie_embeddings=True,
+        head_dim=8,
+    ),
+    # Gemma 3: Gemma 2 without caps, with per-head q/k norms (1 + w).
+    "gemma3": dict(
+        norm_position="sandwich",
+        norm_plus_one=True,
+        scale_embeddings=True,
+        mlp_activation="geglu",
+        query_pre_attn_scalar=16,
+        qk_norm=True,
+        tie_embeddings=True,
+    ),
+    # Gemma 2's local/global pattern: a window of 4 (the sequences are 9-11 long) in layer 0.
+    "gemma2-local": dict(sliding_window=4, window_pattern=("local", "global")),
+    # Gemma 3's: local layers 0 and 2 rotate at their own base (100, against 10,000), layer 1
+    # is global; three layers so that a scan carries a pattern that is not uniform.
+    "gemma3-local": dict(
+        sliding_window=3,
+        window_pattern=("local", "global"),
+        rope_local_theta=100.0,
+        num_layers=3,
+    ),
+    "qwen3": dict(qk_norm=True, head_dim=10),
+    "olmo2": dict(norm_position="output", qk_norm=True, qk_norm_scope="projection"),
+}
+
+
+def _switches(family):
+    """A case's fields: a ``-local`` case is its Gemma with a window pattern on top."""
+    name, _, local = family.partition("-")
+    return {**BASE, **FAMILIES[name], **(FAMILIES[family] if local else {})}
+
+
+def _model(family, seed=0, **kw):
+    config = tnn.LlamaConfig(**{**_switches(family), **kw})
+    model = tnn.Llama(config, rngs=nnx.Rngs(seed))
+    # Random norms (init makes them 0 or 1): a misplaced or mis-scaled norm changes the logits;
+    # weights large enough that the soft caps bend the logits (without saturating them).
+    rs = np.random.RandomState(seed)
+    flat = tnn.get_flat_params(model)
+    new = {k: v + 0.3 * rs.randn(*v.shape) for k, v in flat.items()}
+    tnn.set_flat_params(model, new)
+    return model, config
+
+
+def _tokens(s=11, seed=1):
+    return np.random.RandomState(seed).randint(0, 40, (2, s))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_each_family_matches_a_float64_reference(family):
+    with jax.enable_x64(True):
+        model, config = _model(family, precision=tnn.Precision(jnp.float64, jnp.float64))
+        tokens = _tokens()
+        got = np.asarray(model(jnp.asarray(tokens)))
+        want = reference_logits(tnn.get_flat_params(model), config, tokens)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    if config.final_logit_softcap is not None:
+        assert np.abs(want).max() < config.final_logit_softcap
+        assert np.abs(want).max() > 0.5 * config.final_logit_softcap  # the cap bent them
+
+
+def test_each_switch_changes_the_logits():
+    """Every switch of the Gemma 2 case matters (a switch the model ignored would pass above only
+    if the reference ignored it too): turning it off moves the logits."""
+    tokens = jnp.asarray(_tokens())
+    model, config = _model("gemma2")
+    base = np.asarray(model(tokens))
+    flat = tnn.get_flat_params(model)
+    for change in (
+        dict(scale_embeddings=False),
+        dict(query_pre_attn_scalar=None),
+        dict(attn_logit_softcap=None),
+        dict(final_logit_softcap=None),
+    ):
+        other = tnn.Llama(config.replace(**change), rngs=nnx.Rngs(0))
+        tnn.set_flat_params(other, flat)
+        assert np.abs(np.asarray(other(tokens)) - base).max() > 1e-3, change
+
+
+def test_local_layers_rotate_at_their_own_base_and_see_only_their_window():
+    """Both of Gemma 3's local-layer switches move the logits (the reference above agrees with
+    each): the local base, and the window."""
+    tokens = jnp.asarray(_tokens())
+    model, config = _model("gemma3-local")
+    base = np.asarray(model(tokens))
+    flat = tnn.get_flat_params(model)
+    no_window = dict(rope_local_theta=None, sliding_window=None, window_pattern=None)
+    for change in (dict(rope_local_theta=None), no_window):
+        other = tnn.Llama(config.replace(**change), rngs=nnx.Rngs(0))
+        tnn.set_flat_params(other, flat)
+        assert np.abs(np.asarray(other(tokens)) - base).max() > 1e-3, change
+
+
+@pytest.mark.parametrize("family", ["gemma2", "olmo2", "gemma3-local"])
+def test_scanned_and_remat_stacks_compute_the_same(family):
+    model, config = _model(family)
+    tokens = jnp.asarray(_tokens())
+    scanned = tnn.Llama(config.replace(scan_layers=True, remat="full"), rngs=nnx.Rngs(1))
+    tnn.set_flat_params(scanned, tnn.get_flat_params(model))
+    np.testing.assert_allclose(scanned(tokens), model(tokens), rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "olmo2", "olmo2-mla", "gemma3-local", "gemma3-mla"])
+def test_cached_decoding_matches_the_full_forward(family):
+    # MLA: the key norm acts on keys up-projected from the cached latent at every step; with
+    # Gemma 3's windows (gemma3-mla) those keys are re-rotated at the local base.
+    mla = dict(attention_type="mla", kv_latent_dim=8) if family.endswith("mla") else {}
+    name = "gemma3-local" if family == "gemma3-mla" else family.removesuffix("-mla")
+    model, _ = _model(name, **mla)
+    tokens = jnp.asarray(_tokens(9))
+    full = np.asarray(model(tokens))
+    cache = model.init_cache(2, 16)
+    logits, cache = model.forward_cached(tokens[:, :6], cache, jnp.zeros((2,), jnp.int32))
+    steps = [np.asarray(logits)]
+    for i in range(6, 9):
+        logits, cache = model.forward_cached(tokens[:, i : i + 1], cache, jnp.full((2,), i))
+        steps.append(np.asarray(logits))
+    np.testing.assert_allclose(np.concatenate(steps, 1), full, rtol=1e-4, atol=1e-4)
+
+
+def test_top_k_decode_attention_takes_the_scale_and_the_soft_cap():
+    rs = np.random.RandomState(0)
+    q = jnp.asarray(rs.randn(2, 1, 4, 8) * 3, jnp.float32)
+    k = jnp.asarray(rs.randn(2, 7, 2, 8) * 3, jnp.float32)
+    v = jnp.asarray(rs.randn(2, 7, 2, 8), jnp.float32)
+    lengths = jnp.asarray([7, 4], jnp.int32)
+    got = topk_decode_attention(q, k, v, kv_lengths=lengths, topk=7, scale=0.3, softcap=2.0)
+    want = kernels.reference_attention(q, k, v, kv_lengths=lengths, scale=0.3, softcap=2.0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_the_loss_is_that_of_the_soft_capped_logits(chunked):
+    model, _ = _model("gemma2")
+    tokens = jnp.asarray(_tokens(12))
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+    got = tnn.objective_loss(model, batch, chunked=chunked)
+    logits = model(tokens[:, :-1])  # capped
+    want = tnn.logits_cross_entropy(logits, tokens[:, 1:])
+    np.testing.assert_allclose(got.loss, want.loss, rtol=1e-5)
+    uncapped = tnn.Llama(model.config.replace(final_logit_softcap=None), rngs=nnx.Rngs(0))
+    tnn.set_flat_params(uncapped, tnn.get_flat_params(model))
+    assert abs(float(tnn.objective_loss(uncapped, batch).loss) - float(want.loss)) > 0.1
+
+
+def test_gemma_norms_start_at_zero_and_act_as_one():
+    model, _ = _model("gemma3")
+    fresh = tnn.Llama(model.config, rngs=nnx.Rngs(3))
+    flat = tnn.get_flat_params(fresh)
+    norms = [k for k in flat if k.endswith(".scale")]
+    assert "stack.layers.0.attn_post_norm.scale" in norms and "final_norm.scale" in norms
+    assert "stack.layers.0.attn.q_norm.scale" in norms
+    assert all(not flat[k].any() for k in norms)
+    x = jnp.asarray(np.random.RandomState(0).randn(3, 24), jnp.float32)
+    norm = tnn.RMSNorm(24, rngs=nnx.Rngs(0), plus_one=True)
+    plain = tnn.RMSNorm(24, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(norm(x), plain(x), rtol=1e-6)
+
+
+def test_a_layer_norm_with_plus_one_scales_by_one_plus_its_weight():
+    x = jnp.asarray(np.random.RandomState(1).randn(3, 8), jnp.float32)
+    norm = tnn.LayerNorm(8, rngs=nnx.Rngs(0), plus_one=True)
+    assert not np.asarray(norm.scale[...]).any()
+    norm.scale.set_value(jnp.full((8,), 0.5))
+    plain = tnn.LayerNorm(8, rngs=nnx.Rngs(0))
+    plain.scale.set_value(jnp.full((8,), 1.5))
+    np.testing.assert_allclose(norm(x), plain(x), rtol=1e-6)
+
+
+def test_a_cross_attention_block_refuses_the_decoder_only_norm_positions():
+    config = tnn.TransformerConfig(**BASE, norm_position="sandwich")
+    with pytest.raises(ValueError, match="cross-attention blocks take norm_position pre or post"):
+        tnn.Block(config, rngs=nnx.Rngs(0), num_layers=1, causal=True, cross=True)
+
+
+def test_the_embedding_scale_is_rounded_as_transformers_rounds_it():
+    """sqrt(d) to float32, then to the compute dtype (bf16: sqrt(3072) = 55.43 -> 55.5)."""
+    config = tnn.LlamaConfig(
+        **{**BASE, "d_model": 3072, "num_heads": 24, "num_kv_heads": 24, "num_layers": 1},
+        scale_embeddings=True,
+        precision="pure_bf16",
+    )
+    model = nnx.eval_shape(lambda: tnn.Llama(config, rngs=nnx.Rngs(0)))
+    model.embed.embedding.set_value(jnp.ones((40, 3072), jnp.bfloat16))
+    x = model.embed_tokens(jnp.zeros((1, 1), jnp.int32), jnp.zeros((1, 1), jnp.int32))
+    assert x.dtype == jnp.bfloat16 and float(x[0, 0, 0]) == 55.5 != math.sqrt(3072)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(qk_norm_scope="projection"), "qk_norm_scope: only qk_norm uses it"),
+        (dict(qk_norm=True, qk_norm_scope="heads"), "qk_norm_scope must be one of"),
+        (dict(attn_logit_softcap=0.0), "attn_logit_softcap must be a positive number"),
+        (dict(final_logit_softcap=True), "final_logit_softcap must be a positive number"),
+        (dict(query_pre_attn_scalar=-4), "query_pre_attn_scalar must be a positive number"),
+        (
+            dict(attn_logit_softcap=50.0, attention_impl="cudnn"),
+            "attention_impl 'cudnn' cannot soft-cap",
+        ),
+        (
+            dict(final_logit_softcap=30.0, cross_entropy_impl="pallas"),
+            "cross_entropy_impl 'pallas' cannot soft-cap the output logits",
+        ),
+        (dict(rope_local_theta=1e4), "rope_local_theta: only windowed RoPE layers use it"),
+        (
+            dict(rope_local_theta=1e4, sliding_window=8, position="alibi"),
+            "rope_local_theta: only windowed RoPE layers",
+        ),
+        (dict(rope_local_theta=0, sliding_window=8), "rope_local_theta must be a positive"),
+    ],
+)
+def test_bad_switches_raise_naming_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tnn.LlamaConfig(**BASE, **kwargs)
+
+
+def test_non_decoders_refuse_the_decoder_only_switches():
+    with pytest.raises(ValueError, match="BertConfig.scale_embeddings: only decoders"):
+        tnn.BertConfig(scale_embeddings=True)
+    with pytest.raises(ValueError, match="norm_position 'sandwich' is implemented by decoders"):
+        tnn.BertConfig(norm_position="sandwich")
+    with pytest.raises(ValueError, match="EncoderDecoderConfig.final_logit_softcap"):
+        tnn.EncoderDecoderConfig(final_logit_softcap=30.0)
+    assert tnn.GPT2Config(norm_position="output").norm_position == "output"
+    assert tnn.LlamaConfig(query_pre_attn_scalar=256).query_pre_attn_scalar == 256.0

@@ -1,0 +1,213 @@
+"""Qwen3, OLMo 2, Phi-3, Gemma 2 and Gemma 3 (text) round-trip through transformers (PyTorch in the
+scratch venv of ``_hf_peer``, one peer process each way for all families).
+
+transformers builds a tiny random model of each family (2 layers, GQA 4/2, random norms, Gemma's
+soft caps bending the logits) and scores it in float32 and bfloat16; tjx loads each with
+``tjx.nn.load_hf``:
+
+* float32: logits within 1e-4 of transformers' (relative to their largest), 20 greedy tokens
+  identical;
+* bfloat16 (weights and compute, both sides): transformers' own bfloat16 logits are off its
+  float32 ones by ``e`` (0.6-5 % of the largest logit here: every matmul output and activation is
+  rounded to 8 bits, 2^-8 = 0.4 % each, over two layers, Gemma's soft caps and sqrt(d) scale
+  amplifying it). tjx rounds in other places (it keeps norms, softmax, RoPE and the caps in
+  float32; transformers rounds q·k, the softmax and each norm's output before its weight), so the
+  two bfloat16 results cannot agree to 1e-4: tjx's must lie within ``BF16_FACTOR`` x ``e`` of
+  transformers' bfloat16 logits, and no further than that from the float32 ones (measured
+  2026-11-24: 0.64-1.0 x ``e`` and 0.85-1.07 x ``e``);
+* tjx saves each with ``tjx.nn.save_hf`` (the family from the config's switches; Phi-3 by name)
+  and transformers loads it as the same class with the same logits (1e-6) and greedy tokens.
+
+The windows slide: the sequences are 12 tokens (24 while generating) and every family but OLMo 2
+(which has none) has a window of 5 in some layers: Qwen3 layer 1 (``max_window_layers``), every
+Phi-3 layer, Gemma 2 layer 0 (its alternating pattern), Gemma 3 layer 0 (``layer_types``), whose
+local layers also rotate at their own RoPE base (100, the global one 10,000).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests_integration._hf_peer import run_peer
+from tjx import nn
+
+VOCAB, NEW = 96, 20
+BF16_FACTOR = 1.5
+TOKENS = np.random.default_rng(1).integers(0, VOCAB, size=(2, 12)).tolist()
+COMMON = dict(
+    vocab_size=VOCAB,
+    max_position_embeddings=64,
+    bos_token_id=None,
+    eos_token_id=None,
+    pad_token_id=None,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
+WINDOW = 5
+GEMMA = dict(sliding_window=WINDOW, initializer_range=0.2, head_dim=16)
+CASES: dict[str, dict[str, Any]] = {
+    # Per-head q/k norms, head_dim 16 != 32 / 4; layer 1 slides.
+    "qwen3": dict(
+        config=dict(
+            model_type="qwen3",
+            **COMMON,
+            head_dim=16,
+            use_sliding_window=True,
+            sliding_window=WINDOW,
+            max_window_layers=1,
+        )
+    ),
+    # Norms on the sublayers' outputs, q/k norms over the whole projection; tied head.
+    "olmo2": dict(config=dict(model_type="olmo2", **COMMON, tie_word_embeddings=True)),
+    # Fused qkv_proj / gate_up_proj; a window in every layer (Phi-3-mini-4k's 2047 of 4096).
+    "phi3": dict(
+        config=dict(model_type="phi3", **COMMON, sliding_window=WINDOW), model_type="phi3"
+    ),
+    # Sandwich norms (1 + w), sqrt(d) embeddings, GeGLU, query scale 12 (not head_dim 16),
+    # soft caps low enough to bend the logits of this small model.
+    "gemma2": dict(
+        config=dict(
+            model_type="gemma2",
+            **COMMON,
+            **GEMMA,
+            query_pre_attn_scalar=12,
+            attn_logit_softcapping=2.0,
+            final_logit_softcapping=3.0,
+        )
+    ),
+    # Gemma 3: per-head q/k norms (1 + w); local layer 0 at RoPE base 100, global layer 1 at
+    # 10,000 (low bases, so that 12 positions turn the rotations far apart).
+    "gemma3_text": dict(
+        config=dict(
+            model_type="gemma3_text",
+            **COMMON,
+            **GEMMA,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_theta=10000.0,
+            rope_local_base_freq=100.0,
+            tie_word_embeddings=False,
+        )
+    ),
+}
+
+
+def _tensor_names(folder: Path) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), framework="np") as handle:
+        return set(handle.keys())
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    root = tmp_path_factory.mktemp("hf-families")
+    tokens = np.asarray(TOKENS, np.int32)
+    np.save(root / "tokens.npy", tokens.astype(np.int64))
+    makes = [
+        {
+            "make": {"config": case["config"], "tokens": TOKENS, "new": NEW, "bf16": True},
+            "out": str(root / name),
+        }
+        for name, case in CASES.items()
+    ]
+    run_peer(makes, root)
+    out: dict[str, dict[str, Any]] = {}
+    scores = []
+    bf16 = nn.Precision(jnp.bfloat16, jnp.bfloat16)
+    for name, case in CASES.items():
+        model, config = nn.load_hf(root / name)
+        greedy = nn.generate(model, jnp.asarray(tokens[:1, :4]), max_new_tokens=NEW, temperature=0)
+        files = nn.save_hf(model, root / f"{name}-tjx", model_type=case.get("model_type"))
+        model16, _ = nn.load_hf(root / name, precision=bf16)
+        out[name] = {
+            "peer": dict(np.load(root / name / "peer.npz")),
+            "peer16": dict(np.load(root / name / "peer_bf16.npz")),
+            "tjx": np.asarray(model(jnp.asarray(tokens))),
+            "tjx16": np.asarray(model16(jnp.asarray(tokens))),
+            "greedy": np.asarray(greedy),
+            "config": config,
+            "files": files,
+            "tensors": _tensor_names(root / f"{name}-tjx"),
+        }
+        scores.append(
+            {
+                "score": str(root / f"{name}-tjx"),
+                "tokens": str(root / "tokens.npy"),
+                "out": str(root / f"{name}-back.npz"),
+                "new": NEW,
+            }
+        )
+    run_peer(scores, root)
+    for name in CASES:
+        out[name]["back"] = dict(np.load(root / f"{name}-back.npz"))
+    return out
+
+
+@pytest.mark.parametrize("family", list(CASES))
+def test_family_loads_with_the_same_logits_and_greedy_tokens(results, family):
+    r = results[family]
+    assert _rel(r["tjx"], r["peer"]["logits"]) < 1e-4
+    np.testing.assert_array_equal(r["greedy"], r["peer"]["greedy"])
+
+
+@pytest.mark.parametrize("family", list(CASES))
+def test_family_in_bfloat16_stays_within_bfloat16_rounding(results, family):
+    r = results[family]
+    fp32, peer16, tjx16 = r["peer"]["logits"], r["peer16"]["logits"], r["tjx16"]
+    e = _rel(peer16, fp32)
+    assert e > 1e-3  # transformers really ran in bfloat16
+    assert _rel(tjx16, peer16) < BF16_FACTOR * e
+    assert _rel(tjx16, fp32) < BF16_FACTOR * e
+
+
+@pytest.mark.parametrize("family", list(CASES))
+def test_saved_family_loads_in_transformers_as_the_same_model(results, family):
+    r = results[family]
+    assert str(r["back"]["arch"]) == str(r["peer"]["arch"])
+    assert _rel(r["back"]["logits"], r["peer"]["logits"]) < 1e-6
+    np.testing.assert_array_equal(r["back"]["greedy"], r["peer"]["greedy"])
+
+
+def test_the_cases_exercise_each_switch(results):
+    """The configs carry what each case is for, and Gemma's caps bent the logits."""
+    cfg = {name: r["config"] for name, r in results.items()}
+    assert cfg["qwen3"].qk_norm and cfg["qwen3"].head_dim == 16 != 32 // 4
+    assert cfg["olmo2"].norm_position == "output" and cfg["olmo2"].qk_norm_scope == "projection"
+    assert cfg["phi3"].num_kv_heads == 2 and not cfg["phi3"].qk_norm
+    g2, g3 = cfg["gemma2"], cfg["gemma3_text"]
+    assert (g2.attn_logit_softcap, g2.final_logit_softcap, g2.query_pre_attn_scalar) == (
+        2.0,
+        3.0,
+        12.0,
+    )
+    assert g2.norm_plus_one and g2.scale_embeddings and g2.mlp_activation == "geglu"
+    assert g3.qk_norm and g3.final_logit_softcap is None and not g3.tie_embeddings
+    # Each family's windows as transformers places them (the logits above prove they slide).
+    local, full = WINDOW, None
+    assert cfg["qwen3"].layer_windows() == (full, local)
+    assert cfg["phi3"].layer_windows() == (local, local)
+    assert g2.layer_windows() == g3.layer_windows() == (local, full)
+    assert (g3.rope_theta, g3.rope_local_theta) == (10000.0, 100.0)
+    assert cfg["olmo2"].sliding_window is None
+    logits = results["gemma2"]["peer"]["logits"]
+    assert 0.5 * 3.0 < np.abs(logits).max() < 3.0  # within the cap, and near it
+    # tjx wrote Phi-3's fused tensors (and transformers read them back, above).
+    phi3 = results["phi3"]["tensors"]
+    assert "model.layers.0.self_attn.qkv_proj.weight" in phi3 and not any(
+        "q_proj" in n for n in phi3
+    )
+    assert "model.layers.1.mlp.gate_up_proj.weight" in phi3
+    gemma = results["gemma2"]["tensors"]
+    assert {f"model.layers.0.{n}_feedforward_layernorm.weight" for n in ("pre", "post")} <= gemma

@@ -1,10 +1,11 @@
 """tjx-nn's LoRA adapters meet tjx-optim's and tjx-parallel's rules by name.
 
 tjx-optim may not import tjx-nn, so what an adapter is travels by name: ``adapter_mask`` of a
-LoRA model's parameter dict marks exactly its ``nnx.LoRAParam`` leaves, the weight-decay and Muon
-decisions read from the adapters' logical axes equal the path rules', every strategy maps them
-onto a mesh, and ``only_trainable`` over the whole tree steps the adapters as the optimizer alone
-steps the adapters' own tree (the trainer's two ways of training only them agree).
+LoRA model's parameter dict marks exactly its ``nnx.LoRAParam`` leaves, the weight-decay
+decisions read from the adapters' logical axes equal the path rules', Muon splits them at their
+input axes, every strategy maps them onto a mesh, and ``only_trainable`` over the whole tree steps
+the adapters as the optimizer alone steps the adapters' own tree (the trainer's two ways of
+training only them agree).
 """
 
 from __future__ import annotations
@@ -41,8 +42,24 @@ def _paths(tree: object) -> list[str]:
     return [path_to_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
 
 
+def _dims(numbers: object) -> dict[str, object]:
+    """Path → (reduction axes, output axes) of each Muon leaf (None: an AdamW leaf)."""
+    leaves = jax.tree_util.tree_leaves_with_path(
+        numbers, is_leaf=lambda x: x is None or hasattr(x, "reduction_axis")
+    )
+    return {
+        path_to_str(p): None if d is None else (tuple(d.reduction_axis), tuple(d.output_axis))
+        for p, d in leaves
+    }
+
+
+def _at(tree: object, path: str) -> object:
+    """The leaf of ``tree`` at ``path`` (as `path_to_str` writes it)."""
+    return dict(zip(_paths(tree), jax.tree.leaves(tree), strict=True))[path]
+
+
 @pytest.mark.parametrize("scan", [False, True])
-def test_the_adapter_mask_is_the_lora_params_and_the_axis_rules_agree_with_the_paths(scan: bool):
+def test_the_adapter_mask_is_the_lora_params_and_muon_splits_adapters_at_their_input_axes(scan: bool):
     model = _model(scan)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     adapters = set(_paths(nnx.to_pure_dict(nnx.state(model, nnx.LoRAParam))))
@@ -54,9 +71,20 @@ def test_the_adapter_mask_is_the_lora_params_and_the_axis_rules_agree_with_the_p
     assert jax.tree.leaves(by_axes) == jax.tree.leaves(by_path)
     assert all(d for d, m in zip(jax.tree.leaves(by_axes), jax.tree.leaves(mask), strict=True)
                if m)  # fmt: skip
-    muon_axes = muon_dimension_numbers(params, axes=axes)
-    muon_path = muon_dimension_numbers(params)
-    assert muon_axes == muon_path
+    # Muon splits a named leaf at its input axes (#41): an adapter's A maps the kernel's inputs
+    # to the rank, its B the rank to the kernel's outputs, whichever split is most nearly square
+    # (the path rules' guess, which the other leaves of this model agree with).
+    by_names = _dims(muon_dimension_numbers(params, axes=axes))
+    by_paths = _dims(muon_dimension_numbers(params))
+    lead = 1 if scan else 0
+    for path, dims in by_names.items():
+        ndim = len(np.shape(_at(params, path)))
+        if path.endswith("lora_a"):
+            assert dims == (tuple(range(lead, ndim - 1)), (ndim - 1,)), path
+        elif path.endswith("lora_b"):
+            assert dims == ((lead,), tuple(range(lead + 1, ndim))), path
+        else:
+            assert dims == by_paths[path], path
     mesh = parallel.make_mesh(parallel.MeshConfig(data=2, fsdp=2, tensor=2))
     for leaf in jax.tree.leaves(nnx.state(model, nnx.LoRAParam),
                                 is_leaf=lambda x: isinstance(x, nnx.Variable)):  # fmt: skip

@@ -59,7 +59,7 @@ def _at(tree: object, path: str) -> object:
 
 
 @pytest.mark.parametrize("scan", [False, True])
-def test_the_adapter_mask_is_the_lora_params_and_muon_splits_adapters_at_their_input_axes(scan: bool):
+def test_the_adapter_mask_is_the_lora_params_and_muon_splits_them_at_their_inputs(scan: bool):
     model = _model(scan)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     adapters = set(_paths(nnx.to_pure_dict(nnx.state(model, nnx.LoRAParam))))

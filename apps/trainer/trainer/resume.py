@@ -16,7 +16,7 @@ from typing import Any
 from tjx import ckpt
 from trainer.config import Config, read_config
 from trainer.schema import ConfigError, lookup
-from trainer.settings import in_old_layout, migrate
+from trainer.settings import migrate
 
 
 def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
@@ -31,17 +31,11 @@ def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
         return False
 
 
-#: Keys added after runs were saved whose default is exactly what those runs did (#43: LoRA off,
-#: text data): a saved config.yaml without them resumes.
-RAN_AS_DEFAULT = ("lora.", "data.format", "data.messages_field")
-
-
 def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
     """``config`` as the comparison sees it: a saved one read and written back as this trainer
     writes it (the old layout migrated, `trainer.settings.migrate`, and filled with the values it
-    ran with: their defaults; a file written since keeps its own keys, the resumable ones and the
-    model's, so a key added later must match unless it is resumable or a model field), and every
-    null optimizer setting as the optimizer's own.
+    ran with: their defaults, as a key added since the file was written is), and every null
+    optimizer setting as the optimizer's own.
 
     Runs saved before those settings could be null hold the old trainer defaults (b2 0.95, ...);
     comparing values, not nulls, shows what really changes: ``optimizer.b2 0.95 → 0.999 (adamw's
@@ -51,17 +45,9 @@ def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
 
     full = config
     if saved:
+        # A key added since the file was written reads at its default, which is what the run had
+        # (the rule every new setting keeps: its default is the old behaviour); compared so.
         full = read_config(migrate(config)).to_dict()
-        if not in_old_layout(config):
-            # A key added since the file was written is compared at its default (what the run
-            # had) where a resume may change it (``mesh.context``), and must match otherwise.
-            added = {k for k in ckpt.flatten_config(full) if is_training_only(k, full)}
-            # Keys added since whose default is what every earlier run did (no adapters, text).
-            added |= {k for k in ckpt.flatten_config(full) if k.startswith(RAN_AS_DEFAULT)}
-            # A model field too, as tjx-nn reads an older model.json: a field added later keeps,
-            # at its default, the model a run had before it (``model.num_experts`` 0: dense).
-            added |= {k for k in ckpt.flatten_config(full) if k.startswith("model.")}
-            full = _only(full, set(ckpt.flatten_config(config)) | added)
     if not isinstance(full.get("optimizer"), dict):
         return full
     section = optim.with_own_defaults(full["optimizer"])
@@ -70,17 +56,6 @@ def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
         own = optim.with_own_defaults({"name": section["name"], "learning_rate": None})
         section["schedule"] = {**schedule, "peak_lr": own["learning_rate"]}
     return {**full, "optimizer": section}
-
-
-def _only(data: dict[str, Any], kept: set[str], prefix: str = "") -> dict[str, Any]:
-    """``data`` with only the dotted keys ``kept``."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out[key] = _only(value, kept, f"{prefix}{key}.")
-        elif f"{prefix}{key}" in kept:
-            out[key] = value
-    return out
 
 
 def saved_config(run_dir: Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -74,6 +75,25 @@ def test_failed_read_debris_is_dropped_and_nothing_else(monkeypatch: pytest.Monk
     for exc in (RuntimeError("Event loop is closed"), RuntimeError("other"), ValueError("x")):
         sys.unraisablehook(SimpleNamespace(exc_value=exc))  # type: ignore[arg-type]
     assert passed_on == ["other", "x"]
+    # A read coroutine of orbax's, collected holding the read's error, is dropped; the same error
+    # from anyone else's coroutine is not.
+    orbax_read = _coroutine("/site-packages/orbax/checkpoint/_src/serialization/s.py")
+    own_read = _coroutine("/x.py")
+    try:
+        for coroutine in (orbax_read, own_read):
+            error = Exception("Encountered error while reading array index")
+            sys.unraisablehook(SimpleNamespace(exc_value=error, object=coroutine))  # type: ignore
+    finally:
+        orbax_read.close()
+        own_read.close()
+    assert passed_on == ["other", "x", "Encountered error while reading array index"]
+
+
+def _coroutine(filename: str) -> Any:
+    """A coroutine object whose code says it was defined in ``filename``."""
+    namespace: dict[str, Any] = {}
+    exec(compile("async def read():\n    return 1\n", filename, "exec"), namespace)
+    return namespace["read"]()
 
 
 def test_debris_that_arrives_before_the_failure_is_seen_is_dropped_too(

@@ -7,9 +7,11 @@ on stderr instead of Python's ``file:line: Category: message`` plus the source l
 
 A failed tensorstore read also leaves debris that Python prints later, when the failed reads'
 futures are garbage-collected: asyncio's ``Future exception was never retrieved`` (logged with a
-traceback of the same error the warning names) and callbacks aimed at orbax's closed event loop
-(``RuntimeError: Event loop is closed``, reported as unraisable). :func:`silence_failed_reads`
-drops exactly those two kinds of message, for the rest of the process; the manager installs it
+traceback of the same error the warning names), callbacks aimed at orbax's closed event loop
+(``RuntimeError: Event loop is closed``, reported as unraisable) and orbax's own read coroutines,
+closed at collection while still holding the read's error (``Exception ignored in: <coroutine
+…>``, reported as unraisable with the whole tensorstore spec). :func:`silence_failed_reads` drops
+exactly those three kinds of message, for the rest of the process; the manager installs it
 before its first fallback read, because the debris can arrive from tensorstore's threads before
 the failed read's exception reaches the manager.
 """
@@ -17,6 +19,7 @@ the failed read's exception reaches the manager.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import sys
 import warnings
@@ -30,6 +33,8 @@ __all__ = [
     "warn_skipped",
 ]
 
+#: Where orbax's modules live: a coroutine whose code is in one is one of orbax's reads.
+_ORBAX_DIR = "/orbax/checkpoint/"
 _NEVER_RETRIEVED = ("Future exception was never retrieved", "Task exception was never retrieved")
 
 
@@ -60,9 +65,16 @@ def silence_failed_reads() -> None:
         exc = unraisable.exc_value
         if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
             return  # a tensorstore callback to orbax's finished loop: nothing left to do
+        if _is_orbax_coroutine(getattr(unraisable, "object", None)) and isinstance(exc, Exception):
+            return  # an abandoned read of the failed step, collected: its error was reported
         previous(unraisable)
 
     sys.unraisablehook = hook
+
+
+def _is_orbax_coroutine(obj: Any) -> bool:
+    """Whether ``obj`` is a coroutine defined in orbax's package (one of its array reads)."""
+    return inspect.iscoroutine(obj) and _ORBAX_DIR in obj.cr_code.co_filename.replace("\\", "/")
 
 
 def warn_skipped(failures: list[tuple[int, Any]], used: str) -> None:

@@ -19,14 +19,12 @@ from eval.runs import LoadedRun, RunError
 
 def with_kernel(run: LoadedRun, kernel: str) -> LoadedRun:
     """``run`` whose model takes ``kernel`` (the attention kernel is part of the module graph)."""
-    from tjx import nn
+    from eval.runs import rebuilt
 
     if run.nn_config.attention_impl == kernel:
         return run
     config = dataclasses.replace(run.nn_config, attention_impl=kernel)
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: nn.build_model(config, rngs=nnx.Rngs(0))))
-    _, params, rest = nnx.split(run.model, nnx.Param, ...)  # type: ignore[misc]
-    return dataclasses.replace(run, nn_config=config, model=nnx.merge(graphdef, params, rest))
+    return dataclasses.replace(run, nn_config=config, model=rebuilt(run, config))
 
 
 def compile_step(run: LoadedRun, batch: Mapping[str, Any], make_step: Callable[[Any], Any]) -> None:

@@ -33,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None, help="held-out text: built-in, hub name or path")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     parser.add_argument("--generate", default=None, metavar="PROMPT", help="sample from PROMPT")
+    parser.add_argument(
+        "--chat",
+        action="store_true",
+        help="with --generate: PROMPT is a user turn, rendered with the run's chat template and "
+        "its generation prompt; generation stops at the end-of-turn token and only the "
+        "assistant's reply is printed",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--top-k", type=int, default=None)
@@ -80,6 +87,8 @@ def _check(args: argparse.Namespace) -> None:
             raise RunError(f"--sparse-top-k: must be >= 1, got {args.sparse_top_k}")
         if args.generate is None:  # it changes only decoding: alone it would do nothing
             raise RunError("--sparse-top-k: applies to --generate; give a prompt with --generate")
+    if args.chat and args.generate is None:
+        raise RunError("--chat: applies to --generate; give the user's message with --generate")
     png = args.attention_png
     if png and png != "none" and not Path(png).expanduser().parent.is_dir():
         raise RunError(
@@ -171,7 +180,8 @@ def _check_scoreable(run: Any) -> None:
 def _scope_note(run: Any, args: argparse.Namespace, results: dict[str, float]) -> str:
     """What the numbers above cover, and why the trainer's ``val_*`` differ from them."""
     count = results["num_images" if run.objective.unit == "images" else "num_tokens"]
-    scope = f"{round(count):,} held-out {run.objective.scores}"
+    scores = "assistant tokens (the trainer's loss mask)" if run.chat else run.objective.scores
+    scope = f"{round(count):,} held-out {scores}"
     if args.data is not None:
         return f"({scope} of {args.data!r}, the run's tokenizer)"
     if args.max_batches is not None:
@@ -179,6 +189,7 @@ def _scope_note(run: Any, args: argparse.Namespace, results: dict[str, float]) -
     train = run.config.get("train", {})
     batches, size = train.get("eval_batches"), run.config.get("eval", {}).get("batch_size")
     rows = "images" if run.objective.unit == "images" else "sequences"
+    rows = "packed rows" if run.chat else rows
     return (
         f"({scope}: the whole validation split; the trainer's val_* metrics use only its first "
         f"{batches} batches of {size} {rows}, so they differ a little)"
@@ -196,9 +207,13 @@ def _attention(run: Any, args: argparse.Namespace) -> None:
     if target == "none" or run.objective.name != "lm":  # a decoder's self-attention
         return
     path = Path(target) if target else run.run_dir / "attention_distance.png"
-    shard_dir, _ = heldout_dir(run, args.data)
     # Four held-out rows: 4 × heads × seq_len mean distances per layer in each histogram.
-    batch = next(iter(data.validation_batches(shard_dir, int(run.data["seq_len"]), 4)))
+    if run.chat:  # packed conversations, as the trainer's validation reads them
+        chats: Any = run.run_data
+        batch = next(iter(chats.validation_batches(4, 1)))
+    else:
+        shard_dir, _ = heldout_dir(run, args.data)
+        batch = next(iter(data.validation_batches(shard_dir, int(run.data["seq_len"]), 4)))
     distances = attention_map.layer_distances(
         run.model, {k: np.asarray(v) for k, v in batch.items()}
     )
@@ -216,13 +231,9 @@ def decoding_model(run: Any, sparse_top_k: int | None) -> Any:
     """
     if sparse_top_k is None:
         return run.model
-    from flax import nnx
+    from eval.runs import rebuilt
 
-    from tjx import nn
-
-    config = run.nn_config.replace(decode_topk=sparse_top_k)
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: nn.build_model(config, rngs=nnx.Rngs(0))))
-    return nnx.merge(graphdef, nnx.state(run.model))
+    return rebuilt(run, run.nn_config.replace(decode_topk=sparse_top_k))
 
 
 def _generate(run: Any, args: argparse.Namespace) -> None:
@@ -230,11 +241,14 @@ def _generate(run: Any, args: argparse.Namespace) -> None:
 
     from tjx import data, nn
 
-    # [1, n] int32; an empty prompt is the EOS id alone (a model continues from a token).
-    ids, _ = data.encode_prompts(run.tokenizer, [args.generate])
     max_len = int(run.nn_config.max_seq_len)
     model = decoding_model(run, args.sparse_top_k)
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    if args.chat:
+        _chat_reply(run, model, args, sampling)
+        return
+    # [1, n] int32; an empty prompt is the EOS id alone (a model continues from a token).
+    ids, _ = data.encode_prompts(run.tokenizer, [args.generate])
     # As trained: a seq2seq model's encoder reads the prompt, its decoder continues it.
     if run.objective.name == "seq2seq":
         new = max(1, min(args.max_new_tokens, max_len - 1))
@@ -250,8 +264,15 @@ def _generate(run: Any, args: argparse.Namespace) -> None:
     else:
         new = max(1, min(args.max_new_tokens, max_len - ids.shape[1]))
         out = np.asarray(nn.generate(model, ids, max_new_tokens=new, seed=args.seed, **sampling))
+    how = f"{_how(run, args)}; seed {args.seed}; {new} new tokens"
+    print(f"--- sample (prompt {args.generate!r}; {how}) ---")
+    print(run.tokenizer.decode([int(t) for t in np.asarray(out)[0]]))
+
+
+def _how(run: Any, args: argparse.Namespace) -> str:
+    """How a sample was decoded (the run's own sparse top-k when the flag leaves it)."""
     how = "greedy" if args.temperature == 0 else f"temperature {args.temperature:g}"
-    how += "".join(
+    return how + "".join(
         f", {name} {value:g}"
         for name, value in (
             ("top-k", args.top_k),
@@ -261,8 +282,37 @@ def _generate(run: Any, args: argparse.Namespace) -> None:
         )
         if value is not None
     )
-    print(f"--- sample (prompt {args.generate!r}; {how}; seed {args.seed}; {new} new tokens) ---")
-    print(run.tokenizer.decode([int(t) for t in np.asarray(out)[0]]))
+
+
+def _chat_checks(run: Any, args: argparse.Namespace) -> Any:
+    """``--generate --chat``'s prompt ids, checked before any scoring: a decoder run, a chat
+    template that renders the turn, a reply that fits ``max_seq_len``."""
+    from eval import chat
+
+    if run.objective.name != "lm":
+        raise RunError(f"--chat: needs a decoder run (a chat model), not {run.objective.name!r}")
+    ids = chat.prompt_ids(chat.encoder_of(run), args.generate)
+    max_len = int(run.nn_config.max_seq_len)
+    if ids.shape[1] >= max_len:
+        raise RunError(
+            f"--generate: the rendered chat prompt is {ids.shape[1]} tokens, and the model reads "
+            f"at most {max_len}; shorten the message"
+        )
+    return ids
+
+
+def _chat_reply(run: Any, model: Any, args: argparse.Namespace, sampling: dict[str, Any]) -> None:
+    from eval import chat
+
+    encoder = chat.encoder_of(run)
+    ids = _chat_checks(run, args)
+    new = max(1, min(args.max_new_tokens, int(run.nn_config.max_seq_len) - ids.shape[1]))
+    text, count, stopped = chat.reply(
+        model, encoder, ids, max_new_tokens=new, seed=args.seed, **sampling
+    )
+    end = f"ended at {encoder.eos_text}" if stopped else f"no {encoder.eos_text} in {new} tokens"
+    print(f"--- reply (user {args.generate!r}; {_how(run, args)}; seed {args.seed}; {end}) ---")
+    print(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             hf_checkpoint.export_run(run, args)
             return 0
         _check_scoreable(run)
+        if args.chat:  # a template that cannot render: refused before anything is scored
+            _chat_checks(run, args)
         print(f"run {run.run_dir} at step {run.step}")
         metrics = _metrics(run, args)
         _print_table([f"{run.run_dir.name}@{run.step}"], [metrics])

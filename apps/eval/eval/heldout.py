@@ -149,6 +149,8 @@ def _heldout(
     """(fresh held-out batches on each call, bytes/token, the error when none fits)."""
     from tjx import data
 
+    if run.chat:
+        return _conversations(run, source, batch_size, max_batches)
     if run.objective.name != "classify":
         shard_dir, bpt = heldout_dir(run, source)
         seq_len = int(run.data["seq_len"])
@@ -173,4 +175,28 @@ def _heldout(
         lambda: images.validation_batches(batch_size, max_batches),
         None,
         f"--batch-size: {batch_size} is more than the {count} held-out images; lower it",
+    )
+
+
+def _conversations(
+    run: LoadedRun, source: str | None, batch_size: int, max_batches: int | None
+) -> tuple[Callable[[], Iterator[dict[str, Any]]], None, str]:
+    """A chat run's held-out conversations, packed as the trainer's validation packs them
+    (tjx.data's `ChatRunData.validation_batches`: targets -100 off the assistant's tokens, so
+    the loss is the trainer's, over the assistant's tokens only; no bytes per token)."""
+    if run.data.get("format") != "chat":
+        raise RunError(
+            "--checkpoint: a preference run's held-out pairs are scored by DPO's metrics, not "
+            "here; evaluate the chat (SFT) run it started from"
+        )
+    if source is not None:
+        raise RunError(
+            "--data: a chat run is scored on its own held-out conversations (the assistant's "
+            "tokens); leave --data out"
+        )
+    chat: Any = run.run_data  # tjx.data's ChatRunData
+    return (
+        lambda: chat.validation_batches(batch_size, max_batches),
+        None,
+        f"{chat.val_dir}: no held-out conversation",
     )

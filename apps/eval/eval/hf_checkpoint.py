@@ -124,8 +124,28 @@ def export_run(run: LoadedRun, args: argparse.Namespace) -> None:
     if save is not None:  # an HF tokenizer: transformers reads its tokenizer.json
         files.append(Path(save(out)).name)
     else:
-        print(
-            f"note: the run's tokenizer ({run.run_data.tokenizer_spec}) has no tokenizer.json form"
-        )
+        spec = getattr(run.run_data, "tokenizer_spec", None)
+        print(f"note: the run's tokenizer ({spec}) has no tokenizer.json form")
+    files += _chat_files(run, out)
     names = ", ".join(files)
     print(f"exported {run.run_dir}@{run.step} as a Hugging Face checkpoint: {out} ({names})")
+
+
+#: A chat run's tokenizer files besides tokenizer.json: its chat template and special tokens, so
+#: transformers' ``apply_chat_template`` renders the exported model's conversations as trained.
+CHAT_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def _chat_files(run: LoadedRun, out: Path) -> list[str]:
+    """Copy a chat run's template files (``CHAT_FILES`` its tokenizer folder has) into ``out``."""
+    import shutil
+
+    folder = getattr(run.run_data, "tokenizer_dir", None)
+    if folder is None:
+        return []
+    copied = []
+    for name in CHAT_FILES:
+        if (Path(folder) / name).is_file():
+            shutil.copyfile(Path(folder) / name, out / name)
+            copied.append(name)
+    return copied

@@ -1,5 +1,13 @@
-"""Reading a trainer run directory: its config, model (rebuilt from ``model.json``), the latest
-checkpoint's parameters, the tokenizer and the held-out shards."""
+"""Reading a trainer run directory: its config, model (rebuilt from ``model.json``, with the LoRA
+adapters its ``config.yaml`` names), the latest checkpoint's parameters, the tokenizer (and chat
+template) and the held-out shards.
+
+A LoRA run is evaluated **unmerged**: the model is rebuilt with tjx.nn's adapters of the run's
+``lora:`` section and given the checkpoint's whole tree (base and adapters), so every number is the
+one the trainer's validation computed, in any parameter dtype (merging into a bfloat16 kernel would
+round ``W + scale · A · B``). ``--export-hf`` merges (tjx.nn's ``save_hf`` sums in float32, one
+tensor at a time), so the exported folder is an ordinary Hugging Face checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,10 @@ from typing import TYPE_CHECKING, Any
 from flax import nnx
 
 if TYPE_CHECKING:
-    from tjx.data import RunData
+    from tjx.data import ChatRunData, RunData
+
+#: ``data.json``'s ``format`` of a post-training run (tjx.data's `ChatRunData` reads it back).
+CHAT_FORMATS = ("chat", "preference")
 
 
 class RunError(ValueError):
@@ -27,7 +38,15 @@ class LoadedRun:
     nn_config: Any
     model: Any
     step: int
-    run_data: RunData  # data.json read back by tjx.data
+    run_data: RunData | ChatRunData  # data.json read back by tjx.data
+    #: tjx.nn's `LoraConfig` of a LoRA run (its adapters are in ``model``); ``None`` otherwise.
+    lora: Any = None
+
+    @property
+    def chat(self) -> bool:
+        """A chat (SFT) or preference run: its data are conversations, scored on the
+        assistant's tokens only."""
+        return self.data.get("format") in CHAT_FORMATS
 
     @property
     def tokenizer(self) -> Any:
@@ -76,9 +95,57 @@ def check_run_dir(run_dir: Path) -> None:
         raise RunError(f"--checkpoint: {str(run_dir)!r} holds no checkpoint yet")
 
 
+def lora_config(run_dir: Path, config: dict[str, Any]) -> Any:
+    """tjx.nn's `LoraConfig` of the run's ``lora:`` section when ``lora.enabled``, else None."""
+    from tjx import nn
+
+    section = config.get("lora")
+    if not isinstance(section, dict) or not section.get("enabled"):
+        return None
+    fields = {k: v for k, v in section.items() if k != "enabled"}
+    try:
+        return nn.LoraConfig(**fields)
+    except (TypeError, ValueError) as err:
+        raise RunError(
+            f"--checkpoint: {str(run_dir / 'config.yaml')!r}: its lora section is not tjx.nn's "
+            f"LoraConfig ({err}); the trainer writes it, so it was changed by hand"
+        ) from None
+
+
+def build_model(nn_config: Any, lora: Any) -> Any:
+    """A model of ``nn_config`` with ``lora``'s adapters (if any); call it under
+    ``nnx.eval_shape`` (the checkpoint gives every value)."""
+    from tjx import nn
+
+    model = nn.build_model(nn_config, rngs=nnx.Rngs(0))
+    if lora is not None:
+        nn.add_lora(model, lora, rngs=nnx.Rngs(params=1, dropout=2))
+    return model
+
+
+def rebuilt(run: LoadedRun, nn_config: Any) -> Any:
+    """``run``'s model (its adapters too) built (abstractly) from ``nn_config`` — another
+    attention kernel, top-k decoding: settings that leave the state the same — and given the
+    run's state."""
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(nn_config, run.lora)))
+    return nnx.merge(graphdef, nnx.state(run.model))
+
+
+def _run_data(run_dir: Path, info: dict[str, Any]) -> Any:
+    """tjx.data's reading of ``data.json``: a `ChatRunData` for a chat or preference run."""
+    from tjx import data
+
+    try:
+        if info.get("format") in CHAT_FORMATS:
+            return data.ChatRunData.from_description(info)
+        return data.RunData.from_description(info)
+    except data.DataError as err:
+        raise RunError(f"--checkpoint: {str(run_dir / 'data.json')!r}: {err}") from None
+
+
 def load_run(run_dir: Path, step: int | None = None) -> LoadedRun:
     """Config, model with the checkpoint's params (latest unless ``step``), tokenizer."""
-    from tjx import ckpt, data, nn
+    from tjx import ckpt, nn
 
     check_run_dir(run_dir)
     config = _read(run_dir, "config.yaml")
@@ -92,7 +159,8 @@ def load_run(run_dir: Path, step: int | None = None) -> LoadedRun:
             f"--checkpoint: {str(run_dir / 'model.json')!r} does not describe a tjx.nn model "
             f"({type(err).__name__}: {err}); the trainer writes it, so it was changed by hand"
         ) from None
-    abstract = nnx.eval_shape(lambda: nn.build_model(nn_config, rngs=nnx.Rngs(0)))
+    lora = lora_config(run_dir, config)
+    abstract = nnx.eval_shape(lambda: build_model(nn_config, lora))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
     target = nnx.to_pure_dict(params)
     # tjx.ckpt picks the step: with none given, the newest that reads back intact (a corrupt
@@ -103,12 +171,9 @@ def load_run(run_dir: Path, step: int | None = None) -> LoadedRun:
         )
     # The RNG streams are unused in evaluation; concrete stand-ins let the model merge.
     model = nnx.merge(graphdef, restored, nn.concrete_state(rest))
-    # tjx.data reads back what the trainer wrote (its RunData.describe), tokenizer included.
-    try:
-        run_data = data.RunData.from_description(info)
-    except data.DataError as err:
-        raise RunError(f"--checkpoint: {str(run_dir / 'data.json')!r}: {err}") from None
-    return LoadedRun(run_dir, config, info, nn_config, model, int(step), run_data)
+    # tjx.data reads back what the trainer wrote (its describe), tokenizer (and template) too.
+    run_data = _run_data(run_dir, info)
+    return LoadedRun(run_dir, config, info, nn_config, model, int(step), run_data, lora)
 
 
 def heldout_dir(run: LoadedRun, source: str | None) -> tuple[Path, float | None]:
@@ -122,6 +187,8 @@ def heldout_dir(run: LoadedRun, source: str | None) -> tuple[Path, float | None]
 
     from tjx import data
 
+    if not isinstance(run.run_data, data.RunData):  # a chat run's conversations: not shards
+        raise RunError("--data: a chat run is scored on its own held-out conversations")
     try:
         return run.run_data.heldout_shards(
             source, progress=sys.stderr.isatty(), names={"source": "--data"}

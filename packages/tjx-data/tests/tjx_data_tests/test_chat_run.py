@@ -10,6 +10,7 @@ import pytest
 
 from tjx.data import (
     ARITHMETIC,
+    ChatRunData,
     DataError,
     arithmetic_rows,
     prepare_arithmetic,
@@ -85,3 +86,24 @@ def test_bad_chat_run_inputs_are_one_data_error_naming_the_setting(tmp_path):
         data.train_loader(10**6, seed=0, names=NAMES)
     with pytest.raises(ValueError, match="kind must be chat or preference"):
         prepare_chat_run_data(ARITHMETIC, "bpe", kind="text", seq_len=32)
+
+
+def test_a_chat_runs_description_reads_back_and_names_a_changed_template(tmp_path):
+    made = prepare_chat_run_data(ARITHMETIC, "bpe", kind="chat", seq_len=32, cache_dir=tmp_path)
+    info = json.loads(json.dumps(made.describe(tmp_path)))  # as data.json holds it
+    back = ChatRunData.from_description(info)
+    assert (back.kind, back.seq_len, back.val_dir, back.template) == (
+        "chat",
+        32,
+        made.val_dir,
+        made.template,
+    )
+    messages = [{"role": "user", "content": "What is 1 + 2?"}]
+    np.testing.assert_array_equal(
+        back.encoder.encode_prompt(messages), made.encoder.encode_prompt(messages)
+    )
+    with pytest.raises(DataError, match="not the one the run trained with") as err:
+        ChatRunData.from_description({**info, "template": "0" * 16})
+    assert err.value.argument == "tokenizer"
+    with pytest.raises(DataError, match="not a chat or preference run"):
+        ChatRunData.from_description({**info, "format": "text"})

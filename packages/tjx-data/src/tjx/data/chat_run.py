@@ -109,6 +109,41 @@ class ChatRunData:
         )
         return itertools.islice(batches, max_batches)
 
+    @classmethod
+    def from_description(cls, info: dict[str, Any]) -> ChatRunData:
+        """The `ChatRunData` a chat or preference run's ``data.json`` describes (`describe`), its
+        tokenizer folder and chat template loaded again (what the evaluator scores and prompts).
+
+        Raises
+        ------
+        DataError
+            Not a chat or preference description, a tokenizer folder that no longer loads, or a
+            template whose fingerprint is no longer the one the run trained with
+            (``argument="tokenizer"``).
+        """
+        kind = info.get("format")
+        if kind not in ("chat", "preference"):
+            raise DataError(f"not a chat or preference run's data (format {kind!r})")
+        folder = Path(str(info.get("tokenizer") or ""))
+        encoder = ChatEncoder(load_tokenizer(folder), ChatTemplate.from_folder(folder))
+        data = cls(
+            str(info.get("source") or ""),
+            str(kind),
+            encoder,
+            folder,
+            Path(str(info.get("train_dir") or "")),
+            Path(str(info.get("val_dir") or "")),
+            seq_len=int(info["seq_len"]),
+        )
+        saved = info.get("template")
+        if saved is not None and saved != data.template:
+            raise DataError(
+                f"{folder}: its chat template is not the one the run trained with (fingerprint "
+                f"{saved}, now {data.template}); restore the folder's template",
+                argument="tokenizer",
+            )
+        return data
+
     def describe(self, run_dir: str | Path) -> dict[str, Any]:
         """``data.json``: the format, the splits, the tokenizer folder and template."""
         del run_dir  # the tokenizer folder is the run's own (or the cache's) already

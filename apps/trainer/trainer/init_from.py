@@ -6,10 +6,16 @@ Checked before anything is written: the checkpoint's family must be ``model.kind
 architecture setting the user gave (``model.position`` ...) must be the checkpoint's, since
 dropping it silently would train something else than asked. A GPT-2 hub name (``gpt2``) is
 checked without downloading; any other source is read (its ``config.json`` only).
+
+The run records where it started (``init_from.json``: a local folder as its absolute path, a hub
+name as given). A ``--resume`` takes no ``--init-from``, so from that record it builds the
+checkpoint's architecture again (the run's ``model.json``, not the config's shape) and an export
+names its base model (``--export-peft``'s ``base_model_name_or_path``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +109,52 @@ def check_init_from(cfg: Config, source: str) -> None:
             f"--init-from: {family} weights fix the architecture, so {named} cannot apply; "
             "leave those settings unset"
         )
+
+
+#: The run file that names the checkpoint a run started from.
+INIT_FILE = "init_from.json"
+
+
+def init_source(source: str) -> str:
+    """``source`` as the run records it: a local folder's absolute path, else the hub name."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
+
+
+def record_init_from(run_dir: Any, source: str | None) -> None:
+    """Write ``init_from.json`` into the run directory (nothing for a run from scratch)."""
+    from tjx.ckpt import RunDir
+
+    if source is not None:
+        RunDir(run_dir).write_json(INIT_FILE, {"init_from": init_source(source)})
+
+
+def recorded_init_from(run_dir: Any) -> str | None:
+    """The checkpoint the run started from (`record_init_from`); ``None`` for a run from scratch
+    or one saved before the file existed."""
+    from tjx.ckpt import RunDir, RunFileNotFoundError
+
+    try:
+        source = RunDir(run_dir).read(INIT_FILE).get("init_from")
+    except RunFileNotFoundError:
+        return None
+    return str(source) if source else None
+
+
+#: The model settings the config decides when a checkpoint fixed the architecture (`state.build`
+#: hands them to ``load_hf``): how to train it, not what it is.
+TRAINING_FIELDS = ("scan_layers", "remat", "attention_impl", "dropout", "decode_topk", "precision")
+
+
+def resumed_from_checkpoint(cfg: Config, run_dir: Any) -> Config | None:
+    """For a ``--resume`` of a run that started ``--init-from`` a checkpoint: ``cfg`` (resolved)
+    with the architecture the run trained (its ``model.json``) and ``cfg``'s `TRAINING_FIELDS`;
+    ``None`` for a run that started from scratch (its config is its architecture)."""
+    from tjx import nn
+    from tjx.ckpt import RunDir
+
+    if recorded_init_from(run_dir) is None:
+        return None
+    saved = nn.config_from_dict(RunDir(run_dir).read(RunDir.MODEL_FILE))
+    how = {k: getattr(cfg.model, k) for k in TRAINING_FIELDS}
+    return dataclasses.replace(cfg, model=dataclasses.replace(saved, **how))

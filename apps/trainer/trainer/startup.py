@@ -12,6 +12,7 @@ import jax
 
 import trainer.training as training
 from trainer.config import Config, resolve
+from trainer.init_from import record_init_from, resumed_from_checkpoint
 from trainer.plan import RunPlan, error_exit
 from trainer.schema import ConfigError
 
@@ -91,7 +92,10 @@ def _prepare_and_train(plan: RunPlan) -> int:
         # This process's share of each batch on the mesh; a corpus too small for a batch fails here
         loader = data_setup.train_loader(bundle, cfg, mesh)
         cfg = resolve(cfg, bundle.vocab_size)  # the tokenizer's vocabulary
-        if plan.init_from is None:
+        # A resumed --init-from run: the checkpoint's architecture again (its model.json).
+        from_checkpoint = plan.resume and resumed_from_checkpoint(cfg, plan.run_dir)
+        cfg = from_checkpoint or cfg
+        if plan.init_from is None and not from_checkpoint:
             # The attention kernel that compiles (one line per kernel that fails), then memory.
             cfg = memory_fit.fit_memory(attention_choice.choose_attention(cfg))
         plan = dataclasses.replace(plan, config=cfg)
@@ -103,6 +107,7 @@ def _prepare_and_train(plan: RunPlan) -> int:
     # checkpoint has been restored (see training.train): a failed one leaves the run as it was.
     if primary and not plan.resume:
         training.write_run_files(plan, setup, bundle)
+        record_init_from(plan.run_dir, plan.init_from)  # what an export names as its base later
     parallel.barrier("trainer:run_dir", timeout_s=plan.distributed.timeout_s)
     try:
         return training.train(plan, bundle, setup, loader)

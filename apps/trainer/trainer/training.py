@@ -21,6 +21,7 @@ import numpy as np
 
 from tjx.ckpt import RunDir, final_summary
 from trainer.config import Config
+from trainer.init_from import recorded_init_from
 from trainer.plan import RunPlan, error_exit
 
 #: The loss plot: training and validation loss on one axis (tjx.metrics.plot_run; it never fails a
@@ -356,8 +357,7 @@ class Training:
 
 
 def export_adapters(plan: RunPlan, setup: Any, params: Any, primary: bool) -> None:
-    """``--export-peft DIR``: the LoRA adapters of ``params`` as a PEFT adapter folder (checked
-    by the command line: a Llama-family LoRA run and a new folder)."""
+    """``--export-peft DIR``: the adapters of ``params`` as PEFT reads them (cli checked DIR)."""
     if plan.export_peft is None:
         return
     from flax import nnx
@@ -366,7 +366,7 @@ def export_adapters(plan: RunPlan, setup: Any, params: Any, primary: bool) -> No
 
     model = nnx.merge(setup.graphdef, jax.device_get(params), setup.rest)
     if primary:
-        base = plan.init_from
+        base = plan.init_from or recorded_init_from(plan.run_dir)  # a --resume has no flag
         nn.save_peft(model, plan.export_peft, plan.config.lora, base_model=base)
         print(f"PEFT adapter written to {plan.export_peft}", flush=True)
 

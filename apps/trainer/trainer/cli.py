@@ -18,7 +18,7 @@ from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first u
 from trainer.config import Config, read_config
 from trainer.init_from import check_init_from
 from trainer.plan import RunPlan, error_exit
-from trainer.resume import check_resume, describe_changes
+from trainer.resume import check_chat_template, check_resume, describe_changes
 from trainer.schema import ConfigError, keyed
 from trainer.settings import apply_overrides, changed, load_config_data, preset_names
 from trainer.signals import interrupted_exit
@@ -192,6 +192,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     resume_changes: dict[str, tuple[object, object]] = {}
     if args.resume:  # before anything is written: a mismatch leaves the run as it was
         resume_changes = check_resume(run_dir, cfg.to_dict())
+        check_chat_template(run_dir, cfg)
         if cfg.train.fit_memory and resume_changes.get("model.remat") == ("full", "none"):
             del resume_changes["model.remat"]  # the memory fit chose full remat, and will again
     if args.init_from is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tjx import ckpt
+from tjx import ckpt, data
 from trainer.config import Config, read_config
 from trainer.schema import ConfigError, lookup
 from trainer.settings import migrate
@@ -119,3 +119,26 @@ def check_resume(run_dir: Path, new: dict[str, Any]) -> dict[str, tuple[Any, Any
 def describe_changes(diff: dict[str, tuple[Any, Any]]) -> str:
     """The line printed when a resume changes training-only settings."""
     return f"resume: changed settings: {ckpt.describe_changes(diff)}"
+
+
+def check_chat_template(run_dir: Path, cfg: Config) -> None:
+    """Refuse a chat run's ``--resume`` whose ``data.tokenizer`` folder holds another chat
+    template than the one the run trained with (``data.json``'s fingerprint): the same folder
+    path passes the config check, yet every conversation would render (and mask) differently.
+
+    A ``bpe`` tokenizer's template is tjx.data's fixed ChatML; a folder that no longer reads is
+    left to the data preparation's own error.
+    """
+    if cfg.data.format == "text" or cfg.data.tokenizer == "bpe":
+        return
+    try:
+        saved = ckpt.RunDir(run_dir).read(ckpt.RunDir.DATA_FILE).get("template")
+        now = data.ChatTemplate.from_folder(cfg.data.tokenizer).fingerprint
+    except (ckpt.RunFileError, data.DataError):
+        return
+    if saved is not None and saved != now:
+        raise ConfigError(
+            f"--resume: the chat template in data.tokenizer ({cfg.data.tokenizer}) is not the one "
+            f"this run trained with (fingerprint {saved}, now {now}); restore that template, or "
+            "train with the new one in a new --run-dir"
+        )

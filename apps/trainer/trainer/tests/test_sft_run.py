@@ -93,3 +93,34 @@ def test_chat_data_on_a_model_it_cannot_train_and_preference_pairs_without_dpo_a
         read_config({"data": {"format": "preference"}})
     with pytest.raises(ConfigError, match=r"^data\.format: 'dpo' is not allowed"):
         read_config({"data": {"format": "dpo"}})
+
+
+def test_a_resume_with_another_chat_template_is_one_line_and_writes_nothing(in_tmp, capsys):
+    import shutil
+
+    from tjx import data
+
+    made = data.prepare_chat_run_data(
+        "arithmetic",
+        "bpe",
+        kind="chat",
+        seq_len=64,
+        cache_dir=in_tmp / "cache",
+        tokenizer_vocab=400,
+    )
+    folder = in_tmp / "tok"
+    shutil.copytree(made.tokenizer_dir, folder)
+    sets = [f"data.tokenizer={folder}", "train.steps=4", "train.checkpoint_every=2"]
+    sets += ["train.eval_every=0", "train.sample_every=0"]
+    assert main(_argv(in_tmp, *sets, "train.stop_at=2")) == 0
+    run = in_tmp / "run"
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = config["chat_template"].replace("<|im_start|>", "<|im_start|> ")
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main([*_argv(in_tmp, *sets), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("trainer: error: --resume: the chat template in data.tokenizer"), err
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before

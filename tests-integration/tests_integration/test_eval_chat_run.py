@@ -76,6 +76,7 @@ def test_a_lora_chat_run_from_a_hf_folder_evaluates_and_exports_as_trained(tmp_p
     check_ok(proc)
     adapter = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(hf.resolve())  # not null after a resume
+    assert json.loads((tmp_path / "run" / "init.json").read_text())["kind"] == "hugging-face"
 
     val = val_losses(run)[8]
     flags = ["--batch-size", "8", "--max-batches", "2", "--attention-png", "none"]

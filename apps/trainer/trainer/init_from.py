@@ -7,7 +7,7 @@ architecture setting the user gave (``model.position`` ...) must be the checkpoi
 dropping it silently would train something else than asked. A GPT-2 hub name (``gpt2``) is
 checked without downloading; any other source is read (its ``config.json`` only).
 
-The run records where it started (``init_from.json``: a local folder as its absolute path, a hub
+The run records where it started (``init.json``: a local folder as its absolute path, a hub
 name as given). A ``--resume`` takes no ``--init-from``, so from that record it builds the
 checkpoint's architecture again (the run's ``model.json``, not the config's shape) and an export
 names its base model (``--export-peft``'s ``base_model_name_or_path``).
@@ -111,34 +111,38 @@ def check_init_from(cfg: Config, source: str) -> None:
         )
 
 
-#: The run file that names the checkpoint a run started from.
-INIT_FILE = "init_from.json"
+#: The file of a run that records where it started (`record`); the name and layout the "dpo"
+#: branch's ``--init-from RUN_DIR`` uses too (``kind`` ``tjx-run`` there).
+INIT_FILE = "init.json"
 
 
-def init_source(source: str) -> str:
-    """``source`` as the run records it: a local folder's absolute path, else the hub name."""
-    path = Path(source).expanduser()
-    return str(path.resolve()) if path.exists() else source
-
-
-def record_init_from(run_dir: Any, source: str | None) -> None:
-    """Write ``init_from.json`` into the run directory (nothing for a run from scratch)."""
+def record(run_dir: Path, source: str | None, step: int | None = None) -> None:
+    """Write ``init.json`` (where the run started: a local folder's absolute path, else the hub
+    name) unless it exists: a resume keeps it. Nothing for a run from scratch."""
     from tjx.ckpt import RunDir
 
-    if source is not None:
-        RunDir(run_dir).write_json(INIT_FILE, {"init_from": init_source(source)})
+    folder = RunDir(run_dir)
+    if source is None or (folder.path / INIT_FILE).exists():
+        return
+    path = Path(source).expanduser()
+    where = str(path.resolve()) if path.exists() else source
+    folder.write_json(INIT_FILE, {"init_from": where, "kind": "hugging-face", "step": step})
 
 
-def recorded_init_from(run_dir: Any) -> str | None:
-    """The checkpoint the run started from (`record_init_from`); ``None`` for a run from scratch
-    or one saved before the file existed."""
+def _record(run_dir: Path) -> dict[str, Any] | None:
     from tjx.ckpt import RunDir, RunFileNotFoundError
 
     try:
-        source = RunDir(run_dir).read(INIT_FILE).get("init_from")
+        return RunDir(run_dir).read(INIT_FILE)
     except RunFileNotFoundError:
         return None
-    return str(source) if source else None
+
+
+def recorded(run_dir: Path) -> str | None:
+    """The ``--init-from`` a run started from (its ``init.json``), or None (a run from scratch,
+    or one saved before the file existed)."""
+    found = _record(run_dir)
+    return str(found["init_from"]) if found and found.get("init_from") else None
 
 
 #: The model settings the config decides when a checkpoint fixed the architecture (`state.build`
@@ -146,14 +150,15 @@ def recorded_init_from(run_dir: Any) -> str | None:
 TRAINING_FIELDS = ("scan_layers", "remat", "attention_impl", "dropout", "decode_topk", "precision")
 
 
-def resumed_from_checkpoint(cfg: Config, run_dir: Any) -> Config | None:
+def resumed_from_checkpoint(cfg: Config, run_dir: Path) -> Config | None:
     """For a ``--resume`` of a run that started ``--init-from`` a checkpoint: ``cfg`` (resolved)
     with the architecture the run trained (its ``model.json``) and ``cfg``'s `TRAINING_FIELDS`;
     ``None`` for a run that started from scratch (its config is its architecture)."""
     from tjx import nn
     from tjx.ckpt import RunDir
 
-    if recorded_init_from(run_dir) is None:
+    found = _record(run_dir)
+    if found is None or found.get("kind") != "hugging-face":  # a tjx run's model is the config's
         return None
     saved = nn.config_from_dict(RunDir(run_dir).read(RunDir.MODEL_FILE))
     how = {k: getattr(cfg.model, k) for k in TRAINING_FIELDS}

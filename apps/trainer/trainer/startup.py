@@ -11,8 +11,8 @@ import time
 import jax
 
 import trainer.training as training
+from trainer import init_from
 from trainer.config import Config, resolve
-from trainer.init_from import record_init_from, resumed_from_checkpoint
 from trainer.plan import RunPlan, error_exit
 from trainer.schema import ConfigError
 
@@ -93,7 +93,7 @@ def _prepare_and_train(plan: RunPlan) -> int:
         loader = data_setup.train_loader(bundle, cfg, mesh)
         cfg = resolve(cfg, bundle.vocab_size)  # the tokenizer's vocabulary
         # A resumed --init-from run: the checkpoint's architecture again (its model.json).
-        from_checkpoint = plan.resume and resumed_from_checkpoint(cfg, plan.run_dir)
+        from_checkpoint = plan.resume and init_from.resumed_from_checkpoint(cfg, plan.run_dir)
         cfg = from_checkpoint or cfg
         if plan.init_from is None and not from_checkpoint:
             # The attention kernel that compiles (one line per kernel that fails), then memory.
@@ -107,7 +107,7 @@ def _prepare_and_train(plan: RunPlan) -> int:
     # checkpoint has been restored (see training.train): a failed one leaves the run as it was.
     if primary and not plan.resume:
         training.write_run_files(plan, setup, bundle)
-        record_init_from(plan.run_dir, plan.init_from)  # what an export names as its base later
+        init_from.record(plan.run_dir, plan.init_from)  # for a resume and the exports: its base
     parallel.barrier("trainer:run_dir", timeout_s=plan.distributed.timeout_s)
     try:
         return training.train(plan, bundle, setup, loader)

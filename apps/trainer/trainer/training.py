@@ -20,8 +20,8 @@ import jax
 import numpy as np
 
 from tjx.ckpt import RunDir, final_summary
+from trainer import init_from
 from trainer.config import Config
-from trainer.init_from import recorded_init_from
 from trainer.plan import RunPlan, error_exit
 
 #: The loss plot: training and validation loss on one axis (tjx.metrics.plot_run; it never fails a
@@ -366,7 +366,7 @@ def export_adapters(plan: RunPlan, setup: Any, params: Any, primary: bool) -> No
 
     model = nnx.merge(setup.graphdef, jax.device_get(params), setup.rest)
     if primary:
-        base = plan.init_from or recorded_init_from(plan.run_dir)  # a --resume has no flag
+        base = plan.init_from or init_from.recorded(plan.run_dir)  # a resume's: recorded
         nn.save_peft(model, plan.export_peft, plan.config.lora, base_model=base)
         print(f"PEFT adapter written to {plan.export_peft}", flush=True)
 

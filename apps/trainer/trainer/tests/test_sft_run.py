@@ -121,6 +121,8 @@ def test_a_resume_with_another_chat_template_is_one_line_and_writes_nothing(in_t
     capsys.readouterr()
     assert main([*_argv(in_tmp, *sets), "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("trainer: error: --resume: the chat template in data.tokenizer"), err
+    assert len(err) == 1 and err[0].startswith(
+        "trainer: error: --resume: the chat template in data.tokenizer"
+    ), err
     after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert after == before

@@ -213,10 +213,16 @@ def test_a_template_that_fails_to_render_is_one_line(chat_run, tmp_path, capsys)
     config = json.loads((run_data.tokenizer_dir / "tokenizer_config.json").read_text())
     config["chat_template"] = "{{ raise_exception('this template takes no user turn') }}"
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    argv = ["--checkpoint", str(folder), "--generate", "hi", "--chat", "--data", "arithmetic"]
-    assert main(argv) == 2
+    text = tmp_path / "held.txt"
+    text.write_text("".join(f"What is {i} + {i}? It is {2 * i}.\n" for i in range(300)))
+    argv = ["--checkpoint", str(folder), "--generate", "hi", "--chat", "--data", str(text)]
+    assert main([*argv, *_flags()]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "this template takes no user turn" in err
+    # The folder's own template back: a Hugging Face checkpoint talks through it.
+    shutil.copy(run_data.tokenizer_dir / "tokenizer_config.json", folder / "tokenizer_config.json")
+    assert main([*argv, *_flags("--temperature", "0", "--max-new-tokens", "4")]) == 0
+    assert "--- reply (user 'hi'; greedy" in capsys.readouterr().out
 
 
 def test_a_chat_run_scores_its_own_conversations_only(chat_run, capsys):

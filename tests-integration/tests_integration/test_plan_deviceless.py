@@ -35,6 +35,8 @@ CASES = [
     *[(p, "h100", k) for p in ("gpt2_small", "llama_small") for k in ("auto", "pallas", "xla")],
     ("gpt2_small", "v5e", "auto"),
     ("llama_small", "v5e", "auto"),
+    # #43: LoRA chat fine-tuning of Llama-3.1-8B's shape (the trainer README's figure)
+    ("sft_llama", "h100", "auto"),
 ]
 
 #: Float32 matrix products a bf16 run may hold, by the JAX operation that makes them (op_name

@@ -26,6 +26,7 @@ PRESETS = [
     "bert_tiny",
     "vit_digits",
     "sft_tiny",
+    "dpo_tiny",
 ]
 
 

@@ -17,6 +17,7 @@ checked without downloading; any other source is read (its ``config.json`` only)
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -195,12 +196,17 @@ def load_run(cfg: Config, model_cfg: Any, source: str) -> tuple[Any, int]:
         settings = {k: v for k, v in lora.items() if k != "enabled"}
         nn.add_lora(model, nn.LoraConfig(**settings), rngs=nnx.Rngs(0))
     params = nnx.state(model, nnx.Param)
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # orbax says the (read-only) source is read only: it knows
     try:
         step, restored = ckpt.restore_params_and_step(
             path / "checkpoints", target=nnx.to_pure_dict(params)
         )
     except (ckpt.CheckpointError, ValueError) as err:
         raise ConfigError(f"--init-from: {err}") from None
+    finally:
+        absl.setLevel(level)
     nnx.replace_by_pure_dict(params, restored)
     nnx.update(model, params)
     if lora.get("enabled"):

@@ -231,3 +231,35 @@ def test_bad_dpo_inputs_are_one_line_exit_2_and_write_nothing(in_tmp, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "trained another model: model.d_model 32 (the run's: 128)" in err[0]
     assert not (in_tmp / "run").exists()
+    # ... and of the same model read through another tokenizer: its ids would mean other tokens.
+    ours = plan_argv(_argv(in_tmp, "dpo_tiny", "run")).config
+    (in_tmp / "sft" / "model.json").write_text(json.dumps(nn.config_to_dict(ours.model)))
+    (in_tmp / "sft" / "data.json").write_text(json.dumps({"tokenizer": "/elsewhere"}))
+    assert main([*_argv(in_tmp, "dpo_tiny", "run"), "--init-from", str(in_tmp / "sft")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "read another tokenizer (/elsewhere)" in err[0], err
+    assert "set data.tokenizer=/elsewhere" in err[0] and not (in_tmp / "run").exists()
+
+
+def test_a_lora_sft_run_starts_dpo_with_its_adapters_merged_into_the_weights(in_tmp):
+    from flax import nnx
+
+    from trainer import init_from
+
+    sft = ["train.steps=3", "lora.enabled=true", "lora.rank=2", "lora.targets=[q,v]"]
+    assert main(_argv(in_tmp, "sft_tiny", "sft", *sft, "data.batch_size=8")) == 0
+    vocab = json.loads((in_tmp / "sft" / "data.json").read_text())["vocab_size"]
+    cfg = resolve(plan_argv(_argv(in_tmp, "dpo_tiny", "run")).config, vocab)
+    merged, step = init_from.load_run(cfg, cfg.model, str(in_tmp / "sft"))
+    assert step == 3 and not nn.has_lora(merged)
+    # The SFT model as it trained: the base with its adapters, from the same checkpoint.
+    adapted = nn.build_model(cfg.model, rngs=nnx.Rngs(1))
+    nn.add_lora(adapted, nn.LoraConfig(rank=2, targets=("q", "v")), rngs=nnx.Rngs(2))
+    params = nnx.state(adapted, nnx.Param)
+    saved = ckpt.restore_params(in_tmp / "sft" / "checkpoints", target=nnx.to_pure_dict(params))
+    nnx.replace_by_pure_dict(params, saved)
+    nnx.update(adapted, params)
+    tokens = np.random.default_rng().integers(0, vocab, (2, 16))
+    want = np.asarray(adapted(tokens))
+    assert np.abs(want - np.asarray(nn.adapters_off(adapted)(tokens))).max() > 1e-4  # trained
+    np.testing.assert_allclose(np.asarray(merged(tokens)), want, rtol=1e-4, atol=1e-5)

@@ -138,6 +138,22 @@ def test_without_lora_the_reference_is_a_frozen_copy_outside_the_optimizer(in_tm
     assert float(metrics["pairs"]) == 4.0 and 0.0 <= float(metrics["rewards/accuracies"]) <= 1.0
 
 
+def test_accumulated_micro_batches_weigh_by_their_pairs(in_tmp):
+    from trainer.step import jit_train_step
+
+    norms = []
+    for micro in (1, 2):
+        sets = ("data.batch_size=8", f"optimizer.accumulation_steps={micro}")
+        cfg, setup, batch = _setup(in_tmp, *sets)
+        batch = {k: np.array(v) for k, v in batch.items()}
+        batch["targets"][10:] = -100  # the last 3 pairs are padding: 4 real pairs, then 1
+        _, metrics = jit_train_step(setup, cfg)(setup.state, batch)
+        assert float(metrics["pairs"]) == 5.0
+        norms.append(float(metrics["grad_norm"]))
+    # Equal micro-batch weights would give the lone pair of the second half twice its share.
+    assert norms[1] == pytest.approx(norms[0], rel=1e-4)
+
+
 def _without_adapters(tree):
     if not isinstance(tree, dict):
         return tree

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from trainer import dpo
 from trainer.config import Config
 from trainer.schema import ConfigError, keyed
 
@@ -86,9 +87,10 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
     with keyed(None):  # tjx.parallel's message names the config keys
         parallel.check_batch_split(
             {
-                f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})": batch
-                // steps,
-                "eval.batch_size": cfg.eval.batch_size,
+                f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})": (
+                    dpo.batch_rows(run, batch) // steps
+                ),
+                "eval.batch_size": dpo.batch_rows(run, cfg.eval.batch_size),
             },
             mesh,
         )
@@ -108,6 +110,7 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
         "opt_state": jax.eval_shape(tx.init, params),
         "step": jax.ShapeDtypeStruct((), jnp.int32),
     }
+    state = dpo.with_reference(run, state, copy=False)  # DPO's frozen reference params
     shardings = parallel.state_shardings(state, mesh, rules, param_specs=specs)
     state = _sharded(state, shardings)
     concrete_rest = nn.concrete_state(rest)
@@ -120,8 +123,8 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
     return AbstractRun(
         train,
         state,
-        abstract_batch(run, batch, mesh),
+        abstract_batch(run, dpo.batch_rows(run, batch), mesh),
         evaluate,
-        abstract_batch(run, cfg.eval.batch_size, mesh),
+        abstract_batch(run, dpo.batch_rows(run, cfg.eval.batch_size), mesh),
         mesh,
     )

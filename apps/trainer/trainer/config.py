@@ -57,6 +57,7 @@ class Config:
     train: TrainConfig = setting(TrainConfig, factory=True)
     mesh: Any = setting(None, section="mesh", help="tjx.parallel's MeshConfig")
     lora: Any = setting(None, section="lora", help="tjx.nn's LoraConfig (with lora.enabled)")
+    preference: Any = setting(None, section="preference", help="tjx.nn's PreferenceConfig (DPO)")
     checkpoint: CheckpointConfig = setting(CheckpointConfig, factory=True, resumable=True)
     logging: LoggingConfig = setting(LoggingConfig, factory=True, resumable=True)
     eval: EvalConfig = setting(EvalConfig, factory=True, resumable=True)
@@ -152,10 +153,14 @@ def read_config(data: Any) -> Config:
         )
     mesh = build(section_class("mesh"), read.get("mesh", {}), "mesh")
     lora, use_lora = _lora(read.get("lora", {}))
+    preference = build(section_class("preference"), read.get("preference", {}), "preference")
     name = str(read.get("name", Config.name))
     cfg = Config(name, model, optimizer=optimizer, mesh=mesh, vocab_size=vocab, **own)
-    cfg = dataclasses.replace(cfg, lora=lora, use_lora=use_lora)
+    cfg = dataclasses.replace(cfg, lora=lora, use_lora=use_lora, preference=preference)
     _check_across(cfg)
+    from trainer.dpo import check_config  # DPO's rules: where the trainer composes it
+
+    check_config(cfg, set(read.get("preference", {})))
     return cfg
 
 
@@ -213,12 +218,6 @@ def _check_own(own: dict[str, Any], model_cls: type) -> None:
         d.format == "text" or (task == "lm" and d.sources is None),
         f"data.format: {d.format} data trains a decoder (model.kind gpt2 or llama) on one "
         "data.source; set data.format=text",
-    )
-    # Preference pairs would train as SFT on the rejected answers too: refused until DPO is wired.
-    _require(
-        d.format != "preference",
-        "data.format: preference pairs train with DPO, which the trainer does not run yet; use "
-        "data.format=chat (tjx.nn.preference_loss holds the DPO/IPO loss)",
     )
     if d.sources is not None:
         _require(
@@ -280,6 +279,7 @@ _WORDS = {
     },
     "mesh": {"MeshConfig.": "mesh.", "MeshConfig: ": "mesh: "},
     "lora": {"LoraConfig.": "lora.", "LoraConfig: ": "lora: "},
+    "preference": {"PreferenceConfig.": "preference."},
 }
 
 

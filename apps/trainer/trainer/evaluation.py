@@ -27,7 +27,9 @@ def _eval_step(setup: Any, cfg: Config) -> Any:
     return _EVAL_STEPS[key]
 
 
-def evaluate(setup: Any, params: Any, bundle: Any, cfg: Config) -> dict[str, float]:
+def evaluate(
+    setup: Any, params: Any, bundle: Any, cfg: Config, reference: Any = None
+) -> dict[str, float]:
     """Metrics over the first ``train.eval_batches`` validation batches (always the same ones):
     tjx-metrics' token-weighted ``loss``, ``perplexity``, ``bits_per_token``, ``top{k}``,
     ``num_tokens`` and, for text, ``bits_per_byte``; a classifier's ``loss``, ``accuracy``,
@@ -37,11 +39,19 @@ def evaluate(setup: Any, params: Any, bundle: Any, cfg: Config) -> dict[str, flo
     metrics per source as ``<metric>/<name>`` (``loss/web``, logged ``val_loss/web``), and every
     plain key over all of them together (the sources' tokens pooled, bytes by each source's
     bytes/token).
+
+    Preference pairs: `trainer.dpo.heldout`'s DPO ``loss``, ``rewards/accuracies`` (held-out
+    preference accuracy), ``rewards/margins`` ... over the pairs, against ``reference`` (the
+    state's frozen params; None: the adapters off).
     """
     import trainer.data_setup as data_setup
     from tjx import metrics
+    from trainer import dpo
 
     step = _eval_step(setup, cfg)
+    if dpo.is_dpo(cfg):
+        batches = data_setup.val_batches(bundle, cfg, cfg.train.eval_batches, setup.mesh)
+        return dpo.heldout(step, params, reference, batches, _placer(setup.mesh))
     naming = {
         "scores_every_token": cfg.objective.scores_every_token,
         "num_classes": setup.nn_config.num_classes if cfg.task == "classify" else None,
@@ -65,6 +75,17 @@ def evaluate(setup: Any, params: Any, bundle: Any, cfg: Config) -> dict[str, flo
     bpt_all = num_bytes / pooled.num_tokens if num_bytes else None
     out = metrics.heldout_metrics(pooled, bytes_per_token=bpt_all, **naming)
     return {**out, **per_source}
+
+
+def evaluate_state(setup: Any, state: Any, bundle: Any, cfg: Config) -> dict[str, float]:
+    """`evaluate` of a train state's params (against its DPO reference, if it holds one)."""
+    return evaluate(setup, state["params"], bundle, cfg, state.get("reference"))
+
+
+def _placer(mesh: Any) -> Any:
+    from tjx import parallel
+
+    return lambda batch: parallel.place_batch(batch, mesh)
 
 
 def _accumulate(step: Any, params: Any, mesh: Any, batches: Any) -> Any:

@@ -2,25 +2,46 @@
 Mistral, Qwen2, Qwen3, OLMo 2, Phi-3, Gemma 2/3) as the starting point. The checkpoint fixes the
 architecture; the config says how to train it.
 
+``--init-from RUN_DIR``: a finished (or stopped) tjx run, e.g. an SFT run to start DPO from: the
+params of its newest intact checkpoint. Its ``model.json`` must be this config's model (every
+setting but how it trains: dropout, remat, kernels, init), and the tokenizer's vocabulary its
+own; a run that trained LoRA adapters is read with them merged into its weights.
+
 Checked before anything is written: the checkpoint's family must be ``model.kind``, and an
 architecture setting the user gave (``model.position`` ...) must be the checkpoint's, since
 dropping it silently would train something else than asked. A GPT-2 hub name (``gpt2``) is
 checked without downloading; any other source is read (its ``config.json`` only).
 
-The run records where it started (``init.json``: a local folder as its absolute path, a hub
-name as given). A ``--resume`` takes no ``--init-from``, so from that record it builds the
-checkpoint's architecture again (the run's ``model.json``, not the config's shape) and an export
-names its base model (``--export-peft``'s ``base_model_name_or_path``).
+The run records where it started (`record`: ``init.json``, a local folder as its absolute path,
+a hub name as given, and the kind). A ``--resume`` takes no ``--init-from``, so from that record it
+builds a Hugging Face checkpoint's architecture again (the run's ``model.json``, not the config's
+shape) and an export names its base model (``--export-peft``'s ``base_model_name_or_path``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from trainer.config import Config, read_config
 from trainer.schema import ConfigError
+
+#: The file of a run that records where it started (`record`).
+INIT_FILE = "init.json"
+#: tjx.nn model settings a run started from another run may change: how it trains, not what.
+HOW_TO_TRAIN = (
+    "dropout",
+    "attention_dropout",
+    "attention_impl",
+    "cross_entropy_impl",
+    "remat",
+    "decode_topk",
+    "init_std",
+    "scaled_residual_init",
+)
 
 #: Trainer model settings a checkpoint of the LLaMA family fixes (None: the user left it): its
 #: shape, its windows and the switches of the families built on it (Qwen3, OLMo 2, Gemma).
@@ -68,6 +89,8 @@ def check_init_from(cfg: Config, source: str) -> None:
     from tjx import nn
 
     path = Path(source).expanduser()
+    if is_run(source):
+        return _check_run(cfg, path)
     if path.exists():
         hf_cfg = _read(str(path))
         kind = "gpt2" if isinstance(hf_cfg, nn.GPT2Config) else "llama"
@@ -111,22 +134,126 @@ def check_init_from(cfg: Config, source: str) -> None:
         )
 
 
-#: The file of a run that records where it started (`record`); the name and layout the "dpo"
-#: branch's ``--init-from RUN_DIR`` uses too (``kind`` ``tjx-run`` there).
-INIT_FILE = "init.json"
+def is_run(source: str | None) -> bool:
+    """Whether ``source`` is a tjx run directory (its ``model.json`` and ``config.yaml``)."""
+    if source is None:
+        return False
+    path = Path(source).expanduser()
+    return (path / "model.json").is_file() and (path / "config.yaml").is_file()
 
 
-def record(run_dir: Path, source: str | None, step: int | None = None) -> None:
-    """Write ``init.json`` (where the run started: a local folder's absolute path, else the hub
-    name) unless it exists: a resume keeps it. Nothing for a run from scratch."""
+def _run_files(path: Path) -> tuple[Any, dict[str, Any]]:
+    """The run's tjx.nn model config and its saved config data."""
+    from tjx import ckpt, nn
+
+    try:
+        model = nn.config_from_dict(json.loads((path / "model.json").read_text()))
+        saved = ckpt.load_yaml((path / "config.yaml").read_text())
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise ConfigError(f"--init-from: {str(path)!r} is not a readable tjx run ({err})") from None
+    if not ckpt.RunDir(path).has_checkpoints():
+        raise ConfigError(f"--init-from: the run {str(path)!r} holds no checkpoint yet")
+    return model, saved
+
+
+def model_clashes(ours: Any, theirs: Any, *, vocab: bool) -> list[str]:
+    """The model settings (``model.KEY ours vs theirs``) in which two tjx.nn configs differ,
+    beyond `HOW_TO_TRAIN` (and the vocabulary unless ``vocab``)."""
+    from tjx import nn
+
+    a, b = nn.config_to_dict(ours), nn.config_to_dict(theirs)
+    if a["class"] != b["class"]:
+        return [f"model.kind ({a['class']} vs the run's {b['class']})"]
+    skip = {*HOW_TO_TRAIN, *(() if vocab else ("vocab_size",))}
+    fa, fb = a["fields"], b["fields"]
+    return [f"model.{k} {fa[k]!r} (the run's: {fb.get(k)!r})" for k in fa if k not in skip
+            and fa[k] != fb.get(k)]  # fmt: skip
+
+
+def _check_run(cfg: Config, path: Path) -> None:
+    model, _ = _run_files(path)
+    clashes = model_clashes(cfg.model, model, vocab=False)
+    if clashes:
+        raise ConfigError(
+            f"--init-from: the run {str(path)!r} trained another model: {', '.join(clashes[:3])}; "
+            "use its model settings (its config.yaml's model section)"
+        )
+
+
+def load_run(cfg: Config, model_cfg: Any, source: str) -> tuple[Any, int]:
+    """The model of ``model_cfg`` (resolved: the tokenizer's vocabulary) holding the params of
+    the run's newest intact checkpoint (its LoRA adapters merged), on the host; and that step."""
+    from flax import nnx
+
+    from tjx import ckpt, nn
+
+    path = Path(source).expanduser()
+    theirs, saved = _run_files(path)
+    clashes = model_clashes(model_cfg, theirs, vocab=True)
+    if clashes:
+        raise ConfigError(
+            f"--init-from: the run {str(path)!r} trained another model: {', '.join(clashes[:3])}; "
+            "with another vocabulary, set data.tokenizer to the run's (its data.json)"
+        )
+    model = nn.build_model(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
+    lora = saved.get("lora") or {}
+    if lora.get("enabled"):  # read as it was trained, then folded into the weights
+        settings = {k: v for k, v in lora.items() if k != "enabled"}
+        nn.add_lora(model, nn.LoraConfig(**settings), rngs=nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # orbax says the (read-only) source is read only: it knows
+    try:
+        step, restored = ckpt.restore_params_and_step(
+            path / "checkpoints", target=nnx.to_pure_dict(params)
+        )
+    except (ckpt.CheckpointError, ValueError) as err:
+        raise ConfigError(f"--init-from: {err}") from None
+    finally:
+        absl.setLevel(level)
+    nnx.replace_by_pure_dict(params, restored)
+    nnx.update(model, params)
+    if lora.get("enabled"):
+        nn.merge_lora(model)
+    return model, int(step)
+
+
+def _tokenizer_file(spec: Any) -> Path | None:
+    path = Path(str(spec)).expanduser()
+    path = path / "tokenizer.json" if path.is_dir() else path
+    return path if path.is_file() else None
+
+
+def check_tokenizer(source: str, bundle: Any) -> None:
+    """The data's tokenizer must be the run's (the same ids for the same text): the same spec, or
+    the same ``tokenizer.json``; else a `ConfigError` naming the run's."""
+    info = json.loads((Path(source).expanduser() / "data.json").read_text())
+    theirs = info.get("tokenizer")
+    ours = getattr(bundle, "tokenizer_dir", None) or getattr(bundle, "tokenizer_spec", None)
+    if theirs is not None and str(theirs) == str(ours):
+        return
+    a, b = _tokenizer_file(theirs), _tokenizer_file(ours)
+    if a is not None and b is not None and a.read_bytes() == b.read_bytes():
+        return
+    raise ConfigError(
+        f"--init-from: the run {source!r} read another tokenizer ({theirs}), so its ids would "
+        f"mean other tokens here; set data.tokenizer={theirs}"
+    )
+
+
+def record(run_dir: Path, source: str | None, step: int | None) -> None:
+    """Write ``init.json`` (where the run started) unless it exists: a resume keeps it."""
     from tjx.ckpt import RunDir
 
     folder = RunDir(run_dir)
     if source is None or (folder.path / INIT_FILE).exists():
         return
-    path = Path(source).expanduser()
-    where = str(path.resolve()) if path.exists() else source
-    folder.write_json(INIT_FILE, {"init_from": where, "kind": "hugging-face", "step": step})
+    kind = "tjx-run" if is_run(source) else "hugging-face"
+    where = (
+        str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else source
+    )
+    folder.write_json(INIT_FILE, {"init_from": where, "kind": kind, "step": step})
 
 
 def _record(run_dir: Path) -> dict[str, Any] | None:

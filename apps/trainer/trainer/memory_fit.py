@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tjx.metrics import GIB, first_fit, peak_bytes
+from trainer import dpo
 from trainer.config import Config
 from trainer.schema import ConfigError
 
@@ -43,7 +44,8 @@ def abstract_step(cfg: Config) -> tuple[Any, Any, Any]:
         "opt_state": jax.eval_shape(tx.init, params),
         "step": jax.ShapeDtypeStruct((), jnp.int32),
     }
-    b, s = cfg.data.batch_size, cfg.data.seq_len
+    state = dpo.with_reference(cfg, state, copy=False)  # DPO's frozen reference params
+    b, s = dpo.batch_rows(cfg, cfg.data.batch_size), cfg.data.seq_len
     keys = ("inputs", "targets", "segment_ids", "positions")
     batch = {k: jax.ShapeDtypeStruct((b, s), jnp.int32) for k in keys}
     step = jax.jit(make_train_step(graphdef, nn.concrete_state(rest), tx, cfg), donate_argnums=(0,))

@@ -104,14 +104,15 @@ def compile_train(run: Config, target: Any, label: str) -> Compiled:
 def compile_eval(run: Config, target: Any) -> Compiled:
     """Compile ``run``'s eval step (one batch of ``eval.batch_size``) for ``target``."""
     from tjx import kernels
-    from trainer import abstract_run
+    from trainer import abstract_run, dpo
     from trainer.deviceless import quiet_native_stderr
 
     started = time.perf_counter()
     with kernels.target(*target.kernel_target), quiet_native_stderr():
         built = abstract_run.build(run, target.devices)
         try:
-            lowered = built.eval_step.lower(built.state["params"], built.eval_batch)
+            refs = dpo.reference_args(built.state)  # DPO's frozen reference params, if any
+            lowered = built.eval_step.lower(built.state["params"], built.eval_batch, *refs)
         except Exception as err:  # reported, as for the train step
             return Compiled("the eval step", time.perf_counter() - started, error=_first_line(err))
         return _compile(lowered, "the eval step", started)

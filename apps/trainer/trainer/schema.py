@@ -232,6 +232,7 @@ PACKAGE_SECTIONS = {
     "optimizer": "tjx.optim:OptimizerConfig",
     "mesh": "tjx.parallel:MeshConfig",
     "lora": "tjx.nn:LoraConfig",
+    "preference": "tjx.nn:PreferenceConfig",
 }
 #: The model kinds the trainer trains (``--help`` lists them without loading JAX).
 KINDS = ("gpt2", "llama", "bert", "vit", "encdec")

@@ -86,6 +86,8 @@ def _prepare_and_train(plan: RunPlan) -> int:
         started = time.perf_counter()
         bundle = data_setup.prepare(cfg)
         print(f"data: ready in {time.perf_counter() - started:.1f} s", flush=True)
+        if init_from.is_run(plan.init_from):  # a run's weights read ids of its own tokenizer
+            init_from.check_tokenizer(str(plan.init_from), bundle)
         # Data preparation may take one host much longer (it builds the shards the others then
         # find cached); CPU collectives give up on a peer after ~30 s, so everyone waits here.
         parallel.barrier("trainer:data_ready", timeout_s=DATA_READY_TIMEOUT_S)
@@ -107,7 +109,7 @@ def _prepare_and_train(plan: RunPlan) -> int:
     # checkpoint has been restored (see training.train): a failed one leaves the run as it was.
     if primary and not plan.resume:
         training.write_run_files(plan, setup, bundle)
-        init_from.record(plan.run_dir, plan.init_from)  # for a resume and the exports: its base
+        init_from.record(plan.run_dir, plan.init_from, setup.init_step)  # kept by a resume
     parallel.barrier("trainer:run_dir", timeout_s=plan.distributed.timeout_s)
     try:
         return training.train(plan, bundle, setup, loader)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from trainer import dpo
+from trainer import init_from as init_runs
 from trainer.config import Config
 from trainer.schema import ConfigError, keyed
 
@@ -30,6 +33,8 @@ class Setup:
     #: tjx.parallel's ContextParallel of a run whose sequences are split (mesh.context > 1):
     #: the steps trace the model inside ``tjx.nn.sequence_parallel(split)``; None: not split.
     split: Any = None
+    #: The step of the run ``--init-from RUN_DIR`` read (None: another start).
+    init_step: int | None = None
 
 
 def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:
@@ -93,9 +98,10 @@ def make_mesh(cfg: Config) -> tuple[Any, Any]:
     check_experts(cfg, mesh)
     batch, steps = cfg.data.batch_size, cfg.optimizer.accumulation_steps
     per_step = f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})"
+    rows = functools.partial(dpo.batch_rows, cfg)  # a preference pair is two rows
     with keyed(None):  # its message names the config keys
         parallel.check_batch_split(
-            {per_step: batch // steps, "eval.batch_size": cfg.eval.batch_size}, mesh
+            {per_step: rows(batch) // steps, "eval.batch_size": rows(cfg.eval.batch_size)}, mesh
         )
     check_context(cfg, parallel.context_ways(mesh))
     if mc.pipeline > 1:
@@ -176,7 +182,14 @@ def build(cfg: Config, init_from: str | None = None) -> Setup:
         raise ValueError("state.build: the run's vocabulary is unknown; pass resolve(cfg, vocab)")
     mesh, rules = make_mesh(cfg)
     model: nnx.Module
-    if init_from is not None:
+    init_step = None
+    if init_from is not None and init_runs.is_run(init_from):
+        # A tjx run's newest checkpoint (an SFT run before DPO): the same model, checked.
+        model, init_step = init_runs.load_run(cfg, model_cfg, init_from)
+        with_adapters(model, cfg)
+        loaded = nnx.state(model)
+        nnx.update(model, jax.device_put(loaded, parallel.state_shardings(loaded, mesh, rules)))
+    elif init_from is not None:
         # Architecture from the checkpoint; how to train it (scan, remat, kernels, precision,
         # dropout) from the config. Loaded on the host, then placed on the mesh.
         m = model_cfg
@@ -211,10 +224,11 @@ def build(cfg: Config, init_from: str | None = None) -> Setup:
     specs = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
     tx = make_optimizer(cfg, params, specs)
     opt_state = parallel.shard_opt_init(tx.init, params, mesh, rules, param_specs=specs)
+    state = {"params": params, "opt_state": opt_state, "step": jnp.asarray(0, jnp.int32)}
+    # DPO without LoRA: the starting params, frozen, as the reference model (trainer.dpo).
+    state = dpo.with_reference(cfg, state)
     # The step counter (and any leaf jit left on one device) replicated: one device set.
-    state = parallel.on_mesh(
-        {"params": params, "opt_state": opt_state, "step": jnp.asarray(0, jnp.int32)}, mesh
-    )
+    state = parallel.on_mesh(state, mesh)
     num_params = sum(int(x.size) for x in jax.tree.leaves(params))
     split = parallel.context_parallel(mesh, rules, cfg.mesh)  # None unless mesh.context > 1
-    return Setup(mesh, rules, model_cfg, graphdef, rest, tx, state, num_params, split)
+    return Setup(mesh, rules, model_cfg, graphdef, rest, tx, state, num_params, split, init_step)

@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 
 from tjx import nn
+from trainer import dpo
 from trainer.config import Config
 
 Batch = dict[str, jax.Array]
@@ -37,6 +38,8 @@ def make_loss_fn(
         return pipeline_loss_fn(graphdef, rest, cfg)
     # Adapter dropout draws from the model's dropout stream too (tjx.nn.add_lora installs one).
     deterministic = cfg.model.dropout == 0.0 and not (cfg.use_lora and cfg.lora.dropout > 0)
+    if dpo.is_dpo(cfg):  # preference pairs: the DPO loss (its reference bound per step)
+        return dpo.make_loss_fn(graphdef, rest, cfg, deterministic)
     base_key = jax.random.key(cfg.train.seed)
 
     def loss_fn(params: Any, batch: Batch, step: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
@@ -82,9 +85,10 @@ def make_train_step(
 
     def train_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
         params, opt_state, step = state["params"], state["opt_state"], state["step"]
+        step_loss = dpo.bind_reference(loss_fn, state)  # DPO's frozen reference, if it has one
 
         def scaled_loss(p: Any, b: Batch) -> tuple[jax.Array, dict[str, Any]]:
-            loss, aux = loss_fn(p, b, step)
+            loss, aux = step_loss(p, b, step)
             # fp16: differentiate loss × scale; the optimizer chain unscales (and skips on inf).
             return (scale_loss(loss, opt_state) if scaled else loss), aux
 
@@ -104,9 +108,9 @@ def make_train_step(
             return jax.value_and_grad(whole, has_aux=True)(p)
 
         # Each micro-batch's loss is a mean over its own valid targets (num_tokens: non-ignored
-        # labels, MLM-masked tokens, or images). Weighting by that count makes the step the
-        # gradient of the whole batch's mean; equal weights would over-count the tokens of
-        # micro-batches with more padding / ignored targets. Counts in aux are summed.
+        # labels, MLM-masked tokens, images, or DPO's real pairs). Weighting by that count makes
+        # the step the gradient of the whole batch's mean; equal weights would over-count the
+        # tokens of micro-batches with more padding / ignored targets. Counts in aux are summed.
         loss, aux, grads = accumulate_gradients(
             grad_fn, trained, batch, num_micro_batches=micro, aux_reduce="sum", weight="num_tokens"
         )
@@ -121,10 +125,13 @@ def make_train_step(
             model.update_router_bias(aux["moe"]["expert_tokens"])  # type: ignore[operator]
             params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         metrics = {"loss": loss, **step_report(opt_state, grads, updates, params)}
-        metrics["num_tokens"] = aux["num_tokens"]
+        if "preference" in aux:  # rewards, margins, accuracy: means over the batch's pairs
+            metrics |= dpo.step_metrics(aux)
+        else:
+            metrics["num_tokens"] = aux["num_tokens"]
         if "moe" in aux:
             metrics["moe"] = aux["moe"]
-        new_state = {"params": params, "opt_state": opt_state, "step": step + 1}
+        new_state = {**state, "params": params, "opt_state": opt_state, "step": step + 1}
         return new_state, metrics
 
     return train_step
@@ -157,8 +164,12 @@ def make_eval_step(
     sum, scored units, top-k correct counts) of tjx-nn's ``objective_logits_fn``, the step the
     evaluator builds too; a masked LM masks with tjx.nn's fixed ``eval_mask_key`` of the run's
     seed, as the evaluator does. ``split``: as for `make_loss_fn` (the sums are over tokens, so
-    the split's token order changes none of them)."""
+    the split's token order changes none of them). Preference data: `trainer.dpo`'s eval step
+    (``eval_step(params, batch, reference)``, DPO's sums)."""
     from tjx import metrics
+
+    if dpo.is_dpo(cfg):
+        return dpo.make_eval_step(graphdef, rest, cfg)
 
     logits_fn = nn.objective_logits_fn(
         graphdef, rest, key=nn.eval_mask_key(cfg.train.seed), mask_prob=cfg.train.mlm_probability

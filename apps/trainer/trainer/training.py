@@ -20,12 +20,11 @@ import jax
 import numpy as np
 
 from tjx.ckpt import RunDir, final_summary
-from trainer import init_from
+from trainer import dpo, init_from
 from trainer.config import Config
 from trainer.plan import RunPlan, error_exit
 
-#: The loss plot: training and validation loss on one axis (tjx.metrics.plot_run; it never fails a
-#: finished run), titled with the run's name.
+#: The loss plot: training and validation loss on one axis (tjx.metrics.plot_run), run-titled.
 CURVES = (("loss", "val_loss"),)
 #: The console's one line per log step, in this order (tokens/s is images/s for a classifier; MFU
 #: where the device's peak is known); everything else goes to the other sinks.
@@ -37,7 +36,6 @@ DIVERGED_ADVICE = (
     "optimizer.clip_norm, and resume from the last checkpoint (train.max_bad_steps sets the limit)"
 )
 
-
 #: The most skipped updates a dynamic loss scale's backoff takes (tjx.optim's initial 2**15 halved
 #: to 1): a run may end inside such a streak with finite losses (DivergenceGuard.end).
 LOSS_SCALE_BACKOFF = 16
@@ -45,7 +43,8 @@ LOSS_SCALE_BACKOFF = 16
 
 def units_per_step(cfg: Config) -> int:
     """Tokens (or images) one global batch scores; the encoder-decoder's continued half."""
-    return cfg.data.batch_size * int(cfg.objective.units_per_window(cfg.data.seq_len))
+    rows = dpo.batch_rows(cfg, cfg.data.batch_size)  # both rows of each preference pair
+    return rows * int(cfg.objective.units_per_window(cfg.data.seq_len))
 
 
 def write_run_files(plan: RunPlan, setup: Any, bundle: Any) -> None:
@@ -278,7 +277,7 @@ class Training:
             # only the primary's logger writes (make_logger).
             self.logger.log_weights(step_done, self.state["params"])
         if (cfg.train.eval_every and step_done % cfg.train.eval_every == 0) or step_done == total:
-            self.last_eval = evaluation.evaluate(self.setup, self.state["params"], self.bundle, cfg)
+            self.last_eval = evaluation.evaluate_state(self.setup, self.state, self.bundle, cfg)
             self.logger.log_scalars(step_done, {f"val_{k}": v for k, v in self.last_eval.items()})
             bar.note(f"step {step_done}: val loss {self.last_eval['loss']:.4f}")
         sample_now = cfg.train.sample_every and step_done % cfg.train.sample_every == 0
@@ -389,7 +388,7 @@ def _rebuild_artefacts(
     rebuilt, folder = [], RunDir(run_dir)
     if not folder.final_file.exists():
         # Every process evaluates (the parameters span them all); process 0 writes.
-        val = evaluation.evaluate(setup, st["params"], bundle, cfg)
+        val = evaluation.evaluate_state(setup, st, bundle, cfg)
         summary = final_summary(step, st["params"], num_params=setup.num_params, validation=val)
         if primary:
             folder.write_final(summary)

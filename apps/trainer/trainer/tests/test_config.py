@@ -27,6 +27,7 @@ PRESETS = [
     "vit_digits",
     "sft_tiny",
     "sft_llama",
+    "dpo_tiny",
 ]
 
 

@@ -67,6 +67,11 @@ def test_a_chat_run_reads_the_generated_task_with_a_chatml_bpe_made_once(tmp_pat
     chosen, rejected = rows["targets"][0::2], rows["targets"][1::2]
     assert not np.array_equal(chosen, rejected)
     assert prepare_arithmetic("chat", tmp_path).is_file()
+    # "bpe" on the generated pairs is the tokenizer an SFT run on its conversations learnt
+    bpe_pairs = prepare_chat_run_data(
+        ARITHMETIC, "bpe", kind="preference", seq_len=32, cache_dir=tmp_path, tokenizer_vocab=300
+    )
+    assert bpe_pairs.tokenizer_dir == first.tokenizer_dir
 
 
 def test_bad_chat_run_inputs_are_one_data_error_naming_the_setting(tmp_path):

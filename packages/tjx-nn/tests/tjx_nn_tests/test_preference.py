@@ -65,6 +65,36 @@ def test_metrics_are_means_over_real_pairs_only():
     )
 
 
+def test_sums_over_split_batches_give_the_whole_batchs_means():
+    rng = np.random.default_rng()
+    c, r, rc, rr = (jnp.asarray(rng.normal(size=6), jnp.float32) for _ in range(4))
+    valid = jnp.array([True, True, False, True, True, True])
+    whole = tnn.dpo_loss(c, r, rc, rr, beta=0.3, valid=valid)
+    parts = [tnn.dpo_loss(c[s], r[s], rc[s], rr[s], beta=0.3, valid=valid[s]).sums()
+             for s in (slice(0, 2), slice(2, 6))]  # fmt: skip
+    summed = {k: parts[0][k] + parts[1][k] for k in parts[0]}
+    assert float(summed["pairs"]) == 5.0
+    means = tnn.preference_means(summed)
+    np.testing.assert_allclose(float(means["loss"]), float(whole.loss), rtol=1e-6)
+    for key, value in whole.metrics().items():
+        np.testing.assert_allclose(float(means[key]), float(value), rtol=1e-6, atol=1e-7)
+    ranked = (np.asarray(c) > np.asarray(r))[np.asarray(valid)].mean()  # no reference in it
+    np.testing.assert_allclose(float(means["logps/accuracies"]), ranked, rtol=1e-6)
+    empty = tnn.dpo_loss(c[:1], r[:1], rc[:1], rr[:1], valid=jnp.array([False])).sums()
+    assert all(float(v) == 0.0 for v in tnn.preference_means(empty).values())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"beta": 0.0}, "PreferenceConfig.beta must be a number > 0"),
+     ({"loss_type": "hinge"}, "PreferenceConfig.loss_type must be one of")],
+)  # fmt: skip
+def test_a_preference_config_refuses_what_the_loss_cannot_take(kwargs: dict, message: str):
+    with pytest.raises(ValueError, match=message):
+        tnn.PreferenceConfig(**kwargs)
+    assert tnn.PreferenceConfig().beta == 0.1
+
+
 def _pair_batch(rng: np.random.Generator, pairs: int = 3, s: int = 12) -> dict[str, jax.Array]:
     """Rows 2i / 2i+1: a shared prompt, then different completions; the last pair is padding."""
     inputs = rng.integers(0, 40, (2 * pairs, s))

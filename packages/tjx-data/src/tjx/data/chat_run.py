@@ -210,9 +210,12 @@ def prepare_chat_run_data(
     if kind not in ("chat", "preference"):
         raise ValueError(f"kind must be chat or preference, got {kind!r}")
     path = str(prepare_arithmetic(kind, cache_root(cache_dir))) if source == ARITHMETIC else source
+    # The generated task has one tokenizer (learnt from its chat rows), so a DPO run on its pairs
+    # reads the ids an SFT run on its conversations learnt.
+    chat = str(prepare_arithmetic("chat", cache_root(cache_dir))) if source == ARITHMETIC else path
     try:
         folder = (
-            chatml_tokenizer(path, tokenizer_vocab, cache_dir)
+            chatml_tokenizer(chat, tokenizer_vocab, cache_dir)
             if tokenizer == "bpe"
             else Path(tokenizer).expanduser()
         )

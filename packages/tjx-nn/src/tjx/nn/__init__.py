@@ -87,9 +87,11 @@ from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, rope_inv_freq
 from tjx.nn.precision import DTYPE_NAMES, Precision
 from tjx.nn.preference import (
     PREFERENCE_LOSSES,
+    PreferenceConfig,
     PreferenceOutput,
     dpo_loss,
     preference_loss,
+    preference_means,
     sequence_logprobs,
 )
 from tjx.nn.registry import MODEL_KINDS, build_model
@@ -102,7 +104,7 @@ from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.15.0"
+__version__ = "0.16.0"
 
 __all__ = [
     "ACTIVATIONS",
@@ -142,6 +144,7 @@ __all__ = [
     "POSITIONS",
     "PREFERENCE_LOSSES",
     "Precision",
+    "PreferenceConfig",
     "PreferenceOutput",
     "REMAT_POLICIES",
     "RMSNorm",
@@ -207,6 +210,7 @@ __all__ = [
     "objective_loss",
     "objective_of",
     "preference_loss",
+    "preference_means",
     "read_hf_config",
     "register_router",
     "remat_policy",

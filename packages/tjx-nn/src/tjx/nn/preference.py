@@ -18,8 +18,11 @@ either side, are left out), as TRL's ``DPOTrainer`` averages. Rewards are ``β``
 log-ratio; margins their difference; accuracy the share of pairs whose chosen reward is higher.
 """
 
+# `setting()` returns dataclasses.field objects (with the metadata apps read).
+# ruff: noqa: RUF009
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
@@ -27,13 +30,16 @@ import jax.numpy as jnp
 
 from tjx.kernels import chunked_cross_entropy
 from tjx.nn.decoder import DecoderLM
+from tjx.nn.fields import choice, setting
 from tjx.nn.lora import adapters_off, has_lora
 
 __all__ = [
     "PREFERENCE_LOSSES",
+    "PreferenceConfig",
     "PreferenceOutput",
     "dpo_loss",
     "preference_loss",
+    "preference_means",
     "sequence_logprobs",
 ]
 
@@ -42,6 +48,26 @@ Batch = dict[str, Array]
 
 #: The preference losses by name.
 PREFERENCE_LOSSES = ("sigmoid", "ipo")
+
+
+@dataclass(frozen=True)
+class PreferenceConfig:
+    """How preference pairs train (`preference_loss`'s settings; the trainer's ``preference:``)."""
+
+    beta: float = setting(
+        0.1, gt=0, help="β: how strongly the policy is held to the reference (TRL's beta)"
+    )
+    loss_type: str = setting(
+        "sigmoid",
+        choices=PREFERENCE_LOSSES,
+        help="sigmoid (DPO) or ipo (IPO, per-token log-ratios)",
+    )
+
+    def __post_init__(self) -> None:
+        beta = self.beta
+        if isinstance(beta, bool) or not isinstance(beta, int | float) or not beta > 0:
+            raise ValueError(f"PreferenceConfig.beta must be a number > 0; got {beta!r}")
+        choice("PreferenceConfig", "loss_type", self.loss_type, PREFERENCE_LOSSES)
 
 
 class PreferenceOutput(NamedTuple):
@@ -69,21 +95,44 @@ class PreferenceOutput(NamedTuple):
     def metrics(self) -> dict[str, Array]:
         """Means over real pairs: ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``,
         ``rewards/accuracies``, ``logps/chosen``, ``logps/rejected`` (TRL's names)."""
-        w = self.valid.astype(jnp.float32)
-        n = jnp.maximum(w.sum(), 1.0)
+        means = preference_means(self.sums())
+        return {k: v for k, v in means.items() if k not in ("loss", "logps/accuracies")}
 
-        def mean(x: Array) -> Array:
-            return jnp.sum(jax.lax.stop_gradient(x) * w) / n
+    def sums(self) -> dict[str, Array]:
+        """Sums over real pairs, which add across micro-batches and held-out batches: ``pairs``
+        (their count), ``loss``, every `metrics` key and ``logps/accuracies`` (pairs whose chosen
+        completion the policy itself finds likelier, reference aside: the preference accuracy of
+        a model on its own, which DPO's first step, equal to its reference, also has);
+        `preference_means` turns them into means (the loss of a whole batch stays the mean over
+        its pairs, as TRL averages)."""
+        w = self.valid.astype(jnp.float32)
+
+        def total(x: Array) -> Array:
+            return jnp.sum(jax.lax.stop_gradient(x).astype(jnp.float32) * w)
 
         margins = self.chosen_rewards - self.rejected_rewards
         return {
-            "rewards/chosen": mean(self.chosen_rewards),
-            "rewards/rejected": mean(self.rejected_rewards),
-            "rewards/margins": mean(margins),
-            "rewards/accuracies": mean((margins > 0).astype(jnp.float32)),
-            "logps/chosen": mean(self.chosen_logps),
-            "logps/rejected": mean(self.rejected_logps),
+            "pairs": jnp.sum(w),
+            # the mean's numerator: loss × pairs (0 for a batch of padding, as the loss is)
+            "loss": jax.lax.stop_gradient(self.loss) * jnp.sum(w),
+            "rewards/chosen": total(self.chosen_rewards),
+            "rewards/rejected": total(self.rejected_rewards),
+            "rewards/margins": total(margins),
+            "rewards/accuracies": total((margins > 0).astype(jnp.float32)),
+            # the policy's own ranking, no reference: chosen likelier than rejected
+            "logps/accuracies": total(
+                (self.chosen_logps > self.rejected_logps).astype(jnp.float32)
+            ),
+            "logps/chosen": total(self.chosen_logps),
+            "logps/rejected": total(self.rejected_logps),
         }
+
+
+def preference_means(sums: dict[str, Any]) -> dict[str, Any]:
+    """The means over pairs of `PreferenceOutput.sums` (summed over any number of batches):
+    every key but ``pairs`` divided by the pairs (0 when there were none)."""
+    n = jnp.maximum(jnp.asarray(sums["pairs"], jnp.float32), 1.0)
+    return {k: v / n for k, v in sums.items() if k != "pairs"}
 
 
 def sequence_logprobs(

@@ -134,11 +134,16 @@ def test_greedy_tokens_are_what_a_forward_over_each_prefix_picks(prompt):
     """Past the pretraining length (8) LongRoPE turns to its long factors for the whole call: a
     generation that crosses it re-reads the sequence (as transformers' Phi-3 does), so each
     greedy token is the argmax of a full forward over the tokens before it; one that starts past
-    it decodes on its cache."""
+    it decodes on its cache. (Causal, so two forwards hold every prefix's last logits: one of
+    the first 8 tokens, short like the prefixes within 8, one of all, long like those past it.)
+    """
     config = tnn.LlamaConfig(**TINY, rope_scaling=TINY_SCALING, init_std=0.3)
     model = tnn.Llama(config, rngs=nnx.Rngs(0))
     tokens = jnp.asarray(np.random.default_rng(2).integers(0, 48, (1, prompt)))
     out = np.asarray(tnn.generate(model, tokens, max_new_tokens=12, temperature=0.0))
+    cut = TINY_SCALING.original_max_position_embeddings
+    short = np.asarray(model(jnp.asarray(out[:, :cut])))[0]
+    long = np.asarray(model(jnp.asarray(out[:, :-1])))[0]
     for t in range(prompt, out.shape[1]):
-        logits = np.asarray(model(jnp.asarray(out[:, :t])))[0, -1]
+        logits = short[t - 1] if t <= cut else long[t - 1]
         assert out[0, t] == logits.argmax(), t

@@ -6,7 +6,9 @@
 ``max_shard_size`` if given) and scores it into ``FOLDER/peer.npz``; ``{"score": FOLDER,
 "tokens": NPY, "out": NPZ, "new": N}`` loads a folder with ``AutoModelForCausalLM.
 from_pretrained`` and scores it. Scoring writes float32 logits of the tokens, a greedy
-continuation (``new`` tokens) of their first row's first 4 tokens and the class name. A
+continuation (``new`` tokens) of their first row's first 4 tokens and the class name (and,
+with ``"short": N`` in a SPEC or score job, the logits of the tokens' first N columns as
+``logits_short``). A
 ``make`` SPEC with ``"bf16": true`` also scores the model cast to bfloat16 into
 ``FOLDER/peer_bf16.npz``. Attention is transformers' eager path (its reference, the only one
 that soft-caps Gemma 2's logits). The post-training jobs (``chat``, ``peft``, ``dpo``: chat
@@ -29,15 +31,20 @@ from transformers import AutoConfig, AutoModelForCausalLM  # pants: no-infer-dep
 EAGER = {"attn_implementation": "eager"}
 
 
-def score(model: torch.nn.Module, tokens: np.ndarray, new: int, out: Path) -> None:
+def score(
+    model: torch.nn.Module, tokens: np.ndarray, new: int, out: Path, short: int | None = None
+) -> None:
     model.eval()
     ids = torch.as_tensor(tokens, dtype=torch.long)
+    extra = {}
     with torch.no_grad():
         logits = model(ids).logits.float().numpy()
+        if short:  # a separate call: RoPE scalings that depend on the call's length see it
+            extra["logits_short"] = model(ids[:, :short]).logits.float().numpy()
         prompt = ids[:1, :4]
         greedy = model.generate(prompt, max_new_tokens=new, do_sample=False, pad_token_id=0).numpy()
     arch = type(model).__name__
-    np.savez(out, logits=logits, greedy=greedy, arch=np.asarray(arch))
+    np.savez(out, logits=logits, greedy=greedy, arch=np.asarray(arch), **extra)
 
 
 def make(spec: dict, folder: Path) -> None:
@@ -51,9 +58,10 @@ def make(spec: dict, folder: Path) -> None:
     kwargs = {"max_shard_size": spec["max_shard_size"]} if spec.get("max_shard_size") else {}
     model.save_pretrained(folder, **kwargs)
     tokens = np.asarray(spec["tokens"], dtype=np.int64)
-    score(model, tokens, spec["new"], folder / "peer.npz")
+    short = spec.get("short")
+    score(model, tokens, spec["new"], folder / "peer.npz", short)
     if spec.get("bf16"):
-        score(model.to(torch.bfloat16), tokens, spec["new"], folder / "peer_bf16.npz")
+        score(model.to(torch.bfloat16), tokens, spec["new"], folder / "peer_bf16.npz", short)
 
 
 def rope(entries: list[dict], out: Path) -> None:
@@ -82,7 +90,8 @@ def main() -> None:
             make(job["make"], Path(job["out"]))
         else:
             model = AutoModelForCausalLM.from_pretrained(job["score"], dtype=torch.float32, **EAGER)
-            score(model, np.load(job["tokens"]), int(job["new"]), Path(job["out"]))
+            tokens, out = np.load(job["tokens"]), Path(job["out"])
+            score(model, tokens, int(job["new"]), out, job.get("short"))
 
 
 if __name__ == "__main__":

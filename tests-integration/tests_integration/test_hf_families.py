@@ -22,10 +22,18 @@ The windows slide: the sequences are 12 tokens (24 while generating) and every f
 (which has none) has a window of 5 in some layers: Qwen3 layer 1 (``max_window_layers``), every
 Phi-3 layer, Gemma 2 layer 0 (its alternating pattern), Gemma 3 layer 0 (``layer_types``), whose
 local layers also rotate at their own RoPE base (100, the global one 10,000).
+
+Phi-3's LongRoPE (``phi3-longrope``: pretrained for 8 positions, ``max_position_embeddings`` 64,
+so factor 8 and attention factor sqrt(2)) is scored twice: at 12 tokens (its long factors) and,
+in a separate call, at ``SHORT`` = 6 tokens (its short ones); its greedy continuation crosses 8
+tokens, where transformers' Phi-3 recomputes its cache with the long factors and tjx re-reads
+the sequence. Read without the scaling, the same weights are far off transformers in both calls
+(asserted), so the factors matter to the comparison.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +46,7 @@ from tjx import nn
 
 VOCAB, NEW = 96, 20
 BF16_FACTOR = 1.5
+SHORT = 6
 TOKENS = np.random.default_rng(1).integers(0, VOCAB, size=(2, 12)).tolist()
 COMMON = dict(
     vocab_size=VOCAB,
@@ -70,6 +79,23 @@ CASES: dict[str, dict[str, Any]] = {
     # Fused qkv_proj / gate_up_proj; a window in every layer (Phi-3-mini-4k's 2047 of 4096).
     "phi3": dict(
         config=dict(model_type="phi3", **COMMON, sliding_window=WINDOW), model_type="phi3"
+    ),
+    # LongRoPE (Phi-3-mini-128k's form: the pretraining length beside rope_scaling, no factor):
+    # long factors for the 12-token call, short ones for the SHORT-token call.
+    "phi3-longrope": dict(
+        config=dict(
+            model_type="phi3",
+            **COMMON,
+            original_max_position_embeddings=8,
+            initializer_range=0.2,  # sharp attention, so that the rotations matter
+            rope_scaling={
+                "type": "longrope",
+                "short_factor": [1.0, 1.3, 1.7, 2.5],
+                "long_factor": [1.0, 2.0, 5.0, 9.0],
+            },
+        ),
+        model_type="phi3",
+        short=SHORT,
     ),
     # Sandwich norms (1 + w), sqrt(d) embeddings, GeGLU, query scale 12 (not head_dim 16),
     # soft caps low enough to bend the logits of this small model.
@@ -117,7 +143,13 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
     np.save(root / "tokens.npy", tokens.astype(np.int64))
     makes = [
         {
-            "make": {"config": case["config"], "tokens": TOKENS, "new": NEW, "bf16": True},
+            "make": {
+                "config": case["config"],
+                "tokens": TOKENS,
+                "new": NEW,
+                "bf16": True,
+                "short": case.get("short"),
+            },
             "out": str(root / name),
         }
         for name, case in CASES.items()
@@ -140,13 +172,23 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
             "config": config,
             "files": files,
             "tensors": _tensor_names(root / f"{name}-tjx"),
+            "saved": json.loads((root / f"{name}-tjx" / "config.json").read_text()),
         }
+        if case.get("short"):
+            short = jnp.asarray(tokens[:, : case["short"]])
+            plain, _ = nn.load_hf(root / name, rope_scaling=None)
+            out[name] |= {
+                "tjx_short": np.asarray(model(short)),
+                "plain": np.asarray(plain(jnp.asarray(tokens))),
+                "plain_short": np.asarray(plain(short)),
+            }
         scores.append(
             {
                 "score": str(root / f"{name}-tjx"),
                 "tokens": str(root / "tokens.npy"),
                 "out": str(root / f"{name}-back.npz"),
                 "new": NEW,
+                "short": case.get("short"),
             }
         )
     run_peer(scores, root)
@@ -160,6 +202,8 @@ def test_family_loads_with_the_same_logits_and_greedy_tokens(results, family):
     r = results[family]
     assert _rel(r["tjx"], r["peer"]["logits"]) < 1e-4
     np.testing.assert_array_equal(r["greedy"], r["peer"]["greedy"])
+    if "tjx_short" in r:
+        assert _rel(r["tjx_short"], r["peer"]["logits_short"]) < 1e-4
 
 
 @pytest.mark.parametrize("family", list(CASES))
@@ -178,6 +222,26 @@ def test_saved_family_loads_in_transformers_as_the_same_model(results, family):
     assert str(r["back"]["arch"]) == str(r["peer"]["arch"])
     assert _rel(r["back"]["logits"], r["peer"]["logits"]) < 1e-6
     np.testing.assert_array_equal(r["back"]["greedy"], r["peer"]["greedy"])
+    if "tjx_short" in r:
+        assert _rel(r["back"]["logits_short"], r["peer"]["logits_short"]) < 1e-6
+
+
+def test_phi3_longrope_factors_change_both_calls(results):
+    """Phi-3's LongRoPE read as such: the short and long calls each need their own factors (the
+    unscaled model is far off in both), and the export keeps Phi-3's published form."""
+    r = results["phi3-longrope"]
+    scaling = r["config"].rope_scaling
+    assert (scaling.type, scaling.factor, scaling.original_max_position_embeddings) == (
+        "longrope",
+        8.0,
+        8,
+    )
+    assert _rel(r["plain"], r["peer"]["logits"]) > 1e-2
+    assert _rel(r["plain_short"], r["peer"]["logits_short"]) > 1e-2
+    assert r["greedy"].shape[1] == 4 + NEW > scaling.original_max_position_embeddings
+    saved = r["saved"]
+    assert saved["original_max_position_embeddings"] == 8
+    assert saved["rope_scaling"]["type"] == "longrope" and "factor" not in saved["rope_scaling"]
 
 
 def test_the_cases_exercise_each_switch(results):

@@ -268,7 +268,7 @@ def test_v5_rope_parameters_are_read_per_layer_type():
 @pytest.mark.parametrize(
     ("family", "changes", "needle"),
     [
-        ("phi3", {"rope_scaling": {"type": "su", "short_factor": [1.0] * 4}}, "type 'su' is not"),
+        ("phi3", {"rope_scaling": {"type": "linear", "factor": 2.0}}, "type 'linear' is not one"),
         ("phi3", {"rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.75}},
          "partial_rotary_factor 0.75"),
         ("phi3", {"auto_map": {"AutoModelForCausalLM": "modeling_x.Phi3ForCausalLM"}}, "auto_map"),

@@ -216,6 +216,12 @@ def select_implementation(
     return auto_order(q.dtype, shapes.head_dim, t, softcap=softcap).kernel
 
 
+def _after_cudnn(q: Array, shapes: AttentionShapes) -> str:
+    """The kernel "auto" takes when cuDNN cannot serve a call: the next in its order."""
+    order = auto_order(q.dtype, shapes.head_dim).order
+    return order[order.index("cudnn") + 1] if "cudnn" in order else "xla"
+
+
 def attention(
     q: Array,
     k: Array,
@@ -293,8 +299,7 @@ def attention(
     if impl == "cudnn" and window is not None and not causal:
         if implementation == "cudnn":
             raise ValueError(_CUDNN_WINDOW)
-        order = auto_order(q.dtype, shapes.head_dim).order
-        impl = order[order.index("cudnn") + 1] if "cudnn" in order else "xla"
+        impl = _after_cudnn(q, shapes)
     if impl == "cudnn":
         try:
             return _cudnn_attention(
@@ -313,8 +318,7 @@ def attention(
             # tracing; "auto" must not fail, so it takes the next kernel, and says so.
             if implementation != "auto":
                 raise
-            order = auto_order(q.dtype, shapes.head_dim).order
-            impl = order[order.index("cudnn") + 1] if "cudnn" in order else "xla"
+            impl = _after_cudnn(q, shapes)
             warnings.warn(
                 f"attention: cudnn refused this call ({first_line(err)}); using {impl}",
                 RuntimeWarning,

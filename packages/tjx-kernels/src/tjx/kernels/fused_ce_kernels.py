@@ -44,6 +44,17 @@ def _params(launch: CELaunch, backward: bool) -> Any:
     return plgpu.CompilerParams(num_warps=warps, num_stages=launch.num_stages)
 
 
+def _sizes(h: Array, w: Array, vocab: int, launch: CELaunch) -> dict[str, int]:
+    """The kernels' static sizes: the real vocabulary, ``D``, the tiles and the tile counts over
+    the vocabulary (``nv``) and the tokens (``nt``); each kernel reads those it needs."""
+    (t, d), v = h.shape, w.shape[1]
+    bt, bv = launch.block_t, launch.block_v
+    return dict(
+        vocab=vocab, d=d, bt=bt, bv=bv, bk=launch.block_k, bd=launch.block_d, nv=v // bv,
+        nt=t // bt,
+    )  # fmt: skip
+
+
 def _logits(h_ref: Any, w_ref: Any, rows: Any, cols: Any, d: int, bk: int) -> Array:
     """float32 ``h[rows] @ w[:, cols]``, accumulated over ``bk``-wide slices of ``d``."""
 
@@ -103,10 +114,8 @@ def ce_forward(
     h: Array, w: Array, labels: Array, vocab: int, launch: CELaunch, interpret: bool
 ) -> tuple[Array, Array, Array]:
     """(lse f32 [T], argmax int32 [T], label logit f32 [T]) of padded inputs."""
-    t, d = h.shape
-    v = w.shape[1]
-    bt, bv = launch.block_t, launch.block_v
-    kw = dict(vocab=vocab, d=d, bt=bt, bv=bv, bk=launch.block_k, nv=v // bv)
+    (t, d), v, bt = h.shape, w.shape[1], launch.block_t
+    kw = _sizes(h, w, vocab, launch)
     outs = [out_struct((t,), dt, h, w, labels) for dt in (jnp.float32, jnp.int32, jnp.float32)]
     row = pl.BlockSpec((bt,), lambda i: (i,))
     return pl.pallas_call(  # type: ignore[no-any-return]
@@ -148,10 +157,9 @@ def ce_dx(
     interpret: bool,
 ) -> Array:  # fmt: skip
     """``dx [T, D]`` (``h``'s dtype) of padded inputs; ``g`` = float32 ``[g_ce, g_z]``."""
-    t, d = h.shape
-    v = w.shape[1]
-    bt, bv, bd = launch.block_t, launch.block_v, launch.block_d
-    kw = dict(vocab=vocab, d=d, bt=bt, bv=bv, bk=launch.block_k, bd=bd, nv=v // bv)
+    (t, d), v = h.shape, w.shape[1]
+    bt, bd = launch.block_t, launch.block_d
+    kw = _sizes(h, w, vocab, launch)
     row = pl.BlockSpec((bt,), lambda i, di: (i,))
     return pl.pallas_call(  # type: ignore[no-any-return]
         functools.partial(_dx_kernel, **kw),
@@ -194,10 +202,9 @@ def ce_dw(
     interpret: bool,
 ) -> Array:  # fmt: skip
     """``dw [D, V]`` (``w``'s dtype) of padded inputs; ``g`` = float32 ``[g_ce, g_z]``."""
-    t, d = h.shape
-    v = w.shape[1]
-    bt, bv, bd = launch.block_t, launch.block_v, launch.block_d
-    kw = dict(vocab=vocab, d=d, bt=bt, bv=bv, bk=launch.block_k, bd=bd, nt=t // bt)
+    (t, d), v = h.shape, w.shape[1]
+    bv, bd = launch.block_v, launch.block_d
+    kw = _sizes(h, w, vocab, launch)
     whole = pl.BlockSpec((t,), lambda di, j: (0,))
     return pl.pallas_call(  # type: ignore[no-any-return]
         functools.partial(_dw_kernel, **kw),

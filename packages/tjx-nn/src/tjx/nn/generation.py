@@ -11,6 +11,12 @@ Padding convention: prompts are **right-padded**; ``prompt_lengths[r]`` says how
 ``r`` are real. Row ``r``'s token at absolute position ``t`` sits in cache slot ``t``, so every row
 decodes at its own position (the attention's ``kv_lengths`` hides unused slots). The output row is
 the prompt's real tokens followed directly by the new tokens, right-padded with ``pad_id``.
+
+LongRoPE (``rope_scaling`` of type ``longrope``, Phi-3's) rotates with its short factors while a
+call's longest position is within ``original_max_position_embeddings`` and with its long ones
+past it. When a generation crosses that length, the cached keys were rotated with the short
+factors: the step that crosses re-reads the whole sequence so far (a second prefill, compiled
+once), as transformers' Phi-3 does, so every token is what a forward over its prefix computes.
 """
 
 from __future__ import annotations
@@ -240,6 +246,9 @@ def run_generation(
     fill = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
     graphdef, state = nnx.split(model)
     cache = model.init_cache(b, total)
+    short = _longrope_original(model)  # set while the cache holds short-factor keys
+    if short is not None and short < P:
+        short = None
     key, sub = jax.random.split(key)
     extra = () if src is None else (jnp.asarray(src), jnp.asarray(src_ids))
     cache, tok = _prefill(
@@ -260,11 +269,27 @@ def run_generation(
         if step == max_new_tokens - 1 or done.all():
             break
         key, sub = jax.random.split(key)
-        cache, tok = _decode(
-            graphdef, state, jnp.asarray(tok_np), jnp.asarray(pos), cache, sub, sampling
-        )
+        if short is not None and int(pos.max()) + 1 > short:  # LongRoPE turns long: re-read
+            short, seen = None, int(pos.max()) + 1
+            cache, tok = _prefill(
+                graphdef, state, jnp.asarray(out[:, :seen]), jnp.asarray(pos + 1),
+                model.init_cache(b, total), sub, sampling, *extra,
+            )  # fmt: skip
+        else:
+            cache, tok = _decode(
+                graphdef, state, jnp.asarray(tok_np), jnp.asarray(pos), cache, sub, sampling
+            )
         pos = pos + 1
     return jnp.asarray(out)
+
+
+def _longrope_original(model: DecoderLM | EncoderDecoder) -> int | None:
+    """The length past which ``model``'s LongRoPE turns to its long factors (None: no
+    LongRoPE)."""
+    scaling = getattr(model.config, "rope_scaling", None)
+    if scaling is None or scaling.type != "longrope":
+        return None
+    return int(scaling.original_max_position_embeddings)
 
 
 def generate(

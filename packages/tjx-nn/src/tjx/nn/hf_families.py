@@ -3,7 +3,8 @@
 Each family is the LLaMA decoder with a few switches (:mod:`tjx.nn.family_config`): Qwen3 adds
 per-head q/k RMSNorms; OLMo 2 moves the norms onto the sublayers' outputs and normalises q and k
 over the whole projection; Phi-3 computes exactly what Llama does (it fuses q/k/v and gate/up in
-its tensors only, :mod:`tjx.nn.hf_family_tensors`); Gemma 2 and 3 are in :mod:`tjx.nn.hf_gemma`.
+its tensors only, :mod:`tjx.nn.hf_family_tensors`; its LongRoPE scaling: :mod:`tjx.nn.hf_phi3`);
+Gemma 2 and 3 are in :mod:`tjx.nn.hf_gemma`.
 As for the Llama family (``hf_config``), every key is mapped, checked, or on the allow-list of
 keys that change no number; anything else, and any value tjx cannot honour, is refused in one line
 naming it (what is not honoured yet: :mod:`tjx.nn.hf_family_base`).
@@ -37,6 +38,7 @@ from tjx.nn.hf_gemma import (
     gemma_fields,
     gemma_type,
 )
+from tjx.nn.hf_phi3 import phi3_rope, phi3_rope_to_hf
 
 FAMILY_TYPES = ("qwen3", "olmo2", "phi3", *GEMMA_TYPES)
 ARCHITECTURES = {
@@ -57,7 +59,7 @@ FAMILY_KEYS = {
             "sliding_window",
             "resid_pdrop",
             "embd_pdrop",
-            "original_max_position_embeddings",  # read by longrope only (refused for now)
+            "original_max_position_embeddings",  # longrope's pretraining length (hf_phi3)
         }
     ),
 }
@@ -92,7 +94,8 @@ def _sliding(hf: Mapping[str, Any], model_type: str, layers: int) -> list[bool]:
             return [False] * layers
         first = int(hf.get("max_window_layers", 28))
         return [i >= first for i in range(layers)]
-    return [True] * layers  # phi3: its sliding_window (null: none) holds for every layer
+    # phi3: its sliding_window holds for every layer (left out or null: none).
+    return [hf.get("sliding_window") is not None] * layers
 
 
 def family_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
@@ -116,7 +119,10 @@ def family_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
     if act != "silu":
         raise ValueError(f"config.json hidden_act must be 'silu' (SwiGLU); got {act!r}")
     fields = base_fields(hf, tied=False, eps=1e-6 if model_type == "qwen3" else 1e-5)
-    fields["rope_theta"] = rope_theta(hf, model_type)
+    if model_type == "phi3":
+        fields["rope_theta"], fields["rope_scaling"] = phi3_rope(hf)
+    else:
+        fields["rope_theta"] = rope_theta(hf, model_type)
     if model_type in ("qwen3", "phi3"):
         fields |= windows(hf.get("sliding_window"), _sliding(hf, model_type, fields["num_layers"]))
     if model_type == "phi3":
@@ -156,7 +162,7 @@ def family_config_to_hf(config: LlamaConfig, model_type: str) -> dict[str, Any]:
     ValueError
         ``config`` computes something ``model_type`` cannot express (named).
     """
-    check_exportable(config)
+    check_exportable(config, rope_types=("longrope",) if model_type == "phi3" else ())
     check_switches(config, model_type, SWITCHES[model_type], "change the config")
     if model_type in GEMMA_TYPES:
         return gemma_config_to_hf(config, model_type)
@@ -177,8 +183,8 @@ def family_config_to_hf(config: LlamaConfig, model_type: str) -> dict[str, Any]:
         return out | {
             "resid_pdrop": config.dropout,
             "embd_pdrop": 0.0,
-            "original_max_position_embeddings": config.max_seq_len,
             "sliding_window": config.sliding_window,
+            **phi3_rope_to_hf(config),
         }
     out["attention_bias"] = False
     if model_type == "qwen3":

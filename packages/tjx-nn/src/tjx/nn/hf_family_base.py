@@ -4,7 +4,7 @@ family maps, RoPE's base, the sliding-window rule, the common fields and the exp
 Sliding windows map onto ``sliding_window`` and ``window_pattern`` (which layers slide, as
 transformers decides per family: ``windows`` reads them, ``layer_types`` writes them). Not yet
 honoured (refused in one line naming the key): a RoPE scaling (``rope_scaling``, or a non-default
-``rope_parameters`` type such as Phi-3's ``longrope``/``su``).
+``rope_parameters`` type), but Phi-3's LongRoPE (:mod:`tjx.nn.hf_phi3`).
 """
 
 from __future__ import annotations
@@ -150,15 +150,19 @@ def base_fields(hf: Mapping[str, Any], *, tied: bool, eps: float) -> dict[str, A
     )
 
 
-def check_exportable(config: LlamaConfig) -> None:
-    """What every family's export needs: MHA with RoPE, RMSNorm, no biases, no RoPE scaling."""
+def check_exportable(config: LlamaConfig, rope_types: tuple[str, ...] = ()) -> None:
+    """What every family's export needs: MHA with RoPE, RMSNorm, no biases, no RoPE scaling but
+    of ``rope_types`` (those the family writes)."""
+    scaling = config.rope_scaling
+    if scaling is not None and scaling.type in rope_types:
+        scaling = None
     needs = {
         "attention_type": (config.attention_type, "mha"),
         "position": (config.position, "rope"),
         "norm": (config.norm, "rmsnorm"),
         "use_bias": (config.use_bias, False),
         "qkv_bias": (config.qkv_bias, False),
-        "rope_scaling": (config.rope_scaling, None),
+        "rope_scaling": (scaling, None),
     }
     wrong = {k: v for k, v in needs.items() if v[0] != v[1]}
     if wrong:

@@ -87,28 +87,42 @@ def check_config(cfg: Any, given: set[str]) -> None:
             raise ConfigError(f"{key}: cannot apply {where}: {why}")
 
 
+def _preference(
+    cfg: Any,
+    model: Any,
+    batch: Batch,
+    graphdef: Any,
+    rest: Any,
+    reference: Any,
+    deterministic: bool,
+) -> Any:
+    """tjx.nn's `preference_loss` of ``model`` on ``batch`` with the run's settings, against the
+    ``reference`` params (merged with ``rest``), else the model with its adapters off."""
+    ref = None if reference is None else nnx.merge(graphdef, reference, rest)
+    head = cfg.train.head_settings
+    return nn.preference_loss(
+        model,
+        batch,
+        beta=cfg.preference.beta,
+        loss_type=cfg.preference.loss_type,
+        reference=ref,
+        deterministic=deterministic,
+        chunked=head["chunked"],
+        chunk_size=head["chunk_size"],
+    )
+
+
 def make_loss_fn(graphdef: Any, rest: Any, cfg: Any, deterministic: bool) -> Callable[..., Any]:
     """``loss_fn(params, batch, step, reference=None) -> (loss, aux)``: tjx.nn's
     `preference_loss` of the policy against the reference (the ``reference`` params, else the
     policy with its adapters off); aux holds `PreferenceOutput.sums` (``"preference"``) and the
     real pairs as ``num_tokens`` (the accumulation's weight)."""
-    pref, head = cfg.preference, cfg.train.head_settings
 
     def loss_fn(
         params: Any, batch: Batch, step: jax.Array, reference: Any = None
     ) -> tuple[jax.Array, dict[str, Any]]:
         model = nnx.merge(graphdef, params, nn.reseed(rest, step))
-        ref = None if reference is None else nnx.merge(graphdef, reference, rest)
-        out = nn.preference_loss(
-            model,
-            batch,
-            beta=pref.beta,
-            loss_type=pref.loss_type,
-            reference=ref,
-            deterministic=deterministic,
-            chunked=head["chunked"],
-            chunk_size=head["chunk_size"],
-        )
+        out = _preference(cfg, model, batch, graphdef, rest, reference, deterministic)
         sums = out.sums()
         return out.loss, {"num_tokens": sums["pairs"], "preference": sums}
 
@@ -137,20 +151,10 @@ def step_metrics(aux: dict[str, Any]) -> dict[str, jax.Array]:
 def make_eval_step(graphdef: Any, rest: Any, cfg: Any) -> Callable[..., dict[str, jax.Array]]:
     """``eval_step(params, batch, reference=None) -> sums``: `PreferenceOutput.sums` of a
     held-out pair batch (no dropout)."""
-    pref, head = cfg.preference, cfg.train.head_settings
 
     def eval_step(params: Any, batch: Batch, reference: Any = None) -> dict[str, jax.Array]:
         model = nnx.merge(graphdef, params, rest)
-        ref = None if reference is None else nnx.merge(graphdef, reference, rest)
-        out = nn.preference_loss(
-            model,
-            batch,
-            beta=pref.beta,
-            loss_type=pref.loss_type,
-            reference=ref,
-            chunked=head["chunked"],
-            chunk_size=head["chunk_size"],
-        )
+        out = _preference(cfg, model, batch, graphdef, rest, reference, deterministic=True)
         return out.sums()  # type: ignore[no-any-return]
 
     return eval_step

@@ -102,7 +102,7 @@ from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.15.0"
+__version__ = "0.16.0"
 
 __all__ = [
     "ACTIVATIONS",

@@ -261,3 +261,24 @@ def test_a_model_deepseek_cannot_express_is_not_written(tmp_path):
     with pytest.raises(ValueError, match="shared_expert_gate=True"):
         tnn.save_hf(model, tmp_path / "no")
     assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("q_lora_rank", [None, 10])
+def test_flops_count_every_weight_of_deepseeks_attention_once(q_lora_rank):
+    """The attention's matmul weights in ``flops_per_token`` are its kernels' sizes, and the
+    score/value terms use head_dim for q·k and v_head_dim for the values."""
+    from tjx.nn.flops import _attention_weights
+
+    config = tnn.LlamaConfig(**MLA, q_lora_rank=q_lora_rank)
+    attn = Attention(config, rngs=nnx.Rngs(0), causal=True)
+    kernels = {k: v.size for k, v in tnn.get_flat_params(attn).items() if k.endswith("kernel")}
+    assert sum(_attention_weights(config)) == sum(kernels.values())
+    s = 16
+    older = tnn.LlamaConfig(**{**MLA, "v_head_dim": 12, "q_lora_rank": q_lora_rank})
+    # Narrower values (6 instead of 12 dims a head) save, per token and layer, 6·(their value
+    # and output weights) (2 FLOPs a multiply-add, x3 with the backward pass), and 6·(4 heads x
+    # 6 dims)·s/2 in the weighted sum (a causal query sees s/2 keys on average).
+    saved = tnn.flops_per_token(older, s) - tnn.flops_per_token(config, s)
+    fewer = sum(_attention_weights(older)) - sum(_attention_weights(config))
+    assert fewer == 16 * 4 * 6 + 4 * 6 * 32  # value [r, h, 6] and out [h, 6, d]
+    assert saved == 3 * (6 * fewer + 6 * (4 * 6) * s / 2)

@@ -282,3 +282,44 @@ def test_flops_count_every_weight_of_deepseeks_attention_once(q_lora_rank):
     fewer = sum(_attention_weights(older)) - sum(_attention_weights(config))
     assert fewer == 16 * 4 * 6 + 4 * 6 * 32  # value [r, h, 6] and out [h, 6, d]
     assert saved == 3 * (6 * fewer + 6 * (4 * 6) * s / 2)
+
+
+#: DeepSeek-V2-Lite's config.json as published (its keys and switches), shrunk to tiny sizes.
+V2_LITE = {
+    "architectures": ["DeepseekV2ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "auto_map": {
+        "AutoConfig": "configuration_deepseek.DeepseekV2Config",
+        "AutoModel": "modeling_deepseek.DeepseekV2Model",
+        "AutoModelForCausalLM": "modeling_deepseek.DeepseekV2ForCausalLM",
+    },
+    "aux_loss_alpha": 0.001, "bos_token_id": 100000, "eos_token_id": 100001,
+    "first_k_dense_replace": 1, "hidden_act": "silu", "hidden_size": 32,
+    "initializer_range": 0.02, "intermediate_size": 48, "kv_lora_rank": 16,
+    "max_position_embeddings": 1280, "model_type": "deepseek_v2", "moe_intermediate_size": 12,
+    "moe_layer_freq": 1, "n_group": 1, "n_routed_experts": 8, "n_shared_experts": 2,
+    "norm_topk_prob": False, "num_attention_heads": 4, "num_experts_per_tok": 6,
+    "num_hidden_layers": 3, "num_key_value_heads": 4, "pretraining_tp": 1, "q_lora_rank": None,
+    "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "rms_norm_eps": 1e-06,
+    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 0.707,
+                     "mscale_all_dim": 0.707, "original_max_position_embeddings": 32,
+                     "type": "yarn"},
+    "rope_theta": 10000, "routed_scaling_factor": 1.0, "scoring_func": "softmax",
+    "seq_aux": True, "tie_word_embeddings": False, "topk_group": 1, "topk_method": "greedy",
+    "torch_dtype": "bfloat16", "transformers_version": "4.33.1", "use_cache": True,
+    "v_head_dim": 6, "vocab_size": 64,
+}  # fmt: skip
+
+
+def test_v2_lites_published_config_reads_with_its_yarn_softmax_scale():
+    from tjx.nn.hf_deepseek import deepseek_config_from_hf
+
+    config = deepseek_config_from_hf(V2_LITE)
+    assert (config.q_lora_rank, config.head_dim, config.v_head_dim) == (None, 12, 6)
+    assert (config.experts_per_token, config.router, config.router_groups) == (6, "softmax", 1)
+    assert config.rope_scaling.type == "yarn" and config.max_seq_len == 1280
+    attn = Attention(config, rngs=nnx.Rngs(0), causal=True)
+    mscale = 0.1 * 0.707 * math.log(40) + 1  # transformers' yarn_get_mscale(40, 0.707)
+    assert attn.scale == pytest.approx(12**-0.5 * mscale**2, rel=1e-12)
+    fp8 = dict(V2_LITE, model_type="deepseek_v3", quantization_config={"quant_method": "fp8"})
+    with pytest.raises(ValueError, match="quantization_config 'fp8'"):
+        deepseek_config_from_hf(fp8)

@@ -323,3 +323,25 @@ def test_v2_lites_published_config_reads_with_its_yarn_softmax_scale():
     fp8 = dict(V2_LITE, model_type="deepseek_v3", quantization_config={"quant_method": "fp8"})
     with pytest.raises(ValueError, match="quantization_config 'fp8'"):
         deepseek_config_from_hf(fp8)
+
+
+def test_a_deepseek_models_adapters_are_not_exported_as_a_peft_folder(tmp_path):
+    """PEFT's targets would be HF's q/k/v_proj, which DeepSeek's attention does not have (and
+    its query rows are permuted): refused, nothing written; ``save_hf`` merges them instead."""
+    model = tnn.Llama(tnn.LlamaConfig(**V2), rngs=nnx.Rngs(0))
+    lora = tnn.LoraConfig(rank=2, targets=("q", "v"))
+    tnn.add_lora(model, lora, rngs=nnx.Rngs(1))
+    from tjx.nn.lora import lora_modules
+
+    for i, (_, _, dense) in enumerate(lora_modules(model)):  # B starts at 0: make it count
+        b = dense.lora.lora_b
+        b[...] = jax.random.normal(jax.random.key(i), b[...].shape) * 0.1
+    with pytest.raises(ValueError, match="PEFT export does not cover MLA"):
+        tnn.save_peft(model, tmp_path / "peft", lora)
+    assert not (tmp_path / "peft").exists()
+    tnn.save_hf(model, tmp_path / "merged")  # the adapters merged into the kernels
+    loaded, _ = tnn.load_hf(tmp_path / "merged")
+    tokens = jnp.asarray([[1, 2, 3, 4, 5]])
+    bare = tnn.Llama(tnn.LlamaConfig(**V2), rngs=nnx.Rngs(0))
+    assert np.abs(np.asarray(model(tokens) - bare(tokens))).max() > 1e-3  # the adapters act
+    np.testing.assert_allclose(loaded(tokens), model(tokens), rtol=1e-5, atol=1e-5)

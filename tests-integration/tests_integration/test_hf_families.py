@@ -27,8 +27,9 @@ local layers also rotate at their own RoPE base (100, the global one 10,000).
 The DeepSeek cases (3 layers: layer 0 dense, 1-2 MoE) carry every piece of tjx's DeepSeek MLA and
 routing: V2-Lite's full ``q_proj``, V3's low-rank query with its norm, the normed latent and the
 shared interleaved RoPE key, values narrower than q/k (6 vs 12), shared experts, V2's softmax
-top-k and V3's sigmoid router with a random correction bias and grouped top-k (2 of 4 groups),
-routed scaling (1.5, 2.5), V3's yarn RoPE (factor 4) with its softmax ``mscale²``. bfloat16
+top-k (greedy, and full V2's ``group_limited_greedy``) and V3's sigmoid router with a random
+correction bias and grouped top-k (2 of 4 groups), routed scaling (1.5, 2.5), V3's yarn RoPE
+(factor 4) with its softmax ``mscale²``. bfloat16
 rounding flips a token's top-k choice where two experts nearly tie, a jump no tolerance covers
 (transformers' own bfloat16 run of the V3 case is off its float32 one by 65 % at one token; tjx's
 V2 by 8.9 % at one of 24, measured 2026-11-24): the routed cases run in float32 only, and their
@@ -158,6 +159,12 @@ CASES: dict[str, dict[str, Any]] = {
     ),
 }
 CASES["deepseek_v2"]["bf16"] = False
+# Full V2's routing: 4 groups of 2 experts, each token keeps its 2 best (by best probability).
+CASES["deepseek_v2_grouped"] = dict(
+    config=dict(CASES["deepseek_v2"]["config"], topk_method="group_limited_greedy", n_group=4,
+                topk_group=2),
+    bf16=False,
+)  # fmt: skip
 for _name in ("deepseek_v2", "deepseek_v3"):  # every expert chosen: bfloat16 flips no choice
     _all = dict(CASES[_name]["config"], num_experts_per_tok=8)
     if _name == "deepseek_v3":
@@ -311,3 +318,5 @@ def test_the_deepseek_cases_exercise_each_piece(results):
     assert "model.layers.1.mlp.gate.e_score_correction_bias" in names
     assert "model.layers.0.self_attn.q_a_layernorm.weight" in names
     assert "model.layers.0.self_attn.q_proj.weight" in results["deepseek_v2"]["tensors"]
+    grouped = results["deepseek_v2_grouped"]["config"]
+    assert (grouped.router, grouped.router_groups, grouped.router_topk_groups) == ("softmax", 4, 2)

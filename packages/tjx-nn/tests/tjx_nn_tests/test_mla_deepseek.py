@@ -345,3 +345,27 @@ def test_a_deepseek_models_adapters_are_not_exported_as_a_peft_folder(tmp_path):
     bare = tnn.Llama(tnn.LlamaConfig(**V2), rngs=nnx.Rngs(0))
     assert np.abs(np.asarray(model(tokens) - bare(tokens))).max() > 1e-3  # the adapters act
     np.testing.assert_allclose(loaded(tokens), model(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_import_holds_one_tensor_or_one_layers_experts_at_a_time(tmp_path, monkeypatch):
+    """Each tensor read is let go before the next, but for the routed experts, which stack one
+    layer's projections (8 here) into one kernel: peak memory stays near the weights' bytes."""
+    import weakref
+
+    from tjx.nn.hf_io import LazyWeights
+
+    tnn.save_hf(tnn.Llama(tnn.LlamaConfig(**V3), rngs=nnx.Rngs(0)), tmp_path / "ck")
+    live: dict[int, int] = {}
+    most = [0]
+    read = LazyWeights.get
+
+    def get(self, name):
+        value = read(self, name)
+        live[id(value)] = value.nbytes
+        weakref.finalize(value, live.pop, id(value), None)
+        most[0] = max(most[0], len(live))
+        return value
+
+    monkeypatch.setattr(LazyWeights, "get", get)
+    tnn.load_hf(tmp_path / "ck")
+    assert most[0] == 8 and not live

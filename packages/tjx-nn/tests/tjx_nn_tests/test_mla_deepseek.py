@@ -369,3 +369,29 @@ def test_import_holds_one_tensor_or_one_layers_experts_at_a_time(tmp_path, monke
     monkeypatch.setattr(LazyWeights, "get", get)
     tnn.load_hf(tmp_path / "ck")
     assert most[0] == 8 and not live
+
+
+@pytest.mark.parametrize("extra", [dict(), dict(q_lora_rank=10, rope_scaling=YARN)])
+def test_the_absorbed_decode_step_equals_up_projecting_every_latent(monkeypatch, extra):
+    """DeepSeek's inference form (key folded into the query, value into the output) attends to
+    the same cache with the same result, to float32 rounding."""
+    from tjx.nn import mla
+
+    config = tnn.LlamaConfig(**MLA, **extra)
+    attn = Attention(config, rngs=nnx.Rngs(4), causal=True)
+    rng = np.random.default_rng(1)
+    prompt, step = (jnp.asarray(rng.normal(size=(2, n, 32)), jnp.float32) for n in (6, 1))
+    empty = {k: v[0] for k, v in tnn.init_cache(config, batch=2, max_len=8).items()}
+    _, cache = attn(prompt, cache=empty, cache_pos=jnp.zeros((2,), jnp.int32))
+    pos = jnp.full((2,), 6, jnp.int32)
+
+    def decode():
+        return attn(step, positions=pos[:, None], cache=cache, cache_pos=pos)
+
+    assert mla.absorbable(attn)
+    absorbed, new = decode()
+    monkeypatch.setattr(mla, "absorbable", lambda _: False)
+    projected, again = decode()
+    np.testing.assert_allclose(absorbed, projected, rtol=1e-5, atol=1e-6)
+    for name in new:
+        np.testing.assert_array_equal(new[name], again[name])

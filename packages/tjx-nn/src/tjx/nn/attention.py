@@ -341,8 +341,9 @@ class Attention(nnx.Module):
         # Slot p mod T holds position p: the identity while p < T, a rolling window after.
         slot = (cache_pos % t).astype(jnp.int32)
         held = slot_positions(cache_pos, t)  # [b, T] position in each slot (< 0: none yet)
+        finish = None  # DeepSeek's absorbed form: the value up-projection after attending
         if self.deepseek:
-            cache, k, v = ds.decode_step(self, x, positions, cache, slot, local, q.dtype)
+            cache, q, k, v, finish = ds.decode_step(self, x, q, positions, cache, slot, local)
         elif "latent" in cache:
             assert self.kv_down is not None
             lat = self.kv_down(x)[:, 0].astype(cache["latent"].dtype)
@@ -388,7 +389,7 @@ class Attention(nnx.Module):
                 implementation="xla",
                 bias=bias,
             )
-        return out, cache
+        return (out if finish is None else finish(out)), cache
 
 
 def _add(bias: Array | None, extra: Array) -> Array:

@@ -19,9 +19,10 @@ interleaved pairs. q·k only needs q and k laid out alike, so the HF import perm
 rows of ``q_proj``/``q_b_proj`` and ``kv_a_proj_with_mqa`` (``hf_deepseek_tensors``).
 
 The KV cache stores per token the normed latent (``r``) and the rotated shared key (``ρ``):
-``{"latent", "rope_key"}`` ``[L, b, T, r | ρ]``, what DeepSeek caches. A decode step
-up-projects every cached latent again (exact; DeepSeek's inference form folds ``key`` into the
-query and ``value`` into the output instead, fewer FLOPs per step, not done here).
+``{"latent", "rope_key"}`` ``[L, b, T, r | ρ]``, what DeepSeek caches. A decode step attends
+over it in DeepSeek's absorbed form (``key`` folded into the query, ``value`` into the output:
+`decode_step`), or, with a bias or a LoRA adapter on ``key``/``value``, up-projects every cached
+latent again.
 
 The attention kernels take one head width for q, k and v: when ``v_head_dim`` differs from
 ``head_dim`` the narrower side is padded with zeros to the wider and the output sliced back.
@@ -32,6 +33,7 @@ the cost of the padded width's FLOPs and memory (DeepSeek-V3: values 128 → 192
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -147,22 +149,52 @@ def keys_values(
     return widen(k, attn.width), widen(attn.value(latent, k_value), attn.width)
 
 
+def absorbable(attn: Any) -> bool:
+    """Whether a decode step may fold ``key`` into the query and ``value`` into the output:
+    neither has a bias or a LoRA adapter (their kernels are then the whole map)."""
+    return all(m.bias is None and m.lora is None for m in (attn.key, attn.value))
+
+
 def decode_step(
     attn: Any,
     x: Array,
+    q: Array,
     positions: Array,
     cache: dict[str, Array],
     slot: Array,
     local: Any,
-    dtype: Any,
-) -> tuple[dict[str, Array], Array, Array]:
-    """One decode step's cache (this token's latent and rotated key written at ``slot``) and the
-    keys and values of every cached token, up-projected again (``dtype``: the query's)."""
+) -> tuple[dict[str, Array], Array, Array, Array, Callable[[Array], Array] | None]:
+    """One decode step: the cache with this token's latent and rotated key written at ``slot``,
+    and the (query, keys, values, finish) the step attends with, ``finish`` mapping the kernel's
+    output to the value heads (None: the output already is).
+
+    The absorbed form (DeepSeek's inference form, used when `absorbable`): with ``W_UK`` =
+    ``key.kernel`` ``[r, h, n]`` and ``W_UV`` = ``value.kernel`` ``[r, h, v]``, a head's score
+    ``q_n·(W_UK c) + q_ρ·k_ρ`` is ``(W_UKᵀ q_n)·c + q_ρ·k_ρ``, and its output ``Σ w (W_UV c)`` is
+    ``W_UV (Σ w c)``: the step attends with one shared key/value head, ``[c, k_ρ]`` and ``c``,
+    over the cache as it is, instead of up-projecting every cached latent (``T·r·h·(n+v)``
+    multiply-adds per layer and step: for DeepSeek-V3's shapes at ``T`` = 4096 about 110× the
+    absorbed step's, counted from the shapes, not timed). Same numbers up to float rounding (the
+    sums are associated differently).
+    """
     latent, rope_key = latents(attn, x, positions, local)
     rows = jnp.arange(x.shape[0])
     cache = {
         name: cache[name].at[rows, slot].set(new[:, 0].astype(cache[name].dtype))
         for name, new in (("latent", latent), ("rope_key", rope_key))
     }
-    k, v = keys_values(attn, cache["latent"].astype(dtype), cache["rope_key"].astype(dtype))
-    return cache, k, v
+    lat, rk = cache["latent"].astype(q.dtype), cache["rope_key"].astype(q.dtype)
+    if not absorbable(attn):
+        return (cache, q, *keys_values(attn, lat, rk), None)
+    r, nope = lat.shape[-1], attn.head_dim - attn.rope_dim
+    w_uk = attn.key.kernel[...].astype(q.dtype)
+    w_uv = attn.value.kernel[...].astype(q.dtype)
+    q_lat = jnp.einsum("bshn,rhn->bshr", q[..., :nope], w_uk)
+    q_abs = jnp.concatenate([q_lat, q[..., nope : attn.head_dim]], axis=-1)
+    k_abs = jnp.concatenate([lat, rk], axis=-1)[:, :, None, :]  # one head, shared
+    v_abs = widen(lat, k_abs.shape[-1])[:, :, None, :]
+
+    def finish(out: Array) -> Array:
+        return jnp.einsum("bshr,rhv->bshv", out[..., :r], w_uv)
+
+    return cache, q_abs, k_abs, v_abs, finish

@@ -318,9 +318,8 @@ class Attention(nnx.Module):
     ) -> LayerCache:
         """``new``'s arrays (keys and values, or latents) of a prompt written from slot 0."""
         slots = jax.tree.leaves(cache)[0].shape[1]
-        if (
-            jax.tree.leaves(new)[0].shape[1] > slots
-        ):  # a rolling cache shorter than the prompt: its last real tokens
+        # A rolling cache shorter than the prompt keeps its last real tokens.
+        if jax.tree.leaves(new)[0].shape[1] > slots:
             new = last_real(new, slots, lengths)
         put = jax.lax.dynamic_update_slice_in_dim
         return {n: put(cache[n], a.astype(cache[n].dtype), 0, 1) for n, a in new.items()}

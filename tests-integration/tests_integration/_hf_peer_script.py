@@ -10,9 +10,10 @@ continuation (``new`` tokens) of their first row's first 4 tokens and the class 
 with ``"short": N`` in a SPEC or score job, the logits of the tokens' first N columns as
 ``logits_short``). A
 ``make`` SPEC with ``"bf16": true`` also scores the model cast to bfloat16 into
-``FOLDER/peer_bf16.npz``. Attention is transformers' eager path (its reference, the only one
-that soft-caps Gemma 2's logits). The post-training jobs (``chat``, ``peft``, ``dpo``: chat
-templates, PEFT adapters, TRL's DPO) are ``_hf_peer_post``'s.
+``FOLDER/peer_bf16.npz``; SPEC's ``random_buffers`` (name endings) get random values too.
+Attention is transformers' eager path (its reference, the only one that soft-caps Gemma 2's
+logits). The post-training jobs (``chat``, ``peft``, ``dpo``: chat templates, PEFT adapters,
+TRL's DPO) are ``_hf_peer_post``'s.
 ``{"rope": [{"config": CONFIG, "seq_len": N or null}, ...], "out": NPZ}`` writes, per entry,
 the inverse frequencies (``inv_<i>``) and attention factor (``factor_<i>``) that
 ``modeling_rope_utils`` computes for ``AutoConfig.for_model(**CONFIG)`` at that length.
@@ -55,6 +56,9 @@ def make(spec: dict, folder: Path) -> None:
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name or "ln_" in name:
                 p.copy_(torch.randn_like(p) * 0.1 + (1.0 if name.endswith("weight") else 0.0))
+        for name, b in model.named_buffers():  # e.g. DeepSeek-V3's router correction bias
+            if any(name.endswith(end) for end in spec.get("random_buffers", ())):
+                b.copy_(torch.randn_like(b) * 0.1)
     kwargs = {"max_shard_size": spec["max_shard_size"]} if spec.get("max_shard_size") else {}
     model.save_pretrained(folder, **kwargs)
     tokens = np.asarray(spec["tokens"], dtype=np.int64)

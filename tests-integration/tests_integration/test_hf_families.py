@@ -1,5 +1,6 @@
-"""Qwen3, OLMo 2, Phi-3, Gemma 2 and Gemma 3 (text) round-trip through transformers (PyTorch in the
-scratch venv of ``_hf_peer``, one peer process each way for all families).
+"""Qwen3, OLMo 2, Phi-3, Gemma 2, Gemma 3 (text), DeepSeek-V2 and -V3 round-trip through
+transformers (PyTorch in the scratch venv of ``_hf_peer``, one peer process each way for all
+families).
 
 transformers builds a tiny random model of each family (2 layers, GQA 4/2, random norms, Gemma's
 soft caps bending the logits) and scores it in float32 and bfloat16; tjx loads each with
@@ -29,6 +30,18 @@ in a separate call, at ``SHORT`` = 6 tokens (its short ones); its greedy continu
 tokens, where transformers' Phi-3 recomputes its cache with the long factors and tjx re-reads
 the sequence. Read without the scaling, the same weights are far off transformers in both calls
 (asserted), so the factors matter to the comparison.
+
+The DeepSeek cases (3 layers: layer 0 dense, 1-2 MoE) carry every piece of tjx's DeepSeek MLA and
+routing: V2-Lite's full ``q_proj``, V3's low-rank query with its norm, the normed latent and the
+shared interleaved RoPE key, values narrower than q/k (6 vs 12), shared experts, V2's softmax
+top-k (greedy, and full V2's ``group_limited_greedy``) and V3's sigmoid router with a random
+correction bias and grouped top-k (2 of 4 groups), routed scaling (1.5, 2.5), V3's yarn RoPE
+(factor 4) with its softmax ``mscale²``. bfloat16
+rounding flips a token's top-k choice where two experts nearly tie, a jump no tolerance covers
+(transformers' own bfloat16 run of the V3 case is off its float32 one by 65 % at one token; tjx's
+V2 by 8.9 % at one of 24, measured 2026-11-24): the routed cases run in float32 only, and their
+bfloat16 comparison runs a sibling that routes every token to every expert (``*_all``), so that
+no choice can flip and the rest of the computation (MLA, experts, shared experts) is compared.
 """
 
 from __future__ import annotations
@@ -62,6 +75,20 @@ COMMON = dict(
 )
 WINDOW = 5
 GEMMA = dict(sliding_window=WINDOW, initializer_range=0.2, head_dim=16)
+DEEPSEEK = dict(
+    COMMON,
+    num_hidden_layers=3,
+    num_key_value_heads=4,
+    initializer_range=0.2,
+    kv_lora_rank=16,
+    qk_nope_head_dim=8,
+    qk_rope_head_dim=4,
+    v_head_dim=6,
+    n_routed_experts=8,
+    num_experts_per_tok=2,
+    moe_intermediate_size=16,  # bfloat16 grouped_mm: rows of 16-byte multiples
+    first_k_dense_replace=1,
+)
 CASES: dict[str, dict[str, Any]] = {
     # Per-head q/k norms, head_dim 16 != 32 / 4; layer 1 slides.
     "qwen3": dict(
@@ -122,7 +149,55 @@ CASES: dict[str, dict[str, Any]] = {
             tie_word_embeddings=False,
         )
     ),
+    # V2-Lite's shape: a full q_proj, softmax top-2 of 8 unnormalised, 2 shared experts.
+    "deepseek_v2": dict(
+        config=dict(
+            model_type="deepseek_v2",
+            **DEEPSEEK,
+            q_lora_rank=None,
+            n_shared_experts=2,
+            topk_method="greedy",
+            routed_scaling_factor=1.5,
+        )
+    ),
+    # V3's: low-rank query, sigmoid router with a correction bias, groups, yarn RoPE.
+    "deepseek_v3": dict(
+        config=dict(
+            model_type="deepseek_v3",
+            **DEEPSEEK,
+            q_lora_rank=12,
+            n_shared_experts=1,
+            n_group=4,
+            topk_group=2,
+            norm_topk_prob=True,
+            routed_scaling_factor=2.5,
+            rope_parameters=dict(
+                rope_type="yarn",
+                factor=4.0,
+                original_max_position_embeddings=16,
+                mscale=1.0,
+                mscale_all_dim=1.0,
+                rope_theta=10000.0,
+            ),
+        ),
+        make=dict(random_buffers=["e_score_correction_bias"]),
+        bf16=False,
+    ),
 }
+CASES["deepseek_v2"]["bf16"] = False
+# Full V2's routing: 4 groups of 2 experts, each token keeps its 2 best (by best probability).
+CASES["deepseek_v2_grouped"] = dict(
+    config=dict(CASES["deepseek_v2"]["config"], topk_method="group_limited_greedy", n_group=4,
+                topk_group=2),
+    bf16=False,
+)  # fmt: skip
+for _name in ("deepseek_v2", "deepseek_v3"):  # every expert chosen: bfloat16 flips no choice
+    _all = dict(CASES[_name]["config"], num_experts_per_tok=8)
+    if _name == "deepseek_v3":
+        _all["topk_group"] = 4
+    CASES[f"{_name}_all"] = dict(CASES[_name], config=_all, bf16=True)
+#: The cases compared in bfloat16 (routing that cannot flip).
+BF16_CASES = [name for name, case in CASES.items() if case.get("bf16", True)]
 
 
 def _tensor_names(folder: Path) -> set[str]:
@@ -149,6 +224,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
                 "new": NEW,
                 "bf16": True,
                 "short": case.get("short"),
+                **case.get("make", {}),
             },
             "out": str(root / name),
         }
@@ -206,7 +282,7 @@ def test_family_loads_with_the_same_logits_and_greedy_tokens(results, family):
         assert _rel(r["tjx_short"], r["peer"]["logits_short"]) < 1e-4
 
 
-@pytest.mark.parametrize("family", list(CASES))
+@pytest.mark.parametrize("family", BF16_CASES)
 def test_family_in_bfloat16_stays_within_bfloat16_rounding(results, family):
     r = results[family]
     fp32, peer16, tjx16 = r["peer"]["logits"], r["peer16"]["logits"], r["tjx16"]
@@ -275,3 +351,31 @@ def test_the_cases_exercise_each_switch(results):
     assert "model.layers.1.mlp.gate_up_proj.weight" in phi3
     gemma = results["gemma2"]["tensors"]
     assert {f"model.layers.0.{n}_feedforward_layernorm.weight" for n in ("pre", "post")} <= gemma
+
+
+def test_the_deepseek_cases_exercise_each_piece(results):
+    """DeepSeek's MLA and routing as the configs read them, and the tensors tjx wrote."""
+    v2, v3 = results["deepseek_v2"]["config"], results["deepseek_v3"]["config"]
+    for c in (v2, v3):
+        assert (c.attention_type, c.kv_latent_dim, c.head_dim) == ("mla", 16, 12)
+        assert (c.qk_rope_head_dim, c.v_head_dim, c.moe_first_dense) == (4, 6, 1)
+    assert v2.q_lora_rank is None and v3.q_lora_rank == 12
+    assert (v2.router, v2.router_norm_topk, v2.router_scale, v2.num_shared_experts) == (
+        "softmax",
+        False,
+        1.5,
+        2,
+    )
+    assert (v3.router, v3.router_groups, v3.router_topk_groups, v3.router_scale) == (
+        "sigmoid",
+        4,
+        2,
+        2.5,
+    )
+    assert v3.rope_scaling is not None and v3.rope_scaling.mscale_all_dim == 1.0
+    names = results["deepseek_v3"]["tensors"]
+    assert "model.layers.1.mlp.gate.e_score_correction_bias" in names
+    assert "model.layers.0.self_attn.q_a_layernorm.weight" in names
+    assert "model.layers.0.self_attn.q_proj.weight" in results["deepseek_v2"]["tensors"]
+    grouped = results["deepseek_v2_grouped"]["config"]
+    assert (grouped.router, grouped.router_groups, grouped.router_topk_groups) == ("softmax", 4, 2)

@@ -1,6 +1,7 @@
 """Multi-head attention with GQA/MQA (``num_kv_heads``), cross-attention, RoPE/ALiBi, an
-optional MLA-style low-rank key/value path, a sliding window, and KV-cache prefill/decode; q/k
-norms, Gemma's query scale and soft-capped logits (see ``family_config``).
+optional MLA-style low-rank key/value path (DeepSeek's with ``qk_rope_head_dim``:
+:mod:`tjx.nn.mla`), a sliding window, and KV-cache prefill/decode; q/k norms, Gemma's query
+scale and soft-capped logits (see ``family_config``).
 
 A windowed layer (``sliding_window``; ``window_pattern`` says which layers) passes the window to
 the kernel; when decoding, its cache may be a rolling one of the window's size (slot ``p mod T``
@@ -23,8 +24,9 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from tjx import kernels
+from tjx.nn import mla as ds
 from tjx.nn.configs import TransformerConfig
-from tjx.nn.kv_cache import LayerCache, slot_positions, topk_decode_attention
+from tjx.nn.kv_cache import LayerCache, last_real, slot_positions, topk_decode_attention
 from tjx.nn.linear import Dense, split_key
 from tjx.nn.norms import RMSNorm
 from tjx.nn.params import normal
@@ -74,30 +76,42 @@ class Attention(nnx.Module):
         self.decode_topk = c.decode_topk
         # Gemma: 1/sqrt(query_pre_attn_scalar) instead of 1/sqrt(head_dim); Gemma 2's soft cap.
         self.scale = 1.0 / math.sqrt(c.query_pre_attn_scalar or c.head_dim)
+        self.scale *= ds.softmax_scale_factor(c)  # DeepSeek's yarn mscale² (else 1)
         self.softcap = c.attn_logit_softcap
         self.window = None if cross else c.sliding_window
         self.mla = c.attention_type == "mla" and not cross
+        self.deepseek = self.mla and ds.is_deepseek(c)
         d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
+        # DeepSeek: values may be narrower than q/k; the kernels see both at the wider ``width``.
+        self.v_dim = ds.value_dim(c) if self.deepseek else hd
+        self.width, self.rope_dim = max(hd, self.v_dim), c.qk_rope_head_dim or 0
         common: dict[str, Any] = dict(rngs=rngs, use_bias=c.use_bias, precision=c.precision)
         init = normal(c.init_std)
         # Qwen2 has biases on q/k/v only (``qkv_bias``); ``use_bias`` puts them everywhere.
         qkv: dict[str, Any] = dict(common, use_bias=c.use_bias or c.qkv_bias)
-        self.query = Dense((d,), (h, hd), ("embed",), ("heads", "head_dim"), init=init, **qkv)
-        if self.mla:
+        modules = ds.deepseek_modules(c, rngs=rngs, common=qkv, init=init) if self.deepseek else {}
+        for name in ds.DEEPSEEK_ONLY:  # None in any other attention
+            setattr(self, name, modules.pop(name, None))
+        if self.deepseek:
+            for name, module in modules.items():
+                setattr(self, name, module)
+        elif self.mla:
             r = c.kv_latent_dim
             assert r is not None
+            self.query = Dense((d,), (h, hd), ("embed",), ("heads", "head_dim"), init=init, **qkv)
             # The latent dim is not one of the logical axes: leave it replicated (None).
             self.kv_down: Dense | None = Dense((d,), (r,), ("embed",), (None,), init=init, **common)
             self.key = Dense((r,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **qkv)
             self.value = Dense((r,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **qkv)
         else:
+            self.query = Dense((d,), (h, hd), ("embed",), ("heads", "head_dim"), init=init, **qkv)
             self.kv_down = None
             self.key = Dense((d,), (hk, hd), ("embed",), ("kv_heads", "head_dim"), init=init, **qkv)
             self.value = Dense(
                 (d,), (hk, hd), ("embed",), ("kv_heads", "head_dim"), init=init, **qkv
             )
         self.out = Dense(
-            (h, hd),
+            (h, self.v_dim),
             (d,),
             ("heads", "head_dim"),
             ("embed",),
@@ -235,9 +249,12 @@ class Attention(nnx.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
         k_query, k_kv, k_out = split_key(lora_rng, 3)
-        q = self._normed(self.q_norm, self.query(x, k_query))
-        if self.position == "rope":
-            q = self._rope(q, positions, local=local)
+        if self.deepseek:
+            q = ds.query(self, x, positions, k_query, local)
+        else:
+            q = self._normed(self.q_norm, self.query(x, k_query))
+            if self.position == "rope":
+                q = self._rope(q, positions, local=local)
         drop = 0.0 if deterministic else self.attention_dropout
         rng = dropout_rng if drop > 0.0 else None
         if cache is not None and cache_pos is not None and s == 1:
@@ -253,6 +270,9 @@ class Attention(nnx.Module):
                     raise ValueError("cross-attention needs `context` (or precomputed `kv`)")
                 else:
                     k, v = self.project_context(context)
+            elif self.deepseek:
+                latent, rope_key = ds.latents(self, x, positions, local)
+                k, v = ds.keys_values(self, latent, rope_key, k_kv)
             else:
                 k, v = self._keys_values(x, positions, k_kv, local)
             if self.position == "alibi":
@@ -281,20 +301,26 @@ class Attention(nnx.Module):
 
             out = self._windowed(local, attend)
             if cache is not None:
-                cache = self._write_prefill(x, k, v, cache, lengths)
+                new = {"k": k, "v": v}
+                if self.deepseek:
+                    new = {"latent": latent, "rope_key": rope_key}
+                elif "latent" in cache:
+                    assert self.kv_down is not None
+                    new = {"latent": self.kv_down(x)}
+                cache = self._write_prefill(new, cache, lengths)
+        if self.v_dim != self.width:
+            out = out[..., : self.v_dim]
         out = checkpoint_name(out, "attention_output")
         return self.out(out, k_out), cache
 
     def _write_prefill(
-        self, x: Array, k: Array, v: Array, cache: LayerCache, lengths: Array | None
+        self, new: dict[str, Array], cache: LayerCache, lengths: Array | None
     ) -> LayerCache:
-        new = {"k": k, "v": v}
-        if "latent" in cache:
-            assert self.kv_down is not None
-            new = {"latent": self.kv_down(x)}
+        """``new``'s arrays (keys and values, or latents) of a prompt written from slot 0."""
         slots = jax.tree.leaves(cache)[0].shape[1]
-        if k.shape[1] > slots:  # a rolling cache shorter than the prompt: its last real tokens
-            new = _last_real(new, slots, lengths)
+        # A rolling cache shorter than the prompt keeps its last real tokens.
+        if jax.tree.leaves(new)[0].shape[1] > slots:
+            new = last_real(new, slots, lengths)
         put = jax.lax.dynamic_update_slice_in_dim
         return {n: put(cache[n], a.astype(cache[n].dtype), 0, 1) for n, a in new.items()}
 
@@ -314,7 +340,10 @@ class Attention(nnx.Module):
         # Slot p mod T holds position p: the identity while p < T, a rolling window after.
         slot = (cache_pos % t).astype(jnp.int32)
         held = slot_positions(cache_pos, t)  # [b, T] position in each slot (< 0: none yet)
-        if "latent" in cache:
+        finish = None  # DeepSeek's absorbed form: the value up-projection after attending
+        if self.deepseek:
+            cache, q, k, v, finish = ds.decode_step(self, x, q, positions, cache, slot, local)
+        elif "latent" in cache:
             assert self.kv_down is not None
             lat = self.kv_down(x)[:, 0].astype(cache["latent"].dtype)
             cache = {"latent": cache["latent"].at[rows, slot].set(lat)}
@@ -359,23 +388,9 @@ class Attention(nnx.Module):
                 implementation="xla",
                 bias=bias,
             )
-        return out, cache
+        return (out if finish is None else finish(out)), cache
 
 
 def _add(bias: Array | None, extra: Array) -> Array:
     """``bias + extra`` where ``bias`` may be absent."""
     return extra if bias is None else bias + extra
-
-
-def _last_real(new: dict[str, Array], slots: int, lengths: Array | None) -> dict[str, Array]:
-    """Per row, the keys/values (or latents) of its last ``slots`` real positions, each in slot
-    ``position mod slots`` (a rolling cache filled by a prompt longer than it)."""
-    s = jax.tree.leaves(new)[0].shape[1]
-    b = jax.tree.leaves(new)[0].shape[0]
-    last = jnp.full((b,), s, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
-    t = jnp.arange(slots, dtype=jnp.int32)[None, :]
-    # The latest real position p <= last - 1 with p = t (mod slots); clipped when none.
-    held = t + slots * jnp.floor_divide(last[:, None] - 1 - t, slots)
-    index = jnp.clip(held, 0, s - 1)
-    return {name: jnp.take_along_axis(x, index.reshape(*index.shape, *(1,) * (x.ndim - 2)), 1)
-            for name, x in new.items()}  # fmt: skip

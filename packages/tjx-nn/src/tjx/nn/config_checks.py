@@ -101,8 +101,49 @@ def check_window(config: Any, cls: str) -> None:
     object.__setattr__(config, "window_pattern", tuple(pattern))
 
 
+#: DeepSeek's MLA settings (:mod:`tjx.nn.mla`): only ``attention_type="mla"`` reads them.
+DEEPSEEK_MLA = ("q_lora_rank", "qk_rope_head_dim", "v_head_dim")
+
+
+def check_deepseek_mla(config: Any, cls: str) -> None:
+    """DeepSeek's MLA fields: with MLA only; ``q_lora_rank``/``v_head_dim`` with the shared rope
+    key (``qk_rope_head_dim``), which needs RoPE, an even width within ``head_dim``, a key and a
+    value per query head, and no q/k norm (DeepSeek has none)."""
+    c = config
+    for name in DEEPSEEK_MLA:
+        value = getattr(c, name)
+        if value is None:
+            continue
+        if c.attention_type != "mla":
+            raise ValueError(
+                f"{cls}.{name}: only attention_type 'mla' uses it (got attention_type "
+                f"{c.attention_type!r}); set it to None"
+            )
+        positive(cls, name, value)
+        if name != "qk_rope_head_dim" and c.qk_rope_head_dim is None:
+            raise ValueError(
+                f"{cls}.{name}: only DeepSeek's MLA (qk_rope_head_dim set) uses it; set "
+                f"qk_rope_head_dim or set {name} to None"
+            )
+    rope = c.qk_rope_head_dim
+    if rope is None:
+        return
+    if rope % 2 or rope > c.head_dim:
+        raise ValueError(
+            f"{cls}.qk_rope_head_dim must be even and at most head_dim ({c.head_dim}); got {rope}"
+        )
+    needs = {"position": "rope", "num_kv_heads": c.num_heads, "qk_norm": False}
+    for name, want in needs.items():
+        if getattr(c, name) != want:
+            raise ValueError(
+                f"{cls}.{name}: DeepSeek's MLA (qk_rope_head_dim set) needs {name}={want!r}; "
+                f"got {getattr(c, name)!r}"
+            )
+
+
 def check_mla(config: Any, cls: str) -> None:
     """The latent's size goes with MLA, and only with it (other attention ignores it)."""
+    check_deepseek_mla(config, cls)
     if config.attention_type == "mla":
         if config.kv_latent_dim is None:
             raise ValueError(

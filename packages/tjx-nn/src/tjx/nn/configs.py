@@ -54,10 +54,8 @@ class TransformerConfig:
     log-spaced up to ``relative_max_distance``) to the self-attention logits instead of any
     absolute position embedding.
 
-    ``rope_scaling`` is a `RopeScaling` (linear, dynamic, yarn, longrope or llama3, see
-    :mod:`tjx.nn.rope_scaling`); a mapping with a ``type`` and, from configs saved before it was
-    typed, Llama 3's four numbers ``[factor, low_freq_factor, high_freq_factor,
-    original_max_position_embeddings]`` are read into one. It needs ``position="rope"``.
+    ``rope_scaling`` is a `RopeScaling` (:mod:`tjx.nn.rope_scaling`; a mapping with a ``type``,
+    or Llama 3's four legacy numbers, is read into one). It needs ``position="rope"``.
     ``qkv_bias`` gives the query/key/value projections a bias even when ``use_bias`` is off
     (Qwen2's layout).
 
@@ -67,8 +65,8 @@ class TransformerConfig:
     (Gemma 3); None with a window: every layer is local. A model whose every layer is local
     decodes with a rolling KV cache of the window's size.
 
-    The switches of Qwen3, OLMo 2 and Gemma 2/3 (``qk_norm`` ... ``rope_local_theta``) are
-    described and checked in :mod:`tjx.nn.family_config`.
+    Qwen3's, OLMo 2's and Gemma 2/3's switches (``qk_norm`` ... ``rope_local_theta``) are checked
+    in :mod:`tjx.nn.family_config`; DeepSeek's MLA (``q_lora_rank`` ...) in :mod:`tjx.nn.mla`.
 
     ``unused_fields`` (a class attribute) names the shared fields a family's model never reads,
     each with the reason: such a field must keep its class default (any other value would be
@@ -158,6 +156,9 @@ class TransformerConfig:
         "mha", choices=ATTENTION_TYPES, help="mla: keys/values from one low-rank latent per token"
     )
     kv_latent_dim: int | None = setting(None, help="attention_type=mla: the latent's size")
+    q_lora_rank: int | None = setting(None, help="mla: low-rank query width (DeepSeek-V3)")
+    qk_rope_head_dim: int | None = setting(None, help="mla: head_dim's shared rotated tail")
+    v_head_dim: int | None = setting(None, help="mla: a value head's width; None: head_dim")
     decode_topk: int | None = setting(
         None, resumable=True, help="decoding attends to the top-k cached keys only; None: all"
     )
@@ -187,6 +188,9 @@ class TransformerConfig:
     router_z_loss: float = setting(0.0, help="MoE: router z-loss coefficient (ST-MoE)")
     router_dtype: str = setting("float32", choices=ROUTER_DTYPES, help="MoE: the router's dtype")
     router_bias_rate: float = setting(1e-3, resumable=True, help="MoE: sigmoid router's bias step")
+    router_scale: float = setting(1.0, help="MoE: routed weights times this (DeepSeek)")
+    router_groups: int = setting(1, help="MoE: expert groups (DeepSeek's n_group)")
+    router_topk_groups: int = setting(1, help="MoE: groups a token's experts come from")
     capacity_factor: float | None = setting(None, help="MoE: slots / fair share; None: dropless")
 
     def __post_init__(self) -> None:
@@ -265,11 +269,7 @@ class GPT2Config(TransformerConfig):
 @dataclass(frozen=True, kw_only=True)
 class LlamaConfig(TransformerConfig):
     """LLaMA-style decoder: RMSNorm, SwiGLU, RoPE, GQA, no biases, untied head by default.
-
-    ``attention_type="mla"`` with ``kv_latent_dim`` makes keys/values come from one shared
-    low-rank latent per token (the latent is what the KV cache stores); ``decode_topk`` keeps only
-    the top-k scoring cached keys per query during incremental decoding.
-    """
+    ``attention_type="mla"``: keys/values from one cached low-rank latent per token."""
 
     vocab_size: int = 32000
     max_seq_len: int = 2048

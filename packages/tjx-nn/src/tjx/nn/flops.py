@@ -49,6 +49,15 @@ def _attention_weights(c: TransformerConfig, *, cross: bool = False) -> tuple[in
     """
     assert c.head_dim is not None and c.num_kv_heads is not None
     d, inner, kv_inner = c.d_model, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    if c.attention_type == "mla" and not cross and c.qk_rope_head_dim is not None:
+        # DeepSeek: the (low-rank) query, o_proj from the value heads; kv_down and the shared
+        # rope key [d, r + rope], then per-head key [r, head_dim - rope] and value [r, v].
+        r, rope, q_rank = c.kv_latent_dim, c.qk_rope_head_dim, c.q_lora_rank
+        assert r is not None
+        v_inner = c.num_heads * (c.v_head_dim or c.head_dim)
+        query = d * q_rank + q_rank * inner if q_rank else d * inner
+        kv_up = r * (c.num_heads * (c.head_dim - rope) + v_inner)
+        return query + v_inner * d, d * (r + rope) + kv_up
     if c.attention_type == "mla" and not cross:
         r = c.kv_latent_dim
         assert r is not None
@@ -232,11 +241,12 @@ def flops_per_token(
         raise ValueError(f"causal_half must be True or False; got {causal_half!r}")
     terms, full_area, (causal_area, overlap) = _terms(config, seq_len, S)
     weighted = sum(n * positions for n, positions in terms)
-    attn_dim = config.num_heads * config.head_dim
+    # q·k over head_dim and the weighted sum over the value heads (DeepSeek's v_head_dim).
+    widths = config.num_heads * (config.head_dim + (config.v_head_dim or config.head_dim))
     # Integer numerator, one correctly rounded division: exact whenever the result is integral.
     # Half of a causal layer: s·k - k²/2 pairs (s²/2 without a window).
-    attention = 12 * attn_dim * (full_area + causal_area) - (
-        6 * attn_dim * overlap if causal_half else 0
+    attention = 6 * widths * (full_area + causal_area) - (
+        3 * widths * overlap if causal_half else 0
     )
     return (6 * weighted + attention) / seq_len
 

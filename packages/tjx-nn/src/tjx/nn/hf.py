@@ -2,11 +2,12 @@
 and out.
 
 A folder's ``config.json`` names the architecture (``model_type`` gpt2, llama, mistral, qwen2,
-qwen3, olmo2, phi3, gemma2 or gemma3_text, or the MoE types mixtral, qwen2_moe and qwen3_moe,
-``hf_moe``); its config module maps the config (refusing what tjx would ignore) and its mapping
-module the tensors. Weights move one tensor at a time: loading fills a model built abstractly
-(``nnx.eval_shape``) from safetensors' memory-mapped reads, saving writes one shard at a time,
-so neither holds two full copies of the weights.
+qwen3, olmo2, phi3, gemma2 or gemma3_text, the MoE types mixtral, qwen2_moe and qwen3_moe,
+``hf_moe``, or deepseek_v2 and deepseek_v3, ``hf_deepseek``); its config module maps the config
+(refusing what tjx would ignore) and its mapping module the tensors. Weights move one tensor at
+a time: loading fills a model built abstractly (``nnx.eval_shape``) from safetensors'
+memory-mapped reads, saving writes one shard at a time, so neither holds two full copies of the
+weights.
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ from flax import nnx
 from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
 from tjx.nn.decoder import GPT2, DecoderLM, Llama
 from tjx.nn.hf_config import LLAMA_TYPES, llama_config_from_hf, llama_config_to_hf
+from tjx.nn.hf_deepseek import (
+    DEEPSEEK_TYPES,
+    deepseek_config_from_hf,
+    deepseek_config_to_hf,
+    deepseek_export_type,
+    mtp_layers,
+)
+from tjx.nn.hf_deepseek_tensors import deepseek_mapping
 from tjx.nn.hf_families import (
     FAMILY_TYPES,
     export_family,
@@ -51,7 +60,7 @@ from tjx.nn.params_io import fill_params, param_readers
 HF_MODEL_TYPES: dict[str, str] = {
     "gpt2": "gpt2",
     **{t: "llama" for t in (*LLAMA_TYPES, *FAMILY_TYPES)},
-    **{t: "llama" for t in MOE_TYPES},
+    **{t: "llama" for t in (*MOE_TYPES, *DEEPSEEK_TYPES)},
 }
 #: model types refused with a line of their own (what to load instead).
 _REFUSED = {
@@ -104,6 +113,13 @@ def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[Deco
     if model_type in FAMILY_TYPES:
         family = family_config_from_hf(hf, **overrides)
         return family, Llama, family_mapping(family, model_type)
+    if model_type in DEEPSEEK_TYPES:
+        deepseek = deepseek_config_from_hf(hf, **overrides)
+        interleaved = model_type == "deepseek_v2" or bool(hf.get("rope_interleave", True))
+        mapping = deepseek_mapping(
+            deepseek, model_type, interleaved=interleaved, mtp=mtp_layers(hf)
+        )
+        return deepseek, Llama, mapping
     if hf.get("model_type") in MOE_TYPES:
         moe = moe_config_from_hf(hf, **overrides)
         return moe, Llama, llama_mapping(moe, hf["model_type"])
@@ -160,6 +176,9 @@ def _export_plan(config: Any, model_type: str | None) -> tuple[dict[str, Any], H
         if model_type not in (None, "gpt2"):
             raise ValueError(f"a GPT2 model saves as model_type 'gpt2'; got {model_type!r}")
         return config_to_hf(config), gpt2_mapping(config)
+    if isinstance(config, LlamaConfig) and config.qk_rope_head_dim is not None:
+        ds_type = deepseek_export_type(config, model_type)
+        return deepseek_config_to_hf(config, ds_type), deepseek_mapping(config, ds_type)
     if isinstance(config, LlamaConfig) and config.num_experts:
         moe_type = moe_export_type(config, model_type)
         return moe_config_to_hf(config, moe_type), llama_mapping(config, moe_type)
@@ -203,7 +222,8 @@ def save_hf(
         Llama, its tensors fused) only when asked.
         For one with MoE layers ``mixtral``, ``qwen2_moe`` or ``qwen3_moe`` (default
         qwen2_moe with shared experts, qwen3_moe with q/k norms, else mixtral; see
-        ``hf_moe.moe_export_type``).
+        ``hf_moe.moe_export_type``). DeepSeek's MLA: ``deepseek_v3`` with the sigmoid router,
+        else ``deepseek_v2`` (``hf_deepseek``).
     tokenizer_from : str or PathLike, optional
         A folder whose tokenizer files (``tokenizer.json`` ...) are copied next to the weights.
 

@@ -94,7 +94,8 @@ def llama_mapping(c: LlamaConfig, moe_type: str | None = None) -> HFMapping:
                                               ("up_proj", "fc_in", (d,), (s,)),
                                               ("down_proj", "fc_out", (s,), (d,))):  # fmt: skip
                 linear(f"{p}{block}.{shared}.{hf}", f"{t}moe.shared.{tjx}", i_shape, o_shape)
-            linear(f"{p}{block}.{shared}_gate", f"{t}moe.shared_gate", (d,), (1,))
+            if c.shared_expert_gate:  # Qwen2-MoE's (DeepSeek's shared experts have none)
+                linear(f"{p}{block}.{shared}_gate", f"{t}moe.shared_gate", (d,), (1,))
 
     same("model.embed_tokens.weight", "embed.embedding", (v, d))
     kinds = moe_layers(c)

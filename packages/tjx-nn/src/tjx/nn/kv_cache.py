@@ -3,7 +3,8 @@
 A cache is a dict of stacked arrays with a leading ``layers`` axis:
 ``{"k": [L, b, T, kv_heads, head_dim], "v": ...}`` for standard attention, or
 ``{"latent": [L, b, T, kv_latent_dim]}`` for the MLA-style compressed cache (keys and values are
-up-projected from the latent at each decode step). Slot ``p mod T`` holds the token at absolute
+up-projected from the latent at each decode step; DeepSeek's MLA adds ``"rope_key"`` ``[L, b, T,
+qk_rope_head_dim]``, the rotated key its heads share). Slot ``p mod T`` holds the token at absolute
 position ``p`` (prompts are right-padded, see ``generate``): while ``p < T`` slot ``t`` is
 position ``t``; a model whose every layer has a sliding window gets a *rolling* cache of the
 window's size (``init_cache``), where a new token overwrites the one that just left the window.
@@ -66,7 +67,10 @@ def init_cache(
     max_len = cache_slots(config, max_len, L)
     if config.attention_type == "mla":
         assert config.kv_latent_dim is not None
-        return {"latent": jnp.zeros((L, batch, max_len, config.kv_latent_dim), dt)}
+        cache = {"latent": jnp.zeros((L, batch, max_len, config.kv_latent_dim), dt)}
+        if config.qk_rope_head_dim is not None:  # DeepSeek's: and the shared rotated key
+            cache["rope_key"] = jnp.zeros((L, batch, max_len, config.qk_rope_head_dim), dt)
+        return cache
     assert config.num_kv_heads is not None and config.head_dim is not None
     shape = (L, batch, max_len, config.num_kv_heads, config.head_dim)
     return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
@@ -98,7 +102,7 @@ def kv_cache_bytes(
     holds the window's tokens only, see ``cache_slots``).
 
     Standard attention stores ``2 · L · kv_heads · head_dim`` values per token; MLA stores
-    ``L · kv_latent_dim``. Compare ``kv_cache_bytes(cfg)`` with
+    ``L · kv_latent_dim`` (DeepSeek's: ``+ qk_rope_head_dim``). Compare ``kv_cache_bytes(cfg)`` with
     ``kv_cache_bytes(cfg.replace(attention_type="mha", kv_latent_dim=None))`` for the saving.
 
     Parameters
@@ -119,7 +123,7 @@ def kv_cache_bytes(
     seq_len = cache_slots(config, seq_len)
     if config.attention_type == "mla":
         assert config.kv_latent_dim is not None
-        per_token = config.kv_latent_dim
+        per_token = config.kv_latent_dim + (config.qk_rope_head_dim or 0)
     else:
         assert config.num_kv_heads is not None and config.head_dim is not None
         per_token = 2 * config.num_kv_heads * config.head_dim
@@ -186,3 +190,17 @@ def topk_decode_attention(
         "bhqk,bkhd->bqhd", probs.astype(v.dtype), vv, preferred_element_type=jnp.float32
     )
     return out.astype(q.dtype)
+
+
+def last_real(new: dict[str, Array], slots: int, lengths: Array | None) -> dict[str, Array]:
+    """Per row, the keys/values (or latents) of its last ``slots`` real positions, each in slot
+    ``position mod slots`` (a rolling cache filled by a prompt longer than it)."""
+    s = jax.tree.leaves(new)[0].shape[1]
+    b = jax.tree.leaves(new)[0].shape[0]
+    last = jnp.full((b,), s, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
+    t = jnp.arange(slots, dtype=jnp.int32)[None, :]
+    # The latest real position p <= last - 1 with p = t (mod slots); clipped when none.
+    held = t + slots * jnp.floor_divide(last[:, None] - 1 - t, slots)
+    index = jnp.clip(held, 0, s - 1)
+    return {name: jnp.take_along_axis(x, index.reshape(*index.shape, *(1,) * (x.ndim - 2)), 1)
+            for name, x in new.items()}  # fmt: skip

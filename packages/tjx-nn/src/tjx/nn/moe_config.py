@@ -34,6 +34,9 @@ MOE_FIELDS = (
     "router_dtype",
     "router_bias_rate",
     "capacity_factor",
+    "router_scale",
+    "router_groups",
+    "router_topk_groups",
 )
 #: Every field an MoE model reads (``num_experts`` first): what a family without MoE refuses.
 ALL_MOE_FIELDS = ("num_experts", *MOE_FIELDS)
@@ -106,9 +109,37 @@ def check_moe(config: Any, cls: str) -> None:
             f"{cls}.router_bias_rate: only a router with a balancing bias uses it (router "
             f"{c.router!r} has none); got {c.router_bias_rate!r}, set it to 0.001"
         )
+    _check_groups(c, cls)
     cf = c.capacity_factor
     if cf is not None and (isinstance(cf, bool) or not isinstance(cf, int | float) or not cf > 0):
         raise ValueError(f"{cls}.capacity_factor must be > 0 (or None: dropless); got {cf!r}")
+
+
+def _check_groups(c: Any, cls: str) -> None:
+    """DeepSeek's routed scale and grouped top-k: groups dividing the experts, enough experts in
+    the chosen groups for the top-k (and two per group for the sigmoid router's group score)."""
+    scale = c.router_scale
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
+        raise ValueError(f"{cls}.router_scale must be a float > 0; got {scale!r}")
+    positive(cls, "router_groups", c.router_groups)
+    positive(cls, "router_topk_groups", c.router_topk_groups)
+    groups, chosen = c.router_groups, c.router_topk_groups
+    if c.num_experts % groups:
+        raise ValueError(
+            f"{cls}.router_groups: {groups} must divide num_experts ({c.num_experts})"
+        )
+    per = c.num_experts // groups
+    if chosen > groups or c.experts_per_token > chosen * per:
+        raise ValueError(
+            f"{cls}.router_topk_groups: {chosen} of {groups} groups of {per} experts cannot "
+            f"hold experts_per_token={c.experts_per_token}; allowed: "
+            f"{-(-c.experts_per_token // per)}..{groups}"
+        )
+    if groups > 1 and c.router == "sigmoid" and per < 2:
+        raise ValueError(
+            f"{cls}.router_groups: the sigmoid router scores a group by its two best experts; "
+            f"{groups} groups of {c.num_experts} experts leave {per}"
+        )
 
 
 def moe_layers(config: Any) -> tuple[bool, ...]:

@@ -84,6 +84,13 @@ def save_peft(
             f"PEFT export supports the LLaMA family (llama, mistral, qwen2); got a "
             f"{type(model).__name__}: export it merged with save_hf instead"
         )
+    if (
+        model.config.attention_type == "mla"
+    ):  # DeepSeek's q rows are permuted, k/v are one kv_b_proj
+        raise ValueError(
+            "PEFT export does not cover MLA attention (attention_type 'mla', DeepSeek): its "
+            "projections are not HF's q/k/v_proj; export it merged with save_hf instead"
+        )
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype must be float32, bfloat16 or float16; got {dtype!r}")
     adapted = list(lora_modules(model))

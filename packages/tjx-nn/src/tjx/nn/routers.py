@@ -13,6 +13,13 @@ top-k, issue #44) is one more entry made with `register_router`, reading its own
   (renormalised with ``router_norm_topk``). The bias only steers the choice: it gets no gradient
   and is moved by ``moe.update_router_bias`` after each step instead.
 
+Both take DeepSeek's grouped top-k (``router_groups`` > 1): the experts are split into equal
+groups, each token keeps its ``router_topk_groups`` best groups and chooses its ``k`` experts
+among theirs; a group's score is its best probability (softmax, DeepSeek-V2's
+``group_limited_greedy``) or the sum of its two best ``scores + bias`` (sigmoid, DeepSeek-V3).
+The chosen weights are multiplied by ``router_scale`` (DeepSeek's ``routed_scaling_factor``)
+after any renormalisation.
+
 ``probs`` ``[t, E]`` (each row summing to 1) is what the load-balancing loss reads as the router's
 intent (Switch's ``P_e``): the softmax itself, or the sigmoid scores normalised per token.
 """
@@ -57,12 +64,36 @@ def _normalise(weights: Array, on: bool) -> Array:
     return weights / (jnp.sum(weights, axis=-1, keepdims=True) + 1e-20)
 
 
+def _weights(weights: Array, config: Any) -> Array:
+    """The chosen weights as the token's output takes them: renormalised if asked, scaled."""
+    weights = _normalise(weights, config.router_norm_topk)
+    scale = config.router_scale
+    return weights if scale == 1.0 else weights * jnp.asarray(scale, weights.dtype)
+
+
+def _in_best_groups(steer: Array, config: Any, group_score: Callable[[Array], Array]) -> Array:
+    """``steer`` ``[t, E]`` with the experts outside each token's ``router_topk_groups`` best
+    groups (by ``group_score`` of ``[t, G, E/G]``) at -inf; unchanged with one group."""
+    groups = config.router_groups
+    if groups == 1:
+        return steer
+    t, e = steer.shape
+    _, best = jax.lax.top_k(
+        group_score(steer.reshape(t, groups, e // groups)), config.router_topk_groups
+    )
+    keep = jnp.zeros((t, groups), bool).at[jnp.arange(t)[:, None], best].set(True)
+    return jnp.where(jnp.repeat(keep, e // groups, axis=1), steer, -jnp.inf)
+
+
 def softmax_topk(logits: Array, bias: Array | None, config: Any) -> Routing:
-    """Mixtral's router: softmax over all experts, the top ``k``, optionally renormalised."""
+    """Mixtral's router: softmax over all experts, the top ``k``, optionally renormalised
+    (DeepSeek-V2: from the best groups, scaled)."""
     del bias
     probs = jax.nn.softmax(logits, axis=-1)
-    weights, experts = jax.lax.top_k(probs, config.experts_per_token)
-    return Routing(_normalise(weights, config.router_norm_topk), experts.astype(jnp.int32), probs)
+    steer = _in_best_groups(probs, config, lambda g: jnp.max(g, axis=-1))
+    _, experts = jax.lax.top_k(steer, config.experts_per_token)
+    weights = jnp.take_along_axis(probs, experts, axis=-1)
+    return Routing(_weights(weights, config), experts.astype(jnp.int32), probs)
 
 
 def sigmoid_bias_topk(logits: Array, bias: Array | None, config: Any) -> Routing:
@@ -70,10 +101,11 @@ def sigmoid_bias_topk(logits: Array, bias: Array | None, config: Any) -> Routing
     scores (not the bias) weigh them."""
     scores = jax.nn.sigmoid(logits)
     steer = scores if bias is None else scores + jax.lax.stop_gradient(bias).astype(scores.dtype)
+    steer = _in_best_groups(steer, config, lambda g: jnp.sum(jax.lax.top_k(g, 2)[0], axis=-1))
     _, experts = jax.lax.top_k(steer, config.experts_per_token)
     weights = jnp.take_along_axis(scores, experts, axis=-1)
     probs = scores / (jnp.sum(scores, axis=-1, keepdims=True) + 1e-20)
-    return Routing(_normalise(weights, config.router_norm_topk), experts.astype(jnp.int32), probs)
+    return Routing(_weights(weights, config), experts.astype(jnp.int32), probs)
 
 
 #: Routers by the name the config's ``router`` field takes.

@@ -1,0 +1,397 @@
+"""DeepSeek's MLA (``qk_rope_head_dim``) and routing (grouped top-k, routed scale): against a
+float64 NumPy reference written from the paper's equations, the KV cache against the full
+forward, the HF mapping without transformers (tests-integration's test_hf_families.py compares
+with transformers itself), and the settings' refusals."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from tjx import nn as tnn
+from tjx.nn.attention import Attention
+from tjx.nn.routers import ROUTERS
+
+MLA = dict(
+    vocab_size=48, max_seq_len=32, d_model=32, num_layers=3, num_heads=4, num_kv_heads=4,
+    head_dim=12, mlp_dim=40, attention_type="mla", kv_latent_dim=16, qk_rope_head_dim=4,
+    v_head_dim=6,
+)  # fmt: skip
+MOE = dict(
+    num_experts=8, experts_per_token=2, expert_mlp_dim=12, num_shared_experts=1,
+    moe_first_dense=1,
+)  # fmt: skip
+YARN = dict(
+    type="yarn", factor=4.0, original_max_position_embeddings=8, mscale=1.0, mscale_all_dim=1.0
+)
+
+
+def _rms(x, w, eps=1e-6):
+    return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps) * w
+
+
+def _rope(x, pos, inv, attention=1.0):
+    """Rotate-half RoPE of ``x`` [s, ..., dim] at ``pos`` [s] (float64)."""
+    ang = pos[:, None] * inv[None, :]
+    cos, sin = np.cos(ang) * attention, np.sin(ang) * attention
+    shape = (len(pos),) + (1,) * (x.ndim - 2) + (-1,)
+    cos, sin = cos.reshape(shape), sin.reshape(shape)
+    half = x.shape[-1] // 2
+    a, b = x[..., :half], x[..., half:]
+    return np.concatenate([a * cos - b * sin, b * cos + a * sin], -1)
+
+
+def _reference(attn, config, x):
+    """DeepSeek MLA of one sequence ``x`` [s, d] in float64 from ``attn``'s parameters."""
+    p = {k: np.asarray(v, np.float64) for k, v in tnn.get_flat_params(attn).items()}
+    s, rope = x.shape[0], config.qk_rope_head_dim
+    pos = np.arange(s, dtype=np.float64)
+    inv, attention = tnn.rope_parameters(rope, config.rope_theta, config.rope_scaling)
+    q_in = x
+    if config.q_lora_rank:
+        q_in = _rms(x @ p["query_down.kernel"], p["query_latent_norm.scale"])
+    q = np.einsum("si,ihd->shd", q_in, p["query.kernel"])
+    nope = q.shape[-1] - rope
+    q[..., nope:] = _rope(q[..., nope:], pos, inv, attention)
+    latent = _rms(x @ p["kv_down.kernel"], p["kv_latent_norm.scale"])
+    k_rope = _rope(x @ p["key_rope.kernel"], pos, inv, attention)  # [s, rope], one per token
+    k_nope = np.einsum("sr,rhd->shd", latent, p["key.kernel"])
+    k = np.concatenate([k_nope, np.broadcast_to(k_rope[:, None], (*k_nope.shape[:2], rope))], -1)
+    v = np.einsum("sr,rhd->shd", latent, p["value.kernel"])
+    scale = config.head_dim**-0.5
+    if config.rope_scaling is not None:
+        scale *= (0.1 * math.log(config.rope_scaling.factor) + 1.0) ** 2
+    logits = np.einsum("qhd,khd->hqk", q, k) * scale
+    logits = np.where(np.tril(np.ones((s, s), bool)), logits, -np.inf)
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    out = np.einsum("hqk,khd->qhd", w, v)
+    return np.einsum("qhd,hdo->qo", out, p["out.kernel"])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [dict(), dict(q_lora_rank=10, rope_scaling=YARN)],
+    ids=["v2-lite query", "v3 low-rank query, yarn mscale"],
+)
+def test_deepseek_attention_matches_a_float64_reference(extra):
+    config = tnn.LlamaConfig(**MLA, **extra)
+    attn = Attention(config, rngs=nnx.Rngs(3), causal=True)
+    x = np.random.default_rng(0).normal(size=(1, 10, 32)).astype(np.float32)
+    got = np.asarray(attn(jnp.asarray(x))[0])[0]
+    want = _reference(attn, config, x[0].astype(np.float64))
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+def test_decoding_with_the_latent_cache_matches_the_full_forward():
+    config = tnn.LlamaConfig(**MLA, **MOE, q_lora_rank=10, router="sigmoid", router_groups=4,
+                             router_topk_groups=2, router_scale=2.5)  # fmt: skip
+    model = tnn.Llama(config, rngs=nnx.Rngs(1))
+    prompt = jnp.asarray(np.random.default_rng(2).integers(0, 48, (2, 5)))
+    out = tnn.generate(model, prompt, max_new_tokens=8, temperature=0)
+    logits = model(out)
+    # Each generated token is the full forward's argmax at the position before it.
+    np.testing.assert_array_equal(np.argmax(logits[:, 4:-1], -1), out[:, 5:])
+
+
+def test_the_cache_holds_the_normed_latent_and_the_shared_rope_key():
+    config = tnn.LlamaConfig(**MLA)
+    cache = tnn.init_cache(config, batch=2, max_len=8)
+    assert {k: v.shape for k, v in cache.items()} == {
+        "latent": (3, 2, 8, 16),
+        "rope_key": (3, 2, 8, 4),
+    }
+    assert tnn.kv_cache_bytes(config, batch=2, seq_len=8, dtype=jnp.float32) == 3 * 2 * 8 * 20 * 4
+
+
+def test_defaults_leave_the_older_mla_and_the_routers_as_they_were():
+    """No DeepSeek field set: no new module, the same cache, scale and routing weights."""
+    older = tnn.LlamaConfig(**{**MLA, "qk_rope_head_dim": None, "v_head_dim": None})
+    attn = Attention(older, rngs=nnx.Rngs(0), causal=True)
+    assert attn.key_rope is None and attn.kv_latent_norm is None and attn.width == 12
+    assert attn.scale == 1.0 / math.sqrt(12)
+    assert set(tnn.init_cache(older, batch=1, max_len=4)) == {"latent"}
+    logits = jax.random.normal(jax.random.key(0), (5, 8))
+    routing = ROUTERS["softmax"].fn(logits, None, tnn.LlamaConfig(**MLA, **MOE))
+    top, _ = jax.lax.top_k(jax.nn.softmax(logits), 2)
+    np.testing.assert_array_equal(routing.weights, top / top.sum(-1, keepdims=True))
+
+
+def _grouped_reference(scores, steer, groups, keep, k, by):
+    """Top-k of ``steer`` [t, E] within each row's ``keep`` best groups (scored by ``by``)."""
+    t, e = steer.shape
+    chosen = []
+    for row in range(t):
+        g = steer[row].reshape(groups, e // groups)
+        best = np.argsort(-by(g))[:keep]
+        allowed = np.concatenate([np.arange(e // groups) + j * (e // groups) for j in best])
+        chosen.append(sorted(allowed[np.argsort(-steer[row, allowed])[:k]]))
+    return np.asarray(chosen)
+
+
+@pytest.mark.parametrize("router", ["softmax", "sigmoid"])
+def test_grouped_routing_chooses_within_each_tokens_best_groups(router):
+    config = tnn.LlamaConfig(**MLA, **MOE, router=router, router_groups=4, router_topk_groups=2,
+                             router_scale=2.5, router_norm_topk=router == "sigmoid")  # fmt: skip
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(64, 8)).astype(np.float32)
+    bias = rng.normal(size=8).astype(np.float32) * 0.3 if router == "sigmoid" else None
+    got = ROUTERS[router].fn(
+        jnp.asarray(logits), None if bias is None else jnp.asarray(bias), config
+    )
+    x = logits.astype(np.float64)
+    if router == "softmax":  # DeepSeek-V2: groups by their best probability
+        scores = np.exp(x - x.max(-1, keepdims=True))
+        scores /= scores.sum(-1, keepdims=True)
+        steer, by = scores, lambda g: g.max(-1)
+    else:  # DeepSeek-V3: groups by the sum of their two best scores + bias
+        scores = 1 / (1 + np.exp(-x))
+        steer, by = scores + bias, lambda g: np.sort(g, -1)[:, -2:].sum(-1)
+    want = _grouped_reference(scores, steer, 4, 2, 2, by)
+    experts = np.asarray(got.experts)
+    np.testing.assert_array_equal(np.sort(experts, -1), want)
+    weights = np.take_along_axis(scores, experts, -1)
+    if router == "sigmoid":
+        weights = weights / weights.sum(-1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(got.weights), 2.5 * weights, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "fields, needle",
+    [
+        (dict(MLA, qk_rope_head_dim=None), "v_head_dim: only DeepSeek's MLA"),
+        (dict(MLA, num_kv_heads=2), "num_kv_heads: DeepSeek's MLA"),
+        (dict(MLA, qk_rope_head_dim=5), "qk_rope_head_dim must be even"),
+        (
+            dict(
+                MLA,
+                attention_type="mha",
+                kv_latent_dim=None,
+                qk_rope_head_dim=None,
+                v_head_dim=None,
+                q_lora_rank=8,
+            ),
+            "q_lora_rank: only",
+        ),
+        (dict(MLA, router_scale=2.0), "router_scale: only MoE models"),
+        (dict(MLA, **MOE, router_groups=3), "router_groups: 3 must divide"),
+        (dict(MLA, **MOE, router_groups=4, router_topk_groups=5), "router_topk_groups"),
+        (dict(MLA, **MOE, router="sigmoid", router_groups=8, router_topk_groups=2), "two best"),
+    ],
+)
+def test_deepseek_settings_out_of_place_are_refused_by_name(fields, needle):
+    with pytest.raises(ValueError, match=needle):
+        tnn.LlamaConfig(**fields)
+
+
+V3 = dict(MLA, **MOE, q_lora_rank=10, router="sigmoid", router_groups=4, router_topk_groups=2,
+          router_scale=2.5, rope_scaling=YARN)  # fmt: skip
+V2 = dict(MLA, **{**MOE, "num_shared_experts": 2}, router_norm_topk=False, router_scale=1.5)
+
+
+@pytest.mark.parametrize("fields, model_type", [(V2, "deepseek_v2"), (V3, "deepseek_v3")])
+def test_a_deepseek_export_loads_back_as_the_same_model(tmp_path, fields, model_type):
+    model = tnn.Llama(tnn.LlamaConfig(**fields), rngs=nnx.Rngs(0))
+    tnn.save_hf(model, tmp_path / "ck")
+    hf = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert hf["model_type"] == model_type and hf["head_dim"] == 4
+    loaded, config = tnn.load_hf(tmp_path / "ck", scan_layers=True)
+    assert config == model.config.replace(scan_layers=True, router_aux_loss=config.router_aux_loss)
+    want, got = tnn.get_flat_params(model), tnn.get_flat_params(loaded)
+    assert set(want) == set(got)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 48, (1, 9)))
+    np.testing.assert_allclose(loaded(tokens), model(tokens), rtol=1e-5, atol=1e-5)
+
+
+def _v3_folder(tmp_path, **hf_changes):
+    model = tnn.Llama(tnn.LlamaConfig(**V3), rngs=nnx.Rngs(0))
+    folder = tmp_path / "v3"
+    tnn.save_hf(model, folder)
+    hf = json.loads((folder / "config.json").read_text()) | hf_changes
+    (folder / "config.json").write_text(json.dumps(hf))
+    return folder
+
+
+def test_multi_token_prediction_layers_are_skipped_with_one_line(tmp_path, capsys):
+    from safetensors.numpy import load_file, save_file
+
+    folder = _v3_folder(tmp_path, num_nextn_predict_layers=1)
+    tensors = load_file(str(folder / "model.safetensors"))
+    mtp = {n.replace("layers.2.", "layers.3."): t for n, t in tensors.items() if "layers.2." in n}
+    mtp["model.layers.3.eh_proj.weight"] = np.zeros((32, 64), np.float32)
+    save_file({**tensors, **mtp}, str(folder / "model.safetensors"))
+    model, config = tnn.load_hf(folder)
+    err = capsys.readouterr().err
+    assert config.num_layers == 3 and err.count("multi-token-prediction") == 1
+
+
+@pytest.mark.parametrize(
+    "changes, needle",
+    [
+        (dict(num_key_value_heads=2), "num_key_value_heads 2"),
+        (dict(rms_norm_eps=1e-5), "rms_norm_eps"),
+        (dict(attention_bias=True, mlp_bias=True), "attention_bias"),
+        (dict(scoring_func="softmax"), "scoring_func"),
+        (dict(moe_layer_freq=2), "moe_layer_freq"),
+        (dict(model_type="deepseek_v2", norm_topk_prob=True, n_group=1, topk_group=1), "norm_topk"),
+        (dict(auto_map={"AutoModel": "modeling_x.X"}), "auto_map"),
+    ],
+)
+def test_deepseek_options_tjx_does_not_compute_are_refused_in_one_line(tmp_path, changes, needle):
+    folder = _v3_folder(tmp_path, **changes)
+    with pytest.raises(ValueError, match=needle) as err:
+        tnn.load_hf(folder)
+    assert "\n" not in str(err.value)
+
+
+def test_deepseek_upstream_auto_map_loads(tmp_path):
+    auto = {"AutoConfig": "configuration_deepseek.DeepseekV3Config"}
+    _, config = tnn.load_hf(_v3_folder(tmp_path, auto_map=auto))
+    assert config.router == "sigmoid"
+
+
+def test_a_model_deepseek_cannot_express_is_not_written(tmp_path):
+    model = tnn.Llama(tnn.LlamaConfig(**{**V2, "shared_expert_gate": True}), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="shared_expert_gate=True"):
+        tnn.save_hf(model, tmp_path / "no")
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("q_lora_rank", [None, 10])
+def test_flops_count_every_weight_of_deepseeks_attention_once(q_lora_rank):
+    """The attention's matmul weights in ``flops_per_token`` are its kernels' sizes, and the
+    score/value terms use head_dim for q·k and v_head_dim for the values."""
+    from tjx.nn.flops import _attention_weights
+
+    config = tnn.LlamaConfig(**MLA, q_lora_rank=q_lora_rank)
+    attn = Attention(config, rngs=nnx.Rngs(0), causal=True)
+    kernels = {k: v.size for k, v in tnn.get_flat_params(attn).items() if k.endswith("kernel")}
+    assert sum(_attention_weights(config)) == sum(kernels.values())
+    s = 16
+    older = tnn.LlamaConfig(**{**MLA, "v_head_dim": 12, "q_lora_rank": q_lora_rank})
+    # Narrower values (6 instead of 12 dims a head) save, per token and layer, 6·(their value
+    # and output weights) (2 FLOPs a multiply-add, x3 with the backward pass), and 6·(4 heads x
+    # 6 dims)·s/2 in the weighted sum (a causal query sees s/2 keys on average).
+    saved = tnn.flops_per_token(older, s) - tnn.flops_per_token(config, s)
+    fewer = sum(_attention_weights(older)) - sum(_attention_weights(config))
+    assert fewer == 16 * 4 * 6 + 4 * 6 * 32  # value [r, h, 6] and out [h, 6, d]
+    assert saved == 3 * (6 * fewer + 6 * (4 * 6) * s / 2)
+
+
+#: DeepSeek-V2-Lite's config.json as published (its keys and switches), shrunk to tiny sizes.
+V2_LITE = {
+    "architectures": ["DeepseekV2ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "auto_map": {
+        "AutoConfig": "configuration_deepseek.DeepseekV2Config",
+        "AutoModel": "modeling_deepseek.DeepseekV2Model",
+        "AutoModelForCausalLM": "modeling_deepseek.DeepseekV2ForCausalLM",
+    },
+    "aux_loss_alpha": 0.001, "bos_token_id": 100000, "eos_token_id": 100001,
+    "first_k_dense_replace": 1, "hidden_act": "silu", "hidden_size": 32,
+    "initializer_range": 0.02, "intermediate_size": 48, "kv_lora_rank": 16,
+    "max_position_embeddings": 1280, "model_type": "deepseek_v2", "moe_intermediate_size": 12,
+    "moe_layer_freq": 1, "n_group": 1, "n_routed_experts": 8, "n_shared_experts": 2,
+    "norm_topk_prob": False, "num_attention_heads": 4, "num_experts_per_tok": 6,
+    "num_hidden_layers": 3, "num_key_value_heads": 4, "pretraining_tp": 1, "q_lora_rank": None,
+    "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "rms_norm_eps": 1e-06,
+    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 0.707,
+                     "mscale_all_dim": 0.707, "original_max_position_embeddings": 32,
+                     "type": "yarn"},
+    "rope_theta": 10000, "routed_scaling_factor": 1.0, "scoring_func": "softmax",
+    "seq_aux": True, "tie_word_embeddings": False, "topk_group": 1, "topk_method": "greedy",
+    "torch_dtype": "bfloat16", "transformers_version": "4.33.1", "use_cache": True,
+    "v_head_dim": 6, "vocab_size": 64,
+}  # fmt: skip
+
+
+def test_v2_lites_published_config_reads_with_its_yarn_softmax_scale():
+    from tjx.nn.hf_deepseek import deepseek_config_from_hf
+
+    config = deepseek_config_from_hf(V2_LITE)
+    assert (config.q_lora_rank, config.head_dim, config.v_head_dim) == (None, 12, 6)
+    assert (config.experts_per_token, config.router, config.router_groups) == (6, "softmax", 1)
+    assert config.rope_scaling.type == "yarn" and config.max_seq_len == 1280
+    attn = Attention(config, rngs=nnx.Rngs(0), causal=True)
+    mscale = 0.1 * 0.707 * math.log(40) + 1  # transformers' yarn_get_mscale(40, 0.707)
+    assert attn.scale == pytest.approx(12**-0.5 * mscale**2, rel=1e-12)
+    fp8 = dict(V2_LITE, model_type="deepseek_v3", quantization_config={"quant_method": "fp8"})
+    with pytest.raises(ValueError, match="quantization_config 'fp8'"):
+        deepseek_config_from_hf(fp8)
+
+
+def test_a_deepseek_models_adapters_are_not_exported_as_a_peft_folder(tmp_path):
+    """PEFT's targets would be HF's q/k/v_proj, which DeepSeek's attention does not have (and
+    its query rows are permuted): refused, nothing written; ``save_hf`` merges them instead."""
+    model = tnn.Llama(tnn.LlamaConfig(**V2), rngs=nnx.Rngs(0))
+    lora = tnn.LoraConfig(rank=2, targets=("q", "v"))
+    tnn.add_lora(model, lora, rngs=nnx.Rngs(1))
+    from tjx.nn.lora import lora_modules
+
+    for i, (_, _, dense) in enumerate(lora_modules(model)):  # B starts at 0: make it count
+        b = dense.lora.lora_b
+        b[...] = jax.random.normal(jax.random.key(i), b[...].shape) * 0.1
+    with pytest.raises(ValueError, match="PEFT export does not cover MLA"):
+        tnn.save_peft(model, tmp_path / "peft", lora)
+    assert not (tmp_path / "peft").exists()
+    tnn.save_hf(model, tmp_path / "merged")  # the adapters merged into the kernels
+    loaded, _ = tnn.load_hf(tmp_path / "merged")
+    tokens = jnp.asarray([[1, 2, 3, 4, 5]])
+    bare = tnn.Llama(tnn.LlamaConfig(**V2), rngs=nnx.Rngs(0))
+    assert np.abs(np.asarray(model(tokens) - bare(tokens))).max() > 1e-3  # the adapters act
+    np.testing.assert_allclose(loaded(tokens), model(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_import_holds_one_tensor_or_one_layers_experts_at_a_time(tmp_path, monkeypatch):
+    """Each tensor read is let go before the next, but for the routed experts, which stack one
+    layer's projections (8 here) into one kernel: peak memory stays near the weights' bytes."""
+    import weakref
+
+    from tjx.nn.hf_io import LazyWeights
+
+    tnn.save_hf(tnn.Llama(tnn.LlamaConfig(**V3), rngs=nnx.Rngs(0)), tmp_path / "ck")
+    live: dict[int, int] = {}
+    most = [0]
+    read = LazyWeights.get
+
+    def get(self, name):
+        value = read(self, name)
+        live[id(value)] = value.nbytes
+        weakref.finalize(value, live.pop, id(value), None)
+        most[0] = max(most[0], len(live))
+        return value
+
+    monkeypatch.setattr(LazyWeights, "get", get)
+    tnn.load_hf(tmp_path / "ck")
+    assert most[0] == 8 and not live
+
+
+@pytest.mark.parametrize("extra", [dict(), dict(q_lora_rank=10, rope_scaling=YARN)])
+def test_the_absorbed_decode_step_equals_up_projecting_every_latent(monkeypatch, extra):
+    """DeepSeek's inference form (key folded into the query, value into the output) attends to
+    the same cache with the same result, to float32 rounding."""
+    from tjx.nn import mla
+
+    config = tnn.LlamaConfig(**MLA, **extra)
+    attn = Attention(config, rngs=nnx.Rngs(4), causal=True)
+    rng = np.random.default_rng(1)
+    prompt, step = (jnp.asarray(rng.normal(size=(2, n, 32)), jnp.float32) for n in (6, 1))
+    empty = {k: v[0] for k, v in tnn.init_cache(config, batch=2, max_len=8).items()}
+    _, cache = attn(prompt, cache=empty, cache_pos=jnp.zeros((2,), jnp.int32))
+    pos = jnp.full((2,), 6, jnp.int32)
+
+    def decode():
+        return attn(step, positions=pos[:, None], cache=cache, cache_pos=pos)
+
+    assert mla.absorbable(attn)
+    absorbed, new = decode()
+    monkeypatch.setattr(mla, "absorbable", lambda _: False)
+    projected, again = decode()
+    np.testing.assert_allclose(absorbed, projected, rtol=1e-5, atol=1e-6)
+    for name in new:
+        np.testing.assert_array_equal(new[name], again[name])

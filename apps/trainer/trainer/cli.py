@@ -16,7 +16,7 @@ from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first u
     distributed_from_args,
 )
 from trainer.config import Config, read_config
-from trainer.init_from import check_init_from
+from trainer.init_from import check_init_from, trained_model
 from trainer.plan import RunPlan, error_exit
 from trainer.resume import check_chat_template, check_resume, describe_changes
 from trainer.schema import ConfigError, keyed
@@ -129,8 +129,9 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
         ) from None
 
 
-def _check_export_peft(cfg: Config, folder: str | None) -> Path | None:
-    """``--export-peft DIR``: a LoRA run of a Llama-family model, and a new or empty folder."""
+def _check_export_peft(cfg: Config, folder: str | None, model: Any) -> Path | None:
+    """``--export-peft DIR``: a LoRA run of a Llama-family model (``model``: the tjx.nn config
+    the run trains) without MLA, and a new or empty folder."""
     if folder is None:
         return None
     if not cfg.use_lora:
@@ -143,6 +144,11 @@ def _check_export_peft(cfg: Config, folder: str | None) -> Path | None:
             f"--export-peft: PEFT adapters are written for Llama-family models, not "
             f"model.kind={cfg.kind} (HF's GPT-2 fuses q/k/v); export the merged model with eval "
             "--export-hf"
+        )
+    if getattr(model, "attention_type", None) == "mla":  # tjx.nn.save_peft would refuse at the end
+        raise ConfigError(
+            "--export-peft: PEFT adapters do not cover MLA attention (DeepSeek: its projections "
+            "are not HF's q/k/v_proj); export the merged model with eval --export-hf"
         )
     path = Path(folder).expanduser()
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
@@ -197,7 +203,10 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
             del resume_changes["model.remat"]  # the memory fit chose full remat, and will again
     if args.init_from is not None:
         check_init_from(cfg, args.init_from)
-    export_peft = _check_export_peft(cfg, args.export_peft)
+    export_peft = None
+    if args.export_peft is not None:
+        trained = trained_model(cfg, args.init_from, run_dir, bool(args.resume))
+        export_peft = _check_export_peft(cfg, args.export_peft, trained)
     profile = parse_profile(args.profile_steps)
     if profile is not None and profile[1] > cfg.train.steps:
         raise ConfigError(

@@ -61,6 +61,14 @@ LLAMA_FIXED = (
     "attn_logit_softcap",
     "final_logit_softcap",
     "rope_local_theta",
+    "kv_latent_dim",
+    "q_lora_rank",
+    "qk_rope_head_dim",
+    "v_head_dim",
+    "num_experts",
+    "router_scale",
+    "router_groups",
+    "router_topk_groups",
 )
 
 
@@ -254,6 +262,20 @@ def record(run_dir: Path, source: str | None, step: int | None) -> None:
         str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else source
     )
     folder.write_json(INIT_FILE, {"init_from": where, "kind": kind, "step": step})
+
+
+def trained_model(cfg: Config, source: str | None, run_dir: Path, resume: bool) -> Any:
+    """The tjx.nn model config the run trains, known before anything is built: a Hugging Face
+    start's (its ``config.json``; on a ``--resume``, the run's ``model.json``), else the
+    config's own."""
+    from tjx import nn
+    from tjx.ckpt import RunDir
+
+    if resume and resumed_from_checkpoint(cfg, run_dir) is not None:
+        return nn.config_from_dict(RunDir(run_dir).read(RunDir.MODEL_FILE))
+    if source is not None and not resume and not is_run(source) and source not in nn.HF_GPT2_NAMES:
+        return _read(source)
+    return cfg.model
 
 
 def _record(run_dir: Path) -> dict[str, Any] | None:

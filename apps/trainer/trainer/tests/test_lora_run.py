@@ -126,3 +126,40 @@ def test_export_peft_of_a_run_it_cannot_export_is_one_line_and_exit_2(in_tmp, ca
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert not (in_tmp / "run").exists() and not (in_tmp / "a").exists()
+
+
+def test_export_peft_of_an_mla_model_is_refused_before_training(in_tmp, capsys):
+    # DeepSeek's projections are not HF's q/k/v_proj: refused at the start, whether the config
+    # says MLA or the --init-from checkpoint does (its config.json, the architecture it fixes).
+    from flax import nnx
+
+    mla = dict(
+        vocab_size=48,
+        max_seq_len=32,
+        d_model=32,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=4,
+        head_dim=12,
+        mlp_dim=40,
+        attention_type="mla",
+        kv_latent_dim=16,
+        qk_rope_head_dim=4,
+        v_head_dim=6,
+        num_experts=4,
+        experts_per_token=2,
+        expert_mlp_dim=12,
+        num_shared_experts=1,
+        moe_first_dense=1,
+        router_norm_topk=False,
+    )  # fmt: skip (DeepSeek-V2's shape)
+    nn.save_hf(nn.Llama(nn.LlamaConfig(**mla), rngs=nnx.Rngs(0)), in_tmp / "deepseek")
+    from_hf = _argv(
+        in_tmp, "--init-from", str(in_tmp / "deepseek"), "--set", "model.num_kv_heads=null"
+    )
+    own = _argv(in_tmp, "--set", "model.attention_type=mla", "--set", "model.kv_latent_dim=8")
+    for argv in (from_hf, own):
+        assert main([*argv, "--export-peft", str(in_tmp / "a")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--export-peft: PEFT adapters do not cover MLA" in err[0], err
+    assert not (in_tmp / "run").exists() and not (in_tmp / "a").exists()

@@ -14,7 +14,7 @@ import pytest
 
 from eval.cli import main
 from eval.heldout import evaluate_run
-from eval.preference import reference_params
+from eval.preference import reference_params, settings
 from eval.runs import RunError, load_run
 from trainer import plan_argv
 from trainer import run as train
@@ -108,8 +108,12 @@ def test_a_checkpoint_without_its_reference_and_data_on_a_pair_run_are_one_line(
     run = tmp / "lora"  # the LoRA run's checkpoint holds no frozen reference
     if not run.exists():
         run = _dpo_run(tmp, "lora", "lora.enabled=true", "lora.rank=4", "lora.dropout=0.0")
+    loaded = load_run(run)
     with pytest.raises(RunError, match="holds no DPO reference model"):
-        reference_params(dataclasses.replace(load_run(run), lora=None))
+        reference_params(dataclasses.replace(loaded, lora=None))
+    hand_edited = {**loaded.config, "preference": {"beta": 0}}
+    with pytest.raises(RunError, match="its preference section is not tjx.nn's PreferenceConfig"):
+        settings(dataclasses.replace(loaded, config=hand_edited))
     assert main(["--checkpoint", str(run), "--data", "arithmetic"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "leave --data out" in err

@@ -62,14 +62,29 @@ def reference_params(run: LoadedRun) -> Any:
     return restored
 
 
-def make_step(run: LoadedRun) -> Any:
-    """A jitted ``step(params, batch, reference) -> PreferenceOutput.sums`` of the run's model
-    (``reference``: params of the same graph, or ``None`` for the adapters-off base)."""
+class BoundStep:
+    """A jitted preference step with its reference params bound: ``step(params, batch)``, and
+    ``lower(params, batch)`` for `attention_choice`'s compile check."""
+
+    def __init__(self, step: Any, reference: Any) -> None:
+        self.step, self.reference = step, reference
+
+    def __call__(self, params: Any, batch: dict[str, Any]) -> dict[str, jax.Array]:
+        return self.step(params, batch, self.reference)  # type: ignore[no-any-return]
+
+    def lower(self, params: Any, batch: Any) -> Any:
+        return self.step.lower(params, batch, self.reference)
+
+
+def make_step(run: LoadedRun, model: Any, reference: Any) -> BoundStep:
+    """``step(params, batch) -> PreferenceOutput.sums`` of ``model`` (the run's, with the
+    attention kernel being tried) against ``reference`` (params of the same graph, or ``None``
+    for the adapters-off base), jitted, with the run's β, loss and head settings."""
     from tjx import nn
 
     prefs = settings(run)
     train = run.config.get("train") or {}
-    graphdef, _, rest = nnx.split(run.model, nnx.Param, ...)  # type: ignore[misc]
+    graphdef, _, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
 
     def step(params: Any, batch: dict[str, Any], reference: Any) -> dict[str, jax.Array]:
         model = nnx.merge(graphdef, params, rest)
@@ -86,7 +101,7 @@ def make_step(run: LoadedRun) -> Any:
         )
         return out.sums()  # type: ignore[no-any-return]
 
-    return jax.jit(step)
+    return BoundStep(jax.jit(step), reference)
 
 
 def evaluate(
@@ -95,7 +110,8 @@ def evaluate(
     """DPO's held-out metrics of a preference run (tjx.nn's `heldout_preference`): ``loss``,
     ``rewards/chosen|rejected|margins|accuracies``, ``logps/chosen|rejected|accuracies``, means
     over the held-out pairs, and ``pairs``; ``batch_size`` counts pairs, as the trainer's
-    ``eval.batch_size`` does."""
+    ``eval.batch_size`` does. The attention kernel is one that compiles here, as for any run."""
+    from eval import attention_choice
     from tjx import nn
 
     if source is not None:
@@ -103,11 +119,14 @@ def evaluate(
             "--data: a preference run is scored on its own held-out pairs; leave --data out"
         )
     pairs: Any = run.run_data  # tjx.data's ChatRunData of kind "preference"
-    step = make_step(run)
-    params = nnx.to_pure_dict(nnx.state(run.model, nnx.Param))
     reference = reference_params(run)
-    batches = pairs.validation_batches(batch_size, max_batches)
+    first = next(iter(pairs.validation_batches(batch_size, 1)), None)
+    run = attention_choice.choose_attention(
+        run, first, make_step=lambda model: make_step(run, model, reference)
+    )
+    step = make_step(run, run.model, reference)
+    params = nnx.to_pure_dict(nnx.state(run.model, nnx.Param))
     return nn.heldout_preference(  # type: ignore[no-any-return]
-        (step(params, batch, reference) for batch in batches),
+        (step(params, batch) for batch in pairs.validation_batches(batch_size, max_batches)),
         empty=f"{pairs.val_dir}: no held-out preference pair",
     )

@@ -340,6 +340,11 @@ def main(argv: list[str] | None = None) -> int:
             runs = [load_run(*split_step(p, args.step)) for p in args.compare]
             for one in runs:
                 _check_scoreable(one)
+            if len({one.data.get("format") == "preference" for one in runs}) > 1:
+                raise RunError(
+                    "--compare: a preference run's DPO loss is not another run's loss; compare "
+                    "preference (DPO) runs with each other"
+                )
             results = [_metrics(r, args) for r in runs]
             _print_table([f"{r.run_dir.name}@{r.step}" for r in runs], results)
             return 0

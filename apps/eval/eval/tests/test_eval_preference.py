@@ -113,7 +113,7 @@ def test_a_lora_run_scores_as_the_trainer_against_its_adapters_off(tmp):
     _assert_the_trainers(run)
 
 
-def test_a_checkpoint_without_its_reference_and_data_on_a_pair_run_are_one_line(tmp, capsys):
+def test_a_pair_runs_refusals_are_one_line_each(tmp, run_dir, capsys):
     run = tmp / "lora"  # the LoRA run's checkpoint holds no frozen reference
     if not run.exists():
         run = _dpo_run(tmp, "lora", "lora.enabled=true", "lora.rank=4", "lora.dropout=0.0")
@@ -126,3 +126,7 @@ def test_a_checkpoint_without_its_reference_and_data_on_a_pair_run_are_one_line(
     assert main(["--checkpoint", str(run), "--data", "arithmetic"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "leave --data out" in err
+    # DPO's loss beside a text run's cross-entropy would read as one number: refused.
+    assert main(["--compare", str(run), str(run_dir[0])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "compare preference (DPO) runs with each other" in err

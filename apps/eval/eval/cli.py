@@ -153,19 +153,20 @@ def _metrics(run: Any, args: argparse.Namespace) -> dict[str, float]:
 
 
 #: Counts print as whole numbers (426,514), not as 426514.0000.
-COUNT_KEYS = ("num_tokens", "num_images")
+COUNT_KEYS = ("num_tokens", "num_images", "pairs")
 
 
 def _print_table(names: list[str], results: list[dict[str, float]]) -> None:
     keys = [k for k in results[0] if all(k in r for r in results)]
     width = max(12, *(len(n) for n in names))
-    print(f"{'metric':<16}" + "".join(f"{n:>{width + 2}}" for n in names))
+    label = max(16, *(len(k) + 2 for k in keys))  # DPO's rewards/accuracies is 18 long
+    print(f"{'metric':<{label}}" + "".join(f"{n:>{width + 2}}" for n in names))
     for key in keys:
         if key in COUNT_KEYS:
             row = "".join(f"{round(r[key]):>{width + 2},}" for r in results)
         else:
             row = "".join(f"{r[key]:>{width + 2}.4f}" for r in results)
-        print(f"{key:<16}{row}")
+        print(f"{key:<{label}}{row}")
 
 
 def _check_scoreable(run: Any) -> None:
@@ -179,8 +180,15 @@ def _check_scoreable(run: Any) -> None:
 
 def _scope_note(run: Any, args: argparse.Namespace, results: dict[str, float]) -> str:
     """What the numbers above cover, and why the trainer's ``val_*`` differ from them."""
-    count = results["num_images" if run.objective.unit == "images" else "num_tokens"]
-    scores = "assistant tokens (the trainer's loss mask)" if run.chat else run.objective.scores
+    rows = "images" if run.objective.unit == "images" else "sequences"
+    rows = "packed rows" if run.chat else rows
+    if "pairs" in results:  # a preference run: DPO's metrics over pairs
+        count, rows = results["pairs"], "pairs"
+        reference = "the base, adapters off" if run.lora is not None else "its frozen copy"
+        scores = f"preference pairs (DPO against the reference: {reference})"
+    else:
+        count = results["num_images" if run.objective.unit == "images" else "num_tokens"]
+        scores = "assistant tokens (the trainer's loss mask)" if run.chat else run.objective.scores
     scope = f"{round(count):,} held-out {scores}"
     if args.data is not None:
         return f"({scope} of {args.data!r}, the run's tokenizer)"
@@ -188,8 +196,6 @@ def _scope_note(run: Any, args: argparse.Namespace, results: dict[str, float]) -
         return f"({scope}: the first {args.max_batches} batches of {args.batch_size})"
     train = run.config.get("train", {})
     batches, size = train.get("eval_batches"), run.config.get("eval", {}).get("batch_size")
-    rows = "images" if run.objective.unit == "images" else "sequences"
-    rows = "packed rows" if run.chat else rows
     return (
         f"({scope}: the whole validation split; the trainer's val_* metrics use only its first "
         f"{batches} batches of {size} {rows}, so they differ a little)"
@@ -334,6 +340,11 @@ def main(argv: list[str] | None = None) -> int:
             runs = [load_run(*split_step(p, args.step)) for p in args.compare]
             for one in runs:
                 _check_scoreable(one)
+            if len({one.data.get("format") == "preference" for one in runs}) > 1:
+                raise RunError(
+                    "--compare: a preference run's DPO loss is not another run's loss; compare "
+                    "preference (DPO) runs with each other"
+                )
             results = [_metrics(r, args) for r in runs]
             _print_table([f"{r.run_dir.name}@{r.step}" for r in runs], results)
             return 0

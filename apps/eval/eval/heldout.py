@@ -1,5 +1,5 @@
 """Held-out metrics of a run: loss, perplexity, bits/token, bits/byte, top-1/5/10 accuracy; an
-image run's accuracy and top-k.
+image run's accuracy and top-k; a preference (DPO) run's DPO metrics (`eval.preference`).
 
 The step and the loop are the packages', the same the trainer's validation calls: tjx-nn's
 ``objective_logits_fn`` (next token for a decoder, masked tokens for BERT, the continued half for
@@ -114,11 +114,16 @@ def evaluate_run(
     run on its held-out images with its own ``eval.top_k``. With ``batch_size`` and
     ``max_batches`` at the run's ``eval.batch_size`` and ``train.eval_batches`` these are the
     numbers of the trainer's ``val_*`` at that step. The attention kernel is one that compiles
-    here (a failing one costs a line, or is the error).
+    here (a failing one costs a line, or is the error). A preference (DPO) run reports DPO's
+    held-out metrics over its pairs (`eval.preference`; ``batch_size`` counts pairs).
     """
-    from eval import attention_choice
+    from eval import attention_choice, preference
     from tjx import nn
 
+    if run.data.get("format") == "preference":  # DPO's metrics against the run's reference
+        return preference.evaluate(
+            run, source=source, batch_size=batch_size, max_batches=max_batches
+        )
     train = run.config.get("train", {})
     # The same masked positions as the trainer's evaluation, so the two agree on one batch.
     key = nn.eval_mask_key(int(train.get("seed", 0)))
@@ -184,11 +189,6 @@ def _conversations(
     """A chat run's held-out conversations, packed as the trainer's validation packs them
     (tjx.data's `ChatRunData.validation_batches`: targets -100 off the assistant's tokens, so
     the loss is the trainer's, over the assistant's tokens only; no bytes per token)."""
-    if run.data.get("format") != "chat":
-        raise RunError(
-            "--checkpoint: a preference run's held-out pairs are scored by DPO's metrics, not "
-            "here; evaluate the chat (SFT) run it started from"
-        )
     if source is not None:
         raise RunError(
             "--data: a chat run is scored on its own held-out conversations (the assistant's "

@@ -163,14 +163,11 @@ def make_eval_step(graphdef: Any, rest: Any, cfg: Any) -> Callable[..., dict[str
 def heldout(
     step: Any, params: Any, reference: Any, batches: Iterable[Any], place: Callable[[Any], Any]
 ) -> dict[str, float]:
-    """Held-out preference metrics: ``loss`` (mean DPO loss), ``rewards/accuracies`` (the share
-    of pairs whose chosen answer the policy prefers over the reference more than the rejected
-    one), ``rewards/margins`` ... as means over every held-out pair, and ``pairs``."""
-    total: dict[str, Any] | None = None
-    for batch in batches:
-        sums = jax.device_get(step(params, place(batch), reference))
-        total = sums if total is None else {k: total[k] + sums[k] for k in total}
-    if total is None or float(total["pairs"]) == 0:
-        raise ValueError("validation data is empty: no preference pair of the configured size fits")
-    means = {k: float(v) for k, v in nn.preference_means(total).items()}
-    return {**means, "pairs": float(total["pairs"])}
+    """Held-out preference metrics (tjx.nn's `heldout_preference`): ``loss`` (mean DPO loss),
+    ``rewards/accuracies`` (the share of pairs whose chosen answer the policy prefers over the
+    reference more than the rejected one), ``rewards/margins`` ... as means over every held-out
+    pair, and ``pairs``."""
+    return nn.heldout_preference(
+        (step(params, place(batch), reference) for batch in batches),
+        empty="validation data is empty: no preference pair of the configured size fits",
+    )

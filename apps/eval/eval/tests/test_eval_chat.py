@@ -237,15 +237,3 @@ def test_a_chat_runs_attention_map_reads_its_packed_conversations(chat_run, tmp_
     out = capsys.readouterr().out
     assert png.stat().st_size > 0 and "attention distance per layer" in out
     assert "held-out assistant tokens (the trainer's loss mask)" in out
-
-
-def test_a_preference_runs_held_out_pairs_are_not_scored_as_text(chat_run, capsys):
-    run, _, run_data = chat_run
-    info = {**run_data.describe(run), "format": "preference"}
-    (run / "data.json").write_text(json.dumps(info))
-    try:
-        assert main(["--checkpoint", str(run), *_flags()]) == 2
-    finally:
-        (run / "data.json").write_text(json.dumps(run_data.describe(run)))
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "a preference run's held-out pairs" in err

@@ -84,6 +84,26 @@ def test_sums_over_split_batches_give_the_whole_batchs_means():
     assert all(float(v) == 0.0 for v in tnn.preference_means(empty).values())
 
 
+def test_held_out_metrics_add_every_batchs_sums_and_weigh_each_real_pair_the_same():
+    rng = np.random.default_rng()
+    c, r, rc, rr = (jnp.asarray(rng.normal(size=7), jnp.float32) for _ in range(4))
+    valid = jnp.array([True, False, True, True, True, True, False])
+    whole = tnn.dpo_loss(c, r, rc, rr, beta=0.2, valid=valid)
+    batches = (slice(0, 3), slice(3, 6), slice(6, 7))  # the last one only padding
+    sums = (
+        tnn.dpo_loss(c[s], r[s], rc[s], rr[s], beta=0.2, valid=valid[s]).sums() for s in batches
+    )
+    held = tnn.heldout_preference(sums, empty="none")
+    assert held["pairs"] == 5.0
+    np.testing.assert_allclose(held["loss"], float(whole.loss), rtol=1e-6)
+    for key, value in whole.metrics().items():
+        np.testing.assert_allclose(held[key], float(value), rtol=1e-6, atol=1e-7)
+    padding = tnn.dpo_loss(c[:1], r[:1], rc[:1], rr[:1], valid=jnp.array([False])).sums()
+    for batches_of_nothing in ([], [padding]):
+        with pytest.raises(ValueError, match="^no pairs here$"):
+            tnn.heldout_preference(batches_of_nothing, empty="no pairs here")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"beta": 0.0}, "PreferenceConfig.beta must be a number > 0"),

@@ -90,6 +90,7 @@ from tjx.nn.preference import (
     PreferenceConfig,
     PreferenceOutput,
     dpo_loss,
+    heldout_preference,
     preference_loss,
     preference_means,
     sequence_logprobs,
@@ -104,7 +105,7 @@ from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.16.0"
+__version__ = "0.16.1"
 
 __all__ = [
     "ACTIVATIONS",
@@ -189,6 +190,7 @@ __all__ = [
     "gpt2_config",
     "has_lora",
     "head_cross_entropy",
+    "heldout_preference",
     "hf_gpt2_conflicts",
     "hf_kind",
     "init_cache",

@@ -22,6 +22,7 @@ log-ratio; margins their difference; accuracy the share of pairs whose chosen re
 # ruff: noqa: RUF009
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -38,6 +39,7 @@ __all__ = [
     "PreferenceConfig",
     "PreferenceOutput",
     "dpo_loss",
+    "heldout_preference",
     "preference_loss",
     "preference_means",
     "sequence_logprobs",
@@ -133,6 +135,34 @@ def preference_means(sums: dict[str, Any]) -> dict[str, Any]:
     every key but ``pairs`` divided by the pairs (0 when there were none)."""
     n = jnp.maximum(jnp.asarray(sums["pairs"], jnp.float32), 1.0)
     return {k: v / n for k, v in sums.items() if k != "pairs"}
+
+
+def heldout_preference(sums: Iterable[dict[str, Any]], *, empty: str) -> dict[str, float]:
+    """Held-out preference metrics over many batches: their `PreferenceOutput.sums` (on the host
+    or device, one dict per batch) added up, then `preference_means` (every pair weighs the
+    same, so padded last batches count their real pairs only) and ``pairs``, the total; what the
+    trainer's validation logs as ``val_*`` and the evaluator prints.
+
+    Parameters
+    ----------
+    sums : iterable of dict
+        `PreferenceOutput.sums` of each batch.
+    empty : str
+        The `ValueError`'s message when no real pair was scored.
+
+    Returns
+    -------
+    dict[str, float]
+        ``loss``, ``rewards/*``, ``logps/*`` means, and ``pairs``.
+    """
+    total: dict[str, Any] | None = None
+    for one in sums:
+        one = jax.device_get(one)
+        total = dict(one) if total is None else {k: total[k] + one[k] for k in total}
+    if total is None or float(total["pairs"]) == 0:
+        raise ValueError(empty)
+    means = {k: float(v) for k, v in preference_means(total).items()}
+    return {**means, "pairs": float(total["pairs"])}
 
 
 def sequence_logprobs(

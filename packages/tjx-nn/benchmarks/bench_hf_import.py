@@ -1,17 +1,18 @@
 """Peak memory of ``tjx.nn.load_hf`` on a synthetic LLaMA-shaped safetensors checkpoint.
 
     python packages/tjx-nn/benchmarks/bench_hf_import.py [--shape 1b] [--param-dtype bfloat16]
-        [--family llama|qwen3|olmo2|phi3|gemma2|gemma3_text]
+        [--family llama|qwen3|olmo2|phi3|gemma2|gemma3_text|deepseek_v2|deepseek_v3]
 
 A child process writes a checkpoint of the chosen shape (bf16 tensors, sharded at 2 GB, as the
 hub's Llama checkpoints are) in the chosen family's layout (its tensor names, Phi-3's fused
-``qkv_proj``/``gate_up_proj``, Gemma's four norms per layer; the family's published small model
-with ``--shape family``) into a temporary folder; a second child imports it with
-``load_hf`` and reports its peak resident memory (``ru_maxrss``) and its resident memory after
-``import jax, tjx.nn`` (the baseline), and after JAX's CPU backend has started as well (its first
-array: ~31 MiB of libraries and pools that any JAX program pays). The ratio ``(peak - baseline) /
-model bytes`` says how many copies of the weights the import held at once (1.0 = none besides
-the model itself); ``... above the backend`` leaves the backend's start out.
+``qkv_proj``/``gate_up_proj``, Gemma's four norms per layer, DeepSeek's MLA projections and
+per-expert tensors; the family's published small model with ``--shape family``) into a
+temporary folder; a second child imports it with ``load_hf`` and reports its peak resident
+memory (``ru_maxrss``) and its resident memory after ``import jax, tjx.nn`` (the baseline), and
+after JAX's CPU backend has started as well (its first array: ~31 MiB of libraries and pools
+that any JAX program pays). The ratio ``(peak - baseline) / model bytes`` says how many copies
+of the weights the import held at once (1.0 = none besides the model itself); ``... above the
+backend`` leaves the backend's start out.
 """
 
 from __future__ import annotations
@@ -92,6 +93,58 @@ SHAPES: dict[str, dict[str, Any]] = {
         vocab_size=262144,
         rope_local_base_freq=10000.0,
     ),
+    # DeepSeek-V2-Lite's widths (MLA without a query rank, 64 routed experts of 1408, 2 shared,
+    # 6 per token, a dense first layer) with 3 of its 27 layers: 1.67 B parameters, 3.1 GiB.
+    "deepseek_v2": dict(
+        hidden_size=2048,
+        intermediate_size=10944,
+        num_hidden_layers=3,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        vocab_size=102400,
+        q_lora_rank=None,
+        kv_lora_rank=512,
+        qk_nope_head_dim=128,
+        qk_rope_head_dim=64,
+        v_head_dim=128,
+        n_routed_experts=64,
+        moe_intermediate_size=1408,
+        n_shared_experts=2,
+        num_experts_per_tok=6,
+        first_k_dense_replace=1,
+        topk_method="greedy",
+        scoring_func="softmax",
+        norm_topk_prob=False,
+        routed_scaling_factor=1.0,
+    ),
+    # DeepSeek-V3's layout at V2-Lite's width (V3 itself: d 7168, 128 heads, 256 experts):
+    # low-rank query (768), sigmoid router with its bias, 8 groups of which 4 are kept,
+    # 64 experts of 1024, 1 shared, 8 per token, a dense first layer, V3's vocabulary;
+    # 4 layers: 1.85 B parameters, 3.5 GiB.
+    "deepseek_v3": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=4,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        vocab_size=129280,
+        q_lora_rank=768,
+        kv_lora_rank=512,
+        qk_nope_head_dim=128,
+        qk_rope_head_dim=64,
+        v_head_dim=128,
+        n_routed_experts=64,
+        moe_intermediate_size=1024,
+        n_shared_experts=1,
+        num_experts_per_tok=8,
+        n_group=8,
+        topk_group=4,
+        first_k_dense_replace=1,
+        topk_method="noaux_tc",
+        scoring_func="sigmoid",
+        norm_topk_prob=True,
+        routed_scaling_factor=2.5,
+    ),
     "tiny": dict(
         hidden_size=64,
         intermediate_size=128,
@@ -101,6 +154,13 @@ SHAPES: dict[str, dict[str, Any]] = {
         vocab_size=256,
     ),
 }
+
+
+DEEPSEEK = ("deepseek_v2", "deepseek_v3")
+#: DeepSeek-V2-Lite's and V3's published ``rope_scaling`` (mscale: V2-Lite's; V3's is 1.0).
+_DEEPSEEK_YARN = dict(
+    type="yarn", factor=40, original_max_position_embeddings=4096, beta_fast=32, beta_slow=1
+)
 
 
 def _rss_mib(key: str = "VmRSS") -> float:
@@ -117,6 +177,8 @@ def write(folder: Path, shape: str, family: str = "llama") -> None:
     import numpy as np
 
     from tjx.nn.hf_config import llama_config_from_hf
+    from tjx.nn.hf_deepseek import deepseek_config_from_hf
+    from tjx.nn.hf_deepseek_tensors import deepseek_mapping
     from tjx.nn.hf_families import family_config_from_hf
     from tjx.nn.hf_family_tensors import family_mapping
     from tjx.nn.hf_io import write_safetensors
@@ -130,6 +192,12 @@ def write(folder: Path, shape: str, family: str = "llama") -> None:
         hf["sliding_window"] = 4096
     if family == "llama":
         mapping = llama_mapping(llama_config_from_hf(hf))
+    elif family.startswith("deepseek"):
+        # The published YaRN (a config setting: no tensor) and DeepSeek's latent-norm epsilon.
+        m = 0.707 if family == "deepseek_v2" else 1.0
+        yarn = dict(_DEEPSEEK_YARN, mscale=m, mscale_all_dim=m)
+        hf |= dict(rms_norm_eps=1e-6, rope_scaling=yarn, max_position_embeddings=163840)
+        mapping = deepseek_mapping(deepseek_config_from_hf(hf), family)
     else:
         if family == "gemma3_text":
             hf["rope_theta"] = hf["rope_local_base_freq"]
@@ -180,7 +248,7 @@ def nnx_state(model: Any) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=(*SHAPES, "family"), default="1b")
-    families = ("llama", "qwen3", "olmo2", "phi3", "gemma2", "gemma3_text")
+    families = ("llama", "qwen3", "olmo2", "phi3", "gemma2", "gemma3_text", *DEEPSEEK)
     parser.add_argument("--family", choices=families, default="llama")
     parser.add_argument("--param-dtype", default="bfloat16", choices=("bfloat16", "float32"))
     parser.add_argument("--child", nargs=2, metavar=("ROLE", "FOLDER"), help=argparse.SUPPRESS)

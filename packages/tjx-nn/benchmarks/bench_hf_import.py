@@ -2,6 +2,7 @@
 
     python packages/tjx-nn/benchmarks/bench_hf_import.py [--shape 1b] [--param-dtype bfloat16]
         [--family llama|qwen3|olmo2|phi3|gemma2|gemma3_text|deepseek_v2|deepseek_v3]
+        [--layers N]
 
 A child process writes a checkpoint of the chosen shape (bf16 tensors, sharded at 2 GB, as the
 hub's Llama checkpoints are) in the chosen family's layout (its tensor names, Phi-3's fused
@@ -170,9 +171,9 @@ def _rss_mib(key: str = "VmRSS") -> float:
     return float("nan")
 
 
-def write(folder: Path, shape: str, family: str = "llama") -> None:
+def write(folder: Path, shape: str, family: str = "llama", layers: int | None = None) -> None:
     """A checkpoint of ``shape`` in ``family``'s layout (constant bf16 tensors, one at a time)
-    with tjx's writer."""
+    with tjx's writer; ``layers``: that many of the shape's layers instead."""
     import jax.numpy as jnp
     import numpy as np
 
@@ -185,6 +186,8 @@ def write(folder: Path, shape: str, family: str = "llama") -> None:
     from tjx.nn.hf_llama import llama_mapping
 
     sizes = SHAPES[family if shape == "family" else shape]
+    if layers is not None:
+        sizes = {**sizes, "num_hidden_layers": layers}
     # Gemma and Phi-3 windows of 4096 never slide at 4096 positions; Gemma 3's local base
     # equals its global one (tjx has neither a window nor a second base yet).
     hf = {"model_type": family, "max_position_embeddings": 4096, **sizes}
@@ -251,17 +254,19 @@ def main() -> None:
     families = ("llama", "qwen3", "olmo2", "phi3", "gemma2", "gemma3_text", *DEEPSEEK)
     parser.add_argument("--family", choices=families, default="llama")
     parser.add_argument("--param-dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    parser.add_argument("--layers", type=int, default=None, help="this many layers of the shape")
     parser.add_argument("--child", nargs=2, metavar=("ROLE", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         role, folder = args.child
         if role == "write":
-            write(Path(folder), args.shape, args.family)
+            write(Path(folder), args.shape, args.family, args.layers)
         else:
             print(json.dumps(load(Path(folder), args.param_dtype)))
         return
     me = [sys.executable, __file__, "--shape", args.shape, "--param-dtype", args.param_dtype]
     me += ["--family", args.family]
+    me += ["--layers", str(args.layers)] if args.layers else []
     with tempfile.TemporaryDirectory(prefix="tjx-hf-bench-") as tmp:
         subprocess.run([*me, "--child", "write", tmp], check=True)
         disk = sum(p.stat().st_size for p in Path(tmp).glob("*.safetensors")) / 2**20
@@ -272,7 +277,8 @@ def main() -> None:
     extra = (r["peak_mib"] - r["baseline_mib"]) / r["model_mib"]
     above = (r["peak_mib"] - r["backend_mib"]) / r["model_mib"]
     print(
-        f"{args.family} shape {args.shape}: {r['params'] / 1e9:.2f} B params, checkpoint "
+        f"{args.family} shape {args.shape} ({args.layers or 'its'} layers): "
+        f"{r['params'] / 1e9:.2f} B params, checkpoint "
         f"{disk:,.0f} MiB (bf16), model {r['model_mib']:,.0f} MiB ({args.param_dtype}); RSS after "
         f"imports {r['baseline_mib']:,.0f} MiB, after the backend's start "
         f"{r['backend_mib']:,.0f} MiB, peak {r['peak_mib']:,.0f} MiB; (peak - baseline) / model "

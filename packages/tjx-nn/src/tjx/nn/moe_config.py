@@ -125,9 +125,7 @@ def _check_groups(c: Any, cls: str) -> None:
     positive(cls, "router_topk_groups", c.router_topk_groups)
     groups, chosen = c.router_groups, c.router_topk_groups
     if c.num_experts % groups:
-        raise ValueError(
-            f"{cls}.router_groups: {groups} must divide num_experts ({c.num_experts})"
-        )
+        raise ValueError(f"{cls}.router_groups: {groups} must divide num_experts ({c.num_experts})")
     per = c.num_experts // groups
     if chosen > groups or c.experts_per_token > chosen * per:
         raise ValueError(

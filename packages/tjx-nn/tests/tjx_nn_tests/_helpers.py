@@ -28,3 +28,26 @@ def param_grads(model, loss_fn):
     for path, var in nnx.to_flat_state(grads):
         flat[".".join(map(str, path))] = np.asarray(var.get_value())
     return flat
+
+
+def most_reads_alive(monkeypatch, folder) -> tuple[int, int]:
+    """``load_hf(folder)`` with each checkpoint read tracked: the most reads alive at once, and
+    how many are still alive after the import (0: every read was let go)."""
+    import weakref
+
+    from tjx.nn.hf_io import LazyWeights
+
+    live: dict[int, int] = {}
+    most = [0]
+    read = LazyWeights.get
+
+    def get(self, name):
+        value = read(self, name)
+        live[id(value)] = value.nbytes
+        weakref.finalize(value, live.pop, id(value), None)
+        most[0] = max(most[0], len(live))
+        return value
+
+    monkeypatch.setattr(LazyWeights, "get", get)
+    tnn.load_hf(folder)
+    return most[0], len(live)

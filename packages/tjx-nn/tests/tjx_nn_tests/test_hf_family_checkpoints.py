@@ -3,7 +3,6 @@ config round trips, configs shaped like the published ones, and every refusal in
 (transformers itself: tests-integration's ``test_hf_families.py``)."""
 
 import json
-import weakref
 
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +13,7 @@ from safetensors import safe_open
 from tjx import nn as tnn
 from tjx.nn.hf_families import family_config_from_hf, family_config_to_hf
 from tjx.nn.hf_family_tensors import family_mapping
-from tjx.nn.hf_io import LazyWeights
+from tjx_nn_tests._helpers import most_reads_alive
 
 BASE = dict(vocab_size=48, max_seq_len=32, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2)
 GEMMA = dict(
@@ -103,20 +102,7 @@ def test_import_holds_one_checkpoint_tensor_at_a_time(tmp_path, monkeypatch, fam
     """The import reads each tensor (Phi-3's fused ones once per part) and lets it go before the
     next: what keeps its peak memory near the weights' bytes (measured: the tjx-nn README)."""
     tnn.save_hf(_model(family, scan_layers=family == "olmo2"), tmp_path / "ck", model_type=family)
-    live: dict[int, int] = {}
-    most = [0]
-    read = LazyWeights.get
-
-    def get(self, name):
-        value = read(self, name)
-        live[id(value)] = value.nbytes
-        weakref.finalize(value, live.pop, id(value), None)
-        most[0] = max(most[0], len(live))
-        return value
-
-    monkeypatch.setattr(LazyWeights, "get", get)
-    tnn.load_hf(tmp_path / "ck")
-    assert most[0] == 1 and not live
+    assert most_reads_alive(monkeypatch, tmp_path / "ck") == (1, 0)
 
 
 def test_phi3_fused_tensors_hold_q_k_v_and_gate_up_row_after_row(tmp_path):

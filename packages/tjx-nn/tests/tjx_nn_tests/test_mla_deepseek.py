@@ -15,6 +15,7 @@ from flax import nnx
 from tjx import nn as tnn
 from tjx.nn.attention import Attention
 from tjx.nn.routers import ROUTERS
+from tjx_nn_tests._helpers import most_reads_alive
 
 MLA = dict(
     vocab_size=48, max_seq_len=32, d_model=32, num_layers=3, num_heads=4, num_kv_heads=4,
@@ -350,25 +351,8 @@ def test_a_deepseek_models_adapters_are_not_exported_as_a_peft_folder(tmp_path):
 def test_import_holds_one_tensor_or_one_layers_experts_at_a_time(tmp_path, monkeypatch):
     """Each tensor read is let go before the next, but for the routed experts, which stack one
     layer's projections (8 here) into one kernel: peak memory stays near the weights' bytes."""
-    import weakref
-
-    from tjx.nn.hf_io import LazyWeights
-
     tnn.save_hf(tnn.Llama(tnn.LlamaConfig(**V3), rngs=nnx.Rngs(0)), tmp_path / "ck")
-    live: dict[int, int] = {}
-    most = [0]
-    read = LazyWeights.get
-
-    def get(self, name):
-        value = read(self, name)
-        live[id(value)] = value.nbytes
-        weakref.finalize(value, live.pop, id(value), None)
-        most[0] = max(most[0], len(live))
-        return value
-
-    monkeypatch.setattr(LazyWeights, "get", get)
-    tnn.load_hf(tmp_path / "ck")
-    assert most[0] == 8 and not live
+    assert most_reads_alive(monkeypatch, tmp_path / "ck") == (8, 0)
 
 
 @pytest.mark.parametrize("extra", [dict(), dict(q_lora_rank=10, rope_scaling=YARN)])

@@ -21,7 +21,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from eval.runs import LoadedRun, RunError
+from eval.runs import LoadedRun, RunError, section_config
 
 #: The subtree of the trainer's checkpointed state that holds a full fine-tune's reference.
 REFERENCE = "reference"
@@ -32,13 +32,7 @@ def settings(run: LoadedRun) -> Any:
     from tjx import nn
 
     section = run.config.get("preference") or {}
-    try:
-        return nn.PreferenceConfig(**section)
-    except (TypeError, ValueError) as err:
-        raise RunError(
-            f"--checkpoint: {str(run.run_dir / 'config.yaml')!r}: its preference section is not "
-            f"tjx.nn's PreferenceConfig ({err}); the trainer writes it, so it was changed by hand"
-        ) from None
+    return section_config(run.run_dir, section, "preference", nn.PreferenceConfig)
 
 
 def reference_params(run: LoadedRun) -> Any:

@@ -95,6 +95,18 @@ def check_run_dir(run_dir: Path) -> None:
         raise RunError(f"--checkpoint: {str(run_dir)!r} holds no checkpoint yet")
 
 
+def section_config(run_dir: Path, fields: dict[str, Any], name: str, cls: type) -> Any:
+    """``cls(**fields)``: a package's config object of the run's ``name:`` section, or one
+    `RunError` line (the trainer wrote the section, so a field it does not take was hand-made)."""
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError) as err:
+        raise RunError(
+            f"--checkpoint: {str(run_dir / 'config.yaml')!r}: its {name} section is not tjx.nn's "
+            f"{cls.__name__} ({err}); the trainer writes it, so it was changed by hand"
+        ) from None
+
+
 def lora_config(run_dir: Path, config: dict[str, Any]) -> Any:
     """tjx.nn's `LoraConfig` of the run's ``lora:`` section when ``lora.enabled``, else None."""
     from tjx import nn
@@ -103,13 +115,7 @@ def lora_config(run_dir: Path, config: dict[str, Any]) -> Any:
     if not isinstance(section, dict) or not section.get("enabled"):
         return None
     fields = {k: v for k, v in section.items() if k != "enabled"}
-    try:
-        return nn.LoraConfig(**fields)
-    except (TypeError, ValueError) as err:
-        raise RunError(
-            f"--checkpoint: {str(run_dir / 'config.yaml')!r}: its lora section is not tjx.nn's "
-            f"LoraConfig ({err}); the trainer writes it, so it was changed by hand"
-        ) from None
+    return section_config(run_dir, fields, "lora", nn.LoraConfig)
 
 
 def build_model(nn_config: Any, lora: Any) -> Any:

@@ -12,25 +12,12 @@ is `Config.to_dict` of the objects. Every problem is one `ConfigError` naming th
 # ruff: noqa: RUF009
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
-import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.schema import (
-    OWN_KEYS,
-    ConfigError,
-    check_field,
-    convert,
-    keys,
-    nested_class,
-    section_class,
-    setting,
-    values,
-)
+from tjx.ckpt import ConfigError, check_field, convert, reworded
+from trainer.schema import schema_of, section_class, setting
 from trainer.sections import (
     CheckpointConfig,
     DataConfig,
@@ -91,18 +78,23 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (YAML-safe) of every key: what ``config.yaml`` saves and a resume compares."""
         out: dict[str, Any] = {}
-        for name in keys(Config, "", self.kind):
+        own = {"kind": self.kind, "vocab_size": self.vocab_size, "enabled": self.use_lora}
+        for name in SCHEMA.keys(Config, "", self.kind):
             value = getattr(self, name)
-            own = {"kind": self.kind, "vocab_size": self.vocab_size, "enabled": self.use_lora}
-            out[name] = write(value, name, own) if dataclasses.is_dataclass(value) else value
+            is_section = dataclasses.is_dataclass(value)
+            out[name] = SCHEMA.write(value, name, own) if is_section else value
         return out
 
     def with_model(self, **changes: Any) -> Config:
         """The config with model settings ``changes`` (``remat="full"``, ``attention_impl=...``)."""
         if all(getattr(self.model, k) == v for k, v in changes.items()):
             return self
-        with reworded("model"):
+        with reworded(_words("model")):
             return dataclasses.replace(self, model=dataclasses.replace(self.model, **changes))
+
+
+#: The config's schema: tjx.ckpt walks, reads and writes its sections (trainer.schema says which).
+SCHEMA = schema_of(Config)
 
 
 def resolve(cfg: Config, vocab_size: int) -> Config:
@@ -125,15 +117,14 @@ def read_config(data: Any) -> Config:
     """
     if not isinstance(data, dict):
         raise ConfigError(f"config: expected a mapping of keys, got {data!r}")
-    model = data.get("model")
-    kind = model.get("kind", "gpt2") if isinstance(model, dict) else "gpt2"
-    known, read = keys(Config, "", kind), {}
+    kind = SCHEMA.kind_of(data)
+    known, read = SCHEMA.keys(Config, "", kind), {}
     for key, value in data.items():
         if key not in known:
             raise ConfigError(f"{key}: unknown key; allowed keys here: {', '.join(known)}")
         tp, f = known[key]
         if dataclasses.is_dataclass(tp):
-            read[key] = values(tp, value, key, kind)  # type: ignore[arg-type]
+            read[key] = SCHEMA.values(tp, value, key, kind)  # type: ignore[arg-type]
         else:
             read[key] = convert(tp, value, key)
             check_field(f, read[key], key)
@@ -143,7 +134,7 @@ def read_config(data: Any) -> Config:
     model = _model(section_class("model", kind), read.get("model", {}), vocab)
     optimizer = read.get("optimizer", {})
     optimizer["schedule"] = {**optimizer.get("schedule", {}), "total_steps": own["train"].steps}
-    with reworded("optimizer"):
+    with reworded(_words("optimizer")):
         optimizer = build(section_class("optimizer"), optimizer, "optimizer")
         from tjx import optim
 
@@ -284,16 +275,10 @@ _WORDS = {
 
 
 def build(cls: type, checked: dict[str, Any], path: str) -> Any:
-    """``cls`` from `values`' output (nested sections built first; the trainer's own keys taken
-    out by the caller); a package's ``ValueError`` is a `ConfigError` in the config's keys."""
-    known = keys(cls, path)
-    kwargs = dict(checked)
-    for key, value in checked.items():
-        inner = nested_class(known[key][0]) if key in known else None
-        if inner is not None and isinstance(value, dict):
-            kwargs[key] = build(inner, value, f"{path}.{key}")
-    with reworded(path.split(".")[0]):
-        return cls(**kwargs)
+    """``cls`` from `tjx.ckpt.Schema.values`' output (nested sections built first); a package's
+    ``ValueError`` is a `ConfigError` in the config's keys (``GPT2Config.d_model`` →
+    ``model.d_model``)."""
+    return SCHEMA.build(cls, checked, path, _words(path.split(".")[0]))
 
 
 def _words(section: str) -> dict[str, str]:
@@ -303,77 +288,3 @@ def _words(section: str) -> dict[str, str]:
 
     words = {f"{c.__name__}.": "model." for c in (*nn.MODEL_KINDS.values(), nn.TransformerConfig)}
     return {**words, "Precision.": "model.precision."}
-
-
-@contextlib.contextmanager
-def reworded(section: str) -> Iterator[None]:
-    """A package's ``ValueError`` inside, as a `ConfigError` in the config's words: its class
-    names become the section's keys (``GPT2Config.d_model`` → ``model.d_model``), its ``None``
-    the config's ``null``; a message naming no key names the section."""
-    try:
-        yield
-    except ConfigError:
-        raise
-    except ValueError as err:
-        words = _words(section)
-        if not words:
-            raise
-        pattern = "|".join(re.escape(theirs) for theirs in words)
-        text = re.sub(pattern, lambda m: words[m.group()], str(err)).replace("to None", "to null")
-        named = tuple(dict.fromkeys(v.split(".")[0].split("=")[0] for v in words.values()))
-        raise ConfigError(text if text.startswith(named) else f"{named[0]}: {text}") from None
-
-
-def write(obj: Any, path: str, own: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``obj`` as plain data (YAML-safe), every key (``own``: the values of the trainer's keys).
-
-    A field whose null stands for a value its class derives from the others (``num_kv_heads``:
-    ``num_heads``; ``schedule.peak_lr``: the optimizer's rate) is written null while it holds
-    that value, so the data read back derives it again after another setting changes.
-    """
-    return _write(obj, path, own or {}, obj, ())
-
-
-def _write(obj: Any, path: str, own: dict[str, Any], root: Any, at: tuple[str, ...]) -> Any:
-    out: dict[str, Any] = {}
-    for name, (tp, f) in keys(type(obj), path).items():
-        value = own[name] if name in OWN_KEYS.get(path, {}) else getattr(obj, name)
-        unset = _unset_section(tp) if value is None else None
-        if dataclasses.is_dataclass(value) or unset is not None:
-            section = value if unset is None else unset
-            out[name] = _write(section, f"{path}.{name}", own, root, (*at, name))
-        elif value is not None and f.default is None and _derived(root, (*at, name), value):
-            out[name] = None
-        elif isinstance(value, tuple):
-            out[name] = list(value)
-        elif value is None or isinstance(value, bool | int | float | str | list | dict):
-            out[name] = value
-        else:
-            import numpy as np  # a dtype (jnp.float32), by its name: "float32"
-
-            out[name] = np.dtype(value).name
-    return out
-
-
-def _unset_section(tp: Any) -> Any:
-    """The all-null instance of the section class of a field of type ``tp`` (``model.rope_scaling``:
-    null keys are "no scaling"), or None where the class has a key that is not null by default:
-    a null section is written as its keys, so the table and ``config.yaml`` list every key."""
-    inner = nested_class(tp)
-    if inner is None or any(f.default is not None for f in dataclasses.fields(inner)):
-        return None
-    return inner()
-
-
-def _derived(root: Any, at: tuple[str, ...], value: Any) -> bool:
-    """Whether ``root`` with the field at ``at`` set to None derives ``value`` there again."""
-
-    def replaced(obj: Any, at: tuple[str, ...]) -> Any:
-        inner = None if len(at) == 1 else replaced(getattr(obj, at[0]), at[1:])
-        return dataclasses.replace(obj, **{at[0]: inner})
-
-    try:
-        again = replaced(root, at)
-    except (ValueError, TypeError):
-        return False
-    return bool(functools.reduce(getattr, at, again) == value)

@@ -13,8 +13,6 @@ as today's (presets, user files and the ``config.yaml`` of a resumed run), `rena
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,10 @@ from typing import Any
 import yaml  # type: ignore[import-untyped]
 
 from tjx import ckpt
-from trainer.config import Config, read_config
-from trainer.schema import PACKAGE_SECTIONS, ConfigError, choices, convert, lookup, optional
+from tjx.ckpt import ConfigError, deep_merge, value_text
+from trainer.config import SCHEMA, Config, read_config
+
+__all__ = ["deep_merge", "value_text"]  # tjx.ckpt's, kept under the names callers know
 
 #: Old key → the package field it is now.
 RENAMED = {
@@ -195,56 +195,30 @@ def load_config_data(name_or_path: str) -> dict[str, Any]:
     return _resolve(data, source, (_name(source),))
 
 
-def field_at(key: str, data: dict[str, Any] | None = None) -> tuple[dataclasses.Field[Any], Any]:
-    """The field at dotted ``key`` and the type ``--set`` reads (errors name the allowed keys);
-    the model's keys are those of ``data``'s kind. In a package's section ``null`` is the
-    class's own default, as in a file, so every key there takes it."""
-    model = (data or {}).get("model")
-    kind = model.get("kind", "gpt2") if isinstance(model, dict) else "gpt2"
-    tp, field = lookup(Config, key, kind)[-1]
-    package = key.split(".")[0] in PACKAGE_SECTIONS
-    return field, (tp | None if package and not optional(tp) else tp)
+def field_at(key: str, data: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """The field at dotted ``key`` and the type ``--set`` reads (`tjx.ckpt.Schema.field_at`);
+    the model's keys are those of ``data``'s kind."""
+    return SCHEMA.field_at(key, SCHEMA.kind_of(data or {}))
 
 
 def parse_override(text: str, data: dict[str, Any] | None = None) -> tuple[str, Any]:
     """``"train.steps=1_000"`` → ``("train.steps", 1000)`` typed by the field (an old key name is
     read as today's: ``optimizer.lr`` → ``optimizer.schedule.peak_lr``)."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.steps=1000")
-    key, value = text.split("=", 1)
-    key = renamed(key.strip())
-    if not key:
-        raise ConfigError(f"--set {text!r}: empty key")
-    field, tp = field_at(key, data)
-    # "none" is a value where a field's own choices hold it (model.position: no positions).
-    none_is_value = value.strip().lower() == "none" and "none" in (choices(field) or ())
-    return key, convert(tp, value, key, from_text=True, none_is_value=none_is_value)
+    return ckpt.parse_override(SCHEMA, text, data, renamed)
 
 
 def apply_overrides(
     data: dict[str, Any], overrides: list[str], say: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    """A copy of config ``data`` with every ``--set`` applied in order (a key set twice: the last
-    wins). A setting given under its old and its new name is refused, as in a file: neither may
-    silently win; an old name alone works, and ``say`` hears its new name once."""
-    out: dict[str, Any] = dict(data)
-    named: dict[str, str] = {}  # today's key → the name the command line gave it
-    for text in overrides:
-        key, value = parse_override(text, out)
-        given = text.split("=", 1)[0].strip()
-        first, before = key not in named, named.setdefault(key, given)
-        if before != given:  # one setting under its old and its new name
-            old = given if given != key else before
-            raise ConfigError(f"--set {old}: is {key} now, which is set too; keep only {key}")
-        if first and given != key and say is not None:
-            say(f"trainer: note: --set {given} is {key} now (the old name still works)")
-        node = out
-        *parents, name = key.split(".")
-        for part in parents:
-            child = node.get(part)
-            node[part] = node = dict(child) if isinstance(child, dict) else {}
-        node[name] = value
-    return out
+    """A copy of config ``data`` with every ``--set`` applied in order (`tjx.ckpt.apply_overrides`;
+    an old key name works, and ``say`` hears its new name once)."""
+    return ckpt.apply_overrides(SCHEMA, data, overrides, renamed, say)
+
+
+def changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """``key=value`` of every key whose value ``after`` (a preset's data with a command line's
+    overrides) differs from ``before`` (the preset's), as ``--set`` would write it."""
+    return ckpt.changed(SCHEMA, before, after)
 
 
 def load_config(preset: str, overrides: list[str]) -> Config:
@@ -266,44 +240,3 @@ def load_config(preset: str, overrides: list[str]) -> Config:
         The typed, validated config. Raises `ConfigError` if any part of it is invalid.
     """
     return read_config(apply_overrides(load_config_data(preset), overrides))
-
-
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """``update`` merged into a copy of ``base`` (mappings merge, everything else replaces)."""
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def value_text(value: Any) -> str:
-    """A value as it would be written in YAML or ``--set`` (``null``, ``true``, ``[1, 5]``)."""
-    text = json.dumps(value, ensure_ascii=False)
-    return text[1:-1] if isinstance(value, str) and text[1:-1] == value and value else text
-
-
-def changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """``key=value`` of every key whose value ``after`` (a preset's data with a command line's
-    overrides) differs from ``before`` (the preset's; a key it leaves out: the field's default),
-    as ``--set`` would write it."""
-    ours, theirs = ckpt.flatten_config(after), ckpt.flatten_config(before)
-    model = after.get("model")
-    kind = model.get("kind", "gpt2") if isinstance(model, dict) else "gpt2"
-    out = []
-    for key, value in ours.items():
-        if key not in theirs:
-            f = lookup(Config, key, kind)[-1][1]
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-            if isinstance(default, tuple):  # lora.targets: a tuple default, a list in YAML
-                default = list(default)
-            elif not isinstance(default, str | int | float | list | dict | None):
-                import numpy as np  # a dtype default (jnp.float32), by its name
-
-                default = np.dtype(default).name
-            theirs[key] = default
-        if theirs[key] != value:
-            out.append(f"{key}={value_text(value)}")
-    return out

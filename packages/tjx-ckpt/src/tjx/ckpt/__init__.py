@@ -4,7 +4,8 @@ Async, keep-N / best-K, atomic, validated on load, resharding restore, safetenso
 ``params_sha256`` for bit-exactness checks between runs; ``RunDir``, a training run's directory
 (a local folder, or a ``gs://`` / ``s3://`` URL: `tjx.ckpt.storage`)
 (layout, atomic writes, the newest committed step) and ``config_changes``, what changed since a
-run was saved.
+run was saved; a run's config as a tree of typed dataclass sections (``Schema``: read from
+plain data and ``--set`` text, checked by the fields' metadata, written back as ``config.yaml``).
 
 ``import tjx.ckpt`` loads neither orbax nor jax: the names that need them are imported on first
 use (``_LAZY``). An app's command line can then read and check its run directory before it pays
@@ -16,6 +17,26 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from tjx.ckpt.config_schema import Schema, reworded
+from tjx.ckpt.config_text import (
+    apply_overrides,
+    changed,
+    deep_merge,
+    key_rows,
+    key_table,
+    parse_override,
+    value_text,
+)
+from tjx.ckpt.config_values import (
+    ConfigError,
+    check_field,
+    choices,
+    convert,
+    keyed,
+    nested_class,
+    optional,
+    type_name,
+)
 from tjx.ckpt.errors import (
     CheckpointCommitError,
     CheckpointError,
@@ -25,6 +46,7 @@ from tjx.ckpt.errors import (
     StepExistsError,
 )
 from tjx.ckpt.fallback import CorruptCheckpointWarning, corrupt_fallback_lines
+from tjx.ckpt.fields import setting
 from tjx.ckpt.lost_peer import silence_lost_peer_commits
 from tjx.ckpt.run_changes import (
     ConfigChanges,
@@ -98,6 +120,7 @@ __all__ = [
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
     "ConfigChanges",
+    "ConfigError",
     "CorruptCheckpointError",
     "CorruptCheckpointWarning",
     "DuplicateKeyError",
@@ -108,15 +131,22 @@ __all__ = [
     "RunFileError",
     "RunFileNotFoundError",
     "RunStartError",
+    "Schema",
     "StepExistsError",
     "StorageError",
     "UnsupportedURLError",
     "__version__",
+    "apply_overrides",
+    "changed",
     "check_can_create",
+    "check_field",
     "check_remote",
+    "choices",
     "collect_metadata",
     "config_changes",
+    "convert",
     "corrupt_fallback_lines",
+    "deep_merge",
     "describe_changes",
     "export_safetensors",
     "final_summary",
@@ -125,11 +155,21 @@ __all__ = [
     "import_safetensors",
     "is_remote",
     "key_matches",
+    "key_rows",
+    "key_table",
+    "keyed",
     "load_yaml",
+    "nested_class",
+    "optional",
     "params_sha256",
+    "parse_override",
     "restore_params",
     "restore_params_and_step",
+    "reworded",
+    "setting",
     "silence_lost_peer_commits",
     "to_json",
+    "type_name",
     "unflatten_params",
+    "value_text",
 ]

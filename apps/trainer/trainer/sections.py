@@ -1,6 +1,7 @@
-"""The trainer's own config sections (beside the packages' ``model``, ``optimizer`` and ``mesh``):
-data, the loop, checkpoints, logs, held-out metrics and text samples. Each field is declared once,
-with its help and checks (`trainer.schema.setting`)."""
+"""The trainer's own config sections: the loop, logs, held-out metrics and text samples, each field
+declared once with its help and checks (`trainer.schema.setting`). ``data`` and ``checkpoint`` are
+their packages' classes (tjx.data's `DataConfig`, tjx.ckpt's `CheckpointConfig`); the others stay
+here, as tjx.metrics and tjx.nn load JAX on import, which the command line must not wait for."""
 
 # `setting()` returns dataclasses.field objects (with validation metadata).
 # ruff: noqa: RUF009
@@ -9,47 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tjx.ckpt import CheckpointConfig as CheckpointConfig  # the sections trainer.config reads
+from tjx.data import DataConfig as DataConfig
 from trainer.schema import setting
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where text comes from and how it is cut into batches."""
-
-    source: str = setting("shakespeare", help="built-in name, hub name or local path")
-    format: str = setting(
-        "text",
-        choices="tjx.data:DATA_FORMATS",
-        help="text (windows of documents), chat (SFT: the loss on assistant tokens only) or "
-        "preference (DPO pairs: prompt, chosen, rejected)",
-    )
-    messages_field: str = setting("messages", help="chat data: the column of a row's turns")
-    tokenizer: str = setting(
-        "byte", help="byte | gpt2 | bpe | a tokenizer path (chat data: a folder with a template)"
-    )
-    tokenizer_vocab: int = setting(2048, min=260, max=1 << 20, help="vocab of a trained bpe")
-    cache_dir: str | None = setting(
-        None,
-        help="local folder of pre-tokenized shards (default ~/.cache/tjx/data; no URL)",
-        resumable=True,
-    )
-    seq_len: int = setting(128, min=2, max=1 << 20, help="tokens per training sequence")
-    batch_size: int = setting(16, min=1, help="global batch (sequences per optimizer step)")
-    num_workers: int = setting(1, min=1, max=256, help="processes tokenizing during preparation")
-    shuffle: bool = setting(True, help="shuffle the windows each epoch")
-    max_tokens: int | None = setting(
-        None, min=1, help="prepare at most this many tokens per split (of each mixture source)"
-    )
-    sources: list[dict] | None = setting(
-        None,
-        help="a weighted mixture instead of data.source: [{source: ..., weight: 3, name: web}, "
-        "...] (tjx.data.check_mixture); val_loss/<name> per source",
-    )
-    on_exhausted: str = setting(
-        "repeat",
-        choices="tjx.data:ON_EXHAUSTED",
-        help="a mixture source that has given every window: repeat (a new epoch) or drop",
-    )
 
 
 @dataclass(frozen=True)
@@ -114,15 +77,6 @@ class TrainConfig:
     def head_settings(self) -> dict[str, Any]:
         """The vocabulary head's loss settings, as tjx.nn's objectives take them."""
         return {"chunked": self.chunked_ce, "chunk_size": self.ce_chunk_size, "z_loss": self.z_loss}
-
-
-@dataclass(frozen=True)
-class CheckpointConfig:
-    """Checkpoints under ``RUN_DIR/checkpoints``."""
-
-    keep_last: int = setting(3, min=1, help="newest checkpoints kept")
-    keep_best: int | None = setting(None, min=1, help="also keep the N lowest val_loss; null: off")
-    async_save: bool = setting(True, help="write checkpoints in the background")
 
 
 @dataclass(frozen=True)

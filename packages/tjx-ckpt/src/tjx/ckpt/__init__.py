@@ -4,7 +4,7 @@ Async, keep-N / best-K, atomic, validated on load, resharding restore, safetenso
 ``params_sha256`` for bit-exactness checks between runs; ``RunDir``, a training run's directory
 (a local folder, or a ``gs://`` / ``s3://`` URL: `tjx.ckpt.storage`)
 (layout, atomic writes, the newest committed step) and ``config_changes``, what changed since a
-run was saved.
+run was saved; ``CheckpointConfig``, a run's checkpoint settings.
 
 ``import tjx.ckpt`` loads neither orbax nor jax: the names that need them are imported on first
 use (``_LAZY``). An app's command line can then read and check its run directory before it pays
@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from tjx.ckpt.checkpoint_config import CheckpointConfig
 from tjx.ckpt.errors import (
     CheckpointCommitError,
     CheckpointError,
@@ -93,6 +94,7 @@ __all__ = [
     "AccessDeniedError",
     "BucketNotFoundError",
     "CheckpointCommitError",
+    "CheckpointConfig",
     "CheckpointError",
     "CheckpointManager",
     "CheckpointMismatchError",

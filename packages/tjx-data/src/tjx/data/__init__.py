@@ -1,7 +1,7 @@
 """tjx.data: text sources, tokenizers, memmap token shards (prepared in a shared cache), a packed
 resumable loader, prefetch, a training run's data (RunData) prepared, loaded and described, and
 post-training data: chat templates in a sandbox, conversations with their loss mask and
-preference pairs, packed and resumable."""
+preference pairs, packed and resumable. A run's data settings are one `DataConfig`."""
 
 from tjx.data.bpe import gpt2_tokenizer, load_tokenizer, save_tokenizer, train_bpe
 from tjx.data.builtin import BUILTIN_CORPORA, prepare_builtin
@@ -28,6 +28,7 @@ from tjx.data.packing import IGNORE_INDEX, PackingPlan, random_batch
 from tjx.data.prefetch import DevicePrefetcher, prefetch_to_device
 from tjx.data.prepare import PreparedShards, bpe_tokenizer, check_max_tokens, prepare_shards
 from tjx.data.pretokenize import pretokenize
+from tjx.data.run_config import DataConfig
 from tjx.data.run_data import RunData, restore_loader_state
 from tjx.data.run_prepare import prepare_image_run_data, prepare_mixture_run_data, prepare_run_data
 from tjx.data.run_tokenizer import run_tokenizer
@@ -48,6 +49,7 @@ __all__ = [
     "ChatRunData",
     "ChatLoader",
     "ChatTemplate",
+    "DataConfig",
     "DataError",
     "DevicePrefetcher",
     "Documents",

@@ -29,10 +29,10 @@ def _keyed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise ConfigError(str(err)) from None
 
 
-def _processes(mesh: Any = None) -> dict[str, int]:
-    """This process's share of each global batch: tjx.parallel's ``batch_share`` of the run's
-    mesh (processes that differ only along context/tensor load the same rows), else one share
-    per process."""
+def shares(mesh: Any = None) -> dict[str, int]:
+    """This process's share of each global batch, as tjx.data's loaders take it: tjx.parallel's
+    ``batch_share`` of the run's mesh (processes that differ only along context/tensor load the
+    same rows), else one share per process."""
     if mesh is None:
         return {"process_index": jax.process_index(), "process_count": jax.process_count()}
     from tjx import parallel
@@ -56,22 +56,17 @@ def prepare(cfg: Config) -> data.RunData | data.ChatRunData:
     images (cheap when cached)."""
     m, images = cfg.model, cfg.task == "classify"
     shape = {"image_size": m.image_size, "num_channels": m.num_channels} if images else {}
-    return _keyed(
-        data.prepare_run,
-        cfg.data,
-        images=images,
-        vocab_size=cfg.vocab_size,  # model.vocab_size as set (None: the tokenizer's)
-        progress=sys.stderr.isatty(),
-        **shape,
-    )
+    # model.vocab_size as set (None: the tokenizer's); tokenizing progress on a terminal
+    extra = {"vocab_size": cfg.vocab_size, "progress": sys.stderr.isatty(), **shape}
+    return _keyed(data.prepare_run, cfg.data, images=images, **extra)
 
 
 def train_loader(bundle: Any, cfg: Config, mesh: Any = None) -> Any:
     """The resumable, shuffled training iterator: this process's rows of each global batch (its
-    share on ``mesh``, see `_processes`); a mixture that would end before ``train.steps`` is
+    share on ``mesh``, see `shares`); a mixture that would end before ``train.steps`` is
     refused before anything is written."""
     steps, seed = cfg.train.steps, cfg.train.seed
-    loader = _keyed(data.run_loader, bundle, cfg.data, seed=seed, steps=steps, **_processes(mesh))
+    loader = _keyed(data.run_loader, bundle, cfg.data, seed=seed, steps=steps, **shares(mesh))
     cut = data.truncation_summary(loader, cfg.data, names=KEYS)  # chat data: what was cut
     if cut is not None:
         print(f"data: {cut}", flush=True)
@@ -80,19 +75,11 @@ def train_loader(bundle: Any, cfg: Config, mesh: Any = None) -> Any:
 
 def restore_loader(loader: Any, state: dict[str, Any], mesh: Any = None) -> None:
     """Continue ``loader`` from a checkpoint's (process 0's) loader state on this process."""
-    index = _processes(mesh)["process_index"]
-    data.restore_loader_state(loader, state, process_index=index)
+    data.restore_loader_state(loader, state, process_index=shares(mesh)["process_index"])
 
 
 def val_batches(
     bundle: Any, cfg: Config, max_batches: int | None, mesh: Any = None
 ) -> Iterator[Any]:
     """The first ``max_batches`` validation batches, always in the same order."""
-    return bundle.validation_batches(cfg.eval.batch_size, max_batches, **_processes(mesh))
-
-
-def val_sets(
-    bundle: Any, cfg: Config, max_batches: int | None, mesh: Any = None
-) -> dict[str, tuple[Iterator[Any], float | None]]:
-    """A mixture's held-out batches and bytes/token by source name (``val_loss/<name>``)."""
-    return bundle.mixture_validation(cfg.eval.batch_size, max_batches, **_processes(mesh))
+    return bundle.validation_batches(cfg.eval.batch_size, max_batches, **shares(mesh))

@@ -24,23 +24,11 @@ def sample(setup: Any, params: Any, bundle: Any, cfg: Config, step: int) -> list
     prompt + continuation, decoded."""
     from tjx import data, nn
 
-    model, s, tokenizer = (
-        nnx.merge(setup.graphdef, params, setup.rest),
-        cfg.sampling,
-        bundle.tokenizer,
-    )
+    s, tokenizer, seed = cfg.sampling, bundle.tokenizer, cfg.train.seed * 1_000_003 + step
     tokens, lengths = data.encode_prompts(tokenizer, list(s.prompts))
     new = max(1, min(s.max_new_tokens, int(setup.nn_config.max_seq_len) - tokens.shape[1]))
-    seed = cfg.train.seed * 1_000_003 + step
-    out = nn.generate(
-        model,
-        tokens,
-        max_new_tokens=new,
-        temperature=s.temperature,
-        top_k=s.top_k,
-        top_p=s.top_p,
-        seed=seed,
-        prompt_lengths=lengths,
-    )
+    model = nnx.merge(setup.graphdef, params, setup.rest)
+    knobs = {k: getattr(s, k) for k in ("temperature", "top_k", "top_p")}
+    out = nn.generate(model, tokens, max_new_tokens=new, seed=seed, prompt_lengths=lengths, **knobs)
     ids = np.asarray(out)  # each row: the real prompt, then the new tokens (tjx.nn.generate layout)
     return [tokenizer.decode([int(t) for t in ids[i, : n + new]]) for i, n in enumerate(lengths)]

@@ -15,62 +15,51 @@ from tjx.data import DataConfig as DataConfig
 from trainer.schema import setting
 
 
+def resumable(default: Any, **meta: Any) -> Any:
+    """`setting` of a key a resumed run may change (``--resume --set``)."""
+    return setting(default, **meta, resumable=True)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The loop: how long, how often to evaluate, sample, log and save."""
 
     # A bound, not a budget: 10^9 steps is decades at any speed; more is a typo (and overflows the
     # int32 step counter at 2^31).
-    steps: int = setting(1000, min=1, max=10**9, help="optimizer steps of the run", resumable=True)
+    steps: int = resumable(1000, min=1, max=10**9, help="optimizer steps of the run")
     seed: int = setting(0, min=0, help="initial weights, data order and dropout keys")
-    log_every: int = setting(10, min=1, help="a metrics line every N steps", resumable=True)
-    eval_every: int = setting(200, min=0, help="0 = only at the end", resumable=True)
-    eval_batches: int = setting(
-        8, min=1, help="validation batches per evaluation (always the same ones)", resumable=True
+    log_every: int = resumable(10, min=1, help="a metrics line every N steps")
+    eval_every: int = resumable(200, min=0, help="0 = only at the end")
+    eval_batches: int = resumable(
+        8, min=1, help="validation batches per evaluation (always the same ones)"
     )
-    sample_every: int = setting(0, min=0, help="0 = only at the end", resumable=True)
-    checkpoint_every: int = setting(
-        500, min=0, help="0 = only at the end and on signals", resumable=True
+    sample_every: int = resumable(0, min=0, help="0 = only at the end")
+    checkpoint_every: int = resumable(500, min=0, help="0 = only at the end and on signals")
+    chunked_ce: bool = resumable(True, help="fused chunked cross-entropy (no [b,s,V] logits)")
+    ce_chunk_size: int | None = resumable(
+        None, min=1, help="tokens per chunk; null: from the shape (tjx.kernels.auto_chunk_size)"
     )
-    chunked_ce: bool = setting(
-        True, help="fused chunked cross-entropy (no [b,s,V] logits)", resumable=True
+    z_loss: float = resumable(
+        0.0, min=0.0, help="weight of the log-partition penalty (PaLM's z-loss)"
     )
-    ce_chunk_size: int | None = setting(
-        None,
-        min=1,
-        help="tokens per chunk; null: from the shape (tjx.kernels.auto_chunk_size)",
-        resumable=True,
+    mlm_probability: float = resumable(0.15, gt=0.0, lt=1.0, help="BERT: share of tokens masked")
+    stop_at: int | None = resumable(
+        None, min=1, help="stop after this step as if preempted (save, exit 0; --resume goes on)"
     )
-    z_loss: float = setting(
-        0.0, min=0.0, help="weight of the log-partition penalty (PaLM's z-loss)", resumable=True
+    fit_memory: bool = resumable(
+        True, help="check the step's compiled memory first; switch to full remat if it won't fit"
     )
-    mlm_probability: float = setting(
-        0.15, gt=0.0, lt=1.0, help="BERT: share of tokens masked", resumable=True
-    )
-    stop_at: int | None = setting(
-        None,
-        min=1,
-        help="stop after this step as if preempted (save, exit 0; --resume goes on)",
-        resumable=True,
-    )
-    fit_memory: bool = setting(
-        True,
-        help="check the step's compiled memory first; switch to full remat if it won't fit",
-        resumable=True,
-    )
-    compilation_cache: str = setting(
+    compilation_cache: str = resumable(
         "auto",
         help="GPU runs: JAX's persistent compilation cache folder (a rerun skips compiling and "
         "autotuning); auto: tjx.kernels' default (TJX_COMPILATION_CACHE_DIR, else "
         "~/.cache/tjx/jax-compilation); off: none",
-        resumable=True,
     )
-    max_bad_steps: int = setting(
+    max_bad_steps: int = resumable(
         25,
         min=1,
         help="stop (exit 3, no new checkpoint) after this many steps in a row with a non-finite "
         "loss or a skipped update",
-        resumable=True,
     )
 
     @property

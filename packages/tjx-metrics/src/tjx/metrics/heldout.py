@@ -237,7 +237,7 @@ def evaluate_heldout_sources(
     >>> out["num_tokens"], out["num_tokens/a"], out["top1/b"], "bits_per_byte" in out
     (3.0, 1.0, 1.0, False)
     """
-    naming = {"scores_every_token": scores_every_token, "num_classes": num_classes}
+    naming: dict[str, Any] = {"scores_every_token": scores_every_token, "num_classes": num_classes}
     pooled, each = MetricAccumulator(), {}
     num_bytes: float | None = 0.0  # None once a source has no bytes/token
     for name, (batches, bpt) in sources.items():

@@ -36,3 +36,10 @@ def test_the_settings_load_without_jax():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_factory_setting_makes_a_fresh_default_for_each_config():
+    from tjx.ckpt.fields import setting
+
+    f = setting(list, factory=True, help="h")
+    assert f.default_factory is list and dict(f.metadata) == {"help": "h"}

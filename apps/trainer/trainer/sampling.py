@@ -19,40 +19,16 @@ def format_samples(texts: list[str], prompts: list[str]) -> str:
     )
 
 
-def generate_texts(
-    model: Any, tokenizer: Any, prompts: list[str], sampling: Any, seed: int, max_len: int
-) -> list[str]:
-    """Generate one continuation per prompt; returns prompt + continuation, decoded."""
+def sample(setup: Any, params: Any, bundle: Any, cfg: Config, step: int) -> list[str]:
+    """One continuation per configured prompt at ``step`` (seeded by the run seed and the step):
+    prompt + continuation, decoded."""
     from tjx import data, nn
 
-    tokens, lengths = data.encode_prompts(tokenizer, prompts)
-    new = max(1, min(sampling.max_new_tokens, max_len - tokens.shape[1]))
-    out = nn.generate(
-        model,
-        tokens,
-        max_new_tokens=new,
-        temperature=sampling.temperature,
-        top_k=sampling.top_k,
-        top_p=sampling.top_p,
-        seed=seed,
-        prompt_lengths=lengths,
-    )
-    ids = np.asarray(out)
-    texts = []
-    for i, n in enumerate(lengths):
-        row = ids[i, : n + new]  # the real prompt, then the new tokens (tjx.nn.generate layout)
-        texts.append(tokenizer.decode([int(t) for t in row]))
-    return texts
-
-
-def sample(setup: Any, params: Any, bundle: Any, cfg: Config, step: int) -> list[str]:
-    """Samples for the configured prompts at ``step`` (seeded by the run seed and the step)."""
+    s, tokenizer, seed = cfg.sampling, bundle.tokenizer, cfg.train.seed * 1_000_003 + step
+    tokens, lengths = data.encode_prompts(tokenizer, list(s.prompts))
+    new = max(1, min(s.max_new_tokens, int(setup.nn_config.max_seq_len) - tokens.shape[1]))
     model = nnx.merge(setup.graphdef, params, setup.rest)
-    return generate_texts(
-        model,
-        bundle.tokenizer,
-        list(cfg.sampling.prompts),
-        cfg.sampling,
-        seed=cfg.train.seed * 1_000_003 + step,
-        max_len=int(setup.nn_config.max_seq_len),
-    )
+    knobs = {k: getattr(s, k) for k in ("temperature", "top_k", "top_p")}
+    out = nn.generate(model, tokens, max_new_tokens=new, seed=seed, prompt_lengths=lengths, **knobs)
+    ids = np.asarray(out)  # each row: the real prompt, then the new tokens (tjx.nn.generate layout)
+    return [tokenizer.decode([int(t) for t in ids[i, : n + new]]) for i, n in enumerate(lengths)]

@@ -1,6 +1,7 @@
-"""The trainer's own config sections (beside the packages' ``model``, ``optimizer`` and ``mesh``):
-data, the loop, checkpoints, logs, held-out metrics and text samples. Each field is declared once,
-with its help and checks (`trainer.schema.setting`)."""
+"""The trainer's own config sections: the loop, logs, held-out metrics and text samples, each field
+declared once with its help and checks (`trainer.schema.setting`). ``data`` and ``checkpoint`` are
+their packages' classes (tjx.data's `DataConfig`, tjx.ckpt's `CheckpointConfig`); the others stay
+here, as tjx.metrics and tjx.nn load JAX on import, which the command line must not wait for."""
 
 # `setting()` returns dataclasses.field objects (with validation metadata).
 # ruff: noqa: RUF009
@@ -9,47 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tjx.ckpt import CheckpointConfig as CheckpointConfig  # the sections trainer.config reads
+from tjx.data import DataConfig as DataConfig
 from trainer.schema import setting
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    """Where text comes from and how it is cut into batches."""
-
-    source: str = setting("shakespeare", help="built-in name, hub name or local path")
-    format: str = setting(
-        "text",
-        choices="tjx.data:DATA_FORMATS",
-        help="text (windows of documents), chat (SFT: the loss on assistant tokens only) or "
-        "preference (DPO pairs: prompt, chosen, rejected)",
-    )
-    messages_field: str = setting("messages", help="chat data: the column of a row's turns")
-    tokenizer: str = setting(
-        "byte", help="byte | gpt2 | bpe | a tokenizer path (chat data: a folder with a template)"
-    )
-    tokenizer_vocab: int = setting(2048, min=260, max=1 << 20, help="vocab of a trained bpe")
-    cache_dir: str | None = setting(
-        None,
-        help="local folder of pre-tokenized shards (default ~/.cache/tjx/data; no URL)",
-        resumable=True,
-    )
-    seq_len: int = setting(128, min=2, max=1 << 20, help="tokens per training sequence")
-    batch_size: int = setting(16, min=1, help="global batch (sequences per optimizer step)")
-    num_workers: int = setting(1, min=1, max=256, help="processes tokenizing during preparation")
-    shuffle: bool = setting(True, help="shuffle the windows each epoch")
-    max_tokens: int | None = setting(
-        None, min=1, help="prepare at most this many tokens per split (of each mixture source)"
-    )
-    sources: list[dict] | None = setting(
-        None,
-        help="a weighted mixture instead of data.source: [{source: ..., weight: 3, name: web}, "
-        "...] (tjx.data.check_mixture); val_loss/<name> per source",
-    )
-    on_exhausted: str = setting(
-        "repeat",
-        choices="tjx.data:ON_EXHAUSTED",
-        help="a mixture source that has given every window: repeat (a new epoch) or drop",
-    )
+def resumable(default: Any, **meta: Any) -> Any:
+    """`setting` of a key a resumed run may change (``--resume --set``)."""
+    return setting(default, **meta, resumable=True)
 
 
 @dataclass(frozen=True)
@@ -58,71 +26,46 @@ class TrainConfig:
 
     # A bound, not a budget: 10^9 steps is decades at any speed; more is a typo (and overflows the
     # int32 step counter at 2^31).
-    steps: int = setting(1000, min=1, max=10**9, help="optimizer steps of the run", resumable=True)
+    steps: int = resumable(1000, min=1, max=10**9, help="optimizer steps of the run")
     seed: int = setting(0, min=0, help="initial weights, data order and dropout keys")
-    log_every: int = setting(10, min=1, help="a metrics line every N steps", resumable=True)
-    eval_every: int = setting(200, min=0, help="0 = only at the end", resumable=True)
-    eval_batches: int = setting(
-        8, min=1, help="validation batches per evaluation (always the same ones)", resumable=True
+    log_every: int = resumable(10, min=1, help="a metrics line every N steps")
+    eval_every: int = resumable(200, min=0, help="0 = only at the end")
+    eval_batches: int = resumable(
+        8, min=1, help="validation batches per evaluation (always the same ones)"
     )
-    sample_every: int = setting(0, min=0, help="0 = only at the end", resumable=True)
-    checkpoint_every: int = setting(
-        500, min=0, help="0 = only at the end and on signals", resumable=True
+    sample_every: int = resumable(0, min=0, help="0 = only at the end")
+    checkpoint_every: int = resumable(500, min=0, help="0 = only at the end and on signals")
+    chunked_ce: bool = resumable(True, help="fused chunked cross-entropy (no [b,s,V] logits)")
+    ce_chunk_size: int | None = resumable(
+        None, min=1, help="tokens per chunk; null: from the shape (tjx.kernels.auto_chunk_size)"
     )
-    chunked_ce: bool = setting(
-        True, help="fused chunked cross-entropy (no [b,s,V] logits)", resumable=True
+    z_loss: float = resumable(
+        0.0, min=0.0, help="weight of the log-partition penalty (PaLM's z-loss)"
     )
-    ce_chunk_size: int | None = setting(
-        None,
-        min=1,
-        help="tokens per chunk; null: from the shape (tjx.kernels.auto_chunk_size)",
-        resumable=True,
+    mlm_probability: float = resumable(0.15, gt=0.0, lt=1.0, help="BERT: share of tokens masked")
+    stop_at: int | None = resumable(
+        None, min=1, help="stop after this step as if preempted (save, exit 0; --resume goes on)"
     )
-    z_loss: float = setting(
-        0.0, min=0.0, help="weight of the log-partition penalty (PaLM's z-loss)", resumable=True
+    fit_memory: bool = resumable(
+        True, help="check the step's compiled memory first; switch to full remat if it won't fit"
     )
-    mlm_probability: float = setting(
-        0.15, gt=0.0, lt=1.0, help="BERT: share of tokens masked", resumable=True
-    )
-    stop_at: int | None = setting(
-        None,
-        min=1,
-        help="stop after this step as if preempted (save, exit 0; --resume goes on)",
-        resumable=True,
-    )
-    fit_memory: bool = setting(
-        True,
-        help="check the step's compiled memory first; switch to full remat if it won't fit",
-        resumable=True,
-    )
-    compilation_cache: str = setting(
+    compilation_cache: str = resumable(
         "auto",
         help="GPU runs: JAX's persistent compilation cache folder (a rerun skips compiling and "
         "autotuning); auto: tjx.kernels' default (TJX_COMPILATION_CACHE_DIR, else "
         "~/.cache/tjx/jax-compilation); off: none",
-        resumable=True,
     )
-    max_bad_steps: int = setting(
+    max_bad_steps: int = resumable(
         25,
         min=1,
         help="stop (exit 3, no new checkpoint) after this many steps in a row with a non-finite "
         "loss or a skipped update",
-        resumable=True,
     )
 
     @property
     def head_settings(self) -> dict[str, Any]:
         """The vocabulary head's loss settings, as tjx.nn's objectives take them."""
         return {"chunked": self.chunked_ce, "chunk_size": self.ce_chunk_size, "z_loss": self.z_loss}
-
-
-@dataclass(frozen=True)
-class CheckpointConfig:
-    """Checkpoints under ``RUN_DIR/checkpoints``."""
-
-    keep_last: int = setting(3, min=1, help="newest checkpoints kept")
-    keep_best: int | None = setting(None, min=1, help="also keep the N lowest val_loss; null: off")
-    async_save: bool = setting(True, help="write checkpoints in the background")
 
 
 @dataclass(frozen=True)

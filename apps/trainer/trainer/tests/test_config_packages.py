@@ -262,16 +262,19 @@ def test_package_rules_reach_the_user_in_the_trainers_keys(sets, message):
 
 
 def test_every_package_declares_a_setting_with_the_one_same_helper():
-    """#40 point 4: tjx-nn, tjx-optim, tjx-parallel and the trainer each keep a `setting`
-    (the DAG lets no package import another's), and they are the same function, word for word."""
+    """#40 point 4: tjx-nn, tjx-optim, tjx-parallel, tjx-data, tjx-ckpt and the trainer each keep a
+    `setting` (the DAG lets no package import another's), and they are the same function, word for
+    word."""
     import inspect
 
+    from tjx.ckpt import fields as ckpt_fields
+    from tjx.data import fields as data_fields
     from tjx.nn import fields as nn_fields
     from tjx.optim import fields as optim_fields
     from tjx.parallel import fields as parallel_fields
     from trainer import schema
 
-    owners = (nn_fields, optim_fields, parallel_fields, schema)
+    owners = (nn_fields, optim_fields, parallel_fields, data_fields, ckpt_fields, schema)
     sources = {m.__name__: inspect.getsource(m.setting) for m in owners}
     assert len(set(sources.values())) == 1, sources
     made = {m.__name__: m.setting(1, help="h", resumable=True) for m in owners}

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from tjx.metrics import (
+    PER_SOURCE,
     MetricAccumulator,
     accumulate_heldout,
     evaluate_heldout,
+    evaluate_heldout_sources,
     heldout_metrics,
     heldout_step,
 )
@@ -135,3 +137,34 @@ def test_sources_merged_give_the_pooled_figures():
     for part in (a, b):
         pooled.merge(accumulate_heldout(step, 1.0, part))
     assert heldout_metrics(pooled) == evaluate_heldout(step, 1.0, a + b)
+
+
+def test_a_mixture_reports_each_sources_metrics_and_all_of_them_pooled():
+    rng = np.random.default_rng(5)
+    a, b = _batches(rng, n=2), _batches(rng, n=1)
+    step = heldout_step(_lookup)
+    got = evaluate_heldout_sources(step, 1.0, {"web": (a, 2.0), "code": (b, 4.0)})
+    each = {name: evaluate_heldout(step, 1.0, part, bytes_per_token=bpt)
+            for name, part, bpt in (("web", a, 2.0), ("code", b, 4.0))}  # fmt: skip
+    pooled = evaluate_heldout(step, 1.0, a + b)
+    for name, own in each.items():
+        assert {k: got[f"{k}/{name}"] for k in PER_SOURCE} == {k: own[k] for k in PER_SOURCE}
+    assert "top5/web" not in got and "perplexity/code" not in got
+    assert {k: got[k] for k in pooled} == pooled
+    # bits over all sources' bytes, each source's tokens counted by its own bytes per token
+    tokens = {name: own["num_tokens"] for name, own in each.items()}
+    bytes_ = 2.0 * tokens["web"] + 4.0 * tokens["code"]
+    want = pooled["loss"] / math.log(2) / (bytes_ / pooled["num_tokens"])
+    assert got["bits_per_byte"] == pytest.approx(want, rel=1e-12)
+
+
+def test_a_mixture_with_a_source_of_unknown_bytes_has_no_pooled_bits_per_byte():
+    rng = np.random.default_rng(6)
+    a, b = _batches(rng, n=1), _batches(rng, n=1)
+    got = evaluate_heldout_sources(
+        heldout_step(_lookup), 1.0, {"a": (a, 2.0), "b": (b, None)}, per_source=("loss",)
+    )
+    assert "bits_per_byte" not in got and set(got) >= {"loss/a", "loss/b"}
+    assert "bits_per_byte/a" not in got  # only the per_source names are kept per source
+    with pytest.raises(ValueError, match="source empty"):
+        evaluate_heldout_sources(heldout_step(_lookup), 1.0, {"a": ([], 1.0)}, empty="source empty")

@@ -5,7 +5,8 @@ Async, keep-N / best-K, atomic, validated on load, resharding restore, safetenso
 (a local folder, or a ``gs://`` / ``s3://`` URL: `tjx.ckpt.storage`)
 (layout, atomic writes, the newest committed step) and ``config_changes``, what changed since a
 run was saved; a run's config as a tree of typed dataclass sections (``Schema``: read from
-plain data and ``--set`` text, checked by the fields' metadata, written back as ``config.yaml``).
+plain data and ``--set`` text, checked by the fields' metadata, written back as ``config.yaml``);
+``CheckpointConfig``, a run's checkpoint settings.
 
 ``import tjx.ckpt`` loads neither orbax nor jax: the names that need them are imported on first
 use (``_LAZY``). An app's command line can then read and check its run directory before it pays
@@ -17,6 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from tjx.ckpt.checkpoint_config import CheckpointConfig
 from tjx.ckpt.config_schema import Schema, reworded
 from tjx.ckpt.config_text import (
     apply_overrides,
@@ -115,6 +117,7 @@ __all__ = [
     "AccessDeniedError",
     "BucketNotFoundError",
     "CheckpointCommitError",
+    "CheckpointConfig",
     "CheckpointError",
     "CheckpointManager",
     "CheckpointMismatchError",

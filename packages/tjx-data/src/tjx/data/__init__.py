@@ -1,7 +1,8 @@
 """tjx.data: text sources, tokenizers, memmap token shards (prepared in a shared cache), a packed
 resumable loader, prefetch, a training run's data (RunData) prepared, loaded and described, and
 post-training data: chat templates in a sandbox, conversations with their loss mask and
-preference pairs, packed and resumable."""
+preference pairs, packed and resumable. A run's data settings are one `DataConfig`, prepared and
+loaded by `prepare_run` and `run_loader`."""
 
 from tjx.data.bpe import gpt2_tokenizer, load_tokenizer, save_tokenizer, train_bpe
 from tjx.data.builtin import BUILTIN_CORPORA, prepare_builtin
@@ -28,8 +29,17 @@ from tjx.data.packing import IGNORE_INDEX, PackingPlan, random_batch
 from tjx.data.prefetch import DevicePrefetcher, prefetch_to_device
 from tjx.data.prepare import PreparedShards, bpe_tokenizer, check_max_tokens, prepare_shards
 from tjx.data.pretokenize import pretokenize
+from tjx.data.run_config import DataConfig
 from tjx.data.run_data import RunData, restore_loader_state
 from tjx.data.run_prepare import prepare_image_run_data, prepare_mixture_run_data, prepare_run_data
+from tjx.data.run_setup import (
+    config_tokenizer,
+    describe_sources,
+    prepare_run,
+    run_loader,
+    run_sources,
+    truncation_summary,
+)
 from tjx.data.run_tokenizer import run_tokenizer
 from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_index
 from tjx.data.sources import Documents, check_local_source, load_source
@@ -48,6 +58,7 @@ __all__ = [
     "ChatRunData",
     "ChatLoader",
     "ChatTemplate",
+    "DataConfig",
     "DataError",
     "DevicePrefetcher",
     "Documents",
@@ -80,6 +91,8 @@ __all__ = [
     "check_max_tokens",
     "check_mixture",
     "check_tokenizer",
+    "config_tokenizer",
+    "describe_sources",
     "dtype_for_vocab",
     "encode_prompts",
     "gpt2_tokenizer",
@@ -99,14 +112,18 @@ __all__ = [
     "prepare_chat_run_data",
     "prepare_image_run_data",
     "prepare_mixture_run_data",
+    "prepare_run",
     "prepare_run_data",
     "prepare_shards",
     "pretokenize",
     "random_batch",
     "restore_loader_state",
+    "run_loader",
+    "run_sources",
     "run_tokenizer",
     "save_tokenizer",
     "train_bpe",
+    "truncation_summary",
     "validation_batches",
     "write_sequences",
 ]

@@ -5,7 +5,8 @@
   (accuracy, num_images, top-k below the class count).
 * The one held-out evaluation a trainer and an evaluator share: :func:`heldout_step` (a model's
   logits function → the per-batch sums) and :func:`evaluate_heldout` (the host loop:
-  :func:`accumulate_heldout`, then :func:`heldout_metrics` with bits/byte or a classifier's names).
+  :func:`accumulate_heldout`, then :func:`heldout_metrics` with bits/byte or a classifier's names;
+  :func:`evaluate_heldout_sources`: a mixture's per source and pooled).
 * :func:`transformer_flops_per_token` (6·N + 12·L·d·s, PaLM appendix B), :func:`peak_flops` /
   :func:`device_peak_flops` by ``device_kind`` (:func:`compute_peak_flops` for a model's compute
   dtype at JAX's default precision), :func:`mfu` and :class:`ThroughputMeter`.
@@ -54,8 +55,10 @@ from tjx.metrics.divergence import DivergenceGuard
 from tjx.metrics.flops import flops_per_token_from_config, transformer_flops_per_token
 from tjx.metrics.heldout import (
     DEFAULT_TOP_K,
+    PER_SOURCE,
     accumulate_heldout,
     evaluate_heldout,
+    evaluate_heldout_sources,
     heldout_metrics,
     heldout_step,
 )
@@ -124,6 +127,7 @@ __all__ = [
     "MetricAccumulator",
     "MultiLogger",
     "NONFINITE_KEY",
+    "PER_SOURCE",
     "ProgressBar",
     "Roofline",
     "TensorBoardLogger",
@@ -142,6 +146,7 @@ __all__ = [
     "device_summary",
     "dumps_json",
     "evaluate_heldout",
+    "evaluate_heldout_sources",
     "expert_load",
     "finalize_metrics",
     "first_fit",

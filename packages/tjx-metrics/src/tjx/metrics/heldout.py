@@ -7,7 +7,8 @@ numbers are the same on the same batches:
   ``objective_logits_fn``) into a jit-friendly step returning :func:`~tjx.metrics.lm_stats`' sums.
 * :func:`evaluate_heldout` runs a step over batches and names the means for the objective:
   :func:`accumulate_heldout` (exact, token- or image-weighted sums) then :func:`heldout_metrics`
-  (bits per byte where every token is scored, a classifier's ``accuracy`` and ``num_images``).
+  (bits per byte where every token is scored, a classifier's ``accuracy`` and ``num_images``);
+  :func:`evaluate_heldout_sources` does it for a weighted mixture: each source, and all pooled.
 
 This package knows no model: the caller says what the objective is (``scores_every_token``,
 ``num_classes``) and where a batch goes (``place``: one device, or sharded on a mesh).
@@ -27,8 +28,10 @@ from tjx.metrics.lm import lm_stats
 
 __all__ = [
     "DEFAULT_TOP_K",
+    "PER_SOURCE",
     "accumulate_heldout",
     "evaluate_heldout",
+    "evaluate_heldout_sources",
     "heldout_metrics",
     "heldout_step",
 ]
@@ -186,3 +189,64 @@ def evaluate_heldout(
         scores_every_token=scores_every_token,
         num_classes=num_classes,
     )
+
+
+#: The metrics :func:`evaluate_heldout_sources` reports per source (the rest only pooled).
+PER_SOURCE = ("loss", "bits_per_byte", "top1", "num_tokens")
+
+
+def evaluate_heldout_sources(
+    step: Step,
+    params: Any,
+    sources: Mapping[str, tuple[Iterable[Batch], float | None]],
+    *,
+    per_source: Sequence[str] = PER_SOURCE,
+    place: Callable[[Batch], Any] | None = None,
+    empty: str = _EMPTY,
+    scores_every_token: bool = True,
+    num_classes: int | None = None,
+) -> dict[str, float]:
+    """Held-out metrics of a weighted mixture: each source's, and all of them pooled.
+
+    Parameters
+    ----------
+    step, params
+        As for :func:`accumulate_heldout`.
+    sources
+        ``{name: (batches, bytes_per_token)}``: each source's own held-out batches and the UTF-8
+        bytes per token of its text (``None`` or 0: unknown).
+    per_source
+        The metrics reported per source, as ``<metric>/<name>`` (``loss/web``).
+    place, empty, scores_every_token, num_classes
+        As for :func:`evaluate_heldout` (``empty``: any source with nothing scored).
+
+    Returns
+    -------
+    dict
+        :func:`heldout_metrics` of every source's sums pooled (its tokens weighted alike; bits
+        per byte over all sources' bytes, each counted by its own bytes per token, or none once
+        one source's is unknown), then ``per_source``'s metrics of each source.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> step = heldout_step(lambda _, batch: (jnp.log(batch["p"]), batch["labels"]), top_k=(1,))
+    >>> a = [{"p": jnp.array([[0.5, 0.5]]), "labels": jnp.array([0])}]
+    >>> b = [{"p": jnp.array([[0.25, 0.75], [0.25, 0.75]]), "labels": jnp.array([1, 1])}]
+    >>> out = evaluate_heldout_sources(step, None, {"a": (a, 2.0), "b": (b, None)})
+    >>> out["num_tokens"], out["num_tokens/a"], out["top1/b"], "bits_per_byte" in out
+    (3.0, 1.0, 1.0, False)
+    """
+    naming: dict[str, Any] = {"scores_every_token": scores_every_token, "num_classes": num_classes}
+    pooled, each = MetricAccumulator(), {}
+    num_bytes: float | None = 0.0  # None once a source has no bytes/token
+    for name, (batches, bpt) in sources.items():
+        acc = accumulate_heldout(step, params, batches, place=place, empty=empty)
+        for key, value in heldout_metrics(acc, bytes_per_token=bpt, **naming).items():
+            if key in per_source:
+                each[f"{key}/{name}"] = value
+        num_bytes = None if num_bytes is None or not bpt else num_bytes + acc.num_tokens * bpt
+        pooled.merge(acc)
+    # Bits over all sources' tokens / their bytes: bits per token / bytes per token.
+    bpt_all = num_bytes / pooled.num_tokens if num_bytes else None
+    return {**heldout_metrics(pooled, bytes_per_token=bpt_all, **naming), **each}

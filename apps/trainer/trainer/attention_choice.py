@@ -57,33 +57,56 @@ def choose_attention(
 
     from tjx import kernels
 
-    impl = cfg.model.attention_impl
-    line = split_kernel_line(cfg, jax.device_count())
-    if line is not None:
-        say(line)
-        return cfg
-    if impl == "xla":
-        return cfg
-    dtype, head_dim = cfg.model.precision.compute_dtype, cfg.model.head_dim
-    capped = cfg.model.attn_logit_softcap is not None  # cuDNN cannot soft-cap (Gemma 2)
-    order = kernels.kernel_order(
-        impl, dtype, head_dim, named_by="model.attention_impl", say=say, softcap=capped
-    )
-    if cfg.task != "lm":  # the abstract step is a decoder's; other tasks trace it late
-        return cfg
     try:
-        chosen = kernels.first_that_compiles(
-            order,
+        chosen, fell_back = choose_kernel(
+            cfg,
+            jax.device_count(),
             lambda kernel: build(cfg.with_model(attention_impl=kernel)),
-            explicit=impl != "auto",
-            say=say,
+            say,
+            compiles=cfg.task == "lm",  # the abstract step is a decoder's; others trace it late
         )
     except kernels.KernelCompileError as err:
         raise ConfigError(
             f"{err}; set model.attention_impl=auto to let tjx choose (or xla)"
         ) from None
     # With no fallback, "auto" stays: it resolves to the same kernel while tracing.
-    return cfg if chosen == order[0] else cfg.with_model(attention_impl=chosen)
+    return cfg.with_model(attention_impl=chosen) if fell_back else cfg
+
+
+def choose_kernel(
+    cfg: Config,
+    devices: int,
+    build: Callable[[str], object],
+    say: Callable[[str], None],
+    *,
+    compiles: bool = True,
+    say_xla: bool = False,
+) -> tuple[str, bool]:
+    """The attention kernel ``cfg`` takes over ``devices`` devices, and whether it is a fallback
+    (not the first of tjx.kernels' order): the run's choice and ``--plan``'s, each with its own
+    ``build(kernel)`` (lower and compile; raises on failure). Under a context split (its line
+    said), with xla, or when not ``compiles``, the config's own. Raises
+    `tjx.kernels.KernelCompileError` when the kernel named, or every kernel, fails."""
+    from tjx import kernels
+
+    impl = cfg.model.attention_impl
+    line = split_kernel_line(cfg, devices)
+    if line is not None:  # the blocks of a context split: no cuDNN, nothing to choose
+        say(line)
+        return impl, False
+    if impl == "xla":
+        if say_xla:
+            say("attention: xla (model.attention_impl)")
+        return impl, False
+    dtype, head_dim = cfg.model.precision.compute_dtype, cfg.model.head_dim
+    capped = cfg.model.attn_logit_softcap is not None  # cuDNN cannot soft-cap (Gemma 2)
+    order = kernels.kernel_order(
+        impl, dtype, head_dim, named_by="model.attention_impl", say=say, softcap=capped
+    )
+    if not compiles:
+        return impl, False
+    chosen = kernels.first_that_compiles(order, build, explicit=impl != "auto", say=say)
+    return chosen, chosen != order[0]
 
 
 def split_kernel_line(cfg: Config, devices: int) -> str | None:

@@ -19,35 +19,24 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from tjx.metrics import GIB, first_fit, peak_bytes
 from trainer import dpo
+from trainer.abstract_run import TOKEN_KEYS
 from trainer.config import Config
 from trainer.schema import ConfigError
 
 
 def abstract_step(cfg: Config) -> tuple[Any, Any, Any]:
-    """(jitted step, abstract state, abstract batch) of an LM run; no parameter is created."""
+    """(jitted step, abstract state, abstract batch) of an LM run on one device; no parameter
+    is created."""
     from tjx import nn
-    from trainer.state import make_optimizer, new_model
+    from trainer.state import abstract_state
     from trainer.step import make_train_step
 
-    abstract = nnx.eval_shape(lambda: new_model(cfg, cfg.model))  # LoRA adapters included
-    graphdef, params_state, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
-    params = nnx.to_pure_dict(params_state)
-    # The same optimizer as the run's (state.build): masks read from the params' logical axes.
-    axes = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
-    tx = make_optimizer(cfg, params, axes)
-    state = {
-        "params": params,
-        "opt_state": jax.eval_shape(tx.init, params),
-        "step": jax.ShapeDtypeStruct((), jnp.int32),
-    }
-    state = dpo.with_reference(cfg, state, copy=False)  # DPO's frozen reference params
+    graphdef, rest, tx, state, _ = abstract_state(cfg)
     b, s = dpo.batch_rows(cfg, cfg.data.batch_size), cfg.data.seq_len
-    keys = ("inputs", "targets", "segment_ids", "positions")
-    batch = {k: jax.ShapeDtypeStruct((b, s), jnp.int32) for k in keys}
+    batch = {k: jax.ShapeDtypeStruct((b, s), jnp.int32) for k in TOKEN_KEYS}
     step = jax.jit(make_train_step(graphdef, nn.concrete_state(rest), tx, cfg), donate_argnums=(0,))
     return step, state, batch
 

@@ -32,7 +32,7 @@ from tjx.kernels.choice import (
     target,
 )
 from tjx.kernels.compile_cache import enable_compilation_cache
-from tjx.kernels.costs import custom_call_cost
+from tjx.kernels.costs import custom_call_cost, roofline_costs
 from tjx.kernels.cross_entropy import CrossEntropyOutput, auto_chunk_size, chunked_cross_entropy
 from tjx.kernels.dispatch import IMPLEMENTATIONS, attention, select_implementation
 from tjx.kernels.launch import LaunchDefaults, default_launch
@@ -74,6 +74,7 @@ __all__ = [
     "linear_cross_entropy",
     "out_of_memory",
     "reference_attention",
+    "roofline_costs",
     "select_implementation",
     "soft_cap",
     "target",

@@ -15,6 +15,8 @@ that is not here.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -53,6 +55,24 @@ def _announced(name: str, cfg: Config) -> int:
     return step_peak(cfg)
 
 
+def lighter(cfg: Config, ways: int | None = None) -> Iterator[tuple[Config, str]]:
+    """The lighter steps of ``cfg`` the memory fit takes, in order, each with its change: full
+    remat when remat is off; then, given the ``ways`` a batch splits over (``--plan``'s advice:
+    the trainer does not split a batch itself), the batch in twice as many micro-batches while
+    it splits."""
+    if cfg.model.remat == "none":
+        cfg = cfg.with_model(remat="full")
+        yield cfg, "model.remat=full"
+    batch, micro = cfg.data.batch_size, cfg.optimizer.accumulation_steps
+    while ways is not None:
+        micro *= 2
+        if batch % micro or (batch // micro) % ways:
+            return
+        optimizer = dataclasses.replace(cfg.optimizer, accumulation_steps=micro)
+        cfg = dataclasses.replace(cfg, optimizer=optimizer)
+        yield cfg, f"optimizer.accumulation_steps={micro}"
+
+
 #: The candidates' names, as the ``memory:`` lines print them.
 STEP, FULL_REMAT = "the train step", "the train step with model.remat=full"
 
@@ -66,9 +86,9 @@ def fit_memory(cfg: Config, *, budget: int | None = None, devices: int | None = 
     # The abstract step below is a decoder's (an LM batch).
     if not cfg.train.fit_memory or cfg.task != "lm" or devices != 1:
         return cfg
-    full = cfg.with_model(remat="full")
+    full = next(lighter(cfg), (cfg, ""))[0]  # full remat, when remat is off
     candidates = [(STEP, lambda: _announced(STEP, cfg))]
-    if cfg.model.remat == "none":
+    if full is not cfg:
         candidates.append((FULL_REMAT, lambda: _announced(FULL_REMAT, full)))
     # Each figure is printed as it comes: the next compile may take a while.
     fit = first_fit(candidates, budget=budget, on_check=lambda c: print(f"memory: {c}", flush=True))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -184,44 +185,16 @@ def choose_kernel(run: Config, target: Target, say: Say) -> tuple[Config, Compil
 
 
 def fit(run: Config, target: Target, first: Compiled, say: Say) -> tuple[Config, Compiled, dict]:  # type: ignore[type-arg]
-    """What the trainer's memory fit would do with ``first`` (the step as configured): keep it,
-    else take full remat (``train.fit_memory``), else split the batch into more micro-batches
-    until it fits. Says one line per step compiled; returns the run and step the plan goes on
-    with, and what was tried."""
-    budget, why = metrics.budget_bytes(target.device)
+    """What the trainer's memory fit would do with ``first`` (the step as configured), then
+    more micro-batches (`trainer.memory_fit.lighter`; tjx-metrics' `fit_compiled` says each):
+    the run and step the plan goes on with, and what was tried."""
+    from trainer.memory_fit import lighter
 
-    def fits(c: Compiled) -> bool:
-        return c.error is None and c.peak is not None and c.peak <= budget
-
-    def sized(c: Compiled) -> bool:  # compiled, or refused only for its memory
-        return c.error is None or c.out_of_memory
-
-    current, step, tried = run, first, [first]
-    if not fits(step) and sized(step) and run.model.remat == "none":
-        current = run.with_model(remat="full")
-        step = compile_train(current, target, "model.remat=full")
-        tried.append(step)
-    batch, sizes = run.data.batch_size, run.mesh.resolve(target.count)
-    ways, micro = int(sizes[1] * sizes[2]), current.optimizer.accumulation_steps  # data × fsdp
-    while not fits(step) and sized(step):
-        micro *= 2
-        if batch % micro or (batch // micro) % ways:
-            break
-        optimizer = dataclasses.replace(current.optimizer, accumulation_steps=micro)
-        current = dataclasses.replace(current, optimizer=optimizer)
-        step = compile_train(current, target, f"optimizer.accumulation_steps={micro}")
-        tried.append(step)
-    record: dict[str, Any] = {"budget_bytes": budget, "budget": why, "fits": fits(step)}
-    record["tried"] = [{"change": c.label, "peak_bytes": c.peak, "error": c.error} for c in tried]
-    for c in tried:
-        if not sized(c):
-            continue
-        need = (
-            f"{c.peak / GIB:.2f} GiB" if c.peak is not None else metrics.refused_text(c.error or "")
-        )
-        what = "as configured" if c is first else f"with {c.label}"
-        say(f"memory: {what}: {need} per device {why}: {'fits' if fits(c) else 'does not fit'}")
-    return (current, step, record) if fits(step) else (run, first, record)
+    sizes = run.mesh.resolve(target.count)  # a batch splits over data × fsdp
+    steps = lighter(run, ways=int(sizes[1] * sizes[2]))
+    tries = ((c, functools.partial(compile_train, c, target, change)) for c, change in steps)
+    fitted, step, record = metrics.fit_compiled(first, tries, target.device, say)
+    return run if fitted is None else fitted, step, record
 
 
 def plan(run: Config, target: Target, text: str, say: Say) -> PlanResult:

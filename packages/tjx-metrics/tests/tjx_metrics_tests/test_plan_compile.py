@@ -23,6 +23,7 @@ from tjx.metrics import (
     estimate,
     f32_dots,
     first_line,
+    fit_compiled,
     grouped_notes,
     quiet_native_stderr,
     refused_text,
@@ -189,3 +190,38 @@ def test_the_cpu_platform_is_set_for_jax(monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "")
     use_cpu_platform()
     assert os.environ["JAX_PLATFORMS"] == "cpu" and jax.config.jax_platforms == "cpu"
+
+
+def test_a_fit_takes_the_first_lighter_step_that_fits_and_says_each():
+    v5e, lines, built = accelerator("v5e"), [], []
+    refused = "RESOURCE_EXHAUSTED: HLO temporaries (27.98G) exceeds available HBM (15.75G)"
+
+    def step(label: str, peak: int | None) -> tuple[str, object]:
+        def compile_() -> Compiled:
+            built.append(label)
+            if peak is None:
+                return Compiled(label, 1.0, error=refused)
+            return Compiled(label, 1.0, compiled=object(), peak=peak)
+
+        return label, compile_
+
+    first = Compiled("as configured", 1.0, error=refused)
+    lighter = [step("remat", 40 * 2**30), step("micro", 2 * 2**30), step("never", 1)]
+    key, got, record = fit_compiled(first, lighter, v5e, lines.append)
+    assert (key, got.label, built) == ("micro", "micro", ["remat", "micro"])  # "never" not built
+    assert record["fits"] and [t["change"] for t in record["tried"]] == ["as configured", *built]
+    assert lines[0].startswith("memory: as configured: 27.98G of temporaries alone")
+    assert lines[1].endswith("does not fit") and lines[2].endswith(": fits")
+
+
+def test_a_fit_that_never_fits_goes_on_with_the_step_as_configured():
+    first = Compiled("as configured", 1.0, compiled=object(), peak=10**15)
+    lighter = [("remat", lambda: Compiled("remat", 1.0, error="INTERNAL: boom"))]
+    lines: list[str] = []
+    key, got, record = fit_compiled(first, lighter, accelerator("h100"), lines.append)
+    assert key is None and got is first and not record["fits"]
+    assert len(lines) == 1  # a step that fails to compile is not sized: no memory line
+    broken = Compiled("as configured", 1.0, error="INTERNAL: boom")
+    assert (
+        fit_compiled(broken, [("x", lambda: first)], accelerator("h100"), lines.append)[0] is None
+    )

@@ -20,9 +20,9 @@
   :func:`parse_target`: peaks per dtype, HBM, bandwidth, links; :func:`gpu_target_config`, XLA's
   own GPU spec for a deviceless compile). A plan for a device that is not here: :class:`Target`,
   :func:`check_packages`, :func:`use_cpu_platform`, :func:`quiet_native_stderr`; each step's
-  :func:`compile_lowered` (a :class:`Compiled` finding, never raised) against
-  :func:`budget_bytes`; :func:`estimate` says the roofline in a plan's lines (:func:`f32_dots`,
-  :func:`grouped_notes`).
+  :func:`compile_lowered` (a :class:`Compiled` finding, never raised) fitted by
+  :func:`fit_compiled` to :func:`budget_bytes`; :func:`estimate` says the roofline in a plan's
+  lines (:func:`f32_dots`, :func:`grouped_notes`).
 * Before and during a run: :func:`peak_bytes` (XLA's memory analysis of a compiled step),
   :func:`available_bytes` (what a device can use) and :func:`first_fit` (the first candidate step
   whose peak fits); :class:`DivergenceGuard` (stop after too many non-finite or skipped steps in a
@@ -46,7 +46,14 @@ from tjx.metrics.accumulate import (
     with_bits_per_byte,
 )
 from tjx.metrics.classification import classification_metrics
-from tjx.metrics.compiled import CUBLAS_NOTE, UNTUNED_GEMM, Compiled, compile_lowered, first_line
+from tjx.metrics.compiled import (
+    CUBLAS_NOTE,
+    UNTUNED_GEMM,
+    Compiled,
+    compile_lowered,
+    first_line,
+    fit_compiled,
+)
 from tjx.metrics.deviceless import Target, check_packages, quiet_native_stderr, use_cpu_platform
 from tjx.metrics.devices import (
     DEVICE_PEAKS,
@@ -189,6 +196,7 @@ __all__ = [
     "Compiled",
     "compile_lowered",
     "first_line",
+    "fit_compiled",
     "Target",
     "check_packages",
     "quiet_native_stderr",

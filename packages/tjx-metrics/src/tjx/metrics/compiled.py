@@ -4,19 +4,30 @@ A failed compile is kept as a finding (:class:`Compiled` ``.error``, the error's
 never raised: a plan reports it in one line. XLA's GPU compiler without autotuning (a deviceless
 compile cannot autotune) gives each Triton GEMM a minimal tile config that a few shapes cannot
 take; such a program is compiled again with cuBLAS GEMMs (:data:`CUBLAS_NOTE` says so), as a GPU
-would autotune past it.
+would autotune past it. :func:`fit_compiled` is a plan's memory fit: the step as configured, else
+each lighter step in turn (full remat, more micro-batches...), until one fits the device's
+:func:`budget_bytes`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from tjx.metrics.memory import peak_bytes
+from tjx.metrics.memory import GIB, budget_bytes, peak_bytes, refused_text
 
-__all__ = ["CUBLAS_NOTE", "UNTUNED_GEMM", "Compiled", "compile_lowered", "first_line"]
+__all__ = [
+    "CUBLAS_NOTE",
+    "UNTUNED_GEMM",
+    "Compiled",
+    "compile_lowered",
+    "first_line",
+    "fit_compiled",
+]
+
+T = TypeVar("T")
 
 #: What XLA says when an untuned Triton GEMM has no tiles for a shape.
 UNTUNED_GEMM = "Couldn't find output tile sizes"
@@ -104,3 +115,56 @@ def compile_lowered(lower: Callable[[], Any], label: str, started: float | None 
         return Compiled(label, time.perf_counter() - started, error=first_line(err))
     took = time.perf_counter() - started
     return Compiled(label, took, compiled, peak=peak_bytes(compiled)["peak"], note=note)
+
+
+def fit_compiled(
+    first: Compiled,
+    lighter: Iterable[tuple[T, Callable[[], Compiled]]],
+    device: Any,
+    say: Callable[[str], None],
+) -> tuple[T | None, Compiled, dict[str, Any]]:
+    """The first step that fits ``device``'s :func:`budget_bytes`: ``first``, else each of
+    ``lighter`` in turn, one ``memory:`` line said per step sized.
+
+    Parameters
+    ----------
+    first : Compiled
+        The step as configured.
+    lighter : iterable of (key, compile)
+        Lighter steps in the order to try them; ``compile()`` is called only while the step
+        before compiled (or was refused for its memory) and does not fit.
+    device : Accelerator
+        The device table's entry.
+    say : callable
+        Where the lines go.
+
+    Returns
+    -------
+    (key, Compiled, dict)
+        The key of the lighter step taken (None: ``first``, or none fits), the step the plan
+        goes on with (``first`` when none fits), and the record: ``budget_bytes``, ``budget``,
+        ``fits`` and every step ``tried`` (its ``change``, ``peak_bytes`` and ``error``).
+    """
+    budget, why = budget_bytes(device)
+
+    def fits(c: Compiled) -> bool:
+        return c.error is None and c.peak is not None and c.peak <= budget
+
+    def sized(c: Compiled) -> bool:  # compiled, or refused only for its memory
+        return c.error is None or c.out_of_memory
+
+    key, step, tried = None, first, [first]
+    for candidate, compile_ in lighter:
+        if fits(step) or not sized(step):
+            break
+        key, step = candidate, compile_()
+        tried.append(step)
+    record: dict[str, Any] = {"budget_bytes": budget, "budget": why, "fits": fits(step)}
+    record["tried"] = [{"change": c.label, "peak_bytes": c.peak, "error": c.error} for c in tried]
+    for c in tried:
+        if not sized(c):
+            continue
+        need = f"{c.peak / GIB:.2f} GiB" if c.peak is not None else refused_text(c.error or "")
+        what = "as configured" if c is first else f"with {c.label}"
+        say(f"memory: {what}: {need} per device {why}: {'fits' if fits(c) else 'does not fit'}")
+    return (key, step, record) if fits(step) else (None, first, record)

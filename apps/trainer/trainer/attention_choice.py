@@ -20,21 +20,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from trainer.config import Config
+from trainer.memory_fit import step_peak
 from trainer.schema import ConfigError
-
-
-def compile_step(cfg: Config) -> None:
-    """Lower and compile ``cfg``'s train step for the default device (abstract: nothing runs)."""
-    from trainer.memory_fit import abstract_step
-
-    step, state, batch = abstract_step(cfg)
-    step.lower(state, batch).compile()
 
 
 def choose_attention(
     cfg: Config,
     *,
-    build: Callable[[Config], None] = compile_step,
+    build: Callable[[Config], object] = step_peak,
     say: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> Config:
     """``cfg`` with the attention kernel that compiles, saying the choice (see module doc).
@@ -44,7 +37,8 @@ def choose_attention(
     cfg : Config
         The run's config (``model.attention_impl`` auto or a kernel's name), its vocabulary known.
     build : callable
-        Lowers and compiles the step of a config; raises on failure (tests inject failures).
+        Lowers and compiles the step of a config (by default its abstract step for the default
+        device: nothing runs); raises on failure (tests inject failures).
     say : callable
         Where the lines go.
 

@@ -51,14 +51,12 @@ def choose_attention(
 
     from tjx import kernels
 
+    def build_kernel(kernel: str) -> object:
+        # The abstract step is a decoder's: other tasks' kernels are traced (and proven) late.
+        return build(cfg.with_model(attention_impl=kernel)) if cfg.task == "lm" else None
+
     try:
-        chosen, fell_back = choose_kernel(
-            cfg,
-            jax.device_count(),
-            lambda kernel: build(cfg.with_model(attention_impl=kernel)),
-            say,
-            compiles=cfg.task == "lm",  # the abstract step is a decoder's; others trace it late
-        )
+        chosen, fell_back = choose_kernel(cfg, jax.device_count(), build_kernel, say)
     except kernels.KernelCompileError as err:
         raise ConfigError(
             f"{err}; set model.attention_impl=auto to let tjx choose (or xla)"
@@ -73,34 +71,26 @@ def choose_kernel(
     build: Callable[[str], object],
     say: Callable[[str], None],
     *,
-    compiles: bool = True,
     say_xla: bool = False,
 ) -> tuple[str, bool]:
-    """The attention kernel ``cfg`` takes over ``devices`` devices, and whether it is a fallback
-    (not the first of tjx.kernels' order): the run's choice and ``--plan``'s, each with its own
-    ``build(kernel)`` (lower and compile; raises on failure). Under a context split (its line
-    said), with xla, or when not ``compiles``, the config's own. Raises
-    `tjx.kernels.KernelCompileError` when the kernel named, or every kernel, fails."""
+    """The attention kernel ``cfg`` takes over ``devices`` devices and whether it is a fallback
+    (`tjx.kernels.choose_kernel` with ``build(kernel)``: the run's compile, or ``--plan``'s for
+    its target); the config's own under a context split (its line said) or with xla (said only
+    when ``say_xla``). Raises `tjx.kernels.KernelCompileError` as that does."""
     from tjx import kernels
 
-    impl = cfg.model.attention_impl
+    impl, m = cfg.model.attention_impl, cfg.model
     line = split_kernel_line(cfg, devices)
     if line is not None:  # the blocks of a context split: no cuDNN, nothing to choose
         say(line)
         return impl, False
-    if impl == "xla":
-        if say_xla:
-            say("attention: xla (model.attention_impl)")
+    if impl == "xla" and not say_xla:
         return impl, False
-    dtype, head_dim = cfg.model.precision.compute_dtype, cfg.model.head_dim
-    capped = cfg.model.attn_logit_softcap is not None  # cuDNN cannot soft-cap (Gemma 2)
-    order = kernels.kernel_order(
-        impl, dtype, head_dim, named_by="model.attention_impl", say=say, softcap=capped
+    capped = m.attn_logit_softcap is not None  # cuDNN cannot soft-cap (Gemma 2)
+    dtype, named = m.precision.compute_dtype, "model.attention_impl"
+    return kernels.choose_kernel(
+        impl, dtype, m.head_dim, build, named_by=named, say=say, softcap=capped
     )
-    if not compiles:
-        return impl, False
-    chosen = kernels.first_that_compiles(order, build, explicit=impl != "auto", say=say)
-    return chosen, chosen != order[0]
 
 
 def split_kernel_line(cfg: Config, devices: int) -> str | None:

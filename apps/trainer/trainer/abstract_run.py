@@ -1,10 +1,10 @@
 """A run's train and eval steps over abstract, sharded inputs: what a compile needs, nothing else.
 
-The same model, optimizer, mesh rules and steps as a run builds (`trainer.state.build`,
-`trainer.step`), but every array is a ``jax.ShapeDtypeStruct`` carrying its sharding on the given
-mesh: no parameter is created, so a mesh of devices that are not here (tjx-parallel's
-`abstract_devices`) compiles the program those devices would run, state donated and laid out as
-the real run lays it out.
+The same model, optimizer, mesh rules and steps as a run builds (`trainer.state`, `trainer.step`),
+but every array is a ``jax.ShapeDtypeStruct`` carrying its sharding on the given mesh: no
+parameter is created, so a mesh of devices that are not here (tjx-parallel's `abstract_devices`)
+compiles the program those devices would run, state donated and laid out as the real run lays it
+out.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from trainer import dpo
 from trainer.config import Config
-from trainer.schema import ConfigError, keyed
+from trainer.schema import ConfigError
 
 #: The loader's token batch (tjx.data's layout): every LM-like objective reads from these.
 TOKEN_KEYS = ("inputs", "targets", "segment_ids", "positions")
@@ -36,13 +35,6 @@ class AbstractRun:
     mesh: Any
 
 
-def _sharded(tree: Any, shardings: Any) -> Any:
-    def leaf(x: Any, sharding: Any) -> jax.ShapeDtypeStruct:
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-
-    return jax.tree.map(leaf, tree, shardings)
-
-
 def abstract_batch(run: Config, rows: int, mesh: Any) -> dict[str, jax.ShapeDtypeStruct]:
     """A batch of ``rows`` in the loader's layout for the run's objective, split over the mesh's
     batch axes (a ViT's images and labels; every other objective's tokens)."""
@@ -55,8 +47,7 @@ def abstract_batch(run: Config, rows: int, mesh: Any) -> dict[str, jax.ShapeDtyp
             "labels": ((rows,), jnp.int32),
         }
     else:
-        seq = run.data.seq_len
-        shapes = {k: ((rows, seq), jnp.int32) for k in TOKEN_KEYS}
+        shapes = {k: ((rows, run.data.seq_len), jnp.int32) for k in TOKEN_KEYS}
     return {
         k: jax.ShapeDtypeStruct(shape, dtype, sharding=parallel.batch_sharding(mesh, len(shape)))
         for k, (shape, dtype) in shapes.items()
@@ -73,58 +64,30 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
         (its stages are built over this machine's own devices).
     """
     from tjx import nn, parallel
-    from trainer.state import check_experts, make_optimizer, new_model
+    from trainer.state import abstract_state, make_mesh
     from trainer.step import experts_of, make_eval_step, make_train_step
 
-    cfg, mc = run, run.mesh
-    if mc.pipeline > 1:
+    if run.mesh.pipeline > 1:
         raise ConfigError("mesh.pipeline: a pipelined run is not planned without its devices yet")
-    try:
-        mesh = parallel.make_mesh(mc, devices)
-    except ValueError as err:
-        raise ConfigError(f"mesh: {err} ({len(devices)} devices planned)") from None
-    batch, steps = cfg.data.batch_size, run.optimizer.accumulation_steps
-    with keyed(None):  # tjx.parallel's message names the config keys
-        parallel.check_batch_split(
-            {
-                f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})": (
-                    dpo.batch_rows(run, batch) // steps
-                ),
-                "eval.batch_size": dpo.batch_rows(run, cfg.eval.batch_size),
-            },
-            mesh,
-        )
-    from trainer.state import check_context
-
-    check_context(cfg, parallel.context_ways(mesh))
-    check_experts(cfg, mesh)
-    rules = parallel.rules_for(mc)  # ZeRO over fsdp × context under a split, as state.make_mesh
-    split = parallel.context_parallel(mesh, rules, mc)  # as state.build: None unless split
-    abstract = nnx.eval_shape(lambda: new_model(run, run.model))  # LoRA adapters included
-    graphdef, params_state, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
-    params = nnx.to_pure_dict(params_state)
-    specs = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
-    tx = make_optimizer(run, params, specs)
-    state = {
-        "params": params,
-        "opt_state": jax.eval_shape(tx.init, params),
-        "step": jax.ShapeDtypeStruct((), jnp.int32),
-    }
-    state = dpo.with_reference(run, state, copy=False)  # DPO's frozen reference params
+    mesh, rules = make_mesh(run, devices)  # ZeRO over fsdp × context under a split
+    split = parallel.context_parallel(mesh, rules, run.mesh)  # as state.build: None unless split
+    graphdef, rest, tx, state, specs = abstract_state(run)
     shardings = parallel.state_shardings(state, mesh, rules, param_specs=specs)
-    state = _sharded(state, shardings)
+    state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+    )
     concrete_rest = nn.concrete_state(rest)
     train = jax.jit(
         make_train_step(graphdef, concrete_rest, tx, run, split, experts_of(mesh, rules, run)),
         donate_argnums=(0,),
         out_shardings=(shardings, None),
     )
-    evaluate = jax.jit(make_eval_step(graphdef, concrete_rest, cfg, split))
+    evaluate = jax.jit(make_eval_step(graphdef, concrete_rest, run, split))
     return AbstractRun(
         train,
         state,
-        abstract_batch(run, dpo.batch_rows(run, batch), mesh),
+        abstract_batch(run, dpo.batch_rows(run, run.data.batch_size), mesh),
         evaluate,
-        abstract_batch(run, dpo.batch_rows(run, cfg.eval.batch_size), mesh),
+        abstract_batch(run, dpo.batch_rows(run, run.eval.batch_size), mesh),
         mesh,
     )

@@ -20,21 +20,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from trainer.config import Config
+from trainer.memory_fit import step_peak
 from trainer.schema import ConfigError
-
-
-def compile_step(cfg: Config) -> None:
-    """Lower and compile ``cfg``'s train step for the default device (abstract: nothing runs)."""
-    from trainer.memory_fit import abstract_step
-
-    step, state, batch = abstract_step(cfg)
-    step.lower(state, batch).compile()
 
 
 def choose_attention(
     cfg: Config,
     *,
-    build: Callable[[Config], None] = compile_step,
+    build: Callable[[Config], object] = step_peak,
     say: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> Config:
     """``cfg`` with the attention kernel that compiles, saying the choice (see module doc).
@@ -44,7 +37,8 @@ def choose_attention(
     cfg : Config
         The run's config (``model.attention_impl`` auto or a kernel's name), its vocabulary known.
     build : callable
-        Lowers and compiles the step of a config; raises on failure (tests inject failures).
+        Lowers and compiles the step of a config (by default its abstract step for the default
+        device: nothing runs); raises on failure (tests inject failures).
     say : callable
         Where the lines go.
 
@@ -57,33 +51,46 @@ def choose_attention(
 
     from tjx import kernels
 
-    impl = cfg.model.attention_impl
-    line = split_kernel_line(cfg, jax.device_count())
-    if line is not None:
-        say(line)
-        return cfg
-    if impl == "xla":
-        return cfg
-    dtype, head_dim = cfg.model.precision.compute_dtype, cfg.model.head_dim
-    capped = cfg.model.attn_logit_softcap is not None  # cuDNN cannot soft-cap (Gemma 2)
-    order = kernels.kernel_order(
-        impl, dtype, head_dim, named_by="model.attention_impl", say=say, softcap=capped
-    )
-    if cfg.task != "lm":  # the abstract step is a decoder's; other tasks trace it late
-        return cfg
+    def build_kernel(kernel: str) -> object:
+        # The abstract step is a decoder's: other tasks' kernels are traced (and proven) late.
+        return build(cfg.with_model(attention_impl=kernel)) if cfg.task == "lm" else None
+
     try:
-        chosen = kernels.first_that_compiles(
-            order,
-            lambda kernel: build(cfg.with_model(attention_impl=kernel)),
-            explicit=impl != "auto",
-            say=say,
-        )
+        chosen, fell_back = choose_kernel(cfg, jax.device_count(), build_kernel, say)
     except kernels.KernelCompileError as err:
         raise ConfigError(
             f"{err}; set model.attention_impl=auto to let tjx choose (or xla)"
         ) from None
     # With no fallback, "auto" stays: it resolves to the same kernel while tracing.
-    return cfg if chosen == order[0] else cfg.with_model(attention_impl=chosen)
+    return cfg.with_model(attention_impl=chosen) if fell_back else cfg
+
+
+def choose_kernel(
+    cfg: Config,
+    devices: int,
+    build: Callable[[str], object],
+    say: Callable[[str], None],
+    *,
+    say_xla: bool = False,
+) -> tuple[str, bool]:
+    """The attention kernel ``cfg`` takes over ``devices`` devices and whether it is a fallback
+    (`tjx.kernels.choose_kernel` with ``build(kernel)``: the run's compile, or ``--plan``'s for
+    its target); the config's own under a context split (its line said) or with xla (said only
+    when ``say_xla``). Raises `tjx.kernels.KernelCompileError` as that does."""
+    from tjx import kernels
+
+    impl, m = cfg.model.attention_impl, cfg.model
+    line = split_kernel_line(cfg, devices)
+    if line is not None:  # the blocks of a context split: no cuDNN, nothing to choose
+        say(line)
+        return impl, False
+    if impl == "xla" and not say_xla:
+        return impl, False
+    capped = m.attn_logit_softcap is not None  # cuDNN cannot soft-cap (Gemma 2)
+    dtype, named = m.precision.compute_dtype, "model.attention_impl"
+    return kernels.choose_kernel(
+        impl, dtype, m.head_dim, build, named_by=named, say=say, softcap=capped
+    )
 
 
 def split_kernel_line(cfg: Config, devices: int) -> str | None:

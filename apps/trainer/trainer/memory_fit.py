@@ -15,39 +15,30 @@ that is not here.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from tjx.metrics import GIB, first_fit, peak_bytes
 from trainer import dpo
+from trainer.abstract_run import TOKEN_KEYS
 from trainer.config import Config
 from trainer.schema import ConfigError
 
 
 def abstract_step(cfg: Config) -> tuple[Any, Any, Any]:
-    """(jitted step, abstract state, abstract batch) of an LM run; no parameter is created."""
+    """(jitted step, abstract state, abstract batch) of an LM run on one device; no parameter
+    is created."""
     from tjx import nn
-    from trainer.state import make_optimizer, new_model
+    from trainer.state import abstract_state
     from trainer.step import make_train_step
 
-    abstract = nnx.eval_shape(lambda: new_model(cfg, cfg.model))  # LoRA adapters included
-    graphdef, params_state, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
-    params = nnx.to_pure_dict(params_state)
-    # The same optimizer as the run's (state.build): masks read from the params' logical axes.
-    axes = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
-    tx = make_optimizer(cfg, params, axes)
-    state = {
-        "params": params,
-        "opt_state": jax.eval_shape(tx.init, params),
-        "step": jax.ShapeDtypeStruct((), jnp.int32),
-    }
-    state = dpo.with_reference(cfg, state, copy=False)  # DPO's frozen reference params
+    graphdef, rest, tx, state, _ = abstract_state(cfg)
     b, s = dpo.batch_rows(cfg, cfg.data.batch_size), cfg.data.seq_len
-    keys = ("inputs", "targets", "segment_ids", "positions")
-    batch = {k: jax.ShapeDtypeStruct((b, s), jnp.int32) for k in keys}
+    batch = {k: jax.ShapeDtypeStruct((b, s), jnp.int32) for k in TOKEN_KEYS}
     step = jax.jit(make_train_step(graphdef, nn.concrete_state(rest), tx, cfg), donate_argnums=(0,))
     return step, state, batch
 
@@ -64,6 +55,24 @@ def _announced(name: str, cfg: Config) -> int:
     return step_peak(cfg)
 
 
+def lighter(cfg: Config, ways: int | None = None) -> Iterator[tuple[Config, str]]:
+    """The lighter steps of ``cfg`` the memory fit takes, in order, each with its change: full
+    remat when remat is off; then, given the ``ways`` a batch splits over (``--plan``'s advice:
+    the trainer does not split a batch itself), the batch in twice as many micro-batches while
+    it splits."""
+    if cfg.model.remat == "none":
+        cfg = cfg.with_model(remat="full")
+        yield cfg, "model.remat=full"
+    batch, micro = cfg.data.batch_size, cfg.optimizer.accumulation_steps
+    while ways is not None:
+        micro *= 2
+        if batch % micro or (batch // micro) % ways:
+            return
+        optimizer = dataclasses.replace(cfg.optimizer, accumulation_steps=micro)
+        cfg = dataclasses.replace(cfg, optimizer=optimizer)
+        yield cfg, f"optimizer.accumulation_steps={micro}"
+
+
 #: The candidates' names, as the ``memory:`` lines print them.
 STEP, FULL_REMAT = "the train step", "the train step with model.remat=full"
 
@@ -77,9 +86,9 @@ def fit_memory(cfg: Config, *, budget: int | None = None, devices: int | None = 
     # The abstract step below is a decoder's (an LM batch).
     if not cfg.train.fit_memory or cfg.task != "lm" or devices != 1:
         return cfg
-    full = cfg.with_model(remat="full")
+    full = next(lighter(cfg), (cfg, ""))[0]  # full remat, when remat is off
     candidates = [(STEP, lambda: _announced(STEP, cfg))]
-    if cfg.model.remat == "none":
+    if full is not cfg:
         candidates.append((FULL_REMAT, lambda: _announced(FULL_REMAT, full)))
     # Each figure is printed as it comes: the next compile may take a while.
     fit = first_fit(candidates, budget=budget, on_check=lambda c: print(f"memory: {c}", flush=True))

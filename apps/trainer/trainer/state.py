@@ -82,17 +82,19 @@ def check_experts(cfg: Config, mesh: Any) -> None:
                 raise ValueError(str(err).replace("MeshConfig.", "mesh.")) from None
 
 
-def make_mesh(cfg: Config) -> tuple[Any, Any]:
-    """The device mesh and logical-axis rules; mesh/batch mismatches are config errors."""
+def make_mesh(cfg: Config, devices: list[Any] | None = None) -> tuple[Any, Any]:
+    """The mesh over ``devices`` (default: this machine's; a plan's abstract ones) and the
+    logical-axis rules; mesh/batch mismatches are config errors."""
     from tjx import parallel
 
     mc = cfg.mesh
     if mc.pipeline > 1:  # the sizes first: their message is clearer than the mesh's
         _check_pipeline(cfg)
     try:
-        mesh = parallel.make_mesh(mc)
+        mesh = parallel.make_mesh(mc, devices)
     except ValueError as err:
-        raise ConfigError(f"mesh: {err} ({jax.device_count()} devices here)") from None
+        n, where = (jax.device_count(), "here") if devices is None else (len(devices), "planned")
+        raise ConfigError(f"mesh: {err} ({n} devices {where})") from None
     if mc.pipeline > 1:  # each microbatch is split over data×fsdp inside its stage
         _check_pipeline(cfg, parallel.batch_ways(mesh))
     check_experts(cfg, mesh)
@@ -217,18 +219,38 @@ def build(cfg: Config, init_from: str | None = None) -> Setup:
         nnx.update(model, jax.device_put(loaded, parallel.state_shardings(loaded, mesh, rules)))
     else:
         model = parallel.shard_init(lambda: new_model(cfg, model_cfg), mesh, rules)
+    graphdef, rest, tx, state, _ = train_state(cfg, model, (mesh, rules))
+    # The step counter (and any leaf jit left on one device) replicated: one device set.
+    state = parallel.on_mesh(state, mesh)
+    num_params = sum(int(x.size) for x in jax.tree.leaves(state["params"]))
+    split = parallel.context_parallel(mesh, rules, cfg.mesh)  # None unless mesh.context > 1
+    return Setup(mesh, rules, model_cfg, graphdef, rest, tx, state, num_params, split, init_step)
+
+
+def train_state(cfg: Config, model: Any, place: tuple[Any, Any] | None = None) -> tuple[Any, ...]:
+    """(graphdef, rest, optimizer, state ``{params, opt_state, step}``, the params' logical axes)
+    of ``model``: the run's, sharded on ``place`` (mesh, rules), or abstract (``place`` None, of
+    `abstract_state`'s ``nnx.eval_shape``: every leaf a ``jax.ShapeDtypeStruct``)."""
+    from tjx import parallel
+
     graphdef, params_state, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
     params = nnx.to_pure_dict(params_state)
     # The params' logical axes: the weight-decay mask and Muon's matrices are read from them, and
     # optimizer slots that mirror the params (mu, nu, ...) are sharded like them (ZeRO under FSDP).
     specs = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
     tx = make_optimizer(cfg, params, specs)
-    opt_state = parallel.shard_opt_init(tx.init, params, mesh, rules, param_specs=specs)
-    state = {"params": params, "opt_state": opt_state, "step": jnp.asarray(0, jnp.int32)}
-    # DPO without LoRA: the starting params, frozen, as the reference model (trainer.dpo).
-    state = dpo.with_reference(cfg, state)
-    # The step counter (and any leaf jit left on one device) replicated: one device set.
-    state = parallel.on_mesh(state, mesh)
-    num_params = sum(int(x.size) for x in jax.tree.leaves(params))
-    split = parallel.context_parallel(mesh, rules, cfg.mesh)  # None unless mesh.context > 1
-    return Setup(mesh, rules, model_cfg, graphdef, rest, tx, state, num_params, split, init_step)
+    step: Any
+    if place is None:
+        opt_state, step = jax.eval_shape(tx.init, params), jax.ShapeDtypeStruct((), jnp.int32)
+    else:
+        opt_state = parallel.shard_opt_init(tx.init, params, *place, param_specs=specs)
+        step = jnp.asarray(0, jnp.int32)
+    state = {"params": params, "opt_state": opt_state, "step": step}
+    # DPO without LoRA: the starting params, frozen, as the reference model (trainer.dpo); an
+    # abstract state's shapes serve as they are.
+    return graphdef, rest, tx, dpo.with_reference(cfg, state, copy=place is not None), specs
+
+
+def abstract_state(cfg: Config) -> tuple[Any, ...]:
+    """`train_state` of ``cfg``'s model (LoRA adapters included) with no parameter created."""
+    return train_state(cfg, nnx.eval_shape(lambda: new_model(cfg, cfg.model)))

@@ -9,12 +9,10 @@ import json
 import jax
 import pytest
 
-from tjx.metrics import GIB, accelerator
-from trainer import deviceless, plan_compile, plan_report, target_plan
+from tjx.metrics import GIB, Compiled, Target, accelerator, deviceless
+from trainer import target_plan
 from trainer.cli import main
 from trainer.config import read_config, resolve
-from trainer.deviceless import Target
-from trainer.plan_compile import Compiled
 from trainer.schema import ConfigError
 from trainer.settings import apply_overrides, load_config_data
 
@@ -63,17 +61,6 @@ def test_a_plan_is_of_a_fresh_run(capsys, in_tmp):
     assert "drop --resume" in error_line(capsys)
 
 
-def test_a_gpu_budget_is_the_share_jax_takes(monkeypatch):
-    h100 = accelerator("h100")
-    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
-    assert plan_compile.budget_bytes(h100)[0] == int(h100.memory_bytes * 0.75)
-    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")
-    budget, why = plan_compile.budget_bytes(h100)
-    assert budget == int(h100.memory_bytes * 0.9) and "=0.9" in why
-    v5e = accelerator("v5e")
-    assert plan_compile.budget_bytes(v5e)[0] == v5e.memory_bytes  # the compiler enforces it
-
-
 def fake_compiles(monkeypatch, peaks: dict[tuple[str, int], int | None]) -> list[str]:
     """``compile_train`` answering from ``peaks`` by (remat, accumulation steps); None: refused
     by the compiler for memory, as a TPU's is."""
@@ -88,7 +75,7 @@ def fake_compiles(monkeypatch, peaks: dict[tuple[str, int], int | None]) -> list
             return Compiled(label, 1.0, error=error)
         return Compiled(label, 1.0, compiled=object(), peak=peak)
 
-    monkeypatch.setattr(plan_compile, "compile_train", compile_train)
+    monkeypatch.setattr(target_plan, "compile_train", compile_train)
     return seen
 
 
@@ -100,8 +87,8 @@ def test_the_fit_takes_full_remat_when_the_step_is_refused_for_memory(monkeypatc
     seen = fake_compiles(monkeypatch, {("none", 1): None, ("full", 1): 4 * GIB})
     lines: list[str] = []
     run = run_of()
-    first = plan_compile.compile_train(run, target(), "as configured")
-    fitted, step, record = plan_compile.fit(run, target(), first, lines.append)
+    first = target_plan.compile_train(run, target(), "as configured")
+    fitted, step, record = target_plan.fit(run, target(), first, lines.append)
     assert fitted.model.remat == "full" and step.peak == 4 * GIB and record["fits"]
     assert seen == ["as configured", "model.remat=full"]
     assert "27.98G of temporaries alone" in lines[0] and lines[0].endswith("does not fit")
@@ -113,8 +100,8 @@ def test_when_remat_is_not_enough_the_batch_is_split_into_micro_batches(monkeypa
     peaks = {("none", 1): big, ("full", 1): big, ("full", 2): big, ("full", 4): 10 * GIB}
     seen = fake_compiles(monkeypatch, peaks)
     run = run_of()
-    first = plan_compile.compile_train(run, target(), "as configured")
-    fitted, _, record = plan_compile.fit(run, target(), first, lambda line: None)
+    first = target_plan.compile_train(run, target(), "as configured")
+    fitted, _, record = target_plan.fit(run, target(), first, lambda line: None)
     assert record["fits"] and fitted.optimizer.accumulation_steps == 4
     assert fitted.optimizer.accumulation_steps == 4
     assert seen[-1] == "optimizer.accumulation_steps=4"
@@ -125,10 +112,10 @@ def test_a_step_that_never_fits_is_an_error_saying_by_how_much(monkeypatch):
     peaks |= {("full", m): (20 + m) * GIB for m in (1, 2, 4, 8)}
     fake_compiles(monkeypatch, peaks)
     run = run_of()
-    first = plan_compile.compile_train(run, target(), "as configured")
-    fitted, _, record = plan_compile.fit(run, target(), first, lambda line: None)
+    first = target_plan.compile_train(run, target(), "as configured")
+    fitted, _, record = target_plan.fit(run, target(), first, lambda line: None)
     assert not record["fits"] and fitted is run  # the plan goes on with the step as configured
-    message = plan_report._does_not_fit("v5e", target(), record)
+    message = target_plan._does_not_fit("v5e", target(), record)
     over = (21 * GIB - accelerator("v5e").memory_bytes) / GIB
     assert f"does not fit by {over:.2f} GiB per device" in message
     assert "--plan 4xv5e --set mesh.strategy=fsdp" in message
@@ -144,7 +131,7 @@ def test_the_whole_report_on_this_machines_devices(capsys, tmp_path, monkeypatch
     """The plan's path end to end, compiled by XLA:CPU for 2 devices and estimated against a
     TPU v5e's table (the deviceless part is the integration test's)."""
     lines: list[str] = []
-    result = plan_report.plan(run_of(), target("v5e", 2), "2xv5e", say=lines.append)
+    result = target_plan.plan(run_of(), target("v5e", 2), "2xv5e", say=lines.append)
     assert result.error is None, result.error
     assert lines[0].startswith("plan: tiny on 2 × TPU v5e")
     assert lines[1].startswith("attention: xla (auto: fused kernels are CUDA-only in tjx")
@@ -160,24 +147,9 @@ def test_the_whole_report_on_this_machines_devices(capsys, tmp_path, monkeypatch
     assert data["train"]["remat"] == "none" and data["memory"]["fits"]
 
 
-def test_float32_matmuls_are_named_by_their_operation():
-    dims = "lhs_contracting_dims={1}, rhs_contracting_dims={0}"
-    text = "\n".join([
-        "HloModule m",
-        "ENTRY %main (a: f32[2,2], b: bf16[2,2]) -> f32[2,2] {",
-        "  %a = f32[2,2]{1,0} parameter(0)",
-        "  %b = bf16[2,2]{1,0} parameter(1)",
-        "  %c = bf16[2,2]{1,0} convert(%a)",
-        f'  %d = f32[2,2]{{1,0}} dot(%a, %a), {dims}, metadata={{op_name="jit(f)/logits"}}',
-        f'  ROOT %e = f32[2,2]{{1,0}} dot(%c, %b), {dims}, metadata={{op_name="jit(f)/mixed"}}',
-        "}",
-    ])  # fmt: skip
-    assert plan_report.f32_dots(text) == ["jit(f)/logits"]
-
-
 def on_this_machine(monkeypatch, key: str = "v5e") -> None:
     """``--plan`` opens this machine's first CPU device as if it were ``key``'s."""
-    monkeypatch.setattr(deviceless, "open_target", lambda text, flag="--plan": target(key))
+    monkeypatch.setattr(target_plan, "open_target", lambda text, flag="--plan": target(key))
 
 
 def test_the_cli_prints_the_plan_and_writes_its_json(capsys, in_tmp, monkeypatch):
@@ -209,28 +181,6 @@ def test_plan_here_estimates_this_machines_devices_against_a_named_entry():
         target_plan.plan_here(run_of())  # a CPU is in no device table
 
 
-def test_an_untuned_triton_gemm_is_compiled_with_cublas_and_said():
-    calls = []
-
-    class Lowered:
-        def compile(self, compiler_options=None):
-            calls.append(compiler_options)
-            if compiler_options is None:
-                raise RuntimeError("INTERNAL: Couldn't find output tile sizes that satisfy hlo")
-            return jax.jit(lambda x: x + 1).lower(1.0).compile()
-
-    got = plan_compile._compile(Lowered(), "step", 0.0)
-    assert calls == [None, {"xla_gpu_enable_triton_gemm": False}]
-    assert got.error is None and got.note == plan_compile.CUBLAS_NOTE and got.peak is not None
-
-    class Broken:
-        def compile(self, compiler_options=None):
-            raise RuntimeError("INTERNAL: ptxas failed\nmore lines")
-
-    failed = plan_compile._compile(Broken(), "step", 0.0)
-    assert failed.error == "INTERNAL: ptxas failed" and failed.compiled is None
-
-
 def test_a_split_plan_holds_each_devices_share_of_the_activations():
     """Under mesh.context=4 the plan's peak per device grows with the sequence by about a quarter
     of what one unsplit device's grows (the state is the same at both lengths), its attention
@@ -248,7 +198,7 @@ def test_a_split_plan_holds_each_devices_share_of_the_activations():
                 *("mesh.data=1", "mesh.strategy=dp", f"mesh.context={ways}"),
             )
             lines = []
-            result = plan_report.plan(run, target("v5e", ways), f"{ways}xv5e", say=lines.append)
+            result = target_plan.plan(run, target("v5e", ways), f"{ways}xv5e", say=lines.append)
             assert result.error is None, result.error
             peaks.append(result.data["train"]["peak_bytes"])
         return peaks[1] - peaks[0], lines
@@ -261,14 +211,3 @@ def test_a_split_plan_holds_each_devices_share_of_the_activations():
         "has no split forward and backward)"
     )
     assert any("collective-permute over 4" in line for line in lines), lines
-
-
-def test_notes_that_say_the_same_of_many_ops_are_one_line():
-    notes = [f"conditional.{i}: conditional counted as its most expensive branch" for i in range(5)]
-    notes += ["while.3: while loop with no known trip count, counted once", "a plain note"]
-    assert plan_report.grouped_notes(notes) == [
-        "conditional counted as its most expensive branch: 5 of them (conditional.0, "
-        "conditional.1, conditional.2, …)",
-        "while.3: while loop with no known trip count, counted once",
-        "a plain note",
-    ]

@@ -89,3 +89,24 @@ def test_a_head_split_backward_recomputes_the_scores_in_each_program():
 def test_other_kernels_are_not_priced_here():
     q = ("bf16", (1, 16, 1, 16))
     assert custom_call_cost("someone_elses_kernel", (1, 1, 1), [q] * 3, [q]) is None
+
+
+def test_a_roofline_prices_tjx_calls_and_leaves_others_to_it():
+    from types import SimpleNamespace
+
+    from tjx.kernels import roofline_costs
+
+    def arr(dtype: str, *dims: int) -> SimpleNamespace:
+        return SimpleNamespace(dtype=dtype, dims=dims)
+
+    q, out = arr("bf16", 2, 256, 4, 64), arr("bf16", 2, 256, 4, 64)
+    call = SimpleNamespace(
+        kernel="tjx_flash_fwd", grid=(4, 2, 4), operands=[q, q, q], results=[out]
+    )
+    for capability, hopper in [((9, 0), True), ((8, 0), False), (None, False)]:
+        cost = roofline_costs(causal=True, device_kind=H100, compute_capability=capability)
+        assert cost(call) == custom_call_cost(
+            "tjx_flash_fwd", (4, 2, 4), [("bf16", q.dims)] * 3, [("bf16", out.dims)],
+            causal=True, device_kind=H100, hopper=hopper,
+        )  # fmt: skip
+    assert cost(SimpleNamespace(kernel=None)) is None  # a custom call that is no kernel

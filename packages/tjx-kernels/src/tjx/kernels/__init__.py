@@ -25,6 +25,7 @@ from tjx.kernels.choice import (
     KernelCompileError,
     Target,
     auto_order,
+    choose_kernel,
     current_target,
     first_that_compiles,
     kernel_order,
@@ -32,7 +33,7 @@ from tjx.kernels.choice import (
     target,
 )
 from tjx.kernels.compile_cache import enable_compilation_cache
-from tjx.kernels.costs import custom_call_cost
+from tjx.kernels.costs import custom_call_cost, roofline_costs
 from tjx.kernels.cross_entropy import CrossEntropyOutput, auto_chunk_size, chunked_cross_entropy
 from tjx.kernels.dispatch import IMPLEMENTATIONS, attention, select_implementation
 from tjx.kernels.launch import LaunchDefaults, default_launch
@@ -62,6 +63,7 @@ __all__ = [
     "block_kernel",
     "ce_auto_order",
     "ce_implementation",
+    "choose_kernel",
     "chunked_cross_entropy",
     "current_target",
     "custom_call_cost",
@@ -74,6 +76,7 @@ __all__ = [
     "linear_cross_entropy",
     "out_of_memory",
     "reference_attention",
+    "roofline_costs",
     "select_implementation",
     "soft_cap",
     "target",

@@ -48,13 +48,14 @@ exponentials (not matmul FLOPs).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from tjx.kernels.launch import MIN_BLOCK, default_launch
 
-__all__ = ["CE_KERNELS", "KERNELS", "ce_cost", "custom_call_cost"]
+__all__ = ["CE_KERNELS", "KERNELS", "ce_cost", "custom_call_cost", "roofline_costs"]
 
 #: The kernels priced here, by their ``pallas_call`` name.
 KERNELS = ("tjx_flash_fwd", "tjx_flash_bwd_dq", "tjx_flash_bwd_dkdv")
@@ -145,6 +146,45 @@ def custom_call_cost(
     out_item = _ITEM.get(results[0][0], item)
     written = 2 * heads * s_k * d * out_item
     return {dtype: (4.0 * n + 4) * heads * bk * d * queries}, float(read), float(written)
+
+
+Cost = tuple[dict[str, float], float, float]
+
+
+def roofline_costs(
+    *, causal: bool, device_kind: str | None, compute_capability: tuple[int, int] | None
+) -> Callable[[Any], Cost | None]:
+    """tjx.metrics' roofline's ``custom_call_cost``: these prices for the calls of a program.
+
+    Parameters
+    ----------
+    causal : bool
+        Whether the model's attention is causal (the call does not say).
+    device_kind, compute_capability : optional
+        The device the program was compiled for: the launch it took (from sm_90 on, Hopper's).
+
+    Returns
+    -------
+    callable
+        ``(CustomCall) -> (FLOPs by dtype, bytes read, bytes written)``, None for a call that is
+        no kernel's (its ``.kernel`` is None) or not tjx's.
+    """
+    hopper = (compute_capability or (0, 0)) >= (9, 0)
+
+    def cost(call: Any) -> Cost | None:
+        if call.kernel is None:
+            return None
+        return custom_call_cost(
+            call.kernel,
+            call.grid,
+            [(a.dtype, a.dims) for a in call.operands],
+            [(a.dtype, a.dims) for a in call.results],
+            causal=causal,
+            device_kind=device_kind,
+            hopper=hopper,
+        )
+
+    return cost
 
 
 def ce_cost(

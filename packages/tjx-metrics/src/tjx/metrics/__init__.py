@@ -19,7 +19,11 @@
   optimized HLO: per kernel FLOPs, bytes read and written, loops times their trip counts) over
   :func:`parse_hlo`, against the device table (:data:`ACCELERATORS`, :func:`accelerator`,
   :func:`parse_target`: peaks per dtype, HBM, bandwidth, links; :func:`gpu_target_config`, XLA's
-  own GPU spec for a deviceless compile).
+  own GPU spec for a deviceless compile). A plan for a device that is not here: :class:`Target`,
+  :func:`check_packages`, :func:`use_cpu_platform`, :func:`quiet_native_stderr`; each step's
+  :func:`compile_lowered` (a :class:`Compiled` finding, never raised) fitted by
+  :func:`fit_compiled` to :func:`budget_bytes`; :func:`estimate` says the roofline in a plan's
+  lines (:func:`f32_dots`, :func:`grouped_notes`).
 * Before and during a run: :func:`peak_bytes` (XLA's memory analysis of a compiled step),
   :func:`available_bytes` (what a device can use) and :func:`first_fit` (the first candidate step
   whose peak fits); :class:`DivergenceGuard` (stop after too many non-finite or skipped steps in a
@@ -43,6 +47,15 @@ from tjx.metrics.accumulate import (
     with_bits_per_byte,
 )
 from tjx.metrics.classification import classification_metrics
+from tjx.metrics.compiled import (
+    CUBLAS_NOTE,
+    UNTUNED_GEMM,
+    Compiled,
+    compile_lowered,
+    first_line,
+    fit_compiled,
+)
+from tjx.metrics.deviceless import Target, check_packages, quiet_native_stderr, use_cpu_platform
 from tjx.metrics.devices import (
     DEVICE_PEAKS,
     DevicePeak,
@@ -92,14 +105,17 @@ from tjx.metrics.memory import (
     MemoryCheck,
     MemoryFit,
     available_bytes,
+    budget_bytes,
     first_fit,
     peak_bytes,
     refused_bytes,
+    refused_text,
 )
 from tjx.metrics.moe import MOE_FIELDS, expert_load, moe_metrics
 from tjx.metrics.plots import load_curves, plot_curves, plot_run
 from tjx.metrics.progress import ProgressBar, progress_bar
 from tjx.metrics.roofline import LIKELY_BRANCH, Roofline, roofline
+from tjx.metrics.roofline_report import LAUNCH_BOUND_S, TOP, estimate, f32_dots, grouped_notes
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
 __version__ = "0.13.0"
@@ -180,4 +196,21 @@ __all__ = [
     "transformer_flops_per_token",
     "weights_to_host",
     "with_bits_per_byte",
+    "CUBLAS_NOTE",
+    "UNTUNED_GEMM",
+    "Compiled",
+    "compile_lowered",
+    "first_line",
+    "fit_compiled",
+    "Target",
+    "check_packages",
+    "quiet_native_stderr",
+    "use_cpu_platform",
+    "budget_bytes",
+    "refused_text",
+    "LAUNCH_BOUND_S",
+    "TOP",
+    "estimate",
+    "f32_dots",
+    "grouped_notes",
 ]

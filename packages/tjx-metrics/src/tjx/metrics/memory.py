@@ -11,6 +11,7 @@ remat, ...) in order and keeps the first whose peak fits, reporting each one as 
 from __future__ import annotations
 
 import numbers
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,9 +23,11 @@ __all__ = [
     "MemoryCheck",
     "MemoryFit",
     "available_bytes",
+    "budget_bytes",
     "first_fit",
     "peak_bytes",
     "refused_bytes",
+    "refused_text",
 ]
 
 GIB = 2**30
@@ -229,3 +232,47 @@ def first_fit(
         if check.fits:
             break
     return MemoryFit(int(budget), tuple(checks))
+
+
+def budget_bytes(device: Any) -> tuple[int, str]:
+    """Bytes a step may use on a device of the table that may not be here, and why.
+
+    On a GPU, JAX's allocator takes ``XLA_PYTHON_CLIENT_MEM_FRACTION`` (default 0.75) of the
+    memory; a TPU's compiler itself refuses a program larger than the chip's HBM.
+
+    Parameters
+    ----------
+    device : Accelerator
+        The device table's entry (``memory_bytes``, ``platform``, ``name``).
+
+    Returns
+    -------
+    (int, str)
+        The bytes, and the words a plan's ``memory:`` line says them with.
+    """
+    total = int(device.memory_bytes)
+    if device.platform != "gpu":
+        return total, f"of the {device.name}'s {total / GIB:.1f} GiB"
+    fraction = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.75"))
+    why = (
+        f"of the {total * fraction / GIB:.1f} GiB JAX takes of the {device.name}'s "
+        f"{total / GIB:.1f} GiB (XLA_PYTHON_CLIENT_MEM_FRACTION={fraction:g})"
+    )
+    return int(total * fraction), why
+
+
+_REFUSED_FIGURES = re.compile(r"\(([\d.]+[KMGT]?)\) exceeds available HBM \(([\d.]+[KMGT]?)\)")
+
+
+def refused_text(error: str) -> str:
+    """A TPU compiler's out-of-memory message in a few words (its figures when it gives them).
+
+    Examples
+    --------
+    >>> refused_text("RESOURCE_EXHAUSTED: temporaries (27.98G) exceeds available HBM (15.75G)")
+    '27.98G of temporaries alone (the compiler refuses it; 15.75G free)'
+    """
+    found = _REFUSED_FIGURES.search(error)
+    if found is None:
+        return "more than the chip has (the compiler refuses it)"
+    return f"{found.group(1)} of temporaries alone (the compiler refuses it; {found.group(2)} free)"

@@ -1,13 +1,14 @@
-"""The devices of a ``--plan TARGET`` that is not here: abstract GPUs or TPU chips to compile for.
+"""A device that is not here, compiled for: the planned target and what its compiler needs.
 
-``TARGET`` is a name of tjx-metrics' device table (``h100``, ``a100-40gb``, ``v5e``...), optionally
-with a count (``8xh100``: one host of eight). A GPU needs jax's CUDA plugin (with cuDNN and the
-CUDA compiler's ``ptxas``), a TPU libtpu: both from PyPI, in the same versions as the installed
-jax. Neither needs the device: with JAX on its CPU platform, the plugin builds XLA's real
-compiler for the target from its device spec (tjx-metrics ships XLA's own, trimmed), and
-tjx-parallel hands back the slice's abstract devices. A missing package is one line saying what
-to install. The native libraries' start-up chatter on stderr (libtpu's missing-metadata warnings,
-the CUDA stub's "no driver") is kept out of the plan's few lines.
+A target is a name of the device table (``h100``, ``a100-40gb``, ``v5e``...), optionally with a
+count (``8xh100``: one host of eight; :func:`parse_target`). A GPU needs jax's CUDA plugin (with
+cuDNN and the CUDA compiler's ``ptxas``), a TPU libtpu: both from PyPI, in the same versions as
+the installed jax. Neither needs the device: with JAX on its CPU platform
+(:func:`use_cpu_platform`), the plugin builds XLA's real compiler for the target from its device
+spec (:func:`gpu_target_config`), and a caller's mesh library hands back the slice's abstract
+devices. :func:`check_packages` names what to install in one line; :func:`quiet_native_stderr`
+keeps the native libraries' start-up chatter (libtpu's missing-metadata warnings, the CUDA stub's
+"no driver") off the terminal.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.schema import ConfigError
+__all__ = ["Target", "check_packages", "quiet_native_stderr", "use_cpu_platform"]
 
 
 @dataclass(frozen=True)
@@ -30,12 +32,12 @@ class Target:
 
     Attributes
     ----------
-    device : tjx.metrics.Accelerator
+    device : Accelerator
         The device table's entry.
     count : int
         Devices in the mesh.
     devices : list
-        Abstract ``jax.Device`` objects (``count`` of them).
+        Abstract (or real) ``jax.Device`` objects, ``count`` of them.
     """
 
     device: Any
@@ -61,16 +63,27 @@ def _find(module: str) -> bool:
 
 
 def check_packages(platform: str, flag: str = "--plan") -> None:
-    """One `ConfigError` line naming what to install for ``platform`` (``"gpu"``/``"tpu"``).
+    """Raise one line naming what to install to compile for ``platform`` without the device.
 
-    The versions are the installed jax's: the plugin must match it exactly.
+    Parameters
+    ----------
+    platform : str
+        ``"gpu"`` or ``"tpu"`` (an `Accelerator`'s ``platform``).
+    flag : str
+        The command-line flag the line starts with.
+
+    Raises
+    ------
+    ImportError
+        A package is missing; the message is the ``pip install`` line, in the installed jax's
+        version (the plugin must match it exactly).
     """
     import jax
 
     version = jax.__version__
     if platform == "tpu":
         if not _find("libtpu"):
-            raise ConfigError(
+            raise ImportError(
                 f"{flag}: a TPU plan needs libtpu (no TPU needed); pip install "
                 f"'jax[tpu]=={version}' (libtpu from PyPI)"
             )
@@ -84,7 +97,7 @@ def check_packages(platform: str, flag: str = "--plan") -> None:
     if not _find("nvidia.cuda_nvcc") and shutil.which("ptxas") is None:
         missing.append("nvidia-cuda-nvcc-cu12")  # ptxas: PTX to GPU code
     if missing:
-        raise ConfigError(
+        raise ImportError(
             f"{flag}: a GPU plan needs jax's CUDA plugin (no GPU needed); pip install "
             f"{' '.join(repr(m) if '=' in m else m for m in missing)}"
         )
@@ -92,10 +105,11 @@ def check_packages(platform: str, flag: str = "--plan") -> None:
 
 @contextlib.contextmanager
 def quiet_native_stderr() -> Iterator[None]:
-    """Send what native code writes to file descriptor 2 to a scratch file while inside (Python's
-    own ``sys.stderr`` is flushed first; the trainer's lines go to stdout)."""
-    import sys
+    """Send what native code writes to file descriptor 2 to a scratch file while inside.
 
+    Python's own ``sys.stderr`` is flushed first, so nothing written before is lost; lines meant
+    for the user go to stdout.
+    """
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as scratch:
@@ -114,31 +128,3 @@ def use_cpu_platform() -> None:
     import jax
 
     jax.config.update("jax_platforms", "cpu")
-
-
-def open_target(text: str, flag: str = "--plan") -> Target:
-    """The abstract devices of ``text`` (``"h100"``, ``"8xa100-40gb"``, ``"v5e"``).
-
-    Raises
-    ------
-    ConfigError
-        An unknown target (the known ones listed), a count that is not a power of two, or a
-        missing package (what to install).
-    """
-    from tjx import metrics, parallel
-
-    try:
-        device, count = metrics.parse_target(text)
-    except ValueError as err:
-        raise ConfigError(f"{flag}: {err}") from None
-    check_packages(device.platform, flag)
-    use_cpu_platform()
-    topology = device.topology(count)
-    with quiet_native_stderr():
-        if device.platform == "tpu":
-            found = parallel.abstract_devices("tpu", topology)
-        else:
-            config = metrics.gpu_target_config(device)
-            found = parallel.abstract_devices("cuda", topology, target_config=config)
-    # One chip of the smallest TPU slice libtpu builds (v5e:1x1 is refused): the first `count`.
-    return Target(device, count, found[:count])

@@ -1,0 +1,184 @@
+"""A compiled step's roofline said in a plan's few lines, and its JSON record.
+
+Every time is labelled an estimate: :func:`roofline` sums per-kernel max(FLOPs / peak, bytes /
+HBM bandwidth) over the optimized program and leaves out launch overhead, untuned tiles, caches
+and overlap. :func:`estimate` says the custom calls, the step time with its MFU (the model's
+FLOPs with causal attention at half, MaxText's and torchtitan's convention, and PaLM's full count
+beside it), the slowest kernels, the collectives on a mesh and the roofline's notes
+(:func:`grouped_notes`); :func:`f32_dots` names the JAX operations behind float32 matrix products.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from tjx.metrics.accelerators import Accelerator
+from tjx.metrics.kernel_cost import CustomCost
+from tjx.metrics.roofline import roofline
+
+__all__ = ["LAUNCH_BOUND_S", "TOP", "estimate", "f32_dots", "grouped_notes"]
+
+#: Kernels listed in the "slowest kernels" line.
+TOP = 5
+#: Below this much estimated work per kernel launch, the plan says launch overhead dominates.
+LAUNCH_BOUND_S = 5e-6
+_DOT = re.compile(r"= f32\[[^\]]*\][^ ]* (?:dot|convolution)\((%[^,]+),")
+
+
+def f32_dots(text: str) -> list[str]:
+    """The JAX operations (``op_name``) behind every float32 matrix product of a program.
+
+    Examples
+    --------
+    >>> f32_dots('%a = f32[2]{0} parameter(0)\\n'
+    ...          '%d = f32[2]{0} dot(%a, %a), metadata={op_name="jit(f)/dot_general"}')
+    ['jit(f)/dot_general']
+    """
+    names = []
+    for line in text.splitlines():
+        if _DOT.search(line) is None:
+            continue
+        operand = re.search(r"(?:dot|convolution)\(%([^,\s)]+)", line)
+        op_name = re.search(r'op_name="([^"]*)"', line)
+        if operand is not None and _operand_is_f32(text, operand.group(1)):
+            names.append(op_name.group(1) if op_name else "?")
+    return sorted(set(names))
+
+
+def _operand_is_f32(text: str, name: str) -> bool:
+    found = re.search(rf"%{re.escape(name)} = (\w+)\[", text)
+    return found is not None and found.group(1) == "f32"
+
+
+def _gb(x: float) -> str:
+    return f"{x / 1e9:,.1f} GB"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.1f} ms"
+
+
+def grouped_notes(notes: Iterable[str]) -> list[str]:
+    """The roofline's notes, one line per kind: ``"<op>: <what>"`` notes that say the same of
+    several ops (a context split's ring has a conditional per step and layer) become one.
+
+    Examples
+    --------
+    >>> grouped_notes(["a: no trip count", "b: no trip count", "other"])
+    ['no trip count: 2 of them (a, b)', 'other']
+    """
+    ops: dict[str, list[str]] = {}
+    for note in notes:
+        op, sep, what = note.partition(": ")
+        ops.setdefault(what if sep else note, []).append(op if sep else "")
+    out = []
+    for what, names in ops.items():
+        if len(names) == 1:
+            out.append(f"{names[0]}: {what}" if names[0] else what)
+        else:
+            shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+            out.append(f"{what}: {len(names)} of them ({shown})")
+    return out
+
+
+def estimate(
+    hlo: str,
+    device: Accelerator,
+    devices: int,
+    *,
+    units: float,
+    unit: str,
+    model_flops: tuple[float, float],
+    say: Callable[[str], None],
+    custom_call_cost: CustomCost | None = None,
+) -> dict[str, Any]:
+    """The roofline of a compiled train step, said in two lines (three on a mesh) and recorded.
+
+    Parameters
+    ----------
+    hlo : str
+        ``compiled.as_text()`` of the step.
+    device : Accelerator
+        The device table's entry it is estimated for.
+    devices : int
+        Devices in the mesh (the MFU's denominator).
+    units, unit : float, str
+        What one step processes (tokens, images...) and its name, for the ``unit/s`` figure.
+    model_flops : (float, float)
+        The model's FLOPs per step: causal attention at half, and PaLM's full count.
+    say : callable
+        Where the lines go.
+    custom_call_cost : callable, optional
+        :func:`roofline`'s prices for the caller's own kernels.
+
+    Returns
+    -------
+    dict
+        ``custom_calls``, ``seconds``, ``bytes``, ``flops``, ``launches``, the MFUs, ``by_kind``,
+        ``top`` (20 kernels), ``collectives`` and ``notes``: the plan's JSON.
+    """
+    est = roofline(hlo, device, custom_call_cost=custom_call_cost)
+    calls: Counter[str] = Counter()
+    for k in est.kernels:
+        if k.kind in ("attention", "custom call") or k.detail.startswith("__cublas"):
+            calls[k.detail] += k.count
+    shown = ", ".join(f"{name} ×{n}" for name, n in calls.items()) or "none"
+    say(f"custom calls per step: {shown}")
+    half, full = model_flops
+    tokens = units / est.seconds
+    mfu, palm = est.mfu(half, devices), est.mfu(full, devices)
+    say(
+        f"estimate: {_ms(est.seconds)} per step, {tokens:,.0f} {unit}/s, MFU {mfu:.0%} "
+        f"(PaLM convention: {palm:.0%}) — an estimate: per-kernel roofline over the compiled "
+        f"program; {_gb(est.bytes)} moved by {est.launches:,} kernel launches, "
+        f"{est.flops / 1e12:,.2f} TFLOP (model: {half / devices / 1e12:,.2f} per device)"
+    )
+    top = ", ".join(
+        f"{k.name} {_ms(k.total_seconds)} ({k.kind}{f' ×{k.count}' if k.count > 1 else ''})"
+        for k in est.top(TOP)
+    )
+    say(f"  slowest kernels: {top}")
+    collectives: list[dict[str, Any]] = []
+    if est.collectives:
+        grouped: dict[str, list[Any]] = {}
+        for k in est.collectives:
+            grouped.setdefault(k.detail, []).append(k)
+        parts = []
+        for detail, ks in grouped.items():
+            wire = sum(k.wire_bytes * k.count for k in ks)
+            secs = sum(k.total_seconds for k in ks)
+            n = sum(k.count for k in ks)
+            parts.append(f"{detail} ×{n}: {_gb(wire)} on the wire, {_ms(secs)}")
+            collectives.append({"collective": detail, "count": n, "wire_bytes": wire, "s": secs})
+        say(f"  collectives (est., at {device.link_bandwidth / 1e9:.0f} GB/s per device "
+            f"each way): {'; '.join(parts)}")  # fmt: skip
+    if est.launches and est.seconds / est.launches < LAUNCH_BOUND_S:
+        say(
+            f"  note: {est.seconds / est.launches * 1e6:.1f} µs of work per kernel launch on "
+            "average: launch overhead (a few µs each on a GPU; not in the estimate) will dominate "
+            "a step this small"
+        )
+    for note in grouped_notes(est.notes):
+        say(f"  note: {note}")
+    return {
+        "custom_calls": dict(calls),
+        "seconds": est.seconds,
+        "bytes": est.bytes,
+        "flops": est.flops,
+        "launches": est.launches,
+        "model_flops": half,
+        "model_flops_palm": full,
+        "mfu": mfu,
+        "mfu_palm": palm,
+        "tokens_per_s": tokens,
+        "by_kind": est.by_kind(),
+        "top": [
+            {"name": k.name, "kind": k.kind, "count": k.count, "s": k.total_seconds}
+            for k in est.top(20)
+        ],
+        "collectives": collectives,
+        "notes": list(est.notes),
+    }

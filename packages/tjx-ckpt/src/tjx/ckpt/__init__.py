@@ -19,6 +19,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from tjx.ckpt.checkpoint_config import CheckpointConfig
+from tjx.ckpt.config_files import ConfigFiles
 from tjx.ckpt.config_schema import Schema, reworded
 from tjx.ckpt.config_text import (
     apply_overrides,
@@ -124,6 +125,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "ConfigChanges",
     "ConfigError",
+    "ConfigFiles",
     "CorruptCheckpointError",
     "CorruptCheckpointWarning",
     "DuplicateKeyError",

@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
-from flax import nnx
 
 from tjx import nn
 from trainer.schema import ConfigError
@@ -87,46 +86,17 @@ def check_config(cfg: Any, given: set[str]) -> None:
             raise ConfigError(f"{key}: cannot apply {where}: {why}")
 
 
-def _preference(
-    cfg: Any,
-    model: Any,
-    batch: Batch,
-    graphdef: Any,
-    rest: Any,
-    reference: Any,
-    deterministic: bool,
-) -> Any:
-    """tjx.nn's `preference_loss` of ``model`` on ``batch`` with the run's settings, against the
-    ``reference`` params (merged with ``rest``), else the model with its adapters off."""
-    ref = None if reference is None else nnx.merge(graphdef, reference, rest)
-    head = cfg.train.head_settings
-    return nn.preference_loss(
-        model,
-        batch,
-        beta=cfg.preference.beta,
-        loss_type=cfg.preference.loss_type,
-        reference=ref,
-        deterministic=deterministic,
-        chunked=head["chunked"],
-        chunk_size=head["chunk_size"],
-    )
+def _head(cfg: Any) -> dict[str, Any]:
+    """The run's vocabulary-head settings as tjx.nn's preference steps take them."""
+    return {k: cfg.train.head_settings[k] for k in ("chunked", "chunk_size")}
 
 
 def make_loss_fn(graphdef: Any, rest: Any, cfg: Any, deterministic: bool) -> Callable[..., Any]:
-    """``loss_fn(params, batch, step, reference=None) -> (loss, aux)``: tjx.nn's
-    `preference_loss` of the policy against the reference (the ``reference`` params, else the
-    policy with its adapters off); aux holds `PreferenceOutput.sums` (``"preference"``) and the
-    real pairs as ``num_tokens`` (the accumulation's weight)."""
-
-    def loss_fn(
-        params: Any, batch: Batch, step: jax.Array, reference: Any = None
-    ) -> tuple[jax.Array, dict[str, Any]]:
-        model = nnx.merge(graphdef, params, nn.reseed(rest, step))
-        out = _preference(cfg, model, batch, graphdef, rest, reference, deterministic)
-        sums = out.sums()
-        return out.loss, {"num_tokens": sums["pairs"], "preference": sums}
-
-    return loss_fn
+    """tjx.nn's `preference_loss_fn` with the run's settings: ``loss_fn(params, batch, step,
+    reference=None)``, against the ``reference`` params, else the policy with its adapters off."""
+    return nn.preference_loss_fn(
+        graphdef, rest, cfg.preference, deterministic=deterministic, **_head(cfg)
+    )
 
 
 def bind_reference(loss_fn: Callable[..., Any], state: dict[str, Any]) -> Callable[..., Any]:
@@ -141,23 +111,14 @@ def reference_args(state: dict[str, Any]) -> tuple[Any, ...]:
     return (state["reference"],) if "reference" in state else ()
 
 
-def step_metrics(aux: dict[str, Any]) -> dict[str, jax.Array]:
-    """A step's logged DPO metrics: TRL's means over the batch's pairs and the pair count."""
-    means = nn.preference_means(aux["preference"])
-    del means["loss"]  # the step logs its loss already
-    return {**means, "pairs": aux["preference"]["pairs"]}
+#: A step's logged DPO metrics: TRL's means over the batch's pairs and the pair count.
+step_metrics = nn.preference_step_metrics
 
 
 def make_eval_step(graphdef: Any, rest: Any, cfg: Any) -> Callable[..., dict[str, jax.Array]]:
-    """``eval_step(params, batch, reference=None) -> sums``: `PreferenceOutput.sums` of a
-    held-out pair batch (no dropout)."""
-
-    def eval_step(params: Any, batch: Batch, reference: Any = None) -> dict[str, jax.Array]:
-        model = nnx.merge(graphdef, params, rest)
-        out = _preference(cfg, model, batch, graphdef, rest, reference, deterministic=True)
-        return out.sums()  # type: ignore[no-any-return]
-
-    return eval_step
+    """tjx.nn's `preference_sums_fn` with the run's settings: ``eval_step(params, batch,
+    reference=None) -> sums`` of a held-out pair batch (no dropout)."""
+    return nn.preference_sums_fn(graphdef, rest, cfg.preference, **_head(cfg))
 
 
 def heldout(

@@ -95,6 +95,7 @@ from tjx.nn.preference import (
     preference_means,
     sequence_logprobs,
 )
+from tjx.nn.preference_steps import preference_loss_fn, preference_step_metrics, preference_sums_fn
 from tjx.nn.registry import MODEL_KINDS, build_model
 from tjx.nn.relative_bias import RelativePositionBias, t5_relative_bucket
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling, rope_parameters
@@ -212,7 +213,10 @@ __all__ = [
     "objective_loss",
     "objective_of",
     "preference_loss",
+    "preference_loss_fn",
     "preference_means",
+    "preference_step_metrics",
+    "preference_sums_fn",
     "read_hf_config",
     "register_router",
     "remat_policy",

@@ -30,7 +30,7 @@ from tjx.data.prepare import PreparedShards, bpe_tokenizer, check_max_tokens, pr
 from tjx.data.pretokenize import pretokenize
 from tjx.data.run_data import RunData, restore_loader_state
 from tjx.data.run_prepare import prepare_image_run_data, prepare_mixture_run_data, prepare_run_data
-from tjx.data.run_tokenizer import run_tokenizer
+from tjx.data.run_tokenizer import run_tokenizer, same_tokenizer
 from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_index
 from tjx.data.sources import Documents, check_local_source, load_source
 from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, encode_prompts
@@ -105,6 +105,7 @@ __all__ = [
     "random_batch",
     "restore_loader_state",
     "run_tokenizer",
+    "same_tokenizer",
     "save_tokenizer",
     "train_bpe",
     "validation_batches",

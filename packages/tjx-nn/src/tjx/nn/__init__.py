@@ -43,6 +43,14 @@ from tjx.nn.hf import (
     save_hf_gpt2,
 )
 from tjx.nn.hf_gpt2 import HF_GPT2_FIXED, HF_GPT2_NAMES, hf_gpt2_conflicts
+from tjx.nn.hf_io import is_hub_id
+from tjx.nn.hf_start import (
+    HF_LLAMA_FIXED,
+    HOW_TO_TRAIN,
+    TRAINING_FIELDS,
+    config_clashes,
+    hf_conflicts,
+)
 from tjx.nn.kv_cache import cache_slots, init_cache, kv_cache_bytes, topk_decode_attention
 from tjx.nn.linear import Dense, LoRAAdapter, dropout
 from tjx.nn.lora import (
@@ -126,7 +134,9 @@ __all__ = [
     "GPT2Config",
     "HF_GPT2_FIXED",
     "HF_GPT2_NAMES",
+    "HF_LLAMA_FIXED",
     "HF_MODEL_TYPES",
+    "HOW_TO_TRAIN",
     "LAYER_KINDS",
     "LOGICAL_AXES",
     "LORA_ROLES",
@@ -157,6 +167,7 @@ __all__ = [
     "Routing",
     "SequenceSplit",
     "Stack",
+    "TRAINING_FIELDS",
     "TransformerConfig",
     "ViT",
     "ViTConfig",
@@ -170,6 +181,7 @@ __all__ = [
     "cache_slots",
     "classification_loss",
     "concrete_state",
+    "config_clashes",
     "config_from_dict",
     "config_param_count",
     "config_to_dict",
@@ -192,9 +204,11 @@ __all__ = [
     "has_lora",
     "head_cross_entropy",
     "heldout_preference",
+    "hf_conflicts",
     "hf_gpt2_conflicts",
     "hf_kind",
     "init_cache",
+    "is_hub_id",
     "is_key",
     "kv_cache_bytes",
     "load_hf",

@@ -76,7 +76,7 @@ def make_train_step(
     ``metrics["moe"]``, the step's summed router statistics, and moves a sigmoid router's
     balancing bias by them (DeepSeek-V3's auxiliary-loss-free rule)."""
     from tjx import optim
-    from tjx.optim import accumulate_gradients, loss_scale_value, scale_loss, step_report
+    from tjx.optim import loss_scale_value, scale_loss, step_report
 
     loss_fn = make_loss_fn(graphdef, rest, cfg, split, experts)
     balance_bias = cfg.model.num_experts > 0 and cfg.model.router == "sigmoid"
@@ -92,30 +92,21 @@ def make_train_step(
             # fp16: differentiate loss × scale; the optimizer chain unscales (and skips on inf).
             return (scale_loss(loss, opt_state) if scaled else loss), aux
 
-        # With LoRA only the adapters are differentiated: the frozen base's weight gradients
-        # are never computed (tjx.optim.split_trainable), and its zero "gradients" below are
-        # constants that only_trainable's frozen branch drops.
-        trained, frozen = (
-            optim.split_trainable(params, optim.adapter_mask(params))
-            if cfg.use_lora
-            else (params, None)
-        )
-
-        def grad_fn(p: Any, b: Batch) -> Any:
-            def whole(q: Any) -> tuple[jax.Array, dict[str, Any]]:
-                return scaled_loss(q if frozen is None else optim.join_trainable(q, frozen), b)
-
-            return jax.value_and_grad(whole, has_aux=True)(p)
-
         # Each micro-batch's loss is a mean over its own valid targets (num_tokens: non-ignored
         # labels, MLM-masked tokens, images, or DPO's real pairs). Weighting by that count makes
         # the step the gradient of the whole batch's mean; equal weights would over-count the
         # tokens of micro-batches with more padding / ignored targets. Counts in aux are summed.
-        loss, aux, grads = accumulate_gradients(
-            grad_fn, trained, batch, num_micro_batches=micro, aux_reduce="sum", weight="num_tokens"
+        # With LoRA only the adapters are differentiated: the frozen base's weight gradients
+        # are never computed, and its zero "gradients" are constants only_trainable drops.
+        loss, aux, grads = optim.trainable_gradients(
+            scaled_loss,
+            params,
+            batch,
+            trainable=optim.adapter_mask(params) if cfg.use_lora else None,
+            num_micro_batches=micro,
+            aux_reduce="sum",
+            weight="num_tokens",
         )
-        if frozen is not None:
-            grads = optim.join_trainable(grads, jax.tree.map(jnp.zeros_like, frozen))
         if scaled:  # report the unscaled loss (exact for the power-of-two dynamic scale)
             loss = loss / loss_scale_value(opt_state).astype(loss.dtype)
         updates, opt_state = tx.update(grads, opt_state, params)

@@ -1,21 +1,17 @@
 """``--init-from PATH_OR_HUB``: a Hugging Face checkpoint (GPT-2, or the LLaMA family: Llama,
 Mistral, Qwen2, Qwen3, OLMo 2, Phi-3, Gemma 2/3) as the starting point. The checkpoint fixes the
-architecture; the config says how to train it.
+architecture (a setting the user gave must be its own: tjx.nn's `hf_conflicts`); the config says
+how to train it.
 
 ``--init-from RUN_DIR``: a finished (or stopped) tjx run, e.g. an SFT run to start DPO from: the
-params of its newest intact checkpoint. Its ``model.json`` must be this config's model (every
-setting but how it trains: dropout, remat, kernels, init), and the tokenizer's vocabulary its
-own; a run that trained LoRA adapters is read with them merged into its weights.
+params of its newest intact checkpoint, LoRA adapters merged. Its model must be this config's but
+for how it trains (tjx.nn's `config_clashes`), its tokenizer this data's (`check_tokenizer`).
 
-Checked before anything is written: the checkpoint's family must be ``model.kind``, and an
-architecture setting the user gave (``model.position`` ...) must be the checkpoint's, since
-dropping it silently would train something else than asked. A GPT-2 hub name (``gpt2``) is
-checked without downloading; any other source is read (its ``config.json`` only).
-
-The run records where it started (`record`: ``init.json``, a local folder as its absolute path,
-a hub name as given, and the kind). A ``--resume`` takes no ``--init-from``, so from that record it
-builds a Hugging Face checkpoint's architecture again (the run's ``model.json``, not the config's
-shape) and an export names its base model (``--export-peft``'s ``base_model_name_or_path``).
+All checked before anything is written; a GPT-2 hub name (``gpt2``) without downloading, any other
+source by its ``config.json`` only. The run records where it started (`record`: tjx.ckpt's
+``init.json``). A ``--resume`` takes no ``--init-from``, so from that record it builds a Hugging
+Face checkpoint's architecture again (the run's ``model.json``, not the config's shape) and an
+export names its base model (``--export-peft``'s ``base_model_name_or_path``).
 """
 
 from __future__ import annotations
@@ -45,7 +41,7 @@ def check_init_from(cfg: Config, source: str) -> None:
 
     path = Path(source).expanduser()
     if is_run(source):
-        return _check_run(cfg, path)
+        return _same_model(cfg.model, _run_files(path)[0], path, vocab=False)
     if not path.exists() and source in nn.HF_GPT2_NAMES:  # known without downloading
         hf_cfg, kind = None, "gpt2"
     elif path.exists() or nn.is_hub_id(source):
@@ -102,25 +98,27 @@ def _run_files(path: Path) -> tuple[Any, dict[str, Any]]:
     return model, saved
 
 
-def model_clashes(ours: Any, theirs: Any, *, vocab: bool) -> list[str]:
-    """tjx.nn's `config_clashes` of two model configs, each as ``model.KEY ours (the run's:
-    theirs)``."""
+def _same_model(ours: Any, theirs: Any, path: Path, *, vocab: bool) -> None:
+    """A `ConfigError` naming up to three of tjx.nn's `config_clashes` of the two model configs
+    (the vocabulary's only if ``vocab``: once the tokenizer is read)."""
     from tjx import nn
 
     clashes = nn.config_clashes(ours, theirs, vocab=vocab)
+    if not clashes:
+        return
     if "class" in clashes:
-        return ["model.kind ({} vs the run's {})".format(*clashes["class"])]
-    return [f"model.{k} {a!r} (the run's: {b!r})" for k, (a, b) in clashes.items()]
-
-
-def _check_run(cfg: Config, path: Path) -> None:
-    model, _ = _run_files(path)
-    clashes = model_clashes(cfg.model, model, vocab=False)
-    if clashes:
-        raise ConfigError(
-            f"--init-from: the run {str(path)!r} trained another model: {', '.join(clashes[:3])}; "
-            "use its model settings (its config.yaml's model section)"
-        )
+        named = ["model.kind ({} vs the run's {})".format(*clashes["class"])]
+    else:
+        named = [f"model.{k} {a!r} (the run's: {b!r})" for k, (a, b) in clashes.items()]
+    advice = (
+        "with another vocabulary, set data.tokenizer to the run's (its data.json)"
+        if vocab
+        else "use its model settings (its config.yaml's model section)"
+    )
+    raise ConfigError(
+        f"--init-from: the run {str(path)!r} trained another model: {', '.join(named[:3])}; "
+        + advice
+    )
 
 
 def load_run(cfg: Config, model_cfg: Any, source: str) -> tuple[Any, int]:
@@ -132,12 +130,7 @@ def load_run(cfg: Config, model_cfg: Any, source: str) -> tuple[Any, int]:
 
     path = Path(source).expanduser()
     theirs, saved = _run_files(path)
-    clashes = model_clashes(model_cfg, theirs, vocab=True)
-    if clashes:
-        raise ConfigError(
-            f"--init-from: the run {str(path)!r} trained another model: {', '.join(clashes[:3])}; "
-            "with another vocabulary, set data.tokenizer to the run's (its data.json)"
-        )
+    _same_model(model_cfg, theirs, path, vocab=True)
     model = nn.build_model(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
     lora = saved.get("lora") or {}
     if lora.get("enabled"):  # read as it was trained, then folded into the weights

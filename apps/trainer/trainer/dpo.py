@@ -1,4 +1,4 @@
-"""DPO in the trainer: ``data.format: preference`` trains with tjx.nn's `preference_loss` (DPO's
+"""DPO in the trainer: ``data.format: preference`` trains with tjx.nn's `preference_loss_fn` (DPO's
 sigmoid loss or IPO; the ``preference:`` section IS tjx.nn's `PreferenceConfig`) on tjx.data's
 pair batches (pair ``i`` in rows ``2i`` chosen and ``2i + 1`` rejected; ``data.batch_size`` and
 ``eval.batch_size`` count pairs). Pairs never train as SFT: the step has no other loss.
@@ -86,19 +86,6 @@ def check_config(cfg: Any, given: set[str]) -> None:
             raise ConfigError(f"{key}: cannot apply {where}: {why}")
 
 
-def _head(cfg: Any) -> dict[str, Any]:
-    """The run's vocabulary-head settings as tjx.nn's preference steps take them."""
-    return {k: cfg.train.head_settings[k] for k in ("chunked", "chunk_size")}
-
-
-def make_loss_fn(graphdef: Any, rest: Any, cfg: Any, deterministic: bool) -> Callable[..., Any]:
-    """tjx.nn's `preference_loss_fn` with the run's settings: ``loss_fn(params, batch, step,
-    reference=None)``, against the ``reference`` params, else the policy with its adapters off."""
-    return nn.preference_loss_fn(
-        graphdef, rest, cfg.preference, deterministic=deterministic, **_head(cfg)
-    )
-
-
 def bind_reference(loss_fn: Callable[..., Any], state: dict[str, Any]) -> Callable[..., Any]:
     """``loss_fn`` with the state's frozen reference params bound (as is without one)."""
     if "reference" not in state:
@@ -111,23 +98,11 @@ def reference_args(state: dict[str, Any]) -> tuple[Any, ...]:
     return (state["reference"],) if "reference" in state else ()
 
 
-#: A step's logged DPO metrics: TRL's means over the batch's pairs and the pair count.
-step_metrics = nn.preference_step_metrics
-
-
-def make_eval_step(graphdef: Any, rest: Any, cfg: Any) -> Callable[..., dict[str, jax.Array]]:
-    """tjx.nn's `preference_sums_fn` with the run's settings: ``eval_step(params, batch,
-    reference=None) -> sums`` of a held-out pair batch (no dropout)."""
-    return nn.preference_sums_fn(graphdef, rest, cfg.preference, **_head(cfg))
-
-
 def heldout(
     step: Any, params: Any, reference: Any, batches: Iterable[Any], place: Callable[[Any], Any]
 ) -> dict[str, float]:
-    """Held-out preference metrics (tjx.nn's `heldout_preference`): ``loss`` (mean DPO loss),
-    ``rewards/accuracies`` (the share of pairs whose chosen answer the policy prefers over the
-    reference more than the rejected one), ``rewards/margins`` ... as means over every held-out
-    pair, and ``pairs``."""
+    """tjx.nn's `heldout_preference` of the eval ``step`` (`step.make_eval_step`) over every
+    held-out pair batch: DPO's ``loss``, ``rewards/*`` and ``logps/*`` means, and ``pairs``."""
     return nn.heldout_preference(
         (step(params, place(batch), reference) for batch in batches),
         empty="validation data is empty: no preference pair of the configured size fits",

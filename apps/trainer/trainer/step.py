@@ -39,7 +39,10 @@ def make_loss_fn(
     # Adapter dropout draws from the model's dropout stream too (tjx.nn.add_lora installs one).
     deterministic = cfg.model.dropout == 0.0 and not (cfg.use_lora and cfg.lora.dropout > 0)
     if dpo.is_dpo(cfg):  # preference pairs: the DPO loss (its reference bound per step)
-        return dpo.make_loss_fn(graphdef, rest, cfg, deterministic)
+        chunks = {"chunked": cfg.train.chunked_ce, "chunk_size": cfg.train.ce_chunk_size}
+        return nn.preference_loss_fn(
+            graphdef, rest, cfg.preference, deterministic=deterministic, **chunks
+        )
     base_key = jax.random.key(cfg.train.seed)
 
     def loss_fn(params: Any, batch: Batch, step: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
@@ -117,7 +120,7 @@ def make_train_step(
             params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         metrics = {"loss": loss, **step_report(opt_state, grads, updates, params)}
         if "preference" in aux:  # rewards, margins, accuracy: means over the batch's pairs
-            metrics |= dpo.step_metrics(aux)
+            metrics |= nn.preference_step_metrics(aux)
         else:
             metrics["num_tokens"] = aux["num_tokens"]
         if "moe" in aux:
@@ -155,12 +158,13 @@ def make_eval_step(
     sum, scored units, top-k correct counts) of tjx-nn's ``objective_logits_fn``, the step the
     evaluator builds too; a masked LM masks with tjx.nn's fixed ``eval_mask_key`` of the run's
     seed, as the evaluator does. ``split``: as for `make_loss_fn` (the sums are over tokens, so
-    the split's token order changes none of them). Preference data: `trainer.dpo`'s eval step
-    (``eval_step(params, batch, reference)``, DPO's sums)."""
+    the split's token order changes none of them). Preference data: tjx.nn's
+    `preference_sums_fn` (``eval_step(params, batch, reference)``, DPO's sums)."""
     from tjx import metrics
 
     if dpo.is_dpo(cfg):
-        return dpo.make_eval_step(graphdef, rest, cfg)
+        chunks = {"chunked": cfg.train.chunked_ce, "chunk_size": cfg.train.ce_chunk_size}
+        return nn.preference_sums_fn(graphdef, rest, cfg.preference, **chunks)
 
     logits_fn = nn.objective_logits_fn(
         graphdef, rest, key=nn.eval_mask_key(cfg.train.seed), mask_prob=cfg.train.mlm_probability

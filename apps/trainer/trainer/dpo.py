@@ -86,6 +86,12 @@ def check_config(cfg: Any, given: set[str]) -> None:
             raise ConfigError(f"{key}: cannot apply {where}: {why}")
 
 
+def head_settings(cfg: Any) -> dict[str, Any]:
+    """The vocabulary head's settings as tjx.nn's preference steps take them (no z-loss:
+    `check_config` refuses one)."""
+    return {k: cfg.train.head_settings[k] for k in ("chunked", "chunk_size")}
+
+
 def bind_reference(loss_fn: Callable[..., Any], state: dict[str, Any]) -> Callable[..., Any]:
     """``loss_fn`` with the state's frozen reference params bound (as is without one)."""
     if "reference" not in state:

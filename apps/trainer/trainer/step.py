@@ -39,9 +39,9 @@ def make_loss_fn(
     # Adapter dropout draws from the model's dropout stream too (tjx.nn.add_lora installs one).
     deterministic = cfg.model.dropout == 0.0 and not (cfg.use_lora and cfg.lora.dropout > 0)
     if dpo.is_dpo(cfg):  # preference pairs: the DPO loss (its reference bound per step)
-        chunks = {"chunked": cfg.train.chunked_ce, "chunk_size": cfg.train.ce_chunk_size}
+        head = dpo.head_settings(cfg)
         return nn.preference_loss_fn(
-            graphdef, rest, cfg.preference, deterministic=deterministic, **chunks
+            graphdef, rest, cfg.preference, deterministic=deterministic, **head
         )
     base_key = jax.random.key(cfg.train.seed)
 
@@ -163,8 +163,7 @@ def make_eval_step(
     from tjx import metrics
 
     if dpo.is_dpo(cfg):
-        chunks = {"chunked": cfg.train.chunked_ce, "chunk_size": cfg.train.ce_chunk_size}
-        return nn.preference_sums_fn(graphdef, rest, cfg.preference, **chunks)
+        return nn.preference_sums_fn(graphdef, rest, cfg.preference, **dpo.head_settings(cfg))
 
     logits_fn = nn.objective_logits_fn(
         graphdef, rest, key=nn.eval_mask_key(cfg.train.seed), mask_prob=cfg.train.mlm_probability

@@ -8,11 +8,11 @@ masks as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -180,32 +180,20 @@ def make_eval_step(
 
 
 # tjx.parallel's `pipeline_loss` is generic (stacked layer params, a layer function, a last-stage
-# head); tjx.nn's `decoder_stages` cuts the decoder into those pieces (the embedding before the
-# pipeline, one `Block` per layer, the final norm, unembedding and loss on the last stage).
+# head); tjx.nn's `pipelined_loss_fn` cuts the decoder into those pieces (`decoder_stages`: the
+# embedding before the pipeline, one `Block` per layer, the final norm, unembedding and loss on
+# the last stage) and runs them through it.
 def pipeline_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Any:
     """``loss_fn(params, batch, step) -> (loss, aux)`` of a decoder LM with its layer stack run
-    as a ``mesh.pipeline``-stage pipeline (tjx.parallel.pipeline_loss).
-
-    The embedding runs before the pipeline and the final norm + unembedding + loss on its last
-    stage; the loss is the token-weighted mean of the microbatches' means, so it equals the
-    unpipelined loss. Needs ``model.scan_layers`` and no dropout (``state.make_mesh`` checks).
-    """
+    as a ``mesh.pipeline``-stage pipeline; the loss is the token-weighted mean of the
+    microbatches' means, so it equals the unpipelined loss. Needs ``model.scan_layers`` and no
+    dropout (``state.make_mesh`` checks)."""
     from tjx import parallel
     from trainer.state import make_mesh
 
     mesh, _ = make_mesh(cfg)  # the same devices and sizes as build(): the same mesh
     mc = cfg.mesh
-
-    def loss_fn(params: Any, batch: dict[str, jax.Array], step: jax.Array) -> Any:
-        del step  # no dropout under the pipeline: nothing is drawn per step
-        model = nnx.merge(graphdef, params, rest)
-        stages = nn.decoder_stages(model, **cfg.train.head_settings)
-        pipelined = parallel.pipeline_loss(
-            stages.layer, stages.head, mesh, microbatches=mc.microbatches, schedule=mc.schedule
-        )
-        x, side, head_side = stages.inputs(batch)
-        total, aux = pipelined(*stages.split_params(params), x, side, head_side)
-        count = jnp.maximum(aux["num_tokens"], 1).astype(total.dtype)
-        return total / count, aux
-
-    return loss_fn
+    pipeline = functools.partial(
+        parallel.pipeline_loss, mesh=mesh, microbatches=mc.microbatches, schedule=mc.schedule
+    )
+    return nn.pipelined_loss_fn(graphdef, rest, pipeline, **cfg.train.head_settings)

@@ -27,7 +27,7 @@ from tjx.nn.configs import (
     ViTConfig,
 )
 from tjx.nn.decoder import GPT2, DecoderLM, Llama, head_cross_entropy
-from tjx.nn.decoder_stages import DecoderStages, decoder_stages
+from tjx.nn.decoder_stages import DecoderStages, decoder_stages, pipelined_loss_fn
 from tjx.nn.embeddings import Embed
 from tjx.nn.encdec import EncoderDecoder
 from tjx.nn.flops import flops_per_token, flops_per_unit, matmul_param_count
@@ -226,6 +226,7 @@ __all__ = [
     "objective_logits_fn",
     "objective_loss",
     "objective_of",
+    "pipelined_loss_fn",
     "preference_loss",
     "preference_loss_fn",
     "preference_means",

@@ -28,8 +28,6 @@ import jax
 from tjx import nn
 from trainer.schema import ConfigError
 
-Batch = dict[str, jax.Array]
-
 
 def is_dpo(cfg: Any) -> bool:
     """Whether the run trains on preference pairs (with DPO)."""
@@ -41,15 +39,10 @@ def batch_rows(cfg: Any, size: int) -> int:
     return 2 * size if is_dpo(cfg) else size
 
 
-def holds_reference(cfg: Any) -> bool:
-    """Whether the train state holds a frozen copy of the starting params (DPO without LoRA)."""
-    return is_dpo(cfg) and not cfg.use_lora
-
-
 def with_reference(cfg: Any, state: dict[str, Any], *, copy: bool = True) -> dict[str, Any]:
-    """``state`` with ``"reference"``: a copy of its params when `holds_reference` (``copy``
-    False for abstract states: the same shapes serve)."""
-    if not holds_reference(cfg):
+    """``state`` with ``"reference"``: a copy of its params for DPO without LoRA (``copy`` False
+    for abstract states: the same shapes serve)."""
+    if not is_dpo(cfg) or cfg.use_lora:
         return state
     params = state["params"]
     # A real copy: the step donates the state, and one buffer cannot be donated twice.

@@ -1,5 +1,6 @@
-"""DPO in the trainer: ``data.format: preference`` trains with tjx.nn's `preference_loss_fn` (DPO's
-sigmoid loss or IPO; the ``preference:`` section IS tjx.nn's `PreferenceConfig`) on tjx.data's
+"""DPO in the trainer: ``data.format: preference`` trains with tjx.nn's `preference_loss` (DPO's
+sigmoid loss or IPO, built into `trainer.step`'s steps by tjx.nn's `preference_loss_fn` and
+`preference_sums_fn`; the ``preference:`` section IS tjx.nn's `PreferenceConfig`) on tjx.data's
 pair batches (pair ``i`` in rows ``2i`` chosen and ``2i + 1`` rejected; ``data.batch_size`` and
 ``eval.batch_size`` count pairs). Pairs never train as SFT: the step has no other loss.
 

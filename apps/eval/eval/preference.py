@@ -80,21 +80,13 @@ def make_step(run: LoadedRun, model: Any, reference: Any) -> BoundStep:
     train = run.config.get("train") or {}
     graphdef, _, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
 
-    def step(params: Any, batch: dict[str, Any], reference: Any) -> dict[str, jax.Array]:
-        model = nnx.merge(graphdef, params, rest)
-        ref = None if reference is None else nnx.merge(graphdef, reference, rest)
-        out = nn.preference_loss(
-            model,
-            batch,
-            beta=prefs.beta,
-            loss_type=prefs.loss_type,
-            reference=ref,
-            deterministic=True,
-            chunked=bool(train.get("chunked_ce", True)),
-            chunk_size=train.get("ce_chunk_size"),
-        )
-        return out.sums()  # type: ignore[no-any-return]
-
+    step = nn.preference_sums_fn(  # the trainer's validation step too
+        graphdef,
+        rest,
+        prefs,
+        chunked=bool(train.get("chunked_ce", True)),
+        chunk_size=train.get("ce_chunk_size"),
+    )
     return BoundStep(jax.jit(step), reference)
 
 

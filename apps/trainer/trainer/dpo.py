@@ -1,5 +1,6 @@
 """DPO in the trainer: ``data.format: preference`` trains with tjx.nn's `preference_loss` (DPO's
-sigmoid loss or IPO; the ``preference:`` section IS tjx.nn's `PreferenceConfig`) on tjx.data's
+sigmoid loss or IPO, built into `trainer.step`'s steps by tjx.nn's `preference_loss_fn` and
+`preference_sums_fn`; the ``preference:`` section IS tjx.nn's `PreferenceConfig`) on tjx.data's
 pair batches (pair ``i`` in rows ``2i`` chosen and ``2i + 1`` rejected; ``data.batch_size`` and
 ``eval.batch_size`` count pairs). Pairs never train as SFT: the step has no other loss.
 
@@ -24,12 +25,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
-from flax import nnx
 
 from tjx import nn
 from trainer.schema import ConfigError
-
-Batch = dict[str, jax.Array]
 
 
 def is_dpo(cfg: Any) -> bool:
@@ -42,15 +40,10 @@ def batch_rows(cfg: Any, size: int) -> int:
     return 2 * size if is_dpo(cfg) else size
 
 
-def holds_reference(cfg: Any) -> bool:
-    """Whether the train state holds a frozen copy of the starting params (DPO without LoRA)."""
-    return is_dpo(cfg) and not cfg.use_lora
-
-
 def with_reference(cfg: Any, state: dict[str, Any], *, copy: bool = True) -> dict[str, Any]:
-    """``state`` with ``"reference"``: a copy of its params when `holds_reference` (``copy``
-    False for abstract states: the same shapes serve)."""
-    if not holds_reference(cfg):
+    """``state`` with ``"reference"``: a copy of its params for DPO without LoRA (``copy`` False
+    for abstract states: the same shapes serve)."""
+    if not is_dpo(cfg) or cfg.use_lora:
         return state
     params = state["params"]
     # A real copy: the step donates the state, and one buffer cannot be donated twice.
@@ -87,46 +80,10 @@ def check_config(cfg: Any, given: set[str]) -> None:
             raise ConfigError(f"{key}: cannot apply {where}: {why}")
 
 
-def _preference(
-    cfg: Any,
-    model: Any,
-    batch: Batch,
-    graphdef: Any,
-    rest: Any,
-    reference: Any,
-    deterministic: bool,
-) -> Any:
-    """tjx.nn's `preference_loss` of ``model`` on ``batch`` with the run's settings, against the
-    ``reference`` params (merged with ``rest``), else the model with its adapters off."""
-    ref = None if reference is None else nnx.merge(graphdef, reference, rest)
-    head = cfg.train.head_settings
-    return nn.preference_loss(
-        model,
-        batch,
-        beta=cfg.preference.beta,
-        loss_type=cfg.preference.loss_type,
-        reference=ref,
-        deterministic=deterministic,
-        chunked=head["chunked"],
-        chunk_size=head["chunk_size"],
-    )
-
-
-def make_loss_fn(graphdef: Any, rest: Any, cfg: Any, deterministic: bool) -> Callable[..., Any]:
-    """``loss_fn(params, batch, step, reference=None) -> (loss, aux)``: tjx.nn's
-    `preference_loss` of the policy against the reference (the ``reference`` params, else the
-    policy with its adapters off); aux holds `PreferenceOutput.sums` (``"preference"``) and the
-    real pairs as ``num_tokens`` (the accumulation's weight)."""
-
-    def loss_fn(
-        params: Any, batch: Batch, step: jax.Array, reference: Any = None
-    ) -> tuple[jax.Array, dict[str, Any]]:
-        model = nnx.merge(graphdef, params, nn.reseed(rest, step))
-        out = _preference(cfg, model, batch, graphdef, rest, reference, deterministic)
-        sums = out.sums()
-        return out.loss, {"num_tokens": sums["pairs"], "preference": sums}
-
-    return loss_fn
+def head_settings(cfg: Any) -> dict[str, Any]:
+    """The vocabulary head's settings as tjx.nn's preference steps take them (no z-loss:
+    `check_config` refuses one)."""
+    return {k: cfg.train.head_settings[k] for k in ("chunked", "chunk_size")}
 
 
 def bind_reference(loss_fn: Callable[..., Any], state: dict[str, Any]) -> Callable[..., Any]:
@@ -141,32 +98,11 @@ def reference_args(state: dict[str, Any]) -> tuple[Any, ...]:
     return (state["reference"],) if "reference" in state else ()
 
 
-def step_metrics(aux: dict[str, Any]) -> dict[str, jax.Array]:
-    """A step's logged DPO metrics: TRL's means over the batch's pairs and the pair count."""
-    means = nn.preference_means(aux["preference"])
-    del means["loss"]  # the step logs its loss already
-    return {**means, "pairs": aux["preference"]["pairs"]}
-
-
-def make_eval_step(graphdef: Any, rest: Any, cfg: Any) -> Callable[..., dict[str, jax.Array]]:
-    """``eval_step(params, batch, reference=None) -> sums``: `PreferenceOutput.sums` of a
-    held-out pair batch (no dropout)."""
-
-    def eval_step(params: Any, batch: Batch, reference: Any = None) -> dict[str, jax.Array]:
-        model = nnx.merge(graphdef, params, rest)
-        out = _preference(cfg, model, batch, graphdef, rest, reference, deterministic=True)
-        return out.sums()  # type: ignore[no-any-return]
-
-    return eval_step
-
-
 def heldout(
     step: Any, params: Any, reference: Any, batches: Iterable[Any], place: Callable[[Any], Any]
 ) -> dict[str, float]:
-    """Held-out preference metrics (tjx.nn's `heldout_preference`): ``loss`` (mean DPO loss),
-    ``rewards/accuracies`` (the share of pairs whose chosen answer the policy prefers over the
-    reference more than the rejected one), ``rewards/margins`` ... as means over every held-out
-    pair, and ``pairs``."""
+    """tjx.nn's `heldout_preference` of the eval ``step`` (`step.make_eval_step`) over every
+    held-out pair batch: DPO's ``loss``, ``rewards/*`` and ``logps/*`` means, and ``pairs``."""
     return nn.heldout_preference(
         (step(params, place(batch), reference) for batch in batches),
         empty="validation data is empty: no preference pair of the configured size fits",

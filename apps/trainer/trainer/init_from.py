@@ -1,21 +1,17 @@
 """``--init-from PATH_OR_HUB``: a Hugging Face checkpoint (GPT-2, or the LLaMA family: Llama,
 Mistral, Qwen2, Qwen3, OLMo 2, Phi-3, Gemma 2/3) as the starting point. The checkpoint fixes the
-architecture; the config says how to train it.
+architecture (a setting the user gave must be its own: tjx.nn's `hf_conflicts`); the config says
+how to train it.
 
 ``--init-from RUN_DIR``: a finished (or stopped) tjx run, e.g. an SFT run to start DPO from: the
-params of its newest intact checkpoint. Its ``model.json`` must be this config's model (every
-setting but how it trains: dropout, remat, kernels, init), and the tokenizer's vocabulary its
-own; a run that trained LoRA adapters is read with them merged into its weights.
+params of its newest intact checkpoint, LoRA adapters merged. Its model must be this config's but
+for how it trains (tjx.nn's `config_clashes`), its tokenizer this data's (`check_tokenizer`).
 
-Checked before anything is written: the checkpoint's family must be ``model.kind``, and an
-architecture setting the user gave (``model.position`` ...) must be the checkpoint's, since
-dropping it silently would train something else than asked. A GPT-2 hub name (``gpt2``) is
-checked without downloading; any other source is read (its ``config.json`` only).
-
-The run records where it started (`record`: ``init.json``, a local folder as its absolute path,
-a hub name as given, and the kind). A ``--resume`` takes no ``--init-from``, so from that record it
-builds a Hugging Face checkpoint's architecture again (the run's ``model.json``, not the config's
-shape) and an export names its base model (``--export-peft``'s ``base_model_name_or_path``).
+All checked before anything is written; a GPT-2 hub name (``gpt2``) without downloading, any other
+source by its ``config.json`` only. The run records where it started (`record`: tjx.ckpt's
+``init.json``). A ``--resume`` takes no ``--init-from``, so from that record it builds a Hugging
+Face checkpoint's architecture again (the run's ``model.json``, not the config's shape) and an
+export names its base model (``--export-peft``'s ``base_model_name_or_path``).
 """
 
 from __future__ import annotations
@@ -29,54 +25,6 @@ from typing import Any
 from trainer.config import Config, read_config
 from trainer.schema import ConfigError
 
-#: The file of a run that records where it started (`record`).
-INIT_FILE = "init.json"
-#: tjx.nn model settings a run started from another run may change: how it trains, not what.
-HOW_TO_TRAIN = (
-    "dropout",
-    "attention_dropout",
-    "attention_impl",
-    "cross_entropy_impl",
-    "remat",
-    "decode_topk",
-    "init_std",
-    "scaled_residual_init",
-)
-
-#: Trainer model settings a checkpoint of the LLaMA family fixes (None: the user left it): its
-#: shape, its windows and the switches of the families built on it (Qwen3, OLMo 2, Gemma).
-LLAMA_FIXED = (
-    "position",
-    "attention_type",
-    "norm_position",
-    "use_bias",
-    "num_kv_heads",
-    "sliding_window",
-    "window_pattern",
-    "qk_norm",
-    "qk_norm_scope",
-    "norm_plus_one",
-    "scale_embeddings",
-    "query_pre_attn_scalar",
-    "attn_logit_softcap",
-    "final_logit_softcap",
-    "rope_local_theta",
-    "kv_latent_dim",
-    "q_lora_rank",
-    "qk_rope_head_dim",
-    "v_head_dim",
-    "num_experts",
-    "router_scale",
-    "router_groups",
-    "router_topk_groups",
-)
-
-
-def _is_hub_id(source: str) -> bool:
-    """``org/name``: a hub repo id (a local path would exist, or start with ``.``/``/``/``~``)."""
-    parts = source.split("/")
-    return len(parts) == 2 and all(parts) and not source.startswith((".", "~"))
-
 
 def _read(source: str) -> Any:
     from tjx import nn
@@ -87,25 +35,17 @@ def _read(source: str) -> Any:
         raise ConfigError(f"--init-from: {err}") from None
 
 
-def _same(value: Any) -> Any:
-    """A config value as tjx-nn holds it (a YAML list, ``window_pattern``'s, as a tuple)."""
-    return tuple(value) if isinstance(value, list) else value
-
-
 def check_init_from(cfg: Config, source: str) -> None:
     """Raise `ConfigError` (one line) unless ``source`` can start a run of ``cfg``."""
     from tjx import nn
 
     path = Path(source).expanduser()
     if is_run(source):
-        return _check_run(cfg, path)
-    if path.exists():
-        hf_cfg = _read(str(path))
-        kind = "gpt2" if isinstance(hf_cfg, nn.GPT2Config) else "llama"
-    elif source in nn.HF_GPT2_NAMES:
+        return _same_model(cfg.model, _run_files(path)[0], path, vocab=False)
+    if not path.exists() and source in nn.HF_GPT2_NAMES:  # known without downloading
         hf_cfg, kind = None, "gpt2"
-    elif _is_hub_id(source):
-        hf_cfg = _read(source)
+    elif path.exists() or nn.is_hub_id(source):
+        hf_cfg = _read(str(path) if path.exists() else source)
         kind = "gpt2" if isinstance(hf_cfg, nn.GPT2Config) else "llama"
     else:
         raise ConfigError(
@@ -120,19 +60,13 @@ def check_init_from(cfg: Config, source: str) -> None:
     # The settings the config gives: those unlike the kind's own (null: derived from the others).
     default = read_config({"model": {"kind": cfg.kind}}).to_dict()["model"]
     settings = {k: v for k, v in cfg.to_dict()["model"].items() if v != default[k]}
-    if kind == "gpt2":
-        if cfg.data.tokenizer != "gpt2" and Path(cfg.data.tokenizer).expanduser() != path:
-            raise ConfigError(
-                "--init-from: GPT-2 weights need data.tokenizer 'gpt2' (or the checkpoint "
-                f"folder), got {cfg.data.tokenizer!r}"
-            )
-        clashes = nn.hf_gpt2_conflicts(settings)
-    else:
-        clashes = {
-            k: settings[k]
-            for k in LLAMA_FIXED
-            if settings.get(k) is not None and _same(settings[k]) != getattr(hf_cfg, k)
-        }
+    tokenizer = cfg.data.tokenizer
+    if kind == "gpt2" and tokenizer != "gpt2" and Path(tokenizer).expanduser() != path:
+        raise ConfigError(
+            "--init-from: GPT-2 weights need data.tokenizer 'gpt2' (or the checkpoint "
+            f"folder), got {tokenizer!r}"
+        )
+    clashes = nn.hf_conflicts(settings, hf_cfg)
     if clashes:
         named = ", ".join(f"model.{k} {v!r}" for k, v in clashes.items())
         family = "GPT-2" if kind == "gpt2" else "the checkpoint's"
@@ -164,28 +98,27 @@ def _run_files(path: Path) -> tuple[Any, dict[str, Any]]:
     return model, saved
 
 
-def model_clashes(ours: Any, theirs: Any, *, vocab: bool) -> list[str]:
-    """The model settings (``model.KEY ours vs theirs``) in which two tjx.nn configs differ,
-    beyond `HOW_TO_TRAIN` (and the vocabulary unless ``vocab``)."""
+def _same_model(ours: Any, theirs: Any, path: Path, *, vocab: bool) -> None:
+    """A `ConfigError` naming up to three of tjx.nn's `config_clashes` of the two model configs
+    (the vocabulary's only if ``vocab``: once the tokenizer is read)."""
     from tjx import nn
 
-    a, b = nn.config_to_dict(ours), nn.config_to_dict(theirs)
-    if a["class"] != b["class"]:
-        return [f"model.kind ({a['class']} vs the run's {b['class']})"]
-    skip = {*HOW_TO_TRAIN, *(() if vocab else ("vocab_size",))}
-    fa, fb = a["fields"], b["fields"]
-    return [f"model.{k} {fa[k]!r} (the run's: {fb.get(k)!r})" for k in fa if k not in skip
-            and fa[k] != fb.get(k)]  # fmt: skip
-
-
-def _check_run(cfg: Config, path: Path) -> None:
-    model, _ = _run_files(path)
-    clashes = model_clashes(cfg.model, model, vocab=False)
-    if clashes:
-        raise ConfigError(
-            f"--init-from: the run {str(path)!r} trained another model: {', '.join(clashes[:3])}; "
-            "use its model settings (its config.yaml's model section)"
-        )
+    clashes = nn.config_clashes(ours, theirs, vocab=vocab)
+    if not clashes:
+        return
+    if "class" in clashes:
+        named = ["model.kind ({} vs the run's {})".format(*clashes["class"])]
+    else:
+        named = [f"model.{k} {a!r} (the run's: {b!r})" for k, (a, b) in clashes.items()]
+    advice = (
+        "with another vocabulary, set data.tokenizer to the run's (its data.json)"
+        if vocab
+        else "use its model settings (its config.yaml's model section)"
+    )
+    raise ConfigError(
+        f"--init-from: the run {str(path)!r} trained another model: {', '.join(named[:3])}; "
+        + advice
+    )
 
 
 def load_run(cfg: Config, model_cfg: Any, source: str) -> tuple[Any, int]:
@@ -197,12 +130,7 @@ def load_run(cfg: Config, model_cfg: Any, source: str) -> tuple[Any, int]:
 
     path = Path(source).expanduser()
     theirs, saved = _run_files(path)
-    clashes = model_clashes(model_cfg, theirs, vocab=True)
-    if clashes:
-        raise ConfigError(
-            f"--init-from: the run {str(path)!r} trained another model: {', '.join(clashes[:3])}; "
-            "with another vocabulary, set data.tokenizer to the run's (its data.json)"
-        )
+    _same_model(model_cfg, theirs, path, vocab=True)
     model = nn.build_model(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
     lora = saved.get("lora") or {}
     if lora.get("enabled"):  # read as it was trained, then folded into the weights
@@ -227,41 +155,29 @@ def load_run(cfg: Config, model_cfg: Any, source: str) -> tuple[Any, int]:
     return model, int(step)
 
 
-def _tokenizer_file(spec: Any) -> Path | None:
-    path = Path(str(spec)).expanduser()
-    path = path / "tokenizer.json" if path.is_dir() else path
-    return path if path.is_file() else None
-
-
 def check_tokenizer(source: str, bundle: Any) -> None:
-    """The data's tokenizer must be the run's (the same ids for the same text): the same spec, or
-    the same ``tokenizer.json``; else a `ConfigError` naming the run's."""
+    """The data's tokenizer must be the run's (tjx.data's `same_tokenizer`: the same ids for the
+    same text); else a `ConfigError` naming the run's."""
+    from tjx.data import same_tokenizer
+
     info = json.loads((Path(source).expanduser() / "data.json").read_text())
     theirs = info.get("tokenizer")
     ours = getattr(bundle, "tokenizer_dir", None) or getattr(bundle, "tokenizer_spec", None)
-    if theirs is not None and str(theirs) == str(ours):
-        return
-    a, b = _tokenizer_file(theirs), _tokenizer_file(ours)
-    if a is not None and b is not None and a.read_bytes() == b.read_bytes():
-        return
-    raise ConfigError(
-        f"--init-from: the run {source!r} read another tokenizer ({theirs}), so its ids would "
-        f"mean other tokens here; set data.tokenizer={theirs}"
-    )
+    if not same_tokenizer(theirs, ours):
+        raise ConfigError(
+            f"--init-from: the run {source!r} read another tokenizer ({theirs}), so its ids would "
+            f"mean other tokens here; set data.tokenizer={theirs}"
+        )
 
 
 def record(run_dir: Path, source: str | None, step: int | None) -> None:
-    """Write ``init.json`` (where the run started) unless it exists: a resume keeps it."""
+    """Write ``init.json`` (where the run started: tjx.ckpt's `RunDir.write_init`) unless it
+    exists: a resume keeps it."""
     from tjx.ckpt import RunDir
 
-    folder = RunDir(run_dir)
-    if source is None or (folder.path / INIT_FILE).exists():
-        return
-    kind = "tjx-run" if is_run(source) else "hugging-face"
-    where = (
-        str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else source
-    )
-    folder.write_json(INIT_FILE, {"init_from": where, "kind": kind, "step": step})
+    if source is not None:
+        kind = "tjx-run" if is_run(source) else "hugging-face"
+        RunDir(run_dir).write_init(source, kind=kind, step=step)
 
 
 def trained_model(cfg: Config, source: str | None, run_dir: Path, resume: bool) -> Any:
@@ -273,42 +189,30 @@ def trained_model(cfg: Config, source: str | None, run_dir: Path, resume: bool) 
 
     if resume and resumed_from_checkpoint(cfg, run_dir) is not None:
         return nn.config_from_dict(RunDir(run_dir).read(RunDir.MODEL_FILE))
-    if source is not None and not resume and not is_run(source) and source not in nn.HF_GPT2_NAMES:
-        return _read(source)
-    return cfg.model
-
-
-def _record(run_dir: Path) -> dict[str, Any] | None:
-    from tjx.ckpt import RunDir, RunFileNotFoundError
-
-    try:
-        return RunDir(run_dir).read(INIT_FILE)
-    except RunFileNotFoundError:
-        return None
+    if source is None or resume or is_run(source) or source in nn.HF_GPT2_NAMES:
+        return cfg.model
+    return _read(source)
 
 
 def recorded(run_dir: Path) -> str | None:
     """The ``--init-from`` a run started from (its ``init.json``), or None (a run from scratch,
     or one saved before the file existed)."""
-    found = _record(run_dir)
+    from tjx.ckpt import RunDir
+
+    found = RunDir(run_dir).read_init()
     return str(found["init_from"]) if found and found.get("init_from") else None
-
-
-#: The model settings the config decides when a checkpoint fixed the architecture (`state.build`
-#: hands them to ``load_hf``): how to train it, not what it is.
-TRAINING_FIELDS = ("scan_layers", "remat", "attention_impl", "dropout", "decode_topk", "precision")
 
 
 def resumed_from_checkpoint(cfg: Config, run_dir: Path) -> Config | None:
     """For a ``--resume`` of a run that started ``--init-from`` a checkpoint: ``cfg`` (resolved)
-    with the architecture the run trained (its ``model.json``) and ``cfg``'s `TRAINING_FIELDS`;
-    ``None`` for a run that started from scratch (its config is its architecture)."""
+    with the architecture the run trained (its ``model.json``) and ``cfg``'s tjx.nn
+    `TRAINING_FIELDS`; ``None`` for a run from scratch (its config is its architecture)."""
     from tjx import nn
     from tjx.ckpt import RunDir
 
-    found = _record(run_dir)
+    found = RunDir(run_dir).read_init()
     if found is None or found.get("kind") != "hugging-face":  # a tjx run's model is the config's
         return None
     saved = nn.config_from_dict(RunDir(run_dir).read(RunDir.MODEL_FILE))
-    how = {k: getattr(cfg.model, k) for k in TRAINING_FIELDS}
+    how = {k: getattr(cfg.model, k) for k in nn.TRAINING_FIELDS}
     return dataclasses.replace(cfg, model=dataclasses.replace(saved, **how))

@@ -8,11 +8,11 @@ masks as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -39,7 +39,10 @@ def make_loss_fn(
     # Adapter dropout draws from the model's dropout stream too (tjx.nn.add_lora installs one).
     deterministic = cfg.model.dropout == 0.0 and not (cfg.use_lora and cfg.lora.dropout > 0)
     if dpo.is_dpo(cfg):  # preference pairs: the DPO loss (its reference bound per step)
-        return dpo.make_loss_fn(graphdef, rest, cfg, deterministic)
+        head = dpo.head_settings(cfg)
+        return nn.preference_loss_fn(
+            graphdef, rest, cfg.preference, deterministic=deterministic, **head
+        )
     base_key = jax.random.key(cfg.train.seed)
 
     def loss_fn(params: Any, batch: Batch, step: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
@@ -76,7 +79,7 @@ def make_train_step(
     ``metrics["moe"]``, the step's summed router statistics, and moves a sigmoid router's
     balancing bias by them (DeepSeek-V3's auxiliary-loss-free rule)."""
     from tjx import optim
-    from tjx.optim import accumulate_gradients, loss_scale_value, scale_loss, step_report
+    from tjx.optim import loss_scale_value, scale_loss, step_report
 
     loss_fn = make_loss_fn(graphdef, rest, cfg, split, experts)
     balance_bias = cfg.model.num_experts > 0 and cfg.model.router == "sigmoid"
@@ -92,30 +95,21 @@ def make_train_step(
             # fp16: differentiate loss × scale; the optimizer chain unscales (and skips on inf).
             return (scale_loss(loss, opt_state) if scaled else loss), aux
 
-        # With LoRA only the adapters are differentiated: the frozen base's weight gradients
-        # are never computed (tjx.optim.split_trainable), and its zero "gradients" below are
-        # constants that only_trainable's frozen branch drops.
-        trained, frozen = (
-            optim.split_trainable(params, optim.adapter_mask(params))
-            if cfg.use_lora
-            else (params, None)
-        )
-
-        def grad_fn(p: Any, b: Batch) -> Any:
-            def whole(q: Any) -> tuple[jax.Array, dict[str, Any]]:
-                return scaled_loss(q if frozen is None else optim.join_trainable(q, frozen), b)
-
-            return jax.value_and_grad(whole, has_aux=True)(p)
-
         # Each micro-batch's loss is a mean over its own valid targets (num_tokens: non-ignored
         # labels, MLM-masked tokens, images, or DPO's real pairs). Weighting by that count makes
         # the step the gradient of the whole batch's mean; equal weights would over-count the
         # tokens of micro-batches with more padding / ignored targets. Counts in aux are summed.
-        loss, aux, grads = accumulate_gradients(
-            grad_fn, trained, batch, num_micro_batches=micro, aux_reduce="sum", weight="num_tokens"
+        # With LoRA only the adapters are differentiated: the frozen base's weight gradients
+        # are never computed, and its zero "gradients" are constants only_trainable drops.
+        loss, aux, grads = optim.trainable_gradients(
+            scaled_loss,
+            params,
+            batch,
+            trainable=optim.adapter_mask(params) if cfg.use_lora else None,
+            num_micro_batches=micro,
+            aux_reduce="sum",
+            weight="num_tokens",
         )
-        if frozen is not None:
-            grads = optim.join_trainable(grads, jax.tree.map(jnp.zeros_like, frozen))
         if scaled:  # report the unscaled loss (exact for the power-of-two dynamic scale)
             loss = loss / loss_scale_value(opt_state).astype(loss.dtype)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -126,7 +120,7 @@ def make_train_step(
             params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         metrics = {"loss": loss, **step_report(opt_state, grads, updates, params)}
         if "preference" in aux:  # rewards, margins, accuracy: means over the batch's pairs
-            metrics |= dpo.step_metrics(aux)
+            metrics |= nn.preference_step_metrics(aux)
         else:
             metrics["num_tokens"] = aux["num_tokens"]
         if "moe" in aux:
@@ -164,12 +158,12 @@ def make_eval_step(
     sum, scored units, top-k correct counts) of tjx-nn's ``objective_logits_fn``, the step the
     evaluator builds too; a masked LM masks with tjx.nn's fixed ``eval_mask_key`` of the run's
     seed, as the evaluator does. ``split``: as for `make_loss_fn` (the sums are over tokens, so
-    the split's token order changes none of them). Preference data: `trainer.dpo`'s eval step
-    (``eval_step(params, batch, reference)``, DPO's sums)."""
+    the split's token order changes none of them). Preference data: tjx.nn's
+    `preference_sums_fn` (``eval_step(params, batch, reference)``, DPO's sums)."""
     from tjx import metrics
 
     if dpo.is_dpo(cfg):
-        return dpo.make_eval_step(graphdef, rest, cfg)
+        return nn.preference_sums_fn(graphdef, rest, cfg.preference, **dpo.head_settings(cfg))
 
     logits_fn = nn.objective_logits_fn(
         graphdef, rest, key=nn.eval_mask_key(cfg.train.seed), mask_prob=cfg.train.mlm_probability
@@ -186,32 +180,20 @@ def make_eval_step(
 
 
 # tjx.parallel's `pipeline_loss` is generic (stacked layer params, a layer function, a last-stage
-# head); tjx.nn's `decoder_stages` cuts the decoder into those pieces (the embedding before the
-# pipeline, one `Block` per layer, the final norm, unembedding and loss on the last stage).
+# head); tjx.nn's `pipelined_loss_fn` cuts the decoder into those pieces (`decoder_stages`: the
+# embedding before the pipeline, one `Block` per layer, the final norm, unembedding and loss on
+# the last stage) and runs them through it.
 def pipeline_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Any:
     """``loss_fn(params, batch, step) -> (loss, aux)`` of a decoder LM with its layer stack run
-    as a ``mesh.pipeline``-stage pipeline (tjx.parallel.pipeline_loss).
-
-    The embedding runs before the pipeline and the final norm + unembedding + loss on its last
-    stage; the loss is the token-weighted mean of the microbatches' means, so it equals the
-    unpipelined loss. Needs ``model.scan_layers`` and no dropout (``state.make_mesh`` checks).
-    """
+    as a ``mesh.pipeline``-stage pipeline; the loss is the token-weighted mean of the
+    microbatches' means, so it equals the unpipelined loss. Needs ``model.scan_layers`` and no
+    dropout (``state.make_mesh`` checks)."""
     from tjx import parallel
     from trainer.state import make_mesh
 
     mesh, _ = make_mesh(cfg)  # the same devices and sizes as build(): the same mesh
     mc = cfg.mesh
-
-    def loss_fn(params: Any, batch: dict[str, jax.Array], step: jax.Array) -> Any:
-        del step  # no dropout under the pipeline: nothing is drawn per step
-        model = nnx.merge(graphdef, params, rest)
-        stages = nn.decoder_stages(model, **cfg.train.head_settings)
-        pipelined = parallel.pipeline_loss(
-            stages.layer, stages.head, mesh, microbatches=mc.microbatches, schedule=mc.schedule
-        )
-        x, side, head_side = stages.inputs(batch)
-        total, aux = pipelined(*stages.split_params(params), x, side, head_side)
-        count = jnp.maximum(aux["num_tokens"], 1).astype(total.dtype)
-        return total / count, aux
-
-    return loss_fn
+    pipeline = functools.partial(
+        parallel.pipeline_loss, mesh=mesh, microbatches=mc.microbatches, schedule=mc.schedule
+    )
+    return nn.pipelined_loss_fn(graphdef, rest, pipeline, **cfg.train.head_settings)

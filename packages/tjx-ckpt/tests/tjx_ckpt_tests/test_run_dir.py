@@ -241,3 +241,25 @@ def test_the_lazy_names_in_this_process() -> None:
     assert tjx.ckpt.restore_params.__module__ == "tjx.ckpt.params"
     with pytest.raises(AttributeError, match="has no attribute 'restore_param'"):
         tjx.ckpt.restore_param  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_init_json_records_the_first_start_and_a_local_source_as_its_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base").mkdir()
+    run = RunDir(tmp_path / "run")
+    run.create({"a": 1})
+    assert run.read_init() is None
+    assert run.write_init("base", kind="tjx-run", step=7)
+    expected = {"init_from": str((tmp_path / "base").resolve()), "kind": "tjx-run", "step": 7}
+    assert run.read_init() == expected
+    assert not run.write_init("org/other", kind="hugging-face", step=None)  # a resume keeps it
+    assert run.read_init() == expected
+
+
+def test_init_json_keeps_a_hub_name_as_given(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    run.write_init("org/name", kind="hugging-face", step=None)
+    assert run.read(RunDir.INIT_FILE) == {"init_from": "org/name", "kind": "hugging-face",
+                                          "step": None}  # fmt: skip

@@ -150,3 +150,18 @@ def test_a_wrapper_is_unwrapped_through_its_public_json():
     assert isinstance(tok, hf.Tokenizer) and tok.to_str() == wrapper.to_str()
     docs = [*random_docs(6, 10), "a<eos>b"]
     assert [e.ids for e in tok.encode_batch(docs)] == [e.ids for e in wrapper.encode_batch(docs)]
+
+
+def test_two_specs_are_the_same_tokenizer_when_equal_or_their_tokenizer_json_is(tmp_path):
+    from tjx.data import same_tokenizer
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "tokenizer.json").write_text('{"v": 1}')
+    (tmp_path / "b.json").write_text('{"v": 1}')
+    (tmp_path / "c.json").write_text('{"v": 2}')
+    assert same_tokenizer("gpt2", "gpt2")
+    assert same_tokenizer(tmp_path / "a", str(tmp_path / "a"))
+    assert same_tokenizer(str(tmp_path / "a"), tmp_path / "b.json")  # a folder and a file
+    assert not same_tokenizer(tmp_path / "b.json", tmp_path / "c.json")
+    assert not same_tokenizer("gpt2", "byte")
+    assert not same_tokenizer(None, "None")  # an unknown tokenizer matches no spec by name

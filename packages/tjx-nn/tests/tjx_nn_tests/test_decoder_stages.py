@@ -95,3 +95,31 @@ def test_dropout_is_refused_not_left_out(rates):
     with pytest.raises(ValueError, match="without dropout") as err:
         tnn.decoder_stages(build(gpt2_tiny(scan_layers=True, **rates)))
     assert f"={next(iter(rates.values()))}" in str(err.value)
+
+
+def _in_order(layer, head):
+    """A pipeline runner that runs two microbatches through every layer in turn (one device)."""
+
+    def run(layers, head_params, x, side, head_side):
+        total, sums = 0.0, None
+        for rows in (slice(0, 2), slice(2, 4)):
+            h, mb = x[rows], {k: None if v is None else v[rows] for k, v in side.items()}
+            for i in range(jax.tree.leaves(layers)[0].shape[0]):
+                h = layer(jax.tree.map(lambda a, i=i: a[i], layers), h, mb)
+            summed, part = head(head_params, h, {k: v[rows] for k, v in head_side.items()})
+            total = total + summed
+            sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
+        return total, sums
+
+    return run
+
+
+def test_the_pipelined_loss_fn_is_the_models_loss_over_its_microbatches():
+    model = build(llama_tiny(scan_layers=True))
+    graphdef, state, rest = nnx.split(model, nnx.Param, ...)
+    params, batch = nnx.to_pure_dict(state), _batch()
+    loss_fn = tnn.pipelined_loss_fn(graphdef, rest, _in_order, chunked=False, z_loss=1e-3)
+    loss, sums = loss_fn(params, batch, jnp.int32(0))
+    want = tnn.objective_loss(model, batch, chunked=False, z_loss=1e-3)
+    assert float(loss) == pytest.approx(float(want.loss), rel=1e-5)
+    assert int(sums["num_tokens"]) == int(want.num_tokens)

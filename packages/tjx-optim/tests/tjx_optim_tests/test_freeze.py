@@ -16,6 +16,7 @@ from tjx.optim import (
     path_mask,
     split_trainable,
     step_report,
+    trainable_gradients,
 )
 from tjx.optim.paths import path_to_str
 
@@ -109,3 +110,26 @@ def test_the_split_trees_give_the_full_gradient_at_the_adapters_and_none_elsewhe
     zeros = jax.tree.map(jnp.zeros_like, rest)
     filled = join_trainable(part, zeros)
     assert float(jnp.abs(filled["embed"]["embedding"]).max()) == 0
+
+
+@pytest.mark.parametrize("micro", [1, 2])
+def test_trainable_gradients_are_the_accumulated_gradients_at_the_adapters_and_zero_elsewhere(
+    micro: int,
+):
+    rng = np.random.default_rng()
+    params = lora_tree(rng)
+    mask = adapter_mask(params)
+    batch = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
+
+    def loss_fn(p: dict, b: jax.Array) -> tuple[jax.Array, dict]:
+        value = sum(jnp.sum(jnp.sin(x)) * jnp.mean(b) for x in jax.tree.leaves(p))
+        return value, {"n": jnp.float32(b.shape[0])}
+
+    kw = dict(num_micro_batches=micro, aux_reduce="sum", weight="n")
+    loss, aux, grads = trainable_gradients(loss_fn, params, batch, trainable=mask, **kw)
+    all_loss, all_aux, all_grads = trainable_gradients(loss_fn, params, batch, **kw)
+    np.testing.assert_allclose(float(loss), float(all_loss), rtol=1e-6)
+    assert float(aux["n"]) == float(all_aux["n"]) == 4.0
+    assert jax.tree.structure(grads) == jax.tree.structure(params)
+    for g, full, m in zip(*(jax.tree.leaves(t) for t in (grads, all_grads, mask)), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(full) if m else 0.0, rtol=1e-6)

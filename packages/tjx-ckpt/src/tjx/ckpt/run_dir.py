@@ -7,6 +7,7 @@
       model.json         what rebuilds the model (an app's description)
       data.json          what rebuilds the data (an app's description)
       final.json         the last step's summary, once the run ended (`final_summary`)
+      init.json          where the run started, if not from scratch (`RunDir.write_init`)
       loss_curve.png     the loss plot
       samples/step_0000012.txt
       checkpoints/       a CheckpointManager's directory: one folder per step
@@ -198,6 +199,7 @@ class RunDir:
     MODEL_FILE: ClassVar[str] = "model.json"
     DATA_FILE: ClassVar[str] = "data.json"
     FINAL_FILE: ClassVar[str] = "final.json"
+    INIT_FILE: ClassVar[str] = "init.json"
     CURVE_FILE: ClassVar[str] = "loss_curve.png"
     SAMPLES_DIR: ClassVar[str] = "samples"
     CHECKPOINTS_DIR: ClassVar[str] = "checkpoints"
@@ -253,6 +255,25 @@ class RunDir:
     def write_final(self, summary: Mapping[str, Any]) -> bool:
         """``final.json``: it exists whole or not at all (an app rebuilds it when missing)."""
         return self.write_json(self.FINAL_FILE, summary)
+
+    def write_init(self, source: str, *, kind: str, step: int | None) -> bool:
+        """``init.json``: the run started from ``source`` (a checkpoint of an app's ``kind``, at
+        ``step``), unless the file exists: a resume keeps the first run's record. A local source
+        is written as its absolute path (the run may be resumed from another folder), anything
+        else (a hub name) as given. Returns whether it wrote."""
+        if (self.path / self.INIT_FILE).exists():
+            return False
+        local = Path(source).expanduser()
+        where = str(local.resolve()) if local.exists() else source
+        return self.write_json(self.INIT_FILE, {"init_from": where, "kind": kind, "step": step})
+
+    def read_init(self) -> dict[str, Any] | None:
+        """``init.json`` (`write_init`'s record), or None without one: a run from scratch, or one
+        an older app wrote. Errors as `read` for a file that cannot be read."""
+        try:
+            return self.read(self.INIT_FILE)
+        except RunFileNotFoundError:
+            return None
 
     def write_samples(self, step: int, text: str) -> StoragePath:
         """Write ``text`` as the samples of ``step``; returns the file."""

@@ -40,7 +40,7 @@ from tjx.data.run_setup import (
     run_sources,
     truncation_summary,
 )
-from tjx.data.run_tokenizer import run_tokenizer
+from tjx.data.run_tokenizer import run_tokenizer, same_tokenizer
 from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_index
 from tjx.data.sources import Documents, check_local_source, load_source
 from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, encode_prompts
@@ -121,6 +121,7 @@ __all__ = [
     "run_loader",
     "run_sources",
     "run_tokenizer",
+    "same_tokenizer",
     "save_tokenizer",
     "train_bpe",
     "truncation_summary",

@@ -16,7 +16,7 @@ from tjx.data.errors import DataError
 from tjx.data.prepare import bpe_tokenizer
 from tjx.data.tokenizers import Tokenizer
 
-__all__ = ["Names", "cache_root", "fault", "name_of", "run_tokenizer"]
+__all__ = ["Names", "cache_root", "fault", "name_of", "run_tokenizer", "same_tokenizer"]
 
 Names = Mapping[str, str] | None
 
@@ -60,3 +60,31 @@ def run_tokenizer(
         return bpe_tokenizer(source, vocab, cache_root(cache_dir))
     except DataError as err:  # the corpus it trains on is the source
         raise fault(names, "source", str(err)) from None
+
+
+def _tokenizer_file(spec: object) -> Path | None:
+    """The ``tokenizer.json`` a spec names (a folder holding one, or the file), else None."""
+    path = Path(str(spec)).expanduser()
+    path = path / "tokenizer.json" if path.is_dir() else path
+    return path if path.is_file() else None
+
+
+def same_tokenizer(theirs: object, ours: object) -> bool:
+    """Whether two tokenizer specs give the same ids for the same text, as far as can be told
+    without loading them: the same spec, or two paths to byte-identical ``tokenizer.json`` files.
+
+    Parameters
+    ----------
+    theirs, ours:
+        Specs as a run records them (``"gpt2"``, a folder, a file); ``theirs`` None: unknown, the
+        same only by file content.
+
+    Returns
+    -------
+    bool
+        True when a model trained on ``theirs``' ids reads ``ours``' as the same tokens.
+    """
+    if theirs is not None and str(theirs) == str(ours):
+        return True
+    a, b = _tokenizer_file(theirs), _tokenizer_file(ours)
+    return a is not None and b is not None and a.read_bytes() == b.read_bytes()

@@ -27,7 +27,7 @@ from tjx.nn.configs import (
     ViTConfig,
 )
 from tjx.nn.decoder import GPT2, DecoderLM, Llama, head_cross_entropy
-from tjx.nn.decoder_stages import DecoderStages, decoder_stages
+from tjx.nn.decoder_stages import DecoderStages, decoder_stages, pipelined_loss_fn
 from tjx.nn.embeddings import Embed
 from tjx.nn.encdec import EncoderDecoder
 from tjx.nn.flops import flops_per_token, flops_per_unit, matmul_param_count
@@ -43,6 +43,14 @@ from tjx.nn.hf import (
     save_hf_gpt2,
 )
 from tjx.nn.hf_gpt2 import HF_GPT2_FIXED, HF_GPT2_NAMES, hf_gpt2_conflicts
+from tjx.nn.hf_io import is_hub_id
+from tjx.nn.hf_start import (
+    HF_LLAMA_FIXED,
+    HOW_TO_TRAIN,
+    TRAINING_FIELDS,
+    config_clashes,
+    hf_conflicts,
+)
 from tjx.nn.kv_cache import cache_slots, init_cache, kv_cache_bytes, topk_decode_attention
 from tjx.nn.linear import Dense, LoRAAdapter, dropout
 from tjx.nn.lora import (
@@ -95,6 +103,7 @@ from tjx.nn.preference import (
     preference_means,
     sequence_logprobs,
 )
+from tjx.nn.preference_steps import preference_loss_fn, preference_step_metrics, preference_sums_fn
 from tjx.nn.registry import MODEL_KINDS, build_model
 from tjx.nn.relative_bias import RelativePositionBias, t5_relative_bucket
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling, rope_parameters
@@ -125,7 +134,9 @@ __all__ = [
     "GPT2Config",
     "HF_GPT2_FIXED",
     "HF_GPT2_NAMES",
+    "HF_LLAMA_FIXED",
     "HF_MODEL_TYPES",
+    "HOW_TO_TRAIN",
     "LAYER_KINDS",
     "LOGICAL_AXES",
     "LORA_ROLES",
@@ -156,6 +167,7 @@ __all__ = [
     "Routing",
     "SequenceSplit",
     "Stack",
+    "TRAINING_FIELDS",
     "TransformerConfig",
     "ViT",
     "ViTConfig",
@@ -169,6 +181,7 @@ __all__ = [
     "cache_slots",
     "classification_loss",
     "concrete_state",
+    "config_clashes",
     "config_from_dict",
     "config_param_count",
     "config_to_dict",
@@ -191,9 +204,11 @@ __all__ = [
     "has_lora",
     "head_cross_entropy",
     "heldout_preference",
+    "hf_conflicts",
     "hf_gpt2_conflicts",
     "hf_kind",
     "init_cache",
+    "is_hub_id",
     "is_key",
     "kv_cache_bytes",
     "load_hf",
@@ -211,8 +226,12 @@ __all__ = [
     "objective_logits_fn",
     "objective_loss",
     "objective_of",
+    "pipelined_loss_fn",
     "preference_loss",
+    "preference_loss_fn",
     "preference_means",
+    "preference_step_metrics",
+    "preference_sums_fn",
     "read_hf_config",
     "register_router",
     "remat_policy",

@@ -3,7 +3,8 @@ one layer of the stacked ``Stack`` per step, and the final norm + LM head + loss
 
 The functions take parameters as pure dicts (``nnx.to_pure_dict`` of ``nnx.split(model,
 nnx.Param, ...)``), so a pipeline runner (``tjx.parallel.pipeline_loss``) can slice the stacked
-layer params over stages and hand the head's params to the last stage alone.
+layer params over stages and hand the head's params to the last stage alone;
+`pipelined_loss_fn` is the whole loss of such a run, as a trainer differentiates it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from tjx.nn.stack import remat_policy
 
 Array = jax.Array
 Side = dict[str, Any]
+
+#: ``pipeline(layer, head) -> run``: a pipeline runner of the stages (e.g. tjx.parallel's
+#: ``pipeline_loss`` with its mesh bound); ``run(layer_params, head_params, x, side, head_side)
+#: -> (summed loss, summed sums)``.
+Pipeline = Callable[[Callable[..., Any], Callable[..., Any]], Callable[..., tuple[Array, Any]]]
 
 #: The decoder's modules after the layer stack (a None module, e.g. a tied head, has no params).
 HEAD_MODULES = ("embed", "final_norm", "head")
@@ -135,3 +141,44 @@ def decoder_stages(
         return params["stack"]["layers"], {k: params[k] for k in defs if k in params}
 
     return DecoderStages(inputs, layer, head, split_params)
+
+
+def pipelined_loss_fn(
+    graphdef: Any,
+    rest: Any,
+    pipeline: Pipeline,
+    *,
+    chunked: bool = True,
+    chunk_size: int | None = None,
+    z_loss: float = 0.0,
+) -> Callable[[Any, dict[str, Array], Array], tuple[Array, Any]]:
+    """``loss_fn(params, batch, step) -> (loss, sums)`` of a decoder LM with its layers run by
+    ``pipeline``: the embedding before it, the final norm, LM head and loss on its last stage.
+
+    Parameters
+    ----------
+    graphdef, rest
+        The model's graph and non-parameter state (``nnx.split(model, nnx.Param, ...)``).
+    pipeline : Pipeline
+        Runs `decoder_stages`' ``layer`` and ``head`` over microbatches and stages.
+    chunked, chunk_size, z_loss
+        The head's loss, as for `decoder_stages`.
+
+    Returns
+    -------
+    Callable
+        ``loss_fn``: the microbatches' summed loss over their summed ``num_tokens``, so it equals
+        the unpipelined ``objective_loss`` (``step`` unused: the stages draw no dropout).
+    """
+
+    def loss_fn(params: Any, batch: dict[str, Array], step: Array) -> tuple[Array, Any]:
+        del step  # no dropout in the stages: nothing is drawn per step
+        model = nnx.merge(graphdef, params, rest)
+        stages = decoder_stages(model, chunked=chunked, chunk_size=chunk_size, z_loss=z_loss)
+        run = pipeline(stages.layer, stages.head)
+        x, side, head_side = stages.inputs(batch)
+        total, sums = run(*stages.split_params(params), x, side, head_side)
+        count = jnp.maximum(sums["num_tokens"], 1).astype(total.dtype)
+        return total / count, sums
+
+    return loss_fn

@@ -84,6 +84,17 @@ def concat(names: list[str], shape: tuple[int, ...], axis: int) -> Callable[[Rea
     return convert
 
 
+def is_hub_id(source: str) -> bool:
+    """Whether ``source`` reads as a hub repo id, ``org/name`` (what `resolve` downloads).
+
+    Checked without the network, for an app to tell a typo from a hub name before it downloads
+    anything: a local path would exist, or start with ``.`` or ``~``; a one-part name is a
+    legacy hub name (``gpt2``) only an app's own list knows.
+    """
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not source.startswith((".", "~"))
+
+
 def resolve(path_or_hub: str | os.PathLike[str]) -> Path:
     """A local folder as it is, else a hub repo id downloaded (safetensors files only).
 

@@ -19,6 +19,7 @@ from tjx.optim.freeze import (
     only_trainable,
     path_mask,
     split_trainable,
+    trainable_gradients,
 )
 from tjx.optim.loss_scale import (
     DynamicLossScaleState,
@@ -106,6 +107,7 @@ __all__ = [
     "skip_nonfinite",
     "sqrt_decay",
     "step_report",
+    "trainable_gradients",
     "unscale_grads",
     "users_of",
     "warmup_stable_decay",

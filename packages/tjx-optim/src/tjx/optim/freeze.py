@@ -11,6 +11,7 @@ gradients only.
 A trainer that differentiates only the adapters (``nnx.split(model, nnx.LoRAParam, ...)``) needs
 no mask; the mask is for a trainer that keeps one parameter tree, and as the rule that says what
 an adapter is by name: a path component ``lora`` (``.../query/lora/lora_a``, tjx-nn's naming).
+Such a trainer differentiates the trainable leaves only with `trainable_gradients`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
+from tjx.optim.accumulate import Weight, accumulate_gradients
 from tjx.optim.paths import any_component, path_to_str
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "only_trainable",
     "path_mask",
     "split_trainable",
+    "trainable_gradients",
 ]
 
 #: A path component (whole, case-insensitive) that marks a parameter as an adapter.
@@ -118,3 +122,58 @@ def join_trainable(kept: Any, rest: Any) -> Any:
     """The tree `split_trainable` split: each leaf from whichever side holds it (``rest`` may be
     any tree of that structure, e.g. zeros for the frozen leaves' updates)."""
     return jax.tree.map(lambda k, r: r if k is None else k, kept, rest, is_leaf=_none)
+
+
+def trainable_gradients(
+    loss_fn: Callable[[Any, Any], tuple[jax.Array, Any]],
+    params: Any,
+    batch: Any,
+    *,
+    trainable: Any = None,
+    num_micro_batches: int,
+    aux_reduce: str = "mean",
+    weight: Weight = None,
+) -> tuple[jax.Array, Any, Any]:
+    """`accumulate_gradients` of ``loss_fn`` with respect to the ``trainable`` leaves only.
+
+    The frozen leaves are constants of the loss (`split_trainable`): their weight gradients are
+    never computed, which for LoRA is nearly all of the backward pass's weight gradients. They
+    get zero gradients in the result, which ``only_trainable``'s frozen branch drops.
+
+    Parameters
+    ----------
+    loss_fn
+        ``loss_fn(params, micro_batch) -> (loss, aux)``.
+    params
+        The whole parameter tree.
+    batch
+        As for `accumulate_gradients`.
+    trainable
+        A bool pytree like ``params`` (e.g. ``adapter_mask(params)``); ``None``: every leaf.
+    num_micro_batches, aux_reduce, weight
+        As for `accumulate_gradients`.
+
+    Returns
+    -------
+    tuple
+        ``(loss, aux, grads)`` as `accumulate_gradients`, ``grads`` shaped like ``params``.
+    """
+    kept, frozen = split_trainable(params, trainable) if trainable is not None else (params, None)
+
+    def grad_fn(p: Any, b: Any) -> Any:
+        def whole(q: Any) -> tuple[jax.Array, Any]:
+            return loss_fn(q if frozen is None else join_trainable(q, frozen), b)
+
+        return jax.value_and_grad(whole, has_aux=True)(p)
+
+    loss, aux, grads = accumulate_gradients(
+        grad_fn,
+        kept,
+        batch,
+        num_micro_batches=num_micro_batches,
+        aux_reduce=aux_reduce,
+        weight=weight,
+    )
+    if frozen is not None:
+        grads = join_trainable(grads, jax.tree.map(jnp.zeros_like, frozen))
+    return loss, aux, grads

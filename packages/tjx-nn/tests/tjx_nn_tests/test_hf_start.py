@@ -1,0 +1,57 @@
+"""Starting from a checkpoint: what a Hugging Face checkpoint fixes, how two configs clash."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tjx import nn as tnn
+
+
+def _llama(**kw: object) -> tnn.LlamaConfig:
+    sizes: dict = dict(vocab_size=40, max_seq_len=16, d_model=16, num_layers=2, num_heads=4,
+                       num_kv_heads=2, mlp_dim=24)  # fmt: skip
+    return tnn.LlamaConfig(**{**sizes, **kw})
+
+
+def test_a_gpt2_checkpoint_or_a_gpt2_hub_name_is_checked_against_what_gpt2_fixes():
+    asked = {"position": "rope", "d_model": 7, "dropout": 0.1}
+    assert tnn.hf_conflicts(asked, None) == {"position": "rope"}
+    gpt2 = tnn.GPT2Config(vocab_size=40, max_seq_len=16, d_model=16, num_layers=1, num_heads=2)
+    assert tnn.hf_conflicts(asked, gpt2) == tnn.hf_gpt2_conflicts(asked)
+
+
+def test_a_llama_family_checkpoint_refuses_the_fixed_settings_it_does_not_have():
+    checkpoint = _llama(sliding_window=8, window_pattern=("local", "global"))
+    # Its own values (a YAML list as the tuple it holds) and unset ones fit; sizes are not fixed.
+    fits = {"num_kv_heads": 2, "window_pattern": ["local", "global"], "qk_norm": None, "d_model": 9}
+    assert tnn.hf_conflicts(fits, checkpoint) == {}
+    asked = {"sliding_window": 4, "num_kv_heads": 1, "window_pattern": ["global"]}
+    # In HF_LLAMA_FIXED's order, with the values asked for.
+    assert list(tnn.hf_conflicts(asked, checkpoint).items()) == [
+        ("num_kv_heads", 1), ("sliding_window", 4), ("window_pattern", ["global"])]  # fmt: skip
+    assert set(tnn.HF_LLAMA_FIXED) <= {f.name for f in dataclasses.fields(tnn.LlamaConfig)}
+
+
+def test_two_configs_clash_in_what_the_model_is_not_in_how_it_trains():
+    ours = _llama(dropout=0.1, remat="full")
+    assert tnn.config_clashes(ours, _llama(), vocab=True) == {}  # how it trains differs only
+    assert tnn.config_clashes(ours, _llama(num_layers=3, mlp_dim=48), vocab=True) == {
+        "num_layers": (2, 3), "mlp_dim": (24, 48)}  # fmt: skip
+    other_vocab = _llama(vocab_size=50)
+    assert tnn.config_clashes(ours, other_vocab, vocab=False) == {}
+    assert tnn.config_clashes(ours, other_vocab, vocab=True) == {"vocab_size": (40, 50)}
+    gpt2 = tnn.GPT2Config(vocab_size=40, max_seq_len=16, d_model=16, num_layers=2, num_heads=4)
+    assert tnn.config_clashes(ours, gpt2, vocab=True) == {"class": ("LlamaConfig", "GPT2Config")}
+    assert {"scan_layers", "precision"} <= set(tnn.TRAINING_FIELDS)
+    assert {"dropout", "remat"} <= set(tnn.HOW_TO_TRAIN)
+
+
+@pytest.mark.parametrize(
+    ("source", "hub"),
+    [("org/name", True), ("gpt2", False), ("./org/name", False), ("~/a", False),
+     ("a/b/c", False), ("org/", False), ("/abs", False)],
+)  # fmt: skip
+def test_a_hub_id_is_org_slash_name_told_from_a_path_without_the_network(source: str, hub: bool):
+    assert tnn.is_hub_id(source) is hub

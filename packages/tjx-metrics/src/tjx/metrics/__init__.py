@@ -118,7 +118,7 @@ from tjx.metrics.roofline import LIKELY_BRANCH, Roofline, roofline
 from tjx.metrics.roofline_report import LAUNCH_BOUND_S, TOP, estimate, f32_dots, grouped_notes
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
-__version__ = "0.13.0"
+__version__ = "0.14.0"
 
 __all__ = [
     "LIKELY_BRANCH",

@@ -114,7 +114,7 @@ from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.16.1"
+__version__ = "0.17.0"
 
 __all__ = [
     "ACTIVATIONS",

@@ -12,6 +12,7 @@ import os
 import numpy as np
 import pytest
 
+from tjx.parallel import joining
 from tjx.parallel.arguments import VARIABLES, DistributedArgs
 from trainer import data_setup, multihost
 from trainer.cli import build_parser, main, plan_run
@@ -117,12 +118,9 @@ def test_agreement_names_a_wrong_process_count(no_dist_env, monkeypatch):
 def _two_processes(monkeypatch, other: list[int]) -> None:
     """Two simulated processes: process 1's row of the all-gather is ``other``."""
     import jax
-    from jax.experimental import multihost_utils
 
     monkeypatch.setattr(jax, "process_count", lambda: 2)
-    monkeypatch.setattr(
-        multihost_utils, "process_allgather", lambda mine: np.stack([mine, np.int32(other)])
-    )
+    monkeypatch.setattr(joining, "gather_rows", lambda mine: np.stack([mine, np.int32(other)]))
 
 
 def test_agreement_names_each_flag_that_differs(no_dist_env, monkeypatch):

@@ -17,6 +17,7 @@ from tjx.parallel import (
     coordination_exchange,
     digest_words,
     internals,
+    joining,
     process_values,
     stop_agreement,
 )
@@ -153,9 +154,7 @@ def test_digest_words_are_the_first_128_bits_of_sha256():
 
 
 def test_process_values_single_process_runs_no_collective(monkeypatch):
-    from jax.experimental import multihost_utils
-
-    monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: pytest.fail("gathered"))
+    monkeypatch.setattr(joining, "gather_rows", lambda x: pytest.fail("gathered"))
     got = process_values({"n": 3, "flag": True, "config": "a: 1", "none": ""})
     assert got == {
         "n": [3],
@@ -169,7 +168,6 @@ def test_process_values_splits_every_process_row(monkeypatch):
     """Three simulated processes: the all-gather stacks their rows; each field comes back per
     process, in process order."""
     import jax
-    from jax.experimental import multihost_utils
 
     rng = np.random.default_rng(11)
     told = [int(x) for x in rng.integers(-(2**31), 2**31, 3)]
@@ -182,7 +180,7 @@ def test_process_values_splits_every_process_row(monkeypatch):
         return np.stack([mine, *rows[1:]])
 
     monkeypatch.setattr(jax, "process_count", lambda: 3)
-    monkeypatch.setattr(multihost_utils, "process_allgather", gather)
+    monkeypatch.setattr(joining, "gather_rows", gather)
     got = process_values({"told": told[0], "config": configs[0], "resume": False})
     assert seen["mine"].dtype == np.int32
     np.testing.assert_array_equal(seen["mine"], rows[0])

@@ -45,12 +45,11 @@ def joined(monkeypatch):
 def _others(monkeypatch, rows: list[list[int]]) -> None:
     """This is process 0 of 1 + len(rows); the others' all-gather rows are ``rows``."""
     import jax
-    from jax.experimental import multihost_utils
 
     monkeypatch.setattr(jax, "process_count", lambda: 1 + len(rows))
     monkeypatch.setattr(
-        multihost_utils,
-        "process_allgather",
+        joining,
+        "gather_rows",
         lambda mine: np.stack([mine, *(np.asarray(r, np.int32) for r in rows)]),
     )
 
@@ -171,9 +170,7 @@ def test_every_disagreement_in_one_error(joined, monkeypatch):
 
 
 def test_require_agreement_on_one_process(monkeypatch):
-    from jax.experimental import multihost_utils
-
-    monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: pytest.fail("gathered"))
+    monkeypatch.setattr(joining, "gather_rows", lambda x: pytest.fail("gathered"))
     require_agreement({"config": "a"})
     require_agreement({"config": "a"}, num_processes=1)
     # One process told it is one of two: the run has 1.

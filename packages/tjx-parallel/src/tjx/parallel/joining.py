@@ -12,6 +12,7 @@ the same list from the same rows, so all refuse together (:class:`DisagreementEr
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -133,8 +134,6 @@ def process_values(values: Mapping[str, int | str]) -> dict[str, list[Any]]:
     call it on every process with the same names, after joining). Ints (int32) arrive as they
     are, strings as their :func:`digest_words` tuples; one process gathers nothing. ValueError:
     an int outside int32, or a value of another type."""
-    from jax.experimental import multihost_utils
-
     row: list[int] = []
     spans: dict[str, tuple[int, int, bool]] = {}
     for key, value in values.items():
@@ -149,12 +148,33 @@ def process_values(values: Mapping[str, int | str]) -> dict[str, list[Any]]:
             raise ValueError(f"process_values: {key} must be an int or a str, got {value!r}")
         spans[key] = (start, len(row), isinstance(value, str))
     mine = np.asarray(row, dtype=np.int32)
-    rows = mine[None] if jax.process_count() == 1 else multihost_utils.process_allgather(mine)
-    rows = np.asarray(rows)  # [process_count, fields]
+    rows = mine[None] if jax.process_count() == 1 else gather_rows(mine)  # [processes, fields]
     return {
         key: [tuple(int(w) for w in r) if text else int(r[0]) for r in rows[:, lo:hi]]
         for key, (lo, hi, text) in spans.items()
     }
+
+
+_gathers = itertools.count()  # each gather's barrier has its own name
+
+
+def gather_rows(mine: np.ndarray) -> np.ndarray:
+    """Every process's ``mine`` (one int32 row each), stacked in process order (a collective).
+
+    jax's ``process_allgather`` returns once the first local device holds the result, while the
+    other local devices may still be connecting to their peers (gloo); a process that then exits
+    (after a disagreement every process refuses at once) leaves a peer waiting on a connection
+    that never comes, and that peer hangs in its exit. So every local copy is waited for, then
+    a barrier: no process goes on before every process's gather is done.
+    """
+    devices = np.array(jax.devices()).reshape(jax.process_count(), jax.local_device_count())
+    mesh = jax.sharding.Mesh(devices, ("processes", "local"))
+    spread = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("processes"))
+    whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    rows = jax.make_array_from_process_local_data(spread, np.asarray(mine, np.int32)[None])
+    gathered = jax.jit(lambda x: x, out_shardings=whole)(rows).block_until_ready()
+    barrier(f"tjx-parallel-gather-{next(_gathers)}")
+    return np.asarray(gathered.addressable_data(0))
 
 
 def disagreements(

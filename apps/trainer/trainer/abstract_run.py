@@ -15,7 +15,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from trainer import dpo
 from trainer.config import Config
 from trainer.schema import ConfigError
 
@@ -86,8 +85,8 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
     return AbstractRun(
         train,
         state,
-        abstract_batch(run, dpo.batch_rows(run, run.data.batch_size), mesh),
+        abstract_batch(run, run.data.batch_rows(run.data.batch_size), mesh),
         evaluate,
-        abstract_batch(run, dpo.batch_rows(run, run.eval.batch_size), mesh),
+        abstract_batch(run, run.data.batch_rows(run.eval.batch_size), mesh),
         mesh,
     )

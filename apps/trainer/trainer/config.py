@@ -149,9 +149,7 @@ def read_config(data: Any) -> Config:
     cfg = Config(name, model, optimizer=optimizer, mesh=mesh, vocab_size=vocab, **own)
     cfg = dataclasses.replace(cfg, lora=lora, use_lora=use_lora, preference=preference)
     _check_across(cfg)
-    from trainer.dpo import check_config  # DPO's rules: where the trainer composes it
-
-    check_config(cfg, set(read.get("preference", {})))
+    _check_preference(cfg, set(read.get("preference", {})))
     return cfg
 
 
@@ -257,6 +255,33 @@ def _check_across(cfg: Config) -> None:
             m.num_heads % mesh.tensor == 0,
             f"mesh.tensor: {mesh.tensor} must divide model.num_heads ({m.num_heads})",
         )
+
+
+def _check_preference(cfg: Config, given: set[str]) -> None:
+    """DPO's rules (trainer/dpo.py): a ``preference`` setting (``given``, off its default) needs
+    preference data; preference data refuses what its loss cannot apply."""
+    if cfg.data.format != "preference":
+        default = type(cfg.preference)()  # a saved config lists every key at its default
+        changed = sorted(k for k in given if getattr(cfg.preference, k) != getattr(default, k))
+        _require(
+            not changed,
+            f"preference.{changed[0] if changed else ''}: applies to preference pairs only; set "
+            "data.format=preference or drop the preference settings",
+        )
+        return
+    m, mesh, where = cfg.model, cfg.mesh, "with data.format=preference (DPO)"
+    refused = [
+        ("mesh.pipeline", mesh.pipeline > 1, "the pipeline runs the SFT loss only; set it to 1"),
+        ("mesh.context", mesh.context > 1, "a pair's rows are scored whole; set it to 1"),
+        (
+            "model.num_experts",
+            m.num_experts > 0,
+            "the router's balancing losses are not part of the DPO loss; train a dense model",
+        ),
+        ("train.z_loss", cfg.train.z_loss != 0, "the DPO loss has no z-loss term; set it to 0"),
+    ]
+    for key, bad, why in refused:
+        _require(not bad, f"{key}: cannot apply {where}: {why}")
 
 
 #: How a package's messages name its fields (``GPT2Config.d_model``), as the config's keys.

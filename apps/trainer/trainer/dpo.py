@@ -27,17 +27,11 @@ from typing import Any
 import jax
 
 from tjx import nn
-from trainer.schema import ConfigError
 
 
 def is_dpo(cfg: Any) -> bool:
     """Whether the run trains on preference pairs (with DPO)."""
     return bool(cfg.data.format == "preference")
-
-
-def batch_rows(cfg: Any, size: int) -> int:
-    """The rows of a batch of ``size`` (a preference batch holds two rows per pair)."""
-    return 2 * size if is_dpo(cfg) else size
 
 
 def with_reference(cfg: Any, state: dict[str, Any], *, copy: bool = True) -> dict[str, Any]:
@@ -51,38 +45,9 @@ def with_reference(cfg: Any, state: dict[str, Any], *, copy: bool = True) -> dic
     return {**state, "reference": reference}
 
 
-def check_config(cfg: Any, given: set[str]) -> None:
-    """DPO's rules: a ``preference`` setting (``given``, off its default) needs preference data;
-    preference data refuses what its loss cannot apply. Each a one-line `ConfigError`."""
-    if not is_dpo(cfg):
-        default = type(cfg.preference)()  # a saved config lists every key at its default
-        changed = sorted(k for k in given if getattr(cfg.preference, k) != getattr(default, k))
-        if changed:
-            key = changed[0]
-            raise ConfigError(
-                f"preference.{key}: applies to preference pairs only; set data.format=preference "
-                "or drop the preference settings"
-            )
-        return
-    m, mesh, where = cfg.model, cfg.mesh, "with data.format=preference (DPO)"
-    refused = [
-        ("mesh.pipeline", mesh.pipeline > 1, "the pipeline runs the SFT loss only; set it to 1"),
-        ("mesh.context", mesh.context > 1, "a pair's rows are scored whole; set it to 1"),
-        (
-            "model.num_experts",
-            m.num_experts > 0,
-            "the router's balancing losses are not part of the DPO loss; train a dense model",
-        ),
-        ("train.z_loss", cfg.train.z_loss != 0, "the DPO loss has no z-loss term; set it to 0"),
-    ]
-    for key, bad, why in refused:
-        if bad:
-            raise ConfigError(f"{key}: cannot apply {where}: {why}")
-
-
 def head_settings(cfg: Any) -> dict[str, Any]:
     """The vocabulary head's settings as tjx.nn's preference steps take them (no z-loss:
-    `check_config` refuses one)."""
+    trainer.config refuses one)."""
     return {k: cfg.train.head_settings[k] for k in ("chunked", "chunk_size")}
 
 

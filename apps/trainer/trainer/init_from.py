@@ -8,10 +8,11 @@ params of its newest intact checkpoint, LoRA adapters merged. Its model must be 
 for how it trains (tjx.nn's `config_clashes`), its tokenizer this data's (`check_tokenizer`).
 
 All checked before anything is written; a GPT-2 hub name (``gpt2``) without downloading, any other
-source by its ``config.json`` only. The run records where it started (`record`: tjx.ckpt's
-``init.json``). A ``--resume`` takes no ``--init-from``, so from that record it builds a Hugging
-Face checkpoint's architecture again (the run's ``model.json``, not the config's shape) and an
-export names its base model (``--export-peft``'s ``base_model_name_or_path``).
+source by its ``config.json`` only. The run records where it started (tjx.ckpt's ``init.json``,
+written with the run's files: `trainer.training.write_run_files`). A ``--resume`` takes no
+``--init-from``, so from that record it builds a Hugging Face checkpoint's architecture again
+(the run's ``model.json``, not the config's shape) and an export names its base model
+(``--export-peft``'s ``base_model_name_or_path``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from tjx.ckpt import RunDir
 from trainer.config import Config, read_config
 from trainer.schema import ConfigError
 
@@ -40,7 +42,7 @@ def check_init_from(cfg: Config, source: str) -> None:
     from tjx import nn
 
     path = Path(source).expanduser()
-    if is_run(source):
+    if RunDir.is_run(source):
         return _same_model(cfg.model, _run_files(path)[0], path, vocab=False)
     if not path.exists() and source in nn.HF_GPT2_NAMES:  # known without downloading
         hf_cfg, kind = None, "gpt2"
@@ -74,14 +76,6 @@ def check_init_from(cfg: Config, source: str) -> None:
             f"--init-from: {family} weights fix the architecture, so {named} cannot apply; "
             "leave those settings unset"
         )
-
-
-def is_run(source: str | None) -> bool:
-    """Whether ``source`` is a tjx run directory (its ``model.json`` and ``config.yaml``)."""
-    if source is None:
-        return False
-    path = Path(source).expanduser()
-    return (path / "model.json").is_file() and (path / "config.yaml").is_file()
 
 
 def _run_files(path: Path) -> tuple[Any, dict[str, Any]]:
@@ -170,26 +164,15 @@ def check_tokenizer(source: str, bundle: Any) -> None:
         )
 
 
-def record(run_dir: Path, source: str | None, step: int | None) -> None:
-    """Write ``init.json`` (where the run started: tjx.ckpt's `RunDir.write_init`) unless it
-    exists: a resume keeps it."""
-    from tjx.ckpt import RunDir
-
-    if source is not None:
-        kind = "tjx-run" if is_run(source) else "hugging-face"
-        RunDir(run_dir).write_init(source, kind=kind, step=step)
-
-
 def trained_model(cfg: Config, source: str | None, run_dir: Path, resume: bool) -> Any:
     """The tjx.nn model config the run trains, known before anything is built: a Hugging Face
     start's (its ``config.json``; on a ``--resume``, the run's ``model.json``), else the
     config's own."""
     from tjx import nn
-    from tjx.ckpt import RunDir
 
     if resume and resumed_from_checkpoint(cfg, run_dir) is not None:
         return nn.config_from_dict(RunDir(run_dir).read(RunDir.MODEL_FILE))
-    if source is None or resume or is_run(source) or source in nn.HF_GPT2_NAMES:
+    if source is None or resume or RunDir.is_run(source) or source in nn.HF_GPT2_NAMES:
         return cfg.model
     return _read(source)
 
@@ -197,8 +180,6 @@ def trained_model(cfg: Config, source: str | None, run_dir: Path, resume: bool) 
 def recorded(run_dir: Path) -> str | None:
     """The ``--init-from`` a run started from (its ``init.json``), or None (a run from scratch,
     or one saved before the file existed)."""
-    from tjx.ckpt import RunDir
-
     found = RunDir(run_dir).read_init()
     return str(found["init_from"]) if found and found.get("init_from") else None
 
@@ -208,7 +189,6 @@ def resumed_from_checkpoint(cfg: Config, run_dir: Path) -> Config | None:
     with the architecture the run trained (its ``model.json``) and ``cfg``'s tjx.nn
     `TRAINING_FIELDS`; ``None`` for a run from scratch (its config is its architecture)."""
     from tjx import nn
-    from tjx.ckpt import RunDir
 
     found = RunDir(run_dir).read_init()
     if found is None or found.get("kind") != "hugging-face":  # a tjx run's model is the config's

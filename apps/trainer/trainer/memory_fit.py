@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 
 from tjx.metrics import GIB, first_fit, peak_bytes
-from trainer import dpo
 from trainer.abstract_run import TOKEN_KEYS
 from trainer.config import Config
 from trainer.schema import ConfigError
@@ -37,7 +36,7 @@ def abstract_step(cfg: Config) -> tuple[Any, Any, Any]:
     from trainer.step import make_train_step
 
     graphdef, rest, tx, state, _ = abstract_state(cfg)
-    b, s = dpo.batch_rows(cfg, cfg.data.batch_size), cfg.data.seq_len
+    b, s = cfg.data.batch_rows(cfg.data.batch_size), cfg.data.seq_len
     batch = {k: jax.ShapeDtypeStruct((b, s), jnp.int32) for k in TOKEN_KEYS}
     step = jax.jit(make_train_step(graphdef, nn.concrete_state(rest), tx, cfg), donate_argnums=(0,))
     return step, state, batch

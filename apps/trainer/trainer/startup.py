@@ -11,6 +11,7 @@ import time
 import jax
 
 import trainer.training as training
+from tjx.ckpt import RunDir
 from trainer import init_from
 from trainer.config import Config, resolve
 from trainer.plan import RunPlan, error_exit
@@ -86,7 +87,7 @@ def _prepare_and_train(plan: RunPlan) -> int:
         started = time.perf_counter()
         bundle = data_setup.prepare(cfg)
         print(f"data: ready in {time.perf_counter() - started:.1f} s", flush=True)
-        if init_from.is_run(plan.init_from):  # a run's weights read ids of its own tokenizer
+        if RunDir.is_run(plan.init_from):  # a run's weights read ids of its own tokenizer
             init_from.check_tokenizer(str(plan.init_from), bundle)
         # Data preparation may take one host much longer (it builds the shards the others then
         # find cached); CPU collectives give up on a peer after ~30 s, so everyone waits here.
@@ -109,7 +110,6 @@ def _prepare_and_train(plan: RunPlan) -> int:
     # checkpoint has been restored (see training.train): a failed one leaves the run as it was.
     if primary and not plan.resume:
         training.write_run_files(plan, setup, bundle)
-        init_from.record(plan.run_dir, plan.init_from, setup.init_step)  # kept by a resume
     parallel.barrier("trainer:run_dir", timeout_s=plan.distributed.timeout_s)
     try:
         return training.train(plan, bundle, setup, loader)

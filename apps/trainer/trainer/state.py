@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +11,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from trainer import dpo
+import trainer.dpo as dpo
+from tjx.ckpt import RunDir
 from trainer import init_from as init_runs
 from trainer.config import Config
 from trainer.schema import ConfigError, keyed
@@ -100,7 +100,7 @@ def make_mesh(cfg: Config, devices: list[Any] | None = None) -> tuple[Any, Any]:
     check_experts(cfg, mesh)
     batch, steps = cfg.data.batch_size, cfg.optimizer.accumulation_steps
     per_step = f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})"
-    rows = functools.partial(dpo.batch_rows, cfg)  # a preference pair is two rows
+    rows = cfg.data.batch_rows  # a preference pair is two rows
     with keyed(None):  # its message names the config keys
         parallel.check_batch_split(
             {per_step: rows(batch) // steps, "eval.batch_size": rows(cfg.eval.batch_size)}, mesh
@@ -185,7 +185,7 @@ def build(cfg: Config, init_from: str | None = None) -> Setup:
     mesh, rules = make_mesh(cfg)
     model: nnx.Module
     init_step = None
-    if init_from is not None and init_runs.is_run(init_from):
+    if init_from is not None and RunDir.is_run(init_from):
         # A tjx run's newest checkpoint (an SFT run before DPO): the same model, checked.
         model, init_step = init_runs.load_run(cfg, model_cfg, init_from)
         with_adapters(model, cfg)

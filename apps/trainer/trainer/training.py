@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from tjx.ckpt import RunDir, final_summary
-from trainer import dpo, init_from
+from trainer import init_from
 from trainer.config import Config
 from trainer.plan import RunPlan, error_exit
 
@@ -43,19 +43,24 @@ LOSS_SCALE_BACKOFF = 16
 
 def units_per_step(cfg: Config) -> int:
     """Tokens (or images) one global batch scores; the encoder-decoder's continued half."""
-    rows = dpo.batch_rows(cfg, cfg.data.batch_size)  # both rows of each preference pair
+    rows = cfg.data.batch_rows(cfg.data.batch_size)  # both rows of each preference pair
     return rows * int(cfg.objective.units_per_window(cfg.data.seq_len))
 
 
 def write_run_files(plan: RunPlan, setup: Any, bundle: Any) -> None:
-    """``config.yaml``, ``model.json`` and ``data.json``; a file whose content is the same is left
-    untouched, so a resume that changes nothing changes no file."""
+    """``config.yaml``, ``model.json``, ``data.json`` and, for an ``--init-from`` start,
+    ``init.json`` (where the run started; a resume takes no ``--init-from`` and keeps it). A
+    file whose content is the same is left untouched: a resume that changes nothing changes none.
+    """
     from tjx import nn
 
     folder = RunDir(plan.run_dir)
     folder.create(plan.config.to_dict())
     folder.write_json(RunDir.MODEL_FILE, nn.config_to_dict(setup.nn_config))
     folder.write_json(RunDir.DATA_FILE, bundle.describe(plan.run_dir))  # tjx.data's RunData
+    if plan.init_from is not None:
+        kind = "tjx-run" if RunDir.is_run(plan.init_from) else "hugging-face"
+        folder.write_init(plan.init_from, kind=kind, step=setup.init_step)
 
 
 def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:

@@ -263,3 +263,18 @@ def test_init_json_keeps_a_hub_name_as_given(tmp_path: Path) -> None:
     run.write_init("org/name", kind="hugging-face", step=None)
     assert run.read(RunDir.INIT_FILE) == {"init_from": "org/name", "kind": "hugging-face",
                                           "step": None}  # fmt: skip
+
+
+def test_a_run_is_a_folder_with_its_model_and_config_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    run = RunDir(tmp_path / "run")
+    run.create({"a": 1})
+    assert not RunDir.is_run(str(tmp_path / "run"))  # config.yaml alone: not yet a run
+    run.write_json(RunDir.MODEL_FILE, {"kind": "gpt2"})
+    assert RunDir.is_run(str(tmp_path / "run")) and RunDir.is_run("~/run")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / RunDir.MODEL_FILE).write_text("{}")  # a model without its config
+    assert not RunDir.is_run(str(tmp_path / "half"))
+    assert not RunDir.is_run(None) and not RunDir.is_run(str(tmp_path / "missing"))

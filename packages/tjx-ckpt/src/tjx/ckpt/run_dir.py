@@ -207,6 +207,19 @@ class RunDir:
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", storage.as_path(self.path))  # str, PathLike or URL
 
+    @classmethod
+    def is_run(cls, source: str | None) -> bool:
+        """Whether ``source`` is a local folder holding a run (its ``model.json`` and
+        ``config.yaml``): a start from a run rather than from a Hugging Face checkpoint.
+
+        >>> RunDir.is_run(None), RunDir.is_run("gpt2")
+        (False, False)
+        """
+        if source is None:
+            return False
+        path = Path(source).expanduser()
+        return (path / cls.MODEL_FILE).is_file() and (path / cls.CONFIG_FILE).is_file()
+
     @property
     def config_file(self) -> StoragePath:
         """``config.yaml``."""

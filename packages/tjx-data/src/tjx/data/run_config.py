@@ -58,3 +58,11 @@ class DataConfig:
         choices=ON_EXHAUSTED,
         help="a mixture source that has given every window: repeat (a new epoch) or drop",
     )
+
+    def batch_rows(self, size: int) -> int:
+        """The rows of a batch of ``size`` examples: a preference pair is two (chosen, rejected).
+
+        >>> DataConfig(format="preference").batch_rows(8), DataConfig().batch_rows(8)
+        (16, 8)
+        """
+        return 2 * size if self.format == "preference" else size

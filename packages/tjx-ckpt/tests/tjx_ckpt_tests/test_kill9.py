@@ -52,6 +52,14 @@ def _progress(progress: Path) -> tuple[int, int]:
     return committed, started
 
 
+def _wait_for_a_commit(progress: Path, since: int, timeout_s: float = 120.0) -> None:
+    """Until the progress file names a step newer than ``since`` committed (a child's save)."""
+    deadline = time.monotonic() + timeout_s
+    while _progress(progress)[0] <= since:
+        assert time.monotonic() < deadline, f"no save committed within {timeout_s:g} s"
+        time.sleep(0.05)
+
+
 def test_kill9_at_random_moments_never_leaves_a_partial_step(tmp_path: Path) -> None:
     directory = tmp_path / "run"
 
@@ -76,10 +84,14 @@ def _kill_loop(directory: Path | str, progress: Path, kills: int, cut_short: Any
     target = jax.eval_shape(lambda: make_state(0, layers=1))
     interrupted_saves = 0
     restored_steps = []
-    for _ in range(kills):
+    for kill in range(kills):
         child = _spawn(directory, progress)
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "ready"
+        if kill % 2:
+            # Every other kill comes after this child committed a step, so the restores below
+            # have steps to check however slow the store (or the machine) is today.
+            _wait_for_a_commit(progress, since=_progress(progress)[0])
         time.sleep(rng.uniform(0.0, 1.0))
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=30)

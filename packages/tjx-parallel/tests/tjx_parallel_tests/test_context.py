@@ -124,7 +124,11 @@ def test_context_attention_equals_one_devices_attention(mesh_kw, strategy, causa
 
     got = jax.jit(jax.value_and_grad(loss(split), (0, 1, 2)))(q, k, v)
     want = jax.value_and_grad(loss(whole), (0, 1, 2))(q, k, v)
-    assert abs(float(got[0]) - float(want[0])) <= TOL * abs(float(want[0]))
+    # The loss sums b·s·h·d products of both signs that mostly cancel: its float32 rounding
+    # scales with their magnitudes, not with the small result (and how XLA:CPU vectorises the sum
+    # depends on the host CPU), so the bound is relative to the sum of magnitudes.
+    magnitude = float(jnp.sum(jnp.abs(whole(q, k, v) * w)))
+    assert abs(float(got[0]) - float(want[0])) <= TOL * magnitude
     for g, r in zip(got[1], want[1], strict=True):
         np.testing.assert_allclose(g, r, atol=TOL * float(jnp.abs(r).max()))
 

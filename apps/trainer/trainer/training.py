@@ -48,10 +48,8 @@ def units_per_step(cfg: Config) -> int:
 
 
 def write_run_files(plan: RunPlan, setup: Any, bundle: Any) -> None:
-    """``config.yaml``, ``model.json``, ``data.json`` and, for an ``--init-from`` start,
-    ``init.json`` (where the run started; a resume takes no ``--init-from`` and keeps it). A
-    file whose content is the same is left untouched: a resume that changes nothing changes none.
-    """
+    """``config.yaml``, ``model.json``, ``data.json`` and an ``--init-from`` start's ``init.json``;
+    a file whose content is the same is left untouched (a resume that changes nothing, none)."""
     from tjx import nn
 
     folder = RunDir(plan.run_dir)
@@ -325,11 +323,8 @@ class Training:
     def _diverged(self, message: str) -> int:
         """Nothing worse than the last good checkpoint is saved: one line, exit 3."""
         self._close()
-        last = (
-            f"the last checkpoint is step {self.saved} in {RunDir(self.run_dir).checkpoints}"
-            if self.saved >= 0
-            else "no checkpoint was saved"
-        )
+        saved = f"step {self.saved} in {RunDir(self.run_dir).checkpoints}"
+        last = f"the last checkpoint is {saved}" if self.saved >= 0 else "no checkpoint was saved"
         return error_exit(f"{message}. {last}", code=3)
 
     def _finish(self, step_done: int, stopped_by: str | None) -> int:

@@ -80,7 +80,9 @@ def test_merging_folds_the_adapters_in_and_adapters_off_is_the_base(scan: bool):
     assert tnn.has_lora(model)
     assert tnn.merge_lora(model) == 7 * (1 if scan else 2)
     assert not tnn.has_lora(model) and tnn.lora_param_count(model) == 0
-    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(adapted), rtol=1e-5, atol=1e-5)
+    # x(W + sAB) against xW + s(xA)B in float32, through two layers: the sums round differently
+    # (and by host CPU: XLA:CPU vectorises for it); 1.6e-5 seen on logits of ~0.1, so 1e-4.
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(adapted), rtol=1e-4, atol=1e-4)
 
 
 def test_only_adapters_get_gradients_when_split_apart_and_dropout_uses_its_own_keys():

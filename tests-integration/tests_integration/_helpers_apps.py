@@ -51,7 +51,7 @@ def app_env(devices: int = 8, **extra: str) -> dict[str, str]:
         # reach an all-reduce tens of seconds apart (XLA's default aborts after 40 s).
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
         "--xla_cpu_collective_call_terminate_timeout_seconds=900 "
-        "--xla_cpu_collective_timeout_seconds=900",
+        "--xla_cpu_collective_timeout_seconds=900" + inherited_xla_flags(),
         HF_HUB_OFFLINE="1",
         HF_DATASETS_OFFLINE="1",
         WANDB_MODE="disabled",
@@ -66,6 +66,13 @@ def app_env(devices: int = 8, **extra: str) -> dict[str, str]:
     env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     env.update(extra)
     return env
+
+
+def inherited_xla_flags() -> str:
+    """The test process's own XLA flags but its device count (pants.toml's compile-speed flags
+    reach the apps too), each with a leading space."""
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    return "".join(f" {f}" for f in flags if "device_count" not in f)
 
 
 _COMPILE_CACHE: list[str] = []

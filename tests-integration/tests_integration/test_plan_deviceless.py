@@ -87,7 +87,7 @@ def plan(preset: str, target: str, kernel: str, env_dir: Path, tmp: Path) -> dic
         PYTHONPATH=os.pathsep.join([*paths, str(env_dir)]),
         JAX_PLATFORMS="cpu",
         # Not the tests' compile-speed flags (pants.toml): the guard compiles what a user's --plan
-        # compiles (libtpu read them too: the v5e plans took 90 s instead of 60).
+        # compiles (with them, the v5e plans took 90 s in CI, 60 s without; load may play a part).
         XLA_FLAGS="--xla_force_host_platform_device_count=8",
         HF_HUB_OFFLINE="1",
         HF_DATASETS_OFFLINE="1",

@@ -17,11 +17,10 @@ from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first u
 )
 from trainer.config import Config, read_config
 from trainer.init_from import check_init_from, trained_model
-from trainer.plan import RunPlan, error_exit
+from trainer.plan import RunPlan, error_exit, interrupted_exit
 from trainer.resume import check_chat_template, check_resume, describe_changes
 from trainer.schema import ConfigError, keyed
 from trainer.settings import apply_overrides, changed, load_config_data, preset_names
-from trainer.signals import interrupted_exit
 
 
 def build_parser() -> argparse.ArgumentParser:

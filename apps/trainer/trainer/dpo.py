@@ -1,21 +1,12 @@
-"""DPO in the trainer: ``data.format: preference`` trains with tjx.nn's `preference_loss` (DPO's
-sigmoid loss or IPO, built into `trainer.step`'s steps by tjx.nn's `preference_loss_fn` and
-`preference_sums_fn`; the ``preference:`` section IS tjx.nn's `PreferenceConfig`) on tjx.data's
-pair batches (pair ``i`` in rows ``2i`` chosen and ``2i + 1`` rejected; ``data.batch_size`` and
-``eval.batch_size`` count pairs). Pairs never train as SFT: the step has no other loss.
+"""DPO in the trainer: ``data.format: preference`` trains with tjx.nn's `preference_loss` (DPO or
+IPO; the ``preference:`` section IS tjx.nn's `PreferenceConfig`) on tjx.data's pair batches
+(pair ``i``: rows ``2i`` chosen, ``2i + 1`` rejected; batch sizes count pairs), never as SFT.
 
-The reference model's log-probabilities come from
-
-- with LoRA (``lora.enabled``): the same weights with the adapters off (`tjx.nn.adapters_off`):
-  no second copy;
-- otherwise: a frozen copy of the starting parameters held in the train state
-  (``state["reference"]``, sharded like the params): not in the optimizer, never differentiated.
-  It costs one more copy of the parameters (``param_dtype`` bytes each) in device memory and in
-  every checkpoint; a ``--resume`` restores it from the checkpoint, so the reference stays the
-  run's starting point bit for bit without ``--init-from`` again.
-
-The loss is the mean over the batch's real pairs (TRL's average): accumulation weighs each
-micro-batch by its pairs, so the step is the gradient of the whole batch's mean.
+The reference model: with LoRA, the same weights with the adapters off (`tjx.nn.adapters_off`);
+otherwise a frozen copy of the starting params in the train state (``state["reference"]``,
+sharded like the params, never differentiated): one more copy of the params in memory and in every
+checkpoint, so a ``--resume`` keeps the run's starting point bit for bit. The loss is the mean over
+the batch's real pairs (TRL's): accumulation weighs each micro-batch by its pairs.
 """
 
 from __future__ import annotations

@@ -36,29 +36,12 @@ DISAGREEMENTS = {
 def join(
     dist: DistributedArgs, config: dict[str, Any], *, resume: bool, init_from: str | None
 ) -> Any:
-    """Start ``jax.distributed`` if this is one of several processes, then check agreement
-    (`tjx.parallel.join`, with the trainer's flags named in every message).
-
-    Parameters
-    ----------
-    dist : tjx.parallel.DistributedArgs
-        The ``--coordinator`` / ``--num-processes`` / ``--process-id`` / ``--init-timeout`` flags
-        (unset ones come from the ``JAX_*`` variables or the scheduler, JAX finding the rest).
-    config : dict
-        The effective config; every process must have the same one.
-    resume, init_from
-        The other run options every process must share.
-
-    Returns
-    -------
-    tjx.parallel.DistributedInfo
-        Where this process stands (``num_processes == 1``: a single-process run).
-
-    Raises
-    ------
-    JoinError
-        Code 2: an incomplete setup or processes that disagree; code 1: joining failed.
-    """
+    """Start ``jax.distributed`` if this is one of several processes, then check that all agree
+    on ``config`` (the effective config), ``resume`` and ``init_from`` (`tjx.parallel.join`, the
+    trainer's flags named in every message); ``dist`` holds the launch flags (unset ones come
+    from the ``JAX_*`` variables or the scheduler). Returns tjx.parallel's `DistributedInfo`
+    (``num_processes == 1``: a single process); raises `JoinError` (code 2: an incomplete setup
+    or processes that disagree; 1: joining failed)."""
     from tjx import parallel
 
     def not_joined(info: Any) -> str:  # tjx.parallel's line, as the trainer's one error line
@@ -97,14 +80,10 @@ PEER_SILENCE_S = 15.0
 
 
 def watch(run_dir: Path) -> Any:
-    """The run's peer watch (`tjx.parallel.watch_peers`), as a context manager.
-
-    When a peer dies, this process prints one line naming it and the newest committed checkpoint,
-    and exits with status 1 at once (its main thread may be stuck in a collective with the dead
-    peer). Leaving the block normally marks this process done, so peers that are still writing
-    their final files do not report it; leaving it with an error first gives the watch the time
-    to name a dead peer (with gloo, a collective fails as soon as its peer's connection drops).
-    """
+    """The run's peer watch (`tjx.parallel.watch_peers`), a context manager: a dead peer costs
+    one line naming it and the newest checkpoint, then exit 1 at once (the main thread may be
+    stuck in a collective with it). Leaving the block normally marks this process done (peers
+    still writing their last files do not report it)."""
     from tjx import parallel
 
     # A save that a dead peer cuts short would add orbax's traceback to the watch's one line.

@@ -1,17 +1,29 @@
-"""What a validated command line asks for (`RunPlan`), and the two ways the trainer talks back.
+"""What a validated command line asks for (`RunPlan`), and how the trainer talks back: its one error
+line (exit 2 for bad input) and its words on SIGTERM/SIGINT.
 
-Kept apart from `cli` (which builds a plan) and `loop` (which carries it out) so that neither
-imports the other.
+A signal stops the run at the next step boundary with a checkpoint (exit 0: preemption is normal;
+tjx.parallel.stop_on_signals has the flag and handlers). A second Ctrl-C means "stop now": the
+process ends at once with one line naming the newest committed checkpoint (exit 130), without
+unwinding through the save in progress (why: tjx/parallel/preemption.py). Kept apart from `cli`
+(which builds a plan) and `startup` (which carries it out) so that neither imports the other; no
+jax here: a Ctrl-C may have cut its import short when `interrupted_exit` runs.
 """
 
 from __future__ import annotations
 
 import sys
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from tjx.ckpt import RunDir
 from tjx.parallel.arguments import DistributedArgs
+from tjx.parallel.preemption import write_stderr
 from trainer.config import Config
+
+if TYPE_CHECKING:
+    from tjx.parallel import StopFlag
 
 
 @dataclass
@@ -33,6 +45,8 @@ class RunPlan:
 
 #: Exit status after Ctrl-C stopped the run at once (128 + SIGINT, as a shell reports it).
 INTERRUPTED = 130
+#: The first signal's line (tjx.parallel.STOP_MESSAGE's fields: the signal, the Ctrl-C hint).
+STOP_MESSAGE = "trainer: {signal}: stopping after this step and saving a checkpoint{again}"
 
 
 def error_line(message: str) -> str:
@@ -44,3 +58,25 @@ def error_exit(message: str, code: int = 2) -> int:
     """Print one error line to stderr; the exit code for bad input is 2."""
     print(error_line(message), file=sys.stderr, flush=True)
     return code
+
+
+def interrupted_exit(run_dir: Path) -> int:
+    """Print the one line for a run stopped at once; returns the exit status (130)."""
+    step = RunDir(run_dir).latest_step()
+    last = (
+        f"the last checkpoint is step {step} in {str(run_dir)!r}; continue with --resume"
+        if step is not None
+        else "no checkpoint was saved"
+    )
+    write_stderr(error_line(f"interrupted: stopped at once; {last}"))
+    return INTERRUPTED
+
+
+def stop_on_signals(run_dir: Path) -> AbstractContextManager[StopFlag]:
+    """tjx.parallel.stop_on_signals with the trainer's line; a second Ctrl-C ends the process
+    at once, naming the newest committed checkpoint of ``run_dir`` (exit 130)."""
+    from tjx import parallel
+
+    return parallel.stop_on_signals(
+        message=STOP_MESSAGE, stop_now=lambda: parallel.exit_now(interrupted_exit(run_dir))
+    )

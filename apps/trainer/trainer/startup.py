@@ -23,22 +23,18 @@ DATA_READY_TIMEOUT_S = 6 * 3600.0
 
 
 def _device_note(cfg: Config) -> None:
+    from tjx.kernels import enable_compilation_cache
     from tjx.metrics import device_summary
 
     print(f"devices: {device_summary()}", flush=True)
-    from tjx.kernels import enable_compilation_cache
-
     setting = cfg.train.compilation_cache
     # GPU only: a rerun skips compiling and autotuning. "auto" leaves the folder to tjx.kernels.
     cache = enable_compilation_cache(None if setting == "auto" else setting)
     if cache is not None:
         print(f"compilation cache: {cache} (train.compilation_cache; off to disable)", flush=True)
     if jax.default_backend() == "cpu":
-        print(
-            "note: running on CPU — this works but is slow; a GPU runs the same command much "
-            "faster.",
-            flush=True,
-        )
+        note = "this works but is slow; a GPU runs the same command much faster."
+        print(f"note: running on CPU — {note}", flush=True)
 
 
 def run(plan: RunPlan) -> int:
@@ -46,10 +42,8 @@ def run(plan: RunPlan) -> int:
     import trainer.multihost as multihost
 
     cfg = plan.config
-    # Multi-host: the flags, else JAX_COORDINATOR_ADDRESS/... or the cluster JAX detects (SLURM,
-    # Open MPI, Kubernetes, Cloud TPU); with none of them this is a
-    # single process and nothing happens. A setup that cannot work ends here with one error line
-    # (exit 1 when the processes could not join, 2 when they disagree), never a hang.
+    # Multi-host: the flags, else JAX_COORDINATOR_ADDRESS/... or the cluster JAX detects; none:
+    # one process. A setup that cannot work is one error line here, never a hang.
     try:
         info = multihost.join(
             plan.distributed, cfg.to_dict(), resume=plan.resume, init_from=plan.init_from
@@ -62,8 +56,7 @@ def run(plan: RunPlan) -> int:
             f"(coordinator {info.coordinator}, setup from {info.source})",
             flush=True,
         )
-    # A peer that dies ends this process within seconds, in one line (multihost.watch); a
-    # single process watches nothing.
+    # A peer that dies ends this process within seconds, in one line (multihost.watch).
     with multihost.watch(plan.run_dir):
         return _prepare_and_train(plan)
 

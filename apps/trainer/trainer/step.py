@@ -27,13 +27,11 @@ State = dict[str, Any]
 def make_loss_fn(
     graphdef: Any, rest: Any, cfg: Config, split: Any = None, experts: Any = None
 ) -> Callable[..., Any]:
-    """``loss_fn(params, batch, step) -> (mean loss, aux sums)``: tjx.nn's ``objective_loss`` of
-    the model's objective with the config's settings; aux holds the summed loss, the scored
-    units and the top-1 correct count, and for a model with MoE layers their router statistics
-    (``"moe"``: tjx.nn's ``MoEStats`` sums as a dict, rows = MoE layers). ``split``
-    (tjx.parallel's ContextParallel, or None): the model is traced with its sequences split over
-    the context devices. ``experts``: how the MoE layers run on the mesh (tjx.parallel's
-    ``expert_parallel``; None: as XLA shards them)."""
+    """``loss_fn(params, batch, step) -> (mean loss, aux sums)``: tjx.nn's ``objective_loss``;
+    aux holds the summed loss, scored units, top-1 correct count and an MoE model's router sums
+    (``"moe"``, rows = MoE layers). ``split`` (tjx.parallel's ContextParallel): sequences split
+    over the context devices; ``experts`` (tjx.parallel's ``expert_parallel``): how MoE layers
+    run on the mesh (None: as XLA shards them)."""
     if cfg.mesh.pipeline > 1:  # the layer stack as a pipeline over the `pipeline` mesh axis
         return pipeline_loss_fn(graphdef, rest, cfg)
     # Adapter dropout draws from the model's dropout stream too (tjx.nn.add_lora installs one).
@@ -74,10 +72,9 @@ def make_train_step(
     split: Any = None,
     experts: Any = None,
 ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
-    """``train_step(state, batch) -> (state, metrics)``: accumulation, update, step report
-    (``split``, ``experts``: as for `make_loss_fn`); a model with MoE layers adds
-    ``metrics["moe"]``, the step's summed router statistics, and moves a sigmoid router's
-    balancing bias by them (DeepSeek-V3's auxiliary-loss-free rule)."""
+    """``train_step(state, batch) -> (state, metrics)``: accumulation, update, step report; an MoE
+    model adds ``metrics["moe"]`` (summed router statistics) and moves a sigmoid router's bias by
+    them (DeepSeek-V3's auxiliary-loss-free balancing)."""
     from tjx import optim
     from tjx.optim import loss_scale_value, scale_loss, step_report
 
@@ -132,18 +129,16 @@ def make_train_step(
 
 
 def jit_train_step(setup: Any, cfg: Config, **jit_options: Any) -> Any:
-    """`make_train_step` of a built state (``trainer.state.Setup``), jitted with the state donated
-    (the new state reuses its buffers: one copy of the parameters and optimizer state, not two);
-    ``jit_options`` go to ``jax.jit`` (e.g. ``out_shardings``)."""
+    """`make_train_step` of a built ``trainer.state.Setup``, jitted with the state donated (one copy
+    of the params and optimizer state, not two); ``jit_options`` go to ``jax.jit``."""
     experts = experts_of(setup.mesh, setup.rules, cfg)
     step = make_train_step(setup.graphdef, setup.rest, setup.tx, cfg, setup.split, experts)
     return jax.jit(step, donate_argnums=(0,), **jit_options)
 
 
 def experts_of(mesh: Any, rules: Any, cfg: Config) -> Any:
-    """How a model's MoE layers run on the run's mesh: tjx.parallel's ``expert_parallel`` (each
-    device routes its own tokens; with ``mesh.expert > 1`` the experts are split over that axis
-    and tokens travel by all-to-all); None for a model without MoE layers."""
+    """tjx.parallel's ``expert_parallel`` of the mesh (each device routes its own tokens; with
+    ``mesh.expert > 1`` tokens travel by all-to-all); None for a model without MoE layers."""
     if not cfg.model.num_experts:
         return None
     from tjx import parallel
@@ -154,12 +149,10 @@ def experts_of(mesh: Any, rules: Any, cfg: Config) -> Any:
 def make_eval_step(
     graphdef: Any, rest: Any, cfg: Config, split: Any = None
 ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
-    """``eval_step(params, batch) -> sums``: tjx-metrics' ``heldout_step`` (``lm_stats``: loss
-    sum, scored units, top-k correct counts) of tjx-nn's ``objective_logits_fn``, the step the
-    evaluator builds too; a masked LM masks with tjx.nn's fixed ``eval_mask_key`` of the run's
-    seed, as the evaluator does. ``split``: as for `make_loss_fn` (the sums are over tokens, so
-    the split's token order changes none of them). Preference data: tjx.nn's
-    `preference_sums_fn` (``eval_step(params, batch, reference)``, DPO's sums)."""
+    """``eval_step(params, batch) -> sums``: tjx-metrics' ``heldout_step`` of tjx-nn's
+    ``objective_logits_fn``, as the evaluator builds it (a masked LM with the fixed
+    ``eval_mask_key`` of the run's seed); ``split`` as for `make_loss_fn`. Preference data:
+    tjx.nn's `preference_sums_fn` (``eval_step(params, batch, reference)``)."""
     from tjx import metrics
 
     if dpo.is_dpo(cfg):
@@ -184,10 +177,8 @@ def make_eval_step(
 # embedding before the pipeline, one `Block` per layer, the final norm, unembedding and loss on
 # the last stage) and runs them through it.
 def pipeline_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Any:
-    """``loss_fn(params, batch, step) -> (loss, aux)`` of a decoder LM with its layer stack run
-    as a ``mesh.pipeline``-stage pipeline; the loss is the token-weighted mean of the
-    microbatches' means, so it equals the unpipelined loss. Needs ``model.scan_layers`` and no
-    dropout (``state.make_mesh`` checks)."""
+    """`make_loss_fn` of a decoder whose layer stack runs as a ``mesh.pipeline``-stage pipeline
+    (the token-weighted mean of the microbatches: the unpipelined loss)."""
     from tjx import parallel
     from trainer.state import make_mesh
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
 from tjx.ckpt import RunDir, final_summary
 from trainer import init_from
@@ -73,14 +72,8 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
     loader = data.prefetch_to_device(
         loader, size=2, put=functools.partial(parallel.place_batch, mesh=setup.mesh)
     )
-    manager = ckpt.CheckpointManager(
-        RunDir(run_dir).checkpoints,
-        keep_last=cfg.checkpoint.keep_last,
-        keep_best=cfg.checkpoint.keep_best,
-        best_metric="val_loss" if cfg.checkpoint.keep_best else None,
-        async_save=cfg.checkpoint.async_save,
-        mesh=setup.mesh,
-    )
+    folder = RunDir(run_dir).checkpoints
+    manager = ckpt.CheckpointManager(folder, **cfg.checkpoint.manager_options(), mesh=setup.mesh)
     st, start = setup.state, 0
     if plan.resume:
         try:
@@ -137,13 +130,12 @@ class Training:
     primary: bool
     last_eval: dict[str, float] = field(default_factory=dict)
     compiled: bool = False  # the train step has run once (so it is compiled)
-    moe_sums: Any = None  # an MoE model's router sums since the last log line (on the device)
     saved: int = field(init=False)  # the last step saved (or restored), -1 before any
     cfg: Any = field(init=False)
     run_dir: Path = field(init=False)
     objective: Any = field(init=False)  # tjx.nn's Objective of the model kind
     units_per_step: int = field(init=False)  # tokens (or images) a step scores: read once
-    meter: Any = field(init=False)  # tjx-metrics' ThroughputMeter (rate and MFU per log line)
+    log: Any = field(init=False)  # tjx-metrics' StepLog: rate, MFU, router sums per log line
 
     def __post_init__(self) -> None:
         from tjx import metrics, nn
@@ -152,21 +144,26 @@ class Training:
         self.objective, self.units_per_step = self.cfg.objective, units_per_step(self.cfg)
         self.saved = self.start if self.plan.resume else -1
         # The peak is None (no MFU logged) on CPU and on devices without a figure, silently.
-        peak = metrics.compute_peak_flops(self.setup.nn_config.precision.compute_dtype, warn=False)
-        seq, model = self.cfg.data.seq_len, self.setup.nn_config
+        model, seq = self.setup.nn_config, self.cfg.data.seq_len
+        peak = metrics.compute_peak_flops(model.precision.compute_dtype, warn=False)
         # mfu counts causal attention at half (MaxText, torchtitan); mfu_palm counts it whole.
-        self.meter = metrics.ThroughputMeter(
+        meter = metrics.ThroughputMeter(
             flops_per_token=nn.flops_per_unit(model, seq),
             palm_flops_per_token=nn.flops_per_unit(model, seq, causal_half=False),
             peak_flops_per_device=peak,
             num_devices=jax.device_count(),
         )
+        bpt = self.bundle.bytes_per_token if self.objective.scores_every_token else None
+        moe = [i for i, m in enumerate(nn.moe_layers(model)) if m]
+        self.log = metrics.StepLog(
+            meter, unit=self.objective.unit, bytes_per_token=bpt, moe_layers=moe
+        )
 
     def loop(self) -> int:
         """Every step from ``start`` to ``train.steps``, unless stopped; the exit code."""
-        from tjx.metrics import DivergenceGuard, progress_bar
+        from tjx.metrics import DivergenceGuard, ProfileWindow, progress_bar
         from tjx.parallel import stop_agreement
-        from trainer.signals import stop_on_signals
+        from trainer.plan import stop_on_signals
 
         cfg, plan, start, total = self.cfg, self.plan, self.start, self.cfg.train.steps
         step_fn = self._compile()
@@ -180,7 +177,7 @@ class Training:
             end_tolerance=LOSS_SCALE_BACKOFF if cfg.optimizer.loss_scale else 0,
         )
         stopped_by: str | None = None
-        step_done, profiling = start, False
+        step_done, profile = start, ProfileWindow(self.run_dir / "profile", plan.profile)
         with (
             stop_on_signals(self.run_dir) as stop,
             # tjx-metrics' bar; plain lines with logging.progress: false or off a terminal.
@@ -190,18 +187,13 @@ class Training:
                 stopped_by = agreement.decide(step, stop.signal_name)
                 if stopped_by or (cfg.train.stop_at is not None and step >= cfg.train.stop_at):
                     break
-                if plan.profile and step == plan.profile[0]:
-                    jax.profiler.start_trace(str(self.run_dir / "profile"))
-                    profiling = True
+                profile.before(step)
                 out = self._step(step_fn)
                 step_done = step + 1
                 guard.push(step_done, out)
                 if guard.diverged:
                     break
-                if profiling and plan.profile and step_done == plan.profile[1]:
-                    jax.block_until_ready(self.state)
-                    jax.profiler.stop_trace()
-                    profiling = False
+                profile.after(step_done, self.state)
                 self._at_boundary(step_done, out, bar)
                 if self._checkpoint_due(step_done):
                     guard.flush()  # never checkpoint a step of a bad streak
@@ -209,8 +201,7 @@ class Training:
                         break
                     if guard.streak == 0:
                         self.save(step_done, force=False)
-            if profiling:
-                jax.profiler.stop_trace()
+            profile.close()
         # A run ending inside a non-finite streak shorter than the limit is diverged too.
         guard.end()
         if guard.diverged:
@@ -231,7 +222,7 @@ class Training:
             f"({self.cfg.mesh.strategy}, {jax.device_count()} devices)",
             flush=True,
         )
-        self.meter.reset()
+        self.log.meter.reset()
         return step_fn
 
     def _step(self, step_fn: Any) -> Any:
@@ -240,38 +231,21 @@ class Training:
             print("compiling the train step…", flush=True)
             started = time.perf_counter()
         self.state, out = step_fn(self.state, next(self.loader))  # already on the mesh
-        if (moe := out.pop("moe", None)) is not None:  # sums: exact over a log line's steps
-            old = self.moe_sums
-            self.moe_sums = moe if old is None else jax.tree.map(lambda a, b: a + b, old, moe)
+        out = self.log.step(self.units_per_step, out)  # host ints and device sums: no read
         if first:
             jax.block_until_ready(out)
             self.compiled = True
             took = time.perf_counter() - started
             print(f"compiled the train step (and ran its first step) in {took:.1f} s", flush=True)
-        self.meter.update(self.units_per_step)  # a host int: no device read
         return out
 
     def _at_boundary(self, step_done: int, out: Any, bar: Any) -> None:
         """Log, evaluate and sample when their intervals (or the last step) say so."""
         import trainer.evaluation as evaluation
-        import trainer.sampling as sampling
-        from tjx import metrics, nn
 
         cfg, total = self.cfg, self.cfg.train.steps
         if step_done % cfg.train.log_every == 0 or step_done == total:
-            scalars = {k: float(np.asarray(v)) for k, v in jax.device_get(out).items()}
-            bpt = self.bundle.bytes_per_token
-            if self.objective.scores_every_token and bpt:  # the loss in bits, as val_* has it
-                scalars["bits_per_byte"] = metrics.bits_per_byte(scalars["loss"], bpt)
-            rate = self.meter.report()  # over the steps since the last log line
-            scalars[f"{self.objective.unit}_per_s"] = rate["tokens_per_s"]
-            if self.moe_sums is not None:  # balance, dropped share, each layer's expert load
-                rows = [i for i, m in enumerate(nn.moe_layers(self.setup.nn_config)) if m]
-                sums, self.moe_sums = jax.device_get(self.moe_sums), None
-                scalars |= metrics.moe_metrics(sums, per_layer=True, layers=rows)
-            if rate.get("mfu") is not None:
-                scalars["mfu"] = float(rate["mfu"])
-                scalars["mfu_palm"] = float(rate["mfu_palm"])
+            scalars = self.log.scalars(out)
             self.logger.log_scalars(step_done, scalars)
             if bar.live:  # off a terminal the console sink's line is the step's one line
                 bar.update(step_done, scalars["loss"])
@@ -284,13 +258,13 @@ class Training:
             self.logger.log_scalars(step_done, {f"val_{k}": v for k, v in self.last_eval.items()})
             bar.note(f"step {step_done}: val loss {self.last_eval['loss']:.4f}")
         sample_now = cfg.train.sample_every and step_done % cfg.train.sample_every == 0
-        # Text samples from decoder-only models (trainer/sampling.py calls tjx.nn.generate).
+        # Text samples from decoder-only models (evaluation.sample calls tjx.nn.generate).
         if self.objective.name == "lm" and (sample_now or step_done == total):
             # Every process generates (the params span them all); process 0 writes.
-            texts = sampling.sample(self.setup, self.state["params"], self.bundle, cfg, step_done)
+            texts = evaluation.sample(self.setup, self.state["params"], self.bundle, cfg, step_done)
             self.logger.log_text(step_done, "sample", texts[0])
             if self.primary:
-                text = sampling.format_samples(texts, cfg.sampling.prompts)
+                text = evaluation.format_samples(texts, cfg.sampling.prompts)
                 path = RunDir(self.run_dir).write_samples(step_done, text)
                 bar.note(f"step {step_done}: samples → {path}")
 

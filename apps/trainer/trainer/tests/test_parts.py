@@ -10,7 +10,7 @@ import yaml
 from tjx.ckpt import RunDir
 from trainer import data_setup
 from trainer.config import read_config
-from trainer.sampling import format_samples
+from trainer.evaluation import format_samples
 from trainer.schema import ConfigError
 
 

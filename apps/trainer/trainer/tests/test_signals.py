@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from trainer.signals import interrupted_exit, stop_on_signals
+from trainer.plan import interrupted_exit, stop_on_signals
 
 
 def _commit(run_dir, name: str) -> None:

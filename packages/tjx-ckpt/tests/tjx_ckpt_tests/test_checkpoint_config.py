@@ -17,6 +17,16 @@ def test_each_checkpoint_setting_is_a_managers_argument_with_the_same_default():
         assert manager[f.name].default == f.default, f.name
 
 
+def test_the_managers_options_are_the_settings_and_keep_best_ranks_by_validation_loss(tmp_path):
+    assert CheckpointConfig(4, None, False).manager_options() == {
+        "keep_last": 4, "keep_best": None, "best_metric": None, "async_save": False,
+    }  # fmt: skip
+    options = CheckpointConfig(keep_best=2).manager_options()
+    assert options["best_metric"] == "val_loss" and options["keep_best"] == 2
+    manager = CheckpointManager(tmp_path / "ckpt", **options)  # every key is an argument
+    manager.close()
+
+
 def test_each_setting_declares_its_help_and_bounds():
     meta = {f.name: dict(f.metadata) for f in dataclasses.fields(CheckpointConfig)}
     assert meta == {

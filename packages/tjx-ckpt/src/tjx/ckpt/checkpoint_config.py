@@ -6,7 +6,8 @@ them (the trainer's ``checkpoint:`` section; each field declared once, with its 
 # ruff: noqa: RUF009
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from tjx.ckpt.fields import setting
 
@@ -30,3 +31,8 @@ class CheckpointConfig:
     keep_last: int = setting(3, min=1, help="newest checkpoints kept")
     keep_best: int | None = setting(None, min=1, help="also keep the N lowest val_loss; null: off")
     async_save: bool = setting(True, help="write checkpoints in the background")
+
+    def manager_options(self) -> dict[str, Any]:
+        """`CheckpointManager`'s keyword arguments of these settings (the best by ``val_loss``)."""
+        options = {f.name: getattr(self, f.name) for f in fields(self)}
+        return options | {"best_metric": "val_loss" if self.keep_best else None}

@@ -27,7 +27,8 @@
 * Before and during a run: :func:`peak_bytes` (XLA's memory analysis of a compiled step),
   :func:`available_bytes` (what a device can use) and :func:`first_fit` (the first candidate step
   whose peak fits); :class:`DivergenceGuard` (stop after too many non-finite or skipped steps in a
-  row); :func:`progress_bar` (rich, with loss and ETA).
+  row); :func:`progress_bar` (rich, with loss and ETA); :class:`StepLog` (a log line's scalars:
+  rate, MFU, bits/byte, router metrics) and :class:`ProfileWindow` (a trace of a range of steps).
 * Mixture of experts: :func:`moe_metrics` (balance and z-losses, dropped fraction, expert load)
   and :func:`expert_load` (``[layers, experts]`` shares) of the router's summed statistics.
 """
@@ -116,6 +117,7 @@ from tjx.metrics.plots import load_curves, plot_curves, plot_run
 from tjx.metrics.progress import ProgressBar, progress_bar
 from tjx.metrics.roofline import LIKELY_BRANCH, Roofline, roofline
 from tjx.metrics.roofline_report import LAUNCH_BOUND_S, TOP, estimate, f32_dots, grouped_notes
+from tjx.metrics.step_log import ProfileWindow, StepLog
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
 __version__ = "0.14.0"
@@ -144,8 +146,10 @@ __all__ = [
     "MultiLogger",
     "NONFINITE_KEY",
     "PER_SOURCE",
+    "ProfileWindow",
     "ProgressBar",
     "Roofline",
+    "StepLog",
     "TensorBoardLogger",
     "ThroughputMeter",
     "WandbLogger",

@@ -1,11 +1,9 @@
 """The trainer's config: one object per run (`Config`), read once from plain data (`read_config`).
 
-Its ``model``, ``optimizer`` and ``mesh`` sections ARE the packages' config objects (tjx.nn's class
-of ``model.kind``, tjx.optim's `OptimizerConfig`, tjx.parallel's `MeshConfig`), built from the
-moment they are read; the other sections are the trainer's own, declared here. The model's
-vocabulary is a placeholder until the tokenizer's is known (`resolve`); a stage that changes a
-setting (the kernel that compiled, full remat) replaces it (`Config.with_model`). ``config.yaml``
-is `Config.to_dict` of the objects. Every problem is one `ConfigError` naming the key path.
+Its package sections ARE the packages' config objects (tjx.nn's class of ``model.kind``, ...).
+The model's vocabulary is a placeholder until the tokenizer's is known (`resolve`); a stage that
+changes a setting (the kernel that compiled, full remat) replaces it (`Config.with_model`).
+``config.yaml`` is `Config.to_dict`. Every problem is one `ConfigError` naming the key path.
 """
 
 # `setting()` returns dataclasses.field objects (with validation metadata).
@@ -108,13 +106,10 @@ def resolve(cfg: Config, vocab_size: int) -> Config:
 
 
 def read_config(data: Any) -> Config:
-    """The validated config of plain data (files already migrated, ``--set`` applied).
-
-    Every key is read as its type first (the first problem, in the data's order); then the
-    trainer's rules; then the packages build their sections by their own rules (d_model
-    divisible by num_heads, warmup within train.steps, float16 needing loss scaling), their
-    messages in the trainer's keys; then the rules between sections. Raises `ConfigError`.
-    """
+    """The validated config of plain data (files migrated, ``--set`` applied): every key read
+    as its type (the first problem in the data's order), the trainer's rules, the packages' own
+    as they build their sections (messages in the trainer's keys), then the rules between
+    sections. Raises `ConfigError`."""
     if not isinstance(data, dict):
         raise ConfigError(f"config: expected a mapping of keys, got {data!r}")
     kind = SCHEMA.kind_of(data)
@@ -191,34 +186,14 @@ def _require(cond: bool, message: str) -> None:
 
 
 def _check_own(own: dict[str, Any], model_cls: type) -> None:
-    """The trainer's own rules across its sections (single fields were checked while reading)."""
+    """The rules across the trainer's own sections (``data``'s are tjx.data's)."""
     from tjx import data, nn
 
-    d = own["data"]
     task = nn.objective_of(model_cls).name
-    names = {k: f"data.{k}" for k in ("max_tokens", "batch_size", "seq_len")}
-    try:  # a cap below one batch: refused before anything is prepared (tjx.data's rule)
-        data.check_max_tokens(d.max_tokens, d.seq_len, d.batch_size, names=names)
-        if d.sources is not None:
-            data.check_mixture(d.sources, key="data.sources")
-    except (ValueError, data.DataError) as err:
+    try:  # before anything is prepared
+        data.check_data_config(own["data"], task, decoders="a decoder (model.kind gpt2 or llama)")
+    except ValueError as err:
         raise ConfigError(str(err)) from None
-    _require(
-        d.format == "text" or (task == "lm" and d.sources is None),
-        f"data.format: {d.format} data trains a decoder (model.kind gpt2 or llama) on one "
-        "data.source; set data.format=text",
-    )
-    if d.sources is not None:
-        _require(
-            task != "classify",
-            "data.sources: an image model reads the digits images (data.source=digits), not a "
-            "mixture",
-        )
-        _require(
-            d.shuffle,
-            "data.shuffle: a mixture reads each source's windows shuffled; drop "
-            "data.shuffle=false or train on one data.source",
-        )
     _require(
         bool(own["sampling"].prompts) or task != "lm",
         "sampling.prompts: give at least one prompt (a language model writes samples at the end "

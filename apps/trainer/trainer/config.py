@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tjx.ckpt import ConfigError, check_field, convert, reworded
-from trainer.schema import schema_of, section_class, setting
+from trainer.schema import PACKAGE_SECTIONS, schema_of, section_class, setting
 from trainer.sections import (
     CheckpointConfig,
     DataConfig,
@@ -87,7 +87,7 @@ class Config:
         """The config with model settings ``changes`` (``remat="full"``, ``attention_impl=...``)."""
         if all(getattr(self.model, k) == v for k, v in changes.items()):
             return self
-        with reworded(_words("model")):
+        with reworded(_words(type(self.model), "model")):
             return dataclasses.replace(self, model=dataclasses.replace(self.model, **changes))
 
 
@@ -129,7 +129,7 @@ def read_config(data: Any) -> Config:
     model = _model(section_class("model", kind), read.get("model", {}), vocab)
     optimizer = read.get("optimizer", {})
     optimizer["schedule"] = {**optimizer.get("schedule", {}), "total_steps": own["train"].steps}
-    with reworded(_words("optimizer")):
+    with reworded(_words(section_class("optimizer"), "optimizer")):
         optimizer = build(section_class("optimizer"), optimizer, "optimizer")
         from tjx import optim
 
@@ -259,32 +259,19 @@ def _check_preference(cfg: Config, given: set[str]) -> None:
         _require(not bad, f"{key}: cannot apply {where}: {why}")
 
 
-#: How a package's messages name its fields (``GPT2Config.d_model``), as the config's keys.
-_WORDS = {
-    "optimizer": {
-        "OptimizerConfig.": "optimizer.",
-        "ScheduleConfig.total_steps": "train.steps",
-        "ScheduleConfig.": "optimizer.schedule.",
-        "param_dtype=": "model.precision.param_dtype=",
-        "compute_dtype=": "model.precision.compute_dtype=",
-    },
-    "mesh": {"MeshConfig.": "mesh.", "MeshConfig: ": "mesh: "},
-    "lora": {"LoraConfig.": "lora.", "LoraConfig: ": "lora: "},
-    "preference": {"PreferenceConfig.": "preference."},
-}
+#: tjx.optim's `check_precision` names the model's dtypes by its arguments.
+_PRECISION_WORDS = {f"{k}=": f"model.precision.{k}=" for k in ("param_dtype", "compute_dtype")}
 
 
 def build(cls: type, checked: dict[str, Any], path: str) -> Any:
     """``cls`` from `tjx.ckpt.Schema.values`' output (nested sections built first); a package's
-    ``ValueError`` is a `ConfigError` in the config's keys (``GPT2Config.d_model`` →
-    ``model.d_model``)."""
-    return SCHEMA.build(cls, checked, path, _words(path.split(".")[0]))
+    ``ValueError`` is a `ConfigError` in the config's keys (`_words`)."""
+    return SCHEMA.build(cls, checked, path, _words(cls, path))
 
 
-def _words(section: str) -> dict[str, str]:
-    if section != "model":
-        return _WORDS.get(section, {})
-    from tjx import nn
-
-    words = {f"{c.__name__}.": "model." for c in (*nn.MODEL_KINDS.values(), nn.TransformerConfig)}
-    return {**words, "Precision.": "model.precision."}
+def _words(cls: type, path: str) -> dict[str, str]:
+    """How package class ``cls``'s messages name its fields (``GPT2Config.d_model``), as the
+    config's keys (`tjx.ckpt.Schema.words`); none for the trainer's own sections."""
+    if path not in PACKAGE_SECTIONS:
+        return {}
+    return {**SCHEMA.words(cls, path), **(_PRECISION_WORDS if path == "optimizer" else {})}

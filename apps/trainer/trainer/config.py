@@ -56,7 +56,7 @@ class Config:
 
     @property
     def kind(self) -> str:
-        """The model kind (``model.kind``): the key of tjx.nn.MODEL_KINDS holding its class."""
+        """``model.kind``: the key of tjx.nn.MODEL_KINDS holding the model's class."""
         from tjx import nn
 
         return next(k for k, cls in nn.MODEL_KINDS.items() if type(self.model) is cls)
@@ -91,7 +91,6 @@ class Config:
             return dataclasses.replace(self, model=dataclasses.replace(self.model, **changes))
 
 
-#: The config's schema: tjx.ckpt walks, reads and writes its sections (trainer.schema says which).
 SCHEMA = schema_of(Config)
 
 
@@ -153,8 +152,8 @@ _OWN_SECTIONS = ("data", "train", "checkpoint", "logging", "eval", "sampling")
 
 
 def _model(cls: type, read: dict[str, Any], vocab: int | None) -> Any:
-    """The tjx.nn config of ``cls`` with the checked settings ``read`` and a vocabulary (the one
-    set, else the placeholder; none for a kind that reads no tokens)."""
+    """The tjx.nn config of ``cls`` with settings ``read`` and a vocabulary (the set one, else
+    the placeholder; none for a kind that reads no tokens)."""
     fields = {k: v for k, v in read.items() if k not in ("kind", "vocab_size")}
     unused = cls.unused_fields  # type: ignore[attr-defined]
     if "vocab_size" not in unused:
@@ -165,8 +164,8 @@ def _model(cls: type, read: dict[str, Any], vocab: int | None) -> Any:
 
 
 def _lora(read: dict[str, Any]) -> tuple[Any, bool]:
-    """tjx.nn's `LoraConfig` of the ``lora`` section and ``lora.enabled``; a setting changed
-    while LoRA is off is refused (it would silently do nothing)."""
+    """tjx.nn's `LoraConfig` and ``lora.enabled``; a setting changed while LoRA is off (it would
+    do nothing) is refused."""
     enabled = bool(read.pop("enabled", False))
     lora = build(section_class("lora"), read, "lora")
     if not enabled:

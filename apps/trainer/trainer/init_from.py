@@ -71,8 +71,8 @@ def _same_model(ours: Any, theirs: Any, path: Path, *, vocab: bool) -> None:
 
 
 def load_run(cfg: Config, model_cfg: Any, source: str) -> tuple[Any, int]:
-    """The model of ``model_cfg`` (resolved: the tokenizer's vocabulary) holding the params of
-    the run's newest intact checkpoint (its LoRA adapters merged), on the host; and that step."""
+    """The model of resolved ``model_cfg`` with the params of run ``source``'s newest intact
+    checkpoint (LoRA merged), on the host; and that step."""
     from flax import nnx
 
     from tjx import ckpt, nn
@@ -120,9 +120,8 @@ def check_tokenizer(source: str, bundle: Any) -> None:
 
 
 def trained_model(cfg: Config, source: str | None, run_dir: Path, resume: bool) -> Any:
-    """The tjx.nn model config the run trains, known before anything is built: a Hugging Face
-    start's (its ``config.json``; on a ``--resume``, the run's ``model.json``), else the
-    config's own."""
+    """The tjx.nn model config the run trains: a Hugging Face start's (its ``config.json``; on a
+    ``--resume``, the run's ``model.json``), else the config's own."""
     from tjx import nn
 
     if resume and resumed_from_checkpoint(cfg, run_dir) is not None:
@@ -143,9 +142,8 @@ def recorded(run_dir: Path) -> str | None:
 
 
 def resumed_from_checkpoint(cfg: Config, run_dir: Path) -> Config | None:
-    """For a ``--resume`` of a run that started ``--init-from`` a checkpoint: ``cfg`` (resolved)
-    with the architecture the run trained (its ``model.json``) and ``cfg``'s tjx.nn
-    `TRAINING_FIELDS`; ``None`` for a run from scratch (its config is its architecture)."""
+    """``cfg`` with the architecture a run started from a Hugging Face checkpoint trained (its
+    ``model.json``) but ``cfg``'s tjx.nn `TRAINING_FIELDS`; ``None`` for any other run."""
     from tjx import nn
 
     found = RunDir(run_dir).read_init()

@@ -1,9 +1,6 @@
-"""What a ``--resume`` may change: the saved config against the new one, before anything is written.
-
-A checkpoint holds one model's and optimizer's state and a position in one token stream, so a
-change to any of those is refused, naming every changed key; settings that only steer the loop
-(``resumable`` metadata) may change (``tests/test_resume.py`` checks they leave the abstract train
-state alone). The comparison is tjx.ckpt's ``config_changes``.
+"""What a ``--resume`` may change: a checkpoint holds one model's and optimizer's state and a
+position in one token stream, so a change to those is refused, naming every changed key; settings
+that only steer the loop (``resumable`` metadata) may change (tjx.ckpt's ``config_changes``).
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """The trainer's config: one object per run (`Config`), read once from plain data (`read_config`).
 
-Its ``model``, ``optimizer`` and ``mesh`` sections ARE the packages' config objects (tjx.nn's class
-of ``model.kind``, tjx.optim's `OptimizerConfig`, tjx.parallel's `MeshConfig`), built from the
-moment they are read; the other sections are the trainer's own, declared here. The model's
-vocabulary is a placeholder until the tokenizer's is known (`resolve`); a stage that changes a
-setting (the kernel that compiled, full remat) replaces it (`Config.with_model`). ``config.yaml``
-is `Config.to_dict` of the objects. Every problem is one `ConfigError` naming the key path.
+Its package sections ARE the packages' config objects (tjx.nn's class of ``model.kind``, ...).
+The model's vocabulary is a placeholder until the tokenizer's is known (`resolve`); a stage that
+changes a setting (the kernel that compiled, full remat) replaces it (`Config.with_model`).
+``config.yaml`` is `Config.to_dict`. Every problem is one `ConfigError` naming the key path.
 """
 
 # `setting()` returns dataclasses.field objects (with validation metadata).
@@ -17,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tjx.ckpt import ConfigError, check_field, convert, reworded
-from trainer.schema import schema_of, section_class, setting
+from trainer.schema import PACKAGE_SECTIONS, schema_of, section_class, setting
 from trainer.sections import (
     CheckpointConfig,
     DataConfig,
@@ -58,7 +56,7 @@ class Config:
 
     @property
     def kind(self) -> str:
-        """The model kind (``model.kind``): the key of tjx.nn.MODEL_KINDS holding its class."""
+        """``model.kind``: the key of tjx.nn.MODEL_KINDS holding the model's class."""
         from tjx import nn
 
         return next(k for k, cls in nn.MODEL_KINDS.items() if type(self.model) is cls)
@@ -89,11 +87,10 @@ class Config:
         """The config with model settings ``changes`` (``remat="full"``, ``attention_impl=...``)."""
         if all(getattr(self.model, k) == v for k, v in changes.items()):
             return self
-        with reworded(_words("model")):
+        with reworded(_words(type(self.model), "model")):
             return dataclasses.replace(self, model=dataclasses.replace(self.model, **changes))
 
 
-#: The config's schema: tjx.ckpt walks, reads and writes its sections (trainer.schema says which).
 SCHEMA = schema_of(Config)
 
 
@@ -108,13 +105,10 @@ def resolve(cfg: Config, vocab_size: int) -> Config:
 
 
 def read_config(data: Any) -> Config:
-    """The validated config of plain data (files already migrated, ``--set`` applied).
-
-    Every key is read as its type first (the first problem, in the data's order); then the
-    trainer's rules; then the packages build their sections by their own rules (d_model
-    divisible by num_heads, warmup within train.steps, float16 needing loss scaling), their
-    messages in the trainer's keys; then the rules between sections. Raises `ConfigError`.
-    """
+    """The validated config of plain data (files migrated, ``--set`` applied): every key read
+    as its type (the first problem in the data's order), the trainer's rules, the packages' own
+    as they build their sections (messages in the trainer's keys), then the rules between
+    sections. Raises `ConfigError`."""
     if not isinstance(data, dict):
         raise ConfigError(f"config: expected a mapping of keys, got {data!r}")
     kind = SCHEMA.kind_of(data)
@@ -134,7 +128,7 @@ def read_config(data: Any) -> Config:
     model = _model(section_class("model", kind), read.get("model", {}), vocab)
     optimizer = read.get("optimizer", {})
     optimizer["schedule"] = {**optimizer.get("schedule", {}), "total_steps": own["train"].steps}
-    with reworded(_words("optimizer")):
+    with reworded(_words(section_class("optimizer"), "optimizer")):
         optimizer = build(section_class("optimizer"), optimizer, "optimizer")
         from tjx import optim
 
@@ -158,8 +152,8 @@ _OWN_SECTIONS = ("data", "train", "checkpoint", "logging", "eval", "sampling")
 
 
 def _model(cls: type, read: dict[str, Any], vocab: int | None) -> Any:
-    """The tjx.nn config of ``cls`` with the checked settings ``read`` and a vocabulary (the one
-    set, else the placeholder; none for a kind that reads no tokens)."""
+    """The tjx.nn config of ``cls`` with settings ``read`` and a vocabulary (the set one, else
+    the placeholder; none for a kind that reads no tokens)."""
     fields = {k: v for k, v in read.items() if k not in ("kind", "vocab_size")}
     unused = cls.unused_fields  # type: ignore[attr-defined]
     if "vocab_size" not in unused:
@@ -170,8 +164,8 @@ def _model(cls: type, read: dict[str, Any], vocab: int | None) -> Any:
 
 
 def _lora(read: dict[str, Any]) -> tuple[Any, bool]:
-    """tjx.nn's `LoraConfig` of the ``lora`` section and ``lora.enabled``; a setting changed
-    while LoRA is off is refused (it would silently do nothing)."""
+    """tjx.nn's `LoraConfig` and ``lora.enabled``; a setting changed while LoRA is off (it would
+    do nothing) is refused."""
     enabled = bool(read.pop("enabled", False))
     lora = build(section_class("lora"), read, "lora")
     if not enabled:
@@ -191,34 +185,14 @@ def _require(cond: bool, message: str) -> None:
 
 
 def _check_own(own: dict[str, Any], model_cls: type) -> None:
-    """The trainer's own rules across its sections (single fields were checked while reading)."""
+    """The rules across the trainer's own sections (``data``'s are tjx.data's)."""
     from tjx import data, nn
 
-    d = own["data"]
     task = nn.objective_of(model_cls).name
-    names = {k: f"data.{k}" for k in ("max_tokens", "batch_size", "seq_len")}
-    try:  # a cap below one batch: refused before anything is prepared (tjx.data's rule)
-        data.check_max_tokens(d.max_tokens, d.seq_len, d.batch_size, names=names)
-        if d.sources is not None:
-            data.check_mixture(d.sources, key="data.sources")
-    except (ValueError, data.DataError) as err:
+    try:  # before anything is prepared
+        data.check_data_config(own["data"], task, decoders="a decoder (model.kind gpt2 or llama)")
+    except ValueError as err:
         raise ConfigError(str(err)) from None
-    _require(
-        d.format == "text" or (task == "lm" and d.sources is None),
-        f"data.format: {d.format} data trains a decoder (model.kind gpt2 or llama) on one "
-        "data.source; set data.format=text",
-    )
-    if d.sources is not None:
-        _require(
-            task != "classify",
-            "data.sources: an image model reads the digits images (data.source=digits), not a "
-            "mixture",
-        )
-        _require(
-            d.shuffle,
-            "data.shuffle: a mixture reads each source's windows shuffled; drop "
-            "data.shuffle=false or train on one data.source",
-        )
     _require(
         bool(own["sampling"].prompts) or task != "lm",
         "sampling.prompts: give at least one prompt (a language model writes samples at the end "
@@ -284,32 +258,19 @@ def _check_preference(cfg: Config, given: set[str]) -> None:
         _require(not bad, f"{key}: cannot apply {where}: {why}")
 
 
-#: How a package's messages name its fields (``GPT2Config.d_model``), as the config's keys.
-_WORDS = {
-    "optimizer": {
-        "OptimizerConfig.": "optimizer.",
-        "ScheduleConfig.total_steps": "train.steps",
-        "ScheduleConfig.": "optimizer.schedule.",
-        "param_dtype=": "model.precision.param_dtype=",
-        "compute_dtype=": "model.precision.compute_dtype=",
-    },
-    "mesh": {"MeshConfig.": "mesh.", "MeshConfig: ": "mesh: "},
-    "lora": {"LoraConfig.": "lora.", "LoraConfig: ": "lora: "},
-    "preference": {"PreferenceConfig.": "preference."},
-}
+#: tjx.optim's `check_precision` names the model's dtypes by its arguments.
+_PRECISION_WORDS = {f"{k}=": f"model.precision.{k}=" for k in ("param_dtype", "compute_dtype")}
 
 
 def build(cls: type, checked: dict[str, Any], path: str) -> Any:
     """``cls`` from `tjx.ckpt.Schema.values`' output (nested sections built first); a package's
-    ``ValueError`` is a `ConfigError` in the config's keys (``GPT2Config.d_model`` →
-    ``model.d_model``)."""
-    return SCHEMA.build(cls, checked, path, _words(path.split(".")[0]))
+    ``ValueError`` is a `ConfigError` in the config's keys (`_words`)."""
+    return SCHEMA.build(cls, checked, path, _words(cls, path))
 
 
-def _words(section: str) -> dict[str, str]:
-    if section != "model":
-        return _WORDS.get(section, {})
-    from tjx import nn
-
-    words = {f"{c.__name__}.": "model." for c in (*nn.MODEL_KINDS.values(), nn.TransformerConfig)}
-    return {**words, "Precision.": "model.precision."}
+def _words(cls: type, path: str) -> dict[str, str]:
+    """How package class ``cls``'s messages name its fields (``GPT2Config.d_model``), as the
+    config's keys (`tjx.ckpt.Schema.words`); none for the trainer's own sections."""
+    if path not in PACKAGE_SECTIONS:
+        return {}
+    return {**SCHEMA.words(cls, path), **(_PRECISION_WORDS if path == "optimizer" else {})}

@@ -1,11 +1,6 @@
-"""What a ``--resume`` may change: the saved config against the new one, before anything is written.
-
-A checkpoint holds one model's and optimizer's state and a position in one token stream, so a
-change to any of those is refused, naming every changed key. Settings that only steer the loop
-(their fields say so: ``resumable`` metadata) may change; ``tests/test_resume.py`` checks that
-they leave the abstract train state alone. The comparison is tjx.ckpt's ``config_changes``; what
-a null optimizer setting stands for is tjx.optim's ``with_own_defaults`` (imported on use: the
-command line stays free of jax).
+"""What a ``--resume`` may change: a checkpoint holds one model's and optimizer's state and a
+position in one token stream, so a change to those is refused, naming every changed key; settings
+that only steer the loop (``resumable`` metadata) may change (tjx.ckpt's ``config_changes``).
 """
 
 from __future__ import annotations
@@ -21,8 +16,7 @@ from trainer.settings import migrate
 
 def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
     """Whether a resume may change dotted config ``key``: its field's ``resumable`` metadata, or
-    that of a section holding it (the trainer's in `Config`, a package's in its class; the
-    model's of ``config``'s kind)."""
+    that of a section holding it (the model's of ``config``'s kind)."""
     model = (config or {}).get("model")
     kind = model.get("kind", "gpt2") if isinstance(model, dict) else "gpt2"
     try:
@@ -32,30 +26,17 @@ def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
 
 
 def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
-    """``config`` as the comparison sees it: a saved one read and written back as this trainer
-    writes it (the old layout migrated, `trainer.settings.migrate`, and filled with the values it
-    ran with: their defaults, as a key added since the file was written is), and every null
-    optimizer setting as the optimizer's own.
+    """``config`` as compared: a saved one read and written back as this trainer writes it
+    (migrated; a key added since at its default, which is what the run had), and every null
+    optimizer setting as the optimizer's own (tjx.optim's `with_schedule_defaults`), so a run
+    saved with the old trainer's ``b2: 0.95`` shows ``optimizer.b2 0.95 → 0.999 (adamw's
+    default)``, and a saved number that is the optimizer's own shows nothing."""
+    from tjx import optim  # on use: the command line stays free of jax
 
-    Runs saved before those settings could be null hold the old trainer defaults (b2 0.95, ...);
-    comparing values, not nulls, shows what really changes: ``optimizer.b2 0.95 → 0.999 (adamw's
-    default)``, and nothing where the saved number is the optimizer's own.
-    """
-    from tjx import optim
-
-    full = config
-    if saved:
-        # A key added since the file was written reads at its default, which is what the run had
-        # (the rule every new setting keeps: its default is the old behaviour); compared so.
-        full = read_config(migrate(config)).to_dict()
+    full = read_config(migrate(config)).to_dict() if saved else config
     if not isinstance(full.get("optimizer"), dict):
         return full
-    section = optim.with_own_defaults(full["optimizer"])
-    schedule = section.get("schedule")
-    if isinstance(schedule, dict) and schedule.get("peak_lr") is None:  # the optimizer's own rate
-        own = optim.with_own_defaults({"name": section["name"], "learning_rate": None})
-        section["schedule"] = {**schedule, "peak_lr": own["learning_rate"]}
-    return {**full, "optimizer": section}
+    return {**full, "optimizer": optim.with_schedule_defaults(full["optimizer"])}
 
 
 def saved_config(run_dir: Path) -> dict[str, Any]:
@@ -64,11 +45,8 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
     try:
         return folder.read_config()
     except ckpt.RunFileError as err:  # a missing file is one too (RunFileNotFoundError)
-        problem = (
-            "is missing"
-            if isinstance(err, ckpt.RunFileNotFoundError)
-            else f"is not a readable run config ({err.reason})"
-        )
+        missing = isinstance(err, ckpt.RunFileNotFoundError)
+        problem = "is missing" if missing else f"is not a readable run config ({err.reason})"
         raise ConfigError(
             f"--resume: {str(folder.config_file)!r} {problem}, so what the checkpoints were "
             "trained with is unknown; put the run's config back or train into a new --run-dir"
@@ -76,25 +54,9 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
 
 
 def check_resume(run_dir: Path, new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Refuse a resume that changes what the checkpoints hold; return the allowed changes.
-
-    Parameters
-    ----------
-    run_dir : Path
-        The run being resumed (it holds ``config.yaml``).
-    new : dict
-        The effective config of this command (``Config.to_dict()``).
-
-    Returns
-    -------
-    dict
-        The training-only keys that change, ``key → (saved, new)`` (empty: the same config).
-
-    Raises
-    ------
-    ConfigError
-        ``config.yaml`` is missing or unreadable, or a key that is not resumable changed.
-    """
+    """Refuse a resume of ``run_dir`` to config ``new`` (``Config.to_dict()``) that changes what
+    the checkpoints hold (`ConfigError`, also for a missing or unreadable ``config.yaml``);
+    return the training-only keys that change, ``key → (saved, new)``."""
     saved_data = saved_config(run_dir)
     try:
         saved = _compared(saved_data, saved=True)
@@ -123,22 +85,15 @@ def describe_changes(diff: dict[str, tuple[Any, Any]]) -> str:
 
 def check_chat_template(run_dir: Path, cfg: Config) -> None:
     """Refuse a chat run's ``--resume`` whose ``data.tokenizer`` folder holds another chat
-    template than the one the run trained with (``data.json``'s fingerprint): the same folder
-    path passes the config check, yet every conversation would render (and mask) differently.
-
-    A ``bpe`` tokenizer's template is tjx.data's fixed ChatML; a folder that no longer reads is
-    left to the data preparation's own error.
-    """
+    template than the run trained with (its ``data.json``; tjx.data's `check_template`)."""
     if cfg.data.format == "text" or cfg.data.tokenizer == "bpe":
-        return
+        return  # no template to compare: data.json stays unread
     try:
         saved = ckpt.RunDir(run_dir).read(ckpt.RunDir.DATA_FILE).get("template")
-        now = data.ChatTemplate.from_folder(cfg.data.tokenizer).fingerprint
-    except (ckpt.RunFileError, data.DataError):
+        data.check_template(cfg.data, saved)
+    except ckpt.RunFileError:
         return
-    if saved is not None and saved != now:
+    except data.DataError as err:
         raise ConfigError(
-            f"--resume: the chat template in data.tokenizer ({cfg.data.tokenizer}) is not the one "
-            f"this run trained with (fingerprint {saved}, now {now}); restore that template, or "
-            "train with the new one in a new --run-dir"
-        )
+            f"--resume: {err}; restore that template, or train with the new one in a new --run-dir"
+        ) from None

@@ -1,11 +1,6 @@
-"""The trainer's config schema: which class each section is, and the few keys that are its own.
-
-The walking, reading, checking and writing of sections is tjx.ckpt's (`tjx.ckpt.Schema`, over
-the fields' types and the metadata their owners gave them); the trainer says only what is about
-the command: the packages' sections (``model`` is tjx.nn's class of ``model.kind``, ``optimizer``
-tjx.optim's `OptimizerConfig`, ...), its own keys in them (``model.kind``, ``model.vocab_size``,
-``lora.enabled``) and the key it fills itself. The packages load JAX: their classes are imported
-when a section is first walked, never when the command line is parsed.
+"""The trainer's config schema (walked, read and written by `tjx.ckpt.Schema`): which class each
+package section is, the trainer's own keys in them and the key it fills. The packages load JAX:
+their classes are imported when a section is first walked, never when the command line is parsed.
 """
 
 from __future__ import annotations

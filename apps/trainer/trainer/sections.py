@@ -1,7 +1,6 @@
-"""The trainer's own config sections: the loop, logs, held-out metrics and text samples, each field
-declared once with its help and checks (`trainer.schema.setting`). ``data`` and ``checkpoint`` are
-their packages' classes (tjx.data's `DataConfig`, tjx.ckpt's `CheckpointConfig`); the others stay
-here, as tjx.metrics and tjx.nn load JAX on import, which the command line must not wait for."""
+"""The trainer's own config sections: the loop, logs, held-out metrics and text samples (``data``
+and ``checkpoint`` are tjx.data's and tjx.ckpt's); they stay here as tjx.metrics and tjx.nn load
+JAX on import, which the command line must not wait for."""
 
 # `setting()` returns dataclasses.field objects (with validation metadata).
 # ruff: noqa: RUF009

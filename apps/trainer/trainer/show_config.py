@@ -1,7 +1,6 @@
-"""``python -m trainer --show-config [--config X]``: every config key with its type, value, allowed
-values and help, read from the fields themselves (tjx.ckpt's `key_table`), so the table cannot
-drift from what the trainer accepts. The trainer README's key table is this output
-(``tests/test_show_config.py`` keeps them equal)."""
+"""``python -m trainer --show-config [--config X]``: every key's type, value, allowed values and
+help, from the fields themselves (tjx.ckpt's `key_table`); the README's key table is this output.
+"""
 
 from __future__ import annotations
 

@@ -233,3 +233,24 @@ def test_a_subclass_that_changes_a_default_keeps_its_bases_help():
 
     _, f = SCHEMA.keys(Wide, "block", "plain")["width"]
     assert f.default == 16 and f.metadata["help"] == "how wide"
+
+
+def test_words_name_a_class_and_its_nested_and_filled_fields_by_their_keys():
+    assert SCHEMA.words(Block, "block") == {
+        "Block.": "block.",
+        "Block: ": "block: ",
+        "Inner.": "block.inner.",
+        "Inner: ": "block.inner: ",
+    }
+    words = SCHEMA.words(Loop, "loop")
+    assert words["Loop.total"] == "loop.steps" and next(iter(words)) == "Loop."
+
+
+def test_reworded_replaces_the_longest_class_words_first():
+    words = SCHEMA.words(Loop, "loop")
+    bad = pytest.raises(ConfigError, match=r"^loop\.steps must be set; loop\.every too$")
+    with bad, ckpt.reworded(words):
+        raise ValueError("Loop.total must be set; Loop.every too")
+    # "Loop: " is the section's.
+    with pytest.raises(ConfigError, match=r"^loop: a bad mix$"), ckpt.reworded(words):
+        raise ValueError("Loop: a bad mix")

@@ -11,8 +11,10 @@ from tjx.optim import (
     OPTIMIZER_NAMES,
     OptimizerConfig,
     OwnDefault,
+    migrate_section,
     own_defaults,
     with_own_defaults,
+    with_schedule_defaults,
 )
 
 
@@ -72,3 +74,24 @@ def test_own_default_compares_and_hashes_as_its_value() -> None:
     assert a == OwnDefault(0.999, "lamb")
     assert hash(a) == hash(0.999) and {a: 1}[0.999] == 1
     assert a != "0.999"
+
+
+def test_a_null_peak_rate_compares_as_the_optimizers_own_rate():
+    got = with_schedule_defaults({"name": "sgd", "schedule": {"peak_lr": None}})
+    assert got["schedule"]["peak_lr"] == DEFAULT_LEARNING_RATES["sgd"]
+    assert repr(got["schedule"]["peak_lr"]).endswith("(sgd's default)")
+    set_rate = {"name": "adamw", "b2": None, "schedule": {"peak_lr": 0.5}}
+    assert with_schedule_defaults(set_rate) == {**set_rate, "b2": 0.999}
+
+
+def test_the_old_lr_key_moves_to_the_schedules_peak_and_may_not_be_set_twice():
+    old = {"name": "adamw", "lr": 0.1, "schedule": {"warmup_steps": 5}}
+    assert migrate_section(old) == {
+        "name": "adamw", "schedule": {"warmup_steps": 5, "peak_lr": 0.1}}  # fmt: skip
+    assert old["schedule"] == {"warmup_steps": 5}  # the input is not modified
+    assert migrate_section({"lr": 2, "schedule": None}) == {"schedule": {"peak_lr": 2}}
+    assert migrate_section({"b1": 0.9}) == {"b1": 0.9}
+    with pytest.raises(ValueError) as err:
+        migrate_section({"lr": 1, "schedule": {"peak_lr": 2}}, key="opt")
+    new = "opt.schedule.peak_lr"
+    assert str(err.value) == f"opt.lr: is {new} now, which is set too; keep only {new}"

@@ -153,6 +153,24 @@ class Schema:
         with reworded(words):
             return cls(**kwargs)
 
+    def words(self, cls: type, path: str) -> dict[str, str]:
+        """How the messages of section class ``cls`` at ``path`` name its fields, as the
+        config's keys (`reworded`'s ``words``): ``GPT2Config.d_model`` (or a base class's) →
+        ``model.d_model``, ``MeshConfig: `` → ``mesh: ``, a nested section's class → its path
+        (``ScheduleConfig.`` → ``optimizer.schedule.``), a key the app fills → the key setting
+        it (``ScheduleConfig.total_steps`` → ``train.steps``)."""
+        out = {f"{c.__name__}.": f"{path}." for c in cls.__mro__ if dataclasses.is_dataclass(c)}
+        out[f"{cls.__name__}: "] = f"{path}: "
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f"{path}.{f.name}" in self.filled:
+                out[f"{cls.__name__}.{f.name}"] = self.filled[f"{path}.{f.name}"]
+        for name, (tp, _) in self.keys(cls, path, None).items():
+            inner = nested_class(tp)
+            if inner is not None:
+                for theirs, ours in self.words(inner, f"{path}.{name}").items():
+                    out.setdefault(theirs, ours)  # the outer class's own names come first
+        return out
+
     def write(self, obj: Any, path: str, own: Mapping[str, Any]) -> dict[str, Any]:
         """``obj`` as plain data (YAML-safe), every key (``own``: the values of the app's keys).
 
@@ -242,7 +260,8 @@ def reworded(words: Mapping[str, str]) -> Iterator[None]:
     except ValueError as err:
         if not words:
             raise
-        pattern = "|".join(re.escape(theirs) for theirs in words)
+        # The longest first: ``ScheduleConfig.total_steps`` before ``ScheduleConfig.``.
+        pattern = "|".join(re.escape(theirs) for theirs in sorted(words, key=len, reverse=True))
         text = re.sub(pattern, lambda m: words[m.group()], str(err)).replace("to None", "to null")
         named = tuple(dict.fromkeys(v.split(".")[0].split("=")[0] for v in words.values()))
         raise ConfigError(text if text.startswith(named) else f"{named[0]}: {text}") from None

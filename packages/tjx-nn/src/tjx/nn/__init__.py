@@ -88,6 +88,7 @@ from tjx.nn.objectives import (
     objective_of,
     token_loss,
 )
+from tjx.nn.old_layout import RENAMED_MODEL_KEYS, migrate_model_section
 from tjx.nn.params import LOGICAL_AXES, make_param
 from tjx.nn.params_io import get_flat_params, set_flat_params
 from tjx.nn.peft_io import save_peft
@@ -111,6 +112,7 @@ from tjx.nn.routers import ROUTERS, Routing, register_router
 from tjx.nn.seq2seq_generation import generate_seq2seq
 from tjx.nn.sequence import SequenceSplit, current_sequence_parallel, sequence_parallel
 from tjx.nn.stack import Stack, remat_policy
+from tjx.nn.start_checks import check_hf_settings, clash_names, hf_start_config
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
@@ -159,6 +161,7 @@ __all__ = [
     "PreferenceConfig",
     "PreferenceOutput",
     "REMAT_POLICIES",
+    "RENAMED_MODEL_KEYS",
     "RMSNorm",
     "ROPE_SCALINGS",
     "ROUTERS",
@@ -179,6 +182,8 @@ __all__ = [
     "apply_rope",
     "build_model",
     "cache_slots",
+    "check_hf_settings",
+    "clash_names",
     "classification_loss",
     "concrete_state",
     "config_clashes",
@@ -207,6 +212,7 @@ __all__ = [
     "hf_conflicts",
     "hf_gpt2_conflicts",
     "hf_kind",
+    "hf_start_config",
     "init_cache",
     "is_hub_id",
     "is_key",
@@ -220,6 +226,7 @@ __all__ = [
     "masked_mean",
     "matmul_param_count",
     "merge_lora",
+    "migrate_model_section",
     "mlm_mask",
     "moe_layers",
     "objective_logits",

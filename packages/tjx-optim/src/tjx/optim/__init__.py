@@ -11,7 +11,14 @@ from tjx.optim.config import (
     ScheduleConfig,
     users_of,
 )
-from tjx.optim.defaults import OwnDefault, own_defaults, with_own_defaults
+from tjx.optim.defaults import (
+    RENAMED_KEYS,
+    OwnDefault,
+    migrate_section,
+    own_defaults,
+    with_own_defaults,
+    with_schedule_defaults,
+)
 from tjx.optim.freeze import (
     ADAPTER_NAMES,
     adapter_mask,
@@ -66,6 +73,7 @@ __all__ = [
     "ADAPTER_NAMES",
     "DEFAULT_LEARNING_RATES",
     "OPTIMIZER_NAMES",
+    "RENAMED_KEYS",
     "SCHEDULE_NAMES",
     "ClipStatsState",
     "DynamicLossScaleState",
@@ -92,6 +100,7 @@ __all__ = [
     "linear_decay",
     "linear_warmup",
     "loss_scale_value",
+    "migrate_section",
     "muon_dimension_numbers",
     "muon_mask",
     "join_trainable",
@@ -112,5 +121,6 @@ __all__ = [
     "users_of",
     "warmup_stable_decay",
     "with_own_defaults",
+    "with_schedule_defaults",
     "with_warmup",
 ]

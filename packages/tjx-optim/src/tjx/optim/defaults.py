@@ -88,4 +88,38 @@ def with_own_defaults(
     return out
 
 
-__all__ = ["OwnDefault", "own_defaults", "with_own_defaults"]
+def with_schedule_defaults(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """`with_own_defaults` of an optimizer section, and a ``schedule`` mapping's null ``peak_lr``
+    as the optimizer's own rate: what a comparison of two sections sees."""
+    out = with_own_defaults(settings)
+    schedule = out.get("schedule")
+    if isinstance(schedule, dict) and schedule.get("peak_lr") is None:
+        name = out.get("name", OptimizerConfig.name)
+        own = with_own_defaults({"name": name, "learning_rate": None})
+        out["schedule"] = {**schedule, "peak_lr": own["learning_rate"]}
+    return out
+
+
+#: Old key of an optimizer section → the key it is now (tjx-optim 0.6 took the constant rate as
+#: ``lr``; it is the schedule's peak now).
+RENAMED_KEYS = {"lr": "schedule.peak_lr"}
+
+
+def migrate_section(settings: Mapping[str, Any], *, key: str = "optimizer") -> dict[str, Any]:
+    """A copy of optimizer ``settings`` (plain data) in today's keys (`RENAMED_KEYS`); ``key``
+    is the section's path in messages. An old key set beside its new one is a ``ValueError``:
+    neither may silently win."""
+    out = dict(settings)
+    if "lr" in out:
+        value = out.pop("lr")
+        schedule = out.get("schedule")
+        schedule = out["schedule"] = dict(schedule) if isinstance(schedule, dict) else {}
+        if "peak_lr" in schedule:
+            new = f"{key}.schedule.peak_lr"
+            raise ValueError(f"{key}.lr: is {new} now, which is set too; keep only {new}")
+        schedule["peak_lr"] = value
+    return out
+
+
+__all__ = ["RENAMED_KEYS", "OwnDefault", "migrate_section", "own_defaults"]
+__all__ += ["with_own_defaults", "with_schedule_defaults"]

@@ -1,0 +1,75 @@
+"""A DataConfig's rules between its fields and the model it feeds, and a resumed chat run's
+template: each a one-line error naming the caller's keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tjx.data import DataConfig, DataError, check_data_config, check_template
+from tjx.data.chat_template import ChatTemplate
+from tjx_data_tests.conftest import write_chat_folder
+
+MIX = [{"source": "a.txt", "weight": 1}, {"source": "b.txt", "weight": 2}]
+
+
+@pytest.mark.parametrize(
+    ("settings", "task", "message"),
+    [
+        (
+            {"max_tokens": 10},
+            "lm",
+            "data.max_tokens: 10 tokens are fewer than one batch (data.batch_size 16 × "
+            "data.seq_len 128 + 1 = 2049); raise it or leave it unset",
+        ),
+        ({"sources": [{"weight": 1}]}, "lm", "data.sources"),
+        (
+            {"format": "chat"},
+            "mlm",
+            "data.format: chat data trains a decoder (kinds) on one data.source; set "
+            "data.format=text",
+        ),
+        ({"format": "preference", "sources": MIX}, "lm", "data.format: preference data trains"),
+        (
+            {"sources": MIX},
+            "classify",
+            "data.sources: an image model reads the digits images (data.source=digits), not a "
+            "mixture",
+        ),
+        (
+            {"sources": MIX, "shuffle": False},
+            "lm",
+            "data.shuffle: a mixture reads each source's windows shuffled; drop "
+            "data.shuffle=false or train on one data.source",
+        ),
+    ],
+)
+def test_data_a_model_cannot_read_is_refused_naming_the_key(settings, task, message):
+    with pytest.raises(ValueError) as err:
+        check_data_config(DataConfig(**settings), task, decoders="a decoder (kinds)")
+    assert str(err.value).startswith(message)
+
+
+def test_data_a_model_reads_passes():
+    check_data_config(DataConfig(format="chat"), "lm")
+    check_data_config(DataConfig(sources=MIX, max_tokens=10_000), "lm")
+    check_data_config(DataConfig(), "classify")
+
+
+def test_a_resumed_chat_run_must_read_the_template_it_trained_with(tmp_path: Path):
+    folder = write_chat_folder(tmp_path / "tok")
+    saved = ChatTemplate.from_folder(folder).fingerprint
+    chat = DataConfig(format="chat", tokenizer=str(folder))
+    check_template(chat, saved)
+    check_template(chat, None)  # unknown: nothing to compare
+    check_template(DataConfig(tokenizer=str(folder)), "other")  # text data has no template
+    check_template(DataConfig(format="chat", tokenizer="bpe"), "other")  # the fixed ChatML
+    check_template(DataConfig(format="chat", tokenizer=str(tmp_path / "gone")), "other")
+    with pytest.raises(DataError) as err:
+        check_template(chat, "other", section="d")
+    assert str(err.value) == (
+        f"the chat template in d.tokenizer ({folder}) is not the one this run trained with "
+        f"(fingerprint other, now {saved})"
+    )
+    assert err.value.argument == "tokenizer"

@@ -1,0 +1,87 @@
+"""A model section written in an older layout, read as today's (`migrate_model_section`).
+
+Apps kept a flat model section before its settings were tjx.nn's configs (tjx-nn 0.8): the
+precision as two top keys, and a saved section listed every key of every kind. tjx-nn 0.11 held
+Llama 3's RoPE scaling as four numbers. Files written then (presets, users' files, a run's saved
+config) still read: their keys are moved to where they are now, and the flat defaults a kind
+never read are dropped.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from tjx.nn.rope_scaling import RopeScaling
+
+__all__ = ["RENAMED_MODEL_KEYS", "migrate_model_section"]
+
+#: Old key of a model section → the key it is now.
+RENAMED_MODEL_KEYS = {
+    "param_dtype": "precision.param_dtype",
+    "compute_dtype": "precision.compute_dtype",
+}
+#: Keys the old flat section saved for every kind, with the value they then held unless the kind
+#: read them: dropped where the kind's class has no such field (a saved GPT-2 section lists ViT's
+#: image size) or never reads it (BERT's always-tied head).
+_OLD_DEFAULTS = {"image_size": 8, "patch_size": 2, "num_classes": 10, "tie_embeddings": True}
+_KIND_FIELDS = {"vit": ("image_size", "patch_size", "num_classes")}
+
+
+def _move(section: dict[str, Any], old: str, new: str, key: str) -> None:
+    """Move ``section[old]`` to dotted ``new`` below it, in place (a non-mapping on the way is
+    replaced); ``key`` is the section's path in messages. Both set: a ``ValueError``, as neither
+    may silently win."""
+    if old not in section:
+        return
+    value, node = section.pop(old), section
+    *parents, leaf = new.split(".")
+    for part in parents:
+        child = node.get(part)
+        node[part] = child = dict(child) if isinstance(child, dict) else {}
+        node = child
+    if leaf in node:
+        raise ValueError(
+            f"{key}.{old}: is {key}.{new} now, which is set too; keep only {key}.{new}"
+        )
+    node[leaf] = value
+
+
+def migrate_model_section(
+    section: dict[str, Any], *, key: str = "model", old_layout: bool = False
+) -> dict[str, Any]:
+    """A copy of model ``section`` (``kind``: a key of `MODEL_KINDS`, default ``gpt2``) in
+    today's keys.
+
+    Parameters
+    ----------
+    section : dict
+        The section as plain data.
+    key : str
+        Its path in messages.
+    old_layout : bool
+        Another section of the same config holds a key of the old layout (a saved config holds
+        them all); so does this one if it holds a key of `RENAMED_MODEL_KEYS`. An old ViT then
+        read grey images (``num_channels`` 1 unless set).
+
+    Raises
+    ------
+    ValueError
+        An old key and its new one are both set, or the legacy RoPE numbers are invalid.
+    """
+    out = copy.deepcopy(section)
+    kind = out.get("kind", "gpt2")
+    if kind == "vit" and (old_layout or any(k in out for k in RENAMED_MODEL_KEYS)):
+        out.setdefault("num_channels", 1)
+    for old, new in RENAMED_MODEL_KEYS.items():
+        _move(out, old, new, key)
+    if isinstance(out.get("rope_scaling"), list):
+        scaling = RopeScaling.parse(out["rope_scaling"], f"{key}.rope_scaling")
+        out["rope_scaling"] = {} if scaling is None else scaling.as_dict()
+    for name, old_default in _OLD_DEFAULTS.items():
+        reads = name in _KIND_FIELDS.get(kind, ()) or (
+            name == "tie_embeddings" and kind not in ("bert", "vit")
+        )
+        if not reads and out.get(name, None) == old_default:
+            del out[name]
+    return out

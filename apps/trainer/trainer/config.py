@@ -97,11 +97,10 @@ SCHEMA = schema_of(Config)
 def resolve(cfg: Config, vocab_size: int) -> Config:
     """``cfg`` with the tokenizer's ``vocab_size``: the model's, unless ``model.vocab_size`` is
     set (BERT's [MASK] id added; a kind that reads no tokens, ViT, keeps none)."""
-    model = cfg.model
-    if cfg.vocab_size is None and "vocab_size" not in type(model).unused_fields:
-        extra = int(cfg.objective.extra_vocab)
-        model = dataclasses.replace(model, vocab_size=vocab_size + extra)
-    return dataclasses.replace(cfg, model=model, tokenizer_vocab=vocab_size)
+    cfg = dataclasses.replace(cfg, tokenizer_vocab=vocab_size)
+    if cfg.vocab_size is None and "vocab_size" not in type(cfg.model).unused_fields:
+        return cfg.with_model(vocab_size=vocab_size + int(cfg.objective.extra_vocab))
+    return cfg
 
 
 def read_config(data: Any) -> Config:

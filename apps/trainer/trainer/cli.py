@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import yaml  # type: ignore[import-untyped]
@@ -22,6 +21,31 @@ from trainer.resume import check_chat_template, check_resume, describe_changes
 from trainer.schema import ConfigError, keyed
 from trainer.settings import apply_overrides, changed, load_config_data, preset_names
 
+SWITCH = {"action": "store_true"}
+#: The trainer's own flags: (name, argparse keywords, help); a flag without keywords takes a value
+#: (default None). --config is required except with --show-config: main checks it.
+FLAGS: tuple[tuple[str, dict[str, Any], str], ...] = (
+    ("--config", {}, "a preset name (see below) or a YAML file path"),
+    ("--show-config", SWITCH, "print every config key (type, value, allowed values, help) and "
+     "exit; with --config/--set, the values are that config's"),
+    ("--print-config", SWITCH, "print the effective config (every key) before training; "
+     "config.yaml saves it too"),
+    ("--run-dir", {}, "where logs and checkpoints go (default: runs/<name>)"),
+    ("--set", {"action": "append", "default": [], "metavar": "KEY=VALUE", "dest": "overrides"},
+     "override a config value, e.g. --set optimizer.schedule.peak_lr=3e-4 (repeatable)"),
+    ("--data", {}, "a built-in corpus, hub name or local path"),
+    ("--resume", SWITCH, "continue from the run directory's latest checkpoint"),
+    ("--init-from", {"metavar": "PATH_OR_HUB"}, "start from a Hugging Face checkpoint: GPT-2, "
+     "Llama, Mistral or Qwen2 (a local folder, or a hub name such as gpt2 when online)"),
+    ("--profile-steps", {"metavar": "A:B"}, "write a jax.profiler trace of steps"),
+    ("--plan", {"metavar": "TARGET"}, "compile the run's steps for a device that is not here "
+     "(h100, a100-40gb, 8xh100, v5e, ...) and print what it needs: kernel, memory, estimated "
+     "step time; trains nothing"),
+    ("--plan-json", {"metavar": "PATH"}, "with --plan: also write its figures"),
+    ("--export-peft", {"metavar": "DIR"}, "with lora.enabled: write the trained adapters to DIR "
+     "as a PEFT adapter (adapter_config.json + adapter_model.safetensors) when the run ends"),
+)  # fmt: skip
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The trainer's argument parser."""
@@ -30,61 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a transformer with tjx.",
         epilog=f"presets: {', '.join(preset_names())}",
     )
-    # Required, except with --show-config (main checks it, in argparse's own words).
-    parser.add_argument("--config", help="a preset name (see below) or a YAML file path")
-    parser.add_argument(
-        "--show-config",
-        action="store_true",
-        help="print every config key (type, value, allowed values, help) and exit; with "
-        "--config/--set, the values are that config's",
-    )
-    parser.add_argument(
-        "--print-config",
-        action="store_true",
-        help="print the effective config (every key) before training; config.yaml saves it too",
-    )
-    parser.add_argument(
-        "--run-dir", default=None, help="where logs and checkpoints go (default: runs/<name>)"
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="override a config value, e.g. --set optimizer.schedule.peak_lr=3e-4 (repeatable)",
-    )
-    parser.add_argument("--data", default=None, help="a built-in corpus, hub name or local path")
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
-    )
-    parser.add_argument(
-        "--init-from",
-        default=None,
-        metavar="PATH_OR_HUB",
-        help="start from a Hugging Face checkpoint: GPT-2, Llama, Mistral or Qwen2 (a local "
-        "folder, or a hub name such as gpt2 when online)",
-    )
-    parser.add_argument(
-        "--profile-steps", default=None, metavar="A:B", help="write a jax.profiler trace of steps"
-    )
-    parser.add_argument(
-        "--plan",
-        default=None,
-        metavar="TARGET",
-        help="compile the run's steps for a device that is not here (h100, a100-40gb, 8xh100, "
-        "v5e, ...) and print what it needs: kernel, memory, estimated step time; trains nothing",
-    )
-    parser.add_argument(
-        "--plan-json", default=None, metavar="PATH", help="with --plan: also write its figures"
-    )
-    parser.add_argument(
-        "--export-peft",
-        default=None,
-        metavar="DIR",
-        help="with lora.enabled: write the trained adapters to DIR as a PEFT adapter "
-        "(adapter_config.json + adapter_model.safetensors) when the run ends",
-    )
+    for name, how, text in FLAGS:
+        parser.add_argument(name, help=text, **how)
     add_distributed_arguments(parser)  # the multi-host launch flags are tjx.parallel's
     return parser
 
@@ -94,8 +65,7 @@ def parse_profile(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
     try:
-        a_text, b_text = text.split(":")
-        start, stop = int(a_text), int(b_text)
+        start, stop = (int(part) for part in text.split(":"))
     except ValueError:
         raise ConfigError(
             f"--profile-steps: expected A:B with integers A < B, got {text!r}"
@@ -103,58 +73,6 @@ def parse_profile(text: str | None) -> tuple[int, int] | None:
     if not 0 <= start < stop:
         raise ConfigError(f"--profile-steps: expected 0 <= A < B, got {text!r}")
     return start, stop
-
-
-def _run_location(text: str) -> Any:
-    """``--run-dir`` as tjx.ckpt's `RunDir` takes it: a local `Path` (``~`` expanded), or for a
-    ``gs://`` / ``s3://`` URL an `epath.Path` (another scheme is one ``--run-dir:`` line)."""
-    with keyed("--run-dir", ckpt.NotCreatableError):
-        if "://" in text:
-            return ckpt.RunDir(text).path
-        return Path(text).expanduser()
-
-
-def _check_run_dir(run_dir: Path, resume: bool) -> None:
-    """The run directory can be made and may start fresh or resume (tjx.ckpt's `RunDir`
-    decides; a fresh run never trains over a step folder, committed or not)."""
-    try:
-        with keyed("--run-dir", ckpt.NotCreatableError):
-            ckpt.RunDir(run_dir).check_start(resume=resume)
-    except ckpt.RunStartError as err:
-        if err.resume:
-            raise ConfigError(f"--resume: {err}; train without --resume first") from None
-        raise ConfigError(
-            f"--run-dir: {err}; pass --resume to continue or choose another --run-dir"
-        ) from None
-
-
-def _check_export_peft(cfg: Config, folder: str | None, model: Any) -> Path | None:
-    """``--export-peft DIR``: a LoRA run of a Llama-family model (``model``: the tjx.nn config
-    the run trains) without MLA, and a new or empty folder."""
-    if folder is None:
-        return None
-    if not cfg.use_lora:
-        raise ConfigError(
-            "--export-peft: this run trains no adapters; set lora.enabled=true (a fully trained "
-            "model is exported with eval --checkpoint RUN --export-hf DIR)"
-        )
-    if cfg.kind != "llama":
-        raise ConfigError(
-            f"--export-peft: PEFT adapters are written for Llama-family models, not "
-            f"model.kind={cfg.kind} (HF's GPT-2 fuses q/k/v); export the merged model with eval "
-            "--export-hf"
-        )
-    if getattr(model, "attention_type", None) == "mla":  # tjx.nn.save_peft would refuse at the end
-        raise ConfigError(
-            "--export-peft: PEFT adapters do not cover MLA attention (DeepSeek: its projections "
-            "are not HF's q/k/v_proj); export the merged model with eval --export-hf"
-        )
-    path = Path(folder).expanduser()
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise ConfigError(
-            f"--export-peft: {path} exists and is not an empty folder; name a new one"
-        )
-    return path
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -168,7 +86,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def plan_run(args: argparse.Namespace) -> RunPlan:
     """Everything validated; nothing written. Raises `ConfigError`."""
-    overrides = _overrides(args)
+    overrides, resume = _overrides(args), bool(args.resume)
     notes: list[str] = []  # an old key's new name: said once the command line is valid
     cfg = read_config(apply_overrides(load_config_data(args.config), overrides, notes.append))
     if args.data is not None and cfg.data.sources is not None:
@@ -182,30 +100,35 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     for i, entry in enumerate(cfg.data.sources or []):
         with keyed(f"data.sources[{i}].source", data.DataError):
             data.check_local_source(str(entry["source"]))
-    from tjx import metrics  # only for a valid config: it loads jax
+    from tjx import metrics, nn  # only for a valid config: they load jax
 
     with keyed("logging.sinks"):  # an optional logger's package (tensorboardX, wandb) is there
         wandb_mode = cfg.logging.wandb_mode if "wandb" in cfg.logging.sinks else None
         metrics.check_logger_packages(cfg.logging.sinks, wandb_mode=wandb_mode)
-    if args.init_from is not None and args.resume:  # before the checkpoint checks: the real issue
+    if args.init_from is not None and resume:  # before the checkpoint checks: the real issue
         raise ConfigError("--init-from: cannot be combined with --resume")
-    run_dir = _run_location(args.run_dir or str(Path("runs") / cfg.name))
-    _check_run_dir(run_dir, bool(args.resume))
+    run_dir: Any = ckpt.start_location(args.run_dir or f"runs/{cfg.name}", resume=resume)
     if cfg.data.cache_dir:
         with keyed("data.cache_dir", data.DataError, ckpt.NotCreatableError):
             ckpt.check_can_create(data.local_cache_folder(cfg.data.cache_dir))
-    resume_changes: dict[str, tuple[object, object]] = {}
-    if args.resume:  # before anything is written: a mismatch leaves the run as it was
-        resume_changes = check_resume(run_dir, cfg.to_dict())
+    changes: dict[str, tuple[object, object]] = {}
+    if resume:  # before anything is written: a mismatch leaves the run as it was
+        changes = check_resume(run_dir, cfg.to_dict())
         check_chat_template(run_dir, cfg)
-        if cfg.train.fit_memory and resume_changes.get("model.remat") == ("full", "none"):
-            del resume_changes["model.remat"]  # the memory fit chose full remat, and will again
+        if cfg.train.fit_memory and changes.get("model.remat") == ("full", "none"):
+            del changes["model.remat"]  # the memory fit chose full remat, and will again
     if args.init_from is not None:
         check_init_from(cfg, args.init_from)
     export_peft = None
     if args.export_peft is not None:
-        trained = trained_model(cfg, args.init_from, run_dir, bool(args.resume))
-        export_peft = _check_export_peft(cfg, args.export_peft, trained)
+        if not cfg.use_lora:
+            raise ConfigError(
+                "--export-peft: this run trains no adapters; set lora.enabled=true (a fully "
+                "trained model is exported with eval --checkpoint RUN --export-hf DIR)"
+            )
+        trained = trained_model(cfg, args.init_from, run_dir, resume)
+        with keyed("--export-peft"):  # what tjx.nn.save_peft would refuse at the end
+            export_peft = nn.check_peft_export(trained, args.export_peft, "eval --export-hf")
     profile = parse_profile(args.profile_steps)
     if profile is not None and profile[1] > cfg.train.steps:
         raise ConfigError(
@@ -214,16 +137,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     with keyed(None, DistributedArgumentError):  # its message names the flag
         distributed = distributed_from_args(args)  # the environment fills the rest when joining
     print(*notes, sep="\n", file=sys.stderr, flush=True, end="\n" if notes else "")
-    return RunPlan(
-        cfg,
-        run_dir,
-        bool(args.resume),
-        args.init_from,
-        profile,
-        distributed,
-        resume_changes,
-        export_peft,
-    )
+    return RunPlan(cfg, run_dir, resume, args.init_from, profile, distributed, changes, export_peft)
 
 
 def _show_config(args: argparse.Namespace) -> int:
@@ -240,19 +154,9 @@ def _show_config(args: argparse.Namespace) -> int:
 
 
 def plan_argv(argv: list[str]) -> RunPlan:
-    """The validated `RunPlan` of a trainer command line; nothing is written.
-
-    Parameters
-    ----------
-    argv : list[str]
-        The arguments ``python -m trainer`` would take (``--config``, ``--set``, ``--run-dir``...).
-
-    Returns
-    -------
-    RunPlan
-        What `trainer.run` trains. Raises `ConfigError` for an invalid config or flag value,
-        and ``SystemExit`` (argparse's) for a command line that does not parse.
-    """
+    """The validated `RunPlan` (what `trainer.run` trains) of ``argv``, the arguments ``python -m
+    trainer`` would take; nothing is written. Raises `ConfigError` for an invalid config or flag
+    value, and ``SystemExit`` (argparse's) for a command line that does not parse."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.config is None:

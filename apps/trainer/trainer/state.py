@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,48 +37,21 @@ class Setup:
 
 
 def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:
-    """mesh.pipeline > 1 needs a decoder whose layers are stacked (scanned), without dropout,
-    and sizes that split (tjx.parallel's rules; ``batch_ways`` = data×fsdp once known)."""
-    from tjx import parallel
+    """mesh.pipeline > 1: a model tjx.nn can cut into stages, and sizes that split (tjx.parallel's
+    rules; ``batch_ways`` = data×fsdp once known)."""
+    from tjx import nn, parallel
 
-    m, mc = cfg.model, cfg.mesh
-    if cfg.task != "lm":
-        raise ConfigError(
-            f"mesh.pipeline: only decoders (gpt2, llama) are pipelined; model.kind is {cfg.kind!r}"
-        )
-    if not m.scan_layers:
-        raise ConfigError(
-            "mesh.pipeline: needs model.scan_layers=true (a stage is a slice of the stacked layers)"
-        )
-    if m.dropout != 0.0:
-        raise ConfigError("mesh.pipeline: needs model.dropout=0 (no dropout keys per stage)")
-    if m.num_experts:
-        raise ConfigError(
-            "mesh.pipeline: MoE layers are not pipelined (model.num_experts="
-            f"{m.num_experts}); set mesh.pipeline=1 (mesh.expert splits the experts instead)"
-        )
+    mc = cfg.mesh
     with keyed("mesh.pipeline"):
+        nn.check_pipelinable(cfg.model)
         parallel.check_pipeline(
-            num_layers=m.num_layers,
+            num_layers=cfg.model.num_layers,
             stages=mc.pipeline,
             batch_size=cfg.data.batch_size // cfg.optimizer.accumulation_steps,
             microbatches=mc.microbatches,
             batch_ways=batch_ways,
             schedule=mc.schedule,
         )
-
-
-def check_experts(cfg: Config, mesh: Any) -> None:
-    """The mesh's ``expert`` axis must divide an MoE model's experts (each device holds an equal
-    share of whole experts)."""
-    from tjx import parallel
-
-    if cfg.model.num_experts:
-        with keyed(None):
-            try:
-                parallel.check_expert_split(cfg.model.num_experts, mesh)
-            except ValueError as err:
-                raise ValueError(str(err).replace("MeshConfig.", "mesh.")) from None
 
 
 def make_mesh(cfg: Config, devices: list[Any] | None = None) -> tuple[Any, Any]:
@@ -97,7 +69,11 @@ def make_mesh(cfg: Config, devices: list[Any] | None = None) -> tuple[Any, Any]:
         raise ConfigError(f"mesh: {err} ({n} devices {where})") from None
     if mc.pipeline > 1:  # each microbatch is split over data×fsdp inside its stage
         _check_pipeline(cfg, parallel.batch_ways(mesh))
-    check_experts(cfg, mesh)
+    try:  # the expert axis divides an MoE model's experts: each device holds whole ones
+        if cfg.model.num_experts:
+            parallel.check_expert_split(cfg.model.num_experts, mesh)
+    except ValueError as err:
+        raise ConfigError(str(err).replace("MeshConfig.", "mesh.")) from None
     batch, steps = cfg.data.batch_size, cfg.optimizer.accumulation_steps
     per_step = f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})"
     rows = cfg.data.batch_rows  # a preference pair is two rows
@@ -106,44 +82,20 @@ def make_mesh(cfg: Config, devices: list[Any] | None = None) -> tuple[Any, Any]:
             {per_step: rows(batch) // steps, "eval.batch_size": rows(cfg.eval.batch_size)}, mesh
         )
     check_context(cfg, parallel.context_ways(mesh))
-    if mc.pipeline > 1:
-        # stage k holds the k-th run of layers: the stacked params' leading dim over `pipeline`
-        return mesh, parallel.rules_for(mc, layers="pipeline")
-    # rules_for: with the sequence split, ZeRO's weights span fsdp × context (tjx.parallel)
-    return mesh, parallel.rules_for(mc)
+    # stage k holds the k-th run of layers: the stacked params' leading dim over `pipeline`;
+    # with the sequence split, ZeRO's weights span fsdp × context (tjx.parallel's rules_for)
+    return mesh, parallel.rules_for(mc, **({"layers": "pipeline"} if mc.pipeline > 1 else {}))
 
 
-def check_context(cfg: Config, ways: int) -> None:
-    """The rules of a run whose sequences are split over ``ways`` context devices, each a
-    `ConfigError` naming the key (tjx.nn would refuse the last four only while tracing)."""
-    from tjx import parallel
+def check_context(cfg: Config, ways: int, model: Any = None) -> None:
+    """The rules of a run whose sequences are split over ``ways`` context devices (tjx.nn's for
+    ``model``, default ``cfg.model``, which it would refuse only while tracing; tjx.parallel's
+    for the sizes), each a `ConfigError` naming the key."""
+    from tjx import nn, parallel
 
-    if ways == 1:
-        return
-    m, split = cfg.model, f"with mesh.context={ways} (each sequence split over {ways} devices)"
-    if cfg.task != "lm":
-        raise ConfigError(
-            f"mesh.context: context parallelism splits decoder language models; model.kind is "
-            f"{cfg.kind!r}: set mesh.context=1"
-        )
-    with keyed(None):  # its message names the key
+    with keyed(None):  # the messages name the keys
+        nn.check_sequence_split(cfg.model if model is None else model, ways)
         parallel.check_context_split(cfg.data.seq_len, ways, "data.seq_len")
-    if m.attention_impl == "cudnn":
-        raise ConfigError(
-            f"model.attention_impl: cudnn cannot attend across a split sequence (jax's cuDNN "
-            f"call has no separate forward and backward) {split}; use auto, pallas or xla"
-        )
-    if m.position in ("alibi", "t5") or m.attention_dropout > 0:
-        key = "model.position" if m.position in ("alibi", "t5") else "model.attention_dropout"
-        raise ConfigError(
-            f"{key}: a split sequence takes no additive attention bias (alibi, t5) and no "
-            f"attention dropout {split}; set model.position=rope and model.attention_dropout=0"
-        )
-    if m.attention_impl == "pallas" and any(w is not None for w in m.layer_windows()):
-        raise ConfigError(
-            f"model.attention_impl: pallas cannot apply model.sliding_window across a split "
-            f"sequence (its masks use the tile's own positions) {split}; use auto or xla"
-        )
 
 
 def with_adapters(model: Any, cfg: Config) -> Any:
@@ -183,42 +135,28 @@ def build(cfg: Config, init_from: str | None = None) -> Setup:
     if vocab_size is None:
         raise ValueError("state.build: the run's vocabulary is unknown; pass resolve(cfg, vocab)")
     mesh, rules = make_mesh(cfg)
-    model: nnx.Module
     init_step = None
-    if init_from is not None and RunDir.is_run(init_from):
-        # A tjx run's newest checkpoint (an SFT run before DPO): the same model, checked.
-        model, init_step = init_runs.load_run(cfg, model_cfg, init_from)
-        with_adapters(model, cfg)
-        loaded = nnx.state(model)
-        nnx.update(model, jax.device_put(loaded, parallel.state_shardings(loaded, mesh, rules)))
-    elif init_from is not None:
-        # Architecture from the checkpoint; how to train it (scan, remat, kernels, precision,
-        # dropout) from the config. Loaded on the host, then placed on the mesh.
-        m = model_cfg
-        with keyed("--init-from", OSError, ValueError):
-            model, _ = nn.load_hf(
-                init_from,
-                scan_layers=m.scan_layers,
-                remat=m.remat,
-                attention_impl=m.attention_impl,
-                dropout=m.dropout,
-                decode_topk=m.decode_topk,
-                precision=model_cfg.precision,
-            )
-        model_cfg = model.config
-        # the checkpoint's own attention settings (its position encoding) under the split
-        check_context(dataclasses.replace(cfg, model=model_cfg), parallel.context_ways(mesh))
-        with_adapters(model, cfg)
-        if vocab_size > model_cfg.vocab_size:
-            raise ConfigError(
-                f"--init-from: the tokenizer's {vocab_size} ids do not fit the checkpoint's "
-                f"vocab_size {model_cfg.vocab_size}; set data.tokenizer to the checkpoint's "
-                "tokenizer (its folder)"
-            )
-        loaded = nnx.state(model)
-        nnx.update(model, jax.device_put(loaded, parallel.state_shardings(loaded, mesh, rules)))
-    else:
+    if init_from is None:
         model = parallel.shard_init(lambda: new_model(cfg, model_cfg), mesh, rules)
+    else:
+        if RunDir.is_run(init_from):  # a tjx run's newest checkpoint (SFT before DPO), checked
+            model, init_step = init_runs.load_run(cfg, model_cfg, init_from)
+            with_adapters(model, cfg)
+        else:  # the architecture from the checkpoint; how to train it from the config
+            how = {k: getattr(model_cfg, k) for k in nn.TRAINING_FIELDS}
+            with keyed("--init-from", OSError, ValueError):
+                model, _ = nn.load_hf(init_from, **how)
+            model_cfg = model.config  # its own attention settings (position) under the split
+            check_context(cfg, parallel.context_ways(mesh), model_cfg)
+            with_adapters(model, cfg)
+            if vocab_size > model_cfg.vocab_size:
+                raise ConfigError(
+                    f"--init-from: the tokenizer's {vocab_size} ids do not fit the checkpoint's "
+                    f"vocab_size {model_cfg.vocab_size}; set data.tokenizer to the checkpoint's "
+                    "tokenizer (its folder)"
+                )
+        loaded = nnx.state(model)  # loaded on the host, then placed on the mesh
+        nnx.update(model, jax.device_put(loaded, parallel.state_shardings(loaded, mesh, rules)))
     graphdef, rest, tx, state, _ = train_state(cfg, model, (mesh, rules))
     # The step counter (and any leaf jit left on one device) replicated: one device set.
     state = parallel.on_mesh(state, mesh)

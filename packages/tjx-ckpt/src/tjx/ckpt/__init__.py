@@ -3,7 +3,8 @@
 Async, keep-N / best-K, atomic, validated on load, resharding restore, safetensors export;
 ``params_sha256`` for bit-exactness checks between runs; ``RunDir``, a training run's directory
 (a local folder, or a ``gs://`` / ``s3://`` URL: `tjx.ckpt.storage`)
-(layout, atomic writes, the newest committed step) and ``config_changes``, what changed since a
+(layout, atomic writes, the newest committed step; ``start_location``: a command line's, checked
+before a run starts or resumes there) and ``config_changes``, what changed since a
 run was saved; a run's config as a tree of typed dataclass sections (``Schema``: read from
 plain data and ``--set`` text, checked by the fields' metadata, written back as ``config.yaml``);
 ``CheckpointConfig``, a run's checkpoint settings.
@@ -60,6 +61,7 @@ from tjx.ckpt.run_changes import (
 )
 from tjx.ckpt.run_checks import NotCreatableError, RunStartError, check_can_create
 from tjx.ckpt.run_dir import RunDir, RunFileError, RunFileNotFoundError, final_summary
+from tjx.ckpt.run_start import start_location
 from tjx.ckpt.storage import (
     AccessDeniedError,
     BucketNotFoundError,
@@ -173,6 +175,7 @@ __all__ = [
     "reworded",
     "setting",
     "silence_lost_peer_commits",
+    "start_location",
     "to_json",
     "type_name",
     "unflatten_params",

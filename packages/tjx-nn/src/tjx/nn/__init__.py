@@ -91,7 +91,7 @@ from tjx.nn.objectives import (
 from tjx.nn.old_layout import RENAMED_MODEL_KEYS, migrate_model_section
 from tjx.nn.params import LOGICAL_AXES, make_param
 from tjx.nn.params_io import get_flat_params, set_flat_params
-from tjx.nn.peft_io import save_peft
+from tjx.nn.peft_io import check_peft_export, save_peft
 from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, rope_inv_freq, sinusoidal
 from tjx.nn.precision import DTYPE_NAMES, Precision
 from tjx.nn.preference import (
@@ -111,6 +111,7 @@ from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling, rope_parameters
 from tjx.nn.routers import ROUTERS, Routing, register_router
 from tjx.nn.seq2seq_generation import generate_seq2seq
 from tjx.nn.sequence import SequenceSplit, current_sequence_parallel, sequence_parallel
+from tjx.nn.split_rules import check_pipelinable, check_sequence_split, model_kind
 from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.start_checks import check_hf_settings, clash_names, hf_start_config
 from tjx.nn.utils import config_param_count, count_params, summary
@@ -183,6 +184,9 @@ __all__ = [
     "build_model",
     "cache_slots",
     "check_hf_settings",
+    "check_peft_export",
+    "check_pipelinable",
+    "check_sequence_split",
     "clash_names",
     "classification_loss",
     "concrete_state",
@@ -228,6 +232,7 @@ __all__ = [
     "merge_lora",
     "migrate_model_section",
     "mlm_mask",
+    "model_kind",
     "moe_layers",
     "objective_logits",
     "objective_logits_fn",

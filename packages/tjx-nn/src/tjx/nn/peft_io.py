@@ -22,8 +22,9 @@ import numpy as np
 
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.lora import LoraConfig, lora_modules
+from tjx.nn.split_rules import model_kind
 
-__all__ = ["PEFT_MODULES", "save_peft"]
+__all__ = ["PEFT_MODULES", "check_peft_export", "save_peft"]
 
 #: tjx role → the HF LLaMA module PEFT names in ``target_modules``.
 PEFT_MODULES = {
@@ -41,6 +42,41 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 def _layers(value: np.ndarray, stacked: bool) -> list[np.ndarray]:
     return list(value) if stacked else [value]
+
+
+def check_peft_export(config: Any, folder: str | os.PathLike[str], merged: str = "save_hf") -> Path:
+    """The folder (``~`` expanded) `save_peft` can write the adapters of a model of ``config``
+    into, checked before training: what `save_peft` would refuse only at the end.
+
+    Parameters
+    ----------
+    config : TransformerConfig
+        The trained model's config: a LLaMA-family one without MLA attention.
+    folder : str or PathLike
+        A new or empty folder.
+    merged : str
+        What exports the merged model instead, for the messages.
+
+    Raises
+    ------
+    ValueError
+        Another family (HF's GPT-2 fuses q/k/v), MLA (DeepSeek's projections are not HF's
+        q/k/v_proj), or a folder that exists and is not empty.
+    """
+    if not isinstance(config, LlamaConfig):
+        raise ValueError(
+            "PEFT adapters are written for Llama-family models, not model.kind="
+            f"{model_kind(config)} (HF's GPT-2 fuses q/k/v); export the merged model with {merged}"
+        )
+    if config.attention_type == "mla":
+        raise ValueError(
+            "PEFT adapters do not cover MLA attention (DeepSeek: its projections are not HF's "
+            f"q/k/v_proj); export the merged model with {merged}"
+        )
+    path = Path(folder).expanduser()
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ValueError(f"{path} exists and is not an empty folder; name a new one")
+    return path
 
 
 def save_peft(

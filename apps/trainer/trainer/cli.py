@@ -14,7 +14,7 @@ from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first u
     add_distributed_arguments,
     distributed_from_args,
 )
-from trainer.config import Config, read_config
+from trainer.config import read_config
 from trainer.init_from import check_init_from, trained_model
 from trainer.plan import RunPlan, error_exit, interrupted_exit
 from trainer.resume import check_chat_template, check_resume, describe_changes
@@ -88,7 +88,10 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     """Everything validated; nothing written. Raises `ConfigError`."""
     overrides, resume = _overrides(args), bool(args.resume)
     notes: list[str] = []  # an old key's new name: said once the command line is valid
-    cfg = read_config(apply_overrides(load_config_data(args.config), overrides, notes.append))
+    preset = load_config_data(args.config)
+    settings = apply_overrides(preset, overrides, notes.append)
+    keys = changed(preset, settings)  # the first screen names only these
+    cfg = read_config(settings)
     if args.data is not None and cfg.data.sources is not None:
         raise ConfigError(
             "--data: this config trains on the mixture data.sources; drop --data, or add "
@@ -137,12 +140,14 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     with keyed(None, DistributedArgumentError):  # its message names the flag
         distributed = distributed_from_args(args)  # the environment fills the rest when joining
     print(*notes, sep="\n", file=sys.stderr, flush=True, end="\n" if notes else "")
-    return RunPlan(cfg, run_dir, resume, args.init_from, profile, distributed, changes, export_peft)
+    return RunPlan(
+        cfg, run_dir, resume, args.init_from, profile, distributed, changes, export_peft, keys
+    )
 
 
 def _show_config(args: argparse.Namespace) -> int:
     """``--show-config``: the key table, with the values of ``--config``/``--set`` if given."""
-    from trainer.show_config import render
+    from trainer.settings import render
 
     try:
         settings = load_config_data(args.config) if args.config is not None else {}
@@ -164,15 +169,14 @@ def plan_argv(argv: list[str]) -> RunPlan:
     return plan_run(args)
 
 
-def _first_lines(args: argparse.Namespace, cfg: Config) -> None:
+def _first_lines(args: argparse.Namespace, plan: RunPlan) -> None:
     """The preset (or file) and only the keys this command changes; every key with
     ``--print-config`` (``config.yaml`` always saves them all)."""
     source = f"preset {args.config}" if args.config in preset_names() else args.config
-    preset = load_config_data(args.config)
-    keys = changed(preset, apply_overrides(preset, _overrides(args)))
+    keys = plan.overridden
     print(f"config: {source}" + (f"; changed: {', '.join(keys)}" if keys else ""), flush=True)
     if args.print_config:
-        text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+        text = yaml.safe_dump(plan.config.to_dict(), sort_keys=False)
         print("# effective config\n" + text, end="", flush=True)
 
 
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = plan_run(args)
     except ConfigError as err:
         return error_exit(str(err))
-    _first_lines(args, plan.config)
+    _first_lines(args, plan)
     print(f"run directory: {plan.run_dir}", flush=True)
     if plan.resume_changes:
         print(describe_changes(plan.resume_changes), flush=True)

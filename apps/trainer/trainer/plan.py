@@ -41,6 +41,8 @@ class RunPlan:
     resume_changes: dict[str, tuple[object, object]] = field(default_factory=dict)
     #: ``--export-peft``: the folder the trained LoRA adapters are written to, as PEFT reads them.
     export_peft: Path | None = None
+    #: ``key=value`` of each key the command line changes from its preset (the first screen's).
+    overridden: list[str] = field(default_factory=list)
 
 
 #: Exit status after Ctrl-C stopped the run at once (128 + SIGINT, as a shell reports it).

@@ -6,7 +6,7 @@ files of ``configs/`` beside the ``trainer`` package (Pants' source root is ``ap
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +104,15 @@ def load_config(preset: str, overrides: list[str]) -> Config:
     overrides (``--set``) applied: the command line's config minus its other flags. Raises
     `ConfigError`."""
     return read_config(apply_overrides(load_config_data(preset), overrides))
+
+
+def rows(cfg: Config) -> Iterator[tuple[str, str, str, str, str]]:
+    """``--show-config``'s (key, type, value in ``cfg``, allowed, help) of every key, from the
+    fields themselves (tjx.ckpt's `key_rows`): the README's key table is this output."""
+    return ckpt.key_rows(SCHEMA, cfg.to_dict())
+
+
+def render(cfg: Config, preset: str | None = None) -> str:
+    """The Markdown table of every key; values are ``cfg``'s (``preset`` names where from)."""
+    where = f"preset {preset}" if preset else "the built-in defaults"
+    return ckpt.key_table(SCHEMA, cfg.to_dict(), where)

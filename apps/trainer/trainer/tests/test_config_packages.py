@@ -15,8 +15,14 @@ from tjx.nn.fields import setting
 from tjx.optim.config import LOSS_SCALES
 from trainer.config import read_config, resolve
 from trainer.schema import KINDS, ConfigError, choices
-from trainer.settings import apply_overrides, deep_merge, field_at, load_config_data, preset_names
-from trainer.show_config import rows
+from trainer.settings import (
+    apply_overrides,
+    deep_merge,
+    field_at,
+    load_config_data,
+    preset_names,
+    rows,
+)
 
 # The trainer's optimizer defaults before #15 point 2: they applied to every optimizer.
 OLD_TRAINER_DEFAULTS = {"b1": 0.9, "b2": 0.95, "eps": 1e-8, "weight_decay": 0.1}

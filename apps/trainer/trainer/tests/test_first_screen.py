@@ -40,14 +40,14 @@ def test_print_config_prints_every_key_and_the_first_line_only_the_changed_ones(
     argv = ["--config", "tiny", "--set", "train.steps=1_000", "--set", "model.d_model=128"]
     args = build_parser().parse_args([*argv, "--data", "kjv", "--print-config"])
     plan = plan_run(args)
-    _first_lines(args, plan.config)
+    _first_lines(args, plan)
     first, *rest = capsys.readouterr().out.splitlines()
     # d_model 128 is tiny's own: no change; 1_000 is read as the field's integer.
     assert first == "config: preset tiny; changed: data.source=kjv, train.steps=1000"
     assert rest[0] == "# effective config"
     assert yaml.safe_load("\n".join(rest[1:])) == plan.config.to_dict()
     args.print_config = False
-    _first_lines(args, plan.config)
+    _first_lines(args, plan)
     assert capsys.readouterr().out == f"{first}\n"
 
 

@@ -9,8 +9,7 @@ import pytest
 
 from trainer.cli import main
 from trainer.config import read_config
-from trainer.settings import apply_overrides, load_config_data
-from trainer.show_config import render, rows
+from trainer.settings import apply_overrides, load_config_data, render, rows
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

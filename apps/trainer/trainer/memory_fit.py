@@ -1,16 +1,13 @@
 """Fit the train step to the memory the device has, before anything is written.
 
-A preset sized for a GPU does not fit every machine, and what a step needs depends on the device
-that compiles it: gpt2_small's step (16 × 1024 tokens, no remat) needs 14.9 GiB compiled for an
-H100 with cuDNN attention (29.2 GiB with XLA's; ``python -m trainer --plan h100``, BENCHMARKS.md)
+What a step needs depends on the device that compiles it: gpt2_small's step (16 × 1024 tokens, no
+remat) needs 14.9 GiB compiled for an H100 with cuDNN attention (``--plan h100``, BENCHMARKS.md)
 but about 43 GiB on XLA:CPU, more than a 24 GiB workstation has. So on a single device the trainer
-compiles the step abstractly (no parameter is materialised) and takes, through tjx-metrics'
-`first_fit`, the step as configured or else with full remat (gpt2_small on CPU: 5.7 GiB), saying
-so; if neither fits, it exits 2 naming the settings that shrink the step. A compiler that refuses
-a step too big for the device (a TPU's ``RESOURCE_EXHAUSTED``) counts as "does not fit"
-(`first_fit`). Skipped on several devices (the abstract step is not partitioned: its figure would
-overstate a sharded step) and for ``--init-from``; ``--plan`` shows what it would do on a device
-that is not here.
+compiles the step abstractly and takes, through tjx-metrics' `first_fit`, the step as configured
+or else with full remat (gpt2_small on CPU: 5.7 GiB), saying so; if neither fits (a compiler that
+refuses a step for its size counts too), it exits 2 naming the settings that shrink the step.
+Skipped on several devices (the abstract step is not partitioned: its figure would overstate a
+sharded step) and for ``--init-from``; ``--plan`` shows what it would do on a device not here.
 """
 
 from __future__ import annotations
@@ -20,26 +17,23 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from tjx.metrics import GIB, first_fit, peak_bytes
-from trainer.abstract_run import TOKEN_KEYS
 from trainer.config import Config
 from trainer.schema import ConfigError
 
 
 def abstract_step(cfg: Config) -> tuple[Any, Any, Any]:
-    """(jitted step, abstract state, abstract batch) of an LM run on one device; no parameter
-    is created."""
+    """(jitted step, abstract state, abstract batch) of ``cfg``'s train step on one device,
+    unsharded; no parameter is created."""
     from tjx import nn
     from trainer.state import abstract_state
     from trainer.step import make_train_step
 
     graphdef, rest, tx, state, _ = abstract_state(cfg)
-    b, s = cfg.data.batch_rows(cfg.data.batch_size), cfg.data.seq_len
-    batch = {k: jax.ShapeDtypeStruct((b, s), jnp.int32) for k in TOKEN_KEYS}
+    shapes = nn.batch_shapes(cfg.model, cfg.data.batch_rows(cfg.data.batch_size), cfg.data.seq_len)
     step = jax.jit(make_train_step(graphdef, nn.concrete_state(rest), tx, cfg), donate_argnums=(0,))
-    return step, state, batch
+    return step, state, {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shapes.items()}
 
 
 def step_peak(cfg: Config) -> int:
@@ -54,16 +48,19 @@ def _announced(name: str, cfg: Config) -> int:
     return step_peak(cfg)
 
 
-def lighter(cfg: Config, ways: int | None = None) -> Iterator[tuple[Config, str]]:
+def lighter(cfg: Config, devices: int | None = None) -> Iterator[tuple[Config, str]]:
     """The lighter steps of ``cfg`` the memory fit takes, in order, each with its change: full
-    remat when remat is off; then, given the ``ways`` a batch splits over (``--plan``'s advice:
-    the trainer does not split a batch itself), the batch in twice as many micro-batches while
-    it splits."""
+    remat when remat is off; then, for a plan over ``devices`` (advice: the trainer does not
+    split a batch itself), the batch in twice as many micro-batches while it splits over the
+    mesh's data × fsdp ways."""
     if cfg.model.remat == "none":
         cfg = cfg.with_model(remat="full")
         yield cfg, "model.remat=full"
-    batch, micro = cfg.data.batch_size, cfg.optimizer.accumulation_steps
-    while ways is not None:
+    if devices is None:
+        return
+    sizes = cfg.mesh.resolve(devices)
+    batch, micro, ways = cfg.data.batch_size, cfg.optimizer.accumulation_steps, sizes[1] * sizes[2]
+    while True:
         micro *= 2
         if batch % micro or (batch // micro) % ways:
             return

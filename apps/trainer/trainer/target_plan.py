@@ -1,13 +1,10 @@
 """``python -m trainer --config X --plan TARGET``: what a run needs on a device that is not here.
 
 ``TARGET`` is a name of tjx-metrics' device table, optionally with a count (``8xh100``). The run's
-train and eval steps are built as a run builds them (`trainer.state`, `trainer.step`) over
-abstract inputs (no parameter is created; state donated and sharded as the run lays it out) on
-the target's abstract devices, and compiled by XLA's real compiler for them (a missing package is
-one line saying what to install). tjx-metrics' `plan_report` says, in a few lines: the attention
-kernel ``auto`` takes there, whether each step compiles, its peak memory per device against the
-device's, what the memory fit would do (full remat, then more micro-batches: advice, the trainer
-does not split a batch itself) and an **estimated** step time. Nothing is trained or written.
+steps, built as a run builds them but over abstract inputs (no parameter is created; state donated
+and sharded as the run lays it out), are compiled by XLA's real compiler for the target's abstract
+devices; tjx-metrics' `plan_report` says the kernel choice, each step's compile and peak memory,
+the memory fit (advice: the trainer does not split a batch itself) and an **estimated** step time.
 """
 
 from __future__ import annotations
@@ -16,8 +13,8 @@ import argparse
 import functools
 import json
 import time
+from collections import namedtuple
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,26 +29,13 @@ from trainer.schema import ConfigError
 Say = Callable[[str], None]
 
 
-@dataclass
-class AbstractRun:
-    """The jitted steps of a run and their abstract, sharded arguments."""
-
-    train_step: Any
-    state: Any
-    batch: dict[str, jax.ShapeDtypeStruct]
-    eval_step: Any
-    eval_batch: dict[str, jax.ShapeDtypeStruct]
+#: The jitted steps of a run and their abstract, sharded arguments.
+AbstractRun = namedtuple("AbstractRun", "train_step state batch eval_step eval_batch")
 
 
 def build(run: Config, devices: list[Any]) -> AbstractRun:
-    """The run's steps over ``devices`` (abstract or real), with the run's mesh and rules.
-
-    Raises
-    ------
-    ConfigError
-        A mesh or batch that does not split over ``len(devices)`` devices, or a pipelined mesh
-        (its stages are built over this machine's own devices).
-    """
+    """The run's steps over ``devices`` (abstract or real), with the run's mesh and rules; a
+    `ConfigError` for a mesh or batch that does not split over them, or a pipelined mesh."""
     from tjx import nn, parallel
     from trainer.state import abstract_state, make_mesh
     from trainer.step import experts_of, make_eval_step, make_train_step
@@ -84,9 +68,8 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
 
 
 def compile_train(run: Config, target: Target, label: str, *, train: bool = True) -> Compiled:
-    """Compile ``run``'s train step (or its eval step: one batch of ``eval.batch_size``, DPO's
-    frozen reference params beside) for ``target``'s devices; a failure is kept, not raised (a
-    `ConfigError` about the mesh or batch is raised)."""
+    """``run``'s train (or eval) step compiled for ``target``'s devices: a failure is kept, not
+    raised (a `ConfigError` about the mesh or batch is raised)."""
     from tjx import kernels
     from trainer import dpo
 
@@ -103,37 +86,28 @@ def compile_train(run: Config, target: Target, label: str, *, train: bool = True
         return metrics.compile_lowered(lower, label, started)
 
 
-def open_target(text: str, flag: str = "--plan") -> Target:
-    """tjx-metrics' `open_target` over tjx-parallel's abstract devices; a `ConfigError` for an
-    unknown target, a count that is not a power of two or a missing package."""
-    from tjx import parallel
-
-    try:
-        return metrics.open_target(text, parallel.abstract_devices, flag)
-    except (ValueError, ImportError) as err:
-        raise ConfigError(str(err)) from None
-
-
 def plan_vocab(run: Config) -> Config:
     """The run with its tokenizer's vocabulary, read without preparing any data (a BPE that is
     not trained yet is planned at ``data.tokenizer_vocab`` ids)."""
     from trainer.config import resolve
 
     if run.vocab_size or run.task == "classify":
-        return resolve(run, int(run.vocab_size or 0))
-    if run.data.tokenizer == "bpe":
-        return resolve(run, int(run.data.tokenizer_vocab))
-    from tjx import data
-    from trainer.schema import keyed
+        vocab = int(run.vocab_size or 0)
+    elif run.data.tokenizer == "bpe":
+        vocab = int(run.data.tokenizer_vocab)
+    else:
+        from tjx import data
+        from trainer.schema import keyed
 
-    with keyed("data.tokenizer", data.DataError):
-        tokenizer = data.load_tokenizer(run.data.tokenizer)
-    return resolve(run, int(tokenizer.vocab_size))
+        with keyed("data.tokenizer", data.DataError):
+            vocab = int(data.load_tokenizer(run.data.tokenizer).vocab_size)
+    return resolve(run, vocab)
 
 
 def plan_from_args(args: argparse.Namespace) -> int:
     """``--plan``: the config (``--config``, ``--set``, ``--data``) resolved as a run resolves it,
     then planned on ``args.plan`` and printed; the exit code (0, or 2 with one error line)."""
+    from tjx import parallel
     from trainer.config import read_config
     from trainer.settings import apply_overrides, load_config_data
 
@@ -145,10 +119,10 @@ def plan_from_args(args: argparse.Namespace) -> int:
         # stub's "no driver") stays off the terminal; the plan's lines go to stdout.
         with quiet_native_stderr():
             resolved = read_config(apply_overrides(load_config_data(args.config), sets))
-            target = open_target(args.plan)
+            target = metrics.open_target(args.plan, parallel.abstract_devices)
             say = functools.partial(print, flush=True)
             result = plan(plan_vocab(resolved), target, args.plan, say)
-    except ConfigError as err:
+    except (ValueError, ImportError) as err:  # a ConfigError, or a target that cannot be planned
         return error_exit(str(err))
     if args.plan_json:
         Path(args.plan_json).write_text(json.dumps(result.data, indent=1, default=str) + "\n")
@@ -158,9 +132,8 @@ def plan_from_args(args: argparse.Namespace) -> int:
 def plan_here(
     resolved: Config, *, device: str | None = None, say: Say | None = None
 ) -> dict[str, Any]:
-    """The plan of ``resolved`` on this machine's own devices (compiled for them, as a run
-    compiles), estimated against the device table's entry for their kind (or ``device``): the
-    GPU suite's figures beside its measurements. A `ConfigError` when the table has none."""
+    """The plan of ``resolved`` on this machine's devices, estimated as the table's entry for
+    their kind (or ``device``): the GPU suite's figures. A `ConfigError` if the table has none."""
     try:
         target = metrics.local_target(device)
     except ValueError as err:
@@ -170,11 +143,10 @@ def plan_here(
 
 
 def plan(run: Config, target: Target, text: str, say: Say) -> metrics.PlanResult:
-    """``run`` compiled, fitted and estimated on ``target``: tjx-metrics' `plan_report` of the
-    trainer's steps (see the module docstring)."""
+    """``run`` compiled, fitted and estimated on ``target`` (tjx-metrics' `plan_report`)."""
     from tjx import kernels, nn
-    from trainer.attention_choice import choose_kernel
-    from trainer.memory_fit import lighter
+    from trainer.memory_fit import choose_kernel, lighter
+    from trainer.training import units_per_step
 
     def choose(build: Callable[[str], None], tell: Say) -> str:
         with kernels.target(*target.kernel_target):  # auto's kernels are the target's
@@ -183,7 +155,6 @@ def plan(run: Config, target: Target, text: str, say: Say) -> metrics.PlanResult
             except kernels.KernelCompileError as err:
                 raise ConfigError(f"--plan: {err}") from None
 
-    d = target.device
     return metrics.plan_report(
         run.name,
         target,
@@ -195,7 +166,7 @@ def plan(run: Config, target: Target, text: str, say: Say) -> metrics.PlanResult
         lighter=lambda r: lighter(r, target.count),
         settings={"remat": "model.remat", "accumulation_steps": "optimizer.accumulation_steps"},
         estimate_args=lambda r: nn.roofline_inputs(
-            r.model, r.data.seq_len, r.data.batch_rows(r.data.batch_size), r.mesh.context, d
+            r.model, r.data.seq_len, units_per_step(r), r.mesh.context, target.device
         ),
         eval_rows=lambda r: r.eval.batch_size,
     )

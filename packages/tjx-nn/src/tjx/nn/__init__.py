@@ -113,8 +113,8 @@ from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling, rope_parameters
 from tjx.nn.routers import ROUTERS, Routing, register_router
 from tjx.nn.seq2seq_generation import generate_seq2seq
 from tjx.nn.sequence import SequenceSplit, current_sequence_parallel, sequence_parallel
-from tjx.nn.step_plan import TOKEN_KEYS, batch_shapes, roofline_inputs
 from tjx.nn.stack import Stack, remat_policy
+from tjx.nn.step_plan import TOKEN_KEYS, batch_shapes, roofline_inputs
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 

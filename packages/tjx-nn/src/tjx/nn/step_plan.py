@@ -45,16 +45,18 @@ def batch_shapes(config: TransformerConfig, rows: int, seq_len: int) -> dict[str
 
 
 def roofline_inputs(
-    config: TransformerConfig, seq_len: int, rows: int, context_ways: int, device: Any
+    config: TransformerConfig, seq_len: int, units: int, context_ways: int, device: Any
 ) -> dict[str, Any]:
-    """tjx-metrics' ``estimate`` arguments of a step of ``rows`` windows of ``seq_len``.
+    """tjx-metrics' ``estimate`` arguments of a step scoring ``units`` (tokens or images).
 
     Parameters
     ----------
     config : TransformerConfig
         The model.
-    seq_len, rows : int
-        Tokens per window (ignored for images) and batch rows per step.
+    seq_len : int
+        Tokens per window (ignored for images).
+    units : int
+        What one step scores (`Objective.units_per_window` times its batch rows).
     context_ways : int
         Devices each sequence is split over (``mesh.context``).
     device : Accelerator
@@ -68,7 +70,6 @@ def roofline_inputs(
         ``custom_call_cost``.
     """
     objective = objective_of(config)
-    units = rows * int(objective.units_per_window(seq_len))
     # Under a context split only each device's own block is causal: the others are priced whole
     # (its causal half overcounted: 1/C more attention work than is done).
     causal = objective.name in ("lm", "seq2seq") and context_ways == 1

@@ -1,45 +1,46 @@
-"""Fit the train step to the memory the device has, before anything is written.
+"""Before anything is written: the attention kernel that compiles, then the step fitted to memory.
 
-A preset sized for a GPU does not fit every machine, and what a step needs depends on the device
-that compiles it: gpt2_small's step (16 × 1024 tokens, no remat) needs 14.9 GiB compiled for an
-H100 with cuDNN attention (29.2 GiB with XLA's; ``python -m trainer --plan h100``, BENCHMARKS.md)
+tjx.nn's `choose_attention_kernel` says the choice once and compiles the abstract train step with
+each kernel in turn until one compiles: one that fails costs a line, never the run; one named in
+the config that fails is one error line (exit 2). XLA, the last resort, is not compiled for the
+choice (every platform compiles it; the memory fit compiles it next).
+
+What a step needs depends on the device that compiles it: gpt2_small's step (16 × 1024 tokens, no
+remat) needs 14.9 GiB compiled for an H100 with cuDNN attention (``--plan h100``, BENCHMARKS.md)
 but about 43 GiB on XLA:CPU, more than a 24 GiB workstation has. So on a single device the trainer
-compiles the step abstractly (no parameter is materialised) and takes, through tjx-metrics'
-`first_fit`, the step as configured or else with full remat (gpt2_small on CPU: 5.7 GiB), saying
-so; if neither fits, it exits 2 naming the settings that shrink the step. A compiler that refuses
-a step too big for the device (a TPU's ``RESOURCE_EXHAUSTED``) counts as "does not fit"
-(`first_fit`). Skipped on several devices (the abstract step is not partitioned: its figure would
-overstate a sharded step) and for ``--init-from``; ``--plan`` shows what it would do on a device
-that is not here.
+takes, through tjx-metrics' `first_fit`, the step as configured or else with full remat (on CPU:
+5.7 GiB), saying so; if neither fits (or the compiler refuses both), it exits 2 naming what
+shrinks the step. Skipped on several devices (the abstract step is not partitioned: its figure
+would overstate a sharded step) and for ``--init-from``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from tjx.metrics import GIB, first_fit, peak_bytes
-from trainer.abstract_run import TOKEN_KEYS
 from trainer.config import Config
 from trainer.schema import ConfigError
 
+Say = Callable[[str], None]
+
 
 def abstract_step(cfg: Config) -> tuple[Any, Any, Any]:
-    """(jitted step, abstract state, abstract batch) of an LM run on one device; no parameter
-    is created."""
+    """(jitted step, abstract state, abstract batch) of ``cfg``'s train step on one device,
+    unsharded; no parameter is created."""
     from tjx import nn
     from trainer.state import abstract_state
     from trainer.step import make_train_step
 
     graphdef, rest, tx, state, _ = abstract_state(cfg)
-    b, s = cfg.data.batch_rows(cfg.data.batch_size), cfg.data.seq_len
-    batch = {k: jax.ShapeDtypeStruct((b, s), jnp.int32) for k in TOKEN_KEYS}
+    shapes = nn.batch_shapes(cfg.model, cfg.data.batch_rows(cfg.data.batch_size), cfg.data.seq_len)
     step = jax.jit(make_train_step(graphdef, nn.concrete_state(rest), tx, cfg), donate_argnums=(0,))
-    return step, state, batch
+    return step, state, {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shapes.items()}
 
 
 def step_peak(cfg: Config) -> int:
@@ -48,22 +49,63 @@ def step_peak(cfg: Config) -> int:
     return peak_bytes(step.lower(state, batch).compile())["peak"]
 
 
+def choose_attention(
+    cfg: Config, *, build: Callable[[Config], object] = step_peak, say: Say | None = None
+) -> Config:
+    """``cfg`` with the attention kernel that compiles (``build`` compiles a config's step,
+    raising on failure), saying the choice (to stdout by default); after a fallback the config
+    carries the kernel that compiled. A `ConfigError` for a named kernel that fails."""
+    from tjx import kernels
+
+    def build_kernel(kernel: str) -> object:
+        # The abstract step is a decoder's: other tasks' kernels are traced (and proven) late.
+        return build(cfg.with_model(attention_impl=kernel)) if cfg.task == "lm" else None
+
+    say = say or functools.partial(print, flush=True)
+    try:
+        chosen, fell_back = choose_kernel(cfg, jax.device_count(), build_kernel, say)
+    except kernels.KernelCompileError as err:
+        hint = "set model.attention_impl=auto to let tjx choose (or xla)"
+        raise ConfigError(f"{err}; {hint}") from None
+    # With no fallback, "auto" stays: it resolves to the same kernel while tracing.
+    return cfg.with_model(attention_impl=chosen) if fell_back else cfg
+
+
+def choose_kernel(
+    cfg: Config, devices: int, build: Callable[[str], object], say: Say, *, say_xla: bool = False
+) -> tuple[str, bool]:
+    """tjx.nn's `choose_attention_kernel` of ``cfg`` over ``devices`` devices (``build(kernel)``:
+    the run's compile, or ``--plan``'s for its target), a context split's rules checked first."""
+    from tjx import nn, parallel
+    from trainer.state import check_context
+
+    try:
+        ways = cfg.mesh.resolve(devices)[parallel.MESH_AXES.index(parallel.CONTEXT_AXIS)]
+    except ValueError:  # a mesh that does not fit the devices: the mesh's own line says so
+        ways = 1
+    check_context(cfg, ways)  # cudnn, or pallas with a window: one line naming the key
+    split = {"context_ways": ways, "context_strategy": cfg.mesh.context_strategy}
+    return nn.choose_attention_kernel(cfg.model, build, say, say_xla=say_xla, **split)
+
+
 def _announced(name: str, cfg: Config) -> int:
     """`step_peak`, said first: a big model's compile takes minutes on a CPU."""
     print(f"memory: compiling {name} to measure its peak…", flush=True)
     return step_peak(cfg)
 
 
-def lighter(cfg: Config, ways: int | None = None) -> Iterator[tuple[Config, str]]:
-    """The lighter steps of ``cfg`` the memory fit takes, in order, each with its change: full
-    remat when remat is off; then, given the ``ways`` a batch splits over (``--plan``'s advice:
-    the trainer does not split a batch itself), the batch in twice as many micro-batches while
-    it splits."""
+def lighter(cfg: Config, devices: int | None = None) -> Iterator[tuple[Config, str]]:
+    """The memory fit's lighter steps of ``cfg``, in order, each with its change: full remat when
+    it is off; then for a plan over ``devices``, twice the micro-batches while they split over
+    the mesh's data × fsdp ways."""
     if cfg.model.remat == "none":
         cfg = cfg.with_model(remat="full")
         yield cfg, "model.remat=full"
-    batch, micro = cfg.data.batch_size, cfg.optimizer.accumulation_steps
-    while ways is not None:
+    if devices is None:
+        return
+    sizes = cfg.mesh.resolve(devices)
+    batch, micro, ways = cfg.data.batch_size, cfg.optimizer.accumulation_steps, sizes[1] * sizes[2]
+    while True:
         micro *= 2
         if batch % micro or (batch // micro) % ways:
             return
@@ -78,9 +120,7 @@ STEP, FULL_REMAT = "the train step", "the train step with model.remat=full"
 
 def fit_memory(cfg: Config, *, budget: int | None = None, devices: int | None = None) -> Config:
     """``cfg`` if its step fits, else ``cfg`` with ``model.remat=full``; ConfigError if neither.
-
-    ``budget`` (bytes) and ``devices`` default to this machine's (tests pass their own).
-    """
+    ``budget`` (bytes) and ``devices`` default to this machine's (tests pass their own)."""
     devices = jax.device_count() if devices is None else devices
     # The abstract step below is a decoder's (an LM batch).
     if not cfg.train.fit_memory or cfg.task != "lm" or devices != 1:

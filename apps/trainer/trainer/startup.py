@@ -62,7 +62,6 @@ def run(plan: RunPlan) -> int:
 
 
 def _prepare_and_train(plan: RunPlan) -> int:
-    import trainer.attention_choice as attention_choice
     import trainer.data_setup as data_setup
     import trainer.memory_fit as memory_fit
     import trainer.state as state
@@ -93,7 +92,7 @@ def _prepare_and_train(plan: RunPlan) -> int:
         cfg = from_checkpoint or cfg
         if plan.init_from is None and not from_checkpoint:
             # The attention kernel that compiles (one line per kernel that fails), then memory.
-            cfg = memory_fit.fit_memory(attention_choice.choose_attention(cfg))
+            cfg = memory_fit.fit_memory(memory_fit.choose_attention(cfg))
         plan = dataclasses.replace(plan, config=cfg)
         setup = state.build(cfg, plan.init_from)
     except (ConfigError, ValueError, FileNotFoundError) as err:

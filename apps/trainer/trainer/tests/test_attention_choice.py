@@ -13,9 +13,9 @@ import yaml
 import tjx.kernels.flash as flash
 from tjx.kernels import choice, launch
 from tjx.kernels.testing import failing_attention
-from trainer.attention_choice import choose_attention
 from trainer.cli import main
 from trainer.config import read_config, resolve
+from trainer.memory_fit import choose_attention
 from trainer.settings import apply_overrides, load_config_data
 
 SETS = [

@@ -190,10 +190,10 @@ def test_with_lora_the_reference_is_the_base_with_the_adapters_off(in_tmp):
 
 
 def test_the_dpo_step_compiles_for_a_plan(in_tmp):
-    from trainer import abstract_run
+    from trainer import target_plan
 
     cfg = plan_argv(_argv(in_tmp, "dpo_tiny", "run")).config
-    run = abstract_run.build(resolve(cfg, 400), jax.devices()[:1])
+    run = target_plan.build(resolve(cfg, 400), jax.devices()[:1])
     assert run.batch["inputs"].shape == (2 * cfg.data.batch_size, cfg.data.seq_len)
     assert "reference" in run.state
     run.train_step.lower(run.state, run.batch).compile()

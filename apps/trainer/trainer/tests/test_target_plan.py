@@ -9,10 +9,12 @@ import json
 import jax
 import pytest
 
-from tjx.metrics import GIB, Compiled, Target, accelerator, deviceless
+from tjx import metrics
+from tjx.metrics import GIB, Compiled, Target, accelerator, deviceless, does_not_fit, fit_compiled
 from trainer import target_plan
 from trainer.cli import main
 from trainer.config import read_config, resolve
+from trainer.memory_fit import lighter
 from trainer.schema import ConfigError
 from trainer.settings import apply_overrides, load_config_data
 
@@ -66,7 +68,7 @@ def fake_compiles(monkeypatch, peaks: dict[tuple[str, int], int | None]) -> list
     by the compiler for memory, as a TPU's is."""
     seen: list[str] = []
 
-    def compile_train(run, target, label):
+    def compile_train(run, target, label, train=True):
         seen.append(label)
         peak = peaks[(run.model.remat, run.optimizer.accumulation_steps)]
         if peak is None:
@@ -83,12 +85,21 @@ def target(key: str = "v5e", count: int = 1) -> Target:
     return Target(accelerator(key), count, jax.devices()[:count])
 
 
+def tries(run):
+    """The plan's memory fit's lighter steps of ``run`` on one device (as `plan_report` makes
+    them), each compiled by `target_plan.compile_train` when tried."""
+    return (
+        (r, lambda r=r, c=change: target_plan.compile_train(r, target(), c))
+        for r, change in lighter(run, 1)
+    )
+
+
 def test_the_fit_takes_full_remat_when_the_step_is_refused_for_memory(monkeypatch):
     seen = fake_compiles(monkeypatch, {("none", 1): None, ("full", 1): 4 * GIB})
     lines: list[str] = []
     run = run_of()
     first = target_plan.compile_train(run, target(), "as configured")
-    fitted, step, record = target_plan.fit(run, target(), first, lines.append)
+    fitted, step, record = fit_compiled(first, tries(run), target().device, lines.append)
     assert fitted.model.remat == "full" and step.peak == 4 * GIB and record["fits"]
     assert seen == ["as configured", "model.remat=full"]
     assert "27.98G of temporaries alone" in lines[0] and lines[0].endswith("does not fit")
@@ -101,7 +112,7 @@ def test_when_remat_is_not_enough_the_batch_is_split_into_micro_batches(monkeypa
     seen = fake_compiles(monkeypatch, peaks)
     run = run_of()
     first = target_plan.compile_train(run, target(), "as configured")
-    fitted, _, record = target_plan.fit(run, target(), first, lambda line: None)
+    fitted, _, record = fit_compiled(first, tries(run), target().device, lambda line: None)
     assert record["fits"] and fitted.optimizer.accumulation_steps == 4
     assert fitted.optimizer.accumulation_steps == 4
     assert seen[-1] == "optimizer.accumulation_steps=4"
@@ -113,9 +124,9 @@ def test_a_step_that_never_fits_is_an_error_saying_by_how_much(monkeypatch):
     fake_compiles(monkeypatch, peaks)
     run = run_of()
     first = target_plan.compile_train(run, target(), "as configured")
-    fitted, _, record = target_plan.fit(run, target(), first, lambda line: None)
-    assert not record["fits"] and fitted is run  # the plan goes on with the step as configured
-    message = target_plan._does_not_fit("v5e", target(), record)
+    fitted, step, record = fit_compiled(first, tries(run), target().device, lambda line: None)
+    assert not record["fits"] and fitted is None and step is first  # goes on as configured
+    message = does_not_fit("v5e", target(), record)
     over = (21 * GIB - accelerator("v5e").memory_bytes) / GIB
     assert f"does not fit by {over:.2f} GiB per device" in message
     assert "--plan 4xv5e --set mesh.strategy=fsdp" in message
@@ -149,7 +160,7 @@ def test_the_whole_report_on_this_machines_devices(capsys, tmp_path, monkeypatch
 
 def on_this_machine(monkeypatch, key: str = "v5e") -> None:
     """``--plan`` opens this machine's first CPU device as if it were ``key``'s."""
-    monkeypatch.setattr(target_plan, "open_target", lambda text, flag="--plan": target(key))
+    monkeypatch.setattr(metrics, "open_target", lambda text, devices, flag="--plan": target(key))
 
 
 def test_the_cli_prints_the_plan_and_writes_its_json(capsys, in_tmp, monkeypatch):

@@ -23,7 +23,8 @@
   :func:`check_packages`, :func:`use_cpu_platform`, :func:`quiet_native_stderr`; each step's
   :func:`compile_lowered` (a :class:`Compiled` finding, never raised) fitted by
   :func:`fit_compiled` to :func:`budget_bytes`; :func:`estimate` says the roofline in a plan's
-  lines (:func:`f32_dots`, :func:`grouped_notes`).
+  lines (:func:`f32_dots`, :func:`grouped_notes`); :func:`plan_report` puts them together for an
+  app's run (:func:`open_target`, :func:`local_target`, :class:`PlanResult`, :func:`does_not_fit`).
 * Before and during a run: :func:`peak_bytes` (XLA's memory analysis of a compiled step),
   :func:`available_bytes` (what a device can use) and :func:`first_fit` (the first candidate step
   whose peak fits); :class:`DivergenceGuard` (stop after too many non-finite or skipped steps in a
@@ -113,6 +114,13 @@ from tjx.metrics.memory import (
     refused_text,
 )
 from tjx.metrics.moe import MOE_FIELDS, expert_load, moe_metrics
+from tjx.metrics.plan_report import (
+    PlanResult,
+    does_not_fit,
+    local_target,
+    open_target,
+    plan_report,
+)
 from tjx.metrics.plots import load_curves, plot_curves, plot_run
 from tjx.metrics.progress import ProgressBar, progress_bar
 from tjx.metrics.roofline import LIKELY_BRANCH, Roofline, roofline
@@ -217,4 +225,9 @@ __all__ = [
     "estimate",
     "f32_dots",
     "grouped_notes",
+    "PlanResult",
+    "does_not_fit",
+    "local_target",
+    "open_target",
+    "plan_report",
 ]

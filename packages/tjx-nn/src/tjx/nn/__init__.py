@@ -5,7 +5,9 @@ sliding-window attention and RoPE scalings (linear, dynamic, yarn, longrope, lla
 generation (rolling for windows); HF interop (GPT-2, Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE,
 Qwen3-MoE: ``load_hf`` / ``save_hf``); LoRA adapters (``add_lora``,
 merged or PEFT export) and preference losses (DPO, IPO); sequence-split (context parallel) runs
-through ``sequence_parallel``; losses and utilities.
+through ``sequence_parallel``; the attention kernel a model takes (``choose_attention_kernel``);
+a step's batch shapes and roofline inputs for a plan (``batch_shapes``, ``roofline_inputs``);
+losses and utilities.
 """
 
 from tjx.nn.attention import Attention
@@ -51,6 +53,7 @@ from tjx.nn.hf_start import (
     config_clashes,
     hf_conflicts,
 )
+from tjx.nn.kernel_choice import choose_attention_kernel, split_kernel_line
 from tjx.nn.kv_cache import cache_slots, init_cache, kv_cache_bytes, topk_decode_attention
 from tjx.nn.linear import Dense, LoRAAdapter, dropout
 from tjx.nn.lora import (
@@ -114,6 +117,7 @@ from tjx.nn.sequence import SequenceSplit, current_sequence_parallel, sequence_p
 from tjx.nn.split_rules import check_pipelinable, check_sequence_split, model_kind
 from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.start_checks import check_hf_settings, clash_names, hf_start_config
+from tjx.nn.step_plan import TOKEN_KEYS, batch_shapes, roofline_inputs
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
@@ -264,4 +268,9 @@ __all__ = [
     "t5_relative_bucket",
     "token_loss",
     "topk_decode_attention",
+    "choose_attention_kernel",
+    "split_kernel_line",
+    "TOKEN_KEYS",
+    "batch_shapes",
+    "roofline_inputs",
 ]

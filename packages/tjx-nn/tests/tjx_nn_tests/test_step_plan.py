@@ -1,0 +1,66 @@
+"""A model's step as facts for a plan: the batch its objective reads, and what a roofline
+estimate needs of it (units, the model's FLOPs both ways, the kernels' prices)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import jax.numpy as jnp
+import pytest
+
+from tjx import kernels
+from tjx import nn as tnn
+from tjx_nn_tests._helpers import gpt2_tiny
+
+VIT = dict(d_model=32, num_layers=2, num_heads=4, image_size=8, patch_size=4, num_classes=5)
+H100 = SimpleNamespace(device_kind="NVIDIA H100 80GB HBM3", compute_capability=(9, 0))
+
+
+def test_a_token_objective_reads_the_loaders_four_token_arrays():
+    shapes = tnn.batch_shapes(gpt2_tiny(), 3, 16)
+    assert tuple(shapes) == tnn.TOKEN_KEYS == ("inputs", "targets", "segment_ids", "positions")
+    assert set(shapes.values()) == {((3, 16), jnp.int32)}
+    bert = tnn.BertConfig(vocab_size=64, max_seq_len=16, d_model=32, num_layers=1, num_heads=4)
+    assert tnn.batch_shapes(bert, 2, 8)["inputs"] == ((2, 8), jnp.int32)
+
+
+def test_a_classifier_reads_images_and_labels():
+    shapes = tnn.batch_shapes(tnn.ViTConfig(**VIT), 4, 999)  # its sequence is fixed: no seq_len
+    assert shapes == {"images": ((4, 8, 8, 3), jnp.float32), "labels": ((4,), jnp.int32)}
+
+
+@pytest.fixture
+def costs(monkeypatch) -> list[dict]:
+    """The arguments each `tjx.kernels.roofline_costs` call got."""
+    calls: list[dict] = []
+
+    def roofline_costs(**kw):
+        calls.append(kw)
+        return "cost"
+
+    monkeypatch.setattr(kernels, "roofline_costs", roofline_costs)
+    return calls
+
+
+def test_the_roofline_inputs_count_causal_attention_at_half_and_in_full(costs):
+    cfg = gpt2_tiny()
+    got = tnn.roofline_inputs(cfg, 16, 64, 1, H100)
+    half = tnn.flops_per_unit(cfg, 16, causal_half=True) * 64
+    full = tnn.flops_per_unit(cfg, 16, causal_half=False) * 64
+    assert got == {
+        "units": 64,
+        "unit": "tokens",
+        "model_flops": (half, full),
+        "custom_call_cost": "cost",
+    }
+    assert half < full
+    assert costs == [
+        {"causal": True, "device_kind": H100.device_kind, "compute_capability": (9, 0)}
+    ]
+
+
+def test_a_split_sequence_and_a_classifier_are_priced_as_not_causal(costs):
+    tnn.roofline_inputs(gpt2_tiny(), 16, 64, 4, H100)  # each device's own block only is causal
+    got = tnn.roofline_inputs(tnn.ViTConfig(**VIT), 16, 8, 1, H100)
+    assert [c["causal"] for c in costs] == [False, False]
+    assert got["unit"] == "images" and got["units"] == 8

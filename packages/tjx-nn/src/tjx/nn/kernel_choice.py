@@ -93,7 +93,8 @@ def choose_attention_kernel(
     if impl == "xla" and not say_xla:
         return impl, False
     capped = config.attn_logit_softcap is not None  # cuDNN cannot soft-cap (Gemma 2)
-    dtype = config.precision.compute_dtype
+    dtype, head_dim = config.precision.compute_dtype, config.head_dim
+    assert head_dim is not None  # a built config's checks fill it (d_model // num_heads)
     return kernels.choose_kernel(
-        impl, dtype, config.head_dim, build, named_by=named_by, say=say, softcap=capped
+        impl, dtype, head_dim, build, named_by=named_by, say=say, softcap=capped
     )

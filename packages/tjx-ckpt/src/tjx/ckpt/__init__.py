@@ -34,6 +34,7 @@ from tjx.ckpt.config_text import (
 from tjx.ckpt.config_values import (
     ConfigError,
     check_field,
+    check_unchanged,
     choices,
     convert,
     keyed,
@@ -147,6 +148,7 @@ __all__ = [
     "changed",
     "check_can_create",
     "check_field",
+    "check_unchanged",
     "check_remote",
     "choices",
     "collect_metadata",

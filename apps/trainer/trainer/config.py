@@ -11,7 +11,7 @@ changes a setting (the kernel that compiled, full remat) replaces it (`Config.wi
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from typing import Any
 
 from tjx.ckpt import ConfigError, check_unchanged, keyed, reworded
@@ -75,13 +75,9 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (YAML-safe) of every key: what ``config.yaml`` saves and a resume compares."""
-        out: dict[str, Any] = {}
         own = {"kind": self.kind, "vocab_size": self.vocab_size, "enabled": self.use_lora}
-        for name in SCHEMA.keys(Config, "", self.kind):
-            value = getattr(self, name)
-            is_section = dataclasses.is_dataclass(value)
-            out[name] = SCHEMA.write(value, name, own) if is_section else value
-        return out
+        out = {k: getattr(self, k) for k in SCHEMA.keys(Config, "", self.kind)}
+        return {k: SCHEMA.write(v, k, own) if is_dataclass(v) else v for k, v in out.items()}
 
     def with_model(self, **changes: Any) -> Config:
         """The config with model settings ``changes`` (``remat="full"``, ``attention_impl=...``)."""

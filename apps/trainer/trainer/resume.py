@@ -25,8 +25,8 @@ def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
 def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
     """``config`` as compared: a saved one as this trainer writes it (migrated; a key added since
     at its default, which the run had), every null optimizer setting as the optimizer's own
-    (tjx.optim's `with_schedule_defaults`: a saved ``b2: 0.95`` shows ``optimizer.b2 0.95 →
-    0.999 (adamw's default)``, a saved number that is the optimizer's own nothing)."""
+    (tjx.optim's `with_schedule_defaults`), so a saved ``b2: 0.95`` shows ``optimizer.b2 0.95 →
+    0.999 (adamw's default)`` and a saved number that is the optimizer's own shows nothing."""
     from tjx import optim  # on use: the command line stays free of jax
 
     full = read_config(migrate(config)).to_dict() if saved else config

@@ -11,10 +11,10 @@ changes a setting (the kernel that compiled, full remat) replaces it (`Config.wi
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from typing import Any
 
-from tjx.ckpt import ConfigError, check_field, convert, reworded
+from tjx.ckpt import ConfigError, check_unchanged, keyed, reworded
 from trainer.schema import PACKAGE_SECTIONS, schema_of, section_class, setting
 from trainer.sections import (
     CheckpointConfig,
@@ -75,13 +75,9 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (YAML-safe) of every key: what ``config.yaml`` saves and a resume compares."""
-        out: dict[str, Any] = {}
         own = {"kind": self.kind, "vocab_size": self.vocab_size, "enabled": self.use_lora}
-        for name in SCHEMA.keys(Config, "", self.kind):
-            value = getattr(self, name)
-            is_section = dataclasses.is_dataclass(value)
-            out[name] = SCHEMA.write(value, name, own) if is_section else value
-        return out
+        out = {k: getattr(self, k) for k in SCHEMA.keys(Config, "", self.kind)}
+        return {k: SCHEMA.write(v, k, own) if is_dataclass(v) else v for k, v in out.items()}
 
     def with_model(self, **changes: Any) -> Config:
         """The config with model settings ``changes`` (``remat="full"``, ``attention_impl=...``)."""
@@ -111,16 +107,7 @@ def read_config(data: Any) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"config: expected a mapping of keys, got {data!r}")
     kind = SCHEMA.kind_of(data)
-    known, read = SCHEMA.keys(Config, "", kind), {}
-    for key, value in data.items():
-        if key not in known:
-            raise ConfigError(f"{key}: unknown key; allowed keys here: {', '.join(known)}")
-        tp, f = known[key]
-        if dataclasses.is_dataclass(tp):
-            read[key] = SCHEMA.values(tp, value, key, kind)  # type: ignore[arg-type]
-        else:
-            read[key] = convert(tp, value, key)
-            check_field(f, read[key], key)
+    read, known = SCHEMA.values(Config, data, "", kind), SCHEMA.keys(Config, "", kind)
     own = {k: build(known[k][0], read.pop(k, {}), k) for k in _OWN_SECTIONS}
     _check_own(own, section_class("model", kind))
     vocab = read.get("model", {}).get("vocab_size")
@@ -131,18 +118,20 @@ def read_config(data: Any) -> Config:
         optimizer = build(section_class("optimizer"), optimizer, "optimizer")
         from tjx import optim
 
-        precision = model.precision
-        optim.check_precision(
-            optimizer, param_dtype=precision.param_dtype, compute_dtype=precision.compute_dtype
-        )
+        p = model.precision
+        optim.check_precision(optimizer, param_dtype=p.param_dtype, compute_dtype=p.compute_dtype)
     mesh = build(section_class("mesh"), read.get("mesh", {}), "mesh")
-    lora, use_lora = _lora(read.get("lora", {}))
+    lora_read = read.get("lora", {})
+    use_lora = bool(lora_read.pop("enabled", False))
+    lora = build(section_class("lora"), lora_read, "lora")
+    if not use_lora:  # a setting changed while LoRA is off would do nothing
+        why = "LoRA is off; set lora.enabled=true to train adapters, or drop the lora settings"
+        check_unchanged(lora, lora_read, "lora", why)
     preference = build(section_class("preference"), read.get("preference", {}), "preference")
+    more = {"lora": lora, "use_lora": use_lora, "preference": preference, "vocab_size": vocab}
     name = str(read.get("name", Config.name))
-    cfg = Config(name, model, optimizer=optimizer, mesh=mesh, vocab_size=vocab, **own)
-    cfg = dataclasses.replace(cfg, lora=lora, use_lora=use_lora, preference=preference)
-    _check_across(cfg)
-    _check_preference(cfg, set(read.get("preference", {})))
+    cfg = Config(name, model, optimizer=optimizer, mesh=mesh, **own, **more)
+    _check_across(cfg, sorted(read.get("preference", {})))
     return cfg
 
 
@@ -162,22 +151,6 @@ def _model(cls: type, read: dict[str, Any], vocab: int | None) -> Any:
     return build(cls, fields, "model")
 
 
-def _lora(read: dict[str, Any]) -> tuple[Any, bool]:
-    """tjx.nn's `LoraConfig` and ``lora.enabled``; a setting changed while LoRA is off (it would
-    do nothing) is refused."""
-    enabled = bool(read.pop("enabled", False))
-    lora = build(section_class("lora"), read, "lora")
-    if not enabled:
-        default = type(lora)()
-        changed = [k for k in read if getattr(lora, k) != getattr(default, k)]
-        _require(
-            not changed,
-            f"lora.{changed[0] if changed else ''}: LoRA is off; set lora.enabled=true to train "
-            "adapters, or drop the lora settings",
-        )
-    return lora, enabled
-
-
 def _require(cond: bool, message: str) -> None:
     if not cond:
         raise ConfigError(message)
@@ -188,10 +161,8 @@ def _check_own(own: dict[str, Any], model_cls: type) -> None:
     from tjx import data, nn
 
     task = nn.objective_of(model_cls).name
-    try:  # before anything is prepared
+    with keyed(None):  # before anything is prepared
         data.check_data_config(own["data"], task, decoders="a decoder (model.kind gpt2 or llama)")
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
     _require(
         bool(own["sampling"].prompts) or task != "lm",
         "sampling.prompts: give at least one prompt (a language model writes samples at the end "
@@ -203,9 +174,11 @@ def _check_own(own: dict[str, Any], model_cls: type) -> None:
     )
 
 
-def _check_across(cfg: Config) -> None:
-    """The rules between the trainer's sections and the packages' configs."""
-    m, d, o, mesh = cfg.model, cfg.data, cfg.optimizer, cfg.mesh
+def _check_across(cfg: Config, preference: list[str]) -> None:
+    """The rules between the trainer's sections and the packages' configs; DPO's (trainer/dpo.py):
+    a ``preference`` setting given (off its default) needs preference data, which refuses what
+    its loss cannot apply (tjx.nn's `check_preference_run`)."""
+    m, d, o, mesh, t = cfg.model, cfg.data, cfg.optimizer, cfg.mesh, cfg.train
     _require(
         cfg.task == "classify" or m.max_seq_len >= d.seq_len,
         f"data.seq_len: {d.seq_len} exceeds model.max_seq_len ({m.max_seq_len})",
@@ -228,33 +201,16 @@ def _check_across(cfg: Config) -> None:
             m.num_heads % mesh.tensor == 0,
             f"mesh.tensor: {mesh.tensor} must divide model.num_heads ({m.num_heads})",
         )
+    if d.format != "preference":  # a saved config lists every key, at its default
+        why = "applies to preference pairs only; set data.format=preference or drop the preference"
+        check_unchanged(cfg.preference, preference, "preference", f"{why} settings")
+    else:
+        from tjx import nn
 
-
-def _check_preference(cfg: Config, given: set[str]) -> None:
-    """DPO's rules (trainer/dpo.py): a ``preference`` setting (``given``, off its default) needs
-    preference data; preference data refuses what its loss cannot apply."""
-    if cfg.data.format != "preference":
-        default = type(cfg.preference)()  # a saved config lists every key at its default
-        changed = sorted(k for k in given if getattr(cfg.preference, k) != getattr(default, k))
-        _require(
-            not changed,
-            f"preference.{changed[0] if changed else ''}: applies to preference pairs only; set "
-            "data.format=preference or drop the preference settings",
-        )
-        return
-    m, mesh, where = cfg.model, cfg.mesh, "with data.format=preference (DPO)"
-    refused = [
-        ("mesh.pipeline", mesh.pipeline > 1, "the pipeline runs the SFT loss only; set it to 1"),
-        ("mesh.context", mesh.context > 1, "a pair's rows are scored whole; set it to 1"),
-        (
-            "model.num_experts",
-            m.num_experts > 0,
-            "the router's balancing losses are not part of the DPO loss; train a dense model",
-        ),
-        ("train.z_loss", cfg.train.z_loss != 0, "the DPO loss has no z-loss term; set it to 0"),
-    ]
-    for key, bad, why in refused:
-        _require(not bad, f"{key}: cannot apply {where}: {why}")
+        with keyed(None):
+            nn.check_preference_run(
+                m, pipeline=mesh.pipeline, context=mesh.context, z_loss=t.z_loss
+            )
 
 
 #: tjx.optim's `check_precision` names the model's dtypes by its arguments.

@@ -1,12 +1,12 @@
 """DPO in the trainer: ``data.format: preference`` trains with tjx.nn's `preference_loss` (DPO or
-IPO; the ``preference:`` section IS tjx.nn's `PreferenceConfig`) on tjx.data's pair batches
-(pair ``i``: rows ``2i`` chosen, ``2i + 1`` rejected; batch sizes count pairs), never as SFT.
+IPO; ``preference:`` IS tjx.nn's `PreferenceConfig`) on tjx.data's pair batches (pair ``i``: rows
+``2i`` chosen, ``2i + 1`` rejected; batch sizes count pairs), never as SFT.
 
 The reference model: with LoRA, the same weights with the adapters off (`tjx.nn.adapters_off`);
-otherwise a frozen copy of the starting params in the train state (``state["reference"]``,
-sharded like the params, never differentiated): one more copy of the params in memory and in every
-checkpoint, so a ``--resume`` keeps the run's starting point bit for bit. The loss is the mean over
-the batch's real pairs (TRL's): accumulation weighs each micro-batch by its pairs.
+otherwise a frozen copy of the starting params in the train state (``state["reference"]``, sharded
+like the params, never differentiated): one more copy in memory and in every checkpoint, so a
+``--resume`` keeps the run's starting point bit for bit. The loss is the mean over real pairs
+(TRL's): accumulation weighs each micro-batch by its pairs.
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ def with_reference(cfg: Any, state: dict[str, Any], *, copy: bool = True) -> dic
 
 
 def head_settings(cfg: Any) -> dict[str, Any]:
-    """The vocabulary head's settings as tjx.nn's preference steps take them (no z-loss:
-    trainer.config refuses one)."""
+    """The vocabulary head's settings for tjx.nn's preference steps (the config refuses z-loss)."""
     return {k: cfg.train.head_settings[k] for k in ("chunked", "chunk_size")}
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from tjx.ckpt import RunDir
 from trainer.config import Config, read_config
-from trainer.schema import ConfigError
+from trainer.schema import ConfigError, keyed
 
 
 def check_init_from(cfg: Config, source: str) -> None:
@@ -29,14 +29,12 @@ def check_init_from(cfg: Config, source: str) -> None:
     if RunDir.is_run(source):
         path = Path(source).expanduser()
         return _same_model(cfg.model, _run_files(path)[0], path, vocab=False)
-    try:
+    with keyed("--init-from"):
         hf_cfg = nn.hf_start_config(source, cfg.kind)
         # The settings the config gives: those unlike the kind's own (null: derived from others).
         default = read_config({"model": {"kind": cfg.kind}}).to_dict()["model"]
         settings = {k: v for k, v in cfg.to_dict()["model"].items() if v != default[k]}
         nn.check_hf_settings(hf_cfg, settings, source=source, tokenizer=cfg.data.tokenizer)
-    except ValueError as err:
-        raise ConfigError(f"--init-from: {err}") from None
 
 
 def _run_files(path: Path) -> tuple[Any, dict[str, Any]]:
@@ -81,10 +79,7 @@ def load_run(cfg: Config, model_cfg: Any, source: str) -> tuple[Any, int]:
     theirs, saved = _run_files(path)
     _same_model(model_cfg, theirs, path, vocab=True)
     model = nn.build_model(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
-    lora = saved.get("lora") or {}
-    if lora.get("enabled"):  # read as it was trained, then folded into the weights
-        settings = {k: v for k, v in lora.items() if k != "enabled"}
-        nn.add_lora(model, nn.LoraConfig(**settings), rngs=nnx.Rngs(0))
+    lora = nn.add_saved_lora(model, saved.get("lora"))  # read as trained, then folded in
     params = nnx.state(model, nnx.Param)
     absl = logging.getLogger("absl")
     level = absl.level
@@ -99,24 +94,17 @@ def load_run(cfg: Config, model_cfg: Any, source: str) -> tuple[Any, int]:
         absl.setLevel(level)
     nnx.replace_by_pure_dict(params, restored)
     nnx.update(model, params)
-    if lora.get("enabled"):
+    if lora:
         nn.merge_lora(model)
     return model, int(step)
 
 
 def check_tokenizer(source: str, bundle: Any) -> None:
-    """The data's tokenizer must be the run's (tjx.data's `same_tokenizer`: the same ids for the
-    same text); else a `ConfigError` naming the run's."""
-    from tjx.data import same_tokenizer
+    """The data's tokenizer must be the run's (tjx.data's `check_run_tokenizer`)."""
+    from tjx import data
 
-    info = json.loads((Path(source).expanduser() / "data.json").read_text())
-    theirs = info.get("tokenizer")
-    ours = getattr(bundle, "tokenizer_dir", None) or getattr(bundle, "tokenizer_spec", None)
-    if not same_tokenizer(theirs, ours):
-        raise ConfigError(
-            f"--init-from: the run {source!r} read another tokenizer ({theirs}), so its ids would "
-            f"mean other tokens here; set data.tokenizer={theirs}"
-        )
+    with keyed("--init-from", data.DataError):
+        data.check_run_tokenizer(source, bundle, names={"tokenizer": "data.tokenizer"})
 
 
 def trained_model(cfg: Config, source: str | None, run_dir: Path, resume: bool) -> Any:
@@ -128,10 +116,8 @@ def trained_model(cfg: Config, source: str | None, run_dir: Path, resume: bool) 
         return nn.config_from_dict(RunDir(run_dir).read(RunDir.MODEL_FILE))
     if source is None or resume or RunDir.is_run(source) or source in nn.HF_GPT2_NAMES:
         return cfg.model
-    try:
+    with keyed("--init-from"):
         return nn.read_hf_config(source)
-    except ValueError as err:
-        raise ConfigError(f"--init-from: {err}") from None
 
 
 def recorded(run_dir: Path) -> str | None:

@@ -1,7 +1,6 @@
 """What a ``--resume`` may change: a checkpoint holds one model's and optimizer's state and a
 position in one token stream, so a change to those is refused, naming every changed key; settings
-that only steer the loop (``resumable`` metadata) may change (tjx.ckpt's ``config_changes``).
-"""
+that only steer the loop (``resumable`` metadata) may change (tjx.ckpt's ``config_changes``)."""
 
 from __future__ import annotations
 
@@ -9,28 +8,25 @@ from pathlib import Path
 from typing import Any
 
 from tjx import ckpt, data
-from trainer.config import Config, read_config
-from trainer.schema import ConfigError, lookup
+from trainer.config import SCHEMA, Config, read_config
+from trainer.schema import ConfigError, kind_of
 from trainer.settings import migrate
 
 
 def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
     """Whether a resume may change dotted config ``key``: its field's ``resumable`` metadata, or
     that of a section holding it (the model's of ``config``'s kind)."""
-    model = (config or {}).get("model")
-    kind = model.get("kind", "gpt2") if isinstance(model, dict) else "gpt2"
     try:
-        return any(f.metadata.get("resumable") for _, f in lookup(Config, key, kind))
+        return any(f.metadata.get("resumable") for _, f in SCHEMA.lookup(key, kind_of(config)))
     except ConfigError:
         return False
 
 
 def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
-    """``config`` as compared: a saved one read and written back as this trainer writes it
-    (migrated; a key added since at its default, which is what the run had), and every null
-    optimizer setting as the optimizer's own (tjx.optim's `with_schedule_defaults`), so a run
-    saved with the old trainer's ``b2: 0.95`` shows ``optimizer.b2 0.95 → 0.999 (adamw's
-    default)``, and a saved number that is the optimizer's own shows nothing."""
+    """``config`` as compared: a saved one as this trainer writes it (migrated; a key added since
+    at its default, which the run had), every null optimizer setting as the optimizer's own
+    (tjx.optim's `with_schedule_defaults`), so a saved ``b2: 0.95`` shows ``optimizer.b2 0.95 →
+    0.999 (adamw's default)`` and a saved number that is the optimizer's own shows nothing."""
     from tjx import optim  # on use: the command line stays free of jax
 
     full = read_config(migrate(config)).to_dict() if saved else config
@@ -39,25 +35,11 @@ def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
     return {**full, "optimizer": optim.with_schedule_defaults(full["optimizer"])}
 
 
-def saved_config(run_dir: Path) -> dict[str, Any]:
-    """The run's ``config.yaml``; a missing or unreadable one is a `ConfigError` naming it."""
-    folder = ckpt.RunDir(run_dir)
-    try:
-        return folder.read_config()
-    except ckpt.RunFileError as err:  # a missing file is one too (RunFileNotFoundError)
-        missing = isinstance(err, ckpt.RunFileNotFoundError)
-        problem = "is missing" if missing else f"is not a readable run config ({err.reason})"
-        raise ConfigError(
-            f"--resume: {str(folder.config_file)!r} {problem}, so what the checkpoints were "
-            "trained with is unknown; put the run's config back or train into a new --run-dir"
-        ) from None
-
-
 def check_resume(run_dir: Path, new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Refuse a resume of ``run_dir`` to config ``new`` (``Config.to_dict()``) that changes what
     the checkpoints hold (`ConfigError`, also for a missing or unreadable ``config.yaml``);
     return the training-only keys that change, ``key → (saved, new)``."""
-    saved_data = saved_config(run_dir)
+    saved_data = ckpt.resumed_config(run_dir)
     try:
         saved = _compared(saved_data, saved=True)
     except ConfigError as err:
@@ -65,9 +47,7 @@ def check_resume(run_dir: Path, new: dict[str, Any]) -> dict[str, tuple[Any, Any
             f"--resume: {ckpt.RunDir(run_dir).config_file} is no config this trainer reads ({err})"
         ) from None
     new = _compared(new, saved=False)
-    keys = set(ckpt.flatten_config(saved)) | set(ckpt.flatten_config(new))
-    changeable = tuple(k for k in keys if is_training_only(k, new))
-    changes = ckpt.config_changes(saved, new, changeable=changeable)
+    changes = ckpt.config_changes(saved, new, changeable=lambda k: is_training_only(k, new))
     if changes.refused:
         raise ConfigError(
             f"--resume: the checkpoints in {str(run_dir)!r} cannot continue with "

@@ -9,10 +9,10 @@ import dataclasses
 from importlib import import_module
 from typing import Any
 
-from tjx.ckpt import ConfigError, Schema, choices, keyed, setting, type_name
+from tjx.ckpt import ConfigError, Schema, choices, keyed, setting
 
-__all__ = ["KINDS", "PACKAGE_SECTIONS", "ConfigError", "choices", "keyed", "kind_of", "lookup"]
-__all__ += ["schema_of", "section_class", "setting", "type_name"]
+__all__ = ["KINDS", "PACKAGE_SECTIONS", "ConfigError", "choices", "keyed", "kind_of"]
+__all__ += ["schema_of", "section_class", "setting"]
 
 #: Each package section: the class it is (``module:NAME``; the model's is chosen by ``kind``).
 PACKAGE_SECTIONS = {
@@ -72,8 +72,3 @@ def schema_of(root: type) -> Schema:
         filled={"optimizer.schedule.total_steps": "train.steps"},
         kind_of=kind_of,
     )
-
-
-def lookup(cls: type, key: str, kind: Any = "gpt2") -> list[tuple[Any, dataclasses.Field[Any]]]:
-    """The fields from the top of ``cls`` down to dotted ``key`` (`tjx.ckpt.Schema.lookup`)."""
-    return schema_of(cls).lookup(key, kind)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tjx import ckpt
-from tjx.ckpt import ConfigError, deep_merge, value_text
+from tjx.ckpt import ConfigError, deep_merge, keyed, value_text
 from trainer.config import SCHEMA, Config, read_config
 
 __all__ = ["deep_merge", "value_text"]  # tjx.ckpt's, kept under the names callers know
@@ -37,14 +37,12 @@ def migrate(data: Any) -> Any:
 
     out = copy.deepcopy(data)
     model, optimizer = out.get("model"), out.get("optimizer")
-    try:
+    with keyed(None):
         if isinstance(model, dict):  # an old config's optimizer.lr marks its model old too
             old = isinstance(optimizer, dict) and "lr" in optimizer
             out["model"] = nn.migrate_model_section(model, old_layout=old)
         if isinstance(optimizer, dict):
             out["optimizer"] = optim.migrate_section(optimizer)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
     return out
 
 
@@ -101,8 +99,7 @@ def changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
 
 def load_config(preset: str, overrides: list[str]) -> Config:
     """The validated config of a preset name or YAML path (``--config``) with ``a.b=c``
-    overrides (``--set``) applied: the command line's config minus its other flags. Raises
-    `ConfigError`."""
+    overrides (``--set``): the command line's config minus its other flags (`ConfigError`)."""
     return read_config(apply_overrides(load_config_data(preset), overrides))
 
 

@@ -98,6 +98,23 @@ def test_values_read_yaml_numbers_and_drop_a_package_sections_null():
     assert SCHEMA.values(Loop, {"steps": 2}, "loop", "k") == {"steps": 2}
 
 
+def test_values_of_the_top_section_name_each_key_by_itself_in_the_datas_order():
+    read = SCHEMA.values(Root, {"loop": {"steps": 3}, "name": "y", "block": None}, "", "k")
+    assert read == {"loop": {"steps": 3}, "name": "y", "block": {}}
+    with pytest.raises(ConfigError, match=r"^loop\.steps: 0 is too small"):
+        SCHEMA.values(Root, {"loop": {"steps": 0}, "nope": 1}, "", "k")
+    with pytest.raises(ConfigError, match="^nope: unknown key; allowed keys here: name, block"):
+        SCHEMA.values(Root, {"nope": 1, "loop": {"steps": 0}}, "", "k")
+
+
+def test_a_setting_changed_in_a_section_that_is_off_is_refused_naming_the_first():
+    why = "the loop is off"
+    ckpt.check_unchanged(Loop(steps=10, flag=True), ["steps", "flag"], "loop", why)  # defaults
+    with pytest.raises(ConfigError, match="^loop.flag: the loop is off$"):
+        ckpt.check_unchanged(Loop(steps=5, flag=False), ["flag", "steps"], "loop", why)
+    ckpt.check_unchanged(Loop(steps=5), ["flag"], "loop", why)  # only the given keys count
+
+
 def test_a_filled_key_names_the_key_to_set():
     with pytest.raises(ConfigError, match="loop.total: the trainer sets it from loop.steps"):
         SCHEMA.values(Loop, {"total": 3}, "loop", "plain")

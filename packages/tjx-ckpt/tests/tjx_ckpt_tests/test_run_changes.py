@@ -70,6 +70,13 @@ def test_changes_are_split_by_the_allow_list() -> None:
     assert list(changes.refused) == sorted(changes.refused)  # in key order
 
 
+def test_what_may_change_can_be_a_test_of_each_key() -> None:
+    new = {**SAVED, "name": "b", "model": {"d_model": 64, "layers": [1, 2]}}
+    changes = config_changes(SAVED, new, changeable=lambda key: not key.startswith("model."))
+    assert changes.allowed == {"name": ("a", "b")}
+    assert changes.refused == {"model.d_model": (32, 64)}
+
+
 def test_a_removed_key_is_a_change() -> None:
     new = {**SAVED, "model": {"d_model": 32}}
     assert config_changes(SAVED, new, changeable=()).refused == {"model.layers": ([1, 2], None)}

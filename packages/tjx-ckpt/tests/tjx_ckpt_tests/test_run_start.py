@@ -50,3 +50,31 @@ def test_a_folder_that_cannot_be_made_or_an_unknown_scheme_names_the_flag(tmp_pa
     assert str(err.value) == f"--run-dir: {str(tmp_path / 'f')!r} exists and is not a directory"
     with pytest.raises(ConfigError, match=r"^--run-dir: 'ftp://host/run': tjx cannot write to"):
         start_location("ftp://host/run", resume=False)
+
+
+def test_a_resume_reads_the_runs_saved_config(tmp_path: Path) -> None:
+    from tjx.ckpt import resumed_config
+
+    RunDir(tmp_path).create({"train": {"steps": 3}})
+    assert resumed_config(tmp_path) == {"train": {"steps": 3}}
+
+
+def test_a_resume_without_a_readable_saved_config_names_the_file_and_the_way_out(
+    tmp_path: Path,
+) -> None:
+    from tjx.ckpt import resumed_config
+
+    config = tmp_path / "config.yaml"
+    with pytest.raises(ConfigError) as err:
+        resumed_config(tmp_path, flag="--out", resume_flag="--continue")
+    assert str(err.value) == (
+        f"--continue: {str(config)!r} is missing, so what the checkpoints were trained with is "
+        "unknown; put the run's config back or train into a new --out"
+    )
+    config.write_text("- 1\n")
+    with pytest.raises(ConfigError) as err:
+        resumed_config(tmp_path)
+    assert str(err.value).startswith(
+        f"--resume: {str(config)!r} is not a readable run config (not a mapping: it holds a list)"
+    )
+    assert str(err.value).endswith("train into a new --run-dir")

@@ -165,3 +165,28 @@ def test_two_specs_are_the_same_tokenizer_when_equal_or_their_tokenizer_json_is(
     assert not same_tokenizer(tmp_path / "b.json", tmp_path / "c.json")
     assert not same_tokenizer("gpt2", "byte")
     assert not same_tokenizer(None, "None")  # an unknown tokenizer matches no spec by name
+
+
+def test_data_read_by_another_tokenizer_than_the_runs_is_refused_naming_the_runs(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from tjx.data import DataError, check_run_tokenizer
+
+    (tmp_path / "data.json").write_text(json.dumps({"tokenizer": "gpt2"}))
+    check_run_tokenizer(str(tmp_path), SimpleNamespace(tokenizer_spec="gpt2"))
+    check_run_tokenizer(str(tmp_path), SimpleNamespace(tokenizer_dir=None, tokenizer_spec="gpt2"))
+    with pytest.raises(DataError) as err:
+        names = {"tokenizer": "data.tokenizer"}
+        check_run_tokenizer(str(tmp_path), SimpleNamespace(tokenizer_spec="byte"), names=names)
+    assert str(err.value) == (
+        f"the run {str(tmp_path)!r} read another tokenizer (gpt2), so its ids would mean other "
+        "tokens here; set data.tokenizer=gpt2"
+    )
+    assert err.value.argument == "tokenizer"
+    (tmp_path / "tok").mkdir()  # a chat run's tokenizer folder
+    (tmp_path / "tok" / "tokenizer.json").write_text("{}")
+    (tmp_path / "data.json").write_text(json.dumps({"tokenizer": str(tmp_path / "tok")}))
+    with pytest.raises(DataError, match="set tokenizer="):
+        check_run_tokenizer(str(tmp_path), SimpleNamespace(tokenizer_dir=tmp_path))
+    check_run_tokenizer(str(tmp_path), SimpleNamespace(tokenizer_dir=tmp_path / "tok"))

@@ -85,6 +85,19 @@ def test_merging_folds_the_adapters_in_and_adapters_off_is_the_base(scan: bool):
     np.testing.assert_allclose(np.asarray(model(x)), np.asarray(adapted), rtol=1e-4, atol=1e-4)
 
 
+def test_a_runs_saved_lora_section_adds_its_adapters_only_when_it_was_enabled():
+    model = llama(False)
+    assert not tnn.add_saved_lora(model, None) and not tnn.has_lora(model)
+    off = {"enabled": False, "rank": 4, "targets": ["q"]}
+    assert not tnn.add_saved_lora(model, off) and not tnn.has_lora(model)
+    saved = {"enabled": True, "rank": 3, "alpha": 6.0, "targets": ["q", "up"]}
+    assert tnn.add_saved_lora(model, saved)
+    fc_in = model.stack.layers[0].mlp.fc_in
+    assert fc_in.lora.lora_a[...].shape == (16, 3)  # the saved rank, on the saved roles
+    assert model.stack.layers[0].attn.value.lora is None
+    assert saved["enabled"]  # the caller's section is left as it was
+
+
 def test_only_adapters_get_gradients_when_split_apart_and_dropout_uses_its_own_keys():
     model, x = llama(True), tokens()
     tnn.add_lora(model, tnn.LoraConfig(rank=2, dropout=0.5, targets=("q", "up")),

@@ -1,5 +1,8 @@
-"""What a split run (pipeline stages, a sequence split) and a PEFT export need of a model config:
-checked from the config alone, each refusal one ``ValueError`` naming the setting and its fix."""
+"""What a split run (pipeline stages, a sequence split), a preference run and a PEFT export need
+of a model config: checked from the config alone, each refusal one ``ValueError`` naming the
+setting and its fix."""
+
+import re
 
 import pytest
 
@@ -129,3 +132,28 @@ def test_a_peft_export_tjx_cannot_write_is_refused_before_training(tmp_path):
         assert str(err.value) == message
     with pytest.raises(ValueError, match="export the merged model with eval --export-hf$"):
         tnn.check_peft_export(gpt2_tiny(), tmp_path / "a", "eval --export-hf")
+
+
+def test_a_preference_run_of_a_dense_unsplit_model_without_z_loss_passes():
+    tnn.check_preference_run(gpt2_tiny(), pipeline=1, context=1, z_loss=0.0)
+
+
+@pytest.mark.parametrize(
+    ("config", "split", "message"),
+    [
+        (gpt2_tiny(), {"pipeline": 2}, "mesh.pipeline: cannot apply with data.format=preference "
+         "(DPO): the pipeline runs the SFT loss only; set it to 1"),
+        (gpt2_tiny(), {"context": 2}, "mesh.context: cannot apply with data.format=preference "
+         "(DPO): a pair's rows are scored whole; set it to 1"),
+        (llama_tiny(num_experts=4, expert_mlp_dim=16), {}, "model.num_experts: cannot apply with "
+         "data.format=preference (DPO): the router's balancing losses are not part of the DPO "
+         "loss; train a dense model"),
+        (gpt2_tiny(), {"z_loss": 1e-4}, "train.z_loss: cannot apply with data.format=preference "
+         "(DPO): the DPO loss has no z-loss term; set it to 0"),
+        (gpt2_tiny(), {"pipeline": 2, "z_loss": 1e-4}, "mesh.pipeline: "),  # the first refused
+    ],
+)  # fmt: skip
+def test_a_preference_run_refuses_what_its_loss_cannot_apply(config, split, message):
+    settings = {"pipeline": 1, "context": 1, "z_loss": 0.0, **split}
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        tnn.check_preference_run(config, **settings)

@@ -34,6 +34,7 @@ from tjx.ckpt.config_text import (
 from tjx.ckpt.config_values import (
     ConfigError,
     check_field,
+    check_unchanged,
     choices,
     convert,
     keyed,
@@ -61,7 +62,7 @@ from tjx.ckpt.run_changes import (
 )
 from tjx.ckpt.run_checks import NotCreatableError, RunStartError, check_can_create
 from tjx.ckpt.run_dir import RunDir, RunFileError, RunFileNotFoundError, final_summary
-from tjx.ckpt.run_start import start_location
+from tjx.ckpt.run_start import resumed_config, start_location
 from tjx.ckpt.storage import (
     AccessDeniedError,
     BucketNotFoundError,
@@ -147,6 +148,7 @@ __all__ = [
     "changed",
     "check_can_create",
     "check_field",
+    "check_unchanged",
     "check_remote",
     "choices",
     "collect_metadata",
@@ -172,6 +174,7 @@ __all__ = [
     "parse_override",
     "restore_params",
     "restore_params_and_step",
+    "resumed_config",
     "reworded",
     "setting",
     "silence_lost_peer_commits",

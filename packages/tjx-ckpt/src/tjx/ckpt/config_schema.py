@@ -92,9 +92,10 @@ class Schema:
         return known[key]
 
     def values(self, cls: type, data: Any, path: str, kind: Any) -> dict[str, Any]:
-        """The keys ``data`` sets in the section of class ``cls`` at ``path``, each read as its
-        type and checked (nested sections as mappings); a package section's ``null`` on a field
-        that takes none (``model.position: null``) is the class's own default, left out."""
+        """The keys ``data`` sets in the section of class ``cls`` at ``path`` (``""``: the top),
+        each read as its type and checked, in ``data``'s order (nested sections as mappings); a
+        package section's ``null`` on a field that takes none (``model.position: null``) is the
+        class's own default, left out."""
         if data is None:
             return {}
         if not isinstance(data, dict):
@@ -103,7 +104,7 @@ class Schema:
         out: dict[str, Any] = {}
         for key in data:
             tp, f = self._entry(cls, path, key, kind)
-            inner, key_path = nested_class(tp), f"{path}.{key}"
+            inner, key_path = nested_class(tp), f"{path}.{key}" if path else str(key)
             if data[key] is None and package and (inner is not None or not optional(tp)):
                 continue
             if inner is not None:

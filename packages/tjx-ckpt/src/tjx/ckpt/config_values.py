@@ -14,7 +14,7 @@ import dataclasses
 import operator
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from importlib import import_module
 from typing import Any
 
@@ -178,6 +178,26 @@ def keyed(key: str | None, *errors: type[Exception]) -> Iterator[None]:
         yield
     except caught as err:
         raise ConfigError(f"{key}: {err}" if key else str(err)) from None
+
+
+def check_unchanged(section: Any, keys: Iterable[str], path: str, why: str) -> None:
+    """Refuse settings of a section that is switched off, where they would do nothing.
+
+    Parameters
+    ----------
+    section : dataclass instance
+        The section as read (its class builds with no arguments: its defaults).
+    keys : iterable of str
+        The keys the config gave, checked in this order. One at its class's default passes: a
+        saved config lists every key.
+    path, why : str
+        The section's key path, and the message: the first key changed is a `ConfigError`
+        ``"<path>.<key>: <why>"``.
+    """
+    default = type(section)()
+    for key in keys:
+        if getattr(section, key) != getattr(default, key):
+            raise ConfigError(f"{path}.{key}: {why}")
 
 
 # Bound metadata: the key, the test a value fails it by, and the error's words.

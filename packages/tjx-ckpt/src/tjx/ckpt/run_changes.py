@@ -10,7 +10,7 @@ is refused by default. :func:`config_changes` splits the differences accordingly
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 #: A difference: dotted key → (saved value, new value); a key missing on one side has None there.
@@ -59,7 +59,10 @@ class ConfigChanges:
 
 
 def config_changes(
-    saved: Mapping[str, Any], new: Mapping[str, Any], *, changeable: Iterable[str]
+    saved: Mapping[str, Any],
+    new: Mapping[str, Any],
+    *,
+    changeable: Iterable[str] | Callable[[str], bool],
 ) -> ConfigChanges:
     """Compare a saved config with a new one, key by key.
 
@@ -70,22 +73,24 @@ def config_changes(
         Values compare with ``==``: an app that gives a null setting a meaning (a default
         decided elsewhere) replaces it by that value on both sides first.
     changeable:
-        Dotted keys (``"train.steps"``) and sections (``"logging."``) that may change; every
-        other key must be equal.
+        Dotted keys (``"train.steps"``) and sections (``"logging."``) that may change, or a test
+        of a dotted key (True: it may change, e.g. by its field's metadata); every other key
+        must be equal.
 
     Returns
     -------
     ConfigChanges
         ``allowed`` and ``refused`` differences; both empty when nothing changed.
     """
-    patterns = tuple(changeable)
+    patterns = () if callable(changeable) else tuple(changeable)
+    may_change = changeable if callable(changeable) else lambda key: key_matches(key, patterns)
     a, b = flatten_config(saved), flatten_config(new)
     allowed: Diff = {}
     refused: Diff = {}
     for key in sorted(a.keys() | b.keys()):
         old, now = a.get(key), b.get(key)
         if old != now:
-            (allowed if key_matches(key, patterns) else refused)[key] = (old, now)
+            (allowed if may_change(key) else refused)[key] = (old, now)
     return ConfigChanges(allowed, refused)
 
 

@@ -1,18 +1,20 @@
-"""A command line's run directory, read and checked before anything is written: where it is, and
-whether the run may start there fresh or resume (`RunDir.check_start`), as one `ConfigError`
-line naming the flag to change and how. Standard library only, like `tjx.ckpt.run_dir`.
+"""A command line's run directory, read and checked before anything is written: where it is,
+whether the run may start there fresh or resume (`RunDir.check_start`), and the config a resume
+continues (`resumed_config`), each problem one `ConfigError` line naming the flag to change and
+how. Standard library only, like `tjx.ckpt.run_dir`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tjx.ckpt.config_values import ConfigError, keyed
 from tjx.ckpt.run_checks import NotCreatableError, RunStartError
-from tjx.ckpt.run_dir import RunDir
+from tjx.ckpt.run_dir import RunDir, RunFileError, RunFileNotFoundError
 from tjx.ckpt.storage import StoragePath
 
-__all__ = ["start_location"]
+__all__ = ["resumed_config", "start_location"]
 
 
 def start_location(
@@ -53,3 +55,38 @@ def start_location(
             f"{flag}: {err}; pass {resume_flag} to continue or choose another {flag}"
         ) from None
     return path
+
+
+def resumed_config(
+    run_dir: StoragePath | str, *, flag: str = "--run-dir", resume_flag: str = "--resume"
+) -> dict[str, Any]:
+    """The saved ``config.yaml`` of the run a command resumes: what its checkpoints hold.
+
+    Parameters
+    ----------
+    run_dir : path, URL or str
+        The run's directory.
+    flag, resume_flag : str
+        The command's flags for the directory and for resuming, named in the message.
+
+    Returns
+    -------
+    dict
+        The config as saved.
+
+    Raises
+    ------
+    ConfigError
+        ``RESUME_FLAG: '.../config.yaml' is missing, so ...`` (or ``is not a readable run config
+        (why)``): what the checkpoints were trained with is unknown.
+    """
+    folder = RunDir(run_dir)
+    try:
+        return folder.read_config()
+    except RunFileError as err:  # a missing file is one too (RunFileNotFoundError)
+        missing = isinstance(err, RunFileNotFoundError)
+        problem = "is missing" if missing else f"is not a readable run config ({err.reason})"
+        raise ConfigError(
+            f"{resume_flag}: {str(folder.config_file)!r} {problem}, so what the checkpoints were "
+            f"trained with is unknown; put the run's config back or train into a new {flag}"
+        ) from None

@@ -41,7 +41,7 @@ from tjx.data.run_setup import (
     run_sources,
     truncation_summary,
 )
-from tjx.data.run_tokenizer import run_tokenizer, same_tokenizer
+from tjx.data.run_tokenizer import check_run_tokenizer, run_tokenizer, same_tokenizer
 from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_index
 from tjx.data.sources import Documents, check_local_source, load_source
 from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, encode_prompts
@@ -92,6 +92,7 @@ __all__ = [
     "check_local_source",
     "check_max_tokens",
     "check_mixture",
+    "check_run_tokenizer",
     "check_template",
     "check_tokenizer",
     "config_tokenizer",

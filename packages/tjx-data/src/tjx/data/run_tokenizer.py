@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from tjx.data.bpe import load_tokenizer
 from tjx.data.cache import cache_dir as default_cache_dir
@@ -16,7 +18,8 @@ from tjx.data.errors import DataError
 from tjx.data.prepare import bpe_tokenizer
 from tjx.data.tokenizers import Tokenizer
 
-__all__ = ["Names", "cache_root", "fault", "name_of", "run_tokenizer", "same_tokenizer"]
+__all__ = ["Names", "cache_root", "check_run_tokenizer", "fault", "name_of", "run_tokenizer"]
+__all__ += ["same_tokenizer"]
 
 Names = Mapping[str, str] | None
 
@@ -88,3 +91,31 @@ def same_tokenizer(theirs: object, ours: object) -> bool:
         return True
     a, b = _tokenizer_file(theirs), _tokenizer_file(ours)
     return a is not None and b is not None and a.read_bytes() == b.read_bytes()
+
+
+def check_run_tokenizer(run: str, data: Any, *, names: Names = None) -> None:
+    """Refuse data read by another tokenizer than the run ``run`` trained on (`same_tokenizer`):
+    a run's weights started from read ids of its own tokenizer.
+
+    Parameters
+    ----------
+    run : str
+        The run's folder, as the user named it (its ``data.json`` records the tokenizer).
+    data : RunData or ChatRunData
+        The prepared data (`prepare_run`).
+    names : mapping, optional
+        The caller's name of the ``tokenizer`` argument, for the message's fix.
+
+    Raises
+    ------
+    DataError
+        With ``argument="tokenizer"``, naming the run's tokenizer.
+    """
+    theirs = json.loads((Path(run).expanduser() / "data.json").read_text()).get("tokenizer")
+    ours = getattr(data, "tokenizer_dir", None) or getattr(data, "tokenizer_spec", None)
+    if not same_tokenizer(theirs, ours):
+        raise DataError(
+            f"the run {run!r} read another tokenizer ({theirs}), so its ids would mean other "
+            f"tokens here; set {name_of(names, 'tokenizer')}={theirs}",
+            argument="tokenizer",
+        )

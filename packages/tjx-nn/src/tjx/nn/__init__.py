@@ -61,6 +61,7 @@ from tjx.nn.lora import (
     LoraConfig,
     adapters_off,
     add_lora,
+    add_saved_lora,
     has_lora,
     lora_param_count,
     merge_lora,
@@ -107,6 +108,7 @@ from tjx.nn.preference import (
     preference_means,
     sequence_logprobs,
 )
+from tjx.nn.preference_rules import check_preference_run
 from tjx.nn.preference_steps import preference_loss_fn, preference_step_metrics, preference_sums_fn
 from tjx.nn.registry import MODEL_KINDS, build_model
 from tjx.nn.relative_bias import RelativePositionBias, t5_relative_bucket
@@ -182,6 +184,7 @@ __all__ = [
     "__version__",
     "adapters_off",
     "add_lora",
+    "add_saved_lora",
     "alibi_bias",
     "alibi_slopes",
     "apply_rope",
@@ -190,6 +193,7 @@ __all__ = [
     "check_hf_settings",
     "check_peft_export",
     "check_pipelinable",
+    "check_preference_run",
     "check_sequence_split",
     "clash_names",
     "classification_loss",

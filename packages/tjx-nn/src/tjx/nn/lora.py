@@ -28,7 +28,7 @@ model with its adapters zeroed (no copy of the weights): DPO's reference model.
 # ruff: noqa: RUF009
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,6 +184,28 @@ def add_lora(model: nnx.Module, config: LoraConfig, *, rngs: nnx.Rngs) -> list[s
                 "stream in rngs: nnx.Rngs(params=..., dropout=...)"
             ) from err
     return ["/".join(map(str, path)) for path, _ in chosen]
+
+
+def add_saved_lora(model: nnx.Module, saved: Mapping[str, Any] | None) -> bool:
+    """Add the adapters a run trained with, so its checkpoint restores into ``model``.
+
+    Parameters
+    ----------
+    model : nnx.Module
+        The run's model, built without adapters.
+    saved : mapping or None
+        The run's saved ``lora`` config section: ``enabled`` and `LoraConfig`'s fields.
+
+    Returns
+    -------
+    bool
+        Whether adapters were added (`merge_lora` then folds the restored ones in).
+    """
+    settings = dict(saved or {})
+    if not settings.pop("enabled", False):
+        return False
+    add_lora(model, LoraConfig(**settings), rngs=nnx.Rngs(0))  # the restore overwrites them
+    return True
 
 
 def lora_modules(model: nnx.Module) -> Iterator[tuple[tuple[Any, ...], str, Dense]]:

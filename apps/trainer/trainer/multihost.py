@@ -94,13 +94,7 @@ def watch(run_dir: Path) -> Any:
 def _peer_lost(run_dir: Path, message: str) -> None:
     from tjx import parallel
 
-    step = ckpt.RunDir(run_dir).latest_step()
-    if step is None:
-        then = "no checkpoint was saved; start every process again"
-    else:
-        then = (
-            f"the last checkpoint is step {step} in {str(run_dir)!r}; start every process again "
-            "with --resume"
-        )
+    again = "start every process again"
+    then = ckpt.last_checkpoint_words(run_dir, f"{again} with --resume", f"; {again}")
     error_exit(f"{message}; {then}", code=1)
     parallel.exit_now(1)  # the main thread may be stuck in a collective with the dead peer

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tjx.ckpt import RunDir
+from tjx.ckpt import last_checkpoint_words
 from tjx.parallel.arguments import DistributedArgs
 from tjx.parallel.preemption import write_stderr
 from trainer.config import Config
@@ -64,12 +64,7 @@ def error_exit(message: str, code: int = 2) -> int:
 
 def interrupted_exit(run_dir: Path) -> int:
     """Print the one line for a run stopped at once; returns the exit status (130)."""
-    step = RunDir(run_dir).latest_step()
-    last = (
-        f"the last checkpoint is step {step} in {str(run_dir)!r}; continue with --resume"
-        if step is not None
-        else "no checkpoint was saved"
-    )
+    last = last_checkpoint_words(run_dir, "continue with --resume")
     write_stderr(error_line(f"interrupted: stopped at once; {last}"))
     return INTERRUPTED
 

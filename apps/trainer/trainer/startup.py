@@ -8,8 +8,6 @@ import dataclasses
 import sys
 import time
 
-import jax
-
 import trainer.training as training
 from tjx.ckpt import RunDir
 from trainer import init_from
@@ -24,17 +22,12 @@ DATA_READY_TIMEOUT_S = 6 * 3600.0
 
 def _device_note(cfg: Config) -> None:
     from tjx.kernels import enable_compilation_cache
-    from tjx.metrics import device_summary
+    from tjx.metrics import device_notes
 
-    print(f"devices: {device_summary()}", flush=True)
     setting = cfg.train.compilation_cache
     # GPU only: a rerun skips compiling and autotuning. "auto" leaves the folder to tjx.kernels.
     cache = enable_compilation_cache(None if setting == "auto" else setting)
-    if cache is not None:
-        print(f"compilation cache: {cache} (train.compilation_cache; off to disable)", flush=True)
-    if jax.default_backend() == "cpu":
-        note = "this works but is slow; a GPU runs the same command much faster."
-        print(f"note: running on CPU — {note}", flush=True)
+    print("\n".join(device_notes(cache, "train.compilation_cache")), flush=True)
 
 
 def run(plan: RunPlan) -> int:
@@ -51,11 +44,7 @@ def run(plan: RunPlan) -> int:
     except multihost.JoinError as err:
         return error_exit(str(err), code=err.code)
     if info.num_processes > 1:
-        print(
-            f"multi-host: process {info.process_id} of {info.num_processes} "
-            f"(coordinator {info.coordinator}, setup from {info.source})",
-            flush=True,
-        )
+        print(f"multi-host: {info.describe()}", flush=True)
     # A peer that dies ends this process within seconds, in one line (multihost.watch).
     with multihost.watch(plan.run_dir):
         return _prepare_and_train(plan)

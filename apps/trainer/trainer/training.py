@@ -13,7 +13,6 @@ import contextlib
 import functools
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -63,6 +62,7 @@ def write_run_files(plan: RunPlan, setup: Any, bundle: Any) -> None:
 def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
     """Run the steps of a prepared run; the process's exit code."""
     import trainer.data_setup as data_setup
+    import trainer.evaluation as evaluation
     from tjx import ckpt, data, metrics, parallel
 
     cfg, run_dir = plan.config, plan.run_dir
@@ -77,9 +77,8 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
     st, start = setup.state, 0
     if plan.resume:
         try:
-            # A corrupt newest step is skipped in one warning line (which, why, which is used).
-            with ckpt.corrupt_fallback_lines("trainer"):
-                restored = manager.restore(target=st)
+            # A corrupt newest step is skipped in one warning line; the state is placed as `st`.
+            restored = ckpt.restore_placed(manager, st, prog="trainer")
             if restored.data_state is not None:
                 data_setup.restore_loader(loader, restored.data_state, setup.mesh)
         except (ckpt.CheckpointError, ValueError) as err:
@@ -87,16 +86,17 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
             # count splits the batch differently): one line, and the run directory as it was.
             manager.close()
             return error_exit(f"--resume: {err}")
-        # Exactly the fresh state's placement (restore already reshards onto the target).
-        st = jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), restored.state, st)
-        start = int(restored.step)
+        st, start = restored.state, int(restored.step)
         if primary:
             write_run_files(plan, setup, bundle)  # the config may hold new training settings
-        print(f"resumed from step {start} ({RunDir(run_dir).checkpoints})", flush=True)
+        print(f"resumed from step {start} ({folder})", flush=True)
     if start >= cfg.train.steps:
-        # Killed after the last checkpoint, before final.json or the plot: --resume makes them.
+        # Killed after the last checkpoint, before final.json or the plot: --resume makes them
+        # (every process evaluates: the parameters span them all).
         manager.close()
-        rebuilt = _rebuild_artefacts(plan, setup, st, bundle, start, primary)
+        have = RunDir(run_dir).final_file.exists()
+        val = None if have else evaluation.evaluate_state(setup, st, bundle, cfg)
+        rebuilt = _final_files(plan, setup, st["params"], start, primary, val, replot=False)
         done = f"; rebuilt {', '.join(rebuilt)}" if rebuilt else ""
         print(f"nothing to do: the run is already at step {start} of {cfg.train.steps}{done}")
         export_adapters(plan, setup, st["params"], primary)
@@ -130,33 +130,20 @@ class Training:
     primary: bool
     last_eval: dict[str, float] = field(default_factory=dict)
     compiled: bool = False  # the train step has run once (so it is compiled)
-    saved: int = field(init=False)  # the last step saved (or restored), -1 before any
-    cfg: Any = field(init=False)
-    run_dir: Path = field(init=False)
-    objective: Any = field(init=False)  # tjx.nn's Objective of the model kind
-    units_per_step: int = field(init=False)  # tokens (or images) a step scores: read once
-    log: Any = field(init=False)  # tjx-metrics' StepLog: rate, MFU, router sums per log line
 
     def __post_init__(self) -> None:
         from tjx import metrics, nn
 
         self.cfg, self.run_dir = self.plan.config, self.plan.run_dir
         self.objective, self.units_per_step = self.cfg.objective, units_per_step(self.cfg)
-        self.saved = self.start if self.plan.resume else -1
-        # The peak is None (no MFU logged) on CPU and on devices without a figure, silently.
-        model, seq = self.setup.nn_config, self.cfg.data.seq_len
-        peak = metrics.compute_peak_flops(model.precision.compute_dtype, warn=False)
-        # mfu counts causal attention at half (MaxText, torchtitan); mfu_palm counts it whole.
-        meter = metrics.ThroughputMeter(
-            flops_per_token=nn.flops_per_unit(model, seq),
-            palm_flops_per_token=nn.flops_per_unit(model, seq, causal_half=False),
-            peak_flops_per_device=peak,
-            num_devices=jax.device_count(),
-        )
+        self.saved = self.start if self.plan.resume else -1  # the last step saved or restored
+        model, seq, unit = self.setup.nn_config, self.cfg.data.seq_len, self.objective.unit
         bpt = self.bundle.bytes_per_token if self.objective.scores_every_token else None
+        # Rate, MFU (none on CPU), router sums per log line; mfu_palm counts attention whole.
+        flops = nn.flops_per_unit(model, seq), nn.flops_per_unit(model, seq, causal_half=False)
         moe = [i for i, m in enumerate(nn.moe_layers(model)) if m]
-        self.log = metrics.StepLog(
-            meter, unit=self.objective.unit, bytes_per_token=bpt, moe_layers=moe
+        self.log = metrics.StepLog.on_devices(
+            flops, model.precision.compute_dtype, unit=unit, bytes_per_token=bpt, moe_layers=moe
         )
 
     def loop(self) -> int:
@@ -303,22 +290,13 @@ class Training:
 
     def _finish(self, step_done: int, stopped_by: str | None) -> int:
         """The last save, ``final.json`` and the loss plot; exit 0 (a signal's stop included)."""
-        total = self.cfg.train.steps
+        total, params = self.cfg.train.steps, self.state["params"]
         self.save(step_done, force=True)
         self._close()
-        # Every process digests the parameters (a collective); process 0 writes.
-        summary = final_summary(
-            step_done,
-            self.state["params"],
-            num_params=self.setup.num_params,
-            interrupted_by=stopped_by or ("stop_at" if step_done < total else None),
-            validation=self.last_eval,
-        )
-        if self.primary:
-            RunDir(self.run_dir).write_final(summary)
-            _plot(self.run_dir, self.cfg.name)
+        why = stopped_by or ("stop_at" if step_done < total else None)
+        _final_files(self.plan, self.setup, params, step_done, self.primary, self.last_eval, why)
         if not stopped_by and step_done == total:  # a stopped run exports when it finishes
-            export_adapters(self.plan, self.setup, self.state["params"], self.primary)
+            export_adapters(self.plan, self.setup, params, self.primary)
         if stopped_by or step_done < total:
             print(
                 f"{stopped_by or 'train.stop_at'}: saved step {step_done} to {self.run_dir}; "
@@ -344,29 +322,32 @@ def export_adapters(plan: RunPlan, setup: Any, params: Any, primary: bool) -> No
         print(f"PEFT adapter written to {plan.export_peft}", flush=True)
 
 
-def _plot(run_dir: Path, name: str) -> bool:
-    """The loss plot (tjx.metrics.plot_run; it never fails a run); whether it was written."""
+def _final_files(
+    plan: RunPlan,
+    setup: Any,
+    params: Any,
+    step: int,
+    primary: bool,
+    val: dict[str, float] | None,
+    why: str | None = None,
+    *,
+    replot: bool = True,
+) -> list[str]:
+    """``final.json`` (not with ``val`` None) and the loss plot (tjx.metrics.plot_run, which never
+    fails a run; with ``replot`` false only if missing): the files written. Every process digests
+    the parameters (a collective); process 0 writes."""
     from tjx import metrics
 
-    curve = RunDir(run_dir).curve_file
-    return metrics.plot_run(run_dir, curve, keys=CURVES, title=name) is not None
-
-
-def _rebuild_artefacts(
-    plan: RunPlan, setup: Any, st: Any, bundle: Any, step: int, primary: bool
-) -> list[str]:
-    """Write a finished run's missing ``final.json`` (evaluating once) and loss plot."""
-    import trainer.evaluation as evaluation
-
-    cfg, run_dir = plan.config, plan.run_dir
-    rebuilt, folder = [], RunDir(run_dir)
-    if not folder.final_file.exists():
-        # Every process evaluates (the parameters span them all); process 0 writes.
-        val = evaluation.evaluate_state(setup, st, bundle, cfg)
-        summary = final_summary(step, st["params"], num_params=setup.num_params, validation=val)
+    folder, written = RunDir(plan.run_dir), []
+    if val is not None:
+        summary = final_summary(
+            step, params, num_params=setup.num_params, interrupted_by=why, validation=val
+        )
         if primary:
             folder.write_final(summary)
-        rebuilt.append(RunDir.FINAL_FILE)
-    if primary and not folder.curve_file.exists() and _plot(run_dir, cfg.name):
-        rebuilt.append(RunDir.CURVE_FILE)
-    return rebuilt
+        written.append(RunDir.FINAL_FILE)
+    curve, name = folder.curve_file, plan.config.name
+    plot = primary and (replot or not curve.exists())
+    if plot and metrics.plot_run(plan.run_dir, curve, keys=CURVES, title=name) is not None:
+        written.append(RunDir.CURVE_FILE)
+    return written

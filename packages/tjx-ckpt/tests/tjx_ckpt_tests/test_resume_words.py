@@ -31,7 +31,8 @@ def test_the_words_name_the_newest_committed_step_and_the_run_as_given(tmp_path:
     assert last_checkpoint_words(run, "continue with --resume", "; x") == (
         f"the last checkpoint is step 9 in {str(run)!r}; continue with --resume"
     )
-    assert last_checkpoint_words(str(run), "y") == f"the last checkpoint is step 9 in {str(run)!r}; y"
+    said = last_checkpoint_words(str(run), "y")  # a str names the run as a Path does
+    assert said == f"the last checkpoint is step 9 in {str(run)!r}; y"
 
 
 def test_a_resume_is_placed_on_the_targets_own_shardings(tmp_path: Path) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
+from tjx.parallel.preemption import exit_now
 from trainer.cli import main
 from trainer.plan import INTERRUPTED
 
@@ -13,8 +13,7 @@ if __name__ == "__main__":
     if code == INTERRUPTED:
         # Stopped at once by Ctrl-C: orbax's threads (an async save, a restore) may still be
         # running, and the interpreter's shutdown would make them fail loudly. The newest
-        # committed step is intact; leave now, without running them on.
-        sys.stdout.flush()
+        # committed step is intact; leave now (stdout flushed), without running them on.
         sys.stderr.flush()
-        os._exit(code)
+        exit_now(code)
     sys.exit(code)

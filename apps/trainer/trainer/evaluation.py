@@ -54,8 +54,7 @@ def evaluate_state(setup: Any, state: Any, bundle: Any, cfg: Config) -> dict[str
 
 
 def format_samples(texts: list[str], prompts: list[str]) -> str:
-    """One sampling step's text (``samples/step_N.txt``): each sample under a header naming its
-    prompt."""
+    """A sampling step's ``samples/step_N.txt``: each sample under a header naming its prompt."""
     return "\n".join(
         f"--- sample {i} (prompt {p!r}) ---\n{t}\n"
         for i, (p, t) in enumerate(zip(prompts, texts, strict=True))
@@ -63,8 +62,7 @@ def format_samples(texts: list[str], prompts: list[str]) -> str:
 
 
 def sample(setup: Any, params: Any, bundle: Any, cfg: Config, step: int) -> list[str]:
-    """One continuation per configured prompt at ``step`` (seeded by the run seed and the step):
-    prompt + continuation, decoded."""
+    """Each configured prompt and its continuation at ``step`` (seeded by run seed and step)."""
     from tjx import data, nn
 
     s, tokenizer, seed = cfg.sampling, bundle.tokenizer, cfg.train.seed * 1_000_003 + step

@@ -36,12 +36,10 @@ DISAGREEMENTS = {
 def join(
     dist: DistributedArgs, config: dict[str, Any], *, resume: bool, init_from: str | None
 ) -> Any:
-    """Start ``jax.distributed`` if this is one of several processes, then check that all agree
-    on ``config`` (the effective config), ``resume`` and ``init_from`` (`tjx.parallel.join`, the
-    trainer's flags named in every message); ``dist`` holds the launch flags (unset ones come
-    from the ``JAX_*`` variables or the scheduler). Returns tjx.parallel's `DistributedInfo`
-    (``num_processes == 1``: a single process); raises `JoinError` (code 2: an incomplete setup
-    or processes that disagree; 1: joining failed)."""
+    """`tjx.parallel.join` with the launch flags ``dist``: all processes must agree on ``config``
+    (the effective config), ``resume`` and ``init_from`` (the trainer's flags named in every
+    message). Returns its `DistributedInfo`; raises `JoinError` (code 2: an incomplete setup or
+    processes that disagree; 1: joining failed)."""
     from tjx import parallel
 
     def not_joined(info: Any) -> str:  # tjx.parallel's line, as the trainer's one error line
@@ -80,10 +78,9 @@ PEER_SILENCE_S = 15.0
 
 
 def watch(run_dir: Path) -> Any:
-    """The run's peer watch (`tjx.parallel.watch_peers`), a context manager: a dead peer costs
-    one line naming it and the newest checkpoint, then exit 1 at once (the main thread may be
-    stuck in a collective with it). Leaving the block normally marks this process done (peers
-    still writing their last files do not report it)."""
+    """The run's peer watch (`tjx.parallel.watch_peers`), a context manager: a dead peer costs one
+    line naming it and the newest checkpoint, then exit 1 at once; leaving the block normally
+    marks this process done (peers still writing their last files do not report it)."""
     from tjx import parallel
 
     # A save that a dead peer cuts short would add orbax's traceback to the watch's one line.
@@ -94,13 +91,7 @@ def watch(run_dir: Path) -> Any:
 def _peer_lost(run_dir: Path, message: str) -> None:
     from tjx import parallel
 
-    step = ckpt.RunDir(run_dir).latest_step()
-    if step is None:
-        then = "no checkpoint was saved; start every process again"
-    else:
-        then = (
-            f"the last checkpoint is step {step} in {str(run_dir)!r}; start every process again "
-            "with --resume"
-        )
+    again = "start every process again"
+    then = ckpt.last_checkpoint_words(run_dir, f"{again} with --resume", f"; {again}")
     error_exit(f"{message}; {then}", code=1)
     parallel.exit_now(1)  # the main thread may be stuck in a collective with the dead peer

@@ -1,12 +1,8 @@
 """What a validated command line asks for (`RunPlan`), and how the trainer talks back: its one error
-line (exit 2 for bad input) and its words on SIGTERM/SIGINT.
-
-A signal stops the run at the next step boundary with a checkpoint (exit 0: preemption is normal;
-tjx.parallel.stop_on_signals has the flag and handlers). A second Ctrl-C means "stop now": the
-process ends at once with one line naming the newest committed checkpoint (exit 130), without
-unwinding through the save in progress (why: tjx/parallel/preemption.py). Kept apart from `cli`
-(which builds a plan) and `startup` (which carries it out) so that neither imports the other; no
-jax here: a Ctrl-C may have cut its import short when `interrupted_exit` runs.
+line (exit 2 for bad input) and its words on SIGTERM/SIGINT (tjx.parallel.stop_on_signals): stop at
+the next step boundary with a checkpoint (exit 0), or on a second Ctrl-C at once, naming the newest
+committed checkpoint (exit 130). Apart from `cli` (which builds a plan) and `startup` (which runs
+it) so that neither imports the other; no jax: a Ctrl-C may have cut its import short.
 """
 
 from __future__ import annotations
@@ -17,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tjx.ckpt import RunDir
+from tjx.ckpt import last_checkpoint_words
 from tjx.parallel.arguments import DistributedArgs
 from tjx.parallel.preemption import write_stderr
 from trainer.config import Config
@@ -64,12 +60,7 @@ def error_exit(message: str, code: int = 2) -> int:
 
 def interrupted_exit(run_dir: Path) -> int:
     """Print the one line for a run stopped at once; returns the exit status (130)."""
-    step = RunDir(run_dir).latest_step()
-    last = (
-        f"the last checkpoint is step {step} in {str(run_dir)!r}; continue with --resume"
-        if step is not None
-        else "no checkpoint was saved"
-    )
+    last = last_checkpoint_words(run_dir, "continue with --resume")
     write_stderr(error_line(f"interrupted: stopped at once; {last}"))
     return INTERRUPTED
 

@@ -8,8 +8,6 @@ import dataclasses
 import sys
 import time
 
-import jax
-
 import trainer.training as training
 from tjx.ckpt import RunDir
 from trainer import init_from
@@ -24,38 +22,28 @@ DATA_READY_TIMEOUT_S = 6 * 3600.0
 
 def _device_note(cfg: Config) -> None:
     from tjx.kernels import enable_compilation_cache
-    from tjx.metrics import device_summary
+    from tjx.metrics import device_notes
 
-    print(f"devices: {device_summary()}", flush=True)
     setting = cfg.train.compilation_cache
     # GPU only: a rerun skips compiling and autotuning. "auto" leaves the folder to tjx.kernels.
     cache = enable_compilation_cache(None if setting == "auto" else setting)
-    if cache is not None:
-        print(f"compilation cache: {cache} (train.compilation_cache; off to disable)", flush=True)
-    if jax.default_backend() == "cpu":
-        note = "this works but is slow; a GPU runs the same command much faster."
-        print(f"note: running on CPU — {note}", flush=True)
+    print("\n".join(device_notes(cache, "train.compilation_cache")), flush=True)
 
 
 def run(plan: RunPlan) -> int:
     """Train as planned; exit code 0 on success or after a signal-triggered save, 2 on bad input."""
     import trainer.multihost as multihost
 
-    cfg = plan.config
     # Multi-host: the flags, else JAX_COORDINATOR_ADDRESS/... or the cluster JAX detects; none:
     # one process. A setup that cannot work is one error line here, never a hang.
     try:
         info = multihost.join(
-            plan.distributed, cfg.to_dict(), resume=plan.resume, init_from=plan.init_from
+            plan.distributed, plan.config.to_dict(), resume=plan.resume, init_from=plan.init_from
         )
     except multihost.JoinError as err:
         return error_exit(str(err), code=err.code)
     if info.num_processes > 1:
-        print(
-            f"multi-host: process {info.process_id} of {info.num_processes} "
-            f"(coordinator {info.coordinator}, setup from {info.source})",
-            flush=True,
-        )
+        print(f"multi-host: {info.describe()}", flush=True)
     # A peer that dies ends this process within seconds, in one line (multihost.watch).
     with multihost.watch(plan.run_dir):
         return _prepare_and_train(plan)
@@ -67,8 +55,7 @@ def _prepare_and_train(plan: RunPlan) -> int:
     import trainer.state as state
     from tjx import parallel
 
-    cfg = plan.config
-    primary = parallel.is_primary()
+    cfg, primary = plan.config, parallel.is_primary()
     _device_note(cfg)
     # Everything that can fail on bad input happens before the run directory exists.
     try:
@@ -97,9 +84,8 @@ def _prepare_and_train(plan: RunPlan) -> int:
         setup = state.build(cfg, plan.init_from)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         return error_exit(str(err))
-    # Process 0 writes the run directory; the others only take part in checkpoints (each saves
-    # its own shards there), after process 0 has made the folder. A resume writes only once its
-    # checkpoint has been restored (see training.train): a failed one leaves the run as it was.
+    # Process 0 writes the run directory; the others save their checkpoint shards there once it
+    # exists. A resume writes after its restore (training.train): a failed one changes nothing.
     if primary and not plan.resume:
         training.write_run_files(plan, setup, bundle)
     parallel.barrier("trainer:run_dir", timeout_s=plan.distributed.timeout_s)

@@ -1,10 +1,8 @@
 """The step loop of a prepared run: restore, then step, log, evaluate, sample, checkpoint, finish.
 
-`train` opens the checkpoint manager, restores on ``--resume`` (the run directory is rewritten
-only after that succeeded), opens the log sinks and hands over to a `Training`, which holds what
-the loop changes (the state, the last evaluation, the last saved step) and has one method per
-thing done at a step boundary. Everything that can fail on bad input was checked before
-(trainer/startup.py); here the exits are a diverged run (3), a signal (0, saved) and the end (0).
+`train` restores on ``--resume`` (the run directory is rewritten only once that succeeded) and
+hands over to a `Training`: what the loop changes, one method per thing done at a step boundary.
+Bad input was refused before (trainer/startup.py); the exits: diverged (3), a signal (0), done (0).
 """
 
 from __future__ import annotations
@@ -13,20 +11,21 @@ import contextlib
 import functools
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import jax
+from flax import nnx
 
+import trainer.data_setup as data_setup
+from tjx import ckpt, data, metrics, nn, parallel
 from tjx.ckpt import RunDir, final_summary
 from trainer import init_from
 from trainer.config import Config
-from trainer.plan import RunPlan, error_exit
+from trainer.plan import RunPlan, error_exit, stop_on_signals
 
 #: The loss plot: training and validation loss on one axis (tjx.metrics.plot_run), run-titled.
 CURVES = (("loss", "val_loss"),)
-#: The console's one line per log step, in this order (tokens/s is images/s for a classifier; MFU
-#: where the device's peak is known); everything else goes to the other sinks.
+#: The console's line per log step, in order (images/s for a classifier; MFU where it is known).
 CONSOLE = ("loss", "learning_rate", "grad_norm", "{unit}_per_s", "mfu")
 
 #: How the divergence error (exit 3) ends: what to change, by config key, before resuming.
@@ -49,8 +48,6 @@ def units_per_step(cfg: Config) -> int:
 def write_run_files(plan: RunPlan, setup: Any, bundle: Any) -> None:
     """``config.yaml``, ``model.json``, ``data.json`` and an ``--init-from`` start's ``init.json``;
     a file whose content is the same is left untouched (a resume that changes nothing, none)."""
-    from tjx import nn
-
     folder = RunDir(plan.run_dir)
     folder.create(plan.config.to_dict())
     folder.write_json(RunDir.MODEL_FILE, nn.config_to_dict(setup.nn_config))
@@ -62,8 +59,7 @@ def write_run_files(plan: RunPlan, setup: Any, bundle: Any) -> None:
 
 def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
     """Run the steps of a prepared run; the process's exit code."""
-    import trainer.data_setup as data_setup
-    from tjx import ckpt, data, metrics, parallel
+    import trainer.evaluation as evaluation  # not at the top: trainer.step loads with the run
 
     cfg, run_dir = plan.config, plan.run_dir
     primary = parallel.is_primary()
@@ -77,9 +73,8 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
     st, start = setup.state, 0
     if plan.resume:
         try:
-            # A corrupt newest step is skipped in one warning line (which, why, which is used).
-            with ckpt.corrupt_fallback_lines("trainer"):
-                restored = manager.restore(target=st)
+            # A corrupt newest step is skipped in one warning line; the state is placed as `st`.
+            restored = ckpt.restore_placed(manager, st, prog="trainer")
             if restored.data_state is not None:
                 data_setup.restore_loader(loader, restored.data_state, setup.mesh)
         except (ckpt.CheckpointError, ValueError) as err:
@@ -87,16 +82,17 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
             # count splits the batch differently): one line, and the run directory as it was.
             manager.close()
             return error_exit(f"--resume: {err}")
-        # Exactly the fresh state's placement (restore already reshards onto the target).
-        st = jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), restored.state, st)
-        start = int(restored.step)
+        st, start = restored.state, int(restored.step)
         if primary:
             write_run_files(plan, setup, bundle)  # the config may hold new training settings
-        print(f"resumed from step {start} ({RunDir(run_dir).checkpoints})", flush=True)
+        print(f"resumed from step {start} ({folder})", flush=True)
     if start >= cfg.train.steps:
-        # Killed after the last checkpoint, before final.json or the plot: --resume makes them.
+        # Killed after the last checkpoint, before final.json or the plot: --resume makes them
+        # (every process evaluates: the parameters span them all).
         manager.close()
-        rebuilt = _rebuild_artefacts(plan, setup, st, bundle, start, primary)
+        have = RunDir(run_dir).final_file.exists()
+        val = None if have else evaluation.evaluate_state(setup, st, bundle, cfg)
+        rebuilt = _final_files(plan, setup, st["params"], start, val, None, redo=False)
         done = f"; rebuilt {', '.join(rebuilt)}" if rebuilt else ""
         print(f"nothing to do: the run is already at step {start} of {cfg.train.steps}{done}")
         export_adapters(plan, setup, st["params"], primary)
@@ -130,58 +126,39 @@ class Training:
     primary: bool
     last_eval: dict[str, float] = field(default_factory=dict)
     compiled: bool = False  # the train step has run once (so it is compiled)
-    saved: int = field(init=False)  # the last step saved (or restored), -1 before any
-    cfg: Any = field(init=False)
-    run_dir: Path = field(init=False)
-    objective: Any = field(init=False)  # tjx.nn's Objective of the model kind
-    units_per_step: int = field(init=False)  # tokens (or images) a step scores: read once
-    log: Any = field(init=False)  # tjx-metrics' StepLog: rate, MFU, router sums per log line
 
     def __post_init__(self) -> None:
-        from tjx import metrics, nn
-
         self.cfg, self.run_dir = self.plan.config, self.plan.run_dir
         self.objective, self.units_per_step = self.cfg.objective, units_per_step(self.cfg)
-        self.saved = self.start if self.plan.resume else -1
-        # The peak is None (no MFU logged) on CPU and on devices without a figure, silently.
-        model, seq = self.setup.nn_config, self.cfg.data.seq_len
-        peak = metrics.compute_peak_flops(model.precision.compute_dtype, warn=False)
-        # mfu counts causal attention at half (MaxText, torchtitan); mfu_palm counts it whole.
-        meter = metrics.ThroughputMeter(
-            flops_per_token=nn.flops_per_unit(model, seq),
-            palm_flops_per_token=nn.flops_per_unit(model, seq, causal_half=False),
-            peak_flops_per_device=peak,
-            num_devices=jax.device_count(),
-        )
+        self.saved = self.start if self.plan.resume else -1  # the last step saved or restored
+        model, seq, unit = self.setup.nn_config, self.cfg.data.seq_len, self.objective.unit
         bpt = self.bundle.bytes_per_token if self.objective.scores_every_token else None
+        # Rate, MFU (none on CPU), router sums per log line; mfu_palm counts attention whole.
+        flops = nn.flops_per_unit(model, seq), nn.flops_per_unit(model, seq, causal_half=False)
         moe = [i for i, m in enumerate(nn.moe_layers(model)) if m]
-        self.log = metrics.StepLog(
-            meter, unit=self.objective.unit, bytes_per_token=bpt, moe_layers=moe
+        self.log = metrics.StepLog.on_devices(
+            flops, model.precision.compute_dtype, unit=unit, bytes_per_token=bpt, moe_layers=moe
         )
 
     def loop(self) -> int:
         """Every step from ``start`` to ``train.steps``, unless stopped; the exit code."""
-        from tjx.metrics import DivergenceGuard, ProfileWindow, progress_bar
-        from tjx.parallel import stop_agreement
-        from trainer.plan import stop_on_signals
-
         cfg, plan, start, total = self.cfg, self.plan, self.start, self.cfg.train.steps
+        every = cfg.train.checkpoint_every
         step_fn = self._compile()
         # A signal on any process stops all at the same boundary (a host exchange per step).
-        agreement = stop_agreement("trainer/stop")
-        guard = DivergenceGuard(
+        agreement = parallel.stop_agreement("trainer/stop")
+        guard = metrics.DivergenceGuard(
             cfg.train.max_bad_steps,
             limit_name="train.max_bad_steps",
             advice=DIVERGED_ADVICE,
-            # A run may end while a dynamic loss scale backs off (halving from 2**15: 16 skips).
             end_tolerance=LOSS_SCALE_BACKOFF if cfg.optimizer.loss_scale else 0,
         )
         stopped_by: str | None = None
-        step_done, profile = start, ProfileWindow(self.run_dir / "profile", plan.profile)
+        step_done, profile = start, metrics.ProfileWindow(self.run_dir / "profile", plan.profile)
         with (
             stop_on_signals(self.run_dir) as stop,
             # tjx-metrics' bar; plain lines with logging.progress: false or off a terminal.
-            progress_bar(start, total, enabled=cfg.logging.progress) as bar,
+            metrics.progress_bar(start, total, enabled=cfg.logging.progress) as bar,
         ):
             for step in range(start, total):
                 stopped_by = agreement.decide(step, stop.signal_name)
@@ -195,7 +172,7 @@ class Training:
                     break
                 profile.after(step_done, self.state)
                 self._at_boundary(step_done, out, bar)
-                if self._checkpoint_due(step_done):
+                if every and step_done % every == 0 and step_done != total:
                     guard.flush()  # never checkpoint a step of a bad streak
                     if guard.diverged:
                         break
@@ -250,27 +227,21 @@ class Training:
             if bar.live:  # off a terminal the console sink's line is the step's one line
                 bar.update(step_done, scalars["loss"])
         if cfg.logging.histogram_every and step_done % cfg.logging.histogram_every == 0:
-            # Every process fetches (a parameter spanning processes is all-gathered, a collective);
-            # only the primary's logger writes (make_logger).
+            # Every process fetches (all-gathering what spans processes); the primary writes.
             self.logger.log_weights(step_done, self.state["params"])
         if (cfg.train.eval_every and step_done % cfg.train.eval_every == 0) or step_done == total:
             self.last_eval = evaluation.evaluate_state(self.setup, self.state, self.bundle, cfg)
             self.logger.log_scalars(step_done, {f"val_{k}": v for k, v in self.last_eval.items()})
             bar.note(f"step {step_done}: val loss {self.last_eval['loss']:.4f}")
         sample_now = cfg.train.sample_every and step_done % cfg.train.sample_every == 0
-        # Text samples from decoder-only models (evaluation.sample calls tjx.nn.generate).
+        # Decoder-only models: every process generates (the params span them all); 0 writes.
         if self.objective.name == "lm" and (sample_now or step_done == total):
-            # Every process generates (the params span them all); process 0 writes.
             texts = evaluation.sample(self.setup, self.state["params"], self.bundle, cfg, step_done)
             self.logger.log_text(step_done, "sample", texts[0])
             if self.primary:
                 text = evaluation.format_samples(texts, cfg.sampling.prompts)
                 path = RunDir(self.run_dir).write_samples(step_done, text)
                 bar.note(f"step {step_done}: samples → {path}")
-
-    def _checkpoint_due(self, step_done: int) -> bool:
-        every = self.cfg.train.checkpoint_every
-        return bool(every) and step_done % every == 0 and step_done != self.cfg.train.steps
 
     def save(self, step: int, *, force: bool) -> None:
         """Checkpoint ``step`` (state, data position, config, the last validation loss) once."""
@@ -303,22 +274,13 @@ class Training:
 
     def _finish(self, step_done: int, stopped_by: str | None) -> int:
         """The last save, ``final.json`` and the loss plot; exit 0 (a signal's stop included)."""
-        total = self.cfg.train.steps
+        total, params = self.cfg.train.steps, self.state["params"]
         self.save(step_done, force=True)
         self._close()
-        # Every process digests the parameters (a collective); process 0 writes.
-        summary = final_summary(
-            step_done,
-            self.state["params"],
-            num_params=self.setup.num_params,
-            interrupted_by=stopped_by or ("stop_at" if step_done < total else None),
-            validation=self.last_eval,
-        )
-        if self.primary:
-            RunDir(self.run_dir).write_final(summary)
-            _plot(self.run_dir, self.cfg.name)
+        why = stopped_by or ("stop_at" if step_done < total else None)
+        _final_files(self.plan, self.setup, params, step_done, self.last_eval, why, redo=True)
         if not stopped_by and step_done == total:  # a stopped run exports when it finishes
-            export_adapters(self.plan, self.setup, self.state["params"], self.primary)
+            export_adapters(self.plan, self.setup, params, self.primary)
         if stopped_by or step_done < total:
             print(
                 f"{stopped_by or 'train.stop_at'}: saved step {step_done} to {self.run_dir}; "
@@ -333,10 +295,6 @@ def export_adapters(plan: RunPlan, setup: Any, params: Any, primary: bool) -> No
     """``--export-peft DIR``: the adapters of ``params`` as PEFT reads them (cli checked DIR)."""
     if plan.export_peft is None:
         return
-    from flax import nnx
-
-    from tjx import nn
-
     model = nnx.merge(setup.graphdef, jax.device_get(params), setup.rest)
     if primary:
         base = plan.init_from or init_from.recorded(plan.run_dir)  # a resume's: recorded
@@ -344,29 +302,22 @@ def export_adapters(plan: RunPlan, setup: Any, params: Any, primary: bool) -> No
         print(f"PEFT adapter written to {plan.export_peft}", flush=True)
 
 
-def _plot(run_dir: Path, name: str) -> bool:
-    """The loss plot (tjx.metrics.plot_run; it never fails a run); whether it was written."""
-    from tjx import metrics
-
-    curve = RunDir(run_dir).curve_file
-    return metrics.plot_run(run_dir, curve, keys=CURVES, title=name) is not None
-
-
-def _rebuild_artefacts(
-    plan: RunPlan, setup: Any, st: Any, bundle: Any, step: int, primary: bool
+def _final_files(
+    plan: RunPlan, setup: Any, params: Any, step: int, val: dict | None, why: str | None, redo: bool
 ) -> list[str]:
-    """Write a finished run's missing ``final.json`` (evaluating once) and loss plot."""
-    import trainer.evaluation as evaluation
-
-    cfg, run_dir = plan.config, plan.run_dir
-    rebuilt, folder = [], RunDir(run_dir)
-    if not folder.final_file.exists():
-        # Every process evaluates (the parameters span them all); process 0 writes.
-        val = evaluation.evaluate_state(setup, st, bundle, cfg)
-        summary = final_summary(step, st["params"], num_params=setup.num_params, validation=val)
+    """``final.json`` (not with ``val`` None) and the loss plot (tjx.metrics.plot_run, which never
+    fails a run; unless ``redo``, only if missing): the files written. Every process digests the
+    parameters (a collective); process 0 writes."""
+    folder, written, primary = RunDir(plan.run_dir), [], parallel.is_primary()
+    if val is not None:
+        summary = final_summary(
+            step, params, num_params=setup.num_params, interrupted_by=why, validation=val
+        )
         if primary:
             folder.write_final(summary)
-        rebuilt.append(RunDir.FINAL_FILE)
-    if primary and not folder.curve_file.exists() and _plot(run_dir, cfg.name):
-        rebuilt.append(RunDir.CURVE_FILE)
-    return rebuilt
+        written.append(RunDir.FINAL_FILE)
+    curve, name = folder.curve_file, plan.config.name
+    plot = primary and (redo or not curve.exists())
+    if plot and metrics.plot_run(plan.run_dir, curve, keys=CURVES, title=name) is not None:
+        written.append(RunDir.CURVE_FILE)
+    return written

@@ -91,3 +91,29 @@ def test_a_run_ending_inside_the_window_stops_the_trace_and_none_traces_nothing(
     idle.after(1, None)
     idle.close()
     assert calls == ["start", "stop"]
+
+
+def test_a_log_on_the_devices_counts_every_device_and_its_dtypes_peak(monkeypatch):
+    import jax
+
+    from tjx.metrics import step_log
+
+    asked = []
+
+    def peak(dtype, device=None, *, warn=True):
+        asked.append((dtype, warn))
+        return 2e12
+
+    monkeypatch.setattr(step_log, "compute_peak_flops", peak)
+    log = metrics.StepLog.on_devices((6.0, 8.0), "bfloat16", unit="images", bytes_per_token=2.0)
+    assert asked == [("bfloat16", False)]  # silent: a device without a figure logs no MFU
+    meter = log.meter
+    assert (meter.flops_per_token, meter.palm_flops_per_token) == (6.0, 8.0)
+    assert (meter.peak_flops_per_device, meter.num_devices) == (2e12, jax.device_count())
+    assert (log.unit, log.bytes_per_token, log.moe_layers) == ("images", 2.0, None)
+
+
+def test_a_log_on_cpu_has_no_peak_and_says_nothing(recwarn):
+    log = metrics.StepLog.on_devices((6.0, 8.0), "float32", moe_layers=[1, 3])
+    assert log.meter.peak_flops_per_device is None and log.moe_layers == [1, 3]
+    assert not recwarn.list

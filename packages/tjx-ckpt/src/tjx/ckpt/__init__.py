@@ -52,6 +52,7 @@ from tjx.ckpt.errors import (
 )
 from tjx.ckpt.fallback import CorruptCheckpointWarning, corrupt_fallback_lines
 from tjx.ckpt.fields import setting
+from tjx.ckpt.last_step import last_checkpoint_words
 from tjx.ckpt.lost_peer import silence_lost_peer_commits
 from tjx.ckpt.run_changes import (
     ConfigChanges,
@@ -80,6 +81,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
     from tjx.ckpt.manager import CheckpointManager, Restored
     from tjx.ckpt.metadata import collect_metadata, to_json
     from tjx.ckpt.params import restore_params, restore_params_and_step
+    from tjx.ckpt.resume import restore_placed
     from tjx.ckpt.safetensors_io import (
         export_safetensors,
         flat_names,
@@ -96,6 +98,7 @@ _LAZY = {
     "to_json": "tjx.ckpt.metadata",
     "restore_params": "tjx.ckpt.params",
     "restore_params_and_step": "tjx.ckpt.params",
+    "restore_placed": "tjx.ckpt.resume",
     "export_safetensors": "tjx.ckpt.safetensors_io",
     "flat_names": "tjx.ckpt.safetensors_io",
     "import_safetensors": "tjx.ckpt.safetensors_io",
@@ -167,6 +170,7 @@ __all__ = [
     "key_rows",
     "key_table",
     "keyed",
+    "last_checkpoint_words",
     "load_yaml",
     "nested_class",
     "optional",
@@ -174,6 +178,7 @@ __all__ = [
     "parse_override",
     "restore_params",
     "restore_params_and_step",
+    "restore_placed",
     "resumed_config",
     "reworded",
     "setting",

@@ -9,7 +9,8 @@
   :func:`evaluate_heldout_sources`: a mixture's per source and pooled).
 * :func:`transformer_flops_per_token` (6·N + 12·L·d·s, PaLM appendix B), :func:`peak_flops` /
   :func:`device_peak_flops` by ``device_kind`` (:func:`compute_peak_flops` for a model's compute
-  dtype at JAX's default precision), :func:`mfu` and :class:`ThroughputMeter`.
+  dtype at JAX's default precision), :func:`mfu` and :class:`ThroughputMeter`; a run's first
+  lines about its devices (:func:`device_notes`).
 * :func:`make_logger` fanning out to console / JSONL / W&B / TensorBoard (the JSONL log is standard
   JSON: :func:`dumps_json` / :func:`loads_json` write and read NaN and infinities as ``null`` named
   in a ``"nonfinite"`` entry); :func:`weights_to_host`
@@ -57,6 +58,7 @@ from tjx.metrics.compiled import (
     first_line,
     fit_compiled,
 )
+from tjx.metrics.device_notes import device_notes
 from tjx.metrics.deviceless import Target, check_packages, quiet_native_stderr, use_cpu_platform
 from tjx.metrics.devices import (
     DEVICE_PEAKS,
@@ -170,6 +172,7 @@ __all__ = [
     "check_logger_packages",
     "classification_metrics",
     "compute_peak_flops",
+    "device_notes",
     "device_peak_flops",
     "device_summary",
     "dumps_json",

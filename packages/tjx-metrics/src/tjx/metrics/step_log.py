@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from tjx.metrics.accumulate import bits_per_byte
+from tjx.metrics.devices import compute_peak_flops
 from tjx.metrics.moe import moe_metrics
 from tjx.metrics.throughput import ThroughputMeter
 
@@ -42,6 +43,31 @@ class StepLog:
         self.meter, self.unit, self.bytes_per_token = meter, unit, bytes_per_token
         self.moe_layers = moe_layers
         self._moe: Any = None  # router sums since the last line, on the device
+
+    @classmethod
+    def on_devices(
+        cls, flops_per_unit: tuple[float, float], compute_dtype: Any, **options: Any
+    ) -> StepLog:
+        """A `StepLog` whose meter counts this run's MFU over every device (``jax.device_count``).
+
+        Parameters
+        ----------
+        flops_per_unit
+            A unit's FLOPs by tjx's count (causal attention at half, as MaxText and torchtitan:
+            ``mfu``) and by PaLM's (the whole score matrix: ``mfu_palm``).
+        compute_dtype
+            The model's compute dtype: the device's peak for it (`compute_peak_flops`); on CPU
+            or a device without a figure no MFU is logged, and nothing is said about it.
+        **options
+            ``unit``, ``bytes_per_token``, ``moe_layers`` (as `StepLog` takes them).
+        """
+        meter = ThroughputMeter(
+            flops_per_token=flops_per_unit[0],
+            palm_flops_per_token=flops_per_unit[1],
+            peak_flops_per_device=compute_peak_flops(compute_dtype, warn=False),
+            num_devices=jax.device_count(),
+        )
+        return cls(meter, **options)
 
     def step(self, units: int, metrics: dict[str, Any]) -> dict[str, Any]:
         """Count one dispatched step of ``units``; ``metrics`` without its ``"moe"`` sums, which

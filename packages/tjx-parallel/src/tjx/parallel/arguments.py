@@ -98,6 +98,11 @@ class DistributedInfo:
     process_id: int | None
     source: str
 
+    def describe(self) -> str:
+        """``process I of N (coordinator HOST:PORT, setup from SOURCE)``: a run's start line."""
+        where = f"coordinator {self.coordinator}, setup from {self.source}"
+        return f"process {self.process_id} of {self.num_processes} ({where})"
+
 
 def add_distributed_arguments(
     parser: argparse.ArgumentParser, *, timeout_s: float = DEFAULT_TIMEOUT_S

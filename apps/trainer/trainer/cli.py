@@ -19,7 +19,7 @@ from trainer.init_from import check_init_from, trained_model
 from trainer.plan import RunPlan, error_exit, interrupted_exit
 from trainer.resume import check_chat_template, check_resume, describe_changes
 from trainer.schema import ConfigError, keyed
-from trainer.settings import apply_overrides, changed, load_config_data, preset_names
+from trainer.settings import apply_overrides, changed, load_config_data, preset_names, render
 
 SWITCH = {"action": "store_true"}
 #: The trainer's own flags: (name, argparse keywords, help); a flag without keywords takes a value
@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_profile(text: str | None) -> tuple[int, int] | None:
-    """``"10:15"`` → (10, 15); errors name the flag."""
+def parse_profile(text: str | None, steps: int | None = None) -> tuple[int, int] | None:
+    """``"10:15"`` → (10, 15), within ``steps`` if given; errors name the flag."""
     if text is None:
         return None
     try:
@@ -72,6 +72,8 @@ def parse_profile(text: str | None) -> tuple[int, int] | None:
         ) from None
     if not 0 <= start < stop:
         raise ConfigError(f"--profile-steps: expected 0 <= A < B, got {text!r}")
+    if steps is not None and stop > steps:
+        raise ConfigError(f"--profile-steps: {text} ends after train.steps ({steps})")
     return start, stop
 
 
@@ -97,17 +99,12 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
             "--data: this config trains on the mixture data.sources; drop --data, or add "
             "--set data.sources=null to train on --data alone"
         )
-    if cfg.data.sources is None:
-        with keyed("data.source", data.DataError):  # a local file or folder must exist now
-            data.check_local_source(cfg.data.source)
-    for i, entry in enumerate(cfg.data.sources or []):
-        with keyed(f"data.sources[{i}].source", data.DataError):
-            data.check_local_source(str(entry["source"]))
+    with keyed(None, data.DataError):  # a local file or folder must exist now (names the key)
+        data.check_local_sources(cfg.data)
     from tjx import metrics, nn  # only for a valid config: they load jax
 
     with keyed("logging.sinks"):  # an optional logger's package (tensorboardX, wandb) is there
-        wandb_mode = cfg.logging.wandb_mode if "wandb" in cfg.logging.sinks else None
-        metrics.check_logger_packages(cfg.logging.sinks, wandb_mode=wandb_mode)
+        metrics.check_logger_packages(cfg.logging.sinks, wandb_mode=cfg.logging.wandb_mode)
     if args.init_from is not None and resume:  # before the checkpoint checks: the real issue
         raise ConfigError("--init-from: cannot be combined with --resume")
     run_dir: Any = ckpt.start_location(args.run_dir or f"runs/{cfg.name}", resume=resume)
@@ -132,11 +129,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         trained = trained_model(cfg, args.init_from, run_dir, resume)
         with keyed("--export-peft"):  # what tjx.nn.save_peft would refuse at the end
             export_peft = nn.check_peft_export(trained, args.export_peft, "eval --export-hf")
-    profile = parse_profile(args.profile_steps)
-    if profile is not None and profile[1] > cfg.train.steps:
-        raise ConfigError(
-            f"--profile-steps: {args.profile_steps} ends after train.steps ({cfg.train.steps})"
-        )
+    profile = parse_profile(args.profile_steps, cfg.train.steps)
     with keyed(None, DistributedArgumentError):  # its message names the flag
         distributed = distributed_from_args(args)  # the environment fills the rest when joining
     print(*notes, sep="\n", file=sys.stderr, flush=True, end="\n" if notes else "")
@@ -147,21 +140,17 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
 
 def _show_config(args: argparse.Namespace) -> int:
     """``--show-config``: the key table, with the values of ``--config``/``--set`` if given."""
-    from trainer.settings import render
-
     try:
         settings = load_config_data(args.config) if args.config is not None else {}
-        cfg = read_config(apply_overrides(settings, list(args.overrides)))
-        print(render(cfg, args.config), end="")
+        print(render(read_config(apply_overrides(settings, args.overrides)), args.config), end="")
     except ConfigError as err:
         return error_exit(str(err))
     return 0
 
 
 def plan_argv(argv: list[str]) -> RunPlan:
-    """The validated `RunPlan` (what `trainer.run` trains) of ``argv``, the arguments ``python -m
-    trainer`` would take; nothing is written. Raises `ConfigError` for an invalid config or flag
-    value, and ``SystemExit`` (argparse's) for a command line that does not parse."""
+    """The validated `RunPlan` (what `trainer.run` trains) of ``python -m trainer``'s ``argv``;
+    nothing written. Raises `ConfigError`, or argparse's ``SystemExit`` for an unparsable line."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.config is None:

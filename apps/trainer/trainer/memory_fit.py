@@ -1,17 +1,14 @@
 """Before anything is written: the attention kernel that compiles, then the step fitted to memory.
 
-tjx.nn's `choose_attention_kernel` says the choice once and compiles the abstract train step with
-each kernel in turn until one compiles: one that fails costs a line, never the run; one named in
-the config that fails is one error line (exit 2). XLA, the last resort, is not compiled for the
-choice (every platform compiles it; the memory fit compiles it next).
+tjx.nn's `choose_attention_kernel` compiles the abstract train step with each kernel in turn
+until one compiles: one that fails costs a line, never the run (one named in the config: one error
+line, exit 2). XLA, the last resort, is compiled by the memory fit, not for the choice.
 
-What a step needs depends on the device that compiles it: gpt2_small's step (16 × 1024 tokens, no
-remat) needs 14.9 GiB compiled for an H100 with cuDNN attention (``--plan h100``, BENCHMARKS.md)
-but about 43 GiB on XLA:CPU, more than a 24 GiB workstation has. So on a single device the trainer
-takes, through tjx-metrics' `first_fit`, the step as configured or else with full remat (on CPU:
-5.7 GiB), saying so; if neither fits (or the compiler refuses both), it exits 2 naming what
-shrinks the step. Skipped on several devices (the abstract step is not partitioned: its figure
-would overstate a sharded step) and for ``--init-from``.
+What a step needs depends on the compiling device: gpt2_small's (16 × 1024 tokens, no remat) needs
+14.9 GiB for an H100 with cuDNN (``--plan h100``) but about 43 GiB on XLA:CPU. So on one device the
+trainer takes, through tjx-metrics' `first_fit`, the step as configured or else with full remat
+(on CPU: 5.7 GiB), saying so, or exits 2 naming what shrinks the step. Skipped on several devices
+(the unpartitioned abstract step would overstate a sharded one) and for ``--init-from``.
 """
 
 from __future__ import annotations
@@ -43,8 +40,11 @@ def abstract_step(cfg: Config) -> tuple[Any, Any, Any]:
     return step, state, {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shapes.items()}
 
 
-def step_peak(cfg: Config) -> int:
-    """Peak bytes of the compiled train step of ``cfg`` on one device."""
+def step_peak(cfg: Config, name: str | None = None) -> int:
+    """Peak bytes of the compiled train step of ``cfg`` on one device; ``name`` is said first (a
+    big model's compile takes minutes on a CPU)."""
+    if name:
+        print(f"memory: compiling {name} to measure its peak…", flush=True)
     step, state, batch = abstract_step(cfg)
     return peak_bytes(step.lower(state, batch).compile())["peak"]
 
@@ -88,12 +88,6 @@ def choose_kernel(
     return nn.choose_attention_kernel(cfg.model, build, say, say_xla=say_xla, **split)
 
 
-def _announced(name: str, cfg: Config) -> int:
-    """`step_peak`, said first: a big model's compile takes minutes on a CPU."""
-    print(f"memory: compiling {name} to measure its peak…", flush=True)
-    return step_peak(cfg)
-
-
 def lighter(cfg: Config, devices: int | None = None) -> Iterator[tuple[Config, str]]:
     """The memory fit's lighter steps of ``cfg``, in order, each with its change: full remat when
     it is off; then for a plan over ``devices``, twice the micro-batches while they split over
@@ -126,9 +120,9 @@ def fit_memory(cfg: Config, *, budget: int | None = None, devices: int | None = 
     if not cfg.train.fit_memory or cfg.task != "lm" or devices != 1:
         return cfg
     full = next(lighter(cfg), (cfg, ""))[0]  # full remat, when remat is off
-    candidates = [(STEP, lambda: _announced(STEP, cfg))]
+    candidates = [(STEP, lambda: step_peak(cfg, STEP))]
     if full is not cfg:
-        candidates.append((FULL_REMAT, lambda: _announced(FULL_REMAT, full)))
+        candidates.append((FULL_REMAT, lambda: step_peak(full, FULL_REMAT)))
     # Each figure is printed as it comes: the next compile may take a while.
     fit = first_fit(candidates, budget=budget, on_check=lambda c: print(f"memory: {c}", flush=True))
     if fit.chosen == FULL_REMAT:

@@ -29,9 +29,10 @@ class Setup:
     tx: optax.GradientTransformation
     state: dict[str, Any]
     num_params: int
-    #: tjx.parallel's ContextParallel of a run whose sequences are split (mesh.context > 1):
-    #: the steps trace the model inside ``tjx.nn.sequence_parallel(split)``; None: not split.
+    #: The scopes the steps trace the model in: tjx.parallel's ContextParallel (None unless
+    #: mesh.context > 1) and ``expert_parallel`` (None for a model without MoE layers).
     split: Any = None
+    experts: Any = None
     #: The step of the run ``--init-from RUN_DIR`` read (None: another start).
     init_step: int | None = None
 
@@ -69,15 +70,11 @@ def make_mesh(cfg: Config, devices: list[Any] | None = None) -> tuple[Any, Any]:
         raise ConfigError(f"mesh: {err} ({n} devices {where})") from None
     if mc.pipeline > 1:  # each microbatch is split over data×fsdp inside its stage
         _check_pipeline(cfg, parallel.batch_ways(mesh))
-    try:  # the expert axis divides an MoE model's experts: each device holds whole ones
-        if cfg.model.num_experts:
-            parallel.check_expert_split(cfg.model.num_experts, mesh)
-    except ValueError as err:
-        raise ConfigError(str(err).replace("MeshConfig.", "mesh.")) from None
     batch, steps = cfg.data.batch_size, cfg.optimizer.accumulation_steps
     per_step = f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})"
     rows = cfg.data.batch_rows  # a preference pair is two rows
-    with keyed(None):  # its message names the config keys
+    with keyed(None):  # the messages name the keys; each device holds whole experts
+        parallel.check_expert_split(cfg.model.num_experts, mesh, section="mesh")
         parallel.check_batch_split(
             {per_step: rows(batch) // steps, "eval.batch_size": rows(cfg.eval.batch_size)}, mesh
         )
@@ -88,9 +85,8 @@ def make_mesh(cfg: Config, devices: list[Any] | None = None) -> tuple[Any, Any]:
 
 
 def check_context(cfg: Config, ways: int, model: Any = None) -> None:
-    """The rules of a run whose sequences are split over ``ways`` context devices (tjx.nn's for
-    ``model``, default ``cfg.model``, which it would refuse only while tracing; tjx.parallel's
-    for the sizes), each a `ConfigError` naming the key."""
+    """tjx.nn's rules of sequences split over ``ways`` devices for ``model`` (default ``cfg.model``;
+    else refused only while tracing) and tjx.parallel's for the sizes, each a `ConfigError`."""
     from tjx import nn, parallel
 
     with keyed(None):  # the messages name the keys
@@ -98,32 +94,18 @@ def check_context(cfg: Config, ways: int, model: Any = None) -> None:
         parallel.check_context_split(cfg.data.seq_len, ways, "data.seq_len")
 
 
-def with_adapters(model: Any, cfg: Config) -> Any:
-    """``model`` with tjx.nn's LoRA adapters of ``cfg.lora`` when ``lora.enabled`` (in place;
-    step 0 computes exactly what the base computes); a target the model lacks is a config error."""
+def run_model(cfg: Config, model: Any = None) -> Any:
+    """The run's model: ``model`` (default: a new one of ``cfg.model`` from ``train.seed``) with
+    tjx.nn's LoRA adapters of ``cfg.lora`` when ``lora.enabled`` (in place; step 0 computes
+    exactly what the base computes); a target the model lacks is a config error."""
     from tjx import nn
 
+    model = nn.build_model(cfg.model, rngs=nnx.Rngs(cfg.train.seed)) if model is None else model
     if cfg.use_lora:
         seed = cfg.train.seed
         with keyed("lora.targets"):
             nn.add_lora(model, cfg.lora, rngs=nnx.Rngs(params=seed + 1, dropout=seed + 2))
     return model
-
-
-def new_model(cfg: Config, model_cfg: Any) -> Any:
-    """A freshly initialised model of ``model_cfg`` (adapters included) from ``train.seed``."""
-    from tjx import nn
-
-    return with_adapters(nn.build_model(model_cfg, rngs=nnx.Rngs(cfg.train.seed)), cfg)
-
-
-def make_optimizer(cfg: Config, params: Any, specs: Any) -> optax.GradientTransformation:
-    """tjx.optim's optimizer of the config (masks from the params' logical axes ``specs``); with
-    LoRA, over the adapters only: the base holds no optimizer state and gets no update."""
-    from tjx import optim
-
-    tx = optim.build_optimizer(cfg.optimizer, axes=specs)
-    return optim.only_trainable(tx, optim.adapter_mask(params)) if cfg.use_lora else tx
 
 
 def build(cfg: Config, init_from: str | None = None) -> Setup:
@@ -137,46 +119,49 @@ def build(cfg: Config, init_from: str | None = None) -> Setup:
     mesh, rules = make_mesh(cfg)
     init_step = None
     if init_from is None:
-        model = parallel.shard_init(lambda: new_model(cfg, model_cfg), mesh, rules)
+        model = parallel.shard_init(lambda: run_model(cfg), mesh, rules)
     else:
         if RunDir.is_run(init_from):  # a tjx run's newest checkpoint (SFT before DPO), checked
             model, init_step = init_runs.load_run(cfg, model_cfg, init_from)
-            with_adapters(model, cfg)
         else:  # the architecture from the checkpoint; how to train it from the config
             how = {k: getattr(model_cfg, k) for k in nn.TRAINING_FIELDS}
             with keyed("--init-from", OSError, ValueError):
                 model, _ = nn.load_hf(init_from, **how)
             model_cfg = model.config  # its own attention settings (position) under the split
             check_context(cfg, parallel.context_ways(mesh), model_cfg)
-            with_adapters(model, cfg)
             if vocab_size > model_cfg.vocab_size:
                 raise ConfigError(
                     f"--init-from: the tokenizer's {vocab_size} ids do not fit the checkpoint's "
                     f"vocab_size {model_cfg.vocab_size}; set data.tokenizer to the checkpoint's "
                     "tokenizer (its folder)"
                 )
-        loaded = nnx.state(model)  # loaded on the host, then placed on the mesh
+        loaded = nnx.state(run_model(cfg, model))  # loaded on the host, placed on the mesh
         nnx.update(model, jax.device_put(loaded, parallel.state_shardings(loaded, mesh, rules)))
     graphdef, rest, tx, state, _ = train_state(cfg, model, (mesh, rules))
     # The step counter (and any leaf jit left on one device) replicated: one device set.
     state = parallel.on_mesh(state, mesh)
     num_params = sum(int(x.size) for x in jax.tree.leaves(state["params"]))
     split = parallel.context_parallel(mesh, rules, cfg.mesh)  # None unless mesh.context > 1
-    return Setup(mesh, rules, model_cfg, graphdef, rest, tx, state, num_params, split, init_step)
+    experts = parallel.expert_parallel(mesh, rules) if cfg.model.num_experts else None
+    return Setup(
+        mesh, rules, model_cfg, graphdef, rest, tx, state, num_params, split, experts, init_step
+    )
 
 
 def train_state(cfg: Config, model: Any, place: tuple[Any, Any] | None = None) -> tuple[Any, ...]:
     """(graphdef, rest, optimizer, state ``{params, opt_state, step}``, the params' logical axes)
     of ``model``: the run's, sharded on ``place`` (mesh, rules), or abstract (``place`` None, of
     `abstract_state`'s ``nnx.eval_shape``: every leaf a ``jax.ShapeDtypeStruct``)."""
-    from tjx import parallel
+    from tjx import optim, parallel
 
     graphdef, params_state, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
     params = nnx.to_pure_dict(params_state)
     # The params' logical axes: the weight-decay mask and Muon's matrices are read from them, and
     # optimizer slots that mirror the params (mu, nu, ...) are sharded like them (ZeRO under FSDP).
     specs = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
-    tx = make_optimizer(cfg, params, specs)
+    tx = optim.build_optimizer(cfg.optimizer, axes=specs)
+    if cfg.use_lora:  # over the adapters only: the base holds no optimizer state, gets no update
+        tx = optim.only_trainable(tx, optim.adapter_mask(params))
     step: Any
     if place is None:
         opt_state, step = jax.eval_shape(tx.init, params), jax.ShapeDtypeStruct((), jnp.int32)
@@ -184,11 +169,10 @@ def train_state(cfg: Config, model: Any, place: tuple[Any, Any] | None = None) -
         opt_state = parallel.shard_opt_init(tx.init, params, *place, param_specs=specs)
         step = jnp.asarray(0, jnp.int32)
     state = {"params": params, "opt_state": opt_state, "step": step}
-    # DPO without LoRA: the starting params, frozen, as the reference model (trainer.dpo); an
-    # abstract state's shapes serve as they are.
+    # DPO without LoRA: the starting params, frozen, as the reference model (trainer.dpo)
     return graphdef, rest, tx, dpo.with_reference(cfg, state, copy=place is not None), specs
 
 
 def abstract_state(cfg: Config) -> tuple[Any, ...]:
     """`train_state` of ``cfg``'s model (LoRA adapters included) with no parameter created."""
-    return train_state(cfg, nnx.eval_shape(lambda: new_model(cfg, cfg.model)))
+    return train_state(cfg, nnx.eval_shape(lambda: run_model(cfg)))

@@ -1,9 +1,6 @@
-"""The jitted train and eval steps (pure functions of a state dict and a batch).
-
-The state is ``{"params": pure dict, "opt_state": optax state, "step": int32}``; the model's graph
-(``graphdef``) and its non-parameter state (RNG streams, ``rest``) are closed over. Dropout keys are
-``fold_in(rest key, step)`` each step, so the RNG needs no saving and a resumed run draws the same
-masks as an uninterrupted one.
+"""The jitted train and eval steps: pure functions of a state ``{"params", "opt_state", "step"}``
+and a batch, closing over the model's graph (``graphdef``) and RNG streams (``rest``). Dropout keys
+are ``fold_in(rest key, step)``, so the RNG needs no saving and a resumed run draws the same masks.
 """
 
 from __future__ import annotations
@@ -32,15 +29,23 @@ def make_loss_fn(
     (``"moe"``, rows = MoE layers). ``split`` (tjx.parallel's ContextParallel): sequences split
     over the context devices; ``experts`` (tjx.parallel's ``expert_parallel``): how MoE layers
     run on the mesh (None: as XLA shards them)."""
-    if cfg.mesh.pipeline > 1:  # the layer stack as a pipeline over the `pipeline` mesh axis
-        return pipeline_loss_fn(graphdef, rest, cfg)
+    mc = cfg.mesh
+    if mc.pipeline > 1:  # the layer stack as a pipeline over the `pipeline` mesh axis
+        from tjx import parallel
+        from trainer.state import make_mesh
+
+        mesh, _ = make_mesh(cfg)  # the same devices and sizes as build(): the same mesh
+        pipeline = functools.partial(
+            parallel.pipeline_loss, mesh=mesh, microbatches=mc.microbatches, schedule=mc.schedule
+        )
+        # tjx.nn cuts the decoder into tjx.parallel's pieces: the token-weighted mean of the
+        # microbatches, i.e. the unpipelined loss.
+        return nn.pipelined_loss_fn(graphdef, rest, pipeline, **cfg.train.head_settings)
     # Adapter dropout draws from the model's dropout stream too (tjx.nn.add_lora installs one).
     deterministic = cfg.model.dropout == 0.0 and not (cfg.use_lora and cfg.lora.dropout > 0)
     if dpo.is_dpo(cfg):  # preference pairs: the DPO loss (its reference bound per step)
-        head = dpo.head_settings(cfg)
-        return nn.preference_loss_fn(
-            graphdef, rest, cfg.preference, deterministic=deterministic, **head
-        )
+        head = {"deterministic": deterministic, **dpo.head_settings(cfg)}
+        return nn.preference_loss_fn(graphdef, rest, cfg.preference, **head)
     base_key = jax.random.key(cfg.train.seed)
 
     def loss_fn(params: Any, batch: Batch, step: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
@@ -92,12 +97,9 @@ def make_train_step(
             # fp16: differentiate loss × scale; the optimizer chain unscales (and skips on inf).
             return (scale_loss(loss, opt_state) if scaled else loss), aux
 
-        # Each micro-batch's loss is a mean over its own valid targets (num_tokens: non-ignored
-        # labels, MLM-masked tokens, images, or DPO's real pairs). Weighting by that count makes
-        # the step the gradient of the whole batch's mean; equal weights would over-count the
-        # tokens of micro-batches with more padding / ignored targets. Counts in aux are summed.
-        # With LoRA only the adapters are differentiated: the frozen base's weight gradients
-        # are never computed, and its zero "gradients" are constants only_trainable drops.
+        # Micro-batches weighted by their valid targets (num_tokens: labels, MLM-masked tokens,
+        # images or DPO pairs): the whole batch's mean, where equal weights would over-count the
+        # tokens of padded ones. With LoRA only the adapters are differentiated (no base grads).
         loss, aux, grads = optim.trainable_gradients(
             scaled_loss,
             params,
@@ -120,8 +122,7 @@ def make_train_step(
             metrics |= nn.preference_step_metrics(aux)
         else:
             metrics["num_tokens"] = aux["num_tokens"]
-        if "moe" in aux:
-            metrics["moe"] = aux["moe"]
+        metrics |= {"moe": aux["moe"]} if "moe" in aux else {}
         new_state = {**state, "params": params, "opt_state": opt_state, "step": step + 1}
         return new_state, metrics
 
@@ -131,19 +132,8 @@ def make_train_step(
 def jit_train_step(setup: Any, cfg: Config, **jit_options: Any) -> Any:
     """`make_train_step` of a built ``trainer.state.Setup``, jitted with the state donated (one copy
     of the params and optimizer state, not two); ``jit_options`` go to ``jax.jit``."""
-    experts = experts_of(setup.mesh, setup.rules, cfg)
-    step = make_train_step(setup.graphdef, setup.rest, setup.tx, cfg, setup.split, experts)
+    step = make_train_step(setup.graphdef, setup.rest, setup.tx, cfg, setup.split, setup.experts)
     return jax.jit(step, donate_argnums=(0,), **jit_options)
-
-
-def experts_of(mesh: Any, rules: Any, cfg: Config) -> Any:
-    """tjx.parallel's ``expert_parallel`` of the mesh (each device routes its own tokens; with
-    ``mesh.expert > 1`` tokens travel by all-to-all); None for a model without MoE layers."""
-    if not cfg.model.num_experts:
-        return None
-    from tjx import parallel
-
-    return parallel.expert_parallel(mesh, rules)
 
 
 def make_eval_step(
@@ -157,7 +147,6 @@ def make_eval_step(
 
     if dpo.is_dpo(cfg):
         return nn.preference_sums_fn(graphdef, rest, cfg.preference, **dpo.head_settings(cfg))
-
     logits_fn = nn.objective_logits_fn(
         graphdef, rest, key=nn.eval_mask_key(cfg.train.seed), mask_prob=cfg.train.mlm_probability
     )
@@ -170,21 +159,3 @@ def make_eval_step(
             return step(params, batch)  # type: ignore[no-any-return]
 
     return split_step
-
-
-# tjx.parallel's `pipeline_loss` is generic (stacked layer params, a layer function, a last-stage
-# head); tjx.nn's `pipelined_loss_fn` cuts the decoder into those pieces (`decoder_stages`: the
-# embedding before the pipeline, one `Block` per layer, the final norm, unembedding and loss on
-# the last stage) and runs them through it.
-def pipeline_loss_fn(graphdef: Any, rest: Any, cfg: Config) -> Any:
-    """`make_loss_fn` of a decoder whose layer stack runs as a ``mesh.pipeline``-stage pipeline
-    (the token-weighted mean of the microbatches: the unpipelined loss)."""
-    from tjx import parallel
-    from trainer.state import make_mesh
-
-    mesh, _ = make_mesh(cfg)  # the same devices and sizes as build(): the same mesh
-    mc = cfg.mesh
-    pipeline = functools.partial(
-        parallel.pipeline_loss, mesh=mesh, microbatches=mc.microbatches, schedule=mc.schedule
-    )
-    return nn.pipelined_loss_fn(graphdef, rest, pipeline, **cfg.train.head_settings)

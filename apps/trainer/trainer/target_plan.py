@@ -23,11 +23,9 @@ import jax
 from tjx import metrics
 from tjx.metrics import Compiled, Target, quiet_native_stderr
 from trainer.config import Config
+from trainer.memory_fit import Say, choose_kernel, lighter
 from trainer.plan import error_exit
-from trainer.schema import ConfigError
-
-Say = Callable[[str], None]
-
+from trainer.schema import ConfigError, keyed
 
 #: The jitted steps of a run and their abstract, sharded arguments.
 AbstractRun = namedtuple("AbstractRun", "train_step state batch eval_step eval_batch")
@@ -38,23 +36,21 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
     `ConfigError` for a mesh or batch that does not split over them, or a pipelined mesh."""
     from tjx import nn, parallel
     from trainer.state import abstract_state, make_mesh
-    from trainer.step import experts_of, make_eval_step, make_train_step
+    from trainer.step import make_eval_step, make_train_step
 
     if run.mesh.pipeline > 1:
         raise ConfigError("mesh.pipeline: a pipelined run is not planned without its devices yet")
     mesh, rules = make_mesh(run, devices)  # ZeRO over fsdp × context under a split
     split = parallel.context_parallel(mesh, rules, run.mesh)  # as state.build: None unless split
+    experts = parallel.expert_parallel(mesh, rules) if run.model.num_experts else None
     graphdef, rest, tx, state, specs = abstract_state(run)
     shardings = parallel.state_shardings(state, mesh, rules, param_specs=specs)
     state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
     )
     concrete_rest = nn.concrete_state(rest)
-    train = jax.jit(
-        make_train_step(graphdef, concrete_rest, tx, run, split, experts_of(mesh, rules, run)),
-        donate_argnums=(0,),
-        out_shardings=(shardings, None),
-    )
+    step = make_train_step(graphdef, concrete_rest, tx, run, split, experts)
+    train = jax.jit(step, donate_argnums=(0,), out_shardings=(shardings, None))
     evaluate = jax.jit(make_eval_step(graphdef, concrete_rest, run, split))
 
     def batch(size: int) -> dict[str, jax.ShapeDtypeStruct]:  # split over the batch axes
@@ -89,18 +85,13 @@ def compile_train(run: Config, target: Target, label: str, *, train: bool = True
 def plan_vocab(run: Config) -> Config:
     """The run with its tokenizer's vocabulary, read without preparing any data (a BPE that is
     not trained yet is planned at ``data.tokenizer_vocab`` ids)."""
+    from tjx import data
     from trainer.config import resolve
 
-    if run.vocab_size or run.task == "classify":
-        vocab = int(run.vocab_size or 0)
-    elif run.data.tokenizer == "bpe":
-        vocab = int(run.data.tokenizer_vocab)
-    else:
-        from tjx import data
-        from trainer.schema import keyed
-
+    vocab = int(run.vocab_size or 0)
+    if not vocab and run.task != "classify":
         with keyed("data.tokenizer", data.DataError):
-            vocab = int(data.load_tokenizer(run.data.tokenizer).vocab_size)
+            vocab = data.config_vocab(run.data)
     return resolve(run, vocab)
 
 
@@ -108,17 +99,15 @@ def plan_from_args(args: argparse.Namespace) -> int:
     """``--plan``: the config (``--config``, ``--set``, ``--data``) resolved as a run resolves it,
     then planned on ``args.plan`` and printed; the exit code (0, or 2 with one error line)."""
     from tjx import parallel
-    from trainer.config import read_config
-    from trainer.settings import apply_overrides, load_config_data
+    from trainer.settings import load_config
 
     try:
         if args.resume or args.init_from:
             raise ConfigError("--plan: plans a fresh run; drop --resume / --init-from")
         sets = [*args.overrides, *([] if args.data is None else [f"data.source={args.data}"])]
-        # The native libraries' start-up chatter (jax loading the CUDA plugin or libtpu, the CUDA
-        # stub's "no driver") stays off the terminal; the plan's lines go to stdout.
+        # The native libraries' start-up chatter (the CUDA plugin, libtpu) stays off the terminal
         with quiet_native_stderr():
-            resolved = read_config(apply_overrides(load_config_data(args.config), sets))
+            resolved = load_config(args.config, sets)
             target = metrics.open_target(args.plan, parallel.abstract_devices)
             say = functools.partial(print, flush=True)
             result = plan(plan_vocab(resolved), target, args.plan, say)
@@ -134,10 +123,8 @@ def plan_here(
 ) -> dict[str, Any]:
     """The plan of ``resolved`` on this machine's devices, estimated as the table's entry for
     their kind (or ``device``): the GPU suite's figures. A `ConfigError` if the table has none."""
-    try:
+    with keyed(None):
         target = metrics.local_target(device)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
     result = plan(plan_vocab(resolved), target, target.device.key, say or (lambda line: None))
     return {**result.data, "error": result.error}
 
@@ -145,7 +132,6 @@ def plan_here(
 def plan(run: Config, target: Target, text: str, say: Say) -> metrics.PlanResult:
     """``run`` compiled, fitted and estimated on ``target`` (tjx-metrics' `plan_report`)."""
     from tjx import kernels, nn
-    from trainer.memory_fit import choose_kernel, lighter
     from trainer.training import units_per_step
 
     def choose(build: Callable[[str], None], tell: Say) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tjx.data import DataConfig, DataError, check_data_config, check_template
+from tjx.data import DataConfig, DataError, check_data_config, check_local_sources, check_template
 from tjx.data.chat_template import ChatTemplate
 from tjx_data_tests.conftest import write_chat_folder
 
@@ -55,6 +55,22 @@ def test_data_a_model_reads_passes():
     check_data_config(DataConfig(format="chat"), "lm")
     check_data_config(DataConfig(sources=MIX, max_tokens=10_000), "lm")
     check_data_config(DataConfig(), "classify")
+
+
+def test_a_local_source_that_is_not_there_is_refused_naming_its_key(tmp_path: Path):
+    there, gone = tmp_path / "a.txt", str(tmp_path / "gone.txt")
+    there.write_text("text", encoding="utf-8")
+    check_local_sources(DataConfig(source=str(there)))
+    check_local_sources(DataConfig(source="shakespeare"))  # a built-in name: not a path
+    check_local_sources(DataConfig(source=gone, sources=[{"source": str(there)}]))  # the mixture's
+    with pytest.raises(DataError) as err:
+        check_local_sources(DataConfig(source=gone))
+    assert str(err.value) == f"data.source: no such file or folder {gone!r}"
+    assert err.value.argument == "source"
+    mix = [{"source": str(there), "weight": 1}, {"source": gone, "weight": 2}]
+    with pytest.raises(DataError) as err:
+        check_local_sources(DataConfig(sources=mix), section="d")
+    assert str(err.value) == f"d.sources[1].source: no such file or folder {gone!r}"
 
 
 def test_a_resumed_chat_run_must_read_the_template_it_trained_with(tmp_path: Path):

@@ -21,6 +21,7 @@ from tjx.data import (
     DataError,
     MixtureLoader,
     config_tokenizer,
+    config_vocab,
     describe_sources,
     prepare_run,
     prepare_run_data,
@@ -91,6 +92,14 @@ def test_the_tokenizer_of_a_mixture_is_the_one_of_its_first_source(sources, tmp_
     with pytest.raises(DataError) as err:
         config_tokenizer(DataConfig(tokenizer=str(tmp_path / "none.json")), names=NAMES)
     assert err.value.argument == "tokenizer"
+
+
+def test_the_vocabulary_is_read_without_training_a_bpe(tmp_path):
+    assert config_vocab(DataConfig()) == ByteTokenizer().vocab_size  # byte-level: loaded
+    bpe = DataConfig(tokenizer="bpe", tokenizer_vocab=300, cache_dir=str(tmp_path / "cache"))
+    assert config_vocab(bpe) == 300 and not (tmp_path / "cache").exists()  # nothing trained
+    with pytest.raises(DataError, match="none.json"):
+        config_vocab(DataConfig(tokenizer=str(tmp_path / "none.json")))
 
 
 def test_text_and_a_mixture_are_prepared_as_their_own_functions_prepare_them(sources, tmp_path):

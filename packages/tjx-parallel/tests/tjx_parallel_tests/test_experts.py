@@ -82,6 +82,9 @@ def test_check_expert_split_names_the_mesh_field():
         "MeshConfig.expert: 4 devices do not divide the model's num_experts (6); allowed: a "
         "divisor of 6"
     )
+    parallel.check_expert_split(0, mesh)  # a model without experts
+    with pytest.raises(ValueError, match=r"^mesh\.expert: 4 devices do not divide"):
+        parallel.check_expert_split(6, mesh, section="mesh")  # an app's own key
 
 
 def test_expert_parallel_refuses_a_bad_transport_or_rules_without_the_expert_axis():

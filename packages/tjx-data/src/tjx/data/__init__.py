@@ -32,9 +32,10 @@ from tjx.data.pretokenize import pretokenize
 from tjx.data.run_config import DataConfig
 from tjx.data.run_data import RunData, restore_loader_state
 from tjx.data.run_prepare import prepare_image_run_data, prepare_mixture_run_data, prepare_run_data
-from tjx.data.run_rules import check_data_config, check_template
+from tjx.data.run_rules import check_data_config, check_local_sources, check_template
 from tjx.data.run_setup import (
     config_tokenizer,
+    config_vocab,
     describe_sources,
     prepare_run,
     run_loader,
@@ -90,12 +91,14 @@ __all__ = [
     "local_cache_folder",
     "check_data_config",
     "check_local_source",
+    "check_local_sources",
     "check_max_tokens",
     "check_mixture",
     "check_run_tokenizer",
     "check_template",
     "check_tokenizer",
     "config_tokenizer",
+    "config_vocab",
     "describe_sources",
     "dtype_for_vocab",
     "encode_prompts",

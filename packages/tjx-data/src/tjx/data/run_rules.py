@@ -1,6 +1,7 @@
-"""The rules between a `DataConfig`'s fields and the model it feeds (`check_data_config`), and
-whether a resumed chat run still reads its template (`check_template`). Messages name the fields
-as the caller's ``section`` holds them (``data.max_tokens``)."""
+"""The rules between a `DataConfig`'s fields and the model it feeds (`check_data_config`), that
+its local sources are there (`check_local_sources`), and whether a resumed chat run still reads
+its template (`check_template`). Messages name the fields as the caller's ``section`` holds them
+(``data.max_tokens``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from tjx.data.errors import DataError
 from tjx.data.mixture import check_mixture
 from tjx.data.prepare import check_max_tokens
 from tjx.data.run_config import DataConfig
+from tjx.data.sources import check_local_source
 
-__all__ = ["check_data_config", "check_template"]
+__all__ = ["check_data_config", "check_local_sources", "check_template"]
 
 
 def check_data_config(
@@ -50,6 +52,26 @@ def check_data_config(
             f"{section}.shuffle=false or train on one {section}.source",
             argument="shuffle",
         )
+
+
+def check_local_sources(cfg: DataConfig, *, section: str = "data") -> None:
+    """Refuse a local file or folder that is not there (`check_local_source`), ``source`` or each
+    mixture entry's: cheap, so an app calls it while it reads its config, before any set-up.
+
+    Raises
+    ------
+    DataError
+        ``"<section>.source: no such file or folder ..."`` (a mixture's:
+        ``"<section>.sources[<i>].source: ..."``); ``argument`` as `check_local_source` sets it.
+    """
+    named = [(f"{section}.source", cfg.source)] if cfg.sources is None else []
+    for i, entry in enumerate(cfg.sources or []):
+        named.append((f"{section}.sources[{i}].source", str(entry["source"])))
+    for key, spec in named:
+        try:
+            check_local_source(spec)
+        except DataError as err:
+            raise DataError(f"{key}: {err}", argument=err.argument) from None
 
 
 def check_template(cfg: DataConfig, saved: str | None, *, section: str = "data") -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tjx.data.bpe import load_tokenizer
 from tjx.data.chat_run import ChatRunData, prepare_chat_run_data
 from tjx.data.mixture import MixtureSource, check_mixture
 from tjx.data.run_config import DataConfig
@@ -23,6 +24,7 @@ from tjx.data.tokenizers import Tokenizer
 
 __all__ = [
     "config_tokenizer",
+    "config_vocab",
     "describe_sources",
     "prepare_run",
     "run_loader",
@@ -65,6 +67,20 @@ def config_tokenizer(config: DataConfig, *, names: Names = None) -> Tokenizer:
         cache_dir=config.cache_dir,
         names=names,
     )
+
+
+def config_vocab(config: DataConfig) -> int:
+    """The vocabulary `config_tokenizer` gives, read without preparing anything: a ``bpe`` not
+    trained yet counts its ``tokenizer_vocab`` ids; any other tokenizer is loaded.
+
+    Raises
+    ------
+    DataError
+        `load_tokenizer`'s, for a tokenizer that does not load.
+    """
+    if config.tokenizer == "bpe":
+        return int(config.tokenizer_vocab)
+    return int(load_tokenizer(config.tokenizer).vocab_size)
 
 
 def prepare_run(

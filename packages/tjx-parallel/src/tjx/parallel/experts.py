@@ -58,13 +58,14 @@ TRANSPORTS = ("auto", "ragged", "padded")
 Array = jax.Array
 
 
-def check_expert_split(num_experts: int, mesh: Mesh) -> None:
+def check_expert_split(num_experts: int, mesh: Mesh, *, section: str = "MeshConfig") -> None:
     """Raise a one-line ``ValueError`` unless the ``expert`` axis of ``mesh`` divides the
-    model's ``num_experts`` (each device must hold an equal share of whole experts)."""
+    model's ``num_experts`` (each device must hold an equal share of whole experts; 0, a model
+    without experts, passes). The message names the field as ``section.expert`` (an app's key)."""
     size = int(dict(mesh.shape).get(EXPERT_AXIS, 1))
     if num_experts % size:
         raise ValueError(
-            f"MeshConfig.expert: {size} devices do not divide the model's num_experts "
+            f"{section}.expert: {size} devices do not divide the model's num_experts "
             f"({num_experts}); allowed: a divisor of {num_experts}"
         )
 

@@ -43,7 +43,10 @@ def run(plan: RunPlan) -> int:
     except multihost.JoinError as err:
         return error_exit(str(err), code=err.code)
     if info.num_processes > 1:
-        print(f"multi-host: {info.describe()}", flush=True)
+        where = f"coordinator {info.coordinator}, setup from {info.source}"
+        print(
+            f"multi-host: process {info.process_id} of {info.num_processes} ({where})", flush=True
+        )
     # A peer that dies ends this process within seconds, in one line (multihost.watch).
     with multihost.watch(plan.run_dir):
         return _prepare_and_train(plan)

@@ -40,11 +40,6 @@ def test_no_setup_is_a_single_process() -> None:
     assert resolve_distributed("h:1", 1, 0) == DistributedInfo("h:1", 1, 0, "args")
 
 
-def test_a_process_describes_itself_in_one_start_line() -> None:
-    info = DistributedInfo("10.0.0.1:1234", 4, 2, "slurm")
-    assert info.describe() == "process 2 of 4 (coordinator 10.0.0.1:1234, setup from slurm)"
-
-
 def test_explicit_arguments_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     env = {"JAX_COORDINATOR_ADDRESS": "envhost:1", "JAX_NUM_PROCESSES": "8", "JAX_PROCESS_ID": "7"}
     _setenv(monkeypatch, {**env, **SLURM})

@@ -1,13 +1,9 @@
-"""How a process joins a multi-process run, decided before anything starts (no jax needed).
-
-The launch flags (:func:`add_distributed_arguments`, read back checked by
-:func:`distributed_from_args`), then ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` /
-``JAX_PROCESS_ID``, then the scheduler whose task variables are set (:data:`SCHEDULERS`), else a
-single process (:func:`resolve_distributed`). What tjx cannot read (a SLURM step's coordinator, a
-Job's count) is left to JAX's detector, which ``jax.distributed.initialize`` runs when joining.
-JAX's detectors need every variable they read and say "no cluster" otherwise: a job whose task
-variables are only half there would silently run one process per host. Here it is a
-:class:`HalfSetError`, one line naming the missing variables and the fix.
+"""How a process joins a multi-process run, decided before anything starts (no jax needed):
+the launch flags (:func:`add_distributed_arguments`, :func:`distributed_from_args`), then the
+``JAX_*`` variables, then the scheduler whose task variables are set (:data:`SCHEDULERS`), else one
+process (:func:`resolve_distributed`); the rest is JAX's detector's, run when joining. JAX's
+detectors say "no cluster" when a variable is missing, so a half-set job would silently run one
+process per host: here that is a :class:`HalfSetError`, one line naming the variables and the fix.
 """
 
 from __future__ import annotations
@@ -97,11 +93,6 @@ class DistributedInfo:
     num_processes: int | None
     process_id: int | None
     source: str
-
-    def describe(self) -> str:
-        """``process I of N (coordinator HOST:PORT, setup from SOURCE)``: a run's start line."""
-        where = f"coordinator {self.coordinator}, setup from {self.source}"
-        return f"process {self.process_id} of {self.num_processes} ({where})"
 
 
 def add_distributed_arguments(

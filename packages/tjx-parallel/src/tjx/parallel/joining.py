@@ -1,12 +1,10 @@
 """Joining a multi-process run in one call (:func:`join`): resolve the setup, start
 ``jax.distributed`` (:func:`initialize`: jax's detectors and timeouts, its abort as one line),
-then check that every process was started alike.
-
-jax takes process 0's word on the run's shape, so a process told 3 in a run of 2 joins without
-complaint, and one started with another config trains another model until a collective hangs.
-After joining, :func:`disagreements` gathers every process's named values in one tiny all-gather
-(:func:`process_values`: ints as they are, strings as 128-bit digests); every process computes
-the same list from the same rows, so all refuse together (:class:`DisagreementError`).
+then check that every process was started alike: jax takes process 0's word on the run's shape,
+so a process told 3 in a run of 2 joins, and one with another config trains another model until
+a collective hangs. :func:`disagreements` gathers every process's named values in one tiny
+all-gather (:func:`process_values`; strings as 128-bit digests): all compute the same list from
+the same rows, so all refuse together (:class:`DisagreementError`).
 """
 
 from __future__ import annotations
@@ -160,13 +158,9 @@ _gathers = itertools.count()  # each gather's barrier has its own name
 
 def gather_rows(mine: np.ndarray) -> np.ndarray:
     """Every process's ``mine`` (one int32 row each), stacked in process order (a collective).
-
-    jax's ``process_allgather`` returns once the first local device holds the result, while the
-    other local devices may still be connecting to their peers (gloo); a process that then exits
-    (after a disagreement every process refuses at once) leaves a peer waiting on a connection
-    that never comes, and that peer hangs in its exit. So every local copy is waited for, then
-    a barrier: no process goes on before every process's gather is done.
-    """
+    jax's ``process_allgather`` returns once one local device holds the result, others perhaps
+    still connecting (gloo): a process exiting then (all refuse a disagreement at once) hangs a
+    peer in its exit. So every local copy is waited for, then a barrier."""
     devices = np.array(jax.devices()).reshape(jax.process_count(), jax.local_device_count())
     mesh = jax.sharding.Mesh(devices, ("processes", "local"))
     spread = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("processes"))

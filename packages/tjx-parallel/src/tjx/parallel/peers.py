@@ -1,16 +1,13 @@
 """A dead peer ends every survivor within seconds, with one line naming it.
 
-jax's coordination service declares a process dead only after its heartbeat timeout (100 s by
-default), then aborts the survivors; ``client.get_live_nodes`` is itself a collective. So every
-process writes a counter under ``tjx/peers/beat/<rank>`` in the service's key-value store every
-``interval_s`` and lists everyone's: a peer whose counter has not changed for ``silence_s`` is
-dead. The threads run on while the main thread waits inside XLA (compile and execute release the
-GIL), so a long step is no silence; a finished process writes ``done``. Process 0 hosts the
-service: calls that keep failing, or none succeeding for ``silence_s`` (a host that stopped
-answering: calls hang), mean the coordinator is lost. With gloo a collective raises as soon as a
-peer's connection drops, and jax's exit handler then waits for the dead peer at a shutdown
-barrier; so a process that leaves without ``stop(done=True)`` stops beating (its peers should
-notice) but judges them until it is gone.
+jax's coordination service declares a process dead only after its heartbeat timeout (100 s), and
+``client.get_live_nodes`` is itself a collective. So every process writes a counter under
+``tjx/peers/beat/<rank>`` in the service's key-value store every ``interval_s`` and lists
+everyone's: a counter unchanged for ``silence_s`` is a death. The threads run while the main
+thread waits inside XLA (it releases the GIL), so a long step is no silence; a finished process
+writes ``done``. Calls to process 0's service that keep failing, or hang for ``silence_s``, mean
+the coordinator is lost. A process leaving without ``stop(done=True)`` (gloo's collectives raise
+when a peer drops; jax's exit then waits at a barrier) stops beating but judges peers until gone.
 """
 
 from __future__ import annotations

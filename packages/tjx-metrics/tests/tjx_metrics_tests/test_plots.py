@@ -96,3 +96,23 @@ def test_plot_run_never_raises(tmp_path, capsys):
     assert (
         err.startswith("warning: could not plot c.png: none of the keys") and err.count("\n") == 1
     )
+
+
+
+def test_a_single_validation_point_is_visible(tmp_path):
+    # A short run evaluates once, at its end, and a line through one point draws nothing: a
+    # sparse curve carries markers. In a panel of its own (no legend) the only pixels of the
+    # first colour of matplotlib's cycle (C0, #1f77b4) are the curve's.
+    rng = np.random.default_rng()
+    log = tmp_path / "metrics.jsonl"
+    with JsonlLogger(log) as logger:
+        logger.log_scalars(40, {"val_loss": 3.0 + rng.uniform(0, 0.1)})
+        for step in range(1, 41):
+            logger.log_scalars(step, {"loss": 3.0 + rng.uniform(0, 0.1)})
+
+    def c0_pixels(key: str) -> int:
+        rgb = matplotlib.image.imread(plot_curves(log, tmp_path / f"{key}.png", keys=[key]))
+        return int((np.abs(rgb[..., :3] - np.array([0.122, 0.467, 0.706])).max(-1) < 0.1).sum())
+
+    assert c0_pixels("val_loss") > 20  # a marker ~4 pt across at 100 dpi: ~30 pixels
+    assert c0_pixels("loss") > 500  # the dense curve still draws its line

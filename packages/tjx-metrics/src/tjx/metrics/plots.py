@@ -20,6 +20,8 @@ from tjx.metrics.loggers.urls import is_url, read_bytes, write_bytes
 __all__ = ["load_curves", "plot_curves", "plot_run"]
 
 KeySpec = str | Sequence[str]
+#: A curve with at most this many points is drawn with a marker at each point.
+SPARSE_POINTS = 30
 
 
 def load_curves(
@@ -120,7 +122,10 @@ def plot_curves(
                 steps, values = [p[0] for p in pairs], [p[1] for p in pairs]
             # NaN / inf values make gaps in the line instead of disappearing silently.
             ys = [v if math.isfinite(v) else math.nan for v in values]
-            ax.plot(steps, ys, label=key, linewidth=1.2)
+            # A sparse curve (validation every few hundred steps; one point for a short run) gets
+            # markers: a line through one point draws nothing.
+            marker = "o" if len(steps) <= SPARSE_POINTS else None
+            ax.plot(steps, ys, label=key, linewidth=1.2, marker=marker, markersize=4)
         if logscale:
             ax.set_yscale("log")
         ax.set_ylabel(panel[0] if len(panel) == 1 else "value")

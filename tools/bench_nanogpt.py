@@ -6,9 +6,9 @@
     python tools/bench_nanogpt.py --floor-only          # the floor alone (no PyTorch needed)
     python tools/bench_nanogpt.py --where               # also tjx's step: matmuls vs the rest
 
-PyTorch goes into a scratch venv (``--venv``, default ``~/.cache/tjx/nanogpt-venv``), never into
-the project's environment; see the experiments app's ``experiments/nanogpt`` for how the two
-sides are matched.
+PyTorch goes into a scratch venv (``--venv``, default ``~/.cache/tjx/torch-peer-venv``, the one
+the HF peer tests use), never into the project's environment; see the experiments app's
+``experiments/nanogpt`` for how the two sides are matched.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.nanogpt.side_by_side import SHAPES, run_shape
-from experiments.nanogpt.venv import peer_python
+from experiments.nanogpt.venv import DEFAULT_VENV, peer_python
 from tjx_tools.nanogpt.floor import measure_floor
 from tjx_tools.nanogpt.where import where_time_goes
 
@@ -34,9 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=2, help="steps per turn")
-    parser.add_argument(
-        "--venv", type=Path, default=Path.home() / ".cache" / "tjx" / "nanogpt-venv"
-    )
+    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
         "--floor", action="store_true", help="also time the step's matmuls alone (a lower bound)"

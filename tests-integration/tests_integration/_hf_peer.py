@@ -1,9 +1,10 @@
 """transformers, PyTorch, PEFT and TRL for the HF peer tests, in a scratch venv this helper makes.
 
 Never part of the project's resolve: the venv (``$TJX_HF_PEER_VENV``, default
-``~/.cache/tjx/hf-peer-venv``) is made once with pip (``torch==2.13.0`` pinned: a CPU build) and
-kept; `run_peer` runs ``_hf_peer_script.py`` in it as a subprocess, so no test process imports
-torch. A venv made before PEFT and TRL joined the list gets them added (not rebuilt).
+``~/.cache/tjx/torch-peer-venv``) is made once with pip (``torch==2.13.0`` pinned: a CPU build
+where the machine has one) and kept; `run_peer` runs ``_hf_peer_script.py`` in it as a subprocess,
+so no test process imports torch. The experiments' nanoGPT peer uses the same venv (torch and
+numpy, the same pin and lock): a venv that has torch gets the rest added, never rebuilt.
 """
 
 from __future__ import annotations
@@ -23,22 +24,28 @@ SCRIPT = Path(__file__).with_name("_hf_peer_script.py")
 def peer_python() -> Path:
     """The scratch venv's interpreter (made with pip if missing); it imports transformers."""
     venv = Path(
-        os.environ.get("TJX_HF_PEER_VENV") or Path.home() / ".cache" / "tjx" / "hf-peer-venv"
+        os.environ.get("TJX_HF_PEER_VENV") or Path.home() / ".cache" / "tjx" / "torch-peer-venv"
     )
     python = venv / "bin" / "python"
-    probe = [str(python), "-c", "import torch, transformers, safetensors, peft, trl"]
-    base = [str(python), "-c", "import torch, transformers, safetensors"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def imports(modules: str) -> bool:
+        probe = [str(python), "-c", f"import {modules}"]
+        return (
+            python.is_file() and subprocess.run(probe, capture_output=True, env=env).returncode == 0
+        )
+
     venv.parent.mkdir(parents=True, exist_ok=True)
-    # apps/eval's GPT-2 harness test uses this venv too, maybe from another Pants batch at once.
+    # apps/eval's GPT-2 harness test and the nanoGPT peer use this venv too, maybe at once.
     with open(venv.with_name(venv.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if python.is_file() and subprocess.run(probe, capture_output=True).returncode == 0:
+        if imports("torch, transformers, safetensors, peft, trl"):
             return python
-        if not (python.is_file() and subprocess.run(base, capture_output=True).returncode == 0):
+        if not imports("torch"):
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
         pip = [str(python), "-m", "pip", "install", "--quiet", *REQUIREMENTS]
-        subprocess.run(pip, check=True)
-        subprocess.run(probe, check=True)
+        subprocess.run(pip, check=True, env=env)
+        assert imports("torch, transformers, safetensors, peft, trl"), f"{venv}: pip left it short"
     return python
 
 

@@ -94,11 +94,12 @@ def prepare(spec: RunSpec, scale: str, folder: Path) -> dict[str, Any]:
 
 
 def peer_python() -> Path:
-    """The scratch venv's interpreter (``$TJX_NANOGPT_VENV``, default ~/.cache/tjx/nanogpt-venv)."""
+    """The scratch venv's interpreter (``$TJX_NANOGPT_VENV``, default ~/.cache/tjx/torch-peer-venv,
+    the HF peer tests' venv)."""
+    from experiments.nanogpt.venv import DEFAULT_VENV
     from experiments.nanogpt.venv import peer_python as make
 
-    default = Path.home() / ".cache" / "tjx" / "nanogpt-venv"
-    return make(Path(os.environ.get("TJX_NANOGPT_VENV", default)))
+    return make(Path(os.environ.get("TJX_NANOGPT_VENV", DEFAULT_VENV)))
 
 
 def race(spec: RunSpec, scale: str, folder: Path) -> dict[str, dict[str, Any]]:

@@ -53,25 +53,29 @@ for ctx, cont in json.loads((out / "pairs.json").read_text()):
 
 def _peer_python() -> Path:
     """The scratch venv's interpreter: tests-integration's HF peer venv (same path, same pins,
-    the same lock), so a machine installs torch and transformers once for both."""
+    the same lock; the experiments' nanoGPT peer uses it too), so a machine installs torch and
+    transformers once for all of them. A venv that has torch gets the rest added."""
     venv = Path(
-        os.environ.get("TJX_HF_PEER_VENV") or Path.home() / ".cache" / "tjx" / "hf-peer-venv"
+        os.environ.get("TJX_HF_PEER_VENV") or Path.home() / ".cache" / "tjx" / "torch-peer-venv"
     )
     python = venv / "bin" / "python"
-    probe = [str(python), "-c", "import torch, transformers, safetensors"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def imports(modules: str) -> bool:
+        probe = [str(python), "-c", f"import {modules}"]
+        return (
+            python.is_file() and subprocess.run(probe, capture_output=True, env=env).returncode == 0
+        )
+
     venv.parent.mkdir(parents=True, exist_ok=True)
     with open(venv.with_name(venv.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second Pants batch may be making it right now
-        if python.is_file() and subprocess.run(probe, capture_output=True).returncode == 0:
+        if imports("torch, transformers, safetensors"):
             return python
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        if not imports("torch"):
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
         pip = [str(python), "-m", "pip", "install", "--quiet", *PEER_REQUIREMENTS]
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         subprocess.run(pip, check=True, env=env)
-    return python
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    pip = [str(python), "-m", "pip", "install", "--quiet", *PEER_REQUIREMENTS]
-    subprocess.run(pip, check=True, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     return python
 
 

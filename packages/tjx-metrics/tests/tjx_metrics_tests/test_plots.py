@@ -98,7 +98,6 @@ def test_plot_run_never_raises(tmp_path, capsys):
     )
 
 
-
 def test_a_single_validation_point_is_visible(tmp_path):
     # A short run evaluates once, at its end, and a line through one point draws nothing: a
     # sparse curve carries markers. In a panel of its own (no legend) the only pixels of the

@@ -1,9 +1,9 @@
 """The evaluation's attention kernel, proven to compile before the held-out pass.
 
-As in the trainer: tjx.kernels ranks the kernels ``auto`` may take (:func:`tjx.kernels.auto_order`),
-the evaluator says the choice once and compiles its step with each kernel in turn until one
-compiles (one line per kernel that fails); a kernel named in the run's model that fails is one
-error line (exit 2).
+Chosen as the trainer chooses (tjx.nn's `choose_attention_kernel`: tjx.kernels ranks the kernels
+``auto`` may take, the choice is said once and the evaluator's step compiled with each kernel in
+turn until one compiles, one line per kernel that fails); a kernel named in the run's model that
+fails is one error line (exit 2).
 """
 
 from __future__ import annotations
@@ -44,30 +44,24 @@ def choose_attention(
     say: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> LoadedRun:
     """``run`` with the attention kernel that compiles for its held-out step on the shapes of
-    ``first`` (the first held-out batch; ``None``: there is none), saying the choice.
+    ``first`` (the first held-out batch; ``None``: there is none, and the evaluation says so
+    itself), saying the choice.
 
     Raises
     ------
     RunError
         The run's model names a kernel that fails to lower or compile here.
     """
-    from tjx import kernels
+    from tjx import kernels, nn
 
-    impl = run.nn_config.attention_impl
-    if impl == "xla":
-        return run
-    dtype, head_dim = run.nn_config.precision.compute_dtype, run.nn_config.head_dim
-    named_by = "the run's model.attention_impl"
-    capped = run.nn_config.attn_logit_softcap is not None  # cuDNN cannot soft-cap (Gemma 2)
-    order = kernels.kernel_order(impl, dtype, head_dim, named_by=named_by, say=say, softcap=capped)
-    if first is None:  # no batch: the evaluation says so itself
+    if first is None:
         return run
     try:
-        chosen = kernels.first_that_compiles(
-            order,
+        chosen, _ = nn.choose_attention_kernel(
+            run.nn_config,
             lambda k: compile_step(with_kernel(run, k), first, make_step),
-            explicit=impl != "auto",
-            say=say,
+            say,
+            named_by="the run's model.attention_impl",
         )
     except kernels.KernelCompileError as err:
         raise RunError(f"{err}; evaluate on another device, or retrain with auto") from None

@@ -10,8 +10,8 @@ from pathlib import Path
 
 #: What the peer needs: PyTorch and NumPy. torch is pinned to the version tjx's Hugging Face peer
 #: tests pin, so one venv serves both (`DEFAULT_VENV`) and a machine installs torch once; where a
-#: CPU build of it is on the machine (a find-links folder), pip takes that ~0.2 GB wheel instead
-#: of PyPI's ~5 GB CUDA build.
+#: CPU build of it is on the machine (a find-links folder), pip takes that 0.2 GB wheel; unpinned,
+#: pip took PyPI's CUDA build here (torch 2.15.0+cu132: a 5.4 GB venv).
 PEER_REQUIREMENTS = ("torch==2.13.0", "numpy")
 #: Where the venv lives unless told otherwise: the venv tjx's Hugging Face peer tests use.
 DEFAULT_VENV = Path.home() / ".cache" / "tjx" / "torch-peer-venv"

@@ -6,6 +6,7 @@ for a mixture) over this run's validation batches, placed on its mesh; and text 
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Any
 
 import jax
@@ -15,7 +16,10 @@ from flax import nnx
 from trainer.config import Config
 from trainer.step import make_eval_step
 
-_EVAL_STEPS: dict[int, Any] = {}  # the jitted step of the newest setup only
+# The jitted held-out step of the newest setup only, beside a weak reference to that setup. Not
+# keyed by ``id(setup)``: a finished run's setup is freed and the next run's may get its address,
+# and the new run would then trace the old run's graph (a study's second config failed so).
+_newest: tuple[weakref.ReferenceType[Any], Any] | None = None
 _EMPTY = "validation data is empty: no batch of the configured size fits"
 
 
@@ -30,11 +34,7 @@ def evaluate(
     from tjx import metrics, parallel
     from trainer import dpo
 
-    key = id(setup)
-    if key not in _EVAL_STEPS:
-        _EVAL_STEPS.clear()
-        _EVAL_STEPS[key] = jax.jit(make_eval_step(setup.graphdef, setup.rest, cfg, setup.split))
-    step, count, mesh = _EVAL_STEPS[key], cfg.train.eval_batches, setup.mesh
+    step, count, mesh = eval_step(setup, cfg), cfg.train.eval_batches, setup.mesh
     place = functools.partial(parallel.place_batch, mesh=mesh)
     classes = setup.nn_config.num_classes if cfg.task == "classify" else None
     how: dict[str, Any] = {"place": place, "empty": _EMPTY, "num_classes": classes}
@@ -46,6 +46,16 @@ def evaluate(
     if dpo.is_dpo(cfg):
         return dpo.heldout(step, params, reference, held, place)
     return metrics.evaluate_heldout(step, params, held, bytes_per_token=bpt, **how)
+
+
+def eval_step(setup: Any, cfg: Config) -> Any:
+    """The jitted held-out step of ``setup`` (built once per setup; the weak reference keeps no
+    finished run's state alive)."""
+    global _newest
+    if _newest is None or _newest[0]() is not setup:
+        step = jax.jit(make_eval_step(setup.graphdef, setup.rest, cfg, setup.split))
+        _newest = (weakref.ref(setup), step)
+    return _newest[1]
 
 
 def evaluate_state(setup: Any, state: Any, bundle: Any, cfg: Config) -> dict[str, float]:

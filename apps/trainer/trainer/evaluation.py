@@ -6,7 +6,6 @@ for a mixture) over this run's validation batches, placed on its mesh; and text 
 from __future__ import annotations
 
 import functools
-import weakref
 from typing import Any
 
 import jax
@@ -16,10 +15,6 @@ from flax import nnx
 from trainer.config import Config
 from trainer.step import make_eval_step
 
-# The jitted held-out step of the newest setup only, beside a weak reference to that setup. Not
-# keyed by ``id(setup)``: a finished run's setup is freed and the next run's may get its address,
-# and the new run would then trace the old run's graph (a study's second config failed so).
-_newest: tuple[weakref.ReferenceType[Any], Any] | None = None
 _EMPTY = "validation data is empty: no batch of the configured size fits"
 
 
@@ -49,13 +44,12 @@ def evaluate(
 
 
 def eval_step(setup: Any, cfg: Config) -> Any:
-    """The jitted held-out step of ``setup`` (built once per setup; the weak reference keeps no
-    finished run's state alive)."""
-    global _newest
-    if _newest is None or _newest[0]() is not setup:
-        step = jax.jit(make_eval_step(setup.graphdef, setup.rest, cfg, setup.split))
-        _newest = (weakref.ref(setup), step)
-    return _newest[1]
+    """The jitted held-out step of ``setup``, built at its first evaluation and kept on it, so it
+    dies with its run. (A module cache keyed by ``id(setup)`` once gave a study's next run, made at
+    a freed setup's address, the old run's step.)"""
+    if setup.eval_step is None:
+        setup.eval_step = jax.jit(make_eval_step(setup.graphdef, setup.rest, cfg, setup.split))
+    return setup.eval_step
 
 
 def evaluate_state(setup: Any, state: Any, bundle: Any, cfg: Config) -> dict[str, float]:

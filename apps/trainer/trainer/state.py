@@ -35,6 +35,8 @@ class Setup:
     experts: Any = None
     #: The step of the run ``--init-from RUN_DIR`` read (None: another start).
     init_step: int | None = None
+    #: The jitted held-out step, built by trainer.evaluation at the run's first evaluation.
+    eval_step: Any = None
 
 
 def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:

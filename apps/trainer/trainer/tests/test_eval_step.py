@@ -23,7 +23,6 @@ def scaled_steps(monkeypatch):
         return lambda params, batch: params * graphdef
 
     monkeypatch.setattr(evaluation, "make_eval_step", make)
-    monkeypatch.setattr(evaluation, "_newest", None)
 
 
 def test_a_setup_reuses_its_step(scaled_steps):

@@ -150,6 +150,17 @@ def build(cfg: Config, init_from: str | None = None) -> Setup:
     )
 
 
+#: The mesh axes a parameter can be split over (the `data` axis only splits batches).
+PARAM_AXES = ("fsdp", "tensor", "expert", "context", "pipeline")
+
+
+def whole_params(cfg: Config) -> bool:
+    """Each parameter is whole on every device: no mesh axis that splits parameters is larger
+    than one (-1, "the rest of the devices", may be). Then the optimizer may run over flat
+    buffers (tjx.optim's ``flat_update``) without gathering anything."""
+    return all(getattr(cfg.mesh, axis) == 1 for axis in PARAM_AXES)
+
+
 def train_state(cfg: Config, model: Any, place: tuple[Any, Any] | None = None) -> tuple[Any, ...]:
     """(graphdef, rest, optimizer, state ``{params, opt_state, step}``, the params' logical axes)
     of ``model``: the run's, sharded on ``place`` (mesh, rules), or abstract (``place`` None, of
@@ -161,7 +172,7 @@ def train_state(cfg: Config, model: Any, place: tuple[Any, Any] | None = None) -
     # The params' logical axes: the weight-decay mask and Muon's matrices are read from them, and
     # optimizer slots that mirror the params (mu, nu, ...) are sharded like them (ZeRO under FSDP).
     specs = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
-    tx = optim.build_optimizer(cfg.optimizer, axes=specs)
+    tx = optim.build_optimizer(cfg.optimizer, axes=specs, whole_params=whole_params(cfg))
     if cfg.use_lora:  # over the adapters only: the base holds no optimizer state, gets no update
         tx = optim.only_trainable(tx, optim.adapter_mask(params))
     step: Any

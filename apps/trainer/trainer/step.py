@@ -108,6 +108,10 @@ def make_train_step(
             num_micro_batches=micro,
             aux_reduce="sum",
             weight="num_tokens",
+            # tjx.nn's losses divide by max(count, 1): an empty batch has zero gradients
+            # already, and a NaN from any other cause is skipped by the optimizer. Not masking
+            # saves one select kernel per parameter leaf every step (128 of gpt2_small's).
+            zero_empty_grads=not cfg.optimizer.skip_nonfinite,
         )
         if scaled:  # report the unscaled loss (exact for the power-of-two dynamic scale)
             loss = loss / loss_scale_value(opt_state).astype(loss.dtype)

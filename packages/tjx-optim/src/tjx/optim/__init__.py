@@ -37,6 +37,7 @@ from tjx.optim.loss_scale import (
     scale_loss,
     unscale_grads,
 )
+from tjx.optim.flat import FLAT_OPTIMIZERS, FlatLayout, FlatState, flat_groups
 from tjx.optim.masks import decay_mask
 from tjx.optim.muon import muon_dimension_numbers, muon_mask
 from tjx.optim.optimizers import (
@@ -44,6 +45,7 @@ from tjx.optim.optimizers import (
     build_optimizer,
     learning_rate_schedule,
     optimizer_core,
+    uses_flat_update,
 )
 from tjx.optim.plot import plot_schedule, schedule_values
 from tjx.optim.report import find_state, step_report
@@ -72,11 +74,14 @@ __version__ = "0.12.0"
 __all__ = [
     "ADAPTER_NAMES",
     "DEFAULT_LEARNING_RATES",
+    "FLAT_OPTIMIZERS",
     "OPTIMIZER_NAMES",
     "RENAMED_KEYS",
     "SCHEDULE_NAMES",
     "ClipStatsState",
     "DynamicLossScaleState",
+    "FlatLayout",
+    "FlatState",
     "OptimizerConfig",
     "OwnDefault",
     "ScheduleConfig",
@@ -94,6 +99,7 @@ __all__ = [
     "decay_mask",
     "dynamic_loss_scale",
     "find_state",
+    "flat_groups",
     "inverse_sqrt",
     "join",
     "learning_rate_schedule",
@@ -118,6 +124,7 @@ __all__ = [
     "step_report",
     "trainable_gradients",
     "unscale_grads",
+    "uses_flat_update",
     "users_of",
     "warmup_stable_decay",
     "with_own_defaults",

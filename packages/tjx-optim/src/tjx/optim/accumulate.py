@@ -93,6 +93,7 @@ def accumulate_gradients(
     num_micro_batches: int,
     aux_reduce: str = "mean",
     weight: Weight = None,
+    zero_empty_grads: bool = True,
 ) -> tuple[jax.Array, Any, Any]:
     """Mean (or weighted mean) loss and gradients over ``num_micro_batches`` slices of ``batch``.
 
@@ -120,6 +121,12 @@ def accumulate_gradients(
         float32. With ``loss`` a token mean over micro-batch ``i``'s ``n_i`` valid tokens and
         ``weight`` giving ``n_i``, the result is exactly the gradient (and loss) of the whole
         batch's token-mean loss.
+    zero_empty_grads
+        With ``num_micro_batches=1`` and a ``weight``: set the gradients of a batch whose weight
+        is 0 to zeros (a loss that divides by an unguarded count of 0 gives NaN there). That
+        is one select kernel per leaf every step; a caller whose loss already gives finite
+        gradients for an empty batch (tjx.nn's losses divide by ``max(count, 1)``), or that
+        skips non-finite steps, may pass False. Micro-batches (k > 1) always mask.
 
     Returns
     -------
@@ -150,7 +157,7 @@ def accumulate_gradients(
         raise ValueError(f"aux_reduce={aux_reduce!r}; allowed values: {list(AUX_REDUCTIONS)}")
     weigh = _weight_fn(weight)
     if k == 1:
-        return _single(grad_fn(params, batch), aux_reduce, weigh)
+        return _single(grad_fn(params, batch), aux_reduce, weigh, zero_empty_grads)
     micro = _split(batch, k)
     (loss_s, aux_s), grads_s = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro))
     if weigh is not None:
@@ -204,6 +211,7 @@ def _single(
     out: tuple[tuple[jax.Array, Any], Any],
     aux_reduce: str,
     weigh: Callable[[Any], jax.Array] | None,
+    zero_empty_grads: bool,
 ) -> tuple[jax.Array, Any, Any]:
     """k = 1: no scan. A weight only matters when it is 0 (then zeros, as for k > 1)."""
     (loss, aux), grads = out
@@ -217,4 +225,4 @@ def _single(
     zero_unless = lambda x: jnp.where(keep, x, jnp.zeros_like(x))
     if aux_reduce == "mean":
         aux = jax.tree.map(zero_unless, aux)
-    return zero_unless(loss), aux, jax.tree.map(zero_unless, grads)
+    return zero_unless(loss), aux, (jax.tree.map(zero_unless, grads) if zero_empty_grads else grads)

@@ -41,6 +41,9 @@ WSD_DEFAULTS: Mapping[str, Any] = {"decay_fraction": 0.2, "decay_shape": "linear
 OPTIMIZER_NAMES: tuple[str, ...] = ("adamw", "adam", "sgd", "lamb", "lion", "adafactor", "muon")
 LOSS_SCALES: tuple[str | None, ...] = (None, "dynamic")
 ACCUMULATION_MODES: tuple[str, ...] = ("scan", "multi_steps")
+FLAT_UPDATES: tuple[str, ...] = ("auto", "on", "off")
+#: Optimizers whose update of an element reads only that element (``tjx.optim.flat``).
+ELEMENTWISE_OPTIMIZERS: tuple[str, ...] = ("adamw", "adam", "sgd", "lion")
 
 
 #: The peak rate each optimizer gets when none is given (a schedule's ``peak_lr`` left None, or no
@@ -226,6 +229,10 @@ class OptimizerConfig:
       loss_scale_max]`` (the cap keeps the float32 scale from reaching ``inf``).
     * ``accumulation_steps`` with ``accumulation_mode``: ``"scan"`` (the trainer calls
       ``accumulate_gradients``) or ``"multi_steps"`` (``optax.MultiSteps`` wraps the chain).
+    * ``flat_update``: ``"auto"`` runs an elementwise optimizer's chain over one flat buffer per
+      group (decay or not × dtype) instead of leaf by leaf (``tjx.optim.flat``: a few kernels a
+      step instead of several per leaf) when the params are whole on each device; ``"on"`` /
+      ``"off"`` force it (``"on"`` is refused for LAMB, Adafactor and Muon).
     * ``muon_adam_lr_ratio``: AdamW's learning rate on non-Muon params as a ratio of Muon's;
       ``muon_stacked_layers`` (None: detect from paths) and ``muon_exclude_regex``: see
       ``muon_dimension_numbers``.
@@ -280,6 +287,12 @@ class OptimizerConfig:
         "scan",
         choices=ACCUMULATION_MODES,
         help="scan: one step sums micro-batches; multi_steps: optax.MultiSteps",
+    )
+    flat_update: str = setting(
+        "auto",
+        choices=FLAT_UPDATES,
+        help="run the chain over a few flat buffers, not per leaf (auto: elementwise "
+        "optimizers, params whole on each device)",
     )
     decay_mask_regex: str | None = setting(
         None, help="decay only parameters whose path matches; None: by logical axis"
@@ -359,6 +372,13 @@ class OptimizerConfig:
             )
         number("OptimizerConfig.accumulation_steps", self.accumulation_steps, low=1, integer=True)
         choice("OptimizerConfig.accumulation_mode", self.accumulation_mode, ACCUMULATION_MODES)
+        choice("OptimizerConfig.flat_update", self.flat_update, FLAT_UPDATES)
+        if self.flat_update == "on" and self.name not in ELEMENTWISE_OPTIMIZERS:
+            raise ValueError(
+                f"OptimizerConfig.flat_update='on' with name={self.name!r}: its update reads each "
+                f"matrix's shape; allowed: flat_update 'auto' or 'off', or an elementwise "
+                f"optimizer ({', '.join(ELEMENTWISE_OPTIMIZERS)})"
+            )
         regex("OptimizerConfig.decay_mask_regex", self.decay_mask_regex)
         regex("OptimizerConfig.no_decay_regex", self.no_decay_regex)
         regex("OptimizerConfig.muon_exclude_regex", self.muon_exclude_regex)

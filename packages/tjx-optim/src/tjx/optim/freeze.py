@@ -133,6 +133,7 @@ def trainable_gradients(
     num_micro_batches: int,
     aux_reduce: str = "mean",
     weight: Weight = None,
+    zero_empty_grads: bool = True,
 ) -> tuple[jax.Array, Any, Any]:
     """`accumulate_gradients` of ``loss_fn`` with respect to the ``trainable`` leaves only.
 
@@ -150,7 +151,7 @@ def trainable_gradients(
         As for `accumulate_gradients`.
     trainable
         A bool pytree like ``params`` (e.g. ``adapter_mask(params)``); ``None``: every leaf.
-    num_micro_batches, aux_reduce, weight
+    num_micro_batches, aux_reduce, weight, zero_empty_grads
         As for `accumulate_gradients`.
 
     Returns
@@ -173,6 +174,7 @@ def trainable_gradients(
         num_micro_batches=num_micro_batches,
         aux_reduce=aux_reduce,
         weight=weight,
+        zero_empty_grads=zero_empty_grads,
     )
     if frozen is not None:
         grads = join_trainable(grads, jax.tree.map(jnp.zeros_like, frozen))

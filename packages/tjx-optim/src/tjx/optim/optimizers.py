@@ -2,6 +2,7 @@
 
 The chain, outermost first (every stage's state is a NamedTuple that ``step_report`` finds)::
 
+    [flat_groups]                               flat_update: the rest over a few flat buffers
     [optax.MultiSteps]                          accumulation_mode="multi_steps", k > 1
       optax.chain(
         [dynamic_loss_scale]                    loss_scale="dynamic": unscale, adapt the scale
@@ -21,6 +22,7 @@ import optax
 from optax import contrib
 
 from tjx.optim.config import DEFAULT_LEARNING_RATES, OptimizerConfig
+from tjx.optim.flat import FLAT_OPTIMIZERS, flat_groups
 from tjx.optim.loss_scale import dynamic_loss_scale
 from tjx.optim.masks import decay_mask
 from tjx.optim.muon import muon_dimension_numbers
@@ -31,7 +33,13 @@ from tjx.optim.transforms import (
     skip_nonfinite,
 )
 
-__all__ = ["DEFAULT_LEARNING_RATES", "build_optimizer", "learning_rate_schedule", "optimizer_core"]
+__all__ = [
+    "DEFAULT_LEARNING_RATES",
+    "build_optimizer",
+    "learning_rate_schedule",
+    "optimizer_core",
+    "uses_flat_update",
+]
 
 
 def learning_rate_schedule(config: OptimizerConfig) -> optax.ScalarOrSchedule:
@@ -48,7 +56,9 @@ def _l2(weight_decay: float, mask: Any) -> list[optax.GradientTransformation]:
     return [optax.add_decayed_weights(weight_decay, mask)] if weight_decay > 0 else []
 
 
-def optimizer_core(config: OptimizerConfig, *, axes: Any = None) -> optax.GradientTransformation:
+def optimizer_core(
+    config: OptimizerConfig, *, axes: Any = None, mask: Any = None
+) -> optax.GradientTransformation:
     """The bare optimizer with learning rate 1 (updates already point downhill).
 
     Multiply by the learning rate afterwards (``scale_by_schedule_with_stats``) to get the
@@ -60,15 +70,17 @@ def optimizer_core(config: OptimizerConfig, *, axes: Any = None) -> optax.Gradie
         Any ``OptimizerConfig``; ``None`` hyper-parameters take the per-optimizer defaults.
     axes
         The params' logical axis names (see ``build_optimizer``); None: the path rules.
+    mask
+        The weight-decay mask itself (a tree of bools or a function of the params), instead of
+        the one ``decay_mask`` reads from ``axes`` and the config's regexes.
 
     Returns
     -------
     optax.GradientTransformation
     """
     c = config.resolved()
-    mask = functools.partial(
-        decay_mask, axes=axes, decay_regex=c.decay_mask_regex, no_decay_regex=c.no_decay_regex
-    )
+    if mask is None:
+        mask = _decays(c, axes)
     wd = float(c.weight_decay or 0.0)
     b1, b2, eps = c.b1, c.b2, c.eps
     if c.name == "adamw":
@@ -115,7 +127,38 @@ def optimizer_core(config: OptimizerConfig, *, axes: Any = None) -> optax.Gradie
     )
 
 
-def build_optimizer(config: OptimizerConfig, *, axes: Any = None) -> optax.GradientTransformation:
+def _decays(c: OptimizerConfig, axes: Any) -> Any:
+    return functools.partial(
+        decay_mask, axes=axes, decay_regex=c.decay_mask_regex, no_decay_regex=c.no_decay_regex
+    )
+
+
+def uses_flat_update(config: OptimizerConfig, *, whole_params: bool = True) -> bool:
+    """Whether `build_optimizer` runs the chain over flat buffers (`tjx.optim.flat`).
+
+    ``flat_update="auto"``: for the elementwise optimizers (`FLAT_OPTIMIZERS`) when the params
+    are whole on each device; ``"on"`` / ``"off"``: always / never.
+
+    Raises
+    ------
+    ValueError
+        ``"on"`` with params split over devices (they would be gathered to be concatenated).
+    """
+    if config.flat_update == "off":
+        return False
+    if config.flat_update == "on":
+        if not whole_params:
+            raise ValueError(
+                "OptimizerConfig.flat_update='on' needs each parameter whole on every device "
+                "(one device or data parallelism); set it to 'auto' (per leaf when sharded)"
+            )
+        return True
+    return config.name in FLAT_OPTIMIZERS and whole_params
+
+
+def build_optimizer(
+    config: OptimizerConfig, *, axes: Any = None, whole_params: bool = True
+) -> optax.GradientTransformation:
     """The whole chain: loss scaling, clipping, non-finite skip, masked optimizer, schedule.
 
     Parameters
@@ -128,6 +171,9 @@ def build_optimizer(config: OptimizerConfig, *, axes: Any = None) -> optax.Gradi
         params are one). The default weight-decay mask and Muon's selection read them; a leaf
         without names (or ``axes=None``) falls back to the path rules of ``decay_mask`` and
         ``muon_dimension_numbers``. The config's regexes override either.
+    whole_params
+        Each parameter is whole on every device (one device, or data parallelism only): what
+        ``flat_update="auto"`` needs to run the chain over flat buffers (`uses_flat_update`).
 
     Returns
     -------
@@ -137,8 +183,16 @@ def build_optimizer(config: OptimizerConfig, *, axes: Any = None) -> optax.Gradi
         ``step_report`` for lr, norms, clipped/skipped flags and counters.
     """
     c = config.resolved()
+    if uses_flat_update(c, whole_params=whole_params):
+        # The same chain over {group: flat buffer}; its decay mask is one bool per group.
+        return flat_groups(lambda mask: _chain(c, mask, axes), _decays(c, axes))
+    return _chain(c, _decays(c, axes), axes)
+
+
+def _chain(c: OptimizerConfig, mask: Any, axes: Any) -> optax.GradientTransformation:
     inner: optax.GradientTransformation = optax.chain(
-        optimizer_core(c, axes=axes), scale_by_schedule_with_stats(learning_rate_schedule(c))
+        optimizer_core(c, axes=axes, mask=mask),
+        scale_by_schedule_with_stats(learning_rate_schedule(c)),
     )
     if c.skip_nonfinite:
         inner = skip_nonfinite(inner)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from tjx.optim.flat import FlatState
 from tjx.optim.loss_scale import find_loss_scale_state
 from tjx.optim.transforms import ClipStatsState, ScheduleStatsState
 
@@ -54,13 +55,14 @@ def step_report(opt_state: Any, grads: Any, updates: Any, params: Any) -> dict[s
     clip = find_state(opt_state, ClipStatsState)
     sched = find_state(opt_state, ScheduleStatsState)
     finite = find_state(opt_state, optax.ApplyIfFiniteState)
+    flat = find_state(opt_state, FlatState)  # norms taken on the flat buffers: 2 reductions
     report: dict[str, jax.Array] = {
         "learning_rate": (
             sched.learning_rate if sched is not None else jnp.asarray(jnp.nan, jnp.float32)
         ),
         "grad_norm": clip.grad_norm if clip is not None else _norm(grads),
-        "update_norm": _norm(updates),
-        "param_norm": _norm(params),
+        "update_norm": flat.update_norm if flat is not None else _norm(updates),
+        "param_norm": flat.param_norm if flat is not None else _norm(params),
         "clipped": clip.clipped if clip is not None else jnp.zeros([], jnp.bool_),
         "skipped": (
             jnp.logical_not(finite.last_finite) if finite is not None else jnp.zeros([], jnp.bool_)

@@ -214,7 +214,9 @@ def _check_across(cfg: Config, preference: list[str]) -> None:
 
 
 #: tjx.optim's `check_precision` names the model's dtypes by its arguments.
-_PRECISION_WORDS = {f"{k}=": f"model.precision.{k}=" for k in ("param_dtype", "compute_dtype")}
+_PRECISION_WORDS = {
+    f"{k}=": f"model.precision.{k}=" for k in ("param_dtype", "compute_dtype", "logits_dtype")
+}
 
 
 def build(cls: type, checked: dict[str, Any], path: str) -> Any:

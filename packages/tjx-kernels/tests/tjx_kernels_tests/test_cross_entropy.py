@@ -149,6 +149,48 @@ def test_batch_sharded_input_gives_the_same_result():
     assert rel_err(loss, ref_loss) <= 1e-5 and rel_err(g, dh) <= 1e-5
 
 
+@pytest.mark.parametrize("z_loss", [0.0, 1e-2])
+def test_bf16_stored_logits_give_the_loss_and_grads_of_the_rounded_logits(z_loss):
+    # Reference: float64 CE of the bfloat16 inputs' logits rounded to bfloat16 (what the
+    # product stores), its gradient through the float64 softmax of those rounded logits.
+    seed = int(np.random.default_rng().integers(1 << 30))
+    hidden, w, labels = _data(seed, (4, 16), 32, 50)
+    h16, w16 = jnp.asarray(hidden, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16)
+    h64, w64 = (np.asarray(x.astype(jnp.float32), np.float64) for x in (h16, w16))
+    logits = np.asarray(jnp.asarray(h64.reshape(-1, 32) @ w64, jnp.bfloat16), np.float64)
+    lab = labels.reshape(-1)
+    valid = lab != -100
+    lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    ce = np.where(valid, lse - logits[np.arange(len(lab)), np.where(valid, lab, 0)], 0.0)
+    n = max(int(valid.sum()), 1)
+    loss = (ce.sum() + z_loss * np.where(valid, lse**2, 0.0).sum()) / n
+
+    def fn(h, dtype):
+        return chunked_cross_entropy(
+            h, w16, jnp.asarray(labels), chunk_size=8, z_loss=z_loss, logits_dtype=dtype
+        )
+
+    out = jax.jit(lambda h: fn(h, jnp.bfloat16))(h16)
+    # bf16 rounding of a product accumulated in float32 vs in float64: a last-bit flip of a
+    # few logits moves the mean CE by well under 1e-3.
+    assert abs(float(out.loss) - loss) <= 1e-3 * max(1.0, abs(loss))
+    g16 = jax.jit(jax.grad(lambda h: fn(h, jnp.bfloat16).loss))(h16)
+    g32 = jax.jit(jax.grad(lambda h: fn(h, None).loss))(h16)
+    assert g16.dtype == jnp.bfloat16
+    # The gradient moves by the logits' rounding (bf16, 2**-8 relative) and no more.
+    assert rel_err(g16, g32) <= 2e-2
+    exact = fn(h16, jnp.float32)
+    assert int(out.num_tokens) == int(exact.num_tokens)
+
+
+def test_logits_dtype_must_be_floating():
+    with pytest.raises(ValueError, match="logits_dtype"):
+        chunked_cross_entropy(
+            jnp.ones((2, 4, 6)), jnp.ones((6, 10)), jnp.ones((2, 4), jnp.int32),
+            logits_dtype=jnp.int8,
+        )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [

@@ -30,6 +30,7 @@ WRITTEN_BY_TJX_0_1 = {
 SMALL = dict(vocab_size=50, max_seq_len=16, d_model=16, num_layers=1, num_heads=2)
 CONFIGS = [
     tnn.GPT2Config(**SMALL, precision="bf16", scan_layers=True, remat="full"),
+    tnn.GPT2Config(**SMALL, precision=tnn.Precision(jnp.float32, jnp.bfloat16, jnp.bfloat16)),
     tnn.LlamaConfig(**SMALL, num_kv_heads=1, attention_type="mla", kv_latent_dim=8),
     tnn.BertConfig(**SMALL, precision="pure_bf16"),
     tnn.ViTConfig(d_model=16, num_layers=1, num_heads=2, image_size=8, patch_size=4),
@@ -46,6 +47,7 @@ def test_round_trip_through_json(config):
     assert data["fields"]["precision"] == {
         "param_dtype": jnp.dtype(config.precision.param_dtype).name,
         "compute_dtype": jnp.dtype(config.precision.compute_dtype).name,
+        "logits_dtype": jnp.dtype(config.precision.logits_dtype).name,
     }
     assert tnn.config_from_dict(data) == config
 
@@ -74,6 +76,8 @@ def test_a_model_json_of_tjx_0_1_loads():
         "qk_rope_head_dim": None,
         "v_head_dim": None,
     }
+    # #51's logits_dtype: the float32 logits such a run had.
+    newer["precision"] = {**WRITTEN_BY_TJX_0_1["fields"]["precision"], "logits_dtype": "float32"}
     want = {**WRITTEN_BY_TJX_0_1, "fields": {**WRITTEN_BY_TJX_0_1["fields"], **newer}}
     assert tnn.config_to_dict(config) == want
     # An older file without the newer fields (and a preset name for precision) keeps defaults.

@@ -137,13 +137,16 @@ def linear_cross_entropy(
     ignore_index: int = -100,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    logits_dtype: Any = None,
 ) -> Any:
     """``CE(hidden @ unembedding, labels)`` by the implementation `ce_implementation` picks.
 
     ``"xla"``: `tjx.kernels.chunked_cross_entropy` (``chunk_size`` applies); ``"pallas"``:
     `tjx.kernels.fused_cross_entropy` (compiled on a CUDA GPU, interpreted elsewhere);
     ``"auto"``: the module docstring's rule. Same arguments and result as both
-    (`CrossEntropyOutput`). ``softcap`` (Gemma 2's final-logit cap) is chunked only.
+    (`CrossEntropyOutput`). ``softcap`` (Gemma 2's final-logit cap) and ``logits_dtype`` (the
+    dtype a chunk's logits are stored in) are chunked only: the fused kernel keeps its logits
+    in registers and shared memory, never in device memory.
     """
     from tjx.kernels.cross_entropy import chunked_cross_entropy
 
@@ -161,4 +164,5 @@ def linear_cross_entropy(
         ignore_index=ignore_index,
         z_loss=z_loss,
         softcap=softcap,
+        logits_dtype=logits_dtype,
     )

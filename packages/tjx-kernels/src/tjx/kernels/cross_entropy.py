@@ -105,10 +105,17 @@ class CrossEntropyOutput(NamedTuple):
     num_correct: Array
 
 
-def _chunk_logits(h_c: Array, w: Array, softcap: float | None) -> tuple[Array, Array | None]:
+def _chunk_logits(
+    h_c: Array, w: Array, softcap: float | None, stored: Any = jnp.float32
+) -> tuple[Array, Array | None]:
     """One chunk's float32 ``[c, vocab]`` logits, soft-capped when asked, and the cap's
-    ``tanh(x / cap)`` (None without a cap) for ``uncap_grad``."""
-    logits = jnp.dot(h_c, w, preferred_element_type=jnp.float32)
+    ``tanh(x / cap)`` (None without a cap) for ``uncap_grad``.
+
+    ``stored``: the dtype the product writes (it accumulates in float32 either way). bfloat16
+    halves the bytes of the largest tensor of the step, written once and read twice (the
+    statistics, the gradient), as PyTorch's autocast does for its LM head; the softmax and
+    the gradient are then computed in float32 from the rounded logits."""
+    logits = jnp.dot(h_c, w, preferred_element_type=stored).astype(jnp.float32)
     if softcap is None:
         return logits, None
     t = jnp.tanh(logits / softcap)
@@ -192,10 +199,10 @@ def _dlogits(logits: Array, labels: Array, lse: Array, g_ce: Array, g_z: Array) 
 
 
 def _sums_fwd_impl(
-    hc: Array, w: Array, lc: Array, ignore_index: int, softcap: float | None
+    hc: Array, w: Array, lc: Array, ignore_index: int, softcap: float | None, stored: Any
 ) -> tuple[Sums, Array]:
     def step(carry: Sums, xs: tuple[Array, Array]) -> tuple[Sums, Array]:
-        logits, _ = _chunk_logits(xs[0], w, softcap)  # [c, vocab], dropped
+        logits, _ = _chunk_logits(xs[0], w, softcap, stored)  # [c, vocab], dropped
         ce, lse, valid, correct = _chunk_stats(logits, xs[1], ignore_index)
         return _add_sums(carry, ce, lse, valid, correct), lse
 
@@ -203,7 +210,7 @@ def _sums_fwd_impl(
 
 
 def _sums_and_grads(
-    hc: Array, w: Array, lc: Array, ignore_index: int, softcap: float | None
+    hc: Array, w: Array, lc: Array, ignore_index: int, softcap: float | None, stored: Any
 ) -> tuple[Sums, Array, Array]:
     """The sums and, in the same pass over the chunks, d(sum of CE)/d(hc, w).
 
@@ -218,7 +225,7 @@ def _sums_and_grads(
     def step(carry: tuple[Sums, Array], xs: tuple[Array, Array]) -> tuple[Any, Array]:
         sums, dw = carry
         h_c, l_c = xs
-        logits, t = _chunk_logits(h_c, w, softcap)
+        logits, t = _chunk_logits(h_c, w, softcap, stored)
         ce, lse, valid, correct = _chunk_stats(logits, l_c, ignore_index)
         safe = jnp.where(valid, l_c, -1)  # _dlogits zeroes the rows of ignored tokens
         dlogits = uncap_grad(_dlogits(logits, safe, lse, one, zero), cap_derivative(t))
@@ -230,32 +237,49 @@ def _sums_and_grads(
     return sums, dh, dw
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def _ce_sums(
-    hc: Array, w: Array, lc: Array, ignore_index: int, fused: bool, softcap: float | None
+    hc: Array,
+    w: Array,
+    lc: Array,
+    ignore_index: int,
+    fused: bool,
+    softcap: float | None,
+    stored: Any,
 ) -> Sums:
     """(sum of CE, sum of lse², token count, correct count) over chunks ``hc [n, rows, d]``.
 
     ``fused``: the caller differentiates the sum of CE only (no z-loss), so the forward pass
     under differentiation also forms its gradient (`_sums_and_grads`)."""
     del fused
-    sums, _ = _sums_fwd_impl(hc, w, lc, ignore_index, softcap)
+    sums, _ = _sums_fwd_impl(hc, w, lc, ignore_index, softcap, stored)
     return sums
 
 
 def _ce_sums_fwd(
-    hc: Array, w: Array, lc: Array, ignore_index: int, fused: bool, softcap: float | None
+    hc: Array,
+    w: Array,
+    lc: Array,
+    ignore_index: int,
+    fused: bool,
+    softcap: float | None,
+    stored: Any,
 ) -> tuple[Sums, tuple[Array, ...]]:
     if fused:
-        sums, dh, dw = _sums_and_grads(hc, w, lc, ignore_index, softcap)
+        sums, dh, dw = _sums_and_grads(hc, w, lc, ignore_index, softcap, stored)
         # Empty arrays carry the inputs' dtypes to the backward (residuals are arrays only).
         return sums, (dh, dw, jnp.zeros((0,), hc.dtype), jnp.zeros((0,), w.dtype))
-    sums, lse = _sums_fwd_impl(hc, w, lc, ignore_index, softcap)
+    sums, lse = _sums_fwd_impl(hc, w, lc, ignore_index, softcap, stored)
     return sums, (hc, w, lc, lse)
 
 
 def _ce_sums_bwd(
-    ignore_index: int, fused: bool, softcap: float | None, res: tuple[Array, ...], cts: Sums
+    ignore_index: int,
+    fused: bool,
+    softcap: float | None,
+    stored: Any,
+    res: tuple[Array, ...],
+    cts: Sums,
 ) -> tuple[Array, Array, None]:
     g_ce = cts[0].astype(jnp.float32)
     g_z = cts[1].astype(jnp.float32)
@@ -266,7 +290,7 @@ def _ce_sums_bwd(
 
     def step(dw: Array, xs: tuple[Array, Array, Array]) -> tuple[Array, Array]:
         h_c, l_c, lse_c = xs
-        logits, t = _chunk_logits(h_c, w, softcap)
+        logits, t = _chunk_logits(h_c, w, softcap, stored)
         labels = jnp.where(l_c != ignore_index, l_c, -1)
         dlogits = uncap_grad(_dlogits(logits, labels, lse_c, g_ce, g_z), cap_derivative(t))
         dh = jnp.dot(dlogits.astype(w.dtype), w.T, preferred_element_type=jnp.float32)
@@ -306,6 +330,7 @@ def chunked_cross_entropy(
     ignore_index: int = -100,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    logits_dtype: Any = None,
 ) -> CrossEntropyOutput:
     """Cross-entropy of ``hidden @ unembedding`` against ``labels`` without full logits.
 
@@ -333,6 +358,10 @@ def chunked_cross_entropy(
         Soft-cap the logits to ``(-softcap, softcap)`` (``softcap · tanh(x / softcap)``, Gemma
         2's final-logit cap) before the softmax; the loss, the counts and the gradients are
         those of the capped logits. None: no cap.
+    logits_dtype : dtype, optional
+        The dtype each chunk's product is written in before the float32 softmax: ``None`` or
+        float32 (exact), or bfloat16 / float16 — half the bytes of the step's largest tensor,
+        rounded as PyTorch's autocast rounds its LM head's output.
 
     Returns
     -------
@@ -346,6 +375,9 @@ def chunked_cross_entropy(
     if not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"`chunk_size` must be a positive int; got {chunk_size!r}")
     check_softcap(softcap)
+    stored = jnp.dtype(jnp.float32 if logits_dtype is None else logits_dtype)
+    if not jnp.issubdtype(stored, jnp.floating):
+        raise ValueError(f"`logits_dtype` must be a floating dtype; got {stored}")
     d_model = hidden.shape[-1]
     # Rows = every leading axis but the last (kept whole, so batch sharding survives); the scan
     # walks along the last (sequence) axis, `cols` positions of every row per step.
@@ -364,7 +396,7 @@ def chunked_cross_entropy(
     lc = lab.reshape(rows, n, cols).transpose(1, 0, 2).reshape(n, rows * cols)
     fused = z_loss == 0.0  # then the loss differentiates the sum of CE alone (_sums_and_grads)
     cap = None if softcap is None else float(softcap)
-    s_ce, s_z, n_tok, n_ok = _ce_sums(hc, unembedding, lc, int(ignore_index), fused, cap)
+    s_ce, s_z, n_tok, n_ok = _ce_sums(hc, unembedding, lc, int(ignore_index), fused, cap, stored)
     denom = jnp.maximum(n_tok, 1).astype(jnp.float32)
     loss = (s_ce + jnp.float32(z_loss) * s_z) / denom
     return CrossEntropyOutput(loss=loss, sum_loss=s_ce, num_tokens=n_tok, num_correct=n_ok)

@@ -30,7 +30,7 @@ def config_to_dict(config: TransformerConfig) -> dict[str, Any]:
     -------
     dict
         ``{"class": name, "fields": {field: value}}``; ``precision`` is
-        ``{"param_dtype": name, "compute_dtype": name}``, ``rope_scaling`` its set fields
+        ``{"param_dtype": name, "compute_dtype": name, "logits_dtype": name}``, ``rope_scaling`` its set fields
         (``RopeScaling.as_dict``), tuples lists.
     """
     fields: dict[str, Any] = {}
@@ -40,6 +40,7 @@ def config_to_dict(config: TransformerConfig) -> dict[str, Any]:
             value = {
                 "param_dtype": jnp.dtype(value.param_dtype).name,
                 "compute_dtype": jnp.dtype(value.compute_dtype).name,
+                "logits_dtype": jnp.dtype(value.logits_dtype).name,
             }
         elif isinstance(value, RopeScaling):
             value = value.as_dict()
@@ -83,7 +84,12 @@ def config_from_dict(data: Mapping[str, Any]) -> TransformerConfig:
     precision = values.get("precision")
     if isinstance(precision, Mapping):  # dtype names; a preset name passes through as it is
         try:
-            values["precision"] = Precision(precision["param_dtype"], precision["compute_dtype"])
+            values["precision"] = Precision(
+                precision["param_dtype"],
+                precision["compute_dtype"],
+                # saved before logits_dtype existed: the float32 logits those runs had
+                precision.get("logits_dtype", "float32"),
+            )
         except (KeyError, TypeError):
             raise ValueError(
                 "config_from_dict: precision must hold the dtype names param_dtype and "

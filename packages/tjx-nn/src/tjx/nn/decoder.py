@@ -146,6 +146,7 @@ def head_cross_entropy(
             chunk_size=chunk_size,
             z_loss=z_loss,
             softcap=softcap,
+            logits_dtype=precision.logits_dtype,
         )
     logits = head_logits(embed, head, hidden, precision, softcap)
     return logits_cross_entropy(logits, labels, z_loss=z_loss)

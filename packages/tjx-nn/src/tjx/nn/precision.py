@@ -1,8 +1,10 @@
 """Mixed-precision policy shared by every tjx model.
 
 One object says which dtype parameters are stored in and which dtype matmuls run in. Norm
-statistics, softmax and logits always run in float32 regardless of the policy (see ``norms.py``,
-``tjx.kernels.attention`` and the models' output heads).
+statistics, softmax and the loss always run in float32 regardless of the policy (see
+``norms.py``, ``tjx.kernels.attention`` and the models' output heads); ``logits_dtype`` says only
+which dtype the chunked loss stores the LM head's product in between the matmul and the float32
+softmax (float32 by default; bfloat16 as PyTorch's autocast, half the bytes).
 """
 
 from __future__ import annotations
@@ -43,9 +45,18 @@ class Precision:
             "help": "dtype of the forward and backward matmuls",
         },
     )
+    logits_dtype: Any = field(
+        default=jnp.float32,
+        metadata={
+            "choices": DTYPE_NAMES,
+            "resumable": True,
+            "help": "dtype the chunked loss stores the head's logits in before its float32 "
+            "softmax (bfloat16: half the bytes, PyTorch autocast's rounding)",
+        },
+    )
 
     def __post_init__(self) -> None:
-        for name in ("param_dtype", "compute_dtype"):
+        for name in ("param_dtype", "compute_dtype", "logits_dtype"):
             value = jnp.dtype(getattr(self, name))
             if not jnp.issubdtype(value, jnp.floating):
                 raise ValueError(f"Precision.{name} must be a floating dtype; got {value}")

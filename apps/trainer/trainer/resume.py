@@ -29,7 +29,11 @@ def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
     0.999 (adamw's default)`` and a saved number that is the optimizer's own shows nothing."""
     from tjx import optim  # on use: the command line stays free of jax
 
-    if saved and isinstance(config.get("optimizer"), dict) and "flat_update" not in config["optimizer"]:
+    if (
+        saved
+        and isinstance(config.get("optimizer"), dict)
+        and "flat_update" not in config["optimizer"]
+    ):
         # saved before tjx-optim 0.13: the run's optimizer state is per leaf
         config = {**config, "optimizer": {**config["optimizer"], "flat_update": "off"}}
     full = read_config(migrate(config)).to_dict() if saved else config

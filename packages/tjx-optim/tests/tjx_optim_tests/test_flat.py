@@ -35,9 +35,7 @@ def _params(rng: np.random.Generator) -> dict:
 
 
 def _grads(rng: np.random.Generator, params: dict, scale: float) -> dict:
-    return jax.tree.map(
-        lambda p: jnp.asarray(rng.normal(size=p.shape) * scale, p.dtype), params
-    )
+    return jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape) * scale, p.dtype), params)
 
 
 def _run(cfg: OptimizerConfig, whole: bool, seed: int, scales: list[float]) -> tuple:
@@ -86,7 +84,9 @@ def test_flat_and_per_leaf_chains_agree_to_float32_rounding(cfg: OptimizerConfig
         assert set(a) == set(b)
         for key in a:
             np.testing.assert_allclose(
-                np.asarray(a[key], np.float64), np.asarray(b[key], np.float64), rtol=RTOL,
+                np.asarray(a[key], np.float64),
+                np.asarray(b[key], np.float64),
+                rtol=RTOL,
                 err_msg=key,
             )
 

@@ -30,8 +30,8 @@ def config_to_dict(config: TransformerConfig) -> dict[str, Any]:
     -------
     dict
         ``{"class": name, "fields": {field: value}}``; ``precision`` is
-        ``{"param_dtype": name, "compute_dtype": name, "logits_dtype": name}``, ``rope_scaling`` its set fields
-        (``RopeScaling.as_dict``), tuples lists.
+        ``{"param_dtype": name, "compute_dtype": name, "logits_dtype": name}``, ``rope_scaling``
+        its set fields (``RopeScaling.as_dict``), tuples lists.
     """
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(config):

@@ -77,7 +77,7 @@ class FlatLayout:
         self.num_leaves = len(leaves)
 
     def flatten(self, tree: Any) -> dict[str, jax.Array]:
-        """The groups' flat buffers of a tree with the params' structure (one concatenation each)."""
+        """The groups' flat buffers of a tree with the params' structure (one concat each)."""
         leaves = self.treedef.flatten_up_to(tree)
         return {
             name: jnp.concatenate([jnp.ravel(leaves[i]) for i, *_ in members])
@@ -106,10 +106,8 @@ def _norm(flat: dict[str, jax.Array]) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in flat.values()))
 
 
-def flat_groups(
-    build: ChainBuilder, decays: Callable[[Any], Any]
-) -> optax.GradientTransformation:
-    """Run the chain ``build(mask)`` over flat buffers of the parameters, grouped by decay and dtype.
+def flat_groups(build: ChainBuilder, decays: Callable[[Any], Any]) -> optax.GradientTransformation:
+    """Run the chain ``build(mask)`` over flat buffers of the params, grouped by decay and dtype.
 
     Parameters
     ----------

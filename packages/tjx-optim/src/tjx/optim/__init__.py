@@ -19,6 +19,7 @@ from tjx.optim.defaults import (
     with_own_defaults,
     with_schedule_defaults,
 )
+from tjx.optim.flat import FLAT_OPTIMIZERS, FlatLayout, FlatState, flat_groups
 from tjx.optim.freeze import (
     ADAPTER_NAMES,
     adapter_mask,
@@ -37,7 +38,6 @@ from tjx.optim.loss_scale import (
     scale_loss,
     unscale_grads,
 )
-from tjx.optim.flat import FLAT_OPTIMIZERS, FlatLayout, FlatState, flat_groups
 from tjx.optim.masks import decay_mask
 from tjx.optim.muon import muon_dimension_numbers, muon_mask
 from tjx.optim.optimizers import (

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from tjx.metrics.accelerators import Accelerator
+from tjx.metrics.calibration import calibrated_seconds, calibration_for, rows_of, summarize
 from tjx.metrics.kernel_cost import CustomCost
 from tjx.metrics.roofline import roofline
 
@@ -128,13 +129,23 @@ def estimate(
     shown = ", ".join(f"{name} ×{n}" for name, n in calls.items()) or "none"
     say(f"custom calls per step: {shown}")
     half, full = model_flops
-    tokens = units / est.seconds
-    mfu, palm = est.mfu(half, devices), est.mfu(full, devices)
+    calibration = calibration_for(device)
+    seconds, label, by_class = est.seconds, "estimate (roofline, not calibrated)", None
+    if calibration is not None:  # the roofline plus launch floors and achieved rates (measured)
+        calibrated = calibrated_seconds(rows_of(est.kernels), device, calibration)
+        seconds, label, by_class = calibrated.seconds, calibrated.label, calibrated.by_class
+    tokens = units / seconds
+    mfu = half / (seconds * device.peak.bf16 * devices)
+    palm = full / (seconds * device.peak.bf16 * devices)
+    roof = (
+        f"; the roofline alone: {_ms(est.seconds)}" if calibration is not None else
+        " — per-kernel roofline over the compiled program"
+    )  # fmt: skip
     say(
-        f"estimate: {_ms(est.seconds)} per step, {tokens:,.0f} {unit}/s, MFU {mfu:.0%} "
-        f"(PaLM convention: {palm:.0%}) — an estimate: per-kernel roofline over the compiled "
-        f"program; {_gb(est.bytes)} moved by {est.launches:,} kernel launches, "
-        f"{est.flops / 1e12:,.2f} TFLOP (model: {half / devices / 1e12:,.2f} per device)"
+        f"{label}: {_ms(seconds)} per step, {tokens:,.0f} {unit}/s, MFU {mfu:.0%} "
+        f"(PaLM convention: {palm:.0%}){roof}; {_gb(est.bytes)} moved by {est.launches:,} "
+        f"kernel launches, {est.flops / 1e12:,.2f} TFLOP (model: {half / devices / 1e12:,.2f} "
+        "per device)"
     )
     top = ", ".join(
         f"{k.name} {_ms(k.total_seconds)} ({k.kind}{f' ×{k.count}' if k.count > 1 else ''})"
@@ -155,7 +166,7 @@ def estimate(
             collectives.append({"collective": detail, "count": n, "wire_bytes": wire, "s": secs})
         say(f"  collectives (est., at {device.link_bandwidth / 1e9:.0f} GB/s per device "
             f"each way): {'; '.join(parts)}")  # fmt: skip
-    if est.launches and est.seconds / est.launches < LAUNCH_BOUND_S:
+    if calibration is None and est.launches and est.seconds / est.launches < LAUNCH_BOUND_S:
         say(
             f"  note: {est.seconds / est.launches * 1e6:.1f} µs of work per kernel launch on "
             "average: launch overhead (a few µs each on a GPU; not in the estimate) will dominate "
@@ -165,7 +176,10 @@ def estimate(
         say(f"  note: {note}")
     return {
         "custom_calls": dict(calls),
-        "seconds": est.seconds,
+        "seconds": seconds,
+        "label": label,
+        "roofline_seconds": est.seconds,
+        "calibrated_by_class": by_class,
         "bytes": est.bytes,
         "flops": est.flops,
         "launches": est.launches,
@@ -181,4 +195,6 @@ def estimate(
         ],
         "collectives": collectives,
         "notes": list(est.notes),
+        # The model's input, compact: a test fixture keeps this instead of the HLO.
+        "kernel_summary": [row.to_json() for row in summarize(est.kernels)],
     }

@@ -1,0 +1,82 @@
+"""Refit tjx-metrics' calibrated step-time model on a GPU profile: one command per GPU run.
+
+``tjx.metrics.calibration_fit.refit`` does the work (read the trace, match its kernels to the
+profiled step's HLO, fit each kernel class's launch floor and achieved rates, set the step
+overhead against the measured step); this script prices the program's own kernels as the plan
+does (tjx-kernels' ``roofline_costs``: a Pallas flash kernel's grid says what it reads) and
+writes the device's entry of ``calibrations.json``, keeping the other devices'::
+
+    python tools/calibrate.py shared/gpu-h100-2026-11-25/t/profile.tar.gz --device h100 \\
+        --step-s 0.0468 --measurement "gpu-h100-2026-11-25 (pallas gpt2_small b16 profile)" \\
+        --out packages/tjx-metrics/src/tjx/metrics/calibrations.json
+
+The profile's ``xplane.pb`` carries the step's optimized HLO; ``--hlo FILE`` passes another
+(``compiled.as_text()`` of the same step). ``--step-s`` is the benchmark's median step of the
+profiled configuration (``results.json``'s train_step row): the step overhead is what it spends
+beyond the fitted kernels; without it, the profile's own step period.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("profile", type=Path, help="profile folder, its .tar.gz, or trace file")
+    parser.add_argument("--device", required=True, help="device table key (h100, h200...)")
+    parser.add_argument("--out", type=Path, required=True, help="calibrations.json to update")
+    parser.add_argument("--hlo", type=Path, help="the step's optimized HLO text (.hlo[.gz])")
+    parser.add_argument("--step-s", type=float, help="the measured median step, seconds")
+    parser.add_argument("--measurement", help="what the estimate says it is calibrated on")
+    parser.add_argument("--not-causal", action="store_true", help="the attention is not causal")
+    args = parser.parse_args(argv)
+    from tjx import kernels, metrics
+    from tjx.metrics.calibration_fit import read_text, refit
+
+    try:
+        device = metrics.accelerator(args.device)
+    except ValueError as err:
+        print(f"--device: {err}", file=sys.stderr)
+        return 2
+    if not args.profile.exists():
+        print(f"{args.profile}: no such profile; pass its folder or .tar.gz", file=sys.stderr)
+        return 2
+    cost = kernels.roofline_costs(
+        causal=not args.not_causal,
+        device_kind=device.device_kind,
+        compute_capability=device.compute_capability,
+    )
+    command = "python tools/calibrate.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    try:
+        cal, report = refit(
+            args.profile,
+            read_text(args.hlo) if args.hlo else None,
+            device,
+            custom_call_cost=cost,
+            measured_step_s=args.step_s,
+            measurement=args.measurement,
+            refit_command=command,
+        )
+    except ValueError as err:
+        print(f"{args.profile}: {err}", file=sys.stderr)
+        return 2
+    for line in report.lines():
+        print(line)
+    for name, c in cal.classes.items():
+        print(f"{name}: floor {c.floor_s * 1e6:.2f} µs, flop_eff {c.flop_eff:.2f}, "
+              f"bw_eff {c.bw_eff:.2f} ({c.provenance})")  # fmt: skip
+    print(f"step overhead: {cal.step_overhead_s * 1e3:.2f} ms")
+    table = json.loads(args.out.read_text()) if args.out.exists() else {}
+    table[device.key] = cal.to_json()
+    args.out.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {args.out} [{device.key}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

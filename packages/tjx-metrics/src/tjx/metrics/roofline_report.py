@@ -130,20 +130,20 @@ def estimate(
     say(f"custom calls per step: {shown}")
     half, full = model_flops
     calibration = calibration_for(device)
-    seconds, label, by_class = est.seconds, "estimate (roofline, not calibrated)", None
+    seconds, label, by_class = est.seconds, "estimate", None
     if calibration is not None:  # the roofline plus launch floors and achieved rates (measured)
         calibrated = calibrated_seconds(rows_of(est.kernels), device, calibration)
         seconds, label, by_class = calibrated.seconds, calibrated.label, calibrated.by_class
     tokens = units / seconds
     mfu = half / (seconds * device.peak.bf16 * devices)
     palm = full / (seconds * device.peak.bf16 * devices)
-    roof = (
-        f"; the roofline alone: {_ms(est.seconds)}" if calibration is not None else
-        " — per-kernel roofline over the compiled program"
+    how = (
+        f"the roofline alone: {_ms(est.seconds)}" if calibration is not None else
+        "an estimate: per-kernel roofline over the compiled program"
     )  # fmt: skip
     say(
         f"{label}: {_ms(seconds)} per step, {tokens:,.0f} {unit}/s, MFU {mfu:.0%} "
-        f"(PaLM convention: {palm:.0%}){roof}; {_gb(est.bytes)} moved by {est.launches:,} "
+        f"(PaLM convention: {palm:.0%}) — {how}; {_gb(est.bytes)} moved by {est.launches:,} "
         f"kernel launches, {est.flops / 1e12:,.2f} TFLOP (model: {half / devices / 1e12:,.2f} "
         "per device)"
     )

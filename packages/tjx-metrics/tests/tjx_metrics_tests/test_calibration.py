@@ -117,11 +117,25 @@ def test_merging_identical_kernels_keeps_the_estimate():
 def test_kernel_classes():
     assert kernel_class("matmul", "__cublas$lt$matmul", 1e9) == "gemm"
     assert kernel_class("attention", "__cudnn$fmhaSoftmax", 1e9) == "attention"
-    assert kernel_class("custom call", "tjx_flash_fwd", 0.0) == "attention"
+    assert kernel_class("attention", "tjx_flash_fwd", 1e9) == "attention"
+    assert kernel_class("custom call", "tjx_ce_dx", 1e9) == "custom"
     assert kernel_class("custom fusion", "__custom_fusion", 0.0) == "copy"
     assert kernel_class("triton fusion", "__triton", 0.0) == "reduction"
     assert kernel_class("loop fusion", "kLoop", 0.0) == "elementwise"
     assert kernel_class("collective", "all-reduce over 8", 0.0) == "collective"
+
+
+def test_a_class_with_no_measured_constants_is_priced_by_the_plain_roofline():
+    cal = Calibration("h100", "m", {"gemm": ClassConstants(1e-6, 0.5, 1.0)})
+    loss = KernelRow("custom call", "tjx_ce_dx", 2, {"bf16": 1e12}, 3e11)
+    # the plain roofline: the slower of its FLOPs at the peak and its bytes at the bandwidth
+    roof = max(1e12 / H100.peak.bf16, 3e11 / H100.hbm_bandwidth)
+    assert cal.row_seconds(loss, H100) == pytest.approx(roof)
+    gemm = KernelRow("matmul", "__cublas$lt$matmul", 1, {"bf16": 1e12}, 0.0)
+    assert cal.row_seconds(gemm, H100) == pytest.approx(1e-6 + 2 * 1e12 / H100.peak.bf16)
+    assert calibrated_seconds([loss, gemm], H100, cal).seconds == pytest.approx(
+        2 * roof + cal.row_seconds(gemm, H100)
+    )
 
 
 # ---- the fit ----

@@ -50,15 +50,16 @@ __all__ = [
 ]
 
 #: The kernel classes the model prices apart (see :func:`kernel_class`).
-CLASSES = ("gemm", "attention", "reduction", "elementwise", "copy", "collective")
+CLASSES = ("gemm", "attention", "custom", "reduction", "elementwise", "copy", "collective")
 
 
 def kernel_class(kind: str, detail: str, flops: float) -> str:
     """The model's class of a roofline kernel (:class:`tjx.metrics.Kernel`'s ``kind``/``detail``).
 
     ``gemm``: a matrix product (cuBLAS, a Triton GEMM fusion, any fusion with matmul FLOPs);
-    ``attention``: cuDNN attention or a custom kernel (Pallas/Triton flash attention, a fused
-    loss); ``reduction``: an XLA input (reduction) fusion or a Triton fusion that is not a GEMM
+    ``attention``: cuDNN attention or a flash attention kernel (Pallas/Triton); ``custom``: any
+    other custom kernel (a fused loss; each is its own, so one kernel's rates say little of
+    another's: unless a profile had some, they are priced by the plain roofline); ``reduction``: an XLA input (reduction) fusion or a Triton fusion that is not a GEMM
     (XLA's Triton softmax/normalization fusions reduce rows); ``copy``: a copy, transpose or
     anything else that only moves data (XLA's custom dynamic-slice fusions and asynchronous
     slices run as memcpy); ``elementwise``: loop fusions and every other kernel.
@@ -74,8 +75,10 @@ def kernel_class(kind: str, detail: str, flops: float) -> str:
         return "collective"
     if kind == "custom fusion" or detail == "fusion-start":  # XLA's dynamic-slice fusions: memcpy
         return "copy"
-    if kind in ("attention", "custom call"):
+    if kind == "attention":
         return "attention"
+    if kind == "custom call":
+        return "custom"
     if flops > 0 or kind == "matmul":
         return "gemm"
     if kind in ("reduction fusion", "triton fusion", "reduce", "reduce-window", "sort"):
@@ -208,7 +211,8 @@ class Calibration:
     measurement : str
         The measurement they were fitted on (folder, file, date): the estimate's label.
     classes : dict of str to ClassConstants
-        Per kernel class (:data:`CLASSES`); a class not fitted takes ``default``'s.
+        Per kernel class (:data:`CLASSES`); a class the fit had no kernels of is priced by the
+        plain roofline (nothing measured says otherwise).
     step_overhead_s : float
         A measured step's time beyond the sum of its kernels.
     refit : str
@@ -224,18 +228,15 @@ class Calibration:
     refit: str = ""
     notes: tuple[str, ...] = ()
 
-    def constants(self, klass: str) -> ClassConstants:
-        """A class's constants (``elementwise``'s for a class the fit had no kernels of)."""
-        return self.classes.get(klass) or self.classes.get("elementwise") or ClassConstants(
-            0.0, 1.0, 1.0
-        )
-
     def row_seconds(self, row: KernelRow, device: Accelerator) -> float:
-        """One launch of ``row`` on ``device``."""
+        """One launch of ``row`` on ``device``: its class's fitted constants, or the plain
+        roofline for a class with none (a collective: its wire at the link bandwidth)."""
         memory = row.bytes / device.hbm_bandwidth
-        if row.klass == "collective":  # the wire is not fitted: the roofline's link time
-            return max(row.wire_bytes / device.link_bandwidth, memory)
-        return self.constants(row.klass).seconds(row.compute_seconds(device), memory)
+        constants = self.classes.get(row.klass)
+        if constants is None:
+            wire = row.wire_bytes / device.link_bandwidth
+            return max(row.compute_seconds(device), memory, wire)
+        return constants.seconds(row.compute_seconds(device), memory)
 
     def to_json(self) -> dict[str, Any]:
         """The ``calibrations.json`` entry."""

@@ -23,7 +23,8 @@ them (:func:`tjx.metrics.roofline`). The fit:
    class's fitted time adds up to its measured time. A fit on relative (or log) time weighs
    the 1,400 kernels under 5 µs like the few that hold the time, and on the 2026-11-25 profile
    it summed the elementwise class to 0.40 of its measured time; the floor is still pinned
-   by those many tiny kernels. A class with too few kernels keeps ``elementwise``'s;
+   by those many tiny kernels. A class with fewer than :data:`MIN_KERNELS` matched kernels is
+   not fitted: the model prices it by the plain roofline;
 4. **sets the step overhead**: the measured step (``measured_step_s``, a benchmark's median
    step; by default the profile's own step period) minus the model's sum over the HLO's kernels.
 """
@@ -67,7 +68,7 @@ __all__ = [
     "refit",
 ]
 
-#: Fewer matched kernels than this and a class keeps the elementwise constants.
+#: Fewer matched kernels than this and a class is not fitted (priced by the plain roofline).
 MIN_KERNELS = 4
 
 

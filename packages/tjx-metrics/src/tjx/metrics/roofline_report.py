@@ -2,7 +2,11 @@
 
 Every time is labelled an estimate: :func:`roofline` sums per-kernel max(FLOPs / peak, bytes /
 HBM bandwidth) over the optimized program and leaves out launch overhead, untuned tiles, caches
-and overlap. :func:`estimate` says the custom calls, the step time with its MFU (the model's
+and overlap. Where the device has measured constants (:func:`tjx.metrics.calibration.
+calibration_for`: a launch floor, achieved bandwidth and FLOP rate per kernel class, a step
+overhead, fitted on a GPU profile), the step is their calibrated model instead, labelled
+"estimate (calibrated on <measurement>)", with the roofline alone beside it; the record keeps
+the kernels' compact summary (``kernel_summary``) the model prices. :func:`estimate` says the custom calls, the step time with its MFU (the model's
 FLOPs with causal attention at half, MaxText's and torchtitan's convention, and PaLM's full count
 beside it), the slowest kernels, the collectives on a mesh and the roofline's notes
 (:func:`grouped_notes`); :func:`f32_dots` names the JAX operations behind float32 matrix products.
@@ -138,7 +142,8 @@ def estimate(
     mfu = half / (seconds * device.peak.bf16 * devices)
     palm = full / (seconds * device.peak.bf16 * devices)
     how = (
-        f"the roofline alone: {_ms(est.seconds)}" if calibration is not None else
+        "an estimate: per-kernel roofline plus the launch floors and achieved rates measured "
+        f"there (the roofline alone: {_ms(est.seconds)})" if calibration is not None else
         "an estimate: per-kernel roofline over the compiled program"
     )  # fmt: skip
     say(

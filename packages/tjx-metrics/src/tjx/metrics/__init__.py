@@ -29,7 +29,7 @@
   Where a GPU was measured, the estimate is calibrated: :func:`calibrated_seconds` adds to each
   kernel a launch floor and its class's achieved bandwidth and FLOP rate (:func:`calibration_for`:
   the fitted :class:`Calibration` of a device, shipped as ``calibrations.json``), over a step's
-  :func:`summarize`\ d :class:`KernelRow`\ s; :func:`refit` fits them on a profile
+  kernel rows (:class:`KernelRow`, :func:`summarize`); :func:`refit` fits them on a profile
   (:func:`read_profile`; ``tools/calibrate.py``).
 * Before and during a run: :func:`peak_bytes` (XLA's memory analysis of a compiled step),
   :func:`available_bytes` (what a device can use) and :func:`first_fit` (the first candidate step

@@ -6,12 +6,21 @@ overhead against the measured step); this script prices the program's own kernel
 does (tjx-kernels' ``roofline_costs``: a Pallas flash kernel's grid says what it reads) and
 writes the device's entry of ``calibrations.json``, keeping the other devices'::
 
-    python tools/calibrate.py shared/gpu-h100-2026-11-25/t/profile.tar.gz --device h100 \\
-        --step-s 0.0468 --measurement "gpu-h100-2026-11-25 (pallas gpt2_small b16 profile)" \\
+    python tools/calibrate.py ../shared/gpu-h100-2026-11-25/t/profile.tar.gz --device h100 \\
+        --hlo STEP_HLO --step-s 0.0468 \\
+        --kernels-results ../shared/gpu-h100-2026-11-25/k/results.json \\
+        --measurement "the H100 profile of 2026-11-25 (...)" \\
         --out packages/tjx-metrics/src/tjx/metrics/calibrations.json
 
-The profile's ``xplane.pb`` carries the step's optimized HLO; ``--hlo FILE`` passes another
-(``compiled.as_text()`` of the same step). ``--step-s`` is the benchmark's median step of the
+The profile's ``xplane.pb`` carries the step's optimized HLO as the GPU compiled it; ``--hlo
+FILE`` passes another: the shipped constants are fitted against the *deviceless* compile of the
+profiled configuration, the program a plan prices (XLA dumps it:
+``XLA_FLAGS="--xla_dump_to=DIR --xla_dump_hlo_as_text --xla_dump_hlo_module_re=jit_train_step"
+python -m trainer --config gpt2_small --plan h100 --set model.attention_impl=pallas``, then
+``--hlo DIR/*jit_train_step*after_optimizations.txt``), so what the deviceless compiler does
+differently (untuned Triton GEMMs where the GPU autotuned cuBLAS, fusions of another XLA
+release) is absorbed by the fit. ``--kernels-results`` fits cuDNN attention on the kernel
+part's timings when the profiled step ran another kernel. ``--step-s`` is the benchmark's median step of the
 profiled configuration (``results.json``'s train_step row): the step overhead is what it spends
 beyond the fitted kernels; without it, the profile's own step period.
 """
@@ -34,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-s", type=float, help="the measured median step, seconds")
     parser.add_argument("--measurement", help="what the estimate says it is calibrated on")
     parser.add_argument("--not-causal", action="store_true", help="the attention is not causal")
+    parser.add_argument(
+        "--kernels-results",
+        type=Path,
+        help="the GPU suite's kernel part results.json: cuDNN attention's timings fit its class",
+    )
     args = parser.parse_args(argv)
     from tjx import kernels, metrics
     from tjx.metrics.calibration_fit import read_text, refit
@@ -52,6 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         compute_capability=device.compute_capability,
     )
     command = "python tools/calibrate.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    bench: list[dict] = []
+    if args.kernels_results is not None:
+        try:
+            found = json.loads(args.kernels_results.read_text())
+            bench = list(found["sections"]["attention"]["rows"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            print(f"--kernels-results: no attention rows in {args.kernels_results} ({err}); "
+                  "pass the kernel part's results.json", file=sys.stderr)  # fmt: skip
+            return 2
     try:
         cal, report = refit(
             args.profile,
@@ -61,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             measured_step_s=args.step_s,
             measurement=args.measurement,
             refit_command=command,
+            attention_bench=bench,
+            attention_bench_source=f"{args.kernels_results} (attention section)",
         )
     except ValueError as err:
         print(f"{args.profile}: {err}", file=sys.stderr)

@@ -50,14 +50,19 @@ __all__ = [
 ]
 
 #: The kernel classes the model prices apart (see :func:`kernel_class`).
-CLASSES = ("gemm", "attention", "custom", "reduction", "elementwise", "copy", "collective")
+CLASSES = (
+    "gemm", "attention", "cudnn attention", "custom", "reduction", "elementwise", "copy",
+    "collective",
+)  # fmt: skip
 
 
 def kernel_class(kind: str, detail: str, flops: float) -> str:
     """The model's class of a roofline kernel (:class:`tjx.metrics.Kernel`'s ``kind``/``detail``).
 
     ``gemm``: a matrix product (cuBLAS, a Triton GEMM fusion, any fusion with matmul FLOPs);
-    ``attention``: cuDNN attention or a flash attention kernel (Pallas/Triton); ``custom``: any
+    ``attention``: a flash attention kernel of the program's own (Pallas/Triton); ``cudnn
+    attention``: cuDNN's fused attention (fitted on its own timings: the two run the same FLOPs
+    at different rates); ``custom``: any
     other custom kernel (a fused loss; each is its own, so one kernel's rates say little of
     another's: unless a profile had some, they are priced by the plain roofline); ``reduction``: an XLA input (reduction) fusion or a Triton fusion that is not a GEMM
     (XLA's Triton softmax/normalization fusions reduce rows); ``copy``: a copy, transpose or
@@ -76,7 +81,7 @@ def kernel_class(kind: str, detail: str, flops: float) -> str:
     if kind == "custom fusion" or detail == "fusion-start":  # XLA's dynamic-slice fusions: memcpy
         return "copy"
     if kind == "attention":
-        return "attention"
+        return "cudnn attention" if detail.startswith("__cudnn") else "attention"
     if kind == "custom call":
         return "custom"
     if flops > 0 or kind == "matmul":

@@ -27,6 +27,11 @@ them (:func:`tjx.metrics.roofline`). The fit:
    not fitted: the model prices it by the plain roofline;
 4. **sets the step overhead**: the measured step (``measured_step_s``, a benchmark's median
    step; by default the profile's own step period) minus the model's sum over the HLO's kernels.
+
+A kernel the profiled program did not run can be fitted on a benchmark's timings instead:
+:func:`fit_attention_bench` fits cuDNN's fused attention on the GPU suite's attention rows
+(``k/results.json``: forward and forward+backward times per shape), so a plan that takes cuDNN
+is not priced at the Pallas kernels' rates.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ __all__ = [
     "FitReport",
     "Profile",
     "TraceKernel",
+    "fit_attention_bench",
     "fit_class",
     "kernel_sequence",
     "match_kernels",
@@ -456,6 +462,39 @@ def fit_class(
     )
 
 
+def fit_attention_bench(
+    rows: Iterable[dict[str, Any]], device: Accelerator, impl: str = "cudnn"
+) -> ClassConstants | None:
+    """An attention implementation's constants from the GPU suite's attention benchmark rows.
+
+    Each row (``k/results.json``'s ``attention`` section: ``impl``, ``batch``, ``heads``,
+    ``seq``, ``head_dim``, ``causal``, ``fwd_ms``, ``fwd_bwd_ms``) gives a forward kernel and a
+    backward one (``fwd_bwd_ms - fwd_ms``), priced as the roofline prices cuDNN's calls: forward
+    2, backward 5 products of 2·b·h·s²·d FLOPs, halved when causal; bytes: q, k, v and the
+    output forward, those with the output's gradient and three input gradients backward (bf16).
+
+    Returns
+    -------
+    ClassConstants or None
+        None when fewer than :data:`MIN_KERNELS` timings of ``impl`` are given.
+    """
+    compute, memory, measured = [], [], []
+    for row in rows:
+        if row.get("impl") != impl or not row.get("fwd_ms") or not row.get("fwd_bwd_ms"):
+            continue
+        b, h, s, d = (int(row[k]) for k in ("batch", "heads", "seq", "head_dim"))
+        product = 2.0 * b * h * s * s * d / (2 if row.get("causal") else 1)
+        tensor = 2.0 * b * s * h * d  # one bf16 [b, s, h, d]
+        fwd_s, bwd_s = row["fwd_ms"] * 1e-3, (row["fwd_bwd_ms"] - row["fwd_ms"]) * 1e-3
+        for products, tensors, t in ((2, 4, fwd_s), (5, 8, bwd_s)):
+            compute.append(products * product / device.matmul_peak("bf16"))
+            memory.append(tensors * tensor / device.hbm_bandwidth)
+            measured.append(t)
+    if len(measured) < MIN_KERNELS:
+        return None
+    return fit_class(compute, memory, measured, with_flops=True)
+
+
 @dataclass(frozen=True)
 class FitReport:
     """What a fit matched and how well the fitted model reproduces the profile.
@@ -510,6 +549,8 @@ def refit(
     measured_step_s: float | None = None,
     measurement: str | None = None,
     refit_command: str = "",
+    attention_bench: Iterable[dict[str, Any]] = (),
+    attention_bench_source: str = "",
 ) -> tuple[Calibration, FitReport]:
     """Fit ``device``'s calibrated constants on a profile (the module docstring's four steps).
 
@@ -531,6 +572,11 @@ def refit(
         The label of the measurement (default: the profile's path).
     refit_command : str
         The command that reproduces the fit (kept in the constants).
+    attention_bench : iterable of dict, optional
+        The GPU suite's attention rows: cuDNN's class is fitted on them
+        (:func:`fit_attention_bench`) unless the profile ran cuDNN attention itself.
+    attention_bench_source : str
+        Where those rows come from (the class's provenance).
 
     Returns
     -------
@@ -573,12 +619,19 @@ def refit(
             [r.compute_seconds(device) for r, _ in found],
             [r.bytes / device.hbm_bandwidth for r, _ in found],
             [t for _, t in found],
-            with_flops=klass in ("gemm", "attention"),
+            with_flops=klass in ("gemm", "attention", "cudnn attention"),
         )
     label = measurement or str(profile_path)
     classes = {
         k: dataclasses.replace(c, provenance=f"{label}: {c.provenance}") for k, c in classes.items()
     }
+    if "cudnn attention" not in classes:
+        bench = fit_attention_bench(attention_bench, device)
+        if bench is not None:
+            classes["cudnn attention"] = dataclasses.replace(
+                bench, provenance=f"{attention_bench_source}: cuDNN's forward and backward "
+                f"timings, {bench.provenance}"
+            )  # fmt: skip
     cal = Calibration(device.key, label, classes)
     by_class: dict[str, dict[str, float]] = {}
     for klass, found in samples.items():

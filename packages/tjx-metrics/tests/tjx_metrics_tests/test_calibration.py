@@ -24,6 +24,7 @@ from tjx.metrics.calibration import (
     summarize,
 )
 from tjx.metrics.calibration_fit import (
+    fit_attention_bench,
     fit_class,
     hlo_of_xplane,
     kernel_sequence,
@@ -62,6 +63,7 @@ def test_the_shipped_constants_say_what_they_were_fitted_on_and_how_to_refit():
         assert "2026-11-25" in c.provenance and "kernels" in c.provenance, name
         assert c.floor_s >= 0 and c.bw_eff >= 0 and c.flop_eff >= 0
     assert cal.classes["reduction"].floor_s > 5e-7  # a launch costs microseconds, not zero
+    assert "k/results.json" in cal.classes["cudnn attention"].provenance  # the kernel suite's
     assert calibration_for("v5e") is None  # never measured: the plain roofline is said
 
 
@@ -116,7 +118,7 @@ def test_merging_identical_kernels_keeps_the_estimate():
 
 def test_kernel_classes():
     assert kernel_class("matmul", "__cublas$lt$matmul", 1e9) == "gemm"
-    assert kernel_class("attention", "__cudnn$fmhaSoftmax", 1e9) == "attention"
+    assert kernel_class("attention", "__cudnn$fmhaSoftmax", 1e9) == "cudnn attention"
     assert kernel_class("attention", "tjx_flash_fwd", 1e9) == "attention"
     assert kernel_class("custom call", "tjx_ce_dx", 1e9) == "custom"
     assert kernel_class("custom fusion", "__custom_fusion", 0.0) == "copy"
@@ -173,6 +175,29 @@ def test_a_fit_never_returns_a_negative_constant():
     t = 5e-5 - 0.1 * memory
     got = fit_class(np.zeros(50), memory, t)
     assert got.bw_eff == 0.0 and got.floor_s > 0
+
+
+def _bench_rows(floor: float, flop_eff: float) -> list[dict]:
+    """The kernel suite's attention rows of a cuDNN that runs at ``flop_eff`` of the peak."""
+    rows = []
+    for seq, batch in ((1024, 16), (2048, 8), (4096, 4), (8192, 2)):
+        for causal in (True, False):
+            product = 2.0 * batch * 32 * seq * seq * 64 / (2 if causal else 1)
+            fwd = floor + 2 * product / (H100.peak.bf16 * flop_eff)
+            bwd = floor + 5 * product / (H100.peak.bf16 * flop_eff)
+            rows.append({"impl": "cudnn", "batch": batch, "heads": 32, "seq": seq,
+                         "head_dim": 64, "causal": causal, "fwd_ms": fwd * 1e3,
+                         "fwd_bwd_ms": (fwd + bwd) * 1e3})  # fmt: skip
+    rows.append({"impl": "xla", "fwd_ms": None})  # another kernel, or one that failed: ignored
+    return rows
+
+
+def test_cudnn_attention_is_fitted_on_the_kernel_suites_timings():
+    got = fit_attention_bench(_bench_rows(2e-5, 0.4), H100)
+    assert got is not None
+    assert got.flop_eff == pytest.approx(0.4, rel=0.02)
+    assert got.floor_s == pytest.approx(2e-5, rel=0.1)
+    assert fit_attention_bench(_bench_rows(2e-5, 0.4)[:1], H100) is None  # 2 timings: too few
 
 
 def _names(kernels):
@@ -234,10 +259,15 @@ def test_refit_recovers_the_constants_a_synthetic_profile_was_made_with(tmp_path
     for where in (tmp_path, archive):
         profile = read_profile(where)
         assert profile.module == "jit_step" and len(profile.steps) == 3 and profile.hlo_text is None
-        cal, report = refit(where, text, H100, measured_step_s=sum(times) + 1e-3)
+        cal, report = refit(where, text, H100, measured_step_s=sum(times) + 1e-3,
+                            attention_bench=_bench_rows(1e-5, 0.5),
+                            attention_bench_source="bench.json")  # fmt: skip
+        assert cal.classes["cudnn attention"].provenance.startswith("bench.json: cuDNN's")
         assert report.hlo_matched == report.hlo_kernels == len(kernels)
         assert report.matched == len(kernels) and report.trace_kernels == len(kernels) + 1
         for klass, fitted in cal.classes.items():
+            if klass == "cudnn attention":
+                continue
             # a class with few kernels may trade its floor for its rate: its times must agree
             for r in rows:
                 if r.klass == klass:

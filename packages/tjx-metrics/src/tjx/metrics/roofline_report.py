@@ -152,9 +152,14 @@ def estimate(
         f"kernel launches, {est.flops / 1e12:,.2f} TFLOP (model: {half / devices / 1e12:,.2f} "
         "per device)"
     )
+    if calibration is not None:  # the slowest by the calibrated model (floors count)
+        timed = {r.name: calibration.row_seconds(r, device) * r.count for r in rows_of(est.kernels)}
+    else:
+        timed = {k.name: k.total_seconds for k in est.kernels}
+    slowest = sorted(est.kernels, key=lambda k: -timed.get(k.name, 0.0))
     top = ", ".join(
-        f"{k.name} {_ms(k.total_seconds)} ({k.kind}{f' ×{k.count}' if k.count > 1 else ''})"
-        for k in est.top(TOP)
+        f"{k.name} {_ms(timed.get(k.name, 0.0))} ({k.kind}{f' ×{k.count}' if k.count > 1 else ''})"
+        for k in slowest[:TOP]
     )
     say(f"  slowest kernels: {top}")
     collectives: list[dict[str, Any]] = []
@@ -195,8 +200,8 @@ def estimate(
         "tokens_per_s": tokens,
         "by_kind": est.by_kind(),
         "top": [
-            {"name": k.name, "kind": k.kind, "count": k.count, "s": k.total_seconds}
-            for k in est.top(20)
+            {"name": k.name, "kind": k.kind, "count": k.count, "s": timed.get(k.name, 0.0)}
+            for k in slowest[:20]
         ],
         "collectives": collectives,
         "notes": list(est.notes),

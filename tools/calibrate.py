@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         device_kind=device.device_kind,
         compute_capability=device.compute_capability,
     )
-    command = "python tools/calibrate.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    given = argv if argv is not None else sys.argv[1:]
+    command = "python tools/calibrate.py " + " ".join(shlex.quote(a) for a in given)
     bench: list[dict] = []
     if args.kernels_results is not None:
         try:

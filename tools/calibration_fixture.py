@@ -100,7 +100,8 @@ def _dump(data: dict) -> str:
         rows = case.pop("kernels")
         head = json.dumps(case)[1:-1]
         lines.append(f"  {json.dumps(name)}: {{{head}, \"kernels\": [")
-        lines += [f"   {json.dumps(r)}{',' if j < len(rows) - 1 else ''}" for j, r in enumerate(rows)]
+        last = len(rows) - 1
+        lines += [f"   {json.dumps(r)}{',' if j < last else ''}" for j, r in enumerate(rows)]
         lines.append("  ]}" + ("," if i < len(names) - 1 else ""))
     lines += [" }", "}"]
     return "\n".join(lines) + "\n"

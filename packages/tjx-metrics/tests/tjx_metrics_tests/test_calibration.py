@@ -334,3 +334,34 @@ def test_a_profile_with_no_kernels_is_refused(tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="no \\*.trace.json.gz"):
         read_profile(empty)
+
+
+ASYNC_SLICE = """HloModule m, is_scheduled=true
+
+%fused_slice (p0: f32[4,8], p1: s32[]) -> f32[1,8] {
+  %p0 = f32[4,8]{1,0} parameter(0)
+  %p1 = s32[] parameter(1)
+  %z = s32[] constant(0)
+  ROOT %ds = f32[1,8]{1,0} dynamic-slice(%p0, %p1, %z), dynamic_slice_sizes={1,8}
+}
+
+ENTRY %main (a: f32[4,8], i: s32[]) -> f32[1,8] {
+  %a = f32[4,8]{1,0} parameter(0)
+  %i = s32[] parameter(1)
+  FUSION_START
+  ROOT %fd = f32[1,8]{1,0} fusion-done(%fs)
+}
+""".replace(
+    "FUSION_START",
+    "%fs = ((f32[4,8]{1,0}, s32[]), f32[1,8]{1,0}, u32[]) fusion-start(%a, %i), kind=kLoop, "
+    "calls=%fused_slice",
+)
+
+
+def test_an_asynchronous_slice_counts_its_slice_and_is_a_copy():
+    # Newer XLA (the GPU's 0.11.2) runs a loop's dynamic slice as an asynchronous fusion: its
+    # shape holds its operands, so only the called fusion says what it moves (one [1, 8] row).
+    [kernel] = kernel_sequence(ASYNC_SLICE, H100)
+    # reads the row (32 bytes) and its index (4), writes the row
+    assert kernel.detail == "fusion-start" and (kernel.bytes_read, kernel.bytes_written) == (36, 32)
+    assert rows_of([kernel])[0].klass == "copy"

@@ -64,7 +64,8 @@ def kernel_class(kind: str, detail: str, flops: float) -> str:
     attention``: cuDNN's fused attention (fitted on its own timings: the two run the same FLOPs
     at different rates); ``custom``: any
     other custom kernel (a fused loss; each is its own, so one kernel's rates say little of
-    another's: unless a profile had some, they are priced by the plain roofline); ``reduction``: an XLA input (reduction) fusion or a Triton fusion that is not a GEMM
+    another's: unless a profile had some, they are priced by the plain roofline); ``reduction``:
+    an XLA input (reduction) fusion or a Triton fusion that is not a GEMM
     (XLA's Triton softmax/normalization fusions reduce rows); ``copy``: a copy, transpose or
     anything else that only moves data (XLA's custom dynamic-slice fusions and asynchronous
     slices run as memcpy); ``elementwise``: loop fusions and every other kernel.

@@ -10,7 +10,8 @@ them (:func:`tjx.metrics.roofline`). The fit:
    passes its own HLO text;
 2. **matches kernels** (:func:`match_kernels`): the trace's kernels in launch order against the
    HLO's kernels in schedule order, a weighted longest common subsequence: the same name scores 3
-   (a GPU kernel is named after its fusion, ``input_reduce_fusion.12`` → ``input_reduce_fusion_12``;
+   (a GPU kernel is named after its fusion: ``input_reduce_fusion.12`` runs as
+   ``input_reduce_fusion_12``;
    XLA reuses one kernel for identical fusions, so a name recurs), the same family 2 (the name
    without its number: a program compiled by another XLA numbers its fusions differently),
    the same class 1 (cuBLAS's ``nvjet_*``/``cutlass_*`` for a cuBLAS GEMM, ``memcpy*`` for a

@@ -6,9 +6,9 @@ and overlap. Where the device has measured constants (:func:`tjx.metrics.calibra
 calibration_for`: a launch floor, achieved bandwidth and FLOP rate per kernel class, a step
 overhead, fitted on a GPU profile), the step is their calibrated model instead, labelled
 "estimate (calibrated on <measurement>)", with the roofline alone beside it; the record keeps
-the kernels' compact summary (``kernel_summary``) the model prices. :func:`estimate` says the custom calls, the step time with its MFU (the model's
-FLOPs with causal attention at half, MaxText's and torchtitan's convention, and PaLM's full count
-beside it), the slowest kernels, the collectives on a mesh and the roofline's notes
+the kernels' compact summary (``kernel_summary``) the model prices. :func:`estimate` says the
+custom calls, the step time with its MFU (the model's FLOPs with causal attention at half,
+MaxText's and torchtitan's convention, and PaLM's full count beside it), the slowest kernels, the collectives on a mesh and the roofline's notes
 (:func:`grouped_notes`); :func:`f32_dots` names the JAX operations behind float32 matrix products.
 """
 

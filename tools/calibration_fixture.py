@@ -99,7 +99,7 @@ def _dump(data: dict) -> str:
         case = dict(data["cases"][name])
         rows = case.pop("kernels")
         head = json.dumps(case)[1:-1]
-        lines.append(f"  {json.dumps(name)}: {{{head}, \"kernels\": [")
+        lines.append(f'  {json.dumps(name)}: {{{head}, "kernels": [')
         last = len(rows) - 1
         lines += [f"   {json.dumps(r)}{',' if j < last else ''}" for j, r in enumerate(rows)]
         lines.append("  ]}" + ("," if i < len(names) - 1 else ""))

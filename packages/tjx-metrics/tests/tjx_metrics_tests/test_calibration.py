@@ -50,9 +50,9 @@ def test_the_calibrated_estimate_of_each_measured_case_is_within_15_percent(name
     cal = calibration_for(H100)
     assert cal is not None
     got = calibrated_seconds(rows, H100, cal).seconds
-    assert got / case["measured_s"] == pytest.approx(1.0, abs=TOLERANCE), (
-        f"{name}: calibrated {got * 1e3:.1f} ms, measured {case['measured_s'] * 1e3:.1f} ms"
-    )
+    assert got / case["measured_s"] == pytest.approx(
+        1.0, abs=TOLERANCE
+    ), f"{name}: calibrated {got * 1e3:.1f} ms, measured {case['measured_s'] * 1e3:.1f} ms"
 
 
 def test_the_shipped_constants_say_what_they_were_fitted_on_and_how_to_refit():
@@ -209,7 +209,7 @@ def test_matching_pairs_renamed_reused_and_library_kernels_in_order():
     assert len(kernels) > 10
     names = _names(kernels)
     trace = []
-    for i, (name, k) in enumerate(zip(names, kernels)):
+    for i, (name, k) in enumerate(zip(names, kernels, strict=True)):
         if k.detail.startswith("__cublas"):
             trace.append("nvjet_sm90_tst_128x128_64x6_2x1_v_bz_TNT")  # cuBLAS names its own
         elif k.kind == "copy":
@@ -232,7 +232,7 @@ def _trace_file(kernels, times, steps: int = 3) -> bytes:
     ]
     ts = 0.0
     for _ in range(steps):
-        for name, t in zip(_names(kernels), times):
+        for name, t in zip(_names(kernels), times, strict=True):
             events.append({"ph": "X", "pid": 1, "tid": 7, "ts": ts, "dur": t * 1e6, "name": name,
                            "args": {"hlo_module": "jit_step"}})  # fmt: skip
             ts += t * 1e6 + 1.0

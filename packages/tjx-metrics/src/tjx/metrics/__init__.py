@@ -54,7 +54,6 @@ from tjx.metrics.accumulate import (
     finalize_metrics,
     with_bits_per_byte,
 )
-from tjx.metrics.classification import classification_metrics
 from tjx.metrics.calibration import (
     Calibration,
     KernelRow,
@@ -63,6 +62,7 @@ from tjx.metrics.calibration import (
     summarize,
 )
 from tjx.metrics.calibration_fit import read_profile, refit
+from tjx.metrics.classification import classification_metrics
 from tjx.metrics.compiled import (
     CUBLAS_NOTE,
     UNTUNED_GEMM,

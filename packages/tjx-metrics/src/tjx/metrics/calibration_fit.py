@@ -675,4 +675,3 @@ def read_text(path: str | Path) -> str:
     """A text file, gunzipped when it ends in ``.gz`` (an HLO dump)."""
     raw = Path(path).read_bytes()
     return (gzip.decompress(raw) if str(path).endswith(".gz") else raw).decode()
-

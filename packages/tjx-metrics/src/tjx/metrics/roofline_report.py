@@ -9,7 +9,8 @@ overhead, fitted on a GPU profile), the step is their calibrated model instead, 
 the kernels' compact summary (``kernel_summary``) the model prices. :func:`estimate` says the
 custom calls, the step time with its MFU (the model's FLOPs with causal attention at half,
 MaxText's and torchtitan's convention, and PaLM's full count beside it), the slowest kernels,
-the collectives on a mesh and the roofline's notes (:func:`grouped_notes`); :func:`f32_dots` names the JAX operations behind float32 matrix products.
+the collectives on a mesh and the roofline's notes (:func:`grouped_notes`); :func:`f32_dots`
+names the JAX operations behind float32 matrix products.
 """
 
 from __future__ import annotations

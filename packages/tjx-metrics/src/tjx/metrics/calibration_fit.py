@@ -228,6 +228,7 @@ def _fields(buf: bytes) -> Iterable[tuple[int, Any]]:
     while i < n:
         key, i = _varint(buf, i)
         number, wire = key >> 3, key & 7
+        value: int | bytes
         if wire == 0:
             value, i = _varint(buf, i)
         elif wire == 1:
@@ -256,11 +257,11 @@ def hlo_of_xplane(xplane: bytes, module: str) -> str | None:
         fields = list(_fields(plane))
         if next((v for k, v in fields if k == 2), b"") != b"/host:metadata":
             continue
-        stat_ids = {}
+        stat_ids: dict[str, int] = {}
         for k, entry in fields:
             if k == 5:
-                meta = dict(_fields(dict(_fields(entry)).get(2, b"")))
-                stat_ids[meta.get(2, b"").decode()] = meta.get(1, 0)
+                stat_meta = dict(_fields(dict(_fields(entry)).get(2, b"")))
+                stat_ids[stat_meta.get(2, b"").decode()] = stat_meta.get(1, 0)
         proto_id = stat_ids.get("Hlo Proto")
         for k, entry in fields:
             if k != 4:

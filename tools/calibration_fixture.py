@@ -5,7 +5,7 @@ measured H100 case lies within ±15 % of its measurement. A deviceless H100 comp
 costs 30–90 s on a small machine, so CI cannot compile the seven cases: this script runs the
 trainer's own ``--plan h100`` for each (``python -m trainer --config gpt2_small --plan h100
 --set ...``) and keeps what the model consumes, the plan JSON's ``estimate.kernel_summary``
-(identical kernels merged, their FLOPs, bytes and launches: ~20 KB a case, not the HLO)::
+(identical kernels merged, their FLOPs, bytes and launches: ~10 KB a case, not the HLO)::
 
     PYTHONPATH=$HOME/.cache/tjx/deviceless/jax0.10.2-cuda12:$(source tools/pythonpath.sh; \\
         tjx_pythonpath $PWD) JAX_PLATFORMS=cpu python tools/calibration_fixture.py \\

@@ -5,6 +5,7 @@ import pytest
 
 MODULES = [
     "tjx.metrics.accumulate",
+    "tjx.metrics.calibration",
     "tjx.metrics.classification",
     "tjx.metrics.compiled",
     "tjx.metrics.devices",

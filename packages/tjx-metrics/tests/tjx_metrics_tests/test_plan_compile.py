@@ -129,13 +129,30 @@ def test_the_estimate_is_said_in_a_few_lines_and_recorded():
         say=lines.append, custom_call_cost=cost,
     )  # fmt: skip
     assert seen and lines[0] == "custom calls per step: tiny_add ×1"
-    assert lines[1].startswith("estimate: ") and "tokens/s" in lines[1]
-    assert "an estimate" in lines[1]
+    # The H100 has measured constants: the line says what they were fitted on, and the plain
+    # roofline beside it; the launch floors are in the estimate, so no launch-overhead note.
+    assert lines[1].startswith("estimate (calibrated on the H100 profile of 2026-11-25")
+    assert "tokens/s" in lines[1] and "an estimate" in lines[1]
+    assert "the roofline alone: " in lines[1]
     assert lines[2].startswith("  slowest kernels: ")
-    assert any("launch overhead" in line for line in lines)  # a tiny program: launch-bound
+    assert not any("launch overhead" in line for line in lines)
+    assert got["seconds"] > got["roofline_seconds"] and got["label"].startswith("estimate (cal")
     assert got["mfu_palm"] == pytest.approx(2 * got["mfu"])
     assert got["custom_calls"] == {"tiny_add": 1}
     assert got["tokens_per_s"] == pytest.approx(4096 / got["seconds"]) and got["collectives"] == []
+    assert sum(row[2] for row in got["kernel_summary"]) == got["launches"]
+
+
+def test_a_device_with_no_measurement_gets_the_plain_roofline_and_a_launch_note():
+    lines: list[str] = []
+    text = (TEXTS / "h100_pallas.hlo").read_text()
+    got = estimate(
+        text, accelerator("a100-80gb"), 1, units=4096, unit="tokens", model_flops=(1e9, 2e9),
+        say=lines.append, custom_call_cost=lambda call: ({"f32": 1e6}, 1e3, 1e3),
+    )  # fmt: skip
+    assert lines[1].startswith("estimate: ") and "an estimate" in lines[1]
+    assert any("launch overhead" in line for line in lines)  # a tiny program: launch-bound
+    assert got["seconds"] == got["roofline_seconds"] and got["calibrated_by_class"] is None
 
 
 def test_collectives_on_a_mesh_are_one_more_line():

@@ -26,6 +26,11 @@
   :func:`fit_compiled` to :func:`budget_bytes`; :func:`estimate` says the roofline in a plan's
   lines (:func:`f32_dots`, :func:`grouped_notes`); :func:`plan_report` puts them together for an
   app's run (:func:`open_target`, :func:`local_target`, :class:`PlanResult`, :func:`does_not_fit`).
+  Where a GPU was measured, the estimate is calibrated: :func:`calibrated_seconds` adds to each
+  kernel a launch floor and its class's achieved bandwidth and FLOP rate (:func:`calibration_for`:
+  the fitted :class:`Calibration` of a device, shipped as ``calibrations.json``), over a step's
+  kernel rows (:class:`KernelRow`, :func:`summarize`); :func:`refit` fits them on a profile
+  (:func:`read_profile`; ``tools/calibrate.py``).
 * Before and during a run: :func:`peak_bytes` (XLA's memory analysis of a compiled step),
   :func:`available_bytes` (what a device can use) and :func:`first_fit` (the first candidate step
   whose peak fits); :class:`DivergenceGuard` (stop after too many non-finite or skipped steps in a
@@ -49,6 +54,14 @@ from tjx.metrics.accumulate import (
     finalize_metrics,
     with_bits_per_byte,
 )
+from tjx.metrics.calibration import (
+    Calibration,
+    KernelRow,
+    calibrated_seconds,
+    calibration_for,
+    summarize,
+)
+from tjx.metrics.calibration_fit import read_profile, refit
 from tjx.metrics.classification import classification_metrics
 from tjx.metrics.compiled import (
     CUBLAS_NOTE,
@@ -233,4 +246,11 @@ __all__ = [
     "local_target",
     "open_target",
     "plan_report",
+    "Calibration",
+    "KernelRow",
+    "calibrated_seconds",
+    "calibration_for",
+    "summarize",
+    "read_profile",
+    "refit",
 ]

@@ -9,6 +9,7 @@ calls are priced by its ``custom_call_cost``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable
@@ -152,6 +153,12 @@ class KernelCosts:
             return self.collective(comp, ins)
         if ins.opcode == "fusion":
             return self.fusion(comp, ins)
+        if ins.opcode == "fusion-start" and len(ins.shape) >= 2:
+            # An asynchronous fusion (newer XLA's dynamic slices): its shape is (operands...,
+            # result, context); the kernel is the called fusion producing that result.
+            fused = dataclasses.replace(ins, opcode="fusion", shape=(ins.shape[-2],))
+            kernel = self.fusion(comp, fused)
+            return dataclasses.replace(kernel, detail="fusion-start")
         if ins.opcode == "custom-call":
             return self.custom_call(comp, ins)
         operands = [self._shape(comp, o) for o in ins.operands]

@@ -2,10 +2,15 @@
 
 Every time is labelled an estimate: :func:`roofline` sums per-kernel max(FLOPs / peak, bytes /
 HBM bandwidth) over the optimized program and leaves out launch overhead, untuned tiles, caches
-and overlap. :func:`estimate` says the custom calls, the step time with its MFU (the model's
-FLOPs with causal attention at half, MaxText's and torchtitan's convention, and PaLM's full count
-beside it), the slowest kernels, the collectives on a mesh and the roofline's notes
-(:func:`grouped_notes`); :func:`f32_dots` names the JAX operations behind float32 matrix products.
+and overlap. Where the device has measured constants (:func:`tjx.metrics.calibration.
+calibration_for`: a launch floor, achieved bandwidth and FLOP rate per kernel class, a step
+overhead, fitted on a GPU profile), the step is their calibrated model instead, labelled
+"estimate (calibrated on <measurement>)", with the roofline alone beside it; the record keeps
+the kernels' compact summary (``kernel_summary``) the model prices. :func:`estimate` says the
+custom calls, the step time with its MFU (the model's FLOPs with causal attention at half,
+MaxText's and torchtitan's convention, and PaLM's full count beside it), the slowest kernels,
+the collectives on a mesh and the roofline's notes (:func:`grouped_notes`); :func:`f32_dots`
+names the JAX operations behind float32 matrix products.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from tjx.metrics.accelerators import Accelerator
+from tjx.metrics.calibration import calibrated_seconds, calibration_for, rows_of, summarize
 from tjx.metrics.kernel_cost import CustomCost
 from tjx.metrics.roofline import roofline
 
@@ -128,17 +134,33 @@ def estimate(
     shown = ", ".join(f"{name} ×{n}" for name, n in calls.items()) or "none"
     say(f"custom calls per step: {shown}")
     half, full = model_flops
-    tokens = units / est.seconds
-    mfu, palm = est.mfu(half, devices), est.mfu(full, devices)
+    calibration = calibration_for(device)
+    seconds, label, by_class = est.seconds, "estimate", None
+    if calibration is not None:  # the roofline plus launch floors and achieved rates (measured)
+        calibrated = calibrated_seconds(rows_of(est.kernels), device, calibration)
+        seconds, label, by_class = calibrated.seconds, calibrated.label, calibrated.by_class
+    tokens = units / seconds
+    mfu = half / (seconds * device.peak.bf16 * devices)
+    palm = full / (seconds * device.peak.bf16 * devices)
+    how = (
+        "an estimate: per-kernel roofline plus the launch floors and achieved rates measured "
+        f"there (the roofline alone: {_ms(est.seconds)})" if calibration is not None else
+        "an estimate: per-kernel roofline over the compiled program"
+    )  # fmt: skip
     say(
-        f"estimate: {_ms(est.seconds)} per step, {tokens:,.0f} {unit}/s, MFU {mfu:.0%} "
-        f"(PaLM convention: {palm:.0%}) — an estimate: per-kernel roofline over the compiled "
-        f"program; {_gb(est.bytes)} moved by {est.launches:,} kernel launches, "
-        f"{est.flops / 1e12:,.2f} TFLOP (model: {half / devices / 1e12:,.2f} per device)"
+        f"{label}: {_ms(seconds)} per step, {tokens:,.0f} {unit}/s, MFU {mfu:.0%} "
+        f"(PaLM convention: {palm:.0%}) — {how}; {_gb(est.bytes)} moved by {est.launches:,} "
+        f"kernel launches, {est.flops / 1e12:,.2f} TFLOP (model: {half / devices / 1e12:,.2f} "
+        "per device)"
     )
+    if calibration is not None:  # the slowest by the calibrated model (floors count)
+        timed = {r.name: calibration.row_seconds(r, device) * r.count for r in rows_of(est.kernels)}
+    else:
+        timed = {k.name: k.total_seconds for k in est.kernels}
+    slowest = sorted(est.kernels, key=lambda k: -timed.get(k.name, 0.0))
     top = ", ".join(
-        f"{k.name} {_ms(k.total_seconds)} ({k.kind}{f' ×{k.count}' if k.count > 1 else ''})"
-        for k in est.top(TOP)
+        f"{k.name} {_ms(timed.get(k.name, 0.0))} ({k.kind}{f' ×{k.count}' if k.count > 1 else ''})"
+        for k in slowest[:TOP]
     )
     say(f"  slowest kernels: {top}")
     collectives: list[dict[str, Any]] = []
@@ -155,7 +177,7 @@ def estimate(
             collectives.append({"collective": detail, "count": n, "wire_bytes": wire, "s": secs})
         say(f"  collectives (est., at {device.link_bandwidth / 1e9:.0f} GB/s per device "
             f"each way): {'; '.join(parts)}")  # fmt: skip
-    if est.launches and est.seconds / est.launches < LAUNCH_BOUND_S:
+    if calibration is None and est.launches and est.seconds / est.launches < LAUNCH_BOUND_S:
         say(
             f"  note: {est.seconds / est.launches * 1e6:.1f} µs of work per kernel launch on "
             "average: launch overhead (a few µs each on a GPU; not in the estimate) will dominate "
@@ -165,7 +187,10 @@ def estimate(
         say(f"  note: {note}")
     return {
         "custom_calls": dict(calls),
-        "seconds": est.seconds,
+        "seconds": seconds,
+        "label": label,
+        "roofline_seconds": est.seconds,
+        "calibrated_by_class": by_class,
         "bytes": est.bytes,
         "flops": est.flops,
         "launches": est.launches,
@@ -176,9 +201,11 @@ def estimate(
         "tokens_per_s": tokens,
         "by_kind": est.by_kind(),
         "top": [
-            {"name": k.name, "kind": k.kind, "count": k.count, "s": k.total_seconds}
-            for k in est.top(20)
+            {"name": k.name, "kind": k.kind, "count": k.count, "s": timed.get(k.name, 0.0)}
+            for k in slowest[:20]
         ],
         "collectives": collectives,
         "notes": list(est.notes),
+        # The model's input, compact: a test fixture keeps this instead of the HLO.
+        "kernel_summary": [row.to_json() for row in summarize(est.kernels)],
     }

@@ -1,0 +1,111 @@
+"""Write the measured cases tjx-metrics' calibration test checks: each case's kernel summary.
+
+The test (``tjx_metrics_tests/test_calibration.py``) checks that the calibrated estimate of every
+measured H100 case lies within ±15 % of its measurement. A deviceless H100 compile of gpt2_small
+costs 30–90 s on a small machine, so CI cannot compile the seven cases: this script runs the
+trainer's own ``--plan h100`` for each (``python -m trainer --config gpt2_small --plan h100
+--set ...``) and keeps what the model consumes, the plan JSON's ``estimate.kernel_summary``
+(identical kernels merged, their FLOPs, bytes and launches: ~10 KB a case, not the HLO)::
+
+    PYTHONPATH=$HOME/.cache/tjx/deviceless/jax0.10.2-cuda12:$(source tools/pythonpath.sh; \\
+        tjx_pythonpath $PWD) JAX_PLATFORMS=cpu python tools/calibration_fixture.py \\
+        packages/tjx-metrics/tests/tjx_metrics_tests/calibration_cases.json [--only NAME]
+
+One compile at a time (each takes ~3 GB); ``--only`` redoes one case and keeps the others. The
+measured times come from ``shared/gpu-h100-2026-11-25/`` (``t/results.json``'s train_step rows,
+``tjx_more.jsonl``): the median step of the suite's throughput rows, jax 0.11.2 on one H100 80GB
+HBM3. Add a case here when a GPU run measures one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+#: name: (--set overrides, measured median step seconds, where it was measured).
+CASES: dict[str, tuple[list[str], float, str]] = {
+    "auto b16 (cuDNN)": ([], 0.0471, "t/results.json train_step 'auto'"),
+    "pallas b16": (["model.attention_impl=pallas"], 0.0468, "t/results.json train_step 'pallas'"),
+    "xla b16": (["model.attention_impl=xla"], 0.0871, "t/results.json train_step 'xla'"),
+    "auto b16 + fused CE": (
+        ["model.cross_entropy_impl=pallas"],
+        0.149,
+        "t/results.json train_step 'auto + fused CE (pallas)'",
+    ),
+    "whole logits b16": (["train.chunked_ce=false"], 0.0574, "tjx_more.jsonl 'b16 plain CE'"),
+    "auto b32": (["data.batch_size=32"], 0.0862, "tjx_more.jsonl 'b32'"),
+    "auto b64": (["data.batch_size=64"], 0.153, "tjx_more.jsonl 'b64'"),
+}
+MEASUREMENT = "shared/gpu-h100-2026-11-25 (1 × H100 80GB HBM3, jax 0.11.2, 2026-11-25)"
+
+
+def plan_case(sets: list[str]) -> dict:
+    """The trainer's ``--plan h100`` JSON of gpt2_small with ``sets``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "plan.json"
+        argv = [sys.executable, "-m", "trainer", "--config", "gpt2_small", "--plan", "h100",
+                "--plan-json", str(out)]  # fmt: skip
+        for s in sets:
+            argv += ["--set", s]
+        subprocess.run(argv, check=True, env=os.environ)
+        return json.loads(out.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="the fixture JSON to write")
+    parser.add_argument("--only", action="append", default=[], help="redo only this case")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.only) - set(CASES))
+    if unknown:
+        print(f"--only: unknown case {unknown[0]!r}; known: {', '.join(CASES)}", file=sys.stderr)
+        return 2
+    old = json.loads(args.out.read_text()) if args.out.exists() else {"cases": {}}
+    cases = dict(old.get("cases", {}))
+    for name, (sets, measured, source) in CASES.items():
+        if args.only and name not in args.only:
+            continue
+        started = time.perf_counter()
+        plan = plan_case(sets)
+        est = plan["estimate"]
+        cases[name] = {
+            "sets": sets,
+            "measured_s": measured,
+            "source": source,
+            "attention": plan["attention"]["kernel"],
+            "changes": plan["train"]["changes"],
+            "launches": est["launches"],
+            "roofline_s": est["roofline_seconds"],
+            "kernels": est["kernel_summary"],
+        }
+        print(f"{name}: {len(est['kernel_summary'])} rows, {est['launches']} launches, "
+              f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
+        args.out.write_text(_dump({"measurement": MEASUREMENT, "device": "h100", "cases": cases}))
+    return 0
+
+
+def _dump(data: dict) -> str:
+    """One kernel row a line: the fixture stays readable and diffs by kernel."""
+    lines = ["{", f' "measurement": {json.dumps(data["measurement"])},',
+             f' "device": {json.dumps(data["device"])},', ' "cases": {']  # fmt: skip
+    names = list(data["cases"])
+    for i, name in enumerate(names):
+        case = dict(data["cases"][name])
+        rows = case.pop("kernels")
+        head = json.dumps(case)[1:-1]
+        lines.append(f'  {json.dumps(name)}: {{{head}, "kernels": [')
+        last = len(rows) - 1
+        lines += [f"   {json.dumps(r)}{',' if j < last else ''}" for j, r in enumerate(rows)]
+        lines.append("  ]}" + ("," if i < len(names) - 1 else ""))
+    lines += [" }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

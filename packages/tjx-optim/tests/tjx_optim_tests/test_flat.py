@@ -176,3 +176,12 @@ def test_flat_chain_compiles_to_fewer_reductions_than_per_leaf() -> None:
     flat, per_leaf = reductions(True), reductions(False)
     assert per_leaf >= 3 * 24  # grad, update and param norms of 24 leaves at least
     assert flat <= 12, (flat, per_leaf)
+
+
+def test_layout_refuses_a_tree_of_another_structure() -> None:
+    params = _params(np.random.default_rng())
+    layout = FlatLayout(params, jax.tree.map(lambda _: True, params))
+    with pytest.raises(ValueError, match="another structure"):
+        layout.flatten({"w": params["dense_bias"]})
+    with pytest.raises(ValueError, match="decay flags"):
+        FlatLayout(params, [True])

@@ -64,7 +64,9 @@ class FlatLayout:
 
     def __init__(self, params: Any, decays: Any) -> None:
         leaves, self.treedef = jax.tree.flatten(params)
-        flags = self.treedef.flatten_up_to(decays)
+        flags = jax.tree.leaves(decays)
+        if len(flags) != len(leaves):
+            raise ValueError(f"FlatLayout: {len(flags)} decay flags for {len(leaves)} leaves")
         #: group name -> [(leaf index, start, size, shape)], leaves in tree order.
         self.groups: dict[str, list[tuple[int, int, int, tuple[int, ...]]]] = {}
         self.mask: dict[str, bool] = {}
@@ -78,7 +80,9 @@ class FlatLayout:
 
     def flatten(self, tree: Any) -> dict[str, jax.Array]:
         """The groups' flat buffers of a tree with the params' structure (one concat each)."""
-        leaves = self.treedef.flatten_up_to(tree)
+        leaves, treedef = jax.tree.flatten(tree)
+        if treedef != self.treedef:
+            raise ValueError(f"FlatLayout: a tree of another structure ({treedef}) to flatten")
         return {
             name: jnp.concatenate([jnp.ravel(leaves[i]) for i, *_ in members])
             for name, members in self.groups.items()

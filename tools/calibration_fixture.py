@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+FLAT_RUN = "docs/gpu/h100-2026-11-25-flat/quick.jsonl (sync_ms)"
 #: name: (--set overrides, measured median step seconds, where it was measured).
 CASES: dict[str, tuple[list[str], float, str]] = {
     "auto b16 (cuDNN)": ([], 0.0471, "t/results.json train_step 'auto'"),
@@ -41,7 +42,23 @@ CASES: dict[str, tuple[list[str], float, str]] = {
     "whole logits b16": (["train.chunked_ce=false"], 0.0574, "tjx_more.jsonl 'b16 plain CE'"),
     "auto b32": (["data.batch_size=32"], 0.0862, "tjx_more.jsonl 'b32'"),
     "auto b64": (["data.batch_size=64"], 0.153, "tjx_more.jsonl 'b64'"),
-}
+    # #51's second H100 session (docs/gpu/h100-2026-11-25-flat/quick.jsonl, `sync_ms`: each step
+    # waited for, as above): the flat optimizer and bf16 logits, not in the fit (the profile
+    # above is of the per-leaf step), so these test the model on programs it was not fitted to.
+    "cudnn b16, per-leaf optimizer, f32 logits": (
+        ["model.attention_impl=cudnn", "optimizer.flat_update=off",
+         "model.precision.logits_dtype=float32"],
+        0.04626,
+        FLAT_RUN,
+    ),
+    "cudnn b16, flat optimizer, f32 logits": (
+        ["model.attention_impl=cudnn", "model.precision.logits_dtype=float32"], 0.04300, FLAT_RUN
+    ),
+    "cudnn b16, flat optimizer, bf16 logits": (["model.attention_impl=cudnn"], 0.04278, FLAT_RUN),
+    "pallas b16, flat optimizer, bf16 logits": (
+        ["model.attention_impl=pallas"], 0.04172, FLAT_RUN
+    ),
+}  # fmt: skip
 MEASUREMENT = "shared/gpu-h100-2026-11-25 (1 × H100 80GB HBM3, jax 0.11.2, 2026-11-25)"
 
 

@@ -12,15 +12,6 @@ from tjx.kernels.choice import out_of_memory
 from tjx.kernels.compile_cache import ENV_VAR, compilation_cache_dir, enable_compilation_cache
 from tjx.kernels.testing import failing_attention
 
-from ._ref import measured_table
-
-
-@pytest.fixture(autouse=True)
-def _rule_without_measurements(monkeypatch, tmp_path):
-    """These tests are about the rule: the packaged table's H100 timings (the GPU suite's
-    measurement) would decide otherwise; a test that measures writes its own table."""
-    measured_table(monkeypatch, tmp_path, {})
-
 
 def test_first_that_compiles_says_each_failure_in_one_line_and_goes_on():
     said, built = [], []

@@ -20,13 +20,6 @@ def _x(shape, dtype=jnp.float32, seed=0):
 
 
 H100 = Target("gpu", "NVIDIA H100 80GB HBM3", (9, 0))
-
-
-@pytest.fixture(autouse=True)
-def _rule_without_measurements(monkeypatch, tmp_path):
-    """These tests are about the rule: the packaged table's H100 timings (the GPU suite's
-    measurement) would decide otherwise; a test that measures writes its own table."""
-    measured_table(monkeypatch, tmp_path, {})
 A100 = Target("gpu", "NVIDIA A100-SXM4-80GB", (8, 0))
 CPU, TPU = Target("cpu"), Target("tpu", "TPU v5 lite")
 

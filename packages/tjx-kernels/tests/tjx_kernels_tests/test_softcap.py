@@ -25,13 +25,6 @@ from tjx.kernels.launch import LaunchDefaults
 from ._ref import measured_table, np_mask, pretend_h100, rel_err
 
 H100 = Target("gpu", "NVIDIA H100 80GB HBM3", (9, 0))
-
-
-@pytest.fixture(autouse=True)
-def _rule_without_measurements(monkeypatch, tmp_path):
-    """These tests are about the rule: the packaged table's H100 timings (the GPU suite's
-    measurement) would decide otherwise; a test that measures writes its own table."""
-    measured_table(monkeypatch, tmp_path, {})
 F32, BF16 = jnp.float32, jnp.bfloat16
 TOL = {F32: 1e-5, BF16: 2e-2}
 

@@ -1,9 +1,9 @@
 """Fold a GPU run's results into BENCHMARKS.md and its tuned launches into tjx-kernels' table.
 
-One run (one or more ``--out`` folders of the same session: the suite takes two device calls)
+One run (one or more ``--out`` folders of the same session: the suite takes several device calls)
 becomes one block in BENCHMARKS.md's "GPU suite results" section (made at the end of the page the
-first time), between markers naming its date and device; folding the same run again replaces its
-block, a new run is added above the older ones.
+first time), between markers naming its first folder's date (to the minute) and device; folding
+the same folders again replaces their block, a new run is added above the older ones.
 Smoke results are refused (they are not performance figures) unless a test asks for them.
 
 ``--table FILE.jsonl`` (repeatable) adds a JSON-lines file measured beside the suite in the same
@@ -47,9 +47,10 @@ CALIBRATION_HOOK = ("tjx.metrics.calibration", "refit_from_suite")
 
 
 def run_key(docs: Sequence[dict[str, Any]]) -> str:
-    """The block's identity: the first document's date (to the day) and device."""
+    """The block's identity: the first document's date (to the minute: two GPU sessions of one day
+    are two blocks) and device."""
     meta = docs[0]["meta"]
-    return f"{meta['date'][:10]} {meta['device']}"
+    return f"{meta['date']} {meta['device']}"
 
 
 def fold_markdown(text: str, key: str, body: str) -> str:

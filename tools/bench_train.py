@@ -92,10 +92,10 @@ def throughput(
 
     ``inspect(compiled, cfg, setup)`` reads the compiled executable before it runs (its memory
     analysis, its HLO: what a caller would otherwise compile the step again for) and returns fields
-    for the row. After timing, ``profile_steps`` more steps run under ``jax.profiler.trace(profile)``
-    when ``profile`` is given. Besides the median of steps each waited for, the row has
-    ``pipelined_step_s``: ``steps`` steps dispatched back to back, one wait at the end, per step
-    (what a training loop that does not read each step's loss sees).
+    for the row. After timing, ``profile_steps`` more steps run under
+    ``jax.profiler.trace(profile)`` when ``profile`` is given. Besides the median of steps each
+    waited for, the row has ``pipelined_step_s``: ``steps`` steps dispatched back to back, one
+    wait at the end, per step (what a training loop that does not read each step's loss sees).
     """
     from tjx import metrics, nn, parallel
     from trainer import build_state, jit_train_step, resolve

@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
 from tjx.metrics import device_summary
 from tjx_tools.gpu_suite.report import Section, fmt, md_table
 
@@ -96,9 +97,7 @@ METHOD = (
 )
 
 
-def matmul_tflops(
-    n: int, rounds: int, per_round: int, out_dtype: Any = jnp.bfloat16
-) -> float:
+def matmul_tflops(n: int, rounds: int, per_round: int, out_dtype: Any = jnp.bfloat16) -> float:
     """Achieved TFLOP/s of an ``n × n × n`` bf16 product writing ``out_dtype`` (module doc)."""
     keys = jax.random.split(jax.random.key(0), 2 * ROTATE)
     mats = [jax.random.normal(k, (n, n), jnp.bfloat16) for k in keys]

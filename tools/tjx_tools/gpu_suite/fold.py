@@ -100,9 +100,7 @@ def jsonl_table(path: Path) -> str:
     return md_table(keys, [[cell(r.get(k)) for k in keys] for r in records])
 
 
-def calibrate(
-    outs: Sequence[Path], hook: tuple[str, str] = CALIBRATION_HOOK
-) -> str | None:
+def calibrate(outs: Sequence[Path], hook: tuple[str, str] = CALIBRATION_HOOK) -> str | None:
     """Call tjx-metrics' refit (`CALIBRATION_HOOK`) on the run's folders when it exists; return
     its summary line, or None (said) when tjx-metrics has none yet."""
     module, name = hook

@@ -269,12 +269,13 @@ def test_auto_ranks_by_the_timings_at_the_presets_sequence_length() -> None:
         1.88 + 3.37
     )
     # A kernel the correctness checks failed gets no time (auto never ranks it).
-    assert "pallas" not in attention.timings(rows, correct - {("pallas", 64)}, "bfloat16")["bf16-64"]
+    assert (
+        "pallas" not in attention.timings(rows, correct - {("pallas", 64)}, "bfloat16")["bf16-64"]
+    )
 
 
 def test_the_packaged_table_makes_auto_take_what_the_h100_measured_for_gpt2_small() -> None:
     from tjx import kernels, nn
-
     from trainer import load_config, resolve
 
     clear_launch_cache()
@@ -292,7 +293,9 @@ def test_fold_adds_a_jsonl_table_and_calls_the_calibration_hook(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     peers = tmp_path / "peers.jsonl"
-    peers.write_text('using fused AdamW: True\n{"peer": "p", "batch": 16, "tokens_per_s": 419780.3}\n')
+    peers.write_text(
+        'using fused AdamW: True\n{"peer": "p", "batch": 16, "tokens_per_s": 419780.3}\n'
+    )
     table = fold.jsonl_table(peers)
     assert table.splitlines()[0] == "| peer | batch | tokens_per_s |"
     assert table.splitlines()[2] == "| p | 16 | 419,780.3 |"
@@ -304,7 +307,7 @@ def test_fold_adds_a_jsonl_table_and_calls_the_calibration_hook(
     assert "no tjx_tools_no_such_module.refit yet" in capsys.readouterr().out
     seen: list[Any] = []
     hook = type(sys)("calib_hook_for_test")
-    hook.refit = lambda outs: seen.append(outs) or "refitted 3 constants"  # type: ignore[attr-defined]
+    hook.refit = lambda outs: seen.append(outs) or "refitted 3 constants"  # type: ignore
     monkeypatch.setitem(sys.modules, "calib_hook_for_test", hook)
     assert fold.calibrate([tmp_path], ("calib_hook_for_test", "refit")) == "refitted 3 constants"
     assert seen == [[tmp_path]]

@@ -64,8 +64,7 @@ SMOKE_SETS = [
 SMOKE_DEVICE = "v5e"
 #: The house's PyTorch GPT-2 and nanoGPT's speed recipe around it (plain files, run by python3).
 PEER = (
-    Path(__file__).resolve().parents[3]
-    / "apps/experiments/experiments/nanogpt/peer/torch_speed.py"
+    Path(__file__).resolve().parents[3] / "apps/experiments/experiments/nanogpt/peer/torch_speed.py"
 )
 #: XLA flags of the memory-fit children (module doc).
 FIT_XLA_FLAGS = "--xla_gpu_autotune_level=0"
@@ -219,9 +218,10 @@ def fit_children(
 def fit_one(config: str, sets: list[str], smoke: bool) -> dict[str, Any]:
     """The child's work: ``config``'s train step compiled here, its compiled peak against this
     device's memory, compile time and the plan's roofline estimate (`trainer.plan_here`)."""
+    from bench_train import vocab_of
+
     from tjx.metrics import available_bytes
     from trainer import plan_here, resolve
-    from bench_train import vocab_of
 
     cfg = load(config, sets)
     t0 = time.perf_counter()
@@ -301,7 +301,9 @@ def run(
         if tarred is not None and tarred.stat().st_size > FILE_LIMIT:
             size = tarred.stat().st_size / 2**20
             tarred.unlink()
-            sec.notes.append(f"{PROFILE} was {size:.0f} MiB, over the device tool's 16 MiB: dropped")
+            sec.notes.append(
+                f"{PROFILE} was {size:.0f} MiB, over the device tool's 16 MiB: dropped"
+            )
         elif tarred is None:
             sec.notes.append("the profile wrote no files")
     peer = None
@@ -343,9 +345,7 @@ def run(
     auto = next((r for r in rows if (r["label"], r["config"]) == ("auto", first_cfg)), None)
     if peer and auto:  # the same shape, the same card, the same run
         summary["tjx_over_nanogpt"] = auto["tokens_per_s"] / peer["tokens_per_s"]
-        summary["tjx_over_nanogpt_pipelined"] = (
-            peer["pipelined_step_s"] / auto["pipelined_step_s"]
-        )
+        summary["tjx_over_nanogpt_pipelined"] = peer["pipelined_step_s"] / auto["pipelined_step_s"]
     save()
 
 
@@ -422,7 +422,8 @@ def markdown(summary: dict[str, Any], budget: int | None) -> str:
     if fits:
         room = f"{budget / GIB:.1f} GiB" if budget else "n/a"
         parts.append(
-            f"Memory fit (compiled in a child, autotuning off; device memory for the step: {room}). "
+            "Memory fit (compiled in a child, autotuning off; device memory for the step: "
+            f"{room}). "
             f"Largest {summary.get('batch_config')} batch (× seq) whose step fits: "
             f"**{summary.get('largest_batch')}**."
         )

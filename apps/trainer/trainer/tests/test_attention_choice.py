@@ -27,6 +27,7 @@ def _rule_without_measurements(monkeypatch, tmp_path):
     empty.write_text(json.dumps({"schema": 1, "devices": {}}))
     monkeypatch.setenv(launch.ENV_VAR, str(empty))
 
+
 SETS = [
     "model.d_model=16",
     "model.num_layers=1",

@@ -91,7 +91,9 @@ def cases(smoke: bool) -> dict[str, Any]:
             "fits": [("tiny", "tiny", SMOKE_SETS)],
             "batches": ("tiny", SMOKE_SETS, (4,)),
             "steps": 2,
-            "limit_s": 120.0,
+            # Generous: a loaded 2-core CI machine took 70 s to start tiny's trainer (a check of
+            # the harness must not fail on the machine's load).
+            "limit_s": 300.0,
         }  # fmt: skip
     rows = [
         ("auto", "gpt2_small", []),
@@ -313,7 +315,7 @@ def run(
         )
     elif in_time("peer (nanoGPT recipe)"):
         with sec.cell("peer (nanoGPT recipe)"):
-            peer = run_peer(plan["peer"], 4 * plan["limit_s"] if smoke else 240.0)
+            peer = run_peer(plan["peer"], plan["limit_s"] if smoke else 240.0)
             summary["peer"] = peer
             save()
     for label, config, sets in rest:

@@ -187,7 +187,7 @@ def fit_children(
     """Compile each (label, config, sets) step in a child process (module doc); a child past
     ``limit_s`` (or `GRACE_S` past ``deadline``, a perf_counter time) is killed and its row says
     ``> limit``; none starts after ``deadline``."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     env = dict(os.environ)
     if not smoke:  # a CPU's XLA does not know the GPU flag
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {FIT_XLA_FLAGS}".strip()

@@ -29,6 +29,8 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -77,8 +79,24 @@ def compile_seconds(cfg: Any, detail: dict[str, float] | None = None) -> tuple[f
     return t2 - t0, compiled
 
 
-def throughput(name: str, sets: list[str], steps: int) -> dict[str, Any]:
-    """Compile once, then the median step time over ``steps`` steps on synthetic batches."""
+def throughput(
+    name: str,
+    sets: list[str],
+    steps: int,
+    *,
+    inspect: Callable[[Any, Any, Any], dict[str, Any]] | None = None,
+    profile: Path | None = None,
+    profile_steps: int = 3,
+) -> dict[str, Any]:
+    """Compile once, then the median step time over ``steps`` steps on synthetic batches.
+
+    ``inspect(compiled, cfg, setup)`` reads the compiled executable before it runs (its memory
+    analysis, its HLO: what a caller would otherwise compile the step again for) and returns fields
+    for the row. After timing, ``profile_steps`` more steps run under
+    ``jax.profiler.trace(profile)`` when ``profile`` is given. Besides the median of steps each
+    waited for, the row has ``pipelined_step_s``: ``steps`` steps dispatched back to back, one
+    wait at the end, per step (what a training loop that does not read each step's loss sees).
+    """
     from tjx import metrics, nn, parallel
     from trainer import build_state, jit_train_step, resolve
 
@@ -94,6 +112,7 @@ def throughput(name: str, sets: list[str], steps: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     compiled = step.lower(st, batches[0]).compile()
     compile_s = time.perf_counter() - t0
+    extra = inspect(compiled, cfg, setup) if inspect is not None else {}
     st, out = compiled(st, batches[0])  # warm-up
     jax.block_until_ready(out)
     times = []
@@ -102,6 +121,16 @@ def throughput(name: str, sets: list[str], steps: int) -> dict[str, Any]:
         st, out = compiled(st, batches[i % 2])
         jax.block_until_ready(out)
         times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        st, out = compiled(st, batches[i % 2])
+    jax.block_until_ready((st, out))
+    pipelined = (time.perf_counter() - t0) / steps
+    if profile is not None:
+        with jax.profiler.trace(str(profile)):
+            for i in range(profile_steps):
+                st, out = compiled(st, batches[i % 2])
+                jax.block_until_ready(out)
     median = statistics.median(times)
     tokens = cfg.data.batch_size * (cfg.data.seq_len if cfg.task != "classify" else 1)
     tps = tokens / median
@@ -114,9 +143,11 @@ def throughput(name: str, sets: list[str], steps: int) -> dict[str, Any]:
         "tokens_per_step": tokens,
         "compile_s": round(compile_s, 2),
         "median_step_s": round(median, 4),
+        "pipelined_step_s": round(pipelined, 4),
         "tokens_per_s": round(tps, 1),
         "mfu": None if mfu is None else round(float(mfu), 4),
         "loss_finite": bool(np.isfinite(float(out["loss"]))),
+        **extra,
     }
 
 

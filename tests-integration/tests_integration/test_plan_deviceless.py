@@ -4,7 +4,9 @@ Each case is one ``python -m trainer --config PRESET --plan TARGET --set model.a
 (XLA's real GPU compiler through jax's CUDA plugin, or libtpu's, on abstract devices; the
 packages in a scratch folder this test installs once, `_deviceless.py`). Asserted per case:
 
-* it compiles (train and eval step); ``auto`` takes cuDNN on an H100 no tjx measurement covers,
+* it compiles (train and eval step); ``auto`` takes cuDNN on an H100 no tjx measurement covers
+  (the plans read an empty launch table: the packaged one holds the GPU suite's H100 timings,
+  whose choice tools/tjx_tools/gpu_suite/test_gpu_suite.py checks),
   and XLA on a TPU (an explicit ``cudnn`` is the same program as that ``auto``: not compiled
   twice);
 * the Pallas kernels compile through jaxlib's own Triton (their ``tjx_flash_*`` Triton calls are
@@ -83,7 +85,10 @@ def plan(preset: str, target: str, kernel: str, env_dir: Path, tmp: Path) -> dic
     out = tmp / "plan.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
     paths = [os.path.abspath(p or os.curdir) for p in sys.path]
+    no_timings = tmp / "no_timings.json"  # the rule without measurements (module doc)
+    no_timings.write_text(json.dumps({"schema": 1, "devices": {}}))
     env.update(
+        TJX_FLASH_LAUNCH_TABLES=str(no_timings),
         PYTHONPATH=os.pathsep.join([*paths, str(env_dir)]),
         JAX_PLATFORMS="cpu",
         # Not the tests' compile-speed flags (pants.toml): the guard compiles what a user's --plan

@@ -8,23 +8,28 @@ preallocation off, so the trainer it starts as a child gets the memory it needs)
 ``prepare``
     On the development machine: build ``.gpu/`` (GPT-2-tokenized built-in corpus, the GPT-2
     tokenizer) that travels with the working tree to the GPU machine, which has no network.
-``run --out DIR [--part kernels|train|all] [--smoke]``
+``run --out DIR [--part kernels|train|startup|all] [--smoke]``
     Measure. Each row is written to ``DIR/results.json`` and ``DIR/results.md`` as soon as it is
     measured, so a call cut off at its time limit still returns what it measured; a cell that
     raises (a kernel that does not compile) is one failed row or note, and the section goes on.
     JAX's persistent compilation cache is on (``TJX_COMPILATION_CACHE_DIR``, default
     ``~/.cache/tjx/jax-compilation``), so the second call and the trainer child skip compiles.
-``fold DIR [DIR ...]``
-    Fold the results' tables into BENCHMARKS.md, and the tuned launch parameters and the measured
-    fwd+bwd times of the kernels found correct (the ``timings`` ``auto`` ranks by) into
-    tjx-kernels' per-device table.
+    ``--run-seconds 0`` leaves the train part's real training run out.
+``fold DIR [DIR ...] [--table FILE.jsonl ...]``
+    Fold the results' tables (and JSON-lines files measured in the same session, such as a peer's)
+    into BENCHMARKS.md, and the tuned launch parameters and the measured fwd+bwd times of the
+    kernels found correct (the ``timings`` ``auto`` ranks by, taken at sequence 1,024) into
+    tjx-kernels' per-device table; then tjx-metrics' roofline refit, where it exists.
 
 Sections, in order: ``environment`` (device, driver, versions, a measured 8k bf16 matmul peak),
 ``kernels`` (flash / cuDNN / XLA against a float64 reference), ``tune`` (launch parameters),
 ``attention`` (speed against cuDNN, XLA, JAX's Pallas kernel and JAX's Mosaic GPU attention where
-it imports), ``train_step`` (gpt2_small tokens/s and MFU with Pallas, cuDNN and XLA by name on the
-same batch, largest batch, medium/large memory fit, compile time, a 3-step profile) and
-``train_run`` (gpt2_small from scratch on the carried corpus: loss curve, tokens/s, MFU).
+it imports), ``train_step`` (gpt2_small as it ships, tokens/s, MFU and kernels per step with
+``auto``, Pallas, cuDNN, XLA and the fused loss, llama_small, each step compiled once; nanoGPT's
+recipe in PyTorch on the same card; gpt2_medium/large memory fit, the largest batch; a profile of
+the ``auto`` step), ``train_run`` (gpt2_small from scratch on the carried corpus: loss curve,
+tokens/s, MFU) and ``startup`` (issue #52: ``python -m trainer`` to its first step, cold and warm
+compilation cache, per preset).
 ``--smoke`` runs every section end to end on CPU with tiny shapes and interpreted Pallas; its
 figures are checks of the harness, never performance.
 """

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-PARTS = ("kernels", "train", "all")
+PARTS = ("kernels", "train", "startup", "all")
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -22,8 +22,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--part",
         choices=PARTS,
         default="all",
-        help="kernels: correctness, tuning, "
-        "attention speed; train: train step and a real run (one device call each)",
+        help="kernels: correctness, tuning, attention speed; train: train step rows, the nanoGPT "
+        "peer, memory fits and a real run; startup: time to the first step, cold and warm cache "
+        "(one device call each)",
     )
     r.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, interpreted Pallas")
     r.add_argument(
@@ -34,13 +35,31 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "on a GPU, none in a smoke run)",
     )
     r.add_argument("--run-steps", type=int, default=None, help="training run steps (GPU: 3000)")
-    r.add_argument("--run-seconds", type=float, default=180.0, help="training run time limit")
+    r.add_argument(
+        "--run-seconds",
+        type=float,
+        default=180.0,
+        help="training run time limit (0: no training run)",
+    )
+    r.add_argument(
+        "--startup-limit-s",
+        type=float,
+        default=None,
+        help="startup part: kill a start still short of step 1 after this (default 150 on a GPU)",
+    )
     pr = sub.add_parser("prepare", help="build the folder the GPU machine needs (no network)")
     pr.add_argument("--carry", type=Path, default=Path(".gpu"))
     f = sub.add_parser("fold", help="fold run results into BENCHMARKS.md and the launch table")
     f.add_argument("outs", type=Path, nargs="+", help="the --out folders of one GPU session")
     f.add_argument("--benchmarks", type=Path, default=None)
     f.add_argument("--launch-tables", type=Path, default=None)
+    f.add_argument(
+        "--table",
+        type=Path,
+        action="append",
+        default=[],
+        help="a JSON-lines file measured in the same session (e.g. a peer's runs), as a table",
+    )
     f.add_argument("--allow-smoke", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -49,7 +68,15 @@ def run(args: argparse.Namespace) -> int:
     """Measure the chosen part; every section is saved as it ends; exit 1 on any failure."""
     import jax
 
-    from tjx_tools.gpu_suite import attention, environment, kernels, train_run, train_step, tune
+    from tjx_tools.gpu_suite import (
+        attention,
+        environment,
+        kernels,
+        startup,
+        train_run,
+        train_step,
+        tune,
+    )
     from tjx_tools.gpu_suite.report import Report
 
     on_gpu = jax.default_backend() == "gpu"
@@ -82,22 +109,27 @@ def run(args: argparse.Namespace) -> int:
 
             clear_launch_cache()
         # Only kernels measured correct here get times in the launch table ("auto" ranks by them).
-        checked = report.sections["kernels"].rows
-        wrong = {(r["impl"], r["head_dim"]) for r in checked if r.get("pass") is False}
-        correct = {(r["impl"], r["head_dim"]) for r in checked if r.get("pass")} - wrong
+        correct = kernels.correct_kernels(report.sections["kernels"].rows)
         with report.section("attention") as sec:
             deadline = time.perf_counter() + report.time_left() - 15
             attention.run(sec, args.smoke, deadline, correct)
     if args.part in ("train", "all"):
         # The real run needs its time limit plus about a minute to start (compile) and to save.
-        reserve = args.run_seconds + 60
+        reserve = args.run_seconds + 60 if args.run_seconds > 0 else 0
+        if args.part == "all":
+            reserve += 0.3 * report.time_left()  # the startup part's share
         with report.section("train_step") as sec:
             deadline = time.perf_counter() + report.time_left() - reserve
-            train_step.run(sec, args.smoke, report.meta, deadline)
-        with report.section("train_run") as sec:
-            steps = args.run_steps or (16 if args.smoke else 3000)
-            seconds = min(args.run_seconds, max(60.0, report.time_left() - 60))
-            train_run.run(sec, args.out, args.smoke, steps, seconds)
+            train_step.run(sec, args.smoke, report.meta, deadline, args.out)
+        if args.run_seconds > 0:
+            with report.section("train_run") as sec:
+                steps = args.run_steps or (16 if args.smoke else 3000)
+                seconds = min(args.run_seconds, max(60.0, report.time_left() - 60))
+                train_run.run(sec, args.out, args.smoke, steps, seconds)
+    if args.part in ("startup", "all"):
+        with report.section("startup") as sec:
+            deadline = time.perf_counter() + report.time_left()
+            startup.run(sec, args.out, args.smoke, deadline, args.startup_limit_s)
     print(Path(args.out, "results.md").read_text(encoding="utf-8"))
     if report.failed:
         bad = [n for n, s in report.sections.items() if s.status != "ok"]
@@ -123,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         benchmarks=args.benchmarks or fold.BENCHMARKS,
         launch_tables=args.launch_tables or fold.LAUNCH_TABLES,
         allow_smoke=args.allow_smoke,
+        tables=args.table,
     )
     return 0
 

@@ -138,6 +138,12 @@ def judge(rows: list[dict[str, Any]]) -> list[str]:
     return failures
 
 
+def correct_kernels(rows: list[dict[str, Any]]) -> set[tuple[str, int]]:
+    """(impl, head_dim) of the kernels every judged case found correct (one failure excludes)."""
+    wrong = {(r["impl"], r["head_dim"]) for r in rows if r.get("pass") is False}
+    return {(r["impl"], r["head_dim"]) for r in rows if r.get("pass")} - wrong
+
+
 def run(sec: Section, smoke: bool, deadline: float = float("inf")) -> None:
     """Every case × dtype × head_dim × implementation until ``deadline`` (perf_counter); fails
     the section on any mismatch or kernel error."""

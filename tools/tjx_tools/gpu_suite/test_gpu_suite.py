@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ from tjx_tools.gpu_suite.__main__ import main
 from tjx_tools.gpu_suite.report import Report, Section
 
 REPO = Path(__file__).resolve().parents[3]
-SECTIONS = ["environment", "kernels", "tune", "attention", "train_step", "train_run"]
+SECTIONS = ["environment", "kernels", "tune", "attention", "train_step", "train_run", "startup"]
+H100 = "NVIDIA H100 80GB HBM3"
 BLOCKED = ("datasets", "wandb", "tensorboardX")
 
 
@@ -89,14 +91,77 @@ def test_attention_train_step_and_run_measured(smoke: tuple[Path, dict[str, Any]
     attn = doc["sections"]["attention"]["rows"]
     assert all(r["fwd_ms"] > 0 for r in attn if r["impl"] in ("pallas", "xla"))
     assert all("cuDNN needs a CUDA GPU" in r["error"] for r in attn if r["impl"] == "cudnn")
-    steps = doc["sections"]["train_step"]["rows"]
-    assert [r["attention_impl"] for r in steps] == ["pallas", "xla"]  # same batch, by name
-    assert all(r["loss_finite"] and r["tokens_per_s"] > 0 for r in steps)
+    # JAX's Mosaic GPU kernel is called with float16 inputs (its tiles are float16).
+    assert {r["dtype"] for r in attn if r["impl"] == "jax-mgpu"} == {"float16"}
     run = doc["sections"]["train_run"]["summary"]
     assert run["steps"] == 16 and run["last_loss"] < run["first_loss"]
     assert run["last_val_loss"] is not None
     assert (out / "loss_curve.png").stat().st_size > 0
     assert (out / "profile.tar.gz").stat().st_size > 0
+
+
+def test_matmul_probe_reports_both_outputs_and_its_method(
+    smoke: tuple[Path, dict[str, Any], str],
+) -> None:
+    _, doc, _ = smoke
+    env = doc["sections"]["environment"]["summary"]
+    assert env["matmul_tflops_bf16_out"] > 0 and env["matmul_tflops_f32_out"] > 0
+    assert env["matmul_tflops"] == max(env["matmul_tflops_bf16_out"], env["matmul_tflops_f32_out"])
+    assert "back-to-back" in env["matmul_method"] and "rotating" in env["matmul_method"]
+
+
+def test_each_step_row_is_compiled_once_and_reads_its_kernels(
+    smoke: tuple[Path, dict[str, Any], str],
+) -> None:
+    out, doc, stdout = smoke
+    sec = doc["sections"]["train_step"]
+    steps = sec["rows"]
+    # The same batch by name, then the largest batch that fits (4 rows of tiny's smoke shape).
+    assert [r["label"] for r in steps] == ["auto", "pallas", "xla", "auto, batch 4"]
+    assert [r["attention_kernel"] for r in steps] == ["xla", "pallas", "xla", "xla"]  # CPU: XLA
+    assert steps[-1]["tokens_per_step"] == 2 * steps[0]["tokens_per_step"]
+    for r in steps:
+        assert r["loss_finite"] and r["tokens_per_s"] > 0 and r["pipelined_step_s"] > 0
+        # From the one compiled executable: its peak, its kernels, the roofline of its HLO.
+        assert r["peak_bytes"] > 0 and r["kernels_per_step"] > 10 and r["est_step_s"] > 0
+        assert sum(r["launches_by_kind"].values()) == r["kernels_per_step"]
+    assert "kernels/step" in sec["markdown"]
+    with tarfile.open(out / train_step.PROFILE) as tar:  # the auto step's profile
+        assert any(name.endswith("xplane.pb") for name in tar.getnames())
+    assert (out / train_step.PROFILE).stat().st_size < train_step.FILE_LIMIT
+    if train_step.torch_available():
+        assert sec["summary"]["peer"]["tokens_per_s"] > 0
+    else:
+        assert "peer: torch is not importable by this python" in " ".join(sec["notes"])
+    fits = sec["summary"]["fits"]
+    assert [f["step"] for f in fits] == ["tiny"] and fits[0]["peak_bytes"] > 0
+    assert isinstance(fits[0]["fits"], bool) and fits[0]["kernels_per_step"] > 10
+    assert [f["step"] for f in sec["summary"]["batch_fit"]] == ["tiny batch 4"]
+    assert sec["summary"]["largest_batch"] == 4
+
+
+def test_startup_times_a_cold_and_a_warm_start_to_step_one(
+    smoke: tuple[Path, dict[str, Any], str],
+) -> None:
+    _, doc, _ = smoke
+    sec = doc["sections"]["startup"]
+    rows = sec["rows"]
+    assert [(r["config"], r["cache"], r["status"]) for r in rows] == [
+        ("tiny", "cold", "ok"),
+        ("tiny", "warm", "ok"),
+    ]
+    assert all(0 < r["seconds"] < r["limit_s"] for r in rows)
+    assert sec["summary"]["total_s"] >= sum(r["seconds"] for r in rows)
+    assert "to step 1 (s)" in sec["markdown"]
+
+
+def test_a_start_past_its_limit_is_killed_and_said(tmp_path: Path) -> None:
+    from tjx_tools.gpu_suite import startup
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("x\n")
+    row = startup.time_to_first_step("tiny", tmp_path / "cache", str(corpus), True, 0.5)
+    assert row["status"] == "> limit" and row["seconds"] is None
 
 
 def test_fold_writes_benchmarks_and_launch_table(
@@ -171,12 +236,81 @@ def test_past_the_budget_cells_are_skipped_and_said() -> None:
     ]
     sec = Section("train_step")
     train_step.run(sec, smoke=True, meta={}, deadline=0.0)
-    assert sec.rows == [] and sec.summary["largest_batch"] is None
+    assert sec.rows == [] and sec.summary.get("largest_batch") is None
+    peer = (
+        "skipped (time budget): peer (nanoGPT recipe)"
+        if train_step.torch_available()
+        else "peer: torch is not importable by this python; nanoGPT's recipe was not measured"
+    )
     assert sec.notes == [
-        "skipped (time budget): throughput, pallas",
-        "skipped (time budget): throughput, xla",
-        "skipped (time budget): tiny memory fit",
+        "skipped (time budget): throughput, tiny auto",
+        peer,
+        "skipped (time budget): throughput, tiny pallas",
+        "skipped (time budget): throughput, tiny xla",
+        "skipped (time budget): memory fits",
     ]
+
+
+def test_auto_ranks_by_the_timings_at_the_presets_sequence_length() -> None:
+    # H100, 2026-11-25 (ms, fwd+bwd, head_dim 64, causal): Pallas wins at 1,024, loses above;
+    # summed over the sequences it would lose, and gpt2_small (seq 1,024) would get cuDNN.
+    measured = {1024: (1.47, 1.67, 9.6), 2048: (2.01, 1.88, 17.7), 4096: (3.57, 3.37, 33.6)}
+    rows = [
+        {"head_dim": 64, "seq": seq, "causal": True, "impl": impl, "fwd_bwd_ms": ms}
+        for seq, times in measured.items()
+        for impl, ms in zip(("pallas", "cudnn", "xla"), times, strict=True)
+    ]
+    correct = {("pallas", 64), ("cudnn", 64), ("xla", 64)}
+    got = attention.timings(rows, correct, "bfloat16")
+    assert got == {"bf16-64": {"pallas": 1.47, "cudnn": 1.67, "xla": 9.6}}
+    # Without a cell at that length: the sum over the cells every kernel measured.
+    longer = [r for r in rows if r["seq"] != attention.TIMING_SEQ]
+    assert attention.timings(longer, correct, "bfloat16")["bf16-64"]["cudnn"] == pytest.approx(
+        1.88 + 3.37
+    )
+    # A kernel the correctness checks failed gets no time (auto never ranks it).
+    assert (
+        "pallas" not in attention.timings(rows, correct - {("pallas", 64)}, "bfloat16")["bf16-64"]
+    )
+
+
+def test_the_packaged_table_makes_auto_take_what_the_h100_measured_for_gpt2_small() -> None:
+    from tjx import kernels, nn
+    from trainer import load_config, resolve
+
+    clear_launch_cache()
+    model = resolve(load_config("gpt2_small", []), 50304).model
+    built: list[str] = []
+    with kernels.target("gpu", H100, (9, 0)):
+        chosen, fell_back = nn.choose_attention_kernel(model, built.append, lambda _: None)
+    # The suite measured Pallas fwd+bwd 1.13x cuDNN at gpt2_small's shape (bf16, d 64, seq 1024).
+    assert (chosen, fell_back, built) == ("pallas", False, ["pallas"])
+    h100 = kernels.Target("gpu", H100, (9, 0))
+    assert kernels.auto_order("bfloat16", 128, h100).kernel == "cudnn"  # 1.20x Pallas at d 128
+
+
+def test_fold_adds_a_jsonl_table_and_calls_the_calibration_hook(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    peers = tmp_path / "peers.jsonl"
+    peers.write_text(
+        'using fused AdamW: True\n{"peer": "p", "batch": 16, "tokens_per_s": 419780.3}\n'
+    )
+    table = fold.jsonl_table(peers)
+    assert table.splitlines()[0] == "| peer | batch | tokens_per_s |"
+    assert table.splitlines()[2] == "| p | 16 | 419,780.3 |"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("no json here\n")
+    with pytest.raises(SystemExit, match="no JSON object lines"):
+        fold.jsonl_table(empty)
+    assert fold.calibrate([tmp_path], ("tjx_tools_no_such_module", "refit")) is None
+    assert "no tjx_tools_no_such_module.refit yet" in capsys.readouterr().out
+    seen: list[Any] = []
+    hook = type(sys)("calib_hook_for_test")
+    hook.refit = lambda outs: seen.append(outs) or "refitted 3 constants"  # type: ignore
+    monkeypatch.setitem(sys.modules, "calib_hook_for_test", hook)
+    assert fold.calibrate([tmp_path], ("calib_hook_for_test", "refit")) == "refitted 3 constants"
+    assert seen == [[tmp_path]]
 
 
 def test_a_failing_cell_is_one_note_and_earlier_rows_are_already_saved(tmp_path: Path) -> None:

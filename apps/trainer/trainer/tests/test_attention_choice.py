@@ -18,6 +18,16 @@ from trainer.config import read_config, resolve
 from trainer.memory_fit import choose_attention
 from trainer.settings import apply_overrides, load_config_data
 
+
+@pytest.fixture(autouse=True)
+def _rule_without_measurements(monkeypatch, tmp_path):
+    """These tests are about the rule: the packaged table's H100 timings (the GPU suite's
+    measurement) would decide otherwise; a test that measures writes its own table."""
+    empty = tmp_path / "no_timings.json"
+    empty.write_text(json.dumps({"schema": 1, "devices": {}}))
+    monkeypatch.setenv(launch.ENV_VAR, str(empty))
+
+
 SETS = [
     "model.d_model=16",
     "model.num_layers=1",

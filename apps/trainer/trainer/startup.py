@@ -33,7 +33,12 @@ def _device_note(cfg: Config) -> None:
 def run(plan: RunPlan) -> int:
     """Train as planned; exit code 0 on success or after a signal-triggered save, 2 on bad input."""
     import trainer.multihost as multihost
+    from trainer.xla_flags import apply_gpu_autotune
 
+    # Before anything starts JAX's backend (it reads XLA_FLAGS once).
+    added = apply_gpu_autotune(plan.config.train.gpu_autotune)
+    if added:
+        print(f"xla: {' '.join(added)} (train.gpu_autotune)", flush=True)
     # Multi-host: the flags, else JAX_COORDINATOR_ADDRESS/... or the cluster JAX detects; none:
     # one process. A setup that cannot work is one error line here, never a hang.
     try:

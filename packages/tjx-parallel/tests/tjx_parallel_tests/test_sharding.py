@@ -135,7 +135,8 @@ def test_shard_init_on_one_device_compiles_no_whole_model_program() -> None:
     compiler takes minutes over), placed with the mesh's shardings, the same draws as the jitted
     program within float32 rounding (fresh seed, 1e-6 relative); a second model of the same
     shapes compiles nothing (its programs are the first one's, cached by shape)."""
-    one = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+    axes = ("data", "fsdp", "tensor")
+    one = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), axes)
     seed = int(np.random.default_rng().integers(0, 2**30))
 
     def create(s: int):

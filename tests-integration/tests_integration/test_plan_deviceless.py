@@ -144,3 +144,8 @@ def test_the_preset_compiles_for_the_device_without_it(preset, target, kernel, e
         f"{committed:.2f} GiB; update its guard table if the change is meant"
     )
     assert "an estimate" in data["stdout"] and data["estimate"]["seconds"] > 0
+    # The compile's time (deviceless: no autotuning, so a floor of a GPU's; #52), in CI's log.
+    seconds = data["train"]["compile_s"]
+    assert seconds > 0
+    print(f"deviceless compile: {preset} on {target} ({chosen}): train step {seconds:.1f} s",
+          file=sys.stderr)  # fmt: skip

@@ -112,17 +112,29 @@ def lighter(cfg: Config, devices: int | None = None) -> Iterator[tuple[Config, s
 STEP, FULL_REMAT = "the train step", "the train step with model.remat=full"
 
 
-def fit_memory(cfg: Config, *, budget: int | None = None, devices: int | None = None) -> Config:
+def fit_memory(
+    cfg: Config,
+    *,
+    budget: int | None = None,
+    devices: int | None = None,
+    compile_step: Callable[[Config, str], Any] | None = None,
+) -> Config:
     """``cfg`` if its step fits, else ``cfg`` with ``model.remat=full``; ConfigError if neither.
-    ``budget`` (bytes) and ``devices`` default to this machine's (tests pass their own)."""
+    ``budget`` (bytes) and ``devices`` default to this machine's (tests pass their own);
+    ``compile_step(cfg, name)`` returns the compiled step whose memory is measured (a run's
+    `trainer.first_compile.StepCompiler`: the executable the loop then calls); by default
+    `step_peak` compiles the abstract step, saying so first."""
     devices = jax.device_count() if devices is None else devices
     # The abstract step below is a decoder's (an LM batch).
     if not cfg.train.fit_memory or cfg.task != "lm" or devices != 1:
         return cfg
     full = next(lighter(cfg), (cfg, ""))[0]  # full remat, when remat is off
-    candidates = [(STEP, lambda: step_peak(cfg, STEP))]
+    def measure(run: Config, name: str) -> Any:
+        return step_peak(run, name) if compile_step is None else compile_step(run, name)
+
+    candidates = [(STEP, lambda: measure(cfg, STEP))]
     if full is not cfg:
-        candidates.append((FULL_REMAT, lambda: step_peak(full, FULL_REMAT)))
+        candidates.append((FULL_REMAT, lambda: measure(full, FULL_REMAT)))
     # Each figure is printed as it comes: the next compile may take a while.
     fit = first_fit(candidates, budget=budget, on_check=lambda c: print(f"memory: {c}", flush=True))
     if fit.chosen == FULL_REMAT:

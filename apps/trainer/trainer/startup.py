@@ -33,7 +33,12 @@ def _device_note(cfg: Config) -> None:
 def run(plan: RunPlan) -> int:
     """Train as planned; exit code 0 on success or after a signal-triggered save, 2 on bad input."""
     import trainer.multihost as multihost
+    from trainer.xla_flags import apply_gpu_autotune
 
+    # Before anything starts JAX's backend (it reads XLA_FLAGS once).
+    added = apply_gpu_autotune(plan.config.train.gpu_autotune)
+    if added:
+        print(f"xla: {' '.join(added)} (train.gpu_autotune)", flush=True)
     # Multi-host: the flags, else JAX_COORDINATOR_ADDRESS/... or the cluster JAX detects; none:
     # one process. A setup that cannot work is one error line here, never a hang.
     try:
@@ -54,6 +59,7 @@ def run(plan: RunPlan) -> int:
 
 def _prepare_and_train(plan: RunPlan) -> int:
     import trainer.data_setup as data_setup
+    import trainer.first_compile as first_compile
     import trainer.memory_fit as memory_fit
     import trainer.state as state
     from tjx import parallel
@@ -80,11 +86,16 @@ def _prepare_and_train(plan: RunPlan) -> int:
         # A resumed --init-from run: the checkpoint's architecture again (its model.json).
         from_checkpoint = plan.resume and init_from.resumed_from_checkpoint(cfg, plan.run_dir)
         cfg = from_checkpoint or cfg
+        # One compile of the train step before step 1: the kernel choice compiles it, the memory
+        # fit measures that executable, the loop calls it (trainer.first_compile).
+        compiler = first_compile.StepCompiler()
         if plan.init_from is None and not from_checkpoint:
             # The attention kernel that compiles (one line per kernel that fails), then memory.
-            cfg = memory_fit.fit_memory(memory_fit.choose_attention(cfg))
+            chosen = memory_fit.choose_attention(cfg, build=compiler.build)
+            cfg = memory_fit.fit_memory(chosen, compile_step=compiler.compile)
         plan = dataclasses.replace(plan, config=cfg)
         setup = state.build(cfg, plan.init_from)
+        step = compiler.for_run(cfg, setup)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         return error_exit(str(err))
     # Process 0 writes the run directory; the others save their checkpoint shards there once it
@@ -93,6 +104,6 @@ def _prepare_and_train(plan: RunPlan) -> int:
         training.write_run_files(plan, setup, bundle)
     parallel.barrier("trainer:run_dir", timeout_s=plan.distributed.timeout_s)
     try:
-        return training.train(plan, bundle, setup, loader)
+        return training.train(plan, bundle, setup, loader, step)
     finally:
         sys.stdout.flush()

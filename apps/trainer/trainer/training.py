@@ -57,8 +57,10 @@ def write_run_files(plan: RunPlan, setup: Any, bundle: Any) -> None:
         folder.write_init(plan.init_from, kind=kind, step=setup.init_step)
 
 
-def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
-    """Run the steps of a prepared run; the process's exit code."""
+def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any, step: Any = None) -> int:
+    """Run the steps of a prepared run; the process's exit code. ``step``: the train step
+    compiled before (trainer.first_compile), called as is; None: jitted here, compiled at the
+    first step."""
     import trainer.evaluation as evaluation  # not at the top: trainer.step loads with the run
 
     cfg, run_dir = plan.config, plan.run_dir
@@ -108,7 +110,9 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any) -> int:
         # W&B never reaches for the network unless asked: offline is the default mode.
         wandb_mode=cfg.logging.wandb_mode if "wandb" in cfg.logging.sinks else None,
     )
-    return Training(plan, bundle, setup, loader, manager, logger, st, start, primary).loop()
+    training = Training(plan, bundle, setup, loader, manager, logger, st, start, primary)
+    training.compiled_step = step
+    return training.loop()
 
 
 @dataclass
@@ -126,6 +130,7 @@ class Training:
     primary: bool
     last_eval: dict[str, float] = field(default_factory=dict)
     compiled: bool = False  # the train step has run once (so it is compiled)
+    compiled_step: Any = None  # the executable compiled before step 1 (trainer.first_compile)
 
     def __post_init__(self) -> None:
         self.cfg, self.run_dir = self.plan.config, self.plan.run_dir
@@ -189,8 +194,11 @@ class Training:
         from trainer.step import jit_train_step
 
         setup = self.setup
-        shardings = jax.tree.map(lambda x: x.sharding, self.state)
-        step_fn = jit_train_step(setup, self.cfg, out_shardings=(shardings, None))
+        if self.compiled_step is not None:
+            step_fn, self.compiled = self.compiled_step, True
+        else:
+            shardings = jax.tree.map(lambda x: x.sharding, self.state)
+            step_fn = jit_train_step(setup, self.cfg, out_shardings=(shardings, None))
         per_step, unit = self.units_per_step, self.objective.unit
         print(f"model: {self.cfg.kind}, {setup.num_params:,} parameters", flush=True)
         mesh = " × ".join(f"{axis} {size}" for axis, size in setup.mesh.shape.items())

@@ -130,6 +130,41 @@ def test_shard_init_plain_and_flax_eager_sharding(mesh) -> None:
     np.testing.assert_allclose(np.asarray(kernel), np.asarray(ref.up.kernel.get_value()))
 
 
+def test_shard_init_on_one_device_compiles_no_whole_model_program() -> None:
+    """One device: the initializers run eagerly (a whole-model jitted init is what XLA's GPU
+    compiler takes minutes over), placed with the mesh's shardings, the same draws as the jitted
+    program within float32 rounding (fresh seed, 1e-6 relative); a second model of the same
+    shapes compiles nothing (its programs are the first one's, cached by shape)."""
+    axes = ("data", "fsdp", "tensor")
+    one = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), axes)
+    seed = int(np.random.default_rng().integers(0, 2**30))
+
+    def create(s: int):
+        def make():
+            with nnx.use_eager_sharding(False):
+                return nnx.state(Mlp(nnx.Rngs(s)), nnx.Param)
+
+        return make
+
+    compiled: list[str] = []
+
+    def listen(event: str, duration: float, **_: object) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(event)
+
+    placed = shard_init(create(seed), one, rules("fsdp_tp"))
+    jitted = jax.jit(create(seed))()
+    for got, want in zip(jax.tree.leaves(placed), jax.tree.leaves(jitted), strict=True):
+        assert isinstance(got.sharding, jax.sharding.NamedSharding) and got.sharding.mesh == one
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-7)
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        shard_init(create(seed + 1), one, rules("fsdp_tp"))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiled == []
+
+
 def test_shard_batch_and_host_local_to_global(mesh) -> None:
     rng = np.random.default_rng(0)
     batch = {"inputs": rng.integers(0, 9, (8, 3)).astype(np.int32), "scale": np.float32(2.0)}

@@ -1,0 +1,199 @@
+"""The train step compiled once before step 1: the kernel choice, the memory measure and the run
+share one executable.
+
+`StepCompiler` compiles a config's train step as the run lays it out — over this machine's
+devices, the state sharded and donated as `trainer.state.build` places it, the batch as the
+loader places it (`trainer.target_plan.build`, over the real devices) — from abstract arguments,
+so nothing is allocated. Each config is compiled once (``auto`` attention counts as the kernel it
+traces to); the kernel choice compiles through it, the memory fit reads XLA's memory analysis of
+the same executable, and the loop calls it (`StepCompiler.for_run`). A second compile before
+step 1 happens only where it must: a kernel that failed (the next one is compiled), the memory
+fit's lighter step (full remat), or a state laid out otherwise than planned (``--init-from`` a
+checkpoint of another architecture, a pipelined mesh): then the run's own arguments are compiled.
+
+A compile that runs long says so every `TICK_S` seconds (``compiling the train step… 45 s``),
+and its last line says how long it took and whether JAX's persistent compilation cache served it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+
+from trainer.config import Config
+from trainer.schema import ConfigError
+
+#: Seconds between the lines a long compile prints.
+TICK_S = 15.0
+#: The event JAX records when its persistent compilation cache serves a compile (jax 0.10, 0.11).
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+
+Say = Callable[[str], None]
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+@contextlib.contextmanager
+def ticking(label: str, *, every: float = TICK_S, say: Say = _say) -> Iterator[None]:
+    """Say ``label… N s`` every ``every`` seconds while the block runs (a compile that takes
+    minutes is not a hang); the thread is stopped and joined when the block ends, raising or not.
+    """
+    stop = threading.Event()
+    started = time.perf_counter()
+
+    def tick() -> None:
+        while not stop.wait(every):
+            say(f"{label}… {time.perf_counter() - started:.0f} s")
+
+    thread = threading.Thread(target=tick, name="compile-ticker", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextlib.contextmanager
+def cache_hits() -> Iterator[list[str]]:
+    """The persistent compilation cache's hits recorded inside the block (JAX's monitoring
+    events; the list fills as they come)."""
+    hits: list[str] = []
+
+    def listen(event: str, **_: Any) -> None:
+        if event == CACHE_HIT_EVENT:
+            hits.append(event)
+
+    jax.monitoring.register_event_listener(listen)
+    try:
+        yield hits
+    finally:
+        jax.monitoring.unregister_event_listener(listen)
+
+
+def step_key(cfg: Config) -> str:
+    """What identifies a config's train step: the whole config, with ``attention_impl: auto``
+    replaced by the kernel it traces to here (tjx.kernels' `auto_order`), so that the kernel
+    choice's compile of ``cudnn`` and the run's ``auto`` are one program."""
+    from tjx import kernels
+
+    data = cfg.to_dict()
+    model = cfg.model
+    if model.attention_impl == "auto" and model.head_dim is not None:
+        capped = model.attn_logit_softcap is not None
+        order = kernels.auto_order(model.precision.compute_dtype, model.head_dim, softcap=capped)
+        data["model"]["attention_impl"] = order.kernel
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+class StepCompiler:
+    """The train steps of a run compiled on ``devices`` (default: this machine's), once each.
+
+    Parameters
+    ----------
+    devices : list, optional
+        The devices the run's mesh spans.
+    say : callable
+        Where the compile lines go (stdout).
+    """
+
+    def __init__(self, devices: list[Any] | None = None, say: Say = _say) -> None:
+        self.devices = list(jax.devices() if devices is None else devices)
+        self.say = say
+        self._compiled: dict[str, tuple[Any, Any]] = {}  # key -> (Compiled, AbstractRun or None)
+        #: Train-step compiles this object ran (the compile-count test reads XLA's own log too).
+        self.compiles = 0
+
+    def _compile(self, label: str, lower: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        self.say(f"compiling {label}…")
+        with ticking(f"compiling {label}", say=self.say), cache_hits() as hits:
+            compiled = lower().compile()
+        self.compiles += 1
+        took = time.perf_counter() - started
+        source = " (from the persistent compilation cache)" if hits else ""
+        self.say(f"compiled {label} in {took:.1f} s{source}")
+        return compiled
+
+    def compile(self, cfg: Config, label: str = "the train step") -> Any:
+        """``cfg``'s compiled train step (a ``jax.stages.Compiled``); raises what lowering or
+        XLA raise (a kernel that fails). Compiled once per `step_key`."""
+        from trainer import target_plan
+
+        key = step_key(cfg)
+        if key in self._compiled:
+            return self._compiled[key][0]
+        try:
+            run = target_plan.build(cfg, self.devices)
+        except ConfigError:
+            # A pipelined mesh is not built abstractly over devices (target_plan): the unsharded
+            # abstract step still proves the kernel and sizes the step; the run compiles its own.
+            from trainer.memory_fit import abstract_step
+
+            step, state, batch = abstract_step(cfg)
+            compiled = self._compile(label, lambda: step.lower(state, batch))
+            self._compiled[key] = (compiled, None)
+            return compiled
+        compiled = self._compile(label, lambda: run.train_step.lower(run.state, run.batch))
+        self._compiled[key] = (compiled, run)
+        return compiled
+
+    def build(self, cfg: Config) -> Any:
+        """`compile` as the kernel choice's ``build`` (raises on failure)."""
+        return self.compile(cfg)
+
+    def for_run(self, cfg: Config, setup: Any) -> Any:
+        """The executable the loop calls for ``cfg`` on ``setup``'s state: the one compiled
+        before when its arguments are laid out as ``setup.state`` is (shapes, dtypes and
+        shardings), else the run's own step compiled now (with the same lines)."""
+        from trainer.step import jit_train_step
+
+        key = step_key(cfg)
+        if key not in self._compiled and _plannable(cfg, setup):
+            self.compile(cfg)
+        compiled, run = self._compiled.get(key, (None, None))
+        if compiled is not None and run is not None and same_layout(run.state, setup.state):
+            return compiled
+        shardings = jax.tree.map(lambda x: x.sharding, setup.state)
+        step = jit_train_step(setup, cfg, out_shardings=(shardings, None))
+        batch = _run_batch(cfg, setup)
+        return self._compile("the train step", lambda: step.lower(setup.state, batch))
+
+
+def _plannable(cfg: Config, setup: Any) -> bool:
+    """Whether the abstract step of ``cfg`` can be the run's: not a pipelined mesh, and the
+    model the state was built from is the config's (an ``--init-from`` checkpoint's may not)."""
+    return cfg.mesh.pipeline == 1 and setup.nn_config == cfg.model
+
+
+def _run_batch(cfg: Config, setup: Any) -> dict[str, jax.ShapeDtypeStruct]:
+    """The abstract batch the loader places on ``setup``'s mesh."""
+    from tjx import nn, parallel
+
+    shapes = nn.batch_shapes(cfg.model, cfg.data.batch_rows(cfg.data.batch_size), cfg.data.seq_len)
+    on = functools.partial(parallel.batch_sharding, setup.mesh)
+    return {k: jax.ShapeDtypeStruct(s, d, sharding=on(len(s))) for k, (s, d) in shapes.items()}
+
+
+def same_layout(abstract: Any, state: Any) -> bool:
+    """Whether ``state``'s arrays are what ``abstract`` describes: one tree, and each leaf's
+    shape, dtype and sharding (equivalent placement) the same."""
+    a_leaves, a_tree = jax.tree.flatten(abstract)
+    s_leaves, s_tree = jax.tree.flatten(state)
+    if str(a_tree) != str(s_tree):  # the same structure prints the same
+        return False
+    for a, s in zip(a_leaves, s_leaves, strict=True):
+        if a.shape != s.shape or a.dtype != s.dtype:
+            return False
+        if not a.sharding.is_equivalent_to(s.sharding, len(s.shape)):
+            return False
+    return True

@@ -1,0 +1,122 @@
+"""One compile of the train step before step 1: the kernel choice, the memory measure and the
+run share one executable (trainer.first_compile). XLA's own compile events are counted (JAX's
+``/jax/core/compile/backend_compile_duration``, by the compiled function's name), for ``tiny``
+and the shapes of gpt2_small and llama_small shrunk to tiny sizes, with settings that change the
+kernel and the memory fit; a long compile says so while it runs."""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+import time
+
+import jax
+import pytest
+
+from trainer.cli import main
+from trainer.first_compile import ticking
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+#: Tiny sizes for every preset (each keeps its own structure: norms, positions, MLP, tying).
+TINY = [
+    "model.d_model=16",
+    "model.num_layers=2",
+    "model.num_heads=2",
+    "model.mlp_dim=32",
+    "model.max_seq_len=16",
+    "data.seq_len=16",
+    "data.batch_size=8",
+    "eval.batch_size=8",
+    "data.tokenizer=byte",
+    "model.compute_dtype=float32",
+    "train.steps=2",
+    "train.stop_at=1",  # one step, then the checkpoint: no evaluation, no sampling
+    "train.eval_every=0",
+    "train.sample_every=0",
+    "train.checkpoint_every=0",
+    "logging.sinks=[jsonl]",
+    "logging.progress=false",
+]
+
+
+@pytest.fixture
+def corpus(in_tmp):
+    text = in_tmp / "corpus.txt"
+    text.write_text("".join(f"Line {i}: to be or not to be.\n" for i in range(200)))
+    return text
+
+
+def train_step_compiles(argv: list[str]) -> tuple[int, list[str]]:
+    """(exit code, the names of every XLA compile of a train step while ``main(argv)`` ran)."""
+    names: list[str] = []
+
+    def listen(event: str, duration: float, **kwargs: object) -> None:
+        name = str(kwargs.get("fun_name", ""))
+        if event == COMPILE_EVENT and "train_step" in name:
+            names.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        code = main(argv)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    return code, names
+
+
+def argv(preset: str, corpus, *sets: str, run_dir: str = "run") -> list[str]:
+    out = ["--config", preset, "--run-dir", run_dir, "--data", str(corpus)]
+    for item in [*TINY, f"data.cache_dir={corpus.parent / 'cache'}", *sets]:
+        out += ["--set", item]
+    return out
+
+
+@pytest.mark.parametrize(
+    "preset,sets",
+    [
+        ("tiny", ()),
+        ("tiny", ("model.attention_impl=pallas",)),  # the kernel choice compiles it
+        ("gpt2_small", ()),
+        ("llama_small", ("model.remat=full", "model.num_kv_heads=1")),
+    ],
+)
+def test_the_train_step_is_compiled_once(preset, sets, corpus, in_tmp, capsys):
+    code, names = train_step_compiles(argv(preset, corpus, *sets))
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert len(names) == 1, names
+    assert "train.stop_at: saved step 1" in out
+    compiled = [ln for ln in out.splitlines() if ln.startswith("compiled the train step in")]
+    assert len(compiled) == 1 and re.fullmatch(r"compiled the train step in \d+\.\d s", compiled[0])
+
+
+def test_the_memory_fit_measures_the_executable_the_run_calls(corpus, in_tmp, capsys, monkeypatch):
+    """On one device the memory fit reads the kernel choice's executable: still one compile. A
+    step that does not fit is compiled once more with full remat (the lighter step), and no
+    more: here neither fits, so the run stops with one error line after those two compiles."""
+    from trainer import memory_fit
+
+    one = functools.partial(memory_fit.fit_memory, devices=1)
+    monkeypatch.setattr(memory_fit, "fit_memory", one)
+    sets = ("train.fit_memory=true",)  # auto is XLA on a CPU: the memory fit compiles it
+    code, names = train_step_compiles(argv("tiny", corpus, *sets))
+    out = capsys.readouterr().out
+    assert code == 0 and len(names) == 1, (names, out)
+    assert "memory: the train step needs" in out and "compiling the train step to" not in out
+    monkeypatch.setattr(memory_fit, "fit_memory", functools.partial(one, budget=1))
+    code, names = train_step_compiles(argv("tiny", corpus, *sets, run_dir="other"))
+    err = capsys.readouterr().err
+    assert code == 2 and "even with model.remat=full" in err
+    assert len(names) == 2, names
+
+
+def test_a_long_compile_says_so_while_it_runs():
+    said: list[str] = []
+    with ticking("compiling the train step", every=0.05, say=said.append):
+        time.sleep(0.28)
+    count = len(said)
+    time.sleep(0.15)
+    assert len(said) == count, "the ticker stopped with its block"
+    assert 3 <= count <= 6, said
+    assert all(re.fullmatch(r"compiling the train step… \d+ s", line) for line in said)
+    assert not [t for t in threading.enumerate() if t.name == "compile-ticker"]

@@ -129,6 +129,7 @@ def fit_memory(
     if not cfg.train.fit_memory or cfg.task != "lm" or devices != 1:
         return cfg
     full = next(lighter(cfg), (cfg, ""))[0]  # full remat, when remat is off
+
     def measure(run: Config, name: str) -> Any:
         return step_peak(run, name) if compile_step is None else compile_step(run, name)
 

@@ -21,9 +21,7 @@ AUTOTUNE_FLAGS: dict[str, tuple[str, ...]] = {
 AUTOTUNE_CHOICES = tuple(AUTOTUNE_FLAGS)
 
 
-def apply_gpu_autotune(
-    setting: str, environ: MutableMapping[str, str] | None = None
-) -> list[str]:
+def apply_gpu_autotune(setting: str, environ: MutableMapping[str, str] | None = None) -> list[str]:
     """Append ``setting``'s flags to ``XLA_FLAGS`` in ``environ`` (default: this process's),
     leaving out any flag the user set there already; the flags appended."""
     env = os.environ if environ is None else environ

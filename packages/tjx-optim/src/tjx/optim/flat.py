@@ -78,10 +78,13 @@ class FlatLayout:
             self.mask[name] = bool(decay)
         self.num_leaves = len(leaves)
 
+    def _same(self, treedef: Any) -> bool:
+        return bool(treedef == self.treedef)
+
     def flatten(self, tree: Any) -> dict[str, jax.Array]:
         """The groups' flat buffers of a tree with the params' structure (one concat each)."""
         leaves, treedef = jax.tree.flatten(tree)
-        if treedef != self.treedef:
+        if not self._same(treedef):
             raise ValueError(f"FlatLayout: a tree of another structure ({treedef}) to flatten")
         return {
             name: jnp.concatenate([jnp.ravel(leaves[i]) for i, *_ in members])

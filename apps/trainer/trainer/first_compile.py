@@ -152,21 +152,36 @@ class StepCompiler:
         return self.compile(cfg)
 
     def for_run(self, cfg: Config, setup: Any) -> Any:
-        """The executable the loop calls for ``cfg`` on ``setup``'s state: the one compiled
+        """The step the loop calls for ``cfg`` on ``setup``'s state: the executable compiled
         before when its arguments are laid out as ``setup.state`` is (shapes, dtypes and
-        shardings), else the run's own step compiled now (with the same lines)."""
+        shardings), else the run's own step compiled now (with the same lines); either one
+        called with the batch's step keys only (`taking_step_keys`)."""
         from trainer.step import jit_train_step
 
         key = step_key(cfg)
         if key not in self._compiled and _plannable(cfg, setup):
             self.compile(cfg)
         compiled, run = self._compiled.get(key, (None, None))
+        batch = _run_batch(cfg, setup)
         if compiled is not None and run is not None and same_layout(run.state, setup.state):
-            return compiled
+            return taking_step_keys(compiled, batch)
         shardings = jax.tree.map(lambda x: x.sharding, setup.state)
         step = jit_train_step(setup, cfg, out_shardings=(shardings, None))
-        batch = _run_batch(cfg, setup)
-        return self._compile("the train step", lambda: step.lower(setup.state, batch))
+        compiled = self._compile("the train step", lambda: step.lower(setup.state, batch))
+        return taking_step_keys(compiled, batch)
+
+
+def taking_step_keys(compiled: Any, batch: dict[str, Any]) -> Callable[[Any, Any], Any]:
+    """``compiled(state, batch)`` with the loader's batch cut to the keys of ``batch`` (the
+    abstract batch it was compiled for). A loader may add entries the step never reads (a
+    mixture's per-row ``source``): a jitted function retraced for them, an executable refuses
+    any argument tree but its own."""
+    keys = tuple(batch)
+
+    def call(state: Any, given: dict[str, Any]) -> Any:
+        return compiled(state, {k: given[k] for k in keys})
+
+    return call
 
 
 def _plannable(cfg: Config, setup: Any) -> bool:

@@ -5,7 +5,7 @@ until one compiles: one that fails costs a line, never the run (one named in the
 line, exit 2). XLA, the last resort, is compiled by the memory fit, not for the choice.
 
 What a step needs depends on the compiling device: gpt2_small's (16 × 1024 tokens, no remat) needs
-14.9 GiB for an H100 with cuDNN (``--plan h100``) but about 43 GiB on XLA:CPU. So on one device the
+6.8 GiB for an H100 (``--plan h100``, 2026-11-25) but about 43 GiB on XLA:CPU. So on one device the
 trainer takes, through tjx-metrics' `first_fit`, the step as configured or else with full remat
 (on CPU: 5.7 GiB), saying so, or exits 2 naming what shrinks the step. Skipped on several devices
 (the unpartitioned abstract step would overstate a sharded one) and for ``--init-from``.

@@ -29,13 +29,6 @@ def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
     0.999 (adamw's default)`` and a saved number that is the optimizer's own shows nothing."""
     from tjx import optim  # on use: the command line stays free of jax
 
-    if (
-        saved
-        and isinstance(config.get("optimizer"), dict)
-        and "flat_update" not in config["optimizer"]
-    ):
-        # saved before tjx-optim 0.13: the run's optimizer state is per leaf
-        config = {**config, "optimizer": {**config["optimizer"], "flat_update": "off"}}
     full = read_config(migrate(config)).to_dict() if saved else config
     if not isinstance(full.get("optimizer"), dict):
         return full
@@ -47,7 +40,6 @@ def check_resume(run_dir: Path, new: dict[str, Any]) -> dict[str, tuple[Any, Any
     the checkpoints hold (`ConfigError`, also for a missing or unreadable ``config.yaml``);
     return the training-only keys that change, ``key → (saved, new)``."""
     saved_data = ckpt.resumed_config(run_dir)
-    _check_optimizer_layout(run_dir, saved_data, new)
     try:
         saved = _compared(saved_data, saved=True)
     except ConfigError as err:
@@ -64,23 +56,6 @@ def check_resume(run_dir: Path, new: dict[str, Any]) -> dict[str, tuple[Any, Any
             f"{ckpt.RunDir(run_dir).config_file}) or train into a new --run-dir"
         )
     return changes.allowed
-
-
-def _check_optimizer_layout(run_dir: Path, saved: Any, new: dict[str, Any]) -> None:
-    """A run saved before tjx-optim 0.13 (no ``optimizer.flat_update`` in its config.yaml) holds
-    per-leaf optimizer state, which the flat layout an elementwise optimizer now takes by default
-    cannot restore: say so and how to resume, before anything is read."""
-    from tjx import optim  # on use: the command line stays free of jax
-
-    old = saved.get("optimizer") if isinstance(saved, dict) else None
-    opt = new.get("optimizer") or {}
-    if not isinstance(old, dict) or "flat_update" in old:
-        return
-    if opt.get("name") in optim.FLAT_OPTIMIZERS and opt.get("flat_update") != "off":
-        raise ConfigError(
-            f"--resume: {str(run_dir)!r} was saved before optimizer.flat_update existed: its "
-            "optimizer state is per leaf; resume with --set optimizer.flat_update=off"
-        )
 
 
 def describe_changes(diff: dict[str, tuple[Any, Any]]) -> str:

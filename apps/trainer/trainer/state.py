@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,8 @@ class Setup:
     init_step: int | None = None
     #: The jitted held-out step, built by trainer.evaluation at the run's first evaluation.
     eval_step: Any = None
+    #: The params' logical axes (`train_state`'s): the optimizer's decay mask reads them.
+    specs: Any = None
 
 
 def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:
@@ -139,14 +143,25 @@ def build(cfg: Config, init_from: str | None = None) -> Setup:
                 )
         loaded = nnx.state(run_model(cfg, model))  # loaded on the host, placed on the mesh
         nnx.update(model, jax.device_put(loaded, parallel.state_shardings(loaded, mesh, rules)))
-    graphdef, rest, tx, state, _ = train_state(cfg, model, (mesh, rules))
+    graphdef, rest, tx, state, specs = train_state(cfg, model, (mesh, rules))
     # The step counter (and any leaf jit left on one device) replicated: one device set.
     state = parallel.on_mesh(state, mesh)
     num_params = sum(int(x.size) for x in jax.tree.leaves(state["params"]))
     split = parallel.context_parallel(mesh, rules, cfg.mesh)  # None unless mesh.context > 1
     experts = parallel.expert_parallel(mesh, rules) if cfg.model.num_experts else None
     return Setup(
-        mesh, rules, model_cfg, graphdef, rest, tx, state, num_params, split, experts, init_step
+        mesh,
+        rules,
+        model_cfg,
+        graphdef,
+        rest,
+        tx,
+        state,
+        num_params,
+        split,
+        experts,
+        init_step,
+        specs=specs,
     )
 
 
@@ -159,6 +174,44 @@ def whole_params(cfg: Config) -> bool:
     than one (-1, "the rest of the devices", may be). Then the optimizer may run over flat
     buffers (tjx.optim's ``flat_update``) without gathering anything."""
     return all(getattr(cfg.mesh, axis) == 1 for axis in PARAM_AXES)
+
+
+def flat_update(cfg: Config) -> bool:
+    """The run's optimizer runs over flat buffers (tjx.optim's ``flat_update`` on this mesh)."""
+    from tjx import optim
+
+    return optim.uses_flat_update(cfg.optimizer, whole_params=whole_params(cfg))
+
+
+def other_layout(cfg: Config, setup: Setup) -> tuple[dict[str, Any], Any] | None:
+    """For a checkpoint whose optimizer state is laid out the other way (flat buffers or per
+    leaf, tjx.optim's ``flat_update``: it follows the mesh, and a run may move between meshes):
+    a state to restore it onto, and ``convert(restored) -> restored`` in this run's layout.
+    None: the optimizer has one layout only.
+
+    The other layout's state is made on the mesh (zeros) to be restored onto; flat buffers on a
+    mesh that splits the parameters are whole on each device until converted (resume only)."""
+    from tjx import optim, parallel
+
+    oc, params = cfg.optimizer, setup.state["params"]
+    if oc.name not in optim.FLAT_OPTIMIZERS:
+        return None
+    other_cfg = dataclasses.replace(oc, flat_update="off" if flat_update(cfg) else "on")
+    tx = optim.build_optimizer(other_cfg, axes=setup.specs, whole_params=True)
+    trainable = optim.adapter_mask(params) if cfg.use_lora else None
+    if trainable is not None:
+        tx = optim.only_trainable(tx, trainable)
+    mine = setup.state["opt_state"]
+    other = parallel.shard_opt_init(
+        tx.init, params, setup.mesh, setup.rules, param_specs=setup.specs
+    )
+    relayout = functools.partial(optim.relayout_state, oc, axes=setup.specs, trainable=trainable)
+    placed = jax.jit(relayout, out_shardings=jax.tree.map(lambda x: x.sharding, mine))
+
+    def convert(restored: dict[str, Any]) -> dict[str, Any]:
+        return {**restored, "opt_state": placed(restored["opt_state"], restored["params"], mine)}
+
+    return {**setup.state, "opt_state": other}, convert
 
 
 def train_state(cfg: Config, model: Any, place: tuple[Any, Any] | None = None) -> tuple[Any, ...]:

@@ -8,6 +8,7 @@ Bad input was refused before (trainer/startup.py); the exits: diverged (3), a si
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import jax
 from flax import nnx
 
 import trainer.data_setup as data_setup
+import trainer.state as run_state
 from tjx import ckpt, data, metrics, nn, parallel
 from tjx.ckpt import RunDir, final_summary
 from trainer import init_from
@@ -57,6 +59,26 @@ def write_run_files(plan: RunPlan, setup: Any, bundle: Any) -> None:
         folder.write_init(plan.init_from, kind=kind, step=setup.init_step)
 
 
+def _restore(manager: ckpt.CheckpointManager, setup: run_state.Setup, cfg: Config) -> ckpt.Restored:
+    """The newest checkpoint placed as the fresh state; one whose optimizer state is laid out
+    the other way (flat buffers or per leaf: saved on a mesh that split the parameters, or
+    not; tjx.optim's ``flat_update``) is restored in its own layout and converted, in one line."""
+    try:
+        return ckpt.restore_placed(manager, setup.state, prog="trainer")
+    except ckpt.CheckpointMismatchError as err:
+        other = run_state.other_layout(cfg, setup)
+        if other is None:
+            raise
+        target, convert = other
+        try:
+            restored = ckpt.restore_placed(manager, target, prog="trainer")
+        except ckpt.CheckpointMismatchError:
+            raise err from None
+    was, now = ("per leaf", "flat buffers") if run_state.flat_update(cfg) else ("flat", "per leaf")
+    print(f"resume: the checkpoint's optimizer state is {was}; converted to {now} for this mesh")
+    return dataclasses.replace(restored, state=convert(restored.state))
+
+
 def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any, step: Any = None) -> int:
     """Run the steps of a prepared run; the process's exit code. ``step``: the train step
     compiled before (trainer.first_compile), called as is; None: jitted here, compiled at the
@@ -76,7 +98,7 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any, step: Any = None)
     if plan.resume:
         try:
             # A corrupt newest step is skipped in one warning line; the state is placed as `st`.
-            restored = ckpt.restore_placed(manager, st, prog="trainer")
+            restored = _restore(manager, setup, cfg)
             if restored.data_state is not None:
                 data_setup.restore_loader(loader, restored.data_state, setup.mesh)
         except (ckpt.CheckpointError, ValueError) as err:

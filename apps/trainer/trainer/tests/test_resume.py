@@ -91,6 +91,15 @@ def test_state_changing_keys_must_match(override, base_signature):
     assert _state_signature(_config(override)) != base_signature
 
 
+def test_the_optimizer_layout_may_change_though_the_state_it_holds_does(base_signature):
+    """``optimizer.flat_update`` lays the same numbers out otherwise (flat buffers or per leaf;
+    it follows the mesh): a resume may change it, and the trainer converts the restored state
+    (trainer.training's ``_restore``, tjx.optim's ``relayout_state``; test_train_pipeline moves
+    a run between meshes)."""
+    assert resume.is_training_only("optimizer.flat_update")
+    assert _state_signature(_config("optimizer.flat_update=off")) != base_signature
+
+
 @pytest.mark.parametrize(
     "key", ["data.batch_size", "data.seq_len", "data.source", "data.shuffle", "train.seed"]
 )
@@ -205,9 +214,6 @@ def test_a_null_switch_compares_as_the_optimizers_own(tmp_path):
 SAVED_OLD = Path(__file__).parent / "saved_old_layout"
 #: #51's presets store their logits in bf16 (a setting a resume may change, and says it does).
 LOGITS_SINCE_51 = {"llama_small", "gpt2_medium"}
-#: #51: a run saved before it holds per-leaf optimizer state (elementwise optimizers are flat
-#: since); the same command resumes with this, and without it is refused in one line.
-PER_LEAF = ["optimizer.flat_update=off"]
 #: Each a ``config.yaml`` the trainer wrote before its sections were the packages' configs (its
 #: own copies of the sections, every key of every kind; commit 99dd4f4), and the command that
 #: made it.
@@ -228,7 +234,6 @@ def test_a_run_saved_in_the_old_layout_resumes_with_the_same_command(tmp_path, s
     under every kind are migrated: the same command resumes with no change, and a real change is
     still named in today's keys."""
     RunDir(tmp_path).create(yaml.safe_load((SAVED_OLD / saved).read_text()))
-    sets = [*sets, *PER_LEAF]  # #51: their optimizer state is per leaf
     cfg = read_config(apply_overrides(load_config_data(preset), sets))
     assert resume.check_resume(tmp_path, cfg.to_dict()) == {}
     changed = read_config(apply_overrides(load_config_data(preset), [*sets, "train.steps=77"]))
@@ -256,12 +261,8 @@ def test_a_config_yaml_saved_before_the_sections_were_objects_resumes_unchanged(
     the same command resumes with no change; a real change is still named."""
     RunDir(tmp_path).create(yaml.safe_load((SAVED_BEFORE_40 / f"{preset}.yaml").read_text()))
     scan = ["model.scan_layers=true"] if preset in SCANNED_BEFORE_39 else []
-    flat = read_config(apply_overrides(load_config_data(preset), scan)).to_dict()
-    with pytest.raises(ConfigError, match=r"saved before optimizer\.flat_update existed"):
-        resume.check_resume(tmp_path, flat)
-    scan = [*scan, *PER_LEAF]
     if preset in SCANNED_BEFORE_39:
-        bare = read_config(apply_overrides(load_config_data(preset), PER_LEAF)).to_dict()
+        bare = read_config(load_config_data(preset)).to_dict()
         with pytest.raises(ConfigError, match=r"cannot continue with model\.scan_layers True"):
             resume.check_resume(tmp_path, bare)
     same = read_config(apply_overrides(load_config_data(preset), scan)).to_dict()

@@ -13,8 +13,11 @@ from tjx.optim import (
     FlatState,
     OptimizerConfig,
     ScheduleConfig,
+    adapter_mask,
     build_optimizer,
     find_state,
+    only_trainable,
+    relayout_state,
     step_report,
     uses_flat_update,
 )
@@ -185,3 +188,71 @@ def test_layout_refuses_a_tree_of_another_structure() -> None:
         layout.flatten({"w": params["dense_bias"]})
     with pytest.raises(ValueError, match="decay flags"):
         FlatLayout(params, [True])
+
+
+def _steps(tx, state, params, grads):
+    update = jax.jit(tx.update)
+    for g in grads:
+        updates, state = update(g, state, params)
+        params = optax.apply_updates(params, updates)
+    return params, state
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[:3], ids=lambda c: c.name)
+@pytest.mark.parametrize("first_flat", [True, False], ids=["flat_then_leaf", "leaf_then_flat"])
+def test_a_state_moved_between_layouts_continues_the_run_of_either(cfg, first_flat) -> None:
+    """Two steps in one layout, `relayout_state`, two in the other: the four steps of one
+    layout throughout (float32 rounding, as the layouts agree), and the same state structure."""
+    rng = np.random.default_rng()
+    params = _params(rng)
+    grads = [_grads(rng, params, s) for s in (2.0, 0.1, 1.0, 0.3)]
+    flat, leaf = build_optimizer(cfg, whole_params=True), build_optimizer(cfg, whole_params=False)
+    one, two = (flat, leaf) if first_flat else (leaf, flat)
+    p_mid, s_mid = _steps(one, one.init(params), params, grads[:2])
+    target = jax.eval_shape(two.init, params)
+    moved = relayout_state(cfg, s_mid, p_mid, target)
+    assert jax.tree.structure(moved) == jax.tree.structure(target)
+    assert (find_state(moved, FlatState) is not None) == (not first_flat)
+    p_end, s_end = _steps(two, moved, p_mid, grads[2:])
+    p_want, s_want = _steps(two, two.init(params), params, grads)
+    _close(p_end, p_want)
+    _close(
+        optax.tree_utils.tree_get(s_end, "mu", None), optax.tree_utils.tree_get(s_want, "mu", None)
+    )
+
+
+def test_an_adapter_only_state_moves_between_layouts() -> None:
+    """Under `only_trainable` (LoRA) the flat chain sees the adapters only: the moved state is
+    the other chain's, and it continues as that chain's own."""
+    cfg = CONFIGS[0]
+    rng = np.random.default_rng()
+    params = {
+        "base": _params(rng),
+        "lora": {
+            "lora_a": jnp.asarray(rng.normal(size=(6, 2)), jnp.float32),
+            "lora_b": jnp.asarray(rng.normal(size=(2, 5)), jnp.float32),
+        },
+    }
+    mask = adapter_mask(params)
+    flat = only_trainable(build_optimizer(cfg, whole_params=True), mask)
+    leaf = only_trainable(build_optimizer(cfg, whole_params=False), mask)
+    grads = [_grads(rng, params, s) for s in (1.0, 0.5, 0.2)]
+    p_mid, s_mid = _steps(flat, flat.init(params), params, grads[:1])
+    moved = relayout_state(cfg, s_mid, p_mid, jax.eval_shape(leaf.init, params), trainable=mask)
+    back = relayout_state(cfg, moved, p_mid, jax.eval_shape(flat.init, params), trainable=mask)
+    assert jax.tree.structure(back) == jax.tree.structure(s_mid)
+    got, want = find_state(back, FlatState), find_state(s_mid, FlatState)
+    _close(got.inner, want.inner)
+    _close(got.param_norm, want.param_norm)  # the update norm is not kept per leaf
+    p_end, _ = _steps(leaf, moved, p_mid, grads[1:])
+    p_want, _ = _steps(flat, flat.init(params), params, grads)
+    _close(p_end, p_want)
+
+
+def test_a_state_of_another_chain_is_refused_when_made_flat() -> None:
+    rng = np.random.default_rng()
+    params = _params(rng)
+    adam = build_optimizer(CONFIGS[1], whole_params=False)
+    flat_sgd = build_optimizer(CONFIGS[2], whole_params=True)
+    with pytest.raises(ValueError, match="does not match the flat chain"):
+        relayout_state(CONFIGS[2], adam.init(params), params, jax.eval_shape(flat_sgd.init, params))

@@ -19,7 +19,14 @@ from tjx.optim.defaults import (
     with_own_defaults,
     with_schedule_defaults,
 )
-from tjx.optim.flat import FLAT_OPTIMIZERS, FlatLayout, FlatState, flat_groups
+from tjx.optim.flat import (
+    FLAT_OPTIMIZERS,
+    FlatLayout,
+    FlatState,
+    flat_groups,
+    to_flat_state,
+    to_per_leaf_state,
+)
 from tjx.optim.freeze import (
     ADAPTER_NAMES,
     adapter_mask,
@@ -45,6 +52,7 @@ from tjx.optim.optimizers import (
     build_optimizer,
     learning_rate_schedule,
     optimizer_core,
+    relayout_state,
     uses_flat_update,
 )
 from tjx.optim.plot import plot_schedule, schedule_values
@@ -124,6 +132,9 @@ __all__ = [
     "step_report",
     "trainable_gradients",
     "unscale_grads",
+    "relayout_state",
+    "to_flat_state",
+    "to_per_leaf_state",
     "uses_flat_update",
     "users_of",
     "warmup_stable_decay",

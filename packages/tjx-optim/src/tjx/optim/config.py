@@ -293,6 +293,7 @@ class OptimizerConfig:
         choices=FLAT_UPDATES,
         help="run the chain over a few flat buffers, not per leaf (auto: elementwise "
         "optimizers, params whole on each device)",
+        resumable=True,  # the same numbers either way: `relayout_state` moves a state across
     )
     decay_mask_regex: str | None = setting(
         None, help="decay only parameters whose path matches; None: by logical axis"

@@ -28,7 +28,14 @@ import optax
 
 from tjx.optim.config import ELEMENTWISE_OPTIMIZERS
 
-__all__ = ["FLAT_OPTIMIZERS", "FlatState", "FlatLayout", "flat_groups"]
+__all__ = [
+    "FLAT_OPTIMIZERS",
+    "FlatState",
+    "FlatLayout",
+    "flat_groups",
+    "to_flat_state",
+    "to_per_leaf_state",
+]
 
 #: Optimizers whose update of an element reads only that element's gradient, state and value.
 FLAT_OPTIMIZERS = ELEMENTWISE_OPTIMIZERS
@@ -157,3 +164,89 @@ def flat_groups(build: ChainBuilder, decays: Callable[[Any], Any]) -> optax.Grad
         return layout.unflatten(flat_updates), new_state
 
     return optax.GradientTransformation(init, update)  # type: ignore[arg-type]
+
+
+def _is_flat_state(x: Any) -> bool:
+    return isinstance(x, FlatState)
+
+
+def to_per_leaf_state(state: Any, layout: FlatLayout) -> Any:
+    """``state`` with each `FlatState` in it replaced by the state the same chain keeps per leaf.
+
+    A checkpoint of one layout resumes in the other this way (a run moved to a mesh that splits
+    the parameters cannot run flat). Each ``{group: buffer}`` slot (Adam's ``mu``, ``nu``, ...)
+    is cut into the params' shapes; counts and scalars are kept; the reported norms, which the
+    per-leaf chain does not keep, are dropped.
+
+    Parameters
+    ----------
+    state
+        An optimizer state holding `FlatState` nodes (`flat_groups`'s, maybe wrapped, as
+        ``only_trainable`` wraps it).
+    layout
+        The layout of the params the flat chain saw (`FlatLayout` of them and their decays).
+
+    Returns
+    -------
+    Any
+        The state of the chain built with ``flat_update="off"``.
+    """
+    groups = set(layout.groups)
+
+    def is_groups(x: Any) -> bool:
+        return isinstance(x, dict) and set(x) == groups
+
+    def cut(node: Any) -> Any:
+        if not isinstance(node, FlatState):
+            return node
+        return jax.tree.map(
+            lambda x: layout.unflatten(x) if is_groups(x) else x, node.inner, is_leaf=is_groups
+        )
+
+    return jax.tree.map(cut, state, is_leaf=_is_flat_state)
+
+
+def to_flat_state(state: Any, target: Any, layout: FlatLayout, params: Any) -> Any:
+    """The inverse of `to_per_leaf_state`: ``state`` (per leaf) laid out as ``target``.
+
+    Parameters
+    ----------
+    state
+        The per-leaf chain's state.
+    target
+        The flat chain's state (or its ``jax.eval_shape``): where its `FlatState` nodes are.
+    layout
+        The layout of the params the flat chain sees.
+    params
+        Those params: the `FlatState`'s ``param_norm`` is theirs (its ``update_norm`` is zero,
+        as after ``init``).
+
+    Returns
+    -------
+    Any
+        The state of the chain built with flat buffers.
+
+    Raises
+    ------
+    ValueError
+        ``state`` is not the per-leaf state of ``target``'s chain.
+    """
+
+    def is_params(x: Any) -> bool:
+        return not isinstance(x, jax.Array) and layout._same(jax.tree.structure(x))
+
+    def join(node: Any, per_leaf: Any) -> Any:
+        if not isinstance(node, FlatState):
+            return per_leaf
+        inner = jax.tree.map(
+            lambda x: layout.flatten(x) if is_params(x) else x, per_leaf, is_leaf=is_params
+        )
+        if jax.tree.structure(inner) != jax.tree.structure(node.inner):
+            raise ValueError(
+                "to_flat_state: the per-leaf state does not match the flat chain's "
+                f"({jax.tree.structure(inner)} vs {jax.tree.structure(node.inner)})"
+            )
+        zero = jnp.zeros([], jnp.float32)
+        return FlatState(inner, zero, _norm(layout.flatten(params)))
+
+    return jax.tree.map(join, target, state, is_leaf=_is_flat_state)

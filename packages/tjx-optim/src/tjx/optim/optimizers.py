@@ -18,11 +18,19 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import jax
 import optax
 from optax import contrib
 
 from tjx.optim.config import DEFAULT_LEARNING_RATES, OptimizerConfig
-from tjx.optim.flat import FLAT_OPTIMIZERS, flat_groups
+from tjx.optim.flat import (
+    FLAT_OPTIMIZERS,
+    FlatLayout,
+    FlatState,
+    flat_groups,
+    to_flat_state,
+    to_per_leaf_state,
+)
 from tjx.optim.loss_scale import dynamic_loss_scale
 from tjx.optim.masks import decay_mask
 from tjx.optim.muon import muon_dimension_numbers
@@ -38,6 +46,7 @@ __all__ = [
     "build_optimizer",
     "learning_rate_schedule",
     "optimizer_core",
+    "relayout_state",
     "uses_flat_update",
 ]
 
@@ -211,3 +220,52 @@ def _chain(c: OptimizerConfig, mask: Any, axes: Any) -> optax.GradientTransforma
     if c.accumulation_mode == "multi_steps" and c.accumulation_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=c.accumulation_steps).gradient_transformation()
     return tx
+
+
+def relayout_state(
+    config: OptimizerConfig,
+    state: Any,
+    params: Any,
+    target: Any,
+    *,
+    axes: Any = None,
+    trainable: Any = None,
+) -> Any:
+    """The state of `build_optimizer` run one way (flat buffers or per leaf) laid out the other.
+
+    A checkpoint keeps the layout of the run that saved it; one saved flat resumes on a mesh
+    that splits the parameters (which runs per leaf) after this, and the other way round. The
+    values are the same numbers, cut or concatenated (`tjx.optim.flat`).
+
+    Parameters
+    ----------
+    config
+        The run's ``OptimizerConfig`` (its weight-decay mask makes the groups).
+    state
+        The restored state, in one layout.
+    params
+        The params ``state`` belongs to.
+    target
+        A state in the other layout (or its ``jax.eval_shape``): its structure is the result's.
+    axes
+        As `build_optimizer`'s.
+    trainable
+        The bool tree `only_trainable` was given, if the chain is wrapped in it (its chain sees
+        the trainable leaves only).
+
+    Returns
+    -------
+    Any
+        ``state`` with ``target``'s structure.
+    """
+    seen = params
+    if trainable is not None:  # optax.masked hands the wrapped chain these
+        seen = jax.tree.map(lambda p, m: p if m else optax.MaskedNode(), params, trainable)
+    layout = FlatLayout(seen, _decays(config.resolved(), axes)(seen))
+    is_flat = any(
+        isinstance(x, FlatState)
+        for x in jax.tree.leaves(target, is_leaf=lambda x: isinstance(x, FlatState))
+    )
+    if is_flat:
+        return to_flat_state(state, target, layout, seen)
+    return to_per_leaf_state(state, layout)

@@ -5,6 +5,6 @@ tjx_pythonpath() {
   for src in "$root"/packages/*/src "$root"/packages/*/tests "$root"/packages/*/benchmarks; do
     [[ -d "$src" ]] && paths+=("$src")
   done
-  paths+=("$root/apps/trainer" "$root/apps/eval" "$root/apps/experiments" "$root/tools" "$root/tests-integration")
+  paths+=("$root/apps/trainer" "$root/apps/eval" "$root/apps/experiments" "$root/tools" "$root/tests-integration" "$root/tests-support")
   (IFS=:; echo "${paths[*]}")
 }

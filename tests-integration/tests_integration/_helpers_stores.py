@@ -1,6 +1,6 @@
 """Run directories in object storage for the app tests: a local gs:// or s3:// server per test
-module (tjx-ckpt's `teststores`: fake-gcs-server, moto), its settings in this process and in the
-apps' environment, and reading a run's files from the store."""
+module (tests-support's `tjx_teststores`: fake-gcs-server, moto), its settings in this process
+and in the apps' environment, and reading a run's files from the store."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from tjx.ckpt import RunDir, objects, storage, teststores
+import tjx_teststores as teststores
+
+from tjx.ckpt import RunDir, objects, storage
 from tjx.metrics import read_jsonl
 
 

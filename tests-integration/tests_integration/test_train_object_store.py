@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tjx_teststores as teststores
 
 from tests_integration._helpers_apps import (
     SMALL,
@@ -34,7 +35,7 @@ from tests_integration._helpers_stores import (
     serving,
     step_objects,
 )
-from tjx.ckpt import objects, teststores
+from tjx.ckpt import objects
 
 # 12 steps after the kill: room for the poll to see step 8's save start before the run ends.
 STEPS, EVERY, KILL_AT = 20, 4, 8

@@ -11,9 +11,8 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 import pytest
+import tjx_teststores as teststores
 from jax.sharding import Mesh
-
-from tjx.ckpt import teststores
 
 
 @pytest.fixture

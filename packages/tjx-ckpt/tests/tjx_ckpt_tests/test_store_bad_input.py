@@ -13,8 +13,9 @@ from pathlib import Path
 
 import botocore.session
 import pytest
+import tjx_teststores as teststores
 
-from tjx.ckpt import CheckpointManager, RunDir, check_can_create, storage, teststores
+from tjx.ckpt import CheckpointManager, RunDir, check_can_create, storage
 
 
 @pytest.mark.parametrize("url", ["hdfs://nn/run", "http://host/run", "az://c/run"])

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 # The test servers and the endpoint settings a tjx run makes (tjx-ckpt's), for this test only.
-from tjx.ckpt import storage, teststores
+import tjx_teststores as teststores
+
+from tjx.ckpt import storage
 from tjx.data import DataError, load_tokenizer
 from tjx.data.bpe import save_tokenizer, train_bpe
 

@@ -11,7 +11,9 @@ import pytest
 
 # The test servers and the process-wide endpoint settings a tjx run makes (tjx-ckpt's): used
 # by this test only, tjx-metrics itself reads the standard settings through etils/fsspec.
-from tjx.ckpt import storage, teststores
+import tjx_teststores as teststores
+
+from tjx.ckpt import storage
 from tjx.metrics import JsonlLogger, make_logger, read_jsonl
 from tjx.metrics.plots import plot_run
 

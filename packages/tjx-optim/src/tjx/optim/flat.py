@@ -241,10 +241,12 @@ def to_flat_state(state: Any, target: Any, layout: FlatLayout, params: Any) -> A
         inner = jax.tree.map(
             lambda x: layout.flatten(x) if is_params(x) else x, per_leaf, is_leaf=is_params
         )
-        if jax.tree.structure(inner) != jax.tree.structure(node.inner):
+        got: Any = jax.tree.structure(inner)  # (PyTreeDef's == is untyped)
+        want = jax.tree.structure(node.inner)
+        if got != want:
             raise ValueError(
-                "to_flat_state: the per-leaf state does not match the flat chain's "
-                f"({jax.tree.structure(inner)} vs {jax.tree.structure(node.inner)})"
+                f"to_flat_state: the per-leaf state does not match the flat chain's ({got} vs "
+                f"{want})"
             )
         zero = jnp.zeros([], jnp.float32)
         return FlatState(inner, zero, _norm(layout.flatten(params)))

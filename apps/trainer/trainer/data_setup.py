@@ -9,7 +9,7 @@ from typing import Any
 
 import jax
 
-from tjx import data
+from tjx import data, parallel
 from trainer.config import Config
 from trainer.schema import ConfigError
 
@@ -35,7 +35,6 @@ def shares(mesh: Any = None) -> dict[str, int]:
     same rows), else one share per process."""
     if mesh is None:
         return {"process_index": jax.process_index(), "process_count": jax.process_count()}
-    from tjx import parallel
 
     index, count = parallel.batch_share(mesh)
     return {"process_index": index, "process_count": count}

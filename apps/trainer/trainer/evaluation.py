@@ -12,6 +12,9 @@ import jax
 import numpy as np
 from flax import nnx
 
+import trainer.data_setup as data_setup
+from tjx import data, metrics, nn, parallel
+from trainer import dpo
 from trainer.config import Config
 from trainer.step import make_eval_step
 
@@ -25,9 +28,6 @@ def evaluate(
     classifier's ``accuracy`` ...) over the first ``train.eval_batches`` validation batches; a
     mixture's pooled and ``PER_SOURCE`` per source (``loss/web``, logged ``val_loss/web``); DPO's
     (`trainer.dpo.heldout`) against ``reference`` (the frozen params; None: the adapters off)."""
-    import trainer.data_setup as data_setup
-    from tjx import metrics, parallel
-    from trainer import dpo
 
     step, count, mesh = eval_step(setup, cfg), cfg.train.eval_batches, setup.mesh
     place = functools.partial(parallel.place_batch, mesh=mesh)
@@ -67,7 +67,6 @@ def format_samples(texts: list[str], prompts: list[str]) -> str:
 
 def sample(setup: Any, params: Any, bundle: Any, cfg: Config, step: int) -> list[str]:
     """Each configured prompt and its continuation at ``step`` (seeded by run seed and step)."""
-    from tjx import data, nn
 
     s, tokenizer, seed = cfg.sampling, bundle.tokenizer, cfg.train.seed * 1_000_003 + step
     tokens, lengths = data.encode_prompts(tokenizer, list(s.prompts))

@@ -27,8 +27,12 @@ from typing import Any
 
 import jax
 
+from tjx import kernels, nn, parallel
+from trainer import target_plan
 from trainer.config import Config
+from trainer.memory_fit import abstract_step
 from trainer.schema import ConfigError
+from trainer.step import jit_train_step
 
 #: Seconds between the lines a long compile prints.
 TICK_S = 15.0
@@ -84,7 +88,6 @@ def step_key(cfg: Config) -> str:
     """What identifies a config's train step: the whole config, with ``attention_impl: auto``
     replaced by the kernel it traces to here (tjx.kernels' `auto_order`), so that the kernel
     choice's compile of ``cudnn`` and the run's ``auto`` are one program."""
-    from tjx import kernels
 
     data = cfg.to_dict()
     model = cfg.model
@@ -127,7 +130,6 @@ class StepCompiler:
     def compile(self, cfg: Config, label: str = "the train step") -> Any:
         """``cfg``'s compiled train step (a ``jax.stages.Compiled``); raises what lowering or
         XLA raise (a kernel that fails). Compiled once per `step_key`."""
-        from trainer import target_plan
 
         key = step_key(cfg)
         if key in self._compiled:
@@ -137,7 +139,6 @@ class StepCompiler:
         except ConfigError:
             # A pipelined mesh is not built abstractly over devices (target_plan): the unsharded
             # abstract step still proves the kernel and sizes the step; the run compiles its own.
-            from trainer.memory_fit import abstract_step
 
             step, state, batch = abstract_step(cfg)
             compiled = self._compile(label, lambda: step.lower(state, batch))
@@ -156,7 +157,6 @@ class StepCompiler:
         before when its arguments are laid out as ``setup.state`` is (shapes, dtypes and
         shardings), else the run's own step compiled now (with the same lines); either one
         called with the batch's step keys only (`taking_step_keys`)."""
-        from trainer.step import jit_train_step
 
         key = step_key(cfg)
         if key not in self._compiled and _plannable(cfg, setup):
@@ -192,7 +192,6 @@ def _plannable(cfg: Config, setup: Any) -> bool:
 
 def _run_batch(cfg: Config, setup: Any) -> dict[str, jax.ShapeDtypeStruct]:
     """The abstract batch the loader places on ``setup``'s mesh."""
-    from tjx import nn, parallel
 
     shapes = nn.batch_shapes(cfg.model, cfg.data.batch_rows(cfg.data.batch_size), cfg.data.seq_len)
     on = functools.partial(parallel.batch_sharding, setup.mesh)

@@ -20,9 +20,12 @@ from typing import Any
 
 import jax
 
+from tjx import kernels, nn, parallel
 from tjx.metrics import GIB, first_fit, peak_bytes
+from trainer import step as steps  # looked up at the call: a test may replace the step
 from trainer.config import Config
 from trainer.schema import ConfigError
+from trainer.state import abstract_state, check_context
 
 Say = Callable[[str], None]
 
@@ -30,13 +33,12 @@ Say = Callable[[str], None]
 def abstract_step(cfg: Config) -> tuple[Any, Any, Any]:
     """(jitted step, abstract state, abstract batch) of ``cfg``'s train step on one device,
     unsharded; no parameter is created."""
-    from tjx import nn
-    from trainer.state import abstract_state
-    from trainer.step import make_train_step
 
     graphdef, rest, tx, state, _ = abstract_state(cfg)
     shapes = nn.batch_shapes(cfg.model, cfg.data.batch_rows(cfg.data.batch_size), cfg.data.seq_len)
-    step = jax.jit(make_train_step(graphdef, nn.concrete_state(rest), tx, cfg), donate_argnums=(0,))
+    step = jax.jit(
+        steps.make_train_step(graphdef, nn.concrete_state(rest), tx, cfg), donate_argnums=(0,)
+    )
     return step, state, {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shapes.items()}
 
 
@@ -55,7 +57,6 @@ def choose_attention(
     """``cfg`` with the attention kernel that compiles (``build`` compiles a config's step,
     raising on failure), saying the choice (to stdout by default); after a fallback the config
     carries the kernel that compiled. A `ConfigError` for a named kernel that fails."""
-    from tjx import kernels
 
     def build_kernel(kernel: str) -> object:
         # The abstract step is a decoder's: other tasks' kernels are traced (and proven) late.
@@ -76,8 +77,6 @@ def choose_kernel(
 ) -> tuple[str, bool]:
     """tjx.nn's `choose_attention_kernel` of ``cfg`` over ``devices`` devices (``build(kernel)``:
     the run's compile, or ``--plan``'s for its target), a context split's rules checked first."""
-    from tjx import nn, parallel
-    from trainer.state import check_context
 
     try:
         ways = cfg.mesh.resolve(devices)[parallel.MESH_AXES.index(parallel.CONTEXT_AXIS)]

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
-from tjx import ckpt
+from tjx import ckpt, parallel
 from tjx.parallel.arguments import DistributedArgs, not_joined_line
 from trainer.plan import error_exit, error_line
 
@@ -40,7 +40,6 @@ def join(
     (the effective config), ``resume`` and ``init_from`` (the trainer's flags named in every
     message). Returns its `DistributedInfo`; raises `JoinError` (code 2: an incomplete setup or
     processes that disagree; 1: joining failed)."""
-    from tjx import parallel
 
     def not_joined(info: Any) -> str:  # tjx.parallel's line, as the trainer's one error line
         return error_line(not_joined_line(info, dist.timeout_s))
@@ -81,7 +80,6 @@ def watch(run_dir: Path) -> Any:
     """The run's peer watch (`tjx.parallel.watch_peers`), a context manager: a dead peer costs one
     line naming it and the newest checkpoint, then exit 1 at once; leaving the block normally
     marks this process done (peers still writing their last files do not report it)."""
-    from tjx import parallel
 
     # A save that a dead peer cuts short would add orbax's traceback to the watch's one line.
     ckpt.silence_lost_peer_commits()
@@ -89,8 +87,6 @@ def watch(run_dir: Path) -> Any:
 
 
 def _peer_lost(run_dir: Path, message: str) -> None:
-    from tjx import parallel
-
     again = "start every process again"
     then = ckpt.last_checkpoint_words(run_dir, f"{again} with --resume", f"; {again}")
     error_exit(f"{message}; {then}", code=1)

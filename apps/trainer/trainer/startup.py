@@ -8,12 +8,19 @@ import dataclasses
 import sys
 import time
 
+import trainer.data_setup as data_setup
+import trainer.first_compile as first_compile
+import trainer.memory_fit as memory_fit
+import trainer.multihost as multihost
+import trainer.state as state
 import trainer.training as training
+from tjx import kernels, metrics, parallel
 from tjx.ckpt import RunDir
 from trainer import init_from
 from trainer.config import Config, resolve
 from trainer.plan import RunPlan, error_exit
 from trainer.schema import ConfigError
+from trainer.xla_flags import apply_gpu_autotune
 
 # A dead peer is caught by the peer watch (multihost.watch) within seconds; a slow first-time
 # tokenization of a large corpus is not an error.
@@ -21,19 +28,14 @@ DATA_READY_TIMEOUT_S = 6 * 3600.0
 
 
 def _device_note(cfg: Config) -> None:
-    from tjx.kernels import enable_compilation_cache
-    from tjx.metrics import device_notes
-
     setting = cfg.train.compilation_cache
     # GPU only: a rerun skips compiling and autotuning. "auto" leaves the folder to tjx.kernels.
-    cache = enable_compilation_cache(None if setting == "auto" else setting)
-    print("\n".join(device_notes(cache, "train.compilation_cache")), flush=True)
+    cache = kernels.enable_compilation_cache(None if setting == "auto" else setting)
+    print("\n".join(metrics.device_notes(cache, "train.compilation_cache")), flush=True)
 
 
 def run(plan: RunPlan) -> int:
     """Train as planned; exit code 0 on success or after a signal-triggered save, 2 on bad input."""
-    import trainer.multihost as multihost
-    from trainer.xla_flags import apply_gpu_autotune
 
     # Before anything starts JAX's backend (it reads XLA_FLAGS once).
     added = apply_gpu_autotune(plan.config.train.gpu_autotune)
@@ -58,12 +60,6 @@ def run(plan: RunPlan) -> int:
 
 
 def _prepare_and_train(plan: RunPlan) -> int:
-    import trainer.data_setup as data_setup
-    import trainer.first_compile as first_compile
-    import trainer.memory_fit as memory_fit
-    import trainer.state as state
-    from tjx import parallel
-
     cfg, primary = plan.config, parallel.is_primary()
     _device_note(cfg)
     # Everything that can fail on bad input happens before the run directory exists.

@@ -13,6 +13,7 @@ import optax
 from flax import nnx
 
 import trainer.dpo as dpo
+from tjx import nn, optim, parallel
 from tjx.ckpt import RunDir
 from trainer import init_from as init_runs
 from trainer.config import Config
@@ -46,7 +47,6 @@ class Setup:
 def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:
     """mesh.pipeline > 1: a model tjx.nn can cut into stages, and sizes that split (tjx.parallel's
     rules; ``batch_ways`` = data×fsdp once known)."""
-    from tjx import nn, parallel
 
     mc = cfg.mesh
     with keyed("mesh.pipeline"):
@@ -64,7 +64,6 @@ def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:
 def make_mesh(cfg: Config, devices: list[Any] | None = None) -> tuple[Any, Any]:
     """The mesh over ``devices`` (default: this machine's; a plan's abstract ones) and the
     logical-axis rules; mesh/batch mismatches are config errors."""
-    from tjx import parallel
 
     mc = cfg.mesh
     if mc.pipeline > 1:  # the sizes first: their message is clearer than the mesh's
@@ -93,7 +92,6 @@ def make_mesh(cfg: Config, devices: list[Any] | None = None) -> tuple[Any, Any]:
 def check_context(cfg: Config, ways: int, model: Any = None) -> None:
     """tjx.nn's rules of sequences split over ``ways`` devices for ``model`` (default ``cfg.model``;
     else refused only while tracing) and tjx.parallel's for the sizes, each a `ConfigError`."""
-    from tjx import nn, parallel
 
     with keyed(None):  # the messages name the keys
         nn.check_sequence_split(cfg.model if model is None else model, ways)
@@ -104,7 +102,6 @@ def run_model(cfg: Config, model: Any = None) -> Any:
     """The run's model: ``model`` (default: a new one of ``cfg.model`` from ``train.seed``) with
     tjx.nn's LoRA adapters of ``cfg.lora`` when ``lora.enabled`` (in place; step 0 computes
     exactly what the base computes); a target the model lacks is a config error."""
-    from tjx import nn
 
     model = nn.build_model(cfg.model, rngs=nnx.Rngs(cfg.train.seed)) if model is None else model
     if cfg.use_lora:
@@ -117,7 +114,6 @@ def run_model(cfg: Config, model: Any = None) -> Any:
 def build(cfg: Config, init_from: str | None = None) -> Setup:
     """Mesh, model (born sharded), optimizer and the initial state ``{params, opt_state, step}``
     of a config whose vocabulary is known (`trainer.config.resolve`)."""
-    from tjx import nn, parallel
 
     model_cfg, vocab_size = cfg.model, cfg.tokenizer_vocab
     if vocab_size is None:
@@ -178,7 +174,6 @@ def whole_params(cfg: Config) -> bool:
 
 def flat_update(cfg: Config) -> bool:
     """The run's optimizer runs over flat buffers (tjx.optim's ``flat_update`` on this mesh)."""
-    from tjx import optim
 
     return optim.uses_flat_update(cfg.optimizer, whole_params=whole_params(cfg))
 
@@ -191,7 +186,6 @@ def other_layout(cfg: Config, setup: Setup) -> tuple[dict[str, Any], Any] | None
 
     The other layout's state is made on the mesh (zeros) to be restored onto; flat buffers on a
     mesh that splits the parameters are whole on each device until converted (resume only)."""
-    from tjx import optim, parallel
 
     oc, params = cfg.optimizer, setup.state["params"]
     if oc.name not in optim.FLAT_OPTIMIZERS:
@@ -218,7 +212,6 @@ def train_state(cfg: Config, model: Any, place: tuple[Any, Any] | None = None) -
     """(graphdef, rest, optimizer, state ``{params, opt_state, step}``, the params' logical axes)
     of ``model``: the run's, sharded on ``place`` (mesh, rules), or abstract (``place`` None, of
     `abstract_state`'s ``nnx.eval_shape``: every leaf a ``jax.ShapeDtypeStruct``)."""
-    from tjx import optim, parallel
 
     graphdef, params_state, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
     params = nnx.to_pure_dict(params_state)

@@ -13,9 +13,11 @@ import jax
 import optax
 from flax import nnx
 
-from tjx import nn
+from tjx import metrics, nn, optim, parallel
+from tjx.optim import loss_scale_value, scale_loss, step_report
 from trainer import dpo
 from trainer.config import Config
+from trainer.state import make_mesh
 
 Batch = dict[str, jax.Array]
 State = dict[str, Any]
@@ -31,8 +33,6 @@ def make_loss_fn(
     run on the mesh (None: as XLA shards them)."""
     mc = cfg.mesh
     if mc.pipeline > 1:  # the layer stack as a pipeline over the `pipeline` mesh axis
-        from tjx import parallel
-        from trainer.state import make_mesh
 
         mesh, _ = make_mesh(cfg)  # the same devices and sizes as build(): the same mesh
         pipeline = functools.partial(
@@ -80,8 +80,6 @@ def make_train_step(
     """``train_step(state, batch) -> (state, metrics)``: accumulation, update, step report; an MoE
     model adds ``metrics["moe"]`` (summed router statistics) and moves a sigmoid router's bias by
     them (DeepSeek-V3's auxiliary-loss-free balancing)."""
-    from tjx import optim
-    from tjx.optim import loss_scale_value, scale_loss, step_report
 
     loss_fn = make_loss_fn(graphdef, rest, cfg, split, experts)
     balance_bias = cfg.model.num_experts > 0 and cfg.model.router == "sigmoid"
@@ -147,7 +145,6 @@ def make_eval_step(
     ``objective_logits_fn``, as the evaluator builds it (a masked LM with the fixed
     ``eval_mask_key`` of the run's seed); ``split`` as for `make_loss_fn`. Preference data:
     tjx.nn's `preference_sums_fn` (``eval_step(params, batch, reference)``)."""
-    from tjx import metrics
 
     if dpo.is_dpo(cfg):
         return nn.preference_sums_fn(graphdef, rest, cfg.preference, **dpo.head_settings(cfg))

@@ -20,12 +20,17 @@ from typing import Any
 
 import jax
 
-from tjx import metrics
+from tjx import data, kernels, metrics, nn, parallel
 from tjx.metrics import Compiled, Target, quiet_native_stderr
-from trainer.config import Config
+from trainer import dpo
+from trainer import step as steps  # looked up at the call: a test may replace the step
+from trainer.config import Config, resolve
 from trainer.memory_fit import Say, choose_kernel, lighter
 from trainer.plan import error_exit
 from trainer.schema import ConfigError, keyed
+from trainer.settings import load_config
+from trainer.state import abstract_state, make_mesh
+from trainer.training import units_per_step
 
 #: The jitted steps of a run and their abstract, sharded arguments.
 AbstractRun = namedtuple("AbstractRun", "train_step state batch eval_step eval_batch")
@@ -34,9 +39,6 @@ AbstractRun = namedtuple("AbstractRun", "train_step state batch eval_step eval_b
 def build(run: Config, devices: list[Any]) -> AbstractRun:
     """The run's steps over ``devices`` (abstract or real), with the run's mesh and rules; a
     `ConfigError` for a mesh or batch that does not split over them, or a pipelined mesh."""
-    from tjx import nn, parallel
-    from trainer.state import abstract_state, make_mesh
-    from trainer.step import make_eval_step, make_train_step
 
     if run.mesh.pipeline > 1:
         raise ConfigError("mesh.pipeline: a pipelined run is not planned without its devices yet")
@@ -49,9 +51,9 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
     )
     concrete_rest = nn.concrete_state(rest)
-    step = make_train_step(graphdef, concrete_rest, tx, run, split, experts)
+    step = steps.make_train_step(graphdef, concrete_rest, tx, run, split, experts)
     train = jax.jit(step, donate_argnums=(0,), out_shardings=(shardings, None))
-    evaluate = jax.jit(make_eval_step(graphdef, concrete_rest, run, split))
+    evaluate = jax.jit(steps.make_eval_step(graphdef, concrete_rest, run, split))
 
     def batch(size: int) -> dict[str, jax.ShapeDtypeStruct]:  # split over the batch axes
         shapes = nn.batch_shapes(run.model, run.data.batch_rows(size), run.data.seq_len)
@@ -66,8 +68,6 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
 def compile_train(run: Config, target: Target, label: str, *, train: bool = True) -> Compiled:
     """``run``'s train (or eval) step compiled for ``target``'s devices: a failure is kept, not
     raised (a `ConfigError` about the mesh or batch is raised)."""
-    from tjx import kernels
-    from trainer import dpo
 
     started = time.perf_counter()
     with kernels.target(*target.kernel_target), quiet_native_stderr():
@@ -85,8 +85,6 @@ def compile_train(run: Config, target: Target, label: str, *, train: bool = True
 def plan_vocab(run: Config) -> Config:
     """The run with its tokenizer's vocabulary, read without preparing any data (a BPE that is
     not trained yet is planned at ``data.tokenizer_vocab`` ids)."""
-    from tjx import data
-    from trainer.config import resolve
 
     vocab = int(run.vocab_size or 0)
     if not vocab and run.task != "classify":
@@ -98,8 +96,6 @@ def plan_vocab(run: Config) -> Config:
 def plan_from_args(args: argparse.Namespace) -> int:
     """``--plan``: the config (``--config``, ``--set``, ``--data``) resolved as a run resolves it,
     then planned on ``args.plan`` and printed; the exit code (0, or 2 with one error line)."""
-    from tjx import parallel
-    from trainer.settings import load_config
 
     try:
         if args.resume or args.init_from:
@@ -131,8 +127,6 @@ def plan_here(
 
 def plan(run: Config, target: Target, text: str, say: Say) -> metrics.PlanResult:
     """``run`` compiled, fitted and estimated on ``target`` (tjx-metrics' `plan_report`)."""
-    from tjx import kernels, nn
-    from trainer.training import units_per_step
 
     def choose(build: Callable[[str], None], tell: Say) -> str:
         with kernels.target(*target.kernel_target):  # auto's kernels are the target's

@@ -18,12 +18,14 @@ import jax
 from flax import nnx
 
 import trainer.data_setup as data_setup
+import trainer.evaluation as evaluation
 import trainer.state as run_state
 from tjx import ckpt, data, metrics, nn, parallel
 from tjx.ckpt import RunDir, final_summary
 from trainer import init_from
 from trainer.config import Config
 from trainer.plan import RunPlan, error_exit, stop_on_signals
+from trainer.step import jit_train_step
 
 #: The loss plot: training and validation loss on one axis (tjx.metrics.plot_run), run-titled.
 CURVES = (("loss", "val_loss"),)
@@ -83,7 +85,6 @@ def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any, step: Any = None)
     """Run the steps of a prepared run; the process's exit code. ``step``: the train step
     compiled before (trainer.first_compile), called as is; None: jitted here, compiled at the
     first step."""
-    import trainer.evaluation as evaluation  # not at the top: trainer.step loads with the run
 
     cfg, run_dir = plan.config, plan.run_dir
     primary = parallel.is_primary()
@@ -213,8 +214,6 @@ class Training:
         return self._finish(step_done, stopped_by or stop.signal_name)  # a last step's signal too
 
     def _compile(self) -> Any:
-        from trainer.step import jit_train_step
-
         setup = self.setup
         if self.compiled_step is not None:
             step_fn, self.compiled = self.compiled_step, True
@@ -248,7 +247,6 @@ class Training:
 
     def _at_boundary(self, step_done: int, out: Any, bar: Any) -> None:
         """Log, evaluate and sample when their intervals (or the last step) say so."""
-        import trainer.evaluation as evaluation
 
         cfg, total = self.cfg, self.cfg.train.steps
         if step_done % cfg.train.log_every == 0 or step_done == total:

@@ -58,6 +58,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from inspect import CO_NEWLOCALS
+from itertools import islice
 from pathlib import Path
 from types import CodeType, FrameType, SimpleNamespace
 from typing import Any
@@ -162,13 +163,13 @@ class Carrier:
     def _is_value(self, obj: object) -> bool:
         if isinstance(obj, str):
             return obj in (self.word, self.text)
-        return type(obj) is type(self.value) and obj == self.value
+        return not isinstance(obj, bool) and isinstance(obj, type(self.value)) and obj == self.value
 
     def _children(self, obj: object) -> list[object]:
         if isinstance(obj, Mapping):
-            return [value for _, value in zip(range(WIDTH), obj.values())]
-        if isinstance(obj, (list, tuple, set, frozenset)):
-            return [item for _, item in zip(range(WIDTH), obj)]
+            return list(islice(obj.values(), WIDTH))
+        if isinstance(obj, list | tuple | set | frozenset):
+            return list(islice(obj, WIDTH))
         cls = type(obj)
         if not (
             isinstance(obj, OPEN_CLASSES)
@@ -180,7 +181,7 @@ class Carrier:
         for name in getattr(cls, "__slots__", ()):
             if hasattr(obj, name):
                 attrs[name] = getattr(obj, name)
-        return [value for _, value in zip(range(WIDTH), attrs.values())]
+        return list(islice(attrs.values(), WIDTH))
 
     def find(self, objects: list[object]) -> bool:
         """Whether the value is among ``objects`` or within `DEPTH` steps of one of them."""
@@ -275,6 +276,9 @@ def walk_settings(argv: list[str], keys: list[str]) -> tuple[Path, list[SettingW
             caller = caller.f_back
         return False
 
+    def carries(walk_: SettingWalk, frame: FrameType, objects: list[object]) -> bool:
+        return walk_.carrier.find(objects) and not importing(frame)
+
     def reach_target(walk_: SettingWalk, frame: FrameType, order: int) -> None:
         # The functions still running are the way to the target: they count if they hold a
         # carrier now (rule 4), at the order of their own call.
@@ -282,9 +286,9 @@ def walk_settings(argv: list[str], keys: list[str]) -> tuple[Path, list[SettingW
         caller = frame.f_back
         while caller is not None:
             code = caller.f_code
-            if scoped(code) and id(caller) in order_of and code not in walk_.found:
-                if walk_.carrier.find(list(caller.f_locals.values())):
-                    walk_.add(code, order_of[id(caller)], "running")
+            running = scoped(code) and id(caller) in order_of and code not in walk_.found
+            if running and walk_.carrier.find(list(caller.f_locals.values())):
+                walk_.add(code, order_of[id(caller)], "running")
             caller = caller.f_back
         walk_.done = True
 
@@ -299,10 +303,9 @@ def walk_settings(argv: list[str], keys: list[str]) -> tuple[Path, list[SettingW
             if order is None:
                 return
             for walk_ in walks:
-                if not walk_.done and code not in walk_.found:
-                    if walk_.carrier.find([*frame.f_locals.values(), arg]):
-                        if not importing(frame):
-                            walk_.add(code, order, "returns")
+                open_ = not walk_.done and code not in walk_.found
+                if open_ and carries(walk_, frame, [*frame.f_locals.values(), arg]):
+                    walk_.add(code, order, "returns")
             return
         calls[0] += 1
         order_of[id(frame)] = calls[0]
@@ -314,9 +317,8 @@ def walk_settings(argv: list[str], keys: list[str]) -> tuple[Path, list[SettingW
                 continue
             if where == walk_.target:
                 reach_target(walk_, frame, calls[0])
-            elif code not in walk_.found and walk_.carrier.find(list(frame.f_locals.values())):
-                if not importing(frame):
-                    walk_.add(code, calls[0], "called")
+            elif code not in walk_.found and carries(walk_, frame, list(frame.f_locals.values())):
+                walk_.add(code, calls[0], "called")
         if all(walk_.done for walk_ in walks):
             raise WalksDoneError
 

@@ -43,6 +43,9 @@ the setting's *value* and nothing else:
    file are one *call* (the reader goes into that file once), a *return* is a call into a file
    already visited, so ``calls = files + returns``.
 
+The run stops at the first call of ``Training.loop`` at the latest; a target not called by then is
+an error (a moved or renamed target: update `TARGETS`).
+
 It prints the files in walk order (a return marked) and ``walk KEY: N files, C calls, R returns``;
 ``--functions`` also prints each function of a walk (``file:qualname`` and what made it carry) on
 stderr. Several ``--setting`` flags walk in one run (the same run as each alone, by 1.).
@@ -89,6 +92,9 @@ TARGETS: dict[str, tuple[str, str]] = {
         "select_implementation",
     ),
 }
+#: The training loop: every walk ends there at the latest (its steps are not walked), so that a
+#: target the run no longer calls is an error at once, not after 4321 steps.
+LAST = TARGETS["train.steps"]
 #: The value each walked setting is given on the command line (rule 1 of the module docstring):
 #: one that nothing else in the run holds, so that finding it is finding the setting. The run
 #: stops at ``Training.loop``, before its first step, so 4321 steps cost nothing.
@@ -319,7 +325,7 @@ def walk_settings(argv: list[str], keys: list[str]) -> tuple[Path, list[SettingW
                 reach_target(walk_, frame, calls[0])
             elif code not in walk_.found and carries(walk_, frame, list(frame.f_locals.values())):
                 walk_.add(code, calls[0], "called")
-        if all(walk_.done for walk_ in walks):
+        if where == LAST or all(walk_.done for walk_ in walks):
             raise WalksDoneError
 
     from trainer.cli import main
@@ -334,7 +340,9 @@ def walk_settings(argv: list[str], keys: list[str]) -> tuple[Path, list[SettingW
     for walk_ in walks:
         if not walk_.done:
             path, name = walk_.target
-            raise RuntimeError(f"walk {walk_.key}: the run ended without calling {path}:{name}")
+            raise RuntimeError(
+                f"walk {walk_.key}: the run reached the training loop without calling {path}:{name}"
+            )
     return root, walks
 
 
@@ -411,7 +419,11 @@ def main(args: list[str] | None = None) -> int:
             return 0
         keys = list(dict.fromkeys(opts.setting))
         one_device()
-        root, walks = walk_settings(run_argv(tmp, walk_sets()), keys)
+        try:
+            root, walks = walk_settings(run_argv(tmp, walk_sets()), keys)
+        except RuntimeError as err:  # a target the run does not reach: one line, not a traceback
+            print(f"trainer_walk: {err}", file=sys.stderr)
+            return 1
     for walk_ in walks:
         print(report(root, walk_, opts.functions))
     return 0

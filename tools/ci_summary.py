@@ -2,7 +2,8 @@
 
 Pants prints no pytest closing line, so CI prints ``N passed, N failed`` itself, last, and exits
 non-zero when a test failed or none ran, or when a package's line coverage is below 90 % (or the
-coverage report is missing).
+coverage report is missing). Before it: the slowest test files, and the setting walks of
+tools/trainer_walk.py that tools/tjx_tools/test_trainer_walk.py recorded in its JUnit report.
 
 Usage: python3 tools/ci_summary.py REPORTS_DIR [COVERAGE_XML]
 """
@@ -17,6 +18,8 @@ from xml.etree import ElementTree
 
 COVERAGE_FLOOR = 90.0
 PACKAGE_OF_PATH = re.compile(r"(?:^|/)tjx/(\w+)/")
+#: The JUnit property under which tools/tjx_tools/test_trainer_walk.py records each walk's line.
+WALK_PROPERTY = "trainer walk"
 
 
 def count_tests(reports_dir: Path) -> tuple[int, int, int]:
@@ -42,6 +45,17 @@ def slowest_files(reports_dir: Path, count: int = 8) -> list[tuple[str, float]]:
             name = case.get("classname") or "?"  # pytest writes the test's module (and class) here
             seconds[name] += float(case.get("time", "0") or 0)
     return sorted(seconds.items(), key=lambda item: -item[1])[:count]
+
+
+def walks(reports_dir: Path) -> list[str]:
+    """The setting walks' summary lines (tools/trainer_walk.py) that a test recorded as JUnit
+    properties named `WALK_PROPERTY` (pytest's ``record_testsuite_property``), sorted."""
+    lines: set[str] = set()
+    for report in sorted(reports_dir.rglob("*.xml")):
+        for prop in ElementTree.parse(report).getroot().iter("property"):
+            if prop.get("name") == WALK_PROPERTY:
+                lines.add(prop.get("value", ""))
+    return sorted(lines)
 
 
 def coverage_by_package(coverage_xml: Path) -> dict[str, tuple[int, int]]:
@@ -83,6 +97,10 @@ def main(argv: list[str]) -> int:
         print("slowest test files (s):")
         for name, seconds in slowest_files(reports_dir):
             print(f"  {seconds:7.1f}  {name}")
+        # How far a setting is from where it acts (issue 53's goal: <= 10 files), watched per run.
+        print("setting walks (tools/trainer_walk.py: command line -> where the setting acts):")
+        for line in walks(reports_dir) or ["none recorded (tools/tjx_tools/test_trainer_walk.py)"]:
+            print(f"  {line}")
     if passed + failed == 0:
         print("no test ran: the JUnit reports are missing or empty", file=sys.stderr)
         status = 1

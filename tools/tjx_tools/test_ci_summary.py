@@ -99,3 +99,18 @@ def test_missing_coverage_report_fails(tmp_path: Path) -> None:
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "r.xml").write_text('<testsuite><testcase name="a"/></testsuite>')
     assert ci_summary.main([str(tmp_path / "reports"), str(tmp_path / "nope.xml")]) == 1
+
+
+def test_walks_are_the_recorded_walk_properties_once_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = "walk train.steps: 3 files, 5 calls, 2 returns"
+    walk = f'<properties><property name="{ci_summary.WALK_PROPERTY}" value="{line}"/></properties>'
+    other = '<properties><property name="ARCH" value="x86"/></properties>'
+    for name in ("a.xml", "b.xml"):  # two batches of one run: the line once
+        (tmp_path / name).write_text(
+            f'<testsuites><testsuite>{walk}{other}<testcase name="a"/></testsuite></testsuites>'
+        )
+    assert ci_summary.walks(tmp_path) == [line]
+    assert ci_summary.main([str(tmp_path)]) == 0
+    assert f"  {line}" in capsys.readouterr().out.splitlines()

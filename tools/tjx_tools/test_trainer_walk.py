@@ -1,0 +1,105 @@
+"""Tests of tools/trainer_walk.py's setting walks: the rule's parts on objects each test builds, and
+one real walk of both settings (a tiny CPU run in a fresh process), whose summary lines CI's report
+prints (tools/ci_summary.py reads them from this file's JUnit properties)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trainer_walk
+from ci_summary import WALK_PROPERTY
+
+TOOL = Path(trainer_walk.__file__).resolve()
+SUMMARY = re.compile(r"^walk (\S+): (\d+) files, (\d+) calls, (\d+) returns$")
+
+
+@dataclass
+class Section:
+    steps: int
+
+
+@dataclass
+class Config:
+    train: Section
+
+
+class Holder:  # a class of no checkout module: its attributes are not searched
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+
+def carrier() -> trainer_walk.Carrier:
+    return trainer_walk.Carrier("train.steps", "4321", own=("trainer", "tjx"))
+
+
+def test_a_carrier_is_the_value_or_holds_it_within_depth() -> None:
+    find = carrier().find
+    cfg = Config(Section(4321))
+    assert find([4321]) and find(["4321"]) and find(["train.steps=4321"])
+    assert find([cfg]) and find([argparse.Namespace(overrides=["train.steps=4321"])])
+    assert find([{"train": {"steps": 4321}}])
+    # Depth 3 (DEPTH): a namespace holding the config; 4 is beyond it.
+    assert trainer_walk.DEPTH == 3
+    assert find([argparse.Namespace(cfg=cfg)])
+    assert not find([argparse.Namespace(inner=argparse.Namespace(cfg=cfg))])
+
+
+def test_other_values_and_foreign_objects_carry_nothing() -> None:
+    find = carrier().find
+    assert not find([4320, "432", "train.steps=1", True, 4321.0, {"steps": [1, 2]}])
+    assert not find([Holder(Config(Section(4321)))])  # not entered: not the checkout's class
+    assert not find([Config])  # a class is not searched
+
+
+def test_a_walk_of_files_counts_a_call_per_entry_and_a_return_per_revisit() -> None:
+    functions = [("a.py", "f", ""), ("a.py", "g", ""), ("b.py", "h", ""), ("a.py", "i", "")]
+    files = trainer_walk.files_of(functions)
+    assert files == ["a.py", "b.py", "a.py"]
+    assert trainer_walk.summary("k", files) == "walk k: 2 files, 3 calls, 1 returns"
+
+
+def test_an_unknown_setting_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert trainer_walk.main(["--setting", "train.stepz"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.stepz" in err[0] and "train.steps" in err[0]
+
+
+def test_each_setting_walks_from_the_command_line_to_where_it_acts(
+    record_testsuite_property: Callable[[str, object], None],
+) -> None:
+    # A fresh process: a warm one's caches (functools, jit) would skip calls of the walk.
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p or os.curdir) for p in sys.path)
+    env["JAX_PLATFORMS"] = "cpu"
+    keys = list(trainer_walk.TARGETS)
+    args = [sys.executable, str(TOOL), "--functions"]
+    for key in keys:
+        args += ["--setting", key]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    functions = [line for line in done.stderr.splitlines() if re.match(r"^\S+: \S+:\S+ \(", line)]
+    for key in keys:
+        path, name = trainer_walk.TARGETS[key]
+        found = [SUMMARY.match(line) for line in lines]
+        summary = next(m for m in found if m is not None and m.group(1) == key)
+        files, calls, returns = (int(summary.group(i)) for i in (2, 3, 4))
+        # The listed files of this walk: between its header line and its summary line.
+        start = lines.index(f"{key}: the command line -> {path}:{name}")
+        listed = [line.split()[1] for line in lines[start + 1 : lines.index(summary.group(0))]]
+        ours = [line.split()[1] for line in functions if line.startswith(f"{key}: ")]
+        assert files > 1 and calls >= files and returns == calls - files
+        assert len(listed) == calls and len(set(listed)) == files
+        # From the command line's entry point to the target, and nothing outside the scope.
+        assert ours[0] == "apps/trainer/trainer/cli.py:main"
+        assert ours[-1] == f"{path}:{name}" and listed[-1] == path
+        assert all(f.startswith(("apps/trainer/trainer/", "packages/")) for f in listed)
+        record_testsuite_property(WALK_PROPERTY, summary.group(0))

@@ -16,13 +16,14 @@ import trainer.data_setup as data_setup
 from tjx import data, metrics, nn, parallel
 from trainer import dpo
 from trainer.config import Config
+from trainer.state import Setup
 from trainer.step import make_eval_step
 
 _EMPTY = "validation data is empty: no batch of the configured size fits"
 
 
 def evaluate(
-    setup: Any, params: Any, bundle: Any, cfg: Config, reference: Any = None
+    setup: Setup, params: Any, bundle: Any, cfg: Config, reference: Any = None
 ) -> dict[str, float]:
     """tjx-metrics' held-out metrics (``loss``, ``perplexity``, ``bits_per_byte``, ``top{k}``, a
     classifier's ``accuracy`` ...) over the first ``train.eval_batches`` validation batches; a
@@ -31,7 +32,10 @@ def evaluate(
 
     step, count, mesh = eval_step(setup, cfg), cfg.train.eval_batches, setup.mesh
     place = functools.partial(parallel.place_batch, mesh=mesh)
-    classes = setup.nn_config.num_classes if cfg.task == "classify" else None
+    model = setup.nn_config
+    classes = None
+    if cfg.task == "classify" and isinstance(model, nn.ViTConfig):  # (only ViT classifies)
+        classes = model.num_classes
     how: dict[str, Any] = {"place": place, "empty": _EMPTY, "num_classes": classes}
     how["scores_every_token"] = cfg.objective.scores_every_token
     if getattr(bundle, "mixture", None) is not None:  # text only: a chat mixture is refused
@@ -43,7 +47,7 @@ def evaluate(
     return metrics.evaluate_heldout(step, params, held, bytes_per_token=bpt, **how)
 
 
-def eval_step(setup: Any, cfg: Config) -> Any:
+def eval_step(setup: Setup, cfg: Config) -> Any:
     """The jitted held-out step of ``setup``, built at its first evaluation and kept on it, so it
     dies with its run. (A module cache keyed by ``id(setup)`` once gave a study's next run, made at
     a freed setup's address, the old run's step.)"""
@@ -52,7 +56,7 @@ def eval_step(setup: Any, cfg: Config) -> Any:
     return setup.eval_step
 
 
-def evaluate_state(setup: Any, state: Any, bundle: Any, cfg: Config) -> dict[str, float]:
+def evaluate_state(setup: Setup, state: Any, bundle: Any, cfg: Config) -> dict[str, float]:
     """`evaluate` of a train state's params (against its DPO reference, if it holds one)."""
     return evaluate(setup, state["params"], bundle, cfg, state.get("reference"))
 
@@ -65,7 +69,7 @@ def format_samples(texts: list[str], prompts: list[str]) -> str:
     )
 
 
-def sample(setup: Any, params: Any, bundle: Any, cfg: Config, step: int) -> list[str]:
+def sample(setup: Setup, params: Any, bundle: Any, cfg: Config, step: int) -> list[str]:
     """Each configured prompt and its continuation at ``step`` (seeded by run seed and step)."""
 
     s, tokenizer, seed = cfg.sampling, bundle.tokenizer, cfg.train.seed * 1_000_003 + step

@@ -32,6 +32,7 @@ from trainer import target_plan
 from trainer.config import Config
 from trainer.memory_fit import abstract_step
 from trainer.schema import ConfigError
+from trainer.state import Setup
 from trainer.step import jit_train_step
 
 #: Seconds between the lines a long compile prints.
@@ -152,7 +153,7 @@ class StepCompiler:
         """`compile` as the kernel choice's ``build`` (raises on failure)."""
         return self.compile(cfg)
 
-    def for_run(self, cfg: Config, setup: Any) -> Any:
+    def for_run(self, cfg: Config, setup: Setup) -> Any:
         """The step the loop calls for ``cfg`` on ``setup``'s state: the executable compiled
         before when its arguments are laid out as ``setup.state`` is (shapes, dtypes and
         shardings), else the run's own step compiled now (with the same lines); either one
@@ -184,13 +185,13 @@ def taking_step_keys(compiled: Any, batch: dict[str, Any]) -> Callable[[Any, Any
     return call
 
 
-def _plannable(cfg: Config, setup: Any) -> bool:
+def _plannable(cfg: Config, setup: Setup) -> bool:
     """Whether the abstract step of ``cfg`` can be the run's: not a pipelined mesh, and the
     model the state was built from is the config's (an ``--init-from`` checkpoint's may not)."""
     return cfg.mesh.pipeline == 1 and setup.nn_config == cfg.model
 
 
-def _run_batch(cfg: Config, setup: Any) -> dict[str, jax.ShapeDtypeStruct]:
+def _run_batch(cfg: Config, setup: Setup) -> dict[str, jax.ShapeDtypeStruct]:
     """The abstract batch the loader places on ``setup``'s mesh."""
 
     shapes = nn.batch_shapes(cfg.model, cfg.data.batch_rows(cfg.data.batch_size), cfg.data.seq_len)

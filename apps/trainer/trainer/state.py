@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 import trainer.dpo as dpo
 from tjx import nn, optim, parallel
@@ -24,22 +26,26 @@ from trainer.schema import ConfigError, keyed
 class Setup:
     """Everything built once per run."""
 
-    mesh: Any
-    rules: Any
-    nn_config: Any
-    graphdef: Any
-    rest: Any
+    mesh: Mesh
+    rules: parallel.AxisRules
+    #: The model's own config: ``cfg.model``, or one read from an ``--init-from`` checkpoint.
+    nn_config: nn.TransformerConfig
+    graphdef: nnx.GraphDef[Any]
+    #: The model's state that is not a parameter (RNG counters, caches' shapes, ...).
+    rest: nnx.State
     tx: optax.GradientTransformation
+    #: ``{"params", "opt_state", "step"}`` (+ DPO's frozen ``reference``): the pytree a
+    #: checkpoint holds, its paths the checkpoint's.
     state: dict[str, Any]
     num_params: int
-    #: The scopes the steps trace the model in: tjx.parallel's ContextParallel (None unless
-    #: mesh.context > 1) and ``expert_parallel`` (None for a model without MoE layers).
-    split: Any = None
-    experts: Any = None
+    #: The scopes the steps trace the model in: None unless mesh.context > 1, and None for a
+    #: model without MoE layers.
+    split: parallel.ContextParallel | None = None
+    experts: parallel.ExpertParallel | None = None
     #: The step of the run ``--init-from RUN_DIR`` read (None: another start).
     init_step: int | None = None
     #: The jitted held-out step, built by trainer.evaluation at the run's first evaluation.
-    eval_step: Any = None
+    eval_step: Callable[..., Any] | None = None
     #: The params' logical axes (`train_state`'s): the optimizer's decay mask reads them.
     specs: Any = None
 

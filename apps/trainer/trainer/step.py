@@ -17,7 +17,7 @@ from tjx import metrics, nn, optim, parallel
 from tjx.optim import loss_scale_value, scale_loss, step_report
 from trainer import dpo
 from trainer.config import Config
-from trainer.state import make_mesh
+from trainer.state import Setup, make_mesh
 
 Batch = dict[str, jax.Array]
 State = dict[str, Any]
@@ -131,7 +131,7 @@ def make_train_step(
     return train_step
 
 
-def jit_train_step(setup: Any, cfg: Config, **jit_options: Any) -> Any:
+def jit_train_step(setup: Setup, cfg: Config, **jit_options: Any) -> Any:
     """`make_train_step` of a built ``trainer.state.Setup``, jitted with the state donated (one copy
     of the params and optimizer state, not two); ``jit_options`` go to ``jax.jit``."""
     step = make_train_step(setup.graphdef, setup.rest, setup.tx, cfg, setup.split, setup.experts)

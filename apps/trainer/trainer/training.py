@@ -49,7 +49,7 @@ def units_per_step(cfg: Config) -> int:
     return rows * int(cfg.objective.units_per_window(cfg.data.seq_len))
 
 
-def write_run_files(plan: RunPlan, setup: Any, bundle: Any) -> None:
+def write_run_files(plan: RunPlan, setup: run_state.Setup, bundle: Any) -> None:
     """``config.yaml``, ``model.json``, ``data.json`` and an ``--init-from`` start's ``init.json``;
     a file whose content is the same is left untouched (a resume that changes nothing, none)."""
     folder = RunDir(plan.run_dir)
@@ -81,7 +81,7 @@ def _restore(manager: ckpt.CheckpointManager, setup: run_state.Setup, cfg: Confi
     return dataclasses.replace(restored, state=convert(restored.state))
 
 
-def train(plan: RunPlan, bundle: Any, setup: Any, loader: Any, step: Any = None) -> int:
+def train(plan: RunPlan, bundle: Any, setup: run_state.Setup, loader: Any, step: Any = None) -> int:
     """Run the steps of a prepared run; the process's exit code. ``step``: the train step
     compiled before (trainer.first_compile), called as is; None: jitted here, compiled at the
     first step."""
@@ -144,7 +144,7 @@ class Training:
 
     plan: RunPlan
     bundle: Any
-    setup: Any
+    setup: run_state.Setup
     loader: Any
     manager: Any
     logger: Any
@@ -319,7 +319,7 @@ class Training:
         return 0
 
 
-def export_adapters(plan: RunPlan, setup: Any, params: Any, primary: bool) -> None:
+def export_adapters(plan: RunPlan, setup: run_state.Setup, params: Any, primary: bool) -> None:
     """``--export-peft DIR``: the adapters of ``params`` as PEFT reads them (cli checked DIR)."""
     if plan.export_peft is None:
         return
@@ -331,7 +331,13 @@ def export_adapters(plan: RunPlan, setup: Any, params: Any, primary: bool) -> No
 
 
 def _final_files(
-    plan: RunPlan, setup: Any, params: Any, step: int, val: dict | None, why: str | None, redo: bool
+    plan: RunPlan,
+    setup: run_state.Setup,
+    params: Any,
+    step: int,
+    val: dict | None,
+    why: str | None,
+    redo: bool,
 ) -> list[str]:
     """``final.json`` (not with ``val`` None) and the loss plot (tjx.metrics.plot_run, which never
     fails a run; unless ``redo``, only if missing): the files written. Every process digests the

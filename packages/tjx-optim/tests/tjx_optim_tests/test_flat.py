@@ -256,3 +256,27 @@ def test_a_state_of_another_chain_is_refused_when_made_flat() -> None:
     flat_sgd = build_optimizer(CONFIGS[2], whole_params=True)
     with pytest.raises(ValueError, match="does not match the flat chain"):
         relayout_state(CONFIGS[2], adam.init(params), params, jax.eval_shape(flat_sgd.init, params))
+
+
+def test_an_adapter_only_flat_chain_reports_the_norm_of_all_params() -> None:
+    """Under `only_trainable` the flat buffers hold the adapters only: the reported param norm
+    is still that of every parameter (frozen ones included), as the per-leaf chain reports it,
+    and the update norm is the flat one (a frozen leaf's update is zero)."""
+    cfg = CONFIGS[1]
+    rng = np.random.default_rng()
+    params = {"base": _params(rng), "lora": {"lora_a": jnp.asarray(rng.normal(size=(6, 2)))}}
+    mask = adapter_mask(params)
+    reports = []
+    for whole in (True, False):
+        tx = only_trainable(build_optimizer(cfg, whole_params=whole), mask)
+        g = _grads(np.random.default_rng(7), params, 1.0)
+        updates, state = jax.jit(tx.update)(g, tx.init(params), params)
+        new = optax.apply_updates(params, updates)
+        reports.append(step_report(state, g, updates, new))
+        want = np.sqrt(
+            sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(new))
+        )
+        np.testing.assert_allclose(float(reports[-1]["param_norm"]), want, rtol=1e-5)
+    np.testing.assert_allclose(
+        float(reports[0]["update_norm"]), float(reports[1]["update_norm"]), rtol=RTOL
+    )

@@ -56,13 +56,17 @@ def step_report(opt_state: Any, grads: Any, updates: Any, params: Any) -> dict[s
     sched = find_state(opt_state, ScheduleStatsState)
     finite = find_state(opt_state, optax.ApplyIfFiniteState)
     flat = find_state(opt_state, FlatState)  # norms taken on the flat buffers: 2 reductions
+    # The flat buffers hold the leaves the flat chain saw: inside `only_trainable` (LoRA) only the
+    # trainable ones, whose norm is not the params'. Their update norm is the whole one (a
+    # frozen leaf's update is zero), their param norm only when the flat chain is the chain.
+    whole = opt_state if isinstance(opt_state, FlatState) else None
     report: dict[str, jax.Array] = {
         "learning_rate": (
             sched.learning_rate if sched is not None else jnp.asarray(jnp.nan, jnp.float32)
         ),
         "grad_norm": clip.grad_norm if clip is not None else _norm(grads),
         "update_norm": flat.update_norm if flat is not None else _norm(updates),
-        "param_norm": flat.param_norm if flat is not None else _norm(params),
+        "param_norm": whole.param_norm if whole is not None else _norm(params),
         "clipped": clip.clipped if clip is not None else jnp.zeros([], jnp.bool_),
         "skipped": (
             jnp.logical_not(finite.last_finite) if finite is not None else jnp.zeros([], jnp.bool_)

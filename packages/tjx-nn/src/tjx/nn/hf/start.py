@@ -15,7 +15,7 @@ from typing import Any
 
 from tjx.nn.config_io import config_to_dict
 from tjx.nn.configs import GPT2Config, TransformerConfig
-from tjx.nn.hf_gpt2 import hf_gpt2_conflicts
+from tjx.nn.hf.gpt2 import hf_gpt2_conflicts
 
 __all__ = ["HF_LLAMA_FIXED", "HOW_TO_TRAIN", "TRAINING_FIELDS", "config_clashes", "hf_conflicts"]
 

@@ -2,7 +2,7 @@
 
 Embeddings, norms, the dense layers' MLPs, the routed experts (one ``[out, in]`` tensor per
 expert and projection), the router (``mlp.gate``) and the shared experts (``mlp.shared_experts``,
-one MLP) are the Llama/MoE mapping's (``hf_llama``); V3's router adds ``e_score_correction_bias``
+one MLP) are the Llama/MoE mapping's (``llama``); V3's router adds ``e_score_correction_bias``
 (tjx's sigmoid router's ``bias``). The attention is DeepSeek's (:mod:`tjx.nn.mla`):
 
 =============================================  ==============================================
@@ -32,10 +32,10 @@ from collections.abc import Callable
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf_io import HFMapping, Read, take
-from tjx.nn.hf_llama import llama_mapping
+from tjx.nn.hf.io import HFMapping, Read, take
+from tjx.nn.hf.llama import llama_mapping
 from tjx.nn.mla import value_dim
-from tjx.nn.moe_config import moe_layers
+from tjx.nn.moe.config import moe_layers
 
 Convert = Callable[[Read], np.ndarray]
 

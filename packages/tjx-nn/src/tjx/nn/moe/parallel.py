@@ -5,7 +5,7 @@ placement is handed in: ``tjx.parallel.expert_parallel(mesh, rules)`` gives an o
 
 ``run(fn, x, experts, weights, w, w_names) -> (y, dropped)``
     ``fn(x, experts, weights, w, comm) -> (y, dropped)`` is the MoE block's computation of its
-    routed experts (``moe_dispatch.dropless`` or ``capacity``); ``x`` ``[b, s, d]`` the tokens,
+    routed experts (``dispatch.dropless`` or ``capacity``); ``x`` ``[b, s, d]`` the tokens,
     ``experts``/``weights`` ``[b, s, k]`` the router's choices, ``w`` every expert's
     ``ExpertWeights`` and ``w_names`` their logical axes (``moe.WEIGHT_NAMES``). It runs ``fn``
     on each device's tokens with that device's experts under ``shard_map``, with an

@@ -28,7 +28,7 @@ says; tjx's norms share one), V2's ``norm_topk_prob`` true (transformers' V2 ign
 ``moe_layer_freq`` other than 1, ``scoring_func``/``topk_method`` other than the type's, no
 shared experts, a ``quantization_config`` (V3's FP8 release). V3's multi-token-prediction layers
 (``num_nextn_predict_layers``) are not part of the causal LM: their tensors are skipped with one
-printed line (``hf_deepseek_tensors``).
+printed line (``deepseek_tensors``).
 DeepSeek's own ``auto_map`` (the hub code transformers ships upstream) is read as the model type.
 """
 
@@ -38,8 +38,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf_config import llama_common_to_hf, llama_fields
-from tjx.nn.moe_config import expert_mlp_dim
+from tjx.nn.hf.config import llama_common_to_hf, llama_fields
+from tjx.nn.moe.config import expert_mlp_dim
 
 DEEPSEEK_TYPES = ("deepseek_v2", "deepseek_v3")
 ARCHITECTURES = {"deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf_family_base import (
+from tjx.nn.hf.family_base import (
     base_fields,
     check_keys,
     common_to_hf,

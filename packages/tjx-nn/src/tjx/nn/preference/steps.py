@@ -17,7 +17,7 @@ import jax
 from flax import nnx
 
 from tjx.nn.model_state import reseed
-from tjx.nn.preference import PreferenceConfig, preference_loss, preference_means
+from tjx.nn.preference.losses import PreferenceConfig, preference_loss, preference_means
 
 __all__ = ["preference_loss_fn", "preference_step_metrics", "preference_sums_fn"]
 

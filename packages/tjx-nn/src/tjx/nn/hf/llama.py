@@ -4,7 +4,7 @@ HF stores ``nn.Linear`` weights ``[out, in]``; tjx's ``Dense`` kernels are ``[in
 with heads split out (``query.kernel`` is ``[d_model, heads, head_dim]``), so each projection is
 transposed and reshaped. HF's rotary layout (rotate-half, dimension ``i`` with ``i + head_dim/2``)
 is tjx's, so q/k need no permutation. Mistral and Qwen2 share Llama's names; Qwen2 adds biases on
-q/k/v (tjx's ``qkv_bias``). The MoE types (``hf_moe``) replace a layer's MLP by a router
+q/k/v (tjx's ``qkv_bias``). The MoE types (``moe``) replace a layer's MLP by a router
 (``gate``, ``[E, d]``), one ``[out, in]`` tensor per expert and projection (stacked into tjx's
 ``[experts, in, out]`` kernels) and Qwen2-MoE's shared expert and its ``[1, d]`` gate; Qwen3-MoE
 adds ``q_norm``/``k_norm`` (tjx's ``qk_norm``).
@@ -17,9 +17,9 @@ from collections.abc import Callable
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf_io import HFMapping, Read, take
-from tjx.nn.hf_moe import NAMES
-from tjx.nn.moe_config import expert_mlp_dim, moe_layers, shared_mlp_dim
+from tjx.nn.hf.io import HFMapping, Read, take
+from tjx.nn.hf.moe import NAMES
+from tjx.nn.moe.config import expert_mlp_dim, moe_layers, shared_mlp_dim
 
 Convert = Callable[[Read], np.ndarray]
 

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf_family_base import rope_theta
+from tjx.nn.hf.family_base import rope_theta
 from tjx.nn.rope_scaling import RopeScaling
 
 #: ``rope_scaling`` types transformers' Phi-3 reads, and what it reads them as.

@@ -4,7 +4,7 @@ family maps, RoPE's base, the sliding-window rule, the common fields and the exp
 Sliding windows map onto ``sliding_window`` and ``window_pattern`` (which layers slide, as
 transformers decides per family: ``windows`` reads them, ``layer_types`` writes them). Not yet
 honoured (refused in one line naming the key): a RoPE scaling (``rope_scaling``, or a non-default
-``rope_parameters`` type), but Phi-3's LongRoPE (:mod:`tjx.nn.hf_phi3`).
+``rope_parameters`` type), but Phi-3's LongRoPE (:mod:`tjx.nn.hf.phi3`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf_config import HARMLESS
+from tjx.nn.hf.config import HARMLESS
 
 #: Keys every family's import maps or checks.
 BASE_KEYS = frozenset(

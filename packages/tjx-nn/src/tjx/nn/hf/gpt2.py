@@ -9,7 +9,7 @@ reshapes, never transposes. Written files use the hub's ``gpt2`` naming (``wte.w
 ``transformer.``-prefixed names that ``save_pretrained`` writes and ignores the causal-mask
 buffers (``attn.bias``, ``attn.masked_bias``).
 
-Loading and saving go through ``tjx.nn.load_hf`` / ``save_hf`` (``hf.py``); this module holds
+Loading and saving go through ``tjx.nn.load_hf`` / ``save_hf`` (``checkpoints``); this module holds
 GPT-2's config and tensor correspondence (``gpt2_mapping``).
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from tjx.nn.configs import GPT2Config
-from tjx.nn.hf_io import HFMapping, Read, concat, take
+from tjx.nn.hf.io import HFMapping, Read, concat, take
 
 _PER_LAYER = {
     "ln_1.weight": "attn_norm.scale",

@@ -1,6 +1,6 @@
 """Tensor names and layouts of Qwen3, OLMo 2, Phi-3 and Gemma 2/3 ↔ tjx ``Llama``.
 
-The projections are Llama's (``hf_llama``: HF ``[out, in]`` transposed into ``[in, *out]``
+The projections are Llama's (``llama``: HF ``[out, in]`` transposed into ``[in, *out]``
 kernels, rotate-half RoPE on both sides). What differs:
 
 * the norms: HF's names mean different places per family (``post_attention_layernorm`` is the
@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf_io import HFMapping, Read, take
+from tjx.nn.hf.io import HFMapping, Read, take
 
 Convert = Callable[[Read], np.ndarray]
 

@@ -220,7 +220,7 @@ def capacity(
     w, ffn
         The experts (a device's own under expert parallelism) and how they compute.
     slots : int
-        ``C``, from ``moe_config.expert_capacity``.
+        ``C``, from ``config.expert_capacity``.
     comm : ExpertComm, optional
         Expert parallelism: the buffer's expert blocks go to their devices (all-to-all).
 

@@ -1,7 +1,7 @@
 """Hugging Face MoE checkpoints (mixtral, qwen2_moe, qwen3_moe) ↔ tjx ``Llama`` with MoE layers.
 
-Their attention, norms and embeddings are the LLaMA family's (``hf_config.llama_fields``,
-``hf_llama``); this module maps what they add:
+Their attention, norms and embeddings are the LLaMA family's (``config.llama_fields``,
+``llama``); this module maps what they add:
 
 ============  ===============================================  =================================
 model_type    config.json                                      tjx config
@@ -29,8 +29,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf_config import check_llama_shape, llama_common_to_hf, llama_fields
-from tjx.nn.moe_config import expert_mlp_dim, shared_mlp_dim
+from tjx.nn.hf.config import check_llama_shape, llama_common_to_hf, llama_fields
+from tjx.nn.moe.config import expert_mlp_dim, shared_mlp_dim
 
 MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe")
 _QWEN_KEYS = frozenset(
@@ -65,7 +65,7 @@ NAMES: dict[str, tuple[str, str, tuple[str, str, str], str | None]] = {
     "mixtral": ("block_sparse_moe", "gate", ("w1", "w3", "w2"), None),
     "qwen2_moe": ("mlp", "gate", ("gate_proj", "up_proj", "down_proj"), "shared_expert"),
     "qwen3_moe": ("mlp", "gate", ("gate_proj", "up_proj", "down_proj"), None),
-    **{  # hf_deepseek's types: several shared experts as one MLP, without a gate
+    **{  # deepseek's types: several shared experts as one MLP, without a gate
         t: ("mlp", "gate", ("gate_proj", "up_proj", "down_proj"), "shared_experts")
         for t in ("deepseek_v2", "deepseek_v3")
     },

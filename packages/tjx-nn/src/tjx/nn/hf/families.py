@@ -3,11 +3,11 @@
 Each family is the LLaMA decoder with a few switches (:mod:`tjx.nn.family_config`): Qwen3 adds
 per-head q/k RMSNorms; OLMo 2 moves the norms onto the sublayers' outputs and normalises q and k
 over the whole projection; Phi-3 computes exactly what Llama does (it fuses q/k/v and gate/up in
-its tensors only, :mod:`tjx.nn.hf_family_tensors`; its LongRoPE scaling: :mod:`tjx.nn.hf_phi3`);
-Gemma 2 and 3 are in :mod:`tjx.nn.hf_gemma`.
-As for the Llama family (``hf_config``), every key is mapped, checked, or on the allow-list of
+its tensors only, :mod:`tjx.nn.hf.family_tensors`; its LongRoPE scaling: :mod:`tjx.nn.hf.phi3`);
+Gemma 2 and 3 are in :mod:`tjx.nn.hf.gemma`.
+As for the Llama family (``config``), every key is mapped, checked, or on the allow-list of
 keys that change no number; anything else, and any value tjx cannot honour, is refused in one line
-naming it (what is not honoured yet: :mod:`tjx.nn.hf_family_base`).
+naming it (what is not honoured yet: :mod:`tjx.nn.hf.family_base`).
 
 On export the config's switches choose the family (sandwich norms: Gemma, 3 with q/k norms;
 output norms: OLMo 2; q/k norms alone: Qwen3); Phi-3 is written only when asked for by name,
@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf_family_base import (
+from tjx.nn.hf.family_base import (
     LLAMA_SWITCHES,
     base_fields,
     check_exportable,
@@ -31,14 +31,14 @@ from tjx.nn.hf_family_base import (
     rope_theta,
     windows,
 )
-from tjx.nn.hf_gemma import (
+from tjx.nn.hf.gemma import (
     GEMMA_SWITCHES,
     GEMMA_TYPES,
     gemma_config_to_hf,
     gemma_fields,
     gemma_type,
 )
-from tjx.nn.hf_phi3 import phi3_rope, phi3_rope_to_hf
+from tjx.nn.hf.phi3 import phi3_rope, phi3_rope_to_hf
 
 FAMILY_TYPES = ("qwen3", "olmo2", "phi3", *GEMMA_TYPES)
 ARCHITECTURES = {
@@ -46,7 +46,7 @@ ARCHITECTURES = {
     "olmo2": "Olmo2ForCausalLM",
     "phi3": "Phi3ForCausalLM",
 }
-#: Each family's keys beyond ``hf_family_base.BASE_KEYS``.
+#: Each family's keys beyond ``family_base.BASE_KEYS``.
 FAMILY_KEYS = {
     "qwen3": frozenset(
         {"hidden_act", "sliding_window", "use_sliding_window", "max_window_layers", "layer_types"}
@@ -59,7 +59,7 @@ FAMILY_KEYS = {
             "sliding_window",
             "resid_pdrop",
             "embd_pdrop",
-            "original_max_position_embeddings",  # longrope's pretraining length (hf_phi3)
+            "original_max_position_embeddings",  # longrope's pretraining length (phi3)
         }
     ),
 }
@@ -141,7 +141,7 @@ def family_of(config: LlamaConfig) -> str:
 
 def export_family(config: LlamaConfig, model_type: str | None) -> str | None:
     """The ``model_type`` to save ``config`` as: the one asked for, else its switches' family;
-    None leaves a switchless config to the Llama family's own choice (``hf_config``). Raises
+    None leaves a switchless config to the Llama family's own choice (``config``). Raises
     ``ValueError`` when ``config`` has switches that type does not compute, naming them."""
     family = family_of(config)
     chosen = model_type or family

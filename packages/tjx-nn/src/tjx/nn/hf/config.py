@@ -1,5 +1,5 @@
 """Hugging Face ``config.json`` of the LLaMA family (llama, mistral, qwen2) ↔ ``LlamaConfig``
-(``llama_fields``/``llama_common_to_hf`` are shared with the MoE types of ``hf_moe``).
+(``llama_fields``/``llama_common_to_hf`` are shared with the MoE types of ``moe``).
 
 Every key of a ``config.json`` is either mapped onto a ``LlamaConfig`` field (sliding windows and
 the per-layer ``layer_types``, every RoPE scaling of :mod:`tjx.nn.rope_scaling`), checked to have
@@ -179,7 +179,7 @@ def llama_fields(
     hf: Mapping[str, Any], model_type: str, *, handled: frozenset[str] = frozenset()
 ) -> dict[str, Any]:
     """The ``LlamaConfig`` fields every LLaMA-shaped ``config.json`` carries (the MoE types' too,
-    which add ``handled`` keys of their own and map them in ``hf_moe``).
+    which add ``handled`` keys of their own and map them in ``moe``).
 
     Raises
     ------

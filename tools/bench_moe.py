@@ -4,7 +4,7 @@
         python tools/bench_moe.py [--json out.json]
 
 * ``layer``: one Mixtral-shaped MoE layer (d 4096, expert width 14336, 8 experts, top-2, 8192
-  tokens, bf16), forward + backward, by each path of ``tjx.nn.moe_dispatch``: dropless
+  tokens, bf16), forward + backward, by each path of ``tjx.nn.moe.dispatch``: dropless
   (tokens sorted by expert, ``jax.lax.ragged_dot``) and capacity (``[b, E, C, d]`` slots, one
   batched matmul per projection, factor 1.25). Reported: XLA's temporary bytes
   (``memory_analysis``, exact), the matmul FLOPs the compiled program contains against the
@@ -135,7 +135,7 @@ def _topology(devices: int) -> Any:
 def layer(tokens: int = 8192, d: int = 4096, f: int = 14336, experts: int = 8, k: int = 2) -> dict:
     """Forward + backward of one MoE layer's routed experts by each path (see the docstring)."""
     from tjx.nn import moe_dispatch as md
-    from tjx.nn.moe_config import expert_capacity
+    from tjx.nn.moe.config import expert_capacity
 
     mesh = topologies.make_mesh(_topology(1), (1,), ("x",))
     rep = NamedSharding(mesh, PartitionSpec())

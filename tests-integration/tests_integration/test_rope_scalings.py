@@ -17,7 +17,7 @@ import pytest
 
 from tests_integration._hf_peer import run_peer
 from tjx import nn
-from tjx.nn.hf_config import llama_config_from_hf
+from tjx.nn.hf.config import llama_config_from_hf
 
 BASE = dict(
     model_type="llama",

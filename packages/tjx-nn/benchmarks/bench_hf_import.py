@@ -177,13 +177,13 @@ def write(folder: Path, shape: str, family: str = "llama", layers: int | None = 
     import jax.numpy as jnp
     import numpy as np
 
-    from tjx.nn.hf_config import llama_config_from_hf
-    from tjx.nn.hf_deepseek import deepseek_config_from_hf
-    from tjx.nn.hf_deepseek_tensors import deepseek_mapping
-    from tjx.nn.hf_families import family_config_from_hf
-    from tjx.nn.hf_family_tensors import family_mapping
-    from tjx.nn.hf_io import write_safetensors
-    from tjx.nn.hf_llama import llama_mapping
+    from tjx.nn.hf.config import llama_config_from_hf
+    from tjx.nn.hf.deepseek import deepseek_config_from_hf
+    from tjx.nn.hf.deepseek_tensors import deepseek_mapping
+    from tjx.nn.hf.families import family_config_from_hf
+    from tjx.nn.hf.family_tensors import family_mapping
+    from tjx.nn.hf.io import write_safetensors
+    from tjx.nn.hf.llama import llama_mapping
 
     sizes = SHAPES[family if shape == "family" else shape]
     if layers is not None:

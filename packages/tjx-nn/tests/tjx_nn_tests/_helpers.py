@@ -35,7 +35,7 @@ def most_reads_alive(monkeypatch, folder) -> tuple[int, int]:
     how many are still alive after the import (0: every read was let go)."""
     import weakref
 
-    from tjx.nn.hf_io import LazyWeights
+    from tjx.nn.hf.io import LazyWeights
 
     live: dict[int, int] = {}
     most = [0]

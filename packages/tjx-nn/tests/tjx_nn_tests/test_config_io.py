@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
-from tjx.nn.moe_config import ALL_MOE_FIELDS as ALL_MOE
+from tjx.nn.moe.config import ALL_MOE_FIELDS as ALL_MOE
 
 #: A ``model.json`` exactly as the trainer wrote it before tjx-nn owned the format (tjx-nn 0.1):
 #: runs written then must still load.

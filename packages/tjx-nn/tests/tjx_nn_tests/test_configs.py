@@ -7,7 +7,7 @@ from flax import nnx
 
 from tjx import nn as tnn
 from tjx.nn.family_config import DECODER_ONLY
-from tjx.nn.moe_config import ALL_MOE_FIELDS as ALL_MOE
+from tjx.nn.moe.config import ALL_MOE_FIELDS as ALL_MOE
 
 HF_COUNTS = {
     "small": 124_439_808,

@@ -312,7 +312,7 @@ V2_LITE = {
 
 
 def test_v2_lites_published_config_reads_with_its_yarn_softmax_scale():
-    from tjx.nn.hf_deepseek import deepseek_config_from_hf
+    from tjx.nn.hf.deepseek import deepseek_config_from_hf
 
     config = deepseek_config_from_hf(V2_LITE)
     assert (config.q_lora_rank, config.head_dim, config.v_head_dim) == (None, 12, 6)

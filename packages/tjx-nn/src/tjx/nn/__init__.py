@@ -35,7 +35,7 @@ from tjx.nn.encdec import EncoderDecoder
 from tjx.nn.flops import flops_per_token, flops_per_unit, matmul_param_count
 from tjx.nn.generation import generate, sample_logits
 from tjx.nn.gpt2_presets import gpt2_config
-from tjx.nn.hf import (
+from tjx.nn.hf.checkpoints import (
     HF_MODEL_TYPES,
     hf_kind,
     load_hf,
@@ -44,9 +44,9 @@ from tjx.nn.hf import (
     save_hf,
     save_hf_gpt2,
 )
-from tjx.nn.hf_gpt2 import HF_GPT2_FIXED, HF_GPT2_NAMES, hf_gpt2_conflicts
-from tjx.nn.hf_io import is_hub_id
-from tjx.nn.hf_start import (
+from tjx.nn.hf.gpt2 import HF_GPT2_FIXED, HF_GPT2_NAMES, hf_gpt2_conflicts
+from tjx.nn.hf.io import is_hub_id
+from tjx.nn.hf.start import (
     HF_LLAMA_FIXED,
     HOW_TO_TRAIN,
     TRAINING_FIELDS,
@@ -77,9 +77,9 @@ from tjx.nn.losses import (
 )
 from tjx.nn.mlp import MLP
 from tjx.nn.model_state import concrete_state, is_key, reseed
-from tjx.nn.moe import MoE, MoEStats, router_penalty
-from tjx.nn.moe_config import moe_layers
-from tjx.nn.moe_parallel import current_expert_parallel, expert_parallel_scope
+from tjx.nn.moe.config import moe_layers
+from tjx.nn.moe.layer import MoE, MoEStats, router_penalty
+from tjx.nn.moe.parallel import current_expert_parallel, expert_parallel_scope
 from tjx.nn.norms import LayerNorm, RMSNorm
 from tjx.nn.objectives import (
     OBJECTIVES,
@@ -98,7 +98,7 @@ from tjx.nn.params_io import get_flat_params, set_flat_params
 from tjx.nn.peft_io import check_peft_export, save_peft
 from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, rope_inv_freq, sinusoidal
 from tjx.nn.precision import DTYPE_NAMES, Precision
-from tjx.nn.preference import (
+from tjx.nn.preference.losses import (
     PREFERENCE_LOSSES,
     PreferenceConfig,
     PreferenceOutput,
@@ -108,8 +108,8 @@ from tjx.nn.preference import (
     preference_means,
     sequence_logprobs,
 )
-from tjx.nn.preference_rules import check_preference_run
-from tjx.nn.preference_steps import preference_loss_fn, preference_step_metrics, preference_sums_fn
+from tjx.nn.preference.rules import check_preference_run
+from tjx.nn.preference.steps import preference_loss_fn, preference_step_metrics, preference_sums_fn
 from tjx.nn.registry import MODEL_KINDS, build_model
 from tjx.nn.relative_bias import RelativePositionBias, t5_relative_bucket
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling, rope_parameters
@@ -123,7 +123,7 @@ from tjx.nn.step_plan import TOKEN_KEYS, batch_shapes, roofline_inputs
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.19.0"
+__version__ = "0.20.0"
 
 __all__ = [
     "ACTIVATIONS",

@@ -15,7 +15,7 @@ from tjx.nn.configs import TransformerConfig
 from tjx.nn.kv_cache import LayerCache
 from tjx.nn.linear import dropout, split_key
 from tjx.nn.mlp import MLP
-from tjx.nn.moe import MoE, MoEStats
+from tjx.nn.moe.layer import MoE, MoEStats
 from tjx.nn.norms import LayerNorm, RMSNorm, make_norm
 
 Array = jax.Array

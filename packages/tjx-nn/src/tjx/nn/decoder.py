@@ -16,7 +16,7 @@ from tjx.nn.embeddings import Embed, add_positions, learned_positions, sinusoid_
 from tjx.nn.kv_cache import init_cache
 from tjx.nn.linear import Dense, dropout, dropout_stream, split_key
 from tjx.nn.losses import logits_cross_entropy
-from tjx.nn.moe import MoEStats
+from tjx.nn.moe.layer import MoEStats
 from tjx.nn.norms import make_norm
 from tjx.nn.params import normal
 from tjx.nn.precision import Precision

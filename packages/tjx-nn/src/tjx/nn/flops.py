@@ -35,7 +35,7 @@ built model (``nnx.state``), so the two cannot drift apart silently.
 from __future__ import annotations
 
 from tjx.nn.configs import BertConfig, EncoderDecoderConfig, TransformerConfig, ViTConfig
-from tjx.nn.moe_config import expert_mlp_dim, moe_layers, shared_mlp_dim
+from tjx.nn.moe.config import expert_mlp_dim, moe_layers, shared_mlp_dim
 
 # (matmul parameters, positions per sequence they are applied at)
 _Terms = list[tuple[int, int]]

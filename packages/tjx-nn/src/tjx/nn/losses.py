@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from tjx.kernels import CrossEntropyOutput
 
 if TYPE_CHECKING:
-    from tjx.nn.moe import MoEStats
+    from tjx.nn.moe.layer import MoEStats
 
 Array = jax.Array
 

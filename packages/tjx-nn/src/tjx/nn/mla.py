@@ -16,7 +16,7 @@ head_dim − ρ`` and ``v_head_dim`` (default ``head_dim``):
 
 tjx rotates the "rotate-half" way (dim ``i`` with ``i + ρ/2``); DeepSeek's checkpoints rotate
 interleaved pairs. q·k only needs q and k laid out alike, so the HF import permutes the rotated
-rows of ``q_proj``/``q_b_proj`` and ``kv_a_proj_with_mqa`` (``hf_deepseek_tensors``).
+rows of ``q_proj``/``q_b_proj`` and ``kv_a_proj_with_mqa`` (``hf.deepseek_tensors``).
 
 The KV cache stores per token the normed latent (``r``) and the rotated shared key (``ρ``):
 ``{"latent", "rope_key"}`` ``[L, b, T, r | ρ]``, what DeepSeek caches. A decode step attends

@@ -41,7 +41,7 @@ from tjx.nn.configs import BertConfig, EncoderDecoderConfig, TransformerConfig, 
 from tjx.nn.decoder import DecoderLM, head_cross_entropy
 from tjx.nn.encdec import EncoderDecoder, window_halves
 from tjx.nn.losses import ObjectiveLoss, logits_cross_entropy
-from tjx.nn.moe import MoEStats, router_penalty
+from tjx.nn.moe.layer import MoEStats, router_penalty
 from tjx.nn.vit import ViT
 
 Array = jax.Array

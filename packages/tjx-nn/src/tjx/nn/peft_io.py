@@ -4,7 +4,7 @@
 `save_peft` writes onto the transformers model of the same base checkpoint. PEFT's ``nn.Linear``
 adapters hold ``lora_A.weight`` ``[r, in]`` and ``lora_B.weight`` ``[out, r]`` under
 ``base_model.model.<module>``; tjx's ``A`` ``[*in, r]`` and ``B`` ``[r, *out]`` flatten and
-transpose into them, the heads axes flattened as the kernels' are (``hf_llama``).
+transpose into them, the heads axes flattened as the kernels' are (``hf.llama``).
 
 The LLaMA family (llama, mistral, qwen2) only: HF's GPT-2 fuses q, k and v into one ``c_attn``
 ``Conv1D``, which a PEFT adapter of the same rank cannot express; export a GPT-2 merged

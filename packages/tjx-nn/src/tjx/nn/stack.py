@@ -22,8 +22,8 @@ from flax import nnx
 from tjx.nn.block import Block
 from tjx.nn.configs import REMAT_POLICIES, TransformerConfig
 from tjx.nn.layer_runs import Segment, Unit, scanned, segments
-from tjx.nn.moe import MoEStats
-from tjx.nn.moe_config import moe_layers
+from tjx.nn.moe.config import moe_layers
+from tjx.nn.moe.layer import MoEStats
 from tjx.nn.relative_bias import RelativePositionBias
 
 Array = jax.Array
@@ -59,7 +59,7 @@ def remat_policy(name: str) -> Callable[..., bool] | None:
 class Stack(nnx.Module):
     """``num_layers`` ``Block``s applied in sequence (decoder, encoder or enc-dec decoder).
 
-    Which layers are MoE comes from the config (``moe_config.moe_layers``). Scanned, a stack of
+    Which layers are MoE comes from the config (``moe.config.moe_layers``). Scanned, a stack of
     one kind of layer keeps every block stacked in ``layers`` (leading ``layers`` axis); a stack
     mixing dense and MoE layers is cut into ``segments`` (see `segments`), each scanning a
     ``Unit`` of blocks; unrolled, ``layers`` is the list of blocks. Canonical (unrolled) names

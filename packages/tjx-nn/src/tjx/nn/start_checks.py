@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from tjx.nn.configs import GPT2Config, TransformerConfig
-from tjx.nn.hf import read_hf_config
-from tjx.nn.hf_gpt2 import HF_GPT2_NAMES
-from tjx.nn.hf_io import is_hub_id
-from tjx.nn.hf_start import config_clashes, hf_conflicts
+from tjx.nn.hf.checkpoints import read_hf_config
+from tjx.nn.hf.gpt2 import HF_GPT2_NAMES
+from tjx.nn.hf.io import is_hub_id
+from tjx.nn.hf.start import config_clashes, hf_conflicts
 
 __all__ = ["check_hf_settings", "clash_names", "hf_start_config"]
 

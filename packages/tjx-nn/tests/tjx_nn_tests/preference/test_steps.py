@@ -9,8 +9,8 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
+from tjx_nn_tests.preference.test_losses import _pair_batch
 from tjx_nn_tests.test_lora import llama, randomize_b
-from tjx_nn_tests.test_preference import _pair_batch
 
 
 def _split(model: nnx.Module) -> tuple:

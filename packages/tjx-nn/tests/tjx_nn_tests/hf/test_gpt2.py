@@ -8,7 +8,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from tjx import nn as tnn
-from tjx.nn.hf_gpt2 import config_to_hf
+from tjx.nn.hf.gpt2 import config_to_hf
 
 D, H, L, V, POS = 16, 2, 2, 40, 12
 

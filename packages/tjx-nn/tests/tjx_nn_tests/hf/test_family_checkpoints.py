@@ -11,8 +11,8 @@ from flax import nnx
 from safetensors import safe_open
 
 from tjx import nn as tnn
-from tjx.nn.hf_families import family_config_from_hf, family_config_to_hf
-from tjx.nn.hf_family_tensors import family_mapping
+from tjx.nn.hf.families import family_config_from_hf, family_config_to_hf
+from tjx.nn.hf.family_tensors import family_mapping
 from tjx_nn_tests._helpers import most_reads_alive
 
 BASE = dict(vocab_size=48, max_seq_len=32, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2)

@@ -8,8 +8,7 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
-from tjx.nn import moe_dispatch
-from tjx.nn.moe import MoE
+from tjx.nn.moe import MoE, dispatch
 from tjx_nn_tests._moe_reference import choices, moe_reference
 
 F64 = tnn.Precision(jnp.float64, jnp.float64)
@@ -116,7 +115,7 @@ def _fixed(t, k, e):
 def test_capacity_keeps_first_choices_in_token_order_then_second_choices():
     d, f, num = 4, 3, 3
     rng = np.random.RandomState(0)
-    w = moe_dispatch.ExpertWeights(
+    w = dispatch.ExpertWeights(
         jnp.asarray(rng.randn(num, d, f), jnp.float32),
         None,
         jnp.asarray(rng.randn(num, f, d), jnp.float32),
@@ -124,12 +123,12 @@ def test_capacity_keeps_first_choices_in_token_order_then_second_choices():
         None,
         None,
     )
-    ffn = moe_dispatch.FFN(jax.nn.relu, False, jnp.float32)
+    ffn = dispatch.FFN(jax.nn.relu, False, jnp.float32)
     x = jnp.asarray(rng.randn(1, 4, d), jnp.float32)
     # Every token's first choice is expert 0, second choices 1, 0, 2, 0; two slots each.
     experts, weights = _fixed(4, 2, [[0, 1], [0, 0 + 1], [0, 2], [0, 2]])
     experts = experts.at[0, 1, 1].set(2).at[0, 3, 1].set(1)
-    y, dropped = moe_dispatch.capacity(x, experts, weights, w, ffn, slots=2)
+    y, dropped = dispatch.capacity(x, experts, weights, w, ffn, slots=2)
     # Kept: first choices of tokens 0, 1 (expert 0 full after them), every second choice
     # (expert 1: tokens 0, 3; expert 2: tokens 1, 2). Dropped: first choices of tokens 2, 3.
     assert int(dropped) == 2
@@ -144,8 +143,8 @@ def test_capacity_keeps_first_choices_in_token_order_then_second_choices():
         0.5 * mlp(x[0, 3], 1),
     ]
     np.testing.assert_allclose(y[0], jnp.stack(want), rtol=1e-5, atol=1e-6)
-    y_free, none = moe_dispatch.capacity(x, experts, weights, w, ffn, slots=4)
-    y_dropless = moe_dispatch.dropless(x[0], experts[0], weights[0], w, ffn)
+    y_free, none = dispatch.capacity(x, experts, weights, w, ffn, slots=4)
+    y_dropless = dispatch.dropless(x[0], experts[0], weights[0], w, ffn)
     assert int(none) == 0
     np.testing.assert_allclose(y_free[0], y_dropless, rtol=1e-5, atol=1e-6)
 

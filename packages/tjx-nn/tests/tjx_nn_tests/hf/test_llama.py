@@ -12,8 +12,8 @@ from flax import nnx
 from safetensors import safe_open
 
 from tjx import nn as tnn
-from tjx.nn.hf_config import llama_config_from_hf, llama_config_to_hf
-from tjx.nn.hf_llama import llama_mapping
+from tjx.nn.hf.config import llama_config_from_hf, llama_config_to_hf
+from tjx.nn.hf.llama import llama_mapping
 from tjx.nn.positions import apply_rope
 
 SCALING = (8.0, 1.0, 4.0, 16)

@@ -3,7 +3,7 @@ and out.
 
 A folder's ``config.json`` names the architecture (``model_type`` gpt2, llama, mistral, qwen2,
 qwen3, olmo2, phi3, gemma2 or gemma3_text, the MoE types mixtral, qwen2_moe and qwen3_moe,
-``hf_moe``, or deepseek_v2 and deepseek_v3, ``hf_deepseek``); its config module maps the config
+``moe``, or deepseek_v2 and deepseek_v3, ``deepseek``); its config module maps the config
 (refusing what tjx would ignore) and its mapping module the tensors. Weights move one tensor at
 a time: loading fills a model built abstractly (``nnx.eval_shape``) from safetensors'
 memory-mapped reads, saving writes one shard at a time, so neither holds two full copies of the
@@ -23,24 +23,24 @@ from flax import nnx
 
 from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
 from tjx.nn.decoder import GPT2, DecoderLM, Llama
-from tjx.nn.hf_config import LLAMA_TYPES, llama_config_from_hf, llama_config_to_hf
-from tjx.nn.hf_deepseek import (
+from tjx.nn.hf.config import LLAMA_TYPES, llama_config_from_hf, llama_config_to_hf
+from tjx.nn.hf.deepseek import (
     DEEPSEEK_TYPES,
     deepseek_config_from_hf,
     deepseek_config_to_hf,
     deepseek_export_type,
     mtp_layers,
 )
-from tjx.nn.hf_deepseek_tensors import deepseek_mapping
-from tjx.nn.hf_families import (
+from tjx.nn.hf.deepseek_tensors import deepseek_mapping
+from tjx.nn.hf.families import (
     FAMILY_TYPES,
     export_family,
     family_config_from_hf,
     family_config_to_hf,
 )
-from tjx.nn.hf_family_tensors import family_mapping
-from tjx.nn.hf_gpt2 import config_from_hf, config_to_hf, gpt2_mapping
-from tjx.nn.hf_io import (
+from tjx.nn.hf.family_tensors import family_mapping
+from tjx.nn.hf.gpt2 import config_from_hf, config_to_hf, gpt2_mapping
+from tjx.nn.hf.io import (
     HFMapping,
     LazyWeights,
     check_tensors,
@@ -50,8 +50,8 @@ from tjx.nn.hf_io import (
     resolve,
     write_safetensors,
 )
-from tjx.nn.hf_llama import llama_mapping
-from tjx.nn.hf_moe import MOE_TYPES, moe_config_from_hf, moe_config_to_hf, moe_export_type
+from tjx.nn.hf.llama import llama_mapping
+from tjx.nn.hf.moe import MOE_TYPES, moe_config_from_hf, moe_config_to_hf, moe_export_type
 from tjx.nn.lora import merged_readers
 from tjx.nn.model_state import concrete_state
 from tjx.nn.params_io import fill_params, param_readers
@@ -222,8 +222,8 @@ def save_hf(
         Llama, its tensors fused) only when asked.
         For one with MoE layers ``mixtral``, ``qwen2_moe`` or ``qwen3_moe`` (default
         qwen2_moe with shared experts, qwen3_moe with q/k norms, else mixtral; see
-        ``hf_moe.moe_export_type``). DeepSeek's MLA: ``deepseek_v3`` with the sigmoid router,
-        else ``deepseek_v2`` (``hf_deepseek``).
+        ``moe.moe_export_type``). DeepSeek's MLA: ``deepseek_v3`` with the sigmoid router,
+        else ``deepseek_v2`` (``deepseek``).
     tokenizer_from : str or PathLike, optional
         A folder whose tokenizer files (``tokenizer.json`` ...) are copied next to the weights.
 

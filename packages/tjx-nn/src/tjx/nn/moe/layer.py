@@ -1,7 +1,7 @@
 """The mixture-of-experts feed-forward block: a router, ``E`` routed experts, shared experts.
 
 ``MoE(x)`` routes each token of ``x`` ``[b, s, d]`` to ``experts_per_token`` of ``num_experts``
-experts (``routers.py``), runs them (``moe_dispatch.py``: dropless grouped matmuls, or the
+experts (``routers.py``), runs them (``dispatch``: dropless grouped matmuls, or the
 capacity path), adds the shared experts (one MLP every token goes through, optionally scaled by
 ``sigmoid(x · shared_gate)``, Qwen2-MoE) and returns the block's output with its `MoEStats`.
 
@@ -18,26 +18,28 @@ the tokens each expert was chosen by, the dropped assignments, the Switch load-b
 router probability; 1 when perfectly balanced, whatever ``k``: HF Mixtral's value is ``k`` times
 this) and the router z-loss ``mean_t logsumexp(logits_t)²`` (ST-MoE).
 
-Expert parallelism: inside ``moe_parallel.expert_parallel_scope(ep)`` (tjx-parallel's
+Expert parallelism: inside ``parallel.expert_parallel_scope(ep)`` (tjx-parallel's
 ``expert_parallel(mesh, rules)`` gives ``ep``) the experts run on the devices that hold them.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tjx.nn.configs import TransformerConfig
 from tjx.nn.linear import Dense
 from tjx.nn.mlp import MLP, activation
-from tjx.nn.moe_config import expert_capacity, expert_mlp_dim, shared_mlp_dim
-from tjx.nn.moe_dispatch import FFN, ExpertWeights, capacity, dropless
-from tjx.nn.moe_parallel import current_expert_parallel
+from tjx.nn.moe.config import expert_capacity, expert_mlp_dim, shared_mlp_dim
+from tjx.nn.moe.dispatch import FFN, ExpertWeights, capacity, dropless
+from tjx.nn.moe.parallel import current_expert_parallel
 from tjx.nn.params import make_param, normal, zeros
 from tjx.nn.routers import ROUTERS
+
+if TYPE_CHECKING:  # configs imports tjx.nn.moe.config, which runs this package first
+    from tjx.nn.configs import TransformerConfig
 
 Array = jax.Array
 
@@ -132,7 +134,7 @@ class Experts(nnx.Module):
         self.fc_out = ExpertDense((e, f, d), ("experts", "mlp", "embed"), std=out_std, **kw)
 
     def weights(self) -> ExpertWeights:
-        """The raw arrays, for ``moe_dispatch``."""
+        """The raw arrays, for ``dispatch``."""
 
         def get(m: ExpertDense | None, part: str) -> Array | None:
             if m is None:

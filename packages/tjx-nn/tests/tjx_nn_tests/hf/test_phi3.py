@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
-from tjx.nn.hf_families import family_config_from_hf, family_config_to_hf
+from tjx.nn.hf.families import family_config_from_hf, family_config_to_hf
 
 rng = np.random.default_rng(0)
 SHORT = [float(v) for v in 1.0 + rng.random(48)]

@@ -1,0 +1,62 @@
+"""Hugging Face checkpoints in and out: ``load_hf`` / ``save_hf`` and what they are made of.
+
+Modules: ``checkpoints`` (``load_hf``, ``save_hf``, ``read_hf_config``: which family a folder
+holds and the plan to read or write it), ``io`` (checkpoint folders, lazy safetensors reads,
+sharded writes), one config module per family (``gpt2``, ``config``: llama/mistral/qwen2,
+``families`` with ``family_base``, ``gemma`` and ``phi3``: qwen3/olmo2/phi3/gemma2/gemma3_text,
+``moe``: mixtral/qwen2_moe/qwen3_moe, ``deepseek``: deepseek_v2/v3) and its tensor mapping
+(``gpt2``, ``llama``, ``family_tensors``, ``deepseek_tensors``), and ``start`` (the settings a
+checkpoint fixes when a run starts from it). Before tjx-nn 0.20 these were ``tjx.nn.hf`` (now
+``checkpoints``) and ``tjx.nn.hf_<name>``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tjx.nn.hf import checkpoints
+from tjx.nn.hf.checkpoints import (
+    HF_MODEL_TYPES,
+    SAVE_DTYPES,
+    hf_kind,
+    load_hf,
+    load_hf_gpt2,
+    read_hf_config,
+    save_hf,
+    save_hf_gpt2,
+)
+from tjx.nn.hf.gpt2 import HF_GPT2_FIXED, HF_GPT2_NAMES, hf_gpt2_conflicts
+from tjx.nn.hf.io import is_hub_id
+from tjx.nn.hf.start import (
+    HF_LLAMA_FIXED,
+    HOW_TO_TRAIN,
+    TRAINING_FIELDS,
+    config_clashes,
+    hf_conflicts,
+)
+from tjx.nn.moved import former_name
+
+__all__ = [
+    "HF_GPT2_FIXED",
+    "HF_GPT2_NAMES",
+    "HF_LLAMA_FIXED",
+    "HF_MODEL_TYPES",
+    "HOW_TO_TRAIN",
+    "SAVE_DTYPES",
+    "TRAINING_FIELDS",
+    "config_clashes",
+    "hf_conflicts",
+    "hf_gpt2_conflicts",
+    "hf_kind",
+    "is_hub_id",
+    "load_hf",
+    "load_hf_gpt2",
+    "read_hf_config",
+    "save_hf",
+    "save_hf_gpt2",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The names the single module tjx.nn.hf held before 0.20 besides these (for one release).
+    return former_name(__name__, checkpoints, name)

@@ -1,0 +1,357 @@
+"""Hugging Face ``config.json`` of the LLaMA family (llama, mistral, qwen2) ↔ ``LlamaConfig``
+(``llama_fields``/``llama_common_to_hf`` are shared with the MoE types of ``moe``).
+
+Every key of a ``config.json`` is either mapped onto a ``LlamaConfig`` field (sliding windows and
+the per-layer ``layer_types``, every RoPE scaling of :mod:`tjx.nn.rope_scaling`), checked to have
+the one value tjx computes the same way (``hidden_act: silu``), or on the explicit allow-list
+``HARMLESS`` (bookkeeping and generation defaults that change no
+number). Anything else is refused by name, so a checkpoint never loads into a model that computes
+something other than what its config says. ``auto_map`` (custom modelling code) is refused: tjx
+never runs code from a checkpoint, and the weights of a custom architecture may mean something
+else than ``model_type`` says.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from tjx.nn.configs import LlamaConfig
+from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
+
+LLAMA_TYPES = ("llama", "mistral", "qwen2")
+ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+}
+#: Keys that change nothing tjx computes (bookkeeping, token ids for generation, HF switches).
+HARMLESS = frozenset(
+    {
+        "architectures",
+        "model_type",
+        "transformers_version",
+        "torch_dtype",
+        "dtype",
+        "use_cache",
+        "pad_token_id",
+        "bos_token_id",
+        "eos_token_id",
+        "_name_or_path",
+        "pretraining_tp",  # HF splits the matmuls in pieces; the sum is the same
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+        "tokenizer_class",
+        "use_return_dict",
+    }
+)
+#: Keys mapped or checked below.
+HANDLED = frozenset(
+    {
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "max_position_embeddings",
+        "rms_norm_eps",
+        "rope_theta",
+        "rope_scaling",
+        "rope_parameters",
+        "tie_word_embeddings",
+        "hidden_act",
+        "attention_bias",
+        "mlp_bias",
+        "sliding_window",
+        "use_sliding_window",
+        "max_window_layers",
+        "layer_types",
+        "attention_dropout",
+        "initializer_range",
+        "auto_map",
+    }
+)
+
+
+#: config.json's RoPE keys that are not `RopeScaling` fields (read elsewhere or named here).
+_ROPE_OTHER = frozenset({"type", "rope_type", "rope_theta", "partial_rotary_factor"})
+#: The layer kinds of a ``layer_types`` list, as tjx's ``window_pattern`` entries.
+_LAYER_KINDS = {"sliding_attention": "local", "full_attention": "global"}
+
+
+def _rope(hf: Mapping[str, Any], max_len: int) -> tuple[float, RopeScaling | None]:
+    """(rope_theta, scaling or None) from the legacy keys or v5's ``rope_parameters``.
+
+    transformers' defaults are filled in where a config leaves them out: the pretraining length
+    (``original_max_position_embeddings``) is ``max_position_embeddings`` (for dynamic NTK that
+    is the length its formula scales from), and a longrope or yarn ``factor`` is their ratio.
+    """
+    params = hf.get("rope_parameters") or {}
+    theta = float(hf.get("rope_theta", params.get("rope_theta", 10000.0)))
+    scaling = hf.get("rope_scaling")
+    if scaling is None and params.get("rope_type", params.get("type", "default")) != "default":
+        scaling = params
+    if scaling is None:
+        return theta, None
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return theta, None
+    if kind not in ROPE_SCALINGS:
+        raise ValueError(
+            f"config.json rope_scaling type {kind!r} is not supported; tjx computes "
+            f"{', '.join(ROPE_SCALINGS)}"
+        )
+    partial = scaling.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if partial not in (None, 1, 1.0):
+        raise ValueError(f"config.json partial_rotary_factor {partial} is not supported (only 1)")
+    fields = {k: v for k, v in scaling.items() if k not in _ROPE_OTHER}
+    if kind == "dynamic":
+        fields["original_max_position_embeddings"] = max_len
+    elif kind != "linear":
+        fields.setdefault("original_max_position_embeddings", max_len)
+    if kind in ("yarn", "longrope") and fields.get("factor") is None:
+        fields["factor"] = max_len / fields["original_max_position_embeddings"]
+    return theta, RopeScaling.parse({"type": kind, **fields}, "config.json rope_scaling")
+
+
+def _longest(scaling: RopeScaling | None, max_len: int) -> int:
+    """tjx's ``max_seq_len`` (the longest sequence it accepts) for a checkpoint whose config says
+    ``max_position_embeddings = max_len``: yarn's extended context ``factor × original`` when
+    longer, dynamic NTK's ``factor × max_len`` (it scales past ``max_len``), else ``max_len``."""
+    if scaling is None or scaling.factor is None:
+        return max_len
+    if scaling.type == "yarn":
+        assert scaling.original_max_position_embeddings is not None
+        return max(max_len, math.ceil(scaling.factor * scaling.original_max_position_embeddings))
+    if scaling.type == "dynamic":
+        return math.ceil(max_len * scaling.factor)
+    return max_len
+
+
+def _window(
+    hf: Mapping[str, Any], model_type: str, layers: int
+) -> tuple[int | None, list[str] | None]:
+    """(sliding_window, window_pattern) as transformers decides which layers slide: every layer
+    of a mistral (or mixtral) with a window; qwen2 only with ``use_sliding_window``, layers from
+    ``max_window_layers`` on; an explicit ``layer_types`` list says it per layer. The Qwen MoE
+    types' windows are refused (tjx has not checked which of their layers slide)."""
+    window = hf.get("sliding_window")
+    if model_type in ("qwen2_moe", "qwen3_moe"):
+        sliding = [t for t in hf.get("layer_types") or [] if t != "full_attention"]
+        if hf.get("use_sliding_window") or sliding:
+            raise ValueError(
+                f"config.json use_sliding_window/layer_types: tjx's {model_type} import takes no "
+                "sliding window (set use_sliding_window to false to load it with full attention)"
+            )
+        return None, None
+    if model_type == "qwen2" and not hf.get("use_sliding_window"):
+        window = None
+    layer_types = hf.get("layer_types")
+    if layer_types is not None:
+        unknown = sorted(set(layer_types) - set(_LAYER_KINDS))
+        if unknown or len(layer_types) != layers:
+            raise ValueError(
+                f"config.json layer_types must list {layers} of {sorted(_LAYER_KINDS)}; got "
+                f"{len(layer_types)} entries{' with ' + ', '.join(unknown) if unknown else ''}"
+            )
+        pattern = [_LAYER_KINDS[t] for t in layer_types]
+    elif model_type == "qwen2":
+        first = int(hf.get("max_window_layers", 28))
+        pattern = ["global" if i < first else "local" for i in range(layers)]
+    else:
+        pattern = ["local"] * layers
+    if "local" not in pattern or window is None:
+        if "local" in pattern and layer_types is not None:
+            raise ValueError("config.json layer_types has sliding layers but no sliding_window")
+        return None, None
+    window = int(window)
+    return window, None if "global" not in pattern else pattern
+
+
+def llama_fields(
+    hf: Mapping[str, Any], model_type: str, *, handled: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The ``LlamaConfig`` fields every LLaMA-shaped ``config.json`` carries (the MoE types' too,
+    which add ``handled`` keys of their own and map them in ``moe``).
+
+    Raises
+    ------
+    ValueError
+        An unknown or unsupported key or value, named.
+    """
+    if "auto_map" in hf:
+        raise ValueError(
+            "config.json has auto_map (custom modelling code, which tjx never runs); its "
+            f"architecture may differ from model_type {model_type!r}, so it is refused"
+        )
+    unknown = sorted(set(hf) - HANDLED - HARMLESS - handled)
+    if unknown:
+        raise ValueError(
+            f"config.json key(s) {', '.join(unknown)} are not understood by tjx's {model_type} "
+            "import and could change the model; remove them only if they change no output"
+        )
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        raise ValueError(f"config.json hidden_act must be 'silu' (SwiGLU); got {act!r}")
+    attn_bias, mlp_bias = bool(hf.get("attention_bias")), bool(hf.get("mlp_bias"))
+    if attn_bias != mlp_bias:
+        raise ValueError(
+            f"config.json attention_bias {attn_bias} with mlp_bias {mlp_bias} is not supported "
+            "(tjx puts biases on every projection or on none, or on q/k/v only as Qwen2)"
+        )
+    max_len = int(hf.get("max_position_embeddings", 2048))
+    theta, scaling = _rope(hf, max_len)
+    layers = int(hf["num_hidden_layers"])
+    window, pattern = _window(hf, model_type, layers)
+    heads = int(hf["num_attention_heads"])
+    return dict(
+        vocab_size=int(hf["vocab_size"]),
+        max_seq_len=_longest(scaling, max_len),
+        d_model=int(hf["hidden_size"]),
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+        head_dim=hf.get("head_dim") or None,
+        mlp_dim=int(hf["intermediate_size"]),
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        sliding_window=window,
+        window_pattern=pattern,
+        use_bias=attn_bias,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        attention_dropout=float(hf.get("attention_dropout", 0.0)),
+        init_std=float(hf.get("initializer_range", 0.02)),
+    )
+
+
+def llama_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
+    """A ``LlamaConfig`` from a llama/mistral/qwen2 ``config.json`` dict (``overrides`` win).
+
+    Raises
+    ------
+    ValueError
+        An unknown or unsupported key or value, named.
+    """
+    model_type = hf.get("model_type")
+    if model_type not in LLAMA_TYPES:
+        raise ValueError(f"config.json model_type must be one of {LLAMA_TYPES}; got {model_type!r}")
+    fields = llama_fields(hf, model_type)
+    fields["qkv_bias"] = model_type == "qwen2"
+    fields.update(overrides)
+    return LlamaConfig(**fields)
+
+
+def check_llama_shape(config: LlamaConfig) -> None:
+    """Raise ``ValueError`` unless ``config`` is LLaMA-shaped (what every HF Llama type is)."""
+    shaped = config.attention_type == "mha" and config.position == "rope"
+    if not shaped or config.norm != "rmsnorm":
+        raise ValueError(
+            "only LLaMA-shaped configs export (attention_type 'mha', position 'rope', norm "
+            f"'rmsnorm'); got {config.attention_type!r}, {config.position!r}, {config.norm!r}"
+        )
+    if config.mlp_activation != "swiglu" or config.norm_position != "pre":
+        raise ValueError(
+            "only LLaMA-shaped configs export (mlp_activation 'swiglu', norm_position 'pre'); "
+            f"got {config.mlp_activation!r}, {config.norm_position!r}"
+        )
+
+
+def export_type(config: LlamaConfig, model_type: str | None) -> str:
+    """The HF ``model_type`` to write: the one asked for, else qwen2 with q/k/v-only biases,
+    else llama. Raises ``ValueError`` when ``config`` cannot be that type."""
+    qwen = config.qkv_bias and not config.use_bias
+    windowed = config.sliding_window is not None
+    chosen = model_type or ("qwen2" if qwen else "mistral" if windowed else "llama")
+    if chosen not in LLAMA_TYPES:
+        raise ValueError(f"model_type must be one of {LLAMA_TYPES} for a Llama; got {chosen!r}")
+    if config.qk_norm:
+        raise ValueError(
+            f"model_type {chosen!r} has no q/k norms (qk_norm=True); of the HF types tjx "
+            "writes only qwen3_moe has them"
+        )
+    check_llama_shape(config)
+    qwen = chosen == "qwen2"
+    if qwen != (config.qkv_bias and not config.use_bias):
+        raise ValueError(
+            f"model_type {chosen!r} needs qkv_bias={qwen} and use_bias=False; got qkv_bias="
+            f"{config.qkv_bias}, use_bias={config.use_bias}"
+        )
+    if chosen == "mistral" and config.use_bias:
+        raise ValueError("model_type 'mistral' has no biases; got use_bias=True")
+    if windowed and chosen == "llama":
+        raise ValueError(
+            "model_type 'llama' has no sliding window; export a model with sliding_window as "
+            "'mistral' or 'qwen2'"
+        )
+    if chosen == "mistral" and config.window_pattern is not None:
+        raise ValueError(
+            "model_type 'mistral' slides the window in every layer; a window_pattern exports "
+            "as 'qwen2' (its layer_types)"
+        )
+    return chosen
+
+
+def llama_config_to_hf(config: LlamaConfig, model_type: str | None = None) -> dict[str, Any]:
+    """The ``config.json`` dict of ``config`` as ``model_type`` (see ``export_type``)."""
+    chosen = export_type(config, model_type)
+    out = llama_common_to_hf(config, chosen)
+    if chosen == "llama":
+        out["attention_bias"] = out["mlp_bias"] = config.use_bias
+    elif chosen == "mistral":
+        out["sliding_window"] = config.sliding_window
+    else:
+        out["use_sliding_window"] = config.sliding_window is not None
+        out["sliding_window"] = config.sliding_window
+        if config.sliding_window is not None:
+            kinds = {None: "full_attention", config.sliding_window: "sliding_attention"}
+            out["layer_types"] = [kinds[w] for w in config.layer_windows()]
+            local = [i for i, w in enumerate(config.layer_windows()) if w is not None]
+            out["max_window_layers"] = local[0]
+    return out
+
+
+def llama_common_to_hf(config: LlamaConfig, chosen: str) -> dict[str, Any]:
+    """The keys every LLaMA-shaped ``config.json`` of ``model_type`` ``chosen`` holds."""
+    out: dict[str, Any] = {
+        "architectures": [ARCHITECTURES[chosen]],
+        "model_type": chosen,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "intermediate_size": config.mlp_dim,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "max_position_embeddings": _max_position(config),
+        "rms_norm_eps": config.norm_eps,
+        "rope_theta": config.rope_theta,
+        "hidden_act": "silu",
+        "tie_word_embeddings": config.tie_embeddings,
+        "attention_dropout": config.attention_dropout,
+        "initializer_range": config.init_std,
+    }
+    if config.rope_scaling is not None:
+        fields = config.rope_scaling.as_dict()
+        kind = fields.pop("type")
+        if kind == "dynamic":  # its original length is max_position_embeddings (written above)
+            fields.pop("original_max_position_embeddings")
+        out["rope_scaling"] = {"rope_type": kind, **fields}
+    return out
+
+
+def _max_position(config: LlamaConfig) -> int:
+    """``max_position_embeddings`` to write: tjx's ``max_seq_len``, except for dynamic NTK,
+    whose formula scales from it (tjx keeps that length in the scaling's original)."""
+    scaling = config.rope_scaling
+    if scaling is not None and scaling.type == "dynamic":
+        assert scaling.original_max_position_embeddings is not None
+        return scaling.original_max_position_embeddings
+    return config.max_seq_len

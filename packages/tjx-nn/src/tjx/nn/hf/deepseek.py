@@ -1,0 +1,249 @@
+"""Hugging Face DeepSeek-V2 (V2-Lite) and DeepSeek-V3 ``config.json`` ↔ ``LlamaConfig`` with
+DeepSeek's MLA (:mod:`tjx.nn.mla`) and MoE layers.
+
+=========================================  =================================================
+config.json                                tjx config
+=========================================  =================================================
+``q_lora_rank`` (null: a full ``q_proj``)  ``q_lora_rank``
+``kv_lora_rank``                           ``kv_latent_dim`` (``attention_type="mla"``)
+``qk_nope_head_dim + qk_rope_head_dim``    ``head_dim``; ``qk_rope_head_dim`` its rotated tail
+``v_head_dim``                             ``v_head_dim``
+``rope_parameters`` yarn with ``mscale*``  ``rope_scaling`` (and the softmax's ``mscale²``)
+``n_routed_experts``, ``num_experts_per    ``num_experts``, ``experts_per_token``,
+_tok``, ``moe_intermediate_size``          ``expert_mlp_dim``
+``n_shared_experts``                       ``num_shared_experts`` (no gate)
+``first_k_dense_replace``                  ``moe_first_dense`` (``intermediate_size``: their MLP)
+``routed_scaling_factor``                  ``router_scale``
+V2: softmax, ``topk_method`` greedy or     ``router="softmax"``, ``router_groups``/
+``group_limited_greedy`` (``n_group``,     ``router_topk_groups``, no renormalisation (as
+``topk_group``)                            transformers' V2)
+V3: sigmoid + ``e_score_correction_bias``  ``router="sigmoid"`` (its bias), groups,
+``n_group``, ``topk_group``,               ``router_norm_topk``
+``norm_topk_prob``
+=========================================  =================================================
+
+Refused in one line naming the key: attention or MLP biases, ``num_key_value_heads`` other than
+the heads, an ``rms_norm_eps`` other than 1e-6 (DeepSeek's latent norms keep 1e-6 whatever it
+says; tjx's norms share one), V2's ``norm_topk_prob`` true (transformers' V2 ignores it),
+``moe_layer_freq`` other than 1, ``scoring_func``/``topk_method`` other than the type's, no
+shared experts, a ``quantization_config`` (V3's FP8 release). V3's multi-token-prediction layers
+(``num_nextn_predict_layers``) are not part of the causal LM: their tensors are skipped with one
+printed line (``deepseek_tensors``).
+DeepSeek's own ``auto_map`` (the hub code transformers ships upstream) is read as the model type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tjx.nn.configs import LlamaConfig
+from tjx.nn.hf.config import llama_common_to_hf, llama_fields
+from tjx.nn.moe.config import expert_mlp_dim
+
+DEEPSEEK_TYPES = ("deepseek_v2", "deepseek_v3")
+ARCHITECTURES = {"deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}
+KEYS = frozenset(
+    {
+        "q_lora_rank",
+        "kv_lora_rank",
+        "qk_nope_head_dim",
+        "qk_rope_head_dim",
+        "qk_head_dim",
+        "v_head_dim",
+        "n_routed_experts",
+        "num_experts_per_tok",
+        "moe_intermediate_size",
+        "n_shared_experts",
+        "first_k_dense_replace",
+        "moe_layer_freq",
+        "routed_scaling_factor",
+        "topk_method",
+        "n_group",
+        "topk_group",
+        "norm_topk_prob",
+        "scoring_func",
+        "aux_loss_alpha",
+        "seq_aux",
+        "output_router_logits",
+        "ep_size",
+        "num_nextn_predict_layers",
+        "rope_interleave",
+    }
+)
+#: The hub code each type was upstreamed from: transformers runs its own class for it, as tjx.
+_UPSTREAMED = {
+    t: {
+        "AutoConfig": f"configuration_deepseek.Deepseek{v}Config",
+        "AutoModel": f"modeling_deepseek.Deepseek{v}Model",
+        "AutoModelForCausalLM": f"modeling_deepseek.Deepseek{v}ForCausalLM",
+    }
+    for t, v in (("deepseek_v2", "V2"), ("deepseek_v3", "V3"))
+}
+#: What each type's router is (scoring_func, the topk_methods transformers' class computes).
+_ROUTING = {
+    "deepseek_v2": ("softmax", ("greedy", "group_limited_greedy")),
+    "deepseek_v3": ("sigmoid", ("noaux_tc",)),
+}
+
+
+def _refuse(key: str, value: Any, why: str) -> ValueError:
+    return ValueError(f"config.json {key} {value!r} is not supported: {why}")
+
+
+def mtp_layers(hf: Mapping[str, Any]) -> int:
+    """V3's multi-token-prediction layers after the causal LM's (dropped on import)."""
+    return int(hf.get("num_nextn_predict_layers") or 0)
+
+
+def deepseek_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
+    """A ``LlamaConfig`` from a deepseek_v2/deepseek_v3 ``config.json`` (``overrides`` win).
+
+    Raises
+    ------
+    ValueError
+        An unknown key, or an option tjx does not compute as transformers does, named.
+    """
+    model_type = str(hf.get("model_type"))
+    auto_map = hf.get("auto_map")
+    if isinstance(auto_map, Mapping) and auto_map.items() <= _UPSTREAMED[model_type].items():
+        hf = {k: v for k, v in hf.items() if k != "auto_map"}
+    quantized = hf.get("quantization_config")
+    if quantized is not None:  # DeepSeek-V3's own release: FP8 blocks with weight_scale_inv
+        method = quantized.get("quant_method") if isinstance(quantized, Mapping) else quantized
+        raise _refuse(
+            "quantization_config", method, "tjx reads unquantized weights; load a bf16 conversion"
+        )
+    fields = llama_fields(hf, model_type, handled=KEYS)
+    if fields["use_bias"]:
+        raise _refuse("attention_bias", True, "tjx's DeepSeek import has no biases")
+    heads, kv_heads = fields["num_heads"], fields["num_kv_heads"]
+    if kv_heads != heads:
+        raise _refuse("num_key_value_heads", kv_heads, f"DeepSeek's MLA has one per head ({heads})")
+    if fields["norm_eps"] != 1e-6:
+        raise _refuse(
+            "rms_norm_eps",
+            fields["norm_eps"],
+            "DeepSeek's q_a/kv_a_layernorm keep 1e-6 and tjx's norms share one epsilon",
+        )
+    scoring, methods = _ROUTING[model_type]
+    for key, allowed in (("scoring_func", (scoring,)), ("topk_method", (*methods, None))):
+        if hf.get(key, allowed[0]) not in allowed:
+            raise _refuse(key, hf[key], f"transformers' {model_type} computes {allowed[0]!r}")
+    if int(hf.get("moe_layer_freq", 1)) != 1:
+        raise _refuse("moe_layer_freq", hf["moe_layer_freq"], "transformers reads only 1")
+    shared = int(hf.get("n_shared_experts") or 0)
+    if shared < 1:
+        raise _refuse("n_shared_experts", shared, "tjx's DeepSeek import needs shared experts")
+    rope, nope = int(hf["qk_rope_head_dim"]), int(hf["qk_nope_head_dim"])
+    grouped = model_type == "deepseek_v3" or hf.get("topk_method") == "group_limited_greedy"
+    if model_type == "deepseek_v2" and hf.get("norm_topk_prob"):
+        raise _refuse("norm_topk_prob", True, "transformers' deepseek_v2 never renormalises")
+    q_rank = hf.get("q_lora_rank")
+    fields |= dict(
+        attention_type="mla",
+        kv_latent_dim=int(hf["kv_lora_rank"]),
+        q_lora_rank=None if q_rank is None else int(q_rank),
+        head_dim=nope + rope,
+        qk_rope_head_dim=rope,
+        v_head_dim=int(hf["v_head_dim"]),
+        num_experts=int(hf["n_routed_experts"]),
+        experts_per_token=int(hf["num_experts_per_tok"]),
+        expert_mlp_dim=int(hf["moe_intermediate_size"]),
+        num_shared_experts=shared,
+        moe_first_dense=int(hf.get("first_k_dense_replace") or 0),
+        router=scoring,
+        router_norm_topk=bool(hf.get("norm_topk_prob")) and model_type == "deepseek_v3",
+        router_scale=float(hf.get("routed_scaling_factor", 1.0)),
+        router_groups=int(hf.get("n_group") or 1) if grouped else 1,
+        router_topk_groups=int(hf.get("topk_group") or 1) if grouped else 1,
+    )
+    if hf.get("aux_loss_alpha") is not None:  # a training setting (logits do not change)
+        fields["router_aux_loss"] = float(hf["aux_loss_alpha"])
+    return LlamaConfig(**{**fields, **overrides})
+
+
+def deepseek_export_type(config: LlamaConfig, model_type: str | None) -> str:
+    """deepseek_v3 for the sigmoid router, deepseek_v2 for softmax (or the one asked for, when
+    it fits). ``ValueError`` naming what HF cannot express."""
+    c = config
+    chosen = model_type or ("deepseek_v3" if c.router == "sigmoid" else "deepseek_v2")
+    if chosen not in DEEPSEEK_TYPES:
+        raise ValueError(
+            f"a model with DeepSeek's MLA saves as one of {DEEPSEEK_TYPES}; got {chosen!r}"
+        )
+    needs: dict[str, tuple[Any, Any]] = {
+        "router": (c.router, _ROUTING[chosen][0]),
+        "norm": (c.norm, "rmsnorm"),
+        "norm_position": (c.norm_position, "pre"),
+        "mlp_activation": (c.mlp_activation, "swiglu"),
+        "use_bias": (c.use_bias, False),
+        "qkv_bias": (c.qkv_bias, False),
+        "shared_expert_gate": (c.shared_expert_gate, False),
+        "shared_expert_mlp_dim": (c.shared_expert_mlp_dim, None),
+        "moe_layer_step": (c.moe_layer_step, 1),
+        "sliding_window": (c.sliding_window, None),
+        "norm_eps": (c.norm_eps, 1e-6),
+        "norm_plus_one": (c.norm_plus_one, False),
+        "scale_embeddings": (c.scale_embeddings, False),
+        "final_logit_softcap": (c.final_logit_softcap, None),
+        "attn_logit_softcap": (c.attn_logit_softcap, None),
+        "query_pre_attn_scalar": (c.query_pre_attn_scalar, None),
+    }
+    if chosen == "deepseek_v2":
+        needs["router_norm_topk"] = (c.router_norm_topk, False)
+    if not c.num_experts or not c.num_shared_experts:
+        needs["num_experts, num_shared_experts"] = ("0", "> 0")
+    wrong = {k: v for k, v in needs.items() if v[0] != v[1]}
+    if wrong:
+        got = ", ".join(f"{k}={v[0]!r} (needs {v[1]!r})" for k, v in wrong.items())
+        raise ValueError(f"model_type {chosen!r} cannot express this model: {got}")
+    return chosen
+
+
+def deepseek_config_to_hf(config: LlamaConfig, model_type: str | None = None) -> dict[str, Any]:
+    """The ``config.json`` dict of ``config`` (DeepSeek's MLA and MoE) as ``model_type``."""
+    c = config
+    chosen = deepseek_export_type(c, model_type)
+    assert c.head_dim is not None and c.qk_rope_head_dim is not None
+    plain = c.replace(attention_type="mha", **_NO_MLA)
+    assert isinstance(plain, LlamaConfig)
+    out = llama_common_to_hf(plain, "llama")
+    rope = out.pop("rope_scaling", None)
+    out.pop("rope_theta")
+    out |= dict(
+        architectures=[ARCHITECTURES[chosen]],
+        model_type=chosen,
+        head_dim=c.qk_rope_head_dim,
+        rope_parameters={"rope_theta": c.rope_theta, **(rope or {"rope_type": "default"})},
+        attention_bias=False,
+        q_lora_rank=c.q_lora_rank,
+        kv_lora_rank=c.kv_latent_dim,
+        qk_nope_head_dim=c.head_dim - c.qk_rope_head_dim,
+        qk_rope_head_dim=c.qk_rope_head_dim,
+        v_head_dim=c.v_head_dim or c.head_dim,
+        n_routed_experts=c.num_experts,
+        num_experts_per_tok=c.experts_per_token,
+        moe_intermediate_size=expert_mlp_dim(c),
+        n_shared_experts=c.num_shared_experts,
+        first_k_dense_replace=c.moe_first_dense,
+        routed_scaling_factor=c.router_scale,
+        n_group=c.router_groups,
+        topk_group=c.router_topk_groups,
+        norm_topk_prob=c.router_norm_topk,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    if chosen == "deepseek_v2":
+        out["topk_method"] = "group_limited_greedy" if c.router_groups > 1 else "greedy"
+        out["mlp_bias"] = False
+    else:
+        out |= dict(rope_interleave=True, num_nextn_predict_layers=0)
+    return out
+
+
+#: The DeepSeek MLA fields reset to build the common keys with the plain Llama writer.
+_NO_MLA = dict(
+    kv_latent_dim=None, q_lora_rank=None, qk_rope_head_dim=None, v_head_dim=None, num_kv_heads=None
+)

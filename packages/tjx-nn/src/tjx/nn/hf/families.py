@@ -1,0 +1,198 @@
+"""Hugging Face ``config.json`` of Qwen3, OLMo 2, Phi-3 and Gemma 2/3 ↔ ``LlamaConfig``.
+
+Each family is the LLaMA decoder with a few switches (:mod:`tjx.nn.family_config`): Qwen3 adds
+per-head q/k RMSNorms; OLMo 2 moves the norms onto the sublayers' outputs and normalises q and k
+over the whole projection; Phi-3 computes exactly what Llama does (it fuses q/k/v and gate/up in
+its tensors only, :mod:`tjx.nn.hf.family_tensors`; its LongRoPE scaling: :mod:`tjx.nn.hf.phi3`);
+Gemma 2 and 3 are in :mod:`tjx.nn.hf.gemma`.
+As for the Llama family (``config``), every key is mapped, checked, or on the allow-list of
+keys that change no number; anything else, and any value tjx cannot honour, is refused in one line
+naming it (what is not honoured yet: :mod:`tjx.nn.hf.family_base`).
+
+On export the config's switches choose the family (sandwich norms: Gemma, 3 with q/k norms;
+output norms: OLMo 2; q/k norms alone: Qwen3); Phi-3 is written only when asked for by name,
+since a Llama computes the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tjx.nn.configs import LlamaConfig
+from tjx.nn.hf.family_base import (
+    LLAMA_SWITCHES,
+    base_fields,
+    check_exportable,
+    check_keys,
+    check_switches,
+    common_to_hf,
+    layer_types,
+    rope_theta,
+    windows,
+)
+from tjx.nn.hf.gemma import (
+    GEMMA_SWITCHES,
+    GEMMA_TYPES,
+    gemma_config_to_hf,
+    gemma_fields,
+    gemma_type,
+)
+from tjx.nn.hf.phi3 import phi3_rope, phi3_rope_to_hf
+
+FAMILY_TYPES = ("qwen3", "olmo2", "phi3", *GEMMA_TYPES)
+ARCHITECTURES = {
+    "qwen3": "Qwen3ForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+}
+#: Each family's keys beyond ``family_base.BASE_KEYS``.
+FAMILY_KEYS = {
+    "qwen3": frozenset(
+        {"hidden_act", "sliding_window", "use_sliding_window", "max_window_layers", "layer_types"}
+    ),
+    "olmo2": frozenset({"hidden_act"}),
+    # transformers' Phi-3 never reads embd_pdrop; resid_pdrop becomes tjx's dropout.
+    "phi3": frozenset(
+        {
+            "hidden_act",
+            "sliding_window",
+            "resid_pdrop",
+            "embd_pdrop",
+            "original_max_position_embeddings",  # longrope's pretraining length (phi3)
+        }
+    ),
+}
+#: The switches each family computes with (an export checks that the config has these).
+SWITCHES: dict[str, dict[str, Any]] = {
+    "llama": LLAMA_SWITCHES,
+    "phi3": LLAMA_SWITCHES,
+    "qwen3": {**LLAMA_SWITCHES, "qk_norm": True},
+    "olmo2": {
+        **LLAMA_SWITCHES,
+        "norm_position": "output",
+        "qk_norm": True,
+        "qk_norm_scope": "projection",
+    },
+    **GEMMA_SWITCHES,
+}
+
+
+def _sliding(hf: Mapping[str, Any], model_type: str, layers: int) -> list[bool]:
+    """Which layers slide, as transformers decides: an explicit ``layer_types``; else Qwen3's
+    layers from ``max_window_layers`` on under ``use_sliding_window``; Phi-3's every layer."""
+    types = hf.get("layer_types")
+    if types is not None:
+        kinds = {"sliding_attention", "full_attention"}
+        if len(types) != layers or not set(types) <= kinds:
+            raise ValueError(
+                f"config.json layer_types must list {layers} of {sorted(kinds)}; got {types!r}"
+            )
+        return [t == "sliding_attention" for t in types]
+    if model_type == "qwen3":
+        if not hf.get("use_sliding_window"):
+            return [False] * layers
+        first = int(hf.get("max_window_layers", 28))
+        return [i >= first for i in range(layers)]
+    # phi3: its sliding_window holds for every layer (left out or null: none).
+    return [hf.get("sliding_window") is not None] * layers
+
+
+def family_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
+    """A ``LlamaConfig`` from a ``config.json`` dict of one of ``FAMILY_TYPES`` (``overrides``
+    win).
+
+    Raises
+    ------
+    ValueError
+        An unknown or unsupported key or value, named.
+    """
+    model_type = str(hf.get("model_type"))
+    if model_type in GEMMA_TYPES:
+        return LlamaConfig(**{**gemma_fields(hf, model_type), **overrides})
+    if model_type not in FAMILY_TYPES:
+        raise ValueError(
+            f"config.json model_type must be one of {FAMILY_TYPES}; got {model_type!r}"
+        )
+    check_keys(hf, model_type, FAMILY_KEYS[model_type])
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        raise ValueError(f"config.json hidden_act must be 'silu' (SwiGLU); got {act!r}")
+    fields = base_fields(hf, tied=False, eps=1e-6 if model_type == "qwen3" else 1e-5)
+    if model_type == "phi3":
+        fields["rope_theta"], fields["rope_scaling"] = phi3_rope(hf)
+    else:
+        fields["rope_theta"] = rope_theta(hf, model_type)
+    if model_type in ("qwen3", "phi3"):
+        fields |= windows(hf.get("sliding_window"), _sliding(hf, model_type, fields["num_layers"]))
+    if model_type == "phi3":
+        fields["dropout"] = float(hf.get("resid_pdrop", 0.0))
+    return LlamaConfig(**{**fields, **SWITCHES[model_type], **overrides})
+
+
+def family_of(config: LlamaConfig) -> str:
+    """The HF family whose switches ``config`` has (``"llama"`` when it has none of them)."""
+    if config.norm_position == "sandwich":
+        return gemma_type(config)
+    if config.norm_position == "output":
+        return "olmo2"
+    return "qwen3" if config.qk_norm else "llama"
+
+
+def export_family(config: LlamaConfig, model_type: str | None) -> str | None:
+    """The ``model_type`` to save ``config`` as: the one asked for, else its switches' family;
+    None leaves a switchless config to the Llama family's own choice (``config``). Raises
+    ``ValueError`` when ``config`` has switches that type does not compute, naming them."""
+    family = family_of(config)
+    chosen = model_type or family
+    want = SWITCHES.get(chosen, LLAMA_SWITCHES)  # llama, mistral, qwen2: no switch
+    fits = all(getattr(config, k) == v for k, v in SWITCHES[family].items())
+    hint = f"save as model_type={family!r}, or change the config"
+    if not fits:  # e.g. rope_local_theta without Gemma's norms: no family computes it
+        hint = "no Hugging Face family tjx writes computes that; change the config"
+    check_switches(config, chosen, want, hint)
+    return None if model_type is None and family == "llama" else chosen
+
+
+def family_config_to_hf(config: LlamaConfig, model_type: str) -> dict[str, Any]:
+    """The ``config.json`` dict of ``config`` as one of ``FAMILY_TYPES``.
+
+    Raises
+    ------
+    ValueError
+        ``config`` computes something ``model_type`` cannot express (named).
+    """
+    check_exportable(config, rope_types=("longrope",) if model_type == "phi3" else ())
+    check_switches(config, model_type, SWITCHES[model_type], "change the config")
+    if model_type in GEMMA_TYPES:
+        return gemma_config_to_hf(config, model_type)
+    out = {
+        "architectures": [ARCHITECTURES[model_type]],
+        "model_type": model_type,
+        **common_to_hf(config),
+        "hidden_act": "silu",
+    }
+    if config.sliding_window is not None and model_type == "olmo2":
+        raise ValueError("model_type 'olmo2' has no sliding window; got sliding_window set")
+    if model_type == "phi3":
+        if config.window_pattern is not None:
+            raise ValueError(
+                "model_type 'phi3' slides the window in every layer; got window_pattern "
+                f"{list(config.window_pattern)}"
+            )
+        return out | {
+            "resid_pdrop": config.dropout,
+            "embd_pdrop": 0.0,
+            "sliding_window": config.sliding_window,
+            **phi3_rope_to_hf(config),
+        }
+    out["attention_bias"] = False
+    if model_type == "qwen3":
+        windowed = config.sliding_window is not None
+        out |= {"use_sliding_window": windowed, "sliding_window": config.sliding_window}
+        if windowed:
+            # transformers reads layer_types when given; max_window_layers says the same for
+            # the older reading (the first sliding layer).
+            out["layer_types"] = layer_types(config)
+            out["max_window_layers"] = out["layer_types"].index("sliding_attention")
+    return out

@@ -1,0 +1,211 @@
+"""What the Hugging Face imports of Qwen3, OLMo 2, Phi-3 and Gemma 2/3 share: the keys every
+family maps, RoPE's base, the sliding-window rule, the common fields and the export checks.
+
+Sliding windows map onto ``sliding_window`` and ``window_pattern`` (which layers slide, as
+transformers decides per family: ``windows`` reads them, ``layer_types`` writes them). Not yet
+honoured (refused in one line naming the key): a RoPE scaling (``rope_scaling``, or a non-default
+``rope_parameters`` type), but Phi-3's LongRoPE (:mod:`tjx.nn.hf.phi3`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tjx.nn.configs import LlamaConfig
+from tjx.nn.hf.config import HARMLESS
+
+#: Keys every family's import maps or checks.
+BASE_KEYS = frozenset(
+    {
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "max_position_embeddings",
+        "rms_norm_eps",
+        "rope_theta",
+        "rope_scaling",
+        "rope_parameters",
+        "tie_word_embeddings",
+        "attention_bias",
+        "attention_dropout",
+        "initializer_range",
+        "auto_map",
+    }
+)
+#: The switches of a plain LLaMA (``family_config``): what llama/mistral/qwen2/phi3 compute with.
+LLAMA_SWITCHES: dict[str, Any] = dict(
+    norm_position="pre",
+    qk_norm=False,
+    qk_norm_scope="head",
+    mlp_activation="swiglu",
+    norm_plus_one=False,
+    scale_embeddings=False,
+    query_pre_attn_scalar=None,
+    attn_logit_softcap=None,
+    final_logit_softcap=None,
+    rope_local_theta=None,
+)
+
+
+#: ``auto_map`` entries naming the modelling code that transformers itself ships for the model
+#: type (the hub code it was upstreamed from): transformers loads such a checkpoint with its own
+#: class when remote code is not trusted, and so does tjx (it runs no code either way).
+UPSTREAMED = {
+    "phi3": {
+        "AutoConfig": "configuration_phi3.Phi3Config",
+        "AutoModelForCausalLM": "modeling_phi3.Phi3ForCausalLM",
+    }
+}
+
+
+def check_keys(hf: Mapping[str, Any], model_type: str, family_keys: frozenset[str]) -> None:
+    """Refuse ``auto_map`` (but the upstreamed Phi-3 classes), ``attention_bias`` and any key
+    neither mapped nor harmless, by name."""
+    auto_map = hf.get("auto_map")
+    upstreamed = UPSTREAMED.get(model_type, {})
+    if isinstance(auto_map, Mapping) and auto_map and auto_map.items() <= upstreamed.items():
+        auto_map = None
+    if auto_map is not None:
+        raise ValueError(
+            "config.json has auto_map (custom modelling code, which tjx never runs); its "
+            f"architecture may differ from model_type {model_type!r}, so it is refused"
+        )
+    unknown = sorted(set(hf) - BASE_KEYS - family_keys - HARMLESS)
+    if unknown:
+        raise ValueError(
+            f"config.json key(s) {', '.join(unknown)} are not understood by tjx's {model_type} "
+            "import and could change the model; remove them only if they change no output"
+        )
+    if hf.get("attention_bias"):
+        raise ValueError(
+            f"config.json attention_bias true ({model_type}: biases on q, k, v and o but not the "
+            "MLP) is not supported; tjx puts biases on every projection, on none, or on q/k/v only"
+        )
+
+
+def rope_theta(
+    hf: Mapping[str, Any], model_type: str, params: Mapping[str, Any] | None = None
+) -> float:
+    """RoPE's base from the legacy ``rope_theta`` or v5's ``rope_parameters`` (``params``: one
+    per-layer-type entry of it, Gemma 3); any scaling is refused (not yet honoured)."""
+    entry = dict(params if params is not None else hf.get("rope_parameters") or {})
+    for scaling in (hf.get("rope_scaling") or {}, entry):
+        kind = scaling.get("rope_type", scaling.get("type", "default"))
+        if kind != "default":
+            raise ValueError(
+                f"config.json rope_scaling of type {kind!r} is not supported for {model_type} yet "
+                "(tjx reads these families' RoPE scalings with #44's long-context step); a model "
+                "without rope_scaling loads"
+            )
+    partial = entry.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if partial not in (None, 1, 1.0):
+        raise ValueError(f"config.json partial_rotary_factor {partial} is not supported (only 1)")
+    theta = hf.get("rope_theta") if params is None else None
+    return float(theta if theta is not None else entry.get("rope_theta", 10000.0))
+
+
+def windows(window: Any, sliding: list[bool]) -> dict[str, Any]:
+    """``sliding_window`` and ``window_pattern`` of a model whose layers slide as ``sliding``
+    says (no window when none does; no pattern when all do; else the shortest repeating one)."""
+    if window is None or not any(sliding):
+        if any(sliding) and window is None:
+            raise ValueError("config.json has sliding layers but no sliding_window")
+        return dict(sliding_window=None, window_pattern=None)
+    kinds = ["local" if s else "global" for s in sliding]
+    if all(sliding):
+        return dict(sliding_window=int(window), window_pattern=None)
+    n = len(kinds)
+    period = next(p for p in range(1, n + 1) if all(kinds[i] == kinds[i % p] for i in range(n)))
+    return dict(sliding_window=int(window), window_pattern=tuple(kinds[:period]))
+
+
+def layer_types(config: LlamaConfig) -> list[str]:
+    """transformers' ``layer_types`` of ``config``: each layer sliding or full."""
+    return ["full_attention" if w is None else "sliding_attention" for w in config.layer_windows()]
+
+
+def base_fields(hf: Mapping[str, Any], *, tied: bool, eps: float) -> dict[str, Any]:
+    """The ``LlamaConfig`` fields every family reads alike (``tied``, ``eps``: the family's
+    defaults of ``tie_word_embeddings`` and ``rms_norm_eps``)."""
+    heads = int(hf["num_attention_heads"])
+    return dict(
+        vocab_size=int(hf["vocab_size"]),
+        max_seq_len=int(hf.get("max_position_embeddings", 2048)),
+        d_model=int(hf["hidden_size"]),
+        num_layers=int(hf["num_hidden_layers"]),
+        num_heads=heads,
+        num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+        head_dim=hf.get("head_dim") or None,
+        mlp_dim=int(hf["intermediate_size"]),
+        norm_eps=float(hf.get("rms_norm_eps", eps)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", tied)),
+        attention_dropout=float(hf.get("attention_dropout", 0.0)),
+        init_std=float(hf.get("initializer_range", 0.02)),
+        use_bias=False,
+    )
+
+
+def check_exportable(config: LlamaConfig, rope_types: tuple[str, ...] = ()) -> None:
+    """What every family's export needs: MHA with RoPE, RMSNorm, no biases, no RoPE scaling but
+    of ``rope_types`` (those the family writes)."""
+    scaling = config.rope_scaling
+    if scaling is not None and scaling.type in rope_types:
+        scaling = None
+    needs = {
+        "attention_type": (config.attention_type, "mha"),
+        "position": (config.position, "rope"),
+        "norm": (config.norm, "rmsnorm"),
+        "use_bias": (config.use_bias, False),
+        "qkv_bias": (config.qkv_bias, False),
+        "rope_scaling": (scaling, None),
+    }
+    wrong = {k: v for k, v in needs.items() if v[0] != v[1]}
+    if wrong:
+        got = ", ".join(f"{k}={v[0]!r} (needs {v[1]!r})" for k, v in wrong.items())
+        raise ValueError(f"this config cannot be saved as a Hugging Face family checkpoint: {got}")
+
+
+def check_switches(
+    config: LlamaConfig, model_type: str, want: Mapping[str, Any], hint: str
+) -> None:
+    """Raise one line naming every switch of ``config`` that ``model_type`` (computing ``want``)
+    cannot express; ``hint`` says which model type would."""
+    wrong = {k: getattr(config, k) for k, v in want.items() if getattr(config, k) != v}
+    if wrong:
+        got = ", ".join(f"{k}={v!r}" for k, v in wrong.items())
+        needs = ", ".join(f"{k}={want[k]!r}" for k in wrong)
+        raise ValueError(
+            f"model_type {model_type!r} cannot express {got} (it computes {needs}); {hint}"
+        )
+
+
+def common_to_hf(config: LlamaConfig) -> dict[str, Any]:
+    """The ``config.json`` keys every family writes alike.
+
+    The token ids are written as null: tjx does not know the tokenizer's, and transformers'
+    defaults for a family (Phi-3's pad id 32000 ...) may not even fit the vocabulary. They live
+    in ``generation_config.json``, which ``save_hf(..., tokenizer_from=)`` copies.
+    """
+    return {
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "pad_token_id": None,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "intermediate_size": config.mlp_dim,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "max_position_embeddings": config.max_seq_len,
+        "rms_norm_eps": config.norm_eps,
+        "rope_theta": config.rope_theta,
+        "tie_word_embeddings": config.tie_embeddings,
+        "attention_dropout": config.attention_dropout,
+        "initializer_range": config.init_std,
+    }

@@ -1,0 +1,131 @@
+"""Tensor names and layouts of Qwen3, OLMo 2, Phi-3 and Gemma 2/3 ↔ tjx ``Llama``.
+
+The projections are Llama's (``llama``: HF ``[out, in]`` transposed into ``[in, *out]``
+kernels, rotate-half RoPE on both sides). What differs:
+
+* the norms: HF's names mean different places per family (``post_attention_layernorm`` is the
+  MLP's input norm in Llama, Qwen3 and Phi-3, but the attention output's norm in OLMo 2 and
+  Gemma); ``NORMS`` maps each ``norm_position`` to tjx's modules. Gemma's ``1 + weight`` norms
+  store the weight itself on both sides.
+* q/k norms (``self_attn.q_norm``/``k_norm``): a ``head_dim`` scale (Qwen3, Gemma 3) or one over
+  the whole projection (OLMo 2).
+* Phi-3 fuses q, k and v into ``qkv_proj`` (rows: the query's ``heads × head_dim``, then the
+  keys', then the values') and the MLP's gate and up into ``gate_up_proj`` (gate rows first):
+  split on load, fused again on export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from tjx.nn.configs import LlamaConfig
+from tjx.nn.hf.io import HFMapping, Read, take
+
+Convert = Callable[[Read], np.ndarray]
+
+#: norm_position → {HF layer norm: tjx module of the block}.
+NORMS = {
+    "pre": {"input_layernorm": "attn_norm", "post_attention_layernorm": "mlp_norm"},
+    "output": {
+        "post_attention_layernorm": "attn_post_norm",
+        "post_feedforward_layernorm": "mlp_post_norm",
+    },
+    "sandwich": {
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "attn_post_norm",
+        "pre_feedforward_layernorm": "mlp_norm",
+        "post_feedforward_layernorm": "mlp_post_norm",
+    },
+}
+
+
+def _linear_in(hf: str, shape: tuple[int, ...]) -> Convert:
+    """HF ``[out, in]`` → tjx ``[in, *out]`` (``shape`` is tjx's kernel shape)."""
+    return lambda read: read(hf).T.reshape(shape)
+
+
+def _linear_out(tjx: str, out_features: int) -> Convert:
+    """tjx ``[*in, *out]`` kernel → HF ``[out, in]``."""
+    return lambda read: read(tjx).reshape(-1, out_features).T
+
+
+def _rows(hf: str, start: int, stop: int, shape: tuple[int, ...]) -> Convert:
+    """Rows ``[start, stop)`` of a fused HF ``[out, in]`` weight as a tjx ``[in, *out]`` kernel."""
+    return lambda read: read(hf)[start:stop].T.reshape(shape)
+
+
+def _fused(parts: list[tuple[str, int]]) -> Convert:
+    """The fused HF weight from tjx kernels ``(name, out_features)``, rows in that order."""
+    return lambda read: np.concatenate([read(t).reshape(-1, n).T for t, n in parts], axis=0)
+
+
+def family_mapping(c: LlamaConfig, model_type: str) -> HFMapping:
+    """The HF ↔ tjx correspondence of ``c`` saved as ``model_type`` (see ``HFMapping``)."""
+    assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp_dim is not None
+    d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
+    m, v = c.mlp_dim, c.vocab_size
+    shapes: dict[str, tuple[int, ...]] = {}
+    to_tjx: dict[str, Convert] = {}
+    to_hf: dict[str, Convert] = {}
+
+    def same(hf: str, tjx: str, shape: tuple[int, ...]) -> None:
+        shapes[hf] = shape
+        to_tjx[tjx] = take(hf)
+        to_hf[hf] = take(tjx)
+
+    def linear(hf: str, tjx: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
+        n_in, n_out = int(np.prod(in_shape)), int(np.prod(out_shape))
+        shapes[hf + ".weight"] = (n_out, n_in)
+        to_tjx[tjx + ".kernel"] = _linear_in(hf + ".weight", (*in_shape, *out_shape))
+        to_hf[hf + ".weight"] = _linear_out(tjx + ".kernel", n_out)
+
+    def fused(hf: str, parts: Sequence[tuple[str, tuple[int, ...]]]) -> None:
+        """``hf`` [Σ out, d] holds ``parts`` (tjx module, its out shape) row after row."""
+        sizes = [int(np.prod(out)) for _, out in parts]
+        shapes[hf + ".weight"] = (sum(sizes), d)
+        start = 0
+        for (tjx, out), n in zip(parts, sizes, strict=True):
+            to_tjx[tjx + ".kernel"] = _rows(hf + ".weight", start, start + n, (d, *out))
+            start += n
+        to_hf[hf + ".weight"] = _fused(
+            [(t + ".kernel", n) for (t, _), n in zip(parts, sizes, strict=True)]
+        )
+
+    same("model.embed_tokens.weight", "embed.embedding", (v, d))
+    whole = c.qk_norm_scope == "projection"
+    for i in range(c.num_layers):
+        p, t = f"model.layers.{i}.", f"stack.layers.{i}."
+        if model_type == "phi3":
+            qkv = [
+                (t + "attn.query", (h, hd)),
+                (t + "attn.key", (hk, hd)),
+                (t + "attn.value", (hk, hd)),
+            ]
+            fused(p + "self_attn.qkv_proj", qkv)
+            fused(p + "mlp.gate_up_proj", [(t + "mlp.fc_gate", (m,)), (t + "mlp.fc_in", (m,))])
+        else:
+            linear(p + "self_attn.q_proj", t + "attn.query", (d,), (h, hd))
+            linear(p + "self_attn.k_proj", t + "attn.key", (d,), (hk, hd))
+            linear(p + "self_attn.v_proj", t + "attn.value", (d,), (hk, hd))
+            linear(p + "mlp.gate_proj", t + "mlp.fc_gate", (d,), (m,))
+            linear(p + "mlp.up_proj", t + "mlp.fc_in", (d,), (m,))
+        linear(p + "self_attn.o_proj", t + "attn.out", (h, hd), (d,))
+        linear(p + "mlp.down_proj", t + "mlp.fc_out", (m,), (d,))
+        if c.qk_norm:
+            same(p + "self_attn.q_norm.weight", t + "attn.q_norm.scale", (h * hd if whole else hd,))
+            same(
+                p + "self_attn.k_norm.weight", t + "attn.k_norm.scale", (hk * hd if whole else hd,)
+            )
+        for hf_norm, tjx_norm in NORMS[c.norm_position].items():
+            same(f"{p}{hf_norm}.weight", f"{t}{tjx_norm}.scale", (d,))
+    same("model.norm.weight", "final_norm.scale", (d,))
+    if not c.tie_embeddings:
+        linear("lm_head", "head", (d,), (v,))
+
+    def ignored(name: str) -> bool:
+        # RoPE frequency buffers of old checkpoints; a tied head saved as a copy.
+        return "rotary_emb." in name or (c.tie_embeddings and name == "lm_head.weight")
+
+    return HFMapping(shapes, to_tjx, to_hf, ignored)

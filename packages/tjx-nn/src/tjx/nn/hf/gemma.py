@@ -1,0 +1,162 @@
+"""Hugging Face ``config.json`` of Gemma 2 and Gemma 3 (text: ``gemma3_text``) ↔ ``LlamaConfig``.
+
+Gemma is the LLaMA decoder with sandwich norms (before and after attention and the MLP), norms
+that scale by ``1 + weight``, embeddings times ``sqrt(d_model)``, GeGLU with the tanh GELU and a
+query scale ``1/sqrt(query_pre_attn_scalar)``; Gemma 2 soft-caps its attention and output logits
+(transformers' defaults 50 and 30 where a config leaves them out), Gemma 3 normalises q and k per
+head instead. Their local/global layer pattern slides a window over the local layers
+(``sliding_window`` + ``window_pattern``: Gemma 2 alternates from a local layer 0, Gemma 3 makes
+every ``sliding_window_pattern``-th layer global, or ``layer_types`` says it per layer), and
+Gemma 3 rotates the local layers at their own RoPE base (``rope_local_base_freq`` →
+``rope_local_theta``). Gemma 3's image-text checkpoints (``model_type`` ``gemma3``) are refused:
+only the text model (``Gemma3ForCausalLM``) loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tjx.nn.configs import LlamaConfig
+from tjx.nn.hf.family_base import (
+    base_fields,
+    check_keys,
+    common_to_hf,
+    layer_types,
+    rope_theta,
+    windows,
+)
+
+GEMMA_TYPES = ("gemma2", "gemma3_text")
+ARCHITECTURES = {"gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
+GEMMA_KEYS = frozenset(
+    {
+        "hidden_act",  # transformers' Gemma 2/3 read hidden_activation only
+        "hidden_activation",
+        "query_pre_attn_scalar",
+        "attn_logit_softcapping",
+        "final_logit_softcapping",
+        "sliding_window",
+        "layer_types",
+        "sliding_window_pattern",
+        "_sliding_window_pattern",
+        "rope_local_base_freq",
+        "use_bidirectional_attention",
+        "cache_implementation",  # generation's cache class ("hybrid")
+    }
+)
+#: The tanh-approximated GELU under its transformers names.
+TANH_GELU = ("gelu_pytorch_tanh", "gelu_new")
+#: The switches each Gemma computes with (the soft caps and query scale are the config's).
+GEMMA_SWITCHES: dict[str, dict[str, Any]] = {
+    "gemma2": dict(
+        norm_position="sandwich",
+        norm_plus_one=True,
+        scale_embeddings=True,
+        mlp_activation="geglu",
+        qk_norm=False,
+        qk_norm_scope="head",
+        rope_local_theta=None,
+    )
+}
+#: Gemma 3: q/k norms; its local RoPE base is the config's (any value).
+GEMMA_SWITCHES["gemma3_text"] = {
+    **{k: v for k, v in GEMMA_SWITCHES["gemma2"].items() if k != "rope_local_theta"},
+    "qk_norm": True,
+}
+#: transformers' (attention, final) soft caps where a config.json leaves them out.
+_CAPS = {"gemma2": (50.0, 30.0), "gemma3_text": (None, None)}
+
+
+def _sliding_layers(hf: Mapping[str, Any], model_type: str, layers: int) -> list[bool]:
+    """Which layers slide, as transformers decides: ``layer_types`` if given, else Gemma 2's
+    every other layer from the first, Gemma 3's all but every ``sliding_window_pattern``-th."""
+    types = hf.get("layer_types")
+    if types is not None:
+        kinds = {"sliding_attention", "full_attention"}
+        if len(types) != layers or not set(types) <= kinds:
+            raise ValueError(
+                f"config.json layer_types must list {layers} of {sorted(kinds)}; got {types!r}"
+            )
+        return [t == "sliding_attention" for t in types]
+    if model_type == "gemma2":
+        return [i % 2 == 0 for i in range(layers)]
+    pattern = int(hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern", 6)))
+    return [bool((i + 1) % pattern) for i in range(layers)]
+
+
+def _gemma3_thetas(hf: Mapping[str, Any]) -> tuple[float, float]:
+    """Gemma 3's (global, local) RoPE bases, from the legacy keys or v5's per-layer-type
+    ``rope_parameters`` (transformers' defaults 1e6 and 1e4); a scaling is refused."""
+    params = hf.get("rope_parameters") or {}
+    full = params.get("full_attention") or {}
+    local = params.get("sliding_attention") or {}
+    rope_theta(hf, "gemma3_text", full)  # refuses a scaling of either kind of layer
+    rope_theta(hf, "gemma3_text", local)
+    theta = float(hf.get("rope_theta", full.get("rope_theta", 1_000_000.0)))
+    return theta, float(hf.get("rope_local_base_freq", local.get("rope_theta", 10_000.0)))
+
+
+def gemma_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]:
+    """The ``LlamaConfig`` fields of a gemma2/gemma3_text ``config.json``."""
+    check_keys(hf, model_type, GEMMA_KEYS)
+    act = hf.get("hidden_activation") or "gelu_pytorch_tanh"
+    if act not in TANH_GELU:
+        raise ValueError(
+            f"config.json hidden_activation must be one of {TANH_GELU} (GeGLU with the tanh "
+            f"GELU); got {act!r}"
+        )
+    if hf.get("use_bidirectional_attention"):
+        raise ValueError(
+            "config.json use_bidirectional_attention true (an encoder) is not supported; tjx "
+            f"loads {model_type} as a causal decoder"
+        )
+    fields = base_fields(hf, tied=True, eps=1e-6)
+    sliding = _sliding_layers(hf, model_type, fields["num_layers"])
+    fields |= windows(hf.get("sliding_window", 4096), sliding)
+    if model_type == "gemma2":
+        fields["rope_theta"] = rope_theta(hf, model_type)
+    else:
+        fields["rope_theta"], local = _gemma3_thetas(hf)
+        # Only the local layers read it (none: leave it unset, as a config without a window).
+        fields["rope_local_theta"] = local if any(sliding) else None
+    attn_cap, final_cap = _CAPS[model_type]
+    return {
+        **fields,
+        **GEMMA_SWITCHES[model_type],
+        "query_pre_attn_scalar": float(hf.get("query_pre_attn_scalar", 256)),
+        "attn_logit_softcap": hf.get("attn_logit_softcapping", attn_cap),
+        "final_logit_softcap": hf.get("final_logit_softcapping", final_cap),
+    }
+
+
+def gemma_type(config: LlamaConfig) -> str:
+    """``gemma3_text`` for a sandwich-normed config with q/k norms, else ``gemma2``."""
+    return "gemma3_text" if config.qk_norm else "gemma2"
+
+
+def gemma_config_to_hf(config: LlamaConfig, model_type: str) -> dict[str, Any]:
+    """The ``config.json`` dict of ``config`` as ``model_type`` (its switches already checked).
+
+    ``layer_types`` says which layers slide; a config without a window writes every layer as
+    ``full_attention`` (with ``sliding_window = max_seq_len``, a window that never slides).
+    """
+    assert config.head_dim is not None
+    scalar = config.query_pre_attn_scalar or float(config.head_dim)
+    out: dict[str, Any] = {
+        "architectures": [ARCHITECTURES[model_type]],
+        "model_type": model_type,
+        **common_to_hf(config),
+        "hidden_activation": "gelu_pytorch_tanh",
+        # transformers types it as an int: write 256, not 256.0
+        "query_pre_attn_scalar": int(scalar) if float(scalar).is_integer() else scalar,
+        "attn_logit_softcapping": config.attn_logit_softcap,
+        "final_logit_softcapping": config.final_logit_softcap,
+        "attention_bias": False,
+        "sliding_window": config.sliding_window or config.max_seq_len,
+        "layer_types": layer_types(config),
+        "use_bidirectional_attention": False,
+    }
+    if model_type == "gemma3_text":
+        out["rope_local_base_freq"] = config.rope_local_theta or config.rope_theta
+    return out

@@ -1,0 +1,181 @@
+"""Hugging Face MoE checkpoints (mixtral, qwen2_moe, qwen3_moe) ↔ tjx ``Llama`` with MoE layers.
+
+Their attention, norms and embeddings are the LLaMA family's (``config.llama_fields``,
+``llama``); this module maps what they add:
+
+============  ===============================================  =================================
+model_type    config.json                                      tjx config
+============  ===============================================  =================================
+mixtral       ``num_local_experts``, ``num_experts_per_tok``,  every layer MoE, softmax top-k
+              ``intermediate_size`` (an expert's width)        renormalised, no shared experts
+qwen2_moe     ``num_experts``, ``moe_intermediate_size``,      one shared expert with a sigmoid
+              ``shared_expert_intermediate_size``,             gate, q/k/v biases,
+              ``norm_topk_prob``, ``decoder_sparse_step``,     ``moe_layer_step``,
+              ``mlp_only_layers`` (``[0, k)`` only)            ``moe_first_dense``
+qwen3_moe     as qwen2_moe without the shared expert, with     ``qk_norm``, no biases
+              an RMSNorm of each q/k head
+============  ===============================================  =================================
+
+``router_aux_loss_coef`` becomes ``router_aux_loss`` (a training setting: note that HF Mixtral's
+loss is ``k`` times tjx's). Refused in one line: ``mlp_only_layers`` other than the first
+layers, ``router_jitter_noise`` > 0, a qwen2_moe without experts or shared expert, qwen3_moe
+attention biases; and on export a model HF cannot express (sigmoid router, shared experts
+without a gate, MoE layers other than HF's pattern for the type, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tjx.nn.configs import LlamaConfig
+from tjx.nn.hf.config import check_llama_shape, llama_common_to_hf, llama_fields
+from tjx.nn.moe.config import expert_mlp_dim, shared_mlp_dim
+
+MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe")
+_QWEN_KEYS = frozenset(
+    {
+        "num_experts",
+        "num_local_experts",
+        "num_experts_per_tok",
+        "moe_intermediate_size",
+        "norm_topk_prob",
+        "decoder_sparse_step",
+        "mlp_only_layers",
+        "router_aux_loss_coef",
+        "output_router_logits",
+        "max_window_layers",
+    }
+)
+KEYS: dict[str, frozenset[str]] = {
+    "mixtral": frozenset(
+        {
+            "num_local_experts",
+            "num_experts_per_tok",
+            "router_aux_loss_coef",
+            "router_jitter_noise",
+            "output_router_logits",
+        }
+    ),
+    "qwen2_moe": _QWEN_KEYS | {"shared_expert_intermediate_size", "qkv_bias"},
+    "qwen3_moe": _QWEN_KEYS,
+}
+#: HF names of a layer's MoE block: (block, router, expert gate/up/down, shared expert or None).
+NAMES: dict[str, tuple[str, str, tuple[str, str, str], str | None]] = {
+    "mixtral": ("block_sparse_moe", "gate", ("w1", "w3", "w2"), None),
+    "qwen2_moe": ("mlp", "gate", ("gate_proj", "up_proj", "down_proj"), "shared_expert"),
+    "qwen3_moe": ("mlp", "gate", ("gate_proj", "up_proj", "down_proj"), None),
+    **{  # deepseek's types: several shared experts as one MLP, without a gate
+        t: ("mlp", "gate", ("gate_proj", "up_proj", "down_proj"), "shared_experts")
+        for t in ("deepseek_v2", "deepseek_v3")
+    },
+}
+
+
+def _refuse(key: str, value: Any, why: str) -> ValueError:
+    return ValueError(f"config.json {key} {value!r} is not supported: {why}")
+
+
+def moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
+    """A ``LlamaConfig`` with MoE layers from a mixtral/qwen2_moe/qwen3_moe ``config.json``.
+
+    Raises
+    ------
+    ValueError
+        An unknown key, or an MoE option tjx does not compute the same way, named.
+    """
+    model_type = str(hf.get("model_type"))
+    fields = llama_fields(hf, model_type, handled=KEYS[model_type])
+    experts = int(hf.get("num_local_experts") or hf.get("num_experts") or 0)
+    if experts < 1:
+        raise _refuse("num_experts", experts, f"a {model_type} without experts (load it dense)")
+    moe: dict[str, Any] = dict(
+        num_experts=experts,
+        experts_per_token=int(hf.get("num_experts_per_tok", 2)),
+        router_aux_loss=float(hf.get("router_aux_loss_coef", 0.01)),
+    )
+    if model_type == "mixtral":
+        jitter = float(hf.get("router_jitter_noise") or 0.0)
+        if jitter:
+            raise _refuse("router_jitter_noise", jitter, "tjx's router adds no noise")
+        moe["expert_mlp_dim"] = None  # intermediate_size (mlp_dim) is an expert's width
+    else:
+        moe["expert_mlp_dim"] = int(hf["moe_intermediate_size"])
+        moe["router_norm_topk"] = bool(hf.get("norm_topk_prob", False))
+        moe["moe_layer_step"] = int(hf.get("decoder_sparse_step", 1))
+        dense = sorted(int(i) for i in hf.get("mlp_only_layers") or [])
+        if dense != list(range(len(dense))):
+            raise _refuse(
+                "mlp_only_layers", dense, "tjx keeps only the first k layers dense (0..k-1)"
+            )
+        moe["moe_first_dense"] = len(dense)
+    if model_type == "qwen2_moe":
+        shared = int(hf.get("shared_expert_intermediate_size") or 0)
+        if shared < 1:
+            raise _refuse("shared_expert_intermediate_size", shared, "qwen2_moe has one")
+        moe |= dict(num_shared_experts=1, shared_expert_mlp_dim=shared, shared_expert_gate=True)
+        fields["qkv_bias"] = bool(hf.get("qkv_bias", True))
+    if model_type == "qwen3_moe":
+        if fields["use_bias"]:
+            raise _refuse("attention_bias", True, "tjx's qwen3_moe import has no biases")
+        fields["qk_norm"] = True
+    return LlamaConfig(**{**fields, **moe, **overrides})
+
+
+def moe_export_type(config: LlamaConfig, model_type: str | None) -> str:
+    """The HF MoE ``model_type`` to write: the one asked for, else qwen2_moe with shared experts,
+    qwen3_moe with q/k norms, mixtral otherwise. ``ValueError`` when HF cannot express it."""
+    c = config
+    chosen = model_type or (
+        "qwen2_moe" if c.num_shared_experts else "qwen3_moe" if c.qk_norm else "mixtral"
+    )
+    if chosen not in MOE_TYPES:
+        raise ValueError(f"model_type must be one of {MOE_TYPES} for an MoE model; got {chosen!r}")
+    check_llama_shape(c)
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ValueError(f"model_type {chosen!r} cannot express this model: it needs {what}")
+
+    need(c.router == "softmax", f"router 'softmax' (got {c.router!r})")
+    need(not c.use_bias, "no biases beside q/k/v (use_bias=False)")
+    need(c.qk_norm == (chosen == "qwen3_moe"), f"qk_norm={chosen == 'qwen3_moe'}")
+    need(c.qkv_bias == (chosen == "qwen2_moe"), f"qkv_bias={chosen == 'qwen2_moe'}")
+    shared = chosen == "qwen2_moe"
+    need(bool(c.num_shared_experts) == shared, f"{'' if shared else 'no '}shared experts")
+    need(c.shared_expert_gate == shared, f"shared_expert_gate={shared}")
+    if chosen == "mixtral":
+        need(c.moe_layer_step == 1 and c.moe_first_dense == 0, "every layer MoE")
+        need(c.router_norm_topk, "router_norm_topk=True")
+        need(c.window_pattern is None, "one sliding_window for every layer (no window_pattern)")
+    else:
+        need(c.sliding_window is None, "no sliding_window (tjx writes none for the Qwen MoE types)")
+    return chosen
+
+
+def moe_config_to_hf(config: LlamaConfig, model_type: str | None = None) -> dict[str, Any]:
+    """The ``config.json`` dict of an MoE ``config`` as ``model_type`` (``moe_export_type``)."""
+    c = config
+    chosen = moe_export_type(c, model_type)
+    out = llama_common_to_hf(c, chosen)
+    out |= dict(num_experts_per_tok=c.experts_per_token, router_aux_loss_coef=c.router_aux_loss)
+    if chosen == "mixtral":
+        out |= dict(
+            num_local_experts=c.num_experts,
+            intermediate_size=expert_mlp_dim(c),
+            sliding_window=c.sliding_window,
+        )
+        return out
+    out |= dict(
+        num_experts=c.num_experts,
+        moe_intermediate_size=expert_mlp_dim(c),
+        norm_topk_prob=c.router_norm_topk,
+        decoder_sparse_step=c.moe_layer_step,
+        mlp_only_layers=list(range(c.moe_first_dense)),
+        use_sliding_window=False,
+    )
+    if chosen == "qwen2_moe":
+        out |= dict(shared_expert_intermediate_size=shared_mlp_dim(c), qkv_bias=True)
+    else:
+        out["attention_bias"] = False
+    return out

@@ -1,0 +1,124 @@
+"""Starting a model from a checkpoint: which config settings say what the model is (the
+checkpoint fixes them) and which how it trains (the new run's config decides them).
+
+Two ways in: a Hugging Face checkpoint, whose architecture its ``config.json`` fixes
+(`hf_conflicts`: the settings a user asked for that the weights cannot have), and another run's
+checkpoint, whose tjx config must be the new one but for how it trains (`config_clashes`).
+Refusing instead of dropping such a setting matters: dropped silently, the run would train
+something else than asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tjx.nn.config_io import config_to_dict
+from tjx.nn.configs import GPT2Config, TransformerConfig
+from tjx.nn.hf.gpt2 import hf_gpt2_conflicts
+
+__all__ = ["HF_LLAMA_FIXED", "HOW_TO_TRAIN", "TRAINING_FIELDS", "config_clashes", "hf_conflicts"]
+
+#: Config fields a run started from another run's checkpoint may change: how it trains, not what.
+HOW_TO_TRAIN = (
+    "dropout",
+    "attention_dropout",
+    "attention_impl",
+    "cross_entropy_impl",
+    "remat",
+    "decode_topk",
+    "init_std",
+    "scaled_residual_init",
+)
+
+#: The config fields a run decides when a Hugging Face checkpoint fixed the architecture (what an
+#: app hands ``load_hf`` as overrides): how to train it, not what it is.
+TRAINING_FIELDS = ("scan_layers", "remat", "attention_impl", "dropout", "decode_topk", "precision")
+
+#: ``LlamaConfig`` fields a checkpoint of the LLaMA family fixes: its shape, its windows and the
+#: switches of the families built on it (Qwen3, OLMo 2, Gemma), its MLA and its experts.
+HF_LLAMA_FIXED = (
+    "position",
+    "attention_type",
+    "norm_position",
+    "use_bias",
+    "num_kv_heads",
+    "sliding_window",
+    "window_pattern",
+    "qk_norm",
+    "qk_norm_scope",
+    "norm_plus_one",
+    "scale_embeddings",
+    "query_pre_attn_scalar",
+    "attn_logit_softcap",
+    "final_logit_softcap",
+    "rope_local_theta",
+    "kv_latent_dim",
+    "q_lora_rank",
+    "qk_rope_head_dim",
+    "v_head_dim",
+    "num_experts",
+    "router_scale",
+    "router_groups",
+    "router_topk_groups",
+)
+
+
+def hf_conflicts(
+    options: Mapping[str, Any], checkpoint: TransformerConfig | None
+) -> dict[str, Any]:
+    """The requested architecture settings that a Hugging Face checkpoint's weights cannot have.
+
+    Parameters
+    ----------
+    options : Mapping[str, Any]
+        Config field → requested value; ``None`` means unset. A list (YAML's, e.g.
+        ``window_pattern``) compares as the tuple a config holds.
+    checkpoint : TransformerConfig or None
+        The checkpoint's config (`read_hf_config`); a `GPT2Config` or ``None`` (a GPT-2 hub name,
+        known without reading it) is checked by `hf_gpt2_conflicts`, any other against its own
+        values of `HF_LLAMA_FIXED`.
+
+    Returns
+    -------
+    dict[str, Any]
+        Each conflicting field → the value requested, in the fixed fields' order; empty when the
+        settings fit.
+    """
+    if checkpoint is None or isinstance(checkpoint, GPT2Config):
+        return hf_gpt2_conflicts(options)
+
+    def same(value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    return {
+        k: options[k]
+        for k in HF_LLAMA_FIXED
+        if options.get(k) is not None and same(options[k]) != getattr(checkpoint, k)
+    }
+
+
+def config_clashes(
+    ours: TransformerConfig, theirs: TransformerConfig, *, vocab: bool
+) -> dict[str, tuple[Any, Any]]:
+    """The settings in which two configs describe different models: how it trains aside.
+
+    Parameters
+    ----------
+    ours, theirs : TransformerConfig
+        The config a run asks for, and the one a checkpoint was trained as.
+    vocab : bool
+        Whether ``vocab_size`` counts (False: the vocabulary comes from a tokenizer not yet read).
+
+    Returns
+    -------
+    dict[str, tuple[Any, Any]]
+        Field → (ours, theirs) as JSON data (`config_to_dict`), fields outside `HOW_TO_TRAIN`
+        in ``ours``' order; two config classes are one entry, ``"class"`` → their names.
+    """
+    a, b = config_to_dict(ours), config_to_dict(theirs)
+    if a["class"] != b["class"]:
+        return {"class": (a["class"], b["class"])}
+    skip = {*HOW_TO_TRAIN, *(() if vocab else ("vocab_size",))}
+    fa, fb = a["fields"], b["fields"]
+    return {k: (fa[k], fb.get(k)) for k in fa if k not in skip and fa[k] != fb.get(k)}

@@ -9,7 +9,8 @@ import dataclasses
 from importlib import import_module
 from typing import Any
 
-from tjx.ckpt import ConfigError, Schema, choices, keyed, setting
+from tjx.ckpt import ConfigError, Schema, choices, keyed
+from tjx.core.fields import setting
 
 __all__ = ["KINDS", "PACKAGE_SECTIONS", "ConfigError", "choices", "keyed", "kind_of"]
 __all__ += ["schema_of", "section_class", "setting"]

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from tjx import ckpt
-from tjx.ckpt import ConfigError, Schema, setting
+from tjx.ckpt import ConfigError, Schema
+from tjx.core.fields import setting
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,6 @@ from tjx.ckpt.errors import (
     StepExistsError,
 )
 from tjx.ckpt.fallback import CorruptCheckpointWarning, corrupt_fallback_lines
-from tjx.ckpt.fields import setting
 from tjx.ckpt.last_step import last_checkpoint_words
 from tjx.ckpt.lost_peer import silence_lost_peer_commits
 from tjx.ckpt.run_changes import (
@@ -75,6 +74,7 @@ from tjx.ckpt.storage import (
 )
 from tjx.ckpt.version import __version__
 from tjx.ckpt.yaml_io import DuplicateKeyError, load_yaml
+from tjx.core.deprecation import moved
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' dependency inference)
     from tjx.ckpt.digest import params_sha256
@@ -88,6 +88,9 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
         import_safetensors,
         unflatten_params,
     )
+
+#: Names that moved to tjx-core in 0.14: the old name still works, warning once, until 0.15.
+_moved = moved(__name__, {"setting": "tjx.core.fields"})
 
 #: The public names whose modules import orbax or jax → their module, imported on first use.
 _LAZY = {
@@ -110,6 +113,7 @@ if not TYPE_CHECKING:  # type checkers see the imports above; a typo stays an er
     def __getattr__(name: str) -> Any:
         module = _LAZY.get(name)
         if module is None:
+            return _moved(name)  # a moved name, else its AttributeError
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(module), name)
         globals()[name] = value  # later reads are plain attribute reads
@@ -181,7 +185,6 @@ __all__ = [
     "restore_placed",
     "resumed_config",
     "reworded",
-    "setting",
     "silence_lost_peer_commits",
     "start_location",
     "to_json",

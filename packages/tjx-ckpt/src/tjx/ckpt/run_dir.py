@@ -43,7 +43,7 @@ from tjx.ckpt.errors import CheckpointError, one_line
 from tjx.ckpt.fsync import fsync_dir, fsync_file
 from tjx.ckpt.run_checks import RunStartError, check_can_create
 from tjx.ckpt.storage import StoragePath
-from tjx.ckpt.yaml_io import load_yaml
+from tjx.core.config.yaml_io import load_yaml
 from tjx.core.standard_json import dumps_json, loads_json
 
 #: The commit marker of a step (orbax's ``atomicity.COMMIT_SUCCESS_FILE``, which tjx.ckpt.durable

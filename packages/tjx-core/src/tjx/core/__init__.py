@@ -4,10 +4,12 @@
 - `LOGICAL_AXES` (``tjx.core.axes``): the logical axis names models use and sharding rules map;
 - standard JSON (``tjx.core.standard_json``): NaN and infinities written as ``null`` named in a
   ``"nonfinite"`` entry, and read back (`dumps_json`, `loads_json`, ...);
-- `moved` (``tjx.core.deprecation``): an old import path that warns once for one release.
+- `moved` (``tjx.core.deprecation``): an old import path that warns once for one release;
+- the config engine (``tjx.core.config``, imported on its own): `Schema`, `ConfigError`,
+  `ConfigFiles`, `load_yaml`... a run's config as typed dataclass sections, read strictly.
 
-Standard library only at import time; every other tjx package may import it (the bottom floor
-of shared/DESIGN.md's DAG).
+``import tjx.core`` needs the standard library only (``tjx.core.config`` adds PyYAML); every
+other tjx package may import it (the bottom floor of shared/DESIGN.md's DAG).
 """
 
 from __future__ import annotations

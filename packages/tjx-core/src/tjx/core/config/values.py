@@ -2,7 +2,7 @@
 from ``--set`` text), its metadata (`check_field`: ``choices``, ``each_choices``, bounds) and how
 errors word the type (`type_name`). Every problem is one `ConfigError` naming the key path and what
 is allowed. Fields are declared with `setting` (tjx.core.fields, the one helper every
-package uses); `tjx.ckpt.config_schema` walks a tree of such dataclasses.
+package uses); `tjx.core.config.schema` walks a tree of such dataclasses.
 
 No jax and no numpy here: an app's command line is read and checked before it pays for them.
 """

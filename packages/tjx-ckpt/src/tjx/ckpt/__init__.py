@@ -51,6 +51,7 @@ from tjx.ckpt.storage import (
     is_remote,
 )
 from tjx.ckpt.version import __version__
+from tjx.core import config as _config
 from tjx.core.deprecation import moved
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' dependency inference)
@@ -67,37 +68,13 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
     )
 
 #: Names that moved to tjx-core in 0.14: the old name still works, warning once, until 0.15.
-#: The config engine (`tjx.core.config`) and `setting` (`tjx.core.fields`).
+#: The config engine (`tjx.core.config`, every name but `flatten_config`, which `run_changes`
+#: still exports) and `setting` (`tjx.core.fields`).
 _moved = moved(
     __name__,
     {
         "setting": "tjx.core.fields",
-        **dict.fromkeys(
-            (
-                "ConfigError",
-                "ConfigFiles",
-                "DuplicateKeyError",
-                "Schema",
-                "apply_overrides",
-                "changed",
-                "check_field",
-                "check_unchanged",
-                "choices",
-                "convert",
-                "deep_merge",
-                "key_rows",
-                "key_table",
-                "keyed",
-                "load_yaml",
-                "nested_class",
-                "optional",
-                "parse_override",
-                "reworded",
-                "type_name",
-                "value_text",
-            ),
-            "tjx.core.config",
-        ),
+        **{name: "tjx.core.config" for name in _config.__all__ if name != "flatten_config"},
     },
 )
 

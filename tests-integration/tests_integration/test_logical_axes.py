@@ -1,8 +1,8 @@
-"""tjx-nn names the axes, tjx-parallel maps them: the two lists of logical axis names are one.
+"""tjx-nn names the axes, tjx-parallel maps them: the logical axis names are one tuple.
 
-The package DAG keeps tjx-parallel from importing tjx-nn, so each holds the tuple; this test is
-what ties them: equal tuples, every name a model of every kind puts on a parameter among them,
-and every strategy's rules mapping each such parameter onto a mesh.
+The tuple is tjx-core's (`tjx.core.LOGICAL_AXES`), which both packages import; this test checks
+that each package exports that one object, that every name a model of every kind puts on a
+parameter is among them, and that every strategy's rules map each such parameter onto a mesh.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec
 
+from tjx import core, parallel
 from tjx import nn as tnn
-from tjx import parallel
 
 
-def test_the_packages_hold_the_same_names_in_the_same_order() -> None:
-    assert tuple(tnn.LOGICAL_AXES) == tuple(parallel.LOGICAL_AXES)
+def test_the_packages_export_the_one_tuple_of_tjx_core() -> None:
+    assert tnn.LOGICAL_AXES is core.LOGICAL_AXES and parallel.LOGICAL_AXES is core.LOGICAL_AXES
 
 
 @pytest.mark.parametrize("kind", [*sorted(tnn.MODEL_KINDS), "llama-moe"])

@@ -1,6 +1,6 @@
 """Each tjx wheel installs alone into a fresh Python 3.11 venv, imports, and declares what it needs.
 
-Pants builds the seven wheels (``runtime_package_dependencies`` in this folder's BUILD) and
+Pants builds the eight wheels (``runtime_package_dependencies`` in this folder's BUILD) and
 puts them in the test's working directory; outside Pants, set ``TJX_WHEEL_DIR`` to the output
 folder of ``pants package ::``. Each venv gets exactly one wheel, with its siblings available
 from the same folder (``--find-links``) and everything else from the package index, as a user's
@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 from uv import find_uv_bin
 
-PACKAGES = ("kernels", "nn", "optim", "parallel", "data", "ckpt", "metrics")
+PACKAGES = ("core", "kernels", "nn", "optim", "parallel", "data", "ckpt", "metrics")
 # What each wheel must require (a name per line of its metadata), and what it must not: the DAG of
 # shared/DESIGN.md, seen from the outside.
 REQUIRED = {
+    "core": set(),  # the standard library at import time (PyYAML and numpy at most, by the DAG)
     "kernels": {"jax"},
     "nn": {"tjx-kernels", "flax", "einops", "jax"},
     "optim": {"optax"},
@@ -31,7 +32,9 @@ REQUIRED = {
     "ckpt": {"orbax-checkpoint"},
     "metrics": {"jax", "numpy"},
 }
+# tjx-core is the DAG's bottom floor: any package may require it, and it requires no sibling.
 SIBLINGS_ALLOWED = {"nn": {"tjx-kernels"}}
+CORE_ALLOWED = {"kernels", "nn", "optim", "parallel", "data", "ckpt", "metrics"}
 NEVER = {"torch", "tensorflow", "pytest"}
 REQUIREMENT_NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)")
 
@@ -99,8 +102,11 @@ def test_wheel_installs_alone_and_declares_its_requirements(name: str, tmp_path:
     names = {requirement_name(r) for r in hard}
     assert REQUIRED[name] <= names, f"tjx-{name} lacks {REQUIRED[name] - names}: {hard}"
     assert not names & NEVER, f"tjx-{name} requires {names & NEVER}"
-    siblings = {n for n in names if n.startswith("tjx-")}
+    siblings = {n for n in names if n.startswith("tjx-")} - {"tjx-core"}
     assert siblings == SIBLINGS_ALLOWED.get(name, set()), f"tjx-{name} pins {siblings}"
+    assert "tjx-core" not in names or name in CORE_ALLOWED, f"tjx-{name} requires tjx-core"
+    if name == "core":
+        assert names <= {"pyyaml", "numpy"}, f"tjx-core requires {names}"
     for requirement in hard:
         if requirement.startswith("tjx-"):
             sibling = requirement_name(requirement).removeprefix("tjx-")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.runs import RunError
-from tjx.ckpt import standard_json
+from tjx.core import standard_json
 
 #: The one-line fix when lm-eval is missing (apps/eval's requirements pin the same range).
 INSTALL = "pip install 'lm-eval>=0.4.13,<0.5'"
@@ -125,7 +125,7 @@ def run_tasks(args: argparse.Namespace, names: list[str]) -> Path:
     results["tjx"] = {"run_dir": str(run.run_dir), "step": run.step, "compiles": model.compiles}
     path = results_path(run)
     # lm-eval reports an undefined stderr (one sample) as NaN: standard JSON names it instead
-    text = standard_json.dumps(results, indent=2, default=handle_non_serializable)
+    text = standard_json.dumps_json(results, indent=2, default=handle_non_serializable)
     path.write_text(text + "\n")
     print(f"scoring compiled {model.compiles} time(s) (length buckets); results → {path}")
     return path

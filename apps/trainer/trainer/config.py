@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass, is_dataclass
 from typing import Any
 
-from tjx.ckpt import ConfigError, check_unchanged, keyed, reworded
+from tjx.core.config import ConfigError, check_unchanged, keyed, reworded
 from trainer.schema import PACKAGE_SECTIONS, schema_of, section_class, setting
 from trainer.sections import (
     CheckpointConfig,
@@ -220,14 +220,14 @@ _PRECISION_WORDS = {
 
 
 def build(cls: type, checked: dict[str, Any], path: str) -> Any:
-    """``cls`` from `tjx.ckpt.Schema.values`' output (nested sections built first); a package's
-    ``ValueError`` is a `ConfigError` in the config's keys (`_words`)."""
+    """``cls`` from `tjx.core.config.Schema.values`' output (nested sections built first); a
+    package's ``ValueError`` is a `ConfigError` in the config's keys (`_words`)."""
     return SCHEMA.build(cls, checked, path, _words(cls, path))
 
 
 def _words(cls: type, path: str) -> dict[str, str]:
     """How package class ``cls``'s messages name its fields (``GPT2Config.d_model``), as the
-    config's keys (`tjx.ckpt.Schema.words`); none for the trainer's own sections."""
+    config's keys (`tjx.core.config.Schema.words`); none for the trainer's own sections."""
     if path not in PACKAGE_SECTIONS:
         return {}
     return {**SCHEMA.words(cls, path), **(_PRECISION_WORDS if path == "optimizer" else {})}

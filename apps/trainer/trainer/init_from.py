@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tjx.ckpt import RunDir
+from tjx.core.config import load_yaml
 from trainer.config import Config, read_config
 from trainer.schema import ConfigError, keyed
 
@@ -43,7 +44,7 @@ def _run_files(path: Path) -> tuple[Any, dict[str, Any]]:
 
     try:
         model = nn.config_from_dict(json.loads((path / "model.json").read_text()))
-        saved = ckpt.load_yaml((path / "config.yaml").read_text())
+        saved = load_yaml((path / "config.yaml").read_text())
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         raise ConfigError(f"--init-from: {str(path)!r} is not a readable tjx run ({err})") from None
     if not ckpt.RunDir(path).has_checkpoints():

@@ -1,5 +1,5 @@
-"""The trainer's config schema (walked, read and written by `tjx.ckpt.Schema`): which class each
-package section is, the trainer's own keys in them and the key it fills. The packages load JAX:
+"""The trainer's config schema (walked, read and written by `tjx.core.config.Schema`): which class
+each package section is, the trainer's own keys in them and the key it fills. The packages load JAX:
 their classes are imported when a section is first walked, never when the command line is parsed.
 """
 
@@ -9,7 +9,8 @@ import dataclasses
 from importlib import import_module
 from typing import Any
 
-from tjx.ckpt import ConfigError, Schema, choices, keyed, setting
+from tjx.core.config import ConfigError, Schema, choices, keyed
+from tjx.core.fields import setting
 
 __all__ = ["KINDS", "PACKAGE_SECTIONS", "ConfigError", "choices", "keyed", "kind_of"]
 __all__ += ["schema_of", "section_class", "setting"]
@@ -62,7 +63,7 @@ def kind_of(data: Any) -> Any:
 
 
 def schema_of(root: type) -> Schema:
-    """tjx.ckpt's `Schema` of a config tree whose top section is ``root`` (`trainer.config`'s
+    """tjx.core.config's `Schema` of a config tree whose top section is ``root`` (`trainer.config`'s
     ``Config``), with the trainer's sections and own keys."""
     return Schema(
         root,

@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tjx import ckpt
-from tjx.ckpt import ConfigError, deep_merge, keyed, value_text
+from tjx.core import config
+from tjx.core.config import ConfigError, deep_merge, keyed, value_text
 from trainer.config import SCHEMA, Config, read_config
 
-__all__ = ["deep_merge", "value_text"]  # tjx.ckpt's, kept under the names callers know
+__all__ = ["deep_merge", "value_text"]  # tjx.core.config's, kept under the names callers know
 
 
 def renamed(key: str) -> str:
@@ -54,7 +54,7 @@ def configs_dir() -> Path:
     return folder
 
 
-FILES = ckpt.ConfigFiles(
+FILES = config.ConfigFiles(
     configs_dir,
     migrate=migrate,
     empty=" (it would train on every default); give at least `base: tiny` or another preset",
@@ -72,7 +72,7 @@ def load_config_data(name_or_path: str) -> dict[str, Any]:
 
 
 def field_at(key: str, data: dict[str, Any] | None = None) -> tuple[Any, Any]:
-    """The field at dotted ``key`` and the type ``--set`` reads (`tjx.ckpt.Schema.field_at`);
+    """The field at dotted ``key`` and the type ``--set`` reads (`tjx.core.config.Schema.field_at`);
     the model's keys are those of ``data``'s kind."""
     return SCHEMA.field_at(key, SCHEMA.kind_of(data or {}))
 
@@ -80,21 +80,22 @@ def field_at(key: str, data: dict[str, Any] | None = None) -> tuple[Any, Any]:
 def parse_override(text: str, data: dict[str, Any] | None = None) -> tuple[str, Any]:
     """``"train.steps=1_000"`` → ``("train.steps", 1000)`` typed by the field (an old key name is
     read as today's: ``optimizer.lr`` → ``optimizer.schedule.peak_lr``)."""
-    return ckpt.parse_override(SCHEMA, text, data, renamed)
+    return config.parse_override(SCHEMA, text, data, renamed)
 
 
 def apply_overrides(
     data: dict[str, Any], overrides: list[str], say: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    """A copy of config ``data`` with every ``--set`` applied in order (`tjx.ckpt.apply_overrides`;
-    an old key name works, and ``say`` hears its new name once)."""
-    return ckpt.apply_overrides(SCHEMA, data, overrides, renamed, say)
+    """A copy of config ``data`` with every ``--set`` applied in order
+    (`tjx.core.config.apply_overrides`; an old key name works, and ``say`` hears its new name
+    once)."""
+    return config.apply_overrides(SCHEMA, data, overrides, renamed, say)
 
 
 def changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """``key=value`` of every key whose value ``after`` (a preset's data with a command line's
     overrides) differs from ``before`` (the preset's), as ``--set`` would write it."""
-    return ckpt.changed(SCHEMA, before, after)
+    return config.changed(SCHEMA, before, after)
 
 
 def load_config(preset: str, overrides: list[str]) -> Config:
@@ -105,11 +106,11 @@ def load_config(preset: str, overrides: list[str]) -> Config:
 
 def rows(cfg: Config) -> Iterator[tuple[str, str, str, str, str]]:
     """``--show-config``'s (key, type, value in ``cfg``, allowed, help) of every key, from the
-    fields themselves (tjx.ckpt's `key_rows`): the README's key table is this output."""
-    return ckpt.key_rows(SCHEMA, cfg.to_dict())
+    fields themselves (tjx.core.config's `key_rows`): the README's key table is this output."""
+    return config.key_rows(SCHEMA, cfg.to_dict())
 
 
 def render(cfg: Config, preset: str | None = None) -> str:
     """The Markdown table of every key; values are ``cfg``'s (``preset`` names where from)."""
     where = f"preset {preset}" if preset else "the built-in defaults"
-    return ckpt.key_table(SCHEMA, cfg.to_dict(), where)
+    return config.key_table(SCHEMA, cfg.to_dict(), where)

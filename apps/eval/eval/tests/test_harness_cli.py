@@ -10,7 +10,7 @@ import pytest
 from eval import harness
 from eval.cli import main
 from eval.tests.harness_support import TASK_DIR, TASKS, make_run, write_task_data
-from tjx.ckpt import standard_json
+from tjx.core import standard_json
 
 
 @pytest.fixture()
@@ -32,7 +32,7 @@ def test_all_local_tasks_run_end_to_end_and_write_json_next_to_the_run(workdir, 
     out = capsys.readouterr().out
     text = (workdir / "lm_eval_step1.json").read_text()
     json.loads(text, parse_constant=_bare_token)  # standard JSON: no NaN / Infinity tokens
-    written = standard_json.loads(text)
+    written = standard_json.loads_json(text)
     assert set(written["results"]) == set(TASKS)
     lam = written["results"]["local_lambada"]
     assert lam["perplexity,none"] > 1 and 0 <= lam["acc,none"] <= 1

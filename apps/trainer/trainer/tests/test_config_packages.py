@@ -10,8 +10,8 @@ import pytest
 from flax import nnx
 
 from tjx import kernels, metrics, nn, optim, parallel
+from tjx.core.fields import setting
 from tjx.metrics.loggers.wandb_logger import WANDB_MODES
-from tjx.nn.fields import setting
 from tjx.optim.config import LOSS_SCALES
 from trainer.config import read_config, resolve
 from trainer.schema import KINDS, ConfigError, choices
@@ -267,26 +267,14 @@ def test_package_rules_reach_the_user_in_the_trainers_keys(sets, message):
     assert str(err.value).startswith(message), str(err.value)
 
 
-def test_every_package_declares_a_setting_with_the_one_same_helper():
-    """#40 point 4: tjx-nn, tjx-optim, tjx-parallel, tjx-data, tjx-ckpt and the trainer each keep a
-    `setting` (the DAG lets no package import another's), and they are the same function, word for
-    word."""
-    import inspect
-
-    from tjx.ckpt import fields as ckpt_fields
-    from tjx.data import fields as data_fields
-    from tjx.nn import fields as nn_fields
-    from tjx.optim import fields as optim_fields
-    from tjx.parallel import fields as parallel_fields
+def test_every_package_declares_its_settings_with_tjx_cores_one_helper():
+    """#53: `setting` has one definition (tjx.core.fields); the packages' config classes and the
+    trainer's schema use it, so a field's metadata means the same everywhere."""
+    from tjx.core import fields
     from trainer import schema
 
-    owners = (nn_fields, optim_fields, parallel_fields, data_fields, ckpt_fields, schema)
-    sources = {m.__name__: inspect.getsource(m.setting) for m in owners}
-    assert len(set(sources.values())) == 1, sources
-    made = {m.__name__: m.setting(1, help="h", resumable=True) for m in owners}
-    assert all(
-        (f.default, dict(f.metadata)) == (1, {"help": "h", "resumable": True})
-        for f in made.values()
-    )
-    # and the packages' classes use them: a mesh field's metadata is tjx.parallel's helper's
+    assert schema.setting is fields.setting
+    made = fields.setting(1, help="h", resumable=True)
+    assert (made.default, dict(made.metadata)) == (1, {"help": "h", "resumable": True})
+    # and the packages' classes use it: a mesh field's metadata is what `setting` stored
     assert dict(parallel.MeshConfig.__dataclass_fields__["data"].metadata)["resumable"] is True

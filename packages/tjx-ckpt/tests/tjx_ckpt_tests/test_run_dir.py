@@ -278,3 +278,10 @@ def test_a_run_is_a_folder_with_its_model_and_config_files(
     (tmp_path / "half" / RunDir.MODEL_FILE).write_text("{}")  # a model without its config
     assert not RunDir.is_run(str(tmp_path / "half"))
     assert not RunDir.is_run(None) and not RunDir.is_run(str(tmp_path / "missing"))
+
+
+def test_a_run_config_with_a_key_twice_is_unreadable(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("train:\n  steps: 10\n  steps: 20\n")
+    with pytest.raises(RunFileError) as err:
+        RunDir(tmp_path).read_config()
+    assert err.value.reason == "key 'steps' is given twice (line 3); keep one"

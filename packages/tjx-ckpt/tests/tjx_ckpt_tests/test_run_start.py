@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tjx.ckpt import ConfigError, RunDir, start_location
+from tjx.ckpt import RunDir, start_location
+from tjx.core.config import ConfigError
 
 
 def test_a_new_local_folder_starts_fresh_and_is_not_made(tmp_path: Path) -> None:

@@ -158,10 +158,3 @@ def test_chat_data_is_prepared_as_chat_rows_and_its_truncation_summarized(tmp_pa
         f"{cut.rows:,} chat rows kept, {cut.truncated:,} cut to data.seq_len + 1, "
         f"{cut.dropped:,} dropped (no trained token left), rows {loader.fill:.0%} full"
     )
-
-
-def test_a_factory_setting_makes_a_fresh_default_for_each_config():
-    from tjx.data.fields import setting
-
-    f = setting(list, factory=True, help="h")
-    assert f.default_factory is list and dict(f.metadata) == {"help": "h"}

@@ -5,9 +5,9 @@ Async, keep-N / best-K, atomic, validated on load, resharding restore, safetenso
 (a local folder, or a ``gs://`` / ``s3://`` URL: `tjx.ckpt.storage`)
 (layout, atomic writes, the newest committed step; ``start_location``: a command line's, checked
 before a run starts or resumes there) and ``config_changes``, what changed since a
-run was saved; a run's config as a tree of typed dataclass sections (``Schema``: read from
-plain data and ``--set`` text, checked by the fields' metadata, written back as ``config.yaml``);
-``CheckpointConfig``, a run's checkpoint settings.
+run was saved; ``CheckpointConfig``, a run's checkpoint settings. The config engine (``Schema``,
+``ConfigError``, ``load_yaml``...) moved to `tjx.core.config` in 0.14; its names still import from
+here, with a DeprecationWarning, until 0.15.
 
 ``import tjx.ckpt`` loads neither orbax nor jax: the names that need them are imported on first
 use (``_LAZY``). An app's command line can then read and check its run directory before it pays
@@ -20,28 +20,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from tjx.ckpt.checkpoint_config import CheckpointConfig
-from tjx.ckpt.config_files import ConfigFiles
-from tjx.ckpt.config_schema import Schema, reworded
-from tjx.ckpt.config_text import (
-    apply_overrides,
-    changed,
-    deep_merge,
-    key_rows,
-    key_table,
-    parse_override,
-    value_text,
-)
-from tjx.ckpt.config_values import (
-    ConfigError,
-    check_field,
-    check_unchanged,
-    choices,
-    convert,
-    keyed,
-    nested_class,
-    optional,
-    type_name,
-)
 from tjx.ckpt.errors import (
     CheckpointCommitError,
     CheckpointError,
@@ -51,7 +29,6 @@ from tjx.ckpt.errors import (
     StepExistsError,
 )
 from tjx.ckpt.fallback import CorruptCheckpointWarning, corrupt_fallback_lines
-from tjx.ckpt.fields import setting
 from tjx.ckpt.last_step import last_checkpoint_words
 from tjx.ckpt.lost_peer import silence_lost_peer_commits
 from tjx.ckpt.run_changes import (
@@ -74,7 +51,8 @@ from tjx.ckpt.storage import (
     is_remote,
 )
 from tjx.ckpt.version import __version__
-from tjx.ckpt.yaml_io import DuplicateKeyError, load_yaml
+from tjx.core import config as _config
+from tjx.core.deprecation import moved
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' dependency inference)
     from tjx.ckpt.digest import params_sha256
@@ -88,6 +66,17 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
         import_safetensors,
         unflatten_params,
     )
+
+#: Names that moved to tjx-core in 0.14: the old name still works, warning once, until 0.15.
+#: The config engine (`tjx.core.config`, every name but `flatten_config`, which `run_changes`
+#: still exports) and `setting` (`tjx.core.fields`).
+_moved = moved(
+    __name__,
+    {
+        "setting": "tjx.core.fields",
+        **{name: "tjx.core.config" for name in _config.__all__ if name != "flatten_config"},
+    },
+)
 
 #: The public names whose modules import orbax or jax → their module, imported on first use.
 _LAZY = {
@@ -110,6 +99,7 @@ if not TYPE_CHECKING:  # type checkers see the imports above; a typo stays an er
     def __getattr__(name: str) -> Any:
         module = _LAZY.get(name)
         if module is None:
+            return _moved(name)  # a moved name, else its AttributeError
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(module), name)
         globals()[name] = value  # later reads are plain attribute reads
@@ -130,11 +120,8 @@ __all__ = [
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
     "ConfigChanges",
-    "ConfigError",
-    "ConfigFiles",
     "CorruptCheckpointError",
     "CorruptCheckpointWarning",
-    "DuplicateKeyError",
     "NoCredentialsError",
     "NotCreatableError",
     "Restored",
@@ -142,23 +129,15 @@ __all__ = [
     "RunFileError",
     "RunFileNotFoundError",
     "RunStartError",
-    "Schema",
     "StepExistsError",
     "StorageError",
     "UnsupportedURLError",
     "__version__",
-    "apply_overrides",
-    "changed",
     "check_can_create",
-    "check_field",
-    "check_unchanged",
     "check_remote",
-    "choices",
     "collect_metadata",
     "config_changes",
-    "convert",
     "corrupt_fallback_lines",
-    "deep_merge",
     "describe_changes",
     "export_safetensors",
     "final_summary",
@@ -167,25 +146,14 @@ __all__ = [
     "import_safetensors",
     "is_remote",
     "key_matches",
-    "key_rows",
-    "key_table",
-    "keyed",
     "last_checkpoint_words",
-    "load_yaml",
-    "nested_class",
-    "optional",
     "params_sha256",
-    "parse_override",
     "restore_params",
     "restore_params_and_step",
     "restore_placed",
     "resumed_config",
-    "reworded",
-    "setting",
     "silence_lost_peer_commits",
     "start_location",
     "to_json",
-    "type_name",
     "unflatten_params",
-    "value_text",
 ]

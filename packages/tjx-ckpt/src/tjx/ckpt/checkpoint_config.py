@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from tjx.ckpt.fields import setting
+from tjx.core.fields import setting
 
 __all__ = ["CheckpointConfig"]
 

@@ -13,22 +13,10 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from tjx.core.config.text import flatten_config
+
 #: A difference: dotted key → (saved value, new value); a key missing on one side has None there.
 Diff = dict[str, tuple[Any, Any]]
-
-
-def flatten_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as dotted keys: ``{"a": {"b": 1}}`` → ``{"a.b": 1}``.
-
-    Lists and scalars are leaves; an empty mapping leaves no key.
-    """
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            out.update(flatten_config(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def key_matches(key: str, patterns: Iterable[str]) -> bool:

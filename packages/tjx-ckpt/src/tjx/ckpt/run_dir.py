@@ -22,7 +22,7 @@ times as they were.
 
 The JSON files are standard JSON, which jq and strict parsers read: a NaN or an infinity (the
 perplexity of a loss that grew to 8,703) is written as ``null`` and named in a ``"nonfinite"``
-entry beside it (:mod:`tjx.ckpt.standard_json`), and read back as the float it was.
+entry beside it (:mod:`tjx.core.standard_json`), and read back as the float it was.
 
 Standard library and PyYAML only (orbax-checkpoint requires PyYAML too): ``import tjx.ckpt``
 loads this module, not orbax or jax (see the package ``__init__``).
@@ -38,12 +38,13 @@ from typing import Any, ClassVar
 
 import yaml  # type: ignore[import-untyped]
 
-from tjx.ckpt import objects, standard_json, storage
+from tjx.ckpt import objects, storage
 from tjx.ckpt.errors import CheckpointError, one_line
 from tjx.ckpt.fsync import fsync_dir, fsync_file
 from tjx.ckpt.run_checks import RunStartError, check_can_create
 from tjx.ckpt.storage import StoragePath
-from tjx.ckpt.yaml_io import load_yaml
+from tjx.core.config.yaml_io import load_yaml
+from tjx.core.standard_json import dumps_json, loads_json
 
 #: The commit marker of a step (orbax's ``atomicity.COMMIT_SUCCESS_FILE``, which tjx.ckpt.durable
 #: writes), spelled out: this module must load without orbax and jax, so that an app can read its
@@ -131,7 +132,7 @@ def _parse(path: StoragePath) -> Any:
     except UnicodeDecodeError as err:
         raise RunFileError(path, f"not UTF-8 ({err.reason} at byte {err.start})") from None
     try:
-        return load_yaml(text) if path.suffix in (".yaml", ".yml") else standard_json.loads(text)
+        return load_yaml(text) if path.suffix in (".yaml", ".yml") else loads_json(text)
     except (yaml.YAMLError, ValueError) as err:  # JSONDecodeError is a ValueError
         raise RunFileError(path, one_line(str(err)) or type(err).__name__) from None
 
@@ -258,11 +259,11 @@ class RunDir:
         """``name`` (``model.json``, ``data.json``, ``final.json``) as indented, sorted JSON.
 
         Standard JSON: a NaN or an infinity is written as ``null`` and named in the mapping's
-        ``"nonfinite"`` entry (:mod:`tjx.ckpt.standard_json`; `read` puts it back). Values JSON
+        ``"nonfinite"`` entry (:mod:`tjx.core.standard_json`; `read` puts it back). Values JSON
         does not know are written as their ``str`` (a dtype, a path). Returns whether it wrote
         (unchanged content is not rewritten).
         """
-        text = standard_json.dumps(dict(data), indent=2, sort_keys=True, default=str)
+        text = dumps_json(dict(data), indent=2, sort_keys=True, default=str)
         return write_if_changed(self.path / name, text)
 
     def write_final(self, summary: Mapping[str, Any]) -> bool:

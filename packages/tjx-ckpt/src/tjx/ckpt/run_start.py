@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tjx.ckpt.config_values import ConfigError, keyed
 from tjx.ckpt.run_checks import NotCreatableError, RunStartError
 from tjx.ckpt.run_dir import RunDir, RunFileError, RunFileNotFoundError
 from tjx.ckpt.storage import StoragePath
+from tjx.core.config.values import ConfigError, keyed
 
 __all__ = ["resumed_config", "start_location"]
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tjx.core.fields import setting
 from tjx.data.chat_run import DATA_FORMATS
-from tjx.data.fields import setting
 from tjx.data.mixture import ON_EXHAUSTED
 
 __all__ = ["DataConfig"]

@@ -143,7 +143,7 @@ from tjx.metrics.roofline_report import LAUNCH_BOUND_S, TOP, estimate, f32_dots,
 from tjx.metrics.step_log import ProfileWindow, StepLog
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
-__version__ = "0.16.0"
+__version__ = "0.17.0"
 
 __all__ = [
     "LIKELY_BRANCH",

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from tjx.core.fields import setting
 from tjx.kernels import CE_IMPLEMENTATIONS, IMPLEMENTATIONS
 from tjx.nn.config_checks import (
     LAYER_KINDS,
@@ -25,7 +26,7 @@ from tjx.nn.config_checks import (
     check_window,
 )
 from tjx.nn.family_config import DECODER_ONLY, QK_NORM_SCOPES, check_family
-from tjx.nn.fields import choice, positive, rate, setting
+from tjx.nn.fields import choice, positive, rate
 from tjx.nn.moe.config import NO_MOE, ROUTER_DTYPES, ROUTER_NAMES, check_moe
 from tjx.nn.precision import Precision, as_precision
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling

@@ -1,20 +1,14 @@
-"""How a tjx-nn config field is declared (`setting`: its default and the metadata apps read) and
-the checks its class's ``__post_init__`` runs, each a ValueError naming ``Class.field``."""
+"""The checks a tjx-nn config class's ``__post_init__`` runs, each a ValueError naming
+``Class.field``. Fields are declared with `tjx.core.fields.setting` (``tjx.nn.fields.setting`` is
+its old path: it still works, with a DeprecationWarning, until tjx-nn 0.21)."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
+from tjx.core.deprecation import moved
 
-def setting(default: Any, *, factory: bool = False, **meta: Any) -> Any:
-    """A config field: its default (with ``factory``, a callable that makes it: a list, a nested
-    config) and the metadata apps read to list, document and check it: ``help`` (one line),
-    ``choices`` (the allowed values), ``resumable`` (a resumed run may change it) and bounds
-    (``min``, ``max``, ``gt``, ``lt``). The same helper in every package (a test keeps them so)."""
-    if factory:
-        return dataclasses.field(default_factory=default, metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+__getattr__ = moved(__name__, {"setting": "tjx.core.fields"})
 
 
 def choice(cls: str, field: str, value: Any, allowed: tuple[str, ...]) -> None:

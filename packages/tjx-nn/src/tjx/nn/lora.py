@@ -37,8 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from tjx.core.fields import setting
 from tjx.nn.attention import Attention
-from tjx.nn.fields import positive, rate, setting
+from tjx.nn.fields import positive, rate
 from tjx.nn.linear import Dense, LoRAAdapter
 from tjx.nn.mlp import MLP
 

@@ -16,30 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-#: Logical axis names used by tjx models (tjx-parallel maps these to mesh axes). tjx-parallel
-#: may not import tjx-nn, so it holds the same tuple; tests-integration's test_logical_axes.py
-#: keeps the two equal.
-LOGICAL_AXES = (
-    "batch",
-    "length",
-    "embed",
-    "mlp",
-    "heads",
-    "kv_heads",
-    "head_dim",
-    "vocab",
-    "layers",
-    "norm",
-    # A classifier's labels (ViT head, BERT classifier): named so that an optimizer reading
-    # the axes tells a readout from a hidden matrix; every strategy replicates it.
-    "classes",
-    # An MoE layer's routed experts: the leading axis of the stacked expert weights (a stack of
-    # matrices, like `layers`); tjx-parallel maps it to the `expert` mesh axis.
-    "experts",
-    # A LoRA adapter's rank (A is [in, lora_rank], B [lora_rank, out]): named so that B of an
-    # output projection ([lora_rank, embed]) never reads as an embedding table; replicated.
-    "lora_rank",
-)
+# One tuple for tjx-nn and tjx-parallel (re-exported as tjx.nn.LOGICAL_AXES).
+from tjx.core.axes import LOGICAL_AXES
 
 Initializer = Callable[..., jax.Array]
 

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tjx.nn.fields import setting
+from tjx.core.fields import setting
 
 Array = jax.Array
 

@@ -12,7 +12,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from tjx.optim.fields import choice, number, regex, setting
+from tjx.core.fields import setting
+from tjx.optim.fields import choice, number, regex
 
 __all__ = [
     "ACCUMULATION_MODES",

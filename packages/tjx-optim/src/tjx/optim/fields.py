@@ -1,9 +1,9 @@
-"""How a tjx-optim config field is declared (`setting`: its default and the metadata apps read)
-and the checks the configs' ``__post_init__`` run, each a ValueError naming ``Class.field``."""
+"""The checks the tjx-optim configs' ``__post_init__`` run, each a ValueError naming
+``Class.field``. Fields are declared with `tjx.core.fields.setting` (``tjx.optim.fields.setting``
+is its old path: it still works, with a DeprecationWarning, until tjx-optim 0.15)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
 import re
@@ -11,15 +11,9 @@ from typing import Any
 
 from numpy import bool_ as np_bool
 
+from tjx.core.deprecation import moved
 
-def setting(default: Any, *, factory: bool = False, **meta: Any) -> Any:
-    """A config field: its default (with ``factory``, a callable that makes it: a list, a nested
-    config) and the metadata apps read to list, document and check it: ``help`` (one line),
-    ``choices`` (the allowed values), ``resumable`` (a resumed run may change it) and bounds
-    (``min``, ``max``, ``gt``, ``lt``). The same helper in every package (a test keeps them so)."""
-    if factory:
-        return dataclasses.field(default_factory=default, metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+__getattr__ = moved(__name__, {"setting": "tjx.core.fields"})
 
 
 def choice(field: str, value: object, allowed: tuple[Any, ...]) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh
 
-from tjx.parallel.fields import setting
+from tjx.core.fields import setting
 from tjx.parallel.rules import STRATEGIES, AxisRules, MeshAxes, rules
 from tjx.parallel.schedule import SCHEDULES
 

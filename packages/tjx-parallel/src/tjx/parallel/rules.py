@@ -9,25 +9,10 @@ from collections.abc import Mapping, Sequence
 
 from jax.sharding import Mesh, PartitionSpec
 
-__all__ = ["LOGICAL_AXES", "STRATEGIES", "AxisRules", "rules"]
+# The names tjx-nn's models use: one tuple in tjx-core, which both packages import.
+from tjx.core.axes import LOGICAL_AXES
 
-#: Logical names tjx-nn puts on parameters and activations (tjx-nn's own ``LOGICAL_AXES``: this
-#: package may not import tjx-nn; tests-integration's test_logical_axes.py keeps them equal).
-LOGICAL_AXES: tuple[str, ...] = (
-    "batch",
-    "length",
-    "embed",
-    "mlp",
-    "heads",
-    "kv_heads",
-    "head_dim",
-    "vocab",
-    "layers",
-    "norm",
-    "classes",  # a classifier's labels: no preset maps it (replicated)
-    "experts",  # an MoE layer's routed experts: every preset maps it to the `expert` axis
-    "lora_rank",  # a LoRA adapter's rank: small, no preset maps it (replicated)
-)
+__all__ = ["LOGICAL_AXES", "STRATEGIES", "AxisRules", "rules"]
 
 #: A logical name maps to no mesh axis (replicated), one axis, or several (in major-to-minor order).
 MeshAxes = None | str | tuple[str, ...]

@@ -11,7 +11,7 @@ Record shapes (``time`` is Unix seconds):
 
 Every line is standard JSON (jq, browsers and strict parsers read it). A diverged loss must stay
 visible in the log, so a non-finite scalar is written as ``null`` and named, with what it was, in
-the record's ``"nonfinite"`` entry (see :mod:`tjx.metrics.loggers.standard_json`)::
+the record's ``"nonfinite"`` entry (see :mod:`tjx.core.standard_json`)::
 
     {"step": 7, "time": 1.7e9, "loss": null, "nonfinite": {"loss": "NaN"}}
 
@@ -38,9 +38,9 @@ from typing import IO, Any
 
 import numpy as np
 
+from tjx.core.standard_json import NONFINITE_KEY, dumps_json, from_standard_json
 from tjx.metrics.loggers.base import Logger, Scalar
 from tjx.metrics.loggers.histograms import HISTOGRAM_BINS, histogram_summary
-from tjx.metrics.loggers.standard_json import NONFINITE_KEY, dumps_json, from_standard_json
 from tjx.metrics.loggers.urls import is_url, read_bytes, write_bytes
 
 __all__ = ["JSONL_NAME", "JsonlLogger", "read_jsonl"]

@@ -29,9 +29,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from tjx.core.fields import setting
 from tjx.kernels import chunked_cross_entropy
 from tjx.nn.decoder import DecoderLM
-from tjx.nn.fields import choice, setting
+from tjx.nn.fields import choice
 from tjx.nn.lora import adapters_off, has_lora
 
 __all__ = [

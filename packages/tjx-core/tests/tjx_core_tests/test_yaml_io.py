@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tjx.ckpt import DuplicateKeyError, RunDir, RunFileError, load_yaml
+from tjx.core.config import DuplicateKeyError, load_yaml
 
 
 def test_reads_what_safe_load_reads() -> None:
@@ -42,10 +41,3 @@ def test_a_key_given_twice_names_it_and_its_line(text: str, key: str, line: int)
 def test_no_code_runs() -> None:
     with pytest.raises(yaml.YAMLError):
         load_yaml("!!python/object/apply:os.system ['true']\n")
-
-
-def test_a_run_config_with_a_key_twice_is_unreadable(tmp_path: Path) -> None:
-    (tmp_path / "config.yaml").write_text("train:\n  steps: 10\n  steps: 20\n")
-    with pytest.raises(RunFileError) as err:
-        RunDir(tmp_path).read_config()
-    assert err.value.reason == "key 'steps' is given twice (line 3); keep one"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tjx.ckpt import ConfigError, ConfigFiles
+from tjx.core.config import ConfigError, ConfigFiles
 
 
 @pytest.fixture()

@@ -1,8 +1,8 @@
 """One config value, read and checked by its dataclass field: its type (`convert`, from YAML or
 from ``--set`` text), its metadata (`check_field`: ``choices``, ``each_choices``, bounds) and how
 errors word the type (`type_name`). Every problem is one `ConfigError` naming the key path and what
-is allowed. Fields are declared with `setting` (tjx.ckpt.fields, the same helper as every
-package's); `tjx.ckpt.config_schema` walks a tree of such dataclasses.
+is allowed. Fields are declared with `setting` (tjx.core.fields, the one helper every
+package uses); `tjx.core.config.schema` walks a tree of such dataclasses.
 
 No jax and no numpy here: an app's command line is read and checked before it pays for them.
 """

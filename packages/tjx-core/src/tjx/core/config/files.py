@@ -11,9 +11,9 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
-from tjx.ckpt.config_text import deep_merge
-from tjx.ckpt.config_values import ConfigError
-from tjx.ckpt.yaml_io import DuplicateKeyError, load_yaml
+from tjx.core.config.text import deep_merge
+from tjx.core.config.values import ConfigError
+from tjx.core.config.yaml_io import DuplicateKeyError, load_yaml
 
 
 def _same(data: dict[str, Any]) -> dict[str, Any]:

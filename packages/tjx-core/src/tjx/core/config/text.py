@@ -7,12 +7,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from tjx.ckpt.config_schema import Schema
-from tjx.ckpt.config_values import ConfigError, choices, convert, type_name
-from tjx.ckpt.run_changes import flatten_config
+from tjx.core.config.schema import Schema
+from tjx.core.config.values import ConfigError, choices, convert, type_name
+
+
+def flatten_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys: ``{"a": {"b": 1}}`` → ``{"a.b": 1}``.
+
+    Lists and scalars are leaves; an empty mapping leaves no key.
+    """
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tjx.ckpt.config_values import (
+from tjx.core.config.values import (
     ConfigError,
     check_field,
     convert,

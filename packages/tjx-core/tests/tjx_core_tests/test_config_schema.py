@@ -1,4 +1,4 @@
-"""tjx.ckpt's config schema on a small tree of dataclasses the tests declare: values read and
+"""tjx.core.config's schema on a small tree of dataclasses the tests declare: values read and
 checked by their fields, sections walked, built, written back and listed; every problem one
 ConfigError naming the key path."""
 
@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from tjx import ckpt
-from tjx.ckpt import ConfigError, Schema, setting
+from tjx.core import config as ckpt
+from tjx.core.config import ConfigError, Schema
+from tjx.core.fields import setting
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,7 @@ def test_type_names_and_lazy_choices():
     assert ckpt.type_name(int | None) == "an integer or null"
     assert ckpt.type_name(tuple[int, float]) == "a list of an integer, a number"
     assert ckpt.type_name(Inner) == "a mapping"
-    f = dataclasses.field(metadata={"choices": "tjx.ckpt.config_values:_NULL_WORDS"})
+    f = dataclasses.field(metadata={"choices": "tjx.core.config.values:_NULL_WORDS"})
     assert ckpt.choices(f) == ("null", "~", "", "none")
     assert ckpt.nested_class(Inner | None) is Inner and ckpt.optional(int | None)
 

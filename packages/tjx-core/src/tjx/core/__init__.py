@@ -1,0 +1,40 @@
+"""tjx.core: the ideas every tjx package shares, one copy each.
+
+- `setting` (``tjx.core.fields``): how a config field is declared, its default and metadata;
+- `LOGICAL_AXES` (``tjx.core.axes``): the logical axis names models use and sharding rules map;
+- standard JSON (``tjx.core.standard_json``): NaN and infinities written as ``null`` named in a
+  ``"nonfinite"`` entry, and read back (`dumps_json`, `loads_json`, ...);
+- `moved` (``tjx.core.deprecation``): an old import path that warns once for one release;
+- the config engine (``tjx.core.config``, imported on its own): `Schema`, `ConfigError`,
+  `ConfigFiles`, `load_yaml`... a run's config as typed dataclass sections, read strictly.
+
+``import tjx.core`` needs the standard library only (``tjx.core.config`` adds PyYAML); every
+other tjx package may import it (the bottom floor of shared/DESIGN.md's DAG).
+"""
+
+from __future__ import annotations
+
+from tjx.core.axes import LOGICAL_AXES
+from tjx.core.deprecation import moved
+from tjx.core.fields import setting
+from tjx.core.standard_json import (
+    NONFINITE_KEY,
+    dumps_json,
+    from_standard_json,
+    loads_json,
+    to_standard_json,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LOGICAL_AXES",
+    "NONFINITE_KEY",
+    "__version__",
+    "dumps_json",
+    "from_standard_json",
+    "loads_json",
+    "moved",
+    "setting",
+    "to_standard_json",
+]

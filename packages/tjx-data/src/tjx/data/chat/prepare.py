@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from tjx.data.cache import cache_dir as default_cache_dir
-from tjx.data.chat_encode import ChatEncoder
-from tjx.data.chat_store import KINDS, SequenceIndex, write_sequences
+from tjx.data.chat.encode import ChatEncoder
+from tjx.data.chat.store import KINDS, SequenceIndex, write_sequences
 from tjx.data.errors import DataError
 from tjx.data.prepare import SPLITS, needs_held_out, shard_key
 from tjx.data.sources import is_local_source

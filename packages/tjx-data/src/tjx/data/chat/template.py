@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tjx.data.chat_sandbox import SPANS, environment, plain
+from tjx.data.chat.sandbox import SPANS, environment, plain
 from tjx.data.errors import DataError
 from tjx.data.tokenizers import fingerprint_of
 

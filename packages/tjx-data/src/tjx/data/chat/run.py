@@ -18,11 +18,11 @@ from typing import Any
 
 from tjx.data.bpe import load_tokenizer, train_bpe
 from tjx.data.cache import atomic_prepare
-from tjx.data.chat_encode import ChatEncoder
-from tjx.data.chat_loader import ChatLoader, PreferenceLoader, chat_validation_batches
-from tjx.data.chat_prepare import load_rows, prepare_chat_data
-from tjx.data.chat_tasks import ARITHMETIC, CHATML_SPECIALS, prepare_arithmetic, write_chatml_folder
-from tjx.data.chat_template import ChatTemplate
+from tjx.data.chat.encode import ChatEncoder
+from tjx.data.chat.loader import ChatLoader, PreferenceLoader, chat_validation_batches
+from tjx.data.chat.prepare import load_rows, prepare_chat_data
+from tjx.data.chat.tasks import ARITHMETIC, CHATML_SPECIALS, prepare_arithmetic, write_chatml_folder
+from tjx.data.chat.template import ChatTemplate
 from tjx.data.errors import DataError
 from tjx.data.prepare import shard_key
 from tjx.data.run_tokenizer import Names, cache_root, fault
@@ -203,7 +203,7 @@ def prepare_chat_run_data(
     """Tokenizer, chat template and encoded splits of a chat or preference source.
 
     ``source`` is a local ``.jsonl``/``.parquet`` source, a hub dataset, or ``"arithmetic"``
-    (`tjx.data.chat_tasks`, made offline). ``tokenizer`` is a Hugging Face folder with a chat
+    (`tjx.data.chat.tasks`, made offline). ``tokenizer`` is a Hugging Face folder with a chat
     template, or ``"bpe"`` (ChatML, trained on the source). Errors are `DataError`s naming the
     argument at fault (``names`` words them).
     """

@@ -1,6 +1,6 @@
 """Resumable, shuffled, process-sharded batches of chat conversations and preference pairs.
 
-`ChatLoader` packs whole conversations into rows (:mod:`tjx.data.chat_packing`), the targets
+`ChatLoader` packs whole conversations into rows (:mod:`tjx.data.chat.packing`), the targets
 ``-100`` wherever the model does not learn the token, so the batch has the pre-training layout and
 any objective that skips ``-100`` trains on the assistant's tokens only. `PreferenceLoader` gives
 each pair two rows, chosen then rejected. Both shuffle rows per epoch with
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from tjx.data.chat_packing import RowPlan, Truncation, build_rows, kept_lengths, pack_rows
-from tjx.data.chat_store import SequenceIndex, load_sequences
+from tjx.data.chat.packing import RowPlan, Truncation, build_rows, kept_lengths, pack_rows
+from tjx.data.chat.store import SequenceIndex, load_sequences
 from tjx.data.errors import DataError
 from tjx.data.tokenizers import Tokenizer
 

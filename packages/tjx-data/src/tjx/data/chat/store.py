@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from tjx.data.cache import atomic_prepare
-from tjx.data.chat_encode import ChatEncoder, Encoded
+from tjx.data.chat.encode import ChatEncoder, Encoded
 from tjx.data.errors import DataError
 from tjx.data.shards import dtype_for_vocab
 
@@ -157,7 +157,7 @@ def write_sequences(
     ----------
     rows:
         Chat rows (``kind="chat"``) or preference rows (``"preference"``): see
-        :mod:`tjx.data.chat_encode`.
+        :mod:`tjx.data.chat.encode`.
     encoder:
         The tokenizer and template.
     folder:

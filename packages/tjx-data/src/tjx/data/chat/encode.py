@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from tjx.data.chat_template import ChatTemplate, Message
+from tjx.data.chat.template import ChatTemplate, Message
 from tjx.data.errors import DataError
 from tjx.data.tokenizers import HFTokenizer, Tokenizer
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 import warnings
 
 import pytest
@@ -26,3 +28,26 @@ def test_a_name_that_never_existed_is_an_attribute_error() -> None:
     getattr_ = moved("old.place", {"setting": "tjx.core.fields"})
     with pytest.raises(AttributeError, match="module 'old.place' has no attribute 'nope'"):
         getattr_("nope")
+
+
+def test_a_moved_module_path_is_the_new_module_and_warns_once_at_the_importing_line(
+    tmp_path, monkeypatch
+) -> None:
+    (tmp_path / "old_place.py").write_text(
+        "from tjx.core.deprecation import module_moved\n"
+        "module_moved(__name__, 'tjx.core.fields', since='tjx-core 0.2', removed_in='0.3')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "old_place", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        __import__("old_place")  # an import statement's own call: no frame between it and here
+        old = sys.modules["old_place"]
+        again = importlib.import_module("old_place")
+    assert old is again is importlib.import_module("tjx.core.fields")
+    assert [w.category for w in caught] == [DeprecationWarning]
+    assert str(caught[0].message) == (
+        "old_place moved to tjx.core.fields in tjx-core 0.2: import from "
+        "tjx.core.fields; the old path goes in 0.3"
+    )
+    assert caught[0].filename == __file__

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tjx.data import DataConfig, DataError, check_data_config, check_local_sources, check_template
-from tjx.data.chat_template import ChatTemplate
+from tjx.data.chat.template import ChatTemplate
 from tjx_data_tests.conftest import write_chat_folder
 
 MIX = [{"source": "a.txt", "weight": 1}, {"source": "b.txt", "weight": 2}]

@@ -4,7 +4,8 @@
 - `LOGICAL_AXES` (``tjx.core.axes``): the logical axis names models use and sharding rules map;
 - standard JSON (``tjx.core.standard_json``): NaN and infinities written as ``null`` named in a
   ``"nonfinite"`` entry, and read back (`dumps_json`, `loads_json`, ...);
-- `moved` (``tjx.core.deprecation``): an old import path that warns once for one release;
+- `moved`, `module_moved` (``tjx.core.deprecation``): an old import path (a name, a whole module)
+  that warns once for one release;
 - the config engine (``tjx.core.config``, imported on its own): `Schema`, `ConfigError`,
   `ConfigFiles`, `load_yaml`... a run's config as typed dataclass sections, read strictly.
 
@@ -15,7 +16,7 @@ other tjx package may import it (the bottom floor of shared/DESIGN.md's DAG).
 from __future__ import annotations
 
 from tjx.core.axes import LOGICAL_AXES
-from tjx.core.deprecation import moved
+from tjx.core.deprecation import module_moved, moved
 from tjx.core.fields import setting
 from tjx.core.standard_json import (
     NONFINITE_KEY,
@@ -34,6 +35,7 @@ __all__ = [
     "dumps_json",
     "from_standard_json",
     "loads_json",
+    "module_moved",
     "moved",
     "setting",
     "to_standard_json",

@@ -3,16 +3,22 @@
 A package whose public name moved (to tjx.core, say) sets its module's PEP 562 ``__getattr__`` to
 `moved(...)`; ``from tjx.ckpt import setting`` then returns ``tjx.core.fields.setting`` with one
 DeprecationWarning that names the new import.
+
+A whole module that moved (``tjx.nn.hf_io`` → ``tjx.nn.hf.io``) keeps its old path as a short
+module whose body calls `module_moved`: importing the old path warns once and gives the new
+module itself, so every name, private ones included, and every monkeypatch reach one object.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["moved"]
+__all__ = ["module_moved", "moved"]
 
 
 def moved(module: str, targets: Mapping[str, str]) -> Callable[[str], Any]:
@@ -51,3 +57,41 @@ def moved(module: str, targets: Mapping[str, str]) -> Callable[[str], Any]:
         return getattr(importlib.import_module(new_module), new_name)
 
     return attribute
+
+
+def module_moved(
+    old: str, new: str, *, since: str, removed_in: str, callers: tuple[str, ...] = ()
+) -> None:
+    """Make the module path ``old`` the module ``new``, with one `DeprecationWarning`.
+
+    Called from the body of the old path's module, which Python then replaces by the new module
+    (the import system returns what ``sys.modules`` holds once the body has run), so a second
+    import of the old path finds the new module and does not warn again.
+
+    Parameters
+    ----------
+    old : str
+        The old module path (the calling module's ``__name__``).
+    new : str
+        The module it moved to.
+    since : str
+        The release that moved it, for the message (``"tjx-nn 0.20"``).
+    removed_in : str
+        The release without the old path, for the message (``"0.21"``).
+    callers : tuple[str, ...]
+        Modules between the old path's body and this function (a package's own helper that calls
+        it), skipped with it when the warning looks for the importing line.
+    """
+    sys.modules[old] = importlib.import_module(new)
+    # The warning points at the line that imported the old path, past this function, the
+    # callers and the old module's body, so Python's default filters show it where the importer
+    # can fix it (``warnings`` skips importlib's own frames itself, so they are not counted).
+    skipped = {__name__, old, *callers}
+    level, frame = 1, inspect.currentframe()
+    while frame is not None and frame.f_globals.get("__name__") in skipped:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(
+        f"{old} moved to {new} in {since}: import from {new}; the old path goes in {removed_in}",
+        DeprecationWarning,
+        stacklevel=level,
+    )

@@ -7,13 +7,13 @@ loaded by `prepare_run` and `run_loader`."""
 from tjx.data.bpe import gpt2_tokenizer, load_tokenizer, save_tokenizer, train_bpe
 from tjx.data.builtin import BUILTIN_CORPORA, prepare_builtin
 from tjx.data.cache import cache_dir, local_cache_folder
-from tjx.data.chat_encode import ChatEncoder, Encoded, Pair
-from tjx.data.chat_loader import ChatLoader, PreferenceLoader, chat_validation_batches
-from tjx.data.chat_prepare import PreparedSequences, Rows, load_rows, prepare_chat_data
-from tjx.data.chat_run import DATA_FORMATS, ChatRunData, prepare_chat_run_data
-from tjx.data.chat_store import SequenceIndex, load_sequences, write_sequences
-from tjx.data.chat_tasks import ARITHMETIC, arithmetic_rows, prepare_arithmetic
-from tjx.data.chat_template import ChatTemplate
+from tjx.data.chat.encode import ChatEncoder, Encoded, Pair
+from tjx.data.chat.loader import ChatLoader, PreferenceLoader, chat_validation_batches
+from tjx.data.chat.prepare import PreparedSequences, Rows, load_rows, prepare_chat_data
+from tjx.data.chat.run import DATA_FORMATS, ChatRunData, prepare_chat_run_data
+from tjx.data.chat.store import SequenceIndex, load_sequences, write_sequences
+from tjx.data.chat.tasks import ARITHMETIC, arithmetic_rows, prepare_arithmetic
+from tjx.data.chat.template import ChatTemplate
 from tjx.data.errors import DataError
 from tjx.data.images import (
     ImageDataset,
@@ -47,7 +47,7 @@ from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_i
 from tjx.data.sources import Documents, check_local_source, load_source
 from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, encode_prompts
 
-__version__ = "0.13.0"
+__version__ = "0.14.0"
 
 __all__ = [
     "BUILTIN_CORPORA",

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tjx.core.fields import setting
-from tjx.data.chat_run import DATA_FORMATS
+from tjx.data.chat.run import DATA_FORMATS
 from tjx.data.mixture import ON_EXHAUSTED
 
 __all__ = ["DataConfig"]

@@ -5,7 +5,7 @@ its template (`check_template`). Messages name the fields as the caller's ``sect
 
 from __future__ import annotations
 
-from tjx.data.chat_template import ChatTemplate
+from tjx.data.chat.template import ChatTemplate
 from tjx.data.errors import DataError
 from tjx.data.mixture import check_mixture
 from tjx.data.prepare import check_max_tokens

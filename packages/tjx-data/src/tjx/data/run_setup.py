@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from tjx.data.bpe import load_tokenizer
-from tjx.data.chat_run import ChatRunData, prepare_chat_run_data
+from tjx.data.chat.run import ChatRunData, prepare_chat_run_data
 from tjx.data.mixture import MixtureSource, check_mixture
 from tjx.data.run_config import DataConfig
 from tjx.data.run_data import RunData

@@ -3,9 +3,10 @@ release.
 
 0.20 grouped the modules named by a prefix into subpackages (``tjx.nn.hf_io`` is now
 ``tjx.nn.hf.io``, ``tjx.nn.moe_config`` ``tjx.nn.moe.config``, ...). Each old path is a
-three-line module that calls `alias`: importing it warns once (a `DeprecationWarning` pointing at
-the importing line) and gives the new module itself, so every name, private ones included, and
-every monkeypatch reach the same object. The old paths go in 0.21.
+three-line module that calls `alias` (tjx-core's `module_moved`, the one mechanism every package
+uses): importing it warns once (a `DeprecationWarning` pointing at the importing line) and gives
+the new module itself, so every name, private ones included, and every monkeypatch reach the
+same object. The old paths go in 0.21.
 
 Three old modules are now packages of the same path (``tjx.nn.hf``, ``tjx.nn.moe``,
 ``tjx.nn.preference``): their public names are the package's; any other name the old module
@@ -14,12 +15,11 @@ held (one it imported, a private one) still reads through `former_name`, with a 
 
 from __future__ import annotations
 
-import importlib
-import inspect
-import sys
 import warnings
 from types import ModuleType
 from typing import Any
+
+from tjx.core.deprecation import module_moved
 
 #: Old module path → new one (the shims beside this module; a test keeps the two in step).
 MOVED = {
@@ -58,20 +58,7 @@ def alias(old: str) -> None:
     old : str
         The old module path, a key of `MOVED` (the calling module's ``__name__``).
     """
-    new = MOVED[old]
-    sys.modules[old] = importlib.import_module(new)
-    # The warning points at the line that imported the old path, past this function and the
-    # shim, so Python's default filters show it where the importer can fix it (``warnings``
-    # skips importlib's own frames itself, so they are not counted).
-    level, frame = 1, inspect.currentframe()
-    while frame is not None and frame.f_globals.get("__name__") in (__name__, old):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(
-        f"{old} moved to {new} in tjx-nn 0.20: import from {new}; "
-        f"the old path goes in {REMOVED_IN}",
-        DeprecationWarning,
-        stacklevel=level,
-    )
+    module_moved(old, MOVED[old], since="tjx-nn 0.20", removed_in=REMOVED_IN, callers=(__name__,))
 
 
 def former_name(package: str, module: ModuleType, name: str) -> Any:

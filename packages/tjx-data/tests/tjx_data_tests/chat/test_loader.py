@@ -20,9 +20,9 @@ from tjx.data import (
     prepare_chat_data,
     write_sequences,
 )
-from tjx.data.chat_packing import pack_rows
+from tjx.data.chat.packing import pack_rows
 from tjx_data_tests._helpers import WORDS
-from tjx_data_tests.test_chat_template import random_conversation
+from tjx_data_tests.chat.test_template import random_conversation
 
 
 def _encoder(folder: Path) -> ChatEncoder:
@@ -247,7 +247,7 @@ def test_rows_come_from_parquet_split_folders_and_the_hub_name_says_offline(
     import datasets
 
     from tjx.data import load_rows
-    from tjx.data.chat_prepare import split_rows
+    from tjx.data.chat.prepare import split_rows
 
     rng = np.random.default_rng()
     rows = [{"messages": random_conversation(rng)} for _ in range(4)]

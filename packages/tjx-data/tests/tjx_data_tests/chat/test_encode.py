@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tjx.data import ByteTokenizer, ChatEncoder, ChatTemplate, DataError, load_tokenizer
-from tjx_data_tests.test_chat_template import random_conversation
+from tjx_data_tests.chat.test_template import random_conversation
 
 
 def encoder(folder: Path) -> ChatEncoder:

@@ -1,4 +1,5 @@
-"""Studies 1, 3 and 4: positions, precision, optimizers (2 and 5 are in `experiments.stability`)."""
+"""Studies 1, 3 and 4, each a choice in how a model is trained, compared by held-out loss: the
+position scheme, the precision, the optimizer (2 and 5 are in `experiments.stability`)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,216 @@
+"""Chat and preference datasets as rows, and their encoded splits in the shared cache.
+
+Rows come from local ``.jsonl`` (one JSON object per line) or ``.parquet`` files, a folder or a
+glob (``{split}`` and ``<folder>/<split>/`` as for text sources), or a Hugging Face hub dataset
+by name (``owner/name`` or ``owner/name:config``). A local source without a validation split of
+its own holds out every 10th row (rows 9, 19, ...), or its last row when it has fewer than 10.
+
+`prepare_chat_data` encodes each split once into
+``<cache>/chat/<source key>-<kind>-<tokenizer fp>-<template fp>/<split>/`` (the trainer and the
+evaluator find the same folder); a cached split's rows are not read again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tjx.data.cache import cache_dir as default_cache_dir
+from tjx.data.chat.encode import ChatEncoder
+from tjx.data.chat.store import KINDS, SequenceIndex, write_sequences
+from tjx.data.errors import DataError
+from tjx.data.prepare import SPLITS, needs_held_out, shard_key
+from tjx.data.sources import is_local_source
+from tjx.data.sources.hub import hub_error, open_hub_dataset
+from tjx.data.sources.local import resolve_files
+
+__all__ = ["PreparedSequences", "Rows", "load_rows", "prepare_chat_data", "split_rows"]
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A re-iterable collection of dataset rows (dicts) labelled with where they came from."""
+
+    source: str
+    _factory: Callable[[], Iterator[Any]]
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._factory()
+
+
+def _jsonl_rows(path: Path) -> Iterator[Any]:
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path}: line {number} is not valid UTF-8 ({exc.reason})"
+                ) from None
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {number}: invalid JSON ({exc.msg})") from None
+
+
+def _parquet_rows(path: Path) -> Iterator[Any]:
+    import datasets  # lazy: importing datasets costs ~0.3-1 s
+
+    yield from datasets.load_dataset("parquet", data_files=str(path), split="train", streaming=True)
+
+
+def _local_rows(spec: str, split: str) -> list[Path]:
+    files = resolve_files(spec, split)
+    text = [p for p in files if p.suffix not in (".jsonl", ".parquet")]
+    if text:
+        raise DataError(
+            f"{text[0]}: chat and preference data are rows (.jsonl or .parquet), not text files",
+            argument="source",
+        )
+    return files
+
+
+def load_rows(name_or_path: str, *, split: str = "train", **hub_kwargs: Any) -> Rows:
+    """The rows of a split of a local or hub dataset (no held-out cut: see `split_rows`).
+
+    Raises
+    ------
+    DataError
+        Missing files, text files, an unreachable hub dataset (files are resolved and hub datasets
+        opened now; bad JSON is reported by line when read).
+    """
+    label = f"{name_or_path}:{split}"
+    if is_local_source(name_or_path):
+        files = _local_rows(name_or_path, split)
+
+        def local() -> Iterator[Any]:
+            for path in files:
+                yield from _jsonl_rows(path) if path.suffix == ".jsonl" else _parquet_rows(path)
+
+        return Rows(label, local)
+    rows = open_hub_dataset(name_or_path, split=split, **hub_kwargs)
+
+    def hub() -> Iterator[Any]:
+        try:
+            for row in rows:
+                yield dict(row)
+        except Exception as exc:  # pragma: no cover - needs a network failure mid-stream
+            raise hub_error(name_or_path, exc) from exc
+
+    return Rows(label, hub)
+
+
+def split_rows(source: str, split: str) -> Rows:
+    """`load_rows`, with the held-out cut of a local source that has no validation split."""
+    if not needs_held_out(source):
+        return load_rows(source, split=split)
+    if split not in SPLITS:
+        raise DataError(f"{source!r} has no split {split!r}; its held-out splits are {SPLITS}")
+    whole = load_rows(source, split="train")
+
+    def cut() -> Iterator[Any]:
+        rows = list(whole)
+        if len(rows) < 2:
+            raise DataError(
+                f"{source}: {len(rows)} row(s) cannot be cut into train and validation; give at "
+                "least 2 rows or a validation split",
+                argument="source",
+            )
+        last = len(rows) - 1
+        for i, row in enumerate(rows):
+            held = i % 10 == 9 if len(rows) >= 10 else i == last
+            if held == (split == "validation"):
+                yield row
+
+    return Rows(f"{source}:{split}", cut)
+
+
+def _lazy(source: str, split: str) -> Callable[[], Iterator[Any]]:
+    """`split_rows`, resolved only when iterated: a cached split's files are not even listed."""
+    return lambda: iter(split_rows(source, split))
+
+
+@dataclass(frozen=True)
+class PreparedSequences:
+    """The encoded splits `prepare_chat_data` made or found.
+
+    Attributes
+    ----------
+    source, kind, key, root:
+        The source as given, ``"chat"`` or ``"preference"``, the folder name under
+        ``<cache>/chat/`` and that folder (split ``s`` is ``root / s``).
+    indexes:
+        The `SequenceIndex` of every prepared split.
+    held_out:
+        Whether the splits were cut from one set of rows (`split_rows`).
+    """
+
+    source: str
+    kind: str
+    key: str
+    root: Path
+    indexes: Mapping[str, SequenceIndex]
+    held_out: bool
+
+    @property
+    def dirs(self) -> dict[str, Path]:
+        """The folder of each split (what `ChatLoader` and `PreferenceLoader` read)."""
+        return {split: self.root / split for split in self.indexes}
+
+
+def prepare_chat_data(
+    source: str,
+    encoder: ChatEncoder,
+    cache_dir: str | Path | None = None,
+    *,
+    kind: str = "chat",
+    splits: Iterable[str] = SPLITS,
+) -> PreparedSequences:
+    """Encode ``source``'s splits into the shared cache, or find them there.
+
+    Parameters
+    ----------
+    source:
+        A local ``.jsonl``/``.parquet`` file, folder or glob, or a hub dataset name.
+    encoder:
+        The tokenizer and chat template (their fingerprints are part of the folder name).
+    cache_dir:
+        The cache folder (default: `tjx.data.cache_dir`).
+    kind:
+        ``"chat"`` (conversations, prompt/completion) or ``"preference"`` (prompt, chosen,
+        rejected).
+    splits:
+        The splits to prepare.
+
+    Raises
+    ------
+    DataError
+        Missing files, a bad row (named by split and number), an empty split, an unreachable hub
+        dataset.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    splits = tuple(splits)
+    if not splits:
+        raise ValueError("splits must name at least one split")
+    template = encoder.template.fingerprint[:12] if encoder.template is not None else "plain"
+    key = f"{shard_key(source)}-{kind}-{encoder.tokenizer.fingerprint[:12]}-{template}"
+    root = (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / "chat" / key
+    indexes = {}
+    for split in splits:
+        label = f"{source}:{split}"
+        rows = Rows(label, _lazy(source, split))
+        try:
+            indexes[split] = write_sequences(
+                rows, encoder, root / split, kind=kind, split=split, source=label
+            )
+        except DataError as exc:
+            if str(exc).startswith(source):  # names its file (and line) already
+                raise
+            raise DataError(f"{label}: {exc}", argument=exc.argument) from None
+    return PreparedSequences(source, kind, key, root, indexes, needs_held_out(source))

@@ -100,7 +100,6 @@ if not TYPE_CHECKING:  # type checkers see the imports above; a typo stays an er
         module = _LAZY.get(name)
         if module is None:
             return _moved(name)  # a moved name, else its AttributeError
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(module), name)
         globals()[name] = value  # later reads are plain attribute reads
         return value

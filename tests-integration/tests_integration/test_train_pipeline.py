@@ -120,9 +120,13 @@ def test_trainer_pipeline_matches_plain_and_checkpoints_move_between_meshes(tmp_
     plain_resume = train(tmp_path, "moved", [*RUN, "train.stop_at=3"], "--resume")
     check_ok(plain_resume)
     assert "resumed from step 2" in plain_resume.stdout
+    # The optimizer runs per leaf on the pipeline mesh and flat on the plain one (#51): the
+    # checkpoint's state is converted, and said so.
+    assert "optimizer state is per leaf; converted to flat buffers" in plain_resume.stdout
     back = train(tmp_path, "moved", [*RUN, *PIPE], "--resume")
     check_ok(back)
     assert "resumed from step 3" in back.stdout
+    assert "optimizer state is flat; converted to per leaf" in back.stdout
     moved = train_losses(tmp_path / "moved")
     assert sorted(moved) == [1, 2, 3, 4]
     for s in want:

@@ -190,8 +190,8 @@ def other_layout(cfg: Config, setup: Setup) -> tuple[dict[str, Any], Any] | None
     a state to restore it onto, and ``convert(restored) -> restored`` in this run's layout.
     None: the optimizer has one layout only.
 
-    The other layout's state is made on the mesh (zeros) to be restored onto; flat buffers on a
-    mesh that splits the parameters are whole on each device until converted (resume only)."""
+    The other layout's state is abstract (shapes and shardings) for the restore to create; flat
+    buffers on a mesh that splits the parameters are whole on each device until converted."""
 
     oc, params = cfg.optimizer, setup.state["params"]
     if oc.name not in optim.FLAT_OPTIMIZERS:
@@ -202,8 +202,11 @@ def other_layout(cfg: Config, setup: Setup) -> tuple[dict[str, Any], Any] | None
     if trainable is not None:
         tx = optim.only_trainable(tx, trainable)
     mine = setup.state["opt_state"]
-    other = parallel.shard_opt_init(
-        tx.init, params, setup.mesh, setup.rules, param_specs=setup.specs
+    # Shapes and shardings only: the restore creates the arrays (no second optimizer state).
+    abstract = jax.eval_shape(tx.init, params)
+    where = parallel.state_shardings(abstract, setup.mesh, setup.rules, param_specs=setup.specs)
+    other = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, where
     )
     relayout = functools.partial(optim.relayout_state, oc, axes=setup.specs, trainable=trainable)
     placed = jax.jit(relayout, out_shardings=jax.tree.map(lambda x: x.sharding, mine))

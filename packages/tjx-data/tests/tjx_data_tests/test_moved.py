@@ -2,13 +2,13 @@
 ``tjx.data.chat.run``) still import, for one release, with a warning; nothing in tjx-data itself
 uses them."""
 
-import ast
 import importlib
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
+from tjx_moved_paths import old_path_importers, shim_modules
 
 import tjx.data
 from tjx.data.moved import MOVED
@@ -16,24 +16,10 @@ from tjx.data.moved import MOVED
 SRC = Path(tjx.data.__file__).parent
 
 
-def _shims() -> set[str]:
-    """The modules beside tjx/data/__init__.py whose body is an `alias` call."""
-    found = set()
-    for path in SRC.glob("*.py"):
-        calls = [
-            node.value.func.id
-            for node in ast.parse(path.read_text()).body
-            if isinstance(node, ast.Expr)
-            and isinstance(node.value, ast.Call)
-            and isinstance(node.value.func, ast.Name)
-        ]
-        if calls == ["alias"]:
-            found.add(f"tjx.data.{path.stem}")
-    return found
 
 
 def test_every_old_path_has_a_shim_and_every_shim_is_listed():
-    assert _shims() == set(MOVED)
+    assert shim_modules(SRC, "tjx.data") == set(MOVED)
     assert len(MOVED) == 9  # the nine chat_* modules
 
 
@@ -69,16 +55,4 @@ def test_tjx_data_s_public_names_come_without_a_warning():
 
 
 def test_no_module_of_tjx_data_imports_an_old_path():
-    users = {}
-    for path in SRC.rglob("*.py"):
-        if f"tjx.data.{path.stem}" in MOVED and path.parent == SRC:
-            continue  # a shim itself
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            else:
-                continue
-            users.update({str(path.relative_to(SRC)): n for n in names if n in MOVED})
-    assert users == {}
+    assert old_path_importers(SRC, "tjx.data", MOVED) == {}

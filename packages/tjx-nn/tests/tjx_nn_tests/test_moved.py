@@ -1,13 +1,13 @@
 """The module paths 0.20 moved into subpackages (``tjx.nn.hf_io`` → ``tjx.nn.hf.io``) still import,
 for one release, with a warning; nothing in tjx-nn itself uses them."""
 
-import ast
 import importlib
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
+from tjx_moved_paths import old_path_importers, shim_modules
 
 import tjx.nn
 from tjx.nn.hf import checkpoints
@@ -18,24 +18,10 @@ from tjx.nn.preference import losses
 SRC = Path(tjx.nn.__file__).parent
 
 
-def _shims() -> set[str]:
-    """The modules beside tjx/nn/__init__.py whose body is an `alias` call."""
-    found = set()
-    for path in SRC.glob("*.py"):
-        calls = [
-            node.value.func.id
-            for node in ast.parse(path.read_text()).body
-            if isinstance(node, ast.Expr)
-            and isinstance(node.value, ast.Call)
-            and isinstance(node.value.func, ast.Name)
-        ]
-        if calls == ["alias"]:
-            found.add(f"tjx.nn.{path.stem}")
-    return found
 
 
 def test_every_old_path_has_a_shim_and_every_shim_is_listed():
-    assert _shims() == set(MOVED)
+    assert shim_modules(SRC, "tjx.nn") == set(MOVED)
     assert len(MOVED) == 18  # 13 hf_*, 3 moe_*, 2 preference_* (hf, moe, preference: packages)
 
 
@@ -78,16 +64,4 @@ def test_the_package_s_public_names_come_without_a_warning():
 
 
 def test_no_module_of_tjx_nn_imports_an_old_path():
-    users = {}
-    for path in SRC.rglob("*.py"):
-        if f"tjx.nn.{path.stem}" in MOVED and path.parent == SRC:
-            continue  # a shim itself
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            else:
-                continue
-            users.update({str(path.relative_to(SRC)): n for n in names if n in MOVED})
-    assert users == {}
+    assert old_path_importers(SRC, "tjx.nn", MOVED) == {}

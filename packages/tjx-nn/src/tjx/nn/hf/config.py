@@ -50,8 +50,8 @@ HARMLESS = frozenset(
         "use_return_dict",
     }
 )
-#: Keys mapped or checked below.
-HANDLED = frozenset(
+#: Keys every family's import maps or checks.
+BASE_KEYS = frozenset(
     {
         "vocab_size",
         "hidden_size",
@@ -66,18 +66,21 @@ HANDLED = frozenset(
         "rope_scaling",
         "rope_parameters",
         "tie_word_embeddings",
-        "hidden_act",
         "attention_bias",
-        "mlp_bias",
-        "sliding_window",
-        "use_sliding_window",
-        "max_window_layers",
-        "layer_types",
         "attention_dropout",
         "initializer_range",
         "auto_map",
     }
 )
+#: Keys the LLaMA-shaped import below maps or checks: the common ones, its activation and windows.
+HANDLED = BASE_KEYS | {
+    "hidden_act",
+    "mlp_bias",
+    "sliding_window",
+    "use_sliding_window",
+    "max_window_layers",
+    "layer_types",
+}
 
 
 #: config.json's RoPE keys that are not `RopeScaling` fields (read elsewhere or named here).

@@ -13,30 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf.config import HARMLESS
+from tjx.nn.hf.config import BASE_KEYS, HARMLESS
 
-#: Keys every family's import maps or checks.
-BASE_KEYS = frozenset(
-    {
-        "vocab_size",
-        "hidden_size",
-        "intermediate_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "num_key_value_heads",
-        "head_dim",
-        "max_position_embeddings",
-        "rms_norm_eps",
-        "rope_theta",
-        "rope_scaling",
-        "rope_parameters",
-        "tie_word_embeddings",
-        "attention_bias",
-        "attention_dropout",
-        "initializer_range",
-        "auto_map",
-    }
-)
 #: The switches of a plain LLaMA (``family_config``): what llama/mistral/qwen2/phi3 compute with.
 LLAMA_SWITCHES: dict[str, Any] = dict(
     norm_position="pre",

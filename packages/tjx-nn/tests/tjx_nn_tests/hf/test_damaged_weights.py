@@ -63,13 +63,17 @@ def test_a_file_of_random_bytes_is_not_a_safetensors_file(folder):
     assert message.endswith(FIX)
 
 
-def test_a_truncated_file_is_named_with_what_it_lacks(folder):
+@pytest.mark.parametrize(("where", "needle"), [("data", "describes"), ("header", "needs")])
+def test_a_truncated_file_is_named_with_what_it_lacks(folder, where, needle):
     target = folder / "model.safetensors"
     whole = target.read_bytes()
-    cut = int(np.random.default_rng().integers(1, len(whole) - 8))  # into the data or the header
-    target.write_bytes(whole[:-cut])
+    header = 8 + int.from_bytes(whole[:8], "little")
+    rng = np.random.default_rng()
+    keep = int(rng.integers(header, len(whole)) if where == "data" else rng.integers(8, header))
+    target.write_bytes(whole[:keep])
     message = _refusal(folder)
-    assert message.startswith(f"{target} is truncated: its header ") and message.endswith(FIX)
+    assert message.startswith(f"{target} is truncated: its header {needle} ")
+    assert message.endswith(FIX)
 
 
 def test_a_shard_the_index_names_must_be_in_the_folder(saved, tmp_path):
@@ -149,15 +153,15 @@ F32 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
     ],
     ids=["short", "not-json", "json-list", "no-offsets", "bool-dim", "f4", "span", "gap", "rest"],
 )
-def test_a_header_safetensors_would_not_read_is_one_line_naming_the_file(
-    tmp_path, content, needle
-):
+def test_a_header_safetensors_would_not_read_is_one_line_naming_the_file(tmp_path, content, needle):
     path = tmp_path / "model.safetensors"
     path.write_bytes(content)
     with pytest.raises(ValueError, match="^[^\n]*$") as info:
         read_header(path)
     assert str(info.value).startswith(str(path)) and needle in str(info.value)
-    assert FIX in str(info.value)
+    assert str(info.value).endswith(
+        FIX if "F4" not in needle else "save the checkpoint in one of those"
+    )
 
 
 def test_a_whole_file_reads_as_safetensors_describes_it(tmp_path):
@@ -182,13 +186,17 @@ def test_a_whole_file_reads_as_safetensors_describes_it(tmp_path):
         ("{not json", "model.safetensors.index.json is not valid JSON ("),
         ('{"weight_map": {"w": "../elsewhere.safetensors"}}', "names shard '../elsewhere"),
         ('{"weight_map": []}', "has no 'weight_map' object"),
+        (
+            '{"weight_map": {"ghost": "model.safetensors"}}',
+            "model.safetensors lacks tensor ghost that model.safetensors.index.json names",
+        ),
     ],
-    ids=["not-json", "outside", "no-map"],
+    ids=["not-json", "outside", "no-map", "ghost-tensor"],
 )
-def test_an_index_that_does_not_read_names_itself(folder, index, needle):
+def test_an_index_that_does_not_fit_its_shards_is_named(folder, index, needle):
     (folder / "model.safetensors.index.json").write_text(index)
     message = _refusal(folder)
-    assert message.startswith(str(folder / "model.safetensors.index.json")) and needle in message
+    assert message.startswith(str(folder / "model.safetensors")) and needle in message
 
 
 def test_a_file_that_cannot_be_opened_is_one_line(folder, monkeypatch):

@@ -215,7 +215,9 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
             f"{path} is not a safetensors file: its header is not JSON ({e}); {_FIX}"
         ) from None
     if not isinstance(header, dict):
-        raise ValueError(f"{path} is not a safetensors file: its header is not a JSON object; {_FIX}")
+        raise ValueError(
+            f"{path} is not a safetensors file: its header is not a JSON object; {_FIX}"
+        )
     tensors: dict[str, TensorEntry] = {}
     spans: list[tuple[int, int, str]] = []
     for name, entry in header.items():
@@ -257,7 +259,7 @@ def _entry(path: Path, name: str, entry: Any) -> tuple[str, tuple[int, ...], tup
     if dtype not in _DTYPE_BYTES:
         raise ValueError(
             f"{path}: tensor {name} has dtype {dtype!r}, which tjx does not read (it reads "
-            f"{', '.join(_DTYPE_BYTES)}); {_FIX} in one of those"
+            f"{', '.join(_DTYPE_BYTES)}); save the checkpoint in one of those"
         )
     return str(dtype), tuple(shape), (span[0], span[1])
 
@@ -428,7 +430,8 @@ def check_tensors(
         if dtypes is not None and dtypes[name] not in FLOAT_DTYPES:
             raise ValueError(
                 f"{where(name)}tensor {name} is stored as {dtypes[name]}, config.json's model has "
-                f"floating-point weights ({', '.join(FLOAT_DTYPES)}); save the checkpoint unquantized"
+                f"floating-point weights ({', '.join(FLOAT_DTYPES)}); save the checkpoint "
+                "unquantized"
             )
 
 

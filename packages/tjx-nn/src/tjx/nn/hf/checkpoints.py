@@ -176,6 +176,11 @@ def check_hf_weights(path_or_hub: str | os.PathLike[str]) -> None:
     index names there, each tensor the config implies present with its shape and a
     floating-point dtype. No tensor data is read and no model built.
 
+    Parameters
+    ----------
+    path_or_hub : str or PathLike
+        As `load_hf`'s (an app passes a local folder: a hub name is downloaded first).
+
     Raises
     ------
     ValueError

@@ -61,6 +61,17 @@ def _immutable_parent(d):
     make_unwritable(d / "ro")
 
 
+def _random_safetensors(d):
+    """A GPT-2 HF folder whose model.safetensors is fresh random bytes (issue #58)."""
+    import os
+
+    (d / "hf").mkdir()
+    config = {"model_type": "gpt2", "vocab_size": 64, "n_positions": 32, "n_embd": 16}
+    (d / "hf" / "config.json").write_text(json.dumps({**config, "n_layer": 1, "n_head": 2}))
+    (d / "hf" / "model.safetensors").write_bytes(os.urandom(1024))
+    (d / "held.txt").write_text("held-out text\n" * 50)
+
+
 CASES = [
     # (id, app, argv, setup, expected text in stderr)
     # Unwritable where os.access says writable (root, chattr +i): found by writing a probe.
@@ -178,6 +189,13 @@ CASES = [
         None,
         "neither a folder nor a hub name",
     ),
+    (
+        "init-from-random-safetensors",
+        T,
+        ["--config", "gpt2_small", "--run-dir", "r", "--init-from", "hf"],
+        _random_safetensors,
+        "--init-from: hf/model.safetensors is not a safetensors file",
+    ),
     ("mesh-does-not-fit", T, [*TINY, "--set", "mesh.data=3"], None, "mesh"),
     (
         "batch-not-divisible-by-mesh",
@@ -264,6 +282,13 @@ CASES = [
     ("eval-zero-batches", E, ["--checkpoint", "x", "--max-batches", "0"], None, "--max-batches"),
     ("eval-zero-new-tokens", E, ["--checkpoint", "x", "--max-new-tokens", "0"], None, "tokens"),
     ("eval-negative-temperature", E, ["--checkpoint", "x", "--temperature", "-1"], None, ">= 0"),
+    (
+        "eval-random-safetensors",
+        E,
+        ["--checkpoint", "hf", "--data", "held.txt"],
+        _random_safetensors,
+        "--checkpoint: hf/model.safetensors is not a safetensors file",
+    ),
     ("eval-missing-run", E, ["--checkpoint", "nowhere"], None, "no such run directory"),
     ("eval-not-a-run", E, ["--checkpoint", "empty_run"], _empty_dir, "has no config.yaml"),
     ("eval-no-target", E, [], None, "one of the arguments --checkpoint --compare is required"),

@@ -24,7 +24,8 @@ from trainer.schema import ConfigError, keyed
 
 def check_init_from(cfg: Config, source: str) -> None:
     """Raise `ConfigError` (one line) unless ``source`` can start a run of ``cfg`` (tjx.nn's
-    `hf_start_config` and `check_hf_settings`, or `_same_model`)."""
+    `hf_start_config`, `check_hf_settings` and, for a local folder, `check_hf_weights`; or
+    `_same_model`)."""
     from tjx import nn
 
     if RunDir.is_run(source):
@@ -36,6 +37,10 @@ def check_init_from(cfg: Config, source: str) -> None:
         default = read_config({"model": {"kind": cfg.kind}}).to_dict()["model"]
         settings = {k: v for k, v in cfg.to_dict()["model"].items() if v != default[k]}
         nn.check_hf_settings(hf_cfg, settings, source=source, tokenizer=cfg.data.tokenizer)
+        if Path(source).expanduser().is_dir():  # a hub name's weights come at build (download)
+            # Damaged or foreign weights: refused from the files' headers, before the data is
+            # prepared or the run directory written (no tensor is read here).
+            nn.check_hf_weights(source)
 
 
 def _run_files(path: Path) -> tuple[Any, dict[str, Any]]:

@@ -153,6 +153,75 @@ def test_a_family_switch_or_window_the_llama_checkpoint_lacks_is_refused(in_tmp,
     check_init_from(_plan(*base, *same).config, str(in_tmp / "ck"))  # no clash
 
 
+@pytest.fixture(scope="module")
+def hf_saved(tmp_path_factory):
+    """A tiny Qwen2 checkpoint saved whole (``one``) and in shards (``sharded``)."""
+    from flax import nnx
+
+    from tjx import nn
+
+    config = nn.LlamaConfig(
+        vocab_size=64, d_model=16, num_layers=1, num_heads=4, num_kv_heads=4, qkv_bias=True
+    )
+    root = tmp_path_factory.mktemp("hf")
+    model = nn.Llama(config, rngs=nnx.Rngs(0))
+    nn.save_hf(model, root / "one", model_type="qwen2")
+    nn.save_hf(model, root / "sharded", model_type="qwen2", max_shard_size="4KB")
+    return root
+
+
+def _damage(folder, how):
+    """Damage HF checkpoint ``folder`` as issue #58's hostile inputs do (fresh bytes each)."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    rng = np.random.default_rng()
+    whole = folder / "model.safetensors"
+    if how == "random-bytes":
+        whole.write_bytes(os.urandom(int(rng.integers(64, 4096))))
+    elif how == "truncated":
+        content = whole.read_bytes()
+        whole.write_bytes(content[: -int(rng.integers(1, len(content) - 8))])
+    elif how == "missing-shard":
+        shards = sorted(folder.glob("model-0*.safetensors"))
+        shards[int(rng.integers(len(shards)))].unlink()
+    else:  # a tensor's dtype or shape is not what config.json implies
+        weights = load_file(str(whole))
+        norm = weights["model.norm.weight"]
+        weights["model.norm.weight"] = (
+            norm.astype(np.int32) if how == "integer-tensor" else rng.normal(size=norm.size - 1)
+        )
+        save_file(weights, str(whole))
+
+
+HOSTILE_HF = [
+    ("random-bytes", "one", "model.safetensors is not a safetensors file"),
+    ("truncated", "one", "model.safetensors is truncated: its header"),
+    ("missing-shard", "sharded", ".safetensors is missing: model.safetensors.index.json names"),
+    ("integer-tensor", "one", "model.safetensors: tensor model.norm.weight is stored as I32"),
+    ("misshaped-tensor", "one", "model.safetensors: tensor model.norm.weight has shape [15]"),
+]
+
+
+@pytest.mark.parametrize(("how", "kind", "needle"), HOSTILE_HF, ids=[c[0] for c in HOSTILE_HF])
+def test_a_damaged_hf_checkpoint_is_one_line_before_anything_is_written(
+    in_tmp, capsys, hf_saved, how, kind, needle
+):
+    import shutil
+
+    shutil.copytree(hf_saved / kind, in_tmp / "ck")
+    _damage(in_tmp / "ck", how)
+    before = sorted(p.name for p in (in_tmp / "ck").iterdir())
+    argv = ["--config", "llama_small", "--run-dir", "r", "--init-from", str(in_tmp / "ck")]
+    assert main(argv) == 2
+    out = capsys.readouterr()
+    assert out.err.startswith(f"trainer: error: --init-from: {in_tmp / 'ck'}")
+    assert needle in out.err and out.err.count("\n") == 1 and "Traceback" not in out.err
+    assert out.out == ""  # refused while planning: no config line, no run directory line
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["ck"]  # no run directory
+    assert sorted(p.name for p in (in_tmp / "ck").iterdir()) == before
+
+
 def test_existing_checkpoints_need_resume(in_tmp, capsys):
     (in_tmp / "r" / "checkpoints" / "10").mkdir(parents=True)
     assert main(["--config", "tiny", "--run-dir", "r"]) == 2

@@ -37,6 +37,7 @@ from tjx.nn.generation import generate, sample_logits
 from tjx.nn.gpt2_presets import gpt2_config
 from tjx.nn.hf.checkpoints import (
     HF_MODEL_TYPES,
+    check_hf_weights,
     hf_kind,
     load_hf,
     load_hf_gpt2,
@@ -191,6 +192,7 @@ __all__ = [
     "build_model",
     "cache_slots",
     "check_hf_settings",
+    "check_hf_weights",
     "check_peft_export",
     "check_pipelinable",
     "check_preference_run",

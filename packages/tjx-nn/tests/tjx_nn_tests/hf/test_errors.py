@@ -101,17 +101,6 @@ def test_folders_without_config_or_safetensors_are_refused(tmp_path):
         tnn.load_hf("no-such-org/no-such-model")  # HF_HUB_OFFLINE=1 in tests
 
 
-def test_a_shard_the_index_names_must_exist(tmp_path):
-    config = tnn.LlamaConfig(
-        vocab_size=24, max_seq_len=16, d_model=16, num_layers=1, num_heads=2, mlp_dim=24
-    )
-    tnn.save_hf(tnn.Llama(config, rngs=nnx.Rngs(0)), tmp_path / "s", max_shard_size="2KB")
-    shard = sorted((tmp_path / "s").glob("model-0000*.safetensors"))[-1]
-    shard.unlink()
-    with pytest.raises(ValueError, match=f"shard {shard.name} named in"):
-        tnn.load_hf(tmp_path / "s")
-
-
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [

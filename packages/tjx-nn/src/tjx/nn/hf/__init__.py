@@ -18,6 +18,7 @@ from tjx.nn.hf import checkpoints
 from tjx.nn.hf.checkpoints import (
     HF_MODEL_TYPES,
     SAVE_DTYPES,
+    check_hf_weights,
     hf_kind,
     load_hf,
     load_hf_gpt2,
@@ -44,6 +45,7 @@ __all__ = [
     "HOW_TO_TRAIN",
     "SAVE_DTYPES",
     "TRAINING_FIELDS",
+    "check_hf_weights",
     "config_clashes",
     "hf_conflicts",
     "hf_gpt2_conflicts",

@@ -150,17 +150,14 @@ def load_hf(
     ------
     ValueError
         Missing config or weights, PyTorch pickles only, an unsupported ``model_type`` or config
-        key, missing/extra/mis-shaped tensors (named).
+        key, a damaged safetensors file or missing shard, missing/extra/mis-shaped or
+        non-float tensors (each named, with its file).
     """
     folder = resolve(path_or_hub)
     hf = read_config(folder)
     config, cls, mapping = _plan(hf, overrides)
     with LazyWeights(folder) as weights:
-        prefixed = hf.get("model_type") == "gpt2"  # save_pretrained's ``transformer.`` prefix
-        names = {n.removeprefix("transformer.") if prefixed else n: n for n in weights.names()}
-        check_tensors(
-            {k: weights.shape(n) for k, n in names.items()}, mapping.shapes, mapping.ignored
-        )
+        names = _checked_names(weights, hf, mapping)
 
         def read(name: str) -> np.ndarray:
             return weights.get(names[name])
@@ -169,6 +166,45 @@ def load_hf(
         fill_params(model, lambda name: mapping.to_tjx[name](read))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
     return nnx.merge(graphdef, params, concrete_state(rest)), config
+
+
+def check_hf_weights(path_or_hub: str | os.PathLike[str]) -> None:
+    """Check a HF checkpoint's weights against its ``config.json`` from the files' headers alone.
+
+    What `load_hf` checks before it reads a tensor, for an app to refuse a damaged checkpoint
+    before it writes anything: every safetensors file whole (`read_header`), every shard the
+    index names there, each tensor the config implies present with its shape and a
+    floating-point dtype. No tensor data is read and no model built.
+
+    Parameters
+    ----------
+    path_or_hub : str or PathLike
+        As `load_hf`'s (an app passes a local folder: a hub name is downloaded first).
+
+    Raises
+    ------
+    ValueError
+        As `load_hf`: one line naming the file and what is wrong with it.
+    """
+    folder = resolve(path_or_hub)
+    hf = read_config(folder)
+    _, _, mapping = _plan(hf, {})
+    with LazyWeights(folder) as weights:
+        _checked_names(weights, hf, mapping)
+
+
+def _checked_names(weights: LazyWeights, hf: dict[str, Any], mapping: HFMapping) -> dict[str, str]:
+    """The mapping's tensor name → the stored one, after `check_tensors` on the headers."""
+    prefixed = hf.get("model_type") == "gpt2"  # save_pretrained's ``transformer.`` prefix
+    names = {n.removeprefix("transformer.") if prefixed else n: n for n in weights.names()}
+    check_tensors(
+        {k: weights.shape(n) for k, n in names.items()},
+        mapping.shapes,
+        mapping.ignored,
+        dtypes={k: weights.dtype(n) for k, n in names.items()},
+        files={k: weights.path(n) for k, n in names.items()},
+    )
+    return names
 
 
 def _export_plan(config: Any, model_type: str | None) -> tuple[dict[str, Any], HFMapping]:

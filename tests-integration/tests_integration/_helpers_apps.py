@@ -143,9 +143,9 @@ def val_losses(run_dir: Path) -> dict[int, float]:
 
 
 def final(run_dir: Path) -> dict[str, Any]:
-    """The run's ``final.json`` (step, params digest, last validation metrics), read as tjx.ckpt
-    wrote it (a non-finite value is a float again)."""
-    from tjx.ckpt import RunDir
+    """The run's ``final.json`` (step, params digest, last validation metrics), read as the
+    trainer's run directory wrote it (a non-finite value is a float again)."""
+    from trainer import RunDir
 
     return RunDir(run_dir).read(RunDir.FINAL_FILE)
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import tjx_teststores as teststores
 
-from tjx.ckpt import RunDir, objects, storage
+from tjx.ckpt import objects, storage
 from tjx.metrics import read_jsonl
+from trainer import RunDir
 
 
 @contextmanager

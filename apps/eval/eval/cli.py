@@ -132,7 +132,7 @@ def location(target: str) -> Any:
     if "://" in target:
         from tjx import ckpt
 
-        return ckpt.RunDir(target).path
+        return ckpt.RunFolder(target).path
     return Path(target)
 
 

@@ -20,6 +20,9 @@ from flax import nnx
 if TYPE_CHECKING:
     from tjx.data import ChatRunData, RunData
 
+#: The files a trainer run holds beside its ``checkpoints/`` (the trainer's layout, ``RunDir``: the
+#: saved config, what rebuilds the model, what rebuilds the data), read by name through tjx.ckpt.
+RUN_FILES = ("config.yaml", "model.json", "data.json")
 #: ``data.json``'s ``format`` of a post-training run (tjx.data's `ChatRunData` reads it back).
 CHAT_FORMATS = ("chat", "preference")
 
@@ -63,11 +66,12 @@ class LoadedRun:
 
 
 def _read(run_dir: Path, name: str) -> Any:
-    """The mapping in the run's file ``name`` (tjx.ckpt's `RunDir` reads it); `RunError` if not."""
+    """The mapping in the run's file ``name`` (tjx.ckpt's `RunFolder` reads it); `RunError` if
+    not."""
     from tjx import ckpt
 
     try:
-        return ckpt.RunDir(run_dir).read(name)
+        return ckpt.RunFolder(run_dir).read(name)
     except ckpt.RunFileNotFoundError:
         raise RunError(
             f"--checkpoint: {str(run_dir)!r} has no {name}; is it a trainer run dir?"
@@ -87,11 +91,10 @@ def check_run_dir(run_dir: Path) -> None:
         ckpt.check_remote(run_dir, write=False)
     if not run_dir.is_dir():
         raise RunError(f"--checkpoint: no such run directory {str(run_dir)!r}")
-    run = ckpt.RunDir(run_dir)
-    for name in (run.CONFIG_FILE, run.MODEL_FILE, run.DATA_FILE):
+    for name in RUN_FILES:
         _read(run_dir, name)
     # Any step folder: which step reads back intact is for the restore to find (and say).
-    if not run.has_checkpoints():
+    if not ckpt.RunFolder(run_dir).has_checkpoints():
         raise RunError(f"--checkpoint: {str(run_dir)!r} holds no checkpoint yet")
 
 

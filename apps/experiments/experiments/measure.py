@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from experiments.spec import Row, RunContext
-from tjx.ckpt import RunDir  # no jax or orbax on import
+from trainer import RunDir  # no jax or orbax on import
 
 #: How far beyond the training length the positions study evaluates.
 LENGTH_FACTORS = (1, 2, 4)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.spec import Row, RunSpec
-from tjx.ckpt import RunDir  # no jax or orbax on import
+from trainer import RunDir  # no jax or orbax on import
 
 METRICS_FILE = "metrics.jsonl"
 #: Nats above ln V (a uniform guess; an untrained model starts within a few hundredths of it)

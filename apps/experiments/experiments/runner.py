@@ -146,9 +146,9 @@ def finish_row(study: Study, spec: RunSpec, run_dir: Path, scale: str) -> Row:
 
 @contextmanager
 def study_progress(title: str, total: int) -> Iterator[Callable[[str, int], None]]:
-    """A bar across a study's configs (tjx-metrics' bar: live on a terminal, plain lines
+    """A bar across a study's configs (the trainer's bar: live on a terminal, plain lines
     elsewhere); yields ``note(text, done)``."""
-    from tjx.metrics import progress_bar
+    from trainer import progress_bar
 
     with progress_bar(0, total, label=title) as bar:
         yield lambda text, done: bar.update(done, text=text)
@@ -179,7 +179,7 @@ def run_study(
     seeds = SEEDS[scale] if seeds is None else seeds
     use_compile_cache(runs_dir / ".xla-cache")
     done: dict[str, tuple[RunSpec, Path, Row]] = {}
-    # The bar counts configs × seeds; a sweep's extensions add to it (tjx-metrics' bar has a
+    # The bar counts configs × seeds; a sweep's extensions add to it (the trainer's bar has a
     # fixed total: it counts every extension the limit allows, so it may end short of it).
     limit = 0 if study.sweep is None else 1 if scale == "smoke" else study.sweep.max_extensions
     extra = limit * len({s.group for s in specs})

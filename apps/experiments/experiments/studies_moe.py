@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from experiments.spec import Column, Row, RunContext, RunSpec, Study, base, shape_value, smoke_pick
 from experiments.stats import difference, ranking, value_text
-from tjx.ckpt import RunDir  # no jax or orbax on import
+from trainer import RunDir  # no jax or orbax on import
 
 #: Experts and experts per token at each scale (Mixtral's 8 and 2 above the smoke scale).
 EXPERTS = {"smoke": (4, 2), "cpu": (8, 2), "gpu": (8, 2)}

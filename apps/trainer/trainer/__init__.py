@@ -13,6 +13,7 @@ from typing import Any
 _EXPORTS: dict[str, tuple[str, str]] = {
     "Config": ("trainer.config", "Config"),
     "ConfigError": ("trainer.schema", "ConfigError"),
+    "RunDir": ("trainer.job.folder", "RunDir"),
     "RunPlan": ("trainer.plan", "RunPlan"),
     "Setup": ("trainer.state", "Setup"),
     "abstract_step": ("trainer.memory_fit", "abstract_step"),
@@ -25,8 +26,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "plan_argv": ("trainer.cli", "plan_argv"),
     "plan_here": ("trainer.target_plan", "plan_here"),
     "prepare_data": ("trainer.data_setup", "prepare"),
+    "progress_bar": ("trainer.job.progress", "progress_bar"),
     "read_config": ("trainer.config", "read_config"),
     "resolve": ("trainer.config", "resolve"),
+    "roofline_inputs": ("trainer.job.step_plan", "roofline_inputs"),
     "run": ("trainer.startup", "run"),
     "step_peak": ("trainer.memory_fit", "step_peak"),
     "train_loader": ("trainer.data_setup", "train_loader"),

@@ -16,6 +16,7 @@ from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first u
 )
 from trainer.config import read_config
 from trainer.init_from import check_init_from, trained_model
+from trainer.job.start import start_location
 from trainer.plan import RunPlan, error_exit, interrupted_exit
 from trainer.resume import check_chat_template, check_resume, describe_changes
 from trainer.schema import ConfigError, keyed
@@ -107,7 +108,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         metrics.check_logger_packages(cfg.logging.sinks, wandb_mode=cfg.logging.wandb_mode)
     if args.init_from is not None and resume:  # before the checkpoint checks: the real issue
         raise ConfigError("--init-from: cannot be combined with --resume")
-    run_dir: Any = ckpt.start_location(args.run_dir or f"runs/{cfg.name}", resume=resume)
+    run_dir: Any = start_location(args.run_dir or f"runs/{cfg.name}", resume=resume)
     if cfg.data.cache_dir:
         with keyed("data.cache_dir", data.DataError, ckpt.NotCreatableError):
             ckpt.check_can_create(data.local_cache_folder(cfg.data.cache_dir))

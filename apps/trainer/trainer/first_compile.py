@@ -27,9 +27,10 @@ from typing import Any
 
 import jax
 
-from tjx import kernels, nn, parallel
+from tjx import kernels, parallel
 from trainer import target_plan
 from trainer.config import Config
+from trainer.job.step_plan import batch_shapes
 from trainer.memory_fit import abstract_step
 from trainer.schema import ConfigError
 from trainer.state import Setup
@@ -194,7 +195,7 @@ def _plannable(cfg: Config, setup: Setup) -> bool:
 def _run_batch(cfg: Config, setup: Setup) -> dict[str, jax.ShapeDtypeStruct]:
     """The abstract batch the loader places on ``setup``'s mesh."""
 
-    shapes = nn.batch_shapes(cfg.model, cfg.data.batch_rows(cfg.data.batch_size), cfg.data.seq_len)
+    shapes = batch_shapes(cfg.model, cfg.data.batch_rows(cfg.data.batch_size), cfg.data.seq_len)
     on = functools.partial(parallel.batch_sharding, setup.mesh)
     return {k: jax.ShapeDtypeStruct(s, d, sharding=on(len(s))) for k, (s, d) in shapes.items()}
 

@@ -16,53 +16,51 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tjx.ckpt import RunDir
 from tjx.core.config import load_yaml
+from tjx.nn.hf.checkpoints import check_hf_weights
 from trainer.config import Config, read_config
+from trainer.job.folder import RunDir
+from trainer.job.init_checks import check_hf_settings, clash_names, hf_start_config
 from trainer.schema import ConfigError, keyed
 
 
 def check_init_from(cfg: Config, source: str) -> None:
-    """Raise `ConfigError` (one line) unless ``source`` can start a run of ``cfg`` (tjx.nn's
-    `hf_start_config`, `check_hf_settings` and, for a local folder, `check_hf_weights`; or
-    `_same_model`)."""
-    from tjx import nn
-
+    """Raise `ConfigError` (one line) unless ``source`` can start a run of ``cfg``
+    (`hf_start_config`, `check_hf_settings` and, for a local folder, tjx.nn's `check_hf_weights`;
+    or `_same_model`)."""
     if RunDir.is_run(source):
         path = Path(source).expanduser()
         return _same_model(cfg.model, _run_files(path)[0], path, vocab=False)
     with keyed("--init-from"):
-        hf_cfg = nn.hf_start_config(source, cfg.kind)
+        hf_cfg = hf_start_config(source, cfg.kind)
         # The settings the config gives: those unlike the kind's own (null: derived from others).
         default = read_config({"model": {"kind": cfg.kind}}).to_dict()["model"]
         settings = {k: v for k, v in cfg.to_dict()["model"].items() if v != default[k]}
-        nn.check_hf_settings(hf_cfg, settings, source=source, tokenizer=cfg.data.tokenizer)
+        check_hf_settings(hf_cfg, settings, source=source, tokenizer=cfg.data.tokenizer)
         if Path(source).expanduser().is_dir():  # a hub name's weights come at build (download)
             # Damaged or foreign weights: refused from the files' headers, before the data is
             # prepared or the run directory written (no tensor is read here).
-            nn.check_hf_weights(source)
+            check_hf_weights(source)
 
 
 def _run_files(path: Path) -> tuple[Any, dict[str, Any]]:
     """The run's tjx.nn model config and its saved config data."""
-    from tjx import ckpt, nn
+    from tjx import nn
 
     try:
         model = nn.config_from_dict(json.loads((path / "model.json").read_text()))
         saved = load_yaml((path / "config.yaml").read_text())
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         raise ConfigError(f"--init-from: {str(path)!r} is not a readable tjx run ({err})") from None
-    if not ckpt.RunDir(path).has_checkpoints():
+    if not RunDir(path).has_checkpoints():
         raise ConfigError(f"--init-from: the run {str(path)!r} holds no checkpoint yet")
     return model, saved
 
 
 def _same_model(ours: Any, theirs: Any, path: Path, *, vocab: bool) -> None:
-    """A `ConfigError` naming tjx.nn's `clash_names` of the two model configs (the vocabulary's
+    """A `ConfigError` naming `clash_names` of the two model configs (the vocabulary's
     only if ``vocab``: once the tokenizer is read)."""
-    from tjx import nn
-
-    named = nn.clash_names(ours, theirs, vocab=vocab)
+    named = clash_names(ours, theirs, vocab=vocab)
     if named:
         advice = (
             "with another vocabulary, set data.tokenizer to the run's (its data.json)"

@@ -24,6 +24,7 @@ from tjx import kernels, nn, parallel
 from tjx.metrics import GIB, first_fit, peak_bytes
 from trainer import step as steps  # looked up at the call: a test may replace the step
 from trainer.config import Config
+from trainer.job.step_plan import batch_shapes
 from trainer.schema import ConfigError
 from trainer.state import abstract_state, check_context
 
@@ -35,7 +36,7 @@ def abstract_step(cfg: Config) -> tuple[Any, Any, Any]:
     unsharded; no parameter is created."""
 
     graphdef, rest, tx, state, _ = abstract_state(cfg)
-    shapes = nn.batch_shapes(cfg.model, cfg.data.batch_rows(cfg.data.batch_size), cfg.data.seq_len)
+    shapes = batch_shapes(cfg.model, cfg.data.batch_rows(cfg.data.batch_size), cfg.data.seq_len)
     step = jax.jit(
         steps.make_train_step(graphdef, nn.concrete_state(rest), tx, cfg), donate_argnums=(0,)
     )

@@ -1,6 +1,6 @@
 """What a ``--resume`` may change: a checkpoint holds one model's and optimizer's state and a
 position in one token stream, so a change to those is refused, naming every changed key; settings
-that only steer the loop (``resumable`` metadata) may change (tjx.ckpt's ``config_changes``)."""
+that only steer the loop (``resumable`` metadata) may change (``trainer.job.changes``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ from typing import Any
 
 from tjx import ckpt, data
 from trainer.config import SCHEMA, Config, read_config
+from trainer.job.changes import config_changes
+from trainer.job.changes import describe_changes as describe_changes_of
+from trainer.job.folder import RunDir
+from trainer.job.start import resumed_config
 from trainer.schema import ConfigError, kind_of
 from trainer.settings import migrate
 
@@ -39,28 +43,28 @@ def check_resume(run_dir: Path, new: dict[str, Any]) -> dict[str, tuple[Any, Any
     """Refuse a resume of ``run_dir`` to config ``new`` (``Config.to_dict()``) that changes what
     the checkpoints hold (`ConfigError`, also for a missing or unreadable ``config.yaml``);
     return the training-only keys that change, ``key → (saved, new)``."""
-    saved_data = ckpt.resumed_config(run_dir)
+    saved_data = resumed_config(run_dir)
     try:
         saved = _compared(saved_data, saved=True)
     except ConfigError as err:
         raise ConfigError(
-            f"--resume: {ckpt.RunDir(run_dir).config_file} is no config this trainer reads ({err})"
+            f"--resume: {RunDir(run_dir).config_file} is no config this trainer reads ({err})"
         ) from None
     new = _compared(new, saved=False)
-    changes = ckpt.config_changes(saved, new, changeable=lambda k: is_training_only(k, new))
+    changes = config_changes(saved, new, changeable=lambda k: is_training_only(k, new))
     if changes.refused:
         raise ConfigError(
             f"--resume: the checkpoints in {str(run_dir)!r} cannot continue with "
-            f"{ckpt.describe_changes(changes.refused)} (they hold another model, optimizer state "
+            f"{describe_changes_of(changes.refused)} (they hold another model, optimizer state "
             "or data stream); resume with the run's own settings (--config "
-            f"{ckpt.RunDir(run_dir).config_file}) or train into a new --run-dir"
+            f"{RunDir(run_dir).config_file}) or train into a new --run-dir"
         )
     return changes.allowed
 
 
 def describe_changes(diff: dict[str, tuple[Any, Any]]) -> str:
     """The line printed when a resume changes training-only settings."""
-    return f"resume: changed settings: {ckpt.describe_changes(diff)}"
+    return f"resume: changed settings: {describe_changes_of(diff)}"
 
 
 def check_chat_template(run_dir: Path, cfg: Config) -> None:
@@ -69,7 +73,7 @@ def check_chat_template(run_dir: Path, cfg: Config) -> None:
     if cfg.data.format == "text" or cfg.data.tokenizer == "bpe":
         return  # no template to compare: data.json stays unread
     try:
-        saved = ckpt.RunDir(run_dir).read(ckpt.RunDir.DATA_FILE).get("template")
+        saved = RunDir(run_dir).read(RunDir.DATA_FILE).get("template")
         data.check_template(cfg.data, saved)
     except ckpt.RunFileError:
         return

@@ -14,10 +14,11 @@ import trainer.memory_fit as memory_fit
 import trainer.multihost as multihost
 import trainer.state as state
 import trainer.training as training
-from tjx import kernels, metrics, parallel
-from tjx.ckpt import RunDir
+from tjx import kernels, parallel
 from trainer import init_from
 from trainer.config import Config, resolve
+from trainer.job.device_notes import device_notes
+from trainer.job.folder import RunDir
 from trainer.plan import RunPlan, error_exit
 from trainer.schema import ConfigError
 from trainer.xla_flags import apply_gpu_autotune
@@ -31,7 +32,7 @@ def _device_note(cfg: Config) -> None:
     setting = cfg.train.compilation_cache
     # GPU only: a rerun skips compiling and autotuning. "auto" leaves the folder to tjx.kernels.
     cache = kernels.enable_compilation_cache(None if setting == "auto" else setting)
-    print("\n".join(metrics.device_notes(cache, "train.compilation_cache")), flush=True)
+    print("\n".join(device_notes(cache, "train.compilation_cache")), flush=True)
 
 
 def run(plan: RunPlan) -> int:

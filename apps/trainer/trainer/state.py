@@ -16,9 +16,9 @@ from jax.sharding import Mesh
 
 import trainer.dpo as dpo
 from tjx import nn, optim, parallel
-from tjx.ckpt import RunDir
 from trainer import init_from as init_runs
 from trainer.config import Config
+from trainer.job.folder import RunDir
 from trainer.schema import ConfigError, keyed
 
 

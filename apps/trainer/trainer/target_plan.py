@@ -25,6 +25,8 @@ from tjx.metrics import Compiled, Target, quiet_native_stderr
 from trainer import dpo
 from trainer import step as steps  # looked up at the call: a test may replace the step
 from trainer.config import Config, resolve
+from trainer.job.plan_report import PlanResult, local_target, open_target, plan_report
+from trainer.job.step_plan import batch_shapes, roofline_inputs
 from trainer.memory_fit import Say, choose_kernel, lighter
 from trainer.plan import error_exit
 from trainer.schema import ConfigError, keyed
@@ -56,7 +58,7 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
     evaluate = jax.jit(steps.make_eval_step(graphdef, concrete_rest, run, split))
 
     def batch(size: int) -> dict[str, jax.ShapeDtypeStruct]:  # split over the batch axes
-        shapes = nn.batch_shapes(run.model, run.data.batch_rows(size), run.data.seq_len)
+        shapes = batch_shapes(run.model, run.data.batch_rows(size), run.data.seq_len)
         on = functools.partial(parallel.batch_sharding, mesh)
         return {k: jax.ShapeDtypeStruct(s, d, sharding=on(len(s))) for k, (s, d) in shapes.items()}
 
@@ -104,7 +106,7 @@ def plan_from_args(args: argparse.Namespace) -> int:
         # The native libraries' start-up chatter (the CUDA plugin, libtpu) stays off the terminal
         with quiet_native_stderr():
             resolved = load_config(args.config, sets)
-            target = metrics.open_target(args.plan, parallel.abstract_devices)
+            target = open_target(args.plan, parallel.abstract_devices)
             say = functools.partial(print, flush=True)
             result = plan(plan_vocab(resolved), target, args.plan, say)
     except (ValueError, ImportError) as err:  # a ConfigError, or a target that cannot be planned
@@ -120,12 +122,12 @@ def plan_here(
     """The plan of ``resolved`` on this machine's devices, estimated as the table's entry for
     their kind (or ``device``): the GPU suite's figures. A `ConfigError` if the table has none."""
     with keyed(None):
-        target = metrics.local_target(device)
+        target = local_target(device)
     result = plan(plan_vocab(resolved), target, target.device.key, say or (lambda line: None))
     return {**result.data, "error": result.error}
 
 
-def plan(run: Config, target: Target, text: str, say: Say) -> metrics.PlanResult:
+def plan(run: Config, target: Target, text: str, say: Say) -> PlanResult:
     """``run`` compiled, fitted and estimated on ``target`` (tjx-metrics' `plan_report`)."""
 
     def choose(build: Callable[[str], None], tell: Say) -> str:
@@ -135,7 +137,7 @@ def plan(run: Config, target: Target, text: str, say: Say) -> metrics.PlanResult
             except kernels.KernelCompileError as err:
                 raise ConfigError(f"--plan: {err}") from None
 
-    return metrics.plan_report(
+    return plan_report(
         run.name,
         target,
         text,
@@ -145,7 +147,7 @@ def plan(run: Config, target: Target, text: str, say: Say) -> metrics.PlanResult
         compile_step=lambda r, label, train: compile_train(r, target, label, train=train),
         lighter=lambda r: lighter(r, target.count),
         settings={"remat": "model.remat", "accumulation_steps": "optimizer.accumulation_steps"},
-        estimate_args=lambda r: nn.roofline_inputs(
+        estimate_args=lambda r: roofline_inputs(
             r.model, r.data.seq_len, units_per_step(r), r.mesh.context, target.device
         ),
         eval_rows=lambda r: r.eval.batch_size,

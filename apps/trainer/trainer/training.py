@@ -21,9 +21,11 @@ import trainer.data_setup as data_setup
 import trainer.evaluation as evaluation
 import trainer.state as run_state
 from tjx import ckpt, data, metrics, nn, parallel
-from tjx.ckpt import RunDir, final_summary
 from trainer import init_from
 from trainer.config import Config
+from trainer.job.folder import RunDir, final_summary
+from trainer.job.progress import progress_bar
+from trainer.job.step_log import ProfileWindow, StepLog
 from trainer.plan import RunPlan, error_exit, stop_on_signals
 from trainer.step import jit_train_step
 
@@ -164,7 +166,7 @@ class Training:
         # Rate, MFU (none on CPU), router sums per log line; mfu_palm counts attention whole.
         flops = nn.flops_per_unit(model, seq), nn.flops_per_unit(model, seq, causal_half=False)
         moe = [i for i, m in enumerate(nn.moe_layers(model)) if m]
-        self.log = metrics.StepLog.on_devices(
+        self.log = StepLog.on_devices(
             flops, model.precision.compute_dtype, unit=unit, bytes_per_token=bpt, moe_layers=moe
         )
 
@@ -182,11 +184,11 @@ class Training:
             end_tolerance=LOSS_SCALE_BACKOFF if cfg.optimizer.loss_scale else 0,
         )
         stopped_by: str | None = None
-        step_done, profile = start, metrics.ProfileWindow(self.run_dir / "profile", plan.profile)
+        step_done, profile = start, ProfileWindow(self.run_dir / "profile", plan.profile)
         with (
             stop_on_signals(self.run_dir) as stop,
             # tjx-metrics' bar; plain lines with logging.progress: false or off a terminal.
-            metrics.progress_bar(start, total, enabled=cfg.logging.progress) as bar,
+            progress_bar(start, total, enabled=cfg.logging.progress) as bar,
         ):
             for step in range(start, total):
                 stopped_by = agreement.decide(step, stop.signal_name)

@@ -130,7 +130,8 @@ def inspector(smoke: bool) -> Callable[[Any, Any, Any], dict[str, Any]]:
     the kernel ``auto`` resolves to, the compiled peak, kernels per step, the roofline estimate."""
 
     def inspect(compiled: Any, cfg: Any, setup: Any) -> dict[str, Any]:
-        from tjx import kernels, metrics, nn
+        from tjx import kernels, metrics
+        from trainer import roofline_inputs
 
         model = setup.nn_config
         kernel = model.attention_impl
@@ -145,7 +146,7 @@ def inspector(smoke: bool) -> Callable[[Any, Any, Any], dict[str, Any]]:
         if device is None or not hlo:
             return {**row, "kernels_per_step": None, "est_step_s": None}
         units = cfg.data.batch_size * cfg.data.seq_len
-        args = nn.roofline_inputs(model, cfg.data.seq_len, units, 1, device)
+        args = roofline_inputs(model, cfg.data.seq_len, units, 1, device)
         est = metrics.roofline(hlo, device, custom_call_cost=args["custom_call_cost"])
         kinds = est.by_kind()
         return {

@@ -35,8 +35,8 @@ def test_first_blow_up_is_the_first_finite_loss_past_the_margin() -> None:
 
 
 def test_a_row_reads_nan_and_infinity_back_from_the_runs_standard_json(tmp_path: Path) -> None:
-    from tjx.ckpt import RunDir
     from tjx.metrics import JsonlLogger
+    from trainer import RunDir
 
     with JsonlLogger(tmp_path / "metrics.jsonl") as log:
         log.log_scalars(1, {"loss": 5.0, "grad_norm": 1.5, "tokens_per_s": 10.0})

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from tjx.ckpt import RunDir
 from trainer.cli import build_parser, main, parse_profile, plan_run
+from trainer.job.folder import RunDir
 from trainer.schema import ConfigError
 
 

@@ -7,15 +7,15 @@ import json
 import pytest
 import yaml
 
-from tjx.ckpt import RunDir
 from trainer import data_setup
 from trainer.config import read_config
 from trainer.evaluation import format_samples
+from trainer.job.folder import RunDir
 from trainer.schema import ConfigError
 
 
 def test_samples_file(tmp_path):
-    # The layout and the writes are tjx.ckpt's RunDir (tested there); the sample text is ours.
+    # The layout and the writes are RunDir's (tests/job/test_folder.py); the sample text is ours.
     run = RunDir(tmp_path / "r")
     run.create({"a": 1})
     assert yaml.safe_load((run.path / "config.yaml").read_text()) == {"a": 1}

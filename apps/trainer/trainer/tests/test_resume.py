@@ -10,9 +10,9 @@ import jax
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from tjx.ckpt import RunDir
 from trainer import resume
 from trainer.config import read_config, resolve
+from trainer.job.folder import RunDir
 from trainer.memory_fit import abstract_step
 from trainer.schema import ConfigError
 from trainer.settings import apply_overrides, load_config_data

@@ -9,11 +9,11 @@ import json
 import jax
 import pytest
 
-from tjx import metrics
-from tjx.metrics import GIB, Compiled, Target, accelerator, deviceless, does_not_fit, fit_compiled
+from tjx.metrics import GIB, Compiled, Target, accelerator, deviceless, fit_compiled
 from trainer import target_plan
 from trainer.cli import main
 from trainer.config import read_config, resolve
+from trainer.job.plan_report import does_not_fit
 from trainer.memory_fit import lighter
 from trainer.schema import ConfigError
 from trainer.settings import apply_overrides, load_config_data
@@ -160,7 +160,8 @@ def test_the_whole_report_on_this_machines_devices(capsys, tmp_path, monkeypatch
 
 def on_this_machine(monkeypatch, key: str = "v5e") -> None:
     """``--plan`` opens this machine's first CPU device as if it were ``key``'s."""
-    monkeypatch.setattr(metrics, "open_target", lambda text, devices, flag="--plan": target(key))
+    opened = lambda text, devices, flag="--plan": target(key)
+    monkeypatch.setattr(target_plan, "open_target", opened)
 
 
 def test_the_cli_prints_the_plan_and_writes_its_json(capsys, in_tmp, monkeypatch):

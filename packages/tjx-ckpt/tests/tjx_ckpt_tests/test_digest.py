@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tjx.ckpt import RunDir, final_summary, params_sha256
+from tjx.ckpt import params_sha256
 
 
 def _params(seed: int) -> dict[str, object]:
@@ -50,29 +50,3 @@ def test_digest_is_the_same_under_any_sharding(mesh8: Mesh):
     sharded = jax.device_put(params["w"], NamedSharding(mesh8, PartitionSpec("fsdp", None)))
     assert len(sharded.sharding.device_set) == 8
     assert params_sha256({**params, "w": sharded}) == params_sha256(params)
-
-
-def test_final_summary_is_what_final_json_holds(tmp_path):
-    params = _params(2)
-    rng = np.random.default_rng(3)
-    val = {"loss": float(rng.uniform(1, 3)), "perplexity": float(rng.uniform(3, 20))}
-    summary = final_summary(7, params, num_params=41, interrupted_by="SIGTERM", validation=val)
-    assert summary == {
-        "step": 7,
-        "interrupted_by": "SIGTERM",
-        "params_sha256": _reference(params),
-        "num_params": 41,
-        "val_loss": val["loss"],
-        "val_perplexity": val["perplexity"],
-    }
-    # A run that reached its end, before any evaluation.
-    bare = final_summary(9, params, num_params=41)
-    assert bare == {
-        "step": 9,
-        "interrupted_by": None,
-        "params_sha256": _reference(params),
-        "num_params": 41,
-    }
-    run = RunDir(tmp_path)
-    assert run.write_final(summary)
-    assert run.read(RunDir.FINAL_FILE) == summary

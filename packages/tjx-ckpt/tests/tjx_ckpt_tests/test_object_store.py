@@ -6,7 +6,15 @@ import jax
 import numpy as np
 import pytest
 
-from tjx.ckpt import CheckpointManager, CorruptCheckpointWarning, RunDir, objects, storage
+from tjx.ckpt import (
+    CheckpointManager,
+    CorruptCheckpointWarning,
+    RunFolder,
+    check_can_create,
+    objects,
+    storage,
+)
+from tjx.ckpt.folder import write_if_changed
 from tjx_ckpt_tests._states import assert_bit_exact, make_state
 
 
@@ -82,26 +90,23 @@ def test_a_corrupt_newest_step_on_a_store_falls_back_and_is_replaced(store_url: 
         np.testing.assert_array_equal(manager.restore(2).state["w"], np.full(3, 20.0))
 
 
-def test_a_run_directory_on_a_store_writes_whole_files(store_url: str) -> None:
-    run = RunDir(store_url)
+def test_a_run_folder_on_a_store_writes_whole_files(store_url: str) -> None:
+    run = RunFolder(store_url)
     assert str(run.path) == store_url and str(run.checkpoints) == f"{store_url}/checkpoints"
-    run.check_start(resume=False)
+    check_can_create(store_url)
     assert _objects(store_url) == []  # the write probe is gone again
-    assert run.create({"model": {"d": 4}, "lr": 0.5})
-    assert not run.create({"model": {"d": 4}, "lr": 0.5})  # unchanged: not rewritten
-    assert run.read_config() == {"model": {"d": 4}, "lr": 0.5}
-    assert run.write_final({"step": 3, "val_loss": float("nan")})
-    assert np.isnan(run.read(RunDir.FINAL_FILE)["val_loss"])
-    assert str(run.write_samples(3, "hello")).endswith("samples/step_0000003.txt")
+    config = run.path / "config.yaml"
+    assert write_if_changed(config, "model: {d: 4}\nlr: 0.5\n")
+    assert not write_if_changed(config, "model: {d: 4}\nlr: 0.5\n")  # unchanged: not rewritten
+    assert run.read("config.yaml") == {"model": {"d": 4}, "lr": 0.5}
+    assert run.write_json("final.json", {"step": 3, "val_loss": float("nan")})
+    assert np.isnan(run.read("final.json")["val_loss"])
     assert run.latest_step() is None and not run.has_checkpoints()
     with CheckpointManager(run.checkpoints, async_save=False) as manager:
         manager.save(4, state=_w(4))
-    assert run.latest_step() == 4 and run.step_folders() == [4]
-    with pytest.raises(ValueError, match="already holds checkpoints"):
-        run.check_start(resume=False)
-    run.check_start(resume=True)
+    assert run.latest_step() == 4 and run.step_folders() == [4] and run.has_checkpoints()
     with pytest.raises(FileNotFoundError, match="model.json is missing"):
-        run.read(RunDir.MODEL_FILE)
+        run.read("model.json")
 
 
 def test_a_step_is_deleted_marker_first(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

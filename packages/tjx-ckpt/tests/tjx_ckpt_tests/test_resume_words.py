@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from tjx.ckpt import CheckpointManager, RunDir, last_checkpoint_words, restore_placed
+from tjx.ckpt import CheckpointManager, RunFolder, last_checkpoint_words, restore_placed
 from tjx.ckpt.errors import CheckpointNotFoundError
-from tjx.ckpt.run_dir import COMMIT_MARKER
+from tjx.ckpt.folder import COMMIT_MARKER
 
 
 def test_the_words_name_the_newest_committed_step_and_the_run_as_given(tmp_path: Path) -> None:
@@ -25,9 +25,9 @@ def test_the_words_name_the_newest_committed_step_and_the_run_as_given(tmp_path:
         "no checkpoint was saved; start again"
     )
     for step, committed in (("4", True), ("9", True), ("12", False)):
-        (RunDir(run).checkpoints / step).mkdir(parents=True)
+        (RunFolder(run).checkpoints / step).mkdir(parents=True)
         if committed:
-            (RunDir(run).checkpoints / step / COMMIT_MARKER).write_text("ok")
+            (RunFolder(run).checkpoints / step / COMMIT_MARKER).write_text("ok")
     assert last_checkpoint_words(run, "continue with --resume", "; x") == (
         f"the last checkpoint is step 9 in {str(run)!r}; continue with --resume"
     )

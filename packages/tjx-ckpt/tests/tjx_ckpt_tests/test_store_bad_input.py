@@ -15,13 +15,13 @@ import botocore.session
 import pytest
 import tjx_teststores as teststores
 
-from tjx.ckpt import CheckpointManager, RunDir, check_can_create, storage
+from tjx.ckpt import CheckpointManager, RunFolder, check_can_create, storage
 
 
 @pytest.mark.parametrize("url", ["hdfs://nn/run", "http://host/run", "az://c/run"])
 def test_a_scheme_tjx_cannot_serve_is_named_with_the_ones_it_can(url: str) -> None:
     with pytest.raises(storage.UnsupportedURLError) as err:
-        RunDir(url)
+        RunFolder(url)
     assert str(err.value).startswith(f"{url!r}: tjx cannot write to {url.split(':')[0]}://")
     assert "gs://BUCKET/PATH or s3://BUCKET/PATH" in str(err.value)
     with pytest.raises(storage.UnsupportedURLError):
@@ -31,7 +31,7 @@ def test_a_scheme_tjx_cannot_serve_is_named_with_the_ones_it_can(url: str) -> No
 
 
 def test_file_urls_are_local_paths(tmp_path: Path) -> None:
-    assert RunDir(f"file://{tmp_path}/run").path == tmp_path / "run"
+    assert RunFolder(f"file://{tmp_path}/run").path == tmp_path / "run"
 
 
 def test_a_bucket_that_does_not_exist_is_said_and_nothing_is_written(
@@ -39,7 +39,7 @@ def test_a_bucket_that_does_not_exist_is_said_and_nothing_is_written(
 ) -> None:
     url = f"{store.scheme}://no-such-bucket-tjx/run"
     with pytest.raises(storage.BucketNotFoundError) as err:
-        RunDir(url).check_start(resume=False)
+        check_can_create(url)
     message = str(err.value)
     assert message.startswith(f"bucket {store.scheme}://no-such-bucket-tjx does not exist")
     assert "create it first" in message and "\n" not in message
@@ -74,7 +74,7 @@ def test_no_credentials_is_said_with_where_to_put_them(
     store: teststores.LocalStore, bare_env: None
 ) -> None:
     with pytest.raises(storage.NoCredentialsError) as err:
-        RunDir(store.url("run")).check_start(resume=False)
+        check_can_create(store.url("run"))
     message = str(err.value)
     if store.scheme == "s3":
         assert "no AWS credentials found: set AWS_ACCESS_KEY_ID" in message
@@ -92,7 +92,7 @@ def test_a_gcs_key_file_that_cannot_be_used_is_named(
 ) -> None:
     os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = str(tmp_path / "missing-key.json")
     with pytest.raises(storage.NoCredentialsError) as err:
-        RunDir(store.url("run")).check_start(resume=False)
+        check_can_create(store.url("run"))
     assert "missing-key.json" in str(err.value) and "\n" not in str(err.value)
 
 
@@ -132,7 +132,7 @@ def test_a_refused_permission_is_said_with_the_fix(store: teststores.LocalStore)
         )
         fs_class.clear_instance_cache()  # a new client, with these keys
         with pytest.raises(storage.AccessDeniedError) as err:
-            RunDir(store.url("refused")).check_start(resume=False)
+            check_can_create(store.url("refused"))
     finally:
         os.environ.clear()
         os.environ.update(saved)

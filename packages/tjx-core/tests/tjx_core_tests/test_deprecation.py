@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from tjx.core import moved
+from tjx.core import moved, moved_out
 from tjx.core.fields import setting
 
 
@@ -51,3 +51,20 @@ def test_a_moved_module_path_is_the_new_module_and_warns_once_at_the_importing_l
         "tjx.core.fields; the old path goes in 0.3"
     )
     assert caught[0].filename == __file__
+
+
+def test_a_name_moved_out_to_an_app_is_an_import_error_naming_its_new_home() -> None:
+    fallback = moved("old.place", {"setting": "tjx.core.fields"})
+    where = {"RunDir": "in the app: `from app import RunDir`"}
+    getattr_ = moved_out("old.place", where, since="pkg 0.2", otherwise=fallback)
+    message = "old.place.RunDir moved out of old.place in pkg 0.2: in the app: `from app import"
+    with pytest.raises(ImportError, match=message) as err:
+        getattr_("RunDir")
+    assert not isinstance(err.value, AttributeError)  # `from old.place import RunDir` shows it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        assert getattr_("setting") is setting  # the other names: the fallback's
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        getattr_("nope")
+    with pytest.raises(AttributeError, match="module 'x' has no attribute 'nope'"):
+        moved_out("x", {}, since="pkg 0.2")("nope")

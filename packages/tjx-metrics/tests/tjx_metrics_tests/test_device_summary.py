@@ -36,16 +36,3 @@ def test_defaults_to_this_processes_devices() -> None:
 def test_no_device_is_an_error() -> None:
     with pytest.raises(ValueError, match="at least one device"):
         device_summary([])
-
-
-def test_a_runs_device_notes_name_the_devices_the_cache_setting_and_a_cpus_pace(
-    tmp_path, monkeypatch
-) -> None:
-    from tjx.metrics import device_notes
-
-    cpu = "note: running on CPU — this works but is slow; a GPU runs the same command much faster."
-    summary = f"devices: {device_summary()}"
-    cache = f"compilation cache: {tmp_path} (train.compilation_cache; off to disable)"
-    assert device_notes(tmp_path, "train.compilation_cache") == [summary, cache, cpu]
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert device_notes(None, "x") == [summary]

@@ -1,11 +1,7 @@
 """A model section in an older layout reads as today's: renamed keys moved, Llama 3's four numbers
-a RoPE scaling section, the flat defaults a kind never read dropped; where a start comes from is
-checked before anything is built (a Hugging Face checkpoint's kind, its fixed settings, its
-tokenizer; another run's model)."""
+a RoPE scaling section, the flat defaults a kind never read dropped."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
@@ -66,48 +62,12 @@ def test_llama3s_four_numbers_read_as_the_rope_scaling_section():
     assert "model.param_dtype" in {f"model.{k}" for k in tnn.RENAMED_MODEL_KEYS}
 
 
-def _llama(**kw: object) -> tnn.LlamaConfig:
-    sizes: dict = dict(vocab_size=40, max_seq_len=16, d_model=16, num_layers=2, num_heads=4,
-                       num_kv_heads=2, mlp_dim=24)  # fmt: skip
-    return tnn.LlamaConfig(**{**sizes, **kw})
-
-
-def test_a_hugging_face_start_must_exist_and_be_of_the_models_kind(tmp_path: Path):
-    assert tnn.hf_start_config("gpt2", "gpt2") is None  # known without downloading
-    with pytest.raises(
-        ValueError, match="^loads GPT-2 weights; model.kind must be 'gpt2', got 'llama'$"
-    ):
-        tnn.hf_start_config("gpt2", "llama")
-    with pytest.raises(ValueError, match="'./nowhere' is neither a folder nor a hub name"):
-        tnn.hf_start_config("./nowhere", "gpt2")
-    with pytest.raises(ValueError, match="config.json"):
-        tnn.hf_start_config(str(tmp_path), "llama")  # a folder without its config
-
-
-def test_a_gpt2_start_needs_its_tokenizer_and_refuses_what_the_weights_fix():
-    with pytest.raises(ValueError, match="^GPT-2 weights need data.tokenizer 'gpt2'"):
-        tnn.check_hf_settings(None, {}, source="gpt2", tokenizer="byte")
-    tnn.check_hf_settings(None, {"d_model": 8}, source="/ck", tokenizer="/ck")  # its folder
-    with pytest.raises(ValueError) as err:
-        tnn.check_hf_settings(None, {"position": "rope"}, source="gpt2", tokenizer="gpt2")
-    assert str(err.value) == (
-        "GPT-2 weights fix the architecture, so model.position 'rope' cannot apply; leave those "
-        "settings unset"
-    )
-    with pytest.raises(
-        ValueError, match="^the checkpoint's weights fix the architecture, so m.qk_norm True"
-    ):
-        tnn.check_hf_settings(_llama(), {"qk_norm": True}, source="x", tokenizer="t", section="m")
-
-
-def test_another_runs_model_is_named_by_up_to_three_clashes():
-    assert tnn.clash_names(_llama(dropout=0.1), _llama(), vocab=True) == ""
-    many = _llama(num_layers=3, mlp_dim=48, d_model=32, num_heads=8)
-    assert tnn.clash_names(many, _llama(), vocab=True) == (
-        "model.d_model 32 (the run's: 16), model.num_layers 3 (the run's: 2), "
-        "model.num_heads 8 (the run's: 4)"
-    )
-    gpt2 = tnn.GPT2Config(vocab_size=40, max_seq_len=16, d_model=16, num_layers=1, num_heads=2)
-    assert tnn.clash_names(gpt2, _llama(), vocab=False) == (
-        "model.kind (GPT2Config vs the run's LlamaConfig)"
-    )
+def test_a_runs_start_checks_and_step_plan_went_to_the_trainer() -> None:
+    """0.21 moved them to the trainer app, which tjx.nn cannot import: one ImportError line
+    naming the new import."""
+    with pytest.raises(ImportError, match="tjx-nn 0.21: .*`from trainer.job.init_checks import"):
+        from tjx.nn import hf_start_config  # noqa: F401
+    with pytest.raises(ImportError, match="`from trainer import roofline_inputs`"):
+        tnn.roofline_inputs  # noqa: B018
+    with pytest.raises(AttributeError, match="has no attribute 'batch_shape'"):
+        tnn.batch_shape  # noqa: B018  (a typo stays an AttributeError)

@@ -1,13 +1,15 @@
 """tjx.ckpt: crash-safe training checkpoints on orbax.
 
 Async, keep-N / best-K, atomic, validated on load, resharding restore, safetensors export;
-``params_sha256`` for bit-exactness checks between runs; ``RunDir``, a training run's directory
-(a local folder, or a ``gs://`` / ``s3://`` URL: `tjx.ckpt.storage`)
-(layout, atomic writes, the newest committed step; ``start_location``: a command line's, checked
-before a run starts or resumes there) and ``config_changes``, what changed since a
-run was saved; ``CheckpointConfig``, a run's checkpoint settings. The config engine (``Schema``,
+``params_sha256`` for bit-exactness checks between runs; ``RunFolder``, a run's folder as storage
+(a local folder, or a ``gs://`` / ``s3://`` URL: `tjx.ckpt.storage`): files written whole, read
+back as mappings, the newest committed step; ``check_can_create``, whether a folder can be made;
+``CheckpointConfig``, a run's checkpoint settings. The config engine (``Schema``,
 ``ConfigError``, ``load_yaml``...) moved to `tjx.core.config` in 0.14; its names still import from
-here, with a DeprecationWarning, until 0.15.
+here, with a DeprecationWarning, until 0.15. A training run's directory layout and its start and
+resume checks (``RunDir``, ``start_location``, ``resumed_config``, ``config_changes``...) moved to
+the trainer app in 0.15 (``trainer.job``); reading one of those names here is an ImportError that
+says where it went.
 
 ``import tjx.ckpt`` loads neither orbax nor jax: the names that need them are imported on first
 use (``_LAZY``). An app's command line can then read and check its run directory before it pays
@@ -26,21 +28,18 @@ from tjx.ckpt.errors import (
     CheckpointMismatchError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
+    NotCreatableError,
     StepExistsError,
 )
 from tjx.ckpt.fallback import CorruptCheckpointWarning, corrupt_fallback_lines
+from tjx.ckpt.folder import (
+    RunFileError,
+    RunFileNotFoundError,
+    RunFolder,
+    check_can_create,
+)
 from tjx.ckpt.last_step import last_checkpoint_words
 from tjx.ckpt.lost_peer import silence_lost_peer_commits
-from tjx.ckpt.run_changes import (
-    ConfigChanges,
-    config_changes,
-    describe_changes,
-    flatten_config,
-    key_matches,
-)
-from tjx.ckpt.run_checks import NotCreatableError, RunStartError, check_can_create
-from tjx.ckpt.run_dir import RunDir, RunFileError, RunFileNotFoundError, final_summary
-from tjx.ckpt.run_start import resumed_config, start_location
 from tjx.ckpt.storage import (
     AccessDeniedError,
     BucketNotFoundError,
@@ -52,7 +51,7 @@ from tjx.ckpt.storage import (
 )
 from tjx.ckpt.version import __version__
 from tjx.core import config as _config
-from tjx.core.deprecation import moved
+from tjx.core.deprecation import moved, moved_out
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' dependency inference)
     from tjx.ckpt.digest import params_sha256
@@ -68,14 +67,33 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
     )
 
 #: Names that moved to tjx-core in 0.14: the old name still works, warning once, until 0.15.
-#: The config engine (`tjx.core.config`, every name but `flatten_config`, which `run_changes`
-#: still exports) and `setting` (`tjx.core.fields`).
+#: The config engine (`tjx.core.config`; `flatten_config` too, exported here until 0.15 by the
+#: run-changes module that went to the trainer) and `setting` (`tjx.core.fields`).
 _moved = moved(
     __name__,
+    {"setting": "tjx.core.fields", **{name: "tjx.core.config" for name in _config.__all__}},
+)
+
+_TRAINER = "a training run's {} is the trainer app's (#53): `from {} import {}`"
+
+#: Names that moved to the trainer app in 0.15 (a package never imports an app, so no shim):
+#: reading one is an ImportError naming its new import; every other name goes to `_moved`.
+_moved_out = moved_out(
+    __name__,
     {
-        "setting": "tjx.core.fields",
-        **{name: "tjx.core.config" for name in _config.__all__ if name != "flatten_config"},
+        "RunDir": _TRAINER.format("directory", "trainer", "RunDir")
+        + " (its storage stays here: `tjx.ckpt.RunFolder`)",
+        "final_summary": _TRAINER.format("final.json", "trainer.job.folder", "final_summary"),
+        "RunStartError": _TRAINER.format("start check", "trainer.job.folder", "RunStartError"),
+        "start_location": _TRAINER.format("start check", "trainer.job.start", "start_location"),
+        "resumed_config": _TRAINER.format("resume", "trainer.job.start", "resumed_config"),
+        **{
+            name: _TRAINER.format("config check on resume", "trainer.job.changes", name)
+            for name in ("ConfigChanges", "config_changes", "describe_changes", "key_matches")
+        },
     },
+    since="tjx-ckpt 0.15",
+    otherwise=_moved,
 )
 
 #: The public names whose modules import orbax or jax → their module, imported on first use.
@@ -99,7 +117,7 @@ if not TYPE_CHECKING:  # type checkers see the imports above; a typo stays an er
     def __getattr__(name: str) -> Any:
         module = _LAZY.get(name)
         if module is None:
-            return _moved(name)  # a moved name, else its AttributeError
+            return _moved_out(name)  # a moved name, else its AttributeError
         value = getattr(importlib.import_module(module), name)
         globals()[name] = value  # later reads are plain attribute reads
         return value
@@ -118,16 +136,14 @@ __all__ = [
     "CheckpointManager",
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
-    "ConfigChanges",
     "CorruptCheckpointError",
     "CorruptCheckpointWarning",
     "NoCredentialsError",
     "NotCreatableError",
     "Restored",
-    "RunDir",
     "RunFileError",
     "RunFileNotFoundError",
-    "RunStartError",
+    "RunFolder",
     "StepExistsError",
     "StorageError",
     "UnsupportedURLError",
@@ -135,24 +151,17 @@ __all__ = [
     "check_can_create",
     "check_remote",
     "collect_metadata",
-    "config_changes",
     "corrupt_fallback_lines",
-    "describe_changes",
     "export_safetensors",
-    "final_summary",
     "flat_names",
-    "flatten_config",
     "import_safetensors",
     "is_remote",
-    "key_matches",
     "last_checkpoint_words",
     "params_sha256",
     "restore_params",
     "restore_params_and_step",
     "restore_placed",
-    "resumed_config",
     "silence_lost_peer_commits",
-    "start_location",
     "to_json",
     "unflatten_params",
 ]

@@ -1,6 +1,6 @@
 """``fsync`` of one file or one directory (standard library only).
 
-In a module of its own so that `tjx.ckpt.run_dir`, which an app may import before jax (or after a
+In a module of its own so that `tjx.ckpt.folder`, which an app may import before jax (or after a
 Ctrl-C cut jax's import short), syncs its files without importing orbax; `tjx.ckpt.durable`
 uses the same two functions for a step's commit.
 """

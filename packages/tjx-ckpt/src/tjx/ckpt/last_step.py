@@ -1,12 +1,12 @@
-"""Where a stopped run goes on from, in words: its newest committed step (`RunDir.latest_step`).
+"""Where a stopped run goes on from, in words: its newest committed step (`RunFolder.latest_step`).
 
-Standard library only (as `tjx.ckpt.run_dir`): an app says this after a Ctrl-C, whose signal may
+Standard library only (as `tjx.ckpt.folder`): an app says this after a Ctrl-C, whose signal may
 have cut its import of jax short.
 """
 
 from __future__ import annotations
 
-from tjx.ckpt.run_dir import RunDir
+from tjx.ckpt.folder import RunFolder
 from tjx.ckpt.storage import StoragePath
 
 
@@ -28,7 +28,7 @@ def last_checkpoint_words(run_dir: StoragePath | str, then: str, otherwise: str 
         ``"the last checkpoint is step N in 'RUN_DIR'; THEN"``, or ``"no checkpoint was
         savedOTHERWISE"``.
     """
-    step = RunDir(run_dir).latest_step()
+    step = RunFolder(run_dir).latest_step()
     if step is None:
         return f"no checkpoint was saved{otherwise}"
     return f"the last checkpoint is step {step} in {str(run_dir)!r}; {then}"

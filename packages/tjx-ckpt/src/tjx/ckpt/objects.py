@@ -1,6 +1,6 @@
 """Objects of a ``gs://`` / ``s3://`` directory: whole-object reads and writes, listings, and
 deleting a step marker first. Standard library at import; fsspec (gcsfs, s3fs) through
-`tjx.ckpt.storage` on first use, so that `tjx.ckpt.run_dir` can use it without orbax or jax.
+`tjx.ckpt.storage` on first use, so that `tjx.ckpt.folder` can use it without orbax or jax.
 
 A step counts only when its commit marker is there (see `tjx.ckpt.remote`).
 """

@@ -5,7 +5,8 @@
 - standard JSON (``tjx.core.standard_json``): NaN and infinities written as ``null`` named in a
   ``"nonfinite"`` entry, and read back (`dumps_json`, `loads_json`, ...);
 - `moved`, `module_moved` (``tjx.core.deprecation``): an old import path (a name, a whole module)
-  that warns once for one release;
+  that warns once for one release; `moved_out`: a name that left for an app, an ImportError
+  naming its new home;
 - the config engine (``tjx.core.config``, imported on its own): `Schema`, `ConfigError`,
   `ConfigFiles`, `load_yaml`... a run's config as typed dataclass sections, read strictly.
 
@@ -16,7 +17,7 @@ other tjx package may import it (the bottom floor of shared/DESIGN.md's DAG).
 from __future__ import annotations
 
 from tjx.core.axes import LOGICAL_AXES
-from tjx.core.deprecation import module_moved, moved
+from tjx.core.deprecation import module_moved, moved, moved_out
 from tjx.core.fields import setting
 from tjx.core.standard_json import (
     NONFINITE_KEY,
@@ -37,6 +38,7 @@ __all__ = [
     "loads_json",
     "module_moved",
     "moved",
+    "moved_out",
     "setting",
     "to_standard_json",
 ]

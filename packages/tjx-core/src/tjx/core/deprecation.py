@@ -7,6 +7,10 @@ DeprecationWarning that names the new import.
 A whole module that moved (``tjx.nn.hf_io`` → ``tjx.nn.hf.io``) keeps its old path as a short
 module whose body calls `module_moved`: importing the old path warns once and gives the new
 module itself, so every name, private ones included, and every monkeypatch reach one object.
+
+A name that moved out of a package into an app (the trainer's run directory, say) cannot be served
+from its old place: a package never imports an app. `moved_out` makes reading it an ImportError
+that says where it is now.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["module_moved", "moved"]
+__all__ = ["module_moved", "moved", "moved_out"]
 
 
 def moved(module: str, targets: Mapping[str, str]) -> Callable[[str], Any]:
@@ -55,6 +59,48 @@ def moved(module: str, targets: Mapping[str, str]) -> Callable[[str], Any]:
                 stacklevel=2,
             )
         return getattr(importlib.import_module(new_module), new_name)
+
+    return attribute
+
+
+def moved_out(
+    module: str,
+    targets: Mapping[str, str],
+    *,
+    since: str,
+    otherwise: Callable[[str], Any] | None = None,
+) -> Callable[[str], Any]:
+    """A module ``__getattr__`` for names that left the package for a place it cannot import.
+
+    Parameters
+    ----------
+    module : str
+        The old module's name (``__name__``), for the messages.
+    targets : Mapping[str, str]
+        Old name → where it is now and how to import it, in words (``"the trainer app: `from
+        trainer import RunDir`"``).
+    since : str
+        The release that moved them (``"tjx-ckpt 0.15"``).
+    otherwise : callable, optional
+        The ``__getattr__`` for every other name (`moved`'s, say); without one, any other name
+        is an AttributeError.
+
+    Returns
+    -------
+    Callable[[str], Any]
+        The ``__getattr__``: a name of ``targets`` raises ImportError naming its new home (an
+        ImportError, not an AttributeError, so ``from PACKAGE import NAME`` shows this message
+        rather than Python's bare "cannot import name").
+    """
+
+    def attribute(name: str) -> Any:
+        target = targets.get(name)
+        if target is not None:
+            message = f"{module}.{name} moved out of {module} in {since}: {target}"
+            raise ImportError(message, name=name)
+        if otherwise is not None:
+            return otherwise(name)
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
 
     return attribute
 

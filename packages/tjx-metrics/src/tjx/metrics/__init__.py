@@ -9,8 +9,7 @@
   :func:`evaluate_heldout_sources`: a mixture's per source and pooled).
 * :func:`transformer_flops_per_token` (6·N + 12·L·d·s, PaLM appendix B), :func:`peak_flops` /
   :func:`device_peak_flops` by ``device_kind`` (:func:`compute_peak_flops` for a model's compute
-  dtype at JAX's default precision), :func:`mfu` and :class:`ThroughputMeter`; a run's first
-  lines about its devices (:func:`device_notes`).
+  dtype at JAX's default precision), :func:`mfu` and :class:`ThroughputMeter`.
 * :func:`make_logger` fanning out to console / JSONL / W&B / TensorBoard (the JSONL log is standard
   JSON: :func:`dumps_json` / :func:`loads_json` write and read NaN and infinities as ``null`` named
   in a ``"nonfinite"`` entry); :func:`weights_to_host`
@@ -24,8 +23,7 @@
   :func:`check_packages`, :func:`use_cpu_platform`, :func:`quiet_native_stderr`; each step's
   :func:`compile_lowered` (a :class:`Compiled` finding, never raised) fitted by
   :func:`fit_compiled` to :func:`budget_bytes`; :func:`estimate` says the roofline in a plan's
-  lines (:func:`f32_dots`, :func:`grouped_notes`); :func:`plan_report` puts them together for an
-  app's run (:func:`open_target`, :func:`local_target`, :class:`PlanResult`, :func:`does_not_fit`).
+  lines (:func:`f32_dots`, :func:`grouped_notes`).
   Where a GPU was measured, the estimate is calibrated: :func:`calibrated_seconds` adds to each
   kernel a launch floor and its class's achieved bandwidth and FLOP rate (:func:`calibration_for`:
   the fitted :class:`Calibration` of a device, shipped as ``calibrations.json``), over a step's
@@ -34,12 +32,16 @@
 * Before and during a run: :func:`peak_bytes` (XLA's memory analysis of a compiled step),
   :func:`available_bytes` (what a device can use) and :func:`first_fit` (the first candidate step
   whose peak fits); :class:`DivergenceGuard` (stop after too many non-finite or skipped steps in a
-  row); :func:`progress_bar` (rich, with loss and ETA); :class:`StepLog` (a log line's scalars:
-  rate, MFU, bits/byte, router metrics) and :class:`ProfileWindow` (a trace of a range of steps).
+  row).
 * Mixture of experts: :func:`moe_metrics` (balance and z-losses, dropped fraction, expert load)
   and :func:`expert_load` (``[layers, experts]`` shares) of the router's summed statistics.
+
+A run's plan report, step log, device notes and progress bar (``plan_report``, ``StepLog``,
+``ProfileWindow``, ``device_notes``, ``progress_bar``...) moved to the trainer app in 0.18
+(``trainer.job``): reading one here is an ImportError naming its new import.
 """
 
+from tjx.core.deprecation import moved_out
 from tjx.metrics.accelerators import (
     ACCELERATORS,
     Accelerator,
@@ -71,7 +73,6 @@ from tjx.metrics.compiled import (
     first_line,
     fit_compiled,
 )
-from tjx.metrics.device_notes import device_notes
 from tjx.metrics.deviceless import Target, check_packages, quiet_native_stderr, use_cpu_platform
 from tjx.metrics.devices import (
     DEVICE_PEAKS,
@@ -129,21 +130,33 @@ from tjx.metrics.memory import (
     refused_text,
 )
 from tjx.metrics.moe import MOE_FIELDS, expert_load, moe_metrics
-from tjx.metrics.plan_report import (
-    PlanResult,
-    does_not_fit,
-    local_target,
-    open_target,
-    plan_report,
-)
 from tjx.metrics.plots import load_curves, plot_curves, plot_run
-from tjx.metrics.progress import ProgressBar, progress_bar
 from tjx.metrics.roofline import LIKELY_BRANCH, Roofline, roofline
 from tjx.metrics.roofline_report import LAUNCH_BOUND_S, TOP, estimate, f32_dots, grouped_notes
-from tjx.metrics.step_log import ProfileWindow, StepLog
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
-__version__ = "0.17.0"
+__version__ = "0.18.0"
+
+_TRAINER = "a training run's {} is the trainer app's (#53): `from {} import {}`"
+
+#: Names that moved to the trainer app in 0.18 (a package never imports an app, so no shim).
+__getattr__ = moved_out(
+    __name__,
+    {
+        **{
+            name: _TRAINER.format("plan report", "trainer.job.plan_report", name)
+            for name in ("PlanResult", "does_not_fit", "local_target", "open_target", "plan_report")
+        },
+        **{
+            name: _TRAINER.format("step log", "trainer.job.step_log", name)
+            for name in ("ProfileWindow", "StepLog")
+        },
+        "device_notes": _TRAINER.format("device notes", "trainer.job.device_notes", "device_notes"),
+        "progress_bar": _TRAINER.format("progress bar", "trainer", "progress_bar"),
+        "ProgressBar": _TRAINER.format("progress bar", "trainer.job.progress", "ProgressBar"),
+    },
+    since="tjx-metrics 0.18",
+)
 
 __all__ = [
     "LIKELY_BRANCH",
@@ -169,10 +182,7 @@ __all__ = [
     "MultiLogger",
     "NONFINITE_KEY",
     "PER_SOURCE",
-    "ProfileWindow",
-    "ProgressBar",
     "Roofline",
-    "StepLog",
     "TensorBoardLogger",
     "ThroughputMeter",
     "WandbLogger",
@@ -185,7 +195,6 @@ __all__ = [
     "check_logger_packages",
     "classification_metrics",
     "compute_peak_flops",
-    "device_notes",
     "device_peak_flops",
     "device_summary",
     "dumps_json",
@@ -214,7 +223,6 @@ __all__ = [
     "peak_flops",
     "plot_curves",
     "plot_run",
-    "progress_bar",
     "refused_bytes",
     "roofline",
     "read_jsonl",
@@ -241,11 +249,6 @@ __all__ = [
     "estimate",
     "f32_dots",
     "grouped_notes",
-    "PlanResult",
-    "does_not_fit",
-    "local_target",
-    "open_target",
-    "plan_report",
     "Calibration",
     "KernelRow",
     "calibrated_seconds",

@@ -6,10 +6,12 @@ generation (rolling for windows); HF interop (GPT-2, Llama, Mistral, Qwen2, Mixt
 Qwen3-MoE: ``load_hf`` / ``save_hf``); LoRA adapters (``add_lora``,
 merged or PEFT export) and preference losses (DPO, IPO); sequence-split (context parallel) runs
 through ``sequence_parallel``; the attention kernel a model takes (``choose_attention_kernel``);
-a step's batch shapes and roofline inputs for a plan (``batch_shapes``, ``roofline_inputs``);
-losses and utilities.
+losses and utilities. A run's start checks and its step plan (``hf_start_config``,
+``check_hf_settings``, ``clash_names``; ``batch_shapes``, ``roofline_inputs``, ``TOKEN_KEYS``)
+moved to the trainer app in 0.21 (``trainer.job``): reading one here is an ImportError naming it.
 """
 
+from tjx.core.deprecation import moved_out
 from tjx.nn.attention import Attention
 from tjx.nn.bert import BERT
 from tjx.nn.block import Block, residual_std
@@ -119,12 +121,29 @@ from tjx.nn.seq2seq_generation import generate_seq2seq
 from tjx.nn.sequence import SequenceSplit, current_sequence_parallel, sequence_parallel
 from tjx.nn.split_rules import check_pipelinable, check_sequence_split, model_kind
 from tjx.nn.stack import Stack, remat_policy
-from tjx.nn.start_checks import check_hf_settings, clash_names, hf_start_config
-from tjx.nn.step_plan import TOKEN_KEYS, batch_shapes, roofline_inputs
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.20.0"
+__version__ = "0.21.0"
+
+_TRAINER = "a training run's {} is the trainer app's (#53): `from {} import {}`"
+
+#: Names that moved to the trainer app in 0.21 (a package never imports an app, so no shim).
+__getattr__ = moved_out(
+    __name__,
+    {
+        **{
+            name: _TRAINER.format("start check", "trainer.job.init_checks", name)
+            for name in ("check_hf_settings", "clash_names", "hf_start_config")
+        },
+        "roofline_inputs": _TRAINER.format("step plan", "trainer", "roofline_inputs"),
+        **{
+            name: _TRAINER.format("step plan", "trainer.job.step_plan", name)
+            for name in ("TOKEN_KEYS", "batch_shapes")
+        },
+    },
+    since="tjx-nn 0.21",
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -191,13 +210,11 @@ __all__ = [
     "apply_rope",
     "build_model",
     "cache_slots",
-    "check_hf_settings",
     "check_hf_weights",
     "check_peft_export",
     "check_pipelinable",
     "check_preference_run",
     "check_sequence_split",
-    "clash_names",
     "classification_loss",
     "concrete_state",
     "config_clashes",
@@ -226,7 +243,6 @@ __all__ = [
     "hf_conflicts",
     "hf_gpt2_conflicts",
     "hf_kind",
-    "hf_start_config",
     "init_cache",
     "is_hub_id",
     "is_key",
@@ -276,7 +292,4 @@ __all__ = [
     "topk_decode_attention",
     "choose_attention_kernel",
     "split_kernel_line",
-    "TOKEN_KEYS",
-    "batch_shapes",
-    "roofline_inputs",
 ]

@@ -10,22 +10,26 @@ import pytest
 
 from tjx import kernels
 from tjx import nn as tnn
-from tjx_nn_tests._helpers import gpt2_tiny
+from trainer.job.step_plan import TOKEN_KEYS, batch_shapes, roofline_inputs
 
 VIT = dict(d_model=32, num_layers=2, num_heads=4, image_size=8, patch_size=4, num_classes=5)
 H100 = SimpleNamespace(device_kind="NVIDIA H100 80GB HBM3", compute_capability=(9, 0))
 
 
+def gpt2_tiny() -> tnn.GPT2Config:
+    return tnn.GPT2Config(vocab_size=64, max_seq_len=16, d_model=32, num_layers=2, num_heads=4)
+
+
 def test_a_token_objective_reads_the_loaders_four_token_arrays():
-    shapes = tnn.batch_shapes(gpt2_tiny(), 3, 16)
-    assert tuple(shapes) == tnn.TOKEN_KEYS == ("inputs", "targets", "segment_ids", "positions")
+    shapes = batch_shapes(gpt2_tiny(), 3, 16)
+    assert tuple(shapes) == TOKEN_KEYS == ("inputs", "targets", "segment_ids", "positions")
     assert set(shapes.values()) == {((3, 16), jnp.int32)}
     bert = tnn.BertConfig(vocab_size=64, max_seq_len=16, d_model=32, num_layers=1, num_heads=4)
-    assert tnn.batch_shapes(bert, 2, 8)["inputs"] == ((2, 8), jnp.int32)
+    assert batch_shapes(bert, 2, 8)["inputs"] == ((2, 8), jnp.int32)
 
 
 def test_a_classifier_reads_images_and_labels():
-    shapes = tnn.batch_shapes(tnn.ViTConfig(**VIT), 4, 999)  # its sequence is fixed: no seq_len
+    shapes = batch_shapes(tnn.ViTConfig(**VIT), 4, 999)  # its sequence is fixed: no seq_len
     assert shapes == {"images": ((4, 8, 8, 3), jnp.float32), "labels": ((4,), jnp.int32)}
 
 
@@ -44,7 +48,7 @@ def costs(monkeypatch) -> list[dict]:
 
 def test_the_roofline_inputs_count_causal_attention_at_half_and_in_full(costs):
     cfg = gpt2_tiny()
-    got = tnn.roofline_inputs(cfg, 16, 64, 1, H100)
+    got = roofline_inputs(cfg, 16, 64, 1, H100)
     half = tnn.flops_per_unit(cfg, 16, causal_half=True) * 64
     full = tnn.flops_per_unit(cfg, 16, causal_half=False) * 64
     assert got == {
@@ -60,7 +64,7 @@ def test_the_roofline_inputs_count_causal_attention_at_half_and_in_full(costs):
 
 
 def test_a_split_sequence_and_a_classifier_are_priced_as_not_causal(costs):
-    tnn.roofline_inputs(gpt2_tiny(), 16, 64, 4, H100)  # each device's own block only is causal
-    got = tnn.roofline_inputs(tnn.ViTConfig(**VIT), 16, 8, 1, H100)
+    roofline_inputs(gpt2_tiny(), 16, 64, 4, H100)  # each device's own block only is causal
+    got = roofline_inputs(tnn.ViTConfig(**VIT), 16, 8, 1, H100)
     assert [c["causal"] for c in costs] == [False, False]
     assert got["unit"] == "images" and got["units"] == 8

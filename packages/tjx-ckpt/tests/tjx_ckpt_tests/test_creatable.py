@@ -1,4 +1,4 @@
-"""Before anything is written: can a folder be made, may a run directory start fresh or resume."""
+"""Before anything is written: can a folder be made (`check_can_create`, found by writing)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ import pytest
 from tjx.ckpt import (
     CheckpointError,
     NotCreatableError,
-    RunDir,
-    RunStartError,
     check_can_create,
 )
 
@@ -75,36 +73,10 @@ def test_an_existing_unwritable_folder_is_refused(
     (tmp_path / "run").mkdir()
     _deny_mkdir_under(monkeypatch, tmp_path / "run")
     with pytest.raises(NotCreatableError) as err:
-        RunDir(tmp_path / "run").check_start(resume=False)
+        check_can_create(tmp_path / "run")
     assert str(err.value) == (
         f"cannot write into {str(tmp_path / 'run')!r} (Operation not permitted); choose another "
         "place"
     )
     check_can_create(tmp_path / "other")  # elsewhere: fine
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # every probe removed
-
-
-def _step(run: RunDir, step: int) -> None:
-    (run.checkpoints / str(step)).mkdir(parents=True)  # committed or not: a step folder
-
-
-def test_start_fresh_or_resume(tmp_path: Path) -> None:
-    run = RunDir(tmp_path / "run")
-    run.check_start(resume=False)  # not there yet: a fresh run may start
-    with pytest.raises(RunStartError) as err:
-        run.check_start(resume=True)
-    assert str(err.value) == f"no checkpoint in {str(run.path)!r}" and err.value.resume
-    _step(run, 10)
-    run.check_start(resume=True)
-    with pytest.raises(RunStartError) as err:
-        run.check_start(resume=False)  # never train over an old run
-    assert str(err.value) == f"{str(run.path)!r} already holds checkpoints"
-    assert not err.value.resume and err.value.path == run.path
-    assert isinstance(err.value, ValueError) and isinstance(err.value, CheckpointError)
-
-
-def test_start_checks_the_folder_first(tmp_path: Path) -> None:
-    (tmp_path / "f").write_text("x")
-    for resume in (False, True):
-        with pytest.raises(NotCreatableError, match="exists and is not a directory"):
-            RunDir(tmp_path / "f").check_start(resume=resume)

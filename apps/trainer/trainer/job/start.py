@@ -1,7 +1,7 @@
 """A command line's run directory, read and checked before anything is written: where it is,
 whether the run may start there fresh or resume (`RunDir.check_start`), and the config a resume
 continues (`resumed_config`), each problem one `ConfigError` line naming the flag to change and
-how. Standard library only, like `tjx.ckpt.run_dir`.
+how. Standard library and tjx.ckpt's storage only, like `trainer.job.folder`.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tjx.ckpt.run_checks import NotCreatableError, RunStartError
-from tjx.ckpt.run_dir import RunDir, RunFileError, RunFileNotFoundError
+from tjx.ckpt import NotCreatableError, RunFileError, RunFileNotFoundError
 from tjx.ckpt.storage import StoragePath
 from tjx.core.config.values import ConfigError, keyed
+from trainer.job.folder import RunDir, RunStartError
 
 __all__ = ["resumed_config", "start_location"]
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tjx.ckpt import ConfigChanges, config_changes, describe_changes, flatten_config, key_matches
+from tjx.core.config import flatten_config
+from trainer.job.changes import ConfigChanges, config_changes, describe_changes, key_matches
 
 SAVED = {
     "name": "a",

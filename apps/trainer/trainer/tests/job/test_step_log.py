@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from tjx import metrics
+from trainer.job import step_log
+from trainer.job.step_log import ProfileWindow, StepLog
 
 
 def _clock(times: list[float]):
@@ -34,7 +36,7 @@ def test_a_log_line_holds_the_step_bits_per_byte_rate_and_mfu_over_its_interval(
         flops_per_token=6.0, palm_flops_per_token=8.0, peak_flops_per_device=1e3,
         clock=_clock([0.0, 4.0]),
     )  # fmt: skip
-    log = metrics.StepLog(meter, unit="tokens", bytes_per_token=3.5)
+    log = StepLog(meter, unit="tokens", bytes_per_token=3.5)
     for _ in range(2):
         out = log.step(100, {"loss": jnp.float32(loss), "grad_norm": jnp.float32(norm)})
     line = log.scalars(out)
@@ -47,7 +49,7 @@ def test_a_log_line_holds_the_step_bits_per_byte_rate_and_mfu_over_its_interval(
 
 
 def test_a_line_without_a_peak_or_bytes_per_token_has_neither_mfu_nor_bits():
-    log = metrics.StepLog(metrics.ThroughputMeter(clock=_clock([0.0, 1.0])), unit="images")
+    log = StepLog(metrics.ThroughputMeter(clock=_clock([0.0, 1.0])), unit="images")
     line = log.scalars(log.step(8, {"loss": jnp.float32(0.5)}))
     assert set(line) == {"loss", "images_per_s"}
     assert line["images_per_s"] == pytest.approx(8.0)
@@ -56,7 +58,7 @@ def test_a_line_without_a_peak_or_bytes_per_token_has_neither_mfu_nor_bits():
 def test_router_sums_add_over_the_lines_steps_exactly_then_start_again():
     rng = np.random.default_rng()
     a, b = _sums(rng), _sums(rng)
-    log = metrics.StepLog(metrics.ThroughputMeter(), moe_layers=[1, 3])
+    log = StepLog(metrics.ThroughputMeter(), moe_layers=[1, 3])
     out = log.step(1, {"loss": jnp.float32(1.0), "moe": a})
     assert "moe" not in out  # the sums stay on the device until the line
     line = log.scalars(log.step(1, {"loss": jnp.float32(1.0), "moe": b}))
@@ -70,7 +72,7 @@ def test_the_profile_window_traces_from_its_first_step_to_its_last(monkeypatch, 
     calls: list[str] = []
     monkeypatch.setattr("jax.profiler.start_trace", lambda folder: calls.append(f"start {folder}"))
     monkeypatch.setattr("jax.profiler.stop_trace", lambda: calls.append("stop"))
-    window = metrics.ProfileWindow(tmp_path, (2, 4))
+    window = ProfileWindow(tmp_path, (2, 4))
     for step in range(6):
         window.before(step)
         window.after(step + 1, jnp.zeros(2))
@@ -82,11 +84,11 @@ def test_a_run_ending_inside_the_window_stops_the_trace_and_none_traces_nothing(
     calls: list[str] = []
     monkeypatch.setattr("jax.profiler.start_trace", lambda folder: calls.append("start"))
     monkeypatch.setattr("jax.profiler.stop_trace", lambda: calls.append("stop"))
-    window = metrics.ProfileWindow("p", (0, 10))
+    window = ProfileWindow("p", (0, 10))
     window.before(0)
     window.after(1, None)
     window.close()
-    idle = metrics.ProfileWindow("p", None)
+    idle = ProfileWindow("p", None)
     idle.before(0)
     idle.after(1, None)
     idle.close()
@@ -96,8 +98,6 @@ def test_a_run_ending_inside_the_window_stops_the_trace_and_none_traces_nothing(
 def test_a_log_on_the_devices_counts_every_device_and_its_dtypes_peak(monkeypatch):
     import jax
 
-    from tjx.metrics import step_log
-
     asked = []
 
     def peak(dtype, device=None, *, warn=True):
@@ -105,7 +105,7 @@ def test_a_log_on_the_devices_counts_every_device_and_its_dtypes_peak(monkeypatc
         return 2e12
 
     monkeypatch.setattr(step_log, "compute_peak_flops", peak)
-    log = metrics.StepLog.on_devices((6.0, 8.0), "bfloat16", unit="images", bytes_per_token=2.0)
+    log = StepLog.on_devices((6.0, 8.0), "bfloat16", unit="images", bytes_per_token=2.0)
     assert asked == [("bfloat16", False)]  # silent: a device without a figure logs no MFU
     meter = log.meter
     assert (meter.flops_per_token, meter.palm_flops_per_token) == (6.0, 8.0)
@@ -114,6 +114,6 @@ def test_a_log_on_the_devices_counts_every_device_and_its_dtypes_peak(monkeypatc
 
 
 def test_a_log_on_cpu_has_no_peak_and_says_nothing(recwarn):
-    log = metrics.StepLog.on_devices((6.0, 8.0), "float32", moe_layers=[1, 3])
+    log = StepLog.on_devices((6.0, 8.0), "float32", moe_layers=[1, 3])
     assert log.meter.peak_flops_per_device is None and log.moe_layers == [1, 3]
     assert not recwarn.list

@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from tjx.core.config import load_yaml
-from tjx.nn.hf.checkpoints import check_hf_weights
 from trainer.config import Config, read_config
 from trainer.job.folder import RunDir
-from trainer.job.init_checks import check_hf_settings, clash_names, hf_start_config
 from trainer.schema import ConfigError, keyed
 
 
@@ -28,6 +26,10 @@ def check_init_from(cfg: Config, source: str) -> None:
     """Raise `ConfigError` (one line) unless ``source`` can start a run of ``cfg``
     (`hf_start_config`, `check_hf_settings` and, for a local folder, tjx.nn's `check_hf_weights`;
     or `_same_model`)."""
+    # On use: the command line imports this module and stays free of jax (tjx.nn loads it).
+    from tjx.nn.hf.checkpoints import check_hf_weights
+    from trainer.job.init_checks import check_hf_settings, hf_start_config
+
     if RunDir.is_run(source):
         path = Path(source).expanduser()
         return _same_model(cfg.model, _run_files(path)[0], path, vocab=False)
@@ -60,6 +62,8 @@ def _run_files(path: Path) -> tuple[Any, dict[str, Any]]:
 def _same_model(ours: Any, theirs: Any, path: Path, *, vocab: bool) -> None:
     """A `ConfigError` naming `clash_names` of the two model configs (the vocabulary's
     only if ``vocab``: once the tokenizer is read)."""
+    from trainer.job.init_checks import clash_names  # on use, as above
+
     named = clash_names(ours, theirs, vocab=vocab)
     if named:
         advice = (

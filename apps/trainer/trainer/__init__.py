@@ -16,6 +16,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "RunDir": ("trainer.job.folder", "RunDir"),
     "RunPlan": ("trainer.plan", "RunPlan"),
     "Setup": ("trainer.state", "Setup"),
+    "TrainState": ("trainer.train_state", "TrainState"),
     "abstract_step": ("trainer.memory_fit", "abstract_step"),
     "build_state": ("trainer.state", "build"),
     "jit_train_step": ("trainer.step", "jit_train_step"),

@@ -3,7 +3,7 @@ IPO; ``preference:`` IS tjx.nn's `PreferenceConfig`) on tjx.data's pair batches 
 ``2i`` chosen, ``2i + 1`` rejected; batch sizes count pairs), never as SFT.
 
 The reference model: with LoRA, the same weights with the adapters off (`tjx.nn.adapters_off`);
-otherwise a frozen copy of the starting params in the train state (``state["reference"]``, sharded
+otherwise a frozen copy of the starting params in the train state (`TrainState.reference`, sharded
 like the params, never differentiated): one more copy in memory and in every checkpoint, so a
 ``--resume`` keeps the run's starting point bit for bit. The loss is the mean over real pairs
 (TRL's): accumulation weighs each micro-batch by its pairs.
@@ -11,13 +11,16 @@ like the params, never differentiated): one more copy in memory and in every che
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import chex
 import jax
 
 from tjx import nn
+from trainer.train_state import TrainState
 
 
 def is_dpo(cfg: Any) -> bool:
@@ -25,15 +28,15 @@ def is_dpo(cfg: Any) -> bool:
     return bool(cfg.data.format == "preference")
 
 
-def with_reference(cfg: Any, state: dict[str, Any], *, copy: bool = True) -> dict[str, Any]:
-    """``state`` with ``"reference"``: a copy of its params for DPO without LoRA (``copy`` False
+def with_reference(cfg: Any, state: TrainState, *, copy: bool = True) -> TrainState:
+    """``state`` with a ``reference``: a copy of its params for DPO without LoRA (``copy`` False
     for abstract states: the same shapes serve)."""
     if not is_dpo(cfg) or cfg.use_lora:
         return state
-    params = state["params"]
+    params = state.params
     # A real copy: the step donates the state, and one buffer cannot be donated twice.
     reference = jax.tree.map(lambda x: x.copy(), params) if copy else params
-    return {**state, "reference": reference}
+    return dataclasses.replace(state, reference=reference)
 
 
 def head_settings(cfg: Any) -> dict[str, Any]:
@@ -41,16 +44,16 @@ def head_settings(cfg: Any) -> dict[str, Any]:
     return {k: cfg.train.head_settings[k] for k in ("chunked", "chunk_size")}
 
 
-def bind_reference(loss_fn: Callable[..., Any], state: dict[str, Any]) -> Callable[..., Any]:
+def bind_reference(loss_fn: Callable[..., Any], state: TrainState) -> Callable[..., Any]:
     """``loss_fn`` with the state's frozen reference params bound (as is without one)."""
-    if "reference" not in state:
+    if state.reference is None:
         return loss_fn
-    return functools.partial(loss_fn, reference=state["reference"])
+    return functools.partial(loss_fn, reference=state.reference)
 
 
-def reference_args(state: dict[str, Any]) -> tuple[Any, ...]:
+def reference_args(state: TrainState) -> tuple[chex.ArrayTree, ...]:
     """The eval step's arguments after ``(params, batch)``: the frozen reference, if any."""
-    return (state["reference"],) if "reference" in state else ()
+    return () if state.reference is None else (state.reference,)
 
 
 def heldout(

@@ -18,6 +18,7 @@ from trainer import dpo
 from trainer.config import Config
 from trainer.state import Setup
 from trainer.step import make_eval_step
+from trainer.train_state import TrainState
 
 _EMPTY = "validation data is empty: no batch of the configured size fits"
 
@@ -56,9 +57,9 @@ def eval_step(setup: Setup, cfg: Config) -> Any:
     return setup.eval_step
 
 
-def evaluate_state(setup: Setup, state: Any, bundle: Any, cfg: Config) -> dict[str, float]:
+def evaluate_state(setup: Setup, state: TrainState, bundle: Any, cfg: Config) -> dict[str, float]:
     """`evaluate` of a train state's params (against its DPO reference, if it holds one)."""
-    return evaluate(setup, state["params"], bundle, cfg, state.get("reference"))
+    return evaluate(setup, state.params, bundle, cfg, state.reference)
 
 
 def format_samples(texts: list[str], prompts: list[str]) -> str:

@@ -35,12 +35,13 @@ def abstract_step(cfg: Config) -> tuple[Any, Any, Any]:
     """(jitted step, abstract state, abstract batch) of ``cfg``'s train step on one device,
     unsharded; no parameter is created."""
 
-    graphdef, rest, tx, state, _ = abstract_state(cfg)
+    parts = abstract_state(cfg)
     shapes = batch_shapes(cfg.model, cfg.data.batch_rows(cfg.data.batch_size), cfg.data.seq_len)
     step = jax.jit(
-        steps.make_train_step(graphdef, nn.concrete_state(rest), tx, cfg), donate_argnums=(0,)
+        steps.make_train_step(parts.graphdef, nn.concrete_state(parts.rest), parts.tx, cfg),
+        donate_argnums=(0,),
     )
-    return step, state, {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shapes.items()}
+    return step, parts.state, {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shapes.items()}
 
 
 def step_peak(cfg: Config, name: str | None = None) -> int:

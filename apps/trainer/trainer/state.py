@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -20,6 +21,20 @@ from trainer import init_from as init_runs
 from trainer.config import Config
 from trainer.job.folder import RunDir
 from trainer.schema import ConfigError, keyed
+from trainer.train_state import TrainState
+
+
+@dataclass(frozen=True)
+class TrainParts:
+    """`train_state`'s result: the model split for the step and the state built from it."""
+
+    graphdef: nnx.GraphDef[Any]
+    #: The model's state that is not a parameter (RNG counters, caches' shapes, ...).
+    rest: nnx.State
+    tx: optax.GradientTransformation
+    state: TrainState
+    #: The params' logical axes (a dict like ``params``, of ``PartitionSpec``s of axis names).
+    specs: chex.ArrayTree
 
 
 @dataclass
@@ -34,9 +49,7 @@ class Setup:
     #: The model's state that is not a parameter (RNG counters, caches' shapes, ...).
     rest: nnx.State
     tx: optax.GradientTransformation
-    #: ``{"params", "opt_state", "step"}`` (+ DPO's frozen ``reference``): the pytree a
-    #: checkpoint holds, its paths the checkpoint's.
-    state: dict[str, Any]
+    state: TrainState
     num_params: int
     #: The scopes the steps trace the model in: None unless mesh.context > 1, and None for a
     #: model without MoE layers.
@@ -47,7 +60,7 @@ class Setup:
     #: The jitted held-out step, built by trainer.evaluation at the run's first evaluation.
     eval_step: Callable[..., Any] | None = None
     #: The params' logical axes (`train_state`'s): the optimizer's decay mask reads them.
-    specs: Any = None
+    specs: chex.ArrayTree = None
 
 
 def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:
@@ -145,25 +158,25 @@ def build(cfg: Config, init_from: str | None = None) -> Setup:
                 )
         loaded = nnx.state(run_model(cfg, model))  # loaded on the host, placed on the mesh
         nnx.update(model, jax.device_put(loaded, parallel.state_shardings(loaded, mesh, rules)))
-    graphdef, rest, tx, state, specs = train_state(cfg, model, (mesh, rules))
+    parts = train_state(cfg, model, (mesh, rules))
     # The step counter (and any leaf jit left on one device) replicated: one device set.
-    state = parallel.on_mesh(state, mesh)
-    num_params = sum(int(x.size) for x in jax.tree.leaves(state["params"]))
+    state = parallel.on_mesh(parts.state, mesh)
+    num_params = sum(int(x.size) for x in jax.tree.leaves(state.params))
     split = parallel.context_parallel(mesh, rules, cfg.mesh)  # None unless mesh.context > 1
     experts = parallel.expert_parallel(mesh, rules) if cfg.model.num_experts else None
     return Setup(
         mesh,
         rules,
         model_cfg,
-        graphdef,
-        rest,
-        tx,
+        parts.graphdef,
+        parts.rest,
+        parts.tx,
         state,
         num_params,
         split,
         experts,
         init_step,
-        specs=specs,
+        specs=parts.specs,
     )
 
 
@@ -184,7 +197,9 @@ def flat_update(cfg: Config) -> bool:
     return optim.uses_flat_update(cfg.optimizer, whole_params=whole_params(cfg))
 
 
-def other_layout(cfg: Config, setup: Setup) -> tuple[dict[str, Any], Any] | None:
+def other_layout(
+    cfg: Config, setup: Setup
+) -> tuple[TrainState, Callable[[TrainState], TrainState]] | None:
     """For a checkpoint whose optimizer state is laid out the other way (flat buffers or per
     leaf, tjx.optim's ``flat_update``: it follows the mesh, and a run may move between meshes):
     a state to restore it onto, and ``convert(restored) -> restored`` in this run's layout.
@@ -193,7 +208,7 @@ def other_layout(cfg: Config, setup: Setup) -> tuple[dict[str, Any], Any] | None
     The other layout's state is abstract (shapes and shardings) for the restore to create; flat
     buffers on a mesh that splits the parameters are whole on each device until converted."""
 
-    oc, params = cfg.optimizer, setup.state["params"]
+    oc, params = cfg.optimizer, setup.state.params
     if oc.name not in optim.FLAT_OPTIMIZERS:
         return None
     other_cfg = dataclasses.replace(oc, flat_update="off" if flat_update(cfg) else "on")
@@ -201,7 +216,7 @@ def other_layout(cfg: Config, setup: Setup) -> tuple[dict[str, Any], Any] | None
     trainable = optim.adapter_mask(params) if cfg.use_lora else None
     if trainable is not None:
         tx = optim.only_trainable(tx, trainable)
-    mine = setup.state["opt_state"]
+    mine = setup.state.opt_state
     # Shapes and shardings only: the restore creates the arrays (no second optimizer state).
     abstract = jax.eval_shape(tx.init, params)
     where = parallel.state_shardings(abstract, setup.mesh, setup.rules, param_specs=setup.specs)
@@ -211,16 +226,19 @@ def other_layout(cfg: Config, setup: Setup) -> tuple[dict[str, Any], Any] | None
     relayout = functools.partial(optim.relayout_state, oc, axes=setup.specs, trainable=trainable)
     placed = jax.jit(relayout, out_shardings=jax.tree.map(lambda x: x.sharding, mine))
 
-    def convert(restored: dict[str, Any]) -> dict[str, Any]:
-        return {**restored, "opt_state": placed(restored["opt_state"], restored["params"], mine)}
+    def convert(restored: TrainState) -> TrainState:
+        opt_state = placed(restored.opt_state, restored.params, mine)
+        return dataclasses.replace(restored, opt_state=opt_state)
 
-    return {**setup.state, "opt_state": other}, convert
+    return dataclasses.replace(setup.state, opt_state=other), convert
 
 
-def train_state(cfg: Config, model: Any, place: tuple[Any, Any] | None = None) -> tuple[Any, ...]:
-    """(graphdef, rest, optimizer, state ``{params, opt_state, step}``, the params' logical axes)
-    of ``model``: the run's, sharded on ``place`` (mesh, rules), or abstract (``place`` None, of
-    `abstract_state`'s ``nnx.eval_shape``: every leaf a ``jax.ShapeDtypeStruct``)."""
+def train_state(
+    cfg: Config, model: nnx.Module, place: tuple[Mesh, parallel.AxisRules] | None = None
+) -> TrainParts:
+    """The parts of ``model`` the step reads and its `TrainState`: the run's, sharded on
+    ``place`` (mesh, rules), or abstract (``place`` None, of `abstract_state`'s
+    ``nnx.eval_shape``: every leaf a ``jax.ShapeDtypeStruct``)."""
 
     graphdef, params_state, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
     params = nnx.to_pure_dict(params_state)
@@ -230,17 +248,17 @@ def train_state(cfg: Config, model: Any, place: tuple[Any, Any] | None = None) -
     tx = optim.build_optimizer(cfg.optimizer, axes=specs, whole_params=whole_params(cfg))
     if cfg.use_lora:  # over the adapters only: the base holds no optimizer state, gets no update
         tx = optim.only_trainable(tx, optim.adapter_mask(params))
-    step: Any
     if place is None:
-        opt_state, step = jax.eval_shape(tx.init, params), jax.ShapeDtypeStruct((), jnp.int32)
+        opt_state, step = jax.eval_shape(lambda p: (tx.init(p), jnp.zeros((), jnp.int32)), params)
     else:
         opt_state = parallel.shard_opt_init(tx.init, params, *place, param_specs=specs)
         step = jnp.asarray(0, jnp.int32)
-    state = {"params": params, "opt_state": opt_state, "step": step}
+    state = TrainState(opt_state=opt_state, params=params, step=step)
     # DPO without LoRA: the starting params, frozen, as the reference model (trainer.dpo)
-    return graphdef, rest, tx, dpo.with_reference(cfg, state, copy=place is not None), specs
+    state = dpo.with_reference(cfg, state, copy=place is not None)
+    return TrainParts(graphdef, rest, tx, state, specs)
 
 
-def abstract_state(cfg: Config) -> tuple[Any, ...]:
+def abstract_state(cfg: Config) -> TrainParts:
     """`train_state` of ``cfg``'s model (LoRA adapters included) with no parameter created."""
     return train_state(cfg, nnx.eval_shape(lambda: run_model(cfg)))

@@ -1,10 +1,11 @@
-"""The jitted train and eval steps: pure functions of a state ``{"params", "opt_state", "step"}``
+"""The jitted train and eval steps: pure functions of a `TrainState` (params, optimizer state, step)
 and a batch, closing over the model's graph (``graphdef``) and RNG streams (``rest``). Dropout keys
 are ``fold_in(rest key, step)``, so the RNG needs no saving and a resumed run draws the same masks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -18,9 +19,9 @@ from tjx.optim import loss_scale_value, scale_loss, step_report
 from trainer import dpo
 from trainer.config import Config
 from trainer.state import Setup, make_mesh
+from trainer.train_state import TrainState
 
 Batch = dict[str, jax.Array]
-State = dict[str, Any]
 
 
 def make_loss_fn(
@@ -76,7 +77,7 @@ def make_train_step(
     cfg: Config,
     split: Any = None,
     experts: Any = None,
-) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """``train_step(state, batch) -> (state, metrics)``: accumulation, update, step report; an MoE
     model adds ``metrics["moe"]`` (summed router statistics) and moves a sigmoid router's bias by
     them (DeepSeek-V3's auxiliary-loss-free balancing)."""
@@ -86,8 +87,8 @@ def make_train_step(
     micro = cfg.optimizer.accumulation_steps
     scaled = cfg.optimizer.loss_scale is not None
 
-    def train_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
-        params, opt_state, step = state["params"], state["opt_state"], state["step"]
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        params, opt_state, step = state.params, state.opt_state, state.step
         step_loss = dpo.bind_reference(loss_fn, state)  # DPO's frozen reference, if it has one
 
         def scaled_loss(p: Any, b: Batch) -> tuple[jax.Array, dict[str, Any]]:
@@ -125,7 +126,7 @@ def make_train_step(
         else:
             metrics["num_tokens"] = aux["num_tokens"]
         metrics |= {"moe": aux["moe"]} if "moe" in aux else {}
-        new_state = {**state, "params": params, "opt_state": opt_state, "step": step + 1}
+        new_state = dataclasses.replace(state, params=params, opt_state=opt_state, step=step + 1)
         return new_state, metrics
 
     return train_step

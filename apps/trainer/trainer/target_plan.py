@@ -47,15 +47,15 @@ def build(run: Config, devices: list[Any]) -> AbstractRun:
     mesh, rules = make_mesh(run, devices)  # ZeRO over fsdp × context under a split
     split = parallel.context_parallel(mesh, rules, run.mesh)  # as state.build: None unless split
     experts = parallel.expert_parallel(mesh, rules) if run.model.num_experts else None
-    graphdef, rest, tx, state, specs = abstract_state(run)
-    shardings = parallel.state_shardings(state, mesh, rules, param_specs=specs)
+    parts = abstract_state(run)
+    shardings = parallel.state_shardings(parts.state, mesh, rules, param_specs=parts.specs)
     state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), parts.state, shardings
     )
-    concrete_rest = nn.concrete_state(rest)
-    step = steps.make_train_step(graphdef, concrete_rest, tx, run, split, experts)
+    concrete_rest = nn.concrete_state(parts.rest)
+    step = steps.make_train_step(parts.graphdef, concrete_rest, parts.tx, run, split, experts)
     train = jax.jit(step, donate_argnums=(0,), out_shardings=(shardings, None))
-    evaluate = jax.jit(steps.make_eval_step(graphdef, concrete_rest, run, split))
+    evaluate = jax.jit(steps.make_eval_step(parts.graphdef, concrete_rest, run, split))
 
     def batch(size: int) -> dict[str, jax.ShapeDtypeStruct]:  # split over the batch axes
         shapes = batch_shapes(run.model, run.data.batch_rows(size), run.data.seq_len)
@@ -79,7 +79,7 @@ def compile_train(run: Config, target: Target, label: str, *, train: bool = True
             if train:
                 return b.train_step.lower(b.state, b.batch)
             refs = dpo.reference_args(b.state)  # DPO's frozen reference params, if any
-            return b.eval_step.lower(b.state["params"], b.eval_batch, *refs)
+            return b.eval_step.lower(b.state.params, b.eval_batch, *refs)
 
         return metrics.compile_lowered(lower, label, started)
 

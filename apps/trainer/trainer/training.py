@@ -8,7 +8,6 @@ Bad input was refused before (trainer/startup.py); the exits: diverged (3), a si
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from trainer.job.progress import progress_bar
 from trainer.job.step_log import ProfileWindow, StepLog
 from trainer.plan import RunPlan, error_exit, stop_on_signals
 from trainer.step import jit_train_step
+from trainer.train_state import TrainState
 
 #: The loss plot: training and validation loss on one axis (tjx.metrics.plot_run), run-titled.
 CURVES = (("loss", "val_loss"),)
@@ -63,24 +63,28 @@ def write_run_files(plan: RunPlan, setup: run_state.Setup, bundle: Any) -> None:
         folder.write_init(plan.init_from, kind=kind, step=setup.init_step)
 
 
-def _restore(manager: ckpt.CheckpointManager, setup: run_state.Setup, cfg: Config) -> ckpt.Restored:
-    """The newest checkpoint placed as the fresh state; one whose optimizer state is laid out
-    the other way (flat buffers or per leaf: saved on a mesh that split the parameters, or
-    not; tjx.optim's ``flat_update``) is restored in its own layout and converted, in one line."""
+def _restore(
+    manager: ckpt.CheckpointManager, setup: run_state.Setup, cfg: Config
+) -> tuple[ckpt.Restored, TrainState]:
+    """The newest checkpoint and its train state, placed as the fresh state; one whose optimizer
+    state is laid out the other way (flat buffers or per leaf: saved on a mesh that split the
+    parameters, or not; tjx.optim's ``flat_update``) is restored in its own layout and
+    converted, in one line."""
     try:
-        return ckpt.restore_placed(manager, setup.state, prog="trainer")
+        restored = ckpt.restore_placed(manager, setup.state.tree(), prog="trainer")
+        return restored, TrainState.from_tree(restored.state)
     except ckpt.CheckpointMismatchError as err:
         other = run_state.other_layout(cfg, setup)
         if other is None:
             raise
         target, convert = other
         try:
-            restored = ckpt.restore_placed(manager, target, prog="trainer")
+            restored = ckpt.restore_placed(manager, target.tree(), prog="trainer")
         except ckpt.CheckpointMismatchError:
             raise err from None
     was, now = ("per leaf", "flat buffers") if run_state.flat_update(cfg) else ("flat", "per leaf")
     print(f"resume: the checkpoint's optimizer state is {was}; converted to {now} for this mesh")
-    return dataclasses.replace(restored, state=convert(restored.state))
+    return restored, convert(TrainState.from_tree(restored.state))
 
 
 def train(plan: RunPlan, bundle: Any, setup: run_state.Setup, loader: Any, step: Any = None) -> int:
@@ -101,7 +105,7 @@ def train(plan: RunPlan, bundle: Any, setup: run_state.Setup, loader: Any, step:
     if plan.resume:
         try:
             # A corrupt newest step is skipped in one warning line; the state is placed as `st`.
-            restored = _restore(manager, setup, cfg)
+            restored, st = _restore(manager, setup, cfg)
             if restored.data_state is not None:
                 data_setup.restore_loader(loader, restored.data_state, setup.mesh)
         except (ckpt.CheckpointError, ValueError) as err:
@@ -109,7 +113,7 @@ def train(plan: RunPlan, bundle: Any, setup: run_state.Setup, loader: Any, step:
             # count splits the batch differently): one line, and the run directory as it was.
             manager.close()
             return error_exit(f"--resume: {err}")
-        st, start = restored.state, int(restored.step)
+        start = int(restored.step)
         if primary:
             write_run_files(plan, setup, bundle)  # the config may hold new training settings
         print(f"resumed from step {start} ({folder})", flush=True)
@@ -119,10 +123,10 @@ def train(plan: RunPlan, bundle: Any, setup: run_state.Setup, loader: Any, step:
         manager.close()
         have = RunDir(run_dir).final_file.exists()
         val = None if have else evaluation.evaluate_state(setup, st, bundle, cfg)
-        rebuilt = _final_files(plan, setup, st["params"], start, val, None, redo=False)
+        rebuilt = _final_files(plan, setup, st.params, start, val, None, redo=False)
         done = f"; rebuilt {', '.join(rebuilt)}" if rebuilt else ""
         print(f"nothing to do: the run is already at step {start} of {cfg.train.steps}{done}")
-        export_adapters(plan, setup, st["params"], primary)
+        export_adapters(plan, setup, st.params, primary)
         return 0
     # The log sinks open their files only now: a resume that failed above touched none of them.
     logger = metrics.make_logger(
@@ -150,7 +154,7 @@ class Training:
     loader: Any
     manager: Any
     logger: Any
-    state: Any
+    state: TrainState
     start: int
     primary: bool
     last_eval: dict[str, float] = field(default_factory=dict)
@@ -258,7 +262,7 @@ class Training:
                 bar.update(step_done, scalars["loss"])
         if cfg.logging.histogram_every and step_done % cfg.logging.histogram_every == 0:
             # Every process fetches (all-gathering what spans processes); the primary writes.
-            self.logger.log_weights(step_done, self.state["params"])
+            self.logger.log_weights(step_done, self.state.params)
         if (cfg.train.eval_every and step_done % cfg.train.eval_every == 0) or step_done == total:
             self.last_eval = evaluation.evaluate_state(self.setup, self.state, self.bundle, cfg)
             self.logger.log_scalars(step_done, {f"val_{k}": v for k, v in self.last_eval.items()})
@@ -266,7 +270,7 @@ class Training:
         sample_now = cfg.train.sample_every and step_done % cfg.train.sample_every == 0
         # Decoder-only models: every process generates (the params span them all); 0 writes.
         if self.objective.name == "lm" and (sample_now or step_done == total):
-            texts = evaluation.sample(self.setup, self.state["params"], self.bundle, cfg, step_done)
+            texts = evaluation.sample(self.setup, self.state.params, self.bundle, cfg, step_done)
             self.logger.log_text(step_done, "sample", texts[0])
             if self.primary:
                 text = evaluation.format_samples(texts, cfg.sampling.prompts)
@@ -281,7 +285,7 @@ class Training:
         val = {"val_loss": self.last_eval["loss"]} if "loss" in self.last_eval else None
         self.manager.save(
             step,
-            state=self.state,
+            state=self.state.tree(),
             data_state=self.loader.state_dict(),
             config=self.cfg.to_dict(),
             metrics=val,
@@ -304,7 +308,7 @@ class Training:
 
     def _finish(self, step_done: int, stopped_by: str | None) -> int:
         """The last save, ``final.json`` and the loss plot; exit 0 (a signal's stop included)."""
-        total, params = self.cfg.train.steps, self.state["params"]
+        total, params = self.cfg.train.steps, self.state.params
         self.save(step_done, force=True)
         self._close()
         why = stopped_by or ("stop_at" if step_done < total else None)

@@ -22,7 +22,7 @@ def _poison_from(monkeypatch, first_bad: int) -> None:
 
         def train_step(state, batch):
             new, metrics = inner(state, batch)
-            bad = new["step"] >= first_bad
+            bad = new.step >= first_bad
             metrics = dict(metrics, loss=jnp.where(bad, jnp.nan, metrics["loss"]))
             metrics["skipped"] = jnp.logical_or(metrics["skipped"], bad)
             return new, metrics

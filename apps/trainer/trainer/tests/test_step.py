@@ -51,9 +51,9 @@ def test_train_step_lowers_loss_and_accumulation_matches_one_batch():
         for _ in range(4):
             st, out = step(st, batch)
             losses.append(float(out["loss"]))
-        assert int(st["step"]) == 4
-        results[accum] = (losses, st["params"])
-        evals = jax.jit(make_eval_step(setup.graphdef, setup.rest, cfg))(st["params"], batch)
+        assert int(st.step) == 4
+        results[accum] = (losses, st.params)
+        evals = jax.jit(make_eval_step(setup.graphdef, setup.rest, cfg))(st.params, batch)
         assert int(evals["num_tokens"]) == 128
     assert results[1][0][-1] < results[1][0][0]  # same batch 4 times: the loss falls
     np.testing.assert_allclose(results[1][0], results[2][0], rtol=2e-5)

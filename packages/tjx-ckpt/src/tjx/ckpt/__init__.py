@@ -6,7 +6,7 @@ Async, keep-N / best-K, atomic, validated on load, resharding restore, safetenso
 back as mappings, the newest committed step; ``check_can_create``, whether a folder can be made;
 ``CheckpointConfig``, a run's checkpoint settings. The config engine (``Schema``,
 ``ConfigError``, ``load_yaml``...) moved to `tjx.core.config` in 0.14; its names still import from
-here, with a DeprecationWarning, until 0.15. A training run's directory layout and its start and
+here, with a DeprecationWarning, until 0.16. A training run's directory layout and its start and
 resume checks (``RunDir``, ``start_location``, ``resumed_config``, ``config_changes``...) moved to
 the trainer app in 0.15 (``trainer.job``); reading one of those names here is an ImportError that
 says where it went.
@@ -66,8 +66,8 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
         unflatten_params,
     )
 
-#: Names that moved to tjx-core in 0.14: the old name still works, warning once, until 0.15.
-#: The config engine (`tjx.core.config`; `flatten_config` too, exported here until 0.15 by the
+#: Names that moved to tjx-core in 0.14: the old name still works, warning once, until 0.16.
+#: The config engine (`tjx.core.config`; `flatten_config` too, exported here until 0.16 by the
 #: run-changes module that went to the trainer) and `setting` (`tjx.core.fields`).
 _moved = moved(
     __name__,

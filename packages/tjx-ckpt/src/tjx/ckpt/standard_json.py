@@ -1,7 +1,7 @@
 """Moved to `tjx.core.standard_json` in tjx-ckpt 0.14 (one copy of the rule for every package).
 
 ``tjx.ckpt.standard_json.dumps`` / ``loads`` / ``NONFINITE_KEY`` still work, warning once each,
-until tjx-ckpt 0.15: use ``from tjx.core.standard_json import dumps_json, loads_json``.
+until tjx-ckpt 0.16: use ``from tjx.core.standard_json import dumps_json, loads_json``.
 """
 
 from tjx.core.deprecation import moved

@@ -1,6 +1,6 @@
 """Moved to `tjx.core.standard_json` in tjx-metrics 0.17 (one copy of the rule for every package).
 
-The names still import from here, warning once each, until tjx-metrics 0.18; ``tjx.metrics``
+The names still import from here, warning once each, until tjx-metrics 0.19; ``tjx.metrics``
 itself keeps exporting them (``from tjx.metrics import dumps_json`` is not deprecated).
 """
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tjx.data import ByteTokenizer, DataError, load_index, prepare_shards
@@ -151,3 +153,24 @@ def test_a_waiter_behind_a_failed_build_never_builds_beside_a_newcomer(tmp_path)
     assert overlaps == [] and builds[0] == "first" and len(builds) == 2, builds
     assert (final / "by").read_text() == builds[1]
     assert _everything(tmp_path) == ["entry", "entry/by"]  # no lock file, no staging folder
+
+
+def test_published_shards_are_a_plain_encoding_named_by_their_place(tmp_path):
+    """What a preparation publishes is what it was before staging: the byte shards are each
+    document's UTF-8 bytes then EOS (uint16), and a BPE built aside is named in the shards'
+    index by its place in the cache, not by its staging folder."""
+    rng = np.random.default_rng()
+    docs = ["".join(rng.choice(list("abcdé \n"), int(n))) for n in rng.integers(5, 60, 25)]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    cache = tmp_path / "cache"
+    run = prepare_run_data(str(path), "byte", seq_len=4, cache_dir=cache)
+    for split, folder in (("train", run.train_dir), ("validation", run.val_dir)):
+        held = [d for i, d in enumerate(docs) if (i % 10 == 9) == (split == "validation")]
+        want = [t for d in held for t in [*d.encode("utf-8"), 256]]
+        assert (folder / "shard_00000.bin").read_bytes() == np.asarray(want, "<u2").tobytes()
+    bpe = prepare_run_data(str(path), "bpe", seq_len=4, tokenizer_vocab=280, cache_dir=cache)
+    (saved,) = (cache / "tokenizers").glob("*/tokenizer.json")
+    assert bpe.tokenizer is not None and bpe.tokenizer.name == str(saved)
+    assert load_index(bpe.train_dir).tokenizer["name"] == str(saved)
+    assert not list(cache.rglob(".*staged-*")) and not list(cache.rglob("*.lock"))

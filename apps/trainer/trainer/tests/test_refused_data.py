@@ -59,9 +59,7 @@ def test_a_100_byte_corpus_is_refused_and_leaves_the_cache_as_it_was(in_tmp, cap
     assert "data.source: the " in line and "fewer than one sequence (data.seq_len + 1" in line
 
 
-def test_a_corpus_too_small_for_one_batch_is_refused_and_leaves_the_cache_as_it_was(
-    in_tmp, capsys
-):
+def test_a_corpus_too_small_for_one_batch_is_refused_and_leaves_the_cache_as_it_was(in_tmp, capsys):
     corpus = in_tmp / "small.txt"
     corpus.write_text("".join(f"line {i} of a corpus for one sequence, not a batch\n"
                               for i in range(6)))  # fmt: skip
@@ -108,5 +106,7 @@ def test_a_template_the_sandbox_stops_names_the_tokenizer_and_leaves_the_cache(i
     chat.write_text("".join(json.dumps({"messages": turn}) + "\n" for _ in range(20)))
     line = _refused(in_tmp, capsys, "sft_tiny", f"data.source={chat}", f"data.tokenizer={folder}")
     assert line.startswith("trainer: error: data.tokenizer: "), line
-    assert f"{folder / 'chat_template.jinja'}: the chat template tried an operation the sandbox" \
-        in line, line
+    assert (
+        f"{folder / 'chat_template.jinja'}: the chat template tried an operation the sandbox"
+        in line
+    ), line

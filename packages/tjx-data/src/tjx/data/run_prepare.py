@@ -137,9 +137,10 @@ def prepare_mixture_run_data(
 
     ``options`` are `prepare_run_data`'s other keyword arguments (``tokenizer_vocab``,
     ``cache_dir``, ``num_workers``, ``vocab_size``, ``progress``, ``max_tokens``: a cap on each
-    source's splits; ``staging``: one `Staging` for every source). A source's problem is a `DataError` with ``argument="sources"`` naming the
-    entry (``data.sources[1].source: ...``); the other arguments' errors are as
-    `prepare_run_data`'s.
+    source's splits; ``staging``: one `Staging` for every source, else every source's new
+    shards are published together once all passed). A source's problem is a `DataError` with
+    ``argument="sources"`` naming the entry (``data.sources[1].source: ...``); the other
+    arguments' errors are as `prepare_run_data`'s.
     """
     if on_exhausted not in ON_EXHAUSTED:
         raise fault(names, "on_exhausted", f"{on_exhausted!r}; allowed: {', '.join(ON_EXHAUSTED)}")

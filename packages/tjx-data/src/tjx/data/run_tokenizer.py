@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from tjx.data.bpe import load_tokenizer
-from tjx.data.cache import cache_dir as default_cache_dir
 from tjx.data.cache import Staging, local_cache_folder
+from tjx.data.cache import cache_dir as default_cache_dir
 from tjx.data.errors import DataError
 from tjx.data.prepare import bpe_tokenizer
 from tjx.data.tokenizers import Tokenizer

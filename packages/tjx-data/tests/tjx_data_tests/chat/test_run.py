@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 
-from tjx.data.chat.store import load_sequences
 from tjx.data import (
     ARITHMETIC,
     ChatRunData,
@@ -17,6 +16,7 @@ from tjx.data import (
     prepare_arithmetic,
     prepare_chat_run_data,
 )
+from tjx.data.chat.store import load_sequences
 
 NAMES = {"tokenizer": "data.tokenizer", "source": "data.source", "batch_size": "data.batch_size"}
 

@@ -109,7 +109,8 @@ def load_rows(name_or_path: str, *, split: str = "train", **hub_kwargs: Any) -> 
 
         def located() -> Located:
             for path in files:
-                yield from _jsonl_located(path) if path.suffix == ".jsonl" else _parquet_located(path)
+                read = _jsonl_located if path.suffix == ".jsonl" else _parquet_located
+                yield from read(path)
 
         return Rows(label, lambda: (row for _, row in located()), located)
     rows = open_hub_dataset(name_or_path, split=split, **hub_kwargs)

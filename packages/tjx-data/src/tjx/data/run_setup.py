@@ -130,7 +130,7 @@ def prepare_run(
     """
     parts = run_sources(config, names=names)
     if images:
-        run = prepare_image_run_data(config.source, image_size=image_size, names=names)
+        digits = prepare_image_run_data(config.source, image_size=image_size, names=names)
         if num_channels != 1:
             raise fault(
                 names,
@@ -138,7 +138,7 @@ def prepare_run(
                 f"the digits images are grey (1 channel), the model reads {num_channels}; set "
                 f"{name_of(names, 'num_channels')}=1",
             )
-        return run
+        return digits
     # Everything new is built aside and published only once the run's checks passed.
     with staged() as stage:
         run = _prepare_text_or_chat(config, parts, stage, vocab_size, progress, names)

@@ -52,11 +52,13 @@ def make_tokenizer(cfg: Config) -> Any:
 
 def prepare(cfg: Config) -> data.RunData | data.ChatRunData:
     """Tokenizer and checked shards of both splits (of every mixture source), or the digits
-    images (cheap when cached)."""
+    images (cheap when cached). New data is checked to give the run's batches before it is
+    published in the shared cache: data the run refuses leaves the cache as it was."""
     m, images = cfg.model, cfg.task == "classify"
     shape = {"image_size": m.image_size, "num_channels": m.num_channels} if images else {}
     # model.vocab_size as set (None: the tokenizer's); tokenizing progress on a terminal
     extra = {"vocab_size": cfg.vocab_size, "progress": sys.stderr.isatty(), **shape}
+    extra["steps"] = cfg.train.steps
     return _keyed(data.prepare_run, cfg.data, images=images, **extra)
 
 

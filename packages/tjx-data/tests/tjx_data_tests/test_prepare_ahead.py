@@ -92,3 +92,16 @@ def test_prepare_ahead_then_a_run_tokenizes_nothing(tmp_path, text_corpus, monke
     assert main([str(tmp_path / "missing"), "--cache-dir", str(cache)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("python -m tjx.data: error: ") and err.count("\n") == 1
+
+
+def test_prepare_ahead_publishes_no_bpe_when_a_split_is_refused(tmp_path, capsys):
+    """A BPE trained on a good train split stays unpublished when the validation split is
+    refused: the cache is left as it was (issue #58)."""
+    (tmp_path / "train.txt").write_text("".join(f"{d}\n" for d in random_docs(5, 40)))
+    (tmp_path / "validation.txt").write_bytes("caf\u00e9\n".encode("latin-1"))
+    cache = tmp_path / "cache"
+    source = str(tmp_path / "{split}.txt")
+    argv = [source, "--tokenizer", "bpe", "--tokenizer-vocab", "300", "--cache-dir", str(cache)]
+    assert main(argv) == 2
+    assert "not valid UTF-8" in capsys.readouterr().err
+    assert sorted(cache.rglob("*")) == []

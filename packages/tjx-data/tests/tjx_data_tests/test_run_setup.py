@@ -23,6 +23,7 @@ from tjx.data import (
     config_tokenizer,
     config_vocab,
     describe_sources,
+    prepare_arithmetic,
     prepare_run,
     prepare_run_data,
     run_loader,
@@ -158,3 +159,35 @@ def test_chat_data_is_prepared_as_chat_rows_and_its_truncation_summarized(tmp_pa
         f"{cut.rows:,} chat rows kept, {cut.truncated:,} cut to data.seq_len + 1, "
         f"{cut.dropped:,} dropped (no trained token left), rows {loader.fill:.0%} full"
     )
+
+
+def _files(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_with_steps_data_the_run_cannot_read_is_refused_before_it_is_published(sources, tmp_path):
+    """`prepare_run(steps=...)` builds the run's loader on the staged data: a batch too large,
+    a dropping mixture too short for the steps or chat rows all cut away are refused, and the
+    cache keeps nothing of them; what passes is published where the loader then reads it."""
+    cache = tmp_path / "c"
+    one = DataConfig(source=sources[1]["source"], seq_len=8, batch_size=10**5,
+                     cache_dir=str(cache))  # fmt: skip
+    with pytest.raises(DataError, match=r"^data\.batch_size: the train split of .* too small"):
+        prepare_run(one, names=NAMES, steps=1)
+    assert _files(cache) == []
+    mixed = dataclasses.replace(one, sources=sources, on_exhausted="drop", batch_size=4)
+    with pytest.raises(DataError, match=r"^data\.on_exhausted: with drop the sources give"):
+        prepare_run(mixed, names=NAMES, steps=10**6)
+    assert _files(cache) == []
+    run = prepare_run(mixed, names=NAMES, steps=1)
+    assert run.mixture is not None and all(p.train_dir.is_dir() for p in run.mixture)
+    assert not [f for f in _files(cache) if "staged" in f or f.endswith(".lock")]
+    chat = DataConfig(source=ARITHMETIC, format="chat", tokenizer="bpe", tokenizer_vocab=300,
+                      seq_len=2, batch_size=8, cache_dir=str(tmp_path / "chat"))  # fmt: skip
+    prepare_arithmetic("chat", tmp_path / "chat")  # the generated task: made, not refused
+    before = _files(tmp_path / "chat")
+    with pytest.raises(DataError, match=r"^data\.seq_len: .* lose every trained token"):
+        prepare_run(chat, names=NAMES, steps=1)
+    assert _files(tmp_path / "chat") == before
+    made = prepare_run(dataclasses.replace(chat, seq_len=32), names=NAMES, steps=1)
+    assert isinstance(made, ChatRunData) and made.train_dir.is_dir()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tjx.data.cache import staged
 from tjx.data.errors import DataError
 from tjx.data.prepare import prepare_shards
 from tjx.data.run_tokenizer import run_tokenizer
@@ -34,16 +35,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python -m tjx.data: error: {flag}: must be >= 1, got {value}", file=sys.stderr)
             return 2
     try:
-        tok = run_tokenizer(args.tokenizer, args.source, vocab=args.tokenizer_vocab,
-                            cache_dir=args.cache_dir)  # fmt: skip
-        shards = prepare_shards(
-            args.source,
-            tok,
-            args.cache_dir,
-            num_workers=args.num_workers,
-            progress=sys.stderr.isatty(),
-            max_tokens=args.max_tokens,
-        )
+        with staged() as stage:  # a BPE is published only with the shards it made
+            tok = run_tokenizer(args.tokenizer, args.source, vocab=args.tokenizer_vocab,
+                                cache_dir=args.cache_dir, staging=stage)  # fmt: skip
+            shards = prepare_shards(
+                args.source,
+                tok,
+                args.cache_dir,
+                num_workers=args.num_workers,
+                progress=sys.stderr.isatty(),
+                max_tokens=args.max_tokens,
+                staging=stage,
+            )
     except DataError as err:
         print(f"python -m tjx.data: error: {err}", file=sys.stderr)
         return 2

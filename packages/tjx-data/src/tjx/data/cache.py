@@ -26,6 +26,7 @@ from typing import IO
 from tjx.data.errors import DataError
 
 __all__ = [
+    "Staging",
     "atomic_prepare",
     "cache_dir",
     "local_cache_folder",
@@ -37,6 +38,7 @@ __all__ = [
     "pip_environment",
     "remove_empty",
     "sha256_file",
+    "staged",
 ]
 
 
@@ -207,6 +209,105 @@ def discard(final: Path) -> None:
             aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-gone-", dir=final.parent))
             os.rename(final, aside / final.name)
             shutil.rmtree(aside, ignore_errors=True)
+
+
+class Staging:
+    """Cache entries built beside their places and published together once every check passed.
+
+    A preparation that checks what it made (a corpus too small for one sequence or one batch, a
+    preference row without a field) asks `place` where to build each entry: the entry itself
+    when it is complete already, else a fresh hidden folder beside it (same filesystem, so the
+    publishing rename is atomic) that no other process reads. `publish` renames what was built
+    into place; `discard` removes it, and the folders made for it while empty, so a refused
+    preparation leaves the cache exactly as it found it. Use it through `staged`.
+
+    Notes
+    -----
+    Entries are built without holding their lock (two preparations may each build an entry
+    both lack, a mixture may stage its sources in any order without deadlock); `publish` takes
+    each entry's lock, the one `atomic_prepare` uses, and keeps an entry another process
+    published first (the same key, the same content), dropping its own copy.
+    """
+
+    def __init__(self) -> None:
+        self._staged: dict[Path, tuple[Path, Callable[[Path], bool]]] = {}
+        self._created: list[list[Path]] = []
+
+    @property
+    def pending(self) -> bool:
+        """Whether anything is staged (a fresh preparation) rather than found complete."""
+        return bool(self._staged)
+
+    def place(self, final: Path, *, complete: Callable[[Path], bool] | None = None) -> Path:
+        """Where to build ``final``: ``final`` itself if it is complete (``complete``, default:
+        it is a folder), else a staged path beside it (absent: the build makes it)."""
+        done = complete or Path.is_dir
+        if final in self._staged:
+            return self._staged[final][0]
+        if done(final):
+            return final
+        self._created.append(missing_folders(final.parent))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        box = Path(tempfile.mkdtemp(prefix=f".{final.name}.staged-", dir=final.parent))
+        self._staged[final] = (box / final.name, done)
+        return box / final.name
+
+    def where(self, path: Path) -> Path:
+        """``path`` (an entry or a file in one) where it lies now: staged or in place."""
+        for final, (staged, _) in self._staged.items():
+            if path == final or final in path.parents:
+                return staged / path.relative_to(final)
+        return path
+
+    def publish(self) -> None:
+        """Rename every built entry into place (under its lock), keeping one that another
+        process published meanwhile; an incomplete folder in the way is swapped out."""
+        try:
+            while self._staged:  # in staging order: a tokenizer before the data made with it
+                final = next(iter(self._staged))
+                staged, done = self._staged.pop(final)
+                try:
+                    self._rename(staged, final, done)
+                finally:
+                    shutil.rmtree(staged.parent, ignore_errors=True)
+        except BaseException:
+            self.discard()
+            raise
+
+    @staticmethod
+    def _rename(staged: Path, final: Path, done: Callable[[Path], bool]) -> None:
+        if not staged.exists():
+            return  # placed, never built: nothing to publish
+        with file_lock(final.parent / f".{final.name}.lock", remove=True):
+            if done(final):
+                return  # another process's, complete: keep it (the same key holds the same)
+            if final.exists():  # an interrupted older preparation's: move it aside
+                os.rename(final, staged.parent / f"{final.name}.old")
+            os.rename(staged, final)
+
+    def discard(self) -> None:
+        """Remove everything staged, and the folders made for it while they are empty."""
+        for staged, _ in self._staged.values():
+            shutil.rmtree(staged.parent, ignore_errors=True)
+        for created in reversed(self._created):
+            remove_empty(created)
+        self._staged.clear()
+
+
+@contextlib.contextmanager
+def staged(staging: Staging | None = None) -> Iterator[Staging]:
+    """``staging`` as it is (its owner publishes it), or a new `Staging` that is published when
+    the block ends and discarded when it raises."""
+    if staging is not None:
+        yield staging
+        return
+    own = Staging()
+    try:
+        yield own
+    except BaseException:
+        own.discard()
+        raise
+    own.publish()
 
 
 def sha256_file(path: Path) -> str:

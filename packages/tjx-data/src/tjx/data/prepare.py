@@ -21,17 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tjx.data.bpe import load_tokenizer, train_bpe
-from tjx.data.cache import (
-    atomic_prepare,
-    discard,
-    local_cache_folder,
-    missing_folders,
-    remove_empty,
-)
+from tjx.data.cache import Staging, atomic_prepare, local_cache_folder, staged
 from tjx.data.cache import cache_dir as default_cache_dir
 from tjx.data.errors import DataError
 from tjx.data.pretokenize import pretokenize
-from tjx.data.shards import ShardIndex
+from tjx.data.shards import ShardIndex, load_index
 from tjx.data.sources import Documents, is_local_source, load_source
 from tjx.data.sources.local import resolve_files
 from tjx.data.tokenizers import Tokenizer
@@ -191,7 +185,12 @@ def _read_when_built(source: str, split: str) -> Documents:
 
 
 def bpe_tokenizer(
-    source: str, vocab_size: int, cache_dir: str | Path | None = None, *, progress: bool = False
+    source: str,
+    vocab_size: int,
+    cache_dir: str | Path | None = None,
+    *,
+    progress: bool = False,
+    staging: Staging | None = None,
 ) -> Tokenizer:
     """A byte-level BPE trained on ``source``'s train split, trained once and then cached.
 
@@ -211,6 +210,9 @@ def bpe_tokenizer(
         The cache folder (default: `cache_dir`).
     progress:
         Show the tokenizers library's training progress bar.
+    staging:
+        Build a new tokenizer there, for its owner to publish once the data made with it passed
+        its checks (default: published at once).
 
     Raises
     ------
@@ -243,8 +245,12 @@ def bpe_tokenizer(
         tokenizer.save(staging)
 
     # A folder without tokenizer.json is a save interrupted by an older tjx: train it again.
-    atomic_prepare(folder, build, replace=folder.is_dir() and not saved.is_file())
-    return load_tokenizer(str(saved))
+    with staged(staging) as stage:
+        where = stage.place(folder, complete=lambda f: (f / "tokenizer.json").is_file())
+        atomic_prepare(where, build)
+        tokenizer = load_tokenizer(str(where / "tokenizer.json"))
+    tokenizer.name = str(saved)  # named by its place in the cache, wherever it was built
+    return tokenizer
 
 
 def check_max_tokens(
@@ -289,6 +295,7 @@ def prepare_shards(
     num_workers: int = 1,
     progress: bool = False,
     max_tokens: int | None = None,
+    staging: Staging | None = None,
 ) -> PreparedShards:
     """Tokenize ``source``'s splits into the shared shard cache, or find them there.
 
@@ -309,14 +316,18 @@ def prepare_shards(
     max_tokens:
         Prepare at most this many tokens of each split (`pretokenize`'s cap); a capped
         preparation has its own folder (``...-max<N>``), so it never passes for the whole source.
+    staging:
+        Build missing splits there (`Staging`), for its owner to publish once it has checked
+        them (default: published when every split is made).
 
     Returns
     -------
     PreparedShards
-        Folders, token counts, bytes/token and the key. Cheap when cached: a cached split's text
-        is not read again (a hub dataset is not even opened). When a split fails, the splits
-        this call made are removed again, and the folders it created while empty: a failed
-        preparation leaves nothing in the cache (splits that were there before stay).
+        Folders (where they are published), token counts, bytes/token and the key. Cheap when
+        cached: a cached split's text is not read again (a hub dataset is not even opened).
+        Missing splits are built beside their folders and renamed into place only when all are
+        made: a failed preparation leaves nothing in the cache (splits that were there before
+        stay).
 
     Raises
     ------
@@ -331,28 +342,20 @@ def prepare_shards(
     if max_tokens is not None:
         key += f"-max{max_tokens}"
     root = _root(cache_dir) / "shards" / key
-    created = missing_folders(root)
-    built: list[Path] = []
     indexes = {}
-    try:
+    with staged(staging) as stage:
         for split in splits:
-            if not (root / split).is_dir():
-                built.append(root / split)
+            where = stage.place(root / split)
             indexes[split] = pretokenize(
                 _read_when_built(source, split),
                 tokenizer,
-                root,
+                where.parent,
                 split=split,
                 num_workers=num_workers,
                 source=f"{source}:{split}",
                 progress=progress,
                 max_tokens=max_tokens,
             )
-    except BaseException:
-        # A failed preparation leaves nothing: the splits made before the one that failed go
-        # too (the key of an edited local source changes, so they could never be found again).
-        for folder in built:
-            discard(folder)
-        remove_empty(created)
-        raise
+    if staging is None:  # published now: the indexes where they lie
+        indexes = {split: load_index(root / split) for split in indexes}
     return PreparedShards(source, key, root, indexes, needs_held_out(source))

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tjx.data.cache import Staging, staged
 from tjx.data.errors import DataError
 from tjx.data.images import load_digits
 from tjx.data.mixture import ON_EXHAUSTED, MixturePart, MixtureSource
@@ -36,6 +37,7 @@ def prepare_run_data(
     progress: bool = False,
     names: Names = None,
     max_tokens: int | None = None,
+    staging: Staging | None = None,
 ) -> RunData:
     """Tokenizer and shards of both splits of ``source``, checked for a run (cheap when cached).
 
@@ -60,6 +62,10 @@ def prepare_run_data(
     max_tokens:
         Prepare at most this many tokens per split (`prepare_shards`); check it against the
         batch first with `check_max_tokens`.
+    staging:
+        Build what is missing (a BPE, shards) there, for its owner to publish once it has
+        checked the run (`Staging`); default: published here once every check passed, so a
+        refused source leaves the cache as it was.
 
     Raises
     ------
@@ -69,32 +75,41 @@ def prepare_run_data(
         sequence; a BPE that cannot train on it).
     """
     root = cache_root(cache_dir)
-    if isinstance(tokenizer, str):
-        spec: str | None = tokenizer
-        tok = run_tokenizer(tokenizer, source, vocab=tokenizer_vocab, cache_dir=root, names=names)
-    else:
-        spec, tok = ("bytes" if isinstance(tokenizer, ByteTokenizer) else None), tokenizer
-    if vocab_size is not None and vocab_size < tok.vocab_size:
-        raise fault(
-            names,
-            "vocab_size",
-            f"{vocab_size} is smaller than the tokenizer's vocabulary ({tok.vocab_size}); "
-            f"leave it unset (the tokenizer's size) or use >= {tok.vocab_size}",
-        )
-    try:
-        shards = prepare_shards(
-            source, tok, root, num_workers=num_workers, progress=progress, max_tokens=max_tokens
-        )
-    except DataError as err:
-        raise fault(names, "source", str(err)) from None
-    for split, tokens in shards.tokens.items():
-        if tokens < seq_len + 1:
+    with staged(staging) as stage:
+        if isinstance(tokenizer, str):
+            spec: str | None = tokenizer
+            tok = run_tokenizer(
+                tokenizer, source, vocab=tokenizer_vocab, cache_dir=root, names=names, staging=stage
+            )
+        else:
+            spec, tok = ("bytes" if isinstance(tokenizer, ByteTokenizer) else None), tokenizer
+        if vocab_size is not None and vocab_size < tok.vocab_size:
             raise fault(
                 names,
-                "source",
-                f"the {split} split of {source!r} has {tokens} tokens, fewer than one sequence "
-                f"({name_of(names, 'seq_len')} + 1 = {seq_len + 1})",
+                "vocab_size",
+                f"{vocab_size} is smaller than the tokenizer's vocabulary ({tok.vocab_size}); "
+                f"leave it unset (the tokenizer's size) or use >= {tok.vocab_size}",
             )
+        try:
+            shards = prepare_shards(
+                source,
+                tok,
+                root,
+                num_workers=num_workers,
+                progress=progress,
+                max_tokens=max_tokens,
+                staging=stage,
+            )
+        except DataError as err:
+            raise fault(names, "source", str(err)) from None
+        for split, tokens in shards.tokens.items():
+            if tokens < seq_len + 1:
+                raise fault(
+                    names,
+                    "source",
+                    f"the {split} split of {source!r} has {tokens} tokens, fewer than one "
+                    f"sequence ({name_of(names, 'seq_len')} + 1 = {seq_len + 1})",
+                )
     return RunData(
         source=source,
         tokenizer=tok,
@@ -122,9 +137,10 @@ def prepare_mixture_run_data(
 
     ``options`` are `prepare_run_data`'s other keyword arguments (``tokenizer_vocab``,
     ``cache_dir``, ``num_workers``, ``vocab_size``, ``progress``, ``max_tokens``: a cap on each
-    source's splits). A source's problem is a `DataError` with ``argument="sources"`` naming the
-    entry (``data.sources[1].source: ...``); the other arguments' errors are as
-    `prepare_run_data`'s.
+    source's splits; ``staging``: one `Staging` for every source, else every source's new
+    shards are published together once all passed). A source's problem is a `DataError` with
+    ``argument="sources"`` naming the entry (``data.sources[1].source: ...``); the other
+    arguments' errors are as `prepare_run_data`'s.
     """
     if on_exhausted not in ON_EXHAUSTED:
         raise fault(names, "on_exhausted", f"{on_exhausted!r}; allowed: {', '.join(ON_EXHAUSTED)}")
@@ -134,19 +150,22 @@ def prepare_mixture_run_data(
     tok: str | Tokenizer = tokenizer
     runs: list[RunData] = []
     parts: list[MixturePart] = []
-    for i, item in enumerate(sources):
-        own = {**(names or {}), "source": f"{where}[{i}].source"}
-        try:
-            run = prepare_run_data(item.source, tok, seq_len=seq_len, names=own, **options)
-        except DataError as err:
-            if err.argument != "source":
-                raise
-            raise DataError(str(err), argument="sources") from None
-        tok = run.tokenizer or tok  # the first source's tokenizer serves them all
-        runs.append(run)
-        assert run.train_dir is not None and run.val_dir is not None
-        parts.append(MixturePart(item.name, item.source, item.weight, run.train_dir,
-                                 run.val_dir, run.bytes_per_token))  # fmt: skip
+    with staged(options.pop("staging", None)) as stage:  # every source passes, or none is kept
+        for i, item in enumerate(sources):
+            own = {**(names or {}), "source": f"{where}[{i}].source"}
+            try:
+                run = prepare_run_data(
+                    item.source, tok, seq_len=seq_len, names=own, staging=stage, **options
+                )
+            except DataError as err:
+                if err.argument != "source":
+                    raise
+                raise DataError(str(err), argument="sources") from None
+            tok = run.tokenizer or tok  # the first source's tokenizer serves them all
+            runs.append(run)
+            assert run.train_dir is not None and run.val_dir is not None
+            parts.append(MixturePart(item.name, item.source, item.weight, run.train_dir,
+                                     run.val_dir, run.bytes_per_token))  # fmt: skip
     first = runs[0]
     return RunData(
         source="mixture of " + ", ".join(p.name for p in parts),

@@ -11,9 +11,12 @@ Each function reads the settings of one `DataConfig` and calls the preparing fun
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 from tjx.data.bpe import load_tokenizer
+from tjx.data.cache import Staging, staged
 from tjx.data.chat.run import ChatRunData, prepare_chat_run_data
 from tjx.data.mixture import MixtureSource, check_mixture
 from tjx.data.run_config import DataConfig
@@ -92,6 +95,7 @@ def prepare_run(
     vocab_size: int | None = None,
     progress: bool = False,
     names: Names = None,
+    steps: int | None = None,
 ) -> RunData | ChatRunData:
     """The tokenizer and checked data of both splits (of every mixture source), cheap when
     cached.
@@ -112,16 +116,21 @@ def prepare_run(
         Show the tokenizing progress (`prepare_shards`).
     names:
         How messages name the arguments.
+    steps:
+        The run's steps: its training loader (`run_loader`) must give a batch (and ``steps``
+        of them where a mixture drops its exhausted sources). Checked before anything newly
+        prepared is published, so data a run refuses leaves the cache as it was; ``None``: not
+        checked (the other checks still come first).
 
     Raises
     ------
     DataError
-        As the preparing function of the format raises it; ``argument="num_channels"`` for an
-        image model that is not grey.
+        As the preparing function of the format raises it (and `run_loader`, with ``steps``);
+        ``argument="num_channels"`` for an image model that is not grey.
     """
     parts = run_sources(config, names=names)
     if images:
-        run = prepare_image_run_data(config.source, image_size=image_size, names=names)
+        digits = prepare_image_run_data(config.source, image_size=image_size, names=names)
         if num_channels != 1:
             raise fault(
                 names,
@@ -129,7 +138,23 @@ def prepare_run(
                 f"the digits images are grey (1 channel), the model reads {num_channels}; set "
                 f"{name_of(names, 'num_channels')}=1",
             )
-        return run
+        return digits
+    # Everything new is built aside and published only once the run's checks passed.
+    with staged() as stage:
+        run = _prepare_text_or_chat(config, parts, stage, vocab_size, progress, names)
+        if steps is not None and stage.pending:  # what is cached was checked when it was made
+            run_loader(_where_staged(run, stage), config, seed=0, steps=steps, names=names)
+    return run
+
+
+def _prepare_text_or_chat(
+    config: DataConfig,
+    parts: list[MixtureSource] | None,
+    stage: Staging,
+    vocab_size: int | None,
+    progress: bool,
+    names: Names,
+) -> RunData | ChatRunData:
     if config.format != "text":  # conversations or preference pairs (tjx.data's chat modules)
         return prepare_chat_run_data(
             config.source,
@@ -140,6 +165,7 @@ def prepare_run(
             tokenizer_vocab=config.tokenizer_vocab,
             messages_field=config.messages_field,
             names=names,
+            staging=stage,
         )
     common: dict[str, Any] = {
         "seq_len": config.seq_len,
@@ -150,11 +176,30 @@ def prepare_run(
         "progress": progress,
         "max_tokens": config.max_tokens,
         "names": names,
+        "staging": stage,
     }
     if parts is not None:
         exhausted = config.on_exhausted
         return prepare_mixture_run_data(parts, config.tokenizer, on_exhausted=exhausted, **common)
     return prepare_run_data(config.source, config.tokenizer, **common)
+
+
+def _where_staged(run: RunData | ChatRunData, stage: Staging) -> RunData | ChatRunData:
+    """``run`` reading its folders where they lie before publishing (`Staging.where`)."""
+
+    def at(path: Path | None) -> Path | None:
+        return None if path is None else stage.where(path)
+
+    if isinstance(run, ChatRunData):
+        return dataclasses.replace(run, train_dir=stage.where(run.train_dir),
+                                   val_dir=stage.where(run.val_dir))  # fmt: skip
+    mixture = run.mixture and tuple(
+        dataclasses.replace(p, train_dir=stage.where(p.train_dir), val_dir=stage.where(p.val_dir))
+        for p in run.mixture
+    )
+    return dataclasses.replace(
+        run, train_dir=at(run.train_dir), val_dir=at(run.val_dir), mixture=mixture
+    )
 
 
 def run_loader(

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from tjx.data.bpe import load_tokenizer
+from tjx.data.cache import Staging, local_cache_folder
 from tjx.data.cache import cache_dir as default_cache_dir
-from tjx.data.cache import local_cache_folder
 from tjx.data.errors import DataError
 from tjx.data.prepare import bpe_tokenizer
 from tjx.data.tokenizers import Tokenizer
@@ -46,13 +46,15 @@ def run_tokenizer(
     vocab: int = 2048,
     cache_dir: str | Path | None = None,
     names: Names = None,
+    staging: Staging | None = None,
 ) -> Tokenizer:
     """The tokenizer ``spec`` names for a run on ``source``.
 
     ``"bpe"`` is a byte-level BPE of ``vocab`` ids trained on ``source``'s train split once and
     cached (`bpe_tokenizer`); anything else goes to `load_tokenizer` (``"byte"``, ``"gpt2"``, a
     path). A corpus the BPE cannot train on is a `DataError` with ``argument="source"``, a
-    tokenizer that does not load one with ``argument="tokenizer"``.
+    tokenizer that does not load one with ``argument="tokenizer"``. A new BPE is built in
+    ``staging`` when given (published by its owner once the data passed its checks).
     """
     if spec != "bpe":
         try:
@@ -60,7 +62,7 @@ def run_tokenizer(
         except DataError as err:
             raise fault(names, "tokenizer", str(err)) from None
     try:
-        return bpe_tokenizer(source, vocab, cache_root(cache_dir))
+        return bpe_tokenizer(source, vocab, cache_root(cache_dir), staging=staging)
     except DataError as err:  # the corpus it trains on is the source
         raise fault(names, "source", str(err)) from None
 

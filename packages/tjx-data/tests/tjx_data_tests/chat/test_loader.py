@@ -233,7 +233,7 @@ def test_prepare_holds_out_every_tenth_row_of_a_local_file_and_names_bad_lines(
     with pytest.raises(DataError, match="1 row.* cannot be cut into train and validation"):
         prepare_chat_data(str(empty), enc, tmp_path / "cache", splits=("train",))
     empty.write_text("".join(json.dumps(r) + "\n" for r in [{"text": "x"}, *rows]))
-    with pytest.raises(DataError, match=r"none.jsonl:train: row 0: expected a 'messages' column"):
+    with pytest.raises(DataError, match=r"none.jsonl: line 1: expected a 'messages' column"):
         prepare_chat_data(str(empty), enc, tmp_path / "cache", splits=("train",))
     text = tmp_path / "notes.txt"
     text.write_text("hi")

@@ -16,6 +16,7 @@ from tjx.data import (
     prepare_arithmetic,
     prepare_chat_run_data,
 )
+from tjx.data.chat.store import load_sequences
 
 NAMES = {"tokenizer": "data.tokenizer", "source": "data.source", "batch_size": "data.batch_size"}
 
@@ -72,6 +73,12 @@ def test_a_chat_run_reads_the_generated_task_with_a_chatml_bpe_made_once(tmp_pat
         ARITHMETIC, "bpe", kind="preference", seq_len=32, cache_dir=tmp_path, tokenizer_vocab=300
     )
     assert bpe_pairs.tokenizer_dir == first.tokenizer_dir
+    # Built aside and published: the encoder and the splits' index name the tokenizer's place.
+    assert first.encoder.tokenizer.name == str(first.tokenizer_dir)
+    assert first.encoder.template is not None
+    assert first.encoder.template.name == str(first.tokenizer_dir / "tokenizer_config.json")
+    assert load_sequences(first.train_dir).tokenizer["name"] == str(first.tokenizer_dir)
+    assert not list(tmp_path.rglob(".*staged-*")) and not list(tmp_path.rglob("*.lock"))
 
 
 def test_bad_chat_run_inputs_are_one_data_error_naming_the_setting(tmp_path):

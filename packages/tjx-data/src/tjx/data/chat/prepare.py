@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tjx.data.cache import Staging, staged
 from tjx.data.cache import cache_dir as default_cache_dir
 from tjx.data.chat.encode import ChatEncoder
-from tjx.data.chat.store import KINDS, SequenceIndex, write_sequences
+from tjx.data.chat.store import KINDS, SequenceIndex, load_sequences, write_sequences
 from tjx.data.errors import DataError
 from tjx.data.prepare import SPLITS, needs_held_out, shard_key
 from tjx.data.sources import is_local_source
@@ -30,18 +31,33 @@ from tjx.data.sources.local import resolve_files
 __all__ = ["PreparedSequences", "Rows", "load_rows", "prepare_chat_data", "split_rows"]
 
 
+Located = Iterator[tuple[str, Any]]
+
+
 @dataclass(frozen=True)
 class Rows:
-    """A re-iterable collection of dataset rows (dicts) labelled with where they came from."""
+    """A re-iterable collection of dataset rows (dicts) labelled with where they came from.
+
+    `located` gives each row with where a user finds it: ``"<file>: line 538"`` for a
+    ``.jsonl`` file (the line an editor shows), ``"<file>: row 12"`` for a Parquet file (from 0),
+    ``"row 12"`` of the split for a hub dataset.
+    """
 
     source: str
     _factory: Callable[[], Iterator[Any]]
+    _located: Callable[[], Located] | None = None
 
     def __iter__(self) -> Iterator[Any]:
         return self._factory()
 
+    def located(self) -> Located:
+        """``(where, row)`` of every row, in order."""
+        if self._located is not None:
+            return self._located()
+        return ((f"row {i}", row) for i, row in enumerate(self._factory()))
 
-def _jsonl_rows(path: Path) -> Iterator[Any]:
+
+def _jsonl_located(path: Path) -> Located:
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
@@ -53,15 +69,18 @@ def _jsonl_rows(path: Path) -> Iterator[Any]:
             if not line:
                 continue
             try:
-                yield json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}: line {number}: invalid JSON ({exc.msg})") from None
+            yield f"{path}: line {number}", row
 
 
-def _parquet_rows(path: Path) -> Iterator[Any]:
+def _parquet_located(path: Path) -> Located:
     import datasets  # lazy: importing datasets costs ~0.3-1 s
 
-    yield from datasets.load_dataset("parquet", data_files=str(path), split="train", streaming=True)
+    rows = datasets.load_dataset("parquet", data_files=str(path), split="train", streaming=True)
+    for number, row in enumerate(rows):
+        yield f"{path}: row {number}", row
 
 
 def _local_rows(spec: str, split: str) -> list[Path]:
@@ -88,11 +107,12 @@ def load_rows(name_or_path: str, *, split: str = "train", **hub_kwargs: Any) -> 
     if is_local_source(name_or_path):
         files = _local_rows(name_or_path, split)
 
-        def local() -> Iterator[Any]:
+        def located() -> Located:
             for path in files:
-                yield from _jsonl_rows(path) if path.suffix == ".jsonl" else _parquet_rows(path)
+                read = _jsonl_located if path.suffix == ".jsonl" else _parquet_located
+                yield from read(path)
 
-        return Rows(label, local)
+        return Rows(label, lambda: (row for _, row in located()), located)
     rows = open_hub_dataset(name_or_path, split=split, **hub_kwargs)
 
     def hub() -> Iterator[Any]:
@@ -113,8 +133,8 @@ def split_rows(source: str, split: str) -> Rows:
         raise DataError(f"{source!r} has no split {split!r}; its held-out splits are {SPLITS}")
     whole = load_rows(source, split="train")
 
-    def cut() -> Iterator[Any]:
-        rows = list(whole)
+    def cut() -> Located:
+        rows = list(whole.located())  # the file's own line of each row, through the cut
         if len(rows) < 2:
             raise DataError(
                 f"{source}: {len(rows)} row(s) cannot be cut into train and validation; give at "
@@ -122,17 +142,21 @@ def split_rows(source: str, split: str) -> Rows:
                 argument="source",
             )
         last = len(rows) - 1
-        for i, row in enumerate(rows):
+        for i, located in enumerate(rows):
             held = i % 10 == 9 if len(rows) >= 10 else i == last
             if held == (split == "validation"):
-                yield row
+                yield located
 
-    return Rows(f"{source}:{split}", cut)
+    return Rows(f"{source}:{split}", lambda: (row for _, row in cut()), cut)
 
 
-def _lazy(source: str, split: str) -> Callable[[], Iterator[Any]]:
+def _lazy(source: str, split: str) -> Rows:
     """`split_rows`, resolved only when iterated: a cached split's files are not even listed."""
-    return lambda: iter(split_rows(source, split))
+    return Rows(
+        f"{source}:{split}",
+        lambda: iter(split_rows(source, split)),
+        lambda: split_rows(source, split).located(),
+    )
 
 
 @dataclass(frozen=True)
@@ -170,6 +194,7 @@ def prepare_chat_data(
     *,
     kind: str = "chat",
     splits: Iterable[str] = SPLITS,
+    staging: Staging | None = None,
 ) -> PreparedSequences:
     """Encode ``source``'s splits into the shared cache, or find them there.
 
@@ -186,12 +211,16 @@ def prepare_chat_data(
         rejected).
     splits:
         The splits to prepare.
+    staging:
+        Build missing splits there (`Staging`), for its owner to publish once it has checked
+        them (default: published here once every split is made, so a bad row in any split
+        leaves the cache as it was).
 
     Raises
     ------
     DataError
-        Missing files, a bad row (named by split and number), an empty split, an unreachable hub
-        dataset.
+        Missing files, a bad row (named by its file and line, or by split and number), an empty
+        split, an unreachable hub dataset.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -202,15 +231,20 @@ def prepare_chat_data(
     key = f"{shard_key(source)}-{kind}-{encoder.tokenizer.fingerprint[:12]}-{template}"
     root = (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / "chat" / key
     indexes = {}
-    for split in splits:
-        label = f"{source}:{split}"
-        rows = Rows(label, _lazy(source, split))
-        try:
-            indexes[split] = write_sequences(
-                rows, encoder, root / split, kind=kind, split=split, source=label
-            )
-        except DataError as exc:
-            if str(exc).startswith(source):  # names its file (and line) already
-                raise
-            raise DataError(f"{label}: {exc}", argument=exc.argument) from None
+    with staged(staging) as stage:
+        for split in splits:
+            rows = _lazy(source, split)
+            try:
+                indexes[split] = write_sequences(
+                    rows, encoder, stage.place(root / split), kind=kind, split=split,
+                    source=rows.source,
+                )  # fmt: skip
+            except DataError as exc:
+                # A row by its number in the split, or the split itself, needs the split's name;
+                # a file's line (or anything else) names its place already.
+                if not str(exc).startswith(("row ", "empty dataset:")):
+                    raise
+                raise DataError(f"{rows.source}: {exc}", argument=exc.argument) from None
+    if staging is None:  # published now: the indexes where they lie
+        indexes = {split: load_sequences(root / split) for split in indexes}
     return PreparedSequences(source, kind, key, root, indexes, needs_held_out(source))

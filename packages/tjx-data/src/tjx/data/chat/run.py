@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tjx.data.bpe import load_tokenizer, train_bpe
-from tjx.data.cache import atomic_prepare
+from tjx.data.cache import Staging, atomic_prepare, staged
 from tjx.data.chat.encode import ChatEncoder
 from tjx.data.chat.loader import ChatLoader, PreferenceLoader, chat_validation_batches
 from tjx.data.chat.prepare import load_rows, prepare_chat_data
@@ -177,8 +177,14 @@ def _rows_text(source: str) -> Iterator[str]:
         yield " ".join(strings(row))
 
 
-def chatml_tokenizer(source: str, vocab: int, cache_dir: str | Path | None) -> Path:
-    """A ChatML tokenizer folder trained on ``source``'s rows (made once in the cache)."""
+def chatml_tokenizer(
+    source: str, vocab: int, cache_dir: str | Path | None, *, staging: Staging | None = None
+) -> Path:
+    """A ChatML tokenizer folder trained on ``source``'s rows (made once in the cache).
+
+    Returns the folder's place in the cache; a new one is built in ``staging`` when given (read
+    it at ``staging.where(folder)`` until its owner publishes it), else published at once.
+    """
 
     def build(staging: Path) -> None:
         texts = ["user assistant system", *_rows_text(source)]
@@ -186,7 +192,21 @@ def chatml_tokenizer(source: str, vocab: int, cache_dir: str | Path | None) -> P
         write_chatml_folder(tok, staging)
 
     key = f"{shard_key(source)}-{vocab}"
-    return atomic_prepare(cache_root(cache_dir) / "chatml-bpe" / key, build)
+    folder = cache_root(cache_dir) / "chatml-bpe" / key
+    with staged(staging) as stage:
+        atomic_prepare(stage.place(folder), build)
+    return folder
+
+
+def _encoder(folder: Path, built: Path, messages_field: str) -> ChatEncoder:
+    """The encoder of the tokenizer folder built at ``built`` (its staged copy, or ``folder``
+    itself), named by ``folder``: messages and the sequences' index name its place."""
+    tokenizer = load_tokenizer(built)
+    template = ChatTemplate.from_folder(built)
+    if built != folder:
+        tokenizer.name = str(folder)
+        template.name = str(folder / Path(template.name).name)
+    return ChatEncoder(tokenizer, template, messages_field=messages_field)
 
 
 def prepare_chat_run_data(
@@ -199,13 +219,18 @@ def prepare_chat_run_data(
     tokenizer_vocab: int = 2048,
     messages_field: str = "messages",
     names: Names = None,
+    staging: Staging | None = None,
 ) -> ChatRunData:
     """Tokenizer, chat template and encoded splits of a chat or preference source.
 
     ``source`` is a local ``.jsonl``/``.parquet`` source, a hub dataset, or ``"arithmetic"``
     (`tjx.data.chat.tasks`, made offline). ``tokenizer`` is a Hugging Face folder with a chat
     template, or ``"bpe"`` (ChatML, trained on the source). Errors are `DataError`s naming the
-    argument at fault (``names`` words them).
+    argument at fault (``names`` words them): a row the template cannot render because the
+    sandbox stopped it, or a chat row without template, names ``tokenizer``. What is missing (a
+    ChatML tokenizer, the encoded splits) is built in ``staging`` when given (its owner
+    publishes it), else published here once all is made: a refused source leaves the cache as it
+    was.
     """
     if kind not in ("chat", "preference"):
         raise ValueError(f"kind must be chat or preference, got {kind!r}")
@@ -213,27 +238,27 @@ def prepare_chat_run_data(
     # The generated task has one tokenizer (learnt from its chat rows), so a DPO run on its pairs
     # reads the ids an SFT run on its conversations learnt.
     chat = str(prepare_arithmetic("chat", cache_root(cache_dir))) if source == ARITHMETIC else path
-    try:
-        folder = (
-            chatml_tokenizer(chat, tokenizer_vocab, cache_dir)
-            if tokenizer == "bpe"
-            else Path(tokenizer).expanduser()
-        )
-        if not folder.is_dir():
-            raise DataError(
-                f"chat data needs a Hugging Face tokenizer folder with a chat template (or bpe); "
-                f"got {tokenizer!r}",
-                argument="tokenizer",
+    with staged(staging) as stage:
+        try:
+            folder = (
+                chatml_tokenizer(chat, tokenizer_vocab, cache_dir, staging=stage)
+                if tokenizer == "bpe"
+                else Path(tokenizer).expanduser()
             )
-        encoder = ChatEncoder(
-            load_tokenizer(folder), ChatTemplate.from_folder(folder), messages_field=messages_field
-        )
-    except DataError as err:
-        raise fault(names, "tokenizer", str(err).removeprefix("tokenizer: ")) from None
-    try:
-        prepared = prepare_chat_data(path, encoder, cache_dir, kind=kind)
-    except DataError as err:
-        raise fault(names, "source", str(err)) from None
+            if not stage.where(folder).is_dir():
+                raise DataError(
+                    f"chat data needs a Hugging Face tokenizer folder with a chat template (or "
+                    f"bpe); got {tokenizer!r}",
+                    argument="tokenizer",
+                )
+            encoder = _encoder(folder, stage.where(folder), messages_field)
+        except DataError as err:
+            raise fault(names, "tokenizer", str(err).removeprefix("tokenizer: ")) from None
+        try:
+            prepared = prepare_chat_data(path, encoder, cache_dir, kind=kind, staging=stage)
+        except DataError as err:  # the template's own fault (the sandbox stopped it) is its key
+            key = "tokenizer" if err.argument == "tokenizer" else "source"
+            raise fault(names, key, str(err)) from None
     dirs = prepared.dirs
     return ChatRunData(
         source, kind, encoder, folder, dirs["train"], dirs["validation"], seq_len=seq_len

@@ -131,14 +131,19 @@ def load_sequences(folder: str | Path) -> SequenceIndex:
     return SequenceIndex(**data, path=file.parent)
 
 
-def _encoded(rows: Iterable[Any], encoder: ChatEncoder, kind: str) -> Iterator[list[Encoded]]:
-    for number, row in enumerate(rows):
-        where = f"row {number}"
+def _encoded(
+    rows: Iterable[Any], encoder: ChatEncoder, kind: str
+) -> Iterator[tuple[str, list[Encoded]]]:
+    """Each row's sequences, with where the row is (`Rows.located`: a file's line; else its
+    number)."""
+    located = getattr(rows, "located", None)
+    pairs = located() if callable(located) else ((f"row {i}", r) for i, r in enumerate(rows))
+    for where, row in pairs:
         if kind == "chat":
-            yield [encoder.encode(row, where)]
+            yield where, [encoder.encode(row, where)]
         else:
             pair = encoder.encode_pair(row, where)
-            yield [pair.chosen, pair.rejected]
+            yield where, [pair.chosen, pair.rejected]
 
 
 def write_sequences(
@@ -157,7 +162,8 @@ def write_sequences(
     ----------
     rows:
         Chat rows (``kind="chat"``) or preference rows (``"preference"``): see
-        :mod:`tjx.data.chat.encode`.
+        :mod:`tjx.data.chat.encode`. Rows with a ``located()`` (`Rows`) are named by where
+        they are in their file in errors, others by their number.
     encoder:
         The tokenizer and template.
     folder:
@@ -171,7 +177,7 @@ def write_sequences(
     Raises
     ------
     DataError
-        A bad row (named by its number), no rows, an id outside the vocabulary, or an existing
+        A bad row (named by its place), no rows, an id outside the vocabulary, or an existing
         split of another kind or tokenizer.
     """
     if kind not in KINDS:
@@ -184,11 +190,11 @@ def write_sequences(
         handles = {name: open(staging / name, "wb") for name in _FILES}  # noqa: SIM115
         offsets, tokens, trained, count = [0], 0, 0, 0
         try:
-            for sequences in _encoded(rows, encoder, kind):
+            for where, sequences in _encoded(rows, encoder, kind):
                 count += 1
                 for seq in sequences:
                     if seq.ids.size and (seq.ids.min() < 0 or seq.ids.max() >= tok.vocab_size):
-                        raise DataError(f"row {count - 1}: an id lies outside the vocabulary")
+                        raise DataError(f"{where}: an id lies outside the vocabulary")
                     seq.ids.astype(dtype).tofile(handles["tokens.bin"])
                     seq.mask.astype(np.uint8).tofile(handles["mask.bin"])
                     tokens += int(seq.ids.size)

@@ -206,14 +206,13 @@ class ChatTemplate:
                 "it was stopped and ran no code",
                 argument="tokenizer",
             ) from None
+        # A template that fails on these messages (its own raise_exception on roles out of
+        # order, a missing key) may be the row's fault or the template's: no one argument.
         except jinja2.TemplateError as exc:
-            raise DataError(
-                f"{self.name}: the chat template failed to render: {exc}", argument="tokenizer"
-            ) from None
+            raise DataError(f"{self.name}: the chat template failed to render: {exc}") from None
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
             raise DataError(
-                f"{self.name}: the chat template failed to render: {type(exc).__name__}: {exc}",
-                argument="tokenizer",
+                f"{self.name}: the chat template failed to render: {type(exc).__name__}: {exc}"
             ) from None
 
     def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = False) -> str:

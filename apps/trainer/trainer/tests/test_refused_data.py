@@ -1,0 +1,112 @@
+"""Data a run refuses leaves the shared data cache as it found it (issue #58): no shards of a
+corpus too small for a sequence or a batch, no tokenizer trained on a preference or chat file
+with a bad row; and each refusal points where the user can fix it (the file's line, the
+tokenizer whose template the sandbox stopped)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tjx.data.bpe import train_bpe
+from tjx.data.chat.tasks import CHATML_SPECIALS, write_chatml_folder
+from trainer.cli import main
+
+SMALL = [
+    "model.d_model=32",
+    "model.num_layers=2",
+    "model.num_heads=2",
+    "model.mlp_dim=64",
+    "logging.sinks=[jsonl]",
+    "logging.progress=false",
+    "train.checkpoint_every=0",
+]
+
+
+def _tree(folder: Path) -> list[str]:
+    """Every path under ``folder`` with its size: what a refusal must leave as it was."""
+    return sorted(f"{p.relative_to(folder)} {p.stat().st_size if p.is_file() else '-'}"
+                  for p in folder.rglob("*"))  # fmt: skip
+
+
+def _refused(tmp: Path, capsys: pytest.CaptureFixture[str], preset: str, *sets: str) -> str:
+    """Run ``preset`` with ``sets`` on the cache ``tmp/cache``; assert it exits 2 in one line,
+    writes no run directory and leaves the cache exactly as before; return the line."""
+    cache = tmp / "cache"
+    cache.mkdir(exist_ok=True)
+    before = _tree(cache)
+    argv = ["--config", preset, "--run-dir", str(tmp / "run")]
+    for item in [*SMALL, f"data.cache_dir={cache}", *sets]:
+        argv += ["--set", item]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert not (tmp / "run").exists()
+    assert _tree(cache) == before, err  # no shards, tokenizer, staging folder or lock file
+    return err[0]
+
+
+@pytest.mark.parametrize("tokenizer", ["byte", "bpe"])
+def test_a_100_byte_corpus_is_refused_and_leaves_the_cache_as_it_was(in_tmp, capsys, tokenizer):
+    corpus = in_tmp / "small.txt"
+    corpus.write_bytes(b"To be, or not to be, that is the question:\n" * 2 + b"x" * 14)
+    assert corpus.stat().st_size == 100
+    sets = [f"data.source={corpus}", f"data.tokenizer={tokenizer}", "data.tokenizer_vocab=300"]
+    line = _refused(in_tmp, capsys, "tiny", *sets)
+    assert "data.source: the " in line and "fewer than one sequence (data.seq_len + 1" in line
+
+
+def test_a_corpus_too_small_for_one_batch_is_refused_and_leaves_the_cache_as_it_was(in_tmp, capsys):
+    corpus = in_tmp / "small.txt"
+    corpus.write_text("".join(f"line {i} of a corpus for one sequence, not a batch\n"
+                              for i in range(6)))  # fmt: skip
+    # ~290 byte tokens: a few windows of 17, both splits hold a sequence, 16 windows do not fit.
+    line = _refused(in_tmp, capsys, "tiny", f"data.source={corpus}", "data.seq_len=16")
+    assert "data.batch_size: the train split of" in line and "too small for one batch" in line
+
+
+def _pairs(path: Path, rows: int, bad: int) -> None:
+    """``rows`` preference rows, one a line; the row of 0-based index ``bad`` lacks
+    'rejected'."""
+    good = {"prompt": "What is 1 + 1?", "chosen": "2", "rejected": "3"}
+    lines = [json.dumps({k: v for k, v in good.items() if i != bad or k != "rejected"})
+             for i in range(rows)]  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_preference_row_without_a_field_names_its_line_and_trains_no_tokenizer(in_tmp, capsys):
+    pairs = in_tmp / "pairs.jsonl"
+    # Index 537 is line 538 and, with every tenth row held out, row 484 of the train split.
+    _pairs(pairs, 600, bad=537)
+    line = _refused(in_tmp, capsys, "dpo_tiny", f"data.source={pairs}")
+    assert line.startswith("trainer: error: data.source: ") and "line 538: " in line, line
+    assert str(pairs) in line and "missing ['rejected']" in line and "row 484" not in line
+
+
+def test_a_refused_chat_file_names_its_line_and_leaves_the_cache_as_it_was(in_tmp, capsys):
+    chat = in_tmp / "chat.jsonl"
+    turn = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
+    rows = [{"messages": turn} for _ in range(40)]
+    rows[29] = {"messages": turn[:1]}  # held out (every tenth row): train is made before it
+    chat.write_text("\n\n".join(json.dumps(r) for r in rows) + "\n")  # a blank line between
+    line = _refused(in_tmp, capsys, "sft_tiny", f"data.source={chat}")
+    assert f"data.source: {chat}: line 59: the conversation has no assistant turn" in line, line
+
+
+def test_a_template_the_sandbox_stops_names_the_tokenizer_and_leaves_the_cache(in_tmp, capsys):
+    folder = in_tmp / "tok"
+    texts = ["user assistant system What is 1 + 1? 2"] * 4
+    write_chatml_folder(train_bpe(texts, 300, special_tokens=CHATML_SPECIALS), folder)
+    (folder / "chat_template.jinja").write_text("{{ ''.__class__.__mro__ }}")
+    chat = in_tmp / "chat.jsonl"
+    turn = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
+    chat.write_text("".join(json.dumps({"messages": turn}) + "\n" for _ in range(20)))
+    line = _refused(in_tmp, capsys, "sft_tiny", f"data.source={chat}", f"data.tokenizer={folder}")
+    assert line.startswith("trainer: error: data.tokenizer: "), line
+    assert (
+        f"{folder / 'chat_template.jinja'}: the chat template tried an operation the sandbox"
+        in line
+    ), line

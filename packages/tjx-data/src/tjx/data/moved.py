@@ -6,7 +6,7 @@ is now ``tjx.data.chat.run``, ...). Each old path is a three-line module that ca
 (tjx-core's `module_moved`, the mechanism tjx-nn's moved paths use too): importing it warns once
 (a `DeprecationWarning` pointing at the importing line) and gives the new module itself, so
 every name, private ones included, and every monkeypatch reach the same object. The old paths go
-in 0.15.
+in 0.16.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ MOVED = {
         "template",
     )
 }
-REMOVED_IN = "0.15"
+REMOVED_IN = "0.16"
 
 
 def alias(old: str) -> None:

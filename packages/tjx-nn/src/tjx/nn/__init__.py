@@ -123,7 +123,7 @@ from tjx.nn.step_plan import TOKEN_KEYS, batch_shapes, roofline_inputs
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.20.0"
+__version__ = "0.21.0"
 
 __all__ = [
     "ACTIVATIONS",

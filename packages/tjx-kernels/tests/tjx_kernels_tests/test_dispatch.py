@@ -302,4 +302,6 @@ def test_the_deprecated_per_call_selection_warns_once_and_answers_as_the_resolut
     shapes = check_qkv(q, q, q)
     for impl, needs_xla in (("auto", False), ("auto", True), ("pallas", False)):
         picked = old(q, shapes, implementation=impl, needs_xla=needs_xla, target=H100)
-        assert picked == ("xla" if needs_xla else resolve_attention(impl, jnp.bfloat16, 64, target=H100))
+        assert picked == (
+            "xla" if needs_xla else resolve_attention(impl, jnp.bfloat16, 64, target=H100)
+        )

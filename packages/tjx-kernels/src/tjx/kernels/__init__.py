@@ -2,11 +2,13 @@
 
 Pallas flash attention (forward and backward), chunked cross-entropy, a plain-XLA reference and one
 ``attention`` entry point that runs XLA, cuDNN or Pallas: the kernel a name resolves to once, by
-evidence (`resolve_attention`, :mod:`tjx.kernels.choice`). ``flash_attention`` (and with it Pallas) is imported on first use.
+evidence (`resolve_attention`, :mod:`tjx.kernels.choice`). ``flash_attention`` (and with it
+Pallas) is imported on first use.
 """
 
 from typing import Any
 
+from tjx.core.deprecation import moved
 from tjx.kernels.blocks import (
     BLOCK_IMPLEMENTATIONS,
     attention_backward,
@@ -20,7 +22,6 @@ from tjx.kernels.ce_choice import (
     linear_cross_entropy,
 )
 from tjx.kernels.ce_launch import CELaunch
-from tjx.core.deprecation import moved
 from tjx.kernels.choice import (
     AttentionKernel,
     AutoChoice,

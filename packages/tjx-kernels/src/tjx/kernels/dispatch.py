@@ -23,6 +23,7 @@ attention cannot cap them, so ``auto`` leaves cuDNN out for such calls and an ex
 ``local_window_size`` (causal only; a bidirectional window leaves cuDNN out of ``auto``), the
 Pallas kernels skip the key blocks outside it, XLA masks.
 """
+
 from __future__ import annotations
 
 import math

@@ -13,7 +13,8 @@ into a file already visited (the reader turns back to a file seen earlier).
 
 **``--setting KEY``: one setting from the command line to where it acts** (``KEY`` one of
 `TARGETS`: ``train.steps`` ends at ``Training.loop``, which reads it; ``model.attention_impl`` at
-``tjx.kernels``' ``select_implementation``, the dispatch that acts on it). The rule, which follows
+``tjx.kernels``' ``resolve_attention``, where the model, as it is built, turns the name into the
+kernel its calls run). The rule, which follows
 the setting's *value* and nothing else:
 
 1. The run's command line sets every walked setting to a value of its own (`WALK_VALUES`:
@@ -88,8 +89,8 @@ SETS = [
 TARGETS: dict[str, tuple[str, str]] = {
     "train.steps": ("apps/trainer/trainer/training.py", "Training.loop"),
     "model.attention_impl": (
-        "packages/tjx-kernels/src/tjx/kernels/dispatch.py",
-        "select_implementation",
+        "packages/tjx-kernels/src/tjx/kernels/choice.py",
+        "resolve_attention",
     ),
 }
 #: The training loop: every walk ends there at the latest (its steps are not walked), so that a

@@ -70,7 +70,7 @@ def choose_attention(
     except kernels.KernelCompileError as err:
         hint = "set model.attention_impl=auto to let tjx choose (or xla)"
         raise ConfigError(f"{err}; {hint}") from None
-    # With no fallback, "auto" stays: it resolves to the same kernel while tracing.
+    # With no fallback, "auto" stays: the model resolves it to the same kernel when built.
     return cfg.with_model(attention_impl=chosen) if fell_back else cfg
 
 

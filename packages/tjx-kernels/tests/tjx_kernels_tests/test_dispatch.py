@@ -1,6 +1,9 @@
-"""The ``attention`` dispatcher: selection rules, fallbacks, errors and the cuDNN plumbing."""
+"""``resolve_attention`` (the kernel chosen once) and the ``attention`` dispatcher that runs it:
+selection rules, errors at resolution, the cuDNN plumbing."""
 
 from __future__ import annotations
+
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +11,13 @@ import numpy as np
 import pytest
 
 import tjx.kernels.dispatch as dispatch
-from tjx.kernels import attention, reference_attention, select_implementation
+from tjx.kernels import (
+    AttentionKernel,
+    attention,
+    choose_kernel,
+    reference_attention,
+    resolve_attention,
+)
 from tjx.kernels._checks import check_qkv
 from tjx.kernels.choice import Target, auto_order, current_target, target
 
@@ -25,17 +34,11 @@ CPU, TPU = Target("cpu"), Target("tpu", "TPU v5 lite")
 
 
 def _select(dtype=jnp.bfloat16, d=64, *, impl="auto", segs=None, needs_xla=False, gpu=True, t=None):
-    q = jnp.ones((1, 8, 4, d), dtype)
-    kv = jnp.ones((1, 8, 2, d), dtype)
-    shapes = check_qkv(q, kv, kv)
-    return select_implementation(
-        q,
-        shapes,
-        implementation=impl,
-        segment_ids=segs,
-        needs_xla=needs_xla,
-        target=t if t is not None else H100 if gpu else CPU,
-    )
+    """The kernel a call runs: its resolution, then XLA for a bias or dropout (``needs_xla``);
+    segment ids never change it (``segs`` is here to show that)."""
+    del segs
+    kernel = resolve_attention(impl, dtype, d, target=t if t is not None else H100 if gpu else CPU)
+    return "xla" if needs_xla else kernel
 
 
 def test_auto_with_no_measurement_is_cudnn_where_it_serves_else_xla():
@@ -205,16 +208,100 @@ def test_on_cuda_gpu_is_false_on_cpu():
     assert dispatch.on_cuda_gpu() is False
 
 
-def test_auto_falls_back_when_cudnn_refuses_while_tracing(monkeypatch):
+def test_a_kernel_refused_while_tracing_falls_back_once_at_resolution_never_per_call(monkeypatch):
+    """jax's cuDNN checks refuse while tracing: the kernel choice (what a model's name resolves
+    to before it is built) takes the next kernel with one line; a call given cuDNN only runs it,
+    so the refusal surfaces there, with no warning and no fallback."""
+
     def refuse(*args, **kwargs):
         raise NotImplementedError("cuDNN: unsupported compute capability")
 
     monkeypatch.setattr(jax.nn, "dot_product_attention", refuse)
     pretend_h100(monkeypatch)
     q = _x((1, 16, 2, 16), jnp.float16, 8)
-    with pytest.warns(RuntimeWarning, match="cudnn refused this call .*; using xla"):
-        got = jax.jit(lambda q: attention(q, q, q, causal=True))(q)  # cuDNN refuses → XLA
+
+    def build(kernel):
+        return jax.jit(lambda q: attention(q, q, q, causal=True, implementation=kernel)).lower(q)
+
+    said: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning anywhere: the fallback is said in one line
+        chosen = choose_kernel("auto", jnp.float16, 16, build, named_by="m", say=said.append)
+    assert chosen == ("xla", True)
+    assert said == [
+        "attention: cudnn (auto: no tjx measurement for NVIDIA H100 80GB HBM3 yet)",
+        "attention: cudnn failed to lower or compile (NotImplementedError: cuDNN: unsupported "
+        "compute capability); using xla",
+    ]
+    got = jax.jit(lambda q: attention(q, q, q, causal=True, implementation=chosen[0]))(q)
     ref = reference_attention(q, q, q, causal=True)
     assert rel_err(got.astype(jnp.float32), ref.astype(jnp.float32)) <= 5e-3
-    with pytest.raises(NotImplementedError):
-        attention(q, q, q, implementation="cudnn")  # an explicit request surfaces the refusal
+    for given in ("auto", AttentionKernel.CUDNN, "cudnn"):  # resolved to cuDNN: it runs, or raises
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(NotImplementedError):
+                attention(q, q, q, causal=True, implementation=given)
+
+
+def test_a_resolved_kernel_runs_without_the_choice_being_consulted(monkeypatch):
+    """An AttentionKernel is run as given: neither the resolution nor the target is consulted."""
+    from tjx.kernels import choice
+
+    def never(*args, **kwargs):
+        raise AssertionError("the kernel choice was consulted per call")
+
+    monkeypatch.setattr(dispatch, "resolve_attention", never)
+    monkeypatch.setattr(choice, "auto_order", never)
+    monkeypatch.setattr(choice, "current_target", never)
+    q, k, v = _x((2, 8, 4, 16), seed=12), _x((2, 8, 2, 16), seed=13), _x((2, 8, 2, 16), seed=14)
+    for kernel in (AttentionKernel.XLA, AttentionKernel.PALLAS):  # Pallas: interpret mode
+        got = attention(q, k, v, causal=True, implementation=kernel)
+        ref = reference_attention(q, k, v, causal=True)
+        assert rel_err(got, ref) <= 1e-5, kernel
+    with pytest.raises(AssertionError, match="consulted per call"):
+        attention(q, k, v, implementation="auto")  # a name is resolved: the check can fail
+
+
+def test_an_invalid_choice_is_refused_at_resolution_in_one_line():
+    for name, match in (
+        ("flash", "`implementation` must be one of auto, xla, cudnn, pallas; got 'flash'"),
+        ("cudnn", "implementation='cudnn' needs a CUDA GPU; this run's device is cpu"),
+    ):
+        with pytest.raises(ValueError) as err:
+            resolve_attention(name, jnp.bfloat16, 64, target=CPU)
+        assert str(err.value) == match and "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="`softcap` is not supported by implementation 'cudnn'"):
+        resolve_attention("cudnn", jnp.bfloat16, 64, target=H100, softcap=True)
+    with pytest.raises(ValueError, match="`window` without `causal`"):
+        resolve_attention("cudnn", jnp.bfloat16, 64, target=H100, bidirectional_window=True)
+    # auto leaves cuDNN out where it cannot serve: never a refusal.
+    assert resolve_attention("auto", jnp.bfloat16, 64, target=H100) == "cudnn"
+    assert resolve_attention("auto", jnp.bfloat16, 64, target=H100, bidirectional_window=True) == (
+        AttentionKernel.XLA
+    )
+
+
+def test_the_deprecated_per_call_selection_warns_once_and_answers_as_the_resolution():
+    import importlib
+    import sys
+
+    import tjx
+
+    original = sys.modules.pop("tjx.kernels")  # a fresh module: its one warning not yet given
+    try:
+        fresh = importlib.import_module("tjx.kernels")
+        with pytest.warns(DeprecationWarning, match="select_implementation moved"):
+            old = fresh.select_implementation
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert fresh.select_implementation is old  # once
+    finally:
+        sys.modules["tjx.kernels"] = original
+        tjx.kernels = original  # type: ignore[attr-defined]
+    q = jnp.ones((1, 8, 4, 64), jnp.bfloat16)
+    shapes = check_qkv(q, q, q)
+    for impl, needs_xla in (("auto", False), ("auto", True), ("pallas", False)):
+        picked = old(q, shapes, implementation=impl, needs_xla=needs_xla, target=H100)
+        assert picked == (
+            "xla" if needs_xla else resolve_attention(impl, jnp.bfloat16, 64, target=H100)
+        )

@@ -16,10 +16,10 @@ from tjx.kernels import (
     flash_attention,
     kernel_order,
     reference_attention,
+    resolve_attention,
     soft_cap,
 )
 from tjx.kernels.choice import Target
-from tjx.kernels.dispatch import select_implementation
 from tjx.kernels.launch import LaunchDefaults
 
 from ._ref import measured_table, np_mask, pretend_h100, rel_err
@@ -167,18 +167,9 @@ def test_auto_leaves_cudnn_out_of_a_soft_capped_call_and_says_so(monkeypatch, tm
     choice = auto_order(BF16, 64, H100, softcap=True)
     assert choice.order == ("xla",) and "cudnn skipped: it cannot soft-cap" in choice.line()
     assert auto_order(BF16, 64, H100).order == ("cudnn", "xla")
-    q = jnp.zeros((1, 8, 2, 64), BF16)
-    from tjx.kernels._checks import check_qkv
-
-    shapes = check_qkv(q, q, q)
-    picked = select_implementation(
-        q, shapes, implementation="auto", needs_xla=False, target=H100, softcap=True
-    )
-    assert picked == "xla"
+    assert resolve_attention("auto", BF16, 64, target=H100, softcap=True) == "xla"
     with pytest.raises(ValueError, match="not supported by implementation 'cudnn'"):
-        select_implementation(
-            q, shapes, implementation="cudnn", needs_xla=False, target=H100, softcap=True
-        )
+        resolve_attention("cudnn", BF16, 64, target=H100, softcap=True)
     pretend_h100(monkeypatch)
     said: list[str] = []
     assert kernel_order("auto", BF16, 64, named_by="m", say=said.append, softcap=True) == ("xla",)

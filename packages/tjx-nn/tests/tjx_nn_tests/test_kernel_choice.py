@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+from flax import nnx
 
 from tjx import kernels
 from tjx import nn as tnn
@@ -103,3 +107,53 @@ def test_a_windowed_split_takes_the_xla_blocks_and_the_line_names_the_setting():
     assert tnn.split_kernel_line(cfg, 1, "ring") is None  # not split
     with pytest.raises(ValueError, match="cuDNN has no separate forward"):
         tnn.split_kernel_line(gpt2_tiny(attention_impl="cudnn"), 2, "ring")
+
+
+def _attend(layer: tnn.Attention, x):
+    return layer(x, positions=jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2]))[0]
+
+
+def test_a_model_resolves_its_kernel_once_when_built_and_its_calls_only_run_it(monkeypatch):
+    """The layer's ``attention_impl`` becomes an AttentionKernel when it is built; a call runs
+    it: neither tjx.kernels' resolution nor its ranking is consulted again."""
+    from tjx.kernels import choice, dispatch
+
+    resolved: list[str] = []
+    real = kernels.resolve_attention
+
+    def counted(impl, *args, **kw):
+        resolved.append(impl)
+        return real(impl, *args, **kw)
+
+    monkeypatch.setattr(kernels, "resolve_attention", counted)
+    layer = tnn.Attention(llama_tiny(), rngs=nnx.Rngs(0), causal=True)
+    assert resolved == ["auto"] and layer.kernel is kernels.AttentionKernel.XLA  # a CPU: XLA
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 8, 32)), jnp.float32)
+    before = _attend(layer, x)
+    before_jit = jax.jit(lambda x: _attend(layer, x))(x)  # XLA's fusions round differently
+
+    def never(*args, **kwargs):
+        raise AssertionError("the kernel choice was consulted per call")
+
+    for module, name in ((kernels, "resolve_attention"), (dispatch, "resolve_attention")):
+        monkeypatch.setattr(module, name, never)
+    monkeypatch.setattr(choice, "auto_order", never)
+    for _ in range(2):  # eager and traced calls alike (each jit a fresh trace)
+        np.testing.assert_array_equal(_attend(layer, x), before)
+        np.testing.assert_array_equal(jax.jit(lambda x: _attend(layer, x))(x), before_jit)
+    assert resolved == ["auto"]
+
+
+def test_a_model_built_for_an_h100_holds_the_h100s_kernel(h100):
+    layer = tnn.Attention(llama_tiny(precision="bf16"), rngs=nnx.Rngs(0), causal=True)
+    assert layer.kernel is kernels.AttentionKernel.CUDNN  # nothing measured: cuDNN serves it
+    capped = llama_tiny(precision="bf16", attn_logit_softcap=50.0)
+    assert tnn.Attention(capped, rngs=nnx.Rngs(0), causal=True).kernel == "xla"
+
+
+def test_a_kernel_that_cannot_serve_the_model_is_refused_once_when_it_is_built():
+    """A named kernel the device cannot run is refused with tjx.kernels' one line at build time
+    (the trainer's kernel choice turns it into its config error), never at a call."""
+    with pytest.raises(ValueError) as err:
+        tnn.Attention(llama_tiny(attention_impl="cudnn"), rngs=nnx.Rngs(0), causal=True)
+    assert str(err.value) == "implementation='cudnn' needs a CUDA GPU; this run's device is cpu"

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tjx import kernels
 from tjx import nn as tnn
 
 from ._helpers import build, gpt2_tiny, llama_tiny
@@ -66,12 +67,18 @@ def test_a_sequence_the_split_cannot_divide_is_refused_by_its_words():
 @pytest.mark.parametrize(
     "cfg,match",
     [
-        (llama_tiny(attention_impl="cudnn"), "attention_impl 'cudnn' cannot run context-parallel"),
+        (
+            llama_tiny(attention_impl="cudnn", precision="bf16"),
+            "attention_impl 'cudnn' cannot run context-parallel",
+        ),
         (llama_tiny(attention_impl="pallas", sliding_window=3), "'pallas' cannot apply slid"),
         (gpt2_tiny(position="alibi"), "no additive attention bias"),
     ],
 )
 def test_what_a_split_cannot_run_is_refused_naming_the_setting(cfg, match):
-    model = build(cfg)
+    # Built for an H100 (where cuDNN is a kernel the model may hold: a CPU refuses it as the
+    # model is built), refused by the split when called.
+    with kernels.target("gpu", "NVIDIA H100 80GB HBM3", (9, 0)):
+        model = build(cfg)
     with tnn.sequence_parallel(OneDeviceSplit()), pytest.raises(ValueError, match=match):
         jax.eval_shape(lambda t: model(t), _toks())

@@ -1,12 +1,14 @@
 """tjx.kernels: fused kernels for transformer training.
 
 Pallas flash attention (forward and backward), chunked cross-entropy, a plain-XLA reference and one
-``attention`` entry point that picks XLA, cuDNN or Pallas per call by evidence
-(:mod:`tjx.kernels.choice`). ``flash_attention`` (and with it Pallas) is imported on first use.
+``attention`` entry point that runs XLA, cuDNN or Pallas: the kernel a name resolves to once, by
+evidence (`resolve_attention`, :mod:`tjx.kernels.choice`). ``flash_attention`` (and with it
+Pallas) is imported on first use.
 """
 
 from typing import Any
 
+from tjx.core.deprecation import moved
 from tjx.kernels.blocks import (
     BLOCK_IMPLEMENTATIONS,
     attention_backward,
@@ -21,6 +23,7 @@ from tjx.kernels.ce_choice import (
 )
 from tjx.kernels.ce_launch import CELaunch
 from tjx.kernels.choice import (
+    AttentionKernel,
     AutoChoice,
     KernelCompileError,
     Target,
@@ -30,22 +33,24 @@ from tjx.kernels.choice import (
     first_that_compiles,
     kernel_order,
     out_of_memory,
+    resolve_attention,
     target,
 )
 from tjx.kernels.compile_cache import enable_compilation_cache
 from tjx.kernels.costs import custom_call_cost, roofline_costs
 from tjx.kernels.cross_entropy import CrossEntropyOutput, auto_chunk_size, chunked_cross_entropy
-from tjx.kernels.dispatch import IMPLEMENTATIONS, attention, select_implementation
+from tjx.kernels.dispatch import IMPLEMENTATIONS, attention
 from tjx.kernels.launch import LaunchDefaults, default_launch
 from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
 from tjx.kernels.softcap import soft_cap
 
-__version__ = "0.10.0"
+__version__ = "0.11.0"
 
 __all__ = [
     "BLOCK_IMPLEMENTATIONS",
     "CE_IMPLEMENTATIONS",
     "IMPLEMENTATIONS",
+    "AttentionKernel",
     "AutoChoice",
     "CELaunch",
     "CrossEntropyOutput",
@@ -76,8 +81,8 @@ __all__ = [
     "linear_cross_entropy",
     "out_of_memory",
     "reference_attention",
+    "resolve_attention",
     "roofline_costs",
-    "select_implementation",
     "soft_cap",
     "target",
 ]
@@ -93,4 +98,8 @@ def __getattr__(name: str) -> Any:
         from tjx.kernels.fused_ce import fused_cross_entropy
 
         return fused_cross_entropy
-    raise AttributeError(f"module 'tjx.kernels' has no attribute {name!r}")
+    # Deprecated: the per-call resolution (`resolve_attention` resolves once); one warning.
+    return _moved(name)
+
+
+_moved = moved(__name__, {"select_implementation": "tjx.kernels.choice"})

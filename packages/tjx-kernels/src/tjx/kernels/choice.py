@@ -10,6 +10,9 @@ the GPU suite for kernels it found correct) come first, fastest first; a kernel 
 measurement never beats one with. With no measurement, cuDNN wherever it can serve the call, then
 XLA: the unmeasured Pallas kernel is taken only by name. On a TPU and on CPUs ``auto`` is XLA.
 The order is also the fallback order: :func:`first_that_compiles` walks it, saying each step.
+:func:`resolve_attention` turns an ``implementation`` name into the :class:`AttentionKernel` a
+model holds, once, when it is built: every refusal (an unknown name, a kernel that cannot serve
+the model here) is raised there, and ``tjx.kernels.attention`` only runs the kernel it is given.
 A soft-capped call (Gemma 2's attention logits) leaves cuDNN out of the order, and the reason
 says so: jax's cuDNN attention has no logit soft-capping.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import enum
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -27,6 +31,8 @@ import jax.numpy as jnp
 
 from tjx.kernels.launch import entry_key, load_launch_tables, norm_kind
 
+#: What ``implementation`` / ``attention_impl`` may name: ``auto`` or one kernel.
+IMPLEMENTATIONS: tuple[str, ...] = ("auto", "xla", "cudnn", "pallas")
 #: Kernels ``auto`` may rank (Pallas only where measured), in their order with no measurement.
 FUSED = ("cudnn", "pallas")
 #: cuDNN flash attention (through ``jax.nn.dot_product_attention``) takes these dtypes only.
@@ -38,6 +44,20 @@ CUDNN_SOFTCAP = (
     "`softcap` is not supported by implementation 'cudnn' (jax's cuDNN attention has no logit "
     "soft-capping); use 'auto', 'xla' or 'pallas'"
 )
+#: Why cuDNN never serves a bidirectional sliding window (an explicit request raises it).
+CUDNN_WINDOW = (
+    "`window` without `causal` is not supported by implementation 'cudnn' (cuDNN's sliding "
+    "window looks back only); use 'xla' or 'pallas', or 'auto'"
+)
+
+
+class AttentionKernel(enum.StrEnum):
+    """An attention kernel, resolved (:func:`resolve_attention`): what a model holds and
+    ``tjx.kernels.attention`` runs without choosing again. Equal to its name (``"xla"``)."""
+
+    XLA = "xla"
+    CUDNN = "cudnn"
+    PALLAS = "pallas"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +125,7 @@ def current_target() -> Target:
 def target(
     platform: str, device_kind: str | None = None, compute_capability: tuple[int, int] | None = None
 ) -> Iterator[Target]:
-    """Choose kernels for another device while tracing (cross-lowering), e.g.
+    """Choose kernels for another device while building and tracing (cross-lowering), e.g.
     ``with target("gpu", "NVIDIA H100 80GB HBM3", (9, 0)): jax.jit(f).trace(x).lower(
     lowering_platforms=("cuda",))``."""
     chosen = Target(platform, device_kind, compute_capability)
@@ -158,6 +178,90 @@ def unsupported_reason(kernel: str, dtype: Any, head_dim: int, t: Target) -> str
     if kernel == "pallas":
         return pallas_reason(dtype, head_dim, t)
     return None
+
+
+def resolve_attention(
+    implementation: str,
+    dtype: Any,
+    head_dim: int,
+    *,
+    target: Target | None = None,
+    softcap: bool = False,
+    bidirectional_window: bool = False,
+) -> AttentionKernel:
+    """The kernel an ``implementation`` name takes for attention in (dtype, head_dim) on
+    ``target``: resolved once (a model does it when it is built), run by ``attention`` per call.
+
+    ``"auto"`` is the first kernel of `auto_order` that can serve the calls (cuDNN left out for
+    a soft-capped model and for a bidirectional sliding window: it can do neither); a kernel's
+    name is that kernel, checked here, so that a call never refuses or falls back.
+
+    Parameters
+    ----------
+    implementation : str
+        One of `IMPLEMENTATIONS` (an `AttentionKernel` is its name).
+    dtype, head_dim
+        The queries' dtype and head size.
+    target : Target, optional
+        The device to resolve for; default :func:`current_target`.
+    softcap : bool
+        The calls soft-cap their logits (cuDNN cannot).
+    bidirectional_window : bool
+        The calls take a sliding window without a causal mask (cuDNN's window looks back only).
+
+    Returns
+    -------
+    AttentionKernel
+        The kernel to run.
+
+    Raises
+    ------
+    ValueError
+        An unknown name, or a named kernel that cannot serve the calls here (one line naming
+        the argument and what is supported).
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"`implementation` must be one of {', '.join(IMPLEMENTATIONS)}; got {implementation!r}"
+        )
+    t = current_target() if target is None else target
+    if implementation != "auto":
+        reason = unsupported_reason(str(implementation), dtype, head_dim, t)
+        if reason is None and implementation == "cudnn":
+            reason = CUDNN_SOFTCAP if softcap else CUDNN_WINDOW if bidirectional_window else None
+        if reason is not None:
+            raise ValueError(reason)
+        return AttentionKernel(implementation)
+    order = auto_order(dtype, head_dim, t, softcap=softcap).order
+    if bidirectional_window:
+        order = tuple(k for k in order if k != "cudnn")  # XLA stays: it serves every call
+    return AttentionKernel(order[0])
+
+
+def select_implementation(
+    q: Any,
+    shapes: Any,
+    *,
+    implementation: str,
+    segment_ids: Any = None,
+    needs_xla: bool,
+    target: Target | None = None,
+    softcap: bool = False,
+) -> str:
+    """Deprecated (tjx-kernels 0.11; goes in 0.12): a name resolved per call, as
+    ``tjx.kernels.attention`` did before the kernel was resolved once. Use `resolve_attention`
+    (and XLA where the call has a bias or dropout: ``needs_xla``).
+
+    Returns
+    -------
+    str
+        "xla", "cudnn" or "pallas".
+    """
+    del segment_ids  # every kernel serves them
+    kernel = resolve_attention(
+        implementation, q.dtype, shapes.head_dim, target=target, softcap=softcap
+    )
+    return "xla" if needs_xla else kernel.value
 
 
 def measured_timings(device_kind: str, dtype: Any, head_dim: int) -> dict[str, float]:
@@ -334,8 +438,8 @@ def choose_kernel(
     Returns
     -------
     (str, bool)
-        The kernel, and whether it is a fallback (not the first of the order: a caller that
-        keeps ``"auto"`` when it is not resolves to the same kernel while tracing).
+        The kernel, and whether it is a fallback (not the first of the order; a caller may keep
+        ``"auto"`` when it is not: a model built with it resolves to the same kernel).
 
     Raises
     ------

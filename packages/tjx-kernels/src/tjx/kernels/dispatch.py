@@ -1,34 +1,38 @@
 """``attention``: one entry point over the XLA reference, cuDNN fused attention and Pallas flash.
 
-Selection ("auto", :mod:`tjx.kernels.choice`): on a CUDA GPU the kernels measured on that device
-kind rank first (fastest first), then cuDNN wherever it serves the call (packed batches too: their
-segment ids become cuDNN's mask), then XLA; the unmeasured Pallas kernel only by name. Should
-jax's own cuDNN checks refuse a call while tracing, ``auto`` takes the next kernel and warns. On a
-TPU and on CPUs, "auto" is XLA; an explicit "pallas" or "cudnn" on a TPU is an error. The rule is
-the same on one device and on a mesh: both fused kernels partition over batch and heads under a
-sharded ``jit``. Features no fused kernel has (an additive ``bias``, attention dropout) and
-zero-length sequences always take the XLA path. An explicitly requested kernel that cannot run the
-call raises ``ValueError`` naming the argument and what is supported. The Pallas kernel's module
-(and Pallas itself) is imported only when the Pallas kernel is chosen.
+It runs the kernel it is given: an :class:`~tjx.kernels.choice.AttentionKernel` resolved once by
+:func:`~tjx.kernels.choice.resolve_attention` (a model resolves its ``attention_impl`` when it is
+built), or a name it resolves the same way for this one call. Nothing is chosen again, warned
+about or fallen back from here: every refusal is the resolution's (an unknown name, an explicit
+kernel that cannot serve: ``ValueError`` naming the argument and what is supported), and a kernel
+that fails to lower is the caller's kernel choice to handle (``tjx.kernels.choose_kernel`` tries
+the next one and says so, once). The one rule a call adds: features no fused kernel has (an
+additive ``bias``, attention dropout) and zero-length sequences take the XLA path, whatever the
+kernel. The Pallas kernel's module (and Pallas itself) is imported only when it runs.
+
+The resolution's rule ("auto", :mod:`tjx.kernels.choice`): on a CUDA GPU the kernels measured on
+that device kind rank first (fastest first), then cuDNN wherever it serves the call (packed
+batches too: their segment ids become cuDNN's mask), then XLA; the unmeasured Pallas kernel only
+by name. On a TPU and on CPUs, "auto" is XLA; an explicit "pallas" or "cudnn" on a TPU is an
+error. The rule is the same on one device and on a mesh: both fused kernels partition over batch
+and heads under a sharded ``jit``.
 
 Soft-capped logits (``softcap``, Gemma 2) are served by XLA and the Pallas kernels; jax's cuDNN
-attention cannot cap them, so ``auto`` leaves cuDNN out of its order for such a call (its reason
-says so) and an explicit ``"cudnn"`` is a ``ValueError``.
-
-A sliding ``window`` is served by every kernel: cuDNN's own ``local_window_size`` (causal only; a
-bidirectional window skips cuDNN under "auto"), the Pallas kernels skip the key blocks outside it,
-XLA masks.
+attention cannot cap them, so ``auto`` leaves cuDNN out for such calls and an explicit
+``"cudnn"`` is a ``ValueError``. A sliding ``window`` is served by every kernel: cuDNN's own
+``local_window_size`` (causal only; a bidirectional window leaves cuDNN out of ``auto``), the
+Pallas kernels skip the key blocks outside it, XLA masks.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
+from tjx.core.deprecation import moved
 from tjx.kernels._checks import (
     AttentionShapes,
     SegmentIds,
@@ -43,28 +47,24 @@ from tjx.kernels._checks import (
 )
 from tjx.kernels.choice import (
     CUDNN_DTYPES,
-    CUDNN_SOFTCAP,
-    Target,
-    auto_order,
+    CUDNN_WINDOW,
+    IMPLEMENTATIONS,
+    AttentionKernel,
     cudnn_max_head_dim,
     current_target,
-    first_line,
-    unsupported_reason,
+    resolve_attention,
 )
 from tjx.kernels.cudnn_segments import segment_attention
 from tjx.kernels.reference import attention_mask, reference_attention
 from tjx.kernels.softcap import check_softcap
 
 Array = jax.Array
-Implementation = Literal["auto", "xla", "cudnn", "pallas"]
-IMPLEMENTATIONS: tuple[str, ...] = ("auto", "xla", "cudnn", "pallas")
+Implementation = Literal["auto", "xla", "cudnn", "pallas"] | AttentionKernel
 
 __all__ = ["CUDNN_DTYPES", "IMPLEMENTATIONS", "attention", "cudnn_max_head_dim"]
 
-_CUDNN_WINDOW = (
-    "`window` without `causal` is not supported by implementation 'cudnn' (cuDNN's sliding "
-    "window looks back only); use 'xla' or 'pallas', or 'auto'"
-)
+# The per-call resolution this module did until 0.11 (`resolve_attention` now, once).
+__getattr__ = moved(__name__, {"select_implementation": "tjx.kernels.choice"})
 
 
 def on_cuda_gpu() -> bool:
@@ -152,76 +152,6 @@ def _visible_rows(
     return jnp.broadcast_to(jnp.any(mask[:, 0], axis=-1), (shapes.batch, shapes.q_len))
 
 
-def select_implementation(
-    q: Array,
-    shapes: AttentionShapes,
-    *,
-    implementation: str,
-    segment_ids: SegmentIds | None = None,
-    needs_xla: bool,
-    target: Target | None = None,
-    softcap: bool = False,
-) -> str:
-    """Resolve ``implementation`` to "xla" | "cudnn" | "pallas" for this call (see module doc).
-
-    The device count does not enter: both fused kernels partition under a sharded ``jit`` (jax's
-    cuDNN attention and the Pallas kernel through :mod:`tjx.kernels.partition`: batch and heads
-    stay sharded, each device runs the kernel on its shard), so the same rule holds on one GPU
-    and on a data/FSDP/tensor-parallel mesh.
-
-    Parameters
-    ----------
-    q : Array
-        The queries (their dtype matters).
-    shapes : AttentionShapes
-        Sizes of the call (from ``check_qkv``).
-    implementation : str
-        One of ``IMPLEMENTATIONS``.
-    segment_ids : Array or pair, optional
-        Segment ids of the call (cuDNN takes them as a mask; they do not change the choice).
-    needs_xla : bool
-        The call has a feature only XLA serves (additive bias, attention dropout).
-    target : Target, optional
-        The device to choose for; default :func:`tjx.kernels.choice.current_target`.
-    softcap : bool
-        The call soft-caps its logits (cuDNN cannot: left out of ``auto``, refused by name).
-
-    Returns
-    -------
-    str
-        "xla", "cudnn" or "pallas".
-
-    Raises
-    ------
-    ValueError
-        An unknown ``implementation``, or an explicit kernel that cannot serve the call (the
-        message names the argument and what is supported).
-    """
-    del segment_ids  # every kernel serves them
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"`implementation` must be one of {', '.join(IMPLEMENTATIONS)}; got {implementation!r}"
-        )
-    t = current_target() if target is None else target
-    if implementation in ("cudnn", "pallas"):
-        reason = unsupported_reason(implementation, q.dtype, shapes.head_dim, t)
-        if reason is not None:
-            raise ValueError(reason)
-    if implementation == "cudnn" and softcap:
-        raise ValueError(CUDNN_SOFTCAP)
-    if needs_xla:
-        return "xla"
-    if implementation != "auto":
-        return implementation
-    return auto_order(q.dtype, shapes.head_dim, t, softcap=softcap).kernel
-
-
-def _after_cudnn(q: Array, shapes: AttentionShapes) -> str:
-    """The kernel "auto" takes when cuDNN cannot serve a call: the next in its order."""
-    order = auto_order(q.dtype, shapes.head_dim).order
-    return order[order.index("cudnn") + 1] if "cudnn" in order else "xla"
-
-
 def attention(
     q: Array,
     k: Array,
@@ -256,8 +186,9 @@ def attention(
         Logit scale, default ``1/sqrt(head_dim)``.
     dropout_rate, dropout_rng
         Attention dropout (XLA path); a key is required when the rate is positive.
-    implementation : {"auto", "xla", "cudnn", "pallas"}
-        "auto" never raises for a valid call (see module docstring for the rule).
+    implementation : AttentionKernel or {"auto", "xla", "cudnn", "pallas"}
+        The kernel to run: an `AttentionKernel` runs as given (a model resolves its own once);
+        a name is resolved for this call (`tjx.kernels.resolve_attention`, module docstring).
     bias : Array, optional
         Additive logit bias ``[batch|1, heads|1, q_len, kv_len]`` (XLA path).
     softcap : float, optional
@@ -266,7 +197,7 @@ def attention(
     window : int, optional
         Sliding window: query ``i`` sees keys ``i - window < j`` (``<= i`` when causal, else
         ``< i + window``); every kernel applies it (cuDNN only with ``causal``: without it,
-        "auto" takes the next kernel and an explicit "cudnn" is an error). None: every key.
+        "auto" leaves cuDNN out and an explicit "cudnn" is an error). None: every key.
 
     Returns
     -------
@@ -283,47 +214,35 @@ def attention(
     check_scale(scale)
     check_softcap(softcap)
     check_window(window)
+    if isinstance(implementation, AttentionKernel):
+        kernel = implementation  # resolved once by its owner: run it, choose nothing
+    else:
+        kernel = resolve_attention(
+            implementation,
+            q.dtype,
+            shapes.head_dim,
+            softcap=softcap is not None,
+            bidirectional_window=window is not None and not causal,
+        )
     # A zero-length call has nothing to compute (an empty or all-zero result): XLA serves it
-    # without padding a sequence of 0 up to a kernel block. Explicit requests are still checked.
+    # without padding a sequence of 0 up to a kernel block; bias and dropout only XLA has.
     empty = shapes.q_len == 0 or shapes.kv_len == 0
-    needs_xla = bias is not None or dropout_rate > 0.0 or empty
-    impl = select_implementation(
-        q,
-        shapes,
-        implementation=implementation,
-        segment_ids=segment_ids,
-        needs_xla=needs_xla,
-        softcap=softcap is not None,
-    )
+    impl = "xla" if bias is not None or dropout_rate > 0.0 or empty else kernel.value
     sm_scale = 1.0 / math.sqrt(shapes.head_dim) if scale is None else float(scale)
-    if impl == "cudnn" and window is not None and not causal:
-        if implementation == "cudnn":
-            raise ValueError(_CUDNN_WINDOW)
-        impl = _after_cudnn(q, shapes)
     if impl == "cudnn":
-        try:
-            return _cudnn_attention(
-                q,
-                k,
-                v,
-                causal=causal,
-                segment_ids=segment_ids,
-                kv_lengths=kv_lengths,
-                scale=sm_scale,
-                shapes=shapes,
-                window=window,
-            )
-        except (NotImplementedError, ValueError, RuntimeError) as err:
-            # jax checks cuDNN's finer limits (GPU generation, cuDNN version, shapes) while
-            # tracing; "auto" must not fail, so it takes the next kernel, and says so.
-            if implementation != "auto":
-                raise
-            impl = _after_cudnn(q, shapes)
-            warnings.warn(
-                f"attention: cudnn refused this call ({first_line(err)}); using {impl}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        if window is not None and not causal:
+            raise ValueError(CUDNN_WINDOW)  # a resolved kernel given a call it cannot serve
+        return _cudnn_attention(
+            q,
+            k,
+            v,
+            causal=causal,
+            segment_ids=segment_ids,
+            kv_lengths=kv_lengths,
+            scale=sm_scale,
+            shapes=shapes,
+            window=window,
+        )
     if impl == "pallas":
         from tjx.kernels.flash import flash_attention  # Pallas is imported only when chosen
 

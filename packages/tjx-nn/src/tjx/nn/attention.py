@@ -9,7 +9,9 @@ holds position ``p``, see :func:`slot_positions`). Under ``sequence_parallel`` (
 across devices) self-attention runs through the split's own attention (:mod:`tjx.nn.sequence`).
 
 The score/softmax/value step is ``tjx.kernels.attention`` (layout ``[batch, seq, heads,
-head_dim]``), so the kernel is a config switch (``attention_impl``). Its output is tagged
+head_dim]``), so the kernel is a config switch (``attention_impl``), resolved once when the layer is
+built (``tjx.kernels.resolve_attention``: an `AttentionKernel` the calls run; the blocks of a
+split sequence take the name, ``tjx.kernels.block_kernel``). Its output is tagged
 ``checkpoint_name(..., "attention_output")`` for the ``save_attention_output`` remat policy.
 """
 
@@ -71,7 +73,7 @@ class Attention(nnx.Module):
         self.rope_theta = c.rope_theta
         self.rope_scaling = c.rope_scaling
         self.rope_local_theta = c.rope_local_theta  # Gemma 3's windowed layers (family_config)
-        self.impl = c.attention_impl
+        self.impl = c.attention_impl  # the name: a split sequence's blocks resolve their own
         self.attention_dropout = c.attention_dropout
         self.decode_topk = c.decode_topk
         # Gemma: 1/sqrt(query_pre_attn_scalar) instead of 1/sqrt(head_dim); Gemma 2's soft cap.
@@ -85,6 +87,16 @@ class Attention(nnx.Module):
         # DeepSeek: values may be narrower than q/k; the kernels see both at the wider ``width``.
         self.v_dim = ds.value_dim(c) if self.deepseek else hd
         self.width, self.rope_dim = max(hd, self.v_dim), c.qk_rope_head_dim or 0
+        # The kernel, resolved once here for the device the model is built for (inside a
+        # `tjx.kernels.target` block: that device): a call runs it and chooses nothing. A name
+        # that cannot serve this model here is refused now, with tjx.kernels' one line.
+        self.kernel = kernels.resolve_attention(
+            c.attention_impl,
+            c.precision.compute_dtype,
+            self.width,
+            softcap=self.softcap is not None,
+            bidirectional_window=self.window is not None and not causal,
+        )
         common: dict[str, Any] = dict(rngs=rngs, use_bias=c.use_bias, precision=c.precision)
         init = normal(c.init_std)
         # Qwen2 has biases on q/k/v only (``qkv_bias``); ``use_bias`` puts them everywhere.
@@ -175,10 +187,12 @@ class Attention(nnx.Module):
         """Cross-attention keys and values ``[b, s_ctx, kv_heads, head_dim]`` of ``context``."""
         return self._keys_values(context, None)
 
-    def _kernel(self, q: Array, k: Array, v: Array, *, impl: str, **kw: Any) -> Array:
+    def _kernel(
+        self, q: Array, k: Array, v: Array, *, kernel: kernels.AttentionKernel, **kw: Any
+    ) -> Array:
         # An additive bias (ALiBi, T5) or attention dropout makes tjx.kernels take its XLA path.
         return kernels.attention(
-            q, k, v, scale=self.scale, softcap=self.softcap, implementation=impl, **kw  # type: ignore[arg-type]
+            q, k, v, scale=self.scale, softcap=self.softcap, implementation=kernel, **kw
         )
 
     def _windowed(self, local: Local, attend: Any) -> Array:
@@ -260,12 +274,12 @@ class Attention(nnx.Module):
         if cache is not None and cache_pos is not None and s == 1:
             out, cache = self._decode(x, q, positions, cache, cache_pos, bias, local)
         else:
-            impl = self.impl
+            kernel = self.kernel
             if self.cross:
                 if kv is not None:
                     k, v = kv
                     # One query per row while decoding: the XLA path, as for self-attention.
-                    impl = "xla" if s == 1 else impl
+                    kernel = kernels.AttentionKernel.XLA if s == 1 else kernel
                 elif context is None:
                     raise ValueError("cross-attention needs `context` (or precomputed `kv`)")
                 else:
@@ -290,7 +304,7 @@ class Attention(nnx.Module):
                     q,
                     k,
                     v,
-                    impl=impl,
+                    kernel=kernel,
                     causal=self.causal,
                     segment_ids=segment_ids,
                     dropout_rate=drop,

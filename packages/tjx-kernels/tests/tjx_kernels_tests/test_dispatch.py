@@ -285,7 +285,7 @@ def test_the_deprecated_per_call_selection_warns_once_and_answers_as_the_resolut
     import importlib
     import sys
 
-    import tjx
+    import tjx  # pants: no-infer-dep (the namespace package: its `kernels` attribute is restored)
 
     original = sys.modules.pop("tjx.kernels")  # a fresh module: its one warning not yet given
     try:

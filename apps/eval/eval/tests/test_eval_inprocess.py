@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from tjx_damaged_hf import HOSTILE_HF, damage
 
 from eval.cli import main
 from tjx import ckpt, data, nn
@@ -318,40 +319,6 @@ def hf_saved(tmp_path_factory):
     return root
 
 
-def _damage(folder, how):
-    """Damage HF checkpoint ``folder`` as issue #58's hostile inputs do (fresh bytes each)."""
-    import os
-
-    from safetensors.numpy import load_file, save_file
-
-    rng = np.random.default_rng()
-    whole = folder / "model.safetensors"
-    if how == "random-bytes":
-        whole.write_bytes(os.urandom(int(rng.integers(64, 4096))))
-    elif how == "truncated":
-        content = whole.read_bytes()
-        whole.write_bytes(content[: -int(rng.integers(1, len(content) - 8))])
-    elif how == "missing-shard":
-        shards = sorted(folder.glob("model-0*.safetensors"))
-        shards[int(rng.integers(len(shards)))].unlink()
-    else:  # a tensor's dtype or shape is not what config.json implies
-        weights = load_file(str(whole))
-        norm = weights["model.norm.weight"]
-        weights["model.norm.weight"] = (
-            norm.astype(np.int32) if how == "integer-tensor" else rng.normal(size=norm.size - 1)
-        )
-        save_file(weights, str(whole))
-
-
-HOSTILE_HF = [
-    ("random-bytes", "one", "model.safetensors is not a safetensors file"),
-    ("truncated", "one", "model.safetensors is truncated: its header"),
-    ("missing-shard", "sharded", ".safetensors is missing: model.safetensors.index.json names"),
-    ("integer-tensor", "one", "model.safetensors: tensor model.norm.weight is stored as I32"),
-    ("misshaped-tensor", "one", "model.safetensors: tensor model.norm.weight has shape [15]"),
-]
-
-
 @pytest.mark.parametrize(("how", "kind", "needle"), HOSTILE_HF, ids=[c[0] for c in HOSTILE_HF])
 def test_a_damaged_hf_checkpoint_is_one_line_and_no_output(
     tmp_path, capsys, hf_saved, how, kind, needle
@@ -359,7 +326,7 @@ def test_a_damaged_hf_checkpoint_is_one_line_and_no_output(
     import shutil
 
     folder = shutil.copytree(hf_saved / kind, tmp_path / "ck")
-    _damage(folder, how)
+    damage(folder, how)
     (tmp_path / "held.txt").write_text("a line of held-out text\n" * 50)
     before = sorted(p.name for p in tmp_path.rglob("*"))
     assert main(["--checkpoint", str(folder), "--data", str(tmp_path / "held.txt")]) == 2

@@ -16,8 +16,6 @@ from tjx.data.moved import MOVED
 SRC = Path(tjx.data.__file__).parent
 
 
-
-
 def test_every_old_path_has_a_shim_and_every_shim_is_listed():
     assert shim_modules(SRC, "tjx.data") == set(MOVED)
     assert len(MOVED) == 9  # the nine chat_* modules

@@ -18,8 +18,6 @@ from tjx.nn.preference import losses
 SRC = Path(tjx.nn.__file__).parent
 
 
-
-
 def test_every_old_path_has_a_shim_and_every_shim_is_listed():
     assert shim_modules(SRC, "tjx.nn") == set(MOVED)
     assert len(MOVED) == 18  # 13 hf_*, 3 moe_*, 2 preference_* (hf, moe, preference: packages)

@@ -69,7 +69,7 @@ def _heldout(argv, init):
     bundle = data_setup.prepare(cfg)
     cfg = resolve(cfg, bundle.vocab_size)
     setup = state.build(cfg, init)
-    params = setup.state.params
+    params = setup.state.param_tree()
     return evaluation.evaluate(setup, params, bundle, cfg, setup.state.reference)
 
 
@@ -167,7 +167,7 @@ def test_with_lora_the_reference_is_the_base_with_the_adapters_off(in_tmp):
 
     cfg, setup, batch = _setup(in_tmp, "lora.enabled=true", "lora.rank=2")
     assert setup.state.reference is None  # no second copy of the weights
-    params = jax.tree.map(np.array, setup.state.params)
+    params = jax.tree.map(np.array, setup.state.param_tree())
     rng = np.random.default_rng()
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         if "lora_b" in jax.tree_util.keystr(path):  # adapters that change the model
@@ -197,7 +197,7 @@ def test_the_dpo_step_compiles_for_a_plan(in_tmp):
     assert run.batch["inputs"].shape == (2 * cfg.data.batch_size, cfg.data.seq_len)
     assert run.state.reference is not None
     run.train_step.lower(run.state, run.batch).compile()
-    run.eval_step.lower(run.state.params, run.eval_batch, run.state.reference).compile()
+    run.eval_step.lower(run.state.param_tree(), run.eval_batch, run.state.reference).compile()
 
 
 def _preset(name):

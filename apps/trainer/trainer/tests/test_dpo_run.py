@@ -124,7 +124,7 @@ def test_without_lora_the_reference_is_a_frozen_copy_outside_the_optimizer(in_tm
 
     cfg, setup, batch = _setup(in_tmp)
     st = setup.state
-    params = jax.device_get(st.params)
+    params = jax.device_get(st.param_tree())
     assert ckpt.params_sha256(st.reference) == ckpt.params_sha256(params)
     # Adam's moments mirror the params once each: the reference holds no optimizer state.
     n = sum(x.size for x in jax.tree.leaves(params))
@@ -134,7 +134,7 @@ def test_without_lora_the_reference_is_a_frozen_copy_outside_the_optimizer(in_tm
     assert float(metrics["loss"]) == pytest.approx(np.log(2), rel=1e-6)  # policy == reference
     new, metrics = step(new, batch)  # the first step's rate is 0 (warmup): one more
     assert ckpt.params_sha256(new.reference) == ckpt.params_sha256(params)
-    assert ckpt.params_sha256(new.params) != ckpt.params_sha256(params)
+    assert ckpt.params_sha256(new.param_tree()) != ckpt.params_sha256(params)
     assert float(metrics["pairs"]) == 4.0 and 0.0 <= float(metrics["rewards/accuracies"]) <= 1.0
 
 

@@ -321,6 +321,7 @@ def test_flat_params_are_a_pytree_of_their_buffers_with_a_value_compared_layout(
     flat = FlatParams.of(params, flat_layout(cfg, params))
     again = FlatParams.of(params, flat_layout(cfg, params))  # another layout object, same value
     assert jax.tree.structure(flat) == jax.tree.structure(again)
+    assert str(jax.tree.structure(flat)) == str(jax.tree.structure(again))  # printed by value
     assert len(jax.tree.leaves(flat)) == len(flat.buffers) == 4
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
     abstract = FlatParams.of(shapes, flat.layout)

@@ -98,6 +98,11 @@ class FlatLayout:
     def __hash__(self) -> int:
         return hash(self._key())
 
+    def __repr__(self) -> str:
+        # By value, as __eq__: a treedef holding the layout prints the same for equal layouts.
+        sizes = {name: m[-1][1] + m[-1][2] for name, m in self.groups.items()}
+        return f"FlatLayout({sizes}, {self.num_leaves} leaves, key {hash(self._key()):x})"
+
     def _same(self, treedef: Any) -> bool:
         return bool(treedef == self.treedef)
 

@@ -270,7 +270,9 @@ class Training:
         sample_now = cfg.train.sample_every and step_done % cfg.train.sample_every == 0
         # Decoder-only models: every process generates (the params span them all); 0 writes.
         if self.objective.name == "lm" and (sample_now or step_done == total):
-            texts = evaluation.sample(self.setup, self.state.param_tree(), self.bundle, cfg, step_done)
+            texts = evaluation.sample(
+                self.setup, self.state.param_tree(), self.bundle, cfg, step_done
+            )
             self.logger.log_text(step_done, "sample", texts[0])
             if self.primary:
                 text = evaluation.format_samples(texts, cfg.sampling.prompts)

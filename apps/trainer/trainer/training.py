@@ -123,10 +123,10 @@ def train(plan: RunPlan, bundle: Any, setup: run_state.Setup, loader: Any, step:
         manager.close()
         have = RunDir(run_dir).final_file.exists()
         val = None if have else evaluation.evaluate_state(setup, st, bundle, cfg)
-        rebuilt = _final_files(plan, setup, st.params, start, val, None, redo=False)
+        rebuilt = _final_files(plan, setup, st.param_tree(), start, val, None, redo=False)
         done = f"; rebuilt {', '.join(rebuilt)}" if rebuilt else ""
         print(f"nothing to do: the run is already at step {start} of {cfg.train.steps}{done}")
-        export_adapters(plan, setup, st.params, primary)
+        export_adapters(plan, setup, st.param_tree(), primary)
         return 0
     # The log sinks open their files only now: a resume that failed above touched none of them.
     logger = metrics.make_logger(

@@ -64,7 +64,7 @@ def _loss_and_grads(model: str, sets: list[str]) -> tuple[float, Any]:
     }
     batch["targets"] = batch["targets"].at[0, :5].set(-100)  # some ignored targets too
     grad = jax.value_and_grad(lambda p: loss_fn(p, batch, jnp.int32(0)), has_aux=True)
-    (loss, _), grads = jax.jit(grad)(setup.state.params)
+    (loss, _), grads = jax.jit(grad)(setup.state.param_tree())
     return float(loss), jax.device_get(grads)
 
 

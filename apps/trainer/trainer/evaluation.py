@@ -59,7 +59,7 @@ def eval_step(setup: Setup, cfg: Config) -> Any:
 
 def evaluate_state(setup: Setup, state: TrainState, bundle: Any, cfg: Config) -> dict[str, float]:
     """`evaluate` of a train state's params (against its DPO reference, if it holds one)."""
-    return evaluate(setup, state.params, bundle, cfg, state.reference)
+    return evaluate(setup, state.param_tree(), bundle, cfg, state.reference)
 
 
 def format_samples(texts: list[str], prompts: list[str]) -> str:

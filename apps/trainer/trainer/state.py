@@ -197,6 +197,14 @@ def flat_update(cfg: Config) -> bool:
     return optim.uses_flat_update(cfg.optimizer, whole_params=whole_params(cfg))
 
 
+def flat_params(cfg: Config) -> bool:
+    """The train state holds the params as the flat optimizer's buffers (tjx.optim's
+    `FlatParams`): whenever the optimizer runs flat (`flat_update`), but for LoRA (only the
+    adapters are in its buffers) and a sigmoid router's bias (moved after the update, per leaf)."""
+    balanced = cfg.model.num_experts > 0 and cfg.model.router == "sigmoid"
+    return flat_update(cfg) and not cfg.use_lora and not balanced
+
+
 def other_layout(
     cfg: Config, setup: Setup
 ) -> tuple[TrainState, Callable[[TrainState], TrainState]] | None:
@@ -208,7 +216,7 @@ def other_layout(
     The other layout's state is abstract (shapes and shardings) for the restore to create; flat
     buffers on a mesh that splits the parameters are whole on each device until converted."""
 
-    oc, params = cfg.optimizer, setup.state.params
+    oc, params = cfg.optimizer, setup.state.param_tree()
     if oc.name not in optim.FLAT_OPTIMIZERS:
         return None
     other_cfg = dataclasses.replace(oc, flat_update="off" if flat_update(cfg) else "on")
@@ -227,7 +235,7 @@ def other_layout(
     placed = jax.jit(relayout, out_shardings=jax.tree.map(lambda x: x.sharding, mine))
 
     def convert(restored: TrainState) -> TrainState:
-        opt_state = placed(restored.opt_state, restored.params, mine)
+        opt_state = placed(restored.opt_state, restored.param_tree(), mine)
         return dataclasses.replace(restored, opt_state=opt_state)
 
     return dataclasses.replace(setup.state, opt_state=other), convert
@@ -256,6 +264,9 @@ def train_state(
     state = TrainState(opt_state=opt_state, params=params, step=step)
     # DPO without LoRA: the starting params, frozen, as the reference model (trainer.dpo)
     state = dpo.with_reference(cfg, state, copy=place is not None)
+    if flat_params(cfg):  # the optimizer's own buffers: one p + u a buffer (tjx.optim.FlatParams)
+        layout = optim.flat_layout(cfg.optimizer, params, axes=specs)
+        state = dataclasses.replace(state, params=optim.FlatParams.of(params, layout))
     return TrainParts(graphdef, rest, tx, state, specs)
 
 

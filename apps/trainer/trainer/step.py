@@ -88,7 +88,7 @@ def make_train_step(
     scaled = cfg.optimizer.loss_scale is not None
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        params, opt_state, step = state.params, state.opt_state, state.step
+        params, opt_state, step = state.param_tree(), state.opt_state, state.step
         step_loss = dpo.bind_reference(loss_fn, state)  # DPO's frozen reference, if it has one
 
         def scaled_loss(p: Any, b: Batch) -> tuple[jax.Array, dict[str, Any]]:
@@ -115,18 +115,22 @@ def make_train_step(
         if scaled:  # report the unscaled loss (exact for the power-of-two dynamic scale)
             loss = loss / loss_scale_value(opt_state).astype(loss.dtype)
         updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+        if isinstance(state.params, optim.FlatParams):  # one p + u a buffer, not one a leaf
+            stored: Any = state.params.apply(updates)
+            params = stored.tree()
+        else:
+            params = stored = optax.apply_updates(params, updates)
         if balance_bias:  # the bias has no gradient; it follows the step's expert loads
             model = nnx.merge(graphdef, params, rest)
             model.update_router_bias(aux["moe"]["expert_tokens"])  # type: ignore[operator]
-            params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+            params = stored = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         metrics = {"loss": loss, **step_report(opt_state, grads, updates, params)}
         if "preference" in aux:  # rewards, margins, accuracy: means over the batch's pairs
             metrics |= nn.preference_step_metrics(aux)
         else:
             metrics["num_tokens"] = aux["num_tokens"]
         metrics |= {"moe": aux["moe"]} if "moe" in aux else {}
-        new_state = dataclasses.replace(state, params=params, opt_state=opt_state, step=step + 1)
+        new_state = dataclasses.replace(state, params=stored, opt_state=opt_state, step=step + 1)
         return new_state, metrics
 
     return train_step

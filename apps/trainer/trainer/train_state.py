@@ -10,6 +10,8 @@ import chex
 import jax
 import optax
 
+from tjx.optim import FlatParams
+
 
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True, kw_only=True)
@@ -24,26 +26,40 @@ class TrainState:
 
     #: The optimizer's state (tjx.optim's chain: per leaf, or flat buffers; `flat_update`).
     opt_state: optax.OptState
-    #: The model's parameters, a nested dict (``nnx.to_pure_dict`` of its ``nnx.Param`` state).
-    params: chex.ArrayTree
+    #: The model's parameters: a nested dict (``nnx.to_pure_dict`` of its ``nnx.Param`` state),
+    #: or the flat optimizer's buffers of them (tjx.optim's `FlatParams`: one ``p + u`` a buffer
+    #: instead of one a leaf). `param_tree` is the nested dict either way.
+    params: chex.ArrayTree | FlatParams
     #: DPO without LoRA: the starting params, frozen, as the reference model (trainer.dpo).
     reference: chex.ArrayTree | None = None
     #: Steps taken (int32; replicated on the mesh).
     step: jax.Array
 
+    def param_tree(self) -> chex.ArrayTree:
+        """The parameters as the model's nested dict (views of the buffers when they are flat:
+        slices inside a jitted function, copies outside one)."""
+        return self.params.tree() if isinstance(self.params, FlatParams) else self.params
+
     def tree(self) -> dict[str, chex.ArrayTree]:
-        """The checkpoint's pytree of this state (``"reference"`` only when it holds one)."""
-        out = {"opt_state": self.opt_state, "params": self.params, "step": self.step}
+        """The checkpoint's pytree of this state (``"reference"`` only when it holds one): the
+        params per leaf however the state holds them, so every checkpoint has the same paths."""
+        out = {"opt_state": self.opt_state, "params": self.param_tree(), "step": self.step}
         if self.reference is not None:
             out["reference"] = self.reference
         return out
 
     @classmethod
-    def from_tree(cls, tree: Mapping[str, chex.ArrayTree]) -> TrainState:
-        """The state a checkpoint's pytree (`tree`'s) holds."""
+    def from_tree(
+        cls, tree: Mapping[str, chex.ArrayTree], like: TrainState | None = None
+    ) -> TrainState:
+        """The state a checkpoint's pytree (`tree`'s) holds, its params flat where ``like``'s are
+        (the state it was restored onto)."""
+        params = tree["params"]
+        if like is not None and isinstance(like.params, FlatParams):
+            params = FlatParams.of(params, like.params.layout)
         return cls(
             opt_state=tree["opt_state"],
-            params=tree["params"],
+            params=params,
             reference=tree.get("reference"),
             step=tree["step"],
         )

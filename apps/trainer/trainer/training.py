@@ -72,7 +72,7 @@ def _restore(
     converted, in one line."""
     try:
         restored = ckpt.restore_placed(manager, setup.state.tree(), prog="trainer")
-        return restored, TrainState.from_tree(restored.state)
+        return restored, TrainState.from_tree(restored.state, like=setup.state)
     except ckpt.CheckpointMismatchError as err:
         other = run_state.other_layout(cfg, setup)
         if other is None:
@@ -84,7 +84,7 @@ def _restore(
             raise err from None
     was, now = ("per leaf", "flat buffers") if run_state.flat_update(cfg) else ("flat", "per leaf")
     print(f"resume: the checkpoint's optimizer state is {was}; converted to {now} for this mesh")
-    return restored, convert(TrainState.from_tree(restored.state))
+    return restored, convert(TrainState.from_tree(restored.state, like=setup.state))
 
 
 def train(plan: RunPlan, bundle: Any, setup: run_state.Setup, loader: Any, step: Any = None) -> int:
@@ -123,10 +123,10 @@ def train(plan: RunPlan, bundle: Any, setup: run_state.Setup, loader: Any, step:
         manager.close()
         have = RunDir(run_dir).final_file.exists()
         val = None if have else evaluation.evaluate_state(setup, st, bundle, cfg)
-        rebuilt = _final_files(plan, setup, st.params, start, val, None, redo=False)
+        rebuilt = _final_files(plan, setup, st.param_tree(), start, val, None, redo=False)
         done = f"; rebuilt {', '.join(rebuilt)}" if rebuilt else ""
         print(f"nothing to do: the run is already at step {start} of {cfg.train.steps}{done}")
-        export_adapters(plan, setup, st.params, primary)
+        export_adapters(plan, setup, st.param_tree(), primary)
         return 0
     # The log sinks open their files only now: a resume that failed above touched none of them.
     logger = metrics.make_logger(
@@ -262,7 +262,7 @@ class Training:
                 bar.update(step_done, scalars["loss"])
         if cfg.logging.histogram_every and step_done % cfg.logging.histogram_every == 0:
             # Every process fetches (all-gathering what spans processes); the primary writes.
-            self.logger.log_weights(step_done, self.state.params)
+            self.logger.log_weights(step_done, self.state.param_tree())
         if (cfg.train.eval_every and step_done % cfg.train.eval_every == 0) or step_done == total:
             self.last_eval = evaluation.evaluate_state(self.setup, self.state, self.bundle, cfg)
             self.logger.log_scalars(step_done, {f"val_{k}": v for k, v in self.last_eval.items()})
@@ -270,7 +270,9 @@ class Training:
         sample_now = cfg.train.sample_every and step_done % cfg.train.sample_every == 0
         # Decoder-only models: every process generates (the params span them all); 0 writes.
         if self.objective.name == "lm" and (sample_now or step_done == total):
-            texts = evaluation.sample(self.setup, self.state.params, self.bundle, cfg, step_done)
+            texts = evaluation.sample(
+                self.setup, self.state.param_tree(), self.bundle, cfg, step_done
+            )
             self.logger.log_text(step_done, "sample", texts[0])
             if self.primary:
                 text = evaluation.format_samples(texts, cfg.sampling.prompts)
@@ -308,7 +310,7 @@ class Training:
 
     def _finish(self, step_done: int, stopped_by: str | None) -> int:
         """The last save, ``final.json`` and the loss plot; exit 0 (a signal's stop included)."""
-        total, params = self.cfg.train.steps, self.state.params
+        total, params = self.cfg.train.steps, self.state.param_tree()
         self.save(step_done, force=True)
         self._close()
         why = stopped_by or ("stop_at" if step_done < total else None)

@@ -41,7 +41,7 @@ def validation_loss(setup: Any, state: Any, cfg: Any, path: str) -> float:
     total, count = 0.0, 0
     for x, y in zip(held["inputs"], held["targets"], strict=True):
         batch = parallel.shard_batch({"inputs": x, "targets": y, **layout}, setup.mesh)
-        sums = jax.device_get(evaluate(state.params, batch))
+        sums = jax.device_get(evaluate(state.param_tree(), batch))
         total, count = total + float(sums["sum_loss"]), count + int(sums["num_tokens"])
     return total / count
 

@@ -69,7 +69,7 @@ def _heldout(argv, init):
     bundle = data_setup.prepare(cfg)
     cfg = resolve(cfg, bundle.vocab_size)
     setup = state.build(cfg, init)
-    params = setup.state.params
+    params = setup.state.param_tree()
     return evaluation.evaluate(setup, params, bundle, cfg, setup.state.reference)
 
 
@@ -124,7 +124,7 @@ def test_without_lora_the_reference_is_a_frozen_copy_outside_the_optimizer(in_tm
 
     cfg, setup, batch = _setup(in_tmp)
     st = setup.state
-    params = jax.device_get(st.params)
+    params = jax.device_get(st.param_tree())
     assert ckpt.params_sha256(st.reference) == ckpt.params_sha256(params)
     # Adam's moments mirror the params once each: the reference holds no optimizer state.
     n = sum(x.size for x in jax.tree.leaves(params))
@@ -134,7 +134,7 @@ def test_without_lora_the_reference_is_a_frozen_copy_outside_the_optimizer(in_tm
     assert float(metrics["loss"]) == pytest.approx(np.log(2), rel=1e-6)  # policy == reference
     new, metrics = step(new, batch)  # the first step's rate is 0 (warmup): one more
     assert ckpt.params_sha256(new.reference) == ckpt.params_sha256(params)
-    assert ckpt.params_sha256(new.params) != ckpt.params_sha256(params)
+    assert ckpt.params_sha256(new.param_tree()) != ckpt.params_sha256(params)
     assert float(metrics["pairs"]) == 4.0 and 0.0 <= float(metrics["rewards/accuracies"]) <= 1.0
 
 
@@ -167,7 +167,7 @@ def test_with_lora_the_reference_is_the_base_with_the_adapters_off(in_tmp):
 
     cfg, setup, batch = _setup(in_tmp, "lora.enabled=true", "lora.rank=2")
     assert setup.state.reference is None  # no second copy of the weights
-    params = jax.tree.map(np.array, setup.state.params)
+    params = jax.tree.map(np.array, setup.state.param_tree())
     rng = np.random.default_rng()
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         if "lora_b" in jax.tree_util.keystr(path):  # adapters that change the model
@@ -197,7 +197,7 @@ def test_the_dpo_step_compiles_for_a_plan(in_tmp):
     assert run.batch["inputs"].shape == (2 * cfg.data.batch_size, cfg.data.seq_len)
     assert run.state.reference is not None
     run.train_step.lower(run.state, run.batch).compile()
-    run.eval_step.lower(run.state.params, run.eval_batch, run.state.reference).compile()
+    run.eval_step.lower(run.state.param_tree(), run.eval_batch, run.state.reference).compile()
 
 
 def _preset(name):

@@ -75,7 +75,7 @@ def test_only_the_adapters_train_and_hold_optimizer_state(in_tmp):
 
     cfg = resolve(plan_argv(_argv(in_tmp)).config, 80)
     setup = state.build(cfg)
-    params = setup.state.params
+    params = setup.state.param_tree()
     flat = jax.tree_util.tree_leaves_with_path(params)
     adapters = {jax.tree_util.keystr(p): x for p, x in flat if "lora" in jax.tree_util.keystr(p)}
     # q and v of the attention and the MLP's down projection, A and B each, stacked layers
@@ -90,7 +90,7 @@ def test_only_the_adapters_train_and_hold_optimizer_state(in_tmp):
     step = jit_train_step(setup, cfg)
     new, metrics = step(setup.state, batch)
     new, metrics = step(new, batch)
-    after = jax.tree.map(np.asarray, new.params)
+    after = jax.tree.map(np.asarray, new.param_tree())
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(before), jax.tree.leaves(after),
                             strict=True):  # fmt: skip
         moved = not np.array_equal(x, y)

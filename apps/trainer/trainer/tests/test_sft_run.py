@@ -54,13 +54,13 @@ def test_the_loss_counts_the_assistant_tokens_only(in_tmp):
     prompts = {tok.decode([int(t)]) for t in np.unique(batch["inputs"][~trained])}
     assert {"user", " is", " +"} <= prompts, prompts
     loss, aux = make_loss_fn(setup.graphdef, setup.rest, cfg)(
-        setup.state.params, batch, jax.numpy.int32(0)
+        setup.state.param_tree(), batch, jax.numpy.int32(0)
     )
     assert int(aux["num_tokens"]) == int(trained.sum())
     # The loss is the per-token mean over the trained targets of a float64 cross-entropy, and
     # not the mean over every position (which the same logits make different).
     logits_fn = nn.objective_logits_fn(setup.graphdef, setup.rest)
-    logits, _ = logits_fn(setup.state.params, batch)
+    logits, _ = logits_fn(setup.state.param_tree(), batch)
     z = np.asarray(logits, np.float64)
     logp = z - z.max(-1, keepdims=True)
     logp -= np.log(np.exp(logp).sum(-1, keepdims=True))

@@ -52,8 +52,8 @@ def test_train_step_lowers_loss_and_accumulation_matches_one_batch():
             st, out = step(st, batch)
             losses.append(float(out["loss"]))
         assert int(st.step) == 4
-        results[accum] = (losses, st.params)
-        evals = jax.jit(make_eval_step(setup.graphdef, setup.rest, cfg))(st.params, batch)
+        results[accum] = (losses, st.param_tree())
+        evals = jax.jit(make_eval_step(setup.graphdef, setup.rest, cfg))(st.param_tree(), batch)
         assert int(evals["num_tokens"]) == 128
     assert results[1][0][-1] < results[1][0][0]  # same batch 4 times: the loss falls
     np.testing.assert_allclose(results[1][0], results[2][0], rtol=2e-5)

@@ -64,12 +64,12 @@ def _one_step(cfg, batch, *, eval_sums=False):
     run = resolve(cfg, VOCAB)
     setup = build(run)
     step = jax.jit(make_train_step(setup.graphdef, setup.rest, setup.tx, run))
-    params0 = jax.tree.map(np.asarray, setup.state.params)
+    params0 = jax.tree.map(np.asarray, setup.state.param_tree())
     sums = None
     if eval_sums:  # sum of CE and token count of the whole batch, by the eval path
-        sums = make_eval_step(setup.graphdef, setup.rest, cfg)(setup.state.params, batch)
+        sums = make_eval_step(setup.graphdef, setup.rest, cfg)(setup.state.param_tree(), batch)
     state, metrics = step(setup.state, batch)
-    moved = jax.tree.map(lambda a, b: np.asarray(a) - b, state.params, params0)
+    moved = jax.tree.map(lambda a, b: np.asarray(a) - b, state.param_tree(), params0)
     return moved, metrics, sums
 
 

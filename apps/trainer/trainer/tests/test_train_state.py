@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tjx.optim import FlatParams, OptimizerConfig, flat_layout
 from trainer.train_state import TrainState
 
 
@@ -54,3 +55,22 @@ def test_a_jitted_function_takes_and_returns_the_state():
     assert isinstance(new, TrainState) and int(new.step) == 6
     np.testing.assert_allclose(new.params["w"], 2.0 * state.params["w"], rtol=1e-6)
     np.testing.assert_array_equal(new.reference["w"], state.reference["w"])
+
+
+def test_flat_params_are_checkpointed_per_leaf_and_restored_flat():
+    """A state holding the flat optimizer's buffers (tjx.optim's FlatParams) saves the same
+    per-leaf dict every checkpoint has, and a restore onto it is flat again, equal leaf by leaf."""
+    state = _state(np.random.default_rng(), reference=False)
+    cfg = OptimizerConfig(name="adamw", flat_update="on")
+    flat = dataclasses.replace(
+        state, params=FlatParams.of(state.params, flat_layout(cfg, state.params))
+    )
+    tree = flat.tree()
+    assert jax.tree.structure(tree["params"]) == jax.tree.structure(state.params)
+    for a, b in zip(jax.tree.leaves(tree["params"]), jax.tree.leaves(state.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    again = TrainState.from_tree(jax.tree.map(np.asarray, tree), like=flat)
+    assert jax.tree.structure(again) == jax.tree.structure(flat)
+    for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(flat), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert jax.tree.structure(TrainState.from_tree(tree)) == jax.tree.structure(state)

@@ -10,12 +10,14 @@ import pytest
 
 from tjx.optim import (
     FlatLayout,
+    FlatParams,
     FlatState,
     OptimizerConfig,
     ScheduleConfig,
     adapter_mask,
     build_optimizer,
     find_state,
+    flat_layout,
     only_trainable,
     relayout_state,
     step_report,
@@ -280,3 +282,51 @@ def test_an_adapter_only_flat_chain_reports_the_norm_of_all_params() -> None:
     np.testing.assert_allclose(
         float(reports[0]["update_norm"]), float(reports[1]["update_norm"]), rtol=RTOL
     )
+
+
+def test_params_held_flat_take_the_same_steps_bit_for_bit_as_per_leaf() -> None:
+    """`FlatParams.apply` (one p + u a buffer) gives exactly `optax.apply_updates`' params, step
+    after step, in both dtypes; the buffers are the flat chain's own groups."""
+    cfg = OptimizerConfig(name="adamw", learning_rate=1e-2, weight_decay=0.1, flat_update="on")
+    rng = np.random.default_rng()
+    params = _params(rng)
+    grads = [_grads(rng, params, s) for s in (1.0, 0.3, 2.0)]
+    tx = build_optimizer(cfg)
+    layout = flat_layout(cfg, params)
+    flat = FlatParams.of(params, layout)
+    assert set(flat.buffers) == set(layout.groups)
+    state_a = state_b = tx.init(params)
+
+    @jax.jit
+    def per_leaf(p, g, s):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    @jax.jit
+    def held_flat(f, g, s):
+        u, s = tx.update(g, s, f.tree())
+        return f.apply(u), s
+
+    for g in grads:
+        params, state_a = per_leaf(params, g, state_a)
+        flat, state_b = held_flat(flat, g, state_b)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(flat.tree()), strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+def test_flat_params_are_a_pytree_of_their_buffers_with_a_value_compared_layout() -> None:
+    cfg = OptimizerConfig(name="adamw", flat_update="on")
+    params = _params(np.random.default_rng())
+    flat = FlatParams.of(params, flat_layout(cfg, params))
+    again = FlatParams.of(params, flat_layout(cfg, params))  # another layout object, same value
+    assert jax.tree.structure(flat) == jax.tree.structure(again)
+    assert str(jax.tree.structure(flat)) == str(jax.tree.structure(again))  # printed by value
+    assert len(jax.tree.leaves(flat)) == len(flat.buffers) == 4
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    abstract = FlatParams.of(shapes, flat.layout)
+    assert jax.tree.structure(abstract) == jax.tree.structure(flat)
+    for a, b in zip(jax.tree.leaves(abstract), jax.tree.leaves(flat), strict=True):
+        assert (a.shape, a.dtype) == (b.shape, b.dtype)
+    for a, b in zip(jax.tree.leaves(abstract.tree()), jax.tree.leaves(params), strict=True):
+        assert isinstance(a, jax.ShapeDtypeStruct) and (a.shape, a.dtype) == (b.shape, b.dtype)

@@ -22,6 +22,7 @@ from tjx.optim.defaults import (
 from tjx.optim.flat import (
     FLAT_OPTIMIZERS,
     FlatLayout,
+    FlatParams,
     FlatState,
     flat_groups,
     to_flat_state,
@@ -50,6 +51,7 @@ from tjx.optim.muon import muon_dimension_numbers, muon_mask
 from tjx.optim.optimizers import (
     DEFAULT_LEARNING_RATES,
     build_optimizer,
+    flat_layout,
     learning_rate_schedule,
     optimizer_core,
     relayout_state,
@@ -89,6 +91,7 @@ __all__ = [
     "ClipStatsState",
     "DynamicLossScaleState",
     "FlatLayout",
+    "FlatParams",
     "FlatState",
     "OptimizerConfig",
     "OwnDefault",
@@ -108,6 +111,7 @@ __all__ = [
     "dynamic_loss_scale",
     "find_state",
     "flat_groups",
+    "flat_layout",
     "inverse_sqrt",
     "join",
     "learning_rate_schedule",

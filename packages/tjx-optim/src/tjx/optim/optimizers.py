@@ -142,6 +142,23 @@ def _decays(c: OptimizerConfig, axes: Any) -> Any:
     )
 
 
+def flat_layout(config: OptimizerConfig, params: Any, *, axes: Any = None) -> FlatLayout:
+    """The layout of the flat buffers `build_optimizer`'s flat chain (`uses_flat_update`) cuts
+    ``params`` into: params held in it (`FlatParams`) are the chain's own buffers, so flattening
+    them or the chain's updates launches nothing.
+
+    Parameters
+    ----------
+    config
+        A validated ``OptimizerConfig``.
+    params
+        The parameter tree (arrays or ``jax.ShapeDtypeStruct``).
+    axes
+        As `build_optimizer`'s.
+    """
+    return FlatLayout(params, _decays(config.resolved(), axes)(params))
+
+
 def uses_flat_update(config: OptimizerConfig, *, whole_params: bool = True) -> bool:
     """Whether `build_optimizer` runs the chain over flat buffers (`tjx.optim.flat`).
 

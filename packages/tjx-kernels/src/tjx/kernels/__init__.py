@@ -44,7 +44,7 @@ from tjx.kernels.launch import LaunchDefaults, default_launch
 from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
 from tjx.kernels.softcap import soft_cap
 
-__version__ = "0.11.0"
+__version__ = "0.11.1"
 
 __all__ = [
     "BLOCK_IMPLEMENTATIONS",

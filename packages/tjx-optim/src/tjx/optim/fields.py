@@ -1,6 +1,6 @@
 """The checks the tjx-optim configs' ``__post_init__`` run, each a ValueError naming
 ``Class.field``. Fields are declared with `tjx.core.fields.setting` (``tjx.optim.fields.setting``
-is its old path: it still works, with a DeprecationWarning, until tjx-optim 0.15)."""
+is its old path: it still works, with a DeprecationWarning, until tjx-optim 0.16)."""
 
 from __future__ import annotations
 

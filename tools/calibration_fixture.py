@@ -1,9 +1,10 @@
 """Write the measured cases tjx-metrics' calibration test checks: each case's kernel summary.
 
 The test (``tjx_metrics_tests/test_calibration.py``) checks that the calibrated estimate of every
-measured H100 case lies within ±15 % of its measurement. A deviceless H100 compile of gpt2_small
-costs 30–90 s on a small machine, so CI cannot compile the seven cases: this script runs the
-trainer's own ``--plan h100`` for each (``python -m trainer --config gpt2_small --plan h100
+measured case lies within ±15 % of its measurement, on the device it was measured on (H100 cases,
+and H200 ones priced with the constants ``calibration_for("h200")`` gives). A deviceless compile
+of gpt2_small costs 30–90 s on a small machine, so CI cannot compile the cases: this script runs the
+trainer's own ``--plan DEVICE`` for each (``python -m trainer --config gpt2_small --plan h100
 --set ...``) and keeps what the model consumes, the plan JSON's ``estimate.kernel_summary``
 (identical kernels merged, their FLOPs, bytes and launches: ~10 KB a case, not the HLO)::
 
@@ -14,7 +15,8 @@ trainer's own ``--plan h100`` for each (``python -m trainer --config gpt2_small 
 One compile at a time (each takes ~3 GB); ``--only`` redoes one case and keeps the others. The
 measured times come from ``shared/gpu-h100-2026-11-25/`` (``t/results.json``'s train_step rows,
 ``tjx_more.jsonl``): the median step of the suite's throughput rows, jax 0.11.2 on one H100 80GB
-HBM3. Add a case here when a GPU run measures one.
+HBM3; the H200 cases from ``docs/gpu/h200-2026-11-26/steps.jsonl``. Add a case here when a GPU
+run measures one.
 """
 
 from __future__ import annotations
@@ -26,11 +28,27 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 FLAT_RUN = "docs/gpu/h100-2026-11-25-flat/quick.jsonl (sync_ms)"
-#: name: (--set overrides, measured median step seconds, where it was measured).
-CASES: dict[str, tuple[list[str], float, str]] = {
+H200_RUN = "docs/gpu/h200-2026-11-26/steps.jsonl (sync_ms)"
+
+
+@dataclass(frozen=True)
+class Case:
+    """A measured step: the trainer's ``--set`` overrides of ``config``, the median of the steps
+    each waited for (seconds), where that figure is, and the device it was measured on."""
+
+    sets: list[str]
+    measured_s: float
+    source: str
+    device: str = "h100"
+    config: str = "gpt2_small"
+
+
+#: name: (--set overrides, measured median step seconds, where it was measured), all on an H100.
+H100_CASES: dict[str, tuple[list[str], float, str]] = {
     "auto b16 (cuDNN)": ([], 0.0471, "t/results.json train_step 'auto'"),
     "pallas b16": (["model.attention_impl=pallas"], 0.0468, "t/results.json train_step 'pallas'"),
     "xla b16": (["model.attention_impl=xla"], 0.0871, "t/results.json train_step 'xla'"),
@@ -59,16 +77,29 @@ CASES: dict[str, tuple[list[str], float, str]] = {
         ["model.attention_impl=pallas"], 0.04172, FLAT_RUN
     ),
 }  # fmt: skip
-MEASUREMENT = "shared/gpu-h100-2026-11-25 (1 × H100 80GB HBM3, jax 0.11.2, 2026-11-25)"
+CASES: dict[str, Case] = {name: Case(*spec) for name, spec in H100_CASES.items()}
+# The H200 run (2026-11-26): the parameters held as flat buffers (the trainer since then), priced
+# with the H100's constants on the H200's peaks (`calibration_for("h200")`), never fitted on.
+CASES["h200: pallas b16, flat params"] = Case(
+    ["model.attention_impl=pallas"], 0.03872, H200_RUN, "h200"
+)
+CASES["h200: cudnn b16, flat params"] = Case(
+    ["model.attention_impl=cudnn"], 0.03928, H200_RUN, "h200"
+)
+CASES["h200: llama_small, flat params"] = Case([], 0.03644, H200_RUN, "h200", "llama_small")
+MEASUREMENT = (
+    "shared/gpu-h100-2026-11-25 (1 × H100 80GB HBM3, jax 0.11.2, 2026-11-25); "
+    "docs/gpu/h200-2026-11-26 (1 × H200, jax 0.11.2, 2026-11-26)"
+)
 
 
-def plan_case(sets: list[str]) -> dict:
-    """The trainer's ``--plan h100`` JSON of gpt2_small with ``sets``."""
+def plan_case(case: Case) -> dict:
+    """The trainer's ``--plan DEVICE`` JSON of the case's config with its ``--set`` overrides."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "plan.json"
-        argv = [sys.executable, "-m", "trainer", "--config", "gpt2_small", "--plan", "h100",
+        argv = [sys.executable, "-m", "trainer", "--config", case.config, "--plan", case.device,
                 "--plan-json", str(out)]  # fmt: skip
-        for s in sets:
+        for s in case.sets:
             argv += ["--set", s]
         subprocess.run(argv, check=True, env=os.environ)
         return json.loads(out.read_text())
@@ -85,16 +116,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     old = json.loads(args.out.read_text()) if args.out.exists() else {"cases": {}}
     cases = dict(old.get("cases", {}))
-    for name, (sets, measured, source) in CASES.items():
+    for name, case in CASES.items():
         if args.only and name not in args.only:
             continue
         started = time.perf_counter()
-        plan = plan_case(sets)
+        plan = plan_case(case)
         est = plan["estimate"]
         cases[name] = {
-            "sets": sets,
-            "measured_s": measured,
-            "source": source,
+            "sets": case.sets,
+            "measured_s": case.measured_s,
+            "source": case.source,
+            "device": case.device,
+            "config": case.config,
             "attention": plan["attention"]["kernel"],
             "changes": plan["train"]["changes"],
             "launches": est["launches"],

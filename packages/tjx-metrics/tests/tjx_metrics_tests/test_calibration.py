@@ -45,11 +45,12 @@ TOLERANCE = 0.15
 @pytest.mark.parametrize("name", sorted(CASES["cases"]))
 def test_the_calibrated_estimate_of_each_measured_case_is_within_15_percent(name):
     case = CASES["cases"][name]
+    device = accelerator(case.get("device", CASES["device"]))  # where it was measured
     rows = [KernelRow.from_json(r) for r in case["kernels"]]
     assert sum(r.count for r in rows) == case["launches"]  # the summary is the whole step
-    cal = calibration_for(H100)
+    cal = calibration_for(device)
     assert cal is not None
-    got = calibrated_seconds(rows, H100, cal).seconds
+    got = calibrated_seconds(rows, device, cal).seconds
     assert got / case["measured_s"] == pytest.approx(
         1.0, abs=TOLERANCE
     ), f"{name}: calibrated {got * 1e3:.1f} ms, measured {case['measured_s'] * 1e3:.1f} ms"
@@ -65,6 +66,17 @@ def test_the_shipped_constants_say_what_they_were_fitted_on_and_how_to_refit():
     assert cal.classes["reduction"].floor_s > 5e-7  # a launch costs microseconds, not zero
     assert "k/results.json" in cal.classes["cudnn attention"].provenance  # the kernel suite's
     assert calibration_for("v5e") is None  # never measured: the plain roofline is said
+
+
+def test_the_h200_borrows_the_h100_constants_and_says_so_in_its_label():
+    h100, h200 = calibration_for("h100"), calibration_for("h200")
+    assert h100 is not None and h200 is not None
+    assert h200.classes == h100.classes and h200.step_overhead_s == h100.step_overhead_s
+    assert h200.device == "h200" and "H100 profile" in h200.measurement
+    assert "H200 run of 2026-11-26" in h200.measurement and h200.notes
+    # Same constants, the H200's own peaks: a memory-bound kernel is priced faster there.
+    row = KernelRow("loop fusion", "kLoop", 1, {}, 4e9, 0.0, "big_copy")
+    assert h200.row_seconds(row, accelerator("h200")) < h100.row_seconds(row, H100)
 
 
 def _tiny_program_text() -> str:

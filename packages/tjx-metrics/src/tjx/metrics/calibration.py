@@ -281,11 +281,25 @@ CALIBRATIONS = "calibrations.json"
 
 
 def calibration_for(device: Accelerator | str) -> Calibration | None:
-    """The shipped calibration of a device (``calibrations.json``), or None when it has none."""
+    """The shipped calibration of a device (``calibrations.json``), or None when it has none.
+
+    An entry ``{"constants_of": OTHER, "measurement": ..., "notes": [...]}`` borrows OTHER's
+    fitted constants (shares of the peaks, launch floors, step overhead) for a device of the same
+    chip that was measured but not profiled (the H200 uses the H100's): the row model applies
+    them to this device's own peaks and bandwidth, and ``measurement`` says so in the label.
+    """
     key = device if isinstance(device, str) else device.key
     text = (resources.files("tjx.metrics") / CALIBRATIONS).read_text()
-    entry = json.loads(text).get(key)
-    return Calibration.from_json(key, entry) if entry else None
+    shipped = json.loads(text)
+    entry = shipped.get(key)
+    if not entry:
+        return None
+    if "constants_of" in entry:
+        borrowed = dict(shipped[entry["constants_of"]])
+        borrowed["measurement"] = entry["measurement"]
+        borrowed["notes"] = list(entry.get("notes", []))
+        entry = borrowed
+    return Calibration.from_json(key, entry)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The data of one training run: tokenizer, checked shards, loaders and the run's description.
 
-`tjx.data.run_prepare` makes a `RunData` (one source, a weighted mixture, or the digits images).
+`tjx.data.run.prepare` makes a `RunData` (one source, a weighted mixture, or the digits images).
 A `RunData` makes the run's loaders (every process its own rows of each global batch), its
 first validation batches and ``data.json`` (`RunData.describe`), which
 `RunData.from_description` reads back, so the program that trains and the one that evaluates
@@ -26,7 +26,7 @@ from tjx.data.loader import PackedLoader, validation_batches
 from tjx.data.mixture import MixturePart
 from tjx.data.mixture_loader import MixtureLoader, mixture_validation_batches
 from tjx.data.prepare import prepare_shards
-from tjx.data.run_tokenizer import Names, fault, name_of
+from tjx.data.run.tokenizer import Names, fault, name_of
 from tjx.data.shards import load_index
 from tjx.data.tokenizers import Tokenizer
 from tjx.data.urls import is_url

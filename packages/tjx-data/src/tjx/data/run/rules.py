@@ -9,7 +9,7 @@ from tjx.data.chat.template import ChatTemplate
 from tjx.data.errors import DataError
 from tjx.data.mixture import check_mixture
 from tjx.data.prepare import check_max_tokens
-from tjx.data.run_config import DataConfig
+from tjx.data.run.config import DataConfig
 from tjx.data.sources import check_local_source
 
 __all__ = ["check_data_config", "check_local_sources", "check_template"]

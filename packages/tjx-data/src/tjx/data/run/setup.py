@@ -19,10 +19,10 @@ from tjx.data.bpe import load_tokenizer
 from tjx.data.cache import Staging, staged
 from tjx.data.chat.run import ChatRunData, prepare_chat_run_data
 from tjx.data.mixture import MixtureSource, check_mixture
-from tjx.data.run_config import DataConfig
-from tjx.data.run_data import RunData
-from tjx.data.run_prepare import prepare_image_run_data, prepare_mixture_run_data, prepare_run_data
-from tjx.data.run_tokenizer import Names, fault, name_of, run_tokenizer
+from tjx.data.run.config import DataConfig
+from tjx.data.run.data import RunData
+from tjx.data.run.prepare import prepare_image_run_data, prepare_mixture_run_data, prepare_run_data
+from tjx.data.run.tokenizer import Names, fault, name_of, run_tokenizer
 from tjx.data.tokenizers import Tokenizer
 
 __all__ = [

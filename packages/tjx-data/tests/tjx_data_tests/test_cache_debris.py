@@ -13,7 +13,7 @@ import pytest
 
 from tjx.data import ByteTokenizer, DataError, load_index, prepare_shards
 from tjx.data.cache import Staging, atomic_prepare, staged
-from tjx.data.run_prepare import prepare_run_data
+from tjx.data.run.prepare import prepare_run_data
 
 # What a new user points the trainer at by mistake (issue #46): each is refused with one error.
 BAD_FILES = {

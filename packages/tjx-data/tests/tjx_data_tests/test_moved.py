@@ -1,6 +1,7 @@
 """The module paths 0.14 moved into ``tjx.data.chat`` (``tjx.data.chat_run`` →
-``tjx.data.chat.run``) still import, for one release, with a warning; nothing in tjx-data itself
-uses them."""
+``tjx.data.chat.run``) and 0.16 into ``tjx.data.run`` (``tjx.data.run_setup`` →
+``tjx.data.run.setup``) still import, until 0.17, with a warning; nothing in tjx-data itself uses
+them."""
 
 import importlib
 import sys
@@ -18,7 +19,7 @@ SRC = Path(tjx.data.__file__).parent
 
 def test_every_old_path_has_a_shim_and_every_shim_is_listed():
     assert shim_modules(SRC, "tjx.data") == set(MOVED)
-    assert len(MOVED) == 9  # the nine chat_* modules
+    assert len(MOVED) == 15  # the nine chat_* modules and the six run_* ones
 
 
 @pytest.mark.parametrize("old", sorted(MOVED))
@@ -45,11 +46,35 @@ def test_a_monkeypatch_through_the_old_path_reaches_the_new_module(monkeypatch):
     assert prepare.split_rows is None
 
 
+def test_importing_the_old_run_tokenizer_path_leaves_tjx_data_s_function_of_that_name(monkeypatch):
+    # The import system sets an imported module as its package's attribute: without `alias`'s
+    # guard, `tjx.data.run_tokenizer` would become the module instead of the function.
+    monkeypatch.delitem(sys.modules, "tjx.data.run_tokenizer", raising=False)
+    function = tjx.data.run_tokenizer
+    with pytest.warns(DeprecationWarning, match="tjx.data.run_tokenizer moved"):
+        from tjx.data.run_tokenizer import cache_root, run_tokenizer
+    from tjx.data.run import tokenizer
+
+    assert callable(tjx.data.run_tokenizer)
+    assert tjx.data.run_tokenizer is function is run_tokenizer is tokenizer.run_tokenizer
+    assert cache_root is tokenizer.cache_root
+    assert sys.modules["tjx.data.run_tokenizer"] is tokenizer
+
+
 def test_tjx_data_s_public_names_come_without_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
-        from tjx.data import ChatLoader, ChatTemplate, prepare_chat_run_data  # noqa: F401
+        from tjx.data import (  # noqa: F401
+            ChatLoader,
+            ChatTemplate,
+            DataConfig,
+            RunData,
+            prepare_chat_run_data,
+            prepare_run,
+            run_tokenizer,
+        )
         from tjx.data.chat.run import ChatRunData  # noqa: F401
+        from tjx.data.run.setup import run_loader  # noqa: F401
 
 
 def test_no_module_of_tjx_data_imports_an_old_path():

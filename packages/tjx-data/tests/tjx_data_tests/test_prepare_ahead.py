@@ -11,7 +11,7 @@ import pytest
 
 from tjx.data import ByteTokenizer, DataError, check_max_tokens, load_index, pretokenize
 from tjx.data.__main__ import main
-from tjx.data.run_prepare import prepare_run_data
+from tjx.data.run.prepare import prepare_run_data
 from tjx_data_tests._helpers import random_docs
 
 # The module (tjx.data.pretokenize the attribute is the function of the same name).

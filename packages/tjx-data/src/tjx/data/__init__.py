@@ -29,11 +29,11 @@ from tjx.data.packing import IGNORE_INDEX, PackingPlan, random_batch
 from tjx.data.prefetch import DevicePrefetcher, prefetch_to_device
 from tjx.data.prepare import PreparedShards, bpe_tokenizer, check_max_tokens, prepare_shards
 from tjx.data.pretokenize import pretokenize
-from tjx.data.run_config import DataConfig
-from tjx.data.run_data import RunData, restore_loader_state
-from tjx.data.run_prepare import prepare_image_run_data, prepare_mixture_run_data, prepare_run_data
-from tjx.data.run_rules import check_data_config, check_local_sources, check_template
-from tjx.data.run_setup import (
+from tjx.data.run.config import DataConfig
+from tjx.data.run.data import RunData, restore_loader_state
+from tjx.data.run.prepare import prepare_image_run_data, prepare_mixture_run_data, prepare_run_data
+from tjx.data.run.rules import check_data_config, check_local_sources, check_template
+from tjx.data.run.setup import (
     config_tokenizer,
     config_vocab,
     describe_sources,
@@ -42,12 +42,12 @@ from tjx.data.run_setup import (
     run_sources,
     truncation_summary,
 )
-from tjx.data.run_tokenizer import check_run_tokenizer, run_tokenizer, same_tokenizer
+from tjx.data.run.tokenizer import check_run_tokenizer, run_tokenizer, same_tokenizer
 from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_index
 from tjx.data.sources import Documents, check_local_source, load_source
 from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, encode_prompts
 
-__version__ = "0.15.0"
+__version__ = "0.16.0"
 
 __all__ = [
     "BUILTIN_CORPORA",

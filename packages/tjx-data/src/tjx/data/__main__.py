@@ -17,7 +17,7 @@ import sys
 from tjx.data.cache import staged
 from tjx.data.errors import DataError
 from tjx.data.prepare import prepare_shards
-from tjx.data.run_tokenizer import run_tokenizer
+from tjx.data.run.tokenizer import run_tokenizer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from tjx.data.chat.tasks import ARITHMETIC, CHATML_SPECIALS, prepare_arithmetic,
 from tjx.data.chat.template import ChatTemplate
 from tjx.data.errors import DataError
 from tjx.data.prepare import shard_key
-from tjx.data.run_tokenizer import Names, cache_root, fault
+from tjx.data.run.tokenizer import Names, cache_root, fault
 
 __all__ = ["DATA_FORMATS", "ChatRunData", "prepare_chat_run_data"]
 

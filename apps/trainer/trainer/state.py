@@ -16,7 +16,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 import trainer.dpo as dpo
-from tjx import nn, optim, parallel
+from tjx import kernels, nn, optim, parallel
 from trainer import init_from as init_runs
 from trainer.config import Config
 from trainer.job.folder import RunDir
@@ -200,9 +200,17 @@ def flat_update(cfg: Config) -> bool:
 def flat_params(cfg: Config) -> bool:
     """The train state holds the params as the flat optimizer's buffers (tjx.optim's
     `FlatParams`): whenever the optimizer runs flat (`flat_update`), but for LoRA (only the
-    adapters are in its buffers) and a sigmoid router's bias (moved after the update, per leaf)."""
+    adapters are in its buffers), a sigmoid router's bias (moved after the update, per leaf) and
+    a step built for a TPU.
+
+    The flat buffers save one kernel launch a parameter (``p + u``), a GPU's cost: gpt2_small's
+    H100 step 1,054 → 804 launches, 0.5 ms faster measured on an H200. XLA's TPU compile of the
+    same state needs more memory (llama_small on a v5e: 14.67 → 15.79 GiB compiled peak), with
+    no launches to save, so a TPU keeps its params per leaf. The step's kernels are chosen for
+    the same target (`tjx.kernels.current_target`: the device, or ``--plan``'s)."""
     balanced = cfg.model.num_experts > 0 and cfg.model.router == "sigmoid"
-    return flat_update(cfg) and not cfg.use_lora and not balanced
+    on_tpu = kernels.current_target().platform == "tpu"
+    return flat_update(cfg) and not cfg.use_lora and not balanced and not on_tpu
 
 
 def other_layout(

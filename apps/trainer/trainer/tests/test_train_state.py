@@ -9,7 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tjx import kernels
 from tjx.optim import FlatParams, OptimizerConfig, flat_layout
+from trainer.config import read_config, resolve
+from trainer.state import abstract_state
 from trainer.train_state import TrainState
 
 
@@ -74,3 +77,20 @@ def test_flat_params_are_checkpointed_per_leaf_and_restored_flat():
     for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(flat), strict=True):
         np.testing.assert_array_equal(a, b)
     assert jax.tree.structure(TrainState.from_tree(tree)) == jax.tree.structure(state)
+
+
+def test_a_state_built_for_a_tpu_holds_its_params_per_leaf_where_a_gpu_or_cpu_holds_them_flat():
+    """Flat params save a GPU one launch a parameter; XLA's TPU compile of them needed more
+    memory (llama_small on a v5e: +1.1 GiB), so the state follows the step's target."""
+    small = {"model": {"d_model": 16, "num_layers": 2, "num_heads": 2, "mlp_dim": 32,
+                       "max_seq_len": 16}, "data": {"seq_len": 8, "batch_size": 8}}  # fmt: skip
+    run = resolve(read_config(small), 40)
+    here = abstract_state(run).state  # this CPU
+    with kernels.target("gpu", "NVIDIA H100 80GB HBM3", (9, 0)):
+        gpu = abstract_state(run).state
+    with kernels.target("tpu", "TPU v5 lite"):
+        tpu = abstract_state(run).state
+    assert isinstance(here.params, FlatParams) and isinstance(gpu.params, FlatParams)
+    assert not isinstance(tpu.params, FlatParams)
+    shapes = [(x.shape, x.dtype) for x in jax.tree.leaves(tpu.params)]
+    assert shapes == [(x.shape, x.dtype) for x in jax.tree.leaves(gpu.param_tree())]

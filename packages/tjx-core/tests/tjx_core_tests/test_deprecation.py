@@ -55,6 +55,31 @@ def test_a_moved_module_path_is_the_new_module_and_warns_once_at_the_importing_l
     assert caught[0].filename == __file__
 
 
+def test_an_old_module_path_that_is_also_a_name_of_its_package_leaves_that_name(
+    tmp_path, monkeypatch
+) -> None:
+    # `pkg.tool` is a function of `pkg` and a moved module path: importing the path would let the
+    # import system set the module over the function.
+    package = tmp_path / "kept_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("def tool():\n    return 7\n")
+    (package / "tool.py").write_text(
+        "from tjx.core.deprecation import module_moved\n"
+        "module_moved(__name__, 'tjx.core.fields', since='tjx-core 0.2', removed_in='0.3')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("kept_pkg", "kept_pkg.tool"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    pkg = importlib.import_module("kept_pkg")
+    function = pkg.tool
+    with pytest.warns(DeprecationWarning, match="kept_pkg.tool moved to tjx.core.fields"):
+        module = importlib.import_module("kept_pkg.tool")
+    assert module is importlib.import_module("tjx.core.fields")
+    assert pkg.tool is function and pkg.tool() == 7
+    pkg.other = module  # other names are set as ever
+    assert pkg.other is module
+
+
 def test_a_name_moved_out_to_an_app_is_an_import_error_naming_its_new_home() -> None:
     fallback = moved("old.place", {"setting": "tjx.core.fields"})
     where = {"RunDir": "in the app: `from app import RunDir`"}

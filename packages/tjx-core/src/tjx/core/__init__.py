@@ -27,7 +27,7 @@ from tjx.core.standard_json import (
     to_standard_json,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"
 
 __all__ = [
     "LOGICAL_AXES",

@@ -7,6 +7,9 @@ DeprecationWarning that names the new import.
 A whole module that moved (``tjx.nn.hf_io`` → ``tjx.nn.hf.io``) keeps its old path as a short
 module whose body calls `module_moved`: importing the old path warns once and gives the new
 module itself, so every name, private ones included, and every monkeypatch reach one object.
+Where the old path is also a public name of its package (``tjx.data.run_tokenizer``, a module
+path and a function), the package keeps that name: the import system would otherwise set the
+module over it.
 
 A name that moved out of a package into an app (the trainer's run directory, say) cannot be served
 from its old place: a package never imports an app. `moved_out` makes reading it an ImportError
@@ -20,6 +23,7 @@ import inspect
 import sys
 import warnings
 from collections.abc import Callable, Mapping
+from types import ModuleType
 from typing import Any
 
 __all__ = ["module_moved", "moved", "moved_out"]
@@ -61,6 +65,30 @@ def moved(module: str, targets: Mapping[str, str]) -> Callable[[str], Any]:
         return getattr(importlib.import_module(new_module), new_name)
 
     return attribute
+
+
+#: Per package, its names that are also old module paths (`_keep_package_name`).
+_KEPT: dict[str, set[str]] = {}
+
+
+class _KeepsItsNames(ModuleType):
+    """A package some of whose names are also old module paths: after such a path is imported,
+    the import system's ``setattr(package, name, module)`` leaves the package's own object."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, ModuleType) and name in _KEPT.get(self.__name__, ()):
+            return
+        super().__setattr__(name, value)
+
+
+def _keep_package_name(old: str) -> None:
+    package, _, name = old.rpartition(".")
+    parent = sys.modules.get(package)
+    if parent is None or isinstance(getattr(parent, name, parent), ModuleType):
+        return  # no such name, or already the module: nothing to keep
+    _KEPT.setdefault(package, set()).add(name)
+    if type(parent) is ModuleType:  # a plain package (one with its own class keeps it)
+        parent.__class__ = _KeepsItsNames
 
 
 def moved_out(
@@ -128,6 +156,7 @@ def module_moved(
         Modules between the old path's body and this function (a package's own helper that calls
         it), skipped with it when the warning looks for the importing line.
     """
+    _keep_package_name(old)
     sys.modules[old] = importlib.import_module(new)
     # The warning points at the line that imported the old path, past this function, the
     # callers and the old module's body, so Python's default filters show it where the importer

@@ -11,14 +11,11 @@ The old paths go in 0.17.
 
 One old path, ``tjx.data.run_tokenizer``, is also a public name of `tjx.data` (the function
 `run_tokenizer`). Importing a module sets it as an attribute of its package, which would put the
-module where the function was; `alias` keeps the function there, as it was before 0.16.
+module where the function was; tjx-core's `module_moved` keeps the function there, as it was
+before 0.16.
 """
 
 from __future__ import annotations
-
-import sys
-from types import ModuleType
-from typing import Any
 
 from tjx.core.deprecation import module_moved
 
@@ -49,20 +46,6 @@ MOVED = {
 REMOVED_IN = "0.17"
 
 
-class _KeepsItsNames(ModuleType):
-    """`tjx.data` once an old path that is also one of its names is imported: the import system's
-    ``setattr(package, "run_tokenizer", module)`` leaves the package's own name in place."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if (
-            isinstance(value, ModuleType)
-            and f"{self.__name__}.{name}" in MOVED
-            and not isinstance(self.__dict__.get(name, value), ModuleType)
-        ):
-            return
-        super().__setattr__(name, value)
-
-
 def alias(old: str) -> None:
     """Make the module path ``old`` the module it moved to, with a `DeprecationWarning`.
 
@@ -74,10 +57,6 @@ def alias(old: str) -> None:
         The old module path, a key of `MOVED` (the calling module's ``__name__``).
     """
     since = next(version for prefix, version in MOVED_IN.items() if old.startswith(prefix))
-    package, _, name = old.rpartition(".")
-    parent = sys.modules[package]
-    if not isinstance(getattr(parent, name, parent), ModuleType):
-        parent.__class__ = _KeepsItsNames  # the function `tjx.data.run_tokenizer` stays
     module_moved(
         old, MOVED[old], since=f"tjx-data {since}", removed_in=REMOVED_IN, callers=(__name__,)
     )

@@ -14,12 +14,19 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tjx.core.config import load_yaml
 from trainer.config import Config, read_config
 from trainer.job.folder import RunDir
 from trainer.schema import ConfigError, keyed
+from trainer.seams import ConfigData
+
+if TYPE_CHECKING:  # annotations only: the command line imports this module before jax
+    from flax import nnx
+
+    from tjx.nn import TransformerConfig
+    from trainer.data_setup import Bundle
 
 
 def check_init_from(cfg: Config, source: str) -> None:
@@ -45,7 +52,7 @@ def check_init_from(cfg: Config, source: str) -> None:
             check_hf_weights(source)
 
 
-def _run_files(path: Path) -> tuple[Any, dict[str, Any]]:
+def _run_files(path: Path) -> tuple[TransformerConfig, ConfigData]:
     """The run's tjx.nn model config and its saved config data."""
     from tjx import nn
 
@@ -59,7 +66,9 @@ def _run_files(path: Path) -> tuple[Any, dict[str, Any]]:
     return model, saved
 
 
-def _same_model(ours: Any, theirs: Any, path: Path, *, vocab: bool) -> None:
+def _same_model(
+    ours: TransformerConfig, theirs: TransformerConfig, path: Path, *, vocab: bool
+) -> None:
     """A `ConfigError` naming `clash_names` of the two model configs (the vocabulary's
     only if ``vocab``: once the tokenizer is read)."""
     from trainer.job.init_checks import clash_names  # on use, as above
@@ -76,7 +85,7 @@ def _same_model(ours: Any, theirs: Any, path: Path, *, vocab: bool) -> None:
         )
 
 
-def load_run(cfg: Config, model_cfg: Any, source: str) -> tuple[Any, int]:
+def load_run(cfg: Config, model_cfg: TransformerConfig, source: str) -> tuple[nnx.Module, int]:
     """The model of resolved ``model_cfg`` with the params of run ``source``'s newest intact
     checkpoint (LoRA merged), on the host; and that step."""
     from flax import nnx
@@ -107,7 +116,7 @@ def load_run(cfg: Config, model_cfg: Any, source: str) -> tuple[Any, int]:
     return model, int(step)
 
 
-def check_tokenizer(source: str, bundle: Any) -> None:
+def check_tokenizer(source: str, bundle: Bundle) -> None:
     """The data's tokenizer must be the run's (tjx.data's `check_run_tokenizer`)."""
     from tjx import data
 
@@ -115,7 +124,9 @@ def check_tokenizer(source: str, bundle: Any) -> None:
         data.check_run_tokenizer(source, bundle, names={"tokenizer": "data.tokenizer"})
 
 
-def trained_model(cfg: Config, source: str | None, run_dir: Path, resume: bool) -> Any:
+def trained_model(
+    cfg: Config, source: str | None, run_dir: Path, resume: bool
+) -> TransformerConfig:
     """The tjx.nn model config the run trains: a Hugging Face start's (its ``config.json``; on a
     ``--resume``, the run's ``model.json``), else the config's own."""
     from tjx import nn

@@ -15,7 +15,6 @@ from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first u
     distributed_from_args,
 )
 from trainer.config import read_config
-from trainer.init_from import check_init_from, trained_model
 from trainer.job.start import start_location
 from trainer.plan import RunPlan, error_exit, interrupted_exit
 from trainer.resume import check_chat_template, check_resume, describe_changes
@@ -102,7 +101,10 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         )
     with keyed(None, data.DataError):  # a local file or folder must exist now (names the key)
         data.check_local_sources(cfg.data)
-    from tjx import metrics, nn  # only for a valid config: they load jax
+    # Only for a valid config: they load jax, which --help and a bad command line must not wait
+    # for (the command line's one place of deferred imports, with main's).
+    from tjx import metrics, nn
+    from trainer.init_from import check_init_from, trained_model
 
     with keyed("logging.sinks"):  # an optional logger's package (tensorboardX, wandb) is there
         metrics.check_logger_packages(cfg.logging.sinks, wandb_mode=cfg.logging.wandb_mode)

@@ -14,7 +14,9 @@ import dataclasses
 from dataclasses import dataclass, is_dataclass
 from typing import TYPE_CHECKING, Any
 
+from tjx import data
 from tjx.core.config import ConfigError, check_unchanged, keyed, reworded
+from trainer.deferred import nn, optim
 from trainer.schema import PACKAGE_SECTIONS, schema_of, section_class, setting
 from trainer.seams import ConfigData
 from trainer.sections import (
@@ -30,6 +32,10 @@ if TYPE_CHECKING:  # the packages load jax, which the command line must not wait
     from tjx.nn import LoraConfig, Objective, PreferenceConfig, TransformerConfig
     from tjx.optim import OptimizerConfig
     from tjx.parallel import MeshConfig
+else:
+    # At run time the schema evaluates Config's annotations (typing.get_type_hints) but takes a
+    # package section's class from trainer.schema (``section=``): these names need only exist.
+    LoraConfig = PreferenceConfig = TransformerConfig = OptimizerConfig = MeshConfig = Any
 
 #: The vocabulary the model holds until the tokenizer's is known: no rule of tjx.nn depends on it.
 UNKNOWN_VOCAB = 2
@@ -69,15 +75,11 @@ class Config:
     @property
     def kind(self) -> str:
         """``model.kind``: the key of tjx.nn.MODEL_KINDS holding the model's class."""
-        from tjx import nn
-
         return next(k for k, cls in nn.MODEL_KINDS.items() if type(self.model) is cls)
 
     @property
     def objective(self) -> Objective:
         """tjx.nn's `Objective` of the model kind: what a step trains and counts."""
-        from tjx import nn
-
         return nn.objective_of(type(self.model))
 
     @property
@@ -128,8 +130,6 @@ def read_config(data: object) -> Config:
     optimizer["schedule"] = {**optimizer.get("schedule", {}), "total_steps": own["train"].steps}
     with reworded(_words(section_class("optimizer"), "optimizer")):
         optimizer = build(section_class("optimizer"), optimizer, "optimizer")
-        from tjx import optim
-
         p = model.precision
         optim.check_precision(optimizer, param_dtype=p.param_dtype, compute_dtype=p.compute_dtype)
     mesh = build(section_class("mesh"), read.get("mesh", {}), "mesh")
@@ -170,8 +170,6 @@ def _require(cond: bool, message: str) -> None:
 
 def _check_own(own: dict[str, Any], model_cls: type) -> None:
     """The rules across the trainer's own sections (``data``'s are tjx.data's)."""
-    from tjx import data, nn
-
     task = nn.objective_of(model_cls).name
     with keyed(None):  # before anything is prepared
         data.check_data_config(own["data"], task, decoders="a decoder (model.kind gpt2 or llama)")
@@ -217,8 +215,6 @@ def _check_across(cfg: Config, preference: list[str]) -> None:
         why = "applies to preference pairs only; set data.format=preference or drop the preference"
         check_unchanged(cfg.preference, preference, "preference", f"{why} settings")
     else:
-        from tjx import nn
-
         with keyed(None):
             nn.check_preference_run(
                 m, pipeline=mesh.pipeline, context=mesh.context, z_loss=t.z_loss

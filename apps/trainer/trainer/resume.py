@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tjx import ckpt, data
 from trainer.config import SCHEMA, Config, read_config
+from trainer.deferred import optim
 from trainer.job.changes import Diff, config_changes
 from trainer.job.changes import describe_changes as describe_changes_of
 from trainer.job.folder import RunDir
@@ -31,8 +32,6 @@ def _compared(config: ConfigData, *, saved: bool) -> ConfigData:
     at its default, which the run had), every null optimizer setting as the optimizer's own
     (tjx.optim's `with_schedule_defaults`), so a saved ``b2: 0.95`` shows ``optimizer.b2 0.95 →
     0.999 (adamw's default)`` and a saved number that is the optimizer's own shows nothing."""
-    from tjx import optim  # on use: the command line stays free of jax
-
     full = read_config(migrate(config)).to_dict() if saved else config
     if not isinstance(full.get("optimizer"), dict):
         return full

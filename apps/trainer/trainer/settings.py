@@ -13,6 +13,7 @@ from pathlib import Path
 from tjx.core import config
 from tjx.core.config import ConfigError, deep_merge, keyed, value_text
 from trainer.config import SCHEMA, Config, read_config
+from trainer.deferred import nn, optim
 from trainer.seams import ConfigData
 
 __all__ = ["deep_merge", "value_text"]  # tjx.core.config's, kept under the names callers know
@@ -20,8 +21,6 @@ __all__ = ["deep_merge", "value_text"]  # tjx.core.config's, kept under the name
 
 def renamed(key: str) -> str:
     """Today's name of dotted ``key`` (itself unless it, or a section holding it, was renamed)."""
-    from tjx import nn, optim
-
     for section, table in (("model", nn.RENAMED_MODEL_KEYS), ("optimizer", optim.RENAMED_KEYS)):
         for old, new in table.items():
             if key == f"{section}.{old}" or key.startswith(f"{section}.{old}."):
@@ -34,8 +33,6 @@ def migrate(data: ConfigData) -> ConfigData:
     sections; data that is no mapping is returned as is)."""
     if not isinstance(data, dict):
         return data
-    from tjx import nn, optim
-
     out = copy.deepcopy(data)
     model, optimizer = out.get("model"), out.get("optimizer")
     with keyed(None):

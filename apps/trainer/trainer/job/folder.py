@@ -33,6 +33,7 @@ import yaml  # type: ignore[import-untyped]
 from tjx.ckpt import CheckpointError, RunFileNotFoundError, RunFolder, check_can_create, storage
 from tjx.ckpt.folder import write_if_changed
 from tjx.ckpt.storage import StoragePath
+from trainer.deferred import digest
 from trainer.seams import ConfigData, Record
 
 if TYPE_CHECKING:  # chex loads jax, which the command line must not wait for
@@ -99,12 +100,10 @@ def final_summary(
     dict
         ``step``, ``interrupted_by``, ``params_sha256``, ``num_params`` and ``val_*``.
     """
-    from tjx.ckpt.digest import params_sha256  # jax: loaded only when a run finishes
-
     return {
         "step": step,
         "interrupted_by": interrupted_by,
-        "params_sha256": params_sha256(params),
+        "params_sha256": digest.params_sha256(params),  # loads jax: when a run finishes
         "num_params": num_params,
         **{f"val_{k}": v for k, v in (validation or {}).items()},
     }

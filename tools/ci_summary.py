@@ -2,8 +2,9 @@
 
 Pants prints no pytest closing line, so CI prints ``N passed, N failed`` itself, last, and exits
 non-zero when a test failed or none ran, or when a package's line coverage is below 90 % (or the
-coverage report is missing). Before it: the slowest test files, and the setting walks of
-tools/trainer_walk.py that tools/tjx_tools/test_trainer_walk.py recorded in its JUnit report.
+coverage report is missing). Before it: the slowest test files, the setting walks of
+tools/trainer_walk.py that tools/tjx_tools/test_trainer_walk.py recorded in its JUnit report, and
+the trainer's seams (tools/trainer_seams.py) that tools/tjx_tools/test_trainer_seams.py recorded.
 
 Usage: python3 tools/ci_summary.py REPORTS_DIR [COVERAGE_XML]
 """
@@ -20,6 +21,8 @@ COVERAGE_FLOOR = 90.0
 PACKAGE_OF_PATH = re.compile(r"(?:^|/)tjx/(\w+)/")
 #: The JUnit property under which tools/tjx_tools/test_trainer_walk.py records each walk's line.
 WALK_PROPERTY = "trainer walk"
+#: The JUnit property under which tools/tjx_tools/test_trainer_seams.py records the seams line.
+SEAMS_PROPERTY = "trainer seams"
 
 
 def count_tests(reports_dir: Path) -> tuple[int, int, int]:
@@ -47,15 +50,25 @@ def slowest_files(reports_dir: Path, count: int = 8) -> list[tuple[str, float]]:
     return sorted(seconds.items(), key=lambda item: -item[1])[:count]
 
 
-def walks(reports_dir: Path) -> list[str]:
-    """The setting walks' summary lines (tools/trainer_walk.py) that a test recorded as JUnit
-    properties named `WALK_PROPERTY` (pytest's ``record_testsuite_property``), sorted."""
+def recorded(reports_dir: Path, name: str) -> list[str]:
+    """The values a test recorded as JUnit properties called ``name`` (pytest's
+    ``record_testsuite_property``), once each, sorted."""
     lines: set[str] = set()
     for report in sorted(reports_dir.rglob("*.xml")):
         for prop in ElementTree.parse(report).getroot().iter("property"):
-            if prop.get("name") == WALK_PROPERTY:
+            if prop.get("name") == name:
                 lines.add(prop.get("value", ""))
     return sorted(lines)
+
+
+def walks(reports_dir: Path) -> list[str]:
+    """The setting walks' summary lines (tools/trainer_walk.py) recorded as `WALK_PROPERTY`."""
+    return recorded(reports_dir, WALK_PROPERTY)
+
+
+def seams(reports_dir: Path) -> list[str]:
+    """The trainer's seams line (tools/trainer_seams.py) recorded as `SEAMS_PROPERTY`."""
+    return recorded(reports_dir, SEAMS_PROPERTY)
 
 
 def coverage_by_package(coverage_xml: Path) -> dict[str, tuple[int, int]]:
@@ -100,6 +113,10 @@ def main(argv: list[str]) -> int:
         # How far a setting is from where it acts (issue 53's goal: <= 10 files), watched per run.
         print("setting walks (tools/trainer_walk.py: command line -> where the setting acts):")
         for line in walks(reports_dir) or ["none recorded (tools/tjx_tools/test_trainer_walk.py)"]:
+            print(f"  {line}")
+        # The trainer's typed seams (issue 53's goals: <= 40 Any, <= 10 function-level imports).
+        print("trainer seams (tools/trainer_seams.py: Any uses, imports inside functions):")
+        for line in seams(reports_dir) or ["none recorded (tools/tjx_tools/test_trainer_seams.py)"]:
             print(f"  {line}")
     if passed + failed == 0:
         print("no test ran: the JUnit reports are missing or empty", file=sys.stderr)

@@ -114,3 +114,33 @@ def test_walks_are_the_recorded_walk_properties_once_each(
     assert ci_summary.walks(tmp_path) == [line]
     assert ci_summary.main([str(tmp_path)]) == 0
     assert f"  {line}" in capsys.readouterr().out.splitlines()
+
+
+def test_the_seams_line_is_printed_beside_the_walks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    walk_line = "walk train.steps: 3 files, 5 calls, 2 returns"
+    seams_line = "trainer seams: 18 Any, 13 function-level imports"
+    props = "".join(
+        f'<property name="{name}" value="{value}"/>'
+        for name, value in (
+            (ci_summary.WALK_PROPERTY, walk_line),
+            (ci_summary.SEAMS_PROPERTY, seams_line),
+        )
+    )
+    (tmp_path / "a.xml").write_text(
+        f'<testsuite><properties>{props}</properties><testcase name="a"/></testsuite>'
+    )
+    assert ci_summary.seams(tmp_path) == [seams_line]
+    assert ci_summary.walks(tmp_path) == [walk_line]  # each property in its own list
+    assert ci_summary.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out.index(f"  {seams_line}") == out.index(f"  {walk_line}") + 2  # after its header
+
+
+def test_no_seams_line_says_which_test_records_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a.xml").write_text('<testsuite><testcase name="a"/></testsuite>')
+    assert ci_summary.main([str(tmp_path)]) == 0
+    assert "  none recorded (tools/tjx_tools/test_trainer_seams.py)" in capsys.readouterr().out

@@ -15,7 +15,7 @@ from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first u
     distributed_from_args,
 )
 from trainer.config import read_config
-from trainer.init_from import check_init_from, trained_model
+from trainer.deferred import init_from, metrics, nn, startup, target_plan
 from trainer.job.start import start_location
 from trainer.plan import RunPlan, error_exit, interrupted_exit
 from trainer.resume import check_chat_template, check_resume, describe_changes
@@ -102,8 +102,6 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         )
     with keyed(None, data.DataError):  # a local file or folder must exist now (names the key)
         data.check_local_sources(cfg.data)
-    from tjx import metrics, nn  # only for a valid config: they load jax
-
     with keyed("logging.sinks"):  # an optional logger's package (tensorboardX, wandb) is there
         metrics.check_logger_packages(cfg.logging.sinks, wandb_mode=cfg.logging.wandb_mode)
     if args.init_from is not None and resume:  # before the checkpoint checks: the real issue
@@ -119,7 +117,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         if cfg.train.fit_memory and changes.get("model.remat") == ("full", "none"):
             del changes["model.remat"]  # the memory fit chose full remat, and will again
     if args.init_from is not None:
-        check_init_from(cfg, args.init_from)
+        init_from.check_init_from(cfg, args.init_from)
     export_peft = None
     if args.export_peft is not None:
         if not cfg.use_lora:
@@ -127,7 +125,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
                 "--export-peft: this run trains no adapters; set lora.enabled=true (a fully "
                 "trained model is exported with eval --checkpoint RUN --export-hf DIR)"
             )
-        trained = trained_model(cfg, args.init_from, run_dir, resume)
+        trained = init_from.trained_model(cfg, args.init_from, run_dir, resume)
         with keyed("--export-peft"):  # what tjx.nn.save_peft would refuse at the end
             export_peft = nn.check_peft_export(trained, args.export_peft, "eval --export-hf")
     profile = parse_profile(args.profile_steps, cfg.train.steps)
@@ -179,9 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.config is None:
         parser.error("the following arguments are required: --config")
     if args.plan is not None:  # compile for a device that is not here; nothing trained (#38)
-        from trainer.target_plan import plan_from_args
-
-        return plan_from_args(args)
+        return target_plan.plan_from_args(args)
     try:
         plan = plan_run(args)
     except ConfigError as err:
@@ -190,9 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run directory: {plan.run_dir}", flush=True)
     if plan.resume_changes:
         print(describe_changes(plan.resume_changes), flush=True)
-    from trainer.startup import run  # heavy imports (jax) only once the input is valid
-
     try:
-        return run(plan)
+        return startup.run(plan)  # the first use of jax: the input is valid
     except KeyboardInterrupt:  # Ctrl-C before the loop's own handler was in place
         return interrupted_exit(plan.run_dir)

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, is_dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from tjx import data
 from tjx.core.config import ConfigError, check_unchanged, keyed, reworded
+from trainer.deferred import nn, optim
 from trainer.schema import PACKAGE_SECTIONS, schema_of, section_class, setting
+from trainer.seams import ConfigData
 from trainer.sections import (
     CheckpointConfig,
     DataConfig,
@@ -24,6 +27,15 @@ from trainer.sections import (
     SamplingConfig,
     TrainConfig,
 )
+
+if TYPE_CHECKING:  # the packages load jax, which the command line must not wait for
+    from tjx.nn import LoraConfig, Objective, PreferenceConfig, TransformerConfig
+    from tjx.optim import OptimizerConfig
+    from tjx.parallel import MeshConfig
+else:
+    # At run time the schema evaluates Config's annotations (typing.get_type_hints) but takes a
+    # package section's class from trainer.schema (``section=``): these names need only exist.
+    LoraConfig = PreferenceConfig = TransformerConfig = OptimizerConfig = MeshConfig = Any
 
 #: The vocabulary the model holds until the tokenizer's is known: no rule of tjx.nn depends on it.
 UNKNOWN_VOCAB = 2
@@ -36,13 +48,19 @@ class Config:
     name: str = setting(
         "custom", help="the run's name (the default run dir is runs/<name>)", resumable=True
     )
-    model: Any = setting(None, section="model", help="the tjx.nn config of model.kind")
+    model: TransformerConfig = setting(
+        None, section="model", help="the tjx.nn config of model.kind"
+    )
     data: DataConfig = setting(DataConfig, factory=True)
-    optimizer: Any = setting(None, section="optimizer", help="tjx.optim's OptimizerConfig")
+    optimizer: OptimizerConfig = setting(
+        None, section="optimizer", help="tjx.optim's OptimizerConfig"
+    )
     train: TrainConfig = setting(TrainConfig, factory=True)
-    mesh: Any = setting(None, section="mesh", help="tjx.parallel's MeshConfig")
-    lora: Any = setting(None, section="lora", help="tjx.nn's LoraConfig (with lora.enabled)")
-    preference: Any = setting(None, section="preference", help="tjx.nn's PreferenceConfig (DPO)")
+    mesh: MeshConfig = setting(None, section="mesh", help="tjx.parallel's MeshConfig")
+    lora: LoraConfig = setting(None, section="lora", help="tjx.nn's LoraConfig (with lora.enabled)")
+    preference: PreferenceConfig = setting(
+        None, section="preference", help="tjx.nn's PreferenceConfig (DPO)"
+    )
     checkpoint: CheckpointConfig = setting(CheckpointConfig, factory=True, resumable=True)
     logging: LoggingConfig = setting(LoggingConfig, factory=True, resumable=True)
     eval: EvalConfig = setting(EvalConfig, factory=True, resumable=True)
@@ -57,15 +75,11 @@ class Config:
     @property
     def kind(self) -> str:
         """``model.kind``: the key of tjx.nn.MODEL_KINDS holding the model's class."""
-        from tjx import nn
-
         return next(k for k, cls in nn.MODEL_KINDS.items() if type(self.model) is cls)
 
     @property
-    def objective(self) -> Any:
+    def objective(self) -> Objective:
         """tjx.nn's `Objective` of the model kind: what a step trains and counts."""
-        from tjx import nn
-
         return nn.objective_of(type(self.model))
 
     @property
@@ -73,7 +87,7 @@ class Config:
         """The objective's name: "lm" (decoders), "mlm" (BERT), "classify" (ViT) or "seq2seq"."""
         return str(self.objective.name)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ConfigData:
         """Plain data (YAML-safe) of every key: what ``config.yaml`` saves and a resume compares."""
         own = {"kind": self.kind, "vocab_size": self.vocab_size, "enabled": self.use_lora}
         out = {k: getattr(self, k) for k in SCHEMA.keys(Config, "", self.kind)}
@@ -99,7 +113,7 @@ def resolve(cfg: Config, vocab_size: int) -> Config:
     return cfg
 
 
-def read_config(data: Any) -> Config:
+def read_config(data: object) -> Config:
     """The validated config of plain data (files migrated, ``--set`` applied): every key read
     as its type (the first problem in the data's order), the trainer's rules, the packages' own
     as they build their sections (messages in the trainer's keys), then the rules between
@@ -116,8 +130,6 @@ def read_config(data: Any) -> Config:
     optimizer["schedule"] = {**optimizer.get("schedule", {}), "total_steps": own["train"].steps}
     with reworded(_words(section_class("optimizer"), "optimizer")):
         optimizer = build(section_class("optimizer"), optimizer, "optimizer")
-        from tjx import optim
-
         p = model.precision
         optim.check_precision(optimizer, param_dtype=p.param_dtype, compute_dtype=p.compute_dtype)
     mesh = build(section_class("mesh"), read.get("mesh", {}), "mesh")
@@ -139,7 +151,7 @@ def read_config(data: Any) -> Config:
 _OWN_SECTIONS = ("data", "train", "checkpoint", "logging", "eval", "sampling")
 
 
-def _model(cls: type, read: dict[str, Any], vocab: int | None) -> Any:
+def _model(cls: type, read: ConfigData, vocab: int | None) -> TransformerConfig:
     """The tjx.nn config of ``cls`` with settings ``read`` and a vocabulary (the set one, else
     the placeholder; none for a kind that reads no tokens)."""
     fields = {k: v for k, v in read.items() if k not in ("kind", "vocab_size")}
@@ -158,8 +170,6 @@ def _require(cond: bool, message: str) -> None:
 
 def _check_own(own: dict[str, Any], model_cls: type) -> None:
     """The rules across the trainer's own sections (``data``'s are tjx.data's)."""
-    from tjx import data, nn
-
     task = nn.objective_of(model_cls).name
     with keyed(None):  # before anything is prepared
         data.check_data_config(own["data"], task, decoders="a decoder (model.kind gpt2 or llama)")
@@ -205,8 +215,6 @@ def _check_across(cfg: Config, preference: list[str]) -> None:
         why = "applies to preference pairs only; set data.format=preference or drop the preference"
         check_unchanged(cfg.preference, preference, "preference", f"{why} settings")
     else:
-        from tjx import nn
-
         with keyed(None):
             nn.check_preference_run(
                 m, pipeline=mesh.pipeline, context=mesh.context, z_loss=t.z_loss
@@ -219,7 +227,7 @@ _PRECISION_WORDS = {
 }
 
 
-def build(cls: type, checked: dict[str, Any], path: str) -> Any:
+def build(cls: type, checked: ConfigData, path: str) -> Any:
     """``cls`` from `tjx.core.config.Schema.values`' output (nested sections built first); a
     package's ``ValueError`` is a `ConfigError` in the config's keys (`_words`)."""
     return SCHEMA.build(cls, checked, path, _words(cls, path))

@@ -4,10 +4,12 @@ this process's share of the mesh; every bad input a `ConfigError` naming its key
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import jax
+import numpy as np
+from jax.sharding import Mesh
 
 from tjx import data, parallel
 from trainer.config import Config
@@ -18,8 +20,24 @@ _DATA = ("source", "tokenizer", "seq_len", "batch_size", "max_tokens", "sources"
 KEYS = {k: f"data.{k}" for k in _DATA} | {"data": "data.source", "steps": "train.steps"}
 KEYS |= {k: f"model.{k}" for k in ("vocab_size", "image_size", "num_channels")}
 
+#: A run's prepared data (tjx.data's `prepare_run`): tokenizer, shards of both splits, loaders.
+Bundle: TypeAlias = data.RunData | data.ChatRunData
+#: A batch on the host, as the loaders give it.
+HostBatch: TypeAlias = dict[str, np.ndarray]
+T = TypeVar("T")
 
-def _keyed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+
+class TrainLoader(Protocol):
+    """What a run needs of tjx.data's training loaders (``PackedLoader``, ``MixtureLoader``,
+    ``ChatLoader``, ``PreferenceLoader``, ``ImageLoader``): the next batch, and the state a
+    checkpoint keeps to resume from."""
+
+    def __next__(self) -> HostBatch: ...
+
+    def state_dict(self) -> Mapping[str, object]: ...
+
+
+def _keyed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)`` with messages by config key, its bad arguments `ConfigError`s."""
     try:
         return fn(*args, names=KEYS, **kwargs)
@@ -29,7 +47,7 @@ def _keyed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise ConfigError(str(err)) from None
 
 
-def shares(mesh: Any = None) -> dict[str, int]:
+def shares(mesh: Mesh | None = None) -> dict[str, int]:
     """This process's share of each global batch, as tjx.data's loaders take it: tjx.parallel's
     ``batch_share`` of the run's mesh (processes that differ only along context/tensor load the
     same rows), else one share per process."""
@@ -45,7 +63,7 @@ def describe_source(cfg: Config) -> str:
     return str(_keyed(data.describe_sources, cfg.data))
 
 
-def make_tokenizer(cfg: Config) -> Any:
+def make_tokenizer(cfg: Config) -> data.Tokenizer:
     """The run's tokenizer (`tjx.data.config_tokenizer`; a bpe trained once and cached)."""
     return _keyed(data.config_tokenizer, cfg.data)
 
@@ -55,14 +73,14 @@ def prepare(cfg: Config) -> data.RunData | data.ChatRunData:
     images (cheap when cached). New data is checked to give the run's batches before it is
     published in the shared cache: data the run refuses leaves the cache as it was."""
     m, images = cfg.model, cfg.task == "classify"
-    shape = {"image_size": m.image_size, "num_channels": m.num_channels} if images else {}
+    shape = {"image_size": m.image_size, "num_channels": m.num_channels} if images else {}  # type: ignore[attr-defined]
     # model.vocab_size as set (None: the tokenizer's); tokenizing progress on a terminal
     extra = {"vocab_size": cfg.vocab_size, "progress": sys.stderr.isatty(), **shape}
     extra["steps"] = cfg.train.steps
     return _keyed(data.prepare_run, cfg.data, images=images, **extra)
 
 
-def train_loader(bundle: Any, cfg: Config, mesh: Any = None) -> Any:
+def train_loader(bundle: Bundle, cfg: Config, mesh: Mesh | None = None) -> TrainLoader:
     """The resumable, shuffled training iterator: this process's rows of each global batch (its
     share on ``mesh``, see `shares`); a mixture that would end before ``train.steps`` is
     refused before anything is written."""
@@ -74,13 +92,15 @@ def train_loader(bundle: Any, cfg: Config, mesh: Any = None) -> Any:
     return loader
 
 
-def restore_loader(loader: Any, state: dict[str, Any], mesh: Any = None) -> None:
+def restore_loader(
+    loader: TrainLoader, state: Mapping[str, object], mesh: Mesh | None = None
+) -> None:
     """Continue ``loader`` from a checkpoint's (process 0's) loader state on this process."""
     data.restore_loader_state(loader, state, process_index=shares(mesh)["process_index"])
 
 
 def val_batches(
-    bundle: Any, cfg: Config, max_batches: int | None, mesh: Any = None
-) -> Iterator[Any]:
+    bundle: Bundle, cfg: Config, max_batches: int | None, mesh: Mesh | None = None
+) -> Iterator[HostBatch]:
     """The first ``max_batches`` validation batches, always in the same order."""
     return bundle.validation_batches(cfg.eval.batch_size, max_batches, **shares(mesh))

@@ -14,21 +14,25 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import chex
 import jax
+import numpy as np
 
 from tjx import nn
+from trainer.config import Config
 from trainer.train_state import TrainState
 
+T = TypeVar("T")
 
-def is_dpo(cfg: Any) -> bool:
+
+def is_dpo(cfg: Config) -> bool:
     """Whether the run trains on preference pairs (with DPO)."""
     return bool(cfg.data.format == "preference")
 
 
-def with_reference(cfg: Any, state: TrainState, *, copy: bool = True) -> TrainState:
+def with_reference(cfg: Config, state: TrainState, *, copy: bool = True) -> TrainState:
     """``state`` with a ``reference``: a copy of its params for DPO without LoRA (``copy`` False
     for abstract states: the same shapes serve)."""
     if not is_dpo(cfg) or cfg.use_lora:
@@ -39,12 +43,12 @@ def with_reference(cfg: Any, state: TrainState, *, copy: bool = True) -> TrainSt
     return dataclasses.replace(state, reference=reference)
 
 
-def head_settings(cfg: Any) -> dict[str, Any]:
+def head_settings(cfg: Config) -> dict[str, Any]:
     """The vocabulary head's settings for tjx.nn's preference steps (the config refuses z-loss)."""
     return {k: cfg.train.head_settings[k] for k in ("chunked", "chunk_size")}
 
 
-def bind_reference(loss_fn: Callable[..., Any], state: TrainState) -> Callable[..., Any]:
+def bind_reference(loss_fn: Callable[..., T], state: TrainState) -> Callable[..., T]:
     """``loss_fn`` with the state's frozen reference params bound (as is without one)."""
     if state.reference is None:
         return loss_fn
@@ -57,7 +61,11 @@ def reference_args(state: TrainState) -> tuple[chex.ArrayTree, ...]:
 
 
 def heldout(
-    step: Any, params: Any, reference: Any, batches: Iterable[Any], place: Callable[[Any], Any]
+    step: Callable[..., dict[str, jax.Array]],
+    params: chex.ArrayTree,
+    reference: chex.ArrayTree | None,
+    batches: Iterable[dict[str, np.ndarray]],
+    place: Callable[[dict[str, np.ndarray]], dict[str, jax.Array]],
 ) -> dict[str, float]:
     """tjx.nn's `heldout_preference` of the eval ``step`` (`step.make_eval_step`) over every
     held-out pair batch: DPO's ``loss``, ``rewards/*`` and ``logps/*`` means, and ``pairs``."""

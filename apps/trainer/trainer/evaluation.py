@@ -6,8 +6,10 @@ for a mixture) over this run's validation batches, placed on its mesh; and text 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
+import chex
 import jax
 import numpy as np
 from flax import nnx
@@ -16,6 +18,7 @@ import trainer.data_setup as data_setup
 from tjx import data, metrics, nn, parallel
 from trainer import dpo
 from trainer.config import Config
+from trainer.data_setup import Bundle
 from trainer.state import Setup
 from trainer.step import make_eval_step
 from trainer.train_state import TrainState
@@ -24,7 +27,11 @@ _EMPTY = "validation data is empty: no batch of the configured size fits"
 
 
 def evaluate(
-    setup: Setup, params: Any, bundle: Any, cfg: Config, reference: Any = None
+    setup: Setup,
+    params: chex.ArrayTree,
+    bundle: Bundle,
+    cfg: Config,
+    reference: chex.ArrayTree | None = None,
 ) -> dict[str, float]:
     """tjx-metrics' held-out metrics (``loss``, ``perplexity``, ``bits_per_byte``, ``top{k}``, a
     classifier's ``accuracy`` ...) over the first ``train.eval_batches`` validation batches; a
@@ -40,7 +47,9 @@ def evaluate(
     how: dict[str, Any] = {"place": place, "empty": _EMPTY, "num_classes": classes}
     how["scores_every_token"] = cfg.objective.scores_every_token
     if getattr(bundle, "mixture", None) is not None:  # text only: a chat mixture is refused
-        sets = bundle.mixture_validation(cfg.eval.batch_size, count, **data_setup.shares(mesh))
+        sets = bundle.mixture_validation(  # type: ignore[union-attr]  # (RunData's)
+            cfg.eval.batch_size, count, **data_setup.shares(mesh)
+        )
         return metrics.evaluate_heldout_sources(step, params, sets, **how)
     held, bpt = data_setup.val_batches(bundle, cfg, count, mesh), bundle.bytes_per_token
     if dpo.is_dpo(cfg):
@@ -48,7 +57,7 @@ def evaluate(
     return metrics.evaluate_heldout(step, params, held, bytes_per_token=bpt, **how)
 
 
-def eval_step(setup: Setup, cfg: Config) -> Any:
+def eval_step(setup: Setup, cfg: Config) -> Callable[..., dict[str, jax.Array]]:
     """The jitted held-out step of ``setup``, built at its first evaluation and kept on it, so it
     dies with its run. (A module cache keyed by ``id(setup)`` once gave a study's next run, made at
     a freed setup's address, the old run's step.)"""
@@ -57,7 +66,9 @@ def eval_step(setup: Setup, cfg: Config) -> Any:
     return setup.eval_step
 
 
-def evaluate_state(setup: Setup, state: TrainState, bundle: Any, cfg: Config) -> dict[str, float]:
+def evaluate_state(
+    setup: Setup, state: TrainState, bundle: Bundle, cfg: Config
+) -> dict[str, float]:
     """`evaluate` of a train state's params (against its DPO reference, if it holds one)."""
     return evaluate(setup, state.param_tree(), bundle, cfg, state.reference)
 
@@ -70,14 +81,24 @@ def format_samples(texts: list[str], prompts: list[str]) -> str:
     )
 
 
-def sample(setup: Setup, params: Any, bundle: Any, cfg: Config, step: int) -> list[str]:
+def sample(
+    setup: Setup, params: chex.ArrayTree, bundle: Bundle, cfg: Config, step: int
+) -> list[str]:
     """Each configured prompt and its continuation at ``step`` (seeded by run seed and step)."""
 
-    s, tokenizer, seed = cfg.sampling, bundle.tokenizer, cfg.train.seed * 1_000_003 + step
+    s, seed = cfg.sampling, cfg.train.seed * 1_000_003 + step
+    tokenizer: data.Tokenizer = bundle.tokenizer  # type: ignore[assignment]  # text has one
     tokens, lengths = data.encode_prompts(tokenizer, list(s.prompts))
     new = max(1, min(s.max_new_tokens, int(setup.nn_config.max_seq_len) - tokens.shape[1]))
     model = nnx.merge(setup.graphdef, params, setup.rest)
     knobs = {k: getattr(s, k) for k in ("temperature", "top_k", "top_p")}
-    out = nn.generate(model, tokens, max_new_tokens=new, seed=seed, prompt_lengths=lengths, **knobs)
+    out = nn.generate(  # the model is a decoder (a text run samples)
+        model,  # type: ignore[arg-type]
+        tokens,
+        max_new_tokens=new,
+        seed=seed,
+        prompt_lengths=lengths,
+        **knobs,
+    )
     ids = np.asarray(out)  # each row: the real prompt, then the new tokens (tjx.nn.generate layout)
     return [tokenizer.decode([int(t) for t in ids[i, : n + new]]) for i, n in enumerate(lengths)]

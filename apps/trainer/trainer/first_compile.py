@@ -22,8 +22,7 @@ import functools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
 
 import jax
 
@@ -34,7 +33,8 @@ from trainer.job.step_plan import batch_shapes
 from trainer.memory_fit import abstract_step
 from trainer.schema import ConfigError
 from trainer.state import Setup
-from trainer.step import jit_train_step
+from trainer.step import Batch, TrainStep, jit_train_step
+from trainer.train_state import TrainState
 
 #: Seconds between the lines a long compile prints.
 TICK_S = 15.0
@@ -75,7 +75,7 @@ def cache_hits() -> Iterator[list[str]]:
     events; the list fills as they come)."""
     hits: list[str] = []
 
-    def listen(event: str, **_: Any) -> None:
+    def listen(event: str, **_: object) -> None:
         if event == CACHE_HIT_EVENT:
             hits.append(event)
 
@@ -111,14 +111,14 @@ class StepCompiler:
         Where the compile lines go (stdout).
     """
 
-    def __init__(self, devices: list[Any] | None = None, say: Say = _say) -> None:
+    def __init__(self, devices: list[jax.Device] | None = None, say: Say = _say) -> None:
         self.devices = list(jax.devices() if devices is None else devices)
         self.say = say
-        self._compiled: dict[str, tuple[Any, Any]] = {}  # key -> (Compiled, AbstractRun or None)
+        self._compiled: dict[str, tuple[jax.stages.Compiled, target_plan.AbstractRun | None]] = {}
         #: Train-step compiles this object ran (the compile-count test reads XLA's own log too).
         self.compiles = 0
 
-    def _compile(self, label: str, lower: Callable[[], Any]) -> Any:
+    def _compile(self, label: str, lower: Callable[[], jax.stages.Lowered]) -> jax.stages.Compiled:
         started = time.perf_counter()
         self.say(f"compiling {label}…")
         with ticking(f"compiling {label}", say=self.say), cache_hits() as hits:
@@ -129,7 +129,7 @@ class StepCompiler:
         self.say(f"compiled {label} in {took:.1f} s{source}")
         return compiled
 
-    def compile(self, cfg: Config, label: str = "the train step") -> Any:
+    def compile(self, cfg: Config, label: str = "the train step") -> jax.stages.Compiled:
         """``cfg``'s compiled train step (a ``jax.stages.Compiled``); raises what lowering or
         XLA raise (a kernel that fails). Compiled once per `step_key`."""
 
@@ -150,11 +150,11 @@ class StepCompiler:
         self._compiled[key] = (compiled, run)
         return compiled
 
-    def build(self, cfg: Config) -> Any:
+    def build(self, cfg: Config) -> jax.stages.Compiled:
         """`compile` as the kernel choice's ``build`` (raises on failure)."""
         return self.compile(cfg)
 
-    def for_run(self, cfg: Config, setup: Setup) -> Any:
+    def for_run(self, cfg: Config, setup: Setup) -> TrainStep:
         """The step the loop calls for ``cfg`` on ``setup``'s state: the executable compiled
         before when its arguments are laid out as ``setup.state`` is (shapes, dtypes and
         shardings), else the run's own step compiled now (with the same lines); either one
@@ -173,14 +173,16 @@ class StepCompiler:
         return taking_step_keys(compiled, batch)
 
 
-def taking_step_keys(compiled: Any, batch: dict[str, Any]) -> Callable[[Any, Any], Any]:
+def taking_step_keys(
+    compiled: jax.stages.Compiled, batch: Mapping[str, jax.ShapeDtypeStruct]
+) -> TrainStep:
     """``compiled(state, batch)`` with the loader's batch cut to the keys of ``batch`` (the
     abstract batch it was compiled for). A loader may add entries the step never reads (a
     mixture's per-row ``source``): a jitted function retraced for them, an executable refuses
     any argument tree but its own."""
     keys = tuple(batch)
 
-    def call(state: Any, given: dict[str, Any]) -> Any:
+    def call(state: TrainState, given: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         return compiled(state, {k: given[k] for k in keys})
 
     return call
@@ -200,7 +202,7 @@ def _run_batch(cfg: Config, setup: Setup) -> dict[str, jax.ShapeDtypeStruct]:
     return {k: jax.ShapeDtypeStruct(s, d, sharding=on(len(s))) for k, (s, d) in shapes.items()}
 
 
-def same_layout(abstract: Any, state: Any) -> bool:
+def same_layout(abstract: TrainState, state: TrainState) -> bool:
     """Whether ``state``'s arrays are what ``abstract`` describes: one tree, and each leaf's
     shape, dtype and sharding (equivalent placement) the same."""
     a_leaves, a_tree = jax.tree.flatten(abstract)

@@ -14,22 +14,25 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
+from flax import nnx
+
+from tjx import ckpt, data, nn
 from tjx.core.config import load_yaml
+from tjx.nn import TransformerConfig
+from tjx.nn.hf.checkpoints import check_hf_weights
 from trainer.config import Config, read_config
+from trainer.data_setup import Bundle
 from trainer.job.folder import RunDir
+from trainer.job.init_checks import check_hf_settings, clash_names, hf_start_config
 from trainer.schema import ConfigError, keyed
+from trainer.seams import ConfigData
 
 
 def check_init_from(cfg: Config, source: str) -> None:
     """Raise `ConfigError` (one line) unless ``source`` can start a run of ``cfg``
     (`hf_start_config`, `check_hf_settings` and, for a local folder, tjx.nn's `check_hf_weights`;
     or `_same_model`)."""
-    # On use: the command line imports this module and stays free of jax (tjx.nn loads it).
-    from tjx.nn.hf.checkpoints import check_hf_weights
-    from trainer.job.init_checks import check_hf_settings, hf_start_config
-
     if RunDir.is_run(source):
         path = Path(source).expanduser()
         return _same_model(cfg.model, _run_files(path)[0], path, vocab=False)
@@ -45,10 +48,8 @@ def check_init_from(cfg: Config, source: str) -> None:
             check_hf_weights(source)
 
 
-def _run_files(path: Path) -> tuple[Any, dict[str, Any]]:
+def _run_files(path: Path) -> tuple[TransformerConfig, ConfigData]:
     """The run's tjx.nn model config and its saved config data."""
-    from tjx import nn
-
     try:
         model = nn.config_from_dict(json.loads((path / "model.json").read_text()))
         saved = load_yaml((path / "config.yaml").read_text())
@@ -59,11 +60,11 @@ def _run_files(path: Path) -> tuple[Any, dict[str, Any]]:
     return model, saved
 
 
-def _same_model(ours: Any, theirs: Any, path: Path, *, vocab: bool) -> None:
+def _same_model(
+    ours: TransformerConfig, theirs: TransformerConfig, path: Path, *, vocab: bool
+) -> None:
     """A `ConfigError` naming `clash_names` of the two model configs (the vocabulary's
     only if ``vocab``: once the tokenizer is read)."""
-    from trainer.job.init_checks import clash_names  # on use, as above
-
     named = clash_names(ours, theirs, vocab=vocab)
     if named:
         advice = (
@@ -76,13 +77,9 @@ def _same_model(ours: Any, theirs: Any, path: Path, *, vocab: bool) -> None:
         )
 
 
-def load_run(cfg: Config, model_cfg: Any, source: str) -> tuple[Any, int]:
+def load_run(cfg: Config, model_cfg: TransformerConfig, source: str) -> tuple[nnx.Module, int]:
     """The model of resolved ``model_cfg`` with the params of run ``source``'s newest intact
     checkpoint (LoRA merged), on the host; and that step."""
-    from flax import nnx
-
-    from tjx import ckpt, nn
-
     path = Path(source).expanduser()
     theirs, saved = _run_files(path)
     _same_model(model_cfg, theirs, path, vocab=True)
@@ -107,19 +104,17 @@ def load_run(cfg: Config, model_cfg: Any, source: str) -> tuple[Any, int]:
     return model, int(step)
 
 
-def check_tokenizer(source: str, bundle: Any) -> None:
+def check_tokenizer(source: str, bundle: Bundle) -> None:
     """The data's tokenizer must be the run's (tjx.data's `check_run_tokenizer`)."""
-    from tjx import data
-
     with keyed("--init-from", data.DataError):
         data.check_run_tokenizer(source, bundle, names={"tokenizer": "data.tokenizer"})
 
 
-def trained_model(cfg: Config, source: str | None, run_dir: Path, resume: bool) -> Any:
+def trained_model(
+    cfg: Config, source: str | None, run_dir: Path, resume: bool
+) -> TransformerConfig:
     """The tjx.nn model config the run trains: a Hugging Face start's (its ``config.json``; on a
     ``--resume``, the run's ``model.json``), else the config's own."""
-    from tjx import nn
-
     if resume and resumed_from_checkpoint(cfg, run_dir) is not None:
         return nn.config_from_dict(RunDir(run_dir).read(RunDir.MODEL_FILE))
     if source is None or resume or RunDir.is_run(source) or source in nn.HF_GPT2_NAMES:
@@ -138,8 +133,6 @@ def recorded(run_dir: Path) -> str | None:
 def resumed_from_checkpoint(cfg: Config, run_dir: Path) -> Config | None:
     """``cfg`` with the architecture a run started from a Hugging Face checkpoint trained (its
     ``model.json``) but ``cfg``'s tjx.nn `TRAINING_FIELDS`; ``None`` for any other run."""
-    from tjx import nn
-
     found = RunDir(run_dir).read_init()
     if found is None or found.get("kind") != "hugging-face":  # a tjx run's model is the config's
         return None

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import jax
 
@@ -27,11 +26,14 @@ from trainer.config import Config
 from trainer.job.step_plan import batch_shapes
 from trainer.schema import ConfigError
 from trainer.state import abstract_state, check_context
+from trainer.train_state import TrainState
 
 Say = Callable[[str], None]
 
 
-def abstract_step(cfg: Config) -> tuple[Any, Any, Any]:
+def abstract_step(
+    cfg: Config,
+) -> tuple[jax.stages.Wrapped, TrainState, dict[str, jax.ShapeDtypeStruct]]:
     """(jitted step, abstract state, abstract batch) of ``cfg``'s train step on one device,
     unsharded; no parameter is created."""
 
@@ -85,8 +87,10 @@ def choose_kernel(
     except ValueError:  # a mesh that does not fit the devices: the mesh's own line says so
         ways = 1
     check_context(cfg, ways)  # cudnn, or pallas with a window: one line naming the key
-    split = {"context_ways": ways, "context_strategy": cfg.mesh.context_strategy}
-    return nn.choose_attention_kernel(cfg.model, build, say, say_xla=say_xla, **split)
+    strategy = cfg.mesh.context_strategy
+    return nn.choose_attention_kernel(
+        cfg.model, build, say, say_xla=say_xla, context_ways=ways, context_strategy=strategy
+    )
 
 
 def lighter(cfg: Config, devices: int | None = None) -> Iterator[tuple[Config, str]]:
@@ -118,7 +122,7 @@ def fit_memory(
     *,
     budget: int | None = None,
     devices: int | None = None,
-    compile_step: Callable[[Config, str], Any] | None = None,
+    compile_step: Callable[[Config, str], jax.stages.Compiled] | None = None,
 ) -> Config:
     """``cfg`` if its step fits, else ``cfg`` with ``model.remat=full``; ConfigError if neither.
     ``budget`` (bytes) and ``devices`` default to this machine's (tests pass their own);
@@ -131,7 +135,7 @@ def fit_memory(
         return cfg
     full = next(lighter(cfg), (cfg, ""))[0]  # full remat, when remat is off
 
-    def measure(run: Config, name: str) -> Any:
+    def measure(run: Config, name: str) -> int | jax.stages.Compiled:
         return step_peak(run, name) if compile_step is None else compile_step(run, name)
 
     candidates = [(STEP, lambda: measure(cfg, STEP))]

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
 from tjx import ckpt, parallel
 from tjx.parallel.arguments import DistributedArgs, not_joined_line
 from trainer.plan import error_exit, error_line
+from trainer.seams import ConfigData
 
 
 class JoinError(Exception):
@@ -34,14 +34,15 @@ DISAGREEMENTS = {
 
 
 def join(
-    dist: DistributedArgs, config: dict[str, Any], *, resume: bool, init_from: str | None
-) -> Any:
+    dist: DistributedArgs, config: ConfigData, *, resume: bool, init_from: str | None
+) -> parallel.DistributedInfo:
     """`tjx.parallel.join` with the launch flags ``dist``: all processes must agree on ``config``
     (the effective config), ``resume`` and ``init_from`` (the trainer's flags named in every
     message). Returns its `DistributedInfo`; raises `JoinError` (code 2: an incomplete setup or
     processes that disagree; 1: joining failed)."""
 
-    def not_joined(info: Any) -> str:  # tjx.parallel's line, as the trainer's one error line
+    # tjx.parallel's line, as the trainer's one error line
+    def not_joined(info: parallel.DistributedInfo) -> str:
         return error_line(not_joined_line(info, dist.timeout_s))
 
     try:
@@ -76,7 +77,7 @@ def join(
 PEER_SILENCE_S = 15.0
 
 
-def watch(run_dir: Path) -> Any:
+def watch(run_dir: Path) -> parallel.PeerWatch:
     """The run's peer watch (`tjx.parallel.watch_peers`), a context manager: a dead peer costs one
     line naming it and the newest checkpoint, then exit 1 at once; leaving the block normally
     marks this process done (peers still writing their last files do not report it)."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tjx import parallel
 from tjx.ckpt import last_checkpoint_words
 from tjx.parallel.arguments import DistributedArgs
 from tjx.parallel.preemption import write_stderr
@@ -68,8 +69,6 @@ def interrupted_exit(run_dir: Path) -> int:
 def stop_on_signals(run_dir: Path) -> AbstractContextManager[StopFlag]:
     """tjx.parallel.stop_on_signals with the trainer's line; a second Ctrl-C ends the process
     at once, naming the newest committed checkpoint of ``run_dir`` (exit 130)."""
-    from tjx import parallel
-
     return parallel.stop_on_signals(
         message=STOP_MESSAGE, stop_now=lambda: parallel.exit_now(interrupted_exit(run_dir))
     )

@@ -5,19 +5,20 @@ that only steer the loop (``resumable`` metadata) may change (``trainer.job.chan
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from tjx import ckpt, data
 from trainer.config import SCHEMA, Config, read_config
-from trainer.job.changes import config_changes
+from trainer.deferred import optim
+from trainer.job.changes import Diff, config_changes
 from trainer.job.changes import describe_changes as describe_changes_of
 from trainer.job.folder import RunDir
 from trainer.job.start import resumed_config
 from trainer.schema import ConfigError, kind_of
+from trainer.seams import ConfigData
 from trainer.settings import migrate
 
 
-def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
+def is_training_only(key: str, config: ConfigData | None = None) -> bool:
     """Whether a resume may change dotted config ``key``: its field's ``resumable`` metadata, or
     that of a section holding it (the model's of ``config``'s kind)."""
     try:
@@ -26,20 +27,18 @@ def is_training_only(key: str, config: dict[str, Any] | None = None) -> bool:
         return False
 
 
-def _compared(config: dict[str, Any], *, saved: bool) -> dict[str, Any]:
+def _compared(config: ConfigData, *, saved: bool) -> ConfigData:
     """``config`` as compared: a saved one as this trainer writes it (migrated; a key added since
     at its default, which the run had), every null optimizer setting as the optimizer's own
     (tjx.optim's `with_schedule_defaults`), so a saved ``b2: 0.95`` shows ``optimizer.b2 0.95 →
     0.999 (adamw's default)`` and a saved number that is the optimizer's own shows nothing."""
-    from tjx import optim  # on use: the command line stays free of jax
-
     full = read_config(migrate(config)).to_dict() if saved else config
     if not isinstance(full.get("optimizer"), dict):
         return full
     return {**full, "optimizer": optim.with_schedule_defaults(full["optimizer"])}
 
 
-def check_resume(run_dir: Path, new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+def check_resume(run_dir: Path, new: ConfigData) -> Diff:
     """Refuse a resume of ``run_dir`` to config ``new`` (``Config.to_dict()``) that changes what
     the checkpoints hold (`ConfigError`, also for a missing or unreadable ``config.yaml``);
     return the training-only keys that change, ``key → (saved, new)``."""
@@ -62,7 +61,7 @@ def check_resume(run_dir: Path, new: dict[str, Any]) -> dict[str, tuple[Any, Any
     return changes.allowed
 
 
-def describe_changes(diff: dict[str, tuple[Any, Any]]) -> str:
+def describe_changes(diff: Diff) -> str:
     """The line printed when a resume changes training-only settings."""
     return f"resume: changed settings: {describe_changes_of(diff)}"
 

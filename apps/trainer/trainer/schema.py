@@ -5,11 +5,10 @@ their classes are imported when a section is first walked, never when the comman
 
 from __future__ import annotations
 
-import dataclasses
 from importlib import import_module
-from typing import Any
 
 from tjx.core.config import ConfigError, Schema, choices, keyed
+from tjx.core.config.schema import Entry
 from tjx.core.fields import setting
 
 __all__ = ["KINDS", "PACKAGE_SECTIONS", "ConfigError", "choices", "keyed", "kind_of"]
@@ -26,7 +25,7 @@ PACKAGE_SECTIONS = {
 #: The model kinds the trainer trains (``--help`` lists them without loading JAX).
 KINDS = ("gpt2", "llama", "bert", "vit", "encdec")
 #: The trainer's own keys of a section, before the class's fields.
-OWN_KEYS: dict[str, dict[str, tuple[Any, dataclasses.Field[Any]]]] = {
+OWN_KEYS: dict[str, dict[str, Entry]] = {
     "model": {
         "kind": (str, setting("gpt2", choices=KINDS, help="model family (tjx.nn.MODEL_KINDS)")),
         # The one trainer rule on a model field: its vocabulary is the tokenizer's by default.
@@ -44,7 +43,7 @@ OWN_KEYS: dict[str, dict[str, tuple[Any, dataclasses.Field[Any]]]] = {
 }
 
 
-def section_class(section: str, kind: Any = "gpt2") -> type:
+def section_class(section: str, kind: object = "gpt2") -> type:
     """The class of package section ``section`` (``"model"``: the one of ``kind``)."""
     module, name = PACKAGE_SECTIONS[section].split(":")
     found = getattr(import_module(module), name)
@@ -56,7 +55,7 @@ def section_class(section: str, kind: Any = "gpt2") -> type:
     return found[kind]  # type: ignore[no-any-return]
 
 
-def kind_of(data: Any) -> Any:
+def kind_of(data: object) -> object:
     """The model kind of plain config ``data`` (``gpt2`` where it names none)."""
     model = data.get("model") if isinstance(data, dict) else None
     return model.get("kind", "gpt2") if isinstance(model, dict) else "gpt2"

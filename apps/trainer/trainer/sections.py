@@ -14,7 +14,7 @@ from tjx.data import DataConfig as DataConfig
 from trainer.schema import setting
 
 
-def resumable(default: Any, **meta: Any) -> Any:
+def resumable(default: object, **meta: Any) -> Any:
     """`setting` of a key a resumed run may change (``--resume --set``)."""
     return setting(default, **meta, resumable=True)
 

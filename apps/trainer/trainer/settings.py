@@ -6,21 +6,21 @@ files of ``configs/`` beside the ``trainer`` package (Pants' source root is ``ap
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from tjx.core import config
 from tjx.core.config import ConfigError, deep_merge, keyed, value_text
 from trainer.config import SCHEMA, Config, read_config
+from trainer.deferred import nn, optim
+from trainer.seams import ConfigData
 
 __all__ = ["deep_merge", "value_text"]  # tjx.core.config's, kept under the names callers know
 
 
 def renamed(key: str) -> str:
     """Today's name of dotted ``key`` (itself unless it, or a section holding it, was renamed)."""
-    from tjx import nn, optim
-
     for section, table in (("model", nn.RENAMED_MODEL_KEYS), ("optimizer", optim.RENAMED_KEYS)):
         for old, new in table.items():
             if key == f"{section}.{old}" or key.startswith(f"{section}.{old}."):
@@ -28,13 +28,11 @@ def renamed(key: str) -> str:
     return key
 
 
-def migrate(data: Any) -> Any:
+def migrate(data: ConfigData) -> ConfigData:
     """A copy of config ``data`` in today's keys (tjx.nn's and tjx.optim's migrations of their
     sections; data that is no mapping is returned as is)."""
     if not isinstance(data, dict):
         return data
-    from tjx import nn, optim
-
     out = copy.deepcopy(data)
     model, optimizer = out.get("model"), out.get("optimizer")
     with keyed(None):
@@ -66,33 +64,33 @@ def preset_names() -> list[str]:
     return FILES.names()
 
 
-def load_config_data(name_or_path: str) -> dict[str, Any]:
+def load_config_data(name_or_path: str) -> ConfigData:
     """Plain data of a preset name or a YAML file path (``base:`` resolved, each file migrated)."""
     return FILES.load(name_or_path)
 
 
-def field_at(key: str, data: dict[str, Any] | None = None) -> tuple[Any, Any]:
+def field_at(key: str, data: ConfigData | None = None) -> tuple[dataclasses.Field[object], object]:
     """The field at dotted ``key`` and the type ``--set`` reads (`tjx.core.config.Schema.field_at`);
     the model's keys are those of ``data``'s kind."""
     return SCHEMA.field_at(key, SCHEMA.kind_of(data or {}))
 
 
-def parse_override(text: str, data: dict[str, Any] | None = None) -> tuple[str, Any]:
+def parse_override(text: str, data: ConfigData | None = None) -> tuple[str, object]:
     """``"train.steps=1_000"`` → ``("train.steps", 1000)`` typed by the field (an old key name is
     read as today's: ``optimizer.lr`` → ``optimizer.schedule.peak_lr``)."""
     return config.parse_override(SCHEMA, text, data, renamed)
 
 
 def apply_overrides(
-    data: dict[str, Any], overrides: list[str], say: Callable[[str], None] | None = None
-) -> dict[str, Any]:
+    data: ConfigData, overrides: list[str], say: Callable[[str], None] | None = None
+) -> ConfigData:
     """A copy of config ``data`` with every ``--set`` applied in order
     (`tjx.core.config.apply_overrides`; an old key name works, and ``say`` hears its new name
     once)."""
     return config.apply_overrides(SCHEMA, data, overrides, renamed, say)
 
 
-def changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+def changed(before: ConfigData, after: ConfigData) -> list[str]:
     """``key=value`` of every key whose value ``after`` (a preset's data with a command line's
     overrides) differs from ``before`` (the preset's), as ``--set`` would write it."""
     return config.changed(SCHEMA, before, after)

@@ -50,7 +50,7 @@ def run(plan: RunPlan) -> int:
         )
     except multihost.JoinError as err:
         return error_exit(str(err), code=err.code)
-    if info.num_processes > 1:
+    if (info.num_processes or 1) > 1:
         where = f"coordinator {info.coordinator}, setup from {info.source}"
         print(
             f"multi-host: process {info.process_id} of {info.num_processes} ({where})", flush=True

@@ -6,7 +6,6 @@ import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import chex
 import jax
@@ -28,7 +27,7 @@ from trainer.train_state import TrainState
 class TrainParts:
     """`train_state`'s result: the model split for the step and the state built from it."""
 
-    graphdef: nnx.GraphDef[Any]
+    graphdef: nnx.GraphDef[nnx.Module]
     #: The model's state that is not a parameter (RNG counters, caches' shapes, ...).
     rest: nnx.State
     tx: optax.GradientTransformation
@@ -45,7 +44,7 @@ class Setup:
     rules: parallel.AxisRules
     #: The model's own config: ``cfg.model``, or one read from an ``--init-from`` checkpoint.
     nn_config: nn.TransformerConfig
-    graphdef: nnx.GraphDef[Any]
+    graphdef: nnx.GraphDef[nnx.Module]
     #: The model's state that is not a parameter (RNG counters, caches' shapes, ...).
     rest: nnx.State
     tx: optax.GradientTransformation
@@ -58,7 +57,7 @@ class Setup:
     #: The step of the run ``--init-from RUN_DIR`` read (None: another start).
     init_step: int | None = None
     #: The jitted held-out step, built by trainer.evaluation at the run's first evaluation.
-    eval_step: Callable[..., Any] | None = None
+    eval_step: Callable[..., dict[str, jax.Array]] | None = None
     #: The params' logical axes (`train_state`'s): the optimizer's decay mask reads them.
     specs: chex.ArrayTree = None
 
@@ -80,7 +79,9 @@ def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:
         )
 
 
-def make_mesh(cfg: Config, devices: list[Any] | None = None) -> tuple[Any, Any]:
+def make_mesh(
+    cfg: Config, devices: list[jax.Device] | None = None
+) -> tuple[Mesh, parallel.AxisRules]:
     """The mesh over ``devices`` (default: this machine's; a plan's abstract ones) and the
     logical-axis rules; mesh/batch mismatches are config errors."""
 
@@ -108,7 +109,7 @@ def make_mesh(cfg: Config, devices: list[Any] | None = None) -> tuple[Any, Any]:
     return mesh, parallel.rules_for(mc, **({"layers": "pipeline"} if mc.pipeline > 1 else {}))
 
 
-def check_context(cfg: Config, ways: int, model: Any = None) -> None:
+def check_context(cfg: Config, ways: int, model: nn.TransformerConfig | None = None) -> None:
     """tjx.nn's rules of sequences split over ``ways`` devices for ``model`` (default ``cfg.model``;
     else refused only while tracing) and tjx.parallel's for the sizes, each a `ConfigError`."""
 
@@ -117,7 +118,7 @@ def check_context(cfg: Config, ways: int, model: Any = None) -> None:
         parallel.check_context_split(cfg.data.seq_len, ways, "data.seq_len")
 
 
-def run_model(cfg: Config, model: Any = None) -> Any:
+def run_model(cfg: Config, model: nnx.Module | None = None) -> nnx.Module:
     """The run's model: ``model`` (default: a new one of ``cfg.model`` from ``train.seed``) with
     tjx.nn's LoRA adapters of ``cfg.lora`` when ``lora.enabled`` (in place; step 0 computes
     exactly what the base computes); a target the model lacks is a config error."""

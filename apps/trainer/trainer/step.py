@@ -8,8 +8,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
+import chex
 import jax
 import optax
 from flax import nnx
@@ -22,11 +23,21 @@ from trainer.state import Setup, make_mesh
 from trainer.train_state import TrainState
 
 Batch = dict[str, jax.Array]
+#: A loss's auxiliary sums: arrays by name, and an MoE model's router sums under ``"moe"``.
+Aux: TypeAlias = dict[str, Any]
+#: ``loss_fn(params, batch, step) -> (mean loss, aux sums)``.
+LossFn = Callable[[chex.ArrayTree, Batch, jax.Array], tuple[jax.Array, Aux]]
+#: ``train_step(state, batch) -> (state, metrics)``.
+TrainStep = Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
 
 
 def make_loss_fn(
-    graphdef: Any, rest: Any, cfg: Config, split: Any = None, experts: Any = None
-) -> Callable[..., Any]:
+    graphdef: nnx.GraphDef[nnx.Module],
+    rest: nnx.State,
+    cfg: Config,
+    split: parallel.ContextParallel | None = None,
+    experts: parallel.ExpertParallel | None = None,
+) -> LossFn:
     """``loss_fn(params, batch, step) -> (mean loss, aux sums)``: tjx.nn's ``objective_loss``;
     aux holds the summed loss, scored units, top-1 correct count and an MoE model's router sums
     (``"moe"``, rows = MoE layers). ``split`` (tjx.parallel's ContextParallel): sequences split
@@ -34,7 +45,6 @@ def make_loss_fn(
     run on the mesh (None: as XLA shards them)."""
     mc = cfg.mesh
     if mc.pipeline > 1:  # the layer stack as a pipeline over the `pipeline` mesh axis
-
         mesh, _ = make_mesh(cfg)  # the same devices and sizes as build(): the same mesh
         pipeline = functools.partial(
             parallel.pipeline_loss, mesh=mesh, microbatches=mc.microbatches, schedule=mc.schedule
@@ -49,7 +59,7 @@ def make_loss_fn(
         return nn.preference_loss_fn(graphdef, rest, cfg.preference, **head)
     base_key = jax.random.key(cfg.train.seed)
 
-    def loss_fn(params: Any, batch: Batch, step: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+    def loss_fn(params: chex.ArrayTree, batch: Batch, step: jax.Array) -> tuple[jax.Array, Aux]:
         model = nnx.merge(graphdef, params, nn.reseed(rest, step))
         # Under a split, attention crosses the context devices (ring or all-gather) and the loss
         # keeps each device's tokens; the batch came in the split's order (place_batch).
@@ -71,13 +81,13 @@ def make_loss_fn(
 
 
 def make_train_step(
-    graphdef: Any,
-    rest: Any,
+    graphdef: nnx.GraphDef[nnx.Module],
+    rest: nnx.State,
     tx: optax.GradientTransformation,
     cfg: Config,
-    split: Any = None,
-    experts: Any = None,
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    split: parallel.ContextParallel | None = None,
+    experts: parallel.ExpertParallel | None = None,
+) -> TrainStep:
     """``train_step(state, batch) -> (state, metrics)``: accumulation, update, step report; an MoE
     model adds ``metrics["moe"]`` (summed router statistics) and moves a sigmoid router's bias by
     them (DeepSeek-V3's auxiliary-loss-free balancing)."""
@@ -91,7 +101,7 @@ def make_train_step(
         params, opt_state, step = state.param_tree(), state.opt_state, state.step
         step_loss = dpo.bind_reference(loss_fn, state)  # DPO's frozen reference, if it has one
 
-        def scaled_loss(p: Any, b: Batch) -> tuple[jax.Array, dict[str, Any]]:
+        def scaled_loss(p: chex.ArrayTree, b: Batch) -> tuple[jax.Array, Aux]:
             loss, aux = step_loss(p, b, step)
             # fp16: differentiate loss × scale; the optimizer chain unscales (and skips on inf).
             return (scale_loss(loss, opt_state) if scaled else loss), aux
@@ -116,13 +126,13 @@ def make_train_step(
             loss = loss / loss_scale_value(opt_state).astype(loss.dtype)
         updates, opt_state = tx.update(grads, opt_state, params)
         if isinstance(state.params, optim.FlatParams):  # one p + u a buffer, not one a leaf
-            stored: Any = state.params.apply(updates)
+            stored: chex.ArrayTree | optim.FlatParams = state.params.apply(updates)
             params = stored.tree()
         else:
             params = stored = optax.apply_updates(params, updates)
         if balance_bias:  # the bias has no gradient; it follows the step's expert loads
             model = nnx.merge(graphdef, params, rest)
-            model.update_router_bias(aux["moe"]["expert_tokens"])  # type: ignore[operator]
+            model.update_router_bias(aux["moe"]["expert_tokens"])  # type: ignore[attr-defined]
             params = stored = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         metrics = {"loss": loss, **step_report(opt_state, grads, updates, params)}
         if "preference" in aux:  # rewards, margins, accuracy: means over the batch's pairs
@@ -136,7 +146,7 @@ def make_train_step(
     return train_step
 
 
-def jit_train_step(setup: Setup, cfg: Config, **jit_options: Any) -> Any:
+def jit_train_step(setup: Setup, cfg: Config, **jit_options: Any) -> jax.stages.Wrapped:
     """`make_train_step` of a built ``trainer.state.Setup``, jitted with the state donated (one copy
     of the params and optimizer state, not two); ``jit_options`` go to ``jax.jit``."""
     step = make_train_step(setup.graphdef, setup.rest, setup.tx, cfg, setup.split, setup.experts)
@@ -144,8 +154,11 @@ def jit_train_step(setup: Setup, cfg: Config, **jit_options: Any) -> Any:
 
 
 def make_eval_step(
-    graphdef: Any, rest: Any, cfg: Config, split: Any = None
-) -> Callable[[Any, Batch], dict[str, jax.Array]]:
+    graphdef: nnx.GraphDef[nnx.Module],
+    rest: nnx.State,
+    cfg: Config,
+    split: parallel.ContextParallel | None = None,
+) -> Callable[..., dict[str, jax.Array]]:
     """``eval_step(params, batch) -> sums``: tjx-metrics' ``heldout_step`` of tjx-nn's
     ``objective_logits_fn``, as the evaluator builds it (a masked LM with the fixed
     ``eval_mask_key`` of the run's seed); ``split`` as for `make_loss_fn`. Preference data:
@@ -160,7 +173,7 @@ def make_eval_step(
     if split is None:
         return step
 
-    def split_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
+    def split_step(params: chex.ArrayTree, batch: Batch) -> dict[str, jax.Array]:
         with nn.sequence_parallel(split):
             return step(params, batch)  # type: ignore[no-any-return]
 

@@ -13,10 +13,9 @@ import argparse
 import functools
 import json
 import time
-from collections import namedtuple
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 import jax
 
@@ -30,15 +29,25 @@ from trainer.job.step_plan import batch_shapes, roofline_inputs
 from trainer.memory_fit import Say, choose_kernel, lighter
 from trainer.plan import error_exit
 from trainer.schema import ConfigError, keyed
+from trainer.seams import Record
 from trainer.settings import load_config
 from trainer.state import abstract_state, make_mesh
+from trainer.train_state import TrainState
 from trainer.training import units_per_step
 
-#: The jitted steps of a run and their abstract, sharded arguments.
-AbstractRun = namedtuple("AbstractRun", "train_step state batch eval_step eval_batch")
+
+class AbstractRun(NamedTuple):
+    """The jitted steps of a run and their abstract, sharded arguments."""
+
+    train_step: jax.stages.Wrapped
+    #: The state's leaves are ``jax.ShapeDtypeStruct``s with their shardings.
+    state: TrainState
+    batch: dict[str, jax.ShapeDtypeStruct]
+    eval_step: jax.stages.Wrapped
+    eval_batch: dict[str, jax.ShapeDtypeStruct]
 
 
-def build(run: Config, devices: list[Any]) -> AbstractRun:
+def build(run: Config, devices: list[jax.Device]) -> AbstractRun:
     """The run's steps over ``devices`` (abstract or real), with the run's mesh and rules; a
     `ConfigError` for a mesh or batch that does not split over them, or a pipelined mesh."""
 
@@ -75,7 +84,7 @@ def compile_train(run: Config, target: Target, label: str, *, train: bool = True
     with kernels.target(*target.kernel_target), quiet_native_stderr():
         b = build(run, target.devices)
 
-        def lower() -> Any:
+        def lower() -> jax.stages.Lowered:
             if train:
                 return b.train_step.lower(b.state, b.batch)
             refs = dpo.reference_args(b.state)  # DPO's frozen reference params, if any
@@ -116,9 +125,7 @@ def plan_from_args(args: argparse.Namespace) -> int:
     return 0 if result.error is None else error_exit(result.error)
 
 
-def plan_here(
-    resolved: Config, *, device: str | None = None, say: Say | None = None
-) -> dict[str, Any]:
+def plan_here(resolved: Config, *, device: str | None = None, say: Say | None = None) -> Record:
     """The plan of ``resolved`` on this machine's devices, estimated as the table's entry for
     their kind (or ``device``): the GPU suite's figures. A `ConfigError` if the table has none."""
     with keyed(None):

@@ -11,8 +11,8 @@ import contextlib
 import functools
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
+import chex
 import jax
 from flax import nnx
 
@@ -22,11 +22,12 @@ import trainer.state as run_state
 from tjx import ckpt, data, metrics, nn, parallel
 from trainer import init_from
 from trainer.config import Config
+from trainer.data_setup import Bundle, TrainLoader
 from trainer.job.folder import RunDir, final_summary
-from trainer.job.progress import progress_bar
+from trainer.job.progress import ProgressBar, progress_bar
 from trainer.job.step_log import ProfileWindow, StepLog
 from trainer.plan import RunPlan, error_exit, stop_on_signals
-from trainer.step import jit_train_step
+from trainer.step import TrainStep, jit_train_step
 from trainer.train_state import TrainState
 
 #: The loss plot: training and validation loss on one axis (tjx.metrics.plot_run), run-titled.
@@ -51,7 +52,7 @@ def units_per_step(cfg: Config) -> int:
     return rows * int(cfg.objective.units_per_window(cfg.data.seq_len))
 
 
-def write_run_files(plan: RunPlan, setup: run_state.Setup, bundle: Any) -> None:
+def write_run_files(plan: RunPlan, setup: run_state.Setup, bundle: Bundle) -> None:
     """``config.yaml``, ``model.json``, ``data.json`` and an ``--init-from`` start's ``init.json``;
     a file whose content is the same is left untouched (a resume that changes nothing, none)."""
     folder = RunDir(plan.run_dir)
@@ -87,7 +88,13 @@ def _restore(
     return restored, convert(TrainState.from_tree(restored.state, like=setup.state))
 
 
-def train(plan: RunPlan, bundle: Any, setup: run_state.Setup, loader: Any, step: Any = None) -> int:
+def train(
+    plan: RunPlan,
+    bundle: Bundle,
+    setup: run_state.Setup,
+    loader: TrainLoader,
+    step: TrainStep | None = None,
+) -> int:
     """Run the steps of a prepared run; the process's exit code. ``step``: the train step
     compiled before (trainer.first_compile), called as is; None: jitted here, compiled at the
     first step."""
@@ -149,17 +156,17 @@ class Training:
     """A run between its first and its last step: the objects it uses and what the loop changes."""
 
     plan: RunPlan
-    bundle: Any
+    bundle: Bundle
     setup: run_state.Setup
-    loader: Any
-    manager: Any
-    logger: Any
+    loader: data.DevicePrefetcher
+    manager: ckpt.CheckpointManager
+    logger: metrics.MultiLogger
     state: TrainState
     start: int
     primary: bool
     last_eval: dict[str, float] = field(default_factory=dict)
     compiled: bool = False  # the train step has run once (so it is compiled)
-    compiled_step: Any = None  # the executable compiled before step 1 (trainer.first_compile)
+    compiled_step: TrainStep | None = None  # compiled before step 1 (trainer.first_compile)
 
     def __post_init__(self) -> None:
         self.cfg, self.run_dir = self.plan.config, self.plan.run_dir
@@ -219,7 +226,7 @@ class Training:
             return self._diverged(guard.diverged)
         return self._finish(step_done, stopped_by or stop.signal_name)  # a last step's signal too
 
-    def _compile(self) -> Any:
+    def _compile(self) -> TrainStep:
         setup = self.setup
         if self.compiled_step is not None:
             step_fn, self.compiled = self.compiled_step, True
@@ -237,7 +244,7 @@ class Training:
         self.log.meter.reset()
         return step_fn
 
-    def _step(self, step_fn: Any) -> Any:
+    def _step(self, step_fn: TrainStep) -> dict[str, chex.ArrayTree]:
         first = not self.compiled
         if first:  # jit compiles on the first call: minutes for a big model on a CPU
             print("compiling the train step…", flush=True)
@@ -251,7 +258,9 @@ class Training:
             print(f"compiled the train step (and ran its first step) in {took:.1f} s", flush=True)
         return out
 
-    def _at_boundary(self, step_done: int, out: Any, bar: Any) -> None:
+    def _at_boundary(
+        self, step_done: int, out: dict[str, chex.ArrayTree], bar: ProgressBar
+    ) -> None:
         """Log, evaluate and sample when their intervals (or the last step) say so."""
 
         cfg, total = self.cfg, self.cfg.train.steps
@@ -327,7 +336,9 @@ class Training:
         return 0
 
 
-def export_adapters(plan: RunPlan, setup: run_state.Setup, params: Any, primary: bool) -> None:
+def export_adapters(
+    plan: RunPlan, setup: run_state.Setup, params: chex.ArrayTree, primary: bool
+) -> None:
     """``--export-peft DIR``: the adapters of ``params`` as PEFT reads them (cli checked DIR)."""
     if plan.export_peft is None:
         return
@@ -341,7 +352,7 @@ def export_adapters(plan: RunPlan, setup: run_state.Setup, params: Any, primary:
 def _final_files(
     plan: RunPlan,
     setup: run_state.Setup,
-    params: Any,
+    params: chex.ArrayTree,
     step: int,
     val: dict | None,
     why: str | None,

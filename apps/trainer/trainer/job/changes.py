@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
 from tjx.core.config.text import flatten_config
 
 #: A difference: dotted key → (saved value, new value); a key missing on one side has None there.
-Diff = dict[str, tuple[Any, Any]]
+Diff = dict[str, tuple[object, object]]
 
 
 def key_matches(key: str, patterns: Iterable[str]) -> bool:
@@ -47,8 +46,8 @@ class ConfigChanges:
 
 
 def config_changes(
-    saved: Mapping[str, Any],
-    new: Mapping[str, Any],
+    saved: Mapping[str, object],
+    new: Mapping[str, object],
     *,
     changeable: Iterable[str] | Callable[[str], bool],
 ) -> ConfigChanges:
@@ -82,7 +81,7 @@ def config_changes(
     return ConfigChanges(allowed, refused)
 
 
-def describe_changes(diff: Mapping[str, tuple[Any, Any]]) -> str:
+def describe_changes(diff: Mapping[str, tuple[object, object]]) -> str:
     """``"model.d_model 32 → 64, train.steps 600 → 900"``: each key with its two values (repr)."""
     return ", ".join(f"{key} {old!r} → {new!r}" for key, (old, new) in diff.items())
 

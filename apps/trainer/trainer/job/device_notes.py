@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
+
 from tjx.metrics.devices import device_summary
 
 #: The line a run on CPU adds: it works, a GPU is the way to speed.
@@ -26,8 +28,6 @@ def device_notes(cache: Path | None, cache_setting: str) -> list[str]:
         ``devices: ...`` (`device_summary`), ``compilation cache: FOLDER (SETTING; off to
         disable)`` with a cache, and `CPU_NOTE` when JAX runs on the CPU.
     """
-    import jax
-
     lines = [f"devices: {device_summary()}"]
     if cache is not None:
         lines.append(f"compilation cache: {cache} ({cache_setting}; off to disable)")

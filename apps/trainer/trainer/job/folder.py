@@ -26,13 +26,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import yaml  # type: ignore[import-untyped]
 
 from tjx.ckpt import CheckpointError, RunFileNotFoundError, RunFolder, check_can_create, storage
 from tjx.ckpt.folder import write_if_changed
 from tjx.ckpt.storage import StoragePath
+from trainer.deferred import digest
+from trainer.seams import ConfigData, Record
+
+if TYPE_CHECKING:  # chex loads jax, which the command line must not wait for
+    import chex
 
 __all__ = ["RunDir", "RunStartError", "final_summary"]
 
@@ -62,12 +67,12 @@ class RunStartError(CheckpointError, ValueError):
 
 def final_summary(
     step: int,
-    params: Any,
+    params: chex.ArrayTree,
     *,
     num_params: int,
     interrupted_by: str | None = None,
     validation: Mapping[str, float] | None = None,
-) -> dict[str, Any]:
+) -> Record:
     """What ``final.json`` holds (`RunDir.write_final`): the last step, why the run stopped
     before its end, the parameters' digest and size, and the last validation metrics.
 
@@ -95,12 +100,10 @@ def final_summary(
     dict
         ``step``, ``interrupted_by``, ``params_sha256``, ``num_params`` and ``val_*``.
     """
-    from tjx.ckpt.digest import params_sha256  # jax: loaded only when a run finishes
-
     return {
         "step": step,
         "interrupted_by": interrupted_by,
-        "params_sha256": params_sha256(params),
+        "params_sha256": digest.params_sha256(params),  # loads jax: when a run finishes
         "num_params": num_params,
         **{f"val_{k}": v for k, v in (validation or {}).items()},
     }
@@ -156,7 +159,7 @@ class RunDir(RunFolder):
         """The text samples of ``step``: ``samples/step_0000012.txt``."""
         return self.path / self.SAMPLES_DIR / f"step_{step:07d}.txt"
 
-    def create(self, config: Mapping[str, Any]) -> bool:
+    def create(self, config: Mapping[str, object]) -> bool:
         """Make the directory (and ``samples/``) and write ``config.yaml``; whether it wrote.
 
         The config is written as YAML in its own key order (``sort_keys=False``), as the user
@@ -166,7 +169,7 @@ class RunDir(RunFolder):
             (self.path / self.SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
         return write_if_changed(self.config_file, yaml.safe_dump(dict(config), sort_keys=False))
 
-    def write_final(self, summary: Mapping[str, Any]) -> bool:
+    def write_final(self, summary: Mapping[str, object]) -> bool:
         """``final.json``: it exists whole or not at all (an app rebuilds it when missing)."""
         return self.write_json(self.FINAL_FILE, summary)
 
@@ -181,7 +184,7 @@ class RunDir(RunFolder):
         where = str(local.resolve()) if local.exists() else source
         return self.write_json(self.INIT_FILE, {"init_from": where, "kind": kind, "step": step})
 
-    def read_init(self) -> dict[str, Any] | None:
+    def read_init(self) -> Record | None:
         """``init.json`` (`write_init`'s record), or None without one: a run from scratch, or one
         an older app wrote. Errors as `read` for a file that cannot be read."""
         try:
@@ -197,7 +200,7 @@ class RunDir(RunFolder):
         write_if_changed(path, text)
         return path
 
-    def read_config(self) -> dict[str, Any]:
+    def read_config(self) -> ConfigData:
         """The saved ``config.yaml`` (errors as `read`)."""
         return self.read(self.CONFIG_FILE)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from tjx.nn.configs import GPT2Config, TransformerConfig
 from tjx.nn.hf.checkpoints import read_hf_config
@@ -48,7 +47,7 @@ def hf_start_config(source: str, kind: str, *, key: str = "model.kind") -> Trans
 
 def check_hf_settings(
     checkpoint: TransformerConfig | None,
-    settings: Mapping[str, Any],
+    settings: Mapping[str, object],
     *,
     source: str,
     tokenizer: str,

@@ -15,13 +15,16 @@ import dataclasses
 import functools
 import operator
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import TypeVar
+
+import jax
 
 from tjx.metrics.accelerators import accelerator, accelerator_of, gpu_target_config, parse_target
 from tjx.metrics.compiled import Compiled, fit_compiled
 from tjx.metrics.deviceless import Target, check_packages, quiet_native_stderr, use_cpu_platform
 from tjx.metrics.memory import GIB
 from tjx.metrics.roofline_report import estimate, f32_dots
+from trainer.seams import Record
 
 __all__ = ["PlanResult", "does_not_fit", "local_target", "open_target", "plan_report"]
 
@@ -46,12 +49,12 @@ class PlanResult:
 
     target: str
     config: str
-    data: dict[str, Any] = dataclasses.field(default_factory=dict)
+    data: Record = dataclasses.field(default_factory=dict)
     error: str | None = None
 
 
 def open_target(
-    text: str, abstract_devices: Callable[..., list[Any]], flag: str = "--plan"
+    text: str, abstract_devices: Callable[..., list[jax.Device]], flag: str = "--plan"
 ) -> Target:
     """The abstract devices of ``text`` (``"h100"``, ``"8xa100-40gb"``, ``"v5e"``).
 
@@ -98,8 +101,6 @@ def local_target(device: str | None = None) -> Target:
         The table has no entry for this device kind and ``device`` is not given, or ``device``
         is not in the table.
     """
-    import jax
-
     devices = jax.devices()
     kind = str(devices[0].device_kind)
     found = accelerator(device) if device else accelerator_of(kind)
@@ -119,7 +120,7 @@ def plan_report(
     compile_step: Callable[[T, str, bool], Compiled],
     lighter: Callable[[T], Iterable[tuple[T, str]]],
     settings: dict[str, str],
-    estimate_args: Callable[[T], dict[str, Any]],
+    estimate_args: Callable[[T], Record],
     eval_rows: Callable[[T], int],
     flag: str = "--plan",
 ) -> PlanResult:
@@ -235,7 +236,7 @@ def _chosen(
     return chosen, built[chosen], "; ".join(lines)
 
 
-def does_not_fit(text: str, target: Target, memory: dict[str, Any], flag: str = "--plan") -> str:
+def does_not_fit(text: str, target: Target, memory: Record, flag: str = "--plan") -> str:
     """The error line of a step that does not fit ``target`` even with every lighter setting: by
     how much, what was tried, and the settings that shrink it (four times the devices, sharded).
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -30,7 +30,12 @@ class ProgressBar:
     count, e.g. a study's configs), ``note(text)``; made by :func:`progress_bar`."""
 
     def __init__(
-        self, progress: Progress | None, task: Any, console: Console, start: int, total: int
+        self,
+        progress: Progress | None,
+        task: TaskID | None,
+        console: Console,
+        start: int,
+        total: int,
     ) -> None:
         self._progress = progress
         self._task = task
@@ -47,7 +52,7 @@ class ProgressBar:
         """Move the bar to ``step`` and show the latest loss, or ``text`` (a plain line when not
         a terminal)."""
         status = text if text is not None else "" if loss is None else f"loss {loss:.4f}"
-        if self._progress is not None:
+        if self._progress is not None and self._task is not None:  # both or neither
             self._progress.update(self._task, completed=step, status=status)
             return
         done = step - self._start

@@ -7,12 +7,12 @@ how. Standard library and tjx.ckpt's storage only, like `trainer.job.folder`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from tjx.ckpt import NotCreatableError, RunFileError, RunFileNotFoundError
 from tjx.ckpt.storage import StoragePath
 from tjx.core.config.values import ConfigError, keyed
 from trainer.job.folder import RunDir, RunStartError
+from trainer.seams import ConfigData
 
 __all__ = ["resumed_config", "start_location"]
 
@@ -59,7 +59,7 @@ def start_location(
 
 def resumed_config(
     run_dir: StoragePath | str, *, flag: str = "--run-dir", resume_flag: str = "--resume"
-) -> dict[str, Any]:
+) -> ConfigData:
     """The saved ``config.yaml`` of the run a command resumes: what its checkpoints hold.
 
     Parameters

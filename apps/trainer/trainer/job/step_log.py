@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import chex
 import jax
 import numpy as np
+from jax.typing import DTypeLike
 
 from tjx.metrics.accumulate import bits_per_byte
 from tjx.metrics.devices import compute_peak_flops
@@ -42,11 +44,11 @@ class StepLog:
     ) -> None:
         self.meter, self.unit, self.bytes_per_token = meter, unit, bytes_per_token
         self.moe_layers = moe_layers
-        self._moe: Any = None  # router sums since the last line, on the device
+        self._moe: chex.ArrayTree | None = None  # router sums since the last line, on the device
 
     @classmethod
     def on_devices(
-        cls, flops_per_unit: tuple[float, float], compute_dtype: Any, **options: Any
+        cls, flops_per_unit: tuple[float, float], compute_dtype: DTypeLike, **options: Any
     ) -> StepLog:
         """A `StepLog` whose meter counts this run's MFU over every device (``jax.device_count``).
 
@@ -69,7 +71,7 @@ class StepLog:
         )
         return cls(meter, **options)
 
-    def step(self, units: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    def step(self, units: int, metrics: dict[str, chex.ArrayTree]) -> dict[str, chex.ArrayTree]:
         """Count one dispatched step of ``units``; ``metrics`` without its ``"moe"`` sums, which
         are added up on the device (sums: exact over a line's steps; no device read here)."""
         self.meter.update(units)
@@ -79,7 +81,7 @@ class StepLog:
             self._moe = moe if old is None else jax.tree.map(lambda a, b: a + b, old, moe)
         return metrics
 
-    def scalars(self, metrics: dict[str, Any]) -> dict[str, float]:
+    def scalars(self, metrics: dict[str, chex.ArrayTree]) -> dict[str, float]:
         """A log line: the step's ``metrics`` as floats, then ``bits_per_byte``, ``{unit}_per_s``,
         the router metrics and ``mfu``/``mfu_palm`` where the device's peak is known; starts the
         next interval."""
@@ -109,7 +111,7 @@ class ProfileWindow:
             jax.profiler.start_trace(self.folder)
             self.active = True
 
-    def after(self, done: int, outputs: Any) -> None:
+    def after(self, done: int, outputs: chex.ArrayTree) -> None:
         """Stop the trace at the window's end: ``done`` steps done, ``outputs`` computed."""
         if self.active and self.steps is not None and done == self.steps[1]:
             jax.block_until_ready(outputs)

@@ -10,14 +10,15 @@ prices of tjx.kernels' custom calls.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from tjx import kernels
+from tjx.metrics.accelerators import Accelerator
 from tjx.nn.configs import TransformerConfig
 from tjx.nn.flops import flops_per_unit
 from tjx.nn.objectives import objective_of
+from trainer.seams import Record
 
 __all__ = ["TOKEN_KEYS", "batch_shapes", "roofline_inputs"]
 
@@ -25,7 +26,9 @@ __all__ = ["TOKEN_KEYS", "batch_shapes", "roofline_inputs"]
 TOKEN_KEYS = ("inputs", "targets", "segment_ids", "positions")
 
 
-def batch_shapes(config: TransformerConfig, rows: int, seq_len: int) -> dict[str, tuple[Any, Any]]:
+def batch_shapes(
+    config: TransformerConfig, rows: int, seq_len: int
+) -> dict[str, tuple[tuple[int, ...], DTypeLike]]:
     """``{key: (shape, dtype)}`` of a batch of ``rows`` for ``config``'s objective.
 
     Examples
@@ -45,8 +48,8 @@ def batch_shapes(config: TransformerConfig, rows: int, seq_len: int) -> dict[str
 
 
 def roofline_inputs(
-    config: TransformerConfig, seq_len: int, units: int, context_ways: int, device: Any
-) -> dict[str, Any]:
+    config: TransformerConfig, seq_len: int, units: int, context_ways: int, device: Accelerator
+) -> Record:
     """tjx-metrics' ``estimate`` arguments of a step scoring ``units`` (tokens or images).
 
     Parameters

@@ -13,7 +13,8 @@ packages in a scratch folder this test installs once, `_deviceless.py`). Asserte
   in the program XLA built; a Triton failure fails the compile);
 * no float32 matrix product in these bf16 runs except the ones ``ALLOWED_F32_DOTS`` names;
 * the compiled peak per device is within 5 % of the figure committed in BENCHMARKS.md's guard
-  table (a regression guard: update the table on purpose when the program changes).
+  table (a regression guard: update the table on purpose when the program changes), for each
+  preset compiled as shipped (``SHRUNK``'s cases are not in the table).
 """
 
 from __future__ import annotations
@@ -35,11 +36,27 @@ GIB = 2**30
 
 CASES = [
     *[(p, "h100", k) for p in ("gpt2_small", "llama_small") for k in ("auto", "pallas", "xla")],
-    ("gpt2_small", "v5e", "auto"),
     ("llama_small", "v5e", "auto"),
     # #43: LoRA chat fine-tuning of Llama-3.1-8B's shape (the trainer README's figure)
     ("sft_llama", "h100", "auto"),
 ]
+
+#: Cases compiled smaller than the preset, each with its ``--set``s: every rule above but the
+#: guard table's peak (the table holds the presets' own figures). A TPU compile is the test's
+#: dearest, and its cost follows the tensors' sizes more than the layer count (CPU seconds on the
+#: 2-core machine: llama_small 208; gpt2_small at 2 layers 165, at 2 layers of 2 × 128 tokens 56;
+#: an H100's 40-80; gpt2_small's v5e case took 429 s of CI's 1,106). The TPU path (auto's choice,
+#: the per-leaf params, XLA's TPU compile and its float32 products, the fit, the preset's peak) is
+#: llama_small's above; GPT-2's own layers (LayerNorm, GELU, learned positions, tied embeddings)
+#: are compiled for a TPU at this size: the same operations, a quarter of the compile.
+SHRUNK = {
+    ("gpt2_small", "v5e", "auto"): [
+        "model.num_layers=2",
+        "data.seq_len=128",
+        "data.batch_size=2",
+        "eval.batch_size=2",
+    ],
+}
 
 #: Float32 matrix products a bf16 run may hold, by the JAX operation that makes them (op_name
 #: patterns), and why:
@@ -81,7 +98,9 @@ def envs() -> dict[str, Path]:
     return found
 
 
-def plan(preset: str, target: str, kernel: str, env_dir: Path, tmp: Path) -> dict:
+def plan(
+    preset: str, target: str, kernel: str, env_dir: Path, tmp: Path, sets: list[str] | None = None
+) -> dict:
     out = tmp / "plan.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
     paths = [os.path.abspath(p or os.curdir) for p in sys.path]
@@ -100,6 +119,7 @@ def plan(preset: str, target: str, kernel: str, env_dir: Path, tmp: Path) -> dic
     )
     args = ["--config", preset, "--plan", target, "--plan-json", str(out)]
     args += ["--set", f"model.attention_impl={kernel}"]
+    args += [a for value in sets or [] for a in ("--set", value)]
     proc = subprocess.run(
         [sys.executable, "-m", "trainer", *args],
         cwd=tmp, env=env, capture_output=True, text=True, timeout=900, check=False,
@@ -111,10 +131,11 @@ def plan(preset: str, target: str, kernel: str, env_dir: Path, tmp: Path) -> dic
     return data
 
 
-@pytest.mark.parametrize("preset,target,kernel", CASES)
+@pytest.mark.parametrize("preset,target,kernel", [*CASES, *SHRUNK])
 def test_the_preset_compiles_for_the_device_without_it(preset, target, kernel, envs, tmp_path):
     tpu = target == "v5e"
-    data = plan(preset, target, kernel, envs["libtpu" if tpu else "cuda12"], tmp_path)
+    sets = SHRUNK.get((preset, target, kernel))
+    data = plan(preset, target, kernel, envs["libtpu" if tpu else "cuda12"], tmp_path, sets)
     chosen = data["attention"]["kernel"]
     calls = data["train"]["custom_calls"]
     if kernel == "auto":
@@ -137,12 +158,13 @@ def test_the_preset_compiles_for_the_device_without_it(preset, target, kernel, e
         if not any(re.search(pattern, op) for pattern in ALLOWED_F32_DOTS)
     ]
     assert not unexplained, f"float32 matrix products in a bf16 run: {unexplained}"
-    committed = guard_table()[(preset, target, chosen)]
-    peak = data["train"]["peak_bytes"] / GIB
-    assert peak == pytest.approx(committed, rel=0.05), (
-        f"{preset} on {target} ({chosen}): compiled peak {peak:.2f} GiB, BENCHMARKS.md says "
-        f"{committed:.2f} GiB; update its guard table if the change is meant"
-    )
+    if sets is None:  # the preset as shipped: its figure in the guard table
+        committed = guard_table()[(preset, target, chosen)]
+        peak = data["train"]["peak_bytes"] / GIB
+        assert peak == pytest.approx(committed, rel=0.05), (
+            f"{preset} on {target} ({chosen}): compiled peak {peak:.2f} GiB, BENCHMARKS.md says "
+            f"{committed:.2f} GiB; update its guard table if the change is meant"
+        )
     assert "an estimate" in data["stdout"] and data["estimate"]["seconds"] > 0
     # The compile's time (deviceless: no autotuning, so a floor of a GPU's; #52), in CI's log.
     seconds = data["train"]["compile_s"]

@@ -119,11 +119,21 @@ class FlatLayout:
     def unflatten(self, flat: dict[str, jax.Array]) -> Any:
         """The tree of the groups' buffers cut back into the leaves' shapes (slices: no copy
         is launched of its own; each slice fuses into what reads it)."""
+        if not any(isinstance(b, jax.core.Tracer) for b in flat.values()):
+            # Outside a jit each slice is a program of its own, one XLA compile per leaf at
+            # every eager read (a checkpoint's save, a sample): one program cuts them all.
+            return _unflatten_jit(self, flat)
+        return self._cut(flat)
+
+    def _cut(self, flat: dict[str, jax.Array]) -> Any:
         leaves: list[Any] = [None] * self.num_leaves
         for name, members in self.groups.items():
             for i, start, size, shape in members:
                 leaves[i] = jax.lax.slice_in_dim(flat[name], start, start + size).reshape(shape)
         return jax.tree.unflatten(self.treedef, leaves)
+
+
+_unflatten_jit = jax.jit(FlatLayout._cut, static_argnums=0)
 
 
 @jax.tree_util.register_pytree_node_class

@@ -34,6 +34,20 @@ from tjx.core.config.values import (
 Entry = tuple[Any, dataclasses.Field[Any]]
 
 
+# A section's type hints and merged fields depend on its class alone, but `Schema.keys` runs for
+# every key read (`Schema._entry`): uncached, `typing.get_type_hints` (which compiles each
+# annotation string anew) was three quarters of a `read_config`, 0.13 s each on the 2-core CI
+# machine, paid by every app start and every config a test reads.
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+@functools.cache
+def _meta(cls: type, name: str) -> dataclasses.Field[Any]:
+    return meta(cls, name)
+
+
 @dataclass(frozen=True)
 class Schema:
     """How an app's config tree is walked.
@@ -69,7 +83,7 @@ class Schema:
         ``key=False`` is no key (bookkeeping); a dtype field (``Any``) is written by name.
         """
         own = self.own_keys.get(path, {})
-        hints = typing.get_type_hints(cls)
+        hints = _type_hints(cls)
         out = dict(own)
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             key = f"{path}.{f.name}" if path else f.name
@@ -77,16 +91,22 @@ class Schema:
                 continue
             section = f.metadata.get("section")
             tp = self.section_class(section, kind) if section else hints[f.name]
-            out[f.name] = (str if tp is Any else tp, meta(cls, f.name))
+            out[f.name] = (str if tp is Any else tp, _meta(cls, f.name))
         return out
 
-    def _entry(self, cls: type, path: str, key: str, kind: Any) -> Entry:
+    def _entry(
+        self, cls: type, path: str, key: str, kind: Any, known: dict[str, Entry] | None = None
+    ) -> Entry:
         """(type, field) of ``key`` in the section at ``path``; a key the app fills itself or an
-        unknown one is a `ConfigError` saying what to set instead."""
+        unknown one is a `ConfigError` saying what to set instead. ``known``: a caller's dict
+        that keeps the section's `keys` between calls (filled at the first)."""
         here = f"{path}.{key}" if path else str(key)
         if here in self.filled:
             raise ConfigError(f"{here}: the trainer sets it from {self.filled[here]}; set that")
-        known = self.keys(cls, path, kind)
+        if known is None:
+            known = self.keys(cls, path, kind)
+        elif not known:
+            known.update(self.keys(cls, path, kind))
         if key not in known:
             raise ConfigError(f"{here}: unknown key; allowed keys here: {', '.join(known)}")
         return known[key]
@@ -102,8 +122,9 @@ class Schema:
             raise ConfigError(f"{path}: expected a mapping of keys, got {data!r}")
         package = path.split(".")[0] in self.package_sections
         out: dict[str, Any] = {}
+        known: dict[str, Entry] = {}  # the section's keys, listed once (not once per key)
         for key in data:
-            tp, f = self._entry(cls, path, key, kind)
+            tp, f = self._entry(cls, path, key, kind, known)
             inner, key_path = nested_class(tp), f"{path}.{key}" if path else str(key)
             if data[key] is None and package and (inner is not None or not optional(tp)):
                 continue

@@ -79,6 +79,9 @@ class TransformerConfig:
     #: Whether the family has bidirectional self-attention (an encoder), whose window cuDNN
     #: cannot apply (its sliding window looks back only).
     bidirectional: ClassVar[bool] = False
+    #: The kinds of attention layer the family's model builds (``tjx.nn.kernel_choice``'s
+    #: ``ATTENTION_KINDS``): the kernel choice resolves one kernel for each before it is built.
+    attention_layers: ClassVar[tuple[str, ...]] = ("causal",)
 
     vocab_size: int = setting(50257, help="tokens in the vocabulary (embedding and output rows)")
     max_seq_len: int = setting(1024, help="longest sequence (the learned position table's size)")
@@ -298,6 +301,7 @@ class BertConfig(TransformerConfig):
     """BERT encoder: post-LN, exact GELU, learned positions + token types, MLM head."""
 
     bidirectional: ClassVar[bool] = True
+    attention_layers: ClassVar[tuple[str, ...]] = ("bidirectional",)
 
     vocab_size: int = 30522
     max_seq_len: int = 512
@@ -332,6 +336,7 @@ class ViTConfig(TransformerConfig):
     """Vision Transformer on ``[b, h, w, c]`` images: patch embedding, class token, classifier."""
 
     bidirectional: ClassVar[bool] = True
+    attention_layers: ClassVar[tuple[str, ...]] = ("bidirectional",)
 
     vocab_size: int = 0
     image_size: int = setting(224, help="ViT: the images' side in pixels")
@@ -380,6 +385,7 @@ class EncoderDecoderConfig(TransformerConfig):
     unused_fields: ClassVar[Mapping[str, str]] = {**DECODER_ONLY, **NO_MOE}
 
     bidirectional: ClassVar[bool] = True
+    attention_layers: ClassVar[tuple[str, ...]] = ("bidirectional", "causal", "cross")
 
     num_encoder_layers: int | None = setting(None, help="encoder blocks; None: num_layers")
     num_decoder_layers: int | None = setting(None, help="decoder blocks; None: num_layers")

@@ -208,20 +208,20 @@ def test_a_model_built_after_its_kernel_choice_runs_that_resolution(config, h100
     model = nnx.eval_shape(lambda: tnn.build_model(config, rngs=nnx.Rngs(0)))
     assert calls == ["auto"] * len(distinct)  # the build resolved nothing again
     layers = _layer_kernels(model)
-    assert {kind for kind, _ in resolved.kernels} == {
+    assert {kind for kind, _ in resolved.by_kind} == {
         tnn.kernel_choice.layer_kind(causal=c, cross=x) for c, x, _ in layers
     }
     for causal, cross, kernel in layers:
         assert kernel is resolved.kernel(tnn.kernel_choice.layer_kind(causal=causal, cross=cross))
     # Each kind resolved as a layer built alone resolves its own (tjx.kernels' rules).
-    for kind, kernel in resolved.kernels:
+    for kind, kernel in resolved.by_kind:
         layer = tnn.Attention(
             config, rngs=nnx.Rngs(0), causal=kind == "causal", cross=kind == "cross"
         )
         assert layer.kernel is kernel
     want = {"causal": "xla" if config.attn_logit_softcap else "cudnn", "cross": "cudnn"}
     want["bidirectional"] = "xla" if config.sliding_window else "cudnn"
-    assert dict(resolved.kernels) == {kind: want[kind] for kind in kinds}
+    assert dict(resolved.by_kind) == {kind: want[kind] for kind in kinds}
 
 
 def test_a_deepseek_layer_resolves_for_the_wider_of_its_key_and_value_heads():
@@ -253,6 +253,6 @@ def test_a_resolution_is_kept_until_the_launch_tables_are_read_again(h100, monke
 
 def test_a_kind_that_was_not_resolved_is_refused_naming_the_fix():
     resolved = tnn.resolve_model_attention(gpt2_tiny())
-    assert resolved.kernels == (("causal", kernels.AttentionKernel.XLA),)
+    assert resolved.by_kind == (("causal", kernels.AttentionKernel.XLA),)
     with pytest.raises(ValueError, match="no 'cross' attention was resolved .only causal."):
         resolved.kernel("cross")

@@ -135,16 +135,17 @@ def resolve_layer_kernel(
 
 @dataclasses.dataclass(frozen=True)
 class ModelAttention:
-    """The kernel each kind of attention layer of a model runs (`resolve_model_attention`)."""
+    """The kernel each kind of attention layer of a model runs (`resolve_model_attention`):
+    ``by_kind`` pairs each kind (`ATTENTION_KINDS`) with its kernel."""
 
-    kernels: tuple[tuple[str, kernels.AttentionKernel], ...]
+    by_kind: tuple[tuple[str, kernels.AttentionKernel], ...]
 
     def kernel(self, kind: str) -> kernels.AttentionKernel:
         """The kernel of the layers of ``kind``; a ``ValueError`` for a kind not resolved."""
-        for name, kernel in self.kernels:
+        for name, kernel in self.by_kind:
             if name == kind:
                 return kernel
-        resolved = ", ".join(name for name, _ in self.kernels)
+        resolved = ", ".join(name for name, _ in self.by_kind)
         raise ValueError(
             f"ModelAttention: no {kind!r} attention was resolved (only {resolved}); resolve "
             "the model's config with resolve_model_attention"

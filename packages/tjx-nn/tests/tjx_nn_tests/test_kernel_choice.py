@@ -256,3 +256,18 @@ def test_a_kind_that_was_not_resolved_is_refused_naming_the_fix():
     assert resolved.by_kind == (("causal", kernels.AttentionKernel.XLA),)
     with pytest.raises(ValueError, match="no 'cross' attention was resolved .only causal."):
         resolved.kernel("cross")
+
+
+def test_only_auto_on_a_cuda_gpu_reads_the_launch_tables(tmp_path, monkeypatch):
+    """As in tjx.kernels: a bad tables file is unread where no measurement is consulted."""
+    bad = tmp_path / "tables.json"
+    bad.write_text("{not json")
+    monkeypatch.setenv(launch.ENV_VAR, str(bad))
+    launch.clear_launch_cache()
+    try:
+        kernel = tnn.kernel_choice.resolve_layer_kernel(gpt2_tiny(), "causal")  # a CPU
+        assert kernel is kernels.AttentionKernel.XLA
+        with kernels.target("gpu", H100, (9, 0)), pytest.raises(ValueError, match="malformed"):
+            tnn.kernel_choice.resolve_layer_kernel(gpt2_tiny(precision="bf16"), "causal")
+    finally:
+        launch.clear_launch_cache()

@@ -122,7 +122,9 @@ def resolve_layer_kernel(
     """
     call = attention_call(config, kind)
     t = kernels.current_target() if target is None else target
-    tables = load_launch_tables()
+    # Only `auto` on a CUDA GPU reads the launch tables' measurements (elsewhere none are read:
+    # a bad tables file there stays unread, as in tjx.kernels).
+    tables = load_launch_tables() if t.cuda and call.implementation == "auto" else None
     held = _RESOLVED.get((call, t))
     if held is not None and held[0] is tables:
         return held[1]

@@ -112,7 +112,8 @@ def make_mesh(
 def check_context(cfg: Config, ways: int, model: nn.TransformerConfig | None = None) -> None:
     """tjx.nn's rules of sequences split over ``ways`` devices for ``model`` (default ``cfg.model``;
     else refused only while tracing) and tjx.parallel's for the sizes, each a `ConfigError`."""
-
+    if ways == 1:
+        return  # no sequence is split: no rule applies (both return at once)
     with keyed(None):  # the messages name the keys
         nn.check_sequence_split(cfg.model if model is None else model, ways)
         parallel.check_context_split(cfg.data.seq_len, ways, "data.seq_len")

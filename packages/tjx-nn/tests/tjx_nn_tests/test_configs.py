@@ -197,3 +197,20 @@ def test_decoders_read_every_shared_field():
         assert config_class(decode_topk=2).decode_topk == 2
     assert dict(tnn.TransformerConfig.unused_fields) == {}
     assert tnn.EncoderDecoderConfig(tie_embeddings=False).tie_embeddings is False
+
+
+def test_the_moe_checks_read_the_moe_settings_alone_and_say_what_the_config_says():
+    """``check_moe`` takes the MoE values (no config): its message is the config's own."""
+    import dataclasses
+
+    from tjx.nn.moe.config import check_moe
+
+    defaults = {f.name: f.default for f in dataclasses.fields(tnn.LlamaConfig)}
+    moe = {name: defaults[name] for name in ALL_MOE} | {"router_z_loss": 0.1}
+    with pytest.raises(ValueError) as alone:
+        check_moe(moe, "LlamaConfig", num_layers=2, defaults=defaults)
+    with pytest.raises(ValueError) as built:
+        tnn.LlamaConfig(router_z_loss=0.1)
+    assert str(alone.value) == str(built.value)
+    assert str(alone.value).startswith("LlamaConfig.router_z_loss: only MoE models use it")
+    check_moe(moe | {"num_experts": 4}, "LlamaConfig", num_layers=2, defaults=defaults)

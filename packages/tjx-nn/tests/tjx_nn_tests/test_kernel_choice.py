@@ -157,3 +157,117 @@ def test_a_kernel_that_cannot_serve_the_model_is_refused_once_when_it_is_built()
     with pytest.raises(ValueError) as err:
         tnn.Attention(llama_tiny(attention_impl="cudnn"), rngs=nnx.Rngs(0), causal=True)
     assert str(err.value) == "implementation='cudnn' needs a CUDA GPU; this run's device is cpu"
+
+
+def _layer_kernels(model) -> list[tuple[bool, bool, str]]:
+    """(causal, cross, kernel) of each attention layer of ``model``."""
+    return [
+        (m.causal, m.cross, m.kernel)
+        for _, m in nnx.iter_graph(model)
+        if isinstance(m, tnn.Attention)
+    ]
+
+
+def _count_resolutions(monkeypatch) -> list[str]:
+    """The implementation names ``tjx.kernels.resolve_attention`` is called with from now on."""
+    calls: list[str] = []
+    real = kernels.resolve_attention
+
+    def counted(impl, *args, **kw):
+        calls.append(impl)
+        return real(impl, *args, **kw)
+
+    monkeypatch.setattr(kernels, "resolve_attention", counted)
+    return calls
+
+
+ENCDEC = dict(vocab_size=64, max_seq_len=16, d_model=32, num_layers=1, num_heads=4)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        gpt2_tiny(num_layers=1, precision="bf16"),
+        llama_tiny(num_layers=1, precision="bf16", sliding_window=4, attn_logit_softcap=30.0),
+        tnn.BertConfig(**ENCDEC, precision="bf16", sliding_window=4),
+        tnn.EncoderDecoderConfig(**ENCDEC, precision="bf16", sliding_window=4),
+    ],
+    ids=["gpt2", "gemma-like", "bert-windowed", "encdec-windowed"],
+)
+def test_a_model_built_after_its_kernel_choice_runs_that_resolution(config, h100, monkeypatch):
+    """The kernel choice resolves each kind of layer the family builds, once; a model built
+    afterwards holds those kernels per layer and resolves nothing again. On an H100 with nothing
+    measured a causal layer takes cuDNN, a soft-capped one or a bidirectional window XLA."""
+    calls = _count_resolutions(monkeypatch)
+    tnn.choose_attention_kernel(config, lambda kernel: None, lambda line: None)
+    kinds = type(config).attention_layers
+    # One resolution per distinct call (an encoder-decoder's causal and cross layers ask alike).
+    distinct = {tnn.kernel_choice.attention_call(config, kind) for kind in kinds}
+    assert calls == ["auto"] * len(distinct)
+    resolved = tnn.resolve_model_attention(config)
+    model = nnx.eval_shape(lambda: tnn.build_model(config, rngs=nnx.Rngs(0)))
+    assert calls == ["auto"] * len(distinct)  # the build resolved nothing again
+    layers = _layer_kernels(model)
+    assert {kind for kind, _ in resolved.by_kind} == {
+        tnn.kernel_choice.layer_kind(causal=c, cross=x) for c, x, _ in layers
+    }
+    for causal, cross, kernel in layers:
+        assert kernel is resolved.kernel(tnn.kernel_choice.layer_kind(causal=causal, cross=cross))
+    # Each kind resolved as a layer built alone resolves its own (tjx.kernels' rules).
+    for kind, kernel in resolved.by_kind:
+        layer = tnn.Attention(
+            config, rngs=nnx.Rngs(0), causal=kind == "causal", cross=kind == "cross"
+        )
+        assert layer.kernel is kernel
+    want = {"causal": "xla" if config.attn_logit_softcap else "cudnn", "cross": "cudnn"}
+    want["bidirectional"] = "xla" if config.sliding_window else "cudnn"
+    assert dict(resolved.by_kind) == {kind: want[kind] for kind in kinds}
+
+
+def test_a_deepseek_layer_resolves_for_the_wider_of_its_key_and_value_heads():
+    """DeepSeek's MLA runs its kernels at max(head_dim, v_head_dim); the other kinds at head_dim."""
+    cfg = llama_tiny(
+        attention_type="mla", kv_latent_dim=16, qk_rope_head_dim=4, v_head_dim=12, num_kv_heads=4
+    )
+    call = tnn.kernel_choice.attention_call(cfg, "causal")
+    assert (call.width, call.softcap, call.bidirectional_window) == (12, False, False)
+    layer = tnn.Attention(cfg, rngs=nnx.Rngs(0), causal=True)
+    assert layer.width == call.width
+    assert tnn.kernel_choice.attention_call(cfg.replace(v_head_dim=4), "causal").width == 8
+    with pytest.raises(ValueError, match="attention kind must be one of"):
+        tnn.kernel_choice.attention_call(cfg, "sideways")
+
+
+def test_a_resolution_is_kept_until_the_launch_tables_are_read_again(h100, monkeypatch):
+    calls = _count_resolutions(monkeypatch)
+    cfg = llama_tiny(precision="bf16", num_layers=1)
+    first = tnn.kernel_choice.resolve_layer_kernel(cfg, "causal")
+    assert tnn.kernel_choice.resolve_layer_kernel(cfg.replace(remat="full"), "causal") is first
+    assert calls == ["auto"]  # a change the kernel does not see keeps the resolution
+    tnn.kernel_choice.resolve_layer_kernel(cfg.replace(attention_impl="xla"), "causal")
+    assert calls == ["auto", "xla"]
+    launch.clear_launch_cache()  # tables read again: a measurement may have changed the order
+    assert tnn.kernel_choice.resolve_layer_kernel(cfg, "causal") is first
+    assert calls == ["auto", "xla", "auto"]
+
+
+def test_a_kind_that_was_not_resolved_is_refused_naming_the_fix():
+    resolved = tnn.resolve_model_attention(gpt2_tiny())
+    assert resolved.by_kind == (("causal", kernels.AttentionKernel.XLA),)
+    with pytest.raises(ValueError, match="no 'cross' attention was resolved .only causal."):
+        resolved.kernel("cross")
+
+
+def test_only_auto_on_a_cuda_gpu_reads_the_launch_tables(tmp_path, monkeypatch):
+    """As in tjx.kernels: a bad tables file is unread where no measurement is consulted."""
+    bad = tmp_path / "tables.json"
+    bad.write_text("{not json")
+    monkeypatch.setenv(launch.ENV_VAR, str(bad))
+    launch.clear_launch_cache()
+    try:
+        kernel = tnn.kernel_choice.resolve_layer_kernel(gpt2_tiny(), "causal")  # a CPU
+        assert kernel is kernels.AttentionKernel.XLA
+        with kernels.target("gpu", H100, (9, 0)), pytest.raises(ValueError, match="malformed"):
+            tnn.kernel_choice.resolve_layer_kernel(gpt2_tiny(precision="bf16"), "causal")
+    finally:
+        launch.clear_launch_cache()

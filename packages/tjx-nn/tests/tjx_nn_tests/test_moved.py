@@ -63,3 +63,24 @@ def test_the_package_s_public_names_come_without_a_warning():
 
 def test_no_module_of_tjx_nn_imports_an_old_path():
     assert old_path_importers(SRC, "tjx.nn", MOVED) == {}
+
+
+@pytest.mark.parametrize(
+    ("old", "name"),
+    [
+        ("tjx.nn.fields", "choice"),
+        ("tjx.nn.fields", "positive"),
+        ("tjx.nn.fields", "rate"),
+        ("tjx.nn.family_config", "check_family"),
+    ],
+)
+def test_a_config_check_read_from_its_old_module_is_config_checks_own_with_one_warning(old, name):
+    from tjx.nn import config_checks
+
+    module = importlib.import_module(old)
+    match = f"{old}.{name} moved to tjx.nn.config_checks.{name}"
+    with pytest.warns(DeprecationWarning, match=match) as record:
+        first = getattr(module, name)
+        again = getattr(module, name)
+    assert first is again is getattr(config_checks, name)
+    assert len(record) == 1

@@ -5,10 +5,11 @@ sliding-window attention and RoPE scalings (linear, dynamic, yarn, longrope, lla
 generation (rolling for windows); HF interop (GPT-2, Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE,
 Qwen3-MoE: ``load_hf`` / ``save_hf``); LoRA adapters (``add_lora``,
 merged or PEFT export) and preference losses (DPO, IPO); sequence-split (context parallel) runs
-through ``sequence_parallel``; the attention kernel a model takes (``choose_attention_kernel``);
-losses and utilities. A run's start checks and its step plan (``hf_start_config``,
-``check_hf_settings``, ``clash_names``; ``batch_shapes``, ``roofline_inputs``, ``TOKEN_KEYS``)
-moved to the trainer app in 0.21 (``trainer.job``): reading one here is an ImportError naming it.
+through ``sequence_parallel``; the attention kernel a model takes (``choose_attention_kernel``),
+resolved once before it is built (``resolve_model_attention``); losses and utilities. A run's
+start checks and its step plan (``hf_start_config``, ``check_hf_settings``, ``clash_names``;
+``batch_shapes``, ``roofline_inputs``, ``TOKEN_KEYS``) moved to the trainer app in 0.21
+(``trainer.job``): reading one here is an ImportError naming it.
 """
 
 from tjx.core.deprecation import moved_out
@@ -56,7 +57,12 @@ from tjx.nn.hf.start import (
     config_clashes,
     hf_conflicts,
 )
-from tjx.nn.kernel_choice import choose_attention_kernel, split_kernel_line
+from tjx.nn.kernel_choice import (
+    ModelAttention,
+    choose_attention_kernel,
+    resolve_model_attention,
+    split_kernel_line,
+)
 from tjx.nn.kv_cache import cache_slots, init_cache, kv_cache_bytes, topk_decode_attention
 from tjx.nn.linear import Dense, LoRAAdapter, dropout
 from tjx.nn.lora import (
@@ -291,5 +297,7 @@ __all__ = [
     "token_loss",
     "topk_decode_attention",
     "choose_attention_kernel",
+    "resolve_model_attention",
+    "ModelAttention",
     "split_kernel_line",
 ]

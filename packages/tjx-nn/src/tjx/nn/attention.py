@@ -9,9 +9,10 @@ holds position ``p``, see :func:`slot_positions`). Under ``sequence_parallel`` (
 across devices) self-attention runs through the split's own attention (:mod:`tjx.nn.sequence`).
 
 The score/softmax/value step is ``tjx.kernels.attention`` (layout ``[batch, seq, heads,
-head_dim]``), so the kernel is a config switch (``attention_impl``), resolved once when the layer is
-built (``tjx.kernels.resolve_attention``: an `AttentionKernel` the calls run; the blocks of a
-split sequence take the name, ``tjx.kernels.block_kernel``). Its output is tagged
+head_dim]``), so the kernel is a config switch (``attention_impl``), resolved once before the
+model is built (``tjx.nn.kernel_choice``, through ``tjx.kernels.resolve_attention``: an
+`AttentionKernel` the calls run; the blocks of a split sequence take the name,
+``tjx.kernels.block_kernel``). Its output is tagged
 ``checkpoint_name(..., "attention_output")`` for the ``save_attention_output`` remat policy.
 """
 
@@ -28,6 +29,7 @@ from jax.ad_checkpoint import checkpoint_name
 from tjx import kernels
 from tjx.nn import mla as ds
 from tjx.nn.configs import TransformerConfig
+from tjx.nn.kernel_choice import attention_call, layer_kind
 from tjx.nn.kv_cache import LayerCache, last_real, slot_positions, topk_decode_attention
 from tjx.nn.linear import Dense, split_key
 from tjx.nn.norms import RMSNorm
@@ -54,6 +56,9 @@ class Attention(nnx.Module):
         Keys/values come from a ``context`` (encoder output); no positions are applied.
     out_std : float, optional
         Init std of the output projection (GPT-2's scaled residual init).
+    kernel : tjx.kernels.AttentionKernel, optional
+        The kernel its calls run, resolved before it was built (the stack's
+        `tjx.nn.kernel_choice.ModelAttention`); None: resolved here, for this layer's kind.
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class Attention(nnx.Module):
         causal: bool = False,
         cross: bool = False,
         out_std: float | None = None,
+        kernel: kernels.AttentionKernel | None = None,
     ) -> None:
         c = config
         assert c.head_dim is not None and c.num_kv_heads is not None
@@ -84,19 +90,16 @@ class Attention(nnx.Module):
         self.mla = c.attention_type == "mla" and not cross
         self.deepseek = self.mla and ds.is_deepseek(c)
         d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
-        # DeepSeek: values may be narrower than q/k; the kernels see both at the wider ``width``.
+        # DeepSeek: values may be narrower than q/k; the kernels see both at the wider ``width``
+        # (`attention_call`, which the kernel is resolved for).
         self.v_dim = ds.value_dim(c) if self.deepseek else hd
-        self.width, self.rope_dim = max(hd, self.v_dim), c.qk_rope_head_dim or 0
-        # The kernel, resolved once here for the device the model is built for (inside a
-        # `tjx.kernels.target` block: that device): a call runs it and chooses nothing. A name
-        # that cannot serve this model here is refused now, with tjx.kernels' one line.
-        self.kernel = kernels.resolve_attention(
-            c.attention_impl,
-            c.precision.compute_dtype,
-            self.width,
-            softcap=self.softcap is not None,
-            bidirectional_window=self.window is not None and not causal,
-        )
+        call = attention_call(c, layer_kind(causal=causal, cross=cross))
+        self.width, self.rope_dim = call.width, c.qk_rope_head_dim or 0
+        # The kernel, resolved once for the device the model is built for (inside a
+        # `tjx.kernels.target` block: that device), before the model was built (``kernel``) or
+        # here: a call runs it and chooses nothing. A name that cannot serve this model here is
+        # refused then, with tjx.kernels' one line.
+        self.kernel = call.resolve() if kernel is None else kernel
         common: dict[str, Any] = dict(rngs=rngs, use_bias=c.use_bias, precision=c.precision)
         init = normal(c.init_std)
         # Qwen2 has biases on q/k/v only (``qkv_bias``); ``use_bias`` puts them everywhere.

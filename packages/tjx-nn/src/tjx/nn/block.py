@@ -12,6 +12,7 @@ from flax import nnx
 
 from tjx.nn.attention import Attention
 from tjx.nn.configs import TransformerConfig
+from tjx.nn.kernel_choice import ModelAttention, layer_kind
 from tjx.nn.kv_cache import LayerCache
 from tjx.nn.linear import dropout, split_key
 from tjx.nn.mlp import MLP
@@ -48,7 +49,8 @@ class Block(nnx.Module):
     ``x + post_norm(attn(norm(x)))``, likewise the MLP; output (OLMo 2): ``x + post_norm(attn(x))``
     (no ``attn_norm``/``mlp_norm``). With ``cross=True`` a cross-attention sub-layer over
     ``context`` sits between the two (pre- and post-LN only). With ``moe=True`` the MLP is an
-    MoE block (``moe.MoE``), whose router statistics the call returns.
+    MoE block (``moe.MoE``), whose router statistics the call returns. ``attention``: the
+    kernels its attention layers run (the stack's `ModelAttention`; None: each resolves its own).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class Block(nnx.Module):
         causal: bool,
         cross: bool = False,
         moe: bool = False,
+        attention: ModelAttention | None = None,
     ) -> None:
         c = config
         self.post_ln = c.norm_position == "post"
@@ -84,10 +87,16 @@ class Block(nnx.Module):
 
         self.attn_norm = norm(before)
         self.attn_post_norm = norm(after)
-        self.attn = Attention(c, rngs=rngs, causal=causal, out_std=out_std)
+        # The kernels the stack resolved (none given: each attention layer resolves its own).
+        kind = layer_kind(causal=causal, cross=False)
+        kernel = attention.kernel(kind) if attention is not None else None
+        self.attn = Attention(c, rngs=rngs, causal=causal, out_std=out_std, kernel=kernel)
         if cross:
             self.cross_norm: LayerNorm | RMSNorm | None = make_norm(c.norm, c.d_model, **norm_kw)
-            self.cross_attn: Attention | None = Attention(c, rngs=rngs, cross=True, out_std=out_std)
+            crossed = attention.kernel("cross") if attention is not None else None
+            self.cross_attn: Attention | None = Attention(
+                c, rngs=rngs, cross=True, out_std=out_std, kernel=crossed
+            )
         else:
             self.cross_norm = None
             self.cross_attn = None

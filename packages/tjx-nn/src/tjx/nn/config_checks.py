@@ -1,16 +1,43 @@
-"""The cross-field checks of ``TransformerConfig`` (its ``__post_init__`` calls them), each a
-``ValueError`` naming ``Class.field``: sizes, RoPE and its scaling, sliding windows, MLA, T5's
-relative bias."""
+"""The checks of ``TransformerConfig`` (its ``__post_init__`` calls them), each a ``ValueError``
+naming ``Class.field``: one field's (``choice``, ``positive``, ``rate``, which every tjx-nn config
+class uses), then across fields: sizes, RoPE and its scaling, sliding windows, MLA, T5's relative
+bias, the decoder families' switches (``check_family``, :mod:`tjx.nn.family_config` says what they
+are) and the fields a family never reads (``check_unused``). A config and its checks are one idea:
+validating one reads this module and ``configs``; the MoE settings' checks
+(:mod:`tjx.nn.moe.config`) take the MoE values alone."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
-from tjx.nn.fields import choice, positive
+from tjx.nn.family_config import DECODER_NORM_POSITIONS, QK_NORM_SCOPES
 from tjx.nn.rope_scaling import RopeScaling
 
 #: What each entry of ``window_pattern`` says about a layer: sliding window or full attention.
 LAYER_KINDS = ("local", "global")
+
+
+def choice(cls: str, field: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """``cls.field`` is one of ``allowed``, else a ValueError naming both."""
+    if value not in allowed:
+        raise ValueError(f"{cls}.{field} must be one of {allowed}; got {value!r}")
+
+
+def positive(cls: str, field: str, value: Any, *, allow_zero: bool = False) -> None:
+    """``cls.field`` is a positive int (``allow_zero``: non-negative), else a ValueError."""
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        kind = "a non-negative" if allow_zero else "a positive"
+        raise ValueError(f"{cls}.{field} must be {kind} int; got {value!r}")
+
+
+def rate(cls: str, field: str, value: Any) -> None:
+    """``cls.field`` is a rate in [0, 1), else a ValueError."""
+    if not isinstance(value, int | float) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{cls}.{field} must be a float in [0, 1); got {value!r}")
 
 
 def check_sizes(config: Any, cls: str) -> None:
@@ -170,3 +197,69 @@ def check_relative(config: Any, cls: str) -> None:
             f"{cls}.relative_max_distance must be an int > relative_buckets // 2 = {nb // 2}; "
             f"got {md!r}"
         )
+
+
+#: The family switches that are a positive number or None (``check_family``).
+_POSITIVE = (
+    "query_pre_attn_scalar",
+    "attn_logit_softcap",
+    "final_logit_softcap",
+    "rope_local_theta",
+)
+
+
+def _positive_float(cls: str, name: str, value: Any) -> float | None:
+    """None, or ``value`` as a positive finite float (else a ValueError naming the field)."""
+    if value is None:
+        return None
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not 0.0 < float(value) < math.inf:
+        raise ValueError(f"{cls}.{name} must be a positive number or None; got {value!r}")
+    return float(value)
+
+
+def check_family(config: Any, cls: str) -> None:
+    """Check (and normalise: numbers become floats) a config's family switches."""
+    choice(cls, "qk_norm_scope", config.qk_norm_scope, QK_NORM_SCOPES)
+    if config.qk_norm_scope != "head" and not config.qk_norm:
+        raise ValueError(
+            f"{cls}.qk_norm_scope: only qk_norm uses it (qk_norm is False); set qk_norm=True "
+            "or leave qk_norm_scope 'head'"
+        )
+    for name in _POSITIVE:
+        object.__setattr__(config, name, _positive_float(cls, name, getattr(config, name)))
+    decoder = "scale_embeddings" not in type(config).unused_fields
+    if not decoder and config.norm_position in DECODER_NORM_POSITIONS:
+        raise ValueError(
+            f"{cls}.norm_position {config.norm_position!r} is implemented by decoders only; "
+            "choose 'pre' or 'post'"
+        )
+    if config.rope_local_theta is not None and (
+        config.sliding_window is None or config.position != "rope"
+    ):
+        raise ValueError(
+            f"{cls}.rope_local_theta: only windowed RoPE layers use it (sliding_window "
+            f"{config.sliding_window}, position {config.position!r}); set sliding_window (and "
+            "position 'rope') or leave rope_local_theta None"
+        )
+    if config.attn_logit_softcap is not None and config.attention_impl == "cudnn":
+        raise ValueError(
+            f"{cls}.attention_impl 'cudnn' cannot soft-cap attention logits "
+            f"(attn_logit_softcap {config.attn_logit_softcap}): jax's cuDNN attention has no "
+            "soft cap; use 'auto' (which then leaves cuDNN out), 'xla' or 'pallas'"
+        )
+    if config.final_logit_softcap is not None and config.cross_entropy_impl == "pallas":
+        raise ValueError(
+            f"{cls}.cross_entropy_impl 'pallas' cannot soft-cap the output logits "
+            f"(final_logit_softcap {config.final_logit_softcap}): the fused kernel has no soft "
+            "cap; use 'auto' (which then takes the chunked XLA loss) or 'xla'"
+        )
+
+
+def check_unused(config: Any, cls: str) -> None:
+    """A field this family's model never reads keeps its default (else it would be ignored)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    for name, why in type(config).unused_fields.items():
+        value = getattr(config, name)
+        if value != defaults[name]:
+            raise ValueError(f"{cls}.{name}: {why}; got {value!r}, set it to {defaults[name]!r}")

@@ -18,16 +18,20 @@ from tjx.core.fields import setting
 from tjx.kernels import CE_IMPLEMENTATIONS, IMPLEMENTATIONS
 from tjx.nn.config_checks import (
     LAYER_KINDS,
+    check_family,
     check_mla,
     check_relative,
     check_rope,
     check_rope_scaling,
     check_sizes,
+    check_unused,
     check_window,
+    choice,
+    positive,
+    rate,
 )
-from tjx.nn.family_config import DECODER_ONLY, QK_NORM_SCOPES, check_family
-from tjx.nn.fields import choice, positive, rate
-from tjx.nn.moe.config import NO_MOE, ROUTER_DTYPES, ROUTER_NAMES, check_moe
+from tjx.nn.family_config import DECODER_ONLY, QK_NORM_SCOPES
+from tjx.nn.moe.config import ALL_MOE_FIELDS, NO_MOE, ROUTER_DTYPES, ROUTER_NAMES, check_moe
 from tjx.nn.precision import Precision, as_precision
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
@@ -67,7 +71,9 @@ class TransformerConfig:
     decodes with a rolling KV cache of the window's size.
 
     Qwen3's, OLMo 2's and Gemma 2/3's switches (``qk_norm`` ... ``rope_local_theta``) are checked
-    in :mod:`tjx.nn.family_config`; DeepSeek's MLA (``q_lora_rank`` ...) in :mod:`tjx.nn.mla`.
+    in :mod:`tjx.nn.config_checks` (what they are: :mod:`tjx.nn.family_config`); DeepSeek's MLA
+    (``q_lora_rank`` ...) in :mod:`tjx.nn.mla`. Every check is :mod:`tjx.nn.config_checks`'s but
+    the MoE settings' (:mod:`tjx.nn.moe.config`, handed those settings alone).
 
     ``unused_fields`` (a class attribute) names the shared fields a family's model never reads,
     each with the reason: such a field must keep its class default (any other value would be
@@ -79,6 +85,9 @@ class TransformerConfig:
     #: Whether the family has bidirectional self-attention (an encoder), whose window cuDNN
     #: cannot apply (its sliding window looks back only).
     bidirectional: ClassVar[bool] = False
+    #: The kinds of attention layer the family's model builds (``tjx.nn.kernel_choice``'s
+    #: ``ATTENTION_KINDS``): the kernel choice resolves one kernel for each before it is built.
+    attention_layers: ClassVar[tuple[str, ...]] = ("causal",)
 
     vocab_size: int = setting(50257, help="tokens in the vocabulary (embedding and output rows)")
     max_seq_len: int = setting(1024, help="longest sequence (the learned position table's size)")
@@ -225,8 +234,11 @@ class TransformerConfig:
         if self.decode_topk is not None:
             positive(cls, "decode_topk", self.decode_topk)
         check_family(self, cls)
-        check_moe(self, cls)
-        self._check_unused(cls)
+        # The MoE checks take the MoE settings alone (and their class defaults).
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        moe = {name: getattr(self, name) for name in ALL_MOE_FIELDS}
+        check_moe(moe, cls, num_layers=self.num_layers, defaults=defaults)
+        check_unused(self, cls)
 
     def layer_windows(self, num_layers: int | None = None) -> tuple[int | None, ...]:
         """Each layer's self-attention window (None: full attention), ``window_pattern``
@@ -238,16 +250,6 @@ class TransformerConfig:
         return tuple(
             self.sliding_window if pattern[i % len(pattern)] == "local" else None for i in range(n)
         )
-
-    def _check_unused(self, cls: str) -> None:
-        """A field this family's model never reads keeps its default (else it would be ignored)."""
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        for name, why in self.unused_fields.items():
-            value = getattr(self, name)
-            if value != defaults[name]:
-                raise ValueError(
-                    f"{cls}.{name}: {why}; got {value!r}, set it to {defaults[name]!r}"
-                )
 
     def _check_vocab(self, cls: str) -> None:
         positive(cls, "vocab_size", self.vocab_size)
@@ -298,6 +300,7 @@ class BertConfig(TransformerConfig):
     """BERT encoder: post-LN, exact GELU, learned positions + token types, MLM head."""
 
     bidirectional: ClassVar[bool] = True
+    attention_layers: ClassVar[tuple[str, ...]] = ("bidirectional",)
 
     vocab_size: int = 30522
     max_seq_len: int = 512
@@ -332,6 +335,7 @@ class ViTConfig(TransformerConfig):
     """Vision Transformer on ``[b, h, w, c]`` images: patch embedding, class token, classifier."""
 
     bidirectional: ClassVar[bool] = True
+    attention_layers: ClassVar[tuple[str, ...]] = ("bidirectional",)
 
     vocab_size: int = 0
     image_size: int = setting(224, help="ViT: the images' side in pixels")
@@ -380,6 +384,7 @@ class EncoderDecoderConfig(TransformerConfig):
     unused_fields: ClassVar[Mapping[str, str]] = {**DECODER_ONLY, **NO_MOE}
 
     bidirectional: ClassVar[bool] = True
+    attention_layers: ClassVar[tuple[str, ...]] = ("bidirectional", "causal", "cross")
 
     num_encoder_layers: int | None = setting(None, help="encoder blocks; None: num_layers")
     num_decoder_layers: int | None = setting(None, help="decoder blocks; None: num_layers")

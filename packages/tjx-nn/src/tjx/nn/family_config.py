@@ -1,4 +1,6 @@
-"""The architecture switches of the 2024-25 decoder families and their checks (``check_family``).
+"""The architecture switches of the 2024-25 decoder families (their checks: ``check_family``, with
+the config's other checks in :mod:`tjx.nn.config_checks`; imported from here it still works, with a
+DeprecationWarning, until tjx-nn 0.23).
 
 Each is one ``TransformerConfig`` field (``configs.py``), off by default:
 
@@ -29,11 +31,11 @@ Each is one ``TransformerConfig`` field (``configs.py``), off by default:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from typing import Any
 
-from tjx.nn.fields import choice
+from tjx.core.deprecation import moved
+
+__getattr__ = moved(__name__, {"check_family": "tjx.nn.config_checks"})
 
 #: What ``qk_norm`` normalises over: each head alone, or all heads of a token together.
 QK_NORM_SCOPES = ("head", "projection")
@@ -44,57 +46,3 @@ DECODER_ONLY: Mapping[str, str] = {
     name: "only decoders (gpt2, llama) implement it"
     for name in ("norm_plus_one", "scale_embeddings", "final_logit_softcap")
 }
-_POSITIVE = (
-    "query_pre_attn_scalar",
-    "attn_logit_softcap",
-    "final_logit_softcap",
-    "rope_local_theta",
-)
-
-
-def _positive_float(cls: str, name: str, value: Any) -> float | None:
-    """None, or ``value`` as a positive finite float (else a ValueError naming the field)."""
-    if value is None:
-        return None
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or not 0.0 < float(value) < math.inf:
-        raise ValueError(f"{cls}.{name} must be a positive number or None; got {value!r}")
-    return float(value)
-
-
-def check_family(config: Any, cls: str) -> None:
-    """Check (and normalise: numbers become floats) a config's family switches."""
-    choice(cls, "qk_norm_scope", config.qk_norm_scope, QK_NORM_SCOPES)
-    if config.qk_norm_scope != "head" and not config.qk_norm:
-        raise ValueError(
-            f"{cls}.qk_norm_scope: only qk_norm uses it (qk_norm is False); set qk_norm=True "
-            "or leave qk_norm_scope 'head'"
-        )
-    for name in _POSITIVE:
-        object.__setattr__(config, name, _positive_float(cls, name, getattr(config, name)))
-    decoder = "scale_embeddings" not in type(config).unused_fields
-    if not decoder and config.norm_position in DECODER_NORM_POSITIONS:
-        raise ValueError(
-            f"{cls}.norm_position {config.norm_position!r} is implemented by decoders only; "
-            "choose 'pre' or 'post'"
-        )
-    if config.rope_local_theta is not None and (
-        config.sliding_window is None or config.position != "rope"
-    ):
-        raise ValueError(
-            f"{cls}.rope_local_theta: only windowed RoPE layers use it (sliding_window "
-            f"{config.sliding_window}, position {config.position!r}); set sliding_window (and "
-            "position 'rope') or leave rope_local_theta None"
-        )
-    if config.attn_logit_softcap is not None and config.attention_impl == "cudnn":
-        raise ValueError(
-            f"{cls}.attention_impl 'cudnn' cannot soft-cap attention logits "
-            f"(attn_logit_softcap {config.attn_logit_softcap}): jax's cuDNN attention has no "
-            "soft cap; use 'auto' (which then leaves cuDNN out), 'xla' or 'pallas'"
-        )
-    if config.final_logit_softcap is not None and config.cross_entropy_impl == "pallas":
-        raise ValueError(
-            f"{cls}.cross_entropy_impl 'pallas' cannot soft-cap the output logits "
-            f"(final_logit_softcap {config.final_logit_softcap}): the fused kernel has no soft "
-            "cap; use 'auto' (which then takes the chunked XLA loss) or 'xla'"
-        )

@@ -39,7 +39,7 @@ from flax import nnx
 
 from tjx.core.fields import setting
 from tjx.nn.attention import Attention
-from tjx.nn.fields import positive, rate
+from tjx.nn.config_checks import positive, rate
 from tjx.nn.linear import Dense, LoRAAdapter
 from tjx.nn.mlp import MLP
 

@@ -21,6 +21,7 @@ from flax import nnx
 
 from tjx.nn.block import Block
 from tjx.nn.configs import REMAT_POLICIES, TransformerConfig
+from tjx.nn.kernel_choice import ModelAttention, layer_kind, resolve_model_attention
 from tjx.nn.layer_runs import Segment, Unit, scanned, segments
 from tjx.nn.moe.config import moe_layers
 from tjx.nn.moe.layer import MoEStats
@@ -64,6 +65,9 @@ class Stack(nnx.Module):
     mixing dense and MoE layers is cut into ``segments`` (see `segments`), each scanning a
     ``Unit`` of blocks; unrolled, ``layers`` is the list of blocks. Canonical (unrolled) names
     are ``layers.<i>...`` either way (``params_io``).
+
+    ``attention`` holds the kernels of its attention layers (`resolve_model_attention`, which
+    resolves them when it is not given).
     """
 
     def __init__(
@@ -75,6 +79,7 @@ class Stack(nnx.Module):
         causal: bool,
         cross: bool = False,
         residual_layers: int | None = None,
+        attention: ModelAttention | None = None,
     ) -> None:
         self.num_layers = num_layers
         self.scan = config.scan_layers
@@ -85,8 +90,21 @@ class Stack(nnx.Module):
         kinds = moe_layers(config) if config.num_experts else (False,) * num_layers
         assert len(kinds) == num_layers
 
+        # The layers' kernels, resolved once before any layer is built: the kinds this stack
+        # builds, as the model's kernel choice resolved them (kept for these arguments).
+        kinds_here = [layer_kind(causal=causal, cross=False)] + (["cross"] if cross else [])
+        attention = attention or resolve_model_attention(config, kinds=kinds_here)
+
         def make(r: nnx.Rngs, moe: bool) -> Block:
-            return Block(config, rngs=r, num_layers=depth, causal=causal, cross=cross, moe=moe)
+            return Block(
+                config,
+                rngs=r,
+                num_layers=depth,
+                causal=causal,
+                cross=cross,
+                moe=moe,
+                attention=attention,
+            )
 
         self.plan = segments(kinds, max(1, config.moe_layer_step)) if self.scan else ()
         layers: Any = None

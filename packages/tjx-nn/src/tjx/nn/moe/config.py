@@ -12,10 +12,11 @@ there would be ignored without a word, so it is refused, naming the field.
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any
 
-from tjx.nn.fields import positive
+from tjx.nn.config_checks import positive
 from tjx.nn.routers import ROUTERS
 
 #: The MoE fields beside ``num_experts`` (a dense model keeps them at their defaults).
@@ -47,20 +48,25 @@ NO_MOE = {name: "only decoders (gpt2, llama) have MoE layers" for name in ALL_MO
 ROUTER_DTYPES = ("float32", "bfloat16", "float64")
 
 
-def check_moe(config: Any, cls: str) -> None:
-    """Validate ``config``'s MoE fields (a ValueError naming ``cls.field`` for the first bad one).
+def check_moe(
+    moe: Mapping[str, Any], cls: str, *, num_layers: int, defaults: Mapping[str, Any]
+) -> None:
+    """Validate a config's MoE fields (a ValueError naming ``cls.field`` for the first bad one).
 
     Parameters
     ----------
-    config : TransformerConfig
-        The config being built (its ``__post_init__`` calls this).
+    moe : Mapping[str, Any]
+        Each of `ALL_MOE_FIELDS` → the config's value (the checks read nothing else).
     cls : str
-        Its class name, for the messages.
+        The config's class name, for the messages.
+    num_layers : int
+        The layers of its stack (a first MoE layer must be one of them).
+    defaults : Mapping[str, Any]
+        Each of `MOE_FIELDS` → its default in the config's class (what a dense model keeps).
     """
-    c = config
+    c = SimpleNamespace(**moe, num_layers=num_layers)
     positive(cls, "num_experts", c.num_experts, allow_zero=True)
     if c.num_experts == 0:
-        defaults = {f.name: f.default for f in dataclasses.fields(c)}
         for name in MOE_FIELDS:
             if getattr(c, name) != defaults[name]:
                 raise ValueError(

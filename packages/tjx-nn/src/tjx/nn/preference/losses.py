@@ -31,8 +31,8 @@ import jax.numpy as jnp
 
 from tjx.core.fields import setting
 from tjx.kernels import chunked_cross_entropy
+from tjx.nn.config_checks import choice
 from tjx.nn.decoder import DecoderLM
-from tjx.nn.fields import choice
 from tjx.nn.lora import adapters_off, has_lora
 
 __all__ = [

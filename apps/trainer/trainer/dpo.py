@@ -23,15 +23,15 @@ from tjx import nn
 from trainer.train_state import TrainState
 
 
-def is_dpo(cfg: Any) -> bool:
-    """Whether the run trains on preference pairs (with DPO)."""
-    return bool(cfg.data.format == "preference")
+def is_dpo(data: Any) -> bool:
+    """Whether a run of ``data`` (the config's data section) trains on preference pairs (DPO)."""
+    return bool(data.format == "preference")
 
 
-def with_reference(cfg: Any, state: TrainState, *, copy: bool = True) -> TrainState:
-    """``state`` with a ``reference``: a copy of its params for DPO without LoRA (``copy`` False
-    for abstract states: the same shapes serve)."""
-    if not is_dpo(cfg) or cfg.use_lora:
+def with_reference(state: TrainState, *, needed: bool, copy: bool = True) -> TrainState:
+    """``state`` with a ``reference`` where ``needed`` (DPO without LoRA): a copy of its params
+    (``copy`` False for abstract states: the same shapes serve)."""
+    if not needed:
         return state
     params = state.params
     # A real copy: the step donates the state, and one buffer cannot be donated twice.

@@ -43,7 +43,7 @@ def evaluate(
         sets = bundle.mixture_validation(cfg.eval.batch_size, count, **data_setup.shares(mesh))
         return metrics.evaluate_heldout_sources(step, params, sets, **how)
     held, bpt = data_setup.val_batches(bundle, cfg, count, mesh), bundle.bytes_per_token
-    if dpo.is_dpo(cfg):
+    if dpo.is_dpo(cfg.data):
         return dpo.heldout(step, params, reference, held, place)
     return metrics.evaluate_heldout(step, params, held, bytes_per_token=bpt, **how)
 

@@ -34,12 +34,15 @@ DISAGREEMENTS = {
 
 
 def join(
-    dist: DistributedArgs, config: dict[str, Any], *, resume: bool, init_from: str | None
+    dist: DistributedArgs, config: str | dict[str, Any], *, resume: bool, init_from: str | None
 ) -> Any:
     """`tjx.parallel.join` with the launch flags ``dist``: all processes must agree on ``config``
-    (the effective config), ``resume`` and ``init_from`` (the trainer's flags named in every
-    message). Returns its `DistributedInfo`; raises `JoinError` (code 2: an incomplete setup or
-    processes that disagree; 1: joining failed)."""
+    (the effective config's YAML with sorted keys, or the plain data dumped so), ``resume`` and
+    ``init_from`` (the trainer's flags named in every message). Returns its `DistributedInfo`;
+    raises `JoinError` (code 2: an incomplete setup or processes that disagree; 1: joining
+    failed)."""
+
+    text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=True)
 
     def not_joined(info: Any) -> str:  # tjx.parallel's line, as the trainer's one error line
         return error_line(not_joined_line(info, dist.timeout_s))
@@ -52,7 +55,7 @@ def join(
             values={
                 "resume": resume,
                 "init_from": init_from or "",
-                "config": yaml.safe_dump(config, sort_keys=True),
+                "config": text,
             },
             lines=DISAGREEMENTS,
             timeout_s=dist.timeout_s,

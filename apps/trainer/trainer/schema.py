@@ -9,7 +9,7 @@ import dataclasses
 from importlib import import_module
 from typing import Any
 
-from tjx.core.config import ConfigError, Schema, choices, keyed
+from tjx.core.config import ConfigError, Schema, choices, keyed, kind_at
 from tjx.core.fields import setting
 
 __all__ = ["KINDS", "PACKAGE_SECTIONS", "ConfigError", "choices", "keyed", "kind_of"]
@@ -56,10 +56,8 @@ def section_class(section: str, kind: Any = "gpt2") -> type:
     return found[kind]  # type: ignore[no-any-return]
 
 
-def kind_of(data: Any) -> Any:
-    """The model kind of plain config ``data`` (``gpt2`` where it names none)."""
-    model = data.get("model") if isinstance(data, dict) else None
-    return model.get("kind", "gpt2") if isinstance(model, dict) else "gpt2"
+#: The model kind of plain config data (``gpt2`` where it names none): tjx.core.config reads it.
+kind_of = kind_at("model", "gpt2")
 
 
 def schema_of(root: type) -> Schema:

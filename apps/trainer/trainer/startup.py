@@ -8,6 +8,8 @@ import dataclasses
 import sys
 import time
 
+import yaml  # type: ignore[import-untyped]
+
 import trainer.data_setup as data_setup
 import trainer.first_compile as first_compile
 import trainer.memory_fit as memory_fit
@@ -45,9 +47,9 @@ def run(plan: RunPlan) -> int:
     # Multi-host: the flags, else JAX_COORDINATOR_ADDRESS/... or the cluster JAX detects; none:
     # one process. A setup that cannot work is one error line here, never a hang.
     try:
-        info = multihost.join(
-            plan.distributed, plan.config.to_dict(), resume=plan.resume, init_from=plan.init_from
-        )
+        # What the processes compare: the effective config's text (the object stays here)
+        text = yaml.safe_dump(plan.config.to_dict(), sort_keys=True)
+        info = multihost.join(plan.distributed, text, resume=plan.resume, init_from=plan.init_from)
     except multihost.JoinError as err:
         return error_exit(str(err), code=err.code)
     if info.num_processes > 1:

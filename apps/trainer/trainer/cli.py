@@ -9,18 +9,20 @@ from typing import Any
 import yaml  # type: ignore[import-untyped]
 
 from tjx import ckpt, data  # no jax: neither loads it at import
+from tjx.core import config
 from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first use)
+    DISTRIBUTED_FLAGS,
     DistributedArgumentError,
     add_distributed_arguments,
     distributed_from_args,
 )
-from trainer.config import read_config
+from trainer.config import SCHEMA, read_config
 from trainer.deferred import init_from, metrics, nn, startup, target_plan
 from trainer.job.start import start_location
 from trainer.plan import RunPlan, error_exit, interrupted_exit
 from trainer.resume import check_chat_template, check_resume, describe_changes
 from trainer.schema import ConfigError, keyed
-from trainer.settings import apply_overrides, changed, load_config_data, preset_names, render
+from trainer.settings import apply_overrides, load_config_data, preset_names, renamed, render
 
 SWITCH = {"action": "store_true"}
 #: The trainer's own flags: (name, argparse keywords, help); a flag without keywords takes a value
@@ -87,13 +89,23 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return [*args.overrides, f"data.source={args.data}"]
 
 
+def _launch_flags(args: argparse.Namespace) -> argparse.Namespace:
+    """Only the multi-host launch flags of ``args`` (`add_distributed_arguments`' destinations):
+    what `distributed_from_args` reads, without the run's settings."""
+    names = [flag.lstrip("-").replace("-", "_") for flag in DISTRIBUTED_FLAGS.values()]
+    flags = [*names, "cluster"]
+    return argparse.Namespace(**{n: getattr(args, n) for n in flags if hasattr(args, n)})
+
+
 def plan_run(args: argparse.Namespace) -> RunPlan:
     """Everything validated; nothing written. Raises `ConfigError`."""
     overrides, resume = _overrides(args), bool(args.resume)
     notes: list[str] = []  # an old key's new name: said once the command line is valid
     preset = load_config_data(args.config)
-    settings = apply_overrides(preset, overrides, notes.append)
-    keys = changed(preset, settings)  # the first screen names only these
+    # tjx.core.config's engine itself (trainer.settings' wrappers do the same): each --set typed
+    # by its field, an old key name read as today's (said once the command line is valid)
+    settings = config.apply_overrides(SCHEMA, preset, overrides, renamed, notes.append)
+    keys = config.changed(SCHEMA, preset, settings)  # the first screen names only these
     cfg = read_config(settings)
     if args.data is not None and cfg.data.sources is not None:
         raise ConfigError(
@@ -130,7 +142,8 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
             export_peft = nn.check_peft_export(trained, args.export_peft, "eval --export-hf")
     profile = parse_profile(args.profile_steps, cfg.train.steps)
     with keyed(None, DistributedArgumentError):  # its message names the flag
-        distributed = distributed_from_args(args)  # the environment fills the rest when joining
+        # the environment fills the rest when joining
+        distributed = distributed_from_args(_launch_flags(args))
     print(*notes, sep="\n", file=sys.stderr, flush=True, end="\n" if notes else "")
     return RunPlan(
         cfg, run_dir, resume, args.init_from, profile, distributed, changes, export_peft, keys

@@ -87,6 +87,14 @@ class Config:
         """The objective's name: "lm" (decoders), "mlm" (BERT), "classify" (ViT) or "seq2seq"."""
         return str(self.objective.name)
 
+    @property
+    def image_shape(self) -> dict[str, int]:
+        """The images a classifier's data is prepared as (``image_size``, ``num_channels``); none
+        for a model of text."""
+        if self.task != "classify":
+            return {}
+        return {"image_size": self.model.image_size, "num_channels": self.model.num_channels}
+
     def to_dict(self) -> ConfigData:
         """Plain data (YAML-safe) of every key: what ``config.yaml`` saves and a resume compares."""
         own = {"kind": self.kind, "vocab_size": self.vocab_size, "enabled": self.use_lora}

@@ -58,9 +58,10 @@ def shares(mesh: Mesh | None = None) -> dict[str, int]:
     return {"process_index": index, "process_count": count}
 
 
-def describe_source(cfg: Config) -> str:
-    """What the run reads, for its progress lines: the source, or the mixture's names."""
-    return str(_keyed(data.describe_sources, cfg.data))
+def describe_source(section: data.DataConfig) -> str:
+    """What the run reads (its ``data`` ``section``), for its progress lines: the source, or the
+    mixture's names."""
+    return str(_keyed(data.describe_sources, section))
 
 
 def make_tokenizer(cfg: Config) -> data.Tokenizer:
@@ -69,24 +70,42 @@ def make_tokenizer(cfg: Config) -> data.Tokenizer:
 
 
 def prepare(cfg: Config) -> data.RunData | data.ChatRunData:
+    """`prepare_section` of ``cfg``'s data section for its run."""
+    return prepare_section(
+        cfg.data, steps=cfg.train.steps, vocab_size=cfg.vocab_size, images=cfg.image_shape
+    )
+
+
+def prepare_section(
+    section: data.DataConfig,
+    *,
+    steps: int,
+    vocab_size: int | None,
+    images: dict[str, int],
+) -> data.RunData | data.ChatRunData:
     """Tokenizer and checked shards of both splits (of every mixture source), or the digits
-    images (cheap when cached). New data is checked to give the run's batches before it is
-    published in the shared cache: data the run refuses leaves the cache as it was."""
-    m, images = cfg.model, cfg.task == "classify"
-    shape = {"image_size": m.image_size, "num_channels": m.num_channels} if images else {}  # type: ignore[attr-defined]
+    images (``images``: their size and channels; empty for text), cheap when cached, of a run's
+    ``data`` ``section`` for ``steps`` steps. New data is checked to give the run's batches before
+    it is published in the shared cache: data the run refuses leaves the cache as it was."""
     # model.vocab_size as set (None: the tokenizer's); tokenizing progress on a terminal
-    extra = {"vocab_size": cfg.vocab_size, "progress": sys.stderr.isatty(), **shape}
-    extra["steps"] = cfg.train.steps
-    return _keyed(data.prepare_run, cfg.data, images=images, **extra)
+    extra = {"vocab_size": vocab_size, "progress": sys.stderr.isatty(), **images}
+    extra["steps"] = steps
+    return _keyed(data.prepare_run, section, images=bool(images), **extra)
 
 
 def train_loader(bundle: Bundle, cfg: Config, mesh: Mesh | None = None) -> TrainLoader:
-    """The resumable, shuffled training iterator: this process's rows of each global batch (its
-    share on ``mesh``, see `shares`); a mixture that would end before ``train.steps`` is
-    refused before anything is written."""
-    steps, seed = cfg.train.steps, cfg.train.seed
-    loader = _keyed(data.run_loader, bundle, cfg.data, seed=seed, steps=steps, **shares(mesh))
-    cut = data.truncation_summary(loader, cfg.data, names=KEYS)  # chat data: what was cut
+    """`section_loader` of ``cfg``'s data section for its run."""
+    return section_loader(bundle, cfg.data, steps=cfg.train.steps, seed=cfg.train.seed, mesh=mesh)
+
+
+def section_loader(
+    bundle: Bundle, section: data.DataConfig, *, steps: int, seed: int, mesh: Mesh | None = None
+) -> TrainLoader:
+    """The resumable, shuffled training iterator of a run's ``data`` ``section``: this process's
+    rows of each global batch (its share on ``mesh``, see `shares`); a mixture that would end
+    before ``steps`` (``train.steps``) is refused before anything is written."""
+    loader = _keyed(data.run_loader, bundle, section, seed=seed, steps=steps, **shares(mesh))
+    cut = data.truncation_summary(loader, section, names=KEYS)  # chat data: what was cut
     if cut is not None:
         print(f"data: {cut}", flush=True)
     return loader

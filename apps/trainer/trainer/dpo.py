@@ -21,21 +21,22 @@ import jax
 import numpy as np
 
 from tjx import nn
+from tjx.data import DataConfig
 from trainer.config import Config
 from trainer.train_state import TrainState
 
 T = TypeVar("T")
 
 
-def is_dpo(cfg: Config) -> bool:
-    """Whether the run trains on preference pairs (with DPO)."""
-    return bool(cfg.data.format == "preference")
+def is_dpo(data: DataConfig) -> bool:
+    """Whether a run of ``data`` (the config's data section) trains on preference pairs (DPO)."""
+    return bool(data.format == "preference")
 
 
-def with_reference(cfg: Config, state: TrainState, *, copy: bool = True) -> TrainState:
-    """``state`` with a ``reference``: a copy of its params for DPO without LoRA (``copy`` False
-    for abstract states: the same shapes serve)."""
-    if not is_dpo(cfg) or cfg.use_lora:
+def with_reference(state: TrainState, *, needed: bool, copy: bool = True) -> TrainState:
+    """``state`` with a ``reference`` where ``needed`` (DPO without LoRA): a copy of its params
+    (``copy`` False for abstract states: the same shapes serve)."""
+    if not needed:
         return state
     params = state.params
     # A real copy: the step donates the state, and one buffer cannot be donated twice.

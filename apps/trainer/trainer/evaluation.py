@@ -52,7 +52,7 @@ def evaluate(
         )
         return metrics.evaluate_heldout_sources(step, params, sets, **how)
     held, bpt = data_setup.val_batches(bundle, cfg, count, mesh), bundle.bytes_per_token
-    if dpo.is_dpo(cfg):
+    if dpo.is_dpo(cfg.data):
         return dpo.heldout(step, params, reference, held, place)
     return metrics.evaluate_heldout(step, params, held, bytes_per_token=bpt, **how)
 

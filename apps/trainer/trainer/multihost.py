@@ -34,12 +34,15 @@ DISAGREEMENTS = {
 
 
 def join(
-    dist: DistributedArgs, config: ConfigData, *, resume: bool, init_from: str | None
+    dist: DistributedArgs, config: str | ConfigData, *, resume: bool, init_from: str | None
 ) -> parallel.DistributedInfo:
     """`tjx.parallel.join` with the launch flags ``dist``: all processes must agree on ``config``
-    (the effective config), ``resume`` and ``init_from`` (the trainer's flags named in every
-    message). Returns its `DistributedInfo`; raises `JoinError` (code 2: an incomplete setup or
-    processes that disagree; 1: joining failed)."""
+    (the effective config's YAML with sorted keys, or the plain data dumped so), ``resume`` and
+    ``init_from`` (the trainer's flags named in every message). Returns its `DistributedInfo`;
+    raises `JoinError` (code 2: an incomplete setup or processes that disagree; 1: joining
+    failed)."""
+
+    text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=True)
 
     # tjx.parallel's line, as the trainer's one error line
     def not_joined(info: parallel.DistributedInfo) -> str:
@@ -53,7 +56,7 @@ def join(
             values={
                 "resume": resume,
                 "init_from": init_from or "",
-                "config": yaml.safe_dump(config, sort_keys=True),
+                "config": text,
             },
             lines=DISAGREEMENTS,
             timeout_s=dist.timeout_s,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from tjx.core.config import ConfigError, Schema, choices, keyed
+from tjx.core.config import ConfigError, Schema, choices, keyed, kind_at
 from tjx.core.config.schema import Entry
 from tjx.core.fields import setting
 
@@ -55,10 +55,8 @@ def section_class(section: str, kind: object = "gpt2") -> type:
     return found[kind]  # type: ignore[no-any-return]
 
 
-def kind_of(data: object) -> object:
-    """The model kind of plain config ``data`` (``gpt2`` where it names none)."""
-    model = data.get("model") if isinstance(data, dict) else None
-    return model.get("kind", "gpt2") if isinstance(model, dict) else "gpt2"
+#: The model kind of plain config data (``gpt2`` where it names none): tjx.core.config reads it.
+kind_of = kind_at("model", "gpt2")
 
 
 def schema_of(root: type) -> Schema:

@@ -8,6 +8,8 @@ import dataclasses
 import sys
 import time
 
+import yaml  # type: ignore[import-untyped]
+
 import trainer.data_setup as data_setup
 import trainer.first_compile as first_compile
 import trainer.memory_fit as memory_fit
@@ -45,9 +47,9 @@ def run(plan: RunPlan) -> int:
     # Multi-host: the flags, else JAX_COORDINATOR_ADDRESS/... or the cluster JAX detects; none:
     # one process. A setup that cannot work is one error line here, never a hang.
     try:
-        info = multihost.join(
-            plan.distributed, plan.config.to_dict(), resume=plan.resume, init_from=plan.init_from
-        )
+        # What the processes compare: the effective config's text (the object stays here)
+        text = yaml.safe_dump(plan.config.to_dict(), sort_keys=True)
+        info = multihost.join(plan.distributed, text, resume=plan.resume, init_from=plan.init_from)
     except multihost.JoinError as err:
         return error_exit(str(err), code=err.code)
     if (info.num_processes or 1) > 1:
@@ -68,9 +70,10 @@ def _prepare_and_train(plan: RunPlan) -> int:
         # The mesh first: a mesh, batch or context split that cannot work costs no data preparation
         mesh, _ = state.make_mesh(cfg)
         # A first run tokenizes the corpus (minutes for a large one): say so, and how long it took.
-        print(f"data: preparing {data_setup.describe_source(cfg)}…", flush=True)
+        print(f"data: preparing {data_setup.describe_source(cfg.data)}…", flush=True)
         started = time.perf_counter()
-        bundle = data_setup.prepare(cfg)
+        steps, vocab, images = cfg.train.steps, cfg.vocab_size, cfg.image_shape
+        bundle = data_setup.prepare_section(cfg.data, steps=steps, vocab_size=vocab, images=images)
         print(f"data: ready in {time.perf_counter() - started:.1f} s", flush=True)
         if RunDir.is_run(plan.init_from):  # a run's weights read ids of its own tokenizer
             init_from.check_tokenizer(str(plan.init_from), bundle)
@@ -78,7 +81,9 @@ def _prepare_and_train(plan: RunPlan) -> int:
         # find cached); CPU collectives give up on a peer after ~30 s, so everyone waits here.
         parallel.barrier("trainer:data_ready", timeout_s=DATA_READY_TIMEOUT_S)
         # This process's share of each batch on the mesh; a corpus too small for a batch fails here
-        loader = data_setup.train_loader(bundle, cfg, mesh)
+        loader = data_setup.section_loader(
+            bundle, cfg.data, steps=steps, seed=cfg.train.seed, mesh=mesh
+        )
         cfg = resolve(cfg, bundle.vocab_size)  # the tokenizer's vocabulary
         # A resumed --init-from run: the checkpoint's architecture again (its model.json).
         from_checkpoint = plan.resume and init_from.resumed_from_checkpoint(cfg, plan.run_dir)

@@ -273,7 +273,8 @@ def train_state(
         step = jnp.asarray(0, jnp.int32)
     state = TrainState(opt_state=opt_state, params=params, step=step)
     # DPO without LoRA: the starting params, frozen, as the reference model (trainer.dpo)
-    state = dpo.with_reference(cfg, state, copy=place is not None)
+    needed = dpo.is_dpo(cfg.data) and not cfg.use_lora
+    state = dpo.with_reference(state, needed=needed, copy=place is not None)
     if flat_params(cfg):  # the optimizer's own buffers: one p + u a buffer (tjx.optim.FlatParams)
         layout = optim.flat_layout(cfg.optimizer, params, axes=specs)
         state = dataclasses.replace(state, params=optim.FlatParams.of(params, layout))

@@ -54,7 +54,7 @@ def make_loss_fn(
         return nn.pipelined_loss_fn(graphdef, rest, pipeline, **cfg.train.head_settings)
     # Adapter dropout draws from the model's dropout stream too (tjx.nn.add_lora installs one).
     deterministic = cfg.model.dropout == 0.0 and not (cfg.use_lora and cfg.lora.dropout > 0)
-    if dpo.is_dpo(cfg):  # preference pairs: the DPO loss (its reference bound per step)
+    if dpo.is_dpo(cfg.data):  # preference pairs: the DPO loss (its reference bound per step)
         head = {"deterministic": deterministic, **dpo.head_settings(cfg)}
         return nn.preference_loss_fn(graphdef, rest, cfg.preference, **head)
     base_key = jax.random.key(cfg.train.seed)
@@ -164,7 +164,7 @@ def make_eval_step(
     ``eval_mask_key`` of the run's seed); ``split`` as for `make_loss_fn`. Preference data:
     tjx.nn's `preference_sums_fn` (``eval_step(params, batch, reference)``)."""
 
-    if dpo.is_dpo(cfg):
+    if dpo.is_dpo(cfg.data):
         return nn.preference_sums_fn(graphdef, rest, cfg.preference, **dpo.head_settings(cfg))
     logits_fn = nn.objective_logits_fn(
         graphdef, rest, key=nn.eval_mask_key(cfg.train.seed), mask_prob=cfg.train.mlm_probability

@@ -9,7 +9,8 @@ import sys
 import pytest
 from tjx_damaged_hf import HOSTILE_HF, damage
 
-from trainer.cli import build_parser, main, parse_profile, plan_run
+from tjx.parallel.arguments import distributed_from_args
+from trainer.cli import _launch_flags, build_parser, main, parse_profile, plan_run
 from trainer.job.folder import RunDir
 from trainer.schema import ConfigError
 
@@ -74,6 +75,17 @@ def test_an_old_name_alone_still_works_and_says_its_new_name_once(in_tmp, capsys
     ]
     _plan("--config", "tiny", "--set", f"{NEW_NAME}=1e-3", "--set", f"{NEW_NAME}=2e-3")
     assert capsys.readouterr().err == ""
+
+
+def test_only_the_launch_flags_reach_tjx_parallel_and_they_read_as_from_the_whole_line(in_tmp):
+    launch = ["--num-processes", "1", "--process-id", "0", "--init-timeout", "9"]
+    argv = ["--config", "tiny", "--set", "train.steps=7", *launch]
+    args = build_parser().parse_args(argv)
+    flags = _launch_flags(args)
+    names = ["cluster", "coordinator", "init_timeout", "num_processes", "process_id"]
+    assert sorted(vars(flags)) == names  # no --set, --config or other run setting
+    assert distributed_from_args(flags) == distributed_from_args(args)
+    assert _plan(*argv).distributed.timeout_s == 9.0
 
 
 @pytest.mark.parametrize(("text", "expected"), [(None, None), ("0:1", (0, 1)), ("10:15", (10, 15))])

@@ -133,6 +133,8 @@ def test_agreement_names_each_flag_that_differs(no_dist_env, monkeypatch):
     same = [2, 0, *parallel.digest_words(""), *parallel.digest_words("a: 1\n")]
     _two_processes(monkeypatch, same)
     assert multihost.join(dist, config, resume=False, init_from=None).num_processes == 2
+    # startup gives the config's YAML text: compared as the data that dumps to it
+    assert multihost.join(dist, "a: 1\n", resume=False, init_from=None).num_processes == 2
     other = [2, 1, *parallel.digest_words("gpt2"), *parallel.digest_words("a: 2\n")]
     _two_processes(monkeypatch, other)
     with pytest.raises(multihost.JoinError) as exc:

@@ -272,3 +272,17 @@ def test_reworded_replaces_the_longest_class_words_first():
     # "Loop: " is the section's.
     with pytest.raises(ConfigError, match=r"^loop: a bad mix$"), ckpt.reworded(words):
         raise ValueError("Loop: a bad mix")
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        ({"model": {"kind": "llama", "width": 4}}, "llama"),
+        ({"model": {"width": 4}}, "gpt2"),  # the section names none: the default
+        ({"model": None}, "gpt2"),  # a null section
+        ({"train": {"kind": "llama"}}, "gpt2"),  # another section's kind is not the model's
+        ([1, 2], "gpt2"),  # data that is no mapping
+    ],
+)
+def test_kind_at_reads_the_sections_kind_or_its_default(data, kind):
+    assert ckpt.kind_at("model", "gpt2")(data) == kind

@@ -13,7 +13,7 @@ Moved from tjx-ckpt (0.14), which re-exports these names with a DeprecationWarni
 from __future__ import annotations
 
 from tjx.core.config.files import ConfigFiles
-from tjx.core.config.schema import Schema, reworded
+from tjx.core.config.schema import Schema, kind_at, reworded
 from tjx.core.config.text import (
     apply_overrides,
     changed,
@@ -53,6 +53,7 @@ __all__ = [
     "key_rows",
     "key_table",
     "keyed",
+    "kind_at",
     "load_yaml",
     "nested_class",
     "optional",

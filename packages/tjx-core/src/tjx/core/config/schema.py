@@ -240,6 +240,23 @@ class Schema:
         return value
 
 
+def kind_at(section: str, default: Any) -> Callable[[Any], Any]:
+    """A `Schema` ``kind_of``: the ``kind`` key of plain data's ``section`` (``default`` where the
+    data, or the section, names none).
+
+    Examples
+    --------
+    >>> kind_at("model", "gpt2")({"model": {"kind": "llama"}})
+    'llama'
+    """
+
+    def kind_of(data: Any) -> Any:
+        part = data.get(section) if isinstance(data, dict) else None
+        return part.get("kind", default) if isinstance(part, dict) else default
+
+    return kind_of
+
+
 def _dtype_name(value: Any) -> str:
     import numpy as np  # a dtype (jnp.float32), by its name: "float32"; numpy only when asked
 

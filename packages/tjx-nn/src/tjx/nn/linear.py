@@ -137,10 +137,13 @@ def _stacked_bwd(
     x, kernels, biases = res
     out = biases[0].ndim
     lead = x.ndim - 1
+    # One barrier over the output gradients and the kernels: the kernels' stack waits for the
+    # gradients (else XLA computes every layer's stack early and holds them all at the step's
+    # peak), and XLA cannot fuse the kernels' producers (a cast of a slice of the flat parameter
+    # buffer) into it: it reads the cast kernels the forward made.
+    dys, kernels = jax.lax.optimization_barrier((dys, kernels))
     g = jnp.stack(dys, axis=lead)  # [..., n, *out]
-    # The barrier keeps XLA from fusing the kernels' producers (a cast of a slice of the flat
-    # parameter buffer) into the stack: the stack reads the cast kernels the forward made.
-    w = jnp.stack(jax.lax.optimization_barrier(kernels), axis=1)  # [d, n, *out]
+    w = jnp.stack(kernels, axis=1)  # [d, n, *out]
     tail = tuple(range(lead, lead + 1 + out))
     dx = jnp.tensordot(g, w, axes=(tail, tuple(range(1, 2 + out))))
     rows = tuple(range(lead))

@@ -39,7 +39,9 @@ def test_stacked_projection_gradients_match_float64_autodiff_of_separate_project
         got_y, got_vjp = jax.vjp(stacked_projection, *args)
         got = got_vjp(jax.tree.map(jnp.asarray, cts))
         # the same sums in float64 (only their order differs): equal to rounding
-        for a, b in zip(jax.tree.leaves((got_y, got)), jax.tree.leaves((want_y, want)), strict=True):
+        for a, b in zip(
+            jax.tree.leaves((got_y, got)), jax.tree.leaves((want_y, want)), strict=True
+        ):
             assert a.shape == b.shape and _rel(a, b) < 1e-12
     # in float32 each output and gradient is float64's to float32 rounding
     f32 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), (x, kernels, biases))
@@ -73,14 +75,19 @@ def test_layer_norm_backward_sums_scale_and_bias_in_one_reduction():
     compiler: two kernels, against four for two sums)."""
     x = jnp.ones((2, 8, 16), jnp.float32)
     s = jnp.ones((16,), jnp.float32)
-    bwd = jax.make_jaxpr(lambda x, s, b: jax.vjp(
-        lambda *a: layer_norm(*a, 1e-5, jnp.float32), x, s, b)[1](x))(x, s, s).jaxpr
+    bwd = jax.make_jaxpr(
+        lambda x, s, b: jax.vjp(lambda *a: layer_norm(*a, 1e-5, jnp.float32), x, s, b)[1](x)
+    )(x, s, s).jaxpr
 
     def row_sums(jaxpr):
         found = []
         for e in jaxpr.eqns:
-            found += [e] if e.primitive.name in ("reduce", "reduce_sum") and 0 in e.params.get(
-                "axes", e.params.get("dimensions", ())) else []
+            found += (
+                [e]
+                if e.primitive.name in ("reduce", "reduce_sum")
+                and 0 in e.params.get("axes", e.params.get("dimensions", ()))
+                else []
+            )
             for sub in jax.extend.core.jaxprs_in_params(e.params):
                 found += row_sums(sub)
         return found

@@ -31,7 +31,7 @@ from tjx.nn import mla as ds
 from tjx.nn.configs import TransformerConfig
 from tjx.nn.kernel_choice import attention_call, layer_kind
 from tjx.nn.kv_cache import LayerCache, last_real, slot_positions, topk_decode_attention
-from tjx.nn.linear import Dense, split_key
+from tjx.nn.linear import Dense, split_key, stacked_projection
 from tjx.nn.norms import RMSNorm
 from tjx.nn.params import normal
 from tjx.nn.positions import alibi_bias, apply_rope
@@ -186,6 +186,23 @@ class Attention(nnx.Module):
             k = self._rope(k, positions, local=local)
         return k, v
 
+    def _fused_qkv(self, x: Array) -> tuple[Array, Array, Array] | None:
+        """Queries, keys and values of ``x`` through `stacked_projection` (one backward for
+        the three), or None where the projections are not alike (MLA, GQA, a LoRA adapter, no
+        biases or a bias on some only): those take their own `Dense` calls."""
+        parts = (self.query, self.key, self.value)
+        if self.mla or self.num_kv_heads != self.num_heads:
+            return None
+        if any(p.lora is not None or p.n_in != 1 or p.bias is None for p in parts):
+            return None
+        if len({p.precision for p in parts}) != 1:
+            return None
+        dt = self.query.precision.compute_dtype
+        kernels = tuple(p.kernel[...].astype(dt) for p in parts)
+        biases = tuple(p.bias[...].astype(dt) for p in parts if p.bias is not None)
+        q, k, v = stacked_projection(x.astype(dt), kernels, biases)
+        return q, k, v
+
     def project_context(self, context: Array) -> tuple[Array, Array]:
         """Cross-attention keys and values ``[b, s_ctx, kv_heads, head_dim]`` of ``context``."""
         return self._keys_values(context, None)
@@ -266,15 +283,22 @@ class Attention(nnx.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
         k_query, k_kv, k_out = split_key(lora_rng, 3)
+        decoding = cache is not None and cache_pos is not None and s == 1
+        fused = None if self.cross or decoding else self._fused_qkv(x)
         if self.deepseek:
             q = ds.query(self, x, positions, k_query, local)
+        elif fused is not None:
+            q = self._normed(self.q_norm, fused[0])
+            if self.position == "rope":
+                q = self._rope(q, positions, local=local)
         else:
             q = self._normed(self.q_norm, self.query(x, k_query))
             if self.position == "rope":
                 q = self._rope(q, positions, local=local)
         drop = 0.0 if deterministic else self.attention_dropout
         rng = dropout_rng if drop > 0.0 else None
-        if cache is not None and cache_pos is not None and s == 1:
+        if decoding:
+            assert cache is not None and cache_pos is not None
             out, cache = self._decode(x, q, positions, cache, cache_pos, bias, local)
         else:
             kernel = self.kernel
@@ -290,6 +314,10 @@ class Attention(nnx.Module):
             elif self.deepseek:
                 latent, rope_key = ds.latents(self, x, positions, local)
                 k, v = ds.keys_values(self, latent, rope_key, k_kv)
+            elif fused is not None:
+                k, v = self._normed(self.k_norm, fused[1]), fused[2]
+                if self.position == "rope":
+                    k = self._rope(k, positions, local=local)
             else:
                 k, v = self._keys_values(x, positions, k_kv, local)
             if self.position == "alibi":

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tjx.nn.linear import column_sums
 from tjx.nn.params import make_param, ones, zeros
 from tjx.nn.precision import Precision
 
@@ -95,9 +96,14 @@ def _layer_norm_bwd(
         - xhat * jnp.mean(dyg * xhat, axis=-1, keepdims=True)
     )
     rows = tuple(range(x.ndim - 1))
-    dscale = jnp.sum(dy32 * xhat, axis=rows).astype(scale.dtype)
-    dbias = None if bias is None else jnp.sum(dy32, axis=rows).astype(bias.dtype)
-    return dx.astype(x.dtype), dscale, dbias
+    if bias is None:
+        dscale = jnp.sum(dy32 * xhat, axis=rows).astype(scale.dtype)
+        return dx.astype(x.dtype), dscale, None
+    # Both parameter sums in one (variadic) reduction: XLA makes each column sum over many rows
+    # two kernels (it splits it to avoid atomics) and does not merge sibling ones, so separate
+    # sums cost four launches a norm, this two.
+    dscale, dbias = column_sums((dy32 * xhat, dy32), rows)
+    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
 
 
 layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)

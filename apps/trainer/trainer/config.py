@@ -93,7 +93,10 @@ class Config:
         for a model of text."""
         if self.task != "classify":
             return {}
-        return {"image_size": self.model.image_size, "num_channels": self.model.num_channels}
+        # A classifier's model is a ViTConfig (the schema's kind), which the command line may not
+        # import to narrow the type: tjx.nn loads jax.
+        m = self.model
+        return {"image_size": m.image_size, "num_channels": m.num_channels}  # type: ignore[attr-defined]
 
     def to_dict(self) -> ConfigData:
         """Plain data (YAML-safe) of every key: what ``config.yaml`` saves and a resume compares."""

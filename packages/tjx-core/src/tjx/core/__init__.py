@@ -27,7 +27,7 @@ from tjx.core.standard_json import (
     to_standard_json,
 )
 
-__version__ = "0.2.1"
+__version__ = "0.3.0"
 
 __all__ = [
     "LOGICAL_AXES",

@@ -79,7 +79,7 @@ from tjx.optim.transforms import (
     skip_nonfinite,
 )
 
-__version__ = "0.15.0"
+__version__ = "0.15.1"
 
 __all__ = [
     "ADAPTER_NAMES",

@@ -1,9 +1,9 @@
-"""Deprecated module: before tjx-nn 0.21 it held ``TransformerConfig``'s checks. A config and its
+"""Deprecated module: before tjx-nn 0.22 it held ``TransformerConfig``'s checks. A config and its
 checks are one idea, so they are in :mod:`tjx.nn.configs` now, beside the class that calls them;
 the checks of one value (``choice``, ``positive``, ``rate``, which every tjx-nn config class
 uses) are tjx-core's (:mod:`tjx.core.config.values`), below both ``configs`` and
 :mod:`tjx.nn.moe.config`. Read from here, each name still works, with a DeprecationWarning the first
-time; the module goes in tjx-nn 0.22.
+time; the module goes in tjx-nn 0.23.
 """
 
 from __future__ import annotations

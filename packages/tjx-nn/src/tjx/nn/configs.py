@@ -400,7 +400,7 @@ class EncoderDecoderConfig(TransformerConfig):
 # ``Class.field``: sizes, RoPE and its scaling, sliding windows, MLA, T5's relative bias, the
 # decoder families' switches (``check_family``; :mod:`tjx.nn.family_config` says what they are)
 # and the fields a family never reads (``check_unused``). A config and its checks are one idea,
-# so they are one module (before tjx-nn 0.21: :mod:`tjx.nn.config_checks`).
+# so they are one module (before tjx-nn 0.22: :mod:`tjx.nn.config_checks`).
 
 
 def check_sizes(config: Any, cls: str) -> None:

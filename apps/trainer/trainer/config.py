@@ -11,6 +11,7 @@ changes a setting (the kernel that compiled, full remat) replaces it (`Config.wi
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, is_dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,26 @@ else:
 
 #: The vocabulary the model holds until the tokenizer's is known: no rule of tjx.nn depends on it.
 UNKNOWN_VOCAB = 2
+
+
+@dataclass(frozen=True)
+class MeshNeeds:
+    """What a run asks of its mesh besides the mesh section (`Config.mesh_needs`;
+    `trainer.state.make_mesh` checks it): the numbers each split must divide, and the model only
+    where the mesh section may split it."""
+
+    #: Rows per step and per evaluation batch, each by the keys an error names it with.
+    batches: Mapping[str, int]
+    #: Sequences per micro-step (``data.batch_size // optimizer.accumulation_steps``): what a
+    #: pipeline cuts into microbatches.
+    step_batch: int
+    #: ``model.num_experts`` (0: a model without experts), which the ``expert`` axis divides.
+    num_experts: int
+    #: ``data.seq_len``, which a split sequence (``mesh.context``) divides.
+    seq_len: int
+    #: The model, for its rules of a pipeline or a split sequence (tjx.nn's); None when
+    #: ``mesh.pipeline`` and ``mesh.context`` are both 1: no split of the model to check.
+    model: TransformerConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +118,20 @@ class Config:
         # import to narrow the type: tjx.nn loads jax.
         m = self.model
         return {"image_size": m.image_size, "num_channels": m.num_channels}  # type: ignore[attr-defined]
+
+    def mesh_needs(self) -> MeshNeeds:
+        """What the run's mesh must split (`MeshNeeds`), with the messages' key names."""
+        batch, steps = self.data.batch_size, self.optimizer.accumulation_steps
+        per_step = f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})"
+        rows = self.data.batch_rows  # a preference pair is two rows
+        splits_model = self.mesh.pipeline != 1 or self.mesh.context != 1  # -1 may be > 1
+        return MeshNeeds(
+            batches={per_step: rows(batch) // steps, "eval.batch_size": rows(self.eval.batch_size)},
+            step_batch=batch // steps,
+            num_experts=self.model.num_experts,
+            seq_len=self.data.seq_len,
+            model=self.model if splits_model else None,
+        )
 
     def to_dict(self) -> ConfigData:
         """Plain data (YAML-safe) of every key: what ``config.yaml`` saves and a resume compares."""

@@ -86,7 +86,8 @@ def choose_kernel(
         ways = cfg.mesh.resolve(devices)[parallel.MESH_AXES.index(parallel.CONTEXT_AXIS)]
     except ValueError:  # a mesh that does not fit the devices: the mesh's own line says so
         ways = 1
-    check_context(cfg, ways)  # cudnn, or pallas with a window: one line naming the key
+    if ways > 1:  # a split sequence: cudnn, or pallas with a window, is one line naming the key
+        check_context(cfg.model, cfg.data.seq_len, ways)
     strategy = cfg.mesh.context_strategy
     return nn.choose_attention_kernel(
         cfg.model, build, say, say_xla=say_xla, context_ways=ways, context_strategy=strategy

@@ -68,7 +68,7 @@ def _prepare_and_train(plan: RunPlan) -> int:
     # Everything that can fail on bad input happens before the run directory exists.
     try:
         # The mesh first: a mesh, batch or context split that cannot work costs no data preparation
-        mesh, _ = state.make_mesh(cfg)
+        mesh, _ = state.make_mesh(cfg.mesh, cfg.mesh_needs())
         # A first run tokenizes the corpus (minutes for a large one): say so, and how long it took.
         print(f"data: preparing {data_setup.describe_source(cfg.data)}…", flush=True)
         started = time.perf_counter()

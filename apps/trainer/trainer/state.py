@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 import trainer.dpo as dpo
 from tjx import kernels, nn, optim, parallel
 from trainer import init_from as init_runs
-from trainer.config import Config
+from trainer.config import Config, MeshNeeds
 from trainer.job.folder import RunDir
 from trainer.schema import ConfigError, keyed
 from trainer.train_state import TrainState
@@ -62,17 +62,17 @@ class Setup:
     specs: chex.ArrayTree = None
 
 
-def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:
+def _check_pipeline(mc: parallel.MeshConfig, needs: MeshNeeds, batch_ways: int = 1) -> None:
     """mesh.pipeline > 1: a model tjx.nn can cut into stages, and sizes that split (tjx.parallel's
     rules; ``batch_ways`` = data×fsdp once known)."""
 
-    mc = cfg.mesh
+    assert needs.model is not None  # Config.mesh_needs holds it whenever mesh.pipeline != 1
     with keyed("mesh.pipeline"):
-        nn.check_pipelinable(cfg.model)
+        nn.check_pipelinable(needs.model)
         parallel.check_pipeline(
-            num_layers=cfg.model.num_layers,
+            num_layers=needs.model.num_layers,
             stages=mc.pipeline,
-            batch_size=cfg.data.batch_size // cfg.optimizer.accumulation_steps,
+            batch_size=needs.step_batch,
             microbatches=mc.microbatches,
             batch_ways=batch_ways,
             schedule=mc.schedule,
@@ -80,43 +80,42 @@ def _check_pipeline(cfg: Config, batch_ways: int = 1) -> None:
 
 
 def make_mesh(
-    cfg: Config, devices: list[jax.Device] | None = None
+    mc: parallel.MeshConfig, needs: MeshNeeds, devices: list[jax.Device] | None = None
 ) -> tuple[Mesh, parallel.AxisRules]:
-    """The mesh over ``devices`` (default: this machine's; a plan's abstract ones) and the
-    logical-axis rules; mesh/batch mismatches are config errors."""
+    """The mesh of the section ``mc`` over ``devices`` (default: this machine's; a plan's
+    abstract ones) and the logical-axis rules; what the run asks of it (``needs``, a config's
+    `Config.mesh_needs`) that it cannot split is a config error."""
 
-    mc = cfg.mesh
     if mc.pipeline > 1:  # the sizes first: their message is clearer than the mesh's
-        _check_pipeline(cfg)
+        _check_pipeline(mc, needs)
     try:
         mesh = parallel.make_mesh(mc, devices)
     except ValueError as err:
         n, where = (jax.device_count(), "here") if devices is None else (len(devices), "planned")
         raise ConfigError(f"mesh: {err} ({n} devices {where})") from None
     if mc.pipeline > 1:  # each microbatch is split over data×fsdp inside its stage
-        _check_pipeline(cfg, parallel.batch_ways(mesh))
-    batch, steps = cfg.data.batch_size, cfg.optimizer.accumulation_steps
-    per_step = f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})"
-    rows = cfg.data.batch_rows  # a preference pair is two rows
+        _check_pipeline(mc, needs, parallel.batch_ways(mesh))
     with keyed(None):  # the messages name the keys; each device holds whole experts
-        parallel.check_expert_split(cfg.model.num_experts, mesh, section="mesh")
-        parallel.check_batch_split(
-            {per_step: rows(batch) // steps, "eval.batch_size": rows(cfg.eval.batch_size)}, mesh
-        )
-    check_context(cfg, parallel.context_ways(mesh))
+        parallel.check_expert_split(needs.num_experts, mesh, section="mesh")
+        parallel.check_batch_split(needs.batches, mesh)
+    ways = parallel.context_ways(mesh)
+    if ways > 1:  # a split sequence: the model's rules and the length's
+        assert needs.model is not None  # Config.mesh_needs holds it whenever mesh.context != 1
+        check_context(needs.model, needs.seq_len, ways)
     # stage k holds the k-th run of layers: the stacked params' leading dim over `pipeline`;
     # with the sequence split, ZeRO's weights span fsdp × context (tjx.parallel's rules_for)
     return mesh, parallel.rules_for(mc, **({"layers": "pipeline"} if mc.pipeline > 1 else {}))
 
 
-def check_context(cfg: Config, ways: int, model: nn.TransformerConfig | None = None) -> None:
-    """tjx.nn's rules of sequences split over ``ways`` devices for ``model`` (default ``cfg.model``;
-    else refused only while tracing) and tjx.parallel's for the sizes, each a `ConfigError`."""
+def check_context(model: nn.TransformerConfig, seq_len: int, ways: int) -> None:
+    """tjx.nn's rules of sequences split over ``ways`` devices for ``model`` (refused only while
+    tracing otherwise) and tjx.parallel's for the length ``seq_len`` (``data.seq_len``), each a
+    `ConfigError`."""
     if ways == 1:
         return  # no sequence is split: no rule applies (both return at once)
     with keyed(None):  # the messages name the keys
-        nn.check_sequence_split(cfg.model if model is None else model, ways)
-        parallel.check_context_split(cfg.data.seq_len, ways, "data.seq_len")
+        nn.check_sequence_split(model, ways)
+        parallel.check_context_split(seq_len, ways, "data.seq_len")
 
 
 def run_model(cfg: Config, model: nnx.Module | None = None) -> nnx.Module:
@@ -139,7 +138,7 @@ def build(cfg: Config, init_from: str | None = None) -> Setup:
     model_cfg, vocab_size = cfg.model, cfg.tokenizer_vocab
     if vocab_size is None:
         raise ValueError("state.build: the run's vocabulary is unknown; pass resolve(cfg, vocab)")
-    mesh, rules = make_mesh(cfg)
+    mesh, rules = make_mesh(cfg.mesh, cfg.mesh_needs())
     init_step = None
     if init_from is None:
         model = parallel.shard_init(lambda: run_model(cfg), mesh, rules)
@@ -151,7 +150,7 @@ def build(cfg: Config, init_from: str | None = None) -> Setup:
             with keyed("--init-from", OSError, ValueError):
                 model, _ = nn.load_hf(init_from, **how)
             model_cfg = model.config  # its own attention settings (position) under the split
-            check_context(cfg, parallel.context_ways(mesh), model_cfg)
+            check_context(model_cfg, cfg.data.seq_len, parallel.context_ways(mesh))
             if vocab_size > model_cfg.vocab_size:
                 raise ConfigError(
                     f"--init-from: the tokenizer's {vocab_size} ids do not fit the checkpoint's "

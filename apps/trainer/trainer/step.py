@@ -45,7 +45,8 @@ def make_loss_fn(
     run on the mesh (None: as XLA shards them)."""
     mc = cfg.mesh
     if mc.pipeline > 1:  # the layer stack as a pipeline over the `pipeline` mesh axis
-        mesh, _ = make_mesh(cfg)  # the same devices and sizes as build(): the same mesh
+        # the same devices and sizes as build(): the same mesh
+        mesh, _ = make_mesh(mc, cfg.mesh_needs())
         pipeline = functools.partial(
             parallel.pipeline_loss, mesh=mesh, microbatches=mc.microbatches, schedule=mc.schedule
         )

@@ -53,7 +53,9 @@ def build(run: Config, devices: list[jax.Device]) -> AbstractRun:
 
     if run.mesh.pipeline > 1:
         raise ConfigError("mesh.pipeline: a pipelined run is not planned without its devices yet")
-    mesh, rules = make_mesh(run, devices)  # ZeRO over fsdp × context under a split
+    mesh, rules = make_mesh(
+        run.mesh, run.mesh_needs(), devices
+    )  # ZeRO over fsdp × context under a split
     split = parallel.context_parallel(mesh, rules, run.mesh)  # as state.build: None unless split
     experts = parallel.expert_parallel(mesh, rules) if run.model.num_experts else None
     parts = abstract_state(run)

@@ -292,3 +292,35 @@ def test_optimizer_rules_of_tjx_optim_name_the_trainers_keys():
                 "optimizer": {"schedule": {"name": "wsd", "warmup_steps": 600}},
             }
         )
+
+
+@pytest.mark.parametrize(
+    ("sets", "splits_model"),
+    [
+        ([], False),
+        (["mesh.data=-1", "mesh.context=2"], True),
+        (["mesh.data=2", "mesh.context=-1"], True),
+        (["mesh.data=-1", "mesh.pipeline=2"], True),
+    ],
+)
+def test_mesh_needs_name_each_size_by_its_keys_and_hold_the_model_only_for_a_split(
+    sets, splits_model
+):
+    batch, steps, eval_batch = 12, 3, 10
+    cfg = read_config(
+        apply_overrides(
+            load_config_data("tiny"),
+            [
+                *sets,
+                f"data.batch_size={batch}",
+                f"optimizer.accumulation_steps={steps}",
+                f"eval.batch_size={eval_batch}",
+            ],
+        )
+    )
+    needs = cfg.mesh_needs()
+    per_step = f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})"
+    assert dict(needs.batches) == {per_step: batch // steps, "eval.batch_size": eval_batch}
+    assert needs.step_batch == batch // steps and needs.seq_len == cfg.data.seq_len
+    assert needs.num_experts == cfg.model.num_experts
+    assert (needs.model is cfg.model) if splits_model else needs.model is None

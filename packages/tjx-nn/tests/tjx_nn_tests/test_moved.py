@@ -66,21 +66,31 @@ def test_no_module_of_tjx_nn_imports_an_old_path():
 
 
 @pytest.mark.parametrize(
-    ("old", "name"),
+    ("old", "name", "new"),
     [
-        ("tjx.nn.fields", "choice"),
-        ("tjx.nn.fields", "positive"),
-        ("tjx.nn.fields", "rate"),
-        ("tjx.nn.family_config", "check_family"),
+        ("tjx.nn.fields", "choice", "tjx.core.config.values"),
+        ("tjx.nn.fields", "positive", "tjx.core.config.values"),
+        ("tjx.nn.fields", "rate", "tjx.core.config.values"),
+        ("tjx.nn.family_config", "check_family", "tjx.nn.configs"),
+        ("tjx.nn.config_checks", "choice", "tjx.core.config.values"),
+        ("tjx.nn.config_checks", "rate", "tjx.core.config.values"),
+        ("tjx.nn.config_checks", "check_sizes", "tjx.nn.configs"),
+        ("tjx.nn.config_checks", "check_unused", "tjx.nn.configs"),
+        ("tjx.nn.config_checks", "LAYER_KINDS", "tjx.nn.configs"),
     ],
 )
-def test_a_config_check_read_from_its_old_module_is_config_checks_own_with_one_warning(old, name):
-    from tjx.nn import config_checks
-
+def test_a_config_check_read_from_its_old_module_is_its_new_home_s_with_one_warning(old, name, new):
     module = importlib.import_module(old)
-    match = f"{old}.{name} moved to tjx.nn.config_checks.{name}"
+    match = f"{old}.{name} moved to {new}.{name}"
     with pytest.warns(DeprecationWarning, match=match) as record:
         first = getattr(module, name)
         again = getattr(module, name)
-    assert first is again is getattr(config_checks, name)
+    assert first is again is getattr(importlib.import_module(new), name)
     assert len(record) == 1
+
+
+def test_every_name_config_checks_held_reads_from_its_new_home():
+    from tjx.nn import config_checks
+
+    for name, new in config_checks.MOVED_TO.items():
+        assert hasattr(importlib.import_module(new), name), (name, new)

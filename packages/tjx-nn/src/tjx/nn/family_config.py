@@ -1,5 +1,5 @@
 """The architecture switches of the 2024-25 decoder families (their checks: ``check_family``, with
-the config's other checks in :mod:`tjx.nn.config_checks`; imported from here it still works, with a
+the config's other checks in :mod:`tjx.nn.configs`; imported from here it still works, with a
 DeprecationWarning, until tjx-nn 0.23).
 
 Each is one ``TransformerConfig`` field (``configs.py``), off by default:
@@ -35,7 +35,7 @@ from collections.abc import Mapping
 
 from tjx.core.deprecation import moved
 
-__getattr__ = moved(__name__, {"check_family": "tjx.nn.config_checks"})
+__getattr__ = moved(__name__, {"check_family": "tjx.nn.configs"})
 
 #: What ``qk_norm`` normalises over: each head alone, or all heads of a token together.
 QK_NORM_SCOPES = ("head", "projection")

@@ -37,9 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from tjx.core.config.values import positive, rate
 from tjx.core.fields import setting
 from tjx.nn.attention import Attention
-from tjx.nn.config_checks import positive, rate
 from tjx.nn.linear import Dense, LoRAAdapter
 from tjx.nn.mlp import MLP
 

@@ -2,7 +2,9 @@
 from ``--set`` text), its metadata (`check_field`: ``choices``, ``each_choices``, bounds) and how
 errors word the type (`type_name`). Every problem is one `ConfigError` naming the key path and what
 is allowed. Fields are declared with `setting` (tjx.core.fields, the one helper every
-package uses); `tjx.core.config.schema` walks a tree of such dataclasses.
+package uses); `tjx.core.config.schema` walks a tree of such dataclasses. A config class's own
+checks of one value, for its ``__post_init__`` (`choice`, `positive`, `rate`), are here too: each a
+``ValueError`` naming ``Class.field``, as a Python caller sees the class.
 
 No jax and no numpy here: an app's command line is read and checked before it pays for them.
 """
@@ -229,6 +231,30 @@ def check_field(f: dataclasses.Field[Any], value: Any, path: str) -> None:
             for key, fails, words in _BOUNDS:
                 if key in f.metadata and fails(item, f.metadata[key]):
                     raise ConfigError(f"{path}: {item!r} is {words} {f.metadata[key]}")
+
+
+# A config class's own checks of one value, for its ``__post_init__`` (tjx-nn's model, MoE, LoRA
+# and preference configs): each a ValueError naming ``Class.field``, as a Python caller sees it
+# (a schema reading the same field words it as the key path, `check_field`).
+def choice(cls: str, field: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """``cls.field`` is one of ``allowed``, else a ValueError naming both."""
+    if value not in allowed:
+        raise ValueError(f"{cls}.{field} must be one of {allowed}; got {value!r}")
+
+
+def positive(cls: str, field: str, value: Any, *, allow_zero: bool = False) -> None:
+    """``cls.field`` is a positive int (``allow_zero``: non-negative), else a ValueError."""
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        kind = "a non-negative" if allow_zero else "a positive"
+        raise ValueError(f"{cls}.{field} must be {kind} int; got {value!r}")
+
+
+def rate(cls: str, field: str, value: Any) -> None:
+    """``cls.field`` is a rate in [0, 1), else a ValueError."""
+    if not isinstance(value, int | float) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{cls}.{field} must be a float in [0, 1); got {value!r}")
 
 
 def meta(cls: type, name: str) -> dataclasses.Field[Any]:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any
 
-from tjx.nn.config_checks import positive
+from tjx.core.config.values import positive
 from tjx.nn.routers import ROUTERS
 
 #: The MoE fields beside ``num_experts`` (a dense model keeps them at their defaults).

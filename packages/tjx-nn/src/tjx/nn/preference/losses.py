@@ -29,9 +29,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from tjx.core.config.values import choice
 from tjx.core.fields import setting
 from tjx.kernels import chunked_cross_entropy
-from tjx.nn.config_checks import choice
 from tjx.nn.decoder import DecoderLM
 from tjx.nn.lora import adapters_off, has_lora
 

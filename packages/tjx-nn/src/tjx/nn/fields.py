@@ -2,7 +2,7 @@
 in tjx-core (:mod:`tjx.core.config.values`, which every tjx-nn config class imports; imported
 from here they still work, with a DeprecationWarning, until tjx-nn 0.23). Fields are declared with
 `tjx.core.fields.setting` (``tjx.nn.fields.setting`` is its old path: it still works, with a
-DeprecationWarning, until tjx-nn 0.21)."""
+DeprecationWarning, until tjx-nn 0.23)."""
 
 from __future__ import annotations
 

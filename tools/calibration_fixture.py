@@ -33,6 +33,8 @@ from pathlib import Path
 
 FLAT_RUN = "docs/gpu/h100-2026-11-25-flat/quick.jsonl (sync_ms)"
 H200_RUN = "docs/gpu/h200-2026-11-26/steps.jsonl (sync_ms)"
+H100_RUN2 = "docs/gpu/h100-2026-11-26/steps.jsonl (sync_ms)"
+H100_SWEEP = "docs/gpu/h100-2026-11-26/sweep.jsonl (sync_ms)"
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,15 @@ CASES["h200: cudnn b16, flat params"] = Case(
     ["model.attention_impl=cudnn"], 0.03928, H200_RUN, "h200"
 )
 CASES["h200: llama_small, flat params"] = Case([], 0.03644, H200_RUN, "h200", "llama_small")
+# The second H100 run (2026-11-26): the trainer at 7745d0c + #51's column sums and stacked q/k/v
+# backward (tjx-nn 0.22), never fitted on.
+CASES["h100 2026-11-26: pallas b16"] = Case(["model.attention_impl=pallas"], 0.03954, H100_RUN2)
+CASES["h100 2026-11-26: cudnn b16"] = Case(["model.attention_impl=cudnn"], 0.04054, H100_SWEEP)
+CASES["h100 2026-11-26: llama_small"] = Case([], 0.03743, H100_RUN2, "h100", "llama_small")
 MEASUREMENT = (
     "shared/gpu-h100-2026-11-25 (1 × H100 80GB HBM3, jax 0.11.2, 2026-11-25); "
-    "docs/gpu/h200-2026-11-26 (1 × H200, jax 0.11.2, 2026-11-26)"
+    "docs/gpu/h200-2026-11-26 (1 × H200, jax 0.11.2, 2026-11-26); "
+    "docs/gpu/h100-2026-11-26 (1 × H100 80GB HBM3, jax 0.11.2, 2026-11-26)"
 )
 
 

@@ -85,7 +85,8 @@ def watch(run_dir: Path) -> parallel.PeerWatch:
     line naming it and the newest checkpoint, then exit 1 at once; leaving the block normally
     marks this process done (peers still writing their last files do not report it)."""
 
-    # A save that a dead peer cuts short would add orbax's traceback to the watch's one line.
+    # A save that a dead peer cuts short would add orbax's traceback to the watch's one line:
+    # held back, and printed only if this process goes on (it was no lost-peer ending).
     ckpt.silence_lost_peer_commits()
     return parallel.watch_peers(silence_s=PEER_SILENCE_S, on_dead=partial(_peer_lost, run_dir))
 
@@ -93,5 +94,9 @@ def watch(run_dir: Path) -> parallel.PeerWatch:
 def _peer_lost(run_dir: Path, message: str) -> None:
     again = "start every process again"
     then = ckpt.last_checkpoint_words(run_dir, f"{again} with --resume", f"; {again}")
+    # A save the loss cut short is never resumed from: say so, or "step 5" reads as a mistake.
+    unfinished = ckpt.RunFolder(run_dir).unfinished_step()
+    if unfinished is not None:
+        then = f"the save of step {unfinished} did not finish; {then}"
     error_exit(f"{message}; {then}", code=1)
     parallel.exit_now(1)  # the main thread may be stuck in a collective with the dead peer

@@ -207,12 +207,19 @@ def test_a_lost_peer_is_one_line_naming_the_last_checkpoint(tmp_path, capsys, mo
     )
     (tmp_path / "checkpoints" / "20").mkdir(parents=True)
     (tmp_path / "checkpoints" / "20" / "commit_success.txt").touch()  # committed
-    (tmp_path / "checkpoints" / "20" / "commit_success.txt").touch()  # committed
-    (tmp_path / "checkpoints" / "20" / "commit_success.txt").touch()  # committed
     with pytest.raises(SystemExit):
         multihost._peer_lost(tmp_path, lost)
     err = capsys.readouterr().err
     assert f"the last checkpoint is step 20 in {str(tmp_path)!r}" in err and "--resume" in err
+    assert "did not finish" not in err
+    # The loss cut the save of step 25 short (orbax's temporary folder): named, never resumed.
+    (tmp_path / "checkpoints" / "25.orbax-checkpoint-tmp").mkdir()
+    with pytest.raises(SystemExit):
+        multihost._peer_lost(tmp_path, lost)
+    assert capsys.readouterr().err == (
+        f"trainer: error: {lost}; the save of step 25 did not finish; the last checkpoint is "
+        f"step 20 in {str(tmp_path)!r}; start every process again with --resume\n"
+    )
 
 
 def test_one_process_watches_nothing(tmp_path):

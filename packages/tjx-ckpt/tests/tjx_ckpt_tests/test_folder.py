@@ -21,7 +21,7 @@ from tjx.ckpt import (
     RunFolder,
     durable,
 )
-from tjx.ckpt.folder import COMMIT_MARKER, write_if_changed
+from tjx.ckpt.folder import COMMIT_MARKER, TMP_DIR_SUFFIX, write_if_changed
 
 #: Files as a trainer names them: the storage reads and writes any name.
 CONFIG, MODEL, FINAL = "config.yaml", "model.json", "final.json"
@@ -159,6 +159,21 @@ def test_steps_and_the_newest_committed_one(tmp_path: Path) -> None:
     (run.checkpoints / "60").write_text("a file, not a step")
     assert run.step_folders() == [10, 30, 50] and run.has_checkpoints()
     assert run.latest_step() == 30
+    assert run.unfinished_step() == 50  # newer than step 30, and never committed
+
+
+def test_the_unfinished_step_is_a_save_newer_than_the_last_commit(tmp_path: Path) -> None:
+    run = RunFolder(tmp_path)
+    assert run.unfinished_step() is None  # no checkpoints folder yet
+    _step(run, "5")
+    assert run.unfinished_step() is None
+    _step(run, "10.orbax-checkpoint-tmp")  # the save of step 10 was cut short
+    assert run.unfinished_step() == 10 and run.latest_step() == 5
+    _step(run, "15")  # a later commit: step 10's leftover is no unfinished save of now
+    assert run.unfinished_step() is None and run.latest_step() == 15
+    _step(run, "20.orbax-checkpoint-tmp-1764161234")
+    _step(run, "25", committed=False)
+    assert run.unfinished_step() == 25
 
 
 def test_uncommitted_folders_still_count_as_checkpoints(tmp_path: Path) -> None:
@@ -185,6 +200,7 @@ def test_the_commit_marker_is_orbaxs() -> None:
     from orbax.checkpoint._src.path import atomicity
 
     assert COMMIT_MARKER == atomicity.COMMIT_SUCCESS_FILE == durable.COMMIT_MARKER
+    assert TMP_DIR_SUFFIX == atomicity.TMP_DIR_SUFFIX == durable.TMP_DIR_SUFFIX
 
 
 def test_importing_the_package_loads_neither_orbax_nor_jax() -> None:

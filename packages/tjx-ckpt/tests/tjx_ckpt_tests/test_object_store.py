@@ -105,6 +105,9 @@ def test_a_run_folder_on_a_store_writes_whole_files(store_url: str) -> None:
     with CheckpointManager(run.checkpoints, async_save=False) as manager:
         manager.save(4, state=_w(4))
     assert run.latest_step() == 4 and run.step_folders() == [4] and run.has_checkpoints()
+    assert run.unfinished_step() is None
+    write_if_changed(run.checkpoints / "8" / "_CHECKPOINT_METADATA", "{}")  # a save cut short
+    assert run.unfinished_step() == 8 and run.latest_step() == 4
     with pytest.raises(FileNotFoundError, match="model.json is missing"):
         run.read("model.json")
 

@@ -46,6 +46,9 @@ from tjx.core.standard_json import dumps_json, loads_json
 #: writes), spelled out: this module must load without orbax and jax, so that an app can read its
 #: run directory before importing them, or after a Ctrl-C cut their import short.
 COMMIT_MARKER = "commit_success.txt"
+#: What orbax's temporary step folder adds to the step's name (``atomicity.TMP_DIR_SUFFIX``,
+#: spelled out for the same reason): ``12.orbax-checkpoint-tmp`` until the commit renames it.
+TMP_DIR_SUFFIX = ".orbax-checkpoint-tmp"
 
 
 class RunFileError(CheckpointError, ValueError):
@@ -223,6 +226,32 @@ class RunFolder:
                 if (self.checkpoints / str(s) / COMMIT_MARKER).is_file()
             ]
         return committed[-1] if committed else None
+
+    def unfinished_step(self) -> int | None:
+        """The newest step a save began and did not commit, when it is newer than
+        `latest_step` (a save cut short by a dead process); else None.
+
+        On a disk: a temporary folder (``12.orbax-checkpoint-tmp...``) or a step folder without
+        the commit marker; on an object store: a step's objects without the marker. Such a step
+        is never restored (`latest_step`, and so ``--resume``, skip it); the next
+        `CheckpointManager` removes what it left.
+        """
+        if storage.is_remote(self.checkpoints):
+            begun = objects.step_prefixes(self.checkpoints)
+            committed = objects.committed_steps(self.checkpoints)
+        else:
+            try:
+                entries = [p for p in self.checkpoints.iterdir() if p.is_dir()]
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            names = [p.name.split(TMP_DIR_SUFFIX)[0] for p in entries]
+            begun = sorted({int(n) for n in names if n.isdigit()})
+            committed = [
+                int(p.name) for p in entries if p.name.isdigit() and (p / COMMIT_MARKER).is_file()
+            ]
+        newest = max(committed, default=-1)
+        unfinished = [s for s in begun if s > newest and s not in committed]
+        return unfinished[-1] if unfinished else None
 
 
 def _write_problem(folder: Path) -> str | None:

@@ -91,7 +91,7 @@ class ScheduleConfig:
     warmup_steps: int | float = setting(
         0,
         help="linear warmup from init_lr_ratio x peak_lr: steps, or a float below 1: that fraction "
-        "of the run's steps",
+        "of total_steps",
     )
     #: Deprecated in 0.16 (removed in 0.17): the run's length, now `build_schedule`'s
     #: ``total_steps`` argument. Set, it warns and is the length `build_schedule` uses by default.

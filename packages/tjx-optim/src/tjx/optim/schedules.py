@@ -152,9 +152,9 @@ def build_schedule(config: ScheduleConfig, total_steps: int | None = None) -> op
             "ScheduleConfig.peak_lr is None: give the peak rate, or build the schedule through "
             "OptimizerConfig(schedule=...), which fills in its optimizer's default rate"
         )
+    peak = float(config.peak_lr)
     total = run_length(config, total_steps)
     config = config.over(total)
-    peak = float(config.peak_lr)
     floor = peak * config.min_lr_ratio
     init = peak * config.init_lr_ratio
     w = int(config.warmup_steps)  # a fraction is steps by now (`ScheduleConfig.over`)

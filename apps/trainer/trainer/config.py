@@ -172,12 +172,16 @@ def read_config(data: object) -> Config:
     _check_own(own, section_class("model", kind))
     vocab = read.get("model", {}).get("vocab_size")
     model = _model(section_class("model", kind), read.get("model", {}), vocab)
-    optimizer = read.get("optimizer", {})
-    optimizer["schedule"] = {**optimizer.get("schedule", {}), "total_steps": own["train"].steps}
+    # A run always follows a schedule (ScheduleConfig's defaults where the config sets none).
+    optimizer = {**read.get("optimizer", {})}
+    optimizer["schedule"] = optimizer.get("schedule", {})
     with reworded(_words(section_class("optimizer"), "optimizer")):
         optimizer = build(section_class("optimizer"), optimizer, "optimizer")
         p = model.precision
         optim.check_precision(optimizer, param_dtype=p.param_dtype, compute_dtype=p.compute_dtype)
+        if optimizer.schedule is not None:  # its warmup and decay fit in train.steps
+            schedule = optimizer.schedule.over(own["train"].steps)  # a fraction as steps
+            optimizer = dataclasses.replace(optimizer, schedule=schedule)
     mesh = build(section_class("mesh"), read.get("mesh", {}), "mesh")
     lora_read = read.get("lora", {})
     use_lora = bool(lora_read.pop("enabled", False))
@@ -267,10 +271,11 @@ def _check_across(cfg: Config, preference: list[str]) -> None:
             )
 
 
-#: tjx.optim's `check_precision` names the model's dtypes by its arguments.
+#: tjx.optim's `check_precision` names the model's dtypes by its arguments, and
+#: `ScheduleConfig.over` the run's length by its own (``total_steps``: ``train.steps``).
 _PRECISION_WORDS = {
     f"{k}=": f"model.precision.{k}=" for k in ("param_dtype", "compute_dtype", "logits_dtype")
-}
+} | {"total_steps=": "train.steps="}
 
 
 def build(cls: type, checked: ConfigData, path: str) -> Any:

@@ -229,7 +229,9 @@ def other_layout(
     if oc.name not in optim.FLAT_OPTIMIZERS:
         return None
     other_cfg = dataclasses.replace(oc, flat_update="off" if flat_update(cfg) else "on")
-    tx = optim.build_optimizer(other_cfg, axes=setup.specs, whole_params=True)
+    tx = optim.build_optimizer(
+        other_cfg, total_steps=cfg.train.steps, axes=setup.specs, whole_params=True
+    )
     trainable = optim.adapter_mask(params) if cfg.use_lora else None
     if trainable is not None:
         tx = optim.only_trainable(tx, trainable)
@@ -262,7 +264,8 @@ def train_state(
     # The params' logical axes: the weight-decay mask and Muon's matrices are read from them, and
     # optimizer slots that mirror the params (mu, nu, ...) are sharded like them (ZeRO under FSDP).
     specs = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
-    tx = optim.build_optimizer(cfg.optimizer, axes=specs, whole_params=whole_params(cfg))
+    steps, whole = cfg.train.steps, whole_params(cfg)  # the schedule spans train.steps
+    tx = optim.build_optimizer(cfg.optimizer, total_steps=steps, axes=specs, whole_params=whole)
     if cfg.use_lora:  # over the adapters only: the base holds no optimizer state, gets no update
         tx = optim.only_trainable(tx, optim.adapter_mask(params))
     if place is None:

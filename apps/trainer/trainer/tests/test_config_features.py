@@ -193,7 +193,7 @@ def _one_sgd_step(nesterov: bool) -> np.ndarray:
         "clip_norm": None,
         "schedule": {"name": "constant", "warmup_steps": 0, "peak_lr": 0.1},
     }
-    tx = optim.build_optimizer(_opt(opt))
+    tx = optim.build_optimizer(_opt(opt), total_steps=100)  # _opt's train.steps
     params = {"w": jnp.asarray([1.0, -2.0])}
     grads = {"w": jnp.asarray([1.0, 2.0])}
     updates, _ = tx.update(grads, tx.init(params), params)
@@ -210,8 +210,8 @@ def test_nesterov_changes_the_first_sgd_step():
 def test_wsd_decay_fraction_moves_the_decay():
     def lr_at(fraction: float, step: int) -> float:
         sched = {"name": "wsd", "warmup_steps": 0, "decay_fraction": fraction, "peak_lr": 1.0}
-        c = _opt({"schedule": sched}, steps=100)
-        return float(optim.learning_rate_schedule(c)(step))
+        c = _opt({"schedule": sched}, steps=100)  # the schedule spans train.steps
+        return float(optim.learning_rate_schedule(c, total_steps=100)(step))
 
     assert lr_at(0.2, 70) == pytest.approx(1.0)  # still stable: decay starts at step 80
     assert lr_at(0.5, 70) < 0.7  # decaying since step 50

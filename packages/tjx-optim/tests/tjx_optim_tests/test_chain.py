@@ -103,8 +103,8 @@ def test_global_norm_clipping_and_report() -> None:
 
 def test_report_learning_rate_follows_schedule() -> None:
     params = _tree(0)
-    sched = ScheduleConfig("linear_warmup", peak_lr=1e-2, warmup_steps=4, total_steps=10)
-    tx = build_optimizer(OptimizerConfig(name="adamw", schedule=sched))
+    sched = ScheduleConfig("linear_warmup", peak_lr=1e-2, warmup_steps=4)
+    tx = build_optimizer(OptimizerConfig(name="adamw", schedule=sched), total_steps=10)
     state, lrs = tx.init(params), []
     for seed in range(3):
         updates, state = tx.update(_tree(seed + 1), state, params)

@@ -26,17 +26,14 @@ from tjx.optim.config import WSD_DEFAULTS
     ("kwargs", "pattern"),
     [
         (dict(name="adamax"), r"ScheduleConfig.name='adamax'.*allowed values: \['constant'"),
-        (dict(warmup_steps=200, total_steps=100), r"warmup_steps=200 is longer than the run"),
         (dict(peak_lr=0.0), r"ScheduleConfig.peak_lr=0.0 is out of range.*\(0, inf\)"),
         (dict(peak_lr=-1e-3), r"ScheduleConfig.peak_lr"),
         (dict(peak_lr=float("nan")), r"ScheduleConfig.peak_lr=nan must be a number"),
-        (dict(total_steps=0), r"ScheduleConfig.total_steps"),
         (dict(warmup_steps=1.5), r"ScheduleConfig.warmup_steps=1.5 must be an integer \(steps\)"),
         (dict(warmup_steps=-0.1), r"or a float in \[0, 1\) \(that fraction of total_steps\)"),
         (dict(min_lr_ratio=1.5), r"ScheduleConfig.min_lr_ratio.*\[0, 1\]"),
         (dict(name="linear_warmup", warmup_steps=0), r"ScheduleConfig.warmup_steps=0"),
         (dict(decay_shape="exp"), r"ScheduleConfig.decay_shape='exp'.*'sqrt'"),
-        (dict(name="wsd", warmup_steps=90, total_steps=100), r"ScheduleConfig.decay_fraction"),
     ],
 )
 def test_schedule_config_rejects(kwargs: dict, pattern: str) -> None:
@@ -44,22 +41,64 @@ def test_schedule_config_rejects(kwargs: dict, pattern: str) -> None:
         ScheduleConfig(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "total", "pattern"),
+    [
+        (dict(warmup_steps=200), 100, r"warmup_steps=200 is longer than the run.*total_steps=100"),
+        (dict(), 0, r"total_steps=0; allowed values: an integer >= 1"),
+        (dict(), 2.5, r"total_steps=2.5; allowed values: an integer >= 1"),
+        (dict(name="wsd", warmup_steps=90), 100, r"ScheduleConfig.decay_fraction=0.2 .*exceeds"),
+        (dict(name="linear_warmup", warmup_steps=0.01), 20, r"makes no warmup step"),
+    ],
+)
+def test_a_schedule_that_does_not_fit_its_run_is_refused(
+    kwargs: dict, total: int, pattern: str
+) -> None:
+    """The rules that need the run's length are `ScheduleConfig.over`'s, and so `build_schedule`'s
+    with that length: a config is valid alone, its schedule may not fit a given run."""
+    c = ScheduleConfig(**kwargs, peak_lr=1.0)
+    with pytest.raises(ValueError, match=pattern):
+        c.over(total)
+    with pytest.raises(ValueError, match=pattern):
+        build_schedule(c, total)
+
+
 def test_a_float_warmup_below_one_is_that_share_of_the_run() -> None:
     """A warmup written as a fraction fits every run length; it is held as the steps it makes
     (rounded), and the schedule is the one of those steps."""
     steps = np.random.default_rng().integers(2, 5000)
-    share = ScheduleConfig(warmup_steps=0.1, total_steps=int(steps), peak_lr=1.0)
+    given = ScheduleConfig(warmup_steps=0.1, peak_lr=1.0)
+    assert given.warmup_steps == 0.1  # the run's length is not the config's
+    share = given.over(int(steps))
     assert share.warmup_steps == round(0.1 * steps) and isinstance(share.warmup_steps, int)
     same = dataclasses.replace(share, warmup_steps=share.warmup_steps)
-    got, want = build_schedule(share), build_schedule(same)
+    got, want = build_schedule(given, int(steps)), build_schedule(same, int(steps))
     assert [float(got(t)) for t in range(0, int(steps), 7)] == [
         float(want(t)) for t in range(0, int(steps), 7)
     ]
-    assert ScheduleConfig(warmup_steps=0.0834, total_steps=600).warmup_steps == 50
-    assert ScheduleConfig(warmup_steps=0.0834, total_steps=30).warmup_steps == 3
-    assert ScheduleConfig(warmup_steps=0.5, total_steps=1).warmup_steps == 0  # round half even
+    assert ScheduleConfig(warmup_steps=0.0834).over(600).warmup_steps == 50
+    assert ScheduleConfig(warmup_steps=0.0834).over(30).warmup_steps == 3
+    assert ScheduleConfig(warmup_steps=0.5).over(1).warmup_steps == 0  # round half even
     with pytest.raises(ValueError, match=r"warmup_steps=30 is longer than the run"):
-        ScheduleConfig(warmup_steps=30, total_steps=20)  # steps stay steps
+        ScheduleConfig(warmup_steps=30).over(20)  # steps stay steps
+
+
+def test_the_0_15_total_steps_field_still_works_with_a_warning() -> None:
+    """tjx-optim 0.15 held the run's length in ``ScheduleConfig.total_steps``: until 0.17 it
+    warns, is checked at once as before, and is the length a schedule built without one spans;
+    a schedule built with no length at all spans 0.15's default of 10,000 steps, warning."""
+    steps = int(np.random.default_rng().integers(20, 400))
+    with pytest.warns(DeprecationWarning, match=r"ScheduleConfig.total_steps is deprecated"):
+        old = ScheduleConfig(name="linear", warmup_steps=0.1, total_steps=steps, peak_lr=1.0)
+    assert old.warmup_steps == round(0.1 * steps)  # resolved at once, as in 0.15
+    new = build_schedule(ScheduleConfig(name="linear", warmup_steps=0.1, peak_lr=1.0), steps)
+    ts = range(0, steps + 5, 3)
+    assert [float(build_schedule(old)(t)) for t in ts] == [float(new(t)) for t in ts]
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match=r"longer than the run"):
+        OptimizerConfig(schedule={"warmup_steps": 500, "total_steps": 100})
+    with pytest.warns(DeprecationWarning, match=r"spans 10000 steps; pass total_steps"):
+        default = build_schedule(ScheduleConfig(name="linear", peak_lr=1.0, min_lr_ratio=0.0))
+    assert float(default(5000)) == pytest.approx(0.5)  # halfway down a 10,000-step decay
 
 
 @pytest.mark.parametrize(
@@ -85,7 +124,6 @@ def test_a_float_warmup_below_one_is_that_share_of_the_run() -> None:
         (dict(learning_rate=1e-3, schedule=ScheduleConfig()), r"both set"),
         (dict(schedule=3), r"OptimizerConfig.schedule=3"),
         (dict(schedule={"name": "cosine", "warmup": 3}), r"unknown fields \['warmup'\]"),
-        (dict(schedule={"warmup_steps": 500, "total_steps": 100}), r"longer than the run"),
         (dict(muon_adam_lr_ratio=0), r"OptimizerConfig.muon_adam_lr_ratio"),
     ],
 )
@@ -95,9 +133,7 @@ def test_optimizer_config_rejects(kwargs: dict, pattern: str) -> None:
 
 
 def test_from_dict_and_defaults() -> None:
-    c = OptimizerConfig.from_dict(
-        {"name": "lion", "schedule": {"name": "wsd", "peak_lr": 1e-4, "total_steps": 50}}
-    )
+    c = OptimizerConfig.from_dict({"name": "lion", "schedule": {"name": "wsd", "peak_lr": 1e-4}})
     assert isinstance(c.schedule, ScheduleConfig) and c.schedule.peak_lr == 1e-4
     r = c.resolved()
     assert (r.b1, r.b2, r.weight_decay, r.eps) == (0.9, 0.99, 0.1, None)
@@ -151,18 +187,19 @@ def test_wsd_decay_settings_are_refused_elsewhere(name: str, field: str) -> None
 
 
 def test_wsd_fills_unset_decay_settings_with_its_defaults() -> None:
-    c = ScheduleConfig(name="wsd", total_steps=100, peak_lr=1e-3)
+    c = ScheduleConfig(name="wsd", peak_lr=1e-3)
     assert (c.decay_fraction, c.decay_shape) == tuple(WSD_DEFAULTS.values())
     assert list(WSD_DEFAULTS) == ["decay_fraction", "decay_shape"]
-    mine = ScheduleConfig(name="wsd", total_steps=100, decay_fraction=0.5, decay_shape="sqrt")
+    mine = ScheduleConfig(name="wsd", decay_fraction=0.5, decay_shape="sqrt")
     assert (mine.decay_fraction, mine.decay_shape) == (0.5, "sqrt")
     assert dataclasses.replace(c, peak_lr=1.0) == dataclasses.replace(
         mine, peak_lr=1.0, **WSD_DEFAULTS
     )
     # The same schedule as with the defaults spelled out.
-    spelled = ScheduleConfig(name="wsd", total_steps=100, peak_lr=1e-3, **WSD_DEFAULTS)
+    spelled = ScheduleConfig(name="wsd", peak_lr=1e-3, **WSD_DEFAULTS)
     steps = range(0, 101, 7)
-    assert [build_schedule(c)(s) for s in steps] == [build_schedule(spelled)(s) for s in steps]
+    got, want = build_schedule(c, 100), build_schedule(spelled, 100)
+    assert [got(s) for s in steps] == [want(s) for s in steps]
 
 
 @pytest.mark.parametrize(
@@ -208,8 +245,8 @@ def test_a_schedule_without_a_rate_takes_its_optimizers_default_rate() -> None:
     for name, rate in DEFAULT_LEARNING_RATES.items():
         config = OptimizerConfig(name=name, schedule=ScheduleConfig(warmup_steps=0))
         assert config.schedule is not None and config.schedule.peak_lr == rate
-        assert float(build_schedule(config.schedule)(0)) == pytest.approx(rate)
+        assert float(build_schedule(config.schedule, 100)(0)) == pytest.approx(rate)
     mine = OptimizerConfig(name="muon", schedule=ScheduleConfig(peak_lr=0.5))
     assert mine.schedule is not None and mine.schedule.peak_lr == 0.5
     with pytest.raises(ValueError, match="ScheduleConfig.peak_lr is None: give the peak rate"):
-        build_schedule(ScheduleConfig())
+        build_schedule(ScheduleConfig(), 100)

@@ -47,7 +47,7 @@ def _run(cfg: OptimizerConfig, whole: bool, seed: int, scales: list[float]) -> t
     rng = np.random.default_rng(seed)
     params = _params(rng)
     grads = [_grads(rng, params, s) for s in scales]
-    tx = build_optimizer(cfg, whole_params=whole)
+    tx = build_optimizer(cfg, total_steps=STEPS, whole_params=whole)
     state = tx.init(params)
     update = jax.jit(tx.update)
     reports = []
@@ -66,10 +66,11 @@ def _close(a, b) -> None:
         )
 
 
+#: The run length CONFIGS[0]'s cosine schedule spans.
+STEPS = 10
 CONFIGS = [
     OptimizerConfig(name="adamw", b2=0.95, weight_decay=0.1, clip_norm=1.0,
-                    schedule=ScheduleConfig(name="cosine", warmup_steps=2, total_steps=10,
-                                            peak_lr=1e-2)),
+                    schedule=ScheduleConfig(name="cosine", warmup_steps=2, peak_lr=1e-2)),
     OptimizerConfig(name="adam", weight_decay=0.01, clip_norm=None, learning_rate=1e-3),
     OptimizerConfig(name="sgd", momentum=0.9, nesterov=True, learning_rate=1e-2),
     OptimizerConfig(name="lion", weight_decay=0.1, learning_rate=1e-3),
@@ -100,7 +101,7 @@ def test_nonfinite_gradients_skip_the_flat_step_and_keep_params_and_moments() ->
     cfg = OptimizerConfig(name="adamw", learning_rate=1e-2, weight_decay=0.1)
     rng = np.random.default_rng()
     params = _params(rng)
-    tx = build_optimizer(cfg)
+    tx = build_optimizer(cfg, total_steps=STEPS)
     state = tx.update(_grads(rng, params, 1.0), tx.init(params), params)[1]
     bad = _grads(rng, params, 1.0)
     bad["dense_bias"] = bad["dense_bias"].at[2].set(jnp.nan)
@@ -168,7 +169,7 @@ def test_flat_chain_compiles_to_fewer_reductions_than_per_leaf() -> None:
               for i in range(12)}  # fmt: skip
 
     def reductions(whole: bool) -> int:
-        tx = build_optimizer(cfg, whole_params=whole)
+        tx = build_optimizer(cfg, total_steps=STEPS, whole_params=whole)
 
         def step(p, g, s):
             updates, s = tx.update(g, s, p)
@@ -208,7 +209,8 @@ def test_a_state_moved_between_layouts_continues_the_run_of_either(cfg, first_fl
     rng = np.random.default_rng()
     params = _params(rng)
     grads = [_grads(rng, params, s) for s in (2.0, 0.1, 1.0, 0.3)]
-    flat, leaf = build_optimizer(cfg, whole_params=True), build_optimizer(cfg, whole_params=False)
+    flat = build_optimizer(cfg, total_steps=STEPS, whole_params=True)
+    leaf = build_optimizer(cfg, total_steps=STEPS, whole_params=False)
     one, two = (flat, leaf) if first_flat else (leaf, flat)
     p_mid, s_mid = _steps(one, one.init(params), params, grads[:2])
     target = jax.eval_shape(two.init, params)
@@ -236,8 +238,8 @@ def test_an_adapter_only_state_moves_between_layouts() -> None:
         },
     }
     mask = adapter_mask(params)
-    flat = only_trainable(build_optimizer(cfg, whole_params=True), mask)
-    leaf = only_trainable(build_optimizer(cfg, whole_params=False), mask)
+    flat = only_trainable(build_optimizer(cfg, total_steps=STEPS, whole_params=True), mask)
+    leaf = only_trainable(build_optimizer(cfg, total_steps=STEPS, whole_params=False), mask)
     grads = [_grads(rng, params, s) for s in (1.0, 0.5, 0.2)]
     p_mid, s_mid = _steps(flat, flat.init(params), params, grads[:1])
     moved = relayout_state(cfg, s_mid, p_mid, jax.eval_shape(leaf.init, params), trainable=mask)
@@ -254,8 +256,8 @@ def test_an_adapter_only_state_moves_between_layouts() -> None:
 def test_a_state_of_another_chain_is_refused_when_made_flat() -> None:
     rng = np.random.default_rng()
     params = _params(rng)
-    adam = build_optimizer(CONFIGS[1], whole_params=False)
-    flat_sgd = build_optimizer(CONFIGS[2], whole_params=True)
+    adam = build_optimizer(CONFIGS[1], total_steps=STEPS, whole_params=False)
+    flat_sgd = build_optimizer(CONFIGS[2], total_steps=STEPS, whole_params=True)
     with pytest.raises(ValueError, match="does not match the flat chain"):
         relayout_state(CONFIGS[2], adam.init(params), params, jax.eval_shape(flat_sgd.init, params))
 
@@ -270,7 +272,7 @@ def test_an_adapter_only_flat_chain_reports_the_norm_of_all_params() -> None:
     mask = adapter_mask(params)
     reports = []
     for whole in (True, False):
-        tx = only_trainable(build_optimizer(cfg, whole_params=whole), mask)
+        tx = only_trainable(build_optimizer(cfg, total_steps=STEPS, whole_params=whole), mask)
         g = _grads(np.random.default_rng(7), params, 1.0)
         updates, state = jax.jit(tx.update)(g, tx.init(params), params)
         new = optax.apply_updates(params, updates)
@@ -291,7 +293,7 @@ def test_params_held_flat_take_the_same_steps_bit_for_bit_as_per_leaf() -> None:
     rng = np.random.default_rng()
     params = _params(rng)
     grads = [_grads(rng, params, s) for s in (1.0, 0.3, 2.0)]
-    tx = build_optimizer(cfg)
+    tx = build_optimizer(cfg, total_steps=STEPS)
     layout = flat_layout(cfg, params)
     flat = FlatParams.of(params, layout)
     assert set(flat.buffers) == set(layout.groups)

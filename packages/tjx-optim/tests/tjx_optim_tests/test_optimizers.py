@@ -18,7 +18,7 @@ LR = 1e-2
 
 
 def _run(config: OptimizerConfig, params, grads_seq):
-    tx = build_optimizer(config)
+    tx = build_optimizer(config, total_steps=4)  # a schedule spans 4 steps
     state = tx.init(params)
 
     @jax.jit
@@ -128,10 +128,10 @@ def test_lr_schedule_applies_per_step() -> None:
     from tjx.optim import ScheduleConfig, build_schedule
 
     params, grads_seq = _data(seed=3)
-    sched = ScheduleConfig(name="linear", peak_lr=LR, warmup_steps=1, total_steps=4)
+    sched = ScheduleConfig(name="linear", peak_lr=LR, warmup_steps=1)
     config = OptimizerConfig(name="sgd", schedule=sched, momentum=0.0, clip_norm=None)
     got = _ref.leaves(_run(config, params, grads_seq))
-    lrs = [float(build_schedule(sched)(i)) for i in range(STEPS)]
+    lrs = [float(build_schedule(sched, 4)(i)) for i in range(STEPS)]
     want = _ref.leaves(params)
     for lr, g in zip(lrs, grads_seq, strict=False):
         want = [p - lr * gi for p, gi in zip(want, _ref.leaves(g), strict=False)]

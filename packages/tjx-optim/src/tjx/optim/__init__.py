@@ -79,7 +79,7 @@ from tjx.optim.transforms import (
     skip_nonfinite,
 )
 
-__version__ = "0.15.1"
+__version__ = "0.16.0"
 
 __all__ = [
     "ADAPTER_NAMES",

@@ -8,7 +8,9 @@ with a ``ValueError`` naming the field and what it may be, not deep inside a jit
 # ruff: noqa: RUF009
 from __future__ import annotations
 
+import copy
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,11 +64,12 @@ DEFAULT_LEARNING_RATES: Mapping[str, float] = {
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
-    """Learning-rate schedule.
+    """Learning-rate schedule, over a run of ``total_steps`` steps that `build_schedule` (or
+    `build_optimizer`) is given: the run's length is the run's setting, not the schedule's.
 
     Every schedule starts with ``warmup_steps`` of linear warmup from ``init_lr_ratio * peak_lr`` to
     ``peak_lr`` (none when ``warmup_steps == 0``; a float below 1 is that fraction of
-    ``total_steps``, rounded, and is held as the steps it makes), then follows its body:
+    ``total_steps``, rounded: `over` turns it into the steps it makes), then follows its body:
 
     * ``constant`` / ``linear_warmup``: hold ``peak_lr`` (``linear_warmup`` needs warmup steps).
     * ``cosine``: cosine decay to ``min_lr_ratio * peak_lr`` at ``total_steps``, then hold it.
@@ -77,6 +80,8 @@ class ScheduleConfig:
       steps to ``min_lr_ratio * peak_lr`` with ``decay_shape`` (``linear``, ``cosine`` or ``sqrt``).
       Left ``None`` they are ``WSD_DEFAULTS`` (0.2, ``"linear"``), filled in at construction; the
       other schedules have no decay phase of their own and refuse a value (it would do nothing).
+
+    The rules that need the run's length (warmup and decay fit in it) are `over`'s.
     """
 
     name: str = setting("cosine", choices=SCHEDULE_NAMES, help="learning-rate schedule")
@@ -88,7 +93,11 @@ class ScheduleConfig:
         help="linear warmup from init_lr_ratio x peak_lr: steps, or a float below 1: that fraction "
         "of total_steps",
     )
-    total_steps: int = setting(10_000, help="steps the schedule spans (the trainer: train.steps)")
+    #: Deprecated in 0.16 (removed in 0.17): the run's length, now `build_schedule`'s
+    #: ``total_steps`` argument. Set, it warns and is the length `build_schedule` uses by default.
+    total_steps: int | None = setting(
+        None, key=False, help="deprecated: pass total_steps to build_schedule/build_optimizer"
+    )
     min_lr_ratio: float = setting(0.1, help="final rate as a fraction of the peak")
     init_lr_ratio: float = setting(0.0, help="the warmup's first rate as a fraction of the peak")
     decay_fraction: float | None = setting(None, help="wsd: share of the steps decaying; None: 0.2")
@@ -100,37 +109,87 @@ class ScheduleConfig:
         choice("ScheduleConfig.name", self.name, SCHEDULE_NAMES)
         if self.peak_lr is not None:  # None: OptimizerConfig fills in its optimizer's rate
             number("ScheduleConfig.peak_lr", self.peak_lr, low=0.0, low_open=True)
-        number("ScheduleConfig.total_steps", self.total_steps, low=1, integer=True)
-        self._warmup_of_run()
-        if self.warmup_steps > self.total_steps:
+        w = self.warmup_steps
+        if isinstance(w, float) and not 0.0 <= w < 1.0:
             raise ValueError(
-                f"ScheduleConfig.warmup_steps={self.warmup_steps} is longer than the run; allowed "
-                f"values: 0 <= warmup_steps <= ScheduleConfig.total_steps={self.total_steps}"
+                f"ScheduleConfig.warmup_steps={w!r} must be an integer (steps) or a float in "
+                "[0, 1) (that fraction of total_steps)"
             )
-        if self.name == "linear_warmup" and self.warmup_steps == 0:
+        if not isinstance(w, float):
+            number("ScheduleConfig.warmup_steps", w, low=0, integer=True)
+        if self.name == "linear_warmup" and w == 0:
             raise ValueError(
                 "ScheduleConfig.warmup_steps=0 with name='linear_warmup'; allowed values: "
-                f"1 <= warmup_steps <= total_steps={self.total_steps} (or use name='constant')"
+                "1 <= warmup_steps <= total_steps (or use name='constant')"
             )
         number("ScheduleConfig.min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
         number("ScheduleConfig.init_lr_ratio", self.init_lr_ratio, low=0.0, high=1.0)
         self._check_decay()
+        if self.total_steps is not None:  # the 0.15 API: the length held here, checked at once
+            warnings.warn(
+                "ScheduleConfig.total_steps is deprecated (removed in tjx-optim 0.17); pass "
+                "total_steps to build_schedule or build_optimizer",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            number("ScheduleConfig.total_steps", self.total_steps, low=1, integer=True)
+            object.__setattr__(self, "warmup_steps", self.over(self.total_steps).warmup_steps)
 
-    def _warmup_of_run(self) -> None:
-        """A float ``warmup_steps`` below 1 is that fraction of the run (rounded), so a warmup
-        written for a long run still fits a short one (levanter's ``warmup``); an int is steps."""
+    def over(self, total_steps: int) -> ScheduleConfig:
+        """This schedule for a run of ``total_steps`` steps: a fractional ``warmup_steps`` as the
+        steps it makes (rounded, so that a warmup written for a long run still fits a short one:
+        levanter's ``warmup``), the warmup and a wsd decay checked to fit in the run.
+
+        Parameters
+        ----------
+        total_steps
+            The run's steps (at least 1).
+
+        Returns
+        -------
+        ScheduleConfig
+            ``self`` with ``warmup_steps`` in steps (``self`` when it already was).
+
+        Raises
+        ------
+        ValueError
+            Naming the setting that does not fit, and ``total_steps``.
+        """
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"total_steps={total_steps!r}; allowed values: an integer >= 1")
         w = self.warmup_steps
         if isinstance(w, float):
-            if not 0.0 <= w < 1.0:
+            w = int(round(w * total_steps))
+        if w > total_steps:
+            raise ValueError(
+                f"ScheduleConfig.warmup_steps={w} is longer than the run; allowed values: 0 <= "
+                f"warmup_steps <= total_steps={total_steps}"
+            )
+        if self.name == "linear_warmup" and w == 0:  # a fraction may round to no step
+            raise ValueError(
+                f"ScheduleConfig.warmup_steps={self.warmup_steps!r} makes no warmup step of "
+                f"total_steps={total_steps} with name='linear_warmup'; allowed values: 1 <= "
+                "warmup_steps <= total_steps (or use name='constant')"
+            )
+        if self.name == "wsd":
+            assert self.decay_fraction is not None  # filled in at construction
+            if w + int(round(self.decay_fraction * total_steps)) > total_steps:
                 raise ValueError(
-                    f"ScheduleConfig.warmup_steps={w!r} must be an integer (steps) or a float in "
-                    "[0, 1) (that fraction of total_steps)"
+                    f"ScheduleConfig.decay_fraction={self.decay_fraction} with warmup_steps={w} "
+                    f"exceeds the run; allowed values: warmup_steps + round(decay_fraction * "
+                    f"total_steps) <= total_steps={total_steps}"
                 )
-            object.__setattr__(self, "warmup_steps", int(round(w * self.total_steps)))
-        number("ScheduleConfig.warmup_steps", self.warmup_steps, low=0, integer=True)
+        if not isinstance(self.warmup_steps, float):  # already steps
+            return self
+        # Through object.__setattr__ on a copy: dataclasses.replace would run __post_init__,
+        # which warns about the deprecated field a 0.15 config still holds.
+        out = copy.copy(self)
+        object.__setattr__(out, "warmup_steps", w)
+        return out
 
     def _check_decay(self) -> None:
-        """WSD's decay settings: checked, filled in for ``wsd``, refused elsewhere."""
+        """WSD's decay settings: checked, filled in for ``wsd``, refused elsewhere (whether the
+        decay fits in the run is `over`'s)."""
         if self.decay_fraction is not None:
             number(
                 "ScheduleConfig.decay_fraction",
@@ -152,15 +211,6 @@ class ScheduleConfig:
         for field, default in WSD_DEFAULTS.items():
             if getattr(self, field) is None:  # frozen: set through object.__setattr__
                 object.__setattr__(self, field, default)
-        assert self.decay_fraction is not None
-        decay = int(round(self.decay_fraction * self.total_steps))
-        if self.warmup_steps + decay > self.total_steps:
-            raise ValueError(
-                f"ScheduleConfig.decay_fraction={self.decay_fraction} with warmup_steps="
-                f"{self.warmup_steps} exceeds the run; allowed values: warmup_steps + "
-                f"round(decay_fraction * total_steps) <= ScheduleConfig.total_steps="
-                f"{self.total_steps}"
-            )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ScheduleConfig:

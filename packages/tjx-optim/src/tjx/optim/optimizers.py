@@ -51,10 +51,13 @@ __all__ = [
 ]
 
 
-def learning_rate_schedule(config: OptimizerConfig) -> optax.ScalarOrSchedule:
-    """``build_schedule(config.schedule)``, else ``config.learning_rate``, else the default."""
+def learning_rate_schedule(
+    config: OptimizerConfig, total_steps: int | None = None
+) -> optax.ScalarOrSchedule:
+    """``build_schedule(config.schedule, total_steps)`` over a run of ``total_steps`` steps, else
+    ``config.learning_rate``, else the default (a constant rate needs no run length)."""
     if config.schedule is not None:
-        return build_schedule(config.schedule)
+        return build_schedule(config.schedule, total_steps)
     if config.learning_rate is not None:
         return float(config.learning_rate)
     return DEFAULT_LEARNING_RATES[config.name]
@@ -183,7 +186,11 @@ def uses_flat_update(config: OptimizerConfig, *, whole_params: bool = True) -> b
 
 
 def build_optimizer(
-    config: OptimizerConfig, *, axes: Any = None, whole_params: bool = True
+    config: OptimizerConfig,
+    *,
+    total_steps: int | None = None,
+    axes: Any = None,
+    whole_params: bool = True,
 ) -> optax.GradientTransformation:
     """The whole chain: loss scaling, clipping, non-finite skip, masked optimizer, schedule.
 
@@ -191,6 +198,9 @@ def build_optimizer(
     ----------
     config
         A validated ``OptimizerConfig``.
+    total_steps
+        The run's steps, which ``config.schedule`` spans (`build_schedule`); a constant rate
+        needs none. None with a schedule: deprecated (until 0.17), as `build_schedule`'s.
     axes
         The params' logical axis names: a pytree like the params whose leaves are name tuples
         or ``PartitionSpec``s (``nnx.get_partition_spec`` of the params, as a pure dict when the
@@ -209,16 +219,19 @@ def build_optimizer(
         ``step_report`` for lr, norms, clipped/skipped flags and counters.
     """
     c = config.resolved()
+    rate = learning_rate_schedule(c, total_steps)  # once: each flat group's chain shares it
     if uses_flat_update(c, whole_params=whole_params):
         # The same chain over {group: flat buffer}; its decay mask is one bool per group.
-        return flat_groups(lambda mask: _chain(c, mask, axes), _decays(c, axes))
-    return _chain(c, _decays(c, axes), axes)
+        return flat_groups(lambda mask: _chain(c, mask, axes, rate), _decays(c, axes))
+    return _chain(c, _decays(c, axes), axes, rate)
 
 
-def _chain(c: OptimizerConfig, mask: Any, axes: Any) -> optax.GradientTransformation:
+def _chain(
+    c: OptimizerConfig, mask: Any, axes: Any, rate: optax.ScalarOrSchedule
+) -> optax.GradientTransformation:
     inner: optax.GradientTransformation = optax.chain(
         optimizer_core(c, axes=axes, mask=mask),
-        scale_by_schedule_with_stats(learning_rate_schedule(c)),
+        scale_by_schedule_with_stats(rate),
     )
     if c.skip_nonfinite:
         inner = skip_nonfinite(inner)

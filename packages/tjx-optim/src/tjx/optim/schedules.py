@@ -1,4 +1,4 @@
-"""Learning-rate schedules: composable pieces on optax, and ``build_schedule(config)``.
+"""Learning-rate schedules: composable pieces on optax, and ``build_schedule(config, total_steps)``.
 
 Each piece is an ``optax.Schedule`` (``step -> lr``) starting at step 0, so pieces compose with
 ``join`` (optax.join_schedules, which shifts each piece to start at its boundary).
@@ -6,6 +6,7 @@ Each piece is an ``optax.Schedule`` (``step -> lr``) starting at step 0, so piec
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import jax
@@ -14,6 +15,10 @@ import optax
 from jax.typing import ArrayLike
 
 from tjx.optim.config import ScheduleConfig
+
+#: The run's length a schedule built without one spans (tjx-optim 0.15's ``ScheduleConfig``
+#: default), until 0.17.
+OLD_TOTAL_STEPS = 10_000
 
 __all__ = [
     "build_schedule",
@@ -119,18 +124,28 @@ def warmup_stable_decay(
     return with_warmup(body, warmup_steps, peak, init)
 
 
-def build_schedule(config: ScheduleConfig) -> optax.Schedule:
-    """The schedule ``config`` describes (see ``ScheduleConfig`` for each name's shape).
+def build_schedule(config: ScheduleConfig, total_steps: int | None = None) -> optax.Schedule:
+    """The schedule ``config`` describes over a run of ``total_steps`` steps (see
+    ``ScheduleConfig`` for each name's shape).
 
     Parameters
     ----------
     config
         A validated ``ScheduleConfig``.
+    total_steps
+        The run's steps: where ``cosine``/``linear`` reach their floor, a fractional warmup's
+        and ``wsd``'s decay's base. None (deprecated, until 0.17): the config's deprecated
+        ``total_steps``, else 10,000, with a ``DeprecationWarning``.
 
     Returns
     -------
     optax.Schedule
         ``step -> learning rate``, jit-friendly (``step`` may be a traced int32).
+
+    Raises
+    ------
+    ValueError
+        A warmup or decay longer than the run (`ScheduleConfig.over`), or no peak rate.
     """
     if config.peak_lr is None:
         raise ValueError(
@@ -138,9 +153,11 @@ def build_schedule(config: ScheduleConfig) -> optax.Schedule:
             "OptimizerConfig(schedule=...), which fills in its optimizer's default rate"
         )
     peak = float(config.peak_lr)
+    total = run_length(config, total_steps)
+    config = config.over(total)
     floor = peak * config.min_lr_ratio
     init = peak * config.init_lr_ratio
-    w, total = int(config.warmup_steps), config.total_steps  # a fraction is steps by now
+    w = int(config.warmup_steps)  # a fraction is steps by now (`ScheduleConfig.over`)
     rest = max(total - w, 1)
     if config.name in ("constant", "linear_warmup"):
         body = constant(peak)
@@ -164,3 +181,19 @@ def build_schedule(config: ScheduleConfig) -> optax.Schedule:
             decay_shape=config.decay_shape,
         )
     return with_warmup(body, w, peak, init)
+
+
+def run_length(config: ScheduleConfig, total_steps: int | None) -> int:
+    """``total_steps``; None (the 0.15 call, deprecated until 0.17): the config's deprecated
+    ``total_steps``, else 10,000, with a ``DeprecationWarning``."""
+    if total_steps is not None:
+        return total_steps
+    if config.total_steps is not None:  # ScheduleConfig warned when it was made
+        return config.total_steps
+    warnings.warn(
+        f"a schedule built without total_steps spans {OLD_TOTAL_STEPS} steps; pass total_steps "
+        "(the run's steps) to build_schedule or build_optimizer (required from tjx-optim 0.17)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return OLD_TOTAL_STEPS

@@ -1,9 +1,11 @@
 """A table of bad inputs: each gives one clear error, exit code 2, and leaves no run directory.
 
-Every case runs the app as a separate process (``python -m trainer`` / ``python -m eval``) in an
-empty folder; afterwards that folder holds only what the case itself prepared. A second table,
-``DIVERGED``, holds runs whose loss turns NaN for good: they end with one error line and exit code
-3, and leave no checkpoint from the bad streak and no ``final.json``.
+Every case runs the app in an empty folder, as ``python -m trainer`` / ``python -m eval`` does
+(`call_app`: its ``main`` in this process; the cases of ``AS_PROCESSES`` as separate processes,
+for the exit status a shell sees); afterwards that folder holds only what the case itself
+prepared. A second table, ``DIVERGED``, holds runs whose loss turns NaN for good (real processes):
+they end with one error line and exit code 3, and leave no checkpoint from the bad streak and no
+``final.json``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 
 import pytest
 
-from tests_integration._helpers_apps import SMALL, app_env, read_log, run_app
+from tests_integration._helpers_apps import SMALL, app_env, call_app, read_log, run_app
 from tests_integration._helpers_unwritable import make_unwritable, writable_again
 
 T = "trainer"
@@ -305,15 +307,24 @@ CASES = [
 ]
 
 
+#: Cases run as real processes (``python -m APP``), one per way out: a config error the trainer
+#: returns, an argparse error (its SystemExit), the evaluator's own error, and bad data found
+#: after the first use of jax. The rest call the app's ``main`` in this process (`call_app`).
+AS_PROCESSES = {"unknown-key", "unknown-flag", "eval-missing-run", "empty-file"}
+
+
 @pytest.mark.parametrize(
-    ("app", "argv", "setup", "needle"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+    ("case", "app", "argv", "setup", "needle"), CASES, ids=[c[0] for c in CASES]
 )
-def test_bad_input_exits_2_and_writes_nothing(tmp_path, app, argv, setup, needle):
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, case, app, argv, setup, needle):
     try:
         if setup is not None:
             setup(tmp_path)
         before = sorted(p.name for p in tmp_path.iterdir())
-        proc = run_app(app, argv, tmp_path, timeout=300)
+        if case in AS_PROCESSES:
+            proc = run_app(app, argv, tmp_path, timeout=300)
+        else:
+            proc = call_app(app, argv, tmp_path)
     finally:
         writable_again()
     assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
@@ -345,17 +356,19 @@ BAD_DATA = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("name", "data", "needle"), [c[1:] for c in BAD_DATA], ids=[c[0] for c in BAD_DATA]
-)
+@pytest.mark.parametrize(("case", "name", "data", "needle"), BAD_DATA, ids=[c[0] for c in BAD_DATA])
 def test_bad_data_is_one_line_naming_key_and_file_and_leaves_no_debris(
-    tmp_path, name, data, needle
+    tmp_path, case, name, data, needle
 ):
     work, cache = tmp_path / "work", tmp_path / "cache"  # the cache: what ~/.cache/tjx/data is
     work.mkdir()
     cache.mkdir()
     (work / name).write_bytes(data)
-    proc = run_app(T, [*TINY, "--data", f"./{name}"], work, env=app_env(TJX_CACHE=str(cache)))
+    argv = [*TINY, "--data", f"./{name}"]
+    if case in AS_PROCESSES:
+        proc = run_app(T, argv, work, env=app_env(TJX_CACHE=str(cache)))
+    else:
+        proc = call_app(T, argv, work, env={"TJX_CACHE": str(cache)})
     assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr and "Failed to read" not in proc.stderr, proc.stderr
     errors = [x for x in proc.stderr.splitlines() if "trainer: error:" in x]

@@ -3,7 +3,9 @@
 The cases work on a copy of one finished small run (trained once per test process): a ``--resume``
 whose config changes what the checkpoints hold (model, optimizer state, data stream), a broken
 ``config.yaml`` or ``model.json``, unreadable checkpoints, evaluator flags that do not fit the run.
-Every file of the copy is hashed (and its modification time taken) before and after.
+Every file of the copy is hashed (and its modification time taken) before and after. The cases
+call the app's ``main`` in this process (`call_app`) but for ``AS_PROCESSES``, which run as
+``python -m APP`` (the exit status a shell sees).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests_integration._helpers_apps import SMALL, run_app, trained_small_run
+from tests_integration._helpers_apps import SMALL, call_app, run_app, trained_small_run
 from tests_integration._helpers_unwritable import make_unwritable, writable_again
 
 T = "trainer"
@@ -199,11 +201,16 @@ def trained(tmp_path_factory) -> Path:
     return trained_small_run(tmp_path_factory.mktemp("trained"))
 
 
+#: Cases run as real processes: a resume the trainer refuses, and the evaluator failing on
+#: orbax's reads (its threads' output must not reach stderr either).
+AS_PROCESSES = {"resume-d-model", "eval-every-checkpoint-corrupt"}
+
+
 @pytest.mark.parametrize(
-    ("app", "argv", "setup", "needle"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+    ("case", "app", "argv", "setup", "needle"), CASES, ids=[c[0] for c in CASES]
 )
 def test_bad_input_on_a_run_exits_2_and_changes_nothing(
-    tmp_path, trained, app, argv, setup, needle
+    tmp_path, trained, case, app, argv, setup, needle
 ):
     run = tmp_path / "r"
     shutil.copytree(trained, run)  # copy2: times kept, so an untouched file keeps its stamp
@@ -211,7 +218,10 @@ def test_bad_input_on_a_run_exits_2_and_changes_nothing(
         if setup is not None:
             setup(run)
         before = _snapshot(tmp_path)
-        proc = run_app(app, argv, tmp_path, timeout=300)
+        if case in AS_PROCESSES:
+            proc = run_app(app, argv, tmp_path, timeout=300)
+        else:
+            proc = call_app(app, argv, tmp_path)
     finally:
         writable_again()
     assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])

@@ -10,7 +10,8 @@
   as the data-parallel test), for ``tiny`` (GPT-2) and a scaled-down ``llama_small``, and a
   checkpoint saved on the pipeline mesh resumes on a plain mesh and back (tjx-ckpt's resharding
   restore) with the uninterrupted run's losses.
-* Bad pipeline settings: one error line, exit status 2, nothing written.
+* Bad pipeline settings: one error line, exit status 2, nothing written (the trainer's ``main``
+  called in this process).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests_integration._helpers_apps import SMALL, check_ok, final, run_app, train, train_losses
+from tests_integration._helpers_apps import SMALL, call_app, check_ok, final, train, train_losses
 
 VOCAB = 97
 MODEL = [
@@ -164,7 +165,8 @@ def test_bad_pipeline_settings_exit_2_and_write_nothing(tmp_path, sets, needle):
     args = ["--config", "tiny", "--run-dir", "run"]
     for item in [*RUN, *sets]:
         args += ["--set", item]
-    proc = run_app("trainer", args, tmp_path, timeout=300)
+    # The trainer's main in this process (test_bad_inputs runs its cases as processes too).
+    proc = call_app("trainer", args, tmp_path)
     assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
     assert needle in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

@@ -40,6 +40,12 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any
             f"raise ImportError('{name} is blocked by this test')\n"
         )
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "TJX_CACHE")}
+    # One device, as on the GPU machine; the tests' compile-speed flags (pants.toml: LLVM at -O1)
+    # stay, for the smoke run's tiny programs are mostly compile time (its figures are not
+    # performance figures).
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    if flags:
+        env["XLA_FLAGS"] = " ".join(flags)
     paths = [str(blocker), *(os.path.abspath(p or os.curdir) for p in sys.path)]
     env.update(PYTHONPATH=os.pathsep.join(paths), TJX_PYTHON=sys.executable, JAX_PLATFORMS="cpu")
     env["TJX_CACHE"] = str(tmp / "cache")  # nothing may be downloaded into the user's cache

@@ -97,7 +97,9 @@ def test_the_grpo_loss_and_its_gradient_match_a_float64_reference(loss_type: str
         hi, lo = logps.astype(np.float64), logps.astype(np.float64)  # two fresh copies
         hi[i, j] += eps
         lo[i, j] -= eps
-        fd = (_loss(hi, old, adv, mask, ref, **kw) - _loss(lo, old, adv, mask, ref, **kw)) / (2 * eps)
+        fd = (_loss(hi, old, adv, mask, ref, **kw) - _loss(lo, old, adv, mask, ref, **kw)) / (
+            2 * eps
+        )
         np.testing.assert_allclose(grad[i, j], fd, rtol=1e-3, atol=1e-6)
         checked += 1
     assert checked > rows

@@ -12,8 +12,8 @@ from tjx.nn.grpo.losses import (
     GRPO_LOSSES,
     GrpoConfig,
     GrpoOutput,
-    grpo_loss,
     group_advantages,
+    grpo_loss,
     token_logprobs,
 )
 

@@ -1,7 +1,7 @@
 """tjx.data: text sources, tokenizers, memmap token shards (prepared in a shared cache), a packed
 resumable loader, prefetch, a training run's data (RunData) prepared, loaded and described, and
 post-training data: chat templates in a sandbox, conversations with their loss mask and
-preference pairs, packed and resumable. A run's data settings are one `DataConfig`, prepared and
+preference pairs, packed and resumable; reward functions for GRPO (`tjx.data.rewards`). A run's data settings are one `DataConfig`, prepared and
 loaded by `prepare_run` and `run_loader`."""
 
 from tjx.data.bpe import gpt2_tokenizer, load_tokenizer, save_tokenizer, train_bpe
@@ -29,6 +29,14 @@ from tjx.data.packing import IGNORE_INDEX, PackingPlan, random_batch
 from tjx.data.prefetch import DevicePrefetcher, prefetch_to_device
 from tjx.data.prepare import PreparedShards, bpe_tokenizer, check_max_tokens, prepare_shards
 from tjx.data.pretokenize import pretokenize
+from tjx.data.rewards import (
+    REWARDS,
+    Reward,
+    RewardError,
+    check_rewards,
+    register_reward,
+    reward_named,
+)
 from tjx.data.run.config import DataConfig
 from tjx.data.run.data import RunData, restore_loader_state
 from tjx.data.run.prepare import prepare_image_run_data, prepare_mixture_run_data, prepare_run_data
@@ -50,6 +58,12 @@ from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, encode_pr
 __version__ = "0.16.0"
 
 __all__ = [
+    "reward_named",
+    "register_reward",
+    "check_rewards",
+    "RewardError",
+    "Reward",
+    "REWARDS",
     "BUILTIN_CORPORA",
     "IGNORE_INDEX",
     "ON_EXHAUSTED",

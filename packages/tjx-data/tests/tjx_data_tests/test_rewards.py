@@ -54,7 +54,9 @@ def test_score_sums_the_weighted_rewards_per_completion():
 
 
 def test_an_unknown_or_failing_reward_is_one_line_naming_it():
-    with pytest.raises(RewardError, match="unknown reward 'exact'; the rewards are: .*exact_answer"):
+    with pytest.raises(
+        RewardError, match="unknown reward 'exact'; the rewards are: .*exact_answer"
+    ):
         check_rewards(["exact"], {"answer": "1"})
     with pytest.raises(RewardError, match="at least one reward"):
         check_rewards([], {"answer": "1"})

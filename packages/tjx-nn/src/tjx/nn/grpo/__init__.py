@@ -1,8 +1,9 @@
 """Group-relative policy optimisation (GRPO): group advantages, token log-probabilities, the loss.
 
 Modules: ``losses`` (`GrpoConfig`, `group_advantages`, `token_logprobs`, `grpo_loss`,
-`GrpoOutput`). The rollouts come from ``tjx.nn.generate``; the loop that samples, scores and
-steps is the trainer's.
+`GrpoOutput`) and ``rollouts`` (`sample_groups`: G completions per prompt through
+``tjx.nn.generate``, laid out as the batch the loss scores). The loop that samples, scores
+(``tjx.data``'s rewards) and steps is the trainer's.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ from tjx.nn.grpo.losses import (
     grpo_loss,
     token_logprobs,
 )
+from tjx.nn.grpo.rollouts import Rollout, rollout_batch, sample_groups
 
 __all__ = [
     "ADVANTAGE_SCALES",
     "GRPO_LOSSES",
     "GrpoConfig",
     "GrpoOutput",
+    "Rollout",
     "grpo_loss",
     "group_advantages",
+    "rollout_batch",
+    "sample_groups",
     "token_logprobs",
 ]

@@ -186,7 +186,7 @@ def group_advantages(rewards: Array, group_size: int, *, scale: str = "group") -
     return advantages / (std + STD_EPS)
 
 
-def token_logprobs(model: DecoderLM, batch: dict[str, Array]) -> Array:
+def token_logprobs(model: DecoderLM, batch: dict[str, Array], *, temperature: float = 1.0) -> Array:
     """Each target's log-probability under ``model`` (0 where the target is ``-100``).
 
     Parameters
@@ -196,6 +196,9 @@ def token_logprobs(model: DecoderLM, batch: dict[str, Array]) -> Array:
     batch : dict
         ``inputs`` and ``targets`` int ``[rows, seq]`` (``-100`` outside the completion),
         ``positions`` and ``segment_ids`` optional.
+    temperature : float
+        The logits are divided by it first: the distribution the rollouts were sampled from
+        (TRL's ``temperature``; 1.0 by default).
 
     Returns
     -------
@@ -210,7 +213,7 @@ def token_logprobs(model: DecoderLM, batch: dict[str, Array]) -> Array:
         segment_ids=batch.get("segment_ids"),
         deterministic=True,
     ).astype(jnp.float32)
-    logp = jax.nn.log_softmax(logits, axis=-1)
+    logp = jax.nn.log_softmax(logits / temperature, axis=-1)
     picked = jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0]
     return jnp.where(targets != -100, picked, 0.0)
 

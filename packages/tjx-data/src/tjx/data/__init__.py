@@ -1,8 +1,8 @@
 """tjx.data: text sources, tokenizers, memmap token shards (prepared in a shared cache), a packed
 resumable loader, prefetch, a training run's data (RunData) prepared, loaded and described, and
 post-training data: chat templates in a sandbox, conversations with their loss mask and
-preference pairs, packed and resumable; reward functions for GRPO (`tjx.data.rewards`). A run's data settings are one `DataConfig`, prepared and
-loaded by `prepare_run` and `run_loader`."""
+preference pairs, packed and resumable; reward functions for GRPO (`tjx.data.rewards`). A run's
+data settings are one `DataConfig`, prepared and loaded by `prepare_run` and `run_loader`."""
 
 from tjx.data.bpe import gpt2_tokenizer, load_tokenizer, save_tokenizer, train_bpe
 from tjx.data.builtin import BUILTIN_CORPORA, prepare_builtin

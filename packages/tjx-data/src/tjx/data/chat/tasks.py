@@ -5,7 +5,8 @@ that are right or wrong, and a ChatML tokenizer folder trained on its text.
 ``{"messages": [user: "What is 37 + 58?", assistant: "95"]}``; as preference pairs, the chosen
 answer is the right one and the rejected one a near miss (one off, ten off, or its digits
 swapped); as prompts (for GRPO), ``{"prompt": [user turn], "answer": "95"}``, which the
-``exact_answer`` reward (`tjx.data.rewards`) checks. The rows come from a seeded generator, so every machine makes the same files.
+``exact_answer`` reward (`tjx.data.rewards`) checks. The rows come from a seeded generator, so
+every machine makes the same files.
 """
 
 from __future__ import annotations

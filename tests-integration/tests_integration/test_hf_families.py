@@ -21,8 +21,9 @@ soft caps bending the logits) and scores it in float32 and bfloat16; tjx loads e
 
 The windows slide: the sequences are 12 tokens (24 while generating) and every family but OLMo 2
 (which has none) has a window of 5 in some layers: Qwen3 layer 1 (``max_window_layers``), OLMo 3
-layers 0-2 (its default pattern), every Phi-3 layer, Gemma 2 layer 0 (its alternating pattern), Gemma 3 layer 0 (``layer_types``), whose
-local layers also rotate at their own RoPE base (100, the global one 10,000).
+layers 0-2 (its default pattern), every Phi-3 layer, Gemma 2 layer 0 (its alternating pattern),
+Gemma 3 layer 0 (``layer_types``), whose local layers also rotate at their own RoPE base (100, the
+global one 10,000).
 
 Phi-3's LongRoPE (``phi3-longrope``: pretrained for 8 positions, ``max_position_embeddings`` 64,
 so factor 8 and attention factor sqrt(2)) is scored twice: at 12 tokens (its long factors) and,

@@ -2,17 +2,17 @@
 
 Each family is the LLaMA decoder with a few switches (:mod:`tjx.nn.family_config`): Qwen3 adds
 per-head q/k RMSNorms; OLMo 2 moves the norms onto the sublayers' outputs and normalises q and k
-over the whole projection; OLMo 3 is OLMo 2 with sliding-window layers (``layer_types``; by
-default three sliding layers, then a full one) and a RoPE entry per layer type; Phi-3 computes exactly what Llama does (it fuses q/k/v and gate/up in
-its tensors only, :mod:`tjx.nn.hf.family_tensors`; its LongRoPE scaling: :mod:`tjx.nn.hf.phi3`);
-Gemma 2 and 3 are in :mod:`tjx.nn.hf.gemma`.
+over the whole projection; OLMo 3 is OLMo 2 with sliding-window layers (``layer_types``; by default
+three sliding layers, then a full one) and a RoPE entry per layer type; Phi-3 computes exactly what
+Llama does (it fuses q/k/v and gate/up in its tensors only, :mod:`tjx.nn.hf.family_tensors`; its
+LongRoPE scaling: :mod:`tjx.nn.hf.phi3`); Gemma 2 and 3 are in :mod:`tjx.nn.hf.gemma`.
 As for the Llama family (``config``), every key is mapped, checked, or on the allow-list of
 keys that change no number; anything else, and any value tjx cannot honour, is refused in one line
 naming it (what is not honoured yet: :mod:`tjx.nn.hf.family_base`).
 
-On export the config's switches choose the family (sandwich norms: Gemma, 3 with q/k norms;
-output norms: OLMo 2, or 3 with a sliding window; q/k norms alone: Qwen3); Phi-3 is written only when asked for by name,
-since a Llama computes the same.
+On export the config's switches choose the family (sandwich norms: Gemma, 3 with q/k norms; output
+norms: OLMo 2, or 3 with a sliding window; q/k norms alone: Qwen3); Phi-3 is written only when
+asked for by name, since a Llama computes the same.
 """
 
 from __future__ import annotations

@@ -8,10 +8,15 @@ from tjx.data.bpe import gpt2_tokenizer, load_tokenizer, save_tokenizer, train_b
 from tjx.data.builtin import BUILTIN_CORPORA, prepare_builtin
 from tjx.data.cache import cache_dir, local_cache_folder
 from tjx.data.chat.encode import ChatEncoder, Encoded, Pair
-from tjx.data.chat.loader import ChatLoader, PreferenceLoader, chat_validation_batches
+from tjx.data.chat.loader import (
+    ChatLoader,
+    PreferenceLoader,
+    PromptLoader,
+    chat_validation_batches,
+)
 from tjx.data.chat.prepare import PreparedSequences, Rows, load_rows, prepare_chat_data
 from tjx.data.chat.run import DATA_FORMATS, ChatRunData, prepare_chat_run_data
-from tjx.data.chat.store import SequenceIndex, load_sequences, write_sequences
+from tjx.data.chat.store import SequenceIndex, load_sequences, read_prompt_rows, write_sequences
 from tjx.data.chat.tasks import ARITHMETIC, arithmetic_rows, prepare_arithmetic
 from tjx.data.chat.template import ChatTemplate
 from tjx.data.errors import DataError
@@ -58,6 +63,8 @@ from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, encode_pr
 __version__ = "0.16.1"
 
 __all__ = [
+    "read_prompt_rows",
+    "PromptLoader",
     "reward_named",
     "register_reward",
     "check_rewards",

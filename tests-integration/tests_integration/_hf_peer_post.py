@@ -13,6 +13,12 @@ Jobs (dicts; ``_hf_peer_script.main`` dispatches on the key):
   tokenizer), ``adapter`` (a PEFT adapter: the policy is base + adapter, the reference the
   base with adapters disabled, TRL's reference for a fresh adapter) or ``policy`` (a
   checkpoint; the reference is ``base``), ``rows``, ``beta``, ``loss_type``, ``workdir``.
+- ``{"grpo": SPEC, "out": NPZ}``: TRL's ``GRPOTrainer._compute_loss`` on fixed rollouts: its
+  per-token log-probabilities of the completions, the loss, the gradient of every parameter
+  after ``loss.backward()`` and the metrics it logged. ``SPEC``: ``policy`` (a folder with the
+  tokenizer), ``npz`` (``prompt_ids``, ``completion_ids``, ``completion_mask``, ``advantages``,
+  ``old_logps``, ``ref_logps``), ``group``, ``beta``, ``epsilon``, ``epsilon_high``,
+  ``loss_type``, ``workdir``.
 """
 
 from __future__ import annotations
@@ -117,4 +123,68 @@ def dpo(job: dict[str, Any]) -> None:
     )
 
 
-JOBS = {"chat": chat, "peft": peft, "dpo": dpo}
+def grpo(job: dict[str, Any]) -> None:
+    from datasets import Dataset  # pants: no-infer-dep
+    from trl import GRPOConfig, GRPOTrainer  # pants: no-infer-dep
+
+    spec = job["grpo"]
+    torch.manual_seed(0)
+    data = dict(np.load(spec["npz"]))
+    rows, length = data["completion_ids"].shape
+    args = GRPOConfig(
+        output_dir=spec["workdir"],
+        beta=spec["beta"],
+        epsilon=spec["epsilon"],
+        epsilon_high=spec["epsilon_high"],
+        loss_type=spec["loss_type"],
+        num_generations=spec["group"],
+        per_device_train_batch_size=rows,
+        max_completion_length=length,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+    )
+    trainer = GRPOTrainer(
+        model=spec["policy"],
+        reward_funcs=[lambda completions, **_: [0.0] * len(completions)],
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": "x"}] * rows),
+    )
+    trainer.model.float().train()
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop, not run here
+    mask = torch.as_tensor(data["completion_mask"], dtype=torch.long)
+    prompt = torch.as_tensor(data["prompt_ids"], dtype=torch.long)
+    inputs = {
+        "prompt_ids": prompt,
+        "prompt_mask": torch.ones_like(prompt),
+        "completion_ids": torch.as_tensor(data["completion_ids"], dtype=torch.long),
+        "completion_mask": mask,
+        "advantages": torch.as_tensor(data["advantages"], dtype=torch.float32),
+        "old_per_token_logps": torch.as_tensor(data["old_logps"], dtype=torch.float32),
+        "ref_per_token_logps": torch.as_tensor(data["ref_logps"], dtype=torch.float32),
+        "num_items_in_batch": mask.sum(),
+    }
+    loss = trainer._compute_loss(trainer.model, inputs)
+    loss.backward()
+    with torch.no_grad():
+        ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, ids, torch.ones_like(ids), length
+        )
+    grads = {
+        f"grad:{name}": p.grad.detach().float().numpy()
+        for name, p in trainer.model.named_parameters()
+        if p.requires_grad and p.grad is not None
+    }
+    metrics = {k: float(v[-1]) for k, v in trainer._metrics["train"].items() if v}
+    np.savez(
+        job["out"],
+        loss=np.asarray(float(loss.detach())),
+        logps=logps.float().numpy(),
+        metrics=np.asarray(json.dumps(metrics)),
+        **grads,
+    )
+
+
+JOBS = {"chat": chat, "peft": peft, "dpo": dpo, "grpo": grpo}

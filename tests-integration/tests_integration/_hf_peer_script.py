@@ -12,8 +12,8 @@ with ``"short": N`` in a SPEC or score job, the logits of the tokens' first N co
 ``make`` SPEC with ``"bf16": true`` also scores the model cast to bfloat16 into
 ``FOLDER/peer_bf16.npz``; SPEC's ``random_buffers`` (name endings) get random values too.
 Attention is transformers' eager path (its reference, the only one that soft-caps Gemma 2's
-logits). The post-training jobs (``chat``, ``peft``, ``dpo``: chat templates, PEFT adapters,
-TRL's DPO) are ``_hf_peer_post``'s.
+logits). The post-training jobs (``chat``, ``peft``, ``dpo``, ``grpo``: chat templates, PEFT
+adapters, TRL's DPO and GRPO losses) are ``_hf_peer_post``'s.
 ``{"rope": [{"config": CONFIG, "seq_len": N or null}, ...], "out": NPZ}`` writes, per entry,
 the inverse frequencies (``inv_<i>``) and attention factor (``factor_<i>``) that
 ``modeling_rope_utils`` computes for ``AutoConfig.for_model(**CONFIG)`` at that length.
@@ -83,7 +83,7 @@ def rope(entries: list[dict], out: Path) -> None:
 
 def main() -> None:
     for job in json.loads(Path(sys.argv[1]).read_text()):
-        post = [key for key in ("chat", "peft", "dpo") if key in job]
+        post = [key for key in ("chat", "peft", "dpo", "grpo") if key in job]
         if "rope" in job:
             rope(job["rope"], Path(job["out"]))
         elif post:

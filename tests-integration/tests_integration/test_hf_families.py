@@ -1,4 +1,4 @@
-"""Qwen3, OLMo 2, Phi-3, Gemma 2, Gemma 3 (text), DeepSeek-V2 and -V3 round-trip through
+"""Qwen3, OLMo 2 and 3, Phi-3, Gemma 2, Gemma 3 (text), DeepSeek-V2 and -V3 round-trip through
 transformers (PyTorch in the scratch venv of ``_hf_peer``, one peer process each way for all
 families).
 
@@ -20,9 +20,10 @@ soft caps bending the logits) and scores it in float32 and bfloat16; tjx loads e
   and transformers loads it as the same class with the same logits (1e-6) and greedy tokens.
 
 The windows slide: the sequences are 12 tokens (24 while generating) and every family but OLMo 2
-(which has none) has a window of 5 in some layers: Qwen3 layer 1 (``max_window_layers``), every
-Phi-3 layer, Gemma 2 layer 0 (its alternating pattern), Gemma 3 layer 0 (``layer_types``), whose
-local layers also rotate at their own RoPE base (100, the global one 10,000).
+(which has none) has a window of 5 in some layers: Qwen3 layer 1 (``max_window_layers``), OLMo 3
+layers 0-2 (its default pattern), every Phi-3 layer, Gemma 2 layer 0 (its alternating pattern),
+Gemma 3 layer 0 (``layer_types``), whose local layers also rotate at their own RoPE base (100, the
+global one 10,000).
 
 Phi-3's LongRoPE (``phi3-longrope``: pretrained for 8 positions, ``max_position_embeddings`` 64,
 so factor 8 and attention factor sqrt(2)) is scored twice: at 12 tokens (its long factors) and,
@@ -103,6 +104,20 @@ CASES: dict[str, dict[str, Any]] = {
     ),
     # Norms on the sublayers' outputs, q/k norms over the whole projection; tied head.
     "olmo2": dict(config=dict(model_type="olmo2", **COMMON, tie_word_embeddings=True)),
+    # OLMo 2's block with sliding layers: transformers' default pattern (three sliding, one
+    # full) over 4 layers, one RoPE entry per layer type (transformers 5's form).
+    "olmo3": dict(
+        config=dict(
+            model_type="olmo3",
+            **{**COMMON, "num_hidden_layers": 4},
+            sliding_window=WINDOW,
+            initializer_range=0.2,
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 500.0},
+                "full_attention": {"rope_type": "default", "rope_theta": 500.0},
+            },
+        )
+    ),
     # Fused qkv_proj / gate_up_proj; a window in every layer (Phi-3-mini-4k's 2047 of 4096).
     "phi3": dict(
         config=dict(model_type="phi3", **COMMON, sliding_window=WINDOW), model_type="phi3"
@@ -341,6 +356,9 @@ def test_the_cases_exercise_each_switch(results):
     assert g2.layer_windows() == g3.layer_windows() == (local, full)
     assert (g3.rope_theta, g3.rope_local_theta) == (10000.0, 100.0)
     assert cfg["olmo2"].sliding_window is None
+    assert cfg["olmo3"].layer_windows() == (local, local, local, full)
+    assert cfg["olmo3"].rope_theta == 500.0 and cfg["olmo3"].norm_position == "output"
+    assert results["olmo3"]["saved"]["layer_types"][3] == "full_attention"
     logits = results["gemma2"]["peer"]["logits"]
     assert 0.5 * 3.0 < np.abs(logits).max() < 3.0  # within the cap, and near it
     # tjx wrote Phi-3's fused tensors (and transformers read them back, above).

@@ -1,17 +1,22 @@
 """tjx.data: text sources, tokenizers, memmap token shards (prepared in a shared cache), a packed
 resumable loader, prefetch, a training run's data (RunData) prepared, loaded and described, and
 post-training data: chat templates in a sandbox, conversations with their loss mask and
-preference pairs, packed and resumable. A run's data settings are one `DataConfig`, prepared and
-loaded by `prepare_run` and `run_loader`."""
+preference pairs, packed and resumable; reward functions for GRPO (`tjx.data.rewards`). A run's
+data settings are one `DataConfig`, prepared and loaded by `prepare_run` and `run_loader`."""
 
 from tjx.data.bpe import gpt2_tokenizer, load_tokenizer, save_tokenizer, train_bpe
 from tjx.data.builtin import BUILTIN_CORPORA, prepare_builtin
 from tjx.data.cache import cache_dir, local_cache_folder
 from tjx.data.chat.encode import ChatEncoder, Encoded, Pair
-from tjx.data.chat.loader import ChatLoader, PreferenceLoader, chat_validation_batches
+from tjx.data.chat.loader import (
+    ChatLoader,
+    PreferenceLoader,
+    PromptLoader,
+    chat_validation_batches,
+)
 from tjx.data.chat.prepare import PreparedSequences, Rows, load_rows, prepare_chat_data
 from tjx.data.chat.run import DATA_FORMATS, ChatRunData, prepare_chat_run_data
-from tjx.data.chat.store import SequenceIndex, load_sequences, write_sequences
+from tjx.data.chat.store import SequenceIndex, load_sequences, read_prompt_rows, write_sequences
 from tjx.data.chat.tasks import ARITHMETIC, arithmetic_rows, prepare_arithmetic
 from tjx.data.chat.template import ChatTemplate
 from tjx.data.errors import DataError
@@ -29,6 +34,14 @@ from tjx.data.packing import IGNORE_INDEX, PackingPlan, random_batch
 from tjx.data.prefetch import DevicePrefetcher, prefetch_to_device
 from tjx.data.prepare import PreparedShards, bpe_tokenizer, check_max_tokens, prepare_shards
 from tjx.data.pretokenize import pretokenize
+from tjx.data.rewards import (
+    REWARDS,
+    Reward,
+    RewardError,
+    check_rewards,
+    register_reward,
+    reward_named,
+)
 from tjx.data.run.config import DataConfig
 from tjx.data.run.data import RunData, restore_loader_state
 from tjx.data.run.prepare import prepare_image_run_data, prepare_mixture_run_data, prepare_run_data
@@ -47,9 +60,17 @@ from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_i
 from tjx.data.sources import Documents, check_local_source, load_source
 from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, encode_prompts
 
-__version__ = "0.16.0"
+__version__ = "0.16.1"
 
 __all__ = [
+    "read_prompt_rows",
+    "PromptLoader",
+    "reward_named",
+    "register_reward",
+    "check_rewards",
+    "RewardError",
+    "Reward",
+    "REWARDS",
     "BUILTIN_CORPORA",
     "IGNORE_INDEX",
     "ON_EXHAUSTED",

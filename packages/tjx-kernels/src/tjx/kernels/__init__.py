@@ -1,6 +1,7 @@
 """tjx.kernels: fused kernels for transformer training.
 
-Pallas flash attention (forward and backward), chunked cross-entropy, a plain-XLA reference and one
+Pallas flash attention (forward and backward), chunked cross-entropy, the gated delta rule
+(Gated DeltaNet's linear attention, chunked), a plain-XLA reference and one
 ``attention`` entry point that runs XLA, cuDNN or Pallas: the kernel a name resolves to once, by
 evidence (`resolve_attention`, :mod:`tjx.kernels.choice`). ``flash_attention`` (and with it
 Pallas) is imported on first use.
@@ -40,13 +41,17 @@ from tjx.kernels.compile_cache import enable_compilation_cache
 from tjx.kernels.costs import custom_call_cost, roofline_costs
 from tjx.kernels.cross_entropy import CrossEntropyOutput, auto_chunk_size, chunked_cross_entropy
 from tjx.kernels.dispatch import IMPLEMENTATIONS, attention
+from tjx.kernels.gated_delta import gated_delta_recurrent, gated_delta_rule, gated_delta_step
 from tjx.kernels.launch import LaunchDefaults, default_launch
 from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
 from tjx.kernels.softcap import soft_cap
 
-__version__ = "0.11.1"
+__version__ = "0.12.0"
 
 __all__ = [
+    "gated_delta_step",
+    "gated_delta_rule",
+    "gated_delta_recurrent",
     "BLOCK_IMPLEMENTATIONS",
     "CE_IMPLEMENTATIONS",
     "IMPLEMENTATIONS",

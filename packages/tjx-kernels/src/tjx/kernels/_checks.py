@@ -142,6 +142,17 @@ def check_scale(scale: float | None) -> None:
         raise ValueError(f"`scale` must be a positive finite float or None; got {scale}")
 
 
+def check_sinks(sinks: Array | None, shapes: AttentionShapes) -> None:
+    """Validate attention ``sinks``: None, or one floating logit per query head ``[heads]``."""
+    if sinks is None:
+        return
+    if sinks.shape != (shapes.num_heads,) or not jnp.issubdtype(sinks.dtype, jnp.floating):
+        raise ValueError(
+            f"`sinks` must be a floating array of shape {(shapes.num_heads,)} (one logit per "
+            f"query head); got {sinks.dtype}{tuple(sinks.shape)}"
+        )
+
+
 def check_window(window: int | None) -> None:
     """Validate a sliding ``window``: None (every key) or a positive int (the keys a query sees,
     itself included: ``i - window < j <= i`` when causal, ``|i - j| < window`` when not)."""

@@ -44,6 +44,11 @@ CUDNN_SOFTCAP = (
     "`softcap` is not supported by implementation 'cudnn' (jax's cuDNN attention has no logit "
     "soft-capping); use 'auto', 'xla' or 'pallas'"
 )
+#: Why no fused kernel serves a call with attention sinks (an explicit request raises it).
+FUSED_SINKS = (
+    "`sinks` (attention sinks) are served by implementation 'xla' only (neither jax's cuDNN "
+    "attention nor tjx's Pallas kernel adds a sink to the softmax yet); use 'auto' or 'xla'"
+)
 #: Why cuDNN never serves a bidirectional sliding window (an explicit request raises it).
 CUDNN_WINDOW = (
     "`window` without `causal` is not supported by implementation 'cudnn' (cuDNN's sliding "
@@ -188,6 +193,7 @@ def resolve_attention(
     target: Target | None = None,
     softcap: bool = False,
     bidirectional_window: bool = False,
+    sinks: bool = False,
 ) -> AttentionKernel:
     """The kernel an ``implementation`` name takes for attention in (dtype, head_dim) on
     ``target``: resolved once (a model does it when it is built), run by ``attention`` per call.
@@ -208,6 +214,9 @@ def resolve_attention(
         The calls soft-cap their logits (cuDNN cannot).
     bidirectional_window : bool
         The calls take a sliding window without a causal mask (cuDNN's window looks back only).
+    sinks : bool
+        The calls add attention sinks to the softmax (XLA only: ``auto`` is XLA, a fused
+        kernel's name a ``ValueError``).
 
     Returns
     -------
@@ -225,6 +234,10 @@ def resolve_attention(
             f"`implementation` must be one of {', '.join(IMPLEMENTATIONS)}; got {implementation!r}"
         )
     t = current_target() if target is None else target
+    if sinks:
+        if implementation in FUSED:
+            raise ValueError(FUSED_SINKS)
+        return AttentionKernel.XLA
     if implementation != "auto":
         reason = unsupported_reason(str(implementation), dtype, head_dim, t)
         if reason is None and implementation == "cudnn":

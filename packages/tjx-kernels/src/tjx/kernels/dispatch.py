@@ -21,7 +21,9 @@ Soft-capped logits (``softcap``, Gemma 2) are served by XLA and the Pallas kerne
 attention cannot cap them, so ``auto`` leaves cuDNN out for such calls and an explicit
 ``"cudnn"`` is a ``ValueError``. A sliding ``window`` is served by every kernel: cuDNN's own
 ``local_window_size`` (causal only; a bidirectional window leaves cuDNN out of ``auto``), the
-Pallas kernels skip the key blocks outside it, XLA masks.
+Pallas kernels skip the key blocks outside it, XLA masks. Attention ``sinks`` (gpt-oss: a learned
+logit per head in every row's softmax denominator) are XLA's alone: ``auto`` resolves to XLA for
+such calls, a fused kernel's name is a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -42,12 +44,14 @@ from tjx.kernels._checks import (
     check_qkv,
     check_scale,
     check_segment_ids,
+    check_sinks,
     check_window,
     split_segment_ids,
 )
 from tjx.kernels.choice import (
     CUDNN_DTYPES,
     CUDNN_WINDOW,
+    FUSED_SINKS,
     IMPLEMENTATIONS,
     AttentionKernel,
     cudnn_max_head_dim,
@@ -167,6 +171,7 @@ def attention(
     bias: Array | None = None,
     softcap: float | None = None,
     window: int | None = None,
+    sinks: Array | None = None,
 ) -> Array:
     """Multi-head attention with a choice of implementation.
 
@@ -198,6 +203,9 @@ def attention(
         Sliding window: query ``i`` sees keys ``i - window < j`` (``<= i`` when causal, else
         ``< i + window``); every kernel applies it (cuDNN only with ``causal``: without it,
         "auto" leaves cuDNN out and an explicit "cudnn" is an error). None: every key.
+    sinks : Array, optional
+        Attention sinks (gpt-oss): one logit per query head ``[heads]`` added to every row's
+        softmax denominator. XLA only: "auto" resolves to XLA, a fused kernel is an error.
 
     Returns
     -------
@@ -214,8 +222,11 @@ def attention(
     check_scale(scale)
     check_softcap(softcap)
     check_window(window)
+    check_sinks(sinks, shapes)
     if isinstance(implementation, AttentionKernel):
         kernel = implementation  # resolved once by its owner: run it, choose nothing
+        if sinks is not None and kernel != AttentionKernel.XLA:
+            raise ValueError(FUSED_SINKS)  # a resolved kernel given a call it cannot serve
     else:
         kernel = resolve_attention(
             implementation,
@@ -223,6 +234,7 @@ def attention(
             shapes.head_dim,
             softcap=softcap is not None,
             bidirectional_window=window is not None and not causal,
+            sinks=sinks is not None,
         )
     # A zero-length call has nothing to compute (an empty or all-zero result): XLA serves it
     # without padding a sequence of 0 up to a kernel block; bias and dropout only XLA has.
@@ -270,4 +282,5 @@ def attention(
         bias=bias,
         softcap=softcap,
         window=window,
+        sinks=sinks,
     )

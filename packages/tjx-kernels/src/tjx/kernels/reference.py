@@ -22,6 +22,7 @@ from tjx.kernels._checks import (
     check_qkv,
     check_scale,
     check_segment_ids,
+    check_sinks,
     check_window,
     split_segment_ids,
     window_visible,
@@ -103,6 +104,7 @@ def reference_attention(
     bias: Array | None = None,
     softcap: float | None = None,
     window: int | None = None,
+    sinks: Array | None = None,
 ) -> Array:
     """Multi-head attention in plain XLA (the reference implementation).
 
@@ -135,6 +137,10 @@ def reference_attention(
     window : int, optional
         Sliding window: query ``i`` sees keys ``i - window < j`` (``<= i`` when causal, else
         ``< i + window``); None: every key.
+    sinks : Array, optional
+        Attention sinks (gpt-oss): one learned logit per query head ``[heads]``, a column every
+        query sees in the softmax's denominator with no value behind it, so a row's
+        probabilities sum to less than 1. None: no sink.
 
     Returns
     -------
@@ -156,6 +162,7 @@ def reference_attention(
         bias=bias,
         softcap=softcap,
         window=window,
+        sinks=sinks,
     )
     acc_t = p.dtype
     if dropout_rate > 0.0:
@@ -217,9 +224,11 @@ def _probabilities(
     bias: Array | None,
     softcap: float | None = None,
     window: int | None = None,
+    sinks: Array | None = None,
 ) -> Array:
     """Softmax probabilities ``[b, h, s_q, s_k]`` (float32 or wider)."""
     check_segment_ids(segment_ids, shapes)
+    check_sinks(sinks, shapes)
     check_kv_lengths(kv_lengths, shapes)
     check_bias(bias, shapes)
     check_scale(scale)
@@ -237,7 +246,12 @@ def _probabilities(
     )
     if mask is not None:
         logits = jnp.where(mask, logits, -jnp.inf)  # [b|1, 1, s_q, s_k]
-    return _masked_softmax(logits)
+    if sinks is None:
+        return _masked_softmax(logits)
+    # The sink: one more column per head, seen by every query (never masked), then dropped.
+    b, _, s_q, _ = logits.shape
+    column = jnp.broadcast_to(sinks.astype(acc_t)[None, :, None, None], (b, h, s_q, 1))
+    return _masked_softmax(jnp.concatenate([logits, column], axis=-1))[..., :-1]
 
 
 def attention_weights(
@@ -251,6 +265,7 @@ def attention_weights(
     bias: Array | None = None,
     softcap: float | None = None,
     window: int | None = None,
+    sinks: Array | None = None,
 ) -> Array:
     """The attention probabilities of :func:`reference_attention` (without dropout).
 
@@ -259,14 +274,14 @@ def attention_weights(
 
     Parameters
     ----------
-    q, k, causal, segment_ids, kv_lengths, scale, bias, softcap, window
+    q, k, causal, segment_ids, kv_lengths, scale, bias, softcap, window, sinks
         As in :func:`reference_attention` (``k``'s heads may be fewer: GQA/MQA).
 
     Returns
     -------
     Array
         float32 (or wider) ``[batch, heads, q_len, kv_len]`` (empty when either length is 0);
-        each row sums to 1, or is all zero
+        each row sums to 1 (less with ``sinks``), or is all zero
         where the query sees no key (padding).
     """
     shapes = check_qkv(q, k, k)
@@ -281,4 +296,5 @@ def attention_weights(
         bias=bias,
         softcap=softcap,
         window=window,
+        sinks=sinks,
     )

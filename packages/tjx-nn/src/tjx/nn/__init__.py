@@ -38,6 +38,14 @@ from tjx.nn.encdec import EncoderDecoder
 from tjx.nn.flops import flops_per_token, flops_per_unit, matmul_param_count
 from tjx.nn.generation import generate, sample_logits
 from tjx.nn.gpt2_presets import gpt2_config
+from tjx.nn.grpo.losses import (
+    GRPO_LOSSES,
+    GrpoConfig,
+    GrpoOutput,
+    group_advantages,
+    grpo_loss,
+    token_logprobs,
+)
 from tjx.nn.hf.checkpoints import (
     HF_MODEL_TYPES,
     check_hf_weights,
@@ -152,6 +160,12 @@ __getattr__ = moved_out(
 )
 
 __all__ = [
+    "token_logprobs",
+    "grpo_loss",
+    "group_advantages",
+    "GrpoOutput",
+    "GrpoConfig",
+    "GRPO_LOSSES",
     "ACTIVATIONS",
     "ATTENTION_IMPLS",
     "Attention",

@@ -28,6 +28,13 @@ GEMMA = dict(
 CONFIGS = {
     "qwen3": dict(qk_norm=True, head_dim=16, sliding_window=8, window_pattern=("global", "local")),
     "olmo2": dict(norm_position="output", qk_norm=True, qk_norm_scope="projection"),
+    "olmo3": dict(
+        norm_position="output",
+        qk_norm=True,
+        qk_norm_scope="projection",
+        sliding_window=8,
+        window_pattern=("local", "global"),
+    ),
     "phi3": dict(sliding_window=8),
     "gemma2": dict(
         **GEMMA,
@@ -49,6 +56,7 @@ CONFIGS = {
 LAYER0 = {
     "qwen3": {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "q_norm", "k_norm"},
     "olmo2": {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "q_norm", "k_norm"},
+    "olmo3": {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "q_norm", "k_norm"},
     "phi3": {"qkv_proj", "gate_up_proj"},
     "gemma2": {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"},
     "gemma3_text": {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "q_norm", "k_norm"},
@@ -56,6 +64,7 @@ LAYER0 = {
 NORMS = {
     "qwen3": {"input_layernorm", "post_attention_layernorm"},
     "olmo2": {"post_attention_layernorm", "post_feedforward_layernorm"},
+    "olmo3": {"post_attention_layernorm", "post_feedforward_layernorm"},
     "phi3": {"input_layernorm", "post_attention_layernorm"},
     "gemma2": {
         "input_layernorm",
@@ -264,6 +273,15 @@ def test_v5_rope_parameters_are_read_per_layer_type():
         ("qwen3", {"attention_bias": True}, "attention_bias true"),
         ("qwen3", {"hidden_act": "gelu"}, "hidden_act must be 'silu'"),
         ("olmo2", {"clip_qkv": 8.0}, "key(s) clip_qkv are not understood"),
+        ("olmo3", {"rope_parameters": {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+            "full_attention": {"rope_type": "default", "rope_theta": 500.0}}},
+         "different RoPE bases"),
+        ("olmo3", {"rope_parameters": {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+            "full_attention": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 100.0}}},
+         "type 'yarn' is not supported for olmo3"),
+        ("olmo3", {"layer_types": ["sliding_attention", "chunked"]}, "layer_types must list 2"),
         ("qwen3", {"layer_types": ["sliding_attention", "local"]}, "layer_types must list 2"),
         ("gemma2", {"hidden_activation": "gelu"}, "hidden_activation must be one of"),
         ("gemma3_text", {"use_bidirectional_attention": True}, "use_bidirectional_attention"),
@@ -288,7 +306,7 @@ def test_what_tjx_cannot_honour_is_refused_by_name(tmp_path, family, changes, ne
         ("olmo2", "qwen3", {}, "norm_position='output'"),
         ("qwen3", None, {"rope_scaling": (8.0, 1.0, 4.0, 16)}, "rope_scaling="),
         ("gemma3_text", None, {"attention_type": "mla", "kv_latent_dim": 8}, "attention_type"),
-        ("olmo2", None, {"sliding_window": 8}, "'olmo2' has no sliding window"),
+        ("olmo2", "olmo2", {"sliding_window": 8}, "save it as model_type='olmo3'"),
         ("phi3", "phi3", {"window_pattern": ("local", "global")}, "slides the window in every"),
         ("gemma2", None, {"rope_local_theta": 10.0}, "'gemma2' cannot express rope_local_theta"),
         ("phi3", None, {"rope_local_theta": 10.0}, "no Hugging Face family tjx writes computes"),
@@ -302,3 +320,11 @@ def test_an_export_that_cannot_express_the_config_writes_nothing(
         tnn.save_hf(model, tmp_path / "out", model_type=model_type)
     assert needle in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_olmo3_without_layer_types_slides_three_layers_of_four_as_transformers_does():
+    hf = family_config_to_hf(tnn.LlamaConfig(**{**BASE, "num_layers": 8}, **CONFIGS["olmo3"]),
+                             "olmo3")  # fmt: skip
+    del hf["layer_types"]
+    config = family_config_from_hf(hf)
+    assert config.layer_windows() == (8, 8, 8, None) * 2

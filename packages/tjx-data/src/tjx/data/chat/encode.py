@@ -216,6 +216,34 @@ class ChatEncoder:
             raise DataError(f"{where}: no assistant token survived rendering (empty answer?)")
         return encoded
 
+    def encode_prompt_row(self, row: Mapping[str, Any], where: str = "row") -> Encoded:
+        """A prompts row's ``prompt`` as the ids a model continues (GRPO's rollouts): messages
+        rendered with the generation prompt, or a string as its plain tokens; the mask is all
+        zero (nothing here is trained on: the completions are sampled).
+
+        Raises
+        ------
+        DataError
+            A row that is no object, has no ``prompt``, or a prompt that is neither a string nor
+            a list of messages (or renders to no token).
+        """
+        if not isinstance(row, Mapping):
+            raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+        if "prompt" not in row:
+            raise DataError(
+                f"{where}: a prompts row needs a 'prompt'; it has {sorted(map(str, row))}"
+            )
+        prompt = row["prompt"]
+        if isinstance(prompt, str):
+            ids = np.asarray(self._plain_ids(prompt), np.int64)
+        elif _is_messages(prompt):
+            ids = self.encode_prompt(prompt, where)
+        else:
+            raise DataError(f"{where}: 'prompt' must be a string or a list of messages")
+        if ids.size == 0:
+            raise DataError(f"{where}: the prompt encodes to no tokens")
+        return Encoded(ids, np.zeros(ids.size, bool))
+
     def _prompt_completion(self, prompt: Any, completion: Any, where: str) -> Encoded:
         if isinstance(prompt, str) and isinstance(completion, str):
             if not completion:

@@ -3,7 +3,8 @@
 `ChatLoader` packs whole conversations into rows (:mod:`tjx.data.chat.packing`), the targets
 ``-100`` wherever the model does not learn the token, so the batch has the pre-training layout and
 any objective that skips ``-100`` trains on the assistant's tokens only. `PreferenceLoader` gives
-each pair two rows, chosen then rejected. Both shuffle rows per epoch with
+each pair two rows, chosen then rejected. `PromptLoader` gives GRPO's prompts, right-padded, with
+their lengths and row numbers (the rewards read the rows). All shuffle rows per epoch with
 ``default_rng([seed, epoch])`` and split each global batch between processes exactly as
 `PackedLoader` does, and resume from ``state_dict()`` to the batch.
 """
@@ -21,7 +22,7 @@ from tjx.data.chat.store import SequenceIndex, load_sequences
 from tjx.data.errors import DataError
 from tjx.data.tokenizers import Tokenizer
 
-__all__ = ["ChatLoader", "PreferenceLoader", "chat_validation_batches"]
+__all__ = ["ChatLoader", "PreferenceLoader", "PromptLoader", "chat_validation_batches"]
 
 Batch = dict[str, np.ndarray]
 STATE_VERSION = 1
@@ -63,14 +64,11 @@ class _RowLoader:
         self.tokens, self.mask, self.offsets = self.index.open()
         self.seq_len = seq_len
         #: What the truncation rule did (counts for the run's log).
-        self.truncation: Truncation = kept_lengths(
-            self.offsets, self.mask, seq_len, pairs=self.kind == "preference"
-        )
+        self.truncation: Truncation = self._truncate()
         if self.truncation.rows == 0:
             raise DataError(
-                f"{self.index.path}: all {self.index.rows} {self.kind} row(s) lose every trained "
-                f"token when cut to seq_len + 1 = {seq_len + 1} tokens (their prompts are longer); "
-                "raise seq_len",
+                f"{self.index.path}: all {self.index.rows} {self.kind} row(s) {self._lost} "
+                f"(seq_len {seq_len}); raise seq_len",
                 argument="seq_len",
             )
         self._layout()
@@ -107,6 +105,12 @@ class _RowLoader:
             )
 
     # -- subclass hooks ----------------------------------------------------------------------
+    #: What the truncation did to a row that is dropped (for the error when none is left).
+    _lost = "lose every trained token when cut to seq_len + 1 tokens (their prompts are longer)"
+
+    def _truncate(self) -> Truncation:
+        return kept_lengths(self.offsets, self.mask, self.seq_len, pairs=self.kind == "preference")
+
     def _layout(self) -> None:
         raise NotImplementedError
 
@@ -270,6 +274,49 @@ class PreferenceLoader(_RowLoader):
         return build_rows(groups, self.seq_len)
 
 
+class PromptLoader(_RowLoader):
+    """GRPO's prompts: ``{"prompts"`` int32 ``[batch_size, seq_len]`` right-padded with 0,
+    ``"lengths"`` int32 ``[batch_size]``, ``"row_ids"`` int64 ``[batch_size]``} (a padding row:
+    length 0, row -1). A prompt longer than ``seq_len`` is left out (``truncation.dropped``
+    counts them): cut, it would ask another question.
+
+    Parameters are `ChatLoader`'s, with a ``kind="prompts"`` split; an epoch is every kept
+    prompt once. `tjx.data.chat.store.read_prompt_rows` gives the rows ``row_ids`` point into.
+    """
+
+    kind = "prompts"
+    _lost = "are longer than seq_len tokens"
+
+    def _truncate(self) -> Truncation:
+        lengths = np.diff(self.offsets).astype(np.int64)
+        fits = lengths <= self.seq_len
+        long = int((~fits).sum())
+        return Truncation(np.where(fits, lengths, 0), long, long, int(fits.sum()))
+
+    def _layout(self) -> None:
+        self.prompts = np.flatnonzero(self.truncation.kept > 0)
+
+    def _num_rows(self) -> int:
+        return int(self.prompts.size)
+
+    def _rows(self, ids: np.ndarray) -> Batch:
+        n = ids.size
+        out: Batch = {
+            "prompts": np.zeros((n, self.seq_len), np.int32),
+            "lengths": np.zeros(n, np.int32),
+            "row_ids": np.full(n, -1, np.int64),
+        }
+        for i, row in enumerate(ids.tolist()):
+            if row < 0:
+                continue
+            seq = int(self.prompts[row])
+            tokens, _ = self._sequence(seq)
+            out["prompts"][i, : tokens.size] = tokens
+            out["lengths"][i] = tokens.size
+            out["row_ids"][i] = seq
+        return out
+
+
 def chat_validation_batches(
     folder: str | Path,
     seq_len: int,
@@ -280,10 +327,10 @@ def chat_validation_batches(
     tokenizer: Tokenizer | str | None = None,
     template: str | None = None,
 ) -> Iterator[Batch]:
-    """Every packed row (or pair) of a held-out split once, in order, the last batch padded, so
-    summed metrics count every trained token exactly once."""
+    """Every packed row (or pair, or prompt) of a held-out split once, in order, the last batch
+    padded, so summed metrics count every trained token (or prompt) exactly once."""
     kind = load_sequences(folder).kind
-    cls = ChatLoader if kind == "chat" else PreferenceLoader
+    cls = {"chat": ChatLoader, "preference": PreferenceLoader, "prompts": PromptLoader}[kind]
     return cls(
         folder,
         seq_len=seq_len,

@@ -7,6 +7,9 @@ Layout of one split (written by :func:`write_sequences`, atomically)::
     <dir>/mask.bin       # one uint8 per token: 1 = a token the model learns to write
     <dir>/offsets.bin    # int64 [sequences + 1]: sequence i is tokens[offsets[i]:offsets[i+1]]
 
+A ``prompts`` split (GRPO's) also holds ``rows.jsonl``, each row's JSON object on one line in
+sequence order: the rewards read their values (an ``answer``) from it.
+
 Unlike pre-training shards no EOS separates the sequences: a chat template writes its own
 end-of-turn tokens, and sequence boundaries are explicit (an EOS inside a conversation must not
 start a new packed segment). A preference split stores each pair as two sequences, chosen then
@@ -29,12 +32,21 @@ from tjx.data.chat.encode import ChatEncoder, Encoded
 from tjx.data.errors import DataError
 from tjx.data.shards import dtype_for_vocab
 
-__all__ = ["FORMAT", "KINDS", "SequenceIndex", "load_sequences", "write_sequences"]
+__all__ = [
+    "FORMAT",
+    "KINDS",
+    "SequenceIndex",
+    "load_sequences",
+    "read_prompt_rows",
+    "write_sequences",
+]
 
 FORMAT = "tjx-seqs/1"
-#: ``chat``: one sequence per conversation; ``preference``: two per pair (chosen, rejected).
-KINDS = ("chat", "preference")
+#: ``chat``: one sequence per conversation; ``preference``: two per pair (chosen, rejected);
+#: ``prompts``: one per prompt (nothing trained), its row kept in ``rows.jsonl``.
+KINDS = ("chat", "preference", "prompts")
 INDEX = "index.json"
+ROWS = "rows.jsonl"
 _FILES = ("tokens.bin", "mask.bin", "offsets.bin")
 
 
@@ -132,15 +144,19 @@ def load_sequences(folder: str | Path) -> SequenceIndex:
 
 
 def _encoded(
-    rows: Iterable[Any], encoder: ChatEncoder, kind: str
+    rows: Iterable[Any], encoder: ChatEncoder, kind: str, kept: list[Any] | None = None
 ) -> Iterator[tuple[str, list[Encoded]]]:
     """Each row's sequences, with where the row is (`Rows.located`: a file's line; else its
-    number)."""
+    number); ``kept`` collects the rows themselves (a prompts split stores them)."""
     located = getattr(rows, "located", None)
     pairs = located() if callable(located) else ((f"row {i}", r) for i, r in enumerate(rows))
     for where, row in pairs:
+        if kept is not None:
+            kept.append(row)
         if kind == "chat":
             yield where, [encoder.encode(row, where)]
+        elif kind == "prompts":
+            yield where, [encoder.encode_prompt_row(row, where)]
         else:
             pair = encoder.encode_pair(row, where)
             yield where, [pair.chosen, pair.rejected]
@@ -189,8 +205,9 @@ def write_sequences(
     def build(staging: Path) -> None:
         handles = {name: open(staging / name, "wb") for name in _FILES}  # noqa: SIM115
         offsets, tokens, trained, count = [0], 0, 0, 0
+        kept: list[Any] | None = [] if kind == "prompts" else None
         try:
-            for where, sequences in _encoded(rows, encoder, kind):
+            for where, sequences in _encoded(rows, encoder, kind, kept):
                 count += 1
                 for seq in sequences:
                     if seq.ids.size and (seq.ids.min() < 0 or seq.ids.max() >= tok.vocab_size):
@@ -206,6 +223,10 @@ def write_sequences(
                 handle.close()
         if count == 0:
             raise DataError(f"empty dataset: {source} has no rows")
+        if kept is not None:
+            with open(staging / ROWS, "w", encoding="utf-8") as out:
+                for row in kept:
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
         info = {"name": tok.name, "fingerprint": tok.fingerprint, "vocab_size": tok.vocab_size}
         SequenceIndex(split, source, kind, dtype, tokens, len(offsets) - 1, count, trained, info,
                       template).save(staging)  # fmt: skip
@@ -221,3 +242,30 @@ def write_sequences(
         )
     index.open()
     return index
+
+
+def read_prompt_rows(index: SequenceIndex) -> list[dict[str, Any]]:
+    """A ``prompts`` split's rows (``rows.jsonl``), in sequence order.
+
+    Raises
+    ------
+    DataError
+        Another kind of split, or a rows file missing or of another length (damaged: prepare
+        it again).
+    """
+    if index.kind != "prompts":
+        raise DataError(f"{index.path}: holds {index.kind} data, not prompts", argument="data")
+    file = index.path / ROWS
+    try:
+        with open(file, encoding="utf-8") as handle:
+            rows = [json.loads(line) for line in handle]
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(
+            f"{file}: unreadable ({exc}); the split is damaged, prepare it again"
+        ) from None
+    if len(rows) != index.sequences:
+        raise DataError(
+            f"{file}: {len(rows)} rows for {index.sequences} prompts; the split is damaged, "
+            "prepare it again"
+        )
+    return rows

@@ -4,7 +4,9 @@ that are right or wrong, and a ChatML tokenizer folder trained on its text.
 ``arithmetic`` (a `tjx.data` source name for ``data.format`` chat or preference) is rows
 ``{"messages": [user: "What is 37 + 58?", assistant: "95"]}``; as preference pairs, the chosen
 answer is the right one and the rejected one a near miss (one off, ten off, or its digits
-swapped). The rows come from a seeded generator, so every machine makes the same files.
+swapped); as prompts (for GRPO), ``{"prompt": [user turn], "answer": "95"}``, which the
+``exact_answer`` reward (`tjx.data.rewards`) checks. The rows come from a seeded generator, so
+every machine makes the same files.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ __all__ = [
 
 #: The built-in generated source's name.
 ARITHMETIC = "arithmetic"
+#: The row layouts the task is written in.
+ARITHMETIC_KINDS = ("chat", "preference", "prompts")
 #: Rows of the generated task (every 10th row is held out for validation).
 ARITHMETIC_ROWS = 4000
 _VERSION = 1
@@ -49,8 +53,10 @@ def _near_miss(answer: int, rng: np.random.Generator) -> int:
 
 
 def arithmetic_rows(n: int, seed: int = 0, *, kind: str = "chat") -> Iterator[dict[str, Any]]:
-    """``n`` rows of the task: ``kind`` ``"chat"`` (messages) or ``"preference"`` (prompt,
-    chosen, rejected as chat turns)."""
+    """``n`` rows of the task: ``kind`` ``"chat"`` (messages), ``"preference"`` (prompt,
+    chosen, rejected as chat turns) or ``"prompts"`` (the user turn and the answer's text)."""
+    if kind not in ARITHMETIC_KINDS:
+        raise ValueError(f"arithmetic_rows: kind must be one of {ARITHMETIC_KINDS}; got {kind!r}")
     rng = np.random.default_rng([seed, _VERSION])
     for _ in range(n):
         a, b = (int(x) for x in rng.integers(0, 100, size=2))
@@ -59,6 +65,8 @@ def arithmetic_rows(n: int, seed: int = 0, *, kind: str = "chat") -> Iterator[di
         prompt = [{"role": "user", "content": f"What is {a} {'+' if plus else '-'} {b}?"}]
         if kind == "chat":
             yield {"messages": [*prompt, {"role": "assistant", "content": str(answer)}]}
+        elif kind == "prompts":
+            yield {"prompt": prompt, "answer": str(answer)}
         else:
             wrong = str(_near_miss(answer, rng))
             yield {

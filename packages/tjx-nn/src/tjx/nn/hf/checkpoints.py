@@ -2,7 +2,7 @@
 and out.
 
 A folder's ``config.json`` names the architecture (``model_type`` gpt2, llama, mistral, qwen2,
-qwen3, olmo2, phi3, gemma2 or gemma3_text, the MoE types mixtral, qwen2_moe and qwen3_moe,
+qwen3, olmo2, olmo3, phi3, gemma2 or gemma3_text, the MoE types mixtral, qwen2_moe and qwen3_moe,
 ``moe``, or deepseek_v2 and deepseek_v3, ``deepseek``); its config module maps the config
 (refusing what tjx would ignore) and its mapping module the tensors. Weights move one tensor at
 a time: loading fills a model built abstractly (``nnx.eval_shape``) from safetensors'
@@ -251,9 +251,10 @@ def save_hf(
         Above this many bytes (``"5GB"``, ``"200MB"``, an int) the weights are split into
         shards with ``model.safetensors.index.json``.
     model_type : str, optional
-        For a Llama: ``llama``, ``mistral``, ``qwen2``, ``qwen3``, ``olmo2``, ``phi3``,
-        ``gemma2`` or ``gemma3_text``. Default: the family of the config's switches (sandwich
-        norms: gemma2, or gemma3_text with q/k norms; output norms: olmo2; q/k norms: qwen3),
+        For a Llama: ``llama``, ``mistral``, ``qwen2``, ``qwen3``, ``olmo2``, ``olmo3``,
+        ``phi3``, ``gemma2`` or ``gemma3_text``. Default: the family of the config's switches
+        (sandwich norms: gemma2, or gemma3_text with q/k norms; output norms: olmo2, or olmo3
+        with a sliding window; q/k norms: qwen3),
         else qwen2 when only q/k/v have biases, else llama. Phi-3 (the same computation as
         Llama, its tensors fused) only when asked.
         For one with MoE layers ``mixtral``, ``qwen2_moe`` or ``qwen3_moe`` (default

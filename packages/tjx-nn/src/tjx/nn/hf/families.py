@@ -1,17 +1,18 @@
-"""Hugging Face ``config.json`` of Qwen3, OLMo 2, Phi-3 and Gemma 2/3 ↔ ``LlamaConfig``.
+"""Hugging Face ``config.json`` of Qwen3, OLMo 2 and 3, Phi-3 and Gemma 2/3 ↔ ``LlamaConfig``.
 
 Each family is the LLaMA decoder with a few switches (:mod:`tjx.nn.family_config`): Qwen3 adds
 per-head q/k RMSNorms; OLMo 2 moves the norms onto the sublayers' outputs and normalises q and k
-over the whole projection; Phi-3 computes exactly what Llama does (it fuses q/k/v and gate/up in
-its tensors only, :mod:`tjx.nn.hf.family_tensors`; its LongRoPE scaling: :mod:`tjx.nn.hf.phi3`);
-Gemma 2 and 3 are in :mod:`tjx.nn.hf.gemma`.
+over the whole projection; OLMo 3 is OLMo 2 with sliding-window layers (``layer_types``; by default
+three sliding layers, then a full one) and a RoPE entry per layer type; Phi-3 computes exactly what
+Llama does (it fuses q/k/v and gate/up in its tensors only, :mod:`tjx.nn.hf.family_tensors`; its
+LongRoPE scaling: :mod:`tjx.nn.hf.phi3`); Gemma 2 and 3 are in :mod:`tjx.nn.hf.gemma`.
 As for the Llama family (``config``), every key is mapped, checked, or on the allow-list of
 keys that change no number; anything else, and any value tjx cannot honour, is refused in one line
 naming it (what is not honoured yet: :mod:`tjx.nn.hf.family_base`).
 
-On export the config's switches choose the family (sandwich norms: Gemma, 3 with q/k norms;
-output norms: OLMo 2; q/k norms alone: Qwen3); Phi-3 is written only when asked for by name,
-since a Llama computes the same.
+On export the config's switches choose the family (sandwich norms: Gemma, 3 with q/k norms; output
+norms: OLMo 2, or 3 with a sliding window; q/k norms alone: Qwen3); Phi-3 is written only when
+asked for by name, since a Llama computes the same.
 """
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ from tjx.nn.hf.gemma import (
 )
 from tjx.nn.hf.phi3 import phi3_rope, phi3_rope_to_hf
 
-FAMILY_TYPES = ("qwen3", "olmo2", "phi3", *GEMMA_TYPES)
+FAMILY_TYPES = ("qwen3", "olmo2", "olmo3", "phi3", *GEMMA_TYPES)
 ARCHITECTURES = {
     "qwen3": "Qwen3ForCausalLM",
     "olmo2": "Olmo2ForCausalLM",
+    "olmo3": "Olmo3ForCausalLM",
     "phi3": "Phi3ForCausalLM",
 }
 #: Each family's keys beyond ``family_base.BASE_KEYS``.
@@ -52,6 +54,7 @@ FAMILY_KEYS = {
         {"hidden_act", "sliding_window", "use_sliding_window", "max_window_layers", "layer_types"}
     ),
     "olmo2": frozenset({"hidden_act"}),
+    "olmo3": frozenset({"hidden_act", "sliding_window", "layer_types"}),
     # transformers' Phi-3 never reads embd_pdrop; resid_pdrop becomes tjx's dropout.
     "phi3": frozenset(
         {
@@ -76,6 +79,10 @@ SWITCHES: dict[str, dict[str, Any]] = {
     },
     **GEMMA_SWITCHES,
 }
+SWITCHES["olmo3"] = SWITCHES["olmo2"]
+#: OLMo 3's layers when ``layer_types`` is left out (transformers' default): every fourth is full.
+OLMO3_FULL_EVERY = 4
+OLMO3_LAYER_TYPES = ("sliding_attention", "full_attention")
 
 
 def _sliding(hf: Mapping[str, Any], model_type: str, layers: int) -> list[bool]:
@@ -94,6 +101,8 @@ def _sliding(hf: Mapping[str, Any], model_type: str, layers: int) -> list[bool]:
             return [False] * layers
         first = int(hf.get("max_window_layers", 28))
         return [i >= first for i in range(layers)]
+    if model_type == "olmo3":
+        return [(i + 1) % OLMO3_FULL_EVERY != 0 for i in range(layers)]
     # phi3: its sliding_window holds for every layer (left out or null: none).
     return [hf.get("sliding_window") is not None] * layers
 
@@ -121,13 +130,34 @@ def family_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
     fields = base_fields(hf, tied=False, eps=1e-6 if model_type == "qwen3" else 1e-5)
     if model_type == "phi3":
         fields["rope_theta"], fields["rope_scaling"] = phi3_rope(hf)
+    elif model_type == "olmo3":
+        fields["rope_theta"] = _olmo3_theta(hf)
     else:
         fields["rope_theta"] = rope_theta(hf, model_type)
-    if model_type in ("qwen3", "phi3"):
+    if model_type in ("qwen3", "phi3", "olmo3"):
         fields |= windows(hf.get("sliding_window"), _sliding(hf, model_type, fields["num_layers"]))
     if model_type == "phi3":
         fields["dropout"] = float(hf.get("resid_pdrop", 0.0))
     return LlamaConfig(**{**fields, **SWITCHES[model_type], **overrides})
+
+
+def _olmo3_theta(hf: Mapping[str, Any]) -> float:
+    """OLMo 3's RoPE base: ``rope_parameters`` holds one entry per layer type (transformers 5;
+    a legacy ``rope_theta`` serves both); tjx rotates every layer at one base, so both entries
+    must agree, and (as for the other families) without a scaling."""
+    params = hf.get("rope_parameters") or {}
+    if hf.get("rope_scaling") or not set(params) <= set(OLMO3_LAYER_TYPES):
+        return rope_theta(hf, "olmo3")  # one flat entry (or a scaling: refused there)
+    thetas = {t: rope_theta(hf, "olmo3", params.get(t) or {}) for t in OLMO3_LAYER_TYPES}
+    legacy = hf.get("rope_theta")
+    if legacy is not None:
+        thetas = {t: float(legacy) for t in thetas}
+    if len(set(thetas.values())) != 1:
+        raise ValueError(
+            "config.json rope_parameters: olmo3's sliding and full layers at different RoPE "
+            f"bases ({thetas}) are not supported; tjx rotates every OLMo 3 layer at one base"
+        )
+    return thetas["full_attention"]
 
 
 def family_of(config: LlamaConfig) -> str:
@@ -135,7 +165,7 @@ def family_of(config: LlamaConfig) -> str:
     if config.norm_position == "sandwich":
         return gemma_type(config)
     if config.norm_position == "output":
-        return "olmo2"
+        return "olmo2" if config.sliding_window is None else "olmo3"
     return "qwen3" if config.qk_norm else "llama"
 
 
@@ -173,7 +203,20 @@ def family_config_to_hf(config: LlamaConfig, model_type: str) -> dict[str, Any]:
         "hidden_act": "silu",
     }
     if config.sliding_window is not None and model_type == "olmo2":
-        raise ValueError("model_type 'olmo2' has no sliding window; got sliding_window set")
+        raise ValueError(
+            "model_type 'olmo2' has no sliding window; got sliding_window set (save it as "
+            "model_type='olmo3')"
+        )
+    if model_type == "olmo3":
+        entry = {"rope_type": "default", "rope_theta": config.rope_theta}
+        del out["rope_theta"]
+        return out | {
+            "attention_bias": False,
+            # No window means every layer full; transformers' Olmo3 needs a number anyway.
+            "sliding_window": config.sliding_window or config.max_seq_len,
+            "layer_types": layer_types(config),
+            "rope_parameters": {t: dict(entry) for t in OLMO3_LAYER_TYPES},
+        }
     if model_type == "phi3":
         if config.window_pattern is not None:
             raise ValueError(

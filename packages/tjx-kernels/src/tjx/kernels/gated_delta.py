@@ -1,0 +1,219 @@
+"""The gated delta rule (Gated DeltaNet; Qwen3-Next's and Qwen3.5's linear attention), chunked.
+
+Per head, a state ``S`` (``[d_k, d_v]``) is decayed, corrected toward the new value along the new
+key, and read by the query (Yang, Kautz and Hatamizadeh 2024; row vectors):
+
+    S_t = α_t S_{t-1} + β_t k_tᵀ (v_t - α_t k_t S_{t-1}),    o_t = q_t S_t,
+
+with ``α_t = exp(g_t)`` (``g_t ≤ 0``, a log-decay) and ``β_t ∈ (0, 1)`` (the writing strength).
+`gated_delta_recurrent` runs that recurrence token by token (``lax.scan``: the reference, and
+what a tiny input needs); `gated_delta_step` is one token of it (generation, with the state in
+the KV cache).
+
+**The chunked form** (`gated_delta_rule`; parallel within a chunk of ``C`` tokens, recurrent
+across chunks), derived for this module and checked against the recurrence in float64 — the
+flash-linear-attention library's ``chunk_gated_delta_rule`` is the prior art (the WY/UT
+representation). With ``S_0`` the state before a chunk, ``γ_t = exp(G_t)`` (``G`` the cumulative
+sum of ``g`` within the chunk) and ``M_{ti} = γ_t / γ_i`` for ``i ≤ t`` (0 above), every state
+inside the chunk is ``S_t = γ_t S_0 + Σ_{i≤t} M_{ti} k_iᵀ u_i`` for pseudo-values ``u`` that
+solve a unit lower-triangular system:
+
+    (I + diag(β) L) U = diag(β) V - diag(βγ) K S_0,    L_{ti} = M_{ti} (k_t · k_i) for i < t,
+
+so ``U = Ũ - W S_0`` with ``Ũ = T diag(β) V``, ``W = T diag(βγ) K``, ``T = (I + diag(β) L)⁻¹``
+(a triangular solve per chunk, independent of the state: all chunks at once). Then
+
+    O = diag(γ) Q S_0 + (Q Kᵀ ⊙ M) U,     S_C = γ_C S_0 + (K ⊙ γ_C/γ)ᵀ U,
+
+where only ``U = Ũ - W S_0``, the two products with ``S_0`` and the state update are sequential
+(a ``lax.scan`` over chunks of ``C × d`` matrix products); everything else is batched over chunks.
+
+**The backward is autodiff through the chunked form** (no ``custom_vjp``): it is exact to the
+forward, XLA compiles the scan's transpose, and the per-chunk states it keeps (``[chunks, d_k,
+d_v]`` per head) are as large as the activations of one attention layer at ``C = 64``. A
+hand-written backward that recomputes the states (as flash-linear-attention's does) would save
+that memory; it is not written. The computation is XLA's on every backend; no Pallas kernel
+(the H100 compile has not shown the XLA form to be the step's bottleneck: not measured).
+
+Shapes: ``q``, ``k`` ``[batch, seq, heads, d_k]``; ``v`` ``[batch, seq, heads, d_v]``; ``g``,
+``beta`` ``[batch, seq, heads]``; state ``[batch, heads, d_k, d_v]``. The query scale (default
+``d_k ** -0.5``) is applied inside. Products accumulate in float32 (float64 inputs stay float64).
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import solve_triangular
+
+__all__ = ["gated_delta_recurrent", "gated_delta_rule", "gated_delta_step"]
+
+Array = jax.Array
+
+
+def _check(q: Array, k: Array, v: Array, g: Array, beta: Array, state: Array | None) -> None:
+    chex.assert_rank([q, k, v, g, beta], [4, 4, 4, 3, 3])
+    chex.assert_equal_shape([q, k])
+    chex.assert_equal_shape_prefix([q, v, g, beta], 3)
+    if state is not None:
+        b, _, h, dk = q.shape
+        chex.assert_shape(state, (b, h, dk, v.shape[-1]))
+
+
+def _work_dtype(x: Array) -> jnp.dtype:
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def gated_delta_step(
+    state: Array, q: Array, k: Array, v: Array, g: Array, beta: Array, *, scale: float | None = None
+) -> tuple[Array, Array]:
+    """One token of the recurrence for every batch row and head.
+
+    Parameters
+    ----------
+    state : Array
+        ``[batch, heads, d_k, d_v]``.
+    q, k : Array
+        ``[batch, heads, d_k]``.
+    v : Array
+        ``[batch, heads, d_v]``.
+    g, beta : Array
+        ``[batch, heads]``.
+    scale : float, optional
+        The query's scale (default ``d_k ** -0.5``).
+
+    Returns
+    -------
+    (Array, Array)
+        The output ``[batch, heads, d_v]`` (in ``v``'s dtype) and the new state (float32, or
+        float64 for float64 inputs).
+    """
+    dt = _work_dtype(v)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = state.astype(dt)
+    q, k, v = q.astype(dt) * scale, k.astype(dt), v.astype(dt)
+    alpha = jnp.exp(g.astype(dt))[..., None, None]
+    b = beta.astype(dt)[..., None]
+    decayed = alpha * s
+    predicted = jnp.einsum("bhk,bhkv->bhv", k, decayed)
+    s = decayed + jnp.einsum("bhk,bhv->bhkv", k, b * (v - predicted))
+    return jnp.einsum("bhk,bhkv->bhv", q, s).astype(v.dtype), s
+
+
+def gated_delta_recurrent(
+    q: Array,
+    k: Array,
+    v: Array,
+    g: Array,
+    beta: Array,
+    *,
+    initial_state: Array | None = None,
+    scale: float | None = None,
+) -> tuple[Array, Array]:
+    """The recurrence token by token (the reference of `gated_delta_rule`).
+
+    Returns
+    -------
+    (Array, Array)
+        Outputs ``[batch, seq, heads, d_v]`` and the final state ``[batch, heads, d_k, d_v]``.
+    """
+    _check(q, k, v, g, beta, initial_state)
+    b, _, h, dk = q.shape
+    dt = _work_dtype(v)
+    s0 = jnp.zeros((b, h, dk, v.shape[-1]), dt) if initial_state is None else initial_state
+
+    def one(s: Array, xs: tuple[Array, ...]) -> tuple[Array, Array]:
+        o, s = gated_delta_step(s, *xs, scale=scale)
+        return s, o
+
+    moved = tuple(jnp.moveaxis(x, 1, 0) for x in (q, k, v, g, beta))
+    final, out = jax.lax.scan(one, s0.astype(dt), moved)
+    return jnp.moveaxis(out, 0, 1), final
+
+
+def gated_delta_rule(
+    q: Array,
+    k: Array,
+    v: Array,
+    g: Array,
+    beta: Array,
+    *,
+    chunk_size: int = 64,
+    initial_state: Array | None = None,
+    scale: float | None = None,
+) -> tuple[Array, Array]:
+    """The gated delta rule over a sequence, in chunks of ``chunk_size`` (the module docstring).
+
+    Parameters
+    ----------
+    q, k : Array
+        ``[batch, seq, heads, d_k]`` (Qwen3-Next normalises them to unit length first: the
+        layer's business).
+    v : Array
+        ``[batch, seq, heads, d_v]``.
+    g : Array
+        ``[batch, seq, heads]``: log-decays (``≤ 0``).
+    beta : Array
+        ``[batch, seq, heads]``: writing strengths.
+    chunk_size : int
+        ``C``; the sequence is zero-padded to a multiple of it (a padded token has ``g = 0``,
+        ``β = 0``: it leaves the state as it is).
+    initial_state : Array, optional
+        ``[batch, heads, d_k, d_v]`` (a prefill that continues a cached state); zeros by default.
+    scale : float, optional
+        The query's scale (default ``d_k ** -0.5``).
+
+    Returns
+    -------
+    (Array, Array)
+        Outputs ``[batch, seq, heads, d_v]`` in ``v``'s dtype, and the final state (float32, or
+        float64 for float64 inputs) for generation to continue from.
+    """
+    _check(q, k, v, g, beta, initial_state)
+    if chunk_size < 1:
+        raise ValueError(f"gated_delta_rule: chunk_size must be >= 1; got {chunk_size}")
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    dt = _work_dtype(v)
+    scale = dk**-0.5 if scale is None else scale
+    c = chunk_size
+    n = -(-t // c)
+    pad = n * c - t
+
+    def chunks(x: Array) -> Array:
+        # [b, t, h, ...] -> [b, h, n, c, ...], zero-padded at the end.
+        x = jnp.pad(x.astype(dt), [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        x = x.reshape(b, n, c, h, *x.shape[3:])
+        return jnp.moveaxis(x, 3, 1)
+
+    qc, kc, vc = chunks(q) * scale, chunks(k), chunks(v)
+    gc, bc = chunks(g), chunks(beta)  # [b, h, n, c]
+    cum = jnp.cumsum(gc, axis=-1)  # G_t within each chunk
+    causal = jnp.tril(jnp.ones((c, c), bool))
+    # M_ti = γ_t / γ_i for i ≤ t: exp of a non-positive difference (no overflow), 0 above.
+    m = jnp.exp(jnp.where(causal, cum[..., :, None] - cum[..., None, :], -jnp.inf))
+    kk = jnp.einsum("bhnik,bhnjk->bhnij", kc, kc)
+    strict = jnp.tril(jnp.ones((c, c), bool), -1)
+    a = jnp.where(strict, bc[..., :, None] * m * kk, 0.0) + jnp.eye(c, dtype=dt)
+    gamma = jnp.exp(cum)
+    rhs = jnp.concatenate([bc[..., None] * vc, (bc * gamma)[..., None] * kc], axis=-1)
+    solved = solve_triangular(a, rhs, lower=True, unit_diagonal=True)
+    u_tilde, w = solved[..., :dv], solved[..., dv:]  # [b, h, n, c, dv], [b, h, n, c, dk]
+    qk = jnp.einsum("bhnik,bhnjk->bhnij", qc, kc) * m  # (Q Kᵀ ⊙ M)
+    q_decayed = gamma[..., None] * qc
+    k_to_end = jnp.exp(cum[..., -1:] - cum)[..., None] * kc  # K ⊙ γ_C / γ
+    last = gamma[..., -1]  # γ_C  [b, h, n]
+
+    def chunk(s: Array, xs: tuple[Array, ...]) -> tuple[Array, Array]:
+        u_t, w_, qk_, qd, ke, gl = xs
+        u = u_t - jnp.einsum("bhck,bhkv->bhcv", w_, s)
+        o = jnp.einsum("bhck,bhkv->bhcv", qd, s) + jnp.einsum("bhij,bhjv->bhiv", qk_, u)
+        s = gl[..., None, None] * s + jnp.einsum("bhck,bhcv->bhkv", ke, u)
+        return s, o
+
+    s0 = jnp.zeros((b, h, dk, dv), dt) if initial_state is None else initial_state.astype(dt)
+    xs = tuple(jnp.moveaxis(x, 2, 0) for x in (u_tilde, w, qk, q_decayed, k_to_end, last))
+    final, out = jax.lax.scan(chunk, s0, xs)  # out [n, b, h, c, dv]
+    out = jnp.moveaxis(out, 0, 2).reshape(b, h, n * c, dv)[:, :, :t]
+    return jnp.moveaxis(out, 1, 2).astype(v.dtype), final

@@ -1,0 +1,130 @@
+"""The gated delta rule: chunked and one-token forms against a float64 NumPy recurrence."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tjx.kernels.gated_delta import gated_delta_recurrent, gated_delta_step
+from tjx.kernels.gated_delta import gated_delta_rule as _rule
+
+# One compile per call shape (op by op, the chunked form's set-up dispatches dozens of kernels).
+gated_delta_rule = jax.jit(_rule, static_argnames=("chunk_size", "scale"))
+
+
+def _reference(q, k, v, g, beta, s0=None, scale=None):
+    """float64 NumPy, token by token: S = αS + βkᵀ(v - αkS), o = q S (the module's formula)."""
+    q, k, v, g, beta = (np.asarray(x, np.float64) for x in (q, k, v, g, beta))
+    b, t, h, dk = q.shape
+    scale = dk**-0.5 if scale is None else scale
+    s = np.zeros((b, h, dk, v.shape[-1])) if s0 is None else np.asarray(s0, np.float64).copy()
+    out = np.zeros((b, t, h, v.shape[-1]))
+    for i in range(t):
+        for r in range(b):
+            for j in range(h):
+                kk, vv = k[r, i, j], v[r, i, j]
+                decayed = np.exp(g[r, i, j]) * s[r, j]
+                s[r, j] = decayed + beta[r, i, j] * np.outer(kk, vv - kk @ decayed)
+                out[r, i, j] = scale * q[r, i, j] @ s[r, j]
+    return out, s
+
+
+def _inputs(rng, b=2, t=11, h=3, dk=4, dv=5, dtype=np.float64):
+    q, k = rng.normal(size=(2, b, t, h, dk))
+    k = k / np.linalg.norm(k, axis=-1, keepdims=True)  # unit keys, as Qwen3-Next's layer makes
+    v = rng.normal(size=(b, t, h, dv))
+    g = -rng.uniform(0.0, 1.0, (b, t, h))
+    beta = rng.uniform(0.0, 1.0, (b, t, h))
+    return tuple(jnp.asarray(x, dtype) for x in (q, k, v, g, beta))
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 16])
+def test_the_chunked_rule_is_the_recurrence_in_float64(chunk: int):
+    rng = np.random.default_rng()
+    with jax.enable_x64(True):
+        xs = _inputs(rng)
+        s0 = jnp.asarray(rng.normal(size=(2, 3, 4, 5)))
+        want_o, want_s = _reference(*xs, s0=s0)
+        o, s = gated_delta_rule(*xs, chunk_size=chunk, initial_state=s0)
+        np.testing.assert_allclose(np.asarray(o), want_o, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(np.asarray(s), want_s, rtol=1e-10, atol=1e-10)
+        o, s = jax.jit(gated_delta_recurrent)(*xs, initial_state=s0)
+        np.testing.assert_allclose(np.asarray(o), want_o, rtol=1e-10, atol=1e-10)
+
+
+def test_float32_inputs_stay_within_float32_rounding_of_the_float64_recurrence():
+    rng = np.random.default_rng()
+    xs = _inputs(rng, t=40, dtype=np.float32)
+    want_o, want_s = _reference(*xs)
+    o, s = gated_delta_rule(*xs, chunk_size=16)
+    assert o.dtype == jnp.float32 and s.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(o), want_o, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(s), want_s, rtol=1e-4, atol=1e-4)
+    o16, _ = gated_delta_rule(*(x.astype(jnp.bfloat16) for x in xs[:3]), *xs[3:], chunk_size=16)
+    assert o16.dtype == jnp.bfloat16  # the output in v's dtype; the state float32
+    np.testing.assert_allclose(np.asarray(o16, np.float32), want_o, rtol=5e-2, atol=5e-2)
+
+
+def test_the_gradients_of_the_chunked_rule_are_the_recurrences():
+    rng = np.random.default_rng()
+    with jax.enable_x64(True):
+        xs = _inputs(rng, t=9)
+        s0 = jnp.asarray(rng.normal(size=(2, 3, 4, 5)))
+        w = jnp.asarray(rng.normal(size=(2, 9, 3, 5)))
+        ws = jnp.asarray(rng.normal(size=(2, 3, 4, 5)))
+
+        def objective(fn):
+            def f(*args):
+                o, s = fn(*args[:5], initial_state=args[5])
+                return jnp.sum(o * w) + jnp.sum(s * ws)
+
+            return f
+
+        every = tuple(range(6))
+        chunked = jax.jit(jax.grad(objective(lambda *a, **kw: _rule(*a, chunk_size=4, **kw)),
+                                   argnums=every))(*xs, s0)  # fmt: skip
+        recurrent = jax.jit(jax.grad(objective(gated_delta_recurrent), argnums=every))(*xs, s0)
+        for got, want in zip(chunked, recurrent, strict=True):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-9, atol=1e-10)
+        # ... and the recurrence's own gradient is the NumPy reference's (central differences).
+        for arg, idx in ((3, (1, 4, 2)), (4, (0, 7, 1)), (2, (1, 2, 0, 3))):
+            eps = 1e-6
+            hi = [np.asarray(x) for x in (*xs, s0)]
+            lo = [x.copy() for x in hi]
+            hi[arg] = hi[arg].copy()
+            hi[arg][idx] += eps
+            lo[arg][idx] -= eps
+
+            def value(a):
+                o, s = _reference(*a[:5], s0=a[5])
+                return np.sum(o * np.asarray(w)) + np.sum(s * np.asarray(ws))
+
+            fd = (value(hi) - value(lo)) / (2 * eps)
+            np.testing.assert_allclose(float(recurrent[arg][idx]), fd, rtol=1e-6, atol=1e-8)
+
+
+def test_a_prefill_then_one_token_steps_continue_the_whole_sequence():
+    rng = np.random.default_rng()
+    xs = _inputs(rng, t=12, dtype=np.float32)
+    whole, _ = gated_delta_rule(*xs, chunk_size=8)
+    out, s = gated_delta_rule(*(x[:, :7] for x in xs), chunk_size=8)  # the prompt
+    steps = [out]
+    step = jax.jit(gated_delta_step)
+    for i in range(7, 12):  # generation: one token at a time from the cached state
+        o, s = step(s, *(x[:, i] for x in xs))
+        steps.append(o[:, None])
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), np.asarray(whole), rtol=1e-5,
+                               atol=1e-5)  # fmt: skip
+
+
+def test_bad_shapes_and_chunk_sizes_are_refused():
+    rng = np.random.default_rng()
+    q, k, v, g, beta = _inputs(rng, dtype=np.float32)
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        gated_delta_rule(q, k, v, g, beta, chunk_size=0)
+    with pytest.raises(AssertionError):
+        gated_delta_rule(q, k[:, :, :2], v, g, beta)
+    with pytest.raises(AssertionError):
+        gated_delta_rule(q, k, v, g, beta, initial_state=jnp.zeros((2, 3, 5, 4)))

@@ -1,0 +1,33 @@
+"""Group-relative policy optimisation (GRPO): group advantages, token log-probabilities, the loss.
+
+Modules: ``losses`` (`GrpoConfig`, `group_advantages`, `token_logprobs`, `grpo_loss`,
+`GrpoOutput`) and ``rollouts`` (`sample_groups`: G completions per prompt through
+``tjx.nn.generate``, laid out as the batch the loss scores). The loop that samples, scores
+(``tjx.data``'s rewards) and steps is the trainer's.
+"""
+
+from __future__ import annotations
+
+from tjx.nn.grpo.losses import (
+    ADVANTAGE_SCALES,
+    GRPO_LOSSES,
+    GrpoConfig,
+    GrpoOutput,
+    group_advantages,
+    grpo_loss,
+    token_logprobs,
+)
+from tjx.nn.grpo.rollouts import Rollout, rollout_batch, sample_groups
+
+__all__ = [
+    "ADVANTAGE_SCALES",
+    "GRPO_LOSSES",
+    "GrpoConfig",
+    "GrpoOutput",
+    "Rollout",
+    "grpo_loss",
+    "group_advantages",
+    "rollout_batch",
+    "sample_groups",
+    "token_logprobs",
+]

@@ -1,0 +1,133 @@
+"""GRPO's rollouts: ``G`` completions per prompt from tjx.nn's KV-cache generation, as a batch.
+
+`sample_groups` repeats each prompt ``G`` times (a group's rows are consecutive, the order
+`group_advantages` reads), samples with `tjx.nn.generate` (one jitted prefill, one jitted decode
+step per token; temperature and top-p; a row stops at the end-of-turn token) and lays the result
+out as the batch `token_logprobs` scores: ``inputs`` the sequence but its last token, ``targets``
+the next tokens where they are a completion's (its end-of-turn token included, as TRL's
+completion mask includes it) and ``-100`` elsewhere: the prompt, and the padding after the end.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tjx.nn.decoder import DecoderLM
+from tjx.nn.generation import generate
+
+__all__ = ["Rollout", "rollout_batch", "sample_groups"]
+
+Array = jax.Array
+
+
+class Rollout(NamedTuple):
+    """Sampled completions and the batch that scores them.
+
+    Attributes
+    ----------
+    batch : dict
+        ``inputs`` and ``targets`` int32 ``[rows, P + T - 1]`` (`token_logprobs`' layout).
+    mask : Array
+        float32 ``[rows, P + T - 1]``: 1 where ``targets`` is a completion token.
+    completions : numpy.ndarray
+        int32 ``[rows, T]``: each row's new tokens, ``pad_id`` after its end.
+    lengths : numpy.ndarray
+        int32 ``[rows]``: each completion's tokens, its end-of-turn token included.
+    """
+
+    batch: dict[str, Array]
+    mask: Array
+    completions: np.ndarray
+    lengths: np.ndarray
+
+
+def rollout_batch(
+    sequences: np.ndarray, prompt_lengths: np.ndarray, *, max_new_tokens: int, eos_id: int | None
+) -> Rollout:
+    """Lay out generated ``sequences`` (``generate``'s output: each row's prompt, then its new
+    tokens, padded) as a `Rollout`.
+
+    Parameters
+    ----------
+    sequences : numpy.ndarray
+        int ``[rows, P + T]``.
+    prompt_lengths : numpy.ndarray
+        int ``[rows]``: each row's real prompt tokens.
+    max_new_tokens : int
+        ``T``.
+    eos_id : int, optional
+        The end-of-turn token: a completion ends after it (without one, every completion has
+        ``T`` tokens).
+    """
+    seq = np.asarray(sequences)
+    lengths_p = np.asarray(prompt_lengths)
+    rows, width = seq.shape
+    starts = lengths_p[:, None] + np.arange(max_new_tokens)[None]  # [rows, T] absolute positions
+    completions = np.take_along_axis(seq, np.minimum(starts, width - 1), axis=1)
+    lengths = np.full(rows, max_new_tokens, np.int32)
+    if eos_id is not None:
+        ends = completions == eos_id
+        lengths = np.where(ends.any(1), ends.argmax(1) + 1, max_new_tokens).astype(np.int32)
+    # targets[:, t] is sequence[:, t + 1]: a completion's token when lp <= t + 1 < lp + n.
+    nxt = np.arange(1, width)[None]
+    scored = (nxt >= lengths_p[:, None]) & (nxt < (lengths_p + lengths)[:, None])
+    targets = np.where(scored, seq[:, 1:], -100)
+    pad = completions.dtype.type(0)
+    keep = np.arange(max_new_tokens)[None] < lengths[:, None]
+    return Rollout(
+        batch={"inputs": jnp.asarray(seq[:, :-1], jnp.int32),
+               "targets": jnp.asarray(targets, jnp.int32)},  # fmt: skip
+        mask=jnp.asarray(scored, jnp.float32),
+        completions=np.where(keep, completions, pad).astype(np.int32),
+        lengths=lengths,
+    )
+
+
+def sample_groups(
+    model: DecoderLM,
+    prompts: np.ndarray,
+    prompt_lengths: np.ndarray,
+    *,
+    group: int,
+    max_new_tokens: int,
+    key: Array,
+    temperature: float = 1.0,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    pad_id: int | None = None,
+) -> Rollout:
+    """``group`` sampled completions of each prompt (a group's rows consecutive).
+
+    Parameters
+    ----------
+    model : DecoderLM
+        The policy as it is now (GRPO's ``π_old`` for the update steps that follow).
+    prompts : numpy.ndarray
+        int ``[prompts, P]``, right-padded.
+    prompt_lengths : numpy.ndarray
+        int ``[prompts]``.
+    group : int
+        ``G``.
+    max_new_tokens : int
+        ``T``: the completions' budget.
+    key : Array
+        The rollout's PRNG key (the run's, split per rollout: a resumed run samples the same).
+    temperature, top_p : sampling settings (temperature > 0: GRPO needs different completions).
+    eos_id, pad_id : the end-of-turn token and the filler after it.
+
+    Returns
+    -------
+    Rollout
+    """
+    if temperature <= 0:
+        raise ValueError("sample_groups: GRPO samples (temperature > 0); greedy gives G copies")
+    reps = np.repeat(np.asarray(prompts), group, axis=0)
+    lengths = np.repeat(np.asarray(prompt_lengths), group, axis=0)
+    out = generate(model, reps, max_new_tokens=max_new_tokens, temperature=temperature,
+                   top_p=top_p, eos_id=eos_id, prompt_lengths=lengths, pad_id=pad_id,
+                   key=key)  # fmt: skip
+    return rollout_batch(np.asarray(out), lengths, max_new_tokens=max_new_tokens, eos_id=eos_id)

@@ -1,0 +1,76 @@
+"""GRPO's rollouts: groups of sampled completions laid out as the batch the loss scores."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tjx import nn as tnn
+from tjx.nn.grpo import rollout_batch, sample_groups
+from tjx_nn_tests._helpers import build, llama_tiny
+
+
+def test_targets_are_each_completions_tokens_through_its_end_and_nothing_else():
+    rng = np.random.default_rng()
+    rows, p, t, eos = 5, 4, 6, 7
+    lengths_p = rng.integers(1, p + 1, rows)
+    seq = rng.integers(8, 50, (rows, p + t))
+    n = rng.integers(1, t + 1, rows)  # each completion's tokens, its end token included
+    ended = rng.uniform(size=rows) < 0.7
+    for r in range(rows):
+        if ended[r]:
+            seq[r, lengths_p[r] + n[r] - 1] = eos
+        else:
+            n[r] = t  # never ended: the whole budget
+    out = rollout_batch(seq, lengths_p, max_new_tokens=t, eos_id=eos)
+    np.testing.assert_array_equal(out.lengths, n)
+    targets = np.asarray(out.batch["targets"])
+    for r in range(rows):
+        scored = [(i + 1, tok) for i, tok in enumerate(targets[r]) if tok != -100]
+        want = [(j, seq[r, j]) for j in range(lengths_p[r], lengths_p[r] + n[r])]
+        assert scored == want, r
+        np.testing.assert_array_equal(
+            out.completions[r, : n[r]], seq[r, lengths_p[r] : lengths_p[r] + n[r]]
+        )
+        assert np.all(out.completions[r, n[r] :] == 0)
+    np.testing.assert_array_equal(np.asarray(out.mask), (targets != -100).astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(out.batch["inputs"]), seq[:, :-1])
+
+
+def test_groups_repeat_each_prompt_and_sample_their_own_completions():
+    model = build(llama_tiny())
+    rng = np.random.default_rng()
+    prompts = rng.integers(1, model.config.vocab_size, (2, 4)).astype(np.int32)
+    lengths = np.array([4, 2])
+    key = jax.random.key(int(rng.integers(1 << 30)))
+    kw = dict(group=4, max_new_tokens=5, temperature=2.0, eos_id=3, pad_id=0)
+    out = sample_groups(model, prompts, lengths, key=key, **kw)
+    inputs = np.asarray(out.batch["inputs"])
+    assert inputs.shape == (8, 4 + 5 - 1)
+    for r in range(8):  # row r is prompt r // 4's
+        np.testing.assert_array_equal(
+            inputs[r, : lengths[r // 4]], prompts[r // 4, : lengths[r // 4]]
+        )
+    assert len({tuple(c) for c in out.completions}) > 2  # sampled, not four copies of one
+    again = sample_groups(model, prompts, lengths, key=key, **kw)
+    np.testing.assert_array_equal(again.completions, out.completions)  # the key decides
+    # The batch scores what was sampled: its log-probabilities are finite on the completions.
+    logps = np.asarray(tnn.token_logprobs(model, out.batch))
+    assert np.all(np.isfinite(logps)) and np.all(logps[np.asarray(out.mask) == 0] == 0)
+    assert np.all(logps[np.asarray(out.mask) == 1] < 0)
+    with pytest.raises(ValueError, match="temperature > 0"):
+        sample_groups(model, prompts, lengths, key=key, **{**kw, "temperature": 0.0})
+
+
+def test_a_temperature_divides_the_logits_before_the_log_softmax():
+    model = build(llama_tiny())
+    rng = np.random.default_rng()
+    ids = jnp.asarray(rng.integers(0, model.config.vocab_size, (2, 6)), jnp.int32)
+    batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:]}
+    logits = np.asarray(model(batch["inputs"], deterministic=True), np.float64) / 0.7
+    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    want = np.take_along_axis(logits, np.asarray(ids[:, 1:])[..., None], -1)[..., 0] - logz
+    got = np.asarray(tnn.token_logprobs(model, batch, temperature=0.7))
+    np.testing.assert_allclose(got, want, atol=2e-5)

@@ -114,7 +114,7 @@ class Candidate:
 
 def apply(run: Config, c: Candidate) -> Config:
     """``run`` with the candidate's settings (the mesh's other fields kept)."""
-    sizes = dict(zip(AXES, c.mesh.sizes, strict=True))
+    sizes: dict[str, Any] = dict(zip(AXES, c.mesh.sizes, strict=True))
     mesh = dataclasses.replace(run.mesh, strategy=c.mesh.strategy, **sizes)
     optimizer = dataclasses.replace(run.optimizer, accumulation_steps=c.accumulation)
     model: dict[str, Any] = {"remat": c.remat, "attention_impl": c.attention}

@@ -223,7 +223,7 @@ def fitted_candidate(c: Candidate, o: Outcome) -> Candidate:
 def _neighbours(space: Space, anchor: Candidate) -> Iterator[Candidate]:
     """The candidates that change one dimension of ``anchor``: first value of each dimension in
     turn, then the second, and so on."""
-    values = {
+    values: dict[str, list[Any]] = {
         "mesh": space.meshes,
         "remat": space.remats,
         "accumulation": space.accumulations,
@@ -293,6 +293,7 @@ def search(
     reused_by: set[Candidate] = set()
     start = _start(space, base)
     queued: list[Candidate] = [] if start is None else [start]
+    auto_start = start is not None and "auto" in (start.attention, start.loss)
     if base is not None and base != start:
         say(f"search: the run as configured ({base.mesh.describe()}) was pruned; starting from "
             f"{start.mesh.describe() if start else 'nothing'}")  # fmt: skip
@@ -308,6 +309,10 @@ def search(
     def next_candidate() -> Candidate | None:
         if queued:
             return queued.pop(0)
+        if not outcomes and planner.running and auto_start:
+            # Until the first plan says what its "auto" kernels are, a candidate naming a kernel
+            # could be the same program under another name: compiled twice at once
+            return None
         best = anchor()
         if best is None:
             return None

@@ -236,3 +236,45 @@ def test_the_cli_prints_the_table_and_writes_a_config_that_loads(capsys, in_tmp,
     found = json.loads((in_tmp / "search.json").read_text())
     assert found["ranked"][0]["remat"] == "none" and found["ranked"][0]["seconds"] == 1.1
     assert found["base"]["seconds"] == 1.1 and not found["ran_out"]
+
+
+class TwoAtOnce:
+    """`engine.Planner` with two slots whose plans finish in the order submitted (a pool's
+    scheduling without processes)."""
+
+    def __init__(self, target, text, workers):
+        self.target, self.text = target, text
+        self.running: set[Candidate] = set()
+        self.finished: list[tuple[Candidate, Outcome]] = []
+
+    @property
+    def slots(self) -> int:
+        return 2 - len(self.running)
+
+    def submit(self, c, run) -> None:
+        self.running.add(c)
+        self.finished.append((c, engine.evaluate(run, self.target, self.text)))
+
+    def next_done(self, timeout):
+        c, o = self.finished.pop(0)
+        self.running.discard(c)
+        return c, o
+
+    def close(self) -> None:
+        pass
+
+
+def test_no_kernel_is_compiled_under_its_own_name_while_auto_may_be_it(monkeypatch):
+    """With two workers, the run as configured (auto kernels) is planned alone first: a second
+    worker given xla by name would compile the program auto becomes on this target."""
+    planned = fake_plans(monkeypatch, lambda r: (GIB, 1.0 if r.model.remat == "none" else 2.0))
+    monkeypatch.setattr(engine, "Planner", TwoAtOnce)
+    run = run_of()
+    space = Space.of(run, target(1), remats=("none", "full"), accumulations=(1,),
+                     attentions=("xla",), losses=("xla",))  # fmt: skip
+    result = search(run, target(1), "v5e", space, budget_s=600, workers=2)
+    assert [(c.remat, c.attention, c.loss) for c in planned] == [
+        ("none", "auto", "auto"),
+        ("full", "xla", "xla"),
+    ]
+    assert result.ranked()[0][0] == Candidate(space.meshes[0], "none", 1, "xla", "xla")

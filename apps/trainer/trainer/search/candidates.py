@@ -146,7 +146,8 @@ def describe(c: Candidate) -> dict[str, str]:
 
 def state_bytes(run: Config) -> int:
     """Bytes of the parameters and optimizer state of ``run``'s train state, on no device."""
-    state = abstract_state(run).state
+    # The state does not depend on the attention kernel; a fused one is refused off its device
+    state = abstract_state(run.with_model(attention_impl="xla")).state
     return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)))
 
 

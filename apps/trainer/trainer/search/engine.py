@@ -115,11 +115,16 @@ def _open_worker(text: str) -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
-    _WORKER["target"] = target_plan.open_target(text, parallel.abstract_devices)
     _WORKER["text"] = text
+    try:
+        _WORKER["target"] = target_plan.open_target(text, parallel.abstract_devices)
+    except (ValueError, ImportError) as err:  # kept: a pool respawns a worker that raises here
+        _WORKER["error"] = f"failed: a worker cannot open {text}: {err}"
 
 
 def _evaluate_in_worker(run: Config) -> Outcome:
+    if "error" in _WORKER:
+        return Outcome(_WORKER["error"])
     return evaluate(run, _WORKER["target"], _WORKER["text"])
 
 
@@ -234,6 +239,14 @@ def _neighbours(space: Space, anchor: Candidate) -> Iterator[Candidate]:
         for dim in DIMENSIONS:
             if rank < len(values[dim]) and values[dim][rank] != getattr(anchor, dim):
                 yield anchor.replace(**{dim: values[dim][rank]})
+
+
+def _other_kernel(
+    space: Space, c: Candidate, outcomes: dict[Candidate, Outcome], running: set[Candidate]
+) -> list[Candidate]:
+    """``c`` with each other attention kernel of the space not yet planned, in order."""
+    alternatives = (c.replace(attention=k) for k in space.attentions if k != c.attention)
+    return [a for a in alternatives if a not in outcomes and a not in running]
 
 
 def _start(space: Space, base: Candidate | None) -> Candidate | None:
@@ -355,6 +368,10 @@ def search(
             fitted = fitted_candidate(c, o)
             if fitted != c and fitted not in outcomes:  # the program another candidate is
                 outcomes[fitted] = o
+            if f"attention: {c.attention} failed" in (o.error or ""):
+                # A kernel that does not lower on this split (cuDNN's partitioner on some
+                # meshes): the same change with the next kernel, before the climb goes on
+                queued.extend(_other_kernel(space, c, outcomes, planner.running)[:1])
         stopped = len(planner.running)
     finally:
         planner.close()

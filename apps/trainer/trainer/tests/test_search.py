@@ -278,3 +278,29 @@ def test_no_kernel_is_compiled_under_its_own_name_while_auto_may_be_it(monkeypat
         ("full", "xla", "xla"),
     ]
     assert result.ranked()[0][0] == Candidate(space.meshes[0], "none", 1, "xla", "xla")
+
+
+def test_a_kernel_that_does_not_lower_on_a_split_is_retried_with_the_next(monkeypatch):
+    """cuDNN's partitioner refuses the FSDP split (as it does on 8 × H100): that split is
+    planned again with the next kernel, which makes it the winner here."""
+    planned: list[Candidate] = []
+
+    def evaluate(run, tgt, text):
+        c = candidates.candidate_of(run, tgt.count)
+        planned.append(c)
+        if c.attention == "cudnn" and c.mesh.size("fsdp") > 1:
+            return Outcome("refused: --plan: attention: cudnn failed to lower or compile (x)")
+        seconds = (2.0 if c.mesh.size("fsdp") == 1 else 1.0) + (c.attention == "pallas") * 0.1
+        fitted = {"remat": c.remat, "accumulation": c.accumulation, "attention": c.attention}
+        return Outcome(None, fitted, GIB, seconds, 1.0, 0.1, "estimate")
+
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    run = run_of("model.attention_impl=cudnn", "model.cross_entropy_impl=xla")
+    tgt = dataclasses.replace(target(2), device=accelerator("h100"))
+    space = Space.of(run, tgt, axes=("data", "fsdp"), remats=("none",), accumulations=(1,),
+                     attentions=("cudnn", "pallas"), losses=("xla",))  # fmt: skip
+    result = search(run, tgt, "2xh100", space, budget_s=600, workers=0)
+    fsdp = [c.attention for c in planned if c.mesh.size("fsdp") > 1]
+    assert fsdp[:2] == ["cudnn", "pallas"]
+    winner = result.ranked()[0][0]
+    assert winner.mesh.size("fsdp") == 2 and winner.attention == "pallas"

@@ -92,13 +92,23 @@ def _baseline(result: SearchResult) -> str:
             f"GiB per device, {o.tokens_per_s or 0:,.0f} tokens/s")  # fmt: skip
 
 
+def _minutes(text: str | None) -> float:
+    """``--search-budget``'s minutes (the default when not given)."""
+    if text is None:
+        return DEFAULT_BUDGET_MIN
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--search-budget: expected minutes (a number), got {text!r}") from None
+
+
 def search_from_args(args: argparse.Namespace) -> int:
     """``--plan TARGET --search``: the exit code (0, or 2 with one error line)."""
     say = functools.partial(print, flush=True)
     try:
         if args.plan is None:
             raise ConfigError("--search: needs --plan TARGET (e.g. --plan 8xh100 --search)")
-        budget = DEFAULT_BUDGET_MIN if args.search_budget is None else float(args.search_budget)
+        budget = _minutes(args.search_budget)
         if not budget > 0:
             raise ConfigError(f"--search-budget: must be more than 0 minutes, got {budget:g}")
         if args.resume or args.init_from:

@@ -198,6 +198,7 @@ def error_line(capsys) -> str:
         (["--plan", "h800", "--search"], "--plan: unknown target 'h800'"),
         (["--plan", "v5e", "--search", "--search-budget", "0"], "--search-budget: must be more"),
         (["--search"], "--search: needs --plan TARGET"),
+        (["--plan", "v5e", "--search", "--search-budget", "ten"], "expected minutes (a number)"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, words, capsys, in_tmp):

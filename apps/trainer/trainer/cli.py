@@ -17,7 +17,7 @@ from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first u
     distributed_from_args,
 )
 from trainer.config import SCHEMA, read_config
-from trainer.deferred import init_from, metrics, nn, startup, target_plan
+from trainer.deferred import init_from, metrics, nn, search, startup, target_plan
 from trainer.job.start import start_location
 from trainer.plan import RunPlan, error_exit, interrupted_exit
 from trainer.resume import check_chat_template, check_resume, describe_changes
@@ -45,6 +45,11 @@ FLAGS: tuple[tuple[str, dict[str, Any], str], ...] = (
      "(h100, a100-40gb, 8xh100, v5e, ...) and print what it needs: kernel, memory, estimated "
      "step time; trains nothing"),
     ("--plan-json", {"metavar": "PATH"}, "with --plan: also write its figures"),
+    ("--search", SWITCH, "with --plan: search the mesh, remat, micro-batch and kernels for the "
+     "fastest config that fits the target (each compiled without it), write it as a YAML"),
+    ("--search-budget", {"metavar": "MINUTES"}, "with --search: its time budget (default 10)"),
+    ("--search-out", {"metavar": "PATH"}, "with --search: the winner's YAML (default "
+     "<name>-<target>-search.yaml)"),
     ("--export-peft", {"metavar": "DIR"}, "with lora.enabled: write the trained adapters to DIR "
      "as a PEFT adapter (adapter_config.json + adapter_model.safetensors) when the run ends"),
 )  # fmt: skip
@@ -189,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         return _show_config(args)
     if args.config is None:
         parser.error("the following arguments are required: --config")
+    if args.search:  # --plan TARGET --search: the fastest config that fits it (#57)
+        return search.search_from_args(args)
     if args.plan is not None:  # compile for a device that is not here; nothing trained (#38)
         return target_plan.plan_from_args(args)
     try:

@@ -22,7 +22,17 @@ import importlib
 import sys
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Deferred", "digest", "init_from", "metrics", "nn", "optim", "startup", "target_plan"]
+__all__ = [
+    "Deferred",
+    "digest",
+    "init_from",
+    "metrics",
+    "nn",
+    "optim",
+    "search",
+    "startup",
+    "target_plan",
+]
 
 
 class Deferred:
@@ -49,7 +59,7 @@ class Deferred:
 if TYPE_CHECKING:
     from tjx import metrics, nn, optim
     from tjx.ckpt import digest
-    from trainer import init_from, startup, target_plan
+    from trainer import init_from, search, startup, target_plan
 else:
     digest = Deferred("tjx.ckpt.digest")
     metrics = Deferred("tjx.metrics")
@@ -59,3 +69,4 @@ else:
     init_from = Deferred("trainer.init_from")
     startup = Deferred("trainer.startup")
     target_plan = Deferred("trainer.target_plan")
+    search = Deferred("trainer.search")

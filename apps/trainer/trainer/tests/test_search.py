@@ -1,0 +1,307 @@
+"""``--plan TARGET --search`` (#57): the candidates, what is pruned before compiling, the climb to
+the fastest that fits, the winner's file and the command line's bad input.
+
+One case compiles (XLA:CPU over 2 of this machine's devices, estimated against a TPU v5e's table
+shrunk so that only a sharded state fits): it plans one candidate and then the written YAML. The
+others plan with a stand-in for `engine.evaluate` whose peaks and step times are given, so that
+the best answer is known and the search must find it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import jax
+import pytest
+
+from tjx.metrics import GIB, Target, accelerator
+from trainer import search as search_cli
+from trainer import target_plan
+from trainer.cli import main
+from trainer.config import read_config, resolve
+from trainer.search import candidates, engine, table, write_winner
+from trainer.search.candidates import Candidate, MeshChoice, Space, apply
+from trainer.search.engine import Outcome, search
+from trainer.settings import apply_overrides, load_config_data
+
+TINY = ["data.batch_size=8", "data.seq_len=32", "model.max_seq_len=32", "model.num_layers=2"]
+
+
+def run_of(*sets: str):
+    return resolve(read_config(apply_overrides(load_config_data("tiny"), [*TINY, *sets])), 257)
+
+
+def target(count: int = 1, memory: int | None = None) -> Target:
+    """``count`` of this machine's devices as TPU v5e chips (``memory`` bytes each if given)."""
+    device = accelerator("v5e")
+    if memory is not None:
+        device = dataclasses.replace(device, memory_bytes=memory)
+    return Target(device, count, jax.devices()[:count])
+
+
+def fake_plans(monkeypatch, answer) -> list[Candidate]:
+    """`engine.evaluate` answering ``answer(config) -> (peak_bytes, seconds)`` against the
+    target's memory; the candidates planned, in order."""
+    planned: list[Candidate] = []
+
+    def evaluate(run, tgt, text):
+        c = candidates.candidate_of(run, tgt.count)
+        planned.append(c)
+        peak, seconds = answer(run)
+        fits = peak <= tgt.device.memory_bytes
+        fitted = {
+            "remat": c.remat,
+            "accumulation": c.accumulation,
+            "attention": "xla",
+            "loss": "xla",
+        }  # what auto resolves to on a TPU
+        return Outcome(None if fits else "does not fit", fitted, peak, seconds, 1e6 / seconds,
+                       0.5, "estimate")  # fmt: skip
+
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    return planned
+
+
+def test_only_the_splits_that_shard_the_state_are_compiled_and_the_yaml_plans_the_same(
+    tmp_path,
+):
+    """A model whose parameters and Adam state do not fit one device's memory but do fit half
+    of it: the data-parallel split is pruned by the analytic bound (never compiled), the FSDP
+    split is the one planned and the winner; its YAML loads and plans to the same estimate."""
+    run = run_of("data.batch_size=4", "data.seq_len=16", "model.d_model=256", "model.mlp_dim=1024",
+                 "eval.batch_size=2")  # fmt: skip
+    state = candidates.state_bytes(run)
+    tgt = target(2, memory=int(0.9 * state))
+    space = Space.of(run, tgt, axes=("data", "fsdp"), remats=("none",), accumulations=(1,),
+                     attentions=("xla",), losses=("xla",))  # fmt: skip
+    assert [m.describe() for m in space.meshes] == ["fsdp=2"]
+    assert space.pruned.counts == {
+        f"params + optimizer state alone exceed the {0.9 * state / GIB:.2f} GiB per device "
+        f"(≥ {state / GIB:.2f} GiB)": 1
+    }
+    lines: list[str] = []
+    result = search(run, tgt, "2xv5e", space, budget_s=600, workers=0, say=lines.append)
+    assert not result.ran_out and len(result.order) == 1, lines
+    winner, outcome = result.ranked()[0]
+    assert winner.mesh == MeshChoice((1, 1, 2, 1, 1, 1), zero=True) and outcome.fits
+    assert outcome.peak_bytes is not None and outcome.peak_bytes <= tgt.device.memory_bytes
+    path = tmp_path / "winner.yaml"
+    loaded = write_winner(run, winner, path, "test")
+    assert loaded.mesh.strategy == "fsdp" and (loaded.mesh.data, loaded.mesh.fsdp) == (1, 2)
+    again = target_plan.plan(target_plan.plan_vocab(loaded), tgt, "2xv5e", lambda line: None)
+    assert again.error is None
+    assert math.isclose(again.data["estimate"]["seconds"], outcome.seconds, rel_tol=1e-9)
+    assert again.data["train"]["peak_bytes"] == outcome.peak_bytes
+    assert table(result)[1].split()[:3] == ["1", "fsdp=2", "none"]
+
+
+def test_a_batch_that_fits_only_with_remat_takes_the_fastest_remat_that_fits(monkeypatch):
+    """Peaks fall and step times rise with what remat recomputes: no remat does not fit, full
+    remat fits but is slowest; the search climbs to save_dots, the fastest that fits, and never
+    to a mesh it pruned."""
+    peaks = {"none": 3.0, "save_dots_and_attention": 2.5, "save_dots": 1.5,
+             "save_attention_output": 1.2, "full": 1.0}  # fmt: skip
+    times = {"none": 1.0, "save_dots_and_attention": 1.1, "save_dots": 1.2,
+             "save_attention_output": 1.3, "full": 1.5}  # fmt: skip
+    planned = fake_plans(monkeypatch, lambda r: (peaks[r.model.remat] * GIB, times[r.model.remat]))
+    run = run_of()
+    tgt = target(1, memory=2 * GIB)
+    space = Space.of(run, tgt, accumulations=(1,), attentions=("xla",), losses=("xla",))
+    result = search(run, tgt, "v5e", space, budget_s=600, workers=0)
+    (winner, outcome), *rest = result.ranked()
+    assert winner.remat == "save_dots" and outcome.seconds == 1.2
+    assert [c.remat for c, _ in rest] == ["save_attention_output", "full"]
+    assert {c.remat for c in planned} == set(peaks) and not result.ran_out
+
+
+def test_a_pipeline_the_layer_count_does_not_divide_is_pruned_not_compiled(monkeypatch):
+    planned = fake_plans(monkeypatch, lambda r: (GIB, 1.0 + 0.1 * r.optimizer.accumulation_steps))
+    run = run_of("model.num_layers=3", "data.batch_size=4")
+    space = Space.of(run, target(2), axes=("pipeline", "data"), remats=("none",),
+                     accumulations=(1, 2, 4), attentions=("xla",), losses=("xla",))  # fmt: skip
+    assert space.pruned.counts["mesh.pipeline does not divide model.num_layers"] == 1
+    assert [m.describe() for m in space.meshes] == ["data=2"]
+    result = search(run, target(2), "2xv5e", space, budget_s=600, workers=0)
+    assert all(c.mesh.size("pipeline") == 1 for c in planned) and planned
+    # 4 rows in 4 micro-steps leave one row per step: it does not split over 2 data ranks
+    assert space.pruned.counts["the micro-batch does not split over data × fsdp × expert"] == 1
+    assert [c.accumulation for c in planned] == [1, 2]
+    assert result.ranked()[0][0].accumulation == 1  # fewer micro-steps: faster here
+
+
+def test_a_candidate_the_fit_makes_lighter_is_not_compiled_again(monkeypatch):
+    """The plan's memory fit turns remat none into full: the later full candidate is reused."""
+    planned: list[Candidate] = []
+
+    def evaluate(run, tgt, text):
+        c = candidates.candidate_of(run, tgt.count)
+        planned.append(c)
+        fitted = {"remat": "full", "accumulation": 1, "attention": "xla", "loss": "xla"}
+        return Outcome(None, fitted, GIB, 1.0, 1.0, 0.1, "estimate")
+
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    run = run_of("model.attention_impl=xla", "model.cross_entropy_impl=xla")
+    space = Space.of(run, target(1), remats=("none", "full"), accumulations=(1,),
+                     attentions=("xla",), losses=("xla",))  # fmt: skip
+    result = search(run, target(1), "v5e", space, budget_s=600, workers=0)
+    assert [c.remat for c in planned] == ["none"] and result.reused == 1
+    assert result.ranked()[0][0].remat == "full"
+
+
+def test_the_budget_ends_the_search_and_says_so(monkeypatch):
+    clock = iter(range(0, 10_000, 40))  # each reading 40 s after the last
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: float(next(clock)))
+    fake_plans(monkeypatch, lambda r: (GIB, 1.0))
+    run = run_of()
+    space = Space.of(run, target(1), attentions=("xla",), losses=("xla",))
+    result = search(run, target(1), "v5e", space, budget_s=100, workers=0)
+    assert result.ran_out and 0 < len(result.order) < len(space.remats) + len(space.accumulations)
+
+
+def test_apply_writes_each_dimension_into_the_config():
+    run = run_of()
+    c = Candidate(MeshChoice((1, 1, 2, 1, 1, 2), zero=True), "full", 2, "xla", "xla")
+    out = apply(run, c)
+    assert (out.mesh.fsdp, out.mesh.tensor, out.mesh.data, out.mesh.strategy) == (
+        2,
+        2,
+        1,
+        "fsdp_tp",
+    )
+    assert (out.model.remat, out.optimizer.accumulation_steps) == ("full", 2)
+    assert (out.model.attention_impl, out.model.cross_entropy_impl) == ("xla", "xla")
+    assert candidates.candidate_of(out, 4) == c
+
+
+def on_cpu(monkeypatch, memory: int | None = None) -> None:
+    """The command line's target is this machine's first CPU device as a v5e; plans in-process."""
+    opened = lambda text, devices, flag="--plan": target(1, memory)
+    monkeypatch.setattr(target_plan, "open_target", opened)
+    monkeypatch.setattr(search_cli, "WORKERS", 0)
+
+
+def sets(*extra: str) -> list[str]:
+    return [x for s in [*TINY, *extra] for x in ("--set", s)]
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--plan", "h800", "--search"], "--plan: unknown target 'h800'"),
+        (["--plan", "v5e", "--search", "--search-budget", "0"], "--search-budget: must be more"),
+        (["--search"], "--search: needs --plan TARGET"),
+        (["--plan", "v5e", "--search", "--search-budget", "ten"], "expected minutes (a number)"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, words, capsys, in_tmp):
+    assert main(["--config", "tiny", *argv]) == 2
+    assert words in error_line(capsys) and not list(in_tmp.iterdir())
+
+
+def test_a_state_too_big_for_every_split_is_one_line(capsys, in_tmp, monkeypatch):
+    on_cpu(monkeypatch, memory=1024)
+    assert main(["--config", "tiny", *sets(), "--plan", "v5e", "--search"]) == 2
+    assert "every mesh split was pruned" in error_line(capsys)
+
+
+def test_when_nothing_fits_the_search_says_so_in_one_line(capsys, in_tmp, monkeypatch):
+    on_cpu(monkeypatch, memory=GIB)
+    fake_plans(monkeypatch, lambda r: (2 * GIB, 1.0))
+    assert main(["--config", "tiny", *sets("data.batch_size=2"), "--plan", "v5e", "--search"]) == 2
+    assert "no candidate fits" in error_line(capsys) and not list(in_tmp.iterdir())
+
+
+def test_the_cli_prints_the_table_and_writes_a_config_that_loads(capsys, in_tmp, monkeypatch):
+    on_cpu(monkeypatch)
+    slower = {"none": 0.0, "full": 0.3}  # any other policy: 0.1
+    fake_plans(monkeypatch, lambda r: (GIB, 1.0 + r.optimizer.accumulation_steps / 10
+                                       + slower.get(r.model.remat, 0.1)))  # fmt: skip
+    argv = ["--config", "tiny", *sets("data.batch_size=2"), "--plan", "v5e", "--search",
+            "--search-out", "best.yaml", "--plan-json", "search.json"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "search: converged after" in out and "pruned 1: attention cudnn" in out
+    assert "as configured: 1100.0 ms per step" in out
+    header = next(line for line in out.splitlines() if line.strip().startswith("# "))
+    assert header.split()[1:4] == ["mesh", "remat", "micro-batch"]
+    main_config = read_config(apply_overrides(load_config_data(str(in_tmp / "best.yaml")), []))
+    assert main_config.optimizer.accumulation_steps == 1 and main_config.model.remat == "none"
+    found = json.loads((in_tmp / "search.json").read_text())
+    assert found["ranked"][0]["remat"] == "none" and found["ranked"][0]["seconds"] == 1.1
+    assert found["base"]["seconds"] == 1.1 and not found["ran_out"]
+
+
+class TwoAtOnce:
+    """`engine.Planner` with two slots whose plans finish in the order submitted (a pool's
+    scheduling without processes)."""
+
+    def __init__(self, target, text, workers):
+        self.target, self.text = target, text
+        self.running: set[Candidate] = set()
+        self.finished: list[tuple[Candidate, Outcome]] = []
+
+    @property
+    def slots(self) -> int:
+        return 2 - len(self.running)
+
+    def submit(self, c, run) -> None:
+        self.running.add(c)
+        self.finished.append((c, engine.evaluate(run, self.target, self.text)))
+
+    def next_done(self, timeout):
+        c, o = self.finished.pop(0)
+        self.running.discard(c)
+        return c, o
+
+    def close(self) -> None:
+        pass
+
+
+def test_no_kernel_is_compiled_under_its_own_name_while_auto_may_be_it(monkeypatch):
+    """With two workers, the run as configured (auto kernels) is planned alone first: a second
+    worker given xla by name would compile the program auto becomes on this target."""
+    planned = fake_plans(monkeypatch, lambda r: (GIB, 1.0 if r.model.remat == "none" else 2.0))
+    monkeypatch.setattr(engine, "Planner", TwoAtOnce)
+    run = run_of()
+    space = Space.of(run, target(1), remats=("none", "full"), accumulations=(1,),
+                     attentions=("xla",), losses=("xla",))  # fmt: skip
+    result = search(run, target(1), "v5e", space, budget_s=600, workers=2)
+    assert [(c.remat, c.attention, c.loss) for c in planned] == [
+        ("none", "auto", "auto"),
+        ("full", "xla", "xla"),
+    ]
+    assert result.ranked()[0][0] == Candidate(space.meshes[0], "none", 1, "xla", "xla")
+
+
+def test_a_kernel_that_does_not_lower_on_a_split_is_retried_with_the_next(monkeypatch):
+    """cuDNN's partitioner refuses the FSDP split (as it does on 8 × H100): that split is
+    planned again with the next kernel, which makes it the winner here."""
+    planned: list[Candidate] = []
+
+    def evaluate(run, tgt, text):
+        c = candidates.candidate_of(run, tgt.count)
+        planned.append(c)
+        if c.attention == "cudnn" and c.mesh.size("fsdp") > 1:
+            return Outcome("refused: --plan: attention: cudnn failed to lower or compile (x)")
+        seconds = (2.0 if c.mesh.size("fsdp") == 1 else 1.0) + (c.attention == "pallas") * 0.1
+        fitted = {"remat": c.remat, "accumulation": c.accumulation, "attention": c.attention}
+        return Outcome(None, fitted, GIB, seconds, 1.0, 0.1, "estimate")
+
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    run = run_of("model.attention_impl=cudnn", "model.cross_entropy_impl=xla")
+    tgt = dataclasses.replace(target(2), device=accelerator("h100"))
+    space = Space.of(run, tgt, axes=("data", "fsdp"), remats=("none",), accumulations=(1,),
+                     attentions=("cudnn", "pallas"), losses=("xla",))  # fmt: skip
+    result = search(run, tgt, "2xh100", space, budget_s=600, workers=0)
+    fsdp = [c.attention for c in planned if c.mesh.size("fsdp") > 1]
+    assert fsdp[:2] == ["cudnn", "pallas"]
+    winner = result.ranked()[0][0]
+    assert winner.mesh.size("fsdp") == 2 and winner.attention == "pallas"

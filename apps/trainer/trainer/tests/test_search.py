@@ -65,11 +65,13 @@ def fake_plans(monkeypatch, answer) -> list[Candidate]:
 
 
 def test_only_the_splits_that_shard_the_state_are_compiled_and_the_yaml_plans_the_same(
-    tmp_path,
+    tmp_path, monkeypatch, capsys
 ):
     """A model whose parameters and Adam state do not fit one device's memory but do fit half
     of it: the data-parallel split is pruned by the analytic bound (never compiled), the FSDP
-    split is the one planned and the winner; its YAML loads and plans to the same estimate."""
+    split is the one planned and the winner; its YAML loads, plans to the same estimate and
+    trains here (two steps; its FSDP split as written, the data axis and the batch over the rest
+    of this machine's 8 CPU devices)."""
     run = run_of("data.batch_size=4", "data.seq_len=16", "model.d_model=256", "model.mlp_dim=1024",
                  "eval.batch_size=2")  # fmt: skip
     state = candidates.state_bytes(run)
@@ -95,6 +97,18 @@ def test_only_the_splits_that_shard_the_state_are_compiled_and_the_yaml_plans_th
     assert math.isclose(again.data["estimate"]["seconds"], outcome.seconds, rel_tol=1e-9)
     assert again.data["train"]["peak_bytes"] == outcome.peak_bytes
     assert table(result)[1].split()[:3] == ["1", "fsdp=2", "none"]
+    monkeypatch.chdir(tmp_path)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"Line {i}: to be or not to be.\n" for i in range(300)))
+    sets = ["train.steps=2", "optimizer.schedule.warmup_steps=0", "train.eval_batches=1",
+            "train.log_every=1", "logging.sinks=[jsonl]", "mesh.data=-1", "data.batch_size=8",
+            "eval.batch_size=8",
+            "logging.progress=false", f"data.cache_dir={tmp_path / 'cache'}",
+            "sampling.max_new_tokens=2"]  # fmt: skip
+    argv = ["--config", str(path), "--run-dir", "run", "--data", str(corpus)]
+    assert main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
+    out = capsys.readouterr().out
+    assert "done: 2 steps" in out and "fsdp 2" in out, out
 
 
 def test_a_batch_that_fits_only_with_remat_takes_the_fastest_remat_that_fits(monkeypatch):

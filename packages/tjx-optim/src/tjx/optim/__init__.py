@@ -61,6 +61,7 @@ from tjx.optim.plot import plot_schedule, schedule_values
 from tjx.optim.report import find_state, step_report
 from tjx.optim.schedules import (
     build_schedule,
+    schedule_over,
     constant,
     cosine_decay,
     inverse_sqrt,
@@ -79,7 +80,7 @@ from tjx.optim.transforms import (
     skip_nonfinite,
 )
 
-__version__ = "0.16.0"
+__version__ = "0.16.1"
 
 __all__ = [
     "ADAPTER_NAMES",
@@ -103,6 +104,7 @@ __all__ = [
     "all_finite",
     "build_optimizer",
     "build_schedule",
+    "schedule_over",
     "check_precision",
     "clip_by_global_norm_with_stats",
     "constant",

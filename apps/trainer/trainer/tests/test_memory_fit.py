@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tjx.metrics import GIB
-from trainer.config import read_config, resolve
+from trainer.config import read_config, resolve, step_config
 from trainer.memory_fit import fit_memory, step_peak
 from trainer.schema import ConfigError
 from trainer.settings import apply_overrides, load_config_data
@@ -22,7 +22,8 @@ SETS = [
 
 
 def config(*extra: str):
-    return resolve(read_config(apply_overrides(load_config_data("tiny"), [*SETS, *extra])), VOCAB)
+    cfg = read_config(apply_overrides(load_config_data("tiny"), [*SETS, *extra]))
+    return step_config(resolve(cfg, VOCAB))
 
 
 @pytest.fixture(scope="module")

@@ -61,13 +61,13 @@ from tjx.optim.plot import plot_schedule, schedule_values
 from tjx.optim.report import find_state, step_report
 from tjx.optim.schedules import (
     build_schedule,
-    schedule_over,
     constant,
     cosine_decay,
     inverse_sqrt,
     join,
     linear_decay,
     linear_warmup,
+    schedule_over,
     sqrt_decay,
     warmup_stable_decay,
     with_warmup,

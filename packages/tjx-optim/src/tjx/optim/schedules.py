@@ -10,13 +10,15 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from tjx.optim.config import ScheduleConfig
+if TYPE_CHECKING:  # annotations only: config.py's deprecated `ScheduleConfig.over` imports this
+    from tjx.optim.config import ScheduleConfig
 
 #: The run's length a schedule built without one spans (tjx-optim 0.15's ``ScheduleConfig``
 #: default), until 0.17.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, is_dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 import yaml  # type: ignore[import-untyped]
 
@@ -150,6 +150,17 @@ class Config:
         return dataclasses.replace(self, model=step.model, optimizer=step.optimizer)
 
 
+class HeadSettings(TypedDict):
+    """The vocabulary head's loss settings, as tjx.nn's objectives take them."""
+
+    #: ``train.chunked_ce``: the fused chunked cross-entropy (no [b, s, V] logits).
+    chunked: bool
+    #: ``train.ce_chunk_size``: tokens per chunk (None: from the shape).
+    chunk_size: int | None
+    #: ``train.z_loss``: the weight of the log-partition penalty.
+    z_loss: float
+
+
 @dataclass(frozen=True)
 class StepConfig:
     """What a run's compiled steps read of its config (`step_config`): the model, the optimizer
@@ -173,9 +184,8 @@ class StepConfig:
     seed: int
     #: ``train.mlm_probability``: BERT's share of masked tokens.
     mlm_probability: float
-    #: The vocabulary head's loss settings, as tjx.nn's objectives take them (``chunked``,
-    #: ``chunk_size``, ``z_loss``: ``train.chunked_ce``, ``train.ce_chunk_size``, ``train.z_loss``).
-    head_settings: Mapping[str, Any]
+    #: The vocabulary head's loss settings (``train.chunked_ce``, ``ce_chunk_size``, ``z_loss``).
+    head_settings: HeadSettings
     #: ``train.fit_memory``: the memory fit may switch on full remat.
     fit_memory: bool
     #: ``step -> learning rate``: tjx.optim's `build_schedule` of ``optimizer.schedule`` over
@@ -219,7 +229,9 @@ def step_config(cfg: Config) -> StepConfig:
         tokenizer_vocab=cfg.tokenizer_vocab,
         seed=t.seed,
         mlm_probability=t.mlm_probability,
-        head_settings={"chunked": t.chunked_ce, "chunk_size": t.ce_chunk_size, "z_loss": t.z_loss},
+        head_settings=HeadSettings(
+            chunked=t.chunked_ce, chunk_size=t.ce_chunk_size, z_loss=t.z_loss
+        ),
         fit_memory=t.fit_memory,
         learning_rate=optim.build_schedule(schedule, t.steps),
     )

@@ -46,7 +46,8 @@ def with_reference(state: TrainState, *, needed: bool, copy: bool = True) -> Tra
 
 def head_settings(cfg: StepConfig) -> dict[str, Any]:
     """The vocabulary head's settings for tjx.nn's preference steps (the config refuses z-loss)."""
-    return {k: cfg.head_settings[k] for k in ("chunked", "chunk_size")}
+    head = cfg.head_settings
+    return {"chunked": head["chunked"], "chunk_size": head["chunk_size"]}
 
 
 def bind_reference(loss_fn: Callable[..., T], state: TrainState) -> Callable[..., T]:

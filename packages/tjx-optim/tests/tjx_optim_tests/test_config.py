@@ -92,7 +92,10 @@ def test_schedule_config_over_is_schedule_over_with_a_warning() -> None:
     with pytest.warns(DeprecationWarning, match="schedule_over"):
         old = given.over(steps)
     assert old == schedule_over(given, steps)
-    with pytest.raises(ValueError, match=r"warmup_steps=30 is longer than the run"):
+    with (
+        pytest.warns(DeprecationWarning),
+        pytest.raises(ValueError, match=r"warmup_steps=30 is longer than the run"),
+    ):
         ScheduleConfig(warmup_steps=30).over(20)
 
 

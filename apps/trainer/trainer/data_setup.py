@@ -17,7 +17,7 @@ from trainer.schema import ConfigError
 
 # tjx.data's argument names -> config keys: its messages name the key, err.argument the argument.
 _DATA = ("source", "tokenizer", "seq_len", "batch_size", "max_tokens", "sources", "on_exhausted")
-KEYS = {k: f"data.{k}" for k in _DATA} | {"data": "data.source", "steps": "train.steps"}
+KEYS = {k: f"data.{k}" for k in _DATA} | {"data": "data.source"}
 KEYS |= {k: f"model.{k}" for k in ("vocab_size", "image_size", "num_channels")}
 
 #: A run's prepared data (tjx.data's `prepare_run`): tokenizer, shards of both splits, loaders.

@@ -61,9 +61,9 @@ def synthetic_batch(cfg: Any, vocab: int, seed: int = 0) -> dict[str, np.ndarray
 def abstract_step(cfg: Any) -> tuple[Any, Any, Any]:
     """(jitted step, abstract state, abstract batch) without materialising any parameter."""
     from trainer import abstract_step as trainer_abstract_step
-    from trainer import resolve
+    from trainer import resolve, step_config
 
-    return trainer_abstract_step(resolve(cfg, vocab_of(cfg)))
+    return trainer_abstract_step(step_config(resolve(cfg, vocab_of(cfg))))
 
 
 def compile_seconds(cfg: Any, detail: dict[str, float] | None = None) -> tuple[float, Any]:
@@ -98,12 +98,12 @@ def throughput(
     wait at the end, per step (what a training loop that does not read each step's loss sees).
     """
     from tjx import metrics, nn, parallel
-    from trainer import build_state, jit_train_step, resolve
+    from trainer import build_state, jit_train_step, resolve, step_config
 
     cfg = load(name, sets)
     cfg = resolve(cfg, vocab_of(cfg))
-    setup = build_state(cfg)
-    step = jit_train_step(setup, cfg)
+    setup = build_state(step_config(cfg))
+    step = jit_train_step(setup)
     batches = [
         parallel.shard_batch(synthetic_batch(cfg, vocab_of(cfg), seed), setup.mesh)
         for seed in range(2)
@@ -238,9 +238,14 @@ def pipeline_case(sets: list[str]) -> dict[str, Any]:
         peak = peak_bytes(compiled)["peak"] / 2**30
         first = peak if not rows else rows[0]["peak_GiB_per_device"]
         rows.append(
-            {"stages": stages, "data": data, "microbatches": micro if stages > 1 else "-",
-             "schedule": schedule, "peak_GiB_per_device": round(peak, 2),
-             "ratio": round(peak / first, 3)}  # fmt: skip
+            {
+                "stages": stages,
+                "data": data,
+                "microbatches": micro if stages > 1 else "-",
+                "schedule": schedule,
+                "peak_GiB_per_device": round(peak, 2),
+                "ratio": round(peak / first, 3),
+            }  # fmt: skip
         )
         print(_table(rows[-1:]), flush=True)
     return {"devices": n, "rows": rows}

@@ -53,12 +53,12 @@ _REFERENCE: dict[str, Any] = {}
 
 
 def _loss_and_grads(model: str, sets: list[str]) -> tuple[float, Any]:
-    from trainer import build_state, load_config, resolve, step
+    from trainer import build_state, load_config, resolve, step, step_config
 
     preset, extra = PRESETS[model]
     cfg = resolve(load_config(preset, [*MODEL, *extra, *sets]), VOCAB)
-    setup = build_state(cfg)
-    loss_fn = step.make_loss_fn(setup.graphdef, setup.rest, cfg)
+    setup = build_state(step_config(cfg))
+    loss_fn = step.make_loss_fn(setup.graphdef, setup.rest, setup.step_config)
     rng = np.random.default_rng(len(model))
     batch = {
         k: jnp.asarray(rng.integers(0, VOCAB, (16, 16)), jnp.int32) for k in ("inputs", "targets")

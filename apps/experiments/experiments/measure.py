@@ -90,13 +90,13 @@ def peak_memory(ctx: RunContext) -> Row:
     """Compiled peak memory of the run's train step (trainer.memory_fit: XLA's analysis of the
     step compiled from abstract shapes) and its steps/s (the median logged tokens/s ÷ tokens per
     step)."""
-    from trainer import resolve, step_peak
+    from trainer import resolve, step_config, step_peak
 
     desc = RunDir(ctx.run_dir).read(RunDir.MODEL_FILE)
     vocab = int(desc["fields"]["vocab_size"])
     cfg = ctx.config
     return {
-        "peak_mib": step_peak(resolve(cfg, vocab)) / 2**20,
+        "peak_mib": step_peak(step_config(resolve(cfg, vocab))) / 2**20,
         "tokens_per_step": cfg.data.batch_size * cfg.data.seq_len,
     }
 

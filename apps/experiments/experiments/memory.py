@@ -52,11 +52,11 @@ def measure_config(spec: RunSpec, scale: str) -> Row:
 
     from tjx import data, parallel
     from tjx.metrics import peak_bytes
-    from trainer import abstract_step, build_state, jit_train_step, resolve
+    from trainer import abstract_step, build_state, jit_train_step, resolve, step_config
 
     cfg = trainer_config(spec)
     vocab = _vocab(cfg)
-    resolved = resolve(cfg, vocab)
+    resolved = step_config(resolve(cfg, vocab))
     step, abstract_state, abstract_batch = abstract_step(resolved)
     t0 = time.perf_counter()
     compiled = step.lower(abstract_state, abstract_batch).compile()
@@ -64,7 +64,7 @@ def measure_config(spec: RunSpec, scale: str) -> Row:
     peak = peak_bytes(compiled)["peak"]
     del compiled
     setup = build_state(resolved)
-    run = jit_train_step(setup, resolved)
+    run = jit_train_step(setup)
     batch = data.random_batch(cfg.data.batch_size, cfg.data.seq_len, vocab)
     batch = parallel.shard_batch(batch, setup.mesh)
     st, out = run(setup.state, batch)  # warm-up (compiles the concrete step)

@@ -6,8 +6,6 @@ import argparse
 import sys
 from typing import Any
 
-import yaml  # type: ignore[import-untyped]
-
 from tjx import ckpt, data  # no jax: neither loads it at import
 from tjx.core import config
 from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first use)
@@ -182,8 +180,7 @@ def _first_lines(args: argparse.Namespace, plan: RunPlan) -> None:
     keys = plan.overridden
     print(f"config: {source}" + (f"; changed: {', '.join(keys)}" if keys else ""), flush=True)
     if args.print_config:
-        text = yaml.safe_dump(plan.config.to_dict(), sort_keys=False)
-        print("# effective config\n" + text, end="", flush=True)
+        print("# effective config\n" + plan.config.to_yaml(), end="", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, is_dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
+
+import yaml  # type: ignore[import-untyped]
 
 from tjx import data
 from tjx.core.config import ConfigError, check_unchanged, keyed, reworded
@@ -30,6 +32,8 @@ from trainer.sections import (
 )
 
 if TYPE_CHECKING:  # the packages load jax, which the command line must not wait for
+    import optax
+
     from tjx.nn import LoraConfig, Objective, PreferenceConfig, TransformerConfig
     from tjx.optim import OptimizerConfig
     from tjx.parallel import MeshConfig
@@ -37,6 +41,8 @@ else:
     # At run time the schema evaluates Config's annotations (typing.get_type_hints) but takes a
     # package section's class from trainer.schema (``section=``): these names need only exist.
     LoraConfig = PreferenceConfig = TransformerConfig = OptimizerConfig = MeshConfig = Any
+
+_C = TypeVar("_C", "Config", "StepConfig")
 
 #: The vocabulary the model holds until the tokenizer's is known: no rule of tjx.nn depends on it.
 UNKNOWN_VOCAB = 2
@@ -121,17 +127,7 @@ class Config:
 
     def mesh_needs(self) -> MeshNeeds:
         """What the run's mesh must split (`MeshNeeds`), with the messages' key names."""
-        batch, steps = self.data.batch_size, self.optimizer.accumulation_steps
-        per_step = f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})"
-        rows = self.data.batch_rows  # a preference pair is two rows
-        splits_model = self.mesh.pipeline != 1 or self.mesh.context != 1  # -1 may be > 1
-        return MeshNeeds(
-            batches={per_step: rows(batch) // steps, "eval.batch_size": rows(self.eval.batch_size)},
-            step_batch=batch // steps,
-            num_experts=self.model.num_experts,
-            seq_len=self.data.seq_len,
-            model=self.model if splits_model else None,
-        )
+        return _mesh_needs(self.model, self.data, self.optimizer, self.mesh, self.eval)
 
     def to_dict(self) -> ConfigData:
         """Plain data (YAML-safe) of every key: what ``config.yaml`` saves and a resume compares."""
@@ -139,12 +135,136 @@ class Config:
         out = {k: getattr(self, k) for k in SCHEMA.keys(Config, "", self.kind)}
         return {k: SCHEMA.write(v, k, own) if is_dataclass(v) else v for k, v in out.items()}
 
+    def to_yaml(self) -> str:
+        """`to_dict` as YAML text in the schema's key order, as users read and write configs:
+        ``config.yaml`` and ``--print-config``."""
+        return str(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
     def with_model(self, **changes: Any) -> Config:
         """The config with model settings ``changes`` (``remat="full"``, ``attention_impl=...``)."""
-        if all(getattr(self.model, k) == v for k, v in changes.items()):
-            return self
-        with reworded(_words(type(self.model), "model")):
-            return dataclasses.replace(self, model=dataclasses.replace(self.model, **changes))
+        return _with_model(self, changes)
+
+    def with_step(self, step: StepConfig) -> Config:
+        """The config with the model and optimizer settings of ``step`` (`step_config` of this
+        config, after the kernel choice and the memory fit changed them)."""
+        return dataclasses.replace(self, model=step.model, optimizer=step.optimizer)
+
+
+class HeadSettings(TypedDict):
+    """The vocabulary head's loss settings, as tjx.nn's objectives take them."""
+
+    #: ``train.chunked_ce``: the fused chunked cross-entropy (no [b, s, V] logits).
+    chunked: bool
+    #: ``train.ce_chunk_size``: tokens per chunk (None: from the shape).
+    chunk_size: int | None
+    #: ``train.z_loss``: the weight of the log-partition penalty.
+    z_loss: float
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """What a run's compiled steps read of its config (`step_config`): the model, the optimizer
+    with its learning-rate schedule built over the run, the data's shapes, the mesh, the loss
+    head's settings and the seed; not how long the run is, how often it logs or where it writes.
+    The kernel choice, the memory fit, the train state and the steps take this, not `Config`."""
+
+    model: TransformerConfig
+    data: DataConfig
+    optimizer: OptimizerConfig
+    mesh: MeshConfig
+    lora: LoraConfig
+    preference: PreferenceConfig
+    #: The held-out step's batch and top-k accuracies.
+    eval: EvalConfig
+    #: ``lora.enabled``: only the adapters of ``lora`` train.
+    use_lora: bool
+    #: The tokenizer's vocabulary (`resolve`).
+    tokenizer_vocab: int | None
+    #: ``train.seed``: initial weights and dropout keys.
+    seed: int
+    #: ``train.mlm_probability``: BERT's share of masked tokens.
+    mlm_probability: float
+    #: The vocabulary head's loss settings (``train.chunked_ce``, ``ce_chunk_size``, ``z_loss``).
+    head_settings: HeadSettings
+    #: ``train.fit_memory``: the memory fit may switch on full remat.
+    fit_memory: bool
+    #: ``step -> learning rate``: tjx.optim's `build_schedule` of ``optimizer.schedule`` over
+    #: ``train.steps``, built once (`step_config`) for every optimizer the run builds.
+    learning_rate: optax.Schedule
+
+    @property
+    def objective(self) -> Objective:
+        """tjx.nn's `Objective` of the model kind (as `Config.objective`)."""
+        return nn.objective_of(type(self.model))
+
+    @property
+    def task(self) -> str:
+        """The objective's name (as `Config.task`)."""
+        return str(self.objective.name)
+
+    def mesh_needs(self) -> MeshNeeds:
+        """What the run's mesh must split (as `Config.mesh_needs`)."""
+        return _mesh_needs(self.model, self.data, self.optimizer, self.mesh, self.eval)
+
+    def with_model(self, **changes: Any) -> StepConfig:
+        """With model settings ``changes`` (as `Config.with_model`)."""
+        return _with_model(self, changes)
+
+
+def step_config(cfg: Config) -> StepConfig:
+    """The step's view of a resolved ``cfg`` (`StepConfig`), its learning-rate schedule built
+    here, once: the one place the run's length meets the optimizer."""
+    schedule = cfg.optimizer.resolved().schedule
+    assert schedule is not None  # read_config gives every run one
+    t = cfg.train
+    return StepConfig(
+        model=cfg.model,
+        data=cfg.data,
+        optimizer=cfg.optimizer,
+        mesh=cfg.mesh,
+        lora=cfg.lora,
+        preference=cfg.preference,
+        eval=cfg.eval,
+        use_lora=cfg.use_lora,
+        tokenizer_vocab=cfg.tokenizer_vocab,
+        seed=t.seed,
+        mlm_probability=t.mlm_probability,
+        head_settings=HeadSettings(
+            chunked=t.chunked_ce, chunk_size=t.ce_chunk_size, z_loss=t.z_loss
+        ),
+        fit_memory=t.fit_memory,
+        learning_rate=optim.build_schedule(schedule, t.steps),
+    )
+
+
+def _mesh_needs(
+    model: TransformerConfig,
+    data_: DataConfig,
+    optimizer: OptimizerConfig,
+    mesh: MeshConfig,
+    eval_: EvalConfig,
+) -> MeshNeeds:
+    """`Config.mesh_needs` of these sections."""
+    batch, steps = data_.batch_size, optimizer.accumulation_steps
+    per_step = f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})"
+    rows = data_.batch_rows  # a preference pair is two rows
+    splits_model = mesh.pipeline != 1 or mesh.context != 1  # -1 may be > 1
+    return MeshNeeds(
+        batches={per_step: rows(batch) // steps, "eval.batch_size": rows(eval_.batch_size)},
+        step_batch=batch // steps,
+        num_experts=model.num_experts,
+        seq_len=data_.seq_len,
+        model=model if splits_model else None,
+    )
+
+
+def _with_model(cfg: _C, changes: Mapping[str, Any]) -> _C:
+    """``cfg`` (a `Config` or `StepConfig`) with model settings ``changes``; itself if none
+    changes a value."""
+    if all(getattr(cfg.model, k) == v for k, v in changes.items()):
+        return cfg
+    with reworded(_words(type(cfg.model), "model")):
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes))
 
 
 SCHEMA = schema_of(Config)
@@ -180,7 +300,7 @@ def read_config(data: object) -> Config:
         p = model.precision
         optim.check_precision(optimizer, param_dtype=p.param_dtype, compute_dtype=p.compute_dtype)
         if optimizer.schedule is not None:  # its warmup and decay fit in train.steps
-            schedule = optimizer.schedule.over(own["train"].steps)  # a fraction as steps
+            schedule = optim.schedule_over(optimizer.schedule, own["train"].steps)
             optimizer = dataclasses.replace(optimizer, schedule=schedule)
     mesh = build(section_class("mesh"), read.get("mesh", {}), "mesh")
     lora_read = read.get("lora", {})
@@ -272,7 +392,7 @@ def _check_across(cfg: Config, preference: list[str]) -> None:
 
 
 #: tjx.optim's `check_precision` names the model's dtypes by its arguments, and
-#: `ScheduleConfig.over` the run's length by its own (``total_steps``: ``train.steps``).
+#: `schedule_over` the run's length by its own (``total_steps``: ``train.steps``).
 _PRECISION_WORDS = {
     f"{k}=": f"model.precision.{k}=" for k in ("param_dtype", "compute_dtype", "logits_dtype")
 } | {"total_steps=": "train.steps="}

@@ -17,7 +17,7 @@ from trainer.schema import ConfigError
 
 # tjx.data's argument names -> config keys: its messages name the key, err.argument the argument.
 _DATA = ("source", "tokenizer", "seq_len", "batch_size", "max_tokens", "sources", "on_exhausted")
-KEYS = {k: f"data.{k}" for k in _DATA} | {"data": "data.source", "steps": "train.steps"}
+KEYS = {k: f"data.{k}" for k in _DATA} | {"data": "data.source"}
 KEYS |= {k: f"model.{k}" for k in ("vocab_size", "image_size", "num_channels")}
 
 #: A run's prepared data (tjx.data's `prepare_run`): tokenizer, shards of both splits, loaders.
@@ -89,8 +89,11 @@ def prepare_section(
     it is published in the shared cache: data the run refuses leaves the cache as it was."""
     # model.vocab_size as set (None: the tokenizer's); tokenizing progress on a terminal
     extra = {"vocab_size": vocab_size, "progress": sys.stderr.isatty(), **images}
-    extra["steps"] = steps
-    return _keyed(data.prepare_run, section, images=bool(images), **extra)
+
+    def lasts(run: Bundle) -> None:  # tjx.data calls it before it publishes new data
+        _lasting_loader(run, section, steps=steps, seed=0)
+
+    return _keyed(data.prepare_run, section, images=bool(images), check=lasts, **extra)
 
 
 def train_loader(bundle: Bundle, cfg: Config, mesh: Mesh | None = None) -> TrainLoader:
@@ -104,10 +107,27 @@ def section_loader(
     """The resumable, shuffled training iterator of a run's ``data`` ``section``: this process's
     rows of each global batch (its share on ``mesh``, see `shares`); a mixture that would end
     before ``steps`` (``train.steps``) is refused before anything is written."""
-    loader = _keyed(data.run_loader, bundle, section, seed=seed, steps=steps, **shares(mesh))
+    loader = _lasting_loader(bundle, section, steps=steps, seed=seed, **shares(mesh))
     cut = data.truncation_summary(loader, section, names=KEYS)  # chat data: what was cut
     if cut is not None:
         print(f"data: {cut}", flush=True)
+    return loader
+
+
+def _lasting_loader(
+    bundle: Bundle, section: data.DataConfig, *, steps: int, seed: int, **share: int
+) -> TrainLoader:
+    """tjx.data's `run_loader` of ``bundle`` (this process's ``share``), refused as a
+    `ConfigError` when it gives fewer rows than the run's ``steps`` batches take: a mixture that
+    drops its exhausted sources (how long the run is is the run's, not the data's)."""
+    loader = _keyed(data.run_loader, bundle, section, seed=seed, **share)
+    rows, batch = getattr(loader, "total_rows", None), section.batch_size
+    if rows is not None and rows < steps * batch:
+        raise ConfigError(
+            f"data.on_exhausted: with drop the sources give {rows} rows in all, and "
+            f"train.steps × data.batch_size = {steps} × {batch} = {steps * batch}; use "
+            f"train.steps <= {rows // batch}, or data.on_exhausted=repeat"
+        )
     return loader
 
 

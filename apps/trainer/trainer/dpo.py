@@ -22,7 +22,7 @@ import numpy as np
 
 from tjx import nn
 from tjx.data import DataConfig
-from trainer.config import Config
+from trainer.config import StepConfig
 from trainer.train_state import TrainState
 
 T = TypeVar("T")
@@ -44,9 +44,10 @@ def with_reference(state: TrainState, *, needed: bool, copy: bool = True) -> Tra
     return dataclasses.replace(state, reference=reference)
 
 
-def head_settings(cfg: Config) -> dict[str, Any]:
+def head_settings(cfg: StepConfig) -> dict[str, Any]:
     """The vocabulary head's settings for tjx.nn's preference steps (the config refuses z-loss)."""
-    return {k: cfg.train.head_settings[k] for k in ("chunked", "chunk_size")}
+    head = cfg.head_settings
+    return {"chunked": head["chunked"], "chunk_size": head["chunk_size"]}
 
 
 def bind_reference(loss_fn: Callable[..., T], state: TrainState) -> Callable[..., T]:

@@ -62,7 +62,8 @@ def eval_step(setup: Setup, cfg: Config) -> Callable[..., dict[str, jax.Array]]:
     dies with its run. (A module cache keyed by ``id(setup)`` once gave a study's next run, made at
     a freed setup's address, the old run's step.)"""
     if setup.eval_step is None:
-        setup.eval_step = jax.jit(make_eval_step(setup.graphdef, setup.rest, cfg, setup.split))
+        step = make_eval_step(setup.graphdef, setup.rest, setup.step_config, setup.split)
+        setup.eval_step = jax.jit(step)
     return setup.eval_step
 
 

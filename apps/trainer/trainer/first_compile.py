@@ -18,8 +18,8 @@ and its last line says how long it took and whether JAX's persistent compilation
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -28,7 +28,7 @@ import jax
 
 from tjx import kernels, parallel
 from trainer import target_plan
-from trainer.config import Config
+from trainer.config import StepConfig
 from trainer.job.step_plan import batch_shapes
 from trainer.memory_fit import abstract_step
 from trainer.schema import ConfigError
@@ -86,18 +86,20 @@ def cache_hits() -> Iterator[list[str]]:
         jax.monitoring.unregister_event_listener(listen)
 
 
-def step_key(cfg: Config) -> str:
-    """What identifies a config's train step: the whole config, with ``attention_impl: auto``
+def step_key(cfg: StepConfig) -> str:
+    """What identifies a config's train step: the whole step config, with ``attention_impl: auto``
     replaced by the kernel it traces to here (tjx.kernels' `auto_order`), so that the kernel
-    choice's compile of ``cudnn`` and the run's ``auto`` are one program."""
+    choice's compile of ``cudnn`` and the run's ``auto`` are one program. (The learning rate is
+    the run's one schedule object, the same in each.)"""
 
-    data = cfg.to_dict()
     model = cfg.model
     if model.attention_impl == "auto" and model.head_dim is not None:
         capped = model.attn_logit_softcap is not None
         order = kernels.auto_order(model.precision.compute_dtype, model.head_dim, softcap=capped)
-        data["model"]["attention_impl"] = order.kernel
-    return json.dumps(data, sort_keys=True, default=str)
+        cfg = dataclasses.replace(
+            cfg, model=dataclasses.replace(model, attention_impl=order.kernel)
+        )
+    return repr(cfg)
 
 
 class StepCompiler:
@@ -129,7 +131,7 @@ class StepCompiler:
         self.say(f"compiled {label} in {took:.1f} s{source}")
         return compiled
 
-    def compile(self, cfg: Config, label: str = "the train step") -> jax.stages.Compiled:
+    def compile(self, cfg: StepConfig, label: str = "the train step") -> jax.stages.Compiled:
         """``cfg``'s compiled train step (a ``jax.stages.Compiled``); raises what lowering or
         XLA raise (a kernel that fails). Compiled once per `step_key`."""
 
@@ -150,11 +152,11 @@ class StepCompiler:
         self._compiled[key] = (compiled, run)
         return compiled
 
-    def build(self, cfg: Config) -> jax.stages.Compiled:
+    def build(self, cfg: StepConfig) -> jax.stages.Compiled:
         """`compile` as the kernel choice's ``build`` (raises on failure)."""
         return self.compile(cfg)
 
-    def for_run(self, cfg: Config, setup: Setup) -> TrainStep:
+    def for_run(self, cfg: StepConfig, setup: Setup) -> TrainStep:
         """The step the loop calls for ``cfg`` on ``setup``'s state: the executable compiled
         before when its arguments are laid out as ``setup.state`` is (shapes, dtypes and
         shardings), else the run's own step compiled now (with the same lines); either one
@@ -168,7 +170,7 @@ class StepCompiler:
         if compiled is not None and run is not None and same_layout(run.state, setup.state):
             return taking_step_keys(compiled, batch)
         shardings = jax.tree.map(lambda x: x.sharding, setup.state)
-        step = jit_train_step(setup, cfg, out_shardings=(shardings, None))
+        step = jit_train_step(setup, out_shardings=(shardings, None))
         compiled = self._compile("the train step", lambda: step.lower(setup.state, batch))
         return taking_step_keys(compiled, batch)
 
@@ -188,13 +190,13 @@ def taking_step_keys(
     return call
 
 
-def _plannable(cfg: Config, setup: Setup) -> bool:
+def _plannable(cfg: StepConfig, setup: Setup) -> bool:
     """Whether the abstract step of ``cfg`` can be the run's: not a pipelined mesh, and the
     model the state was built from is the config's (an ``--init-from`` checkpoint's may not)."""
     return cfg.mesh.pipeline == 1 and setup.nn_config == cfg.model
 
 
-def _run_batch(cfg: Config, setup: Setup) -> dict[str, jax.ShapeDtypeStruct]:
+def _run_batch(cfg: StepConfig, setup: Setup) -> dict[str, jax.ShapeDtypeStruct]:
     """The abstract batch the loader places on ``setup``'s mesh."""
 
     shapes = batch_shapes(cfg.model, cfg.data.batch_rows(cfg.data.batch_size), cfg.data.seq_len)

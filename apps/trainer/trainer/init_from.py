@@ -77,13 +77,13 @@ def _same_model(
         )
 
 
-def load_run(cfg: Config, model_cfg: TransformerConfig, source: str) -> tuple[nnx.Module, int]:
-    """The model of resolved ``model_cfg`` with the params of run ``source``'s newest intact
-    checkpoint (LoRA merged), on the host; and that step."""
+def load_run(seed: int, model_cfg: TransformerConfig, source: str) -> tuple[nnx.Module, int]:
+    """The model of resolved ``model_cfg`` (its weights drawn from ``seed`` first) with the params
+    of run ``source``'s newest intact checkpoint (LoRA merged), on the host; and that step."""
     path = Path(source).expanduser()
     theirs, saved = _run_files(path)
     _same_model(model_cfg, theirs, path, vocab=True)
-    model = nn.build_model(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
+    model = nn.build_model(model_cfg, rngs=nnx.Rngs(seed))
     lora = nn.add_saved_lora(model, saved.get("lora"))  # read as trained, then folded in
     params = nnx.state(model, nnx.Param)
     absl = logging.getLogger("absl")

@@ -22,7 +22,7 @@ import jax
 from tjx import kernels, nn, parallel
 from tjx.metrics import GIB, first_fit, peak_bytes
 from trainer import step as steps  # looked up at the call: a test may replace the step
-from trainer.config import Config
+from trainer.config import StepConfig
 from trainer.job.step_plan import batch_shapes
 from trainer.schema import ConfigError
 from trainer.state import abstract_state, check_context
@@ -32,7 +32,7 @@ Say = Callable[[str], None]
 
 
 def abstract_step(
-    cfg: Config,
+    cfg: StepConfig,
 ) -> tuple[jax.stages.Wrapped, TrainState, dict[str, jax.ShapeDtypeStruct]]:
     """(jitted step, abstract state, abstract batch) of ``cfg``'s train step on one device,
     unsharded; no parameter is created."""
@@ -46,7 +46,7 @@ def abstract_step(
     return step, parts.state, {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shapes.items()}
 
 
-def step_peak(cfg: Config, name: str | None = None) -> int:
+def step_peak(cfg: StepConfig, name: str | None = None) -> int:
     """Peak bytes of the compiled train step of ``cfg`` on one device; ``name`` is said first (a
     big model's compile takes minutes on a CPU)."""
     if name:
@@ -56,8 +56,8 @@ def step_peak(cfg: Config, name: str | None = None) -> int:
 
 
 def choose_attention(
-    cfg: Config, *, build: Callable[[Config], object] = step_peak, say: Say | None = None
-) -> Config:
+    cfg: StepConfig, *, build: Callable[[StepConfig], object] = step_peak, say: Say | None = None
+) -> StepConfig:
     """``cfg`` with the attention kernel that compiles (``build`` compiles a config's step,
     raising on failure), saying the choice (to stdout by default); after a fallback the config
     carries the kernel that compiled. A `ConfigError` for a named kernel that fails."""
@@ -77,7 +77,12 @@ def choose_attention(
 
 
 def choose_kernel(
-    cfg: Config, devices: int, build: Callable[[str], object], say: Say, *, say_xla: bool = False
+    cfg: StepConfig,
+    devices: int,
+    build: Callable[[str], object],
+    say: Say,
+    *,
+    say_xla: bool = False,
 ) -> tuple[str, bool]:
     """tjx.nn's `choose_attention_kernel` of ``cfg`` over ``devices`` devices (``build(kernel)``:
     the run's compile, or ``--plan``'s for its target), a context split's rules checked first."""
@@ -94,7 +99,7 @@ def choose_kernel(
     )
 
 
-def lighter(cfg: Config, devices: int | None = None) -> Iterator[tuple[Config, str]]:
+def lighter(cfg: StepConfig, devices: int | None = None) -> Iterator[tuple[StepConfig, str]]:
     """The memory fit's lighter steps of ``cfg``, in order, each with its change: full remat when
     it is off; then for a plan over ``devices``, twice the micro-batches while they split over
     the mesh's data × fsdp ways."""
@@ -119,12 +124,12 @@ STEP, FULL_REMAT = "the train step", "the train step with model.remat=full"
 
 
 def fit_memory(
-    cfg: Config,
+    cfg: StepConfig,
     *,
     budget: int | None = None,
     devices: int | None = None,
-    compile_step: Callable[[Config, str], jax.stages.Compiled] | None = None,
-) -> Config:
+    compile_step: Callable[[StepConfig, str], jax.stages.Compiled] | None = None,
+) -> StepConfig:
     """``cfg`` if its step fits, else ``cfg`` with ``model.remat=full``; ConfigError if neither.
     ``budget`` (bytes) and ``devices`` default to this machine's (tests pass their own);
     ``compile_step(cfg, name)`` returns the compiled step whose memory is measured (a run's
@@ -132,11 +137,11 @@ def fit_memory(
     `step_peak` compiles the abstract step, saying so first."""
     devices = jax.device_count() if devices is None else devices
     # The abstract step below is a decoder's (an LM batch).
-    if not cfg.train.fit_memory or cfg.task != "lm" or devices != 1:
+    if not cfg.fit_memory or cfg.task != "lm" or devices != 1:
         return cfg
     full = next(lighter(cfg), (cfg, ""))[0]  # full remat, when remat is off
 
-    def measure(run: Config, name: str) -> int | jax.stages.Compiled:
+    def measure(run: StepConfig, name: str) -> int | jax.stages.Compiled:
         return step_peak(run, name) if compile_step is None else compile_step(run, name)
 
     candidates = [(STEP, lambda: measure(cfg, STEP))]

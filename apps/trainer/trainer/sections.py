@@ -68,11 +68,6 @@ class TrainConfig:
         "loss or a skipped update",
     )
 
-    @property
-    def head_settings(self) -> dict[str, Any]:
-        """The vocabulary head's loss settings, as tjx.nn's objectives take them."""
-        return {"chunked": self.chunked_ce, "chunk_size": self.ce_chunk_size, "z_loss": self.z_loss}
-
 
 @dataclass(frozen=True)
 class LoggingConfig:

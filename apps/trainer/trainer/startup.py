@@ -18,7 +18,7 @@ import trainer.state as state
 import trainer.training as training
 from tjx import kernels, parallel
 from trainer import init_from
-from trainer.config import Config, resolve
+from trainer.config import Config, resolve, step_config
 from trainer.job.device_notes import device_notes
 from trainer.job.folder import RunDir
 from trainer.plan import RunPlan, error_exit
@@ -91,13 +91,15 @@ def _prepare_and_train(plan: RunPlan) -> int:
         # One compile of the train step before step 1: the kernel choice compiles it, the memory
         # fit measures that executable, the loop calls it (trainer.first_compile).
         compiler = first_compile.StepCompiler()
+        # What the steps read: the run's length only as the learning-rate schedule, built here.
+        step_cfg = step_config(cfg)
         if plan.init_from is None and not from_checkpoint:
             # The attention kernel that compiles (one line per kernel that fails), then memory.
-            chosen = memory_fit.choose_attention(cfg, build=compiler.build)
-            cfg = memory_fit.fit_memory(chosen, compile_step=compiler.compile)
-        plan = dataclasses.replace(plan, config=cfg)
-        setup = state.build(cfg, plan.init_from)
-        step = compiler.for_run(cfg, setup)
+            chosen = memory_fit.choose_attention(step_cfg, build=compiler.build)
+            step_cfg = memory_fit.fit_memory(chosen, compile_step=compiler.compile)
+        plan = dataclasses.replace(plan, config=cfg.with_step(step_cfg))
+        setup = state.build(step_cfg, plan.init_from)
+        step = compiler.for_run(step_cfg, setup)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         return error_exit(str(err))
     # Process 0 writes the run directory; the others save their checkpoint shards there once it

@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 import trainer.dpo as dpo
 from tjx import kernels, nn, optim, parallel
 from trainer import init_from as init_runs
-from trainer.config import Config, MeshNeeds
+from trainer.config import MeshNeeds, StepConfig
 from trainer.job.folder import RunDir
 from trainer.schema import ConfigError, keyed
 from trainer.train_state import TrainState
@@ -50,6 +50,8 @@ class Setup:
     tx: optax.GradientTransformation
     state: TrainState
     num_params: int
+    #: What the steps read of the run's config (the one the state was built from).
+    step_config: StepConfig
     #: The scopes the steps trace the model in: None unless mesh.context > 1, and None for a
     #: model without MoE layers.
     split: parallel.ContextParallel | None = None
@@ -66,7 +68,7 @@ def _check_pipeline(mc: parallel.MeshConfig, needs: MeshNeeds, batch_ways: int =
     """mesh.pipeline > 1: a model tjx.nn can cut into stages, and sizes that split (tjx.parallel's
     rules; ``batch_ways`` = data×fsdp once known)."""
 
-    assert needs.model is not None  # Config.mesh_needs holds it whenever mesh.pipeline != 1
+    assert needs.model is not None  # mesh_needs holds it whenever mesh.pipeline != 1
     with keyed("mesh.pipeline"):
         nn.check_pipelinable(needs.model)
         parallel.check_pipeline(
@@ -100,7 +102,7 @@ def make_mesh(
         parallel.check_batch_split(needs.batches, mesh)
     ways = parallel.context_ways(mesh)
     if ways > 1:  # a split sequence: the model's rules and the length's
-        assert needs.model is not None  # Config.mesh_needs holds it whenever mesh.context != 1
+        assert needs.model is not None  # mesh_needs holds it whenever mesh.context != 1
         check_context(needs.model, needs.seq_len, ways)
     # stage k holds the k-th run of layers: the stacked params' leading dim over `pipeline`;
     # with the sequence split, ZeRO's weights span fsdp × context (tjx.parallel's rules_for)
@@ -118,20 +120,20 @@ def check_context(model: nn.TransformerConfig, seq_len: int, ways: int) -> None:
         parallel.check_context_split(seq_len, ways, "data.seq_len")
 
 
-def run_model(cfg: Config, model: nnx.Module | None = None) -> nnx.Module:
+def run_model(cfg: StepConfig, model: nnx.Module | None = None) -> nnx.Module:
     """The run's model: ``model`` (default: a new one of ``cfg.model`` from ``train.seed``) with
     tjx.nn's LoRA adapters of ``cfg.lora`` when ``lora.enabled`` (in place; step 0 computes
     exactly what the base computes); a target the model lacks is a config error."""
 
-    model = nn.build_model(cfg.model, rngs=nnx.Rngs(cfg.train.seed)) if model is None else model
+    model = nn.build_model(cfg.model, rngs=nnx.Rngs(cfg.seed)) if model is None else model
     if cfg.use_lora:
-        seed = cfg.train.seed
+        seed = cfg.seed
         with keyed("lora.targets"):
             nn.add_lora(model, cfg.lora, rngs=nnx.Rngs(params=seed + 1, dropout=seed + 2))
     return model
 
 
-def build(cfg: Config, init_from: str | None = None) -> Setup:
+def build(cfg: StepConfig, init_from: str | None = None) -> Setup:
     """Mesh, model (born sharded), optimizer and the initial state ``{params, opt_state, step}``
     of a config whose vocabulary is known (`trainer.config.resolve`)."""
 
@@ -144,7 +146,7 @@ def build(cfg: Config, init_from: str | None = None) -> Setup:
         model = parallel.shard_init(lambda: run_model(cfg), mesh, rules)
     else:
         if RunDir.is_run(init_from):  # a tjx run's newest checkpoint (SFT before DPO), checked
-            model, init_step = init_runs.load_run(cfg, model_cfg, init_from)
+            model, init_step = init_runs.load_run(cfg.seed, model_cfg, init_from)
         else:  # the architecture from the checkpoint; how to train it from the config
             how = {k: getattr(model_cfg, k) for k in nn.TRAINING_FIELDS}
             with keyed("--init-from", OSError, ValueError):
@@ -174,9 +176,10 @@ def build(cfg: Config, init_from: str | None = None) -> Setup:
         parts.tx,
         state,
         num_params,
-        split,
-        experts,
-        init_step,
+        cfg,
+        split=split,
+        experts=experts,
+        init_step=init_step,
         specs=parts.specs,
     )
 
@@ -185,20 +188,20 @@ def build(cfg: Config, init_from: str | None = None) -> Setup:
 PARAM_AXES = ("fsdp", "tensor", "expert", "context", "pipeline")
 
 
-def whole_params(cfg: Config) -> bool:
+def whole_params(cfg: StepConfig) -> bool:
     """Each parameter is whole on every device: no mesh axis that splits parameters is larger
     than one (-1, "the rest of the devices", may be). Then the optimizer may run over flat
     buffers (tjx.optim's ``flat_update``) without gathering anything."""
     return all(getattr(cfg.mesh, axis) == 1 for axis in PARAM_AXES)
 
 
-def flat_update(cfg: Config) -> bool:
+def flat_update(cfg: StepConfig) -> bool:
     """The run's optimizer runs over flat buffers (tjx.optim's ``flat_update`` on this mesh)."""
 
     return optim.uses_flat_update(cfg.optimizer, whole_params=whole_params(cfg))
 
 
-def flat_params(cfg: Config) -> bool:
+def flat_params(cfg: StepConfig) -> bool:
     """The train state holds the params as the flat optimizer's buffers (tjx.optim's
     `FlatParams`): whenever the optimizer runs flat (`flat_update`), but for LoRA (only the
     adapters are in its buffers), a sigmoid router's bias (moved after the update, per leaf) and
@@ -214,9 +217,7 @@ def flat_params(cfg: Config) -> bool:
     return flat_update(cfg) and not cfg.use_lora and not balanced and not on_tpu
 
 
-def other_layout(
-    cfg: Config, setup: Setup
-) -> tuple[TrainState, Callable[[TrainState], TrainState]] | None:
+def other_layout(setup: Setup) -> tuple[TrainState, Callable[[TrainState], TrainState]] | None:
     """For a checkpoint whose optimizer state is laid out the other way (flat buffers or per
     leaf, tjx.optim's ``flat_update``: it follows the mesh, and a run may move between meshes):
     a state to restore it onto, and ``convert(restored) -> restored`` in this run's layout.
@@ -225,12 +226,13 @@ def other_layout(
     The other layout's state is abstract (shapes and shardings) for the restore to create; flat
     buffers on a mesh that splits the parameters are whole on each device until converted."""
 
-    oc, params = cfg.optimizer, setup.state.param_tree()
+    cfg, params = setup.step_config, setup.state.param_tree()
+    oc = cfg.optimizer
     if oc.name not in optim.FLAT_OPTIMIZERS:
         return None
     other_cfg = dataclasses.replace(oc, flat_update="off" if flat_update(cfg) else "on")
     tx = optim.build_optimizer(
-        other_cfg, total_steps=cfg.train.steps, axes=setup.specs, whole_params=True
+        other_cfg, schedule=cfg.learning_rate, axes=setup.specs, whole_params=True
     )
     trainable = optim.adapter_mask(params) if cfg.use_lora else None
     if trainable is not None:
@@ -253,7 +255,7 @@ def other_layout(
 
 
 def train_state(
-    cfg: Config, model: nnx.Module, place: tuple[Mesh, parallel.AxisRules] | None = None
+    cfg: StepConfig, model: nnx.Module, place: tuple[Mesh, parallel.AxisRules] | None = None
 ) -> TrainParts:
     """The parts of ``model`` the step reads and its `TrainState`: the run's, sharded on
     ``place`` (mesh, rules), or abstract (``place`` None, of `abstract_state`'s
@@ -264,8 +266,8 @@ def train_state(
     # The params' logical axes: the weight-decay mask and Muon's matrices are read from them, and
     # optimizer slots that mirror the params (mu, nu, ...) are sharded like them (ZeRO under FSDP).
     specs = nnx.to_pure_dict(nnx.get_partition_spec(params_state))
-    steps, whole = cfg.train.steps, whole_params(cfg)  # the schedule spans train.steps
-    tx = optim.build_optimizer(cfg.optimizer, total_steps=steps, axes=specs, whole_params=whole)
+    rate, whole = cfg.learning_rate, whole_params(cfg)  # the schedule over train.steps
+    tx = optim.build_optimizer(cfg.optimizer, schedule=rate, axes=specs, whole_params=whole)
     if cfg.use_lora:  # over the adapters only: the base holds no optimizer state, gets no update
         tx = optim.only_trainable(tx, optim.adapter_mask(params))
     if place is None:
@@ -283,6 +285,6 @@ def train_state(
     return TrainParts(graphdef, rest, tx, state, specs)
 
 
-def abstract_state(cfg: Config) -> TrainParts:
+def abstract_state(cfg: StepConfig) -> TrainParts:
     """`train_state` of ``cfg``'s model (LoRA adapters included) with no parameter created."""
     return train_state(cfg, nnx.eval_shape(lambda: run_model(cfg)))

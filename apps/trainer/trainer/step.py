@@ -18,7 +18,7 @@ from flax import nnx
 from tjx import metrics, nn, optim, parallel
 from tjx.optim import loss_scale_value, scale_loss, step_report
 from trainer import dpo
-from trainer.config import Config
+from trainer.config import StepConfig
 from trainer.state import Setup, make_mesh
 from trainer.train_state import TrainState
 
@@ -34,7 +34,7 @@ TrainStep = Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]
 def make_loss_fn(
     graphdef: nnx.GraphDef[nnx.Module],
     rest: nnx.State,
-    cfg: Config,
+    cfg: StepConfig,
     split: parallel.ContextParallel | None = None,
     experts: parallel.ExpertParallel | None = None,
 ) -> LossFn:
@@ -52,13 +52,13 @@ def make_loss_fn(
         )
         # tjx.nn cuts the decoder into tjx.parallel's pieces: the token-weighted mean of the
         # microbatches, i.e. the unpipelined loss.
-        return nn.pipelined_loss_fn(graphdef, rest, pipeline, **cfg.train.head_settings)
+        return nn.pipelined_loss_fn(graphdef, rest, pipeline, **cfg.head_settings)
     # Adapter dropout draws from the model's dropout stream too (tjx.nn.add_lora installs one).
     deterministic = cfg.model.dropout == 0.0 and not (cfg.use_lora and cfg.lora.dropout > 0)
     if dpo.is_dpo(cfg.data):  # preference pairs: the DPO loss (its reference bound per step)
         head = {"deterministic": deterministic, **dpo.head_settings(cfg)}
         return nn.preference_loss_fn(graphdef, rest, cfg.preference, **head)
-    base_key = jax.random.key(cfg.train.seed)
+    base_key = jax.random.key(cfg.seed)
 
     def loss_fn(params: chex.ArrayTree, batch: Batch, step: jax.Array) -> tuple[jax.Array, Aux]:
         model = nnx.merge(graphdef, params, nn.reseed(rest, step))
@@ -70,8 +70,8 @@ def make_loss_fn(
                 batch,
                 key=jax.random.fold_in(base_key, step),  # the objective's own draws (BERT's)
                 deterministic=deterministic,
-                mask_prob=cfg.train.mlm_probability,
-                **cfg.train.head_settings,
+                mask_prob=cfg.mlm_probability,
+                **cfg.head_settings,
             )
         aux = {k: getattr(out, k) for k in ("sum_loss", "num_tokens", "num_correct")}
         if out.moe is not None:  # sums: they add over micro-batches (aux_reduce="sum")
@@ -85,7 +85,7 @@ def make_train_step(
     graphdef: nnx.GraphDef[nnx.Module],
     rest: nnx.State,
     tx: optax.GradientTransformation,
-    cfg: Config,
+    cfg: StepConfig,
     split: parallel.ContextParallel | None = None,
     experts: parallel.ExpertParallel | None = None,
 ) -> TrainStep:
@@ -147,17 +147,19 @@ def make_train_step(
     return train_step
 
 
-def jit_train_step(setup: Setup, cfg: Config, **jit_options: Any) -> jax.stages.Wrapped:
-    """`make_train_step` of a built ``trainer.state.Setup``, jitted with the state donated (one copy
-    of the params and optimizer state, not two); ``jit_options`` go to ``jax.jit``."""
-    step = make_train_step(setup.graphdef, setup.rest, setup.tx, cfg, setup.split, setup.experts)
+def jit_train_step(setup: Setup, **jit_options: Any) -> jax.stages.Wrapped:
+    """`make_train_step` of a built ``trainer.state.Setup`` (of its `StepConfig`), jitted with the
+    state donated (one copy of the params and optimizer state, not two); ``jit_options`` go to
+    ``jax.jit``."""
+    cfg, split, experts = setup.step_config, setup.split, setup.experts
+    step = make_train_step(setup.graphdef, setup.rest, setup.tx, cfg, split, experts)
     return jax.jit(step, donate_argnums=(0,), **jit_options)
 
 
 def make_eval_step(
     graphdef: nnx.GraphDef[nnx.Module],
     rest: nnx.State,
-    cfg: Config,
+    cfg: StepConfig,
     split: parallel.ContextParallel | None = None,
 ) -> Callable[..., dict[str, jax.Array]]:
     """``eval_step(params, batch) -> sums``: tjx-metrics' ``heldout_step`` of tjx-nn's
@@ -168,7 +170,7 @@ def make_eval_step(
     if dpo.is_dpo(cfg.data):
         return nn.preference_sums_fn(graphdef, rest, cfg.preference, **dpo.head_settings(cfg))
     logits_fn = nn.objective_logits_fn(
-        graphdef, rest, key=nn.eval_mask_key(cfg.train.seed), mask_prob=cfg.train.mlm_probability
+        graphdef, rest, key=nn.eval_mask_key(cfg.seed), mask_prob=cfg.mlm_probability
     )
     step = metrics.heldout_step(logits_fn, top_k=cfg.eval.top_k)
     if split is None:

@@ -23,7 +23,7 @@ from tjx import data, kernels, metrics, nn, parallel
 from tjx.metrics import Compiled, Target, quiet_native_stderr
 from trainer import dpo
 from trainer import step as steps  # looked up at the call: a test may replace the step
-from trainer.config import Config, resolve
+from trainer.config import Config, StepConfig, resolve, step_config
 from trainer.job.plan_report import PlanResult, local_target, open_target, plan_report
 from trainer.job.step_plan import batch_shapes, roofline_inputs
 from trainer.memory_fit import Say, choose_kernel, lighter
@@ -47,7 +47,7 @@ class AbstractRun(NamedTuple):
     eval_batch: dict[str, jax.ShapeDtypeStruct]
 
 
-def build(run: Config, devices: list[jax.Device]) -> AbstractRun:
+def build(run: StepConfig, devices: list[jax.Device]) -> AbstractRun:
     """The run's steps over ``devices`` (abstract or real), with the run's mesh and rules; a
     `ConfigError` for a mesh or batch that does not split over them, or a pipelined mesh."""
 
@@ -78,7 +78,7 @@ def build(run: Config, devices: list[jax.Device]) -> AbstractRun:
     )
 
 
-def compile_train(run: Config, target: Target, label: str, *, train: bool = True) -> Compiled:
+def compile_train(run: StepConfig, target: Target, label: str, *, train: bool = True) -> Compiled:
     """``run``'s train (or eval) step compiled for ``target``'s devices: a failure is kept, not
     raised (a `ConfigError` about the mesh or batch is raised)."""
 
@@ -138,11 +138,12 @@ def plan_here(resolved: Config, *, device: str | None = None, say: Say | None = 
 
 def plan(run: Config, target: Target, text: str, say: Say) -> PlanResult:
     """``run`` compiled, fitted and estimated on ``target`` (tjx-metrics' `plan_report`)."""
+    step = step_config(run)  # what the steps compile: the model, optimizer, data shapes, mesh
 
     def choose(build: Callable[[str], None], tell: Say) -> str:
         with kernels.target(*target.kernel_target):  # auto's kernels are the target's
             try:
-                return choose_kernel(run, target.count, build, tell, say_xla=True)[0]
+                return choose_kernel(step, target.count, build, tell, say_xla=True)[0]
             except kernels.KernelCompileError as err:
                 raise ConfigError(f"--plan: {err}") from None
 
@@ -152,7 +153,7 @@ def plan(run: Config, target: Target, text: str, say: Say) -> PlanResult:
         text,
         say,
         choose=choose,
-        with_kernel=lambda kernel: run.with_model(attention_impl=kernel),
+        with_kernel=lambda kernel: step.with_model(attention_impl=kernel),
         compile_step=lambda r, label, train: compile_train(r, target, label, train=train),
         lighter=lambda r: lighter(r, target.count),
         settings={"remat": "model.remat", "accumulation_steps": "optimizer.accumulation_steps"},

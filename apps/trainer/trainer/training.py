@@ -21,7 +21,7 @@ import trainer.evaluation as evaluation
 import trainer.state as run_state
 from tjx import ckpt, data, metrics, nn, parallel
 from trainer import init_from
-from trainer.config import Config
+from trainer.config import Config, StepConfig
 from trainer.data_setup import Bundle, TrainLoader
 from trainer.job.folder import RunDir, final_summary
 from trainer.job.progress import ProgressBar, progress_bar
@@ -46,7 +46,7 @@ DIVERGED_ADVICE = (
 LOSS_SCALE_BACKOFF = 16
 
 
-def units_per_step(cfg: Config) -> int:
+def units_per_step(cfg: Config | StepConfig) -> int:
     """Tokens (or images) one global batch scores; the encoder-decoder's continued half."""
     rows = cfg.data.batch_rows(cfg.data.batch_size)  # both rows of each preference pair
     return rows * int(cfg.objective.units_per_window(cfg.data.seq_len))
@@ -56,7 +56,7 @@ def write_run_files(plan: RunPlan, setup: run_state.Setup, bundle: Bundle) -> No
     """``config.yaml``, ``model.json``, ``data.json`` and an ``--init-from`` start's ``init.json``;
     a file whose content is the same is left untouched (a resume that changes nothing, none)."""
     folder = RunDir(plan.run_dir)
-    folder.create(plan.config.to_dict())
+    folder.create(plan.config.to_yaml())
     folder.write_json(RunDir.MODEL_FILE, nn.config_to_dict(setup.nn_config))
     folder.write_json(RunDir.DATA_FILE, bundle.describe(plan.run_dir))  # tjx.data's RunData
     if plan.init_from is not None:
@@ -65,7 +65,7 @@ def write_run_files(plan: RunPlan, setup: run_state.Setup, bundle: Bundle) -> No
 
 
 def _restore(
-    manager: ckpt.CheckpointManager, setup: run_state.Setup, cfg: Config
+    manager: ckpt.CheckpointManager, setup: run_state.Setup
 ) -> tuple[ckpt.Restored, TrainState]:
     """The newest checkpoint and its train state, placed as the fresh state; one whose optimizer
     state is laid out the other way (flat buffers or per leaf: saved on a mesh that split the
@@ -75,7 +75,7 @@ def _restore(
         restored = ckpt.restore_placed(manager, setup.state.tree(), prog="trainer")
         return restored, TrainState.from_tree(restored.state, like=setup.state)
     except ckpt.CheckpointMismatchError as err:
-        other = run_state.other_layout(cfg, setup)
+        other = run_state.other_layout(setup)
         if other is None:
             raise
         target, convert = other
@@ -83,7 +83,8 @@ def _restore(
             restored = ckpt.restore_placed(manager, target.tree(), prog="trainer")
         except ckpt.CheckpointMismatchError:
             raise err from None
-    was, now = ("per leaf", "flat buffers") if run_state.flat_update(cfg) else ("flat", "per leaf")
+    flat = run_state.flat_update(setup.step_config)
+    was, now = ("per leaf", "flat buffers") if flat else ("flat", "per leaf")
     print(f"resume: the checkpoint's optimizer state is {was}; converted to {now} for this mesh")
     return restored, convert(TrainState.from_tree(restored.state, like=setup.state))
 
@@ -112,7 +113,7 @@ def train(
     if plan.resume:
         try:
             # A corrupt newest step is skipped in one warning line; the state is placed as `st`.
-            restored, st = _restore(manager, setup, cfg)
+            restored, st = _restore(manager, setup)
             if restored.data_state is not None:
                 data_setup.restore_loader(loader, restored.data_state, setup.mesh)
         except (ckpt.CheckpointError, ValueError) as err:
@@ -232,7 +233,7 @@ class Training:
             step_fn, self.compiled = self.compiled_step, True
         else:
             shardings = jax.tree.map(lambda x: x.sharding, self.state)
-            step_fn = jit_train_step(setup, self.cfg, out_shardings=(shardings, None))
+            step_fn = jit_train_step(setup, out_shardings=(shardings, None))
         per_step, unit = self.units_per_step, self.objective.unit
         print(f"model: {self.cfg.kind}, {setup.num_params:,} parameters", flush=True)
         mesh = " × ".join(f"{axis} {size}" for axis, size in setup.mesh.shape.items())

@@ -116,12 +116,12 @@ def where_time_goes(shape: Shape, *, steps: int = 5, seed: int = 0) -> dict[str,
     """The trainer's jitted, donated step for ``shape`` (random weights and tokens), split."""
     from experiments.nanogpt.tjx_worker import trainer_config
     from tjx import data, parallel
-    from trainer import build_state, jit_train_step, resolve
+    from trainer import build_state, jit_train_step, resolve, step_config
 
     cfg = trainer_config({"preset": shape.preset, "sets": shape.trainer_sets()})
     cfg = resolve(cfg, shape.vocab)
-    setup = build_state(cfg)
-    step = jit_train_step(setup, cfg)
+    setup = build_state(step_config(cfg))
+    step = jit_train_step(setup)
     batch = data.random_batch(shape.batch, shape.seq, shape.vocab, seed=seed)
     batch = parallel.shard_batch(batch, setup.mesh)
     hlo = step.lower(setup.state, batch).compile().as_text() or ""

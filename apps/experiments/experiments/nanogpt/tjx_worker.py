@@ -37,7 +37,7 @@ def validation_loss(setup: Any, state: Any, cfg: Any, path: str) -> float:
         "segment_ids": np.ones((b, s), np.int32),
         "positions": np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy(),
     }
-    evaluate = jax.jit(make_eval_step(setup.graphdef, setup.rest, cfg))
+    evaluate = jax.jit(make_eval_step(setup.graphdef, setup.rest, setup.step_config))
     total, count = 0.0, 0
     for x, y in zip(held["inputs"], held["targets"], strict=True):
         batch = parallel.shard_batch({"inputs": x, "targets": y, **layout}, setup.mesh)
@@ -49,13 +49,13 @@ def validation_loss(setup: Any, state: Any, cfg: Any, path: str) -> float:
 def main() -> int:
     """Build the step from the HF weights in ``spec["weights_dir"]``, then serve commands."""
     from tjx import parallel
-    from trainer import build_state, jit_train_step, resolve
+    from trainer import build_state, jit_train_step, resolve, step_config
 
     spec = json.loads(sys.argv[1])
     cfg = trainer_config(spec)
     cfg = resolve(cfg, spec["vocab"])
-    setup = build_state(cfg, init_from=spec["weights_dir"])
-    step = jit_train_step(setup, cfg)
+    setup = build_state(step_config(cfg), init_from=spec["weights_dir"])
+    step = jit_train_step(setup)
     arrays = np.load(spec["batches"])
     b, s = arrays["inputs"].shape[1:]
     layout = {

@@ -159,15 +159,17 @@ class RunDir(RunFolder):
         """The text samples of ``step``: ``samples/step_0000012.txt``."""
         return self.path / self.SAMPLES_DIR / f"step_{step:07d}.txt"
 
-    def create(self, config: Mapping[str, object]) -> bool:
+    def create(self, config: str | Mapping[str, object]) -> bool:
         """Make the directory (and ``samples/``) and write ``config.yaml``; whether it wrote.
 
-        The config is written as YAML in its own key order (``sort_keys=False``), as the user
+        ``config`` is the YAML text as its app renders it (the trainer's `Config.to_yaml`), or
+        plain data, written as YAML in its own key order (``sort_keys=False``), as the user
         reads and writes config files.
         """
         if not storage.is_remote(self.path):  # a store has no folders to make
             (self.path / self.SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
-        return write_if_changed(self.config_file, yaml.safe_dump(dict(config), sort_keys=False))
+        text = config if isinstance(config, str) else yaml.safe_dump(dict(config), sort_keys=False)
+        return write_if_changed(self.config_file, text)
 
     def write_final(self, summary: Mapping[str, object]) -> bool:
         """``final.json``: it exists whole or not at all (an app rebuilds it when missing)."""

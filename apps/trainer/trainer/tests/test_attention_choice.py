@@ -14,7 +14,7 @@ import tjx.kernels.flash as flash
 from tjx.kernels import choice, launch
 from tjx.kernels.testing import failing_attention
 from trainer.cli import main
-from trainer.config import read_config, resolve
+from trainer.config import read_config, resolve, step_config
 from trainer.memory_fit import choose_attention
 from trainer.settings import apply_overrides, load_config_data
 
@@ -116,7 +116,7 @@ def test_auto_on_cpu_is_xla_without_a_compile(capsys):
     def never(run):
         raise AssertionError("nothing to compile: XLA is the only candidate on a CPU")
 
-    run = resolve(cfg, 257)
+    run = step_config(resolve(cfg, 257))
     assert choose_attention(run, build=never) is run
     assert capsys.readouterr().out == "attention: xla (auto: no CUDA GPU; XLA on cpu)\n"
 
@@ -131,9 +131,10 @@ def test_with_no_measurement_auto_tries_cudnn_then_xla(monkeypatch):
         tried.append(run.model.attention_impl)
         raise RuntimeError("cuDNN: no kernel for this call\nmore detail")
 
-    chosen = choose_attention(resolve(cfg, 257), build=build, say=said.append)
+    chosen = choose_attention(step_config(resolve(cfg, 257)), build=build, say=said.append)
     assert tried == ["cudnn"] and chosen.model.attention_impl == "xla"
-    assert chosen.to_dict()["model"]["attention_impl"] == "xla"  # what config.yaml saves
+    saved = cfg.with_step(chosen).to_dict()  # what config.yaml saves
+    assert saved["model"]["attention_impl"] == "xla"
     assert said == [
         "attention: cudnn (auto: no tjx measurement for NVIDIA H100 80GB HBM3 yet)",
         "attention: cudnn failed to lower or compile (RuntimeError: cuDNN: no kernel for this "

@@ -17,7 +17,7 @@ from tjx import nn, optim
 from tjx.nn.configs import ATTENTION_TYPES
 from tjx.optim.config import WSD_DECAY_SHAPES
 from trainer.cli import main
-from trainer.config import read_config, resolve
+from trainer.config import read_config, resolve, step_config
 from trainer.memory_fit import abstract_step
 from trainer.schema import ConfigError, choices
 from trainer.settings import apply_overrides, field_at, load_config_data
@@ -220,7 +220,7 @@ def test_wsd_decay_fraction_moves_the_decay():
 def _signature(*sets: str) -> Any:
     small = ["model.num_layers=1", "model.d_model=16", "model.num_heads=2", "model.mlp_dim=32"]
     cfg = read_config(apply_overrides(load_config_data("tiny"), [*small, *sets]))
-    leaves, treedef = jax.tree.flatten(abstract_step(resolve(cfg, 257))[1])
+    leaves, treedef = jax.tree.flatten(abstract_step(step_config(resolve(cfg, 257)))[1])
     return treedef, [(leaf.shape, leaf.dtype) for leaf in leaves]
 
 

@@ -15,7 +15,7 @@ from jax.sharding import AbstractDevice, AbstractMesh, use_abstract_mesh
 
 from tjx import kernels
 from tjx.kernels import launch
-from trainer.config import read_config, resolve
+from trainer.config import read_config, resolve, step_config
 from trainer.memory_fit import abstract_step
 from trainer.settings import apply_overrides, load_config_data
 
@@ -46,7 +46,7 @@ def _lowered(*sets: str) -> str:
     # Scanned layers: one layer's kernels in the program (the preset unrolls its 12).
     sets = ("model.scan_layers=true", *sets)
     cfg = read_config(apply_overrides(load_config_data("gpt2_small"), list(sets)))
-    step, state, batch = abstract_step(resolve(cfg, cfg.vocab_size or 50257))
+    step, state, batch = abstract_step(step_config(resolve(cfg, cfg.vocab_size or 50257)))
     return step.trace(state, batch).lower(lowering_platforms=("cuda",)).as_text()
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from tjx import ckpt, nn
 from trainer.cli import main, plan_argv
-from trainer.config import read_config, resolve
+from trainer.config import read_config, resolve, step_config
 from trainer.schema import ConfigError
 
 SMALL = [
@@ -68,7 +68,7 @@ def _heldout(argv, init):
     cfg = plan_argv(argv).config
     bundle = data_setup.prepare(cfg)
     cfg = resolve(cfg, bundle.vocab_size)
-    setup = state.build(cfg, init)
+    setup = state.build(step_config(cfg), init)
     params = setup.state.param_tree()
     return evaluation.evaluate(setup, params, bundle, cfg, setup.state.reference)
 
@@ -116,7 +116,7 @@ def _setup(tmp, *sets):
     cfg = plan_argv(_argv(tmp, "dpo_tiny", "run", "data.batch_size=4", *sets)).config
     bundle = data_setup.prepare(cfg)
     cfg = resolve(cfg, bundle.vocab_size)
-    return cfg, state.build(cfg), next(data_setup.train_loader(bundle, cfg))
+    return cfg, state.build(step_config(cfg)), next(data_setup.train_loader(bundle, cfg))
 
 
 def test_without_lora_the_reference_is_a_frozen_copy_outside_the_optimizer(in_tmp):
@@ -129,7 +129,7 @@ def test_without_lora_the_reference_is_a_frozen_copy_outside_the_optimizer(in_tm
     # Adam's moments mirror the params once each: the reference holds no optimizer state.
     n = sum(x.size for x in jax.tree.leaves(params))
     assert sum(x.size for x in jax.tree.leaves(st.opt_state) if x.ndim) == 2 * n
-    step = jit_train_step(setup, cfg)
+    step = jit_train_step(setup)
     new, metrics = step(st, batch)
     assert float(metrics["loss"]) == pytest.approx(np.log(2), rel=1e-6)  # policy == reference
     new, metrics = step(new, batch)  # the first step's rate is 0 (warmup): one more
@@ -147,7 +147,7 @@ def test_accumulated_micro_batches_weigh_by_their_pairs(in_tmp):
         cfg, setup, batch = _setup(in_tmp, *sets)
         batch = {k: np.array(v) for k, v in batch.items()}
         batch["targets"][10:] = -100  # the last 3 pairs are padding: 4 real pairs, then 1
-        _, metrics = jit_train_step(setup, cfg)(setup.state, batch)
+        _, metrics = jit_train_step(setup)(setup.state, batch)
         assert float(metrics["pairs"]) == 5.0
         norms.append(float(metrics["grad_norm"]))
     # Equal micro-batch weights would give the lone pair of the second half twice its share.
@@ -172,7 +172,9 @@ def test_with_lora_the_reference_is_the_base_with_the_adapters_off(in_tmp):
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         if "lora_b" in jax.tree_util.keystr(path):  # adapters that change the model
             leaf[...] = rng.normal(0, 0.5, leaf.shape)
-    loss, aux = make_loss_fn(setup.graphdef, setup.rest, cfg)(params, batch, jax.numpy.int32(0))
+    loss, aux = make_loss_fn(setup.graphdef, setup.rest, setup.step_config)(
+        params, batch, jax.numpy.int32(0)
+    )
     # The reference, built apart: the model without adapters, holding the frozen base weights.
     base = nn.build_model(setup.nn_config, rngs=nnx.Rngs(0))
     state = nnx.state(base, nnx.Param)
@@ -193,7 +195,7 @@ def test_the_dpo_step_compiles_for_a_plan(in_tmp):
     from trainer import target_plan
 
     cfg = plan_argv(_argv(in_tmp, "dpo_tiny", "run")).config
-    run = target_plan.build(resolve(cfg, 400), jax.devices()[:1])
+    run = target_plan.build(step_config(resolve(cfg, 400)), jax.devices()[:1])
     assert run.batch["inputs"].shape == (2 * cfg.data.batch_size, cfg.data.seq_len)
     assert run.state.reference is not None
     run.train_step.lower(run.state, run.batch).compile()
@@ -270,7 +272,7 @@ def test_a_lora_sft_run_starts_dpo_with_its_adapters_merged_into_the_weights(in_
     assert main(_argv(in_tmp, "sft_tiny", "sft", *sft, "data.batch_size=8")) == 0
     vocab = json.loads((in_tmp / "sft" / "data.json").read_text())["vocab_size"]
     cfg = resolve(plan_argv(_argv(in_tmp, "dpo_tiny", "run")).config, vocab)
-    merged, step = init_from.load_run(cfg, cfg.model, str(in_tmp / "sft"))
+    merged, step = init_from.load_run(cfg.train.seed, cfg.model, str(in_tmp / "sft"))
     assert step == 3 and not nn.has_lora(merged)
     # The SFT model as it trained: the base with its adapters, from the same checkpoint.
     adapted = nn.build_model(cfg.model, rngs=nnx.Rngs(1))

@@ -12,7 +12,7 @@ from trainer.state import Setup
 
 def _setup(scale: float) -> Setup:
     # Only graphdef, rest and split reach make_eval_step; the graphdef stands for the model here.
-    return Setup(None, None, None, scale, None, None, {}, 0)
+    return Setup(None, None, None, scale, None, None, {}, 0, None)
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ import pytest
 
 from tjx import nn
 from trainer.cli import main, plan_argv
-from trainer.config import read_config, resolve
+from trainer.config import read_config, resolve, step_config
 from trainer.schema import ConfigError
 
 LLAMA = [
@@ -74,7 +74,7 @@ def test_only_the_adapters_train_and_hold_optimizer_state(in_tmp):
     from trainer.step import jit_train_step
 
     cfg = resolve(plan_argv(_argv(in_tmp)).config, 80)
-    setup = state.build(cfg)
+    setup = state.build(step_config(cfg))
     params = setup.state.param_tree()
     flat = jax.tree_util.tree_leaves_with_path(params)
     adapters = {jax.tree_util.keystr(p): x for p, x in flat if "lora" in jax.tree_util.keystr(p)}
@@ -87,7 +87,7 @@ def test_only_the_adapters_train_and_hold_optimizer_state(in_tmp):
     rng = np.random.default_rng()
     tokens = rng.integers(0, 80, size=(8, 17)).astype(np.int32)
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
-    step = jit_train_step(setup, cfg)
+    step = jit_train_step(setup)
     new, metrics = step(setup.state, batch)
     new, metrics = step(new, batch)
     after = jax.tree.map(np.asarray, new.param_tree())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tjx.metrics import GIB
-from trainer.config import read_config, resolve
+from trainer.config import read_config, resolve, step_config
 from trainer.memory_fit import fit_memory, step_peak
 from trainer.schema import ConfigError
 from trainer.settings import apply_overrides, load_config_data
@@ -21,8 +21,12 @@ SETS = [
 ]
 
 
-def config(*extra: str):
+def run_config(*extra: str):
     return resolve(read_config(apply_overrides(load_config_data("tiny"), [*SETS, *extra])), VOCAB)
+
+
+def config(*extra: str):
+    return step_config(run_config(*extra))
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +52,9 @@ def test_fitting_step_is_unchanged(peaks, capsys):
 def test_too_big_switches_to_full_remat_and_says_so(peaks, capsys):
     plain, full = peaks
     fitted = fit_memory(config(), budget=(plain + full) // 2, devices=1)
-    # Both views change together: the saved config and the model the state is built from.
-    assert fitted.model.remat == "full" and fitted.to_dict()["model"]["remat"] == "full"
+    # The model the state is built from, and the config saved with it (`Config.with_step`).
+    saved = run_config().with_step(fitted).to_dict()
+    assert fitted.model.remat == "full" and saved["model"]["remat"] == "full"
     assert fitted.data.batch_size == 16  # nothing else changes
     assert fitted.model == config("model.remat=full").model
     lines = capsys.readouterr().out.splitlines()

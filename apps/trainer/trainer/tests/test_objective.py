@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from tjx import metrics, nn
-from trainer.config import read_config, resolve
+from trainer.config import read_config, resolve, step_config
 from trainer.step import make_eval_step, make_loss_fn
 
 TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2}
@@ -58,7 +58,7 @@ def test_the_configs_loss_settings_reach_tjx_nn(chunked):
     tokens = jnp.asarray(rng.integers(0, 30, (2, 9)), jnp.int32)
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
     graphdef, params, rest = _split(model)
-    loss, aux = make_loss_fn(graphdef, rest, run)(params, batch, jnp.asarray(0))
+    loss, aux = make_loss_fn(graphdef, rest, step_config(run))(params, batch, jnp.asarray(0))
     want = nn.objective_loss(model, batch, chunked=chunked, chunk_size=4, z_loss=1e-2)
     np.testing.assert_allclose(float(loss), float(want.loss), rtol=1e-6)
     assert set(aux) == {"sum_loss", "num_tokens", "num_correct"}
@@ -75,7 +75,7 @@ def test_masked_lm_eval_masks_with_the_runs_fixed_key():
         "segment_ids": jnp.ones((2, 12), jnp.int32),
     }
     graphdef, params, rest = _split(model)
-    got = make_eval_step(graphdef, rest, cfg)(params, batch)
+    got = make_eval_step(graphdef, rest, step_config(cfg))(params, batch)
     logits, labels = nn.objective_logits(model, batch, key=nn.eval_mask_key(3), mask_prob=0.15)
     want = metrics.lm_stats(logits, labels, top_k=(1, 5, 10))
     assert int(got["num_tokens"]) > 0 and set(got) == set(want)

@@ -11,7 +11,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from trainer import resume
-from trainer.config import read_config, resolve
+from trainer.config import read_config, resolve, step_config
 from trainer.job.folder import RunDir
 from trainer.memory_fit import abstract_step
 from trainer.schema import ConfigError
@@ -27,7 +27,7 @@ def _config(*extra: str) -> Any:
 
 def _state_signature(cfg: Any) -> Any:
     """(tree structure, [(shape, dtype)]) of the abstract train state: what a checkpoint holds."""
-    _, state, _ = abstract_step(resolve(cfg, VOCAB))
+    _, state, _ = abstract_step(step_config(resolve(cfg, VOCAB)))
     leaves, treedef = jax.tree.flatten(state)
     return treedef, [(leaf.shape, leaf.dtype) for leaf in leaves]
 

@@ -11,7 +11,7 @@ import pytest
 
 from tjx import nn
 from trainer.cli import main, plan_argv
-from trainer.config import read_config, resolve
+from trainer.config import read_config, resolve, step_config
 from trainer.schema import ConfigError
 
 SMALL = [
@@ -42,7 +42,7 @@ def test_the_loss_counts_the_assistant_tokens_only(in_tmp):
     cfg = plan_argv(_argv(in_tmp)).config
     bundle = data_setup.prepare(cfg)
     cfg = resolve(cfg, bundle.vocab_size)
-    setup = state.build(cfg)
+    setup = state.build(step_config(cfg))
     batch = next(data_setup.train_loader(bundle, cfg))
     targets = batch["targets"]
     trained = targets != -100
@@ -53,7 +53,7 @@ def test_the_loss_counts_the_assistant_tokens_only(in_tmp):
     assert words and all(w == "<|im_end|>" or w.strip("-0123456789") == "" for w in words), words
     prompts = {tok.decode([int(t)]) for t in np.unique(batch["inputs"][~trained])}
     assert {"user", " is", " +"} <= prompts, prompts
-    loss, aux = make_loss_fn(setup.graphdef, setup.rest, cfg)(
+    loss, aux = make_loss_fn(setup.graphdef, setup.rest, setup.step_config)(
         setup.state.param_tree(), batch, jax.numpy.int32(0)
     )
     assert int(aux["num_tokens"]) == int(trained.sum())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from trainer.config import read_config, resolve
+from trainer.config import read_config, resolve, step_config
 from trainer.state import build
 from trainer.step import make_eval_step
 
@@ -41,7 +41,7 @@ def test_train_step_lowers_loss_and_accumulation_matches_one_batch():
                 "data": {"seq_len": 8, "batch_size": 16},
             }
         )
-        run = resolve(cfg, 40)
+        run = step_config(resolve(cfg, 40))
         setup = build(run)
         from trainer.step import make_train_step
 
@@ -53,7 +53,7 @@ def test_train_step_lowers_loss_and_accumulation_matches_one_batch():
             losses.append(float(out["loss"]))
         assert int(st.step) == 4
         results[accum] = (losses, st.param_tree())
-        evals = jax.jit(make_eval_step(setup.graphdef, setup.rest, cfg))(st.param_tree(), batch)
+        evals = jax.jit(make_eval_step(setup.graphdef, setup.rest, run))(st.param_tree(), batch)
         assert int(evals["num_tokens"]) == 128
     assert results[1][0][-1] < results[1][0][0]  # same batch 4 times: the loss falls
     np.testing.assert_allclose(results[1][0], results[2][0], rtol=2e-5)

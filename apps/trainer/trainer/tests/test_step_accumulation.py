@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from trainer.config import read_config, resolve
+from trainer.config import read_config, resolve, step_config
 from trainer.state import build
 from trainer.step import make_eval_step, make_train_step
 
@@ -61,13 +61,13 @@ def _padded_batch(seed: int) -> dict[str, np.ndarray]:
 
 
 def _one_step(cfg, batch, *, eval_sums=False):
-    run = resolve(cfg, VOCAB)
+    run = step_config(resolve(cfg, VOCAB))
     setup = build(run)
     step = jax.jit(make_train_step(setup.graphdef, setup.rest, setup.tx, run))
     params0 = jax.tree.map(np.asarray, setup.state.param_tree())
     sums = None
     if eval_sums:  # sum of CE and token count of the whole batch, by the eval path
-        sums = make_eval_step(setup.graphdef, setup.rest, cfg)(setup.state.param_tree(), batch)
+        sums = make_eval_step(setup.graphdef, setup.rest, run)(setup.state.param_tree(), batch)
     state, metrics = step(setup.state, batch)
     moved = jax.tree.map(lambda a, b: np.asarray(a) - b, state.param_tree(), params0)
     return moved, metrics, sums

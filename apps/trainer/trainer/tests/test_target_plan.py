@@ -12,7 +12,7 @@ import pytest
 from tjx.metrics import GIB, Compiled, Target, accelerator, deviceless, fit_compiled
 from trainer import target_plan
 from trainer.cli import main
-from trainer.config import read_config, resolve
+from trainer.config import read_config, resolve, step_config
 from trainer.job.plan_report import does_not_fit
 from trainer.memory_fit import lighter
 from trainer.schema import ConfigError
@@ -97,7 +97,7 @@ def tries(run):
 def test_the_fit_takes_full_remat_when_the_step_is_refused_for_memory(monkeypatch):
     seen = fake_compiles(monkeypatch, {("none", 1): None, ("full", 1): 4 * GIB})
     lines: list[str] = []
-    run = run_of()
+    run = step_config(run_of())
     first = target_plan.compile_train(run, target(), "as configured")
     fitted, step, record = fit_compiled(first, tries(run), target().device, lines.append)
     assert fitted.model.remat == "full" and step.peak == 4 * GIB and record["fits"]
@@ -110,7 +110,7 @@ def test_when_remat_is_not_enough_the_batch_is_split_into_micro_batches(monkeypa
     big = 20 * GIB
     peaks = {("none", 1): big, ("full", 1): big, ("full", 2): big, ("full", 4): 10 * GIB}
     seen = fake_compiles(monkeypatch, peaks)
-    run = run_of()
+    run = step_config(run_of())
     first = target_plan.compile_train(run, target(), "as configured")
     fitted, _, record = fit_compiled(first, tries(run), target().device, lambda line: None)
     assert record["fits"] and fitted.optimizer.accumulation_steps == 4
@@ -122,7 +122,7 @@ def test_a_step_that_never_fits_is_an_error_saying_by_how_much(monkeypatch):
     peaks = {("none", m): 40 * GIB for m in (1, 2, 4, 8)}
     peaks |= {("full", m): (20 + m) * GIB for m in (1, 2, 4, 8)}
     fake_compiles(monkeypatch, peaks)
-    run = run_of()
+    run = step_config(run_of())
     first = target_plan.compile_train(run, target(), "as configured")
     fitted, step, record = fit_compiled(first, tries(run), target().device, lambda line: None)
     assert not record["fits"] and fitted is None and step is first  # goes on as configured

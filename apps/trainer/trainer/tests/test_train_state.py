@@ -11,7 +11,7 @@ import pytest
 
 from tjx import kernels
 from tjx.optim import FlatParams, OptimizerConfig, flat_layout
-from trainer.config import read_config, resolve
+from trainer.config import read_config, resolve, step_config
 from trainer.state import abstract_state
 from trainer.train_state import TrainState
 
@@ -84,7 +84,7 @@ def test_a_state_built_for_a_tpu_holds_its_params_per_leaf_where_a_gpu_or_cpu_ho
     memory (llama_small on a v5e: +1.1 GiB), so the state follows the step's target."""
     small = {"model": {"d_model": 16, "num_layers": 2, "num_heads": 2, "mlp_dim": 32,
                        "max_seq_len": 16}, "data": {"seq_len": 8, "batch_size": 8}}  # fmt: skip
-    run = resolve(read_config(small), 40)
+    run = step_config(resolve(read_config(small), 40))
     here = abstract_state(run).state  # this CPU
     with kernels.target("gpu", "NVIDIA H100 80GB HBM3", (9, 0)):
         gpu = abstract_state(run).state

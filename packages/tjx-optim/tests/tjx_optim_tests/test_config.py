@@ -17,6 +17,7 @@ from tjx.optim import (
     build_optimizer,
     build_schedule,
     check_precision,
+    schedule_over,
     users_of,
 )
 from tjx.optim.config import WSD_DEFAULTS
@@ -54,11 +55,11 @@ def test_schedule_config_rejects(kwargs: dict, pattern: str) -> None:
 def test_a_schedule_that_does_not_fit_its_run_is_refused(
     kwargs: dict, total: int, pattern: str
 ) -> None:
-    """The rules that need the run's length are `ScheduleConfig.over`'s, and so `build_schedule`'s
+    """The rules that need the run's length are `schedule_over`'s, and so `build_schedule`'s
     with that length: a config is valid alone, its schedule may not fit a given run."""
     c = ScheduleConfig(**kwargs, peak_lr=1.0)
     with pytest.raises(ValueError, match=pattern):
-        c.over(total)
+        schedule_over(c, total)
     with pytest.raises(ValueError, match=pattern):
         build_schedule(c, total)
 
@@ -69,18 +70,33 @@ def test_a_float_warmup_below_one_is_that_share_of_the_run() -> None:
     steps = np.random.default_rng().integers(2, 5000)
     given = ScheduleConfig(warmup_steps=0.1, peak_lr=1.0)
     assert given.warmup_steps == 0.1  # the run's length is not the config's
-    share = given.over(int(steps))
+    share = schedule_over(given, int(steps))
     assert share.warmup_steps == round(0.1 * steps) and isinstance(share.warmup_steps, int)
     same = dataclasses.replace(share, warmup_steps=share.warmup_steps)
     got, want = build_schedule(given, int(steps)), build_schedule(same, int(steps))
     assert [float(got(t)) for t in range(0, int(steps), 7)] == [
         float(want(t)) for t in range(0, int(steps), 7)
     ]
-    assert ScheduleConfig(warmup_steps=0.0834).over(600).warmup_steps == 50
-    assert ScheduleConfig(warmup_steps=0.0834).over(30).warmup_steps == 3
-    assert ScheduleConfig(warmup_steps=0.5).over(1).warmup_steps == 0  # round half even
+    assert schedule_over(ScheduleConfig(warmup_steps=0.0834), 600).warmup_steps == 50
+    assert schedule_over(ScheduleConfig(warmup_steps=0.0834), 30).warmup_steps == 3
+    assert schedule_over(ScheduleConfig(warmup_steps=0.5), 1).warmup_steps == 0  # round half even
     with pytest.raises(ValueError, match=r"warmup_steps=30 is longer than the run"):
-        ScheduleConfig(warmup_steps=30).over(20)  # steps stay steps
+        schedule_over(ScheduleConfig(warmup_steps=30), 20)  # steps stay steps
+
+
+def test_schedule_config_over_is_schedule_over_with_a_warning() -> None:
+    """0.16's ``ScheduleConfig.over`` is `schedule_over` (beside `build_schedule`) until 0.17: the
+    same result and the same refusals, with a DeprecationWarning."""
+    steps = int(np.random.default_rng().integers(2, 5000))
+    given = ScheduleConfig(warmup_steps=0.1, peak_lr=1.0)
+    with pytest.warns(DeprecationWarning, match="schedule_over"):
+        old = given.over(steps)
+    assert old == schedule_over(given, steps)
+    with (
+        pytest.warns(DeprecationWarning),
+        pytest.raises(ValueError, match=r"warmup_steps=30 is longer than the run"),
+    ):
+        ScheduleConfig(warmup_steps=30).over(20)
 
 
 def test_the_0_15_total_steps_field_still_works_with_a_warning() -> None:

@@ -135,6 +135,28 @@ def test_a_dropping_mixture_too_short_for_the_steps_is_refused(sources, tmp_path
     assert run_loader(run, cfg, seed=0, steps=rows // 4).total_rows == rows
 
 
+def test_the_callers_check_sees_new_data_before_it_is_published(sources, tmp_path):
+    """``prepare_run(check=...)``: an app's own check of newly prepared data runs on the staged
+    folders; what it raises leaves the cache as it was, and data once published is not checked
+    again (it was checked when it was made)."""
+    cache = tmp_path / "c"
+    cfg = DataConfig(source=sources[0]["source"], seq_len=8, batch_size=4, cache_dir=str(cache))
+    seen = []
+
+    def refuse(run):
+        seen.append(next(run_loader(run, cfg, seed=0))["inputs"].shape)
+        raise ValueError("not enough for this app")
+
+    with pytest.raises(ValueError, match="not enough for this app"):
+        prepare_run(cfg, check=refuse)
+    assert seen == [(4, 8)]  # the staged data gives the run's batches
+    # Nothing was published: the next preparation makes the data again, and checks it.
+    run = prepare_run(cfg, check=seen.append)
+    assert len(seen) == 2 and seen[1].train_dir != run.train_dir  # checked where it lay
+    prepare_run(cfg, check=refuse)  # cached: checked when it was made, not again
+    assert len(seen) == 2
+
+
 def test_an_image_run_reads_the_grey_digits_whatever_the_format():
     cfg = DataConfig(source="digits", format="chat")
     run = prepare_run(cfg, images=True, image_size=8)

@@ -67,6 +67,7 @@ from tjx.optim.schedules import (
     join,
     linear_decay,
     linear_warmup,
+    schedule_over,
     sqrt_decay,
     warmup_stable_decay,
     with_warmup,
@@ -79,7 +80,7 @@ from tjx.optim.transforms import (
     skip_nonfinite,
 )
 
-__version__ = "0.16.0"
+__version__ = "0.16.1"
 
 __all__ = [
     "ADAPTER_NAMES",
@@ -103,6 +104,7 @@ __all__ = [
     "all_finite",
     "build_optimizer",
     "build_schedule",
+    "schedule_over",
     "check_precision",
     "clip_by_global_norm_with_stats",
     "constant",

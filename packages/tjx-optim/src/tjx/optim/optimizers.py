@@ -189,6 +189,7 @@ def build_optimizer(
     config: OptimizerConfig,
     *,
     total_steps: int | None = None,
+    schedule: optax.Schedule | None = None,
     axes: Any = None,
     whole_params: bool = True,
 ) -> optax.GradientTransformation:
@@ -201,6 +202,10 @@ def build_optimizer(
     total_steps
         The run's steps, which ``config.schedule`` spans (`build_schedule`); a constant rate
         needs none. None with a schedule: deprecated (until 0.17), as `build_schedule`'s.
+    schedule
+        The learning rate's schedule, built already (`build_schedule` of ``config.schedule``
+        over the run): an app that builds it once hands it to each optimizer it builds, which
+        then needs no ``total_steps``. Not with ``total_steps``.
     axes
         The params' logical axis names: a pytree like the params whose leaves are name tuples
         or ``PartitionSpec``s (``nnx.get_partition_spec`` of the params, as a pure dict when the
@@ -218,8 +223,11 @@ def build_optimizer(
         (``params`` is required: weight decay and some optimizers read it). Pass the state to
         ``step_report`` for lr, norms, clipped/skipped flags and counters.
     """
+    if schedule is not None and total_steps is not None:
+        raise ValueError("build_optimizer: pass total_steps or a built schedule, not both")
     c = config.resolved()
-    rate = learning_rate_schedule(c, total_steps)  # once: each flat group's chain shares it
+    # Once: each flat group's chain shares it.
+    rate = schedule if schedule is not None else learning_rate_schedule(c, total_steps)
     if uses_flat_update(c, whole_params=whole_params):
         # The same chain over {group: flat buffer}; its decay mask is one bool per group.
         return flat_groups(lambda mask: _chain(c, mask, axes, rate), _decays(c, axes))

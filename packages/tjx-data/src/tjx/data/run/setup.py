@@ -12,6 +12,7 @@ Each function reads the settings of one `DataConfig` and calls the preparing fun
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,7 @@ def prepare_run(
     progress: bool = False,
     names: Names = None,
     steps: int | None = None,
+    check: Callable[[RunData | ChatRunData], object] | None = None,
 ) -> RunData | ChatRunData:
     """The tokenizer and checked data of both splits (of every mixture source), cheap when
     cached.
@@ -121,6 +123,11 @@ def prepare_run(
         of them where a mixture drops its exhausted sources). Checked before anything newly
         prepared is published, so data a run refuses leaves the cache as it was; ``None``: not
         checked (the other checks still come first).
+    check:
+        The caller's own check of newly prepared data, called with the run (reading its
+        folders where they lie before publishing) after tjx.data's: what it raises leaves the
+        cache as it was. An app whose run needs more of its data than tjx.data knows of (so
+        many batches) checks it here.
 
     Raises
     ------
@@ -142,8 +149,13 @@ def prepare_run(
     # Everything new is built aside and published only once the run's checks passed.
     with staged() as stage:
         run = _prepare_text_or_chat(config, parts, stage, vocab_size, progress, names)
-        if steps is not None and stage.pending:  # what is cached was checked when it was made
-            run_loader(_where_staged(run, stage), config, seed=0, steps=steps, names=names)
+        if stage.pending and (steps is not None or check is not None):
+            # What is cached was checked when it was made.
+            staged_run = _where_staged(run, stage)
+            if steps is not None:
+                run_loader(staged_run, config, seed=0, steps=steps, names=names)
+            if check is not None:
+                check(staged_run)
     return run
 
 
@@ -207,13 +219,13 @@ def run_loader(
     config: DataConfig,
     *,
     seed: int,
-    steps: int,
+    steps: int | None = None,
     process_index: int = 0,
     process_count: int = 1,
     names: Names = None,
 ) -> Any:
     """The resumable training loader of ``run`` at ``config.batch_size`` (this process's rows of
-    each global batch), checked to last ``steps`` batches.
+    each global batch), checked to last ``steps`` batches (``None``: not checked).
 
     A mixture that drops its exhausted sources ends; one that would end before ``steps`` is
     refused here, before a run writes anything, rather than stopping it half-way: a `DataError`
@@ -228,6 +240,8 @@ def run_loader(
         process_count=process_count,
         names=names,
     )
+    if steps is None:
+        return loader
     rows, needed = getattr(loader, "total_rows", None), steps * config.batch_size
     if rows is not None and rows < needed:
         steps_key, batch_key = name_of(names, "steps"), name_of(names, "batch_size")

@@ -17,7 +17,6 @@ import functools
 import json
 from pathlib import Path
 
-import yaml  # type: ignore[import-untyped]
 
 from tjx import parallel
 from tjx.metrics import GIB, Target, quiet_native_stderr
@@ -69,8 +68,7 @@ def write_winner(run: Config, c: Candidate, path: Path, note: str) -> Config:
         The written file does not load back to the winner (a bug: said, not hidden).
     """
     winner = apply(run, c)
-    text = yaml.safe_dump(winner.to_dict(), sort_keys=False)
-    path.write_text(f"# {note}\n{text}")
+    path.write_text(f"# {note}\n{winner.to_yaml()}")  # config.yaml's one rendering
     loaded = load_config(str(path), [])
     if loaded.to_dict() != winner.to_dict():
         raise ConfigError(f"--search: {path} does not load back to the winner's settings")

@@ -30,7 +30,7 @@ from tjx.kernels.choice import unsupported_reason
 from tjx.metrics import GIB
 from tjx.metrics.memory import budget_bytes
 from tjx.nn import REMAT_POLICIES, check_sequence_split
-from trainer.config import Config
+from trainer.config import Config, step_config
 from trainer.state import abstract_state
 
 __all__ = [
@@ -147,7 +147,7 @@ def describe(c: Candidate) -> dict[str, str]:
 def state_bytes(run: Config) -> int:
     """Bytes of the parameters and optimizer state of ``run``'s train state, on no device."""
     # The state does not depend on the attention kernel; a fused one is refused off its device
-    state = abstract_state(run.with_model(attention_impl="xla")).state
+    state = abstract_state(step_config(run.with_model(attention_impl="xla"))).state
     return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)))
 
 

@@ -147,7 +147,7 @@ def test_fp8_product_contracts_several_axes_and_keeps_the_compute_dtype():
     w = jnp.asarray(rng.standard_normal((4, 5, 6)) * 0.2, jnp.bfloat16)
     for scaling in fp8.SCALINGS:
         policy = fp8.Fp8Policy(scaling)
-        y, vjp = jax.vjp(lambda a, b: fp8.fp8_dot(a, b, 2, policy), x, w)
+        y, vjp = jax.vjp(lambda a, b, p=policy: fp8.fp8_dot(a, b, 2, p), x, w)
         assert y.dtype == jnp.bfloat16 and y.shape == (2, 3, 6)
         exact = np.tensordot(np.asarray(x, np.float64), np.asarray(w, np.float64), 2)
         assert np.linalg.norm(np.asarray(y, np.float64) - exact) / np.linalg.norm(exact) < 0.08

@@ -181,15 +181,22 @@ def _dims(n_in: int, x_ndim: int) -> tuple[tuple[int, ...], tuple[int, ...], tup
 
 
 def _scaled_dot(
-    a: Array, b: Array, contract: tuple[tuple[int, ...], tuple[int, ...]], out_scale: Array
+    a: Array,
+    b: Array,
+    contract: tuple[tuple[int, ...], tuple[int, ...]],
+    out_scale: Array,
+    dtype: jnp.dtype,
 ) -> Array:
-    """``(a · b) * out_scale`` with float8 operands, accumulated in float32.
+    """``(a · b) * out_scale`` in ``dtype``, float8 operands accumulated in float32.
 
-    The scale multiplies the float32 output: for scalar scales XLA's GEMM rewriter folds it
-    into the cuBLASLt fp8 call's alpha; rowwise scales stay an elementwise epilogue.
+    A bfloat16 result leaves the product in bfloat16 (the GEMM accumulates in float32 and
+    writes half the bytes of a float32 output; the scale then multiplies in float32, one
+    rounding more, ``2⁻⁹``, far below float8's); a float16 one would overflow before its scale
+    (float8 products reach ``448² · k``), so it and float32 take a float32 product.
     """
-    y = lax.dot_general(a, b, (contract, ((), ())), preferred_element_type=jnp.float32)
-    return y * out_scale
+    out = jnp.bfloat16 if dtype == jnp.bfloat16 else jnp.float32
+    y = lax.dot_general(a, b, (contract, ((), ())), preferred_element_type=out)
+    return (y.astype(jnp.float32) * out_scale).astype(dtype)
 
 
 def _to_out(s_lead: Array, n_lead: int, n_out: int) -> Array:
@@ -206,16 +213,16 @@ def _forward(x: Array, w: Array, n_in: int, policy: Fp8Policy) -> tuple[Array, t
     if policy.scaling == "tensorwise":
         sx, sw = current_scale(x, E4M3), current_scale(w, E4M3)
         xq, wq = quantize(x, E4M3, sx), quantize(w, E4M3, sw)
-        y = _scaled_dot(xq, wq, (xc, wc), sx * sw)
+        y = _scaled_dot(xq, wq, (xc, wc), sx * sw, x.dtype)
         # The backward reuses the float8 operands (one scale serves both orientations):
         # half the bytes of keeping the compute-dtype ones.
-        return y.astype(x.dtype), (xq, sx, wq, sw)
+        return y, (xq, sx, wq, sw)
     # rowwise: x per row (amax over its contracted axes), w per output column (over its own).
     sx, sw = current_scale(x, E4M3, xc), current_scale(w, E4M3, wc)
     xq, wq = quantize(x, E4M3, sx), quantize(w, E4M3, sw)
     s = _to_out(sx, len(lead), n_out) * sw.reshape(sw.shape[n_in:])
-    y = _scaled_dot(xq, wq, (xc, wc), s)
-    return y.astype(x.dtype), (x, w)
+    y = _scaled_dot(xq, wq, (xc, wc), s, x.dtype)
+    return y, (x, w)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -257,9 +264,9 @@ def _fp8_dot_bwd(n_in: int, policy: Fp8Policy, res: tuple, g: Array) -> tuple[Ar
         wout = tuple(range(n_in, wq.ndim))
         sg = current_scale(g, E5M2)
         gq = quantize(g, E5M2, sg)
-        dx = _scaled_dot(gq, wq, (gout, wout), sg * sw)  # [..., *in]
-        dw = _scaled_dot(xq, gq, (lead, lead), sx * sg)  # [*in, *out]
-        return dx.astype(g.dtype), dw.astype(g.dtype)
+        dx = _scaled_dot(gq, wq, (gout, wout), sg * sw, g.dtype)  # [..., *in]
+        dw = _scaled_dot(xq, gq, (lead, lead), sx * sg, g.dtype)  # [*in, *out]
+        return dx, dw
     x, w = res
     n_out = w.ndim - n_in
     wout = tuple(range(n_in, w.ndim))
@@ -271,6 +278,7 @@ def _fp8_dot_bwd(n_in: int, policy: Fp8Policy, res: tuple, g: Array) -> tuple[Ar
         quantize(w, E4M3, sw_r),
         (gout, wout),
         _to_out(sg_r, n_lead, n_in) * sw_r.reshape(sw_r.shape[:n_in]),
+        g.dtype,
     )
     # dw = xᵀ · g keeps x's input axes and g's output axes: scale each per column.
     sx_c = current_scale(x, E4M3, lead)  # [1..., *in]
@@ -280,8 +288,9 @@ def _fp8_dot_bwd(n_in: int, policy: Fp8Policy, res: tuple, g: Array) -> tuple[Ar
         quantize(g, E5M2, sg_c),
         (lead, lead),
         sx_c.reshape(sx_c.shape[n_lead:] + (1,) * n_out) * sg_c.reshape(sg_c.shape[n_lead:]),
+        g.dtype,
     )
-    return dx.astype(x.dtype), dw.astype(w.dtype)
+    return dx, dw
 
 
 fp8_dot.defvjp(_fp8_dot_fwd, _fp8_dot_bwd)

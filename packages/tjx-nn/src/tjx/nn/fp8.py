@@ -3,9 +3,13 @@
 What the libraries do and what this module adds:
 
 - jax gives the dtypes (``jnp.float8_e4m3fn``, ``jnp.float8_e5m2``) and ``lax.dot_general`` on
-  float8 operands with ``preferred_element_type`` (XLA's CPU backend emulates the product;
-  on Hopper XLA's GEMM rewriter turns an ``f8 × f8`` dot, its scalar operand scales and the
-  output's cast into one cuBLASLt fp8 GEMM, the custom call ``__cublas$lt$matmul$f8``).
+  float8 operands with ``preferred_element_type``. XLA's CPU backend emulates the product; on
+  Hopper XLA's GPU compiler gives an ``f8 × f8`` dot to its Triton GEMM as a float8 product or,
+  where cuBLAS is chosen, to cuBLASLt's float8 GEMM (the custom call ``__cublas$lt$matmul$f8``).
+  The dequantized form ``dot(convert(f8) * s, convert(f8) * s)`` that flax's ``fp8_ops``
+  writes is matched by the cuBLAS rewriter only: XLA's Triton GEMM rewriter (on by default, and
+  first) takes the product of the dequantized bfloat16 operands, a bfloat16 GEMM. So the scales
+  here multiply the product's output.
 - flax (``flax.linen.fp8_ops``, a public module) gives the cast and the scale arithmetic:
   ``quantize`` (divide by the scale, clip to the format's finite range, cast: values beyond
   e4m3's 448 saturate instead of becoming NaN), ``compute_scale`` (``amax / fp8_max``, keeping

@@ -92,3 +92,12 @@ def test_fp8_units_are_hopper_and_blackwell_gpus_only():
     assert not has_fp8_units("tpu", "TPU v5 lite", None)
     assert not has_fp8_units("cpu", "cpu", None)
     assert has_fp8_units("gpu", "NVIDIA H100 80GB HBM3", None)  # by the table's entry
+
+
+def test_every_gpu_target_declares_the_cuda_12_runtime_float8_gemms_need():
+    # Without it XLA's GEMM rewriter refuses cuBLASLt float8 GEMMs in a deviceless compile
+    # ("FP8 Custom Calls require CUDA 12.0 or newer"), #54.
+    for acc in ACCELERATORS.values():
+        if acc.platform == "gpu":
+            text = gpu_target_config(acc)
+            assert re.search(r"runtime_version \{\s*major: 12\s*minor: \d+\s*\}", text), acc.key

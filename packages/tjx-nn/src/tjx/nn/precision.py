@@ -20,14 +20,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from tjx.nn.fp8 import RECIPES, SCALINGS
+
 _PRESETS = ("fp32", "bf16", "pure_bf16", "fp16")
 #: The dtypes tjx trains in, by name (a config file's values; Python code may pass any floating
 #: dtype).
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 #: What the linear layers' products run in: ``default`` (the compute dtype) or ``fp8``.
 MATMULS = ("default", "fp8")
-FP8_SCALINGS = ("tensorwise", "rowwise")
-FP8_RECIPES = ("current", "delayed")
+FP8_SCALINGS, FP8_RECIPES = SCALINGS, RECIPES  # tjx.nn.fp8's, by the names a config reads
 
 
 @dataclass(frozen=True)

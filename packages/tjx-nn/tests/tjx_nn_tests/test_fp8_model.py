@@ -65,3 +65,17 @@ def test_fp8_settings_are_checked_and_saved_only_when_set():
     data = config_to_dict(cfg)
     assert data["fields"]["precision"]["fp8_scaling"] == "rowwise"
     assert config_from_dict(data) == cfg
+
+
+def test_an_fp8_model_holds_the_same_state_as_a_bf16_one():
+    # Current scaling keeps no float8 meta: checkpoints, resumes and HF exports (bf16 weights)
+    # see the very tree a bf16 model has, same names, shapes, dtypes and values.
+    def state(precision):
+        flat = nnx.to_flat_state(nnx.state(build(llama_tiny(precision=precision, num_layers=1))))
+        return {path: np.asarray(v.get_value()) for path, v in flat}
+
+    bf16 = state(tnn.Precision("float32", "bfloat16"))
+    fp8 = state(tnn.Precision("float32", "bfloat16", matmul="fp8", fp8_scaling="rowwise"))
+    assert fp8.keys() == bf16.keys()
+    for path, value in bf16.items():
+        assert fp8[path].dtype == value.dtype and np.array_equal(fp8[path], value), path

@@ -69,6 +69,8 @@ class Precision:
         default="default",
         metadata={
             "choices": MATMULS,
+            # Current scaling keeps no state: a resumed run may switch float8 on or off.
+            "resumable": True,
             "help": "the linear layers' products: default (compute_dtype) or fp8 (e4m3 "
             "operands, e5m2 gradients; Hopper or CPU emulation)",
         },
@@ -77,6 +79,7 @@ class Precision:
         default="tensorwise",
         metadata={
             "choices": FP8_SCALINGS,
+            "resumable": True,
             "help": "matmul=fp8: one scale per tensor, or per row of the activation and per "
             "output column of the weight",
         },

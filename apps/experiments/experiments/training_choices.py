@@ -174,8 +174,8 @@ F32_PARTS = (
 PRECISION_STUDY = Study(
     name="precision",
     title="Precision: fp32, bf16 compute, fp16 with dynamic loss scaling, fp8 linear products",
-    question="How much do bf16 and fp16 (dynamic loss scaling) change the final loss, the speed "
-    "and the compiled memory of the step?",
+    question="How much do bf16, fp16 (dynamic loss scaling) and fp8 linear products change the "
+    "final loss, the speed and the compiled memory of the step?",
     varied="model.precision.compute_dtype (float32 / bfloat16 / float16 + "
     "optimizer.loss_scale=dynamic), model.precision.matmul=fp8 (tensorwise / rowwise)",
     fixed="fp32 parameters and optimizer state (norm statistics, softmax, logits and loss are "

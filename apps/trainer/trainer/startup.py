@@ -8,6 +8,7 @@ import dataclasses
 import sys
 import time
 
+import jax
 import yaml  # type: ignore[import-untyped]
 
 import trainer.data_setup as data_setup
@@ -15,6 +16,7 @@ import trainer.first_compile as first_compile
 import trainer.memory_fit as memory_fit
 import trainer.multihost as multihost
 import trainer.state as state
+import trainer.target_plan as target_plan
 import trainer.training as training
 from tjx import kernels, parallel
 from trainer import init_from
@@ -69,6 +71,7 @@ def _prepare_and_train(plan: RunPlan) -> int:
     try:
         # The mesh first: a mesh, batch or context split that cannot work costs no data preparation
         mesh, _ = state.make_mesh(cfg.mesh, cfg.mesh_needs())
+        target_plan.check_fp8(cfg.model, jax.devices()[0])  # fp8 needs float8 units (or a CPU)
         # A first run tokenizes the corpus (minutes for a large one): say so, and how long it took.
         print(f"data: preparing {data_setup.describe_source(cfg.data)}…", flush=True)
         started = time.perf_counter()

@@ -21,6 +21,7 @@ import jax
 
 from tjx import data, kernels, metrics, nn, parallel
 from tjx.metrics import Compiled, Target, quiet_native_stderr
+from tjx.metrics.accelerators import has_fp8_units
 from trainer import dpo
 from trainer import step as steps  # looked up at the call: a test may replace the step
 from trainer.config import Config, StepConfig, resolve, step_config
@@ -136,8 +137,37 @@ def plan_here(resolved: Config, *, device: str | None = None, say: Say | None = 
     return {**result.data, "error": result.error}
 
 
+def check_fp8(model: nn.TransformerConfig, device: jax.Device | metrics.Accelerator) -> None:
+    """A ConfigError where ``model.precision.matmul=fp8`` meets a device without float8 matrix
+    units (tjx-metrics' device table: A100, the TPUs; a CPU emulates them, for tests).
+
+    Parameters
+    ----------
+    model : TransformerConfig
+        The run's model config.
+    device : jax.Device or Accelerator
+        A running device, or a plan's target.
+    """
+    if not model.precision.fp8:
+        return
+    if isinstance(device, metrics.Accelerator):
+        ok, name = device.fp8_units, device.key
+    elif device.platform == "cpu":
+        return
+    else:
+        cc = getattr(device, "compute_capability", None)
+        ok = has_fp8_units(device.platform, device.device_kind, cc)
+        name = str(device.device_kind)
+    if not ok:
+        raise ConfigError(
+            f"model.precision.matmul=fp8: {name} has no float8 matrix units (those are NVIDIA "
+            "compute capability 8.9+: H100, H200, B200); use model.precision.matmul=default"
+        )
+
+
 def plan(run: Config, target: Target, text: str, say: Say) -> PlanResult:
     """``run`` compiled, fitted and estimated on ``target`` (tjx-metrics' `plan_report`)."""
+    check_fp8(run.model, target.device)
     step = step_config(run)  # what the steps compile: the model, optimizer, data shapes, mesh
 
     def choose(build: Callable[[str], None], tell: Say) -> str:

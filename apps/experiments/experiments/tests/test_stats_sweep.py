@@ -165,3 +165,15 @@ def test_the_moe_claim_needs_matched_active_parameters_and_a_gap_beyond_the_nois
     assert claim.verdict(rows(1.99, 1010.0))[1] == CANNOT_TELL  # 0.01 < sqrt(2) · 0.01
     measured, verdict, why = claim.verdict(rows(1.9, 1100.0))  # 10 % more active weights
     assert verdict == CANNOT_TELL and "+10.0 %" in measured and "not matched" in why
+
+
+def test_an_fp8_row_is_judged_against_bf16_within_its_band_or_the_seeds_noise() -> None:
+    from experiments.training_choices import FP8_BAND, fp8_verdicts
+
+    bf16 = {"label": "bf16 compute", "val_loss": 2.0, "val_loss_std": 0.001}
+    near = {"label": "bf16 + fp8 tensorwise", "val_loss": 2.0 * (1 + FP8_BAND / 2)}
+    far = {"label": "bf16 + fp8 rowwise", "val_loss": 2.0 * (1 + 2 * FP8_BAND)}
+    lines = fp8_verdicts([bf16, near, far, {"label": "fp32", "val_loss": 1.9}])
+    assert len(lines) == 2  # the fp8 rows only
+    assert lines[0].startswith("bf16 + fp8 tensorwise: final validation loss +1.00 % vs bf16")
+    assert ": within the 2 % band" in lines[0] and ": OUTSIDE the 2 % band" in lines[1]

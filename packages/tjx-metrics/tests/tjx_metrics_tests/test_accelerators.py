@@ -14,6 +14,7 @@ from tjx.metrics import (
     parse_target,
     peak_flops,
 )
+from tjx.metrics.accelerators import has_fp8_units
 
 
 def test_a_target_is_a_device_or_a_count_of_them():
@@ -80,3 +81,23 @@ def test_a_devices_kind_finds_its_entry():
     assert accelerator_of("NVIDIA H100 80GB HBM3") is accelerator("h100")
     assert accelerator_of("TPU v5 lite") is accelerator("v5e")
     assert accelerator_of("NVIDIA H100 PCIe") is None and accelerator_of("cpu") is None
+
+
+def test_fp8_units_are_hopper_and_blackwell_gpus_only():
+    with_fp8 = {key for key, acc in ACCELERATORS.items() if acc.fp8_units}
+    assert with_fp8 == {"h100", "h200", "b200"}  # A100's 8-bit figure is int8; TPUs: int8
+    # A running device: a GPU by its compute capability (Ada 8.9 has them, Ampere 8.6 not).
+    assert has_fp8_units("gpu", "NVIDIA GeForce RTX 4090", "8.9")
+    assert not has_fp8_units("gpu", "NVIDIA A10", "8.6")
+    assert not has_fp8_units("tpu", "TPU v5 lite", None)
+    assert not has_fp8_units("cpu", "cpu", None)
+    assert has_fp8_units("gpu", "NVIDIA H100 80GB HBM3", None)  # by the table's entry
+
+
+def test_every_gpu_target_declares_the_cuda_12_runtime_float8_gemms_need():
+    # Without it XLA's GEMM rewriter refuses cuBLASLt float8 GEMMs in a deviceless compile
+    # ("FP8 Custom Calls require CUDA 12.0 or newer"), #54.
+    for acc in ACCELERATORS.values():
+        if acc.platform == "gpu":
+            text = gpu_target_config(acc)
+            assert re.search(r"runtime_version \{\s*major: 12\s*minor: \d+\s*\}", text), acc.key

@@ -42,6 +42,7 @@ __all__ = [
     "accelerator",
     "accelerator_of",
     "gpu_target_config",
+    "has_fp8_units",
     "parse_target",
 ]
 
@@ -95,6 +96,14 @@ class Accelerator:
     gpu_target: str | None = None
     compute_capability: tuple[int, int] | None = None
     tpu_name: str | None = None
+
+    @property
+    def fp8_units(self) -> bool:
+        """Whether it multiplies float8 matrices natively: NVIDIA compute capability 8.9 and up
+        (Ada, Hopper, Blackwell). An A100's 8-bit figure is int8's, and the TPUs up to v6e have
+        int8 but no float8 units: XLA would emulate the float8 products there, slower than bf16.
+        """
+        return self.platform == "gpu" and (self.compute_capability or (0, 0)) >= (8, 9)
 
     def matmul_peak(self, dtype: str, precision: str = "default") -> float:
         """Dense FLOP/s of a matrix product on ``dtype`` operands at an XLA ``precision``.
@@ -251,6 +260,31 @@ def accelerator(key: str) -> Accelerator:
     if found is None:
         raise ValueError(f"unknown target {key!r}; known: {', '.join(ACCELERATORS)}")
     return found
+
+
+def has_fp8_units(platform: str, device_kind: str, compute_capability: str | None) -> bool:
+    """Whether a running device multiplies float8 matrices natively (see
+    `Accelerator.fp8_units`): a GPU by its compute capability (``"9.0"``), a device the table
+    knows by its entry; a CPU or an unknown TPU kind has none.
+
+    Parameters
+    ----------
+    platform : str
+        ``jax.Device.platform`` (``"gpu"``, ``"tpu"``, ``"cpu"``).
+    device_kind : str
+        ``jax.Device.device_kind``.
+    compute_capability : str or None
+        A GPU's ``jax.Device.compute_capability`` (``"9.0"``).
+
+    Returns
+    -------
+    bool
+    """
+    if platform in ("gpu", "cuda") and compute_capability:
+        major, _, minor = compute_capability.partition(".")
+        return (int(major), int(minor or 0)) >= (8, 9)
+    found = accelerator_of(device_kind)
+    return found is not None and found.fp8_units
 
 
 def accelerator_of(device_kind: str) -> Accelerator | None:

@@ -189,14 +189,14 @@ class Attention(nnx.Module):
     def _fused_qkv(self, x: Array) -> tuple[Array, Array, Array] | None:
         """Queries, keys and values of ``x`` through `stacked_projection` (one backward for
         the three), or None where the projections are not alike (MLA, GQA, a LoRA adapter, no
-        biases or a bias on some only): those take their own `Dense` calls."""
+        biases or a bias on some only) or run in float8: those take their own `Dense` calls."""
         parts = (self.query, self.key, self.value)
         if self.mla or self.num_kv_heads != self.num_heads:
             return None
         if any(p.lora is not None or p.n_in != 1 or p.bias is None for p in parts):
             return None
-        if len({p.precision for p in parts}) != 1:
-            return None
+        if len({p.precision for p in parts}) != 1 or self.query.precision.fp8:
+            return None  # fp8: each projection's own float8 product (`Dense`)
         dt = self.query.precision.compute_dtype
         kernels = tuple(p.kernel[...].astype(dt) for p in parts)
         biases = tuple(p.bias[...].astype(dt) for p in parts if p.bias is not None)

@@ -3,7 +3,7 @@ checks are one idea, so they are in :mod:`tjx.nn.configs` now, beside the class 
 the checks of one value (``choice``, ``positive``, ``rate``, which every tjx-nn config class
 uses) are tjx-core's (:mod:`tjx.core.config.values`), below both ``configs`` and
 :mod:`tjx.nn.moe.config`. Read from here, each name still works, with a DeprecationWarning the first
-time; the module goes in tjx-nn 0.23.
+time; the module goes in tjx-nn 0.24.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ from tjx.nn.precision import Precision
 from tjx.nn.registry import MODEL_KINDS
 from tjx.nn.rope_scaling import RopeScaling
 
+_FP8_KEYS = ("matmul", "fp8_scaling", "fp8_recipe", "fp8_amax_history")
+
 
 def config_to_dict(config: TransformerConfig) -> dict[str, Any]:
     """``config`` as JSON-ready data: its class name and every field (dtypes by name).
@@ -30,18 +32,23 @@ def config_to_dict(config: TransformerConfig) -> dict[str, Any]:
     -------
     dict
         ``{"class": name, "fields": {field: value}}``; ``precision`` is
-        ``{"param_dtype": name, "compute_dtype": name, "logits_dtype": name}``, ``rope_scaling``
+        ``{"param_dtype": name, "compute_dtype": name, "logits_dtype": name}`` (and the float8
+        settings ``matmul``, ``fp8_*`` where ``matmul="fp8"``), ``rope_scaling``
         its set fields (``RopeScaling.as_dict``), tuples lists.
     """
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if isinstance(value, Precision):
+            p = value
             value = {
                 "param_dtype": jnp.dtype(value.param_dtype).name,
                 "compute_dtype": jnp.dtype(value.compute_dtype).name,
                 "logits_dtype": jnp.dtype(value.logits_dtype).name,
             }
+            # The float8 settings only where set: a default config's file is as before.
+            if p.fp8:
+                value.update({k: getattr(p, k) for k in _FP8_KEYS})
         elif isinstance(value, RopeScaling):
             value = value.as_dict()
         elif isinstance(value, tuple):
@@ -89,6 +96,7 @@ def config_from_dict(data: Mapping[str, Any]) -> TransformerConfig:
                 precision["compute_dtype"],
                 # saved before logits_dtype existed: the float32 logits those runs had
                 precision.get("logits_dtype", "float32"),
+                **{k: precision[k] for k in _FP8_KEYS if k in precision},
             )
         except (KeyError, TypeError):
             raise ValueError(

@@ -230,6 +230,7 @@ class TransformerConfig:
         moe = {name: getattr(self, name) for name in ALL_MOE_FIELDS}
         check_moe(moe, cls, num_layers=self.num_layers, defaults=defaults)
         check_unused(self, cls)
+        check_fp8(self, cls)
 
     def layer_windows(self, num_layers: int | None = None) -> tuple[int | None, ...]:
         """Each layer's self-attention window (None: full attention), ``window_pattern``
@@ -616,6 +617,26 @@ def check_family(config: Any, cls: str) -> None:
             f"{cls}.cross_entropy_impl 'pallas' cannot soft-cap the output logits "
             f"(final_logit_softcap {config.final_logit_softcap}): the fused kernel has no soft "
             "cap; use 'auto' (which then takes the chunked XLA loss) or 'xla'"
+        )
+
+
+def check_fp8(config: Any, cls: str) -> None:
+    """``precision.matmul="fp8"`` only where every linear product can take it: a `Dense`
+    (attention and MLP projections, MLA's included). The MoE experts' einsums have no float8
+    path, and delayed scaling's amax history is not yet state a train step carries: each is
+    refused with one line naming it and the fix."""
+    p = config.precision
+    if not p.fp8:
+        return
+    if p.fp8_recipe == "delayed":
+        raise ValueError(
+            f"{cls}.precision.fp8_recipe='delayed' is not supported yet (the amax history is not "
+            "kept in the train state); use fp8_recipe='current'"
+        )
+    if config.num_experts > 0:
+        raise ValueError(
+            f"{cls}.precision.matmul='fp8' cannot run the MoE experts' products (num_experts="
+            f"{config.num_experts}) in float8; use matmul='default' for a MoE model"
         )
 
 

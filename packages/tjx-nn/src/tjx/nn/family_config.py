@@ -1,6 +1,6 @@
 """The architecture switches of the 2024-25 decoder families (their checks: ``check_family``, with
 the config's other checks in :mod:`tjx.nn.configs`; imported from here it still works, with a
-DeprecationWarning, until tjx-nn 0.23).
+DeprecationWarning, until tjx-nn 0.24).
 
 Each is one ``TransformerConfig`` field (``configs.py``), off by default:
 

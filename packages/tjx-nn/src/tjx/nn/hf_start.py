@@ -1,6 +1,6 @@
 """Deprecated path: moved to ``tjx.nn.hf.start`` in tjx-nn 0.20 (see `tjx.nn.moved`).
 
-Importing it warns once and gives the new module itself; the path goes in 0.23.
+Importing it warns once and gives the new module itself; the path goes in 0.24.
 """
 
 from tjx.nn.hf.start import *  # noqa: F403  (the names, for type checkers)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tjx.nn.fp8 import Fp8Policy, fp8_dot
 from tjx.nn.params import Initializer, make_param, normal, zeros
 from tjx.nn.precision import Precision
 
@@ -45,7 +46,9 @@ class Dense(nnx.Module):
 
     The kernel has shape ``in_shape + out_shape`` (e.g. ``[embed, heads, head_dim]`` for a query
     projection) with logical names ``in_names + out_names``; the bias has ``out_shape``. ``lora``
-    holds an adapter once ``tjx.nn.add_lora`` has put one here.
+    holds an adapter once ``tjx.nn.add_lora`` has put one here. With ``precision.matmul="fp8"``
+    the product is `tjx.nn.fp8.fp8_dot` (float8 operands forward and backward); the bias and an
+    adapter's update stay in the compute dtype.
     """
 
     def __init__(
@@ -82,7 +85,11 @@ class Dense(nnx.Module):
         """Project ``x`` in the compute dtype (``rng``: the adapter's dropout key, if any)."""
         dt = self.precision.compute_dtype
         kernel = self.kernel[...].astype(dt)
-        y = jnp.tensordot(x.astype(dt), kernel, axes=self.n_in)
+        if self.precision.fp8:
+            policy = Fp8Policy(self.precision.fp8_scaling)
+            y = fp8_dot(x.astype(dt), kernel, self.n_in, policy)
+        else:
+            y = jnp.tensordot(x.astype(dt), kernel, axes=self.n_in)
         if self.bias is not None:
             y = y + self.bias[...].astype(dt)
         if self.lora is not None:

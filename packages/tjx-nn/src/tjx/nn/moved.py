@@ -6,7 +6,7 @@ release.
 three-line module that calls `alias` (tjx-core's `module_moved`, the one mechanism every package
 uses): importing it warns once (a `DeprecationWarning` pointing at the importing line) and gives
 the new module itself, so every name, private ones included, and every monkeypatch reach the
-same object. The old paths go in 0.23 (0.22 kept them one release more).
+same object. The old paths go in 0.24 (kept through 0.22 and 0.23).
 
 Three old modules are now packages of the same path (``tjx.nn.hf``, ``tjx.nn.moe``,
 ``tjx.nn.preference``): their public names are the package's; any other name the old module
@@ -44,7 +44,7 @@ MOVED = {
     **{f"tjx.nn.moe_{name}": f"tjx.nn.moe.{name}" for name in ("config", "dispatch", "parallel")},
     **{f"tjx.nn.preference_{name}": f"tjx.nn.preference.{name}" for name in ("rules", "steps")},
 }
-REMOVED_IN = "0.23"
+REMOVED_IN = "0.24"
 
 
 def alias(old: str) -> None:

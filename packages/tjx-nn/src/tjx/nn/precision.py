@@ -5,6 +5,11 @@ statistics, softmax and the loss always run in float32 regardless of the policy 
 ``norms.py``, ``tjx.kernels.attention`` and the models' output heads); ``logits_dtype`` says only
 which dtype the chunked loss stores the LM head's product in between the matmul and the float32
 softmax (float32 by default; bfloat16 as PyTorch's autocast, half the bytes).
+
+``matmul="fp8"`` (#54) runs the linear layers' products (every `tjx.nn.linear.Dense`: the
+attention and MLP projections) in float8 with ``fp8_scaling`` (see `tjx.nn.fp8`); the LM head,
+the embeddings, the norms, attention's own products, LoRA adapters' products, the weights, the
+optimizer and the loss keep the dtypes above.
 """
 
 from __future__ import annotations
@@ -15,10 +20,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from tjx.nn.fp8 import RECIPES, SCALINGS
+
 _PRESETS = ("fp32", "bf16", "pure_bf16", "fp16")
 #: The dtypes tjx trains in, by name (a config file's values; Python code may pass any floating
 #: dtype).
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+#: What the linear layers' products run in: ``default`` (the compute dtype) or ``fp8``.
+MATMULS = ("default", "fp8")
+FP8_SCALINGS, FP8_RECIPES = SCALINGS, RECIPES  # tjx.nn.fp8's, by the names a config reads
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,52 @@ class Precision:
         },
     )
 
+    matmul: str = field(
+        default="default",
+        metadata={
+            "choices": MATMULS,
+            # Current scaling keeps no state: a resumed run may switch float8 on or off.
+            "resumable": True,
+            "help": "the linear layers' products: default (compute_dtype) or fp8 (e4m3 "
+            "operands, e5m2 gradients; Hopper or CPU emulation)",
+        },
+    )
+    fp8_scaling: str = field(
+        default="tensorwise",
+        metadata={
+            "choices": FP8_SCALINGS,
+            "resumable": True,
+            "help": "matmul=fp8: one scale per tensor, or per row of the activation and per "
+            "output column of the weight",
+        },
+    )
+    fp8_recipe: str = field(
+        default="current",
+        metadata={
+            "choices": FP8_RECIPES,
+            "help": "matmul=fp8: scales from the tensor being cast (current) or from an amax "
+            "history (delayed)",
+        },
+    )
+    fp8_amax_history: int = field(
+        default=16,
+        metadata={"min": 1, "help": "fp8_recipe=delayed: steps of amax history"},
+    )
+
     def __post_init__(self) -> None:
+        for name, allowed in (
+            ("matmul", MATMULS),
+            ("fp8_scaling", FP8_SCALINGS),
+            ("fp8_recipe", FP8_RECIPES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"Precision.{name} must be one of {allowed}; got {getattr(self, name)!r}"
+                )
+        if int(self.fp8_amax_history) < 1:
+            raise ValueError(
+                f"Precision.fp8_amax_history must be >= 1; got {self.fp8_amax_history!r}"
+            )
         for name in ("param_dtype", "compute_dtype", "logits_dtype"):
             value = jnp.dtype(getattr(self, name))
             if not jnp.issubdtype(value, jnp.floating):
@@ -88,6 +143,11 @@ class Precision:
         if name not in _PRESETS:
             raise ValueError(f"precision must be one of {_PRESETS}; got {name!r}")
         return getattr(cls, name)()
+
+    @property
+    def fp8(self) -> bool:
+        """Whether the linear layers' products run in float8."""
+        return self.matmul == "fp8"
 
     def cast(self, x: jax.Array) -> jax.Array:
         """Cast a floating array to the compute dtype (integers pass through)."""

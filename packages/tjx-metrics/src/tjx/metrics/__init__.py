@@ -135,7 +135,7 @@ from tjx.metrics.roofline import LIKELY_BRANCH, Roofline, roofline
 from tjx.metrics.roofline_report import LAUNCH_BOUND_S, TOP, estimate, f32_dots, grouped_notes
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
-__version__ = "0.18.1"
+__version__ = "0.19.0"
 
 _TRAINER = "a training run's {} is the trainer app's (#53): `from {} import {}`"
 

@@ -7,7 +7,8 @@ prunes what cannot shard or cannot fit before compiling (one line per reason, co
 the rest as ``--plan`` does, best first within a time budget (`trainer.search.engine`), ranks
 them by the estimated step time (calibrated where the device table has a calibration; the
 collectives priced at the table's link bandwidth) and writes the winner as a YAML ``--config``
-takes. fp8 matmuls are not a dimension yet: this tree's models have no fp8 setting.
+takes. fp8 products (``model.precision.matmul``) are a dimension where the target has float8
+units and the model can take them (no MoE, a bf16/fp16 run).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import argparse
 import functools
 import json
 from pathlib import Path
-
 
 from tjx import parallel
 from tjx.metrics import GIB, Target, quiet_native_stderr
@@ -121,7 +121,7 @@ def search_from_args(args: argparse.Namespace) -> int:
         say(
             f"search: {len(space.meshes)} mesh splits, {len(space.remats)} remat policies, "
             f"{len(space.accumulations)} accumulation steps, attention {'/'.join(space.attentions)}"
-            f", loss {'/'.join(space.losses)}; fp8 not searched (no fp8 setting in this tree)"
+            f", loss {'/'.join(space.losses)}, matmul {'/'.join(space.matmuls)}"
         )
         for line in space.pruned.lines():
             say(f"search: {line}")

@@ -2,11 +2,13 @@
 
 A `Candidate` is one choice per dimension: the mesh (`MeshChoice`: the six axes' sizes, whether
 weights are sharded ZeRO-style, whether tensor rules apply), the remat policy, the gradient
-accumulation steps (micro-batch = ``data.batch_size / accumulation``), the attention kernel and
-the loss kernel. `Space.of` lists the values each dimension may take for a run on a target, in
-the order the search tries them (its prior: least communication, least recompute, fewest
-micro-steps first); `Space.prune_mesh` and `Space.prune_pair` say why a value cannot run, in one
-phrase per reason, so that a search can count them (`Pruned`). Nothing here compiles.
+accumulation steps (micro-batch = ``data.batch_size / accumulation``), the attention kernel, the
+loss kernel and the linear layers' products (``model.precision.matmul``: fp8 where the target has
+float8 units and the model can take it). `Space.of` lists the values each dimension may take for a
+run on a target, in the order the search tries them (its prior: least communication, least
+recompute, fewest micro-steps first); `Space.prune_mesh` and `Space.prune_pair` say why a value
+cannot run, in one phrase per reason, so that a search can count them (`Pruned`). Nothing here
+compiles.
 
 The memory bound is analytic and a lower bound: a device holds at least its share of the
 parameters and optimizer state (their bytes from the abstract train state, divided by the axes
@@ -23,6 +25,7 @@ from collections import Counter
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from tjx import parallel
 from tjx.kernels import Target as KernelTarget
@@ -30,6 +33,7 @@ from tjx.kernels.choice import unsupported_reason
 from tjx.metrics import GIB
 from tjx.metrics.memory import budget_bytes
 from tjx.nn import REMAT_POLICIES, check_sequence_split
+from tjx.nn.precision import MATMULS
 from trainer.config import Config, step_config
 from trainer.state import abstract_state
 
@@ -106,6 +110,7 @@ class Candidate:
     accumulation: int
     attention: str
     loss: str
+    matmul: str = "default"
 
     def replace(self, **changes: Any) -> Candidate:
         """A copy with ``changes``."""
@@ -120,6 +125,8 @@ def apply(run: Config, c: Candidate) -> Config:
     model: dict[str, Any] = {"remat": c.remat, "attention_impl": c.attention}
     if "cross_entropy_impl" not in type(run.model).unused_fields:
         model["cross_entropy_impl"] = c.loss
+    if c.matmul != run.model.precision.matmul:
+        model["precision"] = dataclasses.replace(run.model.precision, matmul=c.matmul)
     return dataclasses.replace(run, mesh=mesh, optimizer=optimizer).with_model(**model)
 
 
@@ -131,7 +138,7 @@ def candidate_of(run: Config, devices: int) -> Candidate:
     mesh = MeshChoice(tuple(sizes), zero)
     m = run.model
     return Candidate(mesh, m.remat, run.optimizer.accumulation_steps, m.attention_impl,
-                     m.cross_entropy_impl)  # fmt: skip
+                     m.cross_entropy_impl, m.precision.matmul)  # fmt: skip
 
 
 def describe(c: Candidate) -> dict[str, str]:
@@ -140,8 +147,21 @@ def describe(c: Candidate) -> dict[str, str]:
         "mesh": c.mesh.describe(),
         "remat": c.remat,
         "accumulation": str(c.accumulation),
-        "kernels": f"{c.attention}/{c.loss}",
+        "kernels": f"{c.attention}/{c.loss}" + (" fp8" if c.matmul == "fp8" else ""),
     }
+
+
+def _fp8_refusal(run: Config, device: Any) -> str | None:
+    """Why ``run`` cannot multiply in float8 on ``device`` (a `tjx.metrics.Accelerator`), or
+    None: the rules the trainer and tjx-nn refuse it by."""
+    m = run.model
+    if not device.fp8_units:
+        return f"the {device.key} has no float8 matrix units"
+    if getattr(m, "num_experts", 0):
+        return "the MoE experts' products do not go through Dense (tjx-nn refuses fp8 there)"
+    if m.precision.compute_dtype not in (jnp.bfloat16, jnp.float16):
+        return f"compute_dtype {m.precision.compute_dtype} (fp8 is searched for bf16/fp16 runs)"
+    return None
 
 
 def state_bytes(run: Config) -> int:
@@ -190,6 +210,7 @@ class Space:
     accumulations: list[int]
     attentions: list[str]
     losses: list[str]
+    matmuls: list[str] = dataclasses.field(default_factory=lambda: ["default"])
     pruned: Pruned = dataclasses.field(default_factory=Pruned)
     state: int = 0
 
@@ -204,6 +225,7 @@ class Space:
         accumulations: tuple[int, ...] | None = None,
         attentions: tuple[str, ...] | None = None,
         losses: tuple[str, ...] | None = None,
+        matmuls: tuple[str, ...] | None = None,
     ) -> Space:
         """The space of ``run`` on ``target`` (a `tjx.metrics.Target`): each keyword narrows a
         dimension (the axes the mesh may split: default every one the model can use). Meshes
@@ -253,6 +275,14 @@ class Space:
                     )
                 else:
                     space.losses.append(kernel)
+        space.matmuls = []
+        configured = m.precision.matmul  # tried first: the run as given
+        for matmul in matmuls or (configured, *(k for k in MATMULS if k != configured)):
+            why = _fp8_refusal(run, target.device) if matmul == "fp8" else None
+            if why is None:
+                space.matmuls.append(matmul)
+            else:
+                space.pruned.add(f"matmul fp8: {why}", "model.precision.matmul=fp8")
         return space
 
     def prune_mesh(self, mesh: MeshChoice) -> str | None:

@@ -33,7 +33,7 @@ __all__ = ["Outcome", "Planner", "SearchResult", "evaluate", "search"]
 
 Say = Callable[[str], None]
 #: The dimensions a hill-climbing step changes, in turn.
-DIMENSIONS = ("mesh", "remat", "accumulation", "attention", "loss")
+DIMENSIONS = ("mesh", "remat", "accumulation", "attention", "loss", "matmul")
 
 
 @dataclasses.dataclass
@@ -234,6 +234,7 @@ def _neighbours(space: Space, anchor: Candidate) -> Iterator[Candidate]:
         "accumulation": space.accumulations,
         "attention": space.attentions,
         "loss": space.losses,
+        "matmul": space.matmuls,
     }
     for rank in range(max(len(v) for v in values.values())):
         for dim in DIMENSIONS:

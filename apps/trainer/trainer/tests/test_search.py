@@ -22,7 +22,7 @@ from trainer import target_plan
 from trainer.cli import main
 from trainer.config import read_config, resolve
 from trainer.search import candidates, engine, table, write_winner
-from trainer.search.candidates import Candidate, MeshChoice, Space, apply
+from trainer.search.candidates import Candidate, MeshChoice, Space, apply, describe
 from trainer.search.engine import Outcome, search
 from trainer.settings import apply_overrides, load_config_data
 
@@ -77,7 +77,7 @@ def test_only_the_splits_that_shard_the_state_are_compiled_and_the_yaml_plans_th
     state = candidates.state_bytes(run)
     tgt = target(2, memory=int(0.9 * state))
     space = Space.of(run, tgt, axes=("data", "fsdp"), remats=("none",), accumulations=(1,),
-                     attentions=("xla",), losses=("xla",))  # fmt: skip
+                     attentions=("xla",), losses=("xla",), matmuls=("default",))  # fmt: skip
     assert [m.describe() for m in space.meshes] == ["fsdp=2"]
     assert space.pruned.counts == {
         f"params + optimizer state alone exceed the {0.9 * state / GIB:.2f} GiB per device "
@@ -172,6 +172,36 @@ def test_the_budget_ends_the_search_and_says_so(monkeypatch):
     space = Space.of(run, target(1), attentions=("xla",), losses=("xla",))
     result = search(run, target(1), "v5e", space, budget_s=100, workers=0)
     assert result.ran_out and 0 < len(result.order) < len(space.remats) + len(space.accumulations)
+
+
+def test_fp8_is_searched_only_where_the_target_has_float8_units_and_the_model_takes_it():
+    bf16 = ["model.precision.param_dtype=float32", "model.precision.compute_dtype=bfloat16"]
+    run = run_of(*bf16)
+    h100 = Target(accelerator("h100"), 1, jax.devices()[:1])
+    space = Space.of(run, h100, axes=("data",), remats=("none",), accumulations=(1,),
+                     attentions=("xla",), losses=("xla",))  # fmt: skip
+    assert space.matmuls == ["default", "fp8"] and not space.pruned.counts
+    a100 = Target(accelerator("a100-40gb"), 1, jax.devices()[:1])
+    space = Space.of(run, a100, axes=("data",), attentions=("xla",), losses=("xla",))
+    assert space.matmuls == ["default"]
+    assert space.pruned.counts == {"matmul fp8: the a100-40gb has no float8 matrix units": 1}
+    fp32 = Space.of(run_of(), h100, axes=("data",), attentions=("xla",), losses=("xla",))
+    assert fp32.matmuls == ["default"] and any("compute_dtype" in r for r in fp32.pruned.counts)
+    winner = apply(run, candidates.candidate_of(run, 1).replace(matmul="fp8"))
+    assert (
+        winner.model.precision.matmul == "fp8" and winner.model.precision.param_dtype == "float32"
+    )
+    assert describe(candidates.candidate_of(winner, 1))["kernels"].endswith(" fp8")
+
+
+def test_the_climb_takes_fp8_when_its_estimate_is_faster(monkeypatch):
+    run = run_of("model.precision.compute_dtype=bfloat16")
+    fake_plans(monkeypatch, lambda r: (1, 0.5 if r.model.precision.matmul == "fp8" else 1.0))
+    h100 = Target(accelerator("h100"), 1, jax.devices()[:1])
+    space = Space.of(run, h100, axes=("data",), remats=("none",), accumulations=(1,),
+                     attentions=("xla",), losses=("xla",))  # fmt: skip
+    result = search(run, h100, "h100", space, budget_s=60, workers=0, say=lambda line: None)
+    assert result.ranked()[0][0].matmul == "fp8" and not result.ran_out
 
 
 def test_apply_writes_each_dimension_into_the_config():

@@ -18,6 +18,8 @@ import trainer_walk
 from ci_summary import WALK_PROPERTY
 
 TOOL = Path(trainer_walk.__file__).resolve()
+#: #53's goal: each walk in at most this many files.
+MAX_FILES = 10
 SUMMARY = re.compile(r"^walk (\S+): (\d+) files, (\d+) calls, (\d+) returns$")
 
 
@@ -103,3 +105,8 @@ def test_each_setting_walks_from_the_command_line_to_where_it_acts(
         assert ours[-1] == f"{path}:{name}" and listed[-1] == path
         assert all(f.startswith(("apps/trainer/trainer/", "packages/")) for f in listed)
         record_testsuite_property(WALK_PROPERTY, summary.group(0))
+        # #53's goal, held: a function that does not use a setting does not receive it (the
+        # fp8 device check once took the whole model config and lengthened this walk).
+        assert (
+            files <= MAX_FILES
+        ), f"{summary.group(0)}: over #53's {MAX_FILES}: {sorted(set(listed))}"

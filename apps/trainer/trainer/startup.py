@@ -71,7 +71,9 @@ def _prepare_and_train(plan: RunPlan) -> int:
     try:
         # The mesh first: a mesh, batch or context split that cannot work costs no data preparation
         mesh, _ = state.make_mesh(cfg.mesh, cfg.mesh_needs())
-        target_plan.check_fp8(cfg.model, jax.devices()[0])  # fp8 needs float8 units (or a CPU)
+        target_plan.check_fp8(
+            cfg.model.precision, jax.devices()[0]
+        )  # fp8 needs float8 units (or a CPU)
         # A first run tokenizes the corpus (minutes for a large one): say so, and how long it took.
         print(f"data: preparing {data_setup.describe_source(cfg.data)}…", flush=True)
         started = time.perf_counter()

@@ -137,18 +137,18 @@ def plan_here(resolved: Config, *, device: str | None = None, say: Say | None = 
     return {**result.data, "error": result.error}
 
 
-def check_fp8(model: nn.TransformerConfig, device: jax.Device | metrics.Accelerator) -> None:
+def check_fp8(precision: nn.Precision, device: jax.Device | metrics.Accelerator) -> None:
     """A ConfigError where ``model.precision.matmul=fp8`` meets a device without float8 matrix
     units (tjx-metrics' device table: A100, the TPUs; a CPU emulates them, for tests).
 
     Parameters
     ----------
-    model : TransformerConfig
-        The run's model config.
+    precision : Precision
+        The run's ``model.precision`` (all the check reads of the model).
     device : jax.Device or Accelerator
         A running device, or a plan's target.
     """
-    if not model.precision.fp8:
+    if not precision.fp8:
         return
     if isinstance(device, metrics.Accelerator):
         ok, name = device.fp8_units, device.key
@@ -167,7 +167,7 @@ def check_fp8(model: nn.TransformerConfig, device: jax.Device | metrics.Accelera
 
 def plan(run: Config, target: Target, text: str, say: Say) -> PlanResult:
     """``run`` compiled, fitted and estimated on ``target`` (tjx-metrics' `plan_report`)."""
-    check_fp8(run.model, target.device)
+    check_fp8(run.model.precision, target.device)
     step = step_config(run)  # what the steps compile: the model, optimizer, data shapes, mesh
 
     def choose(build: Callable[[str], None], tell: Say) -> str:

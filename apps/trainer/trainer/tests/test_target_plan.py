@@ -229,7 +229,7 @@ def test_fp8_is_refused_in_one_line_where_the_device_has_no_float8_units():
     fp8 = run_of("model.precision.matmul=fp8").model
     for key in ("a100-40gb", "v5e"):
         with pytest.raises(ConfigError, match=f"fp8: {key} has no float8 matrix units"):
-            target_plan.check_fp8(fp8, accelerator(key))
-    target_plan.check_fp8(fp8, accelerator("h100"))  # Hopper has them
-    target_plan.check_fp8(fp8, jax.devices()[0])  # a CPU emulates them (tests)
-    target_plan.check_fp8(run_of().model, accelerator("a100-40gb"))  # bf16 runs anywhere
+            target_plan.check_fp8(fp8.precision, accelerator(key))
+    target_plan.check_fp8(fp8.precision, accelerator("h100"))  # Hopper has them
+    target_plan.check_fp8(fp8.precision, jax.devices()[0])  # a CPU emulates them (tests)
+    target_plan.check_fp8(run_of().model.precision, accelerator("a100-40gb"))  # bf16 runs anywhere

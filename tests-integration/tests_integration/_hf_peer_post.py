@@ -62,6 +62,17 @@ def peft(job: dict[str, Any]) -> None:
     np.savez(job["out"], adapted=_logits(adapted, tokens), merged=_logits(merged, tokens))
 
 
+def _grads_and_metrics(trainer: Any) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """A TRL trainer's gradients after ``loss.backward()`` (``grad:<name>``, every trainable
+    parameter) and the last value of each metric it logged."""
+    grads = {
+        f"grad:{name}": p.grad.detach().float().numpy()
+        for name, p in trainer.model.named_parameters()
+        if p.requires_grad and p.grad is not None
+    }
+    return grads, {k: float(v[-1]) for k, v in trainer._metrics["train"].items() if v}
+
+
 def dpo(job: dict[str, Any]) -> None:
     from datasets import Dataset  # pants: no-infer-dep
     from trl import DPOConfig, DPOTrainer  # pants: no-infer-dep
@@ -106,12 +117,7 @@ def dpo(job: dict[str, Any]) -> None:
     trainer.model.train()
     loss = trainer.compute_loss(trainer.model, batch)
     loss.backward()
-    grads = {
-        f"grad:{name}": p.grad.detach().float().numpy()
-        for name, p in trainer.model.named_parameters()
-        if p.requires_grad and p.grad is not None
-    }
-    metrics = {k: float(v[-1]) for k, v in trainer._metrics["train"].items() if v}
+    grads, metrics = _grads_and_metrics(trainer)
     np.savez(
         job["out"],
         loss=np.asarray(float(loss.detach())),
@@ -172,12 +178,7 @@ def grpo(job: dict[str, Any]) -> None:
         logps, _, _ = trainer._get_per_token_logps_and_entropies(
             trainer.model, ids, torch.ones_like(ids), length
         )
-    grads = {
-        f"grad:{name}": p.grad.detach().float().numpy()
-        for name, p in trainer.model.named_parameters()
-        if p.requires_grad and p.grad is not None
-    }
-    metrics = {k: float(v[-1]) for k, v in trainer._metrics["train"].items() if v}
+    grads, metrics = _grads_and_metrics(trainer)
     np.savez(
         job["out"],
         loss=np.asarray(float(loss.detach())),

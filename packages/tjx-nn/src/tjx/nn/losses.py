@@ -60,6 +60,14 @@ def _token_ce(logits: Array, labels: Array, label_smoothing: float) -> tuple[Arr
     return nll, lse, target
 
 
+def target_logprobs(logits: Array, targets: Array) -> Array:
+    """Each target's log-probability under ``logits`` ``[..., vocab]``, float32, 0 where the
+    target is negative (``-100``: not scored): the per-token reading DPO's unchunked path and
+    GRPO's ratios take, from the loss's own per-token cross-entropy (`_token_ce`)."""
+    nll, _, _ = _token_ce(logits, targets, 0.0)
+    return jnp.where(targets >= 0, -nll, 0.0)
+
+
 def cross_entropy_loss(
     logits: Array,
     labels: Array,

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from tjx.core.config.values import choice
 from tjx.core.fields import setting
 from tjx.nn.decoder import DecoderLM
+from tjx.nn.losses import target_logprobs
 
 __all__ = [
     "ADVANTAGE_SCALES",
@@ -213,9 +214,7 @@ def token_logprobs(model: DecoderLM, batch: dict[str, Array], *, temperature: fl
         segment_ids=batch.get("segment_ids"),
         deterministic=True,
     ).astype(jnp.float32)
-    logp = jax.nn.log_softmax(logits / temperature, axis=-1)
-    picked = jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0]
-    return jnp.where(targets != -100, picked, 0.0)
+    return target_logprobs(logits / temperature, targets)
 
 
 def grpo_loss(

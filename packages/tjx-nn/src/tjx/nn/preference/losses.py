@@ -34,6 +34,7 @@ from tjx.core.fields import setting
 from tjx.kernels import chunked_cross_entropy
 from tjx.nn.decoder import DecoderLM
 from tjx.nn.lora import adapters_off, has_lora
+from tjx.nn.losses import target_logprobs
 
 __all__ = [
     "PREFERENCE_LOSSES",
@@ -211,10 +212,7 @@ def sequence_logprobs(
             return chunked_cross_entropy(h.astype(dt), w, labels, chunk_size=chunk_size).sum_loss
 
         return -jax.vmap(row)(hidden, targets), counts
-    logits = model.logits(hidden).astype(jnp.float32)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    picked = jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0]
-    return jnp.sum(jnp.where(targets != -100, picked, 0.0), axis=-1), counts
+    return jnp.sum(target_logprobs(model.logits(hidden), targets), axis=-1), counts
 
 
 def dpo_loss(

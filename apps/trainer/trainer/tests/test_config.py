@@ -28,6 +28,7 @@ PRESETS = [
     "sft_tiny",
     "sft_llama",
     "dpo_tiny",
+    "llama3_8b",
 ]
 
 

@@ -154,6 +154,13 @@ def _report(
     if result.reused:
         say(f"search: {result.reused} candidates reused an earlier compile (the same program)")
     ranked = result.ranked()
+    if not ranked and result.ran_out:
+        # The budget ended the search: what was not planned may fit, so the fix is a longer one.
+        return error_exit(
+            f"--plan {args.plan} --search: no candidate fitted among the {planned} planned before "
+            f"the budget ({budget:g} min) ran out ({result.stopped} compiles stopped); raise "
+            "--search-budget, or lower data.batch_size or data.seq_len"
+        )
     if not ranked:
         return error_exit(
             f"--plan {args.plan} --search: no candidate fits ({planned} planned); lower "

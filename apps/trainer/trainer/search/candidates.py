@@ -52,6 +52,9 @@ __all__ = [
 #: step (data: one gradient reduction; tensor: every layer, forward and backward).
 AXES = parallel.MESH_AXES
 _TALK = {"pipeline": 1.0, "data": 0.0, "fsdp": 1.0, "expert": 1.5, "context": 2.0, "tensor": 3.0}
+#: The share of a device's memory a mesh should leave to activations to be tried early: below it
+#: the split is tried after the others (it fits only small micro-batches; `Space.mesh_order`).
+ACTIVATION_ROOM = 0.25
 #: Remat policies from the least recomputed to the most: what the search tries first.
 REMAT_ORDER = ("none", "save_dots_and_attention", "save_dots", "save_attention_output", "full")
 assert sorted(REMAT_ORDER) == sorted(REMAT_POLICIES), "a new remat policy: place it in the order"
@@ -251,7 +254,7 @@ class Space:
                     space.meshes.append(choice)
                 else:
                     space.pruned.add(reason, f"mesh {choice.describe()}")
-        space.meshes.sort(key=lambda c: (c.prior(), c.sizes, c.zero))
+        space.meshes.sort(key=space.mesh_order)
         space.remats = list(remats or REMAT_ORDER)
         batch = run.data.batch_size
         divisors = [a for a in range(1, batch + 1) if batch % a == 0]
@@ -284,6 +287,16 @@ class Space:
             else:
                 space.pruned.add(f"matmul fp8: {why}", "model.precision.matmul=fp8")
         return space
+
+    def mesh_order(self, mesh: MeshChoice) -> tuple[bool, float, tuple[int, ...], bool]:
+        """The key meshes are tried in: those whose share of the state leaves the activations
+        at least `ACTIVATION_ROOM` of the device first, then the least talk (`MeshChoice.prior`).
+
+        A split that talks least but leaves almost no room (an 8B model's 15 GiB of state on a
+        16 GiB v5e chip) only fits the smallest activations: planned first, it spends the budget
+        on compiles that do not fit."""
+        cramped = self.state / mesh.weight_shards > (1 - ACTIVATION_ROOM) * self.budget
+        return cramped, mesh.prior(), mesh.sizes, mesh.zero
 
     def prune_mesh(self, mesh: MeshChoice) -> str | None:
         """Why ``mesh`` cannot run ``self.run`` (None: it may), before any compile."""

@@ -164,6 +164,21 @@ def test_a_candidate_the_fit_makes_lighter_is_not_compiled_again(monkeypatch):
     assert result.ranked()[0][0].remat == "full"
 
 
+def test_a_split_that_leaves_the_activations_little_room_is_tried_after_those_that_leave_some():
+    """Plain data parallelism talks least, but its whole copy of the state fills 90 % of the
+    device: the FSDP splits, whose shares leave room, come first; it stays in the space."""
+    run = run_of("data.batch_size=4", "data.seq_len=16", "eval.batch_size=4")
+    state = candidates.state_bytes(run)
+    space = Space.of(run, target(4, memory=int(state / 0.9)), axes=("data", "fsdp"),
+                     attentions=("xla",), losses=("xla",))  # fmt: skip
+    first = [m.describe() for m in space.meshes]
+    assert first[-1] == "data=4", first
+    assert first[0] == "data=2 fsdp=2", first  # of the roomy splits, the one that talks least
+    roomy = Space.of(run, target(4, memory=100 * state), axes=("data", "fsdp"),
+                     attentions=("xla",), losses=("xla",))  # fmt: skip
+    assert roomy.meshes[0].describe() == "data=4"  # with room to spare, talk decides alone
+
+
 def test_the_budget_ends_the_search_and_says_so(monkeypatch):
     clock = iter(range(0, 10_000, 40))  # each reading 40 s after the last
     monkeypatch.setattr(engine.time, "perf_counter", lambda: float(next(clock)))
@@ -261,6 +276,21 @@ def test_when_nothing_fits_the_search_says_so_in_one_line(capsys, in_tmp, monkey
     fake_plans(monkeypatch, lambda r: (2 * GIB, 1.0))
     assert main(["--config", "tiny", *sets("data.batch_size=2"), "--plan", "v5e", "--search"]) == 2
     assert "no candidate fits" in error_line(capsys) and not list(in_tmp.iterdir())
+
+
+def test_a_budget_that_ends_before_a_fit_asks_for_a_longer_one_not_a_smaller_run(
+    capsys, in_tmp, monkeypatch
+):
+    on_cpu(monkeypatch, memory=GIB)
+    fake_plans(monkeypatch, lambda r: (2 * GIB, 1.0))
+    clock = iter(range(0, 10_000, 40))  # each reading 40 s after the last: 1 minute is 2 plans
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: float(next(clock)))
+    argv = ["--config", "tiny", *sets("data.batch_size=2"), "--plan", "v5e", "--search",
+            "--search-budget", "1"]  # fmt: skip
+    assert main(argv) == 2
+    line = error_line(capsys)
+    assert "before the budget (1 min) ran out" in line and "raise --search-budget" in line
+    assert not list(in_tmp.iterdir())
 
 
 def test_the_cli_prints_the_table_and_writes_a_config_that_loads(capsys, in_tmp, monkeypatch):

@@ -1,7 +1,7 @@
 """Context parallelism end to end on 8 simulated devices, built from the packages alone.
 
 A tiny Llama's loss and gradients on a packed batch are the same with each sequence split over
-context = 1, 2, 4 and 8 devices (and with FSDP and tensor parallelism beside it); the compiled
+context = 1, 2 and 8 devices (and with FSDP and tensor parallelism beside it); the compiled
 memory of attention per device falls with the split; a tiny model trains at sequence 32k with
 context 8 on this CPU. The model runs under ``tjx.nn.sequence_parallel(ContextParallel(...))``,
 the batch goes through ``tjx.parallel.place_batch`` (balanced layout, sequence split).
@@ -84,13 +84,14 @@ def unsplit():
 @pytest.mark.parametrize(
     "mesh_kw",
     [
+        # context 4 is between these two (the ring's steps are its only change): not compiled
+        # (CI's 60 minutes)
         dict(data=4, context=2, strategy="fsdp"),  # weights split over the 2 context devices
-        dict(data=2, context=4, strategy="dp"),
-        dict(data=1, context=8, strategy="fsdp"),
-        dict(data=1, context=8, strategy="dp", context_strategy="all_gather"),
+        dict(data=1, context=8, strategy="dp"),
+        dict(data=1, context=8, strategy="fsdp", context_strategy="all_gather"),
         dict(data=1, fsdp=2, context=2, tensor=2, strategy="fsdp_tp"),  # with FSDP and tensor
     ],
-    ids=["context2", "context4", "context8", "context8-all-gather", "fsdp2-context2-tensor2"],
+    ids=["context2", "context8", "context8-all-gather", "fsdp2-context2-tensor2"],
 )
 def test_losses_and_gradients_equal_those_of_an_unsplit_sequence(unsplit, mesh_kw):
     batch, (want_loss, want_grads) = unsplit

@@ -35,7 +35,10 @@ GUARD = re.compile(r"<!-- plan-guard -->(.*?)<!-- /plan-guard -->", re.S)
 GIB = 2**30
 
 CASES = [
-    *[(p, "h100", k) for p in ("gpt2_small", "llama_small") for k in ("auto", "pallas", "xla")],
+    # gpt2_small's XLA attention on an H100 is llama_small's program but for GPT-2's own layers,
+    # which the other two gpt2_small cases compile: not compiled a third time (CI's 60 minutes).
+    *[("gpt2_small", "h100", k) for k in ("auto", "pallas")],
+    *[("llama_small", "h100", k) for k in ("auto", "pallas", "xla")],
     ("llama_small", "v5e", "auto"),
     # #43: LoRA chat fine-tuning of Llama-3.1-8B's shape (the trainer README's figure)
     ("sft_llama", "h100", "auto"),

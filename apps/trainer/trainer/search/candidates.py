@@ -174,6 +174,15 @@ def state_bytes(run: Config) -> int:
     return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)))
 
 
+def gradient_bytes(run: Config) -> int:
+    """Bytes of one gradient of ``run``'s trained parameters (as many as the parameters; none
+    counted with LoRA, whose adapters' gradients are small beside the frozen base)."""
+    if run.use_lora:
+        return 0
+    state = abstract_state(step_config(run.with_model(attention_impl="xla"))).state
+    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.param_tree())))
+
+
 def _splits(count: int, axes: int) -> list[tuple[int, ...]]:
     """Every way of writing ``count`` as an ordered product of ``axes`` positive factors."""
     divisors = [d for d in range(1, count + 1) if count % d == 0]
@@ -216,6 +225,7 @@ class Space:
     matmuls: list[str] = dataclasses.field(default_factory=lambda: ["default"])
     pruned: Pruned = dataclasses.field(default_factory=Pruned)
     state: int = 0
+    grads: int = 0
 
     @classmethod
     def of(
@@ -238,7 +248,7 @@ class Space:
         space = cls(run, count, budget, [], [], [], [], [])
         if axes is None:
             axes = tuple(a for a in AXES if a != "expert" or m.num_experts)
-        space.state = state_bytes(run)
+        space.state, space.grads = state_bytes(run), gradient_bytes(run)
         for sizes in _splits(count, len(axes)):
             full = tuple(sizes[axes.index(a)] if a in axes else 1 for a in AXES)
             mesh = dict(zip(AXES, full, strict=True))
@@ -292,10 +302,13 @@ class Space:
         """The key meshes are tried in: those whose share of the state leaves the activations
         at least `ACTIVATION_ROOM` of the device first, then the least talk (`MeshChoice.prior`).
 
-        A split that talks least but leaves almost no room (an 8B model's 15 GiB of state on a
-        16 GiB v5e chip) only fits the smallest activations: planned first, it spends the budget
-        on compiles that do not fit."""
-        cramped = self.state / mesh.weight_shards > (1 - ACTIVATION_ROOM) * self.budget
+        A split that talks least but leaves almost no room (an 8B model's 15 GiB of state and
+        gradient on a 16 GiB v5e chip) only fits the smallest activations: planned first, it
+        spends the budget on compiles that do not fit."""
+        # The step holds a gradient beside the state (sharded as the parameters are).
+        cramped = (self.state + self.grads) / mesh.weight_shards > (
+            1 - ACTIVATION_ROOM
+        ) * self.budget
         return cramped, mesh.prior(), mesh.sizes, mesh.zero
 
     def prune_mesh(self, mesh: MeshChoice) -> str | None:

@@ -166,7 +166,8 @@ def test_a_candidate_the_fit_makes_lighter_is_not_compiled_again(monkeypatch):
 
 def test_a_split_that_leaves_the_activations_little_room_is_tried_after_those_that_leave_some():
     """Plain data parallelism talks least, but its whole copy of the state fills 90 % of the
-    device: the FSDP splits, whose shares leave room, come first; it stays in the space."""
+    device and a gradient leaves no room: the FSDP splits, whose shares leave room, come first;
+    it stays in the space (the state alone fits)."""
     run = run_of("data.batch_size=4", "data.seq_len=16", "eval.batch_size=4")
     state = candidates.state_bytes(run)
     space = Space.of(run, target(4, memory=int(state / 0.9)), axes=("data", "fsdp"),

@@ -24,6 +24,8 @@ import tjx.kernels.flash as flash
 from tjx.kernels import attention, flash_attention, reference_attention
 from tjx.kernels.flash_fwd import flash_forward
 from tjx.kernels.partition import (
+    _align_infer,
+    _align_rule,
     _bwd_infer,
     _bwd_partition,
     _bwd_rule,
@@ -416,6 +418,14 @@ def test_sharding_rules_and_gspmd_inference(mesh):
     dp = PartitionSpec(("data", "model"))
     q8, k8 = arg((8, 16, 8, 16), dp), arg((8, 16, 4, 16), dp)
     assert _fwd_infer(cfg(2), mesh, (q8, k8), None)[0].is_equivalent_to(NamedSharding(mesh, dp), 4)
+    # `aligned` (before cuDNN): the same layout for q, k, v; the batch's for the other rows.
+    ids = jax.ShapeDtypeStruct((2, 16), jnp.int32, sharding=NamedSharding(mesh, REPLICATED))
+    got = _align_infer(mesh, (q, k, k, ids), None)
+    assert all(g.is_equivalent_to(out, 4) for g in got[:3])
+    assert got[3].is_equivalent_to(NamedSharding(mesh, DATA), 2)
+    rule = _align_rule(big, [q, kv(4), kv(4), ids], None)
+    assert q_heads(rule) == ("n", "g") and rule.operand_mappings[3] == ("b", "x0_1")
+    assert rule.result_mappings == rule.operand_mappings
 
 
 def test_inside_shard_map_with_vma_checks(mesh):

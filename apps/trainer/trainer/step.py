@@ -122,6 +122,11 @@ def make_train_step(
             # already, and a NaN from any other cause is skipped by the optimizer. Not masking
             # saves one select kernel per parameter leaf every step (128 of gpt2_small's).
             zero_empty_grads=not cfg.optimizer.skip_nonfinite,
+            # Micro-batch i is examples i, i + k, ... (a preference pair's two rows together): with
+            # the batch sharded by rows over the mesh, every micro-batch stays on every device
+            # (contiguous ones would sit on a sub-axis of it: repeated work, and a sharding
+            # jax's cuDNN attention cannot partition).
+            interleave_rows=cfg.data.batch_rows(1),
         )
         if scaled:  # report the unscaled loss (exact for the power-of-two dynamic scale)
             loss = loss / loss_scale_value(opt_state).astype(loss.dtype)

@@ -146,11 +146,14 @@ def test_accumulated_micro_batches_weigh_by_their_pairs(in_tmp):
         sets = ("data.batch_size=8", f"optimizer.accumulation_steps={micro}")
         cfg, setup, batch = _setup(in_tmp, *sets)
         batch = {k: np.array(v) for k, v in batch.items()}
-        batch["targets"][10:] = -100  # the last 3 pairs are padding: 4 real pairs, then 1
+        # Pairs 0-4 real, 5-7 padding: the interleaved micro-batches (pairs 0, 2, 4, 6 and
+        # 1, 3, 5, 7; each pair's two rows together) hold 3 and 2 real pairs.
+        batch["targets"][10:] = -100
         _, metrics = jit_train_step(setup)(setup.state, batch)
         assert float(metrics["pairs"]) == 5.0
         norms.append(float(metrics["grad_norm"]))
-    # Equal micro-batch weights would give the lone pair of the second half twice its share.
+    # Equal micro-batch weights would give each pair of the second micro-batch 3/2 the share of
+    # one of the first.
     assert norms[1] == pytest.approx(norms[0], rel=1e-4)
 
 

@@ -15,9 +15,11 @@ from trainer.state import build
 from trainer.step import make_eval_step, make_train_step
 
 VOCAB, B, S, MICRO = 40, 32, 8, 4  # 8 rows per micro-batch: one per simulated device
-# Real tokens per row; micro-batch i is rows 8i..8i+7. Valid targets per micro-batch:
-# 0 (all padding), 8, 64 (no padding), 41 — deliberately uneven.
-LENGTHS = (0,) * 8 + (1, 0, 2, 0, 1, 3, 0, 1) + (8,) * 8 + (5, 8, 2, 7, 8, 1, 6, 4)
+# Real tokens per row of each micro-batch. Valid targets per micro-batch: 0 (all padding), 8,
+# 64 (no padding), 41 — deliberately uneven. The step interleaves (`interleave_rows`: micro-batch
+# i is rows i, i + 4, ..., so each stays on every device), so the batch lists them interleaved.
+MICRO_LENGTHS = ((0,) * 8, (1, 0, 2, 0, 1, 3, 0, 1), (8,) * 8, (5, 8, 2, 7, 8, 1, 6, 4))
+LENGTHS = tuple(n for row in zip(*MICRO_LENGTHS, strict=True) for n in row)
 VALID = [0, 8, 64, 41]
 
 
@@ -83,9 +85,8 @@ def one_pass():
 def test_uneven_padding_accumulates_to_the_one_pass_step(one_pass, optimizer) -> None:
     moved1, metrics1, sums = one_pass
     moved4, metrics4, _ = _one_step(_config(MICRO, **optimizer), _padded_batch(0))
-    rows = B // MICRO
     targets = _padded_batch(0)["targets"]
-    assert [int((targets[i * rows : (i + 1) * rows] >= 0).sum()) for i in range(MICRO)] == VALID
+    assert [int((targets[i::MICRO] >= 0).sum()) for i in range(MICRO)] == VALID
     # The one-pass loss is the token mean, as an independent eval pass computes it.
     token_mean = float(sums["sum_loss"]) / int(sums["num_tokens"])
     assert float(metrics1["loss"]) == pytest.approx(token_mean, rel=1e-5)

@@ -13,18 +13,26 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import export
+from jax.experimental.custom_partitioning import (
+    ArrayMapping,
+    SdyShardingRule,
+    custom_partitioning,
+)
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import tjx.kernels.flash as flash
 from tjx.kernels import attention, flash_attention, reference_attention
 from tjx.kernels.flash_fwd import flash_forward
 from tjx.kernels.partition import (
+    _align_infer,
+    _align_rule,
     _bwd_infer,
     _bwd_partition,
     _bwd_rule,
     _fwd_infer,
     _fwd_partition,
     _fwd_rule,
+    aligned,
     kernel_layout,
 )
 
@@ -169,6 +177,95 @@ def test_heads_that_cannot_keep_whole_groups_are_replicated(mesh):
     for a, e in zip(got, want, strict=True):
         assert rel_err(a, e) <= TOL
     assert _hlo_shape((1, S, 4, D)) in hlo  # local batch, all heads
+
+
+def test_micro_batches_of_an_fsdp_batch_run_one_row_per_device():
+    """Gradient accumulation under FSDP, one row per device (torchtitan's default): 16 rows over
+    ``fsdp=8`` split into 2 micro-batches of 8 (``tjx.optim``'s ``[k, n/k]`` split) reach the
+    kernel sharded over a Shardy sub-axis (``fsdp:(1)4``, replicated over ``fsdp:(4)2``), which
+    jax cannot decode into a NamedSharding (its lowering failed in ``explode_superdims``). The
+    kernel runs on the whole ``fsdp`` axis instead: one row per device, right values."""
+    mesh = Mesh(np.array(jax.devices()).reshape(1, 8), ("data", "fsdp"))  # as the trainer's
+    k_micro, b = 2, 16
+    q, k, v, _, ct = _inputs(seed=17, b=b, h=4, hkv=2)
+
+    def split(x):
+        return x.reshape((k_micro, b // k_micro, *x.shape[1:]))
+
+    def accumulate(attn):
+        def f(q, k, v, ct):
+            def body(carry, mb):
+                q, k, v, ct = mb
+                return carry, _fwd_bwd(attn, causal=True)(q, k, v, None, ct)
+
+            _, outs = jax.lax.scan(body, 0, tuple(split(x) for x in (q, k, v, ct)))
+            return tuple(o.reshape((b, *o.shape[2:])) for o in outs)
+
+        return f
+
+    batch = PartitionSpec(("data", "fsdp"))  # the trainer's batch sharding
+    got, hlo = _run_sharded(mesh, accumulate(_flash), [q, k, v, ct], [batch] * 4)
+    want = accumulate(_reference)(q, k, v, ct)
+    for name, a, e in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
+        assert rel_err(a, e) <= TOL, name
+    assert _hlo_shape((1, S, 4, D)) in hlo  # each device's kernel: one row, every head
+
+
+def _rowwise(q, k, v, ids):
+    """Uses every operand, row by row (as attention does): right on any batch split."""
+    return q * jnp.sum(k + v, axis=(1, 2, 3))[:, None, None, None] + ids[:, :, None, None]
+
+
+def _cudnn_like(seen):
+    """An op partitioned as jax 0.10.2's cuDNN attention is: a Shardy rule that ties nothing but
+    q's own dimensions (k, v, ids get independent factors, as ``_fwd_shardy_rule`` gives them),
+    a partition that records the specs it is handed and keeps them (as jax's does), and that
+    refuses q, k, v sharded differently (``_check_qkv_bias_mask_spec``)."""
+
+    def rule(mesh, operands, results):
+        del mesh, results
+        own = [
+            ArrayMapping(*(f"a{i}{j}" for j in range(len(x.shape)))) for i, x in enumerate(operands)
+        ]
+        return SdyShardingRule(tuple(own), (own[0],))
+
+    def partition(mesh, args, result):
+        del result
+        specs = [a.sharding.spec for a in args]
+        seen.append(specs)
+        if not specs[0] == specs[1] == specs[2]:
+            raise ValueError("Query, key and value should have same sharding.")
+
+        return mesh, _rowwise, args[0].sharding, tuple(a.sharding for a in args)
+
+    op = custom_partitioning(_rowwise)
+    op.def_partition(
+        partition=partition,
+        infer_sharding_from_operands=lambda mesh, args, result: args[0].sharding,
+        sharding_rule=rule,
+    )
+    return op
+
+
+@pytest.mark.parametrize("align", [False, True])
+def test_aligned_hands_the_cudnn_call_q_k_v_and_ids_in_one_layout(mesh, align):
+    """jax's cuDNN attention refuses (at compile) k and v sharded unlike q, which its Shardy rule
+    allows (under FSDP Shardy gave it v replicated): `aligned`, called before it by the cuDNN
+    dispatch, puts q, k, v and the ids on the batch layout. Without it (the control) the same
+    compile fails."""
+    q, k, v, ids, _ = _inputs(seed=19, hkv=H)  # the op sums k + v: one head count
+    seen = []
+    op = _cudnn_like(seen)
+    call = (lambda q, k, v, ids: op(*aligned(q, k, v, ids))) if align else op
+    specs = [DATA, DATA, REPLICATED, REPLICATED]  # v and ids replicated, q and k batch-sharded
+    if not align:
+        with pytest.raises(Exception, match="same sharding"):
+            _run_sharded(mesh, call, [q, k, v, ids], specs)
+        return
+    got, _ = _run_sharded(mesh, call, [q, k, v, ids], specs)
+    np.testing.assert_allclose(got, _rowwise(q, k, v, ids), rtol=1e-6)
+    assert seen[-1][:3] == [PartitionSpec("data", None, None, None)] * 3
+    assert seen[-1][3] == PartitionSpec("data", None)  # ids: split like q's batch
 
 
 def test_gspmd_partitioner(mesh):
@@ -321,6 +418,14 @@ def test_sharding_rules_and_gspmd_inference(mesh):
     dp = PartitionSpec(("data", "model"))
     q8, k8 = arg((8, 16, 8, 16), dp), arg((8, 16, 4, 16), dp)
     assert _fwd_infer(cfg(2), mesh, (q8, k8), None)[0].is_equivalent_to(NamedSharding(mesh, dp), 4)
+    # `aligned` (before cuDNN): the same layout for q, k, v; the batch's for the other rows.
+    ids = jax.ShapeDtypeStruct((2, 16), jnp.int32, sharding=NamedSharding(mesh, REPLICATED))
+    got = _align_infer(mesh, (q, k, k, ids), None)
+    assert all(g.is_equivalent_to(out, 4) for g in got[:3])
+    assert got[3].is_equivalent_to(NamedSharding(mesh, DATA), 2)
+    rule = _align_rule(big, [q, kv(4), kv(4), ids], None)
+    assert q_heads(rule) == ("n", "g") and rule.operand_mappings[3] == ("b", "x0_1")
+    assert rule.result_mappings == rule.operand_mappings
 
 
 def test_inside_shard_map_with_vma_checks(mesh):

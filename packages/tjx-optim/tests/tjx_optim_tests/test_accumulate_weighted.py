@@ -201,3 +201,39 @@ def test_bad_weights_are_rejected_with_their_name() -> None:
     tuple_aux = jax.value_and_grad(lambda p, b: (_loss(p, b)[0], (1.0,)), has_aux=True)
     with pytest.raises(ValueError, match=r"names no aux entry.*\(tuple\)"):
         accumulate_gradients(tuple_aux, params, batch, num_micro_batches=K, weight="n")
+
+
+def test_interleaved_micro_batches_take_every_kth_unit_and_keep_the_big_batch_loss() -> None:
+    """``interleave_rows=u``: micro-batch i is units i, i+k, ... of u rows (a device's block of
+    a row-sharded batch splits evenly); the token-weighted mean is still the big batch's."""
+    params, batch = _problem(6, (9, 3, 12, 5))  # 8 rows
+    ref_loss, ref = _reference(params, batch)
+    rows = {"row": jnp.arange(K * ROWS)}
+
+    def seen(p, b):
+        return (jnp.zeros(()), {"rows": b["row"]}), p
+
+    # (unit, micro-batches, rows of each): single rows over 4; pairs (DPO) over 2, kept whole.
+    for unit, k, want in (
+        (1, 4, [[0, 4], [1, 5], [2, 6], [3, 7]]),
+        (2, 2, [[0, 1, 4, 5], [2, 3, 6, 7]]),
+    ):
+        _, stacked, _ = accumulate_gradients(
+            seen, None, rows, num_micro_batches=k, aux_reduce="stack", interleave_rows=unit
+        )
+        np.testing.assert_array_equal(np.asarray(stacked["rows"]), want)
+        loss, _, grads = accumulate_gradients(
+            GRAD_FN, params, batch, num_micro_batches=k, weight="num_tokens", interleave_rows=unit
+        )
+        assert float(loss) == pytest.approx(ref_loss, rel=1e-5)
+        _assert_close(grads, ref)
+
+
+@pytest.mark.parametrize(
+    ("unit", "match"),
+    [(0, "interleave_rows=0; allowed"), (True, "interleave_rows=True"), (3, "× interleave_rows=3")],
+)
+def test_bad_interleave_rows_is_one_line(unit, match) -> None:
+    params, batch = _problem(7, (4, 4, 4, 4))
+    with pytest.raises(ValueError, match=match):
+        accumulate_gradients(GRAD_FN, params, batch, num_micro_batches=2, interleave_rows=unit)

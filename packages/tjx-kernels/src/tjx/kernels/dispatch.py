@@ -102,6 +102,14 @@ def _cudnn_attention(
     shapes: AttentionShapes,
     window: int | None = None,
 ) -> Array:
+    # One layout for q, k, v and the batch-leading ids/lengths before jax's cuDNN call, whose
+    # SPMD partitioning refuses q, k and v sharded differently (`tjx.kernels.partition.aligned`;
+    # that module holds the flash kernels' partitioning, hence Pallas: imported here, on use).
+    from tjx.kernels.partition import aligned
+
+    leaves, tree = jax.tree.flatten((segment_ids, kv_lengths))
+    q, k, v, *leaves = aligned(q, k, v, *(jnp.asarray(x) for x in leaves))
+    segment_ids, kv_lengths = jax.tree.unflatten(tree, leaves)
     if segment_ids is not None and not isinstance(segment_ids, tuple | list) and kv_lengths is None:
         # Self-attention segment ids (packed documents): no s × s mask (cudnn_segments).
         ids = jnp.asarray(segment_ids, jnp.int32)

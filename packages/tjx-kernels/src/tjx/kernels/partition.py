@@ -27,12 +27,14 @@ wrapped function directly, so nothing changes there.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.custom_batching import custom_vmap
 from jax.experimental.custom_partitioning import (
     ArrayMapping,
@@ -40,7 +42,7 @@ from jax.experimental.custom_partitioning import (
     SdyShardingRule,
     custom_partitioning,
 )
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 
 from tjx.kernels.flash_bwd import flash_backward
 from tjx.kernels.flash_fwd import KernelConfig, flash_forward
@@ -60,13 +62,40 @@ def _axes(entry: Any) -> tuple[str, ...]:
     return (entry,)
 
 
-def _dim_entry(arg: Any, dim: int) -> tuple[str, ...]:
-    """Mesh axes of dimension ``dim`` of an operand (``()`` when replicated or unknown)."""
+def _starts(sharding: Sharding, mesh: Mesh, shape: tuple[int, ...], dim: int) -> np.ndarray:
+    """Where each device's block of dimension ``dim`` starts, laid out as ``mesh.devices``."""
+    blocks = sharding.devices_indices_map(shape)
+    return np.vectorize(lambda d: blocks[d][dim].start or 0, otypes=[np.int64])(mesh.devices)
+
+
+def _dim_entry(mesh: Mesh, arg: Any, dim: int) -> tuple[str, ...]:
+    """Mesh axes of dimension ``dim`` of an operand (``()`` when replicated or unknown).
+
+    The partitioner hands the callbacks its own (HLO) shardings, which jax cannot always read as
+    a PartitionSpec (`custom_partitioning`'s ``decode_shardings`` asserts on them), so they are
+    read here from the device -> block map, a public method of every sharding. A dimension split
+    over *part* of a mesh axis (a Shardy sub-axis: a micro-batch of the rows of a batch sharded
+    over ``fsdp``, say ``fsdp:(1)4`` after ``[16] -> [2, 8]``, replicated over the other half)
+    names that whole axis: the kernel then runs on whole axes, and the partitioner reshards the
+    operand to that layout (a collective-permute) rather than the lowering failing.
+    """
     sharding = getattr(arg, "sharding", None)
-    if not isinstance(sharding, NamedSharding):
+    if isinstance(sharding, NamedSharding):
+        spec = tuple(sharding.spec)
+        return _axes(spec[dim]) if dim < len(spec) else ()
+    if not isinstance(sharding, Sharding) or mesh.empty or sharding.is_fully_replicated:
         return ()
-    spec = tuple(sharding.spec)
-    return _axes(spec[dim]) if dim < len(spec) else ()
+    shape = tuple(arg.shape)
+    starts = _starts(sharding, mesh, shape, dim)
+    names = list(mesh.axis_names)
+    moved = tuple(  # the axes along which the block start changes
+        a for i, a in enumerate(names) if mesh.shape[a] > 1 and np.ptp(starts, axis=i).any()
+    )
+    for order in itertools.permutations(moved):  # the exact spec, when whole axes express it
+        exact = NamedSharding(mesh, PartitionSpec(*([None] * dim), _entry(order)))
+        if np.array_equal(_starts(exact, mesh, shape, dim), starts):
+            return order
+    return moved
 
 
 def _size(mesh: Mesh, axes: tuple[str, ...]) -> int:
@@ -87,10 +116,10 @@ def kernel_layout(mesh: Mesh, q: Any, k: Any) -> tuple[tuple[str, ...], tuple[st
     evenly divides the dimension (and, for heads, ``kv_heads``, so every shard holds whole GQA
     groups) and is not used twice.
     """
-    batch = _dim_entry(q, 0)
+    batch = _dim_entry(mesh, q, 0)
     if not batch or q.shape[0] % _size(mesh, batch):
         batch = ()
-    heads = tuple(a for a in _dim_entry(q, 2) if a not in batch)
+    heads = tuple(a for a in _dim_entry(mesh, q, 2) if a not in batch)
     if not heads or k.shape[2] % _size(mesh, heads):
         heads = ()
     return batch, heads
@@ -122,9 +151,9 @@ def _ids(sharding: NamedSharding, cfg: KernelConfig) -> NamedSharding | None:
 # order the factors first appear: Shardy wants special factors sorted).
 
 
-def _heads(cfg: KernelConfig, mesh: Mesh, kv_heads: int) -> str | CompoundFactor:
+def _heads(groups: int, mesh: Mesh, kv_heads: int) -> str | CompoundFactor:
     """q's heads factor: n without GQA, (n g) when no mesh axis can split n, else h."""
-    if cfg.groups == 1:
+    if groups == 1:
         return "n"
     # Any set of whole mesh axes divides n when the mesh size does: Shardy never needs sub-axes.
     # (A factor of size 1, as n is under MQA, may not sit in a compound factor either.)
@@ -154,13 +183,13 @@ def _rule(
 
 def _fwd_rule(cfg: KernelConfig, mesh: Mesh, operands: Any, results: Any) -> SdyShardingRule:
     del results
-    h = _heads(cfg, mesh, operands[1].shape[2])
+    h = _heads(cfg.groups, mesh, operands[1].shape[2])
     return _rule(cfg, h, [], [ArrayMapping("b", "s", h, "d"), ArrayMapping("b", h, "s")])
 
 
 def _bwd_rule(cfg: KernelConfig, mesh: Mesh, operands: Any, results: Any) -> SdyShardingRule:
     del results
-    h = _heads(cfg, mesh, operands[1].shape[2])
+    h = _heads(cfg.groups, mesh, operands[1].shape[2])
     q_like, lse = ArrayMapping("b", "s", h, "d"), ArrayMapping("b", h, "s")
     kv_like = ArrayMapping("b", "t", "n", "d")
     return _rule(cfg, h, [q_like, lse, q_like], [q_like, kv_like, kv_like])
@@ -208,12 +237,20 @@ def _bwd_partition(
 
 
 _forward_cp = custom_partitioning(flash_forward, static_argnums=(5,))
+# decode_shardings=False: the callbacks read the partitioner's shardings themselves (`_dim_entry`);
+# jax's decoding into a NamedSharding fails on a sub-axis sharding before they are called.
 _forward_cp.def_partition(
-    partition=_fwd_partition, infer_sharding_from_operands=_fwd_infer, sharding_rule=_fwd_rule
+    partition=_fwd_partition,
+    infer_sharding_from_operands=_fwd_infer,
+    sharding_rule=_fwd_rule,
+    decode_shardings=False,
 )
 _backward_cp = custom_partitioning(flash_backward, static_argnums=(8,))
 _backward_cp.def_partition(
-    partition=_bwd_partition, infer_sharding_from_operands=_bwd_infer, sharding_rule=_bwd_rule
+    partition=_bwd_partition,
+    infer_sharding_from_operands=_bwd_infer,
+    sharding_rule=_bwd_rule,
+    decode_shardings=False,
 )
 
 
@@ -280,3 +317,99 @@ def partitioned_backward(
     """
     dq, dk, dv = _batchable(True, cfg)(q, k, v, q_ids, kv_ids, out, lse, d_out)
     return dq, dk, dv
+
+
+# --------------------------------------------------------------------------------------------
+# One layout for the operands of jax's cuDNN attention.
+#
+# jax's cuDNN attention (`jax.nn.dot_product_attention(implementation="cudnn")`, jax 0.10.2) is a
+# custom_partitioning op too, but its Shardy rule gives every operand but q its own independent
+# factors (``_fwd_shardy_rule``/``_bwd_shardy_rule`` in ``jax/_src/cudnn/
+# fused_attention_stablehlo.py``: k, v, the lengths and offsets are ``…n`` placeholders), so
+# Shardy may hand it k and v sharded unlike q (under FSDP: q and k over ``fsdp``, v replicated),
+# and its partition callback then refuses them (``_check_qkv_bias_mask_spec``: "Query, key and
+# value should have same sharding"); it also keeps the batch-leading lengths/offsets as they
+# arrive, which the per-shard call needs split like q. `aligned` is an identity op with the flash
+# kernels' rule (q, k, v share the batch and kv-head factors, sequence and head_dim replicated;
+# every other operand shares the batch factor) whose partition puts every operand on the layout
+# of `kernel_layout`: what it returns reaches the cuDNN call in one layout.
+
+
+def _align_rule(mesh: Mesh, operands: Any, results: Any) -> SdyShardingRule:
+    del results
+    q, k = operands[0], operands[1]
+    h = _heads(q.shape[2] // k.shape[2], mesh, k.shape[2])
+    kv = ArrayMapping("b", "t", "n", "d")
+    mappings = [ArrayMapping("b", "s", h, "d"), kv, kv]
+    # Other operands: batch first, their own (replicated) factors after it.
+    for i, x in enumerate(operands[3:]):
+        mappings.append(ArrayMapping("b", *(f"x{i}_{j}" for j in range(1, len(x.shape)))))
+    extra = tuple(f"x{i}_{j}" for i, x in enumerate(operands[3:]) for j in range(1, len(x.shape)))
+    factors = ("s", "d", "t", *extra)
+    if isinstance(h, CompoundFactor):
+        groups = q.shape[2] // k.shape[2]
+        return SdyShardingRule(
+            tuple(mappings), tuple(mappings), need_replication_factors=factors, g=groups
+        )
+    return SdyShardingRule(tuple(mappings), tuple(mappings), need_replication_factors=factors)
+
+
+def _align_shardings(mesh: Mesh, args: Any) -> Shardings:
+    batch, heads = kernel_layout(mesh, args[0], args[1])
+    qkv, _, _ = _specs(mesh, batch, heads)
+    rows = [NamedSharding(mesh, PartitionSpec(_entry(batch))) for _ in args[3:]]
+    return (qkv, qkv, qkv, *rows)
+
+
+def _align_infer(mesh: Mesh, args: Any, result: Any) -> Shardings:
+    del result
+    return _align_shardings(mesh, args)
+
+
+def _align_partition(
+    mesh: Mesh, args: Any, result: Any
+) -> tuple[Mesh, Callable[..., tuple[Array, ...]], Shardings, Shardings]:
+    del result
+    shardings = _align_shardings(mesh, args)
+    return mesh, lambda *xs: tuple(xs), shardings, shardings
+
+
+def _identity(*xs: Array) -> tuple[Array, ...]:
+    return tuple(xs)
+
+
+_align_cp = custom_partitioning(_identity)
+_align_cp.def_partition(  # decode_shardings=False: as the flash kernels' (`_dim_entry`)
+    partition=_align_partition,
+    infer_sharding_from_operands=_align_infer,
+    sharding_rule=_align_rule,
+    decode_shardings=False,
+)
+
+
+@jax.custom_vjp
+def _align(*xs: Array) -> tuple[Array, ...]:
+    return tuple(_align_cp(*xs))
+
+
+def _align_fwd(*xs: Array) -> tuple[tuple[Array, ...], None]:
+    return _align(*xs), None
+
+
+def _align_bwd(_: None, cts: tuple[Array, ...]) -> tuple[Array | None, ...]:
+    # An identity's cotangents are the output's (custom_partitioning has no autodiff rule); the
+    # cuDNN backward call takes q, k, v as its residuals, already aligned.
+    return tuple(cts)
+
+
+_align.defvjp(_align_fwd, _align_bwd)
+
+
+def aligned(q: Array, k: Array, v: Array, *rows: Array) -> tuple[Array, ...]:
+    """``(q, k, v, *rows)`` unchanged, in the layout the flash kernels run under.
+
+    For jax's cuDNN attention, whose SPMD partitioning needs q, k and v sharded alike (see the
+    comment above). ``q`` ``[b, s, h, d]``, ``k``/``v`` ``[b, t, h_kv, d]``; each of ``rows``
+    (segment ids, lengths) leads with the batch. On one device, an identity.
+    """
+    return tuple(_align(q, k, v, *rows))

@@ -80,7 +80,7 @@ from tjx.optim.transforms import (
     skip_nonfinite,
 )
 
-__version__ = "0.16.1"
+__version__ = "0.16.2"
 
 __all__ = [
     "ADAPTER_NAMES",

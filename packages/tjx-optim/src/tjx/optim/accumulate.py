@@ -33,14 +33,24 @@ Weight = str | Callable[[Any], Any] | None
 _F32 = jnp.float32
 
 
-def _split(batch: Any, k: int) -> Any:
+def _split(batch: Any, k: int, unit: int | None) -> Any:
+    """``[k, n/k, ...]`` micro-batches: contiguous blocks, or (``unit``) interleaved units."""
+    step = k * (unit or 1)
     for path, x in jax.tree_util.tree_leaves_with_path(batch):
-        if x.ndim == 0 or x.shape[0] % k:
+        if x.ndim == 0 or x.shape[0] % step:
             raise ValueError(
                 f"batch leaf {jax.tree_util.keystr(path)} has shape {x.shape}; allowed: a leading "
                 f"dimension divisible by num_micro_batches={k}"
+                + (f" × interleave_rows={unit}" if unit else "")
             )
-    return jax.tree.map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
+    if unit is None:
+        return jax.tree.map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
+
+    def interleaved(x: jax.Array) -> jax.Array:  # [n/(k u), k, u] -> [k, n/(k u), u] -> [k, n/k]
+        units = x.reshape((x.shape[0] // step, k, unit) + x.shape[1:])
+        return jnp.swapaxes(units, 0, 1).reshape((k, x.shape[0] // k) + x.shape[1:])
+
+    return jax.tree.map(interleaved, batch)
 
 
 def _weight_fn(weight: Weight) -> Callable[[Any], jax.Array] | None:
@@ -94,6 +104,7 @@ def accumulate_gradients(
     aux_reduce: str = "mean",
     weight: Weight = None,
     zero_empty_grads: bool = True,
+    interleave_rows: int | None = None,
 ) -> tuple[jax.Array, Any, Any]:
     """Mean (or weighted mean) loss and gradients over ``num_micro_batches`` slices of ``batch``.
 
@@ -107,7 +118,7 @@ def accumulate_gradients(
         Passed unchanged to every call.
     batch
         Pytree whose leaves all have a leading dimension divisible by ``num_micro_batches``;
-        micro-batch ``i`` is rows ``[i*n/k, (i+1)*n/k)``.
+        micro-batch ``i`` is rows ``[i*n/k, (i+1)*n/k)`` (see ``interleave_rows``).
     num_micro_batches
         k >= 1 (static). With k = 1, ``grad_fn`` is called once on the whole batch.
     aux_reduce
@@ -127,6 +138,18 @@ def accumulate_gradients(
         is one select kernel per leaf every step; a caller whose loss already gives finite
         gradients for an empty batch (tjx.nn's losses divide by ``max(count, 1)``), or that
         skips non-finite steps, may pass False. Micro-batches (k > 1) always mask.
+    interleave_rows
+        ``None`` (default): contiguous micro-batches. ``u``: the batch is units of ``u``
+        consecutive rows (2 for preference pairs, kept together) and micro-batch ``i`` takes
+        units ``i, i+k, i+2k, ...``. For a batch sharded over devices by rows (each device a
+        contiguous block, as ``PartitionSpec("fsdp")`` lays it out) every device's block then
+        splits evenly: each micro-batch stays on every device, nothing moves. Contiguous
+        micro-batches sit on a block of the devices instead (16 rows over 8 devices, k = 2:
+        micro-batch 0 on devices 0-3, a *sub-axis* of the mesh, replicated over the rest),
+        which repeats each micro-step's work and hands kernels partitioned with
+        ``custom_partitioning`` (cuDNN attention) a sharding jax cannot decode. Only which
+        rows share a micro-batch changes: a ``weight="num_tokens"`` mean is the big-batch loss
+        either way. The leading dimension must divide by ``k·u``.
 
     Returns
     -------
@@ -142,7 +165,8 @@ def accumulate_gradients(
     Raises
     ------
     ValueError
-        ``num_micro_batches``, ``aux_reduce`` or ``weight`` is invalid, the weight is not a
+        ``num_micro_batches``, ``aux_reduce``, ``weight`` or ``interleave_rows`` is invalid, the
+        weight is not a
         scalar, or a batch leaf does not split into k micro-batches.
 
     Notes
@@ -153,12 +177,15 @@ def accumulate_gradients(
     k = num_micro_batches
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"num_micro_batches={k!r}; allowed values: an integer >= 1")
+    u = interleave_rows
+    if u is not None and (isinstance(u, bool) or not isinstance(u, int) or u < 1):
+        raise ValueError(f"interleave_rows={u!r}; allowed values: None or an integer >= 1")
     if aux_reduce not in AUX_REDUCTIONS:
         raise ValueError(f"aux_reduce={aux_reduce!r}; allowed values: {list(AUX_REDUCTIONS)}")
     weigh = _weight_fn(weight)
     if k == 1:
         return _single(grad_fn(params, batch), aux_reduce, weigh, zero_empty_grads)
-    micro = _split(batch, k)
+    micro = _split(batch, k, interleave_rows)
     (loss_s, aux_s), grads_s = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro))
     if weigh is not None:
         jax.eval_shape(weigh, aux_s)  # a bad weight fails here, at trace time, with its name

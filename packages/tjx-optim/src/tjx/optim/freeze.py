@@ -134,6 +134,7 @@ def trainable_gradients(
     aux_reduce: str = "mean",
     weight: Weight = None,
     zero_empty_grads: bool = True,
+    interleave_rows: int | None = None,
 ) -> tuple[jax.Array, Any, Any]:
     """`accumulate_gradients` of ``loss_fn`` with respect to the ``trainable`` leaves only.
 
@@ -151,7 +152,7 @@ def trainable_gradients(
         As for `accumulate_gradients`.
     trainable
         A bool pytree like ``params`` (e.g. ``adapter_mask(params)``); ``None``: every leaf.
-    num_micro_batches, aux_reduce, weight, zero_empty_grads
+    num_micro_batches, aux_reduce, weight, zero_empty_grads, interleave_rows
         As for `accumulate_gradients`.
 
     Returns
@@ -175,6 +176,7 @@ def trainable_gradients(
         aux_reduce=aux_reduce,
         weight=weight,
         zero_empty_grads=zero_empty_grads,
+        interleave_rows=interleave_rows,
     )
     if frozen is not None:
         grads = join_trainable(grads, jax.tree.map(jnp.zeros_like, frozen))

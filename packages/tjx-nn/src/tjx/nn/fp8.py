@@ -36,9 +36,9 @@ weight gradient).
 
 Recipes. *current* (default): the scale comes from the amax of the tensor being cast, in the
 same step. *delayed* (Transformer Engine, flax): the scale comes from the largest amax in a
-history of earlier steps (`delayed_scale`), and the step appends the tensor's amax
-(`update_amax_history`): no extra pass over the tensor before its cast, at the cost of a scale
-one step late.
+history of earlier steps, and the step appends the tensor's amax: no extra pass over the
+tensor before its cast, at the cost of a scale one step late. `delayed_scale` and
+`update_amax_history` are one tensor's forms; `advance_meta` is the step over a model's meta.
 
 Delayed scaling's state. Each float8 `tjx.nn.linear.Dense` keeps one `Fp8Meta` variable (an
 ``nnx.Variable`` type of its own, not an ``nnx.Param``: no optimizer, weight decay, LoRA mask

@@ -93,6 +93,10 @@ def precision_runs(scale: str) -> list[RunSpec]:
                   base(scale, "model.precision.compute_dtype=bfloat16",
                        "model.precision.matmul=fp8", f"model.precision.fp8_scaling={scaling}"))
           for scaling in ("tensorwise", "rowwise")),
+        # Delayed scaling (tensorwise only): scales from the last 16 steps' amaxes.
+        RunSpec("bf16 + fp8 tensorwise delayed",
+                base(scale, "model.precision.compute_dtype=bfloat16",
+                     "model.precision.matmul=fp8", "model.precision.fp8_recipe=delayed")),
     ]  # fmt: skip
     return smoke_pick(scale, runs, "fp32", "bf16 compute")
 
@@ -177,7 +181,8 @@ PRECISION_STUDY = Study(
     question="How much do bf16, fp16 (dynamic loss scaling) and fp8 linear products change the "
     "final loss, the speed and the compiled memory of the step?",
     varied="model.precision.compute_dtype (float32 / bfloat16 / float16 + "
-    "optimizer.loss_scale=dynamic), model.precision.matmul=fp8 (tensorwise / rowwise)",
+    "optimizer.loss_scale=dynamic), model.precision.matmul=fp8 (tensorwise / rowwise current "
+    "scaling, tensorwise delayed scaling over 16 steps)",
     fixed="fp32 parameters and optimizer state (norm statistics, softmax, logits and loss are "
     "float32 in every config), model, data, optimizer, steps; 3 seeds per config",
     runs=precision_runs,

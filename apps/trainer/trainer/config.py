@@ -381,6 +381,8 @@ def _check_across(cfg: Config, preference: list[str]) -> None:
             m.num_heads % mesh.tensor == 0,
             f"mesh.tensor: {mesh.tensor} must divide model.num_heads ({m.num_heads})",
         )
+    if m.precision.fp8 and m.precision.fp8_recipe == "delayed":
+        _check_delayed_fp8(cfg)
     if d.format != "preference":  # a saved config lists every key, at its default
         why = "applies to preference pairs only; set data.format=preference or drop the preference"
         check_unchanged(cfg.preference, preference, "preference", f"{why} settings")
@@ -389,6 +391,29 @@ def _check_across(cfg: Config, preference: list[str]) -> None:
             nn.check_preference_run(
                 m, pipeline=mesh.pipeline, context=mesh.context, z_loss=t.z_loss
             )
+
+
+def _check_delayed_fp8(cfg: Config) -> None:
+    """Delayed float8 scaling's state is advanced by the plain train step (trainer.step) from
+    one forward and backward: refused where a step runs several (micro-batches: their amaxes
+    would be averaged like gradients, not maxed) or another loss (a pipeline's, DPO's)."""
+    key = "model.precision.fp8_recipe=delayed"
+    o, mesh = cfg.optimizer, cfg.mesh
+    _require(
+        o.accumulation_steps == 1,
+        f"{key}: one step records one amax per tensor, and optimizer.accumulation_steps "
+        f"({o.accumulation_steps}) would average its micro-batches' amaxes; set "
+        "optimizer.accumulation_steps=1 or fp8_recipe=current",
+    )
+    _require(
+        mesh.pipeline == 1,
+        f"{key}: a pipelined step (mesh.pipeline={mesh.pipeline}) does not carry the float8 "
+        "state; set mesh.pipeline=1 or fp8_recipe=current",
+    )
+    _require(
+        cfg.data.format != "preference",
+        f"{key}: the DPO step does not carry the float8 state; use fp8_recipe=current",
+    )
 
 
 #: tjx.optim's `check_precision` names the model's dtypes by its arguments, and

@@ -70,8 +70,9 @@ def eval_step(setup: Setup, cfg: Config) -> Callable[..., dict[str, jax.Array]]:
 def evaluate_state(
     setup: Setup, state: TrainState, bundle: Bundle, cfg: Config
 ) -> dict[str, float]:
-    """`evaluate` of a train state's params (against its DPO reference, if it holds one)."""
-    return evaluate(setup, state.param_tree(), bundle, cfg, state.reference)
+    """`evaluate` of a train state's params, float8 state included (`TrainState.model_tree`),
+    against its DPO reference, if it holds one."""
+    return evaluate(setup, state.model_tree(), bundle, cfg, state.reference)
 
 
 def format_samples(texts: list[str], prompts: list[str]) -> str:
@@ -91,7 +92,8 @@ def sample(
     tokenizer: data.Tokenizer = bundle.tokenizer  # type: ignore[assignment]  # text has one
     tokens, lengths = data.encode_prompts(tokenizer, list(s.prompts))
     new = max(1, min(s.max_new_tokens, int(setup.nn_config.max_seq_len) - tokens.shape[1]))
-    model = nnx.merge(setup.graphdef, params, setup.rest)
+    # ``params``: the state's `TrainState.model_tree` (delayed float8 scaling's state with it)
+    model = nnx.merge(setup.graphdef, params, nn.split_fp8_meta(setup.rest)[0])
     knobs = {k: getattr(s, k) for k in ("temperature", "top_k", "top_p")}
     out = nn.generate(  # the model is a decoder (a text run samples)
         model,  # type: ignore[arg-type]

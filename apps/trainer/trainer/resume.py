@@ -38,6 +38,16 @@ def _compared(config: ConfigData, *, saved: bool) -> ConfigData:
     return {**full, "optimizer": optim.with_schedule_defaults(full["optimizer"])}
 
 
+def _delayed_fp8(config: ConfigData) -> bool:
+    """Whether ``config`` (a `_compared` dict) trains with delayed float8 scaling, whose scales
+    and amax histories its checkpoints hold beside the params (tjx.nn's `Fp8Meta`)."""
+    model = config.get("model")
+    precision = model.get("precision") if isinstance(model, dict) else None
+    if not isinstance(precision, dict):
+        return False
+    return precision.get("matmul") == "fp8" and precision.get("fp8_recipe") == "delayed"
+
+
 def check_resume(run_dir: Path, new: ConfigData) -> Diff:
     """Refuse a resume of ``run_dir`` to config ``new`` (``Config.to_dict()``) that changes what
     the checkpoints hold (`ConfigError`, also for a missing or unreadable ``config.yaml``);
@@ -50,6 +60,13 @@ def check_resume(run_dir: Path, new: ConfigData) -> Diff:
             f"--resume: {RunDir(run_dir).config_file} is no config this trainer reads ({err})"
         ) from None
     new = _compared(new, saved=False)
+    if _delayed_fp8(saved) != _delayed_fp8(new):  # (`matmul` alone may change at a resume)
+        held = "hold" if _delayed_fp8(saved) else "do not hold"
+        raise ConfigError(
+            f"--resume: the checkpoints in {str(run_dir)!r} {held} delayed float8 scaling's "
+            "state (model.precision.matmul=fp8 with fp8_recipe=delayed); resume with the run's "
+            "own model.precision.matmul, or train into a new --run-dir"
+        )
     changes = config_changes(saved, new, changeable=lambda k: is_training_only(k, new))
     if changes.refused:
         raise ConfigError(

@@ -275,7 +275,10 @@ def train_state(
     else:
         opt_state = parallel.shard_opt_init(tx.init, params, *place, param_specs=specs)
         step = jnp.asarray(0, jnp.int32)
-    state = TrainState(opt_state=opt_state, params=params, step=step)
+    # Delayed float8 scaling's scales and histories (tjx.nn's Fp8Meta, in ``rest``): state the
+    # step advances, so the train state carries (and a checkpoint holds) it; None without it.
+    _, fp8 = nn.split_fp8_meta(rest)
+    state = TrainState(opt_state=opt_state, params=params, step=step, fp8=fp8)
     # DPO without LoRA: the starting params, frozen, as the reference model (trainer.dpo)
     needed = dpo.is_dpo(cfg.data) and not cfg.use_lora
     state = dpo.with_reference(state, needed=needed, copy=place is not None)

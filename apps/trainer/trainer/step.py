@@ -93,6 +93,10 @@ def make_train_step(
     model adds ``metrics["moe"]`` (summed router statistics) and moves a sigmoid router's bias by
     them (DeepSeek-V3's auxiliary-loss-free balancing)."""
 
+    # Delayed float8 scaling: the scales and histories come from the state, not from ``rest``;
+    # the loss is differentiated with respect to them too, their cotangents being the step's
+    # amaxes (tjx.nn.fp8's delayed_dot), from which the step advances them.
+    rest, fp8_meta = nn.split_fp8_meta(rest)
     loss_fn = make_loss_fn(graphdef, rest, cfg, split, experts)
     balance_bias = cfg.model.num_experts > 0 and cfg.model.router == "sigmoid"
     micro = cfg.optimizer.accumulation_steps
@@ -100,6 +104,11 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         params, opt_state, step = state.param_tree(), state.opt_state, state.step
+        trainable = optim.adapter_mask(params) if cfg.use_lora else None
+        if fp8_meta is not None:  # the float8 state beside the params, always differentiated
+            assert state.fp8 is not None  # train_state holds it whenever the model has it
+            if trainable is not None:
+                trainable = nn.join_fp8_meta(trainable, jax.tree.map(lambda _: True, state.fp8))
         step_loss = dpo.bind_reference(loss_fn, state)  # DPO's frozen reference, if it has one
 
         def scaled_loss(p: chex.ArrayTree, b: Batch) -> tuple[jax.Array, Aux]:
@@ -112,9 +121,9 @@ def make_train_step(
         # tokens of padded ones. With LoRA only the adapters are differentiated (no base grads).
         loss, aux, grads = optim.trainable_gradients(
             scaled_loss,
-            params,
+            nn.join_fp8_meta(params, state.fp8),
             batch,
-            trainable=optim.adapter_mask(params) if cfg.use_lora else None,
+            trainable=trainable,
             num_micro_batches=micro,
             aux_reduce="sum",
             weight="num_tokens",
@@ -128,6 +137,10 @@ def make_train_step(
             # jax's cuDNN attention cannot partition).
             interleave_rows=cfg.data.batch_rows(1),
         )
+        fp8 = state.fp8
+        if fp8 is not None:  # each product's amaxes (its meta's cotangent) into its history
+            grads, amaxes = nn.part_fp8_meta(grads)
+            fp8 = jax.tree.map(nn.advance_meta, fp8, amaxes)
         if scaled:  # report the unscaled loss (exact for the power-of-two dynamic scale)
             loss = loss / loss_scale_value(opt_state).astype(loss.dtype)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -146,7 +159,9 @@ def make_train_step(
         else:
             metrics["num_tokens"] = aux["num_tokens"]
         metrics |= {"moe": aux["moe"]} if "moe" in aux else {}
-        new_state = dataclasses.replace(state, params=stored, opt_state=opt_state, step=step + 1)
+        new_state = dataclasses.replace(
+            state, params=stored, opt_state=opt_state, step=step + 1, fp8=fp8
+        )
         return new_state, metrics
 
     return train_step
@@ -170,10 +185,13 @@ def make_eval_step(
     """``eval_step(params, batch) -> sums``: tjx-metrics' ``heldout_step`` of tjx-nn's
     ``objective_logits_fn``, as the evaluator builds it (a masked LM with the fixed
     ``eval_mask_key`` of the run's seed); ``split`` as for `make_loss_fn`. Preference data:
-    tjx.nn's `preference_sums_fn` (``eval_step(params, batch, reference)``)."""
+    tjx.nn's `preference_sums_fn` (``eval_step(params, batch, reference)``). ``params`` is the
+    state's `TrainState.model_tree` (delayed float8 scaling's state beside the params: held-out
+    products cast with the scales the train step reached, not ``rest``'s first ones)."""
 
     if dpo.is_dpo(cfg.data):
         return nn.preference_sums_fn(graphdef, rest, cfg.preference, **dpo.head_settings(cfg))
+    rest, _ = nn.split_fp8_meta(rest)  # the float8 state comes with the params
     logits_fn = nn.objective_logits_fn(
         graphdef, rest, key=nn.eval_mask_key(cfg.seed), mask_prob=cfg.mlm_probability
     )

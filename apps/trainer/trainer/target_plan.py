@@ -91,7 +91,7 @@ def compile_train(run: StepConfig, target: Target, label: str, *, train: bool = 
             if train:
                 return b.train_step.lower(b.state, b.batch)
             refs = dpo.reference_args(b.state)  # DPO's frozen reference params, if any
-            return b.eval_step.lower(b.state.param_tree(), b.eval_batch, *refs)
+            return b.eval_step.lower(b.state.model_tree(), b.eval_batch, *refs)
 
         return metrics.compile_lowered(lower, label, started)
 

@@ -10,6 +10,7 @@ import chex
 import jax
 import optax
 
+from tjx import nn
 from tjx.optim import FlatParams
 
 
@@ -18,12 +19,16 @@ from tjx.optim import FlatParams
 class TrainState:
     """What the jitted step reads, donates and returns: a pytree of arrays (or, abstract, of
     ``jax.ShapeDtypeStruct``). A checkpoint holds it as `tree` (``{"params", "opt_state",
-    "step"}`` + ``"reference"``): those paths are every checkpoint's since the first release.
+    "step"}`` + ``"reference"``, ``"fp8"`` where held): those paths are every checkpoint's since
+    the first release.
 
     The fields are in the order of the dict's sorted keys, so the flattened leaves (the jitted
     program's arguments, donations and shardings) are in the order they were when the state was
     that dict."""
 
+    #: Delayed float8 scaling's state (tjx.nn's `Fp8Meta`: each float8 product's scales and
+    #: amax history, a nested dict like ``params``'), advanced by every step; None without it.
+    fp8: chex.ArrayTree | None = None
     #: The optimizer's state (tjx.optim's chain: per leaf, or flat buffers; `flat_update`).
     opt_state: optax.OptState
     #: The model's parameters: a nested dict (``nnx.to_pure_dict`` of its ``nnx.Param`` state),
@@ -41,12 +46,20 @@ class TrainState:
         return self.params.tree() if isinstance(self.params, FlatParams) else self.params
 
     def tree(self) -> dict[str, chex.ArrayTree]:
-        """The checkpoint's pytree of this state (``"reference"`` only when it holds one): the
-        params per leaf however the state holds them, so every checkpoint has the same paths."""
+        """The checkpoint's pytree of this state (``"reference"``, ``"fp8"`` only when it holds
+        one): the params per leaf however the state holds them, so every checkpoint has the same
+        paths."""
         out = {"opt_state": self.opt_state, "params": self.param_tree(), "step": self.step}
         if self.reference is not None:
             out["reference"] = self.reference
+        if self.fp8 is not None:
+            out["fp8"] = self.fp8
         return out
+
+    def model_tree(self) -> chex.ArrayTree:
+        """`param_tree` with the float8 state beside the params (tjx.nn's `join_fp8_meta`): the
+        tree the model merges with its other state less the float8 meta (`split_fp8_meta`)."""
+        return nn.join_fp8_meta(self.param_tree(), self.fp8)
 
     @classmethod
     def from_tree(
@@ -61,5 +74,6 @@ class TrainState:
             opt_state=tree["opt_state"],
             params=params,
             reference=tree.get("reference"),
+            fp8=tree.get("fp8"),
             step=tree["step"],
         )

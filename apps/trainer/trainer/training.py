@@ -281,7 +281,7 @@ class Training:
         # Decoder-only models: every process generates (the params span them all); 0 writes.
         if self.objective.name == "lm" and (sample_now or step_done == total):
             texts = evaluation.sample(
-                self.setup, self.state.param_tree(), self.bundle, cfg, step_done
+                self.setup, self.state.model_tree(), self.bundle, cfg, step_done
             )
             self.logger.log_text(step_done, "sample", texts[0])
             if self.primary:

@@ -65,6 +65,10 @@ def test_base_inheritance_keeps_parent_keys():
     assert shape(medium) == shape(small) and medium.optimizer.schedule.peak_lr == 3e-4
 
 
+#: A delayed float8 model precision (tjx.nn.fp8).
+_DELAYED = {"compute_dtype": "bfloat16", "matmul": "fp8", "fp8_recipe": "delayed"}
+
+
 @pytest.mark.parametrize(
     ("data", "needle"),
     [
@@ -100,6 +104,19 @@ def test_base_inheritance_keeps_parent_keys():
         ),
         ({"optimizer": {"schedule": {"total_steps": 5}}}, "optimizer.schedule.total_steps: the "),
         ({"mesh": {"strategy": "nope"}}, "mesh.strategy: 'nope' is not allowed"),
+        (  # delayed float8 scaling: one amax per tensor and step (#54)
+            {"model": {"precision": _DELAYED}, "optimizer": {"accumulation_steps": 2}},
+            "model.precision.fp8_recipe=delayed: one step records one amax per tensor, and "
+            "optimizer.accumulation_steps (2) would average",
+        ),
+        (
+            {"model": {"precision": _DELAYED, "num_layers": 2}, "mesh": {"pipeline": 2}},
+            "model.precision.fp8_recipe=delayed: a pipelined step (mesh.pipeline=2)",
+        ),
+        (
+            {"model": {"precision": {**_DELAYED, "fp8_scaling": "rowwise"}}},
+            "fp8_recipe='delayed' scales tensorwise only",
+        ),
     ],
 )
 def test_bad_values_name_the_key(data, needle):

@@ -16,24 +16,41 @@ from trainer.state import abstract_state
 from trainer.train_state import TrainState
 
 
-def _state(rng: np.random.Generator, *, reference: bool) -> TrainState:
+def _state(rng: np.random.Generator, *, reference: bool, fp8: bool = False) -> TrainState:
     params = {
         "w": rng.standard_normal((3, 4), np.float32),
         "b": {"bias": rng.standard_normal(4, np.float32)},
     }
     opt_state = ({"mu": rng.standard_normal(12, np.float32)}, jnp.asarray(rng.integers(9)))
     ref = jax.tree.map(lambda x: x + 1.0, params) if reference else None
-    return TrainState(opt_state=opt_state, params=params, reference=ref, step=jnp.int32(5))
+    meta = {"b": {"fp8_meta": rng.standard_normal((3, 3), np.float32)}} if fp8 else None
+    return TrainState(
+        opt_state=opt_state, params=params, reference=ref, step=jnp.int32(5), fp8=meta
+    )
 
 
-@pytest.mark.parametrize("reference", [False, True])
-def test_the_state_s_leaves_are_in_its_checkpoint_tree_s_order(reference):
+@pytest.mark.parametrize(("reference", "fp8"), [(False, False), (True, False), (True, True)])
+def test_the_state_s_leaves_are_in_its_checkpoint_tree_s_order(reference, fp8):
     """The jitted step's arguments, donations and shardings follow the flattened leaves: the
     dataclass keeps the order the state had as a dict (so the compiled program is the same)."""
-    state = _state(np.random.default_rng(), reference=reference)
+    state = _state(np.random.default_rng(), reference=reference, fp8=fp8)
     mine, theirs = jax.tree.leaves(state), jax.tree.leaves(state.tree())
-    assert len(mine) == len(theirs) == (7 if reference else 5)
+    assert len(mine) == len(theirs) == (7 if reference else 5) + fp8
     assert all(a is b for a, b in zip(mine, theirs, strict=True))
+
+
+def test_delayed_float8_state_is_checkpointed_and_merged_beside_the_params():
+    state = _state(np.random.default_rng(), reference=False, fp8=True)
+    tree = state.tree()
+    assert set(tree) == {"fp8", "opt_state", "params", "step"}
+    again = TrainState.from_tree(tree)
+    assert again.fp8 is state.fp8
+    joined = state.model_tree()  # the float8 meta beside its module's params, none dropped
+    assert joined["b"] == {
+        "bias": state.params["b"]["bias"],
+        "fp8_meta": state.fp8["b"]["fp8_meta"],
+    }
+    assert joined["w"] is state.params["w"]
 
 
 @pytest.mark.parametrize("reference", [False, True])

@@ -53,8 +53,10 @@ def test_fp8_settings_are_checked_and_saved_only_when_set():
         tnn.Precision(matmul="fp8", fp8_scaling="blockwise")
     with pytest.raises(ValueError, match="fp8_amax_history must be >= 1"):
         tnn.Precision(fp8_amax_history=0)
-    with pytest.raises(ValueError, match="fp8_recipe='delayed' is not supported yet"):
-        llama_tiny(precision=tnn.Precision(matmul="fp8", fp8_recipe="delayed"))
+    with pytest.raises(ValueError, match="fp8_recipe='delayed' scales tensorwise only"):
+        llama_tiny(
+            precision=tnn.Precision(matmul="fp8", fp8_recipe="delayed", fp8_scaling="rowwise")
+        )
     with pytest.raises(ValueError, match="MoE experts"):
         llama_tiny(precision=tnn.Precision(matmul="fp8"), num_experts=4)
     plain = config_to_dict(llama_tiny())["fields"]["precision"]

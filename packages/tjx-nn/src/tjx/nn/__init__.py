@@ -36,6 +36,7 @@ from tjx.nn.decoder_stages import DecoderStages, decoder_stages, pipelined_loss_
 from tjx.nn.embeddings import Embed
 from tjx.nn.encdec import EncoderDecoder
 from tjx.nn.flops import flops_per_token, flops_per_unit, matmul_param_count
+from tjx.nn.fp8 import Fp8Meta, advance_meta
 from tjx.nn.generation import generate, sample_logits
 from tjx.nn.gpt2_presets import gpt2_config
 from tjx.nn.grpo.losses import (
@@ -93,7 +94,14 @@ from tjx.nn.losses import (
     mlm_mask,
 )
 from tjx.nn.mlp import MLP
-from tjx.nn.model_state import concrete_state, is_key, reseed
+from tjx.nn.model_state import (
+    concrete_state,
+    is_key,
+    join_fp8_meta,
+    part_fp8_meta,
+    reseed,
+    split_fp8_meta,
+)
 from tjx.nn.moe.config import moe_layers
 from tjx.nn.moe.layer import MoE, MoEStats, router_penalty
 from tjx.nn.moe.parallel import current_expert_parallel, expert_parallel_scope
@@ -138,7 +146,7 @@ from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.23.0"
+__version__ = "0.23.1"
 
 _TRAINER = "a training run's {} is the trainer app's (#53): `from {} import {}`"
 
@@ -179,6 +187,7 @@ __all__ = [
     "Embed",
     "EncoderDecoder",
     "EncoderDecoderConfig",
+    "Fp8Meta",
     "GPT2",
     "GPT2Config",
     "HF_GPT2_FIXED",
@@ -225,6 +234,7 @@ __all__ = [
     "adapters_off",
     "add_lora",
     "add_saved_lora",
+    "advance_meta",
     "alibi_bias",
     "alibi_slopes",
     "apply_rope",
@@ -266,6 +276,7 @@ __all__ = [
     "init_cache",
     "is_hub_id",
     "is_key",
+    "join_fp8_meta",
     "kv_cache_bytes",
     "load_hf",
     "load_hf_gpt2",
@@ -284,6 +295,7 @@ __all__ = [
     "objective_logits_fn",
     "objective_loss",
     "objective_of",
+    "part_fp8_meta",
     "pipelined_loss_fn",
     "preference_loss",
     "preference_loss_fn",
@@ -306,6 +318,7 @@ __all__ = [
     "sequence_parallel",
     "set_flat_params",
     "sinusoidal",
+    "split_fp8_meta",
     "summary",
     "t5_relative_bucket",
     "token_loss",

@@ -623,15 +623,16 @@ def check_family(config: Any, cls: str) -> None:
 def check_fp8(config: Any, cls: str) -> None:
     """``precision.matmul="fp8"`` only where every linear product can take it: a `Dense`
     (attention and MLP projections, MLA's included). The MoE experts' einsums have no float8
-    path, and delayed scaling's amax history is not yet state a train step carries: each is
-    refused with one line naming it and the fix."""
+    path, and delayed scaling keeps one amax history per tensor, not per row (`tjx.nn.fp8`):
+    each is refused with one line naming it and the fix."""
     p = config.precision
     if not p.fp8:
         return
-    if p.fp8_recipe == "delayed":
+    if p.fp8_recipe == "delayed" and p.fp8_scaling != "tensorwise":
         raise ValueError(
-            f"{cls}.precision.fp8_recipe='delayed' is not supported yet (the amax history is not "
-            "kept in the train state); use fp8_recipe='current'"
+            f"{cls}.precision.fp8_recipe='delayed' scales tensorwise only (an activation row's "
+            f"amax history would describe other tokens every step); got fp8_scaling="
+            f"{p.fp8_scaling!r}: use fp8_scaling='tensorwise' or fp8_recipe='current'"
         )
     if config.num_experts > 0:
         raise ValueError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -40,6 +41,8 @@ def output_head(c: Any, *, rngs: nnx.Rngs) -> Dense | None:
     """
     if c.tie_embeddings:
         return None
+    # The head's product is the loss's (`head_cross_entropy`, `head_logits`), never this Dense's
+    # call: it stays in the compute dtype under matmul="fp8" (#54) and keeps no float8 state.
     return Dense(
         (c.d_model,),
         (c.vocab_size,),
@@ -48,7 +51,7 @@ def output_head(c: Any, *, rngs: nnx.Rngs) -> Dense | None:
         rngs=rngs,
         use_bias=False,
         init=normal(c.init_std),
-        precision=c.precision,
+        precision=dataclasses.replace(c.precision, matmul="default"),
     )
 
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tjx.nn.fp8 import Fp8Policy, fp8_dot
+from tjx.nn.fp8 import Fp8Meta, Fp8Policy, delayed_dot, fp8_dot, init_meta
 from tjx.nn.params import Initializer, make_param, normal, zeros
 from tjx.nn.precision import Precision
 
@@ -48,7 +48,9 @@ class Dense(nnx.Module):
     projection) with logical names ``in_names + out_names``; the bias has ``out_shape``. ``lora``
     holds an adapter once ``tjx.nn.add_lora`` has put one here. With ``precision.matmul="fp8"``
     the product is `tjx.nn.fp8.fp8_dot` (float8 operands forward and backward); the bias and an
-    adapter's update stay in the compute dtype.
+    adapter's update stay in the compute dtype. With ``fp8_recipe="delayed"`` it is
+    `tjx.nn.fp8.delayed_dot`, whose scales and amax history are ``fp8_meta`` (a
+    `tjx.nn.fp8.Fp8Meta`, not a parameter; None otherwise).
     """
 
     def __init__(
@@ -80,12 +82,20 @@ class Dense(nnx.Module):
         )
         # Data (a sub-module once set), not a static attribute: `add_lora` assigns it later.
         self.lora: LoRAAdapter | None = nnx.data(None)
+        p = self.precision
+        self.fp8_meta = (
+            Fp8Meta(init_meta(p.fp8_amax_history))
+            if p.fp8 and p.fp8_recipe == "delayed"
+            else nnx.data(None)
+        )
 
     def __call__(self, x: Array, rng: Array | None = None) -> Array:
         """Project ``x`` in the compute dtype (``rng``: the adapter's dropout key, if any)."""
         dt = self.precision.compute_dtype
         kernel = self.kernel[...].astype(dt)
-        if self.precision.fp8:
+        if self.fp8_meta is not None:
+            y = delayed_dot(x.astype(dt), kernel, self.fp8_meta[...], self.n_in)
+        elif self.precision.fp8:
             policy = Fp8Policy(self.precision.fp8_scaling)
             y = fp8_dot(x.astype(dt), kernel, self.n_in, policy)
         else:

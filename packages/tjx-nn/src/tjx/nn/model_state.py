@@ -7,6 +7,13 @@ into every key (:func:`reseed`) gives each step its own masks with nothing to sa
 draws the same masks as an uninterrupted one. A model built abstractly (``nnx.eval_shape``, no
 parameter materialised) has ``ShapeDtypeStruct`` leaves there; :func:`concrete_state` makes them
 real (a fixed key, zero counters) so the model can be merged with restored or abstract params.
+
+A model with delayed float8 scaling (#54) also keeps `tjx.nn.fp8.Fp8Meta` variables there (the
+scales and amax histories, one ``fp8_meta`` per float8 `Dense`), state a train step must carry
+and advance: :func:`split_fp8_meta` takes them out of ``rest`` (as a pure dict, a checkpoint's
+kind of tree), :func:`join_fp8_meta` puts them beside the params for the step to merge and
+differentiate (their cotangents are the step's amaxes), and :func:`part_fp8_meta` parts the
+result again.
 """
 
 from __future__ import annotations
@@ -15,8 +22,21 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
-__all__ = ["concrete_state", "is_key", "reseed"]
+from tjx.nn.fp8 import Fp8Meta
+
+__all__ = [
+    "concrete_state",
+    "is_key",
+    "join_fp8_meta",
+    "part_fp8_meta",
+    "reseed",
+    "split_fp8_meta",
+]
+
+#: The `Dense` attribute that holds a float8 product's delayed-scaling state.
+FP8_META = "fp8_meta"
 
 
 def is_key(x: Any) -> bool:
@@ -79,3 +99,83 @@ def concrete_state(rest: Any, seed: int = 0) -> Any:
         return jnp.zeros(x.shape, x.dtype)
 
     return jax.tree.map(one, rest)
+
+
+def split_fp8_meta(rest: nnx.State) -> tuple[nnx.State, dict[str, Any] | None]:
+    """``rest`` without its `Fp8Meta` variables, and those as a pure dict (None: it has none,
+    and ``rest`` is returned as it is).
+
+    Parameters
+    ----------
+    rest : nnx.State
+        A model's non-parameter state (``nnx.split(model, nnx.Param, ...)``'s last).
+
+    Returns
+    -------
+    tuple
+        ``(others, meta)``: ``nnx.merge(graphdef, params, meta, others)`` is the model.
+    """
+    meta, others = nnx.split_state(rest, Fp8Meta, ...)
+    if not jax.tree.leaves(meta):
+        return rest, None
+    return others, nnx.to_pure_dict(meta)
+
+
+def join_fp8_meta(params: dict[str, Any], meta: dict[str, Any] | None) -> dict[str, Any]:
+    """The nested dict of ``params`` with ``meta`` (`split_fp8_meta`'s) beside them, one tree
+    ``nnx.merge`` takes as one state; ``params`` itself when ``meta`` is None.
+
+    Parameters
+    ----------
+    params : dict
+        ``nnx.to_pure_dict`` of a model's params (or a tree like it: gradients, masks).
+    meta : dict or None
+        A tree of ``fp8_meta`` leaves at paths of ``params``' modules.
+
+    Returns
+    -------
+    dict
+        A new nested dict (``params``' own dicts are not changed).
+    """
+    if meta is None:
+        return params
+
+    def join(p: Any, m: Any) -> Any:
+        if not isinstance(m, dict):
+            return m
+        out = dict(p) if isinstance(p, dict) else {}
+        for k, v in m.items():
+            out[k] = join(out.get(k), v)
+        return out
+
+    return join(params, meta)  # type: ignore[no-any-return]
+
+
+def part_fp8_meta(tree: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`join_fp8_meta`'s inverse: ``(params-like tree, meta-like tree)`` of a joined tree (its
+    gradients, say), the ``fp8_meta`` leaves on the second side.
+
+    Parameters
+    ----------
+    tree : dict
+        A nested dict whose ``fp8_meta`` entries are the float8 state's.
+
+    Returns
+    -------
+    tuple of dict
+        Neither side keeps a module left empty.
+    """
+    params: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
+    for k, v in tree.items():
+        if k == FP8_META:
+            meta[k] = v
+        elif isinstance(v, dict):
+            p, m = part_fp8_meta(v)
+            if p or not m:
+                params[k] = p
+            if m:
+                meta[k] = m
+        else:
+            params[k] = v
+    return params, meta

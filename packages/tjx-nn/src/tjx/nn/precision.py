@@ -7,7 +7,9 @@ which dtype the chunked loss stores the LM head's product in between the matmul 
 softmax (float32 by default; bfloat16 as PyTorch's autocast, half the bytes).
 
 ``matmul="fp8"`` (#54) runs the linear layers' products (every `tjx.nn.linear.Dense`: the
-attention and MLP projections) in float8 with ``fp8_scaling`` (see `tjx.nn.fp8`); the LM head,
+attention and MLP projections) in float8 with ``fp8_scaling`` and ``fp8_recipe`` (see
+`tjx.nn.fp8`; ``delayed`` gives each such `Dense` a `tjx.nn.fp8.Fp8Meta` of
+``fp8_amax_history`` steps); the LM head,
 the embeddings, the norms, attention's own products, LoRA adapters' products, the weights, the
 optimizer and the loss keep the dtypes above.
 """
@@ -69,7 +71,8 @@ class Precision:
         default="default",
         metadata={
             "choices": MATMULS,
-            # Current scaling keeps no state: a resumed run may switch float8 on or off.
+            # Current scaling keeps no state: a resumed run may switch float8 on or off (the
+            # trainer refuses it for delayed scaling, whose checkpoints hold its Fp8Meta).
             "resumable": True,
             "help": "the linear layers' products: default (compute_dtype) or fp8 (e4m3 "
             "operands, e5m2 gradients; Hopper or CPU emulation)",

@@ -141,13 +141,11 @@ def glm4_moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
 
 
 def is_glm4_moe(config: LlamaConfig, model_type: str | None) -> bool:
-    """Whether ``config`` saves as glm4_moe: asked for, or an MoE model on multi-head attention
-    with the sigmoid router or a partial RoPE (what no other family tjx writes computes)."""
+    """Whether ``config`` saves as glm4_moe: asked for, or an MoE model with a partial RoPE
+    (which no other family tjx writes computes; a full-RoPE one saves as glm4_moe when asked)."""
     if model_type is not None:
         return model_type == GLM4_MOE
-    c = config
-    ours = c.router == "sigmoid" or c.rope_fraction < 1.0
-    return bool(c.num_experts) and c.attention_type == "mha" and ours and not c.attention_sinks
+    return bool(config.num_experts) and config.rope_fraction < 1.0
 
 
 def glm4_moe_config_to_hf(config: LlamaConfig) -> dict[str, Any]:

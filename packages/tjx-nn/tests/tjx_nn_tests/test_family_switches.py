@@ -265,9 +265,16 @@ def test_the_embedding_scale_is_rounded_as_transformers_rounds_it():
         (dict(rope_fraction=0.3), "rotates int\\(head_dim 6 x 0.3\\) = 1 dims"),
         (dict(rope_fraction=0.5, position="alibi"), "rope_fraction 0.5 needs position 'rope'"),
         (
-            dict(rope_fraction=0.5, rope_scaling=dict(type="longrope", factor=2.0,
-                 original_max_position_embeddings=8, short_factor=[1.0] * 3,
-                 long_factor=[1.0] * 3)),
+            dict(
+                rope_fraction=0.5,
+                rope_scaling=dict(
+                    type="longrope",
+                    factor=2.0,
+                    original_max_position_embeddings=8,
+                    short_factor=[1.0] * 3,
+                    long_factor=[1.0] * 3,
+                ),
+            ),
             "with a longrope rope_scaling is not supported",
         ),  # fmt: skip
     ],

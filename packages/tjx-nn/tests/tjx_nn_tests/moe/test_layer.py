@@ -45,7 +45,9 @@ CASES = {
     # gpt-oss: biased experts with the clamped SwiGLU, a learned router logit bias; weights
     # large enough (init 3: pre-activations of std ~8) that the clamp at 7 bites.
     "gpt-oss-clamped-logit-bias": lambda **kw: tnn.LlamaConfig(
-        **{**kw, "init_std": 3.0}, use_bias=True, mlp_activation="swiglu_clamped",
+        **{**kw, "init_std": 3.0},
+        use_bias=True,
+        mlp_activation="swiglu_clamped",
         router_logit_bias=True,
     ),
 }

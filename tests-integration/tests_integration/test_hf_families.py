@@ -1,5 +1,5 @@
-"""Qwen3, OLMo 2 and 3, Phi-3, Gemma 2, Gemma 3 (text), DeepSeek-V2 and -V3 round-trip through
-transformers (PyTorch in the scratch venv of ``_hf_peer``, one peer process each way for all
+"""Qwen3, OLMo 2 and 3, Phi-3, Gemma 2, Gemma 3 (text), DeepSeek-V2 and -V3, gpt-oss and GLM-4.5
+MoE round-trip through transformers (PyTorch in the scratch venv of ``_hf_peer``, one peer process each way for all
 families).
 
 transformers builds a tiny random model of each family (2 layers, GQA 4/2, random norms, Gemma's
@@ -43,6 +43,15 @@ rounding flips a token's top-k choice where two experts nearly tie, a jump no to
 V2 by 8.9 % at one of 24, measured 2026-11-24): the routed cases run in float32 only, and their
 bfloat16 comparison runs a sibling that routes every token to every expert (``*_all``), so that
 no choice can flip and the rest of the computation (MLA, experts, shared experts) is compared.
+
+gpt-oss (2 layers, layer 0 sliding: transformers' default pattern) carries attention sinks, q/k/v/o
+biases, yarn RoPE (factor 4 over 16 positions, ``truncate`` false), a softmax top-2 of 4 router
+with a bias, and biased experts whose clamped SwiGLU bites: at ``initializer_range`` 1 the gate
+and up pre-activations (std ~5.7) pass the clamp at 7 often. GLM-4.5 (3 layers: layer 0 dense)
+carries RoPE on a quarter of each head (``partial_rotary_factor`` 0.25 of head_dim 16), per-head
+q/k norms, q/k/v biases, the sigmoid router with a random correction bias, grouped top-2 (2 of
+4 groups), routed scaling 2.5 and a shared expert. Both route, so (as DeepSeek's) they run
+bfloat16 as ``*_all`` siblings that choose every expert.
 """
 
 from __future__ import annotations
@@ -199,6 +208,61 @@ CASES: dict[str, dict[str, Any]] = {
         bf16=False,
     ),
 }
+# gpt-oss: sinks, q/k/v/o biases, yarn, the biased router and clamped-SwiGLU experts.
+CASES["gpt_oss"] = dict(
+    config=dict(
+        COMMON,
+        model_type="gpt_oss",
+        head_dim=8,
+        intermediate_size=16,
+        sliding_window=WINDOW,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        initializer_range=1.0,
+        rope_parameters=dict(
+            rope_type="yarn",
+            factor=4.0,
+            beta_fast=32.0,
+            beta_slow=1.0,
+            truncate=False,
+            original_max_position_embeddings=16,
+            rope_theta=10000.0,
+        ),
+    ),
+    bf16=False,
+)
+# GLM-4.5: partial RoPE, q/k norms, q/k/v biases, DeepSeek-V3's grouped sigmoid routing.
+CASES["glm4_moe"] = dict(
+    config=dict(
+        COMMON,
+        model_type="glm4_moe",
+        num_hidden_layers=3,
+        head_dim=16,
+        initializer_range=0.2,
+        attention_bias=True,
+        use_qk_norm=True,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        n_shared_experts=1,
+        first_k_dense_replace=1,
+        n_group=4,
+        topk_group=2,
+        norm_topk_prob=True,
+        routed_scaling_factor=2.5,
+        rope_parameters=dict(rope_type="default", rope_theta=100.0, partial_rotary_factor=0.25),
+    ),
+    make=dict(random_buffers=["e_score_correction_bias"]),
+    bf16=False,
+)
+CASES["gpt_oss_all"] = dict(
+    CASES["gpt_oss"], config=dict(CASES["gpt_oss"]["config"], num_experts_per_tok=4), bf16=True
+)
+CASES["glm4_moe_all"] = dict(
+    CASES["glm4_moe"],
+    config=dict(CASES["glm4_moe"]["config"], num_experts_per_tok=8, topk_group=4),
+    bf16=True,
+)
 CASES["deepseek_v2"]["bf16"] = False
 # Full V2's routing: 4 groups of 2 experts, each token keeps its 2 best (by best probability).
 CASES["deepseek_v2_grouped"] = dict(
@@ -397,3 +461,26 @@ def test_the_deepseek_cases_exercise_each_piece(results):
     assert "model.layers.0.self_attn.q_proj.weight" in results["deepseek_v2"]["tensors"]
     grouped = results["deepseek_v2_grouped"]["config"]
     assert (grouped.router, grouped.router_groups, grouped.router_topk_groups) == ("softmax", 4, 2)
+
+
+def test_the_gpt_oss_and_glm_cases_exercise_each_piece(results):
+    """gpt-oss's and GLM-4.5's switches as the configs read them, and the tensors tjx wrote."""
+    oss, glm = results["gpt_oss"]["config"], results["glm4_moe"]["config"]
+    assert oss.attention_sinks and oss.use_bias and oss.router_logit_bias
+    assert (oss.mlp_activation, oss.router, oss.num_experts) == ("swiglu_clamped", "softmax", 4)
+    assert oss.layer_windows() == (WINDOW, None)
+    assert oss.rope_scaling is not None and oss.rope_scaling.type == "yarn"
+    assert oss.rope_scaling.truncate is False
+    names = results["gpt_oss"]["tensors"]
+    assert {"model.layers.0.self_attn.sinks", "model.layers.1.mlp.router.bias"} <= names
+    assert "model.layers.0.mlp.experts.gate_up_proj_bias" in names
+    assert (glm.rope_fraction, glm.qk_norm, glm.qkv_bias, glm.use_bias) == (0.25, True, True, False)
+    assert (glm.router, glm.router_groups, glm.router_topk_groups, glm.router_scale) == (
+        "sigmoid",
+        4,
+        2,
+        2.5,
+    )
+    assert (glm.moe_first_dense, glm.num_shared_experts, glm.expert_mlp_dim) == (1, 1, 16)
+    assert "model.layers.2.mlp.gate.e_score_correction_bias" in results["glm4_moe"]["tensors"]
+    assert results["glm4_moe"]["saved"]["rope_parameters"]["partial_rotary_factor"] == 0.25

@@ -1,6 +1,7 @@
 """A float64 NumPy decoder with the families' switches, written from the papers and transformers'
-modelling files (Gemma 2/3, Qwen3, OLMo 2), independent of tjx's modules: the reference the
-switch tests compare tjx's ``Llama`` against."""
+modelling files (Gemma 2/3, Qwen3, OLMo 2; gpt-oss's attention sinks, projection biases and
+clamped SwiGLU; GLM-4.5's partial RoPE), independent of tjx's modules: the reference the switch
+tests compare tjx's ``Llama`` against."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ def _rms(x, w, eps, plus_one):
     return y * ((1.0 + w) if plus_one else w)
 
 
-def _rope(x, pos, theta):
+def _rope(x, pos, theta, fraction=1.0):
+    """Rotate-half RoPE of the first ``int(head_dim · fraction)`` dims (GLM's partial RoPE:
+    frequencies of a head that wide), the rest passed through."""
+    turned = int(x.shape[-1] * fraction)
+    if turned < x.shape[-1]:
+        return np.concatenate([_rope(x[..., :turned], pos, theta), x[..., turned:]], -1)
     half = x.shape[-1] // 2
     inv = 1.0 / theta ** (np.arange(half) / half)
     ang = pos[..., None, None] * inv  # [b, s, 1, half]
@@ -26,6 +32,12 @@ def _rope(x, pos, theta):
 
 def _gelu_tanh(x):
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def _clamped_swiglu(gate, up):
+    """gpt-oss: ``(clip(up, ±7) + 1) · g · sigmoid(1.702 g)``, ``g = min(gate, 7)``."""
+    g = np.minimum(gate, 7.0)
+    return (np.clip(up, -7.0, 7.0) + 1.0) * g / (1.0 + np.exp(-1.702 * g))
 
 
 def _cap(x, c):
@@ -46,6 +58,11 @@ def reference_logits(p: dict[str, np.ndarray], c, tokens: np.ndarray) -> np.ndar
     def norm(name, y):
         return _rms(y, p[name + ".scale"], eps, c.norm_plus_one) if name + ".scale" in p else y
 
+    def lin(y, name, spec):
+        """A projection: ``einsum(spec)`` with the kernel, plus its bias if it has one."""
+        out = np.einsum(spec, y, p[name + ".kernel"])
+        return out + p[name + ".bias"] if name + ".bias" in p else out
+
     def qk(name, y, heads):
         if not c.qk_norm:
             return y
@@ -64,22 +81,29 @@ def reference_logits(p: dict[str, np.ndarray], c, tokens: np.ndarray) -> np.ndar
         seen = causal if window is None else causal & (rows - cols < window)
         theta = c.rope_local_theta if window is not None and c.rope_local_theta else c.rope_theta
         a = norm(t + "attn_norm", x)
-        q = qk(t + "attn.q_norm", np.einsum("bsd,dhk->bshk", a, p[t + "attn.query.kernel"]), h)
-        k = qk(t + "attn.k_norm", np.einsum("bsd,dhk->bshk", a, p[t + "attn.key.kernel"]), hk)
-        v = np.einsum("bsd,dhk->bshk", a, p[t + "attn.value.kernel"])
-        q, k = _rope(q, pos, theta), _rope(k, pos, theta)
+        q = qk(t + "attn.q_norm", lin(a, t + "attn.query", "bsd,dhk->bshk"), h)
+        k = qk(t + "attn.k_norm", lin(a, t + "attn.key", "bsd,dhk->bshk"), hk)
+        v = lin(a, t + "attn.value", "bsd,dhk->bshk")
+        q, k = _rope(q, pos, theta, c.rope_fraction), _rope(k, pos, theta, c.rope_fraction)
         k, v = np.repeat(k, h // hk, axis=2), np.repeat(v, h // hk, axis=2)
         logits = _cap(np.einsum("bqhd,bkhd->bhqk", q, k) * scale, c.attn_logit_softcap)
         logits = np.where(seen, logits, -np.inf)
-        w = np.exp(logits - logits.max(-1, keepdims=True))
-        w /= w.sum(-1, keepdims=True)
+        # gpt-oss's sinks: a column of logit sink[h] in every row's softmax, with no value.
+        sink = p.get(t + "attn.sinks", np.full(h, -np.inf))[None, :, None, None]
+        top = np.maximum(logits.max(-1, keepdims=True), sink)
+        w = np.exp(logits - top)
+        w /= w.sum(-1, keepdims=True) + np.exp(sink - top)
         o = np.einsum("bhqk,bkhd->bqhd", w, v)
-        o = np.einsum("bshk,hkd->bsd", o, p[t + "attn.out.kernel"])
+        o = lin(o, t + "attn.out", "bshk,hkd->bsd")
         x = x + norm(t + "attn_post_norm", o)
         m = norm(t + "mlp_norm", x)
-        gate = m @ p[t + "mlp.fc_gate.kernel"]
-        act = _gelu_tanh(gate) if c.mlp_activation == "geglu" else gate / (1.0 + np.exp(-gate))
-        y = (act * (m @ p[t + "mlp.fc_in.kernel"])) @ p[t + "mlp.fc_out.kernel"]
+        gate, up = lin(m, t + "mlp.fc_gate", "bsd,df->bsf"), lin(m, t + "mlp.fc_in", "bsd,df->bsf")
+        if c.mlp_activation == "swiglu_clamped":
+            unit = _clamped_swiglu(gate, up)
+        else:
+            act = _gelu_tanh(gate) if c.mlp_activation == "geglu" else gate / (1 + np.exp(-gate))
+            unit = act * up
+        y = lin(unit, t + "mlp.fc_out", "bsf,fd->bsd")
         x = x + norm(t + "mlp_post_norm", y)
     x = norm("final_norm", x)
     head = p["embed.embedding"].T if c.tie_embeddings else p["head.kernel"]

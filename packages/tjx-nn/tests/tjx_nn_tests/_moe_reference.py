@@ -10,9 +10,17 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def _clamped(gate, up):
+    """gpt-oss's expert unit (transformers' ``GptOssExperts._apply_gate``)."""
+    gate = jnp.minimum(gate, 7.0)
+    up = jnp.clip(up, -7.0, 7.0)
+    return (up + 1.0) * (gate * jax.nn.sigmoid(gate * 1.702))
+
+
 def _act(name):
     return {
         "swiglu": jax.nn.silu,
+        "swiglu_clamped": None,  # two inputs: `_clamped`
         "gelu": lambda v: jax.nn.gelu(v, approximate=True),
         "relu": jax.nn.relu,
     }[name]
@@ -22,7 +30,7 @@ def choices(p, x, cfg):
     """(experts [b, s, k], keep [b, s, k]) from NumPy: top-k of the router's scores (plus the
     balancing bias for the sigmoid router), and the capacity's first-come slots."""
     x = np.asarray(x, np.float64)
-    logits = x @ np.asarray(p["router.kernel"])
+    logits = x @ np.asarray(p["router.kernel"]) + np.asarray(p.get("router.logit_bias", 0.0))
     if cfg.router == "softmax":
         score = np.exp(logits - logits.max(-1, keepdims=True))
         score /= score.sum(-1, keepdims=True)
@@ -57,7 +65,10 @@ def _mlp(p, prefix, xt, act, gated, e):
         return out
 
     h = dense("fc_in")
-    h = act(dense("fc_gate")) * h if gated else act(h)
+    if act is None:
+        h = _clamped(dense("fc_gate"), h)
+    else:
+        h = act(dense("fc_gate")) * h if gated else act(h)
     return dense_out(p, prefix, h, e)
 
 
@@ -73,7 +84,7 @@ def dense_out(p, prefix, h, e):
 def moe_reference(p, x, cfg, experts, keep):
     """``(y [b, s, d], router penalty)`` token by token in float64 (``p``: flat params)."""
     act = _act(cfg.mlp_activation)
-    gated = cfg.mlp_activation in ("swiglu", "geglu")
+    gated = cfg.mlp_activation in ("swiglu", "geglu", "swiglu_clamped")
     b, s, _ = x.shape
     rows = []
     probs_all, lse_all = [], []
@@ -81,6 +92,8 @@ def moe_reference(p, x, cfg, experts, keep):
         for t in range(s):
             xt = x[r, t]
             logits = xt @ p["router.kernel"]
+            if "router.logit_bias" in p:
+                logits = logits + p["router.logit_bias"]
             lse_all.append(jax.nn.logsumexp(logits))
             if cfg.router == "softmax":
                 score = jax.nn.softmax(logits)

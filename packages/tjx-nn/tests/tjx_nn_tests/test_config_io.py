@@ -59,7 +59,7 @@ def test_a_model_json_of_tjx_0_1_loads():
     assert config.precision == tnn.Precision(jnp.float32, jnp.bfloat16)
     # Written again, it gains only the fields added since (#28's rope_scaling, qkv_bias; #39's
     # cross_entropy_impl; #42's sliding_window, window_pattern; #41's MoE settings, at their dense
-    # defaults; #44's family switches and DeepSeek's MLA fields).
+    # defaults; #44's family switches and DeepSeek's MLA fields; #56's gpt-oss and GLM switches).
     moe = {f.name: f.default for f in dataclasses.fields(tnn.LlamaConfig) if f.name in ALL_MOE}
     newer = {"rope_scaling": None, "qkv_bias": False, "cross_entropy_impl": "auto",
              "sliding_window": None, "window_pattern": None, **moe}  # fmt: skip
@@ -75,6 +75,8 @@ def test_a_model_json_of_tjx_0_1_loads():
         "q_lora_rank": None,
         "qk_rope_head_dim": None,
         "v_head_dim": None,
+        "rope_fraction": 1.0,
+        "attention_sinks": False,
     }
     # #51's logits_dtype: the float32 logits such a run had.
     newer["precision"] = {**WRITTEN_BY_TJX_0_1["fields"]["precision"], "logits_dtype": "float32"}

@@ -12,6 +12,7 @@ from flax import nnx
 
 from tjx import kernels
 from tjx import nn as tnn
+from tjx.nn.kernel_choice import attention_call
 from tjx.nn.kv_cache import topk_decode_attention
 
 from ._family_reference import reference_logits
@@ -52,6 +53,17 @@ FAMILIES = {
     ),
     "qwen3": dict(qk_norm=True, head_dim=10),
     "olmo2": dict(norm_position="output", qk_norm=True, qk_norm_scope="projection"),
+    # gpt-oss: attention sinks, biases on every projection, the clamped SwiGLU, alternating
+    # windows (its MoE layers: moe/test_layer.py).
+    "gptoss": dict(
+        attention_sinks=True,
+        use_bias=True,
+        mlp_activation="swiglu_clamped",
+        sliding_window=4,
+        window_pattern=("local", "global"),
+    ),
+    # GLM-4.5: RoPE on each head's first 4 of 10 dims (int(10 · 0.4)), q/k norms, q/k/v biases.
+    "glm": dict(rope_fraction=0.4, qk_norm=True, qkv_bias=True, head_dim=10),
 }
 
 
@@ -122,7 +134,7 @@ def test_local_layers_rotate_at_their_own_base_and_see_only_their_window():
         assert np.abs(np.asarray(other(tokens)) - base).max() > 1e-3, change
 
 
-@pytest.mark.parametrize("family", ["gemma2", "olmo2", "gemma3-local"])
+@pytest.mark.parametrize("family", ["gemma2", "olmo2", "gemma3-local", "gptoss"])
 def test_scanned_and_remat_stacks_compute_the_same(family):
     model, config = _model(family)
     tokens = jnp.asarray(_tokens())
@@ -131,7 +143,9 @@ def test_scanned_and_remat_stacks_compute_the_same(family):
     np.testing.assert_allclose(scanned(tokens), model(tokens), rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("family", ["gemma2", "olmo2", "olmo2-mla", "gemma3-local", "gemma3-mla"])
+@pytest.mark.parametrize(
+    "family", ["gemma2", "olmo2", "olmo2-mla", "gemma3-local", "gemma3-mla", "gptoss", "glm"]
+)
 def test_cached_decoding_matches_the_full_forward(family):
     # MLA: the key norm acts on keys up-projected from the cached latent at every step; with
     # Gemma 3's windows (gemma3-mla) those keys are re-rotated at the local base.
@@ -239,11 +253,58 @@ def test_the_embedding_scale_is_rounded_as_transformers_rounds_it():
             "rope_local_theta: only windowed RoPE layers",
         ),
         (dict(rope_local_theta=0, sliding_window=8), "rope_local_theta must be a positive"),
+        (dict(attention_sinks=True, attention_impl="pallas"), "'pallas' cannot add attention"),
+        (dict(attention_sinks=True, attention_impl="cudnn"), "'cudnn' cannot add attention"),
+        (dict(attention_sinks=True, decode_topk=4), "decode_topk 4 is not supported with"),
+        (
+            dict(attention_sinks=True, attention_type="mla", kv_latent_dim=8),
+            "attention_type 'mla' is not supported with attention_sinks",
+        ),
+        (dict(rope_fraction=0.0), "rope_fraction must be a number in \\(0, 1\\]"),
+        (dict(rope_fraction=1.5), "rope_fraction must be a number in"),
+        (dict(rope_fraction=0.3), "rotates int\\(head_dim 6 x 0.3\\) = 1 dims"),
+        (dict(rope_fraction=0.5, position="alibi"), "rope_fraction 0.5 needs position 'rope'"),
+        (
+            dict(
+                head_dim=8,
+                rope_fraction=0.5,
+                rope_scaling=dict(
+                    type="longrope",
+                    factor=2.0,
+                    original_max_position_embeddings=8,
+                    short_factor=[1.0] * 4,
+                    long_factor=[1.0] * 4,
+                ),
+            ),
+            "with a longrope rope_scaling is not supported",
+        ),
     ],
 )
 def test_bad_switches_raise_naming_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
         tnn.LlamaConfig(**BASE, **kwargs)
+
+
+def test_the_sinks_the_clamp_and_the_partial_rope_each_change_the_logits():
+    """gpt-oss's and GLM's switches matter (the reference above computes each): turning one off
+    (the same weights otherwise) moves the logits."""
+    tokens = jnp.asarray(_tokens())
+    for family, change in (
+        ("gptoss", dict(attention_sinks=False)),
+        ("gptoss", dict(mlp_activation="swiglu")),
+        ("glm", dict(rope_fraction=1.0)),
+    ):
+        model, config = _model(family, init_std=1.0)
+        flat = tnn.get_flat_params(model)
+        other = tnn.Llama(config.replace(**change), rngs=nnx.Rngs(0))
+        names = set(tnn.get_flat_params(other))  # the same, but the sinks when they are off
+        tnn.set_flat_params(other, {k: v for k, v in flat.items() if k in names})
+        assert np.abs(np.asarray(other(tokens)) - np.asarray(model(tokens))).max() > 1e-3, change
+
+
+def test_a_model_with_sinks_resolves_the_xla_kernel():
+    call = attention_call(tnn.LlamaConfig(**BASE, attention_sinks=True), "causal")
+    assert call.sinks and call.resolve() == kernels.AttentionKernel.XLA
 
 
 def test_non_decoders_refuse_the_decoder_only_switches():
@@ -253,5 +314,7 @@ def test_non_decoders_refuse_the_decoder_only_switches():
         tnn.BertConfig(norm_position="sandwich")
     with pytest.raises(ValueError, match="EncoderDecoderConfig.final_logit_softcap"):
         tnn.EncoderDecoderConfig(final_logit_softcap=30.0)
+    with pytest.raises(ValueError, match="BertConfig.attention_sinks: only decoders"):
+        tnn.BertConfig(attention_sinks=True)
     assert tnn.GPT2Config(norm_position="output").norm_position == "output"
     assert tnn.LlamaConfig(query_pre_attn_scalar=256).query_pre_attn_scalar == 256.0

@@ -88,8 +88,13 @@ SPLIT = "with mesh.context=2 (each sequence split over 2 devices)"
             "model.attention_impl: pallas cannot apply model.sliding_window across a split "
             f"sequence (its masks use the tile's own positions) {SPLIT}; use auto or xla",
         ),
+        (
+            llama_tiny(attention_sinks=True),
+            "model.attention_sinks: the split sequence's block kernels add no attention sinks "
+            f"(gpt-oss) {SPLIT}; set mesh.context=1",
+        ),
     ],
-    ids=["not-a-decoder", "cudnn", "alibi", "attention-dropout", "pallas-window"],
+    ids=["not-a-decoder", "cudnn", "alibi", "attention-dropout", "pallas-window", "sinks"],
 )
 def test_what_a_sequence_split_cannot_serve_is_refused_naming_the_key(config, message):
     with pytest.raises(ValueError) as err:

@@ -1,7 +1,8 @@
 """Multi-head attention with GQA/MQA (``num_kv_heads``), cross-attention, RoPE/ALiBi, an
 optional MLA-style low-rank key/value path (DeepSeek's with ``qk_rope_head_dim``:
 :mod:`tjx.nn.mla`), a sliding window, and KV-cache prefill/decode; q/k norms, Gemma's query
-scale and soft-capped logits (see ``family_config``).
+scale and soft-capped logits, gpt-oss's attention sinks and GLM's partial RoPE (see
+``family_config``).
 
 A windowed layer (``sliding_window``; ``window_pattern`` says which layers) passes the window to
 the kernel; when decoding, its cache may be a rolling one of the window's size (slot ``p mod T``
@@ -28,12 +29,12 @@ from jax.ad_checkpoint import checkpoint_name
 
 from tjx import kernels
 from tjx.nn import mla as ds
-from tjx.nn.configs import TransformerConfig
+from tjx.nn.configs import TransformerConfig, rotated_dims
 from tjx.nn.kernel_choice import attention_call, layer_kind
 from tjx.nn.kv_cache import LayerCache, last_real, slot_positions, topk_decode_attention
 from tjx.nn.linear import Dense, split_key, stacked_projection
 from tjx.nn.norms import RMSNorm
-from tjx.nn.params import normal
+from tjx.nn.params import make_param, normal
 from tjx.nn.positions import alibi_bias, apply_rope
 from tjx.nn.sequence import current_sequence_parallel, split_self_attention
 
@@ -142,6 +143,22 @@ class Attention(nnx.Module):
         whole = c.qk_norm_scope == "projection"
         self.q_norm = RMSNorm(h * hd if whole else hd, **norm_kw) if c.qk_norm else None
         self.k_norm = RMSNorm(hk * hd if whole else hd, **norm_kw) if c.qk_norm else None
+        # gpt-oss: one learned logit per query head in every softmax row's denominator
+        # (self-attention; tjx.kernels' XLA path, which `attention_call` resolves to).
+        self.sinks = (
+            make_param(rngs, init, (h,), ("heads",), c.precision.param_dtype)
+            if c.attention_sinks and not cross
+            else None
+        )
+        # GLM-4.5: RoPE rotates each head's first dims only (``rope_fraction``).
+        self.rotated = rotated_dims(c)
+
+    def _sinks(self) -> Array | None:
+        """The sinks' logits ``[heads]`` (float32 or wider), or None."""
+        if self.sinks is None:
+            return None
+        value = self.sinks[...]
+        return value.astype(jnp.promote_types(value.dtype, jnp.float32))
 
     def _normed(self, norm: RMSNorm | None, x: Array) -> Array:
         """``x`` [..., heads, head_dim] through a q/k norm (none: unchanged)."""
@@ -157,7 +174,11 @@ class Attention(nnx.Module):
         """``x`` rotated as this layer's kind says: a windowed layer (``local``, as in
         ``_windowed``) of a config with ``rope_local_theta`` at that base, unscaled; else at
         ``rope_theta`` with ``rope_scaling``. A traced ``local`` (scanned layers of a mixed
-        pattern) picks between both rotations."""
+        pattern) picks between both rotations. With ``rope_fraction`` below 1 only each head's
+        first ``rotated`` dims turn (the rest pass through, as in GLM-4.5)."""
+        if self.rotated < x.shape[-1]:
+            turned = self._rope(x[..., : self.rotated], positions, length, local)
+            return jnp.concatenate([turned, x[..., self.rotated :]], axis=-1)
 
         def wide() -> Array:
             return apply_rope(
@@ -212,7 +233,14 @@ class Attention(nnx.Module):
     ) -> Array:
         # An additive bias (ALiBi, T5) or attention dropout makes tjx.kernels take its XLA path.
         return kernels.attention(
-            q, k, v, scale=self.scale, softcap=self.softcap, implementation=kernel, **kw
+            q,
+            k,
+            v,
+            scale=self.scale,
+            softcap=self.softcap,
+            implementation=kernel,
+            sinks=self._sinks(),
+            **kw,
         )
 
     def _windowed(self, local: Local, attend: Any) -> Array:
@@ -325,6 +353,11 @@ class Attention(nnx.Module):
             split = current_sequence_parallel() if cache is None and not self.cross else None
 
             def attend(window: int | None) -> Array:
+                if split is not None and self.sinks is not None:
+                    raise ValueError(
+                        "attention_sinks (gpt-oss) are not supported under sequence_parallel: "
+                        "the split's block kernels have no sinks; train without the split"
+                    )
                 if split is not None:
                     return split_self_attention(
                         split, q, k, v, impl=self.impl, causal=self.causal, scale=self.scale,
@@ -432,6 +465,7 @@ class Attention(nnx.Module):
                 softcap=self.softcap,
                 implementation="xla",
                 bias=bias,
+                sinks=self._sinks(),
             )
         return (out if finish is None else finish(out)), cache
 

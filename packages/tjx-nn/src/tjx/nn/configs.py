@@ -23,7 +23,9 @@ from tjx.nn.moe.config import ALL_MOE_FIELDS, NO_MOE, ROUTER_DTYPES, ROUTER_NAME
 from tjx.nn.precision import Precision, as_precision
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
-ACTIVATIONS = ("gelu", "gelu_exact", "relu", "silu", "swiglu", "geglu")
+ACTIVATIONS = ("gelu", "gelu_exact", "relu", "silu", "swiglu", "geglu", "swiglu_clamped")
+#: The gated activations (two input projections; ``swiglu_clamped``: gpt-oss's, `tjx.nn.mlp`).
+GATED_ACTIVATIONS = ("swiglu", "geglu", "swiglu_clamped")
 NORMS = ("layernorm", "rmsnorm")
 # x + f(n(x)); n(x + f(x)) (BERT); x + n(f(n(x))) (Gemma); x + n(f(x)) (OLMo 2): decoders only.
 NORM_POSITIONS = ("pre", "post", "sandwich", "output")
@@ -93,7 +95,9 @@ class TransformerConfig:
         None, help="MLP hidden width; None: the family's (4 d_model; LLaMA 8/3 d_model to 64)"
     )
     mlp_activation: str = setting(
-        "gelu", choices=ACTIVATIONS, help="MLP activation (swiglu, geglu: gated)"
+        "gelu",
+        choices=ACTIVATIONS,
+        help="MLP activation (swiglu, geglu, swiglu_clamped: gated; the last gpt-oss's)",
     )
     norm: str = setting("layernorm", choices=NORMS, help="normalisation layer")
     norm_eps: float = setting(1e-5, help="the norm's epsilon")
@@ -106,6 +110,9 @@ class TransformerConfig:
         "learned", choices=POSITIONS, help="position encoding (t5: bucketed relative bias)"
     )
     rope_theta: float = setting(10000.0, help="rope's base wavelength (Llama 3: 500000)")
+    rope_fraction: float = setting(
+        1.0, help="share of each q/k head RoPE rotates, its first dims (GLM-4.5: 0.5)"
+    )
     rope_scaling: RopeScaling | None = setting(
         None,
         help=f"rope frequency scaling (type: {', '.join(ROPE_SCALINGS)}); None: plain rope",
@@ -175,6 +182,9 @@ class TransformerConfig:
     rope_local_theta: float | None = setting(
         None, help="RoPE base of windowed layers, unscaled (Gemma 3); None: as the others"
     )
+    attention_sinks: bool = setting(
+        False, help="a learned logit per head in each softmax's denominator (gpt-oss)"
+    )
     num_experts: int = setting(0, help="MoE: routed experts per MoE layer; 0: dense MLPs")
     experts_per_token: int = setting(2, help="MoE: experts each token is routed to (top-k)")
     expert_mlp_dim: int | None = setting(None, help="MoE: a routed expert's width; None: mlp_dim")
@@ -193,6 +203,7 @@ class TransformerConfig:
     router_groups: int = setting(1, help="MoE: expert groups (DeepSeek's n_group)")
     router_topk_groups: int = setting(1, help="MoE: groups a token's experts come from")
     capacity_factor: float | None = setting(None, help="MoE: slots / fair share; None: dropless")
+    router_logit_bias: bool = setting(False, help="MoE: a learned bias on the router's logits")
 
     def __post_init__(self) -> None:
         cls = type(self).__name__
@@ -249,7 +260,7 @@ class TransformerConfig:
     @property
     def gated(self) -> bool:
         """Whether the MLP is gated (SwiGLU/GeGLU)."""
-        return self.mlp_activation in ("swiglu", "geglu")
+        return self.mlp_activation in GATED_ACTIVATIONS
 
     def replace(self, **changes: Any) -> TransformerConfig:
         """A copy with ``changes`` applied (validated again)."""
@@ -612,12 +623,68 @@ def check_family(config: Any, cls: str) -> None:
             f"(attn_logit_softcap {config.attn_logit_softcap}): jax's cuDNN attention has no "
             "soft cap; use 'auto' (which then leaves cuDNN out), 'xla' or 'pallas'"
         )
+    check_sinks(config, cls)
+    check_rope_fraction(config, cls)
     if config.final_logit_softcap is not None and config.cross_entropy_impl == "pallas":
         raise ValueError(
             f"{cls}.cross_entropy_impl 'pallas' cannot soft-cap the output logits "
             f"(final_logit_softcap {config.final_logit_softcap}): the fused kernel has no soft "
             "cap; use 'auto' (which then takes the chunked XLA loss) or 'xla'"
         )
+
+
+def check_sinks(config: Any, cls: str) -> None:
+    """``attention_sinks`` only where a kernel computes them: tjx.kernels' XLA path (``auto``
+    resolves to it), full decoding (not ``decode_topk``'s) and multi-head attention (not MLA)."""
+    if not config.attention_sinks:
+        return
+    if config.attention_impl in ("cudnn", "pallas"):
+        raise ValueError(
+            f"{cls}.attention_impl {config.attention_impl!r} cannot add attention sinks "
+            "(attention_sinks=True): only tjx.kernels' XLA attention computes them; use 'auto' "
+            "(which then resolves to XLA) or 'xla'"
+        )
+    for name, value, default in (
+        ("decode_topk", config.decode_topk, None),
+        ("attention_type", config.attention_type, "mha"),
+    ):
+        if value != default:
+            raise ValueError(
+                f"{cls}.{name} {value!r} is not supported with attention_sinks=True; set it to "
+                f"{default!r}"
+            )
+
+
+def check_rope_fraction(config: Any, cls: str) -> None:
+    """``rope_fraction`` in ``(0, 1]``, rotating an even number of dims; below 1 only with
+    RoPE on multi-head attention (MLA rotates its own ``qk_rope_head_dim``)."""
+    f = config.rope_fraction
+    if isinstance(f, bool) or not isinstance(f, int | float) or not 0.0 < f <= 1.0:
+        raise ValueError(f"{cls}.rope_fraction must be a number in (0, 1]; got {f!r}")
+    object.__setattr__(config, "rope_fraction", float(f))
+    if f == 1.0:
+        return
+    if config.position != "rope" or config.attention_type != "mha":
+        raise ValueError(
+            f"{cls}.rope_fraction {f} needs position 'rope' and attention_type 'mha' (got "
+            f"{config.position!r}, {config.attention_type!r}); set it to 1.0"
+        )
+    rotated = int(config.head_dim * f)
+    if rotated < 2 or rotated % 2:
+        raise ValueError(
+            f"{cls}.rope_fraction {f} rotates int(head_dim {config.head_dim} x {f}) = {rotated} "
+            "dims; RoPE needs an even number, at least 2"
+        )
+    if config.rope_scaling is not None and config.rope_scaling.type == "longrope":
+        raise ValueError(
+            f"{cls}.rope_fraction {f} with a longrope rope_scaling is not supported (its factors "
+            "are per frequency of the whole head); set rope_fraction to 1.0"
+        )
+
+
+def rotated_dims(config: Any) -> int:
+    """The dims of each q/k head RoPE rotates: ``int(head_dim · rope_fraction)``."""
+    return int(config.head_dim * config.rope_fraction)
 
 
 def check_fp8(config: Any, cls: str) -> None:

@@ -27,6 +27,14 @@ Each is one ``TransformerConfig`` field (``configs.py``), off by default:
   (``window_pattern``'s ``"local"`` ones), without ``rope_scaling`` (transformers rotates Gemma 3's
   local layers with the default RoPE at ``rope_local_base_freq``); the global layers keep
   ``rope_theta`` and ``rope_scaling``. None: every layer rotates alike. Needs a window.
+* ``attention_sinks`` (gpt-oss): each self-attention layer learns one logit per query head that
+  every softmax row sees in its denominator, with no value behind it (a row may then attend to
+  "nothing"). ``tjx.kernels.attention(..., sinks=)`` computes it on the XLA path only, so
+  ``attention_impl`` ``cudnn``/``pallas`` are refused with it (``auto`` resolves to XLA), as are
+  ``decode_topk`` and MLA. Decoders only.
+* ``rope_fraction`` (GLM-4.5's ``partial_rotary_factor``): RoPE rotates the first
+  ``int(head_dim · rope_fraction)`` dims of each query and key head (rotate-half within them, its
+  frequencies those of a head that wide) and passes the rest through. 1: the whole head.
 """
 
 from __future__ import annotations
@@ -44,5 +52,5 @@ DECODER_NORM_POSITIONS = ("sandwich", "output")
 #: Fields only decoders (GPT2, Llama) read: the other families refuse them (``unused_fields``).
 DECODER_ONLY: Mapping[str, str] = {
     name: "only decoders (gpt2, llama) implement it"
-    for name in ("norm_plus_one", "scale_embeddings", "final_logit_softcap")
+    for name in ("norm_plus_one", "scale_embeddings", "final_logit_softcap", "attention_sinks")
 }

@@ -4,9 +4,10 @@
 layer (`ATTENTION_KINDS`: a decoder's causal self-attention, an encoder's bidirectional one, an
 encoder-decoder's cross-attention) asks of ``tjx.kernels.resolve_attention``: the config's name,
 compute dtype, the width its kernels see (DeepSeek's MLA: the wider of keys and values), a soft cap,
-a window without a causal mask. `resolve_model_attention` resolves each kind a config's model builds
-(``attention_layers``, a class attribute of the config) into a `ModelAttention`; a `Stack` is built
-from it, and its blocks' layers run those kernels without resolving again. A resolution is kept
+a window without a causal mask, attention sinks (XLA only). `resolve_model_attention` resolves each
+kind a config's model builds (``attention_layers``, a class attribute of the config) into a
+`ModelAttention`; a `Stack` is built from it, and its blocks' layers run those kernels without
+resolving again. A resolution is kept
 (`resolve_layer_kernel`) for its exact arguments, target and launch tables, so an app that resolves
 before building (the trainer's and the evaluator's kernel choice) builds its models from that very
 resolution; a model built directly resolves itself, the same way. An `Attention` built alone
@@ -63,6 +64,8 @@ class AttentionCall:
     width: int
     softcap: bool
     bidirectional_window: bool
+    #: The layers add attention sinks (gpt-oss; served by XLA only).
+    sinks: bool = False
 
     def resolve(self, target: kernels.Target | None = None) -> kernels.AttentionKernel:
         """``tjx.kernels.resolve_attention`` of these arguments on ``target`` (default: the
@@ -74,6 +77,7 @@ class AttentionCall:
             target=target,
             softcap=self.softcap,
             bidirectional_window=self.bidirectional_window,
+            sinks=self.sinks,
         )
 
 
@@ -98,6 +102,7 @@ def attention_call(config: TransformerConfig, kind: str) -> AttentionCall:
         width,
         softcap=c.attn_logit_softcap is not None,
         bidirectional_window=window is not None and kind == "bidirectional",
+        sinks=c.attention_sinks and not cross,
     )
 
 

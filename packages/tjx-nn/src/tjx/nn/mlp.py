@@ -1,4 +1,5 @@
-"""Feed-forward blocks: plain MLP (GELU/ReLU/SiLU) and gated MLPs (SwiGLU, GeGLU)."""
+"""Feed-forward blocks: plain MLP (GELU/ReLU/SiLU) and gated MLPs (SwiGLU, GeGLU, and gpt-oss's
+clamped SwiGLU, ``swiglu_clamped``: `clamped_swiglu`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from functools import partial
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from tjx.nn.activations import fused_activation, gated_activation
@@ -24,9 +26,29 @@ _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "silu": partial(fused_activation, "silu"),
     "swiglu": partial(fused_activation, "silu"),
     "geglu": partial(fused_activation, "gelu"),
+    "swiglu_clamped": partial(fused_activation, "silu"),  # its gate: `clamped_swiglu`
 }
 #: The gated activations' inner function (for `gated_activation`).
-_GATED = {"swiglu": "silu", "geglu": "gelu"}
+_GATED = {"swiglu": "silu", "geglu": "gelu", "swiglu_clamped": "silu"}
+#: gpt-oss's clamped SwiGLU (transformers' ``swiglu_alpha`` and ``swiglu_limit``, fixed there by
+#: the released checkpoints): the sigmoid's gain and the clamp of the gate and the up projection.
+CLAMPED_SWIGLU_ALPHA = 1.702
+CLAMPED_SWIGLU_LIMIT = 7.0
+
+
+def clamped_swiglu(gate: Array, up: Array) -> Array:
+    """gpt-oss's gated unit: ``(up + 1) · g · sigmoid(1.702 g)`` with the gate clamped from
+    above and ``up`` on both sides at 7 (``g = min(gate, 7)``, ``up`` in ``[-7, 7]``), computed
+    in the inputs' dtype as transformers' ``GptOssExperts`` does."""
+    g = jnp.minimum(gate, CLAMPED_SWIGLU_LIMIT)
+    u = jnp.clip(up, -CLAMPED_SWIGLU_LIMIT, CLAMPED_SWIGLU_LIMIT)
+    return (u + 1) * (g * jax.nn.sigmoid(g * CLAMPED_SWIGLU_ALPHA))
+
+
+def gate_function(name: str) -> Callable[[Array, Array], Array] | None:
+    """The two-input gated unit of activation ``name`` where it is not ``act(gate) · up``
+    (``swiglu_clamped``), else None."""
+    return clamped_swiglu if name == "swiglu_clamped" else None
 
 
 def activation(name: str) -> Callable[[Array], Array]:
@@ -57,6 +79,7 @@ class MLP(nnx.Module):
         self.act = activation(activation_name)
         self.gate_act = _GATED.get(activation_name)
         self.gated = self.gate_act is not None
+        self.glu = gate_function(activation_name)
         common: dict[str, Any] = dict(rngs=rngs, use_bias=use_bias, precision=precision)
         self.fc_in = Dense(
             (d_model,), (mlp_dim,), ("embed",), ("mlp",), init=normal(init_std), **common
@@ -78,7 +101,9 @@ class MLP(nnx.Module):
     def __call__(self, x: Array, lora_rng: Array | None = None) -> Array:
         """Apply the MLP to ``x`` [..., d_model] (``lora_rng``: adapters' dropout key)."""
         k_gate, k_in, k_out = split_key(lora_rng, 3)
-        if self.fc_gate is not None and self.gate_act is not None:
+        if self.fc_gate is not None and self.glu is not None:
+            h = self.glu(self.fc_gate(x, k_gate), self.fc_in(x, k_in))
+        elif self.fc_gate is not None and self.gate_act is not None:
             h = gated_activation(self.gate_act, self.fc_gate(x, k_gate), self.fc_in(x, k_in))
         else:
             h = self.act(self.fc_in(x, k_in))

@@ -53,9 +53,9 @@ def check_sequence_split(config: Any, ways: int) -> None:
     Parameters
     ----------
     config : TransformerConfig
-        A decoder LM, without an additive attention bias (alibi, t5) or attention dropout, whose
-        ``attention_impl`` has separate forward and backward halves (not cudnn) and, with a
-        sliding window, masks by the tokens' original places (not pallas). The message starts
+        A decoder LM, without an additive attention bias (alibi, t5), attention dropout or
+        attention sinks, whose ``attention_impl`` has separate forward and backward halves (not
+        cudnn) and, with a sliding window, masks by the tokens' original places (not pallas). The message starts
         with the key to change.
     ways : int
         Devices per sequence (``mesh.context``).
@@ -78,6 +78,11 @@ def check_sequence_split(config: Any, ways: int) -> None:
         raise ValueError(
             f"{key}: a split sequence takes no additive attention bias (alibi, t5) and no "
             f"attention dropout {split}; set model.position=rope and model.attention_dropout=0"
+        )
+    if config.attention_sinks:
+        raise ValueError(
+            f"model.attention_sinks: the split sequence's block kernels add no attention sinks "
+            f"(gpt-oss) {split}; set mesh.context=1"
         )
     if config.attention_impl == "pallas" and any(w is not None for w in config.layer_windows()):
         raise ValueError(

@@ -42,6 +42,14 @@ CASES = {
     "gpt2-biases-top1-capacity": lambda **kw: tnn.GPT2Config(
         **{**kw, "experts_per_token": 1}, capacity_factor=1.0
     ),
+    # gpt-oss: biased experts with the clamped SwiGLU, a learned router logit bias; weights
+    # large enough (init 3: pre-activations of std ~8) that the clamp at 7 bites.
+    "gpt-oss-clamped-logit-bias": lambda **kw: tnn.LlamaConfig(
+        **{**kw, "init_std": 3.0},
+        use_bias=True,
+        mlp_activation="swiglu_clamped",
+        router_logit_bias=True,
+    ),
 }
 
 
@@ -65,6 +73,13 @@ def test_the_block_equals_a_per_token_float64_reference_forward_and_gradients(x6
     moe = MoE(cfg, rngs=nnx.Rngs(3), out_std=0.5)
     if moe.router.bias is not None:  # a bias large enough to change some choices
         moe.router.bias.set_value(jnp.asarray(np.random.RandomState(1).randn(4) * 0.3))
+    if moe.router.logit_bias is not None:  # likewise (it starts at zero)
+        moe.router.logit_bias.set_value(jnp.asarray(np.random.RandomState(5).randn(4) * 3.0))
+    if cfg.use_bias:  # the experts' biases start at zero: random, so that a misplaced one shows
+        for part in (moe.experts.fc_in, moe.experts.fc_gate, moe.experts.fc_out):
+            if part is not None and part.bias is not None:
+                shape = part.bias.get_value().shape
+                part.bias.set_value(jnp.asarray(np.random.RandomState(6).randn(*shape)))
     graphdef, params = nnx.split(moe, nnx.Param)
     x = jnp.asarray(np.random.RandomState(2).randn(2, 6, 8))
     probe = jnp.asarray(np.random.RandomState(4).randn(2, 6, 8))
@@ -97,6 +112,10 @@ def test_the_block_equals_a_per_token_float64_reference_forward_and_gradients(x6
     assert int(stats.tokens) == 12
     if name == "capacity-drops":
         assert int(stats.dropped_tokens) > 0  # the case really drops
+    if cfg.mlp_activation == "swiglu_clamped":  # the clamp at 7 bites on both inputs
+        for part in ("fc_gate", "fc_in"):
+            pre = np.einsum("bsd,edf->bsef", x, flat[f"experts.{part}.kernel"])
+            assert np.abs(pre + flat[f"experts.{part}.bias"]).max() > 7.0
 
 
 def test_the_balancing_bias_gets_no_gradient(x64):

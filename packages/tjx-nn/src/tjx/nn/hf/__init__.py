@@ -4,8 +4,9 @@ Modules: ``checkpoints`` (``load_hf``, ``save_hf``, ``read_hf_config``: which fa
 and the plan to read or write it), ``io`` (checkpoint folders, lazy safetensors reads, sharded
 writes), one config module per family (``gpt2``, ``config``: llama/mistral/qwen2, ``families`` with
 ``family_base``, ``gemma`` and ``phi3``: qwen3/olmo2/olmo3/phi3/gemma2/gemma3_text, ``moe``:
-mixtral/qwen2_moe/qwen3_moe, ``deepseek``: deepseek_v2/v3) and its tensor mapping (``gpt2``,
-``llama``, ``family_tensors``, ``deepseek_tensors``), and ``start`` (the settings a checkpoint
+mixtral/qwen2_moe/qwen3_moe, ``deepseek``: deepseek_v2/v3, ``gpt_oss`` and ``glm4_moe``: config
+and tensors each) and its tensor mapping (``gpt2``, ``llama``, ``family_tensors``,
+``deepseek_tensors``), and ``start`` (the settings a checkpoint
 fixes when a run starts from it). Before tjx-nn 0.20 these were ``tjx.nn.hf`` (now ``checkpoints``)
 and ``tjx.nn.hf_<name>``.
 """

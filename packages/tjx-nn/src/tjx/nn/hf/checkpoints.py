@@ -3,7 +3,8 @@ and out.
 
 A folder's ``config.json`` names the architecture (``model_type`` gpt2, llama, mistral, qwen2,
 qwen3, olmo2, olmo3, phi3, gemma2 or gemma3_text, the MoE types mixtral, qwen2_moe and qwen3_moe,
-``moe``, or deepseek_v2 and deepseek_v3, ``deepseek``); its config module maps the config
+``moe``, deepseek_v2 and deepseek_v3, ``deepseek``, gpt_oss, ``gpt_oss``, or glm4_moe,
+``glm4_moe``); its config module maps the config
 (refusing what tjx would ignore) and its mapping module the tensors. Weights move one tensor at
 a time: loading fills a model built abstractly (``nnx.eval_shape``) from safetensors'
 memory-mapped reads, saving writes one shard at a time, so neither holds two full copies of the
@@ -39,7 +40,22 @@ from tjx.nn.hf.families import (
     family_config_to_hf,
 )
 from tjx.nn.hf.family_tensors import family_mapping
+from tjx.nn.hf.glm4_moe import (
+    GLM4_MOE,
+    glm4_moe_config_from_hf,
+    glm4_moe_config_to_hf,
+    glm4_moe_mapping,
+    is_glm4_moe,
+)
+from tjx.nn.hf.glm4_moe import mtp_layers as glm4_mtp_layers
 from tjx.nn.hf.gpt2 import config_from_hf, config_to_hf, gpt2_mapping
+from tjx.nn.hf.gpt_oss import (
+    GPT_OSS,
+    gpt_oss_config_from_hf,
+    gpt_oss_config_to_hf,
+    gpt_oss_mapping,
+    is_gpt_oss,
+)
 from tjx.nn.hf.io import (
     HFMapping,
     LazyWeights,
@@ -60,7 +76,7 @@ from tjx.nn.params_io import fill_params, param_readers
 HF_MODEL_TYPES: dict[str, str] = {
     "gpt2": "gpt2",
     **{t: "llama" for t in (*LLAMA_TYPES, *FAMILY_TYPES)},
-    **{t: "llama" for t in (*MOE_TYPES, *DEEPSEEK_TYPES)},
+    **{t: "llama" for t in (*MOE_TYPES, *DEEPSEEK_TYPES, GPT_OSS, GLM4_MOE)},
 }
 #: model types refused with a line of their own (what to load instead).
 _REFUSED = {
@@ -113,6 +129,12 @@ def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[Deco
     if model_type in FAMILY_TYPES:
         family = family_config_from_hf(hf, **overrides)
         return family, Llama, family_mapping(family, model_type)
+    if model_type == GPT_OSS:
+        oss = gpt_oss_config_from_hf(hf, **overrides)
+        return oss, Llama, gpt_oss_mapping(oss)
+    if model_type == GLM4_MOE:
+        glm = glm4_moe_config_from_hf(hf, **overrides)
+        return glm, Llama, glm4_moe_mapping(glm, mtp=glm4_mtp_layers(hf))
     if model_type in DEEPSEEK_TYPES:
         deepseek = deepseek_config_from_hf(hf, **overrides)
         interleaved = model_type == "deepseek_v2" or bool(hf.get("rope_interleave", True))
@@ -212,9 +234,17 @@ def _export_plan(config: Any, model_type: str | None) -> tuple[dict[str, Any], H
         if model_type not in (None, "gpt2"):
             raise ValueError(f"a GPT2 model saves as model_type 'gpt2'; got {model_type!r}")
         return config_to_hf(config), gpt2_mapping(config)
+    if isinstance(config, LlamaConfig) and (model_type == GPT_OSS or is_gpt_oss(config)):
+        if model_type not in (None, GPT_OSS):
+            raise ValueError(
+                f"a model with attention sinks saves as model_type 'gpt_oss'; got {model_type!r}"
+            )
+        return gpt_oss_config_to_hf(config), gpt_oss_mapping(config)
     if isinstance(config, LlamaConfig) and config.qk_rope_head_dim is not None:
         ds_type = deepseek_export_type(config, model_type)
         return deepseek_config_to_hf(config, ds_type), deepseek_mapping(config, ds_type)
+    if isinstance(config, LlamaConfig) and is_glm4_moe(config, model_type):
+        return glm4_moe_config_to_hf(config), glm4_moe_mapping(config)
     if isinstance(config, LlamaConfig) and config.num_experts:
         moe_type = moe_export_type(config, model_type)
         return moe_config_to_hf(config, moe_type), llama_mapping(config, moe_type)
@@ -260,7 +290,9 @@ def save_hf(
         For one with MoE layers ``mixtral``, ``qwen2_moe`` or ``qwen3_moe`` (default
         qwen2_moe with shared experts, qwen3_moe with q/k norms, else mixtral; see
         ``moe.moe_export_type``). DeepSeek's MLA: ``deepseek_v3`` with the sigmoid router,
-        else ``deepseek_v2`` (``deepseek``).
+        else ``deepseek_v2`` (``deepseek``). Attention sinks: ``gpt_oss`` (``gpt_oss``); MoE
+        on multi-head attention with the sigmoid router or a partial RoPE: ``glm4_moe``
+        (``glm4_moe``).
     tokenizer_from : str or PathLike, optional
         A folder whose tokenizer files (``tokenizer.json`` ...) are copied next to the weights.
 

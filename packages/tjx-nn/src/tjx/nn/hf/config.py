@@ -260,6 +260,14 @@ def check_llama_shape(config: LlamaConfig) -> None:
             "only LLaMA-shaped configs export (attention_type 'mha', position 'rope', norm "
             f"'rmsnorm'); got {config.attention_type!r}, {config.position!r}, {config.norm!r}"
         )
+    # gpt-oss's and GLM-4.5's switches: their own model types (gpt_oss, glm4_moe) write them.
+    for name, plain in (("attention_sinks", False), ("router_logit_bias", False),
+                        ("rope_fraction", 1.0)):  # fmt: skip
+        if getattr(config, name) != plain:
+            raise ValueError(
+                f"this config cannot be saved as a LLaMA-family checkpoint: {name}="
+                f"{getattr(config, name)!r} (needs {plain!r}); gpt_oss and glm4_moe write those"
+            )
     if config.mlp_activation != "swiglu" or config.norm_position != "pre":
         raise ValueError(
             "only LLaMA-shaped configs export (mlp_activation 'swiglu', norm_position 'pre'); "

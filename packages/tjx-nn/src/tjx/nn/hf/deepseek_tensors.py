@@ -141,20 +141,29 @@ def deepseek_mapping(
                 f"stack.layers.{i}.moe.router.bias",
                 (c.num_experts,),
             )
-    extra = re.compile(rf"model\.layers\.({'|'.join(str(c.num_layers + j) for j in range(mtp))})\.")
+    ignored = skip_mtp(base.ignored, c.num_layers, mtp, "num_nextn_predict_layers")
+    return HFMapping(shapes, to_tjx, to_hf, ignored)
+
+
+def skip_mtp(
+    base: Callable[[str], bool], num_layers: int, mtp: int, key: str
+) -> Callable[[str], bool]:
+    """``base``'s ignored names, and the tensors of ``mtp`` multi-token-prediction layers stored
+    after the ``num_layers`` of the causal LM (DeepSeek-V3's and GLM-4.5's; ``key``: the
+    config.json key that counts them), said in one line when a checkpoint really holds one."""
+    extra = re.compile(rf"model\.layers\.({'|'.join(str(num_layers + j) for j in range(mtp))})\.")
     said: list[bool] = []
 
     def ignored(name: str) -> bool:
         if not (mtp and extra.match(name)):
-            return base.ignored(name)
-        if not said:  # one line, when the checkpoint really holds such a layer
+            return base(name)
+        if not said:
             said.append(True)
             print(
                 f"tjx: skipping the checkpoint's {mtp} multi-token-prediction layer(s) "
-                f"(model.layers.{c.num_layers}.*, num_nextn_predict_layers): the causal LM "
-                "does not use them",
+                f"(model.layers.{num_layers}.*, {key}): the causal LM does not use them",
                 file=sys.stderr,
             )
         return True
 
-    return HFMapping(shapes, to_tjx, to_hf, ignored)
+    return ignored

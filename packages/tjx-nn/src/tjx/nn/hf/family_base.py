@@ -141,6 +141,8 @@ def check_exportable(config: LlamaConfig, rope_types: tuple[str, ...] = ()) -> N
         "use_bias": (config.use_bias, False),
         "qkv_bias": (config.qkv_bias, False),
         "rope_scaling": (scaling, None),
+        "rope_fraction": (config.rope_fraction, 1.0),  # GLM-4.5's partial RoPE: glm4_moe
+        "attention_sinks": (config.attention_sinks, False),  # gpt-oss's: gpt_oss
     }
     wrong = {k: v for k, v in needs.items() if v[0] != v[1]}
     if wrong:

@@ -65,9 +65,9 @@ NAMES: dict[str, tuple[str, str, tuple[str, str, str], str | None]] = {
     "mixtral": ("block_sparse_moe", "gate", ("w1", "w3", "w2"), None),
     "qwen2_moe": ("mlp", "gate", ("gate_proj", "up_proj", "down_proj"), "shared_expert"),
     "qwen3_moe": ("mlp", "gate", ("gate_proj", "up_proj", "down_proj"), None),
-    **{  # deepseek's types: several shared experts as one MLP, without a gate
+    **{  # deepseek's types and GLM-4.5: several shared experts as one MLP, without a gate
         t: ("mlp", "gate", ("gate_proj", "up_proj", "down_proj"), "shared_experts")
-        for t in ("deepseek_v2", "deepseek_v3")
+        for t in ("deepseek_v2", "deepseek_v3", "glm4_moe")
     },
 }
 

@@ -61,6 +61,9 @@ HF_LLAMA_FIXED = (
     "router_scale",
     "router_groups",
     "router_topk_groups",
+    "attention_sinks",
+    "router_logit_bias",
+    "rope_fraction",
 )
 
 

@@ -38,6 +38,7 @@ MOE_FIELDS = (
     "router_scale",
     "router_groups",
     "router_topk_groups",
+    "router_logit_bias",
 )
 #: Every field an MoE model reads (``num_experts`` first): what a family without MoE refuses.
 ALL_MOE_FIELDS = ("num_experts", *MOE_FIELDS)

@@ -49,6 +49,13 @@ class FFN(NamedTuple):
     act: Callable[[Array], Array]
     gated: bool
     dtype: Any
+    #: The gated unit ``glu(gate, up)`` where it is not ``act(gate) * up`` (gpt-oss's clamped
+    #: SwiGLU, `tjx.nn.mlp.clamped_swiglu`); None: ``act(gate) * up``.
+    glu: Callable[[Array, Array], Array] | None = None
+
+    def gate(self, gate: Array, up: Array) -> Array:
+        """The gated unit of ``gate`` and ``up`` (the projections' outputs, biases added)."""
+        return self.act(gate) * up if self.glu is None else self.glu(gate, up)
 
 
 def _unsort(rows: Array, order: Array) -> Array:
@@ -95,7 +102,7 @@ def grouped_ffn(
     h = mm(x, w.fc_in) + _row_bias(w.b_in, row_experts, dt)
     if ffn.gated:
         assert w.fc_gate is not None
-        h = ffn.act(mm(x, w.fc_gate) + _row_bias(w.b_gate, row_experts, dt)) * h
+        h = ffn.gate(mm(x, w.fc_gate) + _row_bias(w.b_gate, row_experts, dt), h)
     else:
         h = ffn.act(h)
     y = mm(h, w.fc_out)
@@ -120,7 +127,7 @@ def batched_ffn(buf: Array, w: ExpertWeights, ffn: FFN, comm: Any = None) -> Arr
     h = mm(buf, w.fc_in, w.b_in)
     if ffn.gated:
         assert w.fc_gate is not None
-        h = ffn.act(mm(buf, w.fc_gate, w.b_gate)) * h
+        h = ffn.gate(mm(buf, w.fc_gate, w.b_gate), h)
     else:
         h = ffn.act(h)
     y = mm(h, w.fc_out, None)

@@ -6,7 +6,9 @@ capacity path), adds the shared experts (one MLP every token goes through, optio
 ``sigmoid(x · shared_gate)``, Qwen2-MoE) and returns the block's output with its `MoEStats`.
 
 Parameters (logical axes in brackets): ``router.kernel`` ``[embed, None]``, the sigmoid
-router's balancing ``router.bias`` ``[None]`` (the router is small and replicated);
+router's balancing ``router.bias`` ``[None]``, with ``router_logit_bias`` a learned
+``router.logit_bias`` ``[None]`` added to the logits (gpt-oss; the router is small and
+replicated);
 ``experts.fc_in``/``fc_gate`` ``[experts, embed, mlp]`` and ``fc_out`` ``[experts, mlp,
 embed]`` (``.kernel``, and ``.bias`` with ``use_bias``: a stack of matrices, split over the
 ``expert`` mesh axis by expert parallelism); ``shared`` (an ``MLP``) and ``shared_gate.kernel``
@@ -31,7 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tjx.nn.linear import Dense
-from tjx.nn.mlp import MLP, activation
+from tjx.nn.mlp import MLP, activation, gate_function
 from tjx.nn.moe.config import expert_capacity, expert_mlp_dim, shared_mlp_dim
 from tjx.nn.moe.dispatch import FFN, ExpertWeights, capacity, dropless
 from tjx.nn.moe.parallel import current_expert_parallel
@@ -76,8 +78,10 @@ class MoEStats(NamedTuple):
 
 
 class Router(nnx.Module):
-    """The router's ``[embed, experts]`` projection, and the balancing ``bias`` ``[experts]`` of
-    a router that has one (DeepSeek-V3's; it steers the choice only, see ``update_router_bias``)."""
+    """The router's ``[embed, experts]`` projection (with ``router_logit_bias`` a learned
+    ``logit_bias`` ``[experts]`` too: gpt-oss's ``nn.Linear`` with a bias), and the balancing
+    ``bias`` ``[experts]`` of a router that has one (DeepSeek-V3's; it steers the choice only, see
+    ``update_router_bias``)."""
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs) -> None:
         c = config
@@ -92,12 +96,18 @@ class Router(nnx.Module):
             if ROUTERS[c.router].bias
             else None
         )
+        self.logit_bias = (
+            make_param(rngs, zeros(), (c.num_experts,), (None,), dtype)
+            if c.router_logit_bias
+            else None
+        )
         self.dtype = jnp.dtype(c.router_dtype)
 
     def __call__(self, x: Array) -> Array:
         """Logits ``[..., E]`` in the router's dtype (or wider, for float64 inputs)."""
         dt = jnp.promote_types(self.dtype, x.dtype)
-        return jnp.einsum("...d,de->...e", x.astype(dt), self.kernel[...].astype(dt))
+        logits = jnp.einsum("...d,de->...e", x.astype(dt), self.kernel[...].astype(dt))
+        return logits if self.logit_bias is None else logits + self.logit_bias[...].astype(dt)
 
 
 class ExpertDense(nnx.Module):
@@ -201,7 +211,7 @@ class MoE(nnx.Module):
         routing = ROUTERS[c.router].fn(logits.reshape(b * s, -1), bias, c)
         experts = routing.experts.reshape(b, s, -1)
         weights = routing.weights.reshape(b, s, -1)
-        ffn = FFN(activation(c.mlp_activation), c.gated, dt)
+        ffn = FFN(activation(c.mlp_activation), c.gated, dt, gate_function(c.mlp_activation))
         w = self.experts.weights()
         slots = (
             None

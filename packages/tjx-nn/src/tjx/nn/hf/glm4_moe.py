@@ -1,0 +1,208 @@
+"""Hugging Face GLM-4.5 MoE (``Glm4MoeForCausalLM``) ↔ tjx ``Llama`` with MoE layers.
+
+GLM-4.5 is the LLaMA decoder (pre-norm RMSNorm, GQA) with DeepSeek-V3's routing on multi-head
+attention:
+
+===================================  ==========================================================
+config.json                          tjx
+===================================  ==========================================================
+``partial_rotary_factor`` (in        ``rope_fraction``: RoPE turns each head's first
+``rope_parameters`` or at the top;   ``int(head_dim · f)`` dims (rotate-half within them), the
+transformers' default 0.5)           rest pass through
+``use_qk_norm``                      ``qk_norm`` (one ``head_dim`` RMSNorm scale per q and k)
+``attention_bias``                   ``qkv_bias`` (q/k/v only: ``o_proj`` has none)
+``n_routed_experts``,                the sigmoid router (``noaux_tc``): the top-k of
+``num_experts_per_tok``,             ``sigmoid(logits) + e_score_correction_bias`` within the
+``n_group``, ``topk_group``,         best groups (by their two best), weighted by the sigmoid
+``norm_topk_prob``,                  scores (renormalised with ``norm_topk_prob``) times
+``routed_scaling_factor``            ``router_scale``
+``n_shared_experts``,                ``num_shared_experts`` (one MLP of ``n × moe_intermediate_
+``moe_intermediate_size``            size``), ``expert_mlp_dim``
+``first_k_dense_replace``            ``moe_first_dense`` (those layers' MLP: ``intermediate_
+                                     size``)
+``num_nextn_predict_layers``         the multi-token-prediction layers after the last: skipped
+(``num_mtp_layers``)                 on load with one line, none written
+===================================  ==========================================================
+
+The tensors are DeepSeek's MoE ones on Llama's attention (``llama``: per-expert
+``mlp.experts.<e>.{gate,up,down}_proj``, ``mlp.gate``, ``mlp.shared_experts``), plus the router's
+``mlp.gate.e_score_correction_bias`` (tjx's sigmoid router ``bias``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tjx.nn.configs import LlamaConfig
+from tjx.nn.hf.config import llama_common_to_hf, llama_fields
+from tjx.nn.hf.deepseek_tensors import skip_mtp
+from tjx.nn.hf.io import HFMapping, take
+from tjx.nn.hf.llama import llama_mapping
+from tjx.nn.moe.config import expert_mlp_dim, moe_layers
+
+GLM4_MOE = "glm4_moe"
+ARCHITECTURE = "Glm4MoeForCausalLM"
+#: GLM-4.5's keys beyond the LLaMA ones (``config.HANDLED``), each mapped or checked here.
+KEYS = frozenset(
+    {
+        "partial_rotary_factor",
+        "use_qk_norm",
+        "moe_intermediate_size",
+        "num_experts_per_tok",
+        "n_shared_experts",
+        "n_routed_experts",
+        "routed_scaling_factor",
+        "n_group",
+        "topk_group",
+        "first_k_dense_replace",
+        "norm_topk_prob",
+        "num_nextn_predict_layers",
+        "num_mtp_layers",
+        "output_router_logits",  # what a forward returns, not what it computes
+    }
+)
+#: transformers' ``partial_rotary_factor`` when a GLM-4.5 config names none.
+DEFAULT_PARTIAL = 0.5
+#: What a config must have to be written as glm4_moe: field → the value GLM-4.5 computes with.
+NEEDS: dict[str, Any] = dict(
+    attention_type="mha",
+    position="rope",
+    norm="rmsnorm",
+    norm_position="pre",
+    mlp_activation="swiglu",
+    use_bias=False,
+    qk_norm_scope="head",
+    norm_plus_one=False,
+    scale_embeddings=False,
+    query_pre_attn_scalar=None,
+    attn_logit_softcap=None,
+    final_logit_softcap=None,
+    rope_local_theta=None,
+    sliding_window=None,
+    attention_sinks=False,
+    router="sigmoid",
+    router_logit_bias=False,
+    shared_expert_gate=False,
+    moe_layer_step=1,
+)
+
+
+def _refuse(key: str, value: Any, why: str) -> ValueError:
+    return ValueError(f"config.json {key} {value!r} is not supported for glm4_moe: {why}")
+
+
+def mtp_layers(hf: Mapping[str, Any]) -> int:
+    """GLM-4.5's multi-token-prediction layers after the causal LM's (dropped on import)."""
+    return int(hf.get("num_nextn_predict_layers", hf.get("num_mtp_layers")) or 0)
+
+
+def glm4_moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
+    """A ``LlamaConfig`` from a glm4_moe ``config.json`` dict (``overrides`` win).
+
+    Raises
+    ------
+    ValueError
+        An unknown key, or a value tjx does not compute as transformers does, named.
+    """
+    rest = {k: v for k, v in hf.items() if k not in ("attention_bias", "partial_rotary_factor")}
+    params = dict(hf.get("rope_parameters") or {})
+    scaling = dict(hf.get("rope_scaling") or {})
+    # transformers reads the factor from the RoPE entry first, then the top level, then 0.5.
+    partial = params.pop(
+        "partial_rotary_factor",
+        scaling.pop("partial_rotary_factor", hf.get("partial_rotary_factor", DEFAULT_PARTIAL)),
+    )
+    if params:
+        rest["rope_parameters"] = params
+    if scaling:
+        rest["rope_scaling"] = scaling
+    if hf.get("scoring_func", "sigmoid") != "sigmoid":  # never in the config class: refused
+        raise _refuse("scoring_func", hf["scoring_func"], "GLM-4.5 routes by sigmoid scores")
+    fields = llama_fields(rest, GLM4_MOE, handled=KEYS)
+    fields |= dict(
+        norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
+        use_bias=False,
+        qkv_bias=bool(hf.get("attention_bias", False)),
+        qk_norm=bool(hf.get("use_qk_norm", False)),
+        rope_fraction=float(partial),
+        num_experts=int(hf.get("n_routed_experts", 128)),
+        experts_per_token=int(hf.get("num_experts_per_tok", 8)),
+        expert_mlp_dim=int(hf.get("moe_intermediate_size", 1408)),
+        num_shared_experts=int(hf.get("n_shared_experts", 1) or 0),
+        moe_first_dense=int(hf.get("first_k_dense_replace", 1) or 0),
+        router="sigmoid",
+        router_norm_topk=bool(hf.get("norm_topk_prob", True)),
+        router_scale=float(hf.get("routed_scaling_factor", 1.0)),
+        router_groups=int(hf.get("n_group", 1) or 1),
+        router_topk_groups=int(hf.get("topk_group", 1) or 1),
+    )
+    return LlamaConfig(**{**fields, **overrides})
+
+
+def is_glm4_moe(config: LlamaConfig, model_type: str | None) -> bool:
+    """Whether ``config`` saves as glm4_moe: asked for, or an MoE model with a partial RoPE
+    (which no other family tjx writes computes; a full-RoPE one saves as glm4_moe when asked)."""
+    if model_type is not None:
+        return model_type == GLM4_MOE
+    return bool(config.num_experts) and config.rope_fraction < 1.0
+
+
+def glm4_moe_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
+    """The ``config.json`` dict of ``config`` as glm4_moe.
+
+    Raises
+    ------
+    ValueError
+        ``config`` computes something GLM-4.5 cannot express (every such field named).
+    """
+    c = config
+    wrong = {k: (getattr(c, k), v) for k, v in NEEDS.items() if getattr(c, k) != v}
+    if not c.num_experts:
+        wrong["num_experts"] = (0, "> 0")
+    shared = c.num_shared_experts * expert_mlp_dim(c)
+    if c.shared_expert_mlp_dim not in (None, shared):
+        wrong["shared_expert_mlp_dim"] = (c.shared_expert_mlp_dim, f"None or {shared}")
+    if wrong:
+        got = ", ".join(f"{k}={v[0]!r} (needs {v[1]!r})" for k, v in wrong.items())
+        raise ValueError(f"model_type 'glm4_moe' cannot express this model: {got}")
+    out = llama_common_to_hf(c, "llama")
+    scaling = out.pop("rope_scaling", None)
+    theta = out.pop("rope_theta")
+    rope = {"rope_theta": theta, **(scaling or {"rope_type": "default"})}
+    return out | {
+        "architectures": [ARCHITECTURE],
+        "model_type": GLM4_MOE,
+        "rope_parameters": rope | {"partial_rotary_factor": c.rope_fraction},
+        "attention_bias": c.qkv_bias,
+        "use_qk_norm": c.qk_norm,
+        "moe_intermediate_size": expert_mlp_dim(c),
+        "num_experts_per_tok": c.experts_per_token,
+        "n_shared_experts": c.num_shared_experts,
+        "n_routed_experts": c.num_experts,
+        "routed_scaling_factor": c.router_scale,
+        "n_group": c.router_groups,
+        "topk_group": c.router_topk_groups,
+        "first_k_dense_replace": c.moe_first_dense,
+        "norm_topk_prob": c.router_norm_topk,
+        "num_nextn_predict_layers": 0,
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "pad_token_id": None,
+    }
+
+
+def glm4_moe_mapping(c: LlamaConfig, mtp: int = 0) -> HFMapping:
+    """The HF ↔ tjx correspondence of a GLM-4.5 ``c``: Llama's with DeepSeek's MoE tensors and
+    the router's correction bias; ``mtp`` multi-token-prediction layers after the last are
+    skipped (one printed line)."""
+    base = llama_mapping(c, GLM4_MOE)
+    shapes, to_tjx, to_hf = dict(base.shapes), dict(base.to_tjx), dict(base.to_hf)
+    for i, moe in enumerate(moe_layers(c)):
+        if moe:
+            hf, tjx = f"model.layers.{i}.mlp.gate.e_score_correction_bias", f"stack.layers.{i}."
+            shapes[hf] = (c.num_experts,)
+            to_tjx[tjx + "moe.router.bias"] = take(hf)
+            to_hf[hf] = take(tjx + "moe.router.bias")
+    ignored = skip_mtp(base.ignored, c.num_layers, mtp, "num_nextn_predict_layers")
+    return HFMapping(shapes, to_tjx, to_hf, ignored)

@@ -49,8 +49,8 @@ def loss_fn(
 ) -> Callable[[chex.ArrayTree, Batch, jax.Array], tuple[jax.Array, dict[str, Any]]]:
     """``loss_fn(params, batch, step, reference=None) -> (loss, aux)``: tjx.nn's `grpo_loss` of
     a rollout batch (`Rollouts.batch`); ``aux`` holds the completion tokens (``num_tokens``) and
-    TRL's metrics (``"grpo"``). Without ``old_logps`` in the batch (μ = 1) the sampling policy is the policy
-    itself, its log-probabilities without gradient (TRL's ``detach``)."""
+    TRL's metrics (``"grpo"``). Without ``old_logps`` in the batch (μ = 1) the sampling policy
+    is the policy itself, its log-probabilities without gradient (TRL's ``detach``)."""
     settings, r = cfg.grpo, cfg.rollout
 
     def fn(

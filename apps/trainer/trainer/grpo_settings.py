@@ -46,6 +46,12 @@ def is_grpo(data: Any) -> bool:
     return bool(data.format == "prompts")
 
 
+def prompt_section(data: Any, rollout: GrpoRollout) -> Any:
+    """The data section as the prompt loader reads it: ``data.batch_size`` counts completions
+    (TRL's), so a batch holds ``batch_size / group_size`` prompts."""
+    return dataclasses.replace(data, batch_size=data.batch_size // rollout.group_size)
+
+
 def own_keys() -> dict[str, Entry]:
     """`GrpoRollout`'s fields as the schema's own keys of the ``grpo`` section."""
     hints = typing.get_type_hints(GrpoRollout)

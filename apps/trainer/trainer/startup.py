@@ -80,7 +80,8 @@ def _prepare_and_train(plan: RunPlan) -> int:
         print(f"data: preparing {data_setup.describe_source(cfg.data)}…", flush=True)
         started = time.perf_counter()
         steps, vocab, images = cfg.train.steps, cfg.vocab_size, cfg.image_shape
-        bundle = data_setup.prepare_section(cfg.data, steps=steps, vocab_size=vocab, images=images)
+        section = data_setup.loader_section(cfg)  # GRPO's: batches of prompts
+        bundle = data_setup.prepare_section(section, steps=steps, vocab_size=vocab, images=images)
         print(f"data: ready in {time.perf_counter() - started:.1f} s", flush=True)
         rl = is_grpo(cfg.data)
         if rl:  # every named reward scores the first prompt row (a reward that raises: here)
@@ -91,9 +92,7 @@ def _prepare_and_train(plan: RunPlan) -> int:
         # find cached); CPU collectives give up on a peer after ~30 s, so everyone waits here.
         parallel.barrier("trainer:data_ready", timeout_s=DATA_READY_TIMEOUT_S)
         # This process's share of each batch on the mesh; a corpus too small for a batch fails here
-        loader = data_setup.section_loader(
-            bundle, cfg.data, steps=steps, seed=cfg.train.seed, mesh=mesh
-        )
+        loader = data_setup.train_loader(bundle, cfg, mesh)
         cfg = resolve(cfg, bundle.vocab_size)  # the tokenizer's vocabulary
         # A resumed --init-from run: the checkpoint's architecture again (its model.json).
         from_checkpoint = plan.resume and init_from.resumed_from_checkpoint(cfg, plan.run_dir)

@@ -21,6 +21,7 @@ Logged with TRL's names: ``loss``, ``kl``, ``clip_ratio/*``, ``reward``, ``rewar
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -31,12 +32,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tjx import data, nn
+from tjx import data, nn, parallel
 from tjx.data.rewards import score as score_rewards
 from trainer.config import Config, StepConfig
 from trainer.data_setup import Bundle, HostBatch, TrainLoader
 from trainer.grpo_settings import GrpoRollout
 from trainer.schema import ConfigError
+from trainer.state import Setup
 from trainer.train_state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -131,12 +133,14 @@ class Rollouts:
     def __init__(
         self,
         cfg: Config,
-        graphdef: nnx.GraphDef[nnx.Module],
-        rest: nnx.State,
+        setup: Setup,
         loader: TrainLoader,
         bundle: Bundle,
     ) -> None:
+        graphdef, rest = setup.graphdef, setup.rest
         self.cfg, self.r, self.graphdef, self.rest = cfg, cfg.rollout, graphdef, rest
+        # The rollout batch is the step's: its rows split over the mesh as a loader's are.
+        self.place = functools.partial(parallel.place_batch, mesh=setup.mesh)
         self.loader, self.bundle = loader, bundle
         self.rows = prompt_rows(bundle, "train")
         self.eos_id = prompt_data(bundle).encoder.end_of_turn_id
@@ -177,12 +181,13 @@ class Rollouts:
         rewards, per_reward = score(r, texts, examples)
         settings = self.cfg.grpo
         batch: Batch = {
-            **rollout.batch,
-            "mask": rollout.mask,
-            "advantages": nn.grpo.group_advantages(
-                jnp.asarray(rewards), r.group_size, scale=settings.scale_rewards
-            ),
+            **self.place(rollout.batch),
+            "mask": self.place({"mask": rollout.mask})["mask"],
         }
+        advantages = nn.grpo.group_advantages(
+            jnp.asarray(rewards), r.group_size, scale=settings.scale_rewards
+        )
+        batch["advantages"] = self.place({"a": advantages})["a"]
         if r.iterations > 1:  # π_old: the policy that sampled, for the μ steps that follow
             batch["old_logps"] = self.logps(params, batch, False)
         if settings.beta > 0:  # DPO's reference: the frozen start, or the adapters off

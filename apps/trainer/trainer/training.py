@@ -188,8 +188,7 @@ class Training:
         # GRPO: the step's batch is a rollout of the prompts (trainer.grpo), made in the loop.
         self.rollouts = None
         if is_grpo(self.cfg.data):
-            graphdef, rest = self.setup.graphdef, self.setup.rest
-            self.rollouts = Rollouts(self.cfg, graphdef, rest, self.loader, self.bundle)
+            self.rollouts = Rollouts(self.cfg, self.setup, self.loader, self.bundle)
 
     def loop(self) -> int:
         """Every step from ``start`` to ``train.steps``, unless stopped; the exit code."""

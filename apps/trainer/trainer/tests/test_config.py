@@ -28,6 +28,7 @@ PRESETS = [
     "sft_tiny",
     "sft_llama",
     "dpo_tiny",
+    "grpo_tiny",
 ]
 
 

@@ -215,7 +215,11 @@ class Training:
                 if stopped_by or (cfg.train.stop_at is not None and step >= cfg.train.stop_at):
                     break
                 profile.before(step)
-                out = self._step(step_fn, step)
+                try:
+                    out = self._step(step_fn, step)
+                except data.RewardError as err:  # GRPO: a user's reward failed on a completion
+                    self._close()
+                    return error_exit(f"grpo.rewards: at step {step + 1}: {err}")
                 step_done = step + 1
                 guard.push(step_done, out)
                 if guard.diverged:

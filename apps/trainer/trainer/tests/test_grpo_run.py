@@ -33,6 +33,7 @@ SMALL = [
     "train.eval_batches=1",
     "eval.batch_size=8",
     "sampling.max_new_tokens=2",
+    "optimizer.schedule.warmup_steps=1",
 ]
 
 
@@ -131,3 +132,20 @@ def test_group_advantages_of_the_loop_are_group_normalised_rewards():
     g = want.reshape(2, 4)
     ref = (g - g.mean(1, keepdims=True)) / (g.std(1, ddof=1, keepdims=True) + 1e-4)
     np.testing.assert_allclose(adv, ref.reshape(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_a_reward_that_fails_on_a_completion_ends_the_run_in_one_line(in_tmp, capsys, monkeypatch):
+    from tjx import data
+
+    def picky(completion, example):  # passes the probe (the answer itself), fails on the rest
+        if completion != example["answer"]:
+            raise ValueError("cannot read this completion")
+        return 1.0
+
+    monkeypatch.setitem(data.REWARDS, "picky", picky)
+    argv = _argv(in_tmp, "run", "train.steps=2", "train.checkpoint_every=2", "grpo.rewards=[picky]")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0].startswith("trainer: error: grpo.rewards: at step 1: reward 'picky' raised "), err
+    assert not (in_tmp / "run" / "checkpoints" / "1").exists()

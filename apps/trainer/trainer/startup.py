@@ -22,7 +22,7 @@ import trainer.training as training
 from tjx import kernels, parallel
 from trainer import init_from
 from trainer.config import Config, resolve, step_config
-from trainer.grpo_settings import is_grpo
+from trainer.grpo_settings import is_grpo, prompt_section
 from trainer.job.device_notes import device_notes
 from trainer.job.folder import RunDir
 from trainer.plan import RunPlan, error_exit
@@ -80,10 +80,10 @@ def _prepare_and_train(plan: RunPlan) -> int:
         print(f"data: preparing {data_setup.describe_source(cfg.data)}…", flush=True)
         started = time.perf_counter()
         steps, vocab, images = cfg.train.steps, cfg.vocab_size, cfg.image_shape
-        section = data_setup.loader_section(cfg)  # GRPO's: batches of prompts
+        rl = is_grpo(cfg.data)  # GRPO: the loader's batches are prompts, batch_size / G of them
+        section = prompt_section(cfg.data, cfg.rollout) if rl else cfg.data
         bundle = data_setup.prepare_section(section, steps=steps, vocab_size=vocab, images=images)
         print(f"data: ready in {time.perf_counter() - started:.1f} s", flush=True)
-        rl = is_grpo(cfg.data)
         if rl:  # every named reward scores the first prompt row (a reward that raises: here)
             grpo.check_rewards(cfg, bundle)
         if RunDir.is_run(plan.init_from):  # a run's weights read ids of its own tokenizer
@@ -92,7 +92,9 @@ def _prepare_and_train(plan: RunPlan) -> int:
         # find cached); CPU collectives give up on a peer after ~30 s, so everyone waits here.
         parallel.barrier("trainer:data_ready", timeout_s=DATA_READY_TIMEOUT_S)
         # This process's share of each batch on the mesh; a corpus too small for a batch fails here
-        loader = data_setup.train_loader(bundle, cfg, mesh)
+        loader = data_setup.section_loader(
+            bundle, section, steps=steps, seed=cfg.train.seed, mesh=mesh
+        )
         cfg = resolve(cfg, bundle.vocab_size)  # the tokenizer's vocabulary
         # A resumed --init-from run: the checkpoint's architecture again (its model.json).
         from_checkpoint = plan.resume and init_from.resumed_from_checkpoint(cfg, plan.run_dir)

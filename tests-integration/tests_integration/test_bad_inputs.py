@@ -63,6 +63,16 @@ def _immutable_parent(d):
     make_unwritable(d / "ro")
 
 
+def _prompts_without_answers(d):
+    """GRPO prompt rows without the ``answer`` the exact_answer reward reads (issue #55)."""
+    rows = [{"prompt": f"What is {i} + 1?"} for i in range(40)]
+    (d / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+#: A GRPO run (issue #55) on the generated arithmetic prompts, small.
+GRPO = ["--config", "grpo_tiny", "--run-dir", "r", "--set", "model.num_layers=1"]
+
+
 def _random_safetensors(d):
     """A GPT-2 HF folder whose model.safetensors is fresh random bytes (issue #58)."""
     import os
@@ -230,6 +240,56 @@ CASES = [
     ),
     ("empty-data-flag", T, [*TINY, "--data", " "], None, "--data: empty source"),
     ("zero-batch", T, [*TINY, "--set", "data.batch_size=0"], None, "data.batch_size: 0 is too"),
+    # GRPO (issue #55): rewards are named code, checked before anything is written.
+    (
+        "grpo-unknown-reward",
+        T,
+        [*GRPO, "--set", "grpo.rewards=[exact_anwser]"],
+        None,
+        "grpo.rewards: unknown reward 'exact_anwser'; the rewards are: exact_answer, format",
+    ),
+    (
+        "grpo-reward-raises-on-probe",
+        T,
+        [*GRPO, "--set", "data.source=p.jsonl"],
+        _prompts_without_answers,
+        "grpo.rewards: reward 'exact_answer' raised KeyError",
+    ),
+    (
+        "grpo-batch-not-groups",
+        T,
+        [*GRPO, "--set", "data.batch_size=12"],
+        None,
+        "data.batch_size: 12 completions per step must be a multiple of grpo.group_size (8)",
+    ),
+    (
+        "grpo-checkpoint-inside-rollout",
+        T,
+        [*GRPO, "--set", "grpo.iterations=4", "--set", "train.checkpoint_every=6"],
+        None,
+        "train.checkpoint_every: 6 must be a multiple of grpo.iterations (4)",
+    ),
+    (
+        "grpo-without-prompts",
+        T,
+        [*TINY, "--set", "grpo.group_size=4"],
+        None,
+        "grpo.group_size: applies to prompt data only (GRPO); set data.format=prompts",
+    ),
+    (
+        "prompts-without-grpo",
+        T,
+        [*GRPO, "--set", "grpo.rewards=[]"],
+        None,
+        "grpo.rewards: data.format=prompts trains with GRPO, which needs at least one reward",
+    ),
+    (
+        "grpo-completions-too-long",
+        T,
+        [*GRPO, "--set", "grpo.max_new_tokens=40"],
+        None,
+        "grpo.max_new_tokens: data.seq_len (32, the prompts) + 40 exceeds model.max_seq_len (64)",
+    ),
     ("one-token-sequences", T, [*TINY, "--set", "data.seq_len=1"], None, "data.seq_len: 1 is"),
     ("dropout-one", T, [*TINY, "--set", "model.dropout=1.0"], None, "model.dropout"),
     ("beta-one", T, [*TINY, "--set", "optimizer.b1=1.0"], None, "optimizer.b1"),

@@ -20,6 +20,7 @@ import yaml  # type: ignore[import-untyped]
 from tjx import data
 from tjx.core.config import ConfigError, check_unchanged, keyed, reworded
 from trainer.deferred import nn, optim
+from trainer.grpo_settings import GrpoRollout
 from trainer.schema import PACKAGE_SECTIONS, schema_of, section_class, setting
 from trainer.seams import ConfigData
 from trainer.sections import (
@@ -34,13 +35,14 @@ from trainer.sections import (
 if TYPE_CHECKING:  # the packages load jax, which the command line must not wait for
     import optax
 
-    from tjx.nn import LoraConfig, Objective, PreferenceConfig, TransformerConfig
+    from tjx.nn import GrpoConfig, LoraConfig, Objective, PreferenceConfig, TransformerConfig
     from tjx.optim import OptimizerConfig
     from tjx.parallel import MeshConfig
 else:
     # At run time the schema evaluates Config's annotations (typing.get_type_hints) but takes a
     # package section's class from trainer.schema (``section=``): these names need only exist.
     LoraConfig = PreferenceConfig = TransformerConfig = OptimizerConfig = MeshConfig = Any
+    GrpoConfig = Any
 
 _C = TypeVar("_C", "Config", "StepConfig")
 
@@ -88,6 +90,9 @@ class Config:
     preference: PreferenceConfig = setting(
         None, section="preference", help="tjx.nn's PreferenceConfig (DPO)"
     )
+    grpo: GrpoConfig = setting(
+        None, section="grpo", help="tjx.nn's GrpoConfig (GRPO's loss) and the rollout's keys"
+    )
     checkpoint: CheckpointConfig = setting(CheckpointConfig, factory=True, resumable=True)
     logging: LoggingConfig = setting(LoggingConfig, factory=True, resumable=True)
     eval: EvalConfig = setting(EvalConfig, factory=True, resumable=True)
@@ -98,6 +103,8 @@ class Config:
     tokenizer_vocab: int | None = setting(None, key=False)
     #: ``lora.enabled``: only the adapters of ``lora`` train (tjx.nn.add_lora).
     use_lora: bool = setting(False, key=False)
+    #: The ``grpo`` section's own keys: how GRPO samples and scores (trainer.grpo_settings).
+    rollout: GrpoRollout = setting(GrpoRollout, factory=True, key=False)
 
     @property
     def kind(self) -> str:
@@ -132,6 +139,7 @@ class Config:
     def to_dict(self) -> ConfigData:
         """Plain data (YAML-safe) of every key: what ``config.yaml`` saves and a resume compares."""
         own = {"kind": self.kind, "vocab_size": self.vocab_size, "enabled": self.use_lora}
+        own |= dataclasses.asdict(self.rollout)
         out = {k: getattr(self, k) for k in SCHEMA.keys(Config, "", self.kind)}
         return {k: SCHEMA.write(v, k, own) if is_dataclass(v) else v for k, v in out.items()}
 
@@ -174,6 +182,9 @@ class StepConfig:
     mesh: MeshConfig
     lora: LoraConfig
     preference: PreferenceConfig
+    #: GRPO's loss (tjx.nn's) and rollout (``data.format: prompts``).
+    grpo: GrpoConfig
+    rollout: GrpoRollout
     #: The held-out step's batch and top-k accuracies.
     eval: EvalConfig
     #: ``lora.enabled``: only the adapters of ``lora`` train.
@@ -224,6 +235,8 @@ def step_config(cfg: Config) -> StepConfig:
         mesh=cfg.mesh,
         lora=cfg.lora,
         preference=cfg.preference,
+        grpo=cfg.grpo,
+        rollout=cfg.rollout,
         eval=cfg.eval,
         use_lora=cfg.use_lora,
         tokenizer_vocab=cfg.tokenizer_vocab,
@@ -310,11 +323,80 @@ def read_config(data: object) -> Config:
         why = "LoRA is off; set lora.enabled=true to train adapters, or drop the lora settings"
         check_unchanged(lora, lora_read, "lora", why)
     preference = build(section_class("preference"), read.get("preference", {}), "preference")
+    grpo_read = {**read.get("grpo", {})}
+    grpo_given = sorted(grpo_read)
+    rollout = GrpoRollout(**{k: grpo_read.pop(k) for k in _ROLLOUT_KEYS if k in grpo_read})
+    grpo = build(section_class("grpo"), grpo_read, "grpo")
     more = {"lora": lora, "use_lora": use_lora, "preference": preference, "vocab_size": vocab}
+    more |= {"grpo": grpo, "rollout": rollout}
     name = str(read.get("name", Config.name))
     cfg = Config(name, model, optimizer=optimizer, mesh=mesh, **own, **more)
     _check_across(cfg, sorted(read.get("preference", {})))
+    _check_grpo(cfg, grpo_given)
     return cfg
+
+
+#: The ``grpo`` section's own keys (the rollout's), the others are tjx.nn's `GrpoConfig`.
+_ROLLOUT_KEYS = tuple(f.name for f in dataclasses.fields(GrpoRollout))
+
+
+def _check_grpo(cfg: Config, given: list[str]) -> None:
+    """GRPO's rules (trainer/grpo.py): prompt data and a ``grpo`` section go together, and what
+    the loop reads must fit (groups in the batch, checkpoints at rollout boundaries, the
+    completions in the model's context, rewards that exist)."""
+    d, r, t = cfg.data, cfg.rollout, cfg.train
+    if d.format != "prompts":  # a saved config lists every key, at its default
+        why = "applies to prompt data only (GRPO); set data.format=prompts or drop the grpo"
+        check_unchanged(
+            cfg.grpo, [k for k in given if k not in _ROLLOUT_KEYS], "grpo", f"{why} settings"
+        )
+        check_unchanged(r, [k for k in given if k in _ROLLOUT_KEYS], "grpo", f"{why} settings")
+        return
+    names = ", ".join(sorted(data.REWARDS))
+    _require(
+        bool(r.rewards),
+        "grpo.rewards: data.format=prompts trains with GRPO, which needs at least one reward; "
+        f"e.g. grpo.rewards=[exact_answer] (the rewards are: {names})",
+    )
+    for reward in r.rewards:
+        _require(
+            reward in data.REWARDS,
+            f"grpo.rewards: unknown reward {reward!r}; the rewards are: {names}",
+        )
+    _require(
+        r.reward_weights is None or len(r.reward_weights) == len(r.rewards),
+        f"grpo.reward_weights: {len(r.reward_weights or [])} weights for {len(r.rewards)} "
+        "rewards; give one per reward, or null",
+    )
+    _require(
+        d.batch_size % r.group_size == 0,
+        f"data.batch_size: {d.batch_size} completions per step must be a multiple of "
+        f"grpo.group_size ({r.group_size}); each prompt's group is in one batch",
+    )
+    _require(
+        t.checkpoint_every % r.iterations == 0,
+        f"train.checkpoint_every: {t.checkpoint_every} must be a multiple of grpo.iterations "
+        f"({r.iterations}): a checkpoint inside a rollout's steps could not replay it",
+    )
+    _require(
+        t.stop_at is None or t.stop_at % r.iterations == 0,
+        f"train.stop_at: {t.stop_at} must be a multiple of grpo.iterations ({r.iterations})",
+    )
+    _require(
+        cfg.model.max_seq_len >= d.seq_len + r.max_new_tokens,
+        f"grpo.max_new_tokens: data.seq_len ({d.seq_len}, the prompts) + {r.max_new_tokens} "
+        f"exceeds model.max_seq_len ({cfg.model.max_seq_len}); lower either or raise "
+        "model.max_seq_len",
+    )
+    _require(
+        cfg.optimizer.accumulation_steps == 1,
+        "optimizer.accumulation_steps: GRPO steps on the whole rollout batch; set it to 1",
+    )
+    _require(
+        cfg.mesh.pipeline == 1 and cfg.mesh.context == 1,
+        "mesh.pipeline/mesh.context: GRPO's rollouts run the whole model on each device; set "
+        "both to 1",
+    )
 
 
 #: The trainer's own sections (the others are the packages').
@@ -396,7 +478,7 @@ def _check_across(cfg: Config, preference: list[str]) -> None:
 def _check_delayed_fp8(cfg: Config) -> None:
     """Delayed float8 scaling's state is advanced by the plain train step (trainer.step) from
     one forward and backward: refused where a step runs several (micro-batches: their amaxes
-    would be averaged like gradients, not maxed) or another loss (a pipeline's, DPO's)."""
+    would be averaged like gradients, not maxed) or another loss (a pipeline's, DPO's, GRPO's)."""
     key = "model.precision.fp8_recipe=delayed"
     o, mesh = cfg.optimizer, cfg.mesh
     _require(
@@ -411,8 +493,9 @@ def _check_delayed_fp8(cfg: Config) -> None:
         "state; set mesh.pipeline=1 or fp8_recipe=current",
     )
     _require(
-        cfg.data.format != "preference",
-        f"{key}: the DPO step does not carry the float8 state; use fp8_recipe=current",
+        cfg.data.format not in ("preference", "prompts"),
+        f"{key}: the {'DPO' if cfg.data.format == 'preference' else 'GRPO'} step does not carry "
+        "the float8 state; use fp8_recipe=current",
     )
 
 

@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 
 from tjx import data, parallel
 from trainer.config import Config
+from trainer.grpo_settings import is_grpo, prompt_section
 from trainer.schema import ConfigError
 
 # tjx.data's argument names -> config keys: its messages name the key, err.argument the argument.
@@ -72,7 +73,10 @@ def make_tokenizer(cfg: Config) -> data.Tokenizer:
 def prepare(cfg: Config) -> data.RunData | data.ChatRunData:
     """`prepare_section` of ``cfg``'s data section for its run."""
     return prepare_section(
-        cfg.data, steps=cfg.train.steps, vocab_size=cfg.vocab_size, images=cfg.image_shape
+        loader_section(cfg),
+        steps=cfg.train.steps,
+        vocab_size=cfg.vocab_size,
+        images=cfg.image_shape,
     )
 
 
@@ -97,8 +101,15 @@ def prepare_section(
 
 
 def train_loader(bundle: Bundle, cfg: Config, mesh: Mesh | None = None) -> TrainLoader:
-    """`section_loader` of ``cfg``'s data section for its run."""
-    return section_loader(bundle, cfg.data, steps=cfg.train.steps, seed=cfg.train.seed, mesh=mesh)
+    """`section_loader` of ``cfg``'s data section for its run (`loader_section`)."""
+    section, steps = loader_section(cfg), cfg.train.steps
+    return section_loader(bundle, section, steps=steps, seed=cfg.train.seed, mesh=mesh)
+
+
+def loader_section(cfg: Config) -> data.DataConfig:
+    """The data section the training loader reads: ``cfg.data``, but GRPO's prompts, of which a
+    batch holds ``data.batch_size / grpo.group_size`` (trainer.grpo_settings)."""
+    return prompt_section(cfg.data, cfg.rollout) if is_grpo(cfg.data) else cfg.data
 
 
 def section_loader(

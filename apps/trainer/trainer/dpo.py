@@ -22,6 +22,7 @@ import numpy as np
 
 from tjx import nn
 from tjx.data import DataConfig
+from trainer import grpo_settings
 from trainer.config import StepConfig
 from trainer.train_state import TrainState
 
@@ -31,6 +32,13 @@ T = TypeVar("T")
 def is_dpo(data: DataConfig) -> bool:
     """Whether a run of ``data`` (the config's data section) trains on preference pairs (DPO)."""
     return bool(data.format == "preference")
+
+
+def needs_frozen_reference(cfg: StepConfig) -> bool:
+    """Whether the train state holds a frozen copy of the starting params: DPO, and GRPO with a
+    KL penalty (β > 0), without LoRA (whose reference is the adapters off)."""
+    kl = grpo_settings.is_grpo(cfg.data) and cfg.grpo.beta > 0
+    return (is_dpo(cfg.data) or kl) and not cfg.use_lora
 
 
 def with_reference(state: TrainState, *, needed: bool, copy: bool = True) -> TrainState:

@@ -16,9 +16,10 @@ from flax import nnx
 
 import trainer.data_setup as data_setup
 from tjx import data, metrics, nn, parallel
-from trainer import dpo
+from trainer import dpo, grpo
 from trainer.config import Config
 from trainer.data_setup import Bundle
+from trainer.grpo_settings import is_grpo
 from trainer.state import Setup
 from trainer.step import make_eval_step
 from trainer.train_state import TrainState
@@ -52,6 +53,8 @@ def evaluate(
         )
         return metrics.evaluate_heldout_sources(step, params, sets, **how)
     held, bpt = data_setup.val_batches(bundle, cfg, count, mesh), bundle.bytes_per_token
+    if is_grpo(cfg.data):  # the held-out reward of greedy completions (trainer.grpo)
+        return grpo.heldout_reward(cfg, setup.graphdef, setup.rest, params, bundle, held)
     if dpo.is_dpo(cfg.data):
         return dpo.heldout(step, params, reference, held, place)
     return metrics.evaluate_heldout(step, params, held, bytes_per_token=bpt, **how)

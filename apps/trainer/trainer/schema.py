@@ -10,6 +10,7 @@ from importlib import import_module
 from tjx.core.config import ConfigError, Schema, choices, keyed, kind_at
 from tjx.core.config.schema import Entry
 from tjx.core.fields import setting
+from trainer.grpo_settings import own_keys as grpo_own_keys
 
 __all__ = ["KINDS", "PACKAGE_SECTIONS", "ConfigError", "choices", "keyed", "kind_of"]
 __all__ += ["schema_of", "section_class", "setting"]
@@ -21,6 +22,7 @@ PACKAGE_SECTIONS = {
     "mesh": "tjx.parallel:MeshConfig",
     "lora": "tjx.nn:LoraConfig",
     "preference": "tjx.nn:PreferenceConfig",
+    "grpo": "tjx.nn:GrpoConfig",
 }
 #: The model kinds the trainer trains (``--help`` lists them without loading JAX).
 KINDS = ("gpt2", "llama", "bert", "vit", "encdec")
@@ -40,6 +42,8 @@ OWN_KEYS: dict[str, dict[str, Entry]] = {
             setting(False, help="train low-rank adapters only; the base model stays frozen"),
         ),
     },
+    # GRPO's rollout (trainer.grpo_settings); the section's other keys are tjx.nn's loss.
+    "grpo": grpo_own_keys(),
 }
 
 

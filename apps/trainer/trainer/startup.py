@@ -13,6 +13,7 @@ import yaml  # type: ignore[import-untyped]
 
 import trainer.data_setup as data_setup
 import trainer.first_compile as first_compile
+import trainer.grpo as grpo
 import trainer.memory_fit as memory_fit
 import trainer.multihost as multihost
 import trainer.state as state
@@ -21,6 +22,7 @@ import trainer.training as training
 from tjx import kernels, parallel
 from trainer import init_from
 from trainer.config import Config, resolve, step_config
+from trainer.grpo_settings import is_grpo, prompt_section
 from trainer.job.device_notes import device_notes
 from trainer.job.folder import RunDir
 from trainer.plan import RunPlan, error_exit
@@ -78,8 +80,12 @@ def _prepare_and_train(plan: RunPlan) -> int:
         print(f"data: preparing {data_setup.describe_source(cfg.data)}…", flush=True)
         started = time.perf_counter()
         steps, vocab, images = cfg.train.steps, cfg.vocab_size, cfg.image_shape
-        bundle = data_setup.prepare_section(cfg.data, steps=steps, vocab_size=vocab, images=images)
+        rl = is_grpo(cfg.data)  # GRPO: the loader's batches are prompts, batch_size / G of them
+        section = prompt_section(cfg.data, cfg.rollout) if rl else cfg.data
+        bundle = data_setup.prepare_section(section, steps=steps, vocab_size=vocab, images=images)
         print(f"data: ready in {time.perf_counter() - started:.1f} s", flush=True)
+        if rl:  # every named reward scores the first prompt row (a reward that raises: here)
+            grpo.check_rewards(cfg, bundle)
         if RunDir.is_run(plan.init_from):  # a run's weights read ids of its own tokenizer
             init_from.check_tokenizer(str(plan.init_from), bundle)
         # Data preparation may take one host much longer (it builds the shards the others then
@@ -87,7 +93,7 @@ def _prepare_and_train(plan: RunPlan) -> int:
         parallel.barrier("trainer:data_ready", timeout_s=DATA_READY_TIMEOUT_S)
         # This process's share of each batch on the mesh; a corpus too small for a batch fails here
         loader = data_setup.section_loader(
-            bundle, cfg.data, steps=steps, seed=cfg.train.seed, mesh=mesh
+            bundle, section, steps=steps, seed=cfg.train.seed, mesh=mesh
         )
         cfg = resolve(cfg, bundle.vocab_size)  # the tokenizer's vocabulary
         # A resumed --init-from run: the checkpoint's architecture again (its model.json).
@@ -98,13 +104,14 @@ def _prepare_and_train(plan: RunPlan) -> int:
         compiler = first_compile.StepCompiler()
         # What the steps read: the run's length only as the learning-rate schedule, built here.
         step_cfg = step_config(cfg)
-        if plan.init_from is None and not from_checkpoint:
+        # GRPO's step reads a rollout batch, not the loader's: jitted by the loop at step 1.
+        if plan.init_from is None and not from_checkpoint and not rl:
             # The attention kernel that compiles (one line per kernel that fails), then memory.
             chosen = memory_fit.choose_attention(step_cfg, build=compiler.build)
             step_cfg = memory_fit.fit_memory(chosen, compile_step=compiler.compile)
         plan = dataclasses.replace(plan, config=cfg.with_step(step_cfg))
         setup = state.build(step_cfg, plan.init_from)
-        step = compiler.for_run(step_cfg, setup)
+        step = None if rl else compiler.for_run(step_cfg, setup)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         return error_exit(str(err))
     # Process 0 writes the run directory; the others save their checkpoint shards there once it

@@ -279,8 +279,8 @@ def train_state(
     # step advances, so the train state carries (and a checkpoint holds) it; None without it.
     _, fp8 = nn.split_fp8_meta(rest)
     state = TrainState(opt_state=opt_state, params=params, step=step, fp8=fp8)
-    # DPO without LoRA: the starting params, frozen, as the reference model (trainer.dpo)
-    needed = dpo.is_dpo(cfg.data) and not cfg.use_lora
+    # DPO (and GRPO with β > 0) without LoRA: the starting params, frozen, as the reference
+    needed = dpo.needs_frozen_reference(cfg)
     state = dpo.with_reference(state, needed=needed, copy=place is not None)
     if flat_params(cfg):  # the optimizer's own buffers: one p + u a buffer (tjx.optim.FlatParams)
         layout = optim.flat_layout(cfg.optimizer, params, axes=specs)

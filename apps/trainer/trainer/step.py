@@ -17,7 +17,7 @@ from flax import nnx
 
 from tjx import metrics, nn, optim, parallel
 from tjx.optim import loss_scale_value, scale_loss, step_report
-from trainer import dpo
+from trainer import dpo, grpo, grpo_settings
 from trainer.config import StepConfig
 from trainer.state import Setup, make_mesh
 from trainer.train_state import TrainState
@@ -55,6 +55,8 @@ def make_loss_fn(
         return nn.pipelined_loss_fn(graphdef, rest, pipeline, **cfg.head_settings)
     # Adapter dropout draws from the model's dropout stream too (tjx.nn.add_lora installs one).
     deterministic = cfg.model.dropout == 0.0 and not (cfg.use_lora and cfg.lora.dropout > 0)
+    if grpo_settings.is_grpo(cfg.data):  # prompts: GRPO's loss of the loop's rollout batch
+        return grpo.loss_fn(graphdef, rest, cfg)
     if dpo.is_dpo(cfg.data):  # preference pairs: the DPO loss (its reference bound per step)
         head = {"deterministic": deterministic, **dpo.head_settings(cfg)}
         return nn.preference_loss_fn(graphdef, rest, cfg.preference, **head)
@@ -158,6 +160,7 @@ def make_train_step(
             metrics |= nn.preference_step_metrics(aux)
         else:
             metrics["num_tokens"] = aux["num_tokens"]
+        metrics |= aux.get("grpo", {})  # GRPO: kl and the clip ratios (TRL's names)
         metrics |= {"moe": aux["moe"]} if "moe" in aux else {}
         new_state = dataclasses.replace(
             state, params=stored, opt_state=opt_state, step=step + 1, fp8=fp8

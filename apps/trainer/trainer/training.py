@@ -11,6 +11,7 @@ import contextlib
 import functools
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import chex
 import jax
@@ -23,6 +24,8 @@ from tjx import ckpt, data, metrics, nn, parallel
 from trainer import init_from
 from trainer.config import Config, StepConfig
 from trainer.data_setup import Bundle, TrainLoader
+from trainer.grpo import Rollouts
+from trainer.grpo_settings import is_grpo
 from trainer.job.folder import RunDir, final_summary
 from trainer.job.progress import ProgressBar, progress_bar
 from trainer.job.step_log import ProfileWindow, StepLog
@@ -104,9 +107,10 @@ def train(
     primary = parallel.is_primary()
     # Two batches ahead on the mesh (every host's rows in a multi-host run): the host builds the
     # next batch while the device runs this step; the resume state is the step's (DevicePrefetcher).
-    loader = data.prefetch_to_device(
-        loader, size=2, put=functools.partial(parallel.place_batch, mesh=setup.mesh)
-    )
+    if not is_grpo(cfg.data):  # GRPO's prompts are read on the host, every μ steps
+        loader = data.prefetch_to_device(
+            loader, size=2, put=functools.partial(parallel.place_batch, mesh=setup.mesh)
+        )
     folder = RunDir(run_dir).checkpoints
     manager = ckpt.CheckpointManager(folder, **cfg.checkpoint.manager_options(), mesh=setup.mesh)
     st, start = setup.state, 0
@@ -159,7 +163,7 @@ class Training:
     plan: RunPlan
     bundle: Bundle
     setup: run_state.Setup
-    loader: data.DevicePrefetcher
+    loader: TrainLoader
     manager: ckpt.CheckpointManager
     logger: metrics.MultiLogger
     state: TrainState
@@ -181,6 +185,10 @@ class Training:
         self.log = StepLog.on_devices(
             flops, model.precision.compute_dtype, unit=unit, bytes_per_token=bpt, moe_layers=moe
         )
+        # GRPO: the step's batch is a rollout of the prompts (trainer.grpo), made in the loop.
+        self.rollouts = None
+        if is_grpo(self.cfg.data):
+            self.rollouts = Rollouts(self.cfg, self.setup, self.loader, self.bundle)
 
     def loop(self) -> int:
         """Every step from ``start`` to ``train.steps``, unless stopped; the exit code."""
@@ -207,7 +215,11 @@ class Training:
                 if stopped_by or (cfg.train.stop_at is not None and step >= cfg.train.stop_at):
                     break
                 profile.before(step)
-                out = self._step(step_fn)
+                try:
+                    out = self._step(step_fn, step)
+                except data.RewardError as err:  # GRPO: a user's reward failed on a completion
+                    self._close()
+                    return error_exit(f"grpo.rewards: at step {step + 1}: {err}")
                 step_done = step + 1
                 guard.push(step_done, out)
                 if guard.diverged:
@@ -245,13 +257,19 @@ class Training:
         self.log.meter.reset()
         return step_fn
 
-    def _step(self, step_fn: TrainStep) -> dict[str, chex.ArrayTree]:
+    def _step(self, step_fn: TrainStep, step: int) -> dict[str, chex.ArrayTree]:
+        rollout: dict[str, float] = {}
+        batch: dict[str, Any]
+        if self.rollouts is not None:  # GRPO: a new rollout every μ steps, before the update
+            batch, rollout = self.rollouts.batch(step, self.state)
+        else:
+            batch = next(self.loader)  # on the mesh already (DevicePrefetcher)
         first = not self.compiled
         if first:  # jit compiles on the first call: minutes for a big model on a CPU
             print("compiling the train step…", flush=True)
             started = time.perf_counter()
-        self.state, out = step_fn(self.state, next(self.loader))  # already on the mesh
-        out = self.log.step(self.units_per_step, out)  # host ints and device sums: no read
+        self.state, out = step_fn(self.state, batch)
+        out = self.log.step(self.units_per_step, out | rollout)  # no device read
         if first:
             jax.block_until_ready(out)
             self.compiled = True
@@ -276,7 +294,8 @@ class Training:
         if (cfg.train.eval_every and step_done % cfg.train.eval_every == 0) or step_done == total:
             self.last_eval = evaluation.evaluate_state(self.setup, self.state, self.bundle, cfg)
             self.logger.log_scalars(step_done, {f"val_{k}": v for k, v in self.last_eval.items()})
-            bar.note(f"step {step_done}: val loss {self.last_eval['loss']:.4f}")
+            first = "loss" if "loss" in self.last_eval else "reward"  # GRPO's: the reward
+            bar.note(f"step {step_done}: val {first} {self.last_eval[first]:.4f}")
         sample_now = cfg.train.sample_every and step_done % cfg.train.sample_every == 0
         # Decoder-only models: every process generates (the params span them all); 0 writes.
         if self.objective.name == "lm" and (sample_now or step_done == total):

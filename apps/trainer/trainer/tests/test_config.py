@@ -29,6 +29,7 @@ PRESETS = [
     "sft_llama",
     "dpo_tiny",
     "llama3_8b",
+    "grpo_tiny",
 ]
 
 
@@ -123,6 +124,14 @@ def test_bad_values_name_the_key(data, needle):
     with pytest.raises(ConfigError) as err:
         read_config(data)
     assert needle in str(err.value)
+
+
+@pytest.mark.parametrize(("preset", "step"), [("dpo_tiny", "DPO"), ("grpo_tiny", "GRPO")])
+def test_delayed_fp8_is_refused_where_the_step_does_not_carry_its_state(preset, step):
+    sets = [f"model.precision.{k}={v}" for k, v in _DELAYED.items()]
+    with pytest.raises(ConfigError) as err:
+        read_config(apply_overrides(load_config_data(preset), sets))
+    assert f"fp8_recipe=delayed: the {step} step does not carry the float8 state" in str(err.value)
 
 
 def test_float_fields_accept_ints_and_yaml_exponent_strings():

@@ -16,7 +16,7 @@ from tjx.data import (
     prepare_arithmetic,
     prepare_chat_run_data,
 )
-from tjx.data.chat.store import load_sequences
+from tjx.data.chat.store import load_sequences, read_prompt_rows
 
 NAMES = {"tokenizer": "data.tokenizer", "source": "data.source", "batch_size": "data.batch_size"}
 
@@ -96,7 +96,7 @@ def test_bad_chat_run_inputs_are_one_data_error_naming_the_setting(tmp_path):
     data = prepare_chat_run_data(ARITHMETIC, "bpe", kind="chat", seq_len=32, cache_dir=tmp_path)
     with pytest.raises(DataError, match=r"^data\.batch_size: .*fewer than one global batch"):
         data.train_loader(10**6, seed=0, names=NAMES)
-    with pytest.raises(ValueError, match="kind must be chat or preference"):
+    with pytest.raises(ValueError, match="kind must be chat, preference or prompts"):
         prepare_chat_run_data(ARITHMETIC, "bpe", kind="text", seq_len=32)
 
 
@@ -117,5 +117,19 @@ def test_a_chat_runs_description_reads_back_and_names_a_changed_template(tmp_pat
     with pytest.raises(DataError, match="not the one the run trained with") as err:
         ChatRunData.from_description({**info, "template": "0" * 16})
     assert err.value.argument == "tokenizer"
-    with pytest.raises(DataError, match="not a chat or preference run"):
+    with pytest.raises(DataError, match="not a chat, preference or prompts run"):
         ChatRunData.from_description({**info, "format": "text"})
+
+
+def test_a_prompts_run_loads_prompts_with_the_chat_rows_tokenizer(tmp_path):
+    chat = prepare_chat_run_data(ARITHMETIC, "bpe", kind="chat", seq_len=32, cache_dir=tmp_path)
+    made = prepare_chat_run_data(ARITHMETIC, "bpe", kind="prompts", seq_len=32, cache_dir=tmp_path)
+    assert made.tokenizer_dir == chat.tokenizer_dir  # GRPO reads the ids SFT learnt
+    batch = next(made.train_loader(4, seed=0))
+    assert set(batch) == {"prompts", "lengths", "row_ids"} and batch["prompts"].shape == (4, 32)
+    rows = read_prompt_rows(load_sequences(made.train_dir))
+    row = rows[int(batch["row_ids"][0])]
+    want = made.encoder.encode_prompt(row["prompt"])
+    np.testing.assert_array_equal(batch["prompts"][0, : batch["lengths"][0]], want)
+    back = ChatRunData.from_description(json.loads(json.dumps(made.describe(tmp_path))))
+    assert back.kind == "prompts" and back.train_dir == made.train_dir

@@ -1,8 +1,10 @@
-"""The data of a post-training run: chat conversations (SFT) or preference pairs (DPO).
+"""The data of a post-training run: chat conversations (SFT), preference pairs (DPO) or prompts
+(GRPO).
 
-`prepare_chat_run_data` is `prepare_run_data`'s twin for ``data.format`` ``chat`` and
-``preference``: a Hugging Face tokenizer folder with a chat template (or ``"bpe"``: a byte-level
-BPE with ChatML's special tokens and template, trained on the source's own text and cached), the
+`prepare_chat_run_data` is `prepare_run_data`'s twin for ``data.format`` ``chat``,
+``preference`` and ``prompts``: a Hugging Face tokenizer folder with a chat template (or
+``"bpe"``: a byte-level BPE with ChatML's special tokens and template, trained on the source's own
+text and cached), the
 encoded splits (`prepare_chat_data`), and a `ChatRunData` with `RunData`'s interface: loaders of
 this process's rows, the first validation batches, ``data.json``. There are no bytes per token
 (the loss counts the assistant's tokens only, so bits/byte does not apply).
@@ -19,7 +21,12 @@ from typing import Any
 from tjx.data.bpe import load_tokenizer, train_bpe
 from tjx.data.cache import Staging, atomic_prepare, staged
 from tjx.data.chat.encode import ChatEncoder
-from tjx.data.chat.loader import ChatLoader, PreferenceLoader, chat_validation_batches
+from tjx.data.chat.loader import (
+    ChatLoader,
+    PreferenceLoader,
+    PromptLoader,
+    chat_validation_batches,
+)
 from tjx.data.chat.prepare import load_rows, prepare_chat_data
 from tjx.data.chat.tasks import ARITHMETIC, CHATML_SPECIALS, prepare_arithmetic, write_chatml_folder
 from tjx.data.chat.template import ChatTemplate
@@ -29,8 +36,11 @@ from tjx.data.run.tokenizer import Names, cache_root, fault
 
 __all__ = ["DATA_FORMATS", "ChatRunData", "prepare_chat_run_data"]
 
-#: ``data.format``: plain text windows, chat conversations (SFT), preference pairs (DPO).
-DATA_FORMATS = ("text", "chat", "preference")
+#: ``data.format``: plain text windows, chat conversations (SFT), preference pairs (DPO), prompts
+#: with their rows' answers (GRPO: the completions are sampled during training).
+DATA_FORMATS = ("text", "chat", "preference", "prompts")
+#: The loader of each post-training format's splits.
+_LOADERS = {"chat": ChatLoader, "preference": PreferenceLoader, "prompts": PromptLoader}
 
 
 @dataclass(frozen=True)
@@ -64,8 +74,7 @@ class ChatRunData:
         return self.encoder.template.fingerprint if self.encoder.template else "plain"
 
     def _loader(self, folder: Path, batch_size: int, **kw: Any) -> Any:
-        cls = ChatLoader if self.kind == "chat" else PreferenceLoader
-        return cls(folder, seq_len=self.seq_len, batch_size=batch_size, **kw)
+        return _LOADERS[self.kind](folder, seq_len=self.seq_len, batch_size=batch_size, **kw)
 
     def train_loader(
         self,
@@ -76,9 +85,9 @@ class ChatRunData:
         process_index: int = 0,
         process_count: int = 1,
         names: Names = None,
-    ) -> ChatLoader | PreferenceLoader:
+    ) -> ChatLoader | PreferenceLoader | PromptLoader:
         """The resumable, shuffled loader of this process's ``batch_size // process_count``
-        rows (pairs for preference data) of each global batch."""
+        rows (pairs for preference data, prompts for prompt data) of each global batch."""
         try:  # a split too small for one batch names batch_size (the loader's own check)
             return self._loader(
                 self.train_dir,
@@ -122,8 +131,8 @@ class ChatRunData:
             (``argument="tokenizer"``).
         """
         kind = info.get("format")
-        if kind not in ("chat", "preference"):
-            raise DataError(f"not a chat or preference run's data (format {kind!r})")
+        if kind not in _LOADERS:
+            raise DataError(f"not a chat, preference or prompts run's data (format {kind!r})")
         folder = Path(str(info.get("tokenizer") or ""))
         encoder = ChatEncoder(load_tokenizer(folder), ChatTemplate.from_folder(folder))
         data = cls(
@@ -221,7 +230,7 @@ def prepare_chat_run_data(
     names: Names = None,
     staging: Staging | None = None,
 ) -> ChatRunData:
-    """Tokenizer, chat template and encoded splits of a chat or preference source.
+    """Tokenizer, chat template and encoded splits of a chat, preference or prompts source.
 
     ``source`` is a local ``.jsonl``/``.parquet`` source, a hub dataset, or ``"arithmetic"``
     (`tjx.data.chat.tasks`, made offline). ``tokenizer`` is a Hugging Face folder with a chat
@@ -232,11 +241,11 @@ def prepare_chat_run_data(
     publishes it), else published here once all is made: a refused source leaves the cache as it
     was.
     """
-    if kind not in ("chat", "preference"):
-        raise ValueError(f"kind must be chat or preference, got {kind!r}")
+    if kind not in _LOADERS:
+        raise ValueError(f"kind must be chat, preference or prompts, got {kind!r}")
     path = str(prepare_arithmetic(kind, cache_root(cache_dir))) if source == ARITHMETIC else source
     # The generated task has one tokenizer (learnt from its chat rows), so a DPO run on its pairs
-    # reads the ids an SFT run on its conversations learnt.
+    # (or a GRPO run on its prompts) reads the ids an SFT run on its conversations learnt.
     chat = str(prepare_arithmetic("chat", cache_root(cache_dir))) if source == ARITHMETIC else path
     with staged(staging) as stage:
         try:

@@ -28,8 +28,8 @@ class DataConfig:
     format: str = setting(
         "text",
         choices=DATA_FORMATS,
-        help="text (windows of documents), chat (SFT: the loss on assistant tokens only) or "
-        "preference (DPO pairs: prompt, chosen, rejected)",
+        help="text (windows of documents), chat (SFT: the loss on assistant tokens only), "
+        "preference (DPO pairs: prompt, chosen, rejected) or prompts (GRPO: prompt, answer)",
     )
     messages_field: str = setting("messages", help="chat data: the column of a row's turns")
     tokenizer: str = setting(

@@ -1,0 +1,262 @@
+"""GRPO in the trainer: ``data.format: prompts`` trains with group-relative policy optimisation
+on rewards a program checks (tjx.data's `rewards`), never as SFT.
+
+At each step ``s`` with ``s % μ == 0`` (``grpo.iterations``) the loop asks `Rollouts` for a new
+rollout batch: the next ``data.batch_size / G`` prompts, ``G`` (``grpo.group_size``) completions
+of each sampled with the current parameters (tjx.nn's `sample_groups`: KV-cache generation,
+temperature, top-p, stop at end of turn) under the key ``fold_in(rollout key of train.seed,
+s)``, scored on the host by the named rewards (Python functions; nothing from the data is run),
+turned into group-normalised advantages, with the sampling policy's log-probabilities (when
+``μ > 1``) and the reference's (when ``β > 0``: DPO's reference, trainer/dpo.py: the adapters off
+with LoRA, else the frozen start in the train state). Each step then makes one update on that
+batch (`loss_fn`: tjx.nn's `grpo_loss` inside the trainer's usual train step), so μ updates use
+one rollout. A checkpoint at a multiple of μ resumes bit for bit: the keys are the step's, the
+prompt loader's position is saved. A run resumed inside a rollout's μ steps (a signal's save)
+samples a fresh rollout at its first step.
+
+Logged with TRL's names: ``loss``, ``kl``, ``clip_ratio/*``, ``reward``, ``reward_std``,
+``rewards/<name>/mean``, ``completions/mean_length``, and ``rollout_tokens_per_s``; held out
+(`heldout_reward`): ``val_reward`` of greedy completions of the validation prompts.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tjx import data, nn, parallel
+from tjx.data.rewards import score as score_rewards
+from trainer.config import Config, StepConfig
+from trainer.data_setup import Bundle, HostBatch, TrainLoader
+from trainer.grpo_settings import GrpoRollout
+from trainer.schema import ConfigError
+from trainer.state import Setup
+from trainer.train_state import TrainState
+
+Batch = dict[str, jax.Array]
+#: Folded into the run's seed key before the step: the rollouts' keys are not dropout's.
+ROLLOUT_STREAM = 0x6772706F
+
+
+def loss_fn(
+    graphdef: nnx.GraphDef[nnx.Module], rest: nnx.State, cfg: StepConfig
+) -> Callable[[chex.ArrayTree, Batch, jax.Array], tuple[jax.Array, dict[str, Any]]]:
+    """``loss_fn(params, batch, step, reference=None) -> (loss, aux)``: tjx.nn's `grpo_loss` of
+    a rollout batch (`Rollouts.batch`); ``aux`` holds the completion tokens (``num_tokens``) and
+    TRL's metrics (``"grpo"``). Without ``old_logps`` in the batch (μ = 1) the sampling policy
+    is the policy itself, its log-probabilities without gradient (TRL's ``detach``)."""
+    settings, r = cfg.grpo, cfg.rollout
+
+    def fn(
+        params: chex.ArrayTree, batch: Batch, step: jax.Array, reference: Any = None
+    ) -> tuple[jax.Array, Any]:
+        # No dropout: the rollout's log-probabilities are the deterministic model's. The
+        # reference (DPO's, bound by the step) was scored once per rollout: batch["ref_logps"].
+        del step, reference
+        model = nnx.merge(graphdef, params, rest)
+        logps = nn.grpo.token_logprobs(model, batch, temperature=r.temperature)  # type: ignore[arg-type]
+        old = batch.get("old_logps", jax.lax.stop_gradient(logps))
+        out = nn.grpo.grpo_loss(
+            logps,
+            old,
+            batch["advantages"],
+            batch["mask"],
+            config=settings,
+            ref_logps=batch.get("ref_logps"),
+            max_completion_length=r.max_new_tokens,
+        )
+        return out.loss, {"num_tokens": out.tokens, "grpo": out.metrics()}
+
+    return fn
+
+
+def prompt_data(bundle: Bundle) -> data.ChatRunData:
+    """``bundle`` as the prompt data it is (``data.format: prompts``)."""
+    assert isinstance(bundle, data.ChatRunData) and bundle.kind == "prompts"
+    return bundle
+
+
+def prompt_rows(bundle: Bundle, split: str) -> list[dict[str, Any]]:
+    """The rows of a prompt split (``"train"`` or ``"validation"``), which ``row_ids`` index."""
+    run = prompt_data(bundle)
+    folder = run.train_dir if split == "train" else run.val_dir
+    return data.read_prompt_rows(data.load_sequences(folder))
+
+
+def check_rewards(cfg: Config, bundle: Bundle) -> None:
+    """Every named reward gives a finite number on the first training prompt row (tjx.data's
+    `check_rewards`), before anything is written; a `ConfigError` naming ``grpo.rewards``."""
+    rows = prompt_rows(bundle, "train")
+    try:
+        data.check_rewards(cfg.rollout.rewards, rows[0] if rows else {})
+    except data.RewardError as err:
+        raise ConfigError(f"grpo.rewards: {err}") from None
+
+
+def completion_texts(
+    tokenizer: Any, completions: np.ndarray, lengths: np.ndarray, eos_id: int | None
+) -> list[str]:
+    """Each completion's text, its end-of-turn token left out (what a reward reads)."""
+    out = []
+    for row, n in zip(completions, lengths, strict=True):
+        ids = [int(t) for t in row[: int(n)]]
+        if ids and eos_id is not None and ids[-1] == eos_id:
+            ids = ids[:-1]
+        out.append(tokenizer.decode(ids))
+    return out
+
+
+def _logps_fn(graphdef: nnx.GraphDef[nnx.Module], rest: nnx.State, temperature: float) -> Any:
+    """Jitted ``fn(params, batch, adapters_off) -> [rows, seq]`` token log-probabilities."""
+
+    def fn(params: chex.ArrayTree, batch: Batch, adapters_off: bool) -> jax.Array:
+        model = nnx.merge(graphdef, params, rest)
+        if adapters_off:  # LoRA's reference: the base model (DPO's, tjx.nn.adapters_off)
+            model = nn.adapters_off(model)
+        return nn.grpo.token_logprobs(model, batch, temperature=temperature)  # type: ignore[arg-type]
+
+    return jax.jit(fn, static_argnums=(2,))
+
+
+class Rollouts:
+    """The rollout batches of a GRPO run (the module docstring): one every μ steps, kept for
+    the steps between."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        setup: Setup,
+        loader: TrainLoader,
+        bundle: Bundle,
+    ) -> None:
+        graphdef, rest = setup.graphdef, setup.rest
+        self.cfg, self.r, self.graphdef, self.rest = cfg, cfg.rollout, graphdef, rest
+        # The rollout batch is the step's: its rows split over the mesh as a loader's are.
+        self.place = functools.partial(parallel.place_batch, mesh=setup.mesh)
+        self.loader, self.bundle = loader, bundle
+        self.rows = prompt_rows(bundle, "train")
+        self.eos_id = prompt_data(bundle).encoder.end_of_turn_id
+        self.key = jax.random.fold_in(jax.random.key(cfg.train.seed), ROLLOUT_STREAM)
+        self.logps = _logps_fn(graphdef, rest, cfg.rollout.temperature)
+        self.current: Batch | None = None
+        self.stats: dict[str, float] = {}
+
+    def batch(self, step: int, state: TrainState) -> tuple[Batch, dict[str, float]]:
+        """Step ``step``'s batch and its rollout's metrics: a new rollout when ``step`` is a
+        multiple of μ (or none is held: a resume inside a rollout's steps)."""
+        if self.current is None or step % self.r.iterations == 0:
+            self.current, self.stats = self._rollout(step, state)
+        return self.current, self.stats
+
+    def _rollout(self, step: int, state: TrainState) -> tuple[Batch, dict[str, float]]:
+        r, params = self.r, state.param_tree()
+        prompts: HostBatch = next(self.loader)
+        started = time.perf_counter()
+        model = nnx.merge(self.graphdef, params, self.rest)
+        rollout = nn.grpo.sample_groups(
+            model,  # type: ignore[arg-type]
+            prompts["prompts"],
+            prompts["lengths"],
+            group=r.group_size,
+            max_new_tokens=r.max_new_tokens,
+            key=jax.random.fold_in(self.key, step),
+            temperature=r.temperature,
+            top_p=r.top_p,
+            eos_id=self.eos_id,
+            pad_id=0,
+        )
+        took = time.perf_counter() - started
+        examples = [self.rows[int(i)] for i in np.repeat(prompts["row_ids"], r.group_size)]
+        texts = completion_texts(
+            self.bundle.tokenizer, rollout.completions, rollout.lengths, self.eos_id
+        )
+        rewards, per_reward = score(r, texts, examples)
+        settings = self.cfg.grpo
+        batch: Batch = {
+            **self.place(rollout.batch),
+            "mask": self.place({"mask": rollout.mask})["mask"],
+        }
+        advantages = nn.grpo.group_advantages(
+            jnp.asarray(rewards), r.group_size, scale=settings.scale_rewards
+        )
+        batch["advantages"] = self.place({"a": advantages})["a"]
+        if r.iterations > 1:  # π_old: the policy that sampled, for the μ steps that follow
+            batch["old_logps"] = self.logps(params, batch, False)
+        if settings.beta > 0:  # DPO's reference: the frozen start, or the adapters off
+            frozen = state.reference
+            batch["ref_logps"] = self.logps(
+                params if frozen is None else frozen, batch, frozen is None
+            )
+        groups = rewards.reshape(-1, r.group_size)
+        new_tokens = float(rollout.lengths.sum())
+        stats = {
+            "reward": float(rewards.mean()),
+            "reward_std": float(groups.std(axis=1, ddof=1).mean()),  # TRL's: the groups' std
+            "completions/mean_length": float(rollout.lengths.mean()),
+            "rollout_tokens_per_s": new_tokens / max(took, 1e-9),
+        }
+        stats |= {f"rewards/{k}/mean": float(v.mean()) for k, v in per_reward.items()}
+        return batch, stats
+
+
+def score(
+    r: GrpoRollout, texts: Sequence[str], examples: Sequence[Mapping[str, Any]]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The weighted reward of each completion and each named reward's own values."""
+    weights = r.reward_weights or [1.0] * len(r.rewards)
+    each = {name: score_rewards([name], texts, examples) for name in r.rewards}
+    total = np.zeros(len(texts), np.float32)
+    for w, values in zip(weights, each.values(), strict=True):
+        total += np.float32(w) * values
+    return total, each
+
+
+def heldout_reward(
+    cfg: Config,
+    graphdef: nnx.GraphDef[nnx.Module],
+    rest: nnx.State,
+    params: chex.ArrayTree,
+    bundle: Bundle,
+    batches: Iterable[HostBatch],
+) -> dict[str, float]:
+    """The mean reward of greedy completions of held-out prompt ``batches`` (padding rows left
+    out): ``reward``, each reward's ``rewards/<name>`` and ``prompts``, their count. The success
+    rate of the policy, without the rollouts' sampling noise."""
+    r = cfg.rollout
+    rows = prompt_rows(bundle, "validation")
+    eos_id = prompt_data(bundle).encoder.end_of_turn_id
+    model = nnx.merge(graphdef, params, rest)
+    texts: list[str] = []
+    examples: list[Mapping[str, Any]] = []
+    for batch in batches:
+        real = np.asarray(batch["lengths"]) > 0
+        if not real.any():
+            continue
+        prompts, lengths = np.asarray(batch["prompts"])[real], np.asarray(batch["lengths"])[real]
+        out = nn.generate(
+            model,  # type: ignore[arg-type]
+            prompts,
+            max_new_tokens=r.max_new_tokens,
+            temperature=0.0,
+            prompt_lengths=lengths,
+            eos_id=eos_id,
+            pad_id=0,
+        )
+        done = nn.grpo.rollout_batch(
+            np.asarray(out), lengths, max_new_tokens=r.max_new_tokens, eos_id=eos_id
+        )
+        texts += completion_texts(bundle.tokenizer, done.completions, done.lengths, eos_id)
+        examples += [rows[int(i)] for i in np.asarray(batch["row_ids"])[real]]
+    if not texts:
+        raise ValueError("validation data is empty: no held-out prompt fits data.seq_len")
+    total, each = score(r, texts, examples)
+    means = {"reward": float(total.mean()), "prompts": float(len(texts))}
+    return means | {f"rewards/{k}": float(v.mean()) for k, v in each.items()}

@@ -1,0 +1,151 @@
+"""GRPO in the trainer (issue #55): ``data.format: prompts`` runs the loop's rollouts and logs
+TRL's names, resumes bit for bit from a checkpoint at a rollout boundary, and its update is
+tjx.nn's GRPO loss of the rollout the loop made."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tjx import nn
+from trainer.cli import main, plan_argv
+from trainer.config import resolve, step_config
+
+SMALL = [
+    "model.d_model=32",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.num_kv_heads=1",
+    "model.mlp_dim=64",
+    "logging.sinks=[jsonl]",
+    "logging.progress=false",
+    "data.batch_size=8",
+    "grpo.group_size=4",
+    "grpo.iterations=2",
+    "grpo.beta=0.1",
+    "grpo.max_new_tokens=4",
+    "train.log_every=1",
+    "train.eval_every=0",
+    "train.eval_batches=1",
+    "eval.batch_size=8",
+    "sampling.max_new_tokens=2",
+    "optimizer.schedule.warmup_steps=1",
+]
+
+
+def _argv(tmp, run, *sets):
+    argv = ["--config", "grpo_tiny", "--run-dir", str(tmp / run)]
+    for item in [*SMALL, f"data.cache_dir={tmp / 'cache'}", *sets]:
+        argv += ["--set", item]
+    return argv
+
+
+def _metrics(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_grpo_run_logs_trl_names_and_resumes_bit_for_bit(in_tmp):
+    sets = ("train.steps=4", "train.checkpoint_every=2")
+    assert main(_argv(in_tmp, "whole", *sets)) == 0
+    lines = [x for x in _metrics(in_tmp / "whole") if "loss" in x]
+    names = {"loss", "kl", "reward", "reward_std", "clip_ratio/region_mean"}
+    names |= {"rewards/exact_answer/mean", "completions/mean_length", "rollout_tokens_per_s"}
+    assert names <= set(lines[0]), sorted(lines[0])
+    assert [x["step"] for x in lines] == [1, 2, 3, 4]
+    # μ = 2: steps 1-2 share a rollout (its reward and lengths), steps 3-4 the next one.
+    assert lines[0]["completions/mean_length"] == lines[1]["completions/mean_length"]
+    assert lines[0]["num_tokens"] == 4 * 2 * lines[0]["completions/mean_length"]  # 8 rows
+    assert lines[0]["kl"] == 0.0  # step 1: the policy is its reference (the frozen start)
+    val = [x for x in _metrics(in_tmp / "whole") if "val_reward" in x]
+    assert val and val[-1]["val_prompts"] >= 1
+    # Stopped at the rollout boundary, resumed: the same rollouts (keys, prompts), the same end.
+    assert main(_argv(in_tmp, "parts", *sets, "train.stop_at=2")) == 0
+    assert main([*_argv(in_tmp, "parts", *sets), "--resume"]) == 0
+    done = [json.loads((in_tmp / r / "final.json").read_text()) for r in ("whole", "parts")]
+    assert done[0]["params_sha256"] == done[1]["params_sha256"]
+    again = [x for x in _metrics(in_tmp / "parts") if "loss" in x and x["step"] > 2]
+    for a, b in zip(lines[2:], again, strict=True):
+        assert (a["loss"], a["reward"], a["kl"]) == (b["loss"], b["reward"], b["kl"])
+
+
+def test_the_trainer_update_is_the_library_loss_of_the_loop_rollout(in_tmp):
+    import trainer.data_setup as data_setup
+    import trainer.state as state
+    from trainer.grpo import Rollouts
+    from trainer.step import make_loss_fn
+
+    cfg = plan_argv(_argv(in_tmp, "run", "train.steps=2")).config
+    bundle = data_setup.prepare(cfg)
+    cfg = resolve(cfg, bundle.vocab_size)
+    setup = state.build(step_config(cfg))
+    loader = data_setup.train_loader(bundle, cfg)
+    rollouts = Rollouts(cfg, setup, loader, bundle)
+    batch, stats = rollouts.batch(0, setup.state)
+    assert batch["inputs"].shape[0] == 8  # data.batch_size completions: 2 prompts × G = 4
+    assert {"reward", "reward_std", "completions/mean_length"} <= set(stats)
+    params = setup.state.param_tree()
+    policy = nnx.merge(setup.graphdef, params, setup.rest)
+    logps = nn.token_logprobs(policy, batch, temperature=cfg.rollout.temperature)
+    # β > 0 without LoRA: the reference is the frozen start, here the policy itself.
+    np.testing.assert_allclose(batch["ref_logps"], logps, atol=1e-6)
+    np.testing.assert_allclose(batch["old_logps"], logps, atol=1e-6)  # μ = 2: π_old
+    perturbed = jax.tree.map(lambda x: x * 1.01, params)
+    moved = nn.token_logprobs(
+        nnx.merge(setup.graphdef, perturbed, setup.rest), batch, temperature=1.0
+    )
+    want = nn.grpo_loss(
+        moved,
+        batch["old_logps"],
+        batch["advantages"],
+        batch["mask"],
+        config=cfg.grpo,
+        ref_logps=batch["ref_logps"],
+        max_completion_length=cfg.rollout.max_new_tokens,
+    )
+    loss_fn = make_loss_fn(setup.graphdef, setup.rest, setup.step_config)
+    got, aux = jax.jit(loss_fn)(perturbed, batch, jnp.asarray(0))
+    np.testing.assert_allclose(got, want.loss, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(aux["grpo"]["kl"], want.kl, rtol=1e-6, atol=1e-9)
+    assert float(aux["num_tokens"]) == float(np.asarray(batch["mask"]).sum())
+
+
+def test_group_advantages_of_the_loop_are_group_normalised_rewards():
+    from trainer.grpo import score
+    from trainer.grpo_settings import GrpoRollout
+
+    rng = np.random.default_rng()
+    answers = [str(int(x)) for x in rng.integers(0, 9, 8)]
+    texts = [a if rng.random() < 0.5 else "x" for a in answers]
+    examples = [{"answer": a} for a in answers]
+    rollout = GrpoRollout(rewards=["exact_answer", "format"], reward_weights=[1.0, 0.5])
+    total, each = score(rollout, texts, examples)
+    want = np.array(
+        [float(t == a) + 0.5 * float(t != "x") for t, a in zip(texts, answers, strict=True)]
+    )
+    np.testing.assert_allclose(total, want)
+    assert set(each) == {"exact_answer", "format"}
+    adv = np.asarray(nn.group_advantages(jnp.asarray(total), 4))
+    g = want.reshape(2, 4)
+    ref = (g - g.mean(1, keepdims=True)) / (g.std(1, ddof=1, keepdims=True) + 1e-4)
+    np.testing.assert_allclose(adv, ref.reshape(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_a_reward_that_fails_on_a_completion_ends_the_run_in_one_line(in_tmp, capsys, monkeypatch):
+    from tjx import data
+
+    def picky(completion, example):  # passes the probe (the answer itself), fails on the rest
+        if completion != example["answer"]:
+            raise ValueError("cannot read this completion")
+        return 1.0
+
+    monkeypatch.setitem(data.REWARDS, "picky", picky)
+    argv = _argv(in_tmp, "run", "train.steps=2", "train.checkpoint_every=2", "grpo.rewards=[picky]")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0].startswith("trainer: error: grpo.rewards: at step 1: reward 'picky' raised "), err
+    assert not (in_tmp / "run" / "checkpoints" / "1").exists()

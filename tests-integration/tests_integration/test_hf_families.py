@@ -1,6 +1,6 @@
 """Qwen3, OLMo 2 and 3, Phi-3, Gemma 2, Gemma 3 (text), DeepSeek-V2 and -V3, gpt-oss and GLM-4.5
-MoE round-trip through transformers (PyTorch in the scratch venv of ``_hf_peer``, one peer process each way for all
-families).
+MoE round-trip through transformers (PyTorch in the scratch venv of ``_hf_peer``, one peer
+process each way for all families).
 
 transformers builds a tiny random model of each family (2 layers, GQA 4/2, random norms, Gemma's
 soft caps bending the logits) and scores it in float32 and bfloat16; tjx loads each with

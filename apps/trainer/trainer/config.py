@@ -465,6 +465,8 @@ def _check_across(cfg: Config, preference: list[str]) -> None:
         )
     if m.precision.fp8 and m.precision.fp8_recipe == "delayed":
         _check_delayed_fp8(cfg)
+    if m.precision.fp8_lm_head:
+        _check_fp8_lm_head(cfg)
     if d.format != "preference":  # a saved config lists every key, at its default
         why = "applies to preference pairs only; set data.format=preference or drop the preference"
         check_unchanged(cfg.preference, preference, "preference", f"{why} settings")
@@ -496,6 +498,22 @@ def _check_delayed_fp8(cfg: Config) -> None:
         cfg.data.format not in ("preference", "prompts"),
         f"{key}: the {'DPO' if cfg.data.format == 'preference' else 'GRPO'} step does not carry "
         "the float8 state; use fp8_recipe=current",
+    )
+
+
+def _check_fp8_lm_head(cfg: Config) -> None:
+    """The float8 LM head is the chunked token loss's (tjx.nn's `head_cross_entropy`): refused
+    where the loss is unchunked or DPO's or GRPO's (those score through their own logits)."""
+    key = "model.precision.fp8_lm_head=true"
+    _require(
+        cfg.train.chunked_ce,
+        f"{key}: the float8 head is the chunked loss's; set train.chunked_ce=true or "
+        "fp8_lm_head=false",
+    )
+    _require(
+        cfg.data.format not in ("preference", "prompts"),
+        f"{key}: the {'DPO' if cfg.data.format == 'preference' else 'GRPO'} loss scores its "
+        "tokens through its own logits, not the float8 head; set fp8_lm_head=false",
     )
 
 

@@ -68,6 +68,8 @@ def test_base_inheritance_keeps_parent_keys():
 
 #: A delayed float8 model precision (tjx.nn.fp8).
 _DELAYED = {"compute_dtype": "bfloat16", "matmul": "fp8", "fp8_recipe": "delayed"}
+#: A float8 LM head (current scaling, #54).
+_HEAD = {"compute_dtype": "bfloat16", "matmul": "fp8", "fp8_lm_head": True}
 
 
 @pytest.mark.parametrize(
@@ -118,6 +120,35 @@ _DELAYED = {"compute_dtype": "bfloat16", "matmul": "fp8", "fp8_recipe": "delayed
             {"model": {"precision": {**_DELAYED, "fp8_scaling": "rowwise"}}},
             "fp8_recipe='delayed' scales tensorwise only",
         ),
+        (  # the float8 LM head (#54): current scaling, an untied head, the chunked XLA loss
+            {"model": {"precision": {"fp8_lm_head": True}}},
+            "fp8_lm_head=True needs matmul='fp8'",
+        ),
+        (
+            {"model": {"precision": {**_DELAYED, "fp8_lm_head": True}}},
+            "fp8_lm_head=True scales with current scaling only",
+        ),
+        (
+            {"model": {"precision": _HEAD, "tie_embeddings": True}},
+            "fp8_lm_head=True: the head is the token embedding table (tie_embeddings=True)",
+        ),
+        (
+            {
+                "model": {
+                    "precision": _HEAD,
+                    "tie_embeddings": False,
+                    "cross_entropy_impl": "pallas",
+                }
+            },
+            "fp8_lm_head=True: the fused (pallas) cross-entropy has no float8 path",
+        ),
+        (
+            {
+                "model": {"precision": _HEAD, "tie_embeddings": False},
+                "train": {"chunked_ce": False},
+            },
+            "model.precision.fp8_lm_head=true: the float8 head is the chunked loss's",
+        ),
     ],
 )
 def test_bad_values_name_the_key(data, needle):
@@ -132,6 +163,16 @@ def test_delayed_fp8_is_refused_where_the_step_does_not_carry_its_state(preset, 
     with pytest.raises(ConfigError) as err:
         read_config(apply_overrides(load_config_data(preset), sets))
     assert f"fp8_recipe=delayed: the {step} step does not carry the float8 state" in str(err.value)
+
+
+@pytest.mark.parametrize(("preset", "loss"), [("dpo_tiny", "DPO"), ("grpo_tiny", "GRPO")])
+def test_the_fp8_lm_head_is_refused_where_the_loss_scores_through_its_own_logits(
+    preset: str, loss: str
+) -> None:
+    sets = [f"model.precision.{k}={v}" for k, v in _HEAD.items()] + ["model.tie_embeddings=false"]
+    with pytest.raises(ConfigError) as err:
+        read_config(apply_overrides(load_config_data(preset), sets))
+    assert f"fp8_lm_head=true: the {loss} loss scores its tokens" in str(err.value)
 
 
 def test_float_fields_accept_ints_and_yaml_exponent_strings():

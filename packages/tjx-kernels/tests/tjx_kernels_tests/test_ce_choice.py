@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tjx.kernels import (
+    DotProducts,
     ce_auto_order,
     ce_implementation,
     chunked_cross_entropy,
@@ -112,3 +113,27 @@ def test_auto_with_a_cap_ignores_a_measurement_that_ranks_the_fused_kernel_first
         assert ce_implementation("auto", h, w, H100, softcap=30.0) == "xla"  # ...but not capped
     finally:
         clear_launch_cache()
+
+
+def test_a_head_with_its_own_products_takes_the_chunked_loss_and_dot_products_are_the_default(
+    monkeypatch, tmp_path
+):
+    """A ``products`` (a float8 head's) is the chunked loss's only: ``auto`` takes XLA even
+    where a measurement ranks Pallas first, an explicit ``pallas`` is refused in one line, and
+    the default `DotProducts` given by name changes no bit of the loss."""
+    measured_table(monkeypatch, tmp_path, {"ce-bf16": {"pallas": 1.0, "xla": 9.0}})
+    h, w = jnp.zeros((4, 8), jnp.bfloat16), jnp.zeros((8, 16), jnp.bfloat16)
+    try:
+        assert ce_implementation("auto", h, w, H100) == "pallas"
+        assert ce_implementation("auto", h, w, H100, products=DotProducts()) == "xla"
+        with pytest.raises(ValueError, match="no float8 path.*cross_entropy_impl: xla"):
+            ce_implementation("pallas", h, w, H100, products=DotProducts())
+    finally:
+        clear_launch_cache()
+    rng = np.random.default_rng(11)
+    hf = jnp.asarray(rng.standard_normal((2, 6, 16)), jnp.bfloat16)
+    wf = jnp.asarray(rng.standard_normal((16, 24)), jnp.bfloat16)
+    labels = jnp.asarray(rng.integers(0, 24, (2, 6)), jnp.int32)
+    got = linear_cross_entropy(hf, wf, labels, products=DotProducts(), chunk_size=4)
+    want = chunked_cross_entropy(hf, wf, labels, chunk_size=4)
+    assert float(got.loss) == float(want.loss)

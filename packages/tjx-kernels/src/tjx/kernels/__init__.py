@@ -39,7 +39,13 @@ from tjx.kernels.choice import (
 )
 from tjx.kernels.compile_cache import enable_compilation_cache
 from tjx.kernels.costs import custom_call_cost, roofline_costs
-from tjx.kernels.cross_entropy import CrossEntropyOutput, auto_chunk_size, chunked_cross_entropy
+from tjx.kernels.cross_entropy import (
+    CrossEntropyOutput,
+    DotProducts,
+    HeadProducts,
+    auto_chunk_size,
+    chunked_cross_entropy,
+)
 from tjx.kernels.dispatch import IMPLEMENTATIONS, attention
 from tjx.kernels.gated_delta import gated_delta_recurrent, gated_delta_rule, gated_delta_step
 from tjx.kernels.launch import LaunchDefaults, default_launch
@@ -59,6 +65,8 @@ __all__ = [
     "AutoChoice",
     "CELaunch",
     "CrossEntropyOutput",
+    "DotProducts",
+    "HeadProducts",
     "KernelCompileError",
     "LaunchDefaults",
     "Target",

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from tjx.kernels.ce_launch import DEFAULT_CE_LAUNCH, padded_dim
 from tjx.kernels.choice import AutoChoice, Target, current_target
 from tjx.kernels.costs import ce_cost
-from tjx.kernels.cross_entropy import auto_chunk_size
+from tjx.kernels.cross_entropy import HeadProducts, auto_chunk_size
 from tjx.kernels.launch import load_launch_tables, norm_kind
 
 #: ``cross_entropy_impl``: ``"xla"`` is `chunked_cross_entropy`, ``"pallas"`` the fused kernel.
@@ -103,11 +103,14 @@ def ce_implementation(
     unembedding: Any,
     t: Target | None = None,
     softcap: float | None = None,
+    products: HeadProducts | None = None,
 ) -> str:
     """``"xla"`` or ``"pallas"`` for a call (``implementation`` one of `CE_IMPLEMENTATIONS`).
 
     A soft-capped head (``softcap``, Gemma 2) is always ``"xla"``: the fused kernel does not cap
-    its logits, so ``auto`` never takes it and an explicit ``"pallas"`` is refused."""
+    its logits, so ``auto`` never takes it and an explicit ``"pallas"`` is refused. So is a
+    head with its own ``products`` (a float8 head, ``tjx.nn.fp8.Fp8HeadProducts``): the fused
+    kernel multiplies in the operands' dtype only."""
     if implementation not in CE_IMPLEMENTATIONS:
         raise ValueError(
             f"cross-entropy implementation must be one of {', '.join(CE_IMPLEMENTATIONS)}; "
@@ -118,6 +121,13 @@ def ce_implementation(
             raise ValueError(
                 "the fused (pallas) cross-entropy does not soft-cap logits; a model with "
                 "final_logit_softcap needs cross_entropy_impl: xla (or auto)"
+            )
+        return "xla"
+    if products is not None:
+        if implementation == "pallas":
+            raise ValueError(
+                "the fused (pallas) cross-entropy has no float8 path; a float8 LM head "
+                "(precision.fp8_lm_head) needs cross_entropy_impl: xla (or auto)"
             )
         return "xla"
     if implementation != "auto":
@@ -138,6 +148,7 @@ def linear_cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     logits_dtype: Any = None,
+    products: HeadProducts | None = None,
 ) -> Any:
     """``CE(hidden @ unembedding, labels)`` by the implementation `ce_implementation` picks.
 
@@ -146,11 +157,15 @@ def linear_cross_entropy(
     ``"auto"``: the module docstring's rule. Same arguments and result as both
     (`CrossEntropyOutput`). ``softcap`` (Gemma 2's final-logit cap) and ``logits_dtype`` (the
     dtype a chunk's logits are stored in) are chunked only: the fused kernel keeps its logits
-    in registers and shared memory, never in device memory.
+    in registers and shared memory, never in device memory. ``products`` (how the head's
+    products multiply, `chunked_cross_entropy`'s) is chunked only too.
     """
     from tjx.kernels.cross_entropy import chunked_cross_entropy
 
-    if ce_implementation(implementation, hidden, unembedding, softcap=softcap) == "pallas":
+    choice = ce_implementation(
+        implementation, hidden, unembedding, softcap=softcap, products=products
+    )
+    if choice == "pallas":
         from tjx.kernels.fused_ce import fused_cross_entropy  # Pallas only when chosen
 
         return fused_cross_entropy(
@@ -165,4 +180,5 @@ def linear_cross_entropy(
         z_loss=z_loss,
         softcap=softcap,
         logits_dtype=logits_dtype,
+        products=products,
     )

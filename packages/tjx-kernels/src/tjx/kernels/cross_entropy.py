@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -105,21 +106,67 @@ class CrossEntropyOutput(NamedTuple):
     num_correct: Array
 
 
+class HeadProducts(Protocol):
+    """The head's three products on one chunk, for `chunked_cross_entropy`'s ``products``.
+
+    Its custom VJP calls `forward` for each chunk's logits and `backward` for the two gradient
+    products, so an implementation chooses how they multiply (`DotProducts`: in the operands'
+    dtype; ``tjx.nn.fp8.Fp8HeadProducts``: in float8). It must be hashable (a frozen dataclass):
+    it is a static argument of the VJP.
+    """
+
+    def forward(self, h: Array, w: Array, stored: Any) -> tuple[Array, Any]:
+        """``h [c, d] · w [d, vocab]`` accumulated in float32 and written in ``stored``, and
+        the residuals `backward` takes."""
+        ...
+
+    def backward(self, res: Any, dlogits: Array) -> tuple[Array, Array]:
+        """``(dlogits · wᵀ [c, d], hᵀ · dlogits [d, vocab])`` in float32 from `forward`'s
+        residuals and the chunk's float32 logits gradient."""
+        ...
+
+
+@dataclass(frozen=True)
+class DotProducts:
+    """The default `HeadProducts`: ``jnp.dot`` of the operands as given (the compute dtype),
+    accumulated in float32; the logits gradient is cast to the operands' dtype first."""
+
+    def forward(self, h: Array, w: Array, stored: Any) -> tuple[Array, tuple[Array, Array]]:
+        """``h · w`` written in ``stored``; the residuals are the operands."""
+        return jnp.dot(h, w, preferred_element_type=stored), (h, w)
+
+    def backward(self, res: tuple[Array, Array], dlogits: Array) -> tuple[Array, Array]:
+        """``(dlogits · wᵀ, hᵀ · dlogits)`` in float32."""
+        h, w = res
+        dh = jnp.dot(dlogits.astype(w.dtype), w.T, preferred_element_type=jnp.float32)
+        dw = jnp.dot(h.T, dlogits.astype(h.dtype), preferred_element_type=jnp.float32)
+        return dh, dw
+
+
+#: The products `chunked_cross_entropy` takes when given none.
+DOT_PRODUCTS = DotProducts()
+
+
 def _chunk_logits(
-    h_c: Array, w: Array, softcap: float | None, stored: Any = jnp.float32
-) -> tuple[Array, Array | None]:
-    """One chunk's float32 ``[c, vocab]`` logits, soft-capped when asked, and the cap's
-    ``tanh(x / cap)`` (None without a cap) for ``uncap_grad``.
+    h_c: Array,
+    w: Array,
+    softcap: float | None,
+    stored: Any = jnp.float32,
+    products: HeadProducts = DOT_PRODUCTS,
+) -> tuple[Array, Array | None, Any]:
+    """One chunk's float32 ``[c, vocab]`` logits, soft-capped when asked, the cap's
+    ``tanh(x / cap)`` (None without a cap) for ``uncap_grad``, and ``products``' residuals.
 
     ``stored``: the dtype the product writes (it accumulates in float32 either way). bfloat16
     halves the bytes of the largest tensor of the step, written once and read twice (the
     statistics, the gradient), as PyTorch's autocast does for its LM head; the softmax and
     the gradient are then computed in float32 from the rounded logits."""
-    logits = jnp.dot(h_c, w, preferred_element_type=stored).astype(jnp.float32)
+    y, res = products.forward(h_c, w, stored)
+    logits = y.astype(jnp.float32)
     if softcap is None:
-        return logits, None
+        return logits, None, res
     t = jnp.tanh(logits / softcap)
-    return softcap * t, t
+    return softcap * t, t, res
 
 
 Partial = tuple[Array, Array, Array, Array]
@@ -199,10 +246,16 @@ def _dlogits(logits: Array, labels: Array, lse: Array, g_ce: Array, g_z: Array) 
 
 
 def _sums_fwd_impl(
-    hc: Array, w: Array, lc: Array, ignore_index: int, softcap: float | None, stored: Any
+    hc: Array,
+    w: Array,
+    lc: Array,
+    ignore_index: int,
+    softcap: float | None,
+    stored: Any,
+    products: HeadProducts,
 ) -> tuple[Sums, Array]:
     def step(carry: Sums, xs: tuple[Array, Array]) -> tuple[Sums, Array]:
-        logits, _ = _chunk_logits(xs[0], w, softcap, stored)  # [c, vocab], dropped
+        logits, _, _ = _chunk_logits(xs[0], w, softcap, stored, products)  # [c, vocab], dropped
         ce, lse, valid, correct = _chunk_stats(logits, xs[1], ignore_index)
         return _add_sums(carry, ce, lse, valid, correct), lse
 
@@ -210,7 +263,13 @@ def _sums_fwd_impl(
 
 
 def _sums_and_grads(
-    hc: Array, w: Array, lc: Array, ignore_index: int, softcap: float | None, stored: Any
+    hc: Array,
+    w: Array,
+    lc: Array,
+    ignore_index: int,
+    softcap: float | None,
+    stored: Any,
+    products: HeadProducts,
 ) -> tuple[Sums, Array, Array]:
     """The sums and, in the same pass over the chunks, d(sum of CE)/d(hc, w).
 
@@ -225,19 +284,18 @@ def _sums_and_grads(
     def step(carry: tuple[Sums, Array], xs: tuple[Array, Array]) -> tuple[Any, Array]:
         sums, dw = carry
         h_c, l_c = xs
-        logits, t = _chunk_logits(h_c, w, softcap, stored)
+        logits, t, res = _chunk_logits(h_c, w, softcap, stored, products)
         ce, lse, valid, correct = _chunk_stats(logits, l_c, ignore_index)
         safe = jnp.where(valid, l_c, -1)  # _dlogits zeroes the rows of ignored tokens
         dlogits = uncap_grad(_dlogits(logits, safe, lse, one, zero), cap_derivative(t))
-        dh = jnp.dot(dlogits.astype(w.dtype), w.T, preferred_element_type=jnp.float32)
-        dw = dw + jnp.dot(h_c.T, dlogits.astype(h_c.dtype), preferred_element_type=jnp.float32)
-        return (_add_sums(sums, ce, lse, valid, correct), dw), dh
+        dh, dw_c = products.backward(res, dlogits)
+        return (_add_sums(sums, ce, lse, valid, correct), dw + dw_c), dh
 
     (sums, dw), dh = jax.lax.scan(step, (_zero_sums(), jnp.zeros(w.shape, jnp.float32)), (hc, lc))
     return sums, dh, dw
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
 def _ce_sums(
     hc: Array,
     w: Array,
@@ -246,13 +304,14 @@ def _ce_sums(
     fused: bool,
     softcap: float | None,
     stored: Any,
+    products: HeadProducts,
 ) -> Sums:
     """(sum of CE, sum of lse², token count, correct count) over chunks ``hc [n, rows, d]``.
 
     ``fused``: the caller differentiates the sum of CE only (no z-loss), so the forward pass
     under differentiation also forms its gradient (`_sums_and_grads`)."""
     del fused
-    sums, _ = _sums_fwd_impl(hc, w, lc, ignore_index, softcap, stored)
+    sums, _ = _sums_fwd_impl(hc, w, lc, ignore_index, softcap, stored, products)
     return sums
 
 
@@ -264,12 +323,13 @@ def _ce_sums_fwd(
     fused: bool,
     softcap: float | None,
     stored: Any,
+    products: HeadProducts,
 ) -> tuple[Sums, tuple[Array, ...]]:
     if fused:
-        sums, dh, dw = _sums_and_grads(hc, w, lc, ignore_index, softcap, stored)
+        sums, dh, dw = _sums_and_grads(hc, w, lc, ignore_index, softcap, stored, products)
         # Empty arrays carry the inputs' dtypes to the backward (residuals are arrays only).
         return sums, (dh, dw, jnp.zeros((0,), hc.dtype), jnp.zeros((0,), w.dtype))
-    sums, lse = _sums_fwd_impl(hc, w, lc, ignore_index, softcap, stored)
+    sums, lse = _sums_fwd_impl(hc, w, lc, ignore_index, softcap, stored, products)
     return sums, (hc, w, lc, lse)
 
 
@@ -278,6 +338,7 @@ def _ce_sums_bwd(
     fused: bool,
     softcap: float | None,
     stored: Any,
+    products: HeadProducts,
     res: tuple[Array, ...],
     cts: Sums,
 ) -> tuple[Array, Array, None]:
@@ -290,12 +351,11 @@ def _ce_sums_bwd(
 
     def step(dw: Array, xs: tuple[Array, Array, Array]) -> tuple[Array, Array]:
         h_c, l_c, lse_c = xs
-        logits, t = _chunk_logits(h_c, w, softcap, stored)
+        logits, t, fwd = _chunk_logits(h_c, w, softcap, stored, products)
         labels = jnp.where(l_c != ignore_index, l_c, -1)
         dlogits = uncap_grad(_dlogits(logits, labels, lse_c, g_ce, g_z), cap_derivative(t))
-        dh = jnp.dot(dlogits.astype(w.dtype), w.T, preferred_element_type=jnp.float32)
-        dw = dw + jnp.dot(h_c.T, dlogits.astype(h_c.dtype), preferred_element_type=jnp.float32)
-        return dw, dh.astype(hc.dtype)
+        dh, dw_c = products.backward(fwd, dlogits)
+        return dw + dw_c, dh.astype(hc.dtype)
 
     dw, dh = jax.lax.scan(step, jnp.zeros(w.shape, jnp.float32), (hc, lc, lsec))
     return dh, dw.astype(w.dtype), None
@@ -331,6 +391,7 @@ def chunked_cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     logits_dtype: Any = None,
+    products: HeadProducts | None = None,
 ) -> CrossEntropyOutput:
     """Cross-entropy of ``hidden @ unembedding`` against ``labels`` without full logits.
 
@@ -362,6 +423,9 @@ def chunked_cross_entropy(
         The dtype each chunk's product is written in before the float32 softmax: ``None`` or
         float32 (exact), or bfloat16 / float16 — half the bytes of the step's largest tensor,
         rounded as PyTorch's autocast rounds its LM head's output.
+    products : HeadProducts, optional
+        How each chunk's three products multiply (the logits; ``dh``, ``dw``); None:
+        `DotProducts` (the operands' dtype). ``tjx.nn.fp8.Fp8HeadProducts``: float8.
 
     Returns
     -------
@@ -396,7 +460,10 @@ def chunked_cross_entropy(
     lc = lab.reshape(rows, n, cols).transpose(1, 0, 2).reshape(n, rows * cols)
     fused = z_loss == 0.0  # then the loss differentiates the sum of CE alone (_sums_and_grads)
     cap = None if softcap is None else float(softcap)
-    s_ce, s_z, n_tok, n_ok = _ce_sums(hc, unembedding, lc, int(ignore_index), fused, cap, stored)
+    dots = DOT_PRODUCTS if products is None else products
+    s_ce, s_z, n_tok, n_ok = _ce_sums(
+        hc, unembedding, lc, int(ignore_index), fused, cap, stored, dots
+    )
     denom = jnp.maximum(n_tok, 1).astype(jnp.float32)
     loss = (s_ce + jnp.float32(z_loss) * s_z) / denom
     return CrossEntropyOutput(loss=loss, sum_loss=s_ce, num_tokens=n_tok, num_correct=n_ok)

@@ -17,7 +17,7 @@ from tjx.nn.precision import Precision
 from tjx.nn.registry import MODEL_KINDS
 from tjx.nn.rope_scaling import RopeScaling
 
-_FP8_KEYS = ("matmul", "fp8_scaling", "fp8_recipe", "fp8_amax_history")
+_FP8_KEYS = ("matmul", "fp8_scaling", "fp8_recipe", "fp8_amax_history", "fp8_lm_head")
 
 
 def config_to_dict(config: TransformerConfig) -> dict[str, Any]:

@@ -706,6 +706,26 @@ def check_fp8(config: Any, cls: str) -> None:
             f"{cls}.precision.matmul='fp8' cannot run the MoE experts' products (num_experts="
             f"{config.num_experts}) in float8; use matmul='default' for a MoE model"
         )
+    if p.fp8_lm_head:
+        check_fp8_lm_head(config, cls)
+
+
+def check_fp8_lm_head(config: Any, cls: str) -> None:
+    """``precision.fp8_lm_head`` only where the untied LM head's products are the chunked
+    XLA loss's (`tjx.nn.fp8.Fp8HeadProducts`): one line naming the fault and the fix."""
+    key = f"{cls}.precision.fp8_lm_head=True"
+    if "cross_entropy_impl" in type(config).unused_fields:
+        raise ValueError(f"{key}: {cls} has no vocabulary loss head; set fp8_lm_head=False")
+    if config.tie_embeddings:
+        raise ValueError(
+            f"{key}: the head is the token embedding table (tie_embeddings=True), which stays in "
+            "the compute dtype; set tie_embeddings=False or fp8_lm_head=False"
+        )
+    if config.cross_entropy_impl == "pallas":
+        raise ValueError(
+            f"{key}: the fused (pallas) cross-entropy has no float8 path; set "
+            "cross_entropy_impl='xla' (or 'auto') or fp8_lm_head=False"
+        )
 
 
 def check_unused(config: Any, cls: str) -> None:

@@ -14,6 +14,7 @@ from flax import nnx
 from tjx.kernels import CrossEntropyOutput, linear_cross_entropy, soft_cap
 from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
 from tjx.nn.embeddings import Embed, add_positions, learned_positions, sinusoid_amplitude
+from tjx.nn.fp8 import Fp8HeadProducts, Fp8Policy
 from tjx.nn.kv_cache import init_cache
 from tjx.nn.linear import Dense, dropout, dropout_stream, split_key
 from tjx.nn.losses import logits_cross_entropy
@@ -42,7 +43,8 @@ def output_head(c: Any, *, rngs: nnx.Rngs) -> Dense | None:
     if c.tie_embeddings:
         return None
     # The head's product is the loss's (`head_cross_entropy`, `head_logits`), never this Dense's
-    # call: it stays in the compute dtype under matmul="fp8" (#54) and keeps no float8 state.
+    # call: it keeps no float8 state, and multiplies in float8 only with precision.fp8_lm_head
+    # (the chunked loss's `Fp8HeadProducts`, #54).
     return Dense(
         (c.d_model,),
         (c.vocab_size,),
@@ -51,7 +53,7 @@ def output_head(c: Any, *, rngs: nnx.Rngs) -> Dense | None:
         rngs=rngs,
         use_bias=False,
         init=normal(c.init_std),
-        precision=dataclasses.replace(c.precision, matmul="default"),
+        precision=dataclasses.replace(c.precision, matmul="default", fp8_lm_head=False),
     )
 
 
@@ -108,7 +110,8 @@ def head_cross_entropy(
     labels : Array
         int ``[...]``; ``-100`` is unscored.
     precision : Precision
-        The model's policy (the untied head's matmul dtype).
+        The model's policy (the untied head's matmul dtype; ``fp8_lm_head``: its products in
+        float8, `tjx.nn.fp8.Fp8HeadProducts`, chunked only).
     chunked : bool
         ``tjx.kernels.linear_cross_entropy`` (no ``[..., vocab]`` logits in memory), else the
         float32 logits and ``logits_cross_entropy``.
@@ -136,11 +139,19 @@ def head_cross_entropy(
         b, s = labels.shape
         labels = labels.reshape(b, split.shards, s // split.shards)
         hidden = hidden.reshape(b, split.shards, s // split.shards, hidden.shape[-1])
+    if precision.fp8_lm_head and not chunked:
+        raise ValueError(
+            "precision.fp8_lm_head: the float8 head is the chunked loss's; score with "
+            "chunked=True (the trainer's train.chunked_ce) or set fp8_lm_head=False"
+        )
     if chunked:
         # The products in the compute dtype (the kernel accumulates in float32), as the unchunked
         # path: a raw float32 table would make them float32 (TF32 on a GPU) at twice the bytes.
         dt = precision.compute_dtype
         w = head_unembedding(embed, head).astype(dt)
+        products = (
+            Fp8HeadProducts(Fp8Policy(precision.fp8_scaling)) if precision.fp8_lm_head else None
+        )
         return linear_cross_entropy(  # type: ignore[no-any-return]
             hidden.astype(dt),
             w,
@@ -150,6 +161,7 @@ def head_cross_entropy(
             z_loss=z_loss,
             softcap=softcap,
             logits_dtype=precision.logits_dtype,
+            products=products,
         )
     logits = head_logits(embed, head, hidden, precision, softcap)
     return logits_cross_entropy(logits, labels, z_loss=z_loss)

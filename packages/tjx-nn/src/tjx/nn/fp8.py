@@ -66,8 +66,9 @@ recipe is current-scaling only too).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -343,15 +344,19 @@ def _to_out(s_lead: Array, n_lead: int, n_out: int) -> Array:
     return s_lead.reshape(s_lead.shape[:n_lead] + (1,) * n_out)
 
 
-def _forward(x: Array, w: Array, n_in: int, policy: Fp8Policy) -> tuple[Array, tuple]:
+def _forward(
+    x: Array, w: Array, n_in: int, policy: Fp8Policy, out: Any = None
+) -> tuple[Array, tuple]:
+    """`fp8_dot`'s product and its residuals; ``out``: the result's dtype (None: ``x``'s)."""
     if x.dtype != w.dtype:
         raise ValueError(f"fp8_dot: x and w must share the compute dtype; got {x.dtype}, {w.dtype}")
+    out = x.dtype if out is None else out
     lead, xc, wc = _dims(n_in, x.ndim)
     n_out = w.ndim - n_in
     if policy.scaling == "tensorwise":
         sx, sw = current_scale(x, E4M3), current_scale(w, E4M3)
         xq, wq = quantize(x, E4M3, sx), quantize(w, E4M3, sw)
-        y = _scaled_dot(xq, wq, (xc, wc), sx * sw, x.dtype)
+        y = _scaled_dot(xq, wq, (xc, wc), sx * sw, out)
         # The backward reuses the float8 operands (one scale serves both orientations):
         # half the bytes of keeping the compute-dtype ones.
         return y, (xq, sx, wq, sw)
@@ -359,7 +364,7 @@ def _forward(x: Array, w: Array, n_in: int, policy: Fp8Policy) -> tuple[Array, t
     sx, sw = current_scale(x, E4M3, xc), current_scale(w, E4M3, wc)
     xq, wq = quantize(x, E4M3, sx), quantize(w, E4M3, sw)
     s = _to_out(sx, len(lead), n_out) * sw.reshape(sw.shape[n_in:])
-    y = _scaled_dot(xq, wq, (xc, wc), s, x.dtype)
+    y = _scaled_dot(xq, wq, (xc, wc), s, out)
     return y, (x, w)
 
 
@@ -394,6 +399,11 @@ def _fp8_dot_fwd(x: Array, w: Array, n_in: int, policy: Fp8Policy) -> tuple[Arra
 
 def _fp8_dot_bwd(n_in: int, policy: Fp8Policy, res: tuple, g: Array) -> tuple[Array, Array]:
     # g has x's (= w's) dtype: the forward returned it; both gradients are cast back to it.
+    return _backward(n_in, policy, res, g, g.dtype)
+
+
+def _backward(n_in: int, policy: Fp8Policy, res: tuple, g: Array, out: Any) -> tuple[Array, Array]:
+    """`fp8_dot`'s two gradient products from `_forward`'s residuals, in dtype ``out``."""
     n_lead = g.ndim - (res[2] if policy.scaling == "tensorwise" else res[1]).ndim + n_in
     lead = tuple(range(n_lead))
     gout = tuple(range(n_lead, g.ndim))  # the gradient's output axes
@@ -402,8 +412,8 @@ def _fp8_dot_bwd(n_in: int, policy: Fp8Policy, res: tuple, g: Array) -> tuple[Ar
         wout = tuple(range(n_in, wq.ndim))
         sg = current_scale(g, E5M2)
         gq = quantize(g, E5M2, sg)
-        dx = _scaled_dot(gq, wq, (gout, wout), sg * sw, g.dtype)  # [..., *in]
-        dw = _scaled_dot(xq, gq, (lead, lead), sx * sg, g.dtype)  # [*in, *out]
+        dx = _scaled_dot(gq, wq, (gout, wout), sg * sw, out)  # [..., *in]
+        dw = _scaled_dot(xq, gq, (lead, lead), sx * sg, out)  # [*in, *out]
         return dx, dw
     x, w = res
     n_out = w.ndim - n_in
@@ -416,7 +426,7 @@ def _fp8_dot_bwd(n_in: int, policy: Fp8Policy, res: tuple, g: Array) -> tuple[Ar
         quantize(w, E4M3, sw_r),
         (gout, wout),
         _to_out(sg_r, n_lead, n_in) * sw_r.reshape(sw_r.shape[:n_in]),
-        g.dtype,
+        out,
     )
     # dw = xᵀ · g keeps x's input axes and g's output axes: scale each per column.
     sx_c = current_scale(x, E4M3, lead)  # [1..., *in]
@@ -426,9 +436,38 @@ def _fp8_dot_bwd(n_in: int, policy: Fp8Policy, res: tuple, g: Array) -> tuple[Ar
         quantize(g, E5M2, sg_c),
         (lead, lead),
         sx_c.reshape(sx_c.shape[n_lead:] + (1,) * n_out) * sg_c.reshape(sg_c.shape[n_lead:]),
-        g.dtype,
+        out,
     )
     return dx, dw
 
 
 fp8_dot.defvjp(_fp8_dot_fwd, _fp8_dot_bwd)
+
+
+@dataclass(frozen=True)
+class Fp8HeadProducts:
+    """The LM head's products in float8 (``Precision.fp8_lm_head``): a
+    `tjx.kernels.HeadProducts` for the chunked loss (`tjx.kernels.chunked_cross_entropy`), whose
+    custom VJP calls it per chunk. Each chunk's logits and, in its backward, ``dh = dlogits · wᵀ``
+    and ``dw = hᵀ · dlogits`` are `fp8_dot`'s own forward and backward products (`_forward`,
+    `_backward`: one definition of the formats and the current scaling): e4m3 hidden states and
+    kernel, an e5m2 logits gradient, ``policy``'s scaling. The scales are those of the tensors
+    each product casts: one chunk's hidden states and logits gradient (the whole ``[tokens,
+    vocab]`` gradient never exists), the whole kernel. The results are the loss's: the logits
+    in the chunk's ``stored`` dtype, the gradients in float32 (the loss's accumulator).
+
+    Parameters
+    ----------
+    policy : Fp8Policy
+        The scaling (``Precision.fp8_scaling``).
+    """
+
+    policy: Fp8Policy = field(default_factory=Fp8Policy)
+
+    def forward(self, h: Array, w: Array, stored: Any) -> tuple[Array, tuple]:
+        """``h [c, d] · w [d, vocab]`` in ``stored``, and the residuals for `backward`."""
+        return _forward(h, w, 1, self.policy, stored)
+
+    def backward(self, res: tuple, dlogits: Array) -> tuple[Array, Array]:
+        """``(dlogits · wᵀ, hᵀ · dlogits)`` in float32, from `forward`'s residuals."""
+        return _backward(1, self.policy, res, dlogits, jnp.float32)

@@ -11,7 +11,9 @@ attention and MLP projections) in float8 with ``fp8_scaling`` and ``fp8_recipe``
 `tjx.nn.fp8`; ``delayed`` gives each such `Dense` a `tjx.nn.fp8.Fp8Meta` of
 ``fp8_amax_history`` steps); the LM head,
 the embeddings, the norms, attention's own products, LoRA adapters' products, the weights, the
-optimizer and the loss keep the dtypes above.
+optimizer and the loss keep the dtypes above. ``fp8_lm_head`` (off by default, as torchtitan's
+float8 converter leaves ``output`` out unless asked) adds the untied LM head's three products
+in the chunked loss (`tjx.nn.fp8.Fp8HeadProducts`), with current scaling only.
 """
 
 from __future__ import annotations
@@ -99,6 +101,15 @@ class Precision:
         default=16,
         metadata={"min": 1, "help": "fp8_recipe=delayed: steps of amax history"},
     )
+    fp8_lm_head: bool = field(
+        default=False,
+        metadata={
+            # Current scaling only: no state, so a resume may switch it as it may switch matmul.
+            "resumable": True,
+            "help": "matmul=fp8, fp8_recipe=current: the untied LM head's products (logits, "
+            "both gradients) in float8 too, in the chunked loss (off: the compute dtype)",
+        },
+    )
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -113,6 +124,19 @@ class Precision:
         if int(self.fp8_amax_history) < 1:
             raise ValueError(
                 f"Precision.fp8_amax_history must be >= 1; got {self.fp8_amax_history!r}"
+            )
+        if self.fp8_lm_head and not self.fp8:
+            raise ValueError(
+                "Precision.fp8_lm_head=True needs matmul='fp8' (the head follows the linear "
+                f"layers into float8); got matmul={self.matmul!r}: set matmul='fp8' or "
+                "fp8_lm_head=False"
+            )
+        if self.fp8_lm_head and self.fp8_recipe != "current":
+            raise ValueError(
+                "Precision.fp8_lm_head=True scales with current scaling only (delayed scaling's "
+                "amax history lives in each float8 Dense's Fp8Meta, and the head's products are "
+                "the chunked loss's, which keeps no state); set fp8_recipe='current' or "
+                "fp8_lm_head=False"
             )
         for name in ("param_dtype", "compute_dtype", "logits_dtype"):
             value = jnp.dtype(getattr(self, name))

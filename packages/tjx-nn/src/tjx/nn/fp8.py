@@ -58,6 +58,14 @@ Transformer Engine (``update_fp8_metas`` after each step) and flax (``in_qdq`` c
 the history before recording the step's amax). The first step's history is zeros: it casts
 with scale 1 (flax's and Transformer Engine's start too).
 
+The LM head (``Precision.fp8_lm_head``, off by default as torchtitan leaves ``output`` out).
+Its product is the chunked loss's (``tjx.kernels.chunked_cross_entropy``), whose custom VJP
+runs each chunk's logits and both gradient products itself; tjx-kernels depends on jax alone,
+not on this module or flax, so the loss takes the products as an argument (its typed
+``HeadProducts`` Protocol) and `Fp8HeadProducts` hands it `fp8_dot`'s own forward and
+backward products (`_forward`, `_backward`, with the loss's result dtypes): the formats and the
+scaling keep one definition. Current scaling only: delayed scaling's state is a `Dense`'s.
+
 Delayed scaling is tensorwise only: a rowwise history would be one per activation row, rows
 that are different tokens every step, so no earlier amax describes them (torchao's rowwise
 recipe is current-scaling only too).

@@ -9,10 +9,18 @@ memory and its collectives are the ones the slice would run. Nothing can execute
 
 Both need ``JAX_PLATFORMS=cpu`` (or ``jax.config.update("jax_platforms", "cpu")``) before the
 first backend starts: the CUDA plugin's own start-up would look for a GPU and fail.
+
+libtpu keeps a machine-wide lock (``/tmp/libtpu_lockfile``) so that two processes never drive
+the same chips; a topology touches no chip, yet its first load takes the lock, and a second
+process describing a slice at the same time (a search's second worker, two plans, two CI batches)
+fails with "ABORTED: Internal error when accessing libtpu multi-process lockfile". So a TPU
+topology is described with ``ALLOW_MULTIPLE_LIBTPU_LOAD=1`` (libtpu's own switch for that case),
+unless the environment already sets it.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 __all__ = ["abstract_devices"]
@@ -46,6 +54,7 @@ def abstract_devices(
     from jax.experimental import topologies
 
     if platform == "tpu":
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # no chip is driven: no lock
         desc = topologies.get_topology_desc(topology_name=topology, platform="tpu")
     elif platform == "cuda":
         if not target_config:

@@ -48,7 +48,7 @@ ROLLOUT_STREAM = 0x6772706F
 
 def loss_fn(
     graphdef: nnx.GraphDef[nnx.Module], rest: nnx.State, cfg: StepConfig
-) -> Callable[[chex.ArrayTree, Batch, jax.Array], tuple[jax.Array, dict[str, Any]]]:
+) -> Callable[[chex.ArrayTree, Batch, jax.Array], tuple[jax.Array, chex.ArrayTree]]:
     """``loss_fn(params, batch, step, reference=None) -> (loss, aux)``: tjx.nn's `grpo_loss` of
     a rollout batch (`Rollouts.batch`); ``aux`` holds the completion tokens (``num_tokens``) and
     TRL's metrics (``"grpo"``). Without ``old_logps`` in the batch (μ = 1) the sampling policy
@@ -56,8 +56,11 @@ def loss_fn(
     settings, r = cfg.grpo, cfg.rollout
 
     def fn(
-        params: chex.ArrayTree, batch: Batch, step: jax.Array, reference: Any = None
-    ) -> tuple[jax.Array, Any]:
+        params: chex.ArrayTree,
+        batch: Batch,
+        step: jax.Array,
+        reference: chex.ArrayTree | None = None,
+    ) -> tuple[jax.Array, chex.ArrayTree]:
         # No dropout: the rollout's log-probabilities are the deterministic model's. The
         # reference (DPO's, bound by the step) was scored once per rollout: batch["ref_logps"].
         del step, reference
@@ -114,7 +117,9 @@ def completion_texts(
     return out
 
 
-def _logps_fn(graphdef: nnx.GraphDef[nnx.Module], rest: nnx.State, temperature: float) -> Any:
+def _logps_fn(
+    graphdef: nnx.GraphDef[nnx.Module], rest: nnx.State, temperature: float
+) -> Callable[[chex.ArrayTree, Batch, bool], jax.Array]:
     """Jitted ``fn(params, batch, adapters_off) -> [rows, seq]`` token log-probabilities."""
 
     def fn(params: chex.ArrayTree, batch: Batch, adapters_off: bool) -> jax.Array:

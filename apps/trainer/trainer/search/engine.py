@@ -23,11 +23,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import jax
+
 from tjx import kernels, parallel
 from tjx.metrics import Target
 from trainer import target_plan
 from trainer.config import Config
-from trainer.search.candidates import Candidate, Space, apply, candidate_of
+from trainer.search.candidates import Candidate, MeshChoice, Space, apply, candidate_of
 
 __all__ = ["Outcome", "Planner", "SearchResult", "evaluate", "search"]
 
@@ -80,6 +82,9 @@ def evaluate(run: Config, target: Target, text: str) -> Outcome:
         result = target_plan.plan(run, target, text, lines.append)
     except (ValueError, kernels.KernelCompileError) as err:  # a ConfigError: a rule refused it
         return Outcome(f"refused: {err}", wall_s=time.perf_counter() - started, lines=lines)
+    except jax.errors.JaxRuntimeError as err:  # the compiler stopped outside the step's compile
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return Outcome(f"failed: {first}", wall_s=time.perf_counter() - started, lines=lines)
     data, train = result.data, result.data.get("train", {})
     est = data.get("estimate") or {}
     fitted = {
@@ -305,6 +310,10 @@ def search(
     outcomes: dict[Candidate, Outcome] = {}
     order: list[Candidate] = []
     reused_by: set[Candidate] = set()
+    # Splits the compiler failed on, with the kernel: (mesh, attention) -> the failure. libtpu's
+    # RET_CHECK on a context split over a slice's hosts fails every remat and micro-batch alike;
+    # each compile of an 8B is minutes, so the climb moves to other splits instead.
+    broken: dict[tuple[MeshChoice, str], str] = {}
     start = _start(space, base)
     queued: list[Candidate] = [] if start is None else [start]
     auto_start = start is not None and "auto" in (start.attention, start.loss)
@@ -336,6 +345,12 @@ def search(
             if c in outcomes and c not in order and outcomes[c].peak_bytes is not None:
                 reused_by.add(c)  # the program an earlier candidate became: not compiled again
             if c in outcomes or c in planner.running:
+                continue
+            failed = broken.get((c.mesh, _kernel(space, c)))
+            if failed is not None:
+                space.pruned.add(f"the compiler failed on the split ({failed[:100]})",
+                                 f"mesh {c.mesh.describe()}, {c.remat}")  # fmt: skip
+                outcomes[c] = Outcome(f"pruned: the compiler failed on mesh {c.mesh.describe()}")
                 continue
             why = space.prune_pair(c.mesh, c.accumulation)
             if why is not None:
@@ -369,6 +384,8 @@ def search(
             fitted = fitted_candidate(c, o)
             if fitted != c and fitted not in outcomes:  # the program another candidate is
                 outcomes[fitted] = o
+            if _compiler_failed(o):
+                broken.setdefault((c.mesh, _kernel(space, c)), _failure(o))
             if f"attention: {c.attention} failed" in (o.error or ""):
                 # A kernel that does not lower on this split (cuDNN's partitioner on some
                 # meshes): the same change with the next kernel, before the climb goes on
@@ -380,6 +397,28 @@ def search(
         space, base, outcomes, order, len(reused_by), ran_out, stopped,
         time.perf_counter() - started,
     )  # fmt: skip
+
+
+def _kernel(space: Space, c: Candidate) -> str:
+    """The attention kernel ``c`` compiles: ``auto`` is the space's one kernel where it has one
+    (a TPU's ``xla``), so a failure under one name is not compiled again under the other."""
+    return (
+        space.attentions[0] if c.attention == "auto" and len(space.attentions) == 1 else c.attention
+    )
+
+
+def _compiler_failed(o: Outcome) -> bool:
+    """Whether the compiler itself failed (not a rule's refusal, not memory, not a fused
+    attention kernel that does not lower: that is retried with the next kernel)."""
+    error = o.error or ""
+    crashed = error.startswith("failed:") or "does not compile" in error
+    return crashed and o.peak_bytes is None and "attention:" not in error
+
+
+def _failure(o: Outcome) -> str:
+    """The compiler's failure in a few words: its error after the plan's own prefix."""
+    error = o.error or ""
+    return error.split("does not compile: ", 1)[-1].removeprefix("failed: ")
 
 
 def _progress(n: int, c: Candidate, o: Outcome) -> str:

@@ -380,3 +380,37 @@ def test_a_kernel_that_does_not_lower_on_a_split_is_retried_with_the_next(monkey
     assert fsdp[:2] == ["cudnn", "pallas"]
     winner = result.ranked()[0][0]
     assert winner.mesh.size("fsdp") == 2 and winner.attention == "pallas"
+
+
+def test_a_split_the_compiler_fails_on_is_left_for_the_next_split(monkeypatch):
+    """libtpu's RET_CHECK on an FSDP split (as on the 8B's context split of a v5e-32) fails every
+    remat and micro-batch of that split alike: after the first failure, nothing else on it is
+    compiled (not the same program under the kernel name ``auto`` resolves to, either), and the
+    climb wins on the other split. A jax runtime error is an outcome, not a crash."""
+    planned: list[Candidate] = []
+
+    def plan(run, tgt, text, say):
+        c = candidates.candidate_of(run, tgt.count)
+        planned.append(c)
+        if c.mesh.size("fsdp") > 1:
+            raise jax.errors.JaxRuntimeError("INTERNAL: RET_CHECK failure (net_util.cc:2295)")
+        seconds = 1.0 if c.remat == "none" else 2.0
+        train = {"remat": c.remat, "accumulation_steps": c.accumulation, "peak_bytes": GIB}
+        data = {"train": train, "attention": {"kernel": "xla"},
+                "estimate": {"seconds": seconds, "tokens_per_s": 1.0, "mfu": 0.1}}  # fmt: skip
+        return target_plan.PlanResult(text, run.name, data)
+
+    monkeypatch.setattr(engine.target_plan, "plan", plan)
+    run = run_of("mesh.strategy=fsdp", "mesh.data=1", "mesh.fsdp=2")
+    space = Space.of(run, target(2), axes=("data", "fsdp"), remats=("none", "full"),
+                     accumulations=(1, 2), attentions=("xla",), losses=("xla",))  # fmt: skip
+    result = search(run, target(2), "2xv5e", space, budget_s=600, workers=0)
+    on_fsdp = [c for c in planned if c.mesh.size("fsdp") > 1]
+    assert len(on_fsdp) == 1 and on_fsdp[0].attention == "auto"
+    assert "RET_CHECK" in (result.outcomes[on_fsdp[0]].error or "")
+    winner = result.ranked()[0][0]
+    assert winner.mesh.describe() == "data=2" and winner.remat == "none"
+    (reason,) = (r for r in space.pruned.counts if "the compiler failed" in r)
+    assert "RET_CHECK" in reason
+    skipped = [c for c, o in result.outcomes.items() if (o.error or "").startswith("pruned: the")]
+    assert skipped == [on_fsdp[0].replace(attention="xla")]  # the program auto is, by name

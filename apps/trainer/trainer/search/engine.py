@@ -83,7 +83,7 @@ def evaluate(run: Config, target: Target, text: str) -> Outcome:
     except (ValueError, kernels.KernelCompileError) as err:  # a ConfigError: a rule refused it
         return Outcome(f"refused: {err}", wall_s=time.perf_counter() - started, lines=lines)
     except jax.errors.JaxRuntimeError as err:  # the compiler stopped outside the step's compile
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = (str(err).strip() or type(err).__name__).splitlines()[0]
         return Outcome(f"failed: {first}", wall_s=time.perf_counter() - started, lines=lines)
     data, train = result.data, result.data.get("train", {})
     est = data.get("estimate") or {}

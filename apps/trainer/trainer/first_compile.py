@@ -40,6 +40,8 @@ from trainer.train_state import TrainState
 TICK_S = 15.0
 #: The event JAX records when its persistent compilation cache serves a compile (jax 0.10, 0.11).
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+#: What a compile's last line adds when the persistent compilation cache served it.
+FROM_CACHE = " (from the persistent compilation cache)"
 
 Say = Callable[[str], None]
 
@@ -127,7 +129,7 @@ class StepCompiler:
             compiled = lower().compile()
         self.compiles += 1
         took = time.perf_counter() - started
-        source = " (from the persistent compilation cache)" if hits else ""
+        source = FROM_CACHE if hits else ""
         self.say(f"compiled {label} in {took:.1f} s{source}")
         return compiled
 

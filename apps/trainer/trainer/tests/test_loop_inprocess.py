@@ -51,11 +51,7 @@ def test_train_resume_and_finish_in_process(in_tmp, capsys):
     lines = out.splitlines()
     said = [lines.index(f"data: preparing {text}…"), lines.index("compiling the train step…")]
     ready = [i for i, line in enumerate(lines) if re.fullmatch(r"data: ready in \d+\.\d s", line)]
-    compiled = [
-        i
-        for i, line in enumerate(lines)
-        if re.fullmatch(COMPILED_LINE, line)
-    ]
+    compiled = [i for i, line in enumerate(lines) if re.fullmatch(COMPILED_LINE, line)]
     assert said[0] < ready[0] < said[1] < compiled[0], out
     assert json.loads((in_tmp / "run" / "final.json").read_text())["step"] == 2
     assert main(_argv(text, "--set", cache, "--resume")) == 0

@@ -19,8 +19,13 @@ import dataclasses
 import multiprocessing
 import os
 import queue
+import signal
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -113,17 +118,15 @@ def evaluate(run: Config, target: Target, text: str) -> Outcome:
 # A worker process's target, opened once (its abstract devices are the process's own).
 _WORKER: dict[str, Any] = {}
 
+#: A worker's work: one candidate's run planned on the target the worker opened.
+Work = Callable[[Config], Outcome]
+
 
 def _open_worker(text: str) -> None:
-    # A worker's native start-up chatter (the CUDA stub's "no driver", libtpu's) stays off the
-    # terminal, as `quiet_native_stderr` keeps the parent's; its findings come back as values.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    os.close(devnull)
     _WORKER["text"] = text
     try:
         _WORKER["target"] = target_plan.open_target(text, parallel.abstract_devices)
-    except (ValueError, ImportError) as err:  # kept: a pool respawns a worker that raises here
+    except (ValueError, ImportError) as err:  # each candidate then fails with this line
         _WORKER["error"] = f"failed: a worker cannot open {text}: {err}"
 
 
@@ -133,52 +136,118 @@ def _evaluate_in_worker(run: Config) -> Outcome:
     return evaluate(run, _WORKER["target"], _WORKER["text"])
 
 
+def _serve(conn: Connection, text: str, work: Work, log: str) -> None:
+    """A worker process: open the target, then plan each run the parent sends until it sends
+    None. Its native stderr (the CUDA stub's "no driver", libtpu's chatter and, if it dies, its
+    last words) goes to ``log``, which the parent reads when the process dies."""
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    os.dup2(fd, 2)
+    os.close(fd)
+    _open_worker(text)
+    while (run := conn.recv()) is not None:
+        conn.send(work(run))
+
+
+@dataclasses.dataclass(eq=False)
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+    log: Path
+
+
+def _death(worker: _Worker) -> str:
+    """One line on how a worker process ended mid-plan, with the last line it wrote."""
+    worker.process.join(timeout=10)
+    code = worker.process.exitcode
+    how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
+           else f"exit code {code}")  # fmt: skip
+    try:
+        said = [ln.strip() for ln in worker.log.read_text(errors="replace").splitlines()]
+    except OSError:
+        said = []
+    last = next((ln for ln in reversed(said) if ln), "")
+    return f"failed: the planning process died ({how})" + (f": {last[:200]}" if last else "")
+
+
 class Planner:
     """Plans candidates' runs: in this process (``workers`` 0) or in up to ``workers`` spawned
     processes, each opening the target itself. `submit` queues one; `next_done` waits for one.
+
+    A worker that dies mid-plan (libtpu aborts, the kernel kills it for memory) fails its own
+    candidate with how it died and its last stderr line, and the next submit starts a new one: no
+    plan is lost and the search does not wait out its budget for one (a pool's lost task did).
     """
 
-    def __init__(self, target: Target, text: str, workers: int) -> None:
-        self.target, self.text, self.workers = target, text, workers
+    def __init__(self, target: Target, text: str, workers: int, work: Work = _evaluate_in_worker):
+        self.target, self.text, self.workers, self.work = target, text, workers, work
         self.done: queue.Queue[tuple[Candidate, Outcome]] = queue.Queue()
         self.running: set[Candidate] = set()
-        self.pool: Any = None
-        if workers > 0:
-            context = multiprocessing.get_context("spawn")  # jax does not survive a fork
-            self.pool = context.Pool(workers, initializer=_open_worker, initargs=(text,))
+        self.context = multiprocessing.get_context("spawn")  # jax does not survive a fork
+        self.idle: list[_Worker] = []
+        self.busy: dict[_Worker, Candidate] = {}
 
     @property
     def slots(self) -> int:
         """How many more candidates may run now."""
         return max(self.workers, 1) - len(self.running)
 
+    def _spawn(self) -> _Worker:
+        fd, log = tempfile.mkstemp(prefix="tjx-search-worker-", suffix=".log")
+        os.close(fd)
+        conn, child = self.context.Pipe()
+        process = self.context.Process(
+            target=_serve, args=(child, self.text, self.work, log), daemon=True
+        )
+        process.start()
+        child.close()
+        return _Worker(process, conn, Path(log))
+
     def submit(self, c: Candidate, run: Config) -> None:
         """Plan ``run`` (candidate ``c``); in this process, at once."""
         self.running.add(c)
-        if self.pool is None:
+        if self.workers <= 0:
             self.done.put((c, evaluate(run, self.target, self.text)))
             return
-        self.pool.apply_async(
-            _evaluate_in_worker,
-            (run,),
-            callback=lambda out, c=c: self.done.put((c, out)),
-            error_callback=lambda err, c=c: self.done.put((c, Outcome(f"failed: {err}"))),
-        )
+        worker = self.idle.pop() if self.idle else self._spawn()
+        worker.conn.send(run)
+        self.busy[worker] = c
 
     def next_done(self, timeout: float) -> tuple[Candidate, Outcome] | None:
         """The next finished candidate, or None after ``timeout`` seconds."""
+        if self.workers > 0 and self.done.empty():
+            waits: list[Any] = [w.conn for w in self.busy] + [w.process.sentinel for w in self.busy]
+            ready = set(wait(waits, timeout=max(timeout, 0.0)))
+            for worker in list(self.busy):
+                if worker.conn not in ready and worker.process.sentinel not in ready:
+                    continue
+                c = self.busy.pop(worker)
+                try:
+                    outcome: Outcome = worker.conn.recv()
+                except (EOFError, OSError):  # it died before answering
+                    self.done.put((c, Outcome(_death(worker))))
+                    self._stop(worker)
+                else:
+                    self.done.put((c, outcome))
+                    self.idle.append(worker)
         try:
-            found = self.done.get(timeout=max(timeout, 0.0))
+            found = self.done.get_nowait()
         except queue.Empty:
             return None
         self.running.discard(found[0])
         return found
 
+    def _stop(self, worker: _Worker) -> None:
+        if worker.process.is_alive():
+            worker.process.terminate()
+        worker.process.join(timeout=10)
+        worker.conn.close()
+        worker.log.unlink(missing_ok=True)
+
     def close(self) -> None:
         """Stop the workers, whatever they are compiling."""
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+        for worker in [*self.idle, *self.busy]:
+            self._stop(worker)
+        self.idle, self.busy = [], {}
 
 
 @dataclasses.dataclass

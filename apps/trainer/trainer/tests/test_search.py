@@ -12,6 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import sys
+import time
 
 import jax
 import pytest
@@ -338,6 +341,55 @@ class TwoAtOnce:
 
     def close(self) -> None:
         pass
+
+
+def _plan_or_die(run) -> Outcome:
+    """A worker's work for the test below: full remat dies as libtpu's failed checks do (a line
+    on stderr, then abort); anything else plans."""
+    if run.model.remat == "full":
+        sys.stderr.write("F1127 net_util.cc:2295] Check failed: info.has_value()\n")
+        sys.stderr.flush()
+        os.abort()
+    return Outcome(None, {}, GIB, 1.0, 1e6, 0.5, "estimate")
+
+
+def test_a_planning_process_that_dies_fails_its_own_candidate_and_planning_goes_on():
+    """A worker that dies mid-plan answers for its candidate (how it died, its last stderr
+    line) instead of losing it (a pool's lost task left the search waiting out its budget);
+    the other worker's plan comes back, and two more candidates get that worker and a new one."""
+    run = run_of()
+    space = Space.of(run, target(1), remats=("none", "full"), accumulations=(1, 2),
+                     attentions=("xla",), losses=("xla",))  # fmt: skip
+    dies = Candidate(space.meshes[0], "full", 1, "xla", "xla")
+    lives = dies.replace(remat="none")
+    after = [lives.replace(accumulation=2), lives.replace(attention="auto")]
+    planner = engine.Planner(target(1), "v5e", 2, work=_plan_or_die)
+    found: dict[Candidate, Outcome] = {}
+
+    def collect(count: int) -> None:
+        deadline = time.monotonic() + 300  # each spawned worker imports jax (~8 s here)
+        while len(found) < count and time.monotonic() < deadline:
+            done = planner.next_done(5.0)
+            if done is not None:
+                found[done[0]] = done[1]
+
+    try:
+        planner.submit(dies, apply(run, dies))
+        planner.submit(lives, apply(run, lives))
+        collect(2)
+        assert planner.running == set() and planner.slots == 2
+        for c in after:
+            planner.submit(c, apply(run, c))
+        collect(4)
+        workers = [w.process for w in [*planner.idle, *planner.busy]]
+    finally:
+        planner.close()
+    assert found[dies].error == (
+        "failed: the planning process died (killed by SIGABRT): "
+        "F1127 net_util.cc:2295] Check failed: info.has_value()"
+    )
+    assert all(found[c].error is None and found[c].peak_bytes == GIB for c in [lives, *after])
+    assert len(workers) == 2 and not any(p.is_alive() for p in workers)
 
 
 def test_no_kernel_is_compiled_under_its_own_name_while_auto_may_be_it(monkeypatch):

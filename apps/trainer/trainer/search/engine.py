@@ -19,6 +19,7 @@ import dataclasses
 import multiprocessing
 import os
 import queue
+import re
 import signal
 import tempfile
 import time
@@ -118,6 +119,9 @@ def evaluate(run: Config, target: Target, text: str) -> Outcome:
 # A worker process's target, opened once (its abstract devices are the process's own).
 _WORKER: dict[str, Any] = {}
 
+#: The start of an absl FATAL line (libtpu's, XLA's failed checks): F, month, day, a time.
+FATAL_LINE = re.compile(r"F\d{4} \d\d:\d\d:\d\d")
+
 #: A worker's work: one candidate's run planned on the target the worker opened.
 Work = Callable[[Config], Outcome]
 
@@ -143,6 +147,8 @@ def _serve(conn: Connection, text: str, work: Work, log: str) -> None:
     fd = os.open(log, os.O_WRONLY | os.O_APPEND)
     os.dup2(fd, 2)
     os.close(fd)
+    # libtpu writes its fatal checks to /tmp/tpu_logs only, unless told to write them to stderr.
+    os.environ.setdefault("TPU_STDERR_LOG_LEVEL", "3")
     _open_worker(text)
     while (run := conn.recv()) is not None:
         conn.send(work(run))
@@ -165,8 +171,11 @@ def _death(worker: _Worker) -> str:
         said = [ln.strip() for ln in worker.log.read_text(errors="replace").splitlines()]
     except OSError:
         said = []
-    last = next((ln for ln in reversed(said) if ln), "")
-    return f"failed: the planning process died ({how})" + (f": {last[:200]}" if last else "")
+    # A native library's fatal line (absl's "F1127 hh:mm:ss... file.cc:23] Check failed: ...")
+    # says why; the stack trace after it does not. Else its last line.
+    fatal = [ln for ln in said if FATAL_LINE.match(ln)]
+    last = fatal[-1] if fatal else next((ln for ln in reversed(said) if ln), "")
+    return f"failed: the planning process died ({how})" + (f": {last[:300]}" if last else "")
 
 
 class Planner:

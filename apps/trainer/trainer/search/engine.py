@@ -15,6 +15,7 @@ stopped and said).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -217,9 +218,12 @@ class Planner:
         if self.workers <= 0:
             self.done.put((c, evaluate(run, self.target, self.text)))
             return
+        while self.idle and not self.idle[-1].process.is_alive():  # died while idle
+            self._stop(self.idle.pop())
         worker = self.idle.pop() if self.idle else self._spawn()
-        worker.conn.send(run)
         self.busy[worker] = c
+        with contextlib.suppress(OSError):  # a broken pipe: it died just now; next_done says how
+            worker.conn.send(run)
 
     def next_done(self, timeout: float) -> tuple[Candidate, Outcome] | None:
         """The next finished candidate, or None after ``timeout`` seconds."""

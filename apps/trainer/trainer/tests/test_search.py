@@ -357,7 +357,8 @@ def _plan_or_die(run) -> Outcome:
 def test_a_planning_process_that_dies_fails_its_own_candidate_and_planning_goes_on():
     """A worker that dies mid-plan answers for its candidate (how it died, its last stderr
     line) instead of losing it (a pool's lost task left the search waiting out its budget);
-    the other worker's plan comes back, and two more candidates get that worker and a new one."""
+    the other worker's plan comes back, and two more candidates get that worker and a new one;
+    a worker killed while idle is replaced."""
     run = run_of()
     space = Space.of(run, target(1), remats=("none", "full"), accumulations=(1, 2),
                      attentions=("xla",), losses=("xla",))  # fmt: skip
@@ -382,6 +383,12 @@ def test_a_planning_process_that_dies_fails_its_own_candidate_and_planning_goes_
         for c in after:
             planner.submit(c, apply(run, c))
         collect(4)
+        victim = planner.idle[-1].process  # a worker killed while idle is not sent a plan
+        victim.kill()
+        victim.join()
+        last = lives.replace(loss="auto")
+        planner.submit(last, apply(run, last))
+        collect(5)
         workers = [w.process for w in [*planner.idle, *planner.busy]]
     finally:
         planner.close()
@@ -389,8 +396,9 @@ def test_a_planning_process_that_dies_fails_its_own_candidate_and_planning_goes_
         "failed: the planning process died (killed by SIGABRT): "
         "F1127 07:06:54.120427 18123 net_util.cc:2295] Check failed: x"
     )
-    assert all(found[c].error is None and found[c].peak_bytes == GIB for c in [lives, *after])
-    assert len(workers) == 2 and not any(p.is_alive() for p in workers)
+    assert all(found[c].error is None and found[c].peak_bytes == GIB for c in [lives, *after, last])
+    assert victim not in workers
+    assert len(workers) == 1 and not any(p.is_alive() for p in workers)  # the other idle one
 
 
 def test_no_kernel_is_compiled_under_its_own_name_while_auto_may_be_it(monkeypatch):

@@ -1,4 +1,5 @@
-"""The presets compile for an H100 and a TPU v5e without either: CI's guard on the GPU/TPU path.
+"""The presets compile for an H100 (and, shrunk, a TPU v5e) without either: CI's guard on the
+GPU/TPU path.
 
 Each case is one ``python -m trainer --config PRESET --plan TARGET --set model.attention_impl=K``
 (XLA's real GPU compiler through jax's CUDA plugin, or libtpu's, on abstract devices; the

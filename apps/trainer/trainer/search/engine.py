@@ -20,7 +20,6 @@ import dataclasses
 import multiprocessing
 import os
 import queue
-import re
 import signal
 import tempfile
 import time
@@ -120,9 +119,6 @@ def evaluate(run: Config, target: Target, text: str) -> Outcome:
 # A worker process's target, opened once (its abstract devices are the process's own).
 _WORKER: dict[str, Any] = {}
 
-#: The start of an absl FATAL line (libtpu's, XLA's failed checks): F, month, day, a time.
-FATAL_LINE = re.compile(r"F\d{4} \d\d:\d\d:\d\d")
-
 #: A worker's work: one candidate's run planned on the target the worker opened.
 Work = Callable[[Config], Outcome]
 
@@ -143,13 +139,11 @@ def _evaluate_in_worker(run: Config) -> Outcome:
 
 def _serve(conn: Connection, text: str, work: Work, log: str) -> None:
     """A worker process: open the target, then plan each run the parent sends until it sends
-    None. Its native stderr (the CUDA stub's "no driver", libtpu's chatter and, if it dies, its
-    last words) goes to ``log``, which the parent reads when the process dies."""
+    None. Its stderr (start-up chatter, and a Python error's traceback if it dies) goes to
+    ``log``, which the parent reads when the process dies."""
     fd = os.open(log, os.O_WRONLY | os.O_APPEND)
     os.dup2(fd, 2)
     os.close(fd)
-    # libtpu writes its fatal checks to /tmp/tpu_logs only, unless told to write them to stderr.
-    os.environ.setdefault("TPU_STDERR_LOG_LEVEL", "3")
     _open_worker(text)
     while (run := conn.recv()) is not None:
         conn.send(work(run))
@@ -172,10 +166,10 @@ def _death(worker: _Worker) -> str:
         said = [ln.strip() for ln in worker.log.read_text(errors="replace").splitlines()]
     except OSError:
         said = []
-    # A native library's fatal line (absl's "F1127 hh:mm:ss... file.cc:23] Check failed: ...")
-    # says why; the stack trace after it does not. Else its last line.
-    fatal = [ln for ln in said if FATAL_LINE.match(ln)]
-    last = fatal[-1] if fatal else next((ln for ln in reversed(said) if ln), "")
+    # A Python error's last traceback line. A compile's native output is not here: the plan
+    # keeps fd 2 in a scratch file while it compiles (tjx.metrics.quiet_native_stderr), and
+    # libtpu writes its fatal checks to /tmp/tpu_logs.
+    last = next((ln for ln in reversed(said) if ln), "")
     return f"failed: the planning process died ({how})" + (f": {last[:300]}" if last else "")
 
 
@@ -184,7 +178,7 @@ class Planner:
     processes, each opening the target itself. `submit` queues one; `next_done` waits for one.
 
     A worker that dies mid-plan (libtpu aborts, the kernel kills it for memory) fails its own
-    candidate with how it died and its last stderr line, and the next submit starts a new one: no
+    candidate with how it died (and its last stderr line), and the next submit starts a new one: no
     plan is lost and the search does not wait out its budget for one (a pool's lost task did).
     """
 

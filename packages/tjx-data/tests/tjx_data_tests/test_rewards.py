@@ -82,3 +82,32 @@ def test_an_unknown_or_failing_reward_is_one_line_naming_it():
     finally:
         REWARDS.pop("test_nan")
         REWARDS.pop("test_text")
+
+
+def test_completion_texts_stop_before_the_end_of_turn_and_score_each_keeps_each_reward():
+    from tjx.data import completion_texts, score_each
+
+    class Letters:  # a tokenizer of ids 1..26 as letters
+        def decode(self, ids):
+            return "".join(chr(ord("a") + i - 1) for i in ids)
+
+    rng = np.random.default_rng()
+    eos = 27
+    ids = rng.integers(1, 27, size=(6, 5)).astype(np.int32)
+    lengths = rng.integers(1, 6, size=6).astype(np.int32)
+    ended = rng.random(6) < 0.5
+    for r in range(6):  # an ended completion's last counted token is the end of turn
+        if ended[r]:
+            ids[r, lengths[r] - 1] = eos
+    texts = completion_texts(Letters(), ids, lengths, eos)
+    for r, text in enumerate(texts):
+        kept = ids[r, : lengths[r] - int(ended[r])]
+        assert text == "".join(chr(ord("a") + int(i) - 1) for i in kept)
+    examples = [{"answer": t if rng.random() < 0.5 else "zz"} for t in texts]
+    total, each = score_each(["exact_answer", "length"], texts, examples, [2.0, 0.5])
+    want_exact = np.array([float(t == e["answer"]) for t, e in zip(texts, examples, strict=True)])
+    np.testing.assert_allclose(each["exact_answer"], want_exact)
+    np.testing.assert_allclose(each["length"], np.ones(6))  # 5 letters: within 16 characters
+    np.testing.assert_allclose(total, 2.0 * want_exact + 0.5)
+    with pytest.raises(RewardError, match="1 reward weights for 2 rewards"):
+        score_each(["exact_answer", "length"], texts, examples, [1.0])

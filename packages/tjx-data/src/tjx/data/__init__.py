@@ -17,7 +17,15 @@ from tjx.data.chat.loader import (
 from tjx.data.chat.prepare import PreparedSequences, Rows, load_rows, prepare_chat_data
 from tjx.data.chat.run import DATA_FORMATS, ChatRunData, prepare_chat_run_data
 from tjx.data.chat.store import SequenceIndex, load_sequences, read_prompt_rows, write_sequences
-from tjx.data.chat.tasks import ARITHMETIC, arithmetic_rows, prepare_arithmetic
+from tjx.data.chat.tasks import (
+    ARITHMETIC,
+    GENERATED,
+    REVERSE,
+    arithmetic_rows,
+    prepare_arithmetic,
+    prepare_generated,
+    reverse_rows,
+)
 from tjx.data.chat.template import ChatTemplate
 from tjx.data.errors import DataError
 from tjx.data.images import (
@@ -39,8 +47,10 @@ from tjx.data.rewards import (
     Reward,
     RewardError,
     check_rewards,
+    completion_texts,
     register_reward,
     reward_named,
+    score_each,
 )
 from tjx.data.run.config import DataConfig
 from tjx.data.run.data import RunData, restore_loader_state
@@ -60,7 +70,7 @@ from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_i
 from tjx.data.sources import Documents, check_local_source, load_source
 from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, encode_prompts
 
-__version__ = "0.16.2"
+__version__ = "0.17.0"
 
 __all__ = [
     "read_prompt_rows",
@@ -68,6 +78,8 @@ __all__ = [
     "reward_named",
     "register_reward",
     "check_rewards",
+    "completion_texts",
+    "score_each",
     "RewardError",
     "Reward",
     "REWARDS",
@@ -76,6 +88,8 @@ __all__ = [
     "ON_EXHAUSTED",
     "ByteTokenizer",
     "ARITHMETIC",
+    "GENERATED",
+    "REVERSE",
     "DATA_FORMATS",
     "ChatEncoder",
     "ChatRunData",
@@ -108,6 +122,7 @@ __all__ = [
     "bpe_tokenizer",
     "cache_dir",
     "arithmetic_rows",
+    "reverse_rows",
     "chat_validation_batches",
     "local_cache_folder",
     "check_data_config",
@@ -136,6 +151,7 @@ __all__ = [
     "prefetch_to_device",
     "prepare_builtin",
     "prepare_arithmetic",
+    "prepare_generated",
     "prepare_chat_data",
     "prepare_chat_run_data",
     "prepare_image_run_data",

@@ -18,7 +18,9 @@ Built-ins:
 
 `check_rewards` runs every named reward on one example before a run writes anything (an unknown
 name, a reward that raises or returns something other than a finite number: one line naming it);
-`score` runs them on a batch of completions and sums them with their weights.
+`completion_texts` decodes generated ids into what a reward reads; `score` runs the rewards on a
+batch of completions and sums them with their weights, `score_each` keeps each reward's values
+too (what a run logs as ``rewards/<name>``).
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ __all__ = [
     "Reward",
     "RewardError",
     "check_rewards",
+    "completion_texts",
     "exact_answer",
     "format_reward",
     "length_reward",
     "register_reward",
     "reward_named",
     "score",
+    "score_each",
 ]
 
 #: A reward: the completion's text and the example's row → a finite score.
@@ -181,4 +185,48 @@ def score(
             w * _call(n, fn, text, row, f"completion {i}")
             for n, fn, w in zip(names, fns, weights, strict=True)
         )
+    return out
+
+
+def score_each(
+    names: Sequence[str],
+    completions: Sequence[str],
+    examples: Sequence[Mapping[str, Any]],
+    weights: Sequence[float] | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """`score`'s weighted sum and each named reward's own (unweighted) values, by name."""
+    weights = [1.0] * len(names) if weights is None else list(weights)
+    if len(weights) != len(names):
+        raise RewardError(
+            f"{len(weights)} reward weights for {len(names)} rewards", argument="reward_weights"
+        )
+    each = {name: score([name], completions, examples) for name in names}
+    total = np.zeros(len(completions), np.float32)
+    for w, values in zip(weights, each.values(), strict=True):
+        total += np.float32(w) * values
+    return total, each
+
+
+def completion_texts(
+    tokenizer: Any, completions: np.ndarray, lengths: np.ndarray, eos_id: int | None
+) -> list[str]:
+    """Each generated completion's text, its end-of-turn token left out: what a reward reads.
+
+    Parameters
+    ----------
+    tokenizer : Tokenizer
+        Anything with ``decode(ids) -> str`` (tjx.data's tokenizers).
+    completions : numpy.ndarray
+        int ``[rows, T]``: each row's new tokens.
+    lengths : numpy.ndarray
+        int ``[rows]``: each completion's tokens, its end-of-turn token included when it has one.
+    eos_id : int, optional
+        The end-of-turn token.
+    """
+    out = []
+    for row, n in zip(np.asarray(completions), np.asarray(lengths), strict=True):
+        ids = [int(t) for t in row[: int(n)]]
+        if ids and eos_id is not None and ids[-1] == eos_id:
+            ids = ids[:-1]
+        out.append(tokenizer.decode(ids))
     return out

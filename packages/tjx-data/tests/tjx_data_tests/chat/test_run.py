@@ -10,11 +10,15 @@ import pytest
 
 from tjx.data import (
     ARITHMETIC,
+    GENERATED,
+    REVERSE,
     ChatRunData,
     DataError,
     arithmetic_rows,
     prepare_arithmetic,
     prepare_chat_run_data,
+    prepare_generated,
+    reverse_rows,
 )
 from tjx.data.chat.store import load_sequences, read_prompt_rows
 
@@ -37,6 +41,50 @@ def test_the_arithmetic_rows_are_seeded_and_every_rejected_answer_is_wrong():
     swapped = [r for r in pairs if abs(int(r["rejected"][0]["content"])) not in
                (abs(int(r["chosen"][0]["content"]) + d) for d in (-1, 1, 10))]  # fmt: skip
     assert swapped  # the digit-swap near miss occurs
+
+
+def test_the_reverse_rows_are_seeded_reversals_and_every_rejected_answer_is_wrong():
+    seed = int(np.random.default_rng().integers(1 << 20))
+    chat = list(reverse_rows(300, seed=seed))
+    assert chat == list(reverse_rows(300, seed=seed)) != list(reverse_rows(300, seed=seed + 1))
+    for row in chat:
+        letters = row["messages"][0]["content"].removeprefix("Reverse: ").split(" ")
+        assert 3 <= len(letters) <= 5 and all(len(c) == 1 and c.islower() for c in letters)
+        assert row["messages"][1]["content"] == " ".join(letters[::-1])
+    pairs = list(reverse_rows(500, seed=seed, kind="preference"))
+    for row in pairs:
+        letters = row["prompt"][0]["content"].removeprefix("Reverse: ").split(" ")
+        right, wrong = row["chosen"][0]["content"], row["rejected"][0]["content"]
+        assert right == " ".join(letters[::-1]) != wrong
+        assert sorted(wrong.split(" ")) == sorted(letters)  # a near miss: the same letters
+    prompts = list(reverse_rows(50, seed=seed, kind="prompts"))
+    assert [p["answer"] for p in prompts] == [c["messages"][1]["content"] for c in chat[:50]]
+    # Held-out rows are new strings: of 400 validation rows few repeat a training row's.
+    rows = list(reverse_rows(4000, seed=0))
+    train = {r["messages"][0]["content"] for i, r in enumerate(rows) if i % 10}
+    held = [r["messages"][0]["content"] for i, r in enumerate(rows) if i % 10 == 0]
+    assert sum(q in train for q in held) < 20
+    with pytest.raises(ValueError, match="kind must be one of"):
+        next(reverse_rows(1, kind="pairs"))
+
+
+def test_each_generated_source_is_prepared_once_under_its_name(tmp_path):
+    assert set(GENERATED) == {ARITHMETIC, REVERSE}
+    path = prepare_generated(REVERSE, "prompts", tmp_path)
+    assert path.parent.name == "reverse-prompts-v1" and path == prepare_generated(
+        REVERSE, "prompts", tmp_path
+    )
+    lines = path.read_text().splitlines()
+    assert len(lines) == 4000 and json.loads(lines[0]) == next(reverse_rows(1, kind="prompts"))
+    run = prepare_chat_run_data(
+        REVERSE, "bpe", kind="prompts", seq_len=32, cache_dir=tmp_path, tokenizer_vocab=300
+    )
+    chat = prepare_chat_run_data(
+        REVERSE, "bpe", kind="chat", seq_len=32, cache_dir=tmp_path, tokenizer_vocab=300
+    )
+    assert run.tokenizer_dir == chat.tokenizer_dir  # one tokenizer per task: SFT's is GRPO's
+    held = read_prompt_rows(load_sequences(run.val_dir))
+    assert len(held) == 400 and all(json.dumps(row) in lines for row in held)  # every 10th row
 
 
 def test_a_chat_run_reads_the_generated_task_with_a_chatml_bpe_made_once(tmp_path):

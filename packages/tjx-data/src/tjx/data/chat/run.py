@@ -28,7 +28,7 @@ from tjx.data.chat.loader import (
     chat_validation_batches,
 )
 from tjx.data.chat.prepare import load_rows, prepare_chat_data
-from tjx.data.chat.tasks import ARITHMETIC, CHATML_SPECIALS, prepare_arithmetic, write_chatml_folder
+from tjx.data.chat.tasks import CHATML_SPECIALS, GENERATED, prepare_generated, write_chatml_folder
 from tjx.data.chat.template import ChatTemplate
 from tjx.data.errors import DataError
 from tjx.data.prepare import shard_key
@@ -232,21 +232,22 @@ def prepare_chat_run_data(
 ) -> ChatRunData:
     """Tokenizer, chat template and encoded splits of a chat, preference or prompts source.
 
-    ``source`` is a local ``.jsonl``/``.parquet`` source, a hub dataset, or ``"arithmetic"``
-    (`tjx.data.chat.tasks`, made offline). ``tokenizer`` is a Hugging Face folder with a chat
-    template, or ``"bpe"`` (ChatML, trained on the source). Errors are `DataError`s naming the
-    argument at fault (``names`` words them): a row the template cannot render because the
-    sandbox stopped it, or a chat row without template, names ``tokenizer``. What is missing (a
-    ChatML tokenizer, the encoded splits) is built in ``staging`` when given (its owner
-    publishes it), else published here once all is made: a refused source leaves the cache as it
-    was.
+    ``source`` is a local ``.jsonl``/``.parquet`` source, a hub dataset, or a generated task
+    (``"arithmetic"``, ``"reverse"``: `tjx.data.chat.tasks`, made offline). ``tokenizer`` is a
+    Hugging Face folder with a chat template, or ``"bpe"`` (ChatML, trained on the source). Errors
+    are `DataError`s naming the argument at fault (``names`` words them): a row the template cannot
+    render because the sandbox stopped it, or a chat row without template, names ``tokenizer``. What
+    is missing (a ChatML tokenizer, the encoded splits) is built in ``staging`` when given (its
+    owner publishes it), else published here once all is made: a refused source leaves the cache as
+    it was.
     """
     if kind not in _LOADERS:
         raise ValueError(f"kind must be chat, preference or prompts, got {kind!r}")
-    path = str(prepare_arithmetic(kind, cache_root(cache_dir))) if source == ARITHMETIC else source
-    # The generated task has one tokenizer (learnt from its chat rows), so a DPO run on its pairs
+    generated = source in GENERATED
+    path = str(prepare_generated(source, kind, cache_root(cache_dir))) if generated else source
+    # A generated task has one tokenizer (learnt from its chat rows), so a DPO run on its pairs
     # (or a GRPO run on its prompts) reads the ids an SFT run on its conversations learnt.
-    chat = str(prepare_arithmetic("chat", cache_root(cache_dir))) if source == ARITHMETIC else path
+    chat = str(prepare_generated(source, "chat", cache_root(cache_dir))) if generated else path
     with staged(staging) as stage:
         try:
             folder = (

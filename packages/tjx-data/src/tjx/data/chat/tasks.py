@@ -1,18 +1,25 @@
-"""A post-training task the project makes offline: two-number arithmetic as chat, with answers
-that are right or wrong, and a ChatML tokenizer folder trained on its text.
+"""Post-training tasks the project makes offline, with answers that are right or wrong, and a
+ChatML tokenizer folder trained on their text. Each is a `tjx.data` source name for
+``data.format`` chat, preference or prompts (`GENERATED`):
 
-``arithmetic`` (a `tjx.data` source name for ``data.format`` chat or preference) is rows
-``{"messages": [user: "What is 37 + 58?", assistant: "95"]}``; as preference pairs, the chosen
-answer is the right one and the rejected one a near miss (one off, ten off, or its digits
-swapped); as prompts (for GRPO), ``{"prompt": [user turn], "answer": "95"}``, which the
-``exact_answer`` reward (`tjx.data.rewards`) checks. The rows come from a seeded generator, so
-every machine makes the same files.
+- ``arithmetic``: ``{"messages": [user: "What is 37 + 58?", assistant: "95"]}``, two numbers in
+  0..99 added or subtracted. A tiny model learns it slowly: each sum is a token of its own.
+- ``reverse``: ``{"messages": [user: "Reverse: q w e r", assistant: "r e w q"]}``, 3 to 5
+  letters. An easier skill (copying at fixed offsets) that a tiny model learns in a few hundred
+  steps and that carries over to strings it never saw (26^3 + 26^4 + 26^5 of them, so held-out
+  rows are new strings): the GRPO preset's task, whose SFT start lands in the 10-50 % band.
+
+As preference pairs the chosen answer is the right one and the rejected one a near miss
+(arithmetic: one off, ten off, or its digits swapped; reverse: the letters as given, or two of
+the answer's swapped); as prompts (for GRPO), ``{"prompt": [user turn], "answer": "95"}``, which
+the ``exact_answer`` reward (`tjx.data.rewards`) checks. The rows come from seeded generators,
+so every machine makes the same files.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +30,25 @@ from tjx.data.cache import atomic_prepare, cache_dir
 __all__ = [
     "ARITHMETIC",
     "CHATML_TEMPLATE",
+    "GENERATED",
+    "REVERSE",
     "arithmetic_rows",
     "prepare_arithmetic",
+    "prepare_generated",
+    "reverse_rows",
     "write_chatml_folder",
 ]
 
-#: The built-in generated source's name.
+#: The generated arithmetic source's name.
 ARITHMETIC = "arithmetic"
-#: The row layouts the task is written in.
+#: The generated letter-reversal source's name.
+REVERSE = "reverse"
+#: The row layouts a task is written in.
 ARITHMETIC_KINDS = ("chat", "preference", "prompts")
-#: Rows of the generated task (every 10th row is held out for validation).
+#: Rows of a generated task (every 10th row is held out for validation).
 ARITHMETIC_ROWS = 4000
 _VERSION = 1
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 #: Qwen2's ChatML layout without a default system turn: the assistant's ``<|im_end|>`` is trained.
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
@@ -76,17 +90,64 @@ def arithmetic_rows(n: int, seed: int = 0, *, kind: str = "chat") -> Iterator[di
             }
 
 
-def prepare_arithmetic(kind: str, folder: str | Path | None = None) -> Path:
-    """The generated task's ``rows.jsonl`` for ``kind`` (made once in the cache), a local source
-    whose validation split is every 10th row."""
+def _swap_two(letters: list[str], rng: np.random.Generator) -> list[str]:
+    i, j = (int(x) for x in rng.choice(len(letters), size=2, replace=False))
+    out = list(letters)
+    out[i], out[j] = out[j], out[i]
+    return out
+
+
+def reverse_rows(n: int, seed: int = 0, *, kind: str = "chat") -> Iterator[dict[str, Any]]:
+    """``n`` rows of the letter-reversal task ("Reverse: q w e" → "e w q", 3 to 5 letters), in
+    ``kind``'s layout as `arithmetic_rows`; a rejected answer is never the right one."""
+    if kind not in ARITHMETIC_KINDS:
+        raise ValueError(f"reverse_rows: kind must be one of {ARITHMETIC_KINDS}; got {kind!r}")
+    rng = np.random.default_rng([seed, _VERSION, 1])
+    for _ in range(n):
+        letters = [_LETTERS[int(i)] for i in rng.integers(0, 26, size=int(rng.integers(3, 6)))]
+        answer = " ".join(reversed(letters))
+        prompt = [{"role": "user", "content": "Reverse: " + " ".join(letters)}]
+        if kind == "chat":
+            yield {"messages": [*prompt, {"role": "assistant", "content": answer}]}
+        elif kind == "prompts":
+            yield {"prompt": prompt, "answer": answer}
+        else:
+            # The letters as given (a palindrome's are the answer), else two of the answer's
+            # swapped (which can swap two equal letters: then swap until it differs).
+            wrong = letters if letters[::-1] != letters and rng.integers(2) else letters[::-1]
+            while " ".join(wrong) == answer:
+                wrong = _swap_two(letters[::-1], rng)
+            yield {
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": answer}],
+                "rejected": [{"role": "assistant", "content": " ".join(wrong)}],
+            }
+
+
+#: The generated sources by name: each a seeded row generator ``(n, seed, kind=...)``.
+GENERATED: dict[str, Callable[..., Iterator[dict[str, Any]]]] = {
+    ARITHMETIC: arithmetic_rows,
+    REVERSE: reverse_rows,
+}
+
+
+def prepare_generated(source: str, kind: str, folder: str | Path | None = None) -> Path:
+    """The generated task ``source``'s ``rows.jsonl`` for ``kind`` (made once in the cache), a
+    local source whose validation split is every 10th row."""
+    rows = GENERATED[source]
     root = Path(folder) if folder is not None else cache_dir()
 
     def build(staging: Path) -> None:
         with open(staging / "rows.jsonl", "w", encoding="utf-8") as out:
-            for row in arithmetic_rows(ARITHMETIC_ROWS, kind=kind):
+            for row in rows(ARITHMETIC_ROWS, kind=kind):
                 out.write(json.dumps(row) + "\n")
 
-    return atomic_prepare(root / f"{ARITHMETIC}-{kind}-v{_VERSION}", build) / "rows.jsonl"
+    return atomic_prepare(root / f"{source}-{kind}-v{_VERSION}", build) / "rows.jsonl"
+
+
+def prepare_arithmetic(kind: str, folder: str | Path | None = None) -> Path:
+    """The arithmetic task's ``rows.jsonl`` for ``kind`` (`prepare_generated`)."""
+    return prepare_generated(ARITHMETIC, kind, folder)
 
 
 def write_chatml_folder(tokenizer: Any, folder: Path) -> Path:

@@ -37,7 +37,7 @@ from tjx.nn.embeddings import Embed
 from tjx.nn.encdec import EncoderDecoder
 from tjx.nn.flops import flops_per_token, flops_per_unit, matmul_param_count
 from tjx.nn.fp8 import Fp8Meta, advance_meta
-from tjx.nn.generation import generate, sample_logits
+from tjx.nn.generation import GenerationPrograms, generate, lower_generation, sample_logits
 from tjx.nn.gpt2_presets import gpt2_config
 from tjx.nn.grpo.losses import (
     GRPO_LOSSES,
@@ -146,7 +146,7 @@ from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.23.1"
+__version__ = "0.24.0"
 
 _TRAINER = "a training run's {} is the trainer app's (#53): `from {} import {}`"
 
@@ -264,6 +264,8 @@ __all__ = [
     "flops_per_token",
     "flops_per_unit",
     "generate",
+    "lower_generation",
+    "GenerationPrograms",
     "generate_seq2seq",
     "get_flat_params",
     "gpt2_config",

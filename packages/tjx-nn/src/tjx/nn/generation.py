@@ -21,8 +21,9 @@ once), as transformers' Phi-3 does, so every token is what a forward over its pr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -281,6 +282,65 @@ def run_generation(
             )
         pos = pos + 1
     return jnp.asarray(out)
+
+
+class GenerationPrograms(NamedTuple):
+    """`generate`'s two jitted programs, lowered (`lower_generation`)."""
+
+    prefill: jax.stages.Lowered
+    decode: jax.stages.Lowered
+
+
+def lower_generation(
+    model: DecoderLM,
+    rows: int,
+    prompt_len: int,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    place: Callable[[jax.ShapeDtypeStruct], jax.ShapeDtypeStruct] = lambda x: x,
+) -> GenerationPrograms:
+    """`generate`'s prefill and decode step for ``rows`` prompts of ``prompt_len`` tokens,
+    lowered over abstract inputs: what a plan compiles for a device that is not here (a GRPO
+    run's rollouts, its held-out greedy completions). Nothing is allocated: the KV cache is
+    its shape (``jax.eval_shape``).
+
+    Parameters
+    ----------
+    model : DecoderLM
+        A model whose state may be abstract (``jax.ShapeDtypeStruct`` leaves with shardings).
+    rows, prompt_len : int
+        The prompt batch: ``[rows, prompt_len]``.
+    max_new_tokens : int
+        The completions' budget (the cache holds ``prompt_len + max_new_tokens`` slots).
+    temperature, top_k, top_p
+        The sampling settings (`generate`'s; static in the programs).
+    place : callable
+        Gives each non-state input (prompts, lengths, tokens, positions, the cache's leaves,
+        the key) its sharding; the identity by default (one device).
+
+    Returns
+    -------
+    GenerationPrograms
+    """
+    sampling = check_sampling(max_new_tokens, temperature, top_k, top_p)
+    total = prompt_len + max_new_tokens
+    if total > model.config.max_seq_len:
+        raise ValueError(
+            f"prompt length {prompt_len} + max_new_tokens {max_new_tokens} = {total} exceeds "
+            f"the model's max_seq_len={model.config.max_seq_len}"
+        )
+    graphdef, state = nnx.split(model)
+    cache = jax.tree.map(place, jax.eval_shape(lambda: model.init_cache(rows, total)))
+    ids = place(jax.ShapeDtypeStruct((rows, prompt_len), jnp.int32))
+    lengths = place(jax.ShapeDtypeStruct((rows,), jnp.int32))
+    key = place(jax.eval_shape(lambda: jax.random.key(0)))
+    return GenerationPrograms(
+        _prefill.lower(graphdef, state, ids, lengths, cache, key, sampling),
+        _decode.lower(graphdef, state, lengths, lengths, cache, key, sampling),
+    )
 
 
 def _longrope_original(model: DecoderLM | EncoderDecoder) -> int | None:

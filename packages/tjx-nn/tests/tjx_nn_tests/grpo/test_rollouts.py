@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tjx import nn as tnn
-from tjx.nn.grpo import rollout_batch, sample_groups
+from tjx.nn.grpo import greedy_completions, rollout_batch, sample_groups
 from tjx_nn_tests._helpers import build, llama_tiny
 
 
@@ -74,3 +74,50 @@ def test_a_temperature_divides_the_logits_before_the_log_softmax():
     want = np.take_along_axis(logits, np.asarray(ids[:, 1:])[..., None], -1)[..., 0] - logz
     got = np.asarray(tnn.token_logprobs(model, batch, temperature=0.7))
     np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_greedy_completions_are_each_rows_argmax_continuation_up_to_its_end():
+    """Against a plain reference: each prompt alone, the full forward pass over the prefix, the
+    argmax token appended, until the end token or the budget."""
+    model = build(llama_tiny())
+    rng = np.random.default_rng()
+    prompts = rng.integers(4, model.config.vocab_size, (3, 5)).astype(np.int32)
+    lengths = np.array([5, 2, 3])
+    first = [int(np.argmax(np.asarray(model(jnp.asarray(prompts[r : r + 1, : lengths[r]])))
+                                      [0, -1])) for r in range(3)]  # fmt: skip
+    eos = first[1]  # row 1 ends at its first token
+    out = greedy_completions(model, prompts, lengths, max_new_tokens=4, eos_id=eos, pad_id=0)
+    for r in range(3):
+        seq, want = list(prompts[r, : lengths[r]]), []
+        while len(want) < 4:
+            logits = np.asarray(model(jnp.asarray([seq], jnp.int32)))[0, -1]
+            tok = int(np.argmax(logits))
+            want.append(tok)
+            seq.append(tok)
+            if tok == eos:
+                break
+        assert out.lengths[r] == len(want), r
+        np.testing.assert_array_equal(out.completions[r, : len(want)], want)
+        assert np.all(out.completions[r, len(want) :] == 0)
+    assert out.lengths[1] == 1
+
+
+def test_lowered_generation_programs_compute_what_generate_does():
+    """`lower_generation`'s prefill, compiled and run here, samples generate's first token."""
+    model = build(llama_tiny())
+    rng = np.random.default_rng()
+    prompts = rng.integers(1, model.config.vocab_size, (2, 4)).astype(np.int32)
+    lengths = np.array([4, 3], np.int32)
+    programs = tnn.lower_generation(model, 2, 4, max_new_tokens=3, temperature=0.0)
+    prefill, decode = programs.prefill.compile(), programs.decode.compile()
+    from flax import nnx
+
+    _, state = nnx.split(model)
+    cache = model.init_cache(2, 7)
+    _, first = prefill(state, jnp.asarray(prompts), jnp.asarray(lengths), cache, jax.random.key(0))
+    want = np.asarray(tnn.generate(model, prompts, max_new_tokens=1, temperature=0.0,
+                                   prompt_lengths=lengths))  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(first), want[np.arange(2), lengths])
+    assert decode.memory_analysis() is not None
+    with pytest.raises(ValueError, match="exceeds the model's max_seq_len"):
+        tnn.lower_generation(model, 2, model.config.max_seq_len, max_new_tokens=1)

@@ -2,8 +2,9 @@
 
 Modules: ``losses`` (`GrpoConfig`, `group_advantages`, `token_logprobs`, `grpo_loss`,
 `GrpoOutput`) and ``rollouts`` (`sample_groups`: G completions per prompt through
-``tjx.nn.generate``, laid out as the batch the loss scores). The loop that samples, scores
-(``tjx.data``'s rewards) and steps is the trainer's.
+``tjx.nn.generate``, laid out as the batch the loss scores; `greedy_completions`: one greedy
+completion per held-out prompt). The loop that samples, scores (``tjx.data``'s rewards) and
+steps is the trainer's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tjx.nn.grpo.losses import (
     grpo_loss,
     token_logprobs,
 )
-from tjx.nn.grpo.rollouts import Rollout, rollout_batch, sample_groups
+from tjx.nn.grpo.rollouts import Rollout, greedy_completions, rollout_batch, sample_groups
 
 __all__ = [
     "ADVANTAGE_SCALES",
@@ -25,6 +26,7 @@ __all__ = [
     "GrpoConfig",
     "GrpoOutput",
     "Rollout",
+    "greedy_completions",
     "grpo_loss",
     "group_advantages",
     "rollout_batch",

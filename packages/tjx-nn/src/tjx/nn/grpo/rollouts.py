@@ -1,11 +1,14 @@
 """GRPO's rollouts: ``G`` completions per prompt from tjx.nn's KV-cache generation, as a batch.
 
-`sample_groups` repeats each prompt ``G`` times (a group's rows are consecutive, the order
-`group_advantages` reads), samples with `tjx.nn.generate` (one jitted prefill, one jitted decode
-step per token; temperature and top-p; a row stops at the end-of-turn token) and lays the result
-out as the batch `token_logprobs` scores: ``inputs`` the sequence but its last token, ``targets``
-the next tokens where they are a completion's (its end-of-turn token included, as TRL's
-completion mask includes it) and ``-100`` elsewhere: the prompt, and the padding after the end.
+`greedy_completions` is the held-out side: one greedy completion per prompt, in the same layout, so
+a policy's success rate is measured without the rollouts' sampling noise (the trainer's
+``val_reward`` and the evaluator's held-out reward). `sample_groups` repeats each prompt ``G`` times
+(a group's rows are consecutive, the order `group_advantages` reads), samples with `tjx.nn.generate`
+(one jitted prefill, one jitted decode step per token; temperature and top-p; a row stops at the
+end-of-turn token) and lays the result out as the batch `token_logprobs` scores: ``inputs`` the
+sequence but its last token, ``targets`` the next tokens where they are a completion's (its end-of-
+turn token included, as TRL's completion mask includes it) and ``-100`` elsewhere: the prompt, and
+the padding after the end.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 from tjx.nn.decoder import DecoderLM
 from tjx.nn.generation import generate
 
-__all__ = ["Rollout", "rollout_batch", "sample_groups"]
+__all__ = ["Rollout", "greedy_completions", "rollout_batch", "sample_groups"]
 
 Array = jax.Array
 
@@ -130,4 +133,37 @@ def sample_groups(
     out = generate(model, reps, max_new_tokens=max_new_tokens, temperature=temperature,
                    top_p=top_p, eos_id=eos_id, prompt_lengths=lengths, pad_id=pad_id,
                    key=key)  # fmt: skip
+    return rollout_batch(np.asarray(out), lengths, max_new_tokens=max_new_tokens, eos_id=eos_id)
+
+
+def greedy_completions(
+    model: DecoderLM,
+    prompts: np.ndarray,
+    prompt_lengths: np.ndarray,
+    *,
+    max_new_tokens: int,
+    eos_id: int | None = None,
+    pad_id: int | None = None,
+) -> Rollout:
+    """One greedy (temperature 0) completion of each prompt, as a `Rollout`.
+
+    Parameters
+    ----------
+    model : DecoderLM
+        The policy to measure.
+    prompts : numpy.ndarray
+        int ``[prompts, P]``, right-padded.
+    prompt_lengths : numpy.ndarray
+        int ``[prompts]``, each ``>= 1``.
+    max_new_tokens : int
+        ``T``.
+    eos_id, pad_id : the end-of-turn token and the filler after it.
+
+    Returns
+    -------
+    Rollout
+    """
+    lengths = np.asarray(prompt_lengths)
+    out = generate(model, np.asarray(prompts), max_new_tokens=max_new_tokens, temperature=0.0,
+                   prompt_lengths=lengths, eos_id=eos_id, pad_id=pad_id)  # fmt: skip
     return rollout_batch(np.asarray(out), lengths, max_new_tokens=max_new_tokens, eos_id=eos_id)

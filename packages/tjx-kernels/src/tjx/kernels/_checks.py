@@ -165,6 +165,41 @@ def check_window(window: int | None) -> None:
         )
 
 
+def check_chunk(chunk: int | None, shapes: AttentionShapes) -> None:
+    """Validate chunked local attention's ``chunk``: None, or a positive int over a self-attention
+    call (``q_len == kv_len``: the chunks are of positions both sides share)."""
+    if chunk is None:
+        return
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(
+            f"`chunk` must be a positive int (tokens per chunk) or None; got {chunk!r}"
+        )
+    if shapes.q_len != shapes.kv_len:
+        raise ValueError(
+            f"`chunk` needs as many queries as keys (q_len {shapes.q_len}, kv_len "
+            f"{shapes.kv_len}): a decoding step's chunk is its position's, which the caller "
+            "masks (segment ids or kv_lengths)"
+        )
+
+
+def chunk_segment_ids(
+    segment_ids: SegmentIds | None, chunk: int, shapes: AttentionShapes
+) -> tuple[Array, Array]:
+    """Chunked local attention as segment ids every kernel reads: position ``t``'s chunk is
+    ``t // chunk``, and a token sees only its own chunk of its own segment. Each (segment, chunk)
+    pair gets its own id (padding, 0, stays 0)."""
+    chunks = -(-shapes.q_len // chunk)
+    index = (jnp.arange(shapes.q_len, dtype=jnp.int32) // chunk)[None]
+    q_ids, kv_ids = split_segment_ids(segment_ids)
+
+    def combine(ids: Array | None) -> Array:
+        if ids is None:
+            return jnp.broadcast_to(index + 1, (shapes.batch, shapes.q_len))
+        return jnp.where(ids > 0, (ids - 1) * chunks + index + 1, 0).astype(jnp.int32)
+
+    return combine(q_ids), combine(kv_ids)
+
+
 def window_visible(rows: Array, cols: Array, *, causal: bool, window: int | None) -> Array | None:
     """Boolean (broadcast of ``rows`` against ``cols``): the causal and window conditions on
     query index ``rows`` and key index ``cols``; None when neither applies."""

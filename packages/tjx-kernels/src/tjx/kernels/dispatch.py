@@ -23,7 +23,9 @@ attention cannot cap them, so ``auto`` leaves cuDNN out for such calls and an ex
 ``local_window_size`` (causal only; a bidirectional window leaves cuDNN out of ``auto``), the
 Pallas kernels skip the key blocks outside it, XLA masks. Attention ``sinks`` (gpt-oss: a learned
 logit per head in every row's softmax denominator) are XLA's alone: ``auto`` resolves to XLA for
-such calls, a fused kernel's name is a ``ValueError``.
+such calls, a fused kernel's name is a ``ValueError``. Chunked local attention (``chunk``,
+Llama 4: a token sees only its own chunk of positions) becomes segment ids before any kernel runs
+(a packed batch's segments split into their chunks), so every kernel serves it unchanged.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from tjx.kernels._checks import (
     AttentionShapes,
     SegmentIds,
     check_bias,
+    check_chunk,
     check_dropout,
     check_kv_lengths,
     check_qkv,
@@ -46,6 +49,7 @@ from tjx.kernels._checks import (
     check_segment_ids,
     check_sinks,
     check_window,
+    chunk_segment_ids,
     split_segment_ids,
 )
 from tjx.kernels.choice import (
@@ -180,6 +184,7 @@ def attention(
     softcap: float | None = None,
     window: int | None = None,
     sinks: Array | None = None,
+    chunk: int | None = None,
 ) -> Array:
     """Multi-head attention with a choice of implementation.
 
@@ -214,6 +219,11 @@ def attention(
     sinks : Array, optional
         Attention sinks (gpt-oss): one logit per query head ``[heads]`` added to every row's
         softmax denominator. XLA only: "auto" resolves to XLA, a fused kernel is an error.
+    chunk : int, optional
+        Chunked local attention (Llama 4's local layers): token ``t`` sees only keys of its own
+        chunk ``t // chunk`` (and, when causal, not after it). Served by every kernel as segment
+        ids (each segment's chunks an id of their own), so cuDNN, Pallas and XLA alike; a call
+        with ``q_len != kv_len`` is a ``ValueError`` (a decode step's chunk is its caller's).
 
     Returns
     -------
@@ -231,6 +241,9 @@ def attention(
     check_softcap(softcap)
     check_window(window)
     check_sinks(sinks, shapes)
+    check_chunk(chunk, shapes)
+    if chunk is not None:  # one mask every kernel has: segments (module docstring)
+        segment_ids = chunk_segment_ids(segment_ids, chunk, shapes)
     if isinstance(implementation, AttentionKernel):
         kernel = implementation  # resolved once by its owner: run it, choose nothing
         if sinks is not None and kernel != AttentionKernel.XLA:

@@ -69,7 +69,7 @@ def _prompts_without_answers(d):
     (d / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-#: A GRPO run (issue #55) on the generated arithmetic prompts, small.
+#: A GRPO run (issue #55) on the generated letter-reversal prompts, small.
 GRPO = ["--config", "grpo_tiny", "--run-dir", "r", "--set", "model.num_layers=1"]
 
 

@@ -36,8 +36,9 @@ FLAGS: tuple[tuple[str, dict[str, Any], str], ...] = (
      "override a config value, e.g. --set optimizer.schedule.peak_lr=3e-4 (repeatable)"),
     ("--data", {}, "a built-in corpus, hub name or local path"),
     ("--resume", SWITCH, "continue from the run directory's latest checkpoint"),
-    ("--init-from", {"metavar": "PATH_OR_HUB"}, "start from a Hugging Face checkpoint: GPT-2, "
-     "Llama, Mistral or Qwen2 (a local folder, or a hub name such as gpt2 when online)"),
+    ("--init-from", {"metavar": "PATH_OR_HUB"}, "start from a Hugging Face checkpoint (a local "
+     "folder, or a hub name such as gpt2 when online; the README's family table), or a tjx "
+     "run's newest checkpoint (RUN_DIR, or RUN_DIR@STEP for that step's)"),
     ("--profile-steps", {"metavar": "A:B"}, "write a jax.profiler trace of steps"),
     ("--plan", {"metavar": "TARGET"}, "compile the run's steps for a device that is not here "
      "(h100, a100-40gb, 8xh100, v5e, ...) and print what it needs: kernel, memory, estimated "

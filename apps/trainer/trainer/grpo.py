@@ -33,7 +33,6 @@ import numpy as np
 from flax import nnx
 
 from tjx import data, nn, parallel
-from tjx.data.rewards import score as score_rewards
 from trainer.config import Config, StepConfig
 from trainer.data_setup import Bundle, HostBatch, TrainLoader
 from trainer.grpo_settings import GrpoRollout
@@ -81,6 +80,24 @@ def loss_fn(
     return fn
 
 
+def batch_shapes(cfg: StepConfig) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """``{key: (shape, dtype)}`` of a rollout batch (`Rollouts.batch`): ``data.batch_size``
+    completions of prompts padded to ``data.seq_len``, each sequence the prompt and
+    ``grpo.max_new_tokens`` new tokens, less its last (``inputs`` and ``targets``)."""
+    rows, width = cfg.data.batch_size, cfg.data.seq_len + cfg.rollout.max_new_tokens - 1
+    shapes: dict[str, tuple[tuple[int, ...], Any]] = {
+        "inputs": ((rows, width), jnp.int32),
+        "targets": ((rows, width), jnp.int32),
+        "mask": ((rows, width), jnp.float32),
+        "advantages": ((rows,), jnp.float32),
+    }
+    if cfg.rollout.iterations > 1:  # π_old's log-probabilities, scored once per rollout
+        shapes["old_logps"] = ((rows, width), jnp.float32)
+    if cfg.grpo.beta > 0:  # the reference's
+        shapes["ref_logps"] = ((rows, width), jnp.float32)
+    return shapes
+
+
 def prompt_data(bundle: Bundle) -> data.ChatRunData:
     """``bundle`` as the prompt data it is (``data.format: prompts``)."""
     assert isinstance(bundle, data.ChatRunData) and bundle.kind == "prompts"
@@ -102,19 +119,6 @@ def check_rewards(cfg: Config, bundle: Bundle) -> None:
         data.check_rewards(cfg.rollout.rewards, rows[0] if rows else {})
     except data.RewardError as err:
         raise ConfigError(f"grpo.rewards: {err}") from None
-
-
-def completion_texts(
-    tokenizer: Any, completions: np.ndarray, lengths: np.ndarray, eos_id: int | None
-) -> list[str]:
-    """Each completion's text, its end-of-turn token left out (what a reward reads)."""
-    out = []
-    for row, n in zip(completions, lengths, strict=True):
-        ids = [int(t) for t in row[: int(n)]]
-        if ids and eos_id is not None and ids[-1] == eos_id:
-            ids = ids[:-1]
-        out.append(tokenizer.decode(ids))
-    return out
 
 
 def _logps_fn(
@@ -180,7 +184,7 @@ class Rollouts:
         )
         took = time.perf_counter() - started
         examples = [self.rows[int(i)] for i in np.repeat(prompts["row_ids"], r.group_size)]
-        texts = completion_texts(
+        texts = data.completion_texts(
             self.bundle.tokenizer, rollout.completions, rollout.lengths, self.eos_id
         )
         rewards, per_reward = score(r, texts, examples)
@@ -216,12 +220,7 @@ def score(
     r: GrpoRollout, texts: Sequence[str], examples: Sequence[Mapping[str, Any]]
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The weighted reward of each completion and each named reward's own values."""
-    weights = r.reward_weights or [1.0] * len(r.rewards)
-    each = {name: score_rewards([name], texts, examples) for name in r.rewards}
-    total = np.zeros(len(texts), np.float32)
-    for w, values in zip(weights, each.values(), strict=True):
-        total += np.float32(w) * values
-    return total, each
+    return data.score_each(r.rewards, texts, examples, r.reward_weights)
 
 
 def heldout_reward(
@@ -246,19 +245,15 @@ def heldout_reward(
         if not real.any():
             continue
         prompts, lengths = np.asarray(batch["prompts"])[real], np.asarray(batch["lengths"])[real]
-        out = nn.generate(
+        done = nn.grpo.greedy_completions(
             model,  # type: ignore[arg-type]
             prompts,
+            lengths,
             max_new_tokens=r.max_new_tokens,
-            temperature=0.0,
-            prompt_lengths=lengths,
             eos_id=eos_id,
             pad_id=0,
         )
-        done = nn.grpo.rollout_batch(
-            np.asarray(out), lengths, max_new_tokens=r.max_new_tokens, eos_id=eos_id
-        )
-        texts += completion_texts(bundle.tokenizer, done.completions, done.lengths, eos_id)
+        texts += data.completion_texts(bundle.tokenizer, done.completions, done.lengths, eos_id)
         examples += [rows[int(i)] for i in np.asarray(batch["row_ids"])[real]]
     if not texts:
         raise ValueError("validation data is empty: no held-out prompt fits data.seq_len")

@@ -1,7 +1,8 @@
 """``--init-from PATH_OR_HUB``: a Hugging Face checkpoint (GPT-2 or the LLaMA family) as the start;
 it fixes the architecture, the config says how to train it. ``--init-from RUN_DIR``: a tjx run's
-newest intact checkpoint (LoRA merged), e.g. an SFT run to start DPO from; its model must be this
-config's but for how it trains, its tokenizer this data's (`check_tokenizer`).
+newest intact checkpoint (``RUN_DIR@STEP``: that step's), LoRA merged, e.g. an SFT run to start
+DPO or GRPO from; its model must be this config's but for how it trains, its tokenizer this
+data's (`check_tokenizer`).
 
 All checked before anything is written. The run records where it started (tjx.ckpt's
 ``init.json``): a ``--resume``, which takes no ``--init-from``, builds a Hugging Face start's
@@ -34,8 +35,16 @@ def check_init_from(cfg: Config, source: str) -> None:
     (`hf_start_config`, `check_hf_settings` and, for a local folder, tjx.nn's `check_hf_weights`;
     or `_same_model`)."""
     if RunDir.is_run(source):
-        path = Path(source).expanduser()
-        return _same_model(cfg.model, _run_files(path)[0], path, vocab=False)
+        where, step = RunDir.split_start(source)
+        path = Path(where).expanduser()
+        _same_model(cfg.model, _run_files(path)[0], path, vocab=False)
+        steps = RunDir(path).step_folders()
+        if step is not None and step not in steps:
+            raise ConfigError(
+                f"--init-from: the run {where!r} has no checkpoint of step {step}; its "
+                f"checkpoints are of steps {', '.join(map(str, steps))}"
+            )
+        return None
     with keyed("--init-from"):
         hf_cfg = hf_start_config(source, cfg.kind)
         # The settings the config gives: those unlike the kind's own (null: derived from others).
@@ -79,8 +88,10 @@ def _same_model(
 
 def load_run(seed: int, model_cfg: TransformerConfig, source: str) -> tuple[nnx.Module, int]:
     """The model of resolved ``model_cfg`` (its weights drawn from ``seed`` first) with the params
-    of run ``source``'s newest intact checkpoint (LoRA merged), on the host; and that step."""
-    path = Path(source).expanduser()
+    of run ``source``'s newest intact checkpoint (``RUN@STEP``: that step's), LoRA merged, on the
+    host; and that step."""
+    where, at = RunDir.split_start(source)
+    path = Path(where).expanduser()
     theirs, saved = _run_files(path)
     _same_model(model_cfg, theirs, path, vocab=True)
     model = nn.build_model(model_cfg, rngs=nnx.Rngs(seed))
@@ -91,7 +102,7 @@ def load_run(seed: int, model_cfg: TransformerConfig, source: str) -> tuple[nnx.
     absl.setLevel(logging.ERROR)  # orbax says the (read-only) source is read only: it knows
     try:
         step, restored = ckpt.restore_params_and_step(
-            path / "checkpoints", target=nnx.to_pure_dict(params)
+            path / "checkpoints", target=nnx.to_pure_dict(params), step=at
         )
     except (ckpt.CheckpointError, ValueError) as err:
         raise ConfigError(f"--init-from: {err}") from None
@@ -107,7 +118,8 @@ def load_run(seed: int, model_cfg: TransformerConfig, source: str) -> tuple[nnx.
 def check_tokenizer(source: str, bundle: Bundle) -> None:
     """The data's tokenizer must be the run's (tjx.data's `check_run_tokenizer`)."""
     with keyed("--init-from", data.DataError):
-        data.check_run_tokenizer(source, bundle, names={"tokenizer": "data.tokenizer"})
+        where = RunDir.split_start(source)[0]
+        data.check_run_tokenizer(where, bundle, names={"tokenizer": "data.tokenizer"})
 
 
 def trained_model(

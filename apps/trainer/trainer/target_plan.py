@@ -18,13 +18,16 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from tjx import data, kernels, metrics, nn, parallel
 from tjx.metrics import Compiled, Target, quiet_native_stderr
 from tjx.metrics.accelerators import has_fp8_units
-from trainer import dpo
+from trainer import dpo, grpo
 from trainer import step as steps  # looked up at the call: a test may replace the step
 from trainer.config import Config, StepConfig, resolve, step_config
+from trainer.grpo_settings import is_grpo
 from trainer.job.plan_report import PlanResult, local_target, open_target, plan_report
 from trainer.job.step_plan import batch_shapes, roofline_inputs
 from trainer.memory_fit import Say, choose_kernel, lighter
@@ -71,12 +74,59 @@ def build(run: StepConfig, devices: list[jax.Device]) -> AbstractRun:
 
     def batch(size: int) -> dict[str, jax.ShapeDtypeStruct]:  # split over the batch axes
         shapes = batch_shapes(run.model, run.data.batch_rows(size), run.data.seq_len)
+        if is_grpo(run.data):  # the rollout batch the loop makes (trainer.grpo)
+            shapes = grpo.batch_shapes(run)
         on = functools.partial(parallel.batch_sharding, mesh)
         return {k: jax.ShapeDtypeStruct(s, d, sharding=on(len(s))) for k, (s, d) in shapes.items()}
 
     return AbstractRun(
         train, state, batch(run.data.batch_size), evaluate, batch(run.eval.batch_size)
     )
+
+
+def compile_rollout(run: StepConfig, target: Target) -> list[tuple[str, Compiled]]:
+    """A GRPO run's rollout programs compiled for ``target``: tjx.nn's generation (prefill and
+    one decode step, `lower_generation`) of ``data.batch_size`` completions of prompts padded
+    to ``data.seq_len``, with the run's sampling settings and its parameters as the train state
+    lays them out; each (label, result), a failure kept. The held-out greedy completions run
+    the same programs at ``eval.batch_size`` rows."""
+    r = run.rollout
+    rows, prompt = run.data.batch_size, run.data.seq_len
+    out: list[tuple[str, Compiled]] = []
+    with kernels.target(*target.kernel_target), quiet_native_stderr():
+        b = build(run, target.devices)
+        mesh, _ = make_mesh(run.mesh, run.mesh_needs(), target.devices)
+        parts = abstract_state(run)
+
+        def place(x: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:  # rows over the batch axes
+            sharding = parallel.batch_sharding(mesh, len(x.shape))
+            if not x.shape or x.shape[0] != rows:
+                sharding = NamedSharding(mesh, PartitionSpec())
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+        rest = nn.split_fp8_meta(nn.concrete_state(parts.rest))[0]
+        rest = jax.tree.map(place, jax.eval_shape(lambda: rest))
+        model = nnx.merge(parts.graphdef, b.state.model_tree(), rest)
+
+        def lower(which: str) -> jax.stages.Lowered:
+            programs = nn.lower_generation(
+                model,  # type: ignore[arg-type]
+                rows,
+                prompt,
+                max_new_tokens=r.max_new_tokens,
+                temperature=r.temperature,
+                top_p=r.top_p,
+                place=place,
+            )
+            return getattr(programs, which)  # type: ignore[no-any-return]
+
+        cache = prompt + r.max_new_tokens
+        for which, label in (
+            ("prefill", f"rollout prefill ({rows} × {prompt} prompt tokens)"),
+            ("decode", f"rollout decode step ({rows} rows, a cache of {cache})"),
+        ):
+            out.append((label, metrics.compile_lowered(functools.partial(lower, which), label)))
+    return out
 
 
 def compile_train(run: StepConfig, target: Target, label: str, *, train: bool = True) -> Compiled:
@@ -191,4 +241,5 @@ def plan(run: Config, target: Target, text: str, say: Say) -> PlanResult:
             r.model, r.data.seq_len, units_per_step(r), r.mesh.context, target.device
         ),
         eval_rows=lambda r: r.eval.batch_size,
+        programs=(lambda r: compile_rollout(r, target)) if is_grpo(run.data) else None,
     )

@@ -64,7 +64,8 @@ def write_run_files(plan: RunPlan, setup: run_state.Setup, bundle: Bundle) -> No
     folder.write_json(RunDir.DATA_FILE, bundle.describe(plan.run_dir))  # tjx.data's RunData
     if plan.init_from is not None:
         kind = "tjx-run" if RunDir.is_run(plan.init_from) else "hugging-face"
-        folder.write_init(plan.init_from, kind=kind, step=setup.init_step)
+        where = RunDir.split_start(plan.init_from)[0]  # RUN@STEP: the run, and its step below
+        folder.write_init(where, kind=kind, step=setup.init_step)
 
 
 def _restore(

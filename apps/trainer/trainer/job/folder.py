@@ -130,15 +130,32 @@ class RunDir(RunFolder):
     @classmethod
     def is_run(cls, source: str | None) -> bool:
         """Whether ``source`` is a local folder holding a run (its ``model.json`` and
-        ``config.yaml``): a start from a run rather than from a Hugging Face checkpoint.
+        ``config.yaml``), or such a folder and ``@STEP`` (`split_start`): a start from a run
+        rather than from a Hugging Face checkpoint.
 
         >>> RunDir.is_run(None), RunDir.is_run("gpt2")
         (False, False)
         """
         if source is None:
             return False
-        path = Path(source).expanduser()
+        return cls._holds_run(Path(cls.split_start(source)[0]).expanduser())
+
+    @classmethod
+    def _holds_run(cls, path: Path) -> bool:
         return (path / cls.MODEL_FILE).is_file() and (path / cls.CONFIG_FILE).is_file()
+
+    @classmethod
+    def split_start(cls, source: str) -> tuple[str, int | None]:
+        """``"runs/sft@75"`` → ``("runs/sft", 75)`` when ``runs/sft`` holds a run (a start from
+        that step's checkpoint); anything else → ``(source, None)`` (the newest checkpoint).
+
+        >>> RunDir.split_start("gpt2")
+        ('gpt2', None)
+        """
+        path, sep, step = source.rpartition("@")
+        if sep and step.isdigit() and cls._holds_run(Path(path).expanduser()):
+            return path, int(step)
+        return source, None
 
     @property
     def config_file(self) -> StoragePath:

@@ -22,7 +22,7 @@ import jax
 from tjx.metrics.accelerators import accelerator, accelerator_of, gpu_target_config, parse_target
 from tjx.metrics.compiled import Compiled, fit_compiled
 from tjx.metrics.deviceless import Target, check_packages, quiet_native_stderr, use_cpu_platform
-from tjx.metrics.memory import GIB
+from tjx.metrics.memory import GIB, budget_bytes
 from tjx.metrics.roofline_report import estimate, f32_dots
 from trainer.seams import Record
 
@@ -122,6 +122,7 @@ def plan_report(
     settings: dict[str, str],
     estimate_args: Callable[[T], Record],
     eval_rows: Callable[[T], int],
+    programs: Callable[[T], list[tuple[str, Compiled]]] | None = None,
     flag: str = "--plan",
 ) -> PlanResult:
     """Compile, fit and estimate a run on ``target``, saying each finding (see module doc).
@@ -149,6 +150,10 @@ def plan_report(
         :func:`estimate`'s ``units``, ``unit``, ``model_flops`` and ``custom_call_cost`` of a run.
     eval_rows : callable
         A run's eval batch size, for the eval step's line.
+    programs : callable, optional
+        A run's other programs in place of its eval step (a GRPO run's rollout: generation's
+        prefill and decode step), each (label, compiled for ``target``): each says its compile
+        and peak, and one that does not compile or fit is the plan's error.
     flag : str
         The command-line flag the error lines start with.
 
@@ -197,6 +202,9 @@ def plan_report(
         args = estimate_args(fitted)
         data["estimate"] = estimate(hlo, target.device, target.count, say=say, **args)
         data["train"]["custom_calls"] = data["estimate"].pop("custom_calls")
+    if programs is not None:
+        _programs(result, programs(fitted), target, text, flag, say)
+        return result
     evaluated = compile_step(fitted, "the eval step", False)
     if evaluated.error is not None:
         say(f"eval step: does not compile ({evaluated.error})")
@@ -209,6 +217,34 @@ def plan_report(
         )
     data["eval"] = {"compiles": evaluated.error is None, "peak_bytes": evaluated.peak}
     return result
+
+
+def _programs(
+    result: PlanResult,
+    compiled: list[tuple[str, Compiled]],
+    target: Target,
+    text: str,
+    flag: str,
+    say: Say,
+) -> None:
+    """Each program's line and record (``data["programs"]``); the first that does not compile,
+    or whose peak passes the device's memory, is the result's error."""
+    budget, why = budget_bytes(target.device)
+    records = result.data.setdefault("programs", {})
+    for label, one in compiled:
+        records[label] = {"compiles": one.error is None, "peak_bytes": one.peak}
+        if one.error is not None:
+            say(f"{label}: does not compile ({one.error})")
+            result.error = result.error or f"{flag} {text}: the {label} does not compile"
+            continue
+        assert one.peak is not None
+        say(f"{label}: compiles in {one.seconds:.1f} s; {one.peak / GIB:.2f} GiB per device")
+        if one.peak > budget:
+            result.error = result.error or (
+                f"{flag} {text}: the {label} needs {one.peak / GIB:.2f} GiB per device, more "
+                f"than the {budget / GIB:.2f} GiB a step may use ({why}); lower "
+                "data.batch_size or grpo.max_new_tokens"
+            )
 
 
 def _chosen(

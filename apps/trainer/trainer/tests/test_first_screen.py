@@ -19,7 +19,7 @@ from trainer.tests.test_loop_inprocess import SETS
 WARMUP_AT_LENGTH = {"tiny": 50, "gpt2_small": 200, "gpt2_medium": 200, "gpt2_large": 200}
 WARMUP_AT_LENGTH |= {"llama_small": 200, "bert_tiny": 50, "vit_digits": 20, "llama_32k": 50}
 WARMUP_AT_LENGTH |= {"moe_tiny": 50, "mixtral_small": 200}
-WARMUP_AT_LENGTH |= {"sft_tiny": 20, "sft_llama": 30, "dpo_tiny": 15, "grpo_tiny": 5}
+WARMUP_AT_LENGTH |= {"sft_tiny": 20, "sft_llama": 30, "dpo_tiny": 15, "grpo_tiny": 3}
 WARMUP_AT_LENGTH |= {"llama3_8b": 200}
 
 

@@ -76,6 +76,7 @@ def test_the_trainer_update_is_the_library_loss_of_the_loop_rollout(in_tmp):
     import trainer.data_setup as data_setup
     import trainer.state as state
     from trainer.grpo import Rollouts
+    from trainer.grpo import batch_shapes as grpo_batch_shapes
     from trainer.step import make_loss_fn
 
     cfg = plan_argv(_argv(in_tmp, "run", "train.steps=2")).config
@@ -86,6 +87,11 @@ def test_the_trainer_update_is_the_library_loss_of_the_loop_rollout(in_tmp):
     rollouts = Rollouts(cfg, setup, loader, bundle)
     batch, stats = rollouts.batch(0, setup.state)
     assert batch["inputs"].shape[0] == 8  # data.batch_size completions: 2 prompts × G = 4
+    # What --plan compiles the update for is the batch the loop makes.
+    planned = grpo_batch_shapes(setup.step_config)
+    assert {k: (tuple(v.shape), v.dtype) for k, v in batch.items()} == {
+        k: (shape, jnp.dtype(dtype)) for k, (shape, dtype) in planned.items()
+    }
     assert {"reward", "reward_std", "completions/mean_length"} <= set(stats)
     params = setup.state.param_tree()
     policy = nnx.merge(setup.graphdef, params, setup.rest)
@@ -149,3 +155,41 @@ def test_a_reward_that_fails_on_a_completion_ends_the_run_in_one_line(in_tmp, ca
     assert len(err) == 1 and "Traceback" not in err[0], err
     assert err[0].startswith("trainer: error: grpo.rewards: at step 1: reward 'picky' raised "), err
     assert not (in_tmp / "run" / "checkpoints" / "1").exists()
+
+
+def test_init_from_run_at_step_starts_from_that_checkpoint_and_a_missing_step_is_one_line(
+    in_tmp, capsys
+):
+    from tjx import ckpt
+    from trainer.init_from import load_run
+
+    # The start: an SFT run of the same model on the same task (so the same ChatML BPE).
+    sft = ["--config", "sft_tiny", "--run-dir", str(in_tmp / "start")]
+    for item in [*SMALL[:7], "data.source=reverse", f"data.cache_dir={in_tmp / 'cache'}",
+                 "train.steps=4", "train.checkpoint_every=2", "train.eval_every=0",
+                 "optimizer.schedule.warmup_steps=1", "sampling.max_new_tokens=2"]:  # fmt: skip
+        sft += ["--set", item]
+    assert main(sft) == 0
+    start = in_tmp / "start"
+    argv = [*_argv(in_tmp, "bad", "train.steps=1"), "--init-from", f"{start}@3"]
+    assert main(argv) == 2
+    line = capsys.readouterr().err.strip().splitlines()
+    assert line == [
+        f"trainer: error: --init-from: the run {str(start)!r} has no checkpoint of step 3; its "
+        "checkpoints are of steps 2, 4"
+    ]
+    assert not (in_tmp / "bad").exists()  # refused before anything is written
+    model_cfg = nn.config_from_dict(json.loads((start / "model.json").read_text()))
+    model, step = load_run(0, model_cfg, f"{start}@2")
+    got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    steps = {}
+    for at in (2, 4):
+        steps[at] = ckpt.restore_params_and_step(start / "checkpoints", target=got, step=at)[1]
+    assert step == 2
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), got, steps[2])
+    moved = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), got, steps[4])
+    assert all(jax.tree.leaves(same)) and not all(jax.tree.leaves(moved))
+    # The run records where it started: the run's folder and the step, not "RUN@2".
+    assert main([*_argv(in_tmp, "from2", "train.steps=1"), "--init-from", f"{start}@2"]) == 0
+    init = json.loads((in_tmp / "from2" / "init.json").read_text())
+    assert init == {"init_from": str(start.resolve()), "kind": "tjx-run", "step": 2}

@@ -233,3 +233,39 @@ def test_fp8_is_refused_in_one_line_where_the_device_has_no_float8_units():
     target_plan.check_fp8(fp8.precision, accelerator("h100"))  # Hopper has them
     target_plan.check_fp8(fp8.precision, jax.devices()[0])  # a CPU emulates them (tests)
     target_plan.check_fp8(run_of().model.precision, accelerator("a100-40gb"))  # bf16 runs anywhere
+
+
+GRPO_SMALL = ["model.d_model=32", "model.num_layers=1", "model.num_heads=2", "model.num_kv_heads=1",
+              "model.mlp_dim=64", "data.batch_size=8", "grpo.group_size=4",
+              "grpo.max_new_tokens=4", "grpo.iterations=2", "grpo.beta=0.1"]  # fmt: skip
+
+
+def test_a_grpo_plan_compiles_its_update_and_its_rollout_programs():
+    """GRPO's update is planned on the rollout batch the loop makes (with π_old's and the
+    reference's log-probabilities: μ = 2, β > 0), and the rollout's prefill and decode step are
+    compiled in place of an eval step, each with its memory."""
+    run = resolve(read_config(apply_overrides(load_config_data("grpo_tiny"), GRPO_SMALL)), 300)
+    lines: list[str] = []
+    result = target_plan.plan(run, target("v5e", 2), "2xv5e", say=lines.append)
+    assert result.error is None, result.error
+    assert any(line.startswith("train step: compiles") for line in lines)
+    assert not any(line.startswith("eval step") for line in lines)
+    prefill, decode = lines[-2:]
+    assert prefill.startswith("rollout prefill (8 × 32 prompt tokens): compiles in "), prefill
+    assert decode.startswith("rollout decode step (8 rows, a cache of 36): compiles in "), decode
+    programs = result.data["programs"]
+    assert len(programs) == 2 and all(
+        p["compiles"] and p["peak_bytes"] > 0 for p in programs.values()
+    )
+
+
+def test_a_rollout_program_past_the_devices_memory_is_the_plans_error():
+    from trainer.job.plan_report import PlanResult, _programs
+
+    result, lines = PlanResult("v5e", "grpo_tiny"), []
+    huge = Compiled("rollout decode step", 1.0, compiled=object(), peak=1000 * GIB)
+    _programs(result, [("rollout decode step", huge)], target("v5e"), "v5e", "--plan", lines.append)
+    assert result.error is not None and result.error.startswith(
+        "--plan v5e: the rollout decode step needs 1000.00 GiB per device, more than the "
+    )
+    assert result.error.endswith("lower data.batch_size or grpo.max_new_tokens")

@@ -1,6 +1,7 @@
 """The evaluator's public face (for tools and other apps): the harness's bucketed scorer, and a
 finished run's loading, held-out metrics (``evaluate_run``: what ``--checkpoint`` prints, for any
-objective; ``evaluate_heldout``: a model on token shards) and attention maps.
+objective; ``evaluate_heldout``: a model on token shards; ``evaluate_reward``: the held-out reward
+of greedy completions, a GRPO run's measure) and attention maps.
 
 The scorer is imported eagerly, as before; the other names load lazily (PEP 562), on first
 access, since their modules import JAX.
@@ -18,6 +19,7 @@ if TYPE_CHECKING:  # the lazy names, eagerly, for the type checker
     from eval.attention_map import plot as plot_attention
     from eval.heldout import evaluate as evaluate_heldout
     from eval.heldout import evaluate_run
+    from eval.reward import evaluate as evaluate_reward
     from eval.runs import LoadedRun, heldout_dir, load_run
 
 #: Each lazily loaded name: (its module, its name there).
@@ -25,6 +27,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "LoadedRun": ("eval.runs", "LoadedRun"),
     "evaluate_heldout": ("eval.heldout", "evaluate"),
     "evaluate_run": ("eval.heldout", "evaluate_run"),
+    "evaluate_reward": ("eval.reward", "evaluate"),
     "heldout_dir": ("eval.runs", "heldout_dir"),
     "layer_distances": ("eval.attention_map", "layer_distances"),
     "load_run": ("eval.runs", "load_run"),
@@ -35,6 +38,7 @@ __all__ = [
     "LoadedRun",
     "Scorer",
     "evaluate_heldout",
+    "evaluate_reward",
     "evaluate_run",
     "heldout_dir",
     "layer_distances",

@@ -40,7 +40,22 @@ def build_parser() -> argparse.ArgumentParser:
         "its generation prompt; generation stops at the end-of-turn token and only the "
         "assistant's reply is printed",
     )
-    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="with --generate: new tokens (default 200); with a held-out reward: a completion's "
+        "budget (default: the run's grpo.max_new_tokens, else 16)",
+    )
+    parser.add_argument(
+        "--rewards",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="score greedy completions of the held-out prompts with these rewards (tjx.data's: "
+        "exact_answer, format, length) instead of the held-out loss: a chat run's on its "
+        "source's prompts (or --data's), a GRPO run's with other rewards than its own",
+    )
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
@@ -70,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check(args: argparse.Namespace) -> None:
     for name in ("max_new_tokens", "batch_size"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise RunError(f"--{name.replace('_', '-')}: must be >= 1")
     if args.max_batches is not None and args.max_batches < 1:
         raise RunError("--max-batches: must be >= 1")
@@ -145,15 +160,26 @@ def split_step(target: str, default: int | None) -> tuple[Any, int | None]:
 
 
 def _metrics(run: Any, args: argparse.Namespace) -> dict[str, float]:
-    from eval import heldout
+    from eval import heldout, reward
 
+    if reward.scores_rewards(run, args.rewards):  # GRPO's measure: the held-out reward
+        return reward.evaluate(
+            run,
+            rewards=args.rewards,
+            source=args.data,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            max_batches=args.max_batches,
+        )
     return heldout.evaluate_run(
         run, source=args.data, batch_size=args.batch_size, max_batches=args.max_batches
     )
 
 
+#: ``--generate``'s new tokens when ``--max-new-tokens`` is not given.
+GENERATE_TOKENS = 200
 #: Counts print as whole numbers (426,514), not as 426514.0000.
-COUNT_KEYS = ("num_tokens", "num_images", "pairs")
+COUNT_KEYS = ("num_tokens", "num_images", "pairs", "prompts")
 
 
 def _print_table(names: list[str], results: list[dict[str, float]]) -> None:
@@ -180,6 +206,12 @@ def _check_scoreable(run: Any) -> None:
 
 def _scope_note(run: Any, args: argparse.Namespace, results: dict[str, float]) -> str:
     """What the numbers above cover, and why the trainer's ``val_*`` differ from them."""
+    if "prompts" in results:  # a held-out reward (eval.reward)
+        from eval import reward
+
+        return reward.scope(
+            run, results, reward.spec(run, args.rewards, args.max_new_tokens), args.data
+        )
     rows = "images" if run.objective.unit == "images" else "sequences"
     rows = "packed rows" if run.chat else rows
     if "pairs" in results:  # a preference run: DPO's metrics over pairs
@@ -211,6 +243,8 @@ def _attention(run: Any, args: argparse.Namespace) -> None:
 
     target = args.attention_png
     if target == "none" or run.objective.name != "lm":  # a decoder's self-attention
+        return
+    if run.data.get("format") == "prompts":  # GRPO's held-out rows are prompts, not text
         return
     path = Path(target) if target else run.run_dir / "attention_distance.png"
     # Four held-out rows: 4 × heads × seq_len mean distances per layer in each histogram.
@@ -257,7 +291,7 @@ def _generate(run: Any, args: argparse.Namespace) -> None:
     ids, _ = data.encode_prompts(run.tokenizer, [args.generate])
     # As trained: a seq2seq model's encoder reads the prompt, its decoder continues it.
     if run.objective.name == "seq2seq":
-        new = max(1, min(args.max_new_tokens, max_len - 1))
+        new = max(1, min(args.max_new_tokens or GENERATE_TOKENS, max_len - 1))
         tail = nn.generate_seq2seq(
             model,
             ids,
@@ -268,7 +302,7 @@ def _generate(run: Any, args: argparse.Namespace) -> None:
         )
         out = np.concatenate([ids[:, :-1], np.asarray(tail)], axis=1)
     else:
-        new = max(1, min(args.max_new_tokens, max_len - ids.shape[1]))
+        new = max(1, min(args.max_new_tokens or GENERATE_TOKENS, max_len - ids.shape[1]))
         out = np.asarray(nn.generate(model, ids, max_new_tokens=new, seed=args.seed, **sampling))
     how = f"{_how(run, args)}; seed {args.seed}; {new} new tokens"
     print(f"--- sample (prompt {args.generate!r}; {how}) ---")
@@ -312,7 +346,8 @@ def _chat_reply(run: Any, model: Any, args: argparse.Namespace, sampling: dict[s
 
     encoder = chat.encoder_of(run)
     ids = _chat_checks(run, args)
-    new = max(1, min(args.max_new_tokens, int(run.nn_config.max_seq_len) - ids.shape[1]))
+    budget = args.max_new_tokens or GENERATE_TOKENS
+    new = max(1, min(budget, int(run.nn_config.max_seq_len) - ids.shape[1]))
     text, count, stopped = chat.reply(
         model, encoder, ids, max_new_tokens=new, seed=args.seed, **sampling
     )
@@ -334,12 +369,18 @@ def main(argv: list[str] | None = None) -> int:
         if tasks:  # lm-evaluation-harness instead of the held-out metrics
             harness.run_tasks(args, tasks)
             return 0
+        from eval import reward
         from eval.runs import load_run
 
         if args.compare:
             runs = [load_run(*split_step(p, args.step)) for p in args.compare]
             for one in runs:
                 _check_scoreable(one)
+            if len({reward.scores_rewards(one, args.rewards) for one in runs}) > 1:
+                raise RunError(
+                    "--compare: a GRPO run is scored by its held-out reward; give --rewards "
+                    "(e.g. exact_answer) to score both runs by reward"
+                )
             if len({one.data.get("format") == "preference" for one in runs}) > 1:
                 raise RunError(
                     "--compare: a preference run's DPO loss is not another run's loss; compare "

@@ -23,8 +23,11 @@ if TYPE_CHECKING:
 #: The files a trainer run holds beside its ``checkpoints/`` (the trainer's layout, ``RunDir``: the
 #: saved config, what rebuilds the model, what rebuilds the data), read by name through tjx.ckpt.
 RUN_FILES = ("config.yaml", "model.json", "data.json")
-#: ``data.json``'s ``format`` of a post-training run (tjx.data's `ChatRunData` reads it back).
+#: ``data.json``'s ``format`` of a run scored on its conversations (SFT's and DPO's).
 CHAT_FORMATS = ("chat", "preference")
+#: ``data.json``'s ``format`` of a post-training run (tjx.data's `ChatRunData` reads it back):
+#: GRPO's prompts too, scored by their held-out reward (`eval.reward`).
+POST_TRAINING_FORMATS = (*CHAT_FORMATS, "prompts")
 
 
 class RunError(ValueError):
@@ -141,11 +144,11 @@ def rebuilt(run: LoadedRun, nn_config: Any) -> Any:
 
 
 def _run_data(run_dir: Path, info: dict[str, Any]) -> Any:
-    """tjx.data's reading of ``data.json``: a `ChatRunData` for a chat or preference run."""
+    """tjx.data's reading of ``data.json``: a `ChatRunData` for a post-training run."""
     from tjx import data
 
     try:
-        if info.get("format") in CHAT_FORMATS:
+        if info.get("format") in POST_TRAINING_FORMATS:
             return data.ChatRunData.from_description(info)
         return data.RunData.from_description(info)
     except data.DataError as err:

@@ -28,6 +28,8 @@ from experiments.claims import (
 from experiments.spec import Row
 from experiments.stability import SCHEDULES as SCHEDULE_NAMES
 from experiments.stats import Difference, difference, value_text
+from experiments.studies_grpo import GRPO_LABEL, SFT_LABEL
+from experiments.studies_grpo import MARGIN as GRPO_MARGIN
 from experiments.studies_moe import DENSE, MOE_GROUP
 
 # --- positions ---------------------------------------------------------------------------------
@@ -319,6 +321,30 @@ MOE = (
           "lower held-out loss than the dense model in the same steps", _moe_beats_dense),
 )  # fmt: skip
 
+# --- GRPO --------------------------------------------------------------------------------------
+
+#: Not a seed's claim: issue #55 asks for this margin.
+ISSUE55 = "issue #55"
+
+
+def _grpo_raises(rows: list[Row]) -> Judgement:
+    start = next(r for r in rows if r["group"] == SFT_LABEL)
+    gains = [float(r["gain"]) for r in next(r for r in rows if r["group"] == GRPO_LABEL)
+             .get("per_seed", [])]  # fmt: skip
+    measured = (f"start {start['success']:.1f} %; gains "
+                + ", ".join(f"{g:+.1f}" for g in gains) + " points")  # fmt: skip
+    if not start["in_band"]:
+        return measured, CANNOT_TELL, "the SFT start is outside the 10–50 % band."
+    if gains and min(gains) >= GRPO_MARGIN:
+        return measured, AGREES, f"every seed gains at least {GRPO_MARGIN:.0f} points."
+    return measured, DISAGREES, f"a seed gains less than {GRPO_MARGIN:.0f} points."
+
+
+GRPO = (
+    Claim(ISSUE55, "a GRPO run on CPU in ≤ 20 minutes raises held-out success by ≥ 15 points "
+          "from an SFT start that solves it 10–50 % of the time", _grpo_raises),
+)  # fmt: skip
+
 #: Every study's claims by study name.
 CLAIMS: dict[str, tuple[Claim, ...]] = {
     "positions": POSITIONS,
@@ -331,6 +357,7 @@ CLAIMS: dict[str, tuple[Claim, ...]] = {
     "speedrun": SPEEDRUN,
     "nanogpt": NANOGPT,
     "moe": MOE,
+    "grpo": GRPO,
 }
 
 

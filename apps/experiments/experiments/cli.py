@@ -11,6 +11,9 @@ from pathlib import Path
 from experiments.registry import STUDIES
 from experiments.spec import SCALES, Row, RunSpec, Study
 
+#: The kinds of study whose configs run once per seed (``--seeds`` applies).
+SEEDED = ("train", "grpo")
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's argument parser."""
@@ -63,6 +66,10 @@ def execute(
         from experiments.side import run_side
 
         return run_side(study, scale, runs_dir)
+    if study.kind == "grpo":
+        from experiments.studies_grpo import run_grpo
+
+        return run_grpo(study, scale, runs_dir, seeds)
     from experiments.runner import run_study
 
     return run_study(study, scale, runs_dir, seeds)
@@ -80,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     study = STUDIES[args.study]
     seeds = None if args.seeds is None else tuple(range(args.seeds))
-    if seeds is not None and (not seeds or study.kind != "train"):
+    if seeds is not None and (not seeds or study.kind not in SEEDED):
         print(
             f"experiments: error: --seeds {args.seeds}: "
             + ("give at least 1" if not seeds else f"the {study.kind} study sets its own seeds")

@@ -7,6 +7,7 @@ from experiments.efficiency import MEMORY_STUDY, SPEED_STUDY
 from experiments.side import SIDE_STUDY
 from experiments.spec import Study
 from experiments.stability import DEPTH_STUDY, SCHEDULE_STUDY
+from experiments.studies_grpo import GRPO_STUDY
 from experiments.studies_moe import MOE_STUDY
 from experiments.training_choices import OPTIMIZER_STUDY, POSITIONS_STUDY, PRECISION_STUDY
 
@@ -23,5 +24,6 @@ STUDIES: dict[str, Study] = {
         SPEED_STUDY,
         SIDE_STUDY,
         MOE_STUDY,
+        GRPO_STUDY,
     )
 }

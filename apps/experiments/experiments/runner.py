@@ -19,6 +19,7 @@ that diverged (the trainer's exit 3) is a result, recorded in ``status.json``, a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import time
@@ -80,11 +81,14 @@ def use_compile_cache(folder: Path) -> None:
 
 
 def trainer_argv(spec: RunSpec, run_dir: Path, resume: bool) -> list[str]:
-    """The trainer command line of one config."""
+    """The trainer command line of one config (a resume continues its own checkpoints, so it
+    takes no ``--init-from``)."""
     argv = ["--config", spec.preset, "--run-dir", str(run_dir)]
     for item in spec.sets:
         argv += ["--set", item]
-    return [*argv, "--resume"] if resume else argv
+    if resume:
+        return [*argv, "--resume"]
+    return [*argv, "--init-from", spec.init_from] if spec.init_from else argv
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
@@ -156,8 +160,9 @@ def study_progress(title: str, total: int) -> Iterator[Callable[[str, int], None
 
 def seed_spec(spec: RunSpec, seed: int) -> RunSpec:
     """``spec`` run with ``train.seed=seed`` (the last ``--set`` wins over the study's own)."""
-    return RunSpec(spec.label, (*spec.sets, f"train.seed={seed}"), spec.preset, spec.group,
-                   (*spec.params, ("seed", seed)))  # fmt: skip
+    return dataclasses.replace(
+        spec, sets=(*spec.sets, f"train.seed={seed}"), params=(*spec.params, ("seed", seed))
+    )
 
 
 def config_dir(runs_dir: Path, study: Study, scale: str, spec: RunSpec) -> Path:

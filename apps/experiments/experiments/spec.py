@@ -35,6 +35,8 @@ class RunSpec:
     group: str = ""
     #: Free parameters for custom kinds (memory, nanogpt) and for `after_run` hooks.
     params: tuple[tuple[str, Any], ...] = ()
+    #: The trainer's ``--init-from`` (a run's folder, ``RUN@STEP``); "" for a run from scratch.
+    init_from: str = ""
 
     def param(self, name: str, default: Any = None) -> Any:
         """One of `params` by name."""

@@ -17,6 +17,10 @@ adapters, TRL's DPO and GRPO losses) are ``_hf_peer_post``'s.
 ``{"rope": [{"config": CONFIG, "seq_len": N or null}, ...], "out": NPZ}`` writes, per entry,
 the inverse frequencies (``inv_<i>``) and attention factor (``factor_<i>``) that
 ``modeling_rope_utils`` computes for ``AutoConfig.for_model(**CONFIG)`` at that length.
+``{"delta_layer": CONFIG, "inputs": NPY, "out": NPZ}`` builds transformers'
+``Qwen3_5GatedDeltaNet`` (layer 0 of ``AutoConfig.for_model(**CONFIG)``) in float64 with random
+weights, runs it on the inputs (its chunked path) and writes each weight (``w/<name>``) and the
+output.
 """
 
 from __future__ import annotations
@@ -81,11 +85,31 @@ def rope(entries: list[dict], out: Path) -> None:
     np.savez(out, **arrays)
 
 
+def delta_layer(config: dict, inputs: Path, out: Path) -> None:
+    from transformers.models.qwen3_5.modeling_qwen3_5 import (  # pants: no-infer-dep
+        Qwen3_5GatedDeltaNet,
+    )
+
+    torch.manual_seed(0)
+    layer = Qwen3_5GatedDeltaNet(AutoConfig.for_model(**config), layer_idx=0).double().eval()
+    with torch.no_grad():  # every weight random, the gates' too
+        for p in layer.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+        layer.A_log.copy_(torch.rand_like(layer.A_log))
+    x = torch.as_tensor(np.load(inputs), dtype=torch.float64)
+    with torch.no_grad():
+        y = layer(x).numpy()
+    weights = {f"w/{k}": v.detach().numpy() for k, v in layer.state_dict().items()}
+    np.savez(out, out=y, **weights)
+
+
 def main() -> None:
     for job in json.loads(Path(sys.argv[1]).read_text()):
         post = [key for key in ("chat", "peft", "dpo", "grpo") if key in job]
         if "rope" in job:
             rope(job["rope"], Path(job["out"]))
+        elif "delta_layer" in job:
+            delta_layer(job["delta_layer"], Path(job["inputs"]), Path(job["out"]))
         elif post:
             # The script's folder is on sys.path (the peer venv runs it as a file; the module is in
             # this target's sources, tests_integration/_*.py).

@@ -37,6 +37,7 @@ from tjx.nn.embeddings import Embed
 from tjx.nn.encdec import EncoderDecoder
 from tjx.nn.flops import flops_per_token, flops_per_unit, matmul_param_count
 from tjx.nn.fp8 import Fp8Meta, advance_meta
+from tjx.nn.gated_deltanet import DeltaState, GatedDeltaNet
 from tjx.nn.generation import GenerationPrograms, generate, lower_generation, sample_logits
 from tjx.nn.gpt2_presets import gpt2_config
 from tjx.nn.grpo.losses import (
@@ -264,6 +265,8 @@ __all__ = [
     "flops_per_token",
     "flops_per_unit",
     "generate",
+    "GatedDeltaNet",
+    "DeltaState",
     "lower_generation",
     "GenerationPrograms",
     "generate_seq2seq",

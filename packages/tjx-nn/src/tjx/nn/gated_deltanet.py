@@ -1,0 +1,191 @@
+"""Gated DeltaNet: the linear-attention token mixer of Qwen3-Next and Qwen3.5 (issue #56).
+
+Per token ``x`` (Qwen3.5's layout; Yang, Kautz and Hatamizadeh 2024):
+
+1. ``q, k, v``: one projection (``in_proj_qkv``, ``2·H_k·d_k + H_v·d_v`` features), then a
+   depthwise **causal convolution** over time (``conv_kernel`` taps, no bias) and SiLU;
+2. the gates: ``β = sigmoid(x · W_b)`` (the writing strength, per value head) and the log-decay
+   ``g = -exp(A_log) · softplus(x · W_a + dt_bias)`` (≤ 0);
+3. ``q`` and ``k`` normalised to unit length (L2, eps 1e-6), each key head serving ``H_v / H_k``
+   consecutive value heads, and the **gated delta rule** (tjx.kernels' `gated_delta_rule`,
+   chunked; scale ``d_k ** -0.5``) reads the state;
+4. the output gate: an RMSNorm over each head's ``d_v`` (weight, no ``1 +``) times
+   ``SiLU(x · W_z)``, then ``out_proj``.
+
+Generation keeps two states per layer (`DeltaState`): the convolution's last ``conv_kernel - 1``
+inputs and the delta rule's ``[H_v, d_k, d_v]`` matrix; `GatedDeltaNet.step` is one token
+(tjx.kernels' `gated_delta_step`), `GatedDeltaNet.__call__` with ``return_state`` the state a
+prompt leaves. A packed batch is refused: the state would carry from one document into the next.
+The statistics (gates, norms, the rule) are float32 (float64 inputs stay float64).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tjx.kernels import gated_delta_rule, gated_delta_step
+from tjx.nn.linear import Dense
+from tjx.nn.params import make_param, normal, ones, zeros
+from tjx.nn.precision import Precision
+
+Array = jax.Array
+#: The L2 normalisation's epsilon (flash-linear-attention's and transformers').
+L2_EPS = 1e-6
+
+
+class DeltaState(NamedTuple):
+    """One layer's generation state.
+
+    Attributes
+    ----------
+    conv : Array
+        ``[batch, conv_kernel - 1, conv_dim]``: the projections of the last tokens (zeros before
+        the first).
+    recurrent : Array
+        ``[batch, H_v, d_k, d_v]`` float32: the delta rule's state.
+    """
+
+    conv: Array
+    recurrent: Array
+
+
+def _l2norm(x: Array) -> Array:
+    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + L2_EPS)
+
+
+def _work(x: Array) -> jnp.dtype:
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+class GatedDeltaNet(nnx.Module):
+    """The Gated DeltaNet mixer (module docstring): ``[batch, seq, d_model]`` in and out."""
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        num_k_heads: int,
+        num_v_heads: int,
+        head_k_dim: int,
+        head_v_dim: int,
+        rngs: nnx.Rngs,
+        conv_kernel: int = 4,
+        eps: float = 1e-6,
+        chunk_size: int = 64,
+        init_std: float = 0.02,
+        precision: Precision | None = None,
+    ) -> None:
+        if num_v_heads % num_k_heads:
+            raise ValueError(
+                f"GatedDeltaNet: num_v_heads ({num_v_heads}) must be a multiple of num_k_heads "
+                f"({num_k_heads}): each key head serves consecutive value heads"
+            )
+        if conv_kernel < 1:
+            raise ValueError(f"GatedDeltaNet: conv_kernel must be >= 1; got {conv_kernel}")
+        self.precision = precision or Precision()
+        self.num_k_heads, self.num_v_heads = num_k_heads, num_v_heads
+        self.head_k_dim, self.head_v_dim = head_k_dim, head_v_dim
+        self.key_dim, self.value_dim = num_k_heads * head_k_dim, num_v_heads * head_v_dim
+        self.conv_dim = 2 * self.key_dim + self.value_dim
+        self.conv_kernel, self.eps, self.chunk_size = conv_kernel, eps, chunk_size
+
+        def dense(n_in: int, n_out: int, names: tuple[str, str]) -> Dense:
+            return Dense((n_in,), (n_out,), names[:1], names[1:], rngs=rngs, use_bias=False,
+                         init=normal(init_std), precision=self.precision)  # fmt: skip
+
+        self.in_proj_qkv = dense(d_model, self.conv_dim, ("embed", "mlp"))
+        self.in_proj_z = dense(d_model, self.value_dim, ("embed", "mlp"))
+        self.in_proj_b = dense(d_model, num_v_heads, ("embed", "heads"))
+        self.in_proj_a = dense(d_model, num_v_heads, ("embed", "heads"))
+        self.out_proj = dense(self.value_dim, d_model, ("mlp", "embed"))
+        dtype = self.precision.param_dtype
+        self.conv_weight = make_param(
+            rngs, normal(conv_kernel**-0.5), (self.conv_dim, conv_kernel), ("mlp", None), dtype
+        )
+        self.dt_bias = make_param(rngs, ones(), (num_v_heads,), ("heads",), dtype)
+        # log A = 0 and dt_bias = 1: g = -softplus(x·W_a + 1), about -1.3, a decay that starts
+        # neither instant nor frozen (a checkpoint sets both).
+        self.a_log = make_param(rngs, zeros(), (num_v_heads,), ("heads",), dtype)
+        self.norm_scale = make_param(rngs, ones(), (head_v_dim,), ("norm",), dtype)
+
+    # --- the pieces ---------------------------------------------------------------------------
+
+    def _conv(self, window: Array) -> Array:
+        """The causal depthwise convolution's outputs for ``window`` ``[b, K - 1 + s, C]`` (the
+        state's inputs first): ``[b, s, C]``, SiLU applied."""
+        w = self.conv_weight[...].astype(window.dtype)  # [C, K]
+        s = window.shape[1] - (self.conv_kernel - 1)
+        taps = [window[:, j : j + s] * w[:, j] for j in range(self.conv_kernel)]
+        return jax.nn.silu(sum(taps[1:], taps[0]))
+
+    def _heads(self, mixed: Array, x: Array) -> tuple[Array, ...]:
+        """(q, k, v, g, beta) of the convolved projections ``mixed`` ``[b, s, C]`` and ``x``."""
+        b, s, _ = mixed.shape
+        work = _work(mixed)
+        q, k, v = jnp.split(mixed, [self.key_dim, 2 * self.key_dim], axis=-1)
+        q = _l2norm(q.reshape(b, s, self.num_k_heads, self.head_k_dim).astype(work))
+        k = _l2norm(k.reshape(b, s, self.num_k_heads, self.head_k_dim).astype(work))
+        reps = self.num_v_heads // self.num_k_heads
+        q, k = jnp.repeat(q, reps, axis=2), jnp.repeat(k, reps, axis=2)
+        v = v.reshape(b, s, self.num_v_heads, self.head_v_dim)
+        beta = jax.nn.sigmoid(self.in_proj_b(x).astype(work))
+        a = self.in_proj_a(x).astype(work) + self.dt_bias[...].astype(work)
+        g = -jnp.exp(self.a_log[...].astype(work)) * jax.nn.softplus(a)
+        return q, k, v, g, beta
+
+    def _out(self, o: Array, x: Array) -> Array:
+        """The gated RMSNorm of the rule's output ``o`` ``[b, s, H_v, d_v]``, then ``out_proj``."""
+        b, s = o.shape[:2]
+        work = _work(o)
+        o = o.astype(work)
+        o = o * jax.lax.rsqrt(jnp.mean(o * o, axis=-1, keepdims=True) + self.eps)
+        z = self.in_proj_z(x).reshape(b, s, self.num_v_heads, self.head_v_dim)
+        o = o * self.norm_scale[...].astype(work) * jax.nn.silu(z.astype(work))
+        dt = self.precision.compute_dtype
+        return self.out_proj(o.reshape(b, s, self.value_dim).astype(dt))
+
+    # --- the calls ----------------------------------------------------------------------------
+
+    def init_state(self, batch: int) -> DeltaState:
+        """The state before any token (zeros)."""
+        conv = jnp.zeros((batch, self.conv_kernel - 1, self.conv_dim), self.precision.compute_dtype)
+        work = _work(conv)
+        rec = jnp.zeros((batch, self.num_v_heads, self.head_k_dim, self.head_v_dim), work)
+        return DeltaState(conv, rec)
+
+    def __call__(
+        self, x: Array, *, segment_ids: Array | None = None, return_state: bool = False
+    ) -> Array | tuple[Array, DeltaState]:
+        """Mix a whole sequence ``x`` ``[batch, seq, d_model]`` (every row from its first
+        token); with ``return_state`` also the `DeltaState` after its last token."""
+        if segment_ids is not None:
+            raise ValueError(
+                "GatedDeltaNet: packed sequences are not supported (the delta rule's state "
+                "would carry from one document into the next); train without packing"
+            )
+        chex.assert_rank(x, 3)
+        mixed = self.in_proj_qkv(x)
+        b = x.shape[0]
+        pad = jnp.zeros((b, self.conv_kernel - 1, self.conv_dim), mixed.dtype)
+        window = jnp.concatenate([pad, mixed], axis=1)
+        q, k, v, g, beta = self._heads(self._conv(window), x)
+        o, final = gated_delta_rule(q, k, v, g, beta, chunk_size=self.chunk_size)
+        y = self._out(o, x)
+        if not return_state:
+            return y
+        return y, DeltaState(window[:, window.shape[1] - (self.conv_kernel - 1) :], final)
+
+    def step(self, x: Array, state: DeltaState) -> tuple[Array, DeltaState]:
+        """One token ``x`` ``[batch, 1, d_model]`` after ``state``: its output and the new state."""
+        chex.assert_shape(x, (None, 1, None))
+        mixed = self.in_proj_qkv(x)
+        window = jnp.concatenate([state.conv.astype(mixed.dtype), mixed], axis=1)
+        q, k, v, g, beta = self._heads(self._conv(window), x)
+        o, rec = gated_delta_step(state.recurrent, q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0])
+        y = self._out(o[:, None], x)
+        return y, DeltaState(window[:, 1:], rec)

@@ -25,6 +25,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "make_eval_step": ("trainer.step", "make_eval_step"),
     "make_tokenizer": ("trainer.data_setup", "make_tokenizer"),
     "make_train_step": ("trainer.step", "make_train_step"),
+    "open_target": ("trainer.job.plan_report", "open_target"),
     "plan_argv": ("trainer.cli", "plan_argv"),
     "plan_here": ("trainer.target_plan", "plan_here"),
     "prepare_data": ("trainer.data_setup", "prepare"),

@@ -32,8 +32,10 @@ where only ``U = Ũ - W S_0``, the two products with ``S_0`` and the state updat
 forward, XLA compiles the scan's transpose, and the per-chunk states it keeps (``[chunks, d_k,
 d_v]`` per head) are as large as the activations of one attention layer at ``C = 64``. A
 hand-written backward that recomputes the states (as flash-linear-attention's does) would save
-that memory; it is not written. The computation is XLA's on every backend; no Pallas kernel
-(the H100 compile has not shown the XLA form to be the step's bottleneck: not measured).
+that memory; it is not written. The computation is XLA's on every backend; no Pallas kernel yet:
+the H100 compile's estimate (``tools/bench_gated_delta.py``, the README) puts this form at 1.7-2.0×
+the time of cuDNN's causal attention of the same width at 4k tokens, moving 45× its bytes, so such
+a kernel would win; it is not written.
 
 Shapes: ``q``, ``k`` ``[batch, seq, heads, d_k]``; ``v`` ``[batch, seq, heads, d_v]``; ``g``,
 ``beta`` ``[batch, seq, heads]``; state ``[batch, heads, d_k, d_v]``. The query scale (default

@@ -86,12 +86,11 @@ def rope(entries: list[dict], out: Path) -> None:
 
 
 def delta_layer(config: dict, inputs: Path, out: Path) -> None:
-    from transformers.models.qwen3_5.modeling_qwen3_5 import (  # pants: no-infer-dep
-        Qwen3_5GatedDeltaNet,
-    )
+    import transformers.models.qwen3_5.modeling_qwen3_5 as qwen3_5  # pants: no-infer-dep
 
     torch.manual_seed(0)
-    layer = Qwen3_5GatedDeltaNet(AutoConfig.for_model(**config), layer_idx=0).double().eval()
+    layer = qwen3_5.Qwen3_5GatedDeltaNet(AutoConfig.for_model(**config), layer_idx=0)
+    layer = layer.double().eval()
     with torch.no_grad():  # every weight random, the gates' too
         for p in layer.parameters():
             p.copy_(torch.randn_like(p) * 0.3)

@@ -78,20 +78,25 @@ def test_a_temperature_divides_the_logits_before_the_log_softmax():
 
 def test_greedy_completions_are_each_rows_argmax_continuation_up_to_its_end():
     """Against a plain reference: each prompt alone, the full forward pass over the prefix, the
-    argmax token appended, until the end token or the budget."""
+    argmax token appended, until the end token or the budget. (The prefix sits in a buffer of
+    one width, zeros after it: causal attention never reads them, and one program serves all.)"""
     model = build(llama_tiny())
     rng = np.random.default_rng()
     prompts = rng.integers(4, model.config.vocab_size, (3, 5)).astype(np.int32)
     lengths = np.array([5, 2, 3])
-    first = [int(np.argmax(np.asarray(model(jnp.asarray(prompts[r : r + 1, : lengths[r]])))
-                                      [0, -1])) for r in range(3)]  # fmt: skip
-    eos = first[1]  # row 1 ends at its first token
+    forward = jax.jit(lambda ids: model(ids))
+
+    def next_token(seq: list[int]) -> int:
+        buffer = np.zeros((1, 5 + 4), np.int32)
+        buffer[0, : len(seq)] = seq
+        return int(np.argmax(np.asarray(forward(jnp.asarray(buffer)))[0, len(seq) - 1]))
+
+    eos = next_token(list(prompts[1, :2]))  # row 1 ends at its first token
     out = greedy_completions(model, prompts, lengths, max_new_tokens=4, eos_id=eos, pad_id=0)
     for r in range(3):
         seq, want = list(prompts[r, : lengths[r]]), []
         while len(want) < 4:
-            logits = np.asarray(model(jnp.asarray([seq], jnp.int32)))[0, -1]
-            tok = int(np.argmax(logits))
+            tok = next_token(seq)
             want.append(tok)
             seq.append(tok)
             if tok == eos:

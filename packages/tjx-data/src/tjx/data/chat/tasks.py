@@ -43,10 +43,10 @@ __all__ = [
 ARITHMETIC = "arithmetic"
 #: The generated letter-reversal source's name.
 REVERSE = "reverse"
-#: The row layouts a task is written in.
-ARITHMETIC_KINDS = ("chat", "preference", "prompts")
-#: Rows of a generated task (every 10th row is held out for validation).
-ARITHMETIC_ROWS = 4000
+#: The row layouts each generated task is written in.
+TASK_KINDS = ("chat", "preference", "prompts")
+#: Rows of each generated task (every 10th row is held out for validation).
+TASK_ROWS = 4000
 _VERSION = 1
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 #: Qwen2's ChatML layout without a default system turn: the assistant's ``<|im_end|>`` is trained.
@@ -69,8 +69,8 @@ def _near_miss(answer: int, rng: np.random.Generator) -> int:
 def arithmetic_rows(n: int, seed: int = 0, *, kind: str = "chat") -> Iterator[dict[str, Any]]:
     """``n`` rows of the task: ``kind`` ``"chat"`` (messages), ``"preference"`` (prompt,
     chosen, rejected as chat turns) or ``"prompts"`` (the user turn and the answer's text)."""
-    if kind not in ARITHMETIC_KINDS:
-        raise ValueError(f"arithmetic_rows: kind must be one of {ARITHMETIC_KINDS}; got {kind!r}")
+    if kind not in TASK_KINDS:
+        raise ValueError(f"arithmetic_rows: kind must be one of {TASK_KINDS}; got {kind!r}")
     rng = np.random.default_rng([seed, _VERSION])
     for _ in range(n):
         a, b = (int(x) for x in rng.integers(0, 100, size=2))
@@ -100,8 +100,8 @@ def _swap_two(letters: list[str], rng: np.random.Generator) -> list[str]:
 def reverse_rows(n: int, seed: int = 0, *, kind: str = "chat") -> Iterator[dict[str, Any]]:
     """``n`` rows of the letter-reversal task ("Reverse: q w e" → "e w q", 3 to 5 letters), in
     ``kind``'s layout as `arithmetic_rows`; a rejected answer is never the right one."""
-    if kind not in ARITHMETIC_KINDS:
-        raise ValueError(f"reverse_rows: kind must be one of {ARITHMETIC_KINDS}; got {kind!r}")
+    if kind not in TASK_KINDS:
+        raise ValueError(f"reverse_rows: kind must be one of {TASK_KINDS}; got {kind!r}")
     rng = np.random.default_rng([seed, _VERSION, 1])
     for _ in range(n):
         letters = [_LETTERS[int(i)] for i in rng.integers(0, 26, size=int(rng.integers(3, 6)))]
@@ -139,7 +139,7 @@ def prepare_generated(source: str, kind: str, folder: str | Path | None = None) 
 
     def build(staging: Path) -> None:
         with open(staging / "rows.jsonl", "w", encoding="utf-8") as out:
-            for row in rows(ARITHMETIC_ROWS, kind=kind):
+            for row in rows(TASK_ROWS, kind=kind):
                 out.write(json.dumps(row) + "\n")
 
     return atomic_prepare(root / f"{source}-{kind}-v{_VERSION}", build) / "rows.jsonl"

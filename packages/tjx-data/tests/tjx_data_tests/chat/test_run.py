@@ -68,6 +68,23 @@ def test_the_reverse_rows_are_seeded_reversals_and_every_rejected_answer_is_wron
         next(reverse_rows(1, kind="pairs"))
 
 
+def test_a_row_of_one_repeated_letter_gets_a_near_miss_that_differs():
+    # "a a a" reversed is itself, and so is every swap of its letters: the rejected answer changes
+    # one letter instead (swapping until it differed never ended: CI's stop 65 hung here).
+    found = []
+    for seed in range(200):
+        for row in reverse_rows(2000, seed=seed, kind="preference"):
+            letters = row["prompt"][0]["content"].removeprefix("Reverse: ").split(" ")
+            if len(set(letters)) == 1:
+                found.append((letters, row["rejected"][0]["content"].split(" ")))
+        if len(found) >= 3:
+            break
+    assert len(found) >= 3
+    for letters, wrong in found:
+        changed = [i for i, (a, b) in enumerate(zip(letters, wrong, strict=True)) if a != b]
+        assert len(changed) == 1 and wrong[changed[0]].islower()
+
+
 def test_each_generated_source_is_prepared_once_under_its_name(tmp_path):
     assert set(GENERATED) == {ARITHMETIC, REVERSE}
     path = prepare_generated(REVERSE, "prompts", tmp_path)

@@ -97,6 +97,10 @@ def _swap_two(letters: list[str], rng: np.random.Generator) -> list[str]:
     return out
 
 
+def _other_letter(letter: str, rng: np.random.Generator) -> str:
+    return _LETTERS[(_LETTERS.index(letter) + 1 + int(rng.integers(25))) % 26]
+
+
 def reverse_rows(n: int, seed: int = 0, *, kind: str = "chat") -> Iterator[dict[str, Any]]:
     """``n`` rows of the letter-reversal task ("Reverse: q w e" → "e w q", 3 to 5 letters), in
     ``kind``'s layout as `arithmetic_rows`; a rejected answer is never the right one."""
@@ -112,11 +116,17 @@ def reverse_rows(n: int, seed: int = 0, *, kind: str = "chat") -> Iterator[dict[
         elif kind == "prompts":
             yield {"prompt": prompt, "answer": answer}
         else:
-            # The letters as given (a palindrome's are the answer), else two of the answer's
-            # swapped (which can swap two equal letters: then swap until it differs).
-            wrong = letters if letters[::-1] != letters and rng.integers(2) else letters[::-1]
-            while " ".join(wrong) == answer:
-                wrong = _swap_two(letters[::-1], rng)
+            if len(set(letters)) == 1:
+                # Every order of "a a a" is the answer: the near miss changes one letter. (A
+                # swap never differs, and swapping until it did hung one row in ~2,000: stop 65.)
+                wrong = list(letters)
+                wrong[int(rng.integers(len(wrong)))] = _other_letter(letters[0], rng)
+            else:
+                # The letters as given (a palindrome's are the answer), else two of the answer's
+                # swapped (which can swap two equal letters: then swap until it differs).
+                wrong = letters if letters[::-1] != letters and rng.integers(2) else letters[::-1]
+                while " ".join(wrong) == answer:
+                    wrong = _swap_two(letters[::-1], rng)
             yield {
                 "prompt": prompt,
                 "chosen": [{"role": "assistant", "content": answer}],

@@ -128,3 +128,27 @@ def test_tasks_score_a_hugging_face_folder_with_its_own_tokenizer(workdir, capsy
     assert "|local_lambada" in capsys.readouterr().out
     written = json.loads((hf / "lm_eval_step0.json").read_text())
     assert written["results"]["local_lambada"]["perplexity,none"] > 1
+
+
+def test_the_task_index_is_built_once_per_state_of_the_include_folder(tmp_path, monkeypatch):
+    import lm_eval.tasks
+
+    built: list[str | None] = []
+
+    class Counting:
+        def __init__(self, include_path: str | None = None) -> None:
+            built.append(include_path)
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", Counting)
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "a.yaml").write_text("task: a\n")
+    harness._indexed.cache_clear()
+    try:
+        first = harness._indexed(str(folder), harness._yaml_stamp(str(folder)))
+        assert harness._indexed(str(folder), harness._yaml_stamp(str(folder))) is first
+        (folder / "b.yaml").write_text("task: b\n")  # a new task file: the folder indexes again
+        assert harness._indexed(str(folder), harness._yaml_stamp(str(folder))) is not first
+    finally:
+        harness._indexed.cache_clear()  # no stand-in left for the tests after this one
+    assert built == [str(folder), str(folder)]

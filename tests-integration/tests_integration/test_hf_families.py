@@ -1,6 +1,6 @@
-"""Qwen3, OLMo 2 and 3, Phi-3, Gemma 2, Gemma 3 (text), DeepSeek-V2 and -V3, gpt-oss and GLM-4.5
-MoE round-trip through transformers (PyTorch in the scratch venv of ``_hf_peer``, one peer
-process each way for all families).
+"""Qwen3, OLMo 2 and 3, Phi-3, Gemma 2, Gemma 3 (text), DeepSeek-V2 and -V3, gpt-oss, GLM-4.5 MoE
+and Qwen3.5 (text) round-trip through transformers (PyTorch in the scratch venv of ``_hf_peer``,
+one peer process each way for all families).
 
 transformers builds a tiny random model of each family (2 layers, GQA 4/2, random norms, Gemma's
 soft caps bending the logits) and scores it in float32 and bfloat16; tjx loads each with
@@ -255,6 +255,22 @@ CASES["glm4_moe"] = dict(
     make=dict(random_buffers=["e_score_correction_bias"]),
     bf16=False,
 )
+# Qwen3.5: three Gated DeltaNet layers, then gated attention (transformers' default pattern);
+# zero-centred norms, RoPE on a quarter of each head (4 of 16 dims), 4 value heads on 2 key heads.
+CASES["qwen3_5"] = dict(
+    config=dict(
+        COMMON,
+        model_type="qwen3_5_text",
+        num_hidden_layers=4,
+        head_dim=16,
+        initializer_range=0.2,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
+        rope_parameters=dict(rope_type="default", rope_theta=100.0, partial_rotary_factor=0.25),
+    ),
+)
 CASES["gpt_oss_all"] = dict(
     CASES["gpt_oss"], config=dict(CASES["gpt_oss"]["config"], num_experts_per_tok=4), bf16=True
 )
@@ -484,3 +500,17 @@ def test_the_gpt_oss_and_glm_cases_exercise_each_piece(results):
     assert (glm.moe_first_dense, glm.num_shared_experts, glm.expert_mlp_dim) == (1, 1, 16)
     assert "model.layers.2.mlp.gate.e_score_correction_bias" in results["glm4_moe"]["tensors"]
     assert results["glm4_moe"]["saved"]["rope_parameters"]["partial_rotary_factor"] == 0.25
+
+
+def test_the_qwen3_5_case_exercises_each_piece(results):
+    """Delta layers and the gated attention both ran (their tensors went out and came back)."""
+    r = results["qwen3_5"]
+    c = r["config"]
+    assert c.layer_mixers() == ("delta", "delta", "delta", "attention")
+    assert c.attention_output_gate and c.norm_plus_one and c.qk_norm and c.rope_fraction == 0.25
+    assert (c.delta_key_heads, c.delta_value_heads, c.delta_key_dim) == (2, 4, 8)
+    names = r["tensors"]
+    assert "model.layers.0.linear_attn.conv1d.weight" in names
+    assert "model.layers.3.self_attn.q_proj.weight" in names
+    assert not any(n.startswith("model.layers.0.self_attn.") for n in names)
+    assert r["saved"]["layer_types"] == ["linear_attention"] * 3 + ["full_attention"]

@@ -129,3 +129,20 @@ def test_bad_shapes_and_packed_batches_are_refused_by_name():
     x = jnp.zeros((1, 4, 16))
     with pytest.raises(ValueError, match="packed sequences are not supported"):
         layer(x, segment_ids=jnp.ones((1, 4), jnp.int32))
+
+
+def test_a_right_padded_prompts_state_is_each_rows_state_after_its_own_tokens():
+    """``lengths``: the padding neither decays nor writes the state, and the convolution keeps
+    each row's last real inputs, so the state equals that of the row's real tokens alone."""
+    seed = int(np.random.default_rng().integers(1 << 20))
+    with jax.enable_x64(True):
+        layer = _layer(seed)
+        x = jnp.asarray(np.random.default_rng(seed).standard_normal((3, 9, 16)))
+        lengths = jnp.asarray([9, 5, 2])
+        _, padded = layer(x, return_state=True, lengths=lengths)
+        for r, n in enumerate([9, 5, 2]):
+            _, alone = layer(x[r : r + 1, :n], return_state=True)
+            np.testing.assert_allclose(padded.conv[r], alone.conv[0], rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(
+                padded.recurrent[r], alone.recurrent[0], rtol=1e-10, atol=1e-12
+            )

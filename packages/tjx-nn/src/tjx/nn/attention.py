@@ -1,8 +1,8 @@
 """Multi-head attention with GQA/MQA (``num_kv_heads``), cross-attention, RoPE/ALiBi, an
 optional MLA-style low-rank key/value path (DeepSeek's with ``qk_rope_head_dim``:
 :mod:`tjx.nn.mla`), a sliding window, and KV-cache prefill/decode; q/k norms, Gemma's query
-scale and soft-capped logits, gpt-oss's attention sinks and GLM's partial RoPE (see
-``family_config``).
+scale and soft-capped logits, gpt-oss's attention sinks, GLM's partial RoPE and Qwen3.5's output
+gate (see ``family_config``).
 
 A windowed layer (``sliding_window``; ``window_pattern`` says which layers) passes the window to
 the kernel; when decoding, its cache may be a rolling one of the window's size (slot ``p mod T``
@@ -152,6 +152,13 @@ class Attention(nnx.Module):
         )
         # GLM-4.5: RoPE rotates each head's first dims only (``rope_fraction``).
         self.rotated = rotated_dims(c)
+        # Qwen3-Next / Qwen3.5: the heads' output times sigmoid(x · W_gate), per head and dim,
+        # before the output projection (HF stores W_gate in q_proj, beside each head's query).
+        self.gate = (
+            Dense((d,), (h, hd), ("embed",), ("heads", "head_dim"), init=init, **qkv)
+            if c.attention_output_gate and not cross
+            else None
+        )
 
     def _sinks(self) -> Array | None:
         """The sinks' logits ``[heads]`` (float32 or wider), or None."""
@@ -389,6 +396,9 @@ class Attention(nnx.Module):
         if self.v_dim != self.width:
             out = out[..., : self.v_dim]
         out = checkpoint_name(out, "attention_output")
+        if self.gate is not None:
+            gate = jax.nn.sigmoid(self.gate(x).astype(jnp.promote_types(out.dtype, jnp.float32)))
+            out = (out * gate).astype(out.dtype)
         return self.out(out, k_out), cache
 
     def _write_prefill(

@@ -12,12 +12,14 @@ from flax import nnx
 
 from tjx.nn.attention import Attention
 from tjx.nn.configs import TransformerConfig
+from tjx.nn.gated_deltanet import DeltaState, GatedDeltaNet
 from tjx.nn.kernel_choice import ModelAttention, layer_kind
 from tjx.nn.kv_cache import LayerCache
 from tjx.nn.linear import dropout, split_key
 from tjx.nn.mlp import MLP
 from tjx.nn.moe.layer import MoE, MoEStats
 from tjx.nn.norms import LayerNorm, RMSNorm, make_norm
+from tjx.nn.sequence import current_sequence_parallel
 
 Array = jax.Array
 
@@ -51,6 +53,8 @@ class Block(nnx.Module):
     ``context`` sits between the two (pre- and post-LN only). With ``moe=True`` the MLP is an
     MoE block (``moe.MoE``), whose router statistics the call returns. ``attention``: the
     kernels its attention layers run (the stack's `ModelAttention`; None: each resolves its own).
+    With ``mixer="delta"`` the token mixer is Gated DeltaNet (``delta``, `GatedDeltaNet`) in
+    place of self-attention (``attn`` is None): a causal decoder's layer only.
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class Block(nnx.Module):
         cross: bool = False,
         moe: bool = False,
         attention: ModelAttention | None = None,
+        mixer: str = "attention",
     ) -> None:
         c = config
         self.post_ln = c.norm_position == "post"
@@ -90,7 +95,27 @@ class Block(nnx.Module):
         # The kernels the stack resolved (none given: each attention layer resolves its own).
         kind = layer_kind(causal=causal, cross=False)
         kernel = attention.kernel(kind) if attention is not None else None
-        self.attn = Attention(c, rngs=rngs, causal=causal, out_std=out_std, kernel=kernel)
+        if mixer == "delta":
+            if cross or not causal:
+                raise ValueError("delta layers (Gated DeltaNet) are causal decoder layers only")
+            assert c.delta_key_heads is not None and c.delta_value_heads is not None
+            assert c.delta_key_dim is not None and c.delta_value_dim is not None
+            self.attn: Attention | None = None
+            self.delta: GatedDeltaNet | None = GatedDeltaNet(
+                c.d_model,
+                num_k_heads=c.delta_key_heads,
+                num_v_heads=c.delta_value_heads,
+                head_k_dim=c.delta_key_dim,
+                head_v_dim=c.delta_value_dim,
+                rngs=rngs,
+                conv_kernel=c.delta_conv_kernel,
+                eps=c.norm_eps,
+                init_std=c.init_std,
+                precision=c.precision,
+            )
+        else:
+            self.delta = None
+            self.attn = Attention(c, rngs=rngs, causal=causal, out_std=out_std, kernel=kernel)
         if cross:
             self.cross_norm: LayerNorm | RMSNorm | None = make_norm(c.norm, c.d_model, **norm_kw)
             crossed = attention.kernel("cross") if attention is not None else None
@@ -162,6 +187,12 @@ class Block(nnx.Module):
         new_cache: list[LayerCache | None] = [cache]
 
         def self_attn(h: Array) -> Array:
+            if self.delta is not None:
+                out, new_cache[0] = _delta_mix(
+                    self.delta, h, segment_ids, cache, cache_pos, lengths
+                )
+                return out
+            assert self.attn is not None
             out, new_cache[0] = self.attn(
                 h,
                 positions=positions,
@@ -205,3 +236,30 @@ class Block(nnx.Module):
 
         x = sub(x, self.mlp_norm, self.mlp_post_norm, ffn, keys[4])
         return x, new_cache[0], stats[0]
+
+
+def _delta_mix(
+    delta: GatedDeltaNet,
+    h: Array,
+    segment_ids: Any,
+    cache: LayerCache | None,
+    cache_pos: Array | None,
+    lengths: Array | None,
+) -> tuple[Array, LayerCache | None]:
+    """A delta layer's mixing: the whole sequence (training, scoring), a prefill that leaves its
+    state in the layer's cache (``{"conv", "recurrent"}``, see `tjx.nn.kv_cache`), or one decode
+    step from it."""
+    if cache is None:
+        if current_sequence_parallel() is not None:
+            raise ValueError(
+                "delta layers (Gated DeltaNet) are not supported under sequence_parallel: the "
+                "recurrent state would restart on each device's part; train without the split"
+            )
+        return delta(h, segment_ids=segment_ids), None  # type: ignore[return-value]
+    state = DeltaState(cache["conv"], cache["recurrent"])
+    if cache_pos is not None and h.shape[1] == 1:
+        out, state = delta.step(h, state)
+    else:
+        out, state = delta(h, segment_ids=segment_ids, return_state=True, lengths=lengths)
+    new = {"conv": state.conv.astype(cache["conv"].dtype)}
+    return out, new | {"recurrent": state.recurrent.astype(cache["recurrent"].dtype)}

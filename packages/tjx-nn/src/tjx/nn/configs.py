@@ -38,6 +38,11 @@ REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_output", "save_do
 ATTENTION_TYPES = ("mha", "mla")
 #: What each entry of ``window_pattern`` says about a layer: sliding window or full attention.
 LAYER_KINDS = ("local", "global")
+#: What each entry of ``mixer_pattern`` says about a layer: its token mixer, attention or Gated
+#: DeltaNet linear attention (:mod:`tjx.nn.gated_deltanet`, Qwen3-Next and Qwen3.5).
+MIXERS = ("attention", "delta")
+#: The Gated DeltaNet sizes: only a stack with delta layers reads them.
+DELTA_SIZES = ("delta_key_heads", "delta_value_heads", "delta_key_dim", "delta_value_dim")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,6 +190,21 @@ class TransformerConfig:
     attention_sinks: bool = setting(
         False, help="a learned logit per head in each softmax's denominator (gpt-oss)"
     )
+    attention_output_gate: bool = setting(
+        False, help="attention output times a sigmoid gate per head from x (Qwen3-Next, Qwen3.5)"
+    )
+    mixer_pattern: list[str] | None = setting(
+        None,
+        each_choices=MIXERS,
+        help="layers' token mixers, repeated (delta: Gated DeltaNet); None: all attention",
+    )
+    delta_key_heads: int | None = setting(None, help="delta layers: query and key heads")
+    delta_value_heads: int | None = setting(
+        None, help="delta layers: value heads (a multiple of the key heads)"
+    )
+    delta_key_dim: int | None = setting(None, help="delta layers: a query/key head's width")
+    delta_value_dim: int | None = setting(None, help="delta layers: a value head's width")
+    delta_conv_kernel: int = setting(4, help="delta layers: the causal convolution's taps")
     num_experts: int = setting(0, help="MoE: routed experts per MoE layer; 0: dense MLPs")
     experts_per_token: int = setting(2, help="MoE: experts each token is routed to (top-k)")
     expert_mlp_dim: int | None = setting(None, help="MoE: a routed expert's width; None: mlp_dim")
@@ -231,6 +251,7 @@ class TransformerConfig:
         check_rope(self, cls)
         check_rope_scaling(self, cls)
         check_window(self, cls)
+        check_mixers(self, cls)
         check_relative(self, cls)
         check_mla(self, cls)
         if self.decode_topk is not None:
@@ -253,6 +274,13 @@ class TransformerConfig:
         return tuple(
             self.sliding_window if pattern[i % len(pattern)] == "local" else None for i in range(n)
         )
+
+    def layer_mixers(self, num_layers: int | None = None) -> tuple[str, ...]:
+        """Each layer's token mixer (``MIXERS``), ``mixer_pattern`` repeated over ``num_layers``
+        (default ``num_layers``) layers; every layer attends without one."""
+        n = self.num_layers if num_layers is None else num_layers
+        pattern = self.mixer_pattern or ("attention",)
+        return tuple(pattern[i % len(pattern)] for i in range(n))
 
     def _check_vocab(self, cls: str) -> None:
         positive(cls, "vocab_size", self.vocab_size)
@@ -370,6 +398,13 @@ class ViTConfig(TransformerConfig):
         object.__setattr__(self, "max_seq_len", self.num_patches + 1)
         super().__post_init__()
         choice("ViTConfig", "position", self.position, ("learned", "sinusoidal"))
+
+    def layer_mixers(self, num_layers: int | None = None) -> tuple[str, ...]:
+        """Each layer's token mixer (``MIXERS``), ``mixer_pattern`` repeated over ``num_layers``
+        (default ``num_layers``) layers; every layer attends without one."""
+        n = self.num_layers if num_layers is None else num_layers
+        pattern = self.mixer_pattern or ("attention",)
+        return tuple(pattern[i % len(pattern)] for i in range(n))
 
     def _check_vocab(self, cls: str) -> None:
         positive(cls, "vocab_size", self.vocab_size, allow_zero=True)
@@ -501,6 +536,50 @@ def check_window(config: Any, cls: str) -> None:
     for kind in pattern:
         choice(cls, "window_pattern", kind, LAYER_KINDS)
     object.__setattr__(config, "window_pattern", tuple(pattern))
+
+
+def check_mixers(config: Any, cls: str) -> None:
+    """A ``mixer_pattern`` of ``MIXERS`` (a tuple: the config is hashable); with delta layers,
+    their sizes, and what a stack of them does not run yet refused by name."""
+    pattern = config.mixer_pattern
+    if pattern is not None:
+        if isinstance(pattern, str) or not isinstance(pattern, list | tuple) or not pattern:
+            raise ValueError(
+                f"{cls}.mixer_pattern must be a non-empty list of {MIXERS}; got {pattern!r}"
+            )
+        for kind in pattern:
+            choice(cls, "mixer_pattern", kind, MIXERS)
+        object.__setattr__(config, "mixer_pattern", tuple(pattern))
+    if pattern is None or "delta" not in pattern:
+        for name in DELTA_SIZES:
+            if getattr(config, name) is not None:
+                raise ValueError(
+                    f"{cls}.{name}: only delta layers read it, and mixer_pattern has none; add "
+                    "'delta' to mixer_pattern or set it to None"
+                )
+        return
+    for name in DELTA_SIZES:
+        if getattr(config, name) is None:
+            raise ValueError(f"{cls}.{name}: delta layers need it (mixer_pattern has 'delta')")
+        positive(cls, name, getattr(config, name))
+    positive(cls, "delta_conv_kernel", config.delta_conv_kernel)
+    if config.delta_value_heads % config.delta_key_heads:
+        raise ValueError(
+            f"{cls}.delta_value_heads ({config.delta_value_heads}) must be a multiple of "
+            f"delta_key_heads ({config.delta_key_heads}): each key head serves value heads"
+        )
+    if config.scan_layers:
+        # A scan stacks alike layers; a stack mixing two mixers would need segments of units
+        # (as MoE's, `tjx.nn.layer_runs`) and a cache of two kinds per unit: not built yet.
+        raise ValueError(
+            f"{cls}.scan_layers: a stack with delta layers runs unrolled for now; set "
+            "scan_layers=False"
+        )
+    if tuple(config.attention_layers) != ("causal",):
+        raise ValueError(
+            f"{cls}.mixer_pattern: delta layers are a causal decoder's; {cls} builds "
+            f"{', '.join(config.attention_layers)} attention layers"
+        )
 
 
 #: DeepSeek's MLA settings (:mod:`tjx.nn.mla`): only ``attention_type="mla"`` reads them.

@@ -159,10 +159,17 @@ class GatedDeltaNet(nnx.Module):
         return DeltaState(conv, rec)
 
     def __call__(
-        self, x: Array, *, segment_ids: Array | None = None, return_state: bool = False
+        self,
+        x: Array,
+        *,
+        segment_ids: Array | None = None,
+        return_state: bool = False,
+        lengths: Array | None = None,
     ) -> Array | tuple[Array, DeltaState]:
         """Mix a whole sequence ``x`` ``[batch, seq, d_model]`` (every row from its first
-        token); with ``return_state`` also the `DeltaState` after its last token."""
+        token); with ``return_state`` also the `DeltaState` after its last token, or, for a
+        right-padded batch, after each row's ``lengths[r]`` real tokens (the padding's gates
+        are zeroed, ``g = β = 0``, so it neither decays nor writes the state)."""
         if segment_ids is not None:
             raise ValueError(
                 "GatedDeltaNet: packed sequences are not supported (the delta rule's state "
@@ -174,11 +181,20 @@ class GatedDeltaNet(nnx.Module):
         pad = jnp.zeros((b, self.conv_kernel - 1, self.conv_dim), mixed.dtype)
         window = jnp.concatenate([pad, mixed], axis=1)
         q, k, v, g, beta = self._heads(self._conv(window), x)
+        s = x.shape[1]
+        if lengths is not None:
+            real = (jnp.arange(s)[None, :] < lengths[:, None])[..., None]  # [b, s, 1]
+            g, beta = jnp.where(real, g, 0.0), jnp.where(real, beta, 0.0)
         o, final = gated_delta_rule(q, k, v, g, beta, chunk_size=self.chunk_size)
         y = self._out(o, x)
         if not return_state:
             return y
-        return y, DeltaState(window[:, window.shape[1] - (self.conv_kernel - 1) :], final)
+        # The convolution's state: the inputs of the row's last K - 1 real tokens, which sit at
+        # window[length : length + K - 1] (the window starts with K - 1 zeros).
+        ends = jnp.full((b,), s, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
+        index = ends[:, None] + jnp.arange(self.conv_kernel - 1, dtype=jnp.int32)[None, :]
+        conv = jnp.take_along_axis(window, index[..., None], axis=1)
+        return y, DeltaState(conv, final)
 
     def step(self, x: Array, state: DeltaState) -> tuple[Array, DeltaState]:
         """One token ``x`` ``[batch, 1, d_model]`` after ``state``: its output and the new state."""

@@ -8,6 +8,11 @@ qk_rope_head_dim]``, the rotated key its heads share). Slot ``p mod T`` holds th
 position ``p`` (prompts are right-padded, see ``generate``): while ``p < T`` slot ``t`` is
 position ``t``; a model whose every layer has a sliding window gets a *rolling* cache of the
 window's size (``init_cache``), where a new token overwrites the one that just left the window.
+
+A stack with Gated DeltaNet layers (``mixer_pattern``) caches its attention layers as above (the
+leading axis counts them only) and its delta layers' states beside them: ``{"conv": [L_delta, b,
+conv_kernel - 1, conv_dim], "recurrent": [L_delta, b, H_v, d_k, d_v]}`` (float32), a fixed size
+whatever the length (`layer_cache` gives a layer its own part).
 """
 
 from __future__ import annotations
@@ -63,17 +68,60 @@ def init_cache(
             f"cache length {max_len} exceeds the model's max_seq_len={config.max_seq_len}"
         )
     dt = dtype or config.precision.compute_dtype
-    L = config.num_layers if num_layers is None else num_layers
-    max_len = cache_slots(config, max_len, L)
+    mixers = config.layer_mixers(num_layers)
+    max_len = cache_slots(config, max_len, len(mixers))
+    cache = _attention_cache(config, mixers.count("attention"), batch, max_len, dt)
+    deltas = mixers.count("delta")
+    if deltas:
+        assert config.delta_key_heads is not None and config.delta_value_heads is not None
+        assert config.delta_key_dim is not None and config.delta_value_dim is not None
+        conv = 2 * config.delta_key_heads * config.delta_key_dim
+        conv += config.delta_value_heads * config.delta_value_dim
+        state = (config.delta_value_heads, config.delta_key_dim, config.delta_value_dim)
+        cache["conv"] = jnp.zeros((deltas, batch, config.delta_conv_kernel - 1, conv), dt)
+        work = jnp.promote_types(dt, jnp.float32)  # the delta rule's state stays float32
+        cache["recurrent"] = jnp.zeros((deltas, batch, *state), work)
+    return cache
+
+
+def _attention_cache(
+    config: TransformerConfig, layers: int, batch: int, slots: int, dt: Any
+) -> dict[str, Array]:
+    """The attention layers' part: keys and values, or MLA's latents (none without a layer)."""
+    if not layers:
+        return {}
     if config.attention_type == "mla":
         assert config.kv_latent_dim is not None
-        cache = {"latent": jnp.zeros((L, batch, max_len, config.kv_latent_dim), dt)}
+        cache = {"latent": jnp.zeros((layers, batch, slots, config.kv_latent_dim), dt)}
         if config.qk_rope_head_dim is not None:  # DeepSeek's: and the shared rotated key
-            cache["rope_key"] = jnp.zeros((L, batch, max_len, config.qk_rope_head_dim), dt)
+            cache["rope_key"] = jnp.zeros((layers, batch, slots, config.qk_rope_head_dim), dt)
         return cache
     assert config.num_kv_heads is not None and config.head_dim is not None
-    shape = (L, batch, max_len, config.num_kv_heads, config.head_dim)
+    shape = (layers, batch, slots, config.num_kv_heads, config.head_dim)
     return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
+
+
+#: The cache entries of delta layers (the rest belong to attention layers).
+DELTA_ENTRIES = ("conv", "recurrent")
+
+
+def layer_cache(cache: dict[str, Array] | None, mixers: tuple[str, ...], i: int) -> Any:
+    """Layer ``i``'s own cache: its mixer's entries at its index among the layers of that mixer
+    (every entry at ``i`` in a stack of one mixer)."""
+    if cache is None:
+        return None
+    delta = mixers[i] == "delta"
+    j = mixers[:i].count(mixers[i])
+    return {name: a[j] for name, a in cache.items() if (name in DELTA_ENTRIES) == delta}
+
+
+def stack_layer_caches(caches: list[dict[str, Array]]) -> dict[str, Array]:
+    """The layers' caches (`layer_cache`'s, updated) stacked back entry by entry, in layer
+    order: the inverse of `layer_cache` over every layer."""
+    names = [name for c in caches for name in c]
+    return {
+        name: jnp.stack([c[name] for c in caches if name in c]) for name in dict.fromkeys(names)
+    }
 
 
 def cache_slots(config: TransformerConfig, max_len: int, num_layers: int | None = None) -> int:
@@ -101,7 +149,8 @@ def kv_cache_bytes(
     """Bytes of the KV cache for ``batch × seq_len`` tokens under ``config`` (a rolling cache
     holds the window's tokens only, see ``cache_slots``).
 
-    Standard attention stores ``2 · L · kv_heads · head_dim`` values per token; MLA stores
+    Standard attention stores ``2 · L · kv_heads · head_dim`` values per token (``L``: the
+    attention layers; a delta layer keeps a fixed-size state, see `init_cache`); MLA stores
     ``L · kv_latent_dim`` (DeepSeek's: ``+ qk_rope_head_dim``). Compare ``kv_cache_bytes(cfg)`` with
     ``kv_cache_bytes(cfg.replace(attention_type="mha", kv_latent_dim=None))`` for the saving.
 
@@ -127,7 +176,18 @@ def kv_cache_bytes(
     else:
         assert config.num_kv_heads is not None and config.head_dim is not None
         per_token = 2 * config.num_kv_heads * config.head_dim
-    return int(config.num_layers * batch * seq_len * per_token * itemsize)
+    mixers = config.layer_mixers()
+    total = mixers.count("attention") * batch * seq_len * per_token * itemsize
+    deltas = mixers.count("delta")
+    if deltas:  # their fixed-size states (`init_cache`): the inputs of K - 1 tokens, the matrix
+        assert config.delta_key_heads is not None and config.delta_value_heads is not None
+        assert config.delta_key_dim is not None and config.delta_value_dim is not None
+        conv = 2 * config.delta_key_heads * config.delta_key_dim
+        conv += config.delta_value_heads * config.delta_value_dim
+        work = jnp.promote_types(dtype, jnp.float32).itemsize
+        matrix = config.delta_value_heads * config.delta_key_dim * config.delta_value_dim
+        total += deltas * batch * ((config.delta_conv_kernel - 1) * conv * itemsize + matrix * work)
+    return int(total)
 
 
 def topk_decode_attention(

@@ -22,6 +22,7 @@ from flax import nnx
 from tjx.nn.block import Block
 from tjx.nn.configs import REMAT_POLICIES, TransformerConfig
 from tjx.nn.kernel_choice import ModelAttention, layer_kind, resolve_model_attention
+from tjx.nn.kv_cache import layer_cache, stack_layer_caches
 from tjx.nn.layer_runs import Segment, Unit, scanned, segments
 from tjx.nn.moe.config import moe_layers
 from tjx.nn.moe.layer import MoEStats
@@ -95,7 +96,11 @@ class Stack(nnx.Module):
         kinds_here = [layer_kind(causal=causal, cross=False)] + (["cross"] if cross else [])
         attention = attention or resolve_model_attention(config, kinds=kinds_here)
 
-        def make(r: nnx.Rngs, moe: bool) -> Block:
+        # Each layer's token mixer (attention, or Gated DeltaNet: unrolled stacks only, as the
+        # config checks).
+        self.mixers = config.layer_mixers(num_layers)
+
+        def make(r: nnx.Rngs, moe: bool, mixer: str = "attention") -> Block:
             return Block(
                 config,
                 rngs=r,
@@ -104,13 +109,14 @@ class Stack(nnx.Module):
                 cross=cross,
                 moe=moe,
                 attention=attention,
+                mixer=mixer,
             )
 
         self.plan = segments(kinds, max(1, config.moe_layer_step)) if self.scan else ()
         layers: Any = None
         parts: Any = None
         if not self.scan:
-            layers = nnx.List([make(rngs, moe) for moe in kinds])
+            layers = nnx.List([make(rngs, m, x) for m, x in zip(kinds, self.mixers, strict=True)])
         elif len(self.plan) == 1 and len(self.plan[0].unit) == 1:
             layers = scanned(lambda r: make(r, kinds[0]), rngs, num_layers)
         else:
@@ -213,14 +219,14 @@ class Stack(nnx.Module):
                 block,
                 x,
                 None if keys is None else keys[i],
-                _layer(cache, i),
+                layer_cache(cache, self.mixers, i),
                 _layer(context_kv, i),
                 None,
             )
             caches.append(new)
             if stats is not None:
                 all_stats.append(stats)
-        new_cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *caches)
+        new_cache = None if cache is None else stack_layer_caches(caches)
         stacked = jax.tree.map(lambda *a: jnp.stack(a), *all_stats) if all_stats else None
         return x, new_cache, stacked
 

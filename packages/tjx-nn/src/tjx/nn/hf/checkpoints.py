@@ -3,8 +3,8 @@ and out.
 
 A folder's ``config.json`` names the architecture (``model_type`` gpt2, llama, mistral, qwen2,
 qwen3, olmo2, olmo3, phi3, gemma2 or gemma3_text, the MoE types mixtral, qwen2_moe and qwen3_moe,
-``moe``, deepseek_v2 and deepseek_v3, ``deepseek``, gpt_oss, ``gpt_oss``, or glm4_moe,
-``glm4_moe``); its config module maps the config
+``moe``, deepseek_v2 and deepseek_v3, ``deepseek``, gpt_oss, ``gpt_oss``, glm4_moe,
+``glm4_moe``, or qwen3_5_text, ``qwen3_5``); its config module maps the config
 (refusing what tjx would ignore) and its mapping module the tensors. Weights move one tensor at
 a time: loading fills a model built abstractly (``nnx.eval_shape``) from safetensors'
 memory-mapped reads, saving writes one shard at a time, so neither holds two full copies of the
@@ -68,6 +68,13 @@ from tjx.nn.hf.io import (
 )
 from tjx.nn.hf.llama import llama_mapping
 from tjx.nn.hf.moe import MOE_TYPES, moe_config_from_hf, moe_config_to_hf, moe_export_type
+from tjx.nn.hf.qwen3_5 import (
+    QWEN3_5,
+    is_qwen3_5,
+    qwen3_5_config_from_hf,
+    qwen3_5_config_to_hf,
+    qwen3_5_mapping,
+)
 from tjx.nn.lora import merged_readers
 from tjx.nn.model_state import concrete_state
 from tjx.nn.params_io import fill_params, param_readers
@@ -76,7 +83,7 @@ from tjx.nn.params_io import fill_params, param_readers
 HF_MODEL_TYPES: dict[str, str] = {
     "gpt2": "gpt2",
     **{t: "llama" for t in (*LLAMA_TYPES, *FAMILY_TYPES)},
-    **{t: "llama" for t in (*MOE_TYPES, *DEEPSEEK_TYPES, GPT_OSS, GLM4_MOE)},
+    **{t: "llama" for t in (*MOE_TYPES, *DEEPSEEK_TYPES, GPT_OSS, GLM4_MOE, QWEN3_5)},
 }
 #: model types refused with a line of their own (what to load instead).
 _REFUSED = {
@@ -132,6 +139,9 @@ def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[Deco
     if model_type == GPT_OSS:
         oss = gpt_oss_config_from_hf(hf, **overrides)
         return oss, Llama, gpt_oss_mapping(oss)
+    if model_type == QWEN3_5:
+        qwen = qwen3_5_config_from_hf(hf, **overrides)
+        return qwen, Llama, qwen3_5_mapping(qwen)
     if model_type == GLM4_MOE:
         glm = glm4_moe_config_from_hf(hf, **overrides)
         return glm, Llama, glm4_moe_mapping(glm, mtp=glm4_mtp_layers(hf))
@@ -240,6 +250,13 @@ def _export_plan(config: Any, model_type: str | None) -> tuple[dict[str, Any], H
                 f"a model with attention sinks saves as model_type 'gpt_oss'; got {model_type!r}"
             )
         return gpt_oss_config_to_hf(config), gpt_oss_mapping(config)
+    if isinstance(config, LlamaConfig) and (model_type == QWEN3_5 or is_qwen3_5(config)):
+        if model_type not in (None, QWEN3_5):
+            raise ValueError(
+                "a model with delta layers or a gated attention output saves as model_type "
+                f"{QWEN3_5!r}; got {model_type!r}"
+            )
+        return qwen3_5_config_to_hf(config), qwen3_5_mapping(config)
     if isinstance(config, LlamaConfig) and config.qk_rope_head_dim is not None:
         ds_type = deepseek_export_type(config, model_type)
         return deepseek_config_to_hf(config, ds_type), deepseek_mapping(config, ds_type)

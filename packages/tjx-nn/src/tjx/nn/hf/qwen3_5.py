@@ -1,0 +1,281 @@
+"""Hugging Face Qwen3.5 text (``Qwen3_5ForCausalLM``, ``qwen3_5_text``) ↔ tjx ``Llama`` with delta
+layers.
+
+Qwen3.5 is Qwen3's decoder (pre-norm, SwiGLU, per-head q/k norms) with:
+
+=================================  ============================================================
+config.json / tensor               tjx
+=================================  ============================================================
+``layer_types`` (``linear_`` /     ``mixer_pattern`` (``delta`` / ``attention``; default: three
+``full_attention``)                delta layers, then an attention one)
+``linear_num_key_heads``, ...      ``delta_key_heads``, ``delta_value_heads``, ``delta_key_dim``,
+``linear_conv_kernel_dim``         ``delta_value_dim``, ``delta_conv_kernel``
+``linear_attn.*``                  ``delta.*`` (`tjx.nn.gated_deltanet`): ``conv1d.weight``
+                                   ``[C, 1, K]`` ↔ ``conv_weight`` ``[C, K]``, ``A_log`` ↔
+                                   ``a_log``, ``norm.weight`` ↔ ``norm_scale``
+``self_attn.q_proj`` ``[2·h·hd,    ``attn.query`` and ``attn.gate`` (``attention_output_gate``):
+d]``                               per head, ``hd`` query rows then ``hd`` gate rows
+RMSNorms ``x · (1 + w)``, w from   ``norm_plus_one`` (the q/k norms too; the delta layers' own
+0                                  output norm scales by ``w``)
+``rope_parameters``'s              ``rope_fraction`` (0.25 by default: RoPE turns each head's
+``partial_rotary_factor``          first quarter)
+=================================  ============================================================
+
+``mrope_section`` / ``mrope_interleaved`` (the image model's 3-D positions) change no number for
+text: its three position rows are the same token index. Refused in one line naming the key:
+unknown keys, ``attention_bias`` true, another activation, a RoPE scaling. A model with packed
+sequences (``segment_ids``) is refused by the delta layers themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from tjx.nn.configs import LlamaConfig
+from tjx.nn.hf.family_base import base_fields, check_keys, common_to_hf, rope_theta
+from tjx.nn.hf.family_tensors import family_mapping
+from tjx.nn.hf.io import HFMapping, Read, take
+
+QWEN3_5 = "qwen3_5_text"
+ARCHITECTURE = "Qwen3_5ForCausalLM"
+#: Qwen3.5's keys beyond ``family_base.BASE_KEYS``, each mapped or checked here.
+KEYS = frozenset(
+    {
+        "hidden_act",
+        "layer_types",
+        "full_attention_interval",  # transformers' default layer_types (an older config's)
+        "partial_rotary_factor",
+        "linear_conv_kernel_dim",
+        "linear_key_head_dim",
+        "linear_value_head_dim",
+        "linear_num_key_heads",
+        "linear_num_value_heads",
+    }
+)
+#: transformers' ``Qwen3_5TextConfig`` defaults for the keys a config.json may leave out.
+DEFAULTS: dict[str, Any] = dict(
+    head_dim=256,
+    linear_conv_kernel_dim=4,
+    linear_key_head_dim=128,
+    linear_value_head_dim=128,
+    linear_num_key_heads=16,
+    linear_num_value_heads=32,
+    partial_rotary_factor=0.25,
+    full_attention_interval=4,
+)
+#: ``layer_types`` ↔ ``mixer_pattern``.
+MIXER_OF = {"linear_attention": "delta", "full_attention": "attention"}
+LAYER_TYPE_OF = {v: k for k, v in MIXER_OF.items()}
+#: What a config must have to be written as Qwen3.5: field → the value Qwen3.5 computes with.
+NEEDS: dict[str, Any] = dict(
+    attention_type="mha",
+    position="rope",
+    norm="rmsnorm",
+    norm_position="pre",
+    mlp_activation="swiglu",
+    use_bias=False,
+    qkv_bias=False,
+    qk_norm=True,
+    qk_norm_scope="head",
+    norm_plus_one=True,
+    attention_output_gate=True,
+    scale_embeddings=False,
+    query_pre_attn_scalar=None,
+    attn_logit_softcap=None,
+    final_logit_softcap=None,
+    rope_local_theta=None,
+    rope_scaling=None,
+    sliding_window=None,
+    attention_sinks=False,
+    num_experts=0,
+)
+#: The RoPE entry's keys of the image model's positions (equal for text: no number changes).
+_MROPE = ("mrope_section", "mrope_interleaved")
+
+
+def _pattern(kinds: list[str]) -> tuple[str, ...]:
+    """The shortest pattern that repeats into ``kinds``."""
+    n = len(kinds)
+    period = next(p for p in range(1, n + 1) if all(kinds[i] == kinds[i % p] for i in range(n)))
+    return tuple(kinds[:period])
+
+
+def qwen3_5_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
+    """A ``LlamaConfig`` with delta layers from a qwen3_5_text ``config.json`` dict
+    (``overrides`` win).
+
+    Raises
+    ------
+    ValueError
+        An unknown key, or a value tjx does not compute as transformers does, named.
+    """
+    check_keys(hf, QWEN3_5, KEYS)
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        raise ValueError(f"config.json hidden_act must be 'silu' (SwiGLU); got {act!r}")
+    get = {k: hf.get(k, v) for k, v in DEFAULTS.items()}
+    params = {k: v for k, v in (hf.get("rope_parameters") or {}).items() if k not in _MROPE}
+    partial = params.pop("partial_rotary_factor", get["partial_rotary_factor"])
+    layers = int(hf["num_hidden_layers"])
+    types = hf.get("layer_types")
+    if types is None:
+        every = int(get["full_attention_interval"])
+        types = ["linear_attention" if (i + 1) % every else "full_attention" for i in range(layers)]
+    if len(types) != layers or not set(types) <= set(MIXER_OF):
+        raise ValueError(
+            f"config.json layer_types must list {layers} of {sorted(MIXER_OF)}; got {types!r}"
+        )
+    rest = {k: v for k, v in hf.items() if k != "partial_rotary_factor"}  # read above
+    fields = base_fields({**hf, "head_dim": get["head_dim"]}, tied=False, eps=1e-6)
+    fields |= dict(
+        rope_theta=rope_theta({**rest, "rope_parameters": params}, QWEN3_5),
+        rope_fraction=float(partial),
+        mixer_pattern=_pattern([MIXER_OF[t] for t in types]),
+        delta_key_heads=int(get["linear_num_key_heads"]),
+        delta_value_heads=int(get["linear_num_value_heads"]),
+        delta_key_dim=int(get["linear_key_head_dim"]),
+        delta_value_dim=int(get["linear_value_head_dim"]),
+        delta_conv_kernel=int(get["linear_conv_kernel_dim"]),
+    )
+    switches = {k: v for k, v in NEEDS.items() if k not in ("rope_scaling", "sliding_window")}
+    return LlamaConfig(**{**fields, **switches, **overrides})
+
+
+def is_qwen3_5(config: LlamaConfig) -> bool:
+    """Whether ``config`` computes what only Qwen3.5 among the families tjx writes does: delta
+    layers or a gated attention output."""
+    return config.attention_output_gate or "delta" in config.layer_mixers()
+
+
+def qwen3_5_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
+    """The ``config.json`` dict of ``config`` as qwen3_5_text.
+
+    Raises
+    ------
+    ValueError
+        ``config`` computes something Qwen3.5 cannot express (every such field named).
+    """
+    c = config
+    wrong = {k: (getattr(c, k), v) for k, v in NEEDS.items() if getattr(c, k) != v}
+    if wrong:
+        got = ", ".join(f"{k}={v[0]!r} (needs {v[1]!r})" for k, v in wrong.items())
+        raise ValueError(f"model_type {QWEN3_5!r} cannot express this model: {got}")
+    out = common_to_hf(c)
+    theta = out.pop("rope_theta")
+    sizes = dict(zip(("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
+                      "linear_value_head_dim"), (c.delta_key_heads, c.delta_value_heads,
+                      c.delta_key_dim, c.delta_value_dim), strict=True))  # fmt: skip
+    if "delta" not in c.layer_mixers():  # no delta layer: transformers still builds the sizes
+        sizes = {k: DEFAULTS[k] for k in sizes}
+    return out | {
+        "architectures": [ARCHITECTURE],
+        "model_type": QWEN3_5,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": theta,
+            "partial_rotary_factor": c.rope_fraction,
+        },
+        "layer_types": [LAYER_TYPE_OF[m] for m in c.layer_mixers()],
+        "linear_conv_kernel_dim": c.delta_conv_kernel,
+        **sizes,
+    }
+
+
+def _query_half(hf: str, half: int, shape: tuple[int, ...]) -> Any:
+    """Half ``half`` (0: the query, 1: the gate) of each head's rows of ``q_proj`` ``[h·2·hd,
+    d]`` as a tjx ``[d, h, hd]`` kernel."""
+    h, hd = shape[1], shape[2]
+    return lambda read: read(hf).reshape(h, 2, hd, -1)[:, half].transpose(2, 0, 1)
+
+
+def _query_and_gate(query: str, gate: str) -> Any:
+    """``q_proj`` ``[h·2·hd, d]`` from tjx's query and gate kernels ``[d, h, hd]``."""
+
+    def convert(read: Read) -> np.ndarray:
+        q, g = read(query), read(gate)
+        d, h, hd = q.shape
+        both = np.stack([q.transpose(1, 2, 0), g.transpose(1, 2, 0)], axis=1)  # [h, 2, hd, d]
+        return both.reshape(h * 2 * hd, d)
+
+    return convert
+
+
+def qwen3_5_mapping(c: LlamaConfig) -> HFMapping:
+    """The HF ↔ tjx correspondence of a Qwen3.5 ``c``: Qwen3's (`family_mapping`) with each
+    delta layer's ``linear_attn`` in place of ``self_attn`` and the gated ``q_proj``."""
+    base = family_mapping(c, "qwen3")
+    shapes, to_tjx, to_hf = dict(base.shapes), dict(base.to_tjx), dict(base.to_hf)
+    assert c.head_dim is not None
+    d, h, hd = c.d_model, c.num_heads, c.head_dim
+    for i, mixer in enumerate(c.layer_mixers()):
+        p, t = f"model.layers.{i}.", f"stack.layers.{i}."
+        if mixer == "attention":
+            q_proj, query, gate = p + "self_attn.q_proj.weight", t + "attn.query.kernel", t
+            gate += "attn.gate.kernel"
+            shapes[q_proj] = (2 * h * hd, d)
+            to_tjx[query] = _query_half(q_proj, 0, (d, h, hd))
+            to_tjx[gate] = _query_half(q_proj, 1, (d, h, hd))
+            to_hf[q_proj] = _query_and_gate(query, gate)
+            continue
+        for table in (shapes, to_hf):
+            for name in [n for n in table if n.startswith(p + "self_attn.")]:
+                del table[name]
+        for name in [n for n in to_tjx if n.startswith(t + "attn.")]:
+            del to_tjx[name]
+        _delta_tensors(c, p + "linear_attn.", t + "delta.", shapes, to_tjx, to_hf)
+    return HFMapping(shapes, to_tjx, to_hf, base.ignored)
+
+
+def _delta_tensors(
+    c: LlamaConfig,
+    p: str,
+    t: str,
+    shapes: dict[str, tuple[int, ...]],
+    to_tjx: dict[str, Any],
+    to_hf: dict[str, Any],
+) -> None:
+    """One delta layer's tensors (HF prefix ``p``, tjx prefix ``t``) into the three tables."""
+    assert c.delta_key_heads is not None and c.delta_value_heads is not None
+    assert c.delta_key_dim is not None and c.delta_value_dim is not None
+    d, hv = c.d_model, c.delta_value_heads
+    value = hv * c.delta_value_dim
+    conv = 2 * c.delta_key_heads * c.delta_key_dim + value
+    for name, n_in, n_out in (
+        ("in_proj_qkv", d, conv),
+        ("in_proj_z", d, value),
+        ("in_proj_b", d, hv),
+        ("in_proj_a", d, hv),
+        ("out_proj", value, d),
+    ):
+        hf, tjx = f"{p}{name}.weight", f"{t}{name}.kernel"
+        shapes[hf] = (n_out, n_in)
+        to_tjx[tjx] = _transposed(hf)
+        to_hf[hf] = _transposed(tjx)
+    shapes[p + "conv1d.weight"] = (conv, 1, c.delta_conv_kernel)
+    to_tjx[t + "conv_weight"] = _squeezed(p + "conv1d.weight")
+    to_hf[p + "conv1d.weight"] = _unsqueezed(t + "conv_weight")
+    for hf_name, tjx_name, n in (
+        ("dt_bias", "dt_bias", hv),
+        ("A_log", "a_log", hv),
+        ("norm.weight", "norm_scale", c.delta_value_dim),
+    ):
+        shapes[p + hf_name] = (n,)
+        to_tjx[t + tjx_name] = take(p + hf_name)
+        to_hf[p + hf_name] = take(t + tjx_name)
+
+
+def _transposed(name: str) -> Any:
+    return lambda read: read(name).T
+
+
+def _squeezed(name: str) -> Any:
+    return lambda read: read(name)[:, 0, :]
+
+
+def _unsqueezed(name: str) -> Any:
+    return lambda read: read(name)[:, None, :]

@@ -1,0 +1,99 @@
+"""Qwen3.5 (text) checkpoints without transformers: tjx's export loads back to the same weights,
+each delta layer's tensors and the gated ``q_proj`` are laid out as transformers names and
+shapes them, transformers' defaults are read as it reads them, and what tjx cannot honour is
+refused in one line (transformers itself: tests-integration's test_hf_families.py)."""
+
+import json
+
+import numpy as np
+import pytest
+from flax import nnx
+from safetensors import safe_open
+
+from tjx import nn as tnn
+from tjx.nn.hf.qwen3_5 import qwen3_5_config_from_hf, qwen3_5_config_to_hf
+
+QWEN3_5 = dict(
+    vocab_size=24, max_seq_len=16, d_model=16, num_layers=4, num_heads=4, num_kv_heads=2,
+    head_dim=8, mlp_dim=8, mixer_pattern=("delta", "delta", "delta", "attention"),
+    delta_key_heads=2, delta_value_heads=4, delta_key_dim=4, delta_value_dim=6,
+    attention_output_gate=True, qk_norm=True, norm_plus_one=True, rope_fraction=0.25,
+)  # fmt: skip
+
+
+def _saved(tmp_path):
+    model = tnn.Llama(tnn.LlamaConfig(**QWEN3_5), rngs=nnx.Rngs(0))
+    rs = np.random.RandomState(0)  # norms and gates start at 0 or 1: random, so a swap shows
+    flat = tnn.get_flat_params(model)
+    tnn.set_flat_params(model, {k: v + 0.1 * rs.randn(*v.shape) for k, v in flat.items()})
+    folder = tmp_path / "ck"
+    tnn.save_hf(model, folder)
+    with safe_open(str(folder / "model.safetensors"), "np") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    return model, folder, tensors
+
+
+def test_an_export_loads_back_as_the_same_model_in_transformers_layout(tmp_path):
+    model, folder, hf = _saved(tmp_path)
+    saved = json.loads((folder / "config.json").read_text())
+    assert (saved["model_type"], saved["architectures"]) == ("qwen3_5_text", ["Qwen3_5ForCausalLM"])
+    assert saved["layer_types"] == ["linear_attention"] * 3 + ["full_attention"]
+    assert saved["rope_parameters"]["partial_rotary_factor"] == 0.25
+    loaded, config = tnn.load_hf(folder)
+    assert config == model.config
+    want, got = tnn.get_flat_params(model), tnn.get_flat_params(loaded)
+    assert set(want) == set(got)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    # q_proj: per head, its 8 query rows then its 8 gate rows.
+    t, p = "stack.layers.3.attn.", "model.layers.3.self_attn."
+    q_proj = hf[p + "q_proj.weight"].reshape(4, 2, 8, 16)
+    np.testing.assert_array_equal(q_proj[:, 0].transpose(2, 0, 1), want[t + "query.kernel"])
+    np.testing.assert_array_equal(q_proj[:, 1].transpose(2, 0, 1), want[t + "gate.kernel"])
+    t, p = "stack.layers.0.delta.", "model.layers.0.linear_attn."
+    assert hf[p + "conv1d.weight"].shape == (2 * 2 * 4 + 4 * 6, 1, 4)
+    np.testing.assert_array_equal(hf[p + "A_log"], want[t + "a_log"])
+    np.testing.assert_array_equal(hf[p + "in_proj_qkv.weight"], want[t + "in_proj_qkv.kernel"].T)
+    assert not any(n.startswith("model.layers.0.self_attn.") for n in hf)
+
+
+def test_transformers_defaults_are_read_as_transformers_reads_them():
+    """Left out: every fourth layer attends, RoPE turns a quarter of a 256-wide head, and the
+    delta sizes are Qwen3.5-9B's; the image model's mrope keys change nothing for text."""
+    hf = qwen3_5_config_to_hf(tnn.LlamaConfig(**{**QWEN3_5, "num_layers": 8}))
+    for key in ("layer_types", "head_dim", "linear_num_key_heads", "linear_num_value_heads",
+                "linear_key_head_dim"):  # fmt: skip
+        del hf[key]
+    hf["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e7,
+                             "mrope_section": [11, 11, 10], "mrope_interleaved": True}  # fmt: skip
+    config = qwen3_5_config_from_hf(hf)
+    assert config.layer_mixers() == ("delta", "delta", "delta", "attention") * 2
+    assert (config.head_dim, config.rope_fraction, config.rope_theta) == (256, 0.25, 1e7)
+    assert (config.delta_key_heads, config.delta_key_dim, config.delta_value_heads) == (16, 128, 32)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(attention_bias=True), "attention_bias true"),
+        (dict(hidden_act="gelu"), "hidden_act must be 'silu'"),
+        (dict(layer_types=["linear_attention"] * 3), "layer_types must list 4"),
+        (dict(layer_types=["mamba"] * 4), "layer_types must list 4"),
+        (dict(mtp_num_hidden_layers=1), "mtp_num_hidden_layers"),
+        (dict(rope_parameters={"rope_type": "yarn", "factor": 4.0}), "rope_scaling of type"),
+    ],
+)
+def test_what_tjx_cannot_honour_is_refused_by_name(change, message):
+    hf = qwen3_5_config_to_hf(tnn.LlamaConfig(**QWEN3_5)) | change
+    with pytest.raises(ValueError, match=message):
+        qwen3_5_config_from_hf(hf)
+
+
+def test_a_config_qwen3_5_does_not_compute_is_not_saved_as_it(tmp_path):
+    ungated = tnn.LlamaConfig(**{**QWEN3_5, "attention_output_gate": False})
+    with pytest.raises(ValueError, match="attention_output_gate=False .needs True."):
+        qwen3_5_config_to_hf(ungated)
+    model = tnn.Llama(tnn.LlamaConfig(**QWEN3_5), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="saves as model_type 'qwen3_5_text'; got 'qwen3'"):
+        tnn.save_hf(model, tmp_path / "x", model_type="qwen3")
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,119 @@
+"""A decoder mixing Gated DeltaNet and attention layers (``mixer_pattern``, Qwen3.5's layout):
+its settings checked by name, the gated attention output, its cache (the attention layers' keys
+and values beside the delta layers' fixed-size states) and generation through it."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from tjx import nn as tnn
+from tjx.nn.attention import Attention
+
+F32 = tnn.Precision(jnp.float32, jnp.float32)
+DELTA = dict(delta_key_heads=2, delta_value_heads=4, delta_key_dim=8, delta_value_dim=6)
+BASE = dict(
+    vocab_size=50, max_seq_len=32, d_model=32, num_layers=4, num_heads=4, num_kv_heads=2,
+    head_dim=8, precision=F32,
+)  # fmt: skip
+
+
+def _config(**kw):
+    return tnn.LlamaConfig(
+        **{**BASE, **kw},
+        mixer_pattern=["delta", "delta", "attention"],
+        **DELTA,
+        attention_output_gate=True,
+        qk_norm=True,
+        norm_plus_one=True,
+        rope_fraction=0.25,
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(delta_key_heads=2), "delta_key_heads: only delta layers read it"),
+        (dict(mixer_pattern=["delta"]), "delta_key_heads: delta layers need it"),
+        (dict(mixer_pattern=["mamba"]), "mixer_pattern"),
+        (dict(mixer_pattern=[]), "mixer_pattern must be a non-empty list"),
+        (dict(mixer_pattern=["delta"], **{**DELTA, "delta_value_heads": 3}), "multiple of"),
+        (dict(mixer_pattern=["delta"], **DELTA, delta_conv_kernel=0), "delta_conv_kernel"),
+        (dict(mixer_pattern=["delta"], **DELTA, scan_layers=True), "runs unrolled for now"),
+    ],
+)
+def test_bad_mixer_settings_are_refused_by_name(changes, message):
+    with pytest.raises(ValueError, match=message):
+        tnn.LlamaConfig(**BASE, **changes)
+
+
+def test_delta_layers_are_refused_outside_a_causal_decoder():
+    fields = dict(vocab_size=50, d_model=32, num_layers=2, num_heads=4, max_seq_len=16)
+    with pytest.raises(ValueError, match="BertConfig builds bidirectional attention layers"):
+        tnn.BertConfig(**fields, mixer_pattern=["delta"], **DELTA)
+    with pytest.raises(ValueError, match="builds bidirectional, causal, cross attention layers"):
+        tnn.EncoderDecoderConfig(**fields, mixer_pattern=["delta"], **DELTA)
+
+
+def test_the_layers_mixers_repeat_the_pattern_and_only_attention_layers_hold_keys():
+    cfg = _config()
+    assert cfg.layer_mixers() == ("delta", "delta", "attention", "delta")
+    assert tnn.LlamaConfig(**BASE).layer_mixers() == ("attention",) * 4
+    model = tnn.Llama(cfg, rngs=nnx.Rngs(0))
+    layers = model.stack.layers
+    assert [b.delta is not None for b in layers] == [True, True, False, True]
+    assert all((b.attn is None) == (b.delta is not None) for b in layers)
+    cache = model.init_cache(2, 16)
+    assert cache["k"].shape == (1, 2, 16, 2, 8) and cache["conv"].shape == (3, 2, 3, 56)
+    assert cache["recurrent"].shape == (3, 2, 4, 8, 6) and cache["recurrent"].dtype == jnp.float32
+    nbytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(cache))
+    assert tnn.kv_cache_bytes(cfg, batch=2, seq_len=16, dtype=jnp.float32) == nbytes
+
+
+def test_the_gated_output_is_the_heads_output_times_a_sigmoid_of_x():
+    """With the gate's weights at zero every gate is one half: the output is half the output of
+    the same attention without a gate."""
+    seed = int(np.random.default_rng().integers(1 << 20))
+    cfg = tnn.LlamaConfig(**BASE)
+    gated = Attention(cfg.replace(attention_output_gate=True), rngs=nnx.Rngs(seed), causal=True)
+    plain = Attention(cfg, rngs=nnx.Rngs(seed), causal=True)
+    assert plain.gate is None and gated.gate is not None
+    for name in ("query", "key", "value", "out"):  # the same weights but the gate's
+        getattr(gated, name).kernel.set_value(getattr(plain, name).kernel[...])
+    x = jnp.asarray(np.random.default_rng(seed).standard_normal((2, 7, 32)), jnp.float32)
+    gated.gate.kernel.set_value(jnp.zeros_like(gated.gate.kernel[...]))
+    np.testing.assert_allclose(gated(x)[0], 0.5 * plain(x)[0], rtol=1e-5, atol=1e-6)
+    # A random gate: per head and dimension, sigmoid(x · W_gate) before the output projection.
+    w = np.random.default_rng(seed + 1).standard_normal((32, 4, 8)).astype(np.float32)
+    gated.gate.kernel.set_value(jnp.asarray(w))
+    out_w = np.asarray(plain.out.kernel[...]).reshape(32, 32)
+    per_head = np.asarray(plain(x)[0]) @ np.linalg.pinv(out_w)  # the heads' output, [b, s, h·hd]
+    gate = 1 / (1 + np.exp(-np.einsum("bsd,dk->bsk", np.asarray(x), w.reshape(32, 32))))
+    np.testing.assert_allclose(gated(x)[0], (per_head * gate) @ out_w, rtol=2e-3, atol=2e-4)
+
+
+def test_a_padded_prefill_then_decode_steps_are_the_whole_sequences_logits():
+    seed = int(np.random.default_rng().integers(1 << 20))
+    model = tnn.Llama(_config(), rngs=nnx.Rngs(seed))
+    forward = nnx.jit(lambda m, t: m(t))
+    cached = nnx.jit(lambda m, t, c, p, n=None: m.forward_cached(t, c, p, n))
+    tokens = jnp.asarray(np.random.default_rng(seed).integers(0, 50, (2, 12)))
+    whole = np.asarray(forward(model, tokens))
+    lengths = jnp.asarray([7, 4])
+    cache = model.init_cache(2, 16)
+    logits, cache = cached(model, tokens[:, :7], cache, jnp.zeros((2,), jnp.int32), lengths)
+    np.testing.assert_allclose(logits[0], whole[0, :7], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits[1, :4], whole[1, :4], rtol=1e-5, atol=1e-5)
+    pos = lengths
+    for _ in range(5):  # each row on from its own length
+        rows = jnp.arange(2)
+        step, cache = cached(model, tokens[rows, pos][:, None], cache, pos)
+        np.testing.assert_allclose(step[:, 0], whole[rows, pos], rtol=1e-5, atol=1e-5)
+        pos = pos + 1
+    # generate: each greedy token is the argmax of the whole sequence's logits before it.
+    out = jnp.asarray(tnn.generate(model, tokens[:1, :4], max_new_tokens=5, temperature=0))
+    best = np.argmax(np.asarray(forward(model, out))[0], axis=-1)
+    np.testing.assert_array_equal(np.asarray(out)[0, 4:], best[3:8])

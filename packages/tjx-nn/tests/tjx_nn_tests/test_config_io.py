@@ -77,6 +77,14 @@ def test_a_model_json_of_tjx_0_1_loads():
         "v_head_dim": None,
         "rope_fraction": 1.0,
         "attention_sinks": False,
+        # #56's Qwen3.5 settings: the gated attention output, the delta layers and their sizes.
+        "attention_output_gate": False,
+        "mixer_pattern": None,
+        "delta_key_heads": None,
+        "delta_value_heads": None,
+        "delta_key_dim": None,
+        "delta_value_dim": None,
+        "delta_conv_kernel": 4,
     }
     # #51's logits_dtype: the float32 logits such a run had.
     newer["precision"] = {**WRITTEN_BY_TJX_0_1["fields"]["precision"], "logits_dtype": "float32"}

@@ -15,8 +15,10 @@ Per token ``x`` (Qwen3.5's layout; Yang, Kautz and Hatamizadeh 2024):
 Generation keeps two states per layer (`DeltaState`): the convolution's last ``conv_kernel - 1``
 inputs and the delta rule's ``[H_v, d_k, d_v]`` matrix; `GatedDeltaNet.step` is one token
 (tjx.kernels' `gated_delta_step`), `GatedDeltaNet.__call__` with ``return_state`` the state a
-prompt leaves. A packed batch is refused: the state would carry from one document into the next.
-The statistics (gates, norms, the rule) are float32 (float64 inputs stay float64).
+prompt leaves. A packed batch (``segment_ids``) starts each document afresh: the convolution
+reads no input of another document, and a document's first token decays the state before it by
+``exp(RESET_LOG_DECAY)`` (≈ 1e-13, nothing in float32), which the chunked rule computes as any
+other decay. The statistics (gates, norms, the rule) are float32 (float64 inputs stay float64).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ from tjx.nn.precision import Precision
 Array = jax.Array
 #: The L2 normalisation's epsilon (flash-linear-attention's and transformers').
 L2_EPS = 1e-6
+#: The log-decay added at a packed document's first token: the state before it is multiplied by
+#: exp(-30) ≈ 9e-14. Finite, so the chunked rule's differences of cumulative decays stay exact
+#: to float32's rounding of their size.
+RESET_LOG_DECAY = -30.0
 
 
 class DeltaState(NamedTuple):
@@ -115,12 +121,20 @@ class GatedDeltaNet(nnx.Module):
 
     # --- the pieces ---------------------------------------------------------------------------
 
-    def _conv(self, window: Array) -> Array:
+    def _conv(self, window: Array, segment_ids: Array | None = None) -> Array:
         """The causal depthwise convolution's outputs for ``window`` ``[b, K - 1 + s, C]`` (the
-        state's inputs first): ``[b, s, C]``, SiLU applied."""
+        state's inputs first): ``[b, s, C]``, SiLU applied. With ``segment_ids`` ``[b, s]`` a
+        tap reads only inputs of the output token's own document."""
         w = self.conv_weight[...].astype(window.dtype)  # [C, K]
         s = window.shape[1] - (self.conv_kernel - 1)
         taps = [window[:, j : j + s] * w[:, j] for j in range(self.conv_kernel)]
+        if segment_ids is not None:
+            before = jnp.full((segment_ids.shape[0], self.conv_kernel - 1), -1, segment_ids.dtype)
+            source = jnp.concatenate([before, segment_ids], axis=1)  # tap j's input's document
+            taps = [
+                tap * (source[:, j : j + s] == segment_ids)[..., None].astype(tap.dtype)
+                for j, tap in enumerate(taps)
+            ]
         return jax.nn.silu(sum(taps[1:], taps[0]))
 
     def _heads(self, mixed: Array, x: Array) -> tuple[Array, ...]:
@@ -169,19 +183,22 @@ class GatedDeltaNet(nnx.Module):
         """Mix a whole sequence ``x`` ``[batch, seq, d_model]`` (every row from its first
         token); with ``return_state`` also the `DeltaState` after its last token, or, for a
         right-padded batch, after each row's ``lengths[r]`` real tokens (the padding's gates
-        are zeroed, ``g = β = 0``, so it neither decays nor writes the state)."""
-        if segment_ids is not None:
-            raise ValueError(
-                "GatedDeltaNet: packed sequences are not supported (the delta rule's state "
-                "would carry from one document into the next); train without packing"
-            )
+        are zeroed, ``g = β = 0``, so it neither decays nor writes the state). ``segment_ids``
+        ``[batch, seq]`` (packed documents): each document is mixed as if alone (module
+        docstring)."""
         chex.assert_rank(x, 3)
+        if segment_ids is not None:
+            chex.assert_shape(segment_ids, x.shape[:2])
         mixed = self.in_proj_qkv(x)
-        b = x.shape[0]
+        b, s = x.shape[:2]
         pad = jnp.zeros((b, self.conv_kernel - 1, self.conv_dim), mixed.dtype)
         window = jnp.concatenate([pad, mixed], axis=1)
-        q, k, v, g, beta = self._heads(self._conv(window), x)
-        s = x.shape[1]
+        q, k, v, g, beta = self._heads(self._conv(window, segment_ids), x)
+        if segment_ids is not None:  # a document's first token forgets the state before it
+            first = jnp.concatenate(
+                [jnp.ones((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1
+            )
+            g = g + jnp.where(first, RESET_LOG_DECAY, 0.0)[..., None].astype(g.dtype)
         if lengths is not None:
             real = (jnp.arange(s)[None, :] < lengths[:, None])[..., None]  # [b, s, 1]
             g, beta = jnp.where(real, g, 0.0), jnp.where(real, beta, 0.0)

@@ -23,8 +23,7 @@ RMSNorms ``x · (1 + w)``, w from   ``norm_plus_one`` (the q/k norms too; the de
 
 ``mrope_section`` / ``mrope_interleaved`` (the image model's 3-D positions) change no number for
 text: its three position rows are the same token index. Refused in one line naming the key:
-unknown keys, ``attention_bias`` true, another activation, a RoPE scaling. A model with packed
-sequences (``segment_ids``) is refused by the delta layers themselves.
+unknown keys, ``attention_bias`` true, another activation, a RoPE scaling.
 """
 
 from __future__ import annotations

@@ -1,64 +1,87 @@
 """The module paths 0.14 moved into ``tjx.data.chat`` (``tjx.data.chat_run`` →
 ``tjx.data.chat.run``) and 0.16 into ``tjx.data.run`` (``tjx.data.run_setup`` →
-``tjx.data.run.setup``) still import, until 0.17, with a warning; nothing in tjx-data itself uses
-them."""
+``tjx.data.run.setup``) were promised to go in 0.17: since 0.17.1 they no longer import, and each
+new home still holds the names. Nothing in the repository imports an old path: Pants refuses an
+import no target owns (``unowned_dependency_behavior = "error"``)."""
 
 import importlib
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
-from tjx_moved_paths import old_path_importers, shim_modules
 
 import tjx.data
-from tjx.data.moved import MOVED
 
-SRC = Path(tjx.data.__file__).parent
+#: Old module path → new one (the 15 removed in 0.17.1).
+MOVED = {
+    "tjx.data.chat_encode": "tjx.data.chat.encode",
+    "tjx.data.chat_loader": "tjx.data.chat.loader",
+    "tjx.data.chat_packing": "tjx.data.chat.packing",
+    "tjx.data.chat_prepare": "tjx.data.chat.prepare",
+    "tjx.data.chat_run": "tjx.data.chat.run",
+    "tjx.data.chat_sandbox": "tjx.data.chat.sandbox",
+    "tjx.data.chat_store": "tjx.data.chat.store",
+    "tjx.data.chat_tasks": "tjx.data.chat.tasks",
+    "tjx.data.chat_template": "tjx.data.chat.template",
+    "tjx.data.run_config": "tjx.data.run.config",
+    "tjx.data.run_data": "tjx.data.run.data",
+    "tjx.data.run_prepare": "tjx.data.run.prepare",
+    "tjx.data.run_rules": "tjx.data.run.rules",
+    "tjx.data.run_setup": "tjx.data.run.setup",
+    "tjx.data.run_tokenizer": "tjx.data.run.tokenizer",
+}
+
+#: Every module path removed in 0.17.1: the moves and the module that aliased them.
+REMOVED_MODULES = [*MOVED, "tjx.data.moved"]
+
+#: A public name of `tjx.data` that each new home holds (the homes that export one).
+HOME_NAMES = [
+    ("tjx.data.chat.encode", "ChatEncoder"),
+    ("tjx.data.chat.loader", "ChatLoader"),
+    ("tjx.data.chat.prepare", "prepare_chat_data"),
+    ("tjx.data.chat.run", "ChatRunData"),
+    ("tjx.data.chat.store", "write_sequences"),
+    ("tjx.data.chat.tasks", "reverse_rows"),
+    ("tjx.data.chat.template", "ChatTemplate"),
+    ("tjx.data.run.config", "DataConfig"),
+    ("tjx.data.run.data", "RunData"),
+    ("tjx.data.run.prepare", "prepare_run_data"),
+    ("tjx.data.run.rules", "check_data_config"),
+    ("tjx.data.run.setup", "run_loader"),
+    ("tjx.data.run.tokenizer", "run_tokenizer"),
+]
 
 
-def test_every_old_path_has_a_shim_and_every_shim_is_listed():
-    assert shim_modules(SRC, "tjx.data") == set(MOVED)
-    assert len(MOVED) == 15  # the nine chat_* modules and the six run_* ones
+@pytest.mark.parametrize("old", REMOVED_MODULES)
+def test_the_paths_that_were_to_go_in_0_17_no_longer_import(old):
+    sys.modules.pop(old, None)
+    with pytest.raises(ModuleNotFoundError) as raised:
+        importlib.import_module(old)
+    assert raised.value.name == old
 
 
-@pytest.mark.parametrize("old", sorted(MOVED))
-def test_an_old_path_warns_once_at_the_importing_line_and_is_the_new_module(old):
-    sys.modules.pop(old, None)  # an earlier import in this process would not run the shim again
-    with pytest.warns(DeprecationWarning, match=f"{old} moved to {MOVED[old]}") as record:
-        __import__(old)  # an import statement's own call: no frame between it and this line
-        module = sys.modules[old]
-        again = importlib.import_module(old)
-    assert module is again is importlib.import_module(MOVED[old])
-    assert len(record) == 1
-    assert record[0].filename == __file__  # the line to fix, not the shim's
+@pytest.mark.parametrize(("old", "new"), sorted(MOVED.items()))
+def test_each_moved_module_imports_from_its_subpackage(old, new):
+    module = importlib.import_module(new)
+    assert module.__name__ == new
+    package, _, name = new.rpartition(".")
+    assert getattr(importlib.import_module(package), name) is module
 
 
-def test_a_monkeypatch_through_the_old_path_reaches_the_new_module(monkeypatch):
-    # Both records of an earlier import go, so this one runs the shim.
-    monkeypatch.delitem(sys.modules, "tjx.data.chat_prepare", raising=False)
-    monkeypatch.delattr(tjx.data, "chat_prepare", raising=False)
-    with pytest.warns(DeprecationWarning, match="tjx.data.chat_prepare moved"):
-        from tjx.data import chat_prepare
-    from tjx.data.chat import prepare
-
-    monkeypatch.setattr(chat_prepare, "split_rows", None)
-    assert prepare.split_rows is None
+@pytest.mark.parametrize(("home", "name"), HOME_NAMES)
+def test_tjx_data_s_public_names_are_their_new_home_s(home, name):
+    assert getattr(tjx.data, name) is getattr(importlib.import_module(home), name)
 
 
-def test_importing_the_old_run_tokenizer_path_leaves_tjx_data_s_function_of_that_name(monkeypatch):
-    # The import system sets an imported module as its package's attribute: without `alias`'s
-    # guard, `tjx.data.run_tokenizer` would become the module instead of the function.
-    monkeypatch.delitem(sys.modules, "tjx.data.run_tokenizer", raising=False)
-    function = tjx.data.run_tokenizer
-    with pytest.warns(DeprecationWarning, match="tjx.data.run_tokenizer moved"):
-        from tjx.data.run_tokenizer import cache_root, run_tokenizer
+def test_tjx_data_run_tokenizer_is_still_the_function_not_a_module():
+    # The old module path of the same name is gone; the package's attribute is the function.
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("tjx.data.run_tokenizer")
+    from tjx.data import run_tokenizer
     from tjx.data.run import tokenizer
 
     assert callable(tjx.data.run_tokenizer)
-    assert tjx.data.run_tokenizer is function is run_tokenizer is tokenizer.run_tokenizer
-    assert cache_root is tokenizer.cache_root
-    assert sys.modules["tjx.data.run_tokenizer"] is tokenizer
+    assert tjx.data.run_tokenizer is run_tokenizer is tokenizer.run_tokenizer
 
 
 def test_tjx_data_s_public_names_come_without_a_warning():
@@ -75,7 +98,3 @@ def test_tjx_data_s_public_names_come_without_a_warning():
         )
         from tjx.data.chat.run import ChatRunData  # noqa: F401
         from tjx.data.run.setup import run_loader  # noqa: F401
-
-
-def test_no_module_of_tjx_data_imports_an_old_path():
-    assert old_path_importers(SRC, "tjx.data", MOVED) == {}

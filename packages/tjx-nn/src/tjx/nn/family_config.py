@@ -1,6 +1,5 @@
 """The architecture switches of the 2024-25 decoder families (their checks: ``check_family``, with
-the config's other checks in :mod:`tjx.nn.configs`; imported from here it still works, with a
-DeprecationWarning, until tjx-nn 0.24).
+the config's other checks in :mod:`tjx.nn.configs`).
 
 Each is one ``TransformerConfig`` field (``configs.py``), off by default:
 
@@ -40,10 +39,6 @@ Each is one ``TransformerConfig`` field (``configs.py``), off by default:
 from __future__ import annotations
 
 from collections.abc import Mapping
-
-from tjx.core.deprecation import moved
-
-__getattr__ = moved(__name__, {"check_family": "tjx.nn.configs"})
 
 #: What ``qk_norm`` normalises over: each head alone, or all heads of a token together.
 QK_NORM_SCOPES = ("head", "projection")

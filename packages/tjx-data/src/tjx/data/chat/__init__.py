@@ -7,5 +7,5 @@ Modules: ``template`` (`ChatTemplate`, a folder's chat template rendered in the 
 ``packing`` (whole sequences packed into rows), ``loader`` (`ChatLoader`, `PreferenceLoader`),
 ``tasks`` (the generated arithmetic task) and ``run`` (`ChatRunData`, a chat or preference
 run's data). Their public names are `tjx.data`'s. Before tjx-data 0.14 these were
-``tjx.data.chat_<name>`` (see `tjx.data.moved`).
+``tjx.data.chat_<name>``, paths that no longer import (since 0.17.1).
 """

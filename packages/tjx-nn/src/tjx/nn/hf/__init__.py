@@ -8,14 +8,12 @@ mixtral/qwen2_moe/qwen3_moe, ``deepseek``: deepseek_v2/v3, ``gpt_oss`` and ``glm
 and tensors each) and its tensor mapping (``gpt2``, ``llama``, ``family_tensors``,
 ``deepseek_tensors``), and ``start`` (the settings a checkpoint
 fixes when a run starts from it). Before tjx-nn 0.20 these were ``tjx.nn.hf`` (now ``checkpoints``)
-and ``tjx.nn.hf_<name>``.
+and ``tjx.nn.hf_<name>``. Since 0.25 the old paths no longer import and the package serves only
+the names below (another name of the old module: import it from ``checkpoints``).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from tjx.nn.hf import checkpoints
 from tjx.nn.hf.checkpoints import (
     HF_MODEL_TYPES,
     SAVE_DTYPES,
@@ -36,7 +34,6 @@ from tjx.nn.hf.start import (
     config_clashes,
     hf_conflicts,
 )
-from tjx.nn.moved import former_name
 
 __all__ = [
     "HF_GPT2_FIXED",
@@ -58,8 +55,3 @@ __all__ = [
     "save_hf",
     "save_hf_gpt2",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    # The names the single module tjx.nn.hf held before 0.20 besides these (for one release).
-    return former_name(__name__, checkpoints, name)

@@ -5,14 +5,12 @@ Modules: ``layer`` (`MoE`: router, routed and shared experts, `MoEStats`, `route
 (tokens to their experts and back as grouped matmuls: dropless or capacity) and ``parallel``
 (`expert_parallel_scope`, the hook tjx-parallel's expert parallelism sets). The router
 functions are ``tjx.nn.routers``. Before tjx-nn 0.20 these were ``tjx.nn.moe`` (now ``layer``)
-and ``tjx.nn.moe_<name>``.
+and ``tjx.nn.moe_<name>``. Since 0.25 the old paths no longer import and the package serves only
+the names below (another name of the old module: import it from ``layer``).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from tjx.nn.moe import layer
 from tjx.nn.moe.config import moe_layers
 from tjx.nn.moe.layer import (
     WEIGHT_NAMES,
@@ -24,7 +22,6 @@ from tjx.nn.moe.layer import (
     router_penalty,
 )
 from tjx.nn.moe.parallel import current_expert_parallel, expert_parallel_scope
-from tjx.nn.moved import former_name
 
 __all__ = [
     "WEIGHT_NAMES",
@@ -38,8 +35,3 @@ __all__ = [
     "moe_layers",
     "router_penalty",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    # The names the single module tjx.nn.moe held before 0.20 besides these (for one release).
-    return former_name(__name__, layer, name)

@@ -3,15 +3,13 @@
 Modules: ``losses`` (`sequence_logprobs`, `dpo_loss`, `preference_loss`, `PreferenceConfig`,
 held-out means), ``steps`` (`preference_loss_fn`, `preference_sums_fn`: pure functions of the
 params for ``jax.jit``) and ``rules`` (`check_preference_run`). Before tjx-nn 0.20 these were
-``tjx.nn.preference`` (now ``losses``) and ``tjx.nn.preference_<name>``.
+``tjx.nn.preference`` (now ``losses``) and ``tjx.nn.preference_<name>``. Since 0.25 the old paths
+no longer import and the package serves only the names below (another name of the old module:
+import it from ``losses``).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from tjx.nn.moved import former_name
-from tjx.nn.preference import losses
 from tjx.nn.preference.losses import (
     PREFERENCE_LOSSES,
     PreferenceConfig,
@@ -39,8 +37,3 @@ __all__ = [
     "preference_sums_fn",
     "sequence_logprobs",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    # The other names the module tjx.nn.preference held before 0.20 (for one release).
-    return former_name(__name__, losses, name)

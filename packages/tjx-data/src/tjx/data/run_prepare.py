@@ -1,9 +1,0 @@
-"""Deprecated path: moved to ``tjx.data.run.prepare`` in tjx-data 0.16 (see `tjx.data.moved`).
-
-Importing it warns once and gives the new module itself; the path goes in 0.17.
-"""
-
-from tjx.data.moved import alias
-from tjx.data.run.prepare import *  # noqa: F403  (the names, for type checkers)
-
-alias(__name__)

@@ -1,9 +1,0 @@
-"""Deprecated path: moved to ``tjx.nn.moe.parallel`` in tjx-nn 0.20 (see `tjx.nn.moved`).
-
-Importing it warns once and gives the new module itself; the path goes in 0.24.
-"""
-
-from tjx.nn.moe.parallel import *  # noqa: F403  (the names, for type checkers)
-from tjx.nn.moved import alias
-
-alias(__name__)

@@ -529,13 +529,18 @@ def check_window(config: Any, cls: str) -> None:
             f"{cls}.window_pattern: it says which layers use sliding_window, which is None; "
             "set sliding_window or set window_pattern to None"
         )
+    set_pattern(config, cls, "window_pattern", LAYER_KINDS)
+
+
+def set_pattern(config: Any, cls: str, name: str, kinds: tuple[str, ...]) -> None:
+    """Field ``name``, a per-layer pattern, checked as a non-empty list of ``kinds`` and stored
+    as a tuple (the config is hashable)."""
+    pattern = getattr(config, name)
     if isinstance(pattern, str) or not isinstance(pattern, list | tuple) or not pattern:
-        raise ValueError(
-            f"{cls}.window_pattern must be a non-empty list of {LAYER_KINDS}; got {pattern!r}"
-        )
+        raise ValueError(f"{cls}.{name} must be a non-empty list of {kinds}; got {pattern!r}")
     for kind in pattern:
-        choice(cls, "window_pattern", kind, LAYER_KINDS)
-    object.__setattr__(config, "window_pattern", tuple(pattern))
+        choice(cls, name, kind, kinds)
+    object.__setattr__(config, name, tuple(pattern))
 
 
 def check_mixers(config: Any, cls: str) -> None:
@@ -543,13 +548,7 @@ def check_mixers(config: Any, cls: str) -> None:
     their sizes, and what a stack of them does not run yet refused by name."""
     pattern = config.mixer_pattern
     if pattern is not None:
-        if isinstance(pattern, str) or not isinstance(pattern, list | tuple) or not pattern:
-            raise ValueError(
-                f"{cls}.mixer_pattern must be a non-empty list of {MIXERS}; got {pattern!r}"
-            )
-        for kind in pattern:
-            choice(cls, "mixer_pattern", kind, MIXERS)
-        object.__setattr__(config, "mixer_pattern", tuple(pattern))
+        set_pattern(config, cls, "mixer_pattern", MIXERS)
     if pattern is None or "delta" not in pattern:
         for name in DELTA_SIZES:
             if getattr(config, name) is not None:

@@ -97,9 +97,14 @@ def windows(window: Any, sliding: list[bool]) -> dict[str, Any]:
     kinds = ["local" if s else "global" for s in sliding]
     if all(sliding):
         return dict(sliding_window=int(window), window_pattern=None)
+    return dict(sliding_window=int(window), window_pattern=shortest_pattern(kinds))
+
+
+def shortest_pattern(kinds: list[str]) -> tuple[str, ...]:
+    """The shortest pattern that, repeated, gives the layers' ``kinds``."""
     n = len(kinds)
     period = next(p for p in range(1, n + 1) if all(kinds[i] == kinds[i % p] for i in range(n)))
-    return dict(sliding_window=int(window), window_pattern=tuple(kinds[:period]))
+    return tuple(kinds[:period])
 
 
 def layer_types(config: LlamaConfig) -> list[str]:

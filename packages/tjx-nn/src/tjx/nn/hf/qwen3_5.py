@@ -34,7 +34,13 @@ from typing import Any
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf.family_base import base_fields, check_keys, common_to_hf, rope_theta
+from tjx.nn.hf.family_base import (
+    base_fields,
+    check_keys,
+    common_to_hf,
+    rope_theta,
+    shortest_pattern,
+)
 from tjx.nn.hf.family_tensors import family_mapping
 from tjx.nn.hf.io import HFMapping, Read, take
 
@@ -95,13 +101,6 @@ NEEDS: dict[str, Any] = dict(
 _MROPE = ("mrope_section", "mrope_interleaved")
 
 
-def _pattern(kinds: list[str]) -> tuple[str, ...]:
-    """The shortest pattern that repeats into ``kinds``."""
-    n = len(kinds)
-    period = next(p for p in range(1, n + 1) if all(kinds[i] == kinds[i % p] for i in range(n)))
-    return tuple(kinds[:period])
-
-
 def qwen3_5_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
     """A ``LlamaConfig`` with delta layers from a qwen3_5_text ``config.json`` dict
     (``overrides`` win).
@@ -132,7 +131,7 @@ def qwen3_5_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConf
     fields |= dict(
         rope_theta=rope_theta({**rest, "rope_parameters": params}, QWEN3_5),
         rope_fraction=float(partial),
-        mixer_pattern=_pattern([MIXER_OF[t] for t in types]),
+        mixer_pattern=shortest_pattern([MIXER_OF[t] for t in types]),
         delta_key_heads=int(get["linear_num_key_heads"]),
         delta_value_heads=int(get["linear_num_value_heads"]),
         delta_key_dim=int(get["linear_key_head_dim"]),

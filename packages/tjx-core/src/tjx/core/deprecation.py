@@ -4,9 +4,10 @@ A package whose public name moved (to tjx.core, say) sets its module's PEP 562 `
 `moved(...)`; ``from tjx.ckpt import setting`` then returns ``tjx.core.fields.setting`` with one
 DeprecationWarning that names the new import.
 
-A whole module that moved (``tjx.nn.hf_io`` → ``tjx.nn.hf.io``) keeps its old path as a short
-module whose body calls `module_moved`: importing the old path warns once and gives the new
-module itself, so every name, private ones included, and every monkeypatch reach one object.
+A whole module that moved (as ``tjx.nn.hf_io`` → ``tjx.nn.hf.io`` did in tjx-nn 0.20-0.24)
+keeps its old path as a short module whose body calls `module_moved`: importing the old path
+warns once and gives the new module itself, so every name, private ones included, and every
+monkeypatch reach one object.
 Where the old path is also a public name of its package (``tjx.data.run_tokenizer``, a module
 path and a function), the package keeps that name: the import system would otherwise set the
 module over it.

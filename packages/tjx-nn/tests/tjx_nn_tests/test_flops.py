@@ -73,6 +73,11 @@ CASES = [
     ),
     ("llama-t5", llama_tiny(position="t5"), 8, None),
 ]
+#: Qwen3.5's layout: delta layers (no score matrix) around a gated attention layer.
+QWEN3_5 = dict(
+    mixer_pattern=["delta", "attention", "delta"], delta_key_heads=2, delta_value_heads=4,
+    delta_key_dim=3, delta_value_dim=5, attention_output_gate=True,
+)  # fmt: skip
 
 
 @pytest.mark.parametrize("cfg,s,src", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -152,3 +157,14 @@ def test_flops_per_unit_of_an_encoder_decoder_is_per_continued_token(seq_len):
     assert target == tnn.objective_of(config).units_per_window(seq_len)
     # Less than pricing a full window on both sides, as the count did before.
     assert per_unit < tnn.flops_per_token(config, seq_len)
+
+
+def test_a_delta_layer_counts_its_projections_and_its_state_products_not_a_score_matrix():
+    cfg = llama_tiny(**{**QWEN3_5, "num_layers": 3})
+    s = 8
+    weighted, n_matmul = _independent(cfg, s, s)  # the built model's kernels, gate included
+    assert tnn.matmul_param_count(cfg) == n_matmul
+    A, attention_layers, delta_layers = cfg.num_heads * cfg.head_dim, 1, 2
+    state = 18 * delta_layers * 4 * 3 * 5  # per token: 3 products of H_v·d_k·d_v, x3 with backward
+    want = (6 * weighted + 6 * A * attention_layers * s * s) / s + state
+    assert tnn.flops_per_token(cfg, s) == pytest.approx(want, rel=1e-12)

@@ -21,6 +21,14 @@ causal, ``min(s, 2W - 1)`` bidirectional (kernels skip the rest). A windowed cau
 half is exact: the ``s·k - k²/2`` query-key pairs the causal window sees (``s²/2`` when
 ``W >= s``); PaLM's whole count is ``s·k``.
 
+**Delta layers** (Gated DeltaNet, ``mixer_pattern``) have no score matrix: their projections
+count as matmul weights (the depthwise convolution is elementwise) and the gated delta rule as
+its recurrent form's three products with the ``[d_k, d_v]`` state per value head and token
+(read by the key, the rank-one write, read by the query): ``18·H_v·d_k·d_v`` per token and
+layer with the backward. (The chunked kernel does more arithmetic than that to run in parallel;
+this is the model's count, as a score matrix's half is.) A gated attention output
+(``attention_output_gate``) adds its projection to the layer's query and output weights.
+
 **Mixture of experts: only active parameters count.** A token goes through its MoE layer's
 router (``d·E``), its ``experts_per_token`` routed experts and the shared experts, so an MoE
 layer's ``N`` is ``d·E + k·N_expert + N_shared`` (``N_expert`` one expert's matmul weights), not
@@ -63,7 +71,8 @@ def _attention_weights(c: TransformerConfig, *, cross: bool = False) -> tuple[in
         assert r is not None
         # kv_down [d, r], then key/value up-projections [r, kv_heads, head_dim], every token.
         return 2 * d * inner, d * r + 2 * r * kv_inner
-    return 2 * d * inner, 2 * d * kv_inner
+    gate = d * inner if c.attention_output_gate and not cross else 0  # Qwen3.5's output gate
+    return 2 * d * inner + gate, 2 * d * kv_inner
 
 
 def _mlp_weights(c: TransformerConfig) -> int:
@@ -76,6 +85,21 @@ def _self_block(c: TransformerConfig) -> int:
     return q_out + kv + _mlp_weights(c)
 
 
+def _delta_sizes(c: TransformerConfig) -> tuple[int, int, int, int]:
+    """(H_v, d_k, d_v, the convolved q/k/v width) of a delta layer."""
+    assert c.delta_key_heads is not None and c.delta_value_heads is not None
+    assert c.delta_key_dim is not None and c.delta_value_dim is not None
+    hv, dk, dv = c.delta_value_heads, c.delta_key_dim, c.delta_value_dim
+    return hv, dk, dv, 2 * c.delta_key_heads * dk + hv * dv
+
+
+def _delta_block(c: TransformerConfig) -> int:
+    """A delta layer's matmul weights: q/k/v, z, β and the decay's inputs, the output; its MLP."""
+    hv, _, dv, conv = _delta_sizes(c)
+    d = c.d_model
+    return d * conv + d * hv * dv + 2 * d * hv + hv * dv * d + _mlp_weights(c)
+
+
 def _moe_active(c: TransformerConfig) -> int:
     """An MoE layer's matmul weights one token uses: router, its k experts, the shared ones."""
     per = (3 if c.gated else 2) * c.d_model
@@ -85,10 +109,14 @@ def _moe_active(c: TransformerConfig) -> int:
 
 
 def _decoder_layers(c: TransformerConfig) -> int:
-    """Every layer's active matmul weights: dense blocks, and MoE blocks by `_moe_active`."""
+    """Every layer's active matmul weights: attention or delta blocks (``mixer_pattern``), their
+    MoE blocks by `_moe_active`."""
     kinds = moe_layers(c)
     moe = sum(kinds)
-    return c.num_layers * _self_block(c) - moe * (_mlp_weights(c) - _moe_active(c))
+    mixers = c.layer_mixers()
+    deltas = mixers.count("delta")
+    blocks = (c.num_layers - deltas) * _self_block(c) + (deltas * _delta_block(c) if deltas else 0)
+    return blocks - moe * (_mlp_weights(c) - _moe_active(c))
 
 
 def _area(c: TransformerConfig, s: int, layers: int, *, causal: bool) -> tuple[int, int]:
@@ -96,7 +124,10 @@ def _area(c: TransformerConfig, s: int, layers: int, *, causal: bool) -> tuple[i
     ``s_k`` to the keys they hold: ``k``), and the summed ``k²`` (a causal layer sees ``s·k - k²/2``
     pairs, which `flops_per_token` counts with ``causal_half``)."""
     total = overlap = 0
-    for w in c.layer_windows(layers):
+    mixers = c.layer_mixers(layers)
+    for w, mixer in zip(c.layer_windows(layers), mixers, strict=True):
+        if mixer == "delta":  # no score matrix (`flops_per_token` counts its state products)
+            continue
         keys = s if w is None else min(s, w if causal else 2 * w - 1)
         total += s * keys
         overlap += keys * keys
@@ -248,6 +279,10 @@ def flops_per_token(
     attention = 6 * widths * (full_area + causal_area) - (
         3 * widths * overlap if causal_half else 0
     )
+    deltas = config.layer_mixers().count("delta")
+    if deltas:  # the recurrent form's three state products per token (the module docstring)
+        hv, dk, dv, _ = _delta_sizes(config)
+        attention += 18 * deltas * hv * dk * dv * seq_len
     return (6 * weighted + attention) / seq_len
 
 

@@ -1,6 +1,6 @@
-"""Qwen3, OLMo 2 and 3, Phi-3, Gemma 2, Gemma 3 (text), DeepSeek-V2 and -V3, gpt-oss, GLM-4.5 MoE
-and Qwen3.5 (text) round-trip through transformers (PyTorch in the scratch venv of ``_hf_peer``,
-one peer process each way for all families).
+"""Qwen3, OLMo 2 and 3, Phi-3, Gemma 2, Gemma 3 (text), DeepSeek-V2 and -V3, gpt-oss, GLM-4.5 MoE,
+Qwen3.5 (text) and Qwen3-Next round-trip through transformers (PyTorch in the scratch venv of
+``_hf_peer``, one peer process each way for all families).
 
 transformers builds a tiny random model of each family (2 layers, GQA 4/2, random norms, Gemma's
 soft caps bending the logits) and scores it in float32 and bfloat16; tjx loads each with
@@ -271,6 +271,23 @@ CASES["qwen3_5"] = dict(
         rope_parameters=dict(rope_type="default", rope_theta=100.0, partial_rotary_factor=0.25),
     ),
 )
+# Qwen3-Next: Qwen3.5's layers with their input projections grouped by key head, and Qwen2-MoE's
+# sparse block (softmax top-2 of 4, renormalised, a gated shared expert) after a dense layer 0.
+# It routes, so it runs in float32 only (the module doc); its bfloat16 delta layers and experts
+# are qwen3_5's and the *_all cases' computations.
+CASES["qwen3_next"] = dict(
+    config=dict(
+        CASES["qwen3_5"]["config"],
+        model_type="qwen3_next",
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=24,
+        norm_topk_prob=True,
+        mlp_only_layers=[0],
+    ),
+    bf16=False,
+)
 CASES["gpt_oss_all"] = dict(
     CASES["gpt_oss"], config=dict(CASES["gpt_oss"]["config"], num_experts_per_tok=4), bf16=True
 )
@@ -514,3 +531,24 @@ def test_the_qwen3_5_case_exercises_each_piece(results):
     assert "model.layers.3.self_attn.q_proj.weight" in names
     assert not any(n.startswith("model.layers.0.self_attn.") for n in names)
     assert r["saved"]["layer_types"] == ["linear_attention"] * 3 + ["full_attention"]
+
+
+def test_the_qwen3_next_case_exercises_each_piece(results):
+    """The grouped delta projections, the sparse blocks after a dense layer and the shared
+    expert's gate all went out and came back."""
+    r = results["qwen3_next"]
+    c = r["config"]
+    assert c.layer_mixers() == ("delta", "delta", "delta", "attention")
+    assert (c.num_experts, c.experts_per_token, c.moe_first_dense, c.router_norm_topk) == (
+        4,
+        2,
+        1,
+        True,
+    )
+    assert c.shared_expert_gate and c.shared_expert_mlp_dim == 24
+    names = r["tensors"]
+    assert {"model.layers.0.linear_attn.in_proj_qkvz.weight",
+            "model.layers.0.linear_attn.in_proj_ba.weight", "model.layers.0.mlp.gate_proj.weight",
+            "model.layers.1.mlp.shared_expert_gate.weight",
+            "model.layers.3.mlp.experts.3.down_proj.weight"} <= names  # fmt: skip
+    assert r["saved"]["model_type"] == "qwen3_next"

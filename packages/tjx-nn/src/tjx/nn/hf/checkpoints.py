@@ -4,11 +4,11 @@ and out.
 A folder's ``config.json`` names the architecture (``model_type`` gpt2, llama, mistral, qwen2,
 qwen3, olmo2, olmo3, phi3, gemma2 or gemma3_text, the MoE types mixtral, qwen2_moe and qwen3_moe,
 ``moe``, deepseek_v2 and deepseek_v3, ``deepseek``, gpt_oss, ``gpt_oss``, glm4_moe,
-``glm4_moe``, or qwen3_5_text, ``qwen3_5``); its config module maps the config
-(refusing what tjx would ignore) and its mapping module the tensors. Weights move one tensor at
-a time: loading fills a model built abstractly (``nnx.eval_shape``) from safetensors'
-memory-mapped reads, saving writes one shard at a time, so neither holds two full copies of the
-weights.
+``glm4_moe``, qwen3_5_text, ``qwen3_5``, or qwen3_next, ``qwen3_next``); its config module
+maps the config (refusing what tjx would ignore) and its mapping module the tensors. Weights
+move one tensor at a time: loading fills a model built abstractly (``nnx.eval_shape``) from
+safetensors' memory-mapped reads, saving writes one shard at a time, so neither holds two full
+copies of the weights.
 """
 
 from __future__ import annotations
@@ -75,6 +75,13 @@ from tjx.nn.hf.qwen3_5 import (
     qwen3_5_config_to_hf,
     qwen3_5_mapping,
 )
+from tjx.nn.hf.qwen3_next import (
+    QWEN3_NEXT,
+    is_qwen3_next,
+    qwen3_next_config_from_hf,
+    qwen3_next_config_to_hf,
+    qwen3_next_mapping,
+)
 from tjx.nn.lora import merged_readers
 from tjx.nn.model_state import concrete_state
 from tjx.nn.params_io import fill_params, param_readers
@@ -83,7 +90,7 @@ from tjx.nn.params_io import fill_params, param_readers
 HF_MODEL_TYPES: dict[str, str] = {
     "gpt2": "gpt2",
     **{t: "llama" for t in (*LLAMA_TYPES, *FAMILY_TYPES)},
-    **{t: "llama" for t in (*MOE_TYPES, *DEEPSEEK_TYPES, GPT_OSS, GLM4_MOE, QWEN3_5)},
+    **{t: "llama" for t in (*MOE_TYPES, *DEEPSEEK_TYPES, GPT_OSS, GLM4_MOE, QWEN3_5, QWEN3_NEXT)},
 }
 #: model types refused with a line of their own (what to load instead).
 _REFUSED = {
@@ -142,6 +149,9 @@ def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[Deco
     if model_type == QWEN3_5:
         qwen = qwen3_5_config_from_hf(hf, **overrides)
         return qwen, Llama, qwen3_5_mapping(qwen)
+    if model_type == QWEN3_NEXT:
+        nxt = qwen3_next_config_from_hf(hf, **overrides)
+        return nxt, Llama, qwen3_next_mapping(nxt)
     if model_type == GLM4_MOE:
         glm = glm4_moe_config_from_hf(hf, **overrides)
         return glm, Llama, glm4_moe_mapping(glm, mtp=glm4_mtp_layers(hf))
@@ -250,11 +260,13 @@ def _export_plan(config: Any, model_type: str | None) -> tuple[dict[str, Any], H
                 f"a model with attention sinks saves as model_type 'gpt_oss'; got {model_type!r}"
             )
         return gpt_oss_config_to_hf(config), gpt_oss_mapping(config)
+    if isinstance(config, LlamaConfig) and is_qwen3_next(config, model_type):
+        return qwen3_next_config_to_hf(config), qwen3_next_mapping(config)
     if isinstance(config, LlamaConfig) and (model_type == QWEN3_5 or is_qwen3_5(config)):
         if model_type not in (None, QWEN3_5):
             raise ValueError(
                 "a model with delta layers or a gated attention output saves as model_type "
-                f"{QWEN3_5!r}; got {model_type!r}"
+                f"{QWEN3_5!r} (or {QWEN3_NEXT!r}); got {model_type!r}"
             )
         return qwen3_5_config_to_hf(config), qwen3_5_mapping(config)
     if isinstance(config, LlamaConfig) and config.qk_rope_head_dim is not None:
@@ -309,7 +321,8 @@ def save_hf(
         ``moe.moe_export_type``). DeepSeek's MLA: ``deepseek_v3`` with the sigmoid router,
         else ``deepseek_v2`` (``deepseek``). Attention sinks: ``gpt_oss`` (``gpt_oss``); MoE
         on multi-head attention with the sigmoid router or a partial RoPE: ``glm4_moe``
-        (``glm4_moe``).
+        (``glm4_moe``). Delta layers or a gated attention output: ``qwen3_5_text``
+        (``qwen3_5``), or ``qwen3_next`` (``qwen3_next``), the default with MoE layers.
     tokenizer_from : str or PathLike, optional
         A folder whose tokenizer files (``tokenizer.json`` ...) are copied next to the weights.
 

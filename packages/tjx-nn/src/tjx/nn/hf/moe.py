@@ -72,6 +72,10 @@ NAMES: dict[str, tuple[str, str, tuple[str, str, str], str | None]] = {
 }
 
 
+#: The Qwen types whose MoE block adds one shared expert behind a sigmoid gate.
+SHARED_GATE_TYPES = ("qwen2_moe", "qwen3_next")
+
+
 def _refuse(key: str, value: Any, why: str) -> ValueError:
     return ValueError(f"config.json {key} {value!r} is not supported: {why}")
 
@@ -100,26 +104,44 @@ def moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
             raise _refuse("router_jitter_noise", jitter, "tjx's router adds no noise")
         moe["expert_mlp_dim"] = None  # intermediate_size (mlp_dim) is an expert's width
     else:
-        moe["expert_mlp_dim"] = int(hf["moe_intermediate_size"])
-        moe["router_norm_topk"] = bool(hf.get("norm_topk_prob", False))
-        moe["moe_layer_step"] = int(hf.get("decoder_sparse_step", 1))
-        dense = sorted(int(i) for i in hf.get("mlp_only_layers") or [])
-        if dense != list(range(len(dense))):
-            raise _refuse(
-                "mlp_only_layers", dense, "tjx keeps only the first k layers dense (0..k-1)"
-            )
-        moe["moe_first_dense"] = len(dense)
+        moe |= qwen_moe_fields(hf, model_type, {"norm_topk_prob": False})
     if model_type == "qwen2_moe":
-        shared = int(hf.get("shared_expert_intermediate_size") or 0)
-        if shared < 1:
-            raise _refuse("shared_expert_intermediate_size", shared, "qwen2_moe has one")
-        moe |= dict(num_shared_experts=1, shared_expert_mlp_dim=shared, shared_expert_gate=True)
         fields["qkv_bias"] = bool(hf.get("qkv_bias", True))
     if model_type == "qwen3_moe":
         if fields["use_bias"]:
             raise _refuse("attention_bias", True, "tjx's qwen3_moe import has no biases")
         fields["qk_norm"] = True
     return LlamaConfig(**{**fields, **moe, **overrides})
+
+
+def qwen_moe_fields(
+    hf: Mapping[str, Any], model_type: str, defaults: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The Qwen MoE types' expert placement, width and shared expert (qwen2_moe, qwen3_moe and
+    Qwen3-Next's), with transformers' ``defaults`` for keys a config.json leaves out.
+
+    Raises
+    ------
+    ValueError
+        ``mlp_only_layers`` other than the first layers, or a shared expert's width below 1
+        where the type has one.
+    """
+    get = {**defaults, **hf}
+    dense = sorted(int(i) for i in get.get("mlp_only_layers") or [])
+    if dense != list(range(len(dense))):
+        raise _refuse("mlp_only_layers", dense, "tjx keeps only the first k layers dense (0..k-1)")
+    fields: dict[str, Any] = dict(
+        expert_mlp_dim=int(get["moe_intermediate_size"]),
+        router_norm_topk=bool(get.get("norm_topk_prob", False)),
+        moe_layer_step=int(get.get("decoder_sparse_step", 1)),
+        moe_first_dense=len(dense),
+    )
+    if model_type in SHARED_GATE_TYPES:
+        shared = int(get.get("shared_expert_intermediate_size") or 0)
+        if shared < 1:
+            raise _refuse("shared_expert_intermediate_size", shared, f"{model_type} has one")
+        fields |= dict(num_shared_experts=1, shared_expert_mlp_dim=shared, shared_expert_gate=True)
+    return fields
 
 
 def moe_export_type(config: LlamaConfig, model_type: str | None) -> str:

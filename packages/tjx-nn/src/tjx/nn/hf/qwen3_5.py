@@ -110,11 +110,26 @@ def qwen3_5_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConf
     ValueError
         An unknown key, or a value tjx does not compute as transformers does, named.
     """
-    check_keys(hf, QWEN3_5, KEYS)
+    return LlamaConfig(**{**hybrid_fields(hf, QWEN3_5, KEYS, DEFAULTS), **overrides})
+
+
+def hybrid_fields(
+    hf: Mapping[str, Any], model_type: str, keys: frozenset[str], defaults: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The ``LlamaConfig`` fields of a Qwen hybrid (delta and gated attention layers: Qwen3.5,
+    and Qwen3-Next's decoder), read with ``model_type``'s ``keys`` and transformers'
+    ``defaults`` (`DEFAULTS`' keys at least).
+
+    Raises
+    ------
+    ValueError
+        An unknown key, or a value tjx does not compute as transformers does, named.
+    """
+    check_keys(hf, model_type, keys)
     act = hf.get("hidden_act", "silu")
     if act != "silu":
         raise ValueError(f"config.json hidden_act must be 'silu' (SwiGLU); got {act!r}")
-    get = {k: hf.get(k, v) for k, v in DEFAULTS.items()}
+    get = {k: hf.get(k, v) for k, v in defaults.items()}
     params = {k: v for k, v in (hf.get("rope_parameters") or {}).items() if k not in _MROPE}
     partial = params.pop("partial_rotary_factor", get["partial_rotary_factor"])
     layers = int(hf["num_hidden_layers"])
@@ -129,7 +144,7 @@ def qwen3_5_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConf
     rest = {k: v for k, v in hf.items() if k != "partial_rotary_factor"}  # read above
     fields = base_fields({**hf, "head_dim": get["head_dim"]}, tied=False, eps=1e-6)
     fields |= dict(
-        rope_theta=rope_theta({**rest, "rope_parameters": params}, QWEN3_5),
+        rope_theta=rope_theta({**rest, "rope_parameters": params}, model_type),
         rope_fraction=float(partial),
         mixer_pattern=shortest_pattern([MIXER_OF[t] for t in types]),
         delta_key_heads=int(get["linear_num_key_heads"]),
@@ -139,7 +154,7 @@ def qwen3_5_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConf
         delta_conv_kernel=int(get["linear_conv_kernel_dim"]),
     )
     switches = {k: v for k, v in NEEDS.items() if k not in ("rope_scaling", "sliding_window")}
-    return LlamaConfig(**{**fields, **switches, **overrides})
+    return fields | switches
 
 
 def is_qwen3_5(config: LlamaConfig) -> bool:
@@ -156,11 +171,25 @@ def qwen3_5_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     ValueError
         ``config`` computes something Qwen3.5 cannot express (every such field named).
     """
+    return hybrid_to_hf(config, QWEN3_5, ARCHITECTURE, NEEDS)
+
+
+def hybrid_to_hf(
+    config: LlamaConfig, model_type: str, architecture: str, needs: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The ``config.json`` dict of a Qwen hybrid's decoder as ``model_type`` (``needs``: field →
+    the value that type computes with; its own keys, e.g. the experts', are the caller's).
+
+    Raises
+    ------
+    ValueError
+        ``config`` computes something ``model_type`` cannot express (every such field named).
+    """
     c = config
-    wrong = {k: (getattr(c, k), v) for k, v in NEEDS.items() if getattr(c, k) != v}
+    wrong = {k: (getattr(c, k), v) for k, v in needs.items() if getattr(c, k) != v}
     if wrong:
         got = ", ".join(f"{k}={v[0]!r} (needs {v[1]!r})" for k, v in wrong.items())
-        raise ValueError(f"model_type {QWEN3_5!r} cannot express this model: {got}")
+        raise ValueError(f"model_type {model_type!r} cannot express this model: {got}")
     out = common_to_hf(c)
     theta = out.pop("rope_theta")
     sizes = dict(zip(("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
@@ -169,8 +198,8 @@ def qwen3_5_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     if "delta" not in c.layer_mixers():  # no delta layer: transformers still builds the sizes
         sizes = {k: DEFAULTS[k] for k in sizes}
     return out | {
-        "architectures": [ARCHITECTURE],
-        "model_type": QWEN3_5,
+        "architectures": [architecture],
+        "model_type": model_type,
         "hidden_act": "silu",
         "attention_bias": False,
         "rope_parameters": {
@@ -206,7 +235,13 @@ def _query_and_gate(query: str, gate: str) -> Any:
 def qwen3_5_mapping(c: LlamaConfig) -> HFMapping:
     """The HF ↔ tjx correspondence of a Qwen3.5 ``c``: Qwen3's (`family_mapping`) with each
     delta layer's ``linear_attn`` in place of ``self_attn`` and the gated ``q_proj``."""
-    base = family_mapping(c, "qwen3")
+    return hybrid_mapping(c, family_mapping(c, "qwen3"), fused=False)
+
+
+def hybrid_mapping(c: LlamaConfig, base: HFMapping, *, fused: bool) -> HFMapping:
+    """``base`` (a mapping with every layer's ``self_attn``) with the attention layers' gated
+    ``q_proj`` and the delta layers' ``linear_attn`` instead: Qwen3.5's four input projections,
+    or Qwen3-Next's two grouped ones when ``fused`` (`fused_delta_tensors`)."""
     shapes, to_tjx, to_hf = dict(base.shapes), dict(base.to_tjx), dict(base.to_hf)
     assert c.head_dim is not None
     d, h, hd = c.d_model, c.num_heads, c.head_dim
@@ -225,7 +260,7 @@ def qwen3_5_mapping(c: LlamaConfig) -> HFMapping:
                 del table[name]
         for name in [n for n in to_tjx if n.startswith(t + "attn.")]:
             del to_tjx[name]
-        _delta_tensors(c, p + "linear_attn.", t + "delta.", shapes, to_tjx, to_hf)
+        _delta_tensors(c, p + "linear_attn.", t + "delta.", shapes, to_tjx, to_hf, fused)
     return HFMapping(shapes, to_tjx, to_hf, base.ignored)
 
 
@@ -236,6 +271,7 @@ def _delta_tensors(
     shapes: dict[str, tuple[int, ...]],
     to_tjx: dict[str, Any],
     to_hf: dict[str, Any],
+    fused: bool,
 ) -> None:
     """One delta layer's tensors (HF prefix ``p``, tjx prefix ``t``) into the three tables."""
     assert c.delta_key_heads is not None and c.delta_value_heads is not None
@@ -243,17 +279,15 @@ def _delta_tensors(
     d, hv = c.d_model, c.delta_value_heads
     value = hv * c.delta_value_dim
     conv = 2 * c.delta_key_heads * c.delta_key_dim + value
-    for name, n_in, n_out in (
-        ("in_proj_qkv", d, conv),
-        ("in_proj_z", d, value),
-        ("in_proj_b", d, hv),
-        ("in_proj_a", d, hv),
-        ("out_proj", value, d),
-    ):
+    inputs = [] if fused else [("in_proj_qkv", conv), ("in_proj_z", value), ("in_proj_b", hv),
+                               ("in_proj_a", hv)]  # fmt: skip
+    for name, n_in, n_out in [(n, d, o) for n, o in inputs] + [("out_proj", value, d)]:
         hf, tjx = f"{p}{name}.weight", f"{t}{name}.kernel"
         shapes[hf] = (n_out, n_in)
         to_tjx[tjx] = _transposed(hf)
         to_hf[hf] = _transposed(tjx)
+    if fused:
+        fused_delta_tensors(c, p, t, shapes, to_tjx, to_hf)
     shapes[p + "conv1d.weight"] = (conv, 1, c.delta_conv_kernel)
     to_tjx[t + "conv_weight"] = _squeezed(p + "conv1d.weight")
     to_hf[p + "conv1d.weight"] = _unsqueezed(t + "conv_weight")
@@ -265,6 +299,66 @@ def _delta_tensors(
         shapes[p + hf_name] = (n,)
         to_tjx[t + tjx_name] = take(p + hf_name)
         to_hf[p + hf_name] = take(t + tjx_name)
+
+
+def fused_delta_tensors(
+    c: LlamaConfig,
+    p: str,
+    t: str,
+    shapes: dict[str, tuple[int, ...]],
+    to_tjx: dict[str, Any],
+    to_hf: dict[str, Any],
+) -> None:
+    """Qwen3-Next's ``in_proj_qkvz`` and ``in_proj_ba`` ↔ tjx's four input projections.
+
+    Qwen3-Next groups its rows by key head: ``in_proj_qkvz`` ``[g·(2·dk + 2·r·dv), d]`` holds, for
+    each of the ``g`` key heads, its query's ``dk`` rows, its key's ``dk``, then the values and
+    the output gates of its ``r = value heads / g`` value heads (``r·dv`` each); ``in_proj_ba``
+    ``[g·2r, d]`` each group's ``r`` betas then its ``r`` decays. tjx's ``in_proj_qkv`` is the
+    convolution's channel order (every query head, every key head, every value head), which is
+    the order transformers concatenates the groups' parts in before its convolution.
+    """
+    assert c.delta_key_heads is not None and c.delta_value_heads is not None
+    assert c.delta_key_dim is not None and c.delta_value_dim is not None
+    g, dk, dv = c.delta_key_heads, c.delta_key_dim, c.delta_value_dim
+    r = c.delta_value_heads // g
+    qkvz, ba = p + "in_proj_qkvz.weight", p + "in_proj_ba.weight"
+    widths = {"q": dk, "k": dk, "v": r * dv, "z": r * dv}  # each group's rows, in this order
+    starts = dict(zip(widths, np.cumsum([0, *widths.values()])[:-1].tolist(), strict=True))
+    shapes[qkvz] = (g * sum(widths.values()), c.d_model)
+    shapes[ba] = (g * 2 * r, c.d_model)
+
+    def rows(name: str, parts: str, width: dict[str, int], start: dict[str, int]) -> Any:
+        """tjx kernel ``[d, Σ g·width]``: ``parts``' rows of each group, part after part."""
+
+        def convert(read: Read) -> np.ndarray:
+            grouped = read(name).reshape(g, -1, c.d_model)
+            return np.concatenate(
+                [grouped[:, start[k] : start[k] + width[k]].reshape(-1, c.d_model) for k in parts]
+            ).T
+
+        return convert
+
+    def joined(parts: list[tuple[str, list[int]]]) -> Any:
+        """The grouped HF weight from tjx kernels (name, each part's width per group)."""
+
+        def convert(read: Read) -> np.ndarray:
+            per_group = []
+            for name, part_widths in parts:
+                kernel = read(name).T  # [Σ g·width, d]
+                split = np.split(kernel, np.cumsum([g * w for w in part_widths])[:-1])
+                per_group += [s.reshape(g, w, -1) for s, w in zip(split, part_widths, strict=True)]
+            return np.concatenate(per_group, axis=1).reshape(-1, c.d_model)
+
+        return convert
+
+    to_tjx[t + "in_proj_qkv.kernel"] = rows(qkvz, "qkv", widths, starts)
+    to_tjx[t + "in_proj_z.kernel"] = rows(qkvz, "z", widths, starts)
+    to_tjx[t + "in_proj_b.kernel"] = rows(ba, "b", {"b": r}, {"b": 0})
+    to_tjx[t + "in_proj_a.kernel"] = rows(ba, "a", {"a": r}, {"a": r})
+    to_hf[qkvz] = joined([(t + "in_proj_qkv.kernel", [dk, dk, r * dv]),
+                          (t + "in_proj_z.kernel", [r * dv])])  # fmt: skip
+    to_hf[ba] = joined([(t + "in_proj_b.kernel", [r]), (t + "in_proj_a.kernel", [r])])
 
 
 def _transposed(name: str) -> Any:

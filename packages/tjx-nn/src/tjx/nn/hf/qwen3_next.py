@@ -1,0 +1,146 @@
+"""Hugging Face Qwen3-Next (``Qwen3NextForCausalLM``, ``qwen3_next``) ↔ tjx ``Llama`` with delta
+layers and MoE layers.
+
+Qwen3-Next's decoder is Qwen3.5's (`qwen3_5`: Gated DeltaNet layers between gated attention ones,
+zero-centred norms, partial RoPE) with Qwen2-MoE's sparse block:
+
+=====================================  ========================================================
+config.json / tensor                   tjx
+=====================================  ========================================================
+``linear_attn.in_proj_qkvz``,          ``delta.in_proj_qkv``, ``in_proj_z``, ``in_proj_b``,
+``in_proj_ba`` (rows grouped by key    ``in_proj_a`` (`qwen3_5.fused_delta_tensors`): split on
+head)                                  load, grouped again on export
+``num_experts``,                       softmax top-k (renormalised with ``norm_topk_prob``);
+``num_experts_per_tok``,               ``expert_mlp_dim``; one shared expert of
+``moe_intermediate_size``,             ``shared_expert_intermediate_size`` behind a sigmoid
+``shared_expert_intermediate_size``    gate (``shared_expert_gate``)
+``decoder_sparse_step``,               ``moe_layer_step``, ``moe_first_dense`` (the first layers
+``mlp_only_layers``                    only); ``num_experts`` 0: every layer dense
+``mlp.experts.<e>.*``, ``mlp.gate``,   Qwen2-MoE's tensors (`llama`'s ``experts``)
+``mlp.shared_expert(_gate)``
+=====================================  ========================================================
+
+Refused in one line naming the key: Qwen3.5's refusals (unknown keys, ``attention_bias`` true,
+another activation, a RoPE scaling) and ``mlp_only_layers`` other than the first layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tjx.nn.configs import LlamaConfig
+from tjx.nn.hf.io import HFMapping
+from tjx.nn.hf.llama import llama_mapping
+from tjx.nn.hf.moe import qwen_moe_fields
+from tjx.nn.hf.qwen3_5 import DEFAULTS as QWEN3_5_DEFAULTS
+from tjx.nn.hf.qwen3_5 import KEYS as QWEN3_5_KEYS
+from tjx.nn.hf.qwen3_5 import NEEDS as QWEN3_5_NEEDS
+from tjx.nn.hf.qwen3_5 import hybrid_fields, hybrid_mapping, hybrid_to_hf
+from tjx.nn.moe.config import expert_mlp_dim, shared_mlp_dim
+
+QWEN3_NEXT = "qwen3_next"
+ARCHITECTURE = "Qwen3NextForCausalLM"
+#: Qwen3-Next's keys beyond ``family_base.BASE_KEYS``: Qwen3.5's and the sparse block's.
+KEYS = QWEN3_5_KEYS | {
+    "num_experts",
+    "num_experts_per_tok",
+    "moe_intermediate_size",
+    "shared_expert_intermediate_size",
+    "norm_topk_prob",
+    "decoder_sparse_step",
+    "mlp_only_layers",
+    "router_aux_loss_coef",
+    "output_router_logits",  # what a forward returns, not what it computes
+}
+#: transformers' ``Qwen3NextConfig`` defaults for the keys a config.json may leave out.
+DEFAULTS: dict[str, Any] = QWEN3_5_DEFAULTS | dict(
+    num_experts=512,
+    num_experts_per_tok=10,
+    moe_intermediate_size=512,
+    shared_expert_intermediate_size=512,
+    norm_topk_prob=True,
+    decoder_sparse_step=1,
+    router_aux_loss_coef=0.001,
+)
+#: What a config must have to be written as Qwen3-Next: Qwen3.5's decoder, any MoE placement,
+#: and (checked beside, when it has experts) Qwen2-MoE's router and gated shared expert.
+NEEDS = {k: v for k, v in QWEN3_5_NEEDS.items() if k != "num_experts"}
+MOE_NEEDS: dict[str, Any] = dict(
+    router="softmax",
+    router_scale=1.0,
+    router_groups=1,
+    router_logit_bias=False,
+    num_shared_experts=1,
+    shared_expert_gate=True,
+    capacity_factor=None,
+)
+
+
+def qwen3_next_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
+    """A ``LlamaConfig`` with delta and MoE layers from a qwen3_next ``config.json`` dict
+    (``overrides`` win).
+
+    Raises
+    ------
+    ValueError
+        An unknown key, or a value tjx does not compute as transformers does, named.
+    """
+    fields = hybrid_fields(hf, QWEN3_NEXT, KEYS, DEFAULTS)
+    get = {**DEFAULTS, **hf}
+    experts = int(get["num_experts"])
+    if experts > 0:
+        fields |= dict(
+            num_experts=experts,
+            experts_per_token=int(get["num_experts_per_tok"]),
+            router_aux_loss=float(get["router_aux_loss_coef"]),
+            **qwen_moe_fields(hf, QWEN3_NEXT, DEFAULTS),
+        )
+    else:
+        fields["num_experts"] = 0
+    return LlamaConfig(**{**fields, **overrides})
+
+
+def is_qwen3_next(config: LlamaConfig, model_type: str | None) -> bool:
+    """Whether ``config`` saves as qwen3_next: asked for, or a Qwen hybrid (delta layers or a
+    gated attention output) with MoE layers, which Qwen3.5's text model does not have."""
+    if model_type is not None:
+        return model_type == QWEN3_NEXT
+    hybrid = config.attention_output_gate or "delta" in config.layer_mixers()
+    return hybrid and bool(config.num_experts)
+
+
+def qwen3_next_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
+    """The ``config.json`` dict of ``config`` as qwen3_next.
+
+    Raises
+    ------
+    ValueError
+        ``config`` computes something Qwen3-Next cannot express (every such field named).
+    """
+    c = config
+    if c.num_experts:
+        wrong = {k: (getattr(c, k), v) for k, v in MOE_NEEDS.items() if getattr(c, k) != v}
+        if wrong:
+            got = ", ".join(f"{k}={v[0]!r} (needs {v[1]!r})" for k, v in wrong.items())
+            raise ValueError(f"model_type {QWEN3_NEXT!r} cannot express this model: {got}")
+    out = hybrid_to_hf(c, QWEN3_NEXT, ARCHITECTURE, NEEDS)
+    if not c.num_experts:
+        return out | {"num_experts": 0, "mlp_only_layers": []}
+    return out | {
+        "num_experts": c.num_experts,
+        "num_experts_per_tok": c.experts_per_token,
+        "moe_intermediate_size": expert_mlp_dim(c),
+        "shared_expert_intermediate_size": shared_mlp_dim(c),
+        "norm_topk_prob": c.router_norm_topk,
+        "decoder_sparse_step": c.moe_layer_step,
+        "mlp_only_layers": list(range(c.moe_first_dense)),
+        "router_aux_loss_coef": c.router_aux_loss,
+    }
+
+
+def qwen3_next_mapping(c: LlamaConfig) -> HFMapping:
+    """The HF ↔ tjx correspondence of a Qwen3-Next ``c``: Llama's with Qwen2-MoE's sparse blocks
+    (their tensor names are Qwen3-Next's), the gated ``q_proj`` and the grouped delta layers."""
+    base = llama_mapping(c, "qwen2_moe" if c.num_experts else None)
+    return hybrid_mapping(c, base, fused=True)

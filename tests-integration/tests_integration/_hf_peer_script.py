@@ -10,7 +10,9 @@ continuation (``new`` tokens) of their first row's first 4 tokens and the class 
 with ``"short": N`` in a SPEC or score job, the logits of the tokens' first N columns as
 ``logits_short``). A
 ``make`` SPEC with ``"bf16": true`` also scores the model cast to bfloat16 into
-``FOLDER/peer_bf16.npz``; SPEC's ``random_buffers`` (name endings) get random values too.
+``FOLDER/peer_bf16.npz``; SPEC's ``random_buffers`` (name endings) get random values too, and
+SPEC's ``auto`` names the transformers auto class that builds it (default
+``AutoModelForCausalLM``; e.g. ``AutoModelForImageTextToText`` for an image-text folder).
 Attention is transformers' eager path (its reference, the only one that soft-caps Gemma 2's
 logits). The post-training jobs (``chat``, ``peft``, ``dpo``, ``grpo``: chat templates, PEFT
 adapters, TRL's DPO and GRPO losses) are ``_hf_peer_post``'s.
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch  # pants: no-infer-dep (the scratch venv's, never the resolve's)
+import transformers  # pants: no-infer-dep
 from transformers import AutoConfig, AutoModelForCausalLM  # pants: no-infer-dep
 
 EAGER = {"attn_implementation": "eager"}
@@ -55,7 +58,8 @@ def score(
 def make(spec: dict, folder: Path) -> None:
     torch.manual_seed(spec.get("seed", 0))
     config = AutoConfig.for_model(**spec["config"])
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **EAGER)
+    auto = getattr(transformers, spec.get("auto", "AutoModelForCausalLM"))
+    model = auto.from_config(config, dtype=torch.float32, **EAGER)
     with torch.no_grad():  # random norms and biases too, so a swapped tensor shows
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name or "ln_" in name:

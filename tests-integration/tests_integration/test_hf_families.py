@@ -1,6 +1,6 @@
 """Qwen3, OLMo 2 and 3, Phi-3, Gemma 2, Gemma 3 (text), DeepSeek-V2 and -V3, gpt-oss, GLM-4.5 MoE,
-Qwen3.5 (text) and Qwen3-Next round-trip through transformers (PyTorch in the scratch venv of
-``_hf_peer``, one peer process each way for all families).
+Qwen3.5 (text, and the image-text model's folder) and Qwen3-Next round-trip through transformers
+(PyTorch in the scratch venv of ``_hf_peer``, one peer process each way for all families).
 
 transformers builds a tiny random model of each family (2 layers, GQA 4/2, random norms, Gemma's
 soft caps bending the logits) and scores it in float32 and bfloat16; tjx loads each with
@@ -288,6 +288,20 @@ CASES["qwen3_next"] = dict(
     ),
     bf16=False,
 )
+# The published Qwen3.5 folders are the image-text model's (Qwen3_5ForConditionalGeneration): its
+# language model under model.language_model., a (tiny here) vision tower beside; tjx loads the
+# text model (the logits of text tokens are the same) and exports it as qwen3_5_text.
+CASES["qwen3_5_image_text"] = dict(
+    config=dict(
+        model_type="qwen3_5",
+        text_config={k: v for k, v in CASES["qwen3_5"]["config"].items() if k != "model_type"},
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2,
+                           out_hidden_size=32, num_position_embeddings=16),  # fmt: skip
+    ),
+    make=dict(auto="AutoModelForImageTextToText"),
+    export_arch="Qwen3_5ForCausalLM",
+    bf16=False,
+)
 CASES["gpt_oss_all"] = dict(
     CASES["gpt_oss"], config=dict(CASES["gpt_oss"]["config"], num_experts_per_tok=4), bf16=True
 )
@@ -407,7 +421,7 @@ def test_family_in_bfloat16_stays_within_bfloat16_rounding(results, family):
 @pytest.mark.parametrize("family", list(CASES))
 def test_saved_family_loads_in_transformers_as_the_same_model(results, family):
     r = results[family]
-    assert str(r["back"]["arch"]) == str(r["peer"]["arch"])
+    assert str(r["back"]["arch"]) == CASES[family].get("export_arch", str(r["peer"]["arch"]))
     assert _rel(r["back"]["logits"], r["peer"]["logits"]) < 1e-6
     np.testing.assert_array_equal(r["back"]["greedy"], r["peer"]["greedy"])
     if "tjx_short" in r:
@@ -531,6 +545,9 @@ def test_the_qwen3_5_case_exercises_each_piece(results):
     assert "model.layers.3.self_attn.q_proj.weight" in names
     assert not any(n.startswith("model.layers.0.self_attn.") for n in names)
     assert r["saved"]["layer_types"] == ["linear_attention"] * 3 + ["full_attention"]
+    # The image-text folder of the same text model reads as the same tjx model, written as text.
+    image_text = results["qwen3_5_image_text"]
+    assert image_text["config"] == c and image_text["saved"]["model_type"] == "qwen3_5_text"
 
 
 def test_the_qwen3_next_case_exercises_each_piece(results):

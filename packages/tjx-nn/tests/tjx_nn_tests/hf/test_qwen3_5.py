@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from tjx import nn as tnn
 from tjx.nn.hf.qwen3_5 import qwen3_5_config_from_hf, qwen3_5_config_to_hf
@@ -79,7 +80,7 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
         (dict(hidden_act="gelu"), "hidden_act must be 'silu'"),
         (dict(layer_types=["linear_attention"] * 3), "layer_types must list 4"),
         (dict(layer_types=["mamba"] * 4), "layer_types must list 4"),
-        (dict(mtp_num_hidden_layers=1), "mtp_num_hidden_layers"),
+        (dict(mtp_layer_kind="dense"), "mtp_layer_kind"),
         (dict(rope_parameters={"rope_type": "yarn", "factor": 4.0}), "rope_scaling of type"),
     ],
 )
@@ -97,3 +98,46 @@ def test_a_config_qwen3_5_does_not_compute_is_not_saved_as_it(tmp_path):
     with pytest.raises(ValueError, match="'qwen3_5_text' .or 'qwen3_next'.; got 'qwen3'"):
         tnn.save_hf(model, tmp_path / "x", model_type="qwen3")
     assert not (tmp_path / "x").exists()
+
+
+def test_an_image_text_folder_loads_its_text_model_and_skips_the_rest_in_one_line_each(
+    tmp_path, capsys
+):
+    """The published Qwen3.5 folders: ``model_type`` qwen3_5 with a ``text_config``, the language
+    model's tensors under ``model.language_model.``, a vision tower and an MTP module beside."""
+    model, folder, hf = _saved(tmp_path)
+    text = json.loads((folder / "config.json").read_text())
+    text["mtp_num_hidden_layers"] = 1
+    image_text = dict(
+        model_type="qwen3_5",
+        architectures=["Qwen3_5ForConditionalGeneration"],
+        text_config=text,
+        vision_config=dict(model_type="qwen3_5_vision", depth=1),
+        image_token_id=20,
+        tie_word_embeddings=False,
+    )
+    out = tmp_path / "image-text"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(image_text))
+    stored = {n.replace("model.", "model.language_model.", 1): v for n, v in hf.items()}
+    stored |= {"model.visual.blocks.0.mlp.weight": np.ones((3, 2), np.float32)}
+    stored |= {"mtp.fc.weight": np.ones((16, 32), np.float32)}
+    save_file(stored, str(out / "model.safetensors"))
+    capsys.readouterr()
+    loaded, config = tnn.load_hf(out)
+    assert config == model.config
+    want, got = tnn.get_flat_params(model), tnn.get_flat_params(loaded)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    said = capsys.readouterr().err.splitlines()
+    assert sorted(line for line in said if "skipping" in line) == [
+        "tjx: skipping the checkpoint's multi-token-prediction module (mtp.*)",
+        "tjx: skipping the checkpoint's vision tower (model.visual.*): tjx loads the text model",
+    ]
+    del stored["model.language_model.norm.weight"]  # a missing text tensor is still refused
+    save_file(stored, str(out / "model.safetensors"))
+    with pytest.raises(ValueError, match="model.norm.weight"):
+        tnn.load_hf(out)
+    (out / "config.json").write_text(json.dumps(image_text | {"audio_config": {}}))
+    with pytest.raises(ValueError, match="audio_config are not understood"):
+        tnn.load_hf(out)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +70,15 @@ from tjx.nn.hf.io import (
 from tjx.nn.hf.llama import llama_mapping
 from tjx.nn.hf.moe import MOE_TYPES, moe_config_from_hf, moe_config_to_hf, moe_export_type
 from tjx.nn.hf.qwen3_5 import (
+    IMAGE_TEXT,
     QWEN3_5,
+    image_text_config,
     is_qwen3_5,
     qwen3_5_config_from_hf,
     qwen3_5_config_to_hf,
     qwen3_5_mapping,
+    skip_beside,
+    text_name,
 )
 from tjx.nn.hf.qwen3_next import (
     QWEN3_NEXT,
@@ -91,6 +96,7 @@ HF_MODEL_TYPES: dict[str, str] = {
     "gpt2": "gpt2",
     **{t: "llama" for t in (*LLAMA_TYPES, *FAMILY_TYPES)},
     **{t: "llama" for t in (*MOE_TYPES, *DEEPSEEK_TYPES, GPT_OSS, GLM4_MOE, QWEN3_5, QWEN3_NEXT)},
+    IMAGE_TEXT: "llama",  # Qwen3.5's image-text folders: the text model
 }
 #: model types refused with a line of their own (what to load instead).
 _REFUSED = {
@@ -146,12 +152,16 @@ def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[Deco
     if model_type == GPT_OSS:
         oss = gpt_oss_config_from_hf(hf, **overrides)
         return oss, Llama, gpt_oss_mapping(oss)
-    if model_type == QWEN3_5:
-        qwen = qwen3_5_config_from_hf(hf, **overrides)
-        return qwen, Llama, qwen3_5_mapping(qwen)
-    if model_type == QWEN3_NEXT:
-        nxt = qwen3_next_config_from_hf(hf, **overrides)
-        return nxt, Llama, qwen3_next_mapping(nxt)
+    if model_type in (QWEN3_5, IMAGE_TEXT, QWEN3_NEXT):
+        image_text = model_type == IMAGE_TEXT
+        text = image_text_config(hf) if image_text else hf
+        if model_type == QWEN3_NEXT:
+            qwen = qwen3_next_config_from_hf(text, **overrides)
+            mapping = qwen3_next_mapping(qwen)
+        else:
+            qwen = qwen3_5_config_from_hf(text, **overrides)
+            mapping = qwen3_5_mapping(qwen)
+        return qwen, Llama, replace(mapping, ignored=skip_beside(mapping.ignored, image_text))
     if model_type == GLM4_MOE:
         glm = glm4_moe_config_from_hf(hf, **overrides)
         return glm, Llama, glm4_moe_mapping(glm, mtp=glm4_mtp_layers(hf))
@@ -237,8 +247,12 @@ def check_hf_weights(path_or_hub: str | os.PathLike[str]) -> None:
 
 def _checked_names(weights: LazyWeights, hf: dict[str, Any], mapping: HFMapping) -> dict[str, str]:
     """The mapping's tensor name → the stored one, after `check_tensors` on the headers."""
-    prefixed = hf.get("model_type") == "gpt2"  # save_pretrained's ``transformer.`` prefix
-    names = {n.removeprefix("transformer.") if prefixed else n: n for n in weights.names()}
+    if hf.get("model_type") == "gpt2":  # save_pretrained's ``transformer.`` prefix
+        names = {n.removeprefix("transformer."): n for n in weights.names()}
+    elif hf.get("model_type") == IMAGE_TEXT:  # the language model's ``model.language_model.*``
+        names = {text_name(n): n for n in weights.names()}
+    else:
+        names = {n: n for n in weights.names()}
     check_tensors(
         {k: weights.shape(n) for k, n in names.items()},
         mapping.shapes,

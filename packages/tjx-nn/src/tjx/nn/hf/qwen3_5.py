@@ -22,18 +22,24 @@ RMSNorms ``x · (1 + w)``, w from   ``norm_plus_one`` (the q/k norms too; the de
 =================================  ============================================================
 
 ``mrope_section`` / ``mrope_interleaved`` (the image model's 3-D positions) change no number for
-text: its three position rows are the same token index. Refused in one line naming the key:
+text: its three position rows are the same token index. The published checkpoints are the
+image-text model's (``model_type`` qwen3_5): its ``text_config`` and ``model.language_model.*``
+are this text model (`image_text_config`, `text_name`); its vision tower (``model.visual.*``) and
+the multi-token-prediction module (``mtp.*``) are skipped in one line each (`skip_beside`), as
+transformers' causal LM drops them. Refused in one line naming the key:
 unknown keys, ``attention_bias`` true, another activation, a RoPE scaling.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig
+from tjx.nn.hf.config import HARMLESS
 from tjx.nn.hf.family_base import (
     base_fields,
     check_keys,
@@ -58,6 +64,10 @@ KEYS = frozenset(
         "linear_value_head_dim",
         "linear_num_key_heads",
         "linear_num_value_heads",
+        # Qwen's multi-token-prediction module beside the causal LM (``mtp.*``): transformers
+        # drops it on load, and so does tjx, in one line (`skip_beside`).
+        "mtp_num_hidden_layers",
+        "mtp_use_dedicated_embeddings",
     }
 )
 #: transformers' ``Qwen3_5TextConfig`` defaults for the keys a config.json may leave out.
@@ -99,6 +109,24 @@ NEEDS: dict[str, Any] = dict(
 )
 #: The RoPE entry's keys of the image model's positions (equal for text: no number changes).
 _MROPE = ("mrope_section", "mrope_interleaved")
+#: The image-text model's ``model_type`` (``Qwen3_5ForConditionalGeneration``, the published
+#: Qwen3.5 checkpoints): its ``text_config`` is a qwen3_5_text config, its language model's tensors
+#: are ``model.language_model.*`` (tjx's ``model.*``), the vision tower's ``model.visual.*``.
+IMAGE_TEXT = "qwen3_5"
+#: The image-text config's keys beside ``text_config``: the vision tower's, and the tokens that
+#: mark images and video in a prompt (none changes the text model's numbers).
+IMAGE_TEXT_KEYS = frozenset(
+    {
+        "text_config",
+        "vision_config",
+        "image_token_id",
+        "video_token_id",
+        "vision_start_token_id",
+        "vision_end_token_id",
+        "tie_word_embeddings",
+    }
+)
+LANGUAGE_MODEL, VISUAL, MTP = "model.language_model.", "model.visual.", "mtp."
 
 
 def qwen3_5_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
@@ -111,6 +139,58 @@ def qwen3_5_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConf
         An unknown key, or a value tjx does not compute as transformers does, named.
     """
     return LlamaConfig(**{**hybrid_fields(hf, QWEN3_5, KEYS, DEFAULTS), **overrides})
+
+
+def image_text_config(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """The text model's ``config.json`` dict of a Qwen3.5 image-text ``config.json`` (its
+    ``text_config``, tied as the image-text model ties: by its own ``tie_word_embeddings``).
+
+    Raises
+    ------
+    ValueError
+        No ``text_config``, or a key the image-text config does not have, named.
+    """
+    unknown = sorted(set(hf) - IMAGE_TEXT_KEYS - HARMLESS)
+    if unknown:
+        raise ValueError(
+            f"config.json key(s) {', '.join(unknown)} are not understood by tjx's {IMAGE_TEXT} "
+            "(image-text) import and could change the model"
+        )
+    text = hf.get("text_config")
+    if not isinstance(text, Mapping):
+        raise ValueError(f"config.json of model_type {IMAGE_TEXT!r} has no text_config")
+    tied = bool(hf.get("tie_word_embeddings", False))
+    return dict(text) | {"model_type": QWEN3_5, "tie_word_embeddings": tied}
+
+
+def text_name(stored: str) -> str:
+    """A tensor's name in an image-text checkpoint → its name in the text model's
+    (``model.language_model.*`` → ``model.*``; the others as they are)."""
+    if stored.startswith(LANGUAGE_MODEL):
+        return "model." + stored.removeprefix(LANGUAGE_MODEL)
+    return stored
+
+
+def skip_beside(base: Callable[[str], bool], image_text: bool) -> Callable[[str], bool]:
+    """``base``'s ignored names, and the modules stored beside the causal LM that it does not
+    use, each said in one line when a checkpoint really holds it: the multi-token-prediction
+    module (``mtp.*``, ``mtp_num_hidden_layers``) and an image-text model's vision tower
+    (``model.visual.*``). transformers' causal LM drops both on load too."""
+    beside = {MTP: "multi-token-prediction module (mtp.*)"}
+    if image_text:
+        beside[VISUAL] = "vision tower (model.visual.*): tjx loads the text model"
+    said: set[str] = set()
+
+    def ignored(name: str) -> bool:
+        prefix = next((p for p in beside if name.startswith(p)), None)
+        if prefix is None:
+            return base(name)
+        if prefix not in said:
+            said.add(prefix)
+            print(f"tjx: skipping the checkpoint's {beside[prefix]}", file=sys.stderr)
+        return True
+
+    return ignored
 
 
 def hybrid_fields(

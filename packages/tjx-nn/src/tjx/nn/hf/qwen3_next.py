@@ -21,7 +21,8 @@ head)                                  load, grouped again on export
 =====================================  ========================================================
 
 Refused in one line naming the key: Qwen3.5's refusals (unknown keys, ``attention_bias`` true,
-another activation, a RoPE scaling) and ``mlp_only_layers`` other than the first layers.
+another activation, a RoPE scaling) and ``mlp_only_layers`` other than the first layers. The
+multi-token-prediction module (``mtp.*``) is skipped in one line, as Qwen3.5's.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The presets compile for an H100 (and, shrunk, a TPU v5e) without either: CI's guard on the
-GPU/TPU path.
+GPU/TPU path; so does a small delta/attention hybrid (#56's Qwen3.5 and Qwen3-Next layers).
 
 Each case is one ``python -m trainer --config PRESET --plan TARGET --set model.attention_impl=K``
 (XLA's real GPU compiler through jax's CUDA plugin, or libtpu's, on abstract devices; the
@@ -78,6 +78,26 @@ ALLOWED_F32_DOTS = [
     r"bqhd,bshd->bhqs\)*/dot_general$",
     r"bhqs,bshd->bqhd\)*/dot_general$",
 ]
+#: A delta layer's float32 products: tjx.kernels' gated delta rule (gated_delta.py) computes its
+#: chunked form in float32 on purpose (the decays' cumulative exponentials, the chunk's triangular
+#: solve and the carried state lose too much in bf16; flash-linear-attention keeps its state in
+#: float32 too): the chunk's K·Kᵀ and Q·Kᵀ, the solve, and the scan's state products.
+DELTA_F32_DOTS = [
+    r"bhnik,bhnjk->bhnij\)*/dot_general$",
+    r"/(bhck,bhkv->bhcv|bhij,bhjv->bhiv|bhck,bhcv->bhkv)/(dot_general|transpose)$",
+    r"_solve_triangular\)*\)/vmap\(vmap\(vmap\(\)\)\)/dot_general$",
+]
+#: A Qwen3.5-shaped hybrid (#56) on llama_small's width: a Gated DeltaNet layer (6 key heads of
+#: 128, 12 value heads of 64), then an attention layer with Qwen's output gate, q/k norms,
+#: zero-centred norms and RoPE on a quarter of each head; 2 × 4 × 256 tokens (a fifth of the
+#: preset's compile: 24 s of a 2-core machine's 100 s for 12 layers at 16 × 1,024).
+HYBRID = [
+    "model.mixer_pattern=[delta,attention]", "model.num_layers=2", "data.seq_len=256",
+    "data.batch_size=4", "eval.batch_size=4", "model.delta_key_heads=6",
+    "model.delta_value_heads=12", "model.delta_key_dim=128", "model.delta_value_dim=64",
+    "model.attention_output_gate=true", "model.qk_norm=true", "model.norm_plus_one=true",
+    "model.rope_fraction=0.25", "model.head_dim=64",
+]  # fmt: skip
 
 
 def guard_table() -> dict[tuple[str, str, str], float]:
@@ -176,3 +196,20 @@ def test_the_preset_compiles_for_the_device_without_it(preset, target, kernel, e
     assert seconds > 0
     print(f"deviceless compile: {preset} on {target} ({chosen}): train step {seconds:.1f} s",
           file=sys.stderr)  # fmt: skip
+
+
+def test_a_delta_and_attention_hybrid_compiles_for_an_h100(envs, tmp_path):
+    """#56's ``--plan h100`` of the Qwen hybrids: the chunked gated delta rule (XLA's, with
+    cuBLAS's triangular solve) and the gated attention compile for an H100 and fit; its float32
+    products are the delta rule's own and the attention's allowed ones."""
+    data = plan("llama_small", "h100", "auto", envs["cuda12"], tmp_path, HYBRID)
+    assert data["train"]["compiles"] and data["eval"]["compiles"] and data["memory"]["fits"]
+    calls = data["train"]["custom_calls"]
+    assert calls.get("__cublas$triangularSolve", 0) >= 1, calls  # the delta layer's chunk solve
+    assert any(c.startswith("__cudnn$fmha") for c in calls), calls  # the attention layer's
+    allowed = ALLOWED_F32_DOTS + DELTA_F32_DOTS
+    f32 = data["train"]["f32_dots"]
+    assert any(re.search(pattern, op) for op in f32 for pattern in DELTA_F32_DOTS), f32
+    unexplained = [op for op in f32 if not any(re.search(pattern, op) for pattern in allowed)]
+    assert not unexplained, f"float32 matrix products in a bf16 run: {unexplained}"
+    assert "an estimate" in data["stdout"] and data["estimate"]["seconds"] > 0

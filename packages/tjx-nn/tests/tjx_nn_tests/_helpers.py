@@ -2,6 +2,7 @@
 
 import numpy as np
 from flax import nnx
+from safetensors import safe_open
 
 from tjx import nn as tnn
 
@@ -51,3 +52,17 @@ def most_reads_alive(monkeypatch, folder) -> tuple[int, int]:
     monkeypatch.setattr(LazyWeights, "get", get)
     tnn.load_hf(folder)
     return most[0], len(live)
+
+
+def saved_random(folder, config: tnn.LlamaConfig):
+    """A ``Llama`` of ``config`` with every parameter moved off its initial value (norms and gates
+    start at 0 or 1: random, so a swapped tensor shows), saved with ``save_hf`` to ``folder``:
+    the model and the written tensors by name."""
+    model = tnn.Llama(config, rngs=nnx.Rngs(0))
+    rs = np.random.RandomState(0)
+    flat = tnn.get_flat_params(model)
+    tnn.set_flat_params(model, {k: v + 0.1 * rs.randn(*v.shape) for k, v in flat.items()})
+    tnn.save_hf(model, folder)
+    with safe_open(str(folder / "model.safetensors"), "np") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    return model, tensors

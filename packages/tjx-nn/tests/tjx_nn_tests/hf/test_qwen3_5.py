@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 from flax import nnx
-from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from tjx import nn as tnn
 from tjx.nn.hf.qwen3_5 import qwen3_5_config_from_hf, qwen3_5_config_to_hf
+from tjx_nn_tests._helpers import saved_random
 
 QWEN3_5 = dict(
     vocab_size=24, max_seq_len=16, d_model=16, num_layers=4, num_heads=4, num_kv_heads=2,
@@ -23,15 +23,8 @@ QWEN3_5 = dict(
 
 
 def _saved(tmp_path):
-    model = tnn.Llama(tnn.LlamaConfig(**QWEN3_5), rngs=nnx.Rngs(0))
-    rs = np.random.RandomState(0)  # norms and gates start at 0 or 1: random, so a swap shows
-    flat = tnn.get_flat_params(model)
-    tnn.set_flat_params(model, {k: v + 0.1 * rs.randn(*v.shape) for k, v in flat.items()})
-    folder = tmp_path / "ck"
-    tnn.save_hf(model, folder)
-    with safe_open(str(folder / "model.safetensors"), "np") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    return model, folder, tensors
+    model, tensors = saved_random(tmp_path / "ck", tnn.LlamaConfig(**QWEN3_5))
+    return model, tmp_path / "ck", tensors
 
 
 def test_an_export_loads_back_as_the_same_model_in_transformers_layout(tmp_path):

@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 from flax import nnx
-from safetensors import safe_open
 
 from tjx import nn as tnn
 from tjx.nn.hf.qwen3_next import qwen3_next_config_from_hf, qwen3_next_config_to_hf
+from tjx_nn_tests._helpers import saved_random
 
 #: 2 key heads of 4 dims, 3 value heads of 6 each (r = 3 per key head): every part of a group
 #: has its own width, so a row taken from the wrong part or group shows.
@@ -27,15 +27,8 @@ QWEN3_NEXT = dict(
 
 
 def _saved(tmp_path, **change):
-    model = tnn.Llama(tnn.LlamaConfig(**QWEN3_NEXT | change), rngs=nnx.Rngs(0))
-    rs = np.random.RandomState(0)  # norms and gates start at 0 or 1: random, so a swap shows
-    flat = tnn.get_flat_params(model)
-    tnn.set_flat_params(model, {k: v + 0.1 * rs.randn(*v.shape) for k, v in flat.items()})
-    folder = tmp_path / "ck"
-    tnn.save_hf(model, folder)
-    with safe_open(str(folder / "model.safetensors"), "np") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    return model, folder, tensors
+    model, tensors = saved_random(tmp_path / "ck", tnn.LlamaConfig(**QWEN3_NEXT | change))
+    return model, tmp_path / "ck", tensors
 
 
 def test_an_export_loads_back_as_the_same_model_in_transformers_layout(tmp_path):

@@ -6,8 +6,8 @@ writes), one config module per family (``gpt2``, ``config``: llama/mistral/qwen2
 ``family_base``, ``gemma`` and ``phi3``: qwen3/olmo2/olmo3/phi3/gemma2/gemma3_text, ``moe``:
 mixtral/qwen2_moe/qwen3_moe, ``deepseek``: deepseek_v2/v3, ``gpt_oss``, ``glm4_moe``,
 ``qwen3_5``: qwen3_5_text and ``qwen3_next``: config and tensors each) and its tensor mapping
-(``gpt2``, ``llama``, ``family_tensors``, ``deepseek_tensors``), and ``start`` (the settings a
-checkpoint
+(``gpt2``, ``llama``, ``family_tensors``, ``deepseek_tensors``, built on ``tables``), and
+``start`` (the settings a checkpoint
 fixes when a run starts from it). Before tjx-nn 0.20 these were ``tjx.nn.hf`` (now ``checkpoints``)
 and ``tjx.nn.hf_<name>``. Since 0.25 the old paths no longer import and the package serves only
 the names below (another name of the old module: import it from ``checkpoints``).

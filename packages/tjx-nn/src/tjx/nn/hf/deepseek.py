@@ -39,6 +39,7 @@ from typing import Any
 
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf.config import llama_common_to_hf, llama_fields
+from tjx.nn.hf.family_base import refuse_mismatches
 from tjx.nn.moe.config import expert_mlp_dim
 
 DEEPSEEK_TYPES = ("deepseek_v2", "deepseek_v3")
@@ -195,9 +196,7 @@ def deepseek_export_type(config: LlamaConfig, model_type: str | None) -> str:
     if not c.num_experts or not c.num_shared_experts:
         needs["num_experts, num_shared_experts"] = ("0", "> 0")
     wrong = {k: v for k, v in needs.items() if v[0] != v[1]}
-    if wrong:
-        got = ", ".join(f"{k}={v[0]!r} (needs {v[1]!r})" for k, v in wrong.items())
-        raise ValueError(f"model_type {chosen!r} cannot express this model: {got}")
+    refuse_mismatches(wrong, f"model_type {chosen!r} cannot express this model")
     return chosen
 
 

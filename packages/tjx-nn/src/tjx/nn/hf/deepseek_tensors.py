@@ -32,12 +32,11 @@ from collections.abc import Callable
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf.io import HFMapping, Read, take
+from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.llama import llama_mapping
+from tjx.nn.hf.tables import Convert, Tables
 from tjx.nn.mla import value_dim
 from tjx.nn.moe.config import moe_layers
-
-Convert = Callable[[Read], np.ndarray]
 
 
 def _order(width: int, rope: int, interleaved: bool) -> np.ndarray:
@@ -70,19 +69,15 @@ def deepseek_mapping(
     assert c.head_dim is not None and c.qk_rope_head_dim is not None
     assert c.kv_latent_dim is not None
     base = llama_mapping(c, model_type)  # everything but the attention, replaced below
-    shapes = {k: v for k, v in base.shapes.items() if ".self_attn." not in k}
-    to_hf = {k: v for k, v in base.to_hf.items() if ".self_attn." not in k}
-    to_tjx = {k: v for k, v in base.to_tjx.items() if ".attn." not in k}
+    tables = Tables.of(base)
+    for i in range(c.num_layers):
+        tables.drop(f"model.layers.{i}.self_attn.", f"stack.layers.{i}.attn.")
+    shapes, to_tjx, to_hf, same = tables.shapes, tables.to_tjx, tables.to_hf, tables.same
     d, h, hd, rope, r = c.d_model, c.num_heads, c.head_dim, c.qk_rope_head_dim, c.kv_latent_dim
     nope, v = hd - rope, value_dim(c)
     q_order = _order(hd, rope, interleaved)
     rope_order = _order(rope, rope, interleaved)
     back = np.argsort(rope_order)
-
-    def same(hf: str, tjx: str, shape: tuple[int, ...]) -> None:
-        shapes[hf] = shape
-        to_tjx[tjx] = take(hf)
-        to_hf[hf] = take(tjx)
 
     def kv_a(hf: str, t: str) -> None:
         shapes[hf] = (r + rope, d)
@@ -113,13 +108,7 @@ def deepseek_mapping(
         p, t = f"model.layers.{i}.self_attn.", f"stack.layers.{i}.attn."
         q_in = c.q_lora_rank or d
         if c.q_lora_rank:
-            shapes[p + "q_a_proj.weight"] = (q_in, d)
-            to_tjx[t + "query_down.kernel"] = (lambda n: lambda read: read(n).T)(
-                p + "q_a_proj.weight"
-            )
-            to_hf[p + "q_a_proj.weight"] = (lambda n: lambda read: read(n).T)(
-                t + "query_down.kernel"
-            )
+            tables.linear(p + "q_a_proj", t + "query_down", (d,), (q_in,))
             same(p + "q_a_layernorm.weight", t + "query_latent_norm.scale", (q_in,))
         q_name = p + ("q_b_proj" if c.q_lora_rank else "q_proj") + ".weight"
         shapes[q_name] = (h * hd, q_in)
@@ -128,13 +117,7 @@ def deepseek_mapping(
         kv_a(p + "kv_a_proj_with_mqa.weight", t)
         same(p + "kv_a_layernorm.weight", t + "kv_latent_norm.scale", (r,))
         kv_b(p + "kv_b_proj.weight", t)
-        shapes[p + "o_proj.weight"] = (d, h * v)
-        to_tjx[t + "out.kernel"] = (lambda n: lambda read: read(n).T.reshape(h, v, d))(
-            p + "o_proj.weight"
-        )
-        to_hf[p + "o_proj.weight"] = (lambda n: lambda read: read(n).reshape(-1, d).T)(
-            t + "out.kernel"
-        )
+        tables.linear(p + "o_proj", t + "out", (h, v), (d,))
         if kinds[i] and c.router == "sigmoid":
             same(
                 f"model.layers.{i}.mlp.gate.e_score_correction_bias",
@@ -142,7 +125,7 @@ def deepseek_mapping(
                 (c.num_experts,),
             )
     ignored = skip_mtp(base.ignored, c.num_layers, mtp, "num_nextn_predict_layers")
-    return HFMapping(shapes, to_tjx, to_hf, ignored)
+    return tables.mapping(ignored)
 
 
 def skip_mtp(

@@ -149,10 +149,23 @@ def check_exportable(config: LlamaConfig, rope_types: tuple[str, ...] = ()) -> N
         "rope_fraction": (config.rope_fraction, 1.0),  # GLM-4.5's partial RoPE: glm4_moe
         "attention_sinks": (config.attention_sinks, False),  # gpt-oss's: gpt_oss
     }
-    wrong = {k: v for k, v in needs.items() if v[0] != v[1]}
+    refuse_mismatches(
+        {k: v for k, v in needs.items() if v[0] != v[1]},
+        "this config cannot be saved as a Hugging Face family checkpoint",
+    )
+
+
+def mismatches(config: Any, needs: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Each field of ``config`` whose value is not ``needs``' → (its value, the value needed)."""
+    return {k: (getattr(config, k), v) for k, v in needs.items() if getattr(config, k) != v}
+
+
+def refuse_mismatches(wrong: Mapping[str, tuple[Any, Any]], what: str) -> None:
+    """Raise one line, ``what`` then every ``field=value (needs value)`` of ``wrong``; nothing
+    when it is empty."""
     if wrong:
         got = ", ".join(f"{k}={v[0]!r} (needs {v[1]!r})" for k, v in wrong.items())
-        raise ValueError(f"this config cannot be saved as a Hugging Face family checkpoint: {got}")
+        raise ValueError(f"{what}: {got}")
 
 
 def check_switches(

@@ -16,14 +16,9 @@ kernels, rotate-half RoPE on both sides). What differs:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
-import numpy as np
-
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf.io import HFMapping, Read, take
-
-Convert = Callable[[Read], np.ndarray]
+from tjx.nn.hf.io import HFMapping
+from tjx.nn.hf.tables import Tables
 
 #: norm_position → {HF layer norm: tjx module of the block}.
 NORMS = {
@@ -41,57 +36,13 @@ NORMS = {
 }
 
 
-def _linear_in(hf: str, shape: tuple[int, ...]) -> Convert:
-    """HF ``[out, in]`` → tjx ``[in, *out]`` (``shape`` is tjx's kernel shape)."""
-    return lambda read: read(hf).T.reshape(shape)
-
-
-def _linear_out(tjx: str, out_features: int) -> Convert:
-    """tjx ``[*in, *out]`` kernel → HF ``[out, in]``."""
-    return lambda read: read(tjx).reshape(-1, out_features).T
-
-
-def _rows(hf: str, start: int, stop: int, shape: tuple[int, ...]) -> Convert:
-    """Rows ``[start, stop)`` of a fused HF ``[out, in]`` weight as a tjx ``[in, *out]`` kernel."""
-    return lambda read: read(hf)[start:stop].T.reshape(shape)
-
-
-def _fused(parts: list[tuple[str, int]]) -> Convert:
-    """The fused HF weight from tjx kernels ``(name, out_features)``, rows in that order."""
-    return lambda read: np.concatenate([read(t).reshape(-1, n).T for t, n in parts], axis=0)
-
-
 def family_mapping(c: LlamaConfig, model_type: str) -> HFMapping:
     """The HF ↔ tjx correspondence of ``c`` saved as ``model_type`` (see ``HFMapping``)."""
     assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp_dim is not None
     d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
     m, v = c.mlp_dim, c.vocab_size
-    shapes: dict[str, tuple[int, ...]] = {}
-    to_tjx: dict[str, Convert] = {}
-    to_hf: dict[str, Convert] = {}
-
-    def same(hf: str, tjx: str, shape: tuple[int, ...]) -> None:
-        shapes[hf] = shape
-        to_tjx[tjx] = take(hf)
-        to_hf[hf] = take(tjx)
-
-    def linear(hf: str, tjx: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
-        n_in, n_out = int(np.prod(in_shape)), int(np.prod(out_shape))
-        shapes[hf + ".weight"] = (n_out, n_in)
-        to_tjx[tjx + ".kernel"] = _linear_in(hf + ".weight", (*in_shape, *out_shape))
-        to_hf[hf + ".weight"] = _linear_out(tjx + ".kernel", n_out)
-
-    def fused(hf: str, parts: Sequence[tuple[str, tuple[int, ...]]]) -> None:
-        """``hf`` [Σ out, d] holds ``parts`` (tjx module, its out shape) row after row."""
-        sizes = [int(np.prod(out)) for _, out in parts]
-        shapes[hf + ".weight"] = (sum(sizes), d)
-        start = 0
-        for (tjx, out), n in zip(parts, sizes, strict=True):
-            to_tjx[tjx + ".kernel"] = _rows(hf + ".weight", start, start + n, (d, *out))
-            start += n
-        to_hf[hf + ".weight"] = _fused(
-            [(t + ".kernel", n) for (t, _), n in zip(parts, sizes, strict=True)]
-        )
+    tables = Tables()
+    same, linear = tables.same, tables.linear
 
     same("model.embed_tokens.weight", "embed.embedding", (v, d))
     whole = c.qk_norm_scope == "projection"
@@ -103,8 +54,9 @@ def family_mapping(c: LlamaConfig, model_type: str) -> HFMapping:
                 (t + "attn.key", (hk, hd)),
                 (t + "attn.value", (hk, hd)),
             ]
-            fused(p + "self_attn.qkv_proj", qkv)
-            fused(p + "mlp.gate_up_proj", [(t + "mlp.fc_gate", (m,)), (t + "mlp.fc_in", (m,))])
+            tables.fused(p + "self_attn.qkv_proj", qkv, d)
+            gate_up = [(t + "mlp.fc_gate", (m,)), (t + "mlp.fc_in", (m,))]
+            tables.fused(p + "mlp.gate_up_proj", gate_up, d)
         else:
             linear(p + "self_attn.q_proj", t + "attn.query", (d,), (h, hd))
             linear(p + "self_attn.k_proj", t + "attn.key", (d,), (hk, hd))
@@ -128,4 +80,4 @@ def family_mapping(c: LlamaConfig, model_type: str) -> HFMapping:
         # RoPE frequency buffers of old checkpoints; a tied head saved as a copy.
         return "rotary_emb." in name or (c.tie_embeddings and name == "lm_head.weight")
 
-    return HFMapping(shapes, to_tjx, to_hf, ignored)
+    return tables.mapping(ignored)

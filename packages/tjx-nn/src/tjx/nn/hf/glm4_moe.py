@@ -37,8 +37,10 @@ from typing import Any
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf.config import llama_common_to_hf, llama_fields
 from tjx.nn.hf.deepseek_tensors import skip_mtp
-from tjx.nn.hf.io import HFMapping, take
+from tjx.nn.hf.family_base import mismatches, refuse_mismatches
+from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.llama import llama_mapping
+from tjx.nn.hf.tables import Tables
 from tjx.nn.moe.config import expert_mlp_dim, moe_layers
 
 GLM4_MOE = "glm4_moe"
@@ -157,15 +159,13 @@ def glm4_moe_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         ``config`` computes something GLM-4.5 cannot express (every such field named).
     """
     c = config
-    wrong = {k: (getattr(c, k), v) for k, v in NEEDS.items() if getattr(c, k) != v}
+    wrong = mismatches(c, NEEDS)
     if not c.num_experts:
         wrong["num_experts"] = (0, "> 0")
     shared = c.num_shared_experts * expert_mlp_dim(c)
     if c.shared_expert_mlp_dim not in (None, shared):
         wrong["shared_expert_mlp_dim"] = (c.shared_expert_mlp_dim, f"None or {shared}")
-    if wrong:
-        got = ", ".join(f"{k}={v[0]!r} (needs {v[1]!r})" for k, v in wrong.items())
-        raise ValueError(f"model_type 'glm4_moe' cannot express this model: {got}")
+    refuse_mismatches(wrong, "model_type 'glm4_moe' cannot express this model")
     out = llama_common_to_hf(c, "llama")
     scaling = out.pop("rope_scaling", None)
     theta = out.pop("rope_theta")
@@ -197,12 +197,9 @@ def glm4_moe_mapping(c: LlamaConfig, mtp: int = 0) -> HFMapping:
     the router's correction bias; ``mtp`` multi-token-prediction layers after the last are
     skipped (one printed line)."""
     base = llama_mapping(c, GLM4_MOE)
-    shapes, to_tjx, to_hf = dict(base.shapes), dict(base.to_tjx), dict(base.to_hf)
+    tables = Tables.of(base)
     for i, moe in enumerate(moe_layers(c)):
         if moe:
             hf, tjx = f"model.layers.{i}.mlp.gate.e_score_correction_bias", f"stack.layers.{i}."
-            shapes[hf] = (c.num_experts,)
-            to_tjx[tjx + "moe.router.bias"] = take(hf)
-            to_hf[hf] = take(tjx + "moe.router.bias")
-    ignored = skip_mtp(base.ignored, c.num_layers, mtp, "num_nextn_predict_layers")
-    return HFMapping(shapes, to_tjx, to_hf, ignored)
+            tables.same(hf, tjx + "moe.router.bias", (c.num_experts,))
+    return tables.mapping(skip_mtp(base.ignored, c.num_layers, mtp, "num_nextn_predict_layers"))

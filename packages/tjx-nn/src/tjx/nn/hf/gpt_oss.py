@@ -35,7 +35,7 @@ config's ``experts_per_token`` and ``initial_context_length``: those change no n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -43,10 +43,9 @@ import numpy as np
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf.config import llama_common_to_hf, llama_fields
 from tjx.nn.hf.family_base import layer_types
-from tjx.nn.hf.io import HFMapping, Read, take
+from tjx.nn.hf.io import HFMapping
+from tjx.nn.hf.tables import Tables, transposed
 from tjx.nn.mlp import CLAMPED_SWIGLU_ALPHA, CLAMPED_SWIGLU_LIMIT
-
-Convert = Callable[[Read], np.ndarray]
 
 GPT_OSS = "gpt_oss"
 ARCHITECTURE = "GptOssForCausalLM"
@@ -210,27 +209,12 @@ def gpt_oss_mapping(c: LlamaConfig) -> HFMapping:
     assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp_dim is not None
     d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
     e, f, v = c.num_experts, c.mlp_dim, c.vocab_size
-    shapes: dict[str, tuple[int, ...]] = {}
-    to_tjx: dict[str, Convert] = {}
-    to_hf: dict[str, Convert] = {}
-
-    def same(hf: str, tjx: str, shape: tuple[int, ...]) -> None:
-        shapes[hf] = shape
-        to_tjx[tjx] = take(hf)
-        to_hf[hf] = take(tjx)
+    tables = Tables()
+    shapes, to_tjx, to_hf, same = tables.shapes, tables.to_tjx, tables.to_hf, tables.same
 
     def linear(hf: str, tjx: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
         """An ``nn.Linear`` (``[out, in]`` weight and ``[out]`` bias) ↔ a tjx ``Dense``."""
-        n_in, n_out = int(np.prod(in_shape)), int(np.prod(out_shape))
-        shapes[hf + ".weight"], shapes[hf + ".bias"] = (n_out, n_in), (n_out,)
-        to_tjx[tjx + ".kernel"] = (lambda n: lambda read: read(n).T.reshape(*in_shape, *out_shape))(
-            hf + ".weight"
-        )
-        to_hf[hf + ".weight"] = (lambda n: lambda read: read(n).reshape(-1, n_out).T)(
-            tjx + ".kernel"
-        )
-        to_tjx[tjx + ".bias"] = take(hf + ".bias", out_shape)
-        to_hf[hf + ".bias"] = take(tjx + ".bias", (n_out,))
+        tables.linear(hf, tjx, in_shape, out_shape, bias=True)
 
     def interleaved(hf: str, gate: str, up: str, shape: tuple[int, ...]) -> None:
         """``hf`` ``[..., 2f]`` holds ``gate``'s and ``up``'s columns in turn (gate first)."""
@@ -249,8 +233,8 @@ def gpt_oss_mapping(c: LlamaConfig) -> HFMapping:
         same(p + "self_attn.sinks", t + "attn.sinks", (h,))
         router, experts = p + "mlp.router.", t + "moe.experts."
         shapes[router + "weight"] = (e, d)
-        to_tjx[t + "moe.router.kernel"] = (lambda n: lambda read: read(n).T)(router + "weight")
-        to_hf[router + "weight"] = (lambda n: lambda read: read(n).T)(t + "moe.router.kernel")
+        to_tjx[t + "moe.router.kernel"] = transposed(router + "weight")
+        to_hf[router + "weight"] = transposed(t + "moe.router.kernel")
         same(router + "bias", t + "moe.router.logit_bias", (e,))
         gate_up = p + "mlp.experts.gate_up_proj"
         interleaved(gate_up, experts + "fc_gate.kernel", experts + "fc_in.kernel", (e, d, f))
@@ -262,11 +246,11 @@ def gpt_oss_mapping(c: LlamaConfig) -> HFMapping:
     same("model.norm.weight", "final_norm.scale", (d,))
     if not c.tie_embeddings:
         shapes["lm_head.weight"] = (v, d)
-        to_tjx["head.kernel"] = lambda read: read("lm_head.weight").T
-        to_hf["lm_head.weight"] = lambda read: read("head.kernel").T
+        to_tjx["head.kernel"] = transposed("lm_head.weight")
+        to_hf["lm_head.weight"] = transposed("head.kernel")
 
     def ignored(name: str) -> bool:
         # A tied head may be stored as a copy.
         return c.tie_embeddings and name == "lm_head.weight"
 
-    return HFMapping(shapes, to_tjx, to_hf, ignored)
+    return tables.mapping(ignored)

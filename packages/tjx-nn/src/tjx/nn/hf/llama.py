@@ -12,26 +12,13 @@ adds ``q_norm``/``k_norm`` (tjx's ``qk_norm``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf.io import HFMapping, Read, take
+from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.moe import NAMES
+from tjx.nn.hf.tables import Convert, Tables
 from tjx.nn.moe.config import expert_mlp_dim, moe_layers, shared_mlp_dim
-
-Convert = Callable[[Read], np.ndarray]
-
-
-def _linear_in(hf: str, shape: tuple[int, ...]) -> Convert:
-    """HF ``[out, in]`` → tjx ``[in, *shape_out]`` (``shape`` is tjx's kernel shape)."""
-    return lambda read: read(hf).T.reshape(shape)
-
-
-def _linear_out(tjx: str, out_features: int) -> Convert:
-    """tjx ``[*in, *out]`` kernel → HF ``[out, in]``."""
-    return lambda read: read(tjx).reshape(-1, out_features).T
 
 
 def _stacked_in(names: list[str], shape: tuple[int, ...]) -> Convert:
@@ -44,58 +31,38 @@ def _one_expert(tjx: str, e: int) -> Convert:
     return lambda read: read(tjx)[e].T
 
 
+def experts(tables: Tables, c: LlamaConfig, moe_type: str, p: str, t: str) -> None:
+    """Layer ``p``'s (tjx ``t``'s) routed experts, router and shared expert, named as
+    ``moe_type`` names them (`moe.NAMES`), into ``tables``."""
+    block, router, (gate, up, down), shared = NAMES[moe_type]
+    d, e, f = c.d_model, c.num_experts, expert_mlp_dim(c)
+    # The router is an nn.Linear(d, E) without bias: a [d, E] kernel transposed.
+    tables.linear(f"{p}{block}.{router}", t + "moe.router", (d,), (e,))
+    for hf, tjx, shape in ((gate, "fc_gate", (d, f)), (up, "fc_in", (d, f)),
+                           (down, "fc_out", (f, d))):  # fmt: skip
+        names = [f"{p}{block}.experts.{k}.{hf}.weight" for k in range(e)]
+        tables.to_tjx[f"{t}moe.experts.{tjx}.kernel"] = _stacked_in(names, (e, *shape))
+        for k, name in enumerate(names):
+            tables.shapes[name] = shape[::-1]
+            tables.to_hf[name] = _one_expert(f"{t}moe.experts.{tjx}.kernel", k)
+    if shared is not None:
+        s = shared_mlp_dim(c)
+        for hf, tjx, i_shape, o_shape in (("gate_proj", "fc_gate", (d,), (s,)),
+                                          ("up_proj", "fc_in", (d,), (s,)),
+                                          ("down_proj", "fc_out", (s,), (d,))):  # fmt: skip
+            tables.linear(f"{p}{block}.{shared}.{hf}", f"{t}moe.shared.{tjx}", i_shape, o_shape)
+        if c.shared_expert_gate:  # Qwen2-MoE's (DeepSeek's shared experts have none)
+            tables.linear(f"{p}{block}.{shared}_gate", f"{t}moe.shared_gate", (d,), (1,))
+
+
 def llama_mapping(c: LlamaConfig, moe_type: str | None = None) -> HFMapping:
     """The HF ↔ tjx correspondence for a ``LlamaConfig`` (see ``HFMapping``); ``moe_type``
     (``mixtral``, ``qwen2_moe``, ``qwen3_moe``) names the MoE layers' tensors."""
     assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp_dim is not None
     d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
     m, v = c.mlp_dim, c.vocab_size
-    shapes: dict[str, tuple[int, ...]] = {}
-    to_tjx: dict[str, Convert] = {}
-    to_hf: dict[str, Convert] = {}
-
-    def same(hf: str, tjx: str, shape: tuple[int, ...]) -> None:
-        shapes[hf] = shape
-        to_tjx[tjx] = take(hf)
-        to_hf[hf] = take(tjx)
-
-    def linear(hf: str, tjx: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
-        n_in, n_out = int(np.prod(in_shape)), int(np.prod(out_shape))
-        shapes[hf + ".weight"] = (n_out, n_in)
-        to_tjx[tjx + ".kernel"] = _linear_in(hf + ".weight", (*in_shape, *out_shape))
-        to_hf[hf + ".weight"] = _linear_out(tjx + ".kernel", n_out)
-
-    def bias(hf: str, tjx: str, out_shape: tuple[int, ...]) -> None:
-        n_out = int(np.prod(out_shape))
-        shapes[hf + ".bias"] = (n_out,)
-        to_tjx[tjx + ".bias"] = take(hf + ".bias", out_shape)
-        to_hf[hf + ".bias"] = take(tjx + ".bias", (n_out,))
-
-    def experts(p: str, t: str) -> None:
-        """Layer ``p``'s routed experts, router and shared expert (``moe_type``'s names)."""
-        assert moe_type is not None
-        block, router, (gate, up, down), shared = NAMES[moe_type]
-        e, f = c.num_experts, expert_mlp_dim(c)
-        # The router is an nn.Linear(d, E) without bias: a [d, E] kernel transposed.
-        linear(f"{p}{block}.{router}", t + "moe.router", (d,), (e,))
-        for hf, tjx, shape in (
-            (gate, "fc_gate", (d, f)),
-            (up, "fc_in", (d, f)),
-            (down, "fc_out", (f, d)),
-        ):
-            names = [f"{p}{block}.experts.{k}.{hf}.weight" for k in range(e)]
-            to_tjx[f"{t}moe.experts.{tjx}.kernel"] = _stacked_in(names, (e, *shape))
-            for k, name in enumerate(names):
-                shapes[name] = shape[::-1]
-                to_hf[name] = _one_expert(f"{t}moe.experts.{tjx}.kernel", k)
-        if shared is not None:
-            s = shared_mlp_dim(c)
-            for hf, tjx, i_shape, o_shape in (("gate_proj", "fc_gate", (d,), (s,)),
-                                              ("up_proj", "fc_in", (d,), (s,)),
-                                              ("down_proj", "fc_out", (s,), (d,))):  # fmt: skip
-                linear(f"{p}{block}.{shared}.{hf}", f"{t}moe.shared.{tjx}", i_shape, o_shape)
-            if c.shared_expert_gate:  # Qwen2-MoE's (DeepSeek's shared experts have none)
-                linear(f"{p}{block}.{shared}_gate", f"{t}moe.shared_gate", (d,), (1,))
+    tables = Tables()
+    same, linear = tables.same, tables.linear
 
     same("model.embed_tokens.weight", "embed.embedding", (v, d))
     kinds = moe_layers(c)
@@ -114,11 +81,11 @@ def llama_mapping(c: LlamaConfig, moe_type: str | None = None) -> HFMapping:
                 ("mlp.down_proj", "mlp.fc_out", (m,), (d,), False),
             ]
         for hf, tjx, in_shape, out_shape, is_qkv in projections:
-            linear(p + hf, t + tjx, in_shape, out_shape)
-            if c.use_bias or (is_qkv and c.qkv_bias):
-                bias(p + hf, t + tjx, out_shape)
+            biased = c.use_bias or (is_qkv and c.qkv_bias)
+            linear(p + hf, t + tjx, in_shape, out_shape, bias=biased)
         if kinds[i]:
-            experts(p, t)
+            assert moe_type is not None
+            experts(tables, c, moe_type, p, t)
         if c.qk_norm:
             same(p + "self_attn.q_norm.weight", t + "attn.q_norm.scale", (hd,))
             same(p + "self_attn.k_norm.weight", t + "attn.k_norm.scale", (hd,))
@@ -134,4 +101,4 @@ def llama_mapping(c: LlamaConfig, moe_type: str | None = None) -> HFMapping:
             c.tie_embeddings and name == "lm_head.weight"
         )
 
-    return HFMapping(shapes, to_tjx, to_hf, ignored)
+    return tables.mapping(ignored)

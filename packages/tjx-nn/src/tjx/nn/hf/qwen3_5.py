@@ -44,11 +44,14 @@ from tjx.nn.hf.family_base import (
     base_fields,
     check_keys,
     common_to_hf,
+    mismatches,
+    refuse_mismatches,
     rope_theta,
     shortest_pattern,
 )
 from tjx.nn.hf.family_tensors import family_mapping
-from tjx.nn.hf.io import HFMapping, Read, take
+from tjx.nn.hf.io import HFMapping, Read
+from tjx.nn.hf.tables import Tables
 
 QWEN3_5 = "qwen3_5_text"
 ARCHITECTURE = "Qwen3_5ForCausalLM"
@@ -266,10 +269,7 @@ def hybrid_to_hf(
         ``config`` computes something ``model_type`` cannot express (every such field named).
     """
     c = config
-    wrong = {k: (getattr(c, k), v) for k, v in needs.items() if getattr(c, k) != v}
-    if wrong:
-        got = ", ".join(f"{k}={v[0]!r} (needs {v[1]!r})" for k, v in wrong.items())
-        raise ValueError(f"model_type {model_type!r} cannot express this model: {got}")
+    refuse_mismatches(mismatches(c, needs), f"model_type {model_type!r} cannot express this model")
     out = common_to_hf(c)
     theta = out.pop("rope_theta")
     sizes = dict(zip(("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
@@ -322,7 +322,7 @@ def hybrid_mapping(c: LlamaConfig, base: HFMapping, *, fused: bool) -> HFMapping
     """``base`` (a mapping with every layer's ``self_attn``) with the attention layers' gated
     ``q_proj`` and the delta layers' ``linear_attn`` instead: Qwen3.5's four input projections,
     or Qwen3-Next's two grouped ones when ``fused`` (`fused_delta_tensors`)."""
-    shapes, to_tjx, to_hf = dict(base.shapes), dict(base.to_tjx), dict(base.to_hf)
+    tables = Tables.of(base)
     assert c.head_dim is not None
     d, h, hd = c.d_model, c.num_heads, c.head_dim
     for i, mixer in enumerate(c.layer_mixers()):
@@ -330,30 +330,18 @@ def hybrid_mapping(c: LlamaConfig, base: HFMapping, *, fused: bool) -> HFMapping
         if mixer == "attention":
             q_proj, query, gate = p + "self_attn.q_proj.weight", t + "attn.query.kernel", t
             gate += "attn.gate.kernel"
-            shapes[q_proj] = (2 * h * hd, d)
-            to_tjx[query] = _query_half(q_proj, 0, (d, h, hd))
-            to_tjx[gate] = _query_half(q_proj, 1, (d, h, hd))
-            to_hf[q_proj] = _query_and_gate(query, gate)
+            tables.shapes[q_proj] = (2 * h * hd, d)
+            tables.to_tjx[query] = _query_half(q_proj, 0, (d, h, hd))
+            tables.to_tjx[gate] = _query_half(q_proj, 1, (d, h, hd))
+            tables.to_hf[q_proj] = _query_and_gate(query, gate)
             continue
-        for table in (shapes, to_hf):
-            for name in [n for n in table if n.startswith(p + "self_attn.")]:
-                del table[name]
-        for name in [n for n in to_tjx if n.startswith(t + "attn.")]:
-            del to_tjx[name]
-        _delta_tensors(c, p + "linear_attn.", t + "delta.", shapes, to_tjx, to_hf, fused)
-    return HFMapping(shapes, to_tjx, to_hf, base.ignored)
+        tables.drop(p + "self_attn.", t + "attn.")
+        _delta_tensors(c, p + "linear_attn.", t + "delta.", tables, fused)
+    return tables.mapping(base.ignored)
 
 
-def _delta_tensors(
-    c: LlamaConfig,
-    p: str,
-    t: str,
-    shapes: dict[str, tuple[int, ...]],
-    to_tjx: dict[str, Any],
-    to_hf: dict[str, Any],
-    fused: bool,
-) -> None:
-    """One delta layer's tensors (HF prefix ``p``, tjx prefix ``t``) into the three tables."""
+def _delta_tensors(c: LlamaConfig, p: str, t: str, tables: Tables, fused: bool) -> None:
+    """One delta layer's tensors (HF prefix ``p``, tjx prefix ``t``) into ``tables``."""
     assert c.delta_key_heads is not None and c.delta_value_heads is not None
     assert c.delta_key_dim is not None and c.delta_value_dim is not None
     d, hv = c.d_model, c.delta_value_heads
@@ -362,33 +350,21 @@ def _delta_tensors(
     inputs = [] if fused else [("in_proj_qkv", conv), ("in_proj_z", value), ("in_proj_b", hv),
                                ("in_proj_a", hv)]  # fmt: skip
     for name, n_in, n_out in [(n, d, o) for n, o in inputs] + [("out_proj", value, d)]:
-        hf, tjx = f"{p}{name}.weight", f"{t}{name}.kernel"
-        shapes[hf] = (n_out, n_in)
-        to_tjx[tjx] = _transposed(hf)
-        to_hf[hf] = _transposed(tjx)
+        tables.linear(p + name, t + name, (n_in,), (n_out,))
     if fused:
-        fused_delta_tensors(c, p, t, shapes, to_tjx, to_hf)
-    shapes[p + "conv1d.weight"] = (conv, 1, c.delta_conv_kernel)
-    to_tjx[t + "conv_weight"] = _squeezed(p + "conv1d.weight")
-    to_hf[p + "conv1d.weight"] = _unsqueezed(t + "conv_weight")
+        fused_delta_tensors(c, p, t, tables)
+    tables.shapes[p + "conv1d.weight"] = (conv, 1, c.delta_conv_kernel)
+    tables.to_tjx[t + "conv_weight"] = _squeezed(p + "conv1d.weight")
+    tables.to_hf[p + "conv1d.weight"] = _unsqueezed(t + "conv_weight")
     for hf_name, tjx_name, n in (
         ("dt_bias", "dt_bias", hv),
         ("A_log", "a_log", hv),
         ("norm.weight", "norm_scale", c.delta_value_dim),
     ):
-        shapes[p + hf_name] = (n,)
-        to_tjx[t + tjx_name] = take(p + hf_name)
-        to_hf[p + hf_name] = take(t + tjx_name)
+        tables.same(p + hf_name, t + tjx_name, (n,))
 
 
-def fused_delta_tensors(
-    c: LlamaConfig,
-    p: str,
-    t: str,
-    shapes: dict[str, tuple[int, ...]],
-    to_tjx: dict[str, Any],
-    to_hf: dict[str, Any],
-) -> None:
+def fused_delta_tensors(c: LlamaConfig, p: str, t: str, tables: Tables) -> None:
     """Qwen3-Next's ``in_proj_qkvz`` and ``in_proj_ba`` ↔ tjx's four input projections.
 
     Qwen3-Next groups its rows by key head: ``in_proj_qkvz`` ``[g·(2·dk + 2·r·dv), d]`` holds, for
@@ -405,8 +381,8 @@ def fused_delta_tensors(
     qkvz, ba = p + "in_proj_qkvz.weight", p + "in_proj_ba.weight"
     widths = {"q": dk, "k": dk, "v": r * dv, "z": r * dv}  # each group's rows, in this order
     starts = dict(zip(widths, np.cumsum([0, *widths.values()])[:-1].tolist(), strict=True))
-    shapes[qkvz] = (g * sum(widths.values()), c.d_model)
-    shapes[ba] = (g * 2 * r, c.d_model)
+    tables.shapes[qkvz] = (g * sum(widths.values()), c.d_model)
+    tables.shapes[ba] = (g * 2 * r, c.d_model)
 
     def rows(name: str, parts: str, width: dict[str, int], start: dict[str, int]) -> Any:
         """tjx kernel ``[d, Σ g·width]``: ``parts``' rows of each group, part after part."""
@@ -432,17 +408,13 @@ def fused_delta_tensors(
 
         return convert
 
-    to_tjx[t + "in_proj_qkv.kernel"] = rows(qkvz, "qkv", widths, starts)
-    to_tjx[t + "in_proj_z.kernel"] = rows(qkvz, "z", widths, starts)
-    to_tjx[t + "in_proj_b.kernel"] = rows(ba, "b", {"b": r}, {"b": 0})
-    to_tjx[t + "in_proj_a.kernel"] = rows(ba, "a", {"a": r}, {"a": r})
-    to_hf[qkvz] = joined([(t + "in_proj_qkv.kernel", [dk, dk, r * dv]),
-                          (t + "in_proj_z.kernel", [r * dv])])  # fmt: skip
-    to_hf[ba] = joined([(t + "in_proj_b.kernel", [r]), (t + "in_proj_a.kernel", [r])])
-
-
-def _transposed(name: str) -> Any:
-    return lambda read: read(name).T
+    tables.to_tjx[t + "in_proj_qkv.kernel"] = rows(qkvz, "qkv", widths, starts)
+    tables.to_tjx[t + "in_proj_z.kernel"] = rows(qkvz, "z", widths, starts)
+    tables.to_tjx[t + "in_proj_b.kernel"] = rows(ba, "b", {"b": r}, {"b": 0})
+    tables.to_tjx[t + "in_proj_a.kernel"] = rows(ba, "a", {"a": r}, {"a": r})
+    tables.to_hf[qkvz] = joined([(t + "in_proj_qkv.kernel", [dk, dk, r * dv]),
+                                 (t + "in_proj_z.kernel", [r * dv])])  # fmt: skip
+    tables.to_hf[ba] = joined([(t + "in_proj_b.kernel", [r]), (t + "in_proj_a.kernel", [r])])
 
 
 def _squeezed(name: str) -> Any:

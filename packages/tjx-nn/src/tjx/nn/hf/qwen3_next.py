@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
+from tjx.nn.hf.family_base import mismatches, refuse_mismatches
 from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.llama import llama_mapping
 from tjx.nn.hf.moe import qwen_moe_fields
@@ -121,10 +122,8 @@ def qwen3_next_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     """
     c = config
     if c.num_experts:
-        wrong = {k: (getattr(c, k), v) for k, v in MOE_NEEDS.items() if getattr(c, k) != v}
-        if wrong:
-            got = ", ".join(f"{k}={v[0]!r} (needs {v[1]!r})" for k, v in wrong.items())
-            raise ValueError(f"model_type {QWEN3_NEXT!r} cannot express this model: {got}")
+        wrong = mismatches(c, MOE_NEEDS)
+        refuse_mismatches(wrong, f"model_type {QWEN3_NEXT!r} cannot express this model")
     out = hybrid_to_hf(c, QWEN3_NEXT, ARCHITECTURE, NEEDS)
     if not c.num_experts:
         return out | {"num_experts": 0, "mlp_only_layers": []}

@@ -42,7 +42,6 @@ def _config(**kw):
         (dict(mixer_pattern=[]), "mixer_pattern must be a non-empty list"),
         (dict(mixer_pattern=["delta"], **{**DELTA, "delta_value_heads": 3}), "multiple of"),
         (dict(mixer_pattern=["delta"], **DELTA, delta_conv_kernel=0), "delta_conv_kernel"),
-        (dict(mixer_pattern=["delta"], **DELTA, scan_layers=True), "runs unrolled for now"),
     ],
 )
 def test_bad_mixer_settings_are_refused_by_name(changes, message):
@@ -97,9 +96,12 @@ def test_the_gated_output_is_the_heads_output_times_a_sigmoid_of_x():
     np.testing.assert_allclose(gated(x)[0], (per_head * gate) @ out_w, rtol=1e-5, atol=1e-6)
 
 
-def test_a_padded_prefill_then_decode_steps_are_the_whole_sequences_logits():
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
+def test_a_padded_prefill_then_decode_steps_are_the_whole_sequences_logits(scan):
+    """Scanned, the 4 layers are a unit (delta, delta, attention) and a delta layer after it:
+    each segment's cache holds its delta layers' states and its attention layer's keys."""
     seed = int(np.random.default_rng().integers(1 << 20))
-    model = tnn.Llama(_config(), rngs=nnx.Rngs(seed))
+    model = tnn.Llama(_config(scan_layers=scan), rngs=nnx.Rngs(seed))
     forward = nnx.jit(lambda m, t: m(t))
     cached = nnx.jit(lambda m, t, c, p, n=None: m.forward_cached(t, c, p, n))
     tokens = jnp.asarray(np.random.default_rng(seed).integers(0, 50, (2, 12)))
@@ -119,3 +121,33 @@ def test_a_padded_prefill_then_decode_steps_are_the_whole_sequences_logits():
     out = jnp.asarray(tnn.generate(model, tokens[:1, :4], max_new_tokens=5, temperature=0))
     best = np.argmax(np.asarray(forward(model, out))[0], axis=-1)
     np.testing.assert_array_equal(np.asarray(out)[0, 4:], best[3:8])
+
+
+def test_a_scanned_hybrid_trains_as_the_unrolled_one_with_the_same_names():
+    """6 layers: one scan over two units of (delta, delta, attention) (several segments: the
+    4-layer stack of the decode test); the same parameters by their canonical names give the
+    same loss and gradients (one compile each)."""
+    cfg = _config(num_layers=6)
+    unrolled = tnn.Llama(cfg, rngs=nnx.Rngs(0))
+    scanned = tnn.Llama(cfg.replace(scan_layers=True), rngs=nnx.Rngs(5))
+    flat = tnn.get_flat_params(unrolled)
+    assert set(flat) == set(tnn.get_flat_params(scanned))
+    assert {"stack.layers.4.delta.a_log", "stack.layers.5.attn.gate.kernel"} <= set(flat)
+    tnn.set_flat_params(scanned, flat)
+    tokens = jax.random.randint(jax.random.key(int(np.random.default_rng().integers(99))), (2, 10),
+                                0, 50)  # fmt: skip
+    batch = {"inputs": tokens, "targets": jnp.roll(tokens, -1, axis=1)}
+
+    def loss(model):
+        return tnn.objective_loss(model, batch).loss
+
+    losses, grads = [], []
+    for model in (unrolled, scanned):
+        value, grad = nnx.jit(nnx.value_and_grad(loss))(model)
+        losses.append(value)
+        nnx.update(model, grad)
+        grads.append(tnn.get_flat_params(model))
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
+    for name in grads[0]:
+        np.testing.assert_allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6,
+                                   err_msg=name)  # fmt: skip

@@ -567,13 +567,6 @@ def check_mixers(config: Any, cls: str) -> None:
             f"{cls}.delta_value_heads ({config.delta_value_heads}) must be a multiple of "
             f"delta_key_heads ({config.delta_key_heads}): each key head serves value heads"
         )
-    if config.scan_layers:
-        # A scan stacks alike layers; a stack mixing two mixers would need segments of units
-        # (as MoE's, `tjx.nn.layer_runs`) and a cache of two kinds per unit: not built yet.
-        raise ValueError(
-            f"{cls}.scan_layers: a stack with delta layers runs unrolled for now; set "
-            "scan_layers=False"
-        )
     if tuple(config.attention_layers) != ("causal",):
         raise ValueError(
             f"{cls}.mixer_pattern: delta layers are a causal decoder's; {cls} builds "

@@ -124,6 +124,37 @@ def stack_layer_caches(caches: list[dict[str, Array]]) -> dict[str, Array]:
     }
 
 
+def segment_cache(
+    cache: dict[str, Array] | None,
+    mixers: tuple[str, ...],
+    start: int,
+    unit: tuple[str, ...],
+    repeats: int,
+) -> dict[str, Array] | None:
+    """A scanned stack's segment's share of ``cache`` (``mixers``: every layer's; the segment:
+    ``repeats`` units of ``unit``'s mixers from layer ``start``), each entry ``[repeats, its
+    mixer's layers per unit, ...]``: the rows of the segment's layers of that mixer (entries of a
+    mixer the segment has none of are left out)."""
+    if cache is None:
+        return None
+    out = {}
+    for name, a in cache.items():
+        mixer = "delta" if name in DELTA_ENTRIES else "attention"
+        per = unit.count(mixer)
+        if per:
+            first = mixers[:start].count(mixer)
+            rows = a[first : first + per * repeats]
+            out[name] = rows.reshape(repeats, per, *a.shape[1:])
+    return out
+
+
+def concat_layer_caches(caches: list[dict[str, Array]]) -> dict[str, Array]:
+    """Segments' caches (in layer order, each entry with its rows in layer order) joined entry by
+    entry: the inverse of `segment_cache` over every segment."""
+    names = dict.fromkeys(name for c in caches for name in c)
+    return {name: jnp.concatenate([c[name] for c in caches if name in c]) for name in names}
+
+
 def cache_slots(config: TransformerConfig, max_len: int, num_layers: int | None = None) -> int:
     """Slots per row of a cache for ``max_len`` tokens: the window when every layer has one and
     it is shorter (a rolling cache), else ``max_len`` (a layer of a mixed ``window_pattern`` that

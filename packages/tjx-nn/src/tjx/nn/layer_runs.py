@@ -1,5 +1,6 @@
-"""How a scanned stack mixing dense and MoE layers is laid out: the fewest repeating runs
-(`segments`), each a scan over copies of a `Unit` of blocks (`scanned`)."""
+"""How a scanned stack mixing layers of different kinds (dense and MoE MLPs, attention and delta
+token mixers) is laid out: the fewest repeating runs (`segments`), each a scan over copies of a
+`Unit` of blocks (`scanned`)."""
 
 from __future__ import annotations
 
@@ -11,21 +12,30 @@ from flax import nnx
 from tjx.nn.block import Block
 
 
+class LayerKind(NamedTuple):
+    """What a layer's parameters are: an MoE MLP or a dense one, and its token mixer
+    (``attention`` or ``delta``)."""
+
+    moe: bool
+    mixer: str = "attention"
+
+
 class Segment(NamedTuple):
-    """A run of a scanned stack: ``repeats`` copies of ``unit`` (per position: an MoE layer?),
+    """A run of a scanned stack: ``repeats`` copies of ``unit`` (each position's `LayerKind`),
     starting at layer ``start``."""
 
     start: int
-    unit: tuple[bool, ...]
+    unit: tuple[LayerKind, ...]
     repeats: int
 
 
-def segments(kinds: tuple[bool, ...], max_period: int) -> tuple[Segment, ...]:
-    """Cut a stack's layer kinds (True: MoE) into the fewest repeating runs a scan can stack.
+def segments(kinds: tuple[LayerKind, ...], max_period: int) -> tuple[Segment, ...]:
+    """Cut a stack's layer kinds into the fewest repeating runs a scan can stack.
 
     Each run repeats a unit of at most ``max_period`` layers (ties: the longer first run). A dense
     or all-MoE stack is one run of period 1; DeepSeek's first dense layers are a run of their own
-    before the MoE run; Qwen2-MoE's every-other-layer MoE is one run of the unit (dense, MoE).
+    before the MoE run; Qwen2-MoE's every-other-layer MoE is one run of the unit (dense, MoE);
+    Qwen3.5's three delta layers and an attention one are one run of that unit of four.
     """
     n = len(kinds)
     # fewest[i]: (runs needed for kinds[i:], the first run as (period, repeats)); a small DP.

@@ -12,6 +12,7 @@ with depth. ``remat`` wraps each layer in ``nnx.remat`` with a ``jax.checkpoint`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -22,8 +23,8 @@ from flax import nnx
 from tjx.nn.block import Block
 from tjx.nn.configs import REMAT_POLICIES, TransformerConfig
 from tjx.nn.kernel_choice import ModelAttention, layer_kind, resolve_model_attention
-from tjx.nn.kv_cache import layer_cache, stack_layer_caches
-from tjx.nn.layer_runs import Segment, Unit, scanned, segments
+from tjx.nn.kv_cache import concat_layer_caches, layer_cache, segment_cache, stack_layer_caches
+from tjx.nn.layer_runs import LayerKind, Segment, Unit, scanned, segments
 from tjx.nn.moe.config import moe_layers
 from tjx.nn.moe.layer import MoEStats
 from tjx.nn.relative_bias import RelativePositionBias
@@ -61,10 +62,11 @@ def remat_policy(name: str) -> Callable[..., bool] | None:
 class Stack(nnx.Module):
     """``num_layers`` ``Block``s applied in sequence (decoder, encoder or enc-dec decoder).
 
-    Which layers are MoE comes from the config (``moe.config.moe_layers``). Scanned, a stack of
-    one kind of layer keeps every block stacked in ``layers`` (leading ``layers`` axis); a stack
-    mixing dense and MoE layers is cut into ``segments`` (see `segments`), each scanning a
-    ``Unit`` of blocks; unrolled, ``layers`` is the list of blocks. Canonical (unrolled) names
+    Which layers are MoE comes from the config (``moe.config.moe_layers``), which mix tokens by
+    attention or Gated DeltaNet from its ``mixer_pattern``. Scanned, a stack of one kind of
+    layer keeps every block stacked in ``layers`` (leading ``layers`` axis); a stack mixing kinds
+    (dense and MoE, attention and delta) is cut into ``segments`` (see `segments`), each scanning
+    a ``Unit`` of blocks; unrolled, ``layers`` is the list of blocks. Canonical (unrolled) names
     are ``layers.<i>...`` either way (``params_io``).
 
     ``attention`` holds the kernels of its attention layers (`resolve_model_attention`, which
@@ -96,9 +98,11 @@ class Stack(nnx.Module):
         kinds_here = [layer_kind(causal=causal, cross=False)] + (["cross"] if cross else [])
         attention = attention or resolve_model_attention(config, kinds=kinds_here)
 
-        # Each layer's token mixer (attention, or Gated DeltaNet: unrolled stacks only, as the
-        # config checks).
+        # Each layer's token mixer (attention, or Gated DeltaNet).
         self.mixers = config.layer_mixers(num_layers)
+        layer_kinds = tuple(LayerKind(m, x) for m, x in zip(kinds, self.mixers, strict=True))
+        # A unit repeats the MoE step and the mixer pattern both (Qwen3-Next: 4 layers).
+        period = math.lcm(max(1, config.moe_layer_step), len(config.mixer_pattern or ("",)))
 
         def make(r: nnx.Rngs, moe: bool, mixer: str = "attention") -> Block:
             return Block(
@@ -112,17 +116,17 @@ class Stack(nnx.Module):
                 mixer=mixer,
             )
 
-        self.plan = segments(kinds, max(1, config.moe_layer_step)) if self.scan else ()
+        self.plan = segments(layer_kinds, period) if self.scan else ()
         layers: Any = None
         parts: Any = None
         if not self.scan:
-            layers = nnx.List([make(rngs, m, x) for m, x in zip(kinds, self.mixers, strict=True)])
+            layers = nnx.List([make(rngs, k.moe, k.mixer) for k in layer_kinds])
         elif len(self.plan) == 1 and len(self.plan[0].unit) == 1:
-            layers = scanned(lambda r: make(r, kinds[0]), rngs, num_layers)
+            layers = scanned(lambda r: make(r, *layer_kinds[0]), rngs, num_layers)
         else:
 
-            def unit(unit_kinds: tuple[bool, ...]) -> Callable[[nnx.Rngs], Unit]:
-                return lambda r: Unit([make(r, m) for m in unit_kinds])
+            def unit(unit_kinds: tuple[LayerKind, ...]) -> Callable[[nnx.Rngs], Unit]:
+                return lambda r: Unit([make(r, k.moe, k.mixer) for k in unit_kinds])
 
             parts = nnx.List([scanned(unit(seg.unit), rngs, seg.repeats) for seg in self.plan])
         self.layers = layers
@@ -239,41 +243,21 @@ class Stack(nnx.Module):
         caches, all_stats = [], []
         for seg, unit in zip(self.plan, self.segments, strict=True):
             u, r = len(seg.unit), seg.repeats
+            mixers = tuple(k.mixer for k in seg.unit)
 
             def cut(tree: Any, seg: Segment = seg, u: int = u, r: int = r) -> Any:
                 return jax.tree.map(
                     lambda a: a[seg.start : seg.start + u * r].reshape(r, u, *a.shape[1:]), tree
                 )
 
-            @nnx.scan(
-                in_axes=(0, nnx.Carry, 0, 0, 0, 0),
-                out_axes=(nnx.Carry, 0),
-                transform_metadata={nnx.PARTITION_NAME: "layers"},
-            )
-            def step(
-                unit: Unit, h: Array, key: Any, layer_cache: Any, ctx_kv: Any, flag: Any
-            ) -> Any:
-                outs = []
-                for j, block in enumerate(unit.blocks):
-                    h, out = body(
-                        block,
-                        h,
-                        _layer(key, j),
-                        _layer(layer_cache, j),
-                        _layer(ctx_kv, j),
-                        _layer(flag, j),
-                    )
-                    outs.append(out)
-                new = None if layer_cache is None else _stack([o[0] for o in outs])
-                moe = [o[1] for o in outs if o[1] is not None]
-                return h, (new, _stack(moe) if moe else None)
-
-            x, (new, stats) = step(unit, x, cut(keys), cut(cache), cut(context_kv), cut(flags))
+            seg_cache = segment_cache(cache, self.mixers, seg.start, mixers, r)
+            step = _unit_step(body, mixers)
+            x, (new, stats) = step(unit, x, cut(keys), seg_cache, cut(context_kv), cut(flags))
             if new is not None:
                 caches.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), new))
             if stats is not None:  # [repeats, MoE blocks per unit, ...] in layer order
                 all_stats.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), stats))
-        new_cache = None if cache is None else _concat(caches)
+        new_cache = None if cache is None else concat_layer_caches(caches)
         return x, new_cache, _concat(all_stats) if all_stats else None
 
     def update_router_bias(self, expert_tokens: Array, rate: float) -> None:
@@ -308,7 +292,7 @@ class Stack(nnx.Module):
                     row += 1
             return
         for seg, unit in zip(self.plan, self.segments, strict=True):
-            moe_at = [j for j, m in enumerate(seg.unit) if m]
+            moe_at = [j for j, kind in enumerate(seg.unit) if kind.moe]
             for j in moe_at:  # rows of layers start + r·period + j among the MoE layers
                 move(unit.blocks[j], row + jnp.arange(seg.repeats) * len(moe_at) + moe_at.index(j))
             row += seg.repeats * len(moe_at)
@@ -363,6 +347,35 @@ class Stack(nnx.Module):
             )(self.layers, context)
         per_layer = [project(block, context) for block in self.layers]
         return jax.tree.map(lambda *a: jnp.stack(a), *per_layer)  # type: ignore[no-any-return]
+
+
+def _unit_step(body: Any, mixers: tuple[str, ...]) -> Any:
+    """A segment's scan step: one unit of blocks (their mixers ``mixers``) run by ``body`` in
+    order, each with its own share of the unit's cache; returns the unit's updated cache (each
+    mixer's entries stacked in layer order) and its MoE statistics."""
+
+    @nnx.scan(
+        in_axes=(0, nnx.Carry, 0, 0, 0, 0),
+        out_axes=(nnx.Carry, 0),
+        transform_metadata={nnx.PARTITION_NAME: "layers"},
+    )
+    def step(unit: Unit, h: Array, key: Any, unit_cache: Any, ctx_kv: Any, flag: Any) -> Any:
+        outs = []
+        for j, block in enumerate(unit.blocks):
+            h, out = body(
+                block,
+                h,
+                _layer(key, j),
+                layer_cache(unit_cache, mixers, j),
+                _layer(ctx_kv, j),
+                _layer(flag, j),
+            )
+            outs.append(out)
+        new = None if unit_cache is None else stack_layer_caches([o[0] for o in outs])
+        moe = [o[1] for o in outs if o[1] is not None]
+        return h, (new, _stack(moe) if moe else None)
+
+    return step
 
 
 def _layer(tree: Any, i: int) -> Any:

@@ -121,8 +121,8 @@ def test_a_prefill_then_one_token_steps_continue_the_whole_sequence():
 
 def test_the_chunked_rule_and_its_gradient_lower_to_no_host_library_call():
     """Forward and backward are XLA's own operations: no custom call (a CPU's triangular solve
-    is LAPACK's ``trsm`` in the host's OpenBLAS; several CPU devices' threads calling it at once
-    can spin forever, which stalled a trainer's sampling over 8 CPU devices)."""
+    is jaxlib's LAPACK ``trsm``, which waits on XLA's thread pool for its batch; 8 CPU devices
+    calling it at once deadlocked that pool, which stalled a trainer's sampling)."""
     xs = _inputs(np.random.default_rng(), dtype=np.float32)
 
     def loss(*args):

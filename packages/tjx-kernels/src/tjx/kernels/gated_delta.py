@@ -139,12 +139,15 @@ def _unit_lower_inverse(a: Array) -> Array:
     by 2 × 2 blocks: ``[[A, 0], [B, D]]⁻¹ = [[A⁻¹, 0], [-D⁻¹ B A⁻¹, D⁻¹]]``, from 1 × 1 blocks up,
     ⌈log₂ c⌉ rounds of batched matrix products (``c`` padded to a power of two by the identity).
 
-    Not ``jax.scipy.linalg.solve_triangular``: on a CPU that is LAPACK's ``trsm`` in the host's
-    OpenBLAS, a custom call each device's thread makes; with several CPU devices
-    (``--xla_force_host_platform_device_count``) they call it at once and OpenBLAS's threads
-    can spin forever (measured: a replicated ``solve_triangular`` over 8 CPU devices hung within
-    ~100 calls, never with ``OPENBLAS_NUM_THREADS=1``), which stalled a trainer's sampling.
-    Products of XLA's own run everywhere, at full float32 (every pseudo-value reads the inverse).
+    Not ``jax.scipy.linalg.solve_triangular``: on a CPU that is jaxlib's LAPACK ``trsm`` custom
+    call, which splits its batch over XLA's intra-op thread pool and blocks its own pool thread
+    until the pieces are done (``ParallelBatchMap``). With several CPU devices
+    (``--xla_force_host_platform_device_count``) each device's program runs on a thread of that
+    pool; when all of them reach the call at once, every pool thread waits for work no free
+    thread is left to run: a deadlock (gdb on a stalled trainer: the 8 ``tf_XLAEigen`` threads
+    in ``lapack_strsm_ffi`` → ``ParallelBatchMap`` → ``BlockingCounter::Wait``; a replicated
+    ``solve_triangular`` over 8 CPU devices hung within ~100 calls). XLA's own products run
+    everywhere, at full float32 (every pseudo-value reads the inverse).
     """
     c = a.shape[-1]
     size = 1 << (c - 1).bit_length()  # the power of two >= c

@@ -1,11 +1,14 @@
-"""A tiny Llama made by transformers, fine-tuned by the trainer, handed back to transformers.
+"""Tiny models made by transformers, fine-tuned by the trainer, handed back to transformers.
 
-transformers (scratch venv) saves a random tiny Llama with GPT-2's vocabulary; the folder gets
-GPT-2's ``tokenizer.json`` and ``data.tokenizer`` names the folder (the model's own vocabulary).
-``--init-from`` fine-tunes it for 20 steps on Shakespeare; ``python -m eval --export-hf`` writes
-the run as a HF folder; transformers loads it and gives the logits of tjx's final parameters
-(1e-4 relative). ``python -m eval --checkpoint HF_FOLDER`` scores and samples the HF folder
-directly; a family other than ``model.kind`` is refused in one line.
+transformers (scratch venv) saves a random tiny Llama, or a tiny Qwen3.5 (``qwen3_5_text``: Gated
+DeltaNet layers beside attention, tjx's ``llama`` kind with a ``mixer_pattern``), with GPT-2's
+vocabulary; the folder gets GPT-2's ``tokenizer.json`` and ``data.tokenizer`` names the folder
+(the model's own vocabulary). ``--init-from`` fine-tunes it on Shakespeare (20 steps; the
+Qwen3.5 4) and samples after the last step; ``python -m eval --export-hf`` writes the run as a HF
+folder; transformers loads it and gives the logits of tjx's final parameters (1e-4 relative).
+``python -m eval --checkpoint HF_FOLDER`` scores and samples the HF folder directly, and a
+family other than ``model.kind`` is refused in one line (both in the Llama case only: neither
+depends on the model).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from tests_integration._helpers_apps import check_ok, run_app, train
@@ -22,30 +26,45 @@ from tests_integration._hf_peer import run_peer
 from tjx import ckpt, data, nn
 
 TOKENS = np.random.default_rng(1).integers(0, 50257, size=(2, 16))
-CONFIG = dict(
-    model_type="llama",
+COMMON = dict(
     vocab_size=50257,
     hidden_size=32,
     intermediate_size=64,
-    num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=2,
     max_position_embeddings=64,
     bos_token_id=None,
     eos_token_id=None,
 )
+CONFIG = dict(model_type="llama", num_hidden_layers=2, **COMMON)
+#: A Gated DeltaNet layer, then attention (tjx's ``mixer_pattern`` from ``layer_types``).
+QWEN3_5 = dict(
+    model_type="qwen3_5_text",
+    num_hidden_layers=2,
+    layer_types=["linear_attention", "full_attention"],
+    head_dim=8,
+    linear_num_key_heads=2,
+    linear_num_value_heads=4,
+    linear_key_head_dim=8,
+    linear_value_head_dim=8,
+    **COMMON,
+)
+#: HF config, transformers' class name, fine-tuning steps.
+CASES = {
+    "llama": (CONFIG, "LlamaForCausalLM", 20),
+    "qwen3_5": (QWEN3_5, "Qwen3_5ForCausalLM", 4),
+}
 SETS = [
     "model.kind=llama",
     "data.seq_len=32",
     "data.batch_size=8",
     "eval.batch_size=8",
-    "train.steps=20",
     "train.eval_every=0",
     "train.eval_batches=1",
     "train.sample_every=0",
-    "train.checkpoint_every=20",
     "optimizer.schedule.peak_lr=3e-3",
     "optimizer.schedule.warmup_steps=0",
+    "sampling.max_new_tokens=8",
     "logging.sinks=[jsonl]",
 ]
 
@@ -54,18 +73,24 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-def test_fine_tuned_llama_exports_with_tjx_final_logits(tmp_path):
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fine_tuned_hf_model_exports_with_tjx_final_logits(tmp_path, case: str):
+    config, arch, steps = CASES[case]
     hf = tmp_path / "hf"
     np.save(tmp_path / "tokens.npy", TOKENS)
-    job = {"config": CONFIG, "tokens": TOKENS.tolist(), "new": 4}
+    job = {"config": config, "tokens": TOKENS.tolist(), "new": 4}
     run_peer([{"make": job, "out": str(hf)}], tmp_path)
     data.load_tokenizer("gpt2").save(hf)  # type: ignore[attr-defined]
-    wrong = train(tmp_path, "wrong", [f"data.tokenizer={hf}"], "--init-from", str(hf))
-    assert wrong.returncode == 2 and "model.kind must be 'llama'" in wrong.stderr
-    assert wrong.stderr.count("\n") == 1 and not (tmp_path / "wrong").exists()
+    if case == "llama":  # the refusal is the family's, not the model's: checked once
+        wrong = train(tmp_path, "wrong", [f"data.tokenizer={hf}"], "--init-from", str(hf))
+        assert wrong.returncode == 2 and "model.kind must be 'llama'" in wrong.stderr
+        assert wrong.stderr.count("\n") == 1 and not (tmp_path / "wrong").exists()
 
-    proc = train(tmp_path, "ft", [*SETS, f"data.tokenizer={hf}"], "--init-from", str(hf))
+    sets = [*SETS, f"train.steps={steps}", f"train.checkpoint_every={steps}"]
+    proc = train(tmp_path, "ft", [*sets, f"data.tokenizer={hf}"], "--init-from", str(hf))
     check_ok(proc)
+    # The last step's samples: the generation cache of every layer kind, on 8 CPU devices.
+    assert (tmp_path / "ft" / "samples" / f"step_{steps:07d}.txt").is_file()
     run = tmp_path / "ft"
     out = tmp_path / "exported"
     check_ok(run_app("eval", ["--checkpoint", str(run), "--export-hf", str(out)], tmp_path))
@@ -76,19 +101,22 @@ def test_fine_tuned_llama_exports_with_tjx_final_logits(tmp_path):
         tmp_path,
     )
     peer = dict(np.load(back))
-    assert str(peer["arch"]) == "LlamaForCausalLM"
+    assert str(peer["arch"]) == arch
 
     config = nn.config_from_dict(json.loads((run / "model.json").read_text()))
     model = nnx.eval_shape(lambda: nn.build_model(config, rngs=nnx.Rngs(0)))
     graphdef, abstract, rest = nnx.split(model, nnx.Param, ...)
     target = nnx.to_pure_dict(abstract)
-    params = ckpt.restore_params(run / "checkpoints", target=target, step=20)
+    params = ckpt.restore_params(run / "checkpoints", target=target, step=steps)
     nnx.replace_by_pure_dict(abstract, params)
     model = nnx.merge(graphdef, abstract, nn.concrete_state(rest))
-    final = np.asarray(model(jnp.asarray(TOKENS, jnp.int32)))
+    final = np.asarray(nnx.jit(lambda m, t: m(t))(model, jnp.asarray(TOKENS, jnp.int32)))
     assert _rel(peer["logits"], final) < 1e-4
     before = dict(np.load(hf / "peer.npz"))["logits"]
     assert _rel(before, final) > 1e-3  # the fine-tune moved the weights
+    assert jax.tree.leaves(params)
+    if case != "llama":  # reading a HF folder is the family's: checked once
+        return
 
     scored = run_app(
         "eval",
@@ -110,4 +138,3 @@ def test_fine_tuned_llama_exports_with_tjx_final_logits(tmp_path):
     )
     check_ok(scored)
     assert "loss" in scored.stdout and "--- sample" in scored.stdout
-    assert jax.tree.leaves(params)

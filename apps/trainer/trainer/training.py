@@ -226,7 +226,10 @@ class Training:
                 if guard.diverged:
                     break
                 profile.after(step_done, self.state)
-                self._at_boundary(step_done, out, bar)
+                try:
+                    self._at_boundary(step_done, out, bar, stop)
+                except parallel.StoppedError:  # a signal cut the evaluation or samples short
+                    break
                 if every and step_done % every == 0 and step_done != total:
                     guard.flush()  # never checkpoint a step of a bad streak
                     if guard.diverged:
@@ -279,9 +282,14 @@ class Training:
         return out
 
     def _at_boundary(
-        self, step_done: int, out: dict[str, chex.ArrayTree], bar: ProgressBar
+        self,
+        step_done: int,
+        out: dict[str, chex.ArrayTree],
+        bar: ProgressBar,
+        stop: parallel.StopFlag,
     ) -> None:
-        """Log, evaluate and sample when their intervals (or the last step) say so."""
+        """Log, evaluate and sample when their intervals (or the last step) say so; a signal
+        during the evaluation or the samples raises `tjx.parallel.StoppedError` (`_cut_short`)."""
 
         cfg, total = self.cfg, self.cfg.train.steps
         if step_done % cfg.train.log_every == 0 or step_done == total:
@@ -293,21 +301,36 @@ class Training:
             # Every process fetches (all-gathering what spans processes); the primary writes.
             self.logger.log_weights(step_done, self.state.param_tree())
         if (cfg.train.eval_every and step_done % cfg.train.eval_every == 0) or step_done == total:
-            self.last_eval = evaluation.evaluate_state(self.setup, self.state, self.bundle, cfg)
+            with self._cut_short(stop):
+                val = evaluation.evaluate_state(self.setup, self.state, self.bundle, cfg)
+            self.last_eval = val
             self.logger.log_scalars(step_done, {f"val_{k}": v for k, v in self.last_eval.items()})
             first = "loss" if "loss" in self.last_eval else "reward"  # GRPO's: the reward
             bar.note(f"step {step_done}: val {first} {self.last_eval[first]:.4f}")
         sample_now = cfg.train.sample_every and step_done % cfg.train.sample_every == 0
         # Decoder-only models: every process generates (the params span them all); 0 writes.
         if self.objective.name == "lm" and (sample_now or step_done == total):
-            texts = evaluation.sample(
-                self.setup, self.state.model_tree(), self.bundle, cfg, step_done
-            )
+            with self._cut_short(stop):
+                texts = evaluation.sample(
+                    self.setup, self.state.model_tree(), self.bundle, cfg, step_done
+                )
             self.logger.log_text(step_done, "sample", texts[0])
             if self.primary:
                 text = evaluation.format_samples(texts, cfg.sampling.prompts)
                 path = RunDir(self.run_dir).write_samples(step_done, text)
                 bar.note(f"step {step_done}: samples → {path}")
+
+    @staticmethod
+    def _cut_short(stop: parallel.StopFlag) -> contextlib.AbstractContextManager[None]:
+        """A boundary's evaluation or samples, which a signal abandons (`StopFlag.interruptible`):
+        the run would stop at this boundary anyway, and after the last step no boundary comes,
+        so the signal need not wait for them (minutes for a long sample). Python takes the
+        signal between two device calls (each generated token is one). The loop then saves
+        this step as for any signal. One process only: peers would wait for it in the
+        evaluation's collectives, so several processes finish the work first."""
+        if jax.process_count() > 1:
+            return contextlib.nullcontext()
+        return stop.interruptible()
 
     def save(self, step: int, *, force: bool) -> None:
         """Checkpoint ``step`` (state, data position, config, the last validation loss) once."""

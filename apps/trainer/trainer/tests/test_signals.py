@@ -1,15 +1,40 @@
 """The trainer's words around SIGTERM/SIGINT: its line on the first signal, the one error line and
-exit 130 on a second Ctrl-C. The flag and handlers themselves are tjx-parallel's (its
-test_preemption.py); a real run signalled mid-step is tests-integration's test_train_sigterm.py."""
+exit 130 on a second Ctrl-C, and a signal during the last step's samples (one short in-process
+run). The flag and handlers themselves are tjx-parallel's (its test_preemption.py); a real run
+signalled mid-step is tests-integration's test_train_sigterm.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import time
 
 import pytest
 
+import trainer.evaluation as evaluation
+from trainer.cli import main
 from trainer.plan import interrupted_exit, stop_on_signals
+
+#: A two-step run of a tiny model, evaluated and sampled only after its last step.
+RUN = [
+    "model.d_model=16",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.mlp_dim=32",
+    "model.max_seq_len=16",
+    "data.seq_len=16",
+    "data.batch_size=8",
+    "eval.batch_size=8",
+    "train.steps=2",
+    "train.eval_every=0",
+    "train.eval_batches=1",
+    "train.sample_every=0",
+    "train.checkpoint_every=0",
+    "sampling.max_new_tokens=4",
+    "logging.sinks=[jsonl]",
+    "logging.progress=false",
+]
 
 
 def _commit(run_dir, name: str) -> None:
@@ -64,3 +89,33 @@ def test_interrupted_exit_names_the_newest_committed_step(tmp_path, capfd):
     assert interrupted_exit(tmp_path) == 130
     err = capfd.readouterr().err
     assert f"the last checkpoint is step 4 in {str(tmp_path)!r}; continue with --resume" in err
+
+
+def test_a_signal_during_the_last_samples_saves_the_last_step_without_waiting_for_them(
+    in_tmp, capfd, monkeypatch
+):
+    text = in_tmp / "corpus.txt"
+    text.write_text("".join(f"Line {i}: to be or not to be.\n" for i in range(400)))
+    signalled: list[float] = []
+
+    def stalled(*args):  # the last step's sampling gets SIGTERM and would not end for minutes
+        signalled.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(120)
+        return ["never"] * len(args[3].sampling.prompts)  # (setup, params, bundle, cfg, step)
+
+    monkeypatch.setattr(evaluation, "sample", stalled)
+    argv = ["--config", "tiny", "--run-dir", "run", "--data", str(text)]
+    for item in RUN:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    took = time.monotonic() - signalled[0]
+    out, err = capfd.readouterr()  # the signal's line goes to fd 2
+    assert took < 60, f"{took:.0f} s after the signal"  # the save and final files, not 120 s
+    assert "SIGTERM: saved step 2 to run; resume with --resume" in out, out
+    assert "trainer: SIGTERM: stopping after this step and saving a checkpoint" in err
+    assert "Traceback" not in err
+    run = in_tmp / "run"
+    summary = json.loads((run / "final.json").read_text())
+    assert summary["step"] == 2 and summary["interrupted_by"] == "SIGTERM"
+    assert (run / "checkpoints" / "2").is_dir() and not list((run / "samples").glob("*"))

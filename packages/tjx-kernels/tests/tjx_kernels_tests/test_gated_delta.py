@@ -40,7 +40,7 @@ def _inputs(rng, b=2, t=11, h=3, dk=4, dv=5, dtype=np.float64):
     return tuple(jnp.asarray(x, dtype) for x in (q, k, v, g, beta))
 
 
-@pytest.mark.parametrize("chunk", [1, 4, 16])
+@pytest.mark.parametrize("chunk", [1, 4, 6, 16])  # 6: not a power of two
 def test_the_chunked_rule_is_the_recurrence_in_float64(chunk: int):
     rng = np.random.default_rng()
     with jax.enable_x64(True):
@@ -117,6 +117,20 @@ def test_a_prefill_then_one_token_steps_continue_the_whole_sequence():
         steps.append(o[:, None])
     np.testing.assert_allclose(np.concatenate(steps, axis=1), np.asarray(whole), rtol=1e-5,
                                atol=1e-5)  # fmt: skip
+
+
+def test_the_chunked_rule_and_its_gradient_lower_to_no_host_library_call():
+    """Forward and backward are XLA's own operations: no custom call (a CPU's triangular solve
+    is jaxlib's LAPACK ``trsm``, which waits on XLA's thread pool for its batch; 8 CPU devices
+    calling it at once deadlocked that pool, which stalled a trainer's sampling)."""
+    xs = _inputs(np.random.default_rng(), dtype=np.float32)
+
+    def loss(*args):
+        o, s = _rule(*args, chunk_size=4)
+        return jnp.sum(o) + jnp.sum(s)
+
+    text = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(5)))).lower(*xs).as_text()
+    assert "custom_call" not in text and "lapack" not in text.lower()
 
 
 def test_bad_shapes_and_chunk_sizes_are_refused():

@@ -7,11 +7,19 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 import pytest
 
 from tjx import parallel
-from tjx.parallel import STOP_MESSAGE, StopFlag, exit_now, stop_on_signals, write_stderr
+from tjx.parallel import (
+    STOP_MESSAGE,
+    StopFlag,
+    StoppedError,
+    exit_now,
+    stop_on_signals,
+    write_stderr,
+)
 from tjx.parallel.preemption import AGAIN
 
 
@@ -115,6 +123,30 @@ def test_exit_now_flushes_stdout_and_ends_even_when_the_flush_is_cut(monkeypatch
     assert ended == [130] and stdout.flushes == 1
 
 
+def test_a_signal_inside_interruptible_work_raises_stopped_there_once(capfd):
+    with stop_on_signals(message="{signal}") as flag:
+        with flag.interruptible():  # no signal: the block runs to its end
+            pass
+        started = time.monotonic()
+        with pytest.raises(StoppedError, match="SIGTERM"), flag.interruptible():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(60)  # work that would not end: the signal cuts it short
+        assert time.monotonic() - started < 30
+        assert flag.signal_name == "SIGTERM" and capfd.readouterr().err == "SIGTERM\n"
+        os.kill(os.getpid(), signal.SIGTERM)  # after the block: recorded only, as before
+        with pytest.raises(StoppedError, match="SIGTERM"), flag.interruptible():  # came before
+            raise AssertionError("the block must not run")
+
+
+def test_a_signal_outside_interruptible_work_only_sets_the_flag():
+    with stop_on_signals(message=None) as flag:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert flag.signal_name == "SIGINT"
+    with stop_on_signals(message=None) as flag, flag.interruptible():
+        pass
+    assert not flag
+
+
 def test_the_public_names():
     assert parallel.stop_on_signals is stop_on_signals
-    assert parallel.StopFlag is StopFlag
+    assert parallel.StopFlag is StopFlag and parallel.StoppedError is StoppedError

@@ -52,7 +52,7 @@ from tjx.kernels.launch import LaunchDefaults, default_launch
 from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
 from tjx.kernels.softcap import soft_cap
 
-__version__ = "0.13.0"
+__version__ = "0.13.1"
 
 __all__ = [
     "gated_delta_step",

@@ -21,7 +21,8 @@ solve a unit lower-triangular system:
     (I + diag(β) L) U = diag(β) V - diag(βγ) K S_0,    L_{ti} = M_{ti} (k_t · k_i) for i < t,
 
 so ``U = Ũ - W S_0`` with ``Ũ = T diag(β) V``, ``W = T diag(βγ) K``, ``T = (I + diag(β) L)⁻¹``
-(a triangular solve per chunk, independent of the state: all chunks at once). Then
+(``T`` inverted per chunk by 2 × 2 blocks in XLA's own products, `_unit_lower_inverse`, not a
+LAPACK solve; independent of the state: all chunks at once). Then
 
     O = diag(γ) Q S_0 + (Q Kᵀ ⊙ M) U,     S_C = γ_C S_0 + (K ⊙ γ_C/γ)ᵀ U,
 
@@ -47,7 +48,6 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import solve_triangular
 
 __all__ = ["gated_delta_recurrent", "gated_delta_rule", "gated_delta_step"]
 
@@ -134,6 +134,49 @@ def gated_delta_recurrent(
     return jnp.moveaxis(out, 0, 1), final
 
 
+def _unit_lower_inverse(a: Array) -> Array:
+    """The inverse of the unit lower-triangular ``a`` ``[..., c, c]`` (its diagonal is not read),
+    by 2 × 2 blocks: ``[[A, 0], [B, D]]⁻¹ = [[A⁻¹, 0], [-D⁻¹ B A⁻¹, D⁻¹]]``, from 1 × 1 blocks up,
+    ⌈log₂ c⌉ rounds of batched matrix products (``c`` padded to a power of two by the identity).
+
+    Not ``jax.scipy.linalg.solve_triangular``: on a CPU that is jaxlib's LAPACK ``trsm`` custom
+    call, which splits its batch over XLA's intra-op thread pool and blocks its own pool thread
+    until the pieces are done (``ParallelBatchMap``). With several CPU devices
+    (``--xla_force_host_platform_device_count``) each device's program runs on a thread of that
+    pool; when all of them reach the call at once, every pool thread waits for work no free
+    thread is left to run: a deadlock (gdb on a stalled trainer: the 8 ``tf_XLAEigen`` threads
+    in ``lapack_strsm_ffi`` → ``ParallelBatchMap`` → ``BlockingCounter::Wait``; a replicated
+    ``solve_triangular`` over 8 CPU devices hung within ~100 calls). XLA's own products run
+    everywhere, at full float32 (every pseudo-value reads the inverse).
+    """
+    c = a.shape[-1]
+    size = 1 << (c - 1).bit_length()  # the power of two >= c
+    if size != c:  # the padding: identity rows and columns, a block of its own
+        pad = [(0, 0)] * (a.ndim - 2) + [(0, size - c), (0, size - c)]
+        a = jnp.pad(a, pad) + jnp.diag(jnp.arange(size) >= c).astype(a.dtype)
+    batch = a.shape[:-2]
+    inv = jnp.ones((*batch, size, 1, 1), a.dtype)  # the 1 × 1 diagonal blocks' inverses
+    s = 1
+    while s < size:  # the inverses of the 2s × 2s diagonal blocks from those of the s × s ones
+        pairs = size // (2 * s)
+        blocks = jnp.einsum("...iaib->...iab", a.reshape(*batch, pairs, 2 * s, pairs, 2 * s))
+        upper, lower = inv[..., 0::2, :, :], inv[..., 1::2, :, :]
+        below = -jnp.matmul(
+            jnp.matmul(lower, blocks[..., s:, :s], precision=jax.lax.Precision.HIGHEST),
+            upper,
+            precision=jax.lax.Precision.HIGHEST,
+        )
+        inv = jnp.concatenate(
+            [
+                jnp.concatenate([upper, jnp.zeros_like(upper)], axis=-1),
+                jnp.concatenate([below, lower], axis=-1),
+            ],
+            axis=-2,
+        )
+        s *= 2
+    return inv[..., 0, :c, :c]
+
+
 def gated_delta_rule(
     q: Array,
     k: Array,
@@ -200,7 +243,7 @@ def gated_delta_rule(
     a = jnp.where(strict, bc[..., :, None] * m * kk, 0.0) + jnp.eye(c, dtype=dt)
     gamma = jnp.exp(cum)
     rhs = jnp.concatenate([bc[..., None] * vc, (bc * gamma)[..., None] * kc], axis=-1)
-    solved = solve_triangular(a, rhs, lower=True, unit_diagonal=True)
+    solved = jnp.matmul(_unit_lower_inverse(a), rhs, precision=jax.lax.Precision.HIGHEST)
     u_tilde, w = solved[..., :dv], solved[..., dv:]  # [b, h, n, c, dv], [b, h, n, c, dk]
     qk = jnp.einsum("bhnik,bhnjk->bhnij", qc, kc) * m  # (Q Kᵀ ⊙ M)
     q_decayed = gamma[..., None] * qc

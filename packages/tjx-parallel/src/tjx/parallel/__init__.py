@@ -97,6 +97,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
         STOP_MESSAGE,
         StopAgreement,
         StopFlag,
+        StoppedError,
         coordination_exchange,
         exit_now,
         stop_agreement,
@@ -118,7 +119,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
     from tjx.parallel.topology import abstract_devices
     from tjx.parallel.train_step import jit_train_step
 
-__version__ = "0.17.1"
+__version__ = "0.18.0"
 
 #: The public names whose modules import jax → their module, imported on first use.
 _LAZY = {
@@ -171,6 +172,7 @@ _LAZY = {
     "STOP_MESSAGE": "tjx.parallel.preemption",
     "StopAgreement": "tjx.parallel.preemption",
     "StopFlag": "tjx.parallel.preemption",
+    "StoppedError": "tjx.parallel.preemption",
     "coordination_exchange": "tjx.parallel.preemption",
     "exit_now": "tjx.parallel.preemption",
     "stop_agreement": "tjx.parallel.preemption",
@@ -266,6 +268,7 @@ __all__ = [
     "Schedule",
     "StopAgreement",
     "StopFlag",
+    "StoppedError",
     "TRANSPORTS",
     "__version__",
     "abstract_devices",

@@ -6,6 +6,9 @@ writes its line to file descriptor 2 (:func:`write_stderr`: a signal can land in
 ``sys.stderr``'s buffered write, where ``print`` raises "reentrant call"). A second Ctrl-C runs
 ``stop_now`` (an app ends the process there, :func:`exit_now`, rather than unwind through a save
 whose threads would report the interruption as their failure), else raises KeyboardInterrupt.
+Inside :meth:`StopFlag.interruptible` (work with no step boundary left to wait for: a run's
+last evaluation and samples) the first signal also raises :class:`StoppedError`, so the app saves
+and ends instead of finishing that work.
 
 A scheduler's SIGTERM reaches a job's tasks one by one, or misses one; a process stopping alone
 would enter the checkpoint save (a collective) while a peer enters the next step (another one),
@@ -57,6 +60,11 @@ def exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
+class StoppedError(Exception):
+    """A signal cut short the work of a :meth:`StopFlag.interruptible` block (``args[0]``: the
+    signal's name)."""
+
+
 class StopFlag:
     """Which signal asked the loop to stop (``.signal_name``: ``"SIGTERM"``, ``"SIGINT"`` or
     ``None``); true once one came. ``message``: the line written on a signal (``None``: none);
@@ -68,9 +76,26 @@ class StopFlag:
         self.signal_name: str | None = None
         self.message = message
         self.stop_now = stop_now
+        self._interruptible = False
 
     def __bool__(self) -> bool:
         return self.signal_name is not None
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """A block of work a signal abandons: the first signal raises :class:`StoppedError`
+        where the main thread is (Python takes a signal between two calls into the runtime, not
+        inside one), and a signal that came before the block raises on entry. For work that
+        keeps nothing half-done (an evaluation, a sample: computed, not yet written) and that no
+        other process waits on in a collective, such as a run's work after its last step, which
+        never reaches another step boundary."""
+        if self.signal_name is not None:
+            raise StoppedError(self.signal_name)
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
 
     def handle(self, signum: int, frame: types.FrameType | None) -> None:
         """The signal handler (``signal.signal(signum, flag.handle)``)."""
@@ -83,6 +108,9 @@ class StopFlag:
         if self.message is not None:
             again = AGAIN if signum == signal.SIGINT else ""
             write_stderr(self.message.format(signal=self.signal_name, again=again))
+        if self._interruptible:  # once: whatever handles StoppedError is not cut short again
+            self._interruptible = False
+            raise StoppedError(self.signal_name)
 
 
 @contextmanager

@@ -115,7 +115,10 @@ def test_float32_gradients_match_float64_and_reach_every_parameter():
             def loss(p, graphdef=graphdef, dtype=dtype):
                 return jnp.sum(nnx.merge(graphdef, p)(jnp.asarray(x, dtype)) ** 2)
 
-            grads[name] = jax.tree.map(np.asarray, nnx.to_pure_dict(jax.grad(loss)(params)))
+            # Jitted: one compile per precision (called eagerly, each of the chunked rule's
+            # hundreds of small ops was compiled on its own, in each precision).
+            grad = jax.jit(jax.grad(loss))(params)
+            grads[name] = jax.tree.map(np.asarray, nnx.to_pure_dict(grad))
     for a, b in zip(jax.tree.leaves(grads["f32"]), jax.tree.leaves(grads["f64"]), strict=True):
         assert np.abs(b).max() > 0  # every parameter is used
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4 * np.abs(b).max())

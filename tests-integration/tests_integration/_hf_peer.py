@@ -67,6 +67,10 @@ def run_peer(jobs: list[dict[str, Any]], workdir: Path) -> None:
     spec.write_text(json.dumps(jobs))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    # One torch thread: the peers' tensors are tiny, and torch's OpenMP workers spin waiting for
+    # each small op, the more so on a busy machine (2026-11-27, 2 cores: test_hf_families 217 ->
+    # 190 CPU s; its 17 models made and scored, at low priority beside other work, 114 -> 18).
+    env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
         [str(peer_python()), str(SCRIPT), str(spec)],
         env=env,

@@ -10,6 +10,7 @@ numpy, the same pin and lock): a venv that has torch gets the rest added, never 
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import subprocess
@@ -26,6 +27,17 @@ def peer_python() -> Path:
     venv = Path(
         os.environ.get("TJX_HF_PEER_VENV") or Path.home() / ".cache" / "tjx" / "torch-peer-venv"
     )
+    return _ready(venv)
+
+
+@functools.cache
+def _ready(venv: Path) -> Path:
+    """``venv``'s interpreter once it imports the peer packages; checked once per process.
+
+    The check imports torch, transformers, PEFT and TRL in a subprocess (8-9 CPU seconds,
+    measured 2026-11-27), and CI's HF batch runs the peer a dozen times in one process
+    (`run_peer`): a venv that passed stays as it was (pip only ever adds to it, under the lock).
+    """
     python = venv / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
@@ -55,6 +67,10 @@ def run_peer(jobs: list[dict[str, Any]], workdir: Path) -> None:
     spec.write_text(json.dumps(jobs))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    # One torch thread: the peers' tensors are tiny, and torch's OpenMP workers spin waiting for
+    # each small op, the more so on a busy machine (2026-11-27, 2 cores: test_hf_families 217 ->
+    # 190 CPU s; its 17 models made and scored, at low priority beside other work, 114 -> 18).
+    env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
         [str(peer_python()), str(SCRIPT), str(spec)],
         env=env,

@@ -139,7 +139,10 @@ def test_attention_memory_per_device_falls_with_the_split():
 
 
 def test_a_tiny_model_trains_at_32k_tokens_with_context_8():
-    config = _config(max_seq_len=32768, d_model=16, num_layers=1, num_heads=2, num_kv_heads=1,
+    # One attention head: a step's cost is its 32k x 32k score blocks, one set per head (two heads
+    # took 42 CPU seconds a step at -O1, one 23; a narrower head does not help). Grouped KV heads
+    # under the split are held by the loss-and-gradient test above (4 heads on 2).
+    config = _config(max_seq_len=32768, d_model=16, num_layers=1, num_heads=1, num_kv_heads=1,
                      mlp_dim=32)  # fmt: skip
     mesh_config = parallel.MeshConfig(data=1, context=8, strategy="fsdp")
     mesh = parallel.make_mesh(mesh_config)
@@ -148,9 +151,11 @@ def test_a_tiny_model_trains_at_32k_tokens_with_context_8():
     with nnx.logical_axis_rules(axis_rules.flax_rules()):
         model = parallel.shard_init(lambda: tnn.Llama(config, rngs=nnx.Rngs(0)), mesh, axis_rules)
     graphdef, params = nnx.split(model)
-    tx = optax.adam(3e-3)
+    # Two steps (one update) are enough to see it learn at this rate: the loss falls 0.24 in the
+    # first update (measured 2026-11-27; the assertion asks 0.1), where 3e-3 took two updates.
+    tx = optax.adam(1e-2)
     opt_state = tx.init(params)
-    # A sequence that repeats a 16-token phrase: learnable within a few steps.
+    # A sequence that repeats a 16-token phrase: learnable within a step.
     phrase = np.random.default_rng(0).integers(0, VOCAB, 16)
     stream = np.tile(phrase, 32768 // 16 + 1).astype(np.int32)
     batch = parallel.place_batch(
@@ -168,7 +173,7 @@ def test_a_tiny_model_trains_at_32k_tokens_with_context_8():
         return optax.apply_updates(params, updates), opt_state, value
 
     losses = []
-    for _ in range(3):
+    for _ in range(2):
         params, opt_state, value = step(params, opt_state, batch)
         losses.append(float(value))
     assert np.isfinite(losses).all()

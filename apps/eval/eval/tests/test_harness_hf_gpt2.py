@@ -88,6 +88,9 @@ def test_gpt2_scores_equal_transformers_gpt2_on_the_same_pairs(tmp_path, rng):
     (tmp_path / "pairs.json").write_text(json.dumps(pairs))
     (tmp_path / "peer.py").write_text(PEER)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # its own venv only
+    # One torch thread: tiny tensors, and torch's OpenMP workers spin waiting for each small op
+    # (as tests-integration's HF peers, _hf_peer.run_peer).
+    env["OMP_NUM_THREADS"] = "1"
     cmd = [str(_peer_python()), str(tmp_path / "peer.py"), str(tmp_path), str(MAX_LEN), "7"]
     subprocess.run(cmd, check=True, env=env)
     want = json.loads((tmp_path / "scores.json").read_text())

@@ -3,8 +3,10 @@ logits, tjx's held-out summed loss, and tjx.nn's own greedy decoding."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -22,10 +24,27 @@ def _req(*args):
     return SimpleNamespace(args=args)
 
 
-def _reference(model, ctx: list[int], cont: list[int], max_len: int) -> tuple[float, bool]:
-    """float64 log-softmax of the model's logits, HFLM's left truncation."""
+def _logits(model, width: int) -> Callable[[list[int]], np.ndarray]:
+    """The model's float64 logits of a sequence of at most ``width`` ids, read from one jitted
+    forward over a buffer of that width (zeros after the sequence: causal attention never reads
+    them). One program serves every length; called eagerly, the model dispatched op by op and
+    each new length compiled every op again (the module's first test took 62 s in CI)."""
+    forward = jax.jit(lambda ids: model(ids))
+
+    def logits(seq: list[int]) -> np.ndarray:
+        buffer = np.zeros((1, width), np.int32)
+        buffer[0, : len(seq)] = seq
+        return np.asarray(forward(jnp.asarray(buffer)), np.float64)[0, : len(seq)]
+
+    return logits
+
+
+def _reference(
+    logits_of: Callable[[list[int]], np.ndarray], ctx: list[int], cont: list[int], max_len: int
+) -> tuple[float, bool]:
+    """float64 log-softmax of the model's logits (``_logits``), HFLM's left truncation."""
     seq = (ctx + cont)[-(max_len + 1) :]
-    logits = np.asarray(model(jnp.asarray([seq[:-1]], jnp.int32)), np.float64)[0]
+    logits = logits_of(seq[:-1])
     logp = logits - logits.max(-1, keepdims=True)
     logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
     n = len(cont)
@@ -47,9 +66,10 @@ def test_loglikelihood_matches_a_float64_numpy_reference(lm_and_model, rng):
     pairs.append(("", "rose"))  # empty context: the EOS token conditions it
     pairs.append((sentence(rng, 30), " thou"))  # longer than max_seq_len: left-truncated
     got = lm.loglikelihood([_req(c, x) for c, x in pairs], disable_tqdm=True)
+    logits_of = _logits(model, 64)
     for (ctx, cont), (score, greedy) in zip(pairs, got, strict=True):
         ctx_ids = list(ctx.encode()) or [EOS]
-        want, want_greedy = _reference(model, ctx_ids, list(cont.encode()), 64)
+        want, want_greedy = _reference(logits_of, ctx_ids, list(cont.encode()), 64)
         assert score == pytest.approx(want, abs=2e-4), (ctx, cont)
         assert greedy == want_greedy
 
@@ -145,7 +165,8 @@ def test_an_moe_run_is_scored_like_a_dense_one(tmp_path, rng):
     lm = TjxLM(checkpoint=str(run), batch_size=2)
     pairs = [(sentence(rng, int(rng.integers(1, 6))), " " + sentence(rng, 2)) for _ in range(4)]
     got = lm.loglikelihood([_req(c, x) for c, x in pairs], disable_tqdm=True)
+    logits_of = _logits(model, 64)  # dropless routing: the zeros after a sequence take no slot
     for (ctx, cont), (score, greedy) in zip(pairs, got, strict=True):
-        want, want_greedy = _reference(model, list(ctx.encode()), list(cont.encode()), 64)
+        want, want_greedy = _reference(logits_of, list(ctx.encode()), list(cont.encode()), 64)
         assert score == pytest.approx(want, abs=2e-4), (ctx, cont)
         assert greedy == want_greedy

@@ -215,7 +215,7 @@ def test_finite_differences_float64():
             m = nnx.merge(graphdef, p)
             return jnp.sum(jnp.sin(m(toks).astype(jnp.float64)))
 
-        grads = jax.grad(loss)(params)
+        grads = jax.jit(jax.grad(loss))(params)  # one compile (eagerly: every op on its own)
         loss = jax.jit(loss)
         leaves, treedef = jax.tree.flatten(params)
         g_leaves = jax.tree.leaves(grads)

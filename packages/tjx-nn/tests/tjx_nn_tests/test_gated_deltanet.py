@@ -115,7 +115,10 @@ def test_float32_gradients_match_float64_and_reach_every_parameter():
             def loss(p, graphdef=graphdef, dtype=dtype):
                 return jnp.sum(nnx.merge(graphdef, p)(jnp.asarray(x, dtype)) ** 2)
 
-            grads[name] = jax.tree.map(np.asarray, nnx.to_pure_dict(jax.grad(loss)(params)))
+            # Jitted: one compile per precision (called eagerly, each of the chunked rule's
+            # hundreds of small ops was compiled on its own, in each precision).
+            grad = jax.jit(jax.grad(loss))(params)
+            grads[name] = jax.tree.map(np.asarray, nnx.to_pure_dict(grad))
     for a, b in zip(jax.tree.leaves(grads["f32"]), jax.tree.leaves(grads["f64"]), strict=True):
         assert np.abs(b).max() > 0  # every parameter is used
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4 * np.abs(b).max())
@@ -138,10 +141,15 @@ def test_a_packed_row_mixes_each_document_as_if_alone(chunk):
     with jax.enable_x64(True):
         layer = _layer(seed, chunk=chunk)
         x = jnp.asarray(np.random.default_rng(seed).standard_normal((1, sum(lengths), 16)))
-        packed = np.asarray(layer(x, segment_ids=jnp.asarray(ids[None], jnp.int32)))
+        # Jitted: one compile per length (eagerly, each of the chunked rule's ops compiled on its
+        # own for each of the five lengths).
+        packed = np.asarray(
+            jax.jit(lambda x, ids: layer(x, segment_ids=ids))(x, jnp.asarray(ids[None], jnp.int32))
+        )
+        forward = jax.jit(lambda x: layer(x))
         start = 0
         for n in lengths:
-            alone = np.asarray(layer(x[:, start : start + n]))
+            alone = np.asarray(forward(x[:, start : start + n]))
             np.testing.assert_allclose(packed[:, start : start + n], alone, rtol=1e-9, atol=1e-10)
             start += n
 
@@ -154,9 +162,10 @@ def test_a_right_padded_prompts_state_is_each_rows_state_after_its_own_tokens():
         layer = _layer(seed)
         x = jnp.asarray(np.random.default_rng(seed).standard_normal((3, 9, 16)))
         lengths = jnp.asarray([9, 5, 2])
-        _, padded = layer(x, return_state=True, lengths=lengths)
+        _, padded = jax.jit(lambda x: layer(x, return_state=True, lengths=lengths))(x)
+        state_of = jax.jit(lambda x: layer(x, return_state=True)[1])  # one compile per length
         for r, n in enumerate([9, 5, 2]):
-            _, alone = layer(x[r : r + 1, :n], return_state=True)
+            alone = state_of(x[r : r + 1, :n])
             np.testing.assert_allclose(padded.conv[r], alone.conv[0], rtol=1e-12, atol=1e-12)
             np.testing.assert_allclose(
                 padded.recurrent[r], alone.recurrent[0], rtol=1e-10, atol=1e-12

@@ -114,17 +114,20 @@ def test_scanned_and_unrolled_moe_decoders_agree_with_canonical_names(extra):
     batch = {"inputs": toks, "targets": jnp.roll(toks, -1, axis=1)}
 
     def loss(model):
-        return tnn.objective_loss(model, batch).loss
+        out = tnn.objective_loss(model, batch)
+        return out.loss, out
 
-    # One compile per model (an eager MoE step is hundreds of small ops).
-    outs = [nnx.jit(lambda m: tnn.objective_loss(m, batch))(m) for m in (unrolled, scanned)]
+    # One compile per model (an eager MoE step is hundreds of small ops): the objective's output
+    # and the gradients from one program (its forward is the loss's; compiled apart it was twice).
+    both = [nnx.jit(nnx.value_and_grad(loss, has_aux=True))(m) for m in (unrolled, scanned)]
+    outs = [out for (_, out), _ in both]
     np.testing.assert_allclose(outs[0].loss, outs[1].loss, rtol=1e-6)
     for field in outs[0].moe._fields:
         np.testing.assert_allclose(
             getattr(outs[0].moe, field), getattr(outs[1].moe, field), rtol=1e-5
         )
     g = [tnn.get_flat_params(m) for m in (unrolled, scanned)]
-    grads = [nnx.jit(nnx.grad(loss))(m) for m in (unrolled, scanned)]
+    grads = [grad for _, grad in both]
     for model, grad, into in zip((unrolled, scanned), grads, g, strict=True):
         nnx.update(model, grad)
         into.update(tnn.get_flat_params(model))
@@ -137,8 +140,8 @@ def test_the_objective_adds_the_router_losses_and_returns_the_statistics():
     model = build(cfg)
     toks = jax.random.randint(jax.random.key(1), (2, 8), 0, 64)
     batch = {"inputs": toks, "targets": jnp.roll(toks, -1, axis=1).at[:, -1].set(-100)}
-    out = tnn.objective_loss(model, batch)
-    _, stats = model.forward(toks)
+    # One compile of both (an eager MoE forward is hundreds of small ops, each compiled).
+    out, (_, stats) = nnx.jit(lambda m: (tnn.objective_loss(m, batch), m.forward(toks)))(model)
     assert out.moe.expert_tokens.shape == (4, 4) and int(out.moe.expert_tokens.sum()) == 4 * 32
     ce = out.sum_loss / out.num_tokens
     penalty = float(jnp.sum((0.5 * stats.balance_loss_sum + 0.1 * stats.z_loss_sum) / 16))
@@ -156,10 +159,17 @@ def test_kv_cache_generation_with_moe_layers_equals_the_full_model(extra):
     model = build(cfg, seed=2)
     prompts = np.random.RandomState(0).randint(0, 64, (2, 4)).astype(np.int32)
     out = np.asarray(tnn.generate(model, prompts, max_new_tokens=5))
+    # The whole model re-run on the growing sequence, in a buffer of the final width: causal
+    # attention never reads the zeros after it, and capacity 8 drops no token (each expert has a
+    # slot for every token), so one jitted program serves every length (called eagerly, each
+    # length compiled the model's ops again).
+    forward = nnx.jit(lambda m, ids: m(ids))
     seq = prompts
-    for _ in range(5):  # re-run the whole model on the growing sequence
-        logits = model(jnp.asarray(seq))
-        seq = np.concatenate([seq, np.asarray(jnp.argmax(logits[:, -1], -1))[:, None]], 1)
+    for _ in range(5):
+        buffer = np.zeros((2, 4 + 5), np.int32)
+        buffer[:, : seq.shape[1]] = seq
+        logits = forward(model, jnp.asarray(buffer))[:, seq.shape[1] - 1]
+        seq = np.concatenate([seq, np.asarray(jnp.argmax(logits, -1))[:, None]], 1)
     np.testing.assert_array_equal(out, seq)
 
 

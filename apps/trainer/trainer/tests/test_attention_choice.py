@@ -17,6 +17,7 @@ from trainer.cli import main
 from trainer.config import read_config, resolve, step_config
 from trainer.memory_fit import choose_attention
 from trainer.settings import apply_overrides, load_config_data
+from trainer.tests._tiny import TINY_RUN
 
 
 @pytest.fixture(autouse=True)
@@ -29,14 +30,7 @@ def _rule_without_measurements(monkeypatch, tmp_path):
 
 
 SETS = [
-    "model.d_model=16",
-    "model.num_layers=1",
-    "model.num_heads=2",
-    "model.mlp_dim=32",
-    "model.max_seq_len=16",
-    "data.seq_len=16",
-    "data.batch_size=8",
-    "eval.batch_size=8",
+    *TINY_RUN,
     "train.steps=1",
     "optimizer.schedule.warmup_steps=0",
     "sampling.max_new_tokens=4",

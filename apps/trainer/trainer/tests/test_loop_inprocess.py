@@ -7,19 +7,13 @@ import re
 
 from trainer.cli import main
 from trainer.first_compile import FROM_CACHE
+from trainer.tests._tiny import TINY_RUN
 
 #: A compile's last line; CI's shared persistent cache may serve the compile, and the line says so.
 COMPILED_LINE = rf"compiled the train step in \d+\.\d s({re.escape(FROM_CACHE)})?"
 
 SETS = [
-    "model.d_model=16",
-    "model.num_layers=1",
-    "model.num_heads=2",
-    "model.mlp_dim=32",
-    "model.max_seq_len=16",
-    "data.seq_len=16",
-    "data.batch_size=8",
-    "eval.batch_size=8",
+    *TINY_RUN,
     "train.steps=4",
     "train.eval_every=2",
     "train.eval_batches=1",

@@ -15,17 +15,11 @@ import pytest
 import trainer.evaluation as evaluation
 from trainer.cli import main
 from trainer.plan import interrupted_exit, stop_on_signals
+from trainer.tests._tiny import TINY_RUN
 
 #: A two-step run of a tiny model, evaluated and sampled only after its last step.
 RUN = [
-    "model.d_model=16",
-    "model.num_layers=1",
-    "model.num_heads=2",
-    "model.mlp_dim=32",
-    "model.max_seq_len=16",
-    "data.seq_len=16",
-    "data.batch_size=8",
-    "eval.batch_size=8",
+    *TINY_RUN,
     "train.steps=2",
     "train.eval_every=0",
     "train.eval_batches=1",

@@ -1,0 +1,13 @@
+"""The trainer tests' smallest run of a preset: one layer of width 16 over 16-token rows in batches
+of 8 (``--set`` overrides; a test puts its own after them)."""
+
+TINY_RUN = [
+    "model.d_model=16",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.mlp_dim=32",
+    "model.max_seq_len=16",
+    "data.seq_len=16",
+    "data.batch_size=8",
+    "eval.batch_size=8",
+]

@@ -38,7 +38,7 @@ from tjx.nn.hf.moe import qwen_moe_fields
 from tjx.nn.hf.qwen3_5 import DEFAULTS as QWEN3_5_DEFAULTS
 from tjx.nn.hf.qwen3_5 import KEYS as QWEN3_5_KEYS
 from tjx.nn.hf.qwen3_5 import NEEDS as QWEN3_5_NEEDS
-from tjx.nn.hf.qwen3_5 import hybrid_fields, hybrid_mapping, hybrid_to_hf
+from tjx.nn.hf.qwen3_5 import hybrid_fields, hybrid_mapping, hybrid_to_hf, is_qwen3_5
 from tjx.nn.moe.config import expert_mlp_dim, shared_mlp_dim
 
 QWEN3_NEXT = "qwen3_next"
@@ -97,9 +97,7 @@ def qwen3_next_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaC
             experts_per_token=int(get["num_experts_per_tok"]),
             router_aux_loss=float(get["router_aux_loss_coef"]),
             **qwen_moe_fields(hf, QWEN3_NEXT, DEFAULTS),
-        )
-    else:
-        fields["num_experts"] = 0
+        )  # none: LlamaConfig's default, every layer dense
     return LlamaConfig(**{**fields, **overrides})
 
 
@@ -108,8 +106,7 @@ def is_qwen3_next(config: LlamaConfig, model_type: str | None) -> bool:
     gated attention output) with MoE layers, which Qwen3.5's text model does not have."""
     if model_type is not None:
         return model_type == QWEN3_NEXT
-    hybrid = config.attention_output_gate or "delta" in config.layer_mixers()
-    return hybrid and bool(config.num_experts)
+    return is_qwen3_5(config) and bool(config.num_experts)
 
 
 def qwen3_next_config_to_hf(config: LlamaConfig) -> dict[str, Any]:

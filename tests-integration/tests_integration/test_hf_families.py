@@ -63,9 +63,11 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tokenizers
 
 from tests_integration._hf_peer import run_peer
 from tjx import nn
+from trainer.cli import main as trainer_main
 
 VOCAB, NEW = 96, 20
 BF16_FACTOR = 1.5
@@ -375,6 +377,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
             "files": files,
             "tensors": _tensor_names(root / f"{name}-tjx"),
             "saved": json.loads((root / f"{name}-tjx" / "config.json").read_text()),
+            "folder": root / name,
         }
         if case.get("short"):
             short = jnp.asarray(tokens[:, : case["short"]])
@@ -569,3 +572,48 @@ def test_the_qwen3_next_case_exercises_each_piece(results):
             "model.layers.1.mlp.shared_expert_gate.weight",
             "model.layers.3.mlp.experts.3.down_proj.weight"} <= names  # fmt: skip
     assert r["saved"]["model_type"] == "qwen3_next"
+
+
+#: #56's families, each fine-tuned in the trainer from the folder transformers made (Qwen3.5's
+#: fine-tune, export and reload: test_hf_finetune.py).
+FINE_TUNED = ["gpt_oss", "glm4_moe", "olmo3", "qwen3_next"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small text and a BPE of at most ``VOCAB`` ids trained on it (the cases' vocabulary)."""
+    root = tmp_path_factory.mktemp("corpus")
+    text = root / "corpus.txt"
+    text.write_text("".join(f"to be, or not to be: line {i}.\n" for i in range(300)))
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=VOCAB, special_tokens=["<|endoftext|>", "<unk>"]
+    )
+    bpe.train([str(text)], trainer)
+    assert bpe.get_vocab_size() <= VOCAB
+    bpe.save(str(root / "tokenizer.json"))
+    return text, root / "tokenizer.json"
+
+
+@pytest.mark.parametrize("family", FINE_TUNED)
+def test_each_new_family_fine_tunes_in_the_trainer(results, corpus, family, tmp_path, capsys):
+    """``--init-from`` transformers' folder: two steps, a finite loss, the checkpoint's own
+    architecture trained, and the last step's samples (the family's generation cache)."""
+    text, tokenizer = corpus
+    sets = [
+        "model.kind=llama", "data.seq_len=16", "data.batch_size=8", "eval.batch_size=8",
+        "train.steps=2", "train.eval_every=0", "train.sample_every=0",
+        "train.checkpoint_every=2", "optimizer.schedule.warmup_steps=0",
+        "sampling.max_new_tokens=4", "logging.sinks=[jsonl]", "logging.progress=false",
+        f"data.tokenizer={tokenizer}", f"data.cache_dir={tmp_path / 'cache'}",
+    ]  # fmt: skip
+    run = tmp_path / "run"
+    argv = ["--config", "tiny", "--run-dir", str(run), "--data", str(text)]
+    argv += ["--init-from", str(results[family]["folder"])]
+    assert trainer_main([*argv, *(x for s in sets for x in ("--set", s))]) == 0, capsys.readouterr()
+    final = json.loads((run / "final.json").read_text())
+    assert final["step"] == 2 and np.isfinite(final["val_loss"])
+    trained = nn.config_from_dict(json.loads((run / "model.json").read_text()))
+    assert nn.config_clashes(trained, results[family]["config"], vocab=True) == {}
+    assert (run / "samples" / "step_0000002.txt").read_text().strip()

@@ -135,6 +135,28 @@ def trained_model(
         return nn.read_hf_config(source)
 
 
+def start_config(cfg: Config, source: str) -> Config:
+    """``cfg`` with the model a run started from ``source`` trains, for ``--plan``: a Hugging
+    Face checkpoint's architecture (its ``config.json``, how it trains from ``cfg`` as
+    `trainer.state.build` loads it) and vocabulary; a tjx run's model is ``cfg``'s own, and a
+    GPT-2 hub name's is the preset's (both checked by `check_init_from`). No tensor is read.
+
+    Raises
+    ------
+    ConfigError
+        As `check_init_from`.
+    """
+    check_init_from(cfg, source)
+    if RunDir.is_run(source) or hf_start_config(source, cfg.kind) is None:
+        return cfg
+    how = {k: getattr(cfg.model, k) for k in nn.TRAINING_FIELDS}
+    with keyed("--init-from"):
+        model = nn.read_hf_config(source, **how)
+    # The checkpoint's vocabulary is the model's: the data's tokenizer fits it when the run
+    # starts (`trainer.state.build`), which a plan does not prepare.
+    return dataclasses.replace(cfg, model=model, vocab_size=model.vocab_size)
+
+
 def recorded(run_dir: Path) -> str | None:
     """The ``--init-from`` a run started from (its ``init.json``), or None (a run from scratch,
     or one saved before the file existed)."""

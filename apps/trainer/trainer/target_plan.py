@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tjx import data, kernels, metrics, nn, parallel
 from tjx.metrics import Compiled, Target, quiet_native_stderr
 from tjx.metrics.accelerators import has_fp8_units
-from trainer import dpo, grpo
+from trainer import dpo, grpo, init_from
 from trainer import step as steps  # looked up at the call: a test may replace the step
 from trainer.config import Config, StepConfig, resolve, step_config
 from trainer.grpo_settings import is_grpo
@@ -158,16 +158,21 @@ def plan_vocab(run: Config) -> Config:
 
 
 def plan_from_args(args: argparse.Namespace) -> int:
-    """``--plan``: the config (``--config``, ``--set``, ``--data``) resolved as a run resolves it,
-    then planned on ``args.plan`` and printed; the exit code (0, or 2 with one error line)."""
+    """``--plan``: the config (``--config``, ``--set``, ``--data``; ``--init-from``'s
+    architecture, `trainer.init_from.start_config`) resolved as a run resolves it, then
+    planned on ``args.plan`` and printed; the exit code (0, or 2 with one error line)."""
 
     try:
-        if args.resume or args.init_from:
-            raise ConfigError("--plan: plans a fresh run; drop --resume / --init-from")
+        if args.resume:
+            raise ConfigError(
+                "--plan: plans a fresh run (or one --init-from starts); drop --resume"
+            )
         sets = [*args.overrides, *([] if args.data is None else [f"data.source={args.data}"])]
         # The native libraries' start-up chatter (the CUDA plugin, libtpu) stays off the terminal
         with quiet_native_stderr():
             resolved = load_config(args.config, sets)
+            if args.init_from is not None:  # the architecture the start fixes (#56)
+                resolved = init_from.start_config(resolved, args.init_from)
             target = open_target(args.plan, parallel.abstract_devices)
             say = functools.partial(print, flush=True)
             result = plan(plan_vocab(resolved), target, args.plan, say)

@@ -109,8 +109,11 @@ def search_from_args(args: argparse.Namespace) -> int:
         budget = _minutes(args.search_budget)
         if not budget > 0:
             raise ConfigError(f"--search-budget: must be more than 0 minutes, got {budget:g}")
-        if args.resume or args.init_from:
-            raise ConfigError("--plan: plans a fresh run; drop --resume / --init-from")
+        if args.resume or args.init_from:  # its winner is a --config file of the preset's model
+            raise ConfigError(
+                "--search: searches a fresh run of the config's model; drop --resume / "
+                "--init-from (--plan alone plans an --init-from start)"
+            )
         sets = [*args.overrides, *([] if args.data is None else [f"data.source={args.data}"])]
         with quiet_native_stderr():
             run = target_plan.plan_vocab(load_config(args.config, sets))

@@ -8,7 +8,9 @@ import json
 
 import jax
 import pytest
+from flax import nnx
 
+from tjx import nn
 from tjx.metrics import GIB, Compiled, Target, accelerator, deviceless, fit_compiled
 from trainer import target_plan
 from trainer.cli import main
@@ -175,6 +177,35 @@ def test_the_cli_prints_the_plan_and_writes_its_json(capsys, in_tmp, monkeypatch
     data = json.loads(out.read_text())
     assert data["train"]["compiles"] and data["estimate"]["launches"] > 0
     assert sorted(p.name for p in in_tmp.iterdir()) == ["plan.json"]  # no run directory
+
+
+def test_a_plan_of_an_init_from_start_compiles_the_checkpoints_architecture(
+    capsys, in_tmp, monkeypatch
+):
+    """``--plan --init-from FOLDER``: the model is the checkpoint's (here a Qwen3 of another
+    width, depth, vocabulary and q/k norms than the preset's), how it trains the config's."""
+    folder = in_tmp / "qwen3"
+    shape = dict(vocab_size=40, d_model=24, num_layers=3, num_heads=2, num_kv_heads=1, head_dim=12)
+    nn.save_hf(
+        nn.build_model(nn.LlamaConfig(**shape, mlp_dim=32, qk_norm=True), rngs=nnx.Rngs(0)), folder
+    )
+    on_this_machine(monkeypatch)
+    planned = []
+    plan = target_plan.plan
+    monkeypatch.setattr(
+        target_plan, "plan", lambda run, *a: planned.append(run.model) or plan(run, *a)
+    )
+    sets = [x for s in TINY for x in ("--set", s)]
+    argv = ["--config", "tiny", "--set", "model.kind=llama", *sets, "--set", "model.remat=full"]
+    assert main([*argv, "--plan", "v5e", "--init-from", str(folder)]) == 0
+    assert "train step: compiles" in capsys.readouterr().out
+    (model,) = planned
+    assert {k: getattr(model, k) for k in shape} == shape and model.qk_norm
+    assert model.remat == "full"  # how it trains: the config's
+    # A family other than model.kind is refused as a run refuses it, in one line.
+    assert main(["--config", "tiny", *sets, "--plan", "v5e", "--init-from", str(folder)]) == 2
+    assert "model.kind must be 'llama'" in error_line(capsys)
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["qwen3"]  # no run directory
 
 
 def test_a_named_kernel_the_target_cannot_run_is_one_line(capsys, in_tmp, monkeypatch):

@@ -28,8 +28,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from flax import nnx
 
 from tests_integration._deviceless import scratch_env
+from tjx import nn
 
 ROOT = Path(__file__).resolve().parents[2]
 GUARD = re.compile(r"<!-- plan-guard -->(.*?)<!-- /plan-guard -->", re.S)
@@ -124,7 +126,13 @@ def envs() -> dict[str, Path]:
 
 
 def plan(
-    preset: str, target: str, kernel: str, env_dir: Path, tmp: Path, sets: list[str] | None = None
+    preset: str,
+    target: str,
+    kernel: str,
+    env_dir: Path,
+    tmp: Path,
+    sets: list[str] | None = None,
+    init_from: Path | None = None,
 ) -> dict:
     out = tmp / "plan.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
@@ -145,6 +153,7 @@ def plan(
     args = ["--config", preset, "--plan", target, "--plan-json", str(out)]
     args += ["--set", f"model.attention_impl={kernel}"]
     args += [a for value in sets or [] for a in ("--set", value)]
+    args += [] if init_from is None else ["--init-from", str(init_from)]
     proc = subprocess.run(
         [sys.executable, "-m", "trainer", *args],
         cwd=tmp, env=env, capture_output=True, text=True, timeout=900, check=False,
@@ -212,4 +221,38 @@ def test_a_delta_and_attention_hybrid_compiles_for_an_h100(envs, tmp_path):
     assert any(re.search(pattern, op) for op in f32 for pattern in DELTA_F32_DOTS), f32
     unexplained = [op for op in f32 if not any(re.search(pattern, op) for pattern in allowed)]
     assert not unexplained, f"float32 matrix products in a bf16 run: {unexplained}"
+    assert "an estimate" in data["stdout"] and data["estimate"]["seconds"] > 0
+
+
+#: #56's families whose layers no preset or hybrid above compiles, as tiny tjx models saved in
+#: their Hugging Face layout: gpt-oss (attention sinks, a sliding layer, biased clamped-SwiGLU
+#: experts, yarn) and GLM-4.5 (partial rotary, q/k norms, grouped sigmoid routing, a shared
+#: expert after a dense layer).
+FAMILY_SIZES = dict(vocab_size=64, max_seq_len=64, d_model=64, num_layers=2, num_heads=4,
+                    num_kv_heads=2, head_dim=16, mlp_dim=64)  # fmt: skip
+FAMILIES = {
+    "gpt_oss": dict(
+        attention_sinks=True, use_bias=True, mlp_activation="swiglu_clamped", num_experts=4,
+        experts_per_token=2, router_logit_bias=True, sliding_window=16,
+        window_pattern=("local", "global"),
+        rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=16,
+                          truncate=False),
+    ),
+    "glm4_moe": dict(
+        rope_fraction=0.5, qk_norm=True, qkv_bias=True, num_experts=8, experts_per_token=2,
+        expert_mlp_dim=32, num_shared_experts=1, moe_first_dense=1, router="sigmoid",
+        router_scale=2.5, router_groups=4, router_topk_groups=2,
+    ),
+}  # fmt: skip
+FAMILY_RUN = ["model.kind=llama", "data.seq_len=64", "data.batch_size=8", "eval.batch_size=8"]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_new_family_plans_for_an_h100_from_its_folder(family, envs, tmp_path):
+    """``--plan h100 --init-from FOLDER`` compiles the checkpoint's own architecture (the
+    planned model is the folder's: trainer's test_target_plan) for an H100, and it fits."""
+    config = nn.LlamaConfig(**FAMILY_SIZES, **FAMILIES[family])
+    nn.save_hf(nn.build_model(config, rngs=nnx.Rngs(0)), tmp_path / "ck")
+    data = plan("tiny", "h100", "auto", envs["cuda12"], tmp_path, FAMILY_RUN, tmp_path / "ck")
+    assert data["train"]["compiles"] and data["eval"]["compiles"] and data["memory"]["fits"]
     assert "an estimate" in data["stdout"] and data["estimate"]["seconds"] > 0

@@ -37,7 +37,9 @@ def _argv(root, *extra):
 def test_an_mtp_model_logs_a_falling_mtp_loss(in_tmp, capsys):
     assert main(_argv(in_tmp)) == 0
     capsys.readouterr()
-    rows = [json.loads(line) for line in (in_tmp / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (in_tmp / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     steps = [r for r in rows if "loss" in r and "step" in r]
     assert [r["step"] for r in steps] == [4, 8, 12]
     mtp = [r["mtp_loss"] for r in steps]

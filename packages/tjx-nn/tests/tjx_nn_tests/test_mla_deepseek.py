@@ -248,9 +248,16 @@ def test_multi_token_prediction_round_trips_exactly(tmp_path):
     first = load_file(str(tmp_path / "a" / "model.safetensors"))
     p = "model.layers.3."
     assert first[p + "eh_proj.weight"].shape == (32, 64)
-    assert {p + n for n in ("enorm.weight", "hnorm.weight", "shared_head.norm.weight")} <= set(first)
-    assert p + "mlp.gate.e_score_correction_bias" in first and p + "self_attn.kv_b_proj.weight" in first
-    np.testing.assert_array_equal(first[p + "embed_tokens.weight"], first["model.embed_tokens.weight"])
+    assert {p + n for n in ("enorm.weight", "hnorm.weight", "shared_head.norm.weight")} <= set(
+        first
+    )
+    assert (
+        p + "mlp.gate.e_score_correction_bias" in first
+        and p + "self_attn.kv_b_proj.weight" in first
+    )
+    np.testing.assert_array_equal(
+        first[p + "embed_tokens.weight"], first["model.embed_tokens.weight"]
+    )
     np.testing.assert_array_equal(first[p + "shared_head.head.weight"], first["lm_head.weight"])
     loaded, config = tnn.load_hf(tmp_path / "a")
     assert config.mtp_depths == 1

@@ -28,7 +28,9 @@ def _rope(x, pos, theta=10000.0):
     half = x.shape[-1] // 2
     ang = pos[:, None, None] * (1.0 / theta ** (np.arange(half) / half))
     a, b = x[..., :half], x[..., half:]
-    return np.concatenate([a * np.cos(ang) - b * np.sin(ang), b * np.cos(ang) + a * np.sin(ang)], -1)
+    return np.concatenate(
+        [a * np.cos(ang) - b * np.sin(ang), b * np.cos(ang) + a * np.sin(ang)], -1
+    )
 
 
 def _block(p, t, x):
@@ -88,7 +90,8 @@ def _model(seed, **changes):
     rs = np.random.default_rng(seed)  # norms start at 1: random, so a swapped norm shows
     flat = tnn.get_flat_params(model)
     tnn.set_flat_params(
-        model, {k: v + 0.3 * rs.standard_normal(v.shape) if "norm" in k else v for k, v in flat.items()}
+        model,
+        {k: v + 0.3 * rs.standard_normal(v.shape) if "norm" in k else v for k, v in flat.items()},
     )
     return model
 

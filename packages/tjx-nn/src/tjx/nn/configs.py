@@ -176,10 +176,12 @@ class TransformerConfig:
         None, resumable=True, help="decoding attends to the top-k cached keys only; None: all"
     )
     mtp_depths: int = setting(
-        0, help="multi-token prediction: modules after the stack, depth k predicts t+k+1 (DeepSeek-V3)"
+        0, help="multi-token prediction modules (DeepSeek-V3): depth k predicts token t+k+1"
     )
     mtp_loss_weight: float = setting(
-        0.3, resumable=True, help="multi-token prediction: weight of its mean loss (DeepSeek-V3: 0.3)"
+        0.3,
+        resumable=True,
+        help="multi-token prediction: weight of its mean loss (DeepSeek-V3: 0.3)",
     )
     qk_norm: bool = setting(False, help="RMSNorm of queries and keys (Qwen3, Gemma 3, OLMo 2)")
     qk_norm_scope: str = setting(

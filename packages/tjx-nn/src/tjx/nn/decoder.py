@@ -392,7 +392,7 @@ class DecoderLM(nnx.Module):
         lengths: Array | None = None,
     ) -> tuple[Array, dict[str, Array]]:
         """`forward_cached`'s stack output before the final norm, and the updated cache."""
-        b, s = tokens.shape
+        _, s = tokens.shape
         check_length(s, self.config.max_seq_len)
         positions = cache_pos[:, None].astype(jnp.int32) + jnp.arange(s, dtype=jnp.int32)
         x = self.embed_tokens(tokens, positions)

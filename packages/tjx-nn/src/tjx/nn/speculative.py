@@ -96,9 +96,7 @@ def _verify(
     accepted = g_a == draft
     # Depth 1 at pos reads t_{pos+1} = g_a; at pos + 1 (used when accepted) t_{pos+2} = g_b. A
     # rejected draft's slots (pos + 1, in both caches) are overwritten by the next step's writes.
-    d_a, mtp_cache = _draft(
-        model, h_a, g_a[:, None], pos[:, None], cache=mtp_cache, cache_pos=pos
-    )
+    d_a, mtp_cache = _draft(model, h_a, g_a[:, None], pos[:, None], cache=mtp_cache, cache_pos=pos)
     d_b, mtp_cache = _draft(
         model, h_b, g_b[:, None], (pos + 1)[:, None], cache=mtp_cache, cache_pos=pos + 1
     )
@@ -169,7 +167,11 @@ def generate_speculative(
     graphdef, state = nnx.split(model)
     mtp_cache = {k: v[0] for k, v in init_cache(model.config, b, total, num_layers=1).items()}
     caches, first, draft = _prefill(
-        graphdef, state, jnp.asarray(arr), jnp.asarray(lengths), (model.init_cache(b, total), mtp_cache)
+        graphdef,
+        state,
+        jnp.asarray(arr),
+        jnp.asarray(lengths),
+        (model.init_cache(b, total), mtp_cache),
     )
     out = np.full((b, total), fill, np.int32)
     for r in range(b):

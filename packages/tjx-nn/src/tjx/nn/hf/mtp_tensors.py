@@ -99,10 +99,10 @@ def mtp_mapping(
         )
     if not depths:
         base = build(c)
-        return HFMapping(
-            base.shapes, base.to_tjx, base.to_hf, skip_mtp(base.ignored, n, have, key)
-        )
-    full = build(c.replace(num_layers=n + depths, mtp_depths=0))
+        return HFMapping(base.shapes, base.to_tjx, base.to_hf, skip_mtp(base.ignored, n, have, key))
+    grown = c.replace(num_layers=n + depths, mtp_depths=0)
+    assert isinstance(grown, LlamaConfig)
+    full = build(grown)
     moved = {f"stack.layers.{n + j}.": f"mtp.layers.{j}.block." for j in range(depths)}
 
     def ours(name: str) -> str:

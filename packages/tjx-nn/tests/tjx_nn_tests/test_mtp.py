@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
-from tjx.nn.mtp import mtp_labels
+from tjx.nn.mtp import mtp_hidden, mtp_labels
 
 TINY = dict(
     vocab_size=40, max_seq_len=32, d_model=16, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -103,7 +103,10 @@ def test_mtp_loss_is_deepseeks_equations_in_float64():
     rs = np.random.default_rng(seed)
     tokens = rs.integers(0, TINY["vocab_size"], (2, 12))
     batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(tokens[:, 1:])}
-    out = tnn.objective_loss(model, batch, chunked=False)
+    graphdef, state = nnx.split(model)  # one compile: eagerly every op compiles on its own
+    out = jax.jit(lambda st: tnn.objective_loss(nnx.merge(graphdef, st), batch, chunked=False))(
+        state
+    )
     p = {k: np.asarray(v, np.float64) for k, v in tnn.get_flat_params(model).items()}
     refs = [_reference(p, model.config, tokens[r, :-1], tokens[r, 1:]) for r in range(2)]
     # Both rows score as many labels per depth, so the batch means are the rows' means.
@@ -127,7 +130,7 @@ def test_packed_documents_score_no_label_across_a_boundary():
     np.testing.assert_array_equal(got2, [[2, 3, 4, 5, 6, 7, -100, -100]])
 
 
-def test_mtp_gets_gradients_and_a_zero_weight_leaves_the_main_loss():
+def test_every_mtp_depth_gets_gradients():
     model = _model(1)
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 40, (2, 9)))
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
@@ -136,17 +139,34 @@ def test_mtp_gets_gradients_and_a_zero_weight_leaves_the_main_loss():
     def loss(p):
         return tnn.objective_loss(nnx.merge(graphdef, p, rest), batch).loss
 
-    grads = nnx.to_pure_dict(jax.grad(loss)(params))
-    assert float(jnp.abs(grads["mtp"]["layers"][1]["eh_proj"]["kernel"]).sum()) > 0
-    off = tnn.Llama(model.config.replace(mtp_loss_weight=0.0), rngs=nnx.Rngs(0))
-    tnn.set_flat_params(off, tnn.get_flat_params(model))
-    plain = tnn.Llama(model.config.replace(mtp_depths=0), rngs=nnx.Rngs(0))
-    tnn.set_flat_params(
-        plain, {k: v for k, v in tnn.get_flat_params(model).items() if not k.startswith("mtp.")}
-    )
-    np.testing.assert_allclose(
-        tnn.objective_loss(off, batch).loss, tnn.objective_loss(plain, batch).loss, rtol=1e-6
-    )
+    grads = nnx.to_pure_dict(jax.jit(jax.grad(loss))(params))
+    for depth in (0, 1):
+        layer = grads["mtp"]["layers"][depth]
+        for leaf in (layer["eh_proj"]["kernel"], layer["block"]["attn"]["query"]["kernel"]):
+            assert float(jnp.abs(leaf).sum()) > 0
+
+
+def test_an_moe_depth_adds_its_router_losses_to_the_mtp_loss():
+    """MoE blocks where the stack's layer would be (past ``moe_first_dense``), their router
+    penalty in ``MTPLoss.loss`` (the cross-entropy means alone in its sums)."""
+    moe = dict(num_experts=4, experts_per_token=2, moe_first_dense=1, router_aux_loss=0.5)
+    model = tnn.Llama(tnn.LlamaConfig(**TINY, **moe), rngs=nnx.Rngs(5))
+    assert [layer.block.moe is not None for layer in model.mtp.layers] == [True, True]
+    tokens = jnp.asarray(np.random.default_rng(5).integers(0, 40, (2, 9)))
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+    graphdef, state = nnx.split(model)
+
+    def run(st):
+        m = nnx.merge(graphdef, st)
+        out = tnn.objective_loss(m, batch)
+        prenorm, _ = m.trunk(batch["inputs"])
+        _, stats = mtp_hidden(m, prenorm, batch["inputs"])
+        return out, tnn.router_penalty(stats, m.config)
+
+    out, penalty = jax.jit(run)(state)
+    ce = np.mean(np.asarray(out.mtp.sum_loss) / np.asarray(out.mtp.num_tokens))
+    assert float(penalty) > 0
+    np.testing.assert_allclose(out.mtp.loss, ce + penalty, rtol=1e-5)
 
 
 def test_speculative_greedy_emits_plain_greedys_tokens():
@@ -213,3 +233,8 @@ def test_mtp_is_refused_where_it_cannot_run():
     plain = tnn.Llama(tnn.LlamaConfig(**{**TINY, "mtp_depths": 0}), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="mtp_depths >= 1"):
         tnn.generate_speculative(plain, [[1, 2]], max_new_tokens=2)
+    model = tnn.Llama(tnn.LlamaConfig(**{**TINY, "mtp_depths": 1}), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="exceeds the model's max_seq_len=32"):
+        tnn.generate_speculative(model, [[1, 2]], max_new_tokens=31)
+    none = tnn.generate_speculative(model, np.zeros((0, 3)), max_new_tokens=2)
+    assert none.tokens.shape == (0, 5) and math.isnan(none.acceptance_rate)

@@ -44,10 +44,8 @@ Array = jax.Array
 def mtp_moe_layers(config: TransformerConfig) -> tuple[bool, ...]:
     """Per MTP depth: whether its block is MoE, as layer ``num_layers + k - 1`` of the stack
     would be (DeepSeek-V3's and GLM-4.5's are: their layer index is past the dense ones)."""
-    n, depths = config.num_layers, config.mtp_depths
-    if not depths:
-        return ()
-    return moe_layers(config.replace(num_layers=n + depths, mtp_depths=0))[n:]
+    n = config.num_layers
+    return moe_layers(config, n + config.mtp_depths)[n:]
 
 
 class MTPLayer(nnx.Module):

@@ -238,6 +238,9 @@ def test_mtp_is_refused_where_it_cannot_run():
         tnn.generate_speculative(model, [[1, 2]], max_new_tokens=31)
     none = tnn.generate_speculative(model, np.zeros((0, 3)), max_new_tokens=2)
     assert none.tokens.shape == (0, 5) and math.isnan(none.acceptance_rate)
+    scanned = tnn.Llama(model.config.replace(scan_layers=True), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="multi-token-prediction modules are not pipelined"):
+        tnn.decoder_stages(scanned)
     # A split sequence: depth k's tokens k places on may sit on another device.
     split = object()  # any split: the refusal comes before the split is used
     with tnn.sequence_parallel(split), pytest.raises(ValueError, match="sequence_parallel split"):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from trainer.cli import main
 from trainer.tests._tiny import TINY_RUN
 
@@ -49,7 +51,14 @@ def test_an_mtp_model_logs_a_falling_mtp_loss(in_tmp, capsys):
     assert all(r["loss"] > 0.5 * r["mtp_loss"] for r in steps)
 
 
-def test_a_negative_mtp_weight_is_one_line(in_tmp, capsys):
-    assert main(_argv(in_tmp, "model.mtp_loss_weight=-1")) == 2
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["model.mtp_loss_weight=-1"], "mtp_loss_weight must be >= 0"),
+        (["mesh.context=2"], "model.mtp_depths: multi-token prediction shifts tokens"),
+    ],
+)
+def test_bad_mtp_input_is_one_line(in_tmp, capsys, extra, message):
+    assert main(_argv(in_tmp, *extra)) == 2
     err = capsys.readouterr().err
-    assert "mtp_loss_weight must be >= 0" in err and "Traceback" not in err
+    assert message in err and "Traceback" not in err

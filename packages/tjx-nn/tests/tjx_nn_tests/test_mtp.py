@@ -241,6 +241,8 @@ def test_mtp_is_refused_where_it_cannot_run():
     scanned = tnn.Llama(model.config.replace(scan_layers=True), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="multi-token-prediction modules are not pipelined"):
         tnn.decoder_stages(scanned)
+    with pytest.raises(ValueError, match="multi-token prediction is not pipelined"):
+        tnn.check_pipelinable(scanned.config)
     # A split sequence: depth k's tokens k places on may sit on another device.
     split = object()  # any split: the refusal comes before the split is used
     with tnn.sequence_parallel(split), pytest.raises(ValueError, match="sequence_parallel split"):

@@ -4,7 +4,8 @@ DeepSeek-V3's): depth 1 drafts the token after next, the main model verifies it.
 The output is plain greedy decoding's (`tjx.nn.generate` at ``temperature=0``) token for token:
 every emitted token is the main model's argmax after the prefix it conditions on; the draft only
 decides whether a step emits one token or two. `generate_speculative` reports the drafts'
-acceptance rate.
+acceptance rate. (Both run the same decode step, in programs of their own: a compiler that
+rounds the two differently could break an exact tie between two logits differently.)
 """
 
 from __future__ import annotations

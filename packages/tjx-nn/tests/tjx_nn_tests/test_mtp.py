@@ -146,6 +146,24 @@ def test_every_mtp_depth_gets_gradients():
             assert float(jnp.abs(leaf).sum()) > 0
 
 
+def test_mtp_trains_with_dropout_and_scores_without():
+    """With dropout, two training calls draw new keys (their MTP losses differ) and an
+    evaluation call is neither."""
+    model = _model(6, dropout=0.5)
+    tokens = jnp.asarray(np.random.default_rng(6).integers(0, 40, (2, 9)))
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def run(st):
+        m = nnx.merge(graphdef, st)
+        train = [tnn.objective_loss(m, batch, deterministic=False).mtp.loss for _ in range(2)]
+        return train, tnn.objective_loss(m, batch).mtp.loss
+
+    (first, second), quiet = run(state)
+    assert float(first) != float(second) and float(first) != float(quiet)
+
+
 def test_an_moe_depth_adds_its_router_losses_to_the_mtp_loss():
     """MoE blocks where the stack's layer would be (past ``moe_first_dense``), their router
     penalty in ``MTPLoss.loss`` (the cross-entropy means alone in its sums)."""

@@ -237,7 +237,10 @@ class DecoderLM(nnx.Module):
         c = self.config
         return head_logits(self.embed, self.head, hidden, c.precision, c.final_logit_softcap)
 
-    def _dropout_key(self, deterministic: bool, rngs: nnx.Rngs | None) -> Array | None:
+    def dropout_key(self, deterministic: bool, rngs: nnx.Rngs | None = None) -> Array | None:
+        """One new dropout key from ``rngs`` (default the model's own stream); None when
+        ``deterministic`` or the model has no dropout. Each call draws anew (`forward` one key,
+        multi-token prediction its own)."""
         if deterministic or self.dropout_rngs is None:
             return None
         return (rngs or self.dropout_rngs).dropout()
@@ -334,7 +337,7 @@ class DecoderLM(nnx.Module):
                 if split is None
                 else split.positions(b, s)
             )
-        key = self._dropout_key(deterministic, rngs)
+        key = self.dropout_key(deterministic, rngs)
         k_embed, k_stack = split_key(key, 2)
         x = self.embed_tokens(tokens, positions)
         x = dropout(x, self.config.dropout, k_embed, deterministic=deterministic)

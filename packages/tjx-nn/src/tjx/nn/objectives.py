@@ -287,7 +287,7 @@ def objective_loss(
         )
         hidden, labels = model.normed(prenorm), batch["targets"]
         if model.mtp is not None:  # its own dropout key: the stack's draws stay as they were
-            rng = model._dropout_key(deterministic, None)
+            rng = model.dropout_key(deterministic)
             mtp = mtp_loss(model, prenorm, batch, score, deterministic=deterministic, rng=rng)
     else:
         hidden, labels = _lm_outputs(model, batch, deterministic, hidden=True)

@@ -78,6 +78,8 @@ def make_loss_fn(
         aux = {k: getattr(out, k) for k in ("sum_loss", "num_tokens", "num_correct")}
         if out.moe is not None:  # sums: they add over micro-batches (aux_reduce="sum")
             aux["moe"] = out.moe._asdict()
+        if out.mtp is not None:  # multi-token prediction: each depth's sums, as the router's
+            aux["mtp"] = {"sum_loss": out.mtp.sum_loss, "num_tokens": out.mtp.num_tokens}
         return out.loss, aux
 
     return loss_fn
@@ -93,7 +95,8 @@ def make_train_step(
 ) -> TrainStep:
     """``train_step(state, batch) -> (state, metrics)``: accumulation, update, step report; an MoE
     model adds ``metrics["moe"]`` (summed router statistics) and moves a sigmoid router's bias by
-    them (DeepSeek-V3's auxiliary-loss-free balancing)."""
+    them (DeepSeek-V3's auxiliary-loss-free balancing); a multi-token-prediction model
+    (``model.mtp_depths``) adds ``metrics["mtp_loss"]``."""
 
     # Delayed float8 scaling: the scales and histories come from the state, not from ``rest``;
     # the loss is differentiated with respect to them too, their cotangents being the step's
@@ -162,6 +165,8 @@ def make_train_step(
             metrics["num_tokens"] = aux["num_tokens"]
         metrics |= aux.get("grpo", {})  # GRPO: kl and the clip ratios (TRL's names)
         metrics |= {"moe": aux["moe"]} if "moe" in aux else {}
+        if "mtp" in aux:  # the depths' mean cross-entropy (unweighted: the loss holds λ times it)
+            metrics["mtp_loss"] = nn.mtp_metric(aux["mtp"]["sum_loss"], aux["mtp"]["num_tokens"])
         new_state = dataclasses.replace(
             state, params=stored, opt_state=opt_state, step=step + 1, fp8=fp8
         )

@@ -85,6 +85,9 @@ def test_a_model_json_of_tjx_0_1_loads():
         "delta_key_dim": None,
         "delta_value_dim": None,
         "delta_conv_kernel": 4,
+        # #56's multi-token prediction (DeepSeek-V3's MTP): none, and its loss weight.
+        "mtp_depths": 0,
+        "mtp_loss_weight": 0.3,
     }
     # #51's logits_dtype: the float32 logits such a run had.
     newer["precision"] = {**WRITTEN_BY_TJX_0_1["fields"]["precision"], "logits_dtype": "float32"}

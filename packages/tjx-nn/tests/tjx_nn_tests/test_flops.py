@@ -168,3 +168,15 @@ def test_a_delta_layer_counts_its_projections_and_its_state_products_not_a_score
     state = 18 * delta_layers * 4 * 3 * 5  # per token: 3 products of H_v·d_k·d_v, x3 with backward
     want = (6 * weighted + 6 * A * attention_layers * s * s) / s + state
     assert tnn.flops_per_token(cfg, s) == pytest.approx(want, rel=1e-12)
+
+
+def test_each_mtp_depth_counts_a_layer_and_the_shared_head_once_more():
+    """Multi-token prediction (``mtp_depths``): its kernels from the built model, its blocks'
+    attention as the stack's layers', and the head each depth scores with again."""
+    cfg, s, depths = llama_tiny(mtp_depths=2), 8, 2
+    weighted, n_matmul = _independent(cfg, s, s)
+    head = cfg.vocab_size * cfg.d_model
+    A, layers = cfg.num_heads * cfg.head_dim, cfg.num_layers + depths
+    assert tnn.matmul_param_count(cfg) == n_matmul + depths * head
+    want = (6 * (weighted + depths * head * s) + 6 * A * layers * s * s) / s
+    assert tnn.flops_per_token(cfg, s) == want

@@ -227,9 +227,55 @@ def test_multi_token_prediction_layers_are_skipped_with_one_line(tmp_path, capsy
     mtp = {n.replace("layers.2.", "layers.3."): t for n, t in tensors.items() if "layers.2." in n}
     mtp["model.layers.3.eh_proj.weight"] = np.zeros((32, 64), np.float32)
     save_file({**tensors, **mtp}, str(folder / "model.safetensors"))
-    model, config = tnn.load_hf(folder)
+    model, config = tnn.load_hf(folder, mtp_depths=0)  # the causal LM alone
     err = capsys.readouterr().err
     assert config.num_layers == 3 and err.count("multi-token-prediction") == 1
+    assert model.mtp is None
+    with pytest.raises(ValueError, match="mtp_depths=2: the checkpoint stores 1"):
+        tnn.load_hf(folder, mtp_depths=2)
+
+
+def test_multi_token_prediction_round_trips_exactly(tmp_path):
+    """V3 with an MTP depth (an MoE block, as DeepSeek-V3's): written in DeepSeek's layout (the
+    shared embedding and head as copies), read back to the same parameters, written again to
+    the same tensors."""
+    from safetensors.numpy import load_file
+
+    model = tnn.Llama(tnn.LlamaConfig(**V3, mtp_depths=1), rngs=nnx.Rngs(1))
+    assert model.mtp is not None and model.mtp.layers[0].block.moe is not None
+    tnn.save_hf(model, tmp_path / "a")
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["num_nextn_predict_layers"] == 1
+    first = load_file(str(tmp_path / "a" / "model.safetensors"))
+    p = "model.layers.3."
+    assert first[p + "eh_proj.weight"].shape == (32, 64)
+    assert {p + n for n in ("enorm.weight", "hnorm.weight", "shared_head.norm.weight")} <= set(
+        first
+    )
+    assert (
+        p + "mlp.gate.e_score_correction_bias" in first
+        and p + "self_attn.kv_b_proj.weight" in first
+    )
+    np.testing.assert_array_equal(
+        first[p + "embed_tokens.weight"], first["model.embed_tokens.weight"]
+    )
+    np.testing.assert_array_equal(first[p + "shared_head.head.weight"], first["lm_head.weight"])
+    loaded, config = tnn.load_hf(tmp_path / "a")
+    assert config.mtp_depths == 1
+    want, got = tnn.get_flat_params(model), tnn.get_flat_params(loaded)
+    assert set(want) == set(got) and any(n.startswith("mtp.layers.0.block.moe.") for n in got)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    tnn.save_hf(loaded, tmp_path / "b")
+    again = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert set(again) == set(first)
+    for name in first:
+        np.testing.assert_array_equal(again[name], first[name], err_msg=name)
+
+
+def test_a_model_with_mtp_is_not_saved_where_hf_has_no_place_for_it(tmp_path):
+    model = tnn.Llama(tnn.LlamaConfig(**V2, mtp_depths=1), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="mtp_depths=1: model_type 'deepseek_v2' stores no"):
+        tnn.save_hf(model, tmp_path / "ck")
 
 
 @pytest.mark.parametrize(

@@ -106,6 +106,7 @@ from tjx.nn.model_state import (
 from tjx.nn.moe.config import moe_layers
 from tjx.nn.moe.layer import MoE, MoEStats, router_penalty
 from tjx.nn.moe.parallel import current_expert_parallel, expert_parallel_scope
+from tjx.nn.mtp import MTP, MTPLayer, MTPLoss, mtp_loss, mtp_metric
 from tjx.nn.norms import LayerNorm, RMSNorm
 from tjx.nn.objectives import (
     OBJECTIVES,
@@ -142,12 +143,13 @@ from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling, rope_parameters
 from tjx.nn.routers import ROUTERS, Routing, register_router
 from tjx.nn.seq2seq_generation import generate_seq2seq
 from tjx.nn.sequence import SequenceSplit, current_sequence_parallel, sequence_parallel
+from tjx.nn.speculative import Speculation, generate_speculative
 from tjx.nn.split_rules import check_pipelinable, check_sequence_split, model_kind
 from tjx.nn.stack import Stack, remat_policy
 from tjx.nn.utils import config_param_count, count_params, summary
 from tjx.nn.vit import ViT
 
-__version__ = "0.26.0"
+__version__ = "0.27.0"
 
 _TRAINER = "a training run's {} is the trainer app's (#53): `from {} import {}`"
 
@@ -265,6 +267,7 @@ __all__ = [
     "flops_per_token",
     "flops_per_unit",
     "generate",
+    "generate_speculative",
     "GatedDeltaNet",
     "DeltaState",
     "lower_generation",
@@ -299,6 +302,12 @@ __all__ = [
     "objective_logits",
     "objective_logits_fn",
     "objective_loss",
+    "MTP",
+    "MTPLayer",
+    "MTPLoss",
+    "mtp_loss",
+    "mtp_metric",
+    "Speculation",
     "objective_of",
     "part_fp8_meta",
     "pipelined_loss_fn",

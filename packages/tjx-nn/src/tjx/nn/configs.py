@@ -175,6 +175,14 @@ class TransformerConfig:
     decode_topk: int | None = setting(
         None, resumable=True, help="decoding attends to the top-k cached keys only; None: all"
     )
+    mtp_depths: int = setting(
+        0, help="multi-token prediction modules (DeepSeek-V3): depth k predicts token t+k+1"
+    )
+    mtp_loss_weight: float = setting(
+        0.3,
+        resumable=True,
+        help="multi-token prediction: weight of its mean loss (DeepSeek-V3: 0.3)",
+    )
     qk_norm: bool = setting(False, help="RMSNorm of queries and keys (Qwen3, Gemma 3, OLMo 2)")
     qk_norm_scope: str = setting(
         "head", choices=QK_NORM_SCOPES, help="qk_norm per head, or over all heads (OLMo 2)"
@@ -256,6 +264,7 @@ class TransformerConfig:
         check_mla(self, cls)
         if self.decode_topk is not None:
             positive(cls, "decode_topk", self.decode_topk)
+        check_mtp(self, cls)
         check_family(self, cls)
         # The MoE checks take the MoE settings alone (and their class defaults).
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
@@ -797,6 +806,21 @@ def check_fp8_lm_head(config: Any, cls: str) -> None:
             f"{key}: the fused (pallas) cross-entropy has no float8 path; set "
             "cross_entropy_impl='xla' (or 'auto') or fp8_lm_head=False"
         )
+
+
+def check_mtp(config: Any, cls: str) -> None:
+    """``mtp_depths`` >= 0 and ``mtp_loss_weight`` >= 0 (:mod:`tjx.nn.mtp`)."""
+    positive(cls, "mtp_depths", config.mtp_depths, allow_zero=True)
+    if config.mtp_depths:  # an MTP module is one full-attention block (DeepSeek's, GLM-4.5's)
+        for name, off in (("sliding_window", None), ("mixer_pattern", None), ("position", "t5")):
+            value = getattr(config, name)
+            if (value is not None) if off is None else value == off:
+                raise ValueError(
+                    f"{cls}.mtp_depths: multi-token prediction is implemented for full-attention "
+                    f"decoders; got {name}={value!r} (set mtp_depths=0)"
+                )
+    if not config.mtp_loss_weight >= 0:
+        raise ValueError(f"{cls}.mtp_loss_weight must be >= 0; got {config.mtp_loss_weight!r}")
 
 
 def check_unused(config: Any, cls: str) -> None:

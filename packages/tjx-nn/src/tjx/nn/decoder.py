@@ -19,6 +19,7 @@ from tjx.nn.kv_cache import init_cache
 from tjx.nn.linear import Dense, dropout, dropout_stream, split_key
 from tjx.nn.losses import logits_cross_entropy
 from tjx.nn.moe.layer import MoEStats
+from tjx.nn.mtp import MTP
 from tjx.nn.norms import make_norm
 from tjx.nn.params import normal
 from tjx.nn.precision import Precision
@@ -206,6 +207,8 @@ class DecoderLM(nnx.Module):
             else None
         )
         self.head = output_head(c, rngs=rngs)
+        # Multi-token prediction (DeepSeek-V3): depths after the stack sharing embed and head.
+        self.mtp = MTP(c, rngs=rngs) if c.mtp_depths else None
         self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention_dropout > 0)
 
     # -- pieces --------------------------------------------------------------------------------
@@ -234,7 +237,10 @@ class DecoderLM(nnx.Module):
         c = self.config
         return head_logits(self.embed, self.head, hidden, c.precision, c.final_logit_softcap)
 
-    def _dropout_key(self, deterministic: bool, rngs: nnx.Rngs | None) -> Array | None:
+    def dropout_key(self, deterministic: bool, rngs: nnx.Rngs | None = None) -> Array | None:
+        """One new dropout key from ``rngs`` (default the model's own stream); None when
+        ``deterministic`` or the model has no dropout. Each call draws anew (`forward` one key,
+        multi-token prediction its own)."""
         if deterministic or self.dropout_rngs is None:
             return None
         return (rngs or self.dropout_rngs).dropout()
@@ -295,6 +301,31 @@ class DecoderLM(nnx.Module):
         The statistics are ``moe.MoEStats`` stacked over the MoE layers in layer order;
         ``moe.router_penalty(stats, config)`` is what their losses add to the training loss.
         """
+        x, stats = self.trunk(
+            tokens,
+            positions=positions,
+            segment_ids=segment_ids,
+            deterministic=deterministic,
+            rngs=rngs,
+        )
+        x = self.normed(x)
+        return (x if return_hidden else self.logits(x)), stats
+
+    def normed(self, x: Array) -> Array:
+        """The final norm of the stack's output (none after a post-LN stack)."""
+        return x if self.final_norm is None else self.final_norm(x)
+
+    def trunk(
+        self,
+        tokens: Array,
+        *,
+        positions: Array | None = None,
+        segment_ids: Array | None = None,
+        deterministic: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ) -> tuple[Array, MoEStats | None]:
+        """The stack's output ``[b, s, d]`` before the final norm (`forward`'s arguments), what
+        multi-token prediction starts from, and the MoE statistics."""
         b, s = tokens.shape
         check_length(s, self.config.max_seq_len)
         split = current_sequence_parallel()
@@ -306,7 +337,7 @@ class DecoderLM(nnx.Module):
                 if split is None
                 else split.positions(b, s)
             )
-        key = self._dropout_key(deterministic, rngs)
+        key = self.dropout_key(deterministic, rngs)
         k_embed, k_stack = split_key(key, 2)
         x = self.embed_tokens(tokens, positions)
         x = dropout(x, self.config.dropout, k_embed, deterministic=deterministic)
@@ -317,9 +348,7 @@ class DecoderLM(nnx.Module):
             deterministic=deterministic,
             rng=k_stack,
         )
-        if self.final_norm is not None:
-            x = self.final_norm(x)
-        return (x if return_hidden else self.logits(x)), stats
+        return x, stats
 
     def update_router_bias(self, expert_tokens: Array) -> None:
         """After an optimizer step: move the MoE layers' balancing biases (``router="sigmoid"``)
@@ -355,7 +384,18 @@ class DecoderLM(nnx.Module):
         right-padded prefill's real tokens per row (a rolling cache keeps each row's last ones).
         Returns float32 logits ``[b, s, vocab]`` and the updated cache.
         """
-        b, s = tokens.shape
+        x, new_cache = self.cached_trunk(tokens, cache, cache_pos, lengths)
+        return self.logits(self.normed(x)), new_cache
+
+    def cached_trunk(
+        self,
+        tokens: Array,
+        cache: dict[str, Array],
+        cache_pos: Array,
+        lengths: Array | None = None,
+    ) -> tuple[Array, dict[str, Array]]:
+        """`forward_cached`'s stack output before the final norm, and the updated cache."""
+        _, s = tokens.shape
         check_length(s, self.config.max_seq_len)
         positions = cache_pos[:, None].astype(jnp.int32) + jnp.arange(s, dtype=jnp.int32)
         x = self.embed_tokens(tokens, positions)
@@ -363,9 +403,7 @@ class DecoderLM(nnx.Module):
             x, positions=positions, cache=cache, cache_pos=cache_pos, lengths=lengths
         )
         assert new_cache is not None
-        if self.final_norm is not None:
-            x = self.final_norm(x)
-        return self.logits(x), new_cache
+        return x, new_cache
 
 
 class GPT2(DecoderLM):

@@ -84,6 +84,11 @@ def decoder_stages(
             "decoder_stages: MoE layers are not pipelined (their router losses and statistics "
             f"would be lost between stages); got num_experts={c.num_experts} (set it to 0)"
         )
+    if c.mtp_depths:
+        raise ValueError(
+            "decoder_stages: the multi-token-prediction modules are not pipelined (their loss "
+            f"would be lost between stages); got mtp_depths={c.mtp_depths} (set it to 0)"
+        )
     if c.window_pattern is not None and len(set(c.layer_windows())) > 1:
         raise ValueError(
             "decoder_stages runs every layer alike; a window_pattern that mixes local and global "

@@ -48,4 +48,7 @@ DECODER_NORM_POSITIONS = ("sandwich", "output")
 DECODER_ONLY: Mapping[str, str] = {
     name: "only decoders (gpt2, llama) implement it"
     for name in ("norm_plus_one", "scale_embeddings", "final_logit_softcap", "attention_sinks")
+} | {
+    name: "only decoders (gpt2, llama) predict further tokens"
+    for name in ("mtp_depths", "mtp_loss_weight")
 }

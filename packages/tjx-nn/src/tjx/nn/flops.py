@@ -36,6 +36,9 @@ its ``E`` experts' total: FLOPs per token, and an MFU from them, count the work 
 causes (MaxText's and torchtitan's convention). Capacity-dropped assignments are still counted
 (the slots are computed anyway). ``count_params``/``config_param_count`` give the total.
 
+**Multi-token prediction** (``mtp_depths``): each depth runs a decoder block at every position
+(its attention counted as a layer's), its ``eh_proj`` and the shared head once more.
+
 The counts are derived from the config here and checked in the tests against the weights of the
 built model (``nnx.state``), so the two cannot drift apart silently.
 """
@@ -119,6 +122,16 @@ def _decoder_layers(c: TransformerConfig) -> int:
     return blocks - moe * (_mlp_weights(c) - _moe_active(c))
 
 
+def _mtp_weights(c: TransformerConfig) -> int:
+    """The multi-token-prediction depths' active matmul weights (``mtp_depths``, :mod:`tjx.nn.mtp`):
+    each depth's ``eh_proj`` (``2·d·d``), its block (MoE where the stack's layer would be) and
+    the shared head it scores with once more."""
+    n, d = c.num_layers, c.d_model
+    kinds = moe_layers(c, n + c.mtp_depths)[n:]
+    saved = sum(_mlp_weights(c) - _moe_active(c) for moe in kinds if moe)
+    return len(kinds) * (2 * d * d + _self_block(c) + c.vocab_size * d) - saved
+
+
 def _area(c: TransformerConfig, s: int, layers: int, *, causal: bool) -> tuple[int, int]:
     """Summed ``s_q·s_k`` of ``layers`` self-attention layers over ``s`` tokens (windows cut
     ``s_k`` to the keys they hold: ``k``), and the summed ``k²`` (a causal layer sees ``s·k - k²/2``
@@ -165,7 +178,8 @@ def _terms(
         # are not part of it (they run once per sequence: add 6·(d² + d·labels)/s if you use them).
         whole = _area(c, s, c.num_layers, causal=False)[0]
         return [(layers, s), (d * d, s), (unembed, s)], whole, (0, 0)
-    return [(layers, s), (unembed, s)], 0, _area(c, s, c.num_layers, causal=True)
+    stacked = c.num_layers + c.mtp_depths  # a multi-token-prediction depth attends as a layer
+    return [(layers + _mtp_weights(c), s), (unembed, s)], 0, _area(c, s, stacked, causal=True)
 
 
 def _check(config: TransformerConfig, seq_len: int, src_len: int | None) -> int:

@@ -16,6 +16,7 @@ from tjx.kernels import CrossEntropyOutput
 
 if TYPE_CHECKING:
     from tjx.nn.moe.layer import MoEStats
+    from tjx.nn.mtp import MTPLoss
 
 Array = jax.Array
 
@@ -37,6 +38,9 @@ class ObjectiveLoss(NamedTuple):
         The MoE layers' router statistics, stacked in layer order (sums: add them over
         micro-batches; ``tjx.metrics.moe_metrics`` makes the logged values of them); None for a
         model without MoE layers.
+    mtp : MTPLoss or None
+        A multi-token-prediction model's (``mtp_depths``) loss and its per-depth sums (the
+        ``loss`` holds ``mtp_loss_weight`` times its ``loss``); None without.
     """
 
     loss: Array
@@ -44,6 +48,7 @@ class ObjectiveLoss(NamedTuple):
     num_tokens: Array
     num_correct: Array
     moe: MoEStats | None = None
+    mtp: MTPLoss | None = None
 
 
 def _token_ce(logits: Array, labels: Array, label_smoothing: float) -> tuple[Array, Array, Array]:

@@ -42,6 +42,7 @@ from tjx.nn.decoder import DecoderLM, head_cross_entropy
 from tjx.nn.encdec import EncoderDecoder, window_halves
 from tjx.nn.losses import ObjectiveLoss, logits_cross_entropy
 from tjx.nn.moe.layer import MoEStats, router_penalty
+from tjx.nn.mtp import MTPLoss, mtp_loss
 from tjx.nn.vit import ViT
 
 Array = jax.Array
@@ -255,9 +256,11 @@ def objective_loss(
     Returns
     -------
     ObjectiveLoss
-        ``loss`` (mean over scored labels, plus an MoE model's router losses), ``sum_loss``,
-        ``num_tokens`` (scored labels, images for ViT), ``num_correct`` (top-1) and ``moe``
-        (the router statistics; None without MoE layers).
+        ``loss`` (mean over scored labels, plus an MoE model's router losses and
+        ``mtp_loss_weight`` times a multi-token-prediction model's `tjx.nn.mtp.mtp_loss`),
+        ``sum_loss``, ``num_tokens`` (scored labels, images for ViT), ``num_correct`` (top-1),
+        ``moe`` (the router statistics; None without MoE layers) and ``mtp`` (None without
+        ``mtp_depths``).
 
     Raises
     ------
@@ -268,22 +271,33 @@ def objective_loss(
         logits, labels = _scored_logits(model, batch, key, mask_prob, deterministic)
         return ObjectiveLoss(*logits_cross_entropy(logits, labels))
     stats: MoEStats | None = None
+    mtp: MTPLoss | None = None
+
+    def score(hidden: Array, labels: Array) -> CrossEntropyOutput:
+        return token_loss(
+            model, hidden, labels, chunked=chunked, chunk_size=chunk_size, z_loss=z_loss
+        )
+
     if isinstance(model, DecoderLM):
-        hidden, stats = model.forward(
+        prenorm, stats = model.trunk(
             batch["inputs"],
             positions=batch.get("positions"),
             segment_ids=batch.get("segment_ids"),
             deterministic=deterministic,
-            return_hidden=True,
         )
-        labels = batch["targets"]
+        hidden, labels = model.normed(prenorm), batch["targets"]
+        if model.mtp is not None:  # its own dropout key: the stack's draws stay as they were
+            rng = model.dropout_key(deterministic)
+            mtp = mtp_loss(model, prenorm, batch, score, deterministic=deterministic, rng=rng)
     else:
         hidden, labels = _lm_outputs(model, batch, deterministic, hidden=True)
-    out = token_loss(model, hidden, labels, chunked=chunked, chunk_size=chunk_size, z_loss=z_loss)
-    if stats is None:
-        return ObjectiveLoss(*out)
-    penalty = router_penalty(stats, model.config).astype(out.loss.dtype)
-    return ObjectiveLoss(out.loss + penalty, out.sum_loss, out.num_tokens, out.num_correct, stats)
+    out = score(hidden, labels)
+    loss = out.loss
+    if stats is not None:
+        loss = loss + router_penalty(stats, model.config).astype(out.loss.dtype)
+    if mtp is not None:
+        loss = loss + model.config.mtp_loss_weight * mtp.loss.astype(out.loss.dtype)
+    return ObjectiveLoss(loss, out.sum_loss, out.num_tokens, out.num_correct, stats, mtp)
 
 
 def objective_logits(

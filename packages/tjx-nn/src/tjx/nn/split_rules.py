@@ -29,7 +29,8 @@ def check_pipelinable(config: Any) -> None:
     ----------
     config : TransformerConfig
         The model's config: a decoder LM whose layers are stacked (``scan_layers``: a stage is a
-        slice of them), without dropout (the stages draw no keys) and without MoE layers.
+        slice of them), without dropout (the stages draw no keys), MoE layers or multi-token
+        prediction.
     """
     if objective_of(config).name != "lm":
         raise ValueError(
@@ -43,6 +44,11 @@ def check_pipelinable(config: Any) -> None:
         raise ValueError(
             f"MoE layers are not pipelined (model.num_experts={config.num_experts}); set "
             "mesh.pipeline=1 (mesh.expert splits the experts instead)"
+        )
+    if config.mtp_depths:
+        raise ValueError(
+            f"multi-token prediction is not pipelined (model.mtp_depths={config.mtp_depths}); "
+            "set mesh.pipeline=1 or model.mtp_depths=0"
         )
 
 
@@ -78,6 +84,11 @@ def check_sequence_split(config: Any, ways: int) -> None:
         raise ValueError(
             f"{key}: a split sequence takes no additive attention bias (alibi, t5) and no "
             f"attention dropout {split}; set model.position=rope and model.attention_dropout=0"
+        )
+    if config.mtp_depths:
+        raise ValueError(
+            f"model.mtp_depths: multi-token prediction shifts tokens along the sequence, which "
+            f"a split cuts {split}; set mesh.context=1 or model.mtp_depths=0"
         )
     if config.attention_sinks:
         raise ValueError(

@@ -130,12 +130,31 @@ def test_glm_multi_token_prediction_layers_are_skipped_with_one_line(tmp_path, c
     hf = _tensors(folder)
     hf["model.layers.3.eh_proj.weight"] = np.zeros((16, 32), np.float32)
     save_file(hf, str(folder / "model.safetensors"))
-    loaded, _ = tnn.load_hf(folder)
+    loaded, _ = tnn.load_hf(folder, mtp_depths=0)
     assert "skipping the checkpoint's 1 multi-token-prediction layer" in capsys.readouterr().err
     np.testing.assert_array_equal(
         tnn.get_flat_params(loaded)["embed.embedding"],
         tnn.get_flat_params(model)["embed.embedding"],
     )
+
+
+def test_glm_multi_token_prediction_round_trips_in_deepseeks_layout(tmp_path):
+    model = _model({**GLM, "mtp_depths": 1})
+    tnn.save_hf(model, tmp_path / "a")
+    first = _tensors(tmp_path / "a")
+    assert first["model.layers.3.eh_proj.weight"].shape == (16, 32)
+    assert "model.layers.3.self_attn.q_norm.weight" in first  # the block as GLM's own layers
+    loaded, config = tnn.load_hf(tmp_path / "a")
+    assert config.mtp_depths == 1
+    want, got = tnn.get_flat_params(model), tnn.get_flat_params(loaded)
+    assert set(want) == set(got)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    tnn.save_hf(loaded, tmp_path / "b")
+    again = _tensors(tmp_path / "b")
+    assert set(again) == set(first)
+    for name in first:
+        np.testing.assert_array_equal(again[name], first[name], err_msg=name)
 
 
 @pytest.mark.parametrize(

@@ -27,8 +27,9 @@ the heads, an ``rms_norm_eps`` other than 1e-6 (DeepSeek's latent norms keep 1e-
 says; tjx's norms share one), V2's ``norm_topk_prob`` true (transformers' V2 ignores it),
 ``moe_layer_freq`` other than 1, ``scoring_func``/``topk_method`` other than the type's, no
 shared experts, a ``quantization_config`` (V3's FP8 release). V3's multi-token-prediction layers
-(``num_nextn_predict_layers``) are not part of the causal LM: their tensors are skipped with one
-printed line (``deepseek_tensors``).
+(``num_nextn_predict_layers``) are ``mtp_depths`` (:mod:`tjx.nn.mtp`, their tensors
+:mod:`tjx.nn.hf.mtp_tensors`): loaded, trained and written back; a load with ``mtp_depths=0``
+skips them with one printed line.
 DeepSeek's own ``auto_map`` (the hub code transformers ships upstream) is read as the model type.
 """
 
@@ -93,7 +94,7 @@ def _refuse(key: str, value: Any, why: str) -> ValueError:
 
 
 def mtp_layers(hf: Mapping[str, Any]) -> int:
-    """V3's multi-token-prediction layers after the causal LM's (dropped on import)."""
+    """V3's multi-token-prediction layers after the causal LM's (``mtp_depths``)."""
     return int(hf.get("num_nextn_predict_layers") or 0)
 
 
@@ -158,6 +159,7 @@ def deepseek_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
         router_scale=float(hf.get("routed_scaling_factor", 1.0)),
         router_groups=int(hf.get("n_group") or 1) if grouped else 1,
         router_topk_groups=int(hf.get("topk_group") or 1) if grouped else 1,
+        mtp_depths=mtp_layers(hf),
     )
     if hf.get("aux_loss_alpha") is not None:  # a training setting (logits do not change)
         fields["router_aux_loss"] = float(hf["aux_loss_alpha"])
@@ -238,7 +240,7 @@ def deepseek_config_to_hf(config: LlamaConfig, model_type: str | None = None) ->
         out["topk_method"] = "group_limited_greedy" if c.router_groups > 1 else "greedy"
         out["mlp_bias"] = False
     else:
-        out |= dict(rope_interleave=True, num_nextn_predict_layers=0)
+        out |= dict(rope_interleave=True, num_nextn_predict_layers=c.mtp_depths)
     return out
 
 

@@ -25,15 +25,12 @@ order when q and k are ordered alike, so the logits are unchanged.
 
 from __future__ import annotations
 
-import re
-import sys
-from collections.abc import Callable
-
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.llama import llama_mapping
+from tjx.nn.hf.mtp_tensors import mtp_mapping
 from tjx.nn.hf.tables import Convert, Tables
 from tjx.nn.mla import value_dim
 from tjx.nn.moe.config import moe_layers
@@ -61,11 +58,22 @@ def _heads_out(tjx: str, order: np.ndarray) -> Convert:
 
 
 def deepseek_mapping(
-    c: LlamaConfig, model_type: str, *, interleaved: bool = True, mtp: int = 0
+    c: LlamaConfig, model_type: str, *, interleaved: bool = True, mtp: int | None = None
 ) -> HFMapping:
     """The HF ↔ tjx correspondence of a DeepSeek ``c`` saved as ``model_type`` (``interleaved``:
-    its rotated rows in pairs, V3's ``rope_interleave``); ``mtp`` multi-token-prediction layers
-    after the last are skipped (one printed line)."""
+    its rotated rows in pairs, V3's ``rope_interleave``), with its ``mtp_depths``
+    multi-token-prediction layers (`tjx.nn.hf.mtp_tensors`); ``mtp``: the checkpoint's
+    ``num_nextn_predict_layers`` on load (those past ``mtp_depths`` skipped in one printed line),
+    None on export."""
+
+    def layers(cc: LlamaConfig) -> HFMapping:
+        return _deepseek_layers(cc, model_type, interleaved)
+
+    return mtp_mapping(c, layers, mtp, "num_nextn_predict_layers")
+
+
+def _deepseek_layers(c: LlamaConfig, model_type: str, interleaved: bool) -> HFMapping:
+    """`deepseek_mapping` of the causal LM's ``c.num_layers`` layers."""
     assert c.head_dim is not None and c.qk_rope_head_dim is not None
     assert c.kv_latent_dim is not None
     base = llama_mapping(c, model_type)  # everything but the attention, replaced below
@@ -124,29 +132,4 @@ def deepseek_mapping(
                 f"stack.layers.{i}.moe.router.bias",
                 (c.num_experts,),
             )
-    ignored = skip_mtp(base.ignored, c.num_layers, mtp, "num_nextn_predict_layers")
-    return tables.mapping(ignored)
-
-
-def skip_mtp(
-    base: Callable[[str], bool], num_layers: int, mtp: int, key: str
-) -> Callable[[str], bool]:
-    """``base``'s ignored names, and the tensors of ``mtp`` multi-token-prediction layers stored
-    after the ``num_layers`` of the causal LM (DeepSeek-V3's and GLM-4.5's; ``key``: the
-    config.json key that counts them), said in one line when a checkpoint really holds one."""
-    extra = re.compile(rf"model\.layers\.({'|'.join(str(num_layers + j) for j in range(mtp))})\.")
-    said: list[bool] = []
-
-    def ignored(name: str) -> bool:
-        if not (mtp and extra.match(name)):
-            return base(name)
-        if not said:
-            said.append(True)
-            print(
-                f"tjx: skipping the checkpoint's {mtp} multi-token-prediction layer(s) "
-                f"(model.layers.{num_layers}.*, {key}): the causal LM does not use them",
-                file=sys.stderr,
-            )
-        return True
-
-    return ignored
+    return tables.mapping(base.ignored)

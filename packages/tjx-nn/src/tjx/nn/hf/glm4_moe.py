@@ -20,8 +20,8 @@ transformers' default 0.5)           rest pass through
 ``moe_intermediate_size``            size``), ``expert_mlp_dim``
 ``first_k_dense_replace``            ``moe_first_dense`` (those layers' MLP: ``intermediate_
                                      size``)
-``num_nextn_predict_layers``         the multi-token-prediction layers after the last: skipped
-(``num_mtp_layers``)                 on load with one line, none written
+``num_nextn_predict_layers``         ``mtp_depths``: the multi-token-prediction layers after the
+(``num_mtp_layers``)                 last, DeepSeek-V3's layout (`tjx.nn.hf.mtp_tensors`)
 ===================================  ==========================================================
 
 The tensors are DeepSeek's MoE ones on Llama's attention (``llama``: per-expert
@@ -36,10 +36,10 @@ from typing import Any
 
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf.config import llama_common_to_hf, llama_fields
-from tjx.nn.hf.deepseek_tensors import skip_mtp
 from tjx.nn.hf.family_base import mismatches, refuse_mismatches
 from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.llama import llama_mapping
+from tjx.nn.hf.mtp_tensors import mtp_mapping
 from tjx.nn.hf.tables import Tables
 from tjx.nn.moe.config import expert_mlp_dim, moe_layers
 
@@ -95,7 +95,7 @@ def _refuse(key: str, value: Any, why: str) -> ValueError:
 
 
 def mtp_layers(hf: Mapping[str, Any]) -> int:
-    """GLM-4.5's multi-token-prediction layers after the causal LM's (dropped on import)."""
+    """GLM-4.5's multi-token-prediction layers after the causal LM's (``mtp_depths``)."""
     return int(hf.get("num_nextn_predict_layers", hf.get("num_mtp_layers")) or 0)
 
 
@@ -138,6 +138,7 @@ def glm4_moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
         router_scale=float(hf.get("routed_scaling_factor", 1.0)),
         router_groups=int(hf.get("n_group", 1) or 1),
         router_topk_groups=int(hf.get("topk_group", 1) or 1),
+        mtp_depths=mtp_layers(hf),
     )
     return LlamaConfig(**{**fields, **overrides})
 
@@ -185,21 +186,28 @@ def glm4_moe_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "topk_group": c.router_topk_groups,
         "first_k_dense_replace": c.moe_first_dense,
         "norm_topk_prob": c.router_norm_topk,
-        "num_nextn_predict_layers": 0,
+        "num_nextn_predict_layers": c.mtp_depths,
         "bos_token_id": None,
         "eos_token_id": None,
         "pad_token_id": None,
     }
 
 
-def glm4_moe_mapping(c: LlamaConfig, mtp: int = 0) -> HFMapping:
+def glm4_moe_mapping(c: LlamaConfig, mtp: int | None = None) -> HFMapping:
     """The HF ↔ tjx correspondence of a GLM-4.5 ``c``: Llama's with DeepSeek's MoE tensors and
-    the router's correction bias; ``mtp`` multi-token-prediction layers after the last are
-    skipped (one printed line)."""
+    the router's correction bias, with its ``mtp_depths`` multi-token-prediction layers in
+    DeepSeek-V3's layout (`tjx.nn.hf.mtp_tensors`); ``mtp``: the checkpoint's
+    ``num_nextn_predict_layers`` on load (those past ``mtp_depths`` skipped in one printed line),
+    None on export."""
+    return mtp_mapping(c, _glm4_moe_layers, mtp, "num_nextn_predict_layers")
+
+
+def _glm4_moe_layers(c: LlamaConfig) -> HFMapping:
+    """`glm4_moe_mapping` of the causal LM's ``c.num_layers`` layers."""
     base = llama_mapping(c, GLM4_MOE)
     tables = Tables.of(base)
     for i, moe in enumerate(moe_layers(c)):
         if moe:
             hf, tjx = f"model.layers.{i}.mlp.gate.e_score_correction_bias", f"stack.layers.{i}."
             tables.same(hf, tjx + "moe.router.bias", (c.num_experts,))
-    return tables.mapping(skip_mtp(base.ignored, c.num_layers, mtp, "num_nextn_predict_layers"))
+    return tables.mapping(base.ignored)

@@ -147,13 +147,16 @@ def _check_groups(c: Any, cls: str) -> None:
         )
 
 
-def moe_layers(config: Any) -> tuple[bool, ...]:
+def moe_layers(config: Any, num_layers: int | None = None) -> tuple[bool, ...]:
     """Per layer of the decoder stack: True where the layer's MLP is an MoE block.
 
     Parameters
     ----------
     config : TransformerConfig
         ``num_layers``, ``num_experts``, ``moe_first_dense``, ``moe_layer_step``.
+    num_layers : int, optional
+        Layers to say it of (default ``config.num_layers``; more: the multi-token-prediction
+        blocks after the stack, :mod:`tjx.nn.mtp`).
 
     Returns
     -------
@@ -161,11 +164,10 @@ def moe_layers(config: Any) -> tuple[bool, ...]:
         ``num_layers`` entries (all False for a dense model).
     """
     c = config
+    n = c.num_layers if num_layers is None else num_layers
     if not c.num_experts:
-        return (False,) * c.num_layers
-    return tuple(
-        i >= c.moe_first_dense and (i + 1) % c.moe_layer_step == 0 for i in range(c.num_layers)
-    )
+        return (False,) * n
+    return tuple(i >= c.moe_first_dense and (i + 1) % c.moe_layer_step == 0 for i in range(n))
 
 
 def expert_mlp_dim(config: Any) -> int:

@@ -1,0 +1,140 @@
+"""The multi-token-prediction layers of DeepSeek-V3 and GLM-4.5 checkpoints ↔ tjx's ``mtp``
+(:mod:`tjx.nn.mtp`).
+
+Both store depth ``j`` after the causal LM's layers, at ``model.layers.{num_layers + j}.``: a
+decoder layer's tensors under the names of one (``input_layernorm``, ``self_attn.*``,
+``post_attention_layernorm``, ``mlp.*``), and
+
+==================================  ===============================================
+HF                                  tjx
+==================================  ===============================================
+``enorm.weight``, ``hnorm.weight``  ``mtp.layers.{j}.enorm.scale``, ``hnorm.scale``
+``eh_proj.weight`` ``[d, 2·d]``     ``mtp.layers.{j}.eh_proj.kernel`` ``[2·d, d]``
+``shared_head.norm.weight``         ``mtp.layers.{j}.norm.scale``
+``embed_tokens.weight``,            the main model's ``embed`` and head: written as
+``shared_head.head.weight``         copies, not read (the checkpoints' are the same)
+==================================  ===============================================
+
+The decoder layer is read as the family's own mapping reads layer ``num_layers + j`` (its MLA,
+MoE experts, router bias...), its tjx names moved from ``stack.layers.{num_layers + j}.`` to
+``mtp.layers.{j}.block.``. A checkpoint with more depths than the config's ``mtp_depths`` (a
+load with ``mtp_depths=0``) has the others skipped in one printed line (`skip_mtp`).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+
+from tjx.nn.configs import LlamaConfig
+from tjx.nn.hf.io import HFMapping
+from tjx.nn.hf.tables import Convert, Tables
+
+
+def skip_mtp(
+    base: Callable[[str], bool], num_layers: int, mtp: int, key: str
+) -> Callable[[str], bool]:
+    """``base``'s ignored names, and the tensors of ``mtp`` multi-token-prediction layers stored
+    after the ``num_layers`` of the causal LM (DeepSeek-V3's and GLM-4.5's; ``key``: the
+    config.json key that counts them), said in one line when a checkpoint really holds one."""
+    extra = re.compile(rf"model\.layers\.({'|'.join(str(num_layers + j) for j in range(mtp))})\.")
+    said: list[bool] = []
+
+    def ignored(name: str) -> bool:
+        if not (mtp and extra.match(name)):
+            return base(name)
+        if not said:
+            said.append(True)
+            print(
+                f"tjx: skipping the checkpoint's {mtp} multi-token-prediction layer(s) "
+                f"(model.layers.{num_layers}.*, {key}): the model does not use them "
+                "(mtp_depths)",
+                file=sys.stderr,
+            )
+        return True
+
+    return ignored
+
+
+#: A depth's copies of the shared tensors (HF suffix → the main model's HF name, the tied head's).
+_COPIES = {
+    "embed_tokens.weight": ("model.embed_tokens.weight", "model.embed_tokens.weight"),
+    "shared_head.head.weight": ("lm_head.weight", "model.embed_tokens.weight"),
+}
+
+
+def mtp_mapping(
+    c: LlamaConfig,
+    build: Callable[[LlamaConfig], HFMapping],
+    stored: int | None,
+    key: str,
+) -> HFMapping:
+    """``build(c)`` with ``c.mtp_depths`` multi-token-prediction layers mapped too.
+
+    Parameters
+    ----------
+    c : LlamaConfig
+        The model's config.
+    build : callable
+        The family's mapping of a config without MTP (called with ``num_layers`` grown by the
+        depths, so that it maps their decoder layers as its own).
+    stored : int or None
+        The checkpoint's depths on load (``key``'s value); None on export (the config's, with
+        the shared tensors' copies written).
+    key : str
+        The config.json key that counts them (named when some are skipped).
+
+    Raises
+    ------
+    ValueError
+        A config with more depths than the checkpoint stores.
+    """
+    n, depths = c.num_layers, c.mtp_depths
+    have = depths if stored is None else stored
+    if depths > have:
+        raise ValueError(
+            f"mtp_depths={depths}: the checkpoint stores {have} multi-token-prediction layer(s) "
+            f"({key}); set mtp_depths <= {have}"
+        )
+    if not depths:
+        base = build(c)
+        return HFMapping(base.shapes, base.to_tjx, base.to_hf, skip_mtp(base.ignored, n, have, key))
+    grown = c.replace(num_layers=n + depths, mtp_depths=0)
+    assert isinstance(grown, LlamaConfig)
+    full = build(grown)
+    moved = {f"stack.layers.{n + j}.": f"mtp.layers.{j}.block." for j in range(depths)}
+
+    def ours(name: str) -> str:
+        for old, new in moved.items():
+            if name.startswith(old):
+                return new + name[len(old) :]
+        return name
+
+    def through(convert: Convert) -> Convert:
+        return lambda read: convert(lambda name: read(ours(name)))
+
+    tables = Tables(
+        dict(full.shapes),
+        {ours(t): f for t, f in full.to_tjx.items()},
+        {h: through(f) for h, f in full.to_hf.items()},
+    )
+    d, copies = c.d_model, []
+    for j in range(depths):
+        p, t = f"model.layers.{n + j}.", f"mtp.layers.{j}."
+        tables.same(p + "enorm.weight", t + "enorm.scale", (d,))
+        tables.same(p + "hnorm.weight", t + "hnorm.scale", (d,))
+        tables.same(p + "shared_head.norm.weight", t + "norm.scale", (d,))
+        tables.linear(p + "eh_proj", t + "eh_proj", (2 * d,), (d,))
+        for suffix, (untied, tied) in _COPIES.items():
+            copies.append(p + suffix)
+            if stored is None:  # written as copies of the main model's
+                tables.shapes[p + suffix] = (c.vocab_size, d)
+                tables.to_hf[p + suffix] = tables.to_hf[tied if c.tie_embeddings else untied]
+    skipped = skip_mtp(full.ignored, n + depths, have - depths, key)
+    shared = frozenset(copies)
+
+    def ignored(name: str) -> bool:
+        return name in shared or skipped(name)
+
+    return tables.mapping(ignored)

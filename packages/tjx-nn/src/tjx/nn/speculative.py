@@ -1,0 +1,213 @@
+"""Greedy self-speculative decoding with a model's own multi-token-prediction module (``mtp``,
+DeepSeek-V3's): depth 1 drafts the token after next, the main model verifies it.
+
+The output is plain greedy decoding's (`tjx.nn.generate` at ``temperature=0``) token for token:
+every emitted token is the main model's argmax after the prefix it conditions on; the draft only
+decides whether a step emits one token or two. `generate_speculative` reports the drafts'
+acceptance rate. (Both run the same decode step, in programs of their own: a compiler that
+rounds the two differently could break an exact tie between two logits differently.)
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tjx.nn.decoder import DecoderLM
+from tjx.nn.generation import check_sampling, check_tokens
+from tjx.nn.kv_cache import init_cache
+from tjx.nn.mtp import shift_left
+
+Array = jax.Array
+Caches = tuple[Any, Any]
+
+
+class Speculation(NamedTuple):
+    """`generate_speculative`'s result.
+
+    Attributes
+    ----------
+    tokens : Array
+        int32 ``[b, P + max_new_tokens]``, as `tjx.nn.generate`'s greedy output.
+    drafted : int
+        Drafts verified while a row still had room for two tokens.
+    accepted : int
+        Of those, the drafts the main model agreed with (each one a token emitted without a
+        step of its own).
+    """
+
+    tokens: Array
+    drafted: int
+    accepted: int
+
+    @property
+    def acceptance_rate(self) -> float:
+        """``accepted / drafted`` in ``[0, 1]`` (NaN when nothing was drafted)."""
+        return self.accepted / self.drafted if self.drafted else float("nan")
+
+
+def _greedy(model: DecoderLM, prenorm: Array) -> Array:
+    """The main head's argmax from the stack's output."""
+    return jnp.argmax(model.logits(model.normed(prenorm)), axis=-1).astype(jnp.int32)
+
+
+def _draft(model: DecoderLM, prenorm: Array, tokens: Array, positions: Array, **kw: Any) -> Any:
+    """MTP depth 1 at ``positions``: (its argmax, its updated cache)."""
+    assert model.mtp is not None
+    layer = model.mtp.layers[0]
+    embedded = model.embed_tokens(tokens, positions)
+    h, cache, _ = layer(prenorm, embedded, positions=positions, **kw)
+    logits = model.logits(layer.norm(h))
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
+
+
+@partial(jax.jit, static_argnames=("graphdef",))
+def _prefill(
+    graphdef: Any, state: Any, prompts: Array, lengths: Array, caches: Caches
+) -> tuple[Caches, Array, Array]:
+    model = nnx.merge(graphdef, state)
+    b, s = prompts.shape
+    zero, rows = jnp.zeros((b,), jnp.int32), jnp.arange(b)
+    hidden, cache = model.cached_trunk(prompts, caches[0], zero, lengths)
+    first = _greedy(model, hidden)[rows, lengths - 1]
+    # Depth 1 at position i reads t_{i+1}: the prompt's next token, the first new one at the end.
+    following = shift_left(prompts, 1, 0).at[rows, lengths - 1].set(first)
+    positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+    draft, mtp_cache = _draft(
+        model, hidden, following, positions, cache=caches[1], cache_pos=zero, lengths=lengths
+    )
+    return (cache, mtp_cache), first, draft[rows, lengths - 1]
+
+
+@partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("caches",))
+def _verify(
+    graphdef: Any, state: Any, tok: Array, draft: Array, pos: Array, caches: Caches
+) -> tuple[Caches, Array, Array, Array]:
+    model = nnx.merge(graphdef, state)
+    cache, mtp_cache = caches
+    h_a, cache = model.cached_trunk(tok[:, None], cache, pos)
+    g_a = _greedy(model, h_a)[:, 0]  # the token after `tok`: always right
+    h_b, cache = model.cached_trunk(draft[:, None], cache, pos + 1)
+    g_b = _greedy(model, h_b)[:, 0]  # the one after that, right when the draft was
+    accepted = g_a == draft
+    # Depth 1 at pos reads t_{pos+1} = g_a; at pos + 1 (used when accepted) t_{pos+2} = g_b. A
+    # rejected draft's slots (pos + 1, in both caches) are overwritten by the next step's writes.
+    d_a, mtp_cache = _draft(model, h_a, g_a[:, None], pos[:, None], cache=mtp_cache, cache_pos=pos)
+    d_b, mtp_cache = _draft(
+        model, h_b, g_b[:, None], (pos + 1)[:, None], cache=mtp_cache, cache_pos=pos + 1
+    )
+    return (cache, mtp_cache), g_a, g_b, jnp.where(accepted, d_b[:, 0], d_a[:, 0])
+
+
+def generate_speculative(
+    model: DecoderLM,
+    prompts: Any,
+    *,
+    max_new_tokens: int,
+    eos_id: int | None = None,
+    prompt_lengths: Any = None,
+    pad_id: int | None = None,
+) -> Speculation:
+    """Greedy decoding of ``model`` drafted by its MTP depth 1 and verified by the main model.
+
+    What it caches: the main model's KV cache (as `tjx.nn.generate`) and one of the MTP block's
+    own, both written slot = position. Nothing is recomputed from the prompt: the prefill runs
+    the prompt once through the stack (its pre-norm output ``h^0`` feeds the MTP prefill) and
+    each step then runs, in one jitted call, two single-token decode steps of the main model (the
+    last token, then the draft: tjx's cached attention appends one token per call, so the draft
+    is verified by a step of its own, in the same program, not by one two-token pass) and two
+    of the MTP block (positions ``p`` and ``p + 1``: the next draft for either outcome). A
+    rejected draft's cache slots are overwritten by the next step. So each step emits one or two
+    tokens for one program call and host round trip; it does not read the weights fewer times.
+
+    Parameters
+    ----------
+    model : DecoderLM
+        A model with ``mtp_depths >= 1`` (depth 1 drafts).
+    prompts, prompt_lengths, pad_id, eos_id, max_new_tokens
+        As `tjx.nn.generate`'s (greedy: no sampling settings).
+
+    Returns
+    -------
+    Speculation
+        The tokens (equal to ``generate(model, ..., temperature=0)``'s) and the drafts' counts.
+
+    Raises
+    ------
+    ValueError
+        A model without an MTP module, or a bad argument as `tjx.nn.generate` names it.
+    """
+    if not isinstance(model, DecoderLM) or model.mtp is None:
+        raise ValueError(
+            "generate_speculative drafts with the model's multi-token-prediction module: it "
+            "needs a DecoderLM with mtp_depths >= 1 (use generate otherwise)"
+        )
+    arr, lengths = check_tokens(
+        prompts,
+        prompt_lengths,
+        name="prompts",
+        lengths_name="prompt_lengths",
+        empty_fix="every row needs at least one token to condition on; start it with a BOS token",
+    )
+    check_sampling(max_new_tokens, 0.0, None, None)
+    b, P = arr.shape
+    total = P + max_new_tokens
+    if total > model.config.max_seq_len:
+        raise ValueError(
+            f"prompt length {P} + max_new_tokens {max_new_tokens} = {total} exceeds the "
+            f"model's max_seq_len={model.config.max_seq_len}"
+        )
+    if b == 0:
+        return Speculation(jnp.zeros((0, total), jnp.int32), 0, 0)
+    fill = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
+    graphdef, state = nnx.split(model)
+    mtp_cache = {k: v[0] for k, v in init_cache(model.config, b, total, num_layers=1).items()}
+    caches, first, draft = _prefill(
+        graphdef,
+        state,
+        jnp.asarray(arr),
+        jnp.asarray(lengths),
+        (model.init_cache(b, total), mtp_cache),
+    )
+    out = np.full((b, total), fill, np.int32)
+    for r in range(b):
+        out[r, : lengths[r]] = arr[r, : lengths[r]]
+    rows = np.arange(b)
+    tok, draft_np = np.asarray(first), np.asarray(draft)
+    pos = lengths.copy()  # slot of `tok`, the last emitted token (not yet in the cache)
+    out[rows, pos] = tok
+    emitted = np.ones((b,), np.int64)
+    done = emitted >= max_new_tokens
+    if eos_id is not None:
+        done |= tok == eos_id
+    drafted = accepted = 0
+    while not done.all():
+        caches, g_a, g_b, nxt = _verify(
+            graphdef, state, jnp.asarray(tok), jnp.asarray(draft_np), jnp.asarray(pos), caches
+        )
+        g_a, g_b, nxt = np.asarray(g_a), np.asarray(g_b), np.asarray(nxt)
+        live = ~done
+        room = live & (emitted <= max_new_tokens - 2)  # the draft's token could be emitted
+        hit = g_a == draft_np
+        drafted += int(room.sum())
+        accepted += int((room & hit).sum())
+        out[rows[live], pos[live] + 1] = g_a[live]
+        emitted += live
+        stop = live & (g_a == eos_id) if eos_id is not None else np.zeros((b,), bool)
+        two = room & hit & ~stop
+        out[rows[two], pos[two] + 2] = g_b[two]
+        emitted += two
+        if eos_id is not None:
+            stop |= two & (g_b == eos_id)
+        # A finished row keeps its position (its later writes land in slots it no longer reads).
+        step = np.where(live, 1 + two, 0)
+        tok = np.where(two, g_b, np.where(live, g_a, tok)).astype(np.int32)
+        pos = pos + step
+        draft_np = np.where(live, nxt, draft_np).astype(np.int32)
+        done = done | stop | (emitted >= max_new_tokens)
+    return Speculation(jnp.asarray(out), drafted, accepted)

@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --generate: each new token attends to only its K highest-scoring cached keys "
         "(tjx.nn's top-k decode attention; default: the run's model.decode_topk, else all)",
     )
+    parser.add_argument(
+        "--speculative",
+        action="store_true",
+        help="with --generate --temperature 0: greedy decoding drafted by the model's "
+        "multi-token-prediction depth 1 (DeepSeek-V3, GLM-4.5: model.mtp_depths >= 1) and "
+        "verified by the model, the same tokens as plain greedy; prints the drafts' acceptance rate",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-batches", type=int, default=None, help="default: all batches")
     parser.add_argument(
@@ -102,6 +109,11 @@ def _check(args: argparse.Namespace) -> None:
             raise RunError(f"--sparse-top-k: must be >= 1, got {args.sparse_top_k}")
         if args.generate is None:  # it changes only decoding: alone it would do nothing
             raise RunError("--sparse-top-k: applies to --generate; give a prompt with --generate")
+    if args.speculative and (args.generate is None or args.temperature != 0 or args.chat):
+        raise RunError(
+            "--speculative: drafts greedy decoding of a prompt; give --generate PROMPT with "
+            "--temperature 0 (and no --chat)"
+        )
     if args.chat and args.generate is None:
         raise RunError("--chat: applies to --generate; give the user's message with --generate")
     png = args.attention_png
@@ -301,6 +313,14 @@ def _generate(run: Any, args: argparse.Namespace) -> None:
             **sampling,
         )
         out = np.concatenate([ids[:, :-1], np.asarray(tail)], axis=1)
+    elif args.speculative:  # greedy, drafted by the MTP depth 1: plain greedy's tokens
+        new = max(1, min(args.max_new_tokens or GENERATE_TOKENS, max_len - ids.shape[1]))
+        spec = nn.generate_speculative(model, ids, max_new_tokens=new)
+        out = np.asarray(spec.tokens)
+        print(
+            f"speculative: {spec.accepted} of {spec.drafted} drafts accepted "
+            f"(acceptance rate {spec.acceptance_rate:.2f})"
+        )
     else:
         new = max(1, min(args.max_new_tokens or GENERATE_TOKENS, max_len - ids.shape[1]))
         out = np.asarray(nn.generate(model, ids, max_new_tokens=new, seed=args.seed, **sampling))
@@ -398,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
         _check_scoreable(run)
         if args.chat:  # a template that cannot render: refused before anything is scored
             _chat_checks(run, args)
+        if args.speculative and not getattr(run.nn_config, "mtp_depths", 0):
+            raise RunError(
+                "--speculative: this model has no multi-token-prediction module to draft with "
+                "(model.mtp_depths is 0); drop --speculative"
+            )
         print(f"run {run.run_dir} at step {run.step}")
         metrics = _metrics(run, args)
         _print_table([f"{run.run_dir.name}@{run.step}"], [metrics])

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -153,3 +154,39 @@ def test_bad_sparse_top_k_exits_2(tmp_path, capsys, extra, needle):
 def test_sparse_top_k_without_generate_is_refused(tmp_path, capsys):
     assert main(["--checkpoint", str(tmp_path), "--sparse-top-k", "4"]) == 2
     assert "--sparse-top-k: applies to --generate" in capsys.readouterr().err
+
+
+def test_speculative_decoding_prints_greedy_tokens_and_the_drafts_acceptance(make_run, capsys):
+    """``--speculative``: the MTP depth drafts, the model verifies: plain greedy's sample."""
+    run, model = make_run(mtp_depths=1)
+    assert main(_argv(run, "--speculative")) == 0
+    out = capsys.readouterr().out
+    assert _sample(out) == _reference(model)
+    found = re.search(r"speculative: (\d+) of (\d+) drafts accepted \(acceptance rate ", out)
+    assert found, out
+    accepted, drafted = int(found[1]), int(found[2])
+    assert 0 <= accepted <= drafted and drafted > 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--temperature", "0.5"], "--speculative: drafts greedy decoding"),
+        (["--chat"], "--speculative: drafts greedy decoding"),
+    ],
+)
+def test_speculative_decoding_of_a_sampled_or_chat_reply_is_refused(
+    tmp_path, capsys, extra, needle
+):
+    assert main([*_argv(tmp_path, "--speculative"), *extra]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_speculative_decoding_without_an_mtp_module_is_one_line(make_run, capsys):
+    run, _ = make_run()
+    assert main(_argv(run, "--speculative")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "eval: error: --speculative: this model has no multi-token-prediction module to draft "
+        "with (model.mtp_depths is 0); drop --speculative"
+    ]

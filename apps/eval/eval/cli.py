@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --generate --temperature 0: greedy decoding drafted by the model's "
         "multi-token-prediction depth 1 (DeepSeek-V3, GLM-4.5: model.mtp_depths >= 1) and "
-        "verified by the model, the same tokens as plain greedy; prints the drafts' acceptance rate",
+        "verified by the model, the same tokens as plain greedy; prints the drafts' "
+        "acceptance rate",
     )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-batches", type=int, default=None, help="default: all batches")

@@ -302,6 +302,31 @@ CASES["qwen3_5_image_text"] = dict(
     export_arch="Qwen3_5ForCausalLM",
     bf16=False,
 )
+# Llama 4 (text): layers 0-2 RoPE and chunked (chunks of 5: the 12 tokens cross two boundaries),
+# layer 3 NoPE with full attention and the temperature (floor 3: it grows from position 2); the
+# weightless q/k norm on the RoPE layers; llama3 RoPE scaling; MoE layers 1 and 3 (sigmoid top-1 of
+# 4 scaling the experts' inputs, a shared expert), dense layers 0 and 2 of their own width. It
+# routes, so it runs in float32 only (the module doc).
+CASES["llama4"] = dict(
+    config=dict(
+        COMMON,
+        model_type="llama4_text",
+        num_hidden_layers=4,
+        head_dim=16,
+        initializer_range=0.2,
+        intermediate_size=16,
+        intermediate_size_mlp=48,
+        num_local_experts=4,
+        interleave_moe_layer_step=2,
+        attention_chunk_size=WINDOW,
+        floor_scale=3,
+        attn_scale=0.5,
+        rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0,
+                             low_freq_factor=1.0, high_freq_factor=4.0,
+                             original_max_position_embeddings=16),  # fmt: skip
+    ),
+    bf16=False,
+)
 CASES["gpt_oss_all"] = dict(
     CASES["gpt_oss"], config=dict(CASES["gpt_oss"]["config"], num_experts_per_tok=4), bf16=True
 )

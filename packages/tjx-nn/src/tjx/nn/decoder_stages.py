@@ -84,7 +84,7 @@ def decoder_stages(
             "decoder_stages: MoE layers are not pipelined (their router losses and statistics "
             f"would be lost between stages); got num_experts={c.num_experts} (set it to 0)"
         )
-    if c.window_pattern is not None and len(set(c.layer_windows())) > 1:
+    if c.window_pattern is not None and len(set(c.layer_locals())) > 1:
         raise ValueError(
             "decoder_stages runs every layer alike; a window_pattern that mixes local and global "
             "layers is not supported in a pipeline (one sliding_window for every layer is)"

@@ -57,8 +57,22 @@ from collections.abc import Mapping
 QK_NORM_SCOPES = ("head", "projection")
 #: Norm positions only decoder blocks implement.
 DECODER_NORM_POSITIONS = ("sandwich", "output")
+#: Llama 4's attention switches (a decoder's, above).
+LLAMA4_SWITCHES = (
+    "attention_chunk",
+    "global_nope",
+    "qk_l2_norm",
+    "nope_temperature_floor",
+    "nope_temperature_scale",
+)
 #: Fields only decoders (GPT2, Llama) read: the other families refuse them (``unused_fields``).
 DECODER_ONLY: Mapping[str, str] = {
     name: "only decoders (gpt2, llama) implement it"
-    for name in ("norm_plus_one", "scale_embeddings", "final_logit_softcap", "attention_sinks")
+    for name in (
+        "norm_plus_one",
+        "scale_embeddings",
+        "final_logit_softcap",
+        "attention_sinks",
+        *LLAMA4_SWITCHES,
+    )
 }

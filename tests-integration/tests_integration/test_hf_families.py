@@ -322,9 +322,14 @@ CASES["llama4"] = dict(
         attention_chunk_size=WINDOW,
         floor_scale=3,
         attn_scale=0.5,
-        rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0,
-                             low_freq_factor=1.0, high_freq_factor=4.0,
-                             original_max_position_embeddings=16),  # fmt: skip
+        rope_parameters=dict(
+            rope_type="llama3",
+            rope_theta=10000.0,
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=16,
+        ),
     ),
     bf16=False,
 )

@@ -590,7 +590,7 @@ def check_llama4(config: Any, cls: str) -> None:
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
         raise ValueError(f"{cls}.nope_temperature_scale must be a number; got {scale!r}")
     object.__setattr__(c, "nope_temperature_scale", float(scale))
-    if floor is None and scale != 0.1 or floor is not None and not c.global_nope:
+    if (floor is None and scale != 0.1) or (floor is not None and not c.global_nope):
         raise ValueError(
             f"{cls}.nope_temperature_floor/scale: only NoPE layers (global_nope) are tempered; "
             f"got floor {floor}, scale {scale}, global_nope {c.global_nope}"

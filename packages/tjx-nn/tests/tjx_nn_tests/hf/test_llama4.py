@@ -75,7 +75,12 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
               num_attention_heads=4)  # fmt: skip
     c = llama4_config_from_hf(hf)
     assert (c.head_dim, c.num_kv_heads, c.rope_theta, c.rope_scaling) == (128, 4, 500000.0, None)
-    assert (c.num_experts, c.experts_per_token, c.moe_layer_step, c.moe_first_dense) == (16, 1, 1, 0)
+    assert (c.num_experts, c.experts_per_token, c.moe_layer_step, c.moe_first_dense) == (
+        16,
+        1,
+        1,
+        0,
+    )
     assert (c.mlp_dim, c.expert_mlp_dim, c.shared_expert_mlp_dim) == (16384, 8192, 8192)
     assert c.layer_locals() == (True, True, True, False) * 2 and c.global_nope
     assert (c.attention_chunk, c.nope_temperature_floor, c.nope_temperature_scale) == (
@@ -158,8 +163,9 @@ def test_input_scaled_experts_weigh_each_experts_input():
     dropless and through the capacity path alike, against a direct float32 computation."""
     rng = np.random.default_rng()
     d, f, num = 4, 3, 3
-    w = dispatch.ExpertWeights(*(jnp.asarray(rng.normal(size=s), jnp.float32) for s in
-                                 ((num, d, f), (num, d, f), (num, f, d))), None, None, None)  # fmt: skip
+    shapes = ((num, d, f), (num, d, f), (num, f, d))
+    kernels = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes)
+    w = dispatch.ExpertWeights(*kernels, None, None, None)
     ffn = dispatch.FFN(jax.nn.silu, True, jnp.float32)
     x = jnp.asarray(rng.normal(size=(1, 5, d)), jnp.float32)
     experts = jnp.asarray(rng.integers(0, num, (1, 5, 2)), jnp.int32)

@@ -438,4 +438,3 @@ def _mlp(tables: Tables, hf: str, tjx: str, d: int, width: int) -> None:
     tables.linear(hf + "gate_proj", tjx + "fc_gate", (d,), (width,))
     tables.linear(hf + "up_proj", tjx + "fc_in", (d,), (width,))
     tables.linear(hf + "down_proj", tjx + "fc_out", (width,), (d,))
-

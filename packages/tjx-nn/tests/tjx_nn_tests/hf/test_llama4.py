@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from safetensors.numpy import save_file
 
 from tjx import nn as tnn
 from tjx.nn.hf.llama4 import llama4_config_from_hf, llama4_config_to_hf
@@ -66,6 +67,42 @@ def test_an_export_loads_back_as_the_same_model_in_transformers_layout(tmp_path)
     query = want["stack.layers.0.attn.query.kernel"]  # [d, heads, head_dim]
     np.testing.assert_array_equal(q[:, 0::2], query[..., :4].transpose(1, 2, 0))
     np.testing.assert_array_equal(q[:, 1::2], query[..., 4:].transpose(1, 2, 0))
+
+
+def test_an_image_text_folder_loads_as_its_text_model(tmp_path, capsys):
+    """The published folders' layout (``llama4``, ``Llama4ForConditionalGeneration``): the text
+    model under ``language_model.``, a vision tower and projector beside, skipped in one line
+    (against transformers' own image-text folder: checked by hand, 2e-7 of its language model's
+    logits; transformers 5.24's image-text forward itself fails on text alone)."""
+    model, hf = saved_random(tmp_path / "text", tnn.LlamaConfig(**LLAMA4))
+    text = json.loads((tmp_path / "text" / "config.json").read_text())
+    folder = tmp_path / "image-text"
+    folder.mkdir()
+    config = dict(model_type="llama4", text_config=text, vision_config={}, image_token_index=9,
+                  tie_word_embeddings=False)  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    tensors = {"language_model." + k: v for k, v in hf.items()}
+    tensors |= {"vision_model.class_embedding": np.ones(4, np.float32),
+                "multi_modal_projector.linear_1.weight": np.ones((16, 4), np.float32)}  # fmt: skip
+    save_file(tensors, str(folder / "model.safetensors"))
+    loaded, got = tnn.load_hf(folder)
+    assert got == model.config
+    want = tnn.get_flat_params(model)
+    for name, value in tnn.get_flat_params(loaded).items():
+        np.testing.assert_array_equal(value, want[name], err_msg=name)
+    assert capsys.readouterr().err.count("skipping the checkpoint's vision tower") == 1
+    tied = dict(config, text_config=text | {"tie_word_embeddings": True})
+    (folder / "config.json").write_text(json.dumps(tied))
+    with pytest.raises(ValueError, match="tie_word_embeddings False of the image-text model"):
+        tnn.load_hf(folder)
+    bad_configs = [
+        (dict(config, text_config=None), "'llama4' has no text_config"),
+        (dict(config, vision_rope=1), "vision_rope are not understood"),
+    ]
+    for bad, message in bad_configs:
+        (folder / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=message):
+            tnn.read_hf_config(folder)
 
 
 def test_transformers_defaults_are_read_as_transformers_reads_them():

@@ -26,6 +26,7 @@ from flax import nnx
 
 from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
 from tjx.nn.decoder import GPT2, DecoderLM, Llama
+from tjx.nn.hf import llama4
 from tjx.nn.hf.config import LLAMA_TYPES, llama_config_from_hf, llama_config_to_hf
 from tjx.nn.hf.deepseek import (
     DEEPSEEK_TYPES,
@@ -106,6 +107,7 @@ HF_MODEL_TYPES: dict[str, str] = {
     **{t: "llama" for t in (*MOE_TYPES, *DEEPSEEK_TYPES, GPT_OSS, GLM4_MOE, QWEN3_5, QWEN3_NEXT)},
     IMAGE_TEXT: "llama",  # Qwen3.5's image-text folders: the text model
     LLAMA4: "llama",
+    llama4.IMAGE_TEXT: "llama",  # Llama 4's image-text folders: the text model
 }
 #: model types refused with a line of their own (what to load instead).
 _REFUSED = {
@@ -162,8 +164,12 @@ def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[Deco
         oss = gpt_oss_config_from_hf(hf, **overrides)
         return oss, Llama, gpt_oss_mapping(oss)
     if model_type == LLAMA4:
-        llama4 = llama4_config_from_hf(hf, **overrides)
-        return llama4, Llama, llama4_mapping(llama4)
+        l4 = llama4_config_from_hf(hf, **overrides)
+        return l4, Llama, llama4_mapping(l4)
+    if model_type == llama4.IMAGE_TEXT:
+        l4 = llama4_config_from_hf(llama4.llama4_text_config(hf), **overrides)
+        mapping = llama4_mapping(l4)
+        return l4, Llama, replace(mapping, ignored=llama4.skip_vision(mapping.ignored))
     if model_type in (QWEN3_5, IMAGE_TEXT, QWEN3_NEXT):
         image_text = model_type == IMAGE_TEXT
         text = image_text_config(hf) if image_text else hf
@@ -263,6 +269,8 @@ def _checked_names(weights: LazyWeights, hf: dict[str, Any], mapping: HFMapping)
         names = {n.removeprefix("transformer."): n for n in weights.names()}
     elif hf.get("model_type") == IMAGE_TEXT:  # the language model's ``model.language_model.*``
         names = {text_name(n): n for n in weights.names()}
+    elif hf.get("model_type") == llama4.IMAGE_TEXT:  # Llama 4's ``language_model.*``
+        names = {llama4.text_name(n): n for n in weights.names()}
     else:
         names = {n: n for n in weights.names()}
     check_tensors(

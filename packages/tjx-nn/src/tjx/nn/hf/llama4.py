@@ -37,13 +37,18 @@ see the order), and tjx's one RoPE kernel serves it.
 Refused in one line naming the key: ``attention_bias`` true, an activation other than silu, a
 RoPE scaling other than llama3's, NoPE layers without ``attention_chunk_size`` (tjx's NoPE layers
 are the global ones of a chunked pattern), a ``layer_types`` that does not chunk exactly the RoPE
-layers, ``moe_layers`` that no step and first layer give, unknown keys. The image-text model
-(``llama4``) is not read: load its text model's folder.
+layers, ``moe_layers`` that no step and first layer give, unknown keys.
+
+The image-text model's folders (``llama4``, ``Llama4ForConditionalGeneration``: the published
+Llama 4 checkpoints) are read as their text model: the ``text_config``, the
+``language_model.*`` tensors; the vision tower and its projector (``vision_model.*``,
+``multi_modal_projector.*``) are skipped in one line, and the export is the text model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -57,6 +62,24 @@ from tjx.nn.moe.config import expert_mlp_dim, moe_layers, shared_mlp_dim
 
 LLAMA4 = "llama4_text"
 ARCHITECTURE = "Llama4ForCausalLM"
+#: The image-text model's ``model_type``: its ``text_config`` is a llama4_text config, its
+#: language model's tensors ``language_model.*`` (the text model's ``*``).
+IMAGE_TEXT = "llama4"
+#: The image-text config's keys beside ``text_config``: the vision tower's and the tokens that
+#: mark an image in a prompt (none changes the text model's numbers).
+IMAGE_TEXT_KEYS = frozenset(
+    {
+        "text_config",
+        "vision_config",
+        "boi_token_index",
+        "eoi_token_index",
+        "image_token_index",
+        "tie_word_embeddings",
+    }
+)
+LANGUAGE_MODEL = "language_model."
+#: The image-text model's modules beside its language model, which the text model does not use.
+VISION = ("vision_model.", "multi_modal_projector.")
 #: Llama 4's keys beyond ``config.BASE_KEYS``.
 KEYS = frozenset(
     {
@@ -438,3 +461,58 @@ def _mlp(tables: Tables, hf: str, tjx: str, d: int, width: int) -> None:
     tables.linear(hf + "gate_proj", tjx + "fc_gate", (d,), (width,))
     tables.linear(hf + "up_proj", tjx + "fc_in", (d,), (width,))
     tables.linear(hf + "down_proj", tjx + "fc_out", (width,), (d,))
+
+
+def llama4_text_config(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """The text model's ``config.json`` dict of a Llama 4 image-text ``config.json``: its
+    ``text_config``, tied as the image-text model says (``tie_word_embeddings``).
+
+    Raises
+    ------
+    ValueError
+        No ``text_config``, a key the image-text config does not have, or a text config tied
+        otherwise than the image-text model, named.
+    """
+    unknown = sorted(set(hf) - IMAGE_TEXT_KEYS - HARMLESS)
+    if unknown:
+        raise ValueError(
+            f"config.json key(s) {', '.join(unknown)} are not understood by tjx's {IMAGE_TEXT} "
+            "(image-text) import and could change the model"
+        )
+    text = hf.get("text_config")
+    if not isinstance(text, Mapping):
+        raise ValueError(f"config.json of model_type {IMAGE_TEXT!r} has no text_config")
+    tied = bool(hf.get("tie_word_embeddings", False))
+    if bool(text.get("tie_word_embeddings", tied)) != tied:
+        raise ValueError(
+            f"config.json tie_word_embeddings {tied} of the image-text model and "
+            f"{text['tie_word_embeddings']} of its text_config disagree; tjx cannot tell which "
+            "one transformers applies"
+        )
+    return dict(text) | {"model_type": LLAMA4, "tie_word_embeddings": tied}
+
+
+def text_name(stored: str) -> str:
+    """A tensor's name in a Llama 4 image-text checkpoint → its name in the text model's
+    (``language_model.*`` → ``*``; the others as they are)."""
+    return stored.removeprefix(LANGUAGE_MODEL)
+
+
+def skip_vision(base: Callable[[str], bool]) -> Callable[[str], bool]:
+    """``base``'s ignored names, and the vision tower's and projector's tensors, said in one line
+    when the checkpoint holds them (transformers' text model does not read them either)."""
+    said: list[bool] = []
+
+    def ignored(name: str) -> bool:
+        if not name.startswith(VISION):
+            return base(name)
+        if not said:
+            said.append(True)
+            print(
+                "tjx: skipping the checkpoint's vision tower (vision_model.*, "
+                "multi_modal_projector.*): tjx loads the text model",
+                file=sys.stderr,
+            )
+        return True
+
+    return ignored

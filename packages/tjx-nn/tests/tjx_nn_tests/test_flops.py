@@ -168,3 +168,16 @@ def test_a_delta_layer_counts_its_projections_and_its_state_products_not_a_score
     state = 18 * delta_layers * 4 * 3 * 5  # per token: 3 products of H_v·d_k·d_v, x3 with backward
     want = (6 * weighted + 6 * A * attention_layers * s * s) / s + state
     assert tnn.flops_per_token(cfg, s) == pytest.approx(want, rel=1e-12)
+
+
+def test_a_chunked_layer_counts_its_chunks_score_blocks():
+    """Llama 4: a local layer with chunks of 3 over 8 positions scores blocks of 3, 3 and 2
+    positions (22 pairs' area, half of it causally); the global layer its whole 8 x 8."""
+    cfg = llama_tiny(attention_chunk=3, window_pattern=["local", "global"], global_nope=True)
+    s = 8
+    weighted, _ = _independent(cfg, s, s)
+    A = cfg.num_heads * cfg.head_dim
+    blocks = 3 * 3 + 3 * 3 + 2 * 2
+    palm = (6 * weighted + 12 * A * (blocks + s * s)) / s
+    assert tnn.flops_per_token(cfg, s, causal_half=False) == palm
+    assert tnn.flops_per_token(cfg, s) == (6 * weighted + 12 * A * (blocks + s * s) / 2) / s

@@ -250,12 +250,11 @@ def llama4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
             num_experts=int(get["num_local_experts"]),
             experts_per_token=int(get["num_experts_per_tok"]),
             expert_mlp_dim=width,
-            num_shared_experts=1,
             shared_expert_mlp_dim=width,
             moe_layer_step=placement[0],
             moe_first_dense=placement[1],
             router_aux_loss=float(get["router_aux_loss_coef"]),
-            **{k: v for k, v in MOE_NEEDS.items() if k not in ("num_shared_experts",)},
+            **MOE_NEEDS,  # the router, its input scaling, one ungated shared expert
         )
     return LlamaConfig(**{**fields, **overrides})
 

@@ -1,6 +1,7 @@
 """Qwen3, OLMo 2 and 3, Phi-3, Gemma 2, Gemma 3 (text), DeepSeek-V2 and -V3, gpt-oss, GLM-4.5 MoE,
-Qwen3.5 (text, and the image-text model's folder) and Qwen3-Next round-trip through transformers
-(PyTorch in the scratch venv of ``_hf_peer``, one peer process each way for all families).
+Qwen3.5 (text, and the image-text model's folder), Qwen3-Next and Llama 4 (text) round-trip through
+transformers (PyTorch in the scratch venv of ``_hf_peer``, one peer process each way for all
+families).
 
 transformers builds a tiny random model of each family (2 layers, GQA 4/2, random norms, Gemma's
 soft caps bending the logits) and scores it in float32 and bfloat16; tjx loads each with
@@ -304,6 +305,36 @@ CASES["qwen3_5_image_text"] = dict(
     export_arch="Qwen3_5ForCausalLM",
     bf16=False,
 )
+# Llama 4 (text): layers 0-2 RoPE and chunked (chunks of 5: the 12 tokens cross two boundaries),
+# layer 3 NoPE with full attention and the temperature (floor 3: it grows from position 2); the
+# weightless q/k norm on the RoPE layers; llama3 RoPE scaling; MoE layers 1 and 3 (sigmoid top-1 of
+# 4 scaling the experts' inputs, a shared expert), dense layers 0 and 2 of their own width. It
+# routes, so it runs in float32 only (the module doc).
+CASES["llama4"] = dict(
+    config=dict(
+        COMMON,
+        model_type="llama4_text",
+        num_hidden_layers=4,
+        head_dim=16,
+        initializer_range=0.2,
+        intermediate_size=16,
+        intermediate_size_mlp=48,
+        num_local_experts=4,
+        interleave_moe_layer_step=2,
+        attention_chunk_size=WINDOW,
+        floor_scale=3,
+        attn_scale=0.5,
+        rope_parameters=dict(
+            rope_type="llama3",
+            rope_theta=10000.0,
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=16,
+        ),
+    ),
+    bf16=False,
+)
 CASES["gpt_oss_all"] = dict(
     CASES["gpt_oss"], config=dict(CASES["gpt_oss"]["config"], num_experts_per_tok=4), bf16=True
 )
@@ -574,9 +605,42 @@ def test_the_qwen3_next_case_exercises_each_piece(results):
     assert r["saved"]["model_type"] == "qwen3_next"
 
 
+def test_the_llama4_case_exercises_each_piece(results):
+    """Chunked RoPE layers beside a tempered NoPE one, the weightless q/k norm, llama3 RoPE, the
+    fused experts scaled on their input after a dense layer: each went in and came back out.
+    Each changes the logits (one-off runs without it, 2026-11-27: no chunks 145 %, RoPE on the
+    NoPE layer 28 %, no q/k norm 45 %, no temperature 15 %, output-scaled experts 20 %, no llama3
+    scaling 35 % of the largest logit), so the 1e-4 agreement holds each to transformers'."""
+    r = results["llama4"]
+    c = r["config"]
+    assert c.layer_locals() == (True, True, True, False) and c.global_nope and c.qk_l2_norm
+    assert (c.attention_chunk, c.nope_temperature_floor, c.nope_temperature_scale) == (5, 3.0, 0.5)
+    assert c.rope_scaling is not None and c.rope_scaling.type == "llama3"
+    assert (c.num_experts, c.experts_per_token, c.moe_layer_step, c.router) == (
+        4,
+        1,
+        2,
+        "sigmoid_plain",
+    )
+    assert c.router_scales_input and not c.router_norm_topk
+    assert (c.mlp_dim, c.expert_mlp_dim, c.shared_expert_mlp_dim) == (48, 16, 16)
+    names = r["tensors"]
+    assert {"model.layers.0.feed_forward.gate_proj.weight",
+            "model.layers.1.feed_forward.experts.gate_up_proj",
+            "model.layers.1.feed_forward.experts.down_proj",
+            "model.layers.3.feed_forward.router.weight",
+            "model.layers.3.feed_forward.shared_expert.up_proj.weight"} <= names  # fmt: skip
+    saved = r["saved"]
+    assert (saved["model_type"], saved["no_rope_layers"], saved["moe_layers"]) == (
+        "llama4_text",
+        [1, 1, 1, 0],
+        [1, 3],
+    )
+
+
 #: #56's families, each fine-tuned in the trainer from the folder transformers made (Qwen3.5's
 #: fine-tune, export and reload: test_hf_finetune.py).
-FINE_TUNED = ["gpt_oss", "glm4_moe", "olmo3", "qwen3_next"]
+FINE_TUNED = ["gpt_oss", "glm4_moe", "llama4", "olmo3", "qwen3_next"]
 
 
 @pytest.fixture(scope="module")

@@ -226,8 +226,9 @@ def test_a_delta_and_attention_hybrid_compiles_for_an_h100(envs, tmp_path):
 
 #: #56's families whose layers no preset or hybrid above compiles, as tiny tjx models saved in
 #: their Hugging Face layout: gpt-oss (attention sinks, a sliding layer, biased clamped-SwiGLU
-#: experts, yarn) and GLM-4.5 (partial rotary, q/k norms, grouped sigmoid routing, a shared
-#: expert after a dense layer).
+#: experts, yarn), GLM-4.5 (partial rotary, q/k norms, grouped sigmoid routing, a shared
+#: expert after a dense layer) and Llama 4 (chunked attention, a NoPE layer with its
+#: temperature, the weightless q/k norm, input-scaled experts on every other layer).
 FAMILY_SIZES = dict(vocab_size=64, max_seq_len=64, d_model=64, num_layers=2, num_heads=4,
                     num_kv_heads=2, head_dim=16, mlp_dim=64)  # fmt: skip
 FAMILIES = {
@@ -243,6 +244,13 @@ FAMILIES = {
         expert_mlp_dim=32, num_shared_experts=1, moe_first_dense=1, router="sigmoid",
         router_scale=2.5, router_groups=4, router_topk_groups=2,
     ),
+    "llama4": dict(
+        num_layers=4, attention_chunk=16, window_pattern=("local",) * 3 + ("global",),
+        global_nope=True, qk_l2_norm=True, nope_temperature_floor=8.0,
+        nope_temperature_scale=0.1, num_experts=4, experts_per_token=1, expert_mlp_dim=32,
+        num_shared_experts=1, shared_expert_mlp_dim=32, moe_layer_step=2, router="sigmoid_plain",
+        router_norm_topk=False, router_scales_input=True,
+    ),
 }  # fmt: skip
 FAMILY_RUN = ["model.kind=llama", "data.seq_len=64", "data.batch_size=8", "eval.batch_size=8"]
 
@@ -251,7 +259,7 @@ FAMILY_RUN = ["model.kind=llama", "data.seq_len=64", "data.batch_size=8", "eval.
 def test_each_new_family_plans_for_an_h100_from_its_folder(family, envs, tmp_path):
     """``--plan h100 --init-from FOLDER`` compiles the checkpoint's own architecture (the
     planned model is the folder's: trainer's test_target_plan) for an H100, and it fits."""
-    config = nn.LlamaConfig(**FAMILY_SIZES, **FAMILIES[family])
+    config = nn.LlamaConfig(**(FAMILY_SIZES | FAMILIES[family]))
     nn.save_hf(nn.build_model(config, rngs=nnx.Rngs(0)), tmp_path / "ck")
     data = plan("tiny", "h100", "auto", envs["cuda12"], tmp_path, FAMILY_RUN, tmp_path / "ck")
     assert data["train"]["compiles"] and data["eval"]["compiles"] and data["memory"]["fits"]

@@ -88,6 +88,13 @@ def test_a_model_json_of_tjx_0_1_loads():
         # #56's multi-token prediction (DeepSeek-V3's MTP): none, and its loss weight.
         "mtp_depths": 0,
         "mtp_loss_weight": 0.3,
+        # #56's Llama 4 settings: chunks, NoPE global layers, the weightless q/k norm, the
+        # NoPE layers' temperature (router_scales_input is with the MoE settings above).
+        "attention_chunk": None,
+        "global_nope": False,
+        "qk_l2_norm": False,
+        "nope_temperature_floor": None,
+        "nope_temperature_scale": 0.1,
     }
     # #51's logits_dtype: the float32 logits such a run had.
     newer["precision"] = {**WRITTEN_BY_TJX_0_1["fields"]["precision"], "logits_dtype": "float32"}

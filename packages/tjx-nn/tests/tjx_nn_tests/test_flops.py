@@ -180,3 +180,16 @@ def test_each_mtp_depth_counts_a_layer_and_the_shared_head_once_more():
     assert tnn.matmul_param_count(cfg) == n_matmul + depths * head
     want = (6 * (weighted + depths * head * s) + 6 * A * layers * s * s) / s
     assert tnn.flops_per_token(cfg, s) == want
+
+
+def test_a_chunked_layer_counts_its_chunks_score_blocks():
+    """Llama 4: a local layer with chunks of 3 over 8 positions scores blocks of 3, 3 and 2
+    positions (22 pairs' area, half of it causally); the global layer its whole 8 x 8."""
+    cfg = llama_tiny(attention_chunk=3, window_pattern=["local", "global"], global_nope=True)
+    s = 8
+    weighted, _ = _independent(cfg, s, s)
+    A = cfg.num_heads * cfg.head_dim
+    blocks = 3 * 3 + 3 * 3 + 2 * 2
+    palm = (6 * weighted + 12 * A * (blocks + s * s)) / s
+    assert tnn.flops_per_token(cfg, s, causal_half=False) == palm
+    assert tnn.flops_per_token(cfg, s) == (6 * weighted + 12 * A * (blocks + s * s) / 2) / s

@@ -1,8 +1,9 @@
 """Multi-head attention with GQA/MQA (``num_kv_heads``), cross-attention, RoPE/ALiBi, an
 optional MLA-style low-rank key/value path (DeepSeek's with ``qk_rope_head_dim``:
 :mod:`tjx.nn.mla`), a sliding window, and KV-cache prefill/decode; q/k norms, Gemma's query
-scale and soft-capped logits, gpt-oss's attention sinks, GLM's partial RoPE and Qwen3.5's output
-gate (see ``family_config``).
+scale and soft-capped logits, gpt-oss's attention sinks, GLM's partial RoPE, Qwen3.5's output
+gate and Llama 4's chunks, NoPE layers, weightless q/k norm and temperature (see
+``family_config``).
 
 A windowed layer (``sliding_window``; ``window_pattern`` says which layers) passes the window to
 the kernel; when decoding, its cache may be a rolling one of the window's size (slot ``p mod T``
@@ -88,6 +89,16 @@ class Attention(nnx.Module):
         self.scale *= ds.softmax_scale_factor(c)  # DeepSeek's yarn mscale² (else 1)
         self.softcap = c.attn_logit_softcap
         self.window = None if cross else c.sliding_window
+        # Llama 4: the local layers' chunk; global layers without RoPE (NoPE), their queries
+        # tempered by position; the rotated layers' q and k over their RMS (no weight).
+        self.chunk = None if cross else c.attention_chunk
+        self.global_nope = c.global_nope and not cross
+        self.qk_l2 = c.qk_l2_norm and not cross
+        self.l2_eps = c.norm_eps
+        self.temperature = (
+            None if cross or c.nope_temperature_floor is None
+            else (c.nope_temperature_floor, c.nope_temperature_scale)
+        )  # fmt: skip
         self.mla = c.attention_type == "mla" and not cross
         self.deepseek = self.mla and ds.is_deepseek(c)
         d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
@@ -199,6 +210,38 @@ class Attention(nnx.Module):
             return near
         return jnp.where(local, near, wide())
 
+    def _position(
+        self, x: Array, positions: Array, local: Local = None, length: Array | None = None
+    ) -> Array:
+        """``x`` [..., heads, head_dim] with this layer's positions: rotated (`_rope`) and, with
+        ``qk_l2_norm``, over its RMS; a NoPE layer's (``global_nope``: a global one) unchanged."""
+
+        def rotated() -> Array:
+            y = self._rope(x, positions, length, local)
+            if not self.qk_l2:
+                return y
+            f32 = y.astype(jnp.promote_types(y.dtype, jnp.float32))
+            normed = f32 * jax.lax.rsqrt(jnp.mean(f32 * f32, -1, keepdims=True) + self.l2_eps)
+            return normed.astype(y.dtype)
+
+        if not self.global_nope or local is None or local is True:
+            return rotated()
+        if local is False:
+            return x
+        return jnp.where(local, rotated(), x)
+
+    def _tempered(self, q: Array, positions: Array, local: Local) -> Array:
+        """Llama 4's queries of a NoPE layer times ``1 + scale · log(1 + floor((p + 1) /
+        floor))`` at position ``p`` (transformers' ``attn_temperature_tuning``)."""
+        if self.temperature is None or local is None or local is True:
+            return q
+        floor, scale = self.temperature
+        f32 = jnp.promote_types(q.dtype, jnp.float32)
+        p = positions.astype(f32)
+        factor = jnp.log1p(jnp.floor((p + 1.0) / floor)) * scale + 1.0  # [b, s]
+        tempered = (q.astype(f32) * factor[..., None, None]).astype(q.dtype)
+        return tempered if local is False else jnp.where(local, q, tempered)
+
     def _keys_values(
         self,
         src: Array,
@@ -211,7 +254,7 @@ class Attention(nnx.Module):
         k_key, k_value = split_key(lora_rng, 2)
         k, v = self._normed(self.k_norm, self.key(src, k_key)), self.value(src, k_value)
         if self.position == "rope" and positions is not None:
-            k = self._rope(k, positions, local=local)
+            k = self._position(k, positions, local)
         return k, v
 
     def _fused_qkv(self, x: Array) -> tuple[Array, Array, Array] | None:
@@ -251,14 +294,14 @@ class Attention(nnx.Module):
         )
 
     def _windowed(self, local: Local, attend: Any) -> Array:
-        """``attend(window)`` with this layer's window: static when ``local`` is known while
-        tracing, else both variants under ``lax.cond`` (kernels take static windows)."""
-        if self.window is None or local is False:
-            return attend(None)  # type: ignore[no-any-return]
+        """``attend(near)``: whether this layer's window (or chunk) applies, static when
+        ``local`` is known while tracing, else both variants under ``lax.cond`` (kernels take
+        static windows and chunks)."""
+        if (self.window is None and self.chunk is None) or local is False:
+            return attend(False)  # type: ignore[no-any-return]
         if local is None or local is True:
-            return attend(self.window)  # type: ignore[no-any-return]
-        window = self.window
-        return jax.lax.cond(local, lambda: attend(window), lambda: attend(None))  # type: ignore[no-any-return]
+            return attend(True)  # type: ignore[no-any-return]
+        return jax.lax.cond(local, lambda: attend(True), lambda: attend(False))  # type: ignore[no-any-return]
 
     def __call__(
         self,
@@ -325,11 +368,13 @@ class Attention(nnx.Module):
         elif fused is not None:
             q = self._normed(self.q_norm, fused[0])
             if self.position == "rope":
-                q = self._rope(q, positions, local=local)
+                q = self._position(q, positions, local)
         else:
             q = self._normed(self.q_norm, self.query(x, k_query))
             if self.position == "rope":
-                q = self._rope(q, positions, local=local)
+                q = self._position(q, positions, local)
+        if not self.deepseek:
+            q = self._tempered(q, positions, local)
         drop = 0.0 if deterministic else self.attention_dropout
         rng = dropout_rng if drop > 0.0 else None
         if decoding:
@@ -352,18 +397,21 @@ class Attention(nnx.Module):
             elif fused is not None:
                 k, v = self._normed(self.k_norm, fused[1]), fused[2]
                 if self.position == "rope":
-                    k = self._rope(k, positions, local=local)
+                    k = self._position(k, positions, local)
             else:
                 k, v = self._keys_values(x, positions, k_kv, local)
             if self.position == "alibi":
                 bias = _add(bias, alibi_bias(positions, positions, self.num_heads))
             split = current_sequence_parallel() if cache is None and not self.cross else None
 
-            def attend(window: int | None) -> Array:
-                if split is not None and self.sinks is not None:
+            def attend(near: bool) -> Array:
+                window = self.window if near else None
+                chunk = self.chunk if near else None
+                if split is not None and (self.sinks is not None or chunk is not None):
                     raise ValueError(
-                        "attention_sinks (gpt-oss) are not supported under sequence_parallel: "
-                        "the split's block kernels have no sinks; train without the split"
+                        "attention_sinks (gpt-oss) and attention_chunk (Llama 4) are not "
+                        "supported under sequence_parallel: the split's block kernels have "
+                        "neither; train without the split"
                     )
                 if split is not None:
                     return split_self_attention(
@@ -382,6 +430,7 @@ class Attention(nnx.Module):
                     dropout_rng=rng,
                     bias=bias,
                     window=window,
+                    chunk=chunk,
                 )
 
             out = self._windowed(local, attend)
@@ -438,7 +487,7 @@ class Attention(nnx.Module):
             latent = cache["latent"].astype(q.dtype)
             k, v = self._normed(self.k_norm, self.key(latent)), self.value(latent)
             if self.position == "rope":  # each cached key at its own position (right padding)
-                k = self._rope(k, jnp.maximum(held, 0), length=jnp.max(cache_pos) + 1, local=local)
+                k = self._position(k, jnp.maximum(held, 0), local, jnp.max(cache_pos) + 1)
         else:
             k_new, v_new = self._keys_values(x, positions, local=local)
             cache = {
@@ -449,8 +498,12 @@ class Attention(nnx.Module):
         if self.position == "alibi":
             bias = _add(bias, alibi_bias(positions, jnp.maximum(held, 0), self.num_heads))
         visible = held >= 0
-        if self.window is not None and local is not False:
-            near = cache_pos[:, None] - held < self.window
+        if (self.window is not None or self.chunk is not None) and local is not False:
+            if self.window is not None:
+                near = cache_pos[:, None] - held < self.window
+            else:  # Llama 4's chunk: the keys of the query's own chunk
+                assert self.chunk is not None
+                near = held // self.chunk == cache_pos[:, None] // self.chunk
             visible = visible & (near if local is None or local is True else near | ~local)
         if self.decode_topk is not None and self.decode_topk < t:
             out = topk_decode_attention(

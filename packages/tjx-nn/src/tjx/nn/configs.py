@@ -201,6 +201,21 @@ class TransformerConfig:
     attention_output_gate: bool = setting(
         False, help="attention output times a sigmoid gate per head from x (Qwen3-Next, Qwen3.5)"
     )
+    attention_chunk: int | None = setting(
+        None, help="local layers attend within chunks of this many positions (Llama 4)"
+    )
+    global_nope: bool = setting(
+        False, help="global layers (window_pattern) rotate no position: NoPE (Llama 4)"
+    )
+    qk_l2_norm: bool = setting(
+        False, help="q and k over their RMS, no weight, after RoPE, on rotated layers (Llama 4)"
+    )
+    nope_temperature_floor: float | None = setting(
+        None, help="NoPE layers: q x 1 + scale·log(1 + floor((p+1)/floor)) (Llama 4); None: off"
+    )
+    nope_temperature_scale: float = setting(
+        0.1, help="NoPE layers: the temperature's scale (Llama 4's attn_scale)"
+    )
     mixer_pattern: list[str] | None = setting(
         None,
         each_choices=MIXERS,
@@ -232,6 +247,9 @@ class TransformerConfig:
     router_topk_groups: int = setting(1, help="MoE: groups a token's experts come from")
     capacity_factor: float | None = setting(None, help="MoE: slots / fair share; None: dropless")
     router_logit_bias: bool = setting(False, help="MoE: a learned bias on the router's logits")
+    router_scales_input: bool = setting(
+        False, help="MoE: routed weights scale each expert's input, not its output (Llama 4)"
+    )
 
     def __post_init__(self) -> None:
         cls = type(self).__name__
@@ -259,6 +277,7 @@ class TransformerConfig:
         check_rope(self, cls)
         check_rope_scaling(self, cls)
         check_window(self, cls)
+        check_llama4(self, cls)
         check_mixers(self, cls)
         check_relative(self, cls)
         check_mla(self, cls)
@@ -283,6 +302,15 @@ class TransformerConfig:
         return tuple(
             self.sliding_window if pattern[i % len(pattern)] == "local" else None for i in range(n)
         )
+
+    def layer_locals(self, num_layers: int | None = None) -> tuple[bool, ...]:
+        """Each layer's ``local`` switch: whether its sliding window or attention chunk applies
+        (and, with ``global_nope``, whether RoPE rotates it), ``window_pattern`` repeated."""
+        n = self.num_layers if num_layers is None else num_layers
+        if self.sliding_window is None and self.attention_chunk is None:
+            return (False,) * n
+        pattern = self.window_pattern or ("local",)
+        return tuple(pattern[i % len(pattern)] == "local" for i in range(n))
 
     def layer_mixers(self, num_layers: int | None = None) -> tuple[str, ...]:
         """Each layer's token mixer (``MIXERS``), ``mixer_pattern`` repeated over ``num_layers``
@@ -533,12 +561,49 @@ def check_window(config: Any, cls: str) -> None:
             )
     if pattern is None:
         return
-    if window is None:
+    if window is None and config.attention_chunk is None:
         raise ValueError(
-            f"{cls}.window_pattern: it says which layers use sliding_window, which is None; "
-            "set sliding_window or set window_pattern to None"
+            f"{cls}.window_pattern: it says which layers use sliding_window (or "
+            "attention_chunk), which is None; set one or set window_pattern to None"
         )
     set_pattern(config, cls, "window_pattern", LAYER_KINDS)
+
+
+def check_llama4(config: Any, cls: str) -> None:
+    """Llama 4's switches (:mod:`tjx.nn.family_config`): a chunk instead of a window, NoPE global
+    layers, the weightless q/k norm and the NoPE layers' temperature, each only where it acts."""
+    c = config
+    if c.attention_chunk is not None:
+        positive(cls, "attention_chunk", c.attention_chunk)
+        if c.sliding_window is not None or c.position == "t5":
+            raise ValueError(
+                f"{cls}.attention_chunk: a local layer has a chunk or a sliding_window, not both, "
+                f"and position 't5' has neither (got sliding_window {c.sliding_window}, position "
+                f"{c.position!r}); set attention_chunk to None"
+            )
+    rotated = c.position == "rope" and c.attention_type == "mha"
+    if c.global_nope and (not rotated or False not in c.layer_locals()):
+        raise ValueError(
+            f"{cls}.global_nope: needs position 'rope', attention_type 'mha' and a global layer "
+            f"in window_pattern (got {c.position!r}, {c.attention_type!r}, "
+            f"{c.window_pattern}); set global_nope to False"
+        )
+    if c.qk_l2_norm and not rotated:
+        raise ValueError(
+            f"{cls}.qk_l2_norm: only rotated (position 'rope', attention_type 'mha') layers have "
+            f"it; got {c.position!r}, {c.attention_type!r}"
+        )
+    floor = _positive_float(cls, "nope_temperature_floor", c.nope_temperature_floor)
+    object.__setattr__(c, "nope_temperature_floor", floor)
+    scale = c.nope_temperature_scale
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
+        raise ValueError(f"{cls}.nope_temperature_scale must be a number; got {scale!r}")
+    object.__setattr__(c, "nope_temperature_scale", float(scale))
+    if (floor is None and scale != 0.1) or (floor is not None and not c.global_nope):
+        raise ValueError(
+            f"{cls}.nope_temperature_floor/scale: only NoPE layers (global_nope) are tempered; "
+            f"got floor {floor}, scale {scale}, global_nope {c.global_nope}"
+        )
 
 
 def set_pattern(config: Any, cls: str, name: str, kinds: tuple[str, ...]) -> None:
@@ -812,8 +877,9 @@ def check_mtp(config: Any, cls: str) -> None:
     """``mtp_depths`` >= 0 and ``mtp_loss_weight`` >= 0 (:mod:`tjx.nn.mtp`)."""
     positive(cls, "mtp_depths", config.mtp_depths, allow_zero=True)
     if config.mtp_depths:  # an MTP module is one full-attention block (DeepSeek's, GLM-4.5's)
-        for name, off in (("sliding_window", None), ("mixer_pattern", None), ("position", "t5")):
-            value = getattr(config, name)
+        local = (("sliding_window", None), ("attention_chunk", None), ("mixer_pattern", None))
+        for name, off in (*local, ("position", "t5")):
+            value = getattr(config, name, None)
             if (value is not None) if off is None else value == off:
                 raise ValueError(
                     f"{cls}.mtp_depths: multi-token prediction is implemented for full-attention "

@@ -89,7 +89,7 @@ def decoder_stages(
             "decoder_stages: the multi-token-prediction modules are not pipelined (their loss "
             f"would be lost between stages); got mtp_depths={c.mtp_depths} (set it to 0)"
         )
-    if c.window_pattern is not None and len(set(c.layer_windows())) > 1:
+    if c.window_pattern is not None and len(set(c.layer_locals())) > 1:
         raise ValueError(
             "decoder_stages runs every layer alike; a window_pattern that mixes local and global "
             "layers is not supported in a pipeline (one sliding_window for every layer is)"

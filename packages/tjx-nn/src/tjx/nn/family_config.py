@@ -34,6 +34,19 @@ Each is one ``TransformerConfig`` field (``configs.py``), off by default:
 * ``rope_fraction`` (GLM-4.5's ``partial_rotary_factor``): RoPE rotates the first
   ``int(head_dim · rope_fraction)`` dims of each query and key head (rotate-half within them, its
   frequencies those of a head that wide) and passes the rest through. 1: the whole head.
+
+Llama 4's (its global layers are ``window_pattern``'s ``"global"`` ones):
+
+* ``attention_chunk``: the local layers attend within chunks of this many positions instead of a
+  sliding window (position ``p`` sees the keys from ``chunk·⌊p/chunk⌋`` to ``p``: tjx.kernels'
+  ``attention(chunk=)``, a decoding step the keys of its own chunk). Not with ``sliding_window``.
+* ``global_nope``: the global layers rotate no position (NoPE); RoPE turns the local ones only.
+* ``qk_l2_norm``: queries and keys divided by their RMS over each head (``norm_eps``, no weight)
+  after RoPE, in the layers RoPE rotates.
+* ``nope_temperature_floor`` / ``nope_temperature_scale``: a NoPE layer's queries times
+  ``1 + scale · log(1 + ⌊(p + 1) / floor⌋)`` at position ``p`` (``attn_temperature_tuning``).
+* MoE: the ``sigmoid_plain`` router (`tjx.nn.routers`) and ``router_scales_input``, the routed
+  weight scaling the expert's input instead of its output (`tjx.nn.moe.dispatch`).
 """
 
 from __future__ import annotations
@@ -44,10 +57,24 @@ from collections.abc import Mapping
 QK_NORM_SCOPES = ("head", "projection")
 #: Norm positions only decoder blocks implement.
 DECODER_NORM_POSITIONS = ("sandwich", "output")
+#: Llama 4's attention switches (a decoder's, above).
+LLAMA4_SWITCHES = (
+    "attention_chunk",
+    "global_nope",
+    "qk_l2_norm",
+    "nope_temperature_floor",
+    "nope_temperature_scale",
+)
 #: Fields only decoders (GPT2, Llama) read: the other families refuse them (``unused_fields``).
 DECODER_ONLY: Mapping[str, str] = {
     name: "only decoders (gpt2, llama) implement it"
-    for name in ("norm_plus_one", "scale_embeddings", "final_logit_softcap", "attention_sinks")
+    for name in (
+        "norm_plus_one",
+        "scale_embeddings",
+        "final_logit_softcap",
+        "attention_sinks",
+        *LLAMA4_SWITCHES,
+    )
 } | {
     name: "only decoders (gpt2, llama) predict further tokens"
     for name in ("mtp_depths", "mtp_loss_weight")

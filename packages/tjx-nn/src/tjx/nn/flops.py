@@ -135,11 +135,19 @@ def _mtp_weights(c: TransformerConfig) -> int:
 def _area(c: TransformerConfig, s: int, layers: int, *, causal: bool) -> tuple[int, int]:
     """Summed ``s_q·s_k`` of ``layers`` self-attention layers over ``s`` tokens (windows cut
     ``s_k`` to the keys they hold: ``k``), and the summed ``k²`` (a causal layer sees ``s·k - k²/2``
-    pairs, which `flops_per_token` counts with ``causal_half``)."""
+    pairs, which `flops_per_token` counts with ``causal_half``). A chunked layer's area is its
+    chunks' square blocks (``Σ len²``), half of it seen causally."""
     total = overlap = 0
     mixers = c.layer_mixers(layers)
-    for w, mixer in zip(c.layer_windows(layers), mixers, strict=True):
+    locals_ = c.layer_locals(layers)
+    for w, local, mixer in zip(c.layer_windows(layers), locals_, mixers, strict=True):
         if mixer == "delta":  # no score matrix (`flops_per_token` counts its state products)
+            continue
+        if local and c.attention_chunk is not None:  # Llama 4: a score block per chunk
+            whole, rest = divmod(s, c.attention_chunk)
+            block = whole * c.attention_chunk**2 + rest * rest
+            total += block
+            overlap += block  # causal: half of each block
             continue
         keys = s if w is None else min(s, w if causal else 2 * w - 1)
         total += s * keys

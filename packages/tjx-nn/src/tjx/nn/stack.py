@@ -87,8 +87,9 @@ class Stack(nnx.Module):
         self.num_layers = num_layers
         self.scan = config.scan_layers
         self.remat = config.remat
-        # Each layer's sliding window (None: full attention), as the config's pattern says.
-        self.windows = tuple(config.layer_windows(num_layers))
+        # Whether each layer's sliding window (or Llama 4's chunk) applies, as the config's
+        # pattern says.
+        self.locals = config.layer_locals(num_layers)
         depth = residual_layers or num_layers
         kinds = moe_layers(config) if config.num_experts else (False,) * num_layers
         assert len(kinds) == num_layers
@@ -179,7 +180,7 @@ class Stack(nnx.Module):
             cache_pos=cache_pos,
             lengths=lengths,
         )
-        kinds = {w is not None for w in self.windows}
+        kinds = set(self.locals)
         uniform = None if len(kinds) > 1 else kinds.pop()  # every layer alike: a static flag
 
         def layer_fn(local: Any) -> Any:
@@ -199,7 +200,7 @@ class Stack(nnx.Module):
             return body
 
         keys = None if rng is None else jax.random.split(rng, self.num_layers)
-        flags = None if uniform is not None else jnp.asarray([w is not None for w in self.windows])
+        flags = None if uniform is not None else jnp.asarray(self.locals)
         if self.segments is not None:
             return self._run_segments(layer_fn(uniform), x, keys, cache, context_kv, flags)
         if self.scan:
@@ -219,7 +220,7 @@ class Stack(nnx.Module):
             return x, new_cache, stats
         caches, all_stats = [], []
         for i, block in enumerate(self.layers):
-            x, (new, stats) = layer_fn(self.windows[i] is not None)(
+            x, (new, stats) = layer_fn(self.locals[i])(
                 block,
                 x,
                 None if keys is None else keys[i],

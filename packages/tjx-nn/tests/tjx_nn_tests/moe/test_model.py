@@ -34,7 +34,7 @@ MOE = dict(
         (dict(capacity_factor=0.0), "capacity_factor", "must be > 0"),
         (dict(capacity_factor=-1.5), "capacity_factor", "must be > 0"),
         (dict(num_experts=-1), "num_experts", "non-negative int"),
-        (dict(router="hash"), "router", "one of ('softmax', 'sigmoid')"),
+        (dict(router="hash"), "router", "one of ('softmax', 'sigmoid', 'sigmoid_plain')"),
         (dict(router_dtype="int8"), "router_dtype", "one of"),
         (dict(router_aux_loss=-0.1), "router_aux_loss", ">= 0"),
         (dict(moe_first_dense=4), "moe_first_dense", "none of the 4 layers is MoE"),

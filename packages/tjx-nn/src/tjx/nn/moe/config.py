@@ -39,6 +39,7 @@ MOE_FIELDS = (
     "router_groups",
     "router_topk_groups",
     "router_logit_bias",
+    "router_scales_input",
 )
 #: Every field an MoE model reads (``num_experts`` first): what a family without MoE refuses.
 ALL_MOE_FIELDS = ("num_experts", *MOE_FIELDS)
@@ -140,7 +141,7 @@ def _check_groups(c: Any, cls: str) -> None:
             f"hold experts_per_token={c.experts_per_token}; allowed: "
             f"{-(-c.experts_per_token // per)}..{groups}"
         )
-    if groups > 1 and c.router == "sigmoid" and per < 2:
+    if groups > 1 and c.router.startswith("sigmoid") and per < 2:
         raise ValueError(
             f"{cls}.router_groups: the sigmoid router scores a group by its two best experts; "
             f"{groups} groups of {c.num_experts} experts leave {per}"

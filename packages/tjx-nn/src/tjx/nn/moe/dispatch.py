@@ -143,8 +143,20 @@ def _combine(y_assign: Array, weights: Array, dtype: Any) -> Array:
     return out.astype(dtype)
 
 
+def _scaled_rows(rows: Array, weights: Array) -> Array:
+    """Each assignment's input row times its routed weight (Llama 4 scales the expert's input)."""
+    acc = jnp.promote_types(rows.dtype, weights.dtype)
+    return rows.astype(acc) * weights.astype(acc)[..., None]
+
+
 def dropless(
-    x: Array, experts: Array, weights: Array, w: ExpertWeights, ffn: FFN, comm: Any = None
+    x: Array,
+    experts: Array,
+    weights: Array,
+    w: ExpertWeights,
+    ffn: FFN,
+    comm: Any = None,
+    scale_input: bool = False,
 ) -> Array:
     """Every (token, choice) assignment through its expert: sort, grouped matmuls, unsort.
 
@@ -160,6 +172,8 @@ def dropless(
         Activation and dtype.
     comm : ExpertComm, optional
         Expert parallelism (see the module's docstring); None: every expert is here.
+    scale_input : bool
+        The weights scale each assignment's input row instead of its output (Llama 4).
 
     Returns
     -------
@@ -174,6 +188,9 @@ def dropless(
     order = jnp.argsort(flat, stable=True)  # assignments grouped by expert, token order inside
     sorted_experts = flat[order]
     rows = x[order // k]
+    if scale_input:
+        rows = _scaled_rows(rows, weights.reshape(-1)[order])
+        weights = jnp.ones_like(weights)
     group_sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
     if size == 1:
         out = grouped_ffn(rows, group_sizes, sorted_experts, w, ffn, comm)
@@ -215,6 +232,7 @@ def capacity(
     ffn: FFN,
     slots: int,
     comm: Any = None,
+    scale_input: bool = False,
 ) -> tuple[Array, Array]:
     """The capacity path: ``slots`` per expert and sequence, overflow dropped in a fixed order.
 
@@ -230,6 +248,8 @@ def capacity(
         ``C``, from ``config.expert_capacity``.
     comm : ExpertComm, optional
         Expert parallelism: the buffer's expert blocks go to their devices (all-to-all).
+    scale_input : bool
+        The weights scale each assignment's input row instead of its output (Llama 4).
 
     Returns
     -------
@@ -250,6 +270,9 @@ def capacity(
     keep = pos < slots
     rows = jnp.arange(b)[:, None]
     src = x[rows, jnp.arange(k * s)[None, :] % s]  # [b, k·s, d]
+    if scale_input:  # assignment j = choice·s + token, as ``pri``
+        src = _scaled_rows(src, weights.transpose(0, 2, 1).reshape(b, k * s))
+        weights = jnp.ones_like(weights)
     buf = jnp.zeros((b, num_experts, slots, x.shape[-1]), ffn.dtype)
     buf = buf.at[rows, pri, pos].set(src.astype(ffn.dtype), mode="drop")  # pos >= C: dropped
     if comm is not None and comm.size > 1:

@@ -2,7 +2,8 @@
 
 ``MoE(x)`` routes each token of ``x`` ``[b, s, d]`` to ``experts_per_token`` of ``num_experts``
 experts (``routers.py``), runs them (``dispatch``: dropless grouped matmuls, or the
-capacity path), adds the shared experts (one MLP every token goes through, optionally scaled by
+capacity path; each weighs its expert's output, or with ``router_scales_input`` its input,
+Llama 4), adds the shared experts (one MLP every token goes through, optionally scaled by
 ``sigmoid(x · shared_gate)``, Qwen2-MoE) and returns the block's output with its `MoEStats`.
 
 Parameters (logical axes in brackets): ``router.kernel`` ``[embed, None]``, the sigmoid
@@ -221,11 +222,12 @@ class MoE(nnx.Module):
 
         def run(x: Array, experts: Array, weights: Array, w: Any, comm: Any) -> tuple[Array, Array]:
             """One device's share (all of it without expert parallelism)."""
+            on_input = c.router_scales_input
             if slots is not None:
-                return capacity(x, experts, weights, w, ffn, slots, comm)
+                return capacity(x, experts, weights, w, ffn, slots, comm, on_input)
             shape = x.shape
             flat = (x.reshape(-1, shape[-1]), experts.reshape(-1, experts.shape[-1]))
-            y = dropless(*flat, weights.reshape(flat[1].shape), w, ffn, comm)
+            y = dropless(*flat, weights.reshape(flat[1].shape), w, ffn, comm, on_input)
             return y.reshape(shape), jnp.zeros((), jnp.int32)
 
         ep = current_expert_parallel()

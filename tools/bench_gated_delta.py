@@ -72,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--chunk", type=int, default=64, help="the rule's chunk size")
-    parser.add_argument("--implementations", default="xla,pallas",
-                        help="the rule's implementations to price, comma-separated")
+    parser.add_argument(
+        "--implementations",
+        default="xla,pallas",
+        help="the rule's implementations to price, comma-separated",
+    )
     parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     target = open_target("h100", parallel.abstract_devices)

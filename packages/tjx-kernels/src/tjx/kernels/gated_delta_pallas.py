@@ -73,7 +73,8 @@ def launch(c: int, dk: int, dv: int, itemsize: int) -> tuple[int, int]:
     """(state columns per program, Triton pipeline stages) for padded ``C``, ``d_k``, ``d_v``
     and the work dtype's item size (the shared-memory bounds above)."""
     tile = c * dk * itemsize
-    return min(BLOCK_V if tile <= _FULL_BLOCK else BLOCK_V // 2, dv), 2 if tile <= _TWO_STAGES else 1
+    columns = BLOCK_V if tile <= _FULL_BLOCK else BLOCK_V // 2
+    return min(columns, dv), 2 if tile <= _TWO_STAGES else 1
 
 
 def _dot(a: Array, b: Array, dims: tuple[int, int]) -> Array:
@@ -144,6 +145,10 @@ def _specs(chunks: int, c: int, dk: int, bv: int) -> dict[str, pl.BlockSpec]:
         "decay": pl.BlockSpec((None, None, chunks * dk), lambda vi, bi, hi: (bi, hi, 0)),
         "state": pl.BlockSpec((None, None, dk, bv), lambda vi, bi, hi: (bi, hi, 0, vi)),
     }
+
+
+#: The backward kernel's operands by kind (``qd, w, ke, d_out, du_local, decay, d_final``).
+_BWD_OPERANDS = ("keys", "keys", "keys", "values", "values", "decay", "state")
 
 
 def _params(stages: int) -> Any:
@@ -229,8 +234,7 @@ def backward_states(
         pl.pallas_call(
             functools.partial(_bwd_dh_kernel, chunks=chunks, c=c, dk=dk),
             grid=(dv // bv, b, h),
-            in_specs=[sp["keys"], sp["keys"], sp["keys"], sp["values"], sp["values"],
-                      sp["decay"], sp["state"]],  # fmt: skip
+            in_specs=[sp[kind] for kind in _BWD_OPERANDS],
             out_specs=[sp["states"], sp["values"], sp["state"]],
             out_shape=[
                 out_struct((b, h, chunks * dk, dv), dt, *ins),
@@ -302,9 +306,7 @@ def _forward(
         p.keys(w), p.values(u_tilde), p.keys(ke), p.decay(last), p.state(s0), interpret
     )
     states, vnew = p.unstates(states), p.unrows(vnew)
-    out = jnp.einsum("bhnck,bhnkv->bhncv", qd, states) + jnp.einsum(
-        "bhnij,bhnjv->bhniv", qk, vnew
-    )
+    out = jnp.einsum("bhnck,bhnkv->bhncv", qd, states) + jnp.einsum("bhnij,bhnjv->bhniv", qk, vnew)
     return (out, p.unstate(final)), (w, qk, qd, ke, last, states, vnew)
 
 

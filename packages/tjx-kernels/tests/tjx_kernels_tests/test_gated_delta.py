@@ -9,6 +9,7 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tjx.kernels import custom_call_cost
 from tjx.kernels.choice import Target
@@ -257,3 +258,43 @@ def test_the_kernels_prices_are_their_operands_read_once_per_column_block():
         assert read == want_read
         assert written == 4 * b * h * (n * dk * dv + rows * dv + dk * dv)
         assert flops == {"f32": (4.0 if fwd else 6.0) * b * h * rows * dk * dv}
+
+
+def test_the_pallas_kernels_run_on_each_devices_batch_rows_and_heads():
+    """Under a batch- and head-sharded jit (8 CPU devices, tools/devtest) the kernels partition
+    like the flash kernels: the answer is the unsharded XLA path's, and no device holds the
+    per-chunk states of all batch rows and heads (they would be gathered without the rule)."""
+    assert jax.device_count() == 8, "tools/devtest simulates 8 CPU devices"
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
+    xs = _inputs(np.random.default_rng(), b=2, t=10, h=4, dtype=np.float32)
+    sharding = NamedSharding(mesh, PartitionSpec("data", None, "model"))
+    placed = [jax.device_put(x, sharding) for x in xs]
+
+    def loss(impl):
+        def f(*args):
+            o, s = _rule(*args, chunk_size=4, implementation=impl)
+            return jnp.sum(o * o) + jnp.sum(s)
+
+        return jax.value_and_grad(f, argnums=tuple(range(5)))
+
+    compiled = jax.jit(loss("pallas")).lower(*placed).compile()
+    got = compiled(*placed)
+    want = jax.jit(loss("xla"))(*xs)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    # The per-chunk states [b, h, chunks, d_k', d_v'] = [2, 4, 3, 16, 16]: one row and head per
+    # device, nothing gathered.
+    hlo = compiled.as_text()
+    assert "f32[1,1,3,16,16]" in hlo and "f32[2,4,3,16,16]" not in hlo
+    assert "all-gather" not in hlo
+
+
+def test_the_pallas_kernels_vmap_as_a_longer_batch():
+    xs = _inputs(np.random.default_rng(), b=1, t=6, dtype=np.float32)
+    stacked = [jnp.stack([x, 2.0 * x if i == 2 else x]) for i, x in enumerate(xs)]  # v doubled
+    run = functools.partial(_rule, chunk_size=4, implementation="pallas")
+    o, s = jax.jit(jax.vmap(run))(*stacked)
+    for i in range(2):
+        o_i, s_i = jax.jit(run)(*(x[i] for x in stacked))
+        np.testing.assert_allclose(np.asarray(o[i]), np.asarray(o_i), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(s[i]), np.asarray(s_i), rtol=1e-6, atol=1e-6)

@@ -42,10 +42,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_batching import custom_vmap
 from jax.experimental import pallas as pl
+from jax.experimental.custom_partitioning import (
+    ArrayMapping,
+    SdyShardingRule,
+    custom_partitioning,
+)
 from jax.experimental.pallas import triton as plgpu
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tjx.kernels.flash_fwd import out_struct
+from tjx.kernels.partition import _dim_entry, _entry, _size
 
 Array = jax.Array
 
@@ -248,6 +256,101 @@ def backward_states(
     )
 
 
+# --------------------------------------------------------------------------------------------
+# SPMD partitioning and vmap, as the flash kernels' (`tjx.kernels.partition`): a ``pallas_call``
+# is one opaque custom call that XLA's partitioner would gather whole onto every device. Every
+# operand and result of both kernels is ``[b, h, ...]`` and (batch row, head) pairs are
+# independent, so each device runs the unchanged kernel on its own rows and heads; the trailing
+# dimensions (chunks, d_k, d_v) are replicated (gathered first if sharded).
+
+
+def _kernel_sharding(mesh: Mesh, x: Any) -> NamedSharding:
+    """``[b, h, ...]`` sharded as ``x``'s batch and head dimensions are, where the axes divide
+    them (``x`` decides; the partitioner reshards the other operands to match)."""
+    batch = _dim_entry(mesh, x, 0)
+    if not batch or x.shape[0] % _size(mesh, batch):
+        batch = ()
+    heads = tuple(a for a in _dim_entry(mesh, x, 1) if a not in batch)
+    if not heads or x.shape[1] % _size(mesh, heads):
+        heads = ()
+    return NamedSharding(mesh, PartitionSpec(_entry(batch), _entry(heads)))
+
+
+def _sdy_rule(interpret: bool, mesh: Mesh, operands: Any, results: Any) -> SdyShardingRule:
+    """Batch ``b`` and heads ``h`` shared by every operand and result; the rest replicated
+    (factors of their own, listed in the order they appear: Shardy wants them sorted)."""
+    del interpret, mesh
+    rest: list[str] = []
+
+    def mapping(x: Any) -> ArrayMapping:
+        names = [f"r{len(rest) + i}" for i in range(len(x.shape) - 2)]
+        rest.extend(names)
+        return ArrayMapping("b", "h", *names)
+
+    ops = tuple(mapping(x) for x in operands)
+    outs = tuple(mapping(x) for x in results)
+    return SdyShardingRule(ops, outs, need_replication_factors=tuple(rest))
+
+
+def _infer(interpret: bool, mesh: Mesh, args: Any, result: Any) -> tuple[NamedSharding, ...]:
+    del interpret
+    return (_kernel_sharding(mesh, args[0]),) * len(result)
+
+
+def _partition(kernel: Any) -> Any:
+    def partition(interpret: bool, mesh: Mesh, args: Any, result: Any) -> Any:
+        sharding = _kernel_sharding(mesh, args[0])
+        local = functools.partial(kernel, interpret=interpret)
+        # Every operand is forced to the kernel's layout (a cotangent often arrives replicated).
+        return mesh, local, (sharding,) * len(result), (sharding,) * len(args)
+
+    return partition
+
+
+def _partitioned(kernel: Any, arity: int) -> Any:
+    """``kernel`` (`forward_states` or `backward_states`, ``arity`` arguments, ``interpret``
+    last) partitioned and vmappable."""
+    cp = custom_partitioning(kernel, static_argnums=(arity - 1,))
+    # decode_shardings=False: `_dim_entry` reads the partitioner's own shardings (sub-axes too).
+    cp.def_partition(
+        partition=_partition(kernel),
+        infer_sharding_from_operands=_infer,
+        sharding_rule=_sdy_rule,
+        decode_shardings=False,
+    )
+
+    @functools.cache
+    def batchable(interpret: bool) -> Any:
+        @custom_vmap
+        def call(*args: Array) -> tuple[Array, ...]:
+            return tuple(cp(*args, interpret))
+
+        @call.def_vmap
+        def rule(
+            axis_size: int, in_batched: list[bool], *args: Array
+        ) -> tuple[tuple[Array, ...], tuple[bool, ...]]:
+            # custom_partitioning has no batching rule: a vmapped axis folds into the batch.
+            flat = [
+                (x if batched else jnp.broadcast_to(x, (axis_size, *x.shape))).reshape(
+                    (-1, *x.shape[1 + bool(batched) :])
+                )
+                for x, batched in zip(args, in_batched, strict=True)
+            ]
+            outs = call(*flat)
+            return tuple(o.reshape((axis_size, -1, *o.shape[1:])) for o in outs), (True,) * 3
+
+        return call
+
+    def run(*args: Any) -> tuple[Array, ...]:
+        return tuple(batchable(bool(args[-1]))(*args[:-1]))
+
+    return run
+
+
+_forward_partitioned = _partitioned(forward_states, 6)
+_backward_partitioned = _partitioned(backward_states, 8)
+
+
 def _pad_to(x: Array, sizes: dict[int, int]) -> Array:
     """``x`` zero-padded at the end of each axis in ``sizes`` to that size."""
     pads = [(0, sizes.get(i, n) - n) for i, n in enumerate(x.shape)]
@@ -302,7 +405,7 @@ def _forward(
     interpret: bool,
 ) -> tuple[Core, tuple[Array, ...]]:  # fmt: skip
     p = _Padded(qk.shape[-1], w.shape[-1], u_tilde.shape[-1])
-    states, vnew, final = forward_states(
+    states, vnew, final = _forward_partitioned(
         p.keys(w), p.values(u_tilde), p.keys(ke), p.decay(last), p.state(s0), interpret
     )
     states, vnew = p.unstates(states), p.unrows(vnew)
@@ -334,7 +437,7 @@ def _core_bwd(interpret: bool, res: tuple[Array, ...], cts: Core) -> tuple[Array
     d_out, d_final = cts
     p = _Padded(qk.shape[-1], w.shape[-1], vnew.shape[-1])
     du_local = jnp.einsum("bhnij,bhniv->bhnjv", qk, d_out)
-    d_after, du, ds0 = backward_states(
+    d_after, du, ds0 = _backward_partitioned(
         p.keys(qd), p.keys(w), p.keys(ke), p.values(d_out), p.values(du_local), p.decay(last),
         p.state(d_final.astype(states.dtype)), interpret,
     )  # fmt: skip

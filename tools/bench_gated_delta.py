@@ -2,17 +2,20 @@
 
 Issue #56 asks for a Pallas kernel of the gated delta rule only if it wins in the H100 compile's
 estimate. This tool compiles, for one Qwen3-Next-80B-A3B layer's shapes, the forward and backward
-of (a) tjx.kernels' chunked ``gated_delta_rule`` (XLA: the linear-attention layers' core) and (b)
+of (a) tjx.kernels' chunked ``gated_delta_rule`` (the linear-attention layers' core), once per
+``--implementations`` entry (``xla``: the scan across chunks; ``pallas``: the Triton kernels,
+lowered by jaxlib's Triton in the compile and priced by ``tjx.kernels.costs``), and (b)
 tjx.kernels' ``attention``, causal, as ``auto`` resolves it there (cuDNN; the full-attention
 layers' core, the baseline), with XLA's real GPU compiler (jax's CUDA plugin, no GPU), and
 prices both with tjx-metrics' calibrated estimate (the per-kernel roofline plus the launch floors
 and achieved rates measured on the H100 of 2026-11-25). It prints each one's estimated time,
-bytes moved, kernel launches and XLA's temporary memory, and their ratio. **Estimates, not
-measurements.**
+bytes moved, kernel launches and XLA's temporary memory, and each rule's ratio to attention.
+**Estimates, not measurements.**
 
     source tools/pythonpath.sh
     PYTHONPATH="$(tjx_pythonpath $PWD):$HOME/.cache/tjx/deviceless/jax0.10.2-cuda12" \\
-        JAX_PLATFORMS=cpu python tools/bench_gated_delta.py [--seq 4096] [--batch 2]
+        JAX_PLATFORMS=cpu python tools/bench_gated_delta.py [--seq 4096] [--batch 2] \\
+        [--chunk 64|128] [--implementations xla,pallas]
 """
 
 from __future__ import annotations

@@ -26,17 +26,21 @@ LAPACK solve; independent of the state: all chunks at once). Then
 
     O = diag(γ) Q S_0 + (Q Kᵀ ⊙ M) U,     S_C = γ_C S_0 + (K ⊙ γ_C/γ)ᵀ U,
 
-where only ``U = Ũ - W S_0``, the two products with ``S_0`` and the state update are sequential
-(a ``lax.scan`` over chunks of ``C × d`` matrix products); everything else is batched over chunks.
+where only ``U = Ũ - W S_0``, the two products with ``S_0`` and the state update are sequential;
+everything else is batched over chunks.
 
-**The backward is autodiff through the chunked form** (no ``custom_vjp``): it is exact to the
-forward, XLA compiles the scan's transpose, and the per-chunk states it keeps (``[chunks, d_k,
-d_v]`` per head) are as large as the activations of one attention layer at ``C = 64``. A
-hand-written backward that recomputes the states (as flash-linear-attention's does) would save
-that memory; it is not written. The computation is XLA's on every backend; no Pallas kernel yet:
-the H100 compile's estimate (``tools/bench_gated_delta.py``, the README) puts this form at 1.7-2.0×
-the time of cuDNN's causal attention of the same width at 4k tokens, moving 45× its bytes, so such
-a kernel would win; it is not written.
+**Two implementations of the sequential part** (``implementation``): ``"xla"``, a ``lax.scan``
+over chunks of ``C × d`` matrix products, its backward autodiff through the scan (exact to the
+forward; XLA compiles the scan's transpose and keeps the per-chunk states, ``[chunks, d_k, d_v]``
+per head); ``"pallas"``, two Triton kernels (`tjx.kernels.gated_delta_pallas`, after
+flash-linear-attention's ``chunk_gated_delta_rule_fwd_h`` / ``chunk_bwd_dh``) that walk the
+chunks with the state on chip, storing one state per chunk for the backward, which runs the state's
+cotangent through the chunks in reverse in the same style (a ``custom_vjp``; the chunk-parallel
+products stay XLA's). Autodiff carries both through the chunk set-up above. ``"auto"``
+(`gated_delta_auto`): the kernels on a Hopper GPU, where the H100 compile's estimate
+(``tools/bench_gated_delta.py``, the README) puts them at 10.2 ms against the scan's 17.3 ms
+(forward and backward, 2 × 4096 tokens, 32 heads of 128, chunk 64); XLA everywhere else.
+Neither recomputes the states in the backward (flash-linear-attention's saves that memory).
 
 Shapes: ``q``, ``k`` ``[batch, seq, heads, d_k]``; ``v`` ``[batch, seq, heads, d_v]``; ``g``,
 ``beta`` ``[batch, seq, heads]``; state ``[batch, heads, d_k, d_v]``. The query scale (default

@@ -60,16 +60,20 @@ Array = jax.Array
 #: The kernels' ``pallas_call`` names (what a compiled program's custom calls say; `costs`).
 FWD_KERNEL = "tjx_gdelta_fwd_h"
 BWD_KERNEL = "tjx_gdelta_bwd_dh"
-#: Columns of the state per program, at most (flash-linear-attention's choice for d_k = 128).
+#: Columns of the state per program, at most (flash-linear-attention tunes between 32 and 64).
 BLOCK_V = 64
-NUM_WARPS = 4
+#: Warps per program: at 4, ptxas spilled the backward's registers (104 B at C = 64, 2.9 KB at
+#: C = 128, d_k = d_v = 128); at 8 neither kernel spills with the launches `launch` picks.
+NUM_WARPS = 8
 _MIN = 16  # Triton's dot takes no dimension under 16
-#: A chunk's ``[C, d_k]`` tile (bytes) up to which Triton may double-buffer the chunk loop, and
-#: up to which a program takes `BLOCK_V` columns (else half): an H100's 227 KiB of shared memory
-#: held C = 64, d_k = 128 float32 with 2 stages, C = 128 with 1 (2 asked 272 KiB); the abstract
-#: H100's compile (`tools/bench_gated_delta.py`) refuses a launch that does not fit.
+#: The largest ``[C, d_k]`` tile (bytes) a program double-buffers (2 Triton pipeline stages) with
+#: `BLOCK_V` columns; above it, 1 stage and half the columns. Checked for sm_90 (the abstract
+#: H100's compile, jaxlib's Triton, refuses a launch that does not fit its 227 KiB of shared
+#: memory; the PyPI triton 3.9 wheel's ptxas counts registers and spills,
+#: ``benchmarks/triton_compile_check.py``'s method): C = 64, d_k = 128 float32 with 2 stages and 64
+#: columns, 0 spills; C = 128 with 2 stages asked 240-272 KiB (refused), with 1 stage and 32
+#: columns 0 spills. d_k = 256 still spills (96 B forward, 928 B backward at C = 64).
 _TWO_STAGES = 64 * 128 * 4
-_FULL_BLOCK = 128 * 128 * 4
 
 
 def padded(n: int) -> int:
@@ -79,10 +83,9 @@ def padded(n: int) -> int:
 
 def launch(c: int, dk: int, dv: int, itemsize: int) -> tuple[int, int]:
     """(state columns per program, Triton pipeline stages) for padded ``C``, ``d_k``, ``d_v``
-    and the work dtype's item size (the shared-memory bounds above)."""
-    tile = c * dk * itemsize
-    columns = BLOCK_V if tile <= _FULL_BLOCK else BLOCK_V // 2
-    return min(columns, dv), 2 if tile <= _TWO_STAGES else 1
+    and the work dtype's item size (the shared-memory and register bounds above)."""
+    small = c * dk * itemsize <= _TWO_STAGES
+    return min(BLOCK_V if small else BLOCK_V // 2, dv), 2 if small else 1
 
 
 def _dot(a: Array, b: Array, dims: tuple[int, int]) -> Array:

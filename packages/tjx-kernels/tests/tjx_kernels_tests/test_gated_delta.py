@@ -212,6 +212,16 @@ def test_auto_takes_the_kernels_on_hopper_only_and_names_are_checked():
         _rule(q, k, v, g, beta, implementation="triton")
 
 
+def test_an_empty_sequence_keeps_the_initial_state_whatever_the_implementation():
+    rng = np.random.default_rng()
+    q, k, v, g, beta = (x[:, :0] for x in _inputs(rng, dtype=np.float32))
+    s0 = jnp.asarray(rng.normal(size=(2, 3, 4, 5)), jnp.float32)
+    for impl in ("xla", "pallas"):
+        o, s = _rule(q, k, v, g, beta, initial_state=s0, implementation=impl)
+        assert o.shape == (2, 0, 3, 5)
+        np.testing.assert_array_equal(np.asarray(s), np.asarray(s0))
+
+
 def _kernel_calls(fn, *args) -> dict[str, tuple]:
     """name → (grid, operand (dtype, dims), result (dtype, dims)) of every pallas_call in fn's
     jaxpr (what a compiled program's custom call carries)."""

@@ -278,7 +278,8 @@ def gated_delta_rule(
     implementation : {"auto", "xla", "pallas"}
         Who runs the sequential part across chunks: ``"xla"`` a ``lax.scan``, ``"pallas"`` the
         kernels of `tjx.kernels.gated_delta_pallas` (compiled on a CUDA GPU, interpreted
-        elsewhere), ``"auto"`` the rule of `gated_delta_auto`.
+        elsewhere), ``"auto"`` the rule of `gated_delta_auto`. An empty sequence (``seq == 0``)
+        takes the scan whatever it says (no chunk to launch a kernel for; as `attention` does).
 
     Returns
     -------
@@ -325,7 +326,7 @@ def gated_delta_rule(
     last = gamma[..., -1]  # γ_C  [b, h, n]
     s0 = jnp.zeros((b, h, dk, dv), dt) if initial_state is None else initial_state.astype(dt)
     args = (u_tilde, w, qk, q_decayed, k_to_end, last, s0)
-    if kernel == "pallas":
+    if kernel == "pallas" and n > 0:  # an empty sequence has no chunk to walk: the scan's 0 steps
         from tjx.kernels.flash import resolve_interpret  # Pallas is imported only when chosen
         from tjx.kernels.gated_delta_pallas import pallas_core
 

@@ -32,6 +32,9 @@ no dimension under 16): a padded row of ``W``, ``Ũ`` and ``Ke`` is zero, so its
 and it adds nothing to the state; padded state rows and columns stay zero. Products accumulate
 in float32 (TF32 on a GPU for float32 operands, as XLA's own float32 products there), float64 in
 the interpreter for float64 inputs; the per-chunk states are stored in that dtype.
+
+Under a sharded ``jit`` both kernels partition over batch rows and heads (``custom_partitioning``,
+as `tjx.kernels.partition` does for the flash kernels), and ``vmap`` folds into the batch.
 """
 
 from __future__ import annotations

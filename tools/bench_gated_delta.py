@@ -2,17 +2,20 @@
 
 Issue #56 asks for a Pallas kernel of the gated delta rule only if it wins in the H100 compile's
 estimate. This tool compiles, for one Qwen3-Next-80B-A3B layer's shapes, the forward and backward
-of (a) tjx.kernels' chunked ``gated_delta_rule`` (XLA: the linear-attention layers' core) and (b)
+of (a) tjx.kernels' chunked ``gated_delta_rule`` (the linear-attention layers' core), once per
+``--implementations`` entry (``xla``: the scan across chunks; ``pallas``: the Triton kernels,
+lowered by jaxlib's Triton in the compile and priced by ``tjx.kernels.costs``), and (b)
 tjx.kernels' ``attention``, causal, as ``auto`` resolves it there (cuDNN; the full-attention
 layers' core, the baseline), with XLA's real GPU compiler (jax's CUDA plugin, no GPU), and
 prices both with tjx-metrics' calibrated estimate (the per-kernel roofline plus the launch floors
 and achieved rates measured on the H100 of 2026-11-25). It prints each one's estimated time,
-bytes moved, kernel launches and XLA's temporary memory, and their ratio. **Estimates, not
-measurements.**
+bytes moved, kernel launches and XLA's temporary memory, and each rule's ratio to attention.
+**Estimates, not measurements.**
 
     source tools/pythonpath.sh
     PYTHONPATH="$(tjx_pythonpath $PWD):$HOME/.cache/tjx/deviceless/jax0.10.2-cuda12" \\
-        JAX_PLATFORMS=cpu python tools/bench_gated_delta.py [--seq 4096] [--batch 2]
+        JAX_PLATFORMS=cpu python tools/bench_gated_delta.py [--seq 4096] [--batch 2] \\
+        [--chunk 64|128] [--implementations xla,pallas]
 """
 
 from __future__ import annotations
@@ -72,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--chunk", type=int, default=64, help="the rule's chunk size")
+    parser.add_argument(
+        "--implementations",
+        default="xla,pallas",
+        help="the rule's implementations to price, comma-separated",
+    )
     parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     target = open_target("h100", parallel.abstract_devices)
@@ -80,19 +88,24 @@ def main(argv: list[str] | None = None) -> int:
     tokens = b * s
     with kernels.target(*target.kernel_target):
 
-        def delta(q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array, beta: jax.Array) -> Any:
-            reps = d["v_heads"] // d["k_heads"]
-            q, k = jnp.repeat(q, reps, axis=2), jnp.repeat(k, reps, axis=2)
-            g = -jax.nn.softplus(g.astype(jnp.float32))  # a log-decay, as the layer makes it
-            beta = jax.nn.sigmoid(beta.astype(jnp.float32))
-            return kernels.gated_delta_rule(q, k, v, g, beta, chunk_size=args.chunk)[0]
+        def delta(impl: str) -> Callable[..., jax.Array]:
+            def run(q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array, beta: jax.Array) -> Any:
+                reps = d["v_heads"] // d["k_heads"]
+                q, k = jnp.repeat(q, reps, axis=2), jnp.repeat(k, reps, axis=2)
+                g = -jax.nn.softplus(g.astype(jnp.float32))  # a log-decay, as the layer makes it
+                beta = jax.nn.sigmoid(beta.astype(jnp.float32))
+                return kernels.gated_delta_rule(
+                    q, k, v, g, beta, chunk_size=args.chunk, implementation=impl
+                )[0]
+
+            return run
 
         qk = (b, s, d["k_heads"], d["dk"])
         rows = [_priced(
-            f"gated delta rule (chunk {args.chunk}, {d['v_heads']} heads of {d['dv']})",
-            _compiled(delta, [qk, qk, (b, s, d["v_heads"], d["dv"]), (b, s, d["v_heads"]),
-                              (b, s, d["v_heads"])], device),
-            target, tokens)]  # fmt: skip
+            f"gated delta rule, {impl} (chunk {args.chunk}, {d['v_heads']} heads of {d['dv']})",
+            _compiled(delta(impl), [qk, qk, (b, s, d["v_heads"], d["dv"]), (b, s, d["v_heads"]),
+                                    (b, s, d["v_heads"])], device),
+            target, tokens) for impl in args.implementations.split(",")]  # fmt: skip
         a = ATTENTION
 
         def attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
@@ -103,12 +116,13 @@ def main(argv: list[str] | None = None) -> int:
             f"causal attention ({a['heads']} heads of {a['head_dim']}, {a['kv_heads']} kv heads)",
             _compiled(attend, [(b, s, a["heads"], a["head_dim"]), kv, kv], device),
             target, tokens))  # fmt: skip
-    ratio = rows[0]["ms"] / rows[1]["ms"]
-    print(f"gated delta rule / attention: {ratio:.2f}× the time (estimates, H100, "
-          f"{b} × {s} tokens, forward and backward)")  # fmt: skip
+    for row in rows[:-1]:
+        row["vs_attention"] = row["ms"] / rows[-1]["ms"]
+        print(f"{row['name']} / attention: {row['vs_attention']:.2f}× the time "
+              f"(estimates, H100, {b} × {s} tokens, forward and backward)")  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": rows, "ratio": ratio, "batch": b, "seq": s}, f, indent=1)
+            json.dump({"rows": rows, "batch": b, "seq": s}, f, indent=1)
     return 0
 
 

@@ -83,11 +83,15 @@ ALLOWED_F32_DOTS = [
 #: A delta layer's float32 products: tjx.kernels' gated delta rule (gated_delta.py) computes its
 #: chunked form in float32 on purpose (the decays' cumulative exponentials, the chunk's triangle
 #: inverse and the carried state lose too much in bf16; flash-linear-attention keeps its state in
-#: float32 too): the chunk's K·Kᵀ and Q·Kᵀ, the inverse's block products, the scan's state ones.
+#: float32 too): the chunk's K·Kᵀ and Q·Kᵀ, the inverse's block products, the scan's state ones,
+#: and with the Pallas kernels (`auto` on an H100) the chunks' products with the states the
+#: kernels keep (gated_delta_pallas: the outputs, and their backward's dW, d(γQ), dKe, dU, dQKᵀ).
 DELTA_F32_DOTS = [
     r"bhnik,bhnjk->bhnij\)*/dot_general$",
     r"/(bhck,bhkv->bhcv|bhij,bhjv->bhiv|bhck,bhcv->bhkv)/(dot_general|transpose)$",
     r"gated_delta_chunk_inverse\)*/(dot_general|transpose)$",
+    r"\((bhnck,bhnkv->bhncv|bhnij,bhnjv->bhniv|bhncv,bhnkv->bhnck|bhnij,bhniv->bhnjv|"
+    r"bhniv,bhnjv->bhnij)\)*/dot_general$",
 ]
 #: A Qwen3.5-shaped hybrid (#56) on llama_small's width: a Gated DeltaNet layer (6 key heads of
 #: 128, 12 value heads of 64), then an attention layer with Qwen's output gate, q/k norms,
@@ -209,13 +213,15 @@ def test_the_preset_compiles_for_the_device_without_it(preset, target, kernel, e
 
 def test_a_delta_and_attention_hybrid_compiles_for_an_h100(envs, tmp_path):
     """#56's ``--plan h100`` of the Qwen hybrids: the chunked gated delta rule (XLA's own
-    products, no library triangular solve) and the gated attention compile for an H100 and fit;
-    its float32 products are the delta rule's own and the attention's allowed ones."""
+    products, no library triangular solve; across chunks the Pallas kernels, `auto` on an H100)
+    and the gated attention compile for an H100 and fit; its float32 products are the delta
+    rule's own and the attention's allowed ones."""
     data = plan("llama_small", "h100", "auto", envs["cuda12"], tmp_path, HYBRID)
     assert data["train"]["compiles"] and data["eval"]["compiles"] and data["memory"]["fits"]
     calls = data["train"]["custom_calls"]
     assert not any("triangularSolve" in c for c in calls), calls  # the chunk's inverse is XLA's
     assert any(c.startswith("__cudnn$fmha") for c in calls), calls  # the attention layer's
+    assert {"tjx_gdelta_fwd_h", "tjx_gdelta_bwd_dh"} <= set(calls), calls  # Triton's, lowered
     allowed = ALLOWED_F32_DOTS + DELTA_F32_DOTS
     f32 = data["train"]["f32_dots"]
     assert any(re.search(pattern, op) for op in f32 for pattern in DELTA_F32_DOTS), f32

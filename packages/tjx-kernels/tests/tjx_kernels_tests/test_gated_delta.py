@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tjx.kernels.gated_delta import gated_delta_recurrent, gated_delta_step
+from tjx.kernels import custom_call_cost
+from tjx.kernels.choice import Target
+from tjx.kernels.costs import GATED_DELTA_KERNELS
+from tjx.kernels.gated_delta import (
+    gated_delta_auto,
+    gated_delta_implementation,
+    gated_delta_recurrent,
+    gated_delta_step,
+)
 from tjx.kernels.gated_delta import gated_delta_rule as _rule
 
 # One compile per call shape (op by op, the chunked form's set-up dispatches dozens of kernels).
@@ -142,3 +154,157 @@ def test_bad_shapes_and_chunk_sizes_are_refused():
         gated_delta_rule(q, k[:, :, :2], v, g, beta)
     with pytest.raises(AssertionError):
         gated_delta_rule(q, k, v, g, beta, initial_state=jnp.zeros((2, 3, 5, 4)))
+
+
+# The Pallas kernels of the sequential part (gated_delta_pallas), in Pallas' interpreter here.
+@pytest.mark.parametrize("chunk,dv", [(4, 5), (6, 80)])  # 6: padded to 16; d_v 80: 2 blocks
+def test_the_pallas_kernels_forward_is_the_recurrence_in_float64(chunk: int, dv: int):
+    rng = np.random.default_rng()
+    with jax.enable_x64(True):
+        xs = _inputs(rng, t=11, dv=dv)
+        s0 = jnp.asarray(rng.normal(size=(2, 3, 4, dv)))
+        want_o, want_s = _reference(*xs, s0=s0)
+        run = jax.jit(functools.partial(_rule, chunk_size=chunk, implementation="pallas"))
+        o, s = run(*xs, initial_state=s0)
+        np.testing.assert_allclose(np.asarray(o), want_o, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(np.asarray(s), want_s, rtol=1e-10, atol=1e-10)
+
+
+def test_the_pallas_kernels_gradients_are_the_xla_paths_in_float64():
+    rng = np.random.default_rng()
+    with jax.enable_x64(True):
+        xs = _inputs(rng, t=9)
+        s0 = jnp.asarray(rng.normal(size=(2, 3, 4, 5)))
+        w = jnp.asarray(rng.normal(size=(2, 9, 3, 5)))
+        ws = jnp.asarray(rng.normal(size=(2, 3, 4, 5)))
+
+        def grads(impl: str) -> tuple[jax.Array, ...]:
+            def f(*args):
+                o, s = _rule(*args[:5], chunk_size=4, initial_state=args[5], implementation=impl)
+                return jnp.sum(o * w) + jnp.sum(s * ws)
+
+            return jax.jit(jax.grad(f, argnums=tuple(range(6))))(*xs, s0)
+
+        for got, want in zip(grads("pallas"), grads("xla"), strict=True):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-9, atol=1e-10)
+
+
+def test_the_pallas_kernels_keep_a_float32_state_for_bfloat16_inputs():
+    xs = _inputs(np.random.default_rng(), t=20, dtype=np.float32)
+    want_o, want_s = _reference(*xs)
+    low = (*(x.astype(jnp.bfloat16) for x in xs[:3]), *xs[3:])
+    o, s = jax.jit(functools.partial(_rule, chunk_size=8, implementation="pallas"))(*low)
+    assert o.dtype == jnp.bfloat16 and s.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(o, np.float32), want_o, rtol=5e-2, atol=5e-2)
+    np.testing.assert_allclose(np.asarray(s), want_s, rtol=5e-2, atol=5e-2)
+
+
+def test_auto_takes_the_kernels_on_hopper_only_and_names_are_checked():
+    hopper = Target("gpu", "NVIDIA H100 80GB HBM3", (9, 0))
+    assert gated_delta_auto(hopper).kernel == "pallas"
+    assert "10.2 ms" in gated_delta_auto(hopper).reason  # the README's estimate
+    assert gated_delta_auto(Target("gpu", "NVIDIA A100-SXM4-80GB", (8, 0))).kernel == "xla"
+    assert gated_delta_auto(Target("cpu")).kernel == "xla"
+    assert gated_delta_implementation("auto", Target("tpu")) == "xla"
+    assert gated_delta_implementation("pallas", Target("cpu")) == "pallas"
+    q, k, v, g, beta = _inputs(np.random.default_rng(), dtype=np.float32)
+    with pytest.raises(ValueError, match="implementation must be one of auto, xla, pallas"):
+        _rule(q, k, v, g, beta, implementation="triton")
+
+
+def test_an_empty_sequence_keeps_the_initial_state_whatever_the_implementation():
+    rng = np.random.default_rng()
+    q, k, v, g, beta = (x[:, :0] for x in _inputs(rng, dtype=np.float32))
+    s0 = jnp.asarray(rng.normal(size=(2, 3, 4, 5)), jnp.float32)
+    for impl in ("xla", "pallas"):
+        o, s = _rule(q, k, v, g, beta, initial_state=s0, implementation=impl)
+        assert o.shape == (2, 0, 3, 5)
+        np.testing.assert_array_equal(np.asarray(s), np.asarray(s0))
+
+
+def _kernel_calls(fn, *args) -> dict[str, tuple]:
+    """name → (grid, operand (dtype, dims), result (dtype, dims)) of every pallas_call in fn's
+    jaxpr (what a compiled program's custom call carries)."""
+    hlo = {"float32": "f32", "float64": "f64"}
+
+    def shape(aval):
+        return hlo[aval.dtype.name], aval.shape
+
+    found = {}
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "pallas_call":
+                found[eqn.params["name"]] = (
+                    eqn.params["grid_mapping"].grid,
+                    [shape(v.aval) for v in eqn.invars],
+                    [shape(v.aval) for v in eqn.outvars],
+                )
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+def test_the_kernels_prices_are_their_operands_read_once_per_column_block():
+    b, t, h, dk, dv, c = 1, 40, 2, 16, 128, 16  # 3 chunks; d_v in 2 blocks of 64
+    xs = _inputs(np.random.default_rng(), b=b, t=t, h=h, dk=dk, dv=dv, dtype=np.float32)
+
+    def loss(*args):
+        o, s = _rule(*args, chunk_size=c, implementation="pallas")
+        return jnp.sum(o) + jnp.sum(s)
+
+    calls = _kernel_calls(jax.grad(loss, argnums=tuple(range(5))), *xs)
+    assert set(calls) == set(GATED_DELTA_KERNELS)
+    n, rows, blocks = 3, 3 * c, 2
+    for name, (grid, ops, res) in calls.items():
+        assert tuple(grid) == (blocks, b, h)
+        flops, read, written = custom_call_cost(name, grid, ops, res)
+        fwd = name == "tjx_gdelta_fwd_h"
+        keys_ops, value_ops = (2, 1) if fwd else (3, 2)
+        want_read = 4 * b * h * (blocks * (keys_ops * rows * dk + n * dk) + value_ops * rows * dv
+                                 + dk * dv)  # fmt: skip
+        assert read == want_read
+        assert written == 4 * b * h * (n * dk * dv + rows * dv + dk * dv)
+        assert flops == {"f32": (4.0 if fwd else 6.0) * b * h * rows * dk * dv}
+
+
+def test_the_pallas_kernels_run_on_each_devices_batch_rows_and_heads():
+    """Under a batch- and head-sharded jit (8 CPU devices, tools/devtest) the kernels partition
+    like the flash kernels: the answer is the unsharded XLA path's, and no device holds the
+    per-chunk states of all batch rows and heads (they would be gathered without the rule)."""
+    assert jax.device_count() == 8, "tools/devtest simulates 8 CPU devices"
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
+    xs = _inputs(np.random.default_rng(), b=2, t=10, h=4, dtype=np.float32)
+    sharding = NamedSharding(mesh, PartitionSpec("data", None, "model"))
+    placed = [jax.device_put(x, sharding) for x in xs]
+
+    def loss(impl):
+        def f(*args):
+            o, s = _rule(*args, chunk_size=4, implementation=impl)
+            return jnp.sum(o * o) + jnp.sum(s)
+
+        return jax.value_and_grad(f, argnums=tuple(range(5)))
+
+    compiled = jax.jit(loss("pallas")).lower(*placed).compile()
+    got = compiled(*placed)
+    want = jax.jit(loss("xla"))(*xs)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    # The per-chunk states [b, h, chunks, d_k', d_v'] = [2, 4, 3, 16, 16]: one row and head per
+    # device, nothing gathered.
+    hlo = compiled.as_text()
+    assert "f32[1,1,3,16,16]" in hlo and "f32[2,4,3,16,16]" not in hlo
+    assert "all-gather" not in hlo
+
+
+def test_the_pallas_kernels_vmap_as_a_longer_batch():
+    xs = _inputs(np.random.default_rng(), b=1, t=6, dtype=np.float32)
+    stacked = [jnp.stack([x, 2.0 * x if i == 2 else x]) for i, x in enumerate(xs)]  # v doubled
+    run = functools.partial(_rule, chunk_size=4, implementation="pallas")
+    o, s = jax.jit(jax.vmap(run))(*stacked)
+    for i in range(2):
+        o_i, s_i = jax.jit(run)(*(x[i] for x in stacked))
+        np.testing.assert_allclose(np.asarray(o[i]), np.asarray(o_i), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(s[i]), np.asarray(s_i), rtol=1e-6, atol=1e-6)

@@ -1,9 +1,9 @@
 """tjx.kernels: fused kernels for transformer training.
 
 Pallas flash attention (forward and backward), chunked cross-entropy, the gated delta rule
-(Gated DeltaNet's linear attention, chunked), a plain-XLA reference and one
-``attention`` entry point that runs XLA, cuDNN or Pallas: the kernel a name resolves to once, by
-evidence (`resolve_attention`, :mod:`tjx.kernels.choice`). ``flash_attention`` (and with it
+(Gated DeltaNet's linear attention, chunked; across chunks XLA's scan or Pallas kernels), a
+plain-XLA reference and one ``attention`` entry point that runs XLA, cuDNN or Pallas: the kernel
+a name resolves to once, by evidence (`resolve_attention`, :mod:`tjx.kernels.choice`). ``flash_attention`` (and with it
 Pallas) is imported on first use.
 """
 
@@ -47,14 +47,22 @@ from tjx.kernels.cross_entropy import (
     chunked_cross_entropy,
 )
 from tjx.kernels.dispatch import IMPLEMENTATIONS, attention
-from tjx.kernels.gated_delta import gated_delta_recurrent, gated_delta_rule, gated_delta_step
+from tjx.kernels.gated_delta import (
+    GATED_DELTA_IMPLEMENTATIONS,
+    gated_delta_auto,
+    gated_delta_recurrent,
+    gated_delta_rule,
+    gated_delta_step,
+)
 from tjx.kernels.launch import LaunchDefaults, default_launch
 from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
 from tjx.kernels.softcap import soft_cap
 
-__version__ = "0.13.1"
+__version__ = "0.14.0"
 
 __all__ = [
+    "GATED_DELTA_IMPLEMENTATIONS",
+    "gated_delta_auto",
     "gated_delta_step",
     "gated_delta_rule",
     "gated_delta_recurrent",

@@ -40,6 +40,19 @@ and multiplies by its ``B_d`` rows of the unembedding:
 ``tjx_ce_dw``, grid (D / B_d, V / B_v): each program walks every token tile:
     reads   (D/B_d)(V/B_v)·(T/B_t)·((B_t·D + D·B_v + B_t·B_d)·I + 8·B_t + 8)
     writes  D·V·I       FLOPs   2·T·D·V·(D/B_d + 1)
+The gated delta rule's sequential kernels (`gated_delta_pallas`), grid (d_v / B_v, b, h), ``R``
+the chunked rows (chunks · padded chunk), ``n`` the chunks, ``I`` the item size: every program
+reads its head's ``[R, d_k]`` operands and decays whole and its own ``B_v`` columns of the rest,
+and walks every chunk once (the state stays on chip):
+``tjx_gdelta_fwd_h`` (``W``, ``Ũ``, ``Ke``, decays, initial state → states, ``U``, final):
+    reads   b·h·I·((d_v/B_v)·(2·R·d_k + n·d_k) + R·d_v + d_k·d_v)
+    writes  b·h·I·(n·d_k·d_v + R·d_v + d_k·d_v)      FLOPs   4·b·h·R·d_k·d_v
+``tjx_gdelta_bwd_dh`` (``diag(γ)Q``, ``W``, ``Ke``, ``dO``, ``(QKᵀ⊙M)ᵀdO``, decays, final's
+cotangent → the states' cotangents, ``dU``, the initial state's):
+    reads   b·h·I·((d_v/B_v)·(3·R·d_k + n·d_k) + 2·R·d_v + d_k·d_v)
+    writes  as the forward's                          FLOPs   6·b·h·R·d_k·d_v
+(the operands' own shapes: the formulas are what `gated_delta_cost` sums over them).
+
 ``B_v`` and ``B_k`` (and ``B_t`` for ``dw``) are the default launch's (`DEFAULT_CE_LAUNCH`, what
 the model takes); the rest come from the grid. What it leaves out: L2 hits (tiles
 re-read by neighbouring programs often come from L2, so real HBM traffic is lower) and the
@@ -55,11 +68,22 @@ import numpy as np
 
 from tjx.kernels.launch import MIN_BLOCK, default_launch
 
-__all__ = ["CE_KERNELS", "KERNELS", "ce_cost", "custom_call_cost", "roofline_costs"]
+__all__ = [
+    "CE_KERNELS",
+    "GATED_DELTA_KERNELS",
+    "KERNELS",
+    "ce_cost",
+    "custom_call_cost",
+    "gated_delta_cost",
+    "roofline_costs",
+]
 
 #: The kernels priced here, by their ``pallas_call`` name.
 KERNELS = ("tjx_flash_fwd", "tjx_flash_bwd_dq", "tjx_flash_bwd_dkdv")
 CE_KERNELS = ("tjx_ce_fwd", "tjx_ce_dx", "tjx_ce_dw")
+#: The gated delta rule's kernels (`gated_delta_pallas`) → the operands every program of a
+#: head reads whole (its ``[R, d_k]`` operands and decays; the rest it reads by its columns).
+GATED_DELTA_KERNELS = {"tjx_gdelta_fwd_h": (0, 2, 3), "tjx_gdelta_bwd_dh": (0, 1, 2, 5)}
 
 Shape = tuple[str, Sequence[int]]  # (HLO element type, dims)
 _ITEM = {"bf16": 2, "f16": 2, "f32": 4, "f64": 8}
@@ -112,6 +136,8 @@ def custom_call_cost(
     """
     if kernel in CE_KERNELS and len(operands) >= 3:
         return ce_cost(kernel, grid, operands)
+    if kernel in GATED_DELTA_KERNELS and len(operands) == 7 - 2 * (kernel == "tjx_gdelta_fwd_h"):
+        return gated_delta_cost(kernel, grid, operands, results)
     if kernel not in KERNELS or len(operands) < 3 or not results:
         return None
     (dtype, q), (_, k) = operands[0], operands[1]
@@ -214,3 +240,23 @@ def ce_cost(
     tile = (bt * d + d * bv + bt * bd) * item + 8 * bt + 8
     read = (d // bd) * (v // bv) * (t // bt) * tile
     return {dtype: products * (d // bd + 1)}, float(read), float(d * v * item)
+
+
+def gated_delta_cost(
+    kernel: str, grid: Sequence[int], operands: Sequence[Shape], results: Sequence[Shape]
+) -> tuple[dict[str, float], float, float]:
+    """``(FLOPs by dtype, bytes read, bytes written)`` of one launch of a gated delta kernel
+    (formulas in the module docstring: the operands every program reads whole count once per
+    column block, the rest once; the results are written once)."""
+    whole = GATED_DELTA_KERNELS[kernel]
+    blocks = int(grid[0])
+
+    def size(shape: Shape) -> float:
+        return float(np.prod([int(x) for x in shape[1]])) * _ITEM.get(shape[0], 4)
+
+    read = sum(size(op) * (blocks if i in whole else 1) for i, op in enumerate(operands))
+    written = sum(size(r) for r in results)
+    dtype, (b, h, rows, dk) = operands[0][0], (int(x) for x in operands[0][1])
+    dv = int(results[1][1][-1])
+    products = (4.0 if kernel == "tjx_gdelta_fwd_h" else 6.0) * b * h * rows * dk * dv
+    return {dtype: products}, float(read), float(written)

@@ -26,17 +26,21 @@ LAPACK solve; independent of the state: all chunks at once). Then
 
     O = diag(γ) Q S_0 + (Q Kᵀ ⊙ M) U,     S_C = γ_C S_0 + (K ⊙ γ_C/γ)ᵀ U,
 
-where only ``U = Ũ - W S_0``, the two products with ``S_0`` and the state update are sequential
-(a ``lax.scan`` over chunks of ``C × d`` matrix products); everything else is batched over chunks.
+where only ``U = Ũ - W S_0``, the two products with ``S_0`` and the state update are sequential;
+everything else is batched over chunks.
 
-**The backward is autodiff through the chunked form** (no ``custom_vjp``): it is exact to the
-forward, XLA compiles the scan's transpose, and the per-chunk states it keeps (``[chunks, d_k,
-d_v]`` per head) are as large as the activations of one attention layer at ``C = 64``. A
-hand-written backward that recomputes the states (as flash-linear-attention's does) would save
-that memory; it is not written. The computation is XLA's on every backend; no Pallas kernel yet:
-the H100 compile's estimate (``tools/bench_gated_delta.py``, the README) puts this form at 1.7-2.0×
-the time of cuDNN's causal attention of the same width at 4k tokens, moving 45× its bytes, so such
-a kernel would win; it is not written.
+**Two implementations of the sequential part** (``implementation``): ``"xla"``, a ``lax.scan``
+over chunks of ``C × d`` matrix products, its backward autodiff through the scan (exact to the
+forward; XLA compiles the scan's transpose and keeps the per-chunk states, ``[chunks, d_k, d_v]``
+per head); ``"pallas"``, two Triton kernels (`tjx.kernels.gated_delta_pallas`, after
+flash-linear-attention's ``chunk_gated_delta_rule_fwd_h`` / ``chunk_bwd_dh``) that walk the
+chunks with the state on chip, storing one state per chunk for the backward, which runs the state's
+cotangent through the chunks in reverse in the same style (a ``custom_vjp``; the chunk-parallel
+products stay XLA's). Autodiff carries both through the chunk set-up above. ``"auto"``
+(`gated_delta_auto`): the kernels on a Hopper GPU, where the H100 compile's estimate
+(``tools/bench_gated_delta.py``, the README) puts them at 10.2 ms against the scan's 17.3 ms
+(forward and backward, 2 × 4096 tokens, 32 heads of 128, chunk 64); XLA everywhere else.
+Neither recomputes the states in the backward (flash-linear-attention's saves that memory).
 
 Shapes: ``q``, ``k`` ``[batch, seq, heads, d_k]``; ``v`` ``[batch, seq, heads, d_v]``; ``g``,
 ``beta`` ``[batch, seq, heads]``; state ``[batch, heads, d_k, d_v]``. The query scale (default
@@ -49,7 +53,24 @@ import chex
 import jax
 import jax.numpy as jnp
 
-__all__ = ["gated_delta_recurrent", "gated_delta_rule", "gated_delta_step"]
+from tjx.kernels.choice import AutoChoice, Target, current_target
+
+__all__ = [
+    "GATED_DELTA_IMPLEMENTATIONS",
+    "gated_delta_auto",
+    "gated_delta_implementation",
+    "gated_delta_recurrent",
+    "gated_delta_rule",
+    "gated_delta_step",
+]
+
+#: ``implementation`` of `gated_delta_rule`: who runs the sequential part across chunks.
+GATED_DELTA_IMPLEMENTATIONS = ("auto", "xla", "pallas")
+#: Why ``auto`` takes the kernels on Hopper (``tools/bench_gated_delta.py``, the README).
+_H100_ESTIMATE = (
+    "the kernels estimated at 10.2 ms vs XLA's 17.3 ms (chunk 64; an abstract H100's compile, "
+    "2 × 4096 tokens, 32 heads of 128, forward and backward: tools/bench_gated_delta.py)"
+)
 
 Array = jax.Array
 
@@ -177,6 +198,51 @@ def _unit_lower_inverse(a: Array) -> Array:
     return inv[..., 0, :c, :c]
 
 
+def _scan_core(
+    u_tilde: Array, w: Array, qk: Array, qd: Array, ke: Array, last: Array, s0: Array
+) -> tuple[Array, Array]:
+    """The sequential part in XLA: a ``lax.scan`` over chunks (``[b, h, n, ...]`` operands, the
+    arguments of `tjx.kernels.gated_delta_pallas.pallas_core`); outputs ``[b, h, n, C, d_v]``."""
+
+    def chunk(s: Array, xs: tuple[Array, ...]) -> tuple[Array, Array]:
+        u_t, w_, qk_, qd_, ke_, gl = xs
+        u = u_t - jnp.einsum("bhck,bhkv->bhcv", w_, s)
+        o = jnp.einsum("bhck,bhkv->bhcv", qd_, s) + jnp.einsum("bhij,bhjv->bhiv", qk_, u)
+        s = gl[..., None, None] * s + jnp.einsum("bhck,bhcv->bhkv", ke_, u)
+        return s, o
+
+    xs = tuple(jnp.moveaxis(x, 2, 0) for x in (u_tilde, w, qk, qd, ke, last))
+    final, out = jax.lax.scan(chunk, s0, xs)  # out [n, b, h, c, dv]
+    return jnp.moveaxis(out, 0, 2), final
+
+
+def gated_delta_auto(t: Target | None = None) -> AutoChoice:
+    """Which implementation ``"auto"`` takes on ``t`` (default: the current target).
+
+    The Pallas kernels where the H100 compile's estimate says they win (a CUDA GPU of compute
+    capability 9.0 or later, Hopper: the device it was priced for; the README's table), XLA
+    everywhere else (CPUs and TPUs: no Triton; older GPUs: not priced).
+    """
+    t = current_target() if t is None else t
+    if not t.cuda:
+        return AutoChoice(("xla",), f"the gated delta kernels are CUDA-only; XLA on {t.platform}")
+    kind = t.device_kind or "this GPU"
+    if (t.compute_capability or (0, 0)) >= (9, 0):
+        return AutoChoice(("pallas", "xla"), f"{kind}: {_H100_ESTIMATE}")
+    return AutoChoice(("xla",), f"{kind}: the gated delta kernels are priced for Hopper only")
+
+
+def gated_delta_implementation(implementation: str, t: Target | None = None) -> str:
+    """``"xla"`` or ``"pallas"`` for ``implementation`` (one of `GATED_DELTA_IMPLEMENTATIONS`;
+    ``"auto"``: `gated_delta_auto`'s first)."""
+    if implementation not in GATED_DELTA_IMPLEMENTATIONS:
+        raise ValueError(
+            f"gated_delta_rule: implementation must be one of "
+            f"{', '.join(GATED_DELTA_IMPLEMENTATIONS)}; got {implementation!r}"
+        )
+    return gated_delta_auto(t).kernel if implementation == "auto" else implementation
+
+
 def gated_delta_rule(
     q: Array,
     k: Array,
@@ -187,6 +253,7 @@ def gated_delta_rule(
     chunk_size: int = 64,
     initial_state: Array | None = None,
     scale: float | None = None,
+    implementation: str = "auto",
 ) -> tuple[Array, Array]:
     """The gated delta rule over a sequence, in chunks of ``chunk_size`` (the module docstring).
 
@@ -208,6 +275,11 @@ def gated_delta_rule(
         ``[batch, heads, d_k, d_v]`` (a prefill that continues a cached state); zeros by default.
     scale : float, optional
         The query's scale (default ``d_k ** -0.5``).
+    implementation : {"auto", "xla", "pallas"}
+        Who runs the sequential part across chunks: ``"xla"`` a ``lax.scan``, ``"pallas"`` the
+        kernels of `tjx.kernels.gated_delta_pallas` (compiled on a CUDA GPU, interpreted
+        elsewhere), ``"auto"`` the rule of `gated_delta_auto`. An empty sequence (``seq == 0``)
+        takes the scan whatever it says (no chunk to launch a kernel for; as `attention` does).
 
     Returns
     -------
@@ -218,6 +290,7 @@ def gated_delta_rule(
     _check(q, k, v, g, beta, initial_state)
     if chunk_size < 1:
         raise ValueError(f"gated_delta_rule: chunk_size must be >= 1; got {chunk_size}")
+    kernel = gated_delta_implementation(implementation)
     b, t, h, dk = q.shape
     dv = v.shape[-1]
     dt = _work_dtype(v)
@@ -251,16 +324,14 @@ def gated_delta_rule(
     q_decayed = gamma[..., None] * qc
     k_to_end = jnp.exp(cum[..., -1:] - cum)[..., None] * kc  # K ⊙ γ_C / γ
     last = gamma[..., -1]  # γ_C  [b, h, n]
-
-    def chunk(s: Array, xs: tuple[Array, ...]) -> tuple[Array, Array]:
-        u_t, w_, qk_, qd, ke, gl = xs
-        u = u_t - jnp.einsum("bhck,bhkv->bhcv", w_, s)
-        o = jnp.einsum("bhck,bhkv->bhcv", qd, s) + jnp.einsum("bhij,bhjv->bhiv", qk_, u)
-        s = gl[..., None, None] * s + jnp.einsum("bhck,bhcv->bhkv", ke, u)
-        return s, o
-
     s0 = jnp.zeros((b, h, dk, dv), dt) if initial_state is None else initial_state.astype(dt)
-    xs = tuple(jnp.moveaxis(x, 2, 0) for x in (u_tilde, w, qk, q_decayed, k_to_end, last))
-    final, out = jax.lax.scan(chunk, s0, xs)  # out [n, b, h, c, dv]
-    out = jnp.moveaxis(out, 0, 2).reshape(b, h, n * c, dv)[:, :, :t]
+    args = (u_tilde, w, qk, q_decayed, k_to_end, last, s0)
+    if kernel == "pallas" and n > 0:  # an empty sequence has no chunk to walk: the scan's 0 steps
+        from tjx.kernels.flash import resolve_interpret  # Pallas is imported only when chosen
+        from tjx.kernels.gated_delta_pallas import pallas_core
+
+        out, final = pallas_core(*args, resolve_interpret(None))
+    else:
+        out, final = _scan_core(*args)
+    out = out.reshape(b, h, n * c, dv)[:, :, :t]
     return jnp.moveaxis(out, 1, 2).astype(v.dtype), final

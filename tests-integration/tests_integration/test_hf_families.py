@@ -288,6 +288,36 @@ CASES["qwen3_next"] = dict(
     ),
     bf16=False,
 )
+# Gemma 4 text: layers sliding, full, sliding, full (window 5), the last two reading layers 0 and
+# 1's keys and values (num_kv_shared_layers) with a double-wide MLP; global layers of head_dim 32
+# (16 elsewhere) and one key/value head whose values are its keys (attention_k_eq_v), rotating a
+# quarter of their pairs (proportional RoPE); per-layer embeddings of width 8; random layer
+# scalars; the final soft cap bends the logits.
+CASES["gemma4"] = dict(
+    config=dict(
+        COMMON,
+        model_type="gemma4_text",
+        num_hidden_layers=4,
+        head_dim=16,
+        global_head_dim=32,
+        num_global_key_value_heads=1,
+        attention_k_eq_v=True,
+        initializer_range=0.2,
+        sliding_window=WINDOW,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        num_kv_shared_layers=2,
+        use_double_wide_mlp=True,
+        hidden_size_per_layer_input=8,
+        vocab_size_per_layer_input=VOCAB,
+        final_logit_softcapping=5.0,
+        rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+            "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
+                               "rope_theta": 10_000.0},
+        },  # fmt: skip
+    ),
+    make=dict(random_buffers=["layer_scalar"]),
+)
 # The published Qwen3.5 folders are the image-text model's (Qwen3_5ForConditionalGeneration): its
 # language model under model.language_model., a (tiny here) vision tower beside; tjx loads the
 # text model (the logits of text tokens are the same) and exports it as qwen3_5_text.

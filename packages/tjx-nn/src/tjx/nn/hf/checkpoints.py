@@ -2,7 +2,7 @@
 and out.
 
 A folder's ``config.json`` names the architecture (``model_type`` gpt2, llama, mistral, qwen2,
-qwen3, olmo2, olmo3, phi3, gemma2 or gemma3_text, the MoE types mixtral, qwen2_moe and qwen3_moe,
+qwen3, olmo2, olmo3, phi3, gemma2, gemma3_text or gemma4_text (``gemma4``), the MoE types mixtral, qwen2_moe and qwen3_moe,
 ``moe``, deepseek_v2 and deepseek_v3, ``deepseek``, gpt_oss, ``gpt_oss``, glm4_moe,
 ``glm4_moe``, qwen3_5_text, ``qwen3_5``, or qwen3_next, ``qwen3_next``); its config module
 maps the config (refusing what tjx would ignore) and its mapping module the tensors. Weights
@@ -41,6 +41,13 @@ from tjx.nn.hf.families import (
     family_config_to_hf,
 )
 from tjx.nn.hf.family_tensors import family_mapping
+from tjx.nn.hf.gemma4 import (
+    GEMMA4,
+    gemma4_config_from_hf,
+    gemma4_config_to_hf,
+    gemma4_mapping,
+    is_gemma4,
+)
 from tjx.nn.hf.glm4_moe import (
     GLM4_MOE,
     glm4_moe_config_from_hf,
@@ -96,12 +103,15 @@ HF_MODEL_TYPES: dict[str, str] = {
     "gpt2": "gpt2",
     **{t: "llama" for t in (*LLAMA_TYPES, *FAMILY_TYPES)},
     **{t: "llama" for t in (*MOE_TYPES, *DEEPSEEK_TYPES, GPT_OSS, GLM4_MOE, QWEN3_5, QWEN3_NEXT)},
+    GEMMA4: "llama",
     IMAGE_TEXT: "llama",  # Qwen3.5's image-text folders: the text model
 }
 #: model types refused with a line of their own (what to load instead).
 _REFUSED = {
     "gemma3": "is Gemma 3's image-text model; tjx loads the text model (model_type "
     "'gemma3_text', Gemma3ForCausalLM checkpoints such as gemma-3-1b)",
+    "gemma4": "is Gemma 4's image-text model; tjx loads the text model (model_type "
+    "'gemma4_text', Gemma4ForCausalLM checkpoints)",
 }
 SAVE_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -149,6 +159,9 @@ def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[Deco
     if model_type in FAMILY_TYPES:
         family = family_config_from_hf(hf, **overrides)
         return family, Llama, family_mapping(family, model_type)
+    if model_type == GEMMA4:
+        gemma4 = gemma4_config_from_hf(hf, **overrides)
+        return gemma4, Llama, gemma4_mapping(gemma4)
     if model_type == GPT_OSS:
         oss = gpt_oss_config_from_hf(hf, **overrides)
         return oss, Llama, gpt_oss_mapping(oss)
@@ -274,6 +287,8 @@ def _export_plan(config: Any, model_type: str | None) -> tuple[dict[str, Any], H
                 f"a model with attention sinks saves as model_type 'gpt_oss'; got {model_type!r}"
             )
         return gpt_oss_config_to_hf(config), gpt_oss_mapping(config)
+    if isinstance(config, LlamaConfig) and is_gemma4(config, model_type):
+        return gemma4_config_to_hf(config), gemma4_mapping(config)
     if isinstance(config, LlamaConfig) and is_qwen3_next(config, model_type):
         return qwen3_next_config_to_hf(config), qwen3_next_mapping(config)
     if isinstance(config, LlamaConfig) and (model_type == QWEN3_5 or is_qwen3_5(config)):

@@ -1,6 +1,7 @@
 """Qwen3, OLMo 2 and 3, Phi-3, Gemma 2, Gemma 3 (text), DeepSeek-V2 and -V3, gpt-oss, GLM-4.5 MoE,
-Qwen3.5 (text, and the image-text model's folder) and Qwen3-Next round-trip through transformers
-(PyTorch in the scratch venv of ``_hf_peer``, one peer process each way for all families).
+Qwen3.5 (text, and the image-text model's folder), Qwen3-Next and Gemma 4 (text) round-trip
+through transformers (PyTorch in the scratch venv of ``_hf_peer``, one peer process each way for
+all families).
 
 transformers builds a tiny random model of each family (2 layers, GQA 4/2, random norms, Gemma's
 soft caps bending the logits) and scores it in float32 and bfloat16; tjx loads each with
@@ -312,9 +313,12 @@ CASES["gemma4"] = dict(
         final_logit_softcapping=5.0,
         rope_parameters={
             "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
-            "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
-                               "rope_theta": 10_000.0},
-        },  # fmt: skip
+            "full_attention": {
+                "rope_type": "proportional",
+                "partial_rotary_factor": 0.25,
+                "rope_theta": 10_000.0,
+            },
+        },
     ),
     make=dict(random_buffers=["layer_scalar"]),
 )
@@ -599,3 +603,23 @@ def test_the_qwen3_next_case_exercises_each_piece(results):
             "model.layers.1.mlp.shared_expert_gate.weight",
             "model.layers.3.mlp.experts.3.down_proj.weight"} <= names  # fmt: skip
     assert r["saved"]["model_type"] == "qwen3_next"
+
+
+def test_the_gemma4_case_exercises_each_piece(results):
+    """Every Gemma 4 piece tjx computes was on: the shared layers, the global layers' own width,
+    key/value head and values from keys, proportional RoPE, the per-layer embeddings and layer
+    scalars (their tensors went out and came back in transformers' layout)."""
+    r = results["gemma4"]
+    c = r["config"]
+    assert c.layer_windows() == (WINDOW, None, WINDOW, None)
+    assert (c.global_head_dim, c.global_kv_heads, c.global_values_from_keys) == (32, 1, True)
+    assert (c.kv_shared_layers, c.kv_shared_mlp_dim, c.per_layer_input_dim) == (2, 96, 8)
+    assert (c.global_rope_proportion, c.rope_local_theta, c.final_logit_softcap) == (0.25, 100, 5)
+    assert c.value_norm and c.layer_scale and c.per_layer_vocab_size is None
+    names = r["tensors"]
+    assert {"model.embed_tokens_per_layer.weight", "model.per_layer_model_projection.weight",
+            "model.layers.3.per_layer_input_gate.weight", "model.layers.0.layer_scalar",
+            "model.layers.1.self_attn.k_proj.weight"} <= names  # fmt: skip
+    assert "model.layers.1.self_attn.v_proj.weight" not in names  # values are the keys
+    assert not any(n.startswith("model.layers.2.self_attn.k_") for n in names)  # reads layer 0
+    assert r["saved"]["model_type"] == "gemma4_text" and r["saved"]["use_double_wide_mlp"]

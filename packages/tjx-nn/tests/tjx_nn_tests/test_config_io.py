@@ -85,6 +85,17 @@ def test_a_model_json_of_tjx_0_1_loads():
         "delta_key_dim": None,
         "delta_value_dim": None,
         "delta_conv_kernel": 4,
+        # #56's Gemma 4 layer switches.
+        "global_head_dim": None,
+        "global_kv_heads": None,
+        "global_values_from_keys": False,
+        "global_rope_proportion": 1.0,
+        "value_norm": False,
+        "kv_shared_layers": 0,
+        "kv_shared_mlp_dim": None,
+        "per_layer_input_dim": 0,
+        "per_layer_vocab_size": None,
+        "layer_scale": False,
     }
     # #51's logits_dtype: the float32 logits such a run had.
     newer["precision"] = {**WRITTEN_BY_TJX_0_1["fields"]["precision"], "logits_dtype": "float32"}

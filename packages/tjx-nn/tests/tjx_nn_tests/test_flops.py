@@ -168,3 +168,22 @@ def test_a_delta_layer_counts_its_projections_and_its_state_products_not_a_score
     state = 18 * delta_layers * 4 * 3 * 5  # per token: 3 products of H_v·d_k·d_v, x3 with backward
     want = (6 * weighted + 6 * A * attention_layers * s * s) / s + state
     assert tnn.flops_per_token(cfg, s) == pytest.approx(want, rel=1e-12)
+
+
+def test_gemma4_layers_count_each_at_its_own_shape():
+    """Global layers twice as wide with one key/value head and no value projection, two layers
+    reading earlier ones' keys and values with a double MLP, per-layer embeddings: the weights
+    against the built model's, the score matrices at each layer's width (a window of 4 of 8)."""
+    cfg = llama_tiny(
+        num_layers=4, num_heads=4, num_kv_heads=2, head_dim=8, sliding_window=4,
+        window_pattern=["local", "global"], global_head_dim=16, global_kv_heads=1,
+        global_values_from_keys=True, kv_shared_layers=2, kv_shared_mlp_dim=2 * 24,
+        per_layer_input_dim=4, tie_embeddings=True,
+    )  # fmt: skip
+    s = 8
+    weighted, n_matmul = _independent(cfg, s, s)
+    assert tnn.matmul_param_count(cfg) == n_matmul
+    # Local layers: s·4 - 4²/2 = 24 pairs at width 8; global: s²/2 = 32 pairs at width 16.
+    pairs = 2 * (24 * 8 + 32 * 16)
+    want = (6 * weighted + 12 * cfg.num_heads * pairs) / s
+    assert tnn.flops_per_token(cfg, s) == want

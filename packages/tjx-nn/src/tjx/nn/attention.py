@@ -30,10 +30,10 @@ from jax.ad_checkpoint import checkpoint_name
 from tjx import kernels
 from tjx.nn import mla as ds
 from tjx.nn.configs import TransformerConfig, rotated_dims
+from tjx.nn.family_config import LayerShape
 from tjx.nn.kernel_choice import attention_call, layer_kind
 from tjx.nn.kv_cache import LayerCache, last_real, slot_positions, topk_decode_attention
 from tjx.nn.linear import Dense, split_key, stacked_projection
-from tjx.nn.family_config import LayerShape
 from tjx.nn.norms import RMSNorm, rms_norm
 from tjx.nn.params import make_param, normal
 from tjx.nn.positions import alibi_bias, apply_rope, proportional_rope
@@ -77,12 +77,18 @@ class Attention(nnx.Module):
         c = config
         assert c.head_dim is not None and c.num_kv_heads is not None
         # Gemma 4: a global layer's own head width and key/value heads (``layer_shape``).
-        if layer is not None and not cross and (layer.head_dim, layer.kv_heads) != (
-            c.head_dim,
-            c.num_kv_heads,
+        if (
+            layer is not None
+            and not cross
+            and (layer.head_dim, layer.kv_heads)
+            != (
+                c.head_dim,
+                c.num_kv_heads,
+            )
         ):
             c = c.replace(head_dim=layer.head_dim, num_kv_heads=layer.kv_heads)
             kernel = None  # resolved for this width, below
+        assert c.head_dim is not None and c.num_kv_heads is not None
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
         # Gemma 4: values from the key projection; keys and values read from another layer.
         self.values_from_keys = layer is not None and layer.values_from_keys and not cross
@@ -134,8 +140,12 @@ class Attention(nnx.Module):
             self.query = Dense((d,), (h, hd), ("embed",), ("heads", "head_dim"), init=init, **qkv)
             # The latent dim is not one of the logical axes: leave it replicated (None).
             self.kv_down: Dense | None = Dense((d,), (r,), ("embed",), (None,), init=init, **common)
-            self.key = Dense((r,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **qkv)
-            self.value = Dense((r,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **qkv)
+            self.key: Dense | None = Dense(
+                (r,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **qkv
+            )
+            self.value: Dense | None = Dense(
+                (r,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **qkv
+            )
         else:
             self.query = Dense((d,), (h, hd), ("embed",), ("heads", "head_dim"), init=init, **qkv)
             self.kv_down = None
@@ -244,10 +254,8 @@ class Attention(nnx.Module):
         assert self.key is not None
         raw = self.key(src, k_key)
         k = self._normed(self.k_norm, raw)
-        if self.value is None:  # Gemma 4's global layers: the keys' projection, unnormed
-            v = raw
-        else:
-            v = self.value(src, k_value)
+        # Gemma 4's global layers without a value projection: the keys' projection, unnormed.
+        v = raw if self.value is None else self.value(src, k_value)
         if self.value_norm:  # Gemma 4: RMSNorm without a scale
             v = rms_norm(v, jnp.ones(v.shape[-1], v.dtype), self.norm_eps, v.dtype)
         if self.position == "rope" and positions is not None:
@@ -536,7 +544,7 @@ class Attention(nnx.Module):
         if self.deepseek:
             cache, q, k, v, finish = ds.decode_step(self, x, q, positions, cache, slot, local)
         elif "latent" in cache:
-            assert self.kv_down is not None
+            assert self.kv_down is not None and self.key is not None and self.value is not None
             lat = self.kv_down(x)[:, 0].astype(cache["latent"].dtype)
             cache = {"latent": cache["latent"].at[rows, slot].set(lat)}
             latent = cache["latent"].astype(q.dtype)

@@ -36,7 +36,9 @@ class PerLayerInput(nnx.Module):
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs, out_std: float) -> None:
         c, p = config, config.per_layer_input_dim
         common: dict[str, Any] = dict(rngs=rngs, use_bias=False, precision=c.precision)
-        self.gate = Dense((c.d_model,), (p,), ("embed",), (None,), init=normal(c.init_std), **common)
+        self.gate = Dense(
+            (c.d_model,), (p,), ("embed",), (None,), init=normal(c.init_std), **common
+        )
         self.proj = Dense((p,), (c.d_model,), (None,), ("embed",), init=normal(out_std), **common)
         self.norm = make_norm(
             c.norm, c.d_model, rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias,

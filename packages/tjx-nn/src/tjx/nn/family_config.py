@@ -155,7 +155,8 @@ def check_layers(config: Any, cls: str) -> None:
             raise ValueError(f"{cls}.{name} must be an int >= 0; got {value!r}")
     if c.global_kv_heads is not None and c.num_heads % c.global_kv_heads:
         raise ValueError(
-            f"{cls}.global_kv_heads: {c.global_kv_heads} must divide {cls}.num_heads ({c.num_heads})"
+            f"{cls}.global_kv_heads: {c.global_kv_heads} must divide {cls}.num_heads "
+            f"({c.num_heads})"
         )
     p = c.global_rope_proportion
     if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 < p <= 1.0:

@@ -118,7 +118,9 @@ DELTA_ENTRIES = ("conv", "recurrent")
 GLOBAL_ENTRIES = ("global_k", "global_v")
 
 
-def cache_groups(config: TransformerConfig, num_layers: int | None = None) -> tuple[str | None, ...]:
+def cache_groups(
+    config: TransformerConfig, num_layers: int | None = None
+) -> tuple[str | None, ...]:
     """Each layer's part of the cache: its mixer (``"attention"``: ``k``/``v`` or MLA's
     latents; ``"delta"``), ``"global"`` for a Gemma 4 global layer of its own width or key/value
     heads (``global_k``/``global_v``), or None for a ``kv_shared_layers`` layer (none)."""
@@ -272,7 +274,12 @@ def kv_cache_bytes(
         assert config.num_kv_heads is not None and config.head_dim is not None
         per_token = 2 * config.num_kv_heads * config.head_dim
     mixers = config.layer_mixers()
-    total = mixers.count("attention") * batch * seq_len * per_token * itemsize
+    groups = cache_groups(config)  # Gemma 4: shared layers hold none, global ones their own
+    total = groups.count("attention") * batch * seq_len * per_token * itemsize
+    if "global" in groups:
+        shape = layer_shape(config, groups.index("global"))
+        wide = 2 * shape.kv_heads * shape.head_dim
+        total += groups.count("global") * batch * seq_len * wide * itemsize
     deltas = mixers.count("delta")
     if deltas:  # their fixed-size states (`init_cache`): the inputs of K - 1 tokens, the matrix
         assert config.delta_key_heads is not None and config.delta_value_heads is not None

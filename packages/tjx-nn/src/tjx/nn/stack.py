@@ -22,8 +22,8 @@ from flax import nnx
 
 from tjx.nn.block import KEPT, Block
 from tjx.nn.configs import REMAT_POLICIES, TransformerConfig
-from tjx.nn.kernel_choice import ModelAttention, layer_kind, resolve_model_attention
 from tjx.nn.family_config import kv_source
+from tjx.nn.kernel_choice import ModelAttention, layer_kind, resolve_model_attention
 from tjx.nn.kv_cache import (
     cache_groups,
     concat_layer_caches,
@@ -134,7 +134,10 @@ class Stack(nnx.Module):
         if not self.scan:
             # Unrolled, each layer knows its index (Gemma 4's layers differ by it).
             layers = nnx.List(
-                [make(rngs, k.moe, k.mixer, i if causal else None) for i, k in enumerate(layer_kinds)]
+                [
+                    make(rngs, k.moe, k.mixer, i if causal else None)
+                    for i, k in enumerate(layer_kinds)
+                ]
             )
         elif len(self.plan) == 1 and len(self.plan[0].unit) == 1:
             layers = scanned(lambda r: make(r, *layer_kinds[0]), rngs, num_layers)

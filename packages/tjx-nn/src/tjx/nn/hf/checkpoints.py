@@ -2,9 +2,10 @@
 and out.
 
 A folder's ``config.json`` names the architecture (``model_type`` gpt2, llama, mistral, qwen2,
-qwen3, olmo2, olmo3, phi3, gemma2, gemma3_text or gemma4_text (``gemma4``), the MoE types mixtral, qwen2_moe and qwen3_moe,
-``moe``, deepseek_v2 and deepseek_v3, ``deepseek``, gpt_oss, ``gpt_oss``, glm4_moe,
-``glm4_moe``, qwen3_5_text, ``qwen3_5``, or qwen3_next, ``qwen3_next``); its config module
+qwen3, olmo2, olmo3, phi3, gemma2 or gemma3_text, gemma4_text, ``gemma4``, the MoE types
+mixtral, qwen2_moe and qwen3_moe, ``moe``, deepseek_v2 and deepseek_v3, ``deepseek``, gpt_oss,
+``gpt_oss``, glm4_moe, ``glm4_moe``, qwen3_5_text, ``qwen3_5``, or qwen3_next, ``qwen3_next``);
+its config module
 maps the config (refusing what tjx would ignore) and its mapping module the tensors. Weights
 move one tensor at a time: loading fills a model built abstractly (``nnx.eval_shape``) from
 safetensors' memory-mapped reads, saving writes one shard at a time, so neither holds two full

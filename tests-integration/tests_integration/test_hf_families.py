@@ -1,5 +1,5 @@
 """Qwen3, OLMo 2 and 3, Phi-3, Gemma 2, Gemma 3 (text), DeepSeek-V2 and -V3, gpt-oss, GLM-4.5 MoE,
-Qwen3.5 (text, and the image-text model's folder), Qwen3-Next and Gemma 4 (text) round-trip
+Qwen3.5 (text, and the image-text model's folder), Qwen3-Next and Gemma 4 (both too) round-trip
 through transformers (PyTorch in the scratch venv of ``_hf_peer``, one peer process each way for
 all families).
 
@@ -322,6 +322,29 @@ CASES["gemma4"] = dict(
     ),
     make=dict(random_buffers=["layer_scalar"]),
 )
+# The published Gemma 4 folders are the image-text model's (Gemma4ForConditionalGeneration, tiny
+# vision and audio towers here): tjx loads its text model and exports it as gemma4_text.
+CASES["gemma4_image_text"] = dict(
+    config=dict(
+        model_type="gemma4",
+        # pad_token_id: the image-text model writes it over multimodal tokens (text has none).
+        text_config={k: v for k, v in CASES["gemma4"]["config"].items() if k != "model_type"}
+        | {"pad_token_id": 0},
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=8,
+        ),
+        audio_config=dict(
+            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, output_proj_dims=16
+        ),
+    ),
+    make=dict(auto="AutoModelForImageTextToText", random_buffers=["layer_scalar"]),
+    export_arch="Gemma4ForCausalLM",
+)
 # The published Qwen3.5 folders are the image-text model's (Qwen3_5ForConditionalGeneration): its
 # language model under model.language_model., a (tiny here) vision tower beside; tjx loads the
 # text model (the logits of text tokens are the same) and exports it as qwen3_5_text.
@@ -623,3 +646,6 @@ def test_the_gemma4_case_exercises_each_piece(results):
     assert "model.layers.1.self_attn.v_proj.weight" not in names  # values are the keys
     assert not any(n.startswith("model.layers.2.self_attn.k_") for n in names)  # reads layer 0
     assert r["saved"]["model_type"] == "gemma4_text" and r["saved"]["use_double_wide_mlp"]
+    # The image-text folder of the same text model reads as the same tjx model, written as text.
+    image_text = results["gemma4_image_text"]
+    assert image_text["config"] == c and image_text["saved"]["model_type"] == "gemma4_text"

@@ -13,11 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from safetensors.numpy import save_file
 
 from tjx import nn as tnn
 from tjx.nn.block import PerLayerInput
 from tjx.nn.embeddings import PerLayerEmbed
-from tjx.nn.hf.gemma4 import gemma4_config_from_hf, gemma4_config_to_hf
+from tjx.nn.hf.gemma4 import gemma4_config_from_hf, gemma4_config_to_hf, gemma4_image_text_config
 from tjx.nn.positions import proportional_rope
 from tjx_nn_tests._helpers import saved_random
 
@@ -153,13 +154,27 @@ def test_what_tjx_cannot_honour_is_refused_by_name(change, message):
         gemma4_config_from_hf(hf)
 
 
-def test_the_image_text_model_type_is_refused_naming_the_text_one(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma4"}))
-    (tmp_path / "model.safetensors").write_bytes(b"")  # the config is read first
-    with pytest.raises(
-        ValueError, match=r"model_type 'gemma4' is Gemma 4's image-text model.*gemma4_text"
-    ):
-        tnn.hf_kind(tmp_path)
+def test_an_image_text_folder_loads_as_its_text_model(tmp_path, capsys):
+    """The published form: ``gemma4`` with a ``text_config``, the language model under
+    ``model.language_model.``, towers beside (skipped in one line)."""
+    model, tensors = saved_random(tmp_path / "text", tnn.LlamaConfig(**GEMMA4))
+    text = json.loads((tmp_path / "text" / "config.json").read_text())
+    folder = tmp_path / "image-text"
+    folder.mkdir()
+    outer = {"model_type": "gemma4", "text_config": text, "vision_config": {"hidden_size": 4},
+             "image_token_id": 5, "tie_word_embeddings": True}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(outer))
+    stored = {k.replace("model.", "model.language_model.", 1): v for k, v in tensors.items()}
+    stored["model.vision_tower.patch.weight"] = np.ones((2, 2), np.float32)
+    save_file(stored, str(folder / "model.safetensors"))
+    loaded, config = tnn.load_hf(folder)
+    assert config == model.config
+    got, want = tnn.get_flat_params(loaded), tnn.get_flat_params(model)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert capsys.readouterr().err.count("skipping the checkpoint's vision and audio towers") == 1
+    with pytest.raises(ValueError, match="audio_soft_tokens"):
+        gemma4_image_text_config(outer | {"audio_soft_tokens": 3})
 
 
 @pytest.mark.parametrize(

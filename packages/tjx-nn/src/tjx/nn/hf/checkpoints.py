@@ -2,14 +2,15 @@
 and out.
 
 A folder's ``config.json`` names the architecture (``model_type`` gpt2, llama, mistral, qwen2,
-qwen3, olmo2, olmo3, phi3, gemma2 or gemma3_text, gemma4_text, ``gemma4``, the MoE types
-mixtral, qwen2_moe and qwen3_moe, ``moe``, deepseek_v2 and deepseek_v3, ``deepseek``, gpt_oss,
-``gpt_oss``, glm4_moe, ``glm4_moe``, qwen3_5_text, ``qwen3_5``, or qwen3_next, ``qwen3_next``);
-its config module
+qwen3, olmo2, olmo3, phi3, gemma2 or gemma3_text, the MoE types mixtral, qwen2_moe and qwen3_moe,
+``moe``, deepseek_v2 and deepseek_v3, ``deepseek``, gpt_oss, ``gpt_oss``, glm4_moe,
+``glm4_moe``, qwen3_5_text, ``qwen3_5``, or qwen3_next, ``qwen3_next``); its config module
 maps the config (refusing what tjx would ignore) and its mapping module the tensors. Weights
 move one tensor at a time: loading fills a model built abstractly (``nnx.eval_shape``) from
 safetensors' memory-mapped reads, saving writes one shard at a time, so neither holds two full
 copies of the weights.
+
+Gemma 4 (gemma4_text, and the image-text gemma4 as its text model) is ``gemma4``.
 """
 
 from __future__ import annotations
@@ -46,9 +47,12 @@ from tjx.nn.hf.gemma4 import (
     GEMMA4,
     gemma4_config_from_hf,
     gemma4_config_to_hf,
+    gemma4_image_text_config,
     gemma4_mapping,
     is_gemma4,
+    skip_towers,
 )
+from tjx.nn.hf.gemma4 import IMAGE_TEXT as GEMMA4_IMAGE_TEXT
 from tjx.nn.hf.glm4_moe import (
     GLM4_MOE,
     glm4_moe_config_from_hf,
@@ -105,14 +109,13 @@ HF_MODEL_TYPES: dict[str, str] = {
     **{t: "llama" for t in (*LLAMA_TYPES, *FAMILY_TYPES)},
     **{t: "llama" for t in (*MOE_TYPES, *DEEPSEEK_TYPES, GPT_OSS, GLM4_MOE, QWEN3_5, QWEN3_NEXT)},
     GEMMA4: "llama",
+    GEMMA4_IMAGE_TEXT: "llama",  # Gemma 4's image-text folders: the text model
     IMAGE_TEXT: "llama",  # Qwen3.5's image-text folders: the text model
 }
 #: model types refused with a line of their own (what to load instead).
 _REFUSED = {
     "gemma3": "is Gemma 3's image-text model; tjx loads the text model (model_type "
     "'gemma3_text', Gemma3ForCausalLM checkpoints such as gemma-3-1b)",
-    "gemma4": "is Gemma 4's image-text model; tjx loads the text model (model_type "
-    "'gemma4_text', Gemma4ForCausalLM checkpoints)",
 }
 SAVE_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -160,9 +163,15 @@ def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[Deco
     if model_type in FAMILY_TYPES:
         family = family_config_from_hf(hf, **overrides)
         return family, Llama, family_mapping(family, model_type)
-    if model_type == GEMMA4:
-        gemma4 = gemma4_config_from_hf(hf, **overrides)
-        return gemma4, Llama, gemma4_mapping(gemma4)
+    if model_type in (GEMMA4, GEMMA4_IMAGE_TEXT):
+        image_text = model_type == GEMMA4_IMAGE_TEXT
+        gemma4 = gemma4_config_from_hf(
+            gemma4_image_text_config(hf) if image_text else hf, **overrides
+        )
+        mapping = gemma4_mapping(gemma4)
+        if image_text:
+            mapping = replace(mapping, ignored=skip_towers(mapping.ignored))
+        return gemma4, Llama, mapping
     if model_type == GPT_OSS:
         oss = gpt_oss_config_from_hf(hf, **overrides)
         return oss, Llama, gpt_oss_mapping(oss)
@@ -263,7 +272,7 @@ def _checked_names(weights: LazyWeights, hf: dict[str, Any], mapping: HFMapping)
     """The mapping's tensor name → the stored one, after `check_tensors` on the headers."""
     if hf.get("model_type") == "gpt2":  # save_pretrained's ``transformer.`` prefix
         names = {n.removeprefix("transformer."): n for n in weights.names()}
-    elif hf.get("model_type") == IMAGE_TEXT:  # the language model's ``model.language_model.*``
+    elif hf.get("model_type") in (IMAGE_TEXT, GEMMA4_IMAGE_TEXT):  # ``model.language_model.*``
         names = {text_name(n): n for n in weights.names()}
     else:
         names = {n: n for n in weights.names()}

@@ -31,17 +31,23 @@ global layers)
 layer always full). Refused in one line naming the key: ``enable_moe_block`` true (the MoE block
 beside the MLP), ``use_bidirectional_attention``, another activation, a RoPE scaling
 (``factor``, another ``rope_type``), a ``per_layer_config`` other than one override of the global
-layers, ``attention_bias`` and unknown keys. The image-text checkpoints (``gemma4``) are refused
-in ``checkpoints`` (the text model loads).
+layers, ``attention_bias`` and unknown keys.
+
+The published folders are the image-text model's (``gemma4``, ``Gemma4ForConditionalGeneration``):
+tjx reads its ``text_config`` (tied by the top-level ``tie_word_embeddings``) and the
+``model.language_model.*`` tensors, skips the vision and audio towers and their embedders in one
+line (`skip_towers`), and exports the text model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.family_config import layer_shape
+from tjx.nn.hf.config import HARMLESS
 from tjx.nn.hf.family_base import (
     base_fields,
     check_exportable,
@@ -58,6 +64,27 @@ from tjx.nn.hf.tables import Tables
 
 GEMMA4 = "gemma4_text"
 ARCHITECTURE = "Gemma4ForCausalLM"
+#: The image-text model's type, and its keys beside ``text_config``: the towers' configs and the
+#: tokens that mark images, video and audio in a prompt (none changes the text model's numbers).
+IMAGE_TEXT = "gemma4"
+IMAGE_TEXT_KEYS = frozenset(
+    {
+        "text_config",
+        "vision_config",
+        "audio_config",
+        "boi_token_id",
+        "eoi_token_id",
+        "image_token_id",
+        "video_token_id",
+        "boa_token_id",
+        "eoa_token_index",
+        "audio_token_id",
+        "initializer_range",
+        "tie_word_embeddings",
+    }
+)
+#: What an image-text checkpoint holds beside its language model (``model.language_model.*``).
+TOWERS = ("model.vision_tower.", "model.audio_tower.", "model.embed_vision.", "model.embed_audio.")
 #: Gemma 4's keys beyond ``family_base.BASE_KEYS``.
 KEYS = frozenset(
     {
@@ -405,3 +432,46 @@ def gemma4_mapping(c: LlamaConfig) -> HFMapping:
         )
 
     return tables.mapping(ignored)
+
+
+def gemma4_image_text_config(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """The text model's ``config.json`` dict of a Gemma 4 image-text ``config.json`` (its
+    ``text_config``, tied as the image-text model ties: by its own ``tie_word_embeddings``).
+
+    Raises
+    ------
+    ValueError
+        No ``text_config``, or a key the image-text config does not have, named.
+    """
+    unknown = sorted(set(hf) - IMAGE_TEXT_KEYS - HARMLESS)
+    if unknown:
+        raise ValueError(
+            f"config.json key(s) {', '.join(unknown)} are not understood by tjx's {IMAGE_TEXT} "
+            "(image-text) import and could change the model"
+        )
+    text = hf.get("text_config")
+    if not isinstance(text, Mapping):
+        raise ValueError(f"config.json of model_type {IMAGE_TEXT!r} has no text_config")
+    tied = bool(hf.get("tie_word_embeddings", True))
+    return dict(text) | {"model_type": GEMMA4, "tie_word_embeddings": tied}
+
+
+def skip_towers(base: Callable[[str], bool]) -> Callable[[str], bool]:
+    """``base``'s ignored names, and the image-text model's vision and audio towers and their
+    embedders (`TOWERS`), said in one line when a checkpoint holds them (transformers' causal LM
+    does not read them either)."""
+    said: list[bool] = []
+
+    def ignored(name: str) -> bool:
+        if not name.startswith(TOWERS):
+            return base(name)
+        if not said:
+            said.append(True)
+            print(
+                "tjx: skipping the checkpoint's vision and audio towers (model.vision_tower.*, "
+                "model.audio_tower.*, model.embed_vision/embed_audio.*): tjx loads the text model",
+                file=sys.stderr,
+            )
+        return True
+
+    return ignored

@@ -322,6 +322,32 @@ CASES["gemma4"] = dict(
     ),
     make=dict(random_buffers=["layer_scalar"]),
 )
+# Gemma 4's MoE block (26B-A4B's form): every layer keeps its MLP and adds softmax top-2 of 4
+# experts beside it, renormalised, times random per-expert scales, the router reading the
+# residual with its own random scale; global heads of their own width, values = keys, no PLE. It
+# routes, so it runs in float32 only (the module doc).
+CASES["gemma4_moe"] = dict(
+    config=dict(
+        COMMON,
+        model_type="gemma4_text",
+        num_hidden_layers=2,
+        head_dim=16,
+        global_head_dim=32,
+        num_global_key_value_heads=1,
+        attention_k_eq_v=True,
+        initializer_range=0.2,
+        sliding_window=WINDOW,
+        layer_types=["sliding_attention", "full_attention"],
+        hidden_size_per_layer_input=0,
+        enable_moe_block=True,
+        num_experts=4,
+        top_k_experts=2,
+        moe_intermediate_size=16,
+        final_logit_softcapping=30.0,
+    ),
+    make=dict(random_buffers=["layer_scalar"], random_scales=["router.scale", "per_expert_scale"]),
+    bf16=False,
+)
 # The published Gemma 4 folders are the image-text model's (Gemma4ForConditionalGeneration, tiny
 # vision and audio towers here): tjx loads its text model and exports it as gemma4_text.
 CASES["gemma4_image_text"] = dict(
@@ -649,3 +675,17 @@ def test_the_gemma4_case_exercises_each_piece(results):
     # The image-text folder of the same text model reads as the same tjx model, written as text.
     image_text = results["gemma4_image_text"]
     assert image_text["config"] == c and image_text["saved"]["model_type"] == "gemma4_text"
+    # The MoE block beside each MLP: its router, fused experts and extra norms went out and back.
+    moe = results["gemma4_moe"]
+    m = moe["config"]
+    assert (m.num_experts, m.experts_per_token, m.expert_mlp_dim, m.router_aux_loss) == (
+        4,
+        2,
+        16,
+        0,
+    )
+    assert m.moe_beside_mlp and m.router_input_norm and m.router_expert_scale
+    assert {"model.layers.1.experts.gate_up_proj", "model.layers.1.router.per_expert_scale",
+            "model.layers.1.pre_feedforward_layernorm_2.weight",
+            "model.layers.1.mlp.gate_proj.weight"} <= moe["tensors"]  # fmt: skip
+    assert moe["saved"]["enable_moe_block"] and moe["saved"]["top_k_experts"] == 2

@@ -96,6 +96,9 @@ def test_a_model_json_of_tjx_0_1_loads():
         "per_layer_input_dim": 0,
         "per_layer_vocab_size": None,
         "layer_scale": False,
+        "moe_beside_mlp": False,
+        "router_input_norm": False,
+        "router_expert_scale": False,
     }
     # #51's logits_dtype: the float32 logits such a run had.
     newer["precision"] = {**WRITTEN_BY_TJX_0_1["fields"]["precision"], "logits_dtype": "float32"}

@@ -164,9 +164,15 @@ class Block(nnx.Module):
         self.mlp_post_norm = norm(after)
         assert c.mlp_dim is not None
         self.moe: MoE | None = MoE(c, rngs=rngs, out_std=out_std) if moe else None
+        # Gemma 4: an MoE layer keeps its MLP, the MoE block beside it with norms of its own:
+        # the MLP's output norm (``mlp_mid_norm``), the MoE's input and output norms.
+        beside = moe and c.moe_beside_mlp
+        self.mlp_mid_norm = norm(beside)
+        self.moe_norm = norm(beside)
+        self.moe_post_norm = norm(beside)
         self.mlp: MLP | None = (
             None
-            if moe
+            if moe and not beside
             else MLP(
                 c.d_model,
                 c.mlp_dim if shape is None else shape.mlp_dim,
@@ -178,6 +184,7 @@ class Block(nnx.Module):
                 precision=c.precision,
             )
         )
+        self.router_reads_residual = c.router_input_norm  # the router reads the raw residual
         self.per_layer: PerLayerInput | None = (
             PerLayerInput(c, rngs=rngs, out_std=out_std) if c.per_layer_input_dim else None
         )
@@ -285,7 +292,20 @@ class Block(nnx.Module):
             out, stats[0] = moe(h)
             return out
 
-        x = sub(x, self.mlp_norm, self.mlp_post_norm, ffn, keys[4])
+        def beside(h: Array) -> Array:
+            """Gemma 4: the MLP and the MoE block side by side on the residual ``h``."""
+            assert self.mlp is not None and moe is not None and self.mlp_norm is not None
+            assert self.mlp_mid_norm is not None and self.moe_norm is not None
+            assert self.moe_post_norm is not None
+            dense = self.mlp_mid_norm(self.mlp(self.mlp_norm(h), lora_keys[1]))
+            router_input = h if self.router_reads_residual else None
+            out, stats[0] = moe(self.moe_norm(h), router_input=router_input)
+            return dense + self.moe_post_norm(out)
+
+        if self.mlp_mid_norm is not None:
+            x = sub(x, None, self.mlp_post_norm, beside, keys[4])
+        else:
+            x = sub(x, self.mlp_norm, self.mlp_post_norm, ffn, keys[4])
         if self.per_layer is not None:
             if per_layer_input is None:
                 raise ValueError("this layer adds a per-layer input (PLE): pass per_layer_input")

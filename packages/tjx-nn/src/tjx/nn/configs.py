@@ -237,6 +237,15 @@ class TransformerConfig:
         None, help="rows of the per-layer embedding table; None: vocab_size"
     )
     layer_scale: bool = setting(False, help="each layer's output times a learned scalar (Gemma 4)")
+    moe_beside_mlp: bool = setting(
+        False, help="MoE layers keep their dense MLP, the MoE block beside it (Gemma 4)"
+    )
+    router_input_norm: bool = setting(
+        False, help="MoE: the router reads the unnormed input, RMS-normed × a scale / sqrt(d)"
+    )
+    router_expert_scale: bool = setting(
+        False, help="MoE: routed weights times a learned scale per expert (Gemma 4)"
+    )
     num_experts: int = setting(0, help="MoE: routed experts per MoE layer; 0: dense MLPs")
     experts_per_token: int = setting(2, help="MoE: experts each token is routed to (top-k)")
     expert_mlp_dim: int | None = setting(None, help="MoE: a routed expert's width; None: mlp_dim")

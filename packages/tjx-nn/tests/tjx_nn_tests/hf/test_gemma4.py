@@ -84,6 +84,30 @@ def test_an_export_loads_back_as_the_same_model_in_transformers_layout(tmp_path)
     )
 
 
+#: GEMMA4 with the MoE block beside every MLP (26B-A4B's form): 4 experts, top 2.
+MOE = dict(
+    num_experts=4, experts_per_token=2, expert_mlp_dim=6, router_aux_loss=0.0,
+    moe_beside_mlp=True, router_input_norm=True, router_expert_scale=True,
+)  # fmt: skip
+
+
+def test_the_moe_block_beside_the_mlp_round_trips_in_transformers_layout(tmp_path):
+    model, tensors = saved_random(tmp_path / "ck", tnn.LlamaConfig(**GEMMA4 | MOE))
+    saved = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert saved["enable_moe_block"] and (saved["num_experts"], saved["top_k_experts"]) == (4, 2)
+    loaded, config = tnn.load_hf(tmp_path / "ck")
+    assert config == model.config
+    want, got = tnn.get_flat_params(model), tnn.get_flat_params(loaded)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    # gate_up_proj [E, 2f, d]: each expert's gate rows, then its up rows.
+    fused, t = tensors["model.layers.0.experts.gate_up_proj"], "stack.layers.0.moe.experts."
+    np.testing.assert_array_equal(fused[:, :6].transpose(0, 2, 1), want[t + "fc_gate.kernel"])
+    np.testing.assert_array_equal(fused[:, 6:].transpose(0, 2, 1), want[t + "fc_in.kernel"])
+    assert tensors["model.layers.0.experts.down_proj"].shape == (4, 16, 6)
+    assert "model.layers.0.mlp.gate_proj.weight" in tensors  # the dense MLP stays
+
+
 def test_the_default_config_is_read_as_transformers_reads_it():
     """transformers' default text config (as its to_dict writes it, ``per_layer_config`` and
     all); the same from a config.json leaving every key out, and from the release form
@@ -136,7 +160,7 @@ LINEAR_LOCAL = {
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (dict(enable_moe_block=True), "enable_moe_block True is not supported"),
+        (dict(enable_moe_block=True), "enable_moe_block true needs num_experts"),
         (dict(use_bidirectional_attention="all"), "use_bidirectional_attention 'all'"),
         (dict(hidden_activation="silu"), "hidden_activation must be one of"),
         (dict(attention_bias=True), "attention_bias true"),
@@ -184,6 +208,8 @@ def test_an_image_text_folder_loads_as_its_text_model(tmp_path, capsys):
         (dict(value_norm=False), "value_norm=False .needs True."),
         (dict(kv_shared_mlp_dim=20), "kv_shared_mlp_dim=20"),
         (dict(global_values_from_keys=False), "global_values_from_keys=False .needs True."),
+        (MOE | dict(router="sigmoid"), "router='sigmoid' .needs 'softmax'."),
+        (MOE | dict(router_expert_scale=False), "router_expert_scale=False .needs True."),
     ],
 )
 def test_a_config_gemma4_does_not_compute_is_not_saved_as_it(change, message):
@@ -207,6 +233,7 @@ def test_another_model_type_is_refused_naming_gemma4s_switches(tmp_path):
         (dict(global_kv_heads=3), "global_kv_heads: 3 must divide"),
         (dict(global_rope_proportion=1.5), "global_rope_proportion must be a number in"),
         (dict(decode_topk=2), "decode_topk 2 is not supported"),
+        (dict(moe_beside_mlp=True), "moe_beside_mlp: only MoE layers use it"),
     ],
 )
 def test_the_config_refuses_what_the_layers_cannot_run(change, message):

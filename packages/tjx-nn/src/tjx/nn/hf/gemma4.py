@@ -25,11 +25,16 @@ global layers)
 ``vocab_size_per_layer_input``,            ``per_layer.table``, ``per_layer.proj``,
 ``embed_tokens_per_layer``,                ``per_layer.norm``; each layer's
 ``per_layer_model_projection`` ...         ``per_layer.gate``/``proj``/``norm``
+``enable_moe_block``, ``num_experts``,     MoE layers (every layer) with ``moe_beside_mlp``:
+``top_k_experts``,                         the MLP stays, the experts beside it (softmax top-k,
+``moe_intermediate_size``; ``router.*``,   renormalised; ``router_expert_scale``,
+``experts.gate_up_proj`` ``[E, 2f, d]``    ``router_input_norm``); gate_up split into
+(gate rows first), ``down_proj``           ``fc_gate``/``fc_in`` on load, fused on export
 =========================================  ====================================================
 
 ``layer_types`` as transformers reads it (default: five sliding layers, then a full one; the last
-layer always full). Refused in one line naming the key: ``enable_moe_block`` true (the MoE block
-beside the MLP), ``use_bidirectional_attention``, another activation, a RoPE scaling
+layer always full). Refused in one line naming the key: ``use_bidirectional_attention``, another
+activation, a RoPE scaling
 (``factor``, another ``rope_type``), a ``per_layer_config`` other than one override of the global
 layers, ``attention_bias`` and unknown keys.
 
@@ -44,6 +49,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import numpy as np
 
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.family_config import layer_shape
@@ -60,7 +67,8 @@ from tjx.nn.hf.family_base import (
 )
 from tjx.nn.hf.gemma import TANH_GELU
 from tjx.nn.hf.io import HFMapping
-from tjx.nn.hf.tables import Tables
+from tjx.nn.hf.tables import Convert, Tables
+from tjx.nn.moe.config import expert_mlp_dim
 
 GEMMA4 = "gemma4_text"
 ARCHITECTURE = "Gemma4ForCausalLM"
@@ -152,6 +160,21 @@ NEEDS: dict[str, Any] = dict(
     value_norm=True,
     layer_scale=True,
 )
+#: What Gemma 4's MoE block computes (a config with experts must have these to be written).
+MOE_NEEDS: dict[str, Any] = dict(
+    router="softmax",
+    router_norm_topk=True,
+    num_shared_experts=0,
+    moe_layer_step=1,
+    moe_first_dense=0,
+    capacity_factor=None,
+    router_logit_bias=False,
+    router_scale=1.0,
+    router_groups=1,
+    moe_beside_mlp=True,
+    router_input_norm=True,
+    router_expert_scale=True,
+)
 #: The switches only Gemma 4 computes: a config with any of them saves as gemma4_text.
 OWN = (
     "value_norm",
@@ -164,6 +187,9 @@ OWN = (
     "global_kv_heads",
     "global_values_from_keys",
     "global_rope_proportion",
+    "moe_beside_mlp",
+    "router_input_norm",
+    "router_expert_scale",
 )
 
 
@@ -269,14 +295,12 @@ def gemma4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
             f"config.json hidden_activation must be one of {TANH_GELU} (GeGLU with the tanh "
             f"GELU); got {act!r}"
         )
-    for key in ("use_bidirectional_attention", "enable_moe_block"):
-        if hf.get(key):
-            what = {
-                "use_bidirectional_attention": "bidirectional attention (tjx loads a causal "
-                "decoder)",
-                "enable_moe_block": "Gemma 4's MoE block beside the dense MLP (not in tjx yet)",
-            }[key]
-            raise ValueError(f"config.json {key} {hf[key]!r} is not supported: {what}")
+    if hf.get("use_bidirectional_attention"):
+        raise ValueError(
+            "config.json use_bidirectional_attention "
+            f"{hf['use_bidirectional_attention']!r} is not supported: bidirectional attention "
+            "(tjx loads a causal decoder)"
+        )
     fields = base_fields(get, tied=True, eps=1e-6)
     types = _layer_types(get, fields["num_layers"])
     sliding = [t == "sliding_attention" for t in types]
@@ -305,7 +329,30 @@ def gemma4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
         per_layer_input_dim=ple,
         per_layer_vocab_size=ple_vocab if ple and ple_vocab != fields["vocab_size"] else None,
     )
+    if get.get("enable_moe_block"):
+        fields |= _moe_fields(get)
     return LlamaConfig(**{**fields, **overrides})
+
+
+def _moe_fields(get: Mapping[str, Any]) -> dict[str, Any]:
+    """The MoE block beside every layer's MLP (``enable_moe_block``): softmax top-k of
+    ``num_experts``, renormalised, times a learned scale per expert; the router reads the
+    residual RMS-normed with a scale of its own. transformers adds no router loss."""
+    for key in ("num_experts", "top_k_experts", "moe_intermediate_size"):
+        if not get.get(key):
+            raise ValueError(f"config.json enable_moe_block true needs {key}; got {get.get(key)!r}")
+    return dict(
+        num_experts=int(get["num_experts"]),
+        experts_per_token=int(get["top_k_experts"]),
+        expert_mlp_dim=int(get["moe_intermediate_size"]),
+        router="softmax",
+        router_norm_topk=True,
+        router_aux_loss=0.0,
+        capacity_factor=None,
+        moe_beside_mlp=True,
+        router_input_norm=True,
+        router_expert_scale=True,
+    )
 
 
 def is_gemma4(config: LlamaConfig, model_type: str | None) -> bool:
@@ -332,7 +379,7 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     check_exportable(c)
     wrong = mismatches(c, NEEDS)
     if c.num_experts:
-        wrong["num_experts"] = (c.num_experts, 0)
+        wrong |= mismatches(c, MOE_NEEDS)
     if c.kv_shared_mlp_dim not in (None, c.mlp_dim, 2 * (c.mlp_dim or 0)):
         wrong["kv_shared_mlp_dim"] = (c.kv_shared_mlp_dim, f"None or {2 * (c.mlp_dim or 0)}")
     if c.global_kv_heads not in (None, c.num_kv_heads) and not c.global_values_from_keys:
@@ -368,8 +415,14 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "use_double_wide_mlp": c.kv_shared_mlp_dim == 2 * c.mlp_dim,
         "hidden_size_per_layer_input": c.per_layer_input_dim,
         "vocab_size_per_layer_input": c.per_layer_vocab_size or c.vocab_size,
-        "enable_moe_block": False,
+        "enable_moe_block": bool(c.num_experts),
     }
+    if c.num_experts:
+        out |= {
+            "num_experts": c.num_experts,
+            "top_k_experts": c.experts_per_token,
+            "moe_intermediate_size": expert_mlp_dim(c),
+        }
     del out["rope_theta"]
     if c.global_values_from_keys:
         out["num_global_key_value_heads"] = c.global_kv_heads or c.num_kv_heads
@@ -409,6 +462,8 @@ def gemma4_mapping(c: LlamaConfig) -> HFMapping:
             ("post_feedforward_layernorm", "mlp_post_norm"),
         ):
             same(f"{pre}{hf_norm}.weight", f"{t}{tjx_norm}.scale", (d,))
+        if c.num_experts:
+            _moe_tensors(tables, c, pre, t)
         if p:
             linear(pre + "per_layer_input_gate", t + "per_layer.gate", (d,), (p,))
             linear(pre + "per_layer_projection", t + "per_layer.proj", (p,), (d,))
@@ -432,6 +487,48 @@ def gemma4_mapping(c: LlamaConfig) -> HFMapping:
         )
 
     return tables.mapping(ignored)
+
+
+def _gate_up(name: str, half: int, part: int) -> Convert:
+    """One half of HF's fused ``experts.gate_up_proj`` ``[E, 2f, d]`` (gate rows first) as a tjx
+    ``[E, d, f]`` kernel."""
+    return lambda read: read(name)[:, part * half : (part + 1) * half].transpose(0, 2, 1)
+
+
+def _fused_gate_up(gate: str, up: str) -> Convert:
+    """tjx's gate and up ``[E, d, f]`` kernels as HF's ``[E, 2f, d]`` ``gate_up_proj``."""
+    return lambda read: np.concatenate(
+        [read(gate).transpose(0, 2, 1), read(up).transpose(0, 2, 1)], axis=1
+    )
+
+
+def _transposed_experts(name: str) -> Convert:
+    """``[E, a, b]`` ↔ ``[E, b, a]`` (HF's ``down_proj`` ``[E, d, f]``, tjx's ``[E, f, d]``)."""
+    return lambda read: read(name).transpose(0, 2, 1)
+
+
+def _moe_tensors(tables: Tables, c: LlamaConfig, pre: str, t: str) -> None:
+    """Layer ``pre``'s (tjx ``t``'s) MoE block beside its MLP: the router (its projection,
+    input scale and per-expert scale), the fused experts and the block's three extra norms."""
+    d, e, f = c.d_model, c.num_experts, expert_mlp_dim(c)
+    tables.linear(pre + "router.proj", t + "moe.router", (d,), (e,))
+    tables.same(pre + "router.scale", t + "moe.router.input_scale", (d,))
+    tables.same(pre + "router.per_expert_scale", t + "moe.router.expert_scale", (e,))
+    gate_up, down = pre + "experts.gate_up_proj", pre + "experts.down_proj"
+    gate, up, out = (f"{t}moe.experts.{n}.kernel" for n in ("fc_gate", "fc_in", "fc_out"))
+    tables.shapes[gate_up] = (e, 2 * f, d)
+    tables.to_tjx[gate] = _gate_up(gate_up, f, 0)
+    tables.to_tjx[up] = _gate_up(gate_up, f, 1)
+    tables.to_hf[gate_up] = _fused_gate_up(gate, up)
+    tables.shapes[down] = (e, d, f)
+    tables.to_tjx[out] = _transposed_experts(down)
+    tables.to_hf[down] = _transposed_experts(out)
+    for hf_norm, tjx_norm in (
+        ("post_feedforward_layernorm_1", "mlp_mid_norm"),
+        ("pre_feedforward_layernorm_2", "moe_norm"),
+        ("post_feedforward_layernorm_2", "moe_post_norm"),
+    ):
+        tables.same(f"{pre}{hf_norm}.weight", f"{t}{tjx_norm}.scale", (d,))
 
 
 def gemma4_image_text_config(hf: Mapping[str, Any]) -> dict[str, Any]:

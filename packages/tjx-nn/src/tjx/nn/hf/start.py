@@ -75,6 +75,9 @@ HF_LLAMA_FIXED = (
     "per_layer_input_dim",
     "per_layer_vocab_size",
     "layer_scale",
+    "moe_beside_mlp",
+    "router_input_norm",
+    "router_expert_scale",
 )
 
 

@@ -196,7 +196,7 @@ def test_an_moe_block_beside_the_mlp_adds_its_active_weights_to_the_mlp():
         num_experts=2, experts_per_token=2, expert_mlp_dim=8, moe_beside_mlp=True,
         router_input_norm=True, router_expert_scale=True, tie_embeddings=True,
     )  # fmt: skip
-    weighted, n_matmul = _independent(cfg, 8, 8)
+    _, n_matmul = _independent(cfg, 8, 8)
     assert tnn.matmul_param_count(cfg) == n_matmul
     attention = 6 * cfg.num_layers * cfg.num_heads * cfg.head_dim * 8
     assert tnn.flops_per_token(cfg, 8) == 6 * n_matmul + attention

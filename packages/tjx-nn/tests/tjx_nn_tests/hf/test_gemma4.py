@@ -134,6 +134,8 @@ def test_the_default_config_is_read_as_transformers_reads_it():
     )
     bare = gemma4_config_from_hf({"model_type": "gemma4_text"})
     assert bare == config
+    # "vision": image tokens attend both ways, text stays causal: the same text model.
+    assert gemma4_config_from_hf(DEFAULT_JSON | {"use_bidirectional_attention": "vision"}) == config
     release = {k: v for k, v in DEFAULT_JSON.items() if k != "per_layer_config"}
     assert gemma4_config_from_hf(release | {"num_global_key_value_heads": 1}) == config
     k_eq_v = gemma4_config_from_hf(release | {"attention_k_eq_v": True,

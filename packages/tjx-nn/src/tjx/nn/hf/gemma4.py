@@ -33,10 +33,10 @@ global layers)
 =========================================  ====================================================
 
 ``layer_types`` as transformers reads it (default: five sliding layers, then a full one; the last
-layer always full). Refused in one line naming the key: ``use_bidirectional_attention``, another
-activation, a RoPE scaling
-(``factor``, another ``rope_type``), a ``per_layer_config`` other than one override of the global
-layers, ``attention_bias`` and unknown keys.
+layer always full). Refused in one line naming the key: ``use_bidirectional_attention`` ``"all"``
+(``"vision"`` changes no text token), another activation, a RoPE scaling (``factor``, another
+``rope_type``), a ``per_layer_config`` other than one override of the global layers,
+``attention_bias`` and unknown keys.
 
 The published folders are the image-text model's (``gemma4``, ``Gemma4ForConditionalGeneration``):
 tjx reads its ``text_config`` (tied by the top-level ``tie_word_embeddings``) and the
@@ -295,11 +295,12 @@ def gemma4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
             f"config.json hidden_activation must be one of {TANH_GELU} (GeGLU with the tanh "
             f"GELU); got {act!r}"
         )
-    if hf.get("use_bidirectional_attention"):
+    # "vision": image tokens see each other both ways, text stays causal (no image here).
+    if hf.get("use_bidirectional_attention") not in (None, "vision"):
         raise ValueError(
             "config.json use_bidirectional_attention "
             f"{hf['use_bidirectional_attention']!r} is not supported: bidirectional attention "
-            "(tjx loads a causal decoder)"
+            "over text (tjx loads a causal decoder; null or 'vision' load)"
         )
     fields = base_fields(get, tied=True, eps=1e-6)
     types = _layer_types(get, fields["num_layers"])

@@ -10,7 +10,8 @@ continuation (``new`` tokens) of their first row's first 4 tokens and the class 
 with ``"short": N`` in a SPEC or score job, the logits of the tokens' first N columns as
 ``logits_short``). A
 ``make`` SPEC with ``"bf16": true`` also scores the model cast to bfloat16 into
-``FOLDER/peer_bf16.npz``; SPEC's ``random_buffers`` (name endings) get random values too, and
+``FOLDER/peer_bf16.npz``; SPEC's ``random_buffers`` (name endings) get random values too (and
+its ``random_scales``, parameters that start at one, values around one), and
 SPEC's ``auto`` names the transformers auto class that builds it (default
 ``AutoModelForCausalLM``; e.g. ``AutoModelForImageTextToText`` for an image-text folder).
 Attention is transformers' eager path (its reference, the only one that soft-caps Gemma 2's
@@ -64,6 +65,8 @@ def make(spec: dict, folder: Path) -> None:
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name or "ln_" in name:
                 p.copy_(torch.randn_like(p) * 0.1 + (1.0 if name.endswith("weight") else 0.0))
+            elif any(name.endswith(end) for end in spec.get("random_scales", ())):
+                p.copy_(torch.randn_like(p) * 0.1 + 1.0)  # e.g. Gemma 4's per-expert scale
         for name, b in model.named_buffers():  # e.g. DeepSeek-V3's router correction bias
             if any(name.endswith(end) for end in spec.get("random_buffers", ())):
                 b.copy_(torch.randn_like(b) * 0.1)

@@ -1,7 +1,7 @@
 """Qwen3, OLMo 2 and 3, Phi-3, Gemma 2, Gemma 3 (text), DeepSeek-V2 and -V3, gpt-oss, GLM-4.5 MoE,
-Qwen3.5 (text, and the image-text model's folder), Qwen3-Next and Llama 4 (text) round-trip through
-transformers (PyTorch in the scratch venv of ``_hf_peer``, one peer process each way for all
-families).
+Qwen3.5 (text, and the image-text model's folder), Qwen3-Next, Llama 4 (text) and Gemma 4 (text, and
+the image-text model's folder) round-trip through transformers (PyTorch in the scratch venv of
+``_hf_peer``, one peer process each way for all families).
 
 transformers builds a tiny random model of each family (2 layers, GQA 4/2, random norms, Gemma's
 soft caps bending the logits) and scores it in float32 and bfloat16; tjx loads each with
@@ -290,6 +290,88 @@ CASES["qwen3_next"] = dict(
         mlp_only_layers=[0],
     ),
     bf16=False,
+)
+# Gemma 4 text: layers sliding, full, sliding, full (window 5), the last two reading layers 0 and
+# 1's keys and values (num_kv_shared_layers) with a double-wide MLP; global layers of head_dim 32
+# (16 elsewhere) and one key/value head whose values are its keys (attention_k_eq_v), rotating a
+# quarter of their pairs (proportional RoPE); per-layer embeddings of width 8; random layer
+# scalars; the final soft cap bends the logits.
+CASES["gemma4"] = dict(
+    config=dict(
+        COMMON,
+        model_type="gemma4_text",
+        num_hidden_layers=4,
+        head_dim=16,
+        global_head_dim=32,
+        num_global_key_value_heads=1,
+        attention_k_eq_v=True,
+        initializer_range=0.2,
+        sliding_window=WINDOW,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        num_kv_shared_layers=2,
+        use_double_wide_mlp=True,
+        hidden_size_per_layer_input=8,
+        vocab_size_per_layer_input=VOCAB,
+        final_logit_softcapping=5.0,
+        rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+            "full_attention": {
+                "rope_type": "proportional",
+                "partial_rotary_factor": 0.25,
+                "rope_theta": 10_000.0,
+            },
+        },
+    ),
+    make=dict(random_buffers=["layer_scalar"]),
+)
+# Gemma 4's MoE block (26B-A4B's form): every layer keeps its MLP and adds softmax top-2 of 4
+# experts beside it, renormalised, times random per-expert scales, the router reading the
+# residual with its own random scale; global heads of their own width, values = keys, no PLE. It
+# routes, so it runs in float32 only (the module doc).
+CASES["gemma4_moe"] = dict(
+    config=dict(
+        COMMON,
+        model_type="gemma4_text",
+        num_hidden_layers=2,
+        head_dim=16,
+        global_head_dim=32,
+        num_global_key_value_heads=1,
+        attention_k_eq_v=True,
+        initializer_range=0.2,
+        sliding_window=WINDOW,
+        layer_types=["sliding_attention", "full_attention"],
+        hidden_size_per_layer_input=0,
+        enable_moe_block=True,
+        num_experts=4,
+        top_k_experts=2,
+        moe_intermediate_size=16,
+        final_logit_softcapping=30.0,
+    ),
+    make=dict(random_buffers=["layer_scalar"], random_scales=["router.scale", "per_expert_scale"]),
+    bf16=False,
+)
+# The published Gemma 4 folders are the image-text model's (Gemma4ForConditionalGeneration, tiny
+# vision and audio towers here): tjx loads its text model and exports it as gemma4_text.
+CASES["gemma4_image_text"] = dict(
+    config=dict(
+        model_type="gemma4",
+        # pad_token_id: the image-text model writes it over multimodal tokens (text has none).
+        text_config={k: v for k, v in CASES["gemma4"]["config"].items() if k != "model_type"}
+        | {"pad_token_id": 0},
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=8,
+        ),
+        audio_config=dict(
+            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, output_proj_dims=16
+        ),
+    ),
+    make=dict(auto="AutoModelForImageTextToText", random_buffers=["layer_scalar"]),
+    export_arch="Gemma4ForCausalLM",
 )
 # The published Qwen3.5 folders are the image-text model's (Qwen3_5ForConditionalGeneration): its
 # language model under model.language_model., a (tiny here) vision tower beside; tjx loads the
@@ -636,6 +718,43 @@ def test_the_llama4_case_exercises_each_piece(results):
         [1, 1, 1, 0],
         [1, 3],
     )
+
+
+def test_the_gemma4_case_exercises_each_piece(results):
+    """Every Gemma 4 piece tjx computes was on: the shared layers, the global layers' own width,
+    key/value head and values from keys, proportional RoPE, the per-layer embeddings and layer
+    scalars (their tensors went out and came back in transformers' layout)."""
+    r = results["gemma4"]
+    c = r["config"]
+    assert c.layer_windows() == (WINDOW, None, WINDOW, None)
+    assert (c.global_head_dim, c.global_kv_heads, c.global_values_from_keys) == (32, 1, True)
+    assert (c.kv_shared_layers, c.kv_shared_mlp_dim, c.per_layer_input_dim) == (2, 96, 8)
+    assert (c.global_rope_proportion, c.rope_local_theta, c.final_logit_softcap) == (0.25, 100, 5)
+    assert c.value_norm and c.layer_scale and c.per_layer_vocab_size is None
+    names = r["tensors"]
+    assert {"model.embed_tokens_per_layer.weight", "model.per_layer_model_projection.weight",
+            "model.layers.3.per_layer_input_gate.weight", "model.layers.0.layer_scalar",
+            "model.layers.1.self_attn.k_proj.weight"} <= names  # fmt: skip
+    assert "model.layers.1.self_attn.v_proj.weight" not in names  # values are the keys
+    assert not any(n.startswith("model.layers.2.self_attn.k_") for n in names)  # reads layer 0
+    assert r["saved"]["model_type"] == "gemma4_text" and r["saved"]["use_double_wide_mlp"]
+    # The image-text folder of the same text model reads as the same tjx model, written as text.
+    image_text = results["gemma4_image_text"]
+    assert image_text["config"] == c and image_text["saved"]["model_type"] == "gemma4_text"
+    # The MoE block beside each MLP: its router, fused experts and extra norms went out and back.
+    moe = results["gemma4_moe"]
+    m = moe["config"]
+    assert (m.num_experts, m.experts_per_token, m.expert_mlp_dim, m.router_aux_loss) == (
+        4,
+        2,
+        16,
+        0,
+    )
+    assert m.moe_beside_mlp and m.router_input_norm and m.router_expert_scale
+    assert {"model.layers.1.experts.gate_up_proj", "model.layers.1.router.per_expert_scale",
+            "model.layers.1.pre_feedforward_layernorm_2.weight",
+            "model.layers.1.mlp.gate_proj.weight"} <= moe["tensors"]  # fmt: skip
+    assert moe["saved"]["enable_moe_block"] and moe["saved"]["top_k_experts"] == 2
 
 
 #: #56's families, each fine-tuned in the trainer from the folder transformers made (Qwen3.5's

@@ -95,6 +95,20 @@ def test_a_model_json_of_tjx_0_1_loads():
         "qk_l2_norm": False,
         "nope_temperature_floor": None,
         "nope_temperature_scale": 0.1,
+        # #56's Gemma 4 layer switches.
+        "global_head_dim": None,
+        "global_kv_heads": None,
+        "global_values_from_keys": False,
+        "global_rope_proportion": 1.0,
+        "value_norm": False,
+        "kv_shared_layers": 0,
+        "kv_shared_mlp_dim": None,
+        "per_layer_input_dim": 0,
+        "per_layer_vocab_size": None,
+        "layer_scale": False,
+        "moe_beside_mlp": False,
+        "router_input_norm": False,
+        "router_expert_scale": False,
     }
     # #51's logits_dtype: the float32 logits such a run had.
     newer["precision"] = {**WRITTEN_BY_TJX_0_1["fields"]["precision"], "logits_dtype": "float32"}

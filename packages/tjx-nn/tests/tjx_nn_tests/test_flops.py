@@ -193,3 +193,35 @@ def test_a_chunked_layer_counts_its_chunks_score_blocks():
     palm = (6 * weighted + 12 * A * (blocks + s * s)) / s
     assert tnn.flops_per_token(cfg, s, causal_half=False) == palm
     assert tnn.flops_per_token(cfg, s) == (6 * weighted + 12 * A * (blocks + s * s) / 2) / s
+
+
+def test_gemma4_layers_count_each_at_its_own_shape():
+    """Global layers twice as wide with one key/value head and no value projection, two layers
+    reading earlier ones' keys and values with a double MLP, per-layer embeddings: the weights
+    against the built model's, the score matrices at each layer's width (a window of 4 of 8)."""
+    cfg = llama_tiny(
+        num_layers=4, num_heads=4, num_kv_heads=2, head_dim=8, sliding_window=4,
+        window_pattern=["local", "global"], global_head_dim=16, global_kv_heads=1,
+        global_values_from_keys=True, kv_shared_layers=2, kv_shared_mlp_dim=2 * 24,
+        per_layer_input_dim=4, tie_embeddings=True,
+    )  # fmt: skip
+    s = 8
+    weighted, n_matmul = _independent(cfg, s, s)
+    assert tnn.matmul_param_count(cfg) == n_matmul
+    # Local layers: s·4 - 4²/2 = 24 pairs at width 8; global: s²/2 = 32 pairs at width 16.
+    pairs = 2 * (24 * 8 + 32 * 16)
+    want = (6 * weighted + 12 * cfg.num_heads * pairs) / s
+    assert tnn.flops_per_token(cfg, s) == want
+
+
+def test_an_moe_block_beside_the_mlp_adds_its_active_weights_to_the_mlp():
+    """Gemma 4's MoE layers keep their MLP: with every expert active (top 2 of 2) the active
+    weights are all of the built model's matmul weights."""
+    cfg = llama_tiny(
+        num_experts=2, experts_per_token=2, expert_mlp_dim=8, moe_beside_mlp=True,
+        router_input_norm=True, router_expert_scale=True, tie_embeddings=True,
+    )  # fmt: skip
+    _, n_matmul = _independent(cfg, 8, 8)
+    assert tnn.matmul_param_count(cfg) == n_matmul
+    attention = 6 * cfg.num_layers * cfg.num_heads * cfg.head_dim * 8
+    assert tnn.flops_per_token(cfg, 8) == 6 * n_matmul + attention

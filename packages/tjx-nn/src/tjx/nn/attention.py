@@ -31,12 +31,13 @@ from jax.ad_checkpoint import checkpoint_name
 from tjx import kernels
 from tjx.nn import mla as ds
 from tjx.nn.configs import TransformerConfig, rotated_dims
+from tjx.nn.family_config import LayerShape
 from tjx.nn.kernel_choice import attention_call, layer_kind
 from tjx.nn.kv_cache import LayerCache, last_real, slot_positions, topk_decode_attention
 from tjx.nn.linear import Dense, split_key, stacked_projection
-from tjx.nn.norms import RMSNorm
+from tjx.nn.norms import RMSNorm, rms_norm
 from tjx.nn.params import make_param, normal
-from tjx.nn.positions import alibi_bias, apply_rope
+from tjx.nn.positions import alibi_bias, apply_rope, proportional_rope
 from tjx.nn.sequence import current_sequence_parallel, split_self_attention
 
 Array = jax.Array
@@ -72,15 +73,37 @@ class Attention(nnx.Module):
         cross: bool = False,
         out_std: float | None = None,
         kernel: kernels.AttentionKernel | None = None,
+        layer: LayerShape | None = None,
     ) -> None:
         c = config
         assert c.head_dim is not None and c.num_kv_heads is not None
+        # Gemma 4: a global layer's own head width and key/value heads (``layer_shape``).
+        if (
+            layer is not None
+            and not cross
+            and (layer.head_dim, layer.kv_heads)
+            != (
+                c.head_dim,
+                c.num_kv_heads,
+            )
+        ):
+            c = c.replace(head_dim=layer.head_dim, num_kv_heads=layer.kv_heads)
+            kernel = None  # resolved for this width, below
+        assert c.head_dim is not None and c.num_kv_heads is not None
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        # Gemma 4: values from the key projection; keys and values read from another layer.
+        self.values_from_keys = layer is not None and layer.values_from_keys and not cross
+        self.reads_kv = layer is not None and layer.kv_source is not None and not cross
+        self.value_norm = c.value_norm and not cross
+        self.norm_eps = c.norm_eps
+        self.rope_proportion = c.global_rope_proportion
         self.causal, self.cross = causal, cross
         self.position = "none" if cross else c.position
         self.rope_theta = c.rope_theta
         self.rope_scaling = c.rope_scaling
         self.rope_local_theta = c.rope_local_theta  # Gemma 3's windowed layers (family_config)
+        if c.global_rope_proportion < 1.0 and c.rope_local_theta is None:
+            self.rope_local_theta = c.rope_theta  # only the global layers turn proportionally
         self.impl = c.attention_impl  # the name: a split sequence's blocks resolve their own
         self.attention_dropout = c.attention_dropout
         self.decode_topk = c.decode_topk
@@ -128,14 +151,25 @@ class Attention(nnx.Module):
             self.query = Dense((d,), (h, hd), ("embed",), ("heads", "head_dim"), init=init, **qkv)
             # The latent dim is not one of the logical axes: leave it replicated (None).
             self.kv_down: Dense | None = Dense((d,), (r,), ("embed",), (None,), init=init, **common)
-            self.key = Dense((r,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **qkv)
-            self.value = Dense((r,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **qkv)
+            self.key: Dense | None = Dense(
+                (r,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **qkv
+            )
+            self.value: Dense | None = Dense(
+                (r,), (hk, hd), (None,), ("kv_heads", "head_dim"), init=init, **qkv
+            )
         else:
             self.query = Dense((d,), (h, hd), ("embed",), ("heads", "head_dim"), init=init, **qkv)
             self.kv_down = None
-            self.key = Dense((d,), (hk, hd), ("embed",), ("kv_heads", "head_dim"), init=init, **qkv)
-            self.value = Dense(
-                (d,), (hk, hd), ("embed",), ("kv_heads", "head_dim"), init=init, **qkv
+            own_kv = not self.reads_kv
+            self.key = (
+                Dense((d,), (hk, hd), ("embed",), ("kv_heads", "head_dim"), init=init, **qkv)
+                if own_kv
+                else None
+            )
+            self.value = (
+                Dense((d,), (hk, hd), ("embed",), ("kv_heads", "head_dim"), init=init, **qkv)
+                if own_kv and not self.values_from_keys
+                else None
             )
         self.out = Dense(
             (h, self.v_dim),
@@ -153,7 +187,11 @@ class Attention(nnx.Module):
         )
         whole = c.qk_norm_scope == "projection"
         self.q_norm = RMSNorm(h * hd if whole else hd, **norm_kw) if c.qk_norm else None
-        self.k_norm = RMSNorm(hk * hd if whole else hd, **norm_kw) if c.qk_norm else None
+        self.k_norm = (
+            RMSNorm(hk * hd if whole else hd, **norm_kw)
+            if c.qk_norm and not self.reads_kv
+            else None
+        )
         # gpt-oss: one learned logit per query head in every softmax row's denominator
         # (self-attention; tjx.kernels' XLA path, which `attention_call` resolves to).
         self.sinks = (
@@ -199,6 +237,10 @@ class Attention(nnx.Module):
             return jnp.concatenate([turned, x[..., self.rotated :]], axis=-1)
 
         def wide() -> Array:
+            if self.rope_proportion < 1.0:  # Gemma 4's global layers
+                return proportional_rope(
+                    x, positions, theta=self.rope_theta, proportion=self.rope_proportion
+                )
             return apply_rope(
                 x, positions, theta=self.rope_theta, scaling=self.rope_scaling, length=length
             )
@@ -252,7 +294,13 @@ class Attention(nnx.Module):
         if self.kv_down is not None:
             src = self.kv_down(src)
         k_key, k_value = split_key(lora_rng, 2)
-        k, v = self._normed(self.k_norm, self.key(src, k_key)), self.value(src, k_value)
+        assert self.key is not None
+        raw = self.key(src, k_key)
+        k = self._normed(self.k_norm, raw)
+        # Gemma 4's global layers without a value projection: the keys' projection, unnormed.
+        v = raw if self.value is None else self.value(src, k_value)
+        if self.value_norm:  # Gemma 4: RMSNorm without a scale
+            v = rms_norm(v, jnp.ones(v.shape[-1], v.dtype), self.norm_eps, v.dtype)
         if self.position == "rope" and positions is not None:
             k = self._position(k, positions, local)
         return k, v
@@ -261,6 +309,8 @@ class Attention(nnx.Module):
         """Queries, keys and values of ``x`` through `stacked_projection` (one backward for
         the three), or None where the projections are not alike (MLA, GQA, a LoRA adapter, no
         biases or a bias on some only) or run in float8: those take their own `Dense` calls."""
+        if self.key is None or self.value is None or self.value_norm:
+            return None
         parts = (self.query, self.key, self.value)
         if self.mla or self.num_kv_heads != self.num_heads:
             return None
@@ -319,6 +369,8 @@ class Attention(nnx.Module):
         lora_rng: Array | None = None,
         local: Local = None,
         lengths: Array | None = None,
+        shared: LayerCache | None = None,
+        kv_out: LayerCache | None = None,
     ) -> tuple[Array, LayerCache | None]:
         """Attend.
 
@@ -352,6 +404,12 @@ class Attention(nnx.Module):
         lengths : Array, optional
             int ``[b]`` real tokens of a right-padded prefill: a rolling cache shorter than the
             prompt keeps each row's last real tokens (default: every row is full).
+        shared : dict, optional
+            A layer of ``kv_shared_layers`` (Gemma 4): the keys and values ``{"k", "v"}`` of the
+            layer it reads, as that layer's ``kv_out`` holds them this call.
+        kv_out : dict, optional
+            Filled with this layer's keys and values ``{"k", "v"}`` for a later layer to read:
+            this call's own (``[b, s, ...]``), or while decoding its updated cache.
 
         Returns
         -------
@@ -377,9 +435,14 @@ class Attention(nnx.Module):
             q = self._tempered(q, positions, local)
         drop = 0.0 if deterministic else self.attention_dropout
         rng = dropout_rng if drop > 0.0 else None
-        if decoding:
+        if self.reads_kv:
+            out = self._shared(q, shared, segment_ids, cache_pos, local, drop, rng)
+            cache = None
+        elif decoding:
             assert cache is not None and cache_pos is not None
             out, cache = self._decode(x, q, positions, cache, cache_pos, bias, local)
+            if kv_out is not None:
+                kv_out.update(k=cache["k"], v=cache["v"])
         else:
             kernel = self.kernel
             if self.cross:
@@ -400,6 +463,8 @@ class Attention(nnx.Module):
                     k = self._position(k, positions, local)
             else:
                 k, v = self._keys_values(x, positions, k_kv, local)
+            if kv_out is not None:
+                kv_out.update(k=k, v=v)
             if self.position == "alibi":
                 bias = _add(bias, alibi_bias(positions, positions, self.num_heads))
             split = current_sequence_parallel() if cache is None and not self.cross else None
@@ -450,6 +515,53 @@ class Attention(nnx.Module):
             out = (out * gate).astype(out.dtype)
         return self.out(out, k_out), cache
 
+    def _shared(
+        self,
+        q: Array,
+        shared: LayerCache | None,
+        segment_ids: Any,
+        cache_pos: Array | None,
+        local: Local,
+        drop: float,
+        rng: Array | None,
+    ) -> Array:
+        """Attend to another layer's keys and values (``kv_shared_layers``): the whole call's,
+        with this layer's mask, or while decoding (one query per row) its cache's slots."""
+        if shared is None:
+            raise ValueError(
+                "this layer reads an earlier layer's keys and values (kv_shared_layers); call it "
+                "through its stack, which hands them over"
+            )
+        if current_sequence_parallel() is not None:
+            raise ValueError(
+                "kv_shared_layers are not supported under sequence_parallel; train without it"
+            )
+        k, v = shared["k"].astype(q.dtype), shared["v"].astype(q.dtype)
+        if cache_pos is None or q.shape[1] != 1:
+            return self._windowed(
+                local,
+                lambda window: self._kernel(
+                    q, k, v, kernel=self.kernel, causal=self.causal, segment_ids=segment_ids,
+                    dropout_rate=drop, dropout_rng=rng, window=window,
+                ),
+            )  # fmt: skip
+        held = slot_positions(cache_pos, k.shape[1])
+        visible = held >= 0
+        if self.window is not None and local is not False:
+            near = cache_pos[:, None] - held < self.window
+            visible = visible & (near if local is None or local is True else near | ~local)
+        ones = jnp.ones((q.shape[0], 1), jnp.int32)
+        return kernels.attention(
+            q,
+            k,
+            v,
+            segment_ids=(ones, visible.astype(jnp.int32)),
+            scale=self.scale,
+            softcap=self.softcap,
+            implementation="xla",
+            sinks=self._sinks(),
+        )
+
     def _write_prefill(
         self, new: dict[str, Array], cache: LayerCache, lengths: Array | None
     ) -> LayerCache:
@@ -481,7 +593,7 @@ class Attention(nnx.Module):
         if self.deepseek:
             cache, q, k, v, finish = ds.decode_step(self, x, q, positions, cache, slot, local)
         elif "latent" in cache:
-            assert self.kv_down is not None
+            assert self.kv_down is not None and self.key is not None and self.value is not None
             lat = self.kv_down(x)[:, 0].astype(cache["latent"].dtype)
             cache = {"latent": cache["latent"].at[rows, slot].set(lat)}
             latent = cache["latent"].astype(q.dtype)

@@ -12,16 +12,43 @@ from flax import nnx
 
 from tjx.nn.attention import Attention
 from tjx.nn.configs import TransformerConfig
+from tjx.nn.family_config import LayerShape, layer_shape
 from tjx.nn.gated_deltanet import DeltaState, GatedDeltaNet
 from tjx.nn.kernel_choice import ModelAttention, layer_kind
 from tjx.nn.kv_cache import LayerCache
-from tjx.nn.linear import dropout, split_key
+from tjx.nn.linear import Dense, dropout, split_key
 from tjx.nn.mlp import MLP
 from tjx.nn.moe.layer import MoE, MoEStats
 from tjx.nn.norms import LayerNorm, RMSNorm, make_norm
+from tjx.nn.params import make_param, normal, ones
 from tjx.nn.sequence import current_sequence_parallel
 
 Array = jax.Array
+#: A layer that later layers read (``kv_shared_layers``) returns its keys and values in its
+#: cache slot under these names (beside its cache, if any); the stack takes them out.
+KEPT = ("kept_k", "kept_v")
+
+
+class PerLayerInput(nnx.Module):
+    """Gemma 4's per-layer input (PLE) of one layer: ``x + norm(W_up(gelu_tanh(W_gate x) ·
+    ple))``, ``ple`` this layer's ``[b, s, P]`` slice of the model's `PerLayerEmbed`."""
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs, out_std: float) -> None:
+        c, p = config, config.per_layer_input_dim
+        common: dict[str, Any] = dict(rngs=rngs, use_bias=False, precision=c.precision)
+        self.gate = Dense(
+            (c.d_model,), (p,), ("embed",), (None,), init=normal(c.init_std), **common
+        )
+        self.proj = Dense((p,), (c.d_model,), (None,), ("embed",), init=normal(out_std), **common)
+        self.norm = make_norm(
+            c.norm, c.d_model, rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias,
+            precision=c.precision, plus_one=c.norm_plus_one,
+        )  # fmt: skip
+
+    def __call__(self, x: Array, ple: Array) -> Array:
+        """``x`` [b, s, d] plus this layer's per-layer input ``ple`` [b, s, P]."""
+        h = jax.nn.gelu(self.gate(x), approximate=True) * ple.astype(x.dtype)
+        return x + self.norm(self.proj(h))
 
 
 def residual_std(config: TransformerConfig, num_layers: int) -> float:
@@ -68,8 +95,14 @@ class Block(nnx.Module):
         moe: bool = False,
         attention: ModelAttention | None = None,
         mixer: str = "attention",
+        index: int | None = None,
     ) -> None:
         c = config
+        # Gemma 4: the layer's own attention geometry and MLP width (decoders: ``index``).
+        shape: LayerShape | None = (
+            layer_shape(c, index) if index is not None and causal and not cross else None
+        )
+        self.keeps_kv = shape is not None and shape.keeps_kv
         self.post_ln = c.norm_position == "post"
         self.rate = c.dropout
         out_std = residual_std(c, num_layers)
@@ -115,7 +148,9 @@ class Block(nnx.Module):
             )
         else:
             self.delta = None
-            self.attn = Attention(c, rngs=rngs, causal=causal, out_std=out_std, kernel=kernel)
+            self.attn = Attention(
+                c, rngs=rngs, causal=causal, out_std=out_std, kernel=kernel, layer=shape
+            )
         if cross:
             self.cross_norm: LayerNorm | RMSNorm | None = make_norm(c.norm, c.d_model, **norm_kw)
             crossed = attention.kernel("cross") if attention is not None else None
@@ -129,12 +164,18 @@ class Block(nnx.Module):
         self.mlp_post_norm = norm(after)
         assert c.mlp_dim is not None
         self.moe: MoE | None = MoE(c, rngs=rngs, out_std=out_std) if moe else None
+        # Gemma 4: an MoE layer keeps its MLP, the MoE block beside it with norms of its own:
+        # the MLP's output norm (``mlp_mid_norm``), the MoE's input and output norms.
+        beside = moe and c.moe_beside_mlp
+        self.mlp_mid_norm = norm(beside)
+        self.moe_norm = norm(beside)
+        self.moe_post_norm = norm(beside)
         self.mlp: MLP | None = (
             None
-            if moe
+            if moe and not beside
             else MLP(
                 c.d_model,
-                c.mlp_dim,
+                c.mlp_dim if shape is None else shape.mlp_dim,
                 rngs=rngs,
                 activation_name=c.mlp_activation,
                 use_bias=c.use_bias,
@@ -142,6 +183,15 @@ class Block(nnx.Module):
                 out_std=out_std,
                 precision=c.precision,
             )
+        )
+        self.router_reads_residual = c.router_input_norm  # the router reads the raw residual
+        self.per_layer: PerLayerInput | None = (
+            PerLayerInput(c, rngs=rngs, out_std=out_std) if c.per_layer_input_dim else None
+        )
+        self.scale = (
+            make_param(rngs, ones(), (1,), (None,), c.precision.param_dtype)
+            if c.layer_scale
+            else None
         )
 
     def __call__(
@@ -160,6 +210,8 @@ class Block(nnx.Module):
         bias: Array | None = None,
         local: Any = None,
         lengths: Array | None = None,
+        per_layer_input: Array | None = None,
+        shared_kv: LayerCache | None = None,
     ) -> tuple[Array, LayerCache | None, MoEStats | None]:
         """Apply the layer; returns ``(x, updated cache, MoE statistics or None)``.
 
@@ -169,7 +221,10 @@ class Block(nnx.Module):
         ``context_kv`` (``{"k", "v"}``, see ``Attention.project_context``) replaces projecting
         ``context`` in the cross-attention (incremental decoding of an encoder-decoder).
         ``local`` switches the self-attention's sliding window for this layer and ``lengths``
-        gives a prefill's real tokens per row (see ``Attention``).
+        gives a prefill's real tokens per row (see ``Attention``). Gemma 4: ``per_layer_input``
+        is this layer's PLE ``[b, s, P]``; ``shared_kv`` the keys and values of the layer this
+        one reads (``kv_shared_layers``); a layer others read returns its own in its cache slot
+        under ``KEPT``.
         """
         keys = split_key(rng, 6)
         lora_keys = split_key(keys[5], 2)  # LoRA adapters' dropout (tjx.nn.add_lora)
@@ -185,6 +240,7 @@ class Block(nnx.Module):
             return x + dropout(h, self.rate, key, deterministic=deterministic)
 
         new_cache: list[LayerCache | None] = [cache]
+        kept: LayerCache | None = {} if self.keeps_kv else None
 
         def self_attn(h: Array) -> Array:
             if self.delta is not None:
@@ -195,6 +251,8 @@ class Block(nnx.Module):
             assert self.attn is not None
             out, new_cache[0] = self.attn(
                 h,
+                shared=shared_kv,
+                kv_out=kept,
                 positions=positions,
                 segment_ids=segment_ids,
                 deterministic=deterministic,
@@ -234,7 +292,28 @@ class Block(nnx.Module):
             out, stats[0] = moe(h)
             return out
 
-        x = sub(x, self.mlp_norm, self.mlp_post_norm, ffn, keys[4])
+        def beside(h: Array) -> Array:
+            """Gemma 4: the MLP and the MoE block side by side on the residual ``h``."""
+            assert self.mlp is not None and moe is not None and self.mlp_norm is not None
+            assert self.mlp_mid_norm is not None and self.moe_norm is not None
+            assert self.moe_post_norm is not None
+            dense = self.mlp_mid_norm(self.mlp(self.mlp_norm(h), lora_keys[1]))
+            router_input = h if self.router_reads_residual else None
+            out, stats[0] = moe(self.moe_norm(h), router_input=router_input)
+            return dense + self.moe_post_norm(out)
+
+        if self.mlp_mid_norm is not None:
+            x = sub(x, None, self.mlp_post_norm, beside, keys[4])
+        else:
+            x = sub(x, self.mlp_norm, self.mlp_post_norm, ffn, keys[4])
+        if self.per_layer is not None:
+            if per_layer_input is None:
+                raise ValueError("this layer adds a per-layer input (PLE): pass per_layer_input")
+            x = self.per_layer(x, per_layer_input)
+        if self.scale is not None:
+            x = x * self.scale[...].astype(x.dtype)
+        if kept is not None:
+            return x, {**(new_cache[0] or {}), KEPT[0]: kept["k"], KEPT[1]: kept["v"]}, stats[0]
         return x, new_cache[0], stats[0]
 
 

@@ -18,7 +18,12 @@ from typing import Any, ClassVar
 from tjx.core.config.values import choice, positive, rate
 from tjx.core.fields import setting
 from tjx.kernels import CE_IMPLEMENTATIONS, IMPLEMENTATIONS
-from tjx.nn.family_config import DECODER_NORM_POSITIONS, DECODER_ONLY, QK_NORM_SCOPES
+from tjx.nn.family_config import (
+    DECODER_NORM_POSITIONS,
+    DECODER_ONLY,
+    QK_NORM_SCOPES,
+    check_layers,
+)
 from tjx.nn.moe.config import ALL_MOE_FIELDS, NO_MOE, ROUTER_DTYPES, ROUTER_NAMES, check_moe
 from tjx.nn.precision import Precision, as_precision
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
@@ -228,6 +233,42 @@ class TransformerConfig:
     delta_key_dim: int | None = setting(None, help="delta layers: a query/key head's width")
     delta_value_dim: int | None = setting(None, help="delta layers: a value head's width")
     delta_conv_kernel: int = setting(4, help="delta layers: the causal convolution's taps")
+    # Gemma 4's layer switches (``family_config``: what they are; ``check_layers``: checks).
+    global_head_dim: int | None = setting(
+        None, help="head width of the layers without a window (Gemma 4); None: head_dim"
+    )
+    global_kv_heads: int | None = setting(
+        None, help="key/value heads of the layers without a window (Gemma 4); None: num_kv_heads"
+    )
+    global_values_from_keys: bool = setting(
+        False, help="layers without a window: values are the key projection, no value one"
+    )
+    global_rope_proportion: float = setting(
+        1.0, help="layers without a window turn this share of each head's RoPE pairs (Gemma 4)"
+    )
+    value_norm: bool = setting(False, help="RMSNorm without a scale of each value head (Gemma 4)")
+    kv_shared_layers: int = setting(
+        0, help="the last k layers reuse the keys/values of an earlier layer of their kind"
+    )
+    kv_shared_mlp_dim: int | None = setting(
+        None, help="MLP width of the kv_shared_layers (Gemma 4: 2 mlp_dim); None: mlp_dim"
+    )
+    per_layer_input_dim: int = setting(
+        0, help="width of per-layer embeddings into every layer (Gemma 4's PLE); 0: none"
+    )
+    per_layer_vocab_size: int | None = setting(
+        None, help="rows of the per-layer embedding table; None: vocab_size"
+    )
+    layer_scale: bool = setting(False, help="each layer's output times a learned scalar (Gemma 4)")
+    moe_beside_mlp: bool = setting(
+        False, help="MoE layers keep their dense MLP, the MoE block beside it (Gemma 4)"
+    )
+    router_input_norm: bool = setting(
+        False, help="MoE: the router reads the unnormed input, RMS-normed × a scale / sqrt(d)"
+    )
+    router_expert_scale: bool = setting(
+        False, help="MoE: routed weights times a learned scale per expert (Gemma 4)"
+    )
     num_experts: int = setting(0, help="MoE: routed experts per MoE layer; 0: dense MLPs")
     experts_per_token: int = setting(2, help="MoE: experts each token is routed to (top-k)")
     expert_mlp_dim: int | None = setting(None, help="MoE: a routed expert's width; None: mlp_dim")
@@ -285,6 +326,7 @@ class TransformerConfig:
             positive(cls, "decode_topk", self.decode_topk)
         check_mtp(self, cls)
         check_family(self, cls)
+        check_layers(self, cls)
         # The MoE checks take the MoE settings alone (and their class defaults).
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         moe = {name: getattr(self, name) for name in ALL_MOE_FIELDS}

@@ -13,7 +13,13 @@ from flax import nnx
 
 from tjx.kernels import CrossEntropyOutput, linear_cross_entropy, soft_cap
 from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
-from tjx.nn.embeddings import Embed, add_positions, learned_positions, sinusoid_amplitude
+from tjx.nn.embeddings import (
+    Embed,
+    PerLayerEmbed,
+    add_positions,
+    learned_positions,
+    sinusoid_amplitude,
+)
 from tjx.nn.fp8 import Fp8HeadProducts, Fp8Policy
 from tjx.nn.kv_cache import init_cache
 from tjx.nn.linear import Dense, dropout, dropout_stream, split_key
@@ -193,6 +199,8 @@ class DecoderLM(nnx.Module):
             c, rngs=rngs, init_std=0.01 if isinstance(c, GPT2Config) else None
         )
         self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=True)
+        # Gemma 4's per-layer embeddings (``per_layer_input_dim``), into every layer.
+        self.per_layer = PerLayerEmbed(c, rngs=rngs) if c.per_layer_input_dim else None
         self.final_norm = (
             make_norm(
                 c.norm,
@@ -340,9 +348,11 @@ class DecoderLM(nnx.Module):
         key = self.dropout_key(deterministic, rngs)
         k_embed, k_stack = split_key(key, 2)
         x = self.embed_tokens(tokens, positions)
+        per_layer = None if self.per_layer is None else self.per_layer(tokens, x)
         x = dropout(x, self.config.dropout, k_embed, deterministic=deterministic)
         x, _, stats = self.stack.run(
             x,
+            per_layer=per_layer,
             positions=positions,
             segment_ids=segment_ids,
             deterministic=deterministic,
@@ -399,8 +409,14 @@ class DecoderLM(nnx.Module):
         check_length(s, self.config.max_seq_len)
         positions = cache_pos[:, None].astype(jnp.int32) + jnp.arange(s, dtype=jnp.int32)
         x = self.embed_tokens(tokens, positions)
+        per_layer = None if self.per_layer is None else self.per_layer(tokens, x)
         x, new_cache, _ = self.stack.run(
-            x, positions=positions, cache=cache, cache_pos=cache_pos, lengths=lengths
+            x,
+            positions=positions,
+            cache=cache,
+            cache_pos=cache_pos,
+            lengths=lengths,
+            per_layer=per_layer,
         )
         assert new_cache is not None
         return x, new_cache

@@ -47,11 +47,37 @@ Llama 4's (its global layers are ``window_pattern``'s ``"global"`` ones):
   ``1 + scale · log(1 + ⌊(p + 1) / floor⌋)`` at position ``p`` (``attn_temperature_tuning``).
 * MoE: the ``sigmoid_plain`` router (`tjx.nn.routers`) and ``router_scales_input``, the routed
   weight scaling the expert's input instead of its output (`tjx.nn.moe.dispatch`).
+
+Gemma 4's layer switches (checked by ``check_layers``; decoders only). A *global* layer is one
+without a window (``layer_windows``' None):
+
+* ``global_head_dim``, ``global_kv_heads``: the global layers' head width and key/value heads
+  (their q/k norms that wide); None: ``head_dim``, ``num_kv_heads``.
+* ``global_values_from_keys`` (``attention_k_eq_v``): the global layers have no value
+  projection; their values are the key projection's output (before the key's norm and RoPE).
+* ``global_rope_proportion`` (proportional RoPE): the global layers turn only the first
+  ``int(p · head_dim / 2)`` frequency pairs of a head (frequencies of the whole head, dim ``i``
+  with ``i + head_dim/2`` as everywhere); the other pairs keep frequency 0, i.e. pass through.
+* ``value_norm``: values go through an RMSNorm without a scale, per head.
+* ``kv_shared_layers``: the last k layers have no key/value projections (nor cache): each attends
+  to the keys and values of the last earlier layer of its kind (global or windowed), as computed
+  by that layer (its cache while decoding). ``kv_shared_mlp_dim``: those layers' MLP width.
+* ``per_layer_input_dim`` (PLE, width P): a second token table ``[per_layer_vocab_size, L·P]``
+  (× ``sqrt(P)``) and a projection of the scaled embeddings ``[d, L·P]`` (× ``1/sqrt(d)``,
+  RMS-normed per layer) are averaged (× ``1/sqrt 2``) into one P-vector per layer and token; after
+  its MLP, layer ``i`` adds ``norm(W_up(gelu_tanh(W_gate h) · ple_i))`` to its residual.
+* ``layer_scale``: each layer's output (residual included) times a learned scalar (``[1]``).
+* ``moe_beside_mlp`` (MoE layers): the dense MLP stays and the MoE block runs beside it on the
+  same residual, each with its own norms: ``x + n(n₁(mlp(n₀(x))) + n₃(moe(n₂(x))))``.
+  ``router_input_norm``: the router reads ``rms(x)·s/sqrt(d)`` of that residual (``s`` a learned
+  ``[d]`` scale), not the experts' input; ``router_expert_scale``: each routed weight (after the
+  top-k renormalisation) times a learned scale of its expert.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 #: What ``qk_norm`` normalises over: each head alone, or all heads of a token together.
 QK_NORM_SCOPES = ("head", "projection")
@@ -74,8 +100,152 @@ DECODER_ONLY: Mapping[str, str] = {
         "final_logit_softcap",
         "attention_sinks",
         *LLAMA4_SWITCHES,
+        "global_head_dim",
+        "global_kv_heads",
+        "global_values_from_keys",
+        "global_rope_proportion",
+        "value_norm",
+        "kv_shared_layers",
+        "kv_shared_mlp_dim",
+        "per_layer_input_dim",
+        "per_layer_vocab_size",
+        "layer_scale",
+        "moe_beside_mlp",
+        "router_input_norm",
+        "router_expert_scale",
     )
 } | {
     name: "only decoders (gpt2, llama) predict further tokens"
     for name in ("mtp_depths", "mtp_loss_weight")
 }
+#: Gemma 4's switches that give layers parameters of different shapes: a scanned stack (one
+#: shape for every layer) cannot hold them.
+UNSCANNED = (
+    "global_head_dim",
+    "global_kv_heads",
+    "global_values_from_keys",
+    "kv_shared_layers",
+    "per_layer_input_dim",
+)
+
+
+class LayerShape(NamedTuple):
+    """What one self-attention layer of a decoder is (`layer_shape`)."""
+
+    is_global: bool  # no window
+    head_dim: int
+    kv_heads: int
+    values_from_keys: bool  # no value projection
+    kv_source: int | None  # the layer whose keys/values it reads (kv_shared_layers), or None
+    keeps_kv: bool  # a later layer reads its keys/values
+    mlp_dim: int
+
+
+def kv_source(config: Any, i: int) -> int | None:
+    """The layer whose keys and values layer ``i`` attends to (one of the last
+    ``kv_shared_layers``: the last layer of its kind before them), or None (its own)."""
+    first = config.num_layers - config.kv_shared_layers
+    if i < first:
+        return None
+    wide = [w is None for w in config.layer_windows()]
+    same = [j for j in range(first) if wide[j] == wide[i]]
+    return same[-1] if same else None
+
+
+def layer_shape(config: Any, i: int) -> LayerShape:
+    """Layer ``i``'s attention geometry, key/value source and MLP width."""
+    c = config
+    wide = c.layer_windows()[i] is None
+    source = kv_source(c, i)
+    keeps = any(
+        kv_source(c, j) == i for j in range(c.num_layers - c.kv_shared_layers, c.num_layers)
+    )
+    shared = i >= c.num_layers - c.kv_shared_layers
+    return LayerShape(
+        is_global=wide,
+        head_dim=(c.global_head_dim or c.head_dim) if wide else c.head_dim,
+        kv_heads=(c.global_kv_heads or c.num_kv_heads) if wide else c.num_kv_heads,
+        values_from_keys=wide and c.global_values_from_keys,
+        kv_source=source,
+        keeps_kv=keeps,
+        mlp_dim=(c.kv_shared_mlp_dim or c.mlp_dim) if shared else c.mlp_dim,
+    )
+
+
+def check_layers(config: Any, cls: str) -> None:
+    """Gemma 4's layer switches: sizes positive, each with what it needs, and what tjx does not
+    combine with them refused by name (a scanned stack, MLA, delta layers, ``decode_topk``)."""
+    c = config
+    for name in ("global_head_dim", "global_kv_heads", "kv_shared_mlp_dim", "per_layer_vocab_size"):
+        value = getattr(c, name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError(f"{cls}.{name} must be a positive int or None; got {value!r}")
+    for name in ("kv_shared_layers", "per_layer_input_dim"):
+        value = getattr(c, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{cls}.{name} must be an int >= 0; got {value!r}")
+    if c.global_kv_heads is not None and c.num_heads % c.global_kv_heads:
+        raise ValueError(
+            f"{cls}.global_kv_heads: {c.global_kv_heads} must divide {cls}.num_heads "
+            f"({c.num_heads})"
+        )
+    p = c.global_rope_proportion
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 < p <= 1.0:
+        raise ValueError(f"{cls}.global_rope_proportion must be a number in (0, 1]; got {p!r}")
+    object.__setattr__(c, "global_rope_proportion", float(p))
+    if c.global_head_dim is not None and c.position == "rope" and c.global_head_dim % 2:
+        raise ValueError(
+            f"{cls}.global_head_dim: rope needs an even width; got {c.global_head_dim}"
+        )
+    if p < 1.0 and (c.position != "rope" or int(p * (c.global_head_dim or c.head_dim) // 2) < 1):
+        raise ValueError(
+            f"{cls}.global_rope_proportion {p} needs position 'rope' and at least one turning "
+            f"pair (int(p · head_dim / 2) >= 1); got position {c.position!r}"
+        )
+    if c.kv_shared_layers >= c.num_layers:
+        raise ValueError(
+            f"{cls}.kv_shared_layers ({c.kv_shared_layers}) must be below num_layers "
+            f"({c.num_layers}): a layer must compute the keys and values they read"
+        )
+    for i in range(c.num_layers - c.kv_shared_layers, c.num_layers):
+        if kv_source(c, i) is None:
+            raise ValueError(
+                f"{cls}.kv_shared_layers: layer {i} reads the keys and values of an earlier "
+                "layer of its kind (windowed or global), and none comes before the shared ones; "
+                "lower kv_shared_layers or change window_pattern"
+            )
+    if c.kv_shared_mlp_dim is not None and not c.kv_shared_layers:
+        raise ValueError(
+            f"{cls}.kv_shared_mlp_dim: only kv_shared_layers use it (0); set it to None"
+        )
+    if c.per_layer_vocab_size is not None and not c.per_layer_input_dim:
+        raise ValueError(
+            f"{cls}.per_layer_vocab_size: only per-layer embeddings use it "
+            "(per_layer_input_dim 0); set it to None"
+        )
+    for name in ("moe_beside_mlp", "router_input_norm", "router_expert_scale"):
+        if getattr(c, name) and not c.num_experts:
+            raise ValueError(
+                f"{cls}.{name}: only MoE layers use it (num_experts 0); set it to False"
+            )
+    unscanned = [n for n in UNSCANNED if getattr(c, n) not in (None, False, 0)]
+    on = unscanned + [n for n in ("value_norm",) if c.value_norm]
+    on += ["global_rope_proportion"] if c.global_rope_proportion < 1.0 else []
+    if not on:
+        return
+    # MLA and delta layers have no such geometry; a scan stacks one shape of layer.
+    # Llama 4's chunks are local layers these switches would read as global (no window).
+    defaults: dict[str, Any] = {"attention_type": "mha", "mixer_pattern": None}
+    defaults["attention_chunk"] = None
+    if unscanned:
+        defaults["scan_layers"] = False
+    if c.kv_shared_layers:
+        defaults["decode_topk"] = None  # shared layers decode over their source's whole cache
+    for name, want in defaults.items():
+        if getattr(c, name) != want:
+            raise ValueError(
+                f"{cls}.{name} {getattr(c, name)!r} is not supported with {on[0]} set (Gemma 4's "
+                f"layers); set {name}={want!r}"
+            )

@@ -39,6 +39,12 @@ causes (MaxText's and torchtitan's convention). Capacity-dropped assignments are
 **Multi-token prediction** (``mtp_depths``): each depth runs a decoder block at every position
 (its attention counted as a layer's), its ``eh_proj`` and the shared head once more.
 
+**Gemma 4's layers** (:mod:`tjx.nn.family_config`) are counted one by one: a global layer's own
+head width and key/value heads (its score matrix at that width), no value projection where the
+values are the keys, none at all in a layer reading another's keys and values, the shared
+layers' MLP width, and the per-layer embeddings' projection (``[d, L·P]``) and each layer's gate
+and projection (``2·d·P``); their token table is a lookup.
+
 The counts are derived from the config here and checked in the tests against the weights of the
 built model (``nnx.state``), so the two cannot drift apart silently.
 """
@@ -46,6 +52,7 @@ built model (``nnx.state``), so the two cannot drift apart silently.
 from __future__ import annotations
 
 from tjx.nn.configs import BertConfig, EncoderDecoderConfig, TransformerConfig, ViTConfig
+from tjx.nn.family_config import UNSCANNED, layer_shape
 from tjx.nn.moe.config import expert_mlp_dim, moe_layers, shared_mlp_dim
 
 # (matmul parameters, positions per sequence they are applied at)
@@ -111,14 +118,46 @@ def _moe_active(c: TransformerConfig) -> int:
     return c.d_model * c.num_experts + per * active + gate
 
 
+def _gemma4(c: TransformerConfig) -> bool:
+    """Whether ``c``'s layers differ in shape (Gemma 4's switches)."""
+    return any(getattr(c, name) not in (None, False, 0) for name in UNSCANNED)
+
+
+def _gemma4_layers(c: TransformerConfig) -> int:
+    """Gemma 4's layers' matmul weights, each at its own shape (`layer_shape`), with the
+    per-layer embeddings' projections."""
+    d, h, p = c.d_model, c.num_heads, c.per_layer_input_dim
+    total = d * c.num_layers * p  # the per-layer embeddings' projection of the embeddings
+    for i in range(c.num_layers):
+        shape = layer_shape(c, i)
+        kv = 0 if shape.kv_source is not None else (1 if shape.values_from_keys else 2)
+        total += 2 * d * h * shape.head_dim + kv * d * shape.kv_heads * shape.head_dim
+        total += (3 if c.gated else 2) * d * shape.mlp_dim + 2 * d * p
+    return total
+
+
+def _gemma4_attention(c: TransformerConfig, s: int, causal_half: bool) -> int:
+    """The score and value products of Gemma 4's layers beyond ``head_dim``'s width (causal)."""
+    extra = 0
+    for i, w in enumerate(c.layer_windows()):
+        width = layer_shape(c, i).head_dim - (c.head_dim or 0)
+        keys = s if w is None else min(s, w)
+        extra += 2 * c.num_heads * width * (6 * s * keys - (3 * keys * keys if causal_half else 0))
+    return extra
+
+
 def _decoder_layers(c: TransformerConfig) -> int:
     """Every layer's active matmul weights: attention or delta blocks (``mixer_pattern``), their
-    MoE blocks by `_moe_active`."""
+    MoE blocks by `_moe_active`; Gemma 4's layers one by one."""
     kinds = moe_layers(c)
     moe = sum(kinds)
     mixers = c.layer_mixers()
     deltas = mixers.count("delta")
     blocks = (c.num_layers - deltas) * _self_block(c) + (deltas * _delta_block(c) if deltas else 0)
+    if _gemma4(c):
+        blocks = _gemma4_layers(c)
+    if c.moe_beside_mlp:  # Gemma 4: the MLP stays, the MoE block's active weights are added
+        return blocks + moe * _moe_active(c)
     return blocks - moe * (_mlp_weights(c) - _moe_active(c))
 
 
@@ -301,6 +340,8 @@ def flops_per_token(
     attention = 6 * widths * (full_area + causal_area) - (
         3 * widths * overlap if causal_half else 0
     )
+    if _gemma4(config):  # global layers wider than head_dim
+        attention += _gemma4_attention(config, seq_len, causal_half)
     deltas = config.layer_mixers().count("delta")
     if deltas:  # the recurrent form's three state products per token (the module docstring)
         hv, dk, dv, _ = _delta_sizes(config)

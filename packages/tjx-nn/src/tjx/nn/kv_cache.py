@@ -13,6 +13,11 @@ A stack with Gated DeltaNet layers (``mixer_pattern``) caches its attention laye
 leading axis counts them only) and its delta layers' states beside them: ``{"conv": [L_delta, b,
 conv_kernel - 1, conv_dim], "recurrent": [L_delta, b, H_v, d_k, d_v]}`` (float32), a fixed size
 whatever the length (`layer_cache` gives a layer its own part).
+
+Gemma 4 (:mod:`tjx.nn.family_config`): global layers of their own width or key/value heads cache
+as ``{"global_k", "global_v"}`` ``[L_global, b, T, global_kv_heads, global_head_dim]`` beside
+the others' ``k``/``v``; the ``kv_shared_layers`` cache nothing (they read an earlier layer's).
+`cache_groups` says which part each layer has, `own_cache` and `restack` cut and join them.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import jax.numpy as jnp
 
 from tjx.kernels import soft_cap
 from tjx.nn.configs import TransformerConfig
+from tjx.nn.family_config import layer_shape
 
 Array = jax.Array
 LayerCache = dict[str, Array]
@@ -70,7 +76,12 @@ def init_cache(
     dt = dtype or config.precision.compute_dtype
     mixers = config.layer_mixers(num_layers)
     max_len = cache_slots(config, max_len, len(mixers))
-    cache = _attention_cache(config, mixers.count("attention"), batch, max_len, dt)
+    groups = cache_groups(config, num_layers)
+    cache = _attention_cache(config, groups.count("attention"), batch, max_len, dt)
+    if "global" in groups:
+        shape = layer_shape(config, groups.index("global"))
+        size = (groups.count("global"), batch, max_len, shape.kv_heads, shape.head_dim)
+        cache |= {"global_k": jnp.zeros(size, dt), "global_v": jnp.zeros(size, dt)}
     deltas = mixers.count("delta")
     if deltas:
         assert config.delta_key_heads is not None and config.delta_value_heads is not None
@@ -103,6 +114,61 @@ def _attention_cache(
 
 #: The cache entries of delta layers (the rest belong to attention layers).
 DELTA_ENTRIES = ("conv", "recurrent")
+#: The cache entries of Gemma 4's global layers of their own geometry (``k``, ``v`` to them).
+GLOBAL_ENTRIES = ("global_k", "global_v")
+
+
+def cache_groups(
+    config: TransformerConfig, num_layers: int | None = None
+) -> tuple[str | None, ...]:
+    """Each layer's part of the cache: its mixer (``"attention"``: ``k``/``v`` or MLA's
+    latents; ``"delta"``), ``"global"`` for a Gemma 4 global layer of its own width or key/value
+    heads (``global_k``/``global_v``), or None for a ``kv_shared_layers`` layer (none)."""
+    mixers = config.layer_mixers(num_layers)
+    if num_layers not in (None, config.num_layers):
+        return mixers  # an encoder-decoder's decoder: no Gemma 4 layers
+    c = config
+    own = (c.global_head_dim or c.head_dim, c.global_kv_heads or c.num_kv_heads)
+    apart = own != (c.head_dim, c.num_kv_heads)
+    groups: list[str | None] = []
+    for i, mixer in enumerate(mixers):
+        if mixer != "attention" or not (apart or c.kv_shared_layers):
+            groups.append(mixer)
+            continue
+        shape = layer_shape(c, i)
+        groups.append(
+            None if shape.kv_source is not None else "global" if apart and shape.is_global
+            else "attention"
+        )  # fmt: skip
+    return tuple(groups)
+
+
+def _group_of(name: str) -> str:
+    if name in DELTA_ENTRIES:
+        return "delta"
+    return "global" if name in GLOBAL_ENTRIES else "attention"
+
+
+def own_cache(cache: dict[str, Array] | None, groups: tuple[str | None, ...], i: int) -> Any:
+    """Layer ``i``'s own cache (``groups``: `cache_groups`): its group's entries at its index
+    among that group's layers, a global layer's under ``k``/``v``; None for a layer without."""
+    group = groups[i]
+    if cache is None or group is None:
+        return None
+    j = groups[:i].count(group)
+    mine = {name: a[j] for name, a in cache.items() if _group_of(name) == group}
+    return {name.removeprefix("global_"): a for name, a in mine.items()}
+
+
+def restack(caches: list[Any], groups: tuple[str | None, ...]) -> dict[str, Array]:
+    """The layers' caches (`own_cache`'s, updated; None for a layer without) stacked back into
+    one cache: the inverse of `own_cache` over every layer."""
+    named = [
+        {("global_" + n if g == "global" else n): a for n, a in c.items()}
+        for c, g in zip(caches, groups, strict=True)
+        if c is not None
+    ]
+    return stack_layer_caches(named)
 
 
 def layer_cache(cache: dict[str, Array] | None, mixers: tuple[str, ...], i: int) -> Any:
@@ -208,7 +274,12 @@ def kv_cache_bytes(
         assert config.num_kv_heads is not None and config.head_dim is not None
         per_token = 2 * config.num_kv_heads * config.head_dim
     mixers = config.layer_mixers()
-    total = mixers.count("attention") * batch * seq_len * per_token * itemsize
+    groups = cache_groups(config)  # Gemma 4: shared layers hold none, global ones their own
+    total = groups.count("attention") * batch * seq_len * per_token * itemsize
+    if "global" in groups:
+        shape = layer_shape(config, groups.index("global"))
+        wide = 2 * shape.kv_heads * shape.head_dim
+        total += groups.count("global") * batch * seq_len * wide * itemsize
     deltas = mixers.count("delta")
     if deltas:  # their fixed-size states (`init_cache`): the inputs of K - 1 tokens, the matrix
         assert config.delta_key_heads is not None and config.delta_value_heads is not None

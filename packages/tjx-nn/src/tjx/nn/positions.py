@@ -118,6 +118,34 @@ def apply_rope(
     return out.astype(x.dtype)
 
 
+def proportional_rope(x: Array, positions: Array, *, theta: float, proportion: float) -> Array:
+    """Gemma 4's proportional RoPE of ``x`` [b, s, heads, head_dim] at ``positions`` [b, s].
+
+    The head's first ``int(proportion · head_dim / 2)`` frequency pairs turn at the frequencies
+    of the whole head (``theta^(-2i/head_dim)``); the others have frequency 0 and pass through.
+    Pairs are rotate-half's (dim ``i`` with ``i + head_dim/2``), as in `apply_rope`, which this
+    equals at ``proportion`` 1.
+
+    Returns
+    -------
+    Array
+        ``x`` rotated, same shape and dtype.
+    """
+    d = x.shape[-1]
+    half = d // 2
+    turned = int(proportion * d // 2)
+    dt = jnp.promote_types(x.dtype, jnp.float32)
+    inv = 1.0 / (theta ** (jnp.arange(0, 2 * turned, 2, dtype=dt) / d))
+    inv = jnp.concatenate([inv, jnp.zeros((half - turned,), dt)])
+    angles = positions.astype(dt)[..., None] * inv  # [b, s, half]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x32 = x.astype(dt)
+    x1, x2 = x32[..., :half], x32[..., half:]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
 def alibi_slopes(num_heads: int) -> np.ndarray:
     """ALiBi head slopes (Press et al.), geometric from ``2^(-8/n)``; float32 ``[heads]``.
 

@@ -20,10 +20,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tjx.nn.block import Block
+from tjx.nn.block import KEPT, Block
 from tjx.nn.configs import REMAT_POLICIES, TransformerConfig
+from tjx.nn.family_config import kv_source
 from tjx.nn.kernel_choice import ModelAttention, layer_kind, resolve_model_attention
-from tjx.nn.kv_cache import concat_layer_caches, layer_cache, segment_cache, stack_layer_caches
+from tjx.nn.kv_cache import (
+    cache_groups,
+    concat_layer_caches,
+    layer_cache,
+    own_cache,
+    restack,
+    segment_cache,
+    stack_layer_caches,
+)
 from tjx.nn.layer_runs import LayerKind, Segment, Unit, scanned, segments
 from tjx.nn.moe.config import moe_layers
 from tjx.nn.moe.layer import MoEStats
@@ -105,9 +114,12 @@ class Stack(nnx.Module):
         # A unit repeats the MoE step and the mixer pattern both (Qwen3-Next: 4 layers).
         period = math.lcm(max(1, config.moe_layer_step), len(config.mixer_pattern or ("",)))
 
-        def make(r: nnx.Rngs, moe: bool, mixer: str = "attention") -> Block:
+        def make(
+            r: nnx.Rngs, moe: bool, mixer: str = "attention", index: int | None = None
+        ) -> Block:
             return Block(
                 config,
+                index=index,
                 rngs=r,
                 num_layers=depth,
                 causal=causal,
@@ -121,7 +133,13 @@ class Stack(nnx.Module):
         layers: Any = None
         parts: Any = None
         if not self.scan:
-            layers = nnx.List([make(rngs, k.moe, k.mixer) for k in layer_kinds])
+            # Unrolled, each layer knows its index (Gemma 4's layers differ by it).
+            layers = nnx.List(
+                [
+                    make(rngs, k.moe, k.mixer, i if causal else None)
+                    for i, k in enumerate(layer_kinds)
+                ]
+            )
         elif len(self.plan) == 1 and len(self.plan[0].unit) == 1:
             layers = scanned(lambda r: make(r, *layer_kinds[0]), rngs, num_layers)
         else:
@@ -132,6 +150,11 @@ class Stack(nnx.Module):
             parts = nnx.List([scanned(unit(seg.unit), rngs, seg.repeats) for seg in self.plan])
         self.layers = layers
         self.segments = parts
+        # Gemma 4: each layer's part of the cache, and the layer whose keys/values it reads.
+        self.groups = cache_groups(config, num_layers) if causal and not cross else self.mixers
+        self.sources = tuple(
+            kv_source(config, i) if causal and not cross else None for i in range(num_layers)
+        )
         # T5: one relative-bias table per stack, shared by every layer (so not under the layers
         # axis when scanned); the encoder's is bidirectional, a causal stack's looks back only.
         self.relative_bias = (
@@ -159,6 +182,7 @@ class Stack(nnx.Module):
         cache_pos: Array | None = None,
         context_kv: dict[str, Array] | None = None,
         lengths: Array | None = None,
+        per_layer: Array | None = None,
     ) -> tuple[Array, dict[str, Array] | None, MoEStats | None]:
         """Run every layer; ``cache`` and ``context_kv`` leaves carry a leading ``layers`` axis.
 
@@ -169,6 +193,8 @@ class Stack(nnx.Module):
         (``local``): statically when unrolled or when every layer is alike, as a scanned flag
         otherwise. Returns ``(x, updated cache, stats)``: ``stats`` is the MoE layers'
         `MoEStats` stacked in layer order (one row per MoE layer), None without any.
+        ``per_layer``: Gemma 4's per-layer inputs ``[b, s, layers, P]`` (unrolled stacks; the
+        ``kv_shared_layers`` get the keys and values of their source layer here too).
         """
         kw: dict[str, Any] = dict(
             bias=self._relative_bias(x, positions, cache, cache_pos),
@@ -188,11 +214,13 @@ class Stack(nnx.Module):
             stays static under remat; a traced one (scanned mixed pattern) is an argument."""
 
             def body(block: Block, h: Array, key: Any, layer_cache: Any, ctx_kv: Any,
-                     flag: Any) -> Any:  # fmt: skip
+                     flag: Any, extra: Any = None) -> Any:  # fmt: skip
                 switch = flag if local is None else local
+                more = {} if extra is None else extra
                 out, new, stats = block(
-                    h, rng=key, cache=layer_cache, context_kv=ctx_kv, local=switch, **kw
-                )
+                    h, rng=key, cache=layer_cache, context_kv=ctx_kv, local=switch,
+                    per_layer_input=more.get("ple"), shared_kv=more.get("shared"), **kw,
+                )  # fmt: skip
                 return out, (new, stats)
 
             if self.remat != "none":
@@ -219,19 +247,31 @@ class Stack(nnx.Module):
             x, (new_cache, stats) = step(self.layers, x, keys, cache, context_kv, flags)
             return x, new_cache, stats
         caches, all_stats = [], []
+        kept: dict[int, dict[str, Array]] = {}  # keys/values later layers read (Gemma 4)
         for i, block in enumerate(self.layers):
+            extra: dict[str, Any] = {}
+            if per_layer is not None:
+                extra["ple"] = per_layer[:, :, i]
+            source = self.sources[i]
+            if source is not None:
+                extra["shared"] = kept[source]
             x, (new, stats) = layer_fn(self.locals[i])(
                 block,
                 x,
                 None if keys is None else keys[i],
-                layer_cache(cache, self.mixers, i),
+                own_cache(cache, self.groups, i),
                 _layer(context_kv, i),
                 None,
+                extra or None,
             )
+            if new is not None and KEPT[0] in new:
+                new = dict(new)
+                kept[i] = {"k": new.pop(KEPT[0]), "v": new.pop(KEPT[1])}
+                new = new or None
             caches.append(new)
             if stats is not None:
                 all_stats.append(stats)
-        new_cache = None if cache is None else stack_layer_caches(caches)
+        new_cache = None if cache is None else restack(caches, self.groups)
         stacked = jax.tree.map(lambda *a: jnp.stack(a), *all_stats) if all_stats else None
         return x, new_cache, stacked
 

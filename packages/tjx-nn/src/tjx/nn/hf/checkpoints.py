@@ -10,6 +10,8 @@ maps the config (refusing what tjx would ignore) and its mapping module the tens
 move one tensor at a time: loading fills a model built abstractly (``nnx.eval_shape``) from
 safetensors' memory-mapped reads, saving writes one shard at a time, so neither holds two full
 copies of the weights.
+
+Gemma 4 (gemma4_text, and the image-text gemma4 as its text model) is ``gemma4``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,16 @@ from tjx.nn.hf.families import (
     family_config_to_hf,
 )
 from tjx.nn.hf.family_tensors import family_mapping
+from tjx.nn.hf.gemma4 import (
+    GEMMA4,
+    gemma4_config_from_hf,
+    gemma4_config_to_hf,
+    gemma4_image_text_config,
+    gemma4_mapping,
+    is_gemma4,
+    skip_towers,
+)
+from tjx.nn.hf.gemma4 import IMAGE_TEXT as GEMMA4_IMAGE_TEXT
 from tjx.nn.hf.glm4_moe import (
     GLM4_MOE,
     glm4_moe_config_from_hf,
@@ -105,6 +117,8 @@ HF_MODEL_TYPES: dict[str, str] = {
     "gpt2": "gpt2",
     **{t: "llama" for t in (*LLAMA_TYPES, *FAMILY_TYPES)},
     **{t: "llama" for t in (*MOE_TYPES, *DEEPSEEK_TYPES, GPT_OSS, GLM4_MOE, QWEN3_5, QWEN3_NEXT)},
+    GEMMA4: "llama",
+    GEMMA4_IMAGE_TEXT: "llama",  # Gemma 4's image-text folders: the text model
     IMAGE_TEXT: "llama",  # Qwen3.5's image-text folders: the text model
     LLAMA4: "llama",
     llama4.IMAGE_TEXT: "llama",  # Llama 4's image-text folders: the text model
@@ -160,6 +174,15 @@ def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[Deco
     if model_type in FAMILY_TYPES:
         family = family_config_from_hf(hf, **overrides)
         return family, Llama, family_mapping(family, model_type)
+    if model_type in (GEMMA4, GEMMA4_IMAGE_TEXT):
+        image_text = model_type == GEMMA4_IMAGE_TEXT
+        gemma4 = gemma4_config_from_hf(
+            gemma4_image_text_config(hf) if image_text else hf, **overrides
+        )
+        mapping = gemma4_mapping(gemma4)
+        if image_text:
+            mapping = replace(mapping, ignored=skip_towers(mapping.ignored))
+        return gemma4, Llama, mapping
     if model_type == GPT_OSS:
         oss = gpt_oss_config_from_hf(hf, **overrides)
         return oss, Llama, gpt_oss_mapping(oss)
@@ -267,7 +290,7 @@ def _checked_names(weights: LazyWeights, hf: dict[str, Any], mapping: HFMapping)
     """The mapping's tensor name → the stored one, after `check_tensors` on the headers."""
     if hf.get("model_type") == "gpt2":  # save_pretrained's ``transformer.`` prefix
         names = {n.removeprefix("transformer."): n for n in weights.names()}
-    elif hf.get("model_type") == IMAGE_TEXT:  # the language model's ``model.language_model.*``
+    elif hf.get("model_type") in (IMAGE_TEXT, GEMMA4_IMAGE_TEXT):  # ``model.language_model.*``
         names = {text_name(n): n for n in weights.names()}
     elif hf.get("model_type") == llama4.IMAGE_TEXT:  # Llama 4's ``language_model.*``
         names = {llama4.text_name(n): n for n in weights.names()}
@@ -296,6 +319,8 @@ def _export_plan(config: Any, model_type: str | None) -> tuple[dict[str, Any], H
         return gpt_oss_config_to_hf(config), gpt_oss_mapping(config)
     if isinstance(config, LlamaConfig) and is_llama4(config, model_type):
         return llama4_config_to_hf(config), llama4_mapping(config)
+    if isinstance(config, LlamaConfig) and is_gemma4(config, model_type):
+        return gemma4_config_to_hf(config), gemma4_mapping(config)
     if isinstance(config, LlamaConfig) and is_qwen3_next(config, model_type):
         return qwen3_next_config_to_hf(config), qwen3_next_mapping(config)
     if isinstance(config, LlamaConfig) and (model_type == QWEN3_5 or is_qwen3_5(config)):

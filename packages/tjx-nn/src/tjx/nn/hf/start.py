@@ -64,6 +64,20 @@ HF_LLAMA_FIXED = (
     "attention_sinks",
     "router_logit_bias",
     "rope_fraction",
+    # Gemma 4's layers (``family_config``).
+    "global_head_dim",
+    "global_kv_heads",
+    "global_values_from_keys",
+    "global_rope_proportion",
+    "value_norm",
+    "kv_shared_layers",
+    "kv_shared_mlp_dim",
+    "per_layer_input_dim",
+    "per_layer_vocab_size",
+    "layer_scale",
+    "moe_beside_mlp",
+    "router_input_norm",
+    "router_expert_scale",
 )
 
 

@@ -38,7 +38,8 @@ from tjx.nn.mlp import MLP, activation, gate_function
 from tjx.nn.moe.config import expert_capacity, expert_mlp_dim, shared_mlp_dim
 from tjx.nn.moe.dispatch import FFN, ExpertWeights, capacity, dropless
 from tjx.nn.moe.parallel import current_expert_parallel
-from tjx.nn.params import make_param, normal, zeros
+from tjx.nn.norms import rms_norm
+from tjx.nn.params import make_param, normal, ones, zeros
 from tjx.nn.routers import ROUTERS
 
 if TYPE_CHECKING:  # configs imports tjx.nn.moe.config, which runs this package first
@@ -103,9 +104,26 @@ class Router(nnx.Module):
             else None
         )
         self.dtype = jnp.dtype(c.router_dtype)
+        # Gemma 4: the router's own unscaled RMSNorm of its input, times ``input_scale`` and
+        # 1/sqrt(d); each routed weight times its expert's ``expert_scale``.
+        self.input_scale = (
+            make_param(rngs, ones(), (c.d_model,), ("norm",), dtype)
+            if c.router_input_norm
+            else None
+        )
+        self.expert_scale = (
+            make_param(rngs, ones(), (c.num_experts,), (None,), dtype)
+            if c.router_expert_scale
+            else None
+        )
+        self.eps = c.norm_eps
 
     def __call__(self, x: Array) -> Array:
         """Logits ``[..., E]`` in the router's dtype (or wider, for float64 inputs)."""
+        if self.input_scale is not None:
+            d = x.shape[-1]
+            x = rms_norm(x, jnp.ones((d,), x.dtype), self.eps, x.dtype)
+            x = x * self.input_scale[...].astype(x.dtype) * jnp.asarray(d**-0.5, x.dtype)
         dt = jnp.promote_types(self.dtype, x.dtype)
         logits = jnp.einsum("...d,de->...e", x.astype(dt), self.kernel[...].astype(dt))
         return logits if self.logit_bias is None else logits + self.logit_bias[...].astype(dt)
@@ -202,16 +220,20 @@ class MoE(nnx.Module):
             else None
         )
 
-    def __call__(self, x: Array) -> tuple[Array, MoEStats]:
-        """``[b, s, d]`` → (``[b, s, d]`` in the compute dtype, this call's `MoEStats`)."""
+    def __call__(self, x: Array, router_input: Array | None = None) -> tuple[Array, MoEStats]:
+        """``[b, s, d]`` → (``[b, s, d]`` in the compute dtype, this call's `MoEStats`);
+        ``router_input`` (Gemma 4): what the router reads instead of ``x``."""
         c = self.config
         b, s, d = x.shape
         dt = jnp.promote_types(c.precision.compute_dtype, x.dtype)
-        logits = self.router(x)  # [b, s, E]
+        logits = self.router(x if router_input is None else router_input)  # [b, s, E]
         bias = None if self.router.bias is None else self.router.bias[...]
         routing = ROUTERS[c.router].fn(logits.reshape(b * s, -1), bias, c)
         experts = routing.experts.reshape(b, s, -1)
         weights = routing.weights.reshape(b, s, -1)
+        if self.router.expert_scale is not None:
+            scale = self.router.expert_scale[...]
+            weights = weights * jnp.take(scale, experts).astype(weights.dtype)
         ffn = FFN(activation(c.mlp_activation), c.gated, dt, gate_function(c.mlp_activation))
         w = self.experts.weights()
         slots = (

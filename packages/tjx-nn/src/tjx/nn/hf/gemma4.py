@@ -1,0 +1,575 @@
+"""Hugging Face Gemma 4 text (``Gemma4ForCausalLM``, ``gemma4_text``) ↔ tjx ``Llama``.
+
+Gemma 4 is Gemma 3's decoder (sandwich norms, embeddings × ``sqrt(d)``, GeGLU with the tanh
+GELU, q/k norms, windowed and global layers at their own RoPE bases) with these changes, each a
+``LlamaConfig`` switch (:mod:`tjx.nn.family_config`):
+
+=========================================  ====================================================
+config.json / tensor                       tjx
+=========================================  ====================================================
+norms scale by ``weight`` (not ``1 + w``)  ``norm_plus_one`` False
+attention scale 1                          ``query_pre_attn_scalar`` 1
+``v_norm`` (no weight)                     ``value_norm``
+``layer_scalar`` ``[1]`` per layer         ``layer_scale`` (``stack.layers.<i>.scale``)
+``global_head_dim`` (default 512) or       ``global_head_dim``; ``global_kv_heads`` (read only
+``per_layer_config``;                      with ``attention_k_eq_v``, as transformers does)
+``num_global_key_value_heads``
+``attention_k_eq_v`` (no ``v_proj`` on     ``global_values_from_keys``
+global layers)
+``rope_parameters.full_attention``         ``rope_theta``, ``global_rope_proportion``
+(``proportional``, ``partial_rotary_``     (``partial_rotary_factor``; ``default``: 1)
+``factor`` 0.25); ``sliding_attention``    ``rope_local_theta``
+``num_kv_shared_layers``,                  ``kv_shared_layers``; ``kv_shared_mlp_dim`` (2 ×
+``use_double_wide_mlp``                    ``mlp_dim`` on those layers)
+``hidden_size_per_layer_input``,           ``per_layer_input_dim``, ``per_layer_vocab_size``:
+``vocab_size_per_layer_input``,            ``per_layer.table``, ``per_layer.proj``,
+``embed_tokens_per_layer``,                ``per_layer.norm``; each layer's
+``per_layer_model_projection`` ...         ``per_layer.gate``/``proj``/``norm``
+``enable_moe_block``, ``num_experts``,     MoE layers (every layer) with ``moe_beside_mlp``:
+``top_k_experts``,                         the MLP stays, the experts beside it (softmax top-k,
+``moe_intermediate_size``; ``router.*``,   renormalised; ``router_expert_scale``,
+``experts.gate_up_proj`` ``[E, 2f, d]``    ``router_input_norm``); gate_up split into
+(gate rows first), ``down_proj``           ``fc_gate``/``fc_in`` on load, fused on export
+=========================================  ====================================================
+
+``layer_types`` as transformers reads it (default: five sliding layers, then a full one; the last
+layer always full). Refused in one line naming the key: ``use_bidirectional_attention`` ``"all"``
+(``"vision"`` changes no text token), another activation, a RoPE scaling (``factor``, another
+``rope_type``), a ``per_layer_config`` other than one override of the global layers,
+``attention_bias`` and unknown keys.
+
+The published folders are the image-text model's (``gemma4``, ``Gemma4ForConditionalGeneration``):
+tjx reads its ``text_config`` (tied by the top-level ``tie_word_embeddings``) and the
+``model.language_model.*`` tensors, skips the vision and audio towers and their embedders in one
+line (`skip_towers`), and exports the text model.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from tjx.nn.configs import LlamaConfig
+from tjx.nn.family_config import layer_shape
+from tjx.nn.hf.config import HARMLESS
+from tjx.nn.hf.family_base import (
+    base_fields,
+    check_exportable,
+    check_keys,
+    common_to_hf,
+    layer_types,
+    mismatches,
+    refuse_mismatches,
+    windows,
+)
+from tjx.nn.hf.gemma import TANH_GELU
+from tjx.nn.hf.io import HFMapping
+from tjx.nn.hf.tables import Convert, Tables
+from tjx.nn.moe.config import expert_mlp_dim
+
+GEMMA4 = "gemma4_text"
+ARCHITECTURE = "Gemma4ForCausalLM"
+#: The image-text model's type, and its keys beside ``text_config``: the towers' configs and the
+#: tokens that mark images, video and audio in a prompt (none changes the text model's numbers).
+IMAGE_TEXT = "gemma4"
+IMAGE_TEXT_KEYS = frozenset(
+    {
+        "text_config",
+        "vision_config",
+        "audio_config",
+        "boi_token_id",
+        "eoi_token_id",
+        "image_token_id",
+        "video_token_id",
+        "boa_token_id",
+        "eoa_token_index",
+        "audio_token_id",
+        "initializer_range",
+        "tie_word_embeddings",
+    }
+)
+#: What an image-text checkpoint holds beside its language model (``model.language_model.*``).
+TOWERS = ("model.vision_tower.", "model.audio_tower.", "model.embed_vision.", "model.embed_audio.")
+#: Gemma 4's keys beyond ``family_base.BASE_KEYS``.
+KEYS = frozenset(
+    {
+        "hidden_activation",
+        "sliding_window",
+        "layer_types",
+        "final_logit_softcapping",
+        "use_bidirectional_attention",
+        "vocab_size_per_layer_input",
+        "hidden_size_per_layer_input",
+        "attention_k_eq_v",
+        "num_kv_shared_layers",
+        "enable_moe_block",
+        "use_double_wide_mlp",
+        "num_experts",
+        "top_k_experts",
+        "moe_intermediate_size",
+        "global_head_dim",
+        "num_global_key_value_heads",
+        "per_layer_config",
+    }
+)
+#: transformers' ``Gemma4TextConfig`` defaults for the keys a config.json may leave out.
+DEFAULTS: dict[str, Any] = dict(
+    vocab_size=262_144,
+    hidden_size=2304,
+    intermediate_size=9216,
+    num_hidden_layers=30,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=256,
+    hidden_activation="gelu_pytorch_tanh",
+    max_position_embeddings=131_072,
+    initializer_range=0.02,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    sliding_window=512,
+    final_logit_softcapping=None,
+    vocab_size_per_layer_input=262_144,
+    hidden_size_per_layer_input=256,
+    attention_k_eq_v=False,
+    num_kv_shared_layers=0,
+    use_double_wide_mlp=False,
+    global_head_dim=512,
+)
+#: transformers' RoPE per layer type when ``rope_parameters`` is left out.
+ROPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+    "full_attention": {
+        "rope_type": "proportional",
+        "partial_rotary_factor": 0.25,
+        "rope_theta": 1_000_000.0,
+    },
+}
+#: What a config must compute to be written as Gemma 4 (beside ``check_exportable``'s).
+NEEDS: dict[str, Any] = dict(
+    norm_position="sandwich",
+    norm_plus_one=False,
+    scale_embeddings=True,
+    mlp_activation="geglu",
+    qk_norm=True,
+    qk_norm_scope="head",
+    query_pre_attn_scalar=1.0,
+    attn_logit_softcap=None,
+    value_norm=True,
+    layer_scale=True,
+)
+#: What Gemma 4's MoE block computes (a config with experts must have these to be written).
+MOE_NEEDS: dict[str, Any] = dict(
+    router="softmax",
+    router_norm_topk=True,
+    num_shared_experts=0,
+    moe_layer_step=1,
+    moe_first_dense=0,
+    capacity_factor=None,
+    router_logit_bias=False,
+    router_scale=1.0,
+    router_groups=1,
+    moe_beside_mlp=True,
+    router_input_norm=True,
+    router_expert_scale=True,
+)
+#: The switches only Gemma 4 computes: a config with any of them saves as gemma4_text.
+OWN = (
+    "value_norm",
+    "layer_scale",
+    "per_layer_input_dim",
+    "per_layer_vocab_size",
+    "kv_shared_layers",
+    "kv_shared_mlp_dim",
+    "global_head_dim",
+    "global_kv_heads",
+    "global_values_from_keys",
+    "global_rope_proportion",
+    "moe_beside_mlp",
+    "router_input_norm",
+    "router_expert_scale",
+)
+
+
+def _layer_types(get: Mapping[str, Any], layers: int) -> list[str]:
+    """``layer_types`` as transformers reads it: given or five sliding then one full, the last
+    layer forced to full attention."""
+    types = get.get("layer_types")
+    if types is None:
+        types = ["sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(layers)]
+    kinds = {"sliding_attention", "full_attention"}
+    if len(types) != layers or not set(types) <= kinds:
+        raise ValueError(
+            f"config.json layer_types must list {layers} of {sorted(kinds)}; got {types!r}"
+        )
+    return [*types[:-1], "full_attention"]
+
+
+def _rope(get: Mapping[str, Any], types: list[str]) -> dict[str, Any]:
+    """``rope_theta``, ``rope_local_theta`` and ``global_rope_proportion`` from the per-type
+    ``rope_parameters`` (transformers' defaults where it is left out); a scaling is refused."""
+    if get.get("rope_scaling"):
+        raise ValueError("config.json rope_scaling is not supported for gemma4_text")
+    params = get.get("rope_parameters") or ROPE_DEFAULTS
+    out: dict[str, Any] = {"rope_local_theta": None, "global_rope_proportion": 1.0}
+    for kind in sorted(set(types)):
+        entry = params.get(kind) if isinstance(params, Mapping) else None
+        if not isinstance(entry, Mapping):
+            raise ValueError(
+                f"config.json rope_parameters needs an entry for {kind!r} (one per layer type); "
+                f"got {params!r}"
+            )
+        rope_type = entry.get("rope_type", "default")
+        allowed = ("default", "proportional") if kind == "full_attention" else ("default",)
+        if rope_type not in allowed or entry.get("factor", 1.0) != 1.0:
+            raise ValueError(
+                f"config.json rope_parameters.{kind} rope_type {rope_type!r} (factor "
+                f"{entry.get('factor', 1.0)}) is not supported; tjx rotates gemma4_text's "
+                f"{kind} layers with {' or '.join(allowed)} RoPE, factor 1"
+            )
+        theta = float(entry.get("rope_theta", 10_000.0))
+        if kind == "sliding_attention":
+            out["rope_local_theta"] = theta
+            continue
+        out["rope_theta"] = theta
+        if rope_type == "proportional":  # the default RoPE ignores partial_rotary_factor
+            out["global_rope_proportion"] = float(entry.get("partial_rotary_factor", 1.0))
+    return out
+
+
+def _global_geometry(get: Mapping[str, Any], types: list[str], fields: dict[str, Any]) -> None:
+    """The full-attention layers' ``head_dim`` and key/value heads, from ``per_layer_config``
+    (transformers 5.24's form: one override of the global layers) or ``global_head_dim`` and
+    ``num_global_key_value_heads`` (read only with ``attention_k_eq_v``, as transformers does)."""
+    overrides = get.get("per_layer_config")
+    if overrides is None:
+        head_dim = int(get.get("global_head_dim") or DEFAULTS["global_head_dim"])
+        kv = get.get("num_global_key_value_heads") if get["attention_k_eq_v"] else None
+    else:
+        by_layer = {int(k): dict(v) for k, v in dict(overrides).items()}
+        full = {i for i, t in enumerate(types) if t == "full_attention"}
+        distinct = {tuple(sorted(v.items())) for v in by_layer.values()}
+        keys = {k for v in by_layer.values() for k in v}
+        if (
+            set(by_layer) != full
+            or len(distinct) != 1
+            or not keys
+            <= {
+                "head_dim",
+                "num_key_value_heads",
+            }
+        ):
+            raise ValueError(
+                "config.json per_layer_config must override the full_attention layers "
+                f"({sorted(full)}) alike, with head_dim and num_key_value_heads only; got "
+                f"{dict(overrides)!r}"
+            )
+        override = next(iter(by_layer.values()))
+        head_dim = int(override.get("head_dim", fields["head_dim"]))
+        kv = override.get("num_key_value_heads")
+    kv = int(kv) if kv is not None else fields["num_kv_heads"]
+    if "sliding_attention" not in types:  # every layer global: the global geometry is all
+        fields |= dict(head_dim=head_dim, num_kv_heads=kv)
+        return
+    if head_dim != fields["head_dim"]:
+        fields["global_head_dim"] = head_dim
+    if kv != fields["num_kv_heads"]:
+        fields["global_kv_heads"] = kv
+
+
+def gemma4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
+    """A ``LlamaConfig`` from a gemma4_text ``config.json`` dict (``overrides`` win).
+
+    Raises
+    ------
+    ValueError
+        An unknown key, or a value tjx does not compute as transformers does, named.
+    """
+    check_keys(hf, GEMMA4, KEYS)
+    get = {**DEFAULTS, **{k: v for k, v in hf.items() if v is not None}}
+    act = get["hidden_activation"]
+    if act not in TANH_GELU:
+        raise ValueError(
+            f"config.json hidden_activation must be one of {TANH_GELU} (GeGLU with the tanh "
+            f"GELU); got {act!r}"
+        )
+    # "vision": image tokens see each other both ways, text stays causal (no image here).
+    if hf.get("use_bidirectional_attention") not in (None, "vision"):
+        raise ValueError(
+            "config.json use_bidirectional_attention "
+            f"{hf['use_bidirectional_attention']!r} is not supported: bidirectional attention "
+            "over text (tjx loads a causal decoder; null or 'vision' load)"
+        )
+    fields = base_fields(get, tied=True, eps=1e-6)
+    types = _layer_types(get, fields["num_layers"])
+    sliding = [t == "sliding_attention" for t in types]
+    fields |= windows(get["sliding_window"], sliding)
+    fields |= _rope(get, types)
+    _global_geometry(get, types, fields)
+    shared = int(get["num_kv_shared_layers"])
+    ple = int(get["hidden_size_per_layer_input"] or 0)
+    ple_vocab = int(get["vocab_size_per_layer_input"])
+    fields |= dict(
+        norm_position="sandwich",
+        norm_plus_one=False,
+        scale_embeddings=True,
+        mlp_activation="geglu",
+        qk_norm=True,
+        qk_norm_scope="head",
+        query_pre_attn_scalar=1.0,
+        final_logit_softcap=get["final_logit_softcapping"],
+        value_norm=True,
+        layer_scale=True,
+        global_values_from_keys=bool(get["attention_k_eq_v"]),
+        kv_shared_layers=shared,
+        kv_shared_mlp_dim=(
+            2 * fields["mlp_dim"] if shared and get["use_double_wide_mlp"] else None
+        ),
+        per_layer_input_dim=ple,
+        per_layer_vocab_size=ple_vocab if ple and ple_vocab != fields["vocab_size"] else None,
+    )
+    if get.get("enable_moe_block"):
+        fields |= _moe_fields(get)
+    return LlamaConfig(**{**fields, **overrides})
+
+
+def _moe_fields(get: Mapping[str, Any]) -> dict[str, Any]:
+    """The MoE block beside every layer's MLP (``enable_moe_block``): softmax top-k of
+    ``num_experts``, renormalised, times a learned scale per expert; the router reads the
+    residual RMS-normed with a scale of its own. transformers adds no router loss."""
+    for key in ("num_experts", "top_k_experts", "moe_intermediate_size"):
+        if not get.get(key):
+            raise ValueError(f"config.json enable_moe_block true needs {key}; got {get.get(key)!r}")
+    return dict(
+        num_experts=int(get["num_experts"]),
+        experts_per_token=int(get["top_k_experts"]),
+        expert_mlp_dim=int(get["moe_intermediate_size"]),
+        router="softmax",
+        router_norm_topk=True,
+        router_aux_loss=0.0,
+        capacity_factor=None,
+        moe_beside_mlp=True,
+        router_input_norm=True,
+        router_expert_scale=True,
+    )
+
+
+def is_gemma4(config: LlamaConfig, model_type: str | None) -> bool:
+    """Whether ``config`` saves as gemma4_text: asked for, or it has a switch only Gemma 4
+    computes (``OWN``; another type asked for is then refused, naming them)."""
+    own = [n for n in OWN if getattr(config, n) != LlamaConfig.__dataclass_fields__[n].default]
+    if model_type not in (None, GEMMA4) and own:
+        raise ValueError(
+            f"model_type {model_type!r} cannot express {', '.join(own)} (Gemma 4's switches); "
+            f"save as model_type={GEMMA4!r}, or change the config"
+        )
+    return model_type == GEMMA4 or bool(own)
+
+
+def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
+    """The ``config.json`` dict of ``config`` as gemma4_text.
+
+    Raises
+    ------
+    ValueError
+        ``config`` computes something Gemma 4 cannot express (every such field named).
+    """
+    c = config
+    check_exportable(c)
+    wrong = mismatches(c, NEEDS)
+    if c.num_experts:
+        wrong |= mismatches(c, MOE_NEEDS)
+    if c.kv_shared_mlp_dim not in (None, c.mlp_dim, 2 * (c.mlp_dim or 0)):
+        wrong["kv_shared_mlp_dim"] = (c.kv_shared_mlp_dim, f"None or {2 * (c.mlp_dim or 0)}")
+    if c.global_kv_heads not in (None, c.num_kv_heads) and not c.global_values_from_keys:
+        wrong["global_values_from_keys"] = (False, True)  # transformers reads them only then
+    refuse_mismatches(wrong, f"model_type {GEMMA4!r} cannot express this model")
+    assert c.head_dim is not None and c.mlp_dim is not None
+    types = layer_types(c)
+    if types[-1] != "full_attention":
+        raise ValueError(
+            "model_type 'gemma4_text' makes its last layer global; got window_pattern "
+            f"{list(c.window_pattern or ('local',))} with a window on the last layer"
+        )
+    full: dict[str, Any] = {
+        "rope_type": "proportional",
+        "partial_rotary_factor": c.global_rope_proportion,
+        "rope_theta": c.rope_theta,
+    }
+    local = {"rope_type": "default", "rope_theta": c.rope_local_theta or c.rope_theta}
+    out = {
+        "architectures": [ARCHITECTURE],
+        "model_type": GEMMA4,
+        **common_to_hf(c),
+        "hidden_activation": "gelu_pytorch_tanh",
+        "attention_bias": False,
+        "final_logit_softcapping": c.final_logit_softcap,
+        "sliding_window": c.sliding_window or c.max_seq_len,
+        "layer_types": types,
+        "rope_parameters": {"full_attention": full, "sliding_attention": local},
+        "use_bidirectional_attention": None,
+        "global_head_dim": c.global_head_dim or c.head_dim,
+        "attention_k_eq_v": c.global_values_from_keys,
+        "num_kv_shared_layers": c.kv_shared_layers,
+        "use_double_wide_mlp": c.kv_shared_mlp_dim == 2 * c.mlp_dim,
+        "hidden_size_per_layer_input": c.per_layer_input_dim,
+        "vocab_size_per_layer_input": c.per_layer_vocab_size or c.vocab_size,
+        "enable_moe_block": bool(c.num_experts),
+    }
+    if c.num_experts:
+        out |= {
+            "num_experts": c.num_experts,
+            "top_k_experts": c.experts_per_token,
+            "moe_intermediate_size": expert_mlp_dim(c),
+        }
+    del out["rope_theta"]
+    if c.global_values_from_keys:
+        out["num_global_key_value_heads"] = c.global_kv_heads or c.num_kv_heads
+    return out
+
+
+def gemma4_mapping(c: LlamaConfig) -> HFMapping:
+    """The HF ↔ tjx correspondence of a Gemma 4 ``c`` (see ``HFMapping``): each layer at its
+    own geometry (`layer_shape`), the PLE tensors and the layer scalars."""
+    assert c.head_dim is not None and c.mlp_dim is not None
+    d, h, v, p = c.d_model, c.num_heads, c.vocab_size, c.per_layer_input_dim
+    tables = Tables()
+    same, linear = tables.same, tables.linear
+    same("model.embed_tokens.weight", "embed.embedding", (v, d))
+    reads_other: set[str] = set()
+    for i in range(c.num_layers):
+        shape = layer_shape(c, i)
+        hd, hk, m = shape.head_dim, shape.kv_heads, shape.mlp_dim
+        pre, t = f"model.layers.{i}.", f"stack.layers.{i}."
+        linear(pre + "self_attn.q_proj", t + "attn.query", (d,), (h, hd))
+        linear(pre + "self_attn.o_proj", t + "attn.out", (h, hd), (d,))
+        same(pre + "self_attn.q_norm.weight", t + "attn.q_norm.scale", (hd,))
+        if shape.kv_source is None:
+            linear(pre + "self_attn.k_proj", t + "attn.key", (d,), (hk, hd))
+            same(pre + "self_attn.k_norm.weight", t + "attn.k_norm.scale", (hd,))
+            if not shape.values_from_keys:
+                linear(pre + "self_attn.v_proj", t + "attn.value", (d,), (hk, hd))
+        else:  # transformers skips these names in a checkpoint (its shared layers have none)
+            reads_other |= {pre + f"self_attn.{n}." for n in ("k_proj", "v_proj", "k_norm")}
+        linear(pre + "mlp.gate_proj", t + "mlp.fc_gate", (d,), (m,))
+        linear(pre + "mlp.up_proj", t + "mlp.fc_in", (d,), (m,))
+        linear(pre + "mlp.down_proj", t + "mlp.fc_out", (m,), (d,))
+        for hf_norm, tjx_norm in (
+            ("input_layernorm", "attn_norm"),
+            ("post_attention_layernorm", "attn_post_norm"),
+            ("pre_feedforward_layernorm", "mlp_norm"),
+            ("post_feedforward_layernorm", "mlp_post_norm"),
+        ):
+            same(f"{pre}{hf_norm}.weight", f"{t}{tjx_norm}.scale", (d,))
+        if c.num_experts:
+            _moe_tensors(tables, c, pre, t)
+        if p:
+            linear(pre + "per_layer_input_gate", t + "per_layer.gate", (d,), (p,))
+            linear(pre + "per_layer_projection", t + "per_layer.proj", (p,), (d,))
+            same(pre + "post_per_layer_input_norm.weight", t + "per_layer.norm.scale", (d,))
+        same(pre + "layer_scalar", t + "scale", (1,))
+    same("model.norm.weight", "final_norm.scale", (d,))
+    if p:
+        rows, width = c.per_layer_vocab_size or v, c.num_layers * p
+        same("model.embed_tokens_per_layer.weight", "per_layer.table.embedding", (rows, width))
+        linear("model.per_layer_model_projection", "per_layer.proj", (d,), (width,))
+        same("model.per_layer_projection_norm.weight", "per_layer.norm.scale", (p,))
+    if not c.tie_embeddings:
+        linear("lm_head", "head", (d,), (v,))
+
+    def ignored(name: str) -> bool:
+        # RoPE buffers; a tied head saved as a copy; a shared layer's unused key/value tensors.
+        return (
+            "rotary_emb." in name
+            or (c.tie_embeddings and name == "lm_head.weight")
+            or any(name.startswith(prefix) for prefix in reads_other)
+        )
+
+    return tables.mapping(ignored)
+
+
+def _gate_up(name: str, half: int, part: int) -> Convert:
+    """One half of HF's fused ``experts.gate_up_proj`` ``[E, 2f, d]`` (gate rows first) as a tjx
+    ``[E, d, f]`` kernel."""
+    return lambda read: read(name)[:, part * half : (part + 1) * half].transpose(0, 2, 1)
+
+
+def _fused_gate_up(gate: str, up: str) -> Convert:
+    """tjx's gate and up ``[E, d, f]`` kernels as HF's ``[E, 2f, d]`` ``gate_up_proj``."""
+    return lambda read: np.concatenate(
+        [read(gate).transpose(0, 2, 1), read(up).transpose(0, 2, 1)], axis=1
+    )
+
+
+def _transposed_experts(name: str) -> Convert:
+    """``[E, a, b]`` ↔ ``[E, b, a]`` (HF's ``down_proj`` ``[E, d, f]``, tjx's ``[E, f, d]``)."""
+    return lambda read: read(name).transpose(0, 2, 1)
+
+
+def _moe_tensors(tables: Tables, c: LlamaConfig, pre: str, t: str) -> None:
+    """Layer ``pre``'s (tjx ``t``'s) MoE block beside its MLP: the router (its projection,
+    input scale and per-expert scale), the fused experts and the block's three extra norms."""
+    d, e, f = c.d_model, c.num_experts, expert_mlp_dim(c)
+    tables.linear(pre + "router.proj", t + "moe.router", (d,), (e,))
+    tables.same(pre + "router.scale", t + "moe.router.input_scale", (d,))
+    tables.same(pre + "router.per_expert_scale", t + "moe.router.expert_scale", (e,))
+    gate_up, down = pre + "experts.gate_up_proj", pre + "experts.down_proj"
+    gate, up, out = (f"{t}moe.experts.{n}.kernel" for n in ("fc_gate", "fc_in", "fc_out"))
+    tables.shapes[gate_up] = (e, 2 * f, d)
+    tables.to_tjx[gate] = _gate_up(gate_up, f, 0)
+    tables.to_tjx[up] = _gate_up(gate_up, f, 1)
+    tables.to_hf[gate_up] = _fused_gate_up(gate, up)
+    tables.shapes[down] = (e, d, f)
+    tables.to_tjx[out] = _transposed_experts(down)
+    tables.to_hf[down] = _transposed_experts(out)
+    for hf_norm, tjx_norm in (
+        ("post_feedforward_layernorm_1", "mlp_mid_norm"),
+        ("pre_feedforward_layernorm_2", "moe_norm"),
+        ("post_feedforward_layernorm_2", "moe_post_norm"),
+    ):
+        tables.same(f"{pre}{hf_norm}.weight", f"{t}{tjx_norm}.scale", (d,))
+
+
+def gemma4_image_text_config(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """The text model's ``config.json`` dict of a Gemma 4 image-text ``config.json`` (its
+    ``text_config``, tied as the image-text model ties: by its own ``tie_word_embeddings``).
+
+    Raises
+    ------
+    ValueError
+        No ``text_config``, or a key the image-text config does not have, named.
+    """
+    unknown = sorted(set(hf) - IMAGE_TEXT_KEYS - HARMLESS)
+    if unknown:
+        raise ValueError(
+            f"config.json key(s) {', '.join(unknown)} are not understood by tjx's {IMAGE_TEXT} "
+            "(image-text) import and could change the model"
+        )
+    text = hf.get("text_config")
+    if not isinstance(text, Mapping):
+        raise ValueError(f"config.json of model_type {IMAGE_TEXT!r} has no text_config")
+    tied = bool(hf.get("tie_word_embeddings", True))
+    return dict(text) | {"model_type": GEMMA4, "tie_word_embeddings": tied}
+
+
+def skip_towers(base: Callable[[str], bool]) -> Callable[[str], bool]:
+    """``base``'s ignored names, and the image-text model's vision and audio towers and their
+    embedders (`TOWERS`), said in one line when a checkpoint holds them (transformers' causal LM
+    does not read them either)."""
+    said: list[bool] = []
+
+    def ignored(name: str) -> bool:
+        if not name.startswith(TOWERS):
+            return base(name)
+        if not said:
+            said.append(True)
+            print(
+                "tjx: skipping the checkpoint's vision and audio towers (model.vision_tower.*, "
+                "model.audio_tower.*, model.embed_vision/embed_audio.*): tjx loads the text model",
+                file=sys.stderr,
+            )
+        return True
+
+    return ignored

@@ -759,7 +759,7 @@ def test_the_gemma4_case_exercises_each_piece(results):
 
 #: #56's families, each fine-tuned in the trainer from the folder transformers made (Qwen3.5's
 #: fine-tune, export and reload: test_hf_finetune.py).
-FINE_TUNED = ["gpt_oss", "glm4_moe", "llama4", "olmo3", "qwen3_next"]
+FINE_TUNED = ["gemma4", "gpt_oss", "glm4_moe", "llama4", "olmo3", "qwen3_next"]
 
 
 @pytest.fixture(scope="module")

@@ -233,8 +233,10 @@ def test_a_delta_and_attention_hybrid_compiles_for_an_h100(envs, tmp_path):
 #: #56's families whose layers no preset or hybrid above compiles, as tiny tjx models saved in
 #: their Hugging Face layout: gpt-oss (attention sinks, a sliding layer, biased clamped-SwiGLU
 #: experts, yarn), GLM-4.5 (partial rotary, q/k norms, grouped sigmoid routing, a shared
-#: expert after a dense layer) and Llama 4 (chunked attention, a NoPE layer with its
-#: temperature, the weightless q/k norm, input-scaled experts on every other layer).
+#: expert after a dense layer), Llama 4 (chunked attention, a NoPE layer with its temperature,
+#: the weightless q/k norm, input-scaled experts on every other layer) and Gemma 4 (global layers
+#: of their own width with values from keys and proportional RoPE, layers reading an earlier
+#: layer's keys and values, per-layer embeddings, layer scalars, the MoE block beside the MLP).
 FAMILY_SIZES = dict(vocab_size=64, max_seq_len=64, d_model=64, num_layers=2, num_heads=4,
                     num_kv_heads=2, head_dim=16, mlp_dim=64)  # fmt: skip
 FAMILIES = {
@@ -256,6 +258,16 @@ FAMILIES = {
         nope_temperature_scale=0.1, num_experts=4, experts_per_token=1, expert_mlp_dim=32,
         num_shared_experts=1, shared_expert_mlp_dim=32, moe_layer_step=2, router="sigmoid_plain",
         router_norm_topk=False, router_scales_input=True,
+    ),
+    "gemma4": dict(
+        num_layers=4, sliding_window=16, window_pattern=("local", "global"),
+        norm_position="sandwich", scale_embeddings=True, mlp_activation="geglu", qk_norm=True,
+        query_pre_attn_scalar=1.0, tie_embeddings=True, rope_local_theta=100.0,
+        global_head_dim=32, global_kv_heads=1, global_values_from_keys=True,
+        global_rope_proportion=0.25, value_norm=True, kv_shared_layers=2, kv_shared_mlp_dim=128,
+        per_layer_input_dim=8, layer_scale=True, final_logit_softcap=30.0, num_experts=4,
+        experts_per_token=2, expert_mlp_dim=32, moe_beside_mlp=True, router_input_norm=True,
+        router_expert_scale=True,
     ),
 }  # fmt: skip
 FAMILY_RUN = ["model.kind=llama", "data.seq_len=64", "data.batch_size=8", "eval.batch_size=8"]

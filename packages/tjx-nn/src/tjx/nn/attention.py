@@ -540,9 +540,10 @@ class Attention(nnx.Module):
         if cache_pos is None or q.shape[1] != 1:
             return self._windowed(
                 local,
-                lambda window: self._kernel(
+                lambda near: self._kernel(
                     q, k, v, kernel=self.kernel, causal=self.causal, segment_ids=segment_ids,
-                    dropout_rate=drop, dropout_rng=rng, window=window,
+                    dropout_rate=drop, dropout_rng=rng, window=self.window if near else None,
+                    chunk=self.chunk if near else None,
                 ),
             )  # fmt: skip
         held = slot_positions(cache_pos, k.shape[1])

@@ -235,6 +235,28 @@ def test_multi_token_prediction_layers_are_skipped_with_one_line(tmp_path, capsy
         tnn.load_hf(folder, mtp_depths=2)
 
 
+def test_mtp_layers_a_config_counts_but_the_folder_lacks_load_as_none_with_one_line(
+    tmp_path, capsys
+):
+    """transformers keeps num_nextn_predict_layers in a folder it saves, without the layers."""
+    folder = _v3_folder(tmp_path, num_nextn_predict_layers=1)  # tensors of the causal LM only
+    config = tnn.read_hf_config(folder)
+    model, loaded = tnn.load_hf(folder)
+    err = capsys.readouterr().err.splitlines()
+    assert config.mtp_depths == loaded.mtp_depths == 0 and model.mtp is None
+    assert len(err) == 2 and all("holds none of their tensors (model.layers.3.*" in e for e in err)
+    # One of their tensors without the rest is damage, named as such.
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    save_file(
+        {**tensors, "model.layers.3.enorm.weight": np.ones(32, np.float32)},
+        str(folder / "model.safetensors"),
+    )
+    with pytest.raises(ValueError, match="checkpoint lacks tensor"):
+        tnn.load_hf(folder)
+
+
 def test_multi_token_prediction_round_trips_exactly(tmp_path):
     """V3 with an MTP depth (an MoE block, as DeepSeek-V3's): written in DeepSeek's layout (the
     shared embedding and head as copies), read back to the same parameters, written again to

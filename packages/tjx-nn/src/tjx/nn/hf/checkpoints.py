@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -150,8 +151,35 @@ def read_hf_config(path_or_hub: str | os.PathLike[str], **overrides: Any) -> Tra
     ValueError
         As ``load_hf`` for the folder and its ``config.json``.
     """
-    config, _, _ = _plan(read_config(resolve(path_or_hub)), overrides)
+    config, _, _ = _plan(_read(resolve(path_or_hub)), overrides)
     return config  # type: ignore[no-any-return]
+
+
+#: config.json's count of DeepSeek-V3's and GLM-4.5's multi-token-prediction layers.
+MTP_KEYS = ("num_nextn_predict_layers", "num_mtp_layers")
+
+
+def _read(folder: Path) -> dict[str, Any]:
+    """``folder``'s config.json (`read_config`), less the multi-token-prediction layers it counts
+    but does not hold, said in one line: transformers' DeepSeek-V3 and GLM-4.5 keep
+    ``num_nextn_predict_layers`` in the config but neither load nor save those layers, so a folder
+    it saved (a fine-tune, a conversion) holds none. Some of their tensors without the rest is
+    damage, which `check_tensors` names."""
+    hf = read_config(folder)
+    key = next((k for k in MTP_KEYS if hf.get(k)), None)
+    if key is None or hf.get("model_type") not in (*DEEPSEEK_TYPES, GLM4_MOE):
+        return hf
+    first = f"model.layers.{int(hf.get('num_hidden_layers') or 0)}."
+    with LazyWeights(folder) as weights:
+        if any(name.startswith(first) for name in weights.names()):
+            return hf
+    print(
+        f"tjx: config.json counts {hf[key]} multi-token-prediction layer(s) ({key}) but the "
+        f"checkpoint holds none of their tensors ({first}*; transformers saves none): loading "
+        "the model without them (mtp_depths=0)",
+        file=sys.stderr,
+    )
+    return {**hf, key: 0}
 
 
 def _kind(hf: dict[str, Any]) -> str:
@@ -247,7 +275,7 @@ def load_hf(
         non-float tensors (each named, with its file).
     """
     folder = resolve(path_or_hub)
-    hf = read_config(folder)
+    hf = _read(folder)
     config, cls, mapping = _plan(hf, overrides)
     with LazyWeights(folder) as weights:
         names = _checked_names(weights, hf, mapping)
@@ -280,7 +308,7 @@ def check_hf_weights(path_or_hub: str | os.PathLike[str]) -> None:
         As `load_hf`: one line naming the file and what is wrong with it.
     """
     folder = resolve(path_or_hub)
-    hf = read_config(folder)
+    hf = _read(folder)
     _, _, mapping = _plan(hf, {})
     with LazyWeights(folder) as weights:
         _checked_names(weights, hf, mapping)

@@ -129,16 +129,8 @@ def envs() -> dict[str, Path]:
     return found
 
 
-def plan(
-    preset: str,
-    target: str,
-    kernel: str,
-    env_dir: Path,
-    tmp: Path,
-    sets: list[str] | None = None,
-    init_from: Path | None = None,
-) -> dict:
-    out = tmp / "plan.json"
+def plan_env(env_dir: Path, tmp: Path) -> dict[str, str]:
+    """A ``--plan`` process's environment: the scratch packages on its path, no measurements."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
     paths = [os.path.abspath(p or os.curdir) for p in sys.path]
     no_timings = tmp / "no_timings.json"  # the rule without measurements (module doc)
@@ -154,10 +146,22 @@ def plan(
         HF_DATASETS_OFFLINE="1",
         WANDB_MODE="disabled",
     )
+    return env
+
+
+def plan(
+    preset: str,
+    target: str,
+    kernel: str,
+    env_dir: Path,
+    tmp: Path,
+    sets: list[str] | None = None,
+) -> dict:
+    out = tmp / "plan.json"
+    env = plan_env(env_dir, tmp)
     args = ["--config", preset, "--plan", target, "--plan-json", str(out)]
     args += ["--set", f"model.attention_impl={kernel}"]
     args += [a for value in sets or [] for a in ("--set", value)]
-    args += [] if init_from is None else ["--init-from", str(init_from)]
     proc = subprocess.run(
         [sys.executable, "-m", "trainer", *args],
         cwd=tmp, env=env, capture_output=True, text=True, timeout=900, check=False,
@@ -230,13 +234,15 @@ def test_a_delta_and_attention_hybrid_compiles_for_an_h100(envs, tmp_path):
     assert "an estimate" in data["stdout"] and data["estimate"]["seconds"] > 0
 
 
-#: #56's families whose layers no preset or hybrid above compiles, as tiny tjx models saved in
-#: their Hugging Face layout: gpt-oss (attention sinks, a sliding layer, biased clamped-SwiGLU
-#: experts, yarn), GLM-4.5 (partial rotary, q/k norms, grouped sigmoid routing, a shared
-#: expert after a dense layer), Llama 4 (chunked attention, a NoPE layer with its temperature,
-#: the weightless q/k norm, input-scaled experts on every other layer) and Gemma 4 (global layers
-#: of their own width with values from keys and proportional RoPE, layers reading an earlier
-#: layer's keys and values, per-layer embeddings, layer scalars, the MoE block beside the MLP).
+#: #56's families, as tiny tjx models saved in their Hugging Face layout: gpt-oss (attention
+#: sinks, a sliding layer, biased clamped-SwiGLU experts, yarn), GLM-4.5 (partial rotary, q/k
+#: norms, grouped sigmoid routing, a shared expert after a dense layer), Llama 4 (chunked
+#: attention, a NoPE layer with its temperature, the weightless q/k norm, input-scaled experts on
+#: every other layer), Gemma 4 (global layers of their own width with values from keys and
+#: proportional RoPE, layers reading an earlier layer's keys and values, per-layer embeddings,
+#: layer scalars, the MoE block beside the MLP), OLMo 3 (sliding layers on OLMo 2's post-norm
+#: block) and Qwen3-Next (delta layers, gated attention, MoE with a gated shared expert);
+#: Qwen3.5's layers are the hybrid's above.
 FAMILY_SIZES = dict(vocab_size=64, max_seq_len=64, d_model=64, num_layers=2, num_heads=4,
                     num_kv_heads=2, head_dim=16, mlp_dim=64)  # fmt: skip
 FAMILIES = {
@@ -269,16 +275,60 @@ FAMILIES = {
         experts_per_token=2, expert_mlp_dim=32, moe_beside_mlp=True, router_input_norm=True,
         router_expert_scale=True,
     ),
+    "olmo3": dict(
+        num_layers=4, norm_position="output", qk_norm=True, qk_norm_scope="projection",
+        sliding_window=16, window_pattern=("local",) * 3 + ("global",),
+    ),
+    "qwen3_next": dict(
+        num_layers=4, mixer_pattern=("delta",) * 3 + ("attention",), delta_key_heads=2,
+        delta_value_heads=4, delta_key_dim=16, delta_value_dim=16, attention_output_gate=True,
+        qk_norm=True, norm_plus_one=True, rope_fraction=0.25, num_experts=4, experts_per_token=2,
+        expert_mlp_dim=32, num_shared_experts=1, shared_expert_mlp_dim=64,
+        shared_expert_gate=True, moe_first_dense=1,
+    ),
 }  # fmt: skip
 FAMILY_RUN = ["model.kind=llama", "data.seq_len=64", "data.batch_size=8", "eval.batch_size=8"]
+#: The families' plans in one process (the trainer's own ``main`` per family, as ``python -m
+#: trainer`` runs it): one start of jax and its CUDA plugin instead of one per family.
+DRIVER = """
+import json, sys
+from trainer.cli import main
+for family, argv in json.loads(sys.argv[1]).items():
+    print(f"=== {family}", flush=True)
+    print(f"=== {family} exit {main(argv)}", flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def family_plans(envs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Each family's ``--plan h100 --init-from FOLDER`` (its JSON, its stdout and exit code)."""
+    tmp = tmp_path_factory.mktemp("family-plans")
+    argvs = {}
+    for family, fields in FAMILIES.items():
+        config = nn.LlamaConfig(**(FAMILY_SIZES | fields))
+        nn.save_hf(nn.build_model(config, rngs=nnx.Rngs(0)), tmp / family)
+        argvs[family] = ["--config", "tiny", "--plan", "h100", "--init-from", str(tmp / family),
+                         "--plan-json", str(tmp / f"{family}.json"),
+                         *(a for value in FAMILY_RUN for a in ("--set", value))]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps(argvs)], cwd=tmp,
+        env=plan_env(envs["cuda12"], tmp), capture_output=True, text=True, timeout=900,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    found = {}
+    for family in FAMILIES:
+        said = proc.stdout.split(f"=== {family}\n", 1)[1].split(f"=== {family} exit ", 1)
+        data = json.loads((tmp / f"{family}.json").read_text()) if said[1][0] == "0" else {}
+        found[family] = {**data, "stdout": said[0], "exit": int(said[1].split("\n", 1)[0])}
+    return found
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_each_new_family_plans_for_an_h100_from_its_folder(family, envs, tmp_path):
+def test_each_new_family_plans_for_an_h100_from_its_folder(family, family_plans):
     """``--plan h100 --init-from FOLDER`` compiles the checkpoint's own architecture (the
     planned model is the folder's: trainer's test_target_plan) for an H100, and it fits."""
-    config = nn.LlamaConfig(**(FAMILY_SIZES | FAMILIES[family]))
-    nn.save_hf(nn.build_model(config, rngs=nnx.Rngs(0)), tmp_path / "ck")
-    data = plan("tiny", "h100", "auto", envs["cuda12"], tmp_path, FAMILY_RUN, tmp_path / "ck")
+    data = family_plans[family]
+    assert data["exit"] == 0, data["stdout"]
     assert data["train"]["compiles"] and data["eval"]["compiles"] and data["memory"]["fits"]
     assert "an estimate" in data["stdout"] and data["estimate"]["seconds"] > 0

@@ -3,8 +3,8 @@
 Pallas flash attention (forward and backward), chunked cross-entropy, the gated delta rule
 (Gated DeltaNet's linear attention, chunked; across chunks XLA's scan or Pallas kernels), a
 plain-XLA reference and one ``attention`` entry point that runs XLA, cuDNN or Pallas: the kernel
-a name resolves to once, by evidence (`resolve_attention`, :mod:`tjx.kernels.choice`). ``flash_attention`` (and with it
-Pallas) is imported on first use.
+a name resolves to once, by evidence (`resolve_attention`, :mod:`tjx.kernels.choice`).
+``flash_attention`` (and with it Pallas) is imported on first use.
 """
 
 from typing import Any

@@ -23,7 +23,9 @@ from tjx.nn.family_config import (
     DECODER_ONLY,
     QK_NORM_SCOPES,
     check_layers,
+    check_mtp,
 )
+from tjx.nn.fp8 import check_fp8
 from tjx.nn.moe.config import ALL_MOE_FIELDS, NO_MOE, ROUTER_DTYPES, ROUTER_NAMES, check_moe
 from tjx.nn.precision import Precision, as_precision
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
@@ -872,63 +874,6 @@ def check_rope_fraction(config: Any, cls: str) -> None:
 def rotated_dims(config: Any) -> int:
     """The dims of each q/k head RoPE rotates: ``int(head_dim · rope_fraction)``."""
     return int(config.head_dim * config.rope_fraction)
-
-
-def check_fp8(config: Any, cls: str) -> None:
-    """``precision.matmul="fp8"`` only where every linear product can take it: a `Dense`
-    (attention and MLP projections, MLA's included). The MoE experts' einsums have no float8
-    path, and delayed scaling keeps one amax history per tensor, not per row (`tjx.nn.fp8`):
-    each is refused with one line naming it and the fix."""
-    p = config.precision
-    if not p.fp8:
-        return
-    if p.fp8_recipe == "delayed" and p.fp8_scaling != "tensorwise":
-        raise ValueError(
-            f"{cls}.precision.fp8_recipe='delayed' scales tensorwise only (an activation row's "
-            f"amax history would describe other tokens every step); got fp8_scaling="
-            f"{p.fp8_scaling!r}: use fp8_scaling='tensorwise' or fp8_recipe='current'"
-        )
-    if config.num_experts > 0:
-        raise ValueError(
-            f"{cls}.precision.matmul='fp8' cannot run the MoE experts' products (num_experts="
-            f"{config.num_experts}) in float8; use matmul='default' for a MoE model"
-        )
-    if p.fp8_lm_head:
-        check_fp8_lm_head(config, cls)
-
-
-def check_fp8_lm_head(config: Any, cls: str) -> None:
-    """``precision.fp8_lm_head`` only where the untied LM head's products are the chunked
-    XLA loss's (`tjx.nn.fp8.Fp8HeadProducts`): one line naming the fault and the fix."""
-    key = f"{cls}.precision.fp8_lm_head=True"
-    if "cross_entropy_impl" in type(config).unused_fields:
-        raise ValueError(f"{key}: {cls} has no vocabulary loss head; set fp8_lm_head=False")
-    if config.tie_embeddings:
-        raise ValueError(
-            f"{key}: the head is the token embedding table (tie_embeddings=True), which stays in "
-            "the compute dtype; set tie_embeddings=False or fp8_lm_head=False"
-        )
-    if config.cross_entropy_impl == "pallas":
-        raise ValueError(
-            f"{key}: the fused (pallas) cross-entropy has no float8 path; set "
-            "cross_entropy_impl='xla' (or 'auto') or fp8_lm_head=False"
-        )
-
-
-def check_mtp(config: Any, cls: str) -> None:
-    """``mtp_depths`` >= 0 and ``mtp_loss_weight`` >= 0 (:mod:`tjx.nn.mtp`)."""
-    positive(cls, "mtp_depths", config.mtp_depths, allow_zero=True)
-    if config.mtp_depths:  # an MTP module is one full-attention block (DeepSeek's, GLM-4.5's)
-        local = (("sliding_window", None), ("attention_chunk", None), ("mixer_pattern", None))
-        for name, off in (*local, ("position", "t5")):
-            value = getattr(config, name, None)
-            if (value is not None) if off is None else value == off:
-                raise ValueError(
-                    f"{cls}.mtp_depths: multi-token prediction is implemented for full-attention "
-                    f"decoders; got {name}={value!r} (set mtp_depths=0)"
-                )
-    if not config.mtp_loss_weight >= 0:
-        raise ValueError(f"{cls}.mtp_loss_weight must be >= 0; got {config.mtp_loss_weight!r}")
 
 
 def check_unused(config: Any, cls: str) -> None:

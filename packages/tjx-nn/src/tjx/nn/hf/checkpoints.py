@@ -99,7 +99,7 @@ from tjx.nn.hf.qwen3_5 import (
     qwen3_5_config_from_hf,
     qwen3_5_config_to_hf,
     qwen3_5_mapping,
-    skip_beside,
+    skip_modules,
     text_name,
 )
 from tjx.nn.hf.qwen3_next import (
@@ -230,7 +230,7 @@ def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[Deco
         else:
             qwen = qwen3_5_config_from_hf(text, **overrides)
             mapping = qwen3_5_mapping(qwen)
-        return qwen, Llama, replace(mapping, ignored=skip_beside(mapping.ignored, image_text))
+        return qwen, Llama, replace(mapping, ignored=skip_modules(mapping.ignored, image_text))
     if model_type == GLM4_MOE:
         glm = glm4_moe_config_from_hf(hf, **overrides)
         return glm, Llama, glm4_moe_mapping(glm, mtp=glm4_mtp_layers(hf))

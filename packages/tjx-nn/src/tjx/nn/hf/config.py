@@ -89,7 +89,7 @@ _ROPE_OTHER = frozenset({"type", "rope_type", "rope_theta", "partial_rotary_fact
 _LAYER_KINDS = {"sliding_attention": "local", "full_attention": "global"}
 
 
-def _rope(hf: Mapping[str, Any], max_len: int) -> tuple[float, RopeScaling | None]:
+def rope_from_hf(hf: Mapping[str, Any], max_len: int) -> tuple[float, RopeScaling | None]:
     """(rope_theta, scaling or None) from the legacy keys or v5's ``rope_parameters``.
 
     transformers' defaults are filled in where a config leaves them out: the pretraining length
@@ -210,7 +210,7 @@ def llama_fields(
             "(tjx puts biases on every projection or on none, or on q/k/v only as Qwen2)"
         )
     max_len = int(hf.get("max_position_embeddings", 2048))
-    theta, scaling = _rope(hf, max_len)
+    theta, scaling = rope_from_hf(hf, max_len)
     layers = int(hf["num_hidden_layers"])
     window, pattern = _window(hf, model_type, layers)
     heads = int(hf["num_attention_heads"])

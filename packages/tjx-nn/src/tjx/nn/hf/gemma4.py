@@ -46,7 +46,6 @@ line (`skip_towers`), and exports the text model.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -54,7 +53,6 @@ import numpy as np
 
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.family_config import layer_shape
-from tjx.nn.hf.config import HARMLESS
 from tjx.nn.hf.family_base import (
     base_fields,
     check_exportable,
@@ -66,6 +64,7 @@ from tjx.nn.hf.family_base import (
     windows,
 )
 from tjx.nn.hf.gemma import TANH_GELU
+from tjx.nn.hf.image_text import skip_beside, text_config
 from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.tables import Convert, Tables
 from tjx.nn.moe.config import expert_mlp_dim
@@ -533,43 +532,17 @@ def _moe_tensors(tables: Tables, c: LlamaConfig, pre: str, t: str) -> None:
 
 
 def gemma4_image_text_config(hf: Mapping[str, Any]) -> dict[str, Any]:
-    """The text model's ``config.json`` dict of a Gemma 4 image-text ``config.json`` (its
-    ``text_config``, tied as the image-text model ties: by its own ``tie_word_embeddings``).
-
-    Raises
-    ------
-    ValueError
-        No ``text_config``, or a key the image-text config does not have, named.
-    """
-    unknown = sorted(set(hf) - IMAGE_TEXT_KEYS - HARMLESS)
-    if unknown:
-        raise ValueError(
-            f"config.json key(s) {', '.join(unknown)} are not understood by tjx's {IMAGE_TEXT} "
-            "(image-text) import and could change the model"
-        )
-    text = hf.get("text_config")
-    if not isinstance(text, Mapping):
-        raise ValueError(f"config.json of model_type {IMAGE_TEXT!r} has no text_config")
-    tied = bool(hf.get("tie_word_embeddings", True))
-    return dict(text) | {"model_type": GEMMA4, "tie_word_embeddings": tied}
+    """The text model's ``config.json`` dict of a Gemma 4 image-text ``config.json``
+    (`tjx.nn.hf.image_text.text_config`; tied unless it says otherwise)."""
+    return text_config(hf, image_text=IMAGE_TEXT, text=GEMMA4, keys=IMAGE_TEXT_KEYS, tied=True)
 
 
 def skip_towers(base: Callable[[str], bool]) -> Callable[[str], bool]:
     """``base``'s ignored names, and the image-text model's vision and audio towers and their
     embedders (`TOWERS`), said in one line when a checkpoint holds them (transformers' causal LM
     does not read them either)."""
-    said: list[bool] = []
-
-    def ignored(name: str) -> bool:
-        if not name.startswith(TOWERS):
-            return base(name)
-        if not said:
-            said.append(True)
-            print(
-                "tjx: skipping the checkpoint's vision and audio towers (model.vision_tower.*, "
-                "model.audio_tower.*, model.embed_vision/embed_audio.*): tjx loads the text model",
-                file=sys.stderr,
-            )
-        return True
-
-    return ignored
+    what = (
+        "vision and audio towers (model.vision_tower.*, model.audio_tower.*, "
+        "model.embed_vision/embed_audio.*): tjx loads the text model"
+    )
+    return skip_beside(base, {TOWERS: what})

@@ -47,15 +47,15 @@ Llama 4 checkpoints) are read as their text model: the ``text_config``, the
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf.config import BASE_KEYS, HARMLESS, _rope
+from tjx.nn.hf.config import BASE_KEYS, HARMLESS, rope_from_hf
 from tjx.nn.hf.family_base import mismatches, refuse_mismatches, shortest_pattern
+from tjx.nn.hf.image_text import skip_beside, text_config
 from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.tables import Convert, Tables
 from tjx.nn.moe.config import expert_mlp_dim, moe_layers, shared_mlp_dim
@@ -218,7 +218,7 @@ def llama4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
         )
     layers, heads = int(get["num_hidden_layers"]), int(get["num_attention_heads"])
     max_len = int(get["max_position_embeddings"])
-    theta, scaling = _rope(_with_theta(hf), max_len)
+    theta, scaling = rope_from_hf(_with_theta(hf), max_len)
     if scaling is not None and scaling.type != "llama3":
         raise ValueError(
             f"config.json rope_scaling of type {scaling.type!r} is not supported for {LLAMA4} "
@@ -472,23 +472,15 @@ def llama4_text_config(hf: Mapping[str, Any]) -> dict[str, Any]:
         No ``text_config``, a key the image-text config does not have, or a text config tied
         otherwise than the image-text model, named.
     """
-    unknown = sorted(set(hf) - IMAGE_TEXT_KEYS - HARMLESS)
-    if unknown:
-        raise ValueError(
-            f"config.json key(s) {', '.join(unknown)} are not understood by tjx's {IMAGE_TEXT} "
-            "(image-text) import and could change the model"
-        )
-    text = hf.get("text_config")
-    if not isinstance(text, Mapping):
-        raise ValueError(f"config.json of model_type {IMAGE_TEXT!r} has no text_config")
-    tied = bool(hf.get("tie_word_embeddings", False))
-    if bool(text.get("tie_word_embeddings", tied)) != tied:
+    out = text_config(hf, image_text=IMAGE_TEXT, text=LLAMA4, keys=IMAGE_TEXT_KEYS, tied=False)
+    inner, tied = hf["text_config"], out["tie_word_embeddings"]
+    if bool(inner.get("tie_word_embeddings", tied)) != tied:
         raise ValueError(
             f"config.json tie_word_embeddings {tied} of the image-text model and "
-            f"{text['tie_word_embeddings']} of its text_config disagree; tjx cannot tell which "
+            f"{inner['tie_word_embeddings']} of its text_config disagree; tjx cannot tell which "
             "one transformers applies"
         )
-    return dict(text) | {"model_type": LLAMA4, "tie_word_embeddings": tied}
+    return out
 
 
 def text_name(stored: str) -> str:
@@ -500,18 +492,5 @@ def text_name(stored: str) -> str:
 def skip_vision(base: Callable[[str], bool]) -> Callable[[str], bool]:
     """``base``'s ignored names, and the vision tower's and projector's tensors, said in one line
     when the checkpoint holds them (transformers' text model does not read them either)."""
-    said: list[bool] = []
-
-    def ignored(name: str) -> bool:
-        if not name.startswith(VISION):
-            return base(name)
-        if not said:
-            said.append(True)
-            print(
-                "tjx: skipping the checkpoint's vision tower (vision_model.*, "
-                "multi_modal_projector.*): tjx loads the text model",
-                file=sys.stderr,
-            )
-        return True
-
-    return ignored
+    what = "vision tower (vision_model.*, multi_modal_projector.*): tjx loads the text model"
+    return skip_beside(base, {VISION: what})

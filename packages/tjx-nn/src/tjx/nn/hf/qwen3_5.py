@@ -25,21 +25,19 @@ RMSNorms ``x · (1 + w)``, w from   ``norm_plus_one`` (the q/k norms too; the de
 text: its three position rows are the same token index. The published checkpoints are the
 image-text model's (``model_type`` qwen3_5): its ``text_config`` and ``model.language_model.*``
 are this text model (`image_text_config`, `text_name`); its vision tower (``model.visual.*``) and
-the multi-token-prediction module (``mtp.*``) are skipped in one line each (`skip_beside`), as
+the multi-token-prediction module (``mtp.*``) are skipped in one line each (`skip_modules`), as
 transformers' causal LM drops them. Refused in one line naming the key:
 unknown keys, ``attention_bias`` true, another activation, a RoPE scaling.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf.config import HARMLESS
 from tjx.nn.hf.family_base import (
     base_fields,
     check_keys,
@@ -50,6 +48,7 @@ from tjx.nn.hf.family_base import (
     shortest_pattern,
 )
 from tjx.nn.hf.family_tensors import family_mapping
+from tjx.nn.hf.image_text import skip_beside, text_config
 from tjx.nn.hf.io import HFMapping, Read
 from tjx.nn.hf.tables import Tables
 
@@ -68,7 +67,7 @@ KEYS = frozenset(
         "linear_num_key_heads",
         "linear_num_value_heads",
         # Qwen's multi-token-prediction module beside the causal LM (``mtp.*``): transformers
-        # drops it on load, and so does tjx, in one line (`skip_beside`).
+        # drops it on load, and so does tjx, in one line (`skip_modules`).
         "mtp_num_hidden_layers",
         "mtp_use_dedicated_embeddings",
     }
@@ -145,25 +144,9 @@ def qwen3_5_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConf
 
 
 def image_text_config(hf: Mapping[str, Any]) -> dict[str, Any]:
-    """The text model's ``config.json`` dict of a Qwen3.5 image-text ``config.json`` (its
-    ``text_config``, tied as the image-text model ties: by its own ``tie_word_embeddings``).
-
-    Raises
-    ------
-    ValueError
-        No ``text_config``, or a key the image-text config does not have, named.
-    """
-    unknown = sorted(set(hf) - IMAGE_TEXT_KEYS - HARMLESS)
-    if unknown:
-        raise ValueError(
-            f"config.json key(s) {', '.join(unknown)} are not understood by tjx's {IMAGE_TEXT} "
-            "(image-text) import and could change the model"
-        )
-    text = hf.get("text_config")
-    if not isinstance(text, Mapping):
-        raise ValueError(f"config.json of model_type {IMAGE_TEXT!r} has no text_config")
-    tied = bool(hf.get("tie_word_embeddings", False))
-    return dict(text) | {"model_type": QWEN3_5, "tie_word_embeddings": tied}
+    """The text model's ``config.json`` dict of a Qwen3.5 image-text ``config.json``
+    (`tjx.nn.hf.image_text.text_config`; untied unless it says otherwise)."""
+    return text_config(hf, image_text=IMAGE_TEXT, text=QWEN3_5, keys=IMAGE_TEXT_KEYS, tied=False)
 
 
 def text_name(stored: str) -> str:
@@ -174,26 +157,15 @@ def text_name(stored: str) -> str:
     return stored
 
 
-def skip_beside(base: Callable[[str], bool], image_text: bool) -> Callable[[str], bool]:
+def skip_modules(base: Callable[[str], bool], image_text: bool) -> Callable[[str], bool]:
     """``base``'s ignored names, and the modules stored beside the causal LM that it does not
-    use, each said in one line when a checkpoint really holds it: the multi-token-prediction
-    module (``mtp.*``, ``mtp_num_hidden_layers``) and an image-text model's vision tower
-    (``model.visual.*``). transformers' causal LM drops both on load too."""
-    beside = {MTP: "multi-token-prediction module (mtp.*)"}
+    use, each said in one line when a checkpoint really holds it (`image_text.skip_beside`): the
+    multi-token-prediction module (``mtp.*``, ``mtp_num_hidden_layers``) and an image-text
+    model's vision tower (``model.visual.*``). transformers' causal LM drops both on load too."""
+    beside: dict[str | tuple[str, ...], str] = {MTP: "multi-token-prediction module (mtp.*)"}
     if image_text:
         beside[VISUAL] = "vision tower (model.visual.*): tjx loads the text model"
-    said: set[str] = set()
-
-    def ignored(name: str) -> bool:
-        prefix = next((p for p in beside if name.startswith(p)), None)
-        if prefix is None:
-            return base(name)
-        if prefix not in said:
-            said.add(prefix)
-            print(f"tjx: skipping the checkpoint's {beside[prefix]}", file=sys.stderr)
-        return True
-
-    return ignored
+    return skip_beside(base, beside)
 
 
 def hybrid_fields(

@@ -171,8 +171,9 @@ def plan_from_args(args: argparse.Namespace) -> int:
         # The native libraries' start-up chatter (the CUDA plugin, libtpu) stays off the terminal
         with quiet_native_stderr():
             resolved = load_config(args.config, sets)
-            if args.init_from is not None:  # the architecture the start fixes (#56)
-                resolved = init_from.start_config(resolved, args.init_from)
+        if args.init_from is not None:  # the architecture the start fixes (#56); its notes said
+            resolved = init_from.start_config(resolved, args.init_from)
+        with quiet_native_stderr():
             target = open_target(args.plan, parallel.abstract_devices)
             say = functools.partial(print, flush=True)
             result = plan(plan_vocab(resolved), target, args.plan, say)

@@ -93,6 +93,22 @@ LLAMA4_SWITCHES = (
     "nope_temperature_floor",
     "nope_temperature_scale",
 )
+#: Gemma 4's layer switches (a decoder's, above; ``check_layers``).
+GEMMA4_SWITCHES = (
+    "global_head_dim",
+    "global_kv_heads",
+    "global_values_from_keys",
+    "global_rope_proportion",
+    "value_norm",
+    "kv_shared_layers",
+    "kv_shared_mlp_dim",
+    "per_layer_input_dim",
+    "per_layer_vocab_size",
+    "layer_scale",
+    "moe_beside_mlp",
+    "router_input_norm",
+    "router_expert_scale",
+)
 #: Fields only decoders (GPT2, Llama) read: the other families refuse them (``unused_fields``).
 DECODER_ONLY: Mapping[str, str] = {
     name: "only decoders (gpt2, llama) implement it"
@@ -102,19 +118,7 @@ DECODER_ONLY: Mapping[str, str] = {
         "final_logit_softcap",
         "attention_sinks",
         *LLAMA4_SWITCHES,
-        "global_head_dim",
-        "global_kv_heads",
-        "global_values_from_keys",
-        "global_rope_proportion",
-        "value_norm",
-        "kv_shared_layers",
-        "kv_shared_mlp_dim",
-        "per_layer_input_dim",
-        "per_layer_vocab_size",
-        "layer_scale",
-        "moe_beside_mlp",
-        "router_input_norm",
-        "router_expert_scale",
+        *GEMMA4_SWITCHES,
     )
 } | {
     name: "only decoders (gpt2, llama) predict further tokens"

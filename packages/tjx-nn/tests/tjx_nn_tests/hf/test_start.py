@@ -34,6 +34,22 @@ def test_a_llama_family_checkpoint_refuses_the_fixed_settings_it_does_not_have()
     assert set(tnn.HF_LLAMA_FIXED) <= {f.name for f in dataclasses.fields(tnn.LlamaConfig)}
 
 
+def test_the_late_2026_families_fix_their_layers_and_mtp_depths():
+    """A Llama 4 start refuses another chunk or NoPE choice, a Qwen3.5 one another mixer
+    pattern, a DeepSeek-V3 one another count of MTP depths (#56's switches are fixed too)."""
+    llama4 = _llama(attention_chunk=4, window_pattern=("local", "global"), global_nope=True)
+    asked = {"attention_chunk": 8, "global_nope": True, "mtp_depths": 1}
+    assert tnn.hf_conflicts(asked, llama4) == {"attention_chunk": 8, "mtp_depths": 1}
+    hybrid = _llama(mixer_pattern=("delta", "attention"), delta_key_heads=2, delta_value_heads=4,
+                    delta_key_dim=4, delta_value_dim=4)  # fmt: skip
+    assert tnn.hf_conflicts({"mixer_pattern": ["attention"]}, hybrid) == {
+        "mixer_pattern": ["attention"]
+    }
+    gemma4 = _llama(sliding_window=4, window_pattern=("local", "global"), value_norm=True)
+    assert tnn.hf_conflicts({"value_norm": False, "layer_scale": True}, gemma4) == {
+        "value_norm": False, "layer_scale": True}  # fmt: skip
+
+
 def test_two_configs_clash_in_what_the_model_is_not_in_how_it_trains():
     ours = _llama(dropout=0.1, remat="full")
     assert tnn.config_clashes(ours, _llama(), vocab=True) == {}  # how it trains differs only

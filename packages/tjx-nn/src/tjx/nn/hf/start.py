@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.config_io import config_to_dict
-from tjx.nn.configs import GPT2Config, TransformerConfig
+from tjx.nn.configs import DELTA_SIZES, GPT2Config, TransformerConfig
+from tjx.nn.family_config import GEMMA4_SWITCHES, LLAMA4_SWITCHES
 from tjx.nn.hf.gpt2 import hf_gpt2_conflicts
 
 __all__ = ["HF_LLAMA_FIXED", "HOW_TO_TRAIN", "TRAINING_FIELDS", "config_clashes", "hf_conflicts"]
@@ -36,7 +37,8 @@ HOW_TO_TRAIN = (
 TRAINING_FIELDS = ("scan_layers", "remat", "attention_impl", "dropout", "decode_topk", "precision")
 
 #: ``LlamaConfig`` fields a checkpoint of the LLaMA family fixes: its shape, its windows and the
-#: switches of the families built on it (Qwen3, OLMo 2, Gemma), its MLA and its experts.
+#: switches of the families built on it (Qwen3, OLMo 2, Gemma, ..., Llama 4), its MLA, its experts
+#: and its delta layers.
 HF_LLAMA_FIXED = (
     "position",
     "attention_type",
@@ -64,20 +66,15 @@ HF_LLAMA_FIXED = (
     "attention_sinks",
     "router_logit_bias",
     "rope_fraction",
-    # Gemma 4's layers (``family_config``).
-    "global_head_dim",
-    "global_kv_heads",
-    "global_values_from_keys",
-    "global_rope_proportion",
-    "value_norm",
-    "kv_shared_layers",
-    "kv_shared_mlp_dim",
-    "per_layer_input_dim",
-    "per_layer_vocab_size",
-    "layer_scale",
-    "moe_beside_mlp",
-    "router_input_norm",
-    "router_expert_scale",
+    # Qwen3.5's and Qwen3-Next's delta layers and gated attention, Llama 4's and Gemma 4's
+    # layers (``family_config``), DeepSeek-V3's and GLM-4.5's multi-token prediction.
+    "mixer_pattern",
+    *DELTA_SIZES,
+    "attention_output_gate",
+    *LLAMA4_SWITCHES,
+    "router_scales_input",
+    *GEMMA4_SWITCHES,
+    "mtp_depths",
 )
 
 

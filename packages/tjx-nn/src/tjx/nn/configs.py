@@ -21,6 +21,7 @@ from tjx.kernels import CE_IMPLEMENTATIONS, IMPLEMENTATIONS
 from tjx.nn.family_config import (
     DECODER_NORM_POSITIONS,
     DECODER_ONLY,
+    GEMMA4_SWITCHES,
     QK_NORM_SCOPES,
     check_layers,
     check_mtp,
@@ -326,15 +327,21 @@ class TransformerConfig:
         check_mla(self, cls)
         if self.decode_topk is not None:
             positive(cls, "decode_topk", self.decode_topk)
-        check_mtp(self, cls)
-        check_family(self, cls)
-        check_layers(self, cls)
-        # The MoE checks take the MoE settings alone (and their class defaults).
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        # Multi-token prediction's, Gemma 4's and float8's rules live with them (family_config,
+        # fp8) and apply once one of their settings leaves its default (the defaults are valid):
+        # a config without them is read in this file alone.
+        if any(getattr(self, n) != defaults[n] for n in ("mtp_depths", "mtp_loss_weight")):
+            check_mtp(self, cls)
+        check_family(self, cls)
+        if any(getattr(self, n) != defaults[n] for n in GEMMA4_SWITCHES):
+            check_layers(self, cls)
+        # The MoE checks take the MoE settings alone (and their class defaults).
         moe = {name: getattr(self, name) for name in ALL_MOE_FIELDS}
         check_moe(moe, cls, num_layers=self.num_layers, defaults=defaults)
         check_unused(self, cls)
-        check_fp8(self, cls)
+        if self.precision.fp8:
+            check_fp8(self, cls)
 
     def layer_windows(self, num_layers: int | None = None) -> tuple[int | None, ...]:
         """Each layer's self-attention window (None: full attention), ``window_pattern``

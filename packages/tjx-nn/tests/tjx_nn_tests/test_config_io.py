@@ -85,6 +85,7 @@ def test_a_model_json_of_tjx_0_1_loads():
         "delta_key_dim": None,
         "delta_value_dim": None,
         "delta_conv_kernel": 4,
+        "delta_impl": "auto",
         # #56's multi-token prediction (DeepSeek-V3's MTP): none, and its loss weight.
         "mtp_depths": 0,
         "mtp_loss_weight": 0.3,

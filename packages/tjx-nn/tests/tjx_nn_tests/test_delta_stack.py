@@ -42,6 +42,8 @@ def _config(**kw):
         (dict(mixer_pattern=[]), "mixer_pattern must be a non-empty list"),
         (dict(mixer_pattern=["delta"], **{**DELTA, "delta_value_heads": 3}), "multiple of"),
         (dict(mixer_pattern=["delta"], **DELTA, delta_conv_kernel=0), "delta_conv_kernel"),
+        (dict(delta_impl="pallas"), "delta_impl: only delta layers read it"),
+        (dict(mixer_pattern=["delta"], **DELTA, delta_impl="triton"), "delta_impl"),
     ],
 )
 def test_bad_mixer_settings_are_refused_by_name(changes, message):
@@ -151,3 +153,24 @@ def test_a_scanned_hybrid_trains_as_the_unrolled_one_with_the_same_names():
     for name in grads[0]:
         np.testing.assert_allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6,
                                    err_msg=name)  # fmt: skip
+
+
+def test_delta_impl_reaches_the_rule_and_pallas_gives_the_scans_loss_and_gradients():
+    """``delta_impl`` is the delta layers' `gated_delta_rule(implementation=)`: the Pallas
+    kernels (interpreted on a CPU) give the XLA scan's loss and gradients (float32, 1e-5)."""
+    cfg = _config(num_layers=1)  # one delta layer: the interpreted kernels are slow
+    model = tnn.Llama(cfg.replace(delta_impl="xla"), rngs=nnx.Rngs(0))
+    pallas = tnn.Llama(cfg.replace(delta_impl="pallas"), rngs=nnx.Rngs(1))
+    assert {b.delta.implementation for b in pallas.stack.layers if b.delta} == {"pallas"}
+    tnn.set_flat_params(pallas, tnn.get_flat_params(model))
+    tokens = jax.random.randint(jax.random.key(int(np.random.default_rng().integers(99))), (1, 8),
+                                0, 50)  # fmt: skip
+    batch = {"inputs": tokens, "targets": jnp.roll(tokens, -1, axis=1)}
+    results = []
+    for m in (model, pallas):
+        value, grad = nnx.jit(nnx.value_and_grad(lambda m: tnn.objective_loss(m, batch).loss))(m)
+        nnx.update(m, grad)
+        results.append((value, tnn.get_flat_params(m)))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    for name, want in results[0][1].items():
+        np.testing.assert_allclose(results[1][1][name], want, rtol=1e-4, atol=1e-6, err_msg=name)

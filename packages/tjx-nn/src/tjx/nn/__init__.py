@@ -24,17 +24,15 @@ from tjx.nn.configs import (
     NORMS,
     POSITIONS,
     REMAT_POLICIES,
-    BertConfig,
-    EncoderDecoderConfig,
     GPT2Config,
     LlamaConfig,
     TransformerConfig,
-    ViTConfig,
 )
 from tjx.nn.decoder import GPT2, DecoderLM, Llama, head_cross_entropy
 from tjx.nn.decoder_stages import DecoderStages, decoder_stages, pipelined_loss_fn
 from tjx.nn.embeddings import Embed
 from tjx.nn.encdec import EncoderDecoder
+from tjx.nn.encoder_configs import BertConfig, EncoderDecoderConfig, ViTConfig
 from tjx.nn.flops import flops_per_token, flops_per_unit, matmul_param_count
 from tjx.nn.fp8 import Fp8Meta, advance_meta
 from tjx.nn.gated_deltanet import DeltaState, GatedDeltaNet

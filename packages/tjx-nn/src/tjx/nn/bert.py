@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tjx.nn.configs import BertConfig
 from tjx.nn.decoder import check_length
 from tjx.nn.embeddings import Embed, lookup_table
+from tjx.nn.encoder_configs import BertConfig
 from tjx.nn.linear import Dense, dropout, dropout_stream, split_key
 from tjx.nn.losses import mlm_mask
 from tjx.nn.mlp import activation

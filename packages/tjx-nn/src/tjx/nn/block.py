@@ -145,6 +145,7 @@ class Block(nnx.Module):
                 eps=c.norm_eps,
                 init_std=c.init_std,
                 precision=c.precision,
+                implementation=c.delta_impl,
             )
         else:
             self.delta = None

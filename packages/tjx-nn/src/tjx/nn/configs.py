@@ -1,8 +1,9 @@
-"""Typed, validated model configs (frozen dataclasses), one per model family.
+"""Typed, validated model configs (frozen dataclasses): ``TransformerConfig`` (the fields every
+family shares, and their checks) and the decoders' ``GPT2Config`` and ``LlamaConfig``; the models
+with an encoder (BERT, ViT, the encoder-decoder) are in :mod:`tjx.nn.encoder_configs`.
 
 Every bad value raises ``ValueError`` at construction naming the field and the allowed values.
-The decoder configs share ``TransformerConfig``'s fields; subclasses only change defaults and add
-model-specific fields.
+Subclasses only change defaults and add model-specific fields.
 """
 
 # `setting()` returns dataclasses.field objects (with the metadata apps read).
@@ -17,17 +18,16 @@ from typing import Any, ClassVar
 
 from tjx.core.config.values import choice, positive, rate
 from tjx.core.fields import setting
-from tjx.kernels import CE_IMPLEMENTATIONS, IMPLEMENTATIONS
+from tjx.kernels import CE_IMPLEMENTATIONS, GATED_DELTA_IMPLEMENTATIONS, IMPLEMENTATIONS
 from tjx.nn.family_config import (
     DECODER_NORM_POSITIONS,
-    DECODER_ONLY,
     GEMMA4_SWITCHES,
     QK_NORM_SCOPES,
     check_layers,
     check_mtp,
 )
 from tjx.nn.fp8 import check_fp8
-from tjx.nn.moe.config import ALL_MOE_FIELDS, NO_MOE, ROUTER_DTYPES, ROUTER_NAMES, check_moe
+from tjx.nn.moe.config import ALL_MOE_FIELDS, ROUTER_DTYPES, ROUTER_NAMES, check_moe
 from tjx.nn.precision import Precision, as_precision
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
@@ -49,6 +49,8 @@ LAYER_KINDS = ("local", "global")
 #: What each entry of ``mixer_pattern`` says about a layer: its token mixer, attention or Gated
 #: DeltaNet linear attention (:mod:`tjx.nn.gated_deltanet`, Qwen3-Next and Qwen3.5).
 MIXERS = ("attention", "delta")
+#: Who runs the gated delta rule across chunks (tjx.kernels' `gated_delta_auto` picks for auto).
+DELTA_IMPLS: tuple[str, ...] = GATED_DELTA_IMPLEMENTATIONS
 #: The Gated DeltaNet sizes: only a stack with delta layers reads them.
 DELTA_SIZES = ("delta_key_heads", "delta_value_heads", "delta_key_dim", "delta_value_dim")
 
@@ -236,6 +238,13 @@ class TransformerConfig:
     delta_key_dim: int | None = setting(None, help="delta layers: a query/key head's width")
     delta_value_dim: int | None = setting(None, help="delta layers: a value head's width")
     delta_conv_kernel: int = setting(4, help="delta layers: the causal convolution's taps")
+    delta_impl: str = setting(
+        "auto",
+        choices=DELTA_IMPLS,
+        resumable=True,
+        help="delta layers: who runs the rule across chunks: xla (a scan), pallas (kernels); "
+        "auto: pallas on Hopper GPUs (by the H100 estimate), else xla",
+    )
     # Gemma 4's layer switches (``family_config``: what they are; ``check_layers``: checks).
     global_head_dim: int | None = setting(
         None, help="head width of the layers without a window (Gemma 4); None: head_dim"
@@ -310,6 +319,7 @@ class TransformerConfig:
         choice(cls, "position", self.position, POSITIONS)
         choice(cls, "attention_impl", self.attention_impl, ATTENTION_IMPLS)
         choice(cls, "cross_entropy_impl", self.cross_entropy_impl, CE_IMPLS)
+        choice(cls, "delta_impl", self.delta_impl, DELTA_IMPLS)
         choice(cls, "remat", self.remat, REMAT_POLICIES)
         choice(cls, "attention_type", self.attention_type, ATTENTION_TYPES)
         rate(cls, "dropout", self.dropout)
@@ -412,123 +422,6 @@ class LlamaConfig(TransformerConfig):
             # LLaMA: 8/3·d rounded up to a multiple of 64 keeps SwiGLU params ≈ a 4·d MLP.
             object.__setattr__(self, "mlp_dim", ((8 * self.d_model // 3) + 63) // 64 * 64)
         super().__post_init__()
-
-
-@dataclass(frozen=True, kw_only=True)
-class BertConfig(TransformerConfig):
-    """BERT encoder: post-LN, exact GELU, learned positions + token types, MLM head."""
-
-    bidirectional: ClassVar[bool] = True
-    attention_layers: ClassVar[tuple[str, ...]] = ("bidirectional",)
-
-    vocab_size: int = 30522
-    max_seq_len: int = 512
-    type_vocab_size: int = setting(2, help="BERT: token types (segments A/B)")
-    norm_position: str = "post"
-    norm_eps: float = 1e-12
-    mlp_activation: str = "gelu_exact"
-    scaled_residual_init: bool = False
-    num_labels: int | None = setting(
-        None, help="BERT: classes of a sequence-classification head; None: none"
-    )
-    pad_id: int = setting(0, help="BERT: the padding token's id (not attended to)")
-    unused_fields: ClassVar[Mapping[str, str]] = {
-        "tie_embeddings": "BERT's MLM head always shares the token embedding",
-        "decode_topk": "only decoders decode (BERT does not)",
-        "cross_entropy_impl": "BERT's MLM head scores its masked tokens from their logits",
-        **DECODER_ONLY,
-        **NO_MOE,
-    }
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        # BERT always adds its learned position table; T5's bias is for models without one.
-        choice("BertConfig", "position", self.position, tuple(p for p in POSITIONS if p != "t5"))
-        positive("BertConfig", "type_vocab_size", self.type_vocab_size)
-        if self.num_labels is not None:
-            positive("BertConfig", "num_labels", self.num_labels)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ViTConfig(TransformerConfig):
-    """Vision Transformer on ``[b, h, w, c]`` images: patch embedding, class token, classifier."""
-
-    bidirectional: ClassVar[bool] = True
-    attention_layers: ClassVar[tuple[str, ...]] = ("bidirectional",)
-
-    vocab_size: int = 0
-    image_size: int = setting(224, help="ViT: the images' side in pixels")
-    patch_size: int = setting(16, help="ViT: a patch's side in pixels (divides image_size)")
-    num_channels: int = setting(3, help="ViT: colour channels of the images")
-    num_classes: int = setting(1000, help="ViT: classes of the head")
-    max_seq_len: int = 0
-    mlp_activation: str = "gelu_exact"
-    norm_eps: float = 1e-6
-    tie_embeddings: bool = False
-    scaled_residual_init: bool = False
-    unused_fields: ClassVar[Mapping[str, str]] = {
-        "vocab_size": "ViT reads images, not tokens",
-        "tie_embeddings": "ViT has no token embedding to tie its classifier to",
-        "decode_topk": "only decoders decode (ViT does not)",
-        "cross_entropy_impl": "ViT's head is a classifier, not a vocabulary",
-        **DECODER_ONLY,
-        **NO_MOE,
-    }
-
-    def __post_init__(self) -> None:
-        for name in ("image_size", "patch_size", "num_channels", "num_classes"):
-            positive("ViTConfig", name, getattr(self, name))
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"ViTConfig.patch_size: {self.patch_size} must divide ViTConfig.image_size "
-                f"({self.image_size})"
-            )
-        object.__setattr__(self, "max_seq_len", self.num_patches + 1)
-        super().__post_init__()
-        choice("ViTConfig", "position", self.position, ("learned", "sinusoidal"))
-
-    def layer_mixers(self, num_layers: int | None = None) -> tuple[str, ...]:
-        """Each layer's token mixer (``MIXERS``), ``mixer_pattern`` repeated over ``num_layers``
-        (default ``num_layers``) layers; every layer attends without one."""
-        n = self.num_layers if num_layers is None else num_layers
-        pattern = self.mixer_pattern or ("attention",)
-        return tuple(pattern[i % len(pattern)] for i in range(n))
-
-    def _check_vocab(self, cls: str) -> None:
-        positive(cls, "vocab_size", self.vocab_size, allow_zero=True)
-
-    @property
-    def num_patches(self) -> int:
-        """Number of patches per image."""
-        return (self.image_size // self.patch_size) ** 2
-
-
-@dataclass(frozen=True, kw_only=True)
-class EncoderDecoderConfig(TransformerConfig):
-    """Encoder-decoder (Vaswani/T5 style) with shared embeddings; layer counts per side."""
-
-    unused_fields: ClassVar[Mapping[str, str]] = {**DECODER_ONLY, **NO_MOE}
-
-    bidirectional: ClassVar[bool] = True
-    attention_layers: ClassVar[tuple[str, ...]] = ("bidirectional", "causal", "cross")
-
-    num_encoder_layers: int | None = setting(None, help="encoder blocks; None: num_layers")
-    num_decoder_layers: int | None = setting(None, help="decoder blocks; None: num_layers")
-    position: str = "sinusoidal"
-    scaled_residual_init: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("num_encoder_layers", "num_decoder_layers"):
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, self.num_layers)
-            positive("EncoderDecoderConfig", name, getattr(self, name))
-        choice(
-            "EncoderDecoderConfig",
-            "position",
-            self.position,
-            ("learned", "sinusoidal", "rope", "t5", "none"),
-        )
 
 
 # The checks of TransformerConfig (its __post_init__ calls them), each a ValueError naming
@@ -675,6 +568,11 @@ def check_mixers(config: Any, cls: str) -> None:
     if pattern is not None:
         set_pattern(config, cls, "mixer_pattern", MIXERS)
     if pattern is None or "delta" not in pattern:
+        if config.delta_impl != "auto":
+            raise ValueError(
+                f"{cls}.delta_impl: only delta layers read it, and mixer_pattern has none; set "
+                f"it to 'auto' (got {config.delta_impl!r})"
+            )
         for name in DELTA_SIZES:
             if getattr(config, name) is not None:
                 raise ValueError(

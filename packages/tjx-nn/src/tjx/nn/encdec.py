@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tjx.nn.configs import EncoderDecoderConfig
 from tjx.nn.decoder import check_length, head_logits, head_unembedding, output_head
 from tjx.nn.embeddings import Embed, add_positions, learned_positions, sinusoid_amplitude
+from tjx.nn.encoder_configs import EncoderDecoderConfig
 from tjx.nn.kv_cache import init_cache
 from tjx.nn.linear import dropout, dropout_stream, split_key
 from tjx.nn.norms import make_norm

@@ -51,7 +51,8 @@ built model (``nnx.state``), so the two cannot drift apart silently.
 
 from __future__ import annotations
 
-from tjx.nn.configs import BertConfig, EncoderDecoderConfig, TransformerConfig, ViTConfig
+from tjx.nn.configs import TransformerConfig
+from tjx.nn.encoder_configs import BertConfig, EncoderDecoderConfig, ViTConfig
 from tjx.nn.family_config import UNSCANNED, layer_shape
 from tjx.nn.moe.config import expert_mlp_dim, moe_layers, shared_mlp_dim
 

@@ -85,6 +85,7 @@ class GatedDeltaNet(nnx.Module):
         chunk_size: int = 64,
         init_std: float = 0.02,
         precision: Precision | None = None,
+        implementation: str = "auto",
     ) -> None:
         if num_v_heads % num_k_heads:
             raise ValueError(
@@ -99,6 +100,8 @@ class GatedDeltaNet(nnx.Module):
         self.key_dim, self.value_dim = num_k_heads * head_k_dim, num_v_heads * head_v_dim
         self.conv_dim = 2 * self.key_dim + self.value_dim
         self.conv_kernel, self.eps, self.chunk_size = conv_kernel, eps, chunk_size
+        # Who runs the rule across chunks (tjx.kernels' gated_delta_rule; a config's delta_impl).
+        self.implementation = implementation
 
         def dense(n_in: int, n_out: int, names: tuple[str, str]) -> Dense:
             return Dense((n_in,), (n_out,), names[:1], names[1:], rngs=rngs, use_bias=False,
@@ -202,7 +205,9 @@ class GatedDeltaNet(nnx.Module):
         if lengths is not None:
             real = (jnp.arange(s)[None, :] < lengths[:, None])[..., None]  # [b, s, 1]
             g, beta = jnp.where(real, g, 0.0), jnp.where(real, beta, 0.0)
-        o, final = gated_delta_rule(q, k, v, g, beta, chunk_size=self.chunk_size)
+        o, final = gated_delta_rule(
+            q, k, v, g, beta, chunk_size=self.chunk_size, implementation=self.implementation
+        )
         y = self._out(o, x)
         if not return_state:
             return y

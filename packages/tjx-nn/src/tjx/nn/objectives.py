@@ -37,9 +37,10 @@ from flax import nnx
 
 from tjx.kernels import CrossEntropyOutput
 from tjx.nn.bert import BERT
-from tjx.nn.configs import BertConfig, EncoderDecoderConfig, TransformerConfig, ViTConfig
+from tjx.nn.configs import TransformerConfig
 from tjx.nn.decoder import DecoderLM, head_cross_entropy
 from tjx.nn.encdec import EncoderDecoder, window_halves
+from tjx.nn.encoder_configs import BertConfig, EncoderDecoderConfig, ViTConfig
 from tjx.nn.losses import ObjectiveLoss, logits_cross_entropy
 from tjx.nn.moe.layer import MoEStats, router_penalty
 from tjx.nn.mtp import MTPLoss, mtp_loss

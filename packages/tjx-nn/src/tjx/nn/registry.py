@@ -6,16 +6,10 @@ from __future__ import annotations
 from flax import nnx
 
 from tjx.nn.bert import BERT
-from tjx.nn.configs import (
-    BertConfig,
-    EncoderDecoderConfig,
-    GPT2Config,
-    LlamaConfig,
-    TransformerConfig,
-    ViTConfig,
-)
+from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
 from tjx.nn.decoder import GPT2, DecoderLM, Llama
 from tjx.nn.encdec import EncoderDecoder
+from tjx.nn.encoder_configs import BertConfig, EncoderDecoderConfig, ViTConfig
 from tjx.nn.vit import ViT
 
 #: A model kind's name (what a config file says, ``kind: gpt2``) → its config class.

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 from einops import rearrange
 from flax import nnx
 
-from tjx.nn.configs import ViTConfig
 from tjx.nn.embeddings import add_positions, learned_positions
+from tjx.nn.encoder_configs import ViTConfig
 from tjx.nn.linear import Dense, dropout, dropout_stream, split_key
 from tjx.nn.norms import make_norm
 from tjx.nn.params import make_param, normal, zeros

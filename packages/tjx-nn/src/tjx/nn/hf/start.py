@@ -26,6 +26,7 @@ HOW_TO_TRAIN = (
     "attention_dropout",
     "attention_impl",
     "cross_entropy_impl",
+    "delta_impl",
     "remat",
     "decode_topk",
     "init_std",
@@ -34,7 +35,15 @@ HOW_TO_TRAIN = (
 
 #: The config fields a run decides when a Hugging Face checkpoint fixed the architecture (what an
 #: app hands ``load_hf`` as overrides): how to train it, not what it is.
-TRAINING_FIELDS = ("scan_layers", "remat", "attention_impl", "dropout", "decode_topk", "precision")
+TRAINING_FIELDS = (
+    "scan_layers",
+    "remat",
+    "attention_impl",
+    "delta_impl",
+    "dropout",
+    "decode_topk",
+    "precision",
+)
 
 #: ``LlamaConfig`` fields a checkpoint of the LLaMA family fixes: its shape, its windows and the
 #: switches of the families built on it (Qwen3, OLMo 2, Gemma, ..., Llama 4), its MLA, its experts

@@ -54,7 +54,12 @@ import numpy as np
 
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf.config import BASE_KEYS, HARMLESS, rope_from_hf
-from tjx.nn.hf.family_base import mismatches, refuse_mismatches, shortest_pattern
+from tjx.nn.hf.family_base import (
+    LLAMA_SWITCHES,
+    mismatches,
+    refuse_mismatches,
+    shortest_pattern,
+)
 from tjx.nn.hf.image_text import skip_beside, text_config
 from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.tables import Convert, Tables
@@ -126,20 +131,12 @@ DEFAULTS: dict[str, Any] = dict(
 LLAMA4_THETA = 500000.0
 #: What a config must have to be written as Llama 4 (beside its MoE layers' `MOE_NEEDS`).
 NEEDS: dict[str, Any] = dict(
+    LLAMA_SWITCHES,  # Llama's own block (its q/k norm is Llama 4's weightless one, not this)
     attention_type="mha",
     position="rope",
     norm="rmsnorm",
-    norm_position="pre",
-    mlp_activation="swiglu",
     use_bias=False,
     qkv_bias=False,
-    qk_norm=False,
-    norm_plus_one=False,
-    scale_embeddings=False,
-    query_pre_attn_scalar=None,
-    attn_logit_softcap=None,
-    final_logit_softcap=None,
-    rope_local_theta=None,
     rope_fraction=1.0,
     attention_sinks=False,
     attention_output_gate=False,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import re
 import signal
@@ -215,10 +216,14 @@ def test_a_lease_refuses_a_second_holder_and_is_deleted_when_released(store_url:
 
 
 def test_heartbeats_keep_a_lease_and_a_stale_one_is_taken_over(store_url: str) -> None:
-    live = RunLock(store_url, timeout_s=2.5, heartbeat_s=0.3).acquire()
-    time.sleep(3.5)  # past the timeout: only the heartbeats keep it
-    with pytest.raises(RunLockedError):
-        RunLock(store_url, timeout_s=2.5).acquire()
+    live = RunLock(store_url, heartbeat_s=0.2).acquire()
+    lease = f"{store_url}/{LEASE_DIR}/0000000001.json"
+    seen: set[str] = set()  # the heartbeat times (whole seconds) the lease held
+    deadline = time.monotonic() + 30
+    while len(seen - {""}) < 2 and time.monotonic() < deadline:
+        seen.add(json.loads(objects.read_bytes(lease)).get("heartbeat", ""))
+        time.sleep(0.1)
+    assert len(seen - {""}) >= 2, seen  # rewritten, again and again, by the holder's thread
     live.release()
     # A holder that stopped (killed, or stalled: no heartbeat) is taken over after the timeout.
     lost: list[str] = []
@@ -254,8 +259,11 @@ def test_two_takers_of_a_stale_lease_one_wins(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stalled = RunLock(store_url, heartbeat_s=3600).acquire()
-    time.sleep(2.2)  # stale after 1 s; the rival's new lease is not (moto's times: whole seconds)
-    first = RunLock(store_url, timeout_s=1)
+    # Lease 1 an hour old, any newer one fresh: the store's clock is not what is tested here.
+    real_age = objects.age_s
+    monkeypatch.setattr(
+        run_lock.objects, "age_s", lambda path: 3600.0 if "/0000000001." in path else 0.0
+    )
     real = objects.create_whole
     # The other taker's "create only if absent" lands first, between our look and our create.
     raced: list[str] = []
@@ -268,8 +276,9 @@ def test_two_takers_of_a_stale_lease_one_wins(
 
     monkeypatch.setattr(run_lock.objects, "create_whole", create_after_another)
     with pytest.raises(RunLockedError, match="in use by another rival"):
-        first.acquire()
+        RunLock(store_url).acquire()
     assert raced == [f"{store_url}/{LEASE_DIR}/0000000002.json"]
     monkeypatch.setattr(run_lock.objects, "create_whole", real)
+    monkeypatch.setattr(run_lock.objects, "age_s", real_age)
     stalled.release()
     storage.filesystem(store_url).rm(f"{store_url}/{LEASE_DIR}", recursive=True)

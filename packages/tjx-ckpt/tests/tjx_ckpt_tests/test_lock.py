@@ -243,6 +243,37 @@ def test_heartbeats_keep_a_lease_and_a_stale_one_is_taken_over(store_url: str) -
     assert _leases(store_url) == []
 
 
+def test_a_lease_whose_holder_died_on_this_machine_is_taken_over_at_once(store_url: str) -> None:
+    # kill -9 on this machine: its pid is gone here, so its lease need not wait for the timeout.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(os.path.abspath(p or ".") for p in sys.path)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, store_url], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "locked\n"
+        with pytest.raises(RunLockedError, match=re.escape(_holder_words(child.pid))):
+            check_unlocked(store_url)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()  # reaped: no process has its pid now
+    check_unlocked(store_url)
+    with RunLock(store_url):
+        assert _leases(store_url) == ["0000000002.json"]
+
+
+def test_only_a_holder_on_this_machine_and_pid_namespace_is_known_dead() -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    here = {"host": HOST, "pid": gone.pid, **run_lock._machine()}
+    assert run_lock._dead(here)
+    assert not run_lock._dead({**here, "pid": os.getpid()})  # this process: alive
+    assert not run_lock._dead({**here, "pid": 1})  # init: alive
+    assert not run_lock._dead({**here, "boot_id": "another-boot"})  # another machine
+    assert not run_lock._dead({**here, "pid_ns": "1"})  # another container
+    assert not run_lock._dead({**here, "host": "elsewhere"})
+    assert not run_lock._dead({"host": HOST, "pid": gone.pid})  # written where it cannot tell
+
+
 def test_a_holder_whose_lease_vanished_says_so_once_and_gives_it_up(store_url: str) -> None:
     lost: list[str] = []
     lock = RunLock(store_url, heartbeat_s=0.2, on_lost=lost.append).acquire()

@@ -16,7 +16,10 @@ local disk     ``flock(2)`` on ``RUN/.tjx-lock``, which  the kernel releases it 
 ``s3://``      created only if absent (GCS               `LEASE_TIMEOUT_S` old (by the store's
                ``ifGenerationMatch=0``, S3               clock against the taker's) the next
                ``If-None-Match: *``), rewritten every    process creates lease ``N+1`` (again
-               `HEARTBEAT_S` by a thread of its holder   only if absent) and removes the old one
+               `HEARTBEAT_S` by a thread of its holder   only if absent) and removes the old one;
+                                                         at once if the taker runs on the same
+                                                         machine and pid namespace and finds no
+                                                         process with the holder's pid
 =============  ========================================  ========================================
 
 Why these: a local file system gives advisory locks that die with their process, so a crashed
@@ -238,6 +241,7 @@ class RunLock:
             "pid": os.getpid(),
             "since": self.since,
             "token": self.token,
+            **_machine(),
             **extra,
         }
         return json.dumps(record, indent=1, sort_keys=True).encode("utf-8")
@@ -372,10 +376,10 @@ class RunLock:
                 latest = epochs[-1] if epochs else 0
                 if latest:
                     try:
-                        holder, age = _lease_holder(self._lease(latest))
+                        holder, age, dead = _lease_holder(self._lease(latest))
                     except FileNotFoundError:
                         continue  # released (or taken over) meanwhile: look again
-                    if age < self.timeout_s:
+                    if age < self.timeout_s and not dead:
                         raise RunLockedError(self.path, holder, age_s=age, timeout_s=self.timeout_s)
                 try:
                     objects.create_whole(self._lease(latest + 1), self._record())
@@ -387,7 +391,7 @@ class RunLock:
                         storage.filesystem(url).rm_file(self._lease(old))
                 break
             else:  # every number taken by another process first: it holds the lock now
-                holder, age = _lease_holder(self._lease(_lease_epochs(self.path)[-1]))
+                holder, age, _ = _lease_holder(self._lease(_lease_epochs(self.path)[-1]))
                 raise RunLockedError(self.path, holder, age_s=age, timeout_s=self.timeout_s)
         except (RunLockedError, StorageError):
             raise
@@ -465,11 +469,49 @@ def _lease_epochs(path: StoragePath) -> list[int]:
     return sorted(int(s) for s in stems if s.isdigit())
 
 
-def _lease_holder(lease: str) -> tuple[LockHolder | None, float]:
-    """A lease's holder (None: its record names none) and the seconds since its last heartbeat
-    (``FileNotFoundError`` when it is gone)."""
+def _machine() -> dict[str, str]:
+    """What tells this machine and pid namespace apart from any other (Linux: the boot's id and
+    the pid namespace's inode; elsewhere nothing): a lease's holder is known dead at once only
+    where its pid means the same process as here."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return {"boot_id": boot, "pid_ns": str(os.stat("/proc/self/ns/pid").st_ino)}
+    except OSError:
+        return {}
+
+
+def _dead(record: dict[str, object]) -> bool:
+    """Whether the process holding a lease is known gone: it ran on this machine, in this pid
+    namespace (`_machine`, and the host's name), and no process has its pid now. Anything else
+    (another machine, a container of its own, a pid reused since: alive) waits for the timeout."""
+    here = _machine()
+    if not here or record.get("host") != socket.gethostname():
+        return False
+    if any(record.get(key) != value for key, value in here.items()):
+        return False
+    pid = record.get("pid")
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: it exists, another user's
+        return False
+    return False
+
+
+def _lease_holder(lease: str) -> tuple[LockHolder | None, float, bool]:
+    """A lease's holder (None: its record names none), the seconds since its last heartbeat, and
+    whether its process is known dead (`_dead`); ``FileNotFoundError`` when it is gone."""
     age = objects.age_s(lease)
-    return LockHolder.from_record(objects.read_bytes(lease)), age
+    raw = objects.read_bytes(lease)
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        record = None
+    dead = isinstance(record, dict) and _dead(record)
+    return LockHolder.from_record(raw), age, dead
 
 
 def check_unlocked(path: StoragePath | str, *, timeout_s: float = LEASE_TIMEOUT_S) -> None:
@@ -494,14 +536,14 @@ def check_unlocked(path: StoragePath | str, *, timeout_s: float = LEASE_TIMEOUT_
                 return
             lease = f"{os.fspath(path).rstrip('/')}/{LEASE_DIR}/{epochs[-1]:010d}.json"
             try:
-                holder, age = _lease_holder(lease)
+                holder, age, dead = _lease_holder(lease)
             except FileNotFoundError:
                 return  # released meanwhile
         except StorageError:
             raise
         except Exception as err:
             raise storage.storage_error(os.fspath(path), err, "read the lock of") from None
-        if age < timeout_s:
+        if age < timeout_s and not dead:
             raise RunLockedError(path, holder, age_s=age, timeout_s=timeout_s)
         return
     file = Path(path) / LOCK_FILE

@@ -324,6 +324,9 @@ def test_a_second_trainer_in_a_live_run_dir_exits_2_and_changes_nothing(tmp_path
             call_app(T, argv, tmp_path),  # a fresh start: the same check, in this process
         ]
         assert _snapshot(tmp_path) == before
+        # Reading needs no lock: the evaluator scores the run the trainer holds.
+        evaluated = call_app(E, EVAL, tmp_path)
+        assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     finally:
         first.kill()  # SIGKILL, which a stopped process takes too
         first.wait()

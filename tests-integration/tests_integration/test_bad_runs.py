@@ -5,7 +5,8 @@ whose config changes what the checkpoints hold (model, optimizer state, data str
 ``config.yaml`` or ``model.json``, unreadable checkpoints, evaluator flags that do not fit the run.
 Every file of the copy is hashed (and its modification time taken) before and after. The cases
 call the app's ``main`` in this process (`call_app`) but for ``AS_PROCESSES``, which run as
-``python -m APP`` (the exit status a shell sees).
+``python -m APP`` (the exit status a shell sees). A second trainer in a run directory another one
+is training in is refused the same way (`test_a_second_trainer_in_a_live_run_dir_...`).
 """
 
 from __future__ import annotations
@@ -13,12 +14,18 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests_integration._helpers_apps import SMALL, call_app, run_app, trained_small_run
+from tests_integration._helpers_apps import SMALL, app_env, call_app, run_app, trained_small_run
 from tests_integration._helpers_unwritable import make_unwritable, writable_again
+from tjx.ckpt import RunFolder
 
 T = "trainer"
 E = "eval"
@@ -288,3 +295,58 @@ def test_a_corrupt_newest_checkpoint_is_one_warning_line(
     assert lines[0].endswith("; using step 15"), lines[0]
     assert re.search(rf"\): reading array [\w/]+ \(.+ failed: {said} \(", lines[0]), lines[0]
     assert not re.search(r"bound method|pybind11|TensorStore", lines[0]), lines[0]
+
+
+def test_a_second_trainer_in_a_live_run_dir_exits_2_and_changes_nothing(tmp_path):
+    # The first trainer runs long; once it has saved a step it is paused (SIGSTOP: its lock and
+    # its files stay as they are) while a second trainer tries the run directory, fresh and as
+    # a --resume. Then the first is killed with SIGKILL: its lock dies with it, --resume goes on.
+    argv = resume_with("train.steps=100000", "train.checkpoint_every=2", flags=())
+    first = subprocess.Popen(
+        [sys.executable, "-m", T, *argv],
+        cwd=tmp_path,
+        env=app_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run = tmp_path / "r"
+    try:
+        deadline = time.monotonic() + 300
+        while not (run / "checkpoints" / "2").is_dir():  # committed: the rename made it appear
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.2)
+        first.send_signal(signal.SIGSTOP)
+        before = _snapshot(tmp_path)
+        refused = [
+            # A resume, as a real process (before the lock it restored and trained: a timeout).
+            run_app(T, [*argv, "--resume"], tmp_path, timeout=180),
+            call_app(T, argv, tmp_path),  # a fresh start: the same check, in this process
+        ]
+        assert _snapshot(tmp_path) == before
+        # Reading needs no lock: the evaluator scores the run the trainer holds.
+        evaluated = call_app(E, EVAL, tmp_path)
+        assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    finally:
+        first.kill()  # SIGKILL, which a stopped process takes too
+        first.wait()
+    for proc in refused:
+        assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
+        errors = [line for line in proc.stderr.splitlines() if line]
+        assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert errors[0].startswith(
+            f"trainer: error: --run-dir: 'r' is in use by another trainer (pid {first.pid} on "
+            f"host {socket.gethostname()} since "
+        ), errors[0]
+        assert errors[0].endswith(" UTC); wait for it to end or choose another --run-dir")
+    latest = RunFolder(run).latest_step()
+    assert latest is not None and latest >= 2
+    # The killed trainer's lock file is still there (naming it); the kernel released its flock.
+    assert f'"pid": {first.pid}' in (run / ".tjx-lock").read_text()
+    steps = f"train.steps={latest + 2}"  # a training setting a resume may change
+    proc = run_app(T, resume_with("train.checkpoint_every=2", steps), tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (
+        f"resumed from step {latest}" in proc.stdout and f"done: {latest + 2} steps" in proc.stdout
+    )
+    assert not (run / ".tjx-lock").exists()  # released at the end

@@ -99,4 +99,5 @@ def _peer_lost(run_dir: Path, message: str) -> None:
     if unfinished is not None:
         then = f"the save of step {unfinished} did not finish; {then}"
     error_exit(f"{message}; {then}", code=1)
+    ckpt.release_held_locks()  # os._exit runs no `with`: a restart must find the run dir free
     parallel.exit_now(1)  # the main thread may be stuck in a collective with the dead peer

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tjx import parallel
-from tjx.ckpt import last_checkpoint_words
+from tjx.ckpt import last_checkpoint_words, release_held_locks
 from tjx.parallel.arguments import DistributedArgs
 from tjx.parallel.preemption import write_stderr
 from trainer.config import Config
@@ -62,6 +62,7 @@ def error_exit(message: str, code: int = 2) -> int:
 def interrupted_exit(run_dir: Path) -> int:
     """Print the one line for a run stopped at once; returns the exit status (130)."""
     last = last_checkpoint_words(run_dir, "continue with --resume")
+    release_held_locks()  # os._exit follows: the next --resume must find the run directory free
     write_stderr(error_line(f"interrupted: stopped at once; {last}"))
     return INTERRUPTED
 

@@ -1,12 +1,15 @@
-"""A run's start-up, from a validated plan: join the other processes, prepare everything that can
-fail on bad input (data, attention kernel, memory fit, model, optimizer, mesh) before anything is
-written, write the run directory, then hand over to the step loop (trainer/training.py)."""
+"""A run's start-up, from a validated plan: join the other processes, lock the run directory,
+prepare everything that can fail on bad input (data, attention kernel, memory fit, model,
+optimizer, mesh) before anything is written, write the run directory, then hand over to the step
+loop (trainer/training.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
+from pathlib import Path
 
 import jax
 import yaml  # type: ignore[import-untyped]
@@ -20,11 +23,13 @@ import trainer.state as state
 import trainer.target_plan as target_plan
 import trainer.training as training
 from tjx import kernels, parallel
+from tjx.ckpt import NotCreatableError, RunLockedError
 from trainer import init_from
 from trainer.config import Config, resolve, step_config
 from trainer.grpo_settings import is_grpo, prompt_section
 from trainer.job.device_notes import device_notes
 from trainer.job.folder import RunDir
+from trainer.job.start import in_use
 from trainer.plan import RunPlan, error_exit
 from trainer.schema import ConfigError
 from trainer.xla_flags import apply_gpu_autotune
@@ -61,9 +66,44 @@ def run(plan: RunPlan) -> int:
         print(
             f"multi-host: process {info.process_id} of {info.num_processes} ({where})", flush=True
         )
-    # A peer that dies ends this process within seconds, in one line (multihost.watch).
-    with multihost.watch(plan.run_dir):
+    try:
+        lock = _lock(plan.run_dir)
+    except ConfigError as err:
+        return error_exit(str(err))
+    # A peer that dies ends this process within seconds, in one line (multihost.watch). The
+    # lock is released however the run ends (os._exit's ways: tjx.ckpt.release_held_locks).
+    with lock, multihost.watch(plan.run_dir):
         return _prepare_and_train(plan)
+
+
+def _warn(message: str) -> None:
+    print(f"trainer: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _lock(run_dir: Path) -> contextlib.AbstractContextManager[object]:
+    """The run directory's lock (tjx.ckpt.lock), taken before anything there is written, or
+    `ConfigError`: another trainer holds it. Process 0 takes it (the other processes of this
+    run write there too, and must not be refused); in a multi-host run every process learns its
+    answer (a collective), so that all stop alike."""
+    lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+    refused = ""
+    if parallel.is_primary():
+        run_lock = RunDir(run_dir).lock(on_lost=_warn)
+        try:
+            lock = run_lock.acquire()
+        except RunLockedError as err:  # one that started since the command line's check
+            refused = str(in_use(err))
+        except NotCreatableError as err:
+            refused = f"--run-dir: {err}"
+        if run_lock.note:  # a file system without locks: the run goes on, said once
+            _warn(run_lock.note)
+    if jax.process_count() > 1:
+        answer = parallel.process_values({"trainer:run_lock": int(not refused)})
+        if not answer["trainer:run_lock"][0] and not refused:
+            refused = f"--run-dir: process 0 could not lock {str(run_dir)!r} (its line says why)"
+    if refused:
+        raise ConfigError(refused)
+    return lock
 
 
 def _prepare_and_train(plan: RunPlan) -> int:

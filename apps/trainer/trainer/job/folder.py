@@ -16,7 +16,9 @@
 ``gs://`` / ``s3://`` URL; every file written whole or not at all; JSON standard, a NaN as
 ``null`` named in a ``"nonfinite"`` entry): the trainer writes these files, the evaluator and the
 experiments read them (the evaluator by their names, through `RunFolder`). `RunDir.check_start`
-says whether a run may start fresh or resume there before anything is written.
+says whether a run may start fresh or resume there before anything is written; `RunDir.lock` is
+the one-writer lock a trainer holds while it runs (tjx.ckpt's `RunLock`: ``.tjx-lock`` on a disk,
+``.tjx-lease/`` in object storage; readers take none).
 
 Standard library, PyYAML and tjx.ckpt's storage only: the command line reads and checks its run
 directory before it pays for jax, and after a Ctrl-C cut that import short.
@@ -24,13 +26,21 @@ directory before it pays for jax, and after a Ctrl-C cut that import short.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import yaml  # type: ignore[import-untyped]
 
-from tjx.ckpt import CheckpointError, RunFileNotFoundError, RunFolder, check_can_create, storage
+from tjx.ckpt import (
+    CheckpointError,
+    RunFileNotFoundError,
+    RunFolder,
+    RunLock,
+    check_can_create,
+    check_unlocked,
+    storage,
+)
 from tjx.ckpt.folder import write_if_changed
 from tjx.ckpt.storage import StoragePath
 from trainer.deferred import digest
@@ -226,18 +236,29 @@ class RunDir(RunFolder):
     def check_start(self, *, resume: bool) -> None:
         """Raise unless the run may start here: fresh (``resume=False``) or resumed.
 
-        The directory must exist or be creatable (`check_can_create`). A fresh run needs a
-        directory without step folders, committed or not (`has_checkpoints`: never train over
-        an old run); a resumed one needs at least one (which step restores is the
-        `CheckpointManager`'s to say). Nothing is written.
+        The directory must exist or be creatable (`check_can_create`), and no live trainer may
+        hold it (`tjx.ckpt.lock.check_unlocked`: said before its checkpoints, the real reason
+        a second trainer cannot start there). A fresh run needs a directory without step
+        folders, committed or not (`has_checkpoints`: never train over an old run); a resumed
+        one needs at least one (which step restores is the `CheckpointManager`'s to say).
+        Nothing is written.
 
         Raises
         ------
         NotCreatableError
             The directory is a file, or cannot be made.
+        RunLockedError
+            Another trainer runs there (`lock` would be refused).
         RunStartError
             ``.resume`` says which: a resume without a checkpoint, or a fresh start over some.
         """
         check_can_create(self.path)
+        check_unlocked(self.path)
         if resume != self.has_checkpoints():
             raise RunStartError(self.path, resume=resume)
+
+    def lock(self, on_lost: Callable[[str], None] | None = None) -> RunLock:
+        """The lock a trainer takes before it writes anything here (not taken yet: `acquire`
+        it, or use it as a context manager); ``on_lost``: the line when a lease in object
+        storage was taken over (`tjx.ckpt.lock.RunLock`)."""
+        return RunLock(self.path, owner="trainer", on_lost=on_lost)

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tjx.ckpt import NotCreatableError, RunFileError, RunFileNotFoundError
+from tjx.ckpt import NotCreatableError, RunFileError, RunFileNotFoundError, RunLockedError
 from tjx.ckpt.storage import StoragePath
 from tjx.core.config.values import ConfigError, keyed
 from trainer.job.folder import RunDir, RunStartError
 from trainer.seams import ConfigData
 
-__all__ = ["resumed_config", "start_location"]
+__all__ = ["in_use", "resumed_config", "start_location"]
+
+
+def in_use(err: RunLockedError | str, flag: str = "--run-dir") -> ConfigError:
+    """The one line for a run directory another trainer holds (``err``: who, as
+    `tjx.ckpt.lock.RunLockedError` says it), and what to do."""
+    return ConfigError(f"{flag}: {err}; wait for it to end or choose another {flag}")
 
 
 def start_location(
@@ -41,13 +47,16 @@ def start_location(
     ------
     ConfigError
         ``FLAG: ...`` for a URL of another scheme or a folder that cannot be made
-        (`NotCreatableError`); ``RESUME_FLAG: no checkpoint in ...`` for a resume with nothing
-        to resume; ``FLAG: ... already holds checkpoints`` for a fresh start over an old run.
+        (`NotCreatableError`); ``FLAG: ... is in use by another trainer (...)`` while one runs
+        there (`in_use`); ``RESUME_FLAG: no checkpoint in ...`` for a resume with nothing to
+        resume; ``FLAG: ... already holds checkpoints`` for a fresh start over an old run.
     """
     try:
         with keyed(flag, NotCreatableError):
             path = RunDir(text).path if "://" in text else Path(text).expanduser()
             RunDir(path).check_start(resume=resume)
+    except RunLockedError as err:
+        raise in_use(err, flag) from None
     except RunStartError as err:
         if err.resume:
             raise ConfigError(f"{resume_flag}: {err}; train without {resume_flag} first") from None

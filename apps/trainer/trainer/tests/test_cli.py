@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import sys
 
 import pytest
@@ -296,3 +297,48 @@ def test_ctrl_c_before_the_loop_is_one_line(in_tmp, capfd, monkeypatch):
     assert main(["--config", "tiny", "--run-dir", "r"]) == 130
     err = capfd.readouterr().err
     assert err.strip() == "trainer: error: interrupted: stopped at once; no checkpoint was saved"
+
+
+def _files(root):
+    """Every file under ``root``: relative path → (bytes, modification time in ns)."""
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_a_run_dir_another_trainer_holds_is_one_line_and_changes_nothing(in_tmp, capsys):
+    # Said before "already holds checkpoints" (a --resume would be refused too) and before the
+    # saved config is compared: what is really in the way. Nothing written, no folder made.
+    (in_tmp / "r" / "checkpoints" / "10").mkdir(parents=True)
+    RunDir(in_tmp / "r").create(_plan("--config", "tiny", "--run-dir", "x").config.to_dict())
+    with RunDir(in_tmp / "r").lock():
+        before = _files(in_tmp)
+        for extra in ([], ["--resume"], ["--resume", "--set", "model.d_model=32"]):
+            assert main(["--config", "tiny", "--run-dir", "r", *extra]) == 2
+            err = capsys.readouterr().err.splitlines()
+            assert len(err) == 1, err
+            assert err[0].startswith(
+                f"trainer: error: --run-dir: 'r' is in use by another trainer (pid {os.getpid()} "
+                f"on host {socket.gethostname()} since "
+            ), err[0]
+            assert err[0].endswith(" UTC); wait for it to end or choose another --run-dir")
+        assert _files(in_tmp) == before
+    assert main(["--config", "tiny", "--run-dir", "r"]) == 2  # released: the usual reason again
+    assert "already holds checkpoints" in capsys.readouterr().err
+
+
+def test_a_trainer_that_loses_the_race_for_the_lock_writes_nothing(in_tmp, capsys):
+    # Planned while the folder was free; another trainer took it before this one's start: the
+    # lock, taken before anything is written, refuses it in the same line.
+    from trainer import startup
+
+    plan = _plan("--config", "tiny", "--run-dir", "r")
+    with RunDir(in_tmp / "r").lock():
+        before = _files(in_tmp)
+        assert startup.run(plan) == 2
+        assert _files(in_tmp) == before
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--run-dir: 'r' is in use by another trainer (pid" in err[0], err
+    assert not (in_tmp / "r").exists()  # the holder's lock made it; nothing else was written

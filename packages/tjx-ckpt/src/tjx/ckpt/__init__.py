@@ -4,6 +4,7 @@ Async, keep-N / best-K, atomic, validated on load, resharding restore, safetenso
 ``params_sha256`` for bit-exactness checks between runs; ``RunFolder``, a run's folder as storage
 (a local folder, or a ``gs://`` / ``s3://`` URL: `tjx.ckpt.storage`): files written whole, read
 back as mappings, the newest committed step; ``check_can_create``, whether a folder can be made;
+``RunLock``, one writer per run directory (`tjx.ckpt.lock`);
 ``CheckpointConfig``, a run's checkpoint settings. The config engine (``Schema``,
 ``ConfigError``, ``load_yaml``...) moved to `tjx.core.config` in 0.14; its names still import from
 here, with a DeprecationWarning, until 0.16. A training run's directory layout and its start and
@@ -39,6 +40,7 @@ from tjx.ckpt.folder import (
     check_can_create,
 )
 from tjx.ckpt.last_step import last_checkpoint_words
+from tjx.ckpt.lock import RunLock, RunLockedError, check_unlocked, release_held_locks
 from tjx.ckpt.lost_peer import silence_lost_peer_commits
 from tjx.ckpt.storage import (
     AccessDeniedError,
@@ -144,12 +146,15 @@ __all__ = [
     "RunFileError",
     "RunFileNotFoundError",
     "RunFolder",
+    "RunLock",
+    "RunLockedError",
     "StepExistsError",
     "StorageError",
     "UnsupportedURLError",
     "__version__",
     "check_can_create",
     "check_remote",
+    "check_unlocked",
     "collect_metadata",
     "corrupt_fallback_lines",
     "export_safetensors",
@@ -158,6 +163,7 @@ __all__ = [
     "is_remote",
     "last_checkpoint_words",
     "params_sha256",
+    "release_held_locks",
     "restore_params",
     "restore_params_and_step",
     "restore_placed",

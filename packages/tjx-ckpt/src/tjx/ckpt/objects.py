@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Any
 
 from tjx.ckpt.storage import bucket_and_key, filesystem
@@ -40,6 +41,20 @@ def file_sizes(root: Any) -> dict[str, int]:
 def write_whole(path: Any, data: bytes) -> None:
     """One object, written with one request: readers see the old object or all of ``data``."""
     filesystem(path).pipe_file(_url(path), data)
+
+
+def create_whole(path: Any, data: bytes) -> None:
+    """One object written with one request only if none is there: ``FileExistsError`` when one
+    is (the store's own precondition, checked and written as one step: GCS
+    ``ifGenerationMatch=0``, S3 ``If-None-Match: *``; fsspec's ``mode="create"``). Of two
+    processes creating the same object at once, exactly one succeeds."""
+    filesystem(path).pipe_file(_url(path), data, mode="create")
+
+
+def age_s(path: Any) -> float:
+    """Seconds since the object was last written, by the store's clock against this machine's
+    (``FileNotFoundError`` when there is none)."""
+    return time.time() - filesystem(path).modified(_url(path)).timestamp()
 
 
 def read_bytes(path: Any) -> bytes:
@@ -91,7 +106,9 @@ def remove_uncommitted(directory: Any) -> list[int]:
 
 __all__ = [
     "COMMIT_MARKER",
+    "age_s",
     "committed_steps",
+    "create_whole",
     "file_sizes",
     "read_bytes",
     "remove_step",

@@ -217,6 +217,7 @@ def test_the_issues_damages_are_one_line_naming_the_key(tmp_path, model_type):
         ),
         ("deepseek_v2", {"num_experts_per_tok": None}, "has no value for it and tjx needs one"),
         ("llama4", {"tie_word_embeddings": "no"}, "config.json: tie_word_embeddings is 'no'"),
+        ("phi3", {"rms_norm_eps": float("nan")}, "rms_norm_eps is nan, not a number > 0"),
     ],
 )
 def test_keys_that_do_not_fit_together_are_one_line(tmp_path, model_type, change, needle):

@@ -92,7 +92,7 @@ class Key:
     items : {"int", "str"}, optional
         A list's entries' kind.
     choices : tuple, optional
-        The values (a list's: its entries') allowed.
+        The values a list's entries may take.
     per_layer : bool
         A list with one entry per layer (``num_hidden_layers`` of them).
     """
@@ -112,9 +112,6 @@ class Key:
         words = _NAMES[self.kind]
         if self.items is not None:
             words += f" of {'integers' if self.items == 'int' else 'strings'}"
-        if self.choices is not None:
-            shown = ", ".join(repr(c) for c in self.choices)
-            words = f"one of {shown}" if self.kind != "list" else f"{words} from {shown}"
         if self.low is not None and self.high is not None:
             words += f" in [{self.low:g}, {self.high:g}]"
         elif self.above is not None and self.high is not None:
@@ -123,7 +120,7 @@ class Key:
             words += f" >= {self.low:g}"
         elif self.above is not None:
             words += f" > {self.above:g}"
-        if self.null is not REFUSE:
+        if self.null is not REFUSE and self.null is not UNSET:
             words += " or null"
         return words
 
@@ -153,10 +150,8 @@ class Key:
                 isinstance(v, bool) or not isinstance(v, entry) for v in value
             ):
                 return "type"
-        if self.choices is not None:
-            values = value if self.kind == "list" else [value]
-            if any(v not in self.choices for v in values):
-                return "range"
+        if self.choices is not None and any(v not in self.choices for v in value):
+            return "range"
         return None
 
 

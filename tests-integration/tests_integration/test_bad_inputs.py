@@ -84,6 +84,37 @@ def _random_safetensors(d):
     (d / "held.txt").write_text("held-out text\n" * 50)
 
 
+#: A tiny Llama's config.json: transformers' keys, sizes that fit.
+LLAMA_CONFIG = {
+    "model_type": "llama", "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32,
+    "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+}  # fmt: skip
+
+
+def _hf_config_with_holes(d):
+    """HF folders whose config.json lacks or damages a key tjx reads (#71's point 4: a KeyError or
+    TypeError traceback before); their weights are empty files, which no refusal reaches."""
+    holes = {
+        "no-hidden-size": {k: v for k, v in LLAMA_CONFIG.items() if k != "hidden_size"},
+        "null-heads": LLAMA_CONFIG
+        | {"model_type": "gpt_oss", "sliding_window": 4, "num_attention_heads": None},
+        # The published Qwen3.5 form: the text model's config inside the image-text one's (the
+        # string was read as the number before).
+        "nested": {
+            "model_type": "qwen3_5",
+            "text_config": {**LLAMA_CONFIG, "num_hidden_layers": "2"},
+        },
+    }
+    for name, config in holes.items():
+        (d / name).mkdir()
+        (d / name / "config.json").write_text(json.dumps(config))
+        (d / name / "model.safetensors").write_bytes(b"")
+    (d / "held.txt").write_text("held-out text\n" * 50)
+
+
+#: A run of the LLaMA kind (the presets' tiny is GPT-2): --init-from reads a Llama folder.
+LLAMA_RUN = ["--config", "tiny", "--run-dir", "r", "--set", "model.kind=llama"]
+
 CASES = [
     # (id, app, argv, setup, expected text in stderr)
     # Unwritable where os.access says writable (root, chattr +i): found by writing a probe.
@@ -207,6 +238,28 @@ CASES = [
         ["--config", "gpt2_small", "--run-dir", "r", "--init-from", "hf"],
         _random_safetensors,
         "--init-from: hf/model.safetensors is not a safetensors file",
+    ),
+    (
+        "init-from-config-without-hidden-size",
+        T,
+        [*LLAMA_RUN, "--init-from", "no-hidden-size"],
+        _hf_config_with_holes,
+        "--init-from: config.json: hidden_size is missing; it sets the model's size",
+    ),
+    (
+        "plan-init-from-config-with-null-heads",
+        T,
+        [*LLAMA_RUN, "--plan", "h100", "--init-from", "null-heads"],
+        _hf_config_with_holes,
+        "--init-from: config.json: num_attention_heads is null; transformers' GptOssConfig",
+    ),
+    (
+        "eval-config-with-a-string-for-layers",
+        E,
+        ["--checkpoint", "nested", "--data", "held.txt"],
+        _hf_config_with_holes,
+        "--checkpoint: config.json: text_config.num_hidden_layers is '2' (a string), not an "
+        "integer >= 1",
     ),
     ("mesh-does-not-fit", T, [*TINY, "--set", "mesh.data=3"], None, "mesh"),
     (

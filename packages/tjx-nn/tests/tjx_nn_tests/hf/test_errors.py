@@ -39,7 +39,10 @@ def _edit_weights(folder, change):
             {"rope_scaling": {"rope_type": "yarn", "factor": 2.0, "beta_faster": 3}},
             "rope_scaling: unknown key(s) beta_faster",
         ),
-        ({"model_type": "mistral", "sliding_window": 0}, "sliding_window must be a positive"),
+        (
+            {"model_type": "mistral", "sliding_window": 0},
+            "config.json: sliding_window is 0, not an integer >= 1 or null",
+        ),
         (
             {"model_type": "qwen2", "layer_types": ["sliding_attention"], "sliding_window": None},
             "layer_types has sliding layers but no sliding_window",

@@ -222,14 +222,17 @@ def test_published_shapes_load_or_are_refused_in_one_line_naming_why():
 
 def test_transformers_defaults_fill_what_a_gemma_config_leaves_out():
     small = dict(model_type="gemma2", vocab_size=8, hidden_size=8, intermediate_size=8,
-                 num_hidden_layers=3, num_attention_heads=2, head_dim=4)  # fmt: skip
+                 num_hidden_layers=3, num_attention_heads=8, head_dim=4)  # fmt: skip
     config = family_config_from_hf(small)
     assert (config.attn_logit_softcap, config.final_logit_softcap) == (50.0, 30.0)
     assert config.query_pre_attn_scalar == 256.0 and config.tie_embeddings
     assert config.layer_windows() == (4096, None, 4096)  # window 4096, layer 0 local
+    # Gemma2Config's 4 key/value heads and 8192 positions (not one per head, not 2048).
+    assert (config.num_kv_heads, config.max_seq_len) == (4, 8192)
     # Gemma 3's three layers are local (pattern 6): the default bases 1e6 global, 1e4 local.
     g3 = family_config_from_hf({**small, "model_type": "gemma3_text"})
     assert g3.attn_logit_softcap is None and (g3.rope_theta, g3.rope_local_theta) == (1e6, 1e4)
+    assert (g3.num_kv_heads, g3.max_seq_len) == (4, 131_072)
     assert (g3.sliding_window, g3.window_pattern) == (4096, None)
     # Only global layers: no window, and the local base has nothing to rotate.
     full = ["full_attention"] * 3

@@ -132,7 +132,12 @@ def test_the_default_config_is_read_as_transformers_reads_it():
         0,
         None,
     )
-    bare = gemma4_config_from_hf({"model_type": "gemma4_text"})
+    # Every other key left out: the same model (its sizes are required: `tjx.nn.hf.keys`).
+    sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+             "num_attention_heads")  # fmt: skip
+    bare = gemma4_config_from_hf(
+        {"model_type": "gemma4_text"} | {k: DEFAULT_JSON[k] for k in sizes}
+    )
     assert bare == config
     # "vision": image tokens attend both ways, text stays causal: the same text model.
     assert gemma4_config_from_hf(DEFAULT_JSON | {"use_bidirectional_attention": "vision"}) == config
@@ -143,7 +148,8 @@ def test_the_default_config_is_read_as_transformers_reads_it():
     assert (k_eq_v.global_kv_heads, k_eq_v.global_values_from_keys) == (1, True)
     # The last layer is always global, as transformers forces it.
     forced = gemma4_config_from_hf(
-        {
+        {k: DEFAULT_JSON[k] for k in sizes}
+        | {
             "model_type": "gemma4_text",
             "num_hidden_layers": 2,
             "layer_types": ["sliding_attention"] * 2,

@@ -106,12 +106,13 @@ def test_an_image_text_folder_loads_as_its_text_model(tmp_path, capsys):
 
 
 def test_transformers_defaults_are_read_as_transformers_reads_them():
-    """Left out: Scout's sizes and switches: head_dim 128, RoPE base 500000, every layer MoE (16
-    experts, top 1), a NoPE layer every fourth, chunks of 8192, the temperature (8192, 0.1)."""
+    """Left out: Scout's sizes and switches: head_dim 128, 8 key/value heads, RoPE base 500000,
+    every layer MoE (16 experts, top 1), a NoPE layer every fourth, chunks of 8192, the
+    temperature (8192, 0.1). The model's own sizes are required (`tjx.nn.hf.keys`)."""
     hf = dict(model_type="llama4_text", vocab_size=32, hidden_size=32, num_hidden_layers=8,
-              num_attention_heads=4)  # fmt: skip
+              num_attention_heads=16, intermediate_size=8192)  # fmt: skip
     c = llama4_config_from_hf(hf)
-    assert (c.head_dim, c.num_kv_heads, c.rope_theta, c.rope_scaling) == (128, 4, 500000.0, None)
+    assert (c.head_dim, c.num_kv_heads, c.rope_theta, c.rope_scaling) == (128, 8, 500000.0, None)
     assert (c.num_experts, c.experts_per_token, c.moe_layer_step, c.moe_first_dense) == (
         16,
         1,
@@ -133,7 +134,7 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
     )
     # An explicit moe_layers list wins over the step; null head_dim is hidden_size // heads.
     c = llama4_config_from_hf(hf | dict(moe_layers=[5, 7], head_dim=None, no_rope_layers=[1] * 8))
-    assert (tuple(np.flatnonzero(moe_layers(c))), c.moe_layer_step, c.head_dim) == ((5, 7), 2, 8)
+    assert (tuple(np.flatnonzero(moe_layers(c))), c.moe_layer_step, c.head_dim) == ((5, 7), 2, 2)
     assert (c.window_pattern, c.global_nope, c.nope_temperature_floor) == (None, False, None)
     dense = llama4_config_from_hf(hf | dict(moe_layers=[], attention_chunk_size=None,
                                             no_rope_layers=[1] * 8))  # fmt: skip

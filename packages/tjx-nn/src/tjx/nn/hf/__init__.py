@@ -7,11 +7,13 @@ writes), one config module per family (``gpt2``, ``config``: llama/mistral/qwen2
 mixtral/qwen2_moe/qwen3_moe, ``deepseek``: deepseek_v2/v3, ``gpt_oss``, ``glm4_moe``,
 ``qwen3_5``: qwen3_5_text, ``qwen3_next``, ``llama4``: llama4_text and ``gemma4``: gemma4_text:
 config and tensors each) and its tensor mapping
-(``gpt2``, ``llama``, ``family_tensors``, ``deepseek_tensors``, built on ``tables``), and
-``start`` (the settings a checkpoint
-fixes when a run starts from it). Before tjx-nn 0.20 these were ``tjx.nn.hf`` (now ``checkpoints``)
-and ``tjx.nn.hf_<name>``. Since 0.25 the old paths no longer import and the package serves only
-the names below (another name of the old module: import it from ``checkpoints``).
+(``gpt2``, ``llama``, ``family_tensors``, ``deepseek_tensors``, built on ``tables``),
+``keys`` (every ``config.json`` key a family reads: its type, transformers' default or required,
+its range; a damaged one is an ``HFConfigError``), and ``start`` (the settings a checkpoint
+fixes when a run starts from it). Before tjx-nn 0.20 these were ``tjx.nn.hf`` (now
+``checkpoints``) and ``tjx.nn.hf_<name>``. Since 0.25 the old paths no longer import and the
+package serves only the names below (another name of the old module: import it from
+``checkpoints``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tjx.nn.hf.checkpoints import (
 )
 from tjx.nn.hf.gpt2 import HF_GPT2_FIXED, HF_GPT2_NAMES, hf_gpt2_conflicts
 from tjx.nn.hf.io import is_hub_id
+from tjx.nn.hf.keys import HFConfigError
 from tjx.nn.hf.start import (
     HF_LLAMA_FIXED,
     HOW_TO_TRAIN,
@@ -45,6 +48,7 @@ __all__ = [
     "HOW_TO_TRAIN",
     "SAVE_DTYPES",
     "TRAINING_FIELDS",
+    "HFConfigError",
     "check_hf_weights",
     "config_clashes",
     "hf_conflicts",

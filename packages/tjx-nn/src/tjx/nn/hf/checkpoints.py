@@ -38,6 +38,9 @@ from tjx.nn.hf.deepseek import (
     deepseek_export_type,
     mtp_layers,
 )
+from tjx.nn.hf.deepseek import (
+    SPECS as DEEPSEEK_SPECS,
+)
 from tjx.nn.hf.deepseek_tensors import deepseek_mapping
 from tjx.nn.hf.families import (
     FAMILY_TYPES,
@@ -62,6 +65,9 @@ from tjx.nn.hf.glm4_moe import (
     glm4_moe_config_to_hf,
     glm4_moe_mapping,
     is_glm4_moe,
+)
+from tjx.nn.hf.glm4_moe import (
+    SPEC as GLM4_MOE_SPEC,
 )
 from tjx.nn.hf.glm4_moe import mtp_layers as glm4_mtp_layers
 from tjx.nn.hf.gpt2 import config_from_hf, config_to_hf, gpt2_mapping
@@ -166,10 +172,15 @@ def _read(folder: Path) -> dict[str, Any]:
     it saved (a fine-tune, a conversion) holds none. Some of their tensors without the rest is
     damage, which `check_tensors` names."""
     hf = read_config(folder)
-    key = next((k for k in MTP_KEYS if hf.get(k)), None)
-    if key is None or hf.get("model_type") not in (*DEEPSEEK_TYPES, GLM4_MOE):
+    specs = {**DEEPSEEK_SPECS, GLM4_MOE: GLM4_MOE_SPEC}
+    if hf.get("model_type") not in specs:
         return hf
-    first = f"model.layers.{int(hf.get('num_hidden_layers') or 0)}."
+    # The counts below read as the import reads them (one line for a damaged one).
+    checked = specs[hf["model_type"]].read(hf)
+    key = next((k for k in MTP_KEYS if checked.get(k)), None)
+    if key is None:
+        return hf
+    first = f"model.layers.{checked['num_hidden_layers']}."
     with LazyWeights(folder) as weights:
         if any(name.startswith(first) for name in weights.names()):
             return hf

@@ -18,9 +18,41 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
+from tjx.nn.hf.keys import ABSENT, ATTENTION_KINDS, LLAMA, Spec, count, flag, layer_list, size
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
 LLAMA_TYPES = ("llama", "mistral", "qwen2")
+#: The keys each type's import reads (`keys.Spec`), with transformers 5.24's defaults: Llama's
+#: (``keys.LLAMA``), and the windows tjx reads for every LLaMA type (transformers' Llama has none
+#: but reads a ``layer_types``), Mistral's and Qwen2's where they differ.
+WINDOW_KEYS: dict[str, Any] = dict(
+    sliding_window=size(ABSENT, null=None),
+    use_sliding_window=flag(ABSENT),
+    max_window_layers=count(ABSENT),
+    layer_types=layer_list(ATTENTION_KINDS),
+)
+#: Qwen2's (and its MoE types'): a window of 4096 from layer 28 on, once use_sliding_window.
+QWEN_WINDOWS: dict[str, Any] = dict(
+    sliding_window=size(4096, null=None),
+    use_sliding_window=flag(False),
+    max_window_layers=count(28),
+    layer_types=layer_list(ATTENTION_KINDS),
+)
+SPECS: dict[str, Spec] = {
+    "llama": LLAMA.but("LlamaConfig", **WINDOW_KEYS),
+    "mistral": LLAMA.but(
+        "MistralConfig",
+        **WINDOW_KEYS | dict(sliding_window=size(4096, null=None)),
+        num_key_value_heads=size(8, null=None),
+        max_position_embeddings=size(4096 * 32),
+    ),
+    "qwen2": LLAMA.but(
+        "Qwen2Config",
+        **QWEN_WINDOWS,
+        num_key_value_heads=size(32, null=None),
+        max_position_embeddings=size(32768),
+    ),
+}
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
@@ -156,17 +188,11 @@ def _window(
         return None, None
     if model_type == "qwen2" and not hf.get("use_sliding_window"):
         window = None
-    layer_types = hf.get("layer_types")
+    layer_types = hf.get("layer_types")  # its length and kinds: read with the spec
     if layer_types is not None:
-        unknown = sorted(set(layer_types) - set(_LAYER_KINDS))
-        if unknown or len(layer_types) != layers:
-            raise ValueError(
-                f"config.json layer_types must list {layers} of {sorted(_LAYER_KINDS)}; got "
-                f"{len(layer_types)} entries{' with ' + ', '.join(unknown) if unknown else ''}"
-            )
         pattern = [_LAYER_KINDS[t] for t in layer_types]
     elif model_type == "qwen2":
-        first = int(hf.get("max_window_layers", 28))
+        first = hf["max_window_layers"]
         pattern = ["global" if i < first else "local" for i in range(layers)]
     else:
         pattern = ["local"] * layers
@@ -182,7 +208,8 @@ def llama_fields(
     hf: Mapping[str, Any], model_type: str, *, handled: frozenset[str] = frozenset()
 ) -> dict[str, Any]:
     """The ``LlamaConfig`` fields every LLaMA-shaped ``config.json`` carries (the MoE types' too,
-    which add ``handled`` keys of their own and map them in ``moe``).
+    which add ``handled`` keys of their own and map them in ``moe``), from ``hf`` as its type's
+    `keys.Spec` has read it (each key checked, transformers' defaults filled in).
 
     Raises
     ------
@@ -209,29 +236,29 @@ def llama_fields(
             f"config.json attention_bias {attn_bias} with mlp_bias {mlp_bias} is not supported "
             "(tjx puts biases on every projection or on none, or on q/k/v only as Qwen2)"
         )
-    max_len = int(hf.get("max_position_embeddings", 2048))
+    max_len = hf["max_position_embeddings"]
     theta, scaling = rope_from_hf(hf, max_len)
-    layers = int(hf["num_hidden_layers"])
+    layers = hf["num_hidden_layers"]
     window, pattern = _window(hf, model_type, layers)
-    heads = int(hf["num_attention_heads"])
+    heads = hf["num_attention_heads"]
     return dict(
-        vocab_size=int(hf["vocab_size"]),
+        vocab_size=hf["vocab_size"],
         max_seq_len=_longest(scaling, max_len),
-        d_model=int(hf["hidden_size"]),
+        d_model=hf["hidden_size"],
         num_layers=layers,
         num_heads=heads,
-        num_kv_heads=int(hf.get("num_key_value_heads") or heads),
-        head_dim=hf.get("head_dim") or None,
-        mlp_dim=int(hf["intermediate_size"]),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        num_kv_heads=hf["num_key_value_heads"] or heads,
+        head_dim=hf["head_dim"],
+        mlp_dim=hf["intermediate_size"],
+        norm_eps=float(hf["rms_norm_eps"]),
         rope_theta=theta,
         rope_scaling=scaling,
         sliding_window=window,
         window_pattern=pattern,
         use_bias=attn_bias,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        attention_dropout=float(hf.get("attention_dropout", 0.0)),
-        init_std=float(hf.get("initializer_range", 0.02)),
+        tie_embeddings=hf["tie_word_embeddings"],
+        attention_dropout=float(hf["attention_dropout"]),
+        init_std=float(hf["initializer_range"]),
     )
 
 
@@ -246,7 +273,7 @@ def llama_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig
     model_type = hf.get("model_type")
     if model_type not in LLAMA_TYPES:
         raise ValueError(f"config.json model_type must be one of {LLAMA_TYPES}; got {model_type!r}")
-    fields = llama_fields(hf, model_type)
+    fields = llama_fields(SPECS[model_type].read(hf), model_type)
     fields["qkv_bias"] = model_type == "qwen2"
     fields.update(overrides)
     return LlamaConfig(**fields)

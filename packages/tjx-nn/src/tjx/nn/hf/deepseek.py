@@ -39,8 +39,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf.config import llama_common_to_hf, llama_fields
+from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields
 from tjx.nn.hf.family_base import refuse_mismatches
+from tjx.nn.hf.keys import ABSENT, UNSET, Spec, count, flag, nonneg, positive, size, text
 from tjx.nn.moe.config import expert_mlp_dim
 
 DEEPSEEK_TYPES = ("deepseek_v2", "deepseek_v3")
@@ -73,6 +74,60 @@ KEYS = frozenset(
         "rope_interleave",
     }
 )
+#: The keys each type's import reads (`keys.Spec`), with transformers 5.24's defaults. V2's
+#: ``num_experts_per_tok`` defaults to None there (`keys.UNSET`: tjx needs the number); the
+#: multi-token-prediction count, which transformers 5.24 defaults to 1 (``num_mtp_layers``), is
+#: 0 when left out, as the checkpoints transformers saves hold none of those layers (`_read`).
+_DEEPSEEK = LLAMA.but(
+    "DeepseekV2Config",
+    head_dim=size(None, null=None),  # transformers sets it to qk_rope_head_dim; tjx reads the
+    # MLA's own sizes (qk_nope_head_dim + qk_rope_head_dim), not hidden_size // heads
+    first_k_dense_replace=count(0, null=0),
+    kv_lora_rank=size(512),
+    q_lora_rank=size(1536, null=None),  # null: a full q_proj
+    n_group=size(None, null=None),
+    n_routed_experts=size(64),
+    n_shared_experts=count(2, null=0),
+    qk_nope_head_dim=size(128),
+    qk_rope_head_dim=size(64),
+    routed_scaling_factor=positive(1.0),
+    topk_group=size(None, null=None),
+    topk_method=text("greedy", null=None),
+    norm_topk_prob=flag(False, null=False),
+    v_head_dim=size(128),
+    num_experts_per_tok=size(UNSET, null=UNSET),
+    moe_intermediate_size=size(1407),
+    moe_layer_freq=size(ABSENT),
+    scoring_func=text(ABSENT),
+    aux_loss_alpha=nonneg(ABSENT, null=ABSENT),
+    num_nextn_predict_layers=count(ABSENT, null=ABSENT),
+    rope_interleave=flag(ABSENT, null=ABSENT),
+    rules=(
+        ("num_experts_per_tok", "<=", "n_routed_experts"),
+        ("n_group", "divides", "n_routed_experts"),
+        ("topk_group", "<=", "n_group"),
+    ),
+    head_dim_from_hidden=False,
+)
+SPECS: dict[str, Spec] = {
+    "deepseek_v2": _DEEPSEEK,
+    "deepseek_v3": _DEEPSEEK.but(
+        "DeepseekV3Config",
+        num_key_value_heads=size(128, null=None),
+        n_shared_experts=size(1),
+        n_routed_experts=size(256),
+        routed_scaling_factor=positive(2.5),
+        max_position_embeddings=size(4096),
+        n_group=size(8, null=None),
+        topk_group=size(4, null=None),
+        num_experts_per_tok=size(8, null=UNSET),
+        first_k_dense_replace=count(3, null=0),
+        norm_topk_prob=flag(True, null=False),
+        moe_intermediate_size=size(2048),
+        topk_method=text(ABSENT, null=None),
+        rope_interleave=flag(True, null=True),
+    ),
+}
 #: The hub code each type was upstreamed from: transformers runs its own class for it, as tjx.
 _UPSTREAMED = {
     t: {
@@ -116,6 +171,7 @@ def deepseek_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
         raise _refuse(
             "quantization_config", method, "tjx reads unquantized weights; load a bf16 conversion"
         )
+    hf = SPECS[model_type].read(hf)
     fields = llama_fields(hf, model_type, handled=KEYS)
     if fields["use_bias"]:
         raise _refuse("attention_bias", True, "tjx's DeepSeek import has no biases")
@@ -132,33 +188,32 @@ def deepseek_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
     for key, allowed in (("scoring_func", (scoring,)), ("topk_method", (*methods, None))):
         if hf.get(key, allowed[0]) not in allowed:
             raise _refuse(key, hf[key], f"transformers' {model_type} computes {allowed[0]!r}")
-    if int(hf.get("moe_layer_freq", 1)) != 1:
+    if hf.get("moe_layer_freq", 1) != 1:
         raise _refuse("moe_layer_freq", hf["moe_layer_freq"], "transformers reads only 1")
-    shared = int(hf.get("n_shared_experts") or 0)
+    shared = hf["n_shared_experts"]
     if shared < 1:
         raise _refuse("n_shared_experts", shared, "tjx's DeepSeek import needs shared experts")
-    rope, nope = int(hf["qk_rope_head_dim"]), int(hf["qk_nope_head_dim"])
+    rope, nope = hf["qk_rope_head_dim"], hf["qk_nope_head_dim"]
     grouped = model_type == "deepseek_v3" or hf.get("topk_method") == "group_limited_greedy"
     if model_type == "deepseek_v2" and hf.get("norm_topk_prob"):
         raise _refuse("norm_topk_prob", True, "transformers' deepseek_v2 never renormalises")
-    q_rank = hf.get("q_lora_rank")
     fields |= dict(
         attention_type="mla",
-        kv_latent_dim=int(hf["kv_lora_rank"]),
-        q_lora_rank=None if q_rank is None else int(q_rank),
+        kv_latent_dim=hf["kv_lora_rank"],
+        q_lora_rank=hf["q_lora_rank"],
         head_dim=nope + rope,
         qk_rope_head_dim=rope,
-        v_head_dim=int(hf["v_head_dim"]),
-        num_experts=int(hf["n_routed_experts"]),
-        experts_per_token=int(hf["num_experts_per_tok"]),
-        expert_mlp_dim=int(hf["moe_intermediate_size"]),
+        v_head_dim=hf["v_head_dim"],
+        num_experts=hf["n_routed_experts"],
+        experts_per_token=hf["num_experts_per_tok"],
+        expert_mlp_dim=hf["moe_intermediate_size"],
         num_shared_experts=shared,
-        moe_first_dense=int(hf.get("first_k_dense_replace") or 0),
+        moe_first_dense=hf["first_k_dense_replace"],
         router=scoring,
-        router_norm_topk=bool(hf.get("norm_topk_prob")) and model_type == "deepseek_v3",
-        router_scale=float(hf.get("routed_scaling_factor", 1.0)),
-        router_groups=int(hf.get("n_group") or 1) if grouped else 1,
-        router_topk_groups=int(hf.get("topk_group") or 1) if grouped else 1,
+        router_norm_topk=hf["norm_topk_prob"] and model_type == "deepseek_v3",
+        router_scale=float(hf["routed_scaling_factor"]),
+        router_groups=(hf["n_group"] or 1) if grouped else 1,
+        router_topk_groups=(hf["topk_group"] or 1) if grouped else 1,
         mtp_depths=mtp_layers(hf),
     )
     if hf.get("aux_loss_alpha") is not None:  # a training setting (logits do not change)

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
+from tjx.nn.hf.config import QWEN_WINDOWS
 from tjx.nn.hf.family_base import (
     LLAMA_SWITCHES,
     base_fields,
@@ -39,6 +40,7 @@ from tjx.nn.hf.gemma import (
     gemma_fields,
     gemma_type,
 )
+from tjx.nn.hf.keys import ATTENTION_KINDS, BASE, Spec, fraction, layer_list, positive, size, text
 from tjx.nn.hf.phi3 import phi3_rope, phi3_rope_to_hf
 
 FAMILY_TYPES = ("qwen3", "olmo2", "olmo3", "phi3", *GEMMA_TYPES)
@@ -66,6 +68,34 @@ FAMILY_KEYS = {
         }
     ),
 }
+#: The keys each family's import reads (`keys.Spec`), with transformers 5.24's defaults.
+_OLMO2 = BASE.but("Olmo2Config", hidden_act=text("silu"), rms_norm_eps=positive(1e-5))
+SPECS: dict[str, Spec] = {
+    "qwen3": BASE.but(
+        "Qwen3Config",
+        hidden_act=text("silu"),
+        **QWEN_WINDOWS,
+        num_key_value_heads=size(32, null=None),
+        head_dim=size(128),
+        max_position_embeddings=size(32768),
+    ),
+    "olmo2": _OLMO2,
+    "olmo3": _OLMO2.but(
+        "Olmo3Config",
+        sliding_window=size(4096, null=None),
+        layer_types=layer_list(ATTENTION_KINDS),
+    ),
+    "phi3": BASE.but(
+        "Phi3Config",
+        hidden_act=text("silu"),
+        max_position_embeddings=size(4096),
+        original_max_position_embeddings=size(4096),
+        rms_norm_eps=positive(1e-5),
+        resid_pdrop=fraction(0.0),
+        embd_pdrop=fraction(0.0),
+        sliding_window=size(None, null=None),
+    ),
+}
 #: The switches each family computes with (an export checks that the config has these).
 SWITCHES: dict[str, dict[str, Any]] = {
     "llama": LLAMA_SWITCHES,
@@ -88,18 +118,13 @@ OLMO3_LAYER_TYPES = ("sliding_attention", "full_attention")
 def _sliding(hf: Mapping[str, Any], model_type: str, layers: int) -> list[bool]:
     """Which layers slide, as transformers decides: an explicit ``layer_types``; else Qwen3's
     layers from ``max_window_layers`` on under ``use_sliding_window``; Phi-3's every layer."""
-    types = hf.get("layer_types")
+    types = hf.get("layer_types")  # its length and kinds: read with the spec
     if types is not None:
-        kinds = {"sliding_attention", "full_attention"}
-        if len(types) != layers or not set(types) <= kinds:
-            raise ValueError(
-                f"config.json layer_types must list {layers} of {sorted(kinds)}; got {types!r}"
-            )
         return [t == "sliding_attention" for t in types]
     if model_type == "qwen3":
-        if not hf.get("use_sliding_window"):
+        if not hf["use_sliding_window"]:
             return [False] * layers
-        first = int(hf.get("max_window_layers", 28))
+        first = hf["max_window_layers"]
         return [i >= first for i in range(layers)]
     if model_type == "olmo3":
         return [(i + 1) % OLMO3_FULL_EVERY != 0 for i in range(layers)]
@@ -123,11 +148,12 @@ def family_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
         raise ValueError(
             f"config.json model_type must be one of {FAMILY_TYPES}; got {model_type!r}"
         )
+    hf = SPECS[model_type].read(hf)
     check_keys(hf, model_type, FAMILY_KEYS[model_type])
-    act = hf.get("hidden_act", "silu")
+    act = hf["hidden_act"]
     if act != "silu":
         raise ValueError(f"config.json hidden_act must be 'silu' (SwiGLU); got {act!r}")
-    fields = base_fields(hf, tied=False, eps=1e-6 if model_type == "qwen3" else 1e-5)
+    fields = base_fields(hf)
     if model_type == "phi3":
         fields["rope_theta"], fields["rope_scaling"] = phi3_rope(hf)
     elif model_type == "olmo3":
@@ -137,7 +163,7 @@ def family_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
     if model_type in ("qwen3", "phi3", "olmo3"):
         fields |= windows(hf.get("sliding_window"), _sliding(hf, model_type, fields["num_layers"]))
     if model_type == "phi3":
-        fields["dropout"] = float(hf.get("resid_pdrop", 0.0))
+        fields["dropout"] = float(hf["resid_pdrop"])
     return LlamaConfig(**{**fields, **SWITCHES[model_type], **overrides})
 
 

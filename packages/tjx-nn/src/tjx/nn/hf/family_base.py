@@ -112,23 +112,23 @@ def layer_types(config: LlamaConfig) -> list[str]:
     return ["full_attention" if w is None else "sliding_attention" for w in config.layer_windows()]
 
 
-def base_fields(hf: Mapping[str, Any], *, tied: bool, eps: float) -> dict[str, Any]:
-    """The ``LlamaConfig`` fields every family reads alike (``tied``, ``eps``: the family's
-    defaults of ``tie_word_embeddings`` and ``rms_norm_eps``)."""
-    heads = int(hf["num_attention_heads"])
+def base_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``LlamaConfig`` fields every family reads alike, from ``hf`` as the family's
+    `keys.Spec` has read it (each key checked, transformers' defaults filled in)."""
+    heads = hf["num_attention_heads"]
     return dict(
-        vocab_size=int(hf["vocab_size"]),
-        max_seq_len=int(hf.get("max_position_embeddings", 2048)),
-        d_model=int(hf["hidden_size"]),
-        num_layers=int(hf["num_hidden_layers"]),
+        vocab_size=hf["vocab_size"],
+        max_seq_len=hf["max_position_embeddings"],
+        d_model=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"],
         num_heads=heads,
-        num_kv_heads=int(hf.get("num_key_value_heads") or heads),
-        head_dim=hf.get("head_dim") or None,
-        mlp_dim=int(hf["intermediate_size"]),
-        norm_eps=float(hf.get("rms_norm_eps", eps)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", tied)),
-        attention_dropout=float(hf.get("attention_dropout", 0.0)),
-        init_std=float(hf.get("initializer_range", 0.02)),
+        num_kv_heads=hf["num_key_value_heads"] or heads,
+        head_dim=hf["head_dim"],
+        mlp_dim=hf["intermediate_size"],
+        norm_eps=float(hf["rms_norm_eps"]),
+        tie_embeddings=hf["tie_word_embeddings"],
+        attention_dropout=float(hf["attention_dropout"]),
+        init_std=float(hf["initializer_range"]),
         use_bias=False,
     )
 

@@ -26,6 +26,17 @@ from tjx.nn.hf.family_base import (
     rope_theta,
     windows,
 )
+from tjx.nn.hf.keys import (
+    ABSENT,
+    ATTENTION_KINDS,
+    BASE,
+    Spec,
+    flag,
+    layer_list,
+    positive,
+    size,
+    text,
+)
 
 GEMMA_TYPES = ("gemma2", "gemma3_text")
 ARCHITECTURES = {"gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
@@ -45,6 +56,37 @@ GEMMA_KEYS = frozenset(
         "cache_implementation",  # generation's cache class ("hybrid")
     }
 )
+#: The keys each Gemma's import reads (`keys.Spec`), with transformers 5.24's defaults (Gemma 2's
+#: soft caps 50 and 30 where a config.json leaves them out; ``sliding_window_pattern`` is Gemma
+#: 3's legacy way to say ``layer_types``).
+_GEMMA2 = BASE.but(
+    "Gemma2Config",
+    hidden_act=text(ABSENT),
+    hidden_activation=text("gelu_pytorch_tanh", null="gelu_pytorch_tanh"),
+    num_key_value_heads=size(4),
+    head_dim=size(256),
+    max_position_embeddings=size(8192),
+    tie_word_embeddings=flag(True),
+    query_pre_attn_scalar=positive(256),  # an int in transformers; tjx writes a float if need be
+    sliding_window=size(4096, null=None),
+    layer_types=layer_list(ATTENTION_KINDS),
+    final_logit_softcapping=positive(30.0, null=None),
+    attn_logit_softcapping=positive(50.0, null=None),
+    use_bidirectional_attention=flag(None, null=None),
+)
+SPECS: dict[str, Spec] = {
+    "gemma2": _GEMMA2,
+    "gemma3_text": _GEMMA2.but(
+        "Gemma3TextConfig",
+        max_position_embeddings=size(131_072),
+        use_bidirectional_attention=flag(False, null=None),
+        final_logit_softcapping=positive(None, null=None),
+        attn_logit_softcapping=positive(None, null=None),
+        rope_local_base_freq=positive(ABSENT),
+        sliding_window_pattern=size(ABSENT),
+        _sliding_window_pattern=size(ABSENT),
+    ),
+}
 #: The tanh-approximated GELU under its transformers names.
 TANH_GELU = ("gelu_pytorch_tanh", "gelu_new")
 #: The switches each Gemma computes with (the soft caps and query scale are the config's).
@@ -64,20 +106,13 @@ GEMMA_SWITCHES["gemma3_text"] = {
     **{k: v for k, v in GEMMA_SWITCHES["gemma2"].items() if k != "rope_local_theta"},
     "qk_norm": True,
 }
-#: transformers' (attention, final) soft caps where a config.json leaves them out.
-_CAPS = {"gemma2": (50.0, 30.0), "gemma3_text": (None, None)}
 
 
 def _sliding_layers(hf: Mapping[str, Any], model_type: str, layers: int) -> list[bool]:
     """Which layers slide, as transformers decides: ``layer_types`` if given, else Gemma 2's
     every other layer from the first, Gemma 3's all but every ``sliding_window_pattern``-th."""
-    types = hf.get("layer_types")
+    types = hf.get("layer_types")  # its length and kinds: read with the spec
     if types is not None:
-        kinds = {"sliding_attention", "full_attention"}
-        if len(types) != layers or not set(types) <= kinds:
-            raise ValueError(
-                f"config.json layer_types must list {layers} of {sorted(kinds)}; got {types!r}"
-            )
         return [t == "sliding_attention" for t in types]
     if model_type == "gemma2":
         return [i % 2 == 0 for i in range(layers)]
@@ -99,8 +134,9 @@ def _gemma3_thetas(hf: Mapping[str, Any]) -> tuple[float, float]:
 
 def gemma_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]:
     """The ``LlamaConfig`` fields of a gemma2/gemma3_text ``config.json``."""
+    hf = SPECS[model_type].read(hf)
     check_keys(hf, model_type, GEMMA_KEYS)
-    act = hf.get("hidden_activation") or "gelu_pytorch_tanh"
+    act = hf["hidden_activation"]
     if act not in TANH_GELU:
         raise ValueError(
             f"config.json hidden_activation must be one of {TANH_GELU} (GeGLU with the tanh "
@@ -111,22 +147,21 @@ def gemma_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]:
             "config.json use_bidirectional_attention true (an encoder) is not supported; tjx "
             f"loads {model_type} as a causal decoder"
         )
-    fields = base_fields(hf, tied=True, eps=1e-6)
+    fields = base_fields(hf)
     sliding = _sliding_layers(hf, model_type, fields["num_layers"])
-    fields |= windows(hf.get("sliding_window", 4096), sliding)
+    fields |= windows(hf["sliding_window"], sliding)
     if model_type == "gemma2":
         fields["rope_theta"] = rope_theta(hf, model_type)
     else:
         fields["rope_theta"], local = _gemma3_thetas(hf)
         # Only the local layers read it (none: leave it unset, as a config without a window).
         fields["rope_local_theta"] = local if any(sliding) else None
-    attn_cap, final_cap = _CAPS[model_type]
     return {
         **fields,
         **GEMMA_SWITCHES[model_type],
-        "query_pre_attn_scalar": float(hf.get("query_pre_attn_scalar", 256)),
-        "attn_logit_softcap": hf.get("attn_logit_softcapping", attn_cap),
-        "final_logit_softcap": hf.get("final_logit_softcapping", final_cap),
+        "query_pre_attn_scalar": float(hf["query_pre_attn_scalar"]),
+        "attn_logit_softcap": hf["attn_logit_softcapping"],
+        "final_logit_softcap": hf["final_logit_softcapping"],
     }
 
 

@@ -66,6 +66,18 @@ from tjx.nn.hf.family_base import (
 from tjx.nn.hf.gemma import TANH_GELU
 from tjx.nn.hf.image_text import skip_beside, text_config
 from tjx.nn.hf.io import HFMapping
+from tjx.nn.hf.keys import (
+    ABSENT,
+    ATTENTION_KINDS,
+    BASE,
+    count,
+    flag,
+    layer_list,
+    obj,
+    positive,
+    size,
+    text,
+)
 from tjx.nn.hf.tables import Convert, Tables
 from tjx.nn.moe.config import expert_mlp_dim
 
@@ -114,28 +126,37 @@ KEYS = frozenset(
         "per_layer_config",
     }
 )
-#: transformers' ``Gemma4TextConfig`` defaults for the keys a config.json may leave out.
-DEFAULTS: dict[str, Any] = dict(
-    vocab_size=262_144,
-    hidden_size=2304,
-    intermediate_size=9216,
-    num_hidden_layers=30,
-    num_attention_heads=8,
-    num_key_value_heads=4,
-    head_dim=256,
-    hidden_activation="gelu_pytorch_tanh",
-    max_position_embeddings=131_072,
-    initializer_range=0.02,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
-    sliding_window=512,
-    final_logit_softcapping=None,
-    vocab_size_per_layer_input=262_144,
-    hidden_size_per_layer_input=256,
-    attention_k_eq_v=False,
-    num_kv_shared_layers=0,
-    use_double_wide_mlp=False,
-    global_head_dim=512,
+#: The keys Gemma 4's import reads (`keys.Spec`), with transformers 5.24's ``Gemma4TextConfig``
+#: defaults; ``global_head_dim`` and ``num_global_key_value_heads`` are the release form's
+#: keyword arguments (``per_layer_config`` is what transformers 5.24 writes), null as left out.
+SPEC = BASE.but(
+    "Gemma4TextConfig",
+    hidden_activation=text("gelu_pytorch_tanh"),
+    num_key_value_heads=size(4),
+    head_dim=size(256),
+    max_position_embeddings=size(131_072),
+    tie_word_embeddings=flag(True),
+    sliding_window=size(512),
+    layer_types=layer_list(ATTENTION_KINDS),
+    final_logit_softcapping=positive(None, null=None),
+    use_bidirectional_attention=text(None, null=None),
+    vocab_size_per_layer_input=size(262_144),
+    hidden_size_per_layer_input=count(256),
+    attention_k_eq_v=flag(False),
+    num_kv_shared_layers=count(0),
+    enable_moe_block=flag(False),
+    use_double_wide_mlp=flag(False),
+    num_experts=size(None, null=None),
+    top_k_experts=size(None, null=None),
+    moe_intermediate_size=size(None, null=None),
+    global_head_dim=size(512, null=512),
+    num_global_key_value_heads=size(ABSENT, null=ABSENT),
+    per_layer_config=obj(),
+    rules=(
+        ("top_k_experts", "<=", "num_experts"),
+        ("num_kv_shared_layers", "<=", "num_hidden_layers"),
+        ("num_global_key_value_heads", "divides", "num_attention_heads"),
+    ),
 )
 #: transformers' RoPE per layer type when ``rope_parameters`` is left out.
 ROPE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -195,14 +216,9 @@ OWN = (
 def _layer_types(get: Mapping[str, Any], layers: int) -> list[str]:
     """``layer_types`` as transformers reads it: given or five sliding then one full, the last
     layer forced to full attention."""
-    types = get.get("layer_types")
+    types = get.get("layer_types")  # its length and kinds: read with the spec
     if types is None:
         types = ["sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(layers)]
-    kinds = {"sliding_attention", "full_attention"}
-    if len(types) != layers or not set(types) <= kinds:
-        raise ValueError(
-            f"config.json layer_types must list {layers} of {sorted(kinds)}; got {types!r}"
-        )
     return [*types[:-1], "full_attention"]
 
 
@@ -244,31 +260,22 @@ def _global_geometry(get: Mapping[str, Any], types: list[str], fields: dict[str,
     ``num_global_key_value_heads`` (read only with ``attention_k_eq_v``, as transformers does)."""
     overrides = get.get("per_layer_config")
     if overrides is None:
-        head_dim = int(get.get("global_head_dim") or DEFAULTS["global_head_dim"])
+        head_dim = get["global_head_dim"]
         kv = get.get("num_global_key_value_heads") if get["attention_k_eq_v"] else None
     else:
-        by_layer = {int(k): dict(v) for k, v in dict(overrides).items()}
         full = {i for i, t in enumerate(types) if t == "full_attention"}
-        distinct = {tuple(sorted(v.items())) for v in by_layer.values()}
-        keys = {k for v in by_layer.values() for k in v}
-        if (
-            set(by_layer) != full
-            or len(distinct) != 1
-            or not keys
-            <= {
-                "head_dim",
-                "num_key_value_heads",
-            }
-        ):
+        by_layer = _per_layer(overrides)
+        distinct = {tuple(sorted(v.items())) for v in (by_layer or {}).values()}
+        if by_layer is None or set(by_layer) != full or len(distinct) != 1:
             raise ValueError(
                 "config.json per_layer_config must override the full_attention layers "
-                f"({sorted(full)}) alike, with head_dim and num_key_value_heads only; got "
-                f"{dict(overrides)!r}"
+                f"({sorted(full)}) alike, with head_dim and num_key_value_heads (integers >= 1) "
+                f"only; got {dict(overrides)!r}"
             )
         override = next(iter(by_layer.values()))
-        head_dim = int(override.get("head_dim", fields["head_dim"]))
+        head_dim = override.get("head_dim", fields["head_dim"])
         kv = override.get("num_key_value_heads")
-    kv = int(kv) if kv is not None else fields["num_kv_heads"]
+    kv = kv if kv is not None else fields["num_kv_heads"]
     if "sliding_attention" not in types:  # every layer global: the global geometry is all
         fields |= dict(head_dim=head_dim, num_kv_heads=kv)
         return
@@ -276,6 +283,21 @@ def _global_geometry(get: Mapping[str, Any], types: list[str], fields: dict[str,
         fields["global_head_dim"] = head_dim
     if kv != fields["num_kv_heads"]:
         fields["global_kv_heads"] = kv
+
+
+def _per_layer(overrides: Mapping[str, Any]) -> dict[int, dict[str, int]] | None:
+    """``per_layer_config`` as layer index → its overrides, or None unless every key is a layer
+    index and every override sets only ``head_dim`` and ``num_key_value_heads``, integers >= 1."""
+    out: dict[int, dict[str, int]] = {}
+    for key, override in overrides.items():
+        if not str(key).isdigit() or not isinstance(override, Mapping):
+            return None
+        sizes = dict(override)
+        known = set(sizes) <= {"head_dim", "num_key_value_heads"}
+        if not known or not all(type(v) is int and v >= 1 for v in sizes.values()):
+            return None
+        out[int(key)] = sizes
+    return out
 
 
 def gemma4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
@@ -286,8 +308,8 @@ def gemma4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
     ValueError
         An unknown key, or a value tjx does not compute as transformers does, named.
     """
-    check_keys(hf, GEMMA4, KEYS)
-    get = {**DEFAULTS, **{k: v for k, v in hf.items() if v is not None}}
+    get = SPEC.read(hf)
+    check_keys(get, GEMMA4, KEYS)
     act = get["hidden_activation"]
     if act not in TANH_GELU:
         raise ValueError(
@@ -301,15 +323,15 @@ def gemma4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
             f"{hf['use_bidirectional_attention']!r} is not supported: bidirectional attention "
             "over text (tjx loads a causal decoder; null or 'vision' load)"
         )
-    fields = base_fields(get, tied=True, eps=1e-6)
+    fields = base_fields(get)
     types = _layer_types(get, fields["num_layers"])
     sliding = [t == "sliding_attention" for t in types]
     fields |= windows(get["sliding_window"], sliding)
     fields |= _rope(get, types)
     _global_geometry(get, types, fields)
-    shared = int(get["num_kv_shared_layers"])
-    ple = int(get["hidden_size_per_layer_input"] or 0)
-    ple_vocab = int(get["vocab_size_per_layer_input"])
+    shared = get["num_kv_shared_layers"]
+    ple = get["hidden_size_per_layer_input"]
+    ple_vocab = get["vocab_size_per_layer_input"]
     fields |= dict(
         norm_position="sandwich",
         norm_plus_one=False,
@@ -321,7 +343,7 @@ def gemma4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
         final_logit_softcap=get["final_logit_softcapping"],
         value_norm=True,
         layer_scale=True,
-        global_values_from_keys=bool(get["attention_k_eq_v"]),
+        global_values_from_keys=get["attention_k_eq_v"],
         kv_shared_layers=shared,
         kv_shared_mlp_dim=(
             2 * fields["mlp_dim"] if shared and get["use_double_wide_mlp"] else None
@@ -329,7 +351,7 @@ def gemma4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
         per_layer_input_dim=ple,
         per_layer_vocab_size=ple_vocab if ple and ple_vocab != fields["vocab_size"] else None,
     )
-    if get.get("enable_moe_block"):
+    if get["enable_moe_block"]:
         fields |= _moe_fields(get)
     return LlamaConfig(**{**fields, **overrides})
 
@@ -342,9 +364,9 @@ def _moe_fields(get: Mapping[str, Any]) -> dict[str, Any]:
         if not get.get(key):
             raise ValueError(f"config.json enable_moe_block true needs {key}; got {get.get(key)!r}")
     return dict(
-        num_experts=int(get["num_experts"]),
-        experts_per_token=int(get["top_k_experts"]),
-        expert_mlp_dim=int(get["moe_intermediate_size"]),
+        num_experts=get["num_experts"],
+        experts_per_token=get["top_k_experts"],
+        expert_mlp_dim=get["moe_intermediate_size"],
         router="softmax",
         router_norm_topk=True,
         router_aux_loss=0.0,
@@ -534,7 +556,9 @@ def _moe_tensors(tables: Tables, c: LlamaConfig, pre: str, t: str) -> None:
 def gemma4_image_text_config(hf: Mapping[str, Any]) -> dict[str, Any]:
     """The text model's ``config.json`` dict of a Gemma 4 image-text ``config.json``
     (`tjx.nn.hf.image_text.text_config`; tied unless it says otherwise)."""
-    return text_config(hf, image_text=IMAGE_TEXT, text=GEMMA4, keys=IMAGE_TEXT_KEYS, tied=True)
+    return text_config(
+        hf, image_text=IMAGE_TEXT, text=GEMMA4, keys=IMAGE_TEXT_KEYS, tied=True, spec=SPEC
+    )
 
 
 def skip_towers(base: Callable[[str], bool]) -> Callable[[str], bool]:

@@ -35,9 +35,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf.config import llama_common_to_hf, llama_fields
+from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields
 from tjx.nn.hf.family_base import mismatches, refuse_mismatches
 from tjx.nn.hf.io import HFMapping
+from tjx.nn.hf.keys import ABSENT, Key, count, flag, positive, size
 from tjx.nn.hf.llama import llama_mapping
 from tjx.nn.hf.mtp_tensors import mtp_mapping
 from tjx.nn.hf.tables import Tables
@@ -66,6 +67,32 @@ KEYS = frozenset(
 )
 #: transformers' ``partial_rotary_factor`` when a GLM-4.5 config names none.
 DEFAULT_PARTIAL = 0.5
+#: The keys GLM-4.5's import reads (`keys.Spec`), with transformers 5.24's defaults (the
+#: multi-token-prediction count, 1 there, is 0 when left out: `deepseek.SPECS`' note).
+SPEC = LLAMA.but(
+    "Glm4MoeConfig",
+    num_key_value_heads=size(8, null=None),
+    max_position_embeddings=size(131072),
+    rms_norm_eps=positive(1e-5),
+    moe_intermediate_size=size(1408),
+    num_experts_per_tok=size(8),
+    n_shared_experts=count(1, null=0),
+    n_routed_experts=size(128),
+    routed_scaling_factor=positive(1.0),
+    n_group=size(1, null=1),
+    topk_group=size(1, null=1),
+    first_k_dense_replace=count(1, null=0),
+    norm_topk_prob=flag(True),
+    use_qk_norm=flag(False),
+    partial_rotary_factor=Key("float", ABSENT, above=0, high=1),
+    num_nextn_predict_layers=count(ABSENT, null=ABSENT),
+    num_mtp_layers=count(ABSENT, null=ABSENT),
+    rules=(
+        ("num_experts_per_tok", "<=", "n_routed_experts"),
+        ("n_group", "divides", "n_routed_experts"),
+        ("topk_group", "<=", "n_group"),
+    ),
+)
 #: What a config must have to be written as glm4_moe: field → the value GLM-4.5 computes with.
 NEEDS: dict[str, Any] = dict(
     attention_type="mha",
@@ -107,6 +134,7 @@ def glm4_moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
     ValueError
         An unknown key, or a value tjx does not compute as transformers does, named.
     """
+    hf = SPEC.read(hf)
     rest = {k: v for k, v in hf.items() if k not in ("attention_bias", "partial_rotary_factor")}
     params = dict(hf.get("rope_parameters") or {})
     scaling = dict(hf.get("rope_scaling") or {})
@@ -123,21 +151,20 @@ def glm4_moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
         raise _refuse("scoring_func", hf["scoring_func"], "GLM-4.5 routes by sigmoid scores")
     fields = llama_fields(rest, GLM4_MOE, handled=KEYS)
     fields |= dict(
-        norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
         use_bias=False,
-        qkv_bias=bool(hf.get("attention_bias", False)),
-        qk_norm=bool(hf.get("use_qk_norm", False)),
+        qkv_bias=hf["attention_bias"],
+        qk_norm=hf["use_qk_norm"],
         rope_fraction=float(partial),
-        num_experts=int(hf.get("n_routed_experts", 128)),
-        experts_per_token=int(hf.get("num_experts_per_tok", 8)),
-        expert_mlp_dim=int(hf.get("moe_intermediate_size", 1408)),
-        num_shared_experts=int(hf.get("n_shared_experts", 1) or 0),
-        moe_first_dense=int(hf.get("first_k_dense_replace", 1) or 0),
+        num_experts=hf["n_routed_experts"],
+        experts_per_token=hf["num_experts_per_tok"],
+        expert_mlp_dim=hf["moe_intermediate_size"],
+        num_shared_experts=hf["n_shared_experts"],
+        moe_first_dense=hf["first_k_dense_replace"],
         router="sigmoid",
-        router_norm_topk=bool(hf.get("norm_topk_prob", True)),
-        router_scale=float(hf.get("routed_scaling_factor", 1.0)),
-        router_groups=int(hf.get("n_group", 1) or 1),
-        router_topk_groups=int(hf.get("topk_group", 1) or 1),
+        router_norm_topk=hf["norm_topk_prob"],
+        router_scale=float(hf["routed_scaling_factor"]),
+        router_groups=hf["n_group"],
+        router_topk_groups=hf["topk_group"],
         mtp_depths=mtp_layers(hf),
     )
     return LlamaConfig(**{**fields, **overrides})

@@ -22,6 +22,7 @@ import numpy as np
 
 from tjx.nn.configs import GPT2Config
 from tjx.nn.hf.io import HFMapping, Read, concat, take
+from tjx.nn.hf.keys import ABSENT, Key, Spec, flag, fraction, positive, size, text
 
 _PER_LAYER = {
     "ln_1.weight": "attn_norm.scale",
@@ -90,6 +91,33 @@ _GPT2_KEYS = frozenset(
         "return_dict",
     }
 )
+#: The keys GPT-2's import reads (`keys.Spec`), with transformers 5.24's ``GPT2Config`` defaults
+#: (``n_inner`` null: 4 × ``n_embd``); its sizes are required, as every family's. (tjx's own
+#: dropout is a training setting: the ``*_pdrop`` rates are only checked.)
+SPEC = Spec(
+    "GPT2Config",
+    {
+        "vocab_size": size(),
+        "n_positions": size(1024),
+        "n_embd": size(),
+        "n_layer": size(),
+        "n_head": size(),
+        "n_inner": size(None, null=None),
+        "activation_function": text("gelu_new"),
+        "layer_norm_epsilon": positive(1e-5),
+        "initializer_range": Key("float", 0.02, above=0, high=1),
+        "scale_attn_weights": flag(True),
+        "scale_attn_by_inverse_layer_idx": flag(False),
+        "add_cross_attention": flag(False),
+        "tie_word_embeddings": flag(True),
+        # Read by no tensor of the LM, typed all the same (a damaged file is refused whole).
+        "n_ctx": size(ABSENT),
+        "resid_pdrop": fraction(ABSENT),
+        "embd_pdrop": fraction(ABSENT),
+        "attn_pdrop": fraction(ABSENT),
+    },
+    rules=(("n_head", "divides", "n_embd"),),
+)
 #: Keys that change the computation, with the only value tjx's GPT-2 computes.
 _GPT2_VALUES: Mapping[str, Any] = {
     "scale_attn_weights": True,
@@ -145,23 +173,24 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPT2Config:
             f"config.json key(s) {', '.join(unknown)} are not understood by tjx's gpt2 import "
             "and could change the model; remove them only if they change no output"
         )
+    hf = SPEC.read(hf)
     for key, own in _GPT2_VALUES.items():
-        if hf.get(key, own) != own:
+        if hf[key] != own:
             raise ValueError(f"config.json {key} must be {own!r} for tjx's GPT-2; got {hf[key]!r}")
-    act = hf.get("activation_function", "gelu_new")
+    act = hf["activation_function"]
     acts = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact", "relu": "relu"}
     if act not in acts:
         raise ValueError(f"activation_function must be one of {tuple(acts)}; got {act!r}")
     fields: dict[str, Any] = dict(
         vocab_size=hf["vocab_size"],
-        max_seq_len=hf.get("n_positions", 1024),
+        max_seq_len=hf["n_positions"],
         d_model=hf["n_embd"],
         num_layers=hf["n_layer"],
         num_heads=hf["n_head"],
-        mlp_dim=hf.get("n_inner") or 4 * hf["n_embd"],
+        mlp_dim=hf["n_inner"] or 4 * hf["n_embd"],
         mlp_activation=acts[act],
-        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        init_std=hf.get("initializer_range", 0.02),
+        norm_eps=float(hf["layer_norm_epsilon"]),
+        init_std=float(hf["initializer_range"]),
     )
     conflicts = hf_gpt2_conflicts(overrides)
     if conflicts:

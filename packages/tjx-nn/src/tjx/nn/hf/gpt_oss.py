@@ -41,9 +41,10 @@ from typing import Any
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf.config import llama_common_to_hf, llama_fields
+from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields
 from tjx.nn.hf.family_base import layer_types
 from tjx.nn.hf.io import HFMapping
+from tjx.nn.hf.keys import ATTENTION_KINDS, flag, layer_list, nonneg, positive, size
 from tjx.nn.hf.tables import Tables, transposed
 from tjx.nn.mlp import CLAMPED_SWIGLU_ALPHA, CLAMPED_SWIGLU_LIMIT
 
@@ -73,6 +74,24 @@ DEFAULT_ROPE = {
     "original_max_position_embeddings": 4096,
 }
 DEFAULT_THETA = 150000.0
+#: The keys gpt-oss's import reads (`keys.Spec`), with transformers 5.24's defaults (``head_dim``
+#: null: hidden_size // num_attention_heads, as its ``__post_init__``).
+SPEC = LLAMA.but(
+    "GptOssConfig",
+    num_local_experts=size(128),
+    head_dim=size(64, null=None),
+    num_key_value_heads=size(8, null=None),
+    sliding_window=size(128, null=None),
+    max_position_embeddings=size(131072),
+    rms_norm_eps=positive(1e-5),
+    num_experts_per_tok=size(4),
+    swiglu_alpha=positive(CLAMPED_SWIGLU_ALPHA),
+    swiglu_limit=positive(CLAMPED_SWIGLU_LIMIT),
+    router_aux_loss_coef=nonneg(0.001),
+    layer_types=layer_list(ATTENTION_KINDS),
+    attention_bias=flag(True),
+    rules=(("num_experts_per_tok", "<=", "num_local_experts"),),
+)
 #: What a config must have to be written as gpt-oss: field → (the value gpt-oss computes with).
 NEEDS: dict[str, Any] = dict(
     attention_type="mha",
@@ -119,18 +138,19 @@ def gpt_oss_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConf
         raise _refuse(
             "quantization_config", method, "tjx reads unquantized weights; load a bf16 conversion"
         )
+    hf = SPEC.read(hf)
     for key, want in (
         ("swiglu_alpha", CLAMPED_SWIGLU_ALPHA),
         ("swiglu_limit", CLAMPED_SWIGLU_LIMIT),
     ):
-        if float(hf.get(key, want)) != want:
+        if float(hf[key]) != want:
             raise _refuse(key, hf[key], f"tjx's clamped SwiGLU computes {want} only")
-    if not hf.get("attention_bias", True):
+    if not hf["attention_bias"]:
         raise _refuse(
             "attention_bias", False, "its experts keep their biases, and tjx biases every "
             "projection or none"
         )  # fmt: skip
-    layers = int(hf["num_hidden_layers"])
+    layers = hf["num_hidden_layers"]
     rest = {k: v for k, v in hf.items() if k not in ("attention_bias", "hidden_act")}
     if not rest.get("rope_parameters") and not rest.get("rope_scaling"):
         rest["rope_parameters"] = dict(DEFAULT_ROPE)
@@ -143,16 +163,15 @@ def gpt_oss_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConf
         ]
     fields = llama_fields(rest, GPT_OSS, handled=KEYS)
     fields |= dict(
-        norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
         use_bias=True,
         attention_sinks=True,
         mlp_activation="swiglu_clamped",
-        num_experts=int(hf.get("num_local_experts", 128)),
-        experts_per_token=int(hf.get("num_experts_per_tok", 4)),
+        num_experts=hf["num_local_experts"],
+        experts_per_token=hf["num_experts_per_tok"],
         router="softmax",
         router_norm_topk=True,
         router_logit_bias=True,
-        router_aux_loss=float(hf.get("router_aux_loss_coef", 0.001)),
+        router_aux_loss=float(hf["router_aux_loss_coef"]),
     )
     return LlamaConfig(**{**fields, **overrides})
 

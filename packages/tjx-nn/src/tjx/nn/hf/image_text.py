@@ -10,14 +10,22 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tjx.nn.hf.config import HARMLESS
+from tjx.nn.hf.keys import Spec, flag
 
 
 def text_config(
-    hf: Mapping[str, Any], *, image_text: str, text: str, keys: frozenset[str], tied: bool
+    hf: Mapping[str, Any],
+    *,
+    image_text: str,
+    text: str,
+    keys: frozenset[str],
+    tied: bool,
+    spec: Spec,
 ) -> dict[str, Any]:
     """The text model's ``config.json`` dict of an image-text ``config.json``: its
     ``text_config`` as ``model_type`` ``text``, tied as the image-text model ties (its own
-    ``tie_word_embeddings``, ``tied`` when it has none, as transformers' default).
+    ``tie_word_embeddings``, ``tied`` when it has none, as transformers' default), read with
+    the text model's ``spec`` (its keys named ``text_config.<key>`` in messages).
 
     Parameters
     ----------
@@ -30,6 +38,9 @@ def text_config(
         model).
     tied : bool
         transformers' ``tie_word_embeddings`` default for the image-text model.
+    spec : Spec
+        The text model's keys (`keys.Spec`; its class ``<Name>TextConfig``, the image-text
+        model's ``<Name>Config``).
 
     Raises
     ------
@@ -45,10 +56,10 @@ def text_config(
     inner = hf.get("text_config")
     if not isinstance(inner, Mapping):
         raise ValueError(f"config.json of model_type {image_text!r} has no text_config")
-    return dict(inner) | {
-        "model_type": text,
-        "tie_word_embeddings": bool(hf.get("tie_word_embeddings", tied)),
-    }
+    outer = Spec(spec.cls.replace("TextConfig", "Config"), {"tie_word_embeddings": flag(tied)})
+    tie = outer.read(hf)["tie_word_embeddings"]
+    return spec.read(dict(inner) | {"model_type": text, "tie_word_embeddings": tie},
+                     prefix="text_config.")  # fmt: skip
 
 
 def skip_beside(

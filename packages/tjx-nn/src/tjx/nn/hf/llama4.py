@@ -62,6 +62,7 @@ from tjx.nn.hf.family_base import (
 )
 from tjx.nn.hf.image_text import skip_beside, text_config
 from tjx.nn.hf.io import HFMapping
+from tjx.nn.hf.keys import BASE, flag, int_list, layer_list, nonneg, positive, size, text
 from tjx.nn.hf.tables import Convert, Tables
 from tjx.nn.moe.config import expert_mlp_dim, moe_layers, shared_mlp_dim
 
@@ -108,24 +109,33 @@ KEYS = frozenset(
         "output_router_logits",  # what a forward returns, not what it computes
     }
 )
-#: transformers' ``Llama4TextConfig`` defaults for the keys a config.json may leave out.
-DEFAULTS: dict[str, Any] = dict(
-    intermediate_size=8192,
-    intermediate_size_mlp=16384,
-    head_dim=128,
-    max_position_embeddings=4096 * 32,
-    rms_norm_eps=1e-5,
-    tie_word_embeddings=False,
-    num_experts_per_tok=1,
-    num_local_experts=16,
-    interleave_moe_layer_step=1,
-    use_qk_norm=True,
-    no_rope_layer_interval=4,
-    attention_chunk_size=8192,
-    attn_temperature_tuning=True,
-    floor_scale=8192,
-    attn_scale=0.1,
-    router_aux_loss_coef=0.001,
+#: The keys Llama 4's import reads (`keys.Spec`), with transformers 5.24's ``Llama4TextConfig``
+#: defaults (Scout's); ``head_dim`` null is hidden_size // num_attention_heads (its
+#: ``__post_init__``), ``moe_layers`` and ``no_rope_layers`` null or left out follow the step and
+#: the interval.
+SPEC = BASE.but(
+    "Llama4TextConfig",
+    hidden_act=text("silu"),
+    intermediate_size_mlp=size(16384),
+    num_key_value_heads=size(8, null=None),
+    head_dim=size(128, null=None),
+    max_position_embeddings=size(4096 * 32),
+    rms_norm_eps=positive(1e-5),
+    num_experts_per_tok=size(1),
+    num_local_experts=size(16),
+    moe_layers=int_list(None),
+    interleave_moe_layer_step=size(1),
+    use_qk_norm=flag(True),
+    router_aux_loss_coef=nonneg(0.001),
+    router_jitter_noise=nonneg(0.0),
+    no_rope_layers=int_list(None),
+    no_rope_layer_interval=size(4),
+    attention_chunk_size=size(8192, null=None),
+    layer_types=layer_list(("chunked_attention", "full_attention")),
+    attn_temperature_tuning=flag(True),
+    floor_scale=positive(8192),  # an int in transformers; tjx writes a float if need be
+    attn_scale=positive(0.1),
+    rules=(("num_experts_per_tok", "<=", "num_local_experts"),),
 )
 #: Llama 4's RoPE base where a config.json names none (``Llama4TextConfig.default_theta``).
 LLAMA4_THETA = 500000.0
@@ -206,46 +216,46 @@ def llama4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
             f"tjx's {LLAMA4} import and could change the model; remove them only if they "
             "change no output"
         )
-    get = {**DEFAULTS, **hf}
-    if get.get("attention_bias"):
+    get = SPEC.read(hf)
+    if get["attention_bias"]:
         raise ValueError(f"config.json attention_bias true is not supported for {LLAMA4}")
-    if get.get("hidden_act", "silu") != "silu":
+    if get["hidden_act"] != "silu":
         raise ValueError(
             f"config.json hidden_act must be 'silu' (SwiGLU); got {get['hidden_act']!r}"
         )
-    layers, heads = int(get["num_hidden_layers"]), int(get["num_attention_heads"])
-    max_len = int(get["max_position_embeddings"])
-    theta, scaling = rope_from_hf(_with_theta(hf), max_len)
+    layers, heads = get["num_hidden_layers"], get["num_attention_heads"]
+    max_len = get["max_position_embeddings"]
+    theta, scaling = rope_from_hf(_with_theta(get), max_len)
     if scaling is not None and scaling.type != "llama3":
         raise ValueError(
             f"config.json rope_scaling of type {scaling.type!r} is not supported for {LLAMA4} "
             "(its checkpoints use llama3's)"
         )
     fields: dict[str, Any] = dict(
-        vocab_size=int(get["vocab_size"]),
+        vocab_size=get["vocab_size"],
         max_seq_len=max_len,
-        d_model=int(get["hidden_size"]),
+        d_model=get["hidden_size"],
         num_layers=layers,
         num_heads=heads,
-        num_kv_heads=int(get.get("num_key_value_heads") or heads),
+        num_kv_heads=get["num_key_value_heads"] or heads,
         # Left out: 128; null: hidden_size // heads (transformers' __post_init__).
-        head_dim=int(get["head_dim"] or int(get["hidden_size"]) // heads),
-        mlp_dim=int(get["intermediate_size_mlp"]),
+        head_dim=get["head_dim"] or get["hidden_size"] // heads,
+        mlp_dim=get["intermediate_size_mlp"],
         norm_eps=float(get["rms_norm_eps"]),
         rope_theta=theta,
         rope_scaling=scaling,
-        tie_embeddings=bool(get["tie_word_embeddings"]),
-        attention_dropout=float(get.get("attention_dropout", 0.0)),
-        init_std=float(get.get("initializer_range", 0.02)),
-        qk_l2_norm=bool(get["use_qk_norm"]),
+        tie_embeddings=get["tie_word_embeddings"],
+        attention_dropout=float(get["attention_dropout"]),
+        init_std=float(get["initializer_range"]),
+        qk_l2_norm=get["use_qk_norm"],
     )
     fields |= _attention_layers(get, layers)
     placement = _moe_placement(get, layers)
     if placement is not None:
-        width = int(get["intermediate_size"])
+        width = get["intermediate_size"]
         fields |= dict(
-            num_experts=int(get["num_local_experts"]),
-            experts_per_token=int(get["num_experts_per_tok"]),
+            num_experts=get["num_local_experts"],
+            experts_per_token=get["num_experts_per_tok"],
             expert_mlp_dim=width,
             shared_expert_mlp_dim=width,
             moe_layer_step=placement[0],
@@ -372,7 +382,7 @@ def llama4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "no_rope_layers": [int(r) for r in rope],
         "attention_chunk_size": c.attention_chunk,
         "attn_temperature_tuning": floor is not None,
-        "floor_scale": _number(floor if floor is not None else DEFAULTS["floor_scale"]),
+        "floor_scale": _number(floor if floor is not None else SPEC.keys["floor_scale"].default),
         "attn_scale": c.nope_temperature_scale,
     }
 
@@ -469,7 +479,9 @@ def llama4_text_config(hf: Mapping[str, Any]) -> dict[str, Any]:
         No ``text_config``, a key the image-text config does not have, or a text config tied
         otherwise than the image-text model, named.
     """
-    out = text_config(hf, image_text=IMAGE_TEXT, text=LLAMA4, keys=IMAGE_TEXT_KEYS, tied=False)
+    out = text_config(
+        hf, image_text=IMAGE_TEXT, text=LLAMA4, keys=IMAGE_TEXT_KEYS, tied=False, spec=SPEC
+    )
     inner, tied = hf["text_config"], out["tie_word_embeddings"]
     if bool(inner.get("tie_word_embeddings", tied)) != tied:
         raise ValueError(

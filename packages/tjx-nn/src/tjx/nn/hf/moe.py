@@ -29,7 +29,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf.config import check_llama_shape, llama_common_to_hf, llama_fields
+from tjx.nn.hf.config import (
+    LLAMA,
+    QWEN_WINDOWS,
+    WINDOW_KEYS,
+    check_llama_shape,
+    llama_common_to_hf,
+    llama_fields,
+)
+from tjx.nn.hf.keys import ABSENT, Spec, count, flag, int_list, nonneg, positive, size
 from tjx.nn.moe.config import expert_mlp_dim, shared_mlp_dim
 
 MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe")
@@ -60,6 +68,53 @@ KEYS: dict[str, frozenset[str]] = {
     "qwen2_moe": _QWEN_KEYS | {"shared_expert_intermediate_size", "qkv_bias"},
     "qwen3_moe": _QWEN_KEYS,
 }
+#: The keys each type's import reads (`keys.Spec`), with transformers 5.24's defaults (Qwen2-MoE
+#: writes a window of 0 when it does not slide).
+_QWEN_MOE: dict[str, Any] = dict(
+    decoder_sparse_step=size(1),
+    norm_topk_prob=flag(False),
+    router_aux_loss_coef=nonneg(0.001),
+    mlp_only_layers=int_list([], null=[]),
+    num_local_experts=count(ABSENT),
+)
+SPECS: dict[str, Spec] = {
+    "mixtral": LLAMA.but(
+        "MixtralConfig",
+        **WINDOW_KEYS,
+        num_key_value_heads=size(8, null=None),
+        max_position_embeddings=size(4096 * 32),
+        rms_norm_eps=positive(1e-5),
+        num_local_experts=count(8),
+        num_experts_per_tok=size(2),
+        router_aux_loss_coef=nonneg(0.001),
+        router_jitter_noise=nonneg(0.0, null=0.0),
+        rules=(("num_experts_per_tok", "<=", "num_local_experts"),),
+    ),
+    "qwen2_moe": LLAMA.but(
+        "Qwen2MoeConfig",
+        **QWEN_WINDOWS | dict(sliding_window=count(4096, null=None)),
+        **_QWEN_MOE,
+        num_key_value_heads=size(16, null=None),
+        max_position_embeddings=size(32768),
+        num_experts=count(60),
+        num_experts_per_tok=size(4),
+        moe_intermediate_size=size(1408),
+        shared_expert_intermediate_size=count(5632),
+        qkv_bias=flag(True),
+        rules=(("num_experts_per_tok", "<=", "num_experts"),),
+    ),
+    "qwen3_moe": LLAMA.but(
+        "Qwen3MoeConfig",
+        **QWEN_WINDOWS,
+        **_QWEN_MOE,
+        num_key_value_heads=size(4, null=None),
+        max_position_embeddings=size(32768),
+        num_experts=count(128),
+        num_experts_per_tok=size(8),
+        moe_intermediate_size=size(768),
+        rules=(("num_experts_per_tok", "<=", "num_experts"),),
+    ),
+}
 #: HF names of a layer's MoE block: (block, router, expert gate/up/down, shared expert or None).
 NAMES: dict[str, tuple[str, str, tuple[str, str, str], str | None]] = {
     "mixtral": ("block_sparse_moe", "gate", ("w1", "w3", "w2"), None),
@@ -89,24 +144,25 @@ def moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
         An unknown key, or an MoE option tjx does not compute the same way, named.
     """
     model_type = str(hf.get("model_type"))
+    hf = SPECS[model_type].read(hf)
     fields = llama_fields(hf, model_type, handled=KEYS[model_type])
-    experts = int(hf.get("num_local_experts") or hf.get("num_experts") or 0)
+    experts = hf.get("num_local_experts") or hf.get("num_experts") or 0
     if experts < 1:
         raise _refuse("num_experts", experts, f"a {model_type} without experts (load it dense)")
     moe: dict[str, Any] = dict(
         num_experts=experts,
-        experts_per_token=int(hf.get("num_experts_per_tok", 2)),
-        router_aux_loss=float(hf.get("router_aux_loss_coef", 0.01)),
+        experts_per_token=hf["num_experts_per_tok"],
+        router_aux_loss=float(hf["router_aux_loss_coef"]),
     )
     if model_type == "mixtral":
-        jitter = float(hf.get("router_jitter_noise") or 0.0)
+        jitter = float(hf["router_jitter_noise"])
         if jitter:
             raise _refuse("router_jitter_noise", jitter, "tjx's router adds no noise")
         moe["expert_mlp_dim"] = None  # intermediate_size (mlp_dim) is an expert's width
     else:
-        moe |= qwen_moe_fields(hf, model_type, {"norm_topk_prob": False})
+        moe |= qwen_moe_fields(hf, model_type)
     if model_type == "qwen2_moe":
-        fields["qkv_bias"] = bool(hf.get("qkv_bias", True))
+        fields["qkv_bias"] = hf["qkv_bias"]
     if model_type == "qwen3_moe":
         if fields["use_bias"]:
             raise _refuse("attention_bias", True, "tjx's qwen3_moe import has no biases")
@@ -114,11 +170,10 @@ def moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
     return LlamaConfig(**{**fields, **moe, **overrides})
 
 
-def qwen_moe_fields(
-    hf: Mapping[str, Any], model_type: str, defaults: Mapping[str, Any]
-) -> dict[str, Any]:
+def qwen_moe_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]:
     """The Qwen MoE types' expert placement, width and shared expert (qwen2_moe, qwen3_moe and
-    Qwen3-Next's), with transformers' ``defaults`` for keys a config.json leaves out.
+    Qwen3-Next's), from ``hf`` as the type's `keys.Spec` has read it (transformers' defaults
+    filled in).
 
     Raises
     ------
@@ -126,18 +181,17 @@ def qwen_moe_fields(
         ``mlp_only_layers`` other than the first layers, or a shared expert's width below 1
         where the type has one.
     """
-    get = {**defaults, **hf}
-    dense = sorted(int(i) for i in get.get("mlp_only_layers") or [])
+    dense = sorted(hf["mlp_only_layers"])
     if dense != list(range(len(dense))):
         raise _refuse("mlp_only_layers", dense, "tjx keeps only the first k layers dense (0..k-1)")
     fields: dict[str, Any] = dict(
-        expert_mlp_dim=int(get["moe_intermediate_size"]),
-        router_norm_topk=bool(get.get("norm_topk_prob", False)),
-        moe_layer_step=int(get.get("decoder_sparse_step", 1)),
+        expert_mlp_dim=hf["moe_intermediate_size"],
+        router_norm_topk=hf["norm_topk_prob"],
+        moe_layer_step=hf["decoder_sparse_step"],
         moe_first_dense=len(dense),
     )
     if model_type in SHARED_GATE_TYPES:
-        shared = int(get.get("shared_expert_intermediate_size") or 0)
+        shared = hf["shared_expert_intermediate_size"]
         if shared < 1:
             raise _refuse("shared_expert_intermediate_size", shared, f"{model_type} has one")
         fields |= dict(num_shared_experts=1, shared_expert_mlp_dim=shared, shared_expert_gate=True)

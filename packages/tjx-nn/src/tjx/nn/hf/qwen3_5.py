@@ -50,6 +50,7 @@ from tjx.nn.hf.family_base import (
 from tjx.nn.hf.family_tensors import family_mapping
 from tjx.nn.hf.image_text import skip_beside, text_config
 from tjx.nn.hf.io import HFMapping, Read
+from tjx.nn.hf.keys import ABSENT, BASE, Key, count, flag, layer_list, size, text
 from tjx.nn.hf.tables import Tables
 
 QWEN3_5 = "qwen3_5_text"
@@ -72,19 +73,29 @@ KEYS = frozenset(
         "mtp_use_dedicated_embeddings",
     }
 )
-#: transformers' ``Qwen3_5TextConfig`` defaults for the keys a config.json may leave out.
-DEFAULTS: dict[str, Any] = dict(
-    head_dim=256,
-    linear_conv_kernel_dim=4,
-    linear_key_head_dim=128,
-    linear_value_head_dim=128,
-    linear_num_key_heads=16,
-    linear_num_value_heads=32,
-    partial_rotary_factor=0.25,
-    full_attention_interval=4,
-)
 #: ``layer_types`` ↔ ``mixer_pattern``.
 MIXER_OF = {"linear_attention": "delta", "full_attention": "attention"}
+#: The keys Qwen3.5's import reads (`keys.Spec`), with transformers 5.24's
+#: ``Qwen3_5TextConfig`` defaults (``partial_rotary_factor`` and ``full_attention_interval``:
+#: the keyword arguments its ``__post_init__`` reads; the RoPE entry's factor wins).
+SPEC = BASE.but(
+    "Qwen3_5TextConfig",
+    hidden_act=text("silu"),
+    num_key_value_heads=size(4),
+    max_position_embeddings=size(32768),
+    head_dim=size(256),
+    linear_conv_kernel_dim=size(4),
+    linear_key_head_dim=size(128),
+    linear_value_head_dim=size(128),
+    linear_num_key_heads=size(16),
+    linear_num_value_heads=size(32),
+    layer_types=layer_list(tuple(sorted(MIXER_OF))),
+    full_attention_interval=size(4),
+    partial_rotary_factor=Key("float", 0.25, above=0, high=1),
+    mtp_num_hidden_layers=count(ABSENT),
+    mtp_use_dedicated_embeddings=flag(ABSENT),
+    rules=(("linear_num_key_heads", "divides", "linear_num_value_heads"),),
+)
 LAYER_TYPE_OF = {v: k for k, v in MIXER_OF.items()}
 #: What a config must have to be written as Qwen3.5: field → the value Qwen3.5 computes with.
 NEEDS: dict[str, Any] = dict(
@@ -140,13 +151,15 @@ def qwen3_5_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConf
     ValueError
         An unknown key, or a value tjx does not compute as transformers does, named.
     """
-    return LlamaConfig(**{**hybrid_fields(hf, QWEN3_5, KEYS, DEFAULTS), **overrides})
+    return LlamaConfig(**{**hybrid_fields(SPEC.read(hf), QWEN3_5, KEYS), **overrides})
 
 
 def image_text_config(hf: Mapping[str, Any]) -> dict[str, Any]:
     """The text model's ``config.json`` dict of a Qwen3.5 image-text ``config.json``
     (`tjx.nn.hf.image_text.text_config`; untied unless it says otherwise)."""
-    return text_config(hf, image_text=IMAGE_TEXT, text=QWEN3_5, keys=IMAGE_TEXT_KEYS, tied=False)
+    return text_config(
+        hf, image_text=IMAGE_TEXT, text=QWEN3_5, keys=IMAGE_TEXT_KEYS, tied=False, spec=SPEC
+    )
 
 
 def text_name(stored: str) -> str:
@@ -168,12 +181,10 @@ def skip_modules(base: Callable[[str], bool], image_text: bool) -> Callable[[str
     return skip_beside(base, beside)
 
 
-def hybrid_fields(
-    hf: Mapping[str, Any], model_type: str, keys: frozenset[str], defaults: Mapping[str, Any]
-) -> dict[str, Any]:
+def hybrid_fields(hf: Mapping[str, Any], model_type: str, keys: frozenset[str]) -> dict[str, Any]:
     """The ``LlamaConfig`` fields of a Qwen hybrid (delta and gated attention layers: Qwen3.5,
-    and Qwen3-Next's decoder), read with ``model_type``'s ``keys`` and transformers'
-    ``defaults`` (`DEFAULTS`' keys at least).
+    and Qwen3-Next's decoder) from ``hf`` as the type's `keys.Spec` has read it (transformers'
+    defaults filled in), its keys beyond ``family_base.BASE_KEYS`` ``keys``.
 
     Raises
     ------
@@ -181,32 +192,27 @@ def hybrid_fields(
         An unknown key, or a value tjx does not compute as transformers does, named.
     """
     check_keys(hf, model_type, keys)
-    act = hf.get("hidden_act", "silu")
+    act = hf["hidden_act"]
     if act != "silu":
         raise ValueError(f"config.json hidden_act must be 'silu' (SwiGLU); got {act!r}")
-    get = {k: hf.get(k, v) for k, v in defaults.items()}
     params = {k: v for k, v in (hf.get("rope_parameters") or {}).items() if k not in _MROPE}
-    partial = params.pop("partial_rotary_factor", get["partial_rotary_factor"])
-    layers = int(hf["num_hidden_layers"])
-    types = hf.get("layer_types")
+    partial = params.pop("partial_rotary_factor", hf["partial_rotary_factor"])
+    layers = hf["num_hidden_layers"]
+    types = hf.get("layer_types")  # its length and kinds: read with the spec
     if types is None:
-        every = int(get["full_attention_interval"])
+        every = hf["full_attention_interval"]
         types = ["linear_attention" if (i + 1) % every else "full_attention" for i in range(layers)]
-    if len(types) != layers or not set(types) <= set(MIXER_OF):
-        raise ValueError(
-            f"config.json layer_types must list {layers} of {sorted(MIXER_OF)}; got {types!r}"
-        )
     rest = {k: v for k, v in hf.items() if k != "partial_rotary_factor"}  # read above
-    fields = base_fields({**hf, "head_dim": get["head_dim"]}, tied=False, eps=1e-6)
+    fields = base_fields(hf)
     fields |= dict(
         rope_theta=rope_theta({**rest, "rope_parameters": params}, model_type),
         rope_fraction=float(partial),
         mixer_pattern=shortest_pattern([MIXER_OF[t] for t in types]),
-        delta_key_heads=int(get["linear_num_key_heads"]),
-        delta_value_heads=int(get["linear_num_value_heads"]),
-        delta_key_dim=int(get["linear_key_head_dim"]),
-        delta_value_dim=int(get["linear_value_head_dim"]),
-        delta_conv_kernel=int(get["linear_conv_kernel_dim"]),
+        delta_key_heads=hf["linear_num_key_heads"],
+        delta_value_heads=hf["linear_num_value_heads"],
+        delta_key_dim=hf["linear_key_head_dim"],
+        delta_value_dim=hf["linear_value_head_dim"],
+        delta_conv_kernel=hf["linear_conv_kernel_dim"],
     )
     switches = {k: v for k, v in NEEDS.items() if k not in ("rope_scaling", "sliding_window")}
     return fields | switches
@@ -248,7 +254,7 @@ def hybrid_to_hf(
                       "linear_value_head_dim"), (c.delta_key_heads, c.delta_value_heads,
                       c.delta_key_dim, c.delta_value_dim), strict=True))  # fmt: skip
     if "delta" not in c.layer_mixers():  # no delta layer: transformers still builds the sizes
-        sizes = {k: DEFAULTS[k] for k in sizes}
+        sizes = {k: SPEC.keys[k].default for k in sizes}
     return out | {
         "architectures": [architecture],
         "model_type": model_type,

@@ -33,11 +33,12 @@ from typing import Any
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf.family_base import mismatches, refuse_mismatches
 from tjx.nn.hf.io import HFMapping
+from tjx.nn.hf.keys import count, flag, int_list, nonneg, size
 from tjx.nn.hf.llama import llama_mapping
 from tjx.nn.hf.moe import qwen_moe_fields
-from tjx.nn.hf.qwen3_5 import DEFAULTS as QWEN3_5_DEFAULTS
 from tjx.nn.hf.qwen3_5 import KEYS as QWEN3_5_KEYS
 from tjx.nn.hf.qwen3_5 import NEEDS as QWEN3_5_NEEDS
+from tjx.nn.hf.qwen3_5 import SPEC as QWEN3_5_SPEC
 from tjx.nn.hf.qwen3_5 import hybrid_fields, hybrid_mapping, hybrid_to_hf, is_qwen3_5
 from tjx.nn.moe.config import expert_mlp_dim, shared_mlp_dim
 
@@ -55,15 +56,20 @@ KEYS = QWEN3_5_KEYS | {
     "router_aux_loss_coef",
     "output_router_logits",  # what a forward returns, not what it computes
 }
-#: transformers' ``Qwen3NextConfig`` defaults for the keys a config.json may leave out.
-DEFAULTS: dict[str, Any] = QWEN3_5_DEFAULTS | dict(
-    num_experts=512,
-    num_experts_per_tok=10,
-    moe_intermediate_size=512,
-    shared_expert_intermediate_size=512,
-    norm_topk_prob=True,
-    decoder_sparse_step=1,
-    router_aux_loss_coef=0.001,
+#: The keys Qwen3-Next's import reads (`keys.Spec`): Qwen3.5's and the sparse block's, with
+#: transformers 5.24's ``Qwen3NextConfig`` defaults.
+SPEC = QWEN3_5_SPEC.but(
+    "Qwen3NextConfig",
+    num_key_value_heads=size(2),
+    num_experts=count(512),
+    num_experts_per_tok=size(10),
+    moe_intermediate_size=size(512),
+    shared_expert_intermediate_size=count(512),
+    norm_topk_prob=flag(True),
+    decoder_sparse_step=size(1),
+    mlp_only_layers=int_list([], null=[]),
+    router_aux_loss_coef=nonneg(0.001),
+    rules=(("num_experts_per_tok", "<=", "num_experts"),),
 )
 #: What a config must have to be written as Qwen3-Next: Qwen3.5's decoder, any MoE placement,
 #: and (checked beside, when it has experts) Qwen2-MoE's router and gated shared expert.
@@ -88,15 +94,15 @@ def qwen3_next_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaC
     ValueError
         An unknown key, or a value tjx does not compute as transformers does, named.
     """
-    fields = hybrid_fields(hf, QWEN3_NEXT, KEYS, DEFAULTS)
-    get = {**DEFAULTS, **hf}
-    experts = int(get["num_experts"])
+    hf = SPEC.read(hf)
+    fields = hybrid_fields(hf, QWEN3_NEXT, KEYS)
+    experts = hf["num_experts"]
     if experts > 0:
         fields |= dict(
             num_experts=experts,
-            experts_per_token=int(get["num_experts_per_tok"]),
-            router_aux_loss=float(get["router_aux_loss_coef"]),
-            **qwen_moe_fields(hf, QWEN3_NEXT, DEFAULTS),
+            experts_per_token=hf["num_experts_per_tok"],
+            router_aux_loss=float(hf["router_aux_loss_coef"]),
+            **qwen_moe_fields(hf, QWEN3_NEXT),
         )  # none: LlamaConfig's default, every layer dense
     return LlamaConfig(**{**fields, **overrides})
 

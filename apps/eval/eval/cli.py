@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --generate --temperature 0: greedy decoding drafted by the model's "
         "multi-token-prediction depth 1 (DeepSeek-V3, GLM-4.5: model.mtp_depths >= 1) and "
-        "verified by the model, the same tokens as plain greedy; prints the drafts' "
-        "acceptance rate",
+        "verified by one two-token pass of the model per step, the same tokens as plain "
+        "greedy; prints the drafts' acceptance rate and the passes (its speed against greedy: "
+        "tools/bench_speculative.py; measured on CPU only so far)",
     )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-batches", type=int, default=None, help="default: all batches")
@@ -320,7 +321,9 @@ def _generate(run: Any, args: argparse.Namespace) -> None:
         out = np.asarray(spec.tokens)
         print(
             f"speculative: {spec.accepted} of {spec.drafted} drafts accepted "
-            f"(acceptance rate {spec.acceptance_rate:.2f})"
+            f"(acceptance rate {spec.acceptance_rate:.2f}); {spec.passes} two-token "
+            f"verification passes of the model for {new} new tokens (greedy: {new - 1} "
+            "one-token passes)"
         )
     else:
         new = max(1, min(args.max_new_tokens or GENERATE_TOKENS, max_len - ids.shape[1]))

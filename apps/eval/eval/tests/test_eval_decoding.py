@@ -157,15 +157,22 @@ def test_sparse_top_k_without_generate_is_refused(tmp_path, capsys):
 
 
 def test_speculative_decoding_prints_greedy_tokens_and_the_drafts_acceptance(make_run, capsys):
-    """``--speculative``: the MTP depth drafts, the model verifies: plain greedy's sample."""
+    """``--speculative``: the MTP depth drafts, the model verifies in one two-token pass per
+    step: plain greedy's sample, and the passes it took (each accepted draft saves one)."""
     run, model = make_run(mtp_depths=1)
     assert main(_argv(run, "--speculative")) == 0
     out = capsys.readouterr().out
     assert _sample(out) == _reference(model)
-    found = re.search(r"speculative: (\d+) of (\d+) drafts accepted \(acceptance rate ", out)
+    found = re.search(
+        r"speculative: (\d+) of (\d+) drafts accepted \(acceptance rate [\d.]+\); (\d+) "
+        r"two-token verification passes of the model for 12 new tokens \(greedy: 11 one-token "
+        r"passes\)",
+        out,
+    )
     assert found, out
-    accepted, drafted = int(found[1]), int(found[2])
+    accepted, drafted, passes = int(found[1]), int(found[2]), int(found[3])
     assert 0 <= accepted <= drafted and drafted > 0
+    assert passes == 12 - 1 - accepted  # one row: the prefill's token, then 1 or 2 per pass
 
 
 @pytest.mark.parametrize(

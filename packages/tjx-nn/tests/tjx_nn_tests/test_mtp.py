@@ -1,6 +1,7 @@
 """Multi-token prediction (``mtp_depths``, :mod:`tjx.nn.mtp`): its forward and loss against a
 float64 NumPy reference written from DeepSeek-V3's equations, greedy self-speculative decoding
-against plain greedy decoding, and the settings' refusals. (Its HF tensors: test_mla_deepseek.py
+against plain greedy decoding (for the MTP families' flavours; one two-token main-model pass per
+step, counted), and the settings' refusals. (Its HF tensors: test_mla_deepseek.py
 and hf/test_gpt_oss_glm.py.)"""
 
 import math
@@ -12,7 +13,8 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
-from tjx.nn.mtp import mtp_hidden, mtp_labels
+from tjx.nn import generation, speculative
+from tjx.nn.mtp import MTPLayer, mtp_hidden, mtp_labels
 
 TINY = dict(
     vocab_size=40, max_seq_len=32, d_model=16, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -187,8 +189,29 @@ def test_an_moe_depth_adds_its_router_losses_to_the_mtp_loss():
     np.testing.assert_allclose(out.mtp.loss, ce + penalty, rtol=1e-5)
 
 
-def test_speculative_greedy_emits_plain_greedys_tokens():
-    model = _model(2, mtp_depths=1)
+#: The MTP families' flavours: GQA; DeepSeek-V3's (MLA with a low-rank query, yarn, MoE layers
+#: with a sigmoid router and a shared expert, the depth an MoE block); GLM-4.5's (partial RoPE,
+#: q/k/v biases, MoE).
+MOE = dict(
+    num_experts=4, experts_per_token=2, expert_mlp_dim=8, num_shared_experts=1, moe_first_dense=1,
+    router="sigmoid",
+)  # fmt: skip
+DEEPSEEK_V3 = dict(
+    **MOE, num_kv_heads=4, head_dim=8, attention_type="mla", kv_latent_dim=8, qk_rope_head_dim=4,
+    v_head_dim=6, q_lora_rank=10,
+    rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=8, mscale=1.0,
+                      mscale_all_dim=1.0),
+)  # fmt: skip
+MTP_FAMILIES = {
+    "gqa": {},
+    "deepseek-v3": DEEPSEEK_V3,
+    "glm-4.5": dict(**MOE, head_dim=8, rope_fraction=0.5, qkv_bias=True),
+}
+
+
+@pytest.mark.parametrize("family", list(MTP_FAMILIES))
+def test_speculative_greedy_emits_plain_greedys_tokens(family):
+    model = _model(2, mtp_depths=1, **MTP_FAMILIES[family])
     rs = np.random.default_rng(2)
     prompts = rs.integers(0, 40, (3, 5))
     lengths = np.array([5, 2, 4])
@@ -203,13 +226,13 @@ def test_speculative_greedy_emits_plain_greedys_tokens():
     np.testing.assert_array_equal(stopped.tokens, tnn.generate(model, prompts, eos_id=eos, **kw))
 
 
-def _copying_model():
+def _copying_model(**changes):
     """A model whose depth 1 drafts what the main model will say, by construction: attention
     writes nothing (output projections zero), so the main model's next token is a function of
     the current token alone; embedding rows of RMS 1 (``enorm(e) = e`` up to eps); and depth 1
     is the main layer behind ``eh_proj = [I; 0]`` (the embedding passed, the hidden state
     dropped) with the final norm: its prediction at i is the main model's at i + 1."""
-    c = tnn.LlamaConfig(**{**TINY, "num_layers": 1, "mtp_depths": 1})
+    c = tnn.LlamaConfig(**{**TINY, "num_layers": 1, "mtp_depths": 1, **changes})
     model = tnn.Llama(c, rngs=nnx.Rngs(3))
     flat = tnn.get_flat_params(model)
     e = flat["embed.embedding"]
@@ -230,6 +253,46 @@ def test_a_draft_that_copies_the_main_model_is_always_accepted():
     got = tnn.generate_speculative(model, prompts, max_new_tokens=9)
     np.testing.assert_array_equal(got.tokens, tnn.generate(model, prompts, max_new_tokens=9))
     assert got.acceptance_rate == 1.0 and got.drafted > 0
+
+
+def test_each_step_verifies_its_draft_in_one_pass_of_the_main_model(monkeypatch):
+    """#68's claim, counted (never timed): the prefill and then one main-model pass per step,
+    over two tokens (the last one and the draft), against greedy's one pass per token. Every
+    draft of the copying model is accepted: 9 tokens take the prefill and 4 passes."""
+    model = _copying_model(vocab_size=37)  # a config of its own: its programs trace here
+    passes, programs, greedy_steps = [], [], []
+    trunk, layer = tnn.DecoderLM.cached_trunk, MTPLayer.__call__
+
+    def counted_trunk(self, tokens, *args, **kw):
+        passes.append(("main", tokens.shape, kw.get("extend", False)))
+        return trunk(self, tokens, *args, **kw)
+
+    def counted_layer(self, hidden, embedded, **kw):
+        passes.append(("mtp", embedded.shape[:2], kw.get("extend", False)))
+        return layer(self, hidden, embedded, **kw)
+
+    def counted(calls, fn):
+        def run(*args, **kw):
+            calls.append(1)
+            return fn(*args, **kw)
+
+        return run
+
+    monkeypatch.setattr(tnn.DecoderLM, "cached_trunk", counted_trunk)
+    monkeypatch.setattr(MTPLayer, "__call__", counted_layer)
+    monkeypatch.setattr(speculative, "_verify", counted(programs, speculative._verify))
+    monkeypatch.setattr(generation, "_decode", counted(greedy_steps, generation._decode))
+    prompts = np.random.default_rng(5).integers(0, 37, (2, 3))
+    got = tnn.generate_speculative(model, prompts, max_new_tokens=9)
+    # Traced once each: the prefill's passes over the prompt, the step's over two tokens.
+    assert passes == [
+        ("main", (2, 3), False), ("mtp", (2, 3), False), ("main", (2, 2), True),
+        ("mtp", (2, 2), True),
+    ]  # fmt: skip
+    assert got.acceptance_rate == 1.0 and got.passes == len(programs) == 4
+    want = tnn.generate(model, prompts, max_new_tokens=9)
+    np.testing.assert_array_equal(got.tokens, want)
+    assert len(greedy_steps) == 8  # greedy: a one-token pass for each token after the first
 
 
 @pytest.mark.parametrize(

@@ -33,11 +33,18 @@ from tjx.nn import mla as ds
 from tjx.nn.configs import TransformerConfig, rotated_dims
 from tjx.nn.family_config import LayerShape
 from tjx.nn.kernel_choice import attention_call, layer_kind
-from tjx.nn.kv_cache import LayerCache, last_real, slot_positions, topk_decode_attention
+from tjx.nn.kv_cache import (
+    LayerCache,
+    last_real,
+    step_visible,
+    topk_decode_attention,
+    write_step,
+)
 from tjx.nn.linear import Dense, split_key, stacked_projection
 from tjx.nn.norms import RMSNorm, rms_norm
 from tjx.nn.params import make_param, normal
 from tjx.nn.positions import alibi_bias, apply_rope, proportional_rope
+from tjx.nn.rope_scaling import RopeScaling
 from tjx.nn.sequence import current_sequence_parallel, split_self_attention
 
 Array = jax.Array
@@ -371,6 +378,7 @@ class Attention(nnx.Module):
         lengths: Array | None = None,
         shared: LayerCache | None = None,
         kv_out: LayerCache | None = None,
+        extend: bool = False,
     ) -> tuple[Array, LayerCache | None]:
         """Attend.
 
@@ -385,10 +393,11 @@ class Attention(nnx.Module):
         context : Array, optional
             ``[b, s_ctx, d_model]`` keys/values input for cross-attention.
         cache, cache_pos : optional
-            KV cache of this layer and int ``[b]`` write positions. With ``s > 1`` this is a
-            prefill (``cache_pos`` must be 0: the chunk attends causally to itself and is written
-            at slots ``0..s-1``); with ``s == 1`` a decode step (written at ``cache_pos``, attends
-            to slots ``<= cache_pos``).
+            KV cache of this layer and int ``[b]`` write positions. With ``s > 1`` and no
+            ``extend`` this is a prefill (``cache_pos`` must be 0: the chunk attends causally to
+            itself and is written at slots ``0..s-1``); with ``s == 1`` or ``extend`` a decode
+            step (written at ``cache_pos .. cache_pos + s - 1``; token ``i`` attends to the
+            cache's positions ``<= cache_pos + i``: `tjx.nn.kv_cache.write_step`).
         kv : (Array, Array), optional
             Cross-attention only: keys and values ``[b, s_ctx, kv_heads, head_dim]`` already
             projected from the context (``project_context``), so decoding does not re-project
@@ -409,7 +418,12 @@ class Attention(nnx.Module):
             layer it reads, as that layer's ``kv_out`` holds them this call.
         kv_out : dict, optional
             Filled with this layer's keys and values ``{"k", "v"}`` for a later layer to read:
-            this call's own (``[b, s, ...]``), or while decoding its updated cache.
+            this call's own (``[b, s, ...]``), or while decoding the ones it attended over and
+            their positions (``"pos"`` ``[b, K]``).
+        extend : bool
+            With a cache: the ``s`` tokens continue each row's cached sequence at ``cache_pos``
+            (a decode step of several tokens, as a speculative draft's verification is), not a
+            prefill.
 
         Returns
         -------
@@ -419,7 +433,7 @@ class Attention(nnx.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
         k_query, k_kv, k_out = split_key(lora_rng, 3)
-        decoding = cache is not None and cache_pos is not None and s == 1
+        decoding = cache is not None and cache_pos is not None and (s == 1 or extend)
         fused = None if self.cross or decoding else self._fused_qkv(x)
         if self.deepseek:
             q = ds.query(self, x, positions, k_query, local)
@@ -435,14 +449,13 @@ class Attention(nnx.Module):
             q = self._tempered(q, positions, local)
         drop = 0.0 if deterministic else self.attention_dropout
         rng = dropout_rng if drop > 0.0 else None
-        if self.reads_kv:
-            out = self._shared(q, shared, segment_ids, cache_pos, local, drop, rng)
+        if self.reads_kv:  # no cache of its own: a decode step by its positions alone
+            step = cache_pos is not None and (s == 1 or extend)
+            out = self._shared(q, shared, segment_ids, positions, step, local, drop, rng)
             cache = None
         elif decoding:
             assert cache is not None and cache_pos is not None
-            out, cache = self._decode(x, q, positions, cache, cache_pos, bias, local)
-            if kv_out is not None:
-                kv_out.update(k=cache["k"], v=cache["v"])
+            out, cache = self._decode(x, q, positions, cache, cache_pos, bias, local, kv_out)
         else:
             kernel = self.kernel
             if self.cross:
@@ -520,13 +533,15 @@ class Attention(nnx.Module):
         q: Array,
         shared: LayerCache | None,
         segment_ids: Any,
-        cache_pos: Array | None,
+        positions: Array,
+        decoding: bool,
         local: Local,
         drop: float,
         rng: Array | None,
     ) -> Array:
         """Attend to another layer's keys and values (``kv_shared_layers``): the whole call's,
-        with this layer's mask, or while decoding (one query per row) its cache's slots."""
+        with this layer's mask, or while decoding the ones its source attended over, by their
+        positions (``shared["pos"]``) with this layer's window."""
         if shared is None:
             raise ValueError(
                 "this layer reads an earlier layer's keys and values (kv_shared_layers); call it "
@@ -537,7 +552,7 @@ class Attention(nnx.Module):
                 "kv_shared_layers are not supported under sequence_parallel; train without it"
             )
         k, v = shared["k"].astype(q.dtype), shared["v"].astype(q.dtype)
-        if cache_pos is None or q.shape[1] != 1:
+        if not decoding:
             return self._windowed(
                 local,
                 lambda near: self._kernel(
@@ -546,20 +561,15 @@ class Attention(nnx.Module):
                     chunk=self.chunk if near else None,
                 ),
             )  # fmt: skip
-        held = slot_positions(cache_pos, k.shape[1])
-        visible = held >= 0
-        if self.window is not None and local is not False:
-            near = cache_pos[:, None] - held < self.window
-            visible = visible & (near if local is None or local is True else near | ~local)
-        ones = jnp.ones((q.shape[0], 1), jnp.int32)
+        visible = step_visible(shared["pos"], positions, window=self.window, local=local)
         return kernels.attention(
             q,
             k,
             v,
-            segment_ids=(ones, visible.astype(jnp.int32)),
             scale=self.scale,
             softcap=self.softcap,
             implementation="xla",
+            bias=_masked(visible),
             sinks=self._sinks(),
         )
 
@@ -583,42 +593,45 @@ class Attention(nnx.Module):
         cache_pos: Array,
         bias: Array | None,
         local: Local,
+        kv_out: LayerCache | None,
     ) -> tuple[Array, LayerCache]:
-        b = x.shape[0]
-        rows = jnp.arange(b)
+        """A decode step of ``s >= 1`` tokens at ``positions`` (``cache_pos + i``): their keys
+        and values (or latents) written into the cache, each query attending causally to the
+        cache's earlier positions and the step's own (`tjx.nn.kv_cache.write_step`)."""
+        s = x.shape[1]
         t = jax.tree.leaves(cache)[0].shape[1]
-        # Slot p mod T holds position p: the identity while p < T, a rolling window after.
-        slot = (cache_pos % t).astype(jnp.int32)
-        held = slot_positions(cache_pos, t)  # [b, T] position in each slot (< 0: none yet)
+        if s > 1 and self.position == "rope" and _length_dependent(self.rope_scaling):
+            raise ValueError(
+                "a decode step of several tokens rotates them at one length, but this model's "
+                "rope_scaling (dynamic or longrope) turns its frequencies with the length; "
+                "decode one token per step (generate)"
+            )
+        # A rolling cache (the window's size) would lose keys the step's earlier tokens see.
+        rolling = self.window is not None and t <= self.window
         finish = None  # DeepSeek's absorbed form: the value up-projection after attending
         if self.deepseek:
-            cache, q, k, v, finish = ds.decode_step(self, x, q, positions, cache, slot, local)
+            cache, held, q, k, v, finish = ds.decode_step(
+                self, x, q, positions, cache, cache_pos, local, rolling=rolling
+            )
         elif "latent" in cache:
             assert self.kv_down is not None and self.key is not None and self.value is not None
-            lat = self.kv_down(x)[:, 0].astype(cache["latent"].dtype)
-            cache = {"latent": cache["latent"].at[rows, slot].set(lat)}
-            latent = cache["latent"].astype(q.dtype)
+            new = {"latent": self.kv_down(x)}
+            cache, seen, held = write_step(cache, new, cache_pos, rolling=rolling)
+            latent = seen["latent"].astype(q.dtype)
             k, v = self._normed(self.k_norm, self.key(latent)), self.value(latent)
             if self.position == "rope":  # each cached key at its own position (right padding)
-                k = self._position(k, jnp.maximum(held, 0), local, jnp.max(cache_pos) + 1)
+                k = self._position(k, jnp.maximum(held, 0), local, jnp.max(cache_pos) + s)
         else:
             k_new, v_new = self._keys_values(x, positions, local=local)
-            cache = {
-                "k": cache["k"].at[rows, slot].set(k_new[:, 0].astype(cache["k"].dtype)),
-                "v": cache["v"].at[rows, slot].set(v_new[:, 0].astype(cache["v"].dtype)),
-            }
-            k, v = cache["k"].astype(q.dtype), cache["v"].astype(q.dtype)
+            new = {"k": k_new, "v": v_new}
+            cache, seen, held = write_step(cache, new, cache_pos, rolling=rolling)
+            k, v = seen["k"].astype(q.dtype), seen["v"].astype(q.dtype)
+            if kv_out is not None:
+                kv_out.update(k=seen["k"], v=seen["v"], pos=held)
         if self.position == "alibi":
             bias = _add(bias, alibi_bias(positions, jnp.maximum(held, 0), self.num_heads))
-        visible = held >= 0
-        if (self.window is not None or self.chunk is not None) and local is not False:
-            if self.window is not None:
-                near = cache_pos[:, None] - held < self.window
-            else:  # Llama 4's chunk: the keys of the query's own chunk
-                assert self.chunk is not None
-                near = held // self.chunk == cache_pos[:, None] // self.chunk
-            visible = visible & (near if local is None or local is True else near | ~local)
-        if self.decode_topk is not None and self.decode_topk < t:
+        visible = step_visible(held, positions, window=self.window, chunk=self.chunk, local=local)
+        if self.decode_topk is not None and self.decode_topk < k.shape[1]:
             out = topk_decode_attention(
                 q,
                 k,
@@ -630,20 +643,30 @@ class Attention(nnx.Module):
                 softcap=self.softcap,
             )
         else:
-            # One query per row: the XLA path (fused kernels target long query blocks).
-            ones = jnp.ones((b, 1), jnp.int32)
+            # A few queries per row: the XLA path (fused kernels target long query blocks).
             out = kernels.attention(
                 q,
                 k,
                 v,
-                segment_ids=(ones, visible.astype(jnp.int32)),
                 scale=self.scale,
                 softcap=self.softcap,
                 implementation="xla",
-                bias=bias,
+                bias=_add(bias, _masked(visible)),
                 sinks=self._sinks(),
             )
         return (out if finish is None else finish(out)), cache
+
+
+def _masked(visible: Array) -> Array:
+    """float32 ``[b, 1, s, K]``: 0 where a query sees a key, ``-inf`` (the kernels' mask value)
+    where not, as an additive bias (each query its own mask: a decode step of several tokens)."""
+    return jnp.where(visible, 0.0, -jnp.inf).astype(jnp.float32)[:, None]
+
+
+def _length_dependent(scaling: Any) -> bool:
+    """Whether a RoPE scaling turns its frequencies with the call's length (dynamic, longrope)."""
+    parsed = RopeScaling.parse(scaling)
+    return parsed is not None and parsed.depends_on_length
 
 
 def _add(bias: Array | None, extra: Array) -> Array:

@@ -24,9 +24,10 @@ from tjx.nn.params import make_param, normal, ones
 from tjx.nn.sequence import current_sequence_parallel
 
 Array = jax.Array
-#: A layer that later layers read (``kv_shared_layers``) returns its keys and values in its
-#: cache slot under these names (beside its cache, if any); the stack takes them out.
-KEPT = ("kept_k", "kept_v")
+#: A layer that later layers read (``kv_shared_layers``) returns its keys and values (and while
+#: decoding their positions) in its cache slot under names with this prefix (beside its cache,
+#: if any); the stack takes them out.
+KEPT = "kept_"
 
 
 class PerLayerInput(nnx.Module):
@@ -213,6 +214,7 @@ class Block(nnx.Module):
         lengths: Array | None = None,
         per_layer_input: Array | None = None,
         shared_kv: LayerCache | None = None,
+        extend: bool = False,
     ) -> tuple[Array, LayerCache | None, MoEStats | None]:
         """Apply the layer; returns ``(x, updated cache, MoE statistics or None)``.
 
@@ -225,8 +227,11 @@ class Block(nnx.Module):
         gives a prefill's real tokens per row (see ``Attention``). Gemma 4: ``per_layer_input``
         is this layer's PLE ``[b, s, P]``; ``shared_kv`` the keys and values of the layer this
         one reads (``kv_shared_layers``); a layer others read returns its own in its cache slot
-        under ``KEPT``.
+        under ``KEPT``. ``extend``: with a cache, a decode step of the ``s`` tokens (see
+        `Attention`): a delta layer steps its state through them one by one, an MoE layer
+        routes them without a capacity (a one-token step drops none either).
         """
+        step = cache is not None and cache_pos is not None and (x.shape[1] == 1 or extend)
         keys = split_key(rng, 6)
         lora_keys = split_key(keys[5], 2)  # LoRA adapters' dropout (tjx.nn.add_lora)
 
@@ -245,9 +250,7 @@ class Block(nnx.Module):
 
         def self_attn(h: Array) -> Array:
             if self.delta is not None:
-                out, new_cache[0] = _delta_mix(
-                    self.delta, h, segment_ids, cache, cache_pos, lengths
-                )
+                out, new_cache[0] = _delta_mix(self.delta, h, segment_ids, cache, step, lengths)
                 return out
             assert self.attn is not None
             out, new_cache[0] = self.attn(
@@ -264,6 +267,7 @@ class Block(nnx.Module):
                 lora_rng=lora_keys[0],
                 local=local,
                 lengths=lengths,
+                extend=extend,
             )
             return out
 
@@ -290,7 +294,7 @@ class Block(nnx.Module):
             if moe is None:
                 assert self.mlp is not None
                 return self.mlp(h, lora_keys[1])
-            out, stats[0] = moe(h)
+            out, stats[0] = moe(h, no_capacity=step)
             return out
 
         def beside(h: Array) -> Array:
@@ -300,7 +304,7 @@ class Block(nnx.Module):
             assert self.moe_post_norm is not None
             dense = self.mlp_mid_norm(self.mlp(self.mlp_norm(h), lora_keys[1]))
             router_input = h if self.router_reads_residual else None
-            out, stats[0] = moe(self.moe_norm(h), router_input=router_input)
+            out, stats[0] = moe(self.moe_norm(h), router_input=router_input, no_capacity=step)
             return dense + self.moe_post_norm(out)
 
         if self.mlp_mid_norm is not None:
@@ -314,7 +318,8 @@ class Block(nnx.Module):
         if self.scale is not None:
             x = x * self.scale[...].astype(x.dtype)
         if kept is not None:
-            return x, {**(new_cache[0] or {}), KEPT[0]: kept["k"], KEPT[1]: kept["v"]}, stats[0]
+            held = {KEPT + name: a for name, a in kept.items()}
+            return x, {**(new_cache[0] or {}), **held}, stats[0]
         return x, new_cache[0], stats[0]
 
 
@@ -323,12 +328,12 @@ def _delta_mix(
     h: Array,
     segment_ids: Any,
     cache: LayerCache | None,
-    cache_pos: Array | None,
+    step: bool,
     lengths: Array | None,
 ) -> tuple[Array, LayerCache | None]:
     """A delta layer's mixing: the whole sequence (training, scoring), a prefill that leaves its
-    state in the layer's cache (``{"conv", "recurrent"}``, see `tjx.nn.kv_cache`), or one decode
-    step from it."""
+    state in the layer's cache (``{"conv", "recurrent"}``, see `tjx.nn.kv_cache`), or a decode
+    ``step`` of one or more tokens from it."""
     if cache is None:
         if current_sequence_parallel() is not None:
             raise ValueError(
@@ -337,7 +342,7 @@ def _delta_mix(
             )
         return delta(h, segment_ids=segment_ids), None  # type: ignore[return-value]
     state = DeltaState(cache["conv"], cache["recurrent"])
-    if cache_pos is not None and h.shape[1] == 1:
+    if step:
         out, state = delta.step(h, state)
     else:
         out, state = delta(h, segment_ids=segment_ids, return_state=True, lengths=lengths)

@@ -386,15 +386,26 @@ class DecoderLM(nnx.Module):
         cache: dict[str, Array],
         cache_pos: Array,
         lengths: Array | None = None,
+        *,
+        extend: bool = False,
     ) -> tuple[Array, dict[str, Array]]:
-        """Prefill (``s > 1``, ``cache_pos`` all 0) or one decode step (``s == 1``).
+        """Prefill (``s > 1``, ``cache_pos`` all 0) or a decode step (``s == 1``, or ``extend``).
 
         Token ``i`` of row ``r`` sits at absolute position ``cache_pos[r] + i``, which is also its
         cache slot (modulo the slots of a rolling cache, see ``kv_cache``). ``lengths``: a
         right-padded prefill's real tokens per row (a rolling cache keeps each row's last ones).
+        ``extend``: the ``s`` tokens continue each row's cached sequence, a decode step of
+        several tokens (one pass over the weights for all of them: a speculative draft's
+        verification). Each attends causally to the cache's positions before it and to the
+        step's earlier tokens, and gives the logits ``s`` one-token steps give (up to float
+        rounding); a row's cache holds its positions up to the step's last, so calling again
+        from an earlier ``cache_pos`` rolls it back (the rows past are hidden by position and
+        overwritten; a rolling cache's rows a rejected token overwrote had left the window; a
+        delta layer's state cannot roll back). Refused in one line: a length-dependent RoPE
+        scaling (dynamic, longrope).
         Returns float32 logits ``[b, s, vocab]`` and the updated cache.
         """
-        x, new_cache = self.cached_trunk(tokens, cache, cache_pos, lengths)
+        x, new_cache = self.cached_trunk(tokens, cache, cache_pos, lengths, extend=extend)
         return self.logits(self.normed(x)), new_cache
 
     def cached_trunk(
@@ -403,6 +414,8 @@ class DecoderLM(nnx.Module):
         cache: dict[str, Array],
         cache_pos: Array,
         lengths: Array | None = None,
+        *,
+        extend: bool = False,
     ) -> tuple[Array, dict[str, Array]]:
         """`forward_cached`'s stack output before the final norm, and the updated cache."""
         _, s = tokens.shape
@@ -417,6 +430,7 @@ class DecoderLM(nnx.Module):
             cache_pos=cache_pos,
             lengths=lengths,
             per_layer=per_layer,
+            extend=extend,
         )
         assert new_cache is not None
         return x, new_cache

@@ -219,11 +219,17 @@ class GatedDeltaNet(nnx.Module):
         return y, DeltaState(conv, final)
 
     def step(self, x: Array, state: DeltaState) -> tuple[Array, DeltaState]:
-        """One token ``x`` ``[batch, 1, d_model]`` after ``state``: its output and the new state."""
-        chex.assert_shape(x, (None, 1, None))
+        """The tokens ``x`` ``[batch, s, d_model]`` after ``state`` (a decode step, ``s`` small:
+        one token, or a speculative draft's few): their outputs and the new state. The rule
+        steps through them one by one (`gated_delta_step`), as ``s`` one-token steps would."""
+        chex.assert_rank(x, 3)
+        s = x.shape[1]
         mixed = self.in_proj_qkv(x)
         window = jnp.concatenate([state.conv.astype(mixed.dtype), mixed], axis=1)
         q, k, v, g, beta = self._heads(self._conv(window), x)
-        o, rec = gated_delta_step(state.recurrent, q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0])
-        y = self._out(o[:, None], x)
-        return y, DeltaState(window[:, 1:], rec)
+        rec, outs = state.recurrent, []
+        for i in range(s):
+            o, rec = gated_delta_step(rec, q[:, i], k[:, i], v[:, i], g[:, i], beta[:, i])
+            outs.append(o)
+        y = self._out(jnp.stack(outs, axis=1), x)
+        return y, DeltaState(window[:, s:], rec)

@@ -8,6 +8,9 @@ qk_rope_head_dim]``, the rotated key its heads share). Slot ``p mod T`` holds th
 position ``p`` (prompts are right-padded, see ``generate``): while ``p < T`` slot ``t`` is
 position ``t``; a model whose every layer has a sliding window gets a *rolling* cache of the
 window's size (``init_cache``), where a new token overwrites the one that just left the window.
+A decode step writes one token, or several (`write_step`: a speculative draft's verification),
+and each of its queries sees the positions up to its own (`step_visible`), so rows past a row's
+length (a rejected draft's) are never read.
 
 A stack with Gated DeltaNet layers (``mixer_pattern``) caches its attention layers as above (the
 leading axis counts them only) and its delta layers' states beside them: ``{"conv": [L_delta, b,
@@ -240,6 +243,81 @@ def slot_positions(cache_pos: Array, slots: int) -> Array:
     return pos - jnp.mod(pos - t, slots)
 
 
+def write_step(
+    cache: LayerCache, new: dict[str, Array], cache_pos: Array, *, rolling: bool
+) -> tuple[LayerCache, LayerCache, Array]:
+    """A decode step's new rows written into a layer's cache, and what the step attends over.
+
+    The step's ``s >= 1`` tokens sit at positions ``cache_pos[r] .. cache_pos[r] + s - 1`` of
+    row ``r`` and are written at slots ``position mod T``. The step attends over the updated
+    cache, whose slots hold the positions `slot_positions` gives for the step's last position
+    (a slot past it holds none: a row written by an earlier step that was then rolled back, as
+    a rejected speculative draft is, is never seen again and is overwritten when its position
+    is written). A ``rolling`` cache (of a window's size) with ``s > 1`` would overwrite keys its
+    own earlier tokens still see: that step attends over the cache as it was, followed by the
+    new rows, and the cache is written after.
+
+    Parameters
+    ----------
+    cache : dict of str to Array
+        The layer's entries ``[b, T, ...]`` (keys and values, or latents).
+    new : dict of str to Array
+        Some of those entries for the step's tokens, ``[b, s, ...]`` (``s <= T``).
+    cache_pos : Array
+        int ``[b]``: each row's first new position.
+    rolling : bool
+        Whether the cache may be a rolling one (`Attention` knows: a windowed layer whose cache
+        is no longer than the window).
+
+    Returns
+    -------
+    (updated cache, the entries attended over ``[b, K, ...]``, their positions)
+        The positions are int32 ``[b, K]``, negative where a slot holds none yet.
+    """
+    first = next(iter(new))
+    b, s = new[first].shape[:2]
+    slots = cache[first].shape[1]
+    if s > slots:
+        raise ValueError(
+            f"a decode step of {s} tokens does not fit a cache of {slots} slots (each token "
+            "needs a slot of its own); decode fewer tokens per step or make the cache longer"
+        )
+    pos = cache_pos.astype(jnp.int32)
+    ahead = pos[:, None] + jnp.arange(s, dtype=jnp.int32)[None, :]  # [b, s]
+    at, rows = jnp.mod(ahead, slots), jnp.arange(b)[:, None]
+    cast = {n: a.astype(cache[n].dtype) for n, a in new.items()}
+    updated = dict(cache) | {n: cache[n].at[rows, at].set(a) for n, a in cast.items()}
+    if s == 1 or not rolling:
+        return updated, updated, slot_positions(pos + s - 1, slots)
+    seen = {n: jnp.concatenate([cache[n], a], axis=1) for n, a in cast.items()}
+    return updated, seen, jnp.concatenate([slot_positions(pos - 1, slots), ahead], axis=1)
+
+
+def step_visible(
+    held: Array,
+    positions: Array,
+    *,
+    window: int | None = None,
+    chunk: int | None = None,
+    local: Any = None,
+) -> Array:
+    """bool ``[b, s, K]``: which of a decode step's keys (at positions ``held`` ``[b, K]``,
+    negative: none) each of its queries (at ``positions`` ``[b, s]``) sees: causally (the
+    step's own later tokens and any stale row past them are hidden by position), within a
+    ``window`` (``p - window < key``) or the query's own ``chunk`` (Llama 4) where ``local``
+    says the layer's applies (None or True: it does; a traced bool: per scanned layer)."""
+    keys, queries = held[:, None, :], positions.astype(jnp.int32)[:, :, None]
+    visible = (keys >= 0) & (keys <= queries)
+    if (window is None and chunk is None) or local is False:
+        return visible
+    if window is not None:
+        near = queries - keys < window
+    else:
+        assert chunk is not None
+        near = keys // chunk == queries // chunk
+    return visible & (near if local is None or local is True else near | ~local)
+
+
 def kv_cache_bytes(
     config: TransformerConfig, *, batch: int, seq_len: int, dtype: Any = jnp.bfloat16
 ) -> int:
@@ -315,7 +393,8 @@ def topk_decode_attention(
     kv_lengths : Array, optional
         int ``[b]``; keys at ``>= kv_lengths`` are invalid and never selected.
     kv_mask : Array, optional
-        bool ``[b, T]``: the valid keys (a rolling cache's), instead of or with ``kv_lengths``.
+        bool ``[b, T]``: the valid keys (a rolling cache's), instead of or with ``kv_lengths``;
+        or ``[b, s_q, T]``, each query's own (a decode step of several tokens, `step_visible`).
     topk : int
         Keys kept per query and head (softmax over those only).
     bias : Array, optional
@@ -339,12 +418,12 @@ def topk_decode_attention(
     logits = soft_cap(logits * (1.0 / math.sqrt(d) if scale is None else scale), softcap)
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
-    valid = jnp.ones((b, t), bool)
+    valid = jnp.ones((b, 1, t), bool)
     if kv_lengths is not None:
-        valid = jnp.arange(t)[None, :] < kv_lengths[:, None]
+        valid = (jnp.arange(t)[None, :] < kv_lengths[:, None])[:, None, :]
     if kv_mask is not None:
-        valid = valid & kv_mask
-    logits = jnp.where(valid[:, None, None, :], logits, -jnp.inf)
+        valid = valid & (kv_mask if kv_mask.ndim == 3 else kv_mask[:, None, :])
+    logits = jnp.where(valid[:, None, :, :], logits, -jnp.inf)
     kth = jax.lax.top_k(logits, min(topk, t))[0][..., -1:]
     logits = jnp.where(logits >= kth, logits, -jnp.inf)
     probs = jax.nn.softmax(logits, axis=-1)

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tjx.nn.configs import TransformerConfig
+from tjx.nn.kv_cache import write_step
 from tjx.nn.linear import Dense, split_key
 from tjx.nn.norms import RMSNorm
 
@@ -161,12 +162,15 @@ def decode_step(
     q: Array,
     positions: Array,
     cache: dict[str, Array],
-    slot: Array,
+    cache_pos: Array,
     local: Any,
-) -> tuple[dict[str, Array], Array, Array, Array, Callable[[Array], Array] | None]:
-    """One decode step: the cache with this token's latent and rotated key written at ``slot``,
-    and the (query, keys, values, finish) the step attends with, ``finish`` mapping the kernel's
-    output to the value heads (None: the output already is).
+    *,
+    rolling: bool = False,
+) -> tuple[dict[str, Array], Array, Array, Array, Array, Callable[[Array], Array] | None]:
+    """One decode step of ``s >= 1`` tokens from ``cache_pos``: the cache with their latents and
+    rotated keys written (`tjx.nn.kv_cache.write_step`), the positions of the keys the step
+    attends over, and the (query, keys, values, finish) it attends with, ``finish`` mapping the
+    kernel's output to the value heads (None: the output already is).
 
     The absorbed form (DeepSeek's inference form, used when `absorbable`): with ``W_UK`` =
     ``key.kernel`` ``[r, h, n]`` and ``W_UV`` = ``value.kernel`` ``[r, h, v]``, a head's score
@@ -178,14 +182,11 @@ def decode_step(
     sums are associated differently).
     """
     latent, rope_key = latents(attn, x, positions, local)
-    rows = jnp.arange(x.shape[0])
-    cache = {
-        name: cache[name].at[rows, slot].set(new[:, 0].astype(cache[name].dtype))
-        for name, new in (("latent", latent), ("rope_key", rope_key))
-    }
-    lat, rk = cache["latent"].astype(q.dtype), cache["rope_key"].astype(q.dtype)
+    new = {"latent": latent, "rope_key": rope_key}
+    cache, seen, held = write_step(cache, new, cache_pos, rolling=rolling)
+    lat, rk = seen["latent"].astype(q.dtype), seen["rope_key"].astype(q.dtype)
     if not absorbable(attn):
-        return (cache, q, *keys_values(attn, lat, rk), None)
+        return (cache, held, q, *keys_values(attn, lat, rk), None)
     r, nope = lat.shape[-1], attn.head_dim - attn.rope_dim
     w_uk = attn.key.kernel[...].astype(q.dtype)
     w_uv = attn.value.kernel[...].astype(q.dtype)
@@ -197,4 +198,4 @@ def decode_step(
     def finish(out: Array) -> Array:
         return jnp.einsum("bshr,rhv->bshv", out[..., :r], w_uv)
 
-    return cache, q_abs, k_abs, v_abs, finish
+    return cache, held, q_abs, k_abs, v_abs, finish

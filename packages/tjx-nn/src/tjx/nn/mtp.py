@@ -92,9 +92,11 @@ class MTPLayer(nnx.Module):
         cache: LayerCache | None = None,
         cache_pos: Array | None = None,
         lengths: Array | None = None,
+        extend: bool = False,
     ) -> tuple[Array, LayerCache | None, MoEStats | None]:
         """``h^k`` ``[b, s, d]`` (before ``norm``) from ``h^{k-1}`` and ``Emb(t_{i+k})``; the
-        block's cache (a prefill or decode step, as `Block`'s) and MoE statistics."""
+        block's cache (a prefill or decode step, as `Block`'s; ``extend``: of ``s`` tokens)
+        and MoE statistics."""
         joined = jnp.concatenate([self.enorm(embedded), self.hnorm(hidden)], axis=-1)
         return self.block(  # type: ignore[no-any-return]
             self.eh_proj(joined),
@@ -106,6 +108,7 @@ class MTPLayer(nnx.Module):
             cache_pos=cache_pos,
             local=False,
             lengths=lengths,
+            extend=extend,
         )
 
 

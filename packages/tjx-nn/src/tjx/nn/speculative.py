@@ -3,9 +3,12 @@ DeepSeek-V3's): depth 1 drafts the token after next, the main model verifies it.
 
 The output is plain greedy decoding's (`tjx.nn.generate` at ``temperature=0``) token for token:
 every emitted token is the main model's argmax after the prefix it conditions on; the draft only
-decides whether a step emits one token or two. `generate_speculative` reports the drafts'
-acceptance rate. (Both run the same decode step, in programs of their own: a compiler that
-rounds the two differently could break an exact tie between two logits differently.)
+decides whether a step emits one token or two. Each step verifies ``[last token, draft]`` in ONE
+pass of the main model (a two-token cached decode step, ``forward_cached(..., extend=True)``):
+one read of the weights emits one or two tokens, where greedy decoding reads them once per
+token. `generate_speculative` reports the drafts' acceptance rate and its passes. (The two-token
+pass and greedy's one-token steps are programs of their own: a compiler that rounds them
+differently could break an exact tie between two logits differently.)
 """
 
 from __future__ import annotations
@@ -38,12 +41,16 @@ class Speculation(NamedTuple):
         Drafts verified while a row still had room for two tokens.
     accepted : int
         Of those, the drafts the main model agreed with (each one a token emitted without a
-        step of its own).
+        pass of its own).
+    passes : int
+        Verification passes of the main model after the prefill (one per step, each over two
+        tokens); plain greedy decoding makes ``max_new_tokens - 1`` one-token passes.
     """
 
     tokens: Array
     drafted: int
     accepted: int
+    passes: int = 0
 
     @property
     def acceptance_rate(self) -> float:
@@ -87,21 +94,22 @@ def _prefill(
 @partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("caches",))
 def _verify(
     graphdef: Any, state: Any, tok: Array, draft: Array, pos: Array, caches: Caches
-) -> tuple[Caches, Array, Array, Array]:
+) -> tuple[Caches, Array, Array]:
     model = nnx.merge(graphdef, state)
     cache, mtp_cache = caches
-    h_a, cache = model.cached_trunk(tok[:, None], cache, pos)
-    g_a = _greedy(model, h_a)[:, 0]  # the token after `tok`: always right
-    h_b, cache = model.cached_trunk(draft[:, None], cache, pos + 1)
-    g_b = _greedy(model, h_b)[:, 0]  # the one after that, right when the draft was
-    accepted = g_a == draft
-    # Depth 1 at pos reads t_{pos+1} = g_a; at pos + 1 (used when accepted) t_{pos+2} = g_b. A
-    # rejected draft's slots (pos + 1, in both caches) are overwritten by the next step's writes.
-    d_a, mtp_cache = _draft(model, h_a, g_a[:, None], pos[:, None], cache=mtp_cache, cache_pos=pos)
-    d_b, mtp_cache = _draft(
-        model, h_b, g_b[:, None], (pos + 1)[:, None], cache=mtp_cache, cache_pos=pos + 1
+    # One pass of the main model over [tok, draft] at pos, pos + 1 (the rows' cache lengths).
+    pair = jnp.stack([tok, draft], axis=1)
+    hidden, cache = model.cached_trunk(pair, cache, pos, extend=True)
+    greedy = _greedy(model, hidden)  # [b, 2]: after `tok` (always right), after the draft
+    accepted = greedy[:, 0] == draft
+    # Depth 1 at pos reads t_{pos+1} = greedy[:, 0]; at pos + 1 (used when accepted) t_{pos+2}
+    # = greedy[:, 1]: one pass of the MTP block too. A rejected draft's rows (pos + 1, in both
+    # caches) lie past the length the next step starts from: hidden by position, overwritten.
+    positions = pos[:, None] + jnp.arange(2, dtype=jnp.int32)
+    drafts, mtp_cache = _draft(
+        model, hidden, greedy, positions, cache=mtp_cache, cache_pos=pos, extend=True
     )
-    return (cache, mtp_cache), g_a, g_b, jnp.where(accepted, d_b[:, 0], d_a[:, 0])
+    return (cache, mtp_cache), greedy, jnp.where(accepted, drafts[:, 1], drafts[:, 0])
 
 
 def generate_speculative(
@@ -118,12 +126,16 @@ def generate_speculative(
     What it caches: the main model's KV cache (as `tjx.nn.generate`) and one of the MTP block's
     own, both written slot = position. Nothing is recomputed from the prompt: the prefill runs
     the prompt once through the stack (its pre-norm output ``h^0`` feeds the MTP prefill) and
-    each step then runs, in one jitted call, two single-token decode steps of the main model (the
-    last token, then the draft: tjx's cached attention appends one token per call, so the draft
-    is verified by a step of its own, in the same program, not by one two-token pass) and two
-    of the MTP block (positions ``p`` and ``p + 1``: the next draft for either outcome). A
-    rejected draft's cache slots are overwritten by the next step. So each step emits one or two
-    tokens for one program call and host round trip; it does not read the weights fewer times.
+    each step then runs, in one jitted call, one two-token decode pass of the main model over
+    the last token and the draft (positions ``p`` and ``p + 1``; the draft is accepted when the
+    main model's choice at ``p`` is the draft) and one two-token pass of the MTP block (the
+    next draft for either outcome). Each row's cache length moves past its accepted tokens
+    only: a rejected draft's row at ``p + 1`` lies past it, so no query sees it (masked by
+    position) and the next pass overwrites it. So each step emits one or two tokens for one
+    read of the main model's weights, one program call and host round trip; greedy decoding
+    spends one of each per token. Whether that is faster depends on the acceptance rate and on
+    how far a two-token pass costs more than a one-token one (``tools/bench_speculative.py``
+    measures both on one model and prompt).
 
     Parameters
     ----------
@@ -135,7 +147,8 @@ def generate_speculative(
     Returns
     -------
     Speculation
-        The tokens (equal to ``generate(model, ..., temperature=0)``'s) and the drafts' counts.
+        The tokens (equal to ``generate(model, ..., temperature=0)``'s), the drafts' counts and
+        the verification passes.
 
     Raises
     ------
@@ -163,7 +176,7 @@ def generate_speculative(
             f"model's max_seq_len={model.config.max_seq_len}"
         )
     if b == 0:
-        return Speculation(jnp.zeros((0, total), jnp.int32), 0, 0)
+        return Speculation(jnp.zeros((0, total), jnp.int32), 0, 0, 0)
     fill = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
     graphdef, state = nnx.split(model)
     mtp_cache = {k: v[0] for k, v in init_cache(model.config, b, total, num_layers=1).items()}
@@ -185,12 +198,14 @@ def generate_speculative(
     done = emitted >= max_new_tokens
     if eos_id is not None:
         done |= tok == eos_id
-    drafted = accepted = 0
+    drafted = accepted = passes = 0
     while not done.all():
-        caches, g_a, g_b, nxt = _verify(
+        caches, greedy, nxt = _verify(
             graphdef, state, jnp.asarray(tok), jnp.asarray(draft_np), jnp.asarray(pos), caches
         )
-        g_a, g_b, nxt = np.asarray(g_a), np.asarray(g_b), np.asarray(nxt)
+        passes += 1
+        greedy_np, nxt = np.asarray(greedy), np.asarray(nxt)
+        g_a, g_b = greedy_np[:, 0], greedy_np[:, 1]
         live = ~done
         room = live & (emitted <= max_new_tokens - 2)  # the draft's token could be emitted
         hit = g_a == draft_np
@@ -204,10 +219,12 @@ def generate_speculative(
         emitted += two
         if eos_id is not None:
             stop |= two & (g_b == eos_id)
-        # A finished row keeps its position (its later writes land in slots it no longer reads).
+        # The cache length moves past the accepted tokens only: a rejected draft's row is
+        # rewritten by the next pass. A finished row keeps its position (its later writes land
+        # in slots it no longer reads).
         step = np.where(live, 1 + two, 0)
         tok = np.where(two, g_b, np.where(live, g_a, tok)).astype(np.int32)
         pos = pos + step
         draft_np = np.where(live, nxt, draft_np).astype(np.int32)
         done = done | stop | (emitted >= max_new_tokens)
-    return Speculation(jnp.asarray(out), drafted, accepted)
+    return Speculation(jnp.asarray(out), drafted, accepted, passes)

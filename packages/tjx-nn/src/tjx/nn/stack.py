@@ -183,6 +183,7 @@ class Stack(nnx.Module):
         context_kv: dict[str, Array] | None = None,
         lengths: Array | None = None,
         per_layer: Array | None = None,
+        extend: bool = False,
     ) -> tuple[Array, dict[str, Array] | None, MoEStats | None]:
         """Run every layer; ``cache`` and ``context_kv`` leaves carry a leading ``layers`` axis.
 
@@ -195,9 +196,11 @@ class Stack(nnx.Module):
         `MoEStats` stacked in layer order (one row per MoE layer), None without any.
         ``per_layer``: Gemma 4's per-layer inputs ``[b, s, layers, P]`` (unrolled stacks; the
         ``kv_shared_layers`` get the keys and values of their source layer here too).
+        ``extend``: with a cache, the ``s`` tokens continue each row's cached sequence at
+        ``cache_pos`` (a decode step of several tokens; see `Attention`), not a prefill.
         """
         kw: dict[str, Any] = dict(
-            bias=self._relative_bias(x, positions, cache, cache_pos),
+            bias=self._relative_bias(x, positions, cache, cache_pos, extend),
             positions=positions,
             segment_ids=segment_ids,
             context=context,
@@ -205,6 +208,7 @@ class Stack(nnx.Module):
             deterministic=deterministic,
             cache_pos=cache_pos,
             lengths=lengths,
+            extend=extend,
         )
         kinds = set(self.locals)
         uniform = None if len(kinds) > 1 else kinds.pop()  # every layer alike: a static flag
@@ -264,10 +268,10 @@ class Stack(nnx.Module):
                 None,
                 extra or None,
             )
-            if new is not None and KEPT[0] in new:
-                new = dict(new)
-                kept[i] = {"k": new.pop(KEPT[0]), "v": new.pop(KEPT[1])}
-                new = new or None
+            if new is not None and KEPT + "k" in new:
+                names = [n for n in new if n.startswith(KEPT)]
+                kept[i] = {n.removeprefix(KEPT): new[n] for n in names}
+                new = {n: a for n, a in new.items() if n not in names} or None
             caches.append(new)
             if stats is not None:
                 all_stats.append(stats)
@@ -344,13 +348,15 @@ class Stack(nnx.Module):
         positions: Array | None,
         cache: dict[str, Array] | None,
         cache_pos: Array | None,
+        extend: bool = False,
     ) -> Array | None:
         """The T5 bias ``[b, heads, s, s_kv]`` for this call, or None without ``position="t5"``.
 
         Keys are the queries themselves (training, prefill), except in a decode step (one query
-        per row and a cache, as ``Attention`` decides): then the query at ``positions`` sees
-        every cache slot ``t``, which holds absolute position ``t``. That row equals the row of
-        the full-sequence bias; the slots not written yet are masked by the attention.
+        per row, or ``extend``, and a cache, as ``Attention`` decides): then each query at
+        ``positions`` sees every cache slot ``t``, which holds absolute position ``t`` (T5 has
+        no window, so no rolling cache). Those rows equal the full-sequence bias's; the slots
+        not written yet, or past the query, are masked by the attention.
         """
         if self.relative_bias is None:
             return None
@@ -358,7 +364,7 @@ class Stack(nnx.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
         keys = positions
-        if cache is not None and cache_pos is not None and s == 1:
+        if cache is not None and cache_pos is not None and (s == 1 or extend):
             slots = jax.tree.leaves(cache)[0].shape[2]  # leaves are [layers, b, T, ...]
             keys = jnp.broadcast_to(jnp.arange(slots, dtype=jnp.int32), (b, slots))
         return self.relative_bias(positions, keys)  # type: ignore[no-any-return]

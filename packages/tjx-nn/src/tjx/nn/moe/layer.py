@@ -220,9 +220,13 @@ class MoE(nnx.Module):
             else None
         )
 
-    def __call__(self, x: Array, router_input: Array | None = None) -> tuple[Array, MoEStats]:
+    def __call__(
+        self, x: Array, router_input: Array | None = None, *, no_capacity: bool = False
+    ) -> tuple[Array, MoEStats]:
         """``[b, s, d]`` → (``[b, s, d]`` in the compute dtype, this call's `MoEStats`);
-        ``router_input`` (Gemma 4): what the router reads instead of ``x``."""
+        ``router_input`` (Gemma 4): what the router reads instead of ``x``. ``no_capacity``: route
+        every token whatever ``capacity_factor`` says (a decode step: its tokens are those of
+        one-token steps, none of which a capacity drops)."""
         c = self.config
         b, s, d = x.shape
         dt = jnp.promote_types(c.precision.compute_dtype, x.dtype)
@@ -238,7 +242,7 @@ class MoE(nnx.Module):
         w = self.experts.weights()
         slots = (
             None
-            if c.capacity_factor is None
+            if c.capacity_factor is None or no_capacity
             else expert_capacity(c.capacity_factor, s, c.experts_per_token, c.num_experts)
         )
 

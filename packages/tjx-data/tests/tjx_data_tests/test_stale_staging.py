@@ -65,7 +65,7 @@ def test_a_killed_preparations_staging_goes_and_a_live_ones_stays(tmp_path):
         assert len(boxes) == 2 and all((b / "train" / "index.json").is_file() for b in boxes)
         os.kill(killed.pid, signal.SIGKILL)
         killed.wait(timeout=60)
-        (dead,) = [b for b in boxes if "alpha-txt" in str(b)]
+        (dead,) = (b for b in boxes if "alpha-txt" in str(b))
         (alive,) = boxes - {dead}
         assert (alive / OWNER_LOCK).is_file()
         # Another dataset's preparation in the same cache: the dead box goes, the live one stays.

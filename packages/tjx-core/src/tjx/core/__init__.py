@@ -13,7 +13,7 @@
   `ConfigFiles`, `load_yaml`... a run's config as typed dataclass sections, read strictly.
 
 ``import tjx.core`` needs the standard library only (``tjx.core.config`` adds PyYAML); every
-other tjx package may import it (the bottom floor of shared/DESIGN.md's DAG).
+other tjx package may import it (the bottom floor of docs/architecture.md's DAG).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ live preparation's staging is never touched (two trainers may prepare into one c
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-from tjx.data.cache import OWNER_LOCK, UNOWNED_IDLE_S, file_lock, remove_stale_staging
+from tjx.data.cache import (
+    OTHER_HOST_IDLE_S,
+    OWNER_LOCK,
+    UNOWNED_IDLE_S,
+    file_lock,
+    remove_stale_staging,
+)
 from tjx.data.run.prepare import prepare_run_data
 from tjx_data_tests._helpers import child_env
 
@@ -83,19 +90,24 @@ def test_a_killed_preparations_staging_goes_and_a_live_ones_stays(tmp_path):
     assert remove_stale_staging(cache) == [alive] and _boxes(cache) == set()
 
 
-def test_atomic_staging_goes_when_its_entry_is_free_and_old_unowned_boxes_by_age(tmp_path):
+def test_atomic_staging_goes_when_its_entry_is_free_and_other_boxes_by_age(tmp_path):
     stale = tmp_path / ".corpus-1.0.tmp-killed"  # atomic_prepare's, its entry's lock free
     busy = tmp_path / ".other-1.0.tmp-building"  # its entry's lock held: being built now
-    old = tmp_path / "shards" / "key" / ".train.staged-olderjax"  # an older tjx's, no owner lock
-    young = tmp_path / "shards" / "key" / ".validation.staged-olderjax"
-    for box in (stale, busy, old / "train", young / "validation"):
+    key = tmp_path / "shards" / "key"
+    old, young = key / ".train.staged-olderjax", key / ".validation.staged-olderjax"  # no lock
+    # Another host's, its lock free here (a mount whose locks are local): by age as well.
+    away_old, away_young = key / ".a.staged-otherhost", key / ".b.staged-otherhost"
+    for box in (stale, busy, old, young, away_old, away_young):
         box.mkdir(parents=True)
         (box / "shard_00000.bin").write_bytes(b"\0" * 64)
-    long_ago = time.time() - UNOWNED_IDLE_S - 60
-    for path in [old, *old.rglob("*")]:
-        os.utime(path, (long_ago, long_ago))
+    for box in (away_old, away_young):
+        (box / OWNER_LOCK).write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": 0}))
+    for box, idle in ((old, UNOWNED_IDLE_S), (away_old, OTHER_HOST_IDLE_S)):
+        long_ago = time.time() - idle - 60
+        for path in [box, *box.rglob("*")]:
+            os.utime(path, (long_ago, long_ago))
     with file_lock(tmp_path / ".other-1.0.lock", remove=True):
-        assert sorted(remove_stale_staging(tmp_path)) == sorted([stale, old])
-        assert busy.is_dir() and young.is_dir()
+        assert sorted(remove_stale_staging(tmp_path)) == sorted([stale, old, away_old])
+        assert busy.is_dir() and young.is_dir() and away_young.is_dir()
     # No lock file is left behind by the sweep (it took the free one, then removed it).
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other-1.0.tmp-building", "shards"]

@@ -106,6 +106,10 @@ OWNER_LOCK = "owner.lock"
 #: before it locks it): stale only once nothing in it changed for this long, since a live
 #: preparation writes a shard every few seconds.
 UNOWNED_IDLE_S = 24 * 3600.0
+#: A box another host owns, its lock free here: over a network filesystem whose locks are only
+#: local (an NFS mount with ``local_lock``), a live owner's lock looks free from another host, so
+#: such a box is stale only once nothing in it changed for this long as well.
+OTHER_HOST_IDLE_S = 3600.0
 #: How deep under the cache root staging folders can lie: the root's own entries (built-in
 #: corpora), ``tokenizers/`` and ``chatml-bpe/`` entries, and the splits of ``shards/<key>/`` and
 #: ``chat/<key>/`` (their staging folders sit beside the entry, in a folder this deep).
@@ -122,8 +126,10 @@ def remove_stale_staging(root: Path) -> list[Path]:
     (another trainer preparing into a shared cache) is never touched:
 
     - `Staging`'s boxes (``.<entry>.staged-*``): removed when their `OWNER_LOCK` is free (the
-      kernel drops a ``flock`` when its holder dies, ``kill -9`` included); a box without one
-      (an older tjx's) when nothing in it changed for `UNOWNED_IDLE_S`;
+      kernel drops a ``flock`` when its holder dies, ``kill -9`` included) and it names this
+      host; one another host owns also needs nothing in it changed for `OTHER_HOST_IDLE_S`; a
+      box without a lock file (an older tjx's) goes when nothing in it changed for
+      `UNOWNED_IDLE_S`;
     - `atomic_prepare`'s (``.<entry>.tmp-*``), which exist only while their entry's lock is
       held: removed when that lock is free.
 
@@ -167,7 +173,11 @@ def _owner_gone(box: Path) -> bool:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False  # its owner lives
-        return True
+        try:
+            host = json.loads(handle.read().decode()).get("host")
+        except (ValueError, AttributeError):
+            host = None
+    return host == socket.gethostname() or _idle_s(box) > OTHER_HOST_IDLE_S
 
 
 def _idle_s(box: Path) -> float:

@@ -38,15 +38,19 @@ def warning_lines(prog: str, stream: TextIO | None = None) -> Iterator[None]:
 
     Notes
     -----
-    ``warnings.catch_warnings`` restores Python's filters and its ``showwarning`` when the block
-    ends. A block nested inside that shows a kind of warning its own way (tjx.ckpt's
-    ``corrupt_fallback_lines``) hands the others on to this one.
+    Only ``warnings.showwarning`` changes, and it is put back when the block ends; the filters
+    are left alone (a library that adds one while the block runs keeps it). A block nested inside
+    that shows a kind of warning its own way (tjx.ckpt's ``corrupt_fallback_lines``) hands the
+    others on to this one.
     """
-    with warnings.catch_warnings():
 
-        def show(message: Warning | str, category: type[Warning], *args: Any, **kw: Any) -> None:
-            out = stream if stream is not None else sys.stderr
-            print(warning_line(prog, message), file=out, flush=True)
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kw: Any) -> None:
+        out = stream if stream is not None else sys.stderr
+        print(warning_line(prog, message), file=out, flush=True)
 
-        warnings.showwarning = show
+    shown = warnings.showwarning
+    warnings.showwarning = show
+    try:
         yield
+    finally:
+        warnings.showwarning = shown

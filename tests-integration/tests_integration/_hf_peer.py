@@ -1,64 +1,37 @@
 """transformers, PyTorch, PEFT and TRL for the HF peer tests, in a scratch venv this helper makes.
 
 Never part of the project's resolve: the venv (``$TJX_HF_PEER_VENV``, default
-``~/.cache/tjx/torch-peer-venv``) is made once with pip (``torch==2.13.0`` pinned: a CPU build
-where the machine has one) and kept; `run_peer` runs ``_hf_peer_script.py`` in it as a subprocess,
-so no test process imports torch. The experiments' nanoGPT peer uses the same venv (torch and
-numpy, the same pin and lock): a venv that has torch gets the rest added, never rebuilt.
+``~/.cache/tjx/torch-peer-venv``) is made once with pip at the versions tests-support's
+``tjx_peers.PINS`` pins (torch a CPU build where the machine has one) and kept; `run_peer` runs
+``_hf_peer_script.py`` in it as a subprocess, so no test process imports torch. The experiments'
+nanoGPT peer and apps/eval's GPT-2 harness test use the same venv and the same pins.
 """
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-REQUIREMENTS = ("torch==2.13.0", "transformers", "safetensors", "numpy", "peft", "trl")
+import tjx_peers
+
 SCRIPT = Path(__file__).with_name("_hf_peer_script.py")
 
 
 def peer_python() -> Path:
-    """The scratch venv's interpreter (made with pip if missing); it imports transformers."""
-    venv = Path(
-        os.environ.get("TJX_HF_PEER_VENV") or Path.home() / ".cache" / "tjx" / "torch-peer-venv"
-    )
-    return _ready(venv)
+    """The scratch venv's interpreter (made or brought to the pins if needed); it imports
+    transformers, PEFT and TRL at ``tjx_peers.PINS``."""
+    return _ready(tjx_peers.venv_path())
 
 
 @functools.cache
 def _ready(venv: Path) -> Path:
-    """``venv``'s interpreter once it imports the peer packages; checked once per process.
-
-    The check imports torch, transformers, PEFT and TRL in a subprocess (8-9 CPU seconds,
-    measured 2026-11-27), and CI's HF batch runs the peer a dozen times in one process
-    (`run_peer`): a venv that passed stays as it was (pip only ever adds to it, under the lock).
-    """
-    python = venv / "bin" / "python"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-
-    def imports(modules: str) -> bool:
-        probe = [str(python), "-c", f"import {modules}"]
-        return (
-            python.is_file() and subprocess.run(probe, capture_output=True, env=env).returncode == 0
-        )
-
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    # apps/eval's GPT-2 harness test and the nanoGPT peer use this venv too, maybe at once.
-    with open(venv.with_name(venv.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if imports("torch, transformers, safetensors, peft, trl"):
-            return python
-        if not imports("torch"):
-            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        pip = [str(python), "-m", "pip", "install", "--quiet", *REQUIREMENTS]
-        subprocess.run(pip, check=True, env=env)
-        assert imports("torch, transformers, safetensors, peft, trl"), f"{venv}: pip left it short"
-    return python
+    """``venv``'s interpreter once its packages are at their pins; checked once per process
+    (CI's HF batch runs the peer a dozen times in one process, `run_peer`)."""
+    return tjx_peers.peer_python(venv, tjx_peers.HF_PEERS)
 
 
 def run_peer(jobs: list[dict[str, Any]], workdir: Path) -> None:
@@ -79,4 +52,7 @@ def run_peer(jobs: list[dict[str, Any]], workdir: Path) -> None:
         check=False,
         timeout=900,
     )
-    assert proc.returncode == 0, f"peer failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    versions = tjx_peers.versions_line()  # what this result was checked against
+    assert (
+        proc.returncode == 0
+    ), f"peer ({versions}) failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

@@ -25,6 +25,7 @@ def test_eval_reads_a_trained_tiny_checkpoint(tmp_path):
         tmp_path,
     )
     check_ok(proc)
+    assert "Warning:" not in proc.stderr, proc.stderr  # no Python warning text (#71)
     out = proc.stdout
     assert f"run {run} at step 30" in out
     for name in ("loss", "perplexity", "bits_per_token", "bits_per_byte", "top1", "top5", "top10"):

@@ -21,7 +21,7 @@ from uv import find_uv_bin
 
 PACKAGES = ("core", "kernels", "nn", "optim", "parallel", "data", "ckpt", "metrics")
 # What each wheel must require (a name per line of its metadata), and what it must not: the DAG of
-# shared/DESIGN.md, seen from the outside.
+# docs/architecture.md, seen from the outside.
 REQUIRED = {
     "core": set(),  # the standard library at import time (PyYAML and numpy at most, by the DAG)
     "kernels": {"jax"},

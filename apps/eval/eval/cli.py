@@ -12,6 +12,7 @@ from typing import Any
 from eval import hf_checkpoint
 from eval.runs import RunError, check_run_dir
 from tjx.ckpt import CheckpointError
+from tjx.core import warning_lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -381,7 +382,13 @@ def _chat_reply(run: Any, model: Any, args: argparse.Namespace, sampling: dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the command line and evaluate; exit code 2 on bad input."""
+    """Parse the command line and evaluate; exit code 2 on bad input. A Python warning on the
+    way is one ``eval: warning: ...`` line (tjx.core's `warning_lines`), not Python's two."""
+    with warning_lines("eval"):
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     # orbax logs an absl WARNING for every read-only checkpoint directory it opens.
     logging.getLogger("absl").setLevel(logging.ERROR)

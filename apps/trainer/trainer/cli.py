@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from tjx import ckpt, data  # no jax: neither loads it at import
-from tjx.core import config
+from tjx.core import config, warning_lines
 from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first use)
     DISTRIBUTED_FLAGS,
     DistributedArgumentError,
@@ -185,7 +185,13 @@ def _first_lines(args: argparse.Namespace, plan: RunPlan) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the command line, validate everything, then train."""
+    """Parse the command line, validate everything, then train; a Python warning on the way is
+    one ``trainer: warning: ...`` line (tjx.core's `warning_lines`), not Python's two."""
+    with warning_lines("trainer"):
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.show_config:

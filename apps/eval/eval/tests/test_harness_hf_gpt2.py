@@ -1,7 +1,8 @@
 """GPT-2 weights score the same under the ``tjx`` harness model as under transformers' GPT-2.
 
-transformers and PyTorch live only in a scratch venv this test makes (``torch==2.13.0``, pinned:
-a CPU build from this machine's disk); they never enter the project's resolve. The peer builds a
+transformers and PyTorch live only in the peers' scratch venv (tests-support's ``tjx_peers``:
+the versions every peer pins, torch a CPU build from this machine's disk); they never enter the
+project's resolve. The peer builds a
 tiny random GPT-2, saves it in HF's format and scores the same (context, continuation) token pairs
 as HFLM does (log-softmax of the logits, summed over the continuation, HFLM's left truncation)
 in float64; tjx loads the folder with tjx.nn's HF GPT-2 loader and scores them through
@@ -10,20 +11,20 @@ in float64; tjx loads the folder with tjx.nn's HF GPT-2 loader and scores them t
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import tjx_peers
 
 from eval.harness_model import TjxLM
 from tjx import nn
 
-PEER_REQUIREMENTS = ("torch==2.13.0", "transformers", "safetensors", "numpy")
+#: What the peer imports, each at its pin (tests-integration's HF peers share the venv).
+PEER_PACKAGES = ("torch", "transformers", "safetensors", "numpy")
 MAX_LEN = 64
 
 PEER = r"""
@@ -52,31 +53,10 @@ for ctx, cont in json.loads((out / "pairs.json").read_text()):
 
 
 def _peer_python() -> Path:
-    """The scratch venv's interpreter: tests-integration's HF peer venv (same path, same pins,
-    the same lock; the experiments' nanoGPT peer uses it too), so a machine installs torch and
-    transformers once for all of them. A venv that has torch gets the rest added."""
-    venv = Path(
-        os.environ.get("TJX_HF_PEER_VENV") or Path.home() / ".cache" / "tjx" / "torch-peer-venv"
-    )
-    python = venv / "bin" / "python"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-
-    def imports(modules: str) -> bool:
-        probe = [str(python), "-c", f"import {modules}"]
-        return (
-            python.is_file() and subprocess.run(probe, capture_output=True, env=env).returncode == 0
-        )
-
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(venv.with_name(venv.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second Pants batch may be making it right now
-        if imports("torch, transformers, safetensors"):
-            return python
-        if not imports("torch"):
-            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        pip = [str(python), "-m", "pip", "install", "--quiet", *PEER_REQUIREMENTS]
-        subprocess.run(pip, check=True, env=env)
-    return python
+    """The scratch venv's interpreter: the peers' venv (tests-support's ``tjx_peers``: the same
+    path, pins and lock as tests-integration's HF peers and the experiments' nanoGPT peer), so a
+    machine installs torch and transformers once for all of them."""
+    return tjx_peers.peer_python(tjx_peers.venv_path(), PEER_PACKAGES)
 
 
 def test_gpt2_scores_equal_transformers_gpt2_on_the_same_pairs(tmp_path, rng):
@@ -92,7 +72,8 @@ def test_gpt2_scores_equal_transformers_gpt2_on_the_same_pairs(tmp_path, rng):
     # (as tests-integration's HF peers, _hf_peer.run_peer).
     env["OMP_NUM_THREADS"] = "1"
     cmd = [str(_peer_python()), str(tmp_path / "peer.py"), str(tmp_path), str(MAX_LEN), "7"]
-    subprocess.run(cmd, check=True, env=env)
+    peer = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
+    assert peer.returncode == 0, f"peer ({tjx_peers.versions_line(PEER_PACKAGES)}): {peer.stderr}"
     want = json.loads((tmp_path / "scores.json").read_text())
 
     model = nn.load_hf_gpt2(tmp_path / "gpt2")

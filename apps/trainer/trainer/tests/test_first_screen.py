@@ -5,10 +5,13 @@ shorter run."""
 from __future__ import annotations
 
 import re
+import types
+import warnings
 
 import pytest
 import yaml
 
+from tjx.metrics.loggers import wandb_logger
 from trainer.cli import _first_lines, build_parser, main, plan_run
 from trainer.config import read_config
 from trainer.schema import ConfigError
@@ -84,3 +87,42 @@ def test_a_run_prints_a_short_first_screen_and_one_line_per_log_step(in_tmp, cap
     assert fields == ["loss", "learning_rate", "grad_norm", "tokens_per_s", "ETA"]  # no MFU: CPU
     assert plotted == {"keys": (("loss", "val_loss"),), "title": "tiny"}
     assert (in_tmp / "run" / "loss_curve.png").stat().st_size > 0
+
+
+class _FakeWandbRun:
+    """What the trainer's W&B logger calls on a run, recorded (wandb itself stays unloaded)."""
+
+    def __init__(self) -> None:
+        self.logged: list[tuple[dict[str, object], int]] = []
+
+    def log(self, data: dict[str, object], step: int) -> None:
+        self.logged.append((data, step))
+
+    def finish(self) -> None:
+        pass
+
+
+def test_a_runs_python_warnings_are_one_line_each(in_tmp, capsys, monkeypatch):
+    """#71: W&B's offline note (a Python UserWarning of tjx.metrics) came as Python prints it,
+    ``.../factory.py:169: UserWarning: ...`` and a source line; it is one ``trainer: warning:``
+    line, and nothing on stderr is Python's warning text."""
+    run = _FakeWandbRun()
+    fake = types.SimpleNamespace(
+        init=lambda **kw: run, Settings=lambda **kw: kw, Table=lambda **kw: ("table", kw)
+    )
+    monkeypatch.setattr(wandb_logger, "_import_wandb", lambda: fake)
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the trainer's own default: offline
+    text = in_tmp / "corpus.txt"
+    text.write_text("".join(f"Line {i}: to be or not to be.\n" for i in range(300)))
+    sets = [*SETS, f"data.cache_dir={in_tmp / 'cache'}", "logging.sinks=[console,jsonl,wandb]"]
+    sets += ["train.steps=2", "train.eval_every=0", "train.sample_every=0"]
+    sets += ["train.checkpoint_every=0"]
+    argv = ["--config", "tiny", "--run-dir", "run", "--data", str(text)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # as `python -W default` shows them
+        assert main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if "W&B" in line]
+    assert len(notes) == 1 and notes[0].startswith("trainer: warning: W&B mode is 'offline': "), err
+    assert "wandb sync" in notes[0] and "Warning:" not in err and ".py:" not in err, err
+    assert [step for data, step in run.logged if "loss" in data] == [1, 2]

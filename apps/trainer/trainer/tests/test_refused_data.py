@@ -110,3 +110,15 @@ def test_a_template_the_sandbox_stops_names_the_tokenizer_and_leaves_the_cache(i
         f"{folder / 'chat_template.jinja'}: the chat template tried an operation the sandbox"
         in line
     ), line
+
+
+def test_rows_too_long_for_the_run_name_the_users_file_not_a_staging_folder(in_tmp, capsys):
+    """#71: the rows are checked where they are staged (a hidden folder in the cache); the line
+    names the file and split the user gave, never that folder."""
+    chat = in_tmp / "chat.jsonl"
+    turn = [{"role": "user", "content": "Hi there, how are you doing on this fine day?"},
+            {"role": "assistant", "content": "Hello."}]  # fmt: skip
+    chat.write_text("".join(json.dumps({"messages": turn}) + "\n" for _ in range(40)))
+    line = _refused(in_tmp, capsys, "sft_tiny", f"data.source={chat}", "data.seq_len=4")
+    assert line.startswith(f"trainer: error: data.seq_len: {chat}:train: all 36 chat row(s) "), line
+    assert "staged" not in line and str(in_tmp / "cache") not in line, line

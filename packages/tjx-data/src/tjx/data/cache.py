@@ -3,7 +3,9 @@
 Everything tjx.data fetches (built-in corpora, the GPT-2 BPE files) lands in one cache folder:
 ``$TJX_CACHE`` if set, else ``~/.cache/tjx/data``. A prepared entry is a folder that appears in a
 single ``os.rename`` once it is complete, so an interrupted preparation never looks complete, and a
-``fcntl.flock`` lock makes two processes preparing the same entry wait for each other.
+``fcntl.flock`` lock makes two processes preparing the same entry wait for each other. What a
+killed preparation leaves (its hidden staging folders) is removed by the next preparation in
+that cache (`cache_root`, `remove_stale_staging`), never a live one's.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO
@@ -29,6 +34,7 @@ __all__ = [
     "Staging",
     "atomic_prepare",
     "cache_dir",
+    "cache_root",
     "local_cache_folder",
     "discard",
     "file_lock",
@@ -37,6 +43,7 @@ __all__ = [
     "pip_download",
     "pip_environment",
     "remove_empty",
+    "remove_stale_staging",
     "sha256_file",
     "staged",
 ]
@@ -74,13 +81,154 @@ def cache_dir() -> Path:
     return path
 
 
-def _open_locked(path: Path) -> IO[bytes]:
+def cache_root(folder: str | os.PathLike[str] | None = None) -> Path:
+    """The cache folder a preparation works in, swept of what killed preparations left.
+
+    ``folder`` as `local_cache_folder` reads it, or `cache_dir` when it is ``None`` or empty.
+    Every preparation starts here, so the staging folders of one that died (``kill -9`` during
+    a tokenization: a box of partly written shards, hundreds of MB) are removed by the next one
+    in the same cache, whatever it prepares (`remove_stale_staging`; a live one's are kept).
+
+    Raises
+    ------
+    DataError
+        ``folder`` is a URL (see `local_cache_folder`).
+    """
+    root = local_cache_folder(folder) if folder else cache_dir()
+    remove_stale_staging(root)
+    return root
+
+
+#: The file in each of `Staging`'s boxes that its owner holds locked (``flock``) while it lives;
+#: its text (pid, host, start time) is for people, the lock is what decides.
+OWNER_LOCK = "owner.lock"
+#: A box without `OWNER_LOCK` was made by an older tjx (or its owner is in the microseconds
+#: before it locks it): stale only once nothing in it changed for this long, since a live
+#: preparation writes a shard every few seconds.
+UNOWNED_IDLE_S = 24 * 3600.0
+#: A box another host owns, its lock free here: over a network filesystem whose locks are only
+#: local (an NFS mount with ``local_lock``), a live owner's lock looks free from another host, so
+#: such a box is stale only once nothing in it changed for this long as well.
+OTHER_HOST_IDLE_S = 3600.0
+#: How deep under the cache root staging folders can lie: the root's own entries (built-in
+#: corpora), ``tokenizers/`` and ``chatml-bpe/`` entries, and the splits of ``shards/<key>/`` and
+#: ``chat/<key>/`` (their staging folders sit beside the entry, in a folder this deep).
+_SWEEP_DEPTH = 2
+#: `Staging`'s boxes and `atomic_prepare`'s staging (``tmp-``, ``tmp-old-``, ``tmp-gone-``).
+_STAGED = re.compile(r"^\.(?P<entry>.+)\.staged-[A-Za-z0-9_]+$")
+_TMP = re.compile(r"^\.(?P<entry>.+)\.tmp-(?:old-|gone-)?[A-Za-z0-9_]+$")
+
+
+def remove_stale_staging(root: Path) -> list[Path]:
+    """Remove the staging folders under ``root`` whose preparation is dead; return them.
+
+    Two kinds, each judged by a lock a live preparation holds, so a concurrent preparation's
+    (another trainer preparing into a shared cache) is never touched:
+
+    - `Staging`'s boxes (``.<entry>.staged-*``): removed when their `OWNER_LOCK` is free (the
+      kernel drops a ``flock`` when its holder dies, ``kill -9`` included) and it names this
+      host; one another host owns also needs nothing in it changed for `OTHER_HOST_IDLE_S`; a
+      box without a lock file (an older tjx's) goes when nothing in it changed for
+      `UNOWNED_IDLE_S`;
+    - `atomic_prepare`'s (``.<entry>.tmp-*``), which exist only while their entry's lock is
+      held: removed when that lock is free.
+
+    Looks `_SWEEP_DEPTH` folders deep (where cache entries live), not inside entries; a folder
+    that cannot be read is skipped.
+    """
+    removed: list[Path] = []
+    folders = [root]
+    for depth in range(_SWEEP_DEPTH + 1):
+        deeper: list[Path] = []
+        for folder in folders:
+            try:
+                entries = [e for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
+            except OSError:
+                continue
+            for entry in entries:
+                path = Path(entry.path)
+                if not entry.name.startswith("."):
+                    deeper.append(path)
+                elif _STAGED.match(entry.name) and _owner_gone(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path)
+                elif (tmp := _TMP.match(entry.name)) and _unlocked(folder, tmp["entry"], path):
+                    removed.append(path)
+        folders = deeper if depth < _SWEEP_DEPTH else []
+    return removed
+
+
+def _owner_gone(box: Path) -> bool:
+    """Whether the preparation that made `Staging` box ``box`` is dead (see
+    `remove_stale_staging`)."""
+    try:
+        # Opened for writing: over NFS an exclusive flock is a POSIX lock, which needs it.
+        handle = open(box / OWNER_LOCK, "r+b")  # noqa: SIM115 (closed below, lock and all)
+    except FileNotFoundError:
+        return _idle_s(box) > UNOWNED_IDLE_S
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # its owner lives
+        try:
+            host = json.loads(handle.read().decode()).get("host")
+        except (ValueError, AttributeError):
+            host = None
+    return host == socket.gethostname() or _idle_s(box) > OTHER_HOST_IDLE_S
+
+
+def _idle_s(box: Path) -> float:
+    """Seconds since anything in ``box`` (itself included) last changed."""
+    newest = 0.0
+    for folder, _, files in os.walk(box):
+        for name in [folder, *(os.path.join(folder, f) for f in files)]:
+            with contextlib.suppress(OSError):
+                newest = max(newest, os.stat(name).st_mtime)
+    return time.time() - newest
+
+
+def _unlocked(folder: Path, entry: str, stale: Path) -> bool:
+    """Remove ``stale`` (an `atomic_prepare` staging folder of ``folder / entry``) if the
+    entry's lock is free; whether it was."""
+    lock = folder / f".{entry}.lock"
+    handle = _open_locked(lock, blocking=False)
+    if handle is None:
+        return False  # being prepared right now
+    try:
+        shutil.rmtree(stale, ignore_errors=True)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)  # under the lock, as file_lock(remove=True) does
+        handle.close()
+    return True
+
+
+def _claim(box: Path) -> IO[bytes]:
+    """``box``'s `OWNER_LOCK`, locked by this process for as long as the handle stays open.
+
+    The file is locked under a name the sweep does not read and then renamed into place, so
+    `remove_stale_staging` never finds it unlocked while its owner lives.
+    """
+    fresh = box / f"{OWNER_LOCK}.new"
+    handle = open(fresh, "w+b")  # noqa: SIM115 (kept open: the lock lives with it)
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    handle.write(json.dumps(owner).encode())
+    handle.flush()
+    os.rename(fresh, box / OWNER_LOCK)
+    return handle
+
+
+def _open_locked(path: Path, *, blocking: bool = True) -> IO[bytes] | None:
     """``path`` opened and exclusively ``flock``ed, the lock on the file the name means now.
 
     A holder that finishes removes the lock file (and maybe its empty folder, see
     `atomic_prepare`), so a waiter can wake up holding the lock of a file that no longer has that
     name, while a newcomer locks a fresh file of the same name: the waiter sees the name point
-    elsewhere (or nowhere) and tries again.
+    elsewhere (or nowhere) and tries again. Not ``blocking``: ``None`` when another holds it.
     """
     while True:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +236,11 @@ def _open_locked(path: Path) -> IO[bytes]:
             handle = open(path, "a+b")  # noqa: SIM115 (returned, closed by the caller)
         except FileNotFoundError:  # the folder went away between mkdir and open
             continue
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.close()
+            return None
         try:
             now = os.stat(path)
         except FileNotFoundError:
@@ -109,6 +261,7 @@ def file_lock(path: Path, *, remove: bool = False) -> Iterator[None]:
     process that was waiting on the deleted file takes the lock again on the new one.
     """
     handle = _open_locked(path)
+    assert handle is not None  # a blocking lock always comes
     try:
         yield
     finally:
@@ -226,12 +379,15 @@ class Staging:
     Entries are built without holding their lock (two preparations may each build an entry
     both lack, a mixture may stage its sources in any order without deadlock); `publish` takes
     each entry's lock, the one `atomic_prepare` uses, and keeps an entry another process
-    published first (the same key, the same content), dropping its own copy.
+    published first (the same key, the same content), dropping its own copy. Each box holds an
+    `OWNER_LOCK` this process keeps locked until the box is gone: a box whose lock is free
+    belongs to a preparation that died, and the next `cache_root` removes it.
     """
 
     def __init__(self) -> None:
         self._staged: dict[Path, tuple[Path, Callable[[Path], bool]]] = {}
         self._created: list[list[Path]] = []
+        self._owners: dict[Path, IO[bytes]] = {}
 
     @property
     def pending(self) -> bool:
@@ -249,6 +405,7 @@ class Staging:
         self._created.append(missing_folders(final.parent))
         final.parent.mkdir(parents=True, exist_ok=True)
         box = Path(tempfile.mkdtemp(prefix=f".{final.name}.staged-", dir=final.parent))
+        self._owners[box] = _claim(box)
         self._staged[final] = (box / final.name, done)
         return box / final.name
 
@@ -269,7 +426,7 @@ class Staging:
                 try:
                     self._rename(staged, final, done)
                 finally:
-                    shutil.rmtree(staged.parent, ignore_errors=True)
+                    self._remove_box(staged.parent)
         except BaseException:
             self.discard()
             raise
@@ -288,10 +445,18 @@ class Staging:
     def discard(self) -> None:
         """Remove everything staged, and the folders made for it while they are empty."""
         for staged, _ in self._staged.values():
-            shutil.rmtree(staged.parent, ignore_errors=True)
+            self._remove_box(staged.parent)
         for created in reversed(self._created):
             remove_empty(created)
         self._staged.clear()
+
+    def _remove_box(self, box: Path) -> None:
+        """Remove ``box``, then let go of its owner lock (in that order: a sweep that finds the
+        lock free finds no box)."""
+        shutil.rmtree(box, ignore_errors=True)
+        owner = self._owners.pop(box, None)
+        if owner is not None:
+            owner.close()
 
 
 @contextlib.contextmanager

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tjx.data.bpe import load_tokenizer, train_bpe
-from tjx.data.cache import Staging, atomic_prepare, local_cache_folder, staged
-from tjx.data.cache import cache_dir as default_cache_dir
+from tjx.data.cache import Staging, atomic_prepare, cache_root, staged
 from tjx.data.errors import DataError
 from tjx.data.pretokenize import pretokenize
 from tjx.data.shards import ShardIndex, load_index
@@ -88,7 +87,7 @@ class PreparedShards:
 
 
 def _root(cache_dir: str | Path | None) -> Path:
-    return local_cache_folder(cache_dir) if cache_dir is not None else default_cache_dir()
+    return cache_root(cache_dir)  # what killed preparations left there is removed first
 
 
 def slug(text: str) -> str:

@@ -66,8 +66,10 @@ class _RowLoader:
         #: What the truncation rule did (counts for the run's log).
         self.truncation: Truncation = self._truncate()
         if self.truncation.rows == 0:
+            # Named by the rows' source (the user's file and split), not the folder: a run checks
+            # new data in its staging folder, a hidden path in the cache no user knows.
             raise DataError(
-                f"{self.index.path}: all {self.index.rows} {self.kind} row(s) {self._lost} "
+                f"{self.index.source}: all {self.index.rows} {self.kind} row(s) {self._lost} "
                 f"(seq_len {seq_len}); raise seq_len",
                 argument="seq_len",
             )

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tjx.data.cache import Staging, staged
-from tjx.data.cache import cache_dir as default_cache_dir
+from tjx.data.cache import Staging, cache_root, staged
 from tjx.data.chat.encode import ChatEncoder
 from tjx.data.chat.store import KINDS, SequenceIndex, load_sequences, write_sequences
 from tjx.data.errors import DataError
@@ -229,7 +228,7 @@ def prepare_chat_data(
         raise ValueError("splits must name at least one split")
     template = encoder.template.fingerprint[:12] if encoder.template is not None else "plain"
     key = f"{shard_key(source)}-{kind}-{encoder.tokenizer.fingerprint[:12]}-{template}"
-    root = (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / "chat" / key
+    root = cache_root(cache_dir) / "chat" / key  # what killed preparations left there goes first
     indexes = {}
     with staged(staging) as stage:
         for split in splits:

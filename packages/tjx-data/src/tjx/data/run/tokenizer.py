@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from tjx.data.bpe import load_tokenizer
-from tjx.data.cache import Staging, local_cache_folder
-from tjx.data.cache import cache_dir as default_cache_dir
+from tjx.data.cache import Staging
+from tjx.data.cache import cache_root as swept_cache_root
 from tjx.data.errors import DataError
 from tjx.data.prepare import bpe_tokenizer
 from tjx.data.tokenizers import Tokenizer
@@ -35,8 +35,9 @@ def name_of(names: Names, argument: str) -> str:
 
 
 def cache_root(cache_dir: str | Path | None) -> Path:
-    """``cache_dir`` expanded, or tjx.data's default cache folder."""
-    return local_cache_folder(cache_dir) if cache_dir else default_cache_dir()
+    """``cache_dir`` expanded, or tjx.data's default cache folder (`tjx.data.cache.cache_root`:
+    staging folders that killed preparations left there are removed first)."""
+    return swept_cache_root(cache_dir)
 
 
 def run_tokenizer(

@@ -18,6 +18,13 @@ the record's ``"nonfinite"`` entry (see :mod:`tjx.core.standard_json`)::
 :func:`read_jsonl` gives the record back as logged (``loss`` NaN), also from logs written before,
 whose lines held bare ``NaN`` / ``Infinity`` tokens.
 
+A process killed while writing leaves at most a torn last line, without its newline. Readers skip
+it; a logger that opens the log again (a resumed run) first cuts it off (or, when only the newline
+is missing, ends the line), so its records never continue a torn line. A torn line inside a log is
+what an older tjx left when it appended after one: :func:`read_jsonl` reads the whole record that
+follows the torn part on that line; any other line that is not a record is damage, named by its
+line number.
+
 In object storage (a ``gs://`` / ``s3://`` path) nothing can be appended: the logger keeps the
 log's text in memory (a resumed run first reads the object back) and writes it as one whole
 object, at most every ``upload_every`` seconds (60 by default) when a record came, and at every
@@ -97,6 +104,7 @@ class JsonlLogger(Logger):
             return
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _end_torn_line(self.path)  # a killed writer's last line: appending would continue it
         self._file = self.path.open("a", encoding="utf-8")
 
     def _upload(self) -> None:
@@ -146,41 +154,111 @@ class JsonlLogger(Logger):
             self._file = None
 
 
+#: How a record's line starts (`JsonlLogger` writes ``step`` first): where a whole record may
+#: follow a torn one on a line an older tjx appended to.
+_RECORD_START = b'{"step": '
+
+
+def _end_torn_line(path: Path) -> None:
+    """Make ``path`` end at a line's end: cut a torn last line off, or add the newline a whole
+    last record lacks (the writer wrote it in one call, so the kill came just before it)."""
+    try:
+        handle = path.open("r+b")
+    except FileNotFoundError:
+        return
+    with handle:
+        size = handle.seek(0, os.SEEK_END)
+        start, tail = size, b""
+        while start > 0:  # back to the last newline, a block at a time
+            step = min(start, 1 << 16)
+            handle.seek(start - step)
+            block = handle.read(step)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                start, tail = start - step + cut + 1, block[cut + 1 :] + tail
+                break
+            start, tail = start - step, block + tail
+        if not tail:
+            return  # empty, or ends with its newline
+        if _record(tail) is not None:
+            handle.write(b"\n")
+        else:
+            handle.truncate(start)
+
+
+def _record(line: bytes) -> dict[str, Any] | None:
+    """``line`` as a record (a JSON object), or ``None`` when it is not one."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _after_torn(line: bytes) -> dict[str, Any] | None:
+    """The whole record an older tjx appended to a torn one on ``line``, if that is what the
+    line holds (a record's start, cut short, then a whole record); else ``None``."""
+    if not line.startswith(_RECORD_START):
+        return None
+    at = line.rfind(_RECORD_START)
+    while at > 0:
+        record = _record(line[at:])
+        if record is not None:
+            return record
+        at = line.rfind(_RECORD_START, 0, at)
+    return None
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read a JSONL log written by :class:`JsonlLogger`.
 
-    A torn last line (a crash mid-write) is skipped; a malformed line elsewhere raises. Values
-    the writer named in a ``"nonfinite"`` entry are floats again (``NaN``, ``inf``); bare
-    ``NaN`` / ``Infinity`` tokens of older logs are read too.
+    A torn last line (a crash mid-write: no newline ends it) is skipped; a line that holds a
+    torn record and then a whole one (an older tjx appended after a crash) gives the whole one;
+    any other line that is not a JSON object raises, naming it. Values the writer named in a
+    ``"nonfinite"`` entry are floats again (``NaN``, ``inf``); bare ``NaN`` / ``Infinity`` tokens
+    of older logs are read too.
 
     Raises
     ------
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If a line other than the last is not a JSON object.
+        If a line other than a torn last one is not a JSON object (``<path>:<line>: ...``).
     """
     if is_url(path):
         try:
-            lines = read_bytes(path).decode("utf-8").splitlines()
+            data = read_bytes(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"no JSONL log at {os.fspath(path)}") from None
     else:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no JSONL log at {path}")
-        lines = path.read_text(encoding="utf-8").splitlines()
+        data = path.read_bytes()
+    lines = data.split(b"\n")
+    torn = lines.pop()  # b"" when the log ends with its newline, as the writer leaves it
     records: list[dict[str, Any]] = []
-    for i, line in enumerate(lines):
+    for i, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            if i == len(lines) - 1:
-                break  # torn final line from an interrupted write
-            raise ValueError(f"{path}:{i + 1}: not valid JSON ({err.msg})") from err
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{i + 1}: expected a JSON object, got {type(record).__name__}")
+        record = _record(line)
+        if record is None:
+            record = _after_torn(line)
+        if record is None:
+            raise ValueError(f"{path}:{i}: {_why_not(line)}")
         records.append(from_standard_json(record))
+    last = _record(torn)  # a whole record that only lacks its newline counts
+    if last is not None:
+        records.append(from_standard_json(last))
     return records
+
+
+def _why_not(line: bytes) -> str:
+    """Why ``line`` is not a record, in a few words."""
+    try:
+        value = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        return f"not UTF-8 ({err.reason})"
+    except json.JSONDecodeError as err:
+        return f"not valid JSON ({err.msg})"
+    return f"expected a JSON object, got {type(value).__name__}"

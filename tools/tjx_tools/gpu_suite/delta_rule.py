@@ -3,7 +3,8 @@
 ``auto`` takes tjx-kernels' Pallas kernels for the gated delta rule only where a GPU measured
 them faster than XLA's scan (#68, `tjx.kernels.gated_delta_auto`); this section is that
 measurement. First the kernels are checked against the scan (the same chunked form, only the
-walk across chunks differs) in float32 at ``HIGHEST`` matmul precision (no TF32): the outputs,
+walk across chunks differs) in float32, XLA's products at ``HIGHEST`` precision (no TF32; the
+kernels' own products are Triton's, which may be TF32: the tolerance is TF32's): the outputs,
 the final state and the gradients of a random projection of both with respect to ``q, k, v, g,
 beta``, each by the norm-wise relative error ``max|a − e| / max|e|`` (`TOLERANCE`), and both
 against the token-by-token recurrence (`gated_delta_recurrent`, the reference). Then, only if
@@ -30,10 +31,12 @@ import numpy as np
 from tjx.kernels import gated_delta_recurrent, gated_delta_rule
 from tjx_tools.gpu_suite.report import Section, fmt, md_table
 
-#: Norm-wise relative error allowed between the kernels and the scan (float32, HIGHEST).
-TOLERANCE = 1e-4
-#: ... and between either and the token-by-token recurrence (another summation order).
-REFERENCE_TOLERANCE = 1e-3
+#: Norm-wise relative error allowed between the kernels and the scan (float32): TF32's, as the
+#: kernels section's float32 rule (`kernels.TOLERANCE`): Triton may take the kernels' float32
+#: products as TF32 whatever XLA's matmul precision says.
+TOLERANCE = 5e-3
+#: ... and between the kernels and the token-by-token recurrence (another summation order).
+REFERENCE_TOLERANCE = 5e-3
 #: The launch-table bucket the timings become (`tjx.kernels.launch.GDELTA_KEY`).
 BUCKET = "gdelta-bf16"
 
@@ -175,8 +178,8 @@ def markdown(rows: list[dict[str, Any]], smoke: bool) -> str:
     times = [r for r in rows if r["kind"] == "time"]
     parts = [
         ("Interpreted (CPU smoke: a harness check). " if smoke else "**Measured**, compiled "
-         "(Triton) on this GPU. ") + "The kernels against XLA's scan, float32 at HIGHEST "
-        f"precision, norm-wise relative error (allowed {TOLERANCE:.0e}; against the recurrence "
+         "(Triton) on this GPU. ") + "The kernels against XLA's scan, float32 (XLA at HIGHEST "
+        f"precision), norm-wise relative error (allowed {TOLERANCE:.0e}; against the recurrence "
         f"{REFERENCE_TOLERANCE:.0e}):"
     ]  # fmt: skip
     parts.append(md_table(

@@ -199,8 +199,11 @@ def run(sec: Section, meta: dict[str, Any], smoke: bool) -> None:
         ["python", meta["python"]],
         *([name, v] for name, v in meta["versions"].items()),
         ["optional packages absent", ", ".join(meta["missing_optional"]) or "none"],
-        *([f"nvidia-smi {k}", v] for k, v in meta.get("nvidia_smi", {}).items()
-          if k not in ("driver", "memory")),
+        *(
+            [f"nvidia-smi {k}", v]
+            for k, v in meta.get("nvidia_smi", {}).items()
+            if k not in ("driver", "memory")
+        ),
         *([f"CUDA library: {k}", v] for k, v in meta.get("cuda_libraries", {}).items()),
         [f"measured bf16 matmul {n}³, bf16 out", f"{by_out['bf16']:.3g} TFLOP/s"],
         [f"measured bf16 matmul {n}³, f32 out", f"{by_out['f32']:.3g} TFLOP/s"],

@@ -285,7 +285,6 @@ def calibration_check(names: Sequence[str], fixture: Path) -> tuple[str, list[st
     return table, out
 
 
-
 def fold(
     outs: Sequence[Path],
     *,
@@ -330,8 +329,9 @@ def fold_fixture(
     """The measured cases compiled into ``fixture`` and checked (module doc): the check's table
     and what to do about the cases outside the band; "" when not compiled (said why)."""
     env_dir = deviceless_env()
-    command = ("python tools/calibration_fixture.py "
-               f"{FIXTURE.relative_to(REPO)} " + " ".join(f"--only {n!r}" for n in names))
+    command = "python tools/calibration_fixture.py " f"{FIXTURE.relative_to(REPO)} " + " ".join(
+        f"--only {n!r}" for n in names
+    )
     if not names:
         return ""
     smoke = any(d.get("smoke") for d in docs)  # a smoke run's steps are a harness check

@@ -147,7 +147,9 @@ class Call:
         if not self.starts(sec, what, "peer"):
             return
         with sec.cell(what):
-            found = train_step.run_torch(script, spec, 300.0 if self.smoke else 240.0)[-1]
+            # Killed at what is left of the budget (a stalled compile must not cost the call).
+            limit = 300.0 if self.smoke else min(240.0, max(60.0, self.report.time_left()))
+            found = train_step.run_torch(script, spec, limit)[-1]
             self.added(sec, {**found, "label": "peer", "config": what})
 
 
@@ -283,8 +285,9 @@ def run_kernel_sets(call: Call, sec: Section, shape: dict[str, Any]) -> None:
         config, sets = shape[name]
         taken = (call.rows.get(f"{name} auto") or {}).get("attention_kernel")
         for kernel in kernels:
-            if kernel == taken or (name == "llama" and kernel == "cudnn" and "search winner"
-                                   in call.rows):  # the winner is llama_small with cuDNN
+            if kernel == taken or (
+                name == "llama" and kernel == "cudnn" and "search winner" in call.rows
+            ):  # the winner is llama_small with cuDNN
                 continue  # fmt: skip
             call.step(sec, f"{name} {kernel}", kernel, config,
                       [*sets, f"model.attention_impl={kernel}"])  # fmt: skip
@@ -335,12 +338,16 @@ def step_markdown(
                        "pipelined ms", "tokens/s", "MFU %", "launches", "float8 GEMMs",
                        "calibrated est. ms", "est. / measured", "peak GiB"], table)]  # fmt: skip
     for name, r in (ratios or {}).items():
-        parts.append(f"{name}: **{r['waited']:.2f}×** the peer's speed (steps waited for), "
-                     f"{r['pipelined']:.2f}× pipelined; same shape, same card, same call.")
+        parts.append(
+            f"{name}: **{r['waited']:.2f}×** the peer's speed (steps waited for), "
+            f"{r['pipelined']:.2f}× pipelined; same shape, same card, same call."
+        )
     for name, r in (fp8 or {}).items():
-        parts.append(f"{name}: fp8 **{r['fp8_speedup']:.2f}×** bf16's speed "
-                     f"({1e3 * r['bf16_step_s']:.2f} → {1e3 * r['fp8_step_s']:.2f} ms); "
-                     f"{r['float8_gemms']} of {r['gemms']} GEMMs float8 in this compile.")
+        parts.append(
+            f"{name}: fp8 **{r['fp8_speedup']:.2f}×** bf16's speed "
+            f"({1e3 * r['bf16_step_s']:.2f} → {1e3 * r['fp8_step_s']:.2f} ms); "
+            f"{r['float8_gemms']} of {r['gemms']} GEMMs float8 in this compile."
+        )
     if search and "measured_winner_over_preset" in search:
         measured = search["measured_winner_over_preset"]
         estimated = search["estimated_winner_over_preset"]

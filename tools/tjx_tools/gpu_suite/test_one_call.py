@@ -99,7 +99,9 @@ def test_fp8_is_measured_against_bf16_on_both_shapes(run_all: tuple) -> None:
     _, doc, _ = run_all
     sec = doc["sections"]["fp8"]
     assert [(r["config"], r["label"]) for r in sec["rows"]] == [
-        ("llama_small", "fp8"), ("llama3_8b", "bf16"), ("llama3_8b", "fp8")
+        ("llama_small", "fp8"),
+        ("llama3_8b", "bf16"),
+        ("llama3_8b", "fp8"),
     ]
     assert all("model.precision.matmul=fp8" in r["sets"] for r in sec["rows"][::2])
     assert set(sec["summary"]) == {"llama_small", "Llama-3-8B proxy"}

@@ -33,7 +33,7 @@ from torch.nn import functional as F  # noqa: N812
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import median_s  # noqa: E402  (beside this file)
+from _timing import median_s  # (beside this file)
 
 BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,

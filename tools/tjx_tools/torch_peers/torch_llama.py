@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import median_s, pipelined_s, sync  # noqa: E402  (beside this file)
+from _timing import median_s, pipelined_s, sync  # (beside this file)
 
 
 def rope_tables(seq: int, head_dim: int, theta: float, device: str) -> tuple[torch.Tensor, ...]:

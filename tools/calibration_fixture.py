@@ -16,7 +16,10 @@ One compile at a time (each takes ~3 GB); ``--only`` redoes one case and keeps t
 measured times come from ``shared/gpu-h100-2026-11-25/`` (``t/results.json``'s train_step rows,
 ``tjx_more.jsonl``): the median step of the suite's throughput rows, jax 0.11.2 on one H100 80GB
 HBM3; the H200 cases from ``docs/gpu/h200-2026-11-26/steps.jsonl``. Add a case here when a GPU
-run measures one.
+run measures one: ``tools/gpu_suite fold`` does it for every train step a suite run measured,
+appending them to `MEASURED` (``tools/calibration_measured.json``: name → config, ``--set``s,
+measured median step, device, source), which this script reads beside the cases below, and then
+runs this script ``--only`` on them.
 """
 
 from __future__ import annotations
@@ -94,6 +97,22 @@ CASES["h200: llama_small, flat params"] = Case([], 0.03644, H200_RUN, "h200", "l
 CASES["h100 2026-11-26: pallas b16"] = Case(["model.attention_impl=pallas"], 0.03954, H100_RUN2)
 CASES["h100 2026-11-26: cudnn b16"] = Case(["model.attention_impl=cudnn"], 0.04054, H100_SWEEP)
 CASES["h100 2026-11-26: llama_small"] = Case([], 0.03743, H100_RUN2, "h100", "llama_small")
+#: The cases GPU suite runs measured, appended by ``tools/gpu_suite fold`` (module doc).
+MEASURED = Path(__file__).resolve().with_name("calibration_measured.json")
+
+
+def measured_cases(path: Path = MEASURED) -> dict[str, Case]:
+    """The suite's measured cases (`MEASURED`): name → `Case` (none when the file is absent)."""
+    if not path.is_file():
+        return {}
+    found = json.loads(path.read_text(encoding="utf-8")).get("cases", {})
+    return {
+        name: Case(list(c["sets"]), float(c["measured_s"]), c["source"], c["device"], c["config"])
+        for name, c in found.items()
+    }
+
+
+CASES.update(measured_cases())
 MEASUREMENT = (
     "shared/gpu-h100-2026-11-25 (1 × H100 80GB HBM3, jax 0.11.2, 2026-11-25); "
     "docs/gpu/h200-2026-11-26 (1 × H200, jax 0.11.2, 2026-11-26); "

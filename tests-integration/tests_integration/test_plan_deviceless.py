@@ -1,5 +1,6 @@
 """The presets compile for an H100 (and, shrunk, a TPU v5e) without either: CI's guard on the
-GPU/TPU path; so does a small delta/attention hybrid (#56's Qwen3.5 and Qwen3-Next layers).
+GPU/TPU path; so do a small delta/attention hybrid (#56's Qwen3.5 and Qwen3-Next layers) and a
+small float8 run (#68: its products stay float8 GEMMs).
 
 Each case is one ``python -m trainer --config PRESET --plan TARGET --set model.attention_impl=K``
 (XLA's real GPU compiler through jax's CUDA plugin, or libtpu's, on abstract devices; the
@@ -84,7 +85,7 @@ ALLOWED_F32_DOTS = [
 #: chunked form in float32 on purpose (the decays' cumulative exponentials, the chunk's triangle
 #: inverse and the carried state lose too much in bf16; flash-linear-attention keeps its state in
 #: float32 too): the chunk's K·Kᵀ and Q·Kᵀ, the inverse's block products, the scan's state ones,
-#: and with the Pallas kernels (`auto` on an H100) the chunks' products with the states the
+#: and with the Pallas kernels (named by the hybrid case) the chunks' products with the states the
 #: kernels keep (gated_delta_pallas: the outputs, and their backward's dW, d(γQ), dKe, dU, dQKᵀ).
 DELTA_F32_DOTS = [
     r"bhnik,bhnjk->bhnij\)*/dot_general$",
@@ -217,10 +218,12 @@ def test_the_preset_compiles_for_the_device_without_it(preset, target, kernel, e
 
 def test_a_delta_and_attention_hybrid_compiles_for_an_h100(envs, tmp_path):
     """#56's ``--plan h100`` of the Qwen hybrids: the chunked gated delta rule (XLA's own
-    products, no library triangular solve; across chunks the Pallas kernels, `auto` on an H100)
-    and the gated attention compile for an H100 and fit; its float32 products are the delta
-    rule's own and the attention's allowed ones."""
-    data = plan("llama_small", "h100", "auto", envs["cuda12"], tmp_path, HYBRID)
+    products, no library triangular solve; across chunks the Pallas kernels, named: `auto` takes
+    XLA's scan until a GPU has measured them, #68) and the gated attention compile for an H100
+    and fit; its float32 products are the delta rule's own and the attention's allowed ones."""
+    sets = [*HYBRID, "model.delta_impl=pallas"]
+    data = plan("llama_small", "h100", "auto", envs["cuda12"], tmp_path, sets)
+    assert "delta rule: pallas (model.delta_impl)" in data["stdout"]
     assert data["train"]["compiles"] and data["eval"]["compiles"] and data["memory"]["fits"]
     calls = data["train"]["custom_calls"]
     assert not any("triangularSolve" in c for c in calls), calls  # the chunk's inverse is XLA's
@@ -232,6 +235,27 @@ def test_a_delta_and_attention_hybrid_compiles_for_an_h100(envs, tmp_path):
     unexplained = [op for op in f32 if not any(re.search(pattern, op) for pattern in allowed)]
     assert not unexplained, f"float32 matrix products in a bf16 run: {unexplained}"
     assert "an estimate" in data["stdout"] and data["estimate"]["seconds"] > 0
+
+
+#: llama_small with float8 products (#54's `model.precision.matmul=fp8`, off by default), at the
+#: hybrid's size: 2 layers of 4 × 256 tokens (a fifth of the preset's compile).
+FP8 = ["model.precision.matmul=fp8", "model.num_layers=2", "data.seq_len=256",
+       "data.batch_size=4", "eval.batch_size=4"]  # fmt: skip
+
+
+def test_fp8_still_compiles_to_float8_gemms_for_an_h100(envs, tmp_path):
+    """#68: what FP8 buys rests on the H100 compile keeping its products in float8 (XLA's Triton
+    GEMMs over float8 operands, or cuBLASLt's ``$f8`` call): every `Dense` product of the 2
+    layers (q, k, v, o and SwiGLU's three: 7 a layer, each with its two gradient products) is a
+    float8 GEMM, e4m3 × e4m3 forward and e5m2 gradients against e4m3 in the backward; the LM
+    head's three products stay bf16 (``fp8_lm_head`` is off)."""
+    data = plan("llama_small", "h100", "auto", envs["cuda12"], tmp_path, FP8)
+    assert data["train"]["compiles"] and data["memory"]["fits"]
+    gemms = data["train"]["gemm_operands"]
+    float8 = {k: n for k, n in gemms.items() if k.split("×")[0].startswith("f8")}
+    assert sum(float8.values()) >= 2 * 7, gemms  # the forward products, at least
+    assert set(float8) >= {"f8e4m3fn×f8e4m3fn"} and any("f8e5m2" in k for k in float8), gemms
+    assert set(gemms) - set(float8) <= {"bf16×bf16"} and gemms.get("bf16×bf16", 0) <= 3, gemms
 
 
 #: #56's families, as tiny tjx models saved in their Hugging Face layout: gpt-oss (attention

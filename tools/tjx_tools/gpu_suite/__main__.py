@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-PARTS = ("kernels", "train", "startup", "all")
+PARTS = ("all", "kernels", "train", "startup", "full")
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -22,9 +22,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--part",
         choices=PARTS,
         default="all",
-        help="kernels: correctness, tuning, attention speed; train: train step rows, the nanoGPT "
-        "peer, memory fits and a real run; startup: time to the first step, cold and warm cache "
-        "(one device call each)",
+        help="all (default): everything pending in ONE device call, most important first "
+        "(one_call.py: the steps beside their PyTorch peers, attention against PyTorch's SDPA, "
+        "fp8, the gated delta kernels, the search's winner, the other kernels, speculative "
+        "decoding); kernels: correctness, tuning, attention speed; train: train step rows, the "
+        "nanoGPT peer, memory fits and a real run; startup: time to the first step, cold and "
+        "warm cache (one device call each); full: kernels, train and startup in turn",
     )
     r.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, interpreted Pallas")
     r.add_argument(
@@ -60,6 +63,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         help="a JSON-lines file measured in the same session (e.g. a peer's runs), as a table",
     )
+    f.add_argument(
+        "--no-fixture",
+        action="store_true",
+        help="append the measured steps to tools/calibration_measured.json only (no deviceless "
+        "compile into tjx-metrics' calibration fixture)",
+    )
+    f.add_argument("--measured-cases", type=Path, default=None, help=argparse.SUPPRESS)
     f.add_argument("--allow-smoke", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -72,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         attention,
         environment,
         kernels,
+        one_call,
         startup,
         train_run,
         train_step,
@@ -96,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
     report.meta["compilation_cache"] = None if cache is None else str(cache)
     with report.section("environment") as sec:
         environment.run(sec, report.meta, args.smoke)
-    if args.part in ("kernels", "all"):
+    if args.part == "all":  # the one prepared call (#68)
+        one_call.run_all(report, args.smoke, report.meta, args.out)
+    if args.part in ("kernels", "full"):
         with report.section("kernels") as sec:
             kernels.run(sec, args.smoke, time.perf_counter() + 0.25 * report.time_left())
         table = None
@@ -113,10 +126,10 @@ def run(args: argparse.Namespace) -> int:
         with report.section("attention") as sec:
             deadline = time.perf_counter() + report.time_left() - 15
             attention.run(sec, args.smoke, deadline, correct)
-    if args.part in ("train", "all"):
+    if args.part in ("train", "full"):
         # The real run needs its time limit plus about a minute to start (compile) and to save.
         reserve = args.run_seconds + 60 if args.run_seconds > 0 else 0
-        if args.part == "all":
+        if args.part == "full":
             reserve += 0.3 * report.time_left()  # the startup part's share
         with report.section("train_step") as sec:
             deadline = time.perf_counter() + report.time_left() - reserve
@@ -126,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                 steps = args.run_steps or (16 if args.smoke else 3000)
                 seconds = min(args.run_seconds, max(60.0, report.time_left() - 60))
                 train_run.run(sec, args.out, args.smoke, steps, seconds)
-    if args.part in ("startup", "all"):
+    if args.part in ("startup", "full"):
         with report.section("startup") as sec:
             deadline = time.perf_counter() + report.time_left()
             startup.run(sec, args.out, args.smoke, deadline, args.startup_limit_s)
@@ -156,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         launch_tables=args.launch_tables or fold.LAUNCH_TABLES,
         allow_smoke=args.allow_smoke,
         tables=args.table,
+        measured_cases=args.measured_cases or fold.MEASURED_CASES,
+        fixture=None if args.no_fixture else fold.FIXTURE,
     )
     return 0
 

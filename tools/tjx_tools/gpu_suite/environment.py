@@ -1,5 +1,10 @@
 """What ran the suite (device, driver, library versions) and the device's measured matmul peak.
 
+The versions: jax and its packages, ``nvidia-smi``'s driver, GPU, memory, clocks and power
+limit, and the CUDA libraries jax loaded (`cuda_libraries`: cuDNN, cuBLAS, the runtime, ... as
+the jax CUDA plugin reports them, and the nvidia wheels), recorded in every run's metadata since
+#68 (PyTorch's own are in the ``attention_vs_torch`` section of ``--part all``).
+
 The matmul probe (`matmul_tflops`, METHOD): ``n × n × n`` bf16 products of random normal inputs,
 ``ROTATE`` distinct input pairs used in turn (no kernel sees the same operands twice in a row),
 a warm-up of every variant first (compile, autotune, clocks up). Then ``rounds`` rounds, each
@@ -54,12 +59,27 @@ def _version(name: str) -> str | None:
         return None
 
 
+#: What ``nvidia-smi`` is asked (``--query-gpu``) and the names the suite gives the answers.
+SMI_FIELDS = {
+    "driver_version": "driver",
+    "name": "gpu",
+    "memory.total": "memory",
+    "clocks.max.sm": "max_sm_clock",
+    "power.limit": "power_limit",
+    "pci.device_id": "pci_device_id",
+}
+#: The jax CUDA plugins' version modules, newest first (``jax._src.lib`` looks them up the same
+#: way; the plugin's own module, not a private jax API).
+CUDA_VERSION_MODULES = ("jax_cuda13_plugin._versions", "jax_cuda12_plugin._versions")
+
+
 def nvidia_smi() -> dict[str, str]:
-    """Driver version, GPU name and memory from ``nvidia-smi`` (empty without one)."""
+    """Driver version, GPU name, memory, clocks and power limit from ``nvidia-smi`` (empty
+    without one)."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return {}
-    query = "--query-gpu=driver_version,name,memory.total"
+    query = "--query-gpu=" + ",".join(SMI_FIELDS)
     try:
         out = subprocess.run(
             [exe, query, "--format=csv,noheader"], capture_output=True, text=True, timeout=20
@@ -67,7 +87,39 @@ def nvidia_smi() -> dict[str, str]:
     except (OSError, subprocess.TimeoutExpired):
         return {}
     fields = [f.strip() for f in out.splitlines()[0].split(",")] if out.strip() else []
-    return dict(zip(("driver", "gpu", "memory"), fields, strict=False))
+    return dict(zip(SMI_FIELDS.values(), fields, strict=False))
+
+
+def cuda_libraries() -> dict[str, Any]:
+    """The CUDA libraries jax runs with (#68: cuDNN, cuBLAS, the CUDA runtime and driver...):
+    each ``*_get_version`` (what is loaded) and ``*_build_version`` (what the plugin was built
+    against) of the jax CUDA plugin's version module; the nvidia wheels installed beside it. A
+    library that cannot be asked (no GPU, not loaded) is left out; no plugin: an empty dict."""
+    import importlib
+
+    found: dict[str, Any] = {}
+    for name in CUDA_VERSION_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        found["plugin"] = name.split(".")[0]
+        for attr in sorted(dir(module)):
+            if not attr.endswith(("_get_version", "_build_version")):
+                continue
+            try:
+                found[attr] = getattr(module, attr)()
+            except Exception:  # - a library the plugin cannot load here: not known, not fatal
+                continue
+        break
+    wheels = {
+        d.metadata["Name"]: d.version
+        for d in metadata.distributions()
+        if (d.metadata["Name"] or "").lower().startswith("nvidia-")
+    }
+    if wheels:
+        found["nvidia_wheels"] = dict(sorted(wheels.items()))
+    return found
 
 
 def describe() -> dict[str, Any]:
@@ -81,6 +133,8 @@ def describe() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "driver": smi.get("driver"),
         "gpu_memory": smi.get("memory"),
+        "nvidia_smi": smi,
+        "cuda_libraries": cuda_libraries() if jax.default_backend() == "gpu" else {},
         "jax": jax.__version__,
         "python": platform.python_version(),
         "host": platform.node(),
@@ -145,6 +199,12 @@ def run(sec: Section, meta: dict[str, Any], smoke: bool) -> None:
         ["python", meta["python"]],
         *([name, v] for name, v in meta["versions"].items()),
         ["optional packages absent", ", ".join(meta["missing_optional"]) or "none"],
+        *(
+            [f"nvidia-smi {k}", v]
+            for k, v in meta.get("nvidia_smi", {}).items()
+            if k not in ("driver", "memory")
+        ),
+        *([f"CUDA library: {k}", v] for k, v in meta.get("cuda_libraries", {}).items()),
         [f"measured bf16 matmul {n}³, bf16 out", f"{by_out['bf16']:.3g} TFLOP/s"],
         [f"measured bf16 matmul {n}³, f32 out", f"{by_out['f32']:.3g} TFLOP/s"],
         ["matmul method", method],

@@ -12,22 +12,37 @@ that are not JSON objects (a peer's own chatter) are left out. The attention ``t
 ranks by are recomputed from the attention rows with the suite's current rule
 (`attention.timings`), so an older run folds under the rule of today.
 
-Calibration: where tjx-metrics offers a refit of its roofline on a measured run (`calibrate`), the
-fold calls it with the run's folders; until then it says that none was found.
+The gated delta rule's measured times (``--part all``'s ``gated_delta`` section: the Pallas
+kernels against XLA's scan, only when the kernels passed its correctness check) become the
+device kind's ``gdelta-bf16`` timings, which ``auto`` needs before it takes the kernels.
+
+Calibration (#68: the estimate stays within ±10 % of every measured case, refitted when a case
+falls out): every train step the run measured (the step sections' rows, not the peers') is
+appended to the calibration cases (`MEASURED_CASES`, which ``tools/calibration_fixture.py``
+reads), then, where the deviceless CUDA compiler is installed (`deviceless_env`), that script
+compiles them into tjx-metrics' fixture (``calibration_cases.json``: one deviceless compile each)
+and the fold prints each case's calibrated estimate against its measurement, naming the ones
+outside `CALIBRATION_BAND` and the refit's command (``tools/calibrate.py`` on the run's
+profile); ``--no-fixture`` only appends. Where tjx-metrics offers a refit hook
+(`CALIBRATION_HOOK`), the fold calls it with the run's folders; until then it says that none
+was found. Everything the fold writes into BENCHMARKS.md is also printed.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tjx.kernels import LaunchDefaults
 from tjx.kernels.launch import load_launch_tables, merge_launch_table, norm_kind
-from tjx_tools.gpu_suite import attention, kernels
+from tjx_tools.gpu_suite import attention, delta_rule, kernels, train_step
 from tjx_tools.gpu_suite.report import load, md_table, render_markdown
 
 REPO = Path(__file__).resolve().parents[3]
@@ -44,6 +59,14 @@ TIMINGS_NOTE = "fwd+bwd timings (causal, seq"
 #: Where the fold looks for tjx-metrics' refit of the roofline on a measured run (module, name):
 #: ``refit(outs: Sequence[Path]) -> str`` (a one-line summary). Owned by tjx-metrics' calibration.
 CALIBRATION_HOOK = ("tjx.metrics.calibration", "refit_from_suite")
+#: The measured cases ``tools/calibration_fixture.py`` reads, and the fixture it writes.
+MEASURED_CASES = REPO / "tools/calibration_measured.json"
+FIXTURE = REPO / "packages/tjx-metrics/tests/tjx_metrics_tests/calibration_cases.json"
+#: The sections whose rows are train steps (``--part all``'s and ``--part train``'s).
+STEP_SECTIONS = ("steps", "fp8", "search", "kernel_sets", "train_step")
+#: #68's goal for the calibrated estimate: within ±10 % of every measured case.
+CALIBRATION_BAND = 0.10
+GDELTA_NOTE = "gated delta fwd+bwd timings: tjx gpu_suite gated_delta"
 
 
 def run_key(docs: Sequence[dict[str, Any]]) -> str:
@@ -134,14 +157,132 @@ def fold_launch_tables(docs: Sequence[dict[str, Any]], path: Path) -> list[str]:
         kind = doc["meta"].get("device_kind")
         if timings and kind:
             # The device's note keeps the launches' source and says where the timings came from.
-            tables = load_launch_tables(path) if path.exists() else {}
-            old = next((t.source for k, t in tables.items() if norm_kind(k) == norm_kind(kind)), "")
+            old = _source(path, kind)
             launches = old.split(TIMINGS_NOTE)[0].rstrip("; ")
             note = f"{TIMINGS_NOTE} {attention.TIMING_SEQ}): tjx gpu_suite attention, "
             source = f"{launches}; " * bool(launches) + note + str(doc["meta"].get("date"))
             merge_launch_table(path, kind, {}, source, timings=timings)
             kinds.append(kind)
+        delta = delta_timings(doc)
+        if delta and kind:  # the gated delta rule's: what its "auto" needs (#68)
+            old = _source(path, kind).split(f"; {GDELTA_NOTE}")[0].split(GDELTA_NOTE)[0]
+            note = f"{GDELTA_NOTE}, {doc['meta'].get('date')}"
+            merge_launch_table(path, kind, {}, f"{old}; {note}" if old else note, timings=delta)
+            kinds.append(kind)
     return sorted(set(kinds))
+
+
+def _source(path: Path, kind: str) -> str:
+    """The note of ``kind``'s table in ``path`` ("" when none)."""
+    tables = load_launch_tables(path) if path.exists() else {}
+    return next((t.source for k, t in tables.items() if norm_kind(k) == norm_kind(kind)), "")
+
+
+def delta_timings(doc: dict[str, Any]) -> dict[str, Any]:
+    """The gated delta rule's launch-table timings a run measured (none unless both
+    implementations were timed, which needs the kernels to have passed their check)."""
+    sec = doc["sections"].get("gated_delta") or {}
+    times = (sec.get("summary") or {}).get("timings") or {}
+    both = {"xla", "pallas"}
+    return {k: v for k, v in times.items() if k == delta_rule.BUCKET and set(v) >= both}
+
+
+def device_key(doc: dict[str, Any]) -> str | None:
+    """tjx-metrics' device table key of a run's device (a smoke run: the table entry it was
+    estimated against), None for a device the table does not have."""
+    from tjx import metrics
+
+    if doc.get("smoke"):
+        return train_step.SMOKE_DEVICE
+    found = metrics.accelerator_of(str(doc["meta"].get("device_kind") or ""))
+    return None if found is None else str(found.key)
+
+
+def calibration_cases(docs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every train step the runs measured, as ``tools/calibration_fixture.py`` cases: name →
+    config (a preset, or a file of the tree), ``--set``s, the measured median step, the device
+    table key and where the figure is."""
+    cases: dict[str, dict[str, Any]] = {}
+    for doc in docs:
+        key = device_key(doc)
+        if key is None:
+            continue
+        date, device = doc["meta"].get("date"), doc["meta"].get("device")
+        for name in STEP_SECTIONS:
+            for row in (doc["sections"].get(name) or {}).get("rows") or []:
+                if row.get("label") == "peer" or not row.get("median_step_s"):
+                    continue
+                label = f"{key} {date}: {row['config']} {row['label']}"
+                cases[label] = {
+                    "config": row.get("config_arg") or row["config"],
+                    "sets": list(row.get("sets") or []),
+                    "measured_s": float(row["median_step_s"]),
+                    "device": key,
+                    "source": f"tools/gpu_suite {date} on {device}: results.json section "
+                              f"{name!r}, row {row['label']!r} (median step, each waited for)",
+                }  # fmt: skip
+    return cases
+
+
+def append_cases(cases: dict[str, dict[str, Any]], path: Path) -> list[str]:
+    """Add ``cases`` to the measured-cases file (a case of the same name is replaced); return
+    their names."""
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    data.setdefault("cases", {}).update(cases)
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    return list(cases)
+
+
+def deviceless_env() -> Path | None:
+    """The deviceless CUDA compiler's packages (the folder tests-integration's ``_deviceless``
+    installs: ``~/.cache/tjx/deviceless/jax<version>-cuda12``), None when not installed."""
+    import jax
+
+    root = Path(os.environ.get("TJX_DEVICELESS_CACHE") or Path.home() / ".cache/tjx/deviceless")
+    folder = root / f"jax{jax.__version__}-cuda12"
+    return folder if (folder / "tjx-deviceless.json").is_file() else None
+
+
+def compile_cases(names: Sequence[str], fixture: Path, env_dir: Path) -> None:
+    """``tools/calibration_fixture.py FIXTURE --only NAME ...``: the cases compiled, deviceless."""
+    script = REPO / "tools" / "calibration_fixture.py"
+    paths = [str(env_dir), *(os.path.abspath(p or os.curdir) for p in sys.path)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "JAX_PLATFORMS": "cpu"}
+    argv = [sys.executable, str(script), str(fixture), *(a for n in names for a in ("--only", n))]
+    subprocess.run(argv, check=True, env=env, cwd=REPO)
+
+
+def calibration_check(names: Sequence[str], fixture: Path) -> tuple[str, list[str]]:
+    """The calibrated estimate of each named case of ``fixture`` against its measurement: a
+    Markdown table, and the names outside `CALIBRATION_BAND`."""
+    from tjx.metrics import accelerator
+    from tjx.metrics.calibration import KernelRow, calibrated_seconds, calibration_for
+
+    data = json.loads(fixture.read_text(encoding="utf-8")) if fixture.is_file() else {}
+    cases = data.get("cases", {})
+    rows, out = [], []
+    for name in names:
+        case = cases.get(name)
+        if case is None:
+            rows.append([name, None, None, None, "not compiled into the fixture"])
+            continue
+        key = case.get("device", data.get("device"))  # the first cases name it once, above
+        device = accelerator(key)
+        cal = calibration_for(device)
+        if cal is None:
+            rows.append([name, f"{case['measured_s'] * 1e3:.2f}", None, None,
+                         f"no calibration for {key}"])  # fmt: skip
+            continue
+        kernels_ = [KernelRow.from_json(r) for r in case["kernels"]]
+        got = calibrated_seconds(kernels_, device, cal).seconds
+        ratio = got / case["measured_s"]
+        inside = abs(ratio - 1.0) <= CALIBRATION_BAND
+        if not inside:
+            out.append(name)
+        rows.append([name, f"{case['measured_s'] * 1e3:.2f}", f"{got * 1e3:.2f}", f"{ratio:.2f}",
+                     "within ±10 %" if inside else "**outside ±10 %: refit**"])  # fmt: skip
+    table = md_table(["case", "measured ms", "calibrated ms", "calibrated / measured", ""], rows)
+    return table, out
 
 
 def fold(
@@ -151,9 +292,13 @@ def fold(
     launch_tables: Path = LAUNCH_TABLES,
     allow_smoke: bool = False,
     tables: Sequence[Path] = (),
+    measured_cases: Path = MEASURED_CASES,
+    fixture: Path | None = FIXTURE,
 ) -> str:
     """Fold the runs in ``outs`` (and the JSON-lines ``tables`` of the same session) into
-    ``benchmarks`` and ``launch_tables``; return the block key."""
+    ``benchmarks`` and ``launch_tables``, their train steps into ``measured_cases`` and, where
+    the deviceless compiler is installed and ``fixture`` is given, into the calibration fixture
+    (module doc); return the block key."""
     docs = [load(out) for out in outs]
     if not allow_smoke and any(doc.get("smoke") for doc in docs):
         raise SystemExit(
@@ -165,8 +310,52 @@ def fold(
     body = render_markdown(docs, level=4)
     for table in tables:
         body += f"\n#### {table.name} (measured in the same session)\n\n{jsonl_table(table)}\n"
+    names = append_cases(calibration_cases(docs), measured_cases)
+    check = fold_fixture(names, fixture, outs, docs)
+    if check:
+        body += f"\n#### calibration: the estimate against each step measured here\n\n{check}\n"
     benchmarks.write_text(fold_markdown(text, key, body), encoding="utf-8")
+    print(body)
     kinds = fold_launch_tables(docs, launch_tables)
-    print(f"folded {key} into {benchmarks}; launch tables for {kinds or 'no device'}")
+    print(f"folded {key} into {benchmarks}; launch tables for {kinds or 'no device'}; "
+          f"{len(names)} measured steps into {measured_cases}")  # fmt: skip
     calibrate(outs)
     return key
+
+
+def fold_fixture(
+    names: Sequence[str], fixture: Path | None, outs: Sequence[Path], docs: Sequence[dict]
+) -> str:
+    """The measured cases compiled into ``fixture`` and checked (module doc): the check's table
+    and what to do about the cases outside the band; "" when not compiled (said why)."""
+    env_dir = deviceless_env()
+    command = "python tools/calibration_fixture.py " f"{FIXTURE.relative_to(REPO)} " + " ".join(
+        f"--only {n!r}" for n in names
+    )
+    if not names:
+        return ""
+    smoke = any(d.get("smoke") for d in docs)  # a smoke run's steps are a harness check
+    if fixture is None or env_dir is None or smoke:
+        why = ("--no-fixture" if fixture is None else "a smoke run" if smoke else
+               "no deviceless CUDA compiler installed")  # fmt: skip
+        print(f"calibration fixture: not compiled ({why}); with the deviceless packages on "
+              f"PYTHONPATH: {command}")  # fmt: skip
+        return ""
+    try:
+        compile_cases(names, fixture, env_dir)
+    except subprocess.CalledProcessError as err:  # the cases stay appended: compile them later
+        print(f"calibration fixture: the compile failed (exit {err.returncode}; its output "
+              f"above); the cases are in the measured cases; again: {command}")  # fmt: skip
+        return ""
+    table, outside = calibration_check(names, fixture)
+    if outside:
+        profile = next((o / train_step.PROFILE for o in outs
+                        if (o / train_step.PROFILE).is_file()), None)  # fmt: skip
+        first = next(iter(d for d in docs if (d["sections"].get("steps") or {}).get("rows")), None)
+        row = ((first or {}).get("sections", {}).get("steps", {}).get("rows") or [{}])[0]
+        table += (f"\n\n{len(outside)} case(s) outside ±{CALIBRATION_BAND:.0%}: refit, e.g. "
+                  f"`python tools/calibrate.py {profile} --device {device_key(docs[0])} "
+                  f"--plan-config {row.get('config_arg', 'gpt2_small')} "
+                  f"--step-s {row.get('median_step_s')} --out packages/tjx-metrics/src/tjx/"
+                  "metrics/calibrations.json`, then recompile the fixture.")  # fmt: skip
+    return table

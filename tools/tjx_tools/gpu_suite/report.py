@@ -135,11 +135,16 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def header(meta: dict[str, Any], smoke: bool) -> str:
-    """The provenance line every table carries: date, device, driver, JAX version."""
+    """The provenance line every table carries: date, device, driver, JAX version and, where the
+    run recorded them (#68), the cuDNN and cuBLAS jax loaded."""
     line = (
         f"{meta.get('date', '?')} · {meta.get('device', '?')} · driver "
         f"{meta.get('driver') or 'n/a'} · jax {meta.get('jax', '?')}"
     )
+    libs = meta.get("cuda_libraries") or {}
+    for name in ("cudnn", "cublas"):
+        if libs.get(f"{name}_get_version"):
+            line += f" · {'cuDNN' if name == 'cudnn' else 'cuBLAS'} {libs[f'{name}_get_version']}"
     if smoke:
         line += " · **smoke run (CPU, tiny shapes): not performance figures**"
     return line

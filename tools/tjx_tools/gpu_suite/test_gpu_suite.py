@@ -1,8 +1,10 @@
 """The GPU suite end to end on CPU (``--smoke``), so it cannot rot between GPU sessions.
 
-The smoke run goes through ``tools/gpu_suite`` exactly as on the GPU machine (the launcher script,
+The smoke runs go through ``tools/gpu_suite`` exactly as on the GPU machine (the launcher script,
 a fresh interpreter, one device), with ``datasets``, ``wandb`` and ``tensorboardX`` made
-unimportable: the suite's path must not need them (the GPU machine does not have them).
+unimportable: the suite's path must not need them (the GPU machine does not have them). Two runs:
+``--part all`` (the one prepared device call, #68: test_one_call.py) and ``--part full`` (the
+kernel, train and startup parts in turn, here).
 """
 
 from __future__ import annotations
@@ -29,17 +31,19 @@ H100 = "NVIDIA H100 80GB HBM3"
 BLOCKED = ("datasets", "wandb", "tensorboardX")
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
-    """One smoke run of the whole suite: (out folder, results.json, its stdout)."""
-    tmp = tmp_path_factory.mktemp("gpu_suite")
+def smoke_run(
+    tmp: Path, part: str, extra_env: dict[str, str] | None = None
+) -> tuple[Path, dict[str, Any], str]:
+    """``tools/gpu_suite run --smoke --part PART`` in ``tmp``: (out folder, results.json, its
+    stdout)."""
     blocker = tmp / "blocked"
     blocker.mkdir()
     for name in BLOCKED:
         (blocker / f"{name}.py").write_text(
             f"raise ImportError('{name} is blocked by this test')\n"
         )
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "TJX_CACHE")}
+    drop = ("XLA_FLAGS", "TJX_CACHE", train_step.TORCH_PYTHON_ENV)
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     # One device, as on the GPU machine; the tests' compile-speed flags (pants.toml: LLVM at -O1)
     # stay, for the smoke run's tiny programs are mostly compile time (its figures are not
     # performance figures).
@@ -49,9 +53,11 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any
     paths = [str(blocker), *(os.path.abspath(p or os.curdir) for p in sys.path)]
     env.update(PYTHONPATH=os.pathsep.join(paths), TJX_PYTHON=sys.executable, JAX_PLATFORMS="cpu")
     env["TJX_CACHE"] = str(tmp / "cache")  # nothing may be downloaded into the user's cache
+    env.update(extra_env or {})
     out = tmp / "out"
     proc = subprocess.run(
-        ["bash", str(REPO / "tools" / "gpu_suite"), "run", "--smoke", "--out", str(out)],
+        ["bash", str(REPO / "tools" / "gpu_suite"), "run", "--smoke", "--part", part, "--out",
+         str(out)],  # fmt: skip
         capture_output=True,
         text=True,
         env=env,
@@ -60,6 +66,12 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, json.loads((out / "results.json").read_text()), proc.stdout
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+    """One smoke run of the kernel, train and startup parts (``--part full``)."""
+    return smoke_run(tmp_path_factory.mktemp("gpu_suite"), "full")
 
 
 def test_every_section_runs_and_is_reported(smoke: tuple[Path, dict[str, Any], str]) -> None:
@@ -178,13 +190,17 @@ def test_fold_writes_benchmarks_and_launch_table(
     bench.write_text("# tjx benchmarks\n\nCPU figures.\n")
     table = tmp_path / "launch_tables.json"
     table.write_text('{"schema": 1, "devices": {}}\n')
+    cases = tmp_path / "measured.json"  # never the repository's: a test writes its own
+    kw: dict[str, Any] = dict(benchmarks=bench, launch_tables=table, measured_cases=cases)
     with pytest.raises(SystemExit, match="smoke results"):
-        fold.fold([out], benchmarks=bench, launch_tables=table)
-    key = fold.fold([out], benchmarks=bench, launch_tables=table, allow_smoke=True)
+        fold.fold([out], **kw)
+    key = fold.fold([out], **kw, allow_smoke=True)
     first = bench.read_text()
     assert first.startswith("# tjx benchmarks\n\nCPU figures.\n") and fold.SECTION in first
     assert first.count(f"<!-- gpu_suite {key} begin -->") == 1
-    fold.fold([out], benchmarks=bench, launch_tables=table, allow_smoke=True)
+    # The train part's steps are calibration cases too (a smoke run's are never compiled).
+    assert len(json.loads(cases.read_text())["cases"]) == len(doc["sections"]["train_step"]["rows"])
+    fold.fold([out], **kw, allow_smoke=True)
     assert bench.read_text() == first  # folding the same run again replaces its block
     # The folded table is what the kernels now use on that device kind.
     monkeypatch.setenv("TJX_FLASH_LAUNCH_TABLES", str(table))

@@ -47,6 +47,7 @@ from typing import Any
 
 from bench_train import load, throughput
 
+from tjx.metrics.calibration import calibrated_seconds, calibration_for, rows_of
 from tjx_tools.gpu_suite.report import Section, fmt, md_table
 
 GIB = 2**30
@@ -137,22 +138,27 @@ def inspector(smoke: bool) -> Callable[[Any, Any, Any], dict[str, Any]]:
         kernel = model.attention_impl
         if kernel == "auto":
             kernel = kernels.auto_order(model.precision.compute_dtype, model.head_dim).kernel
+        hlo = compiled.as_text() or ""
         row: dict[str, Any] = {
             "attention_kernel": kernel,
             "peak_bytes": metrics.peak_bytes(compiled)["peak"],
+            # What this compile kept of a float8 run's products (#68): GEMMs by operand types.
+            "gemm_operands": metrics.gemm_operands(hlo),
         }
         device = accelerator(smoke)
-        hlo = compiled.as_text() or ""
         if device is None or not hlo:
             return {**row, "kernels_per_step": None, "est_step_s": None}
         units = cfg.data.batch_size * cfg.data.seq_len
         args = roofline_inputs(model, cfg.data.seq_len, units, 1, device)
         est = metrics.roofline(hlo, device, custom_call_cost=args["custom_call_cost"])
         kinds = est.by_kind()
+        cal = calibration_for(device)  # the calibrated model of this very program, where fitted
+        calibrated = calibrated_seconds(rows_of(est.kernels), device, cal) if cal else None
         return {
             **row,
             "kernels_per_step": est.launches,
             "est_step_s": est.seconds,
+            "calibrated_step_s": calibrated and calibrated.seconds,
             "est_bytes": est.bytes,
             "launches_by_kind": {k: int(v["count"]) for k, v in kinds.items()},
         }
@@ -160,26 +166,79 @@ def inspector(smoke: bool) -> Callable[[Any, Any, Any], dict[str, Any]]:
     return inspect
 
 
+#: An interpreter that imports torch, for the PyTorch peers (default: this one, the GPU
+#: machine's python3, which has PyTorch). The CPU smoke test names a scratch venv's here.
+TORCH_PYTHON_ENV = "TJX_TORCH_PYTHON"
+
+
+def torch_python() -> str:
+    """The interpreter the PyTorch peers run in (`TORCH_PYTHON_ENV`, else this one)."""
+    return os.environ.get(TORCH_PYTHON_ENV) or sys.executable
+
+
 def torch_available() -> bool:
-    """Whether this interpreter can import torch (found, never imported: torch is a tool's)."""
+    """Whether the peers' interpreter can import torch (found, never imported here: torch is a
+    tool's): this interpreter's ``find_spec``, or the file `TORCH_PYTHON_ENV` names."""
+    named = os.environ.get(TORCH_PYTHON_ENV)
+    if named:
+        return Path(named).is_file()
     return importlib.util.find_spec("torch") is not None
+
+
+def torch_missing_note(what: str) -> str:
+    """The note of a peer not run for want of torch."""
+    return f"peer: torch is not importable by this python; {what} was not measured"
+
+
+def run_torch(script: Path, spec: dict[str, Any], limit_s: float) -> list[dict[str, Any]]:
+    """A PyTorch script run as a child process of `torch_python` with ``spec`` (JSON) as its
+    argument: the JSON objects it printed, one a line (its other output is left out)."""
+    env = dict(os.environ)
+    if os.environ.get(TORCH_PYTHON_ENV):  # another interpreter: none of this one's paths
+        env.pop("PYTHONPATH", None)
+    proc = subprocess.run(
+        [torch_python(), str(script), json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=limit_s,
+        env=env,
+        check=False,
+    )
+    found = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not found:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"{script.name} exited {proc.returncode}: " + " | ".join(tail))
+    return found
 
 
 def run_peer(spec: dict[str, Any], limit_s: float) -> dict[str, Any]:
     """nanoGPT's recipe on the house's PyTorch GPT (`PEER`, a child process): its JSON line."""
-    proc = subprocess.run(
-        [sys.executable, str(PEER), json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=limit_s,
-        check=False,
+    return run_torch(PEER, spec, limit_s)[-1]
+
+
+def measure_row(
+    label: str,
+    config: str,
+    sets: list[str],
+    steps: int,
+    smoke: bool,
+    meta: dict[str, Any],
+    profile: Path | None = None,
+) -> dict[str, Any]:
+    """One throughput row (`bench_train.throughput`: the step compiled once, then timed) with
+    what the compiled step says (`inspector`), its ``label`` and ``sets``, the measured /
+    estimated ratio and the MFU against the environment's measured matmul peak."""
+    row = throughput(config, sets, steps, inspect=inspector(smoke), profile=profile)
+    row["label"], row["sets"] = label, list(sets)
+    if row.get("est_step_s") and row["median_step_s"]:
+        row["measured_over_est"] = row["median_step_s"] / row["est_step_s"]
+    table_peak, measured_peak = meta.get("peak_bf16_table"), meta.get("peak_bf16_measured")
+    row["mfu_vs_measured"] = (
+        row["mfu"] * table_peak / measured_peak
+        if row["mfu"] and table_peak and measured_peak
+        else None
     )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(f"peer exited {proc.returncode}: " + " | ".join(tail))
-    found: dict[str, Any] = json.loads(lines[-1])
-    return found
+    return row
 
 
 def fit_children(
@@ -253,6 +312,18 @@ def _tar(folder: Path, dest: Path) -> Path | None:
     return dest
 
 
+def keep_profile(folder: Path, out: Path, notes: list[str]) -> None:
+    """A profile folder tarred to ``out/PROFILE``, if it wrote files and fits the device tool's
+    `FILE_LIMIT` (else dropped); what happened is a note."""
+    tarred = _tar(folder, out / PROFILE)
+    if tarred is not None and tarred.stat().st_size > FILE_LIMIT:
+        size = tarred.stat().st_size / 2**20
+        tarred.unlink()
+        notes.append(f"{PROFILE} was {size:.0f} MiB, over the device tool's 16 MiB: dropped")
+    elif tarred is None:
+        notes.append("the profile wrote no files")
+
+
 def run(
     sec: Section, smoke: bool, meta: dict[str, Any], deadline: float, out: Path | None = None
 ) -> None:
@@ -262,8 +333,6 @@ def run(
 
     plan = cases(smoke)
     budget = available_bytes() or None  # this device's memory for a step
-    measured_peak = meta.get("peak_bf16_measured")
-    table_peak = meta.get("peak_bf16_table")
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {"throughput": rows, "largest_batch": None}
     sec.summary = summary
@@ -284,36 +353,17 @@ def run(
         if not in_time(f"throughput, {config} {label}"):
             return
         with sec.cell(f"throughput, {config} {label}"):
-            row = throughput(config, sets, plan["steps"], inspect=inspector(smoke), profile=profile)
-            row["label"] = label
-            if row.get("est_step_s") and row["median_step_s"]:
-                row["measured_over_est"] = row["median_step_s"] / row["est_step_s"]
-            row["mfu_vs_measured"] = (
-                row["mfu"] * table_peak / measured_peak
-                if row["mfu"] and table_peak and measured_peak
-                else None
-            )
-            rows.append(row)
+            rows.append(measure_row(label, config, sets, plan["steps"], smoke, meta, profile))
             save()
 
     (first_label, first_cfg, first_sets), *rest = plan["rows"]
     prof_dir = Path(tempfile.mkdtemp(prefix="tjx-gpu-suite-prof-"))
     measure(first_label, first_cfg, first_sets, profile=prof_dir)
     if out is not None and rows:
-        tarred = _tar(prof_dir, out / PROFILE)
-        if tarred is not None and tarred.stat().st_size > FILE_LIMIT:
-            size = tarred.stat().st_size / 2**20
-            tarred.unlink()
-            sec.notes.append(
-                f"{PROFILE} was {size:.0f} MiB, over the device tool's 16 MiB: dropped"
-            )
-        elif tarred is None:
-            sec.notes.append("the profile wrote no files")
+        keep_profile(prof_dir, out, sec.notes)
     peer = None
     if not torch_available():
-        sec.notes.append(
-            "peer: torch is not importable by this python; nanoGPT's recipe was not measured"
-        )
+        sec.notes.append(torch_missing_note("nanoGPT's recipe"))
     elif in_time("peer (nanoGPT recipe)"):
         with sec.cell("peer (nanoGPT recipe)"):
             peer = run_peer(plan["peer"], plan["limit_s"] if smoke else 240.0)

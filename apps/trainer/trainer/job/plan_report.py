@@ -23,7 +23,7 @@ from tjx.metrics.accelerators import accelerator, accelerator_of, gpu_target_con
 from tjx.metrics.compiled import Compiled, fit_compiled
 from tjx.metrics.deviceless import Target, check_packages, quiet_native_stderr, use_cpu_platform
 from tjx.metrics.memory import GIB, budget_bytes
-from tjx.metrics.roofline_report import estimate, f32_dots
+from tjx.metrics.roofline_report import estimate, f32_dots, gemm_operands
 from trainer.seams import Record
 
 __all__ = ["PlanResult", "does_not_fit", "local_target", "open_target", "plan_report"]
@@ -195,6 +195,7 @@ def plan_report(
         "peak_bytes": chosen.peak,
         "changes": chosen.label,
         "f32_dots": f32_dots(hlo),
+        "gemm_operands": gemm_operands(hlo),  # a float8 run's float8 GEMMs (#68)
         "note": chosen.note,
         **{key: operator.attrgetter(path)(fitted) for key, path in settings.items()},
     }

@@ -22,6 +22,8 @@ from tjx.kernels.gated_delta import (
 )
 from tjx.kernels.gated_delta import gated_delta_rule as _rule
 
+from ._ref import measured_table
+
 # One compile per call shape (op by op, the chunked form's set-up dispatches dozens of kernels).
 gated_delta_rule = jax.jit(_rule, static_argnames=("chunk_size", "scale"))
 
@@ -199,17 +201,39 @@ def test_the_pallas_kernels_keep_a_float32_state_for_bfloat16_inputs():
     np.testing.assert_allclose(np.asarray(s), want_s, rtol=5e-2, atol=5e-2)
 
 
-def test_auto_takes_the_kernels_on_hopper_only_and_names_are_checked():
+def test_auto_is_xla_on_every_device_until_a_gpu_measures_the_kernels(monkeypatch, tmp_path):
+    # #68: no estimate chooses a kernel. With nothing measured (the conftest's empty table),
+    # Hopper and Blackwell included, auto is XLA's scan and says why.
     hopper = Target("gpu", "NVIDIA H100 80GB HBM3", (9, 0))
-    assert gated_delta_auto(hopper).kernel == "pallas"
-    assert "10.2 ms" in gated_delta_auto(hopper).reason  # the README's estimate
-    assert gated_delta_auto(Target("gpu", "NVIDIA A100-SXM4-80GB", (8, 0))).kernel == "xla"
+    for t in (hopper, Target("gpu", "NVIDIA B200", (10, 0)), Target("gpu", "A100", (8, 0))):
+        choice = gated_delta_auto(t)
+        assert choice.order == ("xla",) and "no tjx measurement" in choice.reason, t
     assert gated_delta_auto(Target("cpu")).kernel == "xla"
     assert gated_delta_implementation("auto", Target("tpu")) == "xla"
     assert gated_delta_implementation("pallas", Target("cpu")) == "pallas"
+    # Measured faster on that device kind, for that dtype: the kernels, the scan behind them.
+    measured_table(monkeypatch, tmp_path, {"gdelta-bf16": {"pallas": 4.0, "xla": 6.5}})
+    choice = gated_delta_auto(hopper)
+    assert choice.order == ("pallas", "xla")
+    assert choice.reason == (
+        "fastest measured on NVIDIA H100 80GB HBM3 for gdelta-bf16: pallas 4 ms, xla 6.5 ms"
+    )
+    assert gated_delta_implementation("auto", hopper, jnp.float32) == "xla"  # not measured
+    assert gated_delta_auto(Target("gpu", "NVIDIA H200", (9, 0))).kernel == "xla"  # another kind
+    # Measured slower, or only one side measured: XLA.
+    measured_table(monkeypatch, tmp_path, {"gdelta-bf16": {"pallas": 9.0, "xla": 6.5}})
+    assert gated_delta_auto(hopper).order == ("xla", "pallas")
+    measured_table(monkeypatch, tmp_path, {"gdelta-bf16": {"pallas": 1.0}})
+    assert gated_delta_auto(hopper).order == ("xla",)
     q, k, v, g, beta = _inputs(np.random.default_rng(), dtype=np.float32)
     with pytest.raises(ValueError, match="implementation must be one of auto, xla, pallas"):
         _rule(q, k, v, g, beta, implementation="triton")
+
+
+def test_a_bad_gated_delta_timing_names_its_bucket(monkeypatch, tmp_path):
+    measured_table(monkeypatch, tmp_path, {"gdelta-int8": {"pallas": 1.0}})
+    with pytest.raises(ValueError, match=r"'gdelta-<bf16\|fp16\|fp32>' \(the gated delta rule\)"):
+        gated_delta_auto(Target("gpu", "NVIDIA H100 80GB HBM3", (9, 0)))
 
 
 def test_an_empty_sequence_keeps_the_initial_state_whatever_the_implementation():

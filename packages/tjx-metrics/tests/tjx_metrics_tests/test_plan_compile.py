@@ -24,6 +24,7 @@ from tjx.metrics import (
     f32_dots,
     first_line,
     fit_compiled,
+    gemm_operands,
     grouped_notes,
     quiet_native_stderr,
     refused_text,
@@ -65,6 +66,36 @@ def test_float32_matmuls_are_named_by_their_operation():
         "}",
     ])  # fmt: skip
     assert f32_dots(text) == ["jit(f)/logits"]
+
+
+def test_gemms_are_counted_by_their_operand_types_dots_and_cublas_calls_alike():
+    # The shapes of an H100's float8 compile (#68): a Triton GEMM's dot inside its fusion over
+    # float8 parameters, cuBLASLt's float8 call (a tuple result, scales after the operands), a
+    # bf16 cuBLAS GEMM; other custom calls (attention) are not matrix products here.
+    dims = "lhs_contracting_dims={1}, rhs_contracting_dims={0}"
+    text = "\n".join([
+        "%gemm_fusion (p0: f8e4m3fn[4,4], p1: f8e5m2[4,4]) -> bf16[4,4] {",
+        "  %p0 = f8e4m3fn[4,4]{1,0} parameter(0)",
+        "  %p1 = f8e5m2[4,4]{1,0} parameter(1)",
+        "  %t = f8e5m2[4,4]{0,1} transpose(%p1), dimensions={1,0}",
+        f"  ROOT %dot.1 = bf16[4,4]{{1,0}} dot(%p0, %t), {dims}",
+        "}",
+        "ENTRY %main (a: f8e4m3fn[4,4], b: f8e4m3fn[4,4], c: bf16[4,4]) -> bf16[4,4] {",
+        "  %a = f8e4m3fn[4,4]{1,0} parameter(0)",
+        "  %b = f8e4m3fn[4,4]{1,0} parameter(1)",
+        "  %c = bf16[4,4]{1,0} parameter(2)",
+        "  %s = f32[] constant(1)",
+        '  %g = (bf16[4,4]{1,0}, s8[64]{0}) custom-call(%a, %b, %s, %s), '
+        'custom_call_target="__cublas$lt$matmul$f8"',
+        '  %h = (bf16[4,4]{1,0}, s8[64]{0}) custom-call(%c, %c), '
+        'custom_call_target="__cublas$gemm"',
+        '  %q = (bf16[4,4]{1,0}, u8[0]{0}) custom-call(%c, %c, %c), '
+        'custom_call_target="__cudnn$fmhaSoftmax"',
+        "  ROOT %f = bf16[4,4]{1,0} fusion(%a, %b), kind=kCustom, calls=%gemm_fusion",
+        "}",
+    ])  # fmt: skip
+    assert gemm_operands(text) == {"bf16×bf16": 1, "f8e4m3fn×f8e4m3fn": 1, "f8e4m3fn×f8e5m2": 1}
+    assert gemm_operands("") == {}
 
 
 def test_an_untuned_triton_gemm_is_compiled_with_cublas_and_said():

@@ -174,3 +174,38 @@ def test_delta_impl_reaches_the_rule_and_pallas_gives_the_scans_loss_and_gradien
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
     for name, want in results[0][1].items():
         np.testing.assert_allclose(results[1][1][name], want, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_the_delta_rules_implementation_is_said_beside_attentions(monkeypatch, tmp_path):
+    """#68: ``delta_impl: auto`` is XLA's scan until a GPU measured the kernels faster (tjx-kernels'
+    launch table), on Hopper too; the choice is one line, said before attention's."""
+    import json
+
+    from tjx import kernels
+    from tjx.kernels import launch
+
+    h100 = ("gpu", "NVIDIA H100 80GB HBM3", (9, 0))
+    empty = tmp_path / "none.json"
+    empty.write_text(json.dumps({"schema": 1, "devices": {}}))
+    monkeypatch.setenv(launch.ENV_VAR, str(empty))
+    launch.clear_launch_cache()
+    bf16 = _config(precision=tnn.Precision(jnp.float32, jnp.bfloat16))
+    said: list[str] = []
+    with kernels.target(*h100):
+        tnn.choose_attention_kernel(bf16.replace(attention_impl="xla"), lambda k: None,
+                                    said.append, say_xla=True)  # fmt: skip
+        named = tnn.delta_kernel_line(bf16.replace(delta_impl="pallas"))
+    assert said[0].startswith("delta rule: xla (auto: no tjx measurement of the gated delta")
+    assert "NVIDIA H100 80GB HBM3" in said[0] and said[1] == "attention: xla (model.attention_impl)"
+    assert named == "delta rule: pallas (model.delta_impl)"
+    assert tnn.delta_kernel_line(tnn.LlamaConfig(**BASE)) is None  # no delta layer
+    measured = tmp_path / "measured.json"
+    table = {"source": "t", "entries": {}, "timings": {"gdelta-bf16": {"pallas": 2.0, "xla": 3.0}}}
+    measured.write_text(json.dumps({"schema": 1, "devices": {h100[1]: table}}))
+    monkeypatch.setenv(launch.ENV_VAR, str(measured))
+    launch.clear_launch_cache()
+    with kernels.target(*h100):
+        line = tnn.delta_kernel_line(bf16)
+    assert line == ("delta rule: pallas (auto: fastest measured on NVIDIA H100 80GB HBM3 for "
+                    "gdelta-bf16: pallas 2 ms, xla 3 ms)")  # fmt: skip
+    launch.clear_launch_cache()

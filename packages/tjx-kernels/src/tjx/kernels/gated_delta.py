@@ -37,10 +37,13 @@ flash-linear-attention's ``chunk_gated_delta_rule_fwd_h`` / ``chunk_bwd_dh``) th
 chunks with the state on chip, storing one state per chunk for the backward, which runs the state's
 cotangent through the chunks in reverse in the same style (a ``custom_vjp``; the chunk-parallel
 products stay XLA's). Autodiff carries both through the chunk set-up above. ``"auto"``
-(`gated_delta_auto`): the kernels on a Hopper GPU, where the H100 compile's estimate
-(``tools/bench_gated_delta.py``, the README) puts them at 10.2 ms against the scan's 17.3 ms
-(forward and backward, 2 × 4096 tokens, 32 heads of 128, chunk 64); XLA everywhere else.
-Neither recomputes the states in the backward (flash-linear-attention's saves that memory).
+(`gated_delta_auto`) takes XLA's scan until a GPU has measured the kernels faster: the kernels
+only on a CUDA GPU whose launch table (``launch_tables.json``, the device kind's ``gdelta-<dtype>``
+timings, which the GPU suite's ``fold`` writes for kernels it found correct) says they beat the
+scan; the H100 compile's estimate (``tools/bench_gated_delta.py``, the README: 10.2 ms against
+17.3 ms, forward and backward, 2 × 4096 tokens, 32 heads of 128, chunk 64) is not a measurement
+and chooses nothing. Neither recomputes the states in the backward (flash-linear-attention's
+saves that memory).
 
 Shapes: ``q``, ``k`` ``[batch, seq, heads, d_k]``; ``v`` ``[batch, seq, heads, d_v]``; ``g``,
 ``beta`` ``[batch, seq, heads]``; state ``[batch, heads, d_k, d_v]``. The query scale (default
@@ -49,11 +52,14 @@ Shapes: ``q``, ``k`` ``[batch, seq, heads, d_k]``; ``v`` ``[batch, seq, heads, d
 
 from __future__ import annotations
 
+from typing import Any
+
 import chex
 import jax
 import jax.numpy as jnp
 
 from tjx.kernels.choice import AutoChoice, Target, current_target
+from tjx.kernels.launch import dtype_name, load_launch_tables, norm_kind
 
 __all__ = [
     "GATED_DELTA_IMPLEMENTATIONS",
@@ -62,15 +68,13 @@ __all__ = [
     "gated_delta_recurrent",
     "gated_delta_rule",
     "gated_delta_step",
+    "measured_delta_timings",
 ]
 
 #: ``implementation`` of `gated_delta_rule`: who runs the sequential part across chunks.
 GATED_DELTA_IMPLEMENTATIONS = ("auto", "xla", "pallas")
-#: Why ``auto`` takes the kernels on Hopper (``tools/bench_gated_delta.py``, the README).
-_H100_ESTIMATE = (
-    "the kernels estimated at 10.2 ms vs XLA's 17.3 ms (chunk 64; an abstract H100's compile, "
-    "2 × 4096 tokens, 32 heads of 128, forward and backward: tools/bench_gated_delta.py)"
-)
+#: The implementations a launch table's ``gdelta-<dtype>`` timings may hold.
+_MEASURED = ("xla", "pallas")
 
 Array = jax.Array
 
@@ -216,31 +220,57 @@ def _scan_core(
     return jnp.moveaxis(out, 0, 2), final
 
 
-def gated_delta_auto(t: Target | None = None) -> AutoChoice:
-    """Which implementation ``"auto"`` takes on ``t`` (default: the current target).
+def measured_delta_timings(device_kind: str, dtype: Any) -> dict[str, float]:
+    """Implementation → measured forward+backward ms of the rule on ``device_kind`` for inputs of
+    ``dtype`` (the launch table's ``gdelta-<dtype>`` bucket; empty when nothing was measured)."""
+    name = dtype_name(dtype)
+    found: dict[str, float] = {}
+    if name is None:
+        return found
+    for kind, table in load_launch_tables().items():
+        if norm_kind(kind) == norm_kind(device_kind):
+            times = table.timings.get(f"gdelta-{name}", {})
+            found.update({k: v for k, v in times.items() if k in _MEASURED})
+    return found
 
-    The Pallas kernels where the H100 compile's estimate says they win (a CUDA GPU of compute
-    capability 9.0 or later, Hopper: the device it was priced for; the README's table), XLA
-    everywhere else (CPUs and TPUs: no Triton; older GPUs: not priced).
+
+def gated_delta_auto(t: Target | None = None, dtype: Any = jnp.bfloat16) -> AutoChoice:
+    """Which implementation ``"auto"`` takes on ``t`` (default: the current target) for inputs
+    of ``dtype`` (``v``'s: the models' compute dtype).
+
+    XLA's scan unless measured otherwise: the Pallas kernels come first only on a CUDA GPU whose
+    launch table holds a ``gdelta-<dtype>`` timing of both implementations (the GPU suite's,
+    for kernels it found correct) with the kernels the faster. No estimate chooses them: on
+    every device nothing has measured, including the Hopper GPUs they were priced for, XLA.
     """
     t = current_target() if t is None else t
     if not t.cuda:
         return AutoChoice(("xla",), f"the gated delta kernels are CUDA-only; XLA on {t.platform}")
     kind = t.device_kind or "this GPU"
-    if (t.compute_capability or (0, 0)) >= (9, 0):
-        return AutoChoice(("pallas", "xla"), f"{kind}: {_H100_ESTIMATE}")
-    return AutoChoice(("xla",), f"{kind}: the gated delta kernels are priced for Hopper only")
+    times = measured_delta_timings(kind, dtype)
+    bucket = f"gdelta-{dtype_name(dtype) or jnp.dtype(dtype).name}"
+    if set(times) != set(_MEASURED):
+        return AutoChoice(
+            ("xla",),
+            f"no tjx measurement of the gated delta kernels against XLA's scan on {kind} for "
+            f"{bucket} yet (the GPU suite measures them); XLA",
+        )
+    order = tuple(sorted(_MEASURED, key=lambda k: times[k]))
+    shown = ", ".join(f"{k} {times[k]:.3g} ms" for k in order)
+    return AutoChoice(order, f"fastest measured on {kind} for {bucket}: {shown}")
 
 
-def gated_delta_implementation(implementation: str, t: Target | None = None) -> str:
+def gated_delta_implementation(
+    implementation: str, t: Target | None = None, dtype: Any = jnp.bfloat16
+) -> str:
     """``"xla"`` or ``"pallas"`` for ``implementation`` (one of `GATED_DELTA_IMPLEMENTATIONS`;
-    ``"auto"``: `gated_delta_auto`'s first)."""
+    ``"auto"``: `gated_delta_auto`'s first for inputs of ``dtype``)."""
     if implementation not in GATED_DELTA_IMPLEMENTATIONS:
         raise ValueError(
             f"gated_delta_rule: implementation must be one of "
             f"{', '.join(GATED_DELTA_IMPLEMENTATIONS)}; got {implementation!r}"
         )
-    return gated_delta_auto(t).kernel if implementation == "auto" else implementation
+    return gated_delta_auto(t, dtype).kernel if implementation == "auto" else implementation
 
 
 def gated_delta_rule(
@@ -278,7 +308,8 @@ def gated_delta_rule(
     implementation : {"auto", "xla", "pallas"}
         Who runs the sequential part across chunks: ``"xla"`` a ``lax.scan``, ``"pallas"`` the
         kernels of `tjx.kernels.gated_delta_pallas` (compiled on a CUDA GPU, interpreted
-        elsewhere), ``"auto"`` the rule of `gated_delta_auto`. An empty sequence (``seq == 0``)
+        elsewhere), ``"auto"`` the rule of `gated_delta_auto` (XLA unless the launch table
+        measured the kernels faster on this GPU). An empty sequence (``seq == 0``)
         takes the scan whatever it says (no chunk to launch a kernel for; as `attention` does).
 
     Returns
@@ -290,7 +321,7 @@ def gated_delta_rule(
     _check(q, k, v, g, beta, initial_state)
     if chunk_size < 1:
         raise ValueError(f"gated_delta_rule: chunk_size must be >= 1; got {chunk_size}")
-    kernel = gated_delta_implementation(implementation)
+    kernel = gated_delta_implementation(implementation, dtype=v.dtype)
     b, t, h, dk = q.shape
     dv = v.shape[-1]
     dt = _work_dtype(v)

@@ -36,6 +36,9 @@ _DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 _KEY = re.compile(r"(bf16|fp16|fp32)-(64|128|256)")
 #: Timings of the linear cross-entropy (``tjx.kernels.ce_choice``): one bucket per input dtype.
 CE_KEY = re.compile(r"ce-(bf16|fp16|fp32)")
+#: Timings of the gated delta rule's sequential part (``tjx.kernels.gated_delta``: the scan
+#: against the Pallas kernels, forward and backward): one bucket per input dtype.
+GDELTA_KEY = re.compile(r"gdelta-(bf16|fp16|fp32)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +89,9 @@ class LaunchDefaults:
 
 class DeviceTable(NamedTuple):
     """The measured launches of one device kind, a note of how they were measured and the
-    attention kernels' measured fwd+bwd times (bucket key → kernel → ms; only kernels the suite
-    found correct), which ``auto`` ranks by (:mod:`tjx.kernels.choice`)."""
+    kernels' measured fwd+bwd times (bucket key → kernel → ms; only kernels the suite found
+    correct), which ``auto`` ranks by: attention's (``bf16-64``..., :mod:`tjx.kernels.choice`),
+    the linear cross-entropy's (``ce-bf16``...) and the gated delta rule's (``gdelta-bf16``...)."""
 
     source: str
     entries: Mapping[str, LaunchDefaults]
@@ -128,6 +132,11 @@ def default_is_hopper() -> bool:
         return False
     cc = str(getattr(jax.devices()[0], "compute_capability", "0"))  # pragma: no cover - GPU only
     return float(cc) >= 9.0  # pragma: no cover - GPU only
+
+
+def dtype_name(dtype: Any) -> str | None:
+    """A table's short name of a dtype (``"bf16"``, ``"fp16"``, ``"fp32"``), None for others."""
+    return _DTYPES.get(jnp.dtype(dtype).name)
 
 
 def entry_key(dtype: Any, head_dim: int) -> str:
@@ -192,11 +201,12 @@ def _checked_timings(data: Any, at: str) -> Mapping[str, Mapping[str, float]]:
             k in _KERNELS and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
             for k, v in times.items()
         )
-        if not (_KEY.fullmatch(key) or CE_KEY.fullmatch(key)) or not ok:
+        bucket = _KEY.fullmatch(key) or CE_KEY.fullmatch(key) or GDELTA_KEY.fullmatch(key)
+        if not bucket or not ok:
             raise ValueError(
-                f"{at}, timings {key!r}: want '<bf16|fp16|fp32>-<64|128|256>' (attention) or "
-                f"'ce-<bf16|fp16|fp32>' (cross-entropy) → "
-                f"{{kernel ({', '.join(_KERNELS)}): milliseconds > 0}}"
+                f"{at}, timings {key!r}: want '<bf16|fp16|fp32>-<64|128|256>' (attention), "
+                f"'ce-<bf16|fp16|fp32>' (cross-entropy) or 'gdelta-<bf16|fp16|fp32>' (the gated "
+                f"delta rule) → {{kernel ({', '.join(_KERNELS)}): milliseconds > 0}}"
             )
         out[key] = MappingProxyType({k: float(v) for k, v in times.items()})
     return MappingProxyType(out)

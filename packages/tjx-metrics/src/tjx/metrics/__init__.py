@@ -132,7 +132,14 @@ from tjx.metrics.memory import (
 from tjx.metrics.moe import MOE_FIELDS, expert_load, moe_metrics
 from tjx.metrics.plots import load_curves, plot_curves, plot_run
 from tjx.metrics.roofline import LIKELY_BRANCH, Roofline, roofline
-from tjx.metrics.roofline_report import LAUNCH_BOUND_S, TOP, estimate, f32_dots, grouped_notes
+from tjx.metrics.roofline_report import (
+    LAUNCH_BOUND_S,
+    TOP,
+    estimate,
+    f32_dots,
+    gemm_operands,
+    grouped_notes,
+)
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
 __version__ = "0.19.0"
@@ -248,6 +255,7 @@ __all__ = [
     "TOP",
     "estimate",
     "f32_dots",
+    "gemm_operands",
     "grouped_notes",
     "Calibration",
     "KernelRow",

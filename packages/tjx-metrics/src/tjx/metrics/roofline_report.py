@@ -10,7 +10,8 @@ the kernels' compact summary (``kernel_summary``) the model prices. :func:`estim
 custom calls, the step time with its MFU (the model's FLOPs with causal attention at half,
 MaxText's and torchtitan's convention, and PaLM's full count beside it), the slowest kernels,
 the collectives on a mesh and the roofline's notes (:func:`grouped_notes`); :func:`f32_dots`
-names the JAX operations behind float32 matrix products.
+names the JAX operations behind float32 matrix products and :func:`gemm_operands` counts the
+matrix products by their operands' types (a float8 run's ``f8e4m3fn×f8e4m3fn`` GEMMs).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tjx.metrics.calibration import calibrated_seconds, calibration_for, rows_of
 from tjx.metrics.kernel_cost import CustomCost
 from tjx.metrics.roofline import roofline
 
-__all__ = ["LAUNCH_BOUND_S", "TOP", "estimate", "f32_dots", "grouped_notes"]
+__all__ = ["LAUNCH_BOUND_S", "TOP", "estimate", "f32_dots", "gemm_operands", "grouped_notes"]
 
 #: Kernels listed in the "slowest kernels" line.
 TOP = 5
@@ -52,6 +53,40 @@ def f32_dots(text: str) -> list[str]:
         if operand is not None and _operand_is_f32(text, operand.group(1)):
             names.append(op_name.group(1) if op_name else "?")
     return sorted(set(names))
+
+
+#: A matrix product's first two operands: a ``dot``, or a GEMM library call (cuBLAS, cuBLASLt:
+#: ``__cublas$gemm``, ``__cublas$lt$matmul``, ``__cublas$lt$matmul$f8``).
+_GEMM = re.compile(
+    r"= (?:\([^)]*\)|\w+\[[^\]]*\][^ ]*) (dot|custom-call)\(%([\w.\-]+), %([\w.\-]+)"
+)
+_DEFINED = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+) = (\w+)\[", re.M)
+
+
+def gemm_operands(text: str) -> dict[str, int]:
+    """The matrix products of an optimized program, counted by their operands' element types.
+
+    Each ``dot`` (alone or inside a fusion: XLA's Triton GEMMs keep theirs in the fused
+    computation) and each cuBLAS GEMM custom call counts once, as written in the program (a
+    product in a loop body once, not per trip), under ``"<lhs>×<rhs>"`` (``"bf16×bf16"``,
+    ``"f8e4m3fn×f8e5m2"``). What a float8 run's compile keeps of its float8 products, whichever
+    of XLA's GEMM emitters took them.
+
+    Examples
+    --------
+    >>> gemm_operands('%a = f8e4m3fn[2,2]{1,0} parameter(0)\\n'
+    ...               '%b = f8e5m2[2,2]{1,0} parameter(1)\\n'
+    ...               '%d = bf16[2,2]{1,0} dot(%a, %b), lhs_contracting_dims={1}')
+    {'f8e4m3fn×f8e5m2': 1}
+    """
+    types = dict(_DEFINED.findall(text))
+    found: Counter[str] = Counter()
+    for line in text.splitlines():
+        m = _GEMM.search(line)
+        if m is None or (m.group(1) == "custom-call" and '"__cublas$' not in line):
+            continue
+        found[f"{types.get(m.group(2), '?')}×{types.get(m.group(3), '?')}"] += 1
+    return dict(sorted(found.items()))
 
 
 def _operand_is_f32(text: str, name: str) -> bool:

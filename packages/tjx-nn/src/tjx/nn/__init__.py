@@ -68,6 +68,7 @@ from tjx.nn.hf.start import (
 from tjx.nn.kernel_choice import (
     ModelAttention,
     choose_attention_kernel,
+    delta_kernel_line,
     resolve_model_attention,
     split_kernel_line,
 )
@@ -336,6 +337,7 @@ __all__ = [
     "token_loss",
     "topk_decode_attention",
     "choose_attention_kernel",
+    "delta_kernel_line",
     "resolve_model_attention",
     "ModelAttention",
     "split_kernel_line",

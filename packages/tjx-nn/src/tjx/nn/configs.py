@@ -49,7 +49,8 @@ LAYER_KINDS = ("local", "global")
 #: What each entry of ``mixer_pattern`` says about a layer: its token mixer, attention or Gated
 #: DeltaNet linear attention (:mod:`tjx.nn.gated_deltanet`, Qwen3-Next and Qwen3.5).
 MIXERS = ("attention", "delta")
-#: Who runs the gated delta rule across chunks (tjx.kernels' `gated_delta_auto` picks for auto).
+#: Who runs the gated delta rule across chunks (tjx.kernels' `gated_delta_auto` picks for auto:
+#: XLA unless a GPU measured the kernels faster).
 DELTA_IMPLS: tuple[str, ...] = GATED_DELTA_IMPLEMENTATIONS
 #: The Gated DeltaNet sizes: only a stack with delta layers reads them.
 DELTA_SIZES = ("delta_key_heads", "delta_value_heads", "delta_key_dim", "delta_value_dim")
@@ -243,7 +244,7 @@ class TransformerConfig:
         choices=DELTA_IMPLS,
         resumable=True,
         help="delta layers: who runs the rule across chunks: xla (a scan), pallas (kernels); "
-        "auto: pallas on Hopper GPUs (by the H100 estimate), else xla",
+        "auto: pallas where a GPU measured it faster (the launch table), else xla",
     )
     # Gemma 4's layer switches (``family_config``: what they are; ``check_layers``: checks).
     global_head_dim: int | None = setting(

@@ -39,6 +39,7 @@ __all__ = [
     "ModelAttention",
     "attention_call",
     "choose_attention_kernel",
+    "delta_kernel_line",
     "layer_kind",
     "resolve_layer_kernel",
     "resolve_model_attention",
@@ -219,6 +220,19 @@ def split_kernel_line(
     )
 
 
+def delta_kernel_line(config: TransformerConfig) -> str | None:
+    """The line that says who runs the delta layers' gated delta rule across chunks on the current
+    kernel target (None for a model without delta layers), e.g. ``delta rule: xla (auto: no tjx
+    measurement of the gated delta kernels ...)`` or ``delta rule: pallas (model.delta_impl)``."""
+    if "delta" not in config.layer_mixers():
+        return None
+    impl = config.delta_impl
+    if impl != "auto":
+        return f"delta rule: {impl} (model.delta_impl)"
+    choice = kernels.gated_delta_auto(dtype=config.precision.compute_dtype)
+    return f"delta rule: {choice.kernel} (auto: {choice.reason})"
+
+
 def choose_attention_kernel(
     config: TransformerConfig,
     build: Callable[[str], object],
@@ -251,6 +265,8 @@ def choose_attention_kernel(
     -------
     (str, bool)
         The kernel, and whether it is not the first of its order (`tjx.kernels.choose_kernel`).
+        A model with delta layers also has their rule's implementation said first
+        (`delta_kernel_line`).
 
     Raises
     ------
@@ -260,6 +276,9 @@ def choose_attention_kernel(
         A named kernel that cannot serve the model (cuDNN with a soft-cap, or across a split).
     """
     impl = config.attention_impl
+    delta = delta_kernel_line(config)
+    if delta is not None:  # the delta layers' choice, said beside attention's (#68)
+        say(delta)
     # The kernels every model built from `config` here runs, resolved now, before any is built
     # (`resolve_layer_kernel` keeps them for the builds). A named kernel that cannot serve the
     # model here is refused by the build below, whose failure is said in one line.

@@ -1,0 +1,212 @@
+"""``tools/gpu_suite run --part all`` (#68's one prepared device call) end to end on CPU, its
+budget, its fold (launch table, calibration cases) and the pieces it is built from.
+
+The smoke run names the scratch PyTorch venv (`PEER_VENV`, made by the HF peer tests and the
+nanoGPT side-by-side) for the PyTorch peers when it exists, so its peers run on CPU too; without
+it they are notes, which the tests expect instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tjx_tools.gpu_suite import environment, fold, one_call, train_step
+from tjx_tools.gpu_suite.report import Report
+from tjx_tools.gpu_suite.test_gpu_suite import REPO, smoke_run
+
+PEER_VENV = Path.home() / ".cache" / "tjx" / "torch-peer-venv" / "bin" / "python"
+SECTIONS = ["environment", "steps", "attention_vs_torch", "fp8", "gated_delta", "search",
+            "kernel_sets", "speculative"]  # fmt: skip
+COMMAND = (
+    "PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false tools/gpu_suite run --part all "
+    "--out $OUT"
+)
+
+
+@pytest.fixture(scope="module")
+def torch_peers() -> bool:
+    """Whether the smoke run has an interpreter with torch for the peers."""
+    return PEER_VENV.is_file() or train_step.torch_available()
+
+
+@pytest.fixture(scope="module")
+def run_all(
+    tmp_path_factory: pytest.TempPathFactory, torch_peers: bool
+) -> tuple[Path, dict[str, Any], str]:
+    env = {train_step.TORCH_PYTHON_ENV: str(PEER_VENV)} if PEER_VENV.is_file() else {}
+    return smoke_run(tmp_path_factory.mktemp("gpu_suite_all"), "all", env)
+
+
+def test_every_cell_of_the_one_call_runs_in_order(run_all: tuple) -> None:
+    out, doc, stdout = run_all
+    assert list(doc["sections"]) == SECTIONS
+    assert {s["status"] for s in doc["sections"].values()} == {"ok"}, {
+        n: s["notes"] for n, s in doc["sections"].items()
+    }
+    assert (out / "results.md").read_text() in stdout
+
+
+def test_the_steps_stand_beside_their_pytorch_peers(run_all: tuple, torch_peers: bool) -> None:
+    out, doc, _ = run_all
+    sec = doc["sections"]["steps"]
+    mine = [(r["config"], r["label"]) for r in sec["rows"] if r["label"] != "peer"]
+    assert mine == [("tiny", "auto"), ("llama_small", "auto")]
+    assert (out / train_step.PROFILE).stat().st_size > 0  # gpt2's auto step, profiled
+    for r in sec["rows"]:
+        if r["label"] != "peer":
+            assert r["median_step_s"] > 0 and r["loss_finite"] and r["kernels_per_step"] > 10
+            assert sum(r["gemm_operands"].values()) > 0
+    peers = {r["config"]: r for r in sec["rows"] if r["label"] == "peer"}
+    if torch_peers:
+        assert set(peers) == {"nanoGPT recipe", "PyTorch Llama"}
+        # The Llama peer has llama_small's shape as tjx resolves it (smoke: its tiny version).
+        assert peers["PyTorch Llama"]["params"] > 0 and peers["PyTorch Llama"]["batch"] == 2
+        assert set(sec["summary"]) == {"gpt2 auto / nanoGPT recipe", "llama auto / PyTorch Llama"}
+    else:
+        assert not peers and any("nanoGPT" in n for n in sec["notes"])
+        assert any("torch is not importable" in n and "Llama" not in n for n in sec["notes"])
+
+
+def test_attention_stands_beside_torch_and_the_program_is_kept(
+    run_all: tuple, torch_peers: bool
+) -> None:
+    out, doc, _ = run_all
+    sec = doc["sections"]["attention_vs_torch"]
+    jax_rows = [r for r in sec["rows"] if r["side"] == "jax"]
+    assert {(r["impl"], r["seq"]) for r in jax_rows} == {
+        (i, s) for i in ("pallas", "cudnn", "xla") for s in (48, 64)
+    }
+    assert all(r["fwd_bwd_ms"] > 0 for r in jax_rows if r["impl"] != "cudnn")
+    for program in sec["summary"]["programs"]:  # XLA's here: no cuDNN on a CPU
+        assert (out / program["file"]).stat().st_size > 0 and program["entry_ops"]
+    torch_rows = [r for r in sec["rows"] if r["side"] == "torch"]
+    if torch_peers:
+        assert {(r["layout"], r["seq"]) for r in torch_rows} == {
+            (lay, s) for lay in ("bshd", "bhsd") for s in (48, 64)
+        }
+        assert sec["summary"]["torch_versions"]["torch"]
+    else:
+        assert not torch_rows
+
+
+def test_fp8_is_measured_against_bf16_on_both_shapes(run_all: tuple) -> None:
+    _, doc, _ = run_all
+    sec = doc["sections"]["fp8"]
+    assert [(r["config"], r["label"]) for r in sec["rows"]] == [
+        ("llama_small", "fp8"),
+        ("llama3_8b", "bf16"),
+        ("llama3_8b", "fp8"),
+    ]
+    assert all("model.precision.matmul=fp8" in r["sets"] for r in sec["rows"][::2])
+    assert set(sec["summary"]) == {"llama_small", "Llama-3-8B proxy"}
+    assert all(v["fp8_speedup"] > 0 for v in sec["summary"].values())
+    assert "fp8 **" in sec["markdown"]
+
+
+def test_the_gated_delta_kernels_are_checked_then_timed(run_all: tuple) -> None:
+    _, doc, _ = run_all
+    sec = doc["sections"]["gated_delta"]
+    check = sec["summary"]["check"]
+    assert check["pass"] and check["worst"] < 1e-4 and check["pallas_vs_recurrence"] < 1e-3
+    assert set(sec["summary"]["timings"]["gdelta-bf16"]) == {"xla", "pallas"}
+
+
+def test_the_search_winner_is_measured_against_its_preset(run_all: tuple) -> None:
+    _, doc, _ = run_all
+    sec = doc["sections"]["search"]
+    (winner,) = sec["rows"]
+    assert winner["config_arg"] == "tools/tjx_tools/gpu_suite/configs/llama_small-h100-search.yaml"
+    assert sec["summary"]["measured_winner_over_preset"] > 0
+    assert sec["summary"]["estimated_winner_over_preset"] == pytest.approx(40.4 / 42.8)
+    kernels = doc["sections"]["kernel_sets"]["rows"]
+    assert [(r["config"], r["attention_kernel"]) for r in kernels] == [("tiny", "pallas")]
+    spec = doc["sections"]["speculative"]["summary"]
+    assert spec["same_tokens"] and spec["greedy_tokens_per_s"] > 0  # the hook's row
+
+
+def test_fold_writes_gated_delta_timings_and_the_measured_steps(
+    run_all: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, doc, _ = run_all
+    bench, table = tmp_path / "B.md", tmp_path / "launch.json"
+    bench.write_text("# B\n")
+    table.write_text('{"schema": 1, "devices": {}}\n')
+    cases = tmp_path / "measured.json"
+    fold.fold([out], benchmarks=bench, launch_tables=table, allow_smoke=True,
+              measured_cases=cases, fixture=None)  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "#### gated_delta" in printed and "#### steps" in printed  # the block, shown
+    assert "calibration fixture: not compiled (--no-fixture)" in printed
+    written = json.loads(table.read_text())["devices"][doc["meta"]["device_kind"]]
+    assert set(written["timings"]["gdelta-bf16"]) == {"xla", "pallas"}
+    assert "gated delta fwd+bwd timings" in written["source"]
+    found = json.loads(cases.read_text())["cases"]
+    steps = [r for n in fold.STEP_SECTIONS for r in doc["sections"].get(n, {}).get("rows", [])
+             if r["label"] != "peer"]  # fmt: skip
+    assert len(found) == len(steps) == 7  # 2 steps, 3 fp8, the winner, 1 kernel set
+    winner = next(c for n, c in found.items() if n.endswith("search winner"))
+    assert winner["config"].endswith("llama_small-h100-search.yaml") and winner["measured_s"] > 0
+    # calibration_fixture.py reads them as its cases (what it compiles into the fixture).
+    sys.path.insert(0, str(REPO / "tools"))
+    import calibration_fixture
+
+    read = calibration_fixture.measured_cases(cases)
+    assert set(read) == set(found) and read[next(iter(read))].device == "v5e"
+    assert "#### calibration" not in bench.read_text()  # not compiled: no check table
+
+
+def test_the_calibration_check_names_the_cases_outside_ten_percent() -> None:
+    names = ["pallas b16", "h100 2026-11-26: llama_small", "no such case"]
+    table, outside = fold.calibration_check(names, fold.FIXTURE)
+    assert outside == ["h100 2026-11-26: llama_small"]  # 1.14× its measurement
+    assert "| pallas b16 | 46.80 |" in table and "within ±10 %" in table
+    assert "not compiled into the fixture" in table
+
+
+def test_past_the_budget_every_cell_of_the_call_is_skipped_and_said(tmp_path: Path) -> None:
+    report = Report(tmp_path, smoke=False, budget_s=0.0)
+    one_call.run_all(report, smoke=False, meta={}, out=tmp_path)
+    assert list(report.sections) == SECTIONS[1:]
+    notes = [n for s in report.sections.values() for n in s.notes]
+    assert all(n.startswith(("skipped (time budget)", "peer: torch")) for n in notes), notes
+    assert sum(n.startswith("skipped") for n in notes) >= 10
+    assert not any(s.rows for s in report.sections.values())
+
+
+def test_the_committed_search_winner_is_the_preset_with_the_searched_kernels() -> None:
+    from trainer import load_config
+
+    winner = load_config(str(one_call.SEARCH_CONFIG), [])
+    preset = load_config("llama_small", ["model.attention_impl=cudnn",
+                                         "model.cross_entropy_impl=xla"])  # fmt: skip
+    assert winner.to_dict() == preset.to_dict()
+    assert "--search's winner for llama_small" in one_call.SEARCH_CONFIG.read_text()
+
+
+def test_the_device_call_is_written_where_a_session_looks() -> None:
+    assert COMMAND in " ".join(one_call.__doc__.split()) if one_call.__doc__ else False
+    assert COMMAND in (REPO / "BENCHMARKS.md").read_text()
+    assert 'carry=[".gpu"]' in (REPO / "BENCHMARKS.md").read_text()
+
+
+def test_jax_cuda_libraries_are_recorded_from_the_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.ModuleType("jax_cuda13_plugin._versions")
+
+    def broken() -> int:
+        raise RuntimeError("no GPU")
+
+    fake.cudnn_get_version = lambda: 91000  # type: ignore[attr-defined]
+    fake.cudnn_build_version = lambda: 90800  # type: ignore[attr-defined]
+    fake.cublas_get_version = broken  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "jax_cuda13_plugin", types.ModuleType("jax_cuda13_plugin"))
+    monkeypatch.setitem(sys.modules, "jax_cuda13_plugin._versions", fake)
+    got = environment.cuda_libraries()
+    assert got["plugin"] == "jax_cuda13_plugin"
+    assert got["cudnn_get_version"] == 91000 and got["cudnn_build_version"] == 90800
+    assert "cublas_get_version" not in got  # a library that cannot be asked is left out

@@ -15,9 +15,9 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
+from bench_speculative import copying_mtp_model, time_speculative_vs_greedy
 from flax import nnx
 
-from bench_speculative import copying_mtp_model, time_speculative_vs_greedy
 from tjx import nn
 from tjx_tools.gpu_suite.report import Section, fmt, md_table
 

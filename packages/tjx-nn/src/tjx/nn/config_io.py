@@ -13,11 +13,11 @@ from typing import Any
 import jax.numpy as jnp
 
 from tjx.nn.configs import TransformerConfig
-from tjx.nn.precision import Precision
+from tjx.nn.precision import FP8_SETTINGS, Precision
 from tjx.nn.registry import MODEL_KINDS
 from tjx.nn.rope_scaling import RopeScaling
 
-_FP8_KEYS = ("matmul", "fp8_scaling", "fp8_recipe", "fp8_amax_history", "fp8_lm_head")
+_FP8_KEYS = ("matmul", *FP8_SETTINGS)
 
 
 def config_to_dict(config: TransformerConfig) -> dict[str, Any]:

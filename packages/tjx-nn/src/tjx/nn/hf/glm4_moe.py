@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf.config import llama_common_to_hf, llama_fields
+from tjx.nn.hf.config import llama_common_to_hf, llama_fields, partial_rotary_factor
 from tjx.nn.hf.family_base import mismatches, refuse_mismatches
 from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.llama import llama_mapping
@@ -127,7 +127,7 @@ def glm4_moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
         use_bias=False,
         qkv_bias=bool(hf.get("attention_bias", False)),
         qk_norm=bool(hf.get("use_qk_norm", False)),
-        rope_fraction=float(partial),
+        rope_fraction=partial_rotary_factor(partial),
         num_experts=int(hf.get("n_routed_experts", 128)),
         experts_per_token=int(hf.get("num_experts_per_tok", 8)),
         expert_mlp_dim=int(hf.get("moe_intermediate_size", 1408)),

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig
+from tjx.nn.hf.config import partial_rotary_factor
 from tjx.nn.hf.family_base import (
     base_fields,
     check_keys,
@@ -200,7 +201,7 @@ def hybrid_fields(
     fields = base_fields({**hf, "head_dim": get["head_dim"]}, tied=False, eps=1e-6)
     fields |= dict(
         rope_theta=rope_theta({**rest, "rope_parameters": params}, model_type),
-        rope_fraction=float(partial),
+        rope_fraction=partial_rotary_factor(partial),
         mixer_pattern=shortest_pattern([MIXER_OF[t] for t in types]),
         delta_key_heads=int(get["linear_num_key_heads"]),
         delta_value_heads=int(get["linear_num_value_heads"]),

@@ -184,6 +184,22 @@ def _first_lines(args: argparse.Namespace, plan: RunPlan) -> None:
         print("# effective config\n" + plan.config.to_yaml(), end="", flush=True)
 
 
+def _check_plan_flags(args: argparse.Namespace) -> None:
+    """``--plan``'s and ``--search``'s own flags do nothing without them (a run would train and
+    write no such file): a `ConfigError` naming the flag."""
+    if args.plan_json is not None and args.plan is None and not args.search:
+        raise ConfigError(
+            "--plan-json: writes the figures of --plan TARGET, which this command does not ask "
+            "for; add --plan TARGET or drop --plan-json"
+        )
+    for flag, value in (("--search-out", args.search_out), ("--search-budget", args.search_budget)):
+        if value is not None and not args.search:
+            raise ConfigError(
+                f"{flag}: applies to --plan TARGET --search, which this command does not ask "
+                f"for; add --search or drop {flag}"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, validate everything, then train."""
     parser = build_parser()
@@ -192,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         return _show_config(args)
     if args.config is None:
         parser.error("the following arguments are required: --config")
+    try:
+        _check_plan_flags(args)
+    except ConfigError as err:
+        return error_exit(str(err))
     if args.search:  # --plan TARGET --search: the fastest config that fits it (#57)
         return search.search_from_args(args)
     if args.plan is not None:  # compile for a device that is not here; nothing trained (#38)

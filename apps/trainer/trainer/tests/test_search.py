@@ -238,6 +238,18 @@ def test_apply_writes_each_dimension_into_the_config():
     assert candidates.candidate_of(out, 4) == c
 
 
+def test_apply_turns_float8_off_with_its_settings():
+    """A run in float8 (rowwise) whose candidate is not: the winner's YAML must load, and tjx.nn
+    refuses a float8 setting without float8 products (#71)."""
+    run = run_of("model.precision.matmul=fp8", "model.precision.fp8_scaling=rowwise")
+    c = candidates.candidate_of(run, 1)
+    off = apply(run, dataclasses.replace(c, matmul="default")).model.precision
+    assert off == run.model.precision.without_fp8() and off.fp8_scaling == "tensorwise"
+    assert apply(run, c).model.precision == run.model.precision  # the run as configured
+    back = apply(run_of(), dataclasses.replace(c, matmul="fp8")).model.precision
+    assert back.fp8 and back.fp8_scaling == "tensorwise"
+
+
 def on_cpu(monkeypatch, memory: int | None = None) -> None:
     """The command line's target is this machine's first CPU device as a v5e; plans in-process."""
     opened = lambda text, devices, flag="--plan": target(1, memory)

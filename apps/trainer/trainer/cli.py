@@ -129,6 +129,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     changes: dict[str, tuple[object, object]] = {}
     if resume:  # before anything is written: a mismatch leaves the run as it was
         changes = check_resume(run_dir, cfg.to_dict())
+        init_from.check_resumed_start(cfg, run_dir)  # a Hugging Face start's fixed architecture
         check_chat_template(run_dir, cfg)
         if cfg.train.fit_memory and changes.get("model.remat") == ("full", "none"):
             del changes["model.remat"]  # the memory fit chose full remat, and will again

@@ -68,6 +68,9 @@ def test_fp8_settings_are_checked_and_saved_only_when_set():
     data = config_to_dict(cfg)
     assert data["fields"]["precision"]["fp8_scaling"] == "rowwise"
     assert config_from_dict(data) == cfg
+    # A model.json saved before #71 with an amax history its current scaling never read loads.
+    data["fields"]["precision"]["fp8_amax_history"] = 64
+    assert config_from_dict(data) == cfg
 
 
 @pytest.mark.parametrize(

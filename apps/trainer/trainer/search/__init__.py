@@ -212,8 +212,8 @@ def _report(
         try:
             outputs.record.write_text(json.dumps(record(result), indent=1) + "\n")
         except OSError as err:  # checked writable before the search: a full disk, ...
-            path = str(outputs.record)
-            return error_exit(f"--plan-json: cannot write {path!r} ({err.strerror or err})")
+            where = str(outputs.record)
+            return error_exit(f"--plan-json: cannot write {where!r} ({err.strerror or err})")
     return 0
 
 

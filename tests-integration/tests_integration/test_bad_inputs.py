@@ -14,6 +14,7 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 
 from tests_integration._helpers_apps import SMALL, app_env, call_app, read_log, run_app
@@ -114,6 +115,90 @@ def _hf_config_with_holes(d):
 
 #: A run of the LLaMA kind (the presets' tiny is GPT-2): --init-from reads a Llama folder.
 LLAMA_RUN = ["--config", "tiny", "--run-dir", "r", "--set", "model.kind=llama"]
+
+
+def _hf_config(d, model_type, **config):
+    """A Hugging Face folder whose config.json is refused before its weights are read (#71):
+    ``config`` over a tiny Llama's, and a placeholder safetensors file."""
+    from safetensors.numpy import save_file
+
+    (d / "hf").mkdir()
+    sizes = dict(
+        vocab_size=257,
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+    )
+    (d / "hf" / "config.json").write_text(json.dumps({"model_type": model_type, **sizes, **config}))
+    save_file({"placeholder": np.zeros(1, np.float32)}, str(d / "hf" / "model.safetensors"))
+
+
+def _llama_rotating_nothing(d):
+    _hf_config(d, "llama", rope_parameters={"rope_type": "default", "partial_rotary_factor": 0})
+
+
+def _qwen3_5_rotating_nothing(d):
+    types = {"layer_types": ["linear_attention", "full_attention"], "num_hidden_layers": 2}
+    _hf_config(d, "qwen3_5_text", partial_rotary_factor=0, head_dim=8, **types)
+
+
+def _hf_qwen3_5(d):
+    """A Qwen3.5-shaped checkpoint: a Gated DeltaNet layer, then attention."""
+    from flax import nnx
+
+    from tjx import nn
+
+    shape = dict(vocab_size=257, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1,
+                 mlp_dim=24, head_dim=8, mixer_pattern=("delta", "attention"), delta_key_heads=2,
+                 delta_value_heads=2, delta_key_dim=8, delta_value_dim=8, rope_fraction=0.25,
+                 attention_output_gate=True, qk_norm=True, norm_plus_one=True)  # fmt: skip
+    nn.save_hf(nn.build_model(nn.LlamaConfig(**shape), rngs=nnx.Rngs(0)), d / "hf")
+
+
+def _a_folder(d):
+    (d / "out").mkdir()
+
+
+def _immutable_file(d):
+    (d / "plan.json").write_text("{}\n")  # an earlier plan's figures
+    make_unwritable(d / "plan.json")
+
+
+#: A run's data prepared into the case's folder (``data.cache_dir``): a case refused before the
+#: data preparation leaves it uncreated (`test_bad_input_exits_2_and_writes_nothing`), one
+#: refused after it (the order #71 fixes) would not.
+CACHE = ["--set", "data.cache_dir=cache"]
+#: A split sequence (context parallelism) over 2 of the 8 devices.
+CONTEXT = ["--set", "mesh.context=2", *CACHE]
+LLAMA = [*TINY, "--set", "model.kind=llama", "--set", "model.num_layers=2"]
+DELTA = [
+    "model.mixer_pattern=[delta,attention]",
+    "model.delta_key_heads=2",
+    "model.delta_value_heads=2",
+    "model.delta_key_dim=8",
+    "model.delta_value_dim=8",
+]
+KV_SHARED = [
+    "model.num_layers=3",
+    "model.sliding_window=16",
+    "model.window_pattern=[local,global]",
+    "model.kv_shared_layers=1",
+]
+
+
+#: Delayed scaling over a billion steps: 22 GB of histories before the first step (#71).
+AMAX_OF_A_BILLION = [
+    "model.precision.fp8_recipe=delayed",
+    "model.precision.fp8_amax_history=1000000000",
+]
+
+
+def _sets(items):
+    return [x for item in items for x in ("--set", item)]
+
 
 CASES = [
     # (id, app, argv, setup, expected text in stderr)
@@ -394,6 +479,129 @@ CASES = [
         "--process-id: must be in 0..1",
     ),
     ("zero-init-timeout", T, [*TINY, "--init-timeout", "0"], None, "--init-timeout: must be > 0"),
+    # #71: what was checked late (after the plan, the search or the data) or not at all.
+    (
+        "plan-json-into-a-missing-folder",
+        T,
+        ["--config", "tiny", "--plan", "h100", "--plan-json", "no/such/plan.json"],
+        None,
+        "--plan-json: the folder 'no/such' of 'no/such/plan.json' does not exist; create it",
+    ),
+    (
+        "plan-json-names-a-folder",
+        T,
+        ["--config", "tiny", "--plan", "h100", "--plan-json", "out"],
+        _a_folder,
+        "--plan-json: 'out' names a folder; name a file in it, e.g. 'out/plan.json'",
+    ),
+    (
+        "plan-json-in-an-immutable-folder",
+        T,
+        ["--config", "tiny", "--plan", "h100", "--plan-json", "ro/plan.json"],
+        _immutable_parent,
+        "--plan-json: cannot write into 'ro' (",
+    ),
+    (
+        "plan-json-over-an-immutable-file",
+        T,
+        ["--config", "tiny", "--plan", "h100", "--plan-json", "plan.json"],
+        _immutable_file,
+        "--plan-json: cannot write 'plan.json' (",
+    ),
+    (
+        "search-out-into-a-missing-folder",
+        T,
+        ["--config", "tiny", "--plan", "h100", "--search", "--search-out", "no/such/b.yaml"],
+        None,
+        "--search-out: the folder 'no/such' of 'no/such/b.yaml' does not exist; create it",
+    ),
+    (
+        "search-out-names-a-folder",
+        T,
+        ["--config", "tiny", "--plan", "h100", "--search", "--search-out", "out"],
+        _a_folder,
+        "--search-out: 'out' names a folder; name a file in it, e.g. 'out/search.yaml'",
+    ),
+    (
+        "plan-json-without-plan",
+        T,
+        [*TINY, "--plan-json", "plan.json"],
+        None,
+        "--plan-json: writes the figures of --plan TARGET, which this command does not ask for",
+    ),
+    (
+        "grpo-nan-reward-weight",
+        T,
+        [*GRPO, "--set", "grpo.reward_weights=[nan]"],
+        None,
+        "grpo.reward_weights: the weight of reward 'exact_answer', nan, is not a finite number",
+    ),
+    (
+        "grpo-infinite-reward-weight",
+        T,
+        [*GRPO, *_sets(["grpo.rewards=[exact_answer,format]", "grpo.reward_weights=[1.0,-inf]"])],
+        None,
+        "grpo.reward_weights: the weight of reward 'format', -inf, is not a finite number",
+    ),
+    (
+        "fp8-amax-history-of-a-billion",
+        T,
+        [*TINY, *_sets(["model.precision.matmul=fp8", *AMAX_OF_A_BILLION])],
+        None,
+        "model.precision.fp8_amax_history: 1000000000 is too large; allowed: <= 1024",
+    ),
+    (
+        "fp8-settings-without-fp8",
+        T,
+        [*TINY, "--set", "model.precision.fp8_scaling=rowwise"],
+        None,
+        "model.precision.fp8_scaling='rowwise' has no effect: matmul is 'default' (no float8 "
+        "products); set matmul='fp8' to use it, or leave fp8_scaling at its default",
+    ),
+    (
+        "amax-history-with-current-scaling",
+        T,
+        [*TINY, *_sets(["model.precision.matmul=fp8", "model.precision.fp8_amax_history=64"])],
+        None,
+        "model.precision.fp8_amax_history=64 has no effect: fp8_recipe is 'current'",
+    ),
+    (
+        "init-from-rope-over-no-dims",
+        T,
+        [*LLAMA, "--init-from", "hf"],
+        _llama_rotating_nothing,
+        "--init-from: config.json partial_rotary_factor 0 is not supported (only 1)",
+    ),
+    (
+        "init-from-partial-rope-of-zero",
+        T,
+        [*LLAMA, "--init-from", "hf"],
+        _qwen3_5_rotating_nothing,
+        "--init-from: config.json partial_rotary_factor must be a number in (0, 1]",
+    ),
+    (
+        "delta-layers-on-a-split-sequence",
+        T,
+        [*LLAMA, *_sets(DELTA), *CONTEXT],
+        None,
+        "model.mixer_pattern: delta layers (Gated DeltaNet) carry a recurrent state along the "
+        "sequence, which would restart on each device's part with mesh.context=2",
+    ),
+    (
+        "kv-shared-layers-on-a-split-sequence",
+        T,
+        [*LLAMA, *_sets(KV_SHARED), *CONTEXT],
+        None,
+        "model.kv_shared_layers: layers that read an earlier layer's keys and values (1, Gemma "
+        "4's) do not run on a split sequence with mesh.context=2",
+    ),
+    (
+        "init-from-delta-layers-on-a-split-sequence",
+        T,
+        [*LLAMA, "--init-from", "hf", *CONTEXT],
+        _hf_qwen3_5,
+        "model.mixer_pattern: delta layers (Gated DeltaNet) carry a recurrent state",
+    ),
     ("eval-zero-batches", E, ["--checkpoint", "x", "--max-batches", "0"], None, "--max-batches"),
     ("eval-zero-new-tokens", E, ["--checkpoint", "x", "--max-new-tokens", "0"], None, "tokens"),
     ("eval-negative-temperature", E, ["--checkpoint", "x", "--temperature", "-1"], None, ">= 0"),

@@ -143,6 +143,13 @@ CASES = [
         None,
         "model.d_model 64 → 768",
     ),
+    (  # a resumable setting, but one nothing reads without float8 products (#71)
+        "resume-fp8-setting-without-fp8",
+        T,
+        resume_with("model.precision.fp8_scaling=rowwise"),
+        None,
+        "model.precision.fp8_scaling='rowwise' has no effect: matmul is 'default'",
+    ),
     ("resume-config-broken", T, resume_with(), _break_config, "is not a readable run config"),
     ("resume-config-missing", T, resume_with(), _drop_config, "config.yaml' is missing"),
     (

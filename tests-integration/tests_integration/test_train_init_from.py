@@ -3,8 +3,8 @@
 A small GPT-2 is written as a HF checkpoint folder (config.json + model.safetensors); the trainer
 fine-tunes it on Shakespeare with the GPT-2 tokenizer for one step at a negligible learning rate,
 so the saved parameters must equal the HF weights (to 1e-6), the architecture comes from the
-checkpoint (not the tiny config) while decoding settings apply, and ``--profile-steps`` writes a
-jax.profiler trace.
+checkpoint (not the tiny config) while decoding settings apply, ``--profile-steps`` writes a
+jax.profiler trace, and the same ``--resume`` is accepted again and again.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from flax import nnx
 
 from tests_integration._helpers_apps import check_ok, train
 from tjx import ckpt, nn
+from trainer import plan_argv
 
 
 def test_init_from_a_hf_folder(tmp_path):
@@ -54,3 +55,13 @@ def test_init_from_a_hf_folder(tmp_path):
     got = ckpt.restore_params(run / "checkpoints", target=target, step=1)
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
+    # The same --resume, twice (#71): the first writes the checkpoint's architecture into
+    # config.yaml (the tiny preset's d_model 128 → 32), and the second was refused for it (its
+    # check, the whole of what differs from the first: trainer.plan_argv).
+    again = train(tmp_path, "ft", sets, "--resume")
+    check_ok(again)
+    assert "nothing to do: the run is already at step 2 of 2" in again.stdout
+    assert "d_model: 32" in (run / "config.yaml").read_text()
+    argv = ["--config", "tiny", "--run-dir", str(run), "--resume"]
+    second = plan_argv([*argv, *(x for item in sets for x in ("--set", item))])
+    assert second.resume and second.resume_changes == {}

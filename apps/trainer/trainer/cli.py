@@ -129,6 +129,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     changes: dict[str, tuple[object, object]] = {}
     if resume:  # before anything is written: a mismatch leaves the run as it was
         changes = check_resume(run_dir, cfg.to_dict())
+        init_from.check_resumed_start(cfg, run_dir)  # a Hugging Face start's fixed architecture
         check_chat_template(run_dir, cfg)
         if cfg.train.fit_memory and changes.get("model.remat") == ("full", "none"):
             del changes["model.remat"]  # the memory fit chose full remat, and will again
@@ -184,6 +185,22 @@ def _first_lines(args: argparse.Namespace, plan: RunPlan) -> None:
         print("# effective config\n" + plan.config.to_yaml(), end="", flush=True)
 
 
+def _check_plan_flags(args: argparse.Namespace) -> None:
+    """``--plan``'s and ``--search``'s own flags do nothing without them (a run would train and
+    write no such file): a `ConfigError` naming the flag."""
+    if args.plan_json is not None and args.plan is None and not args.search:
+        raise ConfigError(
+            "--plan-json: writes the figures of --plan TARGET, which this command does not ask "
+            "for; add --plan TARGET or drop --plan-json"
+        )
+    for flag, value in (("--search-out", args.search_out), ("--search-budget", args.search_budget)):
+        if value is not None and not args.search:
+            raise ConfigError(
+                f"{flag}: applies to --plan TARGET --search, which this command does not ask "
+                f"for; add --search or drop {flag}"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, validate everything, then train; a Python warning on the way is
     one ``trainer: warning: ...`` line (tjx.core's `warning_lines`), not Python's two."""
@@ -198,6 +215,10 @@ def _main(argv: list[str] | None) -> int:
         return _show_config(args)
     if args.config is None:
         parser.error("the following arguments are required: --config")
+    try:
+        _check_plan_flags(args)
+    except ConfigError as err:
+        return error_exit(str(err))
     if args.search:  # --plan TARGET --search: the fastest config that fits it (#57)
         return search.search_from_args(args)
     if args.plan is not None:  # compile for a device that is not here; nothing trained (#38)

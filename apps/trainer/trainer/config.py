@@ -363,11 +363,8 @@ def _check_grpo(cfg: Config, given: list[str]) -> None:
             reward in data.REWARDS,
             f"grpo.rewards: unknown reward {reward!r}; the rewards are: {names}",
         )
-    _require(
-        r.reward_weights is None or len(r.reward_weights) == len(r.rewards),
-        f"grpo.reward_weights: {len(r.reward_weights or [])} weights for {len(r.rewards)} "
-        "rewards; give one per reward, or null",
-    )
+    with keyed("grpo.reward_weights", data.RewardError):  # tjx.data's: one finite weight each
+        data.check_reward_weights(r.rewards, r.reward_weights)
     _require(
         d.batch_size % r.group_size == 0,
         f"data.batch_size: {d.batch_size} completions per step must be a multiple of "

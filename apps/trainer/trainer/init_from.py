@@ -47,14 +47,35 @@ def check_init_from(cfg: Config, source: str) -> None:
         return None
     with keyed("--init-from"):
         hf_cfg = hf_start_config(source, cfg.kind)
-        # The settings the config gives: those unlike the kind's own (null: derived from others).
-        default = read_config({"model": {"kind": cfg.kind}}).to_dict()["model"]
-        settings = {k: v for k, v in cfg.to_dict()["model"].items() if v != default[k]}
-        check_hf_settings(hf_cfg, settings, source=source, tokenizer=cfg.data.tokenizer)
+        check_hf_settings(hf_cfg, _given(cfg), source=source, tokenizer=cfg.data.tokenizer)
         if Path(source).expanduser().is_dir():  # a hub name's weights come at build (download)
             # Damaged or foreign weights: refused from the files' headers, before the data is
             # prepared or the run directory written (no tensor is read here).
             check_hf_weights(source)
+
+
+def _given(cfg: Config) -> dict[str, object]:
+    """The model settings ``cfg`` gives: those unlike its kind's own (null: derived from others).
+    """
+    default = read_config({"model": {"kind": cfg.kind}}).to_dict()["model"]
+    return {k: v for k, v in cfg.to_dict()["model"].items() if v != default[k]}
+
+
+def check_resumed_start(cfg: Config, run_dir: Path) -> None:
+    """A ``--resume`` of a run started from a Hugging Face checkpoint builds that architecture
+    again (its ``model.json``), so an architecture setting ``cfg`` gives that the weights fix
+    otherwise is refused, as it was at the start (tjx.nn's `hf_conflicts`); any other run: no
+    check. Raises `ConfigError`."""
+    if not started_from_hf(run_dir):
+        return
+    held = nn.config_from_dict(RunDir(run_dir).read(RunDir.MODEL_FILE))
+    clashes = nn.hf_conflicts(_given(cfg), held)
+    if clashes:
+        named = ", ".join(f"model.{k} {v!r}" for k, v in clashes.items())
+        raise ConfigError(
+            f"--resume: the run started from a Hugging Face checkpoint, whose weights fix the "
+            f"architecture, so {named} cannot apply; leave those settings unset"
+        )
 
 
 def _run_files(path: Path) -> tuple[TransformerConfig, ConfigData]:
@@ -147,6 +168,32 @@ def start_config(cfg: Config, source: str) -> Config:
         As `check_init_from`.
     """
     check_init_from(cfg, source)
+    return _with_start_model(cfg, source)
+
+
+def trained_config(cfg: Config, source: str | None, run_dir: Path, resume: bool) -> Config:
+    """``cfg`` with the model a run trains, known before any data is prepared (no tensor read):
+    a Hugging Face start's architecture (its ``config.json``; on a ``--resume``, the run's
+    ``model.json``), how it trains ``cfg``'s; any other run's is ``cfg``'s own.
+
+    Parameters
+    ----------
+    cfg : Config
+        The command line's config (checked: `check_init_from`).
+    source : str or None
+        ``--init-from``.
+    run_dir : Path
+        The run directory.
+    resume : bool
+        ``--resume``.
+    """
+    if resume:
+        return resumed_from_checkpoint(cfg, run_dir) or cfg
+    return cfg if source is None else _with_start_model(cfg, source)
+
+
+def _with_start_model(cfg: Config, source: str) -> Config:
+    """`start_config` of a checked ``source``."""
     if RunDir.is_run(source) or hf_start_config(source, cfg.kind) is None:
         return cfg
     how = {k: getattr(cfg.model, k) for k in nn.TRAINING_FIELDS}
@@ -164,11 +211,17 @@ def recorded(run_dir: Path) -> str | None:
     return str(found["init_from"]) if found and found.get("init_from") else None
 
 
+def started_from_hf(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` started from a Hugging Face checkpoint (its ``init.json``;
+    a tjx run's start trains the config's own model). Errors as `RunDir.read_init`."""
+    found = RunDir(run_dir).read_init()
+    return found is not None and found.get("kind") == "hugging-face"
+
+
 def resumed_from_checkpoint(cfg: Config, run_dir: Path) -> Config | None:
     """``cfg`` with the architecture a run started from a Hugging Face checkpoint trained (its
     ``model.json``) but ``cfg``'s tjx.nn `TRAINING_FIELDS`; ``None`` for any other run."""
-    found = RunDir(run_dir).read_init()
-    if found is None or found.get("kind") != "hugging-face":  # a tjx run's model is the config's
+    if not started_from_hf(run_dir):
         return None
     saved = nn.config_from_dict(RunDir(run_dir).read(RunDir.MODEL_FILE))
     how = {k: getattr(cfg.model, k) for k in nn.TRAINING_FIELDS}

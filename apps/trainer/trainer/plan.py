@@ -14,10 +14,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tjx import parallel
-from tjx.ckpt import last_checkpoint_words, release_held_locks
+from tjx.ckpt import (
+    NotCreatableError,
+    check_can_create,
+    last_checkpoint_words,
+    release_held_locks,
+)
 from tjx.parallel.arguments import DistributedArgs
 from tjx.parallel.preemption import write_stderr
 from trainer.config import Config
+from trainer.schema import ConfigError
 
 if TYPE_CHECKING:
     from tjx.parallel import StopFlag
@@ -65,6 +71,58 @@ def interrupted_exit(run_dir: Path) -> int:
     release_held_locks()  # os._exit follows: the next --resume must find the run directory free
     write_stderr(error_line(f"interrupted: stopped at once; {last}"))
     return INTERRUPTED
+
+
+def output_file(text: str, flag: str, example: str) -> Path:
+    """The file a flag names for a report the command writes at its end (``--plan-json``,
+    ``--search-out``), checked before any work: its folder exists and can be written into, and
+    the path is no folder (nor a file that cannot be written). Nothing is created: a command
+    that fails later leaves no empty file behind.
+
+    Parameters
+    ----------
+    text : str
+        The flag's value (``~`` expanded).
+    flag : str
+        The flag, named in the message.
+    example : str
+        A file name the message suggests where ``text`` is a folder (``plan.json``).
+
+    Returns
+    -------
+    Path
+        The file to write.
+
+    Raises
+    ------
+    ConfigError
+        ``FLAG: ...`` naming the path, what is wrong with it and what to do instead.
+    """
+    path = Path(text).expanduser()
+    if path.is_dir() or text.endswith(("/", "\\")):
+        inside = str(Path(text) / example)
+        raise ConfigError(f"{flag}: {text!r} names a folder; name a file in it, e.g. {inside!r}")
+    folder = path.parent
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise ConfigError(
+            f"{flag}: the folder {str(folder)!r} of {text!r} {what}; create it or choose "
+            "another path"
+        )
+    try:
+        # A probe folder made and removed: root passes os.access on a read-only mount
+        check_can_create(folder)
+        if path.exists():  # opened to append, closed unwritten: its bytes and time stay
+            with path.open("a"):
+                pass
+    except NotCreatableError as err:
+        raise ConfigError(f"{flag}: {err}") from None
+    except OSError as err:
+        raise ConfigError(
+            f"{flag}: cannot write {text!r} ({err.strerror or type(err).__name__}); choose "
+            "another path"
+        ) from None
+    return path
 
 
 def stop_on_signals(run_dir: Path) -> AbstractContextManager[StopFlag]:

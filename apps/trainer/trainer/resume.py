@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tjx import ckpt, data
 from trainer.config import SCHEMA, Config, read_config
-from trainer.deferred import optim
+from trainer.deferred import init_from, nn, optim
 from trainer.job.changes import Diff, config_changes
 from trainer.job.changes import describe_changes as describe_changes_of
 from trainer.job.folder import RunDir
@@ -27,15 +27,61 @@ def is_training_only(key: str, config: ConfigData | None = None) -> bool:
         return False
 
 
-def _compared(config: ConfigData, *, saved: bool) -> ConfigData:
-    """``config`` as compared: a saved one as this trainer writes it (migrated; a key added since
-    at its default, which the run had), every null optimizer setting as the optimizer's own
-    (tjx.optim's `with_schedule_defaults`), so a saved ``b2: 0.95`` shows ``optimizer.b2 0.95 →
-    0.999 (adamw's default)`` and a saved number that is the optimizer's own shows nothing."""
-    full = read_config(migrate(config)).to_dict() if saved else config
+def _as_written(saved: ConfigData) -> ConfigData:
+    """A saved config as this trainer writes it: migrated, a key added since at its default
+    (which the run had), the float8 settings its run never read at theirs (`_without_idle_fp8`).
+    """
+    return read_config(migrate(_without_idle_fp8(saved))).to_dict()
+
+
+def _compared(config: ConfigData, run_dir: Path) -> ConfigData:
+    """``config`` (a new one, or a saved one `_as_written`) as compared: a Hugging Face start's
+    model as its resume trains it (`_as_resumed`), every null optimizer setting as the
+    optimizer's own (tjx.optim's `with_schedule_defaults`), so a saved ``b2: 0.95`` shows
+    ``optimizer.b2 0.95 → 0.999 (adamw's default)`` and a saved number that is the optimizer's
+    own shows nothing."""
+    full = _as_resumed(config, run_dir)
     if not isinstance(full.get("optimizer"), dict):
         return full
     return {**full, "optimizer": optim.with_schedule_defaults(full["optimizer"])}
+
+
+def _without_idle_fp8(config: ConfigData) -> ConfigData:
+    """A saved config without the float8 settings its run never read (tjx.nn's
+    `idle_fp8_settings`: all of them while ``model.precision.matmul`` was not fp8): an earlier
+    trainer saved them as given, today's refuses them in a new config, and at their defaults
+    they say what the run did."""
+    model = config.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("precision"), dict):
+        return config
+    precision = model["precision"]
+    matmul = precision.get("matmul", "default")
+    idle = nn.idle_fp8_settings(matmul, precision.get("fp8_recipe", "current"))
+    kept = {k: v for k, v in precision.items() if k not in idle}
+    return {**config, "model": {**model, "precision": kept}}
+
+
+def _as_resumed(config: ConfigData, run_dir: Path) -> ConfigData:
+    """``config`` (plain data) as a resume of ``run_dir`` trains it. A run started from a Hugging
+    Face checkpoint trains the checkpoint's architecture (its ``model.json``, built again by the
+    resume: `trainer.init_from.resumed_from_checkpoint`) with the config's own training
+    settings, whatever the config's other model settings say; its saved ``config.yaml`` holds the
+    command line's model settings before its first resume and the checkpoint's after it, so both
+    sides are compared as trained. Any other run's config is compared as it is."""
+    try:
+        if not init_from.started_from_hf(run_dir):
+            return config
+        resumed = init_from.resumed_from_checkpoint(read_config(config), run_dir)
+    except ConfigError:
+        raise
+    except (KeyError, TypeError, ValueError) as err:  # a damaged init.json or model.json
+        raise ConfigError(
+            f"--resume: the run's init.json and model.json say what its checkpoints hold, and "
+            f"they do not read ({type(err).__name__}: {err}); restore them or train into a new "
+            "--run-dir"
+        ) from None
+    assert resumed is not None  # a Hugging Face start
+    return {**config, "model": resumed.to_dict()["model"]}
 
 
 def _delayed_fp8(config: ConfigData) -> bool:
@@ -54,12 +100,12 @@ def check_resume(run_dir: Path, new: ConfigData) -> Diff:
     return the training-only keys that change, ``key → (saved, new)``."""
     saved_data = resumed_config(run_dir)
     try:
-        saved = _compared(saved_data, saved=True)
+        written = _as_written(saved_data)
     except ConfigError as err:
         raise ConfigError(
             f"--resume: {RunDir(run_dir).config_file} is no config this trainer reads ({err})"
         ) from None
-    new = _compared(new, saved=False)
+    saved, new = _compared(written, run_dir), _compared(new, run_dir)
     if _delayed_fp8(saved) != _delayed_fp8(new):  # (`matmul` alone may change at a resume)
         held = "hold" if _delayed_fp8(saved) else "do not hold"
         raise ConfigError(

@@ -112,7 +112,9 @@ def _prepare_and_train(plan: RunPlan) -> int:
     # Everything that can fail on bad input happens before the run directory exists.
     try:
         # The mesh first: a mesh, batch or context split that cannot work costs no data preparation
-        mesh, _ = state.make_mesh(cfg.mesh, cfg.mesh_needs())
+        # (checked against the model that trains: a Hugging Face start's, read from its config)
+        trains = init_from.trained_config(cfg, plan.init_from, plan.run_dir, plan.resume)
+        mesh, _ = state.make_mesh(cfg.mesh, trains.mesh_needs())
         target_plan.check_fp8(
             cfg.model.precision, jax.devices()[0]
         )  # fp8 needs float8 units (or a CPU)

@@ -14,7 +14,6 @@ import functools
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -31,7 +30,7 @@ from trainer.grpo_settings import is_grpo
 from trainer.job.plan_report import PlanResult, local_target, open_target, plan_report
 from trainer.job.step_plan import batch_shapes, roofline_inputs
 from trainer.memory_fit import Say, choose_kernel, lighter
-from trainer.plan import error_exit
+from trainer.plan import error_exit, output_file
 from trainer.schema import ConfigError, keyed
 from trainer.seams import Record
 from trainer.settings import load_config
@@ -167,6 +166,8 @@ def plan_from_args(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "--plan: plans a fresh run (or one --init-from starts); drop --resume"
             )
+        # Where the figures go, before the plan compiles (it writes there at the end)
+        out = output_file(args.plan_json, "--plan-json", "plan.json") if args.plan_json else None
         sets = [*args.overrides, *([] if args.data is None else [f"data.source={args.data}"])]
         # The native libraries' start-up chatter (the CUDA plugin, libtpu) stays off the terminal
         with quiet_native_stderr():
@@ -179,8 +180,11 @@ def plan_from_args(args: argparse.Namespace) -> int:
             result = plan(plan_vocab(resolved), target, args.plan, say)
     except (ValueError, ImportError) as err:  # a ConfigError, or a target that cannot be planned
         return error_exit(str(err))
-    if args.plan_json:
-        Path(args.plan_json).write_text(json.dumps(result.data, indent=1, default=str) + "\n")
+    if out is not None:
+        try:
+            out.write_text(json.dumps(result.data, indent=1, default=str) + "\n")
+        except OSError as err:  # checked writable above: a full disk, a folder gone since
+            return error_exit(f"--plan-json: cannot write {str(out)!r} ({err.strerror or err})")
     return 0 if result.error is None else error_exit(result.error)
 
 

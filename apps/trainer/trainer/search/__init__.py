@@ -17,12 +17,13 @@ import argparse
 import functools
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 from tjx import parallel
 from tjx.metrics import GIB, Target, quiet_native_stderr
 from trainer import target_plan
 from trainer.config import Config
-from trainer.plan import error_exit
+from trainer.plan import error_exit, output_file
 from trainer.schema import ConfigError
 from trainer.search.candidates import Candidate, Space, apply, describe
 from trainer.search.engine import Outcome, SearchResult, search
@@ -90,6 +91,14 @@ def _baseline(result: SearchResult) -> str:
             f"GiB per device, {o.tokens_per_s or 0:,.0f} tokens/s")  # fmt: skip
 
 
+class Outputs(NamedTuple):
+    """Where the search writes its winner (``--search-out``) and its record (``--plan-json``),
+    checked before it began (`trainer.plan.output_file`)."""
+
+    winner: Path
+    record: Path | None
+
+
 def _minutes(text: str | None) -> float:
     """``--search-budget``'s minutes (the default when not given)."""
     if text is None:
@@ -114,10 +123,21 @@ def search_from_args(args: argparse.Namespace) -> int:
                 "--search: searches a fresh run of the config's model; drop --resume / "
                 "--init-from (--plan alone plans an --init-from start)"
             )
+        # The files it writes at the end, checked before minutes of compiles
+        winner, plan_json = (
+            output_file(text, flag, example) if text else None
+            for text, flag, example in (
+                (args.search_out, "--search-out", "search.yaml"),
+                (args.plan_json, "--plan-json", "search.json"),
+            )
+        )
         sets = [*args.overrides, *([] if args.data is None else [f"data.source={args.data}"])]
         with quiet_native_stderr():
             run = target_plan.plan_vocab(load_config(args.config, sets))
             target = target_plan.open_target(args.plan, parallel.abstract_devices)
+            if winner is None:  # the default: named after the run and the target
+                name = f"{run.name}-{args.plan}-search.yaml"
+                winner = output_file(name, "--search-out", "search.yaml")
             space = Space.of(run, target)
         say(f"search: {run.name} on {target.describe()}, each candidate compiled without the "
             f"device; budget {budget:g} min, {WORKERS} worker processes")  # fmt: skip
@@ -138,12 +158,12 @@ def search_from_args(args: argparse.Namespace) -> int:
                             workers=WORKERS, say=say)  # fmt: skip
     except (ValueError, ImportError) as err:  # a ConfigError, or a target that cannot be planned
         return error_exit(str(err))
-    return _report(args, run, target, result, budget, say)
+    return _report(args, run, target, result, budget, say, Outputs(winner, plan_json))
 
 
 def _report(
     args: argparse.Namespace, run: Config, target: Target, result: SearchResult,
-    budget: float, say: target_plan.Say,
+    budget: float, say: target_plan.Say, outputs: Outputs,
 ) -> int:  # fmt: skip
     """The search's table, its end, the winner's file; the exit code."""
     planned = len(result.order)
@@ -179,7 +199,7 @@ def _report(
         say(f"  {line}")
     say(f"search: {_baseline(result)}")
     winner, outcome = ranked[0]
-    path = Path(args.search_out or f"{run.name}-{args.plan}-search.yaml")
+    path = outputs.winner
     assert outcome.seconds is not None
     note = (f"--plan {args.plan} --search's winner for {run.name}: {outcome.seconds * 1e3:.1f} ms "
             f"per step ({label})")  # fmt: skip
@@ -188,8 +208,12 @@ def _report(
     except (OSError, ValueError) as err:
         return error_exit(f"--search-out: {err}")
     say(f"search: wrote {path} (python -m trainer --config {path})")
-    if args.plan_json:
-        Path(args.plan_json).write_text(json.dumps(record(result), indent=1) + "\n")
+    if outputs.record is not None:
+        try:
+            outputs.record.write_text(json.dumps(record(result), indent=1) + "\n")
+        except OSError as err:  # checked writable before the search: a full disk, ...
+            where = str(outputs.record)
+            return error_exit(f"--plan-json: cannot write {where!r} ({err.strerror or err})")
     return 0
 
 

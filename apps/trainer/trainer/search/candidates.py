@@ -128,8 +128,10 @@ def apply(run: Config, c: Candidate) -> Config:
     model: dict[str, Any] = {"remat": c.remat, "attention_impl": c.attention}
     if "cross_entropy_impl" not in type(run.model).unused_fields:
         model["cross_entropy_impl"] = c.loss
-    if c.matmul != run.model.precision.matmul:
-        model["precision"] = dataclasses.replace(run.model.precision, matmul=c.matmul)
+    p = run.model.precision
+    if c.matmul != p.matmul:  # float8 off: its settings too (tjx.nn refuses them idle)
+        fp8 = c.matmul == "fp8"
+        model["precision"] = dataclasses.replace(p, matmul=c.matmul) if fp8 else p.without_fp8()
     return dataclasses.replace(run, mesh=mesh, optimizer=optimizer).with_model(**model)
 
 

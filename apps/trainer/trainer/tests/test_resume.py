@@ -272,3 +272,67 @@ def test_a_config_yaml_saved_before_the_sections_were_objects_resumes_unchanged(
     new = read_config(apply_overrides(load_config_data(preset), sets)).to_dict()
     with pytest.raises(ConfigError, match=r"cannot continue with model\.mlp_dim (None|\d+) → 64"):
         resume.check_resume(tmp_path, new)
+
+
+def test_a_saved_float8_setting_its_run_never_read_resumes(tmp_path):
+    """An earlier trainer saved float8 settings while ``model.precision.matmul`` was not fp8
+    (today's refuses them in a new config): they did nothing, so the run resumes with today's
+    command, which leaves them out."""
+    saved = _config().to_dict()
+    saved["model"]["precision"].update(fp8_scaling="rowwise", fp8_amax_history=1024)
+    RunDir(tmp_path).create(saved)
+    assert resume.check_resume(tmp_path, _config().to_dict()) == {}
+    with pytest.raises(ConfigError, match="fp8_scaling='rowwise' has no effect"):
+        _config("model.precision.fp8_scaling=rowwise")
+
+
+#: A Hugging Face checkpoint of another shape than the command's preset (whose architecture
+#: settings an --init-from start does not use: the checkpoint fixes them).
+HF_SHAPE = dict(vocab_size=VOCAB, d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=24)
+
+
+def _hf_start(tmp_path: Path, cfg: Any) -> Path:
+    """A run directory as an ``--init-from`` of a Hugging Face folder leaves it: the command's
+    config, the checkpoint's model (model.json) and the record of the start (init.json)."""
+    from tjx import nn
+
+    folder = RunDir(tmp_path)
+    folder.create(cfg.to_dict())
+    held = nn.LlamaConfig(**HF_SHAPE, max_seq_len=cfg.model.max_seq_len)
+    folder.write_json(RunDir.MODEL_FILE, nn.config_to_dict(held))
+    folder.write_init(str(tmp_path / "hf"), kind="hugging-face", step=None)
+    return tmp_path
+
+
+def test_a_hugging_face_start_resumes_again_and_again_with_the_same_command(tmp_path):
+    """The first resume writes the checkpoint's architecture into config.yaml (what trains);
+    the same command must resume after it too: both compare as trained (#71)."""
+    from trainer import init_from
+
+    cfg = _config("model.kind=llama")
+    run = _hf_start(tmp_path, cfg)
+    assert resume.check_resume(run, cfg.to_dict()) == {}  # the first resume
+    resumed = init_from.resumed_from_checkpoint(cfg, run)  # what it trains, and writes
+    assert resumed is not None and resumed.model.d_model == 16 != cfg.model.d_model
+    RunDir(run).create(resumed.to_dict())
+    assert resume.check_resume(run, cfg.to_dict()) == {}  # the second, as the first
+    init_from.check_resumed_start(cfg, run)
+    # How it trains may change as for any run; what its weights fix may not.
+    diff = resume.check_resume(run, _config("model.kind=llama", "model.remat=full").to_dict())
+    assert diff == {"model.remat": ("none", "full")}
+    with pytest.raises(ConfigError) as err:
+        init_from.check_resumed_start(_config("model.kind=llama", "model.qk_norm=true"), run)
+    assert str(err.value) == (
+        "--resume: the run started from a Hugging Face checkpoint, whose weights fix the "
+        "architecture, so model.qk_norm True cannot apply; leave those settings unset"
+    )
+    with pytest.raises(ConfigError, match="cannot continue with data.seq_len 128 → 64"):
+        resume.check_resume(run, _config("model.kind=llama", "data.seq_len=64").to_dict())
+
+
+def test_a_hugging_face_start_with_a_damaged_model_json_is_one_line(tmp_path):
+    run = _hf_start(tmp_path, _config("model.kind=llama"))
+    (run / "model.json").write_text('{"class": "LlamaConfig", "fields": {"d_model": "wide"}}')
+    with pytest.raises(ConfigError) as err:
+        resume.check_resume(run, _config("model.kind=llama").to_dict())
+    assert str(err.value).startswith("--resume: the run's init.json and model.json say what")

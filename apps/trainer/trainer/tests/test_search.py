@@ -238,6 +238,18 @@ def test_apply_writes_each_dimension_into_the_config():
     assert candidates.candidate_of(out, 4) == c
 
 
+def test_apply_turns_float8_off_with_its_settings():
+    """A run in float8 (rowwise) whose candidate is not: the winner's YAML must load, and tjx.nn
+    refuses a float8 setting without float8 products (#71)."""
+    run = run_of("model.precision.matmul=fp8", "model.precision.fp8_scaling=rowwise")
+    c = candidates.candidate_of(run, 1)
+    off = apply(run, dataclasses.replace(c, matmul="default")).model.precision
+    assert off == run.model.precision.without_fp8() and off.fp8_scaling == "tensorwise"
+    assert apply(run, c).model.precision == run.model.precision  # the run as configured
+    back = apply(run_of(), dataclasses.replace(c, matmul="fp8")).model.precision
+    assert back.fp8 and back.fp8_scaling == "tensorwise"
+
+
 def on_cpu(monkeypatch, memory: int | None = None) -> None:
     """The command line's target is this machine's first CPU device as a v5e; plans in-process."""
     opened = lambda text, devices, flag="--plan": target(1, memory)
@@ -267,6 +279,44 @@ def error_line(capsys) -> str:
 def test_bad_input_is_one_line_and_exit_2(argv, words, capsys, in_tmp):
     assert main(["--config", "tiny", *argv]) == 2
     assert words in error_line(capsys) and not list(in_tmp.iterdir())
+
+
+@pytest.mark.parametrize(
+    "flags,words",
+    [
+        (["--search-out", "no/such/best.yaml"],
+         "--search-out: the folder 'no/such' of 'no/such/best.yaml' does not exist; create it or "
+         "choose another path"),
+        (["--search-out", "out"], "--search-out: 'out' names a folder; name a file in it, e.g. "
+         "'out/search.yaml'"),
+        (["--plan-json", "out"], "--plan-json: 'out' names a folder; name a file in it, e.g. "
+         "'out/search.json'"),
+        (["--plan-json", "none/s.json"], "--plan-json: the folder 'none' of 'none/s.json' does "
+         "not exist; create it or choose another path"),
+    ],
+)  # fmt: skip
+def test_a_file_the_search_cannot_write_is_refused_before_any_candidate_compiles(
+    flags, words, capsys, in_tmp, monkeypatch
+):
+    """The search writes its winner and record at its end, minutes later (#71): where they go is
+    checked before the first candidate is planned, and nothing is created."""
+    on_cpu(monkeypatch)
+    planned = fake_plans(monkeypatch, lambda r: (GIB, 1.0))
+    (in_tmp / "out").mkdir()
+    argv = ["--config", "tiny", *sets("data.batch_size=2"), "--plan", "v5e", "--search", *flags]
+    assert main(argv) == 2
+    assert error_line(capsys) == f"trainer: error: {words}"
+    assert planned == [] and [p.name for p in in_tmp.iterdir()] == ["out"]
+    assert not list((in_tmp / "out").iterdir())
+
+
+def test_the_default_winner_file_is_checked_too(capsys, in_tmp, monkeypatch):
+    on_cpu(monkeypatch)
+    planned = fake_plans(monkeypatch, lambda r: (GIB, 1.0))
+    (in_tmp / "tiny-v5e-search.yaml").mkdir()  # where the winner would go
+    assert main(["--config", "tiny", *sets("data.batch_size=2"), "--plan", "v5e", "--search"]) == 2
+    assert "--search-out: 'tiny-v5e-search.yaml' names a folder" in error_line(capsys)
+    assert planned == []
 
 
 def test_a_state_too_big_for_every_split_is_one_line(capsys, in_tmp, monkeypatch):

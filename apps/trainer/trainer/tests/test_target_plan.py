@@ -5,6 +5,7 @@ tests-integration's test_plan_deviceless.py, in a scratch environment with the p
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jax
 import pytest
@@ -17,6 +18,7 @@ from trainer.cli import main
 from trainer.config import read_config, resolve, step_config
 from trainer.job.plan_report import does_not_fit
 from trainer.memory_fit import lighter
+from trainer.plan import output_file
 from trainer.schema import ConfigError
 from trainer.settings import apply_overrides, load_config_data
 
@@ -177,6 +179,60 @@ def test_the_cli_prints_the_plan_and_writes_its_json(capsys, in_tmp, monkeypatch
     data = json.loads(out.read_text())
     assert data["train"]["compiles"] and data["estimate"]["launches"] > 0
     assert sorted(p.name for p in in_tmp.iterdir()) == ["plan.json"]  # no run directory
+
+
+@pytest.mark.parametrize(
+    "where,words",
+    [
+        ("no/such/plan.json", "--plan-json: the folder 'no/such' of 'no/such/plan.json' does not "
+         "exist; create it or choose another path"),
+        ("out", "--plan-json: 'out' names a folder; name a file in it, e.g. 'out/plan.json'"),
+        ("out/", "--plan-json: 'out/' names a folder; name a file in it, e.g. 'out/plan.json'"),
+        ("f/plan.json", "--plan-json: the folder 'f' of 'f/plan.json' is a file, not a folder; "
+         "create it or choose another path"),
+    ],
+)  # fmt: skip
+def test_a_plan_json_that_cannot_be_written_is_refused_before_the_plan(
+    where, words, capsys, in_tmp, monkeypatch
+):
+    """It was a traceback after the whole plan (#71): now one line before anything compiles,
+    and nothing created."""
+    on_this_machine(monkeypatch)
+    planned = []
+    monkeypatch.setattr(target_plan, "plan", lambda *a: planned.append(a))
+    (in_tmp / "out").mkdir()
+    (in_tmp / "f").write_text("a file")
+    assert main(["--config", "tiny", "--plan", "v5e", "--plan-json", where]) == 2
+    assert error_line(capsys) == f"trainer: error: {words}"
+    assert planned == [] and sorted(p.name for p in in_tmp.iterdir()) == ["f", "out"]
+    assert not list((in_tmp / "out").iterdir())
+
+
+def test_an_existing_report_file_is_checked_without_being_touched(in_tmp):
+    old = in_tmp / "plan.json"
+    old.write_text("{}\n")
+    stamp = old.stat().st_mtime_ns
+    assert output_file("plan.json", "--plan-json", "plan.json") == Path("plan.json")
+    assert old.read_text() == "{}\n" and old.stat().st_mtime_ns == stamp
+    assert output_file("new.json", "--plan-json", "plan.json") == Path("new.json")
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["plan.json"]  # nothing made early
+
+
+@pytest.mark.parametrize(
+    "flags,words",
+    [
+        (["--plan-json", "p.json"], "--plan-json: writes the figures of --plan TARGET, which this "
+         "command does not ask for; add --plan TARGET or drop --plan-json"),
+        (["--plan", "v5e", "--search-out", "b.yaml"], "--search-out: applies to --plan TARGET "
+         "--search, which this command does not ask for; add --search or drop --search-out"),
+        (["--search-budget", "3"], "--search-budget: applies to --plan TARGET --search"),
+    ],
+)  # fmt: skip
+def test_a_plan_flag_without_its_plan_is_refused_not_ignored(flags, words, capsys, in_tmp):
+    """Without --plan (or --search) the command would train, and write no such file."""
+    assert main(["--config", "tiny", "--run-dir", "r", *flags]) == 2
+    assert error_line(capsys).startswith(f"trainer: error: {words}")
+    assert not list(in_tmp.iterdir())
 
 
 def test_a_plan_of_an_init_from_start_compiles_the_checkpoints_architecture(

@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tjx.data import REWARDS, RewardError, arithmetic_rows, check_rewards, register_reward
-from tjx.data.rewards import score
+from tjx.data import (
+    REWARDS,
+    RewardError,
+    arithmetic_rows,
+    check_reward_weights,
+    check_rewards,
+    register_reward,
+)
+from tjx.data.rewards import score, score_each
 
 
 def test_exact_answer_scores_the_right_answer_only():
@@ -53,6 +60,21 @@ def test_score_sums_the_weighted_rewards_per_completion():
         score(["format"], ["4", "5"], rows[:1])
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), "1", True])
+def test_a_weight_that_is_no_finite_number_is_refused_naming_its_reward(bad):
+    # NaN or an infinity would make every score, then every advantage and the loss, non-finite
+    rows = [{"answer": "4"}]
+    assert check_reward_weights(["exact_answer", "format"], [1, -0.5]) == [1.0, -0.5]
+    assert check_reward_weights(["format"], None) == [1.0]
+    with pytest.raises(RewardError) as err:
+        check_reward_weights(["exact_answer", "format"], [1.0, bad])
+    assert str(err.value).startswith(f"the weight of reward 'format', {bad!r}, is not a finite ")
+    assert err.value.argument == "reward_weights"
+    for fn in (score, score_each):  # both sums check them before scoring
+        with pytest.raises(RewardError, match="the weight of reward 'format'"):
+            fn(["format"], ["4"], rows, [bad])
+
+
 def test_an_unknown_or_failing_reward_is_one_line_naming_it():
     with pytest.raises(
         RewardError, match="unknown reward 'exact'; the rewards are: .*exact_answer"
@@ -85,7 +107,7 @@ def test_an_unknown_or_failing_reward_is_one_line_naming_it():
 
 
 def test_completion_texts_stop_before_the_end_of_turn_and_score_each_keeps_each_reward():
-    from tjx.data import completion_texts, score_each
+    from tjx.data import completion_texts
 
     class Letters:  # a tokenizer of ids 1..26 as letters
         def decode(self, ids):

@@ -9,6 +9,7 @@ from flax import nnx
 
 from tjx import nn as tnn
 from tjx.nn.config_io import config_from_dict, config_to_dict
+from tjx.nn.precision import MAX_AMAX_HISTORY
 
 from ._helpers import build, llama_tiny
 
@@ -67,6 +68,49 @@ def test_fp8_settings_are_checked_and_saved_only_when_set():
     data = config_to_dict(cfg)
     assert data["fields"]["precision"]["fp8_scaling"] == "rowwise"
     assert config_from_dict(data) == cfg
+    # A model.json saved before #71 with an amax history its current scaling never read loads.
+    data["fields"]["precision"]["fp8_amax_history"] = 64
+    assert config_from_dict(data) == cfg
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"fp8_scaling": "rowwise"},
+            "Precision.fp8_scaling='rowwise' has no effect: matmul is 'default' (no float8 "
+            "products); set matmul='fp8' to use it, or leave fp8_scaling at its default "
+            "'tensorwise'",
+        ),
+        ({"fp8_recipe": "delayed"}, "Precision.fp8_recipe='delayed' has no effect: matmul is"),
+        ({"fp8_amax_history": 4}, "Precision.fp8_amax_history=4 has no effect: matmul is"),
+        (
+            {"matmul": "fp8", "fp8_amax_history": 4},
+            "Precision.fp8_amax_history=4 has no effect: fp8_recipe is 'current' (scales from "
+            "each tensor itself); set fp8_recipe='delayed' to use it, or leave fp8_amax_history "
+            "at its default 16",
+        ),
+    ],
+    ids=["scaling", "recipe", "history", "history-current"],
+)
+def test_a_float8_setting_nothing_reads_is_refused(settings, message):
+    with pytest.raises(ValueError) as err:
+        tnn.Precision("float32", "bfloat16", **settings)
+    assert str(err.value).startswith(message)
+
+
+def test_the_amax_history_is_bounded_and_float8_turns_off_whole():
+    longest = MAX_AMAX_HISTORY
+    on = tnn.Precision(matmul="fp8", fp8_recipe="delayed", fp8_amax_history=longest)
+    with pytest.raises(ValueError, match=f"fp8_amax_history must be <= {longest} "):
+        tnn.Precision(matmul="fp8", fp8_recipe="delayed", fp8_amax_history=longest + 1)
+    off = on.without_fp8()  # the dtypes kept, every float8 setting at its default
+    assert off == tnn.Precision() and not off.fp8
+    rowwise = tnn.Precision("float32", "bfloat16", matmul="fp8", fp8_scaling="rowwise")
+    assert rowwise.without_fp8() == tnn.Precision("float32", "bfloat16")
+    assert tnn.idle_fp8_settings("fp8", "delayed") == ()
+    assert tnn.idle_fp8_settings("fp8", "current") == ("fp8_amax_history",)
+    assert "fp8_lm_head" in tnn.idle_fp8_settings("default", "current")
 
 
 def test_an_fp8_model_holds_the_same_state_as_a_bf16_one():

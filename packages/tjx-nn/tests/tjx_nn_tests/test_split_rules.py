@@ -57,6 +57,7 @@ def test_a_rope_decoder_splits_and_one_way_is_no_split():
 
 
 SPLIT = "with mesh.context=2 (each sequence split over 2 devices)"
+DELTA = dict(delta_key_heads=2, delta_value_heads=4, delta_key_dim=8, delta_value_dim=8)
 
 
 @pytest.mark.parametrize(
@@ -93,9 +94,32 @@ SPLIT = "with mesh.context=2 (each sequence split over 2 devices)"
             "model.attention_sinks: the split sequence's block kernels add no attention sinks "
             f"(gpt-oss) {SPLIT}; set mesh.context=1",
         ),
+        # Refused while tracing before (tjx.nn.block, attention): said from the config now
+        (
+            llama_tiny(mixer_pattern=("delta", "attention"), **DELTA),
+            "model.mixer_pattern: delta layers (Gated DeltaNet) carry a recurrent state along "
+            f"the sequence, which would restart on each device's part {SPLIT}; set "
+            "mesh.context=1",
+        ),
+        (
+            llama_tiny(
+                num_layers=3, sliding_window=4, window_pattern=("local", "global"),
+                kv_shared_layers=1,
+            ),
+            "model.kv_shared_layers: layers that read an earlier layer's keys and values (1, "
+            f"Gemma 4's) do not run on a split sequence {SPLIT}; set mesh.context=1",
+        ),
+        (
+            llama_tiny(attention_chunk=4, window_pattern=("local", "global")),
+            "model.attention_chunk: the split sequence's block kernels attend without chunks "
+            f"(Llama 4's) {SPLIT}; set mesh.context=1",
+        ),
     ],
-    ids=["not-a-decoder", "cudnn", "alibi", "attention-dropout", "pallas-window", "sinks"],
-)
+    ids=[
+        "not-a-decoder", "cudnn", "alibi", "attention-dropout", "pallas-window", "sinks", "delta",
+        "kv-shared", "chunks",
+    ],
+)  # fmt: skip
 def test_what_a_sequence_split_cannot_serve_is_refused_naming_the_key(config, message):
     with pytest.raises(ValueError) as err:
         tnn.check_sequence_split(config, 2)

@@ -18,9 +18,10 @@ Built-ins:
 
 `check_rewards` runs every named reward on one example before a run writes anything (an unknown
 name, a reward that raises or returns something other than a finite number: one line naming it);
-`completion_texts` decodes generated ids into what a reward reads; `score` runs the rewards on a
-batch of completions and sums them with their weights, `score_each` keeps each reward's values
-too (what a run logs as ``rewards/<name>``).
+`check_reward_weights` their weights (one finite number each); `completion_texts` decodes
+generated ids into what a reward reads; `score` runs the rewards on a batch of completions and
+sums them with their weights, `score_each` keeps each reward's values too (what a run logs as
+``rewards/<name>``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "REWARDS",
     "Reward",
     "RewardError",
+    "check_reward_weights",
     "check_rewards",
     "completion_texts",
     "exact_answer",
@@ -147,6 +149,49 @@ def check_rewards(names: Sequence[str], example: Mapping[str, Any]) -> None:
         _call(name, reward_named(name), probe, example, "on the first prompt row")
 
 
+def check_reward_weights(names: Sequence[str], weights: Sequence[float] | None) -> list[float]:
+    """The weights of the named rewards (`score`'s sum): one finite number per reward; a
+    negative one penalises, 0 logs a reward without training on it.
+
+    Parameters
+    ----------
+    names : sequence of str
+        The rewards.
+    weights : sequence of float, optional
+        One per name (default 1.0 each).
+
+    Returns
+    -------
+    list of float
+        The weights, one per name.
+
+    Raises
+    ------
+    RewardError
+        Another count than the rewards', or a weight that is no finite number (NaN or an
+        infinity would make every score, then every advantage and the loss, NaN or infinite),
+        naming it.
+    """
+    if weights is None:
+        return [1.0] * len(names)
+    weights = list(weights)
+    if len(weights) != len(names):
+        raise RewardError(
+            f"{len(weights)} reward weights for {len(names)} rewards; give one per reward (or "
+            "none: 1 each)",
+            argument="reward_weights",
+        )
+    for name, w in zip(names, weights, strict=True):
+        number = not isinstance(w, bool) and isinstance(w, int | float | np.number)
+        if not number or not math.isfinite(float(w)):
+            raise RewardError(
+                f"the weight of reward {name!r}, {w!r}, is not a finite number (it would make "
+                "every score, and so the loss, non-finite); give a finite weight",
+                argument="reward_weights",
+            )
+    return [float(w) for w in weights]
+
+
 def score(
     names: Sequence[str],
     completions: Sequence[str],
@@ -173,11 +218,7 @@ def score(
     """
     if len(completions) != len(examples):
         raise ValueError(f"score: {len(completions)} completions for {len(examples)} rows")
-    weights = [1.0] * len(names) if weights is None else list(weights)
-    if len(weights) != len(names):
-        raise RewardError(
-            f"{len(weights)} reward weights for {len(names)} rewards", argument="reward_weights"
-        )
+    weights = check_reward_weights(names, weights)
     fns = [reward_named(name) for name in names]
     out = np.zeros(len(completions), np.float32)
     for i, (text, row) in enumerate(zip(completions, examples, strict=True)):
@@ -195,11 +236,7 @@ def score_each(
     weights: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """`score`'s weighted sum and each named reward's own (unweighted) values, by name."""
-    weights = [1.0] * len(names) if weights is None else list(weights)
-    if len(weights) != len(names):
-        raise RewardError(
-            f"{len(weights)} reward weights for {len(names)} rewards", argument="reward_weights"
-        )
+    weights = check_reward_weights(names, weights)
     each = {name: score([name], completions, examples) for name in names}
     total = np.zeros(len(completions), np.float32)
     for w, values in zip(weights, each.values(), strict=True):

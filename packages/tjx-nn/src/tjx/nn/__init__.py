@@ -123,7 +123,7 @@ from tjx.nn.params import LOGICAL_AXES, make_param
 from tjx.nn.params_io import get_flat_params, set_flat_params
 from tjx.nn.peft_io import check_peft_export, save_peft
 from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, rope_inv_freq, sinusoidal
-from tjx.nn.precision import DTYPE_NAMES, Precision
+from tjx.nn.precision import DTYPE_NAMES, Precision, idle_fp8_settings
 from tjx.nn.preference.losses import (
     PREFERENCE_LOSSES,
     PreferenceConfig,
@@ -280,6 +280,7 @@ __all__ = [
     "hf_conflicts",
     "hf_gpt2_conflicts",
     "hf_kind",
+    "idle_fp8_settings",
     "init_cache",
     "is_hub_id",
     "is_key",

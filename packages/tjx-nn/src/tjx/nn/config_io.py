@@ -13,11 +13,11 @@ from typing import Any
 import jax.numpy as jnp
 
 from tjx.nn.configs import TransformerConfig
-from tjx.nn.precision import Precision
+from tjx.nn.precision import FP8_SETTINGS, Precision, idle_fp8_settings
 from tjx.nn.registry import MODEL_KINDS
 from tjx.nn.rope_scaling import RopeScaling
 
-_FP8_KEYS = ("matmul", "fp8_scaling", "fp8_recipe", "fp8_amax_history", "fp8_lm_head")
+_FP8_KEYS = ("matmul", *FP8_SETTINGS)
 
 
 def config_to_dict(config: TransformerConfig) -> dict[str, Any]:
@@ -90,13 +90,18 @@ def config_from_dict(data: Mapping[str, Any]) -> TransformerConfig:
     values = dict(fields)
     precision = values.get("precision")
     if isinstance(precision, Mapping):  # dtype names; a preset name passes through as it is
+        # A float8 setting its run never read (an amax history under current scaling, saved
+        # before #71 refused it) did nothing: read at its default.
+        idle = idle_fp8_settings(
+            precision.get("matmul", "default"), precision.get("fp8_recipe", "current")
+        )
         try:
             values["precision"] = Precision(
                 precision["param_dtype"],
                 precision["compute_dtype"],
                 # saved before logits_dtype existed: the float32 logits those runs had
                 precision.get("logits_dtype", "float32"),
-                **{k: precision[k] for k in _FP8_KEYS if k in precision},
+                **{k: precision[k] for k in _FP8_KEYS if k in precision and k not in idle},
             )
         except (KeyError, TypeError):
             raise ValueError(

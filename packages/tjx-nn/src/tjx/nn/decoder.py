@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -60,7 +59,7 @@ def output_head(c: Any, *, rngs: nnx.Rngs) -> Dense | None:
         rngs=rngs,
         use_bias=False,
         init=normal(c.init_std),
-        precision=dataclasses.replace(c.precision, matmul="default", fp8_lm_head=False),
+        precision=c.precision.without_fp8(),
     )
 
 

@@ -18,6 +18,7 @@ in the chunked loss (`tjx.nn.fp8.Fp8HeadProducts`), with current scaling only.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,14 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")
 #: What the linear layers' products run in: ``default`` (the compute dtype) or ``fp8``.
 MATMULS = ("default", "fp8")
 FP8_SCALINGS, FP8_RECIPES = SCALINGS, RECIPES  # tjx.nn.fp8's, by the names a config reads
+#: The settings only float8 products read: with ``matmul="default"`` each would do nothing.
+FP8_SETTINGS = ("fp8_scaling", "fp8_recipe", "fp8_amax_history", "fp8_lm_head")
+#: ``fp8_amax_history``'s most steps. Delayed scaling keeps three histories of this many float32
+#: per float8 `Dense` (input, kernel, gradient), and the step reduces each of them: torchao's
+#: delayed scaling defaults to 16 steps and TransformerEngine's to 1024, the longest in common
+#: use; a longer history only makes the scale slower to follow the tensors (a billion steps took
+#: 22 GB of host memory before the first step and met the kernel's OOM killer).
+MAX_AMAX_HISTORY = 1024
 
 
 @dataclass(frozen=True)
@@ -99,7 +108,12 @@ class Precision:
     )
     fp8_amax_history: int = field(
         default=16,
-        metadata={"min": 1, "help": "fp8_recipe=delayed: steps of amax history"},
+        metadata={
+            "min": 1,
+            "max": MAX_AMAX_HISTORY,
+            "help": "fp8_recipe=delayed: steps of amax history (torchao's default 16, "
+            "TransformerEngine's 1024)",
+        },
     )
     fp8_lm_head: bool = field(
         default=False,
@@ -121,9 +135,13 @@ class Precision:
                 raise ValueError(
                     f"Precision.{name} must be one of {allowed}; got {getattr(self, name)!r}"
                 )
-        if int(self.fp8_amax_history) < 1:
+        n = self.fp8_amax_history
+        if int(n) < 1:
+            raise ValueError(f"Precision.fp8_amax_history must be >= 1; got {n!r}")
+        if int(n) > MAX_AMAX_HISTORY:
             raise ValueError(
-                f"Precision.fp8_amax_history must be >= 1; got {self.fp8_amax_history!r}"
+                f"Precision.fp8_amax_history must be <= {MAX_AMAX_HISTORY} (TransformerEngine's "
+                f"default, the longest history in common use); got {n!r}"
             )
         if self.fp8_lm_head and not self.fp8:
             raise ValueError(
@@ -138,6 +156,7 @@ class Precision:
                 "the chunked loss's, which keeps no state); set fp8_recipe='current' or "
                 "fp8_lm_head=False"
             )
+        check_idle_fp8(self)
         for name in ("param_dtype", "compute_dtype", "logits_dtype"):
             value = jnp.dtype(getattr(self, name))
             if not jnp.issubdtype(value, jnp.floating):
@@ -171,6 +190,14 @@ class Precision:
             raise ValueError(f"precision must be one of {_PRESETS}; got {name!r}")
         return getattr(cls, name)()
 
+    def without_fp8(self) -> Precision:
+        """The policy with float8 products off: ``matmul="default"`` and every float8 setting
+        (`FP8_SETTINGS`) at its default, the dtypes kept."""
+        defaults: dict[str, Any] = {
+            f.name: f.default for f in dataclasses.fields(self) if f.name in FP8_SETTINGS
+        }
+        return dataclasses.replace(self, matmul="default", **defaults)
+
     @property
     def fp8(self) -> bool:
         """Whether the linear layers' products run in float8."""
@@ -181,6 +208,46 @@ class Precision:
         if jnp.issubdtype(x.dtype, jnp.floating):
             return x.astype(self.compute_dtype)
         return x
+
+
+def idle_fp8_settings(matmul: str, fp8_recipe: str) -> tuple[str, ...]:
+    """The float8 settings (`FP8_SETTINGS`) a policy with ``matmul`` and ``fp8_recipe`` never
+    reads: all of them without float8 products, the amax history without delayed scaling."""
+    if matmul != "fp8":
+        return FP8_SETTINGS
+    return () if fp8_recipe == "delayed" else ("fp8_amax_history",)
+
+
+def check_idle_fp8(precision: Precision) -> None:
+    """Refuse a float8 setting changed from its default where ``precision`` never reads it: it
+    would do nothing, silently (`idle_fp8_settings`).
+
+    Parameters
+    ----------
+    precision : Precision
+        The policy.
+
+    Raises
+    ------
+    ValueError
+        ``Precision.<setting>=<value> has no effect ...``, naming how to make it apply and the
+        default to leave it at.
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(Precision)}
+    for name in idle_fp8_settings(precision.matmul, precision.fp8_recipe):
+        value = getattr(precision, name)
+        if value == defaults[name]:
+            continue
+        if precision.fp8:  # the history of delayed scaling under current scaling
+            why, fix = "fp8_recipe is 'current' (scales from each tensor itself)", (
+                "fp8_recipe='delayed'"
+            )
+        else:
+            why, fix = f"matmul is {precision.matmul!r} (no float8 products)", "matmul='fp8'"
+        raise ValueError(
+            f"Precision.{name}={value!r} has no effect: {why}; set {fix} to use it, or leave "
+            f"{name} at its default {defaults[name]!r}"
+        )
 
 
 def as_precision(value: Precision | str | None) -> Precision:

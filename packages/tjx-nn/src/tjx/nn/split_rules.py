@@ -59,8 +59,9 @@ def check_sequence_split(config: Any, ways: int) -> None:
     Parameters
     ----------
     config : TransformerConfig
-        A decoder LM, without an additive attention bias (alibi, t5), attention dropout or
-        attention sinks, whose ``attention_impl`` has separate forward and backward halves (not
+        A decoder LM, without an additive attention bias (alibi, t5), attention dropout,
+        attention sinks, delta layers, layers sharing an earlier layer's keys and values or
+        chunked attention, whose ``attention_impl`` has separate forward and backward halves (not
         cudnn) and, with a sliding window, masks by the tokens' original places (not pallas).
         The message starts with the key to change.
     ways : int
@@ -94,6 +95,25 @@ def check_sequence_split(config: Any, ways: int) -> None:
         raise ValueError(
             f"model.attention_sinks: the split sequence's block kernels add no attention sinks "
             f"(gpt-oss) {split}; set mesh.context=1"
+        )
+    # What the layers refuse while they trace (tjx.nn.block's delta mixing, attention's shared
+    # keys and chunks), said here from the config before anything is built.
+    if "delta" in config.layer_mixers():
+        raise ValueError(
+            f"model.mixer_pattern: delta layers (Gated DeltaNet) carry a recurrent state along "
+            f"the sequence, which would restart on each device's part {split}; set "
+            "mesh.context=1"
+        )
+    if config.kv_shared_layers:
+        raise ValueError(
+            f"model.kv_shared_layers: layers that read an earlier layer's keys and values "
+            f"({config.kv_shared_layers}, Gemma 4's) do not run on a split sequence {split}; "
+            "set mesh.context=1"
+        )
+    if config.attention_chunk is not None and any(config.layer_locals()):
+        raise ValueError(
+            f"model.attention_chunk: the split sequence's block kernels attend without chunks "
+            f"(Llama 4's) {split}; set mesh.context=1"
         )
     if config.attention_impl == "pallas" and any(w is not None for w in config.layer_windows()):
         raise ValueError(

@@ -52,6 +52,14 @@ def _edit_weights(folder, change):
         ({"fancy_new_thing": 1, "zz_top": 2}, "key(s) fancy_new_thing, zz_top are not understood"),
         ({"hidden_act": "gelu"}, "hidden_act must be 'silu'"),
         ({"attention_bias": True}, "attention_bias True with mlp_bias False"),
+        (  # plain RoPE over part of each head: transformers' default RoPE reads it too
+            {"rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0}},
+            "config.json partial_rotary_factor 0 is not supported (only 1)",
+        ),
+        (
+            {"model_type": "qwen2", "rope_parameters": {"partial_rotary_factor": 0.5}},
+            "config.json partial_rotary_factor 0.5 is not supported (only 1)",
+        ),
     ],
 )
 def test_config_json_that_tjx_cannot_honour_is_refused_by_name(tmp_path, changes, needle):

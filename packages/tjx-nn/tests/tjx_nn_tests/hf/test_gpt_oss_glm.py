@@ -123,6 +123,13 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
     assert glm4_moe_config_from_hf(glm).rope_fraction == 0.5
     top = glm | {"partial_rotary_factor": 0.25}
     assert glm4_moe_config_from_hf(top).rope_fraction == 0.25  # the legacy top-level key
+    for partial in (0, 1.5, "half"):  # 0 would rotate nothing: no positions at all
+        with pytest.raises(ValueError) as err:
+            glm4_moe_config_from_hf(glm | {"partial_rotary_factor": partial})
+        assert str(err.value) == (
+            "config.json partial_rotary_factor must be a number in (0, 1] (the share of each "
+            f"head RoPE rotates); got {partial!r}"
+        )
 
 
 def test_glm_multi_token_prediction_layers_are_skipped_with_one_line(tmp_path, capsys):

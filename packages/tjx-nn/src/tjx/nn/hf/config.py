@@ -133,6 +133,11 @@ def rope_from_hf(hf: Mapping[str, Any], max_len: int) -> tuple[float, RopeScalin
     scaling = hf.get("rope_scaling")
     if scaling is None and params.get("rope_type", params.get("type", "default")) != "default":
         scaling = params
+    # Read with plain RoPE too: transformers' default RoPE rotates only that share of each head.
+    entry = params if scaling is None else scaling
+    partial = entry.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if partial not in (None, 1, 1.0):
+        raise ValueError(f"config.json partial_rotary_factor {partial} is not supported (only 1)")
     if scaling is None:
         return theta, None
     kind = scaling.get("rope_type", scaling.get("type", "default"))
@@ -143,9 +148,6 @@ def rope_from_hf(hf: Mapping[str, Any], max_len: int) -> tuple[float, RopeScalin
             f"config.json rope_scaling type {kind!r} is not supported; tjx computes "
             f"{', '.join(ROPE_SCALINGS)}"
         )
-    partial = scaling.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
-    if partial not in (None, 1, 1.0):
-        raise ValueError(f"config.json partial_rotary_factor {partial} is not supported (only 1)")
     fields = {k: v for k, v in scaling.items() if k not in _ROPE_OTHER}
     if kind == "dynamic":
         fields["original_max_position_embeddings"] = max_len
@@ -154,6 +156,23 @@ def rope_from_hf(hf: Mapping[str, Any], max_len: int) -> tuple[float, RopeScalin
     if kind in ("yarn", "longrope") and fields.get("factor") is None:
         fields["factor"] = max_len / fields["original_max_position_embeddings"]
     return theta, RopeScaling.parse({"type": kind, **fields}, "config.json rope_scaling")
+
+
+def partial_rotary_factor(value: Any) -> float:
+    """config.json's ``partial_rotary_factor`` (the share of each query/key head RoPE rotates,
+    tjx's ``rope_fraction``) where a family reads it: a number in ``(0, 1]``.
+
+    Raises
+    ------
+    ValueError
+        Another value (0 would rotate nothing: no position at all), naming the key.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ValueError(
+            "config.json partial_rotary_factor must be a number in (0, 1] (the share of each "
+            f"head RoPE rotates); got {value!r}"
+        )
+    return float(value)
 
 
 def _longest(scaling: RopeScaling | None, max_len: int) -> int:

@@ -53,6 +53,7 @@ import numpy as np
 
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.family_config import layer_shape
+from tjx.nn.hf.config import partial_rotary_factor
 from tjx.nn.hf.family_base import (
     base_fields,
     check_exportable,
@@ -250,7 +251,8 @@ def _rope(get: Mapping[str, Any], types: list[str]) -> dict[str, Any]:
             continue
         out["rope_theta"] = theta
         if rope_type == "proportional":  # the default RoPE ignores partial_rotary_factor
-            out["global_rope_proportion"] = float(entry.get("partial_rotary_factor", 1.0))
+            partial = entry.get("partial_rotary_factor", 1.0)
+            out["global_rope_proportion"] = partial_rotary_factor(partial)
     return out
 
 

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields
+from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields, partial_rotary_factor
 from tjx.nn.hf.family_base import mismatches, refuse_mismatches
 from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.keys import ABSENT, Key, count, flag, positive, size
@@ -154,7 +154,7 @@ def glm4_moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
         use_bias=False,
         qkv_bias=hf["attention_bias"],
         qk_norm=hf["use_qk_norm"],
-        rope_fraction=float(partial),
+        rope_fraction=partial_rotary_factor(partial),
         num_experts=hf["n_routed_experts"],
         experts_per_token=hf["num_experts_per_tok"],
         expert_mlp_dim=hf["moe_intermediate_size"],

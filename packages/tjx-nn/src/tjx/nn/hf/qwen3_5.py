@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig
+from tjx.nn.hf.config import partial_rotary_factor
 from tjx.nn.hf.family_base import (
     base_fields,
     check_keys,
@@ -206,7 +207,7 @@ def hybrid_fields(hf: Mapping[str, Any], model_type: str, keys: frozenset[str]) 
     fields = base_fields(hf)
     fields |= dict(
         rope_theta=rope_theta({**rest, "rope_parameters": params}, model_type),
-        rope_fraction=float(partial),
+        rope_fraction=partial_rotary_factor(partial),
         mixer_pattern=shortest_pattern([MIXER_OF[t] for t in types]),
         delta_key_heads=hf["linear_num_key_heads"],
         delta_value_heads=hf["linear_num_value_heads"],

@@ -570,14 +570,14 @@ CASES = [
         T,
         [*LLAMA, "--init-from", "hf"],
         _llama_rotating_nothing,
-        "--init-from: config.json partial_rotary_factor 0 is not supported (only 1)",
+        "--init-from: config.json: rope_parameters.partial_rotary_factor is 0, not a number in (0, 1]",
     ),
     (
         "init-from-partial-rope-of-zero",
         T,
         [*LLAMA, "--init-from", "hf"],
         _qwen3_5_rotating_nothing,
-        "--init-from: config.json partial_rotary_factor must be a number in (0, 1]",
+        "--init-from: config.json: partial_rotary_factor is 0, not a number in (0, 1]",
     ),
     (
         "delta-layers-on-a-split-sequence",

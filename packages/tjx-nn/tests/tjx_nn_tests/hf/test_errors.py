@@ -54,7 +54,7 @@ def _edit_weights(folder, change):
         ({"attention_bias": True}, "attention_bias True with mlp_bias False"),
         (  # plain RoPE over part of each head: transformers' default RoPE reads it too
             {"rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0}},
-            "config.json partial_rotary_factor 0 is not supported (only 1)",
+            "rope_parameters.partial_rotary_factor is 0, not a number in (0, 1]",
         ),
         (
             {"model_type": "qwen2", "rope_parameters": {"partial_rotary_factor": 0.5}},

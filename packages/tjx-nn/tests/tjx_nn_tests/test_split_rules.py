@@ -73,6 +73,12 @@ SPLIT = "with mesh.context=2 (each sequence split over 2 devices)"
             f"has no separate forward and backward) {SPLIT}; use auto, pallas or xla",
         ),
         (
+            llama_tiny(attention_impl="tokamax"),
+            "model.attention_impl: tokamax cannot attend across a split sequence (tjx runs "
+            f"tokamax's kernel whole, with no separate forward and backward halves) {SPLIT}; "
+            "use auto, pallas or xla",
+        ),
+        (
             gpt2_tiny(position="alibi"),
             "model.position: a split sequence takes no additive attention bias (alibi, t5) and no "
             f"attention dropout {SPLIT}; set model.position=rope and model.attention_dropout=0",
@@ -94,7 +100,7 @@ SPLIT = "with mesh.context=2 (each sequence split over 2 devices)"
             f"(gpt-oss) {SPLIT}; set mesh.context=1",
         ),
     ],
-    ids=["not-a-decoder", "cudnn", "alibi", "attention-dropout", "pallas-window", "sinks"],
+    ids=["not-a-decoder", "cudnn", "tokamax", "alibi", "attention-dropout", "pallas-window", "sinks"],
 )
 def test_what_a_sequence_split_cannot_serve_is_refused_naming_the_key(config, message):
     with pytest.raises(ValueError) as err:

@@ -100,7 +100,9 @@ SPLIT = "with mesh.context=2 (each sequence split over 2 devices)"
             f"(gpt-oss) {SPLIT}; set mesh.context=1",
         ),
     ],
-    ids=["not-a-decoder", "cudnn", "tokamax", "alibi", "attention-dropout", "pallas-window", "sinks"],
+    ids=[
+        "not-a-decoder", "cudnn", "tokamax", "alibi", "attention-dropout", "pallas-window", "sinks"
+    ],
 )
 def test_what_a_sequence_split_cannot_serve_is_refused_naming_the_key(config, message):
     with pytest.raises(ValueError) as err:

@@ -61,7 +61,8 @@ def check_sequence_split(config: Any, ways: int) -> None:
     config : TransformerConfig
         A decoder LM, without an additive attention bias (alibi, t5), attention dropout or
         attention sinks, whose ``attention_impl`` has separate forward and backward halves (not
-        cudnn or tokamax) and, with a sliding window, masks by the tokens' original places (not pallas).
+        cudnn or tokamax) and, with a sliding window, masks by the tokens' original places (not
+        pallas).
         The message starts with the key to change.
     ways : int
         Devices per sequence (``mesh.context``).

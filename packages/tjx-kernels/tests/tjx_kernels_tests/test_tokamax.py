@@ -222,3 +222,50 @@ def test_a_resolved_tokamax_kernel_refuses_sinks_at_the_call():
     q = jnp.ones((1, 4, 2, 8), jnp.bfloat16)
     with pytest.raises(ValueError, match="sinks"):
         attention(q, q, q, implementation=AttentionKernel.TOKAMAX, sinks=jnp.zeros(2))
+
+
+# -- the price of its calls in a compiled program (tjx.metrics' estimate) --------------------
+
+#: The op names tokamax wrote into its three calls of a causal [2, 1024, 12, 64] bf16 forward
+#: and backward compiled for an H100 (2026-11-28), cut to the keys the price reads.
+_FWD = ("jit(loss)/jvp()/tokamax:{\"op\":{\"__type\":\"tokamax._src.ops.attention."
+        "pallas_mosaic_gpu.PallasMosaicGpuFlashAttention\",\"config\":{\"block_q\":64,"
+        "\"block_kv\":128}},\"arguments\":{\"mask\":{\"is_causal\":true}}}/vmap()/mpmd_map")
+_BWD = ("jit(loss)/transpose(jvp())/tokamax:{\"op\":{\"__type\":\"tokamax._src.ops.attention."
+        "pallas_mosaic_gpu_vjp.PallasMosaicGpuFlashAttentionVjp\",\"config\":{\"block_q_dkv\":64,"
+        "\"block_kv_dkv\":64,\"block_q_dq\":64,\"block_kv_dq\":64}},\"arguments\":{\"mask\":"
+        "{\"is_causal\":true}}}/vmap()/mpmd_map")  # fmt: skip
+
+
+def test_tokamaxs_calls_are_priced_as_attention_from_their_op_names():
+    from types import SimpleNamespace
+
+    from tjx.kernels.costs import roofline_costs
+
+    b, s, h, d, bf16 = 2, 1024, 12, 64, 2
+    x = ("bf16", (b, s, h, d))
+    stats = ("f32", (b, h, s))
+    price = roofline_costs(causal=False, device_kind=None, compute_capability=(9, 0))
+
+    def call(op_name, operands, results):
+        arrays = [[SimpleNamespace(dtype=t, dims=dims) for t, dims in z]
+                  for z in (operands, results)]  # fmt: skip
+        return SimpleNamespace(kernel=None, target="mosaic_gpu_v2", grid=(1, 1, 1),
+                               operands=arrays[0], results=arrays[1], op_name=op_name)  # fmt: skip
+
+    # by hand: query tile i (64 rows) visits keys up to its last row rounded up to 128
+    keys = sum(min(s, -(-(i + 1) * 64 // 128) * 128) for i in range(s // 64))
+    flops, read, written, name = price(call(_FWD, [x, x, x], [x, stats, stats]))
+    assert name == "tokamax attention fwd (mosaic_gpu_v2, tjx's flash formulas)"
+    assert flops == {"bf16": 4.0 * b * h * 64 * d * keys}  # causal read from the op name
+    assert read == b * h * (s * d + 2 * keys * d) * bf16
+    assert written == b * h * s * d * bf16 + 2 * b * h * s * 4
+    dq_keys = sum(min(s, (i + 1) * 64) for i in range(s // 64))
+    flops, read, written, name = price(call(_BWD, [x] * 4 + [stats] * 3, [x]))
+    assert name.startswith("tokamax attention bwd dq") and written == b * h * s * d * bf16
+    assert flops == {"bf16": 6.0 * b * h * 64 * d * dq_keys}
+    flops, _, written, name = price(call(_BWD, [x] * 4 + [stats] * 3, [x, x]))
+    assert name.startswith("tokamax attention bwd dk dv") and written == 2 * b * h * s * d * bf16
+    assert flops == {"bf16": 8.0 * b * h * 64 * d * dq_keys}  # square tiles: the same walk
+    # another library's Mosaic GPU call, or one without a tokamax op name: not priced here
+    assert price(call("jit(f)/pallas_call", [x, x, x], [x])) is None

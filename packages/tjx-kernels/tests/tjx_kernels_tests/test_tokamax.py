@@ -180,7 +180,7 @@ def test_naming_tokamax_where_it_cannot_run_is_one_line(target, dtype, head_dim,
 
 def test_without_the_package_naming_tokamax_says_what_to_install(monkeypatch, tmp_path):
     measured_table(monkeypatch, tmp_path, {"bf16-64": {"tokamax": 1.0, "cudnn": 2.0}})
-    monkeypatch.setattr(tokamax_ops, "installed", lambda: False)
+    monkeypatch.setattr(choice, "installed", lambda: False)
     monkeypatch.setitem(sys.modules, "tokamax", None)
     with pytest.raises(ValueError, match=r"^attention_impl 'tokamax' needs the tokamax package: "
                        r"pip install 'tjx-kernels\[gpu\]' \(tokamax==0\.0\.12\)$"):  # fmt: skip
@@ -192,14 +192,14 @@ def test_without_the_package_naming_tokamax_says_what_to_install(monkeypatch, tm
 
 
 def test_on_an_h100_with_tokamax_installed_the_name_resolves(monkeypatch):
-    monkeypatch.setattr(tokamax_ops, "installed", lambda: True)
+    monkeypatch.setattr(choice, "installed", lambda: True)
     kernel = choice.resolve_attention("tokamax", jnp.bfloat16, 128, target=H100, softcap=True,
                                       bidirectional_window=True)  # fmt: skip
     assert kernel is AttentionKernel.TOKAMAX and kernel == "tokamax"
 
 
 def test_auto_takes_tokamax_only_where_it_was_measured_fastest(monkeypatch, tmp_path):
-    monkeypatch.setattr(tokamax_ops, "installed", lambda: True)
+    monkeypatch.setattr(choice, "installed", lambda: True)
     pretend_h100(monkeypatch)
     assert auto_order(jnp.bfloat16, 64).order == ("cudnn", "xla")  # unmeasured: never
     measured_table(monkeypatch, tmp_path, {"bf16-64": {"tokamax": 1.2, "pallas": 1.4}})

@@ -26,6 +26,7 @@ import contextlib
 import contextvars
 import dataclasses
 import enum
+import importlib.util
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -183,6 +184,65 @@ def pallas_reason(dtype: Any, head_dim: int, t: Target) -> str | None:
     return None
 
 
+# -- tokamax's attention (tjx.kernels.tokamax_ops runs it; its rule is here, without tokamax) --
+#: The tokamax release tjx's wrapper was written and tested against (the ``gpu`` extra's pin).
+TOKAMAX_VERSION = "0.0.12"
+#: The line naming the kernel says when tokamax is not installed.
+MISSING = (
+    "attention_impl 'tokamax' needs the tokamax package: pip install 'tjx-kernels[gpu]' "
+    f"(tokamax=={TOKAMAX_VERSION})"
+)
+#: Input dtypes the Mosaic GPU kernel takes (its products are bf16/fp16 with float32 logits).
+TOKAMAX_DTYPES: tuple[jnp.dtype, ...] = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+#: Largest head_dim offered (the kernel pads the head to a multiple of 64; 256 is what was
+#: compiled for an H100 here, forward and backward).
+TOKAMAX_MAX_HEAD_DIM = 256
+def installed() -> bool:
+    """Whether tokamax can be imported here (without importing it)."""
+    try:
+        return importlib.util.find_spec("tokamax") is not None
+    except (ImportError, ValueError):  # a broken or half-removed install
+        return False
+
+
+def tokamax_reason(dtype: Any, head_dim: int, t: Target, *, sinks: bool = False) -> str | None:
+    """Why ``attention_impl 'tokamax'`` cannot serve (dtype, head_dim) on ``t`` (None: it can).
+
+    The device first (tokamax's Mosaic GPU kernel needs sm90/sm100), then the call (dtype,
+    head size, attention sinks), then whether tokamax is installed (`MISSING`).
+    """
+    cc = t.compute_capability
+    if not t.cuda or cc is None or not (9, 0) <= cc < (11, 0):
+        where = t.platform if not t.cuda else f"{t.device_kind or 'a CUDA GPU'} (sm_{_sm(cc)})"
+        return (
+            "implementation 'tokamax' runs tokamax's Mosaic GPU attention, which needs an sm90 "
+            f"or sm100 GPU (Hopper, Blackwell); this run's device is {where}; use 'auto', 'xla' "
+            "or 'pallas'"
+        )
+    if jnp.dtype(dtype) not in TOKAMAX_DTYPES:
+        return (
+            f"`q` dtype {jnp.dtype(dtype).name} is not supported by implementation 'tokamax' "
+            "(its Mosaic GPU kernel multiplies in bfloat16/float16); supported: bfloat16, float16"
+        )
+    if not 1 <= head_dim <= TOKAMAX_MAX_HEAD_DIM:
+        return (
+            f"head_dim {head_dim} is not supported by implementation 'tokamax'; supported: "
+            f"1..{TOKAMAX_MAX_HEAD_DIM}"
+        )
+    if sinks:
+        return (
+            "`sinks` (attention sinks) are not supported by implementation 'tokamax' (its "
+            "kernel adds no sink to the softmax); use 'auto' or 'xla'"
+        )
+    if not installed():
+        return MISSING
+    return None
+
+
+def _sm(cc: tuple[int, int] | None) -> str:
+    return "?" if cc is None else f"{cc[0]}{cc[1]}"
+
+
 def unsupported_reason(kernel: str, dtype: Any, head_dim: int, t: Target) -> str | None:
     """Why ``kernel`` ("xla" | "cudnn" | "pallas" | "tokamax") cannot serve the call (None
     when it can)."""
@@ -191,9 +251,6 @@ def unsupported_reason(kernel: str, dtype: Any, head_dim: int, t: Target) -> str
     if kernel == "pallas":
         return pallas_reason(dtype, head_dim, t)
     if kernel == "tokamax":
-        # The guarded module (it imports tokamax only when the kernel runs): here, its rule.
-        from tjx.kernels.tokamax_ops import tokamax_reason
-
         return tokamax_reason(dtype, head_dim, t)
     return None
 

@@ -33,7 +33,6 @@ flag ``--tokamax_cross_compile`` and makes its compute-capability check answer f
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import sys
 from collections.abc import Callable
@@ -43,7 +42,15 @@ import jax
 import jax.numpy as jnp
 
 from tjx.kernels._checks import AttentionShapes, SegmentIds, split_segment_ids
-from tjx.kernels.choice import Target, current_target
+from tjx.kernels.choice import (  # the rule lives with the other kernels' (no tokamax there)
+    MISSING,
+    TOKAMAX_DTYPES,
+    TOKAMAX_MAX_HEAD_DIM,
+    TOKAMAX_VERSION,
+    current_target,
+    installed,
+    tokamax_reason,
+)
 from tjx.kernels.reference import attention_mask
 
 Array = jax.Array
@@ -60,28 +67,8 @@ __all__ = [
     "tokamax_reason",
 ]
 
-#: The tokamax release tjx's wrapper was written and tested against (the ``gpu`` extra's pin).
-TOKAMAX_VERSION = "0.0.12"
-#: The line naming the kernel says when tokamax is not installed.
-MISSING = (
-    "attention_impl 'tokamax' needs the tokamax package: pip install 'tjx-kernels[gpu]' "
-    f"(tokamax=={TOKAMAX_VERSION})"
-)
-#: Input dtypes the Mosaic GPU kernel takes (its products are bf16/fp16 with float32 logits).
-TOKAMAX_DTYPES: tuple[jnp.dtype, ...] = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-#: Largest head_dim offered (the kernel pads the head to a multiple of 64; 256 is what was
-#: compiled for an H100 here, forward and backward).
-TOKAMAX_MAX_HEAD_DIM = 256
 #: The tokamax implementation that runs on a GPU (its registered name).
 MOSAIC_GPU = "mosaic_gpu"
-
-
-def installed() -> bool:
-    """Whether tokamax can be imported here (without importing it)."""
-    try:
-        return importlib.util.find_spec("tokamax") is not None
-    except (ImportError, ValueError):  # a broken or half-removed install
-        return False
 
 
 class _CacheMissFilter(logging.Filter):
@@ -119,44 +106,6 @@ def load() -> Any:
         raise ImportError(f"{MISSING}; importing it failed: {err}") from None
     logging.getLogger("absl").addFilter(_CacheMissFilter())
     return module
-
-
-def tokamax_reason(dtype: Any, head_dim: int, t: Target, *, sinks: bool = False) -> str | None:
-    """Why ``attention_impl 'tokamax'`` cannot serve (dtype, head_dim) on ``t`` (None: it can).
-
-    The device first (tokamax's Mosaic GPU kernel needs sm90/sm100), then the call (dtype,
-    head size, attention sinks), then whether tokamax is installed (`MISSING`).
-    """
-    cc = t.compute_capability
-    if not t.cuda or cc is None or not (9, 0) <= cc < (11, 0):
-        where = t.platform if not t.cuda else f"{t.device_kind or 'a CUDA GPU'} (sm_{_sm(cc)})"
-        return (
-            "implementation 'tokamax' runs tokamax's Mosaic GPU attention, which needs an sm90 "
-            f"or sm100 GPU (Hopper, Blackwell); this run's device is {where}; use 'auto', 'xla' "
-            "or 'pallas'"
-        )
-    if jnp.dtype(dtype) not in TOKAMAX_DTYPES:
-        return (
-            f"`q` dtype {jnp.dtype(dtype).name} is not supported by implementation 'tokamax' "
-            "(its Mosaic GPU kernel multiplies in bfloat16/float16); supported: bfloat16, float16"
-        )
-    if not 1 <= head_dim <= TOKAMAX_MAX_HEAD_DIM:
-        return (
-            f"head_dim {head_dim} is not supported by implementation 'tokamax'; supported: "
-            f"1..{TOKAMAX_MAX_HEAD_DIM}"
-        )
-    if sinks:
-        return (
-            "`sinks` (attention sinks) are not supported by implementation 'tokamax' (its "
-            "kernel adds no sink to the softmax); use 'auto' or 'xla'"
-        )
-    if not installed():
-        return MISSING
-    return None
-
-
-def _sm(cc: tuple[int, int] | None) -> str:
-    return "?" if cc is None else f"{cc[0]}{cc[1]}"
 
 
 _HOOKED = False

@@ -282,6 +282,8 @@ def roofline_costs(
 
     def cost(call: Any) -> Cost | NamedCost | None:
         if call.kernel is None:  # no Triton name: tokamax's Mosaic GPU attention, or unknown
+            if getattr(call, "target", None) != MOSAIC_GPU_TARGET:
+                return None
             shapes = ([(a.dtype, a.dims) for a in x] for x in (call.operands, call.results))
             return tokamax_attention_cost(call.target, getattr(call, "op_name", ""), *shapes)
         return custom_call_cost(

@@ -181,6 +181,8 @@ def test_naming_tokamax_where_it_cannot_run_is_one_line(target, dtype, head_dim,
 def test_without_the_package_naming_tokamax_says_what_to_install(monkeypatch, tmp_path):
     measured_table(monkeypatch, tmp_path, {"bf16-64": {"tokamax": 1.0, "cudnn": 2.0}})
     monkeypatch.setattr(choice, "installed", lambda: False)
+    monkeypatch.setattr(tokamax_ops, "installed", lambda: False)
+    monkeypatch.setattr(tokamax_ops, "_READY", [])  # not imported yet (as in a fresh process)
     monkeypatch.setitem(sys.modules, "tokamax", None)
     with pytest.raises(ValueError, match=r"^attention_impl 'tokamax' needs the tokamax package: "
                        r"pip install 'tjx-kernels\[gpu\]' \(tokamax==0\.0\.12\)$"):  # fmt: skip

@@ -80,31 +80,35 @@ class _CacheMissFilter(logging.Filter):
         return not str(record.msg).startswith("Autotuning cache miss")
 
 
+_READY: list[Any] = []  # the module, once `load` has prepared it
+
+
 def load() -> Any:
-    """Import tokamax (once) and return the module.
+    """Import tokamax (once), prepare it for tjx (below) and return the module.
 
     Raises
     ------
     ImportError
         tokamax is not installed (message: `MISSING`).
     """
-    if "tokamax" in sys.modules and sys.modules["tokamax"] is not None:
-        return sys.modules["tokamax"]
-    if not installed():
+    if _READY:
+        return _READY[0]
+    if sys.modules.get("tokamax") is None and not installed():
         raise ImportError(MISSING)
     # tokamax reads its absl flags on first use and, if nobody parsed absl's flags yet, parses
     # the process's own command line (the trainer's --config ... would be refused as unknown
     # flags): mark them parsed at their defaults first (absl's public API). absl-py comes with
     # tokamax (its dependency), not with tjx-kernels: no inferred requirement.
-    from absl import flags  # pants: no-infer-dep
-
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
     try:
+        from absl import flags  # pants: no-infer-dep
+
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         module = importlib.import_module("tokamax")  # pants: no-infer-dep
     except ImportError as err:  # installed but broken (a dependency missing)
         raise ImportError(f"{MISSING}; importing it failed: {err}") from None
     logging.getLogger("absl").addFilter(_CacheMissFilter())
+    _READY.append(module)
     return module
 
 

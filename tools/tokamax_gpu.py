@@ -6,7 +6,8 @@ The GPU suite's hooks for ``attention_impl: tokamax`` (#68), kept out of the sui
   extra, `TOKAMAX_VERSION`) and the packages it needs that the GPU machine (jax 0.11.2, Python
   3.12, flax, optax, orbax; no network) may lack, as wheels for CPython 3.12 on x86-64 Linux,
   into ``dest`` (the suite's ``.gpu/whl``, which ``tools/gpu_suite`` installs with ``pip
-  --no-index --no-deps --target`` on that machine). About 5 MiB, inside the device tool's carry.
+  --no-index --no-deps --target`` on that machine): 12 wheels, 3.6 MiB (2026-11-28), well
+  inside the device tool's carry.
   ``python tools/tokamax_gpu.py wheels .gpu/whl``.
 * `measure_cells(...)` — there: each tjx kernel and tokamax's forward and forward+backward at
   the issue's cells (causal, bf16: sequence 1,024 with head_dim 64, 4,096 with 128), through

@@ -76,8 +76,9 @@ def download_wheels(dest: Path, python_version: str = "3.12") -> list[Path]:
 
 @contextlib.contextmanager
 def _tokamax_tuned(kernel: str, run: Any, args: Sequence[Any], autotune: bool) -> Iterator[None]:
-    """Inside: tokamax's tiles autotuned for ``run(*args)`` (its ops' own benchmark), when
-    ``kernel`` is tokamax and ``autotune``; otherwise nothing changes."""
+    """Inside: tokamax's tiles autotuned for ``run(*args)`` (every tokamax op it calls: the
+    forward's and the backward's, by tokamax's own benchmark), when ``kernel`` is tokamax and
+    ``autotune``; otherwise nothing changes."""
     if kernel != "tokamax" or not autotune:
         yield
         return
@@ -128,7 +129,11 @@ def measure_cells(
                 def run(q: Any, k: Any, v: Any, chosen: AttentionKernel = chosen) -> Any:
                     return attention(q, k, v, causal=True, implementation=chosen)
 
-                with _tokamax_tuned(kernel, jax.jit(run), (q, k, v), autotune):
+                def fwd_bwd(q: Any, k: Any, v: Any, run: Any = run) -> Any:
+                    out, vjp = jax.vjp(run, q, k, v)  # the forward's and the backward's ops
+                    return vjp(out)
+
+                with _tokamax_tuned(kernel, jax.jit(fwd_bwd), (q, k, v), autotune):
                     got = jax.jit(run)(q, k, v).astype(jnp.float32)
                     err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
                     row = measure(kernel, batch, heads, seq, head_dim, True, jnp.bfloat16,

@@ -10,8 +10,10 @@ kind of kernel already. ``auto`` never takes it until the launch table holds a m
 timing for the device kind (:mod:`tjx.kernels.choice`).
 
 tokamax is an optional dependency (``pip install 'tjx-kernels[gpu]'``, pinned to
-`TOKAMAX_VERSION`): it is imported here, lazily, when the kernel is resolved or runs, never when
-tjx.kernels is imported; when it is absent, naming the kernel is one line saying what to install.
+`TOKAMAX_VERSION`): it is imported here, lazily, when the kernel runs, never when tjx.kernels is
+imported; resolving the name only looks for the package (the rule, `tokamax_reason`, lives in
+:mod:`tjx.kernels.choice` with the other kernels'), and when it is absent naming the kernel is one
+line saying what to install.
 
 How tjx's conventions reach tokamax's public API (`tokamax_attention`): the layout
 ``[batch, seq, heads, head_dim]`` and GQA's head grouping are tokamax's own; ``causal`` is
@@ -21,7 +23,7 @@ kernel's per-row key range); a sliding window over a self-attention call is
 another call's window is folded into the mask; segment ids become a boolean mask ``[b, 1, s_q,
 s_k]`` (the Mosaic kernel reads it tile by tile: correct for any ids, ``b·s²`` bytes per call);
 ``softcap`` is ``logits_soft_cap`` (both cap the scaled logits before the masks). A row that
-sees no key is zeros, as in every tjx kernel (tokamax's own value there is its own).
+sees no key is zeros, as in every tjx kernel (tokamax's XLA path averages the values there).
 
 Compiling for a GPU that is not here (``tjx.kernels.target`` naming an sm90 GPU on a CPU host,
 the trainer's ``--plan h100``): tokamax checks the hardware of the *default* device (the CPU)

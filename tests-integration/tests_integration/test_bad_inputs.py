@@ -377,6 +377,15 @@ CASES = [
         "--init-from: cannot be combined with --resume",
     ),
     ("empty-data-flag", T, [*TINY, "--data", " "], None, "--data: empty source"),
+    # #68: tokamax's Mosaic GPU attention needs an sm90/sm100 GPU: named on a CPU, one line.
+    (
+        "tokamax-attention-on-cpu",
+        T,
+        [*TINY, "--set", "model.attention_impl=tokamax"],
+        None,
+        "implementation 'tokamax' runs tokamax's Mosaic GPU attention, which needs an sm90 or "
+        "sm100 GPU (Hopper, Blackwell); this run's device is cpu",
+    ),
     ("zero-batch", T, [*TINY, "--set", "data.batch_size=0"], None, "data.batch_size: 0 is too"),
     # GRPO (issue #55): rewards are named code, checked before anything is written.
     (

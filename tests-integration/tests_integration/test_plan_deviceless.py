@@ -130,15 +130,16 @@ def envs() -> dict[str, Path]:
     return found
 
 
-def plan_env(env_dir: Path, tmp: Path) -> dict[str, str]:
-    """A ``--plan`` process's environment: the scratch packages on its path, no measurements."""
+def plan_env(env_dir: Path, tmp: Path, *more: Path) -> dict[str, str]:
+    """A ``--plan`` process's environment: the scratch packages (``env_dir``, then ``more``) on
+    its path, no measurements."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
     paths = [os.path.abspath(p or os.curdir) for p in sys.path]
     no_timings = tmp / "no_timings.json"  # the rule without measurements (module doc)
     no_timings.write_text(json.dumps({"schema": 1, "devices": {}}))
     env.update(
         TJX_FLASH_LAUNCH_TABLES=str(no_timings),
-        PYTHONPATH=os.pathsep.join([*paths, str(env_dir)]),
+        PYTHONPATH=os.pathsep.join([*paths, str(env_dir), *map(str, more)]),
         JAX_PLATFORMS="cpu",
         # Not the tests' compile-speed flags (pants.toml): the guard compiles what a user's --plan
         # compiles (with them, the v5e plans took 90 s in CI, 60 s without; load may play a part).
@@ -157,9 +158,10 @@ def plan(
     env_dir: Path,
     tmp: Path,
     sets: list[str] | None = None,
+    more: tuple[Path, ...] = (),
 ) -> dict:
     out = tmp / "plan.json"
-    env = plan_env(env_dir, tmp)
+    env = plan_env(env_dir, tmp, *more)
     args = ["--config", preset, "--plan", target, "--plan-json", str(out)]
     args += ["--set", f"model.attention_impl={kernel}"]
     args += [a for value in sets or [] for a in ("--set", value)]
@@ -214,6 +216,41 @@ def test_the_preset_compiles_for_the_device_without_it(preset, target, kernel, e
     assert seconds > 0
     print(f"deviceless compile: {preset} on {target} ({chosen}): train step {seconds:.1f} s",
           file=sys.stderr)  # fmt: skip
+
+
+def test_tokamax_attention_compiles_for_an_h100_and_is_priced_as_attention(envs, tmp_path):
+    """#68: ``attention_impl: tokamax`` (OpenXLA tokamax's Pallas Mosaic GPU flash attention,
+    tjx-kernels' ``gpu`` extra, here from tests-support's scratch folder) compiles for an H100
+    without one: llama_small (scanned layers, GQA 12/4, causal), forward and backward, each
+    layer's attention three Mosaic GPU calls (``mosaic_gpu_v2``: forward, dQ, dK/dV) in the
+    program XLA built, no other attention kernel; the estimate prices them as attention (tjx's
+    flash formulas, named as tokamax's), never as calls counted by their operands."""
+    from tjx_tokamax_env import tokamax_env
+
+    folder, seconds = tokamax_env()
+    if seconds is not None:
+        print(f"tokamax: installed in {seconds:.1f} s", file=sys.stderr)
+    data = plan("llama_small", "h100", "tokamax", envs["cuda12"], tmp_path, more=(folder,))
+    assert data["attention"]["kernel"] == "tokamax"
+    assert data["train"]["compiles"] and data["eval"]["compiles"] and data["memory"]["fits"]
+    calls = data["train"]["custom_calls"]  # by the estimate's names: tokamax's, priced
+    mosaic = {c: n for c, n in calls.items() if "mosaic_gpu_v2" in c}
+    assert {c.split(" (")[0] for c in mosaic} == {
+        "tokamax attention fwd", "tokamax attention bwd dq", "tokamax attention bwd dk dv"
+    }, calls
+    assert len(set(mosaic.values())) == 1, calls  # one of each per layer
+    assert not any("cudnn" in c or "tjx_flash" in c for c in calls), calls
+    unexplained = [
+        op
+        for op in data["train"]["f32_dots"]
+        if not any(re.search(pattern, op) for pattern in ALLOWED_F32_DOTS)
+    ]
+    assert not unexplained, f"float32 matrix products in a bf16 run: {unexplained}"
+    estimate = data["estimate"]
+    assert "attention" in estimate["calibrated_by_class"], estimate["calibrated_by_class"]
+    assert "custom" not in estimate["calibrated_by_class"]
+    assert "counted by their operands" not in data["stdout"]
+    assert "an estimate" in data["stdout"] and estimate["seconds"] > 0
 
 
 def test_a_delta_and_attention_hybrid_compiles_for_an_h100(envs, tmp_path):

@@ -7,7 +7,8 @@ Implementations: ``xla`` (tjx reference), ``cudnn`` (``jax.nn.dot_product_attent
 (tjx flash attention) and ``jax-pallas`` (``jax.experimental.pallas.ops.gpu.attention.mha``, JAX's
 own Triton kernel, as a peer) and ``jax-mgpu`` (``jax.experimental.pallas.ops.gpu.attention_mgpu``,
 JAX's FA3-style Mosaic GPU kernel for Hopper, where it imports and serves the shape; otherwise its
-row holds the error). For each shape it measures the forward and the forward+backward
+row holds the error) and ``tokamax`` (OpenXLA tokamax's Mosaic GPU kernel, ``attention_impl:
+tokamax``: sm90/sm100 with the tokamax package, else its row holds tjx's one-line refusal). For each shape it measures the forward and the forward+backward
 (``vjp`` with a random cotangent) under ``jit``: the median of ``--iters`` runs after a warm-up,
 TFLOP/s with the FlashAttention convention (forward ``4·b·h·s_q·s_k·d``, halved when causal;
 forward+backward = 3.5 × forward), and the compiled executable's memory analysis (arguments +
@@ -35,7 +36,7 @@ from tjx.kernels import flash_attention, reference_attention
 
 Array = jax.Array
 AttnFn = Callable[[Array, Array, Array], Array]
-IMPLS = ("xla", "cudnn", "pallas", "jax-pallas", "jax-mgpu")
+IMPLS = ("xla", "cudnn", "pallas", "jax-pallas", "jax-mgpu", "tokamax")
 
 
 @dataclasses.dataclass
@@ -104,6 +105,12 @@ def make_impl(name: str, causal: bool, on_gpu: bool) -> AttnFn:
             block_kv_dq=64,
         )
         return lambda q, k, v: attention_mgpu.attention(q, k, v, config)
+    if name == "tokamax":
+        # OpenXLA tokamax's Mosaic GPU attention through tjx's dispatcher (attention_impl
+        # tokamax: sm90/sm100 and the tokamax package; elsewhere its one-line refusal).
+        from tjx.kernels import attention
+
+        return lambda q, k, v: attention(q, k, v, causal=causal, implementation="tokamax")
     raise ValueError(f"unknown implementation {name!r}; choose from {IMPLS}")
 
 

@@ -264,7 +264,7 @@ def test_a_resolved_kernel_runs_without_the_choice_being_consulted(monkeypatch):
 
 def test_an_invalid_choice_is_refused_at_resolution_in_one_line():
     for name, match in (
-        ("flash", "`implementation` must be one of auto, xla, cudnn, pallas; got 'flash'"),
+        ("flash", "`implementation` must be one of auto, xla, cudnn, pallas, tokamax; got 'flash'"),
         ("cudnn", "implementation='cudnn' needs a CUDA GPU; this run's device is cpu"),
     ):
         with pytest.raises(ValueError) as err:

@@ -225,3 +225,34 @@ def test_a_conditional_counts_its_dearest_branch_unless_one_is_marked_likely():
     assert note.startswith("1 conditional(s) counted as their branch marked 'likely_branch'")
     assert f"would add {saved:.2f} ms" in note
     assert roofline(_conditional("some_other_scope"), h100).bytes == 3 * one  # only the marker
+
+
+
+
+def test_a_kernel_without_a_triton_name_is_priced_and_named_by_its_cost_function():
+    """#68 (h100_mosaic.hlo: tokamax's Mosaic GPU attention as compiled for an H100 on
+    2026-11-28, cut to one call without its MLIR module): the op name reaches the cost
+    function (unescaped), whose fourth element names the kernel; a name that says attention
+    prices it as attention. Without a cost: its operands and results, flagged (never free)."""
+    h100, text = accelerator("h100"), read("h100_mosaic.hlo")
+    plain = roofline(text, h100)
+    [kernel] = [k for k in plain.kernels if k.detail == "mosaic_gpu_v2"]
+    qkv = BATCH * 256 * HEADS * HEAD_DIM * BF16
+    assert not kernel.priced
+    assert (kernel.bytes_read, kernel.bytes_written) == (3 * qkv, qkv + 2 * 8192)  # + residuals
+    assert any("mosaic_gpu_v2" in note for note in plain.notes)
+    seen: list[CustomCall] = []
+
+    def cost(call: CustomCall):
+        seen.append(call)
+        return {"bf16": 1e12}, 1.0, 2.0, "a library's flash attention fwd"
+
+    priced = roofline(text, h100, custom_call_cost=cost)
+    [call] = seen
+    assert call.kernel is None and call.target == "mosaic_gpu_v2"
+    said = 'jit(f)/tokamax:{"op":{"__type":"a.Kernel"},"mask":{"is_causal":true}}/mpmd_map'
+    assert call.op_name == said
+    [kernel] = priced.kernels
+    assert (kernel.kind, kernel.detail) == ("attention", "a library's flash attention fwd")
+    assert kernel.priced and priced.notes == ()
+    assert kernel.seconds == pytest.approx(1e12 / h100.peak.bf16)

@@ -255,6 +255,7 @@ def test_the_embedding_scale_is_rounded_as_transformers_rounds_it():
         (dict(rope_local_theta=0, sliding_window=8), "rope_local_theta must be a positive"),
         (dict(attention_sinks=True, attention_impl="pallas"), "'pallas' cannot add attention"),
         (dict(attention_sinks=True, attention_impl="cudnn"), "'cudnn' cannot add attention"),
+        (dict(attention_sinks=True, attention_impl="tokamax"), "'tokamax' cannot add attention"),
         (dict(attention_sinks=True, decode_topk=4), "decode_topk 4 is not supported with"),
         (
             dict(attention_sinks=True, attention_type="mla", kv_latent_dim=8),

@@ -82,3 +82,17 @@ def test_what_a_split_cannot_run_is_refused_naming_the_setting(cfg, match):
         model = build(cfg)
     with tnn.sequence_parallel(OneDeviceSplit()), pytest.raises(ValueError, match=match):
         jax.eval_shape(lambda t: model(t), _toks())
+
+
+def test_a_split_refuses_the_tokamax_kernel(monkeypatch):
+    """tokamax's attention runs whole (no forward and backward halves for the blocks): a model
+    built for an H100 with it (tokamax taken as installed: nothing of it runs) is refused by
+    the split, naming the setting."""
+    from tjx.kernels import choice
+
+    monkeypatch.setattr(choice, "installed", lambda: True)
+    with kernels.target("gpu", "NVIDIA H100 80GB HBM3", (9, 0)):
+        model = build(llama_tiny(attention_impl="tokamax", precision="bf16"))
+    match = "attention_impl 'tokamax' cannot run context-parallel"
+    with tnn.sequence_parallel(OneDeviceSplit()), pytest.raises(ValueError, match=match):
+        jax.eval_shape(lambda t: model(t), _toks())

@@ -74,6 +74,12 @@ DELTA = dict(delta_key_heads=2, delta_value_heads=4, delta_key_dim=8, delta_valu
             f"has no separate forward and backward) {SPLIT}; use auto, pallas or xla",
         ),
         (
+            llama_tiny(attention_impl="tokamax"),
+            "model.attention_impl: tokamax cannot attend across a split sequence (tjx runs "
+            f"tokamax's kernel whole, with no separate forward and backward halves) {SPLIT}; "
+            "use auto, pallas or xla",
+        ),
+        (
             gpt2_tiny(position="alibi"),
             "model.position: a split sequence takes no additive attention bias (alibi, t5) and no "
             f"attention dropout {SPLIT}; set model.position=rope and model.attention_dropout=0",
@@ -116,8 +122,8 @@ DELTA = dict(delta_key_heads=2, delta_value_heads=4, delta_key_dim=8, delta_valu
         ),
     ],
     ids=[
-        "not-a-decoder", "cudnn", "alibi", "attention-dropout", "pallas-window", "sinks", "delta",
-        "kv-shared", "chunks",
+        "not-a-decoder", "cudnn", "tokamax", "alibi", "attention-dropout", "pallas-window",
+        "sinks", "delta", "kv-shared", "chunks",
     ],
 )  # fmt: skip
 def test_what_a_sequence_split_cannot_serve_is_refused_naming_the_key(config, message):

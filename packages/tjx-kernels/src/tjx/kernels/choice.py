@@ -8,7 +8,10 @@ A :class:`Target` is the platform the step is lowered for (``"gpu"`` = CUDA, ``"
 CUDA GPU the kernels measured on that device kind (the ``timings`` of its launch table, written by
 the GPU suite for kernels it found correct) come first, fastest first; a kernel with no
 measurement never beats one with. With no measurement, cuDNN wherever it can serve the call, then
-XLA: the unmeasured Pallas kernel is taken only by name. On a TPU and on CPUs ``auto`` is XLA.
+XLA: the unmeasured Pallas and tokamax kernels are taken only by name (tokamax's Mosaic GPU
+attention, :mod:`tjx.kernels.tokamax_ops`, needs an sm90/sm100 GPU and the optional tokamax
+package; where either is missing it is neither ranked nor, by name, accepted). On a TPU and on
+CPUs ``auto`` is XLA.
 The order is also the fallback order: :func:`first_that_compiles` walks it, saying each step.
 :func:`resolve_attention` turns an ``implementation`` name into the :class:`AttentionKernel` a
 model holds, once, when it is built: every refusal (an unknown name, a kernel that cannot serve
@@ -23,6 +26,7 @@ import contextlib
 import contextvars
 import dataclasses
 import enum
+import importlib.util
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -32,9 +36,11 @@ import jax.numpy as jnp
 from tjx.kernels.launch import entry_key, load_launch_tables, norm_kind
 
 #: What ``implementation`` / ``attention_impl`` may name: ``auto`` or one kernel.
-IMPLEMENTATIONS: tuple[str, ...] = ("auto", "xla", "cudnn", "pallas")
-#: Kernels ``auto`` may rank (Pallas only where measured), in their order with no measurement.
-FUSED = ("cudnn", "pallas")
+IMPLEMENTATIONS: tuple[str, ...] = ("auto", "xla", "cudnn", "pallas", "tokamax")
+#: The fused kernels ``auto`` may rank (Pallas and tokamax only where measured).
+FUSED = ("cudnn", "pallas", "tokamax")
+#: What ``auto`` takes with no measurement, in this order (the first that can serve the call).
+UNMEASURED = ("cudnn", "xla")
 #: cuDNN flash attention (through ``jax.nn.dot_product_attention``) takes these dtypes only.
 CUDNN_DTYPES: tuple[jnp.dtype, ...] = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 #: Largest head_dim the Pallas kernel accepts (padded internally to a power of two).
@@ -47,7 +53,8 @@ CUDNN_SOFTCAP = (
 #: Why no fused kernel serves a call with attention sinks (an explicit request raises it).
 FUSED_SINKS = (
     "`sinks` (attention sinks) are served by implementation 'xla' only (neither jax's cuDNN "
-    "attention nor tjx's Pallas kernel adds a sink to the softmax yet); use 'auto' or 'xla'"
+    "attention, tjx's Pallas kernel nor tokamax's adds a sink to the softmax yet); use 'auto' "
+    "or 'xla'"
 )
 #: Why cuDNN never serves a bidirectional sliding window (an explicit request raises it).
 CUDNN_WINDOW = (
@@ -63,6 +70,7 @@ class AttentionKernel(enum.StrEnum):
     XLA = "xla"
     CUDNN = "cudnn"
     PALLAS = "pallas"
+    TOKAMAX = "tokamax"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,12 +184,74 @@ def pallas_reason(dtype: Any, head_dim: int, t: Target) -> str | None:
     return None
 
 
+# -- tokamax's attention (tjx.kernels.tokamax_ops runs it; its rule is here, without tokamax) --
+#: The tokamax release tjx's wrapper was written and tested against (the ``gpu`` extra's pin).
+TOKAMAX_VERSION = "0.0.12"
+#: The line naming the kernel says when tokamax is not installed.
+MISSING = (
+    "attention_impl 'tokamax' needs the tokamax package: pip install 'tjx-kernels[gpu]' "
+    f"(tokamax=={TOKAMAX_VERSION})"
+)
+#: Input dtypes the Mosaic GPU kernel takes (its products are bf16/fp16 with float32 logits).
+TOKAMAX_DTYPES: tuple[jnp.dtype, ...] = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+#: Largest head_dim offered (the kernel pads the head to a multiple of 64; 256 is what was
+#: compiled for an H100 here, forward and backward).
+TOKAMAX_MAX_HEAD_DIM = 256
+def installed() -> bool:
+    """Whether tokamax can be imported here (without importing it)."""
+    try:
+        return importlib.util.find_spec("tokamax") is not None
+    except (ImportError, ValueError):  # a broken or half-removed install
+        return False
+
+
+def tokamax_reason(dtype: Any, head_dim: int, t: Target, *, sinks: bool = False) -> str | None:
+    """Why ``attention_impl 'tokamax'`` cannot serve (dtype, head_dim) on ``t`` (None: it can).
+
+    The device first (tokamax's Mosaic GPU kernel needs sm90/sm100), then the call (dtype,
+    head size, attention sinks), then whether tokamax is installed (`MISSING`).
+    """
+    cc = t.compute_capability
+    if not t.cuda or cc is None or not (9, 0) <= cc < (11, 0):
+        where = t.platform if not t.cuda else f"{t.device_kind or 'a CUDA GPU'} (sm_{_sm(cc)})"
+        return (
+            "implementation 'tokamax' runs tokamax's Mosaic GPU attention, which needs an sm90 "
+            f"or sm100 GPU (Hopper, Blackwell); this run's device is {where}; use 'auto', 'xla' "
+            "or 'pallas'"
+        )
+    if jnp.dtype(dtype) not in TOKAMAX_DTYPES:
+        return (
+            f"`q` dtype {jnp.dtype(dtype).name} is not supported by implementation 'tokamax' "
+            "(its Mosaic GPU kernel multiplies in bfloat16/float16); supported: bfloat16, float16"
+        )
+    if not 1 <= head_dim <= TOKAMAX_MAX_HEAD_DIM:
+        return (
+            f"head_dim {head_dim} is not supported by implementation 'tokamax'; supported: "
+            f"1..{TOKAMAX_MAX_HEAD_DIM}"
+        )
+    if sinks:
+        return (
+            "`sinks` (attention sinks) are not supported by implementation 'tokamax' (its "
+            "kernel adds no sink to the softmax); use 'auto' or 'xla'"
+        )
+    if not installed():
+        return MISSING
+    return None
+
+
+def _sm(cc: tuple[int, int] | None) -> str:
+    return "?" if cc is None else f"{cc[0]}{cc[1]}"
+
+
 def unsupported_reason(kernel: str, dtype: Any, head_dim: int, t: Target) -> str | None:
-    """Why ``kernel`` ("xla" | "cudnn" | "pallas") cannot serve the call (None when it can)."""
+    """Why ``kernel`` ("xla" | "cudnn" | "pallas" | "tokamax") cannot serve the call (None
+    when it can)."""
     if kernel == "cudnn":
         return cudnn_reason(dtype, head_dim, t)
     if kernel == "pallas":
         return pallas_reason(dtype, head_dim, t)
+    if kernel == "tokamax":
+        return tokamax_reason(dtype, head_dim, t)
     return None
 
 
@@ -328,7 +398,7 @@ def auto_order(
         skipped = "; cudnn skipped: it cannot soft-cap the logits"
     times = {k: v for k, v in measured_timings(kind, dtype, head_dim).items() if k in servable}
     measured = sorted(times, key=lambda k: times[k])
-    rest = [k for k in ("cudnn", "xla") if k in servable and k not in times]
+    rest = [k for k in UNMEASURED if k in servable and k not in times]
     order = (*measured, *rest)
     if not measured:
         reason = f"no tjx measurement for {kind} yet"

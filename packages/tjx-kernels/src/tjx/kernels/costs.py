@@ -53,6 +53,13 @@ cotangent → the states' cotangents, ``dU``, the initial state's):
     writes  as the forward's                          FLOPs   6·b·h·R·d_k·d_v
 (the operands' own shapes: the formulas are what `gated_delta_cost` sums over them).
 
+tokamax's Mosaic GPU attention (`tokamax_attention_cost`, ``attention_impl: tokamax``): its
+custom call (``mosaic_gpu_v2``) names no kernel, but tokamax writes its op, tiles and mask into
+the call's op name; the forward, dQ and dK/dV calls are priced as the flash kernels above with no
+head split and tokamax's tiles (``block_q``/``block_kv``, ``block_*_dq``, ``block_*_dkv``), and
+named so in the estimate (``tokamax attention fwd (mosaic_gpu_v2, tjx's flash formulas)``), which
+prices them as attention.
+
 ``B_v`` and ``B_k`` (and ``B_t`` for ``dw``) are the default launch's (`DEFAULT_CE_LAUNCH`, what
 the model takes); the rest come from the grid. What it leaves out: L2 hits (tiles
 re-read by neighbouring programs often come from L2, so real HBM traffic is lower) and the
@@ -61,6 +68,7 @@ exponentials (not matmul FLOPs).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -76,6 +84,7 @@ __all__ = [
     "custom_call_cost",
     "gated_delta_cost",
     "roofline_costs",
+    "tokamax_attention_cost",
 ]
 
 #: The kernels priced here, by their ``pallas_call`` name.
@@ -175,11 +184,84 @@ def custom_call_cost(
 
 
 Cost = tuple[dict[str, float], float, float]
+#: A cost with the kernel's name for the estimate (tjx.metrics' ``CustomCost``).
+NamedCost = tuple[dict[str, float], float, float, str]
+#: The custom call target of a Pallas Mosaic GPU kernel (tokamax's attention: one forward call,
+#: two backward ones).
+MOSAIC_GPU_TARGET = "mosaic_gpu_v2"
+_TOKAMAX_OPS = {
+    "PallasMosaicGpuFlashAttention": "fwd",
+    "PallasMosaicGpuFlashAttentionVjp": "bwd",
+}
+
+
+def _tokamax_op(op_name: str) -> dict[str, Any] | None:
+    """The JSON tokamax writes into its calls' op names (``.../tokamax:{"op": ...}/...``)."""
+    at = op_name.find("tokamax:{")
+    if at < 0:
+        return None
+    try:
+        found, _ = json.JSONDecoder().raw_decode(op_name, at + len("tokamax:"))
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def tokamax_attention_cost(
+    target: str, op_name: str, operands: Sequence[Shape], results: Sequence[Shape]
+) -> NamedCost | None:
+    """``(FLOPs by dtype, bytes read, bytes written, name)`` of one launch of tokamax's Mosaic
+    GPU attention (`tjx.kernels.tokamax_ops`), None for any other call.
+
+    The call's op name holds tokamax's op, its tiles (``config``) and the mask (``is_causal``);
+    the formulas are the Pallas kernels' with tokamax's tiles (module docstring): the forward
+    walks ``block_kv`` key tiles per ``block_q`` query tile (``4·B_q·d`` FLOPs per key), the
+    backward's dQ kernel (one result) its key tiles (``6·B_q·d``: QKᵀ, dO·Vᵀ, dS·K) and its
+    dK/dV kernel (two results) its query tiles (``8·B_kv·d``). Key ranges (windows, lengths) and
+    masks are not subtracted: an upper bound for such calls. The name says it is tokamax's and
+    an estimate by these formulas (no measured tokamax kernel yet): ``tokamax attention fwd
+    (mosaic_gpu_v2, tjx's flash formulas)``; the estimate prices it as attention.
+    """
+    if target != MOSAIC_GPU_TARGET or len(operands) < 3 or not results:
+        return None
+    found = _tokamax_op(op_name)
+    op = found.get("op", {}) if found else {}
+    kind = _TOKAMAX_OPS.get(str(op.get("__type", "")).rsplit(".", 1)[-1])
+    if kind is None:
+        return None
+    config = op.get("config") or {}
+    mask = (found or {}).get("arguments", {}).get("mask") or {}
+    causal = bool(mask.get("is_causal", False))
+    (dtype, q), (_, k) = operands[0], operands[1]
+    b, s_q, h, d = (int(x) for x in q)
+    s_k = int(k[1])
+    item = _ITEM.get(dtype, 4)
+    heads = b * h
+    name = f"tokamax attention {{}} ({target}, tjx's flash formulas)"
+    if kind == "fwd":
+        bq, bk = int(config.get("block_q", 64)), int(config.get("block_kv", 128))
+        keys = _walked(min(bq, s_q), min(bk, s_k), s_q, s_k, causal, after=False)
+        read = heads * (s_q * d + 2 * keys * d) * item
+        written = heads * s_q * d * item + 2 * heads * s_q * 4  # out, two float32 residuals
+        flops = {dtype: 4.0 * heads * min(bq, s_q) * d * keys}
+        return flops, float(read), float(written), name.format("fwd")
+    if len(results) == 1:  # dQ
+        bq, bk = int(config.get("block_q_dq", 64)), int(config.get("block_kv_dq", 64))
+        keys = _walked(min(bq, s_q), min(bk, s_k), s_q, s_k, causal, after=False)
+        read = heads * ((2 * s_q * d + 2 * keys * d) * item + 3 * s_q * 4)
+        flops = {dtype: 6.0 * heads * min(bq, s_q) * d * keys}
+        return flops, float(read), float(heads * s_q * d * item), name.format("bwd dq")
+    bq, bk = int(config.get("block_q_dkv", 64)), int(config.get("block_kv_dkv", 64))
+    queries = _walked(min(bk, s_k), min(bq, s_q), s_k, s_q, causal, after=True)
+    read = heads * ((2 * s_k * d + 2 * queries * d) * item + 3 * queries * 4)
+    written = 2 * heads * s_k * d * item  # dK, dV per query head (summed over a group after)
+    flops = {dtype: 8.0 * heads * min(bk, s_k) * d * queries}
+    return flops, float(read), float(written), name.format("bwd dk dv")
 
 
 def roofline_costs(
     *, causal: bool, device_kind: str | None, compute_capability: tuple[int, int] | None
-) -> Callable[[Any], Cost | None]:
+) -> Callable[[Any], Cost | NamedCost | None]:
     """tjx.metrics' roofline's ``custom_call_cost``: these prices for the calls of a program.
 
     Parameters
@@ -193,13 +275,17 @@ def roofline_costs(
     -------
     callable
         ``(CustomCall) -> (FLOPs by dtype, bytes read, bytes written)``, None for a call that is
-        no kernel's (its ``.kernel`` is None) or not tjx's.
+        not tjx's; tokamax's Mosaic GPU attention (no Triton name: `tokamax_attention_cost`)
+        with its name as a fourth element.
     """
     hopper = (compute_capability or (0, 0)) >= (9, 0)
 
-    def cost(call: Any) -> Cost | None:
-        if call.kernel is None:
-            return None
+    def cost(call: Any) -> Cost | NamedCost | None:
+        if call.kernel is None:  # no Triton name: tokamax's Mosaic GPU attention, or unknown
+            if getattr(call, "target", None) != MOSAIC_GPU_TARGET:
+                return None
+            shapes = ([(a.dtype, a.dims) for a in x] for x in (call.operands, call.results))
+            return tokamax_attention_cost(call.target, getattr(call, "op_name", ""), *shapes)
         return custom_call_cost(
             call.kernel,
             call.grid,

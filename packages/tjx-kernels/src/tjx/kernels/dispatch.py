@@ -17,7 +17,12 @@ by name. On a TPU and on CPUs, "auto" is XLA; an explicit "pallas" or "cudnn" on
 error. The rule is the same on one device and on a mesh: both fused kernels partition over batch
 and heads under a sharded ``jit``.
 
-Soft-capped logits (``softcap``, Gemma 2) are served by XLA and the Pallas kernels; jax's cuDNN
+``"tokamax"`` is OpenXLA tokamax's Pallas Mosaic GPU flash attention on sm90/sm100 GPUs (the
+optional tokamax package, :mod:`tjx.kernels.tokamax_ops`: the one module that imports it, only
+when it runs); it serves causal and bidirectional calls, GQA, segment ids (as a mask), key
+lengths, windows and soft caps, not sinks; ``auto`` ranks it only where it was measured.
+
+Soft-capped logits (``softcap``, Gemma 2) are served by XLA, Pallas and tokamax; jax's cuDNN
 attention cannot cap them, so ``auto`` leaves cuDNN out for such calls and an explicit
 ``"cudnn"`` is a ``ValueError``. A sliding ``window`` is served by every kernel: cuDNN's own
 ``local_window_size`` (causal only; a bidirectional window leaves cuDNN out of ``auto``), the
@@ -67,7 +72,7 @@ from tjx.kernels.reference import attention_mask, reference_attention
 from tjx.kernels.softcap import check_softcap
 
 Array = jax.Array
-Implementation = Literal["auto", "xla", "cudnn", "pallas"] | AttentionKernel
+Implementation = Literal["auto", "xla", "cudnn", "pallas", "tokamax"] | AttentionKernel
 
 __all__ = ["CUDNN_DTYPES", "IMPLEMENTATIONS", "attention", "cudnn_max_head_dim"]
 
@@ -204,7 +209,7 @@ def attention(
         Logit scale, default ``1/sqrt(head_dim)``.
     dropout_rate, dropout_rng
         Attention dropout (XLA path); a key is required when the rate is positive.
-    implementation : AttentionKernel or {"auto", "xla", "cudnn", "pallas"}
+    implementation : AttentionKernel or {"auto", "xla", "cudnn", "pallas", "tokamax"}
         The kernel to run: an `AttentionKernel` runs as given (a model resolves its own once);
         a name is resolved for this call (`tjx.kernels.resolve_attention`, module docstring).
     bias : Array, optional
@@ -274,6 +279,22 @@ def attention(
             kv_lengths=kv_lengths,
             scale=sm_scale,
             shapes=shapes,
+            window=window,
+        )
+    if impl == "tokamax":
+        # The one module that imports tokamax (an optional package), only when chosen.
+        from tjx.kernels.tokamax_ops import tokamax_attention
+
+        return tokamax_attention(
+            q,
+            k,
+            v,
+            causal=causal,
+            segment_ids=segment_ids,
+            kv_lengths=kv_lengths,
+            scale=sm_scale,
+            shapes=shapes,
+            softcap=softcap,
             window=window,
         )
     if impl == "pallas":

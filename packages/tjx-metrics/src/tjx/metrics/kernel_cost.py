@@ -55,6 +55,10 @@ class CustomCall:
         A Triton kernel's launch grid (x, y, z); ``(1, 1, 1)`` when not stated.
     operands, results : tuple of Array
         Shapes of the operands and of the results.
+    op_name : str
+        The call's ``metadata={op_name=...}`` (unescaped; empty when the HLO names none): what a
+        library's kernel without a Triton name says of itself (tokamax writes its op, config
+        and arguments there as JSON).
     """
 
     target: str
@@ -62,10 +66,18 @@ class CustomCall:
     grid: tuple[int, int, int]
     operands: tuple[Array, ...]
     results: tuple[Array, ...]
+    op_name: str = ""
 
 
-#: ``custom_call_cost(call) -> (flops by dtype, bytes read, bytes written)`` or None (unknown).
-CustomCost = Callable[[CustomCall], "tuple[dict[str, float], float, float] | None"]
+#: ``custom_call_cost(call) -> (flops by dtype, bytes read, bytes written)`` or None (unknown);
+#: a fourth element, when given, names the kernel in the estimate (its ``detail``), and a name
+#: that says "attention" prices it as attention (the fitted attention class), e.g. another
+#: library's flash kernel whose custom call target alone says nothing (``mosaic_gpu_v2``).
+CustomCost = Callable[
+    [CustomCall],
+    "tuple[dict[str, float], float, float] | tuple[dict[str, float], float, float, str] | None",
+]
+_OP_NAME = re.compile(r'\bop_name="((?:[^"\\]|\\.)*)"')
 
 
 @dataclass(frozen=True)
@@ -317,14 +329,19 @@ class KernelCosts:
             int(g.group(1)) if g else 1
             for g in (re.search(rf"\bgrid_{a} = (\d+)", config) for a in "xyz")
         )
-        call = CustomCall(target, name.group(1) if name else None, grid, operands, results)  # type: ignore[arg-type]
+        op_name = _OP_NAME.search(ins.attrs.get("metadata", ""))
+        said = re.sub(r"\\(.)", r"\1", op_name.group(1)) if op_name else ""
+        kernel = name.group(1) if name else None
+        call = CustomCall(target, kernel, grid, operands, results, said)  # type: ignore[arg-type]
         if target in _NO_KERNEL:
             return Kernel(ins.name, "view", target, 1, {}, 0.0, 0.0, 0.0, 0.0)
         cost = self.custom(call) if self.custom is not None else None
         label = call.kernel or target
         if cost is None:
             return self.priced(ins.name, "custom call", label, {}, read, written, priced=False)
-        flops, read, written = cost
+        flops, read, written = cost[:3]
+        if len(cost) == 4:  # the cost function named the kernel (type alias above)
+            label = cost[3]  # type: ignore[misc]
         kind = "attention" if "flash" in label or "attention" in label else "custom call"
         return self.priced(ins.name, kind, label, flops, read, written)
 

@@ -733,7 +733,7 @@ def check_sinks(config: Any, cls: str) -> None:
     resolves to it), full decoding (not ``decode_topk``'s) and multi-head attention (not MLA)."""
     if not config.attention_sinks:
         return
-    if config.attention_impl in ("cudnn", "pallas"):
+    if config.attention_impl in ("cudnn", "pallas", "tokamax"):
         raise ValueError(
             f"{cls}.attention_impl {config.attention_impl!r} cannot add attention sinks "
             "(attention_sinks=True): only tjx.kernels' XLA attention computes them; use 'auto' "

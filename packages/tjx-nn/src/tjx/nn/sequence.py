@@ -126,9 +126,10 @@ def split_self_attention(
             "(position 'alibi' or 't5') and no attention_dropout; set position to 'rope' "
             "and attention_dropout to 0"
         )
-    if impl == "cudnn":
+    if impl in ("cudnn", "tokamax"):
+        why = "jax's cuDNN call" if impl == "cudnn" else "tjx's tokamax kernel"
         raise ValueError(
-            "attention_impl 'cudnn' cannot run context-parallel attention (jax's cuDNN call "
+            f"attention_impl {impl!r} cannot run context-parallel attention ({why} "
             "has no separate forward and backward); use 'auto', 'pallas' or 'xla'"
         )
     if impl == "pallas" and window is not None:

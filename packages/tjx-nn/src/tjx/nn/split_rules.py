@@ -62,7 +62,8 @@ def check_sequence_split(config: Any, ways: int) -> None:
         A decoder LM, without an additive attention bias (alibi, t5), attention dropout,
         attention sinks, delta layers, layers sharing an earlier layer's keys and values or
         chunked attention, whose ``attention_impl`` has separate forward and backward halves (not
-        cudnn) and, with a sliding window, masks by the tokens' original places (not pallas).
+        cudnn or tokamax) and, with a sliding window, masks by the tokens' original places (not
+        pallas).
         The message starts with the key to change.
     ways : int
         Devices per sequence (``mesh.context``).
@@ -79,6 +80,12 @@ def check_sequence_split(config: Any, ways: int) -> None:
         raise ValueError(
             f"model.attention_impl: cudnn cannot attend across a split sequence (jax's cuDNN "
             f"call has no separate forward and backward) {split}; use auto, pallas or xla"
+        )
+    if config.attention_impl == "tokamax":
+        raise ValueError(
+            f"model.attention_impl: tokamax cannot attend across a split sequence (tjx runs "
+            f"tokamax's kernel whole, with no separate forward and backward halves) {split}; "
+            "use auto, pallas or xla"
         )
     if config.position in ("alibi", "t5") or config.attention_dropout > 0:
         key = "model.position" if config.position in ("alibi", "t5") else "model.attention_dropout"

@@ -1,0 +1,245 @@
+"""OpenXLA's tokamax attention as a tjx kernel: the one module of tjx-kernels that imports tokamax.
+
+tokamax (PyPI, Apache 2.0) ships Pallas **Mosaic GPU** flash attention for sm90 (Hopper) and
+sm100 (Blackwell), forward and backward, with a causal backward in bfloat16 (jax's own
+``attention_mgpu`` refuses both). ``attention_impl: tokamax`` runs that kernel and only it: on an
+sm90/sm100 GPU it is ``tokamax.dot_product_attention(..., implementation="mosaic_gpu")``;
+anywhere else (a CPU, a TPU, an A100) naming it is one ``ValueError`` line before anything runs
+— tokamax's Triton kernel for older GPUs is not offered, since tjx's own Pallas kernel is that
+kind of kernel already. ``auto`` never takes it until the launch table holds a measured tokamax
+timing for the device kind (:mod:`tjx.kernels.choice`).
+
+tokamax is an optional dependency (``pip install 'tjx-kernels[gpu]'``, pinned to
+`TOKAMAX_VERSION`): it is imported here, lazily, when the kernel runs, never when tjx.kernels is
+imported; resolving the name only looks for the package (the rule, `tokamax_reason`, lives in
+:mod:`tjx.kernels.choice` with the other kernels'), and when it is absent naming the kernel is one
+line saying what to install.
+
+How tjx's conventions reach tokamax's public API (`tokamax_attention`): the layout
+``[batch, seq, heads, head_dim]`` and GQA's head grouping are tokamax's own; ``causal`` is
+``is_causal`` (top-left aligned in both); ``kv_lengths`` is ``key_value_seq_lengths`` (the
+kernel's per-row key range); a sliding window over a self-attention call is
+``local_window_size`` (keys ``i - window < j``, and ``j < i + window`` without ``causal``),
+another call's window is folded into the mask; segment ids become a boolean mask ``[b, 1, s_q,
+s_k]`` (the Mosaic kernel reads it tile by tile: correct for any ids, ``b·s²`` bytes per call);
+``softcap`` is ``logits_soft_cap`` (both cap the scaled logits before the masks). A row that
+sees no key is zeros, as in every tjx kernel (tokamax's XLA path averages the values there).
+
+Compiling for a GPU that is not here (``tjx.kernels.target`` naming an sm90 GPU on a CPU host,
+the trainer's ``--plan h100``): tokamax checks the hardware of the *default* device (the CPU)
+before it lowers. `cross_lowering_hooks` turns its presence checks off through its public absl
+flag ``--tokamax_cross_compile`` and makes its compute-capability check answer from tjx's target
+(a private hook: tokamax has no public way to name the target's capability).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from tjx.kernels._checks import AttentionShapes, SegmentIds, split_segment_ids
+from tjx.kernels.choice import (  # the rule lives with the other kernels' (no tokamax there)
+    MISSING,
+    TOKAMAX_DTYPES,
+    TOKAMAX_MAX_HEAD_DIM,
+    TOKAMAX_VERSION,
+    current_target,
+    installed,
+    tokamax_reason,
+)
+from tjx.kernels.reference import attention_mask
+
+Array = jax.Array
+
+__all__ = [
+    "MISSING",
+    "TOKAMAX_DTYPES",
+    "TOKAMAX_MAX_HEAD_DIM",
+    "TOKAMAX_VERSION",
+    "cross_lowering_hooks",
+    "installed",
+    "load",
+    "tokamax_attention",
+    "tokamax_reason",
+]
+
+#: The tokamax implementation that runs on a GPU (its registered name).
+MOSAIC_GPU = "mosaic_gpu"
+
+
+class _CacheMissFilter(logging.Filter):
+    """Drop tokamax's "Autotuning cache miss" warning: tokamax ships no attention timings for
+    H100/H200, so every call misses and takes its heuristic config (what tjx runs and prices);
+    the warning would print the whole call's signature once per trace."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Autotuning cache miss")
+
+
+_READY: list[Any] = []  # the module, once `load` has prepared it
+
+
+def load() -> Any:
+    """Import tokamax (once), prepare it for tjx (below) and return the module.
+
+    Raises
+    ------
+    ImportError
+        tokamax is not installed (message: `MISSING`).
+    """
+    if _READY:
+        return _READY[0]
+    if sys.modules.get("tokamax") is None and not installed():
+        raise ImportError(MISSING)
+    # tokamax reads its absl flags on first use and, if nobody parsed absl's flags yet, parses
+    # the process's own command line (the trainer's --config ... would be refused as unknown
+    # flags): mark them parsed at their defaults first (absl's public API). absl-py comes with
+    # tokamax (its dependency), not with tjx-kernels: no inferred requirement.
+    try:
+        from absl import flags  # pants: no-infer-dep
+
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        module = importlib.import_module("tokamax")  # pants: no-infer-dep
+    except ImportError as err:  # installed but broken (a dependency missing)
+        raise ImportError(f"{MISSING}; importing it failed: {err}") from None
+    logging.getLogger("absl").addFilter(_CacheMissFilter())
+    _READY.append(module)
+    return module
+
+
+_HOOKED = False
+
+
+def cross_lowering_hooks() -> None:
+    """Let tokamax lower its Mosaic GPU kernel for tjx's target when that GPU is not here.
+
+    Called before each tokamax call; does nothing unless the current target is a CUDA GPU and
+    the default backend is not (cross-lowering: the deviceless plan). Then it sets tokamax's
+    public absl flag ``--tokamax_cross_compile`` (its presence checks for Triton and Mosaic GPU
+    answer yes) and, once, wraps tokamax's private ``gpu_utils._compute_capability`` so that a
+    question about the default device answers with the target's capability: tokamax picks its
+    sm90 or sm100 kernel (and refuses others) by the host's device, which here is the CPU, and
+    has no public way to be told the target's. Private, so here only (tokamax==0.0.12).
+    """
+    global _HOOKED
+    t = current_target()
+    if not t.cuda or jax.default_backend() == "gpu":
+        return
+    load()  # absl-py below is tokamax's dependency, there once tokamax is
+    from absl import flags  # pants: no-infer-dep
+    flags.FLAGS["tokamax_cross_compile"].value = True
+    if _HOOKED:
+        return
+    gpu_utils: Any = importlib.import_module("tokamax._src.gpu_utils")  # pants: no-infer-dep
+    real: Callable[..., float | None] = gpu_utils._compute_capability
+
+    def capability(device: Any = None) -> float | None:
+        target = current_target()
+        cross = device is None and target.cuda and jax.default_backend() != "gpu"
+        if cross and target.compute_capability is not None:
+            major, minor = target.compute_capability
+            return float(f"{major}.{minor}")
+        return real(device)
+
+    gpu_utils._compute_capability = capability
+    _HOOKED = True
+
+
+def _visible_rows(
+    shapes: AttentionShapes,
+    *,
+    causal: bool,
+    segment_ids: SegmentIds | None,
+    kv_lengths: Array | None,
+    window: int | None,
+) -> Array | None:
+    """Bool [b, s_q]: whether each query row sees a key (None: every row does, by construction:
+    with no ids, lengths or one-sided window, key 0 or the row's own key is always visible)."""
+    bidirectional = window is not None and not causal
+    if segment_ids is None and kv_lengths is None and not bidirectional:
+        return None
+    mask = attention_mask(
+        shapes, causal=causal, segment_ids=segment_ids, kv_lengths=kv_lengths, window=window
+    )
+    assert mask is not None
+    return jnp.broadcast_to(jnp.any(mask[:, 0], axis=-1), (shapes.batch, shapes.q_len))
+
+
+def tokamax_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    causal: bool,
+    segment_ids: SegmentIds | None,
+    kv_lengths: Array | None,
+    scale: float,
+    shapes: AttentionShapes,
+    softcap: float | None = None,
+    window: int | None = None,
+    implementation: str = MOSAIC_GPU,
+) -> Array:
+    """tjx's attention call through ``tokamax.dot_product_attention`` (module docstring).
+
+    Parameters
+    ----------
+    q, k, v, causal, segment_ids, kv_lengths, scale, softcap, window
+        As ``tjx.kernels.attention`` (validated there; ``scale`` resolved to a float).
+    shapes : AttentionShapes
+        The call's sizes (``tjx.kernels._checks.check_qkv``).
+    implementation : str
+        tokamax's implementation: ``"mosaic_gpu"`` (what ``attention_impl: tokamax`` runs), or
+        ``"xla"``, tokamax's reference path, which runs anywhere: the CPU tests check this
+        wrapper's conventions through it.
+
+    Returns
+    -------
+    Array
+        ``[batch, q_len, heads, head_dim]`` in ``q``'s dtype; rows that see no key are zeros.
+    """
+    tokamax = load()
+    if implementation == MOSAIC_GPU:
+        cross_lowering_hooks()
+    mask = None
+    local: tuple[int, int] | None = None
+    if segment_ids is not None:  # any ids, any layout: a dense mask (module docstring)
+        q_ids, kv_ids = split_segment_ids(segment_ids)
+        assert q_ids is not None and kv_ids is not None
+        same = (q_ids[:, :, None] == kv_ids[:, None, :]) & (kv_ids[:, None, :] != 0)
+        mask = same[:, None]
+    if window is not None:
+        if shapes.q_len == shapes.kv_len:  # tokamax's window is by the query's own position
+            local = (window - 1, 0 if causal else window - 1)
+        else:  # its positions are the keys': fold this call's window into the mask
+            near = attention_mask(
+                shapes, causal=causal, segment_ids=None, kv_lengths=None, window=window
+            )
+            assert near is not None
+            mask = near if mask is None else mask & near
+    lengths = None if kv_lengths is None else jnp.asarray(kv_lengths, jnp.int32)
+    out = tokamax.dot_product_attention(
+        q,
+        k,
+        v,
+        mask=mask,
+        scale=scale,
+        is_causal=causal,
+        key_value_seq_lengths=lengths,
+        local_window_size=local,
+        logits_soft_cap=softcap,
+        implementation=implementation,
+    )
+    visible = _visible_rows(
+        shapes, causal=causal, segment_ids=segment_ids, kv_lengths=lengths, window=window
+    )
+    out = out.astype(q.dtype)
+    if visible is None:
+        return out
+    return jnp.where(visible[:, :, None, None], out, jnp.zeros((), out.dtype))

@@ -579,7 +579,8 @@ CASES = [
         T,
         [*LLAMA, "--init-from", "hf"],
         _llama_rotating_nothing,
-        "--init-from: config.json: rope_parameters.partial_rotary_factor is 0, not a number in (0, 1]",
+        "--init-from: config.json: rope_parameters.partial_rotary_factor is 0, not a number in "
+        "(0, 1]",
     ),
     (
         "init-from-partial-rope-of-zero",

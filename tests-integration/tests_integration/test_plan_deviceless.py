@@ -236,7 +236,9 @@ def test_tokamax_attention_compiles_for_an_h100_and_is_priced_as_attention(envs,
     calls = data["train"]["custom_calls"]  # by the estimate's names: tokamax's, priced
     mosaic = {c: n for c, n in calls.items() if "mosaic_gpu_v2" in c}
     assert {c.split(" (")[0] for c in mosaic} == {
-        "tokamax attention fwd", "tokamax attention bwd dq", "tokamax attention bwd dk dv"
+        "tokamax attention fwd",
+        "tokamax attention bwd dq",
+        "tokamax attention bwd dk dv",
     }, calls
     assert len(set(mosaic.values())) == 1, calls  # one of each per layer
     assert not any("cudnn" in c or "tjx_flash" in c for c in calls), calls

@@ -21,7 +21,7 @@ def test_the_wheels_are_the_tests_pins_and_the_resolves_for_python_312(tmp_path)
     assert f'"gpu": ["tokamax=={tokamax_gpu.TOKAMAX_VERSION}"]' in build
     cmd = tokamax_gpu.download_command(tmp_path)
     assert cmd[cmd.index("--python-version") + 1] == "3.12" and "--no-deps" in cmd
-    assert cmd[cmd.index("--only-binary") + 1] == ":all:" and cmd[-len(tokamax_gpu.WHEELS):] == (
+    assert cmd[cmd.index("--only-binary") + 1] == ":all:" and cmd[-len(tokamax_gpu.WHEELS) :] == (
         tokamax_gpu.WHEELS
     )
 

@@ -55,8 +55,7 @@ def check_init_from(cfg: Config, source: str) -> None:
 
 
 def _given(cfg: Config) -> dict[str, object]:
-    """The model settings ``cfg`` gives: those unlike its kind's own (null: derived from others).
-    """
+    """The model settings ``cfg`` gives: those unlike its kind's own (null: derived from others)."""
     default = read_config({"model": {"kind": cfg.kind}}).to_dict()["model"]
     return {k: v for k, v in cfg.to_dict()["model"].items() if v != default[k]}
 

@@ -8,7 +8,8 @@ Implementations: ``xla`` (tjx reference), ``cudnn`` (``jax.nn.dot_product_attent
 own Triton kernel, as a peer) and ``jax-mgpu`` (``jax.experimental.pallas.ops.gpu.attention_mgpu``,
 JAX's FA3-style Mosaic GPU kernel for Hopper, where it imports and serves the shape; otherwise its
 row holds the error) and ``tokamax`` (OpenXLA tokamax's Mosaic GPU kernel, ``attention_impl:
-tokamax``: sm90/sm100 with the tokamax package, else its row holds tjx's one-line refusal). For each shape it measures the forward and the forward+backward
+tokamax``: sm90/sm100 with the tokamax package, else its row holds tjx's one-line refusal).
+For each shape it measures the forward and the forward+backward
 (``vjp`` with a random cotangent) under ``jit``: the median of ``--iters`` runs after a warm-up,
 TFLOP/s with the FlashAttention convention (forward ``4·b·h·s_q·s_k·d``, halved when causal;
 forward+backward = 3.5 × forward), and the compiled executable's memory analysis (arguments +

@@ -230,9 +230,11 @@ def test_a_resolved_tokamax_kernel_refuses_sinks_at_the_call():
 
 #: The op names tokamax wrote into its three calls of a causal [2, 1024, 12, 64] bf16 forward
 #: and backward compiled for an H100 (2026-11-28), cut to the keys the price reads.
-_FWD = ("jit(loss)/jvp()/tokamax:{\"op\":{\"__type\":\"tokamax._src.ops.attention."
-        "pallas_mosaic_gpu.PallasMosaicGpuFlashAttention\",\"config\":{\"block_q\":64,"
-        "\"block_kv\":128}},\"arguments\":{\"mask\":{\"is_causal\":true}}}/vmap()/mpmd_map")
+_FWD = (
+    'jit(loss)/jvp()/tokamax:{"op":{"__type":"tokamax._src.ops.attention.'
+    'pallas_mosaic_gpu.PallasMosaicGpuFlashAttention","config":{"block_q":64,'
+    '"block_kv":128}},"arguments":{"mask":{"is_causal":true}}}/vmap()/mpmd_map'
+)
 _BWD = ("jit(loss)/transpose(jvp())/tokamax:{\"op\":{\"__type\":\"tokamax._src.ops.attention."
         "pallas_mosaic_gpu_vjp.PallasMosaicGpuFlashAttentionVjp\",\"config\":{\"block_q_dkv\":64,"
         "\"block_kv_dkv\":64,\"block_q_dq\":64,\"block_kv_dq\":64}},\"arguments\":{\"mask\":"

@@ -227,8 +227,6 @@ def test_a_conditional_counts_its_dearest_branch_unless_one_is_marked_likely():
     assert roofline(_conditional("some_other_scope"), h100).bytes == 3 * one  # only the marker
 
 
-
-
 def test_a_kernel_without_a_triton_name_is_priced_and_named_by_its_cost_function():
     """#68 (h100_mosaic.hlo: tokamax's Mosaic GPU attention as compiled for an H100 on
     2026-11-28, cut to one call without its MLIR module): the op name reaches the cost

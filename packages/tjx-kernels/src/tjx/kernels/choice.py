@@ -197,6 +197,8 @@ TOKAMAX_DTYPES: tuple[jnp.dtype, ...] = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.
 #: Largest head_dim offered (the kernel pads the head to a multiple of 64; 256 is what was
 #: compiled for an H100 here, forward and backward).
 TOKAMAX_MAX_HEAD_DIM = 256
+
+
 def installed() -> bool:
     """Whether tokamax can be imported here (without importing it)."""
     try:

@@ -134,6 +134,7 @@ def cross_lowering_hooks() -> None:
         return
     load()  # absl-py below is tokamax's dependency, there once tokamax is
     from absl import flags  # pants: no-infer-dep
+
     flags.FLAGS["tokamax_cross_compile"].value = True
     if _HOOKED:
         return

@@ -296,7 +296,9 @@ def _per_layer(overrides: Mapping[str, Any]) -> dict[int, dict[str, int]] | None
             return None
         sizes = dict(override)
         known = set(sizes) <= {"head_dim", "num_key_value_heads"}
-        if not known or not all(type(v) is int and v >= 1 for v in sizes.values()):
+        if not known or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes.values()
+        ):
             return None
         out[int(key)] = sizes
     return out

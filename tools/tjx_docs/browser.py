@@ -60,7 +60,7 @@ def chromium_path() -> str | None:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (argparse's name)
+    def log_message(self, format: str, *args: Any) -> None:
         """Serve silently (a test's output is its assertions)."""
 
 

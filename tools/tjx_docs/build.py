@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from tjx_docs import reference
-from tjx_docs.pages import MissingTarget, Pages, seed_pages
+from tjx_docs.pages import MissingTargetError, Pages, seed_pages
 from tjx_docs.venv import DocsVenvError, clean_env, docs_python
 
 #: The MkDocs config, beside the guides.
@@ -44,7 +44,7 @@ def stage(root: Path, src: Path) -> Path:
     pages = Pages(root, generated={f"docs/{path}" for path in generated})
     try:
         pages.add_closure(seed_pages(root))
-    except MissingTarget as err:
+    except MissingTargetError as err:
         raise BuildError(str(err)) from None
     pages.stage(src)
     for path, text in generated.items():
@@ -76,8 +76,8 @@ def build(root: Path, out: Path, *, say=print) -> float:  # type: ignore[no-unty
         command += ["--config-file", str(config), "--site-dir", str(out)]
         done = subprocess.run(command, capture_output=True, text=True, env=clean_env(), check=False)
     if done.returncode != 0:
-        lines = [l for l in (done.stdout + done.stderr).splitlines() if l.strip()]
-        problems = [l for l in lines if l.startswith(("WARNING", "ERROR"))] or lines[-5:]
+        lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        problems = [line for line in lines if line.startswith(("WARNING", "ERROR"))] or lines[-5:]
         raise BuildError("the docs site did not build (strict mode):\n" + "\n".join(problems))
     return time.monotonic() - start
 

@@ -30,7 +30,7 @@ SEED_GLOBS = ("README.md", "BENCHMARKS.md", "packages/*/README.md", "apps/*/READ
 REPO_PREFIX = "repo"
 
 
-class MissingTarget(ValueError):
+class MissingTargetError(ValueError):
     """A relative link names no file of the repository."""
 
 
@@ -44,9 +44,9 @@ def prose_lines(text: str) -> Iterator[tuple[int, str, bool]]:
             marker = found.group(1)
             yield index, line, True
         elif marker is not None:
-            if found and found.group(1)[0] == marker[0] and len(found.group(1)) >= len(marker):
-                if not line.strip()[len(found.group(1)) :].strip():
-                    marker = None
+            closes = found and found.group(1)[0] == marker[0] and len(found.group(1)) >= len(marker)
+            if closes and not line.strip()[len(found.group(1)) :].strip():  # type: ignore[union-attr]
+                marker = None
             yield index, line, True
         else:
             yield index, line, False
@@ -74,7 +74,8 @@ def split_target(target: str) -> tuple[str, str]:
 
 def links(text: str) -> list[str]:
     """Every link target of Markdown ``text`` outside code, in order."""
-    return [m.group(2) for _, line, fenced in prose_lines(text) if not fenced for m in _links_in(line)]
+    prose = (line for _, line, fenced in prose_lines(text) if not fenced)
+    return [m.group(2) for line in prose for m in _links_in(line)]
 
 
 def site_path(repo_path: str) -> str:
@@ -132,7 +133,7 @@ class Pages:
 
         Raises
         ------
-        MissingTarget
+        MissingTargetError
             A link names no file here (one line: the page, the link and the path it resolves to).
         """
         todo = [s for s in seeds if s not in self.pages]
@@ -150,9 +151,11 @@ class Pages:
                     continue
                 where = self.root / found
                 if not where.exists():
-                    raise MissingTarget(f"{page}: link {target!r} names {found}, which does not exist")
+                    raise MissingTargetError(
+                        f"{page}: link {target!r} names {found}, which does not exist"
+                    )
                 if where.is_dir():
-                    raise MissingTarget(
+                    raise MissingTargetError(
                         f"{page}: link {target!r} names the folder {found}; link a file in it "
                         "(its README.md)"
                     )

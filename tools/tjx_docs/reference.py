@@ -153,13 +153,36 @@ def config_page() -> str:
 
 
 def _preset_note(path: Path) -> str:
-    """The comment block at the top of a preset's YAML, as prose."""
-    out = []
+    """The comment block at the top of a preset's YAML: prose joined into paragraphs, its command
+    lines (``python -m …`` and their continuations) kept as a ``text`` block."""
+    out: list[str] = []
+    prose: list[str] = []
+    commands: list[str] = []
+
+    def flush() -> None:
+        if prose:
+            out.append(" ".join(prose))
+            prose.clear()
+        if commands:
+            out.append("```text\n" + "\n".join(commands) + "\n```")
+            commands.clear()
+
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.startswith("#"):
             break
-        out.append(line.lstrip("#").strip())
-    return " ".join(out)
+        text = line.lstrip("#").strip()
+        if text.startswith("python -m") or (commands and commands[-1].endswith("\\")):
+            if prose:
+                flush()
+            commands.append(text)
+        elif not text:
+            flush()
+        else:
+            if commands:
+                flush()
+            prose.append(text)
+    flush()
+    return "\n\n".join(out)
 
 
 def presets_page() -> str:
@@ -180,13 +203,14 @@ def presets_page() -> str:
         kind = data.get("model", {}).get("kind", "gpt2") if isinstance(data, dict) else "gpt2"
         base = yaml.safe_load((folder / f"{name}.yaml").read_text(encoding="utf-8")).get("base")
         lines += [f"## `{name}` {{ #{name} }}", "", _preset_note(folder / f"{name}.yaml"), ""]
-        lines += [f"Model kind `{kind}`" + (f"; built on [`{base}`](#{base})" if base else "") + ".", ""]
+        built_on = f"; built on [`{base}`](#{base})" if base else ""
+        lines += [f"Model kind `{kind}`{built_on}.", ""]
         lines += ["| key | value |", "|---|---|"]
         for setting in core_config.changed(SCHEMA, empty, data):
             key, _, value = setting.partition("=")
             cell = _code(value).replace("|", "\\|")
             lines.append(f"| [`{key}`](config.md#{key}) | {cell} |")
-        lines += ["", f"```bash\npython -m trainer --config {name}\n```", ""]
+        lines += ["", f"Train it: `python -m trainer --config {name}`.", ""]
     return "\n".join(lines)
 
 
@@ -347,7 +371,7 @@ def api_page(package: str) -> str:
     """One package's public API: each exported name's kind, signature and docstring."""
     module_name = f"tjx.{package}"
     module = importlib.import_module(module_name)
-    summary, rest = _summary_and_rest(module.__doc__ or "")
+    summary = _summary_and_rest(module.__doc__ or "")[0]
     lines = [
         f"# tjx-{package}",
         "",

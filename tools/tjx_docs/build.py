@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tjx_docs import reference
@@ -56,7 +57,7 @@ def stage(root: Path, src: Path) -> Path:
     return config
 
 
-def build(root: Path, out: Path, *, say=print) -> float:  # type: ignore[no-untyped-def]
+def build(root: Path, out: Path, *, say: Callable[[str], None] = print) -> float:
     """Build the site of repository ``root`` into ``out`` (replaced); return the seconds taken.
 
     Raises

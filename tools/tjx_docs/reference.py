@@ -382,7 +382,12 @@ def api_page(package: str) -> str:
     ]
     if summary:
         lines += [summary, ""]
-    for name in public_names(module):
+    version = getattr(module, "__version__", None)
+    if version:
+        lines += [f"Version: `{version}` (`{module_name}.__version__`).", ""]
+    # A dunder name (``__version__``, said above) makes no heading: Markdown reads its
+    # underscores as emphasis.
+    for name in (n for n in public_names(module) if not n.startswith("__")):
         value = getattr(module, name)
         doc = inspect.getdoc(value) if _kind(value) != "constant" else None
         lines += [f"## `{name}` {{ #{module_name}.{name} }}", "", f"*{_kind(value)}*", ""]

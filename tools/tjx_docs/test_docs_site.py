@@ -94,7 +94,8 @@ def test_every_preset_flag_and_public_name_has_its_entry(site: Path) -> None:
         missing = {f for f in flags if f"{app}{f}" not in cli}
         assert not missing and flags, (app, missing)
     for package in reference.PACKAGES:
-        names = set(importlib.import_module(f"tjx.{package}").__all__)
+        exported = importlib.import_module(f"tjx.{package}").__all__
+        names = {n for n in exported if not n.startswith("__")}  # __version__: the intro's
         ids = _parsed(site, f"reference/api/tjx-{package}").ids
         missing = {n for n in names if f"tjx.{package}.{n}" not in ids}
         assert not missing, (package, sorted(missing))
@@ -195,19 +196,32 @@ def test_a_browser_searches_for_a_config_key_and_follows_links(site: Path, tmp_p
             "a search result for train.gpu_autotune",
         )
         page.evaluate(f"document.querySelector('a[href=\"{hits[0]}\"]').click()")
-        page.wait_for("location.hash === '#train.gpu_autotune'", "the search result to open")
-        assert page.evaluate("document.getElementById('train.gpu_autotune') !== null")
+        page.wait_for(
+            "document.readyState === 'complete' && location.pathname.endsWith('/reference/config/')"
+            " && location.hash === '#train.gpu_autotune'"
+            " && document.getElementById('train.gpu_autotune') !== null",
+            "the search result to open on the key's entry",
+        )
         assert page.evaluate(
             "document.querySelector('article').innerText.includes('xla_gpu_autotune_level')"
         )
         # From the home page to a guide, and from the guide to the resume section.
         page.goto(base)
         page.evaluate("document.querySelector('article a[href*=\"guides/quickstart\"]').click()")
-        page.wait_for("location.pathname.endsWith('/guides/quickstart/')", "the quickstart")
+        page.wait_for(
+            "document.readyState === 'complete'"
+            " && location.pathname.endsWith('/guides/quickstart/')"
+            " && document.querySelector('article a[href*=\"checkpoints\"]') !== null",
+            "the quickstart",
+        )
         guide = page.screenshot(shots / "guide.png")
         page.evaluate("document.querySelector('article a[href*=\"checkpoints\"]').click()")
-        page.wait_for("location.pathname.endsWith('/guides/checkpoints/')", "the resume guide")
-        assert page.evaluate("document.getElementById('resume-a-run') !== null")
+        page.wait_for(
+            "document.readyState === 'complete'"
+            " && location.pathname.endsWith('/guides/checkpoints/')"
+            " && document.getElementById('resume-a-run') !== null",
+            "the resume guide",
+        )
     for shot in (home, guide):
         data = shot.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, shot

@@ -262,8 +262,11 @@ def flags(parser: argparse.ArgumentParser) -> list[str]:
 def _parser_section(app: str, parser: argparse.ArgumentParser, module: str) -> list[str]:
     lines = [f"## `{app}`", "", parser.description or "", ""]
     usage = parser.format_usage().removeprefix("usage: ").strip()
-    lines += [f"```text\n{usage}\n```", "", f"Run as `python -m {module}` (or `./pants run "
-              f"apps/{module} -- …`)."]
+    lines += [
+        f"```text\n{usage}\n```",
+        "",
+        f"Run as `python -m {module}` (or `./pants run " f"apps/{module} -- …`).",
+    ]
     if parser.epilog:
         lines += ["", parser.epilog[:1].upper() + parser.epilog[1:] + "."]
     lines.append("")
@@ -283,11 +286,18 @@ def _parser_section(app: str, parser: argparse.ArgumentParser, module: str) -> l
             if action.nargs == 0:
                 extra.append("a switch")
             if getattr(action, "container", None) is not None and action in _exclusive(parser):
-                extra.append("exactly one of " + ", ".join(
-                    f"`{a.option_strings[0]}`" for a in _exclusive(parser)[action]))
+                extra.append(
+                    "exactly one of "
+                    + ", ".join(f"`{a.option_strings[0]}`" for a in _exclusive(parser)[action])
+                )
             text = _flag_help(parser, action)
-            lines += [text[:1].upper() + text[1:] + (f" ({'; '.join(extra)})" if extra else "")
-                      + ("" if text.endswith(".") else "."), ""]
+            lines += [
+                text[:1].upper()
+                + text[1:]
+                + (f" ({'; '.join(extra)})" if extra else "")
+                + ("" if text.endswith(".") else "."),
+                "",
+            ]
     return lines
 
 

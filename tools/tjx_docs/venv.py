@@ -116,8 +116,10 @@ def docs_python(venv: Path | None = None, say: Callable[[str], None] | None = No
         if not off_pins(python):
             return python
         if say is not None:
-            say(f"docs venv {venv}: installing mkdocs {PINS['mkdocs']}, "
-                f"mkdocs-material {PINS['mkdocs-material']} and their dependencies")
+            say(
+                f"docs venv {venv}: installing mkdocs {PINS['mkdocs']}, "
+                f"mkdocs-material {PINS['mkdocs-material']} and their dependencies"
+            )
         if not python.is_file():
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
         pins = [f"{name}=={pin}" for name, pin in PINS.items()]

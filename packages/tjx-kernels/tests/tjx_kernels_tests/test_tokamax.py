@@ -146,7 +146,7 @@ def test_the_kernel_is_tokamaxs_mosaic_gpu_implementation(tokamax, monkeypatch):
 def test_cross_lowering_makes_tokamax_see_the_target(tokamax):
     """Under ``tjx.kernels.target`` naming an sm90 GPU on this CPU host, tokamax's checks see
     that GPU (its absl flag, and the capability hook); outside it they see the CPU again."""
-    from absl import flags
+    from absl import flags  # pants: no-infer-dep
 
     gpu_utils = sys.modules["tokamax._src.gpu_utils"]
     assert not gpu_utils.is_sm90()

@@ -238,6 +238,15 @@ def test_orbax_errors_during_a_save_are_held_and_said_once() -> None:
         orbax_error("a save that failed otherwise")
         assert "a save that failed otherwise" not in seen
         holder.settle(said=False)  # printed after all
+        holder.start()
+        orbax_error("a save nobody waited for")
+        holder.release()  # at exit
+        holder.settle(said=False)
     finally:
         absl.removeHandler(handler)
-    assert seen == ["outside a save", "not orbax's", "a save that failed otherwise"]
+    assert seen == [
+        "outside a save",
+        "not orbax's",
+        "a save that failed otherwise",
+        "a save nobody waited for",
+    ]

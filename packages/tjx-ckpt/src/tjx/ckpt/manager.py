@@ -365,6 +365,11 @@ class CheckpointManager:
         """
         if not hasattr(self, "_mgr"):
             return
+        self._finish_pending()
+        self._purge_trash()
+
+    def _finish_pending(self) -> None:
+        """orbax's wait, and what it says of the pending save (`wait_until_finished`)."""
         step, self._pending = self._pending, None
         try:
             self._mgr.wait_until_finished()
@@ -374,7 +379,6 @@ class CheckpointManager:
             self._write_failed(step, err)
         if step is not None:
             held_save_logs().settle(said=False)
-        self._purge_trash()
 
     def check_for_errors(self) -> None:
         """Raises the `CheckpointWriteError` of an asynchronous save that has failed; returns at
@@ -399,7 +403,7 @@ class CheckpointManager:
     def _read(
         self, step: int | None, target: Any, subtree: str | None
     ) -> tuple[int, StepContents, tuple[int, ...]]:
-        self._mgr.wait_until_finished()
+        self._finish_pending()  # a pending save first (its failure: CheckpointWriteError)
         steps = self.all_steps()
         if not steps:
             raise CheckpointNotFoundError(f"no complete checkpoint in {self.directory}")

@@ -16,11 +16,13 @@ what it needs:
   that (`tjx.ckpt.lost_peer`).
 - `held_save_logs` holds back orbax's ERROR records while a save is in flight: printed when the
   save turns out fine (there are none then) or failed for another reason, dropped when the
-  manager raises `CheckpointWriteError` (whose one line says it). Records outside a save pass.
+  manager raises `CheckpointWriteError` (whose one line says it), printed at exit when nobody
+  waited for the save. Records outside a save pass.
 """
 
 from __future__ import annotations
 
+import atexit
 import errno as errno_codes
 import logging
 import os
@@ -125,9 +127,18 @@ class _HeldSaveLogs(logging.Filter):
         with self._lock:
             self.in_flight = max(0, self.in_flight - 1)
             held, self.held = self.held, []
-        if said:
-            return
-        for record in held:
+        if not said:
+            self._print(held)
+
+    def release(self) -> None:
+        """Print whatever is still held (at exit: a save nobody waited for)."""
+        with self._lock:
+            held, self.held = self.held, []
+        self._print(held)
+
+    @staticmethod
+    def _print(records: list[logging.LogRecord]) -> None:
+        for record in records:
             setattr(record, _RELEASED, True)
             logging.getLogger(record.name).handle(record)
 
@@ -140,4 +151,5 @@ def held_save_logs() -> _HeldSaveLogs:
     if not _installed:
         _installed.append(_HeldSaveLogs())
         logging.getLogger("absl").addFilter(_installed[0])
+        atexit.register(_installed[0].release)
     return _installed[0]

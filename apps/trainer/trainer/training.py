@@ -292,7 +292,7 @@ class Training:
                     guard.end()  # ... unless it ended a bad streak: never checkpointed
                     if guard.diverged:
                         break
-                    self.save(step_done, force=True, commit=True)
+                    self.save(step_done, force=True, commit=True, ranked=False)
                 try:
                     failed = self._at_boundary(step_done, out, bar, stop)
                 except parallel.StoppedError:  # a signal cut the evaluation or samples short
@@ -409,11 +409,11 @@ class Training:
                     bar.note(f"step {step_done}: samples → {path}")
         return failed
 
-    def save(self, step: int, *, force: bool, commit: bool = False) -> None:
+    def save(self, step: int, *, force: bool, commit: bool = False, ranked: bool = True) -> None:
         """Checkpoint ``step`` (state, data position, config, the last validation loss) once;
-        ``commit``: wait until it is committed. The last step is saved before its evaluation:
-        its checkpoint holds no validation loss (``checkpoint.keep_best`` keeps it as the newest)
-        rather than an earlier step's."""
+        ``commit``: wait until it is committed. ``ranked=False``: without the validation loss,
+        which is not this step's (the last step is saved before its evaluation, which
+        ``checkpoint.keep_best`` then does not rank: it keeps it as the newest)."""
         if self.saved == step:
             if commit:
                 self.manager.wait_until_finished()
@@ -425,7 +425,7 @@ class Training:
             state=self.state.tree(),
             data_state=self.loader.state_dict(),
             config=self.cfg.to_dict(),
-            metrics=None if commit else val,
+            metrics=val if ranked else None,
             force=force,
         )
         if commit:
@@ -466,7 +466,8 @@ class Training:
         keys = {"evaluation": "train.eval_every", "samples": "train.sample_every"}
         fix = f"fix the cause (or set {' and '.join(f'{keys[f.what]}=0' for f in failed)})"
         if keep and jax.process_count() == 1:
-            self.save(step, force=True, commit=True)
+            evaluated = all(f.what != "evaluation" for f in failed)
+            self.save(step, force=True, commit=True, ranked=evaluated)
             self._close()
             where = f"step {step} is saved in {str(folder)!r}: {fix} and --resume"
         else:
@@ -529,46 +530,53 @@ def finish_again(
     warning line and is named in ``final.json``'s ``"skipped"`` (``{what: reason}``), which is
     written all the same, so that the run is done (the next ``--resume`` has nothing to do).
     Every process evaluates and samples (the parameters span them all). Exit 0."""
-    cfg, folder, total = plan.config, RunDir(plan.run_dir), plan.config.train.steps
-    val: dict[str, float] | None = None
-    made: list[str] = []
-    skipped: dict[str, str] = {}
-    if not folder.final_file.exists():
-        with stop_on_signals(plan.run_dir) as stop:
-            try:
-                val = _again(
-                    "evaluation",
-                    lambda: evaluation.evaluate_state(setup, state, bundle, cfg),
-                    stop,
-                    skipped,
-                )
-                sample = folder.samples_file(step)
-                if cfg.objective.name == "lm" and not sample.exists():
-                    params = state.model_tree()
-                    texts = _again(
-                        "samples",
-                        lambda: evaluation.sample(setup, params, bundle, cfg, step),
-                        stop,
-                        skipped,
-                    )
-                    if texts is not None and parallel.is_primary():
-                        folder.write_samples(
-                            step, evaluation.format_samples(texts, cfg.sampling.prompts)
-                        )
-                        made.append(f"{RunDir.SAMPLES_DIR}/{sample.name}")
-            except parallel.StoppedError as stopped:
-                print(
-                    f"{stopped.args[0]}: stopped; the run is at step {step} of {total} without "
-                    "final.json: --resume makes it"
-                )
-                return 0
-        val = val if val is not None else {}  # skipped: final.json without validation metrics
-    made += _final_files(plan, setup, state.param_tree(), step, val, None, False, skipped)
-    done = f"; rebuilt {', '.join(made)}" if made else ""
-    done += f"; skipped: {', '.join(skipped)}" if skipped else ""
-    print(f"nothing to do: the run is already at step {step} of {total}{done}")
-    export_adapters(plan, setup, state.param_tree(), parallel.is_primary())
+    total, made, skipped = plan.config.train.steps, list[str](), dict[str, str]()
+    # The handlers as the loop's: a signal abandons the extras, and lets the files be written.
+    with stop_on_signals(plan.run_dir) as stop:
+        try:
+            val = None  # final.json is there: the run is done
+            if not RunDir(plan.run_dir).final_file.exists():
+                val = _extras_again(plan, setup, bundle, state, step, stop, made, skipped)
+        except parallel.StoppedError as stopped:
+            print(
+                f"{stopped.args[0]}: stopped; the run is at step {step} of {total} without "
+                "final.json: --resume makes it"
+            )
+            return 0
+        made += _final_files(plan, setup, state.param_tree(), step, val, None, False, skipped)
+        done = f"; rebuilt {', '.join(made)}" if made else ""
+        done += f"; skipped: {', '.join(skipped)}" if skipped else ""
+        print(f"nothing to do: the run is already at step {step} of {total}{done}")
+        export_adapters(plan, setup, state.param_tree(), parallel.is_primary())
     return 0
+
+
+def _extras_again(
+    plan: RunPlan,
+    setup: run_state.Setup,
+    bundle: Bundle,
+    state: TrainState,
+    step: int,
+    stop: parallel.StopFlag,
+    made: list[str],
+    skipped: dict[str, str],
+) -> dict[str, float]:
+    """`finish_again`'s evaluation and last samples (those that are missing): the validation
+    metrics (none when the evaluation failed again); the files written go to ``made``."""
+    cfg, folder = plan.config, RunDir(plan.run_dir)
+    val = _again(
+        "evaluation", lambda: evaluation.evaluate_state(setup, state, bundle, cfg), stop, skipped
+    )
+    sample = folder.samples_file(step)
+    if cfg.objective.name == "lm" and not sample.exists():
+        params = state.model_tree()
+        texts = _again(
+            "samples", lambda: evaluation.sample(setup, params, bundle, cfg, step), stop, skipped
+        )
+        if texts is not None and parallel.is_primary():
+            folder.write_samples(step, evaluation.format_samples(texts, cfg.sampling.prompts))
+            made.append(f"{RunDir.SAMPLES_DIR}/{sample.name}")
+    return val if val is not None else {}  # skipped: final.json without validation metrics
 
 
 def _again(

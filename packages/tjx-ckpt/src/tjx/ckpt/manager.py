@@ -205,6 +205,10 @@ class CheckpointManager:
         ------
         StepExistsError
             If ``step`` is already committed (and was not found corrupt by ``restore``).
+        CheckpointWriteError
+            The directory cannot be written (read-only, full ...: found by a probe folder, at
+            once), or the save before this one failed in the background; an async save's own
+            failure comes from `wait_until_finished`, `check_for_errors` or the next ``save``.
         """
         if self.read_only:
             raise CheckpointError(f"{self.directory} was opened read_only")

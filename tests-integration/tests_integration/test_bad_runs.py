@@ -1,4 +1,7 @@
 """Bad input against an existing run: each case exits 2 with one error line and changes no file.
+A second table, ``FAULTS``, holds a resume whose checkpoint the disk refuses (full, read-only):
+one line, exit 2, the checkpoints committed before untouched, and ``--resume`` finishes once the
+disk is fixed.
 
 The cases work on a copy of one finished small run (trained once per test process): a ``--resume``
 whose config changes what the checkpoints hold (model, optimizer state, data stream), a broken
@@ -23,7 +26,15 @@ from pathlib import Path
 
 import pytest
 
-from tests_integration._helpers_apps import SMALL, app_env, call_app, run_app, trained_small_run
+from tests_integration._helpers_apps import (
+    SMALL,
+    app_env,
+    call_app,
+    final,
+    run_app,
+    trained_small_run,
+)
+from tests_integration._helpers_faults import run_with_fault
 from tests_integration._helpers_unwritable import make_unwritable, writable_again
 from tjx.ckpt import RunFolder
 
@@ -357,3 +368,49 @@ def test_a_second_trainer_in_a_live_run_dir_exits_2_and_changes_nothing(tmp_path
         f"resumed from step {latest}" in proc.stdout and f"done: {latest + 2} steps" in proc.stdout
     )
     assert not (run / ".tjx-lock").exists()  # released at the end
+
+
+def _immutable_checkpoints(run: Path) -> None:
+    make_unwritable(run / "checkpoints")  # a read-only mount, root included (EPERM)
+
+
+FAULTS = [
+    # (id, fault at step 32's commit (_helpers_faults), setup, the error line's reason and fix):
+    # a resume of the finished 30-step run to 32 steps, whose final save the disk refuses (#71).
+    ("disk-full", "enospc", None, "No space left on device", "free space on it"),
+    ("read-only-checkpoints", None, _immutable_checkpoints, "", "make it writable"),
+]
+
+
+@pytest.mark.parametrize(
+    ("fault", "setup", "reason", "fix"), [c[1:] for c in FAULTS], ids=[c[0] for c in FAULTS]
+)
+def test_a_save_the_disk_refuses_is_one_line_and_keeps_the_checkpoints_before(
+    tmp_path, trained, fault, setup, reason, fix
+):
+    """Before #71: 165-800 lines of orbax's tracebacks, the run training on to its next save,
+    a half-written step, and (a folder orbax could not make) the process alive for 300 s."""
+    run = tmp_path / "r"
+    shutil.copytree(trained, run)
+    before = _snapshot(run / "checkpoints")
+    argv = resume_with("train.steps=32")
+    try:
+        if setup is not None:
+            setup(run)
+        if fault is not None:
+            proc = run_with_fault(fault, 32, T, argv, tmp_path, timeout=300)
+        else:
+            proc = run_app(T, argv, tmp_path, timeout=300)
+    finally:
+        writable_again()
+    assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip()
+    assert line.startswith(
+        f"trainer: error: checkpoint: cannot write step 32 to 'r/checkpoints': {reason}"
+    ), line
+    assert line.endswith(f"; the last checkpoint is step 30 in 'r'; {fix}, then --resume"), line
+    assert _snapshot(run / "checkpoints") == before  # 15 and 30 untouched, no partial 32
+    again = call_app(T, argv, tmp_path)  # the disk fixed: the same command finishes
+    assert again.returncode == 0 and "done: 32 steps" in again.stdout, again.stderr[-2000:]
+    assert final(run)["step"] == 32

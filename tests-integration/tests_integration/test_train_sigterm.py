@@ -1,4 +1,5 @@
-"""SIGTERM mid-run: the trainer saves, exits 0; ``--resume`` ends with the uninterrupted params."""
+"""SIGTERM mid-run: the trainer saves, exits 0; ``--resume`` ends with the uninterrupted params.
+SIGTERM during the final save: the save finishes, one line, exit 0, and ``--resume`` finishes."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tests_integration._helpers_apps import (
     train,
     train_losses,
 )
+from tests_integration._helpers_faults import run_with_fault
 
 STEPS = 30
 SETS = [*SMALL, f"train.steps={STEPS}", "train.eval_every=0", "train.checkpoint_every=4"]
@@ -81,3 +83,26 @@ def test_second_ctrl_c_stops_at_once_in_one_line_and_the_run_resumes(tmp_path):
     check_ok(train(tmp_path, "int", SETS, "--resume"))
     assert final(tmp_path / "int")["step"] == STEPS
     assert not (tmp_path / "int" / "checkpoints" / "_deleted").exists()
+
+
+def test_sigterm_during_the_final_save_lets_it_finish_in_one_line(tmp_path):
+    """#71: the final save ran after the loop had given its signal handlers back, so SIGTERM
+    there killed the process (exit 143, no word) and left the last checkpoint half-written.
+    Here two SIGTERMs land while the last step's commit runs in orbax's thread."""
+    sets = [*SMALL, "train.steps=4", "train.eval_every=0"]
+    args = ["--config", "tiny", "--run-dir", "r"]
+    for item in sets:
+        args += ["--set", item]
+    proc = run_with_fault("sigterm", 4, "trainer", args, tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        "trainer: SIGTERM: stopping after this step and saving a checkpoint"
+    ], proc.stderr[-3000:]
+    assert "SIGTERM: saved step 4 to r; what follows the last step was cut short" in proc.stdout
+    run = tmp_path / "r"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["4"]  # committed, whole
+    assert not (run / "final.json").exists()  # its evaluation and samples were cut short
+    again = train(tmp_path, "r", sets, "--resume")
+    check_ok(again)
+    assert "rebuilt samples/step_0000004.txt, final.json" in again.stdout, again.stdout
+    assert final(run)["step"] == 4 and final(run)["interrupted_by"] is None

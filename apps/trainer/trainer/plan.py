@@ -59,6 +59,11 @@ def error_line(message: str) -> str:
     return f"trainer: error: {message}"
 
 
+def warning_line(message: str) -> str:
+    """The one line a run prints for what it skips and goes on without (no newline)."""
+    return f"trainer: warning: {message}"
+
+
 def error_exit(message: str, code: int = 2) -> int:
     """Print one error line to stderr; the exit code for bad input is 2."""
     print(error_line(message), file=sys.stderr, flush=True)

@@ -5,7 +5,6 @@ signalled mid-step is tests-integration's test_train_sigterm.py."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -106,10 +105,10 @@ def test_a_signal_during_the_last_samples_saves_the_last_step_without_waiting_fo
     took = time.monotonic() - signalled[0]
     out, err = capfd.readouterr()  # the signal's line goes to fd 2
     assert took < 60, f"{took:.0f} s after the signal"  # the save and final files, not 120 s
-    assert "SIGTERM: saved step 2 to run; resume with --resume" in out, out
+    assert "SIGTERM: saved step 2 to run; what follows the last step was cut short" in out, out
     assert "trainer: SIGTERM: stopping after this step and saving a checkpoint" in err
     assert "Traceback" not in err
     run = in_tmp / "run"
-    summary = json.loads((run / "final.json").read_text())
-    assert summary["step"] == 2 and summary["interrupted_by"] == "SIGTERM"
+    # Not done: no final.json, which the next --resume makes (test_run_end.py) with the samples.
+    assert not (run / "final.json").exists() and (run / "loss_curve.png").is_file()
     assert (run / "checkpoints" / "2").is_dir() and not list((run / "samples").glob("*"))

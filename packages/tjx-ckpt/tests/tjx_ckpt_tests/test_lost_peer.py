@@ -56,7 +56,8 @@ def test_a_commit_that_lost_its_peer_is_held_and_other_errors_are_kept(caplog):
     assert _logged(caplog, COMMIT, _barrier_error(RuntimeError(LOST)))  # before: printed
     ckpt.silence_lost_peer_commits()
     ckpt.silence_lost_peer_commits()  # idempotent: one filter
-    assert len(logging.getLogger("absl").filters) == 1
+    filters = logging.getLogger("absl").filters  # (a save's held errors may have one too)
+    assert sum(isinstance(f, _LostPeerCommits) for f in filters) == 1
     # orbax's form: the barrier's TimeoutError raised from jax's UNAVAILABLE error
     assert not _logged(caplog, COMMIT, _barrier_error(RuntimeError(LOST)))
     assert not _logged(caplog, COMMIT, RuntimeError(LOST))  # the error itself

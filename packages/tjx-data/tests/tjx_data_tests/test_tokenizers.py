@@ -43,10 +43,18 @@ def test_bytes_round_trip_and_counts():
     assert [tok.decode(i) for i in ids] == docs
     assert tok.count_bytes(docs) == [len(i) for i in ids]
     assert tok.decode([104, 105, 256, 0xE2]) == "hi<|endoftext|>\ufffd"
-    with pytest.raises(DataError, match="outside 0..256"):
-        tok.decode([300])
+    # #71: ids a larger model's samples hold are U+FFFD, not an error that lost the run's end.
+    assert tok.decode([104, 300, 105, -1, 0xC3, 0xA9]) == "h\ufffdi\ufffd\u00e9"
     assert pickle.loads(pickle.dumps(tok)).fingerprint == tok.fingerprint
     assert tok.fingerprint != train_bpe(["ab ab ab"], 260, show_progress=False).fingerprint
+
+
+def test_an_id_the_vocabulary_lacks_decodes_as_a_replacement_character(bpe):
+    ids = bpe.encode_batch(["abc def"])[0]
+    size = bpe.vocab_size
+    assert bpe.decode([*ids, size + 5, *ids]) == "abc def\ufffdabc def"  # tokenizers drops it
+    assert bpe.decode([-3]) == "\ufffd"
+    assert bpe.decode(ids) == "abc def"
 
 
 def test_bpe_round_trip_save_load(bpe, tmp_path):

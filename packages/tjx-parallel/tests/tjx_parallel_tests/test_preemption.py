@@ -4,10 +4,12 @@ tests-integration's test_train_sigterm.py."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
 import time
+import types
 
 import pytest
 
@@ -136,6 +138,104 @@ def test_a_signal_inside_interruptible_work_raises_stopped_there_once(capfd):
         os.kill(os.getpid(), signal.SIGTERM)  # after the block: recorded only, as before
         with pytest.raises(StoppedError, match="SIGTERM"), flag.interruptible():  # came before
             raise AssertionError("the block must not run")
+
+
+def _busy() -> int:
+    """A few bytecodes after a signal: Python runs the handler at one of them."""
+    return sum(range(1000))
+
+
+def _work(seconds: float) -> None:
+    """Work in Python for ``seconds`` (an evaluation's loop: between its device calls, Python
+    runs; a signal's handler runs there)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        _busy()
+
+
+def test_a_stop_raised_inside_a_gc_callback_is_raised_again_after_it(capfd):
+    """#71: the handler once raised inside jax's garbage-collection callback, which swallowed
+    the StoppedError (a traceback on stderr) and let the held-out evaluation go on."""
+    sent: list[int] = []
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start" and not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+            _busy()  # the handler runs here, inside the callback
+
+    gc.callbacks.append(callback)
+    try:
+        with stop_on_signals(message="{signal}") as flag:
+            started = time.monotonic()
+            with pytest.raises(StoppedError, match="SIGTERM"), flag.interruptible():
+                gc.collect()
+                _work(20)  # work the stop must cut short
+            assert time.monotonic() - started < 10
+    finally:
+        gc.callbacks.remove(callback)
+    assert sent == [1]
+    assert capfd.readouterr().err == "SIGTERM\n"  # no "Exception ignored in" traceback
+
+
+class _SignalsWhenCollected:
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        _busy()  # the handler runs inside the finalizer
+
+
+def test_a_stop_raised_inside_a_finalizer_is_raised_again_after_it(capfd):
+    with (
+        stop_on_signals(message="{signal}") as flag,
+        pytest.raises(StoppedError, match="SIGTERM"),
+        flag.interruptible(),
+    ):
+        doomed = _SignalsWhenCollected()
+        del doomed  # __del__ runs here; its exception would be printed and dropped
+        _work(20)
+    assert capfd.readouterr().err == "SIGTERM\n"
+
+
+def test_other_unraisable_errors_are_still_reported_inside_the_block():
+    seen = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = seen.append
+    try:
+        with stop_on_signals(message=None) as flag, flag.interruptible():
+            sys.unraisablehook(types.SimpleNamespace(exc_value=ValueError("x")))
+        assert sys.unraisablehook == seen.append  # the block's hook is gone again
+    finally:
+        sys.unraisablehook = previous
+    assert [type(u.exc_value) for u in seen] == [ValueError]
+
+
+def test_a_stop_is_not_taken_for_the_works_own_failure():
+    with stop_on_signals(message=None) as flag, pytest.raises(StoppedError), flag.interruptible():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            _busy()
+        except Exception:  # the work's handler of its own failures
+            pytest.fail("StoppedError was caught as an Exception")
+    assert not issubclass(StoppedError, Exception)
+
+
+def test_a_repeated_sigterm_writes_its_line_once(capfd):
+    with stop_on_signals(message="{signal}") as flag:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # during a save, say: the save finishes
+        assert flag.signal_name == "SIGTERM"
+    assert capfd.readouterr().err == "SIGTERM\n"
+
+
+def test_a_closed_stderr_does_not_make_the_handler_raise(monkeypatch):
+    def closed(line: str) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("tjx.parallel.preemption.write_stderr", closed)
+    with stop_on_signals() as flag:
+        os.kill(os.getpid(), signal.SIGTERM)
+        _busy()
+    assert flag.signal_name == "SIGTERM"
 
 
 def test_a_signal_outside_interruptible_work_only_sets_the_flag():

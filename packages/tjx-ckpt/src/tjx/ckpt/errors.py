@@ -76,9 +76,48 @@ class StepExistsError(CheckpointError, ValueError):
 class CheckpointCommitError(CheckpointError, OSError):
     """A step could not be committed durably (an fsync, the commit marker or the rename failed).
 
-    Nothing was committed: the step is not listed, and its partial files stay in the temporary
-    directory until a manager next opens the checkpoint directory.
+    Nothing was committed: the step is not listed. `tjx.ckpt.durable.durable_commit` raises it
+    and leaves the partial files in the temporary directory (a manager removes them when it next
+    opens the checkpoint directory); `CheckpointManager` raises it as its subclass
+    `CheckpointWriteError`, having removed them.
     """
+
+
+class CheckpointWriteError(CheckpointCommitError):
+    """A save could not be written: the disk is full, the folder is read-only or not writable
+    (``ENOSPC``, ``EDQUOT``, ``EROFS``, ``EACCES``, ``EPERM`` ...), in the save itself or in its
+    background write and commit.
+
+    Nothing of the step was committed and its partial files are removed (on an object store:
+    its objects without a commit marker); every step committed before stays as it was. The
+    message is one line: ``cannot write checkpoint step N to DIR: REASON; ... (DETAIL)``; the
+    error that orbax or the operating system raised is chained as ``__cause__``. A
+    `CheckpointCommitError` (and an ``OSError``), so that callers of either keep working.
+
+    Attributes
+    ----------
+    step : int or None
+        The step whose save failed (None: not known, e.g. a failure outside any save).
+    directory : str
+        The checkpoint directory.
+    reason : str
+        The operating system's words for the failure (``"No space left on device"``).
+    errno : int or None
+        Its error number (``errno.ENOSPC`` ...), when the failure had one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step: int | None,
+        directory: str,
+        reason: str,
+        errno: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.step, self.directory, self.reason = step, directory, reason
+        self.errno = errno  # OSError's attribute: `except OSError` callers read it as usual
 
 
 class NotCreatableError(CheckpointError, ValueError):
@@ -100,6 +139,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
+    "CheckpointWriteError",
     "CorruptCheckpointError",
     "NotCreatableError",
     "StepExistsError",

@@ -6,20 +6,24 @@ See the package README for the on-disk layout and the atomicity argument.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import orbax.checkpoint as ocp
 
 from tjx.ckpt import objects, orbax_s3, storage
+from tjx.ckpt.durable import TMP_DIR_SUFFIX
 from tjx.ckpt.errors import (
     CheckpointError,
     CheckpointNotFoundError,
+    CheckpointWriteError,
     CorruptCheckpointError,
     StepExistsError,
 )
@@ -42,8 +46,11 @@ from tjx.ckpt.reader import (
 from tjx.ckpt.retention import prune
 from tjx.ckpt.treepaths import flatten, nest
 from tjx.ckpt.validate import storable
+from tjx.ckpt.write_failure import held_save_logs, write_failure
 
 CORRUPT_DIR = "_corrupt"  # a corrupt step is moved here when its step number is saved again
+#: The prefix of the folder each save makes and removes first, to learn that it can write.
+PROBE_PREFIX = ".tjx-write-probe-"
 _ITEMS = (STATE, DATA_STATE, CONFIG, MANIFEST)
 
 
@@ -112,6 +119,7 @@ class CheckpointManager:
         self.save_every, self.read_only = save_every, read_only
         self._corrupt: set[int] = set()
         self._metrics: dict[int, float | None] = {}  # best_metric per step (object stores)
+        self._pending: int | None = None  # the step of an asynchronous save not waited for
         self._run_metadata = collect_metadata(mesh=mesh, extra=metadata)
         best_fn = None
         if keep_best is not None:
@@ -197,6 +205,10 @@ class CheckpointManager:
         ------
         StepExistsError
             If ``step`` is already committed (and was not found corrupt by ``restore``).
+        CheckpointWriteError
+            The directory cannot be written (read-only, full ...: found by a probe folder, at
+            once), or the save before this one failed in the background; an async save's own
+            failure comes from `wait_until_finished`, `check_for_errors` or the next ``save``.
         """
         if self.read_only:
             raise CheckpointError(f"{self.directory} was opened read_only")
@@ -228,7 +240,7 @@ class CheckpointManager:
                 MANIFEST: ocp.args.JsonSave(manifest),
             }
         )
-        self.wait_until_finished()
+        self.wait_until_finished()  # a failure of the save before: its CheckpointWriteError
         if step in self.all_steps():
             if step not in self._corrupt:
                 raise StepExistsError(f"step {step} already has a checkpoint in {self.directory}")
@@ -236,7 +248,69 @@ class CheckpointManager:
         ranked = metrics_json if self.best_metric in (metrics_json or {}) else None  # keys: str
         if self.best_metric is not None:
             self._metrics[step] = finite((metrics_json or {}).get(self.best_metric))
-        return bool(self._mgr.save(step, args=args, metrics=ranked, force=True))
+        self._check_writable(step)
+        # The debris a failed write leaves (callbacks into orbax's closed loop, its abandoned
+        # coroutines) arrives from tensorstore's threads before the failure reaches us.
+        silence_failed_reads()
+        held_save_logs().start()
+        try:
+            started = bool(self._mgr.save(step, args=args, metrics=ranked, force=True))
+        except Exception as err:
+            self._write_failed(step, err)
+        if started:
+            self._pending = step  # (finished in the background): `wait_until_finished` says how
+        else:
+            held_save_logs().settle(said=False)
+        return started
+
+    def _check_writable(self, step: int) -> None:
+        """A folder made and removed in the checkpoint directory, so that a read-only or full
+        disk is one `CheckpointWriteError` here: orbax makes the step's folder in a background
+        thread, and when that fails its other threads wait for it for minutes (the coordination
+        timeout) before the process can end. Local disks only (an object store has no
+        folders)."""
+        if self.remote:
+            return
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=PROBE_PREFIX, dir=self.directory))
+        except OSError as err:
+            self._write_failed(step, err, started=False)
+
+    def _write_failed(self, step: int, err: Exception, *, started: bool = True) -> NoReturn:
+        """Raise the `CheckpointWriteError` of a save that failed on an OS error, after removing
+        what it wrote (else ``err`` itself, as orbax raised it)."""
+        found = write_failure(err)
+        if started:
+            held_save_logs().settle(said=found is not None)
+        if found is None:
+            raise err
+        if started:
+            self._remove_partial(step)
+            # orbax's list of steps lost the committed ones with the failed step: read it again,
+            # or keep-N would never delete them.
+            with contextlib.suppress(Exception):
+                self._mgr.reload()
+        gc.collect()  # orbax's abandoned write coroutines close now, silenced, not at exit
+        raise CheckpointWriteError(
+            f"cannot write checkpoint step {step} to {self.directory}: {found.reason}; nothing "
+            "of it was committed (its partial files are removed) and the steps committed before "
+            f"are intact ({found.detail})",
+            step=step,
+            directory=str(self.directory),
+            reason=found.reason,
+            errno=found.errno,
+        ) from err
+
+    def _remove_partial(self, step: int) -> None:
+        """Remove what a failed save of ``step`` wrote, never a committed step (process 0)."""
+        if jax.process_index() != 0 or step in self.all_steps():
+            return
+        with contextlib.suppress(Exception):  # best effort: a read-only disk keeps its debris
+            if self.remote:
+                objects.remove_uncommitted(self.directory)
+            else:
+                for partial in self.directory.glob(f"{step}{TMP_DIR_SUFFIX}*"):
+                    shutil.rmtree(partial, ignore_errors=True)
 
     def _quarantine(self, step: int) -> None:
         if self.remote:  # no rename: uncommitted (marker first), the new save replaces it
@@ -285,10 +359,37 @@ class CheckpointManager:
                 self._mgr.reload()
 
     def wait_until_finished(self) -> None:
-        """Blocks until the pending async save (and old-step removal) has finished."""
-        if hasattr(self, "_mgr"):
+        """Blocks until the pending async save (and old-step removal) has finished.
+
+        Raises
+        ------
+        CheckpointWriteError
+            The save could not be written (a full disk, a read-only folder ...): its partial
+            files are removed, the steps committed before stay.
+        """
+        if not hasattr(self, "_mgr"):
+            return
+        self._finish_pending()
+        self._purge_trash()
+
+    def _finish_pending(self) -> None:
+        """orbax's wait, and what it says of the pending save (`wait_until_finished`)."""
+        step, self._pending = self._pending, None
+        try:
             self._mgr.wait_until_finished()
-            self._purge_trash()
+        except Exception as err:
+            if step is None:
+                raise
+            self._write_failed(step, err)
+        if step is not None:
+            held_save_logs().settle(said=False)
+
+    def check_for_errors(self) -> None:
+        """Raises the `CheckpointWriteError` of an asynchronous save that has failed; returns at
+        once while one is still being written (no wait): a training loop calls it at each step,
+        so that a full disk stops the run at the next step, not at the next save."""
+        if self._pending is not None and not self._mgr.is_saving_in_progress():
+            self.wait_until_finished()
 
     def close(self) -> None:
         """Waits for pending work and releases orbax resources."""
@@ -306,7 +407,7 @@ class CheckpointManager:
     def _read(
         self, step: int | None, target: Any, subtree: str | None
     ) -> tuple[int, StepContents, tuple[int, ...]]:
-        self._mgr.wait_until_finished()
+        self._finish_pending()  # a pending save first (its failure: CheckpointWriteError)
         steps = self.all_steps()
         if not steps:
             raise CheckpointNotFoundError(f"no complete checkpoint in {self.directory}")

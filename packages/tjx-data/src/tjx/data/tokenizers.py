@@ -28,6 +28,9 @@ __all__ = [
 ]
 
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "[SEP]")
+#: What `Tokenizer.decode` writes for an id its vocabulary does not hold (U+FFFD, as for bytes
+#: that are not UTF-8).
+REPLACEMENT = "\ufffd"
 
 
 @runtime_checkable
@@ -56,7 +59,7 @@ class Tokenizer(Protocol):
         ...
 
     def decode(self, ids: Sequence[int]) -> str:
-        """The text of ``ids``."""
+        """The text of ``ids``; never fails: an id it does not know is U+FFFD."""
         ...
 
     def count_bytes(self, texts: Sequence[str]) -> list[int]:
@@ -130,16 +133,20 @@ class ByteTokenizer:
         return list(text.encode("utf-8"))
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Bytes back to text (invalid UTF-8 → U+FFFD); EOS is written as ``<|endoftext|>``."""
+        """Bytes back to text (invalid UTF-8 → U+FFFD); EOS is written as ``<|endoftext|>``.
+
+        An id outside 0..256 (a model with a larger vocabulary, e.g. one started from a Hugging
+        Face checkpoint, samples one) is written as U+FFFD too: decoding what a model generated
+        never fails (it used to raise `DataError`, and a trainer run lost its last samples).
+        """
         out, run = [], bytearray()
         for i in ids:
-            if i == 256:
-                out.append(run.decode("utf-8", errors="replace") + self.EOS_TEXT)
-                run = bytearray()
-            elif 0 <= i < 256:
+            if 0 <= i < 256:
                 run.append(i)
-            else:
-                raise DataError(f"byte tokenizer: id {i} is outside 0..256")
+                continue
+            out.append(run.decode("utf-8", errors="replace"))
+            out.append(self.EOS_TEXT if i == 256 else REPLACEMENT)
+            run = bytearray()
         return "".join(out) + run.decode("utf-8", errors="replace")
 
     def count_bytes(self, texts: Sequence[str]) -> list[int]:
@@ -216,8 +223,23 @@ class HFTokenizer:
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of ids, special tokens kept (so EOS shows as its token text)."""
-        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
+        """Text of ids, special tokens kept (so EOS shows as its token text).
+
+        An id the vocabulary does not hold (a model's padded vocabulary is larger than its
+        tokenizer's) is written as U+FFFD, where ``tokenizers`` would drop it without a word.
+        """
+        ids = [int(i) for i in ids]
+        size = self.vocab_size
+        if all(0 <= i < size for i in ids):  # the usual case: one call
+            return str(self.tokenizer.decode(ids, skip_special_tokens=False))
+        out, run = [], []
+        for i in ids:
+            if 0 <= i < size and self.tokenizer.id_to_token(i) is not None:
+                run.append(i)
+                continue
+            out += [str(self.tokenizer.decode(run, skip_special_tokens=False)), REPLACEMENT]
+            run = []
+        return "".join(out) + str(self.tokenizer.decode(run, skip_special_tokens=False))
 
     def count_bytes(self, texts: Sequence[str]) -> list[int]:
         """UTF-8 bytes per text."""

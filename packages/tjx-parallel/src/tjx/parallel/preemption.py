@@ -1,14 +1,22 @@
 """Stopping together: SIGTERM/SIGINT set a flag that the loop checks at its step boundaries, and
 every process decides alike on the step where the run stops.
 
-The handler of :func:`stop_on_signals` only records the signal (no step is cut in half) and
-writes its line to file descriptor 2 (:func:`write_stderr`: a signal can land inside
-``sys.stderr``'s buffered write, where ``print`` raises "reentrant call"). A second Ctrl-C runs
-``stop_now`` (an app ends the process there, :func:`exit_now`, rather than unwind through a save
-whose threads would report the interruption as their failure), else raises KeyboardInterrupt.
-Inside :meth:`StopFlag.interruptible` (work with no step boundary left to wait for: a run's
-last evaluation and samples) the first signal also raises :class:`StoppedError`, so the app saves
-and ends instead of finishing that work.
+The handler of :func:`stop_on_signals` only records the signal (no step is cut in half, no save
+either: a signal during a checkpoint's write lets it finish) and writes its line to file
+descriptor 2, once (:func:`write_stderr`: a signal can land inside ``sys.stderr``'s buffered
+write, where ``print`` raises "reentrant call"); a repeated SIGTERM is already being obeyed and
+says nothing. It never raises where Python happens to be, with two exceptions. A second Ctrl-C
+runs ``stop_now`` (an app ends the process there, :func:`exit_now`, rather than unwind through a
+save whose threads would report the interruption as their failure), else raises
+KeyboardInterrupt. Inside :meth:`StopFlag.interruptible` (work with no step boundary left to wait
+for: a run's last evaluation and samples) the first signal also raises :class:`StoppedError`, so
+the app saves and ends instead of finishing that work. Python runs a handler between two
+bytecodes of the main thread, which may be inside a garbage-collection callback (jax has one) or
+a finalizer: those swallow an exception (printing it as "Exception ignored in ...") and the work
+goes on. So the block watches ``sys.unraisablehook``: a :class:`StoppedError` swallowed there is
+not printed and is raised again at the next bytecode (``_thread.interrupt_main`` re-runs the
+handler), until it leaves the block. It is a ``BaseException``, as KeyboardInterrupt is, so that
+an ``except Exception`` of the work does not take it for the work's own failure.
 
 A scheduler's SIGTERM reaches a job's tasks one by one, or misses one; a process stopping alone
 would enter the checkpoint save (a collective) while a peer enters the next step (another one),
@@ -24,10 +32,12 @@ it knows no SIGINT; and before the app's handler exists it swallows SIGTERM. Joi
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import signal
 import sys
+import threading
 import types
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -41,6 +51,9 @@ STOP_NAME = "tjx/stop"
 # Hosts meet within a step of each other, but a first compile on a loaded host may lag by
 # minutes; a dead peer is the peer watch's (~15 s).
 STOP_TIMEOUT_S = 3600.0
+#: How long after a swallowed StoppedError it is raised again (the callback has returned by then,
+#: else it is swallowed and raised again once more).
+RAISE_AGAIN_S = 0.005
 #: (step, this process's signal or None) → {rank: signal} of every process signalled there.
 Exchange = Callable[[int, "str | None"], dict[int, str]]
 
@@ -60,15 +73,16 @@ def exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
-class StoppedError(Exception):
+class StoppedError(BaseException):
     """A signal cut short the work of a :meth:`StopFlag.interruptible` block (``args[0]``: the
-    signal's name)."""
+    signal's name). A ``BaseException`` (as KeyboardInterrupt): ``except Exception`` in the
+    work, which handles the work's own failures, lets it through."""
 
 
 class StopFlag:
     """Which signal asked the loop to stop (``.signal_name``: ``"SIGTERM"``, ``"SIGINT"`` or
-    ``None``); true once one came. ``message``: the line written on a signal (``None``: none);
-    ``stop_now``: called on a second SIGINT (then, or without it, KeyboardInterrupt)."""
+    ``None``); true once one came. ``message``: the line written on the first signal (``None``:
+    none); ``stop_now``: called on a second SIGINT (then, or without it, KeyboardInterrupt)."""
 
     def __init__(
         self, message: str | None = STOP_MESSAGE, stop_now: Callable[[], None] | None = None
@@ -76,7 +90,14 @@ class StopFlag:
         self.signal_name: str | None = None
         self.message = message
         self.stop_now = stop_now
+        self._signum: signal.Signals | None = None
         self._interruptible = False
+        # A StoppedError raised and not yet out of the block (nor swallowed): raise no other.
+        self._in_flight = False
+        # Calls of the handler that `_raise_again` made due: raises again of a swallowed one.
+        self._again = 0
+        self._in_hook = False  # the block's unraisable hook is running
+        self._lock = threading.Lock()  # the block's end against `_raise_again`'s timer
 
     def __bool__(self) -> bool:
         return self.signal_name is not None
@@ -88,28 +109,75 @@ class StopFlag:
         inside one), and a signal that came before the block raises on entry. For work that
         keeps nothing half-done (an evaluation, a sample: computed, not yet written) and that no
         other process waits on in a collective, such as a run's work after its last step, which
-        never reaches another step boundary."""
+        never reaches another step boundary. A raise that lands in a garbage-collection callback
+        or a finalizer, which would swallow it, is raised again after it (module docstring)."""
         if self.signal_name is not None:
             raise StoppedError(self.signal_name)
+        previous = sys.unraisablehook
+
+        def hook(unraisable: Any) -> None:
+            if not (self._in_flight and isinstance(unraisable.exc_value, StoppedError)):
+                previous(unraisable)
+                return
+            # Swallowed by a callback or finalizer: not printed, raised again once it returned.
+            self._in_flight, self._in_hook = False, True
+            try:
+                self._raise_again()
+            finally:
+                self._in_hook = False
+
+        sys.unraisablehook = hook
         self._interruptible = True
         try:
             yield
         finally:
-            self._interruptible = False
+            with self._lock:  # no raise again is made due from now on
+                self._interruptible = self._in_flight = False
+            if sys.unraisablehook is hook:  # unless someone replaced it meanwhile
+                sys.unraisablehook = previous
 
     def handle(self, signum: int, frame: types.FrameType | None) -> None:
         """The signal handler (``signal.signal(signum, flag.handle)``)."""
         del frame
-        if self.signal_name is not None and signum == signal.SIGINT:
-            if self.stop_now is not None:
-                self.stop_now()
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
+        if self._again:  # `_raise_again`'s call: a swallowed StoppedError, raised again
+            self._again -= 1
+            if self._in_hook:  # not inside the hook (where it is swallowed too): later
+                self._raise_again()
+                return
+            self._raise_if_interruptible()  # nothing once the block has ended
+            return
+        if self.signal_name is not None:
+            if signum == signal.SIGINT:
+                if self.stop_now is not None:
+                    self.stop_now()
+                raise KeyboardInterrupt
+            return  # already stopping (a scheduler repeating its SIGTERM): said once
+        self._signum = signal.Signals(signum)
+        self.signal_name = self._signum.name
         if self.message is not None:
             again = AGAIN if signum == signal.SIGINT else ""
-            write_stderr(self.message.format(signal=self.signal_name, again=again))
-        if self._interruptible:  # once: whatever handles StoppedError is not cut short again
-            self._interruptible = False
+            with contextlib.suppress(OSError):  # a closed stderr must not become the error
+                write_stderr(self.message.format(signal=self.signal_name, again=again))
+        self._raise_if_interruptible()
+
+    def _raise_again(self) -> None:
+        """Run the handler again soon, at the main thread's next bytecode after a moment:
+        ``_thread.interrupt_main`` called from the main thread itself would run it at once,
+        inside the hook (in the callback still); from another thread it only marks it due."""
+        timer = threading.Timer(RAISE_AGAIN_S, self._make_due)
+        timer.daemon = True
+        timer.start()
+
+    def _make_due(self) -> None:
+        with self._lock:  # not after the block's end: its handler may be gone by then
+            if self._interruptible and self._signum is not None:
+                self._again += 1
+                _thread.interrupt_main(self._signum)
+
+    def _raise_if_interruptible(self) -> None:
+        # Once: whatever handles StoppedError (the block's unwinding) is not cut short again.
+        if self._interruptible and not self._in_flight and self.signal_name is not None:
+            self._in_flight = True
             raise StoppedError(self.signal_name)
 
 

@@ -426,3 +426,64 @@ def test_a_quantization_tjx_does_not_read_is_refused_in_one_line(
     assert _refusal(folder) == str(info.value)
     if quantization != {"quant_method": "mxfp4"}:
         assert isinstance(info.value, HFConfigError)
+
+
+EXPERTS = "model.layers.0.mlp.experts.down_proj"
+Q_A = "model.layers.0.self_attn.q_a_proj.weight"
+NORM = "model.norm.weight"
+
+
+def _retype(name: str, dtype: str, kind):
+    """The tensor ``name`` stored as ``dtype`` (its bytes as they are, viewed as ``kind``)."""
+    return lambda t: t.update({name: (dtype, t[name][1].view(kind))})
+
+
+@pytest.mark.parametrize(
+    ("method", "change", "needle"),
+    [
+        ("fp8", _retype(Q_A + "_scale_inv", "I32", np.int32),
+         f"tensor {Q_A}_scale_inv is stored as I32; FP8 scales are F32, BF16, F16, F8_E8M0, U8"),
+        ("fp8", lambda t: t.update({NORM: ("F8_E4M3", np.zeros(16, np.uint8)), NORM + "_scale_inv":
+                                    ("F32", np.ones(1, np.float32))}),
+         f"tensor {NORM} has shape [16]: FP8 blocks need two dims or more"),
+        ("fp8", lambda t: t.update({NORM + "_scale_inv": ("F32", np.ones(1, np.float32))}),
+         f"tensor {NORM}_scale_inv scales {NORM}, which is not stored in FP8 (F32)"),
+        ("mxfp4", _retype(EXPERTS + "_blocks", "I8", np.int8),
+         f"tensor {EXPERTS}_blocks is stored as I8; MXFP4 stores U8"),
+        ("mxfp4", lambda t: t.update({EXPERTS + "_blocks": ("U8", np.zeros((4, 32, 2, 8), "u1")),
+                                      EXPERTS + "_scales": ("U8", np.zeros((4, 32, 2), "u1"))}),
+         f"tensor {EXPERTS}_blocks has shape [4, 32, 2, 8]; MXFP4 blocks are [experts, rows, "
+         "groups, 16] bytes"),
+        ("mxfp4", lambda t: t.update({EXPERTS + "_scales": ("U8", np.zeros((4, 32, 2), np.uint8))}),
+         f"tensor {EXPERTS}_scales has shape [4, 32, 2], but {EXPERTS}_blocks [4, 32, 1, 16] has "
+         "one scale per 32 values: [4, 32, 1]"),
+        ("mxfp4", lambda t: t.update({EXPERTS: ("F32", np.zeros((4, 32, 32), np.float32))}),
+         f"tensor {EXPERTS} is stored both whole and as MXFP4 blocks ({EXPERTS}_blocks)"),
+    ],
+)  # fmt: skip
+def test_quantized_tensors_of_another_form_are_refused_by_name(
+    deepseek_plain, gpt_oss_plain, tmp_path, method, change, needle
+):
+    folder = tmp_path / "q"
+    _quantize_folder(deepseek_plain if method == "fp8" else gpt_oss_plain, folder, method)
+    path = _edit(folder, change)
+    message = _refusal(folder)
+    assert message.startswith(f"{path}: ") and needle in message
+    assert message.endswith(FIX)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "removed"])
+def test_an_fp8_file_that_changes_after_its_header_check_is_named(deepseek_plain, tmp_path, damage):
+    folder = tmp_path / "fp8"
+    _quantize_folder(deepseek_plain, folder, "fp8")
+    path = folder / "model.safetensors"
+    with LazyWeights(folder) as weights:
+        if damage == "truncated":  # the header alone: every tensor's bytes gone
+            whole = path.read_bytes()
+            path.write_bytes(whole[: 8 + int.from_bytes(whole[:8], "little")])
+        else:
+            path.unlink()
+        with pytest.raises(ValueError, match=r"^[^\n]*$") as info:
+            weights.get(Q_A)
+    assert str(info.value).startswith(f"{path} no longer reads (")
+    assert str(info.value).endswith(FIX)

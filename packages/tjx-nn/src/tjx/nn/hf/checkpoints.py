@@ -183,9 +183,8 @@ def _read(folder: Path) -> dict[str, Any]:
     if key is None:
         return hf
     first = f"model.layers.{checked['num_hidden_layers']}."
-    with LazyWeights(folder) as weights:
-        if any(name.startswith(first) for name in weights.names()):
-            return hf
+    if any(name.startswith(first) for name in _listed_names(folder)):
+        return hf
     print(
         f"tjx: config.json counts {hf[key]} multi-token-prediction layer(s) ({key}) but the "
         f"checkpoint holds none of their tensors ({first}*; transformers saves none): loading "
@@ -193,6 +192,35 @@ def _read(folder: Path) -> dict[str, Any]:
         file=sys.stderr,
     )
     return {**hf, key: 0}
+
+
+def _listed_names(folder: Path) -> set[str]:
+    """The tensor names ``folder`` holds: its index's, no shard opened (so a folder of
+    ``config.json`` and the index alone reads, as a plan of the published sizes needs), else its
+    one file's header. That the shards hold what the index names, `LazyWeights` checks on load."""
+    weights = LazyWeights(folder)
+    if weights.files:
+        return set(weights.files)
+    with weights:
+        return weights.names()
+
+
+def holds_weights(path_or_hub: str | os.PathLike[str]) -> bool:
+    """Whether a local checkpoint folder holds any of its weight files: False for a folder of
+    ``config.json`` and ``model.safetensors.index.json`` alone (a plan reads the config only;
+    loading it refuses the missing shards). A hub name is False (its weights come at load).
+
+    Raises
+    ------
+    ValueError
+        As `read_config` (no config.json, no weights named) and an unreadable index.
+    """
+    folder = Path(path_or_hub).expanduser()
+    if not folder.is_dir():
+        return False
+    read_config(folder)
+    files = set(LazyWeights(folder).files.values()) or {"model.safetensors"}
+    return any((folder / name).is_file() for name in files)
 
 
 def _kind(hf: dict[str, Any]) -> str:

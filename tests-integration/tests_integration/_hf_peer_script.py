@@ -16,7 +16,9 @@ SPEC's ``auto`` names the transformers auto class that builds it (default
 ``AutoModelForCausalLM``; e.g. ``AutoModelForImageTextToText`` for an image-text folder).
 Attention is transformers' eager path (its reference, the only one that soft-caps Gemma 2's
 logits). The post-training jobs (``chat``, ``peft``, ``dpo``, ``grpo``: chat templates, PEFT
-adapters, TRL's DPO and GRPO losses) are ``_hf_peer_post``'s.
+adapters, TRL's DPO and GRPO losses) are ``_hf_peer_post``'s; ``quantize`` (a made folder
+quantized as the published FP8 and MXFP4 folders are, loaded back dequantized) is
+``_hf_peer_quant``'s.
 ``{"rope": [{"config": CONFIG, "seq_len": N or null}, ...], "out": NPZ}`` writes, per entry,
 the inverse frequencies (``inv_<i>``) and attention factor (``factor_<i>``) that
 ``modeling_rope_utils`` computes for ``AutoConfig.for_model(**CONFIG)`` at that length.
@@ -122,6 +124,10 @@ def main() -> None:
             from _hf_peer_post import JOBS  # pants: no-infer-dep
 
             JOBS[post[0]](job)
+        elif "quantize" in job:
+            from _hf_peer_quant import quantize  # pants: no-infer-dep
+
+            quantize(job, score, EAGER)
         elif "make" in job:
             make(job["make"], Path(job["out"]))
         else:

@@ -113,6 +113,20 @@ def _hf_config_with_holes(d):
     (d / "held.txt").write_text("held-out text\n" * 50)
 
 
+def _fp8_without_scales(d):
+    """A block-scaled FP8 folder (DeepSeek-V3's form, #70) whose q_proj lacks its
+    ``weight_scale_inv``: the file holds that one tensor, written as safetensors lays it out."""
+    import struct
+
+    (d / "fp8").mkdir()
+    fp8 = {"quant_method": "fp8", "weight_block_size": [8, 8]}
+    (d / "fp8" / "config.json").write_text(json.dumps(LLAMA_CONFIG | {"quantization_config": fp8}))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    header = json.dumps({name: {"dtype": "F8_E4M3", "shape": [16, 16], "data_offsets": [0, 256]}})
+    data = struct.pack("<Q", len(header)) + header.encode() + bytes(range(256))
+    (d / "fp8" / "model.safetensors").write_bytes(data)
+
+
 #: A run of the LLaMA kind (the presets' tiny is GPT-2): --init-from reads a Llama folder.
 LLAMA_RUN = ["--config", "tiny", "--run-dir", "r", "--set", "model.kind=llama"]
 
@@ -330,6 +344,14 @@ CASES = [
         [*LLAMA_RUN, "--init-from", "no-hidden-size"],
         _hf_config_with_holes,
         "--init-from: config.json: hidden_size is missing; it sets the model's size",
+    ),
+    (
+        "init-from-fp8-weight-without-its-scales",
+        T,
+        [*LLAMA_RUN, "--init-from", "fp8"],
+        _fp8_without_scales,
+        "--init-from: fp8/model.safetensors: tensor model.layers.0.self_attn.q_proj.weight is "
+        "stored in FP8 (F8_E4M3) without its scales",
     ),
     (
         "plan-init-from-config-with-null-heads",

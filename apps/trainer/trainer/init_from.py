@@ -21,7 +21,7 @@ from flax import nnx
 from tjx import ckpt, data, nn
 from tjx.core.config import load_yaml
 from tjx.nn import TransformerConfig
-from tjx.nn.hf.checkpoints import check_hf_weights
+from tjx.nn.hf.checkpoints import check_hf_weights, holds_weights
 from trainer.config import Config, read_config
 from trainer.data_setup import Bundle
 from trainer.job.folder import RunDir
@@ -30,10 +30,10 @@ from trainer.schema import ConfigError, keyed
 from trainer.seams import ConfigData
 
 
-def check_init_from(cfg: Config, source: str) -> None:
+def check_init_from(cfg: Config, source: str, *, weights: bool = True) -> None:
     """Raise `ConfigError` (one line) unless ``source`` can start a run of ``cfg``
-    (`hf_start_config`, `check_hf_settings` and, for a local folder, tjx.nn's `check_hf_weights`;
-    or `_same_model`)."""
+    (`hf_start_config`, `check_hf_settings` and, for a local folder and unless ``weights`` is
+    False, tjx.nn's `check_hf_weights`; or `_same_model`)."""
     if RunDir.is_run(source):
         where, step = RunDir.split_start(source)
         path = Path(where).expanduser()
@@ -48,7 +48,7 @@ def check_init_from(cfg: Config, source: str) -> None:
     with keyed("--init-from"):
         hf_cfg = hf_start_config(source, cfg.kind)
         check_hf_settings(hf_cfg, _given(cfg), source=source, tokenizer=cfg.data.tokenizer)
-        if Path(source).expanduser().is_dir():  # a hub name's weights come at build (download)
+        if weights and Path(source).expanduser().is_dir():  # a hub name's: at build (download)
             # Damaged or foreign weights: refused from the files' headers, before the data is
             # prepared or the run directory written (no tensor is read here).
             check_hf_weights(source)
@@ -159,14 +159,18 @@ def start_config(cfg: Config, source: str) -> Config:
     """``cfg`` with the model a run started from ``source`` trains, for ``--plan``: a Hugging
     Face checkpoint's architecture (its ``config.json``, how it trains from ``cfg`` as
     `trainer.state.build` loads it) and vocabulary; a tjx run's model is ``cfg``'s own, and a
-    GPT-2 hub name's is the preset's (both checked by `check_init_from`). No tensor is read.
+    GPT-2 hub name's is the preset's (both checked by `check_init_from`). No tensor is read; a
+    folder of ``config.json`` and the index alone (no weight file: a published model's sizes,
+    planned before downloading them) is planned from its config, its weights unchecked.
 
     Raises
     ------
     ConfigError
         As `check_init_from`.
     """
-    check_init_from(cfg, source)
+    with keyed("--init-from"):
+        weights = RunDir.is_run(source) or holds_weights(source)
+    check_init_from(cfg, source, weights=weights)
     return _with_start_model(cfg, source)
 
 

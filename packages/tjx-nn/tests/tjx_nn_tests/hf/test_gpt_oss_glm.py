@@ -166,7 +166,8 @@ def test_glm_multi_token_prediction_round_trips_in_deepseeks_layout(tmp_path):
 @pytest.mark.parametrize(
     ("family", "changes", "needle"),
     [
-        ("gpt_oss", {"quantization_config": {"quant_method": "mxfp4"}}, "quantization_config"),
+        ("gpt_oss", {"quantization_config": {"quant_method": "gptq"}},
+         "quantization_config.quant_method 'gptq' is not one tjx reads"),
         ("gpt_oss", {"swiglu_limit": 10.0}, "swiglu_limit 10.0 is not supported"),
         ("gpt_oss", {"swiglu_alpha": 1.0}, "swiglu_alpha 1.0 is not supported"),
         ("gpt_oss", {"attention_bias": False}, "attention_bias False is not supported"),

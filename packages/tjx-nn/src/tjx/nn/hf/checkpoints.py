@@ -81,6 +81,7 @@ from tjx.nn.hf.gpt_oss import (
 from tjx.nn.hf.io import (
     HFMapping,
     LazyWeights,
+    Tensors,
     check_tensors,
     copy_tokenizer,
     parse_size,
@@ -97,6 +98,7 @@ from tjx.nn.hf.llama4 import (
     llama4_mapping,
 )
 from tjx.nn.hf.moe import MOE_TYPES, moe_config_from_hf, moe_config_to_hf, moe_export_type
+from tjx.nn.hf.quantized import open_dequantized, quantization_from_hf, without_quantization
 from tjx.nn.hf.qwen3_5 import (
     IMAGE_TEXT,
     QWEN3_5,
@@ -181,9 +183,8 @@ def _read(folder: Path) -> dict[str, Any]:
     if key is None:
         return hf
     first = f"model.layers.{checked['num_hidden_layers']}."
-    with LazyWeights(folder) as weights:
-        if any(name.startswith(first) for name in weights.names()):
-            return hf
+    if any(name.startswith(first) for name in _listed_names(folder)):
+        return hf
     print(
         f"tjx: config.json counts {hf[key]} multi-token-prediction layer(s) ({key}) but the "
         f"checkpoint holds none of their tensors ({first}*; transformers saves none): loading "
@@ -191,6 +192,35 @@ def _read(folder: Path) -> dict[str, Any]:
         file=sys.stderr,
     )
     return {**hf, key: 0}
+
+
+def _listed_names(folder: Path) -> set[str]:
+    """The tensor names ``folder`` holds: its index's, no shard opened (so a folder of
+    ``config.json`` and the index alone reads, as a plan of the published sizes needs), else its
+    one file's header. That the shards hold what the index names, `LazyWeights` checks on load."""
+    weights = LazyWeights(folder)
+    if weights.files:
+        return set(weights.files)
+    with weights:
+        return weights.names()
+
+
+def holds_weights(path_or_hub: str | os.PathLike[str]) -> bool:
+    """Whether a local checkpoint folder holds any of its weight files: False for a folder of
+    ``config.json`` and ``model.safetensors.index.json`` alone (a plan reads the config only;
+    loading it refuses the missing shards). A hub name is False (its weights come at load).
+
+    Raises
+    ------
+    ValueError
+        As `read_config` (no config.json, no weights named) and an unreadable index.
+    """
+    folder = Path(path_or_hub).expanduser()
+    if not folder.is_dir():
+        return False
+    read_config(folder)
+    files = set(LazyWeights(folder).files.values()) or {"model.safetensors"}
+    return any((folder / name).is_file() for name in files)
 
 
 def _kind(hf: dict[str, Any]) -> str:
@@ -206,6 +236,12 @@ def _kind(hf: dict[str, Any]) -> str:
 
 
 def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[DecoderLM], HFMapping]:
+    # A quantized folder is the unquantized model's: its weights are dequantized as they load
+    # (`tjx.nn.hf.quantized`). Its quantization_config is checked here, so a plan refuses what a
+    # load would.
+    _kind(hf)
+    quantization_from_hf(hf)
+    hf = without_quantization(hf)
     if _kind(hf) == "gpt2":
         gpt2 = config_from_hf(hf, **overrides)
         return gpt2, GPT2, gpt2_mapping(gpt2)
@@ -288,7 +324,9 @@ def load_hf(
     folder = resolve(path_or_hub)
     hf = _read(folder)
     config, cls, mapping = _plan(hf, overrides)
-    with LazyWeights(folder) as weights:
+    with LazyWeights(folder) as stored:
+        # Quantized tensors are dequantized into the param dtype as the model asks for them.
+        weights = open_dequantized(stored, hf, jnp.dtype(config.precision.param_dtype))
         names = _checked_names(weights, hf, mapping)
 
         def read(name: str) -> np.ndarray:
@@ -320,12 +358,13 @@ def check_hf_weights(path_or_hub: str | os.PathLike[str]) -> None:
     """
     folder = resolve(path_or_hub)
     hf = _read(folder)
-    _, _, mapping = _plan(hf, {})
-    with LazyWeights(folder) as weights:
+    config, _, mapping = _plan(hf, {})
+    with LazyWeights(folder) as stored:
+        weights = open_dequantized(stored, hf, jnp.dtype(config.precision.param_dtype))
         _checked_names(weights, hf, mapping)
 
 
-def _checked_names(weights: LazyWeights, hf: dict[str, Any], mapping: HFMapping) -> dict[str, str]:
+def _checked_names(weights: Tensors, hf: dict[str, Any], mapping: HFMapping) -> dict[str, str]:
     """The mapping's tensor name → the stored one, after `check_tensors` on the headers."""
     if hf.get("model_type") == "gpt2":  # save_pretrained's ``transformer.`` prefix
         names = {n.removeprefix("transformer."): n for n in weights.names()}

@@ -26,7 +26,9 @@ Refused in one line naming the key: attention or MLP biases, ``num_key_value_hea
 the heads, an ``rms_norm_eps`` other than 1e-6 (DeepSeek's latent norms keep 1e-6 whatever it
 says; tjx's norms share one), V2's ``norm_topk_prob`` true (transformers' V2 ignores it),
 ``moe_layer_freq`` other than 1, ``scoring_func``/``topk_method`` other than the type's, no
-shared experts, a ``quantization_config`` (V3's FP8 release). V3's multi-token-prediction layers
+shared experts. V3's own release (``quantization_config`` ``fp8``: FP8 blocks with
+``weight_scale_inv``) is dequantized as it loads (`tjx.nn.hf.quantized`, before this module
+sees the config). V3's multi-token-prediction layers
 (``num_nextn_predict_layers``) are ``mtp_depths`` (:mod:`tjx.nn.mtp`, their tensors
 :mod:`tjx.nn.hf.mtp_tensors`): loaded, trained and written back; a load with ``mtp_depths=0``
 skips them with one printed line.
@@ -165,12 +167,6 @@ def deepseek_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
     auto_map = hf.get("auto_map")
     if isinstance(auto_map, Mapping) and auto_map.items() <= _UPSTREAMED[model_type].items():
         hf = {k: v for k, v in hf.items() if k != "auto_map"}
-    quantized = hf.get("quantization_config")
-    if quantized is not None:  # DeepSeek-V3's own release: FP8 blocks with weight_scale_inv
-        method = quantized.get("quant_method") if isinstance(quantized, Mapping) else quantized
-        raise _refuse(
-            "quantization_config", method, "tjx reads unquantized weights; load a bf16 conversion"
-        )
     hf = SPECS[model_type].read(hf)
     fields = llama_fields(hf, model_type, handled=KEYS)
     if fields["use_bias"]:

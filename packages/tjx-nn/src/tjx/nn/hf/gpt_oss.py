@@ -26,11 +26,13 @@ window``                          slide, odd ones are full)
                                   `tjx.nn.mlp.clamped_swiglu`)
 ================================  =============================================================
 
-Refused in one line naming the key: ``quantization_config`` (the released MXFP4 experts: load
-a bfloat16 conversion), other ``swiglu_alpha``/``swiglu_limit`` values, ``attention_bias``
-false (the experts keep their biases: tjx biases all or none), unknown keys. ``hidden_act`` is
-not read by transformers' gpt-oss (its experts' activation is fixed), nor are the released
-config's ``experts_per_token`` and ``initial_context_length``: those change no number.
+The released folders' MXFP4 experts (``quantization_config`` ``mxfp4``: ``gate_up_proj_blocks``
+and ``_scales`` ...) are dequantized as they load (`tjx.nn.hf.quantized`, before this module sees
+the config). Refused in one line naming the key: other ``swiglu_alpha``/``swiglu_limit`` values,
+``attention_bias`` false (the experts keep their biases: tjx biases all or none), unknown keys.
+``hidden_act`` is not read by transformers' gpt-oss (its experts' activation is fixed), nor are
+the released config's ``experts_per_token`` and ``initial_context_length``: those change no
+number.
 """
 
 from __future__ import annotations
@@ -61,7 +63,6 @@ KEYS = frozenset(
         "output_router_logits",  # what a forward returns, not what it computes
         "experts_per_token",  # the released config's; transformers reads num_experts_per_tok
         "initial_context_length",  # the released config's; transformers never reads it
-        "quantization_config",  # refused below
     }
 )
 #: transformers' RoPE when a gpt-oss config names none (``GptOssConfig.__post_init__``).
@@ -132,12 +133,6 @@ def gpt_oss_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConf
     ValueError
         An unknown key, or a value tjx does not compute as transformers does, named.
     """
-    quantized = hf.get("quantization_config")
-    if quantized is not None:
-        method = quantized.get("quant_method") if isinstance(quantized, Mapping) else quantized
-        raise _refuse(
-            "quantization_config", method, "tjx reads unquantized weights; load a bf16 conversion"
-        )
     hf = SPEC.read(hf)
     for key, want in (
         ("swiglu_alpha", CLAMPED_SWIGLU_ALPHA),

@@ -18,8 +18,9 @@ import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import ml_dtypes
 import numpy as np
 
 #: Reads one tensor by name (HF or tjx naming, depending on the direction).
@@ -154,11 +155,18 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 #: Bytes per element of each safetensors dtype tjx can read (sub-byte ones are refused).
 _DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
     "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
     "I32": 4, "U32": 4, "F32": 4,
     "I64": 8, "U64": 8, "F64": 8,
 }  # fmt: skip
+#: The 1-byte float dtypes safetensors' NumPy reader does not give (NumPy has no float8): read as
+#: their bytes, viewed as ml_dtypes' types (the quantized checkpoints', `tjx.nn.hf.quantized`).
+RAW_DTYPES: dict[str, Any] = {
+    "F8_E4M3": ml_dtypes.float8_e4m3fn,
+    "F8_E5M2": ml_dtypes.float8_e5m2,
+    "F8_E8M0": ml_dtypes.float8_e8m0fnu,
+}
 #: The dtypes weights may be stored in: each is cast to the model's param dtype (as HF does).
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 #: The largest header safetensors itself reads (its ``MAX_HEADER_SIZE``).
@@ -169,10 +177,12 @@ _FIX = "download or save the checkpoint again"
 
 @dataclass(frozen=True)
 class TensorEntry:
-    """One tensor as a safetensors header describes it (no data read)."""
+    """One tensor as a safetensors header describes it (no data read); ``offset``: where its bytes
+    start in the file (-1: not known)."""
 
     dtype: str
     shape: tuple[int, ...]
+    offset: int = -1
 
 
 def read_header(path: Path) -> dict[str, TensorEntry]:
@@ -230,7 +240,7 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
                 f"{path}: tensor {name} spans {span[1] - span[0]} bytes, its shape {list(shape)} "
                 f"and dtype {dtype} need {need}; {_FIX}"
             )
-        tensors[name] = TensorEntry(dtype, shape)
+        tensors[name] = TensorEntry(dtype, shape, 8 + length + span[0])
         spans.append((span[0], span[1], name))
     _check_coverage(path, sorted(spans), size - 8 - length)
     return tensors
@@ -284,6 +294,17 @@ def _check_coverage(path: Path, spans: list[tuple[int, int, str]], data_bytes: i
             f"{path} has {data_bytes - end} bytes after its last tensor (not a file safetensors "
             f"wrote); {_FIX}"
         )
+
+
+class Tensors(Protocol):
+    """What the loader reads a checkpoint's tensors through: `LazyWeights`, or its tensors
+    dequantized (`tjx.nn.hf.quantized.Dequantized`)."""
+
+    def names(self) -> set[str]: ...
+    def shape(self, name: str) -> tuple[int, ...]: ...
+    def dtype(self, name: str) -> str: ...
+    def path(self, name: str) -> Path: ...
+    def get(self, name: str) -> np.ndarray: ...
 
 
 class LazyWeights:
@@ -376,11 +397,27 @@ class LazyWeights:
         from safetensors import SafetensorError, safe_open
 
         path = self.path(name)
+        entry = self._entries[name]
+        if entry.dtype in RAW_DTYPES:
+            return _raw(path, entry)
         try:
             with safe_open(str(path), framework="np") as handle:
                 return np.array(handle.get_tensor(name), copy=True)
         except SafetensorError as e:
             raise ValueError(f"{path} no longer reads ({e}); {_FIX}") from None
+
+
+def _raw(path: Path, entry: TensorEntry) -> np.ndarray:
+    """The tensor of ``entry`` read as its bytes from ``path`` (a `RAW_DTYPES` one): NumPy has no
+    float8 types, so safetensors' NumPy reader refuses them; its header gave the byte range."""
+    count = math.prod(entry.shape)
+    try:
+        data = np.fromfile(path, dtype=np.uint8, count=count, offset=entry.offset)
+    except OSError as e:
+        raise ValueError(f"{path} no longer reads ({e.strerror}); {_FIX}") from None
+    if data.size != count:
+        raise ValueError(f"{path} no longer reads (it is shorter than its header says); {_FIX}")
+    return data.view(RAW_DTYPES[entry.dtype]).reshape(entry.shape)
 
 
 def check_tensors(

@@ -1,0 +1,40 @@
+"""``--plan TARGET --init-from FOLDER`` of a published quantized release at its real size (#70,
+point 3), FOLDER holding only its ``config.json`` and index (tests-support's transcribed
+``tjx_published_hf``): the plan's config is the release's architecture, not a refusal of its
+``quantization_config`` or of its absent shards; a run from the same folder still refuses the
+missing shards in one line before anything is written. (The plan's compile for 8 H100s itself is
+not run here: minutes per compile for a 117-685 B model.)"""
+
+from __future__ import annotations
+
+import pytest
+import tjx_published_hf as published
+
+from trainer import init_from
+from trainer.config import read_config
+from trainer.schema import ConfigError
+from trainer.settings import apply_overrides, load_config_data
+
+
+def _llama_run():
+    return read_config(apply_overrides(load_config_data("tiny"), ["model.kind=llama"]))
+
+
+@pytest.mark.parametrize(
+    ("name", "sizes"),
+    [
+        ("gpt-oss-120b", dict(d_model=2880, num_layers=36, num_experts=128, vocab_size=201088)),
+        ("DeepSeek-V3.1", dict(d_model=7168, num_layers=61, num_experts=256, mtp_depths=1)),
+    ],
+)
+def test_a_plan_reads_a_published_release_from_its_config_and_index(tmp_path, name, sizes):
+    folder = published.config_only(name, tmp_path / name)
+    cfg = _llama_run()
+    planned = init_from.start_config(cfg, str(folder))
+    assert {k: getattr(planned.model, k) for k in sizes} == sizes
+    assert planned.vocab_size == planned.model.vocab_size
+    assert planned.model.remat == cfg.model.remat  # how it trains: the config's
+    with pytest.raises(ConfigError, match=r"^--init-from: .*is missing: model\.safetensors\.index"):
+        init_from.check_init_from(cfg, str(folder))  # a run needs the weights
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == ["config.json", "model.safetensors.index.json"]  # nothing written

@@ -1,0 +1,377 @@
+"""Quantized Hugging Face checkpoints, dequantized as their tensors stream in (pure NumPy).
+
+Two published formats (``config.json``'s ``quantization_config``, read by
+`tjx.nn.hf.keys.read_quantization`):
+
+==========================  ===================================  ==================================
+``quant_method``            stored (safetensors)                 value tjx loads
+==========================  ===================================  ==================================
+``fp8`` (DeepSeek-V3,       ``X`` F8_E4M3 (or F8_E5M2)           ``X[..., i, j] ·
+V3.1, Kimi-K2; any          ``[..., R, C]`` and ``X_scale_inv``  S[..., i // bm, j // bn]``, the
+family tjx loads)           ``[..., ⌈R/bm⌉, ⌈C/bn⌉]`` (F32,     product rounded to float32 (then
+                            BF16, F16; F8_E8M0 or U8 for         to the param dtype); ``(bm, bn)``
+                            ``scale_fmt: ue8m0``)                is ``weight_block_size``
+``mxfp4`` (gpt-oss's        ``X_blocks`` U8 ``[E, O, G, 16]``    byte ``k`` of a block holds values
+experts)                    and ``X_scales`` U8 (E8M0)           ``2k`` (its low nibble) and
+                            ``[E, O, G]``: 32 e2m1 values per    ``2k + 1`` (its high one), each an
+                            scale                                e2m1 code (±{0, .5, 1, 1.5, 2, 3,
+                                                                 4, 6}) times ``2^(scale − 127)``;
+                                                                 ``[E, O, G·32]`` transposed to
+                                                                 ``X`` ``[E, G·32, O]``
+==========================  ===================================  ==================================
+
+As transformers 5.24 dequantizes them (``integrations/finegrained_fp8.py``'s ``Fp8Dequantize``,
+``integrations/mxfp4.py``'s ``convert_moe_packed_tensors`` with its ``transpose(1, 2)``): the
+products are float32 roundings of exact products (an FP8 value has 4 significant bits, a float32
+scale 24: the product is exact in float64), MXFP4's are exact; each is then cast to the model's
+param dtype, as transformers casts to its parameter's. FP8's grid is DeepSeek's own: a tensor
+whose rows or columns the block does not divide has a last, partial block (DeepSeek-V3's
+``kv_a_proj_with_mqa``, ``[576, 7168]``, has a ``[5, 56]`` grid), which transformers 5.24's
+dequantization refuses.
+
+`Dequantized` shows a folder's tensors as the unquantized checkpoint's (``X`` instead of its
+parts, in the param dtype) to the loader, which then reads, checks and maps them as any other.
+Each tensor is dequantized when the model asks for it, in chunks of at most `CHUNK_BYTES` of
+float32 into an array of the param dtype: the loader holds the model plus one tensor's
+dequantized values (and its stored bytes), never a second copy of the model. Refused in one
+line naming the file and tensor: a quantized tensor without its scale (or scales without their
+tensor), a scale grid the ``weight_block_size`` does not give, blocks not of 16 bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tjx.nn.hf.io import Tensors
+from tjx.nn.hf.keys import QUANTIZATION_SPECS, read_quantization
+
+#: The ``quant_method`` values tjx dequantizes (`tjx.nn.hf.keys.QUANTIZATION_SPECS`).
+QUANT_METHODS = tuple(QUANTIZATION_SPECS)
+#: Which model types each method is read for: MXFP4's layout is gpt-oss's experts'.
+_MXFP4_TYPES = ("gpt_oss",)
+#: The stored dtypes of FP8 weights (``fp8``) and of their scales.
+FP8_DTYPES = ("F8_E4M3", "F8_E5M2")
+FP8_SCALE_DTYPES = ("F32", "BF16", "F16", "F8_E8M0", "U8")
+#: MXFP4's scales: E8M0 exponents (transformers writes them as bytes).
+MXFP4_SCALE_DTYPES = ("U8", "F8_E8M0")
+#: The e2m1 (FP4) value of each 4-bit code: sign bit 3, exponent bits 2-1, mantissa bit 0.
+E2M1 = np.array(
+    [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0],
+    np.float32,
+)
+#: MXFP4: values per scale, and bytes per block (two values a byte).
+MX_BLOCK, MX_BYTES = 32, 16
+#: The float32 working set of one dequantization step: rows are converted this many bytes at a
+#: time into the output, so a tensor costs its output plus a bounded chunk, not a float32 copy.
+CHUNK_BYTES = 16 << 20
+#: safetensors' name of each param dtype a dequantized tensor is delivered in.
+_DTYPE_NAMES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64"}
+_FIX = "download or save the checkpoint again"
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """A checkpoint's quantization: ``method`` (`QUANT_METHODS`) and, for ``fp8``, the
+    ``(rows, columns)`` of each scaled block."""
+
+    method: str
+    block: tuple[int, int] | None = None
+
+
+def quantization_from_hf(hf: Mapping[str, Any]) -> Quantization | None:
+    """The quantization ``config.json`` (a dict) declares, or None.
+
+    Raises
+    ------
+    ValueError
+        As `tjx.nn.hf.keys.read_quantization` (a `HFConfigError`), and ``mxfp4`` on a model type
+        other than gpt-oss's: one line naming it.
+    """
+    config = read_quantization(hf)
+    if config is None:
+        return None
+    method = str(config["quant_method"])
+    if method == "mxfp4":
+        model_type = hf.get("model_type")
+        if model_type not in _MXFP4_TYPES:
+            raise ValueError(
+                f"config.json: quantization_config.quant_method 'mxfp4' on model_type "
+                f"{model_type!r}: tjx reads MXFP4 as transformers does, for "
+                f"{', '.join(_MXFP4_TYPES)}'s experts only; load an unquantized conversion"
+            )
+        return Quantization(method)
+    rows, cols = config["weight_block_size"]
+    return Quantization(method, (int(rows), int(cols)))
+
+
+def without_quantization(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """``hf`` without its ``quantization_config``: the model it describes, unquantized."""
+    return {k: v for k, v in hf.items() if k != "quantization_config"}
+
+
+def fp8_grid(shape: tuple[int, ...], block: tuple[int, int]) -> tuple[int, ...] | None:
+    """The scale shape of an FP8 tensor of ``shape`` in ``block``s (a last partial block where
+    the block does not divide), or None for a tensor of fewer than two dims."""
+    if len(shape) < 2:
+        return None
+    rows, cols = shape[-2:]
+    return (*shape[:-2], -(-rows // block[0]), -(-cols // block[1]))
+
+
+def _scales(scales: np.ndarray) -> np.ndarray:
+    """Scales as float32: E8M0 bytes (U8) are ``2^(byte − 127)``, the rest their value."""
+    if scales.dtype == np.uint8:
+        return np.ldexp(np.float32(1), scales.astype(np.int32) - 127)
+    return scales.astype(np.float32)
+
+
+def dequantize_fp8(
+    weight: np.ndarray,
+    scale_inv: np.ndarray,
+    block: tuple[int, int],
+    dtype: Any = np.float32,
+) -> np.ndarray:
+    """Block-scaled FP8 ``weight`` ``[..., R, C]`` times its ``scale_inv`` per block, in ``dtype``.
+
+    Parameters
+    ----------
+    weight : np.ndarray
+        float8 (ml_dtypes' ``float8_e4m3fn`` or ``float8_e5m2``), two dims or more.
+    scale_inv : np.ndarray
+        ``[..., ⌈R/bm⌉, ⌈C/bn⌉]`` (`fp8_grid`): float32/bfloat16/float16, E8M0 as
+        ``float8_e8m0fnu``, or E8M0 bytes (uint8: ``2^(byte − 127)``).
+    block : (int, int)
+        ``(bm, bn)``, ``weight_block_size``.
+    dtype : dtype
+        The output's: each float32 product is cast to it.
+
+    Returns
+    -------
+    np.ndarray
+        ``weight``'s shape in ``dtype``.
+
+    Raises
+    ------
+    ValueError
+        ``scale_inv``'s shape is not the grid ``block`` gives.
+    """
+    grid = fp8_grid(weight.shape, block)
+    if grid is None or scale_inv.shape != grid:
+        raise ValueError(
+            f"FP8 scales of shape {list(scale_inv.shape)} do not fit a weight of shape "
+            f"{list(weight.shape)} in blocks of {list(block)} (they need {grid and list(grid)})"
+        )
+    bm, bn = block
+    rows, cols = weight.shape[-2:]
+    out = np.empty(weight.shape, dtype)
+    flat_w = weight.reshape(-1, rows, cols)
+    flat_s = _scales(scale_inv).reshape(-1, *grid[-2:])
+    flat_out = out.reshape(-1, rows, cols)
+    step = max(1, CHUNK_BYTES // (4 * max(cols, 1) * bm)) * bm  # whole blocks of rows
+    for k in range(flat_w.shape[0]):
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            per_row = np.repeat(flat_s[k, r0 // bm : -(-r1 // bm)], bm, axis=0)[: r1 - r0]
+            scale = np.repeat(per_row, bn, axis=1)[:, :cols]
+            flat_out[k, r0:r1] = flat_w[k, r0:r1].astype(np.float32) * scale
+    return out
+
+
+def dequantize_mxfp4(blocks: np.ndarray, scales: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
+    """gpt-oss's MXFP4 experts as transformers' parameter: ``[E, O, G, 16]`` bytes and ``[E, O,
+    G]`` E8M0 scales → ``[E, G·32, O]`` in ``dtype``.
+
+    Byte ``k`` of a block holds value ``2k`` in its low nibble and ``2k + 1`` in its high one,
+    each an e2m1 code (`E2M1`) times ``2^(scale − 127)``; the ``[E, O, G·32]`` values are then
+    transposed to ``[E, G·32, O]`` (transformers' ``convert_moe_packed_tensors``).
+
+    Raises
+    ------
+    ValueError
+        ``blocks`` not ``[E, O, G, 16]`` bytes, or ``scales`` not ``blocks.shape[:-1]``.
+    """
+    if blocks.ndim != 4 or blocks.shape[-1] != MX_BYTES or scales.shape != blocks.shape[:-1]:
+        raise ValueError(
+            f"MXFP4 blocks {list(blocks.shape)} with scales {list(scales.shape)}: the blocks must "
+            f"be [experts, rows, groups, {MX_BYTES}] bytes and the scales [experts, rows, groups]"
+        )
+    experts, rows, groups, _ = blocks.shape
+    cols = groups * MX_BLOCK
+    out = np.empty((experts, cols, rows), dtype)
+    exponents = scales.view(np.uint8)
+    step = max(1, CHUNK_BYTES // (4 * max(cols, 1)))
+    for e in range(experts):
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            packed = blocks[e, r0:r1].view(np.uint8)
+            values = np.empty((r1 - r0, groups, MX_BLOCK), np.float32)
+            values[..., 0::2] = E2M1[packed & 0x0F]
+            values[..., 1::2] = E2M1[packed >> 4]
+            values = np.ldexp(values, exponents[e, r0:r1, :, None].astype(np.int32) - 127)
+            out[e, :, r0:r1] = values.reshape(r1 - r0, cols).T
+    return out
+
+
+class Dequantized:
+    """The tensors of a quantized checkpoint as the unquantized one's, dequantized when read.
+
+    Parameters
+    ----------
+    weights : Tensors
+        The folder's stored tensors (an entered `tjx.nn.hf.io.LazyWeights`).
+    quantization : Quantization
+        The folder's (`quantization_from_hf`).
+    dtype : dtype
+        The model's param dtype: what a dequantized tensor is delivered in.
+
+    Raises
+    ------
+    ValueError
+        From the headers alone (no tensor read): a quantized tensor without its scale, scales
+        without their tensor, a scale of another dtype, a grid ``weight_block_size`` does not
+        give, MXFP4 blocks of another layout; one line naming the file and the tensor.
+    """
+
+    def __init__(self, weights: Tensors, quantization: Quantization, dtype: Any = np.float32):
+        self._weights = weights
+        self._quantization = quantization
+        self._dtype = np.dtype(dtype)
+        self._dtype_name = _DTYPE_NAMES.get(self._dtype.name, "F32")
+        #: name the model reads → (stored tensor, its scales) and the shape it reads.
+        self._parts: dict[str, tuple[str, str]] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        stored = weights.names()
+        if quantization.method == "fp8":
+            self._pair_fp8(stored)
+        else:
+            self._pair_mxfp4(stored)
+        hidden = {n for pair in self._parts.values() for n in pair}
+        self._names = (stored - hidden) | set(self._parts)
+        #: The last tensor dequantized: a tensor the mapping splits (gpt-oss's interleaved
+        #: gate/up, DeepSeek's kv_a) is read once per part; one at a time is kept.
+        self._last: tuple[str, np.ndarray] | None = None
+
+    def _refuse(self, name: str, what: str) -> ValueError:
+        return ValueError(f"{self._weights.path(name)}: tensor {name} {what}")
+
+    def _pair_fp8(self, stored: set[str]) -> None:
+        w, block = self._weights, self._quantization.block
+        assert block is not None
+        for name in sorted(n for n in stored if w.dtype(n) in FP8_DTYPES):
+            scale = name + "_scale_inv"  # X.weight → X.weight_scale_inv, as transformers names it
+            if scale not in stored:
+                raise self._refuse(
+                    name,
+                    f"is stored in FP8 ({w.dtype(name)}) without its scales {scale}; {_FIX} "
+                    "with all its files",
+                )
+            if w.dtype(scale) not in FP8_SCALE_DTYPES:
+                raise self._refuse(
+                    scale,
+                    f"is stored as {w.dtype(scale)}; FP8 scales are "
+                    f"{', '.join(FP8_SCALE_DTYPES)}; {_FIX}",
+                )
+            shape, grid = w.shape(name), fp8_grid(w.shape(name), block)
+            if grid is None:
+                raise self._refuse(
+                    name, f"has shape {list(shape)}: FP8 blocks need two dims or more; {_FIX}"
+                )
+            if w.shape(scale) != grid:
+                raise self._refuse(
+                    scale,
+                    f"has shape {list(w.shape(scale))}, but {name} {list(shape)} in blocks of "
+                    f"quantization_config.weight_block_size {list(block)} has {list(grid)}: the "
+                    "scales are another block size's; give the checkpoint's weight_block_size",
+                )
+            self._parts[name] = (name, scale)
+            self._shapes[name] = shape
+        used = {scale for _, scale in self._parts.values()}
+        for name in sorted(n for n in stored if n.endswith("_scale_inv") and n not in used):
+            base = name.removesuffix("_scale_inv")
+            how = w.dtype(base) if base in stored else "absent"
+            raise self._refuse(name, f"scales {base}, which is not stored in FP8 ({how}); {_FIX}")
+
+    def _pair_mxfp4(self, stored: set[str]) -> None:
+        w = self._weights
+        for name in sorted(n for n in stored if n.endswith("_blocks")):
+            base = name.removesuffix("_blocks")
+            scales = base + "_scales"
+            if scales not in stored:
+                raise self._refuse(
+                    name, f"holds MXFP4 blocks without their scales {scales}; {_FIX} with all "
+                    "its files",
+                )  # fmt: skip
+            if base in stored:
+                raise self._refuse(
+                    base, f"is stored both whole and as MXFP4 blocks ({name}); {_FIX}"
+                )
+            for part, dtypes in ((name, ("U8",)), (scales, MXFP4_SCALE_DTYPES)):
+                if w.dtype(part) not in dtypes:
+                    raise self._refuse(
+                        part, f"is stored as {w.dtype(part)}; MXFP4 stores {' or '.join(dtypes)}; "
+                        f"{_FIX}",
+                    )  # fmt: skip
+            shape = w.shape(name)
+            if len(shape) != 4 or shape[-1] != MX_BYTES:
+                raise self._refuse(
+                    name, f"has shape {list(shape)}; MXFP4 blocks are [experts, rows, groups, "
+                    f"{MX_BYTES}] bytes ({MX_BLOCK} values a scale); {_FIX}",
+                )  # fmt: skip
+            if w.shape(scales) != shape[:-1]:
+                raise self._refuse(
+                    scales, f"has shape {list(w.shape(scales))}, but {name} {list(shape)} has "
+                    f"one scale per {MX_BLOCK} values: {list(shape[:-1])}; {_FIX}",
+                )  # fmt: skip
+            self._parts[base] = (name, scales)
+            self._shapes[base] = (shape[0], shape[2] * MX_BLOCK, shape[1])
+        used = {scales for _, scales in self._parts.values()}
+        for name in sorted(n for n in stored if n.endswith("_scales") and n not in used):
+            raise self._refuse(
+                name, f"holds MXFP4 scales without their blocks "
+                f"{name.removesuffix('_scales')}_blocks; {_FIX} with all its files",
+            )  # fmt: skip
+
+    def names(self) -> set[str]:
+        """Every tensor name, the quantized ones under the name of the tensor they make."""
+        return set(self._names)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The shape ``name`` reads as (a dequantized tensor's, no data read)."""
+        return self._shapes[name] if name in self._parts else self._weights.shape(name)
+
+    def dtype(self, name: str) -> str:
+        """The stored dtype of ``name``; the param dtype's name for a quantized one."""
+        return self._dtype_name if name in self._parts else self._weights.dtype(name)
+
+    def path(self, name: str) -> Path:
+        """The file that holds ``name`` (a quantized one's data)."""
+        return self._weights.path(self._parts[name][0] if name in self._parts else name)
+
+    def get(self, name: str) -> np.ndarray:
+        """The tensor ``name``, dequantized into the param dtype where it is stored quantized."""
+        if name not in self._parts:
+            return self._weights.get(name)
+        if self._last is not None and self._last[0] == name:
+            return self._last[1]
+        self._last = None  # never two dequantized tensors at once
+        data, scales = (self._weights.get(n) for n in self._parts[name])
+        if self._quantization.method == "fp8":
+            assert self._quantization.block is not None
+            value = dequantize_fp8(data, scales, self._quantization.block, self._dtype)
+        else:
+            value = dequantize_mxfp4(data, scales, self._dtype)
+        del data, scales
+        self._last = (name, value)
+        return value
+
+
+def open_dequantized(weights: Tensors, hf: Mapping[str, Any], dtype: Any) -> Tensors:
+    """``weights`` as the unquantized checkpoint's when ``hf`` (``config.json``) declares a
+    quantization (`Dequantized`), else as they are."""
+    quantization = quantization_from_hf(hf)
+    return weights if quantization is None else Dequantized(weights, quantization, dtype)

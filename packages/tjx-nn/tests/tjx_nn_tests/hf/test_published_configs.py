@@ -1,0 +1,58 @@
+"""The published quantized releases at their real sizes, from ``config.json`` and the index alone
+(#70, point 3): gpt-oss-120b (MXFP4) and DeepSeek-V3.1 (block-scaled FP8), their configs
+transcribed in tests-support's ``tjx_published_hf``. ``read_hf_config`` (what ``--plan
+--init-from`` reads) gives their architectures, parameter counts as published, without a shard;
+loading the folder refuses the missing shards in one line."""
+
+from __future__ import annotations
+
+import pytest
+import tjx_published_hf as published
+from flax import nnx
+
+from tjx import nn as tnn
+from tjx.nn.hf import holds_weights
+from tjx.nn.utils import count_params
+
+#: What each release is, from its model card: the fields tjx reads, and its parameters.
+EXPECTED = {
+    "gpt-oss-120b": dict(
+        fields=dict(d_model=2880, num_layers=36, num_heads=64, num_kv_heads=8, head_dim=64,
+                    num_experts=128, experts_per_token=4, vocab_size=201088, sliding_window=128,
+                    window_pattern=("local", "global") * 18, attention_sinks=True, mtp_depths=0),
+        params=116_829_156_672,  # "116.83B"
+    ),
+    "DeepSeek-V3.1": dict(
+        fields=dict(d_model=7168, num_layers=61, num_heads=128, kv_latent_dim=512,
+                    q_lora_rank=1536, num_experts=256, experts_per_token=8, expert_mlp_dim=2048,
+                    moe_first_dense=3, router="sigmoid", router_groups=8, vocab_size=129280,
+                    mtp_depths=1),  # the index names layer 61's tensors
+        params=671_026_419_200,  # "671B" without the multi-token-prediction layer
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", published.PUBLISHED)
+def test_a_published_release_reads_from_its_config_and_index_alone(tmp_path, name):
+    folder = published.config_only(name, tmp_path / name)
+    assert not holds_weights(folder)
+    config = tnn.read_hf_config(folder, scan_layers=True)
+    want = EXPECTED[name]
+    assert {k: getattr(config, k) for k in want["fields"]} == want["fields"]
+    main = config.replace(mtp_depths=0)
+    abstract = nnx.eval_shape(lambda: tnn.Llama(main, rngs=nnx.Rngs(0)))
+    assert count_params(abstract) == want["params"]
+    with pytest.raises(ValueError, match=r"^[^\n]*$") as info:
+        tnn.check_hf_weights(folder)
+    assert "is missing: model.safetensors.index.json names it as a shard" in str(info.value)
+
+
+def test_holds_weights_sees_a_single_file_and_any_shard(tmp_path):
+    folder = published.config_only("gpt-oss-120b", tmp_path / "oss")
+    (folder / "model-00014-of-00014.safetensors").write_bytes(b"")
+    assert holds_weights(folder)  # a shard there: the loader checks the rest
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "config.json").write_text("{}")
+    (single / "model.safetensors").write_bytes(b"")
+    assert holds_weights(single) and not holds_weights(tmp_path / "nowhere")

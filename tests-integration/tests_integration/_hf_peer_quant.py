@@ -1,0 +1,128 @@
+"""transformers' side of the quantized-checkpoint test (``test_hf_quantized_peer``); runs ONLY in
+the scratch venv (torch inside), from ``_hf_peer_script``.
+
+``{"quantize": SPEC, "out": FOLDER}``: ``SPEC["plain"]`` is a folder ``_hf_peer_script``'s
+``make`` wrote (a tiny random float32 model, scored); its tensors are quantized as the published
+folders are and written to ``FOLDER`` with ``config.json``'s ``quantization_config``:
+
+* ``"method": "fp8"`` (DeepSeek-V3's release): every ``nn.Linear`` weight of the decoder layers
+  (attention, dense MLPs, each routed and shared expert; not the router ``mlp.gate``, the
+  embeddings, norms or head) becomes ``float8_e4m3fn`` and its ``weight_scale_inv`` per
+  ``SPEC["block"]`` block, by transformers' own quantizer (``finegrained_fp8.Fp8Quantize``);
+* ``"method": "mxfp4"`` (gpt-oss's release): each layer's experts (``gate_up_proj``,
+  ``down_proj``) become ``*_blocks`` ``[E, out, in/32, 16]`` bytes and ``*_scales`` ``[E, out,
+  in/32]`` E8M0 exponents, by hand (transformers' MXFP4 quantizer needs Triton kernels): each
+  32 inputs of an output row share the scale ``2^(floor(log2 max|x|) - 2)`` (the OCP MX rule,
+  e2m1's largest exponent being 2), each value is rounded to the nearest e2m1 code, value
+  ``2k`` in the low nibble of byte ``k`` and ``2k + 1`` in its high one.
+
+transformers then loads ``FOLDER`` with its dequantizing path (``dequantize=True``:
+``Fp8Dequantize`` / ``convert_moe_packed_tensors``) in float32 and scores it into
+``FOLDER/peer.npz`` as ``_hf_peer_script.score`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch  # pants: no-infer-dep (the scratch venv's, never the resolve's)
+from safetensors.torch import load_file, save_file  # pants: no-infer-dep
+from transformers import AutoModelForCausalLM  # pants: no-infer-dep
+from transformers.integrations.finegrained_fp8 import Fp8Quantize  # pants: no-infer-dep
+from transformers.utils.quantization_config import (  # pants: no-infer-dep
+    FineGrainedFP8Config,
+    Mxfp4Config,
+)
+
+#: e2m1's magnitudes by code (codes 8-15 are their negatives).
+E2M1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+#: What the published gpt-oss folders leave unquantized (its config's list).
+GPT_OSS_KEEP = [
+    "model.layers.*.self_attn",
+    "model.layers.*.mlp.router",
+    "model.embed_tokens",
+    "lm_head",
+]
+
+
+def _fp8(tensors: dict[str, torch.Tensor], block: list[int]) -> dict[str, torch.Tensor]:
+    config = FineGrainedFP8Config(weight_block_size=tuple(block))
+
+    class Quantizer:  # what Fp8Quantize reads of its quantizer
+        quantization_config = config
+
+    op = Fp8Quantize(Quantizer())
+    out: dict[str, torch.Tensor] = {}
+    for name, value in tensors.items():
+        linear = name.startswith("model.layers.") and name.endswith(".weight") and value.ndim == 2
+        if linear and ".mlp.gate.weight" not in name:
+            out.update(op._quantize_one(name, value))
+        else:
+            out[name] = value
+    return out
+
+
+def _mxfp4_pack(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``[E, in, out]`` float → blocks ``[E, out, in/32, 16]`` and scales ``[E, out, in/32]``."""
+    rows = weight.transpose(0, 2, 1).astype(np.float64)  # [E, out, in]
+    experts, outs, ins = rows.shape
+    groups = rows.reshape(experts, outs, ins // 32, 32)
+    amax = np.abs(groups).max(axis=-1)
+    exponent = np.where(amax > 0, np.floor(np.log2(np.where(amax > 0, amax, 1.0))) - 2, 0)
+    exponent = np.clip(exponent, -127, 127)
+    scaled = groups / 2.0 ** exponent[..., None]
+    code = np.abs(np.abs(scaled)[..., None] - E2M1).argmin(axis=-1)  # nearest, clipped to 6
+    code = np.where(scaled < 0, code + 8, code).astype(np.uint8)
+    blocks = code[..., 0::2] | (code[..., 1::2] << 4)
+    return np.ascontiguousarray(blocks, np.uint8), np.ascontiguousarray(exponent + 127, np.uint8)
+
+
+def _mxfp4(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for name, value in tensors.items():
+        if name.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
+            blocks, scales = _mxfp4_pack(value.numpy())
+            out[name + "_blocks"] = torch.from_numpy(blocks)
+            out[name + "_scales"] = torch.from_numpy(scales)
+        else:
+            out[name] = value
+    return out
+
+
+def quantize(job: dict, score: Callable[..., None], eager: dict[str, str]) -> None:
+    """Run one ``quantize`` job (the module doc); ``score``/``eager``: ``_hf_peer_script``'s."""
+    spec, folder = job["quantize"], Path(job["out"])
+    plain = Path(spec["plain"])
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = load_file(str(plain / "model.safetensors"))
+    config = json.loads((plain / "config.json").read_text())
+    if spec["method"] == "fp8":
+        tensors = _fp8(tensors, spec["block"])
+        config["quantization_config"] = {
+            "quant_method": "fp8",
+            "activation_scheme": "dynamic",
+            "fmt": "e4m3",
+            "weight_block_size": spec["block"],
+        }
+        loading = FineGrainedFP8Config(weight_block_size=tuple(spec["block"]), dequantize=True)
+    else:
+        tensors = _mxfp4(tensors)
+        config["quantization_config"] = {
+            "quant_method": "mxfp4",
+            "modules_to_not_convert": GPT_OSS_KEEP,
+        }
+        loading = Mxfp4Config(dequantize=True)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    for extra in ("generation_config.json",):
+        if (plain / extra).is_file():
+            shutil.copyfile(plain / extra, folder / extra)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, quantization_config=loading, **eager
+    )
+    tokens = np.asarray(spec["tokens"], dtype=np.int64)
+    score(model, tokens, spec["new"], folder / "peer.npz")

@@ -1,0 +1,158 @@
+"""Quantized checkpoints as they are published (#70): DeepSeek-V3's block-scaled FP8 and gpt-oss's
+MXFP4 experts load into tjx with transformers' own dequantized model's logits.
+
+transformers (PyTorch in the scratch venv of ``_hf_peer``, one peer process for both) builds a tiny
+random DeepSeek-V3 (3 layers: a dense one, then MoE with a shared expert and the grouped sigmoid
+router; MLA with a query rank) and gpt-oss (2 layers, sinks, biases, 4 experts), float32, and
+quantizes each folder as the releases are (``_hf_peer_quant``): every linear weight of
+DeepSeek's decoder layers in FP8 e4m3 with a ``weight_scale_inv`` per 4 × 4 block, by
+transformers' own ``Fp8Quantize`` (4 × 4 instead of 128 × 128: every width here is a multiple
+of 4); gpt-oss's experts as ``*_blocks``/``*_scales`` (32 e2m1 values per E8M0 scale). transformers
+loads each quantized folder with ``dequantize=True`` in float32 and scores it; tjx loads the same
+folder with ``tjx.nn.load_hf`` (dequantized as the tensors stream in, `tjx.nn.hf.quantized`):
+logits within 1e-4 of transformers' (relative to their largest) and 20 greedy tokens identical.
+Quantizing moved transformers' logits by more than 1e-3 from the unquantized model's, so the
+comparison sees the dequantized values.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests_integration._hf_peer import run_peer
+from tjx import nn
+from tjx.nn.hf.io import read_header
+
+VOCAB, NEW = 96, 20
+TOKENS = np.random.default_rng(7).integers(0, VOCAB, size=(2, 12)).tolist()
+COMMON = dict(
+    vocab_size=VOCAB,
+    max_position_embeddings=64,
+    bos_token_id=None,
+    eos_token_id=None,
+    pad_token_id=None,
+    num_attention_heads=4,
+)
+CASES: dict[str, dict[str, Any]] = {
+    "deepseek_v3": dict(
+        config=dict(
+            COMMON,
+            model_type="deepseek_v3",
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=3,
+            num_key_value_heads=4,
+            initializer_range=0.2,
+            q_lora_rank=12,
+            kv_lora_rank=16,
+            qk_nope_head_dim=8,
+            qk_rope_head_dim=4,
+            v_head_dim=8,
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=16,
+            first_k_dense_replace=1,
+            n_shared_experts=1,
+            n_group=4,
+            topk_group=2,
+            norm_topk_prob=True,
+            routed_scaling_factor=2.5,
+            num_nextn_predict_layers=0,
+        ),
+        make=dict(random_buffers=["e_score_correction_bias"]),
+        quantize=dict(method="fp8", block=[4, 4]),
+    ),
+    "gpt_oss": dict(
+        config=dict(
+            COMMON,
+            model_type="gpt_oss",
+            hidden_size=64,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_key_value_heads=2,
+            head_dim=16,
+            sliding_window=5,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            initializer_range=0.5,
+            rope_parameters=dict(
+                rope_type="yarn",
+                factor=4.0,
+                beta_fast=32.0,
+                beta_slow=1.0,
+                truncate=False,
+                original_max_position_embeddings=16,
+                rope_theta=10000.0,
+            ),
+        ),
+        quantize=dict(method="mxfp4"),
+    ),
+}
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    root = tmp_path_factory.mktemp("hf-quantized")
+    jobs: list[dict[str, Any]] = []
+    for name, case in CASES.items():
+        plain = root / f"{name}-plain"
+        make = {"config": case["config"], "tokens": TOKENS, "new": NEW, **case.get("make", {})}
+        jobs.append({"make": make, "out": str(plain)})
+        quantize = {"plain": str(plain), "tokens": TOKENS, "new": NEW, **case["quantize"]}
+        jobs.append({"quantize": quantize, "out": str(root / name)})
+    run_peer(jobs, root)  # one process: make, then quantize and load back, per case
+    tokens = jnp.asarray(np.asarray(TOKENS, np.int32))
+    out: dict[str, dict[str, Any]] = {}
+    for name in CASES:
+        folder = root / name
+        hf = json.loads((folder / "config.json").read_text())
+        model, config = nn.load_hf(folder)
+        greedy = nn.generate(model, tokens[:1, :4], max_new_tokens=NEW, temperature=0)
+        out[name] = {
+            "tjx": np.asarray(model(tokens)),
+            "greedy": np.asarray(greedy),
+            "peer": dict(np.load(folder / "peer.npz")),
+            "plain": dict(np.load(root / f"{name}-plain" / "peer.npz")),
+            "dtypes": {k: e.dtype for k, e in read_header(folder / "model.safetensors").items()},
+            "quantization": hf["quantization_config"],
+            "config": config,
+        }
+    return out
+
+
+@pytest.mark.parametrize("family", list(CASES))
+def test_quantized_folder_loads_with_transformers_dequantized_logits(results, family):
+    r = results[family]
+    assert _rel(r["tjx"], r["peer"]["logits"]) < 1e-4
+    np.testing.assert_array_equal(r["greedy"], r["peer"]["greedy"])
+    # The folder is quantized as published, and that moved the logits: the comparison sees it.
+    assert _rel(r["peer"]["logits"], r["plain"]["logits"]) > 1e-3
+
+
+def test_the_folders_are_quantized_as_the_releases_are(results):
+    ds = results["deepseek_v3"]
+    assert ds["quantization"]["quant_method"] == "fp8"
+    fp8 = {k for k, d in ds["dtypes"].items() if d == "F8_E4M3"}
+    assert "model.layers.0.self_attn.kv_a_proj_with_mqa.weight" in fp8
+    assert "model.layers.1.mlp.experts.7.down_proj.weight" in fp8
+    assert "model.layers.1.mlp.shared_experts.up_proj.weight" in fp8
+    assert all(ds["dtypes"][k + "_scale_inv"] == "F32" for k in fp8)
+    assert ds["dtypes"]["model.layers.1.mlp.gate.weight"] == "F32"  # the router stays
+    assert ds["config"].router == "sigmoid" and ds["config"].q_lora_rank == 12
+    oss = results["gpt_oss"]
+    assert oss["quantization"]["quant_method"] == "mxfp4"
+    for layer in range(2):
+        for proj in ("gate_up_proj", "down_proj"):
+            name = f"model.layers.{layer}.mlp.experts.{proj}"
+            assert name not in oss["dtypes"]
+            assert oss["dtypes"][name + "_blocks"] == oss["dtypes"][name + "_scales"] == "U8"
+    assert oss["config"].attention_sinks and oss["config"].num_experts == 4

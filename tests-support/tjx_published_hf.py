@@ -1,0 +1,55 @@
+"""Published models' ``config.json`` at their real sizes, for plans of them without their weights.
+
+``published_hf/<name>/config.json`` are transcribed by hand from the model cards' folders on
+the Hugging Face hub (not downloaded: these machines reach no hub), as released:
+``openai/gpt-oss-120b`` (MXFP4 experts, ``quantization_config`` ``mxfp4``) and
+``deepseek-ai/DeepSeek-V3.1`` (block-scaled FP8, ``quant_method: fp8``, ``scale_fmt: ue8m0``,
+one multi-token-prediction layer). `config_only` lays one out as a folder of ``config.json``
+and ``model.safetensors.index.json`` only, the index naming a few of the release's tensors
+(its shards absent), DeepSeek's multi-token-prediction layer among them. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+#: Where the transcribed configs are.
+HERE = Path(__file__).with_name("published_hf")
+#: The published models, by folder name.
+PUBLISHED = ("gpt-oss-120b", "DeepSeek-V3.1")
+#: A few tensor names of each release's index and the shard the release puts them in.
+_INDEX = {
+    "gpt-oss-120b": {
+        "model.embed_tokens.weight": "model-00000-of-00014.safetensors",
+        "model.layers.0.mlp.experts.gate_up_proj_blocks": "model-00000-of-00014.safetensors",
+        "model.layers.0.mlp.experts.gate_up_proj_scales": "model-00000-of-00014.safetensors",
+        "model.layers.35.mlp.experts.down_proj_blocks": "model-00014-of-00014.safetensors",
+        "lm_head.weight": "model-00014-of-00014.safetensors",
+    },
+    "DeepSeek-V3.1": {
+        "model.embed_tokens.weight": "model-00001-of-000163.safetensors",
+        "model.layers.0.self_attn.kv_a_proj_with_mqa.weight": "model-00001-of-000163.safetensors",
+        "model.layers.0.self_attn.kv_a_proj_with_mqa.weight_scale_inv": (
+            "model-00001-of-000163.safetensors"
+        ),
+        "model.layers.61.eh_proj.weight": "model-00163-of-000163.safetensors",
+        "model.layers.61.shared_head.head.weight": "model-00163-of-000163.safetensors",
+        "lm_head.weight": "model-00162-of-000163.safetensors",
+    },
+}
+
+
+def config(name: str) -> dict:
+    """The transcribed ``config.json`` of published model ``name`` (one of `PUBLISHED`)."""
+    return json.loads((HERE / name / "config.json").read_text())
+
+
+def config_only(name: str, folder: Path) -> Path:
+    """``folder`` (made) with ``name``'s ``config.json`` and an index whose shards are absent."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(HERE / name / "config.json", folder / "config.json")
+    index = {"metadata": {"total_size": 0}, "weight_map": _INDEX[name]}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return folder

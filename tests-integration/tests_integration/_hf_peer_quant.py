@@ -33,9 +33,9 @@ import torch  # pants: no-infer-dep (the scratch venv's, never the resolve's)
 from safetensors.torch import load_file, save_file  # pants: no-infer-dep
 from transformers import AutoModelForCausalLM  # pants: no-infer-dep
 from transformers.integrations.finegrained_fp8 import Fp8Quantize  # pants: no-infer-dep
-from transformers.utils.quantization_config import (  # pants: no-infer-dep
-    FineGrainedFP8Config,
-    Mxfp4Config,
+from transformers.utils.quantization_config import (
+    FineGrainedFP8Config,  # pants: no-infer-dep
+    Mxfp4Config,  # pants: no-infer-dep
 )
 
 #: e2m1's magnitudes by code (codes 8-15 are their negatives).

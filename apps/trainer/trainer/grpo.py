@@ -68,9 +68,8 @@ def loss_fn(
         model = nnx.merge(graphdef, params, rest)
         # The entropies too (TRL's logged `entropy`; the entropy mask and bonus when set): from
         # the same logits, differentiated only through the bonus.
-        logps, entropies = nn.grpo.token_logprobs_and_entropies(
-            model, batch, temperature=r.temperature  # type: ignore[arg-type]
-        )
+        scored = nn.grpo.token_logprobs_and_entropies
+        logps, entropies = scored(model, batch, temperature=r.temperature)  # type: ignore[arg-type]
         old = batch.get("old_logps", jax.lax.stop_gradient(logps))
         out = nn.grpo.grpo_loss(
             logps,

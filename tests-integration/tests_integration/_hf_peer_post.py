@@ -14,11 +14,12 @@ Jobs (dicts; ``_hf_peer_script.main`` dispatches on the key):
   base with adapters disabled, TRL's reference for a fresh adapter) or ``policy`` (a
   checkpoint; the reference is ``base``), ``rows``, ``beta``, ``loss_type``, ``workdir``.
 - ``{"grpo": SPEC, "out": NPZ}``: TRL's ``GRPOTrainer._compute_loss`` on fixed rollouts: its
-  per-token log-probabilities of the completions, the loss, the gradient of every parameter
-  after ``loss.backward()`` and the metrics it logged. ``SPEC``: ``policy`` (a folder with the
-  tokenizer), ``npz`` (``prompt_ids``, ``completion_ids``, ``completion_mask``, ``advantages``,
-  ``old_logps``, ``ref_logps``), ``group``, ``beta``, ``epsilon``, ``epsilon_high``,
-  ``loss_type``, ``workdir``.
+  per-token log-probabilities and entropies of the completions, the loss, the gradient of every
+  parameter after ``loss.backward()`` and the metrics it logged. ``SPEC``: ``policy`` (a folder
+  with the tokenizer), ``npz`` (``prompt_ids``, ``completion_ids``, ``completion_mask``,
+  ``advantages``, ``old_logps``, ``ref_logps``), ``group``, ``settings`` (``GRPOConfig``'s loss
+  fields: ``beta``, ``epsilon``, ``loss_type``, ``importance_sampling_level``, ...),
+  ``workdir``.
 """
 
 from __future__ import annotations
@@ -139,10 +140,7 @@ def grpo(job: dict[str, Any]) -> None:
     rows, length = data["completion_ids"].shape
     args = GRPOConfig(
         output_dir=spec["workdir"],
-        beta=spec["beta"],
-        epsilon=spec["epsilon"],
-        epsilon_high=spec["epsilon_high"],
-        loss_type=spec["loss_type"],
+        **spec["settings"],
         num_generations=spec["group"],
         per_device_train_batch_size=rows,
         max_completion_length=length,
@@ -175,14 +173,15 @@ def grpo(job: dict[str, Any]) -> None:
     loss.backward()
     with torch.no_grad():
         ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-        logps, _, _ = trainer._get_per_token_logps_and_entropies(
-            trainer.model, ids, torch.ones_like(ids), length
+        logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, ids, torch.ones_like(ids), length, compute_entropy=True
         )
     grads, metrics = _grads_and_metrics(trainer)
     np.savez(
         job["out"],
         loss=np.asarray(float(loss.detach())),
         logps=logps.float().numpy(),
+        entropies=entropies.float().numpy(),
         metrics=np.asarray(json.dumps(metrics)),
         **grads,
     )

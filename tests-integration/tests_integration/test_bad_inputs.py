@@ -459,6 +459,31 @@ CASES = [
         None,
         "grpo.max_new_tokens: data.seq_len (32, the prompts) + 40 exceeds model.max_seq_len (64)",
     ),
+    # GRPO's loss variants (issue #72): a combination TRL would run with a warning, or where one
+    # setting would silently do nothing, is refused in one line naming the key and the fix.
+    (
+        "grpo-luspo-token-ratios",
+        T,
+        [*GRPO, "--set", "grpo.loss_type=luspo"],
+        None,
+        "grpo.importance_sampling_level: luspo weights GSPO's sequence ratio by the completion's "
+        "length; set grpo.importance_sampling_level to sequence",
+    ),
+    (
+        "grpo-cap-inside-the-clip",
+        T,
+        [*GRPO, "--set", "grpo.epsilon_high=0.28", "--set", "grpo.delta=1.2"],
+        None,
+        "grpo.delta: 1.2 must be > 1 + ε_high (1.28)",
+    ),
+    (
+        "grpo-sapo-setting-under-dapo",
+        T,
+        [*GRPO, "--set", "grpo.sapo_temperature_neg=2.0"],
+        None,
+        "grpo.sapo_temperature_neg: applies to loss_type sapo, not dapo; drop it or change "
+        "grpo.loss_type",
+    ),
     ("one-token-sequences", T, [*TINY, "--set", "data.seq_len=1"], None, "data.seq_len: 1 is"),
     ("dropout-one", T, [*TINY, "--set", "model.dropout=1.0"], None, "model.dropout"),
     ("beta-one", T, [*TINY, "--set", "optimizer.b1=1.0"], None, "optimizer.b1"),

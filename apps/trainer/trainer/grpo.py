@@ -14,9 +14,10 @@ one rollout. A checkpoint at a multiple of μ resumes bit for bit: the keys are 
 prompt loader's position is saved. A run resumed inside a rollout's μ steps (a signal's save)
 samples a fresh rollout at its first step.
 
-Logged with TRL's names: ``loss``, ``kl``, ``clip_ratio/*``, ``reward``, ``reward_std``,
-``rewards/<name>/mean``, ``completions/mean_length``, and ``rollout_tokens_per_s``; held out
-(`heldout_reward`): ``val_reward`` of greedy completions of the validation prompts.
+Logged with TRL's names: ``loss``, ``kl``, ``entropy``, ``clip_ratio/*`` (or the loss type's
+own: tjx.nn's `GrpoOutput.metrics`), ``reward``, ``reward_std``, ``rewards/<name>/mean``,
+``completions/mean_length``, and ``rollout_tokens_per_s``; held out (`heldout_reward`):
+``val_reward`` of greedy completions of the validation prompts.
 """
 
 from __future__ import annotations
@@ -49,9 +50,10 @@ def loss_fn(
     graphdef: nnx.GraphDef[nnx.Module], rest: nnx.State, cfg: StepConfig
 ) -> Callable[[chex.ArrayTree, Batch, jax.Array], tuple[jax.Array, chex.ArrayTree]]:
     """``loss_fn(params, batch, step, reference=None) -> (loss, aux)``: tjx.nn's `grpo_loss` of
-    a rollout batch (`Rollouts.batch`); ``aux`` holds the completion tokens (``num_tokens``) and
-    TRL's metrics (``"grpo"``). Without ``old_logps`` in the batch (μ = 1) the sampling policy
-    is the policy itself, its log-probabilities without gradient (TRL's ``detach``)."""
+    a rollout batch (`Rollouts.batch`) with the config's loss type, ratio level and masks;
+    ``aux`` holds the completion tokens (``num_tokens``) and TRL's metrics (``"grpo"``). Without
+    ``old_logps`` in the batch (μ = 1) the sampling policy is the policy itself, its
+    log-probabilities without gradient (TRL's ``detach``)."""
     settings, r = cfg.grpo, cfg.rollout
 
     def fn(
@@ -64,7 +66,10 @@ def loss_fn(
         # reference (DPO's, bound by the step) was scored once per rollout: batch["ref_logps"].
         del step, reference
         model = nnx.merge(graphdef, params, rest)
-        logps = nn.grpo.token_logprobs(model, batch, temperature=r.temperature)  # type: ignore[arg-type]
+        # The entropies too (TRL's logged `entropy`; the entropy mask and bonus when set): from
+        # the same logits, differentiated only through the bonus.
+        scored = nn.grpo.token_logprobs_and_entropies
+        logps, entropies = scored(model, batch, temperature=r.temperature)  # type: ignore[arg-type]
         old = batch.get("old_logps", jax.lax.stop_gradient(logps))
         out = nn.grpo.grpo_loss(
             logps,
@@ -73,6 +78,7 @@ def loss_fn(
             batch["mask"],
             config=settings,
             ref_logps=batch.get("ref_logps"),
+            entropies=entropies,
             max_completion_length=r.max_new_tokens,
         )
         return out.loss, {"num_tokens": out.tokens, "grpo": out.metrics()}
@@ -181,6 +187,7 @@ class Rollouts:
             top_p=r.top_p,
             eos_id=self.eos_id,
             pad_id=0,
+            mask_truncated=r.mask_truncated_completions,
         )
         took = time.perf_counter() - started
         examples = [self.rows[int(i)] for i in np.repeat(prompts["row_ids"], r.group_size)]

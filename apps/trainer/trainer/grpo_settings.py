@@ -39,6 +39,11 @@ class GrpoRollout:
     reward_weights: list[float] | None = setting(
         None, help="one weight per reward (the reward is their weighted sum); null: 1 each"
     )
+    mask_truncated_completions: bool = setting(
+        False,
+        help="leave completions that reach max_new_tokens without ending out of the loss "
+        "(DAPO; TRL's mask_truncated_completions)",
+    )
 
 
 def is_grpo(data: Any) -> bool:

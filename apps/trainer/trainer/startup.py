@@ -76,6 +76,15 @@ def run(plan: RunPlan) -> int:
         return _prepare_and_train(plan)
 
 
+#: Said when GRPO starts from random weights: GRPO learns only from completions that score, and
+#: a random policy's score ~0, so such a run only spends its steps (issue #72).
+RL_FROM_SCRATCH = (
+    "GRPO (data.format=prompts) trains from random weights here, at ~0 reward: nothing for it "
+    "to learn from; start from an SFT checkpoint that solves some of the prompts with "
+    "--init-from RUN (a run folder, RUN@STEP for one of its checkpoints, or a Hugging Face one)"
+)
+
+
 def _warn(message: str) -> None:
     print(f"trainer: warning: {message}", file=sys.stderr, flush=True)
 
@@ -109,6 +118,8 @@ def _lock(run_dir: Path) -> contextlib.AbstractContextManager[object]:
 def _prepare_and_train(plan: RunPlan) -> int:
     cfg, primary = plan.config, parallel.is_primary()
     _device_note(cfg)
+    if primary and is_grpo(cfg.data) and plan.init_from is None and not plan.resume:
+        _warn(RL_FROM_SCRATCH)
     # Everything that can fail on bad input happens before the run directory exists.
     try:
         # The mesh first: a mesh, batch or context split that cannot work costs no data preparation

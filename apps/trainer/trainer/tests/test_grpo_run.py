@@ -48,11 +48,17 @@ def _metrics(run):
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_grpo_run_logs_trl_names_and_resumes_bit_for_bit(in_tmp):
+def test_a_grpo_run_logs_trl_names_and_resumes_bit_for_bit(in_tmp, capsys):
+    from trainer.startup import RL_FROM_SCRATCH
+
     sets = ("train.steps=4", "train.checkpoint_every=2")
     assert main(_argv(in_tmp, "whole", *sets)) == 0
+    # Started fresh without --init-from: one warning line saying so (issue #72).
+    warned = [x for x in capsys.readouterr().err.splitlines() if "warning" in x]
+    assert warned == [f"trainer: warning: {RL_FROM_SCRATCH}"]
+    assert "--init-from RUN" in RL_FROM_SCRATCH and "~0 reward" in RL_FROM_SCRATCH
     lines = [x for x in _metrics(in_tmp / "whole") if "loss" in x]
-    names = {"loss", "kl", "reward", "reward_std", "clip_ratio/region_mean"}
+    names = {"loss", "kl", "entropy", "reward", "reward_std", "clip_ratio/region_mean"}
     names |= {"rewards/exact_answer/mean", "completions/mean_length", "rollout_tokens_per_s"}
     assert names <= set(lines[0]), sorted(lines[0])
     assert [x["step"] for x in lines] == [1, 2, 3, 4]
@@ -64,7 +70,9 @@ def test_a_grpo_run_logs_trl_names_and_resumes_bit_for_bit(in_tmp):
     assert val and val[-1]["val_prompts"] >= 1
     # Stopped at the rollout boundary, resumed: the same rollouts (keys, prompts), the same end.
     assert main(_argv(in_tmp, "parts", *sets, "train.stop_at=2")) == 0
+    capsys.readouterr()
     assert main([*_argv(in_tmp, "parts", *sets), "--resume"]) == 0
+    assert "warning" not in capsys.readouterr().err  # a resume continues a run: no warning
     done = [json.loads((in_tmp / r / "final.json").read_text()) for r in ("whole", "parts")]
     assert done[0]["params_sha256"] == done[1]["params_sha256"]
     again = [x for x in _metrics(in_tmp / "parts") if "loss" in x and x["step"] > 2]
@@ -72,14 +80,28 @@ def test_a_grpo_run_logs_trl_names_and_resumes_bit_for_bit(in_tmp):
         assert (a["loss"], a["reward"], a["kl"]) == (b["loss"], b["reward"], b["kl"])
 
 
+#: GSPO with the entropy mask and bonus: the trainer hands the section's loss settings through.
+GSPO = (
+    "grpo.loss_type=grpo",
+    "grpo.importance_sampling_level=sequence",
+    "grpo.epsilon=3e-4",
+    "grpo.epsilon_high=4e-4",
+    "grpo.top_entropy_quantile=0.5",
+    "grpo.entropy_coef=0.01",
+)
+
+
 def test_the_trainer_update_is_the_library_loss_of_the_loop_rollout(in_tmp):
+    import dataclasses
+
     import trainer.data_setup as data_setup
     import trainer.state as state
     from trainer.grpo import Rollouts
     from trainer.grpo import batch_shapes as grpo_batch_shapes
     from trainer.step import make_loss_fn
 
-    cfg = plan_argv(_argv(in_tmp, "run", "train.steps=2")).config
+    cfg = plan_argv(_argv(in_tmp, "run", "train.steps=2", *GSPO)).config
+    assert cfg.grpo.importance_sampling_level == "sequence" and cfg.grpo.entropy_coef == 0.01
     bundle = data_setup.prepare(cfg)
     cfg = resolve(cfg, bundle.vocab_size)
     setup = state.build(step_config(cfg))
@@ -100,7 +122,7 @@ def test_the_trainer_update_is_the_library_loss_of_the_loop_rollout(in_tmp):
     np.testing.assert_allclose(batch["ref_logps"], logps, atol=1e-6)
     np.testing.assert_allclose(batch["old_logps"], logps, atol=1e-6)  # μ = 2: π_old
     perturbed = jax.tree.map(lambda x: x * 1.01, params)
-    moved = nn.token_logprobs(
+    moved, entropies = nn.token_logprobs_and_entropies(
         nnx.merge(setup.graphdef, perturbed, setup.rest), batch, temperature=1.0
     )
     want = nn.grpo_loss(
@@ -110,13 +132,26 @@ def test_the_trainer_update_is_the_library_loss_of_the_loop_rollout(in_tmp):
         batch["mask"],
         config=cfg.grpo,
         ref_logps=batch["ref_logps"],
+        entropies=entropies,
         max_completion_length=cfg.rollout.max_new_tokens,
     )
     loss_fn = make_loss_fn(setup.graphdef, setup.rest, setup.step_config)
     got, aux = jax.jit(loss_fn)(perturbed, batch, jnp.asarray(0))
     np.testing.assert_allclose(got, want.loss, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(aux["grpo"]["kl"], want.kl, rtol=1e-6, atol=1e-9)
+    assert set(aux["grpo"]) == set(want.metrics())  # GSPO's bonus: policy_loss, entropy_coef
+    for name, value in want.metrics().items():
+        np.testing.assert_allclose(aux["grpo"][name], value, rtol=1e-6, atol=1e-7, err_msg=name)
     assert float(aux["num_tokens"]) == float(np.asarray(batch["mask"]).sum())
+    # grpo.mask_truncated_completions: the same rollout (its key and prompts), the completions
+    # that never reached the end-of-turn token out of the loss.
+    cut = dataclasses.replace(cfg.rollout, mask_truncated_completions=True)
+    again = Rollouts(dataclasses.replace(cfg, rollout=cut), setup,
+                     data_setup.train_loader(bundle, cfg), bundle)  # fmt: skip
+    masked, _ = again.batch(0, setup.state)
+    np.testing.assert_array_equal(masked["targets"], batch["targets"])
+    ended = (np.asarray(batch["targets"]) == rollouts.eos_id).any(axis=1)
+    want_mask = np.asarray(batch["mask"]) * ended[:, None]
+    np.testing.assert_array_equal(np.asarray(masked["mask"]), want_mask)
 
 
 def test_group_advantages_of_the_loop_are_group_normalised_rewards():
@@ -152,6 +187,7 @@ def test_a_reward_that_fails_on_a_completion_ends_the_run_in_one_line(in_tmp, ca
     argv = _argv(in_tmp, "run", "train.steps=2", "train.checkpoint_every=2", "grpo.rewards=[picky]")
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
+    err = [x for x in err if not x.startswith("trainer: warning: GRPO (data.format=prompts)")]
     assert len(err) == 1 and "Traceback" not in err[0], err
     assert err[0].startswith("trainer: error: grpo.rewards: at step 1: reward 'picky' raised "), err
     assert not (in_tmp / "run" / "checkpoints" / "1").exists()

@@ -45,6 +45,7 @@ from tjx.nn.grpo.losses import (
     group_advantages,
     grpo_loss,
     token_logprobs,
+    token_logprobs_and_entropies,
 )
 from tjx.nn.hf.checkpoints import (
     HF_MODEL_TYPES,
@@ -171,6 +172,7 @@ __getattr__ = moved_out(
 
 __all__ = [
     "token_logprobs",
+    "token_logprobs_and_entropies",
     "grpo_loss",
     "group_advantages",
     "GrpoOutput",

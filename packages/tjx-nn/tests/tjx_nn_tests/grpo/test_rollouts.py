@@ -37,6 +37,16 @@ def test_targets_are_each_completions_tokens_through_its_end_and_nothing_else():
         assert np.all(out.completions[r, n[r] :] == 0)
     np.testing.assert_array_equal(np.asarray(out.mask), (targets != -100).astype(np.float32))
     np.testing.assert_array_equal(np.asarray(out.batch["inputs"]), seq[:, :-1])
+    np.testing.assert_array_equal(out.truncated, ~ended)
+    # mask_truncated (TRL's mask_truncated_completions): a completion that never ended is out of
+    # the loss (its mask row 0), the rest as before; its tokens and length are still reported.
+    cut = rollout_batch(seq, lengths_p, max_new_tokens=t, eos_id=eos, mask_truncated=True)
+    want = np.asarray(out.mask) * ended[:, None]
+    np.testing.assert_array_equal(np.asarray(cut.mask), want)
+    np.testing.assert_array_equal(np.asarray(cut.batch["targets"]), targets)
+    np.testing.assert_array_equal(cut.lengths, n)
+    with pytest.raises(ValueError, match="mask_truncated needs eos_id"):
+        rollout_batch(seq, lengths_p, max_new_tokens=t, eos_id=None, mask_truncated=True)
 
 
 def test_groups_repeat_each_prompt_and_sample_their_own_completions():
@@ -64,7 +74,7 @@ def test_groups_repeat_each_prompt_and_sample_their_own_completions():
         sample_groups(model, prompts, lengths, key=key, **{**kw, "temperature": 0.0})
 
 
-def test_a_temperature_divides_the_logits_before_the_log_softmax():
+def test_a_temperature_divides_the_logits_before_the_log_softmax_and_the_entropy():
     model = build(llama_tiny())
     rng = np.random.default_rng()
     ids = jnp.asarray(rng.integers(0, model.config.vocab_size, (2, 6)), jnp.int32)
@@ -74,6 +84,15 @@ def test_a_temperature_divides_the_logits_before_the_log_softmax():
     want = np.take_along_axis(logits, np.asarray(ids[:, 1:])[..., None], -1)[..., 0] - logz
     got = np.asarray(tnn.token_logprobs(model, batch, temperature=0.7))
     np.testing.assert_allclose(got, want, atol=2e-5)
+    # The entropies (TRL's) of the same tempered distributions; 0 where the target is -100.
+    batch["targets"] = batch["targets"].at[0, :2].set(-100)
+    logps, ent = tnn.token_logprobs_and_entropies(model, batch, temperature=0.7)
+    logp_all = logits - logz[..., None]
+    entropy = -(np.exp(logp_all) * logp_all).sum(-1)
+    entropy[0, :2] = 0.0
+    np.testing.assert_allclose(np.asarray(ent), entropy, atol=2e-5)
+    want[0, :2] = 0.0
+    np.testing.assert_allclose(np.asarray(logps), want, atol=2e-5)
 
 
 def test_greedy_completions_are_each_rows_argmax_continuation_up_to_its_end():

@@ -7,28 +7,46 @@ where the baseline is the group's own mean reward instead of a value model:
 - **advantages** (`group_advantages`): ``A_i = r_i - mean(r_group)``, divided by the group's
   standard deviation (``scale="group"``, Bessel-corrected as TRL's ``nanstd``) or the batch's
   (``"batch"``) plus ``1e-4``, or not divided (``"none"``, Dr. GRPO's advice);
-- **ratio**: per completion token ``ρ = exp(log π(t) - log π_old(t))``, where ``π_old`` is the
-  policy that sampled the rollout (``ρ = 1`` on the first of the μ optimisation steps);
-- **per-token loss**: ``-min(ρ A, clip(ρ, 1 - ε_low, 1 + ε_high) A) + β KL``, with the KL to the
-  reference policy estimated per token as ``exp(r - l) - (r - l) - 1`` (Schulman's k3, ``l`` and
-  ``r`` the policy's and the reference's log-probabilities), only when ``β > 0``, and multiplied
-  by the (differentiable) ratio ``ρ`` by default (``kl_correction``: DeepSeek-V3.2's unbiased
-  reverse-KL gradient, TRL's ``use_bias_correction_kl``, on by default in trl 1.16);
-- **aggregation** (`GRPO_LOSSES`, TRL's ``loss_type``): ``grpo`` the mean over completions of each
-  one's token mean; ``bnpo`` the token mean over the batch; ``dr_grpo`` the token sum over
-  ``rows × max_completion_length``; ``dapo`` (TRL's default) the token sum over the tokens of the
-  whole generation batch (``total_tokens``; the batch's own count when not given).
+- **ratio** (``importance_sampling_level``): per completion token ``ρ = exp(log π(t) - log
+  π_old(t))`` (``"token"``), where ``π_old`` is the policy that sampled the rollout (``ρ = 1`` on
+  the first of the μ optimisation steps); or one per completion, ``s = exp(mean_t (log π(t) -
+  log π_old(t)))``, broadcast to its tokens (``"sequence"``: GSPO, Zheng et al. 2025, clipped
+  with its own small ε, e.g. 3e-4 / 4e-4);
+- **per-token loss** (``loss_type``): ``-min(ρ' A, clip(ρ, 1 - ε_low, 1 + ε_high) A)`` for the
+  clipped losses (`CLIPPED_LOSSES`), ``ρ' = min(ρ, δ)`` with INTELLECT-2's two-sided ``delta``,
+  else ``ρ``; ``cispo`` (MiniMax-M1) ``-sg(min(ρ, ε_high)) A log π``; ``sapo`` (soft adaptive)
+  ``-σ(τ (ρ - 1)) 4 / τ A`` with ``τ`` by the advantage's sign; ``vespo`` ``-sg(φ(w)) A log π``
+  with ``w`` the completion's summed log-ratio, exponentiated, and ``φ(w) = e^λ w^k e^(-λ w)``
+  (``k``, ``λ`` by the sign); then, when set, the off-policy sequence mask (DeepSeek-V3.2: a
+  completion with ``A < 0`` whose mean ``log π_old - log π`` exceeds
+  ``off_policy_mask_threshold`` is dropped) and the high-entropy token mask
+  (``top_entropy_quantile`` ρ: the tokens at or above the batch's ``1 - ρ`` entropy quantile);
+  then ``+ β KL``, the KL to the reference policy estimated per token as ``exp(r - l) - (r - l) -
+  1`` (Schulman's k3, ``l`` and ``r`` the policy's and the reference's log-probabilities), only
+  when ``β > 0``, and multiplied by the (differentiable) ratio by default (``kl_correction``:
+  DeepSeek-V3.2's unbiased reverse-KL gradient, TRL's ``use_bias_correction_kl``);
+- **aggregation** (`GRPO_LOSSES`, TRL's ``loss_type``): ``grpo`` and ``sapo`` the mean over
+  completions of each one's token mean; ``bnpo`` the token mean over the batch; ``dr_grpo`` the
+  token sum over ``rows × max_completion_length``; ``dapo`` (TRL's default), ``cispo`` and
+  ``vespo`` the token sum over the tokens of the whole generation batch (``total_tokens``; the
+  batch's own count when not given); ``luspo`` the mean over completions of each one's token
+  sum (GSPO's ratio, each completion weighted by its length);
+- **entropy bonus**: ``- entropy_coef ×`` the token mean of the policy's entropy (over the
+  tokens the entropy mask keeps).
 
-These are the formulas of TRL's ``GRPOTrainer._compute_loss`` (trl 1.16) with its defaults
-(token-level importance sampling, no entropy mask, no two-sided ``delta``, no vLLM correction);
-the peer test holds tjx's loss and gradient to TRL's within 1e-5. The metrics carry TRL's names
-(``kl``, ``clip_ratio/low_mean``, ``clip_ratio/high_mean``, ``clip_ratio/region_mean``).
+These are the formulas of TRL's ``GRPOTrainer._compute_loss`` (trl 1.16) and its settings of the
+same names (no vLLM correction, no adaptive entropy coefficient); the peer test holds tjx's loss,
+gradient and logged metrics to TRL's within 1e-5 for every loss type and ratio level. The metrics
+carry TRL's names (`GrpoOutput.metrics`).
 """
 
 # `setting()` returns dataclasses.field objects (with the metadata apps read).
 # ruff: noqa: RUF009
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -43,28 +61,50 @@ from tjx.nn.losses import target_logprobs
 
 __all__ = [
     "ADVANTAGE_SCALES",
+    "CLIPPED_LOSSES",
     "GRPO_LOSSES",
+    "IMPORTANCE_LEVELS",
     "GrpoConfig",
     "GrpoOutput",
     "grpo_loss",
     "group_advantages",
     "token_logprobs",
+    "token_logprobs_and_entropies",
 ]
 
 Array = jax.Array
 
-#: How the per-token losses are aggregated (TRL's ``loss_type`` of the same names).
-GRPO_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo")
+#: The per-token losses and their aggregations (TRL's ``loss_type`` of the same names).
+GRPO_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
+#: The losses with PPO's clipped objective: ``delta`` caps them, ``clip_ratio/*`` is logged.
+CLIPPED_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+#: Where the importance ratio is taken (TRL's ``importance_sampling_level``): per token, or one
+#: per completion (GSPO).
+IMPORTANCE_LEVELS = ("token", "sequence")
 #: What the advantages are divided by (TRL's ``scale_rewards``).
 ADVANTAGE_SCALES = ("group", "batch", "none")
 #: Added to the standard deviation before dividing by it (TRL's constant): a group whose rewards
 #: are all equal gets advantages of 0, not a division by 0.
 STD_EPS = 1e-4
+#: VESPO's bounds on a completion's summed log-ratio (TRL's: ``log(1e-8)`` below, 20 above).
+_VESPO_LOG_W = (math.log(1e-8), 20.0)
+#: The loss types each family of settings applies to (a value changed for another one would do
+#: nothing: refused, not ignored).
+_ONLY_FOR = {
+    "delta": CLIPPED_LOSSES,
+    "sapo_temperature_pos": ("sapo",),
+    "sapo_temperature_neg": ("sapo",),
+    "vespo_k_pos": ("vespo",),
+    "vespo_lambda_pos": ("vespo",),
+    "vespo_k_neg": ("vespo",),
+    "vespo_lambda_neg": ("vespo",),
+}
 
 
 @dataclass(frozen=True)
 class GrpoConfig:
-    """How GRPO turns rewards into a loss (`group_advantages`' and `grpo_loss`'s settings)."""
+    """How GRPO turns rewards into a loss (`group_advantages`' and `grpo_loss`'s settings, TRL
+    ``GRPOConfig``'s names and defaults)."""
 
     beta: float = setting(
         0.0,
@@ -75,12 +115,16 @@ class GrpoConfig:
         0.2, gt=0, help="ε_low: the ratio is clipped below at 1 - ε (TRL's epsilon)"
     )
     epsilon_high: float | None = setting(
-        None, help="ε_high: clipped above at 1 + ε_high (DAPO: 0.28); null: ε"
+        None,
+        gt=0,
+        help="ε_high: clipped above at 1 + ε_high (DAPO: 0.28); cispo: the cap on the ratio "
+        "itself (ScaleRL: 5.0); null: ε",
     )
     loss_type: str = setting(
         "dapo",
         choices=GRPO_LOSSES,
-        help="how token losses are aggregated: grpo, bnpo, dr_grpo or dapo (TRL's loss_type)",
+        help="the per-token loss and its aggregation: grpo, bnpo, dr_grpo, dapo, cispo, sapo, "
+        "luspo or vespo (TRL's loss_type)",
     )
     kl_correction: bool = setting(
         True,
@@ -92,26 +136,116 @@ class GrpoConfig:
         choices=ADVANTAGE_SCALES,
         help="divide the advantages by the group's or the batch's reward std, or none",
     )
+    importance_sampling_level: str = setting(
+        "token",
+        choices=IMPORTANCE_LEVELS,
+        help="token: a ratio per token; sequence: one per completion, exp of its tokens' mean "
+        "log-ratio (GSPO, with a small epsilon: 3e-4 / 4e-4)",
+    )
+    delta: float | None = setting(
+        None,
+        gt=1,
+        help="two-sided clipping (INTELLECT-2): the ratio is also capped at δ (> 1 + ε_high) in "
+        "the clipped losses; null: off",
+    )
+    top_entropy_quantile: float = setting(
+        1.0,
+        min=0,
+        max=1,
+        help="ρ: only the tokens in the batch's top-ρ entropy quantile carry the policy loss "
+        "(Beyond the 80/20 rule: 0.2); 1: all",
+    )
+    entropy_coef: float = setting(
+        0.0, min=0, help="the entropy bonus: minus this times the token mean entropy; 0: off"
+    )
+    off_policy_mask_threshold: float | None = setting(
+        None,
+        gt=0,
+        help="drop a completion with a negative advantage whose mean log π_old - log π exceeds "
+        "it (DeepSeek-V3.2's off-policy mask, e.g. 0.5); null: off",
+    )
+    sapo_temperature_pos: float = setting(
+        1.0, gt=0, help="sapo: the gate's temperature τ for a positive advantage"
+    )
+    sapo_temperature_neg: float = setting(
+        1.05, gt=0, help="sapo: τ for a zero or negative advantage"
+    )
+    vespo_k_pos: float = setting(2.0, min=0, help="vespo: the power k for A >= 0")
+    vespo_lambda_pos: float = setting(3.0, gt=0, help="vespo: the decay λ for A >= 0")
+    vespo_k_neg: float = setting(3.0, min=0, help="vespo: the power k for A < 0")
+    vespo_lambda_neg: float = setting(2.0, gt=0, help="vespo: the decay λ for A < 0")
 
     def __post_init__(self) -> None:
-        for name, strict in (("beta", False), ("epsilon", True)):
-            value = getattr(self, name)
-            bad = isinstance(value, bool) or not isinstance(value, int | float)
-            if bad or value < 0 or (strict and value == 0):
-                rule = "> 0" if strict else ">= 0"
-                raise ValueError(f"GrpoConfig.{name} must be a number {rule}; got {value!r}")
-        high = self.epsilon_high
-        if high is not None and (
-            isinstance(high, bool) or not isinstance(high, int | float) or not high > 0
-        ):
-            raise ValueError(f"GrpoConfig.epsilon_high must be a number > 0 or null; got {high!r}")
+        for f in dataclasses.fields(self):  # the numbers' bounds, from their metadata
+            _check_number(f, getattr(self, f.name))
         choice("GrpoConfig", "loss_type", self.loss_type, GRPO_LOSSES)
         choice("GrpoConfig", "scale_rewards", self.scale_rewards, ADVANTAGE_SCALES)
+        level = self.importance_sampling_level
+        choice("GrpoConfig", "importance_sampling_level", level, IMPORTANCE_LEVELS)
+        loss = self.loss_type
+        for name, losses in _ONLY_FOR.items():
+            value, default = getattr(self, name), _default(name)
+            if value != default and loss not in losses:
+                raise ValueError(
+                    f"GrpoConfig.{name}: applies to loss_type {' or '.join(losses)}, not "
+                    f"{loss}; drop it or change GrpoConfig.loss_type"
+                )
+        if loss == "luspo" and level != "sequence":
+            raise ValueError(
+                "GrpoConfig.importance_sampling_level: luspo weights GSPO's sequence ratio by "
+                "the completion's length; set GrpoConfig.importance_sampling_level to sequence"
+            )
+        if loss == "vespo" and level != "token":
+            raise ValueError(
+                "GrpoConfig.importance_sampling_level: vespo takes its own sequence weight from "
+                "the token ratios; set GrpoConfig.importance_sampling_level to token"
+            )
+        if loss == "cispo" and self.epsilon_high is None:
+            raise ValueError(
+                "GrpoConfig.epsilon_high: cispo caps the ratio itself at ε_high (ScaleRL: 5.0), "
+                "not at 1 + ε; set GrpoConfig.epsilon_high"
+            )
+        if self.delta is not None and not self.delta > 1 + self.clip_high:
+            raise ValueError(
+                f"GrpoConfig.delta: {self.delta} must be > 1 + ε_high ({1 + self.clip_high:g}): "
+                "a cap inside the clip range cuts the ratios PPO keeps; raise it or set null"
+            )
 
     @property
     def clip_high(self) -> float:
         """ε_high, which defaults to ε."""
         return float(self.epsilon if self.epsilon_high is None else self.epsilon_high)
+
+    @property
+    def needs_entropies(self) -> bool:
+        """Whether `grpo_loss` needs the policy's token entropies (the entropy mask or bonus)."""
+        return self.top_entropy_quantile < 1.0 or self.entropy_coef > 0
+
+
+def _default(name: str) -> object:
+    return GrpoConfig.__dataclass_fields__[name].default
+
+
+def _check_number(f: dataclasses.Field[object], value: object) -> None:
+    """A numeric field of `GrpoConfig` is a finite number within its metadata's bounds (None
+    where its default is None), else a ValueError naming it."""
+    bounds = {k: f.metadata[k] for k in ("min", "gt", "max") if k in f.metadata}
+    if not bounds or (value is None and f.default is None):
+        return
+    rule = ", ".join(f"{'>=' if k == 'min' else '>' if k == 'gt' else '<='} {v}"
+                     for k, v in bounds.items())  # fmt: skip
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = ok and math.isfinite(float(value))  # type: ignore[arg-type]
+    if ok:
+        v = float(value)  # type: ignore[arg-type]
+        ok = (
+            v >= bounds.get("min", -math.inf)
+            and v > bounds.get("gt", -math.inf)
+            and v <= bounds.get("max", math.inf)
+        )
+    if not ok:
+        null = " or null" if f.default is None else ""
+        raise ValueError(f"GrpoConfig.{f.name} must be a number {rule}{null}; got {value!r}")
 
 
 class GrpoOutput(NamedTuple):
@@ -120,15 +254,18 @@ class GrpoOutput(NamedTuple):
     Attributes
     ----------
     loss : Array
-        Scalar float32, aggregated as the config's ``loss_type``.
+        Scalar float32, aggregated as the config's ``loss_type`` (the entropy bonus included).
     kl : Array
         Scalar: the token mean of the KL estimate (ratio-weighted with ``kl_correction``, as TRL
         logs it; 0 when ``β = 0``: no reference was given).
     clip_low, clip_high, clip_region : Array
-        Scalars: the share of completion tokens whose ratio was clipped below (with a negative
-        advantage), above (with a positive one), either.
+        Scalars: the share of completion tokens (of completions, with sequence-level ratios)
+        whose ratio was clipped below (with a negative advantage), above (with a positive one),
+        either; 0 for a loss without PPO's clip (cispo, sapo, vespo).
     tokens : Array
         Scalar float32: how many completion tokens the batch scored.
+    logged : dict
+        TRL's metrics of this loss by TRL's names (`metrics`).
     """
 
     loss: Array
@@ -137,16 +274,16 @@ class GrpoOutput(NamedTuple):
     clip_high: Array
     clip_region: Array
     tokens: Array
+    logged: dict[str, Array]
 
     def metrics(self) -> dict[str, Array]:
-        """TRL's names: ``kl``, ``clip_ratio/low_mean``, ``clip_ratio/high_mean``,
-        ``clip_ratio/region_mean``."""
-        return {
-            "kl": self.kl,
-            "clip_ratio/low_mean": self.clip_low,
-            "clip_ratio/high_mean": self.clip_high,
-            "clip_ratio/region_mean": self.clip_region,
-        }
+        """What TRL's ``_compute_loss`` logs, by its names: ``kl`` (also when ``β = 0``: 0),
+        ``entropy`` (when the entropies were given); for the clipped losses
+        ``clip_ratio/{low,high,region}_mean``, ``clip_ratio/low_min`` and
+        ``clip_ratio/high_max`` (the extremes over completions of each one's clipped share);
+        ``cispo_clip_ratio`` (cispo), ``vespo/phi_seq_mean`` (vespo); ``policy_loss`` (the loss
+        before the bonus) and ``entropy_coef`` with an entropy bonus."""
+        return dict(self.logged)
 
 
 def group_advantages(rewards: Array, group_size: int, *, scale: str = "group") -> Array:
@@ -187,6 +324,16 @@ def group_advantages(rewards: Array, group_size: int, *, scale: str = "group") -
     return advantages / (std + STD_EPS)
 
 
+def _scaled_logits(model: DecoderLM, batch: dict[str, Array], temperature: float) -> Array:
+    logits = model(
+        batch["inputs"],
+        positions=batch.get("positions"),
+        segment_ids=batch.get("segment_ids"),
+        deterministic=True,
+    ).astype(jnp.float32)
+    return logits / temperature
+
+
 def token_logprobs(model: DecoderLM, batch: dict[str, Array], *, temperature: float = 1.0) -> Array:
     """Each target's log-probability under ``model`` (0 where the target is ``-100``).
 
@@ -207,14 +354,66 @@ def token_logprobs(model: DecoderLM, batch: dict[str, Array], *, temperature: fl
         float32 ``[rows, seq]``. From the float32 logits: the rollouts are short and the
         chunked loss kernel gives sums, not tokens.
     """
+    return target_logprobs(_scaled_logits(model, batch, temperature), batch["targets"])
+
+
+def token_logprobs_and_entropies(
+    model: DecoderLM, batch: dict[str, Array], *, temperature: float = 1.0
+) -> tuple[Array, Array]:
+    """`token_logprobs` and, from the same logits, the entropy of each scored position's
+    next-token distribution (TRL's ``entropy``: ``logsumexp(z) - Σ softmax(z) z`` of the logits
+    over ``temperature``; 0 where the target is ``-100``), which carries a gradient (the entropy
+    bonus).
+
+    Parameters
+    ----------
+    model, batch, temperature
+        As `token_logprobs`'.
+
+    Returns
+    -------
+    tuple of Array
+        float32 ``[rows, seq]`` each: the log-probabilities and the entropies.
+    """
     targets = batch["targets"]
-    logits = model(
-        batch["inputs"],
-        positions=batch.get("positions"),
-        segment_ids=batch.get("segment_ids"),
-        deterministic=True,
-    ).astype(jnp.float32)
-    return target_logprobs(logits / temperature, targets)
+    logits = _scaled_logits(model, batch, temperature)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    entropy = lse - jnp.sum(jax.nn.softmax(logits, axis=-1) * logits, axis=-1)
+    return target_logprobs(logits, targets), jnp.where(targets >= 0, entropy, 0.0)
+
+
+def _safe(x: Array) -> Array:
+    """``max(x, 1)``: a count to divide by (TRL's ``clamp(min=1.0)``)."""
+    return jnp.maximum(x, 1.0)
+
+
+def _high_entropy_mask(entropies: Array, mask: Array, threshold: float) -> Array:
+    """TRL's ``get_high_entropy_mask``: the scored tokens whose entropy is at or above the
+    ``threshold`` quantile (linear interpolation, ``torch.quantile``'s) of the batch's scored
+    tokens' entropies; none when no token is scored."""
+    valid = mask > 0
+    count = jnp.sum(valid)
+    ranked = jnp.sort(jnp.where(valid, entropies, jnp.inf).reshape(-1))
+    last = jnp.maximum(count - 1, 0)
+    pos = threshold * last.astype(jnp.float32)
+    lo = jnp.floor(pos).astype(jnp.int32)
+    hi = jnp.minimum(lo + 1, last)
+    a, b = ranked[lo], ranked[hi]
+    cut = a + (pos - lo) * (b - a)
+    return (entropies * mask >= cut) & valid & (count > 0)
+
+
+def _vespo_weights(log_ratio: Array, adv: Array, mask: Array, config: GrpoConfig) -> Array:
+    """VESPO's ``φ(w) = exp(λ + k log w - λ w)`` per completion (TRL's ``get_gamma_weights``,
+    no gradient): ``log w`` the completion's summed token log-ratio, each clamped to ±20, then
+    to ``[log 1e-8, 20]``; ``k``, ``λ`` by the advantage's sign; ``[rows, 1]``."""
+    lr = jnp.clip(jax.lax.stop_gradient(log_ratio), -20.0, 20.0)
+    log_w = jnp.clip(jnp.sum(lr * mask, axis=-1, keepdims=True), *_VESPO_LOG_W)
+    nonneg = adv >= 0
+    k = jnp.where(nonneg, config.vespo_k_pos, config.vespo_k_neg)
+    lam = jnp.maximum(jnp.where(nonneg, config.vespo_lambda_pos, config.vespo_lambda_neg), 1e-4)
+    phi = jnp.exp(lam + k * log_w - lam * jnp.exp(log_w))
+    return jnp.nan_to_num(phi, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def grpo_loss(
@@ -225,6 +424,7 @@ def grpo_loss(
     *,
     config: GrpoConfig,
     ref_logps: Array | None = None,
+    entropies: Array | None = None,
     max_completion_length: int | None = None,
     total_tokens: Array | None = None,
 ) -> GrpoOutput:
@@ -243,14 +443,19 @@ def grpo_loss(
     mask : Array
         ``[rows, T]``, 1 on the completion tokens scored, 0 on padding and the prompt.
     config : GrpoConfig
-        β, ε, the aggregation.
+        β, ε, the loss type, the ratio's level and the masks.
     ref_logps : Array, optional
         ``[rows, T]``: the reference's; required when ``β > 0``.
+    entropies : Array, optional
+        ``[rows, T]``: the policy's token entropies (`token_logprobs_and_entropies`); required
+        with ``top_entropy_quantile < 1`` or an ``entropy_coef`` (the bonus differentiates
+        them), else only logged (``entropy``).
     max_completion_length : int, optional
         ``dr_grpo``'s constant (default: ``T``).
     total_tokens : Array, optional
-        ``dapo``'s divisor: the completion tokens of the whole generation batch, when this batch
-        is one of several micro-batches (default: this batch's).
+        The divisor of ``dapo``, ``cispo`` and ``vespo``: the completion tokens of the whole
+        generation batch, when this batch is one of several micro-batches (default: this
+        batch's).
 
     Returns
     -------
@@ -260,44 +465,122 @@ def grpo_loss(
     chex.assert_rank(advantages, 1)
     if config.beta > 0 and ref_logps is None:
         raise ValueError("grpo_loss: beta > 0 needs the reference's log-probabilities (ref_logps)")
+    if config.needs_entropies and entropies is None:
+        raise ValueError(
+            "grpo_loss: top_entropy_quantile < 1 or entropy_coef > 0 needs the policy's token "
+            "entropies (entropies)"
+        )
+    if entropies is not None:
+        chex.assert_equal_shape([logps, entropies])
     m = mask.astype(jnp.float32)
     adv = advantages.astype(jnp.float32)[:, None]
-    ratio = jnp.exp(logps - jax.lax.stop_gradient(old_logps))
-    clipped = jnp.clip(ratio, 1.0 - config.epsilon, 1.0 + config.clip_high)
-    per_token = -jnp.minimum(ratio * adv, clipped * adv)
-    kl = jnp.zeros_like(per_token)
+    log_ratio = logps - jax.lax.stop_gradient(old_logps)
+    sequence = config.importance_sampling_level == "sequence"
+    if sequence:  # GSPO: one ratio per completion, [rows, 1]
+        log_ratio_seq = jnp.sum(log_ratio * m, axis=-1, keepdims=True)
+        ratio = jnp.exp(log_ratio_seq / _safe(jnp.sum(m, axis=-1, keepdims=True)))
+    else:
+        ratio = jnp.exp(log_ratio)
+    kl = jnp.zeros_like(logps)
     if config.beta > 0:
         assert ref_logps is not None
         d = ref_logps - logps
         kl = jnp.exp(d) - d - 1.0
         if config.kl_correction:
             kl = kl * ratio
-        per_token = per_token + config.beta * kl
+    kind, high, logged = config.loss_type, config.clip_high, {}
+    if kind == "cispo":  # the capped ratio weighs the policy gradient; it has none itself
+        capped = jax.lax.stop_gradient(jnp.minimum(ratio, high))
+        per_token = -capped * adv * logps
+    elif kind == "sapo":  # a soft gate in place of the clip
+        tau = jnp.where(adv > 0, config.sapo_temperature_pos, config.sapo_temperature_neg)
+        per_token = -jax.nn.sigmoid(tau * (ratio - 1.0)) * 4.0 / tau * adv
+    elif kind == "vespo":
+        phi = _vespo_weights(log_ratio, adv, m, config)
+        per_token = -phi * adv * logps
+    else:  # PPO's clipped objective (and INTELLECT-2's cap on the unclipped side)
+        clipped = jnp.clip(ratio, 1.0 - config.epsilon, 1.0 + high)
+        if config.delta is not None:
+            ratio = jnp.minimum(ratio, config.delta)
+        per_token = -jnp.minimum(ratio * adv, clipped * adv)
+    if config.off_policy_mask_threshold is not None:
+        drift = jnp.nan_to_num(jax.lax.stop_gradient(old_logps - logps))
+        drift = jnp.sum(drift * m, axis=-1, keepdims=True) / _safe(jnp.sum(m, -1, keepdims=True))
+        per_token = per_token * ((adv >= 0) | (drift <= config.off_policy_mask_threshold))
+    kept = m
+    if config.top_entropy_quantile < 1.0:
+        assert entropies is not None
+        high_entropy = _high_entropy_mask(
+            jax.lax.stop_gradient(entropies), m, 1.0 - config.top_entropy_quantile
+        )
+        per_token = per_token * high_entropy
+        kept = m * high_entropy
+    per_token = jnp.broadcast_to(per_token + config.beta * kl, m.shape)
     tokens = jnp.sum(m)
-
-    def safe(x: Array) -> Array:
-        return jnp.maximum(x, 1.0)
-
-    if config.loss_type == "grpo":
-        loss = jnp.mean(jnp.sum(per_token * m, axis=-1) / safe(jnp.sum(m, axis=-1)))
-    elif config.loss_type == "bnpo":
-        loss = jnp.sum(per_token * m) / safe(tokens)
-    elif config.loss_type == "dr_grpo":
+    summed = jnp.sum(per_token * m, axis=-1)
+    if kind in ("grpo", "sapo"):
+        loss = jnp.mean(summed / _safe(jnp.sum(m, axis=-1)))
+    elif kind == "bnpo":
+        loss = jnp.sum(summed) / _safe(tokens)
+    elif kind == "dr_grpo":
         length = per_token.shape[1] if max_completion_length is None else max_completion_length
-        loss = jnp.sum(per_token * m) / (per_token.shape[0] * length)
-    else:  # dapo
-        loss = jnp.sum(per_token * m) / safe(tokens if total_tokens is None else total_tokens)
+        loss = jnp.sum(summed) / (per_token.shape[0] * length)
+    elif kind == "luspo":
+        loss = jnp.mean(summed)
+    else:  # dapo, cispo, vespo
+        loss = jnp.sum(summed) / _safe(tokens if total_tokens is None else total_tokens)
 
     def share(x: Array) -> Array:
-        return jax.lax.stop_gradient(jnp.sum(x.astype(jnp.float32) * m) / safe(tokens))
+        """TRL's ``global_masked_mean``: a per-token value's mean over the scored tokens, a
+        per-completion one's ([rows, 1]) over the completions."""
+        x = jax.lax.stop_gradient(x.astype(jnp.float32))
+        if x.shape[1] == 1:
+            return jnp.mean(x)
+        return jnp.sum(x * m) / _safe(tokens)
 
-    low = (ratio < 1.0 - config.epsilon) & (adv < 0)
-    high = (ratio > 1.0 + config.clip_high) & (adv > 0)
+    logged["kl"] = share(kl)
+    if entropies is not None:
+        logged["entropy"] = share(entropies)
+    zero = jnp.zeros((), jnp.float32)
+    low_s = high_s = region_s = zero
+    if kind in CLIPPED_LOSSES:
+        low = (ratio < 1.0 - config.epsilon) & (adv < 0)
+        high_clip = (ratio > 1.0 + high) & (adv > 0)
+        low_s, high_s, region_s = share(low), share(high_clip), share(low | high_clip)
+        logged["clip_ratio/low_mean"], logged["clip_ratio/high_mean"] = low_s, high_s
+        logged["clip_ratio/region_mean"] = region_s
+        logged["clip_ratio/low_min"] = _extreme(low, m, jnp.min)
+        logged["clip_ratio/high_max"] = _extreme(high_clip, m, jnp.max)
+    elif kind == "cispo":
+        logged["cispo_clip_ratio"] = share((ratio > high) & (adv > 0))
+    elif kind == "vespo":
+        logged["vespo/phi_seq_mean"] = share(phi)
+    if config.entropy_coef > 0:
+        assert entropies is not None
+        logged["policy_loss"] = jax.lax.stop_gradient(loss)
+        logged["entropy_coef"] = jnp.asarray(config.entropy_coef, jnp.float32)
+        bonus = jnp.sum(entropies * kept) / _safe(jnp.sum(kept))
+        loss = loss - config.entropy_coef * bonus
     return GrpoOutput(
         loss=loss,
-        kl=share(kl),
-        clip_low=share(low),
-        clip_high=share(high),
-        clip_region=share(low | high),
+        kl=logged["kl"],
+        clip_low=low_s,
+        clip_high=high_s,
+        clip_region=region_s,
         tokens=tokens,
+        logged=logged,
     )
+
+
+def _extreme(flags: Array, mask: Array, pick: Callable[..., Array]) -> Array:
+    """TRL's ``clip_ratio/low_min`` and ``high_max``: ``pick`` (min or max) over completions of
+    each one's share of clipped tokens (a per-completion flag ``[rows, 1]`` as it is), the
+    completions without a scored token left out (0 when none is left)."""
+    x = jax.lax.stop_gradient(flags.astype(jnp.float32))
+    if x.shape[1] == 1:
+        return pick(x)
+    counts = jnp.sum(mask, axis=-1)
+    per_row = jnp.sum(x * mask, axis=-1) / _safe(counts)
+    fill = jnp.inf if pick is jnp.min else -jnp.inf
+    value = pick(jnp.where(counts > 0, per_row, fill))
+    return jnp.where(jnp.any(counts > 0), value, 0.0)

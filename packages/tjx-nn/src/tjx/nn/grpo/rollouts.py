@@ -8,7 +8,9 @@ a policy's success rate is measured without the rollouts' sampling noise (the tr
 end-of-turn token) and lays the result out as the batch `token_logprobs` scores: ``inputs`` the
 sequence but its last token, ``targets`` the next tokens where they are a completion's (its end-of-
 turn token included, as TRL's completion mask includes it) and ``-100`` elsewhere: the prompt, and
-the padding after the end.
+the padding after the end. With ``mask_truncated`` (TRL's ``mask_truncated_completions``, DAPO's
+advice) a completion that ran out of tokens before its end-of-turn token is left out of the
+loss: its ``mask`` row is 0 (its reward is still scored and logged).
 """
 
 from __future__ import annotations
@@ -35,21 +37,31 @@ class Rollout(NamedTuple):
     batch : dict
         ``inputs`` and ``targets`` int32 ``[rows, P + T - 1]`` (`token_logprobs`' layout).
     mask : Array
-        float32 ``[rows, P + T - 1]``: 1 where ``targets`` is a completion token.
+        float32 ``[rows, P + T - 1]``: 1 where ``targets`` is a completion token (0 on a
+        truncated completion's row with ``mask_truncated``).
     completions : numpy.ndarray
         int32 ``[rows, T]``: each row's new tokens, ``pad_id`` after its end.
     lengths : numpy.ndarray
         int32 ``[rows]``: each completion's tokens, its end-of-turn token included.
+    truncated : numpy.ndarray
+        bool ``[rows]``: the completions without an end-of-turn token (all of them without
+        ``eos_id``).
     """
 
     batch: dict[str, Array]
     mask: Array
     completions: np.ndarray
     lengths: np.ndarray
+    truncated: np.ndarray
 
 
 def rollout_batch(
-    sequences: np.ndarray, prompt_lengths: np.ndarray, *, max_new_tokens: int, eos_id: int | None
+    sequences: np.ndarray,
+    prompt_lengths: np.ndarray,
+    *,
+    max_new_tokens: int,
+    eos_id: int | None,
+    mask_truncated: bool = False,
 ) -> Rollout:
     """Lay out generated ``sequences`` (``generate``'s output: each row's prompt, then its new
     tokens, padded) as a `Rollout`.
@@ -65,20 +77,28 @@ def rollout_batch(
     eos_id : int, optional
         The end-of-turn token: a completion ends after it (without one, every completion has
         ``T`` tokens).
+    mask_truncated : bool
+        Zero the mask of the completions without an end-of-turn token (needs ``eos_id``).
     """
+    if mask_truncated and eos_id is None:
+        raise ValueError("rollout_batch: mask_truncated needs eos_id (what ends a completion)")
     seq = np.asarray(sequences)
     lengths_p = np.asarray(prompt_lengths)
     rows, width = seq.shape
     starts = lengths_p[:, None] + np.arange(max_new_tokens)[None]  # [rows, T] absolute positions
     completions = np.take_along_axis(seq, np.minimum(starts, width - 1), axis=1)
     lengths = np.full(rows, max_new_tokens, np.int32)
+    truncated = np.ones(rows, bool)
     if eos_id is not None:
         ends = completions == eos_id
-        lengths = np.where(ends.any(1), ends.argmax(1) + 1, max_new_tokens).astype(np.int32)
+        truncated = ~ends.any(1)
+        lengths = np.where(truncated, max_new_tokens, ends.argmax(1) + 1).astype(np.int32)
     # targets[:, t] is sequence[:, t + 1]: a completion's token when lp <= t + 1 < lp + n.
     nxt = np.arange(1, width)[None]
     scored = (nxt >= lengths_p[:, None]) & (nxt < (lengths_p + lengths)[:, None])
     targets = np.where(scored, seq[:, 1:], -100)
+    if mask_truncated:  # scored still (the logged length), but not in the loss
+        scored = scored & ~truncated[:, None]
     pad = completions.dtype.type(0)
     keep = np.arange(max_new_tokens)[None] < lengths[:, None]
     return Rollout(
@@ -87,6 +107,7 @@ def rollout_batch(
         mask=jnp.asarray(scored, jnp.float32),
         completions=np.where(keep, completions, pad).astype(np.int32),
         lengths=lengths,
+        truncated=truncated,
     )
 
 
@@ -102,6 +123,7 @@ def sample_groups(
     top_p: float | None = None,
     eos_id: int | None = None,
     pad_id: int | None = None,
+    mask_truncated: bool = False,
 ) -> Rollout:
     """``group`` sampled completions of each prompt (a group's rows consecutive).
 
@@ -121,6 +143,8 @@ def sample_groups(
         The rollout's PRNG key (the run's, split per rollout: a resumed run samples the same).
     temperature, top_p : sampling settings (temperature > 0: GRPO needs different completions).
     eos_id, pad_id : the end-of-turn token and the filler after it.
+    mask_truncated : bool
+        Leave the completions that did not end out of the loss (`rollout_batch`).
 
     Returns
     -------
@@ -133,7 +157,13 @@ def sample_groups(
     out = generate(model, reps, max_new_tokens=max_new_tokens, temperature=temperature,
                    top_p=top_p, eos_id=eos_id, prompt_lengths=lengths, pad_id=pad_id,
                    key=key)  # fmt: skip
-    return rollout_batch(np.asarray(out), lengths, max_new_tokens=max_new_tokens, eos_id=eos_id)
+    return rollout_batch(
+        np.asarray(out),
+        lengths,
+        max_new_tokens=max_new_tokens,
+        eos_id=eos_id,
+        mask_truncated=mask_truncated,
+    )
 
 
 def greedy_completions(

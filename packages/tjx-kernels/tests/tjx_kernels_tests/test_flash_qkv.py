@@ -19,6 +19,7 @@ from tjx.kernels import (
     attention_qkv,
     flash_attention,
     flash_attention_qkv,
+    flash_qkv,
     reads_stacked_qkv,
 )
 from tjx.kernels.costs import custom_call_cost
@@ -28,6 +29,14 @@ from ._ref import cuda_target, np_attention, np_mask, rel_err
 
 F32, BF16 = jnp.float32, jnp.bfloat16
 TOL = {F32: 1e-5, BF16: 2e-2}
+
+
+@pytest.fixture
+def biases_in_kernel(monkeypatch):
+    """The kernels add the biases whatever the tiles (the rule keeps them in for 16-bit
+    head_dim <= 64 only: `test_the_kernels_add_the_biases_where_they_compile_cheaply`), so
+    that float32 cases check that path to float32's tolerance."""
+    monkeypatch.setattr(flash_qkv, "biases_in_kernel", lambda dtype, head_dim: True)
 
 
 def _inputs(seed, b, s, h, d, dtype):
@@ -128,7 +137,7 @@ def test_stacked_flash_matches_float64_reference(b, s, h, d, causal, segs, windo
         {"causal": False, "softcap": 5.0, "window": 9, "block_q": 16, "block_k": 32},
     ],
 )
-def test_stacked_flash_is_the_separate_kernel_bitwise(kw):
+def test_stacked_flash_is_the_separate_kernel_bitwise(kw, biases_in_kernel):
     """The same kernel bodies, tiles and masks on the same values: the output and the gradient's
     three slots are the separate-array kernel's dq, dk, dv exactly (interpret mode), and biases
     added as the kernels read are the biased slots' (rounded once, as XLA's add)."""
@@ -219,7 +228,7 @@ def test_stacked_kernels_lower_to_triton_for_cuda():
     assert text.count("output_operand_aliases") == 1
 
 
-def test_sharded_stacked_flash_runs_on_local_shards():
+def test_sharded_stacked_flash_runs_on_local_shards(biases_in_kernel):
     """Batch over a 2-way and heads over a 4-way axis: the kernels run on each device's shard
     (no all-gather, the global qkv shape on no device) and give the unsharded values."""
     assert jax.device_count() == 8, "tools/devtest simulates 8 CPU devices"
@@ -257,7 +266,7 @@ def test_sharded_stacked_flash_runs_on_local_shards():
 
 
 @pytest.mark.parametrize("per_example_bias", [False, True])
-def test_vmap_folds_into_the_batch(per_example_bias):
+def test_vmap_folds_into_the_batch(per_example_bias, biases_in_kernel):
     """vmap over examples (shared biases: they pass as they are), or over examples and their
     biases (a vmap over models: each example's biases added to its qkv first): each example's
     output and gradients are its own call's."""
@@ -283,19 +292,40 @@ def test_vmap_folds_into_the_batch(per_example_bias):
         np.testing.assert_allclose(np.asarray(got[2].sum(0)), np.asarray(total), atol=1e-5)
 
 
-def test_dispatcher_takes_the_stacked_kernel_for_pallas_only():
-    """`attention_qkv` runs the stacked Pallas kernel, every other kernel on the three slices
-    (`attention`'s own result), and a zero-length sequence without a kernel."""
-    assert reads_stacked_qkv(AttentionKernel.PALLAS)
-    assert not any(reads_stacked_qkv(k) for k in (AttentionKernel.XLA, AttentionKernel.CUDNN))
+def test_dispatcher_takes_the_stacked_kernel_for_16_bit_pallas_only():
+    """`attention_qkv` runs the stacked Pallas kernel on 16-bit tiles, every other kernel (and
+    float32 tiles) on the three biased slices (`attention`'s own result), and a zero-length
+    sequence without a kernel."""
+    assert reads_stacked_qkv(AttentionKernel.PALLAS, BF16)
+    assert reads_stacked_qkv(AttentionKernel.PALLAS, jnp.float16)
+    assert not reads_stacked_qkv(AttentionKernel.PALLAS, F32)
+    assert not any(reads_stacked_qkv(k, BF16) for k in (AttentionKernel.XLA, AttentionKernel.CUDNN))
     qkv = jnp.asarray(_inputs(3, 1, 24, 2, 16, F32)[0], F32)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    xla = attention_qkv(qkv, causal=True, implementation="xla")
-    assert np.array_equal(xla, attention(q, k, v, causal=True, implementation="xla"))
-    pallas = jax.make_jaxpr(lambda x: attention_qkv(x, implementation="pallas"))(qkv).jaxpr
-    assert "tjx_flash_qkv_fwd" in _kernel_calls(pallas)
-    empty = attention_qkv(jnp.ones((2, 0, 3, 2, 16), F32), implementation="pallas")
+    bias = tuple(jnp.asarray(b, F32) for b in _biases(3, 2, 16, F32))
+    q, k, v = (qkv[:, :, i] + bias[i] for i in range(3))
+    for kernel in ("xla", "pallas"):  # float32: that kernel on the slices
+        got = attention_qkv(qkv, causal=True, implementation=kernel, qkv_bias=bias)
+        assert np.array_equal(got, attention(q, k, v, causal=True, implementation=kernel))
+    pallas = jax.make_jaxpr(lambda x: attention_qkv(x, implementation="pallas"))(qkv.astype(BF16))
+    assert "tjx_flash_qkv_fwd" in _kernel_calls(pallas.jaxpr)
+    empty = attention_qkv(jnp.ones((2, 0, 3, 2, 16), BF16), implementation="pallas")
     assert empty.shape == (2, 0, 2, 16)
+
+
+@pytest.mark.parametrize("dtype,d,inside", [(BF16, 64, True), (BF16, 128, False), (F32, 64, False)])
+def test_the_kernels_add_the_biases_where_they_compile_cheaply(dtype, d, inside):
+    """16-bit tiles of head_dim <= 64 take the biases as kernel operands (no biased copy);
+    elsewhere XLA adds them first (in-kernel adds spilled the backward's registers on sm_90)."""
+    qkv = jnp.zeros((1, 16, 3, 2, d), dtype)
+    bias = (jnp.zeros((2, d), dtype),) * 3
+    loss = lambda x, b: flash_attention_qkv(x, qkv_bias=b).astype(F32).sum()
+    jaxpr = jax.make_jaxpr(jax.grad(loss, (0, 1)))(qkv, bias).jaxpr
+    calls = [e for e in _primitives(jaxpr) if e.primitive.name == "pallas_call"]
+    bias_operands = [
+        len([v for v in e.invars if v.aval.shape == (2, d)]) for e in calls
+    ]  # each kernel: three bias rows, or none
+    assert bias_operands == ([3, 3, 3] if inside else [0, 0, 0])
+    assert flash_qkv.biases_in_kernel(dtype, d) is inside
 
 
 BIAS = jnp.zeros((2, 16), F32)

@@ -31,7 +31,7 @@ Llama 4: a token sees only its own chunk of positions) becomes segment ids befor
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -315,11 +315,18 @@ def attention(
     )
 
 
-def reads_stacked_qkv(kernel: AttentionKernel) -> bool:
-    """Whether ``kernel`` reads a stacked ``qkv`` in place (:func:`attention_qkv`): the Pallas
-    kernel (`tjx.kernels.flash_attention_qkv`). The others take the three slots as slices (XLA
-    writes them), so a model whose kernel is not this one keeps its separate projections."""
-    return kernel == AttentionKernel.PALLAS
+#: Dtypes the stacked kernels serve: 16-bit tiles. In float32 (TF32 products) the stacked
+#: forward spills 260 B at head_dim 256 on sm_90 where the separate one spills none (ptxas of
+#: triton 3.9), and a float32 GPU run is rare: it keeps the separate kernels.
+STACKED_QKV_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def reads_stacked_qkv(kernel: AttentionKernel, dtype: Any = jnp.bfloat16) -> bool:
+    """Whether ``kernel`` reads a stacked ``qkv`` of ``dtype`` in place (:func:`attention_qkv`):
+    the Pallas kernel (`tjx.kernels.flash_attention_qkv`) on 16-bit tiles
+    (`STACKED_QKV_DTYPES`). The others take the three slots as slices (XLA writes them), so a
+    model whose kernel does not read it keeps its separate projections."""
+    return kernel == AttentionKernel.PALLAS and jnp.dtype(dtype) in STACKED_QKV_DTYPES
 
 
 def attention_qkv(
@@ -359,7 +366,7 @@ def attention_qkv(
             softcap=softcap is not None,
             bidirectional_window=window is not None and not causal,
         )
-    if not reads_stacked_qkv(kernel) or shapes.q_len == 0:
+    if not reads_stacked_qkv(kernel, qkv.dtype) or shapes.q_len == 0:
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if qkv_bias is not None:
             q, k, v = (x + b for x, b in zip((q, k, v), qkv_bias, strict=True))

@@ -24,6 +24,11 @@ so the kernels do ``(2n + 2)/4`` (dK/dV) and ``(2n + 1)/3`` (dQ) times the produ
 (1.5 and 1.67 at n = 2) and n times the exponentials.
 dK/dV then works on transposed tiles (``Sᵀ = K·Qᵀ``, keys on rows), the operand layout of
 its products, and dQ takes the tiles the other way round (:meth:`KernelConfig.dq_blocks`).
+
+Stacked (:func:`flash_backward_qkv`, :mod:`tjx.kernels.flash_qkv`): the same two kernels read
+q, k, v from one ``[b, s, 3, h, d]`` operand (its slot-merged view) and write ONE gradient of
+that layout: dK/dV the key and value slots of a buffer it makes, dQ the query slot of that
+buffer, passed to it as an input aliased to its output.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from tjx.kernels.flash_fwd import (
     q_block_range,
     query_walk,
     scores,
+    slot_view,
     walk,
 )
 from tjx.kernels.softcap import cap_derivative
@@ -332,7 +338,8 @@ def flash_backward_qkv(
     )  # [b, h, s]
     d_out = d_out.astype(qkv.dtype)
     biases = (q_bias, k_bias, v_bias)
-    args = (qkv, qkv, qkv, d_out, lse, delta, q_ids, kv_ids, *biases)
+    flat, head = slot_view(qkv)  # the tiles are read through the [b, s, 3·h, d] view
+    args = (flat, flat, flat, d_out, lse, delta, q_ids, kv_ids, *biases)
 
     n = cfg.head_split_bwd
     blk = (lambda x: x) if n == 1 else (lambda x: x // n)  # grid axis 0 → block index
@@ -340,12 +347,12 @@ def flash_backward_qkv(
 
     # dK, dV: grid over key blocks (× column slices); queries, dO, lse, delta whole.
     bk = cfg.block_k_bwd
-    full_q = pl.BlockSpec((None, s, None, None, d), lambda j, bi, hi: (bi, 0, Q_SLOT, hi, 0))
+    full_q = pl.BlockSpec((None, s, None, d), lambda j, bi, hi: (bi, 0, head(Q_SLOT, hi), 0))
     full_do = pl.BlockSpec((None, s, None, d), lambda j, bi, hi: (bi, 0, hi, 0))
     full_row = pl.BlockSpec((None, None, s), lambda j, bi, hi: (bi, hi, 0))
 
     def kv_blk(slot: int) -> pl.BlockSpec:
-        return pl.BlockSpec((None, bk, None, None, d), lambda j, bi, hi: (bi, blk(j), slot, hi, 0))
+        return pl.BlockSpec((None, bk, None, d), lambda j, bi, hi: (bi, blk(j), head(slot, hi), 0))
 
     # All three slots of the key block's rows (the kernel stores the key and value ones).
     out_kv = pl.BlockSpec(
@@ -374,7 +381,7 @@ def flash_backward_qkv(
 
     # dQ: grid over query blocks (× column slices); keys and values whole.
     bq, bk = cfg.dq_blocks()
-    q_blk = pl.BlockSpec((None, bq, None, None, d), lambda i, bi, hi: (bi, blk(i), Q_SLOT, hi, 0))
+    q_blk = pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, blk(i), head(Q_SLOT, hi), 0))
     do_blk = pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, blk(i), hi, 0))
     out_q = pl.BlockSpec(
         (None, bq, None, None, d // n), lambda i, bi, hi: (bi, blk(i), Q_SLOT, hi, col(i))
@@ -382,7 +389,7 @@ def flash_backward_qkv(
     row_blk = pl.BlockSpec((None, None, bq), lambda i, bi, hi: (bi, hi, blk(i)))
 
     def full_kv(slot: int) -> pl.BlockSpec:
-        return pl.BlockSpec((None, s, None, None, d), lambda i, bi, hi: (bi, 0, slot, hi, 0))
+        return pl.BlockSpec((None, s, None, d), lambda i, bi, hi: (bi, 0, head(slot, hi), 0))
 
     alias = len(jax.tree.leaves(args))  # d_qkv's place among the call's (flat) operands
     return pl.pallas_call(  # type: ignore[no-any-return]

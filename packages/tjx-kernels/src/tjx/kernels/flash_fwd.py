@@ -10,6 +10,9 @@ normalised output and the per-row log-sum-exp (base 2) that the backward pass ne
 (every key masked) gets output 0 and log-sum-exp ``+inf`` so that the backward pass recomputes
 probabilities of exactly 0. With a ``softcap`` the scaled logits are soft-capped
 (``cap · tanh(x / cap)``, :mod:`tjx.kernels.softcap`) before the mask, as the reference does.
+:func:`flash_forward_qkv` runs the same kernel on one stacked ``qkv``
+(:mod:`tjx.kernels.flash_qkv`), optionally adding the projection's biases as it reads the tiles
+(:class:`BiasedRef`).
 """
 
 from __future__ import annotations
@@ -388,6 +391,20 @@ def _fwd_qkv_kernel(*refs: Any, cfg: KernelConfig) -> None:
     )  # fmt: skip
 
 
+def slot_view(qkv: Array) -> tuple[Array, Any]:
+    """``qkv`` ``[b, s, 3, h, d]`` as ``[b, s, 3·h, d]`` (a reshape XLA makes a bitcast) and
+    ``head(slot, hi)``, the index of a slot's head on the merged axis. The kernels read their
+    tiles through this view: blocks of the separate kernels' rank and offsets, where a fifth
+    dimension cost the backward's dK/dV kernel, already at the 255-register ceiling on sm_90, a
+    spill (16-bit head_dim 64, triton 3.9's ptxas)."""
+    b, s, _, h, d = qkv.shape
+
+    def head(slot: int, hi: Any) -> Any:
+        return slot * h + hi
+
+    return qkv.reshape(b, s, 3 * h, d), head
+
+
 def flash_forward_qkv(
     qkv: Array,
     q_ids: Array | None,
@@ -406,12 +423,13 @@ def flash_forward_qkv(
     bq = cfg.block_q
     grid = (s // bq, b, h)
     biases = (q_bias, k_bias, v_bias)
+    flat, head = slot_view(qkv)
 
     def whole(slot: int) -> pl.BlockSpec:  # one head's keys or values, every row
-        return pl.BlockSpec((None, s, None, None, d), lambda i, bi, hi: (bi, 0, slot, hi, 0))
+        return pl.BlockSpec((None, s, None, d), lambda i, bi, hi: (bi, 0, head(slot, hi), 0))
 
     in_specs: list[pl.BlockSpec | None] = [
-        pl.BlockSpec((None, bq, None, None, d), lambda i, bi, hi: (bi, i, Q_SLOT, hi, 0)),
+        pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, i, head(Q_SLOT, hi), 0)),
         whole(K_SLOT),
         whole(V_SLOT),
         None if q_ids is None else pl.BlockSpec((None, bq), lambda i, bi, hi: (bi, i)),
@@ -437,5 +455,5 @@ def flash_forward_qkv(
         compiler_params=cfg.compiler_params(),
         interpret=cfg.interpret,
         name="tjx_flash_qkv_fwd",
-    )(qkv, qkv, qkv, q_ids, kv_ids, *biases)
+    )(flat, flat, flat, q_ids, kv_ids, *biases)
     return out, lse

@@ -83,6 +83,20 @@ def _qkv_core_bwd(
 _qkv_core.defvjp(_qkv_core_fwd, _qkv_core_bwd)
 
 
+#: Tiles that take the biases inside the kernels (16-bit, head_dim up to this): adding them as
+#: q, k, v are read costs the backward's dK/dV kernel, already at sm_90's 255-register ceiling,
+#: spills (ptxas of triton 3.9: bf16 head_dim 128 40 B, 256 180 B, float32 128 800 B) where
+#: without them it has none; at 64 it spills 32 B either way (48 B without biases, the query
+#: loop's local loads and stores). Elsewhere XLA adds them before the kernel (one loop a call).
+BIAS_IN_KERNEL_MAX_HEAD_DIM = 64
+
+
+def biases_in_kernel(dtype: Any, head_dim: int) -> bool:
+    """Whether the stacked kernels add ``qkv_bias`` themselves for tiles of ``dtype`` and
+    ``head_dim`` (see `BIAS_IN_KERNEL_MAX_HEAD_DIM`), rather than XLA before them."""
+    return jnp.dtype(dtype).itemsize == 2 and head_dim <= BIAS_IN_KERNEL_MAX_HEAD_DIM
+
+
 def _check_biases(qkv_bias: Any, qkv: Array) -> Biases | None:
     """``qkv_bias`` as three ``[heads, head_dim]`` arrays of ``qkv``'s dtype, or None."""
     if qkv_bias is None:
@@ -128,8 +142,9 @@ def flash_attention_qkv(
         As :func:`tjx.kernels.flash_attention` (segment ids: ``[batch, seq]`` or a pair).
     qkv_bias : (Array, Array, Array), optional
         The query, key and value biases ``[heads, head_dim]`` (``qkv``'s dtype), added to their
-        slots as the kernels read them: the projection's product goes to the kernel unbiased,
-        so no biased copy of it is written; their gradients are the slots' sums.
+        slots as the kernels read them (16-bit tiles of head_dim <= 64, `biases_in_kernel`):
+        the projection's product goes to the kernel unbiased, so no biased copy of it is
+        written; their gradients are the slots' sums. Other tiles: XLA adds them first.
 
     Returns
     -------
@@ -140,6 +155,8 @@ def flash_attention_qkv(
     """
     shapes = check_stacked_qkv(qkv)
     biases = _check_biases(qkv_bias, qkv)
+    if biases is not None and not biases_in_kernel(qkv.dtype, shapes.head_dim):
+        qkv, biases = qkv + jnp.stack(biases)[None, None], None  # XLA's one loop
     check_call(
         shapes,
         qkv.dtype,

@@ -209,13 +209,13 @@ class Attention(nnx.Module):
             else None
         )
         # q/k/v as one tensor through the kernel (#68): where the kernel reads a stacked qkv in
-        # place (Pallas) and nothing per head sits between the projection and the kernel (RoPE,
-        # ALiBi's bias, q/k norms, a NoPE layer's temperature, sinks, chunks), the fused
-        # projection's output reaches the kernel whole and its gradient comes back whole
+        # place (Pallas, 16-bit) and nothing per head sits between the projection and the
+        # kernel (RoPE, ALiBi's bias, q/k norms, a NoPE layer's temperature, sinks, chunks), the
+        # fused projection's output reaches the kernel whole and its gradient comes back whole
         # (`joint_projection`, `tjx.kernels.attention_qkv`): no slice or concatenation written.
         # Every other layer keeps the three arrays; chosen here, for the kernel it was built for.
         self.stacked_qkv = (
-            kernels.reads_stacked_qkv(self.kernel)
+            kernels.reads_stacked_qkv(self.kernel, c.precision.compute_dtype)
             and not (cross or self.mla or self.reads_kv or self.value_norm)
             and self.key is not None
             and self.value is not None

@@ -228,9 +228,20 @@ def test_stacked_kernels_lower_to_triton_for_cuda():
     assert text.count("output_operand_aliases") == 1
 
 
-def test_sharded_stacked_flash_runs_on_local_shards(biases_in_kernel):
+@pytest.mark.parametrize("shardy", [True, False])
+def test_sharded_stacked_flash_runs_on_local_shards(biases_in_kernel, shardy):
     """Batch over a 2-way and heads over a 4-way axis: the kernels run on each device's shard
-    (no all-gather, the global qkv shape on no device) and give the unsharded values."""
+    (no all-gather, the global qkv shape on no device) and give the unsharded values; under
+    Shardy (jax's default) and GSPMD (the callbacks)."""
+    previous = jax.config.jax_use_shardy_partitioner
+    jax.config.update("jax_use_shardy_partitioner", shardy)
+    try:
+        _sharded_case()
+    finally:
+        jax.config.update("jax_use_shardy_partitioner", previous)
+
+
+def _sharded_case():
     assert jax.device_count() == 8, "tools/devtest simulates 8 CPU devices"
     mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
     b, s, h, d = 2, 32, 8, 16
@@ -303,13 +314,15 @@ def test_dispatcher_takes_the_stacked_kernel_for_16_bit_pallas_only():
     qkv = jnp.asarray(_inputs(3, 1, 24, 2, 16, F32)[0], F32)
     bias = tuple(jnp.asarray(b, F32) for b in _biases(3, 2, 16, F32))
     q, k, v = (qkv[:, :, i] + bias[i] for i in range(3))
-    for kernel in ("xla", "pallas"):  # float32: that kernel on the slices
+    for kernel in ("xla", "pallas", AttentionKernel.XLA):  # float32: that kernel on the slices
         got = attention_qkv(qkv, causal=True, implementation=kernel, qkv_bias=bias)
         assert np.array_equal(got, attention(q, k, v, causal=True, implementation=kernel))
     pallas = jax.make_jaxpr(lambda x: attention_qkv(x, implementation="pallas"))(qkv.astype(BF16))
     assert "tjx_flash_qkv_fwd" in _kernel_calls(pallas.jaxpr)
     empty = attention_qkv(jnp.ones((2, 0, 3, 2, 16), BF16), implementation="pallas")
     assert empty.shape == (2, 0, 2, 16)
+    empty = flash_attention_qkv(jnp.ones((2, 0, 3, 2, 16), BF16))  # no row: nothing to tile
+    assert empty.shape == (2, 0, 2, 16) and empty.dtype == BF16
 
 
 @pytest.mark.parametrize("dtype,d,inside", [(BF16, 64, True), (BF16, 128, False), (F32, 64, False)])

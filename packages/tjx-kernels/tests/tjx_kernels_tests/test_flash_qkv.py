@@ -361,21 +361,39 @@ def test_bad_stacked_input_is_one_clear_error(shape, kwargs, match):
         flash_attention_qkv(jnp.ones(shape, F32), **kwargs)
 
 
+def _kernel_operand_shapes():
+    """{stacked kernel: its operands' ranks} in a traced program with segment ids (no
+    biases: their [h, d] rows are left out of the price either way)."""
+    qkv, ids = jnp.zeros((1, 16, 3, 2, 16), BF16), jnp.ones((1, 16), jnp.int32)
+    loss = lambda x: flash_attention_qkv(x, segment_ids=ids).astype(F32).sum()
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(qkv).jaxpr
+    return {
+        e.params["name"]: [len(v.aval.shape) for v in e.invars]
+        for e in _primitives(jaxpr)
+        if e.primitive.name == "pallas_call"
+    }
+
+
 def test_the_stacked_kernels_are_priced_as_the_separate_ones():
-    """tjx-metrics' estimate prices the stacked calls (operands: qkv three times, the dQ call's
-    aliased buffer last) at the separate kernels' FLOPs and bytes for the same shapes."""
+    """tjx-metrics' estimate prices the stacked calls (operands: qkv's [b, s, 3h, d] view three
+    times, the dQ call's aliased [b, s, 3, h, d] buffer last) at the separate kernels' FLOPs
+    and bytes for the same shapes; the operands as a lowered program has them."""
     b, s, h, d = 4, 1024, 12, 64
-    qkv, q, lse = ("bf16", (b, s, 3, h, d)), ("bf16", (b, s, h, d)), ("f32", (b, h, s))
+    view, qkv = ("bf16", (b, s, 3 * h, d)), ("bf16", (b, s, 3, h, d))
+    q, lse = ("bf16", (b, s, h, d)), ("f32", (b, h, s))
     ids = [("s32", (b, s))] * 2
     grid = (s // 128, b, h)
     pairs = [
         ("tjx_flash_fwd", [q, q, q, *ids], [q, lse],
-         "tjx_flash_qkv_fwd", [qkv] * 3 + ids, [q, lse]),
+         "tjx_flash_qkv_fwd", [view] * 3 + ids, [q, lse]),
         ("tjx_flash_bwd_dq", [q, q, q, q, lse, lse, *ids], [q], "tjx_flash_qkv_bwd_dq",
-         [qkv] * 3 + [q, lse, lse, *ids, qkv], [qkv]),
+         [view] * 3 + [q, lse, lse, *ids, qkv], [qkv]),
         ("tjx_flash_bwd_dkdv", [q, q, q, q, lse, lse, *ids], [q, q], "tjx_flash_qkv_bwd_dkdv",
-         [qkv] * 3 + [q, lse, lse, *ids], [qkv]),
+         [view] * 3 + [q, lse, lse, *ids], [qkv]),
     ]  # fmt: skip
+    shapes = _kernel_operand_shapes()
+    for name, ops, _, stacked, s_ops, _ in pairs:  # the operands' ranks are the program's
+        assert shapes[stacked] == [len(dims) for _, dims in s_ops], stacked
     biases = [("bf16", (h, d))] * 3  # read once a program: left out, as the ids' few bytes
     for name, ops, res, stacked, s_ops, s_res in pairs:
         want = custom_call_cost(name, grid, ops, res, device_kind="NVIDIA H100 80GB HBM3")

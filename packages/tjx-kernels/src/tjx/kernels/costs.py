@@ -149,7 +149,7 @@ def custom_call_cost(
         return ce_cost(kernel, grid, operands)
     if kernel in GATED_DELTA_KERNELS and len(operands) == 7 - 2 * (kernel == "tjx_gdelta_fwd_h"):
         return gated_delta_cost(kernel, grid, operands, results)
-    if kernel in STACKED_KERNELS and len(operands) >= 3 and len(operands[0][1]) == 5:
+    if kernel in STACKED_KERNELS and len(operands) >= 3 and results:
         kernel, operands, results = _unstacked(kernel, operands, results)
     if kernel not in KERNELS or len(operands) < 3 or not results:
         return None
@@ -190,14 +190,18 @@ def custom_call_cost(
 def _unstacked(
     kernel: str, operands: Sequence[Shape], results: Sequence[Shape]
 ) -> tuple[str, list[Shape], list[Shape]]:
-    """A stacked kernel's call as the separate-array kernel's of one slot's shape."""
+    """A stacked kernel's call as the separate-array kernel's of one slot's shape. Its q/k/v
+    operands are ``qkv`` as the kernels read it, ``[b, s, 3·h, d]`` (or ``[b, s, 3, h, d]``);
+    the gradient buffer is ``[b, s, 3, h, d]``."""
     dtype, dims = operands[0]
-    b, s, _, h, d = dims
+    b, s, d = dims[0], dims[1], dims[-1]
+    h = dims[3] if len(dims) == 5 else dims[2] // 3
     one: Shape = (dtype, (b, s, h, d))
+    stacked = {tuple(dims), (b, s, 3, h, d)}
     # The slots' biases ([h, d] of qkv's dtype; a row a program) are left out like the
     # separate kernels' scalars: the integer ids keep their price.
     ops = [
-        one if len(shape) == 5 else (t, shape)
+        one if tuple(shape) in stacked else (t, shape)
         for t, shape in operands
         if not (t == dtype and len(shape) == 2)
     ]

@@ -82,6 +82,32 @@ def test_default_kernels_compile_fit_and_do_not_spill(check: object, dtype: str,
                 assert "inputPrecision = tf32" in kernel.ttir, f"{where}: not TF32"
 
 
+@pytest.mark.parametrize("dtype,head_dim", [("bf16", 64), ("f16", 128), ("bf16", 256)])
+def test_stacked_qkv_kernels_compile_fit_and_keep_wgmma(check: object, dtype: str, head_dim: int):
+    """The stacked kernels (`tjx.kernels.flash_attention_qkv`, #68: one qkv operand, the
+    projection's biases added in the kernels at 16-bit head_dim <= 64, `biases_in_kernel`)
+    compile for sm_90, fit its shared memory and run their 16-bit products on wgmma. No spills,
+    but for one kernel: at head_dim 64 the dK/dV kernel, at the 255-register ceiling as the
+    separate one is (0 spilled), spills 32 B in its query loop with the biases (48 B without);
+    bounded here, in the kernels README, for a GPU to weigh against the launches it saves."""
+    bias = head_dim <= 64
+    kernels = check.lower_qkv_kernels(  # type: ignore[attr-defined]
+        dtype, head_dim, causal=True, segments=True, seq=512, arch=90, heads=8, bias=bias
+    )
+    assert sorted(k.name for k in kernels) == [
+        "tjx_flash_qkv_bwd_dkdv",
+        "tjx_flash_qkv_bwd_dq",
+        "tjx_flash_qkv_fwd",
+    ]
+    for kernel in kernels:
+        built = check.compile_kernel(kernel, 90)  # type: ignore[attr-defined]
+        where = f"{kernel.name} {dtype} head_dim={head_dim} sm_90 biases={bias}: {built}"
+        assert 0 < built["shared_kib"] <= 227 and 0 < built["registers"] <= 255, where
+        assert built["wgmma"] > 0 and built["mma_sync"] == 0, where
+        known = kernel.name == "tjx_flash_qkv_bwd_dkdv" and head_dim == 64
+        assert built["spill_bytes"] <= (32 if known else 0), where
+
+
 def test_windowed_kernels_compile_to_wgmma_without_spills(check: object):
     """With a sliding window each kernel walks the blocks from the first one the window reaches
     (its two masked edges in one loop, so that the dK/dV kernel keeps its registers: as two

@@ -9,7 +9,11 @@ own Triton kernel, as a peer) and ``jax-mgpu`` (``jax.experimental.pallas.ops.gp
 JAX's FA3-style Mosaic GPU kernel for Hopper, where it imports and serves the shape; otherwise its
 row holds the error) and ``tokamax`` (OpenXLA tokamax's Mosaic GPU kernel, ``attention_impl:
 tokamax``: sm90/sm100 with the tokamax package, else its row holds tjx's one-line refusal).
-For each shape it measures the forward and the forward+backward
+``pallas-sliced`` and ``pallas-qkv`` start from one stacked ``qkv`` ``[b, s, 3, h, d]`` (a fused
+projection's output) and end at its gradient: the first cuts it into q, k, v for
+``flash_attention`` and stacks dq, dk, dv again (the XLA work around the kernels a model's layer
+had), the second is ``flash_attention_qkv`` (#68: neither written). For each shape it measures the
+forward and the forward+backward
 (``vjp`` with a random cotangent) under ``jit``: the median of ``--iters`` runs after a warm-up,
 TFLOP/s with the FlashAttention convention (forward ``4·b·h·s_q·s_k·d``, halved when causal;
 forward+backward = 3.5 × forward), and the compiled executable's memory analysis (arguments +
@@ -33,11 +37,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from tjx.kernels import flash_attention, reference_attention
+from tjx.kernels import flash_attention, flash_attention_qkv, reference_attention
 
 Array = jax.Array
 AttnFn = Callable[[Array, Array, Array], Array]
-IMPLS = ("xla", "cudnn", "pallas", "jax-pallas", "jax-mgpu", "tokamax")
+IMPLS = (
+    "xla", "cudnn", "pallas", "jax-pallas", "jax-mgpu", "tokamax", "pallas-sliced", "pallas-qkv",
+)  # fmt: skip
+#: The implementations measured from one stacked qkv (their input and gradient).
+STACKED = ("pallas-sliced", "pallas-qkv")
 
 
 @dataclasses.dataclass
@@ -79,6 +87,12 @@ def make_impl(name: str, causal: bool, on_gpu: bool) -> AttnFn:
         )
     if name == "pallas":
         return lambda q, k, v: flash_attention(q, k, v, causal=causal)
+    if name in STACKED:  # called on one qkv [b, s, 3, h, d] (`measure`)
+        if name == "pallas-qkv":
+            return lambda qkv: flash_attention_qkv(qkv, causal=causal)  # type: ignore[misc,return-value]
+        return lambda qkv: flash_attention(  # type: ignore[misc,return-value]
+            qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], causal=causal
+        )
     if name == "jax-pallas":
         from jax.experimental.pallas.ops.gpu import attention as jax_attention
 
@@ -144,19 +158,24 @@ def measure(
         attn = make_impl(impl, causal, on_gpu)
         keys = jax.random.split(jax.random.key(0), 4)
         q, k, v, do = (jax.random.normal(key, (b, s, h, d), dtype) for key in keys)
+        # The stacked rows take one qkv (and give its gradient): the same values.
+        inputs: tuple[Array, ...] = (
+            (jnp.stack([q, k, v], axis=2),) if impl in STACKED else (q, k, v)
+        )
         fwd = jax.jit(attn)
 
         @jax.jit
-        def fwd_bwd(q: Array, k: Array, v: Array, do: Array) -> tuple[Array, ...]:
-            out, vjp = jax.vjp(attn, q, k, v)
+        def fwd_bwd(*args: Array) -> tuple[Array, ...]:
+            *xs, do = args
+            out, vjp = jax.vjp(attn, *xs)
             return (out, *vjp(do))
 
         flops = attention_flops(b, h, s, s, d, causal)
-        row.fwd_ms = median_ms(fwd, (q, k, v), iters)
+        row.fwd_ms = median_ms(fwd, inputs, iters)
         row.fwd_tflops = flops / (row.fwd_ms * 1e-3) / 1e12
-        row.fwd_bwd_ms = median_ms(fwd_bwd, (q, k, v, do), iters)
+        row.fwd_bwd_ms = median_ms(fwd_bwd, (*inputs, do), iters)
         row.fwd_bwd_tflops = 3.5 * flops / (row.fwd_bwd_ms * 1e-3) / 1e12
-        row.peak_mib = _peak_mib(fwd_bwd, (q, k, v, do))
+        row.peak_mib = _peak_mib(fwd_bwd, (*inputs, do))
     except Exception as exc:  # a benchmark reports failures (OOM, unsupported shape) and goes on
         row.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
     return row

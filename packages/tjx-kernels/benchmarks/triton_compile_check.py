@@ -151,6 +151,44 @@ def lower_kernels(
     return _export_kernels(fwd_bwd, args, arch)
 
 
+def lower_qkv_kernels(
+    dtype: str,
+    head_dim: int,
+    causal: bool,
+    segments: bool,
+    seq: int,
+    arch: int = 90,
+    heads: int = 4,
+    bias: bool = True,
+) -> list[KernelIR]:
+    """Cross-lower the stacked flash attention (`tjx.kernels.flash_attention_qkv`: one ``qkv``
+    ``[b, s, 3, h, d]``, the projection's biases added as it is read) forward + backward for
+    CUDA ``sm_<arch>``; return the three kernels' IR."""
+    from tjx.kernels import flash_attention_qkv
+
+    dt = DTYPES[dtype]
+
+    def fwd_bwd(qkv: jax.Array, ids: jax.Array, biases: Any) -> Any:
+        def loss(qkv: jax.Array, biases: Any) -> jax.Array:
+            out = flash_attention_qkv(
+                qkv,
+                causal=causal,
+                segment_ids=ids if segments else None,
+                interpret=False,
+                qkv_bias=biases,
+            )
+            return out.astype(jnp.float32).sum()
+
+        return jax.grad(loss, (0, 1))(qkv, biases)
+
+    args = [
+        jax.ShapeDtypeStruct((1, seq, 3, heads, head_dim), dt),
+        jax.ShapeDtypeStruct((1, seq), jnp.int32),
+        (jax.ShapeDtypeStruct((heads, head_dim), dt),) * 3 if bias else None,
+    ]
+    return _export_kernels(fwd_bwd, args, arch)
+
+
 def lower_ce_kernels(
     dtype: str,
     d_model: int,

@@ -46,7 +46,7 @@ from tjx.kernels.cross_entropy import (
     auto_chunk_size,
     chunked_cross_entropy,
 )
-from tjx.kernels.dispatch import IMPLEMENTATIONS, attention
+from tjx.kernels.dispatch import IMPLEMENTATIONS, attention, attention_qkv, reads_stacked_qkv
 from tjx.kernels.gated_delta import (
     GATED_DELTA_IMPLEMENTATIONS,
     gated_delta_auto,
@@ -83,6 +83,7 @@ __all__ = [
     "attention_backward",
     "attention_forward",
     "attention_mask",
+    "attention_qkv",
     "attention_weights",
     "auto_chunk_size",
     "auto_order",
@@ -97,10 +98,12 @@ __all__ = [
     "enable_compilation_cache",
     "first_that_compiles",
     "flash_attention",
+    "flash_attention_qkv",
     "fused_cross_entropy",
     "kernel_order",
     "linear_cross_entropy",
     "out_of_memory",
+    "reads_stacked_qkv",
     "reference_attention",
     "resolve_attention",
     "roofline_costs",
@@ -115,6 +118,10 @@ def __getattr__(name: str) -> Any:
         from tjx.kernels.flash import flash_attention
 
         return flash_attention
+    if name == "flash_attention_qkv":
+        from tjx.kernels.flash_qkv import flash_attention_qkv
+
+        return flash_attention_qkv
     if name == "fused_cross_entropy":
         from tjx.kernels.fused_ce import fused_cross_entropy
 

@@ -65,6 +65,22 @@ def check_qkv(q: Array, k: Array, v: Array) -> AttentionShapes:
     return AttentionShapes(b, s_q, k.shape[1], h, h_kv, d)
 
 
+def check_stacked_qkv(qkv: Array) -> AttentionShapes:
+    """Validate a stacked ``qkv`` ``[batch, seq, 3, heads, head_dim]`` (queries, keys, values in
+    slots 0-2 of axis 2) and return its sizes."""
+    if qkv.ndim != 5 or qkv.shape[2] != 3:
+        raise ValueError(
+            "`qkv` must have shape [batch, seq, 3, heads, head_dim] (queries, keys, values "
+            f"stacked on axis 2); got {qkv.shape}"
+        )
+    if jnp.dtype(qkv.dtype) not in SUPPORTED_DTYPES:
+        raise ValueError(
+            f"`qkv` has dtype {qkv.dtype}; supported: {', '.join(str(d) for d in SUPPORTED_DTYPES)}"
+        )
+    b, s, _, h, d = qkv.shape
+    return AttentionShapes(b, s, s, h, h, d)
+
+
 def check_segment_ids(segment_ids: SegmentIds | None, shapes: AttentionShapes) -> None:
     """Validate ``segment_ids``: one int array [b, s] (self-attention) or a (q_ids, kv_ids) pair."""
     if segment_ids is None:

@@ -23,7 +23,11 @@ from the diagonal on):
     reads   n·b·h·Σⱼ (2·B_k·d + 2·m_j·d + 2·m_j·4)   writes  2·b·h·s_k·d (float32 under GQA)
     FLOPs   b·h·(4n + 4)·B_k·d·Σⱼ mⱼ                             (QKᵀ, dO·Vᵀ, dV/n, dK/n)
 
-Segment ids add their int32 reads where the call has them.
+Segment ids add their int32 reads where the call has them. The stacked kernels
+(``tjx_flash_qkv_*``, :mod:`tjx.kernels.flash_qkv`) do the same work on one ``[b, s, 3, h, d]``
+operand (read three times: query, key and value slots) and are priced as the kernel above of
+one slot's shape; the dQ call's last operand (the gradient buffer it writes into) is never read,
+and the slots' biases (a ``[d]`` row per program) are left out.
 
 The fused linear cross-entropy (`fused_ce_kernels`), ``T`` tokens, ``D`` = d_model, ``V`` the
 vocabulary (all padded to the tiles), tiles ``B_t × B_v`` of logits, ``B_k`` columns of ``D`` per
@@ -80,6 +84,7 @@ __all__ = [
     "CE_KERNELS",
     "GATED_DELTA_KERNELS",
     "KERNELS",
+    "STACKED_KERNELS",
     "ce_cost",
     "custom_call_cost",
     "gated_delta_cost",
@@ -89,6 +94,12 @@ __all__ = [
 
 #: The kernels priced here, by their ``pallas_call`` name.
 KERNELS = ("tjx_flash_fwd", "tjx_flash_bwd_dq", "tjx_flash_bwd_dkdv")
+#: The stacked-qkv kernels → the separate-array kernel whose work each does.
+STACKED_KERNELS = {
+    "tjx_flash_qkv_fwd": "tjx_flash_fwd",
+    "tjx_flash_qkv_bwd_dq": "tjx_flash_bwd_dq",
+    "tjx_flash_qkv_bwd_dkdv": "tjx_flash_bwd_dkdv",
+}
 CE_KERNELS = ("tjx_ce_fwd", "tjx_ce_dx", "tjx_ce_dw")
 #: The gated delta rule's kernels (`gated_delta_pallas`) → the operands every program of a
 #: head reads whole (its ``[R, d_k]`` operands and decays; the rest it reads by its columns).
@@ -147,6 +158,8 @@ def custom_call_cost(
         return ce_cost(kernel, grid, operands)
     if kernel in GATED_DELTA_KERNELS and len(operands) == 7 - 2 * (kernel == "tjx_gdelta_fwd_h"):
         return gated_delta_cost(kernel, grid, operands, results)
+    if kernel in STACKED_KERNELS and len(operands) >= 3 and results:
+        kernel, operands, results = _unstacked(kernel, operands, results)
     if kernel not in KERNELS or len(operands) < 3 or not results:
         return None
     (dtype, q), (_, k) = operands[0], operands[1]
@@ -181,6 +194,32 @@ def custom_call_cost(
     out_item = _ITEM.get(results[0][0], item)
     written = 2 * heads * s_k * d * out_item
     return {dtype: (4.0 * n + 4) * heads * bk * d * queries}, float(read), float(written)
+
+
+def _unstacked(
+    kernel: str, operands: Sequence[Shape], results: Sequence[Shape]
+) -> tuple[str, list[Shape], list[Shape]]:
+    """A stacked kernel's call as the separate-array kernel's of one slot's shape. Its q/k/v
+    operands are ``qkv`` as the kernels read it, ``[b, s, 3·h, d]`` (or ``[b, s, 3, h, d]``);
+    the gradient buffer is ``[b, s, 3, h, d]``."""
+    dtype, dims = operands[0]
+    b, s, d = dims[0], dims[1], dims[-1]
+    h = dims[3] if len(dims) == 5 else dims[2] // 3
+    one: Shape = (dtype, (b, s, h, d))
+    stacked = {tuple(dims), (b, s, 3, h, d)}
+    # The slots' biases ([h, d] of qkv's dtype; a row a program) are left out like the
+    # separate kernels' scalars: the integer ids keep their price.
+    ops = [
+        one if tuple(shape) in stacked else (t, shape)
+        for t, shape in operands
+        if not (t == dtype and len(shape) == 2)
+    ]
+    name = STACKED_KERNELS[kernel]
+    if name == "tjx_flash_fwd":
+        return name, ops, list(results)
+    if name == "tjx_flash_bwd_dq":  # its last operand is the buffer it writes (aliased)
+        return name, ops[:-1], [one]
+    return name, ops, [(results[0][0], one[1])] * 2  # dK and dV: two of the three slots
 
 
 Cost = tuple[dict[str, float], float, float]

@@ -36,7 +36,7 @@ Llama 4: a token sees only its own chunk of positions) becomes segment ids befor
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +53,7 @@ from tjx.kernels._checks import (
     check_scale,
     check_segment_ids,
     check_sinks,
+    check_stacked_qkv,
     check_window,
     chunk_segment_ids,
     split_segment_ids,
@@ -74,7 +75,14 @@ from tjx.kernels.softcap import check_softcap
 Array = jax.Array
 Implementation = Literal["auto", "xla", "cudnn", "pallas", "tokamax"] | AttentionKernel
 
-__all__ = ["CUDNN_DTYPES", "IMPLEMENTATIONS", "attention", "cudnn_max_head_dim"]
+__all__ = [
+    "CUDNN_DTYPES",
+    "IMPLEMENTATIONS",
+    "attention",
+    "attention_qkv",
+    "cudnn_max_head_dim",
+    "reads_stacked_qkv",
+]
 
 # The per-call resolution this module did until 0.11 (`resolve_attention` now, once).
 __getattr__ = moved(__name__, {"select_implementation": "tjx.kernels.choice"})
@@ -326,3 +334,70 @@ def attention(
         window=window,
         sinks=sinks,
     )
+
+
+#: Dtypes the stacked kernels serve: 16-bit tiles. In float32 (TF32 products) the stacked
+#: forward spills 260 B at head_dim 256 on sm_90 where the separate one spills none (ptxas of
+#: triton 3.9), and a float32 GPU run is rare: it keeps the separate kernels.
+STACKED_QKV_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def reads_stacked_qkv(kernel: AttentionKernel, dtype: Any = jnp.bfloat16) -> bool:
+    """Whether ``kernel`` reads a stacked ``qkv`` of ``dtype`` in place (:func:`attention_qkv`):
+    the Pallas kernel (`tjx.kernels.flash_attention_qkv`) on 16-bit tiles
+    (`STACKED_QKV_DTYPES`). The others take the three slots as slices (XLA writes them), so a
+    model whose kernel does not read it keeps its separate projections."""
+    return kernel == AttentionKernel.PALLAS and jnp.dtype(dtype) in STACKED_QKV_DTYPES
+
+
+def attention_qkv(
+    qkv: Array,
+    *,
+    causal: bool = False,
+    segment_ids: SegmentIds | None = None,
+    scale: float | None = None,
+    implementation: Implementation = "auto",
+    softcap: float | None = None,
+    window: int | None = None,
+    qkv_bias: tuple[Array, Array, Array] | None = None,
+) -> Array:
+    """Self-attention of one stacked ``qkv`` ``[batch, seq, 3, heads, head_dim]`` (queries,
+    keys, values in slots 0-2 of axis 2: a fused projection's output), each slot plus its bias
+    ``[heads, head_dim]`` of ``qkv_bias`` (None: no bias).
+
+    The Pallas kernel reads the slots in place, adding the biases as it reads, and its gradient
+    is one array of ``qkv``'s layout (`tjx.kernels.flash_attention_qkv`: neither the forward's
+    slices and bias adds nor the backward's concatenation is written); any other kernel, and a
+    zero-length call, runs :func:`attention` on the three biased slices. The other arguments
+    are :func:`attention`'s.
+
+    Returns
+    -------
+    Array
+        ``[batch, seq, heads, head_dim]`` in ``qkv``'s dtype.
+    """
+    shapes = check_stacked_qkv(qkv)
+    if isinstance(implementation, AttentionKernel):
+        kernel = implementation
+    else:
+        kernel = resolve_attention(
+            implementation,
+            qkv.dtype,
+            shapes.head_dim,
+            softcap=softcap is not None,
+            bidirectional_window=window is not None and not causal,
+        )
+    if not reads_stacked_qkv(kernel, qkv.dtype) or shapes.q_len == 0:
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if qkv_bias is not None:
+            q, k, v = (x + b for x, b in zip((q, k, v), qkv_bias, strict=True))
+        return attention(
+            q, k, v, causal=causal, segment_ids=segment_ids, scale=scale,
+            implementation=kernel, softcap=softcap, window=window,
+        )  # fmt: skip
+    from tjx.kernels.flash_qkv import flash_attention_qkv  # Pallas: imported when it runs
+
+    return flash_attention_qkv(
+        qkv, causal=causal, segment_ids=segment_ids, scale=scale, softcap=softcap, window=window,
+        qkv_bias=qkv_bias,
+    )  # fmt: skip

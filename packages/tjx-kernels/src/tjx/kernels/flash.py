@@ -181,6 +181,71 @@ def pad_rows(x: Array, rows: int, cols: int, axis: int = 1) -> Array:
     return jnp.pad(x, widths)
 
 
+def check_call(
+    shapes: AttentionShapes,
+    dtype: Any,
+    *,
+    segment_ids: SegmentIds | None,
+    scale: float | None,
+    softcap: float | None,
+    window: int | None,
+    block_q: int | None,
+    block_k: int | None,
+    launch: LaunchDefaults | None,
+) -> None:
+    """The checks every flash entry makes past its inputs' shapes (``ValueError`` naming the
+    argument and what is supported)."""
+    check_segment_ids(segment_ids, shapes)
+    check_scale(scale)
+    check_softcap(softcap)
+    check_window(window)
+    _check_block("block_q", block_q)
+    _check_block("block_k", block_k)
+    if launch is not None and not isinstance(launch, LaunchDefaults):
+        raise ValueError(f"`launch` must be a LaunchDefaults; got {type(launch).__name__}")
+    if shapes.head_dim > MAX_HEAD_DIM:
+        raise ValueError(
+            f"`q` head_dim {shapes.head_dim} is not supported by flash_attention; "
+            f"supported: 1..{MAX_HEAD_DIM}"
+        )
+    if jnp.dtype(dtype) == jnp.dtype(jnp.float64):
+        raise ValueError(
+            "`q` dtype float64 is not supported by flash_attention; use bf16/fp16/fp32"
+        )
+
+
+def call_config(
+    shapes: AttentionShapes,
+    dtype: Any,
+    *,
+    causal: bool,
+    has_segments: bool,
+    scale: float | None,
+    block_q: int | None,
+    block_k: int | None,
+    interpret: bool | None,
+    launch: LaunchDefaults | None,
+    softcap: float | None,
+    window: int | None,
+) -> tuple[KernelConfig, int, int, int]:
+    """The kernel config of one checked call (scale ``None``: ``1/sqrt(head_dim)``) and its
+    padded (q_len, kv_len, head_dim)."""
+    sm_scale = 1.0 / math.sqrt(shapes.head_dim) if scale is None else float(scale)
+    return _make_config(
+        shapes,
+        dtype=dtype,
+        causal=causal,
+        has_segments=has_segments,
+        scale=sm_scale,
+        block_q=block_q,
+        block_k=block_k,
+        interpret=resolve_interpret(interpret),
+        launch=launch,
+        softcap=softcap,
+        window=window,
+    )
+
+
 def prepare_call(
     q: Array,
     k: Array,
@@ -199,36 +264,29 @@ def prepare_call(
     """Validate one call and pad it to the kernel's tiles; the bare shapes when either length is
     0 (nothing to tile: no query rows, or no key for any row to see)."""
     shapes = check_qkv(q, k, v)
-    check_segment_ids(segment_ids, shapes)
-    check_scale(scale)
-    check_softcap(softcap)
-    check_window(window)
-    _check_block("block_q", block_q)
-    _check_block("block_k", block_k)
-    if launch is not None and not isinstance(launch, LaunchDefaults):
-        raise ValueError(f"`launch` must be a LaunchDefaults; got {type(launch).__name__}")
-    if shapes.head_dim > MAX_HEAD_DIM:
-        raise ValueError(
-            f"`q` head_dim {shapes.head_dim} is not supported by flash_attention; "
-            f"supported: 1..{MAX_HEAD_DIM}"
-        )
-    if jnp.dtype(q.dtype) == jnp.dtype(jnp.float64):
-        raise ValueError(
-            "`q` dtype float64 is not supported by flash_attention; use bf16/fp16/fp32"
-        )
-    if shapes.q_len == 0 or shapes.kv_len == 0:
-        return shapes  # padding a length of 0 up to a block would invent keys
-    sm_scale = 1.0 / math.sqrt(shapes.head_dim) if scale is None else float(scale)
-    q_ids, kv_ids = split_segment_ids(segment_ids)
-    cfg, q_pad, kv_pad, d_pad = _make_config(
+    check_call(
         shapes,
-        dtype=q.dtype,
-        causal=causal,
-        has_segments=q_ids is not None,
-        scale=sm_scale,
+        q.dtype,
+        segment_ids=segment_ids,
+        scale=scale,
+        softcap=softcap,
+        window=window,
         block_q=block_q,
         block_k=block_k,
-        interpret=resolve_interpret(interpret),
+        launch=launch,
+    )
+    if shapes.q_len == 0 or shapes.kv_len == 0:
+        return shapes  # padding a length of 0 up to a block would invent keys
+    q_ids, kv_ids = split_segment_ids(segment_ids)
+    cfg, q_pad, kv_pad, d_pad = call_config(
+        shapes,
+        q.dtype,
+        causal=causal,
+        has_segments=q_ids is not None,
+        scale=scale,
+        block_q=block_q,
+        block_k=block_k,
+        interpret=interpret,
         launch=launch,
         softcap=softcap,
         window=window,

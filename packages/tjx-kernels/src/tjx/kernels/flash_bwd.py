@@ -24,6 +24,11 @@ so the kernels do ``(2n + 2)/4`` (dK/dV) and ``(2n + 1)/3`` (dQ) times the produ
 (1.5 and 1.67 at n = 2) and n times the exponentials.
 dK/dV then works on transposed tiles (``Sᵀ = K·Qᵀ``, keys on rows), the operand layout of
 its products, and dQ takes the tiles the other way round (:meth:`KernelConfig.dq_blocks`).
+
+Stacked (:func:`flash_backward_qkv`, :mod:`tjx.kernels.flash_qkv`): the same two kernels read
+q, k, v from one ``[b, s, 3, h, d]`` operand (its slot-merged view) and write ONE gradient of
+that layout: dK/dV the key and value slots of a buffer it makes, dQ the query slot of that
+buffer, passed to it as an input aliased to its output.
 """
 
 from __future__ import annotations
@@ -36,7 +41,12 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from tjx.kernels.flash_fwd import (
+    K_SLOT,
+    Q_SLOT,
+    V_SLOT,
     KernelConfig,
+    bias_specs,
+    biased,
     block_mask,
     dot_nn,
     dot_nt,
@@ -47,6 +57,7 @@ from tjx.kernels.flash_fwd import (
     q_block_range,
     query_walk,
     scores,
+    slot_view,
     walk,
 )
 from tjx.kernels.softcap import cap_derivative
@@ -100,7 +111,7 @@ def _dot_parts(a: list[Array], b: list[Array]) -> Array:
     return functools.reduce(lambda x, y: x + y, map(dot_nt, a, b))
 
 
-def _dkdv_kernel(
+def dkdv_sums(
     q_ref: Any,
     k_ref: Any,
     v_ref: Any,
@@ -109,11 +120,11 @@ def _dkdv_kernel(
     delta_ref: Any,
     qid_ref: Any,
     kid_ref: Any,
-    dk_ref: Any,
-    dv_ref: Any,
-    *,
     cfg: KernelConfig,
-) -> None:
+) -> tuple[Array, Array]:
+    """One dK/dV program's float32 sums (dK scaled) over the query blocks its key block meets:
+    the ``[block_k, head_dim / n]`` tiles its caller stores (as separate arrays, or into the
+    key and value slots of one stacked gradient, :mod:`tjx.kernels.flash_qkv`)."""
     bq, bk = cfg.block_q_bwd, cfg.block_k_bwd
     j, cols = _split_program(cfg, k_ref.shape[-1])
     k: Any = k_ref[...] if cols is None else [k_ref[:, c] for c in cols]
@@ -146,11 +157,17 @@ def _dkdv_kernel(
     # a window; those straddling the diagonal or the window's edge need the mask; the rest see
     # the whole key block.
     dk, dv = walk(*q_block_range(cfg, j, bq, bk), body, carry, *query_walk(cfg))
-    dk_ref[...] = (dk * cfg.scale).astype(dk_ref.dtype)
+    return dk * cfg.scale, dv
+
+
+def _dkdv_kernel(*refs: Any, cfg: KernelConfig) -> None:
+    q, k, v, do, lse, delta, qid, kid, dk_ref, dv_ref = refs
+    dk, dv = dkdv_sums(q, k, v, do, lse, delta, qid, kid, cfg)
+    dk_ref[...] = dk.astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def _dq_kernel(
+def dq_kernel(
     q_ref: Any,
     k_ref: Any,
     v_ref: Any,
@@ -163,6 +180,7 @@ def _dq_kernel(
     *,
     cfg: KernelConfig,
 ) -> None:
+    """One dQ program: its query block's ``head_dim / n`` columns of dQ, written to ``dq_ref``."""
     bq, bk = cfg.dq_blocks()
     i, cols = _split_program(cfg, q_ref.shape[-1])
     q = [q_ref[...]] if cols is None else [q_ref[:, c] for c in cols]
@@ -248,7 +266,7 @@ def flash_backward(
     row_blk = pl.BlockSpec((None, None, bq), lambda i, bi, hi: (bi, hi, blk(i)))
     full_kv = pl.BlockSpec((None, s_k, None, d), lambda i, bi, hi: (bi, 0, hi // g, 0))
     dq = pl.pallas_call(
-        functools.partial(_dq_kernel, cfg=cfg),
+        functools.partial(dq_kernel, cfg=cfg),
         grid=(s_q // bq * n, b, h),
         in_specs=[
             q_blk,
@@ -267,3 +285,132 @@ def flash_backward(
         name="tjx_flash_bwd_dq",
     )(*args)
     return dq, dk, dv
+
+
+Refs = tuple[Any, Any, Any, Any, Any, Any, Any, Any]
+
+
+def _with_biases(refs: tuple[Any, ...]) -> Refs:
+    """The stacked backward's refs ``q, k, v, dO, lse, δ, ids, ids, q/k/v biases`` as the
+    separate-array kernels take them: q, k, v reading their biases (none: unchanged)."""
+    q, k, v, do, lse, delta, qid, kid, qb, kb, vb = refs[:11]
+    return biased(q, qb), biased(k, kb), biased(v, vb), do, lse, delta, qid, kid
+
+
+def _dkdv_qkv_kernel(*refs: Any, cfg: KernelConfig) -> None:
+    """dK/dV into the key and value slots of the stacked gradient's ``[block_k, 3, d / n]``
+    block (its query slot is the dQ kernel's, :func:`flash_backward_qkv`)."""
+    q, k, v, do, lse, delta, qid, kid = _with_biases(refs)
+    dk, dv = dkdv_sums(q, k, v, do, lse, delta, qid, kid, cfg)
+    out = refs[11]
+    out[:, K_SLOT, :] = dk.astype(out.dtype)
+    out[:, V_SLOT, :] = dv.astype(out.dtype)
+
+
+def _dq_qkv_kernel(*refs: Any, cfg: KernelConfig) -> None:
+    """dQ into the query slot of the stacked gradient the dK/dV kernel made (``refs[11]``, the
+    same buffer as the output ``refs[12]``; never read)."""
+    q, k, v, do, lse, delta, qid, kid = _with_biases(refs)
+    dq_kernel(q, k, v, do, lse, delta, qid, kid, refs[12], cfg=cfg)
+
+
+def flash_backward_qkv(
+    qkv: Array,
+    q_ids: Array | None,
+    kv_ids: Array | None,
+    q_bias: Array | None,
+    k_bias: Array | None,
+    v_bias: Array | None,
+    out: Array,
+    lse: Array,
+    d_out: Array,
+    cfg: KernelConfig,
+) -> Array:
+    """The gradient ``d_qkv`` ``[b, s, 3, h, d]`` of padded stacked flash attention
+    (:func:`~tjx.kernels.flash_fwd.flash_forward_qkv`, its biases added as q, k, v are read
+    again), written by the two backward kernels into ONE buffer: the dK/dV kernel makes it and
+    fills the key and value slots, the dQ kernel takes it as an input aliased to its output
+    (``input_output_aliases``) and fills the query slot. Nothing is stacked or concatenated
+    after them; the caller's projection reads the buffer as it is (``[b·s, 3·h·d]``)."""
+    b, s, _, h, d = qkv.shape
+    delta = jnp.einsum(
+        "bqhd,bqhd->bhq", out.astype(jnp.float32), d_out.astype(jnp.float32)
+    )  # [b, h, s]
+    d_out = d_out.astype(qkv.dtype)
+    biases = (q_bias, k_bias, v_bias)
+    flat, head = slot_view(qkv)  # the tiles are read through the [b, s, 3·h, d] view
+    args = (flat, flat, flat, d_out, lse, delta, q_ids, kv_ids, *biases)
+
+    n = cfg.head_split_bwd
+    blk = (lambda x: x) if n == 1 else (lambda x: x // n)  # grid axis 0 → block index
+    col = (lambda x: 0) if n == 1 else (lambda x: x % n)  # grid axis 0 → output column slice
+
+    # dK, dV: grid over key blocks (× column slices); queries, dO, lse, delta whole.
+    bk = cfg.block_k_bwd
+    full_q = pl.BlockSpec((None, s, None, d), lambda j, bi, hi: (bi, 0, head(Q_SLOT, hi), 0))
+    full_do = pl.BlockSpec((None, s, None, d), lambda j, bi, hi: (bi, 0, hi, 0))
+    full_row = pl.BlockSpec((None, None, s), lambda j, bi, hi: (bi, hi, 0))
+
+    def kv_blk(slot: int) -> pl.BlockSpec:
+        return pl.BlockSpec((None, bk, None, d), lambda j, bi, hi: (bi, blk(j), head(slot, hi), 0))
+
+    # All three slots of the key block's rows (the kernel stores the key and value ones).
+    out_kv = pl.BlockSpec(
+        (None, bk, 3, None, d // n), lambda j, bi, hi: (bi, blk(j), 0, hi, col(j))
+    )
+    d_qkv = pl.pallas_call(
+        functools.partial(_dkdv_qkv_kernel, cfg=cfg),
+        grid=(s // bk * n, b, h),
+        in_specs=[
+            full_q,
+            kv_blk(K_SLOT),
+            kv_blk(V_SLOT),
+            full_do,
+            full_row,
+            full_row,
+            None if q_ids is None else pl.BlockSpec((None, s), lambda j, bi, hi: (bi, 0)),
+            None if kv_ids is None else pl.BlockSpec((None, bk), lambda j, bi, hi: (bi, blk(j))),
+            *bias_specs(biases, d, lambda j, bi, hi: hi),
+        ],
+        out_specs=out_kv,
+        out_shape=out_struct(qkv.shape, qkv.dtype, *args),
+        compiler_params=cfg.compiler_params(backward=True),
+        interpret=cfg.interpret,
+        name="tjx_flash_qkv_bwd_dkdv",
+    )(*args)
+
+    # dQ: grid over query blocks (× column slices); keys and values whole.
+    bq, bk = cfg.dq_blocks()
+    q_blk = pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, blk(i), head(Q_SLOT, hi), 0))
+    do_blk = pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, blk(i), hi, 0))
+    out_q = pl.BlockSpec(
+        (None, bq, None, None, d // n), lambda i, bi, hi: (bi, blk(i), Q_SLOT, hi, col(i))
+    )
+    row_blk = pl.BlockSpec((None, None, bq), lambda i, bi, hi: (bi, hi, blk(i)))
+
+    def full_kv(slot: int) -> pl.BlockSpec:
+        return pl.BlockSpec((None, s, None, d), lambda i, bi, hi: (bi, 0, head(slot, hi), 0))
+
+    alias = len(jax.tree.leaves(args))  # d_qkv's place among the call's (flat) operands
+    return pl.pallas_call(  # type: ignore[no-any-return]
+        functools.partial(_dq_qkv_kernel, cfg=cfg),
+        grid=(s // bq * n, b, h),
+        in_specs=[
+            q_blk,
+            full_kv(K_SLOT),
+            full_kv(V_SLOT),
+            do_blk,
+            row_blk,
+            row_blk,
+            None if q_ids is None else pl.BlockSpec((None, bq), lambda i, bi, hi: (bi, blk(i))),
+            None if kv_ids is None else pl.BlockSpec((None, s), lambda i, bi, hi: (bi, 0)),
+            *bias_specs(biases, d, lambda i, bi, hi: hi),
+            out_q,  # the aliased buffer: never read (its block is the output's)
+        ],
+        out_specs=out_q,
+        out_shape=out_struct(qkv.shape, qkv.dtype, *args, d_qkv),
+        input_output_aliases={alias: 0},
+        compiler_params=cfg.compiler_params(backward=True),
+        interpret=cfg.interpret,
+        name="tjx_flash_qkv_bwd_dq",
+    )(*args, d_qkv)

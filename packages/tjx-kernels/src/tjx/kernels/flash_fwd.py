@@ -10,6 +10,9 @@ normalised output and the per-row log-sum-exp (base 2) that the backward pass ne
 (every key masked) gets output 0 and log-sum-exp ``+inf`` so that the backward pass recomputes
 probabilities of exactly 0. With a ``softcap`` the scaled logits are soft-capped
 (``cap · tanh(x / cap)``, :mod:`tjx.kernels.softcap`) before the mask, as the reference does.
+:func:`flash_forward_qkv` runs the same kernel on one stacked ``qkv``
+(:mod:`tjx.kernels.flash_qkv`), optionally adding the projection's biases as it reads the tiles
+(:class:`BiasedRef`).
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ class KernelConfig:
     head_split_bwd: int = 1  #: column slices of dK/dV and dQ, one program each (see flash_bwd)
     softcap: float | None = None  #: logits soft-capped to (-softcap, softcap) (Gemma 2); None: not
     window: int | None = None
+    #: The stacked kernels (`flash_forward_qkv`): a bias per slot added as q, k, v are read.
+    qkv_bias: bool = False
 
     @property
     def reach(self) -> int | None:
@@ -341,4 +346,114 @@ def flash_forward(
         interpret=cfg.interpret,
         name="tjx_flash_fwd",
     )(q, k, v, q_ids, kv_ids)
+    return out, lse
+
+
+#: Slots of a stacked ``qkv`` ``[b, s, 3, h, d]`` (:mod:`tjx.kernels.flash_qkv`).
+Q_SLOT, K_SLOT, V_SLOT = 0, 1, 2
+
+
+class BiasedRef:
+    """A query, key or value block ref whose loads add the slot's bias row: what a kernel body
+    written for plain refs (``ref[...]``, ``ref[rows, cols]``, ``ref.shape``) reads instead of
+    the projection's biased output, which is then never written. The sum is taken in float32
+    and rounded to the block's dtype once, as XLA's bias add of the projection's output is."""
+
+    def __init__(self, ref: Any, bias_ref: Any) -> None:
+        self.ref, self.bias_ref = ref, bias_ref
+        self.shape = ref.shape
+
+    def __getitem__(self, index: Any) -> Array:
+        x = self.ref[index]
+        cols = index[-1] if isinstance(index, tuple) else slice(None)
+        bias = self.bias_ref[cols]
+        return (x.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+def biased(ref: Any, bias_ref: Any) -> Any:
+    """``ref`` reading ``bias_ref``'s row added (:class:`BiasedRef`), or ``ref`` itself when
+    there is no bias."""
+    return ref if bias_ref is None else BiasedRef(ref, bias_ref)
+
+
+def bias_specs(biases: tuple[Array | None, ...], d: int, head: Any) -> list[pl.BlockSpec | None]:
+    """Block specs of the slots' biases ``[h, d]``: one head's row (``head(*grid_ids)``)."""
+    return [
+        None if x is None else pl.BlockSpec((None, d), lambda *ids: (head(*ids), 0)) for x in biases
+    ]
+
+
+def _fwd_qkv_kernel(*refs: Any, cfg: KernelConfig) -> None:
+    q_ref, k_ref, v_ref, qid_ref, kid_ref, qb_ref, kb_ref, vb_ref, o_ref, lse_ref = refs
+    _fwd_kernel(
+        biased(q_ref, qb_ref), biased(k_ref, kb_ref), biased(v_ref, vb_ref),
+        qid_ref, kid_ref, o_ref, lse_ref, cfg=cfg,
+    )  # fmt: skip
+
+
+def slot_view(qkv: Array) -> tuple[Array, Any]:
+    """``qkv`` ``[b, s, 3, h, d]`` as ``[b, s, 3·h, d]`` (a reshape XLA makes a bitcast) and
+    ``head(slot, hi)``, the index of a slot's head on the merged axis. The kernels read their
+    tiles through this view: blocks of the separate kernels' rank and offsets, where a fifth
+    dimension cost the backward's dK/dV kernel, already at the 255-register ceiling on sm_90, a
+    spill (16-bit head_dim 64, triton 3.9's ptxas)."""
+    b, s, _, h, d = qkv.shape
+
+    def head(slot: int, hi: Any) -> Any:
+        return slot * h + hi
+
+    return qkv.reshape(b, s, 3 * h, d), head
+
+
+def flash_forward_qkv(
+    qkv: Array,
+    q_ids: Array | None,
+    kv_ids: Array | None,
+    q_bias: Array | None,
+    k_bias: Array | None,
+    v_bias: Array | None,
+    cfg: KernelConfig,
+) -> tuple[Array, Array]:
+    """The forward kernel on one padded stacked ``qkv`` ``[b, s, 3, h, d]`` (self-attention,
+    as many query as key/value heads): each program reads its query tile from slot 0 and the
+    keys and values from slots 1 and 2 through its block specs, in place (no slice of ``qkv``
+    is written), adding each slot's bias ``[h, d]`` (all three or none) as it reads. Returns
+    (out [b, s, h, d], lse2 [b, h, s]), as :func:`flash_forward`."""
+    b, s, _, h, d = qkv.shape
+    bq = cfg.block_q
+    grid = (s // bq, b, h)
+    biases = (q_bias, k_bias, v_bias)
+    flat, head = slot_view(qkv)
+
+    def whole(slot: int) -> pl.BlockSpec:  # one head's keys or values, every row
+        return pl.BlockSpec((None, s, None, d), lambda i, bi, hi: (bi, 0, head(slot, hi), 0))
+
+    in_specs: list[pl.BlockSpec | None] = [
+        pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, i, head(Q_SLOT, hi), 0)),
+        whole(K_SLOT),
+        whole(V_SLOT),
+        None if q_ids is None else pl.BlockSpec((None, bq), lambda i, bi, hi: (bi, i)),
+        None if kv_ids is None else pl.BlockSpec((None, s), lambda i, bi, hi: (bi, 0)),
+        *bias_specs(biases, d, lambda i, bi, hi: hi),
+    ]
+    out_specs = [
+        pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, i, hi, 0)),
+        pl.BlockSpec((None, None, bq), lambda i, bi, hi: (bi, hi, i)),
+    ]
+    out_shape = [
+        out_struct((b, s, h, d), qkv.dtype, qkv, q_ids, kv_ids, *biases),
+        out_struct((b, h, s), jnp.float32, qkv, q_ids, kv_ids, *biases),
+    ]
+    # The one array is three operands of the call (query, key, value tiles): XLA passes the
+    # same buffer three times, and the kernel body is the separate-array kernel's.
+    out, lse = pl.pallas_call(
+        functools.partial(_fwd_qkv_kernel, cfg=cfg),
+        grid=grid,
+        in_specs=in_specs,
+        out_specs=out_specs,
+        out_shape=out_shape,
+        compiler_params=cfg.compiler_params(),
+        interpret=cfg.interpret,
+        name="tjx_flash_qkv_fwd",
+    )(flat, flat, flat, q_ids, kv_ids, *biases)
     return out, lse

@@ -26,11 +26,12 @@ wrapped function directly, so nothing changes there.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,8 +45,8 @@ from jax.experimental.custom_partitioning import (
 )
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 
-from tjx.kernels.flash_bwd import flash_backward
-from tjx.kernels.flash_fwd import KernelConfig, flash_forward
+from tjx.kernels.flash_bwd import flash_backward, flash_backward_qkv
+from tjx.kernels.flash_fwd import KernelConfig, flash_forward, flash_forward_qkv
 
 Array = jax.Array
 #: A mesh-axis entry of a PartitionSpec: None, one axis name, or a tuple of names.
@@ -254,34 +255,164 @@ _backward_cp.def_partition(
 )
 
 
+# --------------------------------------------------------------------------------------------
+# The stacked kernels (:mod:`tjx.kernels.flash_qkv`): one ``qkv`` [b, s, 3, h, d] operand whose
+# heads are axis 3 and whose slot axis (j) and sequence stay whole; the gradient takes its
+# layout. As many query as key/value heads: the heads factor is n throughout.
+
+
+def _qkv_layout(mesh: Mesh, qkv: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(batch axes, head axes) of a stacked call, from ``qkv``'s sharding (as `kernel_layout`)."""
+    batch = _dim_entry(mesh, qkv, 0)
+    if not batch or qkv.shape[0] % _size(mesh, batch):
+        batch = ()
+    heads = tuple(a for a in _dim_entry(mesh, qkv, 3) if a not in batch)
+    if not heads or qkv.shape[3] % _size(mesh, heads):
+        heads = ()
+    return batch, heads
+
+
+class _QkvSpecs(NamedTuple):
+    """The stacked kernels' operand shardings."""
+
+    qkv: NamedSharding  # [b, s, 3, h, d]
+    out: NamedSharding  # [b, s, h, d]
+    ids: NamedSharding  # [b, s]
+    lse: NamedSharding  # [b, h, s]
+    bias: NamedSharding  # [h, d]
+
+
+def _qkv_specs(mesh: Mesh, qkv: Any) -> _QkvSpecs:
+    batch, heads = _qkv_layout(mesh, qkv)
+    b, h = _entry(batch), _entry(heads)
+    out, ids, lse = _specs(mesh, batch, heads)
+    qkv_spec = NamedSharding(mesh, PartitionSpec(b, None, None, h, None))
+    return _QkvSpecs(qkv_spec, out, ids, lse, NamedSharding(mesh, PartitionSpec(h, None)))
+
+
+def _qkv_inputs(cfg: KernelConfig, specs: _QkvSpecs) -> Shardings:
+    """Shardings of ``qkv, q_ids, kv_ids, q_bias, k_bias, v_bias`` (None where absent)."""
+    bias = specs.bias if cfg.qkv_bias else None
+    return (specs.qkv, _ids(specs.ids, cfg), _ids(specs.ids, cfg), bias, bias, bias)
+
+
+def _qkv_rule(
+    cfg: KernelConfig, extra: list[ArrayMapping], results: list[ArrayMapping]
+) -> SdyShardingRule:
+    operands = [ArrayMapping("b", "s", "j", "n", "d")]
+    if cfg.has_segments:
+        operands += [ArrayMapping("b", "s"), ArrayMapping("b", "s")]
+    if cfg.qkv_bias:
+        operands += [ArrayMapping("n", "d")] * 3
+    operands += extra
+    return SdyShardingRule(
+        tuple(operands), tuple(results), need_replication_factors=("s", "j", "d")
+    )
+
+
+def _qkv_fwd_rule(cfg: KernelConfig, mesh: Mesh, operands: Any, results: Any) -> SdyShardingRule:
+    del mesh, operands, results
+    return _qkv_rule(cfg, [], [ArrayMapping("b", "s", "n", "d"), ArrayMapping("b", "n", "s")])
+
+
+def _qkv_bwd_rule(cfg: KernelConfig, mesh: Mesh, operands: Any, results: Any) -> SdyShardingRule:
+    del mesh, operands, results
+    out = ArrayMapping("b", "s", "n", "d")
+    extra = [out, ArrayMapping("b", "n", "s"), out]
+    return _qkv_rule(cfg, extra, [ArrayMapping("b", "s", "j", "n", "d")])
+
+
+def _qkv_fwd_infer(cfg: KernelConfig, mesh: Mesh, args: Any, result: Any) -> Shardings:
+    del cfg, result
+    specs = _qkv_specs(mesh, args[0])
+    return specs.out, specs.lse
+
+
+def _qkv_fwd_partition(
+    cfg: KernelConfig, mesh: Mesh, args: Any, result: Any
+) -> tuple[Mesh, Callable[..., tuple[Array, Array]], Shardings, Shardings]:
+    del result
+    specs = _qkv_specs(mesh, args[0])
+    local = functools.partial(flash_forward_qkv, cfg=cfg)
+    return mesh, local, (specs.out, specs.lse), _qkv_inputs(cfg, specs)
+
+
+def _qkv_bwd_infer(cfg: KernelConfig, mesh: Mesh, args: Any, result: Any) -> NamedSharding:
+    del cfg, result
+    return _qkv_specs(mesh, args[0]).qkv
+
+
+def _qkv_bwd_partition(
+    cfg: KernelConfig, mesh: Mesh, args: Any, result: Any
+) -> tuple[Mesh, Callable[..., Array], NamedSharding, Shardings]:
+    del result
+    specs = _qkv_specs(mesh, args[0])
+    local = functools.partial(flash_backward_qkv, cfg=cfg)
+    # d_out is forced to the kernel layout too (see `_bwd_partition`).
+    args_out = (*_qkv_inputs(cfg, specs), specs.out, specs.lse, specs.out)
+    return mesh, local, specs.qkv, args_out
+
+
+_forward_qkv_cp = custom_partitioning(flash_forward_qkv, static_argnums=(6,))
+_forward_qkv_cp.def_partition(
+    partition=_qkv_fwd_partition,
+    infer_sharding_from_operands=_qkv_fwd_infer,
+    sharding_rule=_qkv_fwd_rule,
+    decode_shardings=False,
+)
+_backward_qkv_cp = custom_partitioning(flash_backward_qkv, static_argnums=(9,))
+_backward_qkv_cp.def_partition(
+    partition=_qkv_bwd_partition,
+    infer_sharding_from_operands=_qkv_bwd_infer,
+    sharding_rule=_qkv_bwd_rule,
+    decode_shardings=False,
+)
+
+#: The partitioned kernel calls, by (stacked, backward).
+_KERNELS = {
+    (False, False): _forward_cp,
+    (False, True): _backward_cp,
+    (True, False): _forward_qkv_cp,
+    (True, True): _backward_qkv_cp,
+}
+
+
 @functools.cache
-def _batchable(backward: bool, cfg: KernelConfig) -> Callable[..., tuple[Array, ...]]:
+def _batchable(
+    backward: bool, cfg: KernelConfig, stacked: bool = False
+) -> Callable[..., tuple[Array, ...]]:
     """The partitioned kernel call for one config, with a vmap rule.
 
     ``custom_partitioning`` has no batching rule (``pallas_call`` has one), so ``jax.vmap`` of
     ``flash_attention`` would fail. Every operand and result of the kernels leads with the batch
     axis and batch rows are independent, so a vmapped axis folds into the batch: broadcast the
     unbatched operands, merge the two leading axes, run the kernel, split them again.
+    ``stacked``: the kernels of one ``qkv`` operand (whose backward has one result).
     """
-    kernel = _backward_cp if backward else _forward_cp
+    kernel = _KERNELS[stacked, backward]
 
     @custom_vmap
     def call(*args: Array | None) -> tuple[Array, ...]:
-        return tuple(kernel(*args, cfg))
+        result = kernel(*args, cfg)
+        return (result,) if stacked and backward else tuple(result)
 
     @call.def_vmap
     def rule(
         axis_size: int, in_batched: list[bool | None], *args: Array | None
     ) -> tuple[tuple[Array, ...], tuple[bool, ...]]:
+        if stacked and cfg.qkv_bias and any(in_batched[3:6]):
+            return _per_example_biases(backward, cfg, axis_size, in_batched, args)
         flat = [
             (
                 None
                 if x is None
+                else x
+                if stacked and 3 <= i < 6 and not batched  # a slot's bias: no batch axis
                 else (x if batched else jnp.broadcast_to(x, (axis_size, *x.shape))).reshape(
                     (-1, *x.shape[1 + bool(batched) :])
                 )
             )
-            for x, batched in zip(args, in_batched, strict=True)
+            for i, (x, batched) in enumerate(zip(args, in_batched, strict=True))
         ]
         outs = call(*flat)  # through ``call`` again, so nested vmaps fold in turn
         return tuple(o.reshape((axis_size, -1, *o.shape[1:])) for o in outs), (True,) * len(outs)
@@ -317,6 +448,65 @@ def partitioned_backward(
     """
     dq, dk, dv = _batchable(True, cfg)(q, k, v, q_ids, kv_ids, out, lse, d_out)
     return dq, dk, dv
+
+
+def _per_example_biases(
+    backward: bool,
+    cfg: KernelConfig,
+    axis_size: int,
+    in_batched: list[bool | None],
+    args: tuple[Array | None, ...],
+) -> tuple[tuple[Array, ...], tuple[bool, ...]]:
+    """The stacked kernels vmapped over their biases too (a vmap over models): each example's
+    biases added to its ``qkv`` first (a biased copy, which the kernels otherwise spare), then
+    the kernels without biases, vmapped as usual."""
+
+    def batched(x: Array, flag: bool | None) -> Array:
+        return x if flag else jnp.broadcast_to(x, (axis_size, *x.shape))
+
+    qkv = batched(args[0], in_batched[0])  # type: ignore[arg-type]
+    bias = jnp.stack(
+        [batched(x, f) for x, f in zip(args[3:6], in_batched[3:6], strict=True)],  # type: ignore[arg-type]
+        axis=1,
+    )  # [V, 3, h, d]
+    with_bias = (qkv.astype(jnp.float32) + bias[:, None, None]).astype(qkv.dtype)
+    plain = _batchable(backward, dataclasses.replace(cfg, qkv_bias=False), True)
+    new = (with_bias, *args[1:3], None, None, None, *args[6:])
+    axes = (0, *(0 if f else None for f in in_batched[1:3]), None, None, None)
+    axes += tuple(0 if f else None for f in in_batched[6:])
+    outs = jax.vmap(plain, in_axes=axes)(*new)
+    return tuple(outs), (True,) * len(outs)
+
+
+def partitioned_forward_qkv(
+    qkv: Array,
+    q_ids: Array | None,
+    kv_ids: Array | None,
+    biases: tuple[Array, Array, Array] | None,
+    cfg: KernelConfig,
+) -> tuple[Array, Array]:
+    """:func:`~tjx.kernels.flash_fwd.flash_forward_qkv` that SPMD partitions over batch and
+    heads; ``(out, lse)``. ``biases``: the slots' ``[h, d]`` biases (``cfg.qkv_bias``)."""
+    qb, kb, vb = (None, None, None) if biases is None else biases
+    out, lse = _batchable(False, cfg, True)(qkv, q_ids, kv_ids, qb, kb, vb)
+    return out, lse
+
+
+def partitioned_backward_qkv(
+    qkv: Array,
+    q_ids: Array | None,
+    kv_ids: Array | None,
+    biases: tuple[Array, Array, Array] | None,
+    out: Array,
+    lse: Array,
+    d_out: Array,
+    cfg: KernelConfig,
+) -> Array:
+    """:func:`~tjx.kernels.flash_bwd.flash_backward_qkv` that SPMD partitions over batch and
+    heads; ``d_qkv`` in ``qkv``'s layout."""
+    qb, kb, vb = (None, None, None) if biases is None else biases
+    (d_qkv,) = _batchable(True, cfg, True)(qkv, q_ids, kv_ids, qb, kb, vb, out, lse, d_out)
+    return d_qkv
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from tjx.nn.kv_cache import (
     topk_decode_attention,
     write_step,
 )
-from tjx.nn.linear import Dense, split_key, stacked_projection
+from tjx.nn.linear import Dense, joint_projection, split_key, stacked_projection
 from tjx.nn.norms import RMSNorm, rms_norm
 from tjx.nn.params import make_param, normal
 from tjx.nn.positions import alibi_bias, apply_rope, proportional_rope
@@ -215,6 +215,26 @@ class Attention(nnx.Module):
             if c.attention_output_gate and not cross
             else None
         )
+        # q/k/v as one tensor through the kernel (#68): where the kernel reads a stacked qkv in
+        # place (Pallas, 16-bit) and nothing per head sits between the projection and the
+        # kernel (RoPE, ALiBi's bias, q/k norms, a NoPE layer's temperature, sinks, chunks), the
+        # fused projection's output reaches the kernel whole and its gradient comes back whole
+        # (`joint_projection`, `tjx.kernels.attention_qkv`): no slice or concatenation written.
+        # Every other layer keeps the three arrays; chosen here, for the kernel it was built for.
+        self.stacked_qkv = (
+            kernels.reads_stacked_qkv(self.kernel, c.precision.compute_dtype)
+            and not (cross or self.mla or self.reads_kv or self.value_norm)
+            and self.key is not None
+            and self.value is not None
+            and h == hk
+            and self.position not in ("rope", "alibi")
+            and self.q_norm is None
+            and self.k_norm is None
+            and self.temperature is None
+            and self.sinks is None
+            and self.chunk is None
+            and self.width == hd
+        )
 
     def _sinks(self) -> Array | None:
         """The sinks' logits ``[heads]`` (float32 or wider), or None."""
@@ -312,10 +332,10 @@ class Attention(nnx.Module):
             k = self._position(k, positions, local)
         return k, v
 
-    def _fused_qkv(self, x: Array) -> tuple[Array, Array, Array] | None:
-        """Queries, keys and values of ``x`` through `stacked_projection` (one backward for
-        the three), or None where the projections are not alike (MLA, GQA, a LoRA adapter, no
-        biases or a bias on some only) or run in float8: those take their own `Dense` calls."""
+    def _alike(self, x: Array) -> tuple[Array, tuple[Array, ...], tuple[Array, ...]] | None:
+        """``x``, the query/key/value kernels and biases in the compute dtype when the three
+        projections are alike, or None where they are not (MLA, GQA, a LoRA adapter, no biases
+        or a bias on some only) or run in float8: those take their own `Dense` calls."""
         if self.key is None or self.value is None or self.value_norm:
             return None
         parts = (self.query, self.key, self.value)
@@ -328,8 +348,27 @@ class Attention(nnx.Module):
         dt = self.query.precision.compute_dtype
         kernels = tuple(p.kernel[...].astype(dt) for p in parts)
         biases = tuple(p.bias[...].astype(dt) for p in parts if p.bias is not None)
-        q, k, v = stacked_projection(x.astype(dt), kernels, biases)
+        return x.astype(dt), kernels, biases
+
+    def _fused_qkv(self, x: Array) -> tuple[Array, Array, Array] | None:
+        """Queries, keys and values of ``x`` through `stacked_projection` (one backward for
+        the three), or None where the projections are not alike (`_alike`)."""
+        alike = self._alike(x)
+        if alike is None:
+            return None
+        q, k, v = stacked_projection(*alike)
         return q, k, v
+
+    def _joint_qkv(self, x: Array) -> tuple[Array, tuple[Array, Array, Array]] | None:
+        """Queries, keys and values of ``x`` as one ``[b, s, 3, heads, head_dim]`` without
+        their biases, through `joint_projection` (its gradient taken whole), and the three
+        biases (the kernel adds them as it reads); None where the projections are not alike
+        (`_alike`: a LoRA adapter added after the build, say)."""
+        alike = self._alike(x)
+        if alike is None:
+            return None
+        x, kernels, (bq, bk, bv) = alike
+        return joint_projection(x, kernels, ()), (bq, bk, bv)
 
     def project_context(self, context: Array) -> tuple[Array, Array]:
         """Cross-attention keys and values ``[b, s_ctx, kv_heads, head_dim]`` of ``context``."""
@@ -434,6 +473,23 @@ class Attention(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
         k_query, k_kv, k_out = split_key(lora_rng, 3)
         decoding = cache is not None and cache_pos is not None and (s == 1 or extend)
+        drop = 0.0 if deterministic else self.attention_dropout
+        # A call the stacked kernel serves (no cache to fill, no bias or dropout, no split
+        # sequence, no keys kept for a later layer): the projection's output goes to it whole.
+        whole = self.stacked_qkv and cache is None and kv_out is None and bias is None
+        whole = whole and drop == 0.0 and current_sequence_parallel() is None
+        joint = self._joint_qkv(x) if whole else None
+        if joint is not None:
+            qkv, biases = joint
+            out = self._windowed(
+                local,
+                lambda near: kernels.attention_qkv(
+                    qkv, causal=self.causal, segment_ids=segment_ids, scale=self.scale,
+                    implementation=self.kernel, softcap=self.softcap,
+                    window=self.window if near else None, qkv_bias=biases,
+                ),
+            )  # fmt: skip
+            return self._output(x, out, k_out), None
         fused = None if self.cross or decoding else self._fused_qkv(x)
         if self.deepseek:
             q = ds.query(self, x, positions, k_query, local)
@@ -447,7 +503,6 @@ class Attention(nnx.Module):
                 q = self._position(q, positions, local)
         if not self.deepseek:
             q = self._tempered(q, positions, local)
-        drop = 0.0 if deterministic else self.attention_dropout
         rng = dropout_rng if drop > 0.0 else None
         if self.reads_kv:  # no cache of its own: a decode step by its positions alone
             step = cache_pos is not None and (s == 1 or extend)
@@ -520,13 +575,18 @@ class Attention(nnx.Module):
                     assert self.kv_down is not None
                     new = {"latent": self.kv_down(x)}
                 cache = self._write_prefill(new, cache, lengths)
+        return self._output(x, out, k_out), cache
+
+    def _output(self, x: Array, out: Array, rng: Array | None) -> Array:
+        """The heads' output ``[b, s, heads, width]`` to ``[b, s, d_model]``: DeepSeek's
+        narrower values cut, tagged for remat, gated (Qwen3.5), projected."""
         if self.v_dim != self.width:
             out = out[..., : self.v_dim]
         out = checkpoint_name(out, "attention_output")
         if self.gate is not None:
             gate = jax.nn.sigmoid(self.gate(x).astype(jnp.promote_types(out.dtype, jnp.float32)))
             out = (out * gate).astype(out.dtype)
-        return self.out(out, k_out), cache
+        return self.out(out, rng)
 
     def _shared(
         self,

@@ -137,6 +137,13 @@ def stacked_projection(
     tuple of Array
         ``[..., *out]`` per kernel.
     """
+    return _projections(x, kernels, biases)
+
+
+def _projections(
+    x: Array, kernels: tuple[Array, ...], biases: tuple[Array, ...]
+) -> tuple[Array, ...]:
+    """Each projection's own product and sum (the forward of both custom VJPs here)."""
     return tuple(jnp.tensordot(x, w, axes=1) + b for w, b in zip(kernels, biases, strict=True))
 
 
@@ -150,28 +157,94 @@ def _stacked_bwd(
     res: tuple[Array, tuple[Array, ...], tuple[Array, ...]], dys: tuple[Array, ...]
 ) -> tuple[Array, tuple[Array, ...], tuple[Array, ...]]:
     x, kernels, biases = res
-    out = biases[0].ndim
-    lead = x.ndim - 1
     # One barrier over the output gradients and the kernels: the kernels' stack waits for the
     # gradients (else XLA computes every layer's stack early and holds them all at the step's
     # peak), and XLA cannot fuse the kernels' producers (a cast of a slice of the flat parameter
     # buffer) into it: it reads the cast kernels the forward made.
     dys, kernels = jax.lax.optimization_barrier((dys, kernels))
-    g = jnp.stack(dys, axis=lead)  # [..., n, *out]
+    g = jnp.stack(dys, axis=x.ndim - 1)  # [..., n, *out]
+    return _stacked_grads(x, kernels, biases, g)
+
+
+def _stacked_grads(
+    x: Array, kernels: tuple[Array, ...], biases: tuple[Array, ...], g: Array
+) -> tuple[Array, tuple[Array, ...], tuple[Array, ...]]:
+    """The gradients of ``x``, the kernels and the biases (none: ``()``) from the stacked
+    output gradient ``g`` ``[..., n, *out]``: one product for ``x``, one for the kernels, one
+    sum."""
+    out = kernels[0].ndim - 1
+    lead = x.ndim - 1
     w = jnp.stack(kernels, axis=1)  # [d, n, *out]
     tail = tuple(range(lead, lead + 1 + out))
     dx = jnp.tensordot(g, w, axes=(tail, tuple(range(1, 2 + out))))
     rows = tuple(range(lead))
     dw = jnp.tensordot(x, g, axes=(rows, rows))  # [d, n, *out]
-    db = jnp.sum(g, axis=rows)  # [n, *out]
+    db = jnp.sum(g, axis=rows) if biases else None  # [n, *out]
     return (
         dx.astype(x.dtype),
         tuple(dw[:, i].astype(k.dtype) for i, k in enumerate(kernels)),
-        tuple(db[i].astype(b.dtype) for i, b in enumerate(biases)),
+        () if db is None else tuple(db[i].astype(b.dtype) for i, b in enumerate(biases)),
     )
 
 
 stacked_projection.defvjp(_stacked_fwd, _stacked_bwd)
+
+
+@jax.custom_vjp
+def joint_projection(x: Array, kernels: tuple[Array, ...], biases: tuple[Array, ...]) -> Array:
+    """`stacked_projection` as ONE array: ``[..., d] → [..., n, *out]``, projection ``i`` in
+    slot ``i`` of the new axis, and a backward that takes that array's gradient as it comes.
+
+    Without biases (``()``: a consumer that adds them as it reads the output takes them, as
+    `tjx.kernels.flash_attention_qkv` does) the forward is one product with the kernels side
+    by side, ``[d, n·out]``: XLA's GPU compiler reads them into its GEMM in place and the GEMM's
+    ``[..., n·out]`` output is the result, nothing written after it (deviceless H100 compile of
+    gpt2_small: a product with the kernels stacked ``[d, n, *out]`` wrote each layer's stack
+    from the float32 parameters, and the stack of three products copied the GEMM's output).
+    With biases it is `stacked_projection`'s products and sums, stacked (one loop over the
+    GEMM's output adds them). The backward is `stacked_projection`'s without its stack of the
+    output gradients: a consumer that writes the gradient in this layout (the same kernels'
+    backward) hands it over with no concatenation.
+
+    Parameters
+    ----------
+    x : Array
+        ``[..., d]`` in the compute dtype.
+    kernels : tuple of Array
+        ``[d, *out]`` each, in the compute dtype.
+    biases : tuple of Array
+        ``out`` each, in the compute dtype; ``()``: none (the consumer adds them).
+
+    Returns
+    -------
+    Array
+        ``[..., n, *out]``.
+    """
+    if biases:
+        return jnp.stack(_projections(x, kernels, biases), axis=x.ndim - 1)
+    # The kernels side by side as one [d, n·out] matrix: the operand XLA's GPU compiler reads
+    # into its GEMM in place, whose [..., n·out] output is the result (a reshape: no copy).
+    out = kernels[0].shape[1:]
+    w = jnp.concatenate([k.reshape(k.shape[0], -1) for k in kernels], axis=1)
+    return jnp.dot(x, w).reshape(*x.shape[:-1], len(kernels), *out)
+
+
+def _joint_fwd(
+    x: Array, kernels: tuple[Array, ...], biases: tuple[Array, ...]
+) -> tuple[Array, tuple[Array, tuple[Array, ...], tuple[Array, ...]]]:
+    return joint_projection(x, kernels, biases), (x, kernels, biases)
+
+
+def _joint_bwd(
+    res: tuple[Array, tuple[Array, ...], tuple[Array, ...]], g: Array
+) -> tuple[Array, tuple[Array, ...], tuple[Array, ...]]:
+    x, kernels, biases = res
+    # The barrier of `_stacked_bwd`: the kernels' stack waits for the gradient.
+    g, kernels = jax.lax.optimization_barrier((g, kernels))
+    return _stacked_grads(x, kernels, biases, g)
+
+
+joint_projection.defvjp(_joint_fwd, _joint_bwd)
 
 
 def column_sums(arrays: tuple[Array, ...], axes: tuple[int, ...]) -> tuple[Array, ...]:

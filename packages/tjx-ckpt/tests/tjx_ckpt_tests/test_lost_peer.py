@@ -51,7 +51,17 @@ def _logged(
     return any(r.getMessage() == message for r in caplog.records)
 
 
-def test_a_commit_that_lost_its_peer_is_held_and_other_errors_are_kept(caplog):
+@pytest.fixture
+def no_filter_yet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process as it starts: no lost-peer filter on absl's logger (an earlier test of the
+    same process may have started a trainer, whose peer watch installs it), restored after."""
+    absl = logging.getLogger("absl")
+    kept = [f for f in absl.filters if not isinstance(f, _LostPeerCommits)]
+    monkeypatch.setattr(absl, "filters", kept)  # a new list: the old one is back at teardown
+    monkeypatch.setattr(lost_peer, "_installed", [])
+
+
+def test_a_commit_that_lost_its_peer_is_held_and_other_errors_are_kept(caplog, no_filter_yet):
     caplog.set_level(logging.ERROR, logger="absl")
     assert _logged(caplog, COMMIT, _barrier_error(RuntimeError(LOST)))  # before: printed
     ckpt.silence_lost_peer_commits()

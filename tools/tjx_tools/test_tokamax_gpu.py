@@ -5,12 +5,13 @@ checked XLA row that becomes the launch table's timings."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import tokamax_gpu
 from tjx_tokamax_env import PACKAGES
 
 
-def test_the_wheels_are_the_tests_pins_and_the_resolves_for_python_312(tmp_path):
+def test_the_wheels_are_the_tests_pins_and_the_resolves_for_python_312(tmp_path: Path) -> None:
     assert set(PACKAGES) <= set(tokamax_gpu.WHEELS)  # what the tests install, at their pins
     lock = (tokamax_gpu.Path(__file__).parents[2] / "3rdparty/python/default.lock").read_text()
     for extra in set(tokamax_gpu.WHEELS) - set(PACKAGES):  # the resolve's own versions
@@ -26,7 +27,7 @@ def test_the_wheels_are_the_tests_pins_and_the_resolves_for_python_312(tmp_path)
     )
 
 
-def test_a_measurement_on_a_cpu_says_why_each_fused_kernel_cannot_run():
+def test_a_measurement_on_a_cpu_says_why_each_fused_kernel_cannot_run() -> None:
     rows = tokamax_gpu.measure_cells([(16, 8)], kernels=("tokamax", "xla"), batch=1, heads=2,
                                      iters=1)  # fmt: skip
     by = {r["impl"]: r for r in rows}

@@ -1,4 +1,4 @@
-"""#68: LayerNorm and the gated MLP unit written so that XLA's GPU compiler emits fewer,
+"""#68: LayerNorm, the gated MLP unit and RoPE written so that XLA's GPU compiler emits fewer,
 cheaper kernels, each checked on fresh random inputs against float64 and against the same op
 computed as PyTorch's autocast computes it (bfloat16 in and out of every op, float32 math inside:
 `_r` rounds at each op's boundary, outside any jit, so nothing elides it).
@@ -21,6 +21,7 @@ from tjx import nn as tnn
 from tjx.nn.activations import with_derivative
 from tjx.nn.mlp import gated_projection
 from tjx.nn.norms import layer_norm
+from tjx.nn.positions import apply_rope
 
 BF16, F32 = jnp.bfloat16, jnp.float32
 #: "No worse than the reference": its error times this (module doc).
@@ -229,3 +230,44 @@ def test_gated_units_that_are_not_plain_take_their_own_dense_calls():
     adapted = _swiglu_mlp()
     tnn.add_lora(adapted, tnn.LoraConfig(rank=2, targets=("gate",)), rngs=nnx.Rngs(1))
     assert adapted._fused_gate(x) is None
+
+
+# --------------------------------------------------------------------------------------- RoPE
+
+
+def _rope_halves(x, positions):
+    """RoPE as the halves' formula (tjx's before #68), in x's dtype with float32 math."""
+    d = x.shape[-1]
+    dt = jnp.promote_types(x.dtype, F32)
+    inv = 1.0 / (10000.0 ** (jnp.arange(0, d, 2, dtype=dt) / d))
+    angles = positions.astype(dt)[..., None] * inv
+    c, s = jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]
+    x1, x2 = x.astype(dt)[..., : d // 2], x.astype(dt)[..., d // 2 :]
+    return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], -1).astype(x.dtype)
+
+
+def test_rope_turns_the_gradient_back_in_one_custom_pass():
+    """The forward is the halves' formula exactly; the gradient is float64 autodiff's (float64)
+    and as exact as autodiff's in bfloat16; it is a custom backward (a turn by the opposite
+    angle reading the gradient in x's dtype), not autodiff's float32 halves."""
+    rng = np.random.default_rng(106)
+    x, g = _bf16_values(rng, (2, 40, 3, 16)), _bf16_values(rng, (2, 40, 3, 16))
+    pos = jnp.asarray(np.tile(np.arange(40), (2, 1)))
+    with jax.enable_x64(True):
+        y64, vjp64 = jax.vjp(lambda x: _rope_halves(x, pos), jnp.asarray(x))
+        want = (y64, vjp64(jnp.asarray(g))[0])
+        got64 = jax.vjp(lambda x: apply_rope(x, pos), jnp.asarray(x))
+        assert (
+            _err(got64[0], want[0]) < 1e-15 and _err(got64[1](jnp.asarray(g))[0], want[1]) < 1e-15
+        )
+    xb, gb = jnp.asarray(x, BF16), jnp.asarray(g, BF16)
+    y, vjp = jax.vjp(lambda x: apply_rope(x, pos), xb)
+    y_ref, vjp_ref = jax.vjp(lambda x: _rope_halves(x, pos), xb)
+    assert y.dtype == BF16 and np.array_equal(np.asarray(y, F32), np.asarray(y_ref, F32))
+    dx, dx_ref = vjp(gb)[0], vjp_ref(gb)[0]
+    assert dx.dtype == BF16 and _err(dx, want[1]) <= SLACK * _err(dx_ref, want[1])
+    names = [
+        e.primitive.name
+        for e in _primitives(jax.make_jaxpr(lambda x: apply_rope(x, pos))(xb).jaxpr)
+    ]
+    assert "custom_vjp_call" in names or "custom_vjp_call_jaxpr" in names

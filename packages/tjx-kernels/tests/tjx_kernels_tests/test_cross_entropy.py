@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -283,3 +284,35 @@ def test_one_pass_row_stats_match_float64_and_take_the_first_of_equal_maxima():
     assert np.max(np.abs(np.asarray(lse, np.float64) - ref) / np.abs(ref)) < 1e-6
     assert list(np.asarray(top)) == list(x32.argmax(-1)) and int(top[1]) == 5
     assert np.array_equal(np.asarray(picked, np.float64), x32[np.arange(6), labels])
+
+
+@pytest.mark.parametrize("z_loss", [0.0, 1e-2])
+def test_the_chunk_scan_sums_nothing_to_a_scalar_per_chunk(z_loss):
+    """#68: each chunk adds its tokens' CE, lse², counted and correct flags to per-token running
+    sums (elementwise: on a GPU, in the kernel that makes them) and the step sums those once
+    after the scan; the four scalar sums a chunk were a reduction and three adds (four kernel
+    launches a chunk). The results are the naive loss's (test_matches_naive_loss_counts_and_grads).
+    """
+    h = jax.ShapeDtypeStruct((2, 16, 8), jnp.float32)
+    w = jax.ShapeDtypeStruct((8, 32), jnp.float32)
+    labels = jax.ShapeDtypeStruct((2, 16), jnp.int32)
+
+    def loss(h, w, labels):
+        out = chunked_cross_entropy(h, w, labels, chunk_size=8, z_loss=z_loss)
+        return out.loss, out.num_correct
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1), has_aux=True))(h, w, labels).jaxpr
+
+    def scans(jaxpr):
+        for e in jaxpr.eqns:
+            if e.primitive.name == "scan":
+                yield e.params["jaxpr"].jaxpr
+            for sub in jax.extend.core.jaxprs_in_params(e.params):
+                yield from scans(sub)
+
+    bodies = list(scans(jaxpr))
+    assert bodies
+    for body in bodies:
+        for e in body.eqns:
+            if e.primitive.name in ("reduce_sum", "reduce", "reduce_max", "argmax"):
+                assert all(v.aval.ndim >= 1 for v in e.outvars), e  # per token, never a scalar

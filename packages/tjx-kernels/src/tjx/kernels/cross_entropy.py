@@ -207,31 +207,60 @@ def row_stats(logits: Array, labels: Array) -> tuple[Array, Array, Array]:
     return m + jnp.log(s), i, label_logit
 
 
-def _chunk_stats(
-    logits: Array, labels: Array, ignore_index: int
-) -> tuple[Array, Array, Array, Array]:
-    """Per-token (ce, lse, valid, correct) of one chunk's float32 ``[c, vocab]`` logits."""
-    valid = labels != ignore_index
-    safe = jnp.where(valid, labels, 0)
+def _chunk_stats(logits: Array, safe: Array, valid: Array) -> tuple[Array, Array, Array, Array]:
+    """Per-token (ce, lse, valid, correct) of one chunk's float32 ``[c, vocab]`` logits, with
+    ``safe`` the labels (0 where not ``valid``)."""
     lse, top, label_logit = row_stats(logits, safe)
     ce = jnp.where(valid, lse - label_logit, 0.0)
     correct = valid & (top == safe)
     return ce, lse, valid, correct
 
 
-def _add_sums(carry: Sums, ce: Array, lse: Array, valid: Array, correct: Array) -> Sums:
-    s_ce, s_z, n_tok, n_ok = carry
+def _labels(lc: Array, ignore_index: int) -> Array:
+    """Every chunk's labels ``[n, 2, c]``: whether each counts (1/0), then the label (0 where it
+    does not): made once before the scan, one kernel, not one a chunk (`_unpack`)."""
+    valid = lc != ignore_index
+    return jnp.stack([valid.astype(lc.dtype), jnp.where(valid, lc, 0)], axis=1)
+
+
+def _unpack(labels: Array) -> tuple[Array, Array]:
+    """One chunk's (valid, safe labels) from `_labels`."""
+    return labels[0] != 0, labels[1]
+
+
+#: Per-token running sums over the chunks: CE, lse² of counted tokens, counted, correct.
+Acc = tuple[Array, Array, Array, Array]
+
+
+def _zero_acc(rows: int) -> Acc:
+    zero_f, zero_i = jnp.zeros((rows,), jnp.float32), jnp.zeros((rows,), jnp.int32)
+    return zero_f, zero_f, zero_i, zero_i
+
+
+def _add_acc(acc: Acc, ce: Array, lse: Array, valid: Array, correct: Array) -> Acc:
+    """Each token's terms added to its running sums: elementwise, so XLA adds them in the kernel
+    that makes them (the four scalar sums of each chunk were a reduction and three adds: four
+    launches a chunk)."""
+    a_ce, a_z, a_n, a_ok = acc
     return (
-        s_ce + jnp.sum(ce),
-        s_z + jnp.sum(jnp.where(valid, lse * lse, 0.0)),
-        n_tok + jnp.sum(valid, dtype=jnp.int32),
-        n_ok + jnp.sum(correct, dtype=jnp.int32),
+        a_ce + ce,
+        a_z + jnp.where(valid, lse * lse, 0.0),
+        a_n + valid.astype(jnp.int32),
+        a_ok + correct.astype(jnp.int32),
     )
 
 
-def _zero_sums() -> Sums:
-    zero_f, zero_i = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
-    return zero_f, zero_f, zero_i, zero_i
+def _total(acc: Acc) -> Sums:
+    """The four sums of the per-token running sums: the loss's three in one (variadic)
+    reduction, one kernel; the correct count apart, so that a step that does not report it
+    never computes it (nor each chunk's argmax)."""
+    zeros = tuple(jnp.zeros((), a.dtype) for a in acc[:3])
+
+    def add(a: tuple[Array, ...], b: tuple[Array, ...]) -> tuple[Array, ...]:
+        return tuple(x + y for x, y in zip(a, b, strict=True))
+
+    s_ce, s_z, n_tok = jax.lax.reduce(acc[:3], zeros, add, (0,))
+    return s_ce, s_z, n_tok, jnp.sum(acc[3])
 
 
 def _dlogits(logits: Array, labels: Array, lse: Array, g_ce: Array, g_z: Array) -> Array:
@@ -254,12 +283,14 @@ def _sums_fwd_impl(
     stored: Any,
     products: HeadProducts,
 ) -> tuple[Sums, Array]:
-    def step(carry: Sums, xs: tuple[Array, Array]) -> tuple[Sums, Array]:
-        logits, _, _ = _chunk_logits(xs[0], w, softcap, stored, products)  # [c, vocab], dropped
-        ce, lse, valid, correct = _chunk_stats(logits, xs[1], ignore_index)
-        return _add_sums(carry, ce, lse, valid, correct), lse
+    def step(acc: Acc, xs: tuple[Array, Array]) -> tuple[Acc, Array]:
+        h_c, (valid, safe) = xs[0], _unpack(xs[1])
+        logits, _, _ = _chunk_logits(h_c, w, softcap, stored, products)  # [c, vocab], dropped
+        ce, lse, valid, correct = _chunk_stats(logits, safe, valid)
+        return _add_acc(acc, ce, lse, valid, correct), lse
 
-    return jax.lax.scan(step, _zero_sums(), (hc, lc))
+    acc, lse = jax.lax.scan(step, _zero_acc(lc.shape[1]), (hc, _labels(lc, ignore_index)))
+    return _total(acc), lse
 
 
 def _sums_and_grads(
@@ -281,18 +312,19 @@ def _sums_and_grads(
     """
     one, zero = jnp.ones((), jnp.float32), jnp.zeros((), jnp.float32)
 
-    def step(carry: tuple[Sums, Array], xs: tuple[Array, Array]) -> tuple[Any, Array]:
-        sums, dw = carry
-        h_c, l_c = xs
+    def step(carry: tuple[Acc, Array], xs: tuple[Array, Array]) -> tuple[Any, Array]:
+        acc, dw = carry
+        h_c, (valid, safe) = xs[0], _unpack(xs[1])
         logits, t, res = _chunk_logits(h_c, w, softcap, stored, products)
-        ce, lse, valid, correct = _chunk_stats(logits, l_c, ignore_index)
-        safe = jnp.where(valid, l_c, -1)  # _dlogits zeroes the rows of ignored tokens
-        dlogits = uncap_grad(_dlogits(logits, safe, lse, one, zero), cap_derivative(t))
+        ce, lse, valid, correct = _chunk_stats(logits, safe, valid)
+        dlabels = jnp.where(valid, safe, -1)  # _dlogits zeroes the rows of ignored tokens
+        dlogits = uncap_grad(_dlogits(logits, dlabels, lse, one, zero), cap_derivative(t))
         dh, dw_c = products.backward(res, dlogits)
-        return (_add_sums(sums, ce, lse, valid, correct), dw + dw_c), dh
+        return (_add_acc(acc, ce, lse, valid, correct), dw + dw_c), dh
 
-    (sums, dw), dh = jax.lax.scan(step, (_zero_sums(), jnp.zeros(w.shape, jnp.float32)), (hc, lc))
-    return sums, dh, dw
+    start = (_zero_acc(lc.shape[1]), jnp.zeros(w.shape, jnp.float32))
+    (acc, dw), dh = jax.lax.scan(step, start, (hc, _labels(lc, ignore_index)))
+    return _total(acc), dh, dw
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))

@@ -57,6 +57,12 @@ _FUSED: dict[str, tuple[Callable[[Array], Array], Callable[[Array], Array]]] = {
 }
 
 
+def with_derivative(name: str) -> tuple[Callable[[Array], Array], Callable[[Array], Array]]:
+    """The activation ``name`` (``"gelu"``: tanh form, or ``"silu"``) and its derivative, the
+    pair the fused backward passes evaluate (the derivative in float32)."""
+    return _FUSED[name]
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def fused_activation(name: str, x: Array) -> Array:
     """``act(x)`` for ``name`` in ``("gelu", "silu")`` with a one-kernel backward."""

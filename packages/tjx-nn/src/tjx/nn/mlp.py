@@ -9,9 +9,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from tjx.nn.activations import fused_activation, gated_activation
+from tjx.nn.activations import fused_activation, gated_activation, with_derivative
 from tjx.nn.linear import Dense, split_key
 from tjx.nn.params import normal
 from tjx.nn.precision import Precision
@@ -58,6 +59,94 @@ def activation(name: str) -> Callable[[Array], Array]:
     return _ACTIVATIONS[name]
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def gated_projection(
+    name: str, x: Array, kernels: tuple[Array, Array], biases: tuple[Array, ...]
+) -> Array:
+    """``act(x · W_gate + b_gate) · (x · W_up + b_up)`` with one backward for both projections.
+
+    The forward is the two products and one elementwise pass computing the unit in float32,
+    rounded once to the compute dtype (the pre-activations are the residuals). The backward
+    computes both pre-activation gradients in one elementwise pass (float32 math, written
+    stacked in the compute dtype: no float32 tensor reaches memory), then the input's gradient
+    is one product over both (accumulated in float32 across the ``2f`` columns, where autodiff
+    adds two compute-dtype products) and the kernels' gradients one product. What autodiff of
+    two `Dense` calls and `gated_activation` spends instead: two elementwise passes that read
+    the three ``[..., f]`` tensors five times, two products for each gradient, and the two
+    input gradients added in the compute dtype by their consumer (BENCHMARKS.md, #68).
+
+    Parameters
+    ----------
+    name : str
+        The inner activation: ``"silu"`` (SwiGLU) or ``"gelu"`` (GeGLU, tanh form).
+    x : Array
+        ``[..., d]`` in the compute dtype.
+    kernels : (Array, Array)
+        The gate's and the up projection's ``[d, f]`` kernels, in the compute dtype.
+    biases : tuple of Array
+        ``()``, or the gate's and the up projection's ``[f]`` biases in the compute dtype.
+
+    Returns
+    -------
+    Array
+        ``[..., f]`` in the compute dtype.
+    """
+    return _gated_projection_fwd(name, x, kernels, biases)[0]
+
+
+def _gated_projection_fwd(
+    name: str, x: Array, kernels: tuple[Array, Array], biases: tuple[Array, ...]
+) -> tuple[Array, tuple[Array, tuple[Array, Array], tuple[Array, Array], tuple[Array, ...]]]:
+    # Two products, not one over stacked kernels: the stack would be a kernel of its own per
+    # layer reading the cast of the flat parameter buffer (the cast kernels are made together).
+    gate, up = (jnp.tensordot(x, w, axes=1) for w in kernels)
+    if biases:
+        gate, up = gate + biases[0], up + biases[1]
+    act, _ = with_derivative(name)
+    h = (act(_wide(gate)) * _wide(up)).astype(gate.dtype)
+    return h, (x, (gate, up), kernels, biases)
+
+
+def _gated_projection_bwd(
+    name: str,
+    res: tuple[Array, tuple[Array, Array], tuple[Array, Array], tuple[Array, ...]],
+    dh: Array,
+) -> tuple[Array, tuple[Array, Array], tuple[Array, ...]]:
+    x, pre, kernels, biases = res
+    # As `stacked_projection`: the kernels' stack waits for the gradient (not built early and
+    # held for every layer at the step's peak); and the pre-activations pass the barrier too,
+    # so that XLA does not share the forward's float32 sigmoid with this pass (it would write
+    # it to memory between the two).
+    dh, pre, kernels = jax.lax.optimization_barrier((dh, pre, kernels))
+    act, derivative = with_derivative(name)
+    # Both halves of the stacked gradient [..., 2, f] from one expression over the stacked
+    # shape (a select on the half): each element evaluates the activation once. Stacking two
+    # expressions instead makes XLA write the shared float32 sigmoid (or tanh) to memory and
+    # read it back, as it will not evaluate it in both halves.
+    wide = (*dh.shape[:-1], 2, dh.shape[-1])
+    g, gate, up = (jnp.broadcast_to(_wide(a)[..., None, :], wide) for a in (dh, *pre))
+    first = np.array([True, False])[:, None]  # a constant: no kernel of its own
+    d = jnp.where(first, g * up * derivative(gate), g * act(gate)).astype(pre[0].dtype)
+    lead = x.ndim - 1
+    rows = tuple(range(lead))
+    dx = jnp.tensordot(d, jnp.stack(kernels, axis=1), axes=((lead, lead + 1), (1, 2)))
+    dw = jnp.tensordot(x, d, axes=(rows, rows))  # [d, 2, f]
+    db = tuple(s.astype(b.dtype) for s, b in zip(jnp.sum(d, axis=rows), biases, strict=False))
+    return (
+        dx.astype(x.dtype),
+        (dw[:, 0].astype(kernels[0].dtype), dw[:, 1].astype(kernels[1].dtype)),
+        db,
+    )
+
+
+gated_projection.defvjp(_gated_projection_fwd, _gated_projection_bwd)
+
+
+def _wide(x: Array) -> Array:
+    """``x`` in float32 (float64 stays)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 class MLP(nnx.Module):
     """``out(act(in(x)))``, or ``out(act(gate(x)) * up(x))`` for ``swiglu``/``geglu``.
 
@@ -101,10 +190,30 @@ class MLP(nnx.Module):
     def __call__(self, x: Array, lora_rng: Array | None = None) -> Array:
         """Apply the MLP to ``x`` [..., d_model] (``lora_rng``: adapters' dropout key)."""
         k_gate, k_in, k_out = split_key(lora_rng, 3)
-        if self.fc_gate is not None and self.glu is not None:
+        fused = self._fused_gate(x)
+        if fused is not None:
+            h = fused
+        elif self.fc_gate is not None and self.glu is not None:
             h = self.glu(self.fc_gate(x, k_gate), self.fc_in(x, k_in))
         elif self.fc_gate is not None and self.gate_act is not None:
             h = gated_activation(self.gate_act, self.fc_gate(x, k_gate), self.fc_in(x, k_in))
         else:
             h = self.act(self.fc_in(x, k_in))
         return self.fc_out(h, k_out)
+
+    def _fused_gate(self, x: Array) -> Array | None:
+        """The gated unit through `gated_projection` (one backward for both projections), or
+        None where it is not ``act(gate) · up`` of two plain projections alike: no gate, gpt-oss's
+        clamped unit, a LoRA adapter, float8 products, a bias on one only."""
+        gate, up = self.fc_gate, self.fc_in
+        if gate is None or self.gate_act is None or self.glu is not None:
+            return None
+        parts = (gate, up)
+        if any(p.lora is not None or p.n_in != 1 or p.precision.fp8 for p in parts):
+            return None
+        if gate.precision != up.precision or (gate.bias is None) != (up.bias is None):
+            return None
+        dt = gate.precision.compute_dtype
+        kernels = (gate.kernel[...].astype(dt), up.kernel[...].astype(dt))
+        biases = tuple(p.bias[...].astype(dt) for p in parts if p.bias is not None)
+        return gated_projection(self.gate_act, x.astype(dt), kernels, biases)

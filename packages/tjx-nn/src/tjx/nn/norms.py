@@ -8,8 +8,10 @@ formula and whose backward is the closed form
 (RMSNorm: without the centring terms), with ``dscale = Σ dy · x̂`` and ``dbias = Σ dy`` over the
 tokens. The residuals are the input (compute dtype) and two float32 numbers per row — autodiff
 of the formula saves the centred float32 input and more ([tokens, d] float32 each), and its
-backward is a chain of separate reductions. Measured on the deviceless H100 compile of
-gpt2_small's step (BENCHMARKS.md).
+backward is a chain of separate reductions. LayerNorm's statistics of a 16-bit input are
+Welford's, one pass (`_layer_norm_stats`: what keeps XLA from writing ``dy · x̂`` in float32
+between two kernels of the backward). Measured on the deviceless H100 compile of gpt2_small's
+step (BENCHMARKS.md).
 
 ``plus_one`` (Gemma's norms) multiplies by ``1 + scale`` instead of ``scale``, the scale starting
 at 0; the sum is taken in float32, as transformers' Gemma does (``1 + w`` in bfloat16 would lose
@@ -37,13 +39,46 @@ def stats_dtype(x: Array) -> jnp.dtype:
     return jnp.promote_types(x.dtype, jnp.float32)
 
 
-def _layer_norm_stats(x: Array, eps: float) -> tuple[Array, Array, Array]:
+def _welford(
+    a: tuple[Array, Array, Array], b: tuple[Array, Array, Array]
+) -> tuple[Array, Array, Array]:
+    """Two partial (count, mean, Σ(x − mean)²) of a row, combined (Chan et al.'s update)."""
+    na, ma, qa = a
+    nb, mb, qb = b
+    n = na + nb
+    delta = mb - ma
+    w = nb / jnp.maximum(n, 1.0)  # two empty partials (XLA's padding): 0, not 0/0
+    return n, ma + delta * w, qa + qb + delta * delta * na * w
+
+
+def _layer_norm_stats(x: Array, eps: float) -> tuple[Array, Array]:
+    """Each row's mean and ``rsqrt(var + eps)`` ([..., 1], in `stats_dtype`).
+
+    A 16-bit ``x`` (the compute dtype of mixed-precision training) takes Welford's one pass: the
+    running sum and sum of squared deviations in one variadic reduction, as the LayerNorm
+    kernels of PyTorch and Apex compute them — exact for near-constant rows like the centred
+    two-pass formula, where ``E[x²] − E[x]²`` is not. What one pass saves beyond a read: XLA's
+    GPU compiler makes the two-pass statistics a normalization kernel of its own that
+    recomputes them wherever they are used, and the backward's column sums (``dscale``) then
+    become a kernel writing ``dy · x̂`` in float32 ([tokens, d]) and a second reading it back
+    (#68). A float32 or float64 ``x`` keeps the two-pass formula: on a CPU, XLA sums a plain
+    reduction in several lanes and a variadic one in one, so Welford's statistics there are a
+    few float32 ulps less exact (2e-7 against 7e-8 relative, normal rows of 768; invisible
+    beside a 16-bit output's rounding), and float32 steps keep their program and numbers.
+    """
     x32 = x.astype(stats_dtype(x))
-    mean = jnp.mean(x32, axis=-1, keepdims=True)
-    centred = x32 - mean
-    # Variance from the centred values (not E[x²]−E[x]²) stays exact for near-constant input.
-    var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
-    return centred, mean, jax.lax.rsqrt(var + eps)
+    d = x.shape[-1]
+    if jnp.finfo(x.dtype).bits >= 32:
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        centred = x32 - mean
+        # Variance from the centred values (not E[x²]−E[x]²): exact for near-constant input.
+        return mean, jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + eps)
+    zero = jnp.zeros((), x32.dtype)
+    parts = (jnp.ones_like(x32), x32, jnp.zeros_like(x32))
+    # The running mean, not the sum: the mean comes out of the reduction itself (its division
+    # by d would be a kernel of its own, as the rsqrt is).
+    _, mean, m2 = jax.lax.reduce(parts, (zero, zero, zero), _welford, (x.ndim - 1,))
+    return mean[..., None], jax.lax.rsqrt(m2[..., None] / d + eps)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -74,22 +109,35 @@ def layer_norm(
 def _layer_norm_fwd(
     x: Array, scale: Array, bias: Array | None, eps: float, out_dtype: jnp.dtype
 ) -> tuple[Array, tuple[Array | None, ...]]:
-    centred, mean, rstd = _layer_norm_stats(x, eps)
-    y = centred * rstd * scale.astype(centred.dtype)
+    mean, rstd = _layer_norm_stats(x, eps)
+    gain = _params(scale, bias, mean.dtype)
+    y = (x.astype(mean.dtype) - mean) * rstd * gain[0]
     if bias is not None:
-        y = y + bias.astype(centred.dtype)
-    return y.astype(out_dtype), (x, mean, rstd, scale, bias)
+        y = y + gain[1]
+    return y.astype(out_dtype), (x, mean, rstd, gain, scale, bias)
+
+
+def _params(scale: Array, bias: Array | None, dtype: jnp.dtype) -> Array:
+    """``scale`` (and ``bias``) as one ``[1 or 2, d]`` array in ``dtype``, made by one kernel.
+
+    Each is a slice of the flat parameter buffer, and XLA gives a lone slice read by two
+    kernels (the forward and the backward) a kernel of its own; stacked, the two are one
+    (25 launches a step fewer in gpt2_small's deviceless H100 compile). The barrier keeps
+    XLA from folding the stack's slices back into two."""
+    parts = [scale] if bias is None else [scale, bias]
+    return jax.lax.optimization_barrier(jnp.stack([p.astype(dtype) for p in parts]))
 
 
 def _layer_norm_bwd(
     eps: float, out_dtype: jnp.dtype, res: tuple[Array | None, ...], dy: Array
 ) -> tuple[Array, Array, Array | None]:
     del eps, out_dtype
-    x, mean, rstd, scale, bias = res
-    assert x is not None and mean is not None and rstd is not None and scale is not None
+    x, mean, rstd, gain, scale, bias = res
+    assert x is not None and mean is not None and rstd is not None and gain is not None
+    assert scale is not None  # scale and bias: their dtypes only (the values are in gain)
     xhat = (x.astype(mean.dtype) - mean) * rstd
     dy32 = dy.astype(mean.dtype)
-    dyg = dy32 * scale.astype(mean.dtype)
+    dyg = dy32 * gain[0]
     dx = rstd * (
         dyg
         - jnp.mean(dyg, axis=-1, keepdims=True)

@@ -102,7 +102,6 @@ def apply_rope(
         ``x`` rotated, same shape and dtype.
     """
     d = x.shape[-1]
-    half = d // 2
     dt = jnp.promote_types(x.dtype, jnp.float32)
     inv_freq, attention = rope_frequencies(
         positions, d, theta, RopeScaling.parse(scaling), dt, length=length
@@ -112,10 +111,7 @@ def apply_rope(
     sin = jnp.sin(angles)[:, :, None, :]
     if attention != 1.0:
         cos, sin = cos * attention, sin * attention
-    x32 = x.astype(dt)
-    x1, x2 = x32[..., :half], x32[..., half:]
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x.dtype)
+    return rope_rotate(x, cos, sin)
 
 
 def proportional_rope(x: Array, positions: Array, *, theta: float, proportion: float) -> Array:
@@ -140,10 +136,66 @@ def proportional_rope(x: Array, positions: Array, *, theta: float, proportion: f
     angles = positions.astype(dt)[..., None] * inv  # [b, s, half]
     cos = jnp.cos(angles)[:, :, None, :]
     sin = jnp.sin(angles)[:, :, None, :]
-    x32 = x.astype(dt)
-    x1, x2 = x32[..., :half], x32[..., half:]
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rope_rotate(x, cos, sin)
+
+
+@jax.custom_vjp
+def rope_rotate(x: Array, cos: Array, sin: Array) -> Array:
+    """``x`` [..., d] with dimension ``i`` paired with ``i + d/2`` and each pair turned by the
+    angle whose cosine and sine are ``cos``, ``sin`` ([..., d/2], broadcast against ``x``'s
+    halves): float32 math, the result in ``x``'s dtype.
+
+    The backward turns the gradient back by the opposite angle in one pass, in the same
+    dtypes: autodiff of the formula splits the incoming gradient into float32 halves first,
+    and where that gradient comes out of a reduction (the keys' gradient summed over a
+    query group) XLA writes those float32 halves to memory between two kernels (#68).
+
+    Parameters
+    ----------
+    x : Array
+        ``[..., d]`` (``d`` even).
+    cos, sin : Array
+        The angles' cosines and sines (float32), ``[..., d/2]`` broadcastable against ``x``'s
+        halves; any scale they carry (yarn's attention factor) scales the result.
+
+    Returns
+    -------
+    Array
+        Same shape and dtype as ``x``.
+    """
+    return _turn(x, cos, sin)
+
+
+def _turn(x: Array, cos: Array, sin: Array) -> Array:
+    dt = jnp.promote_types(x.dtype, cos.dtype)
+    half = x.shape[-1] // 2
+    wide = x.astype(dt)
+    x1, x2 = wide[..., :half], wide[..., half:]
+    # Each half padded to the whole width and added (the sums of the halves' formula, exactly):
+    # XLA makes one loop kernel of it, where a concatenation becomes a concatenate kernel
+    # (which the calibrated estimate prices as a reduction's).
+    none = [(0, 0)] * (x.ndim - 1)
+    out = jnp.pad(x1 * cos - x2 * sin, [*none, (0, half)])
+    out = out + jnp.pad(x2 * cos + x1 * sin, [*none, (half, 0)])
     return out.astype(x.dtype)
+
+
+def _rotate_fwd(x: Array, cos: Array, sin: Array) -> tuple[Array, tuple[Array, Array]]:
+    return _turn(x, cos, sin), (cos, sin)
+
+
+def _rotate_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array, Array]:
+    cos, sin = res
+    # The gradient is read as it arrives, in x's dtype: without the barrier XLA drops the
+    # rounding of a float32 producer (a reduction: the keys' gradient summed over a query
+    # group) and, as this pass reads each element twice, writes the float32 halves to memory.
+    g = jax.lax.optimization_barrier(g)
+    # The transpose of a turn is the turn by the opposite angle (``g`` has ``x``'s dtype). cos
+    # and sin come from integer positions and constants: their gradients are zero (unused).
+    return _turn(g, cos, -sin), jnp.zeros_like(cos), jnp.zeros_like(sin)
+
+
+rope_rotate.defvjp(_rotate_fwd, _rotate_bwd)
 
 
 def alibi_slopes(num_heads: int) -> np.ndarray:

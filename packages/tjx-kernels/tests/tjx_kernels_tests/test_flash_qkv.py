@@ -392,7 +392,7 @@ def test_the_stacked_kernels_are_priced_as_the_separate_ones():
          [view] * 3 + [q, lse, lse, *ids], [qkv]),
     ]  # fmt: skip
     shapes = _kernel_operand_shapes()
-    for name, ops, _, stacked, s_ops, _ in pairs:  # the operands' ranks are the program's
+    for _name, _ops, _, stacked, s_ops, _ in pairs:  # the operands' ranks are the program's
         assert shapes[stacked] == [len(dims) for _, dims in s_ops], stacked
     biases = [("bf16", (h, d))] * 3  # read once a program: left out, as the ids' few bytes
     for name, ops, res, stacked, s_ops, s_res in pairs:

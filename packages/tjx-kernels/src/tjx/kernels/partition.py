@@ -406,10 +406,12 @@ def _batchable(
             (
                 None
                 if x is None
-                else x
-                if stacked and 3 <= i < 6 and not batched  # a slot's bias: no batch axis
-                else (x if batched else jnp.broadcast_to(x, (axis_size, *x.shape))).reshape(
-                    (-1, *x.shape[1 + bool(batched) :])
+                else (
+                    x
+                    if stacked and 3 <= i < 6 and not batched  # a slot's bias: no batch axis
+                    else (x if batched else jnp.broadcast_to(x, (axis_size, *x.shape))).reshape(
+                        (-1, *x.shape[1 + bool(batched) :])
+                    )
                 )
             )
             for i, (x, batched) in enumerate(zip(args, in_batched, strict=True))

@@ -32,7 +32,8 @@
 * Before and during a run: :func:`peak_bytes` (XLA's memory analysis of a compiled step),
   :func:`available_bytes` (what a device can use) and :func:`first_fit` (the first candidate step
   whose peak fits); :class:`DivergenceGuard` (stop after too many non-finite or skipped steps in a
-  row).
+  row); :class:`SpikeDetector` (mark a step whose loss lies ``sigma`` deviations above the
+  rolling mean).
 * Mixture of experts: :func:`moe_metrics` (balance and z-losses, dropped fraction, expert load)
   and :func:`expert_load` (``[layers, experts]`` shares) of the router's summed statistics.
 
@@ -83,6 +84,7 @@ from tjx.metrics.devices import (
     peak_flops,
 )
 from tjx.metrics.divergence import DivergenceGuard
+from tjx.metrics.spikes import Spike, SpikeDetector
 from tjx.metrics.flops import flops_per_token_from_config, transformer_flops_per_token
 from tjx.metrics.heldout import (
     DEFAULT_TOP_K,
@@ -175,6 +177,8 @@ __all__ = [
     "DEVICE_PEAKS",
     "DevicePeak",
     "DivergenceGuard",
+    "Spike",
+    "SpikeDetector",
     "GIB",
     "HISTOGRAM_BINS",
     "HloModule",

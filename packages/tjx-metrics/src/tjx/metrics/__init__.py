@@ -84,7 +84,6 @@ from tjx.metrics.devices import (
     peak_flops,
 )
 from tjx.metrics.divergence import DivergenceGuard
-from tjx.metrics.spikes import Spike, SpikeDetector
 from tjx.metrics.flops import flops_per_token_from_config, transformer_flops_per_token
 from tjx.metrics.heldout import (
     DEFAULT_TOP_K,
@@ -142,6 +141,7 @@ from tjx.metrics.roofline_report import (
     gemm_operands,
     grouped_notes,
 )
+from tjx.metrics.spikes import Spike, SpikeDetector
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
 __version__ = "0.19.0"

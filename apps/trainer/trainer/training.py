@@ -329,10 +329,9 @@ class Training:
         if spike is None:
             return
         self.logger.log_scalars(spike.step, {"loss_spike": spike.sigmas})
-        bar.note(
-            f"step {spike.step}: loss spike {spike.loss:.4f}, {spike.sigmas:.1f} σ above the "
-            f"mean {spike.mean:.4f} of the steps before (--replay {self.run_dir} --spikes)"
-        )
+        # (--replay RUN --spikes replays it; one short line, as a console wraps at 80)
+        said = f"{spike.loss:.4f}, {spike.sigmas:.1f} σ above the mean"
+        bar.note(f"step {spike.step}: loss spike {said}")
 
     def _compile(self) -> TrainStep:
         setup = self.setup

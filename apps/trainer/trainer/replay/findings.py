@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -98,9 +97,9 @@ def layer_series(replayed: Replayed, name: str) -> dict[str, list[tuple[int, flo
     ``update_norms``) over the probed steps."""
     out: dict[str, list[tuple[int, float]]] = {}
     for step in sorted(replayed.steps):
-        probes = replayed.steps[step].probes or {}
-        for layer, value in (probes.get(name) or {}).items():
-            out.setdefault(layer, []).append((step, float(value)))
+        probes = replayed.steps[step].probes
+        for layer, value in ({} if probes is None else probes.norms.get(name, {})).items():
+            out.setdefault(layer, []).append((step, value))
     return dict(sorted(out.items(), key=lambda kv: _layer_order(kv[0])))
 
 
@@ -117,7 +116,8 @@ def _ratio(value: float, others: Sequence[float]) -> float | None:
 
 
 def _layers(replayed: Replayed, record: StepRecord) -> list[LayerFinding]:
-    probes = record.probes or {}
+    assert record.probes is not None
+    probes = record.probes
     found: dict[str, LayerFinding] = {}
     same_segment = next(
         seg for seg in replayed.request.segments if seg.start < record.step <= seg.stop
@@ -128,17 +128,17 @@ def _layers(replayed: Replayed, record: StepRecord) -> list[LayerFinding]:
         if s != record.step and s in replayed.steps and replayed.steps[s].probes is not None
     ]
     for name, attr in (("grad_norms", "grad"), ("update_norms", "update")):
-        for layer, value in (probes.get(name) or {}).items():
+        for layer, value in probes.norms.get(name, {}).items():
             item = found.setdefault(layer, LayerFinding(layer))
-            rest = [float(o.probes[name][layer]) for o in others if o.probes and name in o.probes]
-            setattr(item, attr, float(value))
-            setattr(item, f"{attr}_ratio", _ratio(float(value), rest))
+            rest = [o.probes.norms[name][layer] for o in others if o.probes is not None]
+            setattr(item, attr, value)
+            setattr(item, f"{attr}_ratio", _ratio(value, rest))
     for i, layer in enumerate(replayed.layers):
         item = found.setdefault(layer, LayerFinding(layer))
-        if "activation_max" in probes and "activations" in replayed.request.probes:
-            item.activation = float(probes["activation_max"][i])
-        if "attention_logit_max" in probes and "attention" in replayed.request.probes:
-            value = float(probes["attention_logit_max"][i])
+        if "activations" in replayed.request.probes and "activation_max" in probes.maxima:
+            item.activation = probes.maxima["activation_max"][i]
+        if "attention" in replayed.request.probes and "attention_logit_max" in probes.maxima:
+            value = probes.maxima["attention_logit_max"][i]
             item.attention = value if np.isfinite(value) else None
 
     def jump(item: LayerFinding) -> float:
@@ -161,10 +161,14 @@ def _snippet(text: str) -> str:
 
 
 def _documents(
-    record: StepRecord, documents: data.DocumentIndex, loader: Any, tokenizer: Any
+    record: StepRecord,
+    documents: data.DocumentIndex,
+    loader: data.PackedLoader,
+    tokenizer: data.Tokenizer,
 ) -> tuple[list[DocumentFinding], float]:
-    assert record.probes is not None and record.positions is not None
-    losses = np.asarray(record.probes["token_loss"], dtype=np.float64)
+    assert record.probes is not None and record.probes.token_loss is not None
+    assert record.positions is not None and record.targets is not None
+    losses = record.probes.token_loss
     scored = (record.targets != data.IGNORE_INDEX) & (record.positions >= 0)
     mean = float(losses[scored].mean()) if scored.any() else 0.0
     owner = documents.document_of(record.positions)
@@ -191,10 +195,14 @@ def _documents(
 
 
 def _tokens(
-    record: StepRecord, documents: data.DocumentIndex | None, loader: Any, tokenizer: Any
+    record: StepRecord,
+    documents: data.DocumentIndex | None,
+    loader: data.PackedLoader | None,
+    tokenizer: data.Tokenizer,
 ) -> list[TokenFinding]:
-    assert record.probes is not None and record.targets is not None
-    losses = np.asarray(record.probes["token_loss"], dtype=np.float64)
+    assert record.probes is not None and record.probes.token_loss is not None
+    assert record.targets is not None
+    losses = record.probes.token_loss
     scored = np.asarray(record.targets != data.IGNORE_INDEX)
     order = np.argsort(np.where(scored, -losses, np.inf), axis=None, kind="stable")[:TOP_TOKENS]
     out = []
@@ -207,7 +215,7 @@ def _tokens(
         if documents is not None and position >= 0:
             doc = int(documents.document_of(np.array([position]))[0])
         before = ""
-        if position > 0:
+        if position > 0 and loader is not None:
             lo = max(0, position - 24)
             ids = loader.stream.gather(np.array([lo], np.int64), position - lo)[0]
             before = _snippet(tokenizer.decode([int(t) for t in ids]))[-40:]
@@ -230,47 +238,45 @@ def _exclude(found: Sequence[DocumentFinding]) -> list[int]:
 def findings(replayed: Replayed) -> list[StepFindings]:
     """The findings of each `focus_steps` step."""
     request, out = replayed.request, []
+    # A single source's loader (a mixture asks for no document probe): its stream and documents
+    loader = replayed.loader if isinstance(replayed.loader, data.PackedLoader) else None
     documents = None
-    if any(p in request.probes for p in ("documents", "tokens")):
-        documents = data.load_documents(replayed.bundle.train_dir)
+    if loader is not None and any(p in request.probes for p in ("documents", "tokens")):
+        documents = data.load_documents(loader.index.path)
     tokenizer = replayed.bundle.tokenizer
     for step in focus_steps(replayed):
         record = replayed.steps[step]
         item = StepFindings(step, record.loss)
-        probes = record.probes or {}
-        if "token_loss" in probes and record.targets is not None:
-            losses = np.asarray(probes["token_loss"], np.float64)
+        probes = record.probes
+        losses = None if probes is None else probes.token_loss
+        if losses is not None and record.targets is not None and tokenizer is not None:
             scored = record.targets != data.IGNORE_INDEX
             counts = np.maximum(scored.sum(axis=1), 1)
             item.sequences = (losses.sum(axis=1) / counts).tolist()
-            if documents is not None and record.positions is not None:
-                docs, item.token_mean = _documents(record, documents, replayed.loader, tokenizer)
+            if documents is not None and loader is not None and record.positions is not None:
+                docs, item.token_mean = _documents(record, documents, loader, tokenizer)
                 item.documents = docs[:TOP_DOCUMENTS] if "documents" in request.probes else []
                 item.exclude = _exclude(docs)
             if "tokens" in request.probes:
-                item.tokens = _tokens(record, documents, replayed.loader, tokenizer)
+                item.tokens = _tokens(record, documents, loader, tokenizer)
         item.layers = _layers(replayed, record)[:TOP_LAYERS]
         out.append(item)
     return out
 
 
-def probe_values(replayed: Replayed) -> dict[str, Any]:
-    """Every probed step's values as plain JSON (``probes.json``): losses, norms, maxima, each
-    sequence's loss."""
-    steps: dict[str, Any] = {}
+def probe_values(replayed: Replayed) -> dict[str, object]:
+    """Every replayed step's loss and every probed value as plain JSON (``probes.json``): norms,
+    maxima by layer, each sequence's loss."""
+    steps: dict[str, object] = {}
     for number, record in sorted(replayed.steps.items()):
-        entry: dict[str, Any] = {"loss": record.loss, "logged": record.logged}
-        probes: Mapping[str, Any] = record.probes or {}
-        for name in ("grad_norms", "update_norms"):
-            if name in probes:
-                entry[name] = {k: float(v) for k, v in probes[name].items()}
-        for name in ("activation_max", "attention_logit_max"):
-            if name in probes:
-                values = [float(v) for v in np.asarray(probes[name])]
+        entry: dict[str, object] = {"loss": record.loss, "logged": record.logged}
+        probes = record.probes
+        if probes is not None:
+            entry |= probes.norms
+            for name, values in probes.maxima.items():
                 entry[name] = dict(zip(replayed.layers, values, strict=False))
-        if "token_loss" in probes and record.targets is not None:
-            losses = np.asarray(probes["token_loss"], np.float64)
-            counts = np.maximum((record.targets != data.IGNORE_INDEX).sum(axis=1), 1)
-            entry["sequence_loss"] = (losses.sum(axis=1) / counts).tolist()
+            if probes.token_loss is not None and record.targets is not None:
+                counts = np.maximum((record.targets != data.IGNORE_INDEX).sum(axis=1), 1)
+                entry["sequence_loss"] = (probes.token_loss.sum(axis=1) / counts).tolist()
         steps[str(number)] = entry
     return {"run": str(replayed.request.run_dir), "steps": steps}

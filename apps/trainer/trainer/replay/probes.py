@@ -2,24 +2,24 @@
 program of its own beside the run's train step, which stays the run's program (its loss is the
 one compared with the log).
 
-Given the state before a step and the step's batch, the program returns, as asked:
+Given the state before a step and the step's batch, the program returns arrays by name, as
+asked:
 
-* ``grad_norms`` / ``update_norms``: each layer's gradient and update norm, from the run's own
-  step function built with a probe (trainer.step's ``probe``: the same gradients and optimizer
-  update, its new state dropped);
+* ``grad_norms/<layer>`` / ``update_norms/<layer>``: each layer's gradient and update norm, from
+  the run's own step function built with a probe (trainer.step's ``probe``: the same gradients
+  and optimizer update, its new state dropped);
 * ``token_loss``: each target's cross-entropy ``[rows, seq]`` of the step's parameters (the
   evaluation's logits, dropout off; 0 where unscored): ``documents`` and ``tokens`` are the host's
   sums of it (trainer.replay.findings);
-* ``activation_max`` / ``attention_logit_max``: each layer's largest output and attention logit,
-  recorded by tjx.nn's probes while an unrolled copy of the model without remat is traced (a
-  scanned stack's parameters cut per layer inside the program).
+* ``activation_max`` / ``attention_logit_max``: each layer's largest output and attention logit
+  ``[layers]``, recorded by tjx.nn's probes while an unrolled copy of the model without remat is
+  traced (a scanned stack's parameters cut per layer inside the program).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import chex
 import jax
@@ -30,11 +30,17 @@ from tjx.nn import probes as nn_probes
 from trainer import state as run_state
 from trainer.schema import ConfigError
 from trainer.state import Setup
-from trainer.step import Batch, make_train_step
+from trainer.step import PROBED, Batch, make_train_step
 from trainer.train_state import TrainState
 
 #: ``program(state, batch) -> {name: array}`` (names in the module docstring).
-ProbeProgram = Callable[[TrainState, Batch], dict[str, Any]]
+ProbeProgram = Callable[[TrainState, Batch], dict[str, jax.Array]]
+#: A parameter's path in a pure parameter dict (its keys, outermost first).
+Path = tuple[str | int, ...]
+#: A pure parameter dict flattened: path → array.
+Flat = dict[Path, jax.Array]
+#: The per-layer norms' probes, their values named ``<probe>/<layer>``.
+NORMS = ("grad_norms", "update_norms")
 
 
 @dataclasses.dataclass
@@ -46,26 +52,30 @@ class Probes:
     layers: list[str] = dataclasses.field(default_factory=list)
 
 
-def _flat(tree: Any, prefix: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], Any]:
+def _flat(tree: chex.ArrayTree, prefix: Path = ()) -> Flat:
     if isinstance(tree, dict):
-        out: dict[tuple[Any, ...], Any] = {}
+        out: Flat = {}
         for key, value in tree.items():
             out |= _flat(value, (*prefix, key))
         return out
-    return {prefix: tree}
+    assert isinstance(tree, jax.Array | jax.ShapeDtypeStruct), prefix
+    return {prefix: tree}  # type: ignore[dict-item]
 
 
-def _nested(flat: dict[tuple[Any, ...], Any]) -> dict[Any, Any]:
-    out: dict[Any, Any] = {}
+def _nested(flat: Flat) -> dict[str | int, chex.ArrayTree]:
+    out: dict[str | int, chex.ArrayTree] = {}
     for path, value in flat.items():
         node = out
         for key in path[:-1]:
-            node = node.setdefault(key, {})
+            node = node.setdefault(key, {})  # type: ignore[assignment]
         node[path[-1]] = value
     return out
 
 
-def unrolled_model(setup: Setup) -> tuple[nnx.GraphDef[nnx.Module], nnx.State, Callable[..., Any]]:
+Convert = Callable[[chex.ArrayTree], chex.ArrayTree]
+
+
+def unrolled_model(setup: Setup) -> tuple[nnx.GraphDef[nnx.Module], nnx.State, Convert]:
     """The run's model unrolled and without remat (what tjx.nn's `recording` traces): its graph,
     its other state, and ``convert(params)`` from the run's parameter tree (a scanned stack's
     leaves cut per layer).
@@ -91,7 +101,7 @@ def unrolled_model(setup: Setup) -> tuple[nnx.GraphDef[nnx.Module], nnx.State, C
             "documents, tokens"
         )
 
-    def source(path: tuple[Any, ...]) -> tuple[tuple[Any, ...], int | None]:
+    def source(path: Path) -> tuple[Path, int | None]:
         if path in run_paths:
             return path, None
         i = path.index("layers")
@@ -101,10 +111,9 @@ def unrolled_model(setup: Setup) -> tuple[nnx.GraphDef[nnx.Module], nnx.State, C
 
     def convert(params: chex.ArrayTree) -> chex.ArrayTree:
         flat = _flat(params)
-        out = {}
+        out: Flat = {}
         for path, (where, layer) in sources.items():
-            value = flat[where]
-            out[path] = value if layer is None else value[layer]
+            out[path] = flat[where] if layer is None else flat[where][layer]
         return _nested(out)
 
     return graphdef, rest, convert
@@ -114,7 +123,7 @@ def build(setup: Setup, names: Sequence[str]) -> Probes:
     """The jitted probe program of ``names`` (`trainer.replay.request.PROBES`) for ``setup``'s run;
     nothing is donated (the state goes on to the run's own step)."""
     cfg = setup.step_config
-    norms = [n for n in ("grad_norms", "update_norms") if n in names]
+    norms = [n for n in NORMS if n in names]
     tokens = any(n in names for n in ("documents", "tokens"))
     layered = any(n in names for n in ("activations", "attention"))
     step = None
@@ -122,9 +131,13 @@ def build(setup: Setup, names: Sequence[str]) -> Probes:
 
         def probe(
             params: chex.ArrayTree, grads: chex.ArrayTree, updates: chex.ArrayTree
-        ) -> dict[str, Any]:
+        ) -> dict[str, jax.Array]:
             trees = {"grad_norms": grads, "update_norms": updates}
-            return {n: nn_probes.layer_norms(trees[n]) for n in norms}
+            out = {}
+            for name in norms:
+                for layer, value in nn_probes.layer_norms(trees[name]).items():
+                    out[f"{name}/{layer}"] = value
+            return out
 
         step = make_train_step(
             setup.graphdef, setup.rest, setup.tx, cfg, setup.split, setup.experts, probe=probe
@@ -132,13 +145,13 @@ def build(setup: Setup, names: Sequence[str]) -> Probes:
     rest, _ = nn.split_fp8_meta(setup.rest)
     logits_fn = nn.objective_logits_fn(setup.graphdef, rest)
     unrolled = unrolled_model(setup) if layered else None
-    result = Probes(program=lambda s, b: {})
+    layers: list[str] = []
 
-    def program(state: TrainState, batch: Batch) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def program(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
+        out: dict[str, jax.Array] = {}
         if step is not None:
             _, metrics = step(state, batch)
-            out |= metrics["probes"]
+            out |= {k.removeprefix(PROBED): v for k, v in metrics.items() if k.startswith(PROBED)}
         if tokens:
             logits, labels = logits_fn(state.model_tree(), batch)
             out["token_loss"] = nn_probes.token_losses(logits, labels)
@@ -152,9 +165,8 @@ def build(setup: Setup, names: Sequence[str]) -> Probes:
                     segment_ids=batch.get("segment_ids"),
                     deterministic=True,
                 )
-            result.layers[:] = rec.layers
+            layers[:] = rec.layers
             out |= rec.stacked()
         return out
 
-    result.program = jax.jit(program)
-    return result
+    return Probes(program=jax.jit(program), layers=layers)

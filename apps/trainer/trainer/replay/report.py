@@ -10,12 +10,11 @@ Each file is written whole (a temporary file renamed into place): a report is ne
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import yaml  # type: ignore[import-untyped]
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -39,18 +38,18 @@ CONTEXT_STEPS = 20
 
 
 def _write(path: Path, data: bytes) -> None:
-    """``data`` into ``path`` whole: a temporary file in its folder renamed over it."""
-    handle, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    """``data`` into ``path`` whole: a temporary file in its folder (made as any file is, so
+    the report's permissions are the user's usual ones) renamed over it."""
+    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
+        staged.write_bytes(data)
         os.replace(staged, path)
     except BaseException:
-        Path(staged).unlink(missing_ok=True)
+        staged.unlink(missing_ok=True)
         raise
 
 
-def _figure(path: Path, draw: Any) -> None:
+def _figure(path: Path, draw: Callable[[Axes], None]) -> None:
     fig = Figure(figsize=(8, 4), dpi=100)
     FigureCanvasAgg(fig)
     draw(fig.add_subplot(1, 1, 1))
@@ -69,7 +68,7 @@ def plot_loss(replayed: Replayed, focus: Sequence[int], path: Path) -> None:
     near = replayed.request.logged.items()
     logged = sorted((s, v) for s, v in near if lo - span <= s <= hi + span)
 
-    def draw(ax: Any) -> None:
+    def draw(ax: Axes) -> None:
         if logged:
             ax.plot([s for s, _ in logged], [v for _, v in logged], lw=1, label="logged loss")
         ax.scatter(steps, [replayed.steps[s].loss for s in steps], s=14, color="C3",
@@ -88,7 +87,7 @@ def plot_norms(replayed: Replayed, focus: Sequence[int], path: Path, name: str) 
     """Each layer's ``name`` (``grad_norms``) over the probed steps, one line a layer."""
     series = layer_series(replayed, name)
 
-    def draw(ax: Any) -> None:
+    def draw(ax: Axes) -> None:
         for layer, points in series.items():
             xs: list[float] = []
             ys: list[float] = []
@@ -180,7 +179,7 @@ def _step_section(item: StepFindings, replayed: Replayed) -> list[str]:
             "",
             "### Tokens with the largest loss",
             "",
-            "| loss | token | after | row, column | document |",
+            "| loss | token | after the text | row, column | document |",
             "|---:|---|---|---|---:|",
         ]
         for t in item.tokens:

@@ -16,10 +16,10 @@ import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from tjx import ckpt
 from tjx.ckpt import RunFileError, RunFileNotFoundError, storage
+from tjx.ckpt.storage import StoragePath
 from trainer.config import Config, read_config
 from trainer.deferred import metrics
 from trainer.job.folder import RunDir
@@ -30,8 +30,8 @@ from trainer.schema import ConfigError
 PROBES: dict[str, str] = {
     "grad_norms": "each layer's gradient norm",
     "update_norms": "each layer's update norm: the optimizer's step",
-    "activations": "each layer's largest activation (its output, absolute)",
-    "attention": "each layer's largest attention logit (scaled q·k, before any soft cap)",
+    "activations": "each layer's largest absolute output",
+    "attention": "each layer's largest attention logit: scaled q·k, before any soft cap",
     "documents": "each sequence's and document's loss in the batch, documents named by origin",
     "tokens": "the tokens with the largest loss",
 }
@@ -65,7 +65,7 @@ class Segment:
 class ReplayRequest:
     """A checked ``--replay`` command."""
 
-    run_dir: Any  # a local Path or an epath.Path (gs://, s3://)
+    run_dir: StoragePath  # a local Path or an epath.Path (gs://, s3://)
     config: Config
     #: The loss each logged step recorded, as `tjx.metrics.read_jsonl` reads it (the last one of
     #: a step logged twice: a resumed run's).
@@ -132,7 +132,7 @@ def parse_probes(text: str | None) -> tuple[str, ...]:
     return tuple(n for n in PROBES if n in names)
 
 
-def run_location(text: str) -> Any:
+def run_location(text: str) -> StoragePath:
     """The run directory ``--replay`` names: it must hold a run (its ``config.yaml``)."""
     path = RunDir(text).path if "://" in text else Path(text).expanduser()
     if "://" not in text and not path.is_dir():
@@ -140,7 +140,7 @@ def run_location(text: str) -> Any:
     return path
 
 
-def read_logged(run_dir: Any) -> dict[int, float]:
+def read_logged(run_dir: StoragePath) -> dict[int, float]:
     """Each logged step's loss (``metrics.jsonl``); the last record of a step logged twice."""
     path = run_dir / "metrics.jsonl"
     try:
@@ -155,13 +155,13 @@ def read_logged(run_dir: Any) -> dict[int, float]:
     return {int(r["step"]): r["loss"] for r in records if "loss" in r and "step" in r}
 
 
-def marked_spikes(run_dir: Any) -> list[int]:
+def marked_spikes(run_dir: StoragePath) -> list[int]:
     """The steps the run marked as loss spikes (``loss_spike`` records), ascending."""
     records = metrics.read_jsonl(run_dir / "metrics.jsonl")
     return sorted({int(r["step"]) for r in records if SPIKE_KEY in r})
 
 
-def saved_config(run_dir: Any) -> Config:
+def saved_config(run_dir: StoragePath) -> Config:
     """The run's config as saved (``config.yaml``), as a resume that changes nothing reads it."""
     folder = RunDir(run_dir)
     try:
@@ -181,9 +181,14 @@ def saved_config(run_dir: Any) -> Config:
         ) from None
 
 
-def check_objective(cfg: Config, probes: Sequence[str]) -> None:
+def check_objective(cfg: Config, probes: Sequence[str], *, asked: bool = True) -> tuple[str, ...]:
     """A replay covers the language-model objective on text (one source or a mixture); any other
-    objective is one line naming it."""
+    objective is one line naming it. The probes that apply to the run: ``probes`` when
+    ``asked`` (one that does not is one line), else those of them that do (the default)."""
+    if not asked:
+        skip = set(DOCUMENT_PROBES) if cfg.data.sources is not None else set()
+        skip |= set(LAYER_PROBES) if cfg.mesh.context != 1 else set()
+        probes = [p for p in probes if p not in skip]
     fmt = cfg.data.format
     if cfg.task != "lm" or fmt != "text":
         names = {"chat": "SFT (data.format chat)", "preference": "DPO (data.format preference)",
@@ -205,6 +210,7 @@ def check_objective(cfg: Config, probes: Sequence[str]) -> None:
             f"--probe: {layers[0]} reads whole sequences; this run splits them "
             "(mesh.context): choose from grad_norms, update_norms, documents, tokens"
         )
+    return tuple(probes)
 
 
 def segments_of(
@@ -254,8 +260,7 @@ def build_request(args: argparse.Namespace) -> ReplayRequest:
     refused_flags(args)
     run_dir = run_location(args.replay)
     cfg = saved_config(run_dir)
-    probes = parse_probes(args.probe)
-    check_objective(cfg, probes)
+    probes = check_objective(cfg, parse_probes(args.probe), asked=args.probe is not None)
     logged = read_logged(run_dir)
     if not logged:
         raise ConfigError(f"--replay: {str(run_dir / 'metrics.jsonl')!r} holds no logged loss")
@@ -292,7 +297,7 @@ def build_request(args: argparse.Namespace) -> ReplayRequest:
     return ReplayRequest(run_dir, cfg, logged, segments, probes, out, asked, checkpoints)
 
 
-def report_folder(text: str | None, run_dir: Any, first: int, last: int) -> Path:
+def report_folder(text: str | None, run_dir: StoragePath, first: int, last: int) -> Path:
     """``--out DIR`` (made when the report is written), else ``RUN/replay-A-B`` beside a local
     run's files (a folder of its own: the run's files, and a trainer that holds the run, are
     never touched). A run in object storage needs ``--out``."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import cast
 
 import jax
 import numpy as np
@@ -18,7 +18,7 @@ import numpy as np
 import trainer.data_setup as data_setup
 import trainer.startup as startup
 import trainer.training as training
-from tjx import ckpt, parallel
+from tjx import ckpt, data, parallel
 from tjx.ckpt.metadata import package_versions
 from tjx.core.standard_json import dumps_json, loads_json
 from trainer.job.folder import RunDir
@@ -26,7 +26,42 @@ from trainer.plan import RunPlan
 from trainer.replay import probes as replay_probes
 from trainer.replay.request import ReplayRequest, Segment
 from trainer.schema import ConfigError
+from trainer.state import Setup
+from trainer.step import Batch, TrainStep
 from trainer.train_state import TrainState
+
+#: Where a replay's progress lines go.
+Say = Callable[[str], None]
+#: What checkpoint metadata (tjx.ckpt's ``collect_metadata``) and this process say of their setup.
+Facts = Mapping[str, object]
+
+
+@dataclasses.dataclass
+class Probed:
+    """A probed step's values on the host."""
+
+    #: ``grad_norms`` / ``update_norms`` → layer → norm.
+    norms: dict[str, dict[str, float]]
+    #: ``activation_max`` / ``attention_logit_max`` → one value a layer (`Replayed.layers`).
+    maxima: dict[str, list[float]]
+    #: float64 ``[rows, seq]``: each target's loss (0 where unscored); None: not asked.
+    token_loss: np.ndarray | None
+
+    @classmethod
+    def of(cls, values: Mapping[str, np.ndarray]) -> Probed:
+        """From the probe program's arrays (`trainer.replay.probes`), fetched."""
+        norms: dict[str, dict[str, float]] = {}
+        for key, value in values.items():
+            probe, _, layer = key.partition("/")
+            if layer:
+                norms.setdefault(probe, {})[layer] = float(value)
+        maxima = {
+            k: [float(v) for v in np.asarray(values[k]).reshape(-1)]
+            for k in ("activation_max", "attention_logit_max")
+            if k in values
+        }
+        losses = values.get("token_loss")
+        return cls(norms, maxima, None if losses is None else np.asarray(losses, np.float64))
 
 
 class NotFaithfulError(Exception):
@@ -41,7 +76,7 @@ class StepRecord:
     step: int
     loss: float
     logged: float | None
-    probes: dict[str, Any] | None = None
+    probes: Probed | None = None
     #: int64 ``[rows, seq]``: each target's stream position (-1: none), for a probed step.
     positions: np.ndarray | None = None
     targets: np.ndarray | None = None
@@ -54,15 +89,15 @@ class Replayed:
     request: ReplayRequest
     steps: dict[int, StepRecord]
     layers: list[str]
-    bundle: Any
-    loader: Any
+    bundle: data_setup.Bundle
+    loader: data_setup.TrainLoader
     #: The checkpoint each segment started from (0: the run's start).
     starts: list[int]
     seconds: float
     device: str
 
 
-def as_logged(value: Any) -> float:
+def as_logged(value: jax.Array) -> float:
     """``value`` as the run's log holds it: `StepLog.scalars`' float, through tjx's standard
     JSON (a non-finite loss as the logger writes and `read_jsonl` reads it back)."""
     number = float(np.asarray(jax.device_get(value)))
@@ -76,7 +111,7 @@ def same(replayed: float, logged: float) -> bool:
     return replayed == logged
 
 
-def here() -> dict[str, Any]:
+def here() -> dict[str, object]:
     """This process's devices and versions, as tjx.ckpt's checkpoint metadata records them."""
     return {
         "platform": jax.default_backend(),
@@ -86,7 +121,7 @@ def here() -> dict[str, Any]:
     }
 
 
-def why_different(saved: Mapping[str, Any] | None) -> str:
+def why_different(saved: Facts | None) -> str:
     """Why a replayed loss may differ: what differs between the run's checkpoint metadata and
     this process, else that nothing does (then the run's log or data changed since)."""
     if saved is None:
@@ -98,7 +133,9 @@ def why_different(saved: Mapping[str, Any] | None) -> str:
     for key in ("platform", "device_kind", "device_count"):
         if key in saved and saved[key] != now[key]:
             differ.append(f"{key.replace('_', ' ')} {saved[key]} → {now[key]}")
-    old, new = dict(saved.get("versions") or {}), now["versions"]
+    old, new = saved.get("versions"), now["versions"]
+    old = old if isinstance(old, dict) else {}
+    assert isinstance(new, dict)
     for name in sorted(set(old) & set(new)):
         if old[name] != new[name]:
             differ.append(f"{name} {old[name]} → {new[name]}")
@@ -119,7 +156,7 @@ def _plan(request: ReplayRequest) -> RunPlan:
     return RunPlan(request.config, request.run_dir, resume=True, init_from=None, profile=None)
 
 
-def replay(request: ReplayRequest, say: Any = print) -> Replayed:
+def replay(request: ReplayRequest, say: Say = print) -> Replayed:
     """Re-run the request's segments and probe the asked steps.
 
     Raises
@@ -161,10 +198,10 @@ def replay(request: ReplayRequest, say: Any = print) -> Replayed:
 def _start(
     segment: Segment,
     manager: ckpt.CheckpointManager | None,
-    setup: Any,
-    loader: Any,
-    say: Any,
-) -> tuple[TrainState, Mapping[str, Any] | None]:
+    setup: Setup,
+    loader: data_setup.TrainLoader,
+    say: Say,
+) -> tuple[TrainState, Facts | None]:
     """The state after the segment's start step (its checkpoint's, placed as the run's; the
     fresh state at step 0) with the loader moved there; the checkpoint's metadata."""
     if segment.start == 0:  # the first segment: the loader is at its start too
@@ -186,24 +223,26 @@ def _run(
     segment: Segment,
     request: ReplayRequest,
     state: TrainState,
-    step_fn: Any,
+    step_fn: TrainStep,
     program: replay_probes.Probes,
-    loader: Any,
-    setup: Any,
+    loader: data_setup.TrainLoader,
+    setup: Setup,
     records: dict[int, StepRecord],
-    saved: Mapping[str, Any] | None,
-    say: Any,
+    saved: Facts | None,
+    say: Say,
 ) -> None:
     """Steps ``start + 1 .. stop`` of a segment: the probe program before each probed step (on
     the state the step starts from), then the run's own step; each logged loss compared."""
     probed = set(segment.probed)
+    # A single source's loader says where each target lies (a mixture's does not)
+    packed = loader if isinstance(loader, data.PackedLoader) else None
     for number in range(segment.start + 1, segment.stop + 1):
-        position = getattr(loader, "position", None)
+        position = None if packed is None else packed.position
         host = next(loader)
-        batch = parallel.place_batch(host, mesh=setup.mesh)
+        batch = cast(Batch, parallel.place_batch(host, mesh=setup.mesh))  # now jax.Arrays
         record_probes = None
         if number in probed:
-            record_probes = jax.device_get(program.program(state, batch))
+            record_probes = Probed.of(jax.device_get(program.program(state, batch)))
         state, out = step_fn(state, batch)
         loss = as_logged(out["loss"])
         logged = request.logged.get(number)
@@ -216,8 +255,8 @@ def _run(
         if number in probed:
             record.probes = record_probes
             record.targets = np.asarray(host["targets"])
-            if position is not None and hasattr(loader, "target_positions"):
-                record.positions = loader.target_positions(*position)
+            if packed is not None and position is not None:
+                record.positions = packed.target_positions(*position)
         records[number] = record
         mark = "=" if logged is not None else " "
         said = f"{logged!r} logged" if logged is not None else "not logged"

@@ -41,8 +41,9 @@ def _corpus(path: Path, lines: list[str]) -> None:
     path.write_text("".join(json.dumps({"text": line}) + "\n" for line in lines))
 
 
-def _train(root: Path, corpus: Path, *sets: str) -> Path:
-    argv = ["--config", "tiny", "--run-dir", str(root / "run"), "--data", str(corpus)]
+def _train(root: Path, corpus: Path | None, *sets: str) -> Path:
+    argv = ["--config", "tiny", "--run-dir", str(root / "run")]
+    argv += [] if corpus is None else ["--data", str(corpus)]
     for item in [*SETS, f"data.cache_dir={root / 'cache'}", *sets]:
         argv += ["--set", item]
     assert main(argv) == 0
@@ -172,3 +173,28 @@ def _byte(path: Path, line: int) -> str:
     """The byte offset (as the report writes it) where 1-based ``line`` of ``path`` starts."""
     lines = path.read_bytes().split(b"\n")[: line - 1]
     return f"{sum(len(x) + 1 for x in lines):,}"
+
+
+def test_a_scanned_mixture_replays_with_the_probes_that_apply(tmp_path, capsys):
+    """A run of a scanned two-layer stack on a weighted mixture of two sources replays bit for
+    bit; its layers are probed one by one (the stacked parameters cut per layer), its default
+    probes leave out those that name one source's documents, and asking for one is one line,
+    exit 2."""
+    for name, word in (("a", "alpha beta"), ("b", "one two three")):
+        _corpus(tmp_path / f"{name}.jsonl", [f"{word} {i}" for i in range(120)])
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    mixture = f"data.sources=[{{source: {a}}}, {{source: {b}, weight: 2}}]"
+    scanned = ("model.scan_layers=true", "model.num_layers=2")
+    run = _train(tmp_path, None, "train.steps=6", "train.checkpoint_every=4", mixture, *scanned)
+    capsys.readouterr()
+    assert main(["--replay", str(run), "--steps", "5:6"]) == 0
+    assert "faithful: 2 logged losses replayed bit for bit" in capsys.readouterr().out
+    report = (run / "replay-5-6" / "report.md").read_text()
+    assert "grad_norms (" in report and "documents (" not in report
+    values = json.loads((run / "replay-5-6" / "probes.json").read_text())["steps"]["6"]
+    layers = ["layer 0", "layer 1"]
+    assert list(values["activation_max"]) == list(values["attention_logit_max"]) == layers
+    assert {"layer 0", "layer 1"} <= set(values["grad_norms"])
+    assert len(set(values["activation_max"].values())) == 2  # each layer its own
+    assert main(["--replay", str(run), "--steps", "5:6", "--probe", "documents"]) == 2
+    assert "this run reads the mixture data.sources" in capsys.readouterr().err

@@ -145,10 +145,16 @@ def why_different(saved: Facts | None) -> str:
             "computes the step otherwise: replay it with the run's devices and versions"
         )
     kind = now["device_kind"]
-    return (
+    why = (
         f"the devices ({now['device_count']} × {kind}) and versions are the run's, so the run's "
         "log or data changed since it ran (metrics.jsonl, the data source)"
     )
+    if now["platform"] != "cpu":  # a GPU's atomics may sum in another order each run
+        why += (
+            ", or the device computes the step in another order each time (XLA_FLAGS="
+            "--xla_gpu_deterministic_ops=true makes a GPU's run and its replay alike)"
+        )
+    return why
 
 
 def _plan(request: ReplayRequest) -> RunPlan:

@@ -88,16 +88,23 @@ def unrolled_model(setup: Setup) -> tuple[nnx.GraphDef[nnx.Module], nnx.State, C
     model_cfg = dataclasses.replace(setup.nn_config, scan_layers=False, remat="none")
     cfg = dataclasses.replace(setup.step_config, model=model_cfg)
     abstract = nnx.eval_shape(lambda: run_state.run_model(cfg))
-    graphdef, abstract_params, _ = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
+    split = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
+    graphdef, abstract_params, abstract_rest = split
     wanted = _flat(nnx.to_pure_dict(abstract_params))
-    # The unrolled model's other state: the run's own (RNG streams sit at the model's top), which
-    # a deterministic forward never draws from.
-    rest = nn.split_fp8_meta(setup.rest)[0]
+    # The unrolled model's other state (RNG streams): stand-ins, as a deterministic forward never
+    # draws from them.
+    rest = nn.concrete_state(abstract_rest)
     run_paths = set(_flat(setup.state.param_tree()))
-    if any("segments" in path for path in run_paths):
+    mixed = any("segments" in path for path in run_paths)
+    if mixed or nn.split_fp8_meta(setup.rest)[1] is not None:
+        what = (
+            "this model mixes kinds (model.mixer_pattern)"
+            if mixed
+            else "this model's float8 scales are per step (fp8_recipe delayed)"
+        )
         raise ConfigError(
-            "--probe: activations and attention record each layer of a stack of one layer kind; "
-            "this model mixes kinds (model.mixer_pattern): choose from grad_norms, update_norms, "
+            "--probe: activations and attention record each layer of a stack of one layer kind "
+            f"from its parameters alone; {what}: choose from grad_norms, update_norms, "
             "documents, tokens"
         )
 

@@ -88,8 +88,9 @@ def unrolled_model(setup: Setup) -> tuple[nnx.GraphDef[nnx.Module], nnx.State, C
     model_cfg = dataclasses.replace(setup.nn_config, scan_layers=False, remat="none")
     cfg = dataclasses.replace(setup.step_config, model=model_cfg)
     abstract = nnx.eval_shape(lambda: run_state.run_model(cfg))
-    split = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]
-    graphdef, abstract_params, abstract_rest = split
+    graphdef, abstract_params, abstract_rest = nnx.split(  # type: ignore[misc]
+        abstract, nnx.Param, ...
+    )
     wanted = _flat(nnx.to_pure_dict(abstract_params))
     # The unrolled model's other state (RNG streams): stand-ins, as a deterministic forward never
     # draws from them.

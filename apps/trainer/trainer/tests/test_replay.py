@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 import yaml  # type: ignore[import-untyped]
 
+from tjx.ckpt.lock import LOCK_FILE
 from tjx.metrics import read_jsonl
 from trainer.cli import main
+from trainer.job.folder import RunDir
 from trainer.tests._tiny import TINY_RUN
 
 #: The runs' settings: every step logged, a checkpoint every 4 (12 steps) or 30 (90 steps).
@@ -70,11 +72,13 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 def test_a_replay_is_bit_exact_and_its_probes_agree_with_the_run(tiny_run, capsys):
-    """Steps 6–7 from step 4's checkpoint: each logged loss replayed bit for bit, the report's
-    files written in their own folder and nothing of the run changed; each layer's gradient and
-    update norms make up the run's logged global norms, and the per-token losses its loss."""
+    """Steps 6–7 from step 4's checkpoint, while another trainer holds the run (a replay only
+    reads it): each logged loss replayed bit for bit, the report's files written in their own
+    folder and nothing of the run changed; each layer's gradient and update norms make up the
+    run's logged global norms, and the per-token losses its loss."""
     before = _snapshot(tiny_run)
-    assert main(["--replay", str(tiny_run), "--steps", "6:7"]) == 0
+    with RunDir(tiny_run).lock().acquire():  # a live run's lock: the replay takes none
+        assert main(["--replay", str(tiny_run), "--steps", "6:7"]) == 0
     out = capsys.readouterr().out
     assert "replay: restored step 4" in out
     assert "faithful: 3 logged losses replayed bit for bit" in out
@@ -83,7 +87,8 @@ def test_a_replay_is_bit_exact_and_its_probes_agree_with_the_run(tiny_run, capsy
         "exclude.yaml", "loss.png", "norms.png", "probes.json", "report.md",
     ]  # fmt: skip
     after = _snapshot(tiny_run)
-    assert {k: v for k, v in after.items() if not k.startswith("replay-6-7/")} == before
+    mine = ("replay-6-7/", LOCK_FILE)  # the report's folder, and the lock file the test took
+    assert {k: v for k, v in after.items() if not k.startswith(mine)} == before
     logged = {r["step"]: r for r in read_jsonl(tiny_run / "metrics.jsonl") if "loss" in r}
     probes = json.loads((folder / "probes.json").read_text())["steps"]
     assert sorted(probes) == ["5", "6", "7"]

@@ -187,7 +187,8 @@ def check_objective(cfg: Config, probes: Sequence[str], *, asked: bool = True) -
     ``asked`` (one that does not is one line), else those of them that do (the default)."""
     if not asked:
         skip = set(DOCUMENT_PROBES) if cfg.data.sources is not None else set()
-        skip |= set(LAYER_PROBES) if cfg.mesh.context != 1 else set()
+        split = cfg.mesh.context != 1  # the batch's tokens in the split's order
+        skip |= set(LAYER_PROBES) | set(DOCUMENT_PROBES) if split else set()
         probes = [p for p in probes if p not in skip]
     fmt = cfg.data.format
     if cfg.task != "lm" or fmt != "text":
@@ -204,11 +205,11 @@ def check_objective(cfg: Config, probes: Sequence[str], *, asked: bool = True) -
             f"--probe: {documents[0]} names the documents of one data.source; this run reads the "
             "mixture data.sources: choose from grad_norms, update_norms, activations, attention"
         )
-    layers = [p for p in probes if p in LAYER_PROBES]
-    if layers and cfg.mesh.context != 1:
+    whole = [p for p in probes if p in LAYER_PROBES or p in DOCUMENT_PROBES]
+    if whole and cfg.mesh.context != 1:
         raise ConfigError(
-            f"--probe: {layers[0]} reads whole sequences; this run splits them "
-            "(mesh.context): choose from grad_norms, update_norms, documents, tokens"
+            f"--probe: {whole[0]} reads whole sequences; this run splits them "
+            "(mesh.context): choose from grad_norms, update_norms"
         )
     return tuple(probes)
 

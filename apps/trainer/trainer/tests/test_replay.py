@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -22,7 +23,11 @@ import yaml  # type: ignore[import-untyped]
 from tjx.ckpt.lock import LOCK_FILE
 from tjx.metrics import read_jsonl
 from trainer.cli import main
+from trainer.config import read_config
 from trainer.job.folder import RunDir
+from trainer.replay.request import PROBES, check_objective
+from trainer.schema import ConfigError
+from trainer.settings import apply_overrides, load_config_data
 from trainer.tests._tiny import TINY_RUN
 
 #: The runs' settings: every step logged, a checkpoint every 4 (12 steps) or 30 (90 steps).
@@ -203,3 +208,25 @@ def test_a_scanned_mixture_replays_with_the_probes_that_apply(tmp_path, capsys):
     assert len(set(values["activation_max"].values())) == 2  # each layer its own
     assert main(["--replay", str(run), "--steps", "5:6", "--probe", "documents"]) == 2
     assert "this run reads the mixture data.sources" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("sets", "kept", "refused", "message"),
+    [
+        (["mesh.context=2"], ("grad_norms", "update_norms"), "documents", "splits them"),
+        (["data.format=chat"], None, None, "the run trains SFT (data.format chat)"),
+        (["model.kind=bert"], None, None, "the run trains mlm (bert)"),
+    ],
+    ids=["context-split", "sft", "bert"],
+)
+def test_what_a_run_cannot_replay_is_one_line(sets, kept, refused, message):
+    """The probes a run's layout cannot take are left out by default and refused when asked
+    for; an objective other than the language model's is refused, named."""
+    cfg = read_config(apply_overrides(load_config_data("tiny"), sets))
+    if kept is None:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_objective(cfg, tuple(PROBES), asked=False)
+        return
+    assert check_objective(cfg, tuple(PROBES), asked=False) == kept
+    with pytest.raises(ConfigError, match=message):
+        check_objective(cfg, (refused,))

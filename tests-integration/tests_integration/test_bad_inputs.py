@@ -585,6 +585,16 @@ CASES = [
         None,
         "--plan-json: writes the figures of --plan TARGET, which this command does not ask for",
     ),
+    # #73: --replay's own flags without it; --replay of a folder that is no run.
+    ("steps-without-replay", T, [*TINY, "--steps", "1:2"], None, "--steps: applies to --replay"),
+    ("probe-without-replay", T, [*TINY, "--probe", "tokens"], None, "--probe: applies to --replay"),
+    (
+        "replay-an-empty-folder",
+        T,
+        ["--replay", "empty_run", "--steps", "1:2"],
+        _empty_dir,
+        "--replay: 'empty_run/config.yaml' is missing, so what the run trained is unknown; give",
+    ),
     (
         "grpo-nan-reward-weight",
         T,

@@ -15,6 +15,7 @@ is training in is refused the same way (`test_a_second_trainer_in_a_live_run_dir
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import signal
@@ -42,6 +43,10 @@ T = "trainer"
 E = "eval"
 # The trained run's own settings (see trained_small_run): a resume with them is accepted.
 RUN_SETS = [*SMALL, "train.steps=30", "train.eval_every=15", "train.checkpoint_every=15"]
+
+
+#: A replay of the run: the steps follow.
+REPLAY = ["--replay", "r", "--steps"]
 
 
 def resume_with(*changes: str, flags: tuple[str, ...] = ("--resume",)) -> list[str]:
@@ -107,6 +112,20 @@ def _damage_chunks_of_newest(run: Path) -> None:
             if not any(start <= frame.start() < end for start, end in nodes):
                 data[frame.start()] ^= 0xFF
         path.write_bytes(bytes(data))
+
+
+def _drop_metrics(run: Path) -> None:
+    (run / "metrics.jsonl").unlink()
+
+
+def _tamper_loss(run: Path) -> None:
+    """Step 16's logged loss one part in a million off: no replay reproduces it."""
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        record = json.loads(line)
+        if record.get("step") == 16 and "loss" in record:
+            lines[i] = json.dumps({**record, "loss": record["loss"] * (1 + 1e-6)}) + "\n"
+    (run / "metrics.jsonl").write_text("".join(lines))
 
 
 def _other_text(run: Path) -> None:
@@ -209,6 +228,31 @@ CASES = [
     ("eval-no-such-step", E, ["--checkpoint", "r", "--step", "7"], None, "7"),
     ("eval-missing-data", E, ["--checkpoint", "r", "--data", "./nope.txt"], None, "nope.txt"),
     ("eval-compare-nowhere", E, ["--compare", "r", "nowhere"], None, "no such run directory"),
+    # #73: --replay RUN: the steps, probes and flags it takes, and a log it does not reproduce.
+    ("replay-nowhere", T, ["--replay", "nowhere", "--steps", "1:2"], None, "no run directory"),
+    ("replay-steps-backwards", T, [*REPLAY, "9:3"], None, "--steps: expected 1 <= A <= B"),
+    ("replay-steps-garbled", T, [*REPLAY, "9"], None, "--steps: expected A:B"),
+    ("replay-steps-beyond", T, [*REPLAY, "20:40"], None, "--steps: the run reached step 30"),
+    (
+        "replay-unknown-probe",
+        T,
+        [*REPLAY, "1:2", "--probe", "grad_norms,magic"],
+        None,
+        "--probe: unknown probe 'magic'; choose from grad_norms, update_norms, activations",
+    ),
+    ("replay-with-config", T, [*REPLAY, "1:2", "--config", "tiny"], None, "--config: --replay"),
+    ("replay-steps-and-spikes", T, [*REPLAY, "1:2", "--spikes"], None, "--spikes: replays the"),
+    ("replay-no-steps", T, ["--replay", "r"], None, "--replay: name the steps to replay"),
+    ("replay-no-spikes", T, ["--replay", "r", "--spikes"], None, "the run marked no loss spike"),
+    ("replay-no-log", T, [*REPLAY, "1:2"], _drop_metrics, "metrics.jsonl' is missing: a replay"),
+    ("replay-out-a-file", T, [*REPLAY, "1:2", "--out", "r/config.yaml"], None, "is a file"),
+    (
+        "replay-a-tampered-loss",
+        T,
+        [*REPLAY, "16:16", "--probe", "grad_norms"],
+        _tamper_loss,
+        "--replay: step 16 differs from the run: its loss is ",
+    ),
 ]
 
 

@@ -126,6 +126,16 @@ def test_a_run_on_a_store_resumes_bit_exact_after_kill_9_mid_save_and_evaluates(
     assert f"run {url} at step {STEPS}" in evaluated.stdout
     assert any(line.split()[:1] == ["loss"] for line in evaluated.stdout.splitlines())
 
+    # A replay reads the run from the store (#73): the steps after the killed save, bit for bit
+    # (dropout's masks included), the report in a local folder; nothing is written to the store.
+    before = objects.file_sizes(url)
+    out = tmp_path / "replayed"
+    args = ["--replay", url, "--steps", f"{KILL_AT + 1}:{KILL_AT + 2}", "--probe", "grad_norms"]
+    replayed = run_app("trainer", [*args, "--out", str(out)], tmp_path)
+    check_ok(replayed)
+    assert "logged losses replayed bit for bit" in replayed.stdout
+    assert (out / "report.md").is_file() and objects.file_sizes(url) == before
+
 
 def _bare(store: teststores.LocalStore, home: Path) -> dict[str, str]:
     """The apps' environment with no credentials anywhere a client looks (and no emulator)."""

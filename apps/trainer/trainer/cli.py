@@ -15,7 +15,7 @@ from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first u
     distributed_from_args,
 )
 from trainer.config import SCHEMA, read_config
-from trainer.deferred import init_from, metrics, nn, search, startup, target_plan
+from trainer.deferred import init_from, metrics, nn, replay, search, startup, target_plan
 from trainer.job.start import start_location
 from trainer.plan import RunPlan, error_exit, interrupted_exit
 from trainer.resume import check_chat_template, check_resume, describe_changes
@@ -51,6 +51,16 @@ FLAGS: tuple[tuple[str, dict[str, Any], str], ...] = (
      "<name>-<target>-search.yaml)"),
     ("--export-peft", {"metavar": "DIR"}, "with lora.enabled: write the trained adapters to DIR "
      "as a PEFT adapter (adapter_config.json + adapter_model.safetensors) when the run ends"),
+    ("--replay", {"metavar": "RUN"}, "re-run steps of a finished, stopped or killed run from its "
+     "nearest checkpoint, prove each logged loss reproduced bit for bit, probe them and write a "
+     "report (with --steps A:B or --spikes); trains nothing, writes nothing into RUN's files"),
+    ("--steps", {"metavar": "A:B"}, "with --replay: the logged steps to replay and probe, both "
+     "included"),
+    ("--spikes", SWITCH, "with --replay: replay each step the run marked as a loss spike "
+     "(train.spike_sigma)"),
+    ("--probe", {"metavar": "NAME,..."}, "with --replay: the probes (default all): grad_norms, "
+     "update_norms, activations, attention, documents, tokens"),
+    ("--out", {"metavar": "DIR"}, "with --replay: the report's folder (default RUN/replay-A-B)"),
 )  # fmt: skip
 
 
@@ -185,6 +195,18 @@ def _first_lines(args: argparse.Namespace, plan: RunPlan) -> None:
         print("# effective config\n" + plan.config.to_yaml(), end="", flush=True)
 
 
+def _check_replay_flags(args: argparse.Namespace) -> None:
+    """``--replay``'s own flags do nothing without it: a `ConfigError` naming the flag."""
+    mine = (("--steps", args.steps), ("--spikes", args.spikes), ("--probe", args.probe),
+            ("--out", args.out))  # fmt: skip
+    for flag, value in mine:
+        if value and args.replay is None:
+            raise ConfigError(
+                f"{flag}: applies to --replay RUN, which this command does not ask for; add "
+                f"--replay RUN or drop {flag}"
+            )
+
+
 def _check_plan_flags(args: argparse.Namespace) -> None:
     """``--plan``'s and ``--search``'s own flags do nothing without them (a run would train and
     write no such file): a `ConfigError` naming the flag."""
@@ -213,6 +235,12 @@ def _main(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     if args.show_config:
         return _show_config(args)
+    if args.replay is not None:  # the run's own config, steps and data: no --config (#73)
+        return replay.replay_from_args(args)
+    try:
+        _check_replay_flags(args)
+    except ConfigError as err:
+        return error_exit(str(err))
     if args.config is None:
         parser.error("the following arguments are required: --config")
     try:

@@ -17,7 +17,8 @@ from trainer.grpo_settings import is_grpo, prompt_section
 from trainer.schema import ConfigError
 
 # tjx.data's argument names -> config keys: its messages name the key, err.argument the argument.
-_DATA = ("source", "tokenizer", "seq_len", "batch_size", "max_tokens", "sources", "on_exhausted")
+_DATA = ("source", "tokenizer", "seq_len", "batch_size", "max_tokens", "sources", "on_exhausted",
+         "exclude")  # fmt: skip
 KEYS = {k: f"data.{k}" for k in _DATA} | {"data": "data.source"}
 KEYS |= {k: f"model.{k}" for k in ("vocab_size", "image_size", "num_channels")}
 

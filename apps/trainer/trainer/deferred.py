@@ -29,6 +29,7 @@ __all__ = [
     "metrics",
     "nn",
     "optim",
+    "replay",
     "search",
     "startup",
     "target_plan",
@@ -59,7 +60,7 @@ class Deferred:
 if TYPE_CHECKING:
     from tjx import metrics, nn, optim
     from tjx.ckpt import digest
-    from trainer import init_from, search, startup, target_plan
+    from trainer import init_from, replay, search, startup, target_plan
 else:
     digest = Deferred("tjx.ckpt.digest")
     metrics = Deferred("tjx.metrics")
@@ -70,3 +71,4 @@ else:
     startup = Deferred("trainer.startup")
     target_plan = Deferred("trainer.target_plan")
     search = Deferred("trainer.search")
+    replay = Deferred("trainer.replay")

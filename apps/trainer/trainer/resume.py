@@ -27,7 +27,7 @@ def is_training_only(key: str, config: ConfigData | None = None) -> bool:
         return False
 
 
-def _as_written(saved: ConfigData) -> ConfigData:
+def as_written(saved: ConfigData) -> ConfigData:
     """A saved config as this trainer writes it: migrated, a key added since at its default
     (which the run had), the float8 settings its run never read at theirs (`_without_idle_fp8`).
     """
@@ -35,7 +35,7 @@ def _as_written(saved: ConfigData) -> ConfigData:
 
 
 def _compared(config: ConfigData, run_dir: Path) -> ConfigData:
-    """``config`` (a new one, or a saved one `_as_written`) as compared: a Hugging Face start's
+    """``config`` (a new one, or a saved one `as_written`) as compared: a Hugging Face start's
     model as its resume trains it (`_as_resumed`), every null optimizer setting as the
     optimizer's own (tjx.optim's `with_schedule_defaults`), so a saved ``b2: 0.95`` shows
     ``optimizer.b2 0.95 → 0.999 (adamw's default)`` and a saved number that is the optimizer's
@@ -100,7 +100,7 @@ def check_resume(run_dir: Path, new: ConfigData) -> Diff:
     return the training-only keys that change, ``key → (saved, new)``."""
     saved_data = resumed_config(run_dir)
     try:
-        written = _as_written(saved_data)
+        written = as_written(saved_data)
     except ConfigError as err:
         raise ConfigError(
             f"--resume: {RunDir(run_dir).config_file} is no config this trainer reads ({err})"

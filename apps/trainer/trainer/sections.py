@@ -67,6 +67,16 @@ class TrainConfig:
         help="stop (exit 3, no new checkpoint) after this many steps in a row with a non-finite "
         "loss or a skipped update",
     )
+    spike_sigma: float | None = resumable(
+        None,
+        gt=0.0,
+        help="mark a loss spike: a step whose loss lies this many standard deviations above the "
+        "mean of the train.spike_window steps before it is logged as loss_spike (metrics), "
+        "which --replay RUN --spikes replays; null: off",
+    )
+    spike_window: int = resumable(
+        50, min=2, help="the steps before a step its spike is judged against (train.spike_sigma)"
+    )
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from trainer.job.folder import RunDir
 from trainer.job.start import in_use
 from trainer.plan import RunPlan, error_exit
 from trainer.schema import ConfigError
+from trainer.step import TrainStep
 from trainer.xla_flags import apply_gpu_autotune
 
 # A dead peer is caught by the peer watch (multihost.watch) within seconds; a slow first-time
@@ -115,6 +116,66 @@ def _lock(run_dir: Path) -> contextlib.AbstractContextManager[object]:
     return lock
 
 
+@dataclasses.dataclass
+class Prepared:
+    """A run ready for its first step: the plan (its config as the steps read it), the data, the
+    built state and the train step compiled for it (None: GRPO's, jitted by the loop)."""
+
+    plan: RunPlan
+    bundle: data_setup.Bundle
+    setup: state.Setup
+    loader: data_setup.TrainLoader
+    step: TrainStep | None
+
+
+def prepare(plan: RunPlan) -> Prepared:
+    """Everything that can fail on bad input, nothing written: the mesh, the data and its loader,
+    the attention kernel, the memory fit, the state and the compiled train step. A run and a
+    replay (trainer.replay) of it prepare the same way. Raises `ConfigError`, ``ValueError`` or
+    ``FileNotFoundError``."""
+    cfg = plan.config
+    # The mesh first: a mesh, batch or context split that cannot work costs no data preparation
+    # (checked against the model that trains: a Hugging Face start's, read from its config)
+    trains = init_from.trained_config(cfg, plan.init_from, plan.run_dir, plan.resume)
+    mesh, _ = state.make_mesh(cfg.mesh, trains.mesh_needs())
+    target_plan.check_fp8(cfg.model.precision, jax.devices()[0])  # fp8: float8 units (or a CPU)
+    # A first run tokenizes the corpus (minutes for a large one): say so, and how long it took.
+    print(f"data: preparing {data_setup.describe_source(cfg.data)}…", flush=True)
+    started = time.perf_counter()
+    steps, vocab, images = cfg.train.steps, cfg.vocab_size, cfg.image_shape
+    rl = is_grpo(cfg.data)  # GRPO: the loader's batches are prompts, batch_size / G of them
+    section = prompt_section(cfg.data, cfg.rollout) if rl else cfg.data
+    bundle = data_setup.prepare_section(section, steps=steps, vocab_size=vocab, images=images)
+    print(f"data: ready in {time.perf_counter() - started:.1f} s", flush=True)
+    if rl:  # every named reward scores the first prompt row (a reward that raises: here)
+        grpo.check_rewards(cfg, bundle)
+    if RunDir.is_run(plan.init_from):  # a run's weights read ids of its own tokenizer
+        init_from.check_tokenizer(str(plan.init_from), bundle)
+    # Data preparation may take one host much longer (it builds the shards the others then
+    # find cached); CPU collectives give up on a peer after ~30 s, so everyone waits here.
+    parallel.barrier("trainer:data_ready", timeout_s=DATA_READY_TIMEOUT_S)
+    # This process's share of each batch on the mesh; a corpus too small for a batch fails here
+    loader = data_setup.section_loader(bundle, section, steps=steps, seed=cfg.train.seed, mesh=mesh)
+    cfg = resolve(cfg, bundle.vocab_size)  # the tokenizer's vocabulary
+    # A resumed --init-from run: the checkpoint's architecture again (its model.json).
+    from_checkpoint = plan.resume and init_from.resumed_from_checkpoint(cfg, plan.run_dir)
+    cfg = from_checkpoint or cfg
+    # One compile of the train step before step 1: the kernel choice compiles it, the memory
+    # fit measures that executable, the loop calls it (trainer.first_compile).
+    compiler = first_compile.StepCompiler()
+    # What the steps read: the run's length only as the learning-rate schedule, built here.
+    step_cfg = step_config(cfg)
+    # GRPO's step reads a rollout batch, not the loader's: jitted by the loop at step 1.
+    if plan.init_from is None and not from_checkpoint and not rl:
+        # The attention kernel that compiles (one line per kernel that fails), then memory.
+        chosen = memory_fit.choose_attention(step_cfg, build=compiler.build)
+        step_cfg = memory_fit.fit_memory(chosen, compile_step=compiler.compile)
+    plan = dataclasses.replace(plan, config=cfg.with_step(step_cfg))
+    setup = state.build(step_cfg, plan.init_from)
+    step = None if rl else compiler.for_run(step_cfg, setup)
+    return Prepared(plan, bundle, setup, loader, step)
+
+
 def _prepare_and_train(plan: RunPlan) -> int:
     cfg, primary = plan.config, parallel.is_primary()
     _device_note(cfg)
@@ -122,51 +183,16 @@ def _prepare_and_train(plan: RunPlan) -> int:
         _warn(RL_FROM_SCRATCH)
     # Everything that can fail on bad input happens before the run directory exists.
     try:
-        # The mesh first: a mesh, batch or context split that cannot work costs no data preparation
-        # (checked against the model that trains: a Hugging Face start's, read from its config)
-        trains = init_from.trained_config(cfg, plan.init_from, plan.run_dir, plan.resume)
-        mesh, _ = state.make_mesh(cfg.mesh, trains.mesh_needs())
-        target_plan.check_fp8(
-            cfg.model.precision, jax.devices()[0]
-        )  # fp8 needs float8 units (or a CPU)
-        # A first run tokenizes the corpus (minutes for a large one): say so, and how long it took.
-        print(f"data: preparing {data_setup.describe_source(cfg.data)}…", flush=True)
-        started = time.perf_counter()
-        steps, vocab, images = cfg.train.steps, cfg.vocab_size, cfg.image_shape
-        rl = is_grpo(cfg.data)  # GRPO: the loader's batches are prompts, batch_size / G of them
-        section = prompt_section(cfg.data, cfg.rollout) if rl else cfg.data
-        bundle = data_setup.prepare_section(section, steps=steps, vocab_size=vocab, images=images)
-        print(f"data: ready in {time.perf_counter() - started:.1f} s", flush=True)
-        if rl:  # every named reward scores the first prompt row (a reward that raises: here)
-            grpo.check_rewards(cfg, bundle)
-        if RunDir.is_run(plan.init_from):  # a run's weights read ids of its own tokenizer
-            init_from.check_tokenizer(str(plan.init_from), bundle)
-        # Data preparation may take one host much longer (it builds the shards the others then
-        # find cached); CPU collectives give up on a peer after ~30 s, so everyone waits here.
-        parallel.barrier("trainer:data_ready", timeout_s=DATA_READY_TIMEOUT_S)
-        # This process's share of each batch on the mesh; a corpus too small for a batch fails here
-        loader = data_setup.section_loader(
-            bundle, section, steps=steps, seed=cfg.train.seed, mesh=mesh
-        )
-        cfg = resolve(cfg, bundle.vocab_size)  # the tokenizer's vocabulary
-        # A resumed --init-from run: the checkpoint's architecture again (its model.json).
-        from_checkpoint = plan.resume and init_from.resumed_from_checkpoint(cfg, plan.run_dir)
-        cfg = from_checkpoint or cfg
-        # One compile of the train step before step 1: the kernel choice compiles it, the memory
-        # fit measures that executable, the loop calls it (trainer.first_compile).
-        compiler = first_compile.StepCompiler()
-        # What the steps read: the run's length only as the learning-rate schedule, built here.
-        step_cfg = step_config(cfg)
-        # GRPO's step reads a rollout batch, not the loader's: jitted by the loop at step 1.
-        if plan.init_from is None and not from_checkpoint and not rl:
-            # The attention kernel that compiles (one line per kernel that fails), then memory.
-            chosen = memory_fit.choose_attention(step_cfg, build=compiler.build)
-            step_cfg = memory_fit.fit_memory(chosen, compile_step=compiler.compile)
-        plan = dataclasses.replace(plan, config=cfg.with_step(step_cfg))
-        setup = state.build(step_cfg, plan.init_from)
-        step = None if rl else compiler.for_run(step_cfg, setup)
+        ready = prepare(plan)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         return error_exit(str(err))
+    plan, bundle, setup, loader, step = (
+        ready.plan,
+        ready.bundle,
+        ready.setup,
+        ready.loader,
+        ready.step,
+    )
     # Process 0 writes the run directory; the others save their checkpoint shards there once it
     # exists. A resume writes after its restore (training.train): a failed one changes nothing.
     if primary and not plan.resume:

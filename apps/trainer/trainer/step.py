@@ -29,6 +29,12 @@ Aux: TypeAlias = dict[str, Any]
 LossFn = Callable[[chex.ArrayTree, Batch, jax.Array], tuple[jax.Array, Aux]]
 #: ``train_step(state, batch) -> (state, metrics)``.
 TrainStep = Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
+#: ``probe(params, grads, updates) -> {name: array}``: what a replay asks of a step's values (the
+#: parameters before the step, their gradients and the optimizer's updates; trainer.replay),
+#: returned in the step's metrics as ``probes/<name>``.
+Probe = Callable[[chex.ArrayTree, chex.ArrayTree, chex.ArrayTree], dict[str, jax.Array]]
+#: The prefix of a probe's values in a step's metrics.
+PROBED = "probes/"
 
 
 def make_loss_fn(
@@ -92,11 +98,14 @@ def make_train_step(
     cfg: StepConfig,
     split: parallel.ContextParallel | None = None,
     experts: parallel.ExpertParallel | None = None,
+    probe: Probe | None = None,
 ) -> TrainStep:
     """``train_step(state, batch) -> (state, metrics)``: accumulation, update, step report; an MoE
     model adds ``metrics["moe"]`` (summed router statistics) and moves a sigmoid router's bias by
     them (DeepSeek-V3's auxiliary-loss-free balancing); a multi-token-prediction model
-    (``model.mtp_depths``) adds ``metrics["mtp_loss"]``."""
+    (``model.mtp_depths``) adds ``metrics["mtp_loss"]``. ``probe`` (a replay's): its arrays of
+    the step's parameters, gradients and updates in ``metrics["probes/<name>"]``; None (a run's
+    own step) traces nothing more."""
 
     # Delayed float8 scaling: the scales and histories come from the state, not from ``rest``;
     # the loss is differentiated with respect to them too, their cotangents being the step's
@@ -109,6 +118,7 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         params, opt_state, step = state.param_tree(), state.opt_state, state.step
+        before = params
         trainable = optim.adapter_mask(params) if cfg.use_lora else None
         if fp8_meta is not None:  # the float8 state beside the params, always differentiated
             assert state.fp8 is not None  # train_state holds it whenever the model has it
@@ -159,6 +169,8 @@ def make_train_step(
             model.update_router_bias(aux["moe"]["expert_tokens"])  # type: ignore[attr-defined]
             params = stored = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         metrics = {"loss": loss, **step_report(opt_state, grads, updates, params)}
+        if probe is not None:
+            metrics |= {PROBED + k: v for k, v in probe(before, grads, updates).items()}
         if "preference" in aux:  # rewards, margins, accuracy: means over the batch's pairs
             metrics |= nn.preference_step_metrics(aux)
         else:

@@ -127,14 +127,14 @@ def write_run_files(plan: RunPlan, setup: run_state.Setup, bundle: Bundle) -> No
 
 
 def _restore(
-    manager: ckpt.CheckpointManager, setup: run_state.Setup
+    manager: ckpt.CheckpointManager, setup: run_state.Setup, step: int | None = None
 ) -> tuple[ckpt.Restored, TrainState]:
-    """The newest checkpoint and its train state, placed as the fresh state; one whose optimizer
-    state is laid out the other way (flat buffers or per leaf: saved on a mesh that split the
-    parameters, or not; tjx.optim's ``flat_update``) is restored in its own layout and
-    converted, in one line."""
+    """The newest checkpoint (or ``step``'s: a replay's start) and its train state, placed as the
+    fresh state; one whose optimizer state is laid out the other way (flat buffers or per leaf:
+    saved on a mesh that split the parameters, or not; tjx.optim's ``flat_update``) is restored
+    in its own layout and converted, in one line."""
     try:
-        restored = ckpt.restore_placed(manager, setup.state.tree(), prog="trainer")
+        restored = ckpt.restore_placed(manager, setup.state.tree(), prog="trainer", step=step)
         return restored, TrainState.from_tree(restored.state, like=setup.state)
     except ckpt.CheckpointMismatchError as err:
         other = run_state.other_layout(setup)
@@ -142,7 +142,7 @@ def _restore(
             raise
         target, convert = other
         try:
-            restored = ckpt.restore_placed(manager, target.tree(), prog="trainer")
+            restored = ckpt.restore_placed(manager, target.tree(), prog="trainer", step=step)
         except ckpt.CheckpointMismatchError:
             raise err from None
     flat = run_state.flat_update(setup.step_config)
@@ -265,6 +265,10 @@ class Training:
             advice=DIVERGED_ADVICE,
             end_tolerance=LOSS_SCALE_BACKOFF if cfg.optimizer.loss_scale else 0,
         )
+        # train.spike_sigma: a loss spike is logged as loss_spike (--replay RUN --spikes)
+        spikes = None
+        if cfg.train.spike_sigma is not None:
+            spikes = metrics.SpikeDetector(cfg.train.spike_sigma, cfg.train.spike_window)
         stopped_by: str | None = None
         failed: list[ExtraError] = []  # what of a boundary's evaluation and samples failed
         step_done, profile = start, ProfileWindow(self.run_dir / "profile", plan.profile)
@@ -284,6 +288,8 @@ class Training:
                 guard.push(step_done, out)
                 if guard.diverged:
                     break
+                if spikes is not None:  # the step before, judged now that it is done
+                    self._mark_spike(spikes.push(step_done, out["loss"]), bar)
                 profile.after(step_done, self.state)
                 self.manager.check_for_errors()  # a background save the disk refused: stop now
                 if step_done == total:
@@ -307,6 +313,8 @@ class Training:
                     if guard.streak == 0:
                         self.save(step_done, force=False)
             profile.close()
+        if spikes is not None:
+            self._mark_spike(spikes.flush(), bar)
         if failed:
             guard.flush()  # a step of a bad streak is not checkpointed, even so
             return self._extras_failed(step_done, failed, keep=not guard.streak)
@@ -315,6 +323,15 @@ class Training:
         if guard.diverged:
             return self._diverged(guard.diverged)
         return self._finish(step_done, stopped_by or stop.signal_name)  # a last step's signal too
+
+    def _mark_spike(self, spike: metrics.Spike | None, bar: ProgressBar) -> None:
+        """Log a spike as ``loss_spike`` (its deviations above the mean) at its step."""
+        if spike is None:
+            return
+        self.logger.log_scalars(spike.step, {"loss_spike": spike.sigmas})
+        # (--replay RUN --spikes replays it; one short line, as a console wraps at 80)
+        said = f"{spike.loss:.4f}, {spike.sigmas:.1f} σ above the mean"
+        bar.note(f"step {spike.step}: loss spike {said}")
 
     def _compile(self) -> TrainStep:
         setup = self.setup

@@ -190,6 +190,7 @@ def test_metadata(monkeypatch, mesh4x2) -> None:
     meta = collect_metadata(mesh=mesh4x2, extra={"note": ("x",)})
     assert meta["git_commit"] == "abc123" and meta["mesh_shape"] == {"data": 4, "tensor": 2}
     assert meta["note"] == ["x"] and meta["process_count"] == 1
+    assert meta["device_kind"] == jax.devices()[0].device_kind  # a replay compares it
     assert package_versions(("jax", "no-such-dist-xyz")) == {"jax": jax.__version__}
     monkeypatch.delenv("TJX_GIT_COMMIT")
     assert git_commit(cwd="/") is None

@@ -46,6 +46,9 @@ def test_a_resume_is_placed_on_the_targets_own_shardings(tmp_path: Path) -> None
         restored = restore_placed(manager, target, prog="demo")
     assert restored.step == 5 and restored.data_state == {"pos": 2}
     np.testing.assert_array_equal(restored.state["w"], saved["w"])
+    with CheckpointManager(tmp_path, async_save=False) as manager:  # a replay's start: a step
+        manager.save(7, state={**saved, "n": jnp.int32(4)}, data_state={"pos": 3})
+        assert restore_placed(manager, target, prog="demo", step=5).data_state == {"pos": 2}
     for leaf, fresh in zip(jax.tree.leaves(restored.state), jax.tree.leaves(target), strict=True):
         assert leaf.sharding == fresh.sharding
 

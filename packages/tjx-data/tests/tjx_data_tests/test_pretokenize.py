@@ -46,8 +46,9 @@ def test_index_integrity_and_empty_documents(tmp_path):
     again = load_index(tmp_path, "train")
     assert again == index and again.path == tmp_path / "train"
     assert load_index(tmp_path / "train") == index
+    # beside the shards: where each document starts, and where it came from (tjx.data.documents)
     assert sorted(p.name for p in (tmp_path / "train").iterdir()) == sorted(
-        ["index.json"] + [s["file"] for s in index.shards]
+        ["index.json", "documents.npy", "documents.json"] + [s["file"] for s in index.shards]
     )
 
 

@@ -15,6 +15,7 @@ MODULES = [
     "tjx.metrics.lm",
     "tjx.metrics.memory",
     "tjx.metrics.roofline_report",
+    "tjx.metrics.spikes",
     "tjx.metrics.throughput",
     "tjx.metrics.loggers.console",
     "tjx.metrics.loggers.factory",

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -52,6 +53,23 @@ CORRUPT_DIR = "_corrupt"  # a corrupt step is moved here when its step number is
 #: The prefix of the folder each save makes and removes first, to learn that it can write.
 PROBE_PREFIX = ".tjx-write-probe-"
 _ITEMS = (STATE, DATA_STATE, CONFIG, MANIFEST)
+
+
+class _ReadOnlyLine(logging.Filter):
+    """Drops orbax's ``Given directory is read only=...`` warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+
+@contextlib.contextmanager
+def _quiet_read_only() -> Iterator[None]:
+    logger, quiet = logging.getLogger("absl"), _ReadOnlyLine()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 class CheckpointManager:
@@ -138,7 +156,8 @@ class CheckpointManager:
             best_mode=best_mode,
             async_save=async_save,
         )
-        self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
+        with _quiet_read_only():  # asked for: orbax's own line about it says nothing new
+            self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
 
     def _exists(self) -> bool:
         if self.remote:  # no directories on a store: a checkpoint directory is its objects

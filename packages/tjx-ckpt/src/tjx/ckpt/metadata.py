@@ -91,7 +91,8 @@ def collect_metadata(*, mesh: Any = None, extra: Mapping[str, Any] | None = None
     -------
     dict[str, Any]
         ``versions``, ``git_commit``, ``mesh_shape``, ``device_count``, ``process_count``,
-        ``platform``, ``time`` (ISO 8601, UTC) and ``extra``'s keys.
+        ``platform``, ``device_kind`` (the first device's), ``time`` (ISO 8601, UTC) and
+        ``extra``'s keys.
     """
     versions = package_versions()
     versions.setdefault("tjx-ckpt", __version__)  # known even when run from a source tree
@@ -102,6 +103,8 @@ def collect_metadata(*, mesh: Any = None, extra: Mapping[str, Any] | None = None
         "device_count": jax.device_count(),
         "process_count": jax.process_count(),
         "platform": jax.default_backend(),
+        # what a replay compares: another kind of device may compute a step otherwise
+        "device_kind": jax.devices()[0].device_kind,
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     meta.update(to_json(dict(extra or {}), "metadata"))

@@ -12,8 +12,11 @@ from tjx.ckpt.manager import CheckpointManager
 from tjx.ckpt.reader import Restored
 
 
-def restore_placed(manager: CheckpointManager, target: Any, *, prog: str) -> Restored:
-    """`CheckpointManager.restore` of the newest intact step onto ``target``, placed exactly so.
+def restore_placed(
+    manager: CheckpointManager, target: Any, *, prog: str, step: int | None = None
+) -> Restored:
+    """`CheckpointManager.restore` of the newest intact step (or ``step``) onto ``target``,
+    placed exactly so.
 
     A corrupt newer step is skipped in one ``PROG: warning:`` line (`corrupt_fallback_lines`).
     Restoring reshards onto the target's shardings already; each leaf is then put on its target
@@ -28,6 +31,8 @@ def restore_placed(manager: CheckpointManager, target: Any, *, prog: str) -> Res
         The fresh state: structure, shapes, dtypes and shardings to restore onto.
     prog : str
         The program's name, the warning line's prefix.
+    step : int, optional
+        This step (a replay's start), not the newest; a corrupt one is an error.
 
     Returns
     -------
@@ -40,7 +45,7 @@ def restore_placed(manager: CheckpointManager, target: Any, *, prog: str) -> Res
         As `CheckpointManager.restore` (no complete step, one that does not fit, all corrupt).
     """
     with corrupt_fallback_lines(prog):
-        restored = manager.restore(target=target)
+        restored = manager.restore(step, target=target)
     state = jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), restored.state, target)
     return dataclasses.replace(restored, state=state)
 

@@ -27,6 +27,7 @@ from tjx.data.chat.tasks import (
     reverse_rows,
 )
 from tjx.data.chat.template import ChatTemplate
+from tjx.data.documents import DocumentIndex, Origin, exclude_ranges, load_documents
 from tjx.data.errors import DataError
 from tjx.data.images import (
     ImageDataset,
@@ -100,6 +101,7 @@ __all__ = [
     "DataConfig",
     "DataError",
     "DevicePrefetcher",
+    "DocumentIndex",
     "Documents",
     "Encoded",
     "HFTokenizer",
@@ -111,6 +113,7 @@ __all__ = [
     "MixtureSource",
     "PackedLoader",
     "PackingPlan",
+    "Origin",
     "Pair",
     "PreferenceLoader",
     "PreparedSequences",
@@ -140,9 +143,11 @@ __all__ = [
     "describe_sources",
     "dtype_for_vocab",
     "encode_prompts",
+    "exclude_ranges",
     "gpt2_tokenizer",
     "image_batches",
     "load_digits",
+    "load_documents",
     "load_image_dataset",
     "load_index",
     "load_rows",

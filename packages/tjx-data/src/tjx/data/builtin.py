@@ -33,6 +33,7 @@ __all__ = [
     "KJV_VALIDATION",
     "SHAKESPEARE_VALIDATION",
     "BuiltinCorpus",
+    "builtin_file",
     "clean_shakespeare",
     "iter_builtin",
     "prepare_builtin",
@@ -182,13 +183,18 @@ def prepare_builtin(name: str) -> Path:
     return atomic_prepare(final, lambda staging: _build(corpus, staging))
 
 
+def builtin_file(name: str, split: str) -> Path:
+    """The cached JSON Lines file of a built-in corpus split (one document a line)."""
+    return prepare_builtin(name) / f"{split}.jsonl"
+
+
 def iter_builtin(name: str, split: str = "train") -> Iterator[str]:
     """Yield the cleaned documents (one play / one book each) of a built-in corpus split."""
     if split not in SPLITS:
         raise DataError(
             f"split must be one of {SPLITS} for built-in corpus {name!r}, got {split!r}"
         )
-    path = prepare_builtin(name) / f"{split}.jsonl"
+    path = builtin_file(name, split)
     with open(path, encoding="utf-8") as handle:
         for line in handle:
             yield json.loads(line)["text"]

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from tjx.data.errors import DataError
-from tjx.data.packing import PackingPlan, TokenStream, make_batch
+from tjx.data.packing import PackingPlan, TokenStream, make_batch, target_positions
 from tjx.data.shards import ShardIndex, check_tokenizer, load_index
 from tjx.data.tokenizers import Tokenizer
 
@@ -46,6 +46,7 @@ def _produce(
     plan: PackingPlan,
     stream: TokenStream,
     eos_id: int,
+    exclude: np.ndarray | None,
     num_epochs: int | None,
     epoch: int,
     step: int,
@@ -59,7 +60,7 @@ def _produce(
             if order is None or order_epoch != epoch:
                 order, order_epoch = plan.epoch_order(epoch), epoch
             start = time.perf_counter()
-            batch = make_batch(stream, order[step], plan.seq_len, eos_id)
+            batch = make_batch(stream, order[step], plan.seq_len, eos_id, exclude)
             build_s = time.perf_counter() - start
             epoch, step = _advance(plan, epoch, step)
             _put(out, stop, (batch, epoch, step, build_s))
@@ -99,6 +100,11 @@ class PackedLoader:
         thread runs only while it pays: see Notes.
     tokenizer:
         A tokenizer or fingerprint the shards must have been made with (else ``DataError``).
+    exclude:
+        Sorted, disjoint ``[start, stop)`` stream ranges (int64 ``[n, 2]``: whole documents,
+        `tjx.data.documents.exclude_ranges`) whose tokens are never targets. The batches are
+        otherwise the same, so a loader state resumes with another ``exclude`` (a run goes on
+        around documents found bad).
 
     Notes
     -----
@@ -130,6 +136,7 @@ class PackedLoader:
         num_epochs: int | None = None,
         prefetch: int = 2,
         tokenizer: Tokenizer | str | None = None,
+        exclude: np.ndarray | None = None,
     ):
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
@@ -151,6 +158,7 @@ class PackedLoader:
         )
         self.num_epochs = num_epochs
         self.prefetch = prefetch
+        self.exclude = None if exclude is None else np.asarray(exclude, np.int64).reshape(-1, 2)
         self._epoch, self._step = 0, 0
         self._orders: dict[int, np.ndarray] = {}
         self._thread: threading.Thread | None = None
@@ -186,7 +194,19 @@ class PackedLoader:
     def batch_at(self, epoch: int, step: int) -> Batch:
         """The batch of ``(epoch, step)``: a pure function of the plan (used by ``__next__``)."""
         windows = self.epoch_order(epoch)[step]
-        return make_batch(self.stream, windows, self.plan.seq_len, self.index.eos_id)
+        return make_batch(self.stream, windows, self.plan.seq_len, self.index.eos_id, self.exclude)
+
+    def target_positions(self, epoch: int, step: int) -> np.ndarray:
+        """int64 ``[batch_size, seq_len]``: the stream position of each target of the batch of
+        ``(epoch, step)`` (-1: none), where `tjx.data.documents.DocumentIndex.document_of`
+        finds the document each comes from."""
+        windows = self.epoch_order(epoch)[step]
+        return target_positions(windows, self.plan.seq_len, self.stream.size)
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """``(epoch, step)`` of the next batch ``__next__`` hands out."""
+        return self._epoch, self._step
 
     # -- iteration ---------------------------------------------------------------------------
     def _advance(self, epoch: int, step: int) -> tuple[int, int]:
@@ -202,8 +222,8 @@ class PackedLoader:
         # stops the thread.
         self._thread = threading.Thread(
             target=_produce,
-            args=(self.plan, self.stream, self.index.eos_id, self.num_epochs, self._epoch,
-                  self._step, self._queue, self._stop),  # fmt: skip
+            args=(self.plan, self.stream, self.index.eos_id, self.exclude, self.num_epochs,
+                  self._epoch, self._step, self._queue, self._stop),  # fmt: skip
             name="tjx-data-prefetch",
             daemon=True,
         )

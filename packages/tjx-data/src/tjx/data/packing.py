@@ -35,9 +35,11 @@ __all__ = [
     "IGNORE_INDEX",
     "PackingPlan",
     "TokenStream",
+    "excluded",
     "make_batch",
     "random_batch",
     "segments_and_positions",
+    "target_positions",
 ]
 
 IGNORE_INDEX = -100
@@ -182,12 +184,39 @@ def segments_and_positions(inputs: np.ndarray, eos_id: int) -> tuple[np.ndarray,
     return segment_ids.reshape(rows, seq_len), positions.reshape(rows, seq_len)
 
 
+def target_positions(windows: np.ndarray, seq_len: int, stream_size: int) -> np.ndarray:
+    """int64 ``[rows, seq_len]``: the stream position of each target of the rows of
+    ``windows`` (window ``k``'s column ``t`` predicts ``stream[k * seq_len + t + 1]``); -1 where
+    no target is (a padding row, past the stream's end)."""
+    starts = np.asarray(windows, dtype=np.int64)[:, None] * seq_len
+    where = starts + 1 + np.arange(seq_len, dtype=np.int64)[None, :]
+    return np.where((np.asarray(windows)[:, None] >= 0) & (where < stream_size), where, -1)
+
+
+def excluded(positions: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+    """Whether each stream position lies in one of the sorted, disjoint ``[start, stop)``
+    ``ranges`` (int64 ``[n, 2]``)."""
+    if ranges.size == 0:
+        return np.zeros(positions.shape, dtype=bool)
+    i = np.searchsorted(ranges[:, 0], positions, side="right") - 1
+    inside = positions < ranges[np.maximum(i, 0), 1]
+    return (i >= 0) & inside & (positions >= 0)
+
+
 def make_batch(
-    stream: TokenStream, windows: np.ndarray, seq_len: int, eos_id: int
+    stream: TokenStream,
+    windows: np.ndarray,
+    seq_len: int,
+    eos_id: int,
+    exclude: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Build one batch of int32 ``inputs``, ``targets``, ``segment_ids``, ``positions``.
 
     ``windows`` are window ids (-1 = padding row). Everything is whole-batch numpy.
+    ``exclude``: sorted, disjoint ``[start, stop)`` stream ranges (whole documents,
+    `tjx.data.documents.exclude_ranges`) whose tokens are never targets: their targets are
+    ``IGNORE_INDEX``, everything else as without them (the windows, so a loader's position,
+    are the same).
     """
     starts = np.maximum(windows, 0).astype(np.int64) * seq_len
     tokens = stream.gather(starts, seq_len + 1)
@@ -202,6 +231,8 @@ def make_batch(
         targets[~valid] = IGNORE_INDEX
         segment_ids[~valid] = 0
         positions[~valid] = 0
+    if exclude is not None and exclude.size:
+        targets[excluded(target_positions(windows, seq_len, stream.size), exclude)] = IGNORE_INDEX
     return {
         "inputs": inputs,
         "targets": targets,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tjx.data.bpe import load_tokenizer, train_bpe
 from tjx.data.cache import Staging, atomic_prepare, cache_root, staged
+from tjx.data.documents import Origin
 from tjx.data.errors import DataError
 from tjx.data.pretokenize import pretokenize
 from tjx.data.shards import ShardIndex, load_index
@@ -35,6 +36,7 @@ __all__ = [
     "bpe_tokenizer",
     "check_max_tokens",
     "held_out",
+    "held_out_located",
     "needs_held_out",
     "prepare_shards",
     "shard_key",
@@ -145,15 +147,29 @@ def held_out(docs: list[str], split: str) -> list[str]:
     second half), so even a single file gives both splits. ``split`` other than
     ``"validation"`` gets the rest; empty pieces are dropped.
     """
+    return [text for text, _ in held_out_located([(d, None) for d in docs], split)]
+
+
+def held_out_located(
+    docs: list[tuple[str, Origin | None]], split: str
+) -> list[tuple[str, Origin | None]]:
+    """`held_out` of documents with their origins: a validation piece cut from a document's end
+    starts that many bytes (and, in a text file, lines) into it."""
     if len(docs) >= 10:
         return [d for i, d in enumerate(docs) if (i % 10 == 9) == (split == "validation")]
-    out = []
-    for doc in docs:
+    out: list[tuple[str, Origin | None]] = []
+    for doc, origin in docs:
         cut = int(len(doc) * 0.9)
         newline = doc.rfind("\n", 0, cut)
         cut = newline + 1 if newline > len(doc) // 2 else cut
-        out.append(doc[cut:] if split == "validation" else doc[:cut])
-    return [d for d in out if d]
+        if split == "validation":
+            # a text file's document is the file itself: its lines are the file's lines
+            lines = origin is not None and origin.line == 1 and origin.byte == 0
+            where = None if origin is None else origin.shifted(doc[:cut], lines)
+            out.append((doc[cut:], where))
+        else:
+            out.append((doc[:cut], origin))
+    return [d for d in out if d[0]]
 
 
 def split_documents(source: str, split: str) -> Documents:
@@ -173,14 +189,18 @@ def split_documents(source: str, split: str) -> Documents:
     if split not in SPLITS:
         raise DataError(f"{source!r} has no split {split!r}; its held-out splits are {SPLITS}")
     whole = load_source(source, split="train")
-    return Documents(f"{source}:{split}", lambda: iter(held_out(list(whole), split)))
+    return Documents.of_located(
+        f"{source}:{split}", lambda: iter(held_out_located(list(whole.located()), split))
+    )
 
 
 def _read_when_built(source: str, split: str) -> Documents:
     """`split_documents`, opened only when iterated: pretokenize iterates only to build a split,
     so a cached split's text is not read again and a hub dataset whose shards are cached is not
     even opened (that works offline)."""
-    return Documents(f"{source}:{split}", lambda: iter(split_documents(source, split)))
+    return Documents.of_located(
+        f"{source}:{split}", lambda: split_documents(source, split).located()
+    )
 
 
 def bpe_tokenizer(

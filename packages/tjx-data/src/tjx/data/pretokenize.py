@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from tjx.data.cache import atomic_prepare
+from tjx.data.documents import DocumentTable, Origin
 from tjx.data.errors import DataError
 from tjx.data.shards import ShardIndex, check_tokenizer, dtype_for_vocab, load_index
 from tjx.data.tokenizers import Tokenizer
@@ -23,6 +24,8 @@ from tjx.data.tokenizers import Tokenizer
 __all__ = ["encode_documents", "pretokenize"]
 
 Chunk = tuple[np.ndarray, int, int, int]  # tokens (with EOS), documents, empty documents, bytes
+#: A chunk with, of each kept document, its index in the chunk and its tokens (EOS included).
+Kept = tuple[Chunk, list[int], list[int]]
 
 _WORKER_TOKENIZER: Tokenizer | None = None
 
@@ -41,6 +44,11 @@ def encode_documents(texts: list[str], tokenizer: Tokenizer, dtype: str) -> Chun
     DataError
         An id outside ``0..vocab_size-1`` (it would wrap around in ``dtype``).
     """
+    return _encode(texts, tokenizer, dtype)[0]
+
+
+def _encode(texts: list[str], tokenizer: Tokenizer, dtype: str) -> Kept:
+    """`encode_documents`, with the kept documents' indices and token counts (EOS included)."""
     encoded = tokenizer.encode_batch(texts)
     keep = [i for i, ids in enumerate(encoded) if len(ids) > 0]
     total = sum(len(encoded[i]) + 1 for i in keep)
@@ -56,7 +64,8 @@ def encode_documents(texts: list[str], tokenizer: Tokenizer, dtype: str) -> Chun
             f"of {tokenizer.vocab_size}"
         )
     num_bytes = sum(tokenizer.count_bytes([texts[i] for i in keep]))
-    return flat.astype(dtype), len(keep), len(texts) - len(keep), num_bytes
+    chunk = flat.astype(dtype), len(keep), len(texts) - len(keep), num_bytes
+    return chunk, keep, [len(encoded[i]) + 1 for i in keep]
 
 
 def _init_worker(tokenizer: Tokenizer) -> None:
@@ -65,25 +74,41 @@ def _init_worker(tokenizer: Tokenizer) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # processes, not threads
 
 
-def _encode_in_worker(texts: list[str], dtype: str) -> Chunk:
+def _encode_in_worker(texts: list[str], dtype: str) -> Kept:
     assert _WORKER_TOKENIZER is not None
-    return encode_documents(texts, _WORKER_TOKENIZER, dtype)
+    return _encode(texts, _WORKER_TOKENIZER, dtype)
 
 
-def _chunks(docs: Iterable[str], chars: int) -> Iterator[list[str]]:
-    """Group documents into work items of about ``chars`` characters (at least one document)."""
+Work = tuple[list[str], list[Origin | None]]
+
+
+def _chunks(docs: Iterable[tuple[str, Origin | None]], chars: int) -> Iterator[Work]:
+    """Group documents (with their origins) into work items of about ``chars`` characters (at
+    least one document)."""
     chunk: list[str] = []
+    origins: list[Origin | None] = []
     size = 0
-    for doc in docs:
+    for doc, origin in docs:
         if not isinstance(doc, str):
             raise DataError(f"documents must be str, got {type(doc).__name__}")
         chunk.append(doc)
+        origins.append(origin)
         size += len(doc)
         if size >= chars:
-            yield chunk
-            chunk, size = [], 0
+            yield chunk, origins
+            chunk, origins, size = [], [], 0
     if chunk:
-        yield chunk
+        yield chunk, origins
+
+
+def _located(docs: Iterable[str]) -> Iterator[tuple[str, Origin | None]]:
+    """``docs`` with their origins: a `Documents`' own, else None for each."""
+    located = getattr(docs, "located", None)
+    if callable(located):
+        yield from located()
+        return
+    for doc in docs:
+        yield doc, None
 
 
 START_METHODS = ("fork", "spawn", "forkserver")
@@ -119,19 +144,19 @@ def _encoded_chunks(
     workers: int,
     chunk_chars: int,
     start_method: str | None,
-) -> Iterator[tuple[int, Chunk]]:
-    """Yield ``(documents_in_chunk, encoded)`` in document order."""
+) -> Iterator[tuple[list[Origin | None], Kept]]:
+    """Yield ``(origins of the chunk's documents, encoded)`` in document order."""
     if workers <= 1:
-        for chunk in _chunks(docs, chunk_chars):
-            yield len(chunk), encode_documents(chunk, tokenizer, dtype)
+        for chunk, origins in _chunks(_located(docs), chunk_chars):
+            yield origins, _encode(chunk, tokenizer, dtype)
         return
     ctx = multiprocessing.get_context(_start_method(start_method))
     try:
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                  initargs=(tokenizer,)) as pool:  # fmt: skip
-            pending: deque[tuple[int, Future[Chunk]]] = deque()
-            for chunk in _chunks(docs, chunk_chars):
-                pending.append((len(chunk), pool.submit(_encode_in_worker, chunk, dtype)))
+            pending: deque[tuple[list[Origin | None], Future[Kept]]] = deque()
+            for chunk, origins in _chunks(_located(docs), chunk_chars):
+                pending.append((origins, pool.submit(_encode_in_worker, chunk, dtype)))
                 if len(pending) >= 2 * workers:  # bounded: memory stays flat on huge corpora
                     n, future = pending.popleft()
                     yield n, future.result()
@@ -172,16 +197,21 @@ def _write(
     shards: list[dict[str, Any]] = []
     tokens = documents = empty = num_bytes = 0
     handle = None
+    table = DocumentTable()  # where each kept document starts, and where it came from
     bar = _progress(progress, f"pretokenize {source}")
     try:
-        for _, (flat, n_docs, n_empty, n_bytes) in _encoded_chunks(
+        for origins, (chunk, keep, lengths) in _encoded_chunks(
             docs, tokenizer, dtype, workers, chunk_chars, start_method
         ):
+            flat, n_docs, n_empty, n_bytes = chunk
             if max_tokens is not None and tokens + flat.size > max_tokens:
                 # The cap: keep its first tokens (the last document cut), bytes pro rata.
                 kept = max_tokens - tokens
                 n_bytes = n_bytes * kept // max(int(flat.size), 1)
                 flat = flat[:kept]
+            starts = tokens + np.concatenate([[0], np.cumsum(lengths[:-1], dtype=np.int64)])
+            kept_docs = int(np.count_nonzero(starts < tokens + flat.size)) if lengths else 0
+            table.add(starts[:kept_docs], [origins[i] for i in keep[:kept_docs]])
             if flat.size:
                 if handle is None or shards[-1]["tokens"] >= shard_tokens:
                     if handle is not None:
@@ -211,6 +241,7 @@ def _write(
     tok_info: dict[str, object] = {"name": tokenizer.name, "fingerprint": tokenizer.fingerprint}
     tok_info |= {"vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id}
     index = ShardIndex(split, source, dtype, tokens, documents, empty, num_bytes, tok_info, shards)
+    table.save(staging)
     index.save(staging)  # last: a folder with index.json is complete
 
 

@@ -32,7 +32,8 @@
 * Before and during a run: :func:`peak_bytes` (XLA's memory analysis of a compiled step),
   :func:`available_bytes` (what a device can use) and :func:`first_fit` (the first candidate step
   whose peak fits); :class:`DivergenceGuard` (stop after too many non-finite or skipped steps in a
-  row).
+  row); :class:`SpikeDetector` (mark a step whose loss lies ``sigma`` deviations above the
+  rolling mean).
 * Mixture of experts: :func:`moe_metrics` (balance and z-losses, dropped fraction, expert load)
   and :func:`expert_load` (``[layers, experts]`` shares) of the router's summed statistics.
 
@@ -140,6 +141,7 @@ from tjx.metrics.roofline_report import (
     gemm_operands,
     grouped_notes,
 )
+from tjx.metrics.spikes import Spike, SpikeDetector
 from tjx.metrics.throughput import ThroughputMeter, mfu
 
 __version__ = "0.19.0"
@@ -175,6 +177,8 @@ __all__ = [
     "DEVICE_PEAKS",
     "DevicePeak",
     "DivergenceGuard",
+    "Spike",
+    "SpikeDetector",
     "GIB",
     "HISTOGRAM_BINS",
     "HloModule",

@@ -4,7 +4,9 @@ GPT-2, LLaMA-style decoders (with mixture-of-experts layers), BERT, ViT and an e
 sliding-window attention and RoPE scalings (linear, dynamic, yarn, longrope, llama3); KV-cache
 generation (rolling for windows); HF interop (GPT-2, Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE,
 Qwen3-MoE: ``load_hf`` / ``save_hf``); LoRA adapters (``add_lora``,
-merged or PEFT export) and preference losses (DPO, IPO); sequence-split (context parallel) runs
+merged or PEFT export) and preference losses (DPO, IPO); probes of a step (``tjx.nn.probes``:
+per-layer norms, each token's loss, each layer's largest activation and attention logit) for a
+replay; sequence-split (context parallel) runs
 through ``sequence_parallel``; the attention kernel a model takes (``choose_attention_kernel``),
 resolved once before it is built (``resolve_model_attention``); losses and utilities. A run's
 start checks and its step plan (``hf_start_config``, ``check_hf_settings``, ``clash_names``;
@@ -13,6 +15,7 @@ start checks and its step plan (``hf_start_config``, ``check_hf_settings``, ``cl
 """
 
 from tjx.core.deprecation import moved_out
+from tjx.nn import probes
 from tjx.nn.attention import Attention
 from tjx.nn.bert import BERT
 from tjx.nn.block import Block, residual_std
@@ -171,6 +174,7 @@ __getattr__ = moved_out(
 )
 
 __all__ = [
+    "probes",
     "token_logprobs",
     "token_logprobs_and_entropies",
     "grpo_loss",

@@ -30,6 +30,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from tjx import kernels
 from tjx.nn import mla as ds
+from tjx.nn import probes
 from tjx.nn.configs import TransformerConfig, rotated_dims
 from tjx.nn.family_config import LayerShape
 from tjx.nn.kernel_choice import attention_call, layer_kind
@@ -377,6 +378,11 @@ class Attention(nnx.Module):
     def _kernel(
         self, q: Array, k: Array, v: Array, *, kernel: kernels.AttentionKernel, **kw: Any
     ) -> Array:
+        # A replay's probe program records the layer's largest logit (nothing otherwise).
+        probes.attention_logits(
+            q, k, scale=self.scale, causal=bool(kw.get("causal")),
+            segment_ids=kw.get("segment_ids"), window=kw.get("window"),
+        )  # fmt: skip
         # An additive bias (ALiBi, T5) or attention dropout makes tjx.kernels take its XLA path.
         return kernels.attention(
             q,

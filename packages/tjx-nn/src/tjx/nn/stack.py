@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tjx.nn import probes
 from tjx.nn.block import KEPT, Block
 from tjx.nn.configs import REMAT_POLICIES, TransformerConfig
 from tjx.nn.family_config import kv_source
@@ -259,6 +260,7 @@ class Stack(nnx.Module):
             source = self.sources[i]
             if source is not None:
                 extra["shared"] = kept[source]
+            probes.layer_begins(i)  # a replay's probe program records each layer (else no-op)
             x, (new, stats) = layer_fn(self.locals[i])(
                 block,
                 x,
@@ -268,6 +270,7 @@ class Stack(nnx.Module):
                 None,
                 extra or None,
             )
+            probes.layer_ends(x)
             if new is not None and KEPT + "k" in new:
                 names = [n for n in new if n.startswith(KEPT)]
                 kept[i] = {n.removeprefix(KEPT): new[n] for n in names}

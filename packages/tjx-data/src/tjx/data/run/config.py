@@ -58,6 +58,15 @@ class DataConfig:
         choices=ON_EXHAUSTED,
         help="a mixture source that has given every window: repeat (a new epoch) or drop",
     )
+    exclude: list[int] = setting(
+        lambda: [],
+        factory=True,
+        min=0,
+        resumable=True,
+        help="documents of the train split never scored, by number (0 = the first; the numbers "
+        "a replay report names): their tokens are no targets, the batches otherwise the same, "
+        "so a --resume may add some (one data.source of text)",
+    )
 
     def batch_rows(self, size: int) -> int:
         """The rows of a batch of ``size`` examples: a preference pair is two (chosen, rejected).

@@ -13,12 +13,13 @@ the messages by the caller's own names for the arguments (``{"seq_len": "data.se
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tjx.data.bpe import load_tokenizer, save_tokenizer
+from tjx.data.documents import exclude_ranges, load_documents
 from tjx.data.elastic import restore_loader_state
 from tjx.data.errors import DataError
 from tjx.data.images import ImageDataset, ImageLoader, image_batches
@@ -90,13 +91,16 @@ class RunData:
         process_index: int = 0,
         process_count: int = 1,
         names: Names = None,
+        exclude: Sequence[int] = (),
     ) -> PackedLoader | ImageLoader | MixtureLoader:
         """The resumable, shuffled training iterator (``state_dict``/``load_state_dict``).
 
         ``batch_size`` is the global batch: each of ``process_count`` processes reads its own
         ``batch_size // process_count`` rows of every global batch (disjoint, complete across
         processes). Images come as an `ImageLoader` (every process the same batches). A split
-        too small for one batch is a `DataError` with ``argument="batch_size"``.
+        too small for one batch is a `DataError` with ``argument="batch_size"``. ``exclude``:
+        documents of the train split (their numbers, `tjx.data.documents`) whose tokens are
+        never targets; a number the split lacks is a `DataError` with ``argument="exclude"``.
         """
         if self.images is not None:
             try:
@@ -106,6 +110,12 @@ class RunData:
         if self.mixture is not None:
             return self._mixture_loader(batch_size, seed, process_index, process_count, names)
         train_dir, seq_len = self._text("train_dir"), self._text("seq_len")
+        ranges = None
+        if exclude:
+            try:
+                ranges = exclude_ranges(load_documents(train_dir), exclude)
+            except DataError as err:
+                raise fault(names, "exclude", str(err)) from None
         try:
             return PackedLoader(
                 train_dir,
@@ -115,6 +125,7 @@ class RunData:
                 shuffle=shuffle,
                 process_index=process_index,
                 process_count=process_count,
+                exclude=ranges,
             )
         except DataError as err:
             if err.argument != "batch_size":

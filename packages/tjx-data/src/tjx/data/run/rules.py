@@ -46,6 +46,14 @@ def check_data_config(
             "not a mixture",
             argument="sources",
         )
+    if cfg.exclude and (cfg.sources is not None or cfg.format != "text" or task != "lm"):
+        what = "a mixture" if cfg.sources is not None else f"{cfg.format} data"
+        what = what if task == "lm" else f"a model of objective {task}"
+        raise DataError(
+            f"{section}.exclude: documents are excluded from one {section}.source of text "
+            f"trained as a language model, not from {what}; drop {section}.exclude",
+            argument="exclude",
+        )
     if cfg.sources is not None and not cfg.shuffle:
         raise DataError(
             f"{section}.shuffle: a mixture reads each source's windows shuffled; drop "

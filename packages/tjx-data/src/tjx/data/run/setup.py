@@ -239,6 +239,7 @@ def run_loader(
         process_index=process_index,
         process_count=process_count,
         names=names,
+        **({"exclude": config.exclude} if config.exclude else {}),
     )
     if steps is None:
         return loader

@@ -8,12 +8,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tjx.data.builtin import BUILTIN_CORPORA, SPLITS, iter_builtin, prepare_builtin
+from tjx.data.builtin import BUILTIN_CORPORA, SPLITS, builtin_file, iter_builtin, prepare_builtin
+from tjx.data.documents import Origin
 from tjx.data.errors import DataError
 from tjx.data.sources.hub import iter_hub_texts, open_hub_dataset
-from tjx.data.sources.local import ERRORS, iter_file, resolve_files
+from tjx.data.sources.local import ERRORS, iter_file_located, resolve_files
 
-__all__ = ["Documents", "check_local_source", "close_builtin", "is_local_source", "load_source"]
+#: A document's text and where it was read from.
+Located = tuple[str, Origin | None]
+
+__all__ = [
+    "Documents",
+    "Located",
+    "check_local_source",
+    "close_builtin",
+    "is_local_source",
+    "load_source",
+]
 
 
 @dataclass(frozen=True)
@@ -21,13 +32,27 @@ class Documents:
     """A re-iterable collection of documents (``str``) with a label of where they came from.
 
     ``source`` (e.g. ``"shakespeare:train"``) is recorded in shard indexes by ``pretokenize``.
+    ``_located``, when given, yields each document with its `Origin` (the file and line, row or
+    byte offset), which ``pretokenize`` records beside the shards (`tjx.data.documents`).
     """
 
     source: str
     _factory: Callable[[], Iterator[str]] = field(repr=False)
+    _located: Callable[[], Iterator[Located]] | None = field(default=None, repr=False)
 
     def __iter__(self) -> Iterator[str]:
         return self._factory()
+
+    @classmethod
+    def of_located(cls, source: str, located: Callable[[], Iterator[Located]]) -> Documents:
+        """Documents whose ``located()`` factory yields ``(text, Origin)`` pairs."""
+        return cls(source, lambda: (text for text, _ in located()), located)
+
+    def located(self) -> Iterator[Located]:
+        """Each document with its origin (None where the source records none)."""
+        if self._located is not None:
+            return self._located()
+        return ((text, None) for text in self._factory())
 
 
 def is_local_source(spec: str) -> bool:
@@ -112,15 +137,21 @@ def load_source(
         if split not in SPLITS:
             raise DataError(f"split must be one of {SPLITS} for {name_or_path!r}, got {split!r}")
         prepare_builtin(name_or_path)
-        return Documents(label, lambda: iter_builtin(name_or_path, split))
+        file = str(builtin_file(name_or_path, split))
+
+        def builtin() -> Iterator[Located]:
+            for line, text in enumerate(iter_builtin(name_or_path, split), start=1):
+                yield text, Origin(file, line=line)
+
+        return Documents.of_located(label, builtin)
     if is_local_source(name_or_path):
         files = resolve_files(name_or_path, split)
 
-        def local() -> Iterator[str]:
+        def local() -> Iterator[Located]:
             for path in files:
-                yield from iter_file(path, text_field=text_field, errors=errors)
+                yield from iter_file_located(path, text_field=text_field, errors=errors)
 
-        return Documents(label, local)
+        return Documents.of_located(label, local)
     typo = close_builtin(name_or_path)
     if typo is not None:  # before the hub: offline, a typo would read as a network error
         raise DataError(
@@ -128,7 +159,12 @@ def load_source(
             f"{typo!r}? (a hub dataset is named like 'owner/name')"
         )
     rows = open_hub_dataset(name_or_path, split=split, **hub_kwargs)
-    return Documents(label, lambda: iter_hub_texts(name_or_path, rows, text_field))
+
+    def hub() -> Iterator[Located]:
+        for row, text in enumerate(iter_hub_texts(name_or_path, rows, text_field)):
+            yield text, Origin(row=row)
+
+    return Documents.of_located(label, hub)
 
 
 def close_builtin(name: str) -> str | None:

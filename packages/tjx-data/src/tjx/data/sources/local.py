@@ -10,9 +10,10 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+from tjx.data.documents import Origin
 from tjx.data.errors import DataError
 
-__all__ = ["ERRORS", "SUFFIXES", "iter_file", "resolve_files"]
+__all__ = ["ERRORS", "SUFFIXES", "iter_file", "iter_file_located", "resolve_files"]
 
 SUFFIXES = (".txt", ".text", ".md", ".jsonl", ".parquet")
 ERRORS = ("strict", "replace")
@@ -62,8 +63,8 @@ def resolve_files(path_or_glob: str, split: str) -> list[Path]:
     return files
 
 
-def _iter_jsonl(path: Path, text_field: str, errors: str) -> Iterator[str]:
-    offset = 0
+def _iter_jsonl(path: Path, text_field: str, errors: str) -> Iterator[tuple[str, Origin]]:
+    offset, name = 0, str(path.resolve())
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             start, offset = offset, offset + len(raw)
@@ -76,7 +77,7 @@ def _iter_jsonl(path: Path, text_field: str, errors: str) -> Iterator[str]:
                 raise DataError(f"{path}: line {number}: invalid JSON ({exc.msg})") from None
             if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
                 raise DataError(f"{path}: line {number}: no string field {text_field!r}")
-            yield row[text_field]
+            yield row[text_field], Origin(name, line=number, byte=start)
 
 
 #: The logger of datasets' Parquet reader, which logs "Failed to read schema from '…' with error
@@ -99,7 +100,7 @@ def _not_parquet(path: Path, err: BaseException) -> DataError:
     )
 
 
-def _iter_parquet(path: Path, text_field: str) -> Iterator[str]:
+def _iter_parquet(path: Path, text_field: str) -> Iterator[tuple[str, Origin]]:
     import datasets  # lazy: importing datasets costs ~0.3-1 s
 
     logger = logging.getLogger(PARQUET_LOGGER)
@@ -116,7 +117,7 @@ def _iter_parquet(path: Path, text_field: str) -> Iterator[str]:
                 return
             if not isinstance(row.get(text_field), str):
                 raise DataError(f"{path}: row {number}: no string column {text_field!r}")
-            yield row[text_field]
+            yield row[text_field], Origin(str(path.resolve()), row=number)
     except DataError:
         raise
     except (ValueError, OSError) as err:  # Arrow's errors: ArrowInvalid, ArrowIOError, ...
@@ -127,9 +128,18 @@ def _iter_parquet(path: Path, text_field: str) -> Iterator[str]:
 
 def iter_file(path: Path, *, text_field: str = "text", errors: str = "strict") -> Iterator[str]:
     """Yield the documents of one local file (see the module docstring for what a document is)."""
+    for text, _ in iter_file_located(path, text_field=text_field, errors=errors):
+        yield text
+
+
+def iter_file_located(
+    path: Path, *, text_field: str = "text", errors: str = "strict"
+) -> Iterator[tuple[str, Origin]]:
+    """`iter_file`'s documents, each with its `Origin`: the file (resolved) and a JSON Lines
+    row's line and byte offset, a Parquet row's number; a text file is line 1, byte 0."""
     if path.suffix == ".jsonl":
         yield from _iter_jsonl(path, text_field, errors)
     elif path.suffix == ".parquet":
         yield from _iter_parquet(path, text_field)
     else:
-        yield _decode(path.read_bytes(), path, 0, errors)
+        yield _decode(path.read_bytes(), path, 0, errors), Origin(str(path.resolve()), 1, byte=0)

@@ -201,6 +201,25 @@ def test_shard_init_takes_arguments_and_the_params_specs(mesh) -> None:
     assert state["step"].sharding.is_fully_replicated
 
 
+def test_a_trace_in_init_scope_is_the_one_shard_init_uses(mesh) -> None:
+    """A caller that traces the creator first (to read what it builds) in `init_scope` traces it
+    only once: shard_init's eval_shape and jit reuse that trace."""
+    from tjx.parallel import init_scope
+
+    traced: list[int] = []
+
+    def create(x):
+        traced.append(1)
+        return {"w": x * 2.0}
+
+    x = jnp.arange(8.0)
+    with init_scope(mesh):
+        jax.eval_shape(create, x)
+    out = shard_init(create, mesh, rules("fsdp_tp"), x)
+    np.testing.assert_array_equal(np.asarray(out["w"]), np.arange(8.0) * 2.0)
+    assert len(traced) == 1
+
+
 class _Device:
     def __init__(self, platform: str) -> None:
         self.platform = platform

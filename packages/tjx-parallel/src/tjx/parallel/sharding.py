@@ -35,6 +35,7 @@ __all__ = [
     "on_mesh",
     "place_batch",
     "shard_batch",
+    "init_scope",
     "shard_init",
     "state_shardings",
     "with_logical_constraint",
@@ -189,11 +190,11 @@ def state_shardings(
 
 #: XLA options of `shard_init`'s program, by platform. A GPU: no multi-output fusion, which
 #: would merge the draws of every weight of one shape into a few huge kernels (they read the
-#: same counters, one iota): gpt2_small's init compiled for an H100 took 52 s of CPU, 31 of them
-#: ptxas, against 14 s without it (deviceless, jax 0.10.2's CUDA plugin); it merges kernels
-#: only, each element's arithmetic stays. (A CPU's LLVM level 1 would compile tiny's init in 2.1
-#: s of CPU instead of 3.5, but it vectorizes reductions otherwise: a norm the optimizer's init
-#: takes then differs from the eager one in its last bit.)
+#: same counters, one iota): the trainer's gpt2_small start compiled for an H100 took 55 s of
+#: CPU, 33 of them ptxas, against 13.5 s without it (deviceless, jax 0.10.2's CUDA plugin,
+#: 2026-11-28); it merges kernels only, each element's arithmetic stays. (A CPU's LLVM level 1
+#: would compile tiny's start in 2.1 s of CPU instead of 3.5, but it vectorizes reductions
+#: otherwise: a norm the optimizer's init takes then differs from the eager one in a last bit.)
 INIT_OPTIONS: dict[str, dict[str, Any]] = {
     "gpu": {"xla_disable_hlo_passes": "multi_output_fusion"},
 }
@@ -202,10 +203,11 @@ _GPU_PLATFORMS = ("gpu", "cuda", "rocm")
 
 def init_settings(mesh: Mesh) -> tuple[dict[str, Any], bool]:
     """How `shard_init` compiles on ``mesh``'s devices (real or abstract): `INIT_OPTIONS`' XLA
-    options, and whether the draws' Threefry hash is JAX's GPU kernel (one GPU: gpt2_small's init
-    for an H100 14 → 4.6 s of CPU to compile, the hash no longer expanded into each draw's
-    fusion; the same bits). Several GPUs keep XLA's own hash, which their partitioner splits (a
-    kernel would draw each array whole on every device)."""
+    options, and whether the draws' Threefry hash is JAX's GPU kernel (one GPU: the trainer's
+    gpt2_small start for an H100 13.5 → 4.8 s of CPU to compile, the hash no longer expanded
+    into each draw's fusion; the same bits; 327 instead of 282 MiB of temporaries beside 1.4 GiB
+    of state). Several GPUs keep XLA's own hash, which their partitioner splits (a kernel would
+    draw each array whole on every device)."""
     platform = mesh.devices.flat[0].platform
     key = "gpu" if platform in _GPU_PLATFORMS else platform
     kernel = key == "gpu" and mesh.devices.size == 1
@@ -226,6 +228,16 @@ def _threefry_kernel(on: bool) -> Iterator[None]:
         yield
     finally:
         jax.config.update(name, before)
+
+
+@contextlib.contextmanager
+def init_scope(mesh: Mesh) -> Iterator[None]:
+    """What `shard_init` traces and compiles under: ``jax.set_mesh(mesh)`` (flax's eager
+    sharding reads the mesh there) and `init_settings`' Threefry kernel switch. A trace of the
+    same function made here (``jax.eval_shape``, to read what it builds) is the one `shard_init`
+    then reuses: the function is traced once."""
+    with jax.set_mesh(mesh), _threefry_kernel(init_settings(mesh)[1]):
+        yield
 
 
 def shard_init(
@@ -251,10 +263,10 @@ def shard_init(
     ----------
     create_fn : callable
         Returns a pytree: a param dict, an ``nnx.Module`` (a pytree in flax 0.12), a train
-        state. It runs under ``jax.set_mesh(mesh)``, traced. flax's eager sharding (on by
-        default in flax 0.12) also needs the logical → mesh rules: either call ``shard_init``
-        inside ``nnx.logical_axis_rules(rules.flax_rules())`` or build the module under
-        ``nnx.use_eager_sharding(False)`` (the shardings are applied here either way).
+        state. It runs traced, in `init_scope` (under ``jax.set_mesh(mesh)``). flax's eager
+        sharding (on by default in flax 0.12) also needs the logical → mesh rules: either call
+        ``shard_init`` inside ``nnx.logical_axis_rules(rules.flax_rules())`` or build the module
+        under ``nnx.use_eager_sharding(False)`` (the shardings are applied here either way).
     mesh : Mesh
     rules : AxisRules
     *args
@@ -268,13 +280,12 @@ def shard_init(
     -------
     The result of ``create_fn(*args)``, its arrays sharded per the rules.
     """
-    with jax.set_mesh(mesh):  # flax's eager sharding reads the mesh from here
+    options = init_settings(mesh)[0]
+    with init_scope(mesh):
         abstract = jax.eval_shape(create_fn, *args)
         shardings = state_shardings(abstract, mesh, rules, param_specs=param_specs)
-        options, kernel = init_settings(mesh)
         init = jax.jit(create_fn, out_shardings=shardings, compiler_options=options or None)
-        with _threefry_kernel(kernel):
-            return init(*args)  # type: ignore[no-any-return]
+        return init(*args)  # type: ignore[no-any-return]
 
 
 def on_mesh(tree: T, mesh: Mesh) -> T:

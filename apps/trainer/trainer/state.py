@@ -180,18 +180,24 @@ def born(
     shards (tjx.parallel's `shard_init`): the parameters (drawn from ``train.seed``, or
     ``start``'s, placed on ``mesh`` first), LoRA adapters, the optimizer state, the step, the
     float8 state, DPO's reference and the flat optimizer's buffers, each sharded as
-    `abstract_state`'s on ``mesh`` (the layout the train step is compiled for). The numbers are
-    those the model's initializers draw eagerly, bit for bit (tjx.nn's `normal`)."""
+    `abstract_state`'s is on ``mesh`` (the layout the train step is compiled for). The numbers
+    are those the model's initializers draw eagerly, bit for bit (tjx.nn's `normal`)."""
 
-    abstract = abstract_state(cfg, start)
+    traced: list[TrainParts] = []
 
     def create(*arrays: nnx.State) -> tuple[TrainState, nnx.State]:
         parts = train_state(cfg, run_model(cfg, _start_model(cfg, start, *arrays)))
+        traced.append(parts)  # its graph, optimizer and specs: Python objects, no arrays
         return parts.state, parts.rest
 
     arrays = () if start is None else start.arrays()
-    state, rest = parallel.shard_init(create, mesh, rules, *arrays, param_specs=abstract.specs)
-    return dataclasses.replace(abstract, state=state, rest=rest)
+    # The model is traced once: shard_init's eval_shape and jit reuse this trace of `create`
+    # (made as theirs are, in its scope).
+    with parallel.init_scope(mesh):
+        jax.eval_shape(create, *arrays)
+    specs = traced[0].specs
+    state, rest = parallel.shard_init(create, mesh, rules, *arrays, param_specs=specs)
+    return dataclasses.replace(traced[0], state=state, rest=rest)
 
 
 def build(cfg: StepConfig, init_from: str | None = None) -> Setup:
@@ -349,10 +355,6 @@ def train_state(cfg: StepConfig, model: nnx.Module) -> TrainParts:
     return TrainParts(graphdef, rest, tx, state, specs)
 
 
-def abstract_state(cfg: StepConfig, start: Start | None = None) -> TrainParts:
-    """`train_state` of ``cfg``'s model (LoRA adapters included; ``start``'s model for an
-    ``--init-from``) with no parameter created."""
-
-    arrays = () if start is None else start.arrays()
-    model = nnx.eval_shape(lambda: run_model(cfg, _start_model(cfg, start, *arrays)))
-    return train_state(cfg, model)
+def abstract_state(cfg: StepConfig) -> TrainParts:
+    """`train_state` of ``cfg``'s model (LoRA adapters included) with no parameter created."""
+    return train_state(cfg, nnx.eval_shape(lambda: run_model(cfg)))

@@ -151,8 +151,8 @@ class Start:
         return (self.params,) if self.rest is None else (self.params, self.rest)
 
     def placed(self, mesh: Mesh, rules: parallel.AxisRules) -> Start:
-        """This start with its arrays on ``mesh`` (each shard sent where it lives: read on
-        the host, never whole on one device)."""
+        """This start with its arrays on ``mesh``, sharded as the run's state holds them (`born`
+        donates them to its program)."""
         on = [jax.device_put(x, parallel.state_shardings(x, mesh, rules)) for x in self.arrays()]
         return Start(on[0], self.graphdef, on[1] if len(on) > 1 else None)
 
@@ -178,8 +178,8 @@ def born(
 ) -> TrainParts:
     """`train_state` of the run's model with every array made by ONE jitted program on its own
     shards (tjx.parallel's `shard_init`): the parameters (drawn from ``train.seed``, or
-    ``start``'s, placed on ``mesh`` first), LoRA adapters, the optimizer state, the step, the
-    float8 state, DPO's reference and the flat optimizer's buffers, each sharded as
+    ``start``'s, placed on ``mesh`` first and donated), LoRA adapters, the optimizer state, the
+    step, the float8 state, DPO's reference and the flat optimizer's buffers, each sharded as
     `abstract_state`'s is on ``mesh`` (the layout the train step is compiled for). The numbers
     are those the model's initializers draw eagerly, bit for bit (tjx.nn's `normal`)."""
 
@@ -196,7 +196,10 @@ def born(
     with parallel.init_scope(mesh):
         jax.eval_shape(create, *arrays)
     specs = traced[0].specs
-    state, rest = parallel.shard_init(create, mesh, rules, *arrays, param_specs=specs)
+    # A start's weights are donated: the program's arrays reuse their buffers (no second copy).
+    state, rest = parallel.shard_init(
+        create, mesh, rules, *arrays, param_specs=specs, donate=start is not None
+    )
     return dataclasses.replace(traced[0], state=state, rest=rest)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -199,6 +201,18 @@ def test_shard_init_takes_arguments_and_the_params_specs(mesh) -> None:
     assert state["params"]["up"].sharding.spec == P("fsdp", "tensor")
     assert state["opt_state"][0].mu["up"].sharding.spec == P("fsdp", "tensor")
     assert state["step"].sharding.is_fully_replicated
+    # Donated: the weights' buffers are the program's to reuse for arrays of their shape (XLA
+    # picks which), and one it cannot reuse (here: only concatenated) is freed without a warning.
+    placed = jax.device_put(params, state_shardings(params, mesh, r, param_specs=specs))
+
+    def joined(p):
+        return {**create(p), "joined": jnp.concatenate([p["bias"], p["bias"]])}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = shard_init(joined, mesh, r, placed, param_specs=specs, donate=True)
+    assert placed["up"].is_deleted() and placed["bias"].is_deleted()
+    np.testing.assert_array_equal(np.asarray(again["params"]["up"]), np.asarray(params["up"]))
 
 
 def test_a_trace_in_init_scope_is_the_one_shard_init_uses(mesh) -> None:

@@ -11,6 +11,7 @@ enough). A variable's logical names are its value when that is a ``PartitionSpec
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -246,6 +247,7 @@ def shard_init(
     rules: AxisRules,
     *args: Any,
     param_specs: Any | None = None,
+    donate: bool = False,
 ) -> T:
     """Create params (or an nnx Module, or a whole train state) with one compiled program,
     directly sharded — never whole on one device.
@@ -275,16 +277,29 @@ def shard_init(
     param_specs : pytree, optional
         The params' logical specs, for a result whose params are a plain pytree (a train state):
         see :func:`state_shardings`.
+    donate : bool
+        The arguments' buffers are given to the program, which reuses them for arrays of their
+        shape (weights read from a checkpoint: no second copy of them at once); the arguments
+        cannot be read after.
 
     Returns
     -------
     The result of ``create_fn(*args)``, its arrays sharded per the rules.
     """
     options = init_settings(mesh)[0]
-    with init_scope(mesh):
+    donated = tuple(range(len(args))) if donate else ()
+    with init_scope(mesh), warnings.catch_warnings():
+        # A donated array the result holds otherwise (concatenated, cast) is freed, not reused:
+        # JAX warns of it, and nothing is wrong.
+        warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
         abstract = jax.eval_shape(create_fn, *args)
         shardings = state_shardings(abstract, mesh, rules, param_specs=param_specs)
-        init = jax.jit(create_fn, out_shardings=shardings, compiler_options=options or None)
+        init = jax.jit(
+            create_fn,
+            out_shardings=shardings,
+            compiler_options=options or None,
+            donate_argnums=donated,
+        )
         return init(*args)  # type: ignore[no-any-return]
 
 

@@ -264,6 +264,14 @@ def test_init_settings_by_platform() -> None:
     assert getattr(jax.config, name) is before
 
 
+def test_a_jax_without_the_threefry_kernel_switch_draws_as_xla_does(monkeypatch) -> None:
+    from tjx.parallel import sharding
+
+    monkeypatch.setattr(sharding, "THREEFRY_KERNEL_SWITCH", "jax_no_such_switch")
+    with sharding._threefry_kernel(True):  # nothing to set: no error
+        pass
+
+
 def test_shard_batch_and_host_local_to_global(mesh) -> None:
     rng = np.random.default_rng(0)
     batch = {"inputs": rng.integers(0, 9, (8, 3)).astype(np.int32), "scale": np.float32(2.0)}

@@ -215,13 +215,17 @@ def init_settings(mesh: Mesh) -> tuple[dict[str, Any], bool]:
     return dict(INIT_OPTIONS.get(key, {})), kernel
 
 
+#: JAX's switch that lowers the Threefry hash to its GPU kernel (jax 0.10 has it).
+THREEFRY_KERNEL_SWITCH = "jax_threefry_gpu_kernel_lowering"
+
+
 @contextlib.contextmanager
 def _threefry_kernel(on: bool) -> Iterator[None]:
-    """JAX's ``jax_threefry_gpu_kernel_lowering`` set to ``on`` inside (what programs traced and
-    lowered there draw with), as it was after."""
-    name = "jax_threefry_gpu_kernel_lowering"
-    before = bool(getattr(jax.config, name))
-    if on == before:
+    """JAX's `THREEFRY_KERNEL_SWITCH` set to ``on`` inside (what programs traced and lowered
+    there draw with), as it was after; a JAX without the switch draws with XLA's hash."""
+    name = THREEFRY_KERNEL_SWITCH
+    before = bool(getattr(jax.config, name, False))
+    if on == before or not hasattr(jax.config, name):
         yield
         return
     jax.config.update(name, on)

@@ -106,16 +106,23 @@ def _same_model(
         )
 
 
-def load_run(seed: int, model_cfg: TransformerConfig, source: str) -> tuple[nnx.Module, int]:
-    """The model of resolved ``model_cfg`` (its weights drawn from ``seed`` first) with the params
-    of run ``source``'s newest intact checkpoint (``RUN@STEP``: that step's), LoRA merged, on the
-    host; and that step."""
+def load_run(seed: int, model_cfg: TransformerConfig, source: str) -> tuple[nnx.State, int]:
+    """The params of run ``source``'s newest intact checkpoint (``RUN@STEP``: that step's) as
+    the ``nnx.Param`` state of resolved ``model_cfg``'s model (from ``seed``: its graph), LoRA
+    merged, on the host; and that step. No weight is drawn: the checkpoint's are restored onto
+    the model's shapes (``nnx.eval_shape``)."""
     where, at = RunDir.split_start(source)
     path = Path(where).expanduser()
     theirs, saved = _run_files(path)
     _same_model(model_cfg, theirs, path, vocab=True)
-    model = nn.build_model(model_cfg, rngs=nnx.Rngs(seed))
-    lora = nn.add_saved_lora(model, saved.get("lora"))  # read as trained, then folded in
+    found: list[bool] = []
+
+    def shapes() -> nnx.Module:
+        model = nn.build_model(model_cfg, rngs=nnx.Rngs(seed))
+        found.append(nn.add_saved_lora(model, saved.get("lora")))  # read as trained, folded in
+        return model
+
+    model = nnx.eval_shape(shapes)
     params = nnx.state(model, nnx.Param)
     absl = logging.getLogger("absl")
     level = absl.level
@@ -130,9 +137,9 @@ def load_run(seed: int, model_cfg: TransformerConfig, source: str) -> tuple[nnx.
         absl.setLevel(level)
     nnx.replace_by_pure_dict(params, restored)
     nnx.update(model, params)
-    if lora:
+    if found[0]:
         nn.merge_lora(model)
-    return model, int(step)
+    return nnx.state(model, nnx.Param), int(step)
 
 
 def check_tokenizer(source: str, bundle: Bundle) -> None:

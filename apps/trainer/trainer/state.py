@@ -133,20 +133,90 @@ def run_model(cfg: StepConfig, model: nnx.Module | None = None) -> nnx.Module:
     return model
 
 
+@dataclass(frozen=True)
+class Start:
+    """The weights an ``--init-from`` start reads (`build`).
+
+    A tjx run's model is the config's: ``params`` (its ``nnx.Param`` state) replace the drawn
+    ones, and its other state (RNG streams) is a fresh start's, from ``train.seed``. A Hugging
+    Face checkpoint's model is of its own architecture: ``graphdef`` and ``rest`` are its own.
+    """
+
+    params: nnx.State
+    graphdef: nnx.GraphDef[nnx.Module] | None = None
+    rest: nnx.State | None = None
+
+    def arrays(self) -> tuple[nnx.State, ...]:
+        """What `born`'s program reads: the params, and a Hugging Face model's ``rest``."""
+        return (self.params,) if self.rest is None else (self.params, self.rest)
+
+    def placed(self, mesh: Mesh, rules: parallel.AxisRules) -> Start:
+        """This start with its arrays on ``mesh``, sharded as the run's state holds them (`born`
+        donates them to its program)."""
+        on = [jax.device_put(x, parallel.state_shardings(x, mesh, rules)) for x in self.arrays()]
+        return Start(on[0], self.graphdef, on[1] if len(on) > 1 else None)
+
+
+def _start_model(cfg: StepConfig, start: Start | None, *arrays: nnx.State) -> nnx.Module:
+    """The model a run starts from, before `run_model`'s LoRA adapters: a new one of
+    ``cfg.model`` drawn from ``train.seed``, or ``start``'s with its ``arrays`` (`Start.arrays`:
+    inside `born`'s program, its arguments).
+
+    A tjx run's params replace the drawn ones: inside `born`'s program those draws are never
+    read, and XLA drops them (the weights are not drawn at all)."""
+
+    if start is not None and start.graphdef is not None:
+        return nnx.merge(start.graphdef, *arrays)
+    model = nn.build_model(cfg.model, rngs=nnx.Rngs(cfg.seed))
+    if start is not None:
+        nnx.update(model, arrays[0])
+    return model
+
+
+def born(
+    cfg: StepConfig, mesh: Mesh, rules: parallel.AxisRules, start: Start | None = None
+) -> TrainParts:
+    """`train_state` of the run's model with every array made by ONE jitted program on its own
+    shards (tjx.parallel's `shard_init`): the parameters (drawn from ``train.seed``, or
+    ``start``'s, placed on ``mesh`` first and donated), LoRA adapters, the optimizer state, the
+    step, the float8 state, DPO's reference and the flat optimizer's buffers, each sharded as
+    `abstract_state`'s is on ``mesh`` (the layout the train step is compiled for). The numbers
+    are those the model's initializers draw eagerly, bit for bit (tjx.nn's `normal`)."""
+
+    traced: list[TrainParts] = []
+
+    def create(*arrays: nnx.State) -> tuple[TrainState, nnx.State]:
+        parts = train_state(cfg, run_model(cfg, _start_model(cfg, start, *arrays)))
+        traced.append(parts)  # its graph, optimizer and specs: Python objects, no arrays
+        return parts.state, parts.rest
+
+    arrays = () if start is None else start.arrays()
+    # The model is traced once: shard_init's eval_shape and jit reuse this trace of `create`
+    # (made as theirs are, in its scope).
+    with parallel.init_scope(mesh):
+        jax.eval_shape(create, *arrays)
+    specs = traced[0].specs
+    # A start's weights are donated: the program's arrays reuse their buffers (no second copy).
+    state, rest = parallel.shard_init(
+        create, mesh, rules, *arrays, param_specs=specs, donate=start is not None
+    )
+    return dataclasses.replace(traced[0], state=state, rest=rest)
+
+
 def build(cfg: StepConfig, init_from: str | None = None) -> Setup:
     """Mesh, model (born sharded), optimizer and the initial state ``{params, opt_state, step}``
-    of a config whose vocabulary is known (`trainer.config.resolve`)."""
+    of a config whose vocabulary is known (`trainer.config.resolve`), made by one jitted
+    program (`born`)."""
 
     model_cfg, vocab_size = cfg.model, cfg.tokenizer_vocab
     if vocab_size is None:
         raise ValueError("state.build: the run's vocabulary is unknown; pass resolve(cfg, vocab)")
     mesh, rules = make_mesh(cfg.mesh, cfg.mesh_needs())
-    init_step = None
-    if init_from is None:
-        model = parallel.shard_init(lambda: run_model(cfg), mesh, rules)
-    else:
+    init_step, start = None, None
+    if init_from is not None:
         if RunDir.is_run(init_from):  # a tjx run's newest checkpoint (SFT before DPO), checked
-            model, init_step = init_runs.load_run(cfg.seed, model_cfg, init_from)
+            params, init_step = init_runs.load_run(cfg.seed, model_cfg, init_from)
+            start = Start(params)
         else:  # the architecture from the checkpoint; how to train it from the config
             how = {k: getattr(model_cfg, k) for k in nn.TRAINING_FIELDS}
             with keyed("--init-from", OSError, ValueError):
@@ -159,10 +229,11 @@ def build(cfg: StepConfig, init_from: str | None = None) -> Setup:
                     f"vocab_size {model_cfg.vocab_size}; set data.tokenizer to the checkpoint's "
                     "tokenizer (its folder)"
                 )
-        loaded = nnx.state(run_model(cfg, model))  # loaded on the host, placed on the mesh
-        nnx.update(model, jax.device_put(loaded, parallel.state_shardings(loaded, mesh, rules)))
-    parts = train_state(cfg, model, (mesh, rules))
-    # The step counter (and any leaf jit left on one device) replicated: one device set.
+            graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
+            start = Start(params, graphdef, rest)
+        start = start.placed(mesh, rules)
+    parts = born(cfg, mesh, rules, start)
+    # Any leaf left off the mesh replicated over it: one device set (none is, out of `born`).
     state = parallel.on_mesh(parts.state, mesh)
     num_params = sum(int(x.size) for x in jax.tree.leaves(state.params))
     split = parallel.context_parallel(mesh, rules, cfg.mesh)  # None unless mesh.context > 1
@@ -254,12 +325,10 @@ def other_layout(setup: Setup) -> tuple[TrainState, Callable[[TrainState], Train
     return dataclasses.replace(setup.state, opt_state=other), convert
 
 
-def train_state(
-    cfg: StepConfig, model: nnx.Module, place: tuple[Mesh, parallel.AxisRules] | None = None
-) -> TrainParts:
-    """The parts of ``model`` the step reads and its `TrainState`: the run's, sharded on
-    ``place`` (mesh, rules), or abstract (``place`` None, of `abstract_state`'s
-    ``nnx.eval_shape``: every leaf a ``jax.ShapeDtypeStruct``)."""
+def train_state(cfg: StepConfig, model: nnx.Module) -> TrainParts:
+    """The parts of ``model`` the step reads and its `TrainState`, made from the model's arrays:
+    traced inside `born`'s program, or abstract for a model of ``jax.ShapeDtypeStruct`` leaves
+    (`abstract_state`'s ``nnx.eval_shape``)."""
 
     graphdef, params_state, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
     params = nnx.to_pure_dict(params_state)
@@ -270,18 +339,19 @@ def train_state(
     tx = optim.build_optimizer(cfg.optimizer, schedule=rate, axes=specs, whole_params=whole)
     if cfg.use_lora:  # over the adapters only: the base holds no optimizer state, gets no update
         tx = optim.only_trainable(tx, optim.adapter_mask(params))
-    if place is None:
-        opt_state, step = jax.eval_shape(lambda p: (tx.init(p), jnp.zeros((), jnp.int32)), params)
-    else:
-        opt_state = parallel.shard_opt_init(tx.init, params, *place, param_specs=specs)
-        step = jnp.asarray(0, jnp.int32)
+    abstract = all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
+
+    def make(p: chex.ArrayTree) -> tuple[optax.OptState, jax.Array]:
+        return tx.init(p), jnp.zeros((), jnp.int32)
+
+    opt_state, step = jax.eval_shape(make, params) if abstract else make(params)
     # Delayed float8 scaling's scales and histories (tjx.nn's Fp8Meta, in ``rest``): state the
     # step advances, so the train state carries (and a checkpoint holds) it; None without it.
     _, fp8 = nn.split_fp8_meta(rest)
     state = TrainState(opt_state=opt_state, params=params, step=step, fp8=fp8)
     # DPO (and GRPO with β > 0) without LoRA: the starting params, frozen, as the reference
     needed = dpo.needs_frozen_reference(cfg)
-    state = dpo.with_reference(state, needed=needed, copy=place is not None)
+    state = dpo.with_reference(state, needed=needed, copy=not abstract)
     if flat_params(cfg):  # the optimizer's own buffers: one p + u a buffer (tjx.optim.FlatParams)
         layout = optim.flat_layout(cfg.optimizer, params, axes=specs)
         state = dataclasses.replace(state, params=optim.FlatParams.of(params, layout))

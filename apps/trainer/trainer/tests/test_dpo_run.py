@@ -275,8 +275,12 @@ def test_a_lora_sft_run_starts_dpo_with_its_adapters_merged_into_the_weights(in_
     assert main(_argv(in_tmp, "sft_tiny", "sft", *sft, "data.batch_size=8")) == 0
     vocab = json.loads((in_tmp / "sft" / "data.json").read_text())["vocab_size"]
     cfg = resolve(plan_argv(_argv(in_tmp, "dpo_tiny", "run")).config, vocab)
-    merged, step = init_from.load_run(cfg.train.seed, cfg.model, str(in_tmp / "sft"))
+    loaded, step = init_from.load_run(cfg.train.seed, cfg.model, str(in_tmp / "sft"))
+    # The params of the config's model: no adapter left (a model without them takes them all).
+    merged = nn.build_model(cfg.model, rngs=nnx.Rngs(0))
+    nnx.update(merged, loaded)
     assert step == 3 and not nn.has_lora(merged)
+    assert jax.tree.structure(loaded) == jax.tree.structure(nnx.state(merged, nnx.Param))
     # The SFT model as it trained: the base with its adapters, from the same checkpoint.
     adapted = nn.build_model(cfg.model, rngs=nnx.Rngs(1))
     nn.add_lora(adapted, nn.LoraConfig(rank=2, targets=("q", "v")), rngs=nnx.Rngs(2))

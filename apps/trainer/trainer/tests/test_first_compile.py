@@ -2,7 +2,8 @@
 run share one executable (trainer.first_compile). XLA's own compile events are counted (JAX's
 ``/jax/core/compile/backend_compile_duration``, by the compiled function's name), for ``tiny``
 and the shapes of gpt2_small and llama_small shrunk to tiny sizes, with settings that change the
-kernel and the memory fit; a long compile says so while it runs."""
+kernel and the memory fit; a long compile says so while it runs. Beside it, one program makes
+the run's start (trainer.state.born), from the seed or from a run's checkpoint."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from trainer.cli import main
 from trainer.first_compile import FROM_CACHE, ticking
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+#: The programs before step 1 besides the train step and the start's: the step's base key
+#: (``jax.random.key(train.seed)``, made eagerly by trainer.step), two tiny ones.
+KEY_PROGRAMS = {"jit(stage)", "jit(_threefry_seed)"}
 #: A compile's last line; CI's shared persistent cache may serve the compile, and the line says so.
 COMPILED_LINE = rf"compiled the train step in \d+\.\d s({re.escape(FROM_CACHE)})?"
 #: Tiny sizes for every preset (each keeps its own structure: norms, positions, MLP, tying).
@@ -66,6 +70,38 @@ def train_step_compiles(argv: list[str]) -> tuple[int, list[str]]:
     return code, names
 
 
+def programs_before_step_1(argv: list[str], monkeypatch) -> tuple[int, list[str]]:
+    """(exit code, the names of every XLA compile from ``main(argv)``'s start to the first call
+    of the train step)."""
+    import trainer.first_compile as first_compile
+
+    names: list[str] = []
+    before: list[list[str]] = []
+
+    def listen(event: str, duration: float, **kwargs: object) -> None:
+        if event == COMPILE_EVENT:
+            names.append(str(kwargs.get("fun_name", "")))
+
+    steps = first_compile.taking_step_keys
+
+    def counted(compiled, batch):
+        call = steps(compiled, batch)
+
+        def first(state, given):
+            before.append(before[0] if before else list(names))
+            return call(state, given)
+
+        return first
+
+    monkeypatch.setattr(first_compile, "taking_step_keys", counted)
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        code = main(argv)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    return code, before[0] if before else names
+
+
 def argv(preset: str, corpus, *sets: str, run_dir: str = "run") -> list[str]:
     out = ["--config", preset, "--run-dir", run_dir, "--data", str(corpus)]
     for item in [*TINY, f"data.cache_dir={corpus.parent / 'cache'}", *sets]:
@@ -90,6 +126,25 @@ def test_the_train_step_is_compiled_once(preset, sets, corpus, in_tmp, capsys):
     assert "train.stop_at: saved step 1" in out
     compiled = [ln for ln in out.splitlines() if ln.startswith("compiled the train step in")]
     assert len(compiled) == 1 and re.fullmatch(COMPILED_LINE, compiled[0])
+
+
+@pytest.mark.parametrize("sets", [(), ("lora.enabled=true",)], ids=["tiny", "tiny-lora"])
+def test_the_start_is_one_program_before_step_1(sets, corpus, in_tmp, capsys, monkeypatch):
+    """From the command to step 1, tiny compiles its train step and ONE program that makes the
+    whole start: parameters, LoRA adapters, optimizer state and step (it was 33 eager programs,
+    one per initializer, shape and flat buffer); the rest is the step's base key. A run that
+    starts from that run's checkpoint (``--init-from RUN``) draws no weight: one program again,
+    beside the eager sum of a LoRA run's adapters into its weights (as the run saved them)."""
+    code, names = programs_before_step_1(argv("tiny", corpus, *sets), monkeypatch)
+    assert code == 0, capsys.readouterr()
+    assert sorted(set(names) - KEY_PROGRAMS) == ["jit(create)", "jit(train_step)"], names
+    assert len(names) <= 4, names
+    again = [*argv("tiny", corpus, *sets, run_dir="again"), "--init-from", "run"]
+    code, names = programs_before_step_1(again, monkeypatch)
+    assert code == 0, capsys.readouterr()
+    merge = {"jit(dot_general)", "jit(multiply)", "jit(add)", "jit(convert_element_type)"}
+    assert sorted(set(names) - KEY_PROGRAMS - merge) == ["jit(create)", "jit(train_step)"], names
+    assert names.count("jit(create)") == 1 and (sets or len(names) <= 4), names
 
 
 def test_the_memory_fit_measures_the_executable_the_run_calls(corpus, in_tmp, capsys, monkeypatch):

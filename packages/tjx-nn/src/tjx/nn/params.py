@@ -23,8 +23,23 @@ Initializer = Callable[..., jax.Array]
 
 
 def normal(std: float) -> Initializer:
-    """Normal initializer with standard deviation ``std``."""
-    return jax.nn.initializers.normal(stddev=std)
+    """Normal initializer with standard deviation ``std``: jax's ``initializers.normal``, whose
+    numbers are the same made eagerly or inside one jitted program (bit for bit).
+
+    Inside a jitted program XLA would fold the draw's own scale (``√2``, the last step of
+    ``jax.random.normal``) and ``std`` into one constant, rounding once where the eager product
+    rounds twice; an ``optimization_barrier`` between the draw and the product keeps them apart.
+    A second one hides the key, a constant there: each draw of a shape is then the same kernel
+    on another key (a GPU compiles it once, not once per weight).
+    """
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        if not isinstance(key, jax.core.Tracer):  # eagerly there is no program to fold across
+            return jax.random.normal(key, shape, dtype) * jnp.array(std, dtype)
+        draw = jax.random.normal(jax.lax.optimization_barrier(key), shape, dtype)
+        return jax.lax.optimization_barrier(draw) * jnp.array(std, dtype)
+
+    return init
 
 
 def zeros() -> Initializer:

@@ -107,6 +107,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
     from tjx.parallel.rules import LOGICAL_AXES, STRATEGIES, AxisRules, rules
     from tjx.parallel.schedule import SCHEDULES, Schedule, bubble_formula, make_schedule
     from tjx.parallel.sharding import (
+        init_scope,
         logical_specs,
         logical_to_sharding,
         on_mesh,
@@ -189,6 +190,7 @@ _LAZY = {
     "batch_share": "tjx.parallel.batches",
     "batch_sharding": "tjx.parallel.batches",
     "host_local_to_global": "tjx.parallel.batches",
+    "init_scope": "tjx.parallel.sharding",
     "logical_specs": "tjx.parallel.sharding",
     "logical_to_sharding": "tjx.parallel.sharding",
     "on_mesh": "tjx.parallel.sharding",
@@ -295,6 +297,7 @@ __all__ = [
     "exit_now",
     "expert_parallel",
     "host_local_to_global",
+    "init_scope",
     "initialize",
     "is_primary",
     "jit_train_step",

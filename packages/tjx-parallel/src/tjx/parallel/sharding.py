@@ -10,7 +10,9 @@ enough). A variable's logical names are its value when that is a ``PartitionSpec
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import jax
@@ -34,6 +36,7 @@ __all__ = [
     "on_mesh",
     "place_batch",
     "shard_batch",
+    "init_scope",
     "shard_init",
     "state_shardings",
     "with_logical_constraint",
@@ -186,42 +189,122 @@ def state_shardings(
     return jax.tree.map(one, tree, is_leaf=lambda x: _is_variable(x) or match(x))
 
 
-def shard_init(create_fn: Callable[[], T], mesh: Mesh, rules: AxisRules) -> T:
-    """Create params (or an nnx Module) directly sharded — never whole on one device.
+#: XLA options of `shard_init`'s program, by platform. A GPU: no multi-output fusion, which
+#: would merge the draws of every weight of one shape into a few huge kernels (they read the
+#: same counters, one iota): the trainer's gpt2_small start compiled for an H100 took 55 s of
+#: CPU, 33 of them ptxas, against 13.5 s without it (deviceless, jax 0.10.2's CUDA plugin,
+#: 2026-11-28); it merges kernels only, each element's arithmetic stays. (A CPU's LLVM level 1
+#: would compile tiny's start in 2.1 s of CPU instead of 3.5, but it vectorizes reductions
+#: otherwise: a norm the optimizer's init takes then differs from the eager one in a last bit.)
+INIT_OPTIONS: dict[str, dict[str, Any]] = {
+    "gpu": {"xla_disable_hlo_passes": "multi_output_fusion"},
+}
+_GPU_PLATFORMS = ("gpu", "cuda", "rocm")
 
-    ``jax.eval_shape(create_fn)`` gives the abstract result without allocating; its logical
-    specs become NamedShardings (:func:`state_shardings`); ``jax.jit(create_fn,
-    out_shardings=...)`` then materialises every array on its own shards. On a mesh of one
-    device ``create_fn`` runs eagerly instead (no whole-model program to compile: XLA's GPU
-    compiler takes minutes over one), its result placed with the same shardings; the numbers
-    are the same draws, up to the last bits of a fused multiply-add.
+
+def init_settings(mesh: Mesh) -> tuple[dict[str, Any], bool]:
+    """How `shard_init` compiles on ``mesh``'s devices (real or abstract): `INIT_OPTIONS`' XLA
+    options, and whether the draws' Threefry hash is JAX's GPU kernel (one GPU: the trainer's
+    gpt2_small start for an H100 13.5 → 4.8 s of CPU to compile, the hash no longer expanded
+    into each draw's fusion; the same bits; 327 instead of 282 MiB of temporaries beside 1.4 GiB
+    of state). Several GPUs keep XLA's own hash, which their partitioner splits (a kernel would
+    draw each array whole on every device)."""
+    platform = mesh.devices.flat[0].platform
+    key = "gpu" if platform in _GPU_PLATFORMS else platform
+    kernel = key == "gpu" and mesh.devices.size == 1
+    return dict(INIT_OPTIONS.get(key, {})), kernel
+
+
+#: JAX's switch that lowers the Threefry hash to its GPU kernel (jax 0.10 has it).
+THREEFRY_KERNEL_SWITCH = "jax_threefry_gpu_kernel_lowering"
+
+
+@contextlib.contextmanager
+def _threefry_kernel(on: bool) -> Iterator[None]:
+    """JAX's `THREEFRY_KERNEL_SWITCH` set to ``on`` inside (what programs traced and lowered
+    there draw with), as it was after; a JAX without the switch draws with XLA's hash."""
+    name = THREEFRY_KERNEL_SWITCH
+    before = bool(getattr(jax.config, name, False))
+    if on == before or not hasattr(jax.config, name):
+        yield
+        return
+    jax.config.update(name, on)
+    try:
+        yield
+    finally:
+        jax.config.update(name, before)
+
+
+@contextlib.contextmanager
+def init_scope(mesh: Mesh) -> Iterator[None]:
+    """What `shard_init` traces and compiles under: ``jax.set_mesh(mesh)`` (flax's eager
+    sharding reads the mesh there) and `init_settings`' Threefry kernel switch. A trace of the
+    same function made here (``jax.eval_shape``, to read what it builds) is the one `shard_init`
+    then reuses: the function is traced once."""
+    with jax.set_mesh(mesh), _threefry_kernel(init_settings(mesh)[1]):
+        yield
+
+
+def shard_init(
+    create_fn: Callable[..., T],
+    mesh: Mesh,
+    rules: AxisRules,
+    *args: Any,
+    param_specs: Any | None = None,
+    donate: bool = False,
+) -> T:
+    """Create params (or an nnx Module, or a whole train state) with one compiled program,
+    directly sharded — never whole on one device.
+
+    ``jax.eval_shape(create_fn, *args)`` gives the abstract result without allocating; its
+    logical specs become NamedShardings (:func:`state_shardings`); ``jax.jit(create_fn,
+    out_shardings=...)(*args)`` then materialises every array on its own shards, on any mesh
+    (one device too: one program instead of one per initializer and shape). With
+    ``jax_threefry_partitionable`` (JAX's default) the draws are the ones ``create_fn()`` makes
+    eagerly; an initializer that scales its draw (``normal(0.02)``) must keep XLA from folding
+    that scale into the draw's own (tjx.nn's initializers do) to be equal bit for bit. The
+    program is compiled for a short compile (`init_settings`).
 
     Parameters
     ----------
     create_fn : callable
-        No-argument function returning a pytree: a param dict, or an ``nnx.Module`` (a pytree in
-        flax 0.12). It runs under ``jax.set_mesh(mesh)``. flax's eager sharding (on by default
-        in flax 0.12) also needs the logical → mesh rules: either call ``shard_init`` inside
-        ``nnx.logical_axis_rules(rules.flax_rules())`` or build the module under
-        ``nnx.use_eager_sharding(False)`` (the shardings are applied here either way).
+        Returns a pytree: a param dict, an ``nnx.Module`` (a pytree in flax 0.12), a train
+        state. It runs traced, in `init_scope` (under ``jax.set_mesh(mesh)``). flax's eager
+        sharding (on by default in flax 0.12) also needs the logical → mesh rules: either call
+        ``shard_init`` inside ``nnx.logical_axis_rules(rules.flax_rules())`` or build the module
+        under ``nnx.use_eager_sharding(False)`` (the shardings are applied here either way).
     mesh : Mesh
     rules : AxisRules
+    *args
+        ``create_fn``'s arguments (arrays: e.g. weights read from a checkpoint, placed on the
+        mesh already, that the result holds).
+    param_specs : pytree, optional
+        The params' logical specs, for a result whose params are a plain pytree (a train state):
+        see :func:`state_shardings`.
+    donate : bool
+        The arguments' buffers are given to the program, which reuses them for arrays of their
+        shape (weights read from a checkpoint: no second copy of them at once); the arguments
+        cannot be read after.
 
     Returns
     -------
-    The result of ``create_fn()``, its arrays sharded per the rules.
+    The result of ``create_fn(*args)``, its arrays sharded per the rules.
     """
-    with jax.set_mesh(mesh):  # flax's eager sharding reads the mesh from here
-        abstract = jax.eval_shape(create_fn)
-        shardings = state_shardings(abstract, mesh, rules)
-        if mesh.devices.size == 1:
-            # One device: nothing to keep off a single device, so the arrays are made eagerly
-            # (each initializer a small program, cached by shape) and placed. One jitted
-            # program of a whole model's initializers is what XLA's GPU compiler takes minutes
-            # over: it fuses the random-number generation of all same-shaped weights into a few
-            # huge kernels (gpt2_small 107 s, gpt2_medium over 200 s on an H100; eagerly 6.5 s).
-            return jax.device_put(create_fn(), shardings)  # type: ignore[no-any-return]
-        return jax.jit(create_fn, out_shardings=shardings)()  # type: ignore[no-any-return]
+    options = init_settings(mesh)[0]
+    donated = tuple(range(len(args))) if donate else ()
+    with init_scope(mesh), warnings.catch_warnings():
+        # A donated array the result holds otherwise (concatenated, cast) is freed, not reused:
+        # JAX warns of it, and nothing is wrong.
+        warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+        abstract = jax.eval_shape(create_fn, *args)
+        shardings = state_shardings(abstract, mesh, rules, param_specs=param_specs)
+        init = jax.jit(
+            create_fn,
+            out_shardings=shardings,
+            compiler_options=options or None,
+            donate_argnums=donated,
+        )
+        return init(*args)  # type: ignore[no-any-return]
 
 
 def on_mesh(tree: T, mesh: Mesh) -> T:

@@ -107,8 +107,10 @@ class Dense(nnx.Module):
         if self.bias is not None and add_bias:
             y = y + self.bias[...].astype(dt)
         elif self.bias is not None and self.lora is not None:
-            raise ValueError("Dense(add_bias=False) with a LoRA adapter: the adapter's update "
-                             "goes after the bias; call it with add_bias=True")
+            raise ValueError(
+                "Dense(add_bias=False) with a LoRA adapter: the adapter's update "
+                "goes after the bias; call it with add_bias=True"
+            )
         if self.lora is not None:
             y = y + self.lora(x, self.n_in, rng, dt)
         return y

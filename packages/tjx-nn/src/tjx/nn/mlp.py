@@ -187,9 +187,7 @@ class MLP(nnx.Module):
             **common,
         )
 
-    def __call__(
-        self, x: Array, lora_rng: Array | None = None, *, out_bias: bool = True
-    ) -> Array:
+    def __call__(self, x: Array, lora_rng: Array | None = None, *, out_bias: bool = True) -> Array:
         """Apply the MLP to ``x`` [..., d_model] (``lora_rng``: adapters' dropout key;
         ``out_bias=False``: without ``fc_out``'s bias, which the caller adds)."""
         k_gate, k_in, k_out = split_key(lora_rng, 3)

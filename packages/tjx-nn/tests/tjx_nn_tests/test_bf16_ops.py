@@ -175,6 +175,34 @@ def test_bf16_residual_layer_norm_is_as_exact_as_autodiff_of_its_parts():
         assert _err(a, w) <= SLACK * _err(r, w), name
 
 
+@pytest.mark.parametrize("dtype", [F32, jnp.float16])
+def test_residual_layer_norm_without_biases_is_the_separate_ops(dtype):
+    """No bias on either side (none carried, a norm without bias): float32 is the separate ops'
+    arithmetic bit for bit; float16 agrees with them to its rounding."""
+    rng = np.random.default_rng(108)
+    x, h, ds, dy = (jnp.asarray(rng.standard_normal((4, 8, 32)), dtype) for _ in range(4))
+    scale = jnp.asarray(rng.standard_normal(32) * 0.2 + 1, F32)
+
+    def separate(x, h, scale):
+        summed = x + h
+        return summed, layer_norm(summed, scale, None, 1e-5, dtype)
+
+    def fused(x, h, scale):
+        summed, y, carried = residual_layer_norm(x, h, None, scale, None, (), 1e-5, dtype)
+        assert carried == ()
+        return summed, y
+
+    out, vjp = jax.vjp(fused, x, h, scale)
+    ref_out, ref_vjp = jax.vjp(separate, x, h, scale)
+    got, ref = vjp((ds, dy)), ref_vjp((ds, dy))
+    for a, b in zip((*out, *got), (*ref_out, *ref), strict=True):
+        assert a.dtype == b.dtype
+        if dtype == F32:
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+        else:
+            assert _err(a, b) < 2e-3
+
+
 def _row_sums_of_width(jaxpr, width):
     """The backward's column sums over the tokens whose result ends in ``width`` (a variadic
     reduce counts once)."""

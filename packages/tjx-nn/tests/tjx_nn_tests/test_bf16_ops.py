@@ -19,8 +19,9 @@ from flax import nnx
 
 from tjx import nn as tnn
 from tjx.nn.activations import with_derivative
+from tjx.nn.block import Block
 from tjx.nn.mlp import gated_projection
-from tjx.nn.norms import layer_norm
+from tjx.nn.norms import layer_norm, residual_layer_norm
 from tjx.nn.positions import apply_rope
 
 BF16, F32 = jnp.bfloat16, jnp.float32
@@ -122,6 +123,158 @@ def test_layer_norm_reads_its_scale_and_bias_as_one_array():
     )(x, s, s).jaxpr
     barriers = [e for e in _primitives(jaxpr) if e.primitive.name == "optimization_barrier"]
     assert any(v.aval.shape == (2, 16) for e in barriers for v in e.invars)
+
+
+# ------------------------------------------------- the residual add and the norm after it
+
+
+def _residual64(x, h, hb, s, b, nb):
+    summed = x + (h + hb)
+    return summed, _layer_norm64(summed, s, b), jnp.broadcast_to(nb, summed.shape)
+
+
+def _residual_autodiff(x, h, hb, s, b, nb):
+    """What a pre-LN layer computed before #68's fusion: `Dense`'s bias add and the residual add
+    in the compute dtype, then `layer_norm` (its dx rounded, then added to the residual's
+    gradient in bf16; each bias's gradient a bf16 column sum)."""
+    summed = x + (h + hb.astype(h.dtype))
+    y = layer_norm(summed, s, b, 1e-5, h.dtype)
+    return summed, y, jnp.broadcast_to(nb.astype(h.dtype), summed.shape)
+
+
+def test_bf16_residual_layer_norm_is_as_exact_as_autodiff_of_its_parts():
+    """The fused op's forward is the unfused ops' bit for bit; its gradients are no further from
+    float64 than autodiff's of the unfused ops (the residual's gradient rounds once, the two
+    biases' sums are float32 sums; both sides normalise the sum as rounded to bf16)."""
+    rng = np.random.default_rng(106)
+    d = 256
+    x, h = _bf16_values(rng, (8, 64, d), shift=1.0), _bf16_values(rng, (8, 64, d), scale=0.5)
+    ds, dy, dc = (_bf16_values(rng, (8, 64, d)) for _ in range(3))
+    hb, nb = rng.standard_normal(d) * 0.1, rng.standard_normal(d) * 0.1
+    s, b = rng.standard_normal(d) * 0.2 + 1, rng.standard_normal(d) * 0.1
+    with jax.enable_x64(True):
+        out64, vjp64 = jax.vjp(_residual64, *(jnp.asarray(a) for a in (x, h, hb, s, b, nb)))
+        want = vjp64(tuple(jnp.asarray(a) for a in (ds, dy, dc)))
+    args = (jnp.asarray(x, BF16), jnp.asarray(h, BF16), *(jnp.asarray(a, F32) for a in (hb, s, b)))
+    nb32 = jnp.asarray(nb, F32)
+    cts = tuple(jnp.asarray(a, BF16) for a in (ds, dy, dc))
+    ref_out, ref_vjp = jax.vjp(_residual_autodiff, *args, nb32)
+    ref = ref_vjp(cts)
+
+    def fused(x, h, hb, s, b, nb):
+        summed, y, (carried,) = residual_layer_norm(x, h, hb, s, b, (nb,), 1e-5, BF16)
+        return summed, y, carried
+
+    out, vjp = jax.vjp(fused, *args, nb32)
+    got = vjp(cts)
+    for a, r in zip(out, ref_out, strict=True):
+        assert a.dtype == BF16 and np.array_equal(np.asarray(a, F32), np.asarray(r, F32))
+    names = ("dx", "dh", "dh_bias", "dscale", "dbias", "dnext_bias")
+    for name, a, r, w in zip(names, got, ref, want, strict=True):
+        assert a.dtype == r.dtype, name
+        assert _err(a, w) <= SLACK * _err(r, w), name
+
+
+@pytest.mark.parametrize("dtype", [F32, jnp.float16])
+def test_residual_layer_norm_without_biases_is_the_separate_ops(dtype):
+    """No bias on either side (none carried, a norm without bias): float32 is the separate ops'
+    arithmetic bit for bit; float16 agrees with them to its rounding."""
+    rng = np.random.default_rng(108)
+    x, h, ds, dy = (jnp.asarray(rng.standard_normal((4, 8, 32)), dtype) for _ in range(4))
+    scale = jnp.asarray(rng.standard_normal(32) * 0.2 + 1, F32)
+
+    def separate(x, h, scale):
+        summed = x + h
+        return summed, layer_norm(summed, scale, None, 1e-5, dtype)
+
+    def fused(x, h, scale):
+        summed, y, carried = residual_layer_norm(x, h, None, scale, None, (), 1e-5, dtype)
+        assert carried == ()
+        return summed, y
+
+    out, vjp = jax.vjp(fused, x, h, scale)
+    ref_out, ref_vjp = jax.vjp(separate, x, h, scale)
+    got, ref = vjp((ds, dy)), ref_vjp((ds, dy))
+    for a, b in zip((*out, *got), (*ref_out, *ref), strict=True):
+        assert a.dtype == b.dtype
+        if dtype == F32:
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+        else:
+            assert _err(a, b) < 2e-3
+
+
+def _row_sums_of_width(jaxpr, width):
+    """The backward's column sums over the tokens whose result ends in ``width`` (a variadic
+    reduce counts once)."""
+    found = 0
+    for e in _primitives(jaxpr):
+        if e.primitive.name in ("reduce_sum", "reduce") and e.invars[0].aval.ndim >= 3:
+            out = e.outvars[0].aval.shape
+            found += bool(out) and out[-1] == width and len(out) <= 2
+    return found
+
+
+def test_a_gpt2_layer_sums_its_norm_and_bias_gradients_in_two_reductions():
+    """A GPT-2 layer's backward: attention norm's dscale/dbias (one reduce), then the MLP norm's
+    with both output projections' biases (one more). Before #68's fusion the output projection
+    and ``fc_out`` biases were summed on their own (four reductions, eight GPU kernels)."""
+    cfg = tnn.GPT2Config(
+        vocab_size=64, max_seq_len=16, d_model=32, num_layers=1, num_heads=4,
+        precision=tnn.Precision(compute_dtype=BF16),
+    )  # fmt: skip
+    block = Block(cfg, rngs=nnx.Rngs(0), num_layers=1, causal=True)
+    graph, state = nnx.split(block)
+    x = jnp.ones((2, 8, 32), BF16)
+
+    def loss(state, x):
+        y, _, _ = nnx.merge(graph, state)(x)
+        return jnp.sum(y.astype(F32))
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(state, x).jaxpr
+    assert _row_sums_of_width(jaxpr, 32) == 2
+
+
+def test_a_float32_layer_computes_what_the_unfused_layer_computes(monkeypatch):
+    """float32: the fused path's output and every gradient are the unfused ops' bit for bit."""
+    cfg = tnn.GPT2Config(vocab_size=64, max_seq_len=16, d_model=32, num_layers=1, num_heads=4)
+    block = Block(cfg, rngs=nnx.Rngs(0), num_layers=1, causal=True)
+    rng = np.random.default_rng(107)
+    for _, var in nnx.to_flat_state(nnx.state(block, nnx.Param)):
+        var.set_value(jnp.asarray(rng.standard_normal(var.get_value().shape) * 0.1, F32))
+    graph, state = nnx.split(block)
+    x = jnp.asarray(rng.standard_normal((2, 8, 32)), F32)
+    ct = jnp.asarray(rng.standard_normal((2, 8, 32)), F32)
+
+    def run(state, x):
+        return nnx.merge(graph, state)(x)[0]
+
+    assert block._fuses_residual_norm(True)
+    y, vjp = jax.vjp(run, state, x)
+    got = vjp(ct)
+    monkeypatch.setattr(Block, "_fuses_residual_norm", lambda self, deterministic: False)
+    y_ref, vjp_ref = jax.vjp(run, state, x)
+    assert np.array_equal(np.asarray(y), np.asarray(y_ref))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(vjp_ref(ct)), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_layers_whose_bias_is_not_added_last_take_the_unfused_path():
+    """Residual dropout scales the bias with the output; an adapter adds after the bias: the
+    fused op (which adds the bias itself) is not taken there, nor for RMSNorm or post-LN."""
+    small = dict(vocab_size=64, max_seq_len=16, d_model=32, num_layers=1, num_heads=4)
+
+    def block(cfg):
+        return Block(cfg, rngs=nnx.Rngs(0), num_layers=1, causal=True)
+
+    dropped = block(tnn.GPT2Config(**small, dropout=0.1))
+    assert dropped._fuses_residual_norm(True) and not dropped._fuses_residual_norm(False)
+    adapted = block(tnn.GPT2Config(**small))
+    tnn.add_lora(adapted, tnn.LoraConfig(rank=2, targets=("o",)), rngs=nnx.Rngs(1))
+    assert not adapted._fuses_residual_norm(True)
+    with pytest.raises(ValueError, match="add_bias=True"):
+        assert adapted.attn is not None
+        adapted.attn.out(jnp.ones((1, 2, 4, 8), F32), add_bias=False)
+    assert not block(tnn.LlamaConfig(**small))._fuses_residual_norm(True)
 
 
 # ------------------------------------------------------------------------------- gated units

@@ -424,6 +424,7 @@ class Attention(nnx.Module):
         shared: LayerCache | None = None,
         kv_out: LayerCache | None = None,
         extend: bool = False,
+        out_bias: bool = True,
     ) -> tuple[Array, LayerCache | None]:
         """Attend.
 
@@ -469,6 +470,9 @@ class Attention(nnx.Module):
             With a cache: the ``s`` tokens continue each row's cached sequence at ``cache_pos``
             (a decode step of several tokens, as a speculative draft's verification is), not a
             prefill.
+        out_bias : bool
+            False: the output projection's bias is left to the caller (a pre-LN block adds it
+            in `tjx.nn.norms.residual_layer_norm`).
 
         Returns
         -------
@@ -495,7 +499,7 @@ class Attention(nnx.Module):
                     window=self.window if near else None, qkv_bias=biases,
                 ),
             )  # fmt: skip
-            return self._output(x, out, k_out), None
+            return self._output(x, out, k_out, out_bias), None
         fused = None if self.cross or decoding else self._fused_qkv(x)
         if self.deepseek:
             q = ds.query(self, x, positions, k_query, local)
@@ -581,18 +585,19 @@ class Attention(nnx.Module):
                     assert self.kv_down is not None
                     new = {"latent": self.kv_down(x)}
                 cache = self._write_prefill(new, cache, lengths)
-        return self._output(x, out, k_out), cache
+        return self._output(x, out, k_out, out_bias), cache
 
-    def _output(self, x: Array, out: Array, rng: Array | None) -> Array:
+    def _output(self, x: Array, out: Array, rng: Array | None, bias: bool = True) -> Array:
         """The heads' output ``[b, s, heads, width]`` to ``[b, s, d_model]``: DeepSeek's
-        narrower values cut, tagged for remat, gated (Qwen3.5), projected."""
+        narrower values cut, tagged for remat, gated (Qwen3.5), projected (with the output
+        projection's bias unless ``bias`` is False)."""
         if self.v_dim != self.width:
             out = out[..., : self.v_dim]
         out = checkpoint_name(out, "attention_output")
         if self.gate is not None:
             gate = jax.nn.sigmoid(self.gate(x).astype(jnp.promote_types(out.dtype, jnp.float32)))
             out = (out * gate).astype(out.dtype)
-        return self.out(out, rng)
+        return self.out(out, rng, add_bias=bias)
 
     def _shared(
         self,

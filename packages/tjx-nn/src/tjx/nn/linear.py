@@ -89,8 +89,12 @@ class Dense(nnx.Module):
             else nnx.data(None)
         )
 
-    def __call__(self, x: Array, rng: Array | None = None) -> Array:
-        """Project ``x`` in the compute dtype (``rng``: the adapter's dropout key, if any)."""
+    def __call__(self, x: Array, rng: Array | None = None, *, add_bias: bool = True) -> Array:
+        """Project ``x`` in the compute dtype (``rng``: the adapter's dropout key, if any).
+
+        ``add_bias=False`` leaves the bias to the caller, which adds it where its gradient is
+        summed with others (`tjx.nn.norms.residual_layer_norm`); no adapter may be attached.
+        """
         dt = self.precision.compute_dtype
         kernel = self.kernel[...].astype(dt)
         if self.fp8_meta is not None:
@@ -100,8 +104,13 @@ class Dense(nnx.Module):
             y = fp8_dot(x.astype(dt), kernel, self.n_in, policy)
         else:
             y = jnp.tensordot(x.astype(dt), kernel, axes=self.n_in)
-        if self.bias is not None:
+        if self.bias is not None and add_bias:
             y = y + self.bias[...].astype(dt)
+        elif self.bias is not None and self.lora is not None:
+            raise ValueError(
+                "Dense(add_bias=False) with a LoRA adapter: the adapter's update "
+                "goes after the bias; call it with add_bias=True"
+            )
         if self.lora is not None:
             y = y + self.lora(x, self.n_in, rng, dt)
         return y

@@ -187,8 +187,9 @@ class MLP(nnx.Module):
             **common,
         )
 
-    def __call__(self, x: Array, lora_rng: Array | None = None) -> Array:
-        """Apply the MLP to ``x`` [..., d_model] (``lora_rng``: adapters' dropout key)."""
+    def __call__(self, x: Array, lora_rng: Array | None = None, *, out_bias: bool = True) -> Array:
+        """Apply the MLP to ``x`` [..., d_model] (``lora_rng``: adapters' dropout key;
+        ``out_bias=False``: without ``fc_out``'s bias, which the caller adds)."""
         k_gate, k_in, k_out = split_key(lora_rng, 3)
         fused = self._fused_gate(x)
         if fused is not None:
@@ -199,7 +200,7 @@ class MLP(nnx.Module):
             h = gated_activation(self.gate_act, self.fc_gate(x, k_gate), self.fc_in(x, k_in))
         else:
             h = self.act(self.fc_in(x, k_in))
-        return self.fc_out(h, k_out)
+        return self.fc_out(h, k_out, add_bias=out_bias)
 
     def _fused_gate(self, x: Array) -> Array | None:
         """The gated unit through `gated_projection` (one backward for both projections), or

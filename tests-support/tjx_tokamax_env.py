@@ -3,8 +3,8 @@
 `tokamax_env` installs tokamax at the version tjx-kernels pins (`TOKAMAX_VERSION`) with the
 dependencies the project's resolve lacks, once, with ``uv pip install --no-deps --target`` into
 ``~/.cache/tjx/tokamax/tokamax<version>`` (``$TJX_TOKAMAX_CACHE`` overrides the parent folder),
-atomically (a temporary folder renamed into place) and under a lock, as
-``tests_integration/_deviceless.py`` installs jax's CUDA plugin. ``--no-deps``: the resolve's jax,
+atomically and under a lock (tjx_scratch's `target_install`, which also installs jax's CUDA
+plugin for ``tests_integration/_deviceless.py``). ``--no-deps``: the resolve's jax,
 pydantic, absl-py, tqdm, typing_extensions, tensorboardX, flax and opt_einsum serve tokamax and
 qwix as they are (no second jax). The pins below are what ``uv pip install --dry-run -c
 <the resolve's versions> tokamax==0.0.12`` resolved (2026-11-28): nothing in the resolve moves.
@@ -13,14 +13,11 @@ A test puts the folder on ``sys.path`` (`on_path`) or on a subprocess's ``PYTHON
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from tjx_scratch import target_install
 
 from tjx.kernels.tokamax_ops import TOKAMAX_VERSION
 
@@ -46,29 +43,7 @@ def cache_root() -> Path:
 def tokamax_env() -> tuple[Path, float | None]:
     """(folder to put on ``sys.path``/``PYTHONPATH``, seconds its cold install took, None when
     it was there)."""
-    from uv import find_uv_bin
-
-    folder = cache_root() / f"tokamax{TOKAMAX_VERSION}"
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_name(folder.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        marker = folder / MARKER
-        if marker.is_file() and json.loads(marker.read_text())["packages"] == PACKAGES:
-            return folder, None
-        tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        started = time.perf_counter()
-        result = subprocess.run(
-            [find_uv_bin(), "pip", "install", "--quiet", "--no-deps", "--python", sys.executable,
-             "--target", str(tmp), *PACKAGES],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        assert result.returncode == 0, f"installing {PACKAGES} failed:\n{result.stderr[-3000:]}"
-        seconds = time.perf_counter() - started
-        (tmp / MARKER).write_text(json.dumps({"packages": PACKAGES, "install_s": seconds}))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-        return folder, seconds
+    return target_install(cache_root() / f"tokamax{TOKAMAX_VERSION}", PACKAGES, MARKER)
 
 
 def on_path() -> Path:

@@ -58,7 +58,7 @@ from tjx.kernels.launch import LaunchDefaults, default_launch
 from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
 from tjx.kernels.softcap import soft_cap
 
-__version__ = "0.14.0"
+__version__ = "0.15.0"
 
 __all__ = [
     "GATED_DELTA_IMPLEMENTATIONS",

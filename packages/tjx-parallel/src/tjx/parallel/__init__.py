@@ -120,7 +120,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
     from tjx.parallel.topology import abstract_devices
     from tjx.parallel.train_step import jit_train_step
 
-__version__ = "0.18.0"
+__version__ = "0.19.0"
 
 #: The public names whose modules import jax → their module, imported on first use.
 _LAZY = {

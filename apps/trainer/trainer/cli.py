@@ -152,7 +152,9 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
                 "--export-peft: this run trains no adapters; set lora.enabled=true (a fully "
                 "trained model is exported with eval --checkpoint RUN --export-hf DIR)"
             )
-        trained = init_from.trained_model(cfg, args.init_from, run_dir, resume)
+        trained = init_from.trained_architecture(
+            cfg.model, cfg.kind, args.init_from, run_dir, resume
+        )
         with keyed("--export-peft"):  # what tjx.nn.save_peft would refuse at the end
             export_peft = nn.check_peft_export(trained, args.export_peft, "eval --export-hf")
     profile = parse_profile(args.profile_steps, cfg.train.steps)

@@ -149,19 +149,6 @@ def check_tokenizer(source: str, bundle: Bundle) -> None:
         data.check_run_tokenizer(where, bundle, names={"tokenizer": "data.tokenizer"})
 
 
-def trained_model(
-    cfg: Config, source: str | None, run_dir: Path, resume: bool
-) -> TransformerConfig:
-    """The tjx.nn model config the run trains: a Hugging Face start's (its ``config.json``; on a
-    ``--resume``, the run's ``model.json``), else the config's own."""
-    if resume and resumed_from_checkpoint(cfg, run_dir) is not None:
-        return nn.config_from_dict(RunDir(run_dir).read(RunDir.MODEL_FILE))
-    if source is None or resume or RunDir.is_run(source) or source in nn.HF_GPT2_NAMES:
-        return cfg.model
-    with keyed("--init-from"):
-        return nn.read_hf_config(source)
-
-
 def start_config(cfg: Config, source: str) -> Config:
     """``cfg`` with the model a run started from ``source`` trains, for ``--plan``: a Hugging
     Face checkpoint's architecture (its ``config.json``, how it trains from ``cfg`` as
@@ -181,15 +168,20 @@ def start_config(cfg: Config, source: str) -> Config:
     return _with_start_model(cfg, source)
 
 
-def trained_config(cfg: Config, source: str | None, run_dir: Path, resume: bool) -> Config:
-    """``cfg`` with the model a run trains, known before any data is prepared (no tensor read):
-    a Hugging Face start's architecture (its ``config.json``; on a ``--resume``, the run's
-    ``model.json``), how it trains ``cfg``'s; any other run's is ``cfg``'s own.
+def trained_architecture(
+    model: TransformerConfig, kind: str, source: str | None, run_dir: Path, resume: bool
+) -> TransformerConfig:
+    """The model a run trains, known before any data is prepared (no tensor read): a Hugging
+    Face start's architecture (its ``config.json``; on a ``--resume``, the run's ``model.json``)
+    with ``model``'s tjx.nn `TRAINING_FIELDS`; any other run's is ``model`` itself. Takes the
+    model section alone: the mesh check that needs it reads nothing else of the run.
 
     Parameters
     ----------
-    cfg : Config
-        The command line's config (checked: `check_init_from`).
+    model : TransformerConfig
+        The command line's model section (checked: `check_init_from`).
+    kind : str
+        The config's ``kind`` (which checkpoints a start may read).
     source : str or None
         ``--init-from``.
     run_dir : Path
@@ -198,27 +190,30 @@ def trained_config(cfg: Config, source: str | None, run_dir: Path, resume: bool)
         ``--resume``.
     """
     if resume:
-        return resumed_from_checkpoint(cfg, run_dir) or cfg
-    return cfg if source is None else _with_start_model(cfg, source)
+        return _resumed_model(model, run_dir) or model
+    if source is None:
+        return model
+    return _start_model(model, kind, source) or model
+
+
+def _start_model(model: TransformerConfig, kind: str, source: str) -> TransformerConfig | None:
+    """A checked Hugging Face ``source``'s architecture, trained as ``model`` says; ``None``
+    for a tjx run or a GPT-2 hub name (the config's own model trains)."""
+    if RunDir.is_run(source) or hf_start_config(source, kind) is None:
+        return None
+    how = {k: getattr(model, k) for k in nn.TRAINING_FIELDS}
+    with keyed("--init-from"):
+        return nn.read_hf_config(source, **how)
 
 
 def _with_start_model(cfg: Config, source: str) -> Config:
     """`start_config` of a checked ``source``."""
-    if RunDir.is_run(source) or hf_start_config(source, cfg.kind) is None:
+    model = _start_model(cfg.model, cfg.kind, source)
+    if model is None:
         return cfg
-    how = {k: getattr(cfg.model, k) for k in nn.TRAINING_FIELDS}
-    with keyed("--init-from"):
-        model = nn.read_hf_config(source, **how)
     # The checkpoint's vocabulary is the model's: the data's tokenizer fits it when the run
     # starts (`trainer.state.build`), which a plan does not prepare.
     return dataclasses.replace(cfg, model=model, vocab_size=model.vocab_size)
-
-
-def recorded(run_dir: Path) -> str | None:
-    """The ``--init-from`` a run started from (its ``init.json``), or None (a run from scratch,
-    or one saved before the file existed)."""
-    found = RunDir(run_dir).read_init()
-    return str(found["init_from"]) if found and found.get("init_from") else None
 
 
 def started_from_hf(run_dir: Path) -> bool:
@@ -231,8 +226,15 @@ def started_from_hf(run_dir: Path) -> bool:
 def resumed_from_checkpoint(cfg: Config, run_dir: Path) -> Config | None:
     """``cfg`` with the architecture a run started from a Hugging Face checkpoint trained (its
     ``model.json``) but ``cfg``'s tjx.nn `TRAINING_FIELDS`; ``None`` for any other run."""
+    model = _resumed_model(cfg.model, run_dir)
+    return None if model is None else dataclasses.replace(cfg, model=model)
+
+
+def _resumed_model(model: TransformerConfig, run_dir: Path) -> TransformerConfig | None:
+    """`resumed_from_checkpoint`'s model: the run's ``model.json`` with ``model``'s
+    `TRAINING_FIELDS`; ``None`` for a run that did not start from a Hugging Face checkpoint."""
     if not started_from_hf(run_dir):
         return None
     saved = nn.config_from_dict(RunDir(run_dir).read(RunDir.MODEL_FILE))
-    how = {k: getattr(cfg.model, k) for k in nn.TRAINING_FIELDS}
-    return dataclasses.replace(cfg, model=dataclasses.replace(saved, **how))
+    how = {k: getattr(model, k) for k in nn.TRAINING_FIELDS}
+    return dataclasses.replace(saved, **how)

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from uv import find_uv_bin
 
+from tjx.kernels.tokamax_ops import TOKAMAX_VERSION
+
 PACKAGES = ("core", "kernels", "nn", "optim", "parallel", "data", "ckpt", "metrics")
 # What each wheel must require (a name per line of its metadata), and what it must not: the DAG of
 # docs/architecture.md, seen from the outside.
@@ -107,6 +109,9 @@ def test_wheel_installs_alone_and_declares_its_requirements(name: str, tmp_path:
     assert "tjx-core" not in names or name in CORE_ALLOWED, f"tjx-{name} requires tjx-core"
     if name == "core":
         assert names <= {"pyyaml", "numpy"}, f"tjx-core requires {names}"
+    if name == "kernels":  # tokamax only as the `gpu` extra, at the version tokamax_ops pins
+        extra = [r.replace(" ", "") for r in info["requires"] if "extra ==" in r]
+        assert extra == [f'tokamax=={TOKAMAX_VERSION};extra=="gpu"'], extra
     for requirement in hard:
         if requirement.startswith("tjx-"):
             sibling = requirement_name(requirement).removeprefix("tjx-")

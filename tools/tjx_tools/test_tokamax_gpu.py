@@ -18,8 +18,7 @@ def test_the_wheels_are_the_tests_pins_and_the_resolves_for_python_312(tmp_path:
         name, version = extra.split("==")
         assert re.search(rf'"project_name": "{name}",\s*"requires_dists"', lock) or name in lock
         assert f'"version": "{version}"' in lock, extra
-    build = (tokamax_gpu.Path(__file__).parents[2] / "packages/tjx-kernels/BUILD").read_text()
-    assert f'"gpu": ["tokamax=={tokamax_gpu.TOKAMAX_VERSION}"]' in build
+    # (tjx-kernels' `gpu` extra at this pin: tests-integration's test_wheels.py, on the wheel.)
     cmd = tokamax_gpu.download_command(tmp_path)
     assert cmd[cmd.index("--python-version") + 1] == "3.12" and "--no-deps" in cmd
     assert cmd[cmd.index("--only-binary") + 1] == ":all:" and cmd[-len(tokamax_gpu.WHEELS) :] == (

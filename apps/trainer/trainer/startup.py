@@ -136,9 +136,11 @@ def prepare(plan: RunPlan) -> Prepared:
     cfg = plan.config
     # The mesh first: a mesh, batch or context split that cannot work costs no data preparation
     # (checked against the model that trains: a Hugging Face start's, read from its config)
-    model = init_from.trained_architecture(
-        cfg.model, cfg.kind, plan.init_from, plan.run_dir, plan.resume
-    )
+    model = cfg.model
+    if plan.init_from is not None or plan.resume:  # only a start or a resume reads a checkpoint's
+        model = init_from.trained_architecture(
+            cfg.model, cfg.kind, plan.init_from, plan.run_dir, plan.resume
+        )
     mesh, _ = state.make_mesh(cfg.mesh, dataclasses.replace(cfg, model=model).mesh_needs())
     target_plan.check_fp8(cfg.model.precision, jax.devices()[0])  # fp8: float8 units (or a CPU)
     # A first run tokenizes the corpus (minutes for a large one): say so, and how long it took.

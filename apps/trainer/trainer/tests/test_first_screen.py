@@ -4,7 +4,9 @@ shorter run."""
 
 from __future__ import annotations
 
+import importlib.machinery
 import re
+import sys
 import types
 import warnings
 
@@ -107,9 +109,13 @@ def test_a_runs_python_warnings_are_one_line_each(in_tmp, capsys, monkeypatch):
     ``.../factory.py:169: UserWarning: ...`` and a source line; it is one ``trainer: warning:``
     line, and nothing on stderr is Python's warning text."""
     run = _FakeWandbRun()
+    # With a spec, the logger check (`importlib.util.find_spec`) finds it where wandb itself is
+    # not installed (this test's Pants sandbox).
     fake = types.SimpleNamespace(
-        init=lambda **kw: run, Settings=lambda **kw: kw, Table=lambda **kw: ("table", kw)
-    )
+        init=lambda **kw: run, Settings=lambda **kw: kw, Table=lambda **kw: ("table", kw),
+        __spec__=importlib.machinery.ModuleSpec("wandb", None),
+    )  # fmt: skip
+    monkeypatch.setitem(sys.modules, "wandb", fake)
     monkeypatch.setattr(wandb_logger, "_import_wandb", lambda: fake)
     monkeypatch.delenv("WANDB_MODE", raising=False)  # the trainer's own default: offline
     text = in_tmp / "corpus.txt"

@@ -216,6 +216,13 @@ def _with_start_model(cfg: Config, source: str) -> Config:
     return dataclasses.replace(cfg, model=model, vocab_size=model.vocab_size)
 
 
+def recorded(run_dir: Path) -> str | None:
+    """The ``--init-from`` a run started from (its ``init.json``), or None (a run from scratch,
+    or one saved before the file existed)."""
+    found = RunDir(run_dir).read_init()
+    return str(found["init_from"]) if found and found.get("init_from") else None
+
+
 def started_from_hf(run_dir: Path) -> bool:
     """Whether the run in ``run_dir`` started from a Hugging Face checkpoint (its ``init.json``;
     a tjx run's start trains the config's own model). Errors as `RunDir.read_init`."""

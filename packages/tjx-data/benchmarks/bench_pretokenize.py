@@ -33,7 +33,7 @@ def raw_tokens_per_s(tok: Any, docs: list[str], chunk_chars: int) -> float:
     hf = tok.tokenizer
     encode = getattr(hf, "encode_batch_fast", hf.encode_batch)
     start, tokens = time.perf_counter(), 0
-    for chunk in _chunks(docs, chunk_chars):
+    for chunk in _chunks(((d, None) for d in docs), chunk_chars):
         tokens += sum(len(e.ids) for e in encode(chunk, add_special_tokens=False))
     return tokens / (time.perf_counter() - start)
 

@@ -196,9 +196,7 @@ def replay(request: ReplayRequest, say: Say = print) -> Replayed:
             manager.close()
     took = time.perf_counter() - started
     device = f"{jax.device_count()} × {jax.devices()[0].device_kind}"
-    return Replayed(
-        request, records, program.layers, ready.bundle, loader, starts, took, device
-    )
+    return Replayed(request, records, program.layers, ready.bundle, loader, starts, took, device)
 
 
 def _start(

@@ -94,8 +94,8 @@ def test_a_damaged_table_is_refused(tmp_path):
 def test_a_held_out_piece_starts_where_it_was_cut():
     text = "".join(f"line {i}\n" for i in range(20))
     origin = Origin("/x/notes.txt", 1, byte=0)
-    (train, kept), = held_out_located([(text, origin)], "train")
-    (rest, where), = held_out_located([(text, origin)], "validation")
+    ((train, kept),) = held_out_located([(text, origin)], "train")
+    ((rest, where),) = held_out_located([(text, origin)], "validation")
     assert train + rest == text and kept == origin
     assert where == Origin("/x/notes.txt", 1 + train.count("\n"), byte=len(train.encode()))
     assert text.splitlines()[where.line - 1] == rest.splitlines()[0]

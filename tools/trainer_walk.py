@@ -1,6 +1,6 @@
 """How far a reader walks: to the trainer's first train step, or from a setting to where it acts.
 
-Two modes, both on ``--config tiny`` (shrunk, on a small local text) run in this process with a
+Three modes, all on ``--config tiny`` (shrunk, on a small local text) run in this process with a
 profile hook. Run them in ``tools/devtest``'s environment (PYTHONPATH over the source roots,
 ``JAX_PLATFORMS=cpu``); the checkout on PYTHONPATH is the one walked, so any revision can be.
 
@@ -50,6 +50,16 @@ an error (a moved or renamed target: update `TARGETS`).
 It prints the files in walk order (a return marked) and ``walk KEY: N files, C calls, R returns``;
 ``--functions`` also prints each function of a walk (``file:qualname`` and what made it carry) on
 stderr. Several ``--setting`` flags walk in one run (the same run as each alone, by 1.).
+
+**``--first-step``: the whole walk, from the command line to the first train step.** Every named
+function in the scope of 3. (the trainer app and every package) called from ``cli.main`` until
+the first call of `FIRST_STEP` (``Training._step``, the call that runs step 1), whatever it
+carries; calls made while a module of the checkout is imported do not count (as in 4.), each
+function counts once, at its first call, and files, calls and returns are counted as in 5. It
+runs the run of 1. (with ``--setting`` flags, the same run: the setting walks' numbers do not
+change) and prints ``walk first step: N files, C calls, R returns``. Its run goes past
+``Training.loop``; it stops at `PAST_FIRST_STEP` (the first step's log) at the latest, an error
+when the first step's call was not seen (a moved or renamed ``_step``: update `FIRST_STEP`).
 """
 
 from __future__ import annotations
@@ -93,8 +103,15 @@ TARGETS: dict[str, tuple[str, str]] = {
         "resolve_attention",
     ),
 }
-#: The training loop: every walk ends there at the latest (its steps are not walked), so that a
-#: target the run no longer calls is an error at once, not after 4321 steps.
+#: The whole walk's end (``--first-step``): the call that runs a run's first train step.
+FIRST_STEP = ("apps/trainer/trainer/training.py", "Training._step")
+#: The whole walk's name in its summary line (``walk first step: ...``).
+FIRST_STEP_KEY = "first step"
+#: Called as a step's log is written, inside `FIRST_STEP`: the whole walk's run stops here at the
+#: latest, so that a renamed ``_step`` is an error after one step, not after 4321.
+PAST_FIRST_STEP = ("apps/trainer/trainer/job/step_log.py", "StepLog.step")
+#: The training loop: every setting walk ends there at the latest (its steps are not walked), so
+#: that a target the run no longer calls is an error at once, not after 4321 steps.
 LAST = TARGETS["train.steps"]
 #: The value each walked setting is given on the command line (rule 1 of the module docstring):
 #: one that nothing else in the run holds, so that finding it is finding the setting. The run
@@ -212,11 +229,12 @@ class Carrier:
 
 @dataclass
 class SettingWalk:
-    """One setting's walk: its functions in call order, until its target is first called."""
+    """One setting's walk: its functions in call order, until its target is first called. With
+    no carrier, the whole walk (``--first-step``): every function called counts."""
 
     key: str
     target: tuple[str, str]
-    carrier: Carrier
+    carrier: Carrier | None
     done: bool = False
     found: dict[CodeType, tuple[int, str]] = field(default_factory=dict)  # code -> (order, why)
 
@@ -248,11 +266,15 @@ def scope_of(root: Path) -> tuple[Path, ...]:
     return (root / "apps/trainer/trainer", *sorted(root.glob("packages/*/src/tjx")))
 
 
-def walk_settings(argv: list[str], keys: list[str]) -> tuple[Path, list[SettingWalk]]:
-    """Run ``trainer.cli.main(argv)`` until every setting of ``keys`` reached its target.
+def walk_settings(
+    argv: list[str], keys: list[str], first_step: bool = False
+) -> tuple[Path, list[SettingWalk]]:
+    """Run ``trainer.cli.main(argv)`` until every setting of ``keys`` reached its target (and,
+    with ``first_step``, the whole walk reached `FIRST_STEP`).
 
-    Returns the checkout's root and one `SettingWalk` per key (in ``keys``' order); raises
-    ``RuntimeError`` naming a setting whose target the run never reached.
+    Returns the checkout's root and one `SettingWalk` per key (in ``keys``' order), then the
+    whole walk's (key `FIRST_STEP_KEY`, no carrier) with ``first_step``; raises ``RuntimeError``
+    naming a walk whose target the run never reached.
     """
     import trainer
 
@@ -261,6 +283,9 @@ def walk_settings(argv: list[str], keys: list[str]) -> tuple[Path, list[SettingW
     folders = tuple(str(folder) + "/" for folder in scope_of(root))
     own = ("trainer", "tjx")
     walks = [SettingWalk(k, TARGETS[k], Carrier(k, WALK_VALUES[k], own)) for k in keys]
+    settings = list(walks)
+    if first_step:
+        walks.append(SettingWalk(FIRST_STEP_KEY, FIRST_STEP, None))
     in_scope: dict[str, bool] = {}
     where_of: dict[CodeType, tuple[str, str]] = {}  # code -> (file from the root, qualname)
     calls = [0]  # the order of calls in scope
@@ -284,7 +309,8 @@ def walk_settings(argv: list[str], keys: list[str]) -> tuple[Path, list[SettingW
         return False
 
     def carries(walk_: SettingWalk, frame: FrameType, objects: list[object]) -> bool:
-        return walk_.carrier.find(objects) and not importing(frame)
+        found = walk_.carrier is None or walk_.carrier.find(objects)
+        return found and not importing(frame)
 
     def reach_target(walk_: SettingWalk, frame: FrameType, order: int) -> None:
         # The functions still running are the way to the target: they count if they hold a
@@ -294,7 +320,9 @@ def walk_settings(argv: list[str], keys: list[str]) -> tuple[Path, list[SettingW
         while caller is not None:
             code = caller.f_code
             running = scoped(code) and id(caller) in order_of and code not in walk_.found
-            if running and walk_.carrier.find(list(caller.f_locals.values())):
+            if running and (
+                walk_.carrier is None or walk_.carrier.find(list(caller.f_locals.values()))
+            ):
                 walk_.add(code, order_of[id(caller)], "running")
             caller = caller.f_back
         walk_.done = True
@@ -326,8 +354,10 @@ def walk_settings(argv: list[str], keys: list[str]) -> tuple[Path, list[SettingW
                 reach_target(walk_, frame, calls[0])
             elif code not in walk_.found and carries(walk_, frame, list(frame.f_locals.values())):
                 walk_.add(code, calls[0], "called")
-        if where == LAST or all(walk_.done for walk_ in walks):
+        if all(walk_.done for walk_ in walks) or where == PAST_FIRST_STEP:
             raise WalksDoneError
+        if where == LAST and not (first_step and all(walk_.done for walk_ in settings)):
+            raise WalksDoneError  # a setting walk not done here never will be: an error below
 
     from trainer.cli import main
 
@@ -341,8 +371,9 @@ def walk_settings(argv: list[str], keys: list[str]) -> tuple[Path, list[SettingW
     for walk_ in walks:
         if not walk_.done:
             path, name = walk_.target
+            end = "its first step's log" if walk_.carrier is None else "the training loop"
             raise RuntimeError(
-                f"walk {walk_.key}: the run reached the training loop without calling {path}:{name}"
+                f"walk {walk_.key}: the run reached {end} without calling {path}:{name}"
             )
     return root, walks
 
@@ -401,6 +432,11 @@ def main(args: list[str] | None = None) -> int:
         metavar="KEY",
         help=f"walk this setting to where it acts: {', '.join(TARGETS)} (repeatable)",
     )
+    parser.add_argument(
+        "--first-step",
+        action="store_true",
+        help="walk every function from the command line to the first train step",
+    )
     parser.add_argument("--functions", action="store_true", help="print each function, on stderr")
     opts = parser.parse_args(sys.argv[1:] if args is None else args)
     unknown = [key for key in opts.setting if key not in TARGETS]
@@ -412,7 +448,7 @@ def main(args: list[str] | None = None) -> int:
         )
         return 2
     with tempfile.TemporaryDirectory() as tmp:
-        if not opts.setting:
+        if not opts.setting and not opts.first_step:
             files = walk(run_argv(tmp, SETS))
             print(" -> ".join(files))
             distinct = len(set(files))
@@ -421,7 +457,7 @@ def main(args: list[str] | None = None) -> int:
         keys = list(dict.fromkeys(opts.setting))
         one_device()
         try:
-            root, walks = walk_settings(run_argv(tmp, walk_sets()), keys)
+            root, walks = walk_settings(run_argv(tmp, walk_sets()), keys, opts.first_step)
         except RuntimeError as err:  # a target the run does not reach: one line, not a traceback
             print(f"trainer_walk: {err}", file=sys.stderr)
             return 1

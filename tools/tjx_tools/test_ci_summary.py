@@ -116,6 +116,27 @@ def test_walks_are_the_recorded_walk_properties_once_each(
     assert f"  {line}" in capsys.readouterr().out.splitlines()
 
 
+def test_the_walk_to_the_first_step_is_printed_after_the_setting_walks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    walk_lines = [
+        "walk model.attention_impl: 10 files, 25 calls, 15 returns",
+        "walk train.steps: 10 files, 28 calls, 18 returns",
+        "walk first step: 134 files, 379 calls, 245 returns",
+    ]
+    props = "".join(
+        f'<property name="{ci_summary.WALK_PROPERTY}" value="{line}"/>' for line in walk_lines
+    )
+    (tmp_path / "a.xml").write_text(
+        f'<testsuite><properties>{props}</properties><testcase name="a"/></testsuite>'
+    )
+    assert ci_summary.walks(tmp_path) == walk_lines
+    assert ci_summary.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(out) if line.startswith("setting walks"))
+    assert out[header + 1 : header + 4] == [f"  {line}" for line in walk_lines]
+
+
 def test_the_seams_line_is_printed_beside_the_walks(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,6 +1,7 @@
 """Tests of tools/trainer_walk.py's setting walks: the rule's parts on objects each test builds, and
-one real walk of both settings (a tiny CPU run in a fresh process), whose summary lines CI's report
-prints (tools/ci_summary.py reads them from this file's JUnit properties)."""
+one real walk of both settings and of the whole way to the first train step (a tiny CPU run in a
+fresh process), whose summary lines CI's report prints (tools/ci_summary.py reads them from this
+file's JUnit properties)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from ci_summary import WALK_PROPERTY
 TOOL = Path(trainer_walk.__file__).resolve()
 #: #53's goal: each walk in at most this many files.
 MAX_FILES = 10
-SUMMARY = re.compile(r"^walk (\S+): (\d+) files, (\d+) calls, (\d+) returns$")
+SUMMARY = re.compile(r"^walk (.+?): (\d+) files, (\d+) calls, (\d+) returns$")
 
 
 @dataclass
@@ -74,7 +75,7 @@ def test_an_unknown_setting_is_one_line_and_exit_2(capsys: pytest.CaptureFixture
     assert len(err) == 1 and "train.stepz" in err[0] and "train.steps" in err[0]
 
 
-def test_each_setting_walks_from_the_command_line_to_where_it_acts(
+def test_the_walks_go_from_the_command_line_to_where_each_setting_acts_and_to_the_first_step(
     record_testsuite_property: Callable[[str, object], None],
 ) -> None:
     # A fresh process: a warm one's caches (functools, jit) would skip calls of the walk.
@@ -82,22 +83,27 @@ def test_each_setting_walks_from_the_command_line_to_where_it_acts(
     env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p or os.curdir) for p in sys.path)
     env["JAX_PLATFORMS"] = "cpu"
     keys = list(trainer_walk.TARGETS)
-    args = [sys.executable, str(TOOL), "--functions"]
+    args = [sys.executable, str(TOOL), "--functions", "--first-step"]
     for key in keys:
         args += ["--setting", key]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
-    functions = [line for line in done.stderr.splitlines() if re.match(r"^\S+: \S+:\S+ \(", line)]
-    for key in keys:
-        path, name = trainer_walk.TARGETS[key]
+    targets = {**trainer_walk.TARGETS, trainer_walk.FIRST_STEP_KEY: trainer_walk.FIRST_STEP}
+    sizes: dict[str, tuple[int, list[str]]] = {}
+    for key, (path, name) in targets.items():
         found = [SUMMARY.match(line) for line in lines]
         summary = next(m for m in found if m is not None and m.group(1) == key)
         files, calls, returns = (int(summary.group(i)) for i in (2, 3, 4))
         # The listed files of this walk: between its header line and its summary line.
         start = lines.index(f"{key}: the command line -> {path}:{name}")
         listed = [line.split()[1] for line in lines[start + 1 : lines.index(summary.group(0))]]
-        ours = [line.split()[1] for line in functions if line.startswith(f"{key}: ")]
+        # --functions' lines of this walk: "KEY: FILE:QUALNAME (why)".
+        ours = [
+            line.removeprefix(f"{key}: ").split()[0]
+            for line in done.stderr.splitlines()
+            if line.startswith(f"{key}: ") and line.endswith(")")
+        ]
         assert files > 1 and calls >= files and returns == calls - files
         assert len(listed) == calls and len(set(listed)) == files
         # From the command line's entry point to the target, and nothing outside the scope.
@@ -105,8 +111,14 @@ def test_each_setting_walks_from_the_command_line_to_where_it_acts(
         assert ours[-1] == f"{path}:{name}" and listed[-1] == path
         assert all(f.startswith(("apps/trainer/trainer/", "packages/")) for f in listed)
         record_testsuite_property(WALK_PROPERTY, summary.group(0))
+        sizes[key] = files, listed
+    for key in keys:
+        files, listed = sizes[key]
         # #53's goal, held: a function that does not use a setting does not receive it (the
         # fp8 device check once took the whole model config and lengthened this walk).
-        assert (
-            files <= MAX_FILES
-        ), f"{summary.group(0)}: over #53's {MAX_FILES}: {sorted(set(listed))}"
+        assert files <= MAX_FILES, f"walk {key}: {files} files, over #53's {MAX_FILES}: {listed}"
+    # The whole walk: no limit yet (#69's goal, <= 70 files, is for a later refactor), only
+    # sanity: it holds every file of the setting walks and goes on past the training loop.
+    files, listed = sizes[trainer_walk.FIRST_STEP_KEY]
+    assert all(set(sizes[key][1]) <= set(listed) for key in keys), listed
+    assert files > max(sizes[key][0] for key in keys)

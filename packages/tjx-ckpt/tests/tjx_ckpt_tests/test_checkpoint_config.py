@@ -46,27 +46,3 @@ def test_the_settings_load_without_jax():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-
-
-def test_the_moved_names_still_import_from_tjx_ckpt_and_warn_once():
-    """0.14 moved `setting`, standard JSON and the config engine to tjx-core; the old paths live
-    one more release. A fresh process, so no earlier read has used up the one warning."""
-    code = (
-        "import warnings\n"
-        "import tjx.ckpt\n"
-        "from tjx.ckpt import standard_json as old\n"
-        "from tjx.core import config, fields, standard_json\n"
-        "with warnings.catch_warnings(record=True) as caught:\n"
-        "    warnings.simplefilter('always')\n"
-        "    for _ in range(2):\n"
-        "        assert tjx.ckpt.setting is fields.setting\n"
-        "        assert old.dumps is standard_json.dumps_json\n"
-        "        assert old.loads is standard_json.loads_json\n"
-        "        assert tjx.ckpt.Schema is config.Schema\n"
-        "        assert tjx.ckpt.load_yaml is config.load_yaml\n"
-        "assert [w.category for w in caught] == [DeprecationWarning] * 5, caught\n"
-        "print(caught[0].message)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "(`from tjx.core.fields import setting`)" in result.stdout, result.stdout

@@ -254,7 +254,24 @@ def test_the_names_that_went_to_the_trainer_say_where_they_are() -> None:
     ]:
         with pytest.raises(ImportError, match=f"moved out of tjx.ckpt in tjx-ckpt 0.15: .*{home}"):
             getattr(tjx.ckpt, name)
-    with pytest.warns(DeprecationWarning, match="from tjx.core.config import flatten_config"):
-        from tjx.core.config import flatten_config
 
-        assert tjx.ckpt.flatten_config is flatten_config
+
+def test_the_names_that_went_to_tjx_core_are_gone_and_say_where_they_are() -> None:
+    """0.14 moved `setting`, standard JSON and the config engine to tjx-core; their old paths
+    warned until 0.16, which removed them. An old name is an ImportError naming its new import;
+    the old module is gone."""
+    import tjx.ckpt
+
+    with pytest.raises(ImportError) as err:
+        from tjx.ckpt import Schema  # noqa: F401
+    assert "moved out of tjx.ckpt in tjx-ckpt 0.14" in str(err.value)
+    assert "`from tjx.core.config import Schema`" in str(err.value)
+    for name, new in [
+        ("setting", "from tjx.core.fields import setting"),
+        ("load_yaml", "from tjx.core.config import load_yaml"),
+        ("flatten_config", "from tjx.core.config import flatten_config"),
+    ]:
+        with pytest.raises(ImportError, match=f"`{new}`"):
+            getattr(tjx.ckpt, name)
+    with pytest.raises(ModuleNotFoundError, match="tjx.ckpt.standard_json"):
+        import tjx.ckpt.standard_json

@@ -18,7 +18,6 @@ from tjx.kernels import (
     reference_attention,
     resolve_attention,
 )
-from tjx.kernels._checks import check_qkv
 from tjx.kernels.choice import Target, auto_order, current_target, target
 
 from ._ref import emulate_cudnn, measured_table, np_attention, np_mask, pretend_h100, rel_err
@@ -281,27 +280,11 @@ def test_an_invalid_choice_is_refused_at_resolution_in_one_line():
     )
 
 
-def test_the_deprecated_per_call_selection_warns_once_and_answers_as_the_resolution():
-    import importlib
-    import sys
+def test_the_per_call_selection_is_gone() -> None:
+    """`select_implementation` (deprecated in 0.11: `resolve_attention` resolves once) went in
+    0.15, past its deadline (0.12): no longer in `tjx.kernels`, `.dispatch` or `.choice`."""
+    import tjx.kernels
+    from tjx.kernels import choice, dispatch
 
-    import tjx  # pants: no-infer-dep (the namespace package: its `kernels` attribute is restored)
-
-    original = sys.modules.pop("tjx.kernels")  # a fresh module: its one warning not yet given
-    try:
-        fresh = importlib.import_module("tjx.kernels")
-        with pytest.warns(DeprecationWarning, match="select_implementation moved"):
-            old = fresh.select_implementation
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            assert fresh.select_implementation is old  # once
-    finally:
-        sys.modules["tjx.kernels"] = original
-        tjx.kernels = original  # type: ignore[attr-defined]
-    q = jnp.ones((1, 8, 4, 64), jnp.bfloat16)
-    shapes = check_qkv(q, q, q)
-    for impl, needs_xla in (("auto", False), ("auto", True), ("pallas", False)):
-        picked = old(q, shapes, implementation=impl, needs_xla=needs_xla, target=H100)
-        assert picked == (
-            "xla" if needs_xla else resolve_attention(impl, jnp.bfloat16, 64, target=H100)
-        )
+    for module in (tjx.kernels, dispatch, choice):
+        assert not hasattr(module, "select_implementation"), module

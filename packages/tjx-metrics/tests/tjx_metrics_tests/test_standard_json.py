@@ -51,3 +51,14 @@ def test_a_log_written_with_bare_nan_and_infinity_still_reads(tmp_path):
 def test_nonfinite_is_not_a_metric_name(tmp_path):
     with JsonlLogger(tmp_path / "m.jsonl") as logger, pytest.raises(ValueError, match="reserved"):
         logger.log_scalars(1, {NONFINITE_KEY: 1.0})
+
+
+def test_the_old_loggers_module_is_gone_and_the_names_stay_in_tjx_metrics() -> None:
+    """`tjx.metrics.loggers.standard_json` warned from 0.17 until 0.19 and went in 0.20; the
+    names stay `tjx.metrics`' (and `tjx.metrics.loggers`'), tjx-core's objects."""
+    from tjx.core import standard_json
+    from tjx.metrics import loggers
+
+    with pytest.raises(ModuleNotFoundError, match="tjx.metrics.loggers.standard_json"):
+        import tjx.metrics.loggers.standard_json  # noqa: F401
+    assert loads_json is loggers.loads_json is standard_json.loads_json

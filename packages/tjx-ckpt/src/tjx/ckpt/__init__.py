@@ -6,11 +6,11 @@ Async, keep-N / best-K, atomic, validated on load, resharding restore, safetenso
 back as mappings, the newest committed step; ``check_can_create``, whether a folder can be made;
 ``RunLock``, one writer per run directory (`tjx.ckpt.lock`);
 ``CheckpointConfig``, a run's checkpoint settings. The config engine (``Schema``,
-``ConfigError``, ``load_yaml``...) moved to `tjx.core.config` in 0.14; its names still import from
-here, with a DeprecationWarning, until 0.16. A training run's directory layout and its start and
-resume checks (``RunDir``, ``start_location``, ``resumed_config``, ``config_changes``...) moved to
-the trainer app in 0.15 (``trainer.job``); reading one of those names here is an ImportError that
-says where it went.
+``ConfigError``, ``load_yaml``...) and ``setting`` moved to tjx-core in 0.14 (`tjx.core.config`,
+`tjx.core.fields`); their old names here were removed in 0.16. A training run's directory layout
+and its start and resume checks (``RunDir``, ``start_location``, ``resumed_config``,
+``config_changes``...) moved to the trainer app in 0.15 (``trainer.job``). Reading one of those
+names here is an ImportError that says where it went.
 
 ``import tjx.ckpt`` loads neither orbax nor jax: the names that need them are imported on first
 use (``_LAZY``). An app's command line can then read and check its run directory before it pays
@@ -54,7 +54,7 @@ from tjx.ckpt.storage import (
 )
 from tjx.ckpt.version import __version__
 from tjx.core import config as _config
-from tjx.core.deprecation import moved, moved_out
+from tjx.core.deprecation import moved_out
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' dependency inference)
     from tjx.ckpt.digest import params_sha256
@@ -69,18 +69,27 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' depe
         unflatten_params,
     )
 
-#: Names that moved to tjx-core in 0.14: the old name still works, warning once, until 0.16.
-#: The config engine (`tjx.core.config`; `flatten_config` too, exported here until 0.16 by the
-#: run-changes module that went to the trainer) and `setting` (`tjx.core.fields`).
-_moved = moved(
+_CORE = "{} is tjx-core's (its old name here warned until 0.16): `from {} import {}`"
+
+#: Names that moved to tjx-core in 0.14, whose old names here warned until 0.16: reading one is an
+#: ImportError naming its new import. The config engine (`tjx.core.config`, `flatten_config`
+#: too) and `setting` (`tjx.core.fields`).
+_moved_to_core = moved_out(
     __name__,
-    {"setting": "tjx.core.fields", **{name: "tjx.core.config" for name in _config.__all__}},
+    {
+        "setting": _CORE.format("a config field's declaration", "tjx.core.fields", "setting"),
+        **{
+            name: _CORE.format("the config engine", "tjx.core.config", name)
+            for name in _config.__all__
+        },
+    },
+    since="tjx-ckpt 0.14",
 )
 
 _TRAINER = "a training run's {} is the trainer app's (#53): `from {} import {}`"
 
 #: Names that moved to the trainer app in 0.15 (a package never imports an app, so no shim):
-#: reading one is an ImportError naming its new import; every other name goes to `_moved`.
+#: reading one is an ImportError naming its new import; every other name goes to `_moved_to_core`.
 _moved_out = moved_out(
     __name__,
     {
@@ -96,7 +105,7 @@ _moved_out = moved_out(
         },
     },
     since="tjx-ckpt 0.15",
-    otherwise=_moved,
+    otherwise=_moved_to_core,
 )
 
 #: The public names whose modules import orbax or jax → their module, imported on first use.
@@ -120,7 +129,7 @@ if not TYPE_CHECKING:  # type checkers see the imports above; a typo stays an er
     def __getattr__(name: str) -> Any:
         module = _LAZY.get(name)
         if module is None:
-            return _moved_out(name)  # a moved name, else its AttributeError
+            return _moved_out(name)  # a moved name's ImportError, else an AttributeError
         value = getattr(importlib.import_module(module), name)
         globals()[name] = value  # later reads are plain attribute reads
         return value

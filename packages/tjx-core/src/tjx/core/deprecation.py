@@ -1,8 +1,8 @@
 """Names that moved to another module: the old path keeps working for one release and warns once.
 
 A package whose public name moved (to tjx.core, say) sets its module's PEP 562 ``__getattr__`` to
-`moved(...)`; ``from tjx.ckpt import setting`` then returns ``tjx.core.fields.setting`` with one
-DeprecationWarning that names the new import.
+`moved(...)`; ``from tjx.ckpt import setting`` then returned ``tjx.core.fields.setting`` with one
+DeprecationWarning that named the new import (tjx-ckpt 0.14-0.15).
 
 A whole module that moved (as ``tjx.nn.hf_io`` → ``tjx.nn.hf.io`` did in tjx-nn 0.20-0.24)
 keeps its old path as a short module whose body calls `module_moved`: importing the old path

@@ -9,7 +9,6 @@ a name resolves to once, by evidence (`resolve_attention`, :mod:`tjx.kernels.cho
 
 from typing import Any
 
-from tjx.core.deprecation import moved
 from tjx.kernels.blocks import (
     BLOCK_IMPLEMENTATIONS,
     attention_backward,
@@ -126,8 +125,4 @@ def __getattr__(name: str) -> Any:
         from tjx.kernels.fused_ce import fused_cross_entropy
 
         return fused_cross_entropy
-    # Deprecated: the per-call resolution (`resolve_attention` resolves once); one warning.
-    return _moved(name)
-
-
-_moved = moved(__name__, {"select_implementation": "tjx.kernels.choice"})
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

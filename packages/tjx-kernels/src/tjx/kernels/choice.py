@@ -323,32 +323,6 @@ def resolve_attention(
     return AttentionKernel(order[0])
 
 
-def select_implementation(
-    q: Any,
-    shapes: Any,
-    *,
-    implementation: str,
-    segment_ids: Any = None,
-    needs_xla: bool,
-    target: Target | None = None,
-    softcap: bool = False,
-) -> str:
-    """Deprecated (tjx-kernels 0.11; goes in 0.12): a name resolved per call, as
-    ``tjx.kernels.attention`` did before the kernel was resolved once. Use `resolve_attention`
-    (and XLA where the call has a bias or dropout: ``needs_xla``).
-
-    Returns
-    -------
-    str
-        "xla", "cudnn" or "pallas".
-    """
-    del segment_ids  # every kernel serves them
-    kernel = resolve_attention(
-        implementation, q.dtype, shapes.head_dim, target=target, softcap=softcap
-    )
-    return "xla" if needs_xla else kernel.value
-
-
 def measured_timings(device_kind: str, dtype: Any, head_dim: int) -> dict[str, float]:
     """Kernel → measured fwd+bwd milliseconds on ``device_kind`` for the (dtype, head_dim) bucket
     (the launch table's ``timings``; empty when nothing was measured)."""

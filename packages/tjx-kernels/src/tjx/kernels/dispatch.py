@@ -41,7 +41,6 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from tjx.core.deprecation import moved
 from tjx.kernels._checks import (
     AttentionShapes,
     SegmentIds,
@@ -83,9 +82,6 @@ __all__ = [
     "cudnn_max_head_dim",
     "reads_stacked_qkv",
 ]
-
-# The per-call resolution this module did until 0.11 (`resolve_attention` now, once).
-__getattr__ = moved(__name__, {"select_implementation": "tjx.kernels.choice"})
 
 
 def on_cuda_gpu() -> bool:

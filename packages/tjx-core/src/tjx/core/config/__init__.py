@@ -7,7 +7,7 @@ presets and YAML files with ``base:`` inheritance; `load_yaml` is PyYAML's safe 
 a key given twice (`DuplicateKeyError`). Every problem is one `ConfigError` naming the user's key
 path. Standard library and PyYAML only: an app's command line is checked before it pays for jax.
 
-Moved from tjx-ckpt (0.14), which re-exports these names with a DeprecationWarning until 0.15.
+Moved from tjx-ckpt in 0.14 (its re-exports warned until tjx-ckpt 0.16, which removed them).
 """
 
 from __future__ import annotations

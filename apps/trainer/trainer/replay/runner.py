@@ -178,7 +178,7 @@ def replay(request: ReplayRequest, say: Say = print) -> Replayed:
     except (ConfigError, ValueError, FileNotFoundError) as err:
         raise ConfigError(str(err)) from None
     setup, loader = ready.setup, ready.loader
-    assert ready.step is not None  # the language-model objective's step is compiled before
+    assert ready.step is not None  # a replayed objective's step (not GRPO's) is compiled here
     program = replay_probes.build(setup, request.probes)
     folder = RunDir(request.run_dir).checkpoints
     records: dict[int, StepRecord] = {}
@@ -196,9 +196,7 @@ def replay(request: ReplayRequest, say: Say = print) -> Replayed:
             manager.close()
     took = time.perf_counter() - started
     device = f"{jax.device_count()} × {jax.devices()[0].device_kind}"
-    return Replayed(
-        request, records, program.layers, ready.bundle, loader, starts, took, device
-    )
+    return Replayed(request, records, program.layers, ready.bundle, loader, starts, took, device)
 
 
 def _start(

@@ -211,11 +211,13 @@ OBJECTIVES: dict[str, Objective] = {
         ("grad_norms", "update_norms"),
         "a preference batch's loss is its pairs' DPO loss, not its tokens' cross-entropy",
     ),
-}
-#: The objectives a replay refuses, named (their steps are not the loader's batch).
-_NOT_REPLAYED = {
-    "prompts": "GRPO (data.format prompts): its step samples rollouts, which a replay does not "
-    "re-run yet",
+    # GRPO's step is a rollout (sampled with the step's key, scored on the host) and an update
+    # on it: a replay samples it again as the run did; its loss is the completions' GRPO loss.
+    "prompts": Objective(
+        "GRPO (data.format prompts)",
+        ("grad_norms", "update_norms"),
+        "a rollout batch's loss is its completions' GRPO loss, not its tokens' cross-entropy",
+    ),
 }
 
 
@@ -224,7 +226,7 @@ def objective_of(cfg: Config) -> Objective:
     fmt = cfg.data.format
     if cfg.task == "lm" and fmt in OBJECTIVES:
         return OBJECTIVES[fmt]
-    what = _NOT_REPLAYED.get(fmt, f"{cfg.task} ({cfg.kind})")
+    what = f"{cfg.task} ({cfg.kind})"
     covered = ", ".join(f"{o.name}" for o in OBJECTIVES.values())
     raise ConfigError(
         f"--replay: the run trains {what}; a replay covers decoder models (gpt2, llama, ...) "

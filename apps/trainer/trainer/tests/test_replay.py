@@ -218,14 +218,15 @@ def test_a_scanned_mixture_replays_with_the_probes_that_apply(tmp_path, capsys):
          "documents", "documents does not apply to SFT"),
         ("dpo_tiny", [], ("grad_norms", "update_norms"), "attention",
          "attention does not apply to DPO"),
-        ("grpo_tiny", [], None, None, "the run trains GRPO (data.format prompts)"),
+        ("grpo_tiny", [], ("grad_norms", "update_norms"), "tokens",
+         "tokens does not apply to GRPO"),
         ("tiny", ["model.kind=bert"], None, None, "the run trains mlm (bert)"),
     ],
     ids=["context-split", "sft", "dpo", "grpo", "bert"],
 )  # fmt: skip
 def test_what_a_run_cannot_replay_is_one_line(preset, sets, kept, refused, message):
     """The probes a run's layout or objective cannot take are left out by default and refused
-    when asked for; an objective a replay does not cover (GRPO, BERT's) is refused, named."""
+    when asked for; an objective a replay does not cover (BERT's) is refused, named."""
     cfg = read_config(apply_overrides(load_config_data(preset), sets))
     if kept is None:
         with pytest.raises(ConfigError, match=re.escape(message)):

@@ -1,9 +1,10 @@
-"""``--replay RUN`` of the fine-tuning objectives (#73): an SFT run (``data.format: chat``) and a
+"""``--replay RUN`` of the fine-tuning objectives (#73): an SFT run (``data.format: chat``), a
 DPO run started from it (``data.format: preference``, its reference the SFT weights, restored
-from the DPO run's checkpoint) replayed bit for bit against their logged losses, with the probes
+from the DPO run's checkpoint) and a GRPO run (``data.format: prompts``, its rollouts sampled
+again with the run's keys) replayed bit for bit against their logged losses, with the probes
 that apply to their batches; a probe that does not apply is one line, exit 2.
 
-Tiny shapes on CPU: a one-layer Llama of width 16 on sft_tiny's arithmetic conversations.
+Tiny shapes on CPU: a one-layer Llama of width 16 on the presets' generated tasks.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import trainer.grpo as grpo
 from tjx.metrics import read_jsonl
 from trainer.cli import main
 
@@ -165,3 +167,58 @@ def test_a_token_probe_of_a_dpo_run_is_one_line(
     assert err.count("\n") == 0, err
     assert "--probe: tokens does not apply to DPO (data.format preference)" in err
     assert err.endswith("choose from grad_norms, update_norms")
+
+
+@pytest.fixture(scope="module")
+def grpo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 steps of GRPO from random weights (grpo_tiny): 4 prompts of 4 completions a step, the
+    length reward (which varies in a group: the advantages are not all 0) and a KL term (beta),
+    so that each loss depends on the completions sampled; checkpoints at 4 and 6."""
+    sets = ("data.batch_size=16", "grpo.group_size=4", "grpo.max_new_tokens=8",
+            "grpo.rewards=[length]", "grpo.beta=0.04", "optimizer.schedule.warmup_steps=1",
+            "optimizer.schedule.peak_lr=1e-2")  # fmt: skip
+    return _train(tmp_path_factory.mktemp("grpo"), "grpo_tiny", "grpo", *sets)
+
+
+def test_a_grpo_replay_samples_the_rollouts_again_and_is_bit_exact(
+    grpo_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Steps 5–6 from step 4's checkpoint and 1–2 from the run's start replay bit for bit: each
+    step's rollout sampled again with the step's key from the state it starts from, scored, and
+    the update made on it. The default probes (gradient and update norms of the GRPO loss) add
+    up to the logged norms."""
+    logged = _logged(grpo_run)
+    assert all(logged[s]["loss"] != 0.0 for s in range(1, 7))  # the completions count
+    capsys.readouterr()
+    assert main(["--replay", str(grpo_run), "--steps", "5:6"]) == 0
+    said = capsys.readouterr().out
+    assert "replay: restored step 4" in said
+    assert "faithful: 2 logged losses replayed bit for bit" in said
+    values = json.loads((grpo_run / "replay-5-6" / "probes.json").read_text())["steps"]
+    for step in (5, 6):
+        probed, run = values[str(step)], logged[step]
+        assert probed["loss"] == probed["logged"] == run["loss"]
+        assert set(probed) == {"loss", "logged", "grad_norms", "update_norms"}
+        _norms_add_up(probed, run)
+    argv = ["--replay", str(grpo_run), "--steps", "1:2", "--out", str(tmp_path / "start")]
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert "replay: from the run's start (step 0)" in said
+    assert "faithful: 2 logged losses replayed bit for bit" in said
+
+
+def test_a_grpo_replay_with_other_rollouts_names_the_first_step_that_differs(
+    grpo_run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rollouts are part of the replayed step: sampled under another key stream than the
+    run's, step 5's completions differ, and so does its loss: one line naming step 5, exit 2."""
+    monkeypatch.setattr(grpo, "ROLLOUT_STREAM", grpo.ROLLOUT_STREAM + 1)
+    capsys.readouterr()
+    argv = ["--replay", str(grpo_run), "--steps", "5:6", "--out", str(tmp_path / "other")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert "--replay: step 5 differs from the run: its loss is " in err

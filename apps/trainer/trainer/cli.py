@@ -58,8 +58,8 @@ FLAGS: tuple[tuple[str, dict[str, Any], str], ...] = (
      "included"),
     ("--spikes", SWITCH, "with --replay: replay each step the run marked as a loss spike "
      "(train.spike_sigma)"),
-    ("--probe", {"metavar": "NAME,..."}, "with --replay: the probes (default all): grad_norms, "
-     "update_norms, activations, attention, documents, tokens"),
+    ("--probe", {"metavar": "NAME,..."}, "with --replay: the probes (default: all that apply to "
+     "the run): grad_norms, update_norms, activations, attention, documents, tokens"),
     ("--out", {"metavar": "DIR"}, "with --replay: the report's folder (default RUN/replay-A-B)"),
 )  # fmt: skip
 

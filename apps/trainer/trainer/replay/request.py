@@ -181,23 +181,75 @@ def saved_config(run_dir: StoragePath) -> Config:
         ) from None
 
 
+@dataclass(frozen=True)
+class Objective:
+    """An objective a replay covers: its name in a refusal, the probes that apply to its batch,
+    and why the others do not."""
+
+    name: str
+    probes: tuple[str, ...]
+    #: Why a probe outside ``probes`` does not apply (a refusal's middle); "" when all do.
+    why: str = ""
+
+
+#: The objectives a replay covers, by ``data.format`` (of the language-model task): each step is
+#: the run's own compiled step whatever the objective, so the loss replays bit for bit; only the
+#: probes differ, by what the batch carries.
+OBJECTIVES: dict[str, Objective] = {
+    "text": Objective("the language-model objective on text", tuple(PROBES)),
+    # A chat batch's rows are conversations, each padded on its own: no packed stream, so no
+    # document number or origin (``documents``); its targets still score tokens (``tokens``).
+    "chat": Objective(
+        "SFT (data.format chat)",
+        ("grad_norms", "update_norms", "activations", "attention", "tokens"),
+        "a chat batch's rows are conversations, not a text source's documents",
+    ),
+    # A preference batch's loss is the DPO loss of its pairs against the reference, not a token's
+    # cross-entropy: only the run's own step with a probe (its gradients and update) reads it.
+    "preference": Objective(
+        "DPO (data.format preference)",
+        ("grad_norms", "update_norms"),
+        "a preference batch's loss is its pairs' DPO loss, not its tokens' cross-entropy",
+    ),
+    # GRPO's step is a rollout (sampled with the step's key, scored on the host) and an update
+    # on it: a replay samples it again as the run did; its loss is the completions' GRPO loss.
+    "prompts": Objective(
+        "GRPO (data.format prompts)",
+        ("grad_norms", "update_norms"),
+        "a rollout batch's loss is its completions' GRPO loss, not its tokens' cross-entropy",
+    ),
+}
+
+
+def objective_of(cfg: Config) -> Objective:
+    """The run's `Objective`; one that a replay does not cover is one line naming it."""
+    fmt = cfg.data.format
+    if cfg.task == "lm" and fmt in OBJECTIVES:
+        return OBJECTIVES[fmt]
+    what = f"{cfg.task} ({cfg.kind})"
+    covered = ", ".join(f"{o.name}" for o in OBJECTIVES.values())
+    raise ConfigError(
+        f"--replay: the run trains {what}; a replay covers decoder models (gpt2, llama, ...) "
+        f"with {covered}"
+    )
+
+
 def check_objective(cfg: Config, probes: Sequence[str], *, asked: bool = True) -> tuple[str, ...]:
-    """A replay covers the language-model objective on text (one source or a mixture); any other
-    objective is one line naming it. The probes that apply to the run: ``probes`` when
+    """A replay covers the decoder objectives of `OBJECTIVES` (text: one source or a mixture);
+    any other objective is one line naming it. The probes that apply to the run: ``probes`` when
     ``asked`` (one that does not is one line), else those of them that do (the default)."""
+    objective = objective_of(cfg)
     if not asked:
-        skip = set(DOCUMENT_PROBES) if cfg.data.sources is not None else set()
+        skip = set(PROBES) - set(objective.probes)
+        skip |= set(DOCUMENT_PROBES) if cfg.data.sources is not None else set()
         split = cfg.mesh.context != 1  # the batch's tokens in the split's order
         skip |= set(LAYER_PROBES) | set(DOCUMENT_PROBES) if split else set()
         probes = [p for p in probes if p not in skip]
-    fmt = cfg.data.format
-    if cfg.task != "lm" or fmt != "text":
-        names = {"chat": "SFT (data.format chat)", "preference": "DPO (data.format preference)",
-                 "prompts": "GRPO (data.format prompts)"}  # fmt: skip
-        what = names.get(fmt, f"{cfg.task} ({cfg.kind})")
+    other = [p for p in probes if p not in objective.probes]
+    if other:
         raise ConfigError(
-            f"--replay: the run trains {what}; a replay covers the language-model objective on "
-            "text (model kinds gpt2, llama, ... with data.format text) so far"
+            f"--probe: {other[0]} does not apply to {objective.name}: {objective.why}; choose "
+            f"from {', '.join(objective.probes)}"
         )
     documents = [p for p in probes if p in DOCUMENT_PROBES]
     if documents and cfg.data.sources is not None:

@@ -1,7 +1,8 @@
 """A replay's steps: the run prepared as a resume prepares it (trainer.startup's `prepare`: the
 same data, kernel choice, memory fit, state and compiled step), each segment restored from its
-checkpoint (or the run's start) and re-run with the run's own step, every logged loss compared
-bit for bit, the probe program run on the steps asked for. Nothing is written to the run.
+checkpoint (or the run's start) and re-run with the run's own step on the batches its loop took
+(the loader's; GRPO's: rollouts sampled again with the run's keys, `_batches`), every logged loss
+compared bit for bit, the probe program run on the steps asked for. Nothing is written to the run.
 """
 
 from __future__ import annotations
@@ -16,24 +17,30 @@ import jax
 import numpy as np
 
 import trainer.data_setup as data_setup
+import trainer.grpo as grpo
 import trainer.startup as startup
 import trainer.training as training
 from tjx import ckpt, data, parallel
 from tjx.ckpt.metadata import package_versions
 from tjx.core.standard_json import dumps_json, loads_json
+from trainer.grpo_settings import is_grpo
 from trainer.job.folder import RunDir
 from trainer.plan import RunPlan
 from trainer.replay import probes as replay_probes
 from trainer.replay.request import ReplayRequest, Segment
 from trainer.schema import ConfigError
+from trainer.startup import Prepared
 from trainer.state import Setup
-from trainer.step import Batch, TrainStep
+from trainer.step import Batch, TrainStep, jit_train_step
 from trainer.train_state import TrainState
 
 #: Where a replay's progress lines go.
 Say = Callable[[str], None]
 #: What checkpoint metadata (tjx.ckpt's ``collect_metadata``) and this process say of their setup.
 Facts = Mapping[str, object]
+#: A replayed step's batch: ``batches(number, state)`` → the batch on the mesh and its targets on
+#: the host (None: a batch the token probes do not read).
+Batches = Callable[[int, TrainState], tuple[Batch, np.ndarray | None]]
 
 
 @dataclasses.dataclass
@@ -178,7 +185,7 @@ def replay(request: ReplayRequest, say: Say = print) -> Replayed:
     except (ConfigError, ValueError, FileNotFoundError) as err:
         raise ConfigError(str(err)) from None
     setup, loader = ready.setup, ready.loader
-    assert ready.step is not None  # the language-model objective's step is compiled before
+    step_fn = _step_fn(ready)
     program = replay_probes.build(setup, request.probes)
     folder = RunDir(request.run_dir).checkpoints
     records: dict[int, StepRecord] = {}
@@ -190,13 +197,48 @@ def replay(request: ReplayRequest, say: Say = print) -> Replayed:
         for segment in request.segments:
             state, saved = _start(segment, manager, setup, loader, say)
             starts.append(segment.start)
-            _run(segment, request, state, ready.step, program, loader, setup, records, saved, say)
+            batches = _batches(ready)  # after the restore: the loader at the segment's start
+            _run(segment, request, state, step_fn, program, batches, loader, records, saved, say)
     finally:
         if manager is not None:
             manager.close()
     took = time.perf_counter() - started
     device = f"{jax.device_count()} × {jax.devices()[0].device_kind}"
     return Replayed(request, records, program.layers, ready.bundle, loader, starts, took, device)
+
+
+def _step_fn(ready: Prepared) -> TrainStep:
+    """The run's own train step: compiled by `prepare`, or GRPO's, jitted as its loop jits it
+    (its batch is a rollout, made in the loop: trainer.training)."""
+    if ready.step is not None:
+        return ready.step
+    shardings = jax.tree.map(lambda x: x.sharding, ready.setup.state)
+    return cast(TrainStep, jit_train_step(ready.setup, out_shardings=(shardings, None)))
+
+
+def _batches(ready: Prepared) -> Batches:
+    """Where a segment's batches come from, as the run's loop took them: the loader's next
+    batch, placed on the mesh; GRPO's, a rollout of the loader's next prompts sampled with the
+    step's key from the state the step starts from (trainer.grpo's `Rollouts`, new for each
+    segment: from a checkpoint inside a rollout's ``grpo.iterations`` steps it samples a fresh
+    one, as the resumed run did)."""
+    setup, loader = ready.setup, ready.loader
+    if is_grpo(ready.plan.config.data):
+        rollouts = grpo.Rollouts(ready.plan.config, setup, loader, ready.bundle)
+
+        def rollout(number: int, state: TrainState) -> tuple[Batch, np.ndarray | None]:
+            batch, _ = rollouts.batch(number - 1, state)  # the loop's index: step number - 1
+            return batch, None
+
+        return rollout
+
+    def loaded(number: int, state: TrainState) -> tuple[Batch, np.ndarray | None]:
+        del number, state  # the loader's position is the step's
+        host = next(loader)
+        batch = cast(Batch, parallel.place_batch(host, mesh=setup.mesh))  # now jax.Arrays
+        return batch, np.asarray(host["targets"])
+
+    return loaded
 
 
 def _start(
@@ -229,8 +271,8 @@ def _run(
     state: TrainState,
     step_fn: TrainStep,
     program: replay_probes.Probes,
+    batches: Batches,
     loader: data_setup.TrainLoader,
-    setup: Setup,
     records: dict[int, StepRecord],
     saved: Facts | None,
     say: Say,
@@ -242,8 +284,7 @@ def _run(
     packed = loader if isinstance(loader, data.PackedLoader) else None
     for number in range(segment.start + 1, segment.stop + 1):
         position = None if packed is None else packed.position
-        host = next(loader)
-        batch = cast(Batch, parallel.place_batch(host, mesh=setup.mesh))  # now jax.Arrays
+        batch, targets = batches(number, state)
         record_probes = None
         if number in probed:
             record_probes = Probed.of(jax.device_get(program.program(state, batch)))
@@ -258,7 +299,7 @@ def _run(
         record = StepRecord(number, loss, logged)
         if number in probed:
             record.probes = record_probes
-            record.targets = np.asarray(host["targets"])
+            record.targets = targets
             if packed is not None and position is not None:
                 record.positions = packed.target_positions(*position)
         records[number] = record

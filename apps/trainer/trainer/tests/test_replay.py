@@ -211,18 +211,23 @@ def test_a_scanned_mixture_replays_with_the_probes_that_apply(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    ("sets", "kept", "refused", "message"),
+    ("preset", "sets", "kept", "refused", "message"),
     [
-        (["mesh.context=2"], ("grad_norms", "update_norms"), "documents", "splits them"),
-        (["data.format=chat"], None, None, "the run trains SFT (data.format chat)"),
-        (["model.kind=bert"], None, None, "the run trains mlm (bert)"),
+        ("tiny", ["mesh.context=2"], ("grad_norms", "update_norms"), "documents", "splits them"),
+        ("sft_tiny", [], ("grad_norms", "update_norms", "activations", "attention", "tokens"),
+         "documents", "documents does not apply to SFT"),
+        ("dpo_tiny", [], ("grad_norms", "update_norms"), "attention",
+         "attention does not apply to DPO"),
+        ("grpo_tiny", [], ("grad_norms", "update_norms"), "tokens",
+         "tokens does not apply to GRPO"),
+        ("tiny", ["model.kind=bert"], None, None, "the run trains mlm (bert)"),
     ],
-    ids=["context-split", "sft", "bert"],
-)
-def test_what_a_run_cannot_replay_is_one_line(sets, kept, refused, message):
-    """The probes a run's layout cannot take are left out by default and refused when asked
-    for; an objective other than the language model's is refused, named."""
-    cfg = read_config(apply_overrides(load_config_data("tiny"), sets))
+    ids=["context-split", "sft", "dpo", "grpo", "bert"],
+)  # fmt: skip
+def test_what_a_run_cannot_replay_is_one_line(preset, sets, kept, refused, message):
+    """The probes a run's layout or objective cannot take are left out by default and refused
+    when asked for; an objective a replay does not cover (BERT's) is refused, named."""
+    cfg = read_config(apply_overrides(load_config_data(preset), sets))
     if kept is None:
         with pytest.raises(ConfigError, match=re.escape(message)):
             check_objective(cfg, tuple(PROBES), asked=False)

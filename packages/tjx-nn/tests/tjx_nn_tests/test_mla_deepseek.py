@@ -381,6 +381,7 @@ V2_LITE = {
 
 def test_v2_lites_published_config_reads_with_its_yarn_softmax_scale():
     from tjx.nn.hf.deepseek import deepseek_config_from_hf
+    from tjx.nn.hf.quantized import Quantization, quantization_from_hf
 
     config = deepseek_config_from_hf(V2_LITE)
     assert (config.q_lora_rank, config.head_dim, config.v_head_dim) == (None, 12, 6)
@@ -389,8 +390,12 @@ def test_v2_lites_published_config_reads_with_its_yarn_softmax_scale():
     attn = Attention(config, rngs=nnx.Rngs(0), causal=True)
     mscale = 0.1 * 0.707 * math.log(40) + 1  # transformers' yarn_get_mscale(40, 0.707)
     assert attn.scale == pytest.approx(12**-0.5 * mscale**2, rel=1e-12)
-    fp8 = dict(V2_LITE, model_type="deepseek_v3", quantization_config={"quant_method": "fp8"})
-    with pytest.raises(ValueError, match="quantization_config 'fp8'"):
+    # An FP8 release (#70): its quantization_config is read where the weights load
+    # (tjx.nn.hf.quantized, transformers' default 128 x 128 blocks); the architecture's reader
+    # never takes the key silently.
+    fp8 = dict(V2_LITE, quantization_config={"quant_method": "fp8"})
+    assert quantization_from_hf(fp8) == Quantization("fp8", (128, 128))
+    with pytest.raises(ValueError, match="quantization_config are not understood"):
         deepseek_config_from_hf(fp8)
 
 

@@ -11,3 +11,17 @@ TINY_RUN = [
     "data.batch_size=8",
     "eval.batch_size=8",
 ]
+
+#: A two-step run of `TINY_RUN`, evaluated and sampled only after its last step (what the tests
+#: of a run's end and of its signals break).
+TWO_STEPS_THEN_EXTRAS = [
+    *TINY_RUN,
+    "train.steps=2",
+    "train.eval_every=0",
+    "train.eval_batches=1",
+    "train.sample_every=0",
+    "train.checkpoint_every=0",
+    "sampling.max_new_tokens=4",
+    "logging.sinks=[jsonl]",
+    "logging.progress=false",
+]

@@ -19,20 +19,7 @@ import pytest
 import trainer.evaluation as evaluation
 from tjx import ckpt
 from trainer.cli import main
-from trainer.tests._tiny import TINY_RUN
-
-#: A two-step run of a tiny model, evaluated and sampled only after its last step.
-LM = [
-    *TINY_RUN,
-    "train.steps=2",
-    "train.eval_every=0",
-    "train.eval_batches=1",
-    "train.sample_every=0",
-    "train.checkpoint_every=0",
-    "sampling.max_new_tokens=4",
-    "logging.sinks=[jsonl]",
-    "logging.progress=false",
-]
+from trainer.tests._tiny import TWO_STEPS_THEN_EXTRAS
 
 #: A one-step GRPO run of a one-layer model on a prompt file (test_grpo_run.py's sizes).
 GRPO = [
@@ -108,7 +95,7 @@ def test_an_evaluation_failing_after_the_last_step_loses_nothing(in_tmp, capfd, 
         raise RuntimeError("the held-out batch would not fit\n(a second line, not shown)")
 
     monkeypatch.setattr(evaluation, "evaluate_state", broken)
-    argv = _argv("tiny", _corpus(in_tmp), LM)
+    argv = _argv("tiny", _corpus(in_tmp), TWO_STEPS_THEN_EXTRAS)
     assert main(argv) == 2
     out, err = capfd.readouterr()
     assert _errors(err) == [
@@ -137,7 +124,7 @@ def test_samples_cut_short_by_a_signal_are_made_by_the_resume(in_tmp, capfd, mon
         return real(*args)
 
     monkeypatch.setattr(evaluation, "sample", signalled)
-    argv = _argv("tiny", _corpus(in_tmp), LM)
+    argv = _argv("tiny", _corpus(in_tmp), TWO_STEPS_THEN_EXTRAS)
     assert main(argv) == 0
     out, err = capfd.readouterr()
     assert _errors(err) == [] and "SIGTERM: saved step 2 to run; what follows the last step" in out
@@ -157,7 +144,7 @@ def test_samples_cut_short_by_a_signal_are_made_by_the_resume(in_tmp, capfd, mon
 def test_a_byte_run_of_a_larger_vocabulary_samples_what_it_cannot_decode(in_tmp, capfd):
     """A byte tokenizer (ids 0..256) with a model of 4000 ids, as a run started from a Hugging
     Face checkpoint: its samples hold ids the tokenizer lacks (a DataError lost the run)."""
-    argv = _argv("tiny", _corpus(in_tmp), [*LM, "model.vocab_size=4000"])
+    argv = _argv("tiny", _corpus(in_tmp), [*TWO_STEPS_THEN_EXTRAS, "model.vocab_size=4000"])
     assert main(argv) == 0
     out, err = capfd.readouterr()
     assert _errors(err) == [] and "done: 2 steps" in out
@@ -222,7 +209,9 @@ def test_an_evaluation_failing_mid_run_saves_that_step(in_tmp, capfd, monkeypatc
 
     real = evaluation.evaluate_state
     monkeypatch.setattr(evaluation, "evaluate_state", second_fails)
-    argv = _argv("tiny", _corpus(in_tmp), [*LM, "train.steps=6", "train.eval_every=2"])
+    argv = _argv(
+        "tiny", _corpus(in_tmp), [*TWO_STEPS_THEN_EXTRAS, "train.steps=6", "train.eval_every=2"]
+    )
     assert main(argv) == 2
     _, err = capfd.readouterr()
     assert _errors(err) == [

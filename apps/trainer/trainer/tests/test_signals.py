@@ -14,20 +14,7 @@ import pytest
 import trainer.evaluation as evaluation
 from trainer.cli import main
 from trainer.plan import interrupted_exit, stop_on_signals
-from trainer.tests._tiny import TINY_RUN
-
-#: A two-step run of a tiny model, evaluated and sampled only after its last step.
-RUN = [
-    *TINY_RUN,
-    "train.steps=2",
-    "train.eval_every=0",
-    "train.eval_batches=1",
-    "train.sample_every=0",
-    "train.checkpoint_every=0",
-    "sampling.max_new_tokens=4",
-    "logging.sinks=[jsonl]",
-    "logging.progress=false",
-]
+from trainer.tests._tiny import TWO_STEPS_THEN_EXTRAS
 
 
 def _commit(run_dir, name: str) -> None:
@@ -99,7 +86,7 @@ def test_a_signal_during_the_last_samples_saves_the_last_step_without_waiting_fo
 
     monkeypatch.setattr(evaluation, "sample", stalled)
     argv = ["--config", "tiny", "--run-dir", "run", "--data", str(text)]
-    for item in RUN:
+    for item in TWO_STEPS_THEN_EXTRAS:
         argv += ["--set", item]
     assert main(argv) == 0
     took = time.monotonic() - signalled[0]

@@ -1,6 +1,5 @@
 """The checks the tjx-optim configs' ``__post_init__`` run, each a ValueError naming
-``Class.field``. Fields are declared with `tjx.core.fields.setting` (``tjx.optim.fields.setting``
-is its old path: it still works, with a DeprecationWarning, until tjx-optim 0.16)."""
+``Class.field``. Fields are declared with `tjx.core.fields.setting`."""
 
 from __future__ import annotations
 
@@ -10,10 +9,6 @@ import re
 from typing import Any
 
 from numpy import bool_ as np_bool
-
-from tjx.core.deprecation import moved
-
-__getattr__ = moved(__name__, {"setting": "tjx.core.fields"})
 
 
 def choice(field: str, value: object, allowed: tuple[Any, ...]) -> None:

@@ -29,7 +29,24 @@ from flax import nnx
 
 from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
 from tjx.nn.decoder import GPT2, DecoderLM, Llama
-from tjx.nn.hf import llama4
+from tjx.nn.families.gemma4.hf import (
+    GEMMA4,
+    gemma4_config_from_hf,
+    gemma4_config_to_hf,
+    gemma4_image_text_config,
+    gemma4_mapping,
+    is_gemma4,
+    skip_towers,
+)
+from tjx.nn.families.gemma4.hf import IMAGE_TEXT as GEMMA4_IMAGE_TEXT
+from tjx.nn.families.llama4 import hf as llama4
+from tjx.nn.families.llama4.hf import (
+    LLAMA4,
+    is_llama4,
+    llama4_config_from_hf,
+    llama4_config_to_hf,
+    llama4_mapping,
+)
 from tjx.nn.hf.config import LLAMA_TYPES, llama_config_from_hf, llama_config_to_hf
 from tjx.nn.hf.deepseek import (
     DEEPSEEK_TYPES,
@@ -49,16 +66,6 @@ from tjx.nn.hf.families import (
     family_config_to_hf,
 )
 from tjx.nn.hf.family_tensors import family_mapping
-from tjx.nn.hf.gemma4 import (
-    GEMMA4,
-    gemma4_config_from_hf,
-    gemma4_config_to_hf,
-    gemma4_image_text_config,
-    gemma4_mapping,
-    is_gemma4,
-    skip_towers,
-)
-from tjx.nn.hf.gemma4 import IMAGE_TEXT as GEMMA4_IMAGE_TEXT
 from tjx.nn.hf.glm4_moe import (
     GLM4_MOE,
     glm4_moe_config_from_hf,
@@ -90,13 +97,6 @@ from tjx.nn.hf.io import (
     write_safetensors,
 )
 from tjx.nn.hf.llama import llama_mapping
-from tjx.nn.hf.llama4 import (
-    LLAMA4,
-    is_llama4,
-    llama4_config_from_hf,
-    llama4_config_to_hf,
-    llama4_mapping,
-)
 from tjx.nn.hf.moe import MOE_TYPES, moe_config_from_hf, moe_config_to_hf, moe_export_type
 from tjx.nn.hf.quantized import open_dequantized, quantization_from_hf, without_quantization
 from tjx.nn.hf.qwen3_5 import (

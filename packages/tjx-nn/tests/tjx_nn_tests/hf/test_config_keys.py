@@ -11,10 +11,9 @@ import json
 import pytest
 
 from tjx import nn as tnn
-from tjx.nn.families.gemma4 import hf as gemma4
 from tjx.nn.families.gemma4.hf import gemma4_config_to_hf
-from tjx.nn.families.llama4 import hf as llama4
 from tjx.nn.families.llama4.hf import llama4_config_to_hf
+from tjx.nn.families.registry import FAMILIES
 from tjx.nn.hf import config as llama_hf
 from tjx.nn.hf import (
     deepseek,
@@ -62,8 +61,7 @@ SPECS = {
     "glm4_moe": glm4_moe.SPEC,
     "qwen3_5_text": qwen3_5.SPEC,
     "qwen3_next": qwen3_next.SPEC,
-    "llama4_text": llama4.SPEC,
-    "gemma4_text": gemma4.SPEC,
+    **{family.model_types[0]: family.spec for family in FAMILIES},
 }
 #: The image-text types, read as their text model (``text_config``).
 IMAGE_TEXT = {"qwen3_5": "qwen3_5_text", "llama4": "llama4_text", "gemma4": "gemma4_text"}

@@ -10,6 +10,7 @@ from typing import Any
 
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf.io import HFMapping
+from tjx.nn.hf.keys import Spec
 
 
 def _same(stored: str) -> str:
@@ -26,6 +27,8 @@ class Family:
         The family's folder under ``tjx.nn.families``.
     model_types : tuple of str
         The ``config.json`` model types it reads (the text model's first: the one it saves).
+    spec : Spec
+        Every ``config.json`` key the text model's import reads (`tjx.nn.hf.keys`).
     read : callable
         ``(config.json dict, model_type, overrides) -> (config, mapping)``: the tjx config of a
         checkpoint of one of ``model_types`` and its tensor mapping, refusing what tjx would
@@ -46,6 +49,7 @@ class Family:
 
     name: str
     model_types: tuple[str, ...]
+    spec: Spec
     read: Callable[[Mapping[str, Any], str, Mapping[str, Any]], tuple[LlamaConfig, HFMapping]]
     claims: Callable[[LlamaConfig, str | None], bool]
     write: Callable[[LlamaConfig], tuple[dict[str, Any], HFMapping]]

@@ -11,6 +11,7 @@ from tjx.nn.families.base import Family
 from tjx.nn.families.gemma4.hf import (
     GEMMA4,
     IMAGE_TEXT,
+    SPEC,
     gemma4_config_from_hf,
     gemma4_config_to_hf,
     gemma4_image_text_config,
@@ -45,6 +46,7 @@ def _write(config: LlamaConfig) -> tuple[dict[str, Any], HFMapping]:
 FAMILY = Family(
     name="gemma4",
     model_types=(GEMMA4, IMAGE_TEXT),
+    spec=SPEC,
     read=_read,
     claims=is_gemma4,
     write=_write,

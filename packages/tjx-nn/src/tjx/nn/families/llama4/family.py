@@ -11,6 +11,7 @@ from tjx.nn.families.base import Family
 from tjx.nn.families.llama4.hf import (
     IMAGE_TEXT,
     LLAMA4,
+    SPEC,
     is_llama4,
     llama4_config_from_hf,
     llama4_config_to_hf,
@@ -44,6 +45,7 @@ def _write(config: LlamaConfig) -> tuple[dict[str, Any], HFMapping]:
 FAMILY = Family(
     name="llama4",
     model_types=(LLAMA4, IMAGE_TEXT),
+    spec=SPEC,
     read=_read,
     claims=is_llama4,
     write=_write,

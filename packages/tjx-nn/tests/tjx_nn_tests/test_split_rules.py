@@ -112,13 +112,13 @@ DELTA = dict(delta_key_heads=2, delta_value_heads=4, delta_key_dim=8, delta_valu
                 num_layers=3, sliding_window=4, window_pattern=("local", "global"),
                 kv_shared_layers=1,
             ),
-            "model.kv_shared_layers: layers that read an earlier layer's keys and values (1, "
-            f"Gemma 4's) do not run on a split sequence {SPLIT}; set mesh.context=1",
+            "model.kv_shared_layers: layers that read an earlier layer's keys and values (1) "
+            f"do not run on a split sequence {SPLIT}; set mesh.context=1",
         ),
         (
             llama_tiny(attention_chunk=4, window_pattern=("local", "global")),
             "model.attention_chunk: the split sequence's block kernels attend without chunks "
-            f"(Llama 4's) {SPLIT}; set mesh.context=1",
+            f"{SPLIT}; set mesh.context=1",
         ),
     ],
     ids=[

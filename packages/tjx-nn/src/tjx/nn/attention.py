@@ -2,7 +2,7 @@
 optional MLA-style low-rank key/value path (DeepSeek's with ``qk_rope_head_dim``:
 :mod:`tjx.nn.mla`), a sliding window, and KV-cache prefill/decode; q/k norms, Gemma's query
 scale and soft-capped logits, gpt-oss's attention sinks, GLM's partial RoPE, Qwen3.5's output
-gate and Llama 4's chunks, NoPE layers, weightless q/k norm and temperature (see
+gate, attention chunks, NoPE layers, the weightless q/k norm and temperature (see
 ``family_config``).
 
 A windowed layer (``sliding_window``; ``window_pattern`` says which layers) passes the window to
@@ -85,7 +85,7 @@ class Attention(nnx.Module):
     ) -> None:
         c = config
         assert c.head_dim is not None and c.num_kv_heads is not None
-        # Gemma 4: a global layer's own head width and key/value heads (``layer_shape``).
+        # A global layer's own head width and key/value heads (``layer_shape``).
         if (
             layer is not None
             and not cross
@@ -99,7 +99,7 @@ class Attention(nnx.Module):
             kernel = None  # resolved for this width, below
         assert c.head_dim is not None and c.num_kv_heads is not None
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
-        # Gemma 4: values from the key projection; keys and values read from another layer.
+        # Values from the key projection; keys and values read from another layer.
         self.values_from_keys = layer is not None and layer.values_from_keys and not cross
         self.reads_kv = layer is not None and layer.kv_source is not None and not cross
         self.value_norm = c.value_norm and not cross
@@ -120,7 +120,7 @@ class Attention(nnx.Module):
         self.scale *= ds.softmax_scale_factor(c)  # DeepSeek's yarn mscale² (else 1)
         self.softcap = c.attn_logit_softcap
         self.window = None if cross else c.sliding_window
-        # Llama 4: the local layers' chunk; global layers without RoPE (NoPE), their queries
+        # The local layers' chunk; global layers without RoPE (NoPE), their queries
         # tempered by position; the rotated layers' q and k over their RMS (no weight).
         self.chunk = None if cross else c.attention_chunk
         self.global_nope = c.global_nope and not cross
@@ -265,7 +265,7 @@ class Attention(nnx.Module):
             return jnp.concatenate([turned, x[..., self.rotated :]], axis=-1)
 
         def wide() -> Array:
-            if self.rope_proportion < 1.0:  # Gemma 4's global layers
+            if self.rope_proportion < 1.0:  # proportional RoPE of global layers
                 return proportional_rope(
                     x, positions, theta=self.rope_theta, proportion=self.rope_proportion
                 )
@@ -301,7 +301,7 @@ class Attention(nnx.Module):
         return jnp.where(local, rotated(), x)
 
     def _tempered(self, q: Array, positions: Array, local: Local) -> Array:
-        """Llama 4's queries of a NoPE layer times ``1 + scale · log(1 + floor((p + 1) /
+        """The queries of a NoPE layer times ``1 + scale · log(1 + floor((p + 1) /
         floor))`` at position ``p`` (transformers' ``attn_temperature_tuning``)."""
         if self.temperature is None or local is None or local is True:
             return q
@@ -325,9 +325,9 @@ class Attention(nnx.Module):
         assert self.key is not None
         raw = self.key(src, k_key)
         k = self._normed(self.k_norm, raw)
-        # Gemma 4's global layers without a value projection: the keys' projection, unnormed.
+        # Global layers without a value projection: the keys' projection, unnormed.
         v = raw if self.value is None else self.value(src, k_value)
-        if self.value_norm:  # Gemma 4: RMSNorm without a scale
+        if self.value_norm:  # RMSNorm without a scale
             v = rms_norm(v, jnp.ones(v.shape[-1], v.dtype), self.norm_eps, v.dtype)
         if self.position == "rope" and positions is not None:
             k = self._position(k, positions, local)
@@ -460,7 +460,7 @@ class Attention(nnx.Module):
             int ``[b]`` real tokens of a right-padded prefill: a rolling cache shorter than the
             prompt keeps each row's last real tokens (default: every row is full).
         shared : dict, optional
-            A layer of ``kv_shared_layers`` (Gemma 4): the keys and values ``{"k", "v"}`` of the
+            A layer of ``kv_shared_layers``: the keys and values ``{"k", "v"}`` of the
             layer it reads, as that layer's ``kv_out`` holds them this call.
         kv_out : dict, optional
             Filled with this layer's keys and values ``{"k", "v"}`` for a later layer to read:
@@ -552,7 +552,7 @@ class Attention(nnx.Module):
                 chunk = self.chunk if near else None
                 if split is not None and (self.sinks is not None or chunk is not None):
                     raise ValueError(
-                        "attention_sinks (gpt-oss) and attention_chunk (Llama 4) are not "
+                        "attention_sinks (gpt-oss) and attention_chunk are not "
                         "supported under sequence_parallel: the split's block kernels have "
                         "neither; train without the split"
                     )

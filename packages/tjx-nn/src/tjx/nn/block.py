@@ -12,15 +12,16 @@ from flax import nnx
 
 from tjx.nn.attention import Attention
 from tjx.nn.configs import TransformerConfig
+from tjx.nn.families.parts import layer_input
 from tjx.nn.family_config import LayerShape, layer_shape
 from tjx.nn.gated_deltanet import DeltaState, GatedDeltaNet
 from tjx.nn.kernel_choice import ModelAttention, layer_kind
 from tjx.nn.kv_cache import LayerCache
-from tjx.nn.linear import Dense, dropout, split_key
+from tjx.nn.linear import dropout, split_key
 from tjx.nn.mlp import MLP
 from tjx.nn.moe.layer import MoE, MoEStats
 from tjx.nn.norms import LayerNorm, RMSNorm, make_norm
-from tjx.nn.params import make_param, normal, ones
+from tjx.nn.params import make_param, ones
 from tjx.nn.sequence import current_sequence_parallel
 
 Array = jax.Array
@@ -28,28 +29,6 @@ Array = jax.Array
 #: decoding their positions) in its cache slot under names with this prefix (beside its cache,
 #: if any); the stack takes them out.
 KEPT = "kept_"
-
-
-class PerLayerInput(nnx.Module):
-    """Gemma 4's per-layer input (PLE) of one layer: ``x + norm(W_up(gelu_tanh(W_gate x) ·
-    ple))``, ``ple`` this layer's ``[b, s, P]`` slice of the model's `PerLayerEmbed`."""
-
-    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs, out_std: float) -> None:
-        c, p = config, config.per_layer_input_dim
-        common: dict[str, Any] = dict(rngs=rngs, use_bias=False, precision=c.precision)
-        self.gate = Dense(
-            (c.d_model,), (p,), ("embed",), (None,), init=normal(c.init_std), **common
-        )
-        self.proj = Dense((p,), (c.d_model,), (None,), ("embed",), init=normal(out_std), **common)
-        self.norm = make_norm(
-            c.norm, c.d_model, rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias,
-            precision=c.precision, plus_one=c.norm_plus_one,
-        )  # fmt: skip
-
-    def __call__(self, x: Array, ple: Array) -> Array:
-        """``x`` [b, s, d] plus this layer's per-layer input ``ple`` [b, s, P]."""
-        h = jax.nn.gelu(self.gate(x), approximate=True) * ple.astype(x.dtype)
-        return x + self.norm(self.proj(h))
 
 
 def residual_std(config: TransformerConfig, num_layers: int) -> float:
@@ -99,7 +78,7 @@ class Block(nnx.Module):
         index: int | None = None,
     ) -> None:
         c = config
-        # Gemma 4: the layer's own attention geometry and MLP width (decoders: ``index``).
+        # The layer's own attention geometry and MLP width (decoders: ``index``).
         shape: LayerShape | None = (
             layer_shape(c, index) if index is not None and causal and not cross else None
         )
@@ -166,7 +145,7 @@ class Block(nnx.Module):
         self.mlp_post_norm = norm(after)
         assert c.mlp_dim is not None
         self.moe: MoE | None = MoE(c, rngs=rngs, out_std=out_std) if moe else None
-        # Gemma 4: an MoE layer keeps its MLP, the MoE block beside it with norms of its own:
+        # moe_beside_mlp: an MoE layer keeps its MLP, the MoE block beside it with norms of its own:
         # the MLP's output norm (``mlp_mid_norm``), the MoE's input and output norms.
         beside = moe and c.moe_beside_mlp
         self.mlp_mid_norm = norm(beside)
@@ -187,9 +166,7 @@ class Block(nnx.Module):
             )
         )
         self.router_reads_residual = c.router_input_norm  # the router reads the raw residual
-        self.per_layer: PerLayerInput | None = (
-            PerLayerInput(c, rngs=rngs, out_std=out_std) if c.per_layer_input_dim else None
-        )
+        self.per_layer = layer_input(c, rngs=rngs, out_std=out_std)
         self.scale = (
             make_param(rngs, ones(), (1,), (None,), c.precision.param_dtype)
             if c.layer_scale
@@ -224,7 +201,7 @@ class Block(nnx.Module):
         ``context_kv`` (``{"k", "v"}``, see ``Attention.project_context``) replaces projecting
         ``context`` in the cross-attention (incremental decoding of an encoder-decoder).
         ``local`` switches the self-attention's sliding window for this layer and ``lengths``
-        gives a prefill's real tokens per row (see ``Attention``). Gemma 4: ``per_layer_input``
+        gives a prefill's real tokens per row (see ``Attention``). ``per_layer_input``
         is this layer's PLE ``[b, s, P]``; ``shared_kv`` the keys and values of the layer this
         one reads (``kv_shared_layers``); a layer others read returns its own in its cache slot
         under ``KEPT``. ``extend``: with a cache, a decode step of the ``s`` tokens (see
@@ -303,7 +280,7 @@ class Block(nnx.Module):
             x = sub(x, self.cross_norm, None, cross, keys[3])
 
         def beside(h: Array) -> Array:
-            """Gemma 4: the MLP and the MoE block side by side on the residual ``h``."""
+            """``moe_beside_mlp``: the MLP and the MoE block side by side on the residual ``h``."""
             assert self.mlp is not None and moe is not None and self.mlp_norm is not None
             assert self.mlp_mid_norm is not None and self.moe_norm is not None
             assert self.moe_post_norm is not None
@@ -326,7 +303,7 @@ class Block(nnx.Module):
         cache: LayerCache | None,
         stats: MoEStats | None,
     ) -> tuple[Array, LayerCache | None, MoEStats | None]:
-        """The layer's end: Gemma 4's per-layer input, the layer scale, the kept keys/values."""
+        """The layer's end: its per-layer input, the layer scale, the kept keys/values."""
         if self.per_layer is not None:
             if per_layer_input is None:
                 raise ValueError("this layer adds a per-layer input (PLE): pass per_layer_input")

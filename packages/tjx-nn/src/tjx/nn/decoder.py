@@ -14,11 +14,11 @@ from tjx.kernels import CrossEntropyOutput, linear_cross_entropy, soft_cap
 from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
 from tjx.nn.embeddings import (
     Embed,
-    PerLayerEmbed,
     add_positions,
     learned_positions,
     sinusoid_amplitude,
 )
+from tjx.nn.families.parts import per_layer_embed
 from tjx.nn.fp8 import Fp8HeadProducts, Fp8Policy
 from tjx.nn.kv_cache import init_cache
 from tjx.nn.linear import Dense, dropout, dropout_stream, split_key
@@ -198,8 +198,8 @@ class DecoderLM(nnx.Module):
             c, rngs=rngs, init_std=0.01 if isinstance(c, GPT2Config) else None
         )
         self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=True)
-        # Gemma 4's per-layer embeddings (``per_layer_input_dim``), into every layer.
-        self.per_layer = PerLayerEmbed(c, rngs=rngs) if c.per_layer_input_dim else None
+        # Per-layer embeddings (``per_layer_input_dim``), into every layer.
+        self.per_layer = per_layer_embed(c, rngs=rngs)
         self.final_norm = (
             make_norm(
                 c.norm,

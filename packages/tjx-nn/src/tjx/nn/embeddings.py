@@ -1,6 +1,5 @@
 """Token embedding that can also unembed (the tied output head), lookup-only tables (learned
-positions, token types), adding absolute positions to embedded tokens, and Gemma 4's per-layer
-embeddings (`PerLayerEmbed`)."""
+positions, token types), and adding absolute positions to embedded tokens."""
 
 from __future__ import annotations
 
@@ -9,11 +8,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from tjx.nn.linear import Dense
-from tjx.nn.norms import make_norm
 from tjx.nn.params import make_param, normal
 from tjx.nn.positions import sinusoidal
 from tjx.nn.precision import Precision
@@ -122,42 +118,3 @@ def add_positions(
         waves = sinusoidal(positions, x.shape[-1], dtype=jnp.promote_types(x.dtype, jnp.float32))
         return x + (amplitude * waves).astype(x.dtype)
     return x
-
-
-class PerLayerEmbed(nnx.Module):
-    """Gemma 4's per-layer embeddings (PLE): one ``P``-vector per layer and token.
-
-    ``(norm(reshape(x · W / sqrt(d))) + table[ids] · sqrt(P)) / sqrt(2)`` with ``x`` the scaled
-    token embeddings ``[b, s, d]``, ``W`` ``[d, L·P]``, ``table`` ``[per_layer_vocab_size, L·P]``
-    and the norm over each layer's ``P`` (the factors rounded to float32 first, as transformers').
-    """
-
-    def __init__(self, config: Any, *, rngs: nnx.Rngs) -> None:
-        c = config
-        self.layers, self.dim = c.num_layers, c.per_layer_input_dim
-        width = self.layers * self.dim
-        self.table = Embed(
-            c.per_layer_vocab_size or c.vocab_size,
-            width,
-            rngs=rngs,
-            init_std=c.init_std,
-            names=(None, None),
-            precision=c.precision,
-        )
-        self.proj = Dense(
-            (c.d_model,), (width,), ("embed",), (None,), rngs=rngs, use_bias=False,
-            init=normal(c.init_std), precision=c.precision,
-        )  # fmt: skip
-        self.norm = make_norm(
-            c.norm, self.dim, rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias,
-            precision=c.precision, plus_one=c.norm_plus_one,
-        )  # fmt: skip
-        self.d_model = c.d_model
-
-    def __call__(self, ids: Array, x: Array) -> Array:
-        """Every layer's input ``[b, s, layers, P]`` for tokens ``ids`` [b, s] embedded as ``x``."""
-        shape = (*ids.shape, self.layers, self.dim)
-        token = self.table(ids) * jnp.asarray(np.float32(math.sqrt(self.dim)), x.dtype)
-        scale = jnp.asarray(np.float32(self.d_model**-0.5), x.dtype)
-        context = self.norm((self.proj(x) * scale).reshape(shape))
-        return (context + token.reshape(shape)) * jnp.asarray(np.float32(2.0**-0.5), x.dtype)

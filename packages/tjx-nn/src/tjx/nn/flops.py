@@ -39,11 +39,11 @@ causes (MaxText's and torchtitan's convention). Capacity-dropped assignments are
 **Multi-token prediction** (``mtp_depths``): each depth runs a decoder block at every position
 (its attention counted as a layer's), its ``eh_proj`` and the shared head once more.
 
-**Gemma 4's layers** (:mod:`tjx.nn.family_config`) are counted one by one: a global layer's own
-head width and key/value heads (its score matrix at that width), no value projection where the
-values are the keys, none at all in a layer reading another's keys and values, the shared
-layers' MLP width, and the per-layer embeddings' projection (``[d, L·P]``) and each layer's gate
-and projection (``2·d·P``); their token table is a lookup.
+**Layers of their own shape** (:mod:`tjx.nn.family_config`'s ``layer_shape``) are counted one
+by one: a global layer's own head width and key/value heads (its score matrix at that width), no
+value projection where the values are the keys, none at all in a layer reading another's keys
+and values, the shared layers' MLP width, and the per-layer embeddings' projection
+(``[d, L·P]``) and each layer's gate and projection (``2·d·P``); their token table is a lookup.
 
 The counts are derived from the config here and checked in the tests against the weights of the
 built model (``nnx.state``), so the two cannot drift apart silently.
@@ -119,13 +119,13 @@ def _moe_active(c: TransformerConfig) -> int:
     return c.d_model * c.num_experts + per * active + gate
 
 
-def _gemma4(c: TransformerConfig) -> bool:
-    """Whether ``c``'s layers differ in shape (Gemma 4's switches)."""
+def _shapes_differ(c: TransformerConfig) -> bool:
+    """Whether ``c``'s layers differ in shape (``UNSCANNED``'s switches)."""
     return any(getattr(c, name) not in (None, False, 0) for name in UNSCANNED)
 
 
-def _gemma4_layers(c: TransformerConfig) -> int:
-    """Gemma 4's layers' matmul weights, each at its own shape (`layer_shape`), with the
+def _shaped_layers(c: TransformerConfig) -> int:
+    """The layers' matmul weights, each at its own shape (`layer_shape`), with the
     per-layer embeddings' projections."""
     d, h, p = c.d_model, c.num_heads, c.per_layer_input_dim
     total = d * c.num_layers * p  # the per-layer embeddings' projection of the embeddings
@@ -137,8 +137,8 @@ def _gemma4_layers(c: TransformerConfig) -> int:
     return total
 
 
-def _gemma4_attention(c: TransformerConfig, s: int, causal_half: bool) -> int:
-    """The score and value products of Gemma 4's layers beyond ``head_dim``'s width (causal)."""
+def _wider_attention(c: TransformerConfig, s: int, causal_half: bool) -> int:
+    """The score and value products of layers wider than ``head_dim`` beyond it (causal)."""
     extra = 0
     for i, w in enumerate(c.layer_windows()):
         width = layer_shape(c, i).head_dim - (c.head_dim or 0)
@@ -149,15 +149,15 @@ def _gemma4_attention(c: TransformerConfig, s: int, causal_half: bool) -> int:
 
 def _decoder_layers(c: TransformerConfig) -> int:
     """Every layer's active matmul weights: attention or delta blocks (``mixer_pattern``), their
-    MoE blocks by `_moe_active`; Gemma 4's layers one by one."""
+    MoE blocks by `_moe_active`; layers of their own shape one by one."""
     kinds = moe_layers(c)
     moe = sum(kinds)
     mixers = c.layer_mixers()
     deltas = mixers.count("delta")
     blocks = (c.num_layers - deltas) * _self_block(c) + (deltas * _delta_block(c) if deltas else 0)
-    if _gemma4(c):
-        blocks = _gemma4_layers(c)
-    if c.moe_beside_mlp:  # Gemma 4: the MLP stays, the MoE block's active weights are added
+    if _shapes_differ(c):
+        blocks = _shaped_layers(c)
+    if c.moe_beside_mlp:  # the MLP stays, the MoE block's active weights are added
         return blocks + moe * _moe_active(c)
     return blocks - moe * (_mlp_weights(c) - _moe_active(c))
 
@@ -183,7 +183,7 @@ def _area(c: TransformerConfig, s: int, layers: int, *, causal: bool) -> tuple[i
     for w, local, mixer in zip(c.layer_windows(layers), locals_, mixers, strict=True):
         if mixer == "delta":  # no score matrix (`flops_per_token` counts its state products)
             continue
-        if local and c.attention_chunk is not None:  # Llama 4: a score block per chunk
+        if local and c.attention_chunk is not None:  # a score block per chunk
             whole, rest = divmod(s, c.attention_chunk)
             block = whole * c.attention_chunk**2 + rest * rest
             total += block
@@ -341,8 +341,8 @@ def flops_per_token(
     attention = 6 * widths * (full_area + causal_area) - (
         3 * widths * overlap if causal_half else 0
     )
-    if _gemma4(config):  # global layers wider than head_dim
-        attention += _gemma4_attention(config, seq_len, causal_half)
+    if _shapes_differ(config):  # global layers wider than head_dim
+        attention += _wider_attention(config, seq_len, causal_half)
     deltas = config.layer_mixers().count("delta")
     if deltas:  # the recurrent form's three state products per token (the module docstring)
         hv, dk, dv, _ = _delta_sizes(config)

@@ -17,9 +17,10 @@ leading axis counts them only) and its delta layers' states beside them: ``{"con
 conv_kernel - 1, conv_dim], "recurrent": [L_delta, b, H_v, d_k, d_v]}`` (float32), a fixed size
 whatever the length (`layer_cache` gives a layer its own part).
 
-Gemma 4 (:mod:`tjx.nn.family_config`): global layers of their own width or key/value heads cache
-as ``{"global_k", "global_v"}`` ``[L_global, b, T, global_kv_heads, global_head_dim]`` beside
-the others' ``k``/``v``; the ``kv_shared_layers`` cache nothing (they read an earlier layer's).
+Layers of their own shape (:mod:`tjx.nn.family_config`): global layers of their own width or
+key/value heads cache as ``{"global_k", "global_v"}`` ``[L_global, b, T, global_kv_heads,
+global_head_dim]`` beside the others' ``k``/``v``; the ``kv_shared_layers`` cache nothing (they
+read an earlier layer's).
 `cache_groups` says which part each layer has, `own_cache` and `restack` cut and join them.
 """
 
@@ -117,7 +118,7 @@ def _attention_cache(
 
 #: The cache entries of delta layers (the rest belong to attention layers).
 DELTA_ENTRIES = ("conv", "recurrent")
-#: The cache entries of Gemma 4's global layers of their own geometry (``k``, ``v`` to them).
+#: The cache entries of global layers of their own geometry (``k``, ``v`` to them).
 GLOBAL_ENTRIES = ("global_k", "global_v")
 
 
@@ -125,11 +126,11 @@ def cache_groups(
     config: TransformerConfig, num_layers: int | None = None
 ) -> tuple[str | None, ...]:
     """Each layer's part of the cache: its mixer (``"attention"``: ``k``/``v`` or MLA's
-    latents; ``"delta"``), ``"global"`` for a Gemma 4 global layer of its own width or key/value
+    latents; ``"delta"``), ``"global"`` for a global layer of its own width or key/value
     heads (``global_k``/``global_v``), or None for a ``kv_shared_layers`` layer (none)."""
     mixers = config.layer_mixers(num_layers)
     if num_layers not in (None, config.num_layers):
-        return mixers  # an encoder-decoder's decoder: no Gemma 4 layers
+        return mixers  # an encoder-decoder's decoder: no layers of their own shape
     c = config
     own = (c.global_head_dim or c.head_dim, c.global_kv_heads or c.num_kv_heads)
     apart = own != (c.head_dim, c.num_kv_heads)
@@ -304,7 +305,7 @@ def step_visible(
     """bool ``[b, s, K]``: which of a decode step's keys (at positions ``held`` ``[b, K]``,
     negative: none) each of its queries (at ``positions`` ``[b, s]``) sees: causally (the
     step's own later tokens and any stale row past them are hidden by position), within a
-    ``window`` (``p - window < key``) or the query's own ``chunk`` (Llama 4) where ``local``
+    ``window`` (``p - window < key``) or the query's own ``chunk`` where ``local``
     says the layer's applies (None or True: it does; a traced bool: per scanned layer)."""
     keys, queries = held[:, None, :], positions.astype(jnp.int32)[:, :, None]
     visible = (keys >= 0) & (keys <= queries)
@@ -352,7 +353,7 @@ def kv_cache_bytes(
         assert config.num_kv_heads is not None and config.head_dim is not None
         per_token = 2 * config.num_kv_heads * config.head_dim
     mixers = config.layer_mixers()
-    groups = cache_groups(config)  # Gemma 4: shared layers hold none, global ones their own
+    groups = cache_groups(config)  # kv sharing: shared layers hold none, global ones their own
     total = groups.count("attention") * batch * seq_len * per_token * itemsize
     if "global" in groups:
         shape = layer_shape(config, groups.index("global"))

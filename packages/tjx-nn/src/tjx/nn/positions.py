@@ -115,7 +115,7 @@ def apply_rope(
 
 
 def proportional_rope(x: Array, positions: Array, *, theta: float, proportion: float) -> Array:
-    """Gemma 4's proportional RoPE of ``x`` [b, s, heads, head_dim] at ``positions`` [b, s].
+    """Proportional RoPE of ``x`` [b, s, heads, head_dim] at ``positions`` [b, s].
 
     The head's first ``int(proportion · head_dim / 2)`` frequency pairs turn at the frequencies
     of the whole head (``theta^(-2i/head_dim)``); the others have frequency 0 and pass through.

@@ -12,8 +12,8 @@ top-k, issue #44) is one more entry made with `register_router`, reading its own
   ``k`` largest of ``scores + bias`` are chosen, but the weights are the scores themselves
   (renormalised with ``router_norm_topk``). The bias only steers the choice: it gets no gradient
   and is moved by ``moe.update_router_bias`` after each step instead.
-- ``sigmoid_plain`` (Llama 4): ``sigmoid`` without the bias: the ``k`` best scores weigh their
-  experts (Llama 4 scales each expert's input by it: the config's ``router_scales_input``).
+- ``sigmoid_plain``: ``sigmoid`` without the bias: the ``k`` best scores weigh their experts
+  (with the config's ``router_scales_input`` each expert's input is scaled by it instead).
 
 Both take DeepSeek's grouped top-k (``router_groups`` > 1): the experts are split into equal
 groups, each token keeps its ``router_topk_groups`` best groups and chooses its ``k`` experts
@@ -111,7 +111,7 @@ def sigmoid_bias_topk(logits: Array, bias: Array | None, config: Any) -> Routing
 
 
 #: Routers by the name the config's ``router`` field takes: ``sigmoid_plain`` is the sigmoid
-#: router without a balancing bias (Llama 4: the top ``k`` logits, each weighed by its sigmoid).
+#: router without a balancing bias (the top ``k`` logits, each weighed by its sigmoid).
 ROUTERS: dict[str, Router] = {
     "softmax": Router(softmax_topk, bias=False),
     "sigmoid": Router(sigmoid_bias_topk, bias=True),

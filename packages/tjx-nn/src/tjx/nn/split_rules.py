@@ -114,13 +114,13 @@ def check_sequence_split(config: Any, ways: int) -> None:
     if config.kv_shared_layers:
         raise ValueError(
             f"model.kv_shared_layers: layers that read an earlier layer's keys and values "
-            f"({config.kv_shared_layers}, Gemma 4's) do not run on a split sequence {split}; "
+            f"({config.kv_shared_layers}) do not run on a split sequence {split}; "
             "set mesh.context=1"
         )
     if config.attention_chunk is not None and any(config.layer_locals()):
         raise ValueError(
             f"model.attention_chunk: the split sequence's block kernels attend without chunks "
-            f"(Llama 4's) {split}; set mesh.context=1"
+            f"{split}; set mesh.context=1"
         )
     if config.attention_impl == "pallas" and any(w is not None for w in config.layer_windows()):
         raise ValueError(

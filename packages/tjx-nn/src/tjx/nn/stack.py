@@ -97,7 +97,7 @@ class Stack(nnx.Module):
         self.num_layers = num_layers
         self.scan = config.scan_layers
         self.remat = config.remat
-        # Whether each layer's sliding window (or Llama 4's chunk) applies, as the config's
+        # Whether each layer's sliding window (or attention chunk) applies, as the config's
         # pattern says.
         self.locals = config.layer_locals(num_layers)
         depth = residual_layers or num_layers
@@ -134,7 +134,7 @@ class Stack(nnx.Module):
         layers: Any = None
         parts: Any = None
         if not self.scan:
-            # Unrolled, each layer knows its index (Gemma 4's layers differ by it).
+            # Unrolled, each layer knows its index (layers of their own shape differ by it).
             layers = nnx.List(
                 [
                     make(rngs, k.moe, k.mixer, i if causal else None)
@@ -151,7 +151,7 @@ class Stack(nnx.Module):
             parts = nnx.List([scanned(unit(seg.unit), rngs, seg.repeats) for seg in self.plan])
         self.layers = layers
         self.segments = parts
-        # Gemma 4: each layer's part of the cache, and the layer whose keys/values it reads.
+        # Each layer's part of the cache, and the layer whose keys/values it reads (kv sharing).
         self.groups = cache_groups(config, num_layers) if causal and not cross else self.mixers
         self.sources = tuple(
             kv_source(config, i) if causal and not cross else None for i in range(num_layers)
@@ -195,7 +195,7 @@ class Stack(nnx.Module):
         (``local``): statically when unrolled or when every layer is alike, as a scanned flag
         otherwise. Returns ``(x, updated cache, stats)``: ``stats`` is the MoE layers'
         `MoEStats` stacked in layer order (one row per MoE layer), None without any.
-        ``per_layer``: Gemma 4's per-layer inputs ``[b, s, layers, P]`` (unrolled stacks; the
+        ``per_layer``: the per-layer inputs ``[b, s, layers, P]`` (unrolled stacks; the
         ``kv_shared_layers`` get the keys and values of their source layer here too).
         ``extend``: with a cache, the ``s`` tokens continue each row's cached sequence at
         ``cache_pos`` (a decode step of several tokens; see `Attention`), not a prefill.
@@ -252,7 +252,7 @@ class Stack(nnx.Module):
             x, (new_cache, stats) = step(self.layers, x, keys, cache, context_kv, flags)
             return x, new_cache, stats
         caches, all_stats = [], []
-        kept: dict[int, dict[str, Array]] = {}  # keys/values later layers read (Gemma 4)
+        kept: dict[int, dict[str, Array]] = {}  # keys/values later layers read (kv sharing)
         for i, block in enumerate(self.layers):
             extra: dict[str, Any] = {}
             if per_layer is not None:

@@ -11,16 +11,17 @@ import json
 import pytest
 
 from tjx import nn as tnn
+from tjx.nn.families.gemma4.hf import gemma4_config_to_hf
+from tjx.nn.families.llama4.hf import llama4_config_to_hf
+from tjx.nn.families.registry import FAMILIES
 from tjx.nn.hf import config as llama_hf
 from tjx.nn.hf import (
     deepseek,
     families,
     gemma,
-    gemma4,
     glm4_moe,
     gpt2,
     gpt_oss,
-    llama4,
     moe,
     qwen3_5,
     qwen3_next,
@@ -29,11 +30,9 @@ from tjx.nn.hf.checkpoints import HF_MODEL_TYPES
 from tjx.nn.hf.config import HARMLESS
 from tjx.nn.hf.deepseek import deepseek_config_to_hf
 from tjx.nn.hf.families import family_config_to_hf
-from tjx.nn.hf.gemma4 import gemma4_config_to_hf
 from tjx.nn.hf.glm4_moe import glm4_moe_config_to_hf
 from tjx.nn.hf.gpt_oss import gpt_oss_config_to_hf
 from tjx.nn.hf.keys import REFUSE, REQUIRED, UNSET, HFConfigError, Key
-from tjx.nn.hf.llama4 import llama4_config_to_hf
 from tjx.nn.hf.moe import moe_config_to_hf
 from tjx.nn.hf.qwen3_5 import qwen3_5_config_to_hf
 from tjx.nn.hf.qwen3_next import qwen3_next_config_to_hf
@@ -62,8 +61,7 @@ SPECS = {
     "glm4_moe": glm4_moe.SPEC,
     "qwen3_5_text": qwen3_5.SPEC,
     "qwen3_next": qwen3_next.SPEC,
-    "llama4_text": llama4.SPEC,
-    "gemma4_text": gemma4.SPEC,
+    **{family.model_types[0]: family.spec for family in FAMILIES},
 }
 #: The image-text types, read as their text model (``text_config``).
 IMAGE_TEXT = {"qwen3_5": "qwen3_5_text", "llama4": "llama4_text", "gemma4": "gemma4_text"}

@@ -16,9 +16,12 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from tjx import nn as tnn
-from tjx.nn.block import PerLayerInput
-from tjx.nn.embeddings import PerLayerEmbed
-from tjx.nn.hf.gemma4 import gemma4_config_from_hf, gemma4_config_to_hf, gemma4_image_text_config
+from tjx.nn.families.gemma4.hf import (
+    gemma4_config_from_hf,
+    gemma4_config_to_hf,
+    gemma4_image_text_config,
+)
+from tjx.nn.families.gemma4.layers import PerLayerEmbed, PerLayerInput
 from tjx.nn.positions import proportional_rope
 from tjx_nn_tests._helpers import saved_random
 

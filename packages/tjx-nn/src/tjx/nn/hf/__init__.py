@@ -5,8 +5,8 @@ and the plan to read or write it), ``io`` (checkpoint folders, lazy safetensors 
 writes), one config module per family (``gpt2``, ``config``: llama/mistral/qwen2, ``families`` with
 ``family_base``, ``gemma`` and ``phi3``: qwen3/olmo2/olmo3/phi3/gemma2/gemma3_text, ``moe``:
 mixtral/qwen2_moe/qwen3_moe, ``deepseek``: deepseek_v2/v3, ``gpt_oss``, ``glm4_moe``,
-``qwen3_5``: qwen3_5_text, ``qwen3_next``, ``llama4``: llama4_text and ``gemma4``: gemma4_text:
-config and tensors each) and its tensor mapping
+``qwen3_5``: qwen3_5_text and ``qwen3_next``: config and tensors each; the families with a folder
+of their own keep theirs there, `tjx.nn.families`) and its tensor mapping
 (``gpt2``, ``llama``, ``family_tensors``, ``deepseek_tensors``, built on ``tables``),
 ``keys`` (every ``config.json`` key a family reads: its type, transformers' default or required,
 its range; a damaged one is an ``HFConfigError``), and ``start`` (the settings a checkpoint

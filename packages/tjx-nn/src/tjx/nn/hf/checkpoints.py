@@ -4,14 +4,11 @@ and out.
 A folder's ``config.json`` names the architecture (``model_type`` gpt2, llama, mistral, qwen2,
 qwen3, olmo2, olmo3, phi3, gemma2 or gemma3_text, the MoE types mixtral, qwen2_moe and qwen3_moe,
 ``moe``, deepseek_v2 and deepseek_v3, ``deepseek``, gpt_oss, ``gpt_oss``, glm4_moe,
-``glm4_moe``, qwen3_5_text, ``qwen3_5``, qwen3_next, ``qwen3_next``, or llama4_text,
-``llama4``); its config module
-maps the config (refusing what tjx would ignore) and its mapping module the tensors. Weights
-move one tensor at a time: loading fills a model built abstractly (``nnx.eval_shape``) from
-safetensors' memory-mapped reads, saving writes one shard at a time, so neither holds two full
-copies of the weights.
-
-Gemma 4 (gemma4_text, and the image-text gemma4 as its text model) is ``gemma4``.
+``glm4_moe``, qwen3_5_text, ``qwen3_5``, qwen3_next, ``qwen3_next``, or one a family folder
+reads: `tjx.nn.families.registry`); its config module maps the config (refusing what tjx would
+ignore) and its mapping module the tensors. Weights move one tensor at a time: loading fills a
+model built abstractly (``nnx.eval_shape``) from safetensors' memory-mapped reads, saving writes
+one shard at a time, so neither holds two full copies of the weights.
 """
 
 from __future__ import annotations
@@ -29,7 +26,7 @@ from flax import nnx
 
 from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
 from tjx.nn.decoder import GPT2, DecoderLM, Llama
-from tjx.nn.hf import llama4
+from tjx.nn.families.registry import FAMILIES, family_of, model_types
 from tjx.nn.hf.config import LLAMA_TYPES, llama_config_from_hf, llama_config_to_hf
 from tjx.nn.hf.deepseek import (
     DEEPSEEK_TYPES,
@@ -49,16 +46,6 @@ from tjx.nn.hf.families import (
     family_config_to_hf,
 )
 from tjx.nn.hf.family_tensors import family_mapping
-from tjx.nn.hf.gemma4 import (
-    GEMMA4,
-    gemma4_config_from_hf,
-    gemma4_config_to_hf,
-    gemma4_image_text_config,
-    gemma4_mapping,
-    is_gemma4,
-    skip_towers,
-)
-from tjx.nn.hf.gemma4 import IMAGE_TEXT as GEMMA4_IMAGE_TEXT
 from tjx.nn.hf.glm4_moe import (
     GLM4_MOE,
     glm4_moe_config_from_hf,
@@ -90,13 +77,6 @@ from tjx.nn.hf.io import (
     write_safetensors,
 )
 from tjx.nn.hf.llama import llama_mapping
-from tjx.nn.hf.llama4 import (
-    LLAMA4,
-    is_llama4,
-    llama4_config_from_hf,
-    llama4_config_to_hf,
-    llama4_mapping,
-)
 from tjx.nn.hf.moe import MOE_TYPES, moe_config_from_hf, moe_config_to_hf, moe_export_type
 from tjx.nn.hf.quantized import open_dequantized, quantization_from_hf, without_quantization
 from tjx.nn.hf.qwen3_5 import (
@@ -126,11 +106,8 @@ HF_MODEL_TYPES: dict[str, str] = {
     "gpt2": "gpt2",
     **{t: "llama" for t in (*LLAMA_TYPES, *FAMILY_TYPES)},
     **{t: "llama" for t in (*MOE_TYPES, *DEEPSEEK_TYPES, GPT_OSS, GLM4_MOE, QWEN3_5, QWEN3_NEXT)},
-    GEMMA4: "llama",
-    GEMMA4_IMAGE_TEXT: "llama",  # Gemma 4's image-text folders: the text model
     IMAGE_TEXT: "llama",  # Qwen3.5's image-text folders: the text model
-    LLAMA4: "llama",
-    llama4.IMAGE_TEXT: "llama",  # Llama 4's image-text folders: the text model
+    **{t: "llama" for t in model_types()},  # the family folders' (image-text: the text model)
 }
 #: model types refused with a line of their own (what to load instead).
 _REFUSED = {
@@ -249,25 +226,13 @@ def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[Deco
     if model_type in FAMILY_TYPES:
         family = family_config_from_hf(hf, **overrides)
         return family, Llama, family_mapping(family, model_type)
-    if model_type in (GEMMA4, GEMMA4_IMAGE_TEXT):
-        image_text = model_type == GEMMA4_IMAGE_TEXT
-        gemma4 = gemma4_config_from_hf(
-            gemma4_image_text_config(hf) if image_text else hf, **overrides
-        )
-        mapping = gemma4_mapping(gemma4)
-        if image_text:
-            mapping = replace(mapping, ignored=skip_towers(mapping.ignored))
-        return gemma4, Llama, mapping
+    folder_family = family_of(model_type)
+    if folder_family is not None:
+        config, mapping = folder_family.read(hf, model_type, overrides)
+        return config, Llama, mapping
     if model_type == GPT_OSS:
         oss = gpt_oss_config_from_hf(hf, **overrides)
         return oss, Llama, gpt_oss_mapping(oss)
-    if model_type == LLAMA4:
-        l4 = llama4_config_from_hf(hf, **overrides)
-        return l4, Llama, llama4_mapping(l4)
-    if model_type == llama4.IMAGE_TEXT:
-        l4 = llama4_config_from_hf(llama4.llama4_text_config(hf), **overrides)
-        mapping = llama4_mapping(l4)
-        return l4, Llama, replace(mapping, ignored=llama4.skip_vision(mapping.ignored))
     if model_type in (QWEN3_5, IMAGE_TEXT, QWEN3_NEXT):
         image_text = model_type == IMAGE_TEXT
         text = image_text_config(hf) if image_text else hf
@@ -368,10 +333,11 @@ def _checked_names(weights: Tensors, hf: dict[str, Any], mapping: HFMapping) -> 
     """The mapping's tensor name → the stored one, after `check_tensors` on the headers."""
     if hf.get("model_type") == "gpt2":  # save_pretrained's ``transformer.`` prefix
         names = {n.removeprefix("transformer."): n for n in weights.names()}
-    elif hf.get("model_type") in (IMAGE_TEXT, GEMMA4_IMAGE_TEXT):  # ``model.language_model.*``
+    elif hf.get("model_type") == IMAGE_TEXT:  # ``model.language_model.*``
         names = {text_name(n): n for n in weights.names()}
-    elif hf.get("model_type") == llama4.IMAGE_TEXT:  # Llama 4's ``language_model.*``
-        names = {llama4.text_name(n): n for n in weights.names()}
+    elif (family := family_of(hf.get("model_type"))) is not None:
+        rename = family.text_name(str(hf["model_type"]))
+        names = {rename(n): n for n in weights.names()}
     else:
         names = {n: n for n in weights.names()}
     check_tensors(
@@ -395,10 +361,10 @@ def _export_plan(config: Any, model_type: str | None) -> tuple[dict[str, Any], H
                 f"a model with attention sinks saves as model_type 'gpt_oss'; got {model_type!r}"
             )
         return gpt_oss_config_to_hf(config), gpt_oss_mapping(config)
-    if isinstance(config, LlamaConfig) and is_llama4(config, model_type):
-        return llama4_config_to_hf(config), llama4_mapping(config)
-    if isinstance(config, LlamaConfig) and is_gemma4(config, model_type):
-        return gemma4_config_to_hf(config), gemma4_mapping(config)
+    if isinstance(config, LlamaConfig):
+        for family in FAMILIES:
+            if family.claims(config, model_type):
+                return family.write(config)
     if isinstance(config, LlamaConfig) and is_qwen3_next(config, model_type):
         return qwen3_next_config_to_hf(config), qwen3_next_mapping(config)
     if isinstance(config, LlamaConfig) and (model_type == QWEN3_5 or is_qwen3_5(config)):
@@ -462,8 +428,7 @@ def save_hf(
         on multi-head attention with the sigmoid router or a partial RoPE: ``glm4_moe``
         (``glm4_moe``). Delta layers or a gated attention output: ``qwen3_5_text``
         (``qwen3_5``), or ``qwen3_next`` (``qwen3_next``), the default with MoE layers.
-        Attention chunks, NoPE layers, the weightless q/k norm or input-scaled experts:
-        ``llama4_text`` (``llama4``).
+        A family folder's switches: its text model type (`tjx.nn.families.registry`).
     tokenizer_from : str or PathLike, optional
         A folder whose tokenizer files (``tokenizer.json`` ...) are copied next to the weights.
 

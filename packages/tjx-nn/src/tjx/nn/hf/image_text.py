@@ -1,6 +1,6 @@
-"""An image-text checkpoint read as its text model (Qwen3.5's, Llama 4's and Gemma 4's published
-folders): the text config inside its ``config.json``, and the towers stored beside the language
-model skipped in one line each, as transformers' causal LMs skip them on load.
+"""An image-text checkpoint read as its text model (Qwen3.5's published folders and those of the
+family folders' families): the text config inside its ``config.json``, and the towers stored
+beside the language model skipped in one line each, as transformers' causal LMs skip them on load.
 """
 
 from __future__ import annotations

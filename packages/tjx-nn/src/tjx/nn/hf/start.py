@@ -15,7 +15,7 @@ from typing import Any
 
 from tjx.nn.config_io import config_to_dict
 from tjx.nn.configs import DELTA_SIZES, GPT2Config, TransformerConfig
-from tjx.nn.family_config import GEMMA4_SWITCHES, LLAMA4_SWITCHES
+from tjx.nn.families.registry import fixed_fields
 from tjx.nn.hf.gpt2 import hf_gpt2_conflicts
 
 __all__ = ["HF_LLAMA_FIXED", "HOW_TO_TRAIN", "TRAINING_FIELDS", "config_clashes", "hf_conflicts"]
@@ -46,8 +46,8 @@ TRAINING_FIELDS = (
 )
 
 #: ``LlamaConfig`` fields a checkpoint of the LLaMA family fixes: its shape, its windows and the
-#: switches of the families built on it (Qwen3, OLMo 2, Gemma, ..., Llama 4), its MLA, its experts
-#: and its delta layers.
+#: switches of the families built on it (Qwen3, OLMo 2, Gemma, ..., the family folders'), its MLA,
+#: its experts and its delta layers.
 HF_LLAMA_FIXED = (
     "position",
     "attention_type",
@@ -75,14 +75,12 @@ HF_LLAMA_FIXED = (
     "attention_sinks",
     "router_logit_bias",
     "rope_fraction",
-    # Qwen3.5's and Qwen3-Next's delta layers and gated attention, Llama 4's and Gemma 4's
-    # layers (``family_config``), DeepSeek-V3's and GLM-4.5's multi-token prediction.
+    # Qwen3.5's and Qwen3-Next's delta layers and gated attention, the family folders' switches
+    # (`tjx.nn.families.base.Family.fixed`), DeepSeek-V3's and GLM-4.5's multi-token prediction.
     "mixer_pattern",
     *DELTA_SIZES,
     "attention_output_gate",
-    *LLAMA4_SWITCHES,
-    "router_scales_input",
-    *GEMMA4_SWITCHES,
+    *fixed_fields(),
     "mtp_depths",
 )
 

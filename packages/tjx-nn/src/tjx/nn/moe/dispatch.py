@@ -144,7 +144,7 @@ def _combine(y_assign: Array, weights: Array, dtype: Any) -> Array:
 
 
 def _scaled_rows(rows: Array, weights: Array) -> Array:
-    """Each assignment's input row times its routed weight (Llama 4 scales the expert's input)."""
+    """Each assignment's input row times its routed weight (``router_scales_input``)."""
     acc = jnp.promote_types(rows.dtype, weights.dtype)
     return rows.astype(acc) * weights.astype(acc)[..., None]
 
@@ -173,7 +173,7 @@ def dropless(
     comm : ExpertComm, optional
         Expert parallelism (see the module's docstring); None: every expert is here.
     scale_input : bool
-        The weights scale each assignment's input row instead of its output (Llama 4).
+        The weights scale each assignment's input row instead of its output.
 
     Returns
     -------
@@ -249,7 +249,7 @@ def capacity(
     comm : ExpertComm, optional
         Expert parallelism: the buffer's expert blocks go to their devices (all-to-all).
     scale_input : bool
-        The weights scale each assignment's input row instead of its output (Llama 4).
+        The weights scale each assignment's input row instead of its output.
 
     Returns
     -------

@@ -2,8 +2,8 @@
 
 ``MoE(x)`` routes each token of ``x`` ``[b, s, d]`` to ``experts_per_token`` of ``num_experts``
 experts (``routers.py``), runs them (``dispatch``: dropless grouped matmuls, or the
-capacity path; each weighs its expert's output, or with ``router_scales_input`` its input,
-Llama 4), adds the shared experts (one MLP every token goes through, optionally scaled by
+capacity path; each weighs its expert's output, or with ``router_scales_input`` its input),
+adds the shared experts (one MLP every token goes through, optionally scaled by
 ``sigmoid(x · shared_gate)``, Qwen2-MoE) and returns the block's output with its `MoEStats`.
 
 Parameters (logical axes in brackets): ``router.kernel`` ``[embed, None]``, the sigmoid
@@ -104,8 +104,8 @@ class Router(nnx.Module):
             else None
         )
         self.dtype = jnp.dtype(c.router_dtype)
-        # Gemma 4: the router's own unscaled RMSNorm of its input, times ``input_scale`` and
-        # 1/sqrt(d); each routed weight times its expert's ``expert_scale``.
+        # router_input_norm: the router's own unscaled RMSNorm of its input, times
+        # ``input_scale`` and 1/sqrt(d); each routed weight times its expert's ``expert_scale``.
         self.input_scale = (
             make_param(rngs, ones(), (c.d_model,), ("norm",), dtype)
             if c.router_input_norm
@@ -224,9 +224,9 @@ class MoE(nnx.Module):
         self, x: Array, router_input: Array | None = None, *, no_capacity: bool = False
     ) -> tuple[Array, MoEStats]:
         """``[b, s, d]`` → (``[b, s, d]`` in the compute dtype, this call's `MoEStats`);
-        ``router_input`` (Gemma 4): what the router reads instead of ``x``. ``no_capacity``: route
-        every token whatever ``capacity_factor`` says (a decode step: its tokens are those of
-        one-token steps, none of which a capacity drops)."""
+        ``router_input`` (``router_input_norm``): what the router reads instead of ``x``.
+        ``no_capacity``: route every token whatever ``capacity_factor`` says (a decode step: its
+        tokens are those of one-token steps, none of which a capacity drops)."""
         c = self.config
         b, s, d = x.shape
         dt = jnp.promote_types(c.precision.compute_dtype, x.dtype)

@@ -1,0 +1,61 @@
+"""`Family`: what a family folder declares once for the shared code (the Hugging Face loader and
+exporter, a start's fixed settings), so that the shared modules look a family up instead of
+naming it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tjx.nn.configs import LlamaConfig
+from tjx.nn.hf.io import HFMapping
+from tjx.nn.hf.keys import Spec
+
+
+def _same(stored: str) -> str:
+    return stored
+
+
+@dataclass(frozen=True)
+class Family:
+    """One decoder family, as the shared code sees it (a ``Llama`` with some switches set).
+
+    Attributes
+    ----------
+    name : str
+        The family's folder under ``tjx.nn.families``.
+    model_types : tuple of str
+        The ``config.json`` model types it reads (the text model's first: the one it saves).
+    spec : Spec
+        Every ``config.json`` key the text model's import reads (`tjx.nn.hf.keys`).
+    read : callable
+        ``(config.json dict, model_type, overrides) -> (config, mapping)``: the tjx config of a
+        checkpoint of one of ``model_types`` and its tensor mapping, refusing what tjx would
+        ignore (one line each).
+    claims : callable
+        ``(config, asked model_type or None) -> bool``: whether ``save_hf`` saves ``config`` as
+        this family (asked for, or a switch only this family computes is on); raises for a
+        model type that cannot express those switches.
+    write : callable
+        ``config -> (config.json dict, mapping)`` of a config it claims.
+    stored_names : Mapping
+        model type → a stored tensor's name → the text model's name (image-text folders, whose
+        language model sits under a prefix); the others store the text model's names.
+    fixed : tuple of str
+        The ``LlamaConfig`` fields of its switches, which a checkpoint of it fixes (a run that
+        starts from one may not change them; `tjx.nn.hf.start.HF_LLAMA_FIXED`).
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    spec: Spec
+    read: Callable[[Mapping[str, Any], str, Mapping[str, Any]], tuple[LlamaConfig, HFMapping]]
+    claims: Callable[[LlamaConfig, str | None], bool]
+    write: Callable[[LlamaConfig], tuple[dict[str, Any], HFMapping]]
+    stored_names: Mapping[str, Callable[[str], str]] = field(default_factory=dict)
+    fixed: tuple[str, ...] = ()
+
+    def text_name(self, model_type: str) -> Callable[[str], str]:
+        """The stored name → text model name of a folder of ``model_type``."""
+        return self.stored_names.get(model_type, _same)

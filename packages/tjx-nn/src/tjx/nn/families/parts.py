@@ -1,0 +1,48 @@
+"""The layers a family folder adds to the shared decoder, built where the decoder and its blocks
+ask for them (a config that does not switch them on gets None), so the shared modules name no
+family."""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from tjx.nn.configs import TransformerConfig
+from tjx.nn.families.gemma4.layers import PerLayerEmbed, PerLayerInput
+
+
+def per_layer_embed(config: TransformerConfig, *, rngs: nnx.Rngs) -> PerLayerEmbed | None:
+    """The model's per-layer embeddings (``per_layer_input_dim`` > 0), else None.
+
+    Parameters
+    ----------
+    config : TransformerConfig
+        The decoder's config.
+    rngs : nnx.Rngs
+        Its initialisers' keys.
+
+    Returns
+    -------
+    PerLayerEmbed or None
+    """
+    return PerLayerEmbed(config, rngs=rngs) if config.per_layer_input_dim else None
+
+
+def layer_input(
+    config: TransformerConfig, *, rngs: nnx.Rngs, out_std: float
+) -> PerLayerInput | None:
+    """A block's use of its per-layer input (``per_layer_input_dim`` > 0), else None.
+
+    Parameters
+    ----------
+    config : TransformerConfig
+        The block's config.
+    rngs : nnx.Rngs
+        Its initialisers' keys.
+    out_std : float
+        The init std of its output projection (the block's residual one).
+
+    Returns
+    -------
+    PerLayerInput or None
+    """
+    return PerLayerInput(config, rngs=rngs, out_std=out_std) if config.per_layer_input_dim else None

@@ -1,0 +1,30 @@
+"""The family folders the shared code knows (`FAMILIES`), and its look-ups in them.
+
+Adding a family: its folder with a ``family.py`` declaring ``FAMILY`` (`tjx.nn.families.base`),
+and one line here.
+"""
+
+from __future__ import annotations
+
+from tjx.nn.families.base import Family
+from tjx.nn.families.gemma4.family import FAMILY as GEMMA4
+from tjx.nn.families.llama4.family import FAMILY as LLAMA4
+
+#: Every family folder, in the order ``save_hf`` asks them whether they claim a config (the first
+#: that does saves it).
+FAMILIES: tuple[Family, ...] = (LLAMA4, GEMMA4)
+
+
+def family_of(model_type: str | None) -> Family | None:
+    """The family that reads ``config.json`` model type ``model_type``, or None."""
+    return next((f for f in FAMILIES if model_type in f.model_types), None)
+
+
+def model_types() -> tuple[str, ...]:
+    """Every model type the family folders read."""
+    return tuple(t for f in FAMILIES for t in f.model_types)
+
+
+def fixed_fields() -> tuple[str, ...]:
+    """The config fields the families' switches add to what a checkpoint fixes."""
+    return tuple(name for f in FAMILIES for name in f.fixed)

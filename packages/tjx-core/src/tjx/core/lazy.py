@@ -42,8 +42,8 @@ _PYTHON_IMPORT = [builtins.__import__]  # the hook in place when the first block
 
 def _hook(
     name: str,
-    globals: Mapping[str, object] | None = None,  # noqa: A002 (builtins.__import__'s names)
-    locals: Mapping[str, object] | None = None,  # noqa: A002
+    globals: Mapping[str, object] | None = None,  # builtins.__import__'s parameter names
+    locals: Mapping[str, object] | None = None,
     fromlist: Sequence[str] | None = (),
     level: int = 0,
 ) -> types.ModuleType:

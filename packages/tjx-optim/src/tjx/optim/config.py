@@ -8,6 +8,7 @@ with a ``ValueError`` naming the field and what it may be, not deep inside a jit
 # ruff: noqa: RUF009
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 from collections.abc import Mapping
@@ -132,18 +133,12 @@ class ScheduleConfig:
                 stacklevel=3,
             )
             number("ScheduleConfig.total_steps", self.total_steps, low=1, integer=True)
-            # Lazy: schedules.py imports this module (ScheduleConfig) at its top.
-            from tjx.optim.schedules import schedule_over
-
             fitted = schedule_over(self, self.total_steps)
             object.__setattr__(self, "warmup_steps", fitted.warmup_steps)
 
     def over(self, total_steps: int) -> ScheduleConfig:
         """Deprecated (until tjx-optim 0.17): `tjx.optim.schedule_over(self, total_steps)`, the
         rules of a schedule over a run's length, which live beside `build_schedule`."""
-        # Lazy: schedules.py imports this module (ScheduleConfig) at its top.
-        from tjx.optim.schedules import schedule_over
-
         warnings.warn(
             "ScheduleConfig.over is deprecated (removed in tjx-optim 0.17); use "
             "tjx.optim.schedule_over(schedule, total_steps)",
@@ -181,6 +176,63 @@ class ScheduleConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> ScheduleConfig:
         """Build from a mapping (e.g. parsed YAML); unknown keys raise ``ValueError``."""
         return cls(**_known_keys(cls, d))
+
+
+def schedule_over(config: ScheduleConfig, total_steps: int) -> ScheduleConfig:
+    """``config`` for a run of ``total_steps`` steps: a fractional ``warmup_steps`` as the steps
+    it makes (rounded, so that a warmup written for a long run still fits a short one: levanter's
+    ``warmup``), the warmup and a wsd decay checked to fit in the run. (`ScheduleConfig` alone
+    checks the rest; this is the part that needs the run's length, as `build_schedule` does.)
+
+    Parameters
+    ----------
+    config
+        A validated ``ScheduleConfig``.
+    total_steps
+        The run's steps (at least 1).
+
+    Returns
+    -------
+    ScheduleConfig
+        ``config`` with ``warmup_steps`` in steps (``config`` when it already was).
+
+    Raises
+    ------
+    ValueError
+        Naming the setting that does not fit, and ``total_steps``.
+    """
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps={total_steps!r}; allowed values: an integer >= 1")
+    w = config.warmup_steps
+    if isinstance(w, float):
+        w = int(round(w * total_steps))
+    if w > total_steps:
+        raise ValueError(
+            f"ScheduleConfig.warmup_steps={w} is longer than the run; allowed values: 0 <= "
+            f"warmup_steps <= total_steps={total_steps}"
+        )
+    if config.name == "linear_warmup" and w == 0:  # a fraction may round to no step
+        raise ValueError(
+            f"ScheduleConfig.warmup_steps={config.warmup_steps!r} makes no warmup step of "
+            f"total_steps={total_steps} with name='linear_warmup'; allowed values: 1 <= "
+            "warmup_steps <= total_steps (or use name='constant')"
+        )
+    if config.name == "wsd":
+        assert config.decay_fraction is not None  # filled in at construction
+        if w + int(round(config.decay_fraction * total_steps)) > total_steps:
+            raise ValueError(
+                f"ScheduleConfig.decay_fraction={config.decay_fraction} with warmup_steps={w} "
+                f"exceeds the run; allowed values: warmup_steps + round(decay_fraction * "
+                f"total_steps) <= total_steps={total_steps}"
+            )
+    if not isinstance(config.warmup_steps, float):  # already steps
+        return config
+    # Through object.__setattr__ on a copy: dataclasses.replace would run __post_init__,
+    # which warns about the deprecated field a 0.15 config still holds.
+    out = copy.copy(config)
+    object.__setattr__(out, "warmup_steps", w)
+    return out
+
 
 
 def _known_keys(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""Learning-rate schedules: composable pieces on optax, ``build_schedule(config, total_steps)`` and
-``schedule_over(config, total_steps)``, the rules of a schedule over a run of that length.
+"""Learning-rate schedules: composable pieces on optax and ``build_schedule(config, total_steps)``
+(the rules of a schedule over a run of that length, ``schedule_over``, are `tjx.optim.config`'s).
 
 Each piece is an ``optax.Schedule`` (``step -> lr``) starting at step 0, so pieces compose with
 ``join`` (optax.join_schedules, which shifts each piece to start at its boundary).
@@ -7,18 +7,15 @@ Each piece is an ``optax.Schedule`` (``step -> lr``) starting at step 0, so piec
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-if TYPE_CHECKING:  # annotations only: config.py's deprecated `ScheduleConfig.over` imports this
-    from tjx.optim.config import ScheduleConfig
+from tjx.optim.config import ScheduleConfig, schedule_over
 
 #: The run's length a schedule built without one spans (tjx-optim 0.15's ``ScheduleConfig``
 #: default), until 0.17.
@@ -186,62 +183,6 @@ def build_schedule(config: ScheduleConfig, total_steps: int | None = None) -> op
             decay_shape=config.decay_shape,
         )
     return with_warmup(body, w, peak, init)
-
-
-def schedule_over(config: ScheduleConfig, total_steps: int) -> ScheduleConfig:
-    """``config`` for a run of ``total_steps`` steps: a fractional ``warmup_steps`` as the steps
-    it makes (rounded, so that a warmup written for a long run still fits a short one: levanter's
-    ``warmup``), the warmup and a wsd decay checked to fit in the run. (`ScheduleConfig` alone
-    checks the rest; this is the part that needs the run's length, as `build_schedule` does.)
-
-    Parameters
-    ----------
-    config
-        A validated ``ScheduleConfig``.
-    total_steps
-        The run's steps (at least 1).
-
-    Returns
-    -------
-    ScheduleConfig
-        ``config`` with ``warmup_steps`` in steps (``config`` when it already was).
-
-    Raises
-    ------
-    ValueError
-        Naming the setting that does not fit, and ``total_steps``.
-    """
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"total_steps={total_steps!r}; allowed values: an integer >= 1")
-    w = config.warmup_steps
-    if isinstance(w, float):
-        w = int(round(w * total_steps))
-    if w > total_steps:
-        raise ValueError(
-            f"ScheduleConfig.warmup_steps={w} is longer than the run; allowed values: 0 <= "
-            f"warmup_steps <= total_steps={total_steps}"
-        )
-    if config.name == "linear_warmup" and w == 0:  # a fraction may round to no step
-        raise ValueError(
-            f"ScheduleConfig.warmup_steps={config.warmup_steps!r} makes no warmup step of "
-            f"total_steps={total_steps} with name='linear_warmup'; allowed values: 1 <= "
-            "warmup_steps <= total_steps (or use name='constant')"
-        )
-    if config.name == "wsd":
-        assert config.decay_fraction is not None  # filled in at construction
-        if w + int(round(config.decay_fraction * total_steps)) > total_steps:
-            raise ValueError(
-                f"ScheduleConfig.decay_fraction={config.decay_fraction} with warmup_steps={w} "
-                f"exceeds the run; allowed values: warmup_steps + round(decay_fraction * "
-                f"total_steps) <= total_steps={total_steps}"
-            )
-    if not isinstance(config.warmup_steps, float):  # already steps
-        return config
-    # Through object.__setattr__ on a copy: dataclasses.replace would run __post_init__,
-    # which warns about the deprecated field a 0.15 config still holds.
-    out = copy.copy(config)
-    object.__setattr__(out, "warmup_steps", w)
-    return out
 
 
 def run_length(config: ScheduleConfig, total_steps: int | None) -> int:

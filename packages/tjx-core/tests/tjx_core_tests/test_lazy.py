@@ -122,6 +122,16 @@ def test_a_lazy_import_of_a_name_not_a_module_says_how_to_write_it(tree: list[st
         lzbad.HEAVY.real  # noqa: B018
 
 
+def test_a_lazy_module_that_is_not_there_is_python_s_error_at_first_use(tree: list[str]) -> None:
+    namespace = {"__name__": "lzmissing"}
+    with lazy_imports(namespace):
+        exec("import lzpkg.absent\nfrom lzpkg import gone", namespace)
+    with pytest.raises(ModuleNotFoundError, match="No module named 'lzpkg.absent'"):
+        namespace["lzpkg"].absent.x  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(ModuleNotFoundError, match="No module named 'lzpkg.gone'"):
+        namespace["gone"].x  # type: ignore[attr-defined]  # noqa: B018
+
+
 def test_a_lazy_name_that_is_also_its_submodule_is_refused_at_import(tree: list[str]) -> None:
     with pytest.raises(ValueError, match="lzclash.rules is both a submodule and a lazy name"):
         import lzclash  # noqa: F401

@@ -97,6 +97,12 @@ class LazyModule(types.ModuleType):
             parent, _, attr = self.__name__.rpartition(".")
             if err.name != self.__name__ or not parent:
                 raise
+            try:
+                value = getattr(importlib.import_module(parent), attr)
+            except (ImportError, AttributeError):
+                value = None
+            if value is None or isinstance(value, types.ModuleType):
+                raise err from None  # a module that is not there (not installed)
             # `from tjx.nn import TransformerConfig` in a lazy block: a name, not a module.
             raise ImportError(
                 f"{self.__name__} is not a module: a lazy import names modules only; import "

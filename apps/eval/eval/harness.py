@@ -13,8 +13,13 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from eval.hf_checkpoint import load_checkpoint
 from eval.runs import RunError
 from tjx.core import standard_json
+from tjx.core.lazy import lazy_imports
+
+with lazy_imports(globals()):  # lm-evaluation-harness and JAX: the command line checks flags first
+    from eval import harness_model
 
 #: The one-line fix when lm-eval is missing (apps/eval's requirements pin the same range).
 INSTALL = "pip install 'lm-eval>=0.4.13,<0.5'"
@@ -120,16 +125,14 @@ def run_tasks(args: argparse.Namespace, names: list[str]) -> Path:
         The JSON written (the harness's results, without per-sample logs).
     """
     manager = _task_manager(args, names)
-    from eval.hf_checkpoint import load_checkpoint
-
     run = load_checkpoint(Path(args.checkpoint), args.step)
-    from eval.harness_model import TjxLM, check_decoder
-
-    check_decoder(run)
+    harness_model.check_decoder(run)
+    # lm-evaluation-harness is an optional dependency: imported where a task run needs it (its
+    # absence is `_task_manager`'s one line).
     from lm_eval import simple_evaluate
     from lm_eval.utils import handle_non_serializable, make_table
 
-    model = TjxLM(run=run, batch_size=args.batch_size, seed=args.seed)
+    model = harness_model.TjxLM(run=run, batch_size=args.batch_size, seed=args.seed)
     print(f"run {run.run_dir} at step {run.step}: lm-evaluation-harness {', '.join(names)}")
     results = simple_evaluate(
         model=model,

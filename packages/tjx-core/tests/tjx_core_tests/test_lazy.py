@@ -115,6 +115,15 @@ def test_lazy_modules_load_on_first_attribute_and_read_as_the_modules(tree: list
     assert "DEEP" in dir(lzuser.deep)
 
 
+def test_two_submodules_of_one_package_in_one_block_are_both_known(tree: list[str]) -> None:
+    namespace = {"__name__": "lztwo"}
+    with lazy_imports(namespace):
+        exec("import lzpkg.sub.deep\nimport lzpkg.heavy", namespace)
+    lzpkg = namespace["lzpkg"]
+    assert isinstance(lzpkg.sub.deep, LazyModule) and tree == []  # nothing loaded to find it
+    assert lzpkg.sub.deep.DEEP == 3 and lzpkg.heavy.HEAVY == 2
+
+
 def test_a_lazy_import_of_a_name_not_a_module_says_how_to_write_it(tree: list[str]) -> None:
     import lzbad
 

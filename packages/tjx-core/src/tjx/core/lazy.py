@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import importlib
 import threading
 import types
@@ -123,9 +124,12 @@ class LazyModule(types.ModuleType):
         return f"<lazy module {self.__name__!r}>"
 
 
-def _lazy_module(name: str, fromlist: tuple[str, ...]) -> LazyModule:
+def _lazy_module(namespace: dict[str, Any], name: str, fromlist: tuple[str, ...]) -> LazyModule:
     top, *parts = name.split(".")
-    root = LazyModule(top)
+    root = namespace.get(top)
+    if fromlist or not isinstance(root, LazyModule) or root.__name__ != top:
+        root = LazyModule(top)
+    # else `import a.b` after `import a.c` in one block: the one ``a`` knows both submodules.
     inner = root
     for part in parts:
         inner = inner._lazy_child(part)
@@ -156,7 +160,7 @@ def lazy_imports(namespace: dict[str, Any]) -> Iterator[None]:
     ------
     None
     """
-    with _deferring(namespace, _lazy_module):
+    with _deferring(namespace, functools.partial(_lazy_module, namespace)):
         yield
 
 

@@ -169,3 +169,19 @@ def test_a_relative_or_plain_import_in_the_wrong_block_is_an_error() -> None:
     with pytest.raises(ImportError, match="must be absolute"), lazy_imports(namespace):
         exec("from . import x", namespace)
     assert builtins.__import__ is not None
+
+
+def test_an_unknown_name_is_an_attribute_error_and_a_second_block_is_refused() -> None:
+    namespace: dict[str, object] = {"__name__": "lzapi"}
+    with lazy_api(namespace):
+        exec("from json import dumps", namespace)
+    getattr_ = namespace["__getattr__"]
+    assert callable(getattr_) and getattr_("dumps")("x") == '"x"'
+    with pytest.raises(AttributeError, match="module 'lzapi' has no attribute 'loads'"):
+        getattr_("loads")
+    with pytest.raises(ValueError, match="lzapi defines __getattr__ itself"), lazy_api(namespace):
+        pass
+    with lazy_imports(namespace):
+        exec("import tjx_core_no_such_top", namespace)
+    with pytest.raises(ModuleNotFoundError, match="tjx_core_no_such_top"):
+        namespace["tjx_core_no_such_top"].x  # type: ignore[attr-defined]  # noqa: B018

@@ -83,3 +83,12 @@ def test_overrides_replace_and_validation() -> None:
         AxisRules((("embed", ("fsdp", 3)),))
     with pytest.raises(ValueError, match="logical name must be a str"):
         AxisRules(((1, "fsdp"),))
+
+
+def test_rules_is_the_function_after_every_module_loaded() -> None:
+    """The module that defines it is ``axis_rules``: no submodule named ``rules`` can hide it."""
+    import tjx.parallel
+    import tjx.parallel.mesh  # (imports the rules' module)
+
+    assert callable(tjx.parallel.rules) and tjx.parallel.rules is rules
+    assert tjx.parallel.rules("dp") == rules("dp")

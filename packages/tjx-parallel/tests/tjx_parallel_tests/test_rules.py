@@ -7,6 +7,8 @@ import warnings
 import pytest
 from jax import P
 
+import tjx.parallel
+import tjx.parallel.mesh  # imports the rules' module
 from tjx.parallel import LOGICAL_AXES, STRATEGIES, AxisRules, MeshConfig, make_mesh, rules
 
 
@@ -87,8 +89,5 @@ def test_overrides_replace_and_validation() -> None:
 
 def test_rules_is_the_function_after_every_module_loaded() -> None:
     """The module that defines it is ``axis_rules``: no submodule named ``rules`` can hide it."""
-    import tjx.parallel
-    import tjx.parallel.mesh  # (imports the rules' module)
-
     assert callable(tjx.parallel.rules) and tjx.parallel.rules is rules
     assert tjx.parallel.rules("dp") == rules("dp")

@@ -12,15 +12,15 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 from flax import nnx
 
-from eval.runs import LoadedRun, RunError
+from eval.runs import LoadedRun, RunError, rebuilt
+from tjx import kernels, nn
 
 
 def with_kernel(run: LoadedRun, kernel: str) -> LoadedRun:
     """``run`` whose model takes ``kernel`` (the attention kernel is part of the module graph)."""
-    from eval.runs import rebuilt
-
     if run.nn_config.attention_impl == kernel:
         return run
     config = dataclasses.replace(run.nn_config, attention_impl=kernel)
@@ -29,8 +29,6 @@ def with_kernel(run: LoadedRun, kernel: str) -> LoadedRun:
 
 def compile_step(run: LoadedRun, batch: Mapping[str, Any], make_step: Callable[[Any], Any]) -> None:
     """Lower and compile the held-out step of ``run``'s model on ``batch``'s shapes."""
-    import jax
-
     params = nnx.to_pure_dict(nnx.state(run.model, nnx.Param))
     shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
     make_step(run.model).lower(params, shapes).compile()
@@ -52,8 +50,6 @@ def choose_attention(
     RunError
         The run's model names a kernel that fails to lower or compile here.
     """
-    from tjx import kernels, nn
-
     if first is None:
         return run
     try:

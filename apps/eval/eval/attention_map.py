@@ -21,6 +21,16 @@ from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
+from flax import nnx
+
+from tjx import kernels
+from tjx.core.lazy import lazy_imports
+
+# Only a PNG needs matplotlib, and its backend is chosen (`plot`) before pyplot loads.
+with lazy_imports(globals()):
+    import matplotlib
+    import matplotlib.pyplot as plt
 
 #: The keyword arguments of ``tjx.kernels.attention`` that shape its probabilities.
 WEIGHT_ARGS = ("causal", "segment_ids", "kv_lengths", "scale", "bias")
@@ -39,8 +49,6 @@ def mean_distances(weights: np.ndarray) -> np.ndarray:
 @contextlib.contextmanager
 def capture_weights() -> Iterator[list[np.ndarray]]:
     """Within the block, every ``tjx.kernels.attention`` call records its probabilities."""
-    from tjx import kernels
-
     records: list[np.ndarray] = []
     original = kernels.attention
 
@@ -61,8 +69,6 @@ def capture_weights() -> Iterator[list[np.ndarray]]:
 
 def layer_distances(model: Any, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Per layer: the mean attended distance of every head and real query, flattened."""
-    from flax import nnx
-
     graphdef, state = nnx.split(model)
 
     def forward(st: Any, x: jax.Array, seg: Any, pos: Any) -> jax.Array:
@@ -79,11 +85,7 @@ def layer_distances(model: Any, batch: dict[str, np.ndarray]) -> list[np.ndarray
 
 def plot(distances: list[np.ndarray], path: Path, title: str) -> Path:
     """One histogram per layer, in a grid, into ``path`` (PNG)."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = len(distances)
     cols = min(4, n)
     rows = math.ceil(n / cols)
@@ -100,8 +102,6 @@ def plot(distances: list[np.ndarray], path: Path, title: str) -> Path:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     if "://" in str(path):  # a run directory in object storage: the PNG is one object
-        from etils import epath
-
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=90)
         epath.Path(str(path)).write_bytes(buffer.getvalue())

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from eval.runs import LoadedRun, RunError
+from tjx import data, nn
 
 
 def encoder_of(run: LoadedRun) -> Any:
@@ -27,8 +28,6 @@ def encoder_of(run: LoadedRun) -> Any:
         The run's tokenizer has no chat template (a built-in tokenizer, a folder without one),
         or the template's end-of-turn text is not one token.
     """
-    from tjx import data
-
     encoder = getattr(run.run_data, "encoder", None)  # a chat run's (tjx.data's ChatRunData)
     spec = getattr(run.run_data, "tokenizer_spec", None)
     if encoder is None:
@@ -60,8 +59,6 @@ def prompt_ids(encoder: Any, text: str) -> np.ndarray:
     RunError
         The template fails to render it (tjx.data's error: the template and its line).
     """
-    from tjx import data
-
     try:
         ids = encoder.encode_prompt([{"role": "user", "content": text}], where="--generate")
     except data.DataError as err:
@@ -74,8 +71,6 @@ def reply(
 ) -> tuple[str, int, bool]:
     """The assistant's reply: (its text without the end-of-turn token, how many tokens were
     generated, whether it ended at the end-of-turn token)."""
-    from tjx import nn
-
     eos = int(encoder.end_of_turn_id)
     out = np.asarray(nn.generate(model, ids, max_new_tokens=max_new_tokens, eos_id=eos, **sampling))
     new = [int(t) for t in out[0, ids.shape[1] :]]

@@ -9,10 +9,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from eval import hf_checkpoint
-from eval.runs import RunError, check_run_dir
+import numpy as np
+
+from eval import harness, hf_checkpoint
+from eval.runs import RunError, check_run_dir, heldout_dir, load_run, rebuilt
+from tjx import ckpt, data
 from tjx.ckpt import CheckpointError
 from tjx.core import warning_lines
+from tjx.core.lazy import lazy_imports
+
+# They load JAX (seconds): `--help` and a bad flag answer first; each loads on first use.
+with lazy_imports(globals()):
+    from eval import attention_map, chat, heldout, reward
+    from tjx import nn
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,8 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: RUN_DIR/attention_distance.png; 'none' to skip)",
     )
     hf_checkpoint.add_arguments(parser)
-    from eval import harness
-
     harness.add_arguments(parser)  # --tasks, --num-fewshot, --limit, --include-path
     return parser
 
@@ -142,8 +149,6 @@ def _check_png_folder(args: argparse.Namespace) -> None:
     """The attention PNG's folder can be written into, found by writing a probe (tjx.ckpt's
     check): a read-only mount or an immutable run dir passes ``os.access`` as root, then
     fails only after the whole evaluation."""
-    from tjx import ckpt
-
     png = args.attention_png
     if png == "none" or not args.checkpoint:  # --compare writes no PNG
         return
@@ -160,8 +165,6 @@ def location(target: str) -> Any:
     """A ``--checkpoint`` / ``--compare`` path: a local `Path`, or for a ``gs://`` / ``s3://``
     run directory tjx.ckpt's `epath.Path` (another scheme: tjx.ckpt's one-line error)."""
     if "://" in target:
-        from tjx import ckpt
-
         return ckpt.RunFolder(target).path
     return Path(target)
 
@@ -175,8 +178,6 @@ def split_step(target: str, default: int | None) -> tuple[Any, int | None]:
 
 
 def _metrics(run: Any, args: argparse.Namespace) -> dict[str, float]:
-    from eval import heldout, reward
-
     if reward.scores_rewards(run, args.rewards):  # GRPO's measure: the held-out reward
         return reward.evaluate(
             run,
@@ -222,8 +223,6 @@ def _check_scoreable(run: Any) -> None:
 def _scope_note(run: Any, args: argparse.Namespace, results: dict[str, float]) -> str:
     """What the numbers above cover, and why the trainer's ``val_*`` differ from them."""
     if "prompts" in results:  # a held-out reward (eval.reward)
-        from eval import reward
-
         return reward.scope(
             run, results, reward.spec(run, args.rewards, args.max_new_tokens), args.data
         )
@@ -250,12 +249,6 @@ def _scope_note(run: Any, args: argparse.Namespace, results: dict[str, float]) -
 
 
 def _attention(run: Any, args: argparse.Namespace) -> None:
-    import numpy as np
-
-    from eval import attention_map
-    from eval.runs import heldout_dir
-    from tjx import data
-
     target = args.attention_png
     if target == "none" or run.objective.name != "lm":  # a decoder's self-attention
         return
@@ -286,16 +279,10 @@ def decoding_model(run: Any, sparse_top_k: int | None) -> Any:
     """
     if sparse_top_k is None:
         return run.model
-    from eval.runs import rebuilt
-
     return rebuilt(run, run.nn_config.replace(decode_topk=sparse_top_k))
 
 
 def _generate(run: Any, args: argparse.Namespace) -> None:
-    import numpy as np
-
-    from tjx import data, nn
-
     max_len = int(run.nn_config.max_seq_len)
     model = decoding_model(run, args.sparse_top_k)
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
@@ -352,8 +339,6 @@ def _how(run: Any, args: argparse.Namespace) -> str:
 def _chat_checks(run: Any, args: argparse.Namespace) -> Any:
     """``--generate --chat``'s prompt ids, checked before any scoring: a decoder run, a chat
     template that renders the turn, a reply that fits ``max_seq_len``."""
-    from eval import chat
-
     if run.objective.name != "lm":
         raise RunError(f"--chat: needs a decoder run (a chat model), not {run.objective.name!r}")
     ids = chat.prompt_ids(chat.encoder_of(run), args.generate)
@@ -367,8 +352,6 @@ def _chat_checks(run: Any, args: argparse.Namespace) -> Any:
 
 
 def _chat_reply(run: Any, model: Any, args: argparse.Namespace, sampling: dict[str, Any]) -> None:
-    from eval import chat
-
     encoder = chat.encoder_of(run)
     ids = _chat_checks(run, args)
     budget = args.max_new_tokens or GENERATE_TOKENS
@@ -394,15 +377,10 @@ def _main(argv: list[str] | None) -> int:
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         _check(args)
-        from eval import harness
-
         tasks = harness.check_arguments(args)
         if tasks:  # lm-evaluation-harness instead of the held-out metrics
             harness.run_tasks(args, tasks)
             return 0
-        from eval import reward
-        from eval.runs import load_run
-
         if args.compare:
             runs = [load_run(*split_step(p, args.step)) for p in args.compare]
             for one in runs:

@@ -13,8 +13,19 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from eval.hf_checkpoint import load_checkpoint
 from eval.runs import RunError
 from tjx.core import standard_json
+from tjx.core.lazy import lazy_imports
+
+# lm-evaluation-harness (an optional dependency: its absence is `_task_manager`'s one line) and
+# JAX load on first use: the command line checks its flags first.
+with lazy_imports(globals()):
+    import lm_eval
+    import lm_eval.tasks
+    import lm_eval.utils
+
+    from eval import harness_model
 
 #: The one-line fix when lm-eval is missing (apps/eval's requirements pin the same range).
 INSTALL = "pip install 'lm-eval>=0.4.13,<0.5'"
@@ -62,7 +73,7 @@ def check_arguments(args: argparse.Namespace) -> list[str]:
 def _task_manager(args: argparse.Namespace, names: list[str]) -> Any:
     """The harness's task manager, after checking every name against it."""
     try:
-        import lm_eval.tasks  # noqa: F401  (present: the manager below can be built)
+        lm_eval.tasks.TaskManager  # noqa: B018  (present: the manager below can be built)
     except ImportError:
         raise RunError(f"--tasks: needs lm-evaluation-harness; {INSTALL}") from None
     manager = _indexed(args.include_path, _yaml_stamp(args.include_path))
@@ -93,9 +104,7 @@ def _indexed(include_path: str | None, stamp: tuple[tuple[str, int], ...]) -> An
     2026-11-27 with lm-eval 0.4.13); the index is read-only afterwards (task files are read when a
     task is loaded), so one process (the tests, a notebook) builds it once per folder.
     """
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager(include_path=include_path)
+    return lm_eval.tasks.TaskManager(include_path=include_path)
 
 
 def results_path(run: Any) -> Path:
@@ -120,18 +129,11 @@ def run_tasks(args: argparse.Namespace, names: list[str]) -> Path:
         The JSON written (the harness's results, without per-sample logs).
     """
     manager = _task_manager(args, names)
-    from eval.hf_checkpoint import load_checkpoint
-
     run = load_checkpoint(Path(args.checkpoint), args.step)
-    from eval.harness_model import TjxLM, check_decoder
-
-    check_decoder(run)
-    from lm_eval import simple_evaluate
-    from lm_eval.utils import handle_non_serializable, make_table
-
-    model = TjxLM(run=run, batch_size=args.batch_size, seed=args.seed)
+    harness_model.check_decoder(run)
+    model = harness_model.TjxLM(run=run, batch_size=args.batch_size, seed=args.seed)
     print(f"run {run.run_dir} at step {run.step}: lm-evaluation-harness {', '.join(names)}")
-    results = simple_evaluate(
+    results = lm_eval.simple_evaluate(
         model=model,
         tasks=names,
         num_fewshot=args.num_fewshot,
@@ -142,13 +144,14 @@ def run_tasks(args: argparse.Namespace, names: list[str]) -> Path:
         numpy_random_seed=args.seed,
         fewshot_random_seed=args.seed,
     )
-    print(make_table(results))
+    print(lm_eval.utils.make_table(results))
     if results.get("groups"):
-        print(make_table(results, "groups"))
+        print(lm_eval.utils.make_table(results, "groups"))
     results["tjx"] = {"run_dir": str(run.run_dir), "step": run.step, "compiles": model.compiles}
     path = results_path(run)
     # lm-eval reports an undefined stderr (one sample) as NaN: standard JSON names it instead
-    text = standard_json.dumps_json(results, indent=2, default=handle_non_serializable)
+    unknown = lm_eval.utils.handle_non_serializable
+    text = standard_json.dumps_json(results, indent=2, default=unknown)
     path.write_text(text + "\n")
     print(f"scoring compiled {model.compiles} time(s) (length buckets); results → {path}")
     return path

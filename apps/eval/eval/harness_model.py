@@ -44,6 +44,7 @@ from tqdm import tqdm
 from eval.harness_scoring import Scorer, bucket_for, length_buckets
 from eval.hf_checkpoint import load_checkpoint
 from eval.runs import LoadedRun, RunError
+from tjx import nn
 
 #: Tokens ``generate_until`` may add when a task does not say (HFLM's ``max_gen_toks``).
 MAX_GEN_TOKS = 256
@@ -207,8 +208,6 @@ class TjxLM(TemplateLM):
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         """Greedy (or sampled, when a task says ``do_sample``) continuations cut at stop
         sequences; KV-cache decoding (tjx.nn's ``generate``) on bucketed prompt lengths."""
-        from tjx import nn
-
         def _order(req: tuple[str, dict[str, Any]]) -> tuple[int, str]:
             return -len(self.tok_encode(req[0])), req[0]
 

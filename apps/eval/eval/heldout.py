@@ -18,7 +18,9 @@ from typing import Any
 import jax
 from flax import nnx
 
+from eval import attention_choice, preference
 from eval.runs import LoadedRun, RunError, heldout_dir
+from tjx import data, metrics, nn
 
 #: The top-k accuracies of a text run (an image run reports its own ``eval.top_k``, as trained).
 TOP_K = (1, 5, 10)
@@ -33,8 +35,6 @@ def make_step(
 ) -> Any:
     """A jitted ``step(params, batch) -> lm_stats sums`` of tjx-nn's ``objective_logits_fn`` for
     the model's graph; ``key`` and ``mask_prob`` are BERT's fixed masking (see ``evaluate``)."""
-    from tjx import metrics, nn
-
     graphdef, _, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
     logits_fn = nn.objective_logits_fn(graphdef, rest, key=key, mask_prob=mask_prob)
     return jax.jit(metrics.heldout_step(logits_fn, top_k=top_k))
@@ -52,8 +52,6 @@ def score(
 ) -> dict[str, float]:
     """tjx-metrics' held-out metrics of ``model`` over ``batches``, named for its objective (a
     classifier's ``accuracy`` and ``num_images``); ``empty`` is the error when none is scored."""
-    from tjx import metrics, nn
-
     objective = nn.objective_of(model)
     return metrics.evaluate_heldout(
         make_step(model, key=key, mask_prob=mask_prob, top_k=top_k),
@@ -86,8 +84,6 @@ def evaluate(
     masked tokens, encoder-decoder runs over the continued half of each window (every token
     there is scored, so bits/byte too).
     """
-    from tjx import data
-
     batches = data.validation_batches(shard_dir, seq_len, batch_size)
     return score(
         model,
@@ -117,9 +113,6 @@ def evaluate_run(
     here (a failing one costs a line, or is the error). A preference (DPO) run reports DPO's
     held-out metrics over its pairs (`eval.preference`; ``batch_size`` counts pairs).
     """
-    from eval import attention_choice, preference
-    from tjx import nn
-
     if run.data.get("format") == "preference":  # DPO's metrics against the run's reference
         return preference.evaluate(
             run, source=source, batch_size=batch_size, max_batches=max_batches
@@ -152,8 +145,6 @@ def _heldout(
     run: LoadedRun, source: str | None, batch_size: int, max_batches: int | None
 ) -> tuple[Callable[[], Iterator[dict[str, Any]]], float | None, str]:
     """(fresh held-out batches on each call, bytes/token, the error when none fits)."""
-    from tjx import data
-
     if run.chat:
         return _conversations(run, source, batch_size, max_batches)
     if run.objective.name != "classify":

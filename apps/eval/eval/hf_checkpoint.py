@@ -10,9 +10,15 @@ as ``tokenizer.json`` next to them.
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
-from eval.runs import LoadedRun, RunError
+from eval.runs import LoadedRun, RunError, load_run
+from tjx import data
+from tjx.core.lazy import lazy_imports
+
+with lazy_imports(globals()):  # it loads JAX: the command line checks its flags first
+    from tjx import nn
 
 #: The longest held-out sequence scored for a HF model (its max_seq_len if shorter).
 HF_SEQ_LEN = 1024
@@ -73,15 +79,11 @@ def load_checkpoint(path: Path, step: int | None) -> LoadedRun:
     """``--checkpoint``'s target loaded: a HF folder (step 0) or a trainer run at ``step``."""
     if is_hf_folder(path):
         return load_hf_run(path)
-    from eval.runs import load_run
-
     return load_run(path, step)
 
 
 def load_hf_run(folder: Path) -> LoadedRun:
     """A HF checkpoint folder as a `LoadedRun` (step 0, no config; its tokenizer loaded)."""
-    from tjx import data, nn
-
     try:
         model, config = nn.load_hf(folder)
     except ValueError as err:
@@ -107,8 +109,6 @@ def load_hf_run(folder: Path) -> LoadedRun:
 
 def export_run(run: LoadedRun, args: argparse.Namespace) -> None:
     """Write ``run`` as a HF checkpoint folder ``args.export_hf`` (and its tokenizer)."""
-    from tjx import nn
-
     out = Path(args.export_hf).expanduser()
     try:
         files = nn.save_hf(
@@ -138,8 +138,6 @@ CHAT_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template
 
 def _chat_files(run: LoadedRun, out: Path) -> list[str]:
     """Copy a chat run's template files (``CHAT_FILES`` its tokenizer folder has) into ``out``."""
-    import shutil
-
     folder = getattr(run.run_data, "tokenizer_dir", None)
     if folder is None:
         return []

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import sys
 
+from lm_eval.__main__ import cli_evaluate
+
+import eval.harness_model  # noqa: F401  (registers "tjx")
+
 
 def main() -> None:
-    """Register the ``tjx`` model, then run lm-eval's own command line."""
-    from lm_eval.__main__ import cli_evaluate
-
-    import eval.harness_model  # noqa: F401  (registers "tjx")
-
+    """Run lm-eval's own command line, the ``tjx`` model registered (at import, above)."""
     cli_evaluate()
 
 

@@ -21,7 +21,9 @@ from typing import Any
 import jax
 from flax import nnx
 
+from eval import attention_choice
 from eval.runs import LoadedRun, RunError, section_config
+from tjx import ckpt, nn
 
 #: The subtree of the trainer's checkpointed state that holds a full fine-tune's reference.
 REFERENCE = "reference"
@@ -29,8 +31,6 @@ REFERENCE = "reference"
 
 def settings(run: LoadedRun) -> Any:
     """tjx.nn's `PreferenceConfig` of the run's ``preference:`` section (defaults if none)."""
-    from tjx import nn
-
     section = run.config.get("preference") or {}
     return section_config(run.run_dir, section, "preference", nn.PreferenceConfig)
 
@@ -38,8 +38,6 @@ def settings(run: LoadedRun) -> Any:
 def reference_params(run: LoadedRun) -> Any:
     """The frozen reference's params of a run without LoRA, from its checkpoint at ``run.step``
     (``None`` for a LoRA run: its reference is the base, the adapters off)."""
-    from tjx import ckpt
-
     if run.lora is not None:
         return None
     target = nnx.to_pure_dict(nnx.state(run.model, nnx.Param))
@@ -74,8 +72,6 @@ def make_step(run: LoadedRun, model: Any, reference: Any) -> BoundStep:
     """``step(params, batch) -> PreferenceOutput.sums`` of ``model`` (the run's, with the
     attention kernel being tried) against ``reference`` (params of the same graph, or ``None``
     for the adapters-off base), jitted, with the run's β, loss and head settings."""
-    from tjx import nn
-
     prefs = settings(run)
     train = run.config.get("train") or {}
     graphdef, _, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
@@ -97,9 +93,6 @@ def evaluate(
     ``rewards/chosen|rejected|margins|accuracies``, ``logps/chosen|rejected|accuracies``, means
     over the held-out pairs, and ``pairs``; ``batch_size`` counts pairs, as the trainer's
     ``eval.batch_size`` does. The attention kernel is one that compiles here, as for any run."""
-    from eval import attention_choice
-    from tjx import nn
-
     if source is not None:
         raise RunError(
             "--data: a preference run is scored on its own held-out pairs; leave --data out"

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from eval.runs import LoadedRun, RunError
+from tjx import data, nn
 
 #: ``data.json``'s format of a GRPO run.
 PROMPTS = "prompts"
@@ -54,8 +55,6 @@ def prompt_data(run: LoadedRun, source: str | None, max_new_tokens: int) -> Any:
     else ``source`` (default: the run's ``data.source``) in the prompts layout, encoded with the
     run's tokenizer and chat template, each prompt leaving ``max_new_tokens`` of the model's
     ``max_seq_len`` for its completion (longer prompts are left out, as a GRPO run leaves them)."""
-    from tjx import data
-
     if run.data.get("format") == PROMPTS and source is None:
         return run.run_data
     where = source or str(run.data.get("source") or "")
@@ -90,8 +89,6 @@ def evaluate(
         No reward named, an unknown reward or one that fails on a row, no held-out prompt that
         fits the run's ``seq_len``, or prompts that leave no room for a completion.
     """
-    from tjx import data, nn
-
     want = spec(run, rewards, max_new_tokens)
     encoder = getattr(run.run_data, "encoder", None)
     if encoder is None or encoder.template is None:  # the prompts are user turns

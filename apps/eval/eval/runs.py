@@ -11,14 +11,20 @@ tensor at a time), so the exported folder is an ordinary Hugging Face checkpoint
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from flax import nnx
+from tjx import ckpt, data
+from tjx.core.lazy import lazy_imports
+from tjx.data import ChatRunData, RunData
 
-if TYPE_CHECKING:
-    from tjx.data import ChatRunData, RunData
+# The command line checks a run directory (`check_run_dir`) before it pays for JAX (seconds).
+with lazy_imports(globals()):
+    from flax import nnx
+
+    from tjx import nn
 
 #: The files a trainer run holds beside its ``checkpoints/`` (the trainer's layout, ``RunDir``: the
 #: saved config, what rebuilds the model, what rebuilds the data), read by name through tjx.ckpt.
@@ -63,16 +69,12 @@ class LoadedRun:
     def objective(self) -> Any:
         """tjx.nn's `Objective` of the run's model: what it is scored on (``scores``, every
         token or not), its name, and whether it writes text (``decodes``)."""
-        from tjx import nn
-
         return nn.objective_of(self.nn_config)
 
 
 def _read(run_dir: Path, name: str) -> Any:
     """The mapping in the run's file ``name`` (tjx.ckpt's `RunFolder` reads it); `RunError` if
     not."""
-    from tjx import ckpt
-
     try:
         return ckpt.RunFolder(run_dir).read(name)
     except ckpt.RunFileNotFoundError:
@@ -88,8 +90,6 @@ def _read(run_dir: Path, name: str) -> Any:
 
 def check_run_dir(run_dir: Path) -> None:
     """Raise `RunError` unless ``run_dir`` holds a config, model description and a checkpoint."""
-    from tjx import ckpt
-
     if ckpt.is_remote(run_dir):  # the bucket, the credentials: one line each (StorageError)
         ckpt.check_remote(run_dir, write=False)
     if not run_dir.is_dir():
@@ -115,8 +115,6 @@ def section_config(run_dir: Path, fields: dict[str, Any], name: str, cls: type) 
 
 def lora_config(run_dir: Path, config: dict[str, Any]) -> Any:
     """tjx.nn's `LoraConfig` of the run's ``lora:`` section when ``lora.enabled``, else None."""
-    from tjx import nn
-
     section = config.get("lora")
     if not isinstance(section, dict) or not section.get("enabled"):
         return None
@@ -127,8 +125,6 @@ def lora_config(run_dir: Path, config: dict[str, Any]) -> Any:
 def build_model(nn_config: Any, lora: Any) -> Any:
     """A model of ``nn_config`` with ``lora``'s adapters (if any); call it under
     ``nnx.eval_shape`` (the checkpoint gives every value)."""
-    from tjx import nn
-
     model = nn.build_model(nn_config, rngs=nnx.Rngs(0))
     if lora is not None:
         nn.add_lora(model, lora, rngs=nnx.Rngs(params=1, dropout=2))
@@ -145,8 +141,6 @@ def rebuilt(run: LoadedRun, nn_config: Any) -> Any:
 
 def _run_data(run_dir: Path, info: dict[str, Any]) -> Any:
     """tjx.data's reading of ``data.json``: a `ChatRunData` for a post-training run."""
-    from tjx import data
-
     try:
         if info.get("format") in POST_TRAINING_FORMATS:
             return data.ChatRunData.from_description(info)
@@ -157,8 +151,6 @@ def _run_data(run_dir: Path, info: dict[str, Any]) -> Any:
 
 def load_run(run_dir: Path, step: int | None = None) -> LoadedRun:
     """Config, model with the checkpoint's params (latest unless ``step``), tokenizer."""
-    from tjx import ckpt, nn
-
     check_run_dir(run_dir)
     config = _read(run_dir, "config.yaml")
     info = _read(run_dir, "data.json")
@@ -195,10 +187,6 @@ def heldout_dir(run: LoadedRun, source: str | None) -> tuple[Path, float | None]
     (same folder, same held-out split of a local file, fresh shards after a local file changes),
     in the run's cache folder.
     """
-    import sys
-
-    from tjx import data
-
     if not isinstance(run.run_data, data.RunData):  # a chat run's conversations: not shards
         raise RunError("--data: a chat run is scored on its own held-out conversations")
     try:

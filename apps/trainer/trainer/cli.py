@@ -8,6 +8,7 @@ from typing import Any
 
 from tjx import ckpt, data  # no jax: neither loads it at import
 from tjx.core import config, warning_lines
+from tjx.core.lazy import lazy_imports
 from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first use)
     DISTRIBUTED_FLAGS,
     DistributedArgumentError,
@@ -15,12 +16,16 @@ from tjx.parallel.arguments import (  # no jax (tjx.parallel loads it on first u
     distributed_from_args,
 )
 from trainer.config import SCHEMA, read_config
-from trainer.deferred import init_from, metrics, nn, replay, search, startup, target_plan
 from trainer.job.start import start_location
 from trainer.plan import RunPlan, error_exit, interrupted_exit
 from trainer.resume import check_chat_template, check_resume, describe_changes
 from trainer.schema import ConfigError, keyed
 from trainer.settings import apply_overrides, load_config_data, preset_names, renamed, render
+
+# They load jax (seconds): `--help` and a bad flag answer first; the modules load on first use.
+with lazy_imports(globals()):
+    from tjx import metrics, nn
+    from trainer import init_from, replay, search, startup, target_plan
 
 SWITCH = {"action": "store_true"}
 #: The trainer's own flags: (name, argparse keywords, help); a flag without keywords takes a value

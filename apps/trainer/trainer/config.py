@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, is_dataclass
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import yaml  # type: ignore[import-untyped]
 
-from tjx import data
+from tjx import data, parallel
 from tjx.core.config import ConfigError, check_unchanged, keyed, reworded
-from trainer.deferred import nn, optim
+from tjx.core.lazy import lazy_imports
 from trainer.grpo_settings import GrpoRollout
 from trainer.schema import PACKAGE_SECTIONS, schema_of, section_class, setting
 from trainer.seams import ConfigData
@@ -32,17 +32,14 @@ from trainer.sections import (
     TrainConfig,
 )
 
-if TYPE_CHECKING:  # the packages load jax, which the command line must not wait for
+# The packages load jax, which the command line must not wait for. The annotations name their
+# classes through these modules (``nn.TransformerConfig``): the schema evaluates them when it reads
+# a config, by when tjx.nn is loaded anyway; it takes a package section's class from
+# trainer.schema (``section=``).
+with lazy_imports(globals()):
     import optax
 
-    from tjx.nn import GrpoConfig, LoraConfig, Objective, PreferenceConfig, TransformerConfig
-    from tjx.optim import OptimizerConfig
-    from tjx.parallel import MeshConfig
-else:
-    # At run time the schema evaluates Config's annotations (typing.get_type_hints) but takes a
-    # package section's class from trainer.schema (``section=``): these names need only exist.
-    LoraConfig = PreferenceConfig = TransformerConfig = OptimizerConfig = MeshConfig = Any
-    GrpoConfig = Any
+    from tjx import nn, optim
 
 _C = TypeVar("_C", "Config", "StepConfig")
 
@@ -67,7 +64,7 @@ class MeshNeeds:
     seq_len: int
     #: The model, for its rules of a pipeline or a split sequence (tjx.nn's); None when
     #: ``mesh.pipeline`` and ``mesh.context`` are both 1: no split of the model to check.
-    model: TransformerConfig | None = None
+    model: nn.TransformerConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -77,20 +74,22 @@ class Config:
     name: str = setting(
         "custom", help="the run's name (the default run dir is runs/<name>)", resumable=True
     )
-    model: TransformerConfig = setting(
+    model: nn.TransformerConfig = setting(
         None, section="model", help="the tjx.nn config of model.kind"
     )
     data: DataConfig = setting(DataConfig, factory=True)
-    optimizer: OptimizerConfig = setting(
+    optimizer: optim.OptimizerConfig = setting(
         None, section="optimizer", help="tjx.optim's OptimizerConfig"
     )
     train: TrainConfig = setting(TrainConfig, factory=True)
-    mesh: MeshConfig = setting(None, section="mesh", help="tjx.parallel's MeshConfig")
-    lora: LoraConfig = setting(None, section="lora", help="tjx.nn's LoraConfig (with lora.enabled)")
-    preference: PreferenceConfig = setting(
+    mesh: parallel.MeshConfig = setting(None, section="mesh", help="tjx.parallel's MeshConfig")
+    lora: nn.LoraConfig = setting(
+        None, section="lora", help="tjx.nn's LoraConfig (with lora.enabled)"
+    )
+    preference: nn.PreferenceConfig = setting(
         None, section="preference", help="tjx.nn's PreferenceConfig (DPO)"
     )
-    grpo: GrpoConfig = setting(
+    grpo: nn.GrpoConfig = setting(
         None, section="grpo", help="tjx.nn's GrpoConfig (GRPO's loss) and the rollout's keys"
     )
     checkpoint: CheckpointConfig = setting(CheckpointConfig, factory=True, resumable=True)
@@ -112,7 +111,7 @@ class Config:
         return next(k for k, cls in nn.MODEL_KINDS.items() if type(self.model) is cls)
 
     @property
-    def objective(self) -> Objective:
+    def objective(self) -> nn.Objective:
         """tjx.nn's `Objective` of the model kind: what a step trains and counts."""
         return nn.objective_of(type(self.model))
 
@@ -176,14 +175,14 @@ class StepConfig:
     head's settings and the seed; not how long the run is, how often it logs or where it writes.
     The kernel choice, the memory fit, the train state and the steps take this, not `Config`."""
 
-    model: TransformerConfig
+    model: nn.TransformerConfig
     data: DataConfig
-    optimizer: OptimizerConfig
-    mesh: MeshConfig
-    lora: LoraConfig
-    preference: PreferenceConfig
+    optimizer: optim.OptimizerConfig
+    mesh: parallel.MeshConfig
+    lora: nn.LoraConfig
+    preference: nn.PreferenceConfig
     #: GRPO's loss (tjx.nn's) and rollout (``data.format: prompts``).
-    grpo: GrpoConfig
+    grpo: nn.GrpoConfig
     rollout: GrpoRollout
     #: The held-out step's batch and top-k accuracies.
     eval: EvalConfig
@@ -204,7 +203,7 @@ class StepConfig:
     learning_rate: optax.Schedule
 
     @property
-    def objective(self) -> Objective:
+    def objective(self) -> nn.Objective:
         """tjx.nn's `Objective` of the model kind (as `Config.objective`)."""
         return nn.objective_of(type(self.model))
 
@@ -251,10 +250,10 @@ def step_config(cfg: Config) -> StepConfig:
 
 
 def _mesh_needs(
-    model: TransformerConfig,
+    model: nn.TransformerConfig,
     data_: DataConfig,
-    optimizer: OptimizerConfig,
-    mesh: MeshConfig,
+    optimizer: optim.OptimizerConfig,
+    mesh: parallel.MeshConfig,
     eval_: EvalConfig,
 ) -> MeshNeeds:
     """`Config.mesh_needs` of these sections."""
@@ -400,7 +399,7 @@ def _check_grpo(cfg: Config, given: list[str]) -> None:
 _OWN_SECTIONS = ("data", "train", "checkpoint", "logging", "eval", "sampling")
 
 
-def _model(cls: type, read: ConfigData, vocab: int | None) -> TransformerConfig:
+def _model(cls: type, read: ConfigData, vocab: int | None) -> nn.TransformerConfig:
     """The tjx.nn config of ``cls`` with settings ``read`` and a vocabulary (the set one, else
     the placeholder; none for a kind that reads no tokens)."""
     fields = {k: v for k, v in read.items() if k not in ("kind", "vocab_size")}

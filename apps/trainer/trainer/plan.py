@@ -11,7 +11,6 @@ import sys
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tjx import parallel
 from tjx.ckpt import (
@@ -24,9 +23,6 @@ from tjx.parallel.arguments import DistributedArgs
 from tjx.parallel.preemption import write_stderr
 from trainer.config import Config
 from trainer.schema import ConfigError
-
-if TYPE_CHECKING:
-    from tjx.parallel import StopFlag
 
 
 @dataclass
@@ -130,7 +126,7 @@ def output_file(text: str, flag: str, example: str) -> Path:
     return path
 
 
-def stop_on_signals(run_dir: Path) -> AbstractContextManager[StopFlag]:
+def stop_on_signals(run_dir: Path) -> AbstractContextManager[parallel.StopFlag]:
     """tjx.parallel.stop_on_signals with the trainer's line; a second Ctrl-C ends the process
     at once, naming the newest committed checkpoint of ``run_dir`` (exit 130)."""
     return parallel.stop_on_signals(

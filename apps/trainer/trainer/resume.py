@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tjx import ckpt, data
+from tjx.core.lazy import lazy_imports
 from trainer.config import SCHEMA, Config, read_config
-from trainer.deferred import init_from, nn, optim
 from trainer.job.changes import Diff, config_changes
 from trainer.job.changes import describe_changes as describe_changes_of
 from trainer.job.folder import RunDir
@@ -16,6 +16,10 @@ from trainer.job.start import resumed_config
 from trainer.schema import ConfigError, kind_of
 from trainer.seams import ConfigData
 from trainer.settings import migrate
+
+with lazy_imports(globals()):  # they load jax, which the command line must not wait for
+    from tjx import nn, optim
+    from trainer import init_from
 
 
 def is_training_only(key: str, config: ConfigData | None = None) -> bool:

@@ -12,9 +12,12 @@ from pathlib import Path
 
 from tjx.core import config
 from tjx.core.config import ConfigError, deep_merge, keyed, value_text
+from tjx.core.lazy import lazy_imports
 from trainer.config import SCHEMA, Config, read_config
-from trainer.deferred import nn, optim
 from trainer.seams import ConfigData
+
+with lazy_imports(globals()):  # they load jax, which the command line must not wait for
+    from tjx import nn, optim
 
 __all__ = ["deep_merge", "value_text"]  # tjx.core.config's, kept under the names callers know
 

@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 
 import pytest
 
 from eval.cli import main
 from eval.runs import RunError, check_run_dir
+
+
+def test_the_command_line_answers_a_bad_flag_before_loading_jax(tmp_path):
+    """``--help`` and a bad flag must not wait seconds for JAX: `eval.cli` (and the modules it
+    imports before parsing) load it, tjx.nn and the harness on first use."""
+    code = (
+        "import sys\nfrom eval.cli import main\n"
+        f"assert main(['--checkpoint', {str(tmp_path / 'nope')!r}]) == 2\n"
+        "heavy = {'jax', 'flax', 'tjx.nn', 'lm_eval', 'matplotlib'} & set(sys.modules)\n"
+        "assert not heavy, sorted(heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "no such run directory" in done.stderr
 
 
 def test_missing_run_dir_exits_2(tmp_path, capsys):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import yaml  # type: ignore[import-untyped]
 
@@ -43,11 +43,13 @@ from tjx.ckpt import (
 )
 from tjx.ckpt.folder import write_if_changed
 from tjx.ckpt.storage import StoragePath
-from trainer.deferred import digest
+from tjx.core.lazy import lazy_imports
 from trainer.seams import ConfigData, Record
 
-if TYPE_CHECKING:  # chex loads jax, which the command line must not wait for
+with lazy_imports(globals()):  # they load jax, which the command line must not wait for
     import chex
+
+    from tjx.ckpt import digest
 
 __all__ = ["RunDir", "RunStartError", "final_summary"]
 

@@ -20,11 +20,14 @@ from pathlib import Path
 from tjx import ckpt
 from tjx.ckpt import RunFileError, RunFileNotFoundError, storage
 from tjx.ckpt.storage import StoragePath
+from tjx.core.lazy import lazy_imports
 from trainer.config import Config, read_config
-from trainer.deferred import metrics
 from trainer.job.folder import RunDir
 from trainer.resume import as_written
 from trainer.schema import ConfigError
+
+with lazy_imports(globals()):  # it loads jax, which the command line must not wait for
+    from tjx import metrics
 
 #: The probes a replay computes, by name (``--probe``; all of them by default).
 PROBES: dict[str, str] = {

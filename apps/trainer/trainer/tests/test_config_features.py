@@ -15,7 +15,7 @@ from flax import nnx
 
 from tjx import nn, optim
 from tjx.nn.configs import ATTENTION_TYPES
-from tjx.optim.config import WSD_DECAY_SHAPES
+from tjx.optim.schedules import WSD_DECAY_SHAPES
 from trainer.cli import main
 from trainer.config import read_config, resolve, step_config
 from trainer.memory_fit import abstract_step

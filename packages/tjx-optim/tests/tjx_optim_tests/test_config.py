@@ -20,7 +20,7 @@ from tjx.optim import (
     schedule_over,
     users_of,
 )
-from tjx.optim.config import WSD_DEFAULTS
+from tjx.optim.schedules import WSD_DEFAULTS
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ import warnings
 import pytest
 from jax import P
 
+import tjx.parallel
+import tjx.parallel.mesh  # imports the rules' module
 from tjx.parallel import LOGICAL_AXES, STRATEGIES, AxisRules, MeshConfig, make_mesh, rules
 
 
@@ -83,3 +85,9 @@ def test_overrides_replace_and_validation() -> None:
         AxisRules((("embed", ("fsdp", 3)),))
     with pytest.raises(ValueError, match="logical name must be a str"):
         AxisRules(((1, "fsdp"),))
+
+
+def test_rules_is_the_function_after_every_module_loaded() -> None:
+    """The module that defines it is ``axis_rules``: no submodule named ``rules`` can hide it."""
+    assert callable(tjx.parallel.rules) and tjx.parallel.rules is rules
+    assert tjx.parallel.rules("dp") == rules("dp")

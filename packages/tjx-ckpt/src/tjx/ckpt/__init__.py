@@ -13,14 +13,11 @@ and its start and resume checks (``RunDir``, ``start_location``, ``resumed_confi
 names here is an ImportError that says where it went.
 
 ``import tjx.ckpt`` loads neither orbax nor jax: the names that need them are imported on first
-use (``_LAZY``). An app's command line can then read and check its run directory before it pays
-for jax (seconds), and still after a Ctrl-C cut that import short.
+use (`tjx.core.lazy.lazy_api`). An app's command line can then read and check its run directory
+before it pays for jax (seconds), and still after a Ctrl-C cut that import short.
 """
 
 from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
 
 from tjx.ckpt.checkpoint_config import CheckpointConfig
 from tjx.ckpt.errors import (
@@ -55,19 +52,7 @@ from tjx.ckpt.storage import (
 from tjx.ckpt.version import __version__
 from tjx.core import config as _config
 from tjx.core.deprecation import moved_out
-
-if TYPE_CHECKING:  # what the lazy names are, for type checkers (and Pants' dependency inference)
-    from tjx.ckpt.digest import params_sha256
-    from tjx.ckpt.manager import CheckpointManager, Restored
-    from tjx.ckpt.metadata import collect_metadata, to_json
-    from tjx.ckpt.params import restore_params, restore_params_and_step
-    from tjx.ckpt.resume import restore_placed
-    from tjx.ckpt.safetensors_io import (
-        export_safetensors,
-        flat_names,
-        import_safetensors,
-        unflatten_params,
-    )
+from tjx.core.lazy import lazy_api
 
 _CORE = "{} is tjx-core's (its old name here warned until 0.16): `from {} import {}`"
 
@@ -108,36 +93,20 @@ _moved_out = moved_out(
     otherwise=_moved_to_core,
 )
 
-#: The public names whose modules import orbax or jax → their module, imported on first use.
-_LAZY = {
-    "params_sha256": "tjx.ckpt.digest",
-    "CheckpointManager": "tjx.ckpt.manager",
-    "Restored": "tjx.ckpt.manager",
-    "collect_metadata": "tjx.ckpt.metadata",
-    "to_json": "tjx.ckpt.metadata",
-    "restore_params": "tjx.ckpt.params",
-    "restore_params_and_step": "tjx.ckpt.params",
-    "restore_placed": "tjx.ckpt.resume",
-    "export_safetensors": "tjx.ckpt.safetensors_io",
-    "flat_names": "tjx.ckpt.safetensors_io",
-    "import_safetensors": "tjx.ckpt.safetensors_io",
-    "unflatten_params": "tjx.ckpt.safetensors_io",
-}
-
-if not TYPE_CHECKING:  # type checkers see the imports above; a typo stays an error for them
-
-    def __getattr__(name: str) -> Any:
-        module = _LAZY.get(name)
-        if module is None:
-            return _moved_out(name)  # a moved name's ImportError, else an AttributeError
-        value = getattr(importlib.import_module(module), name)
-        globals()[name] = value  # later reads are plain attribute reads
-        return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
-
+# The names whose modules import orbax or jax, imported on first use; a name that moved away is
+# an ImportError naming its new import (`_moved_out`).
+with lazy_api(globals(), otherwise=_moved_out):
+    from tjx.ckpt.digest import params_sha256
+    from tjx.ckpt.manager import CheckpointManager, Restored
+    from tjx.ckpt.metadata import collect_metadata, to_json
+    from tjx.ckpt.params import restore_params, restore_params_and_step
+    from tjx.ckpt.resume import restore_placed
+    from tjx.ckpt.safetensors_io import (
+        export_safetensors,
+        flat_names,
+        import_safetensors,
+        unflatten_params,
+    )
 
 __all__ = [
     "AccessDeniedError",

@@ -34,11 +34,12 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 from tjx.ckpt.errors import NotCreatableError, one_line
+from tjx.core.lazy import lazy_imports
 
-if TYPE_CHECKING:
+with lazy_imports(globals()):  # a local run never needs it (nor its fsspec)
     from etils import epath
 
 #: A location tjx writes a run to: a local `Path`, or an `epath.Path` for a URL.
@@ -114,8 +115,6 @@ def as_path(location: str | os.PathLike[str]) -> StoragePath:
             "gs://BUCKET/PATH or s3://BUCKET/PATH",
         )
     configure()
-    from etils import epath
-
     return epath.Path(text)
 
 

@@ -9,6 +9,8 @@
 - `moved`, `module_moved` (``tjx.core.deprecation``): an old import path (a name, a whole module)
   that warns once for one release; `moved_out`: a name that left for an app, an ImportError
   naming its new home;
+- `lazy_imports`, `lazy_api` (``tjx.core.lazy``, imported on its own): imports written as imports,
+  loaded on first use: the one lazy-import idiom of every package and app;
 - the config engine (``tjx.core.config``, imported on its own): `Schema`, `ConfigError`,
   `ConfigFiles`, `load_yaml`... a run's config as typed dataclass sections, read strictly.
 

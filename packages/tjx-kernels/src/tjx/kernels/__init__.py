@@ -7,8 +7,7 @@ a name resolves to once, by evidence (`resolve_attention`, :mod:`tjx.kernels.cho
 ``flash_attention`` (and with it Pallas) is imported on first use.
 """
 
-from typing import Any
-
+from tjx.core.lazy import lazy_api
 from tjx.kernels.blocks import (
     BLOCK_IMPLEMENTATIONS,
     attention_backward,
@@ -56,6 +55,12 @@ from tjx.kernels.gated_delta import (
 from tjx.kernels.launch import LaunchDefaults, default_launch
 from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
 from tjx.kernels.softcap import soft_cap
+
+# The XLA path never needs Pallas: its import (and Triton's lowering) waits for first use.
+with lazy_api(globals()):
+    from tjx.kernels.flash import flash_attention
+    from tjx.kernels.flash_qkv import flash_attention_qkv
+    from tjx.kernels.fused_ce import fused_cross_entropy
 
 __version__ = "0.15.0"
 
@@ -110,19 +115,3 @@ __all__ = [
     "target",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    # The XLA path never needs Pallas: its import (and Triton's lowering) waits for first use.
-    if name == "flash_attention":
-        from tjx.kernels.flash import flash_attention
-
-        return flash_attention
-    if name == "flash_attention_qkv":
-        from tjx.kernels.flash_qkv import flash_attention_qkv
-
-        return flash_attention_qkv
-    if name == "fused_cross_entropy":
-        from tjx.kernels.fused_ce import fused_cross_entropy
-
-        return fused_cross_entropy
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

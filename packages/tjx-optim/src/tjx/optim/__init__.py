@@ -4,13 +4,7 @@ Built on optax; see README.md for the API table and defaults.
 """
 
 from tjx.optim.accumulate import accumulate_gradients
-from tjx.optim.config import (
-    OPTIMIZER_NAMES,
-    SCHEDULE_NAMES,
-    OptimizerConfig,
-    ScheduleConfig,
-    users_of,
-)
+from tjx.optim.config import OPTIMIZER_NAMES, OptimizerConfig, users_of
 from tjx.optim.defaults import (
     RENAMED_KEYS,
     OwnDefault,
@@ -60,6 +54,8 @@ from tjx.optim.optimizers import (
 from tjx.optim.plot import plot_schedule, schedule_values
 from tjx.optim.report import find_state, step_report
 from tjx.optim.schedules import (
+    SCHEDULE_NAMES,
+    ScheduleConfig,
     build_schedule,
     constant,
     cosine_decay,

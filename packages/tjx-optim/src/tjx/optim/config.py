@@ -1,4 +1,5 @@
-"""Typed, validated configuration for schedules and optimizers.
+"""Typed, validated configuration for optimizers (a schedule's, `ScheduleConfig`, is
+`tjx.optim.schedules`', beside the schedules it builds).
 
 Every field is checked in ``__post_init__`` so a bad YAML value fails when the config is built,
 with a ``ValueError`` naming the field and what it may be, not deep inside a jitted step.
@@ -9,37 +10,22 @@ with a ``ValueError`` naming the field and what it may be, not deep inside a jit
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from tjx.core.fields import setting
-from tjx.optim.fields import choice, number, regex
+from tjx.optim.fields import choice, known_keys, number, regex
+from tjx.optim.schedules import ScheduleConfig
 
 __all__ = [
     "ACCUMULATION_MODES",
     "DEFAULT_LEARNING_RATES",
     "LOSS_SCALES",
     "OPTIMIZER_NAMES",
-    "SCHEDULE_NAMES",
-    "WSD_DECAY_SHAPES",
-    "WSD_DEFAULTS",
     "OptimizerConfig",
-    "ScheduleConfig",
     "users_of",
 ]
 
-SCHEDULE_NAMES: tuple[str, ...] = (
-    "constant",
-    "linear_warmup",
-    "cosine",
-    "linear",
-    "inverse_sqrt",
-    "wsd",
-)
-WSD_DECAY_SHAPES: tuple[str, ...] = ("linear", "cosine", "sqrt")
-#: What a ``wsd`` schedule's ``decay_fraction`` and ``decay_shape`` left ``None`` become.
-WSD_DEFAULTS: Mapping[str, Any] = {"decay_fraction": 0.2, "decay_shape": "linear"}
 OPTIMIZER_NAMES: tuple[str, ...] = ("adamw", "adam", "sgd", "lamb", "lion", "adafactor", "muon")
 LOSS_SCALES: tuple[str | None, ...] = (None, "dynamic")
 ACCUMULATION_MODES: tuple[str, ...] = ("scan", "multi_steps")
@@ -59,136 +45,6 @@ DEFAULT_LEARNING_RATES: Mapping[str, float] = {
     "adafactor": 1e-2,
     "muon": 2e-2,
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class ScheduleConfig:
-    """Learning-rate schedule, over a run of ``total_steps`` steps that `build_schedule` (or
-    `build_optimizer`) is given: the run's length is the run's setting, not the schedule's.
-
-    Every schedule starts with ``warmup_steps`` of linear warmup from ``init_lr_ratio * peak_lr`` to
-    ``peak_lr`` (none when ``warmup_steps == 0``; a float below 1 is that fraction of
-    ``total_steps``, rounded: `over` turns it into the steps it makes), then follows its body:
-
-    * ``constant`` / ``linear_warmup``: hold ``peak_lr`` (``linear_warmup`` needs warmup steps).
-    * ``cosine``: cosine decay to ``min_lr_ratio * peak_lr`` at ``total_steps``, then hold it.
-    * ``linear``: linear decay to ``min_lr_ratio * peak_lr`` at ``total_steps``, then hold.
-    * ``inverse_sqrt``: ``peak_lr * sqrt(warmup_steps / step)`` after warmup (Transformer paper);
-      with ``warmup_steps=0``, ``peak_lr / sqrt(step + 1)``.
-    * ``wsd``: warmup, hold ``peak_lr``, then decay over the last ``decay_fraction * total_steps``
-      steps to ``min_lr_ratio * peak_lr`` with ``decay_shape`` (``linear``, ``cosine`` or ``sqrt``).
-      Left ``None`` they are ``WSD_DEFAULTS`` (0.2, ``"linear"``), filled in at construction; the
-      other schedules have no decay phase of their own and refuse a value (it would do nothing).
-
-    The rules that need the run's length (warmup and decay fit in it) are `over`'s.
-    """
-
-    name: str = setting("cosine", choices=SCHEDULE_NAMES, help="learning-rate schedule")
-    peak_lr: float | None = setting(
-        None, help="the peak rate; None: the optimizer's DEFAULT_LEARNING_RATES entry"
-    )
-    warmup_steps: int | float = setting(
-        0,
-        help="linear warmup from init_lr_ratio x peak_lr: steps, or a float below 1: that fraction "
-        "of total_steps",
-    )
-    #: Deprecated in 0.16 (removed in 0.17): the run's length, now `build_schedule`'s
-    #: ``total_steps`` argument. Set, it warns and is the length `build_schedule` uses by default.
-    total_steps: int | None = setting(
-        None, key=False, help="deprecated: pass total_steps to build_schedule/build_optimizer"
-    )
-    min_lr_ratio: float = setting(0.1, help="final rate as a fraction of the peak")
-    init_lr_ratio: float = setting(0.0, help="the warmup's first rate as a fraction of the peak")
-    decay_fraction: float | None = setting(None, help="wsd: share of the steps decaying; None: 0.2")
-    decay_shape: str | None = setting(
-        None, choices=WSD_DECAY_SHAPES, help="wsd: the decay's shape; None: linear"
-    )
-
-    def __post_init__(self) -> None:
-        choice("ScheduleConfig.name", self.name, SCHEDULE_NAMES)
-        if self.peak_lr is not None:  # None: OptimizerConfig fills in its optimizer's rate
-            number("ScheduleConfig.peak_lr", self.peak_lr, low=0.0, low_open=True)
-        w = self.warmup_steps
-        if isinstance(w, float) and not 0.0 <= w < 1.0:
-            raise ValueError(
-                f"ScheduleConfig.warmup_steps={w!r} must be an integer (steps) or a float in "
-                "[0, 1) (that fraction of total_steps)"
-            )
-        if not isinstance(w, float):
-            number("ScheduleConfig.warmup_steps", w, low=0, integer=True)
-        if self.name == "linear_warmup" and w == 0:
-            raise ValueError(
-                "ScheduleConfig.warmup_steps=0 with name='linear_warmup'; allowed values: "
-                "1 <= warmup_steps <= total_steps (or use name='constant')"
-            )
-        number("ScheduleConfig.min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
-        number("ScheduleConfig.init_lr_ratio", self.init_lr_ratio, low=0.0, high=1.0)
-        self._check_decay()
-        if self.total_steps is not None:  # the 0.15 API: the length held here, checked at once
-            warnings.warn(
-                "ScheduleConfig.total_steps is deprecated (removed in tjx-optim 0.17); pass "
-                "total_steps to build_schedule or build_optimizer",
-                DeprecationWarning,
-                stacklevel=3,
-            )
-            number("ScheduleConfig.total_steps", self.total_steps, low=1, integer=True)
-            # Lazy: schedules.py imports this module (ScheduleConfig) at its top.
-            from tjx.optim.schedules import schedule_over
-
-            fitted = schedule_over(self, self.total_steps)
-            object.__setattr__(self, "warmup_steps", fitted.warmup_steps)
-
-    def over(self, total_steps: int) -> ScheduleConfig:
-        """Deprecated (until tjx-optim 0.17): `tjx.optim.schedule_over(self, total_steps)`, the
-        rules of a schedule over a run's length, which live beside `build_schedule`."""
-        # Lazy: schedules.py imports this module (ScheduleConfig) at its top.
-        from tjx.optim.schedules import schedule_over
-
-        warnings.warn(
-            "ScheduleConfig.over is deprecated (removed in tjx-optim 0.17); use "
-            "tjx.optim.schedule_over(schedule, total_steps)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return schedule_over(self, total_steps)
-
-    def _check_decay(self) -> None:
-        """WSD's decay settings: checked, filled in for ``wsd``, refused elsewhere (whether the
-        decay fits in the run is `over`'s)."""
-        if self.decay_fraction is not None:
-            number(
-                "ScheduleConfig.decay_fraction",
-                self.decay_fraction,
-                low=0.0,
-                high=1.0,
-                low_open=True,
-            )
-        if self.decay_shape is not None:
-            choice("ScheduleConfig.decay_shape", self.decay_shape, WSD_DECAY_SHAPES)
-        if self.name != "wsd":
-            for field in WSD_DEFAULTS:
-                if getattr(self, field) is not None:
-                    raise ValueError(
-                        f"ScheduleConfig.{field}: only the 'wsd' schedule uses it "
-                        f"(ScheduleConfig.name is {self.name!r}); set it to None"
-                    )
-            return
-        for field, default in WSD_DEFAULTS.items():
-            if getattr(self, field) is None:  # frozen: set through object.__setattr__
-                object.__setattr__(self, field, default)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ScheduleConfig:
-        """Build from a mapping (e.g. parsed YAML); unknown keys raise ``ValueError``."""
-        return cls(**_known_keys(cls, d))
-
-
-def _known_keys(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(names))
-    if unknown:
-        raise ValueError(f"{cls.__name__} got unknown fields {unknown}; allowed fields: {names}")
-    return dict(d)
 
 
 # Per-optimizer defaults for the fields left as None (see README's defaults table).
@@ -419,4 +275,4 @@ class OptimizerConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> OptimizerConfig:
         """Build from a mapping (e.g. parsed YAML); ``schedule`` may itself be a mapping."""
-        return cls(**_known_keys(cls, d))
+        return cls(**known_keys(cls, d))

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from numpy import bool_ as np_bool
@@ -57,3 +59,12 @@ def regex(field: str, value: str | None) -> None:
         re.compile(value)
     except re.error as err:
         raise ValueError(f"{field}={value!r} is not a valid regular expression: {err}") from err
+
+
+def known_keys(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
+    """``d`` as keyword arguments of dataclass ``cls``; a ValueError naming any key it lacks."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ValueError(f"{cls.__name__} got unknown fields {unknown}; allowed fields: {names}")
+    return dict(d)

@@ -1,30 +1,38 @@
-"""Learning-rate schedules: composable pieces on optax, ``build_schedule(config, total_steps)`` and
-``schedule_over(config, total_steps)``, the rules of a schedule over a run of that length.
+"""Learning-rate schedules: a schedule's config (`ScheduleConfig`), composable pieces on optax,
+``build_schedule(config, total_steps)`` and ``schedule_over(config, total_steps)``, the rules of a
+schedule over a run of that length.
 
 Each piece is an ``optax.Schedule`` (``step -> lr``) starting at step 0, so pieces compose with
 ``join`` (optax.join_schedules, which shifts each piece to start at its boundary).
 """
 
+# `setting()` returns dataclasses.field objects (with the metadata apps read).
+# ruff: noqa: RUF009
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-if TYPE_CHECKING:  # annotations only: config.py's deprecated `ScheduleConfig.over` imports this
-    from tjx.optim.config import ScheduleConfig
+from tjx.core.fields import setting
+from tjx.optim.fields import choice, known_keys, number
 
 #: The run's length a schedule built without one spans (tjx-optim 0.15's ``ScheduleConfig``
 #: default), until 0.17.
 OLD_TOTAL_STEPS = 10_000
 
 __all__ = [
+    "SCHEDULE_NAMES",
+    "WSD_DECAY_SHAPES",
+    "WSD_DEFAULTS",
+    "ScheduleConfig",
     "build_schedule",
     "constant",
     "cosine_decay",
@@ -37,6 +45,190 @@ __all__ = [
     "warmup_stable_decay",
     "with_warmup",
 ]
+
+SCHEDULE_NAMES: tuple[str, ...] = (
+    "constant",
+    "linear_warmup",
+    "cosine",
+    "linear",
+    "inverse_sqrt",
+    "wsd",
+)
+WSD_DECAY_SHAPES: tuple[str, ...] = ("linear", "cosine", "sqrt")
+#: What a ``wsd`` schedule's ``decay_fraction`` and ``decay_shape`` left ``None`` become.
+WSD_DEFAULTS: Mapping[str, Any] = {"decay_fraction": 0.2, "decay_shape": "linear"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning-rate schedule, over a run of ``total_steps`` steps that `build_schedule` (or
+    `build_optimizer`) is given: the run's length is the run's setting, not the schedule's.
+
+    Every schedule starts with ``warmup_steps`` of linear warmup from ``init_lr_ratio * peak_lr`` to
+    ``peak_lr`` (none when ``warmup_steps == 0``; a float below 1 is that fraction of
+    ``total_steps``, rounded: `over` turns it into the steps it makes), then follows its body:
+
+    * ``constant`` / ``linear_warmup``: hold ``peak_lr`` (``linear_warmup`` needs warmup steps).
+    * ``cosine``: cosine decay to ``min_lr_ratio * peak_lr`` at ``total_steps``, then hold it.
+    * ``linear``: linear decay to ``min_lr_ratio * peak_lr`` at ``total_steps``, then hold.
+    * ``inverse_sqrt``: ``peak_lr * sqrt(warmup_steps / step)`` after warmup (Transformer paper);
+      with ``warmup_steps=0``, ``peak_lr / sqrt(step + 1)``.
+    * ``wsd``: warmup, hold ``peak_lr``, then decay over the last ``decay_fraction * total_steps``
+      steps to ``min_lr_ratio * peak_lr`` with ``decay_shape`` (``linear``, ``cosine`` or ``sqrt``).
+      Left ``None`` they are ``WSD_DEFAULTS`` (0.2, ``"linear"``), filled in at construction; the
+      other schedules have no decay phase of their own and refuse a value (it would do nothing).
+
+    The rules that need the run's length (warmup and decay fit in it) are `over`'s.
+    """
+
+    name: str = setting("cosine", choices=SCHEDULE_NAMES, help="learning-rate schedule")
+    peak_lr: float | None = setting(
+        None, help="the peak rate; None: the optimizer's DEFAULT_LEARNING_RATES entry"
+    )
+    warmup_steps: int | float = setting(
+        0,
+        help="linear warmup from init_lr_ratio x peak_lr: steps, or a float below 1: that fraction "
+        "of total_steps",
+    )
+    #: Deprecated in 0.16 (removed in 0.17): the run's length, now `build_schedule`'s
+    #: ``total_steps`` argument. Set, it warns and is the length `build_schedule` uses by default.
+    total_steps: int | None = setting(
+        None, key=False, help="deprecated: pass total_steps to build_schedule/build_optimizer"
+    )
+    min_lr_ratio: float = setting(0.1, help="final rate as a fraction of the peak")
+    init_lr_ratio: float = setting(0.0, help="the warmup's first rate as a fraction of the peak")
+    decay_fraction: float | None = setting(None, help="wsd: share of the steps decaying; None: 0.2")
+    decay_shape: str | None = setting(
+        None, choices=WSD_DECAY_SHAPES, help="wsd: the decay's shape; None: linear"
+    )
+
+    def __post_init__(self) -> None:
+        choice("ScheduleConfig.name", self.name, SCHEDULE_NAMES)
+        if self.peak_lr is not None:  # None: OptimizerConfig fills in its optimizer's rate
+            number("ScheduleConfig.peak_lr", self.peak_lr, low=0.0, low_open=True)
+        w = self.warmup_steps
+        if isinstance(w, float) and not 0.0 <= w < 1.0:
+            raise ValueError(
+                f"ScheduleConfig.warmup_steps={w!r} must be an integer (steps) or a float in "
+                "[0, 1) (that fraction of total_steps)"
+            )
+        if not isinstance(w, float):
+            number("ScheduleConfig.warmup_steps", w, low=0, integer=True)
+        if self.name == "linear_warmup" and w == 0:
+            raise ValueError(
+                "ScheduleConfig.warmup_steps=0 with name='linear_warmup'; allowed values: "
+                "1 <= warmup_steps <= total_steps (or use name='constant')"
+            )
+        number("ScheduleConfig.min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
+        number("ScheduleConfig.init_lr_ratio", self.init_lr_ratio, low=0.0, high=1.0)
+        self._check_decay()
+        if self.total_steps is not None:  # the 0.15 API: the length held here, checked at once
+            warnings.warn(
+                "ScheduleConfig.total_steps is deprecated (removed in tjx-optim 0.17); pass "
+                "total_steps to build_schedule or build_optimizer",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            number("ScheduleConfig.total_steps", self.total_steps, low=1, integer=True)
+            fitted = schedule_over(self, self.total_steps)
+            object.__setattr__(self, "warmup_steps", fitted.warmup_steps)
+
+    def over(self, total_steps: int) -> ScheduleConfig:
+        """Deprecated (until tjx-optim 0.17): `tjx.optim.schedule_over(self, total_steps)`, the
+        rules of a schedule over a run's length, which live beside `build_schedule`."""
+        warnings.warn(
+            "ScheduleConfig.over is deprecated (removed in tjx-optim 0.17); use "
+            "tjx.optim.schedule_over(schedule, total_steps)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return schedule_over(self, total_steps)
+
+    def _check_decay(self) -> None:
+        """WSD's decay settings: checked, filled in for ``wsd``, refused elsewhere (whether the
+        decay fits in the run is `over`'s)."""
+        if self.decay_fraction is not None:
+            number(
+                "ScheduleConfig.decay_fraction",
+                self.decay_fraction,
+                low=0.0,
+                high=1.0,
+                low_open=True,
+            )
+        if self.decay_shape is not None:
+            choice("ScheduleConfig.decay_shape", self.decay_shape, WSD_DECAY_SHAPES)
+        if self.name != "wsd":
+            for field in WSD_DEFAULTS:
+                if getattr(self, field) is not None:
+                    raise ValueError(
+                        f"ScheduleConfig.{field}: only the 'wsd' schedule uses it "
+                        f"(ScheduleConfig.name is {self.name!r}); set it to None"
+                    )
+            return
+        for field, default in WSD_DEFAULTS.items():
+            if getattr(self, field) is None:  # frozen: set through object.__setattr__
+                object.__setattr__(self, field, default)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ScheduleConfig:
+        """Build from a mapping (e.g. parsed YAML); unknown keys raise ``ValueError``."""
+        return cls(**known_keys(cls, d))
+
+
+def schedule_over(config: ScheduleConfig, total_steps: int) -> ScheduleConfig:
+    """``config`` for a run of ``total_steps`` steps: a fractional ``warmup_steps`` as the steps
+    it makes (rounded, so that a warmup written for a long run still fits a short one: levanter's
+    ``warmup``), the warmup and a wsd decay checked to fit in the run. (`ScheduleConfig` alone
+    checks the rest; this is the part that needs the run's length, as `build_schedule` does.)
+
+    Parameters
+    ----------
+    config
+        A validated ``ScheduleConfig``.
+    total_steps
+        The run's steps (at least 1).
+
+    Returns
+    -------
+    ScheduleConfig
+        ``config`` with ``warmup_steps`` in steps (``config`` when it already was).
+
+    Raises
+    ------
+    ValueError
+        Naming the setting that does not fit, and ``total_steps``.
+    """
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps={total_steps!r}; allowed values: an integer >= 1")
+    w = config.warmup_steps
+    if isinstance(w, float):
+        w = int(round(w * total_steps))
+    if w > total_steps:
+        raise ValueError(
+            f"ScheduleConfig.warmup_steps={w} is longer than the run; allowed values: 0 <= "
+            f"warmup_steps <= total_steps={total_steps}"
+        )
+    if config.name == "linear_warmup" and w == 0:  # a fraction may round to no step
+        raise ValueError(
+            f"ScheduleConfig.warmup_steps={config.warmup_steps!r} makes no warmup step of "
+            f"total_steps={total_steps} with name='linear_warmup'; allowed values: 1 <= "
+            "warmup_steps <= total_steps (or use name='constant')"
+        )
+    if config.name == "wsd":
+        assert config.decay_fraction is not None  # filled in at construction
+        if w + int(round(config.decay_fraction * total_steps)) > total_steps:
+            raise ValueError(
+                f"ScheduleConfig.decay_fraction={config.decay_fraction} with warmup_steps={w} "
+                f"exceeds the run; allowed values: warmup_steps + round(decay_fraction * "
+                f"total_steps) <= total_steps={total_steps}"
+            )
+    if not isinstance(config.warmup_steps, float):  # already steps
+        return config
+    # Through object.__setattr__ on a copy: dataclasses.replace would run __post_init__,
+    # which warns about the deprecated field a 0.15 config still holds.
+    out = copy.copy(config)
+    object.__setattr__(out, "warmup_steps", w)
+    return out
 
 
 def constant(value: float) -> optax.Schedule:
@@ -186,62 +378,6 @@ def build_schedule(config: ScheduleConfig, total_steps: int | None = None) -> op
             decay_shape=config.decay_shape,
         )
     return with_warmup(body, w, peak, init)
-
-
-def schedule_over(config: ScheduleConfig, total_steps: int) -> ScheduleConfig:
-    """``config`` for a run of ``total_steps`` steps: a fractional ``warmup_steps`` as the steps
-    it makes (rounded, so that a warmup written for a long run still fits a short one: levanter's
-    ``warmup``), the warmup and a wsd decay checked to fit in the run. (`ScheduleConfig` alone
-    checks the rest; this is the part that needs the run's length, as `build_schedule` does.)
-
-    Parameters
-    ----------
-    config
-        A validated ``ScheduleConfig``.
-    total_steps
-        The run's steps (at least 1).
-
-    Returns
-    -------
-    ScheduleConfig
-        ``config`` with ``warmup_steps`` in steps (``config`` when it already was).
-
-    Raises
-    ------
-    ValueError
-        Naming the setting that does not fit, and ``total_steps``.
-    """
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"total_steps={total_steps!r}; allowed values: an integer >= 1")
-    w = config.warmup_steps
-    if isinstance(w, float):
-        w = int(round(w * total_steps))
-    if w > total_steps:
-        raise ValueError(
-            f"ScheduleConfig.warmup_steps={w} is longer than the run; allowed values: 0 <= "
-            f"warmup_steps <= total_steps={total_steps}"
-        )
-    if config.name == "linear_warmup" and w == 0:  # a fraction may round to no step
-        raise ValueError(
-            f"ScheduleConfig.warmup_steps={config.warmup_steps!r} makes no warmup step of "
-            f"total_steps={total_steps} with name='linear_warmup'; allowed values: 1 <= "
-            "warmup_steps <= total_steps (or use name='constant')"
-        )
-    if config.name == "wsd":
-        assert config.decay_fraction is not None  # filled in at construction
-        if w + int(round(config.decay_fraction * total_steps)) > total_steps:
-            raise ValueError(
-                f"ScheduleConfig.decay_fraction={config.decay_fraction} with warmup_steps={w} "
-                f"exceeds the run; allowed values: warmup_steps + round(decay_fraction * "
-                f"total_steps) <= total_steps={total_steps}"
-            )
-    if not isinstance(config.warmup_steps, float):  # already steps
-        return config
-    # Through object.__setattr__ on a copy: dataclasses.replace would run __post_init__,
-    # which warns about the deprecated field a 0.15 config still holds.
-    out = copy.copy(config)
-    object.__setattr__(out, "warmup_steps", w)
-    return out
 
 
 def run_length(config: ScheduleConfig, total_steps: int | None) -> int:

@@ -28,10 +28,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
+from tjx.parallel.axis_rules import AxisRules
 from tjx.parallel.context_layout import balanced_order, check_context_split, context_ways, restore
 from tjx.parallel.mesh import CONTEXT_AXIS, CONTEXT_STRATEGIES, MeshConfig
 from tjx.parallel.ring import BlockBackward, BlockForward, RingConfig, ring_attention
-from tjx.parallel.rules import AxisRules
 
 Array = jax.Array
 

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
-from tjx.parallel.rules import AxisRules
+from tjx.parallel.axis_rules import AxisRules
 
 __all__ = [
     "EXPERT_AXIS",

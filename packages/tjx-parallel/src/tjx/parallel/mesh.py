@@ -16,7 +16,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh
 
 from tjx.core.fields import setting
-from tjx.parallel.rules import STRATEGIES, AxisRules, MeshAxes, rules
+from tjx.parallel.axis_rules import STRATEGIES, AxisRules, MeshAxes, rules
 from tjx.parallel.schedule import SCHEDULES
 
 __all__ = [

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import jax
 from jax.sharding import Mesh
 
-from tjx.parallel.rules import AxisRules
+from tjx.parallel.axis_rules import AxisRules
 from tjx.parallel.sharding import state_shardings
 
 __all__ = ["shard_opt_init"]

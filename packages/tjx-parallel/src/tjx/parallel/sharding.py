@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from tjx.parallel.axis_rules import AxisRules
 from tjx.parallel.batches import (
     batch_sharding,
     batch_share,
@@ -25,7 +26,6 @@ from tjx.parallel.batches import (
     place_batch,
     shard_batch,
 )
-from tjx.parallel.rules import AxisRules
 
 __all__ = [
     "batch_share",

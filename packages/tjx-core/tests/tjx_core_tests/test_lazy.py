@@ -76,7 +76,7 @@ def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text))
     monkeypatch.syspath_prepend(str(tmp_path))
-    import lzpkg.loaded
+    import lzpkg.loaded  # pants: no-infer-dep
 
     yield lzpkg.loaded.names
     for mod in [m for m in sys.modules if m.startswith(("lzpkg", "lzuser", "lzbad", "lzclash"))]:
@@ -84,19 +84,19 @@ def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]
 
 
 def test_a_package_api_loads_each_name_on_first_access_and_keeps_it(tree: list[str]) -> None:
-    import lzpkg
+    import lzpkg  # pants: no-infer-dep
 
     assert lzpkg.LIGHT == 1 and tree == []  # the eager name, nothing heavy yet
     assert {"HEAVY", "double", "LIGHT"} <= set(dir(lzpkg)) and tree == []
     assert lzpkg.double(4) == 8 and tree == ["lzpkg.heavy"]
-    from lzpkg import HEAVY
+    from lzpkg import HEAVY  # pants: no-infer-dep
 
     assert HEAVY == 2 and vars(lzpkg)["HEAVY"] == 2  # a plain attribute from now on
     assert tree == ["lzpkg.heavy"]
 
 
 def test_a_name_the_package_lacks_goes_to_otherwise(tree: list[str]) -> None:
-    import lzpkg
+    import lzpkg  # pants: no-infer-dep
 
     with pytest.raises(ImportError, match="gone moved to elsewhere"):
         lzpkg.gone  # noqa: B018
@@ -104,7 +104,7 @@ def test_a_name_the_package_lacks_goes_to_otherwise(tree: list[str]) -> None:
 
 
 def test_lazy_modules_load_on_first_attribute_and_read_as_the_modules(tree: list[str]) -> None:
-    import lzuser
+    import lzuser  # pants: no-infer-dep
 
     assert isinstance(lzuser.heavy, LazyModule) and isinstance(lzuser.deep, LazyModule)
     assert tree == []
@@ -125,7 +125,7 @@ def test_two_submodules_of_one_package_in_one_block_are_both_known(tree: list[st
 
 
 def test_a_lazy_import_of_a_name_not_a_module_says_how_to_write_it(tree: list[str]) -> None:
-    import lzbad
+    import lzbad  # pants: no-infer-dep
 
     with pytest.raises(ImportError, match=r"lzpkg.heavy.HEAVY is not a module.*read `.HEAVY`"):
         lzbad.HEAVY.real  # noqa: B018
@@ -143,7 +143,7 @@ def test_a_lazy_module_that_is_not_there_is_python_s_error_at_first_use(tree: li
 
 def test_a_lazy_name_that_is_also_its_submodule_is_refused_at_import(tree: list[str]) -> None:
     with pytest.raises(ValueError, match="lzclash.rules is both a submodule and a lazy name"):
-        import lzclash  # noqa: F401
+        import lzclash  # noqa: F401  # pants: no-infer-dep
 
 
 def test_only_the_blocks_own_module_is_deferred_and_the_hook_is_put_back() -> None:
@@ -156,8 +156,9 @@ def test_only_the_blocks_own_module_is_deferred_and_the_hook_is_put_back() -> No
         thread = threading.Thread(target=exec, args=("import json; seen.append(json)", other))
         thread.start()
         thread.join()
-        import tjx_core_never_exists  # type: ignore[import-not-found]  # noqa: F401
+        import tjx_core_never_exists as never  # type: ignore[import-not-found]  # pants: no-infer-dep
     assert builtins.__import__ is python_import
+    assert isinstance(never, LazyModule)  # deferred: a missing module fails at first use only
     assert seen and not isinstance(seen[0], LazyModule) and hasattr(seen[0], "dumps")
 
 

@@ -249,7 +249,7 @@ class Space:
         budget, _ = budget_bytes(target.device)
         space = cls(run, count, budget, [], [], [], [], [])
         if axes is None:
-            axes = tuple(a for a in AXES if a != "expert" or m.num_experts)
+            axes = tuple(a for a in AXES if a != "expert" or m.moe.num_experts)
         space.state, space.grads = state_bytes(run), gradient_bytes(run)
         for sizes in _splits(count, len(axes)):
             full = tuple(sizes[axes.index(a)] if a in axes else 1 for a in AXES)
@@ -323,8 +323,8 @@ class Space:
             return "mesh.pipeline > 1: --plan does not compile a pipelined run yet"
         if tensor > 1 and (m.num_heads % tensor or (m.num_kv_heads or m.num_heads) % tensor):
             return "mesh.tensor does not divide model.num_heads and num_kv_heads"
-        if mesh.size("expert") > 1 and (m.num_experts or 0) % mesh.size("expert"):
-            return "mesh.expert does not divide model.num_experts"
+        if mesh.size("expert") > 1 and (m.moe.num_experts or 0) % mesh.size("expert"):
+            return "mesh.expert does not divide model.moe.num_experts"
         context = mesh.size("context")
         if context > 1:
             try:

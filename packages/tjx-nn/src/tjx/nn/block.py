@@ -132,21 +132,21 @@ class Block(nnx.Module):
         if mixer == "delta":
             if cross or not causal:
                 raise ValueError("delta layers (Gated DeltaNet) are causal decoder layers only")
-            assert c.delta_key_heads is not None and c.delta_value_heads is not None
-            assert c.delta_key_dim is not None and c.delta_value_dim is not None
+            assert c.delta.key_heads is not None and c.delta.value_heads is not None
+            assert c.delta.key_dim is not None and c.delta.value_dim is not None
             self.attn: Attention | None = None
             self.delta: GatedDeltaNet | None = GatedDeltaNet(
                 c.d_model,
-                num_k_heads=c.delta_key_heads,
-                num_v_heads=c.delta_value_heads,
-                head_k_dim=c.delta_key_dim,
-                head_v_dim=c.delta_value_dim,
+                num_k_heads=c.delta.key_heads,
+                num_v_heads=c.delta.value_heads,
+                head_k_dim=c.delta.key_dim,
+                head_v_dim=c.delta.value_dim,
                 rngs=rngs,
-                conv_kernel=c.delta_conv_kernel,
+                conv_kernel=c.delta.conv_kernel,
                 eps=c.norm_eps,
                 init_std=c.init_std,
                 precision=c.precision,
-                implementation=c.delta_impl,
+                implementation=c.delta.impl,
             )
         else:
             self.delta = None

@@ -232,7 +232,7 @@ def check_layers(config: Any, cls: str) -> None:
             "(per_layer_input_dim 0); set it to None"
         )
     for name in ("moe_beside_mlp", "router_input_norm", "router_expert_scale"):
-        if getattr(c, name) and not c.num_experts:
+        if getattr(c, name) and not c.moe.num_experts:
             raise ValueError(
                 f"{cls}.{name}: only MoE layers use it (num_experts 0); set it to False"
             )

@@ -31,7 +31,9 @@ SMALL = dict(vocab_size=50, max_seq_len=16, d_model=16, num_layers=1, num_heads=
 CONFIGS = [
     tnn.GPT2Config(**SMALL, precision="bf16", scan_layers=True, remat="full"),
     tnn.GPT2Config(**SMALL, precision=tnn.Precision(jnp.float32, jnp.bfloat16, jnp.bfloat16)),
-    tnn.LlamaConfig(**SMALL, num_kv_heads=1, attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8)),
+    tnn.LlamaConfig(
+        **SMALL, num_kv_heads=1, attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8)
+    ),
     tnn.BertConfig(**SMALL, precision="pure_bf16"),
     tnn.ViTConfig(d_model=16, num_layers=1, num_heads=2, image_size=8, patch_size=4),
     tnn.EncoderDecoderConfig(**SMALL, num_decoder_layers=2, position="t5"),

@@ -229,7 +229,7 @@ def test_the_model_config_holds_its_components_as_sections():
         assert fields[name].default_factory is cls
         assert not {f"{name}_{f.name}" for f in dataclasses.fields(cls)} & set(fields)
     assert not {"num_experts", "router", "kv_latent_dim", "delta_impl"} & set(fields)
-    assert tnn.SECTIONS == tuple(sections)
+    assert tuple(sections) == tnn.SECTIONS
     config = tnn.LlamaConfig(mixer_pattern=["delta", "attention"],
                              delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=8,
                                                    value_dim=8))  # fmt: skip

@@ -202,8 +202,11 @@ def test_deepseek_settings_out_of_place_are_refused_by_name(fields, needle):
         tnn.LlamaConfig(**built)
 
 
-V3 = dict(_mla(q_lora_rank=10), rope_scaling=YARN,
-          moe=_moe(router="sigmoid", router_groups=4, router_topk_groups=2, router_scale=2.5))  # fmt: skip
+V3 = dict(
+    _mla(q_lora_rank=10),
+    rope_scaling=YARN,
+    moe=_moe(router="sigmoid", router_groups=4, router_topk_groups=2, router_scale=2.5),
+)
 V2 = dict(MLA, moe=_moe(num_shared_experts=2, router_norm_topk=False, router_scale=1.5))
 
 

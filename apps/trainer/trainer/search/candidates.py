@@ -162,7 +162,7 @@ def _fp8_refusal(run: Config, device: Any) -> str | None:
     m = run.model
     if not device.fp8_units:
         return f"the {device.key} has no float8 matrix units"
-    if getattr(m, "num_experts", 0):
+    if m.moe.num_experts:
         return "the MoE experts' products do not go through Dense (tjx-nn refuses fp8 there)"
     if m.precision.compute_dtype not in (jnp.bfloat16, jnp.float16):
         return f"compute_dtype {m.precision.compute_dtype} (fp8 is searched for bf16/fp16 runs)"

@@ -166,9 +166,10 @@ def _hf_qwen3_5(d):
     from tjx import nn
 
     shape = dict(vocab_size=257, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1,
-                 mlp_dim=24, head_dim=8, mixer_pattern=("delta", "attention"), delta_key_heads=2,
-                 delta_value_heads=2, delta_key_dim=8, delta_value_dim=8, rope_fraction=0.25,
-                 attention_output_gate=True, qk_norm=True, norm_plus_one=True)  # fmt: skip
+                 mlp_dim=24, head_dim=8, mixer_pattern=("delta", "attention"),
+                 delta=nn.DeltaConfig(key_heads=2, value_heads=2, key_dim=8, value_dim=8),
+                 rope_fraction=0.25, attention_output_gate=True, qk_norm=True,
+                 norm_plus_one=True)  # fmt: skip
     nn.save_hf(nn.build_model(nn.LlamaConfig(**shape), rngs=nnx.Rngs(0)), d / "hf")
 
 
@@ -190,10 +191,10 @@ CONTEXT = ["--set", "mesh.context=2", *CACHE]
 LLAMA = [*TINY, "--set", "model.kind=llama", "--set", "model.num_layers=2"]
 DELTA = [
     "model.mixer_pattern=[delta,attention]",
-    "model.delta_key_heads=2",
-    "model.delta_value_heads=2",
-    "model.delta_key_dim=8",
-    "model.delta_value_dim=8",
+    "model.delta.key_heads=2",
+    "model.delta.value_heads=2",
+    "model.delta.key_dim=8",
+    "model.delta.value_dim=8",
 ]
 KV_SHARED = [
     "model.num_layers=3",

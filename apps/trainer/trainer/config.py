@@ -453,7 +453,8 @@ def _check_across(cfg: Config, preference: list[str]) -> None:
         _require(
             mesh.context == 1,
             f"model.moe.capacity_factor: MoE capacity is per sequence, which mesh.context "
-            f"({mesh.context}) splits; set model.moe.capacity_factor=null (dropless) or mesh.context=1",
+            f"({mesh.context}) splits; set model.moe.capacity_factor=null (dropless) or "
+            "mesh.context=1",
         )
     if mesh.strategy in ("tp", "fsdp_tp", "dp_tp"):
         _require(

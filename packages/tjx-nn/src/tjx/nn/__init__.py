@@ -99,6 +99,7 @@ from tjx.nn.losses import (
     masked_mean,
     mlm_mask,
 )
+from tjx.nn.mla_config import MLAConfig
 from tjx.nn.mlp import MLP
 from tjx.nn.model_state import (
     concrete_state,
@@ -108,7 +109,6 @@ from tjx.nn.model_state import (
     reseed,
     split_fp8_meta,
 )
-from tjx.nn.mla_config import MLAConfig
 from tjx.nn.moe.config import MoEConfig, moe_layers
 from tjx.nn.moe.layer import MoE, MoEStats, router_penalty
 from tjx.nn.moe.parallel import current_expert_parallel, expert_parallel_scope

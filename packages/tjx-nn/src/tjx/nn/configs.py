@@ -558,7 +558,9 @@ def check_mixers(config: Any, cls: str) -> None:
         return
     for name in DELTA_SIZES:
         if getattr(delta, name) is None:
-            raise ValueError(f"{cls}.delta.{name}: delta layers need it (mixer_pattern has 'delta')")
+            raise ValueError(
+                f"{cls}.delta.{name}: delta layers need it (mixer_pattern has 'delta')"
+            )
     if tuple(config.attention_layers) != ("causal",):
         raise ValueError(
             f"{cls}.mixer_pattern: delta layers are a causal decoder's; {cls} builds "

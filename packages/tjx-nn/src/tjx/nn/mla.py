@@ -79,7 +79,8 @@ def deepseek_modules(
     c = config
     assert c.head_dim is not None and c.mla.kv_latent_dim is not None
     assert c.mla.qk_rope_head_dim is not None
-    d, h, hd, r, rope = c.d_model, c.num_heads, c.head_dim, c.mla.kv_latent_dim, c.mla.qk_rope_head_dim
+    d, h, hd = c.d_model, c.num_heads, c.head_dim
+    r, rope = c.mla.kv_latent_dim, c.mla.qk_rope_head_dim
     norm: dict[str, Any] = dict(
         rngs=rngs, eps=c.norm_eps, precision=c.precision, plus_one=c.norm_plus_one
     )

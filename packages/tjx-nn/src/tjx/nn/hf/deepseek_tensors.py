@@ -81,7 +81,8 @@ def _deepseek_layers(c: LlamaConfig, model_type: str, interleaved: bool) -> HFMa
     for i in range(c.num_layers):
         tables.drop(f"model.layers.{i}.self_attn.", f"stack.layers.{i}.attn.")
     shapes, to_tjx, to_hf, same = tables.shapes, tables.to_tjx, tables.to_hf, tables.same
-    d, h, hd, rope, r = c.d_model, c.num_heads, c.head_dim, c.mla.qk_rope_head_dim, c.mla.kv_latent_dim
+    d, h, hd = c.d_model, c.num_heads, c.head_dim
+    rope, r = c.mla.qk_rope_head_dim, c.mla.kv_latent_dim
     nope, v = hd - rope, value_dim(c)
     q_order = _order(hd, rope, interleaved)
     rope_order = _order(rope, rope, interleaved)

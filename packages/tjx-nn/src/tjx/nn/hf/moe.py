@@ -172,8 +172,8 @@ def moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
 
 def qwen_moe_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]:
     """The Qwen MoE types' expert placement, width and shared expert (`MoEConfig` fields of
-    qwen2_moe, qwen3_moe and Qwen3-Next), from ``hf`` as the type's `keys.Spec` has read it (transformers' defaults
-    filled in).
+    qwen2_moe, qwen3_moe and Qwen3-Next), from ``hf`` as the type's `keys.Spec` has read it
+    (transformers' defaults filled in).
 
     Raises
     ------
@@ -234,7 +234,8 @@ def moe_config_to_hf(config: LlamaConfig, model_type: str | None = None) -> dict
     c = config
     chosen = moe_export_type(c, model_type)
     out = llama_common_to_hf(c, chosen)
-    out |= dict(num_experts_per_tok=c.moe.experts_per_token, router_aux_loss_coef=c.moe.router_aux_loss)
+    moe = c.moe
+    out |= dict(num_experts_per_tok=moe.experts_per_token, router_aux_loss_coef=moe.router_aux_loss)
     if chosen == "mixtral":
         out |= dict(
             num_local_experts=c.moe.num_experts,

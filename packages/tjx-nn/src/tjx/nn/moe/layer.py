@@ -243,7 +243,9 @@ class MoE(nnx.Module):
         slots = (
             None
             if c.moe.capacity_factor is None or no_capacity
-            else expert_capacity(c.moe.capacity_factor, s, c.moe.experts_per_token, c.moe.num_experts)
+            else expert_capacity(
+                c.moe.capacity_factor, s, c.moe.experts_per_token, c.moe.num_experts
+            )
         )
 
         def run(x: Array, experts: Array, weights: Array, w: Any, comm: Any) -> tuple[Array, Array]:
@@ -310,6 +312,7 @@ def router_penalty(stats: MoEStats, config: TransformerConfig) -> Array:
     """
     tokens = jnp.maximum(stats.tokens, 1).astype(stats.balance_loss_sum.dtype)
     per_layer = (
-        config.moe.router_aux_loss * stats.balance_loss_sum + config.moe.router_z_loss * stats.z_loss_sum
+        config.moe.router_aux_loss * stats.balance_loss_sum
+        + config.moe.router_z_loss * stats.z_loss_sum
     ) / tokens
     return jnp.sum(per_layer)

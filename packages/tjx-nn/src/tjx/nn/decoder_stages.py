@@ -82,7 +82,7 @@ def decoder_stages(
     if c.moe.num_experts:
         raise ValueError(
             "decoder_stages: MoE layers are not pipelined (their router losses and statistics "
-            f"would be lost between stages); got num_experts={c.moe.num_experts} (set it to 0)"
+            f"would be lost between stages); got moe.num_experts={c.moe.num_experts} (set it to 0)"
         )
     if c.mtp_depths:
         raise ValueError(

@@ -497,7 +497,7 @@ def check_fp8(config: Any, cls: str) -> None:
         )
     if config.moe.num_experts > 0:
         raise ValueError(
-            f"{cls}.precision.matmul='fp8' cannot run the MoE experts' products (num_experts="
+            f"{cls}.precision.matmul='fp8' cannot run the MoE experts' products (moe.num_experts="
             f"{config.moe.num_experts}) in float8; use matmul='default' for a MoE model"
         )
     if p.fp8_lm_head:

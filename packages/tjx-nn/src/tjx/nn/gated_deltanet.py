@@ -158,7 +158,7 @@ class GatedDeltaNet(nnx.Module):
         self.key_dim, self.value_dim = num_k_heads * head_k_dim, num_v_heads * head_v_dim
         self.conv_dim = 2 * self.key_dim + self.value_dim
         self.conv_kernel, self.eps, self.chunk_size = conv_kernel, eps, chunk_size
-        # Who runs the rule across chunks (tjx.kernels' gated_delta_rule; a config's delta_impl).
+        # Who runs the rule across chunks (tjx.kernels' gated_delta_rule; a config's delta.impl).
         self.implementation = implementation
 
         def dense(n_in: int, n_out: int, names: tuple[str, str]) -> Dense:

@@ -14,7 +14,7 @@ head)                                  load, grouped again on export
 ``num_experts_per_tok``,               ``expert_mlp_dim``; one shared expert of
 ``moe_intermediate_size``,             ``shared_expert_intermediate_size`` behind a sigmoid
 ``shared_expert_intermediate_size``    gate (``shared_expert_gate``)
-``decoder_sparse_step``,               ``moe_layer_step``, ``moe_first_dense`` (the first layers
+``decoder_sparse_step``,               ``moe.layer_step``, ``moe.first_dense`` (the first layers
 ``mlp_only_layers``                    only); ``num_experts`` 0: every layer dense
 ``mlp.experts.<e>.*``, ``mlp.gate``,   Qwen2-MoE's tensors (`llama`'s ``experts``)
 ``mlp.shared_expert(_gate)``

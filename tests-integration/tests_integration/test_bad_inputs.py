@@ -33,6 +33,11 @@ def _unknown_top_key(d):
     (d / "mine.yaml").write_text("base: tiny\nmodle: {d_model: 8}\n")
 
 
+def _moe_key_both_ways(d):
+    both = "base: moe_tiny\nmodel:\n  num_experts: 8\n  moe: {num_experts: 4}\n"
+    (d / "both.yaml").write_text(both)
+
+
 def _empty_text(d):
     (d / "empty.txt").write_text("")
 
@@ -283,6 +288,20 @@ CASES = [
         "expected KEY=VALUE",
     ),
     ("set-a-section", T, [*TINY, "--set", "optimizer=1"], None, "optimizer: is a section"),
+    (
+        "moe-key-flat-and-in-its-section",
+        T,
+        ["--config", "both.yaml", "--run-dir", "r"],
+        _moe_key_both_ways,
+        "model.num_experts: is model.moe.num_experts now, which is set too",
+    ),
+    (
+        "moe-section-value",
+        T,
+        ["--config", "moe_tiny", "--run-dir", "r", "--set", "model.moe.experts_per_token=9"],
+        None,
+        "model.moe.experts_per_token: 9 is more than the 4 experts",
+    ),
     ("missing-data-file", T, [*TINY, "--data", "./nope.txt"], None, "data.source: no such file"),
     ("empty-data-file", T, [*TINY, "--data", "./empty.txt"], _empty_text, "empty"),
     ("builtin-typo", T, [*TINY, "--data", "shakespear"], None, "did you mean 'shakespeare'?"),

@@ -132,6 +132,8 @@ def test_a_model_json_of_tjx_0_1_loads():
         ({"class": "GPT2Config", "fields": {"precision": {"param_dtype": "float32",
                                                           "compute_dtype": "nope"}}}, "dtype"),
         ({"class": "GPT2Config", "fields": {"num_heads": 0}}, "GPT2Config.num_heads"),
+        ({"class": "GPT2Config", "fields": {"moe": {"colour": 1}}}, "GPT2Config.moe has no fie"),
+        ({"class": "GPT2Config", "fields": {"mla": {"kv_latent_dim": 0}}}, "MLAConfig.kv_latent"),
     ],
 )  # fmt: skip
 def test_bad_descriptions_raise_value_errors_naming_the_problem(data, needle):

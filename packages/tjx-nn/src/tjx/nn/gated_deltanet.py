@@ -83,11 +83,6 @@ class DeltaConfig:
                 f"({self.key_heads}): each key head serves value heads"
             )
 
-    @property
-    def sized(self) -> bool:
-        """Whether any size is set (a stack without delta layers leaves them all None)."""
-        return any(getattr(self, name) is not None for name in DELTA_SIZES)
-
 
 #: The Gated DeltaNet settings' old flat keys in a model section → their key in ``delta``.
 FLAT_DELTA_KEYS = {f"delta_{name}": name for name in (*DELTA_SIZES, "conv_kernel", "impl")}

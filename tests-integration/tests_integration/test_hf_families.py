@@ -751,7 +751,7 @@ def test_the_gemma4_case_exercises_each_piece(results):
         16,
         0,
     )
-    assert m.moe_beside_mlp and m.router_input_norm and m.router_expert_scale
+    assert m.moe.beside_mlp and m.moe.router_input_norm and m.moe.router_expert_scale
     assert {"model.layers.1.experts.gate_up_proj", "model.layers.1.router.per_expert_scale",
             "model.layers.1.pre_feedforward_layernorm_2.weight",
             "model.layers.1.mlp.gate_proj.weight"} <= moe["tensors"]  # fmt: skip

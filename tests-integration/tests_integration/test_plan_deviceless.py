@@ -351,8 +351,8 @@ FAMILIES = {
         global_head_dim=32, global_kv_heads=1, global_values_from_keys=True,
         global_rope_proportion=0.25, value_norm=True, kv_shared_layers=2, kv_shared_mlp_dim=128,
         per_layer_input_dim=8, layer_scale=True, final_logit_softcap=30.0,
-        moe=nn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=32),
-        moe_beside_mlp=True, router_input_norm=True, router_expert_scale=True,
+        moe=nn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=32,
+                         beside_mlp=True, router_input_norm=True, router_expert_scale=True),
     ),
     "olmo3": dict(
         num_layers=4, norm_position="output", qk_norm=True, qk_norm_scope="projection",

@@ -107,9 +107,6 @@ def test_a_model_json_of_tjx_0_1_loads():
         "per_layer_input_dim": 0,
         "per_layer_vocab_size": None,
         "layer_scale": False,
-        "moe_beside_mlp": False,
-        "router_input_norm": False,
-        "router_expert_scale": False,
     }
     # #51's logits_dtype: the float32 logits such a run had.
     newer["precision"] = {**WRITTEN_BY_TJX_0_1["fields"]["precision"], "logits_dtype": "float32"}
@@ -169,6 +166,8 @@ def test_a_model_json_of_tjx_0_28_with_flat_section_settings_loads_as_the_same_m
         **{f"moe.{k}": k for k in ("num_experts", "router", "router_groups", "router_bias_rate")},
         "moe.layer_step": "moe_layer_step",
         "moe.first_dense": "moe_first_dense",
+        "moe.beside_mlp": "moe_beside_mlp",
+        "moe.router_expert_scale": "router_expert_scale",
         **{f"mla.{k}": k for k in ("kv_latent_dim", "q_lora_rank", "qk_rope_head_dim")},
         **{f"delta.{k}": f"delta_{k}" for k in ("key_heads", "value_dim", "conv_kernel", "impl")},
     }

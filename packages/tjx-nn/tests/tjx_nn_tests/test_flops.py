@@ -223,8 +223,9 @@ def test_an_moe_block_beside_the_mlp_adds_its_active_weights_to_the_mlp():
     """Gemma 4's MoE layers keep their MLP: with every expert active (top 2 of 2) the active
     weights are all of the built model's matmul weights."""
     cfg = llama_tiny(
-        moe=tnn.MoEConfig(num_experts=2, experts_per_token=2, expert_mlp_dim=8),
-        moe_beside_mlp=True, router_input_norm=True, router_expert_scale=True, tie_embeddings=True,
+        moe=tnn.MoEConfig(num_experts=2, experts_per_token=2, expert_mlp_dim=8, beside_mlp=True,
+                          router_input_norm=True, router_expert_scale=True),
+        tie_embeddings=True,
     )  # fmt: skip
     _, n_matmul = _independent(cfg, 8, 8)
     assert tnn.matmul_param_count(cfg) == n_matmul

@@ -98,6 +98,7 @@ def test_the_flat_moe_mla_and_delta_keys_move_into_their_sections():
     }
     assert tnn.RENAMED_MODEL_KEYS["moe_layer_step"] == "moe.layer_step"
     assert tnn.RENAMED_MODEL_KEYS["delta_conv_kernel"] == "delta.conv_kernel"
+    assert tnn.RENAMED_MODEL_KEYS["moe_beside_mlp"] == "moe.beside_mlp"  # Gemma 4's
     with pytest.raises(ValueError) as err:
         tnn.migrate_model_section({"num_experts": 4, "moe": {"num_experts": 8}})
     new = "model.moe.num_experts"

@@ -168,7 +168,7 @@ class Block(nnx.Module):
         self.moe: MoE | None = MoE(c, rngs=rngs, out_std=out_std) if moe else None
         # Gemma 4: an MoE layer keeps its MLP, the MoE block beside it with norms of its own:
         # the MLP's output norm (``mlp_mid_norm``), the MoE's input and output norms.
-        beside = moe and c.moe_beside_mlp
+        beside = moe and c.moe.beside_mlp
         self.mlp_mid_norm = norm(beside)
         self.moe_norm = norm(beside)
         self.moe_post_norm = norm(beside)
@@ -186,7 +186,7 @@ class Block(nnx.Module):
                 precision=c.precision,
             )
         )
-        self.router_reads_residual = c.router_input_norm  # the router reads the raw residual
+        self.router_reads_residual = c.moe.router_input_norm  # the router reads the residual
         self.per_layer: PerLayerInput | None = (
             PerLayerInput(c, rngs=rngs, out_std=out_std) if c.per_layer_input_dim else None
         )

@@ -261,15 +261,6 @@ class TransformerConfig:
         None, help="rows of the per-layer embedding table; None: vocab_size"
     )
     layer_scale: bool = setting(False, help="each layer's output times a learned scalar (Gemma 4)")
-    moe_beside_mlp: bool = setting(
-        False, help="MoE layers keep their dense MLP, the MoE block beside it (Gemma 4)"
-    )
-    router_input_norm: bool = setting(
-        False, help="MoE: the router reads the unnormed input, RMS-normed × a scale / sqrt(d)"
-    )
-    router_expert_scale: bool = setting(
-        False, help="MoE: routed weights times a learned scale per expert (Gemma 4)"
-    )
     moe: MoEConfig = setting(
         MoEConfig, factory=True, help="mixture-of-experts layers; num_experts 0: dense MLPs"
     )

@@ -157,7 +157,7 @@ def _decoder_layers(c: TransformerConfig) -> int:
     blocks = (c.num_layers - deltas) * _self_block(c) + (deltas * _delta_block(c) if deltas else 0)
     if _gemma4(c):
         blocks = _gemma4_layers(c)
-    if c.moe_beside_mlp:  # Gemma 4: the MLP stays, the MoE block's active weights are added
+    if c.moe.beside_mlp:  # Gemma 4: the MLP stays, the MoE block's active weights are added
         return blocks + moe * _moe_active(c)
     return blocks - moe * (_mlp_weights(c) - _moe_active(c))
 

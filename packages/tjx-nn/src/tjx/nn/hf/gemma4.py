@@ -25,10 +25,10 @@ global layers)
 ``vocab_size_per_layer_input``,            ``per_layer.table``, ``per_layer.proj``,
 ``embed_tokens_per_layer``,                ``per_layer.norm``; each layer's
 ``per_layer_model_projection`` ...         ``per_layer.gate``/``proj``/``norm``
-``enable_moe_block``, ``num_experts``,     MoE layers (every layer) with ``moe_beside_mlp``:
+``enable_moe_block``, ``num_experts``,     MoE layers (every layer) with ``moe.beside_mlp``:
 ``top_k_experts``,                         the MLP stays, the experts beside it (softmax top-k,
-``moe_intermediate_size``; ``router.*``,   renormalised; ``router_expert_scale``,
-``experts.gate_up_proj`` ``[E, 2f, d]``    ``router_input_norm``); gate_up split into
+``moe_intermediate_size``; ``router.*``,   renormalised; ``moe.router_expert_scale``,
+``experts.gate_up_proj`` ``[E, 2f, d]``    ``moe.router_input_norm``); gate_up split into
 (gate rows first), ``down_proj``           ``fc_gate``/``fc_in`` on load, fused on export
 =========================================  ====================================================
 
@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from tjx.nn.configs import LlamaConfig
+from tjx.nn.configs import LlamaConfig, setting_value
 from tjx.nn.family_config import layer_shape
 from tjx.nn.hf.config import partial_rotary_factor
 from tjx.nn.hf.family_base import (
@@ -181,8 +181,8 @@ NEEDS: dict[str, Any] = dict(
     value_norm=True,
     layer_scale=True,
 )
-#: What Gemma 4's MoE block computes (a config with experts must have these to be written):
-#: its ``moe`` section's fields, and the model's switches of the block beside the MLP.
+#: What Gemma 4's MoE block computes (a config with experts must have these ``moe`` section fields
+#: to be written; the last three are Gemma 4's own, which make it save as gemma4_text).
 MOE_NEEDS: dict[str, Any] = dict(
     router="softmax",
     router_norm_topk=True,
@@ -193,9 +193,7 @@ MOE_NEEDS: dict[str, Any] = dict(
     router_logit_bias=False,
     router_scale=1.0,
     router_groups=1,
-)
-MOE_SWITCHES: dict[str, Any] = dict(
-    moe_beside_mlp=True,
+    beside_mlp=True,
     router_input_norm=True,
     router_expert_scale=True,
 )
@@ -211,9 +209,9 @@ OWN = (
     "global_kv_heads",
     "global_values_from_keys",
     "global_rope_proportion",
-    "moe_beside_mlp",
-    "router_input_norm",
-    "router_expert_scale",
+    "moe.beside_mlp",
+    "moe.router_input_norm",
+    "moe.router_expert_scale",
 )
 
 
@@ -378,14 +376,18 @@ def _moe_fields(get: Mapping[str, Any]) -> dict[str, Any]:
         router_norm_topk=True,
         router_aux_loss=0.0,
         capacity_factor=None,
+        beside_mlp=True,
+        router_input_norm=True,
+        router_expert_scale=True,
     )
-    return dict(moe=moe, **MOE_SWITCHES)
+    return dict(moe=moe)
 
 
 def is_gemma4(config: LlamaConfig, model_type: str | None) -> bool:
     """Whether ``config`` saves as gemma4_text: asked for, or it has a switch only Gemma 4
     computes (``OWN``; another type asked for is then refused, naming them)."""
-    own = [n for n in OWN if getattr(config, n) != LlamaConfig.__dataclass_fields__[n].default]
+    default = LlamaConfig()
+    own = [n for n in OWN if setting_value(config, n) != setting_value(default, n)]
     if model_type not in (None, GEMMA4) and own:
         raise ValueError(
             f"model_type {model_type!r} cannot express {', '.join(own)} (Gemma 4's switches); "
@@ -406,7 +408,7 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     check_exportable(c)
     wrong = mismatches(c, NEEDS)
     if c.moe.num_experts:
-        wrong |= mismatches(c, MOE_NEEDS, "moe") | mismatches(c, MOE_SWITCHES)
+        wrong |= mismatches(c, MOE_NEEDS, "moe")
     if c.kv_shared_mlp_dim not in (None, c.mlp_dim, 2 * (c.mlp_dim or 0)):
         wrong["kv_shared_mlp_dim"] = (c.kv_shared_mlp_dim, f"None or {2 * (c.mlp_dim or 0)}")
     if c.global_kv_heads not in (None, c.num_kv_heads) and not c.global_values_from_keys:

@@ -86,6 +86,9 @@ HF_LLAMA_FIXED = (
     *LLAMA4_SWITCHES,
     "moe.router_scales_input",
     *GEMMA4_SWITCHES,
+    "moe.beside_mlp",
+    "moe.router_input_norm",
+    "moe.router_expert_scale",
     "mtp_depths",
 )
 

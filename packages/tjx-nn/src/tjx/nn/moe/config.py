@@ -59,6 +59,15 @@ class MoEConfig:
     router_scales_input: bool = setting(
         False, help="routed weights scale each expert's input, not its output (Llama 4)"
     )
+    beside_mlp: bool = setting(
+        False, help="MoE layers keep their dense MLP, the MoE block beside it (Gemma 4)"
+    )
+    router_input_norm: bool = setting(
+        False, help="the router reads the unnormed input, RMS-normed × a scale / sqrt(d)"
+    )
+    router_expert_scale: bool = setting(
+        False, help="routed weights times a learned scale per expert (Gemma 4)"
+    )
 
     def __post_init__(self) -> None:
         cls = type(self).__name__
@@ -166,10 +175,11 @@ FLAT_MOE_KEYS = {
     **{
         name: name
         for name in (f.name for f in dataclasses.fields(MoEConfig))
-        if name not in ("layer_step", "first_dense")
+        if name not in ("layer_step", "first_dense", "beside_mlp")
     },
     "moe_layer_step": "layer_step",
     "moe_first_dense": "first_dense",
+    "moe_beside_mlp": "beside_mlp",
 }
 #: The families whose blocks have no MoE layer refuse the MoE section (``unused_fields``).
 NO_MOE = {"moe": "only decoders (gpt2, llama) have MoE layers"}

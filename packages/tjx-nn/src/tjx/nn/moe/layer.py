@@ -108,12 +108,12 @@ class Router(nnx.Module):
         # 1/sqrt(d); each routed weight times its expert's ``expert_scale``.
         self.input_scale = (
             make_param(rngs, ones(), (c.d_model,), ("norm",), dtype)
-            if c.router_input_norm
+            if c.moe.router_input_norm
             else None
         )
         self.expert_scale = (
             make_param(rngs, ones(), (c.moe.num_experts,), (None,), dtype)
-            if c.router_expert_scale
+            if c.moe.router_expert_scale
             else None
         )
         self.eps = c.norm_eps

@@ -79,10 +79,14 @@ class TransformerConfig:
     decodes with a rolling KV cache of the window's size.
 
     Qwen3's, OLMo 2's and Gemma 2/3's switches (``qk_norm`` ... ``rope_local_theta``) are checked
-    by ``check_family`` below (what they are: :mod:`tjx.nn.family_config`); DeepSeek's MLA
-    (``q_lora_rank`` ...) in :mod:`tjx.nn.mla`. Every check is this module's but the MoE
-    settings' (:mod:`tjx.nn.moe.config`, handed those settings alone) and one value's
-    (``choice``, ``positive``, ``rate``: tjx-core's, which every tjx-nn config class uses).
+    by ``check_family`` below (what they are: :mod:`tjx.nn.family_config`). The mixture of
+    experts, multi-head latent attention and Gated DeltaNet are component sections, one field
+    each: ``moe`` (`MoEConfig`, :mod:`tjx.nn.moe.config`), ``mla`` (`MLAConfig`,
+    :mod:`tjx.nn.mla_config`) and ``delta`` (`DeltaConfig`, :mod:`tjx.nn.gated_deltanet`); each
+    checks its own values when built, and this module what it needs of the rest of the model
+    (``check_mla``, ``check_mixers``, the stack's first MoE layer). A setting in a section is named
+    by a dotted key (``"moe.num_experts"``: `replace`, `setting_value`). The single values'
+    checks (``choice``, ``positive``, ``rate``) are tjx-core's, which every tjx-nn config uses.
 
     ``unused_fields`` (a class attribute) names the shared fields a family's model never reads,
     each with the reason: such a field must keep its class default (any other value would be

@@ -203,8 +203,9 @@ def ep() -> dict:
     for path, factor in (("dropless", None), ("capacity", 1.25)):
         cfg = tnn.LlamaConfig(
             vocab_size=1024, max_seq_len=256, d_model=256, num_layers=2, num_heads=4,
-            num_experts=8, experts_per_token=2, expert_mlp_dim=512, scan_layers=True,
-            capacity_factor=factor, precision=tnn.Precision.bf16(),
+            moe=tnn.MoEConfig(num_experts=8, experts_per_token=2, expert_mlp_dim=512,
+                              capacity_factor=factor),
+            scan_layers=True, precision=tnn.Precision.bf16(),
         )  # fmt: skip
         abstract = nnx.eval_shape(lambda cfg=cfg: tnn.build_model(cfg, rngs=nnx.Rngs(0)))
         graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]

@@ -33,6 +33,11 @@ def _unknown_top_key(d):
     (d / "mine.yaml").write_text("base: tiny\nmodle: {d_model: 8}\n")
 
 
+def _moe_key_both_ways(d):
+    both = "base: moe_tiny\nmodel:\n  num_experts: 8\n  moe: {num_experts: 4}\n"
+    (d / "both.yaml").write_text(both)
+
+
 def _empty_text(d):
     (d / "empty.txt").write_text("")
 
@@ -166,9 +171,10 @@ def _hf_qwen3_5(d):
     from tjx import nn
 
     shape = dict(vocab_size=257, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1,
-                 mlp_dim=24, head_dim=8, mixer_pattern=("delta", "attention"), delta_key_heads=2,
-                 delta_value_heads=2, delta_key_dim=8, delta_value_dim=8, rope_fraction=0.25,
-                 attention_output_gate=True, qk_norm=True, norm_plus_one=True)  # fmt: skip
+                 mlp_dim=24, head_dim=8, mixer_pattern=("delta", "attention"),
+                 delta=nn.DeltaConfig(key_heads=2, value_heads=2, key_dim=8, value_dim=8),
+                 rope_fraction=0.25, attention_output_gate=True, qk_norm=True,
+                 norm_plus_one=True)  # fmt: skip
     nn.save_hf(nn.build_model(nn.LlamaConfig(**shape), rngs=nnx.Rngs(0)), d / "hf")
 
 
@@ -190,10 +196,10 @@ CONTEXT = ["--set", "mesh.context=2", *CACHE]
 LLAMA = [*TINY, "--set", "model.kind=llama", "--set", "model.num_layers=2"]
 DELTA = [
     "model.mixer_pattern=[delta,attention]",
-    "model.delta_key_heads=2",
-    "model.delta_value_heads=2",
-    "model.delta_key_dim=8",
-    "model.delta_value_dim=8",
+    "model.delta.key_heads=2",
+    "model.delta.value_heads=2",
+    "model.delta.key_dim=8",
+    "model.delta.value_dim=8",
 ]
 KV_SHARED = [
     "model.num_layers=3",
@@ -282,6 +288,20 @@ CASES = [
         "expected KEY=VALUE",
     ),
     ("set-a-section", T, [*TINY, "--set", "optimizer=1"], None, "optimizer: is a section"),
+    (
+        "moe-key-flat-and-in-its-section",
+        T,
+        ["--config", "both.yaml", "--run-dir", "r"],
+        _moe_key_both_ways,
+        "model.num_experts: is model.moe.num_experts now, which is set too",
+    ),
+    (
+        "moe-section-value",
+        T,
+        ["--config", "moe_tiny", "--run-dir", "r", "--set", "model.moe.experts_per_token=9"],
+        None,
+        "model.moe.experts_per_token: 9 is more than the 4 experts",
+    ),
     ("missing-data-file", T, [*TINY, "--data", "./nope.txt"], None, "data.source: no such file"),
     ("empty-data-file", T, [*TINY, "--data", "./empty.txt"], _empty_text, "empty"),
     ("builtin-typo", T, [*TINY, "--data", "shakespear"], None, "did you mean 'shakespeare'?"),

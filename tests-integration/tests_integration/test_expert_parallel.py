@@ -8,6 +8,7 @@ each parameter's gradient (summation order differs between layouts; nothing else
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import jax
@@ -21,9 +22,11 @@ from tjx import parallel
 
 CONFIG = dict(
     vocab_size=64, max_seq_len=16, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1,
-    mlp_dim=32, num_experts=8, experts_per_token=2, expert_mlp_dim=8, scan_layers=True,
-    moe_first_dense=1, router_z_loss=1e-3,
+    mlp_dim=32, scan_layers=True,
 )  # fmt: skip
+EXPERTS = tnn.MoEConfig(
+    num_experts=8, experts_per_token=2, expert_mlp_dim=8, first_dense=1, router_z_loss=1e-3
+)
 TOKENS = np.random.default_rng(0).integers(0, 64, (16, 8)).astype(np.int32)
 BATCH = {"inputs": TOKENS, "targets": np.roll(TOKENS, -1, axis=1)}
 LAYOUTS = [  # (expert axis, other axes, strategy)
@@ -71,7 +74,7 @@ def _step(cfg: tnn.LlamaConfig, layout: tuple | None):
 
 @pytest.mark.parametrize("capacity", [None, 0.5], ids=["dropless", "capacity"])
 def test_losses_and_gradients_do_not_depend_on_the_expert_split(capacity):
-    cfg = tnn.LlamaConfig(**CONFIG, capacity_factor=capacity)
+    cfg = tnn.LlamaConfig(**CONFIG, moe=dataclasses.replace(EXPERTS, capacity_factor=capacity))
     loss, grads, counts, dropped, whole, _ = _step(cfg, None)
     assert (dropped > 0) == (capacity is not None)  # the capacity case really drops
     memory = {}
@@ -105,10 +108,10 @@ def test_losses_and_gradients_do_not_depend_on_the_expert_split(capacity):
 
 
 def test_an_expert_axis_that_does_not_divide_the_experts_is_refused():
-    cfg = tnn.LlamaConfig(**{**CONFIG, "num_experts": 6})
+    cfg = tnn.LlamaConfig(**CONFIG, moe=dataclasses.replace(EXPERTS, num_experts=6))
     mesh = parallel.make_mesh(parallel.MeshConfig(data=-1, expert=4))
     with pytest.raises(ValueError, match=r"^MeshConfig\.expert: 4 devices do not divide"):
-        parallel.check_expert_split(cfg.num_experts, mesh)
+        parallel.check_expert_split(cfg.moe.num_experts, mesh)
     rules = parallel.rules("dp")
     model = tnn.build_model(cfg, rngs=nnx.Rngs(0))
     ep = parallel.expert_parallel(mesh, rules)

@@ -602,8 +602,8 @@ def test_the_deepseek_cases_exercise_each_piece(results):
     """DeepSeek's MLA and routing as the configs read them, and the tensors tjx wrote."""
     v2, v3 = results["deepseek_v2"]["config"], results["deepseek_v3"]["config"]
     for c in (v2, v3):
-        assert (c.attention_type, c.kv_latent_dim, c.head_dim) == ("mla", 16, 12)
-        assert (c.qk_rope_head_dim, c.v_head_dim, c.moe_first_dense) == (4, 6, 1)
+        assert (c.attention_type, c.mla.kv_latent_dim, c.head_dim) == ("mla", 16, 12)
+        assert (c.mla.qk_rope_head_dim, c.mla.v_head_dim, c.moe.first_dense) == (4, 6, 1)
     assert v2.q_lora_rank is None and v3.q_lora_rank == 12
     assert (v2.router, v2.router_norm_topk, v2.router_scale, v2.num_shared_experts) == (
         "softmax",
@@ -655,7 +655,7 @@ def test_the_qwen3_5_case_exercises_each_piece(results):
     c = r["config"]
     assert c.layer_mixers() == ("delta", "delta", "delta", "attention")
     assert c.attention_output_gate and c.norm_plus_one and c.qk_norm and c.rope_fraction == 0.25
-    assert (c.delta_key_heads, c.delta_value_heads, c.delta_key_dim) == (2, 4, 8)
+    assert (c.delta.key_heads, c.delta.value_heads, c.delta.key_dim) == (2, 4, 8)
     names = r["tensors"]
     assert "model.layers.0.linear_attn.conv1d.weight" in names
     assert "model.layers.3.self_attn.q_proj.weight" in names
@@ -672,13 +672,14 @@ def test_the_qwen3_next_case_exercises_each_piece(results):
     r = results["qwen3_next"]
     c = r["config"]
     assert c.layer_mixers() == ("delta", "delta", "delta", "attention")
-    assert (c.num_experts, c.experts_per_token, c.moe_first_dense, c.router_norm_topk) == (
+    moe = c.moe
+    assert (moe.num_experts, moe.experts_per_token, moe.first_dense, moe.router_norm_topk) == (
         4,
         2,
         1,
         True,
     )
-    assert c.shared_expert_gate and c.shared_expert_mlp_dim == 24
+    assert c.moe.shared_expert_gate and c.moe.shared_expert_mlp_dim == 24
     names = r["tensors"]
     assert {"model.layers.0.linear_attn.in_proj_qkvz.weight",
             "model.layers.0.linear_attn.in_proj_ba.weight", "model.layers.0.mlp.gate_proj.weight",
@@ -698,14 +699,14 @@ def test_the_llama4_case_exercises_each_piece(results):
     assert c.layer_locals() == (True, True, True, False) and c.global_nope and c.qk_l2_norm
     assert (c.attention_chunk, c.nope_temperature_floor, c.nope_temperature_scale) == (5, 3.0, 0.5)
     assert c.rope_scaling is not None and c.rope_scaling.type == "llama3"
-    assert (c.num_experts, c.experts_per_token, c.moe_layer_step, c.router) == (
+    assert (c.moe.num_experts, c.moe.experts_per_token, c.moe.layer_step, c.moe.router) == (
         4,
         1,
         2,
         "sigmoid_plain",
     )
-    assert c.router_scales_input and not c.router_norm_topk
-    assert (c.mlp_dim, c.expert_mlp_dim, c.shared_expert_mlp_dim) == (48, 16, 16)
+    assert c.moe.router_scales_input and not c.moe.router_norm_topk
+    assert (c.mlp_dim, c.moe.expert_mlp_dim, c.moe.shared_expert_mlp_dim) == (48, 16, 16)
     names = r["tensors"]
     assert {"model.layers.0.feed_forward.gate_proj.weight",
             "model.layers.1.feed_forward.experts.gate_up_proj",
@@ -750,7 +751,7 @@ def test_the_gemma4_case_exercises_each_piece(results):
         16,
         0,
     )
-    assert m.moe_beside_mlp and m.router_input_norm and m.router_expert_scale
+    assert m.moe.beside_mlp and m.moe.router_input_norm and m.moe.router_expert_scale
     assert {"model.layers.1.experts.gate_up_proj", "model.layers.1.router.per_expert_scale",
             "model.layers.1.pre_feedforward_layernorm_2.weight",
             "model.layers.1.mlp.gate_proj.weight"} <= moe["tensors"]  # fmt: skip

@@ -147,7 +147,7 @@ def test_the_folders_are_quantized_as_the_releases_are(results):
     assert "model.layers.1.mlp.shared_experts.up_proj.weight" in fp8
     assert all(ds["dtypes"][k + "_scale_inv"] == "F32" for k in fp8)
     assert ds["dtypes"]["model.layers.1.mlp.gate.weight"] == "F32"  # the router stays
-    assert ds["config"].router == "sigmoid" and ds["config"].q_lora_rank == 12
+    assert ds["config"].moe.router == "sigmoid" and ds["config"].mla.q_lora_rank == 12
     oss = results["gpt_oss"]
     assert oss["quantization"]["quant_method"] == "mxfp4"
     for layer in range(2):
@@ -155,4 +155,4 @@ def test_the_folders_are_quantized_as_the_releases_are(results):
             name = f"model.layers.{layer}.mlp.experts.{proj}"
             assert name not in oss["dtypes"]
             assert oss["dtypes"][name + "_blocks"] == oss["dtypes"][name + "_scales"] == "U8"
-    assert oss["config"].attention_sinks and oss["config"].num_experts == 4
+    assert oss["config"].attention_sinks and oss["config"].moe.num_experts == 4

@@ -239,7 +239,8 @@ def test_the_cases_cover_what_the_configs_carry(results):
     assert "model.safetensors.index.json" in results["llama"]["files"]
     mixtral, qwen2_moe, qwen3_moe = (results[k]["config"] for k in ("mixtral", "qwen2_moe",
                                                                         "qwen3_moe"))  # fmt: skip
-    assert mixtral.num_experts == 4 and mixtral.router_norm_topk and not mixtral.num_shared_experts
-    assert nn.moe_layers(qwen2_moe) == (False, True) and not qwen2_moe.router_norm_topk
-    assert qwen2_moe.shared_expert_gate and qwen2_moe.shared_expert_mlp_dim == 40
+    moe = mixtral.moe
+    assert moe.num_experts == 4 and moe.router_norm_topk and not moe.num_shared_experts
+    assert nn.moe_layers(qwen2_moe) == (False, True) and not qwen2_moe.moe.router_norm_topk
+    assert qwen2_moe.moe.shared_expert_gate and qwen2_moe.moe.shared_expert_mlp_dim == 40
     assert qwen2_moe.qkv_bias and qwen3_moe.qk_norm and qwen3_moe.head_dim == 16

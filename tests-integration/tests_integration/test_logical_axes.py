@@ -25,7 +25,7 @@ def test_every_parameter_of_every_kind_maps_under_every_strategy(kind: str) -> N
     fields = {"d_model": 16, "num_layers": 2, "num_heads": 2}
     if kind == "llama-moe":  # routed experts (logical `experts`), shared experts, first dense
         kind = "llama"
-        fields |= {"num_experts": 4, "num_shared_experts": 1, "moe_first_dense": 1}
+        fields |= {"moe": tnn.MoEConfig(num_experts=4, num_shared_experts=1, first_dense=1)}
     if kind == "vit":
         fields |= {"image_size": 8, "patch_size": 4}
     else:

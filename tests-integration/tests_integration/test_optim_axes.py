@@ -25,15 +25,17 @@ _DECODER_VARIANTS: list[dict[str, Any]] = [
     {"tie_embeddings": True},
     {"position": "t5"},
     {"use_bias": True, "qkv_bias": True},
-    {"attention_type": "mla", "kv_latent_dim": 8},
+    {"attention_type": "mla", "mla": tnn.MLAConfig(kv_latent_dim=8)},
     {"num_kv_heads": 1},
     # MoE: routed experts after a dense layer, shared experts with a gate, a balancing bias.
     {
-        "num_experts": 4,
-        "moe_first_dense": 1,
-        "num_shared_experts": 1,
-        "shared_expert_gate": True,
-        "router": "sigmoid",
+        "moe": tnn.MoEConfig(
+            num_experts=4,
+            first_dense=1,
+            num_shared_experts=1,
+            shared_expert_gate=True,
+            router="sigmoid",
+        )
     },
 ]
 VARIANTS = {"gpt2": _DECODER_VARIANTS, "llama": _DECODER_VARIANTS, "bert": [{}, {"num_labels": 3}]}

@@ -109,8 +109,8 @@ DELTA_F32_DOTS = [
 #: preset's compile: 24 s of a 2-core machine's 100 s for 12 layers at 16 × 1,024).
 HYBRID = [
     "model.mixer_pattern=[delta,attention]", "model.num_layers=2", "data.seq_len=256",
-    "data.batch_size=4", "eval.batch_size=4", "model.delta_key_heads=6",
-    "model.delta_value_heads=12", "model.delta_key_dim=128", "model.delta_value_dim=64",
+    "data.batch_size=4", "eval.batch_size=4", "model.delta.key_heads=6",
+    "model.delta.value_heads=12", "model.delta.key_dim=128", "model.delta.value_dim=64",
     "model.attention_output_gate=true", "model.qk_norm=true", "model.norm_plus_one=true",
     "model.rope_fraction=0.25", "model.head_dim=64",
 ]  # fmt: skip
@@ -273,9 +273,9 @@ def test_a_delta_and_attention_hybrid_compiles_for_an_h100(envs, tmp_path):
     products, no library triangular solve; across chunks the Pallas kernels, named: `auto` takes
     XLA's scan until a GPU has measured them, #68) and the gated attention compile for an H100
     and fit; its float32 products are the delta rule's own and the attention's allowed ones."""
-    sets = [*HYBRID, "model.delta_impl=pallas"]
+    sets = [*HYBRID, "model.delta.impl=pallas"]
     data = plan("llama_small", "h100", "auto", envs["cuda12"], tmp_path, sets)
-    assert "delta rule: pallas (model.delta_impl)" in data["stdout"]
+    assert "delta rule: pallas (model.delta.impl)" in data["stdout"]
     assert data["train"]["compiles"] and data["eval"]["compiles"] and data["memory"]["fits"]
     calls = data["train"]["custom_calls"]
     assert not any("triangularSolve" in c for c in calls), calls  # the chunk's inverse is XLA's
@@ -323,23 +323,26 @@ FAMILY_SIZES = dict(vocab_size=64, max_seq_len=64, d_model=64, num_layers=2, num
                     num_kv_heads=2, head_dim=16, mlp_dim=64)  # fmt: skip
 FAMILIES = {
     "gpt_oss": dict(
-        attention_sinks=True, use_bias=True, mlp_activation="swiglu_clamped", num_experts=4,
-        experts_per_token=2, router_logit_bias=True, sliding_window=16,
-        window_pattern=("local", "global"),
+        attention_sinks=True, use_bias=True, mlp_activation="swiglu_clamped",
+        moe=nn.MoEConfig(num_experts=4, experts_per_token=2, router_logit_bias=True),
+        sliding_window=16, window_pattern=("local", "global"),
         rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=16,
                           truncate=False),
     ),
     "glm4_moe": dict(
-        rope_fraction=0.5, qk_norm=True, qkv_bias=True, num_experts=8, experts_per_token=2,
-        expert_mlp_dim=32, num_shared_experts=1, moe_first_dense=1, router="sigmoid",
-        router_scale=2.5, router_groups=4, router_topk_groups=2,
+        rope_fraction=0.5, qk_norm=True, qkv_bias=True,
+        moe=nn.MoEConfig(num_experts=8, experts_per_token=2, expert_mlp_dim=32,
+                         num_shared_experts=1, first_dense=1, router="sigmoid", router_scale=2.5,
+                         router_groups=4, router_topk_groups=2),
     ),
     "llama4": dict(
         num_layers=4, attention_chunk=16, window_pattern=("local",) * 3 + ("global",),
         global_nope=True, qk_l2_norm=True, nope_temperature_floor=8.0,
-        nope_temperature_scale=0.1, num_experts=4, experts_per_token=1, expert_mlp_dim=32,
-        num_shared_experts=1, shared_expert_mlp_dim=32, moe_layer_step=2, router="sigmoid_plain",
-        router_norm_topk=False, router_scales_input=True,
+        nope_temperature_scale=0.1,
+        moe=nn.MoEConfig(num_experts=4, experts_per_token=1, expert_mlp_dim=32,
+                         num_shared_experts=1, shared_expert_mlp_dim=32, layer_step=2,
+                         router="sigmoid_plain", router_norm_topk=False,
+                         router_scales_input=True),
     ),
     "gemma4": dict(
         num_layers=4, sliding_window=16, window_pattern=("local", "global"),
@@ -347,20 +350,21 @@ FAMILIES = {
         query_pre_attn_scalar=1.0, tie_embeddings=True, rope_local_theta=100.0,
         global_head_dim=32, global_kv_heads=1, global_values_from_keys=True,
         global_rope_proportion=0.25, value_norm=True, kv_shared_layers=2, kv_shared_mlp_dim=128,
-        per_layer_input_dim=8, layer_scale=True, final_logit_softcap=30.0, num_experts=4,
-        experts_per_token=2, expert_mlp_dim=32, moe_beside_mlp=True, router_input_norm=True,
-        router_expert_scale=True,
+        per_layer_input_dim=8, layer_scale=True, final_logit_softcap=30.0,
+        moe=nn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=32,
+                         beside_mlp=True, router_input_norm=True, router_expert_scale=True),
     ),
     "olmo3": dict(
         num_layers=4, norm_position="output", qk_norm=True, qk_norm_scope="projection",
         sliding_window=16, window_pattern=("local",) * 3 + ("global",),
     ),
     "qwen3_next": dict(
-        num_layers=4, mixer_pattern=("delta",) * 3 + ("attention",), delta_key_heads=2,
-        delta_value_heads=4, delta_key_dim=16, delta_value_dim=16, attention_output_gate=True,
-        qk_norm=True, norm_plus_one=True, rope_fraction=0.25, num_experts=4, experts_per_token=2,
-        expert_mlp_dim=32, num_shared_experts=1, shared_expert_mlp_dim=64,
-        shared_expert_gate=True, moe_first_dense=1,
+        num_layers=4, mixer_pattern=("delta",) * 3 + ("attention",),
+        delta=nn.DeltaConfig(key_heads=2, value_heads=4, key_dim=16, value_dim=16),
+        attention_output_gate=True, qk_norm=True, norm_plus_one=True, rope_fraction=0.25,
+        moe=nn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=32,
+                         num_shared_experts=1, shared_expert_mlp_dim=64, shared_expert_gate=True,
+                         first_dense=1),
     ),
 }  # fmt: skip
 FAMILY_RUN = ["model.kind=llama", "data.seq_len=64", "data.batch_size=8", "eval.batch_size=8"]

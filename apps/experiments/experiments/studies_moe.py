@@ -65,8 +65,8 @@ def moe_runs(scale: str) -> list[RunSpec]:
     if width % k:
         raise ValueError(f"the {scale} scale's mlp_dim {width} is not divisible by top-{k}")
     common = _common(scale)
-    moe = (f"model.num_experts={experts}", f"model.experts_per_token={k}",
-           f"model.expert_mlp_dim={width // k}")  # fmt: skip
+    moe = (f"model.moe.num_experts={experts}", f"model.moe.experts_per_token={k}",
+           f"model.moe.expert_mlp_dim={width // k}")  # fmt: skip
     runs = [
         RunSpec(DENSE, common, preset="llama_small", params=(("moe", False),)),
         RunSpec(

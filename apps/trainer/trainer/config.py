@@ -58,7 +58,7 @@ class MeshNeeds:
     #: Sequences per micro-step (``data.batch_size // optimizer.accumulation_steps``): what a
     #: pipeline cuts into microbatches.
     step_batch: int
-    #: ``model.num_experts`` (0: a model without experts), which the ``expert`` axis divides.
+    #: ``model.moe.num_experts`` (0: a model without experts), which the ``expert`` axis divides.
     num_experts: int
     #: ``data.seq_len``, which a split sequence (``mesh.context``) divides.
     seq_len: int
@@ -264,7 +264,7 @@ def _mesh_needs(
     return MeshNeeds(
         batches={per_step: rows(batch) // steps, "eval.batch_size": rows(eval_.batch_size)},
         step_batch=batch // steps,
-        num_experts=model.num_experts,
+        num_experts=model.moe.num_experts,
         seq_len=data_.seq_len,
         model=model if splits_model else None,
     )
@@ -446,13 +446,14 @@ def _check_across(cfg: Config, preference: list[str]) -> None:
         f"optimizer.accumulation_steps: {o.accumulation_steps} must divide data.batch_size "
         f"({d.batch_size})",
     )
-    if m.num_experts and m.capacity_factor is not None:
+    if m.moe.num_experts and m.moe.capacity_factor is not None:
         # Capacity is per sequence: a device holding part of each sequence would size and fill
         # the slots of its part, so the dropped tokens would depend on the context split.
         _require(
             mesh.context == 1,
-            f"model.capacity_factor: MoE capacity is per sequence, which mesh.context "
-            f"({mesh.context}) splits; set model.capacity_factor=null (dropless) or mesh.context=1",
+            f"model.moe.capacity_factor: MoE capacity is per sequence, which mesh.context "
+            f"({mesh.context}) splits; set model.moe.capacity_factor=null (dropless) or "
+            "mesh.context=1",
         )
     if mesh.strategy in ("tp", "fsdp_tp", "dp_tp"):
         _require(

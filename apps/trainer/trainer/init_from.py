@@ -55,9 +55,16 @@ def check_init_from(cfg: Config, source: str, *, weights: bool = True) -> None:
 
 
 def _given(cfg: Config) -> dict[str, object]:
-    """The model settings ``cfg`` gives: those unlike its kind's own (null: derived from others)."""
+    """The model settings ``cfg`` gives: those unlike its kind's own (null: derived from others;
+    a component section's by their dotted keys, ``moe.num_experts``)."""
     default = read_config({"model": {"kind": cfg.kind}}).to_dict()["model"]
-    return {k: v for k, v in cfg.to_dict()["model"].items() if v != default[k]}
+    given: dict[str, object] = {}
+    for key, value in cfg.to_dict()["model"].items():
+        if key in nn.SECTIONS and isinstance(value, dict):
+            given |= {f"{key}.{k}": v for k, v in value.items() if v != default[key].get(k)}
+        elif value != default[key]:
+            given[key] = value
+    return given
 
 
 def check_resumed_start(cfg: Config, run_dir: Path) -> None:
@@ -201,7 +208,7 @@ def _start_model(model: TransformerConfig, kind: str, source: str) -> Transforme
     for a tjx run or a GPT-2 hub name (the config's own model trains)."""
     if RunDir.is_run(source) or hf_start_config(source, kind) is None:
         return None
-    how = {k: getattr(model, k) for k in nn.TRAINING_FIELDS}
+    how = {k: nn.setting_value(model, k) for k in nn.TRAINING_FIELDS}
     with keyed("--init-from"):
         return nn.read_hf_config(source, **how)
 
@@ -243,5 +250,5 @@ def _resumed_model(model: TransformerConfig, run_dir: Path) -> TransformerConfig
     if not started_from_hf(run_dir):
         return None
     saved = nn.config_from_dict(RunDir(run_dir).read(RunDir.MODEL_FILE))
-    how = {k: getattr(model, k) for k in nn.TRAINING_FIELDS}
-    return dataclasses.replace(saved, **how)
+    how = {k: nn.setting_value(model, k) for k in nn.TRAINING_FIELDS}
+    return saved.replace(**how)

@@ -218,7 +218,7 @@ def build(cfg: StepConfig, init_from: str | None = None) -> Setup:
             params, init_step = init_runs.load_run(cfg.seed, model_cfg, init_from)
             start = Start(params)
         else:  # the architecture from the checkpoint; how to train it from the config
-            how = {k: getattr(model_cfg, k) for k in nn.TRAINING_FIELDS}
+            how = {k: nn.setting_value(model_cfg, k) for k in nn.TRAINING_FIELDS}
             with keyed("--init-from", OSError, ValueError):
                 model, _ = nn.load_hf(init_from, **how)
             model_cfg = model.config  # its own attention settings (position) under the split
@@ -237,7 +237,7 @@ def build(cfg: StepConfig, init_from: str | None = None) -> Setup:
     state = parallel.on_mesh(parts.state, mesh)
     num_params = sum(int(x.size) for x in jax.tree.leaves(state.params))
     split = parallel.context_parallel(mesh, rules, cfg.mesh)  # None unless mesh.context > 1
-    experts = parallel.expert_parallel(mesh, rules) if cfg.model.num_experts else None
+    experts = parallel.expert_parallel(mesh, rules) if cfg.model.moe.num_experts else None
     return Setup(
         mesh,
         rules,
@@ -283,7 +283,7 @@ def flat_params(cfg: StepConfig) -> bool:
     same state needs more memory (llama_small on a v5e: 14.67 → 15.79 GiB compiled peak), with
     no launches to save, so a TPU keeps its params per leaf. The step's kernels are chosen for
     the same target (`tjx.kernels.current_target`: the device, or ``--plan``'s)."""
-    balanced = cfg.model.num_experts > 0 and cfg.model.router == "sigmoid"
+    balanced = cfg.model.moe.num_experts > 0 and cfg.model.moe.router == "sigmoid"
     on_tpu = kernels.current_target().platform == "tpu"
     return flat_update(cfg) and not cfg.use_lora and not balanced and not on_tpu
 

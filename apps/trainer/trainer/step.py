@@ -112,7 +112,7 @@ def make_train_step(
     # amaxes (tjx.nn.fp8's delayed_dot), from which the step advances them.
     rest, fp8_meta = nn.split_fp8_meta(rest)
     loss_fn = make_loss_fn(graphdef, rest, cfg, split, experts)
-    balance_bias = cfg.model.num_experts > 0 and cfg.model.router == "sigmoid"
+    balance_bias = cfg.model.moe.num_experts > 0 and cfg.model.moe.router == "sigmoid"
     micro = cfg.optimizer.accumulation_steps
     scaled = cfg.optimizer.loss_scale is not None
 

@@ -60,7 +60,7 @@ def build(run: StepConfig, devices: list[jax.Device]) -> AbstractRun:
         run.mesh, run.mesh_needs(), devices
     )  # ZeRO over fsdp × context under a split
     split = parallel.context_parallel(mesh, rules, run.mesh)  # as state.build: None unless split
-    experts = parallel.expert_parallel(mesh, rules) if run.model.num_experts else None
+    experts = parallel.expert_parallel(mesh, rules) if run.model.moe.num_experts else None
     parts = abstract_state(run)
     shardings = parallel.state_shardings(parts.state, mesh, rules, param_specs=parts.specs)
     state = jax.tree.map(

@@ -56,7 +56,10 @@ def make_run(tmp_path: Path) -> Callable[..., tuple[Path, Any]]:
             "cache_dir": str(tmp_path / "cache"),
         }
         (run / "data.json").write_text(json.dumps(info))
-        model = nn.GPT2(nn.GPT2Config(**{**described, "precision": "fp32"}), rngs=nnx.Rngs(3))
+        config = nn.config_from_dict(
+            {"class": "GPT2Config", "fields": {**described, "precision": "fp32"}}
+        )  # a section as model.json holds it (a mapping): read as the run's evaluation reads it
+        model = nn.GPT2(config, rngs=nnx.Rngs(3))
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         manager = ckpt.CheckpointManager(run / "checkpoints", async_save=False)
         manager.save(3, state={"params": params, "step": np.int32(3)}, config={}, force=True)
@@ -131,7 +134,7 @@ def test_the_runs_own_decode_topk_is_used_and_the_flag_overrides_it(make_run, ca
 
 
 def test_an_mla_run_generates_from_its_latent_cache(make_run, capsys):
-    run, model = make_run(attention_type="mla", kv_latent_dim=4)
+    run, model = make_run(attention_type="mla", mla={"kv_latent_dim": 4})
     assert main(_argv(run, "--sparse-top-k", "2")) == 0
     out = capsys.readouterr().out
     assert _sample(out) == _reference(model, decode_topk=2)

@@ -147,21 +147,19 @@ def test_bad_model_args_are_refused(lm_and_model):
 
 
 def test_an_moe_run_is_scored_like_a_dense_one(tmp_path, rng):
-    """#41: the harness model builds an MoE run from its ``model.json`` (the expert fields are
-    ordinary config fields) and its scores are the float64 reference's of the same model."""
+    """#41: the harness model builds an MoE run from its ``model.json`` (the expert fields its
+    ``moe`` section) and its scores are the float64 reference's of the same model."""
     fields = {
         "vocab_size": 257,
         "max_seq_len": 64,
         "d_model": 32,
         "num_layers": 2,
         "num_heads": 2,
-        "num_experts": 4,
-        "experts_per_token": 2,
-        "expert_mlp_dim": 32,
+        "moe": {"num_experts": 4, "experts_per_token": 2, "expert_mlp_dim": 32},
         "precision": {"param_dtype": "float32", "compute_dtype": "float32"},
     }
     run, model = make_run(tmp_path, model_json={"class": "LlamaConfig", "fields": fields})
-    assert model.config.num_experts == 4
+    assert model.config.moe.num_experts == 4
     lm = TjxLM(checkpoint=str(run), batch_size=2)
     pairs = [(sentence(rng, int(rng.integers(1, 6))), " " + sentence(rng, 2)) for _ in range(4)]
     got = lm.loglikelihood([_req(c, x) for c, x in pairs], disable_tqdm=True)

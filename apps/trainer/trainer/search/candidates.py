@@ -162,7 +162,7 @@ def _fp8_refusal(run: Config, device: Any) -> str | None:
     m = run.model
     if not device.fp8_units:
         return f"the {device.key} has no float8 matrix units"
-    if getattr(m, "num_experts", 0):
+    if m.moe.num_experts:
         return "the MoE experts' products do not go through Dense (tjx-nn refuses fp8 there)"
     if m.precision.compute_dtype not in (jnp.bfloat16, jnp.float16):
         return f"compute_dtype {m.precision.compute_dtype} (fp8 is searched for bf16/fp16 runs)"
@@ -249,7 +249,7 @@ class Space:
         budget, _ = budget_bytes(target.device)
         space = cls(run, count, budget, [], [], [], [], [])
         if axes is None:
-            axes = tuple(a for a in AXES if a != "expert" or m.num_experts)
+            axes = tuple(a for a in AXES if a != "expert" or m.moe.num_experts)
         space.state, space.grads = state_bytes(run), gradient_bytes(run)
         for sizes in _splits(count, len(axes)):
             full = tuple(sizes[axes.index(a)] if a in axes else 1 for a in AXES)
@@ -323,8 +323,8 @@ class Space:
             return "mesh.pipeline > 1: --plan does not compile a pipelined run yet"
         if tensor > 1 and (m.num_heads % tensor or (m.num_kv_heads or m.num_heads) % tensor):
             return "mesh.tensor does not divide model.num_heads and num_kv_heads"
-        if mesh.size("expert") > 1 and (m.num_experts or 0) % mesh.size("expert"):
-            return "mesh.expert does not divide model.num_experts"
+        if mesh.size("expert") > 1 and (m.moe.num_experts or 0) % mesh.size("expert"):
+            return "mesh.expert does not divide model.moe.num_experts"
         context = mesh.size("context")
         if context > 1:
             try:

@@ -78,6 +78,31 @@ def test_an_old_name_alone_still_works_and_says_its_new_name_once(in_tmp, capsys
     assert capsys.readouterr().err == ""
 
 
+def test_a_flat_moe_mla_or_delta_key_is_its_sections_now_and_says_so(in_tmp, capsys):
+    """The settings of the ``moe``, ``mla`` and ``delta`` sections were flat model keys: set by
+    their old names they reach the section (one note each), beside the new name an error."""
+    plan = _plan(
+        *["--config", "moe_tiny", "--set", "model.num_experts=8"],
+        *["--set", "model.moe_layer_step=2", "--set", "model.moe.router_z_loss=0.0"],
+    )
+    moe = plan.config.model.moe
+    assert (moe.num_experts, moe.layer_step, moe.router_z_loss) == (8, 2, 0.0)
+    assert moe.experts_per_token == 2  # the preset's, beside them
+    assert capsys.readouterr().err.splitlines() == [
+        "trainer: note: --set model.num_experts is model.moe.num_experts now (the old name still "
+        "works)",
+        "trainer: note: --set model.moe_layer_step is model.moe.layer_step now (the old name "
+        "still works)",
+    ]
+    argv = ["--config", "moe_tiny", "--set", "model.moe.num_experts=2"]
+    argv += ["--set", "model.num_experts=4"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        "trainer: error: --set model.num_experts: is model.moe.num_experts now, which is set too; "
+        "keep only model.moe.num_experts\n"
+    )
+
+
 def test_only_the_launch_flags_reach_tjx_parallel_and_they_read_as_from_the_whole_line(in_tmp):
     launch = ["--num-processes", "1", "--process-id", "0", "--init-timeout", "9"]
     argv = ["--config", "tiny", "--set", "train.steps=7", *launch]
@@ -115,7 +140,7 @@ def test_parse_profile_rejects(text):
         (
             [
                 *["--config", "gpt2_small", "--init-from", "gpt2"],
-                *["--set", "model.attention_type=mla", "--set", "model.kv_latent_dim=8"],
+                *["--set", "model.attention_type=mla", "--set", "model.mla.kv_latent_dim=8"],
                 *["--set", "model.use_bias=false"],
             ],
             "model.attention_type 'mla', model.use_bias False cannot apply",

@@ -390,5 +390,5 @@ def test_mesh_needs_name_each_size_by_its_keys_and_hold_the_model_only_for_a_spl
     per_step = f"data.batch_size / optimizer.accumulation_steps ({batch} / {steps})"
     assert dict(needs.batches) == {per_step: batch // steps, "eval.batch_size": eval_batch}
     assert needs.step_batch == batch // steps and needs.seq_len == cfg.data.seq_len
-    assert needs.num_experts == cfg.model.num_experts
+    assert needs.num_experts == cfg.model.moe.num_experts
     assert (needs.model is cfg.model) if splits_model else needs.model is None

@@ -23,7 +23,7 @@ from trainer.schema import ConfigError, choices
 from trainer.settings import apply_overrides, field_at, load_config_data
 
 TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2, "mlp_dim": 32}
-MLA = {"attention_type": "mla", "kv_latent_dim": 4}
+MLA = {"attention_type": "mla", "mla": {"kv_latent_dim": 4}}
 WSD = {"name": "wsd", "warmup_steps": 0}
 
 
@@ -39,7 +39,8 @@ def _opt(optimizer: dict[str, Any], steps: int = 100) -> Any:
     ("model", "field", "value"),
     [
         (MLA, "attention_type", "mla"),
-        (MLA, "kv_latent_dim", 4),
+        (MLA, "mla.kv_latent_dim", 4),
+        ({"kind": "llama", "moe": {"num_experts": 4}}, "moe.num_experts", 4),
         ({"use_bias": False}, "use_bias", False),
         ({"kind": "llama", "use_bias": True}, "use_bias", True),
         ({"decode_topk": 3}, "decode_topk", 3),
@@ -47,7 +48,8 @@ def _opt(optimizer: dict[str, Any], steps: int = 100) -> Any:
     ],
 )
 def test_model_keys_reach_the_tjx_nn_config(model, field, value):
-    assert getattr(_nn(model), field) == value
+    """(A component section's key dotted; a flat key written before the sections reads too.)"""
+    assert nn.setting_value(_nn(model), field) == value
 
 
 @pytest.mark.parametrize(
@@ -69,7 +71,8 @@ def test_null_keeps_the_packages_own_defaults():
     assert _nn({}).use_bias is True and _nn({"kind": "llama"}).use_bias is False
     assert _nn({"kind": "bert"}).use_bias is nn.BertConfig().use_bias
     assert _nn({}).attention_type == nn.TransformerConfig().attention_type
-    assert _nn({}).decode_topk is None and _nn({}).kv_latent_dim is None
+    assert _nn({}).decode_topk is None and _nn({}).mla.kv_latent_dim is None
+    assert _nn({"kind": "llama"}).moe == nn.MoEConfig() and _nn({}).delta == nn.DeltaConfig()
     sgd = _opt({"name": "sgd"})
     own = optim.OptimizerConfig(name="sgd").resolved()
     assert (sgd.momentum, sgd.nesterov) == (own.momentum, own.nesterov) == (0.9, False)
@@ -89,12 +92,25 @@ def test_choice_lists_are_the_packages_own():
     ("data", "needle"),
     [
         ({"model": {"attention_type": "gqa"}}, "model.attention_type: 'gqa' is not allowed"),
-        ({"model": {"attention_type": "mla"}}, "model.kv_latent_dim: attention_type 'mla' needs"),
-        ({"model": {"kv_latent_dim": 8}}, "model.kv_latent_dim: only attention_type 'mla'"),
         (
-            {"model": {**MLA, "kv_latent_dim": 0}},
-            "model.kv_latent_dim must be a positive int; got 0",
+            {"model": {"attention_type": "mla"}},
+            "model.mla.kv_latent_dim: attention_type 'mla' needs",
         ),
+        ({"model": {"mla": {"kv_latent_dim": 8}}}, "model.mla.kv_latent_dim: only attention_type"),
+        (
+            {"model": {**MLA, "mla": {"kv_latent_dim": 0}}},
+            "model.mla.kv_latent_dim must be a positive int; got 0",
+        ),
+        (
+            {"model": {"kind": "llama", "moe": {"num_experts": 2, "experts_per_token": 3}}},
+            "model.moe.experts_per_token: 3 is more than the 2 experts",
+        ),
+        (
+            {"model": {"kind": "llama", "num_layers": 2, "moe": {"num_experts": 2,
+                                                               "first_dense": 2}}},
+            "model.moe.first_dense: with first_dense=2",
+        ),
+        ({"model": {"kind": "bert", "moe": {"num_experts": 2}}}, "model.moe: only decoders"),
         ({"model": {"use_bias": "maybe"}}, "model.use_bias: expected true/false, got 'maybe'"),
         ({"model": {"decode_topk": 0}}, "model.decode_topk must be a positive int; got 0"),
         ({"model": {"kind": "bert", "decode_topk": 2}}, "model.decode_topk: only decoders"),
@@ -239,7 +255,8 @@ WSD_SETS = ("optimizer.schedule.name=wsd",)
         (WSD_SETS, "optimizer.schedule.decay_shape=cosine", True),
         ((), "model.decode_topk=2", True),
         ((), "model.use_bias=false", False),
-        ((), "model.attention_type=mla --set model.kv_latent_dim=8", False),
+        ((), "model.attention_type=mla --set model.mla.kv_latent_dim=8", False),
+        ((), "model.moe.num_experts=2", False),
     ],
 )
 def test_which_new_keys_change_the_train_state(base, change, same):
@@ -253,7 +270,7 @@ def test_a_run_with_every_new_key_trains_and_records_them(in_tmp, capsys):
     sets = [
         *("model.d_model=16", "model.num_layers=1", "model.num_heads=2", "model.mlp_dim=32"),
         *("model.max_seq_len=16", "data.seq_len=16", "data.batch_size=8", "eval.batch_size=8"),
-        *("model.attention_type=mla", "model.kv_latent_dim=4", "model.use_bias=false"),
+        *("model.attention_type=mla", "model.mla.kv_latent_dim=4", "model.use_bias=false"),
         *("model.decode_topk=2", *SGD, "optimizer.momentum=0.8", "optimizer.nesterov=true"),
         *WSD_SETS,
         *("optimizer.schedule.warmup_steps=0", "optimizer.schedule.decay_fraction=0.5"),
@@ -265,6 +282,6 @@ def test_a_run_with_every_new_key_trains_and_records_them(in_tmp, capsys):
     assert main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
     assert "done: 2 steps" in capsys.readouterr().out
     fields = json.loads((in_tmp / "run" / "model.json").read_text())["fields"]
-    assert (fields["attention_type"], fields["kv_latent_dim"]) == ("mla", 4)
+    assert (fields["attention_type"], fields["mla"]["kv_latent_dim"]) == ("mla", 4)
     assert (fields["use_bias"], fields["decode_topk"]) == (False, 2)
     assert json.loads((in_tmp / "run" / "final.json").read_text())["step"] == 2

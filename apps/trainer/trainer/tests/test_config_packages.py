@@ -167,6 +167,9 @@ def _package_keys() -> list[tuple[str, str]]:
             inner = {
                 "model.precision": nn.Precision,
                 "model.rope_scaling": nn.RopeScaling,
+                "model.moe": nn.MoEConfig,
+                "model.mla": nn.MLAConfig,
+                "model.delta": nn.DeltaConfig,
                 "optimizer.schedule": optim.ScheduleConfig,
             }.get(key)
             out += walk(inner, key) if inner is not None else [key]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import tjx_published_hf as published
 
+from tjx import nn
 from trainer import init_from
 from trainer.config import read_config
 from trainer.schema import ConfigError
@@ -23,15 +24,31 @@ def _llama_run():
 @pytest.mark.parametrize(
     ("name", "sizes"),
     [
-        ("gpt-oss-120b", dict(d_model=2880, num_layers=36, num_experts=128, vocab_size=201088)),
-        ("DeepSeek-V3.1", dict(d_model=7168, num_layers=61, num_experts=256, mtp_depths=1)),
+        (
+            "gpt-oss-120b",
+            {
+                "d_model": 2880,
+                "num_layers": 36,
+                "moe.num_experts": 128,
+                "vocab_size": 201088,
+            },
+        ),
+        (
+            "DeepSeek-V3.1",
+            {
+                "d_model": 7168,
+                "num_layers": 61,
+                "moe.num_experts": 256,
+                "mtp_depths": 1,
+            },
+        ),
     ],
 )
 def test_a_plan_reads_a_published_release_from_its_config_and_index(tmp_path, name, sizes):
     folder = published.config_only(name, tmp_path / name)
     cfg = _llama_run()
     planned = init_from.start_config(cfg, str(folder))
-    assert {k: getattr(planned.model, k) for k in sizes} == sizes
+    assert {k: nn.setting_value(planned.model, k) for k in sizes} == sizes
     assert planned.vocab_size == planned.model.vocab_size
     assert planned.model.remat == cfg.model.remat  # how it trains: the config's
     with pytest.raises(ConfigError, match=r"^--init-from: .*is missing: model\.safetensors\.index"):

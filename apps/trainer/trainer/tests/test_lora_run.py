@@ -143,21 +143,21 @@ def test_export_peft_of_an_mla_model_is_refused_before_training(in_tmp, capsys):
         head_dim=12,
         mlp_dim=40,
         attention_type="mla",
-        kv_latent_dim=16,
-        qk_rope_head_dim=4,
-        v_head_dim=6,
-        num_experts=4,
-        experts_per_token=2,
-        expert_mlp_dim=12,
-        num_shared_experts=1,
-        moe_first_dense=1,
-        router_norm_topk=False,
+        mla=nn.MLAConfig(kv_latent_dim=16, qk_rope_head_dim=4, v_head_dim=6),
+        moe=nn.MoEConfig(
+            num_experts=4,
+            experts_per_token=2,
+            expert_mlp_dim=12,
+            num_shared_experts=1,
+            first_dense=1,
+            router_norm_topk=False,
+        ),
     )  # fmt: skip (DeepSeek-V2's shape)
     nn.save_hf(nn.Llama(nn.LlamaConfig(**mla), rngs=nnx.Rngs(0)), in_tmp / "deepseek")
     from_hf = _argv(
         in_tmp, "--init-from", str(in_tmp / "deepseek"), "--set", "model.num_kv_heads=null"
     )
-    own = _argv(in_tmp, "--set", "model.attention_type=mla", "--set", "model.kv_latent_dim=8")
+    own = _argv(in_tmp, "--set", "model.attention_type=mla", "--set", "model.mla.kv_latent_dim=8")
     for argv in (from_hf, own):
         assert main([*argv, "--export-peft", str(in_tmp / "a")]) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -5,10 +5,13 @@ it evaluates and samples (KV-cache generation through MoE layers); bad MoE input
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml  # type: ignore[import-untyped]
 
+from tjx import nn
 from trainer.cli import main
 
 SETS = [
@@ -71,9 +74,9 @@ def test_moe_tiny_learns_and_logs_its_routers(in_tmp, capsys):
     "extra, message",
     [
         (["mesh.data=1", "mesh.expert=8"], "mesh.expert: 8 devices do not divide"),
-        (["model.experts_per_token=5"], "model.experts_per_token"),
-        (["model.capacity_factor=0"], "model.capacity_factor"),
-        (["model.capacity_factor=1.0", "mesh.context=2"], "per sequence"),
+        (["model.moe.experts_per_token=5"], "model.moe.experts_per_token"),
+        (["model.moe.capacity_factor=0"], "model.moe.capacity_factor"),
+        (["model.moe.capacity_factor=1.0", "mesh.context=2"], "per sequence"),
     ],
 )
 def test_bad_moe_input_is_one_line_and_writes_nothing(in_tmp, capsys, extra, message):
@@ -81,3 +84,53 @@ def test_bad_moe_input_is_one_line_and_writes_nothing(in_tmp, capsys, extra, mes
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (in_tmp / "run").exists()
+
+
+#: A sigmoid router with a balancing bias (state the checkpoint holds and the update moves), every
+#: other layer MoE: set by the flat keys the trainer read before the ``moe`` section.
+FLAT_MOE = ["model.moe_layer_step=2", "model.router=sigmoid", "model.router_bias_rate=0.002"]
+SAVED_BEFORE_SECTIONS = Path(__file__).parent / "saved_before_sections"
+
+
+def _flat(model: dict) -> dict:
+    """A model section (or a model.json's fields) as tjx-nn 0.28 wrote it: the ``moe``, ``mla``
+    and ``delta`` sections' settings flat, by their old names."""
+    old = {new: name for name, new in nn.RENAMED_MODEL_KEYS.items()}
+    out = {k: v for k, v in model.items() if k not in nn.SECTIONS}
+    for section in nn.SECTIONS:
+        out |= {old[f"{section}.{k}"]: v for k, v in model[section].items()}
+    return out
+
+
+def test_a_run_written_with_flat_moe_keys_resumes_bit_for_bit(in_tmp, capsys):
+    """A run whose config.yaml and model.json hold the MoE settings flat (as the trainer wrote
+    them before the ``moe`` section: the saved moe_tiny run's keys) and resumed with the same
+    command, its flat ``--set`` keys too, ends where the run that went through ends."""
+    saved = yaml.safe_load((SAVED_BEFORE_SECTIONS / "moe_tiny.yaml").read_text())["model"]
+    rng = np.random.default_rng()  # fresh text: the resume must hold on any data
+    text = in_tmp / "text.txt"
+    words = ["to", "be", "or", "not", "that", "is", "the", "question"]
+    text.write_text("".join(" ".join(rng.choice(words, 9)) + ".\n" for _ in range(300)))
+    sets = [*SETS, *FLAT_MOE, "train.steps=4", "train.eval_every=4", f"data.cache_dir={in_tmp}"]
+
+    def argv(root, *extra):
+        run = ["--config", "moe_tiny", "--run-dir", str(root / "run"), "--data", str(text)]
+        return [*run, *(a for s in sets for a in ("--set", s)), *extra]
+
+    assert main(argv(in_tmp / "whole")) == 0
+    assert main(argv(in_tmp / "split", "--set", "train.stop_at=2")) == 0
+    run = in_tmp / "split" / "run"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["moe"]["layer_step"] == 2  # written in today's sections
+    config["model"] = _flat(config["model"])
+    assert set(config["model"]) == set(saved)  # the layout the trainer wrote then
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    model = json.loads((run / "model.json").read_text())
+    model["fields"] = _flat(model["fields"])
+    (run / "model.json").write_text(json.dumps(model))
+    assert main(argv(in_tmp / "split", "--resume")) == 0
+    capsys.readouterr()
+    whole = in_tmp / "whole" / "run"
+    a, b = (json.loads((d / "final.json").read_text()) for d in (whole, run))
+    assert a["params_sha256"] == b["params_sha256"] and a["val_loss"] == b["val_loss"]
+    assert np.isfinite(a["val_loss"])

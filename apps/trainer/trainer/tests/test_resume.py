@@ -10,6 +10,7 @@ import jax
 import pytest
 import yaml  # type: ignore[import-untyped]
 
+from tjx import nn
 from trainer import resume
 from trainer.config import read_config, resolve, step_config
 from trainer.job.folder import RunDir
@@ -336,3 +337,29 @@ def test_a_hugging_face_start_with_a_damaged_model_json_is_one_line(tmp_path):
     with pytest.raises(ConfigError) as err:
         resume.check_resume(run, _config("model.kind=llama").to_dict())
     assert str(err.value).startswith("--resume: the run's init.json and model.json say what")
+
+
+SAVED_BEFORE_SECTIONS = Path(__file__).parent / "saved_before_sections"
+
+
+def test_a_config_yaml_with_flat_moe_mla_and_delta_keys_resumes_unchanged(tmp_path):
+    """Saved by tjx-nn 0.28's trainer (moe_tiny with ``--set model.num_experts=4
+    model.moe_layer_step=2 model.router=sigmoid model.router_bias_rate=0.002
+    model.capacity_factor=2.0``: every MoE, MLA and delta key flat): the same command resumes
+    with no change, by the old names or the new; a real change is named in the new keys and a
+    resumable one (the sigmoid router's bias step) is let through."""
+    RunDir(tmp_path).create(yaml.safe_load((SAVED_BEFORE_SECTIONS / "moe_tiny.yaml").read_text()))
+    old = ["model.num_experts=4", "model.moe_layer_step=2", "model.router=sigmoid"]
+    old += ["model.router_bias_rate=0.002", "model.capacity_factor=2.0"]
+    new = [f"model.{nn.RENAMED_MODEL_KEYS[s.split('=')[0][6:]]}={s.split('=')[1]}" for s in old]
+    assert new[1] == "model.moe.layer_step=2"
+    for sets in (old, new):
+        cfg = read_config(apply_overrides(load_config_data("moe_tiny"), sets))
+        assert resume.check_resume(tmp_path, cfg.to_dict()) == {}
+    rate = read_config(apply_overrides(load_config_data("moe_tiny"), [*new[:-2], new[-1]]))
+    assert resume.check_resume(tmp_path, rate.to_dict()) == {
+        "model.moe.router_bias_rate": (0.002, 0.001)
+    }
+    other = apply_overrides(load_config_data("moe_tiny"), [*new, "model.moe.layer_step=1"])
+    with pytest.raises(ConfigError, match=r"cannot continue with model\.moe\.layer_step 2 → 1"):
+        resume.check_resume(tmp_path, read_config(other).to_dict())

@@ -31,19 +31,19 @@ def choices(p, x, cfg):
     balancing bias for the sigmoid router), and the capacity's first-come slots."""
     x = np.asarray(x, np.float64)
     logits = x @ np.asarray(p["router.kernel"]) + np.asarray(p.get("router.logit_bias", 0.0))
-    if cfg.router == "softmax":
+    if cfg.moe.router == "softmax":
         score = np.exp(logits - logits.max(-1, keepdims=True))
         score /= score.sum(-1, keepdims=True)
     else:
         score = 1 / (1 + np.exp(-logits)) + np.asarray(p.get("router.bias", 0.0))
-    k = cfg.experts_per_token
+    k = cfg.moe.experts_per_token
     experts = np.argsort(-score, axis=-1, kind="stable")[..., :k]
     keep = np.ones(experts.shape, bool)
-    if cfg.capacity_factor is not None:
+    if cfg.moe.capacity_factor is not None:
         b, s, _ = experts.shape
-        slots = max(1, min(s, int(np.ceil(cfg.capacity_factor * s * k / cfg.num_experts))))
+        slots = max(1, min(s, int(np.ceil(cfg.moe.capacity_factor * s * k / cfg.moe.num_experts))))
         for r in range(b):
-            used = np.zeros(cfg.num_experts, int)
+            used = np.zeros(cfg.moe.num_experts, int)
             for j in range(k):  # every first choice, then every second one, ...
                 for t in range(s):
                     e = experts[r, t, j]
@@ -95,7 +95,7 @@ def moe_reference(p, x, cfg, experts, keep):
             if "router.logit_bias" in p:
                 logits = logits + p["router.logit_bias"]
             lse_all.append(jax.nn.logsumexp(logits))
-            if cfg.router == "softmax":
+            if cfg.moe.router == "softmax":
                 score = jax.nn.softmax(logits)
                 probs_all.append(score)
             else:
@@ -103,7 +103,7 @@ def moe_reference(p, x, cfg, experts, keep):
                 probs_all.append(score / jnp.sum(score))
             chosen = [int(e) for e in experts[r, t]]
             w = jnp.stack([score[e] for e in chosen])
-            if cfg.router_norm_topk:
+            if cfg.moe.router_norm_topk:
                 w = w / jnp.sum(w)
             y = jnp.zeros_like(xt)
             for j, e in enumerate(chosen):
@@ -117,8 +117,8 @@ def moe_reference(p, x, cfg, experts, keep):
             rows.append(y)
     y = jnp.stack(rows).reshape(b, s, -1)
     n = b * s
-    counts = np.bincount(experts.reshape(-1), minlength=cfg.num_experts)
-    share = counts / (n * cfg.experts_per_token)
-    balance = cfg.num_experts * jnp.sum(share * jnp.mean(jnp.stack(probs_all), axis=0))
+    counts = np.bincount(experts.reshape(-1), minlength=cfg.moe.num_experts)
+    share = counts / (n * cfg.moe.experts_per_token)
+    balance = cfg.moe.num_experts * jnp.sum(share * jnp.mean(jnp.stack(probs_all), axis=0))
     z = jnp.mean(jnp.square(jnp.stack(lse_all)))
-    return y, cfg.router_aux_loss * balance + cfg.router_z_loss * z
+    return y, cfg.moe.router_aux_loss * balance + cfg.moe.router_z_loss * z

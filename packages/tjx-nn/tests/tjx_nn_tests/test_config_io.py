@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
-from tjx.nn.moe.config import ALL_MOE_FIELDS as ALL_MOE
+from tjx_nn_tests import _written_0_28 as written
 
 #: A ``model.json`` exactly as the trainer wrote it before tjx-nn owned the format (tjx-nn 0.1):
 #: runs written then must still load.
@@ -31,12 +31,16 @@ SMALL = dict(vocab_size=50, max_seq_len=16, d_model=16, num_layers=1, num_heads=
 CONFIGS = [
     tnn.GPT2Config(**SMALL, precision="bf16", scan_layers=True, remat="full"),
     tnn.GPT2Config(**SMALL, precision=tnn.Precision(jnp.float32, jnp.bfloat16, jnp.bfloat16)),
-    tnn.LlamaConfig(**SMALL, num_kv_heads=1, attention_type="mla", kv_latent_dim=8),
+    tnn.LlamaConfig(
+        **SMALL, num_kv_heads=1, attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8)
+    ),
     tnn.BertConfig(**SMALL, precision="pure_bf16"),
     tnn.ViTConfig(d_model=16, num_layers=1, num_heads=2, image_size=8, patch_size=4),
     tnn.EncoderDecoderConfig(**SMALL, num_decoder_layers=2, position="t5"),
     tnn.TransformerConfig(**SMALL, precision="fp16"),
-    tnn.LlamaConfig(**SMALL, num_experts=4, capacity_factor=1.25, router="sigmoid"),
+    tnn.LlamaConfig(
+        **SMALL, moe=tnn.MoEConfig(num_experts=4, capacity_factor=1.25, router="sigmoid")
+    ),
 ]
 
 
@@ -59,10 +63,11 @@ def test_a_model_json_of_tjx_0_1_loads():
     assert config.precision == tnn.Precision(jnp.float32, jnp.bfloat16)
     # Written again, it gains only the fields added since (#28's rope_scaling, qkv_bias; #39's
     # cross_entropy_impl; #42's sliding_window, window_pattern; #41's MoE settings, at their dense
-    # defaults; #44's family switches and DeepSeek's MLA fields; #56's gpt-oss and GLM switches).
-    moe = {f.name: f.default for f in dataclasses.fields(tnn.LlamaConfig) if f.name in ALL_MOE}
+    # defaults; #44's family switches and DeepSeek's MLA fields; #56's gpt-oss and GLM switches),
+    # the MoE, MLA and delta settings as their sections (its flat kv_latent_dim moved in).
     newer = {"rope_scaling": None, "qkv_bias": False, "cross_entropy_impl": "auto",
-             "sliding_window": None, "window_pattern": None, **moe}  # fmt: skip
+             "sliding_window": None, "window_pattern": None,
+             "moe": dataclasses.asdict(tnn.MoEConfig())}  # fmt: skip
     newer |= {
         "qk_norm": False,
         "qk_norm_scope": "head",
@@ -72,20 +77,15 @@ def test_a_model_json_of_tjx_0_1_loads():
         "attn_logit_softcap": None,
         "final_logit_softcap": None,
         "rope_local_theta": None,
-        "q_lora_rank": None,
-        "qk_rope_head_dim": None,
-        "v_head_dim": None,
+        "mla": {"kv_latent_dim": None, "q_lora_rank": None, "qk_rope_head_dim": None,
+                "v_head_dim": None},
         "rope_fraction": 1.0,
         "attention_sinks": False,
         # #56's Qwen3.5 settings: the gated attention output, the delta layers and their sizes.
         "attention_output_gate": False,
         "mixer_pattern": None,
-        "delta_key_heads": None,
-        "delta_value_heads": None,
-        "delta_key_dim": None,
-        "delta_value_dim": None,
-        "delta_conv_kernel": 4,
-        "delta_impl": "auto",
+        "delta": {"key_heads": None, "value_heads": None, "key_dim": None, "value_dim": None,
+                  "conv_kernel": 4, "impl": "auto"},
         # #56's multi-token prediction (DeepSeek-V3's MTP): none, and its loss weight.
         "mtp_depths": 0,
         "mtp_loss_weight": 0.3,
@@ -107,13 +107,11 @@ def test_a_model_json_of_tjx_0_1_loads():
         "per_layer_input_dim": 0,
         "per_layer_vocab_size": None,
         "layer_scale": False,
-        "moe_beside_mlp": False,
-        "router_input_norm": False,
-        "router_expert_scale": False,
     }
     # #51's logits_dtype: the float32 logits such a run had.
     newer["precision"] = {**WRITTEN_BY_TJX_0_1["fields"]["precision"], "logits_dtype": "float32"}
-    want = {**WRITTEN_BY_TJX_0_1, "fields": {**WRITTEN_BY_TJX_0_1["fields"], **newer}}
+    old = {k: v for k, v in WRITTEN_BY_TJX_0_1["fields"].items() if k != "kv_latent_dim"}
+    want = {**WRITTEN_BY_TJX_0_1, "fields": {**old, **newer}}
     assert tnn.config_to_dict(config) == want
     # An older file without the newer fields (and a preset name for precision) keeps defaults.
     short = {"class": "GPT2Config", "fields": {**SMALL, "precision": "bf16"}}
@@ -131,6 +129,8 @@ def test_a_model_json_of_tjx_0_1_loads():
         ({"class": "GPT2Config", "fields": {"precision": {"param_dtype": "float32",
                                                           "compute_dtype": "nope"}}}, "dtype"),
         ({"class": "GPT2Config", "fields": {"num_heads": 0}}, "GPT2Config.num_heads"),
+        ({"class": "GPT2Config", "fields": {"moe": {"colour": 1}}}, "GPT2Config.moe has no fie"),
+        ({"class": "GPT2Config", "fields": {"mla": {"kv_latent_dim": 0}}}, "MLAConfig.kv_latent"),
     ],
 )  # fmt: skip
 def test_bad_descriptions_raise_value_errors_naming_the_problem(data, needle):
@@ -153,3 +153,31 @@ def test_model_kinds_build_their_models():
             lambda cls=cls, f=fields: tnn.build_model(cls(**f), rngs=nnx.Rngs(0))
         )
         assert type(model) is models[kind]
+
+
+@pytest.mark.parametrize("name", ["MLA_MOE", "DELTA"])
+def test_a_model_json_of_tjx_0_28_with_flat_section_settings_loads_as_the_same_model(name):
+    """tjx-nn 0.28 wrote the MoE, MLA and delta settings as flat fields: they load into their
+    sections, each value where it was, and write back nested."""
+    data = json.loads(json.dumps(getattr(written, name)))
+    flat = data["fields"]
+    config = tnn.config_from_dict(data)
+    moved = {
+        **{f"moe.{k}": k for k in ("num_experts", "router", "router_groups", "router_bias_rate")},
+        "moe.layer_step": "moe_layer_step",
+        "moe.first_dense": "moe_first_dense",
+        "moe.beside_mlp": "moe_beside_mlp",
+        "moe.router_expert_scale": "router_expert_scale",
+        **{f"mla.{k}": k for k in ("kv_latent_dim", "q_lora_rank", "qk_rope_head_dim")},
+        **{f"delta.{k}": f"delta_{k}" for k in ("key_heads", "value_dim", "conv_kernel", "impl")},
+    }
+    for new, old in moved.items():
+        assert tnn.setting_value(config, new) == flat[old], new
+    assert config.d_model == flat["d_model"]
+    again = tnn.config_to_dict(config)
+    assert not set(moved.values()) & set(again["fields"])
+    assert tnn.config_from_dict(again) == config
+    # A file holding a setting both ways is refused, naming both keys.
+    both = {**data, "fields": {**flat, "moe": {"num_experts": 2}}}
+    with pytest.raises(ValueError, match=r"LlamaConfig.num_experts: is LlamaConfig.moe.num_"):
+        tnn.config_from_dict(both)

@@ -1,3 +1,4 @@
+import dataclasses
 import re
 
 import jax
@@ -7,7 +8,7 @@ from flax import nnx
 
 from tjx import nn as tnn
 from tjx.nn.family_config import DECODER_ONLY
-from tjx.nn.moe.config import ALL_MOE_FIELDS as ALL_MOE
+from tjx.nn.moe.config import NO_MOE
 
 HF_COUNTS = {
     "small": 124_439_808,
@@ -135,10 +136,10 @@ BASE = dict(vocab_size=64, max_seq_len=16, d_model=32, num_layers=2, num_heads=4
     [
         (dict(d_model=30), "GPT2Config.d_model: 30 must be divisible by GPT2Config.num_heads (4)"),
         (dict(num_kv_heads=3), "GPT2Config.num_kv_heads: 3 must divide GPT2Config.num_heads (4)"),
-        (dict(attention_type="mla"), "GPT2Config.kv_latent_dim: attention_type 'mla' needs"),
+        (dict(attention_type="mla"), "GPT2Config.mla.kv_latent_dim: attention_type 'mla' needs"),
         (
-            dict(kv_latent_dim=8),
-            "GPT2Config.kv_latent_dim: only attention_type 'mla' uses it (got attention_type "
+            dict(mla=tnn.MLAConfig(kv_latent_dim=8)),
+            "GPT2Config.mla.kv_latent_dim: only attention_type 'mla' uses it (got attention_type "
             "'mha'); set it to None",
         ),
     ],
@@ -193,24 +194,45 @@ def test_decoders_read_every_shared_field():
     for config_class in (tnn.GPT2Config, tnn.LlamaConfig, tnn.EncoderDecoderConfig):
         unused = set(config_class.unused_fields)
         decoder = config_class is not tnn.EncoderDecoderConfig
-        assert unused == (set() if decoder else set(DECODER_ONLY) | set(ALL_MOE))
+        assert unused == (set() if decoder else set(DECODER_ONLY) | set(NO_MOE))
         assert config_class(decode_topk=2).decode_topk == 2
     assert dict(tnn.TransformerConfig.unused_fields) == {}
     assert tnn.EncoderDecoderConfig(tie_embeddings=False).tie_embeddings is False
 
 
-def test_the_moe_checks_read_the_moe_settings_alone_and_say_what_the_config_says():
-    """``check_moe`` takes the MoE values (no config): its message is the config's own."""
-    import dataclasses
+def test_the_component_sections_check_themselves_and_the_model_what_they_need_of_it():
+    """`MoEConfig`, `MLAConfig` and `DeltaConfig` refuse their own bad values when built (named
+    by their class); what a section needs of the stack is the model config's check, named by
+    the section's path in it."""
+    with pytest.raises(ValueError) as dense:
+        tnn.MoEConfig(router_z_loss=0.1)
+    assert str(dense.value).startswith("MoEConfig.router_z_loss: only MoE models use it")
+    with pytest.raises(ValueError, match=r"^MoEConfig.experts_per_token: 5 is more than the 4"):
+        tnn.MoEConfig(num_experts=4, experts_per_token=5)
+    with pytest.raises(ValueError, match=r"^MLAConfig.v_head_dim: only DeepSeek's MLA"):
+        tnn.MLAConfig(kv_latent_dim=8, v_head_dim=4)
+    with pytest.raises(ValueError, match=r"^DeltaConfig.value_heads \(3\) must be a multiple"):
+        tnn.DeltaConfig(key_heads=2, value_heads=3)
+    moe = tnn.MoEConfig(num_experts=4, first_dense=2)
+    with pytest.raises(ValueError, match=r"^LlamaConfig.moe.first_dense: with first_dense=2"):
+        tnn.LlamaConfig(num_layers=2, moe=moe)
+    assert tnn.LlamaConfig(num_layers=3, moe=moe).moe is moe
+    with pytest.raises(ValueError, match=r"^LlamaConfig.delta.key_heads: only delta layers"):
+        tnn.LlamaConfig(delta=tnn.DeltaConfig(key_heads=2))
 
-    from tjx.nn.moe.config import check_moe
 
-    defaults = {f.name: f.default for f in dataclasses.fields(tnn.LlamaConfig)}
-    moe = {name: defaults[name] for name in ALL_MOE} | {"router_z_loss": 0.1}
-    with pytest.raises(ValueError) as alone:
-        check_moe(moe, "LlamaConfig", num_layers=2, defaults=defaults)
-    with pytest.raises(ValueError) as built:
-        tnn.LlamaConfig(router_z_loss=0.1)
-    assert str(alone.value) == str(built.value)
-    assert str(alone.value).startswith("LlamaConfig.router_z_loss: only MoE models use it")
-    check_moe(moe | {"num_experts": 4}, "LlamaConfig", num_layers=2, defaults=defaults)
+def test_the_model_config_holds_its_components_as_sections():
+    """MoE, MLA and Gated DeltaNet are one field each, no flat settings of theirs beside."""
+    fields = {f.name: f for f in dataclasses.fields(tnn.LlamaConfig)}
+    sections = {"moe": tnn.MoEConfig, "mla": tnn.MLAConfig, "delta": tnn.DeltaConfig}
+    for name, cls in sections.items():
+        assert fields[name].default_factory is cls
+        assert not {f"{name}_{f.name}" for f in dataclasses.fields(cls)} & set(fields)
+    assert not {"num_experts", "router", "kv_latent_dim", "delta_impl"} & set(fields)
+    assert tuple(sections) == tnn.SECTIONS
+    config = tnn.LlamaConfig(mixer_pattern=["delta", "attention"],
+                             delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=8,
+                                                   value_dim=8))  # fmt: skip
+    changed = config.replace(**{"delta.impl": "xla", "num_layers": 4})
+    assert (changed.delta.impl, changed.delta.key_heads, changed.num_layers) == ("xla", 2, 4)
+    assert tnn.setting_value(changed, "delta.impl") == "xla"

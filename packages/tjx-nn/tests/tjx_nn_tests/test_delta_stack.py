@@ -14,7 +14,7 @@ from tjx import nn as tnn
 from tjx.nn.attention import Attention
 
 F32 = tnn.Precision(jnp.float32, jnp.float32)
-DELTA = dict(delta_key_heads=2, delta_value_heads=4, delta_key_dim=8, delta_value_dim=6)
+DELTA = tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=8, value_dim=6)
 BASE = dict(
     vocab_size=50, max_seq_len=32, d_model=32, num_layers=4, num_heads=4, num_kv_heads=2,
     head_dim=8, precision=F32,
@@ -25,7 +25,7 @@ def _config(**kw):
     return tnn.LlamaConfig(
         **{**BASE, **kw},
         mixer_pattern=["delta", "delta", "attention"],
-        **DELTA,
+        delta=DELTA,
         attention_output_gate=True,
         qk_norm=True,
         norm_plus_one=True,
@@ -36,27 +36,30 @@ def _config(**kw):
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        (dict(delta_key_heads=2), "delta_key_heads: only delta layers read it"),
-        (dict(mixer_pattern=["delta"]), "delta_key_heads: delta layers need it"),
+        (dict(delta=dict(key_heads=2)), "delta.key_heads: only delta layers read it"),
+        (dict(mixer_pattern=["delta"]), "delta.key_heads: delta layers need it"),
         (dict(mixer_pattern=["mamba"]), "mixer_pattern"),
         (dict(mixer_pattern=[]), "mixer_pattern must be a non-empty list"),
-        (dict(mixer_pattern=["delta"], **{**DELTA, "delta_value_heads": 3}), "multiple of"),
-        (dict(mixer_pattern=["delta"], **DELTA, delta_conv_kernel=0), "delta_conv_kernel"),
-        (dict(delta_impl="pallas"), "delta_impl: only delta layers read it"),
-        (dict(mixer_pattern=["delta"], **DELTA, delta_impl="triton"), "delta_impl"),
+        (dict(mixer_pattern=["delta"], delta=dict(vars(DELTA), value_heads=3)), "multiple of"),
+        (dict(mixer_pattern=["delta"], delta=dict(vars(DELTA), conv_kernel=0)), "conv_kernel"),
+        (dict(delta=dict(impl="pallas")), "delta.impl: only delta layers read it"),
+        (dict(mixer_pattern=["delta"], delta=dict(vars(DELTA), impl="triton")), "impl"),
     ],
 )
 def test_bad_mixer_settings_are_refused_by_name(changes, message):
+    """(``delta`` given as a mapping here: its own checks run as it is built.)"""
     with pytest.raises(ValueError, match=message):
+        if "delta" in changes:
+            changes = dict(changes, delta=tnn.DeltaConfig(**changes["delta"]))
         tnn.LlamaConfig(**BASE, **changes)
 
 
 def test_delta_layers_are_refused_outside_a_causal_decoder():
     fields = dict(vocab_size=50, d_model=32, num_layers=2, num_heads=4, max_seq_len=16)
     with pytest.raises(ValueError, match="BertConfig builds bidirectional attention layers"):
-        tnn.BertConfig(**fields, mixer_pattern=["delta"], **DELTA)
+        tnn.BertConfig(**fields, mixer_pattern=["delta"], delta=DELTA)
     with pytest.raises(ValueError, match="builds bidirectional, causal, cross attention layers"):
-        tnn.EncoderDecoderConfig(**fields, mixer_pattern=["delta"], **DELTA)
+        tnn.EncoderDecoderConfig(**fields, mixer_pattern=["delta"], delta=DELTA)
 
 
 def test_the_layers_mixers_repeat_the_pattern_and_only_attention_layers_hold_keys():
@@ -156,11 +159,11 @@ def test_a_scanned_hybrid_trains_as_the_unrolled_one_with_the_same_names():
 
 
 def test_delta_impl_reaches_the_rule_and_pallas_gives_the_scans_loss_and_gradients():
-    """``delta_impl`` is the delta layers' `gated_delta_rule(implementation=)`: the Pallas
+    """``delta.impl`` is the delta layers' `gated_delta_rule(implementation=)`: the Pallas
     kernels (interpreted on a CPU) give the XLA scan's loss and gradients (float32, 1e-5)."""
     cfg = _config(num_layers=1)  # one delta layer: the interpreted kernels are slow
-    model = tnn.Llama(cfg.replace(delta_impl="xla"), rngs=nnx.Rngs(0))
-    pallas = tnn.Llama(cfg.replace(delta_impl="pallas"), rngs=nnx.Rngs(1))
+    model = tnn.Llama(cfg.replace(**{"delta.impl": "xla"}), rngs=nnx.Rngs(0))
+    pallas = tnn.Llama(cfg.replace(**{"delta.impl": "pallas"}), rngs=nnx.Rngs(1))
     assert {b.delta.implementation for b in pallas.stack.layers if b.delta} == {"pallas"}
     tnn.set_flat_params(pallas, tnn.get_flat_params(model))
     tokens = jax.random.randint(jax.random.key(int(np.random.default_rng().integers(99))), (1, 8),
@@ -177,7 +180,7 @@ def test_delta_impl_reaches_the_rule_and_pallas_gives_the_scans_loss_and_gradien
 
 
 def test_the_delta_rules_implementation_is_said_beside_attentions(monkeypatch, tmp_path):
-    """#68: ``delta_impl: auto`` is XLA's scan until a GPU measured the kernels faster (tjx-kernels'
+    """#68: ``delta.impl: auto`` is XLA's scan until a GPU measured the kernels faster (tjx-kernels'
     launch table), on Hopper too; the choice is one line, said before attention's."""
     import json
 
@@ -194,10 +197,10 @@ def test_the_delta_rules_implementation_is_said_beside_attentions(monkeypatch, t
     with kernels.target(*h100):
         tnn.choose_attention_kernel(bf16.replace(attention_impl="xla"), lambda k: None,
                                     said.append, say_xla=True)  # fmt: skip
-        named = tnn.delta_kernel_line(bf16.replace(delta_impl="pallas"))
+        named = tnn.delta_kernel_line(bf16.replace(**{"delta.impl": "pallas"}))
     assert said[0].startswith("delta rule: xla (auto: no tjx measurement of the gated delta")
     assert "NVIDIA H100 80GB HBM3" in said[0] and said[1] == "attention: xla (model.attention_impl)"
-    assert named == "delta rule: pallas (model.delta_impl)"
+    assert named == "delta rule: pallas (model.delta.impl)"
     assert tnn.delta_kernel_line(tnn.LlamaConfig(**BASE)) is None  # no delta layer
     measured = tmp_path / "measured.json"
     table = {"source": "t", "entries": {}, "timings": {"gdelta-bf16": {"pallas": 2.0, "xla": 3.0}}}

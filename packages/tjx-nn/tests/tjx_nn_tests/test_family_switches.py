@@ -149,7 +149,8 @@ def test_scanned_and_remat_stacks_compute_the_same(family):
 def test_cached_decoding_matches_the_full_forward(family):
     # MLA: the key norm acts on keys up-projected from the cached latent at every step; with
     # Gemma 3's windows (gemma3-mla) those keys are re-rotated at the local base.
-    mla = dict(attention_type="mla", kv_latent_dim=8) if family.endswith("mla") else {}
+    mla = dict(attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8))
+    mla = mla if family.endswith("mla") else {}
     name = "gemma3-local" if family == "gemma3-mla" else family.removesuffix("-mla")
     model, _ = _model(name, **mla)
     tokens = jnp.asarray(_tokens(9))
@@ -258,7 +259,7 @@ def test_the_embedding_scale_is_rounded_as_transformers_rounds_it():
         (dict(attention_sinks=True, attention_impl="tokamax"), "'tokamax' cannot add attention"),
         (dict(attention_sinks=True, decode_topk=4), "decode_topk 4 is not supported with"),
         (
-            dict(attention_sinks=True, attention_type="mla", kv_latent_dim=8),
+            dict(attention_sinks=True, attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8)),
             "attention_type 'mla' is not supported with attention_sinks",
         ),
         (dict(rope_fraction=0.0), "rope_fraction must be a number in \\(0, 1\\]"),

@@ -52,7 +52,12 @@ CASES = [
     ("gpt2-untied-scan", gpt2_tiny(tie_embeddings=False, scan_layers=True), 16, None),
     ("llama-untied-gqa", llama_tiny(), 8, None),
     ("llama-tied", llama_tiny(tie_embeddings=True), 8, None),
-    ("llama-mla", llama_tiny(attention_type="mla", kv_latent_dim=8, head_dim=6), 8, None),
+    (
+        "llama-mla",
+        llama_tiny(attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8), head_dim=6),
+        8,
+        None,
+    ),
     ("bert", tnn.BertConfig(**TINY, num_labels=3), 16, None),
     ("vit", tnn.ViTConfig(**VIT), 5, None),
     (
@@ -75,8 +80,8 @@ CASES = [
 ]
 #: Qwen3.5's layout: delta layers (no score matrix) around a gated attention layer.
 QWEN3_5 = dict(
-    mixer_pattern=["delta", "attention", "delta"], delta_key_heads=2, delta_value_heads=4,
-    delta_key_dim=3, delta_value_dim=5, attention_output_gate=True,
+    mixer_pattern=["delta", "attention", "delta"], attention_output_gate=True,
+    delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=3, value_dim=5),
 )  # fmt: skip
 
 
@@ -218,8 +223,9 @@ def test_an_moe_block_beside_the_mlp_adds_its_active_weights_to_the_mlp():
     """Gemma 4's MoE layers keep their MLP: with every expert active (top 2 of 2) the active
     weights are all of the built model's matmul weights."""
     cfg = llama_tiny(
-        num_experts=2, experts_per_token=2, expert_mlp_dim=8, moe_beside_mlp=True,
-        router_input_norm=True, router_expert_scale=True, tie_embeddings=True,
+        moe=tnn.MoEConfig(num_experts=2, experts_per_token=2, expert_mlp_dim=8, beside_mlp=True,
+                          router_input_norm=True, router_expert_scale=True),
+        tie_embeddings=True,
     )  # fmt: skip
     _, n_matmul = _independent(cfg, 8, 8)
     assert tnn.matmul_param_count(cfg) == n_matmul

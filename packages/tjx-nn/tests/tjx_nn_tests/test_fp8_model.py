@@ -59,7 +59,7 @@ def test_fp8_settings_are_checked_and_saved_only_when_set():
             precision=tnn.Precision(matmul="fp8", fp8_recipe="delayed", fp8_scaling="rowwise")
         )
     with pytest.raises(ValueError, match="MoE experts"):
-        llama_tiny(precision=tnn.Precision(matmul="fp8"), num_experts=4)
+        llama_tiny(precision=tnn.Precision(matmul="fp8"), moe=tnn.MoEConfig(num_experts=4))
     plain = config_to_dict(llama_tiny())["fields"]["precision"]
     assert "matmul" not in plain  # a default config's file is as before #54
     cfg = llama_tiny(

@@ -22,10 +22,9 @@ BASE = dict(
     head_dim=4, mlp_dim=24, precision=F32,
 )  # fmt: skip
 MLA = dict(
-    num_kv_heads=4, head_dim=8, attention_type="mla", kv_latent_dim=8, qk_rope_head_dim=4,
-    v_head_dim=6,
+    num_kv_heads=4, head_dim=8, attention_type="mla",
+    mla=tnn.MLAConfig(kv_latent_dim=8, qk_rope_head_dim=4, v_head_dim=6),
 )  # fmt: skip
-MOE = dict(num_experts=4, experts_per_token=2, expert_mlp_dim=8, num_shared_experts=1)
 # gpt-oss: sinks, biases, a window on every other layer; Gemma 2's soft cap.
 SINKS = dict(
     attention_sinks=True, use_bias=True, sliding_window=4, window_pattern=("local", "global"),
@@ -35,12 +34,14 @@ SINKS = dict(
 LLAMA4 = dict(
     num_layers=4, attention_chunk=3, window_pattern=("local",) * 3 + ("global",),
     global_nope=True, qk_l2_norm=True, nope_temperature_floor=2.0, nope_temperature_scale=0.5,
-    num_experts=4, experts_per_token=1, expert_mlp_dim=4, moe_layer_step=2,
-    router="sigmoid_plain", router_norm_topk=False, router_scales_input=True,
+    moe=tnn.MoEConfig(num_experts=4, experts_per_token=1, expert_mlp_dim=4, layer_step=2,
+                      router="sigmoid_plain", router_norm_topk=False, router_scales_input=True),
 )  # fmt: skip
 # DeepSeek-V3: absorbed MLA, yarn, MoE with a capacity (which a decode step must not apply).
 DEEPSEEK = dict(
-    **MLA, **MOE, q_lora_rank=10, moe_first_dense=1, capacity_factor=0.5,
+    MLA, mla=tnn.MLAConfig(kv_latent_dim=8, qk_rope_head_dim=4, v_head_dim=6, q_lora_rank=10),
+    moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=8, num_shared_experts=1,
+                      first_dense=1, capacity_factor=0.5),
     rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=8, mscale=1.0,
                       mscale_all_dim=1.0),
 )  # fmt: skip
@@ -52,8 +53,8 @@ GEMMA4 = dict(
     per_layer_vocab_size=32,
 )  # fmt: skip
 HYBRID = dict(
-    num_layers=3, mixer_pattern=["delta", "delta", "attention"], delta_key_heads=2,
-    delta_value_heads=4, delta_key_dim=8, delta_value_dim=6, head_dim=8,
+    num_layers=3, mixer_pattern=["delta", "delta", "attention"], head_dim=8,
+    delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=8, value_dim=6),
     attention_output_gate=True,
 )  # fmt: skip
 #: Each flavour of the cached path: its config fields (Llama's unless ``gpt2``).
@@ -65,7 +66,7 @@ FLAVOURS = {
     "rolling-window": dict(sliding_window=3),
     "sinks-softcap-window": SINKS,
     "llama4-chunks": LLAMA4,
-    "mla-latent": dict(attention_type="mla", kv_latent_dim=8),
+    "mla-latent": dict(attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8)),
     "deepseek-moe": DEEPSEEK,
     # DeepSeek's MLA with biases on the up-projections: every cached latent up-projected again.
     "deepseek-unabsorbed": dict(**MLA, qkv_bias=True),

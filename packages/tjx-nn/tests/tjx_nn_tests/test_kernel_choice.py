@@ -226,14 +226,14 @@ def test_a_model_built_after_its_kernel_choice_runs_that_resolution(config, h100
 
 def test_a_deepseek_layer_resolves_for_the_wider_of_its_key_and_value_heads():
     """DeepSeek's MLA runs its kernels at max(head_dim, v_head_dim); the other kinds at head_dim."""
-    cfg = llama_tiny(
-        attention_type="mla", kv_latent_dim=16, qk_rope_head_dim=4, v_head_dim=12, num_kv_heads=4
-    )
+    mla = tnn.MLAConfig(kv_latent_dim=16, qk_rope_head_dim=4, v_head_dim=12)
+    cfg = llama_tiny(attention_type="mla", mla=mla, num_kv_heads=4)
     call = tnn.kernel_choice.attention_call(cfg, "causal")
     assert (call.width, call.softcap, call.bidirectional_window) == (12, False, False)
     layer = tnn.Attention(cfg, rngs=nnx.Rngs(0), causal=True)
     assert layer.width == call.width
-    assert tnn.kernel_choice.attention_call(cfg.replace(v_head_dim=4), "causal").width == 8
+    narrow = cfg.replace(**{"mla.v_head_dim": 4})
+    assert tnn.kernel_choice.attention_call(narrow, "causal").width == 8
     with pytest.raises(ValueError, match="attention kind must be one of"):
         tnn.kernel_choice.attention_call(cfg, "sideways")
 

@@ -5,6 +5,7 @@ with transformers itself), and the settings' refusals."""
 
 import json
 import math
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -19,13 +20,22 @@ from tjx_nn_tests._helpers import most_reads_alive
 
 MLA = dict(
     vocab_size=48, max_seq_len=32, d_model=32, num_layers=3, num_heads=4, num_kv_heads=4,
-    head_dim=12, mlp_dim=40, attention_type="mla", kv_latent_dim=16, qk_rope_head_dim=4,
-    v_head_dim=6,
+    head_dim=12, mlp_dim=40, attention_type="mla",
+    mla=tnn.MLAConfig(kv_latent_dim=16, qk_rope_head_dim=4, v_head_dim=6),
 )  # fmt: skip
-MOE = dict(
-    num_experts=8, experts_per_token=2, expert_mlp_dim=12, num_shared_experts=1,
-    moe_first_dense=1,
-)  # fmt: skip
+MOE = tnn.MoEConfig(
+    num_experts=8, experts_per_token=2, expert_mlp_dim=12, num_shared_experts=1, first_dense=1
+)
+
+
+def _mla(**changes):
+    """`MLA`'s fields with ``changes`` to its ``mla`` section."""
+    return dict(MLA, mla=replace(MLA["mla"], **changes))
+
+
+def _moe(**changes):
+    """`MOE` with ``changes``."""
+    return replace(MOE, **changes)
 YARN = dict(
     type="yarn", factor=4.0, original_max_position_embeddings=8, mscale=1.0, mscale_all_dim=1.0
 )
@@ -49,11 +59,11 @@ def _rope(x, pos, inv, attention=1.0):
 def _reference(attn, config, x):
     """DeepSeek MLA of one sequence ``x`` [s, d] in float64 from ``attn``'s parameters."""
     p = {k: np.asarray(v, np.float64) for k, v in tnn.get_flat_params(attn).items()}
-    s, rope = x.shape[0], config.qk_rope_head_dim
+    s, rope = x.shape[0], config.mla.qk_rope_head_dim
     pos = np.arange(s, dtype=np.float64)
     inv, attention = tnn.rope_parameters(rope, config.rope_theta, config.rope_scaling)
     q_in = x
-    if config.q_lora_rank:
+    if config.mla.q_lora_rank:
         q_in = _rms(x @ p["query_down.kernel"], p["query_latent_norm.scale"])
     q = np.einsum("si,ihd->shd", q_in, p["query.kernel"])
     nope = q.shape[-1] - rope
@@ -76,11 +86,11 @@ def _reference(attn, config, x):
 
 @pytest.mark.parametrize(
     "extra",
-    [dict(), dict(q_lora_rank=10, rope_scaling=YARN)],
+    [MLA, dict(_mla(q_lora_rank=10), rope_scaling=YARN)],
     ids=["v2-lite query", "v3 low-rank query, yarn mscale"],
 )
 def test_deepseek_attention_matches_a_float64_reference(extra):
-    config = tnn.LlamaConfig(**MLA, **extra)
+    config = tnn.LlamaConfig(**extra)
     attn = Attention(config, rngs=nnx.Rngs(3), causal=True)
     x = np.random.default_rng(0).normal(size=(1, 10, 32)).astype(np.float32)
     got = np.asarray(attn(jnp.asarray(x))[0])[0]
@@ -89,8 +99,8 @@ def test_deepseek_attention_matches_a_float64_reference(extra):
 
 
 def test_decoding_with_the_latent_cache_matches_the_full_forward():
-    config = tnn.LlamaConfig(**MLA, **MOE, q_lora_rank=10, router="sigmoid", router_groups=4,
-                             router_topk_groups=2, router_scale=2.5)  # fmt: skip
+    moe = _moe(router="sigmoid", router_groups=4, router_topk_groups=2, router_scale=2.5)
+    config = tnn.LlamaConfig(**_mla(q_lora_rank=10), moe=moe)
     model = tnn.Llama(config, rngs=nnx.Rngs(1))
     prompt = jnp.asarray(np.random.default_rng(2).integers(0, 48, (2, 5)))
     out = tnn.generate(model, prompt, max_new_tokens=8, temperature=0)
@@ -111,13 +121,13 @@ def test_the_cache_holds_the_normed_latent_and_the_shared_rope_key():
 
 def test_defaults_leave_the_older_mla_and_the_routers_as_they_were():
     """No DeepSeek field set: no new module, the same cache, scale and routing weights."""
-    older = tnn.LlamaConfig(**{**MLA, "qk_rope_head_dim": None, "v_head_dim": None})
+    older = tnn.LlamaConfig(**_mla(qk_rope_head_dim=None, v_head_dim=None))
     attn = Attention(older, rngs=nnx.Rngs(0), causal=True)
     assert attn.key_rope is None and attn.kv_latent_norm is None and attn.width == 12
     assert attn.scale == 1.0 / math.sqrt(12)
     assert set(tnn.init_cache(older, batch=1, max_len=4)) == {"latent"}
     logits = jax.random.normal(jax.random.key(0), (5, 8))
-    routing = ROUTERS["softmax"].fn(logits, None, tnn.LlamaConfig(**MLA, **MOE))
+    routing = ROUTERS["softmax"].fn(logits, None, tnn.LlamaConfig(**MLA, moe=MOE))
     top, _ = jax.lax.top_k(jax.nn.softmax(logits), 2)
     np.testing.assert_array_equal(routing.weights, top / top.sum(-1, keepdims=True))
 
@@ -136,8 +146,9 @@ def _grouped_reference(scores, steer, groups, keep, k, by):
 
 @pytest.mark.parametrize("router", ["softmax", "sigmoid"])
 def test_grouped_routing_chooses_within_each_tokens_best_groups(router):
-    config = tnn.LlamaConfig(**MLA, **MOE, router=router, router_groups=4, router_topk_groups=2,
-                             router_scale=2.5, router_norm_topk=router == "sigmoid")  # fmt: skip
+    moe = _moe(router=router, router_groups=4, router_topk_groups=2, router_scale=2.5,
+               router_norm_topk=router == "sigmoid")  # fmt: skip
+    config = tnn.LlamaConfig(**MLA, moe=moe)
     rng = np.random.default_rng(5)
     logits = rng.normal(size=(64, 8)).astype(np.float32)
     bias = rng.normal(size=8).astype(np.float32) * 0.3 if router == "sigmoid" else None
@@ -164,34 +175,39 @@ def test_grouped_routing_chooses_within_each_tokens_best_groups(router):
 @pytest.mark.parametrize(
     "fields, needle",
     [
-        (dict(MLA, qk_rope_head_dim=None), "v_head_dim: only DeepSeek's MLA"),
+        (dict(MLA, mla=dict(kv_latent_dim=16, v_head_dim=6)), "v_head_dim: only DeepSeek's MLA"),
         (dict(MLA, num_kv_heads=2), "num_kv_heads: DeepSeek's MLA"),
-        (dict(MLA, qk_rope_head_dim=5), "qk_rope_head_dim must be even"),
+        (_mla(qk_rope_head_dim=5), "qk_rope_head_dim must be even"),
         (
-            dict(
-                MLA,
-                attention_type="mha",
-                kv_latent_dim=None,
-                qk_rope_head_dim=None,
-                v_head_dim=None,
-                q_lora_rank=8,
-            ),
-            "q_lora_rank: only",
+            dict(MLA, attention_type="mha", mla=dict(q_lora_rank=8, qk_rope_head_dim=4)),
+            "mla.q_lora_rank: only",
         ),
-        (dict(MLA, router_scale=2.0), "router_scale: only MoE models"),
-        (dict(MLA, **MOE, router_groups=3), "router_groups: 3 must divide"),
-        (dict(MLA, **MOE, router_groups=4, router_topk_groups=5), "router_topk_groups"),
-        (dict(MLA, **MOE, router="sigmoid", router_groups=8, router_topk_groups=2), "two best"),
+        (dict(MLA, moe=dict(router_scale=2.0)), "router_scale: only MoE models"),
+        (dict(MLA, moe=dict(vars(MOE), router_groups=3)), "router_groups: 3 must divide"),
+        (
+            dict(MLA, moe=dict(vars(MOE), router_groups=4, router_topk_groups=5)),
+            "router_topk_groups",
+        ),
+        (
+            dict(MLA, moe=dict(vars(MOE), router="sigmoid", router_groups=8, router_topk_groups=2)),
+            "two best",
+        ),
     ],
 )
 def test_deepseek_settings_out_of_place_are_refused_by_name(fields, needle):
+    """(A section given as a mapping here: its own checks run as it is built.)"""
+    sections = {"mla": tnn.MLAConfig, "moe": tnn.MoEConfig}
     with pytest.raises(ValueError, match=needle):
-        tnn.LlamaConfig(**fields)
+        built = {k: sections[k](**v) if isinstance(v, dict) else v for k, v in fields.items()}
+        tnn.LlamaConfig(**built)
 
 
-V3 = dict(MLA, **MOE, q_lora_rank=10, router="sigmoid", router_groups=4, router_topk_groups=2,
-          router_scale=2.5, rope_scaling=YARN)  # fmt: skip
-V2 = dict(MLA, **{**MOE, "num_shared_experts": 2}, router_norm_topk=False, router_scale=1.5)
+V3 = dict(
+    _mla(q_lora_rank=10),
+    rope_scaling=YARN,
+    moe=_moe(router="sigmoid", router_groups=4, router_topk_groups=2, router_scale=2.5),
+)
+V2 = dict(MLA, moe=_moe(num_shared_experts=2, router_norm_topk=False, router_scale=1.5))
 
 
 @pytest.mark.parametrize("fields, model_type", [(V2, "deepseek_v2"), (V3, "deepseek_v3")])
@@ -201,7 +217,8 @@ def test_a_deepseek_export_loads_back_as_the_same_model(tmp_path, fields, model_
     hf = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert hf["model_type"] == model_type and hf["head_dim"] == 4
     loaded, config = tnn.load_hf(tmp_path / "ck", scan_layers=True)
-    assert config == model.config.replace(scan_layers=True, router_aux_loss=config.router_aux_loss)
+    aux = config.moe.router_aux_loss
+    assert config == model.config.replace(scan_layers=True, **{"moe.router_aux_loss": aux})
     want, got = tnn.get_flat_params(model), tnn.get_flat_params(loaded)
     assert set(want) == set(got)
     for name in want:
@@ -322,11 +339,12 @@ def test_deepseek_options_tjx_does_not_compute_are_refused_in_one_line(tmp_path,
 def test_deepseek_upstream_auto_map_loads(tmp_path):
     auto = {"AutoConfig": "configuration_deepseek.DeepseekV3Config"}
     _, config = tnn.load_hf(_v3_folder(tmp_path, auto_map=auto))
-    assert config.router == "sigmoid"
+    assert config.moe.router == "sigmoid"
 
 
 def test_a_model_deepseek_cannot_express_is_not_written(tmp_path):
-    model = tnn.Llama(tnn.LlamaConfig(**{**V2, "shared_expert_gate": True}), rngs=nnx.Rngs(0))
+    gated = replace(V2["moe"], shared_expert_gate=True)
+    model = tnn.Llama(tnn.LlamaConfig(**dict(V2, moe=gated)), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="shared_expert_gate=True"):
         tnn.save_hf(model, tmp_path / "no")
     assert not (tmp_path / "no").exists()
@@ -338,12 +356,12 @@ def test_flops_count_every_weight_of_deepseeks_attention_once(q_lora_rank):
     score/value terms use head_dim for q·k and v_head_dim for the values."""
     from tjx.nn.flops import _attention_weights
 
-    config = tnn.LlamaConfig(**MLA, q_lora_rank=q_lora_rank)
+    config = tnn.LlamaConfig(**_mla(q_lora_rank=q_lora_rank))
     attn = Attention(config, rngs=nnx.Rngs(0), causal=True)
     kernels = {k: v.size for k, v in tnn.get_flat_params(attn).items() if k.endswith("kernel")}
     assert sum(_attention_weights(config)) == sum(kernels.values())
     s = 16
-    older = tnn.LlamaConfig(**{**MLA, "v_head_dim": 12, "q_lora_rank": q_lora_rank})
+    older = tnn.LlamaConfig(**_mla(v_head_dim=12, q_lora_rank=q_lora_rank))
     # Narrower values (6 instead of 12 dims a head) save, per token and layer, 6·(their value
     # and output weights) (2 FLOPs a multiply-add, x3 with the backward pass), and 6·(4 heads x
     # 6 dims)·s/2 in the weighted sum (a causal query sees s/2 keys on average).
@@ -384,8 +402,9 @@ def test_v2_lites_published_config_reads_with_its_yarn_softmax_scale():
     from tjx.nn.hf.quantized import Quantization, quantization_from_hf
 
     config = deepseek_config_from_hf(V2_LITE)
-    assert (config.q_lora_rank, config.head_dim, config.v_head_dim) == (None, 12, 6)
-    assert (config.experts_per_token, config.router, config.router_groups) == (6, "softmax", 1)
+    assert (config.mla.q_lora_rank, config.head_dim, config.mla.v_head_dim) == (None, 12, 6)
+    moe = config.moe
+    assert (moe.experts_per_token, moe.router, moe.router_groups) == (6, "softmax", 1)
     assert config.rope_scaling.type == "yarn" and config.max_seq_len == 1280
     attn = Attention(config, rngs=nnx.Rngs(0), causal=True)
     mscale = 0.1 * 0.707 * math.log(40) + 1  # transformers' yarn_get_mscale(40, 0.707)
@@ -428,13 +447,13 @@ def test_import_holds_one_tensor_or_one_layers_experts_at_a_time(tmp_path, monke
     assert most_reads_alive(monkeypatch, tmp_path / "ck") == (8, 0)
 
 
-@pytest.mark.parametrize("extra", [dict(), dict(q_lora_rank=10, rope_scaling=YARN)])
+@pytest.mark.parametrize("extra", [MLA, dict(_mla(q_lora_rank=10), rope_scaling=YARN)])
 def test_the_absorbed_decode_step_equals_up_projecting_every_latent(monkeypatch, extra):
     """DeepSeek's inference form (key folded into the query, value into the output) attends to
     the same cache with the same result, to float32 rounding."""
     from tjx.nn import mla
 
-    config = tnn.LlamaConfig(**MLA, **extra)
+    config = tnn.LlamaConfig(**extra)
     attn = Attention(config, rngs=nnx.Rngs(4), causal=True)
     rng = np.random.default_rng(1)
     prompt, step = (jnp.asarray(rng.normal(size=(2, n, 32)), jnp.float32) for n in (6, 1))

@@ -167,10 +167,10 @@ def test_mtp_trains_with_dropout_and_scores_without():
 
 
 def test_an_moe_depth_adds_its_router_losses_to_the_mtp_loss():
-    """MoE blocks where the stack's layer would be (past ``moe_first_dense``), their router
+    """MoE blocks where the stack's layer would be (past ``moe.first_dense``), their router
     penalty in ``MTPLoss.loss`` (the cross-entropy means alone in its sums)."""
-    moe = dict(num_experts=4, experts_per_token=2, moe_first_dense=1, router_aux_loss=0.5)
-    model = tnn.Llama(tnn.LlamaConfig(**TINY, **moe), rngs=nnx.Rngs(5))
+    moe = tnn.MoEConfig(num_experts=4, experts_per_token=2, first_dense=1, router_aux_loss=0.5)
+    model = tnn.Llama(tnn.LlamaConfig(**TINY, moe=moe), rngs=nnx.Rngs(5))
     assert [layer.block.moe is not None for layer in model.mtp.layers] == [True, True]
     tokens = jnp.asarray(np.random.default_rng(5).integers(0, 40, (2, 9)))
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
@@ -192,13 +192,13 @@ def test_an_moe_depth_adds_its_router_losses_to_the_mtp_loss():
 #: The MTP families' flavours: GQA; DeepSeek-V3's (MLA with a low-rank query, yarn, MoE layers
 #: with a sigmoid router and a shared expert, the depth an MoE block); GLM-4.5's (partial RoPE,
 #: q/k/v biases, MoE).
-MOE = dict(
-    num_experts=4, experts_per_token=2, expert_mlp_dim=8, num_shared_experts=1, moe_first_dense=1,
+MOE = dict(moe=tnn.MoEConfig(
+    num_experts=4, experts_per_token=2, expert_mlp_dim=8, num_shared_experts=1, first_dense=1,
     router="sigmoid",
-)  # fmt: skip
+))  # fmt: skip
 DEEPSEEK_V3 = dict(
-    **MOE, num_kv_heads=4, head_dim=8, attention_type="mla", kv_latent_dim=8, qk_rope_head_dim=4,
-    v_head_dim=6, q_lora_rank=10,
+    **MOE, num_kv_heads=4, head_dim=8, attention_type="mla",
+    mla=tnn.MLAConfig(kv_latent_dim=8, qk_rope_head_dim=4, v_head_dim=6, q_lora_rank=10),
     rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=8, mscale=1.0,
                       mscale_all_dim=1.0),
 )  # fmt: skip

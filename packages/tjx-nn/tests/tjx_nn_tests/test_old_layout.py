@@ -62,6 +62,51 @@ def test_llama3s_four_numbers_read_as_the_rope_scaling_section():
     assert "model.param_dtype" in {f"model.{k}" for k in tnn.RENAMED_MODEL_KEYS}
 
 
+def test_the_flat_moe_mla_and_delta_keys_move_into_their_sections():
+    """A section written before the ``moe``/``mla``/``delta`` sections (a saved config lists
+    every key, defaults too) reads as them: each key in its section, renamed where the section
+    says it (``moe_layer_step`` → ``moe.layer_step``, ``delta_impl`` → ``delta.impl``)."""
+    old = {
+        "kind": "llama",
+        "d_model": 64,
+        "num_experts": 4,
+        "experts_per_token": 2,
+        "moe_layer_step": 2,
+        "moe_first_dense": 1,
+        "router": "sigmoid",
+        "capacity_factor": None,
+        "attention_type": "mha",
+        "kv_latent_dim": None,
+        "delta_key_heads": None,
+        "delta_impl": "auto",
+    }
+    got = tnn.migrate_model_section(old)
+    assert got == {
+        "kind": "llama",
+        "d_model": 64,
+        "attention_type": "mha",
+        "moe": {
+            "num_experts": 4,
+            "experts_per_token": 2,
+            "layer_step": 2,
+            "first_dense": 1,
+            "router": "sigmoid",
+            "capacity_factor": None,
+        },
+        "mla": {"kv_latent_dim": None},
+        "delta": {"key_heads": None, "impl": "auto"},
+    }
+    assert tnn.RENAMED_MODEL_KEYS["moe_layer_step"] == "moe.layer_step"
+    assert tnn.RENAMED_MODEL_KEYS["delta_conv_kernel"] == "delta.conv_kernel"
+    assert tnn.RENAMED_MODEL_KEYS["moe_beside_mlp"] == "moe.beside_mlp"  # Gemma 4's
+    with pytest.raises(ValueError) as err:
+        tnn.migrate_model_section({"num_experts": 4, "moe": {"num_experts": 8}})
+    new = "model.moe.num_experts"
+    assert str(err.value) == f"model.num_experts: is {new} now, which is set too; keep only {new}"
+    # A ViT saved with these flat keys is of today's layout, not the old grey-image one.
+    assert "num_channels" not in tnn.migrate_model_section({"kind": "vit", "num_experts": 0})
+
+
 def test_a_runs_start_checks_and_step_plan_went_to_the_trainer() -> None:
     """0.21 moved them to the trainer app, which tjx.nn cannot import: one ImportError line
     naming the new import."""

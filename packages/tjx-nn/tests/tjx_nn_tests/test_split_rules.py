@@ -36,8 +36,10 @@ def test_a_scanned_decoder_without_dropout_or_experts_is_pipelinable():
             "needs model.dropout=0 (no dropout keys per stage)",
         ),
         (
-            llama_tiny(scan_layers=True, dropout=0.0, num_experts=4, expert_mlp_dim=16),
-            "MoE layers are not pipelined (model.num_experts=4); set mesh.pipeline=1 "
+            llama_tiny(
+                scan_layers=True, dropout=0.0, moe=tnn.MoEConfig(num_experts=4, expert_mlp_dim=16)
+            ),
+            "MoE layers are not pipelined (model.moe.num_experts=4); set mesh.pipeline=1 "
             "(mesh.expert splits the experts instead)",
         ),
     ],
@@ -57,7 +59,7 @@ def test_a_rope_decoder_splits_and_one_way_is_no_split():
 
 
 SPLIT = "with mesh.context=2 (each sequence split over 2 devices)"
-DELTA = dict(delta_key_heads=2, delta_value_heads=4, delta_key_dim=8, delta_value_dim=8)
+DELTA = dict(delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=8, value_dim=8))
 
 
 @pytest.mark.parametrize(
@@ -141,7 +143,7 @@ def test_a_peft_export_goes_to_a_new_or_empty_folder(tmp_path):
 def test_a_peft_export_tjx_cannot_write_is_refused_before_training(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    mla = llama_tiny(num_kv_heads=4, attention_type="mla", kv_latent_dim=8)
+    mla = llama_tiny(num_kv_heads=4, attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8))
     cases = [
         (
             gpt2_tiny(),
@@ -180,8 +182,9 @@ def test_a_preference_run_of_a_dense_unsplit_model_without_z_loss_passes():
          "(DPO): the pipeline runs the SFT loss only; set it to 1"),
         (gpt2_tiny(), {"context": 2}, "mesh.context: cannot apply with data.format=preference "
          "(DPO): a pair's rows are scored whole; set it to 1"),
-        (llama_tiny(num_experts=4, expert_mlp_dim=16), {}, "model.num_experts: cannot apply with "
-         "data.format=preference (DPO): the router's balancing losses are not part of the DPO "
+        (llama_tiny(moe=tnn.MoEConfig(num_experts=4, expert_mlp_dim=16)), {},
+         "model.moe.num_experts: cannot apply with data.format=preference (DPO): the router's "
+         "balancing losses are not part of the DPO "
          "loss; train a dense model"),
         (gpt2_tiny(), {"z_loss": 1e-4}, "train.z_loss: cannot apply with data.format=preference "
          "(DPO): the DPO loss has no z-loss term; set it to 0"),

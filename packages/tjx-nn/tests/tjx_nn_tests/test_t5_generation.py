@@ -37,7 +37,9 @@ def _recompute(fwd, b, prompts, lengths, max_new):
     "cfg",
     [
         llama_tiny(position="t5", scan_layers=True, **SMALL),
-        llama_tiny(position="t5", attention_type="mla", kv_latent_dim=8, **SMALL),
+        llama_tiny(
+            position="t5", attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8), **SMALL
+        ),
         gpt2_tiny(position="t5", num_layers=1),
     ],
     ids=["llama-gqa-scan-small-table", "llama-mla-cache", "gpt2-unrolled-default-table"],

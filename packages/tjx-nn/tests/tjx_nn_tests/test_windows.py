@@ -70,7 +70,7 @@ def _greedy_checked_by_one_forward(model, out, lengths, new):
     "kw",
     [
         dict(),  # every layer local: a rolling cache of 4 slots
-        dict(attention_type="mla", kv_latent_dim=8),  # rolling latent cache
+        dict(attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8)),  # rolling latent cache
         dict(window_pattern=["global", "local"], scan_layers=True),  # full cache, window masks
     ],
     ids=["rolling", "rolling-mla", "mixed-scanned"],

@@ -21,7 +21,9 @@ V, D = TINY["vocab_size"], TINY["d_model"]
 MODELS = {
     "gpt2": lambda: gpt2_tiny(dropout=0.1, attention_dropout=0.1),
     "llama-scan-remat": lambda: llama_tiny(scan_layers=True, remat="full"),
-    "llama-mla": lambda: llama_tiny(attention_type="mla", kv_latent_dim=8, num_layers=1),
+    "llama-mla": lambda: llama_tiny(
+        attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8), num_layers=1
+    ),
     "alibi": lambda: gpt2_tiny(position="alibi", num_layers=1),
     "t5-decoder": lambda: tnn.TransformerConfig(**{**TINY, "num_layers": 1}, position="t5"),
     "bert": lambda: tnn.BertConfig(**TINY, dropout=0.1),

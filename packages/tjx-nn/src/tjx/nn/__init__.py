@@ -27,9 +27,11 @@ from tjx.nn.configs import (
     NORMS,
     POSITIONS,
     REMAT_POLICIES,
+    SECTIONS,
     GPT2Config,
     LlamaConfig,
     TransformerConfig,
+    setting_value,
 )
 from tjx.nn.decoder import GPT2, DecoderLM, Llama, head_cross_entropy
 from tjx.nn.decoder_stages import DecoderStages, decoder_stages, pipelined_loss_fn
@@ -38,7 +40,7 @@ from tjx.nn.encdec import EncoderDecoder
 from tjx.nn.encoder_configs import BertConfig, EncoderDecoderConfig, ViTConfig
 from tjx.nn.flops import flops_per_token, flops_per_unit, matmul_param_count
 from tjx.nn.fp8 import Fp8Meta, advance_meta
-from tjx.nn.gated_deltanet import DeltaState, GatedDeltaNet
+from tjx.nn.gated_deltanet import DeltaConfig, DeltaState, GatedDeltaNet
 from tjx.nn.generation import GenerationPrograms, generate, lower_generation, sample_logits
 from tjx.nn.gpt2_presets import gpt2_config
 from tjx.nn.grpo.losses import (
@@ -97,6 +99,7 @@ from tjx.nn.losses import (
     masked_mean,
     mlm_mask,
 )
+from tjx.nn.mla_config import MLAConfig
 from tjx.nn.mlp import MLP
 from tjx.nn.model_state import (
     concrete_state,
@@ -106,7 +109,7 @@ from tjx.nn.model_state import (
     reseed,
     split_fp8_meta,
 )
-from tjx.nn.moe.config import moe_layers
+from tjx.nn.moe.config import MoEConfig, moe_layers
 from tjx.nn.moe.layer import MoE, MoEStats, router_penalty
 from tjx.nn.moe.parallel import current_expert_parallel, expert_parallel_scope
 from tjx.nn.mtp import MTP, MTPLayer, MTPLoss, mtp_loss, mtp_metric
@@ -189,6 +192,7 @@ __all__ = [
     "BertConfig",
     "Block",
     "DTYPE_NAMES",
+    "DeltaConfig",
     "DecoderLM",
     "DecoderStages",
     "Dense",
@@ -213,7 +217,9 @@ __all__ = [
     "LoraConfig",
     "MLP",
     "MODEL_KINDS",
+    "MLAConfig",
     "MoE",
+    "MoEConfig",
     "MoEStats",
     "NORMS",
     "OBJECTIVES",
@@ -232,6 +238,7 @@ __all__ = [
     "RelativePositionBias",
     "RopeScaling",
     "Routing",
+    "SECTIONS",
     "SequenceSplit",
     "Stack",
     "TRAINING_FIELDS",
@@ -337,6 +344,7 @@ __all__ = [
     "sequence_logprobs",
     "sequence_parallel",
     "set_flat_params",
+    "setting_value",
     "sinusoidal",
     "split_fp8_meta",
     "summary",

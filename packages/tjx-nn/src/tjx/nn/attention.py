@@ -137,7 +137,7 @@ class Attention(nnx.Module):
         # (`attention_call`, which the kernel is resolved for).
         self.v_dim = ds.value_dim(c) if self.deepseek else hd
         call = attention_call(c, layer_kind(causal=causal, cross=cross))
-        self.width, self.rope_dim = call.width, c.qk_rope_head_dim or 0
+        self.width, self.rope_dim = call.width, c.mla.qk_rope_head_dim or 0
         # The kernel, resolved once for the device the model is built for (inside a
         # `tjx.kernels.target` block: that device), before the model was built (``kernel``) or
         # here: a call runs it and chooses nothing. A name that cannot serve this model here is
@@ -154,7 +154,7 @@ class Attention(nnx.Module):
             for name, module in modules.items():
                 setattr(self, name, module)
         elif self.mla:
-            r = c.kv_latent_dim
+            r = c.mla.kv_latent_dim
             assert r is not None
             self.query = Dense((d,), (h, hd), ("embed",), ("heads", "head_dim"), init=init, **qkv)
             # The latent dim is not one of the logical axes: leave it replicated (None).

@@ -111,21 +111,21 @@ class Block(nnx.Module):
         if mixer == "delta":
             if cross or not causal:
                 raise ValueError("delta layers (Gated DeltaNet) are causal decoder layers only")
-            assert c.delta_key_heads is not None and c.delta_value_heads is not None
-            assert c.delta_key_dim is not None and c.delta_value_dim is not None
+            assert c.delta.key_heads is not None and c.delta.value_heads is not None
+            assert c.delta.key_dim is not None and c.delta.value_dim is not None
             self.attn: Attention | None = None
             self.delta: GatedDeltaNet | None = GatedDeltaNet(
                 c.d_model,
-                num_k_heads=c.delta_key_heads,
-                num_v_heads=c.delta_value_heads,
-                head_k_dim=c.delta_key_dim,
-                head_v_dim=c.delta_value_dim,
+                num_k_heads=c.delta.key_heads,
+                num_v_heads=c.delta.value_heads,
+                head_k_dim=c.delta.key_dim,
+                head_v_dim=c.delta.value_dim,
                 rngs=rngs,
-                conv_kernel=c.delta_conv_kernel,
+                conv_kernel=c.delta.conv_kernel,
                 eps=c.norm_eps,
                 init_std=c.init_std,
                 precision=c.precision,
-                implementation=c.delta_impl,
+                implementation=c.delta.impl,
             )
         else:
             self.delta = None
@@ -147,7 +147,7 @@ class Block(nnx.Module):
         self.moe: MoE | None = MoE(c, rngs=rngs, out_std=out_std) if moe else None
         # moe_beside_mlp: an MoE layer keeps its MLP, the MoE block beside it with norms of its own:
         # the MLP's output norm (``mlp_mid_norm``), the MoE's input and output norms.
-        beside = moe and c.moe_beside_mlp
+        beside = moe and c.moe.beside_mlp
         self.mlp_mid_norm = norm(beside)
         self.moe_norm = norm(beside)
         self.moe_post_norm = norm(beside)
@@ -165,7 +165,7 @@ class Block(nnx.Module):
                 precision=c.precision,
             )
         )
-        self.router_reads_residual = c.router_input_norm  # the router reads the raw residual
+        self.router_reads_residual = c.moe.router_input_norm  # the router reads the raw residual
         self.per_layer = layer_input(c, rngs=rngs, out_std=out_std)
         self.scale = (
             make_param(rngs, ones(), (1,), (None,), c.precision.param_dtype)

@@ -13,6 +13,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from tjx.nn.configs import TransformerConfig
+from tjx.nn.old_layout import nest_section_keys
 from tjx.nn.precision import FP8_SETTINGS, Precision, idle_fp8_settings
 from tjx.nn.registry import MODEL_KINDS
 from tjx.nn.rope_scaling import RopeScaling
@@ -34,7 +35,8 @@ def config_to_dict(config: TransformerConfig) -> dict[str, Any]:
         ``{"class": name, "fields": {field: value}}``; ``precision`` is
         ``{"param_dtype": name, "compute_dtype": name, "logits_dtype": name}`` (and the float8
         settings ``matmul``, ``fp8_*`` where ``matmul="fp8"``), ``rope_scaling``
-        its set fields (``RopeScaling.as_dict``), tuples lists.
+        its set fields (``RopeScaling.as_dict``), the ``moe``/``mla``/``delta`` sections
+        mappings of their fields, tuples lists.
     """
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(config):
@@ -53,6 +55,8 @@ def config_to_dict(config: TransformerConfig) -> dict[str, Any]:
             value = value.as_dict()
         elif isinstance(value, tuple):
             value = list(value)
+        elif dataclasses.is_dataclass(value):  # a component section: its fields, plain values
+            value = dataclasses.asdict(value)  # type: ignore[arg-type]
         fields[f.name] = value
     return {"class": type(config).__name__, "fields": fields}
 
@@ -63,7 +67,8 @@ def config_from_dict(data: Mapping[str, Any]) -> TransformerConfig:
     Parameters
     ----------
     data : Mapping
-        ``{"class": name, "fields": {...}}``, e.g. parsed from JSON.
+        ``{"class": name, "fields": {...}}``, e.g. parsed from JSON; a file written before the
+        ``moe``/``mla``/``delta`` sections (their settings flat fields) reads the same.
 
     Returns
     -------
@@ -83,11 +88,16 @@ def config_from_dict(data: Mapping[str, Any]) -> TransformerConfig:
     if not isinstance(fields, Mapping):
         raise ValueError(f"config_from_dict: 'fields' must be a mapping; got {fields!r}")
     cls = classes[name]
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - known)
+    values = nest_section_keys(dict(fields), name)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"config_from_dict: {name} has no field(s) {', '.join(unknown)}")
-    values = dict(fields)
+    for key, value in values.items():
+        section = known[key].default_factory  # a component section's class (MoEConfig ...)
+        is_section = section is not Precision and dataclasses.is_dataclass(section)
+        if isinstance(value, Mapping) and is_section:
+            values[key] = _section(section, value, f"{name}.{key}")  # type: ignore[arg-type]
     precision = values.get("precision")
     if isinstance(precision, Mapping):  # dtype names; a preset name passes through as it is
         # A float8 setting its run never read (an amax history under current scaling, saved
@@ -109,3 +119,12 @@ def config_from_dict(data: Mapping[str, Any]) -> TransformerConfig:
                 f"compute_dtype; got {precision!r}"
             ) from None
     return cls(**values)
+
+
+def _section(cls: type, value: Mapping[str, Any], key: str) -> Any:
+    """Component section ``cls`` (``MoEConfig`` ...) of its fields ``value`` (an unknown one
+    named, as the model's own)."""
+    unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"config_from_dict: {key} has no field(s) {', '.join(unknown)}")
+    return cls(**value)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from tjx.core.config.values import choice, positive, rate
 from tjx.core.fields import setting
-from tjx.kernels import CE_IMPLEMENTATIONS, GATED_DELTA_IMPLEMENTATIONS, IMPLEMENTATIONS
+from tjx.kernels import CE_IMPLEMENTATIONS, IMPLEMENTATIONS
 from tjx.nn.family_config import (
     DECODER_NORM_POSITIONS,
     GEMMA4_SWITCHES,
@@ -27,7 +27,9 @@ from tjx.nn.family_config import (
     check_mtp,
 )
 from tjx.nn.fp8 import check_fp8
-from tjx.nn.moe.config import ALL_MOE_FIELDS, ROUTER_DTYPES, ROUTER_NAMES, check_moe
+from tjx.nn.gated_deltanet import DELTA_SIZES, DeltaConfig
+from tjx.nn.mla_config import DEEPSEEK_MLA, MLAConfig
+from tjx.nn.moe.config import MoEConfig
 from tjx.nn.precision import Precision, as_precision
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
@@ -46,14 +48,12 @@ REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_output", "save_do
 ATTENTION_TYPES = ("mha", "mla")
 #: What each entry of ``window_pattern`` says about a layer: sliding window or full attention.
 LAYER_KINDS = ("local", "global")
+#: The component sections of a model config (their own config classes): a setting in one is named
+#: by a dotted key, ``moe.num_experts``.
+SECTIONS = ("moe", "mla", "delta")
 #: What each entry of ``mixer_pattern`` says about a layer: its token mixer, attention or Gated
 #: DeltaNet linear attention (:mod:`tjx.nn.gated_deltanet`, Qwen3-Next and Qwen3.5).
 MIXERS = ("attention", "delta")
-#: Who runs the gated delta rule across chunks (tjx.kernels' `gated_delta_auto` picks for auto:
-#: XLA unless a GPU measured the kernels faster).
-DELTA_IMPLS: tuple[str, ...] = GATED_DELTA_IMPLEMENTATIONS
-#: The Gated DeltaNet sizes: only a stack with delta layers reads them.
-DELTA_SIZES = ("delta_key_heads", "delta_value_heads", "delta_key_dim", "delta_value_dim")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,10 +79,14 @@ class TransformerConfig:
     decodes with a rolling KV cache of the window's size.
 
     Qwen3's, OLMo 2's and Gemma 2/3's switches (``qk_norm`` ... ``rope_local_theta``) are checked
-    by ``check_family`` below (what they are: :mod:`tjx.nn.family_config`); DeepSeek's MLA
-    (``q_lora_rank`` ...) in :mod:`tjx.nn.mla`. Every check is this module's but the MoE
-    settings' (:mod:`tjx.nn.moe.config`, handed those settings alone) and one value's
-    (``choice``, ``positive``, ``rate``: tjx-core's, which every tjx-nn config class uses).
+    by ``check_family`` below (what they are: :mod:`tjx.nn.family_config`). The mixture of
+    experts, multi-head latent attention and Gated DeltaNet are component sections, one field
+    each: ``moe`` (`MoEConfig`, :mod:`tjx.nn.moe.config`), ``mla`` (`MLAConfig`,
+    :mod:`tjx.nn.mla_config`) and ``delta`` (`DeltaConfig`, :mod:`tjx.nn.gated_deltanet`); each
+    checks its own values when built, and this module what it needs of the rest of the model
+    (``check_mla``, ``check_mixers``, the stack's first MoE layer). A setting in a section is named
+    by a dotted key (``"moe.num_experts"``: `replace`, `setting_value`). The single values'
+    checks (``choice``, ``positive``, ``rate``) are tjx-core's, which every tjx-nn config uses.
 
     ``unused_fields`` (a class attribute) names the shared fields a family's model never reads,
     each with the reason: such a field must keep its class default (any other value would be
@@ -179,10 +183,9 @@ class TransformerConfig:
     attention_type: str = setting(
         "mha", choices=ATTENTION_TYPES, help="mla: keys/values from one low-rank latent per token"
     )
-    kv_latent_dim: int | None = setting(None, help="attention_type=mla: the latent's size")
-    q_lora_rank: int | None = setting(None, help="mla: low-rank query width (DeepSeek-V3)")
-    qk_rope_head_dim: int | None = setting(None, help="mla: head_dim's shared rotated tail")
-    v_head_dim: int | None = setting(None, help="mla: a value head's width; None: head_dim")
+    mla: MLAConfig = setting(
+        MLAConfig, factory=True, help="attention_type=mla: the latent's and DeepSeek's sizes"
+    )
     decode_topk: int | None = setting(
         None, resumable=True, help="decoding attends to the top-k cached keys only; None: all"
     )
@@ -232,19 +235,8 @@ class TransformerConfig:
         each_choices=MIXERS,
         help="layers' token mixers, repeated (delta: Gated DeltaNet); None: all attention",
     )
-    delta_key_heads: int | None = setting(None, help="delta layers: query and key heads")
-    delta_value_heads: int | None = setting(
-        None, help="delta layers: value heads (a multiple of the key heads)"
-    )
-    delta_key_dim: int | None = setting(None, help="delta layers: a query/key head's width")
-    delta_value_dim: int | None = setting(None, help="delta layers: a value head's width")
-    delta_conv_kernel: int = setting(4, help="delta layers: the causal convolution's taps")
-    delta_impl: str = setting(
-        "auto",
-        choices=DELTA_IMPLS,
-        resumable=True,
-        help="delta layers: who runs the rule across chunks: xla (a scan), pallas (kernels); "
-        "auto: pallas where a GPU measured it faster (the launch table), else xla",
+    delta: DeltaConfig = setting(
+        DeltaConfig, factory=True, help="the Gated DeltaNet layers (mixer_pattern's delta)"
     )
     # Gemma 4's layer switches (``family_config``: what they are; ``check_layers``: checks).
     global_head_dim: int | None = setting(
@@ -273,36 +265,8 @@ class TransformerConfig:
         None, help="rows of the per-layer embedding table; None: vocab_size"
     )
     layer_scale: bool = setting(False, help="each layer's output times a learned scalar (Gemma 4)")
-    moe_beside_mlp: bool = setting(
-        False, help="MoE layers keep their dense MLP, the MoE block beside it (Gemma 4)"
-    )
-    router_input_norm: bool = setting(
-        False, help="MoE: the router reads the unnormed input, RMS-normed × a scale / sqrt(d)"
-    )
-    router_expert_scale: bool = setting(
-        False, help="MoE: routed weights times a learned scale per expert (Gemma 4)"
-    )
-    num_experts: int = setting(0, help="MoE: routed experts per MoE layer; 0: dense MLPs")
-    experts_per_token: int = setting(2, help="MoE: experts each token is routed to (top-k)")
-    expert_mlp_dim: int | None = setting(None, help="MoE: a routed expert's width; None: mlp_dim")
-    num_shared_experts: int = setting(0, help="MoE: experts every token goes through (DeepSeek)")
-    shared_expert_mlp_dim: int | None = setting(None, help="MoE: all shared experts' width")
-    shared_expert_gate: bool = setting(False, help="MoE: a sigmoid gate on the shared output")
-    moe_layer_step: int = setting(1, help="MoE: layer i is MoE when (i + 1) % step == 0")
-    moe_first_dense: int = setting(0, help="MoE: the first k layers keep a dense MLP")
-    router: str = setting("softmax", choices=ROUTER_NAMES, help="MoE: the router (see ROUTERS)")
-    router_norm_topk: bool = setting(True, help="MoE: the top-k weights sum to 1")
-    router_aux_loss: float = setting(0.01, help="MoE: load-balancing loss coefficient (Switch)")
-    router_z_loss: float = setting(0.0, help="MoE: router z-loss coefficient (ST-MoE)")
-    router_dtype: str = setting("float32", choices=ROUTER_DTYPES, help="MoE: the router's dtype")
-    router_bias_rate: float = setting(1e-3, resumable=True, help="MoE: sigmoid router's bias step")
-    router_scale: float = setting(1.0, help="MoE: routed weights times this (DeepSeek)")
-    router_groups: int = setting(1, help="MoE: expert groups (DeepSeek's n_group)")
-    router_topk_groups: int = setting(1, help="MoE: groups a token's experts come from")
-    capacity_factor: float | None = setting(None, help="MoE: slots / fair share; None: dropless")
-    router_logit_bias: bool = setting(False, help="MoE: a learned bias on the router's logits")
-    router_scales_input: bool = setting(
-        False, help="MoE: routed weights scale each expert's input, not its output (Llama 4)"
+    moe: MoEConfig = setting(
+        MoEConfig, factory=True, help="mixture-of-experts layers; num_experts 0: dense MLPs"
     )
 
     def __post_init__(self) -> None:
@@ -320,7 +284,6 @@ class TransformerConfig:
         choice(cls, "position", self.position, POSITIONS)
         choice(cls, "attention_impl", self.attention_impl, ATTENTION_IMPLS)
         choice(cls, "cross_entropy_impl", self.cross_entropy_impl, CE_IMPLS)
-        choice(cls, "delta_impl", self.delta_impl, DELTA_IMPLS)
         choice(cls, "remat", self.remat, REMAT_POLICIES)
         choice(cls, "attention_type", self.attention_type, ATTENTION_TYPES)
         rate(cls, "dropout", self.dropout)
@@ -338,7 +301,7 @@ class TransformerConfig:
         check_mla(self, cls)
         if self.decode_topk is not None:
             positive(cls, "decode_topk", self.decode_topk)
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        defaults = field_defaults(self)
         # Multi-token prediction's, Gemma 4's and float8's rules live with them (family_config,
         # fp8) and apply once one of their settings leaves its default (the defaults are valid):
         # a config without them is read in this file alone.
@@ -347,9 +310,8 @@ class TransformerConfig:
         check_family(self, cls)
         if any(getattr(self, n) != defaults[n] for n in GEMMA4_SWITCHES):
             check_layers(self, cls)
-        # The MoE checks take the MoE settings alone (and their class defaults).
-        moe = {name: getattr(self, name) for name in ALL_MOE_FIELDS}
-        check_moe(moe, cls, num_layers=self.num_layers, defaults=defaults)
+        # The sections check themselves when built; what they need of the stack is checked here.
+        self.moe.check_layers(self.num_layers, f"{cls}.moe")
         check_unused(self, cls)
         if self.precision.fp8:
             check_fp8(self, cls)
@@ -390,7 +352,15 @@ class TransformerConfig:
         return self.mlp_activation in GATED_ACTIVATIONS
 
     def replace(self, **changes: Any) -> TransformerConfig:
-        """A copy with ``changes`` applied (validated again)."""
+        """A copy with ``changes`` applied (validated again); a dotted key (``"delta.impl"``)
+        changes that field of a component section (`SECTIONS`)."""
+        nested: dict[str, dict[str, Any]] = {}
+        for key in [k for k in changes if "." in k]:
+            section, name = key.split(".", 1)
+            nested.setdefault(section, {})[name] = changes.pop(key)
+        for section, values in nested.items():
+            base = changes.get(section, getattr(self, section))
+            changes[section] = dataclasses.replace(base, **values)
         return dataclasses.replace(self, **changes)
 
 
@@ -564,33 +534,28 @@ def set_pattern(config: Any, cls: str, name: str, kinds: tuple[str, ...]) -> Non
 
 def check_mixers(config: Any, cls: str) -> None:
     """A ``mixer_pattern`` of ``MIXERS`` (a tuple: the config is hashable); with delta layers,
-    their sizes, and what a stack of them does not run yet refused by name."""
-    pattern = config.mixer_pattern
+    the ``delta`` section's sizes, and what a stack of them does not run yet refused by name."""
+    pattern, delta = config.mixer_pattern, config.delta
     if pattern is not None:
         set_pattern(config, cls, "mixer_pattern", MIXERS)
     if pattern is None or "delta" not in pattern:
-        if config.delta_impl != "auto":
+        if delta.impl != "auto":
             raise ValueError(
-                f"{cls}.delta_impl: only delta layers read it, and mixer_pattern has none; set "
-                f"it to 'auto' (got {config.delta_impl!r})"
+                f"{cls}.delta.impl: only delta layers read it, and mixer_pattern has none; set "
+                f"it to 'auto' (got {delta.impl!r})"
             )
         for name in DELTA_SIZES:
-            if getattr(config, name) is not None:
+            if getattr(delta, name) is not None:
                 raise ValueError(
-                    f"{cls}.{name}: only delta layers read it, and mixer_pattern has none; add "
-                    "'delta' to mixer_pattern or set it to None"
+                    f"{cls}.delta.{name}: only delta layers read it, and mixer_pattern has none; "
+                    "add 'delta' to mixer_pattern or set it to None"
                 )
         return
     for name in DELTA_SIZES:
-        if getattr(config, name) is None:
-            raise ValueError(f"{cls}.{name}: delta layers need it (mixer_pattern has 'delta')")
-        positive(cls, name, getattr(config, name))
-    positive(cls, "delta_conv_kernel", config.delta_conv_kernel)
-    if config.delta_value_heads % config.delta_key_heads:
-        raise ValueError(
-            f"{cls}.delta_value_heads ({config.delta_value_heads}) must be a multiple of "
-            f"delta_key_heads ({config.delta_key_heads}): each key head serves value heads"
-        )
+        if getattr(delta, name) is None:
+            raise ValueError(
+                f"{cls}.delta.{name}: delta layers need it (mixer_pattern has 'delta')"
+            )
     if tuple(config.attention_layers) != ("causal",):
         raise ValueError(
             f"{cls}.mixer_pattern: delta layers are a causal decoder's; {cls} builds "
@@ -598,42 +563,30 @@ def check_mixers(config: Any, cls: str) -> None:
         )
 
 
-#: DeepSeek's MLA settings (:mod:`tjx.nn.mla`): only ``attention_type="mla"`` reads them.
-DEEPSEEK_MLA = ("q_lora_rank", "qk_rope_head_dim", "v_head_dim")
-
-
 def check_deepseek_mla(config: Any, cls: str) -> None:
-    """DeepSeek's MLA fields: with MLA only; ``q_lora_rank``/``v_head_dim`` with the shared rope
-    key (``qk_rope_head_dim``), which needs RoPE, an even width within ``head_dim``, a key and a
-    value per query head, and no q/k norm (DeepSeek has none)."""
-    c = config
+    """DeepSeek's MLA sizes (``mla.q_lora_rank`` ...): with MLA only; the shared rope key
+    (``mla.qk_rope_head_dim``) needs RoPE, an even width within ``head_dim``, a key and a value
+    per query head, and no q/k norm (DeepSeek has none)."""
+    c, mla = config, config.mla
     for name in DEEPSEEK_MLA:
-        value = getattr(c, name)
-        if value is None:
-            continue
-        if c.attention_type != "mla":
+        if getattr(mla, name) is not None and c.attention_type != "mla":
             raise ValueError(
-                f"{cls}.{name}: only attention_type 'mla' uses it (got attention_type "
+                f"{cls}.mla.{name}: only attention_type 'mla' uses it (got attention_type "
                 f"{c.attention_type!r}); set it to None"
             )
-        positive(cls, name, value)
-        if name != "qk_rope_head_dim" and c.qk_rope_head_dim is None:
-            raise ValueError(
-                f"{cls}.{name}: only DeepSeek's MLA (qk_rope_head_dim set) uses it; set "
-                f"qk_rope_head_dim or set {name} to None"
-            )
-    rope = c.qk_rope_head_dim
+    rope = mla.qk_rope_head_dim
     if rope is None:
         return
     if rope % 2 or rope > c.head_dim:
         raise ValueError(
-            f"{cls}.qk_rope_head_dim must be even and at most head_dim ({c.head_dim}); got {rope}"
+            f"{cls}.mla.qk_rope_head_dim must be even and at most head_dim ({c.head_dim}); got "
+            f"{rope}"
         )
     needs = {"position": "rope", "num_kv_heads": c.num_heads, "qk_norm": False}
     for name, want in needs.items():
         if getattr(c, name) != want:
             raise ValueError(
-                f"{cls}.{name}: DeepSeek's MLA (qk_rope_head_dim set) needs {name}={want!r}; "
+                f"{cls}.{name}: DeepSeek's MLA (mla.qk_rope_head_dim set) needs {name}={want!r}; "
                 f"got {getattr(c, name)!r}"
             )
 
@@ -641,16 +594,16 @@ def check_deepseek_mla(config: Any, cls: str) -> None:
 def check_mla(config: Any, cls: str) -> None:
     """The latent's size goes with MLA, and only with it (other attention ignores it)."""
     check_deepseek_mla(config, cls)
+    latent = config.mla.kv_latent_dim
     if config.attention_type == "mla":
-        if config.kv_latent_dim is None:
+        if latent is None:
             raise ValueError(
-                f"{cls}.kv_latent_dim: attention_type 'mla' needs the latent's size, a "
+                f"{cls}.mla.kv_latent_dim: attention_type 'mla' needs the latent's size, a "
                 "positive int; got None"
             )
-        positive(cls, "kv_latent_dim", config.kv_latent_dim)
-    elif config.kv_latent_dim is not None:
+    elif latent is not None:
         raise ValueError(
-            f"{cls}.kv_latent_dim: only attention_type 'mla' uses it (got attention_type "
+            f"{cls}.mla.kv_latent_dim: only attention_type 'mla' uses it (got attention_type "
             f"{config.attention_type!r}); set it to None"
         )
 
@@ -782,10 +735,27 @@ def rotated_dims(config: Any) -> int:
     return int(config.head_dim * config.rope_fraction)
 
 
+def field_defaults(config: Any) -> dict[str, Any]:
+    """Each field of ``config``'s class → its default (a section's: a fresh default instance)."""
+    return {
+        f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(config)
+    }
+
+
 def check_unused(config: Any, cls: str) -> None:
     """A field this family's model never reads keeps its default (else it would be ignored)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    defaults = field_defaults(config)
     for name, why in type(config).unused_fields.items():
         value = getattr(config, name)
         if value != defaults[name]:
             raise ValueError(f"{cls}.{name}: {why}; got {value!r}, set it to {defaults[name]!r}")
+
+
+def setting_value(config: Any, key: str) -> Any:
+    """The value of setting ``key`` of ``config``: a field, or a dotted one of a component
+    section (``"moe.router"``)."""
+    value = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value

@@ -371,8 +371,8 @@ class DecoderLM(nnx.Module):
             model.update_router_bias(moe_sums.expert_tokens)
             params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         """
-        if self.config.num_experts:
-            self.stack.update_router_bias(expert_tokens, self.config.router_bias_rate)
+        if self.config.moe.num_experts:
+            self.stack.update_router_bias(expert_tokens, self.config.moe.router_bias_rate)
 
     # -- incremental decoding --------------------------------------------------------------------
     def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> dict[str, Array]:

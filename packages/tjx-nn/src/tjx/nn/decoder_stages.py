@@ -79,10 +79,10 @@ def decoder_stages(
             f"{type(model).__name__}"
         )
     c = model.config
-    if c.num_experts:
+    if c.moe.num_experts:
         raise ValueError(
             "decoder_stages: MoE layers are not pipelined (their router losses and statistics "
-            f"would be lost between stages); got num_experts={c.num_experts} (set it to 0)"
+            f"would be lost between stages); got moe.num_experts={c.moe.num_experts} (set it to 0)"
         )
     if c.mtp_depths:
         raise ValueError(

@@ -67,11 +67,12 @@ without a window (``layer_windows``' None):
   RMS-normed per layer) are averaged (× ``1/sqrt 2``) into one P-vector per layer and token; after
   its MLP, layer ``i`` adds ``norm(W_up(gelu_tanh(W_gate h) · ple_i))`` to its residual.
 * ``layer_scale``: each layer's output (residual included) times a learned scalar (``[1]``).
-* ``moe_beside_mlp`` (MoE layers): the dense MLP stays and the MoE block runs beside it on the
+* ``moe.beside_mlp`` (MoE layers): the dense MLP stays and the MoE block runs beside it on the
   same residual, each with its own norms: ``x + n(n₁(mlp(n₀(x))) + n₃(moe(n₂(x))))``.
-  ``router_input_norm``: the router reads ``rms(x)·s/sqrt(d)`` of that residual (``s`` a learned
-  ``[d]`` scale), not the experts' input; ``router_expert_scale``: each routed weight (after the
-  top-k renormalisation) times a learned scale of its expert.
+  ``moe.router_input_norm``: the router reads ``rms(x)·s/sqrt(d)`` of that residual (``s`` a learned
+  ``[d]`` scale), not the experts' input; ``moe.router_expert_scale``: each routed weight (after
+  the top-k renormalisation) times a learned scale of its expert. (These three are the ``moe``
+  section's, `MoEConfig`, which refuses them without experts.)
 """
 
 from __future__ import annotations
@@ -105,9 +106,6 @@ GEMMA4_SWITCHES = (
     "per_layer_input_dim",
     "per_layer_vocab_size",
     "layer_scale",
-    "moe_beside_mlp",
-    "router_input_norm",
-    "router_expert_scale",
 )
 #: Fields only decoders (GPT2, Llama) read: the other families refuse them (``unused_fields``).
 DECODER_ONLY: Mapping[str, str] = {
@@ -231,11 +229,6 @@ def check_layers(config: Any, cls: str) -> None:
             f"{cls}.per_layer_vocab_size: only per-layer embeddings use it "
             "(per_layer_input_dim 0); set it to None"
         )
-    for name in ("moe_beside_mlp", "router_input_norm", "router_expert_scale"):
-        if getattr(c, name) and not c.num_experts:
-            raise ValueError(
-                f"{cls}.{name}: only MoE layers use it (num_experts 0); set it to False"
-            )
     unscanned = [n for n in UNSCANNED if getattr(c, n) not in (None, False, 0)]
     on = unscanned + [n for n in ("value_norm",) if c.value_norm]
     on += ["global_rope_proportion"] if c.global_rope_proportion < 1.0 else []

@@ -68,17 +68,17 @@ def _attention_weights(c: TransformerConfig, *, cross: bool = False) -> tuple[in
     """
     assert c.head_dim is not None and c.num_kv_heads is not None
     d, inner, kv_inner = c.d_model, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    if c.attention_type == "mla" and not cross and c.qk_rope_head_dim is not None:
+    if c.attention_type == "mla" and not cross and c.mla.qk_rope_head_dim is not None:
         # DeepSeek: the (low-rank) query, o_proj from the value heads; kv_down and the shared
         # rope key [d, r + rope], then per-head key [r, head_dim - rope] and value [r, v].
-        r, rope, q_rank = c.kv_latent_dim, c.qk_rope_head_dim, c.q_lora_rank
+        r, rope, q_rank = c.mla.kv_latent_dim, c.mla.qk_rope_head_dim, c.mla.q_lora_rank
         assert r is not None
-        v_inner = c.num_heads * (c.v_head_dim or c.head_dim)
+        v_inner = c.num_heads * (c.mla.v_head_dim or c.head_dim)
         query = d * q_rank + q_rank * inner if q_rank else d * inner
         kv_up = r * (c.num_heads * (c.head_dim - rope) + v_inner)
         return query + v_inner * d, d * (r + rope) + kv_up
     if c.attention_type == "mla" and not cross:
-        r = c.kv_latent_dim
+        r = c.mla.kv_latent_dim
         assert r is not None
         # kv_down [d, r], then key/value up-projections [r, kv_heads, head_dim], every token.
         return 2 * d * inner, d * r + 2 * r * kv_inner
@@ -98,10 +98,10 @@ def _self_block(c: TransformerConfig) -> int:
 
 def _delta_sizes(c: TransformerConfig) -> tuple[int, int, int, int]:
     """(H_v, d_k, d_v, the convolved q/k/v width) of a delta layer."""
-    assert c.delta_key_heads is not None and c.delta_value_heads is not None
-    assert c.delta_key_dim is not None and c.delta_value_dim is not None
-    hv, dk, dv = c.delta_value_heads, c.delta_key_dim, c.delta_value_dim
-    return hv, dk, dv, 2 * c.delta_key_heads * dk + hv * dv
+    assert c.delta.key_heads is not None and c.delta.value_heads is not None
+    assert c.delta.key_dim is not None and c.delta.value_dim is not None
+    hv, dk, dv = c.delta.value_heads, c.delta.key_dim, c.delta.value_dim
+    return hv, dk, dv, 2 * c.delta.key_heads * dk + hv * dv
 
 
 def _delta_block(c: TransformerConfig) -> int:
@@ -114,9 +114,9 @@ def _delta_block(c: TransformerConfig) -> int:
 def _moe_active(c: TransformerConfig) -> int:
     """An MoE layer's matmul weights one token uses: router, its k experts, the shared ones."""
     per = (3 if c.gated else 2) * c.d_model
-    gate = c.d_model if c.shared_expert_gate else 0
-    active = c.experts_per_token * expert_mlp_dim(c) + shared_mlp_dim(c)
-    return c.d_model * c.num_experts + per * active + gate
+    gate = c.d_model if c.moe.shared_expert_gate else 0
+    active = c.moe.experts_per_token * expert_mlp_dim(c) + shared_mlp_dim(c)
+    return c.d_model * c.moe.num_experts + per * active + gate
 
 
 def _shapes_differ(c: TransformerConfig) -> bool:
@@ -157,7 +157,7 @@ def _decoder_layers(c: TransformerConfig) -> int:
     blocks = (c.num_layers - deltas) * _self_block(c) + (deltas * _delta_block(c) if deltas else 0)
     if _shapes_differ(c):
         blocks = _shaped_layers(c)
-    if c.moe_beside_mlp:  # the MLP stays, the MoE block's active weights are added
+    if c.moe.beside_mlp:  # the MLP stays, the MoE block's active weights are added
         return blocks + moe * _moe_active(c)
     return blocks - moe * (_mlp_weights(c) - _moe_active(c))
 
@@ -335,7 +335,7 @@ def flops_per_token(
     terms, full_area, (causal_area, overlap) = _terms(config, seq_len, S)
     weighted = sum(n * positions for n, positions in terms)
     # q·k over head_dim and the weighted sum over the value heads (DeepSeek's v_head_dim).
-    widths = config.num_heads * (config.head_dim + (config.v_head_dim or config.head_dim))
+    widths = config.num_heads * (config.head_dim + (config.mla.v_head_dim or config.head_dim))
     # Integer numerator, one correctly rounded division: exact whenever the result is integral.
     # Half of a causal layer: s·k - k²/2 pairs (s²/2 without a window).
     attention = 6 * widths * (full_area + causal_area) - (

@@ -495,10 +495,10 @@ def check_fp8(config: Any, cls: str) -> None:
             f"amax history would describe other tokens every step); got fp8_scaling="
             f"{p.fp8_scaling!r}: use fp8_scaling='tensorwise' or fp8_recipe='current'"
         )
-    if config.num_experts > 0:
+    if config.moe.num_experts > 0:
         raise ValueError(
-            f"{cls}.precision.matmul='fp8' cannot run the MoE experts' products (num_experts="
-            f"{config.num_experts}) in float8; use matmul='default' for a MoE model"
+            f"{cls}.precision.matmul='fp8' cannot run the MoE experts' products (moe.num_experts="
+            f"{config.moe.num_experts}) in float8; use matmul='default' for a MoE model"
         )
     if p.fp8_lm_head:
         check_fp8_lm_head(config, cls)

@@ -21,8 +21,11 @@ reads no input of another document, and a document's first token decays the stat
 other decay. The statistics (gates, norms, the rule) are float32 (float64 inputs stay float64).
 """
 
+# `setting()` returns dataclasses.field objects (with the metadata apps read).
+# ruff: noqa: RUF009
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import chex
@@ -30,10 +33,60 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tjx.kernels import gated_delta_rule, gated_delta_step
+from tjx.core.config.values import choice, positive
+from tjx.core.fields import setting
+from tjx.kernels import GATED_DELTA_IMPLEMENTATIONS, gated_delta_rule, gated_delta_step
 from tjx.nn.linear import Dense
 from tjx.nn.params import make_param, normal, ones, zeros
 from tjx.nn.precision import Precision
+
+#: Who runs the gated delta rule across chunks (tjx.kernels' `gated_delta_auto` picks for auto:
+#: XLA unless a GPU measured the kernels faster).
+DELTA_IMPLS: tuple[str, ...] = GATED_DELTA_IMPLEMENTATIONS
+#: The Gated DeltaNet sizes: a stack with delta layers needs them, one without refuses them.
+DELTA_SIZES = ("key_heads", "value_heads", "key_dim", "value_dim")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeltaConfig:
+    """The Gated DeltaNet layers of a stack (``model.delta``): only a model whose
+    ``mixer_pattern`` has ``"delta"`` reads them (the model config checks that).
+
+    Every bad value raises ``ValueError`` at construction naming ``DeltaConfig.<field>``.
+    """
+
+    key_heads: int | None = setting(None, help="delta layers: query and key heads")
+    value_heads: int | None = setting(
+        None, help="delta layers: value heads (a multiple of the key heads)"
+    )
+    key_dim: int | None = setting(None, help="delta layers: a query/key head's width")
+    value_dim: int | None = setting(None, help="delta layers: a value head's width")
+    conv_kernel: int = setting(4, help="delta layers: the causal convolution's taps")
+    impl: str = setting(
+        "auto",
+        choices=DELTA_IMPLS,
+        resumable=True,
+        help="delta layers: who runs the rule across chunks: xla (a scan), pallas (kernels); "
+        "auto: pallas where a GPU measured it faster (the launch table), else xla",
+    )
+
+    def __post_init__(self) -> None:
+        cls = type(self).__name__
+        choice(cls, "impl", self.impl, DELTA_IMPLS)
+        for name in DELTA_SIZES:
+            if getattr(self, name) is not None:
+                positive(cls, name, getattr(self, name))
+        positive(cls, "conv_kernel", self.conv_kernel)
+        if self.key_heads and self.value_heads and self.value_heads % self.key_heads:
+            raise ValueError(
+                f"{cls}.value_heads ({self.value_heads}) must be a multiple of key_heads "
+                f"({self.key_heads}): each key head serves value heads"
+            )
+
+
+#: The Gated DeltaNet settings' old flat keys in a model section → their key in ``delta``.
+FLAT_DELTA_KEYS = {f"delta_{name}": name for name in (*DELTA_SIZES, "conv_kernel", "impl")}
+
 
 Array = jax.Array
 #: The L2 normalisation's epsilon (flash-linear-attention's and transformers').
@@ -100,7 +153,7 @@ class GatedDeltaNet(nnx.Module):
         self.key_dim, self.value_dim = num_k_heads * head_k_dim, num_v_heads * head_v_dim
         self.conv_dim = 2 * self.key_dim + self.value_dim
         self.conv_kernel, self.eps, self.chunk_size = conv_kernel, eps, chunk_size
-        # Who runs the rule across chunks (tjx.kernels' gated_delta_rule; a config's delta_impl).
+        # Who runs the rule across chunks (tjx.kernels' gated_delta_rule; a config's delta.impl).
         self.implementation = implementation
 
         def dense(n_in: int, n_out: int, names: tuple[str, str]) -> Dense:

@@ -223,12 +223,12 @@ def split_kernel_line(
 def delta_kernel_line(config: TransformerConfig) -> str | None:
     """The line that says who runs the delta layers' gated delta rule across chunks on the current
     kernel target (None for a model without delta layers), e.g. ``delta rule: xla (auto: no tjx
-    measurement of the gated delta kernels ...)`` or ``delta rule: pallas (model.delta_impl)``."""
+    measurement of the gated delta kernels ...)`` or ``delta rule: pallas (model.delta.impl)``."""
     if "delta" not in config.layer_mixers():
         return None
-    impl = config.delta_impl
+    impl = config.delta.impl
     if impl != "auto":
-        return f"delta rule: {impl} (model.delta_impl)"
+        return f"delta rule: {impl} (model.delta.impl)"
     choice = kernels.gated_delta_auto(dtype=config.precision.compute_dtype)
     return f"delta rule: {choice.kernel} (auto: {choice.reason})"
 

@@ -88,12 +88,12 @@ def init_cache(
         cache |= {"global_k": jnp.zeros(size, dt), "global_v": jnp.zeros(size, dt)}
     deltas = mixers.count("delta")
     if deltas:
-        assert config.delta_key_heads is not None and config.delta_value_heads is not None
-        assert config.delta_key_dim is not None and config.delta_value_dim is not None
-        conv = 2 * config.delta_key_heads * config.delta_key_dim
-        conv += config.delta_value_heads * config.delta_value_dim
-        state = (config.delta_value_heads, config.delta_key_dim, config.delta_value_dim)
-        cache["conv"] = jnp.zeros((deltas, batch, config.delta_conv_kernel - 1, conv), dt)
+        assert config.delta.key_heads is not None and config.delta.value_heads is not None
+        assert config.delta.key_dim is not None and config.delta.value_dim is not None
+        conv = 2 * config.delta.key_heads * config.delta.key_dim
+        conv += config.delta.value_heads * config.delta.value_dim
+        state = (config.delta.value_heads, config.delta.key_dim, config.delta.value_dim)
+        cache["conv"] = jnp.zeros((deltas, batch, config.delta.conv_kernel - 1, conv), dt)
         work = jnp.promote_types(dt, jnp.float32)  # the delta rule's state stays float32
         cache["recurrent"] = jnp.zeros((deltas, batch, *state), work)
     return cache
@@ -106,10 +106,10 @@ def _attention_cache(
     if not layers:
         return {}
     if config.attention_type == "mla":
-        assert config.kv_latent_dim is not None
-        cache = {"latent": jnp.zeros((layers, batch, slots, config.kv_latent_dim), dt)}
-        if config.qk_rope_head_dim is not None:  # DeepSeek's: and the shared rotated key
-            cache["rope_key"] = jnp.zeros((layers, batch, slots, config.qk_rope_head_dim), dt)
+        assert config.mla.kv_latent_dim is not None
+        cache = {"latent": jnp.zeros((layers, batch, slots, config.mla.kv_latent_dim), dt)}
+        if config.mla.qk_rope_head_dim is not None:  # DeepSeek's: and the shared rotated key
+            cache["rope_key"] = jnp.zeros((layers, batch, slots, config.mla.qk_rope_head_dim), dt)
         return cache
     assert config.num_kv_heads is not None and config.head_dim is not None
     shape = (layers, batch, slots, config.num_kv_heads, config.head_dim)
@@ -327,8 +327,9 @@ def kv_cache_bytes(
 
     Standard attention stores ``2 · L · kv_heads · head_dim`` values per token (``L``: the
     attention layers; a delta layer keeps a fixed-size state, see `init_cache`); MLA stores
-    ``L · kv_latent_dim`` (DeepSeek's: ``+ qk_rope_head_dim``). Compare ``kv_cache_bytes(cfg)`` with
-    ``kv_cache_bytes(cfg.replace(attention_type="mha", kv_latent_dim=None))`` for the saving.
+    ``L · mla.kv_latent_dim`` (DeepSeek's: ``+ mla.qk_rope_head_dim``). Compare
+    ``kv_cache_bytes(cfg)`` with ``kv_cache_bytes(cfg.replace(attention_type="mha",
+    mla=MLAConfig()))`` for the saving.
 
     Parameters
     ----------
@@ -347,8 +348,8 @@ def kv_cache_bytes(
     itemsize = jnp.dtype(dtype).itemsize
     seq_len = cache_slots(config, seq_len)
     if config.attention_type == "mla":
-        assert config.kv_latent_dim is not None
-        per_token = config.kv_latent_dim + (config.qk_rope_head_dim or 0)
+        assert config.mla.kv_latent_dim is not None
+        per_token = config.mla.kv_latent_dim + (config.mla.qk_rope_head_dim or 0)
     else:
         assert config.num_kv_heads is not None and config.head_dim is not None
         per_token = 2 * config.num_kv_heads * config.head_dim
@@ -361,13 +362,13 @@ def kv_cache_bytes(
         total += groups.count("global") * batch * seq_len * wide * itemsize
     deltas = mixers.count("delta")
     if deltas:  # their fixed-size states (`init_cache`): the inputs of K - 1 tokens, the matrix
-        assert config.delta_key_heads is not None and config.delta_value_heads is not None
-        assert config.delta_key_dim is not None and config.delta_value_dim is not None
-        conv = 2 * config.delta_key_heads * config.delta_key_dim
-        conv += config.delta_value_heads * config.delta_value_dim
+        assert config.delta.key_heads is not None and config.delta.value_heads is not None
+        assert config.delta.key_dim is not None and config.delta.value_dim is not None
+        conv = 2 * config.delta.key_heads * config.delta.key_dim
+        conv += config.delta.value_heads * config.delta.value_dim
         work = jnp.promote_types(dtype, jnp.float32).itemsize
-        matrix = config.delta_value_heads * config.delta_key_dim * config.delta_value_dim
-        total += deltas * batch * ((config.delta_conv_kernel - 1) * conv * itemsize + matrix * work)
+        matrix = config.delta.value_heads * config.delta.key_dim * config.delta.value_dim
+        total += deltas * batch * ((config.delta.conv_kernel - 1) * conv * itemsize + matrix * work)
     return int(total)
 
 

@@ -54,13 +54,13 @@ DEEPSEEK_ONLY = ("query_down", "query_latent_norm", "kv_latent_norm", "key_rope"
 
 def is_deepseek(config: TransformerConfig) -> bool:
     """Whether ``config``'s self-attention is DeepSeek's MLA."""
-    return config.attention_type == "mla" and config.qk_rope_head_dim is not None
+    return config.attention_type == "mla" and config.mla.qk_rope_head_dim is not None
 
 
 def value_dim(config: TransformerConfig) -> int:
     """A value head's width: ``v_head_dim``, else ``head_dim``."""
     assert config.head_dim is not None
-    return int(config.v_head_dim or config.head_dim)
+    return int(config.mla.v_head_dim or config.head_dim)
 
 
 def softmax_scale_factor(config: TransformerConfig) -> float:
@@ -77,21 +77,22 @@ def deepseek_modules(
 ) -> dict[str, Any]:
     """The projections and norms of one DeepSeek MLA layer (the module docstring's names)."""
     c = config
-    assert c.head_dim is not None and c.kv_latent_dim is not None
-    assert c.qk_rope_head_dim is not None
-    d, h, hd, r, rope = c.d_model, c.num_heads, c.head_dim, c.kv_latent_dim, c.qk_rope_head_dim
+    assert c.head_dim is not None and c.mla.kv_latent_dim is not None
+    assert c.mla.qk_rope_head_dim is not None
+    d, h, hd = c.d_model, c.num_heads, c.head_dim
+    r, rope = c.mla.kv_latent_dim, c.mla.qk_rope_head_dim
     norm: dict[str, Any] = dict(
         rngs=rngs, eps=c.norm_eps, precision=c.precision, plus_one=c.norm_plus_one
     )
-    q_in = c.q_lora_rank or d
+    q_in = c.mla.q_lora_rank or d
     # The latent widths are not logical axes: left replicated (None), as tjx's older MLA's.
     return dict(
         query_down=(
             Dense((d,), (q_in,), ("embed",), (None,), init=init, **common)
-            if c.q_lora_rank
+            if c.mla.q_lora_rank
             else None
         ),
-        query_latent_norm=RMSNorm(q_in, **norm) if c.q_lora_rank else None,
+        query_latent_norm=RMSNorm(q_in, **norm) if c.mla.q_lora_rank else None,
         query=Dense(
             (q_in,),
             (h, hd),

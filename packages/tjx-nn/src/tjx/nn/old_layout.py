@@ -2,9 +2,11 @@
 
 Apps kept a flat model section before its settings were tjx.nn's configs (tjx-nn 0.8): the
 precision as two top keys, and a saved section listed every key of every kind. tjx-nn 0.11 held
-Llama 3's RoPE scaling as four numbers. Files written then (presets, users' files, a run's saved
-config) still read: their keys are moved to where they are now, and the flat defaults a kind
-never read are dropped.
+Llama 3's RoPE scaling as four numbers. Before tjx-nn 0.29 the MoE, MLA and Gated DeltaNet
+settings were flat keys of the section (``num_experts``, ``kv_latent_dim``, ``delta_key_heads``
+...), now the ``moe``, ``mla`` and ``delta`` sections. Files written then (presets, users' files,
+a run's saved config, a checkpoint's model.json) still read: their keys are moved to where they
+are now, and the flat defaults a kind never read are dropped.
 """
 
 from __future__ import annotations
@@ -12,15 +14,26 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from tjx.nn.gated_deltanet import FLAT_DELTA_KEYS
+from tjx.nn.mla_config import FLAT_MLA_KEYS
+from tjx.nn.moe.config import FLAT_MOE_KEYS
 from tjx.nn.rope_scaling import RopeScaling
 
-__all__ = ["RENAMED_MODEL_KEYS", "migrate_model_section"]
+__all__ = ["RENAMED_MODEL_KEYS", "migrate_model_section", "nest_section_keys"]
 
-#: Old key of a model section → the key it is now.
-RENAMED_MODEL_KEYS = {
+#: The keys of the flat layout before tjx-nn 0.8 (a section holding one is of that layout).
+_PRE_08_KEYS = {
     "param_dtype": "precision.param_dtype",
     "compute_dtype": "precision.compute_dtype",
 }
+#: The component sections' flat keys (before tjx-nn 0.29) → their key in the section.
+_SECTION_KEYS = {
+    **{old: f"moe.{new}" for old, new in FLAT_MOE_KEYS.items()},
+    **{old: f"mla.{new}" for old, new in FLAT_MLA_KEYS.items()},
+    **{old: f"delta.{new}" for old, new in FLAT_DELTA_KEYS.items()},
+}
+#: Old key of a model section → the key it is now.
+RENAMED_MODEL_KEYS = _PRE_08_KEYS | _SECTION_KEYS
 #: Keys the old flat section saved for every kind, with the value they then held unless the kind
 #: read them: dropped where the kind's class has no such field (a saved GPT-2 section lists ViT's
 #: image size) or never reads it (BERT's always-tied head).
@@ -47,6 +60,16 @@ def _move(section: dict[str, Any], old: str, new: str, key: str) -> None:
     node[leaf] = value
 
 
+def nest_section_keys(fields: dict[str, Any], key: str) -> dict[str, Any]:
+    """A copy of ``fields`` (a model section's keys or a config's fields) whose flat MoE, MLA and
+    Gated DeltaNet keys are moved into their ``moe``, ``mla`` and ``delta`` sections (``key``:
+    its path in messages; an old key beside its new one: a ``ValueError``)."""
+    out = copy.deepcopy(fields)
+    for old, new in _SECTION_KEYS.items():
+        _move(out, old, new, key)
+    return out
+
+
 def migrate_model_section(
     section: dict[str, Any], *, key: str = "model", old_layout: bool = False
 ) -> dict[str, Any]:
@@ -61,8 +84,8 @@ def migrate_model_section(
         Its path in messages.
     old_layout : bool
         Another section of the same config holds a key of the old layout (a saved config holds
-        them all); so does this one if it holds a key of `RENAMED_MODEL_KEYS`. An old ViT then
-        read grey images (``num_channels`` 1 unless set).
+        them all); so does this one if it holds ``param_dtype`` or ``compute_dtype``. An old ViT
+        then read grey images (``num_channels`` 1 unless set).
 
     Raises
     ------
@@ -71,7 +94,7 @@ def migrate_model_section(
     """
     out = copy.deepcopy(section)
     kind = out.get("kind", "gpt2")
-    if kind == "vit" and (old_layout or any(k in out for k in RENAMED_MODEL_KEYS)):
+    if kind == "vit" and (old_layout or any(k in out for k in _PRE_08_KEYS)):
         out.setdefault("num_channels", 1)
     for old, new in RENAMED_MODEL_KEYS.items():
         _move(out, old, new, key)

@@ -68,20 +68,20 @@ def _normalise(weights: Array, on: bool) -> Array:
 
 def _weights(weights: Array, config: Any) -> Array:
     """The chosen weights as the token's output takes them: renormalised if asked, scaled."""
-    weights = _normalise(weights, config.router_norm_topk)
-    scale = config.router_scale
+    weights = _normalise(weights, config.moe.router_norm_topk)
+    scale = config.moe.router_scale
     return weights if scale == 1.0 else weights * jnp.asarray(scale, weights.dtype)
 
 
 def _in_best_groups(steer: Array, config: Any, group_score: Callable[[Array], Array]) -> Array:
     """``steer`` ``[t, E]`` with the experts outside each token's ``router_topk_groups`` best
     groups (by ``group_score`` of ``[t, G, E/G]``) at -inf; unchanged with one group."""
-    groups = config.router_groups
+    groups = config.moe.router_groups
     if groups == 1:
         return steer
     t, e = steer.shape
     _, best = jax.lax.top_k(
-        group_score(steer.reshape(t, groups, e // groups)), config.router_topk_groups
+        group_score(steer.reshape(t, groups, e // groups)), config.moe.router_topk_groups
     )
     keep = jnp.zeros((t, groups), bool).at[jnp.arange(t)[:, None], best].set(True)
     return jnp.where(jnp.repeat(keep, e // groups, axis=1), steer, -jnp.inf)
@@ -93,7 +93,7 @@ def softmax_topk(logits: Array, bias: Array | None, config: Any) -> Routing:
     del bias
     probs = jax.nn.softmax(logits, axis=-1)
     steer = _in_best_groups(probs, config, lambda g: jnp.max(g, axis=-1))
-    _, experts = jax.lax.top_k(steer, config.experts_per_token)
+    _, experts = jax.lax.top_k(steer, config.moe.experts_per_token)
     weights = jnp.take_along_axis(probs, experts, axis=-1)
     return Routing(_weights(weights, config), experts.astype(jnp.int32), probs)
 
@@ -104,7 +104,7 @@ def sigmoid_bias_topk(logits: Array, bias: Array | None, config: Any) -> Routing
     scores = jax.nn.sigmoid(logits)
     steer = scores if bias is None else scores + jax.lax.stop_gradient(bias).astype(scores.dtype)
     steer = _in_best_groups(steer, config, lambda g: jnp.sum(jax.lax.top_k(g, 2)[0], axis=-1))
-    _, experts = jax.lax.top_k(steer, config.experts_per_token)
+    _, experts = jax.lax.top_k(steer, config.moe.experts_per_token)
     weights = jnp.take_along_axis(scores, experts, axis=-1)
     probs = scores / (jnp.sum(scores, axis=-1, keepdims=True) + 1e-20)
     return Routing(_weights(weights, config), experts.astype(jnp.int32), probs)

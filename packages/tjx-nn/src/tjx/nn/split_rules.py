@@ -40,9 +40,9 @@ def check_pipelinable(config: Any) -> None:
         raise ValueError("needs model.scan_layers=true (a stage is a slice of the stacked layers)")
     if config.dropout != 0.0:
         raise ValueError("needs model.dropout=0 (no dropout keys per stage)")
-    if config.num_experts:
+    if config.moe.num_experts:
         raise ValueError(
-            f"MoE layers are not pipelined (model.num_experts={config.num_experts}); set "
+            f"MoE layers are not pipelined (model.moe.num_experts={config.moe.num_experts}); set "
             "mesh.pipeline=1 (mesh.expert splits the experts instead)"
         )
     if config.mtp_depths:

@@ -101,7 +101,7 @@ class Stack(nnx.Module):
         # pattern says.
         self.locals = config.layer_locals(num_layers)
         depth = residual_layers or num_layers
-        kinds = moe_layers(config) if config.num_experts else (False,) * num_layers
+        kinds = moe_layers(config) if config.moe.num_experts else (False,) * num_layers
         assert len(kinds) == num_layers
 
         # The layers' kernels, resolved once before any layer is built: the kinds this stack
@@ -113,7 +113,7 @@ class Stack(nnx.Module):
         self.mixers = config.layer_mixers(num_layers)
         layer_kinds = tuple(LayerKind(m, x) for m, x in zip(kinds, self.mixers, strict=True))
         # A unit repeats the MoE step and the mixer pattern both (Qwen3-Next: 4 layers).
-        period = math.lcm(max(1, config.moe_layer_step), len(config.mixer_pattern or ("",)))
+        period = math.lcm(max(1, config.moe.layer_step), len(config.mixer_pattern or ("",)))
 
         def make(
             r: nnx.Rngs, moe: bool, mixer: str = "attention", index: int | None = None

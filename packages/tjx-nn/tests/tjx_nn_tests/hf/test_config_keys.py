@@ -246,67 +246,72 @@ DEFAULTS = {
     "gemma3_text": ({}, dict(num_kv_heads=4, head_dim=256, max_seq_len=131072)),
     "mixtral": (
         {},
-        dict(
-            num_kv_heads=8,
-            norm_eps=1e-5,
-            num_experts=8,
-            experts_per_token=2,
-            router_aux_loss=0.001,
-            max_seq_len=131072,
-        ),
+        {
+            "num_kv_heads": 8,
+            "norm_eps": 1e-5,
+            "moe.num_experts": 8,
+            "moe.experts_per_token": 2,
+            "moe.router_aux_loss": 0.001,
+            "max_seq_len": 131072,
+        },
     ),
     "qwen2_moe": (
         {},
-        dict(
-            num_kv_heads=16,
-            num_experts=60,
-            experts_per_token=4,
-            expert_mlp_dim=1408,
-            shared_expert_mlp_dim=5632,
-            router_aux_loss=0.001,
-        ),
+        {
+            "num_kv_heads": 16,
+            "moe.num_experts": 60,
+            "moe.experts_per_token": 4,
+            "moe.expert_mlp_dim": 1408,
+            "moe.shared_expert_mlp_dim": 5632,
+            "moe.router_aux_loss": 0.001,
+        },
     ),
-    "qwen3_moe": ({}, dict(num_kv_heads=4, num_experts=128, experts_per_token=8)),
+    "qwen3_moe": ({}, {"num_kv_heads": 4, "moe.num_experts": 128, "moe.experts_per_token": 8}),
     "deepseek_v2": (
         {"num_experts_per_tok": 6},
-        dict(
-            q_lora_rank=1536,
-            kv_latent_dim=512,
-            head_dim=192,
-            v_head_dim=128,
-            num_experts=64,
-            num_shared_experts=2,
-            expert_mlp_dim=1407,
-        ),
+        {
+            "mla.q_lora_rank": 1536,
+            "mla.kv_latent_dim": 512,
+            "head_dim": 192,
+            "mla.v_head_dim": 128,
+            "moe.num_experts": 64,
+            "moe.num_shared_experts": 2,
+            "moe.expert_mlp_dim": 1407,
+        },
     ),
     "deepseek_v3": (
         {"num_attention_heads": 128},  # its 128 key/value heads: MLA has one per head
-        dict(
-            q_lora_rank=1536,
-            num_experts=256,
-            experts_per_token=8,
-            router_groups=8,
-            router_topk_groups=4,
-            router_scale=2.5,
-            moe_first_dense=3,
-            max_seq_len=4096,
-        ),
+        {
+            "mla.q_lora_rank": 1536,
+            "moe.num_experts": 256,
+            "moe.experts_per_token": 8,
+            "moe.router_groups": 8,
+            "moe.router_topk_groups": 4,
+            "moe.router_scale": 2.5,
+            "moe.first_dense": 3,
+            "max_seq_len": 4096,
+        },
     ),
     "gpt_oss": ({}, dict(head_dim=64, num_kv_heads=8, sliding_window=128, max_seq_len=131072)),
     "glm4_moe": (
         {"num_attention_heads": 8},  # heads of 8: half of each rotates
-        dict(
-            num_kv_heads=8,
-            num_experts=128,
-            experts_per_token=8,
-            expert_mlp_dim=1408,
-            rope_fraction=0.5,
-            norm_eps=1e-5,
-        ),
+        {
+            "num_kv_heads": 8,
+            "moe.num_experts": 128,
+            "moe.experts_per_token": 8,
+            "moe.expert_mlp_dim": 1408,
+            "rope_fraction": 0.5,
+            "norm_eps": 1e-5,
+        },
     ),
     "qwen3_5_text": ({}, dict(num_kv_heads=4, head_dim=256, max_seq_len=32768)),
-    "qwen3_next": ({}, dict(num_kv_heads=2, num_experts=512, experts_per_token=10)),
-    "llama4_text": ({}, dict(num_kv_heads=8, head_dim=128, mlp_dim=16384, num_experts=16)),
+    "qwen3_next": ({}, {"num_kv_heads": 2, "moe.num_experts": 512, "moe.experts_per_token": 10}),
+    "llama4_text": ({}, {
+        "num_kv_heads": 8,
+        "head_dim": 128,
+        "mlp_dim": 16384,
+        "moe.num_experts": 16,
+    }),
     "gemma4_text": ({}, dict(num_kv_heads=4, head_dim=256, sliding_window=512)),
 }
 
@@ -316,7 +321,7 @@ def test_a_config_leaving_optional_keys_out_reads_with_transformers_defaults(tmp
     given, want = DEFAULTS[model_type]
     sizes = SIZES | {"num_attention_heads": 32, "model_type": model_type, **given}
     config = _read(tmp_path, sizes)
-    assert {k: getattr(config, k) for k in want} == want
+    assert {k: tnn.setting_value(config, k) for k in want} == want
 
 
 def test_gpt2_leaving_optional_keys_out_reads_with_transformers_defaults(tmp_path):

@@ -308,7 +308,12 @@ def test_what_tjx_cannot_honour_is_refused_by_name(tmp_path, family, changes, ne
         ("gemma2", "phi3", {}, "save as model_type='gemma2'"),
         ("olmo2", "qwen3", {}, "norm_position='output'"),
         ("qwen3", None, {"rope_scaling": (8.0, 1.0, 4.0, 16)}, "rope_scaling="),
-        ("gemma3_text", None, {"attention_type": "mla", "kv_latent_dim": 8}, "attention_type"),
+        (
+            "gemma3_text",
+            None,
+            {"attention_type": "mla", "mla": tnn.MLAConfig(kv_latent_dim=8)},
+            "attention_type",
+        ),
         ("olmo2", "olmo2", {"sliding_window": 8}, "save it as model_type='olmo3'"),
         ("phi3", "phi3", {"window_pattern": ("local", "global")}, "slides the window in every"),
         ("gemma2", None, {"rope_local_theta": 10.0}, "'gemma2' cannot express rope_local_theta"),

@@ -89,8 +89,8 @@ def test_an_export_loads_back_as_the_same_model_in_transformers_layout(tmp_path)
 
 #: GEMMA4 with the MoE block beside every MLP (26B-A4B's form): 4 experts, top 2.
 MOE = dict(
-    num_experts=4, experts_per_token=2, expert_mlp_dim=6, router_aux_loss=0.0,
-    moe_beside_mlp=True, router_input_norm=True, router_expert_scale=True,
+    moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=6, router_aux_loss=0.0,
+                      beside_mlp=True, router_input_norm=True, router_expert_scale=True),
 )  # fmt: skip
 
 
@@ -219,13 +219,15 @@ def test_an_image_text_folder_loads_as_its_text_model(tmp_path, capsys):
         (dict(value_norm=False), "value_norm=False .needs True."),
         (dict(kv_shared_mlp_dim=20), "kv_shared_mlp_dim=20"),
         (dict(global_values_from_keys=False), "global_values_from_keys=False .needs True."),
-        (MOE | dict(router="sigmoid"), "router='sigmoid' .needs 'softmax'."),
-        (MOE | dict(router_expert_scale=False), "router_expert_scale=False .needs True."),
+        (MOE | {"moe.router": "sigmoid"}, "moe.router='sigmoid' .needs 'softmax'."),
+        (MOE | {"moe.router_expert_scale": False}, "moe.router_expert_scale=False .needs True."),
     ],
 )
 def test_a_config_gemma4_does_not_compute_is_not_saved_as_it(change, message):
     with pytest.raises(ValueError, match=f"'gemma4_text' cannot express this model: .*{message}"):
-        gemma4_config_to_hf(tnn.LlamaConfig(**GEMMA4 | change))
+        dotted = {k: v for k, v in change.items() if "." in k}
+        plain = {k: v for k, v in change.items() if "." not in k}
+        gemma4_config_to_hf(tnn.LlamaConfig(**GEMMA4 | plain).replace(**dotted))
 
 
 def test_another_model_type_is_refused_naming_gemma4s_switches(tmp_path):
@@ -244,11 +246,14 @@ def test_another_model_type_is_refused_naming_gemma4s_switches(tmp_path):
         (dict(global_kv_heads=3), "global_kv_heads: 3 must divide"),
         (dict(global_rope_proportion=1.5), "global_rope_proportion must be a number in"),
         (dict(decode_topk=2), "decode_topk 2 is not supported"),
-        (dict(moe_beside_mlp=True), "moe_beside_mlp: only MoE layers use it"),
+        (dict(moe=dict(beside_mlp=True)), "MoEConfig.beside_mlp: only MoE models use it"),
     ],
 )
 def test_the_config_refuses_what_the_layers_cannot_run(change, message):
+    """(The ``moe`` section given as a mapping here: its own checks run as it is built.)"""
     with pytest.raises(ValueError, match=message):
+        if "moe" in change:
+            change = dict(change, moe=tnn.MoEConfig(**change["moe"]))
         tnn.LlamaConfig(**GEMMA4 | change)
 
 

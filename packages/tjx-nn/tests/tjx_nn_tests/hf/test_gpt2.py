@@ -175,7 +175,7 @@ def test_conflicts_are_the_settings_gpt2_weights_fix():
     # that such a config cannot be exported (config_to_hf, which load/save share).
     base = dict(vocab_size=V, max_seq_len=POS, d_model=D, num_layers=1, num_heads=H)
     for field, value in other.items():
-        extra = {"kv_latent_dim": 4} if field == "attention_type" else {}
+        extra = {"mla": tnn.MLAConfig(kv_latent_dim=4)} if field == "attention_type" else {}
         if field == "num_kv_heads":
             continue  # GPT2Config keeps GQA; its export refusal is checked below
         config = tnn.GPT2Config(**base, **{field: value}, **extra)

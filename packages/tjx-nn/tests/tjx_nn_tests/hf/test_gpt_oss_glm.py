@@ -18,16 +18,17 @@ from tjx.nn.hf.gpt_oss import gpt_oss_config_from_hf, gpt_oss_config_to_hf
 SIZES = dict(vocab_size=24, max_seq_len=16, d_model=16, num_layers=2, num_heads=4, mlp_dim=8)
 GPT_OSS = dict(
     num_kv_heads=2, attention_sinks=True, use_bias=True, mlp_activation="swiglu_clamped",
-    num_experts=4, experts_per_token=2, router_logit_bias=True, sliding_window=4,
-    window_pattern=("local", "global"), router_aux_loss=0.001,
+    moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, router_logit_bias=True,
+                      router_aux_loss=0.001),
+    sliding_window=4, window_pattern=("local", "global"),
     rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=4,
                       truncate=False),
 )  # fmt: skip
 GLM = dict(
     num_layers=3, num_kv_heads=2, head_dim=8, rope_fraction=0.5, qk_norm=True, qkv_bias=True,
-    num_experts=8, experts_per_token=2, expert_mlp_dim=6, num_shared_experts=1,
-    moe_first_dense=1, router="sigmoid", router_scale=2.5, router_groups=4,
-    router_topk_groups=2,
+    moe=tnn.MoEConfig(num_experts=8, experts_per_token=2, expert_mlp_dim=6, num_shared_experts=1,
+                      first_dense=1, router="sigmoid", router_scale=2.5, router_groups=4,
+                      router_topk_groups=2),
 )  # fmt: skip
 FAMILIES = {"gpt_oss": GPT_OSS, "glm4_moe": GLM}
 
@@ -188,20 +189,22 @@ def test_what_tjx_cannot_honour_is_refused_in_one_line(tmp_path, family, changes
 @pytest.mark.parametrize(
     ("fields", "model_type", "needle"),
     [
-        ({**GPT_OSS, "router_logit_bias": False}, None, "router_logit_bias=False"),
+        ({**GPT_OSS, "moe.router_logit_bias": False}, None, "moe.router_logit_bias=False"),
         ({**GPT_OSS, "mlp_activation": "swiglu"}, None, "mlp_activation='swiglu'"),
         (GPT_OSS, "mixtral", "saves as model_type 'gpt_oss'"),
-        ({**GLM, "router": "softmax"}, None, "router='softmax' (needs 'sigmoid')"),
-        ({**GLM, "num_experts": 0, "moe_first_dense": 0, "router": "softmax",
-          "expert_mlp_dim": None, "num_shared_experts": 0, "router_scale": 1.0,
-          "router_groups": 1, "router_topk_groups": 1, "qk_norm": False}, None,
-         "rope_fraction=0.5 (needs 1.0)"),
-        ({**GLM, "router_logit_bias": True}, None, "router_logit_bias=True (needs False)"),
+        ({**GLM, "moe.router": "softmax"}, None, "moe.router='softmax' (needs 'sigmoid')"),
+        ({**GLM, "moe": tnn.MoEConfig(), "qk_norm": False}, None, "rope_fraction=0.5 (needs 1.0)"),
+        ({**GLM, "moe.router_logit_bias": True}, None,
+         "moe.router_logit_bias=True (needs False)"),
         ({**GLM, "sliding_window": 4}, None, "sliding_window=4 (needs None)"),
     ],
 )  # fmt: skip
 def test_a_model_the_family_cannot_express_is_not_written(tmp_path, fields, model_type, needle):
-    model = tnn.Llama(tnn.LlamaConfig(**{**SIZES, **fields}), rngs=nnx.Rngs(0))
+    """(A dotted key: a change to the family's ``moe`` section.)"""
+    dotted = {k: v for k, v in fields.items() if "." in k}
+    plain = {k: v for k, v in fields.items() if "." not in k}
+    config = tnn.LlamaConfig(**{**SIZES, **plain}).replace(**dotted)
+    model = tnn.Llama(config, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"^[^\n]*$") as info:
         tnn.save_hf(model, tmp_path / "out", model_type=model_type)
     assert needle in str(info.value)

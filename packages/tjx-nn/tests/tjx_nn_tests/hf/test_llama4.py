@@ -26,9 +26,9 @@ LLAMA4 = dict(
     vocab_size=24, max_seq_len=16, d_model=16, num_layers=4, num_heads=4, num_kv_heads=2,
     head_dim=8, mlp_dim=8, attention_chunk=3, window_pattern=("local",) * 3 + ("global",),
     global_nope=True, qk_l2_norm=True, nope_temperature_floor=2.0, nope_temperature_scale=0.5,
-    num_experts=4, experts_per_token=1, expert_mlp_dim=4, num_shared_experts=1,
-    shared_expert_mlp_dim=4, moe_layer_step=2, router="sigmoid_plain", router_norm_topk=False,
-    router_scales_input=True,
+    moe=tnn.MoEConfig(num_experts=4, experts_per_token=1, expert_mlp_dim=4, num_shared_experts=1,
+                      shared_expert_mlp_dim=4, layer_step=2, router="sigmoid_plain",
+                      router_norm_topk=False, router_scales_input=True),
 )  # fmt: skip
 
 
@@ -113,13 +113,10 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
               num_attention_heads=16, intermediate_size=8192)  # fmt: skip
     c = llama4_config_from_hf(hf)
     assert (c.head_dim, c.num_kv_heads, c.rope_theta, c.rope_scaling) == (128, 8, 500000.0, None)
-    assert (c.num_experts, c.experts_per_token, c.moe_layer_step, c.moe_first_dense) == (
-        16,
-        1,
-        1,
-        0,
-    )
-    assert (c.mlp_dim, c.expert_mlp_dim, c.shared_expert_mlp_dim) == (16384, 8192, 8192)
+    moe = c.moe
+    got = (moe.num_experts, moe.experts_per_token, moe.layer_step, moe.first_dense)
+    assert got == (16, 1, 1, 0)
+    assert (c.mlp_dim, moe.expert_mlp_dim, moe.shared_expert_mlp_dim) == (16384, 8192, 8192)
     assert c.layer_locals() == (True, True, True, False) * 2 and c.global_nope
     assert (c.attention_chunk, c.nope_temperature_floor, c.nope_temperature_scale) == (
         8192,
@@ -134,11 +131,11 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
     )
     # An explicit moe_layers list wins over the step; null head_dim is hidden_size // heads.
     c = llama4_config_from_hf(hf | dict(moe_layers=[5, 7], head_dim=None, no_rope_layers=[1] * 8))
-    assert (tuple(np.flatnonzero(moe_layers(c))), c.moe_layer_step, c.head_dim) == ((5, 7), 2, 2)
+    assert (tuple(np.flatnonzero(moe_layers(c))), c.moe.layer_step, c.head_dim) == ((5, 7), 2, 2)
     assert (c.window_pattern, c.global_nope, c.nope_temperature_floor) == (None, False, None)
     dense = llama4_config_from_hf(hf | dict(moe_layers=[], attention_chunk_size=None,
                                             no_rope_layers=[1] * 8))  # fmt: skip
-    assert (dense.num_experts, dense.attention_chunk) == (0, None)
+    assert (dense.moe.num_experts, dense.attention_chunk) == (0, None)
 
 
 @pytest.mark.parametrize(
@@ -163,9 +160,9 @@ def test_what_tjx_cannot_honour_is_refused_by_name(change, message):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (dict(router="sigmoid"), "router='sigmoid' .needs 'sigmoid_plain'."),
-        (dict(router_scales_input=False), "router_scales_input=False .needs True."),
-        (dict(shared_expert_mlp_dim=6), "shared_expert_mlp_dim=6 .needs 4."),
+        ({"moe.router": "sigmoid"}, "moe.router='sigmoid' .needs 'sigmoid_plain'."),
+        ({"moe.router_scales_input": False}, "moe.router_scales_input=False .needs True."),
+        ({"moe.shared_expert_mlp_dim": 6}, "moe.shared_expert_mlp_dim=6 .needs 4."),
         (dict(qk_norm=True), "qk_norm=True .needs False."),
         (
             dict(global_nope=False, nope_temperature_floor=None, nope_temperature_scale=0.1),
@@ -175,7 +172,7 @@ def test_what_tjx_cannot_honour_is_refused_by_name(change, message):
 )
 def test_a_config_llama4_does_not_compute_is_not_saved_as_it(change, message):
     with pytest.raises(ValueError, match=f"'llama4_text' cannot express this model: .*{message}"):
-        llama4_config_to_hf(tnn.LlamaConfig(**LLAMA4 | change))
+        llama4_config_to_hf(tnn.LlamaConfig(**LLAMA4).replace(**change))
 
 
 @pytest.mark.parametrize(

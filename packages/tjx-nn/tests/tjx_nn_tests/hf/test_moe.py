@@ -11,12 +11,18 @@ from flax import nnx
 from tjx import nn as tnn
 
 SIZES = dict(vocab_size=24, max_seq_len=16, d_model=16, num_layers=3, num_heads=2, mlp_dim=24)
-MIXTRAL = dict(num_experts=4, experts_per_token=2)  # an expert is mlp_dim wide
+MIXTRAL = dict(moe=tnn.MoEConfig(num_experts=4, experts_per_token=2))  # an expert: mlp_dim wide
 QWEN2 = dict(
-    **MIXTRAL, expert_mlp_dim=12, num_shared_experts=1, shared_expert_mlp_dim=20,
-    shared_expert_gate=True, qkv_bias=True, moe_first_dense=1, router_norm_topk=False,
+    moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=12, num_shared_experts=1,
+                      shared_expert_mlp_dim=20, shared_expert_gate=True, first_dense=1,
+                      router_norm_topk=False),
+    qkv_bias=True,
 )  # fmt: skip
-QWEN3 = dict(**MIXTRAL, expert_mlp_dim=12, qk_norm=True, moe_layer_step=2, head_dim=12)
+QWEN3 = dict(
+    moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=12, layer_step=2),
+    qk_norm=True,
+    head_dim=12,
+)
 TYPES = {"mixtral": MIXTRAL, "qwen2_moe": QWEN2, "qwen3_moe": QWEN3}
 
 
@@ -87,16 +93,20 @@ def test_moe_options_tjx_does_not_compute_are_refused_in_one_line(
 @pytest.mark.parametrize(
     ("fields", "model_type", "needle"),
     [
-        ({**MIXTRAL, "router": "sigmoid"}, None, "router 'softmax'"),
-        ({**MIXTRAL, "moe_first_dense": 1}, None, "every layer MoE"),
-        ({**QWEN2, "shared_expert_gate": False}, None, "shared_expert_gate=True"),
+        ({**MIXTRAL, "moe.router": "sigmoid"}, None, "router 'softmax'"),
+        ({**MIXTRAL, "moe.first_dense": 1}, None, "every layer MoE"),
+        ({**QWEN2, "moe.shared_expert_gate": False}, None, "shared_expert_gate=True"),
         (MIXTRAL, "qwen2", "for an MoE model; got 'qwen2'"),
         (MIXTRAL, "qwen3_moe", "qk_norm=True"),
         (MIXTRAL, "deepseek_v3", "model_type must be one of"),
     ],
 )
 def test_an_moe_model_hf_cannot_express_is_not_written(tmp_path, fields, model_type, needle):
-    model = tnn.Llama(tnn.LlamaConfig(**SIZES, **fields), rngs=nnx.Rngs(0))
+    """(A dotted key: a change to the type's ``moe`` section.)"""
+    dotted = {k: v for k, v in fields.items() if "." in k}
+    plain = {k: v for k, v in fields.items() if "." not in k}
+    config = tnn.LlamaConfig(**SIZES, **plain).replace(**dotted)
+    model = tnn.Llama(config, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="^[^\n]*$") as info:
         tnn.save_hf(model, tmp_path / "out", model_type=model_type)
     assert needle in str(info.value)

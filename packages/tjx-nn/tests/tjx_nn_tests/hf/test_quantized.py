@@ -32,15 +32,17 @@ FIX = "download or save the checkpoint again"
 FP8_NAN = (0x7F, 0xFF)
 GPT_OSS = dict(
     num_kv_heads=2, attention_sinks=True, use_bias=True, mlp_activation="swiglu_clamped",
-    num_experts=4, experts_per_token=2, router_logit_bias=True, sliding_window=4,
-    window_pattern=("local", "global"),
+    moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, router_logit_bias=True),
+    sliding_window=4, window_pattern=("local", "global"),
 )  # fmt: skip
 #: A DeepSeek-V3 whose widths the FP8 block [4, 8] leaves partial blocks in (q_a_proj's 10 rows,
 #: q_b_proj's 10 columns, kv_a_proj_with_mqa's 12 rows), as V3's own kv_a_proj_with_mqa (576).
 DEEPSEEK_V3 = dict(
-    num_kv_heads=4, head_dim=12, attention_type="mla", kv_latent_dim=8, qk_rope_head_dim=4,
-    v_head_dim=6, q_lora_rank=10, num_experts=4, experts_per_token=2, expert_mlp_dim=8,
-    num_shared_experts=1, moe_first_dense=1, router="sigmoid", norm_eps=1e-6,
+    num_kv_heads=4, head_dim=12, attention_type="mla",
+    mla=tnn.MLAConfig(kv_latent_dim=8, qk_rope_head_dim=4, v_head_dim=6, q_lora_rank=10),
+    moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=8, num_shared_experts=1,
+                      first_dense=1, router="sigmoid"),
+    norm_eps=1e-6,
 )  # fmt: skip
 BLOCK = [4, 8]
 
@@ -300,7 +302,8 @@ def test_loading_holds_one_tensor_dequantized_not_a_shard(tmp_path):
     reads, dequantized tensors and their copies; the model's own JAX buffers are not NumPy's)
     stays below one shard's tensors dequantized, a third of the whole model's: the loader never
     dequantizes a shard, let alone the model, ahead of the model asking for each tensor."""
-    plain = _export(tmp_path, GPT_OSS, d_model=128, mlp_dim=128, num_layers=8, num_experts=8)
+    moe = tnn.MoEConfig(num_experts=8, experts_per_token=2, router_logit_bias=True)
+    plain = _export(tmp_path, GPT_OSS, d_model=128, mlp_dim=128, num_layers=8, moe=moe)
     folder = tmp_path / "mx"
     decoded = _quantize_folder(plain, folder, "mxfp4", shards=2)
     index = json.loads((folder / INDEX).read_text())["weight_map"]

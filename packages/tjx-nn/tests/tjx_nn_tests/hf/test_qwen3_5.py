@@ -17,7 +17,7 @@ from tjx_nn_tests._helpers import saved_random
 QWEN3_5 = dict(
     vocab_size=24, max_seq_len=16, d_model=16, num_layers=4, num_heads=4, num_kv_heads=2,
     head_dim=8, mlp_dim=8, mixer_pattern=("delta", "delta", "delta", "attention"),
-    delta_key_heads=2, delta_value_heads=4, delta_key_dim=4, delta_value_dim=6,
+    delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=4, value_dim=6),
     attention_output_gate=True, qk_norm=True, norm_plus_one=True, rope_fraction=0.25,
 )  # fmt: skip
 
@@ -63,7 +63,8 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
     config = qwen3_5_config_from_hf(hf)
     assert config.layer_mixers() == ("delta", "delta", "delta", "attention") * 2
     assert (config.head_dim, config.rope_fraction, config.rope_theta) == (256, 0.25, 1e7)
-    assert (config.delta_key_heads, config.delta_key_dim, config.delta_value_heads) == (16, 128, 32)
+    delta = config.delta
+    assert (delta.key_heads, delta.key_dim, delta.value_heads) == (16, 128, 32)
 
 
 @pytest.mark.parametrize(

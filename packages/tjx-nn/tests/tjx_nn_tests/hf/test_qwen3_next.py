@@ -19,10 +19,10 @@ from tjx_nn_tests._helpers import saved_random
 QWEN3_NEXT = dict(
     vocab_size=24, max_seq_len=16, d_model=16, num_layers=4, num_heads=4, num_kv_heads=2,
     head_dim=8, mlp_dim=8, mixer_pattern=("delta", "delta", "delta", "attention"),
-    delta_key_heads=2, delta_value_heads=6, delta_key_dim=4, delta_value_dim=6,
+    delta=tnn.DeltaConfig(key_heads=2, value_heads=6, key_dim=4, value_dim=6),
     attention_output_gate=True, qk_norm=True, norm_plus_one=True, rope_fraction=0.25,
-    num_experts=4, experts_per_token=2, expert_mlp_dim=4, num_shared_experts=1,
-    shared_expert_mlp_dim=12, shared_expert_gate=True, moe_first_dense=1,
+    moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=4, num_shared_experts=1,
+                      shared_expert_mlp_dim=12, shared_expert_gate=True, first_dense=1),
 )  # fmt: skip
 
 
@@ -71,13 +71,13 @@ def test_an_export_loads_back_as_the_same_model_in_transformers_layout(tmp_path)
 
 
 def test_a_dense_qwen3_next_is_written_only_when_asked(tmp_path):
-    dense = {k: v for k, v in QWEN3_NEXT.items() if "expert" not in k} | dict(moe_first_dense=0)
+    dense = {k: v for k, v in QWEN3_NEXT.items() if k != "moe"}
     model = tnn.Llama(tnn.LlamaConfig(**dense), rngs=nnx.Rngs(0))
     tnn.save_hf(model, tmp_path / "asked", model_type="qwen3_next")
     saved = json.loads((tmp_path / "asked" / "config.json").read_text())
     assert (saved["model_type"], saved["num_experts"]) == ("qwen3_next", 0)
     loaded, config = tnn.load_hf(tmp_path / "asked")
-    assert config == model.config and not config.num_experts
+    assert config == model.config and not config.moe.num_experts
     tnn.save_hf(model, tmp_path / "default")  # no experts: Qwen3.5's text model by default
     saved = json.loads((tmp_path / "default" / "config.json").read_text())
     assert saved["model_type"] == "qwen3_5_text"
@@ -94,13 +94,10 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
         del hf[key]
     config = qwen3_next_config_from_hf(hf)
     assert config.layer_mixers() == ("delta", "delta", "delta", "attention") * 2
-    assert (config.num_experts, config.experts_per_token, config.expert_mlp_dim) == (512, 10, 512)
-    assert (config.shared_expert_mlp_dim, config.router_norm_topk, config.moe_first_dense) == (
-        512,
-        True,
-        0,
-    )
-    assert (config.head_dim, config.delta_value_heads, config.router_aux_loss) == (256, 32, 0.001)
+    moe = config.moe
+    assert (moe.num_experts, moe.experts_per_token, moe.expert_mlp_dim) == (512, 10, 512)
+    assert (moe.shared_expert_mlp_dim, moe.router_norm_topk, moe.first_dense) == (512, True, 0)
+    assert (config.head_dim, config.delta.value_heads, moe.router_aux_loss) == (256, 32, 0.001)
 
 
 @pytest.mark.parametrize(
@@ -122,11 +119,11 @@ def test_what_tjx_cannot_honour_is_refused_by_name(change, message):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (dict(router="sigmoid"), "router='sigmoid' .needs 'softmax'."),
-        (dict(shared_expert_gate=False), "shared_expert_gate=False .needs True."),
+        ({"moe.router": "sigmoid"}, "moe.router='sigmoid' .needs 'softmax'."),
+        ({"moe.shared_expert_gate": False}, "moe.shared_expert_gate=False .needs True."),
         (dict(attention_output_gate=False), "attention_output_gate=False .needs True."),
     ],
 )
 def test_a_config_qwen3_next_does_not_compute_is_not_saved_as_it(change, message):
     with pytest.raises(ValueError, match=f"'qwen3_next' cannot express this model: .*{message}"):
-        qwen3_next_config_to_hf(tnn.LlamaConfig(**QWEN3_NEXT | change))
+        qwen3_next_config_to_hf(tnn.LlamaConfig(**QWEN3_NEXT).replace(**change))

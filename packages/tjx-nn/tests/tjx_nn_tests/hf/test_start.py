@@ -31,7 +31,8 @@ def test_a_llama_family_checkpoint_refuses_the_fixed_settings_it_does_not_have()
     # In HF_LLAMA_FIXED's order, with the values asked for.
     assert list(tnn.hf_conflicts(asked, checkpoint).items()) == [
         ("num_kv_heads", 1), ("sliding_window", 4), ("window_pattern", ["global"])]  # fmt: skip
-    assert set(tnn.HF_LLAMA_FIXED) <= {f.name for f in dataclasses.fields(tnn.LlamaConfig)}
+    fields = {f.name for f in dataclasses.fields(tnn.LlamaConfig)}
+    assert {k.split(".")[0] for k in tnn.HF_LLAMA_FIXED} <= fields
 
 
 def test_the_late_2026_families_fix_their_layers_and_mtp_depths():
@@ -40,8 +41,11 @@ def test_the_late_2026_families_fix_their_layers_and_mtp_depths():
     llama4 = _llama(attention_chunk=4, window_pattern=("local", "global"), global_nope=True)
     asked = {"attention_chunk": 8, "global_nope": True, "mtp_depths": 1}
     assert tnn.hf_conflicts(asked, llama4) == {"attention_chunk": 8, "mtp_depths": 1}
-    hybrid = _llama(mixer_pattern=("delta", "attention"), delta_key_heads=2, delta_value_heads=4,
-                    delta_key_dim=4, delta_value_dim=4)  # fmt: skip
+    delta = tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=4, value_dim=4)
+    hybrid = _llama(mixer_pattern=("delta", "attention"), delta=delta)
+    assert tnn.hf_conflicts({"delta.key_heads": 8, "delta.impl": "xla"}, hybrid) == {
+        "delta.key_heads": 8
+    }
     assert tnn.hf_conflicts({"mixer_pattern": ["attention"]}, hybrid) == {
         "mixer_pattern": ["attention"]
     }
@@ -53,6 +57,14 @@ def test_the_late_2026_families_fix_their_layers_and_mtp_depths():
 def test_two_configs_clash_in_what_the_model_is_not_in_how_it_trains():
     ours = _llama(dropout=0.1, remat="full")
     assert tnn.config_clashes(ours, _llama(), vocab=True) == {}  # how it trains differs only
+    # A component section's settings by their dotted keys; delta.impl is how it trains.
+    experts = _llama(moe=tnn.MoEConfig(num_experts=4, capacity_factor=2.0))
+    assert tnn.config_clashes(experts, _llama(), vocab=True) == {
+        "moe.num_experts": (4, 0), "moe.capacity_factor": (2.0, None)}  # fmt: skip
+    delta = dict(mixer_pattern=["delta"], delta=tnn.DeltaConfig(key_heads=1, value_heads=1,
+                                                               key_dim=4, value_dim=4))  # fmt: skip
+    xla = _llama(**delta).replace(**{"delta.impl": "xla"})
+    assert tnn.config_clashes(xla, _llama(**delta), vocab=True) == {}
     assert tnn.config_clashes(ours, _llama(num_layers=3, mlp_dim=48), vocab=True) == {
         "num_layers": (2, 3), "mlp_dim": (24, 48)}  # fmt: skip
     other_vocab = _llama(vocab_size=50)

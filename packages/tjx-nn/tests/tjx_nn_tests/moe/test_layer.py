@@ -1,6 +1,8 @@
 """The MoE block against a per-token float64 reference (forward and gradients, dropless and
 capacity paths), its statistics, the capacity's drop order and the balancing-bias rule."""
 
+from dataclasses import replace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,37 +20,43 @@ BASE = dict(
     d_model=8,
     num_layers=1,
     num_heads=2,
-    num_experts=4,
-    experts_per_token=2,
-    expert_mlp_dim=6,
     init_std=0.5,
-    router_aux_loss=0.3,
-    router_z_loss=0.05,
 )
+EXPERTS = tnn.MoEConfig(
+    num_experts=4, experts_per_token=2, expert_mlp_dim=6, router_aux_loss=0.3, router_z_loss=0.05
+)
+BASE = dict(BASE, moe=EXPERTS)
+
+
+def _with(moe=None, cls=tnn.LlamaConfig, **fields):
+    """A config class ``cls`` of ``fields`` whose ``moe`` section is `EXPERTS` with ``moe``."""
+    return lambda **kw: cls(**{**kw, **fields, "moe": replace(EXPERTS, **(moe or {}))})
+
 
 CASES = {
     "mixtral-dropless": tnn.LlamaConfig,
-    "capacity-drops": lambda **kw: tnn.LlamaConfig(**kw, capacity_factor=0.5),
-    "qwen-no-renorm-shared-gate": lambda **kw: tnn.LlamaConfig(
-        **kw,
-        router_norm_topk=False,
-        num_shared_experts=1,
-        shared_expert_mlp_dim=5,
-        shared_expert_gate=True,
+    "capacity-drops": _with(dict(capacity_factor=0.5)),
+    "qwen-no-renorm-shared-gate": _with(
+        dict(
+            router_norm_topk=False,
+            num_shared_experts=1,
+            shared_expert_mlp_dim=5,
+            shared_expert_gate=True,
+        )
     ),
-    "deepseek-sigmoid-bias": lambda **kw: tnn.LlamaConfig(
-        **{**kw, "experts_per_token": 3}, router="sigmoid", num_shared_experts=2
+    "deepseek-sigmoid-bias": _with(
+        dict(experts_per_token=3, router="sigmoid", num_shared_experts=2)
     ),
-    "gpt2-biases-top1-capacity": lambda **kw: tnn.GPT2Config(
-        **{**kw, "experts_per_token": 1}, capacity_factor=1.0
+    "gpt2-biases-top1-capacity": _with(
+        dict(experts_per_token=1, capacity_factor=1.0), cls=tnn.GPT2Config
     ),
     # gpt-oss: biased experts with the clamped SwiGLU, a learned router logit bias; weights
     # large enough (init 3: pre-activations of std ~8) that the clamp at 7 bites.
-    "gpt-oss-clamped-logit-bias": lambda **kw: tnn.LlamaConfig(
-        **{**kw, "init_std": 3.0},
+    "gpt-oss-clamped-logit-bias": _with(
+        dict(router_logit_bias=True),
+        init_std=3.0,
         use_bias=True,
         mlp_activation="swiglu_clamped",
-        router_logit_bias=True,
     ),
 }
 
@@ -121,7 +129,7 @@ def test_the_block_equals_a_per_token_float64_reference_forward_and_gradients(x6
 
 
 def test_the_balancing_bias_gets_no_gradient(x64):
-    cfg = tnn.LlamaConfig(**BASE, router="sigmoid", precision=F64)
+    cfg = _with(dict(router="sigmoid"))(**BASE, precision=F64)
     moe = MoE(cfg, rngs=nnx.Rngs(0), out_std=0.5)
     x = jnp.asarray(np.random.RandomState(0).randn(2, 5, 8))
     # Jitted: one compile (an eager MoE block is hundreds of small ops, each compiled).
@@ -186,9 +194,8 @@ def test_statistics_count_every_assignment_and_a_balanced_router_scores_one():
 
 
 def test_update_router_bias_moves_overloaded_experts_down_by_the_rate():
-    cfg = tnn.LlamaConfig(
-        **{**BASE, "num_layers": 3}, router="sigmoid", router_bias_rate=0.01, moe_first_dense=1
-    )
+    moe = dict(router="sigmoid", router_bias_rate=0.01, first_dense=1)
+    cfg = _with(moe)(**{**BASE, "num_layers": 3})
     for scan in (False, True):
         model = tnn.build_model(cfg.replace(scan_layers=scan), rngs=nnx.Rngs(0))
         load = jnp.asarray([[9, 1, 3, 3], [2, 2, 2, 10]])

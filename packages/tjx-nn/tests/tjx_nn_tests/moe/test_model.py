@@ -1,6 +1,7 @@
 """MoE decoders: the config's checks and layer patterns, scanned = unrolled, the objective's
 router losses, KV-cache generation, active-parameter FLOPs."""
 
+import dataclasses
 import re
 
 import jax
@@ -21,10 +22,16 @@ MOE = dict(
     num_heads=2,
     num_kv_heads=1,
     mlp_dim=24,
-    num_experts=4,
-    experts_per_token=2,
-    expert_mlp_dim=12,
+    moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=12),
 )
+#: The `MoEConfig` fields (a change to one is a change to `MOE`'s ``moe`` section).
+MOE_FIELDS = {f.name for f in dataclasses.fields(tnn.MoEConfig)}
+
+
+def _config(**changes):
+    """`MOE` with ``changes``: to its ``moe`` section where they name its fields."""
+    moe = {k: changes.pop(k) for k in list(changes) if k in MOE_FIELDS}
+    return tnn.LlamaConfig(**{**MOE, **changes, "moe": dataclasses.replace(MOE["moe"], **moe)})
 
 
 @pytest.mark.parametrize(
@@ -37,8 +44,8 @@ MOE = dict(
         (dict(router="hash"), "router", "one of ('softmax', 'sigmoid', 'sigmoid_plain')"),
         (dict(router_dtype="int8"), "router_dtype", "one of"),
         (dict(router_aux_loss=-0.1), "router_aux_loss", ">= 0"),
-        (dict(moe_first_dense=4), "moe_first_dense", "none of the 4 layers is MoE"),
-        (dict(moe_layer_step=0), "moe_layer_step", "positive int"),
+        (dict(first_dense=4), "first_dense", "none of the 4 layers is MoE"),
+        (dict(layer_step=0), "layer_step", "positive int"),
         (dict(shared_expert_gate=True), "shared_expert_gate", "only shared experts"),
         (dict(router_bias_rate=0.1), "router_bias_rate", "has none"),
         (
@@ -54,8 +61,11 @@ MOE = dict(
     ],
 )
 def test_bad_moe_settings_raise_naming_the_field(kwargs, field, words):
-    with pytest.raises(ValueError, match=re.escape(f"LlamaConfig.{field}")) as err:
-        tnn.LlamaConfig(**{**MOE, **kwargs})
+    """The section's own checks name ``MoEConfig.<field>``; the one that needs the stack's depth
+    the section's path in the model config."""
+    where = "LlamaConfig.moe" if field == "first_dense" else "MoEConfig"
+    with pytest.raises(ValueError, match="^" + re.escape(f"{where}.{field}")) as err:
+        _config(**kwargs)
     assert words in str(err.value) and "\n" not in str(err.value)
 
 
@@ -64,22 +74,22 @@ def test_families_without_moe_layers_refuse_moe_settings(config_class):
     base = dict(d_model=16, num_layers=1, num_heads=2)
     if config_class is tnn.ViTConfig:
         base |= dict(image_size=8, patch_size=4)
-    with pytest.raises(ValueError, match=r"\.num_experts: only decoders \(gpt2, llama\)"):
-        config_class(**base, num_experts=4)
+    with pytest.raises(ValueError, match=r"\.moe: only decoders \(gpt2, llama\)"):
+        config_class(**base, moe=tnn.MoEConfig(num_experts=4))
 
 
 @pytest.mark.parametrize(
     "extra, kinds",
     [
         ({}, "MMMM"),
-        (dict(moe_first_dense=1), "DMMM"),
-        (dict(moe_layer_step=2), "DMDM"),
-        (dict(moe_layer_step=2, moe_first_dense=2), "DDDM"),
-        (dict(num_experts=0, expert_mlp_dim=None), "DDDD"),
+        (dict(first_dense=1), "DMMM"),
+        (dict(layer_step=2), "DMDM"),
+        (dict(layer_step=2, first_dense=2), "DDDM"),
+        (dict(num_experts=0, experts_per_token=2, expert_mlp_dim=None), "DDDD"),
     ],
 )
 def test_which_layers_are_moe(extra, kinds):
-    cfg = tnn.LlamaConfig(**{**MOE, **extra})
+    cfg = _config(**extra)
     assert "".join("M" if k else "D" for k in tnn.moe_layers(cfg)) == kinds
 
 
@@ -98,13 +108,13 @@ def test_segments_cut_a_stack_into_repeating_units():
     "extra",
     [
         # segments: (dense, MoE) x 2 then a dense layer; DeepSeek's balancing-bias router
-        dict(moe_layer_step=2, num_layers=5, router="sigmoid"),
+        dict(layer_step=2, num_layers=5, router="sigmoid"),
         dict(num_shared_experts=1, capacity_factor=1.0),
     ],
     ids=["every-other-layer-sigmoid", "all-moe-shared-capacity"],
 )
 def test_scanned_and_unrolled_moe_decoders_agree_with_canonical_names(extra):
-    cfg = tnn.LlamaConfig(**{**MOE, **extra})
+    cfg = _config(**extra)
     unrolled, scanned = build(cfg), build(cfg.replace(scan_layers=True), seed=5)
     flat = tnn.get_flat_params(unrolled)
     assert set(flat) == set(tnn.get_flat_params(scanned))
@@ -136,7 +146,7 @@ def test_scanned_and_unrolled_moe_decoders_agree_with_canonical_names(extra):
 
 
 def test_the_objective_adds_the_router_losses_and_returns_the_statistics():
-    cfg = tnn.LlamaConfig(**MOE, router_aux_loss=0.5, router_z_loss=0.1)
+    cfg = _config(router_aux_loss=0.5, router_z_loss=0.1)
     model = build(cfg)
     toks = jax.random.randint(jax.random.key(1), (2, 8), 0, 64)
     batch = {"inputs": toks, "targets": jnp.roll(toks, -1, axis=1).at[:, -1].set(-100)}
@@ -146,16 +156,16 @@ def test_the_objective_adds_the_router_losses_and_returns_the_statistics():
     ce = out.sum_loss / out.num_tokens
     penalty = float(jnp.sum((0.5 * stats.balance_loss_sum + 0.1 * stats.z_loss_sum) / 16))
     np.testing.assert_allclose(out.loss, ce + penalty, rtol=1e-5)
-    dense_cfg = tnn.LlamaConfig(**{**MOE, "num_experts": 0, "expert_mlp_dim": None})
+    dense_cfg = tnn.LlamaConfig(**{**MOE, "moe": tnn.MoEConfig()})
     dense = tnn.objective_loss(build(dense_cfg), batch)
     assert dense.moe is None
     with pytest.raises(ValueError, match="MoE layers are not pipelined"):
         tnn.decoder_stages(build(cfg.replace(scan_layers=True)))
 
 
-@pytest.mark.parametrize("extra", [dict(moe_first_dense=1), dict(capacity_factor=8.0)])
+@pytest.mark.parametrize("extra", [dict(first_dense=1), dict(capacity_factor=8.0)])
 def test_kv_cache_generation_with_moe_layers_equals_the_full_model(extra):
-    cfg = tnn.LlamaConfig(**{**MOE, **extra}, scan_layers=True)
+    cfg = _config(**extra, scan_layers=True)
     model = build(cfg, seed=2)
     prompts = np.random.RandomState(0).randint(0, 64, (2, 4)).astype(np.int32)
     out = np.asarray(tnn.generate(model, prompts, max_new_tokens=5))
@@ -174,7 +184,7 @@ def test_kv_cache_generation_with_moe_layers_equals_the_full_model(extra):
 
 
 def test_flops_count_active_parameters_only():
-    cfg = tnn.LlamaConfig(**MOE, moe_first_dense=1, num_shared_experts=1, shared_expert_gate=True)
+    cfg = _config(first_dense=1, num_shared_experts=1, shared_expert_gate=True)
     abstract = nnx.eval_shape(lambda: tnn.build_model(cfg, rngs=nnx.Rngs(0)))
     active = 0
     for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):

@@ -213,6 +213,18 @@ def _kind(hf: dict[str, Any]) -> str:
 
 
 def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[DecoderLM], HFMapping]:
+    # A component section's setting (``delta.impl``: how to train, `TRAINING_FIELDS`) is set on
+    # the config the checkpoint describes; the readers take whole fields.
+    plain = {k: v for k, v in overrides.items() if "." not in k}
+    config, cls, mapping = _plan_fields(hf, plain)
+    if len(plain) < len(overrides):
+        config = config.replace(**{k: v for k, v in overrides.items() if "." in k})
+    return config, cls, mapping
+
+
+def _plan_fields(
+    hf: dict[str, Any], overrides: dict[str, Any]
+) -> tuple[Any, type[DecoderLM], HFMapping]:
     # A quantized folder is the unquantized model's: its weights are dequantized as they load
     # (`tjx.nn.hf.quantized`). Its quantization_config is checked here, so a plan refuses what a
     # load would.
@@ -374,12 +386,12 @@ def _export_plan(config: Any, model_type: str | None) -> tuple[dict[str, Any], H
                 f"{QWEN3_5!r} (or {QWEN3_NEXT!r}); got {model_type!r}"
             )
         return qwen3_5_config_to_hf(config), qwen3_5_mapping(config)
-    if isinstance(config, LlamaConfig) and config.qk_rope_head_dim is not None:
+    if isinstance(config, LlamaConfig) and config.mla.qk_rope_head_dim is not None:
         ds_type = deepseek_export_type(config, model_type)
         return deepseek_config_to_hf(config, ds_type), deepseek_mapping(config, ds_type)
     if isinstance(config, LlamaConfig) and is_glm4_moe(config, model_type):
         return glm4_moe_config_to_hf(config), glm4_moe_mapping(config)
-    if isinstance(config, LlamaConfig) and config.num_experts:
+    if isinstance(config, LlamaConfig) and config.moe.num_experts:
         moe_type = moe_export_type(config, model_type)
         return moe_config_to_hf(config, moe_type), llama_mapping(config, moe_type)
     if isinstance(config, LlamaConfig):

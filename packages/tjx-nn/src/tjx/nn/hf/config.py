@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from tjx.nn.configs import LlamaConfig
+from tjx.nn.configs import LlamaConfig, setting_value
 from tjx.nn.hf.keys import ABSENT, ATTENTION_KINDS, LLAMA, Spec, count, flag, layer_list, size
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
@@ -307,12 +307,13 @@ def check_llama_shape(config: LlamaConfig) -> None:
             f"'rmsnorm'); got {config.attention_type!r}, {config.position!r}, {config.norm!r}"
         )
     # gpt-oss's and GLM-4.5's switches: their own model types (gpt_oss, glm4_moe) write them.
-    for name, plain in (("attention_sinks", False), ("router_logit_bias", False),
+    for name, plain in (("attention_sinks", False), ("moe.router_logit_bias", False),
                         ("rope_fraction", 1.0)):  # fmt: skip
-        if getattr(config, name) != plain:
+        if setting_value(config, name) != plain:
             raise ValueError(
                 f"this config cannot be saved as a LLaMA-family checkpoint: {name}="
-                f"{getattr(config, name)!r} (needs {plain!r}); gpt_oss and glm4_moe write those"
+                f"{setting_value(config, name)!r} (needs {plain!r}); gpt_oss and glm4_moe write "
+                "those"
             )
     if config.mlp_activation != "swiglu" or config.norm_position != "pre":
         raise ValueError(

@@ -4,20 +4,20 @@ DeepSeek's MLA (:mod:`tjx.nn.mla`) and MoE layers.
 =========================================  =================================================
 config.json                                tjx config
 =========================================  =================================================
-``q_lora_rank`` (null: a full ``q_proj``)  ``q_lora_rank``
-``kv_lora_rank``                           ``kv_latent_dim`` (``attention_type="mla"``)
-``qk_nope_head_dim + qk_rope_head_dim``    ``head_dim``; ``qk_rope_head_dim`` its rotated tail
-``v_head_dim``                             ``v_head_dim``
+``q_lora_rank`` (null: a full ``q_proj``)  ``mla.q_lora_rank``
+``kv_lora_rank``                           ``mla.kv_latent_dim`` (``attention_type="mla"``)
+``qk_nope_head_dim + qk_rope_head_dim``    ``head_dim``; ``mla.qk_rope_head_dim`` its rotated tail
+``v_head_dim``                             ``mla.v_head_dim``
 ``rope_parameters`` yarn with ``mscale*``  ``rope_scaling`` (and the softmax's ``mscale²``)
-``n_routed_experts``, ``num_experts_per    ``num_experts``, ``experts_per_token``,
-_tok``, ``moe_intermediate_size``          ``expert_mlp_dim``
-``n_shared_experts``                       ``num_shared_experts`` (no gate)
-``first_k_dense_replace``                  ``moe_first_dense`` (``intermediate_size``: their MLP)
-``routed_scaling_factor``                  ``router_scale``
-V2: softmax, ``topk_method`` greedy or     ``router="softmax"``, ``router_groups``/
+``n_routed_experts``, ``num_experts_per    ``moe.num_experts``, ``moe.experts_per_token``,
+_tok``, ``moe_intermediate_size``          ``moe.expert_mlp_dim``
+``n_shared_experts``                       ``moe.num_shared_experts`` (no gate)
+``first_k_dense_replace``                  ``moe.first_dense`` (``intermediate_size``: their MLP)
+``routed_scaling_factor``                  ``moe.router_scale``
+V2: softmax, ``topk_method`` greedy or     ``moe.router="softmax"``, ``router_groups``/
 ``group_limited_greedy`` (``n_group``,     ``router_topk_groups``, no renormalisation (as
 ``topk_group``)                            transformers' V2)
-V3: sigmoid + ``e_score_correction_bias``  ``router="sigmoid"`` (its bias), groups,
+V3: sigmoid + ``e_score_correction_bias``  ``moe.router="sigmoid"`` (its bias), groups,
 ``n_group``, ``topk_group``,               ``router_norm_topk``
 ``norm_topk_prob``
 =========================================  =================================================
@@ -44,7 +44,8 @@ from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields
 from tjx.nn.hf.family_base import refuse_mismatches
 from tjx.nn.hf.keys import ABSENT, UNSET, Spec, count, flag, nonneg, positive, size, text
-from tjx.nn.moe.config import expert_mlp_dim
+from tjx.nn.mla_config import MLAConfig
+from tjx.nn.moe.config import MoEConfig, expert_mlp_dim
 
 DEEPSEEK_TYPES = ("deepseek_v2", "deepseek_v3")
 ARCHITECTURES = {"deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}
@@ -193,27 +194,32 @@ def deepseek_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
     grouped = model_type == "deepseek_v3" or hf.get("topk_method") == "group_limited_greedy"
     if model_type == "deepseek_v2" and hf.get("norm_topk_prob"):
         raise _refuse("norm_topk_prob", True, "transformers' deepseek_v2 never renormalises")
-    fields |= dict(
-        attention_type="mla",
-        kv_latent_dim=hf["kv_lora_rank"],
-        q_lora_rank=hf["q_lora_rank"],
-        head_dim=nope + rope,
-        qk_rope_head_dim=rope,
-        v_head_dim=hf["v_head_dim"],
+    moe: dict[str, Any] = dict(
         num_experts=hf["n_routed_experts"],
         experts_per_token=hf["num_experts_per_tok"],
         expert_mlp_dim=hf["moe_intermediate_size"],
         num_shared_experts=shared,
-        moe_first_dense=hf["first_k_dense_replace"],
+        first_dense=hf["first_k_dense_replace"],
         router=scoring,
         router_norm_topk=hf["norm_topk_prob"] and model_type == "deepseek_v3",
         router_scale=float(hf["routed_scaling_factor"]),
         router_groups=(hf["n_group"] or 1) if grouped else 1,
         router_topk_groups=(hf["topk_group"] or 1) if grouped else 1,
-        mtp_depths=mtp_layers(hf),
     )
     if hf.get("aux_loss_alpha") is not None:  # a training setting (logits do not change)
-        fields["router_aux_loss"] = float(hf["aux_loss_alpha"])
+        moe["router_aux_loss"] = float(hf["aux_loss_alpha"])
+    fields |= dict(
+        attention_type="mla",
+        mla=MLAConfig(
+            kv_latent_dim=hf["kv_lora_rank"],
+            q_lora_rank=hf["q_lora_rank"],
+            qk_rope_head_dim=rope,
+            v_head_dim=hf["v_head_dim"],
+        ),
+        head_dim=nope + rope,
+        moe=MoEConfig(**moe),
+        mtp_depths=mtp_layers(hf),
+    )
     return LlamaConfig(**{**fields, **overrides})
 
 
@@ -221,21 +227,21 @@ def deepseek_export_type(config: LlamaConfig, model_type: str | None) -> str:
     """deepseek_v3 for the sigmoid router, deepseek_v2 for softmax (or the one asked for, when
     it fits). ``ValueError`` naming what HF cannot express."""
     c = config
-    chosen = model_type or ("deepseek_v3" if c.router == "sigmoid" else "deepseek_v2")
+    chosen = model_type or ("deepseek_v3" if c.moe.router == "sigmoid" else "deepseek_v2")
     if chosen not in DEEPSEEK_TYPES:
         raise ValueError(
             f"a model with DeepSeek's MLA saves as one of {DEEPSEEK_TYPES}; got {chosen!r}"
         )
     needs: dict[str, tuple[Any, Any]] = {
-        "router": (c.router, _ROUTING[chosen][0]),
+        "moe.router": (c.moe.router, _ROUTING[chosen][0]),
         "norm": (c.norm, "rmsnorm"),
         "norm_position": (c.norm_position, "pre"),
         "mlp_activation": (c.mlp_activation, "swiglu"),
         "use_bias": (c.use_bias, False),
         "qkv_bias": (c.qkv_bias, False),
-        "shared_expert_gate": (c.shared_expert_gate, False),
-        "shared_expert_mlp_dim": (c.shared_expert_mlp_dim, None),
-        "moe_layer_step": (c.moe_layer_step, 1),
+        "moe.shared_expert_gate": (c.moe.shared_expert_gate, False),
+        "moe.shared_expert_mlp_dim": (c.moe.shared_expert_mlp_dim, None),
+        "moe.layer_step": (c.moe.layer_step, 1),
         "sliding_window": (c.sliding_window, None),
         "norm_eps": (c.norm_eps, 1e-6),
         "norm_plus_one": (c.norm_plus_one, False),
@@ -245,9 +251,9 @@ def deepseek_export_type(config: LlamaConfig, model_type: str | None) -> str:
         "query_pre_attn_scalar": (c.query_pre_attn_scalar, None),
     }
     if chosen == "deepseek_v2":
-        needs["router_norm_topk"] = (c.router_norm_topk, False)
-    if not c.num_experts or not c.num_shared_experts:
-        needs["num_experts, num_shared_experts"] = ("0", "> 0")
+        needs["moe.router_norm_topk"] = (c.moe.router_norm_topk, False)
+    if not c.moe.num_experts or not c.moe.num_shared_experts:
+        needs["moe.num_experts, moe.num_shared_experts"] = ("0", "> 0")
     wrong = {k: v for k, v in needs.items() if v[0] != v[1]}
     refuse_mismatches(wrong, f"model_type {chosen!r} cannot express this model")
     return chosen
@@ -257,8 +263,8 @@ def deepseek_config_to_hf(config: LlamaConfig, model_type: str | None = None) ->
     """The ``config.json`` dict of ``config`` (DeepSeek's MLA and MoE) as ``model_type``."""
     c = config
     chosen = deepseek_export_type(c, model_type)
-    assert c.head_dim is not None and c.qk_rope_head_dim is not None
-    plain = c.replace(attention_type="mha", **_NO_MLA)
+    assert c.head_dim is not None and c.mla.qk_rope_head_dim is not None
+    plain = c.replace(attention_type="mha", mla=MLAConfig(), num_kv_heads=None)
     assert isinstance(plain, LlamaConfig)
     out = llama_common_to_hf(plain, "llama")
     rope = out.pop("rope_scaling", None)
@@ -266,36 +272,31 @@ def deepseek_config_to_hf(config: LlamaConfig, model_type: str | None = None) ->
     out |= dict(
         architectures=[ARCHITECTURES[chosen]],
         model_type=chosen,
-        head_dim=c.qk_rope_head_dim,
+        head_dim=c.mla.qk_rope_head_dim,
         rope_parameters={"rope_theta": c.rope_theta, **(rope or {"rope_type": "default"})},
         attention_bias=False,
-        q_lora_rank=c.q_lora_rank,
-        kv_lora_rank=c.kv_latent_dim,
-        qk_nope_head_dim=c.head_dim - c.qk_rope_head_dim,
-        qk_rope_head_dim=c.qk_rope_head_dim,
-        v_head_dim=c.v_head_dim or c.head_dim,
-        n_routed_experts=c.num_experts,
-        num_experts_per_tok=c.experts_per_token,
+        q_lora_rank=c.mla.q_lora_rank,
+        kv_lora_rank=c.mla.kv_latent_dim,
+        qk_nope_head_dim=c.head_dim - c.mla.qk_rope_head_dim,
+        qk_rope_head_dim=c.mla.qk_rope_head_dim,
+        v_head_dim=c.mla.v_head_dim or c.head_dim,
+        n_routed_experts=c.moe.num_experts,
+        num_experts_per_tok=c.moe.experts_per_token,
         moe_intermediate_size=expert_mlp_dim(c),
-        n_shared_experts=c.num_shared_experts,
-        first_k_dense_replace=c.moe_first_dense,
-        routed_scaling_factor=c.router_scale,
-        n_group=c.router_groups,
-        topk_group=c.router_topk_groups,
-        norm_topk_prob=c.router_norm_topk,
+        n_shared_experts=c.moe.num_shared_experts,
+        first_k_dense_replace=c.moe.first_dense,
+        routed_scaling_factor=c.moe.router_scale,
+        n_group=c.moe.router_groups,
+        topk_group=c.moe.router_topk_groups,
+        norm_topk_prob=c.moe.router_norm_topk,
         bos_token_id=None,
         eos_token_id=None,
         pad_token_id=None,
     )
     if chosen == "deepseek_v2":
-        out["topk_method"] = "group_limited_greedy" if c.router_groups > 1 else "greedy"
+        out["topk_method"] = "group_limited_greedy" if c.moe.router_groups > 1 else "greedy"
         out["mlp_bias"] = False
     else:
         out |= dict(rope_interleave=True, num_nextn_predict_layers=c.mtp_depths)
     return out
 
-
-#: The DeepSeek MLA fields reset to build the common keys with the plain Llama writer.
-_NO_MLA = dict(
-    kv_latent_dim=None, q_lora_rank=None, qk_rope_head_dim=None, v_head_dim=None, num_kv_heads=None
-)

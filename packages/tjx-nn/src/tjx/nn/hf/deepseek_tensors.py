@@ -74,14 +74,15 @@ def deepseek_mapping(
 
 def _deepseek_layers(c: LlamaConfig, model_type: str, interleaved: bool) -> HFMapping:
     """`deepseek_mapping` of the causal LM's ``c.num_layers`` layers."""
-    assert c.head_dim is not None and c.qk_rope_head_dim is not None
-    assert c.kv_latent_dim is not None
+    assert c.head_dim is not None and c.mla.qk_rope_head_dim is not None
+    assert c.mla.kv_latent_dim is not None
     base = llama_mapping(c, model_type)  # everything but the attention, replaced below
     tables = Tables.of(base)
     for i in range(c.num_layers):
         tables.drop(f"model.layers.{i}.self_attn.", f"stack.layers.{i}.attn.")
     shapes, to_tjx, to_hf, same = tables.shapes, tables.to_tjx, tables.to_hf, tables.same
-    d, h, hd, rope, r = c.d_model, c.num_heads, c.head_dim, c.qk_rope_head_dim, c.kv_latent_dim
+    d, h, hd = c.d_model, c.num_heads, c.head_dim
+    rope, r = c.mla.qk_rope_head_dim, c.mla.kv_latent_dim
     nope, v = hd - rope, value_dim(c)
     q_order = _order(hd, rope, interleaved)
     rope_order = _order(rope, rope, interleaved)
@@ -114,11 +115,11 @@ def _deepseek_layers(c: LlamaConfig, model_type: str, interleaved: bool) -> HFMa
     kinds = moe_layers(c)
     for i in range(c.num_layers):
         p, t = f"model.layers.{i}.self_attn.", f"stack.layers.{i}.attn."
-        q_in = c.q_lora_rank or d
-        if c.q_lora_rank:
+        q_in = c.mla.q_lora_rank or d
+        if c.mla.q_lora_rank:
             tables.linear(p + "q_a_proj", t + "query_down", (d,), (q_in,))
             same(p + "q_a_layernorm.weight", t + "query_latent_norm.scale", (q_in,))
-        q_name = p + ("q_b_proj" if c.q_lora_rank else "q_proj") + ".weight"
+        q_name = p + ("q_b_proj" if c.mla.q_lora_rank else "q_proj") + ".weight"
         shapes[q_name] = (h * hd, q_in)
         to_tjx[t + "query.kernel"] = _heads_in(q_name, h, q_order)
         to_hf[q_name] = _heads_out(t + "query.kernel", q_order)
@@ -126,10 +127,10 @@ def _deepseek_layers(c: LlamaConfig, model_type: str, interleaved: bool) -> HFMa
         same(p + "kv_a_layernorm.weight", t + "kv_latent_norm.scale", (r,))
         kv_b(p + "kv_b_proj.weight", t)
         tables.linear(p + "o_proj", t + "out", (h, v), (d,))
-        if kinds[i] and c.router == "sigmoid":
+        if kinds[i] and c.moe.router == "sigmoid":
             same(
                 f"model.layers.{i}.mlp.gate.e_score_correction_bias",
                 f"stack.layers.{i}.moe.router.bias",
-                (c.num_experts,),
+                (c.moe.num_experts,),
             )
     return tables.mapping(base.ignored)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tjx.nn.configs import LlamaConfig
+from tjx.nn.configs import LlamaConfig, setting_value
 from tjx.nn.hf.config import BASE_KEYS, HARMLESS
 
 #: The switches of a plain LLaMA (``family_config``): what llama/mistral/qwen2/phi3 compute with.
@@ -155,9 +155,17 @@ def check_exportable(config: LlamaConfig, rope_types: tuple[str, ...] = ()) -> N
     )
 
 
-def mismatches(config: Any, needs: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Each field of ``config`` whose value is not ``needs``' → (its value, the value needed)."""
-    return {k: (getattr(config, k), v) for k, v in needs.items() if getattr(config, k) != v}
+def mismatches(
+    config: Any, needs: Mapping[str, Any], section: str | None = None
+) -> dict[str, tuple[Any, Any]]:
+    """Each field of ``config`` whose value is not ``needs``' → (its value, the value needed).
+
+    A key may be dotted (``"moe.num_experts"``: a field of a section); with ``section``
+    (``"moe"``) every key is a field of that section, named with its path in the result.
+    """
+    pre = "" if section is None else f"{section}."
+    got = {pre + k: (setting_value(config, pre + k), v) for k, v in needs.items()}
+    return {k: pair for k, pair in got.items() if pair[0] != pair[1]}
 
 
 def refuse_mismatches(wrong: Mapping[str, tuple[Any, Any]], what: str) -> None:

@@ -15,10 +15,10 @@ transformers' default 0.5)           rest pass through
 ``num_experts_per_tok``,             ``sigmoid(logits) + e_score_correction_bias`` within the
 ``n_group``, ``topk_group``,         best groups (by their two best), weighted by the sigmoid
 ``norm_topk_prob``,                  scores (renormalised with ``norm_topk_prob``) times
-``routed_scaling_factor``            ``router_scale``
+``routed_scaling_factor``            ``moe.router_scale``
 ``n_shared_experts``,                ``num_shared_experts`` (one MLP of ``n × moe_intermediate_
 ``moe_intermediate_size``            size``), ``expert_mlp_dim``
-``first_k_dense_replace``            ``moe_first_dense`` (those layers' MLP: ``intermediate_
+``first_k_dense_replace``            ``moe.first_dense`` (those layers' MLP: ``intermediate_
                                      size``)
 ``num_nextn_predict_layers``         ``mtp_depths``: the multi-token-prediction layers after the
 (``num_mtp_layers``)                 last, DeepSeek-V3's layout (`tjx.nn.hf.mtp_tensors`)
@@ -42,7 +42,7 @@ from tjx.nn.hf.keys import ABSENT, Key, count, flag, positive, size
 from tjx.nn.hf.llama import llama_mapping
 from tjx.nn.hf.mtp_tensors import mtp_mapping
 from tjx.nn.hf.tables import Tables
-from tjx.nn.moe.config import expert_mlp_dim, moe_layers
+from tjx.nn.moe.config import MoEConfig, expert_mlp_dim, moe_layers
 
 GLM4_MOE = "glm4_moe"
 ARCHITECTURE = "Glm4MoeForCausalLM"
@@ -110,10 +110,13 @@ NEEDS: dict[str, Any] = dict(
     rope_local_theta=None,
     sliding_window=None,
     attention_sinks=False,
+)
+#: What its ``moe`` section must have: `MoEConfig` field → the value GLM-4.5 computes with.
+MOE_NEEDS: dict[str, Any] = dict(
     router="sigmoid",
     router_logit_bias=False,
     shared_expert_gate=False,
-    moe_layer_step=1,
+    layer_step=1,
 )
 
 
@@ -155,16 +158,18 @@ def glm4_moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
         qkv_bias=hf["attention_bias"],
         qk_norm=hf["use_qk_norm"],
         rope_fraction=partial_rotary_factor(partial),
-        num_experts=hf["n_routed_experts"],
-        experts_per_token=hf["num_experts_per_tok"],
-        expert_mlp_dim=hf["moe_intermediate_size"],
-        num_shared_experts=hf["n_shared_experts"],
-        moe_first_dense=hf["first_k_dense_replace"],
-        router="sigmoid",
-        router_norm_topk=hf["norm_topk_prob"],
-        router_scale=float(hf["routed_scaling_factor"]),
-        router_groups=hf["n_group"],
-        router_topk_groups=hf["topk_group"],
+        moe=MoEConfig(
+            num_experts=hf["n_routed_experts"],
+            experts_per_token=hf["num_experts_per_tok"],
+            expert_mlp_dim=hf["moe_intermediate_size"],
+            num_shared_experts=hf["n_shared_experts"],
+            first_dense=hf["first_k_dense_replace"],
+            router="sigmoid",
+            router_norm_topk=hf["norm_topk_prob"],
+            router_scale=float(hf["routed_scaling_factor"]),
+            router_groups=hf["n_group"],
+            router_topk_groups=hf["topk_group"],
+        ),
         mtp_depths=mtp_layers(hf),
     )
     return LlamaConfig(**{**fields, **overrides})
@@ -175,7 +180,7 @@ def is_glm4_moe(config: LlamaConfig, model_type: str | None) -> bool:
     (which no other family tjx writes computes; a full-RoPE one saves as glm4_moe when asked)."""
     if model_type is not None:
         return model_type == GLM4_MOE
-    return bool(config.num_experts) and config.rope_fraction < 1.0
+    return bool(config.moe.num_experts) and config.rope_fraction < 1.0
 
 
 def glm4_moe_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
@@ -187,12 +192,12 @@ def glm4_moe_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         ``config`` computes something GLM-4.5 cannot express (every such field named).
     """
     c = config
-    wrong = mismatches(c, NEEDS)
-    if not c.num_experts:
-        wrong["num_experts"] = (0, "> 0")
-    shared = c.num_shared_experts * expert_mlp_dim(c)
-    if c.shared_expert_mlp_dim not in (None, shared):
-        wrong["shared_expert_mlp_dim"] = (c.shared_expert_mlp_dim, f"None or {shared}")
+    wrong = mismatches(c, NEEDS) | mismatches(c, MOE_NEEDS, "moe")
+    if not c.moe.num_experts:
+        wrong["moe.num_experts"] = (0, "> 0")
+    shared = c.moe.num_shared_experts * expert_mlp_dim(c)
+    if c.moe.shared_expert_mlp_dim not in (None, shared):
+        wrong["moe.shared_expert_mlp_dim"] = (c.moe.shared_expert_mlp_dim, f"None or {shared}")
     refuse_mismatches(wrong, "model_type 'glm4_moe' cannot express this model")
     out = llama_common_to_hf(c, "llama")
     scaling = out.pop("rope_scaling", None)
@@ -205,14 +210,14 @@ def glm4_moe_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "attention_bias": c.qkv_bias,
         "use_qk_norm": c.qk_norm,
         "moe_intermediate_size": expert_mlp_dim(c),
-        "num_experts_per_tok": c.experts_per_token,
-        "n_shared_experts": c.num_shared_experts,
-        "n_routed_experts": c.num_experts,
-        "routed_scaling_factor": c.router_scale,
-        "n_group": c.router_groups,
-        "topk_group": c.router_topk_groups,
-        "first_k_dense_replace": c.moe_first_dense,
-        "norm_topk_prob": c.router_norm_topk,
+        "num_experts_per_tok": c.moe.experts_per_token,
+        "n_shared_experts": c.moe.num_shared_experts,
+        "n_routed_experts": c.moe.num_experts,
+        "routed_scaling_factor": c.moe.router_scale,
+        "n_group": c.moe.router_groups,
+        "topk_group": c.moe.router_topk_groups,
+        "first_k_dense_replace": c.moe.first_dense,
+        "norm_topk_prob": c.moe.router_norm_topk,
         "num_nextn_predict_layers": c.mtp_depths,
         "bos_token_id": None,
         "eos_token_id": None,
@@ -236,5 +241,5 @@ def _glm4_moe_layers(c: LlamaConfig) -> HFMapping:
     for i, moe in enumerate(moe_layers(c)):
         if moe:
             hf, tjx = f"model.layers.{i}.mlp.gate.e_score_correction_bias", f"stack.layers.{i}."
-            tables.same(hf, tjx + "moe.router.bias", (c.num_experts,))
+            tables.same(hf, tjx + "moe.router.bias", (c.moe.num_experts,))
     return tables.mapping(base.ignored)

@@ -44,11 +44,12 @@ import numpy as np
 
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields
-from tjx.nn.hf.family_base import layer_types
+from tjx.nn.hf.family_base import layer_types, mismatches
 from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.keys import ATTENTION_KINDS, flag, layer_list, nonneg, positive, size
 from tjx.nn.hf.tables import Tables, transposed
 from tjx.nn.mlp import CLAMPED_SWIGLU_ALPHA, CLAMPED_SWIGLU_LIMIT
+from tjx.nn.moe.config import MoEConfig
 
 GPT_OSS = "gpt_oss"
 ARCHITECTURE = "GptOssForCausalLM"
@@ -110,14 +111,17 @@ NEEDS: dict[str, Any] = dict(
     final_logit_softcap=None,
     rope_local_theta=None,
     rope_fraction=1.0,
+)
+#: What its ``moe`` section must have: `MoEConfig` field → the value gpt-oss computes with.
+MOE_NEEDS: dict[str, Any] = dict(
     router="softmax",
     router_norm_topk=True,
     router_logit_bias=True,
     router_scale=1.0,
     router_groups=1,
     num_shared_experts=0,
-    moe_first_dense=0,
-    moe_layer_step=1,
+    first_dense=0,
+    layer_step=1,
 )
 
 
@@ -161,12 +165,14 @@ def gpt_oss_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConf
         use_bias=True,
         attention_sinks=True,
         mlp_activation="swiglu_clamped",
-        num_experts=hf["num_local_experts"],
-        experts_per_token=hf["num_experts_per_tok"],
-        router="softmax",
-        router_norm_topk=True,
-        router_logit_bias=True,
-        router_aux_loss=float(hf["router_aux_loss_coef"]),
+        moe=MoEConfig(
+            num_experts=hf["num_local_experts"],
+            experts_per_token=hf["num_experts_per_tok"],
+            router="softmax",
+            router_norm_topk=True,
+            router_logit_bias=True,
+            router_aux_loss=float(hf["router_aux_loss_coef"]),
+        ),
     )
     return LlamaConfig(**{**fields, **overrides})
 
@@ -185,15 +191,17 @@ def gpt_oss_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         ``config`` computes something gpt-oss cannot express (every such field named).
     """
     c = config
-    wrong = {k: getattr(c, k) for k, v in NEEDS.items() if getattr(c, k) != v}
-    if not c.num_experts:
-        wrong["num_experts"] = 0
-    if c.expert_mlp_dim not in (None, c.mlp_dim):
-        wrong["expert_mlp_dim"] = c.expert_mlp_dim
+    want = NEEDS | {f"moe.{k}": v for k, v in MOE_NEEDS.items()}
+    wrong = {k: got for k, (got, _) in mismatches(c, want).items()}
+    if not c.moe.num_experts:
+        wrong["moe.num_experts"] = 0
+    if c.moe.expert_mlp_dim not in (None, c.mlp_dim):
+        wrong["moe.expert_mlp_dim"] = c.moe.expert_mlp_dim
     if wrong:
         got = ", ".join(f"{k}={v!r}" for k, v in wrong.items())
-        needs = ", ".join(f"{k}={NEEDS.get(k, '> 0' if k == 'num_experts' else 'mlp_dim')!r}"
-                          for k in wrong)  # fmt: skip
+        needs = ", ".join(
+            f"{k}={want.get(k, '> 0' if k == 'moe.num_experts' else 'mlp_dim')!r}" for k in wrong
+        )
         raise ValueError(f"model_type 'gpt_oss' cannot express {got} (it computes {needs})")
     out = llama_common_to_hf(c, "llama")
     scaling = out.pop("rope_scaling", None)
@@ -207,11 +215,11 @@ def gpt_oss_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         # No window means every layer full; transformers' gpt-oss needs a number anyway.
         "sliding_window": c.sliding_window or c.max_seq_len,
         "layer_types": layer_types(c),
-        "num_local_experts": c.num_experts,
-        "num_experts_per_tok": c.experts_per_token,
+        "num_local_experts": c.moe.num_experts,
+        "num_experts_per_tok": c.moe.experts_per_token,
         "swiglu_alpha": CLAMPED_SWIGLU_ALPHA,
         "swiglu_limit": CLAMPED_SWIGLU_LIMIT,
-        "router_aux_loss_coef": c.router_aux_loss,
+        "router_aux_loss_coef": c.moe.router_aux_loss,
         "bos_token_id": None,
         "eos_token_id": None,
         "pad_token_id": None,
@@ -222,7 +230,7 @@ def gpt_oss_mapping(c: LlamaConfig) -> HFMapping:
     """The HF ↔ tjx correspondence of a gpt-oss ``c`` (see ``HFMapping`` and the module doc)."""
     assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp_dim is not None
     d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
-    e, f, v = c.num_experts, c.mlp_dim, c.vocab_size
+    e, f, v = c.moe.num_experts, c.mlp_dim, c.vocab_size
     tables = Tables()
     shapes, to_tjx, to_hf, same = tables.shapes, tables.to_tjx, tables.to_hf, tables.same
 

@@ -35,7 +35,7 @@ def experts(tables: Tables, c: LlamaConfig, moe_type: str, p: str, t: str) -> No
     """Layer ``p``'s (tjx ``t``'s) routed experts, router and shared expert, named as
     ``moe_type`` names them (`moe.NAMES`), into ``tables``."""
     block, router, (gate, up, down), shared = NAMES[moe_type]
-    d, e, f = c.d_model, c.num_experts, expert_mlp_dim(c)
+    d, e, f = c.d_model, c.moe.num_experts, expert_mlp_dim(c)
     # The router is an nn.Linear(d, E) without bias: a [d, E] kernel transposed.
     tables.linear(f"{p}{block}.{router}", t + "moe.router", (d,), (e,))
     for hf, tjx, shape in ((gate, "fc_gate", (d, f)), (up, "fc_in", (d, f)),
@@ -51,7 +51,7 @@ def experts(tables: Tables, c: LlamaConfig, moe_type: str, p: str, t: str) -> No
                                           ("up_proj", "fc_in", (d,), (s,)),
                                           ("down_proj", "fc_out", (s,), (d,))):  # fmt: skip
             tables.linear(f"{p}{block}.{shared}.{hf}", f"{t}moe.shared.{tjx}", i_shape, o_shape)
-        if c.shared_expert_gate:  # Qwen2-MoE's (DeepSeek's shared experts have none)
+        if c.moe.shared_expert_gate:  # Qwen2-MoE's (DeepSeek's shared experts have none)
             tables.linear(f"{p}{block}.{shared}_gate", f"{t}moe.shared_gate", (d,), (1,))
 
 

@@ -10,13 +10,13 @@ mixtral       ``num_local_experts``, ``num_experts_per_tok``,  every layer MoE, 
               ``intermediate_size`` (an expert's width)        renormalised, no shared experts
 qwen2_moe     ``num_experts``, ``moe_intermediate_size``,      one shared expert with a sigmoid
               ``shared_expert_intermediate_size``,             gate, q/k/v biases,
-              ``norm_topk_prob``, ``decoder_sparse_step``,     ``moe_layer_step``,
-              ``mlp_only_layers`` (``[0, k)`` only)            ``moe_first_dense``
+              ``norm_topk_prob``, ``decoder_sparse_step``,     ``moe.layer_step``,
+              ``mlp_only_layers`` (``[0, k)`` only)            ``moe.first_dense``
 qwen3_moe     as qwen2_moe without the shared expert, with     ``qk_norm``, no biases
               an RMSNorm of each q/k head
 ============  ===============================================  =================================
 
-``router_aux_loss_coef`` becomes ``router_aux_loss`` (a training setting: note that HF Mixtral's
+``router_aux_loss_coef`` becomes ``moe.router_aux_loss`` (a training setting: note that HF Mixtral's
 loss is ``k`` times tjx's). Refused in one line: ``mlp_only_layers`` other than the first
 layers, ``router_jitter_noise`` > 0, a qwen2_moe without experts or shared expert, qwen3_moe
 attention biases; and on export a model HF cannot express (sigmoid router, shared experts
@@ -38,7 +38,7 @@ from tjx.nn.hf.config import (
     llama_fields,
 )
 from tjx.nn.hf.keys import ABSENT, Spec, count, flag, int_list, nonneg, positive, size
-from tjx.nn.moe.config import expert_mlp_dim, shared_mlp_dim
+from tjx.nn.moe.config import MoEConfig, expert_mlp_dim, shared_mlp_dim
 
 MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe")
 _QWEN_KEYS = frozenset(
@@ -167,13 +167,13 @@ def moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
         if fields["use_bias"]:
             raise _refuse("attention_bias", True, "tjx's qwen3_moe import has no biases")
         fields["qk_norm"] = True
-    return LlamaConfig(**{**fields, **moe, **overrides})
+    return LlamaConfig(**{**fields, "moe": MoEConfig(**moe), **overrides})
 
 
 def qwen_moe_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]:
-    """The Qwen MoE types' expert placement, width and shared expert (qwen2_moe, qwen3_moe and
-    Qwen3-Next's), from ``hf`` as the type's `keys.Spec` has read it (transformers' defaults
-    filled in).
+    """The Qwen MoE types' expert placement, width and shared expert (`MoEConfig` fields of
+    qwen2_moe, qwen3_moe and Qwen3-Next), from ``hf`` as the type's `keys.Spec` has read it
+    (transformers' defaults filled in).
 
     Raises
     ------
@@ -187,8 +187,8 @@ def qwen_moe_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]:
     fields: dict[str, Any] = dict(
         expert_mlp_dim=hf["moe_intermediate_size"],
         router_norm_topk=hf["norm_topk_prob"],
-        moe_layer_step=hf["decoder_sparse_step"],
-        moe_first_dense=len(dense),
+        layer_step=hf["decoder_sparse_step"],
+        first_dense=len(dense),
     )
     if model_type in SHARED_GATE_TYPES:
         shared = hf["shared_expert_intermediate_size"]
@@ -203,7 +203,7 @@ def moe_export_type(config: LlamaConfig, model_type: str | None) -> str:
     qwen3_moe with q/k norms, mixtral otherwise. ``ValueError`` when HF cannot express it."""
     c = config
     chosen = model_type or (
-        "qwen2_moe" if c.num_shared_experts else "qwen3_moe" if c.qk_norm else "mixtral"
+        "qwen2_moe" if c.moe.num_shared_experts else "qwen3_moe" if c.qk_norm else "mixtral"
     )
     if chosen not in MOE_TYPES:
         raise ValueError(f"model_type must be one of {MOE_TYPES} for an MoE model; got {chosen!r}")
@@ -213,16 +213,16 @@ def moe_export_type(config: LlamaConfig, model_type: str | None) -> str:
         if not ok:
             raise ValueError(f"model_type {chosen!r} cannot express this model: it needs {what}")
 
-    need(c.router == "softmax", f"router 'softmax' (got {c.router!r})")
+    need(c.moe.router == "softmax", f"router 'softmax' (got {c.moe.router!r})")
     need(not c.use_bias, "no biases beside q/k/v (use_bias=False)")
     need(c.qk_norm == (chosen == "qwen3_moe"), f"qk_norm={chosen == 'qwen3_moe'}")
     need(c.qkv_bias == (chosen == "qwen2_moe"), f"qkv_bias={chosen == 'qwen2_moe'}")
     shared = chosen == "qwen2_moe"
-    need(bool(c.num_shared_experts) == shared, f"{'' if shared else 'no '}shared experts")
-    need(c.shared_expert_gate == shared, f"shared_expert_gate={shared}")
+    need(bool(c.moe.num_shared_experts) == shared, f"{'' if shared else 'no '}shared experts")
+    need(c.moe.shared_expert_gate == shared, f"shared_expert_gate={shared}")
     if chosen == "mixtral":
-        need(c.moe_layer_step == 1 and c.moe_first_dense == 0, "every layer MoE")
-        need(c.router_norm_topk, "router_norm_topk=True")
+        need(c.moe.layer_step == 1 and c.moe.first_dense == 0, "every layer MoE")
+        need(c.moe.router_norm_topk, "router_norm_topk=True")
         need(c.window_pattern is None, "one sliding_window for every layer (no window_pattern)")
     else:
         need(c.sliding_window is None, "no sliding_window (tjx writes none for the Qwen MoE types)")
@@ -234,20 +234,21 @@ def moe_config_to_hf(config: LlamaConfig, model_type: str | None = None) -> dict
     c = config
     chosen = moe_export_type(c, model_type)
     out = llama_common_to_hf(c, chosen)
-    out |= dict(num_experts_per_tok=c.experts_per_token, router_aux_loss_coef=c.router_aux_loss)
+    moe = c.moe
+    out |= dict(num_experts_per_tok=moe.experts_per_token, router_aux_loss_coef=moe.router_aux_loss)
     if chosen == "mixtral":
         out |= dict(
-            num_local_experts=c.num_experts,
+            num_local_experts=c.moe.num_experts,
             intermediate_size=expert_mlp_dim(c),
             sliding_window=c.sliding_window,
         )
         return out
     out |= dict(
-        num_experts=c.num_experts,
+        num_experts=c.moe.num_experts,
         moe_intermediate_size=expert_mlp_dim(c),
-        norm_topk_prob=c.router_norm_topk,
-        decoder_sparse_step=c.moe_layer_step,
-        mlp_only_layers=list(range(c.moe_first_dense)),
+        norm_topk_prob=c.moe.router_norm_topk,
+        decoder_sparse_step=c.moe.layer_step,
+        mlp_only_layers=list(range(c.moe.first_dense)),
         use_sliding_window=False,
     )
     if chosen == "qwen2_moe":

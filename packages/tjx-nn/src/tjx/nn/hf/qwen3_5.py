@@ -8,8 +8,8 @@ config.json / tensor               tjx
 =================================  ============================================================
 ``layer_types`` (``linear_`` /     ``mixer_pattern`` (``delta`` / ``attention``; default: three
 ``full_attention``)                delta layers, then an attention one)
-``linear_num_key_heads``, ...      ``delta_key_heads``, ``delta_value_heads``, ``delta_key_dim``,
-``linear_conv_kernel_dim``         ``delta_value_dim``, ``delta_conv_kernel``
+``linear_num_key_heads``, ...      ``delta.key_heads``, ``delta.value_heads``, ``delta.key_dim``,
+``linear_conv_kernel_dim``         ``delta.value_dim``, ``delta.conv_kernel``
 ``linear_attn.*``                  ``delta.*`` (`tjx.nn.gated_deltanet`): ``conv1d.weight``
                                    ``[C, 1, K]`` ↔ ``conv_weight`` ``[C, K]``, ``A_log`` ↔
                                    ``a_log``, ``norm.weight`` ↔ ``norm_scale``
@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig
+from tjx.nn.gated_deltanet import DeltaConfig
 from tjx.nn.hf.config import partial_rotary_factor
 from tjx.nn.hf.family_base import (
     base_fields,
@@ -119,7 +120,7 @@ NEEDS: dict[str, Any] = dict(
     rope_scaling=None,
     sliding_window=None,
     attention_sinks=False,
-    num_experts=0,
+    **{"moe.num_experts": 0},
 )
 #: The RoPE entry's keys of the image model's positions (equal for text: no number changes).
 _MROPE = ("mrope_section", "mrope_interleaved")
@@ -209,13 +210,17 @@ def hybrid_fields(hf: Mapping[str, Any], model_type: str, keys: frozenset[str]) 
         rope_theta=rope_theta({**rest, "rope_parameters": params}, model_type),
         rope_fraction=partial_rotary_factor(partial),
         mixer_pattern=shortest_pattern([MIXER_OF[t] for t in types]),
-        delta_key_heads=hf["linear_num_key_heads"],
-        delta_value_heads=hf["linear_num_value_heads"],
-        delta_key_dim=hf["linear_key_head_dim"],
-        delta_value_dim=hf["linear_value_head_dim"],
-        delta_conv_kernel=hf["linear_conv_kernel_dim"],
+        delta=DeltaConfig(
+            key_heads=hf["linear_num_key_heads"],
+            value_heads=hf["linear_num_value_heads"],
+            key_dim=hf["linear_key_head_dim"],
+            value_dim=hf["linear_value_head_dim"],
+            conv_kernel=hf["linear_conv_kernel_dim"],
+        ),
     )
-    switches = {k: v for k, v in NEEDS.items() if k not in ("rope_scaling", "sliding_window")}
+    # The switches a Qwen hybrid computes with (the dense MLP: the moe section's default).
+    skip = ("rope_scaling", "sliding_window", "moe.num_experts")
+    switches = {k: v for k, v in NEEDS.items() if k not in skip}
     return fields | switches
 
 
@@ -252,8 +257,8 @@ def hybrid_to_hf(
     out = common_to_hf(c)
     theta = out.pop("rope_theta")
     sizes = dict(zip(("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
-                      "linear_value_head_dim"), (c.delta_key_heads, c.delta_value_heads,
-                      c.delta_key_dim, c.delta_value_dim), strict=True))  # fmt: skip
+                      "linear_value_head_dim"), (c.delta.key_heads, c.delta.value_heads,
+                      c.delta.key_dim, c.delta.value_dim), strict=True))  # fmt: skip
     if "delta" not in c.layer_mixers():  # no delta layer: transformers still builds the sizes
         sizes = {k: SPEC.keys[k].default for k in sizes}
     return out | {
@@ -267,7 +272,7 @@ def hybrid_to_hf(
             "partial_rotary_factor": c.rope_fraction,
         },
         "layer_types": [LAYER_TYPE_OF[m] for m in c.layer_mixers()],
-        "linear_conv_kernel_dim": c.delta_conv_kernel,
+        "linear_conv_kernel_dim": c.delta.conv_kernel,
         **sizes,
     }
 
@@ -321,24 +326,24 @@ def hybrid_mapping(c: LlamaConfig, base: HFMapping, *, fused: bool) -> HFMapping
 
 def _delta_tensors(c: LlamaConfig, p: str, t: str, tables: Tables, fused: bool) -> None:
     """One delta layer's tensors (HF prefix ``p``, tjx prefix ``t``) into ``tables``."""
-    assert c.delta_key_heads is not None and c.delta_value_heads is not None
-    assert c.delta_key_dim is not None and c.delta_value_dim is not None
-    d, hv = c.d_model, c.delta_value_heads
-    value = hv * c.delta_value_dim
-    conv = 2 * c.delta_key_heads * c.delta_key_dim + value
+    assert c.delta.key_heads is not None and c.delta.value_heads is not None
+    assert c.delta.key_dim is not None and c.delta.value_dim is not None
+    d, hv = c.d_model, c.delta.value_heads
+    value = hv * c.delta.value_dim
+    conv = 2 * c.delta.key_heads * c.delta.key_dim + value
     inputs = [] if fused else [("in_proj_qkv", conv), ("in_proj_z", value), ("in_proj_b", hv),
                                ("in_proj_a", hv)]  # fmt: skip
     for name, n_in, n_out in [(n, d, o) for n, o in inputs] + [("out_proj", value, d)]:
         tables.linear(p + name, t + name, (n_in,), (n_out,))
     if fused:
         fused_delta_tensors(c, p, t, tables)
-    tables.shapes[p + "conv1d.weight"] = (conv, 1, c.delta_conv_kernel)
+    tables.shapes[p + "conv1d.weight"] = (conv, 1, c.delta.conv_kernel)
     tables.to_tjx[t + "conv_weight"] = _squeezed(p + "conv1d.weight")
     tables.to_hf[p + "conv1d.weight"] = _unsqueezed(t + "conv_weight")
     for hf_name, tjx_name, n in (
         ("dt_bias", "dt_bias", hv),
         ("A_log", "a_log", hv),
-        ("norm.weight", "norm_scale", c.delta_value_dim),
+        ("norm.weight", "norm_scale", c.delta.value_dim),
     ):
         tables.same(p + hf_name, t + tjx_name, (n,))
 
@@ -353,10 +358,10 @@ def fused_delta_tensors(c: LlamaConfig, p: str, t: str, tables: Tables) -> None:
     convolution's channel order (every query head, every key head, every value head), which is
     the order transformers concatenates the groups' parts in before its convolution.
     """
-    assert c.delta_key_heads is not None and c.delta_value_heads is not None
-    assert c.delta_key_dim is not None and c.delta_value_dim is not None
-    g, dk, dv = c.delta_key_heads, c.delta_key_dim, c.delta_value_dim
-    r = c.delta_value_heads // g
+    assert c.delta.key_heads is not None and c.delta.value_heads is not None
+    assert c.delta.key_dim is not None and c.delta.value_dim is not None
+    g, dk, dv = c.delta.key_heads, c.delta.key_dim, c.delta.value_dim
+    r = c.delta.value_heads // g
     qkvz, ba = p + "in_proj_qkvz.weight", p + "in_proj_ba.weight"
     widths = {"q": dk, "k": dk, "v": r * dv, "z": r * dv}  # each group's rows, in this order
     starts = dict(zip(widths, np.cumsum([0, *widths.values()])[:-1].tolist(), strict=True))

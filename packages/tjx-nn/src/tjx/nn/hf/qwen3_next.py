@@ -14,7 +14,7 @@ head)                                  load, grouped again on export
 ``num_experts_per_tok``,               ``expert_mlp_dim``; one shared expert of
 ``moe_intermediate_size``,             ``shared_expert_intermediate_size`` behind a sigmoid
 ``shared_expert_intermediate_size``    gate (``shared_expert_gate``)
-``decoder_sparse_step``,               ``moe_layer_step``, ``moe_first_dense`` (the first layers
+``decoder_sparse_step``,               ``moe.layer_step``, ``moe.first_dense`` (the first layers
 ``mlp_only_layers``                    only); ``num_experts`` 0: every layer dense
 ``mlp.experts.<e>.*``, ``mlp.gate``,   Qwen2-MoE's tensors (`llama`'s ``experts``)
 ``mlp.shared_expert(_gate)``
@@ -40,7 +40,7 @@ from tjx.nn.hf.qwen3_5 import KEYS as QWEN3_5_KEYS
 from tjx.nn.hf.qwen3_5 import NEEDS as QWEN3_5_NEEDS
 from tjx.nn.hf.qwen3_5 import SPEC as QWEN3_5_SPEC
 from tjx.nn.hf.qwen3_5 import hybrid_fields, hybrid_mapping, hybrid_to_hf, is_qwen3_5
-from tjx.nn.moe.config import expert_mlp_dim, shared_mlp_dim
+from tjx.nn.moe.config import MoEConfig, expert_mlp_dim, shared_mlp_dim
 
 QWEN3_NEXT = "qwen3_next"
 ARCHITECTURE = "Qwen3NextForCausalLM"
@@ -73,7 +73,7 @@ SPEC = QWEN3_5_SPEC.but(
 )
 #: What a config must have to be written as Qwen3-Next: Qwen3.5's decoder, any MoE placement,
 #: and (checked beside, when it has experts) Qwen2-MoE's router and gated shared expert.
-NEEDS = {k: v for k, v in QWEN3_5_NEEDS.items() if k != "num_experts"}
+NEEDS = {k: v for k, v in QWEN3_5_NEEDS.items() if k != "moe.num_experts"}
 MOE_NEEDS: dict[str, Any] = dict(
     router="softmax",
     router_scale=1.0,
@@ -98,7 +98,7 @@ def qwen3_next_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaC
     fields = hybrid_fields(hf, QWEN3_NEXT, KEYS)
     experts = hf["num_experts"]
     if experts > 0:
-        fields |= dict(
+        fields["moe"] = MoEConfig(
             num_experts=experts,
             experts_per_token=hf["num_experts_per_tok"],
             router_aux_loss=float(hf["router_aux_loss_coef"]),
@@ -112,7 +112,7 @@ def is_qwen3_next(config: LlamaConfig, model_type: str | None) -> bool:
     gated attention output) with MoE layers, which Qwen3.5's text model does not have."""
     if model_type is not None:
         return model_type == QWEN3_NEXT
-    return is_qwen3_5(config) and bool(config.num_experts)
+    return is_qwen3_5(config) and bool(config.moe.num_experts)
 
 
 def qwen3_next_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
@@ -124,26 +124,26 @@ def qwen3_next_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         ``config`` computes something Qwen3-Next cannot express (every such field named).
     """
     c = config
-    if c.num_experts:
-        wrong = mismatches(c, MOE_NEEDS)
+    if c.moe.num_experts:
+        wrong = mismatches(c, MOE_NEEDS, "moe")
         refuse_mismatches(wrong, f"model_type {QWEN3_NEXT!r} cannot express this model")
     out = hybrid_to_hf(c, QWEN3_NEXT, ARCHITECTURE, NEEDS)
-    if not c.num_experts:
+    if not c.moe.num_experts:
         return out | {"num_experts": 0, "mlp_only_layers": []}
     return out | {
-        "num_experts": c.num_experts,
-        "num_experts_per_tok": c.experts_per_token,
+        "num_experts": c.moe.num_experts,
+        "num_experts_per_tok": c.moe.experts_per_token,
         "moe_intermediate_size": expert_mlp_dim(c),
         "shared_expert_intermediate_size": shared_mlp_dim(c),
-        "norm_topk_prob": c.router_norm_topk,
-        "decoder_sparse_step": c.moe_layer_step,
-        "mlp_only_layers": list(range(c.moe_first_dense)),
-        "router_aux_loss_coef": c.router_aux_loss,
+        "norm_topk_prob": c.moe.router_norm_topk,
+        "decoder_sparse_step": c.moe.layer_step,
+        "mlp_only_layers": list(range(c.moe.first_dense)),
+        "router_aux_loss_coef": c.moe.router_aux_loss,
     }
 
 
 def qwen3_next_mapping(c: LlamaConfig) -> HFMapping:
     """The HF ↔ tjx correspondence of a Qwen3-Next ``c``: Llama's with Qwen2-MoE's sparse blocks
     (their tensor names are Qwen3-Next's), the gated ``q_proj`` and the grouped delta layers."""
-    base = llama_mapping(c, "qwen2_moe" if c.num_experts else None)
+    base = llama_mapping(c, "qwen2_moe" if c.moe.num_experts else None)
     return hybrid_mapping(c, base, fused=True)

@@ -14,19 +14,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from tjx.nn.config_io import config_to_dict
-from tjx.nn.configs import DELTA_SIZES, GPT2Config, TransformerConfig
+from tjx.nn.configs import SECTIONS, GPT2Config, TransformerConfig, setting_value
 from tjx.nn.families.registry import fixed_fields
+from tjx.nn.gated_deltanet import DELTA_SIZES
 from tjx.nn.hf.gpt2 import hf_gpt2_conflicts
 
 __all__ = ["HF_LLAMA_FIXED", "HOW_TO_TRAIN", "TRAINING_FIELDS", "config_clashes", "hf_conflicts"]
 
-#: Config fields a run started from another run's checkpoint may change: how it trains, not what.
+#: Config fields a run started from another run's checkpoint may change: how it trains, not what
+#: (a component section's by its dotted key).
 HOW_TO_TRAIN = (
     "dropout",
     "attention_dropout",
     "attention_impl",
     "cross_entropy_impl",
-    "delta_impl",
+    "delta.impl",
     "remat",
     "decode_topk",
     "init_std",
@@ -34,12 +36,13 @@ HOW_TO_TRAIN = (
 )
 
 #: The config fields a run decides when a Hugging Face checkpoint fixed the architecture (what an
-#: app hands ``load_hf`` as overrides): how to train it, not what it is.
+#: app hands ``load_hf`` as overrides; a dotted key: a component section's): how to train it,
+#: not what it is.
 TRAINING_FIELDS = (
     "scan_layers",
     "remat",
     "attention_impl",
-    "delta_impl",
+    "delta.impl",
     "dropout",
     "decode_topk",
     "precision",
@@ -47,7 +50,7 @@ TRAINING_FIELDS = (
 
 #: ``LlamaConfig`` fields a checkpoint of the LLaMA family fixes: its shape, its windows and the
 #: switches of the families built on it (Qwen3, OLMo 2, Gemma, ..., the family folders'), its MLA,
-#: its experts and its delta layers.
+#: its experts and its delta layers (a component section's settings by their dotted keys).
 HF_LLAMA_FIXED = (
     "position",
     "attention_type",
@@ -64,21 +67,21 @@ HF_LLAMA_FIXED = (
     "attn_logit_softcap",
     "final_logit_softcap",
     "rope_local_theta",
-    "kv_latent_dim",
-    "q_lora_rank",
-    "qk_rope_head_dim",
-    "v_head_dim",
-    "num_experts",
-    "router_scale",
-    "router_groups",
-    "router_topk_groups",
+    "mla.kv_latent_dim",
+    "mla.q_lora_rank",
+    "mla.qk_rope_head_dim",
+    "mla.v_head_dim",
+    "moe.num_experts",
+    "moe.router_scale",
+    "moe.router_groups",
+    "moe.router_topk_groups",
     "attention_sinks",
-    "router_logit_bias",
+    "moe.router_logit_bias",
     "rope_fraction",
     # Qwen3.5's and Qwen3-Next's delta layers and gated attention, the family folders' switches
     # (`tjx.nn.families.base.Family.fixed`), DeepSeek-V3's and GLM-4.5's multi-token prediction.
     "mixer_pattern",
-    *DELTA_SIZES,
+    *(f"delta.{name}" for name in DELTA_SIZES),
     "attention_output_gate",
     *fixed_fields(),
     "mtp_depths",
@@ -93,8 +96,9 @@ def hf_conflicts(
     Parameters
     ----------
     options : Mapping[str, Any]
-        Config field → requested value; ``None`` means unset. A list (YAML's, e.g.
-        ``window_pattern``) compares as the tuple a config holds.
+        Config field (a component section's: its dotted key, ``moe.num_experts``) → requested
+        value; ``None`` means unset. A list (YAML's, e.g. ``window_pattern``) compares as the
+        tuple a config holds.
     checkpoint : TransformerConfig or None
         The checkpoint's config (`read_hf_config`); a `GPT2Config` or ``None`` (a GPT-2 hub name,
         known without reading it) is checked by `hf_gpt2_conflicts`, any other against its own
@@ -115,7 +119,7 @@ def hf_conflicts(
     return {
         k: options[k]
         for k in HF_LLAMA_FIXED
-        if options.get(k) is not None and same(options[k]) != getattr(checkpoint, k)
+        if options.get(k) is not None and same(options[k]) != setting_value(checkpoint, k)
     }
 
 
@@ -134,12 +138,24 @@ def config_clashes(
     Returns
     -------
     dict[str, tuple[Any, Any]]
-        Field → (ours, theirs) as JSON data (`config_to_dict`), fields outside `HOW_TO_TRAIN`
-        in ``ours``' order; two config classes are one entry, ``"class"`` → their names.
+        Field → (ours, theirs) as JSON data (`config_to_dict`; a component section's fields by
+        their dotted keys), fields outside `HOW_TO_TRAIN` in ``ours``' order; two config classes
+        are one entry, ``"class"`` → their names.
     """
     a, b = config_to_dict(ours), config_to_dict(theirs)
     if a["class"] != b["class"]:
         return {"class": (a["class"], b["class"])}
     skip = {*HOW_TO_TRAIN, *(() if vocab else ("vocab_size",))}
-    fa, fb = a["fields"], b["fields"]
+    fa, fb = _dotted(a["fields"]), _dotted(b["fields"])
     return {k: (fa[k], fb.get(k)) for k in fa if k not in skip and fa[k] != fb.get(k)}
+
+
+def _dotted(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``config_to_dict``'s fields with each component section's as dotted keys."""
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key in SECTIONS and isinstance(value, Mapping):
+            out |= {f"{key}.{name}": v for name, v in value.items()}
+        else:
+            out[key] = value
+    return out

@@ -91,29 +91,29 @@ class Router(nnx.Module):
         # The expert dimension is left unnamed (replicated): the router is small, and its logits
         # go with tokens split over the batch axes, expert included.
         self.kernel = make_param(
-            rngs, normal(c.init_std), (c.d_model, c.num_experts), ("embed", None), dtype
+            rngs, normal(c.init_std), (c.d_model, c.moe.num_experts), ("embed", None), dtype
         )
         self.bias = (
-            make_param(rngs, zeros(), (c.num_experts,), (None,), jnp.float32)
-            if ROUTERS[c.router].bias
+            make_param(rngs, zeros(), (c.moe.num_experts,), (None,), jnp.float32)
+            if ROUTERS[c.moe.router].bias
             else None
         )
         self.logit_bias = (
-            make_param(rngs, zeros(), (c.num_experts,), (None,), dtype)
-            if c.router_logit_bias
+            make_param(rngs, zeros(), (c.moe.num_experts,), (None,), dtype)
+            if c.moe.router_logit_bias
             else None
         )
-        self.dtype = jnp.dtype(c.router_dtype)
+        self.dtype = jnp.dtype(c.moe.router_dtype)
         # router_input_norm: the router's own unscaled RMSNorm of its input, times
         # ``input_scale`` and 1/sqrt(d); each routed weight times its expert's ``expert_scale``.
         self.input_scale = (
             make_param(rngs, ones(), (c.d_model,), ("norm",), dtype)
-            if c.router_input_norm
+            if c.moe.router_input_norm
             else None
         )
         self.expert_scale = (
-            make_param(rngs, ones(), (c.num_experts,), (None,), dtype)
-            if c.router_expert_scale
+            make_param(rngs, ones(), (c.moe.num_experts,), (None,), dtype)
+            if c.moe.router_expert_scale
             else None
         )
         self.eps = c.norm_eps
@@ -155,7 +155,7 @@ class Experts(nnx.Module):
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs, out_std: float) -> None:
         c = config
-        e, d, f = c.num_experts, c.d_model, expert_mlp_dim(c)
+        e, d, f = c.moe.num_experts, c.d_model, expert_mlp_dim(c)
         kw: dict[str, Any] = dict(rngs=rngs, use_bias=c.use_bias, dtype=c.precision.param_dtype)
         names_in = ("experts", "embed", "mlp")
         self.fc_in = ExpertDense((e, d, f), names_in, std=c.init_std, **kw)
@@ -216,7 +216,7 @@ class MoE(nnx.Module):
                 init=normal(c.init_std),
                 precision=c.precision,
             )
-            if c.shared_expert_gate
+            if c.moe.shared_expert_gate
             else None
         )
 
@@ -232,7 +232,7 @@ class MoE(nnx.Module):
         dt = jnp.promote_types(c.precision.compute_dtype, x.dtype)
         logits = self.router(x if router_input is None else router_input)  # [b, s, E]
         bias = None if self.router.bias is None else self.router.bias[...]
-        routing = ROUTERS[c.router].fn(logits.reshape(b * s, -1), bias, c)
+        routing = ROUTERS[c.moe.router].fn(logits.reshape(b * s, -1), bias, c)
         experts = routing.experts.reshape(b, s, -1)
         weights = routing.weights.reshape(b, s, -1)
         if self.router.expert_scale is not None:
@@ -242,13 +242,15 @@ class MoE(nnx.Module):
         w = self.experts.weights()
         slots = (
             None
-            if c.capacity_factor is None or no_capacity
-            else expert_capacity(c.capacity_factor, s, c.experts_per_token, c.num_experts)
+            if c.moe.capacity_factor is None or no_capacity
+            else expert_capacity(
+                c.moe.capacity_factor, s, c.moe.experts_per_token, c.moe.num_experts
+            )
         )
 
         def run(x: Array, experts: Array, weights: Array, w: Any, comm: Any) -> tuple[Array, Array]:
             """One device's share (all of it without expert parallelism)."""
-            on_input = c.router_scales_input
+            on_input = c.moe.router_scales_input
             if slots is not None:
                 return capacity(x, experts, weights, w, ffn, slots, comm, on_input)
             shape = x.shape
@@ -270,7 +272,7 @@ class MoE(nnx.Module):
                 h = (jax.nn.sigmoid(gate) * h).astype(dt)
             y = y.astype(dt) + h
         return y.astype(dt), _stats(
-            logits.reshape(b * s, -1), routing.experts, routing.probs, dropped, c.num_experts
+            logits.reshape(b * s, -1), routing.experts, routing.probs, dropped, c.moe.num_experts
         )
 
 
@@ -310,6 +312,7 @@ def router_penalty(stats: MoEStats, config: TransformerConfig) -> Array:
     """
     tokens = jnp.maximum(stats.tokens, 1).astype(stats.balance_loss_sum.dtype)
     per_layer = (
-        config.router_aux_loss * stats.balance_loss_sum + config.router_z_loss * stats.z_loss_sum
+        config.moe.router_aux_loss * stats.balance_loss_sum
+        + config.moe.router_z_loss * stats.z_loss_sum
     ) / tokens
     return jnp.sum(per_layer)

@@ -29,8 +29,8 @@ def check_preference_run(config: Any, *, pipeline: int, context: int, z_loss: fl
         ("mesh.pipeline", pipeline > 1, "the pipeline runs the SFT loss only; set it to 1"),
         ("mesh.context", context > 1, "a pair's rows are scored whole; set it to 1"),
         (
-            "model.num_experts",
-            config.num_experts > 0,
+            "model.moe.num_experts",
+            config.moe.num_experts > 0,
             "the router's balancing losses are not part of the DPO loss; train a dense model",
         ),
         ("train.z_loss", z_loss != 0, "the DPO loss has no z-loss term; set it to 0"),

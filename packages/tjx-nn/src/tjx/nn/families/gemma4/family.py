@@ -51,5 +51,5 @@ FAMILY = Family(
     claims=is_gemma4,
     write=_write,
     stored_names={IMAGE_TEXT: text_name},
-    fixed=GEMMA4_SWITCHES,
+    fixed=(*GEMMA4_SWITCHES, "moe.beside_mlp", "moe.router_input_norm", "moe.router_expert_scale"),
 )

@@ -25,10 +25,10 @@ global layers)
 ``vocab_size_per_layer_input``,            ``per_layer.table``, ``per_layer.proj``,
 ``embed_tokens_per_layer``,                ``per_layer.norm``; each layer's
 ``per_layer_model_projection`` ...         ``per_layer.gate``/``proj``/``norm``
-``enable_moe_block``, ``num_experts``,     MoE layers (every layer) with ``moe_beside_mlp``:
+``enable_moe_block``, ``num_experts``,     MoE layers (every layer) with ``moe.beside_mlp``:
 ``top_k_experts``,                         the MLP stays, the experts beside it (softmax top-k,
-``moe_intermediate_size``; ``router.*``,   renormalised; ``router_expert_scale``,
-``experts.gate_up_proj`` ``[E, 2f, d]``    ``router_input_norm``); gate_up split into
+``moe_intermediate_size``; ``router.*``,   renormalised; ``moe.router_expert_scale``,
+``experts.gate_up_proj`` ``[E, 2f, d]``    ``moe.router_input_norm``); gate_up split into
 (gate rows first), ``down_proj``           ``fc_gate``/``fc_in`` on load, fused on export
 =========================================  ====================================================
 
@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from tjx.nn.configs import LlamaConfig
+from tjx.nn.configs import LlamaConfig, setting_value
 from tjx.nn.family_config import layer_shape
 from tjx.nn.hf.config import partial_rotary_factor
 from tjx.nn.hf.family_base import (
@@ -80,7 +80,7 @@ from tjx.nn.hf.keys import (
     text,
 )
 from tjx.nn.hf.tables import Convert, Tables
-from tjx.nn.moe.config import expert_mlp_dim
+from tjx.nn.moe.config import MoEConfig, expert_mlp_dim
 
 GEMMA4 = "gemma4_text"
 ARCHITECTURE = "Gemma4ForCausalLM"
@@ -181,18 +181,19 @@ NEEDS: dict[str, Any] = dict(
     value_norm=True,
     layer_scale=True,
 )
-#: What Gemma 4's MoE block computes (a config with experts must have these to be written).
+#: What Gemma 4's MoE block computes (a config with experts must have these ``moe`` section fields
+#: to be written; the last three are Gemma 4's own, which make it save as gemma4_text).
 MOE_NEEDS: dict[str, Any] = dict(
     router="softmax",
     router_norm_topk=True,
     num_shared_experts=0,
-    moe_layer_step=1,
-    moe_first_dense=0,
+    layer_step=1,
+    first_dense=0,
     capacity_factor=None,
     router_logit_bias=False,
     router_scale=1.0,
     router_groups=1,
-    moe_beside_mlp=True,
+    beside_mlp=True,
     router_input_norm=True,
     router_expert_scale=True,
 )
@@ -208,9 +209,9 @@ OWN = (
     "global_kv_heads",
     "global_values_from_keys",
     "global_rope_proportion",
-    "moe_beside_mlp",
-    "router_input_norm",
-    "router_expert_scale",
+    "moe.beside_mlp",
+    "moe.router_input_norm",
+    "moe.router_expert_scale",
 )
 
 
@@ -367,7 +368,7 @@ def _moe_fields(get: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("num_experts", "top_k_experts", "moe_intermediate_size"):
         if not get.get(key):
             raise ValueError(f"config.json enable_moe_block true needs {key}; got {get.get(key)!r}")
-    return dict(
+    moe = MoEConfig(
         num_experts=get["num_experts"],
         experts_per_token=get["top_k_experts"],
         expert_mlp_dim=get["moe_intermediate_size"],
@@ -375,16 +376,18 @@ def _moe_fields(get: Mapping[str, Any]) -> dict[str, Any]:
         router_norm_topk=True,
         router_aux_loss=0.0,
         capacity_factor=None,
-        moe_beside_mlp=True,
+        beside_mlp=True,
         router_input_norm=True,
         router_expert_scale=True,
     )
+    return dict(moe=moe)
 
 
 def is_gemma4(config: LlamaConfig, model_type: str | None) -> bool:
     """Whether ``config`` saves as gemma4_text: asked for, or it has a switch only Gemma 4
     computes (``OWN``; another type asked for is then refused, naming them)."""
-    own = [n for n in OWN if getattr(config, n) != LlamaConfig.__dataclass_fields__[n].default]
+    default = LlamaConfig()
+    own = [n for n in OWN if setting_value(config, n) != setting_value(default, n)]
     if model_type not in (None, GEMMA4) and own:
         raise ValueError(
             f"model_type {model_type!r} cannot express {', '.join(own)} (Gemma 4's switches); "
@@ -404,8 +407,8 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     c = config
     check_exportable(c)
     wrong = mismatches(c, NEEDS)
-    if c.num_experts:
-        wrong |= mismatches(c, MOE_NEEDS)
+    if c.moe.num_experts:
+        wrong |= mismatches(c, MOE_NEEDS, "moe")
     if c.kv_shared_mlp_dim not in (None, c.mlp_dim, 2 * (c.mlp_dim or 0)):
         wrong["kv_shared_mlp_dim"] = (c.kv_shared_mlp_dim, f"None or {2 * (c.mlp_dim or 0)}")
     if c.global_kv_heads not in (None, c.num_kv_heads) and not c.global_values_from_keys:
@@ -441,12 +444,12 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "use_double_wide_mlp": c.kv_shared_mlp_dim == 2 * c.mlp_dim,
         "hidden_size_per_layer_input": c.per_layer_input_dim,
         "vocab_size_per_layer_input": c.per_layer_vocab_size or c.vocab_size,
-        "enable_moe_block": bool(c.num_experts),
+        "enable_moe_block": bool(c.moe.num_experts),
     }
-    if c.num_experts:
+    if c.moe.num_experts:
         out |= {
-            "num_experts": c.num_experts,
-            "top_k_experts": c.experts_per_token,
+            "num_experts": c.moe.num_experts,
+            "top_k_experts": c.moe.experts_per_token,
             "moe_intermediate_size": expert_mlp_dim(c),
         }
     del out["rope_theta"]
@@ -488,7 +491,7 @@ def gemma4_mapping(c: LlamaConfig) -> HFMapping:
             ("post_feedforward_layernorm", "mlp_post_norm"),
         ):
             same(f"{pre}{hf_norm}.weight", f"{t}{tjx_norm}.scale", (d,))
-        if c.num_experts:
+        if c.moe.num_experts:
             _moe_tensors(tables, c, pre, t)
         if p:
             linear(pre + "per_layer_input_gate", t + "per_layer.gate", (d,), (p,))
@@ -536,7 +539,7 @@ def _transposed_experts(name: str) -> Convert:
 def _moe_tensors(tables: Tables, c: LlamaConfig, pre: str, t: str) -> None:
     """Layer ``pre``'s (tjx ``t``'s) MoE block beside its MLP: the router (its projection,
     input scale and per-expert scale), the fused experts and the block's three extra norms."""
-    d, e, f = c.d_model, c.num_experts, expert_mlp_dim(c)
+    d, e, f = c.d_model, c.moe.num_experts, expert_mlp_dim(c)
     tables.linear(pre + "router.proj", t + "moe.router", (d,), (e,))
     tables.same(pre + "router.scale", t + "moe.router.input_scale", (d,))
     tables.same(pre + "router.per_expert_scale", t + "moe.router.expert_scale", (e,))

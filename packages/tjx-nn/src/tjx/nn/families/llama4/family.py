@@ -52,5 +52,5 @@ FAMILY = Family(
     stored_names={IMAGE_TEXT: text_name},
     # Its attention switches and the experts scaled at their input (the sigmoid_plain router is
     # the router setting's, which every MoE checkpoint fixes).
-    fixed=(*LLAMA4_SWITCHES, "router_scales_input"),
+    fixed=(*LLAMA4_SWITCHES, "moe.router_scales_input"),
 )

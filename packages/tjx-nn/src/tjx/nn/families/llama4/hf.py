@@ -11,7 +11,7 @@ NoPE), ``attention_chunk_size``,       → ``attention_chunk`` (transformers chu
 ``use_qk_norm``                        ``qk_l2_norm`` (RoPE layers only, ``rms_norm_eps``)
 ``attn_temperature_tuning``,           ``nope_temperature_floor``, ``nope_temperature_scale``
 ``floor_scale``, ``attn_scale``        (with no NoPE layer it changes nothing: off)
-``interleave_moe_layer_step``,         ``moe_layer_step`` (``moe_first_dense`` for a list that
+``interleave_moe_layer_step``,         ``moe.layer_step`` (``moe.first_dense`` for a list that
 ``moe_layers``                         starts later); no MoE layer: a dense model
 ``num_local_experts``,                 ``num_experts``, ``experts_per_token``; the
 ``num_experts_per_tok``                ``sigmoid_plain`` router, weights not renormalised,
@@ -64,7 +64,7 @@ from tjx.nn.hf.image_text import skip_beside, text_config
 from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.keys import BASE, flag, int_list, layer_list, nonneg, positive, size, text
 from tjx.nn.hf.tables import Convert, Tables
-from tjx.nn.moe.config import expert_mlp_dim, moe_layers, shared_mlp_dim
+from tjx.nn.moe.config import MoEConfig, expert_mlp_dim, moe_layers, shared_mlp_dim
 
 LLAMA4 = "llama4_text"
 ARCHITECTURE = "Llama4ForCausalLM"
@@ -182,7 +182,7 @@ def _rope_layers(get: Mapping[str, Any], layers: int) -> list[bool]:
 
 
 def _moe_placement(get: Mapping[str, Any], layers: int) -> tuple[int, int] | None:
-    """(``moe_layer_step``, ``moe_first_dense``) giving ``moe_layers`` (default: every
+    """(``moe.layer_step``, ``moe.first_dense``) giving ``moe_layers`` (default: every
     ``interleave_moe_layer_step``-th layer), None for none."""
     step = int(get["interleave_moe_layer_step"])
     given = get.get("moe_layers")
@@ -253,13 +253,13 @@ def llama4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
     placement = _moe_placement(get, layers)
     if placement is not None:
         width = get["intermediate_size"]
-        fields |= dict(
+        fields["moe"] = MoEConfig(
             num_experts=get["num_local_experts"],
             experts_per_token=get["num_experts_per_tok"],
             expert_mlp_dim=width,
             shared_expert_mlp_dim=width,
-            moe_layer_step=placement[0],
-            moe_first_dense=placement[1],
+            layer_step=placement[0],
+            first_dense=placement[1],
             router_aux_loss=float(get["router_aux_loss_coef"]),
             **MOE_NEEDS,  # the router, its input scaling, one ungated shared expert
         )
@@ -316,7 +316,7 @@ def is_llama4(config: LlamaConfig, model_type: str | None) -> bool:
     if model_type is not None:
         return model_type == LLAMA4
     c = config
-    return bool(c.attention_chunk or c.global_nope or c.qk_l2_norm or c.router_scales_input)
+    return bool(c.attention_chunk or c.global_nope or c.qk_l2_norm or c.moe.router_scales_input)
 
 
 def llama4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
@@ -333,11 +333,11 @@ def llama4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     if c.rope_scaling is not None and c.rope_scaling.type != "llama3":
         refuse_mismatches({"rope_scaling": (c.rope_scaling.type, "llama3 or None")}, what)
     kinds = moe_layers(c)
-    if c.num_experts:
-        refuse_mismatches(mismatches(c, MOE_NEEDS), what)
+    if c.moe.num_experts:
+        refuse_mismatches(mismatches(c, MOE_NEEDS, "moe"), what)
         if shared_mlp_dim(c) != expert_mlp_dim(c):
             refuse_mismatches(
-                {"shared_expert_mlp_dim": (shared_mlp_dim(c), expert_mlp_dim(c))}, what
+                {"moe.shared_expert_mlp_dim": (shared_mlp_dim(c), expert_mlp_dim(c))}, what
             )
     locals_ = c.layer_locals()
     rope = [on or not c.global_nope for on in locals_]
@@ -358,7 +358,7 @@ def llama4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "pad_token_id": None,
         "vocab_size": c.vocab_size,
         "hidden_size": c.d_model,
-        "intermediate_size": expert_mlp_dim(c) if c.num_experts else c.mlp_dim,
+        "intermediate_size": expert_mlp_dim(c) if c.moe.num_experts else c.mlp_dim,
         "intermediate_size_mlp": c.mlp_dim,
         "num_hidden_layers": c.num_layers,
         "num_attention_heads": c.num_heads,
@@ -372,11 +372,11 @@ def llama4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "attention_bias": False,
         "attention_dropout": c.attention_dropout,
         "initializer_range": c.init_std,
-        "num_local_experts": c.num_experts or 1,
-        "num_experts_per_tok": c.experts_per_token if c.num_experts else 1,
+        "num_local_experts": c.moe.num_experts or 1,
+        "num_experts_per_tok": c.moe.experts_per_token if c.moe.num_experts else 1,
         "moe_layers": [i for i, m in enumerate(kinds) if m],
-        "interleave_moe_layer_step": c.moe_layer_step,
-        "router_aux_loss_coef": c.router_aux_loss if c.num_experts else 0.001,
+        "interleave_moe_layer_step": c.moe.layer_step,
+        "router_aux_loss_coef": c.moe.router_aux_loss if c.moe.num_experts else 0.001,
         "router_jitter_noise": 0.0,
         "use_qk_norm": c.qk_l2_norm,
         "no_rope_layers": [int(r) for r in rope],
@@ -442,7 +442,7 @@ def llama4_mapping(c: LlamaConfig) -> HFMapping:
         if not kinds[i]:
             _mlp(tables, ff, t + "mlp.", d, m)
             continue
-        e, f = c.num_experts, expert_mlp_dim(c)
+        e, f = c.moe.num_experts, expert_mlp_dim(c)
         tables.linear(ff + "router", t + "moe.router", (d,), (e,))
         _mlp(tables, ff + "shared_expert.", t + "moe.shared.", d, shared_mlp_dim(c))
         x = t + "moe.experts."

@@ -1,0 +1,48 @@
+"""The multi-head latent attention section of a model config (`MLAConfig`): the latent's size
+and DeepSeek's low-rank query, shared rotated key and value width (:mod:`tjx.nn.mla` builds the
+layer from them). Only ``attention_type="mla"`` reads it; the model config checks that, and what
+the section needs of the rest of the model (RoPE, a key per query head, ``head_dim``).
+"""
+
+# `setting()` returns dataclasses.field objects (with the metadata apps read).
+# ruff: noqa: RUF009
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tjx.core.config.values import positive
+from tjx.core.fields import setting
+
+#: DeepSeek's settings: only MLA with a shared rotated key (``qk_rope_head_dim``) reads them.
+DEEPSEEK_MLA = ("q_lora_rank", "qk_rope_head_dim", "v_head_dim")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MLAConfig:
+    """Multi-head latent attention's sizes (``model.mla``): keys and values from one cached
+    low-rank latent per token.
+
+    Every bad value raises ``ValueError`` at construction naming ``MLAConfig.<field>``.
+    """
+
+    kv_latent_dim: int | None = setting(None, help="attention_type=mla: the latent's size")
+    q_lora_rank: int | None = setting(None, help="low-rank query width (DeepSeek-V3)")
+    qk_rope_head_dim: int | None = setting(None, help="head_dim's shared rotated tail")
+    v_head_dim: int | None = setting(None, help="a value head's width; None: head_dim")
+
+    def __post_init__(self) -> None:
+        cls = type(self).__name__
+        for name in ("kv_latent_dim", *DEEPSEEK_MLA):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            positive(cls, name, value)
+            if name in ("q_lora_rank", "v_head_dim") and self.qk_rope_head_dim is None:
+                raise ValueError(
+                    f"{cls}.{name}: only DeepSeek's MLA (qk_rope_head_dim set) uses it; set "
+                    f"qk_rope_head_dim or set {name} to None"
+                )
+
+
+#: MLA's old flat keys in a model section → their key in ``mla`` (the same names).
+FLAT_MLA_KEYS = {name: name for name in ("kv_latent_dim", *DEEPSEEK_MLA)}

@@ -57,16 +57,16 @@ class MoEConfig:
     capacity_factor: float | None = setting(None, help="slots / fair share; None: dropless")
     router_logit_bias: bool = setting(False, help="a learned bias on the router's logits")
     router_scales_input: bool = setting(
-        False, help="routed weights scale each expert's input, not its output (Llama 4)"
+        False, help="routed weights scale each expert's input, not its output"
     )
     beside_mlp: bool = setting(
-        False, help="MoE layers keep their dense MLP, the MoE block beside it (Gemma 4)"
+        False, help="MoE layers keep their dense MLP, the MoE block beside it"
     )
     router_input_norm: bool = setting(
         False, help="the router reads the unnormed input, RMS-normed × a scale / sqrt(d)"
     )
     router_expert_scale: bool = setting(
-        False, help="routed weights times a learned scale per expert (Gemma 4)"
+        False, help="routed weights times a learned scale per expert"
     )
 
     def __post_init__(self) -> None:

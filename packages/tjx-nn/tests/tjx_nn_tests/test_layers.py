@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
+from tjx.kernels import AttentionMask
 
 RS = np.random.RandomState(0)
 
@@ -156,7 +157,7 @@ def test_cross_attention_uses_context_and_masks_padding():
     ctx = jnp.asarray(RS.randn(1, 4, 16), jnp.float32)
     ids = (jnp.ones((1, 3), jnp.int32), jnp.asarray([[1, 1, 0, 0]], jnp.int32))
     full, _ = attn(x, context=ctx[:, :2])
-    masked, _ = attn(x, context=ctx, segment_ids=ids)
+    masked, _ = attn(x, context=ctx, mask=AttentionMask(segment_ids=ids))
     np.testing.assert_allclose(full, masked, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="context"):
         attn(x)

@@ -280,3 +280,20 @@ def test_only_auto_on_a_cuda_gpu_reads_the_launch_tables(tmp_path, monkeypatch):
             tnn.resolve_attention(gpt2_tiny(precision="bf16"))
     finally:
         launch.clear_launch_cache()
+
+
+def test_one_name_resolves_a_models_kernels_the_others_are_gone(h100):
+    """`resolve_attention` is the one resolution: with an app's build it chooses the kernel that
+    compiles and holds the kernels a model built from that choice runs (no second resolution);
+    the names it replaced are gone from tjx.nn and tjx.kernels."""
+    for old in ("choose_attention_kernel", "resolve_model_attention"):
+        assert not hasattr(tnn, old), old
+    for old in ("attention_call", "AttentionCall", "resolve_layer_kernel"):
+        assert not hasattr(tnn.kernel_choice, old), old
+    assert not hasattr(kernels, "choose_kernel")
+    cfg = gpt2_tiny(precision="bf16")
+    built: list[str] = []
+    resolved = tnn.resolve_attention(cfg, build=built.append, say=lambda line: None)
+    assert (resolved.name, resolved.fell_back, built) == ("cudnn", False, ["cudnn"])
+    assert resolved.kernel("causal") is kernels.AttentionKernel.CUDNN
+    assert tnn.resolve_attention(cfg).kernel("causal") is resolved.kernel("causal")

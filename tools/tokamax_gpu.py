@@ -120,9 +120,8 @@ def measure_cells(
         keys = jax.random.split(jax.random.key(seq + head_dim), 3)
         q, k, v = (jax.random.normal(key, (batch, seq, heads, head_dim), jnp.bfloat16)
                    for key in keys)  # fmt: skip
-        want = reference_attention(
-            *(x.astype(jnp.float32) for x in (q, k, v)), AttentionMask(causal=True)
-        )
+        q32, k32, v32 = (x.astype(jnp.float32) for x in (q, k, v))
+        want = reference_attention(q32, k32, v32, AttentionMask(causal=True))
         for kernel in kernels:
 
             extra: dict[str, Any] = {"autotuned": kernel == "tokamax" and autotune}

@@ -94,13 +94,8 @@ def check_case(case: Case, dtype: str, head_dim: int, seed: int) -> list[dict[st
         row["impl"] = impl
 
         def fn(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = impl) -> jax.Array:
-            return attention(
-                q,
-                k,
-                v,
-                mask=AttentionMask(causal=case.causal, segment_ids=seg),
-                implementation=impl,
-            )  # type: ignore[arg-type]
+            mask = AttentionMask(causal=case.causal, segment_ids=seg)
+            return attention(q, k, v, mask, implementation=impl)  # type: ignore[arg-type]
 
         try:
 

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         a = ATTENTION
 
         def attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-            return kernels.attention(q, k, v, causal=True)
+            return kernels.attention(q, k, v, mask=kernels.AttentionMask(causal=True))
 
         kv = (b, s, a["kv_heads"], a["head_dim"])
         rows.append(_priced(

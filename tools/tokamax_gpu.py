@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from tjx.kernels import AttentionMask
 from tjx.kernels.tokamax_ops import TOKAMAX_VERSION
 
 #: tokamax, the dependencies the project's resolve lacks (tests-support's `tjx_tokamax_env`
@@ -119,7 +120,8 @@ def measure_cells(
         keys = jax.random.split(jax.random.key(seq + head_dim), 3)
         q, k, v = (jax.random.normal(key, (batch, seq, heads, head_dim), jnp.bfloat16)
                    for key in keys)  # fmt: skip
-        want = reference_attention(*(x.astype(jnp.float32) for x in (q, k, v)), causal=True)
+        q32, k32, v32 = (x.astype(jnp.float32) for x in (q, k, v))
+        want = reference_attention(q32, k32, v32, AttentionMask(causal=True))
         for kernel in kernels:
 
             extra: dict[str, Any] = {"autotuned": kernel == "tokamax" and autotune}
@@ -127,7 +129,8 @@ def measure_cells(
                 chosen = resolve_attention(kernel, jnp.bfloat16, head_dim)  # a refusal first
 
                 def run(q: Any, k: Any, v: Any, chosen: AttentionKernel = chosen) -> Any:
-                    return attention(q, k, v, causal=True, implementation=chosen)
+                    causal = AttentionMask(causal=True)
+                    return attention(q, k, v, causal, implementation=chosen)
 
                 def fwd_bwd(q: Any, k: Any, v: Any, run: Any = run) -> Any:
                     out, vjp = jax.vjp(run, q, k, v)  # the forward's and the backward's ops

@@ -1,9 +1,9 @@
 """The evaluation's attention kernel, proven to compile before the held-out pass.
 
-Chosen as the trainer chooses (tjx.nn's `choose_attention_kernel`: tjx.kernels ranks the kernels
-``auto`` may take, the choice is said once and the evaluator's step compiled with each kernel in
-turn until one compiles, one line per kernel that fails); a kernel named in the run's model that
-fails is one error line (exit 2).
+Chosen as the trainer chooses (tjx.nn's `resolve_attention` with the evaluator's compile:
+tjx.kernels ranks the kernels ``auto`` may take, the choice is said once and the evaluator's step
+compiled with each kernel in turn until one compiles, one line per kernel that fails); a kernel
+named in the run's model that fails is one error line (exit 2).
 """
 
 from __future__ import annotations
@@ -53,12 +53,12 @@ def choose_attention(
     if first is None:
         return run
     try:
-        chosen, _ = nn.choose_attention_kernel(
+        resolved = nn.resolve_attention(
             run.nn_config,
-            lambda k: compile_step(with_kernel(run, k), first, make_step),
-            say,
+            build=lambda k: compile_step(with_kernel(run, k), first, make_step),
+            say=say,
             named_by="the run's model.attention_impl",
         )
     except kernels.KernelCompileError as err:
         raise RunError(f"{err}; evaluate on another device, or retrain with auto") from None
-    return with_kernel(run, chosen)
+    return with_kernel(run, resolved.name)

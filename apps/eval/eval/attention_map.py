@@ -32,8 +32,10 @@ with lazy_imports(globals()):
     import matplotlib
     import matplotlib.pyplot as plt
 
-#: The keyword arguments of ``tjx.kernels.attention`` that shape its probabilities.
-WEIGHT_ARGS = ("causal", "segment_ids", "kv_lengths", "scale", "bias")
+#: The keyword arguments of ``tjx.kernels.attention`` that shape its probabilities, besides
+#: its ``mask``'s causal, segment and key-length parts (`MASK_PARTS`).
+WEIGHT_ARGS = ("scale", "bias")
+MASK_PARTS = ("causal", "segment_ids", "kv_lengths")
 
 
 def mean_distances(weights: np.ndarray) -> np.ndarray:
@@ -55,10 +57,12 @@ def capture_weights() -> Iterator[list[np.ndarray]]:
     def record(p: Any) -> None:
         records.append(np.asarray(p))
 
-    def wrapped(q: Any, k: Any, v: Any, **kw: Any) -> Any:
+    def wrapped(q: Any, k: Any, v: Any, mask: Any = None, **kw: Any) -> Any:
         shaping = {name: kw[name] for name in WEIGHT_ARGS if kw.get(name) is not None}
+        if mask is not None:
+            shaping["mask"] = kernels.AttentionMask(**{n: getattr(mask, n) for n in MASK_PARTS})
         jax.debug.callback(record, kernels.attention_weights(q, k, **shaping), ordered=True)
-        return original(q, k, v, **kw)
+        return original(q, k, v, mask=mask, **kw)
 
     kernels.attention = wrapped
     try:

@@ -1,8 +1,9 @@
 """Before anything is written: the attention kernel that compiles, then the step fitted to memory.
 
-tjx.nn's `choose_attention_kernel` compiles the abstract train step with each kernel in turn
-until one compiles: one that fails costs a line, never the run (one named in the config: one error
-line, exit 2). XLA, the last resort, is compiled by the memory fit, not for the choice.
+tjx.nn's `resolve_attention`, given the run's compile, compiles the abstract train step with each
+kernel in turn until one compiles: one that fails costs a line, never the run (one named in the
+config: one error line, exit 2). XLA, the last resort, is compiled by the memory fit, not for the
+choice.
 
 What a step needs depends on the compiling device: gpt2_small's (16 × 1024 tokens, no remat) needs
 6.8 GiB for an H100 (``--plan h100``, 2026-11-25) but about 43 GiB on XLA:CPU. So on one device the
@@ -68,24 +69,25 @@ def choose_attention(
 
     say = say or functools.partial(print, flush=True)
     try:
-        chosen, fell_back = choose_kernel(cfg, jax.device_count(), build_kernel, say)
+        resolved = resolve_kernel(cfg, jax.device_count(), build_kernel, say)
     except kernels.KernelCompileError as err:
         hint = "set model.attention_impl=auto to let tjx choose (or xla)"
         raise ConfigError(f"{err}; {hint}") from None
     # With no fallback, "auto" stays: the model resolves it to the same kernel when built.
-    return cfg.with_model(attention_impl=chosen) if fell_back else cfg
+    return cfg.with_model(attention_impl=resolved.name) if resolved.fell_back else cfg
 
 
-def choose_kernel(
+def resolve_kernel(
     cfg: StepConfig,
     devices: int,
     build: Callable[[str], object],
     say: Say,
     *,
     say_xla: bool = False,
-) -> tuple[str, bool]:
-    """tjx.nn's `choose_attention_kernel` of ``cfg`` over ``devices`` devices (``build(kernel)``:
-    the run's compile, or ``--plan``'s for its target), a context split's rules checked first."""
+) -> nn.ModelAttention:
+    """tjx.nn's `resolve_attention` of ``cfg``'s model over ``devices`` devices with
+    ``build(kernel)`` (the run's compile, or ``--plan``'s for its target), a context split's
+    rules checked first."""
 
     try:
         ways = cfg.mesh.resolve(devices)[parallel.MESH_AXES.index(parallel.CONTEXT_AXIS)]
@@ -94,8 +96,13 @@ def choose_kernel(
     if ways > 1:  # a split sequence: cudnn, or pallas with a window, is one line naming the key
         check_context(cfg.model, cfg.data.seq_len, ways)
     strategy = cfg.mesh.context_strategy
-    return nn.choose_attention_kernel(
-        cfg.model, build, say, say_xla=say_xla, context_ways=ways, context_strategy=strategy
+    return nn.resolve_attention(
+        cfg.model,
+        build=build,
+        say=say,
+        say_xla=say_xla,
+        context_ways=ways,
+        context_strategy=strategy,
     )
 
 

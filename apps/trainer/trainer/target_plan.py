@@ -29,7 +29,7 @@ from trainer.config import Config, StepConfig, resolve, step_config
 from trainer.grpo_settings import is_grpo
 from trainer.job.plan_report import PlanResult, local_target, open_target, plan_report
 from trainer.job.step_plan import batch_shapes, roofline_inputs
-from trainer.memory_fit import Say, choose_kernel, lighter
+from trainer.memory_fit import Say, lighter, resolve_kernel
 from trainer.plan import error_exit, output_file
 from trainer.schema import ConfigError, keyed
 from trainer.seams import Record
@@ -233,7 +233,7 @@ def plan(run: Config, target: Target, text: str, say: Say) -> PlanResult:
     def choose(build: Callable[[str], None], tell: Say) -> str:
         with kernels.target(*target.kernel_target):  # auto's kernels are the target's
             try:
-                return choose_kernel(step, target.count, build, tell, say_xla=True)[0]
+                return resolve_kernel(step, target.count, build, tell, say_xla=True).name
             except kernels.KernelCompileError as err:
                 raise ConfigError(f"--plan: {err}") from None
 

@@ -37,7 +37,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from tjx.kernels import flash_attention, flash_attention_qkv, reference_attention
+from tjx.kernels import AttentionMask, flash_attention, flash_attention_qkv, reference_attention
 
 Array = jax.Array
 AttnFn = Callable[[Array, Array, Array], Array]
@@ -78,7 +78,7 @@ def attention_flops(b: int, h: int, s_q: int, s_k: int, d: int, causal: bool) ->
 def make_impl(name: str, causal: bool, on_gpu: bool) -> AttnFn:
     """The attention function of one implementation (raises if it cannot exist here)."""
     if name == "xla":
-        return lambda q, k, v: reference_attention(q, k, v, causal=causal)
+        return lambda q, k, v: reference_attention(q, k, v, mask=AttentionMask(causal=causal))
     if name == "cudnn":
         if not on_gpu:
             raise RuntimeError("cuDNN needs a CUDA GPU")
@@ -86,10 +86,10 @@ def make_impl(name: str, causal: bool, on_gpu: bool) -> AttnFn:
             q, k, v, is_causal=causal, implementation="cudnn"
         )
     if name == "pallas":
-        return lambda q, k, v: flash_attention(q, k, v, causal=causal)
+        return lambda q, k, v: flash_attention(q, k, v, mask=AttentionMask(causal=causal))
     if name in STACKED:  # called on one qkv [b, s, 3, h, d] (`measure`)
         if name == "pallas-qkv":
-            return lambda qkv: flash_attention_qkv(qkv, causal=causal)  # type: ignore[misc,return-value]
+            return lambda qkv: flash_attention_qkv(qkv, mask=AttentionMask(causal=causal))  # type: ignore[misc,return-value]
         return lambda qkv: flash_attention(  # type: ignore[misc,return-value]
             qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], causal=causal
         )
@@ -125,7 +125,9 @@ def make_impl(name: str, causal: bool, on_gpu: bool) -> AttnFn:
         # tokamax: sm90/sm100 and the tokamax package; elsewhere its one-line refusal).
         from tjx.kernels import attention
 
-        return lambda q, k, v: attention(q, k, v, causal=causal, implementation="tokamax")
+        return lambda q, k, v: attention(
+            q, k, v, mask=AttentionMask(causal=causal), implementation="tokamax"
+        )
     raise ValueError(f"unknown implementation {name!r}; choose from {IMPLS}")
 
 

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax import export
 
-from tjx.kernels import flash_attention, target
+from tjx.kernels import AttentionMask, flash_attention, target
 
 #: Usable shared memory per thread block (opt-in maximum), bytes: A100 (sm_80) and H100 (sm_90).
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
@@ -131,11 +131,9 @@ def lower_kernels(
                 q,
                 k,
                 v,
-                causal=causal,
-                segment_ids=segs,
+                mask=AttentionMask(causal=causal, segment_ids=segs, window=window),
                 interpret=False,
                 softcap=softcap,
-                window=window,
             )
             return out.astype(jnp.float32).sum()
 
@@ -172,8 +170,7 @@ def lower_qkv_kernels(
         def loss(qkv: jax.Array, biases: Any) -> jax.Array:
             out = flash_attention_qkv(
                 qkv,
-                causal=causal,
-                segment_ids=ids if segments else None,
+                mask=AttentionMask(causal=causal, segment_ids=ids if segments else None),
                 interpret=False,
                 qkv_bias=biases,
             )

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tjx.kernels import attention
+from tjx.kernels import AttentionMask, attention
 from tjx_kernels_tests._ref import np_attention, np_mask, rel_err
 from tjx_tools.gpu_suite.report import Section, md_table
 
@@ -94,7 +94,8 @@ def check_case(case: Case, dtype: str, head_dim: int, seed: int) -> list[dict[st
         row["impl"] = impl
 
         def fn(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = impl) -> jax.Array:
-            return attention(q, k, v, causal=case.causal, segment_ids=seg, implementation=impl)  # type: ignore[arg-type]
+            mask = AttentionMask(causal=case.causal, segment_ids=seg)
+            return attention(q, k, v, mask, implementation=impl)  # type: ignore[arg-type]
 
         try:
 

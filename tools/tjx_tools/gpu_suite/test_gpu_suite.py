@@ -304,7 +304,8 @@ def test_the_packaged_table_makes_auto_take_what_the_h100_measured_for_gpt2_smal
     model = resolve(load_config("gpt2_small", []), 50304).model
     built: list[str] = []
     with kernels.target("gpu", H100, (9, 0)):
-        chosen, fell_back = nn.choose_attention_kernel(model, built.append, lambda _: None)
+        resolved = nn.resolve_attention(model, build=built.append, say=lambda _: None)
+    chosen, fell_back = resolved.name, resolved.fell_back
     # The suite measured Pallas fwd+bwd 1.13x cuDNN at gpt2_small's shape (bf16, d 64, seq 1024).
     assert (chosen, fell_back, built) == ("pallas", False, ["pallas"])
     h100 = kernels.Target("gpu", H100, (9, 0))

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from bench_attention import median_ms
 
-from tjx.kernels import LaunchDefaults, default_launch, flash_attention
+from tjx.kernels import AttentionMask, LaunchDefaults, default_launch, flash_attention
 from tjx.kernels.launch import entry_key
 from tjx_tools.gpu_suite.report import Section, fmt, md_table
 
@@ -77,12 +77,19 @@ def tune_one(d: int, smoke: bool, deadline: float, iters: int) -> dict[str, Any]
     base = default_launch(d, dtype)
 
     def fwd_ms(launch: LaunchDefaults) -> float:
-        fn = jax.jit(lambda q, k, v: flash_attention(q, k, v, causal=True, launch=launch))
+        fn = jax.jit(
+            lambda q, k, v: flash_attention(q, k, v, mask=AttentionMask(causal=True), launch=launch)
+        )
         return median_ms(fn, (q, k, v), iters)
 
     def fwd_bwd_ms(launch: LaunchDefaults) -> float:
         def fb(q: jax.Array, k: jax.Array, v: jax.Array, do: jax.Array) -> Any:
-            out, vjp = jax.vjp(lambda *a: flash_attention(*a, causal=True, launch=launch), q, k, v)
+            out, vjp = jax.vjp(
+                lambda *a: flash_attention(*a, mask=AttentionMask(causal=True), launch=launch),
+                q,
+                k,
+                v,
+            )
             return (out, *vjp(do))
 
         return median_ms(jax.jit(fb), (q, k, v, do), iters)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tjx.kernels import reference_attention
+from tjx.kernels import AttentionMask, first_that_compiles, kernel_order, reference_attention
 
 
 def np_mask(
@@ -171,7 +171,9 @@ def _fake_packed(q, k, v, *, lengths, offsets, causal, scale, target, window=Non
     ids = jnp.where(inside.any(1), jnp.argmax(inside, axis=1) + 1, 0)
     bad = (ids == 0).astype(jnp.float32)
     q, k, v = (_nan_grads(x, bad) for x in (q, k, v))
-    out = reference_attention(q, k, v, causal=causal, segment_ids=ids, scale=scale, window=window)
+    out = reference_attention(
+        q, k, v, mask=AttentionMask(causal=causal, segment_ids=ids, window=window), scale=scale
+    )
     return jnp.where(bad[:, :, None, None] > 0, jnp.nan, out).astype(out.dtype)  # unspecified
 
 
@@ -194,3 +196,20 @@ def emulate_cudnn(monkeypatch):
     monkeypatch.setattr(jax.nn, "dot_product_attention", _fake_dpa(jax.nn.dot_product_attention))
     monkeypatch.setattr(cs, "packed_attention", _fake_packed)
     return pretend_h100(monkeypatch)
+
+
+MASK_PARTS = ("causal", "segment_ids", "kv_lengths", "window", "chunk", "sinks")
+
+
+def masked(**kw):
+    """``kw`` with its mask parts (causal, segment_ids, ...) folded into one ``mask``."""
+    parts = {name: kw.pop(name) for name in MASK_PARTS if name in kw}
+    return {**kw, "mask": AttentionMask(**parts)}
+
+
+def choose(impl, dtype, head_dim, build, *, named_by, say, softcap=False):
+    """The kernel choice as tjx-nn's ``resolve_attention`` makes it with a ``build``: the order
+    said (`kernel_order`), then the first that compiles, and whether that is a fallback."""
+    order = kernel_order(impl, dtype, head_dim, named_by=named_by, say=say, softcap=softcap)
+    chosen = first_that_compiles(order, build, explicit=impl != "auto", say=say)
+    return chosen, chosen != order[0]

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tjx.kernels import attention_backward, attention_forward, block_kernel
+from tjx.kernels import AttentionMask, attention_backward, attention_forward, block_kernel
 
 from ._ref import np_attention, np_mask, pretend_h100, rel_err
 from .test_flash import _inputs, _segments
@@ -34,7 +34,9 @@ def test_one_block_gives_the_output_lse_and_gradients_of_attention(impl):
     ids[1] = 0  # a row that sees nothing: zeros and lse -inf
     mask = np_mask(2, 40, 40, causal=True, q_ids=ids, kv_ids=ids, window=9)
     want = np_attention(q, k, v, mask, d_out=do)
-    kw = dict(causal=True, segment_ids=jnp.asarray(ids), window=9, implementation=impl)
+    kw = dict(
+        mask=AttentionMask(causal=True, segment_ids=jnp.asarray(ids), window=9), implementation=impl
+    )
     qj, kj, vj = (jnp.asarray(x, F32) for x in (q, k, v))
     out, lse = jax.jit(lambda q, k, v: attention_forward(q, k, v, **kw))(qj, kj, vj)
     assert rel_err(out, want[0]) <= 1e-5
@@ -62,7 +64,7 @@ def test_blocks_merged_by_their_lse_are_the_whole_attention(impl):
     parts = []
     for sl in (slice(0, half), slice(half, s)):
         kv_ids = jnp.asarray(ids[:, sl])
-        kw = dict(segment_ids=(jnp.asarray(ids), kv_ids), implementation=impl)
+        kw = dict(mask=AttentionMask(segment_ids=(jnp.asarray(ids), kv_ids)), implementation=impl)
         kj, vj = jnp.asarray(k[:, sl], F32), jnp.asarray(v[:, sl], F32)
         parts.append((kj, vj, kw, *attention_forward(qj, kj, vj, **kw)))
     lse = jnp.logaddexp(parts[0][4], parts[1][4])
@@ -84,7 +86,10 @@ def test_token_index_places_the_causal_and_window_masks():
     q, k, v, do = _inputs(3, 1, c, 2 * c, 2, 2, 8, F32)
     mask = np_mask(1, c, 2 * c, causal=True, window=12, index=(qi, ki))
     want = np_attention(q, k, v, mask, d_out=do)
-    kw = dict(causal=True, window=12, token_index=(jnp.asarray(qi), jnp.asarray(ki)))
+    kw = dict(
+        mask=AttentionMask(causal=True, window=12),
+        token_index=(jnp.asarray(qi), jnp.asarray(ki)),
+    )
     qj, kj, vj = (jnp.asarray(x, F32) for x in (q, k, v))
     out, lse = attention_forward(qj, kj, vj, **kw)
     grads = attention_backward(qj, kj, vj, out, lse, jnp.asarray(do, F32), **kw)

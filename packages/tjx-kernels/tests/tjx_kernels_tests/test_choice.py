@@ -139,10 +139,10 @@ def test_kernel_order_says_a_named_kernel_or_autos_ranking_in_one_line():
     assert said == [expected.line()]
 
 
-def test_choose_kernel_says_the_order_then_takes_the_first_that_builds():
+def test_the_choice_says_the_order_then_takes_the_first_that_builds():
     import jax.numpy as jnp
 
-    from tjx.kernels import choose_kernel
+    from ._ref import choose
 
     said: list[str] = []
 
@@ -150,26 +150,28 @@ def test_choose_kernel_says_the_order_then_takes_the_first_that_builds():
         raise RuntimeError(f"{kernel} does not lower here")
 
     named = "model.attention_impl"
-    got = choose_kernel("pallas", jnp.bfloat16, 64, lambda k: None, named_by=named, say=said.append)
+    got = choose("pallas", jnp.bfloat16, 64, lambda k: None, named_by=named, say=said.append)
     assert got == ("pallas", False) and said == ["attention: pallas (model.attention_impl)"]
-    assert choose_kernel("xla", jnp.bfloat16, 64, build, named_by=named, say=said.append) == (
+    assert choose("xla", jnp.bfloat16, 64, build, named_by=named, say=said.append) == (
         "xla",
         False,
     )  # xla is never built
     with pytest.raises(KernelCompileError, match="pallas failed to lower or compile"):
-        choose_kernel("pallas", jnp.bfloat16, 64, build, named_by=named, say=said.append)
+        choose("pallas", jnp.bfloat16, 64, build, named_by=named, say=said.append)
     said.clear()
-    kernel, fell_back = choose_kernel(
+    kernel, fell_back = choose(
         "auto", jnp.bfloat16, 64, build, named_by=named, say=said.append
     )
     assert (kernel, fell_back) == ("xla", False)  # on a CPU, auto's order is xla alone
     assert said and said[0].startswith("attention: xla (auto")
 
 
-def test_choose_kernel_says_when_it_fell_back():
+def test_the_choice_says_when_it_fell_back():
     import jax.numpy as jnp
 
-    from tjx.kernels import choose_kernel, target
+    from tjx.kernels import target
+
+    from ._ref import choose
 
     said: list[str] = []
 
@@ -178,7 +180,7 @@ def test_choose_kernel_says_when_it_fell_back():
             raise RuntimeError("no cuDNN here")
 
     with target("gpu", "NVIDIA H100 80GB HBM3", (9, 0)):
-        kernel, fell_back = choose_kernel(
+        kernel, fell_back = choose(
             "auto", jnp.bfloat16, 64, build, named_by="model.attention_impl", say=said.append
         )
     assert fell_back and kernel != "cudnn"

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tjx.kernels import attention
+from tjx.kernels import AttentionMask, attention
 from tjx.kernels._checks import check_qkv, chunk_segment_ids
 
 from ._ref import np_attention, np_mask, pretend_h100, rel_err
@@ -46,9 +46,10 @@ def test_each_token_sees_only_its_own_chunk_in_float64(s, chunk, causal, packed,
         want = np_attention(q, k, v, _chunk_mask(2, s, chunk, causal=causal, ids=ids), d_out=do)
         segs = None if ids is None else jnp.asarray(ids)
 
+        mask = AttentionMask(causal=causal, segment_ids=segs, chunk=chunk)
+
         def fn(q, k, v):
-            return attention(q, k, v, causal=causal, chunk=chunk, segment_ids=segs,
-                             implementation=impl)  # fmt: skip
+            return attention(q, k, v, mask, implementation=impl)
 
         out, vjp = jax.vjp(jax.jit(fn), *(jnp.asarray(x, dtype) for x in (q, k, v)))
         got = (out, *vjp(jnp.asarray(do, dtype)))
@@ -85,7 +86,9 @@ def test_cudnn_gets_the_chunks_as_its_segment_mask(monkeypatch):
     pretend_h100(monkeypatch)
     q, k, v, _ = _inputs(3, 2, 24, 24, 4, 2, 16, jnp.bfloat16)
     args = [jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)]
-    got = jax.jit(lambda q, k, v: attention(q, k, v, causal=True, chunk=8))(*args)
+    got = jax.jit(lambda q, k, v: attention(q, k, v, mask=AttentionMask(causal=True, chunk=8)))(
+        *args
+    )
     assert calls and calls[-1] == "cudnn"
     want = np_attention(q, k, v, _chunk_mask(2, 24, 8, causal=True))
     assert rel_err(np.asarray(got.astype(F32), np.float64), want) <= 2e-2
@@ -102,5 +105,5 @@ def test_cudnn_gets_the_chunks_as_its_segment_mask(monkeypatch):
 def test_a_bad_chunk_is_refused_by_name(chunk, sk, words):
     q, kv = jnp.zeros((1, 8, 2, 16)), jnp.zeros((1, sk, 2, 16))
     with pytest.raises(ValueError) as err:
-        attention(q, kv, kv, causal=True, chunk=chunk)
+        attention(q, kv, kv, mask=AttentionMask(causal=True, chunk=chunk))
     assert words in str(err.value)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import tjx.kernels.cudnn_segments as cs
-from tjx.kernels import attention, choice
+from tjx.kernels import AttentionMask, attention, choice
 from tjx.kernels._jax_private import SYMBOLS, _module
 from tjx.kernels.choice import Target
 
@@ -116,7 +116,11 @@ def test_packed_batches_match_float64_in_value_and_gradients(
 
     def loss(q, k, v):
         out = attention(
-            q, k, v, causal=causal, segment_ids=ids, implementation="cudnn", window=window
+            q,
+            k,
+            v,
+            mask=AttentionMask(causal=causal, segment_ids=ids, window=window),
+            implementation="cudnn",
         )
         return jnp.sum(out.astype(jnp.float32) * g), out
 
@@ -157,7 +161,9 @@ def test_the_single_and_packed_branches_hold_no_square_array(monkeypatch):
     ids = jnp.ones((2, s), jnp.int32)
 
     def branches(t):
-        run = lambda q, ids: cs.segment_attention(q, q, q, ids, causal=True, scale=0.25, target=t)
+        run = lambda q, ids: cs.segment_attention(
+            q, q, q, AttentionMask(causal=True, segment_ids=ids), scale=0.25, target=t
+        )
         (switch,) = (
             e for e in jax.make_jaxpr(run)(q, ids).jaxpr.eqns if e.primitive.name == "cond"
         )
@@ -188,7 +194,9 @@ def test_the_switch_saves_only_the_cheap_branchs_residuals():
         mp.setattr(cs, "packed_attention", stub)
         mp.setattr(jax.nn, "dot_product_attention", lambda q, k, v, **kw: q * 1.0)
         loss = (
-            lambda q, k, v: cs.segment_attention(q, k, v, ids, causal=True, scale=0.25, target=H100)
+            lambda q, k, v: cs.segment_attention(
+                q, k, v, AttentionMask(causal=True, segment_ids=ids), scale=0.25, target=H100
+            )
             .astype(jnp.float32)
             .sum()
         )

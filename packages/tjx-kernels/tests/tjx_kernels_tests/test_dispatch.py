@@ -13,14 +13,22 @@ import pytest
 import tjx.kernels.dispatch as dispatch
 from tjx.kernels import (
     AttentionKernel,
+    AttentionMask,
     attention,
-    choose_kernel,
     reference_attention,
     resolve_attention,
 )
 from tjx.kernels.choice import Target, auto_order, current_target, target
 
-from ._ref import emulate_cudnn, measured_table, np_attention, np_mask, pretend_h100, rel_err
+from ._ref import (
+    choose,
+    emulate_cudnn,
+    measured_table,
+    np_attention,
+    np_mask,
+    pretend_h100,
+    rel_err,
+)
 
 
 def _x(shape, dtype=jnp.float32, seed=0):
@@ -122,8 +130,8 @@ def test_pallas_rejects_float64():
 def test_auto_on_cpu_equals_reference_and_float64():
     q, k, v = _x((2, 9, 4, 16), seed=1), _x((2, 9, 2, 16), seed=2), _x((2, 9, 2, 16), seed=3)
     ids = jnp.asarray([[1] * 6 + [0] * 3, [1] * 4 + [2] * 5], jnp.int32)
-    got = attention(q, k, v, causal=True, segment_ids=ids)
-    ref = reference_attention(q, k, v, causal=True, segment_ids=ids)
+    got = attention(q, k, v, mask=AttentionMask(causal=True, segment_ids=ids))
+    ref = reference_attention(q, k, v, mask=AttentionMask(causal=True, segment_ids=ids))
     np.testing.assert_array_equal(got, ref)
     mask = np_mask(2, 9, 9, causal=True, q_ids=np.asarray(ids), kv_ids=np.asarray(ids))
     assert rel_err(got, np_attention(np.asarray(q), np.asarray(k), np.asarray(v), mask)) <= 1e-5
@@ -164,19 +172,23 @@ def test_cudnn_plumbing_with_segments_and_lengths(monkeypatch):
     q = _x((2, 8, 4, 16), jnp.bfloat16, 5)
     k, v = _x((2, 8, 2, 16), jnp.bfloat16, 6), _x((2, 8, 2, 16), jnp.bfloat16, 7)
     lengths = jnp.asarray([8, 5], jnp.int32)
-    got = jax.jit(lambda q, k, v: attention(q, k, v, causal=True, kv_lengths=lengths))(q, k, v)
+    got = jax.jit(
+        lambda q, k, v: attention(q, k, v, mask=AttentionMask(causal=True, kv_lengths=lengths))
+    )(q, k, v)
     assert calls[-1][0] == "cudnn" and calls[-1][1]["is_causal"]
-    ref = reference_attention(q, k, v, causal=True, kv_lengths=lengths)
+    ref = reference_attention(q, k, v, mask=AttentionMask(causal=True, kv_lengths=lengths))
     assert rel_err(got.astype(jnp.float32), ref.astype(jnp.float32)) <= 2e-2
 
     ids = jnp.asarray([[1, 1, 1, 2, 2, 2, 2, 2], [1, 1, 1, 1, 1, 1, 1, 1]], jnp.int32)
     pair = (ids, ids[:, ::-1])  # cross-attention ids: the boolean mask (test_cudnn_segments
     # covers self-attention ids, which take cuDNN's packed layout)
-    got = jax.jit(lambda q, k, v: attention(q, k, v, segment_ids=pair, implementation="cudnn"))(
-        q, k, v
-    )
+    got = jax.jit(
+        lambda q, k, v: attention(
+            q, k, v, mask=AttentionMask(segment_ids=pair), implementation="cudnn"
+        )
+    )(q, k, v)
     assert calls[-1][1]["mask"] is not None
-    ref = reference_attention(q, k, v, segment_ids=pair)
+    ref = reference_attention(q, k, v, mask=AttentionMask(segment_ids=pair))
     assert rel_err(got.astype(jnp.float32), ref.astype(jnp.float32)) <= 2e-2
 
 
@@ -188,7 +200,9 @@ def test_cudnn_rows_that_see_no_key_are_zero(monkeypatch):
     k, v = _x((2, 8, 2, 16), jnp.bfloat16, 10), _x((2, 8, 2, 16), jnp.bfloat16, 11)
     ids = jnp.asarray([[1, 1, 1, 2, 2, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]], jnp.int32)
     lengths = jnp.asarray([8, 0], jnp.int32)
-    run = lambda **kw: jax.jit(lambda q, k, v: attention(q, k, v, implementation="cudnn", **kw))
+    run = lambda **kw: jax.jit(
+        lambda q, k, v: attention(q, k, v, AttentionMask(**kw), implementation="cudnn")
+    )
     for kw in (
         {"segment_ids": ids},  # packed layout (test_cudnn_segments)
         {"segment_ids": (ids, ids)},  # a pair: the boolean mask
@@ -196,7 +210,7 @@ def test_cudnn_rows_that_see_no_key_are_zero(monkeypatch):
         {"causal": True, "kv_lengths": lengths},
     ):
         got = np.asarray(run(**kw)(q, k, v).astype(jnp.float32))
-        ref = np.asarray(reference_attention(q, k, v, **kw).astype(jnp.float32))
+        ref = np.asarray(reference_attention(q, k, v, AttentionMask(**kw)).astype(jnp.float32))
         assert rel_err(got, ref) <= 2e-2, kw
         assert np.all(got[1] == 0.0), kw  # row 1 sees nothing under each of the three
     got = np.asarray(run(segment_ids=ids)(q, k, v).astype(jnp.float32))
@@ -220,26 +234,30 @@ def test_a_kernel_refused_while_tracing_falls_back_once_at_resolution_never_per_
     q = _x((1, 16, 2, 16), jnp.float16, 8)
 
     def build(kernel):
-        return jax.jit(lambda q: attention(q, q, q, causal=True, implementation=kernel)).lower(q)
+        return jax.jit(
+            lambda q: attention(q, q, q, mask=AttentionMask(causal=True), implementation=kernel)
+        ).lower(q)
 
     said: list[str] = []
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning anywhere: the fallback is said in one line
-        chosen = choose_kernel("auto", jnp.float16, 16, build, named_by="m", say=said.append)
+        chosen = choose("auto", jnp.float16, 16, build, named_by="m", say=said.append)
     assert chosen == ("xla", True)
     assert said == [
         "attention: cudnn (auto: no tjx measurement for NVIDIA H100 80GB HBM3 yet)",
         "attention: cudnn failed to lower or compile (NotImplementedError: cuDNN: unsupported "
         "compute capability); using xla",
     ]
-    got = jax.jit(lambda q: attention(q, q, q, causal=True, implementation=chosen[0]))(q)
-    ref = reference_attention(q, q, q, causal=True)
+    got = jax.jit(
+        lambda q: attention(q, q, q, mask=AttentionMask(causal=True), implementation=chosen[0])
+    )(q)
+    ref = reference_attention(q, q, q, mask=AttentionMask(causal=True))
     assert rel_err(got.astype(jnp.float32), ref.astype(jnp.float32)) <= 5e-3
     for given in ("auto", AttentionKernel.CUDNN, "cudnn"):  # resolved to cuDNN: it runs, or raises
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             with pytest.raises(NotImplementedError):
-                attention(q, q, q, causal=True, implementation=given)
+                attention(q, q, q, mask=AttentionMask(causal=True), implementation=given)
 
 
 def test_a_resolved_kernel_runs_without_the_choice_being_consulted(monkeypatch):
@@ -254,8 +272,8 @@ def test_a_resolved_kernel_runs_without_the_choice_being_consulted(monkeypatch):
     monkeypatch.setattr(choice, "current_target", never)
     q, k, v = _x((2, 8, 4, 16), seed=12), _x((2, 8, 2, 16), seed=13), _x((2, 8, 2, 16), seed=14)
     for kernel in (AttentionKernel.XLA, AttentionKernel.PALLAS):  # Pallas: interpret mode
-        got = attention(q, k, v, causal=True, implementation=kernel)
-        ref = reference_attention(q, k, v, causal=True)
+        got = attention(q, k, v, mask=AttentionMask(causal=True), implementation=kernel)
+        ref = reference_attention(q, k, v, mask=AttentionMask(causal=True))
         assert rel_err(got, ref) <= 1e-5, kernel
     with pytest.raises(AssertionError, match="consulted per call"):
         attention(q, k, v, implementation="auto")  # a name is resolved: the check can fail

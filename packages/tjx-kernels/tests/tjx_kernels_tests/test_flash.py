@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tjx.kernels import attention, flash_attention, reference_attention
+from tjx.kernels import AttentionMask, attention, flash_attention, reference_attention
 from tjx.kernels.flash import default_launch, resolve_interpret
 from tjx.kernels.launch import LaunchDefaults, generic_launch
 
@@ -47,10 +47,12 @@ def _segments(seed, b, s, *, pad=True):
     return ids
 
 
-def _run_flash(q, k, v, do, dtype, **kw):
+def _run_flash(q, k, v, do, dtype, causal=False, segment_ids=None, window=None, mask=None, **kw):
+    mask = mask or AttentionMask(causal=causal, segment_ids=segment_ids, window=window)
+
     @jax.jit
     def fwd_bwd(q, k, v, do):
-        out, vjp = jax.vjp(lambda q, k, v: flash_attention(q, k, v, **kw), q, k, v)
+        out, vjp = jax.vjp(lambda q, k, v: flash_attention(q, k, v, mask, **kw), q, k, v)
         return (out, *vjp(do.astype(out.dtype)))
 
     args = [jnp.asarray(x, dtype) for x in (q, k, v, do)]
@@ -160,7 +162,7 @@ def test_extreme_inputs_stay_finite_and_match():
     # Logits of size ~1e4 make the softmax one-hot; the output still matches closely.
     assert rel_err(got[0], expected[0]) <= 1e-5
     # Forward only (the custom_vjp's primal path, no residuals) gives the same output.
-    fwd = jax.jit(lambda q, k, v: flash_attention(q, k, v, causal=True))
+    fwd = jax.jit(lambda q, k, v: flash_attention(q, k, v, mask=AttentionMask(causal=True)))
     out = fwd(*(jnp.asarray(x, F32) for x in (q, k, v)))
     np.testing.assert_allclose(np.asarray(out), got[0], rtol=0, atol=1e-6)
 
@@ -170,7 +172,8 @@ def test_custom_vjp_matches_autodiff_of_reference():
     ids = jnp.asarray(_segments(5, 1, 45))
 
     def grads(fn):
-        out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, causal=True, segment_ids=ids), q, k, v)
+        mask = AttentionMask(causal=True, segment_ids=ids)
+        out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, mask), q, k, v)
         return (out, *vjp(do))
 
     flash = jax.jit(lambda: grads(flash_attention))()
@@ -198,7 +201,7 @@ def test_forward_and_backward_hold_no_seq_by_seq_tensor(fn):
     q = jnp.ones((1, s, 2, 32), F32)
     attn = flash_attention if fn == "flash" else reference_attention
     kw = {"block_q": 32, "block_k": 32} if fn == "flash" else {}
-    loss = lambda q, k, v: attn(q, k, v, causal=True, **kw).sum()
+    loss = lambda q, k, v: attn(q, k, v, AttentionMask(causal=True), **kw).sum()
     jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(q, q, q).jaxpr
     square = [sh for sh in _all_shapes(jaxpr) if sh.count(s) >= 2]
     assert (not square) if fn == "flash" else square, square[:3]
@@ -214,7 +217,7 @@ def test_pallas_through_dispatcher_with_kv_lengths():
     @jax.jit
     def run(q, k, v, do):
         fn = lambda q, k, v: attention(
-            q, k, v, kv_lengths=jnp.asarray(lengths), implementation="pallas"
+            q, k, v, mask=AttentionMask(kv_lengths=jnp.asarray(lengths)), implementation="pallas"
         )
         out, vjp = jax.vjp(fn, q, k, v)
         return (out, *vjp(do))
@@ -270,7 +273,11 @@ def test_kernels_lower_to_triton_for_cuda(dtype, d, causal, segs):
     def fwd_bwd(q, k, v, ids):
         def loss(q, k, v):
             out = flash_attention(
-                q, k, v, causal=causal, segment_ids=ids if segs else None, interpret=False
+                q,
+                k,
+                v,
+                mask=AttentionMask(causal=causal, segment_ids=ids if segs else None),
+                interpret=False,
             )
             return out.astype(F32).sum()
 

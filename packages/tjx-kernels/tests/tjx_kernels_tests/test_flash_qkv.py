@@ -15,6 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tjx.kernels import (
     AttentionKernel,
+    AttentionMask,
     attention,
     attention_qkv,
     flash_attention,
@@ -78,9 +79,16 @@ def _run(fn, qkv, do, dtype, biases=None):
     return [np.asarray(x.astype(F32)) for x in jax.tree.leaves(got)]
 
 
-def _separate(**kw):
+def _separate(mask=None, **kw):
     """flash_attention of the three slots (the path a stacked model no longer takes)."""
-    return lambda x: flash_attention(x[:, :, 0], x[:, :, 1], x[:, :, 2], **kw)
+    return lambda x: flash_attention(x[:, :, 0], x[:, :, 1], x[:, :, 2], mask, **kw)
+
+
+def _masked(kw):
+    """``kw``'s mask parts as an AttentionMask, and the other arguments."""
+    parts = ("causal", "segment_ids", "window")
+    rest = {name: value for name, value in kw.items() if name not in parts}
+    return AttentionMask(**{name: kw[name] for name in parts if name in kw}), rest
 
 
 # (batch, seq, heads, head_dim, causal, segments, window, biases, dtype); 37/70 pad the
@@ -113,7 +121,7 @@ def test_stacked_flash_matches_float64_reference(b, s, h, d, causal, segs, windo
     def fn(x, *b):
         qkv_bias = b[0] if b else None
         return flash_attention_qkv(
-            x, causal=causal, segment_ids=seg, window=window, qkv_bias=qkv_bias
+            x, mask=AttentionMask(causal=causal, segment_ids=seg, window=window), qkv_bias=qkv_bias
         )
 
     got = _run(fn, qkv, do, dtype, biases)
@@ -142,13 +150,14 @@ def test_stacked_flash_is_the_separate_kernel_bitwise(kw, biases_in_kernel):
     three slots are the separate-array kernel's dq, dk, dv exactly (interpret mode), and biases
     added as the kernels read are the biased slots' (rounded once, as XLA's add)."""
     qkv, do = _inputs(21, 2, 40, 2, 30, F32)
-    got = _run(lambda x: flash_attention_qkv(x, **kw), qkv, do, F32)
-    want = _run(_separate(**kw), qkv, do, F32)
+    mask, kw = _masked(kw)
+    got = _run(lambda x: flash_attention_qkv(x, mask, **kw), qkv, do, F32)
+    want = _run(_separate(mask, **kw), qkv, do, F32)
     for a, e in zip(got, want, strict=True):
         assert np.array_equal(a, e)
     biases = _biases(22, 2, 30, F32)
-    with_bias = lambda x, b: flash_attention_qkv(x, qkv_bias=b, **kw)
-    added = lambda x, b: _separate(**kw)(x + jnp.stack(b)[None, None])
+    with_bias = lambda x, b: flash_attention_qkv(x, mask, qkv_bias=b, **kw)
+    added = lambda x, b: _separate(mask, **kw)(x + jnp.stack(b)[None, None])
     got = _run(with_bias, qkv, do, F32, biases)
     want = _run(added, qkv, do, F32, biases)
     for a, e in zip(got[:2], want[:2], strict=True):  # the biases' sums: another fusion's
@@ -177,7 +186,11 @@ def test_the_gradient_is_one_buffer_with_no_concatenation(stacked):
     place (its input aliased to its output); nothing stacks or concatenates. Control: the
     separate kernel's gradient of the same ``qkv`` needs a concatenation of dq, dk, dv."""
     qkv = jnp.ones((1, 64, 3, 2, 16), F32)
-    fn = (lambda x: flash_attention_qkv(x, causal=True)) if stacked else _separate(causal=True)
+    fn = (
+        (lambda x: flash_attention_qkv(x, mask=AttentionMask(causal=True)))
+        if stacked
+        else _separate(AttentionMask(causal=True))
+    )
     jaxpr = jax.make_jaxpr(jax.grad(lambda x: fn(x).sum()))(qkv).jaxpr
     joins = [
         e
@@ -203,7 +216,10 @@ def test_stacked_kernels_lower_to_triton_for_cuda():
     def fwd_bwd(qkv, ids, qkv_bias):
         def loss(qkv, qkv_bias):
             out = flash_attention_qkv(
-                qkv, causal=True, segment_ids=ids, interpret=False, qkv_bias=qkv_bias
+                qkv,
+                mask=AttentionMask(causal=True, segment_ids=ids),
+                interpret=False,
+                qkv_bias=qkv_bias,
             )
             return out.astype(F32).sum()
 
@@ -252,7 +268,9 @@ def _sharded_case():
     def fwd_bwd(qkv, ids, do, biases):
         def attend(x, bias):
             return flash_attention_qkv(
-                x, causal=True, segment_ids=ids, qkv_bias=(bias[0], bias[1], bias[2])
+                x,
+                mask=AttentionMask(causal=True, segment_ids=ids),
+                qkv_bias=(bias[0], bias[1], bias[2]),
             )
 
         out, vjp = jax.vjp(attend, qkv, biases)
@@ -285,7 +303,9 @@ def test_vmap_folds_into_the_batch(per_example_bias, biases_in_kernel):
     bias = jnp.asarray(np.stack([np.stack(_biases(9 + i, 2, 16, F32)) for i in range(3)]), F32)
 
     def one(x, b, ct):  # one example: [s, 3, h, d], its biases [3, h, d]
-        attend = lambda x, b: flash_attention_qkv(x[None], causal=True, qkv_bias=tuple(b))[0]
+        attend = lambda x, b: flash_attention_qkv(
+            x[None], mask=AttentionMask(causal=True), qkv_bias=tuple(b)
+        )[0]
         out, vjp = jax.vjp(attend, x, b)
         return out, *vjp(ct)
 
@@ -315,8 +335,12 @@ def test_dispatcher_takes_the_stacked_kernel_for_16_bit_pallas_only():
     bias = tuple(jnp.asarray(b, F32) for b in _biases(3, 2, 16, F32))
     q, k, v = (qkv[:, :, i] + bias[i] for i in range(3))
     for kernel in ("xla", "pallas", AttentionKernel.XLA):  # float32: that kernel on the slices
-        got = attention_qkv(qkv, causal=True, implementation=kernel, qkv_bias=bias)
-        assert np.array_equal(got, attention(q, k, v, causal=True, implementation=kernel))
+        got = attention_qkv(
+            qkv, mask=AttentionMask(causal=True), implementation=kernel, qkv_bias=bias
+        )
+        assert np.array_equal(
+            got, attention(q, k, v, mask=AttentionMask(causal=True), implementation=kernel)
+        )
     pallas = jax.make_jaxpr(lambda x: attention_qkv(x, implementation="pallas"))(qkv.astype(BF16))
     assert "tjx_flash_qkv_fwd" in _kernel_calls(pallas.jaxpr)
     empty = attention_qkv(jnp.ones((2, 0, 3, 2, 16), BF16), implementation="pallas")
@@ -365,7 +389,7 @@ def _kernel_operand_shapes():
     """{stacked kernel: its operands' ranks} in a traced program with segment ids (no
     biases: their [h, d] rows are left out of the price either way)."""
     qkv, ids = jnp.zeros((1, 16, 3, 2, 16), BF16), jnp.ones((1, 16), jnp.int32)
-    loss = lambda x: flash_attention_qkv(x, segment_ids=ids).astype(F32).sum()
+    loss = lambda x: flash_attention_qkv(x, mask=AttentionMask(segment_ids=ids)).astype(F32).sum()
     jaxpr = jax.make_jaxpr(jax.grad(loss))(qkv).jaxpr
     return {
         e.params["name"]: [len(v.aval.shape) for v in e.invars]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import tjx.kernels.flash as flash
-from tjx.kernels import LaunchDefaults, default_launch, flash_attention
+from tjx.kernels import AttentionMask, LaunchDefaults, default_launch, flash_attention
 from tjx.kernels._checks import AttentionShapes
 from tjx.kernels.launch import (
     ENV_VAR,
@@ -243,7 +243,7 @@ def test_explicit_launch_reaches_the_kernel_config_and_matches(monkeypatch):
     @jax.jit
     def fwd_bwd(q, k, v, do):
         fn = lambda q, k, v: flash_attention(
-            q, k, v, causal=True, segment_ids=jnp.asarray(ids), launch=SMALL
+            q, k, v, mask=AttentionMask(causal=True, segment_ids=jnp.asarray(ids)), launch=SMALL
         )
         out, vjp = jax.vjp(fn, q, k, v)
         return (out, *vjp(do))

@@ -21,7 +21,7 @@ from jax.experimental.custom_partitioning import (
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import tjx.kernels.flash as flash
-from tjx.kernels import attention, flash_attention, reference_attention
+from tjx.kernels import AttentionMask, attention, flash_attention, reference_attention
 from tjx.kernels.flash_fwd import flash_forward
 from tjx.kernels.partition import (
     _align_infer,
@@ -65,7 +65,9 @@ def _inputs(seed, s=S, d=D, h=H, hkv=HKV, b=B):
 
 
 def _flash(q, k, v, ids, *, causal):
-    return flash_attention(q, k, v, causal=causal, segment_ids=ids, interpret=True)
+    return flash_attention(
+        q, k, v, mask=AttentionMask(causal=causal, segment_ids=ids), interpret=True
+    )
 
 
 def _fwd_bwd(attn, *, causal):
@@ -79,7 +81,7 @@ def _fwd_bwd(attn, *, causal):
 
 
 def _reference(q, k, v, ids, *, causal):
-    return reference_attention(q, k, v, causal=causal, segment_ids=ids)
+    return reference_attention(q, k, v, mask=AttentionMask(causal=causal, segment_ids=ids))
 
 
 def _run_sharded(mesh, fn, args, specs):
@@ -92,7 +94,7 @@ def _run_sharded(mesh, fn, args, specs):
     return compiled(*placed), compiled.as_text()
 
 
-def _kernel_config(q, k, ids, **kwargs):
+def _kernel_config(q, k, ids, causal=False, **kwargs):
     """The KernelConfig ``flash_attention`` builds for these inputs (recorded, not rebuilt)."""
     seen = []
     real = flash.partitioned_forward
@@ -103,7 +105,8 @@ def _kernel_config(q, k, ids, **kwargs):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(flash, "partitioned_forward", spy)
-        attn = lambda q, k, ids: flash_attention(q, k, k, segment_ids=ids, **kwargs)
+        mask = lambda ids: AttentionMask(causal=causal, segment_ids=ids)
+        attn = lambda q, k, ids: flash_attention(q, k, k, mask(ids), **kwargs)
         jax.eval_shape(attn, q, k, ids)
     return seen[0]
 
@@ -294,7 +297,7 @@ def test_auto_takes_measured_pallas_for_packed_documents_on_a_mesh(mesh, monkeyp
         flash, "flash_attention", lambda *a, **kw: calls.append(1) or flash_attention(*a, **kw)
     )
     q, k, v, ids, _ = _inputs(seed=5)
-    fwd = lambda q, k, v, ids: attention(q, k, v, causal=True, segment_ids=ids)
+    fwd = lambda q, k, v, ids: attention(q, k, v, mask=AttentionMask(causal=True, segment_ids=ids))
     got, hlo = _run_sharded(mesh, fwd, [q, k, v, ids], [BOTH, BOTH, BOTH, DATA])
     assert calls and rel_err(got, _reference(q, k, v, ids, causal=True)) <= TOL
     assert "all-gather" not in hlo
@@ -350,7 +353,9 @@ def test_per_shard_kernels_lower_to_triton_for_cuda(mesh):
 
     def grads(q, k, v, ids):
         loss = (
-            lambda q, k, v: flash_attention(q, k, v, causal=True, segment_ids=ids, interpret=False)
+            lambda q, k, v: flash_attention(
+                q, k, v, mask=AttentionMask(causal=True, segment_ids=ids), interpret=False
+            )
             .astype(jnp.float32)
             .sum()
         )

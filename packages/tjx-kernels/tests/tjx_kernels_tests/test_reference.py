@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tjx.kernels import attention_mask, attention_weights, reference_attention
+from tjx.kernels import AttentionMask, attention_mask, attention_weights, reference_attention
 from tjx.kernels._checks import check_qkv
 
-from ._ref import np_attention, np_mask, rel_err
+from ._ref import masked, np_attention, np_mask, rel_err
 
 
 def _qkv(seed, b, sq, sk, h, hkv, d, scale=1.0):
@@ -58,9 +58,11 @@ def test_reference_forward_and_grads_vs_float64(b, sq, sk, h, hkv, causal, with_
             q,
             k,
             v,
-            causal=causal,
-            segment_ids=(jnp.asarray(q_ids), jnp.asarray(kv_ids)),
-            kv_lengths=None if lengths is None else jnp.asarray(lengths),
+            mask=AttentionMask(
+                causal=causal,
+                segment_ids=(jnp.asarray(q_ids), jnp.asarray(kv_ids)),
+                kv_lengths=None if lengths is None else jnp.asarray(lengths),
+            ),
             scale=0.3,
             bias=None if bias is None else jnp.asarray(bias, jnp.float32),
         )
@@ -85,8 +87,9 @@ def test_bf16_accumulates_in_float32():
     q, k, v, _ = _qkv(4, 1, 64, 64, 2, 2, 64)
     q, k, v = (np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32)) for x in (q, k, v))
     expected = np_attention(q, k, v, np_mask(1, 64, 64, causal=True))
-    got = jax.jit(reference_attention, static_argnames="causal")(
-        *(jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)), causal=True
+    # The mask crosses jit as a pytree: its causal flag static, no static_argnames needed.
+    got = jax.jit(reference_attention)(
+        *(jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)), AttentionMask(causal=True)
     )
     assert got.dtype == jnp.bfloat16
     assert rel_err(got.astype(jnp.float32), expected) <= 2e-2
@@ -96,20 +99,28 @@ def test_fully_masked_rows_are_zero_with_finite_grads():
     q, k, v, do = (jnp.asarray(x, jnp.float32) for x in _qkv(5, 1, 6, 6, 2, 1, 8))
     ids = jnp.asarray([[1, 1, 0, 2, 0, 0]], jnp.int32)
     out, *grads = _fwd_bwd(
-        lambda q, k, v: reference_attention(q, k, v, segment_ids=ids), q, k, v, do
+        lambda q, k, v: reference_attention(q, k, v, mask=AttentionMask(segment_ids=ids)),
+        q,
+        k,
+        v,
+        do,
     )
     assert np.all(np.asarray(out)[0, [2, 4, 5]] == 0.0)
     assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
     assert np.all(np.asarray(grads[0])[0, [2, 4, 5]] == 0.0)
     # A batch row with kv_length 0 is fully masked as well.
-    out0 = jax.jit(reference_attention)(q, k, v, kv_lengths=jnp.asarray([0], jnp.int32))
+    out0 = jax.jit(reference_attention)(
+        q, k, v, AttentionMask(kv_lengths=jnp.asarray([0], jnp.int32))
+    )
     assert np.all(np.asarray(out0) == 0.0)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_magnitude_100_inputs_stay_finite(dtype):
     q, k, v, do = (jnp.asarray(x, dtype) for x in _qkv(6, 1, 16, 16, 2, 2, 32, scale=100.0))
-    got = _fwd_bwd(lambda q, k, v: reference_attention(q, k, v, causal=True), q, k, v, do)
+    got = _fwd_bwd(
+        lambda q, k, v: reference_attention(q, k, v, mask=AttentionMask(causal=True)), q, k, v, do
+    )
     assert all(np.all(np.isfinite(np.asarray(g.astype(jnp.float32)))) for g in got)
 
 
@@ -131,8 +142,8 @@ def test_dropout_is_keyed_and_unbiased():
 
 def test_attention_mask_is_none_without_masking():
     shapes = check_qkv(*(jnp.ones((1, 3, 1, 4)),) * 3)
-    assert attention_mask(shapes, causal=False, segment_ids=None, kv_lengths=None) is None
-    m = attention_mask(shapes, causal=True, segment_ids=None, kv_lengths=None)
+    assert attention_mask(shapes, AttentionMask()) is None
+    m = attention_mask(shapes, AttentionMask(causal=True))
     assert m is not None and m.shape == (1, 1, 3, 3) and not bool(m[0, 0, 0, 1])
 
 
@@ -162,14 +173,14 @@ KV = jnp.ones((2, 4, 2, 8), jnp.float32)
 )
 def test_bad_input_raises_value_error_naming_argument(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        reference_attention(*args, **kwargs)
+        reference_attention(*args, **masked(**kwargs))
 
 
 def test_single_segment_array_needs_equal_lengths():
     q = jnp.ones((1, 3, 2, 8))
     kv = jnp.ones((1, 5, 2, 8))
     with pytest.raises(ValueError, match="pair"):
-        reference_attention(q, kv, kv, segment_ids=jnp.ones((1, 3), jnp.int32))
+        reference_attention(q, kv, kv, mask=AttentionMask(segment_ids=jnp.ones((1, 3), jnp.int32)))
 
 
 def test_attention_weights_are_the_reference_softmax_in_float64():
@@ -185,9 +196,9 @@ def test_attention_weights_are_the_reference_softmax_in_float64():
         attention_weights(
             jnp.asarray(q, jnp.float32),
             jnp.asarray(k, jnp.float32),
-            causal=True,
-            segment_ids=jnp.asarray(ids),
-            kv_lengths=jnp.asarray(lengths),
+            mask=AttentionMask(
+                causal=True, segment_ids=jnp.asarray(ids), kv_lengths=jnp.asarray(lengths)
+            ),
             scale=0.4,
             bias=jnp.asarray(bias, jnp.float32),
         )
@@ -241,7 +252,9 @@ def test_bias_gradient_matches_float64_softmax_attention():
 
     def loss32(bias):
         out = reference_attention(
-            *(jnp.asarray(x, jnp.float32) for x in (q, k, v)), causal=True, bias=bias
+            *(jnp.asarray(x, jnp.float32) for x in (q, k, v)),
+            mask=AttentionMask(causal=True),
+            bias=bias,
         )
         return jnp.sum(out * jnp.asarray(do, jnp.float32))
 

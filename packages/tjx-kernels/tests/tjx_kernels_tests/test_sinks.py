@@ -7,7 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tjx.kernels import AttentionKernel, attention, attention_weights, resolve_attention
+from tjx.kernels import (
+    AttentionKernel,
+    AttentionMask,
+    attention,
+    attention_weights,
+    resolve_attention,
+)
 from tjx.kernels.choice import FUSED_SINKS
 
 
@@ -39,9 +45,9 @@ def test_sinks_take_their_share_of_every_rows_softmax(causal: bool, window):
     want_o, want_p = _reference(q, k, v, sinks, causal=causal, window=window)
     with jax.enable_x64(True):
         args = [jnp.asarray(x) for x in (q, k, v)]
-        out = attention(*args, causal=causal, window=window, sinks=jnp.asarray(sinks))
-        p = attention_weights(args[0], args[1], causal=causal, window=window,
-                              sinks=jnp.asarray(sinks))  # fmt: skip
+        mask = AttentionMask(causal=causal, window=window, sinks=jnp.asarray(sinks))
+        out = attention(*args, mask)
+        p = attention_weights(args[0], args[1], mask)
     np.testing.assert_allclose(np.asarray(out), want_o, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(np.asarray(p), want_p, rtol=1e-12, atol=1e-12)
     assert np.all(np.asarray(p).sum(-1) < 1.0)  # the sink took its share
@@ -52,9 +58,9 @@ def test_the_sinks_gradient_is_the_float64_references():
     q, k, v = rng.normal(size=(3, 1, 5, 2, 4))
     sinks, w = rng.normal(size=2), rng.normal(size=(1, 5, 2, 4))
     with jax.enable_x64(True):
+        qkv = [jnp.asarray(x) for x in (q, k, v)]
         grad = jax.grad(
-            lambda s: jnp.sum(attention(*(jnp.asarray(x) for x in (q, k, v)), causal=True,
-                                        sinks=s) * w)  # fmt: skip
+            lambda s: jnp.sum(attention(*qkv, AttentionMask(causal=True, sinks=s)) * w)
         )(jnp.asarray(sinks))
     eps = 1e-6
     for head in range(2):
@@ -73,7 +79,7 @@ def test_auto_is_xla_with_sinks_and_a_fused_kernel_is_refused_in_one_line():
             resolve_attention(name, jnp.bfloat16, 64, sinks=True)
     x = jnp.zeros((1, 4, 2, 8))
     with pytest.raises(ValueError) as err:
-        attention(x, x, x, sinks=jnp.zeros(2), implementation=AttentionKernel.PALLAS)
+        attention(x, x, x, AttentionMask(sinks=jnp.zeros(2)), implementation=AttentionKernel.PALLAS)
     assert str(err.value) == FUSED_SINKS
     with pytest.raises(ValueError, match=r"`sinks` must be a floating array of shape \(2,\)"):
-        attention(x, x, x, sinks=jnp.zeros(3))
+        attention(x, x, x, mask=AttentionMask(sinks=jnp.zeros(3)))

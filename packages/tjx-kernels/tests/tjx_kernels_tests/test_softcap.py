@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tjx.kernels import (
+    AttentionMask,
     attention,
     auto_order,
     chunked_cross_entropy,
@@ -22,7 +23,7 @@ from tjx.kernels import (
 from tjx.kernels.choice import Target
 from tjx.kernels.launch import LaunchDefaults
 
-from ._ref import measured_table, np_mask, pretend_h100, rel_err
+from ._ref import masked, measured_table, np_mask, pretend_h100, rel_err
 
 H100 = Target("gpu", "NVIDIA H100 80GB HBM3", (9, 0))
 F32, BF16 = jnp.float32, jnp.bfloat16
@@ -97,14 +98,16 @@ def test_pallas_soft_cap_forward_and_backward_match_float64(
         seg = (jnp.asarray(q_ids), jnp.asarray(kv_ids))
     mask = np_mask(b, sq, sk, causal=causal, q_ids=q_ids, kv_ids=kv_ids)
     want = _np_capped_attention(q, k, v, mask, do, scale=scale, cap=cap)
-    kw = dict(causal=causal, segment_ids=seg, scale=scale, softcap=cap, launch=launch)
+    kw = masked(causal=causal, segment_ids=seg, scale=scale, softcap=cap, launch=launch)
     got = _fwd_bwd(lambda q, k, v: flash_attention(q, k, v, **kw), q, k, v, do, dtype)
     for name, a, e in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
         assert np.all(np.isfinite(a)), name
         assert rel_err(a, e) <= TOL[dtype], (name, rel_err(a, e))
     # The cap changed the result: the same call uncapped is far from the capped reference.
     plain = _fwd_bwd(
-        lambda q, k, v: flash_attention(q, k, v, causal=causal, segment_ids=seg, scale=scale),
+        lambda q, k, v: flash_attention(
+            q, k, v, mask=AttentionMask(causal=causal, segment_ids=seg), scale=scale
+        ),
         q,
         k,
         v,
@@ -120,7 +123,13 @@ def test_reference_soft_cap_matches_float64_and_precedes_the_bias():
         bias = np.random.default_rng(2).standard_normal((1, 4, 9, 9))
         got = _fwd_bwd(
             lambda q, k, v: reference_attention(
-                q, k, v, causal=True, scale=0.5, softcap=4.0, bias=jnp.asarray(bias)
+                q,
+                k,
+                v,
+                mask=AttentionMask(causal=True),
+                scale=0.5,
+                softcap=4.0,
+                bias=jnp.asarray(bias),
             ),
             q,
             k,
@@ -139,7 +148,9 @@ def test_reference_soft_cap_matches_float64_and_precedes_the_bias():
     no_bias = _np_capped_attention(q, k, v, np_mask(2, 9, 9, causal=True), do, scale=0.5, cap=4.0)
     with jax.enable_x64(True):
         grads = _fwd_bwd(
-            lambda q, k, v: reference_attention(q, k, v, causal=True, scale=0.5, softcap=4.0),
+            lambda q, k, v: reference_attention(
+                q, k, v, mask=AttentionMask(causal=True), scale=0.5, softcap=4.0
+            ),
             q,
             k,
             v,
@@ -153,10 +164,12 @@ def test_reference_soft_cap_matches_float64_and_precedes_the_bias():
 def test_attention_dispatch_serves_soft_cap_on_xla_and_pallas_alike():
     q, k, v, _ = _inputs(3, 1, 20, 20, 2, 1, 32, F32, magnitude=3.0)
     args = [jnp.asarray(x) for x in (q, k, v)]
-    xla = attention(*args, causal=True, softcap=3.0, implementation="xla")
-    pallas = attention(*args, causal=True, softcap=3.0, implementation="pallas")
+    xla = attention(*args, mask=AttentionMask(causal=True), softcap=3.0, implementation="xla")
+    pallas = attention(*args, mask=AttentionMask(causal=True), softcap=3.0, implementation="pallas")
     assert rel_err(pallas, xla) < 1e-5
-    assert rel_err(attention(*args, causal=True, implementation="xla"), xla) > 1e-3
+    assert (
+        rel_err(attention(*args, mask=AttentionMask(causal=True), implementation="xla"), xla) > 1e-3
+    )
     with pytest.raises(ValueError, match="softcap"):
         attention(*args, softcap=-1.0)
     with pytest.raises(ValueError, match="softcap"):
@@ -253,7 +266,7 @@ def test_capped_window_key_halves_merged_by_their_lse_are_the_capped_attention()
     parts = []
     for sl in (slice(0, half), slice(half, s)):
         kj, vj = jnp.asarray(k[:, sl], F32), jnp.asarray(v[:, sl], F32)
-        kw = dict(
+        kw = masked(
             causal=True, window=window, scale=scale, softcap=cap, implementation="xla",
             token_index=(jnp.arange(s), jnp.arange(sl.start, sl.stop)),
         )  # fmt: skip
@@ -277,7 +290,7 @@ def test_pallas_halves_of_a_capped_window_give_its_output_lse_and_gradients():
     want = _np_capped_attention(
         q, k, v, np_mask(1, 40, 40, causal=True, window=window), do, scale=scale, cap=cap
     )
-    kw = dict(causal=True, window=window, scale=scale, softcap=cap, implementation="pallas")
+    kw = masked(causal=True, window=window, scale=scale, softcap=cap, implementation="pallas")
     qj, kj, vj, do_j = (jnp.asarray(x, F32) for x in (q, k, v, do))
     out, lse = attention_forward(qj, kj, vj, **kw)
     assert rel_err(out, want[0]) <= 1e-5
@@ -292,7 +305,7 @@ def test_a_windowed_capped_flash_call_matches_float64():
     want = _np_capped_attention(
         q, k, v, np_mask(2, 45, 45, causal=True, window=window), do, scale=scale, cap=cap
     )
-    kw = dict(causal=True, scale=scale, softcap=cap, window=window, block_q=16, block_k=16)
+    kw = masked(causal=True, scale=scale, softcap=cap, window=window, block_q=16, block_k=16)
     got = _fwd_bwd(lambda q, k, v: flash_attention(q, k, v, **kw), q, k, v, do, F32)
     for name, a, e in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
         assert rel_err(a, e) <= 1e-5, (name, rel_err(a, e))

@@ -21,6 +21,7 @@ import pytest
 
 from tjx.kernels import (
     AttentionKernel,
+    AttentionMask,
     attention,
     auto_order,
     choice,
@@ -29,7 +30,7 @@ from tjx.kernels import (
 )
 from tjx.kernels._checks import check_qkv
 
-from ._ref import measured_table, np_attention, np_mask, pretend_h100, rel_err
+from ._ref import masked, measured_table, np_attention, np_mask, pretend_h100, rel_err
 from .test_flash import _inputs, _segments
 
 F64 = jnp.float64
@@ -86,7 +87,7 @@ def test_the_wrapper_matches_float64_through_tokamax_xla(name, tokamax, monkeypa
         mask = np_mask(2, sq, sk, causal=causal, q_ids=ids, kv_ids=ids, kv_lengths=kv_lengths,
                        window=window)  # fmt: skip
         want = np_attention(q, k, v, mask, scale=0.3, d_out=do)
-        kw = dict(
+        kw = masked(
             causal=causal,
             segment_ids=None if ids is None else jnp.asarray(ids),
             kv_lengths=None if kv_lengths is None else jnp.asarray(kv_lengths),
@@ -108,7 +109,7 @@ def test_a_soft_cap_matches_the_float64_reference(tokamax, monkeypatch):
     _through_tokamax_xla(monkeypatch)
     with jax.enable_x64(True):
         q, k, v, do = (jnp.asarray(x) for x in _inputs(3, 2, 16, 16, 4, 2, 8, F64, 4.0))
-        kw = dict(causal=True, softcap=5.0, window=6)
+        kw = masked(causal=True, softcap=5.0, window=6)
         ref = jax.vjp(lambda q, k, v: reference_attention(q, k, v, **kw), q, k, v)
         got = jax.vjp(
             lambda q, k, v: attention(q, k, v, implementation=AttentionKernel.TOKAMAX, **kw),
@@ -133,8 +134,8 @@ def test_the_kernel_is_tokamaxs_mosaic_gpu_implementation(tokamax, monkeypatch):
     q = jnp.ones((1, 8, 2, 16), jnp.bfloat16)
     shapes = check_qkv(q, q, q)
     out = tokamax_ops.tokamax_attention(
-        q, q, q, causal=True, segment_ids=None, kv_lengths=jnp.array([5]), scale=0.25,
-        shapes=shapes, softcap=30.0, window=4,
+        q, q, q, AttentionMask(causal=True, kv_lengths=jnp.array([5]), window=4), scale=0.25,
+        shapes=shapes, softcap=30.0,
     )  # fmt: skip
     assert out.dtype == jnp.bfloat16 and not out[0, 0].any()
     assert seen["implementation"] == "mosaic_gpu" and seen["is_causal"]
@@ -223,7 +224,9 @@ def test_auto_takes_tokamax_only_where_it_was_measured_fastest(monkeypatch, tmp_
 def test_a_resolved_tokamax_kernel_refuses_sinks_at_the_call():
     q = jnp.ones((1, 4, 2, 8), jnp.bfloat16)
     with pytest.raises(ValueError, match="sinks"):
-        attention(q, q, q, implementation=AttentionKernel.TOKAMAX, sinks=jnp.zeros(2))
+        attention(
+            q, q, q, mask=AttentionMask(sinks=jnp.zeros(2)), implementation=AttentionKernel.TOKAMAX
+        )
 
 
 # -- the price of its calls in a compiled program (tjx.metrics' estimate) --------------------

@@ -11,10 +11,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tjx.kernels import attention, attention_mask, flash_attention, reference_attention
+from tjx.kernels import (
+    AttentionMask,
+    attention,
+    attention_mask,
+    flash_attention,
+    reference_attention,
+)
 from tjx.kernels._checks import check_qkv
 
-from ._ref import np_attention, np_mask, pretend_h100, rel_err
+from ._ref import masked, np_attention, np_mask, pretend_h100, rel_err
 from .test_flash import _inputs, _run_flash, _segments
 
 F32 = jnp.float32
@@ -40,7 +46,7 @@ def test_a_window_hides_keys_further_than_it_on_xla_and_pallas(sq, h, hkv, windo
     q, k, v, do = _inputs(11 + sq + window, 2, sq, sq, h, hkv, 16, F32)
     ids = _segments(3, 2, sq) if packed else None
     want = _reference(q, k, v, do, causal=causal, window=window, ids=ids)
-    kw = dict(causal=causal, window=window, segment_ids=None if ids is None else jnp.asarray(ids))
+    kw = masked(causal=causal, window=window, segment_ids=None if ids is None else jnp.asarray(ids))
     got = _run_flash(q, k, v, do, F32, block_q=16, block_k=16, **kw)
     for name, g, w in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
         assert rel_err(g, w) <= 1e-5, f"pallas {name}"
@@ -59,7 +65,9 @@ def test_a_window_in_float64_matches_the_numpy_reference():
         q, k, v, do = _inputs(5, 2, 33, 33, 4, 2, 8, jnp.float64)
         ids = _segments(5, 2, 33)
         want = _reference(q, k, v, do, causal=True, window=6, ids=ids)
-        fn = lambda q, k, v: attention(q, k, v, causal=True, window=6, segment_ids=jnp.asarray(ids))
+        fn = lambda q, k, v: attention(
+            q, k, v, mask=AttentionMask(causal=True, segment_ids=jnp.asarray(ids), window=6)
+        )
         out, vjp = jax.vjp(fn, *(jnp.asarray(x) for x in (q, k, v)))
         got = (out, *vjp(jnp.asarray(do)))
         assert out.dtype == jnp.float64
@@ -106,12 +114,8 @@ def test_without_a_window_the_same_poison_reaches_every_row():
 
 def test_the_window_mask_is_the_documented_band():
     shapes = check_qkv(*(jnp.zeros((1, 6, 1, 4)),) * 3)
-    causal = np.asarray(
-        attention_mask(shapes, causal=True, segment_ids=None, kv_lengths=None, window=3)
-    )[0, 0]
-    both = np.asarray(
-        attention_mask(shapes, causal=False, segment_ids=None, kv_lengths=None, window=2)
-    )[0, 0]
+    causal = np.asarray(attention_mask(shapes, AttentionMask(causal=True, window=3)))[0, 0]
+    both = np.asarray(attention_mask(shapes, AttentionMask(window=2)))[0, 0]
     i, j = np.arange(6)[:, None], np.arange(6)[None, :]
     np.testing.assert_array_equal(causal, (j <= i) & (i - j < 3))
     np.testing.assert_array_equal(both, np.abs(i - j) < 2)
@@ -122,7 +126,7 @@ def test_a_window_that_is_not_a_positive_int_is_refused_by_name(window):
     x = jnp.zeros((1, 8, 2, 16))
     for fn in (attention, reference_attention, flash_attention):
         with pytest.raises(ValueError, match="`window` must be a positive int"):
-            fn(x, x, x, causal=True, window=window)
+            fn(x, x, x, AttentionMask(causal=True, window=window))
 
 
 def test_cudnn_gets_its_own_window_and_refuses_a_bidirectional_one(monkeypatch):
@@ -139,13 +143,22 @@ def test_cudnn_gets_its_own_window_and_refuses_a_bidirectional_one(monkeypatch):
     pretend_h100(monkeypatch)
     rng = np.random.default_rng(4)
     q, k, v = (jnp.asarray(rng.standard_normal((2, 24, n, 16)), jnp.bfloat16) for n in (4, 2, 2))
-    got = jax.jit(lambda q, k, v: attention(q, k, v, causal=True, window=5))(q, k, v)
+    got = jax.jit(lambda q, k, v: attention(q, k, v, mask=AttentionMask(causal=True, window=5)))(
+        q, k, v
+    )
     assert calls[-1][0] == "cudnn" and calls[-1][1]["local_window_size"] == (4, 0)
-    ref = reference_attention(q, k, v, causal=True, window=5)
+    ref = reference_attention(q, k, v, mask=AttentionMask(causal=True, window=5))
     assert rel_err(got.astype(F32), ref.astype(F32)) <= 2e-2
     with pytest.raises(ValueError, match="`window` without `causal`.*'cudnn'"):
-        attention(q, k, v, window=5, implementation="cudnn")
+        attention(q, k, v, mask=AttentionMask(window=5), implementation="cudnn")
     n = len(calls)
-    got = attention(q, k, v, window=5)  # auto: the next kernel (XLA, nothing measured)
+    got = attention(
+        q, k, v, mask=AttentionMask(window=5)
+    )  # auto: the next kernel (XLA, nothing measured)
     assert len(calls) == n
-    assert rel_err(got.astype(F32), reference_attention(q, k, v, window=5).astype(F32)) <= 2e-2
+    assert (
+        rel_err(
+            got.astype(F32), reference_attention(q, k, v, mask=AttentionMask(window=5)).astype(F32)
+        )
+        <= 2e-2
+    )

@@ -17,6 +17,7 @@ import pytest
 import tjx.kernels.dispatch as dispatch
 import tjx.kernels.flash as flash
 from tjx.kernels import (
+    AttentionMask,
     attention,
     attention_weights,
     chunked_cross_entropy,
@@ -45,8 +46,10 @@ def _fwd_bwd(fn, q, k, v, do):
 ENTRY_POINTS = {
     "reference": reference_attention,
     "auto": attention,
-    "xla": lambda q, k, v, **kw: attention(q, k, v, implementation="xla", **kw),
-    "pallas": lambda q, k, v, **kw: attention(q, k, v, implementation="pallas", **kw),
+    "xla": lambda q, k, v, mask=None, **kw: attention(q, k, v, mask, implementation="xla", **kw),
+    "pallas": lambda q, k, v, mask=None, **kw: attention(
+        q, k, v, mask, implementation="pallas", **kw
+    ),
     "flash": flash_attention,
 }
 
@@ -64,7 +67,7 @@ def test_no_keys_gives_zeros_like_fully_masked_keys(name, dtype, causal):
         q.astype(jnp.float32), k, v, np.zeros((B, 5, 6), bool), d_out=do.astype(jnp.float32)
     )
     out, dq, dk, dv = _fwd_bwd(
-        lambda q, k, v: fn(q, k, v, causal=causal), q, k[:, :0], v[:, :0], do
+        lambda q, k, v: fn(q, k, v, AttentionMask(causal=causal)), q, k[:, :0], v[:, :0], do
     )
     chex.assert_shape(out, (B, 5, H, D))
     chex.assert_type([out, dq, dk, dv], dtype)
@@ -72,7 +75,9 @@ def test_no_keys_gives_zeros_like_fully_masked_keys(name, dtype, causal):
     np.testing.assert_array_equal(np.asarray(out, np.float64), want)
     np.testing.assert_array_equal(np.asarray(dq, np.float64), want_dq)
     # The same masking expressed as lengths over the real keys agrees exactly.
-    masked = reference_attention(q, k, v, causal=causal, kv_lengths=jnp.zeros((B,), jnp.int32))
+    masked = reference_attention(
+        q, k, v, mask=AttentionMask(causal=causal, kv_lengths=jnp.zeros((B,), jnp.int32))
+    )
     np.testing.assert_array_equal(out, masked)
 
 
@@ -82,10 +87,9 @@ def test_no_queries_gives_an_empty_result_and_zero_key_grads(name, sk):
     fn = ENTRY_POINTS[name]
     q, k, v = _qkv(sk + len(name), 0, sk)
     segs = (jnp.zeros((B, 0), jnp.int32), jnp.ones((B, sk), jnp.int32))
+    mask = AttentionMask(causal=True, segment_ids=segs)
     out, dq, dk, dv = jax.jit(
-        lambda q, k, v: _fwd_bwd(
-            lambda q, k, v: fn(q, k, v, causal=True, segment_ids=segs), q, k, v, jnp.zeros_like(q)
-        )
+        lambda q, k, v: _fwd_bwd(lambda q, k, v: fn(q, k, v, mask), q, k, v, jnp.zeros_like(q))
     )(q, k, v)
     chex.assert_shape([out, dq], (B, 0, H, D))
     chex.assert_shape([dk, dv], (B, sk, HKV, D))
@@ -100,7 +104,9 @@ def test_no_queries_gives_an_empty_result_and_zero_key_grads(name, sk):
 @pytest.mark.parametrize("sq,sk", [(0, 0), (0, 3), (4, 0)])
 def test_attention_weights_of_empty_sequences(sq, sk):
     q, k, _ = _qkv(sq * 7 + sk, sq, sk)
-    p = attention_weights(q, k, causal=True, kv_lengths=jnp.full((B,), sk, jnp.int32))
+    p = attention_weights(
+        q, k, mask=AttentionMask(causal=True, kv_lengths=jnp.full((B,), sk, jnp.int32))
+    )
     chex.assert_shape(p, (B, H, sq, sk))
     chex.assert_type(p, jnp.float32)
     assert not np.asarray(p).any()  # no entries, or rows that see no key: all zero

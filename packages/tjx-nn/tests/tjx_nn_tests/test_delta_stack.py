@@ -195,8 +195,8 @@ def test_the_delta_rules_implementation_is_said_beside_attentions(monkeypatch, t
     bf16 = _config(precision=tnn.Precision(jnp.float32, jnp.bfloat16))
     said: list[str] = []
     with kernels.target(*h100):
-        tnn.choose_attention_kernel(bf16.replace(attention_impl="xla"), lambda k: None,
-                                    said.append, say_xla=True)  # fmt: skip
+        tnn.resolve_attention(bf16.replace(attention_impl="xla"), build=lambda k: None,
+                              say=said.append, say_xla=True)  # fmt: skip
         named = tnn.delta_kernel_line(bf16.replace(**{"delta.impl": "pallas"}))
     assert said[0].startswith("delta rule: xla (auto: no tjx measurement of the gated delta")
     assert "NVIDIA H100 80GB HBM3" in said[0] and said[1] == "attention: xla (model.attention_impl)"

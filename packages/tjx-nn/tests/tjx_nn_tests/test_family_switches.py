@@ -12,7 +12,6 @@ from flax import nnx
 
 from tjx import kernels
 from tjx import nn as tnn
-from tjx.nn.kernel_choice import attention_call
 from tjx.nn.kv_cache import topk_decode_attention
 
 from ._family_reference import reference_logits
@@ -171,7 +170,9 @@ def test_top_k_decode_attention_takes_the_scale_and_the_soft_cap():
     v = jnp.asarray(rs.randn(2, 7, 2, 8), jnp.float32)
     lengths = jnp.asarray([7, 4], jnp.int32)
     got = topk_decode_attention(q, k, v, kv_lengths=lengths, topk=7, scale=0.3, softcap=2.0)
-    want = kernels.reference_attention(q, k, v, kv_lengths=lengths, scale=0.3, softcap=2.0)
+    want = kernels.reference_attention(
+        q, k, v, mask=kernels.AttentionMask(kv_lengths=lengths), scale=0.3, softcap=2.0
+    )
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -305,8 +306,8 @@ def test_the_sinks_the_clamp_and_the_partial_rope_each_change_the_logits():
 
 
 def test_a_model_with_sinks_resolves_the_xla_kernel():
-    call = attention_call(tnn.LlamaConfig(**BASE, attention_sinks=True), "causal")
-    assert call.sinks and call.resolve() == kernels.AttentionKernel.XLA
+    resolved = tnn.resolve_attention(tnn.LlamaConfig(**BASE, attention_sinks=True))
+    assert resolved.kernel("causal") == kernels.AttentionKernel.XLA
 
 
 def test_non_decoders_refuse_the_decoder_only_switches():

@@ -207,7 +207,7 @@ def test_gpt2_attention_with_pallas_reads_qkv_as_one_tensor_and_matches_the_thre
 
     def grads(graph):
         def run(x, state):
-            return nnx.merge(graph, state)(x, segment_ids=ids)[0]
+            return nnx.merge(graph, state)(x, mask=kernels.AttentionMask(segment_ids=ids))[0]
 
         y, vjp = jax.vjp(run, x, state)
         return y, vjp(ct), jax.make_jaxpr(lambda x, s: jax.vjp(run, x, s)[1](ct))(x, state).jaxpr

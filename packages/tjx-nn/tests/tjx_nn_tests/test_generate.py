@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
+from tjx.kernels import AttentionMask
 from tjx.nn import generation as gen_mod
 from tjx_nn_tests._helpers import build, gpt2_tiny, llama_tiny
 
@@ -136,7 +137,10 @@ def test_topk_decode_attention_matches_numpy():
     from tjx.kernels import reference_attention
 
     ref = reference_attention(
-        jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), kv_lengths=jnp.asarray(lengths)
+        jnp.asarray(q),
+        jnp.asarray(k),
+        jnp.asarray(v),
+        mask=AttentionMask(kv_lengths=jnp.asarray(lengths)),
     )
     np.testing.assert_allclose(dense, ref, rtol=1e-4, atol=1e-5)
 

@@ -36,9 +36,15 @@ def h100(tmp_path, monkeypatch):
     launch.clear_launch_cache()
 
 
+def _choose(config, build, say, **kw):
+    """The (name, fell_back) of `resolve_attention` with an app's ``build``."""
+    resolved = tnn.resolve_attention(config, build=build, say=say, **kw)
+    return resolved.name, resolved.fell_back
+
+
 def test_auto_on_a_cpu_is_xla_with_nothing_compiled():
     said: list[str] = []
-    got = tnn.choose_attention_kernel(gpt2_tiny(), never, said.append)
+    got = _choose(gpt2_tiny(), never, said.append)
     assert got == ("xla", False)
     assert said == ["attention: xla (auto: no CUDA GPU; XLA on cpu)"]
 
@@ -46,9 +52,9 @@ def test_auto_on_a_cpu_is_xla_with_nothing_compiled():
 def test_xla_by_name_needs_no_choice_and_is_said_only_when_asked():
     said: list[str] = []
     cfg = gpt2_tiny(attention_impl="xla")
-    assert tnn.choose_attention_kernel(cfg, never, said.append) == ("xla", False)
+    assert _choose(cfg, never, said.append) == ("xla", False)
     assert said == []
-    assert tnn.choose_attention_kernel(cfg, never, said.append, say_xla=True) == ("xla", False)
+    assert _choose(cfg, never, said.append, say_xla=True) == ("xla", False)
     assert said == ["attention: xla (model.attention_impl)"]
 
 
@@ -60,7 +66,7 @@ def test_a_kernel_that_fails_falls_back_in_one_line(h100):
         raise RuntimeError("cuDNN: no kernel for this call\nmore detail")
 
     cfg = gpt2_tiny(precision="bf16")
-    assert tnn.choose_attention_kernel(cfg, build, said.append) == ("xla", True)
+    assert _choose(cfg, build, said.append) == ("xla", True)
     assert tried == ["cudnn"]
     assert said == [
         f"attention: cudnn (auto: no tjx measurement for {H100} yet)",
@@ -75,19 +81,19 @@ def test_a_named_kernel_that_fails_raises_naming_the_setting(h100):
 
     cfg = gpt2_tiny(attention_impl="pallas")
     with pytest.raises(kernels.KernelCompileError, match="attention: pallas failed"):
-        tnn.choose_attention_kernel(cfg, build, lambda line: None)
+        _choose(cfg, build, lambda line: None)
 
 
 def test_a_soft_capped_model_leaves_cudnn_out(h100):
     said: list[str] = []
     cfg = llama_tiny(attn_logit_softcap=50.0, precision="bf16")
-    kernel, _ = tnn.choose_attention_kernel(cfg, lambda k: None, said.append)
+    kernel, _ = _choose(cfg, lambda k: None, said.append)
     assert kernel != "cudnn" and "cudnn skipped: it cannot soft-cap the logits" in said[0]
 
 
 def test_a_split_sequence_says_its_block_kernel_and_compiles_nothing(h100):
     said: list[str] = []
-    got = tnn.choose_attention_kernel(
+    got = _choose(
         gpt2_tiny(), never, said.append, context_ways=4, context_strategy="all_gather"
     )
     assert got == ("auto", False)
@@ -125,6 +131,7 @@ def test_a_model_resolves_its_kernel_once_when_built_and_its_calls_only_run_it(m
         resolved.append(impl)
         return real(impl, *args, **kw)
 
+    monkeypatch.setattr(tnn.kernel_choice, "_RESOLVED", {})  # a fresh memo: resolved here
     monkeypatch.setattr(kernels, "resolve_attention", counted)
     layer = tnn.Attention(llama_tiny(), rngs=nnx.Rngs(0), causal=True)
     assert resolved == ["auto"] and layer.kernel is kernels.AttentionKernel.XLA  # a CPU: XLA
@@ -199,12 +206,12 @@ def test_a_model_built_after_its_kernel_choice_runs_that_resolution(config, h100
     afterwards holds those kernels per layer and resolves nothing again. On an H100 with nothing
     measured a causal layer takes cuDNN, a soft-capped one or a bidirectional window XLA."""
     calls = _count_resolutions(monkeypatch)
-    tnn.choose_attention_kernel(config, lambda kernel: None, lambda line: None)
+    _choose(config, lambda kernel: None, lambda line: None)
     kinds = type(config).attention_layers
     # One resolution per distinct call (an encoder-decoder's causal and cross layers ask alike).
-    distinct = {tnn.kernel_choice.attention_call(config, kind) for kind in kinds}
+    distinct = {tnn.kernel_choice._call(config, kind) for kind in kinds}
     assert calls == ["auto"] * len(distinct)
-    resolved = tnn.resolve_model_attention(config)
+    resolved = tnn.resolve_attention(config)
     model = nnx.eval_shape(lambda: tnn.build_model(config, rngs=nnx.Rngs(0)))
     assert calls == ["auto"] * len(distinct)  # the build resolved nothing again
     layers = _layer_kernels(model)
@@ -228,14 +235,13 @@ def test_a_deepseek_layer_resolves_for_the_wider_of_its_key_and_value_heads():
     """DeepSeek's MLA runs its kernels at max(head_dim, v_head_dim); the other kinds at head_dim."""
     mla = tnn.MLAConfig(kv_latent_dim=16, qk_rope_head_dim=4, v_head_dim=12)
     cfg = llama_tiny(attention_type="mla", mla=mla, num_kv_heads=4)
-    call = tnn.kernel_choice.attention_call(cfg, "causal")
-    assert (call.width, call.softcap, call.bidirectional_window) == (12, False, False)
+    assert tnn.kernel_choice.attention_width(cfg, "causal") == 12
     layer = tnn.Attention(cfg, rngs=nnx.Rngs(0), causal=True)
-    assert layer.width == call.width
+    assert layer.width == 12
     narrow = cfg.replace(**{"mla.v_head_dim": 4})
-    assert tnn.kernel_choice.attention_call(narrow, "causal").width == 8
+    assert tnn.kernel_choice.attention_width(narrow, "causal") == 8
     with pytest.raises(ValueError, match="attention kind must be one of"):
-        tnn.kernel_choice.attention_call(cfg, "sideways")
+        tnn.kernel_choice.attention_width(cfg, "sideways")
 
 
 def test_a_resolution_is_kept_until_the_launch_tables_are_read_again(h100, monkeypatch):
@@ -243,18 +249,19 @@ def test_a_resolution_is_kept_until_the_launch_tables_are_read_again(h100, monke
     monkeypatch.setattr(tnn.kernel_choice, "_RESOLVED", {})
     calls = _count_resolutions(monkeypatch)
     cfg = llama_tiny(precision="bf16", num_layers=1)
-    first = tnn.kernel_choice.resolve_layer_kernel(cfg, "causal")
-    assert tnn.kernel_choice.resolve_layer_kernel(cfg.replace(remat="full"), "causal") is first
+    first = tnn.resolve_attention(cfg, kinds=["causal"]).kernel("causal")
+    again = tnn.resolve_attention(cfg.replace(remat="full"), kinds=["causal"])
+    assert again.kernel("causal") is first
     assert calls == ["auto"]  # a change the kernel does not see keeps the resolution
-    tnn.kernel_choice.resolve_layer_kernel(cfg.replace(attention_impl="xla"), "causal")
+    tnn.resolve_attention(cfg.replace(attention_impl="xla"), kinds=["causal"])
     assert calls == ["auto", "xla"]
     launch.clear_launch_cache()  # tables read again: a measurement may have changed the order
-    assert tnn.kernel_choice.resolve_layer_kernel(cfg, "causal") is first
+    assert tnn.resolve_attention(cfg, kinds=["causal"]).kernel("causal") is first
     assert calls == ["auto", "xla", "auto"]
 
 
 def test_a_kind_that_was_not_resolved_is_refused_naming_the_fix():
-    resolved = tnn.resolve_model_attention(gpt2_tiny())
+    resolved = tnn.resolve_attention(gpt2_tiny())
     assert resolved.by_kind == (("causal", kernels.AttentionKernel.XLA),)
     with pytest.raises(ValueError, match="no 'cross' attention was resolved .only causal."):
         resolved.kernel("cross")
@@ -267,9 +274,26 @@ def test_only_auto_on_a_cuda_gpu_reads_the_launch_tables(tmp_path, monkeypatch):
     monkeypatch.setenv(launch.ENV_VAR, str(bad))
     launch.clear_launch_cache()
     try:
-        kernel = tnn.kernel_choice.resolve_layer_kernel(gpt2_tiny(), "causal")  # a CPU
+        kernel = tnn.resolve_attention(gpt2_tiny()).kernel("causal")  # a CPU
         assert kernel is kernels.AttentionKernel.XLA
         with kernels.target("gpu", H100, (9, 0)), pytest.raises(ValueError, match="malformed"):
-            tnn.kernel_choice.resolve_layer_kernel(gpt2_tiny(precision="bf16"), "causal")
+            tnn.resolve_attention(gpt2_tiny(precision="bf16"))
     finally:
         launch.clear_launch_cache()
+
+
+def test_one_name_resolves_a_models_kernels_the_others_are_gone(h100):
+    """`resolve_attention` is the one resolution: with an app's build it chooses the kernel that
+    compiles and holds the kernels a model built from that choice runs (no second resolution);
+    the names it replaced are gone from tjx.nn and tjx.kernels."""
+    for old in ("choose_attention_kernel", "resolve_model_attention"):
+        assert not hasattr(tnn, old), old
+    for old in ("attention_call", "AttentionCall", "resolve_layer_kernel"):
+        assert not hasattr(tnn.kernel_choice, old), old
+    assert not hasattr(kernels, "choose_kernel")
+    cfg = gpt2_tiny(precision="bf16")
+    built: list[str] = []
+    resolved = tnn.resolve_attention(cfg, build=built.append, say=lambda line: None)
+    assert (resolved.name, resolved.fell_back, built) == ("cudnn", False, ["cudnn"])
+    assert resolved.kernel("causal") is kernels.AttentionKernel.CUDNN
+    assert tnn.resolve_attention(cfg).kernel("causal") is resolved.kernel("causal")

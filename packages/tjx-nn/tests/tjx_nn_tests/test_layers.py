@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
+from tjx.kernels import AttentionMask
 
 RS = np.random.RandomState(0)
 
@@ -156,7 +157,7 @@ def test_cross_attention_uses_context_and_masks_padding():
     ctx = jnp.asarray(RS.randn(1, 4, 16), jnp.float32)
     ids = (jnp.ones((1, 3), jnp.int32), jnp.asarray([[1, 1, 0, 0]], jnp.int32))
     full, _ = attn(x, context=ctx[:, :2])
-    masked, _ = attn(x, context=ctx, segment_ids=ids)
+    masked, _ = attn(x, context=ctx, mask=AttentionMask(segment_ids=ids))
     np.testing.assert_allclose(full, masked, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="context"):
         attn(x)
@@ -185,3 +186,34 @@ def test_dense_embed_dropout():
         tnn.make_param(nnx.Rngs(0), jax.nn.initializers.zeros, (2,), ("depth",))
     with pytest.raises(ValueError, match="one entry per dim"):
         tnn.make_param(nnx.Rngs(0), jax.nn.initializers.zeros, (2, 2), ("embed",))
+
+
+def test_the_stack_builds_one_mask_that_every_layer_refines_for_its_kernel(monkeypatch):
+    """A Stack builds the call's AttentionMask once (its segment ids) and hands that one value to
+    every block; each attention layer adds its own parts (causal, window) for the kernel."""
+    import tjx.kernels
+
+    cfg = tnn.LlamaConfig(
+        vocab_size=16, max_seq_len=8, d_model=16, num_layers=2, num_heads=2, sliding_window=3
+    )
+    model = tnn.Llama(cfg, rngs=nnx.Rngs(0))
+    ids = jnp.asarray([[1, 1, 1, 2, 2, 2, 0, 0]], jnp.int32)
+    blocks, kernel_masks = [], []
+    block_call, attention = tnn.Block.__call__, tjx.kernels.attention
+
+    def seen_block(self, x, **kw):
+        blocks.append(kw["mask"])
+        return block_call(self, x, **kw)
+
+    def seen_attention(q, k, v, mask=None, **kw):
+        kernel_masks.append(mask)
+        return attention(q, k, v, mask, **kw)
+
+    monkeypatch.setattr(tnn.Block, "__call__", seen_block)
+    monkeypatch.setattr(tjx.kernels, "attention", seen_attention)
+    model(jnp.zeros((1, 8), jnp.int32), segment_ids=ids)
+    assert len(blocks) == 2 and blocks[0] is blocks[1]  # one value, built once
+    assert blocks[0].segment_ids is ids and not blocks[0].causal and blocks[0].window is None
+    assert len(kernel_masks) == 2
+    for mask in kernel_masks:
+        assert mask.causal and mask.window == 3 and mask.segment_ids is ids

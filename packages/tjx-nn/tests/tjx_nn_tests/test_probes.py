@@ -92,13 +92,13 @@ def test_a_recording_holds_each_layers_largest_activation_and_logit(monkeypatch,
         logits = np.einsum("bqhd,bkhd->bhqk", q, k) * kw["scale"]
         rows, cols = np.arange(12)[:, None], np.arange(12)[None, :]
         seen = cols <= rows
-        if kw.get("window") is not None:
-            seen &= rows - cols < kw["window"]
+        if kw["mask"].window is not None:
+            seen &= rows - cols < kw["mask"].window
         same = np.asarray(segments)[:, :, None] == np.asarray(segments)[:, None, :]
         want = np.where(seen[None, None] & same[:, None], logits, -np.inf).max()
         assert values["attention_logit_max"][i] == pytest.approx(want, rel=1e-5)
     if config.sliding_window:
-        assert all(kw.get("window") == 5 for _, _, kw in calls)
+        assert all(kw["mask"].window == 5 for _, _, kw in calls)
 
 
 def test_a_model_traced_outside_a_recording_is_the_same_program(monkeypatch):

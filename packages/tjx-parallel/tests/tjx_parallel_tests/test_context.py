@@ -3,15 +3,13 @@ sequence, and ring / all-gather attention against one device's attention (float3
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import P
 
-from tjx.kernels import attention_backward, attention_forward, reference_attention
+from tjx.kernels import AttentionMask, block_halves, reference_attention
 from tjx.parallel import (
     ContextParallel,
     MeshConfig,
@@ -106,10 +104,8 @@ def test_context_attention_equals_one_devices_attention(mesh_kw, strategy, causa
     cp = ContextParallel(mesh, rules("fsdp_tp"), strategy)
     ways = cp.shards
     q, k, v, ids, w = _inputs()
-    blocks = dict(
-        forward=functools.partial(attention_forward, implementation=impl),
-        backward=functools.partial(attention_backward, implementation=impl),
-    )
+    forward, backward = block_halves(impl)
+    blocks = dict(forward=forward, backward=backward)
 
     def split(q, k, v):
         qb, kb, vb, ib = (balance(x, ways) for x in (q, k, v, ids))
@@ -117,7 +113,9 @@ def test_context_attention_equals_one_devices_attention(mesh_kw, strategy, causa
         return restore(out, ways)
 
     def whole(q, k, v):
-        return reference_attention(q, k, v, causal=causal, segment_ids=ids, window=window)
+        return reference_attention(
+            q, k, v, mask=AttentionMask(causal=causal, segment_ids=ids, window=window)
+        )
 
     def loss(f):
         return lambda q, k, v: jnp.sum(f(q, k, v) * w)
@@ -138,7 +136,7 @@ def test_the_ring_passes_blocks_and_the_gather_gathers_them():
     """The programs hold the collectives each strategy is made of (and no other)."""
     mesh = make_mesh(MeshConfig(data=2, context=4))
     q, k, v, ids, _ = _inputs()
-    blocks = dict(forward=attention_forward, backward=attention_backward)
+    blocks = dict(zip(("forward", "backward"), block_halves("auto"), strict=True))
     texts = {}
     for strategy in ("ring", "all_gather"):
         cp = ContextParallel(mesh, rules("fsdp"), strategy)
@@ -154,7 +152,7 @@ def test_the_ring_passes_blocks_and_the_gather_gathers_them():
 def test_a_segment_pair_or_a_sequence_that_does_not_split_is_refused():
     cp = ContextParallel(make_mesh(MeshConfig(data=2, context=4)), rules(), "ring")
     q, k, v, ids, _ = _inputs(s=20)
-    blocks = dict(forward=attention_forward, backward=attention_backward)
+    blocks = dict(zip(("forward", "backward"), block_halves("auto"), strict=True))
     with pytest.raises(ValueError, match="sequence length: 20 must be divisible by 2 × context"):
         cp.attention(q, k, v, **blocks)
     with pytest.raises(ValueError, match="must be one \\[batch, seq\\] array, not a"):

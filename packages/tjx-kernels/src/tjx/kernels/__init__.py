@@ -12,6 +12,7 @@ from tjx.kernels.blocks import (
     BLOCK_IMPLEMENTATIONS,
     attention_backward,
     attention_forward,
+    block_halves,
     block_kernel,
 )
 from tjx.kernels.ce_choice import (
@@ -27,7 +28,6 @@ from tjx.kernels.choice import (
     KernelCompileError,
     Target,
     auto_order,
-    choose_kernel,
     current_target,
     first_that_compiles,
     kernel_order,
@@ -53,6 +53,7 @@ from tjx.kernels.gated_delta import (
     gated_delta_step,
 )
 from tjx.kernels.launch import LaunchDefaults, default_launch
+from tjx.kernels.mask import AttentionMask
 from tjx.kernels.reference import attention_mask, attention_weights, reference_attention
 from tjx.kernels.softcap import soft_cap
 
@@ -74,6 +75,7 @@ __all__ = [
     "CE_IMPLEMENTATIONS",
     "IMPLEMENTATIONS",
     "AttentionKernel",
+    "AttentionMask",
     "AutoChoice",
     "CELaunch",
     "CrossEntropyOutput",
@@ -91,10 +93,10 @@ __all__ = [
     "attention_weights",
     "auto_chunk_size",
     "auto_order",
+    "block_halves",
     "block_kernel",
     "ce_auto_order",
     "ce_implementation",
-    "choose_kernel",
     "chunked_cross_entropy",
     "current_target",
     "custom_call_cost",

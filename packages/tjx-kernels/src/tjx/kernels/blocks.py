@@ -24,6 +24,8 @@ in both halves: ``lse`` is then that of the capped logits, so blocks merge as wi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +41,7 @@ from tjx.kernels._checks import (
     window_visible,
 )
 from tjx.kernels.choice import current_target
+from tjx.kernels.mask import AttentionMask, check_mask
 from tjx.kernels.reference import attention_mask
 from tjx.kernels.softcap import cap_derivative, check_softcap
 
@@ -46,7 +49,13 @@ Array = jax.Array
 TokenIndex = tuple[Array, Array]
 BLOCK_IMPLEMENTATIONS: tuple[str, ...] = ("auto", "xla", "pallas")
 
-__all__ = ["BLOCK_IMPLEMENTATIONS", "attention_backward", "attention_forward", "block_kernel"]
+__all__ = [
+    "BLOCK_IMPLEMENTATIONS",
+    "attention_backward",
+    "attention_forward",
+    "block_halves",
+    "block_kernel",
+]
 
 
 def block_kernel(implementation: str, *, token_index: TokenIndex | None = None) -> str:
@@ -75,18 +84,12 @@ def block_kernel(implementation: str, *, token_index: TokenIndex | None = None) 
 
 
 def _mask(
-    shapes: AttentionShapes,
-    *,
-    causal: bool,
-    segment_ids: SegmentIds | None,
-    window: int | None,
-    token_index: TokenIndex | None,
+    shapes: AttentionShapes, mask: AttentionMask, token_index: TokenIndex | None
 ) -> Array | None:
     """Boolean [b|1, 1, s_q, s_k] mask (True = attend) or None."""
     if token_index is None:
-        return attention_mask(
-            shapes, causal=causal, segment_ids=segment_ids, kv_lengths=None, window=window
-        )
+        return attention_mask(shapes, mask)
+    causal, window, segment_ids = mask.causal, mask.window, mask.segment_ids
     q_index, kv_index = (jnp.asarray(i, jnp.int32) for i in token_index)
     if q_index.shape != (shapes.q_len,) or kv_index.shape != (shapes.kv_len,):
         raise ValueError(
@@ -94,12 +97,12 @@ def _mask(
             f"({shapes.kv_len},); got {q_index.shape} and {kv_index.shape}"
         )
     near = window_visible(q_index[:, None], kv_index[None, :], causal=causal, window=window)
-    mask = None if near is None else near[None, None]
+    dense = None if near is None else near[None, None]
     q_ids, kv_ids = split_segment_ids(segment_ids)
     if q_ids is not None and kv_ids is not None:
         same = (q_ids[:, :, None] == kv_ids[:, None, :]) & (kv_ids[:, None, :] != 0)
-        mask = same[:, None] if mask is None else mask & same[:, None]
-    return mask
+        dense = same[:, None] if dense is None else dense & same[:, None]
+    return dense
 
 
 def _logits(
@@ -123,16 +126,22 @@ def _check(
     q: Array,
     k: Array,
     v: Array,
-    segment_ids: SegmentIds | None,
+    mask: AttentionMask,
     scale: float | None,
-    window: int | None,
     softcap: float | None,
 ) -> tuple[AttentionShapes, float]:
     shapes = check_qkv(q, k, v)
-    check_segment_ids(segment_ids, shapes)
+    check_mask(mask)
+    check_segment_ids(mask.segment_ids, shapes)
+    for part in ("kv_lengths", "chunk", "sinks"):
+        if getattr(mask, part) is not None:
+            raise ValueError(
+                f"`mask.{part}` is not served by a split attention's blocks (they mask by "
+                "causal, segment ids and window); attend without the split"
+            )
     check_scale(scale)
     check_softcap(softcap)
-    check_window(window)
+    check_window(mask.window)
     return shapes, 1.0 / math.sqrt(shapes.head_dim) if scale is None else float(scale)
 
 
@@ -140,11 +149,9 @@ def attention_forward(
     q: Array,
     k: Array,
     v: Array,
+    mask: AttentionMask | None = None,
     *,
-    causal: bool = False,
-    segment_ids: SegmentIds | None = None,
     scale: float | None = None,
-    window: int | None = None,
     token_index: TokenIndex | None = None,
     implementation: str = "auto",
     softcap: float | None = None,
@@ -157,8 +164,11 @@ def attention_forward(
         ``[batch, q_len, heads, head_dim]``.
     k, v : Array
         ``[batch, kv_len, kv_heads, head_dim]`` (``kv_heads`` divides ``heads``).
-    causal, segment_ids, scale, window, softcap
-        As in :func:`tjx.kernels.attention` (causal top-left aligned unless ``token_index``).
+    mask : AttentionMask, optional
+        Its causal mask (top-left aligned unless ``token_index``), segment ids and window, as
+        in :func:`tjx.kernels.attention` (key lengths, chunks and sinks: a ``ValueError``).
+    scale, softcap
+        As in :func:`tjx.kernels.attention`.
     token_index : (Array, Array), optional
         int ``[q_len]`` and ``[kv_len]``: each query's and key's index in the whole sequence, for
         the causal (``q >= k``) and window masks (XLA only).
@@ -171,7 +181,8 @@ def attention_forward(
         ``out [batch, q_len, heads, head_dim]`` in ``q``'s dtype (zeros on rows that see no key)
         and ``lse`` float32 ``[batch, heads, q_len]`` (``-inf`` on those rows).
     """
-    shapes, sm_scale = _check(q, k, v, segment_ids, scale, window, softcap)
+    mask = AttentionMask() if mask is None else mask
+    shapes, sm_scale = _check(q, k, v, mask, scale, softcap)
     impl = block_kernel(implementation, token_index=token_index)
     if impl == "pallas":
         from tjx.kernels.flash_lse import flash_forward_lse  # Pallas is imported only when chosen
@@ -180,16 +191,11 @@ def attention_forward(
             q,
             k,
             v,
-            causal=causal,
-            segment_ids=segment_ids,
+            mask,
             scale=sm_scale,
-            window=window,
             softcap=softcap,
         )
-    mask = _mask(
-        shapes, causal=causal, segment_ids=segment_ids, window=window, token_index=token_index
-    )
-    s, _ = _logits(q, k, sm_scale, mask, softcap)
+    s, _ = _logits(q, k, sm_scale, _mask(shapes, mask, token_index), softcap)
     row_max = jnp.max(s, axis=-1, keepdims=True, initial=-jnp.inf)
     shift = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
     p = jnp.exp(s - shift)
@@ -208,11 +214,9 @@ def attention_backward(
     out: Array,
     lse: Array,
     d_out: Array,
+    mask: AttentionMask | None = None,
     *,
-    causal: bool = False,
-    segment_ids: SegmentIds | None = None,
     scale: float | None = None,
-    window: int | None = None,
     token_index: TokenIndex | None = None,
     implementation: str = "auto",
     softcap: float | None = None,
@@ -222,7 +226,7 @@ def attention_backward(
 
     Parameters
     ----------
-    q, k, v, causal, segment_ids, scale, window, token_index, implementation, softcap
+    q, k, v, mask, scale, token_index, implementation, softcap
         As in :func:`attention_forward` (the same block).
     out : Array
         ``[batch, q_len, heads, head_dim]``: the (merged) attention output of these rows.
@@ -236,7 +240,8 @@ def attention_backward(
     (Array, Array, Array)
         ``dq`` (this block's share), ``dk`` and ``dv``, in the dtypes of ``q``, ``k``, ``v``.
     """
-    shapes, sm_scale = _check(q, k, v, segment_ids, scale, window, softcap)
+    mask = AttentionMask() if mask is None else mask
+    shapes, sm_scale = _check(q, k, v, mask, scale, softcap)
     impl = block_kernel(implementation, token_index=token_index)
     if impl == "pallas":
         from tjx.kernels.flash_lse import flash_backward_lse
@@ -248,16 +253,11 @@ def attention_backward(
             out,
             lse,
             d_out,
-            causal=causal,
-            segment_ids=segment_ids,
+            mask,
             scale=sm_scale,
-            window=window,
             softcap=softcap,
         )
-    mask = _mask(
-        shapes, causal=causal, segment_ids=segment_ids, window=window, token_index=token_index
-    )
-    s, t = _logits(q, k, sm_scale, mask, softcap)
+    s, t = _logits(q, k, sm_scale, _mask(shapes, mask, token_index), softcap)
     acc_t = s.dtype
     row = lse.astype(acc_t)[..., None]
     p = jnp.where(jnp.isfinite(row), jnp.exp(s - jnp.where(jnp.isfinite(row), row, 0.0)), 0.0)
@@ -279,3 +279,35 @@ def attention_backward(
         return x.reshape(b, s_k, shapes.num_kv_heads, g, d).sum(axis=3)
 
     return dq.astype(q.dtype), grouped(dk_h).astype(k.dtype), grouped(dv_h).astype(v.dtype)
+
+
+def block_halves(
+    implementation: str, *, softcap: float | None = None
+) -> tuple[Callable[..., tuple[Array, Array]], Callable[..., tuple[Array, Array, Array]]]:
+    """:func:`attention_forward` and :func:`attention_backward` of ``implementation`` (and
+    ``softcap``) as a split's block calls take them: tjx-parallel's ring and all-gather attention
+    (which imports no kernel) describe each block by ``causal``, ``segment_ids`` and ``window``
+    keywords; here they become the block's `AttentionMask`.
+    """
+
+    def forward(
+        q: Array, k: Array, v: Array, *, causal: bool = False,
+        segment_ids: SegmentIds | None = None, window: int | None = None, **kw: Any,
+    ) -> tuple[Array, Array]:  # fmt: skip
+        mask = AttentionMask(causal=causal, segment_ids=segment_ids, window=window)
+        return attention_forward(
+            q, k, v, mask, implementation=implementation, softcap=softcap, **kw
+        )  # fmt: skip
+
+    def backward(
+        q: Array, k: Array, v: Array, out: Array, lse: Array, d_out: Array, *,
+        causal: bool = False, segment_ids: SegmentIds | None = None, window: int | None = None,
+        **kw: Any,
+    ) -> tuple[Array, Array, Array]:  # fmt: skip
+        mask = AttentionMask(causal=causal, segment_ids=segment_ids, window=window)
+        return attention_backward(
+            q, k, v, out, lse, d_out, mask, implementation=implementation, softcap=softcap,
+            **kw,
+        )  # fmt: skip
+
+    return forward, backward

@@ -478,35 +478,3 @@ def first_that_compiles(
             continue
         return kernel
     raise KernelCompileError("attention: no kernel to try")
-
-
-def choose_kernel(
-    impl: str,
-    dtype: Any,
-    head_dim: int,
-    build: Callable[[str], object],
-    *,
-    named_by: str,
-    say: Callable[[str], None] = print,
-    softcap: bool = False,
-) -> tuple[str, bool]:
-    """The kernel an ``attention_impl`` setting takes here: `kernel_order`'s line said, then
-    `first_that_compiles` over that order with the caller's ``build`` (an app compiles its own
-    step: a train step, a plan's step for another device, an evaluation).
-
-    Returns
-    -------
-    (str, bool)
-        The kernel, and whether it is a fallback (not the first of the order; a caller may keep
-        ``"auto"`` when it is not: a model built with it resolves to the same kernel).
-
-    Raises
-    ------
-    KernelCompileError
-        The kernel named, or every kernel tried, failed to lower or compile.
-    ValueError
-        A named kernel that cannot serve the model (`kernel_order`).
-    """
-    order = kernel_order(impl, dtype, head_dim, named_by=named_by, say=say, softcap=softcap)
-    chosen = first_that_compiles(order, build, explicit=impl != "auto", say=say)
-    return chosen, chosen != order[0]

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from tjx.kernels._jax_private import install_capability_hook, packed_attention
 from tjx.kernels.choice import Target
+from tjx.kernels.mask import AttentionMask
 
 Array = jax.Array
 
@@ -123,21 +124,29 @@ def segment_attention(
     q: Array,
     k: Array,
     v: Array,
-    ids: Array,
+    mask: AttentionMask,
     *,
-    causal: bool,
     scale: float,
     target: Target,
     max_segments: int = DEFAULT_MAX_SEGMENTS,
-    window: int | None = None,
 ) -> Array:
-    """cuDNN attention of a packed batch (self-attention segment ids ``[b, s]``, 0 = padding).
+    """cuDNN attention of a packed batch: ``mask``'s self-attention segment ids ``[b, s]`` (one
+    array, 0 = padding), its causal flag and window (no key lengths, chunk or sinks).
 
     See the module docstring for the branches. ``q`` ``[b, s, h, d]``, ``k``/``v``
-    ``[b, s, h_kv, d]``; returns ``[b, s, h, d]`` in ``q``'s dtype. ``window`` (causal only, as
+    ``[b, s, h_kv, d]``; returns ``[b, s, h, d]`` in ``q``'s dtype. The window (causal only, as
     cuDNN's own sliding window): a query sees its ``window`` latest keys, itself included; runs
     are contiguous, so the distance within a segment is the distance in the row.
     """
+    causal, window = mask.causal, mask.window
+    if mask.segment_ids is None or isinstance(mask.segment_ids, tuple | list):
+        raise ValueError("segment_attention: `mask.segment_ids` must be one [batch, seq] array")
+    if mask.kv_lengths is not None or mask.chunk is not None or mask.sinks is not None:
+        raise ValueError(
+            "segment_attention: `mask` takes segment ids, causal and window only (no key "
+            "lengths, chunk or sinks); use tjx.kernels.attention"
+        )
+    ids = jnp.asarray(mask.segment_ids, jnp.int32)
     if window is not None and not causal:
         raise ValueError("segment_attention: cuDNN's sliding window needs causal=True")
     local = None if window is None else (window - 1, 0)
@@ -177,12 +186,12 @@ def segment_attention(
 
     @jax.checkpoint  # its mask is recomputed, never a residual the other branches must carry
     def dense(q: Array, k: Array, v: Array) -> Array:
-        mask = ((ids[:, :, None] == ids[:, None, :]) & (ids[:, None, :] != 0))[:, None]
+        same = ((ids[:, :, None] == ids[:, None, :]) & (ids[:, None, :] != 0))[:, None]
         out = jax.nn.dot_product_attention(
             q,
             k,
             v,
-            mask=mask,
+            mask=same,
             scale=scale,
             is_causal=causal,
             local_window_size=local,

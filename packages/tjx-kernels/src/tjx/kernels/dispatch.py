@@ -5,10 +5,11 @@ It runs the kernel it is given: an :class:`~tjx.kernels.choice.AttentionKernel` 
 built), or a name it resolves the same way for this one call. Nothing is chosen again, warned
 about or fallen back from here: every refusal is the resolution's (an unknown name, an explicit
 kernel that cannot serve: ``ValueError`` naming the argument and what is supported), and a kernel
-that fails to lower is the caller's kernel choice to handle (``tjx.kernels.choose_kernel`` tries
-the next one and says so, once). The one rule a call adds: features no fused kernel has (an
-additive ``bias``, attention dropout) and zero-length sequences take the XLA path, whatever the
-kernel. The Pallas kernel's module (and Pallas itself) is imported only when it runs.
+that fails to lower is the caller's kernel choice to handle (tjx-nn's ``resolve_attention`` with
+an app's compile tries the next one and says so, once). The one rule a call adds: features no
+fused kernel has (an additive ``bias``, attention dropout) and zero-length sequences take the XLA
+path, whatever the kernel. The Pallas kernel's module (and Pallas itself) is imported only when
+it runs.
 
 The resolution's rule ("auto", :mod:`tjx.kernels.choice`): on a CUDA GPU the kernels measured on
 that device kind rank first (fastest first), then cuDNN wherever it serves the call (packed
@@ -45,16 +46,10 @@ from tjx.kernels._checks import (
     AttentionShapes,
     SegmentIds,
     check_bias,
-    check_chunk,
     check_dropout,
-    check_kv_lengths,
     check_qkv,
     check_scale,
-    check_segment_ids,
-    check_sinks,
     check_stacked_qkv,
-    check_window,
-    chunk_segment_ids,
     split_segment_ids,
 )
 from tjx.kernels.choice import (
@@ -68,6 +63,7 @@ from tjx.kernels.choice import (
     resolve_attention,
 )
 from tjx.kernels.cudnn_segments import segment_attention
+from tjx.kernels.mask import AttentionMask, check_mask
 from tjx.kernels.reference import attention_mask, reference_attention
 from tjx.kernels.softcap import check_softcap
 
@@ -104,42 +100,33 @@ def _segments_with_lengths(
 
 
 def _cudnn_attention(
-    q: Array,
-    k: Array,
-    v: Array,
-    *,
-    causal: bool,
-    segment_ids: SegmentIds | None,
-    kv_lengths: Array | None,
-    scale: float,
-    shapes: AttentionShapes,
-    window: int | None = None,
+    q: Array, k: Array, v: Array, mask: AttentionMask, *, scale: float, shapes: AttentionShapes
 ) -> Array:
     # One layout for q, k, v and the batch-leading ids/lengths before jax's cuDNN call, whose
     # SPMD partitioning refuses q, k and v sharded differently (`tjx.kernels.partition.aligned`;
     # that module holds the flash kernels' partitioning, hence Pallas: imported here, on use).
     from tjx.kernels.partition import aligned
 
-    leaves, tree = jax.tree.flatten((segment_ids, kv_lengths))
+    leaves, tree = jax.tree.flatten((mask.segment_ids, mask.kv_lengths))
     q, k, v, *leaves = aligned(q, k, v, *(jnp.asarray(x) for x in leaves))
     segment_ids, kv_lengths = jax.tree.unflatten(tree, leaves)
+    causal, window = mask.causal, mask.window
     if segment_ids is not None and not isinstance(segment_ids, tuple | list) and kv_lengths is None:
         # Self-attention segment ids (packed documents): no s × s mask (cudnn_segments).
         ids = jnp.asarray(segment_ids, jnp.int32)
-        return segment_attention(
-            q, k, v, ids, causal=causal, scale=scale, target=current_target(), window=window
-        )
-    mask = None
+        own = AttentionMask(causal=causal, segment_ids=ids, window=window)
+        return segment_attention(q, k, v, own, scale=scale, target=current_target())
+    dense = None
     if segment_ids is not None:
         q_ids, kv_ids = split_segment_ids(segment_ids)
         assert q_ids is not None and kv_ids is not None
-        mask = ((q_ids[:, :, None] == kv_ids[:, None, :]) & (kv_ids[:, None, :] != 0))[:, None]
+        dense = ((q_ids[:, :, None] == kv_ids[:, None, :]) & (kv_ids[:, None, :] != 0))[:, None]
     lengths = None if kv_lengths is None else jnp.asarray(kv_lengths, jnp.int32)
     out = jax.nn.dot_product_attention(
         q,
         k,
         v,
-        mask=mask,
+        mask=dense,
         scale=scale,
         is_causal=causal,
         key_value_seq_lengths=lengths,
@@ -150,50 +137,36 @@ def _cudnn_attention(
     # cuDNN leaves rows that see no key at all to its own devices (a uniform average or NaN);
     # our convention, shared with XLA and Pallas, is zeros.
     visible = _visible_rows(
-        shapes, causal=causal, segment_ids=segment_ids, kv_lengths=lengths, window=window
+        shapes, mask.replace(segment_ids=segment_ids, kv_lengths=lengths, sinks=None)
     )
     if visible is None:
         return out
     return jnp.where(visible[:, :, None, None], out, jnp.zeros((), out.dtype))
 
 
-def _visible_rows(
-    shapes: AttentionShapes,
-    *,
-    causal: bool,
-    segment_ids: SegmentIds | None,
-    kv_lengths: Array | None,
-    window: int | None = None,
-) -> Array | None:
+def _visible_rows(shapes: AttentionShapes, mask: AttentionMask) -> Array | None:
     """Bool [b, s_q]: whether each query row sees at least one key (None: every row does)."""
-    if segment_ids is None:
-        if kv_lengths is None:
+    if mask.segment_ids is None:
+        if mask.kv_lengths is None:
             return None  # key 0 is visible to every query, causal or not
-        return jnp.broadcast_to((kv_lengths > 0)[:, None], (shapes.batch, shapes.q_len))
-    mask = attention_mask(
-        shapes, causal=causal, segment_ids=segment_ids, kv_lengths=kv_lengths, window=window
-    )
-    assert mask is not None
-    return jnp.broadcast_to(jnp.any(mask[:, 0], axis=-1), (shapes.batch, shapes.q_len))
+        return jnp.broadcast_to((mask.kv_lengths > 0)[:, None], (shapes.batch, shapes.q_len))
+    dense = attention_mask(shapes, mask)
+    assert dense is not None
+    return jnp.broadcast_to(jnp.any(dense[:, 0], axis=-1), (shapes.batch, shapes.q_len))
 
 
 def attention(
     q: Array,
     k: Array,
     v: Array,
+    mask: AttentionMask | None = None,
     *,
-    causal: bool = False,
-    segment_ids: SegmentIds | None = None,
-    kv_lengths: Array | None = None,
     scale: float | None = None,
     dropout_rate: float = 0.0,
     dropout_rng: Array | None = None,
     implementation: Implementation = "auto",
     bias: Array | None = None,
     softcap: float | None = None,
-    window: int | None = None,
-    sinks: Array | None = None,
-    chunk: int | None = None,
 ) -> Array:
     """Multi-head attention with a choice of implementation.
 
@@ -203,12 +176,14 @@ def attention(
         Queries ``[batch, q_len, heads, head_dim]``.
     k, v : Array
         Keys and values ``[batch, kv_len, kv_heads, head_dim]`` (``kv_heads`` divides ``heads``).
-    causal : bool
-        Top-left aligned causal mask (query ``i`` sees keys ``j <= i``).
-    segment_ids : Array or (Array, Array), optional
-        int ``[batch, seq]`` or a pair ``(q_ids, kv_ids)``; 0 = padding.
-    kv_lengths : Array, optional
-        int ``[batch]`` valid key counts.
+    mask : AttentionMask, optional
+        Which keys each query sees (`tjx.kernels.AttentionMask`: causal, segment ids, key
+        lengths, a sliding window, chunks, sinks); None: every key, no sinks. A ``window`` is
+        served by every kernel (cuDNN only with ``causal``: without it, "auto" leaves cuDNN out
+        and an explicit "cudnn" is an error); ``sinks`` by XLA only ("auto" resolves to XLA, a
+        fused kernel is an error); a ``chunk`` becomes segment ids before any kernel runs, so
+        every kernel serves it (a call with ``q_len != kv_len`` is a ``ValueError``: a decode
+        step's chunk is its caller's).
     scale : float, optional
         Logit scale, default ``1/sqrt(head_dim)``.
     dropout_rate, dropout_rng
@@ -221,18 +196,6 @@ def attention(
     softcap : float, optional
         Soft-cap the scaled logits to ``(-softcap, softcap)`` (``softcap · tanh(x / softcap)``,
         Gemma 2) before bias and masks: XLA and Pallas; never cuDNN (see the module doc).
-    window : int, optional
-        Sliding window: query ``i`` sees keys ``i - window < j`` (``<= i`` when causal, else
-        ``< i + window``); every kernel applies it (cuDNN only with ``causal``: without it,
-        "auto" leaves cuDNN out and an explicit "cudnn" is an error). None: every key.
-    sinks : Array, optional
-        Attention sinks (gpt-oss): one logit per query head ``[heads]`` added to every row's
-        softmax denominator. XLA only: "auto" resolves to XLA, a fused kernel is an error.
-    chunk : int, optional
-        Chunked local attention (Llama 4's local layers): token ``t`` sees only keys of its own
-        chunk ``t // chunk`` (and, when causal, not after it). Served by every kernel as segment
-        ids (each segment's chunks an id of their own), so cuDNN, Pallas and XLA alike; a call
-        with ``q_len != kv_len`` is a ``ValueError`` (a decode step's chunk is its caller's).
 
     Returns
     -------
@@ -241,18 +204,16 @@ def attention(
         ``kv_len == 0`` zeros (such calls take the XLA path whatever ``implementation`` says,
         after it is validated).
     """
+    mask = AttentionMask() if mask is None else mask
     shapes = check_qkv(q, k, v)
-    check_segment_ids(segment_ids, shapes)
-    check_kv_lengths(kv_lengths, shapes)
+    check_mask(mask)
+    mask.check(shapes)
     check_bias(bias, shapes)
     check_dropout(dropout_rate, dropout_rng)
     check_scale(scale)
     check_softcap(softcap)
-    check_window(window)
-    check_sinks(sinks, shapes)
-    check_chunk(chunk, shapes)
-    if chunk is not None:  # one mask every kernel has: segments (module docstring)
-        segment_ids = chunk_segment_ids(segment_ids, chunk, shapes)
+    mask = mask.unchunked(shapes)  # one mask every kernel has: segments (module docstring)
+    causal, window, sinks = mask.causal, mask.window, mask.sinks
     if isinstance(implementation, AttentionKernel):
         kernel = implementation  # resolved once by its owner: run it, choose nothing
         if sinks is not None and kernel != AttentionKernel.XLA:
@@ -274,61 +235,34 @@ def attention(
     if impl == "cudnn":
         if window is not None and not causal:
             raise ValueError(CUDNN_WINDOW)  # a resolved kernel given a call it cannot serve
-        return _cudnn_attention(
-            q,
-            k,
-            v,
-            causal=causal,
-            segment_ids=segment_ids,
-            kv_lengths=kv_lengths,
-            scale=sm_scale,
-            shapes=shapes,
-            window=window,
-        )
+        return _cudnn_attention(q, k, v, mask, scale=sm_scale, shapes=shapes)
     if impl == "tokamax":
         # The one module that imports tokamax (an optional package), only when chosen.
         from tjx.kernels.tokamax_ops import tokamax_attention
 
-        return tokamax_attention(
-            q,
-            k,
-            v,
-            causal=causal,
-            segment_ids=segment_ids,
-            kv_lengths=kv_lengths,
-            scale=sm_scale,
-            shapes=shapes,
-            softcap=softcap,
-            window=window,
-        )
+        return tokamax_attention(q, k, v, mask, scale=sm_scale, shapes=shapes, softcap=softcap)
     if impl == "pallas":
         from tjx.kernels.flash import flash_attention  # Pallas is imported only when chosen
 
-        segs = _segments_with_lengths(segment_ids, kv_lengths, shapes)
+        segs = _segments_with_lengths(mask.segment_ids, mask.kv_lengths, shapes)
         return flash_attention(
             q,
             k,
             v,
-            causal=causal,
-            segment_ids=segs,
+            mask.replace(segment_ids=segs, kv_lengths=None),
             scale=sm_scale,
             softcap=softcap,
-            window=window,
         )
     return reference_attention(
         q,
         k,
         v,
-        causal=causal,
-        segment_ids=segment_ids,
-        kv_lengths=kv_lengths,
+        mask,
         scale=sm_scale,
         dropout_rate=dropout_rate,
         dropout_rng=dropout_rng,
         bias=bias,
         softcap=softcap,
-        window=window,
-        sinks=sinks,
     )
 
 
@@ -348,13 +282,11 @@ def reads_stacked_qkv(kernel: AttentionKernel, dtype: Any = jnp.bfloat16) -> boo
 
 def attention_qkv(
     qkv: Array,
+    mask: AttentionMask | None = None,
     *,
-    causal: bool = False,
-    segment_ids: SegmentIds | None = None,
     scale: float | None = None,
     implementation: Implementation = "auto",
     softcap: float | None = None,
-    window: int | None = None,
     qkv_bias: tuple[Array, Array, Array] | None = None,
 ) -> Array:
     """Self-attention of one stacked ``qkv`` ``[batch, seq, 3, heads, head_dim]`` (queries,
@@ -365,13 +297,16 @@ def attention_qkv(
     is one array of ``qkv``'s layout (`tjx.kernels.flash_attention_qkv`: neither the forward's
     slices and bias adds nor the backward's concatenation is written); any other kernel, and a
     zero-length call, runs :func:`attention` on the three biased slices. The other arguments
-    are :func:`attention`'s.
+    are :func:`attention`'s (the mask's causal flag, segment ids and window: the stacked kernel
+    has no key lengths, chunks or sinks).
 
     Returns
     -------
     Array
         ``[batch, seq, heads, head_dim]`` in ``qkv``'s dtype.
     """
+    mask = AttentionMask() if mask is None else mask
+    check_mask(mask)
     shapes = check_stacked_qkv(qkv)
     if isinstance(implementation, AttentionKernel):
         kernel = implementation
@@ -381,19 +316,15 @@ def attention_qkv(
             qkv.dtype,
             shapes.head_dim,
             softcap=softcap is not None,
-            bidirectional_window=window is not None and not causal,
+            bidirectional_window=mask.window is not None and not mask.causal,
         )
     if not reads_stacked_qkv(kernel, qkv.dtype) or shapes.q_len == 0:
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if qkv_bias is not None:
             q, k, v = (x + b for x, b in zip((q, k, v), qkv_bias, strict=True))
         return attention(
-            q, k, v, causal=causal, segment_ids=segment_ids, scale=scale,
-            implementation=kernel, softcap=softcap, window=window,
+            q, k, v, mask, scale=scale, implementation=kernel, softcap=softcap
         )  # fmt: skip
     from tjx.kernels.flash_qkv import flash_attention_qkv  # Pallas: imported when it runs
 
-    return flash_attention_qkv(
-        qkv, causal=causal, segment_ids=segment_ids, scale=scale, softcap=softcap, window=window,
-        qkv_bias=qkv_bias,
-    )  # fmt: skip
+    return flash_attention_qkv(qkv, mask, scale=scale, softcap=softcap, qkv_bias=qkv_bias)

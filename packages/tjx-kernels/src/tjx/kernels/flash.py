@@ -19,7 +19,6 @@ import jax.numpy as jnp
 
 from tjx.kernels._checks import (
     AttentionShapes,
-    SegmentIds,
     check_qkv,
     check_scale,
     check_segment_ids,
@@ -29,6 +28,7 @@ from tjx.kernels._checks import (
 from tjx.kernels.choice import current_target, lowering_for_cuda
 from tjx.kernels.flash_fwd import KernelConfig
 from tjx.kernels.launch import MIN_BLOCK, LaunchDefaults, default_launch
+from tjx.kernels.mask import AttentionMask, check_mask
 from tjx.kernels.partition import partitioned_backward, partitioned_forward
 from tjx.kernels.softcap import check_softcap
 
@@ -184,21 +184,28 @@ def pad_rows(x: Array, rows: int, cols: int, axis: int = 1) -> Array:
 def check_call(
     shapes: AttentionShapes,
     dtype: Any,
+    mask: AttentionMask,
     *,
-    segment_ids: SegmentIds | None,
     scale: float | None,
     softcap: float | None,
-    window: int | None,
     block_q: int | None,
     block_k: int | None,
     launch: LaunchDefaults | None,
 ) -> None:
     """The checks every flash entry makes past its inputs' shapes (``ValueError`` naming the
     argument and what is supported)."""
-    check_segment_ids(segment_ids, shapes)
+    check_mask(mask)
+    check_segment_ids(mask.segment_ids, shapes)
+    for part in ("kv_lengths", "chunk", "sinks"):
+        if getattr(mask, part) is not None:  # the dispatcher folds lengths and chunks into ids
+            raise ValueError(
+                f"`mask.{part}` is not served by flash_attention (it masks by causal, segment "
+                "ids and window); use tjx.kernels.attention, which folds key lengths and chunks "
+                "into segment ids and runs sinks on XLA"
+            )
     check_scale(scale)
     check_softcap(softcap)
-    check_window(window)
+    check_window(mask.window)
     _check_block("block_q", block_q)
     _check_block("block_k", block_k)
     if launch is not None and not isinstance(launch, LaunchDefaults):
@@ -250,15 +257,13 @@ def prepare_call(
     q: Array,
     k: Array,
     v: Array,
+    mask: AttentionMask,
     *,
-    causal: bool,
-    segment_ids: SegmentIds | None,
     scale: float | None,
     block_q: int | None,
     block_k: int | None,
     interpret: bool | None,
     launch: LaunchDefaults | None,
-    window: int | None,
     softcap: float | None = None,
 ) -> Padded | AttentionShapes:
     """Validate one call and pad it to the kernel's tiles; the bare shapes when either length is
@@ -267,21 +272,20 @@ def prepare_call(
     check_call(
         shapes,
         q.dtype,
-        segment_ids=segment_ids,
+        mask,
         scale=scale,
         softcap=softcap,
-        window=window,
         block_q=block_q,
         block_k=block_k,
         launch=launch,
     )
     if shapes.q_len == 0 or shapes.kv_len == 0:
         return shapes  # padding a length of 0 up to a block would invent keys
-    q_ids, kv_ids = split_segment_ids(segment_ids)
+    q_ids, kv_ids = split_segment_ids(mask.segment_ids)
     cfg, q_pad, kv_pad, d_pad = call_config(
         shapes,
         q.dtype,
-        causal=causal,
+        causal=mask.causal,
         has_segments=q_ids is not None,
         scale=scale,
         block_q=block_q,
@@ -289,7 +293,7 @@ def prepare_call(
         interpret=interpret,
         launch=launch,
         softcap=softcap,
-        window=window,
+        window=mask.window,
     )
     dq_, dk_, dd = q_pad - shapes.q_len, kv_pad - shapes.kv_len, d_pad - shapes.head_dim
     if q_ids is not None and kv_ids is not None:
@@ -310,16 +314,14 @@ def flash_attention(
     q: Array,
     k: Array,
     v: Array,
+    mask: AttentionMask | None = None,
     *,
-    causal: bool = False,
-    segment_ids: SegmentIds | None = None,
     scale: float | None = None,
     block_q: int | None = None,
     block_k: int | None = None,
     interpret: bool | None = None,
     launch: LaunchDefaults | None = None,
     softcap: float | None = None,
-    window: int | None = None,
 ) -> Array:
     """Flash attention in Pallas (online softmax, fused forward and backward).
 
@@ -329,11 +331,14 @@ def flash_attention(
         ``[batch, q_len, heads, head_dim]`` in bfloat16, float16 or float32; ``head_dim <= 256``.
     k, v : Array
         ``[batch, kv_len, kv_heads, head_dim]``, same dtype; ``kv_heads`` divides ``heads``.
-    causal : bool
-        Top-left aligned causal mask; key blocks above the diagonal are skipped.
-    segment_ids : Array or (Array, Array), optional
-        int ``[batch, seq]`` or ``(q_ids, kv_ids)``; tokens attend within their segment;
-        0 = padding.
+    mask : AttentionMask, optional
+        Its causal mask (key blocks above the diagonal are skipped), segment ids (``[batch,
+        seq]`` or ``(q_ids, kv_ids)``; tokens attend within their segment; 0 = padding) and
+        sliding window (query ``i`` sees keys ``i - window < j``, ``<= i`` when causal, else
+        ``< i + window``; key blocks wholly outside every query's window of a query block are
+        never loaded, forward and backward). Key lengths, chunks and sinks are a
+        ``ValueError`` (``tjx.kernels.attention`` folds the first two into segment ids). None:
+        every key.
     scale : float, optional
         Logit scale, default ``1/sqrt(head_dim)``.
     block_q, block_k : int, optional
@@ -348,10 +353,6 @@ def flash_attention(
     softcap : float, optional
         Soft-cap the scaled logits to ``(-softcap, softcap)`` (``softcap · tanh(x / softcap)``,
         Gemma 2), before masking; None: no cap.
-    window : int, optional
-        Sliding window: query ``i`` sees keys ``i - window < j`` (``<= i`` when causal, else
-        ``< i + window``). Key blocks wholly outside every query's window of a query block are
-        never loaded (forward and backward). None: every key.
 
     Returns
     -------
@@ -363,15 +364,13 @@ def flash_attention(
         q,
         k,
         v,
-        causal=causal,
-        segment_ids=segment_ids,
+        AttentionMask() if mask is None else mask,
         scale=scale,
         block_q=block_q,
         block_k=block_k,
         interpret=interpret,
         launch=launch,
         softcap=softcap,
-        window=window,
     )
     if not isinstance(p, Padded):
         # Nothing to tile: no query rows, or no key for any row to see (zeros, as for a fully

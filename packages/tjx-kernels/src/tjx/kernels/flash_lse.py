@@ -11,9 +11,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from tjx.kernels._checks import AttentionShapes, SegmentIds
+from tjx.kernels._checks import AttentionShapes
 from tjx.kernels.flash import LN2, Padded, pad_rows, prepare_call
 from tjx.kernels.launch import LaunchDefaults
+from tjx.kernels.mask import AttentionMask
 from tjx.kernels.partition import partitioned_backward, partitioned_forward
 
 Array = jax.Array
@@ -23,10 +24,8 @@ def _prepare(
     q: Array,
     k: Array,
     v: Array,
-    causal: bool,
-    segment_ids: SegmentIds | None,
+    mask: AttentionMask | None,
     scale: float | None,
-    window: int | None,
     interpret: bool | None,
     launch: LaunchDefaults | None,
     softcap: float | None,
@@ -37,14 +36,12 @@ def _prepare(
         q,
         k,
         v,
-        causal=causal,
-        segment_ids=segment_ids,
+        AttentionMask() if mask is None else mask,
         scale=scale,
         block_q=None,
         block_k=None,
         interpret=interpret,
         launch=launch,
-        window=window,
         softcap=softcap,
     )
 
@@ -53,11 +50,9 @@ def flash_forward_lse(
     q: Array,
     k: Array,
     v: Array,
+    mask: AttentionMask | None = None,
     *,
-    causal: bool = False,
-    segment_ids: SegmentIds | None = None,
     scale: float | None = None,
-    window: int | None = None,
     interpret: bool | None = None,
     launch: LaunchDefaults | None = None,
     softcap: float | None = None,
@@ -68,7 +63,7 @@ def flash_forward_lse(
     logits (capped ones under ``softcap``), ``-inf`` for a row that sees no key. Arguments as
     :func:`flash_attention`.
     """
-    p = _prepare(q, k, v, causal, segment_ids, scale, window, interpret, launch, softcap)
+    p = _prepare(q, k, v, mask, scale, interpret, launch, softcap)
     if not isinstance(p, Padded):
         b, s_q, h, _ = q.shape
         return jnp.zeros(q.shape, q.dtype), jnp.full((b, h, s_q), -jnp.inf, jnp.float32)
@@ -87,11 +82,9 @@ def flash_backward_lse(
     out: Array,
     lse: Array,
     d_out: Array,
+    mask: AttentionMask | None = None,
     *,
-    causal: bool = False,
-    segment_ids: SegmentIds | None = None,
     scale: float | None = None,
-    window: int | None = None,
     interpret: bool | None = None,
     launch: LaunchDefaults | None = None,
     softcap: float | None = None,
@@ -99,7 +92,7 @@ def flash_backward_lse(
     """The backward kernels alone: ``(dq, dk, dv)`` of the rows' softmax given by ``out`` and
     ``lse`` (natural log, ``-inf`` for empty rows), which may be those of a longer attention this
     call is one block of (ring attention): the probabilities are ``exp(s - lse)``."""
-    p = _prepare(q, k, v, causal, segment_ids, scale, window, interpret, launch, softcap)
+    p = _prepare(q, k, v, mask, scale, interpret, launch, softcap)
     if not isinstance(p, Padded):
         return jnp.zeros_like(q), jnp.zeros_like(k), jnp.zeros_like(v)
     s_q, d = p.shapes.q_len, p.shapes.head_dim

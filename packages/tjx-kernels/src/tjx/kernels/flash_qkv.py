@@ -31,10 +31,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from tjx.kernels._checks import SegmentIds, check_stacked_qkv, split_segment_ids
+from tjx.kernels._checks import check_stacked_qkv, split_segment_ids
 from tjx.kernels.flash import call_config, check_call, pad_rows
 from tjx.kernels.flash_fwd import KernelConfig
 from tjx.kernels.launch import LaunchDefaults
+from tjx.kernels.mask import AttentionMask
 from tjx.kernels.partition import partitioned_backward_qkv, partitioned_forward_qkv
 
 Array = jax.Array
@@ -118,16 +119,14 @@ def _check_biases(qkv_bias: Any, qkv: Array) -> Biases | None:
 
 def flash_attention_qkv(
     qkv: Array,
+    mask: AttentionMask | None = None,
     *,
-    causal: bool = False,
-    segment_ids: SegmentIds | None = None,
     scale: float | None = None,
     block_q: int | None = None,
     block_k: int | None = None,
     interpret: bool | None = None,
     launch: LaunchDefaults | None = None,
     softcap: float | None = None,
-    window: int | None = None,
     qkv_bias: tuple[Array, Array, Array] | None = None,
 ) -> Array:
     """Flash self-attention in Pallas of one stacked ``qkv`` (see the module docstring).
@@ -138,7 +137,7 @@ def flash_attention_qkv(
         ``[batch, seq, 3, heads, head_dim]``: queries, keys and values in slots 0, 1, 2 of axis
         2 (a fused projection's output as its GEMM writes it), bfloat16, float16 or float32;
         ``head_dim <= 256``.
-    causal, segment_ids, scale, block_q, block_k, interpret, launch, softcap, window
+    mask, scale, block_q, block_k, interpret, launch, softcap
         As :func:`tjx.kernels.flash_attention` (segment ids: ``[batch, seq]`` or a pair).
     qkv_bias : (Array, Array, Array), optional
         The query, key and value biases ``[heads, head_dim]`` (``qkv``'s dtype), added to their
@@ -157,13 +156,13 @@ def flash_attention_qkv(
     biases = _check_biases(qkv_bias, qkv)
     if biases is not None and not biases_in_kernel(qkv.dtype, shapes.head_dim):
         qkv, biases = qkv + jnp.stack(biases)[None, None], None  # XLA's one loop
+    mask = AttentionMask() if mask is None else mask
     check_call(
         shapes,
         qkv.dtype,
-        segment_ids=segment_ids,
+        mask,
         scale=scale,
         softcap=softcap,
-        window=window,
         block_q=block_q,
         block_k=block_k,
         launch=launch,
@@ -171,11 +170,11 @@ def flash_attention_qkv(
     b, s, _, h, d = qkv.shape
     if s == 0:
         return jnp.zeros((b, s, h, d), qkv.dtype)  # no row: the biases' gradients are 0 too
-    q_ids, kv_ids = split_segment_ids(segment_ids)
+    q_ids, kv_ids = split_segment_ids(mask.segment_ids)
     cfg, q_pad, kv_pad, d_pad = call_config(
         shapes,
         qkv.dtype,
-        causal=causal,
+        causal=mask.causal,
         has_segments=q_ids is not None,
         scale=scale,
         block_q=block_q,
@@ -183,7 +182,7 @@ def flash_attention_qkv(
         interpret=interpret,
         launch=launch,
         softcap=softcap,
-        window=window,
+        window=mask.window,
     )
     # One buffer holds queries and keys: one padded length, a multiple of every tile (each pad
     # is a multiple of its power-of-two tiles, so the larger is of all of them).

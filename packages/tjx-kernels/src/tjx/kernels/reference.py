@@ -15,51 +15,37 @@ import jax.numpy as jnp
 
 from tjx.kernels._checks import (
     AttentionShapes,
-    SegmentIds,
     check_bias,
     check_dropout,
-    check_kv_lengths,
     check_qkv,
     check_scale,
-    check_segment_ids,
-    check_sinks,
     check_window,
     split_segment_ids,
     window_visible,
 )
+from tjx.kernels.mask import AttentionMask, check_mask
 from tjx.kernels.softcap import check_softcap, soft_cap
 
 Array = jax.Array
 
 
-def attention_mask(
-    shapes: AttentionShapes,
-    *,
-    causal: bool,
-    segment_ids: SegmentIds | None,
-    kv_lengths: Array | None,
-    window: int | None = None,
-) -> Array | None:
-    """Boolean mask [b|1, 1, s_q, s_k] (True = attend), or None when nothing is masked.
+def attention_mask(shapes: AttentionShapes, mask: AttentionMask) -> Array | None:
+    """The boolean array of ``mask``'s causal, segment, key-length and window parts
+    ``[b|1, 1, s_q, s_k]`` (True = attend), or None when nothing is masked.
 
     Causal masking is top-left aligned (query ``i`` sees keys ``j <= i``), as in
     ``jax.nn.dot_product_attention``. Segment id 0 marks padding: a padding query attends to
-    nothing and no query attends to a padding key. A sliding ``window`` keeps the keys within
+    nothing and no query attends to a padding key. A sliding window keeps the keys within
     ``window`` of the query, itself included: ``i - window < j`` (and ``j < i + window`` when not
-    causal).
+    causal). A ``chunk`` must have become segment ids first (`AttentionMask.unchunked`); sinks
+    mask nothing.
 
     Parameters
     ----------
     shapes : AttentionShapes
         Sizes of the call (from ``check_qkv``).
-    causal : bool
-        Add the top-left aligned causal mask.
-    segment_ids : Array or (Array, Array), optional
-        int ``[b, s]`` or a pair ``(q_ids [b, s_q], kv_ids [b, s_k])``; 0 = padding.
-    kv_lengths : Array, optional
-        int ``[b]``: keys at positions ``>= kv_lengths[b]`` are masked.
-    window : int, optional
-        Sliding window (keys a query sees, itself included); None: no window.
+    mask : AttentionMask
+        The call's mask.
 
     Returns
     -------
@@ -67,44 +53,40 @@ def attention_mask(
         Boolean ``[b|1, 1, s_q, s_k]``, True where a query may attend to a key; ``None`` when
         nothing is masked.
     """
-    check_window(window)
+    check_window(mask.window)
     s_q, s_k = shapes.q_len, shapes.kv_len
-    mask: Array | None = None
+    dense: Array | None = None
 
     def conj(a: Array | None, b: Array) -> Array:
         return b if a is None else jnp.logical_and(a, b)
 
     near = window_visible(
-        jnp.arange(s_q)[:, None], jnp.arange(s_k)[None, :], causal=causal, window=window
+        jnp.arange(s_q)[:, None], jnp.arange(s_k)[None, :], causal=mask.causal, window=mask.window
     )
     if near is not None:
-        mask = conj(mask, near[None, None])
-    q_ids, kv_ids = split_segment_ids(segment_ids)
+        dense = conj(dense, near[None, None])
+    q_ids, kv_ids = split_segment_ids(mask.segment_ids)
     if q_ids is not None and kv_ids is not None:
         same = q_ids[:, :, None] == kv_ids[:, None, :]
         valid = (q_ids[:, :, None] != 0) & (kv_ids[:, None, :] != 0)
-        mask = conj(mask, (same & valid)[:, None])
-    if kv_lengths is not None:
-        keep = jnp.arange(s_k)[None, :] < jnp.asarray(kv_lengths)[:, None]
-        mask = conj(mask, keep[:, None, None, :])
-    return mask
+        dense = conj(dense, (same & valid)[:, None])
+    if mask.kv_lengths is not None:
+        keep = jnp.arange(s_k)[None, :] < jnp.asarray(mask.kv_lengths)[:, None]
+        dense = conj(dense, keep[:, None, None, :])
+    return dense
 
 
 def reference_attention(
     q: Array,
     k: Array,
     v: Array,
+    mask: AttentionMask | None = None,
     *,
-    causal: bool = False,
-    segment_ids: SegmentIds | None = None,
-    kv_lengths: Array | None = None,
     scale: float | None = None,
     dropout_rate: float = 0.0,
     dropout_rng: Array | None = None,
     bias: Array | None = None,
     softcap: float | None = None,
-    window: int | None = None,
-    sinks: Array | None = None,
 ) -> Array:
     """Multi-head attention in plain XLA (the reference implementation).
 
@@ -115,13 +97,11 @@ def reference_attention(
     k, v : Array
         Keys and values ``[batch, kv_len, kv_heads, head_dim]``; ``kv_heads`` divides ``heads``
         (GQA/MQA).
-    causal : bool
-        Top-left aligned causal mask (query ``i`` attends to keys ``j <= i``).
-    segment_ids : Array or (Array, Array), optional
-        int ``[batch, seq]`` for self-attention, or a pair ``(q_ids, kv_ids)``. Tokens attend only
-        within their segment; id 0 is padding (attends to nothing, attended by nothing).
-    kv_lengths : Array, optional
-        int ``[batch]``: keys at positions ``>= kv_lengths[b]`` are masked.
+    mask : AttentionMask, optional
+        Which keys each query sees (`tjx.kernels.AttentionMask`: causal, segment ids, key
+        lengths, window, chunk) and the sinks (gpt-oss: one learned logit per query head, a
+        column every query sees in the softmax's denominator with no value behind it, so a
+        row's probabilities sum to less than 1); None: every key, no sinks.
     scale : float, optional
         Logit scale; default ``1 / sqrt(head_dim)``.
     dropout_rate : float
@@ -134,13 +114,6 @@ def reference_attention(
     softcap : float, optional
         Soft-cap the scaled logits to ``(-softcap, softcap)`` (``softcap · tanh(x / softcap)``,
         Gemma 2) before the bias and masks; None: no cap.
-    window : int, optional
-        Sliding window: query ``i`` sees keys ``i - window < j`` (``<= i`` when causal, else
-        ``< i + window``); None: every key.
-    sinks : Array, optional
-        Attention sinks (gpt-oss): one learned logit per query head ``[heads]``, a column every
-        query sees in the softmax's denominator with no value behind it, so a row's
-        probabilities sum to less than 1. None: no sink.
 
     Returns
     -------
@@ -151,19 +124,7 @@ def reference_attention(
     shapes = check_qkv(q, k, v)
     check_dropout(dropout_rate, dropout_rng)
     h = q.shape[2]
-    p = _probabilities(
-        q,
-        k,
-        shapes,
-        causal=causal,
-        segment_ids=segment_ids,
-        kv_lengths=kv_lengths,
-        scale=scale,
-        bias=bias,
-        softcap=softcap,
-        window=window,
-        sinks=sinks,
-    )
+    p = _probabilities(q, k, shapes, mask, scale=scale, bias=bias, softcap=softcap)
     acc_t = p.dtype
     if dropout_rate > 0.0:
         assert dropout_rng is not None
@@ -216,20 +177,18 @@ def _probabilities(
     q: Array,
     k: Array,
     shapes: AttentionShapes,
+    mask: AttentionMask | None,
     *,
-    causal: bool,
-    segment_ids: SegmentIds | None,
-    kv_lengths: Array | None,
     scale: float | None,
     bias: Array | None,
     softcap: float | None = None,
-    window: int | None = None,
-    sinks: Array | None = None,
 ) -> Array:
     """Softmax probabilities ``[b, h, s_q, s_k]`` (float32 or wider)."""
-    check_segment_ids(segment_ids, shapes)
-    check_sinks(sinks, shapes)
-    check_kv_lengths(kv_lengths, shapes)
+    mask = AttentionMask() if mask is None else mask
+    check_mask(mask)
+    mask.check(shapes)
+    mask = mask.unchunked(shapes)  # as the dispatcher does: a chunk is segment ids
+    sinks = mask.sinks
     check_bias(bias, shapes)
     check_scale(scale)
     check_softcap(softcap)
@@ -241,11 +200,9 @@ def _probabilities(
     logits = soft_cap(logits * jnp.asarray(sm_scale, acc_t), softcap)
     if bias is not None:
         logits = logits + bias.astype(acc_t)  # [b|1, h|1, s_q, s_k]
-    mask = attention_mask(
-        shapes, causal=causal, segment_ids=segment_ids, kv_lengths=kv_lengths, window=window
-    )
-    if mask is not None:
-        logits = jnp.where(mask, logits, -jnp.inf)  # [b|1, 1, s_q, s_k]
+    dense = attention_mask(shapes, mask)
+    if dense is not None:
+        logits = jnp.where(dense, logits, -jnp.inf)  # [b|1, 1, s_q, s_k]
     if sinks is None:
         return _masked_softmax(logits)
     # The sink: one more column per head, seen by every query (never masked), then dropped.
@@ -257,15 +214,11 @@ def _probabilities(
 def attention_weights(
     q: Array,
     k: Array,
+    mask: AttentionMask | None = None,
     *,
-    causal: bool = False,
-    segment_ids: SegmentIds | None = None,
-    kv_lengths: Array | None = None,
     scale: float | None = None,
     bias: Array | None = None,
     softcap: float | None = None,
-    window: int | None = None,
-    sinks: Array | None = None,
 ) -> Array:
     """The attention probabilities of :func:`reference_attention` (without dropout).
 
@@ -274,7 +227,7 @@ def attention_weights(
 
     Parameters
     ----------
-    q, k, causal, segment_ids, kv_lengths, scale, bias, softcap, window, sinks
+    q, k, mask, scale, bias, softcap
         As in :func:`reference_attention` (``k``'s heads may be fewer: GQA/MQA).
 
     Returns
@@ -285,16 +238,4 @@ def attention_weights(
         where the query sees no key (padding).
     """
     shapes = check_qkv(q, k, k)
-    return _probabilities(
-        q,
-        k,
-        shapes,
-        causal=causal,
-        segment_ids=segment_ids,
-        kv_lengths=kv_lengths,
-        scale=scale,
-        bias=bias,
-        softcap=softcap,
-        window=window,
-        sinks=sinks,
-    )
+    return _probabilities(q, k, shapes, mask, scale=scale, bias=bias, softcap=softcap)

@@ -29,7 +29,8 @@ def _fail(x: jax.Array, stage: str) -> jax.Array:
 
 
 def failing_attention(stage: str) -> Callable[..., jax.Array]:
-    """An attention function (``q, k, v, **kwargs``) that fails at ``stage`` ("lower"/"compile")."""
+    """An attention function (``q, k, v, mask=None, **kwargs``) that fails at ``stage``
+    ("lower"/"compile")."""
     if stage not in ("lower", "compile"):
         raise ValueError(f"`stage` must be 'lower' or 'compile'; got {stage!r}")
 
@@ -46,7 +47,9 @@ def failing_attention(stage: str) -> Callable[..., jax.Array]:
 
     kernel.defvjp(fwd, bwd)
 
-    def attention(q: jax.Array, k: jax.Array, v: jax.Array, **kwargs: Any) -> jax.Array:
+    def attention(
+        q: jax.Array, k: jax.Array, v: jax.Array, mask: Any = None, **kwargs: Any
+    ) -> jax.Array:
         return kernel(q, k, v)
 
     return attention

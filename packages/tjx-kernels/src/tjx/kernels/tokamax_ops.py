@@ -43,7 +43,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from tjx.kernels._checks import AttentionShapes, SegmentIds, split_segment_ids
+from tjx.kernels._checks import AttentionShapes, split_segment_ids
 from tjx.kernels.choice import (  # the rule lives with the other kernels' (no tokamax there)
     MISSING,
     TOKAMAX_DTYPES,
@@ -53,6 +53,7 @@ from tjx.kernels.choice import (  # the rule lives with the other kernels' (no t
     installed,
     tokamax_reason,
 )
+from tjx.kernels.mask import AttentionMask
 from tjx.kernels.reference import attention_mask
 
 Array = jax.Array
@@ -153,46 +154,35 @@ def cross_lowering_hooks() -> None:
     _HOOKED = True
 
 
-def _visible_rows(
-    shapes: AttentionShapes,
-    *,
-    causal: bool,
-    segment_ids: SegmentIds | None,
-    kv_lengths: Array | None,
-    window: int | None,
-) -> Array | None:
+def _visible_rows(shapes: AttentionShapes, mask: AttentionMask) -> Array | None:
     """Bool [b, s_q]: whether each query row sees a key (None: every row does, by construction:
     with no ids, lengths or one-sided window, key 0 or the row's own key is always visible)."""
-    bidirectional = window is not None and not causal
-    if segment_ids is None and kv_lengths is None and not bidirectional:
+    bidirectional = mask.window is not None and not mask.causal
+    if mask.segment_ids is None and mask.kv_lengths is None and not bidirectional:
         return None
-    mask = attention_mask(
-        shapes, causal=causal, segment_ids=segment_ids, kv_lengths=kv_lengths, window=window
-    )
-    assert mask is not None
-    return jnp.broadcast_to(jnp.any(mask[:, 0], axis=-1), (shapes.batch, shapes.q_len))
+    dense = attention_mask(shapes, mask)
+    assert dense is not None
+    return jnp.broadcast_to(jnp.any(dense[:, 0], axis=-1), (shapes.batch, shapes.q_len))
 
 
 def tokamax_attention(
     q: Array,
     k: Array,
     v: Array,
+    mask: AttentionMask,
     *,
-    causal: bool,
-    segment_ids: SegmentIds | None,
-    kv_lengths: Array | None,
     scale: float,
     shapes: AttentionShapes,
     softcap: float | None = None,
-    window: int | None = None,
     implementation: str = MOSAIC_GPU,
 ) -> Array:
     """tjx's attention call through ``tokamax.dot_product_attention`` (module docstring).
 
     Parameters
     ----------
-    q, k, v, causal, segment_ids, kv_lengths, scale, softcap, window
-        As ``tjx.kernels.attention`` (validated there; ``scale`` resolved to a float).
+    q, k, v, mask, scale, softcap
+        As ``tjx.kernels.attention`` (validated there, the mask's chunk folded into its segment
+        ids; ``scale`` resolved to a float; no sinks).
     shapes : AttentionShapes
         The call's sizes (``tjx.kernels._checks.check_qkv``).
     implementation : str
@@ -208,28 +198,27 @@ def tokamax_attention(
     tokamax = load()
     if implementation == MOSAIC_GPU:
         cross_lowering_hooks()
-    mask = None
+    causal, window = mask.causal, mask.window
+    dense = None
     local: tuple[int, int] | None = None
-    if segment_ids is not None:  # any ids, any layout: a dense mask (module docstring)
-        q_ids, kv_ids = split_segment_ids(segment_ids)
+    if mask.segment_ids is not None:  # any ids, any layout: a dense mask (module docstring)
+        q_ids, kv_ids = split_segment_ids(mask.segment_ids)
         assert q_ids is not None and kv_ids is not None
         same = (q_ids[:, :, None] == kv_ids[:, None, :]) & (kv_ids[:, None, :] != 0)
-        mask = same[:, None]
+        dense = same[:, None]
     if window is not None:
         if shapes.q_len == shapes.kv_len:  # tokamax's window is by the query's own position
             local = (window - 1, 0 if causal else window - 1)
         else:  # its positions are the keys': fold this call's window into the mask
-            near = attention_mask(
-                shapes, causal=causal, segment_ids=None, kv_lengths=None, window=window
-            )
+            near = attention_mask(shapes, AttentionMask(causal=causal, window=window))
             assert near is not None
-            mask = near if mask is None else mask & near
-    lengths = None if kv_lengths is None else jnp.asarray(kv_lengths, jnp.int32)
+            dense = near if dense is None else dense & near
+    lengths = None if mask.kv_lengths is None else jnp.asarray(mask.kv_lengths, jnp.int32)
     out = tokamax.dot_product_attention(
         q,
         k,
         v,
-        mask=mask,
+        mask=dense,
         scale=scale,
         is_causal=causal,
         key_value_seq_lengths=lengths,
@@ -237,9 +226,7 @@ def tokamax_attention(
         logits_soft_cap=softcap,
         implementation=implementation,
     )
-    visible = _visible_rows(
-        shapes, causal=causal, segment_ids=segment_ids, kv_lengths=lengths, window=window
-    )
+    visible = _visible_rows(shapes, mask.replace(kv_lengths=lengths))
     out = out.astype(q.dtype)
     if visible is None:
         return out

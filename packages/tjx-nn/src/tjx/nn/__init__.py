@@ -7,8 +7,9 @@ Qwen3-MoE: ``load_hf`` / ``save_hf``); LoRA adapters (``add_lora``,
 merged or PEFT export) and preference losses (DPO, IPO); probes of a step (``tjx.nn.probes``:
 per-layer norms, each token's loss, each layer's largest activation and attention logit) for a
 replay; sequence-split (context parallel) runs
-through ``sequence_parallel``; the attention kernel a model takes (``choose_attention_kernel``),
-resolved once before it is built (``resolve_model_attention``); losses and utilities. A run's
+through ``sequence_parallel``; the attention kernels a model runs, resolved once where its parts
+are built (``resolve_attention``; with an app's compile, the kernel that compiles); losses and
+utilities. A run's
 start checks and its step plan (``hf_start_config``, ``check_hf_settings``, ``clash_names``;
 ``batch_shapes``, ``roofline_inputs``, ``TOKEN_KEYS``) moved to the trainer app in 0.21
 (``trainer.job``): reading one here is an ImportError naming it.
@@ -73,9 +74,8 @@ from tjx.nn.hf.start import (
 )
 from tjx.nn.kernel_choice import (
     ModelAttention,
-    choose_attention_kernel,
     delta_kernel_line,
-    resolve_model_attention,
+    resolve_attention,
     split_kernel_line,
 )
 from tjx.nn.kv_cache import cache_slots, init_cache, kv_cache_bytes, topk_decode_attention
@@ -351,9 +351,8 @@ __all__ = [
     "t5_relative_bucket",
     "token_loss",
     "topk_decode_attention",
-    "choose_attention_kernel",
     "delta_kernel_line",
-    "resolve_model_attention",
+    "resolve_attention",
     "ModelAttention",
     "split_kernel_line",
 ]

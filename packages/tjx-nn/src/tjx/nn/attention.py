@@ -12,7 +12,7 @@ across devices) self-attention runs through the split's own attention (:mod:`tjx
 
 The score/softmax/value step is ``tjx.kernels.attention`` (layout ``[batch, seq, heads,
 head_dim]``), so the kernel is a config switch (``attention_impl``), resolved once before the
-model is built (``tjx.nn.kernel_choice``, through ``tjx.kernels.resolve_attention``: an
+model is built (``tjx.nn.resolve_attention``, through ``tjx.kernels.resolve_attention``: an
 `AttentionKernel` the calls run; the blocks of a split sequence take the name,
 ``tjx.kernels.block_kernel``). Its output is tagged
 ``checkpoint_name(..., "attention_output")`` for the ``save_attention_output`` remat policy.
@@ -33,7 +33,7 @@ from tjx.nn import mla as ds
 from tjx.nn import probes
 from tjx.nn.configs import TransformerConfig, rotated_dims
 from tjx.nn.family_config import LayerShape
-from tjx.nn.kernel_choice import attention_call, layer_kind
+from tjx.nn.kernel_choice import attention_width, layer_kind, resolve_attention
 from tjx.nn.kv_cache import (
     LayerCache,
     last_real,
@@ -134,15 +134,15 @@ class Attention(nnx.Module):
         self.deepseek = self.mla and ds.is_deepseek(c)
         d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
         # DeepSeek: values may be narrower than q/k; the kernels see both at the wider ``width``
-        # (`attention_call`, which the kernel is resolved for).
+        # (`attention_width`, which the kernel is resolved for).
         self.v_dim = ds.value_dim(c) if self.deepseek else hd
-        call = attention_call(c, layer_kind(causal=causal, cross=cross))
-        self.width, self.rope_dim = call.width, c.mla.qk_rope_head_dim or 0
+        kind = layer_kind(causal=causal, cross=cross)
+        self.width, self.rope_dim = attention_width(c, kind), c.mla.qk_rope_head_dim or 0
         # The kernel, resolved once for the device the model is built for (inside a
         # `tjx.kernels.target` block: that device), before the model was built (``kernel``) or
         # here: a call runs it and chooses nothing. A name that cannot serve this model here is
         # refused then, with tjx.kernels' one line.
-        self.kernel = call.resolve() if kernel is None else kernel
+        self.kernel = resolve_attention(c, kinds=(kind,)).kernel(kind) if kernel is None else kernel
         common: dict[str, Any] = dict(rngs=rngs, use_bias=c.use_bias, precision=c.precision)
         init = normal(c.init_std)
         # Qwen2 has biases on q/k/v only (``qkv_bias``); ``use_bias`` puts them everywhere.
@@ -201,7 +201,7 @@ class Attention(nnx.Module):
             else None
         )
         # gpt-oss: one learned logit per query head in every softmax row's denominator
-        # (self-attention; tjx.kernels' XLA path, which `attention_call` resolves to).
+        # (self-attention; tjx.kernels' XLA path, which `resolve_attention` resolves to).
         self.sinks = (
             make_param(rngs, init, (h,), ("heads",), c.precision.param_dtype)
             if c.attention_sinks and not cross
@@ -375,24 +375,24 @@ class Attention(nnx.Module):
         """Cross-attention keys and values ``[b, s_ctx, kv_heads, head_dim]`` of ``context``."""
         return self._keys_values(context, None)
 
+    def _mask(self, mask: kernels.AttentionMask, near: bool) -> kernels.AttentionMask:
+        """The call's ``mask`` (its segment ids) with this layer's own parts: causal, the window
+        and chunk where they apply (``near``), the sinks."""
+        return mask.replace(
+            causal=self.causal,
+            window=self.window if near else None,
+            chunk=self.chunk if near else None,
+            sinks=self._sinks(),
+        )
+
     def _kernel(
         self, q: Array, k: Array, v: Array, *, kernel: kernels.AttentionKernel, **kw: Any
     ) -> Array:
         # A replay's probe program records the layer's largest logit (nothing otherwise).
-        probes.attention_logits(
-            q, k, scale=self.scale, causal=bool(kw.get("causal")),
-            segment_ids=kw.get("segment_ids"), window=kw.get("window"),
-        )  # fmt: skip
+        probes.attention_logits(q, k, kw["mask"], scale=self.scale)
         # An additive bias (ALiBi, T5) or attention dropout makes tjx.kernels take its XLA path.
         return kernels.attention(
-            q,
-            k,
-            v,
-            scale=self.scale,
-            softcap=self.softcap,
-            implementation=kernel,
-            sinks=self._sinks(),
-            **kw,
+            q, k, v, scale=self.scale, softcap=self.softcap, implementation=kernel, **kw
         )
 
     def _windowed(self, local: Local, attend: Any) -> Array:
@@ -410,7 +410,7 @@ class Attention(nnx.Module):
         x: Array,
         *,
         positions: Array | None = None,
-        segment_ids: Any = None,
+        mask: kernels.AttentionMask | None = None,
         context: Array | None = None,
         deterministic: bool = True,
         dropout_rng: Array | None = None,
@@ -434,8 +434,10 @@ class Attention(nnx.Module):
             Queries' input ``[b, s, d_model]``.
         positions : Array, optional
             int ``[b, s]`` absolute positions (RoPE/ALiBi).
-        segment_ids : Array or pair, optional
-            Passed to the kernel (0 = padding). For cross-attention a pair (q_ids, kv_ids).
+        mask : tjx.kernels.AttentionMask, optional
+            The call's mask, as its stack built it: its segment ids (0 = padding; for
+            cross-attention a pair (q_ids, kv_ids)). The layer adds its own parts (causal, its
+            window or chunk, its sinks) before the kernel receives it. None: no segments.
         context : Array, optional
             ``[b, s_ctx, d_model]`` keys/values input for cross-attention.
         cache, cache_pos : optional
@@ -479,6 +481,7 @@ class Attention(nnx.Module):
         (out [b, s, d_model], updated cache or None)
         """
         b, s, _ = x.shape
+        mask = kernels.AttentionMask() if mask is None else mask
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
         k_query, k_kv, k_out = split_key(lora_rng, 3)
@@ -494,9 +497,8 @@ class Attention(nnx.Module):
             out = self._windowed(
                 local,
                 lambda near: kernels.attention_qkv(
-                    qkv, causal=self.causal, segment_ids=segment_ids, scale=self.scale,
-                    implementation=self.kernel, softcap=self.softcap,
-                    window=self.window if near else None, qkv_bias=biases,
+                    qkv, mask=self._mask(mask, near), scale=self.scale,
+                    implementation=self.kernel, softcap=self.softcap, qkv_bias=biases,
                 ),
             )  # fmt: skip
             return self._output(x, out, k_out, out_bias), None
@@ -516,7 +518,7 @@ class Attention(nnx.Module):
         rng = dropout_rng if drop > 0.0 else None
         if self.reads_kv:  # no cache of its own: a decode step by its positions alone
             step = cache_pos is not None and (s == 1 or extend)
-            out = self._shared(q, shared, segment_ids, positions, step, local, drop, rng)
+            out = self._shared(q, shared, mask, positions, step, local, drop, rng)
             cache = None
         elif decoding:
             assert cache is not None and cache_pos is not None
@@ -548,9 +550,8 @@ class Attention(nnx.Module):
             split = current_sequence_parallel() if cache is None and not self.cross else None
 
             def attend(near: bool) -> Array:
-                window = self.window if near else None
-                chunk = self.chunk if near else None
-                if split is not None and (self.sinks is not None or chunk is not None):
+                layer_mask = self._mask(mask, near)
+                if split is not None and (self.sinks is not None or layer_mask.chunk is not None):
                     raise ValueError(
                         "attention_sinks (gpt-oss) and attention_chunk are not "
                         "supported under sequence_parallel: the split's block kernels have "
@@ -558,22 +559,18 @@ class Attention(nnx.Module):
                     )
                 if split is not None:
                     return split_self_attention(
-                        split, q, k, v, impl=self.impl, causal=self.causal, scale=self.scale,
-                        softcap=self.softcap, segment_ids=segment_ids, window=window, drop=drop,
-                        bias=bias,
+                        split, q, k, v, layer_mask, impl=self.impl, scale=self.scale,
+                        softcap=self.softcap, drop=drop, bias=bias,
                     )  # fmt: skip
                 return self._kernel(
                     q,
                     k,
                     v,
                     kernel=kernel,
-                    causal=self.causal,
-                    segment_ids=segment_ids,
+                    mask=layer_mask,
                     dropout_rate=drop,
                     dropout_rng=rng,
                     bias=bias,
-                    window=window,
-                    chunk=chunk,
                 )
 
             out = self._windowed(local, attend)
@@ -603,7 +600,7 @@ class Attention(nnx.Module):
         self,
         q: Array,
         shared: LayerCache | None,
-        segment_ids: Any,
+        mask: kernels.AttentionMask,
         positions: Array,
         decoding: bool,
         local: Local,
@@ -627,9 +624,8 @@ class Attention(nnx.Module):
             return self._windowed(
                 local,
                 lambda near: self._kernel(
-                    q, k, v, kernel=self.kernel, causal=self.causal, segment_ids=segment_ids,
-                    dropout_rate=drop, dropout_rng=rng, window=self.window if near else None,
-                    chunk=self.chunk if near else None,
+                    q, k, v, kernel=self.kernel, mask=self._mask(mask, near),
+                    dropout_rate=drop, dropout_rng=rng,
                 ),
             )  # fmt: skip
         visible = step_visible(shared["pos"], positions, window=self.window, local=local)
@@ -637,11 +633,11 @@ class Attention(nnx.Module):
             q,
             k,
             v,
+            mask=kernels.AttentionMask(sinks=self._sinks()),
             scale=self.scale,
             softcap=self.softcap,
             implementation="xla",
             bias=_masked(visible),
-            sinks=self._sinks(),
         )
 
     def _write_prefill(
@@ -719,11 +715,11 @@ class Attention(nnx.Module):
                 q,
                 k,
                 v,
+                mask=kernels.AttentionMask(sinks=self._sinks()),
                 scale=self.scale,
                 softcap=self.softcap,
                 implementation="xla",
                 bias=_add(bias, _masked(visible)),
-                sinks=self._sinks(),
             )
         return (out if finish is None else finish(out)), cache
 

@@ -10,6 +10,7 @@ from typing import Any
 import jax
 from flax import nnx
 
+from tjx.kernels import AttentionMask
 from tjx.nn.attention import Attention
 from tjx.nn.configs import TransformerConfig
 from tjx.nn.families.parts import layer_input
@@ -178,9 +179,9 @@ class Block(nnx.Module):
         x: Array,
         *,
         positions: Array | None = None,
-        segment_ids: Any = None,
+        mask: AttentionMask | None = None,
         context: Array | None = None,
-        context_segment_ids: Any = None,
+        context_mask: AttentionMask | None = None,
         deterministic: bool = True,
         rng: Array | None = None,
         cache: LayerCache | None = None,
@@ -195,7 +196,10 @@ class Block(nnx.Module):
     ) -> tuple[Array, LayerCache | None, MoEStats | None]:
         """Apply the layer; returns ``(x, updated cache, MoE statistics or None)``.
 
-        ``bias`` (the stack's T5 relative position bias) goes to the self-attention only:
+        ``mask`` and ``context_mask`` (`tjx.kernels.AttentionMask`, built once by the stack:
+        the segment ids of the self- and cross-attention) go to the attention layers, which add
+        their own parts (causal, window, chunk, sinks); a delta layer reads ``mask``'s segment
+        ids. ``bias`` (the stack's T5 relative position bias) goes to the self-attention only:
         cross-attention has no relative positions, as in T5.
 
         ``context_kv`` (``{"k", "v"}``, see ``Attention.project_context``) replaces projecting
@@ -227,7 +231,8 @@ class Block(nnx.Module):
 
         def self_attn(h: Array, out_bias: bool = True) -> Array:
             if self.delta is not None:
-                out, new_cache[0] = _delta_mix(self.delta, h, segment_ids, cache, step, lengths)
+                ids = None if mask is None else mask.segment_ids
+                out, new_cache[0] = _delta_mix(self.delta, h, ids, cache, step, lengths)
                 return out
             assert self.attn is not None
             out, new_cache[0] = self.attn(
@@ -235,7 +240,7 @@ class Block(nnx.Module):
                 shared=shared_kv,
                 kv_out=kept,
                 positions=positions,
-                segment_ids=segment_ids,
+                mask=mask,
                 deterministic=deterministic,
                 dropout_rng=keys[0],
                 cache=cache,
@@ -269,7 +274,7 @@ class Block(nnx.Module):
             def cross(h: Array) -> Array:
                 out, _ = cross_attn(
                     h,
-                    segment_ids=context_segment_ids,
+                    mask=context_mask,
                     context=context,
                     deterministic=deterministic,
                     dropout_rng=keys[2],

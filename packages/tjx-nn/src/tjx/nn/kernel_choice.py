@@ -1,24 +1,25 @@
-"""The attention kernel a model takes on the current kernel target, read from its config.
+"""The attention kernels a model runs on the current kernel target, read from its config:
+`resolve_attention`, the one resolution, where the model's parts are built.
 
-**Resolved once, before the model is built.** `attention_call` is what one kind of attention
-layer (`ATTENTION_KINDS`: a decoder's causal self-attention, an encoder's bidirectional one, an
-encoder-decoder's cross-attention) asks of ``tjx.kernels.resolve_attention``: the config's name,
-compute dtype, the width its kernels see (DeepSeek's MLA: the wider of keys and values), a soft cap,
-a window without a causal mask, attention sinks (XLA only). `resolve_model_attention` resolves each
-kind a config's model builds (``attention_layers``, a class attribute of the config) into a
-`ModelAttention`; a `Stack` is built from it, and its blocks' layers run those kernels without
-resolving again. A resolution is kept
-(`resolve_layer_kernel`) for its exact arguments, target and launch tables, so an app that resolves
-before building (the trainer's and the evaluator's kernel choice) builds its models from that very
-resolution; a model built directly resolves itself, the same way. An `Attention` built alone
-resolves its own kind.
+Each kind of attention layer (`ATTENTION_KINDS`: a decoder's causal self-attention, an encoder's
+bidirectional one, an encoder-decoder's cross-attention) asks ``tjx.kernels.resolve_attention``
+for its kernel with the config's name, compute dtype, the width its kernels see
+(`attention_width`; DeepSeek's MLA: the wider of keys and values), a soft cap, a window without a
+causal mask, attention sinks (XLA only). `resolve_attention` resolves each kind a config's model
+builds (``attention_layers``, a class attribute of the config) into a `ModelAttention`: a `Stack`
+is built from it, and its blocks' layers run those kernels without resolving again (an
+`Attention` built alone resolves its own kind). A resolution is kept for its exact arguments,
+target and launch tables, so the builds of one run (the memory fit's abstract model, then the
+run's own) share it.
 
-tjx.kernels ranks the kernels ``attention_impl: auto`` may take by what was measured on the device
-kind and tries them with the caller's compile (`tjx.kernels.choose_kernel`); what it needs of the
-model (compute dtype, head size, a logit soft-cap cuDNN cannot take) is the config's. Under a
-context split attention runs over blocks of one kernel's separate forward and backward halves:
-cuDNN has none, so the choice is the block kernel (`tjx.kernels.block_kernel`), said in one line
-with nothing compiled. A trainer and an evaluator say their choice this one way.
+Given a ``build`` (an app's compile of its step with a kernel: the trainer's train step, a plan's
+step for another device, the evaluator's), `resolve_attention` first chooses the kernel that
+compiles: tjx.kernels ranks the kernels ``attention_impl: auto`` may take by what was measured on
+the device kind (`tjx.kernels.kernel_order`), each is compiled in turn until one does
+(`tjx.kernels.first_that_compiles`, one line per kernel that fails), and the choice is said once.
+Under a context split attention runs over blocks of one kernel's separate forward and backward
+halves: cuDNN has none, so the choice is the block kernel (`tjx.kernels.block_kernel`), said in
+one line with nothing compiled. A trainer and an evaluator say their choice this one way.
 """
 
 from __future__ import annotations
@@ -35,14 +36,11 @@ from tjx.nn.configs import TransformerConfig
 
 __all__ = [
     "ATTENTION_KINDS",
-    "AttentionCall",
     "ModelAttention",
-    "attention_call",
-    "choose_attention_kernel",
+    "attention_width",
     "delta_kernel_line",
     "layer_kind",
-    "resolve_layer_kernel",
-    "resolve_model_attention",
+    "resolve_attention",
     "split_kernel_line",
 ]
 
@@ -57,7 +55,7 @@ def layer_kind(*, causal: bool, cross: bool) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class AttentionCall:
+class _Call:
     """What one kind of attention layer asks of ``tjx.kernels.resolve_attention``: its arguments."""
 
     implementation: str
@@ -68,21 +66,14 @@ class AttentionCall:
     #: The layers add attention sinks (gpt-oss; served by XLA only).
     sinks: bool = False
 
-    def resolve(self, target: kernels.Target | None = None) -> kernels.AttentionKernel:
-        """``tjx.kernels.resolve_attention`` of these arguments on ``target`` (default: the
-        current one); raises its one-line ``ValueError`` for a kernel that cannot serve them."""
-        return kernels.resolve_attention(
-            self.implementation,
-            self.dtype,
-            self.width,
-            target=target,
-            softcap=self.softcap,
-            bidirectional_window=self.bidirectional_window,
-            sinks=self.sinks,
-        )
+
+def attention_width(config: TransformerConfig, kind: str) -> int:
+    """The head width the kernels of ``config``'s attention layers of ``kind`` see: ``head_dim``,
+    or for DeepSeek's MLA self-attention the wider of ``head_dim`` and the value heads."""
+    return _call(config, kind).width
 
 
-def attention_call(config: TransformerConfig, kind: str) -> AttentionCall:
+def _call(config: TransformerConfig, kind: str) -> _Call:
     """The kernel arguments of ``config``'s attention layers of ``kind`` (`ATTENTION_KINDS`).
 
     The width is ``head_dim``, or for DeepSeek's MLA self-attention the wider of ``head_dim`` and
@@ -97,7 +88,7 @@ def attention_call(config: TransformerConfig, kind: str) -> AttentionCall:
     deepseek = c.attention_type == "mla" and not cross and mla.is_deepseek(c)
     width = max(c.head_dim, mla.value_dim(c)) if deepseek else c.head_dim
     window = None if cross else c.sliding_window
-    return AttentionCall(
+    return _Call(
         c.attention_impl,
         c.precision.compute_dtype,
         width,
@@ -107,26 +98,19 @@ def attention_call(config: TransformerConfig, kind: str) -> AttentionCall:
     )
 
 
-# (AttentionCall, Target) -> (the launch tables it was resolved with, the kernel). The tables
-# are held (not their id) so that tables read again (`tjx.kernels.launch.clear_launch_cache`, a
-# changed table path) resolve again; the entries are few (one per kind of layer and target).
-_RESOLVED: dict[tuple[AttentionCall, kernels.Target], tuple[object, kernels.AttentionKernel]] = {}
+# (_Call, Target) -> (the launch tables it was resolved with, the kernel). The tables are held
+# (not their id) so that tables read again (`tjx.kernels.launch.clear_launch_cache`, a changed
+# table path) resolve again; the entries are few (one per kind of layer and target).
+_RESOLVED: dict[tuple[_Call, kernels.Target], tuple[object, kernels.AttentionKernel]] = {}
 
 
-def resolve_layer_kernel(
-    config: TransformerConfig, kind: str, *, target: kernels.Target | None = None
+def _layer_kernel(
+    config: TransformerConfig, kind: str, target: kernels.Target | None
 ) -> kernels.AttentionKernel:
-    """The kernel ``config``'s attention layers of ``kind`` run on ``target`` (default: current).
-
-    Resolved once for its `attention_call`, target and launch tables: a later call with the same
-    ones (a model built after its app resolved the kernel) returns that resolution.
-
-    Raises
-    ------
-    ValueError
-        A named kernel that cannot serve these layers there (``tjx.kernels``' one line).
-    """
-    call = attention_call(config, kind)
+    """The kernel ``config``'s attention layers of ``kind`` run on ``target`` (default: current),
+    kept for its arguments, target and launch tables (a ``ValueError`` line for a named kernel
+    that cannot serve these layers there)."""
+    call = _call(config, kind)
     t = kernels.current_target() if target is None else target
     # Only `auto` on a CUDA GPU reads the launch tables' measurements (elsewhere none are read:
     # a bad tables file there stays unread, as in tjx.kernels).
@@ -134,7 +118,15 @@ def resolve_layer_kernel(
     held = _RESOLVED.get((call, t))
     if held is not None and held[0] is tables:
         return held[1]
-    kernel = call.resolve(t)
+    kernel = kernels.resolve_attention(
+        call.implementation,
+        call.dtype,
+        call.width,
+        target=t,
+        softcap=call.softcap,
+        bidirectional_window=call.bidirectional_window,
+        sinks=call.sinks,
+    )
     if len(_RESOLVED) >= 64:  # a long test session: forget the oldest
         del _RESOLVED[next(iter(_RESOLVED))]
     _RESOLVED[(call, t)] = (tables, kernel)
@@ -143,10 +135,14 @@ def resolve_layer_kernel(
 
 @dataclasses.dataclass(frozen=True)
 class ModelAttention:
-    """The kernel each kind of attention layer of a model runs (`resolve_model_attention`):
-    ``by_kind`` pairs each kind (`ATTENTION_KINDS`) with its kernel."""
+    """A model's attention, resolved (`resolve_attention`): ``by_kind`` pairs each kind of its
+    attention layers (`ATTENTION_KINDS`) with the kernel they run; ``name`` is the
+    ``attention_impl`` they were resolved from (with a ``build``: the one that compiled) and
+    ``fell_back`` whether that is not the first kernel of its order."""
 
     by_kind: tuple[tuple[str, kernels.AttentionKernel], ...]
+    name: str = "auto"
+    fell_back: bool = False
 
     def kernel(self, kind: str) -> kernels.AttentionKernel:
         """The kernel of the layers of ``kind``; a ``ValueError`` for a kind not resolved."""
@@ -156,41 +152,8 @@ class ModelAttention:
         resolved = ", ".join(name for name, _ in self.by_kind)
         raise ValueError(
             f"ModelAttention: no {kind!r} attention was resolved (only {resolved}); resolve "
-            "the model's config with resolve_model_attention"
+            "the model's config with resolve_attention"
         )
-
-
-def resolve_model_attention(
-    config: TransformerConfig,
-    *,
-    kinds: Sequence[str] | None = None,
-    target: kernels.Target | None = None,
-) -> ModelAttention:
-    """The kernels of ``config``'s model, one per kind of attention layer it builds.
-
-    Parameters
-    ----------
-    config : TransformerConfig
-        The model's config.
-    kinds : sequence of str, optional
-        The kinds to resolve (`ATTENTION_KINDS`); default the config's ``attention_layers``.
-    target : tjx.kernels.Target, optional
-        The device; default ``tjx.kernels.current_target()``.
-
-    Returns
-    -------
-    ModelAttention
-        What a `Stack` built from it runs (`resolve_layer_kernel`: resolved once).
-
-    Raises
-    ------
-    ValueError
-        A named kernel that cannot serve one of the kinds there.
-    """
-    names = type(config).attention_layers if kinds is None else tuple(kinds)
-    return ModelAttention(
-        tuple((kind, resolve_layer_kernel(config, kind, target=target)) for kind in names)
-    )
 
 
 def split_kernel_line(
@@ -233,26 +196,37 @@ def delta_kernel_line(config: TransformerConfig) -> str | None:
     return f"delta rule: {choice.kernel} (auto: {choice.reason})"
 
 
-def choose_attention_kernel(
+def resolve_attention(
     config: TransformerConfig,
-    build: Callable[[str], object],
-    say: Callable[[str], None],
     *,
+    kinds: Sequence[str] | None = None,
+    target: kernels.Target | None = None,
+    build: Callable[[str], object] | None = None,
+    say: Callable[[str], None] | None = None,
     context_ways: int = 1,
     context_strategy: str = "ring",
     say_xla: bool = False,
     named_by: str = "model.attention_impl",
-) -> tuple[str, bool]:
-    """The attention kernel ``config`` takes and whether it is a fallback.
+) -> ModelAttention:
+    """The attention kernels of ``config``'s model: the one resolution, where its parts are built
+    (a `Stack` resolves its kinds; an app with a ``build`` chooses the kernel that compiles).
 
     Parameters
     ----------
     config : TransformerConfig
-        The model (``attention_impl`` auto or a kernel's name).
-    build : callable
-        ``build(kernel)`` lowers and compiles the caller's step with ``kernel``; raises on failure.
-    say : callable
-        Where the lines go.
+        The model's config (``attention_impl`` auto or a kernel's name).
+    kinds : sequence of str, optional
+        The kinds to resolve (`ATTENTION_KINDS`); default the config's ``attention_layers``.
+    target : tjx.kernels.Target, optional
+        The device; default ``tjx.kernels.current_target()``.
+    build : callable, optional
+        ``build(kernel)`` lowers and compiles the caller's step with ``kernel``, raising on
+        failure: the kernels of the order are compiled in turn until one does (each failure a
+        line through ``say``), the choice said once; a model with delta layers also has their
+        rule's implementation said first (`delta_kernel_line`). None: nothing is compiled or
+        said.
+    say : callable, optional
+        Where a ``build``'s lines go (default: print).
     context_ways, context_strategy
         The devices each sequence is split over and how its blocks cross them: over 1, the
         config's own kernel, its block kernel said (`split_kernel_line`), nothing built.
@@ -263,27 +237,51 @@ def choose_attention_kernel(
 
     Returns
     -------
-    (str, bool)
-        The kernel, and whether it is not the first of its order (`tjx.kernels.choose_kernel`).
-        A model with delta layers also has their rule's implementation said first
-        (`delta_kernel_line`).
+    ModelAttention
+        The kernel of each kind (with a ``build``: of the kernel that compiled, when it can
+        serve each kind here), its name and whether it is a fallback.
 
     Raises
     ------
     tjx.kernels.KernelCompileError
-        The kernel named, or every kernel tried, failed to lower or compile.
+        With a ``build``: the kernel named, or every kernel tried, failed to lower or compile.
     ValueError
         A named kernel that cannot serve the model (cuDNN with a soft-cap, or across a split).
     """
+    names = type(config).attention_layers if kinds is None else tuple(kinds)
+    if build is None:
+        return ModelAttention(
+            tuple((kind, _layer_kernel(config, kind, target)) for kind in names),
+            name=config.attention_impl,
+        )
+    chosen, fell_back = _compiling(
+        config, build, say or print, context_ways, context_strategy, say_xla, named_by
+    )
+    # The kernels every model built from the choice here runs, resolved now, before any is
+    # built (kept for the builds: an app keeps ``auto`` unless it fell back, and a model built
+    # with it resolves to the same kernel). A named kernel that cannot serve the model here was
+    # refused by the build, whose failure was said in one line.
+    with contextlib.suppress(ValueError):
+        chosen_config = config.replace(attention_impl=chosen) if fell_back else config
+        by_kind = tuple((kind, _layer_kernel(chosen_config, kind, target)) for kind in names)
+        return ModelAttention(by_kind, name=chosen, fell_back=fell_back)
+    return ModelAttention((), name=chosen, fell_back=fell_back)
+
+
+def _compiling(
+    config: TransformerConfig,
+    build: Callable[[str], object],
+    say: Callable[[str], None],
+    context_ways: int,
+    context_strategy: str,
+    say_xla: bool,
+    named_by: str,
+) -> tuple[str, bool]:
+    """The kernel `resolve_attention`'s ``build`` compiles, and whether it is a fallback."""
     impl = config.attention_impl
     delta = delta_kernel_line(config)
-    if delta is not None:  # the delta layers' choice, said beside attention's (#68)
+    if delta is not None:  # the delta layers' choice, said beside attention's
         say(delta)
-    # The kernels every model built from `config` here runs, resolved now, before any is built
-    # (`resolve_layer_kernel` keeps them for the builds). A named kernel that cannot serve the
-    # model here is refused by the build below, whose failure is said in one line.
-    with contextlib.suppress(ValueError):
-        resolve_model_attention(config)
     line = split_kernel_line(config, context_ways, context_strategy, named_by)
     if line is not None:  # the blocks of a context split: no cuDNN, nothing to choose
         say(line)
@@ -293,6 +291,6 @@ def choose_attention_kernel(
     capped = config.attn_logit_softcap is not None  # cuDNN cannot soft-cap (Gemma 2)
     dtype, head_dim = config.precision.compute_dtype, config.head_dim
     assert head_dim is not None  # a built config's checks fill it (d_model // num_heads)
-    return kernels.choose_kernel(
-        impl, dtype, head_dim, build, named_by=named_by, say=say, softcap=capped
-    )
+    order = kernels.kernel_order(impl, dtype, head_dim, named_by=named_by, say=say, softcap=capped)
+    chosen = kernels.first_that_compiles(order, build, explicit=impl != "auto", say=say)
+    return chosen, chosen != order[0]

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tjx.kernels import CrossEntropyOutput
+from tjx.kernels import AttentionMask, CrossEntropyOutput
 from tjx.nn.block import Block
 from tjx.nn.configs import TransformerConfig
 from tjx.nn.kv_cache import LayerCache
@@ -101,7 +101,7 @@ class MTPLayer(nnx.Module):
         return self.block(  # type: ignore[no-any-return]
             self.eh_proj(joined),
             positions=positions,
-            segment_ids=segment_ids,
+            mask=AttentionMask(segment_ids=segment_ids),
             deterministic=deterministic,
             rng=rng,
             cache=cache,

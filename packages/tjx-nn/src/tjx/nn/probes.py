@@ -28,6 +28,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from tjx.kernels import AttentionMask
+
 __all__ = [
     "Recording",
     "attention_logits",
@@ -106,20 +108,12 @@ def layer_ends(x: Array) -> None:
     rec._open = None
 
 
-def attention_logits(
-    q: Array,
-    k: Array,
-    *,
-    scale: float | None,
-    causal: bool,
-    segment_ids: Any = None,
-    window: int | None = None,
-) -> None:
+def attention_logits(q: Array, k: Array, mask: AttentionMask, *, scale: float | None) -> None:
     """Record the open layer's largest attention logit: ``scale · q·k`` over the (query, key)
-    pairs the attention lets a query see (causal order, its own segment, its window).
+    pairs the attention lets a query see (``mask``'s causal order, segment and window).
 
-    ``q`` ``[b, s, heads, d]``, ``k`` ``[b, s_kv, kv_heads, d]``; ``segment_ids`` ``[b, s]`` or a
-    ``(q_ids, kv_ids)`` pair; ``scale`` None: ``1/sqrt(d)``. Computed whole
+    ``q`` ``[b, s, heads, d]``, ``k`` ``[b, s_kv, kv_heads, d]``; the mask's segment ids
+    ``[b, s]`` or a ``(q_ids, kv_ids)`` pair; ``scale`` None: ``1/sqrt(d)``. Computed whole
     (``[b, heads, s, s_kv]``): a probe's cost, not a step's.
     """
     if not _ACTIVE or _ACTIVE[-1]._open is None:
@@ -133,6 +127,7 @@ def attention_logits(
     s, s_kv = q.shape[1], k.shape[1]
     rows = jnp.arange(s)[:, None] + (s_kv - s)  # each query's position among the keys
     cols = jnp.arange(s_kv)[None, :]
+    causal, window, segment_ids = mask.causal, mask.window, mask.segment_ids
     seen = jnp.ones((s, s_kv), bool)
     if causal:
         seen = seen & (cols <= rows)

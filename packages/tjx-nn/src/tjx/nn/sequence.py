@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -101,18 +100,17 @@ def split_self_attention(
     q: Array,
     k: Array,
     v: Array,
+    mask: kernels.AttentionMask,
     *,
     impl: str,
-    causal: bool,
     scale: float,
     softcap: float | None,
-    segment_ids: Any,
-    window: int | None,
     drop: float,
     bias: Array | None,
 ) -> Array:
     """A layer's self-attention across ``split`` (context parallelism): its blocks are the
-    forward/backward halves of the layer's kernel ``impl`` (cuDNN has none: tjx.kernels.blocks).
+    forward/backward halves of the layer's kernel ``impl`` (cuDNN has none: tjx.kernels.blocks),
+    masked by ``mask``'s causal flag, segment ids and window.
 
     Raises
     ------
@@ -120,6 +118,8 @@ def split_self_attention(
         What a split cannot serve (an additive bias, attention dropout, cuDNN, a Pallas window),
         named with the setting to change.
     """
+    window = mask.window
+    ids: Any = mask.segment_ids  # one [b, s] array: the split refuses a pair in one line
     if bias is not None or drop > 0.0:
         raise ValueError(
             "a split sequence (context parallelism) takes no additive attention bias "
@@ -138,16 +138,15 @@ def split_self_attention(
             "(its masks use the tile's own positions); use 'auto' or 'xla'"
         )
     # The soft cap rides in the halves (the split merges their log-sum-exps as they are).
+    forward, backward = kernels.block_halves(impl, softcap=softcap)
     return split.attention(
         q,
         k,
         v,
-        forward=functools.partial(kernels.attention_forward, implementation=impl, softcap=softcap),
-        backward=functools.partial(
-            kernels.attention_backward, implementation=impl, softcap=softcap
-        ),
-        causal=causal,
-        segment_ids=segment_ids,
+        forward=forward,
+        backward=backward,
+        causal=mask.causal,
+        segment_ids=ids,
         scale=scale,
         window=window,
     )

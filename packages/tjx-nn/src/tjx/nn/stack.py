@@ -20,11 +20,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tjx.kernels import AttentionMask
 from tjx.nn import probes
 from tjx.nn.block import KEPT, Block
 from tjx.nn.configs import REMAT_POLICIES, TransformerConfig
 from tjx.nn.family_config import kv_source
-from tjx.nn.kernel_choice import ModelAttention, layer_kind, resolve_model_attention
+from tjx.nn.kernel_choice import ModelAttention, layer_kind, resolve_attention
 from tjx.nn.kv_cache import (
     cache_groups,
     concat_layer_caches,
@@ -79,7 +80,7 @@ class Stack(nnx.Module):
     a ``Unit`` of blocks; unrolled, ``layers`` is the list of blocks. Canonical (unrolled) names
     are ``layers.<i>...`` either way (``params_io``).
 
-    ``attention`` holds the kernels of its attention layers (`resolve_model_attention`, which
+    ``attention`` holds the kernels of its attention layers (`resolve_attention`, which
     resolves them when it is not given).
     """
 
@@ -107,7 +108,7 @@ class Stack(nnx.Module):
         # The layers' kernels, resolved once before any layer is built: the kinds this stack
         # builds, as the model's kernel choice resolved them (kept for these arguments).
         kinds_here = [layer_kind(causal=causal, cross=False)] + (["cross"] if cross else [])
-        attention = attention or resolve_model_attention(config, kinds=kinds_here)
+        attention = attention or resolve_attention(config, kinds=kinds_here)
 
         # Each layer's token mixer (attention, or Gated DeltaNet).
         self.mixers = config.layer_mixers(num_layers)
@@ -199,13 +200,15 @@ class Stack(nnx.Module):
         ``kv_shared_layers`` get the keys and values of their source layer here too).
         ``extend``: with a cache, the ``s`` tokens continue each row's cached sequence at
         ``cache_pos`` (a decode step of several tokens; see `Attention`), not a prefill.
+        ``segment_ids`` and ``context_segment_ids`` (a pair ``(q_ids, kv_ids)``) become the
+        layers' `tjx.kernels.AttentionMask` of the self- and cross-attention, built here once.
         """
         kw: dict[str, Any] = dict(
             bias=self._relative_bias(x, positions, cache, cache_pos, extend),
             positions=positions,
-            segment_ids=segment_ids,
+            mask=AttentionMask(segment_ids=segment_ids),
             context=context,
-            context_segment_ids=context_segment_ids,
+            context_mask=AttentionMask(segment_ids=context_segment_ids),
             deterministic=deterministic,
             cache_pos=cache_pos,
             lengths=lengths,

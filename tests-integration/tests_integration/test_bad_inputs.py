@@ -679,8 +679,8 @@ CASES = [
         T,
         [*LLAMA, *_sets(KV_SHARED), *CONTEXT],
         None,
-        "model.kv_shared_layers: layers that read an earlier layer's keys and values (1, Gemma "
-        "4's) do not run on a split sequence with mesh.context=2",
+        "model.kv_shared_layers: layers that read an earlier layer's keys and values (1) do not "
+        "run on a split sequence with mesh.context=2",
     ),
     (
         "init-from-delta-layers-on-a-split-sequence",

@@ -76,7 +76,7 @@ from tjx.optim.transforms import (
     skip_nonfinite,
 )
 
-__version__ = "0.16.2"
+__version__ = "0.16.3"
 
 __all__ = [
     "ADAPTER_NAMES",

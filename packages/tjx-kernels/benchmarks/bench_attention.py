@@ -91,7 +91,7 @@ def make_impl(name: str, causal: bool, on_gpu: bool) -> AttnFn:
         if name == "pallas-qkv":
             return lambda qkv: flash_attention_qkv(qkv, mask=AttentionMask(causal=causal))  # type: ignore[misc,return-value]
         return lambda qkv: flash_attention(  # type: ignore[misc,return-value]
-            qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], causal=causal
+            qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask=AttentionMask(causal=causal)
         )
     if name == "jax-pallas":
         from jax.experimental.pallas.ops.gpu import attention as jax_attention

@@ -32,7 +32,7 @@ import numpy as np
 from jax.experimental import topologies
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tjx.kernels import attention, attention_backward, attention_forward, target
+from tjx.kernels import AttentionMask, attention, attention_backward, attention_forward, target
 from tjx.parallel import MESH_AXES, ContextParallel, rules
 
 BYTES = {"bf16": 2, "f16": 2, "f32": 4, "s32": 4, "u32": 4, "pred": 1}
@@ -70,7 +70,9 @@ def measure(topo: Any, seq: int, ways: int, strategy: str, impl: str) -> dict[st
     q = jax.ShapeDtypeStruct((1, seq, 32, 128), jnp.bfloat16, sharding=sharding)
     kv = jax.ShapeDtypeStruct((1, seq, 8, 128), jnp.bfloat16, sharding=sharding)
     if strategy == "none":
-        attend = functools.partial(attention, causal=True, implementation=impl)  # type: ignore[arg-type]
+        attend = functools.partial(
+            attention, mask=AttentionMask(causal=True), implementation=impl  # type: ignore[arg-type]
+        )
     else:
         cp = ContextParallel(mesh, rules("fsdp"), strategy)
         attend = functools.partial(

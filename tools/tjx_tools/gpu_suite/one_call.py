@@ -172,6 +172,7 @@ def llama_peer_spec(smoke: bool) -> dict[str, Any]:
     cfg = load(LLAMA, LLAMA_SMOKE if smoke else [])
     cfg = resolve(cfg, vocab_of(cfg))
     m, opt = cfg.model, cfg.optimizer
+    assert opt.schedule is not None, "the Llama peer's preset has a warmup schedule"
     return {
         "batch": cfg.data.batch_size, "seq": cfg.data.seq_len, "vocab": m.vocab_size,
         "d": m.d_model, "layers": m.num_layers, "heads": m.num_heads, "kv_heads": m.num_kv_heads,

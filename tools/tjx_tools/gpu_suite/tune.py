@@ -85,7 +85,9 @@ def tune_one(d: int, smoke: bool, deadline: float, iters: int) -> dict[str, Any]
     def fwd_bwd_ms(launch: LaunchDefaults) -> float:
         def fb(q: jax.Array, k: jax.Array, v: jax.Array, do: jax.Array) -> Any:
             out, vjp = jax.vjp(
-                lambda *a: flash_attention(*a, mask=AttentionMask(causal=True), launch=launch),
+                lambda q, k, v: flash_attention(
+                    q, k, v, mask=AttentionMask(causal=True), launch=launch
+                ),
                 q,
                 k,
                 v,

@@ -242,7 +242,7 @@ def _main(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     if args.show_config:
         return _show_config(args)
-    if args.replay is not None:  # the run's own config, steps and data: no --config (#73)
+    if args.replay is not None:  # the run's own config, steps and data: no --config
         return replay.replay_from_args(args)
     try:
         _check_replay_flags(args)
@@ -254,9 +254,9 @@ def _main(argv: list[str] | None) -> int:
         _check_plan_flags(args)
     except ConfigError as err:
         return error_exit(str(err))
-    if args.search:  # --plan TARGET --search: the fastest config that fits it (#57)
+    if args.search:  # --plan TARGET --search: the fastest config that fits it
         return search.search_from_args(args)
-    if args.plan is not None:  # compile for a device that is not here; nothing trained (#38)
+    if args.plan is not None:  # compile for a device that is not here; nothing trained
         return target_plan.plan_from_args(args)
     try:
         plan = plan_run(args)

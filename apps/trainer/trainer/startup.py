@@ -78,7 +78,7 @@ def run(plan: RunPlan) -> int:
 
 
 #: Said when GRPO starts from random weights: GRPO learns only from completions that score, and
-#: a random policy's score ~0, so such a run only spends its steps (issue #72).
+#: a random policy's score ~0, so such a run only spends its steps.
 RL_FROM_SCRATCH = (
     "GRPO (data.format=prompts) trains from random weights here, at ~0 reward: nothing for it "
     "to learn from; start from an SFT checkpoint that solves some of the prompts with "

@@ -172,7 +172,7 @@ def plan_from_args(args: argparse.Namespace) -> int:
         # The native libraries' start-up chatter (the CUDA plugin, libtpu) stays off the terminal
         with quiet_native_stderr():
             resolved = load_config(args.config, sets)
-        if args.init_from is not None:  # the architecture the start fixes (#56); its notes said
+        if args.init_from is not None:  # the architecture the start fixes; its notes said
             resolved = init_from.start_config(resolved, args.init_from)
         with quiet_native_stderr():
             target = open_target(args.plan, parallel.abstract_devices)

@@ -195,7 +195,7 @@ def plan_report(
         "peak_bytes": chosen.peak,
         "changes": chosen.label,
         "f32_dots": f32_dots(hlo),
-        "gemm_operands": gemm_operands(hlo),  # a float8 run's float8 GEMMs (#68)
+        "gemm_operands": gemm_operands(hlo),  # a float8 run's float8 GEMMs
         "note": chosen.note,
         **{key: operator.attrgetter(path)(fitted) for key, path in settings.items()},
     }

@@ -71,7 +71,7 @@ _moved_to_core = moved_out(
     since="tjx-ckpt 0.14",
 )
 
-_TRAINER = "a training run's {} is the trainer app's (#53): `from {} import {}`"
+_TRAINER = "a training run's {} is the trainer app's: `from {} import {}`"
 
 #: Names that moved to the trainer app in 0.15 (a package never imports an app, so no shim):
 #: reading one is an ImportError naming its new import; every other name goes to `_moved_to_core`.

@@ -4,7 +4,7 @@ orbax writes a step in background threads. When the disk is full or the folder r
 of its threads logs the failure through absl with a full traceback, tensorstore's callbacks hit
 orbax's closed event loop ("Event loop is closed", printed as unraisable), the abandoned write
 coroutines print their own at exit, and the error itself reaches the caller only at its next
-save or wait: 165–800 lines on a small run, which went on training meanwhile (#71).
+save or wait: 165–800 lines on a small run, which went on training meanwhile.
 `CheckpointManager` turns such a failure into one `CheckpointWriteError`; this module holds
 what it needs:
 

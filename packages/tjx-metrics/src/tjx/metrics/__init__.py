@@ -146,7 +146,7 @@ from tjx.metrics.throughput import ThroughputMeter, mfu
 
 __version__ = "0.20.0"
 
-_TRAINER = "a training run's {} is the trainer app's (#53): `from {} import {}`"
+_TRAINER = "a training run's {} is the trainer app's: `from {} import {}`"
 
 #: Names that moved to the trainer app in 0.18 (a package never imports an app, so no shim).
 __getattr__ = moved_out(

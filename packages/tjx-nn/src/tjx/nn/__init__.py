@@ -157,7 +157,7 @@ from tjx.nn.vit import ViT
 
 __version__ = "0.29.0"
 
-_TRAINER = "a training run's {} is the trainer app's (#53): `from {} import {}`"
+_TRAINER = "a training run's {} is the trainer app's: `from {} import {}`"
 
 #: Names that moved to the trainer app in 0.21 (a package never imports an app, so no shim).
 __getattr__ = moved_out(

@@ -216,7 +216,7 @@ class Attention(nnx.Module):
             if c.attention_output_gate and not cross
             else None
         )
-        # q/k/v as one tensor through the kernel (#68): where the kernel reads a stacked qkv in
+        # q/k/v as one tensor through the kernel: where the kernel reads a stacked qkv in
         # place (Pallas, 16-bit) and nothing per head sits between the projection and the
         # kernel (RoPE, ALiBi's bias, q/k norms, a NoPE layer's temperature, sinks, chunks), the
         # fused projection's output reaches the kernel whole and its gradient comes back whole

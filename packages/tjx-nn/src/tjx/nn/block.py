@@ -341,7 +341,7 @@ class Block(nnx.Module):
         """``x + attn(norm(x))`` then ``x + mlp(norm(x))`` with the attention's residual add
         and the MLP's norm as one `tjx.nn.norms.residual_layer_norm`, which also takes both
         output projections' biases: their gradients come out of the norm's backward reduction
-        instead of a column sum each (#68: four kernels a layer fewer on a GPU). The forward
+        instead of a column sum each (four kernels a layer fewer on a GPU). The forward
         adds what `Dense` adds, in the same order."""
         assert self.attn is not None and self.mlp is not None and self.attn_norm is not None
         assert isinstance(self.mlp_norm, LayerNorm)

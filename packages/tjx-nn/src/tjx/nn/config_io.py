@@ -101,7 +101,7 @@ def config_from_dict(data: Mapping[str, Any]) -> TransformerConfig:
     precision = values.get("precision")
     if isinstance(precision, Mapping):  # dtype names; a preset name passes through as it is
         # A float8 setting its run never read (an amax history under current scaling, saved
-        # before #71 refused it) did nothing: read at its default.
+        # before tjx-nn refused it) did nothing: read at its default.
         idle = idle_fp8_settings(
             precision.get("matmul", "default"), precision.get("fp8_recipe", "current")
         )

@@ -50,7 +50,7 @@ def output_head(c: Any, *, rngs: nnx.Rngs) -> Dense | None:
         return None
     # The head's product is the loss's (`head_cross_entropy`, `head_logits`), never this Dense's
     # call: it keeps no float8 state, and multiplies in float8 only with precision.fp8_lm_head
-    # (the chunked loss's `Fp8HeadProducts`, #54).
+    # (the chunked loss's `Fp8HeadProducts`).
     return Dense(
         (c.d_model,),
         (c.vocab_size,),

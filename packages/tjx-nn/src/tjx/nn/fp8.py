@@ -1,4 +1,4 @@
-"""Float8 matrix products for training: the scaling policy (#54).
+"""Float8 matrix products for training: the scaling policy.
 
 What the libraries do and what this module adds:
 

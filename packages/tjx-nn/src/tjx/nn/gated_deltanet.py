@@ -1,4 +1,4 @@
-"""Gated DeltaNet: the linear-attention token mixer of Qwen3-Next and Qwen3.5 (issue #56).
+"""Gated DeltaNet: the linear-attention token mixer of Qwen3-Next and Qwen3.5.
 
 Per token ``x`` (Qwen3.5's layout; Yang, Kautz and Hatamizadeh 2024):
 

@@ -129,7 +129,7 @@ def stacked_projection(
     (``[..., n, *out]``) and the input's gradient is one product over all of them (accumulated
     in float32 across the kernels: not bitwise autodiff's, closer to exact), the kernels'
     gradients one product and the biases' one sum: seven launches fewer a layer in the
-    deviceless H100 compile of gpt2_small's step (#51). Stacking (not concatenating a head
+    deviceless H100 compile of gpt2_small's step. Stacking (not concatenating a head
     axis) keeps each kernel's sharding.
 
     Parameters

@@ -73,7 +73,7 @@ def gated_projection(
     adds two compute-dtype products) and the kernels' gradients one product. What autodiff of
     two `Dense` calls and `gated_activation` spends instead: two elementwise passes that read
     the three ``[..., f]`` tensors five times, two products for each gradient, and the two
-    input gradients added in the compute dtype by their consumer (BENCHMARKS.md, #68).
+    input gradients added in the compute dtype by their consumer (BENCHMARKS.md).
 
     Parameters
     ----------

@@ -8,7 +8,7 @@ draws the same masks as an uninterrupted one. A model built abstractly (``nnx.ev
 parameter materialised) has ``ShapeDtypeStruct`` leaves there; :func:`concrete_state` makes them
 real (a fixed key, zero counters) so the model can be merged with restored or abstract params.
 
-A model with delayed float8 scaling (#54) also keeps `tjx.nn.fp8.Fp8Meta` variables there (the
+A model with delayed float8 scaling also keeps `tjx.nn.fp8.Fp8Meta` variables there (the
 scales and amax histories, one ``fp8_meta`` per float8 `Dense`), state a train step must carry
 and advance: :func:`split_fp8_meta` takes them out of ``rest`` (as a pure dict, a checkpoint's
 kind of tree), :func:`join_fp8_meta` puts them beside the params for the step to merge and

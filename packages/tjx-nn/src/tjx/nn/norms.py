@@ -62,8 +62,8 @@ def _layer_norm_stats(x: Array, eps: float) -> tuple[Array, Array]:
     two-pass formula, where ``E[x²] − E[x]²`` is not. What one pass saves beyond a read: XLA's
     GPU compiler makes the two-pass statistics a normalization kernel of its own that
     recomputes them wherever they are used, and the backward's column sums (``dscale``) then
-    become a kernel writing ``dy · x̂`` in float32 ([tokens, d]) and a second reading it back
-    (#68). A float32 or float64 ``x`` keeps the two-pass formula: on a CPU, XLA sums a plain
+    become a kernel writing ``dy · x̂`` in float32 ([tokens, d]) and a second reading it back.
+    A float32 or float64 ``x`` keeps the two-pass formula: on a CPU, XLA sums a plain
     reduction in several lanes and a variadic one in one, so Welford's statistics there are a
     few float32 ulps less exact (2e-7 against 7e-8 relative, normal rows of 768; invisible
     beside a 16-bit output's rounding), and float32 steps keep their program and numbers.
@@ -186,7 +186,7 @@ def residual_layer_norm(
     projection's output (``s + (out + carried[0])``, its plain forward). A broadcast's gradient
     arrives here whole, so its column sum joins the norm's own.
 
-    The point is the backward (#68): a bias added by `Dense` gets its gradient from a column sum
+    The point is the backward: a bias added by `Dense` gets its gradient from a column sum
     of its own, which XLA's GPU compiler splits into two kernels; here the norm's ``dscale`` and
     ``dbias``, ``h_bias``'s gradient (the sum of ``s``'s) and each carried bias's are one
     variadic reduction, two kernels for all of them (four launches a GPT-2 layer fewer). A

@@ -148,7 +148,7 @@ def rope_rotate(x: Array, cos: Array, sin: Array) -> Array:
     The backward turns the gradient back by the opposite angle in one pass, in the same
     dtypes: autodiff of the formula splits the incoming gradient into float32 halves first,
     and where that gradient comes out of a reduction (the keys' gradient summed over a
-    query group) XLA writes those float32 halves to memory between two kernels (#68).
+    query group) XLA writes those float32 halves to memory between two kernels.
 
     Parameters
     ----------

@@ -6,7 +6,7 @@ statistics, softmax and the loss always run in float32 regardless of the policy 
 which dtype the chunked loss stores the LM head's product in between the matmul and the float32
 softmax (float32 by default; bfloat16 as PyTorch's autocast, half the bytes).
 
-``matmul="fp8"`` (#54) runs the linear layers' products (every `tjx.nn.linear.Dense`: the
+``matmul="fp8"`` runs the linear layers' products (every `tjx.nn.linear.Dense`: the
 attention and MLP projections) in float8 with ``fp8_scaling`` and ``fp8_recipe`` (see
 `tjx.nn.fp8`; ``delayed`` gives each such `Dense` a `tjx.nn.fp8.Fp8Meta` of
 ``fp8_amax_history`` steps); the LM head,

@@ -3,7 +3,7 @@
 A router is a pure function of the float32 (``router_dtype``) logits ``[t, E]``, the layer's
 balancing bias (``None`` for a router without one) and the model config; it returns a `Routing`.
 ``ROUTERS`` holds them by name (the config's ``router`` field); a new router (DeepSeek-V3's grouped
-top-k, issue #44) is one more entry made with `register_router`, reading its own config fields.
+top-k) is one more entry made with `register_router`, reading its own config fields.
 
 - ``softmax`` (Mixtral, Qwen-MoE): probabilities ``softmax(logits)``; the ``k`` largest are
   chosen; with ``router_norm_topk`` their weights are renormalised to sum to 1 (Mixtral, Qwen3),

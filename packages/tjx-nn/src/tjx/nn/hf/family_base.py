@@ -77,7 +77,7 @@ def rope_theta(
         if kind != "default":
             raise ValueError(
                 f"config.json rope_scaling of type {kind!r} is not supported for {model_type} yet "
-                "(tjx reads these families' RoPE scalings with #44's long-context step); a model "
+                "(tjx reads these families' RoPE scalings with their long-context step); a model "
                 "without rope_scaling loads"
             )
     partial = entry.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))

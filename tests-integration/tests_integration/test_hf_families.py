@@ -604,14 +604,24 @@ def test_the_deepseek_cases_exercise_each_piece(results):
     for c in (v2, v3):
         assert (c.attention_type, c.mla.kv_latent_dim, c.head_dim) == ("mla", 16, 12)
         assert (c.mla.qk_rope_head_dim, c.mla.v_head_dim, c.moe.first_dense) == (4, 6, 1)
-    assert v2.q_lora_rank is None and v3.q_lora_rank == 12
-    assert (v2.router, v2.router_norm_topk, v2.router_scale, v2.num_shared_experts) == (
+    assert v2.mla.q_lora_rank is None and v3.mla.q_lora_rank == 12
+    assert (
+        v2.moe.router,
+        v2.moe.router_norm_topk,
+        v2.moe.router_scale,
+        v2.moe.num_shared_experts,
+    ) == (
         "softmax",
         False,
         1.5,
         2,
     )
-    assert (v3.router, v3.router_groups, v3.router_topk_groups, v3.router_scale) == (
+    assert (
+        v3.moe.router,
+        v3.moe.router_groups,
+        v3.moe.router_topk_groups,
+        v3.moe.router_scale,
+    ) == (
         "sigmoid",
         4,
         2,
@@ -623,14 +633,22 @@ def test_the_deepseek_cases_exercise_each_piece(results):
     assert "model.layers.0.self_attn.q_a_layernorm.weight" in names
     assert "model.layers.0.self_attn.q_proj.weight" in results["deepseek_v2"]["tensors"]
     grouped = results["deepseek_v2_grouped"]["config"]
-    assert (grouped.router, grouped.router_groups, grouped.router_topk_groups) == ("softmax", 4, 2)
+    assert (grouped.moe.router, grouped.moe.router_groups, grouped.moe.router_topk_groups) == (
+        "softmax",
+        4,
+        2,
+    )
 
 
 def test_the_gpt_oss_and_glm_cases_exercise_each_piece(results):
     """gpt-oss's and GLM-4.5's switches as the configs read them, and the tensors tjx wrote."""
     oss, glm = results["gpt_oss"]["config"], results["glm4_moe"]["config"]
-    assert oss.attention_sinks and oss.use_bias and oss.router_logit_bias
-    assert (oss.mlp_activation, oss.router, oss.num_experts) == ("swiglu_clamped", "softmax", 4)
+    assert oss.attention_sinks and oss.use_bias and oss.moe.router_logit_bias
+    assert (oss.mlp_activation, oss.moe.router, oss.moe.num_experts) == (
+        "swiglu_clamped",
+        "softmax",
+        4,
+    )
     assert oss.layer_windows() == (WINDOW, None)
     assert oss.rope_scaling is not None and oss.rope_scaling.type == "yarn"
     assert oss.rope_scaling.truncate is False
@@ -638,13 +656,18 @@ def test_the_gpt_oss_and_glm_cases_exercise_each_piece(results):
     assert {"model.layers.0.self_attn.sinks", "model.layers.1.mlp.router.bias"} <= names
     assert "model.layers.0.mlp.experts.gate_up_proj_bias" in names
     assert (glm.rope_fraction, glm.qk_norm, glm.qkv_bias, glm.use_bias) == (0.25, True, True, False)
-    assert (glm.router, glm.router_groups, glm.router_topk_groups, glm.router_scale) == (
+    assert (
+        glm.moe.router,
+        glm.moe.router_groups,
+        glm.moe.router_topk_groups,
+        glm.moe.router_scale,
+    ) == (
         "sigmoid",
         4,
         2,
         2.5,
     )
-    assert (glm.moe_first_dense, glm.num_shared_experts, glm.expert_mlp_dim) == (1, 1, 16)
+    assert (glm.moe.first_dense, glm.moe.num_shared_experts, glm.moe.expert_mlp_dim) == (1, 1, 16)
     assert "model.layers.2.mlp.gate.e_score_correction_bias" in results["glm4_moe"]["tensors"]
     assert results["glm4_moe"]["saved"]["rope_parameters"]["partial_rotary_factor"] == 0.25
 
@@ -745,7 +768,12 @@ def test_the_gemma4_case_exercises_each_piece(results):
     # The MoE block beside each MLP: its router, fused experts and extra norms went out and back.
     moe = results["gemma4_moe"]
     m = moe["config"]
-    assert (m.num_experts, m.experts_per_token, m.expert_mlp_dim, m.router_aux_loss) == (
+    assert (
+        m.moe.num_experts,
+        m.moe.experts_per_token,
+        m.moe.expert_mlp_dim,
+        m.moe.router_aux_loss,
+    ) == (
         4,
         2,
         16,

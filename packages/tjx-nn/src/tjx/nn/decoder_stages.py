@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tjx.kernels import AttentionMask
 from tjx.nn.decoder import DecoderLM, head_cross_entropy
 from tjx.nn.stack import remat_policy
 
@@ -113,7 +114,11 @@ def decoder_stages(
         return model.embed_tokens(tokens, positions), side, {"targets": batch["targets"]}
 
     def layer(p: Any, h: Array, side: Side) -> Array:
-        out, _, _ = nnx.merge(block_def, p)(h, **side, deterministic=True)
+        # The side inputs stay arrays (a pipeline slices them into microbatches); the layer's
+        # mask is built from this microbatch's segment ids, as `Stack.run` builds it.
+        mask = AttentionMask(segment_ids=side["segment_ids"])
+        block = nnx.merge(block_def, p)
+        out, _, _ = block(h, positions=side["positions"], mask=mask, deterministic=True)
         return out  # type: ignore[no-any-return]
 
     if c.remat != "none":

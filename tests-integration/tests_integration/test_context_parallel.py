@@ -20,7 +20,7 @@ from flax import nnx
 
 from tjx import nn as tnn
 from tjx import parallel
-from tjx.kernels import attention_backward, attention_forward
+from tjx.kernels import block_halves
 
 VOCAB = 64
 # float32 throughout: the split changes only the order of the sums.
@@ -109,14 +109,12 @@ def _attention_temp_bytes(ways: int, seq: int = 2048) -> int:
     devices = jax.devices()[:ways]
     mesh = parallel.make_mesh(parallel.MeshConfig(data=1, context=ways), devices=devices)
     cp = parallel.ContextParallel(mesh, parallel.rules(), "ring")
-    blocks = dict(
-        forward=functools.partial(attention_forward, implementation="xla"),
-        backward=functools.partial(attention_backward, implementation="xla"),
-    )
+    forward, backward = block_halves("xla")
+    blocks = dict(forward=forward, backward=backward)
     if ways == 1:
-        from tjx.kernels import attention
+        from tjx.kernels import AttentionMask, attention
 
-        attend = functools.partial(attention, causal=True, implementation="xla")
+        attend = functools.partial(attention, mask=AttentionMask(causal=True), implementation="xla")
     else:
         attend = functools.partial(cp.attention, causal=True, **blocks)
 

@@ -32,7 +32,7 @@ import numpy as np
 from jax.experimental import topologies
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tjx.kernels import AttentionMask, attention, attention_backward, attention_forward, target
+from tjx.kernels import AttentionMask, attention, block_halves, target
 from tjx.parallel import MESH_AXES, ContextParallel, rules
 
 BYTES = {"bf16": 2, "f16": 2, "f32": 4, "s32": 4, "u32": 4, "pred": 1}
@@ -78,8 +78,8 @@ def measure(topo: Any, seq: int, ways: int, strategy: str, impl: str) -> dict[st
         attend = functools.partial(
             cp.attention,
             causal=True,
-            forward=functools.partial(attention_forward, implementation=impl),
-            backward=functools.partial(attention_backward, implementation=impl),
+            forward=block_halves(impl)[0],
+            backward=block_halves(impl)[1],
         )
 
     def loss(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:

@@ -159,9 +159,7 @@ def test_the_choice_says_the_order_then_takes_the_first_that_builds():
     with pytest.raises(KernelCompileError, match="pallas failed to lower or compile"):
         choose("pallas", jnp.bfloat16, 64, build, named_by=named, say=said.append)
     said.clear()
-    kernel, fell_back = choose(
-        "auto", jnp.bfloat16, 64, build, named_by=named, say=said.append
-    )
+    kernel, fell_back = choose("auto", jnp.bfloat16, 64, build, named_by=named, say=said.append)
     assert (kernel, fell_back) == ("xla", False)  # on a CPU, auto's order is xla alone
     assert said and said[0].startswith("attention: xla (auto")
 

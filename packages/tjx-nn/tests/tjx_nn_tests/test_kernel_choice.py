@@ -93,9 +93,7 @@ def test_a_soft_capped_model_leaves_cudnn_out(h100):
 
 def test_a_split_sequence_says_its_block_kernel_and_compiles_nothing(h100):
     said: list[str] = []
-    got = _choose(
-        gpt2_tiny(), never, said.append, context_ways=4, context_strategy="all_gather"
-    )
+    got = _choose(gpt2_tiny(), never, said.append, context_ways=4, context_strategy="all_gather")
     assert got == ("auto", False)
     assert said == [
         "attention: pallas blocks, all_gather across mesh.context=4 (model.attention_impl=auto; "

@@ -36,6 +36,8 @@ def _mla(**changes):
 def _moe(**changes):
     """`MOE` with ``changes``."""
     return replace(MOE, **changes)
+
+
 YARN = dict(
     type="yarn", factor=4.0, original_max_position_embeddings=8, mscale=1.0, mscale_all_dim=1.0
 )

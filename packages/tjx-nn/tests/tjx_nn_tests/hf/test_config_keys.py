@@ -306,12 +306,15 @@ DEFAULTS = {
     ),
     "qwen3_5_text": ({}, dict(num_kv_heads=4, head_dim=256, max_seq_len=32768)),
     "qwen3_next": ({}, {"num_kv_heads": 2, "moe.num_experts": 512, "moe.experts_per_token": 10}),
-    "llama4_text": ({}, {
-        "num_kv_heads": 8,
-        "head_dim": 128,
-        "mlp_dim": 16384,
-        "moe.num_experts": 16,
-    }),
+    "llama4_text": (
+        {},
+        {
+            "num_kv_heads": 8,
+            "head_dim": 128,
+            "mlp_dim": 16384,
+            "moe.num_experts": 16,
+        },
+    ),
     "gemma4_text": ({}, dict(num_kv_heads=4, head_dim=256, sliding_window=512)),
 }
 

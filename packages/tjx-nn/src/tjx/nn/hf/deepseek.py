@@ -299,4 +299,3 @@ def deepseek_config_to_hf(config: LlamaConfig, model_type: str | None = None) ->
     else:
         out |= dict(rope_interleave=True, num_nextn_predict_layers=c.mtp_depths)
     return out
-

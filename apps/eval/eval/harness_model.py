@@ -208,6 +208,7 @@ class TjxLM(TemplateLM):
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         """Greedy (or sampled, when a task says ``do_sample``) continuations cut at stop
         sequences; KV-cache decoding (tjx.nn's ``generate``) on bucketed prompt lengths."""
+
         def _order(req: tuple[str, dict[str, Any]]) -> tuple[int, str]:
             return -len(self.tok_encode(req[0])), req[0]
 

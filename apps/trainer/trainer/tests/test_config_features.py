@@ -106,8 +106,13 @@ def test_choice_lists_are_the_packages_own():
             "model.moe.experts_per_token: 3 is more than the 2 experts",
         ),
         (
-            {"model": {"kind": "llama", "num_layers": 2, "moe": {"num_experts": 2,
-                                                               "first_dense": 2}}},
+            {
+                "model": {
+                    "kind": "llama",
+                    "num_layers": 2,
+                    "moe": {"num_experts": 2, "first_dense": 2},
+                }
+            },
             "model.moe.first_dense: with first_dense=2",
         ),
         ({"model": {"kind": "bert", "moe": {"num_experts": 2}}}, "model.moe: only decoders"),

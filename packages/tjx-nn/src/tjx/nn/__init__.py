@@ -44,15 +44,10 @@ from tjx.nn.fp8 import Fp8Meta, advance_meta
 from tjx.nn.gated_deltanet import DeltaConfig, DeltaState, GatedDeltaNet
 from tjx.nn.generation import GenerationPrograms, generate, lower_generation, sample_logits
 from tjx.nn.gpt2_presets import gpt2_config
-from tjx.nn.grpo.losses import (
-    GRPO_LOSSES,
-    GrpoConfig,
-    GrpoOutput,
-    group_advantages,
-    grpo_loss,
-    token_logprobs,
-    token_logprobs_and_entropies,
-)
+from tjx.nn.grpo.advantages import group_advantages
+from tjx.nn.grpo.config import GRPO_LOSSES, GrpoConfig
+from tjx.nn.grpo.logprobs import token_logprobs, token_logprobs_and_entropies
+from tjx.nn.grpo.losses import GrpoOutput, grpo_loss
 from tjx.nn.hf.checkpoints import (
     HF_MODEL_TYPES,
     check_hf_weights,

@@ -1,7 +1,7 @@
 """Quantized Hugging Face checkpoints, dequantized as their tensors stream in (pure NumPy).
 
 Two published formats (``config.json``'s ``quantization_config``, read by
-`tjx.nn.hf.keys.read_quantization`):
+`tjx.nn.hf.quantization_config.read_quantization`):
 
 ==========================  ===================================  ==================================
 ``quant_method``            stored (safetensors)                 value tjx loads
@@ -48,9 +48,9 @@ from typing import Any
 import numpy as np
 
 from tjx.nn.hf.io import Tensors
-from tjx.nn.hf.keys import QUANTIZATION_SPECS, read_quantization
+from tjx.nn.hf.quantization_config import QUANTIZATION_SPECS, read_quantization
 
-#: The ``quant_method`` values tjx dequantizes (`tjx.nn.hf.keys.QUANTIZATION_SPECS`).
+#: The ``quant_method`` values tjx dequantizes (`QUANTIZATION_SPECS`).
 QUANT_METHODS = tuple(QUANTIZATION_SPECS)
 #: Which model types each method is read for: MXFP4's layout is gpt-oss's experts'.
 _MXFP4_TYPES = ("gpt_oss",)
@@ -89,7 +89,7 @@ def quantization_from_hf(hf: Mapping[str, Any]) -> Quantization | None:
     Raises
     ------
     ValueError
-        As `tjx.nn.hf.keys.read_quantization` (a `HFConfigError`), and ``mxfp4`` on a model type
+        As `read_quantization` (a `HFConfigError`), and ``mxfp4`` on a model type
         other than gpt-oss's: one line naming it.
     """
     config = read_quantization(hf)

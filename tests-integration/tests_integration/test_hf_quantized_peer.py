@@ -26,7 +26,7 @@ import pytest
 
 from tests_integration._hf_peer import run_peer
 from tjx import nn
-from tjx.nn.hf.io import read_header
+from tjx.nn.hf.reading import read_header
 
 VOCAB, NEW = 96, 20
 TOKENS = np.random.default_rng(7).integers(0, VOCAB, size=(2, 12)).tolist()

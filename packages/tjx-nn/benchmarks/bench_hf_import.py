@@ -182,8 +182,8 @@ def write(folder: Path, shape: str, family: str = "llama", layers: int | None = 
     from tjx.nn.hf.deepseek_tensors import deepseek_mapping
     from tjx.nn.hf.families import family_config_from_hf
     from tjx.nn.hf.family_tensors import family_mapping
-    from tjx.nn.hf.io import write_safetensors
     from tjx.nn.hf.llama import llama_mapping
+    from tjx.nn.hf.writing import write_safetensors
 
     sizes = SHAPES[family if shape == "family" else shape]
     if layers is not None:

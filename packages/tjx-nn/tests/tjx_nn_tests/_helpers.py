@@ -36,7 +36,7 @@ def most_reads_alive(monkeypatch, folder) -> tuple[int, int]:
     how many are still alive after the import (0: every read was let go)."""
     import weakref
 
-    from tjx.nn.hf.io import LazyWeights
+    from tjx.nn.hf.reading import LazyWeights
 
     live: dict[int, int] = {}
     most = [0]

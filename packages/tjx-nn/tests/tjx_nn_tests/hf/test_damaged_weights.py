@@ -15,7 +15,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from tjx import nn as tnn
-from tjx.nn.hf.io import LazyWeights, read_header
+from tjx.nn.hf.reading import LazyWeights, read_header
 
 FIX = "download or save the checkpoint again"
 

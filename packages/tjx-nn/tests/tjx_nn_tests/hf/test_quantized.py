@@ -23,9 +23,10 @@ from safetensors.numpy import load_file
 
 from tjx import nn as tnn
 from tjx.nn.hf import quantized
-from tjx.nn.hf.io import INDEX, LazyWeights, read_header
+from tjx.nn.hf.io import INDEX
 from tjx.nn.hf.keys import HFConfigError
 from tjx.nn.hf.quantized import dequantize_fp8, dequantize_mxfp4
+from tjx.nn.hf.reading import LazyWeights, read_header
 
 FIX = "download or save the checkpoint again"
 #: The FP8 e4m3 codes that are NaN (sign either way): published weights hold none.

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.keys import Spec
+from tjx.nn.hf.mapping import HFMapping
 
 
 def _same(stored: str) -> str:

@@ -1,12 +1,14 @@
 """Hugging Face checkpoints in and out: ``load_hf`` / ``save_hf`` and what they are made of.
 
 Modules: ``checkpoints`` (``load_hf``, ``save_hf``, ``read_hf_config``: which family a folder holds
-and the plan to read or write it), ``io`` (checkpoint folders, lazy safetensors reads, sharded
-writes), one config module per family (``gpt2``, ``config``: llama/mistral/qwen2, ``families`` with
-``family_base``, ``gemma`` and ``phi3``: qwen3/olmo2/olmo3/phi3/gemma2/gemma3_text, ``moe``:
-mixtral/qwen2_moe/qwen3_moe, ``deepseek``: deepseek_v2/v3, ``gpt_oss``, ``glm4_moe``,
-``qwen3_5``: qwen3_5_text and ``qwen3_next``: config and tensors each; the families with a folder
-of their own keep theirs there, `tjx.nn.families`) and its tensor mapping
+and the plan to read or write it), ``io`` (checkpoint folders), ``reading`` (safetensors headers
+checked, tensors read lazily), ``writing`` (sharded writes), ``mapping`` (``HFMapping``: HF
+tensors and tjx parameters), one config module per family (``gpt2``, ``config``:
+llama/mistral/qwen2, ``families`` with ``family_base``, ``gemma`` and ``phi3``:
+qwen3/olmo2/olmo3/phi3/gemma2/gemma3_text, ``moe``: mixtral/qwen2_moe/qwen3_moe, ``deepseek``:
+deepseek_v2/v3, ``gpt_oss``, ``glm4_moe``, ``qwen3_5``: qwen3_5_text and ``qwen3_next``: config
+and tensors each; the families with a folder of their own keep theirs there,
+`tjx.nn.families`) and its tensor mapping
 (``gpt2``, ``llama``, ``family_tensors``, ``deepseek_tensors``, built on ``tables``),
 ``keys`` (every ``config.json`` key a family reads: its type, transformers' default or required,
 its range; a damaged one is an ``HFConfigError``), and ``start`` (the settings a checkpoint

@@ -65,18 +65,9 @@ from tjx.nn.hf.gpt_oss import (
     gpt_oss_mapping,
     is_gpt_oss,
 )
-from tjx.nn.hf.io import (
-    HFMapping,
-    LazyWeights,
-    Tensors,
-    check_tensors,
-    copy_tokenizer,
-    parse_size,
-    read_config,
-    resolve,
-    write_safetensors,
-)
+from tjx.nn.hf.io import copy_tokenizer, read_config, resolve
 from tjx.nn.hf.llama import llama_mapping
+from tjx.nn.hf.mapping import HFMapping, check_tensors
 from tjx.nn.hf.moe import MOE_TYPES, moe_config_from_hf, moe_config_to_hf, moe_export_type
 from tjx.nn.hf.quantized import open_dequantized, quantization_from_hf, without_quantization
 from tjx.nn.hf.qwen3_5 import (
@@ -97,6 +88,8 @@ from tjx.nn.hf.qwen3_next import (
     qwen3_next_config_to_hf,
     qwen3_next_mapping,
 )
+from tjx.nn.hf.reading import LazyWeights, Tensors
+from tjx.nn.hf.writing import parse_size, write_safetensors
 from tjx.nn.lora import merged_readers
 from tjx.nn.model_state import concrete_state
 from tjx.nn.params_io import fill_params, param_readers

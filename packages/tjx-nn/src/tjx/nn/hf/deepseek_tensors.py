@@ -28,8 +28,8 @@ from __future__ import annotations
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.llama import llama_mapping
+from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.mtp_tensors import mtp_mapping
 from tjx.nn.hf.tables import Convert, Tables
 from tjx.nn.mla import value_dim

@@ -17,7 +17,7 @@ kernels, rotate-half RoPE on both sides). What differs:
 from __future__ import annotations
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf.io import HFMapping
+from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.tables import Tables
 
 #: norm_position → {HF layer norm: tjx module of the block}.

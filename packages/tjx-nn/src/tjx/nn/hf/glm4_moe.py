@@ -37,9 +37,9 @@ from typing import Any
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields, partial_rotary_factor
 from tjx.nn.hf.family_base import mismatches, refuse_mismatches
-from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.keys import ABSENT, Key, count, flag, positive, size
 from tjx.nn.hf.llama import llama_mapping
+from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.mtp_tensors import mtp_mapping
 from tjx.nn.hf.tables import Tables
 from tjx.nn.moe.config import MoEConfig, expert_mlp_dim, moe_layers

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from tjx.nn.configs import GPT2Config
-from tjx.nn.hf.io import HFMapping, Read, concat, take
 from tjx.nn.hf.keys import ABSENT, Key, Spec, flag, fraction, positive, size, text
+from tjx.nn.hf.mapping import HFMapping, Read, concat, take
 
 _PER_LAYER = {
     "ln_1.weight": "attn_norm.scale",

@@ -45,8 +45,8 @@ import numpy as np
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields
 from tjx.nn.hf.family_base import layer_types, mismatches
-from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.keys import ATTENTION_KINDS, flag, layer_list, nonneg, positive, size
+from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.tables import Tables, transposed
 from tjx.nn.mlp import CLAMPED_SWIGLU_ALPHA, CLAMPED_SWIGLU_LIMIT
 from tjx.nn.moe.config import MoEConfig

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf.io import HFMapping
+from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.moe import NAMES
 from tjx.nn.hf.tables import Convert, Tables
 from tjx.nn.moe.config import expert_mlp_dim, moe_layers, shared_mlp_dim

@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable
 
 from tjx.nn.configs import LlamaConfig
-from tjx.nn.hf.io import HFMapping
+from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.tables import Convert, Tables
 
 

@@ -47,8 +47,8 @@ from typing import Any
 
 import numpy as np
 
-from tjx.nn.hf.io import Tensors
 from tjx.nn.hf.quantization_config import QUANTIZATION_SPECS, read_quantization
+from tjx.nn.hf.reading import Tensors
 
 #: The ``quant_method`` values tjx dequantizes (`QUANTIZATION_SPECS`).
 QUANT_METHODS = tuple(QUANTIZATION_SPECS)
@@ -223,7 +223,7 @@ class Dequantized:
     Parameters
     ----------
     weights : Tensors
-        The folder's stored tensors (an entered `tjx.nn.hf.io.LazyWeights`).
+        The folder's stored tensors (an entered `tjx.nn.hf.reading.LazyWeights`).
     quantization : Quantization
         The folder's (`quantization_from_hf`).
     dtype : dtype

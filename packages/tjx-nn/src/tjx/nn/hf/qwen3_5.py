@@ -51,8 +51,8 @@ from tjx.nn.hf.family_base import (
 )
 from tjx.nn.hf.family_tensors import family_mapping
 from tjx.nn.hf.image_text import skip_beside, text_config
-from tjx.nn.hf.io import HFMapping, Read
 from tjx.nn.hf.keys import ABSENT, BASE, Key, count, flag, layer_list, size, text
+from tjx.nn.hf.mapping import HFMapping, Read
 from tjx.nn.hf.tables import Tables
 
 QWEN3_5 = "qwen3_5_text"

@@ -32,9 +32,9 @@ from typing import Any
 
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf.family_base import mismatches, refuse_mismatches
-from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.keys import count, flag, int_list, nonneg, size
 from tjx.nn.hf.llama import llama_mapping
+from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.moe import qwen_moe_fields
 from tjx.nn.hf.qwen3_5 import KEYS as QWEN3_5_KEYS
 from tjx.nn.hf.qwen3_5 import NEEDS as QWEN3_5_NEEDS

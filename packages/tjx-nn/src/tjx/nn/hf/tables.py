@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tjx.nn.hf.io import HFMapping, Read, take
+from tjx.nn.hf.mapping import HFMapping, Read, take
 
 Convert = Callable[[Read], np.ndarray]
 

@@ -20,7 +20,7 @@ from tjx.nn.families.gemma4.hf import (
     skip_towers,
 )
 from tjx.nn.family_config import GEMMA4_SWITCHES
-from tjx.nn.hf.io import HFMapping
+from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.qwen3_5 import text_name
 
 

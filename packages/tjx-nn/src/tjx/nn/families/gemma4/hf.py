@@ -66,7 +66,6 @@ from tjx.nn.hf.family_base import (
 )
 from tjx.nn.hf.gemma import TANH_GELU
 from tjx.nn.hf.image_text import skip_beside, text_config
-from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.keys import (
     ABSENT,
     ATTENTION_KINDS,
@@ -79,6 +78,7 @@ from tjx.nn.hf.keys import (
     size,
     text,
 )
+from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.tables import Convert, Tables
 from tjx.nn.moe.config import MoEConfig, expert_mlp_dim
 

@@ -21,7 +21,7 @@ from tjx.nn.families.llama4.hf import (
     text_name,
 )
 from tjx.nn.family_config import LLAMA4_SWITCHES
-from tjx.nn.hf.io import HFMapping
+from tjx.nn.hf.mapping import HFMapping
 
 
 def _read(

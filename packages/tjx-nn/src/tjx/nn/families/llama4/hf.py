@@ -61,8 +61,8 @@ from tjx.nn.hf.family_base import (
     shortest_pattern,
 )
 from tjx.nn.hf.image_text import skip_beside, text_config
-from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.keys import BASE, flag, int_list, layer_list, nonneg, positive, size, text
+from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.tables import Convert, Tables
 from tjx.nn.moe.config import MoEConfig, expert_mlp_dim, moe_layers, shared_mlp_dim
 

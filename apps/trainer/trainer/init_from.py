@@ -21,7 +21,7 @@ from flax import nnx
 from tjx import ckpt, data, nn
 from tjx.core.config import load_yaml
 from tjx.nn import TransformerConfig
-from tjx.nn.hf.checkpoints import check_hf_weights, holds_weights
+from tjx.nn.hf import check_hf_weights, holds_weights
 from trainer.config import Config, read_config
 from trainer.data_setup import Bundle
 from trainer.job.folder import RunDir

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from tjx.nn.configs import GPT2Config, TransformerConfig
-from tjx.nn.hf.checkpoints import read_hf_config
+from tjx.nn.hf import read_hf_config
 from tjx.nn.hf.gpt2 import HF_GPT2_NAMES
 from tjx.nn.hf.io import is_hub_id
 from tjx.nn.hf.start import config_clashes, hf_conflicts

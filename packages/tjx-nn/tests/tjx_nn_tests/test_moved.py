@@ -67,8 +67,8 @@ ALIAS_HOMES = [
 #: Names the old single modules tjx.nn.hf / moe / preference held besides their packages' public
 #: ones: package, name, the module that holds it now.
 FORMER_NAMES = [
-    ("tjx.nn.hf", "llama_config_from_hf", "tjx.nn.hf.checkpoints"),  # the old module imported it
-    ("tjx.nn.hf", "_REFUSED", "tjx.nn.hf.checkpoints"),
+    ("tjx.nn.hf", "llama_config_from_hf", "tjx.nn.hf.plan"),  # the old module imported it
+    ("tjx.nn.hf", "_REFUSED", "tjx.nn.hf.plan"),
     ("tjx.nn.moe", "Array", "tjx.nn.moe.layer"),
     ("tjx.nn.preference", "Batch", "tjx.nn.preference.losses"),
 ]

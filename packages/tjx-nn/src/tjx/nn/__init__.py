@@ -48,18 +48,10 @@ from tjx.nn.grpo.advantages import group_advantages
 from tjx.nn.grpo.config import GRPO_LOSSES, GrpoConfig
 from tjx.nn.grpo.logprobs import token_logprobs, token_logprobs_and_entropies
 from tjx.nn.grpo.losses import GrpoOutput, grpo_loss
-from tjx.nn.hf.checkpoints import (
-    HF_MODEL_TYPES,
-    check_hf_weights,
-    hf_kind,
-    load_hf,
-    load_hf_gpt2,
-    read_hf_config,
-    save_hf,
-    save_hf_gpt2,
-)
+from tjx.nn.hf.checkpoints import check_hf_weights, load_hf, load_hf_gpt2, save_hf, save_hf_gpt2
 from tjx.nn.hf.gpt2 import HF_GPT2_FIXED, HF_GPT2_NAMES, hf_gpt2_conflicts
 from tjx.nn.hf.io import is_hub_id
+from tjx.nn.hf.plan import HF_MODEL_TYPES, hf_kind, read_hf_config
 from tjx.nn.hf.start import (
     HF_LLAMA_FIXED,
     HOW_TO_TRAIN,

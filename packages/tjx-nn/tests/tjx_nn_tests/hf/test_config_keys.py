@@ -26,7 +26,6 @@ from tjx.nn.hf import (
     qwen3_5,
     qwen3_next,
 )
-from tjx.nn.hf.checkpoints import HF_MODEL_TYPES
 from tjx.nn.hf.config import HARMLESS
 from tjx.nn.hf.deepseek import deepseek_config_to_hf
 from tjx.nn.hf.families import family_config_to_hf
@@ -34,6 +33,7 @@ from tjx.nn.hf.glm4_moe import glm4_moe_config_to_hf
 from tjx.nn.hf.gpt_oss import gpt_oss_config_to_hf
 from tjx.nn.hf.keys import REFUSE, REQUIRED, UNSET, HFConfigError, Key
 from tjx.nn.hf.moe import moe_config_to_hf
+from tjx.nn.hf.plan import HF_MODEL_TYPES
 from tjx.nn.hf.qwen3_5 import qwen3_5_config_to_hf
 from tjx.nn.hf.qwen3_next import qwen3_next_config_to_hf
 from tjx_nn_tests.hf.test_family_checkpoints import BASE as FAMILY_BASE

@@ -7,16 +7,14 @@ on final hidden states (``return_hidden=True``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from tjx.kernels import CrossEntropyOutput
-
-if TYPE_CHECKING:
-    from tjx.nn.moe.layer import MoEStats
-    from tjx.nn.mtp import MTPLoss
+from tjx.nn.moe.layer import MoEStats
+from tjx.nn.mtp import MTPLoss
 
 Array = jax.Array
 

@@ -11,8 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from tjx.data.errors import DataError
-from tjx.data.packing import PackingPlan, TokenStream, make_batch, target_positions
+from tjx.data.packing import (
+    PackingPlan,
+    TokenStream,
+    make_batch,
+    resume_position,
+    target_positions,
+)
 from tjx.data.shards import ShardIndex, check_tokenizer, load_index
 from tjx.data.tokenizers import Tokenizer
 
@@ -287,18 +292,11 @@ class PackedLoader:
     # -- resume ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable position (+ the settings it is only valid with)."""
-        plan = self.plan
         return {
             "version": STATE_VERSION,
             "epoch": self._epoch,
             "step": self._step,
-            "seq_len": plan.seq_len,
-            "batch_size": plan.batch_size,
-            "seed": plan.seed,
-            "shuffle": plan.shuffle,
-            "drop_last": plan.drop_last,
-            "process_index": plan.process_index,
-            "process_count": plan.process_count,
+            **self.plan.settings(),
             "fingerprint": self.index.fingerprint,
             "tokens": self.index.tokens,
         }
@@ -312,18 +310,11 @@ class PackedLoader:
             If the state was made with other settings or other shards (it would not resume the
             same sequence of batches).
         """
-        if state.get("version") != STATE_VERSION:
-            raise DataError(f"loader state version {state.get('version')!r} is not supported")
-        mine = self.state_dict()
-        wrong = [f"{k}: saved {state.get(k)!r}, now {mine[k]!r}" for k in _MUST_MATCH
-                 if state.get(k) != mine[k]]  # fmt: skip
-        if wrong:
-            raise DataError("loader state does not match this loader: " + "; ".join(wrong))
-        step = int(state["step"])
-        if not 0 <= step < self.steps_per_epoch:
-            raise DataError(f"loader state step {step} outside [0, {self.steps_per_epoch})")
+        position = resume_position(
+            state, self.state_dict(), _MUST_MATCH, self.steps_per_epoch, "loader"
+        )
         self.close()
-        self._epoch, self._step = int(state["epoch"]), step
+        self._epoch, self._step = position
 
 
 def validation_batches(

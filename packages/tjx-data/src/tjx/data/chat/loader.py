@@ -20,6 +20,7 @@ import numpy as np
 from tjx.data.chat.packing import RowPlan, Truncation, build_rows, kept_lengths, pack_rows
 from tjx.data.chat.store import SequenceIndex, load_sequences
 from tjx.data.errors import DataError
+from tjx.data.packing import resume_position
 from tjx.data.tokenizers import Tokenizer
 
 __all__ = ["ChatLoader", "PreferenceLoader", "PromptLoader", "chat_validation_batches"]
@@ -166,19 +167,13 @@ class _RowLoader:
     # -- resume ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable position (+ the settings and data it is only valid with)."""
-        plan, index = self.plan, self.index
+        index = self.index
         return {
             "version": STATE_VERSION,
             "kind": self.kind,
             "epoch": self._epoch,
             "step": self._step,
-            "seq_len": plan.seq_len,
-            "batch_size": plan.batch_size,
-            "seed": plan.seed,
-            "shuffle": plan.shuffle,
-            "drop_last": plan.drop_last,
-            "process_index": plan.process_index,
-            "process_count": plan.process_count,
+            **self.plan.settings(),
             "fingerprint": index.fingerprint,
             "template": index.template,
             "sequences": index.sequences,
@@ -194,17 +189,9 @@ class _RowLoader:
             Another version, setting, tokenizer, chat template or split (it would not continue
             the same sequence of batches); the message names each difference.
         """
-        if state.get("version") != STATE_VERSION:
-            raise DataError(f"chat loader state version {state.get('version')!r} is not supported")
-        mine = self.state_dict()
-        wrong = [f"{k}: saved {state.get(k)!r}, now {mine[k]!r}" for k in _MUST_MATCH
-                 if state.get(k) != mine[k]]  # fmt: skip
-        if wrong:
-            raise DataError("chat loader state does not match this loader: " + "; ".join(wrong))
-        step = int(state["step"])
-        if not 0 <= step < self.steps_per_epoch:
-            raise DataError(f"chat loader state step {step} outside [0, {self.steps_per_epoch})")
-        self._epoch, self._step = int(state["epoch"]), step
+        self._epoch, self._step = resume_position(
+            state, self.state_dict(), _MUST_MATCH, self.steps_per_epoch, "chat loader"
+        )
 
 
 class ChatLoader(_RowLoader):

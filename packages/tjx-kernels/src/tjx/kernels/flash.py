@@ -181,7 +181,18 @@ def pad_rows(x: Array, rows: int, cols: int, axis: int = 1) -> Array:
     return jnp.pad(x, widths)
 
 
-def _check_call(
+class CallSetup(NamedTuple):
+    """One checked call's kernel config, its padded (q_len, kv_len, head_dim) and segment ids."""
+
+    cfg: KernelConfig
+    q_pad: int
+    kv_pad: int
+    d_pad: int
+    q_ids: Array | None
+    kv_ids: Array | None
+
+
+def setup_call(
     shapes: AttentionShapes,
     dtype: Any,
     mask: AttentionMask,
@@ -190,10 +201,13 @@ def _check_call(
     softcap: float | None,
     block_q: int | None,
     block_k: int | None,
+    interpret: bool | None,
     launch: LaunchDefaults | None,
-) -> None:
-    """The checks every flash entry makes past its inputs' shapes (``ValueError`` naming the
-    argument and what is supported)."""
+) -> CallSetup | None:
+    """Check one call past its inputs' shapes (the checks every flash entry makes: a
+    ``ValueError`` naming the argument and what is supported) and make its kernel config (scale
+    ``None``: ``1/sqrt(head_dim)``); None when either length is 0 (nothing to tile: no query
+    rows, or no key for any row to see)."""
     check_mask(mask)
     check_segment_ids(mask.segment_ids, shapes)
     for part in ("kv_lengths", "chunk", "sinks"):
@@ -219,44 +233,6 @@ def _check_call(
         raise ValueError(
             "`q` dtype float64 is not supported by flash_attention; use bf16/fp16/fp32"
         )
-
-
-class CallSetup(NamedTuple):
-    """One checked call's kernel config, its padded (q_len, kv_len, head_dim) and segment ids."""
-
-    cfg: KernelConfig
-    q_pad: int
-    kv_pad: int
-    d_pad: int
-    q_ids: Array | None
-    kv_ids: Array | None
-
-
-def setup_call(
-    shapes: AttentionShapes,
-    dtype: Any,
-    mask: AttentionMask,
-    *,
-    scale: float | None,
-    softcap: float | None,
-    block_q: int | None,
-    block_k: int | None,
-    interpret: bool | None,
-    launch: LaunchDefaults | None,
-) -> CallSetup | None:
-    """Check one call past its inputs' shapes (``ValueError`` naming the argument) and make its
-    kernel config (scale ``None``: ``1/sqrt(head_dim)``); None when either length is 0 (nothing
-    to tile: no query rows, or no key for any row to see)."""
-    _check_call(
-        shapes,
-        dtype,
-        mask,
-        scale=scale,
-        softcap=softcap,
-        block_q=block_q,
-        block_k=block_k,
-        launch=launch,
-    )
     if shapes.q_len == 0 or shapes.kv_len == 0:
         return None  # padding a length of 0 up to a block would invent keys
     q_ids, kv_ids = split_segment_ids(mask.segment_ids)

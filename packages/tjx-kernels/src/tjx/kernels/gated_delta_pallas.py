@@ -57,7 +57,7 @@ from jax.experimental.pallas import triton as plgpu
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tjx.kernels.flash_fwd import out_struct
-from tjx.kernels.partition import _dim_entry, _entry, _size
+from tjx.kernels.partition import _batch_and_heads, _entry
 
 Array = jax.Array
 
@@ -267,12 +267,7 @@ def backward_states(
 def _kernel_sharding(mesh: Mesh, x: Any) -> NamedSharding:
     """``[b, h, ...]`` sharded as ``x``'s batch and head dimensions are, where the axes divide
     them (``x`` decides; the partitioner reshards the other operands to match)."""
-    batch = _dim_entry(mesh, x, 0)
-    if not batch or x.shape[0] % _size(mesh, batch):
-        batch = ()
-    heads = tuple(a for a in _dim_entry(mesh, x, 1) if a not in batch)
-    if not heads or x.shape[1] % _size(mesh, heads):
-        heads = ()
+    batch, heads = _batch_and_heads(mesh, x, 1, x.shape[1])
     return NamedSharding(mesh, PartitionSpec(_entry(batch), _entry(heads)))
 
 

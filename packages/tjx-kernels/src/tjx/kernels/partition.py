@@ -117,13 +117,21 @@ def kernel_layout(mesh: Mesh, q: Any, k: Any) -> tuple[tuple[str, ...], tuple[st
     evenly divides the dimension (and, for heads, ``kv_heads``, so every shard holds whole GQA
     groups) and is not used twice.
     """
-    batch = _dim_entry(mesh, q, 0)
-    if not batch or q.shape[0] % _size(mesh, batch):
+    return _batch_and_heads(mesh, q, 2, k.shape[2])
+
+
+def _batch_and_heads(
+    mesh: Mesh, x: Any, head_dim: int, heads: int
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(batch axes, head axes) of ``x``'s sharding of dimension 0 and ``head_dim``: each kept
+    only when its size evenly divides the batch (the ``heads``) and not used twice."""
+    batch = _dim_entry(mesh, x, 0)
+    if not batch or x.shape[0] % _size(mesh, batch):
         batch = ()
-    heads = tuple(a for a in _dim_entry(mesh, q, 2) if a not in batch)
-    if not heads or k.shape[2] % _size(mesh, heads):
-        heads = ()
-    return batch, heads
+    axes = tuple(a for a in _dim_entry(mesh, x, head_dim) if a not in batch)
+    if not axes or heads % _size(mesh, axes):
+        axes = ()
+    return batch, axes
 
 
 def _specs(
@@ -271,13 +279,7 @@ _backward_cp = _partitioned(flash_backward, (8,), _bwd_partition, _bwd_infer, _b
 
 def _qkv_layout(mesh: Mesh, qkv: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(batch axes, head axes) of a stacked call, from ``qkv``'s sharding (as `kernel_layout`)."""
-    batch = _dim_entry(mesh, qkv, 0)
-    if not batch or qkv.shape[0] % _size(mesh, batch):
-        batch = ()
-    heads = tuple(a for a in _dim_entry(mesh, qkv, 3) if a not in batch)
-    if not heads or qkv.shape[3] % _size(mesh, heads):
-        heads = ()
-    return batch, heads
+    return _batch_and_heads(mesh, qkv, 3, qkv.shape[3])
 
 
 class _QkvSpecs(NamedTuple):

@@ -20,6 +20,7 @@ import numpy as np
 from tjx.data.chat.packing import RowPlan, Truncation, build_rows, kept_lengths, pack_rows
 from tjx.data.chat.store import SequenceIndex, load_sequences
 from tjx.data.errors import DataError
+from tjx.data.loader import PlannedLoader
 from tjx.data.packing import resume_position
 from tjx.data.tokenizers import Tokenizer
 
@@ -31,7 +32,7 @@ _MUST_MATCH = ("kind", "seq_len", "batch_size", "seed", "shuffle", "drop_last", 
                "process_count", "fingerprint", "template", "sequences", "tokens")  # fmt: skip
 
 
-class _RowLoader:
+class _RowLoader(PlannedLoader):
     """What both loaders share: the split, the truncation, the row plan, iteration and resume."""
 
     kind = ""
@@ -128,30 +129,11 @@ class _RowLoader:
         return self.tokens[start : start + keep], self.mask[start : start + keep]
 
     # -- facts -------------------------------------------------------------------------------
-    @property
-    def steps_per_epoch(self) -> int:
-        """Batches per epoch, the same on every process."""
-        return self.plan.steps_per_epoch
-
-    @property
-    def epoch(self) -> int:
-        """Epoch of the next batch."""
-        return self._epoch
-
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """This process's row ids for ``epoch``, ``[steps_per_epoch, batch_size]`` (-1: padding)."""
-        if epoch not in self._orders:
-            self._orders = {epoch: self.plan.epoch_order(epoch)}
-        return self._orders[epoch]
-
     def batch_at(self, epoch: int, step: int) -> Batch:
         """The batch of ``(epoch, step)``: a pure function of the split and the settings."""
         return self._rows(self.epoch_order(epoch)[step])
 
     # -- iteration ---------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[Batch]:
-        return self
-
     def __next__(self) -> Batch:
         if self.num_epochs is not None and self._epoch >= self.num_epochs:
             raise StopIteration

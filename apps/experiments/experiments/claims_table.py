@@ -138,20 +138,25 @@ def _winners(rows: list[Row]) -> list[Row]:
     return out
 
 
-def _adamw_best(rows: list[Row]) -> Judgement:
-    win = _winners(rows)
-    tied, top = best_tie(win, "adamw")
-    a = row(win, "adamw")
+def _best_of(group: list[Row], label: str, name: str, kind: str) -> Judgement:
+    """Is ``label`` (called ``name``) the best of ``group`` (its ``kind``s) by val_loss?"""
+    tied, top = best_tie(group, label)
+    mine = row(group, label)
     measured = (
-        f"adamw {value_text(a, 'val_loss')}; best {top['label']} {value_text(top, 'val_loss')}"
+        f"{label} {value_text(mine, 'val_loss')}; best {top['label']} {value_text(top, 'val_loss')}"
     )
     if not tied:
-        return measured, DISAGREES, f"AdamW is measurably worse than {top['label']}."
-    if len(win) < 2:
-        return measured, CANNOT_TELL, "no other optimizer ran."
-    if all(difference(r, a, "val_loss").measurable for r in win if r["label"] != "adamw"):
-        return measured, AGREES, "AdamW is measurably better than every other optimizer."
-    return measured, CANNOT_TELL, "AdamW is tied with the best within the seeds' noise."
+        return measured, DISAGREES, f"{name} is measurably worse than {top['label']}."
+    if len(group) < 2:
+        return measured, CANNOT_TELL, f"no other {kind} ran."
+    if all(difference(r, mine, "val_loss").measurable for r in group if r is not mine):
+        return measured, AGREES, f"{name} is measurably better than every other {kind}."
+    return measured, CANNOT_TELL, f"{name} is tied with the best within the seeds' noise."
+
+
+def _adamw_best(rows: list[Row]) -> Judgement:
+    # One winner per optimizer, so the labels are unique and `r is not mine` spares only adamw.
+    return _best_of(_winners(rows), "adamw", "AdamW", "optimizer")
 
 
 def _lion_competitive(rows: list[Row]) -> Judgement:
@@ -191,18 +196,7 @@ def _no_warmup(rows: list[Row]) -> Judgement:
 
 def _cosine_best(rows: list[Row]) -> Judgement:
     scheds = [r for r in rows if r["label"] in SCHEDULE_NAMES]
-    tied, top = best_tie(scheds, "cosine")
-    c = row(scheds, "cosine")
-    measured = (
-        f"cosine {value_text(c, 'val_loss')}; best {top['label']} {value_text(top, 'val_loss')}"
-    )
-    if not tied:
-        return measured, DISAGREES, f"cosine is measurably worse than {top['label']}."
-    if len(scheds) < 2:
-        return measured, CANNOT_TELL, "no other schedule ran."
-    if all(difference(r, c, "val_loss").measurable for r in scheds if r is not c):
-        return measured, AGREES, "cosine is measurably better than every other schedule."
-    return measured, CANNOT_TELL, "cosine is tied with the best within the seeds' noise."
+    return _best_of(scheds, "cosine", "cosine", "schedule")
 
 
 SCHEDULES = (

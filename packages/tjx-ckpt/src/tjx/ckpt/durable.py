@@ -191,14 +191,11 @@ def durable_commit(tmp: Path, final: Path, marker_text: str) -> None:
         ) from err
 
 
-class DurableAtomicRenameTemporaryPath(atomicity.AtomicRenameTemporaryPath):
-    """orbax's atomic-rename commit with fsyncs (see the module docstring).
-
-    Item directories inside a step's temporary directory keep orbax's plain finalize: they are
-    not commits on their own, and the step's commit syncs them; so does a snapshot commit.
-    The metadata store and snapshot type are kept from the constructor's public keywords (the
-    ``TemporaryPath`` protocol's ``from_final``), not read from orbax's private attributes.
-    """
+class MetadataStoreMixin:
+    """What tjx's step commits add to orbax's: the step metadata store and snapshot type kept
+    from the constructor's public keywords (the ``TemporaryPath`` protocol's ``from_final``),
+    not read from orbax's private attributes, and the commit time recorded as orbax's
+    ``finalize`` does. Listed before the orbax class it extends."""
 
     def __init__(
         self,
@@ -207,13 +204,30 @@ class DurableAtomicRenameTemporaryPath(atomicity.AtomicRenameTemporaryPath):
         snapshot_type: Any = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
+        super().__init__(  # type: ignore[call-arg]
             *args,
             checkpoint_metadata_store=checkpoint_metadata_store,
             snapshot_type=snapshot_type,
             **kwargs,
         )
         self._tjx_store, self._tjx_snapshot = checkpoint_metadata_store, snapshot_type
+
+    def _record_commit_time(self, step_dir: Any) -> None:
+        # As orbax 0.12.8's finalize: record the commit timestamp in _CHECKPOINT_METADATA and
+        # wait for that write, so that the commit after it (a sync, a marker) includes it.
+        store = self._tjx_store
+        if store is not None:
+            store.wait_until_finished()
+            store.update(file_path=step_dir / STEP_METADATA, commit_timestamp_nsecs=time.time_ns())
+            store.wait_until_finished()
+
+
+class DurableAtomicRenameTemporaryPath(MetadataStoreMixin, atomicity.AtomicRenameTemporaryPath):
+    """orbax's atomic-rename commit with fsyncs (see the module docstring).
+
+    Item directories inside a step's temporary directory keep orbax's plain finalize: they are
+    not commits on their own, and the step's commit syncs them; so does a snapshot commit.
+    """
 
     async def finalize(self) -> None:
         """Updates the step metadata's commit time, then :func:`durable_commit`."""
@@ -224,13 +238,7 @@ class DurableAtomicRenameTemporaryPath(atomicity.AtomicRenameTemporaryPath):
         await asyncio.to_thread(self._commit, Path(self.get()), final)
 
     def _commit(self, tmp: Path, final: Path) -> None:
-        # As orbax 0.12.8's AtomicRenameTemporaryPath.finalize: record the commit timestamp in
-        # _CHECKPOINT_METADATA and wait for that write, so that the sync below includes it.
-        store = self._tjx_store
-        if store is not None:
-            store.wait_until_finished()
-            store.update(file_path=tmp / STEP_METADATA, commit_timestamp_nsecs=time.time_ns())
-            store.wait_until_finished()
+        self._record_commit_time(tmp)  # before the sync below, so that it includes it
         durable_commit(tmp, final, f"Checkpoint commit was successful to {final}")
 
 

@@ -20,6 +20,15 @@ _TENSORSTORE_DETAIL = re.compile(
 )
 
 
+def exception_chain(error: BaseException | None) -> list[BaseException]:
+    """``error`` and the exceptions it was raised from or during, once each."""
+    seen: list[BaseException] = []
+    while error is not None and not any(error is e for e in seen):
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return seen
+
+
 def one_line(text: str, limit: int = REASON_LIMIT) -> str:
     """The first non-empty line of ``text``, without tensorstore's specs, at most ``limit`` long.
 
@@ -143,5 +152,6 @@ __all__ = [
     "CorruptCheckpointError",
     "NotCreatableError",
     "StepExistsError",
+    "exception_chain",
     "one_line",
 ]

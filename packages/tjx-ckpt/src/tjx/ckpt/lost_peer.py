@@ -26,6 +26,8 @@ import atexit
 import logging
 import threading
 
+from tjx.ckpt.errors import exception_chain
+
 __all__ = ["silence_lost_peer_commits"]
 
 #: What orbax's log record says (its background commit failed) and what the error says (the
@@ -39,20 +41,11 @@ _RELEASED = "tjx_lost_peer_released"
 HOLD_S = 60.0
 
 
-def _errors(error: BaseException | None) -> list[BaseException]:
-    """``error`` and the exceptions it was raised from or during, once each."""
-    seen: list[BaseException] = []
-    while error is not None and not any(error is e for e in seen):
-        seen.append(error)
-        error = error.__cause__ or error.__context__
-    return seen
-
-
 def _is_lost_peer_commit(record: logging.LogRecord) -> bool:
     """Whether ``record`` is orbax's report of a background commit whose barrier lost a peer."""
     if _COMMIT_FAILED not in record.getMessage() or not record.exc_info:
         return False
-    return any(all(w in str(e) for w in _PEER_GONE) for e in _errors(record.exc_info[1]))
+    return any(all(w in str(e) for w in _PEER_GONE) for e in exception_chain(record.exc_info[1]))
 
 
 class _LostPeerCommits(logging.Filter):

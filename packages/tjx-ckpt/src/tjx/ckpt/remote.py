@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 from orbax.checkpoint.path import atomicity
@@ -35,7 +34,7 @@ from tjx.ckpt.durable import (
     FILE_SIZES,
     FILE_SIZES_FORMAT,
     FILE_SIZES_VERSION,
-    STEP_METADATA,
+    MetadataStoreMixin,
 )
 from tjx.ckpt.errors import CheckpointCommitError
 from tjx.ckpt.objects import file_sizes, write_whole
@@ -65,38 +64,19 @@ def record_and_commit(step_dir: Any, marker_text: str) -> None:
         ) from err
 
 
-class CommitMarkerTemporaryPath(atomicity.CommitFileTemporaryPath):
+class CommitMarkerTemporaryPath(MetadataStoreMixin, atomicity.CommitFileTemporaryPath):
     """orbax's commit-file step commit, plus the file list before the marker (module docstring).
 
     Given to orbax as the step's ``temporary_path_class`` on object stores; item folders keep
     orbax's plain commit file (the step's marker covers them).
     """
 
-    def __init__(
-        self,
-        *args: Any,
-        checkpoint_metadata_store: Any = None,
-        snapshot_type: Any = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            *args,
-            checkpoint_metadata_store=checkpoint_metadata_store,
-            snapshot_type=snapshot_type,
-            **kwargs,
-        )
-        self._tjx_store = checkpoint_metadata_store
-
     async def finalize(self) -> None:
         """Records the commit time in the step metadata, then :func:`record_and_commit`."""
         await asyncio.to_thread(self._commit, self.get_final())
 
     def _commit(self, final: Any) -> None:
-        store = self._tjx_store
-        if store is not None:  # as orbax's finalize: the commit time, written before the marker
-            store.wait_until_finished()
-            store.update(file_path=final / STEP_METADATA, commit_timestamp_nsecs=time.time_ns())
-            store.wait_until_finished()
+        self._record_commit_time(final)  # before the marker
         record_and_commit(final, f"Checkpoint commit was successful to {final}")
 
 

@@ -30,7 +30,7 @@ import re
 import threading
 from dataclasses import dataclass
 
-from tjx.ckpt.errors import one_line
+from tjx.ckpt.errors import exception_chain, one_line
 
 __all__ = ["WriteFailure", "held_save_logs", "write_failure"]
 
@@ -57,15 +57,6 @@ class WriteFailure:
         return self.errno in (errno_codes.ENOSPC, errno_codes.EDQUOT, errno_codes.EFBIG)
 
 
-def _chain(error: BaseException | None) -> list[BaseException]:
-    """``error`` and the exceptions it was raised from or during, once each."""
-    seen: list[BaseException] = []
-    while error is not None and not any(error is e for e in seen):
-        seen.append(error)
-        error = error.__cause__ or error.__context__
-    return seen
-
-
 def write_failure(error: BaseException) -> WriteFailure | None:
     """The OS error a failed save raised (anywhere in its chain), or None when it was not one.
 
@@ -78,7 +69,7 @@ def write_failure(error: BaseException) -> WriteFailure | None:
     >>> write_failure(TypeError("a bug")) is None
     True
     """
-    chain = _chain(error)
+    chain = exception_chain(error)
     if any(all(word in str(e) for word in _PEER_GONE) for e in chain):
         return None
     for e in chain:

@@ -11,12 +11,17 @@ from typing import Any
 
 import numpy as np
 
-from tjx.data.errors import DataError
-from tjx.data.packing import PackingPlan, TokenStream, make_batch, target_positions
+from tjx.data.packing import (
+    PackingPlan,
+    TokenStream,
+    make_batch,
+    resume_position,
+    target_positions,
+)
 from tjx.data.shards import ShardIndex, check_tokenizer, load_index
 from tjx.data.tokenizers import Tokenizer
 
-__all__ = ["SWITCH_AFTER", "PackedLoader", "validation_batches"]
+__all__ = ["SWITCH_AFTER", "PackedLoader", "PlannedLoader", "validation_batches"]
 
 Batch = dict[str, np.ndarray]
 STATE_VERSION = 1
@@ -69,7 +74,40 @@ def _produce(
         _put(out, stop, exc)
 
 
-class PackedLoader:
+class PlannedLoader:
+    """What `PackedLoader` and the chat loaders share: the facts of their `PackingPlan`, the
+    order of the current epoch, the iterator protocol (a subclass sets ``plan``, ``_epoch``
+    and ``_orders`` and defines ``__next__``)."""
+
+    plan: PackingPlan
+    _epoch: int
+    _orders: dict[int, np.ndarray]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Batches per epoch, the same on every process."""
+        return self.plan.steps_per_epoch
+
+    @property
+    def epoch(self) -> int:
+        """Epoch of the next batch."""
+        return self._epoch
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """This process's window (or row) ids for ``epoch``, ``[steps_per_epoch, batch_size]``
+        (-1: padding)."""
+        if epoch not in self._orders:
+            self._orders = {epoch: self.plan.epoch_order(epoch)}  # keep one: memory stays flat
+        return self._orders[epoch]
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        raise NotImplementedError
+
+
+class PackedLoader(PlannedLoader):
     """Iterator of packed batches ``{"inputs", "targets", "segment_ids", "positions"}``.
 
     Each value is int32 ``[batch_size, seq_len]`` (the per-process batch). The exact order,
@@ -171,25 +209,9 @@ class PackedLoader:
 
     # -- facts -------------------------------------------------------------------------------
     @property
-    def steps_per_epoch(self) -> int:
-        """Batches per epoch, the same on every process."""
-        return self.plan.steps_per_epoch
-
-    @property
-    def epoch(self) -> int:
-        """Epoch of the next batch."""
-        return self._epoch
-
-    @property
     def bytes_per_token(self) -> float:
         """UTF-8 bytes per token of the split, for bits/byte."""
         return self.index.bytes_per_token
-
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """This process's window ids for ``epoch``, ``[steps_per_epoch, batch_size]``."""
-        if epoch not in self._orders:
-            self._orders = {epoch: self.plan.epoch_order(epoch)}  # keep one: memory stays flat
-        return self._orders[epoch]
 
     def batch_at(self, epoch: int, step: int) -> Batch:
         """The batch of ``(epoch, step)``: a pure function of the plan (used by ``__next__``)."""
@@ -235,9 +257,6 @@ class PackedLoader:
             self._stop.set()
             self._thread.join()
             self._thread, self._queue = None, None
-
-    def __iter__(self) -> Iterator[Batch]:
-        return self
 
     def __next__(self) -> Batch:
         arrived = time.perf_counter()
@@ -287,18 +306,11 @@ class PackedLoader:
     # -- resume ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable position (+ the settings it is only valid with)."""
-        plan = self.plan
         return {
             "version": STATE_VERSION,
             "epoch": self._epoch,
             "step": self._step,
-            "seq_len": plan.seq_len,
-            "batch_size": plan.batch_size,
-            "seed": plan.seed,
-            "shuffle": plan.shuffle,
-            "drop_last": plan.drop_last,
-            "process_index": plan.process_index,
-            "process_count": plan.process_count,
+            **self.plan.settings(),
             "fingerprint": self.index.fingerprint,
             "tokens": self.index.tokens,
         }
@@ -312,18 +324,11 @@ class PackedLoader:
             If the state was made with other settings or other shards (it would not resume the
             same sequence of batches).
         """
-        if state.get("version") != STATE_VERSION:
-            raise DataError(f"loader state version {state.get('version')!r} is not supported")
-        mine = self.state_dict()
-        wrong = [f"{k}: saved {state.get(k)!r}, now {mine[k]!r}" for k in _MUST_MATCH
-                 if state.get(k) != mine[k]]  # fmt: skip
-        if wrong:
-            raise DataError("loader state does not match this loader: " + "; ".join(wrong))
-        step = int(state["step"])
-        if not 0 <= step < self.steps_per_epoch:
-            raise DataError(f"loader state step {step} outside [0, {self.steps_per_epoch})")
+        position = resume_position(
+            state, self.state_dict(), _MUST_MATCH, self.steps_per_epoch, "loader"
+        )
         self.close()
-        self._epoch, self._step = int(state["epoch"]), step
+        self._epoch, self._step = position
 
 
 def validation_batches(

@@ -24,7 +24,9 @@ target ``IGNORE_INDEX`` (-100).
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -38,6 +40,7 @@ __all__ = [
     "excluded",
     "make_batch",
     "random_batch",
+    "resume_position",
     "segments_and_positions",
     "target_positions",
 ]
@@ -154,6 +157,64 @@ class PackingPlan:
             order = np.concatenate([order, np.full(total - windows, -1, dtype=order.dtype)])
         grid = order[:total].reshape(self.steps_per_epoch, self.process_count, self.batch_size)
         return np.ascontiguousarray(grid[:, self.process_index, :])
+
+    def settings(self) -> dict[str, Any]:
+        """The settings a loader's saved position is only valid with (for its ``state_dict``)."""
+        return {
+            "seq_len": self.seq_len,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+            "process_index": self.process_index,
+            "process_count": self.process_count,
+        }
+
+
+def resume_position(
+    state: dict[str, Any],
+    mine: dict[str, Any],
+    must_match: Sequence[str],
+    steps_per_epoch: int,
+    name: str,
+) -> tuple[int, int]:
+    """The ``(epoch, step)`` a loader continues from, after checking a saved ``state``.
+
+    Parameters
+    ----------
+    state:
+        A loader's saved ``state_dict()``.
+    mine:
+        This loader's ``state_dict()`` (its ``"version"`` is the one it reads).
+    must_match:
+        The keys that must be equal in both (settings and data).
+    steps_per_epoch:
+        This loader's batches per epoch (the saved step must lie inside).
+    name:
+        The loader named in the errors (``"loader"``, ``"chat loader"``).
+
+    Returns
+    -------
+    tuple[int, int]
+        The saved epoch and step.
+
+    Raises
+    ------
+    DataError
+        Another version, a key of ``must_match`` that differs (the message names each
+        difference), or a step outside the epoch: the loader would not continue the same
+        sequence of batches.
+    """
+    if state.get("version") != mine["version"]:
+        raise DataError(f"{name} state version {state.get('version')!r} is not supported")
+    wrong = [f"{k}: saved {state.get(k)!r}, now {mine[k]!r}" for k in must_match
+             if state.get(k) != mine[k]]  # fmt: skip
+    if wrong:
+        raise DataError(f"{name} state does not match this loader: " + "; ".join(wrong))
+    step = int(state["step"])
+    if not 0 <= step < steps_per_epoch:
+        raise DataError(f"{name} state step {step} outside [0, {steps_per_epoch})")
+    return int(state["epoch"]), step
 
 
 @functools.lru_cache(maxsize=8)

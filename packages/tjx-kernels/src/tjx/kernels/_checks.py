@@ -6,7 +6,7 @@ sees the contract instead of an XLA shape error deep inside a kernel.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -118,12 +118,20 @@ def split_segment_ids(segment_ids: SegmentIds | None) -> tuple[Array | None, Arr
 
 def check_kv_lengths(kv_lengths: Array | None, shapes: AttentionShapes) -> None:
     """Validate ``kv_lengths``: integer [batch]."""
-    if kv_lengths is None:
+    _check_vector("kv_lengths", kv_lengths, shapes.batch, jnp.integer, "an integer")
+
+
+def _check_vector(
+    name: str, x: Array | None, size: int, kind: Any, kind_words: str, why: str = ""
+) -> None:
+    """``x`` None, or ``[size]`` of a dtype of ``kind`` (else a ``ValueError`` naming ``name``,
+    ``kind_words`` and ``why`` the size is what it is)."""
+    if x is None:
         return
-    if kv_lengths.shape != (shapes.batch,) or not jnp.issubdtype(kv_lengths.dtype, jnp.integer):
+    if x.shape != (size,) or not jnp.issubdtype(x.dtype, kind):
         raise ValueError(
-            f"`kv_lengths` must be an integer array of shape {(shapes.batch,)}; "
-            f"got {kv_lengths.dtype}{tuple(kv_lengths.shape)}"
+            f"`{name}` must be {kind_words} array of shape {(size,)}{why}; "
+            f"got {x.dtype}{tuple(x.shape)}"
         )
 
 
@@ -160,13 +168,8 @@ def check_scale(scale: float | None) -> None:
 
 def check_sinks(sinks: Array | None, shapes: AttentionShapes) -> None:
     """Validate attention ``sinks``: None, or one floating logit per query head ``[heads]``."""
-    if sinks is None:
-        return
-    if sinks.shape != (shapes.num_heads,) or not jnp.issubdtype(sinks.dtype, jnp.floating):
-        raise ValueError(
-            f"`sinks` must be a floating array of shape {(shapes.num_heads,)} (one logit per "
-            f"query head); got {sinks.dtype}{tuple(sinks.shape)}"
-        )
+    why = " (one logit per query head)"
+    _check_vector("sinks", sinks, shapes.num_heads, jnp.floating, "a floating", why)
 
 
 def check_window(window: int | None) -> None:

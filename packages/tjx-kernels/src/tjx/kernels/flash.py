@@ -181,7 +181,18 @@ def pad_rows(x: Array, rows: int, cols: int, axis: int = 1) -> Array:
     return jnp.pad(x, widths)
 
 
-def check_call(
+class CallSetup(NamedTuple):
+    """One checked call's kernel config, its padded (q_len, kv_len, head_dim) and segment ids."""
+
+    cfg: KernelConfig
+    q_pad: int
+    kv_pad: int
+    d_pad: int
+    q_ids: Array | None
+    kv_ids: Array | None
+
+
+def setup_call(
     shapes: AttentionShapes,
     dtype: Any,
     mask: AttentionMask,
@@ -190,10 +201,13 @@ def check_call(
     softcap: float | None,
     block_q: int | None,
     block_k: int | None,
+    interpret: bool | None,
     launch: LaunchDefaults | None,
-) -> None:
-    """The checks every flash entry makes past its inputs' shapes (``ValueError`` naming the
-    argument and what is supported)."""
+) -> CallSetup | None:
+    """Check one call past its inputs' shapes (the checks every flash entry makes: a
+    ``ValueError`` naming the argument and what is supported) and make its kernel config (scale
+    ``None``: ``1/sqrt(head_dim)``); None when either length is 0 (nothing to tile: no query
+    rows, or no key for any row to see)."""
     check_mask(mask)
     check_segment_ids(mask.segment_ids, shapes)
     for part in ("kv_lengths", "chunk", "sinks"):
@@ -219,38 +233,24 @@ def check_call(
         raise ValueError(
             "`q` dtype float64 is not supported by flash_attention; use bf16/fp16/fp32"
         )
-
-
-def call_config(
-    shapes: AttentionShapes,
-    dtype: Any,
-    *,
-    causal: bool,
-    has_segments: bool,
-    scale: float | None,
-    block_q: int | None,
-    block_k: int | None,
-    interpret: bool | None,
-    launch: LaunchDefaults | None,
-    softcap: float | None,
-    window: int | None,
-) -> tuple[KernelConfig, int, int, int]:
-    """The kernel config of one checked call (scale ``None``: ``1/sqrt(head_dim)``) and its
-    padded (q_len, kv_len, head_dim)."""
+    if shapes.q_len == 0 or shapes.kv_len == 0:
+        return None  # padding a length of 0 up to a block would invent keys
+    q_ids, kv_ids = split_segment_ids(mask.segment_ids)
     sm_scale = 1.0 / math.sqrt(shapes.head_dim) if scale is None else float(scale)
-    return _make_config(
+    cfg, q_pad, kv_pad, d_pad = _make_config(
         shapes,
         dtype=dtype,
-        causal=causal,
-        has_segments=has_segments,
+        causal=mask.causal,
+        has_segments=q_ids is not None,
         scale=sm_scale,
         block_q=block_q,
         block_k=block_k,
         interpret=resolve_interpret(interpret),
         launch=launch,
         softcap=softcap,
-        window=window,
+        window=mask.window,
     )
+    return CallSetup(cfg, q_pad, kv_pad, d_pad, q_ids, kv_ids)
 
 
 def prepare_call(
@@ -269,7 +269,7 @@ def prepare_call(
     """Validate one call and pad it to the kernel's tiles; the bare shapes when either length is
     0 (nothing to tile: no query rows, or no key for any row to see)."""
     shapes = check_qkv(q, k, v)
-    check_call(
+    setup = setup_call(
         shapes,
         q.dtype,
         mask,
@@ -277,24 +277,12 @@ def prepare_call(
         softcap=softcap,
         block_q=block_q,
         block_k=block_k,
-        launch=launch,
-    )
-    if shapes.q_len == 0 or shapes.kv_len == 0:
-        return shapes  # padding a length of 0 up to a block would invent keys
-    q_ids, kv_ids = split_segment_ids(mask.segment_ids)
-    cfg, q_pad, kv_pad, d_pad = call_config(
-        shapes,
-        q.dtype,
-        causal=mask.causal,
-        has_segments=q_ids is not None,
-        scale=scale,
-        block_q=block_q,
-        block_k=block_k,
         interpret=interpret,
         launch=launch,
-        softcap=softcap,
-        window=mask.window,
     )
+    if setup is None:
+        return shapes
+    cfg, q_pad, kv_pad, d_pad, q_ids, kv_ids = setup
     dq_, dk_, dd = q_pad - shapes.q_len, kv_pad - shapes.kv_len, d_pad - shapes.head_dim
     if q_ids is not None and kv_ids is not None:
         q_ids = jnp.pad(q_ids, ((0, 0), (0, dq_)))

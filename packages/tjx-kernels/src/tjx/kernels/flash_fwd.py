@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -308,6 +309,41 @@ def _fwd_kernel(
     lse_ref[...] = jnp.where(empty, jnp.inf, m + jnp.log2(denom))
 
 
+def _forward_call(
+    kernel: Callable[..., None],
+    name: str,
+    cfg: KernelConfig,
+    in_specs: list[pl.BlockSpec | None],
+    operands: tuple[Array | None, ...],
+    sources: tuple[Array | None, ...],
+    out_like: Any,
+) -> tuple[Array, Array]:
+    """One launch of a forward kernel over the grid (query block, batch row, head): ``(out``
+    of ``out_like``'s shape ``[b, s_q, h, d]`` and dtype, ``lse2 [b, h, s_q])``; ``sources``
+    are the arrays the call reads (for the results' varying axes, `out_struct`)."""
+    b, s_q, h, d = out_like.shape
+    bq = cfg.block_q
+    out_specs = [
+        pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, i, hi, 0)),
+        pl.BlockSpec((None, None, bq), lambda i, bi, hi: (bi, hi, i)),
+    ]
+    out_shape = [
+        out_struct(out_like.shape, out_like.dtype, *sources),
+        out_struct((b, h, s_q), jnp.float32, *sources),
+    ]
+    out, lse = pl.pallas_call(
+        functools.partial(kernel, cfg=cfg),
+        grid=(s_q // bq, b, h),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        out_shape=out_shape,
+        compiler_params=cfg.compiler_params(),
+        interpret=cfg.interpret,
+        name=name,
+    )(*operands)
+    return out, lse
+
+
 def flash_forward(
     q: Array,
     k: Array,
@@ -317,10 +353,8 @@ def flash_forward(
     cfg: KernelConfig,
 ) -> tuple[Array, Array]:
     """Run the forward kernel on padded inputs; returns (out [b, s_q, h, d], lse2 [b, h, s_q])."""
-    b, s_q, h, d = q.shape
-    s_k = k.shape[1]
+    d, s_k = q.shape[3], k.shape[1]
     bq, g = cfg.block_q, cfg.groups
-    grid = (s_q // bq, b, h)
     in_specs: list[pl.BlockSpec | None] = [
         pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, i, hi, 0)),
         pl.BlockSpec((None, s_k, None, d), lambda i, bi, hi: (bi, 0, hi // g, 0)),
@@ -328,25 +362,8 @@ def flash_forward(
         None if q_ids is None else pl.BlockSpec((None, bq), lambda i, bi, hi: (bi, i)),
         None if kv_ids is None else pl.BlockSpec((None, s_k), lambda i, bi, hi: (bi, 0)),
     ]
-    out_specs = [
-        pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, i, hi, 0)),
-        pl.BlockSpec((None, None, bq), lambda i, bi, hi: (bi, hi, i)),
-    ]
-    out_shape = [
-        out_struct(q.shape, q.dtype, q, k, v, q_ids, kv_ids),
-        out_struct((b, h, s_q), jnp.float32, q, k, v, q_ids, kv_ids),
-    ]
-    out, lse = pl.pallas_call(
-        functools.partial(_fwd_kernel, cfg=cfg),
-        grid=grid,
-        in_specs=in_specs,
-        out_specs=out_specs,
-        out_shape=out_shape,
-        compiler_params=cfg.compiler_params(),
-        interpret=cfg.interpret,
-        name="tjx_flash_fwd",
-    )(q, k, v, q_ids, kv_ids)
-    return out, lse
+    operands = (q, k, v, q_ids, kv_ids)
+    return _forward_call(_fwd_kernel, "tjx_flash_fwd", cfg, in_specs, operands, operands, q)
 
 
 #: Slots of a stacked ``qkv`` ``[b, s, 3, h, d]`` (:mod:`tjx.kernels.flash_qkv`).
@@ -421,7 +438,6 @@ def flash_forward_qkv(
     (out [b, s, h, d], lse2 [b, h, s]), as :func:`flash_forward`."""
     b, s, _, h, d = qkv.shape
     bq = cfg.block_q
-    grid = (s // bq, b, h)
     biases = (q_bias, k_bias, v_bias)
     flat, head = slot_view(qkv)
 
@@ -436,24 +452,11 @@ def flash_forward_qkv(
         None if kv_ids is None else pl.BlockSpec((None, s), lambda i, bi, hi: (bi, 0)),
         *bias_specs(biases, d, lambda i, bi, hi: hi),
     ]
-    out_specs = [
-        pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, i, hi, 0)),
-        pl.BlockSpec((None, None, bq), lambda i, bi, hi: (bi, hi, i)),
-    ]
-    out_shape = [
-        out_struct((b, s, h, d), qkv.dtype, qkv, q_ids, kv_ids, *biases),
-        out_struct((b, h, s), jnp.float32, qkv, q_ids, kv_ids, *biases),
-    ]
     # The one array is three operands of the call (query, key, value tiles): XLA passes the
     # same buffer three times, and the kernel body is the separate-array kernel's.
-    out, lse = pl.pallas_call(
-        functools.partial(_fwd_qkv_kernel, cfg=cfg),
-        grid=grid,
-        in_specs=in_specs,
-        out_specs=out_specs,
-        out_shape=out_shape,
-        compiler_params=cfg.compiler_params(),
-        interpret=cfg.interpret,
-        name="tjx_flash_qkv_fwd",
-    )(flat, flat, flat, q_ids, kv_ids, *biases)
-    return out, lse
+    operands = (flat, flat, flat, q_ids, kv_ids, *biases)
+    sources = (qkv, q_ids, kv_ids, *biases)
+    out_like = jax.ShapeDtypeStruct((b, s, h, d), qkv.dtype)
+    return _forward_call(
+        _fwd_qkv_kernel, "tjx_flash_qkv_fwd", cfg, in_specs, operands, sources, out_like
+    )

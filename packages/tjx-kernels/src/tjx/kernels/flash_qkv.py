@@ -31,8 +31,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from tjx.kernels._checks import check_stacked_qkv, split_segment_ids
-from tjx.kernels.flash import call_config, check_call, pad_rows
+from tjx.kernels._checks import check_stacked_qkv
+from tjx.kernels.flash import pad_rows, setup_call
 from tjx.kernels.flash_fwd import KernelConfig
 from tjx.kernels.launch import LaunchDefaults
 from tjx.kernels.mask import AttentionMask
@@ -157,7 +157,8 @@ def flash_attention_qkv(
     if biases is not None and not biases_in_kernel(qkv.dtype, shapes.head_dim):
         qkv, biases = qkv + jnp.stack(biases)[None, None], None  # XLA's one loop
     mask = AttentionMask() if mask is None else mask
-    check_call(
+    b, s, _, h, d = qkv.shape
+    setup = setup_call(
         shapes,
         qkv.dtype,
         mask,
@@ -165,25 +166,12 @@ def flash_attention_qkv(
         softcap=softcap,
         block_q=block_q,
         block_k=block_k,
-        launch=launch,
-    )
-    b, s, _, h, d = qkv.shape
-    if s == 0:
-        return jnp.zeros((b, s, h, d), qkv.dtype)  # no row: the biases' gradients are 0 too
-    q_ids, kv_ids = split_segment_ids(mask.segment_ids)
-    cfg, q_pad, kv_pad, d_pad = call_config(
-        shapes,
-        qkv.dtype,
-        causal=mask.causal,
-        has_segments=q_ids is not None,
-        scale=scale,
-        block_q=block_q,
-        block_k=block_k,
         interpret=interpret,
         launch=launch,
-        softcap=softcap,
-        window=mask.window,
     )
+    if setup is None:
+        return jnp.zeros((b, s, h, d), qkv.dtype)  # no row: the biases' gradients are 0 too
+    cfg, q_pad, kv_pad, d_pad, q_ids, kv_ids = setup
     # One buffer holds queries and keys: one padded length, a multiple of every tile (each pad
     # is a multiple of its power-of-two tiles, so the larger is of all of them).
     s_pad = max(q_pad, kv_pad)

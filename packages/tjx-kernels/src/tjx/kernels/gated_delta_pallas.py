@@ -40,6 +40,7 @@ as `tjx.kernels.partition` does for the flash kernels), and ``vmap`` folds into 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -56,7 +57,7 @@ from jax.experimental.pallas import triton as plgpu
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tjx.kernels.flash_fwd import out_struct
-from tjx.kernels.partition import _dim_entry, _entry, _size
+from tjx.kernels.partition import _batch_and_heads, _entry
 
 Array = jax.Array
 
@@ -161,12 +162,49 @@ def _specs(chunks: int, c: int, dk: int, bv: int) -> dict[str, pl.BlockSpec]:
     }
 
 
+#: The forward kernel's operands by kind (``w, u_tilde, ke, decay, s0``).
+_FWD_OPERANDS = ("keys", "values", "keys", "decay", "state")
 #: The backward kernel's operands by kind (``qd, w, ke, d_out, du_local, decay, d_final``).
 _BWD_OPERANDS = ("keys", "keys", "keys", "values", "values", "decay", "state")
 
 
 def _params(stages: int) -> Any:
     return plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=stages)
+
+
+def _chunk_scan(
+    kernel: Callable[..., None],
+    name: str,
+    kinds: tuple[str, ...],
+    ins: tuple[Array, ...],
+    dv: int,
+    interpret: bool,
+) -> tuple[Array, Array, Array]:
+    """One launch of a chunk-scan kernel over the grid (v block, batch row, head): operands
+    ``ins`` of ``kinds`` (the first a ``"keys"`` one, the last the state in its dtype); the
+    results by kind ``"states"``, ``"values"``, ``"state"``, in that dtype."""
+    b, h, rows, dk = ins[0].shape
+    chunks = ins[kinds.index("decay")].shape[-1] // dk
+    c = rows // chunks
+    dt = ins[-1].dtype
+    bv, stages = launch(c, dk, dv, jnp.dtype(dt).itemsize)
+    sp = _specs(chunks, c, dk, bv)
+    return tuple(  # type: ignore[return-value]
+        pl.pallas_call(
+            functools.partial(kernel, chunks=chunks, c=c, dk=dk),
+            grid=(dv // bv, b, h),
+            in_specs=[sp[kind] for kind in kinds],
+            out_specs=[sp["states"], sp["values"], sp["state"]],
+            out_shape=[
+                out_struct((b, h, chunks * dk, dv), dt, *ins),
+                out_struct((b, h, rows, dv), dt, *ins),
+                out_struct((b, h, dk, dv), dt, *ins),
+            ],
+            compiler_params=_params(stages),
+            interpret=interpret,
+            name=name,
+        )(*ins)
+    )
 
 
 def forward_states(
@@ -191,30 +229,8 @@ def forward_states(
         The state before each chunk ``[b, h, n·d_k, d_v]``, the new values ``U``
         ``[b, h, n·C, d_v]`` and the final state ``[b, h, d_k, d_v]``.
     """
-    b, h, rows, dk = w.shape
-    dv = u_tilde.shape[-1]
-    chunks = decay.shape[-1] // dk
-    c = rows // chunks
-    dt = s0.dtype
-    bv, stages = launch(c, dk, dv, jnp.dtype(dt).itemsize)
-    sp = _specs(chunks, c, dk, bv)
     ins = (w, u_tilde, ke, decay, s0)
-    return tuple(  # type: ignore[return-value]
-        pl.pallas_call(
-            functools.partial(_fwd_h_kernel, chunks=chunks, c=c, dk=dk),
-            grid=(dv // bv, b, h),
-            in_specs=[sp["keys"], sp["values"], sp["keys"], sp["decay"], sp["state"]],
-            out_specs=[sp["states"], sp["values"], sp["state"]],
-            out_shape=[
-                out_struct((b, h, chunks * dk, dv), dt, *ins),
-                out_struct((b, h, rows, dv), dt, *ins),
-                out_struct((b, h, dk, dv), dt, *ins),
-            ],
-            compiler_params=_params(stages),
-            interpret=interpret,
-            name=FWD_KERNEL,
-        )(*ins)
-    )
+    return _chunk_scan(_fwd_h_kernel, FWD_KERNEL, _FWD_OPERANDS, ins, u_tilde.shape[-1], interpret)
 
 
 def backward_states(
@@ -236,30 +252,8 @@ def backward_states(
         The cotangent of the state after each chunk ``[b, h, n·d_k, d_v]``, ``dU``
         ``[b, h, n·C, d_v]`` and the initial state's cotangent ``[b, h, d_k, d_v]``.
     """
-    b, h, rows, dk = w.shape
-    dv = d_out.shape[-1]
-    chunks = decay.shape[-1] // dk
-    c = rows // chunks
-    dt = d_final.dtype
-    bv, stages = launch(c, dk, dv, jnp.dtype(dt).itemsize)
-    sp = _specs(chunks, c, dk, bv)
     ins = (qd, w, ke, d_out, du_local, decay, d_final)
-    return tuple(  # type: ignore[return-value]
-        pl.pallas_call(
-            functools.partial(_bwd_dh_kernel, chunks=chunks, c=c, dk=dk),
-            grid=(dv // bv, b, h),
-            in_specs=[sp[kind] for kind in _BWD_OPERANDS],
-            out_specs=[sp["states"], sp["values"], sp["state"]],
-            out_shape=[
-                out_struct((b, h, chunks * dk, dv), dt, *ins),
-                out_struct((b, h, rows, dv), dt, *ins),
-                out_struct((b, h, dk, dv), dt, *ins),
-            ],
-            compiler_params=_params(stages),
-            interpret=interpret,
-            name=BWD_KERNEL,
-        )(*ins)
-    )
+    return _chunk_scan(_bwd_dh_kernel, BWD_KERNEL, _BWD_OPERANDS, ins, d_out.shape[-1], interpret)
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,12 +267,7 @@ def backward_states(
 def _kernel_sharding(mesh: Mesh, x: Any) -> NamedSharding:
     """``[b, h, ...]`` sharded as ``x``'s batch and head dimensions are, where the axes divide
     them (``x`` decides; the partitioner reshards the other operands to match)."""
-    batch = _dim_entry(mesh, x, 0)
-    if not batch or x.shape[0] % _size(mesh, batch):
-        batch = ()
-    heads = tuple(a for a in _dim_entry(mesh, x, 1) if a not in batch)
-    if not heads or x.shape[1] % _size(mesh, heads):
-        heads = ()
+    batch, heads = _batch_and_heads(mesh, x, 1, x.shape[1])
     return NamedSharding(mesh, PartitionSpec(_entry(batch), _entry(heads)))
 
 

@@ -117,13 +117,21 @@ def kernel_layout(mesh: Mesh, q: Any, k: Any) -> tuple[tuple[str, ...], tuple[st
     evenly divides the dimension (and, for heads, ``kv_heads``, so every shard holds whole GQA
     groups) and is not used twice.
     """
-    batch = _dim_entry(mesh, q, 0)
-    if not batch or q.shape[0] % _size(mesh, batch):
+    return _batch_and_heads(mesh, q, 2, k.shape[2])
+
+
+def _batch_and_heads(
+    mesh: Mesh, x: Any, head_dim: int, heads: int
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(batch axes, head axes) of ``x``'s sharding of dimension 0 and ``head_dim``: each kept
+    only when its size evenly divides the batch (the ``heads``) and not used twice."""
+    batch = _dim_entry(mesh, x, 0)
+    if not batch or x.shape[0] % _size(mesh, batch):
         batch = ()
-    heads = tuple(a for a in _dim_entry(mesh, q, 2) if a not in batch)
-    if not heads or k.shape[2] % _size(mesh, heads):
-        heads = ()
-    return batch, heads
+    axes = tuple(a for a in _dim_entry(mesh, x, head_dim) if a not in batch)
+    if not axes or heads % _size(mesh, axes):
+        axes = ()
+    return batch, axes
 
 
 def _specs(
@@ -237,22 +245,30 @@ def _bwd_partition(
     return mesh, local, (qkv, qkv, qkv), arg_shardings
 
 
-_forward_cp = custom_partitioning(flash_forward, static_argnums=(5,))
-# decode_shardings=False: the callbacks read the partitioner's shardings themselves (`_dim_entry`);
-# jax's decoding into a NamedSharding fails on a sub-axis sharding before they are called.
-_forward_cp.def_partition(
-    partition=_fwd_partition,
-    infer_sharding_from_operands=_fwd_infer,
-    sharding_rule=_fwd_rule,
-    decode_shardings=False,
-)
-_backward_cp = custom_partitioning(flash_backward, static_argnums=(8,))
-_backward_cp.def_partition(
-    partition=_bwd_partition,
-    infer_sharding_from_operands=_bwd_infer,
-    sharding_rule=_bwd_rule,
-    decode_shardings=False,
-)
+def _partitioned(
+    kernel: Callable[..., Any],
+    static_argnums: tuple[int, ...],
+    partition: Callable[..., Any],
+    infer: Callable[..., Any],
+    rule: Callable[..., SdyShardingRule],
+) -> Any:
+    """``kernel`` (its `KernelConfig`, if any, among ``static_argnums``) split by the
+    partitioner with these callbacks."""
+    cp = custom_partitioning(kernel, static_argnums=static_argnums)
+    # decode_shardings=False: the callbacks read the partitioner's shardings themselves
+    # (`_dim_entry`); jax's decoding into a NamedSharding fails on a sub-axis sharding before
+    # they are called.
+    cp.def_partition(
+        partition=partition,
+        infer_sharding_from_operands=infer,
+        sharding_rule=rule,
+        decode_shardings=False,
+    )
+    return cp
+
+
+_forward_cp = _partitioned(flash_forward, (5,), _fwd_partition, _fwd_infer, _fwd_rule)
+_backward_cp = _partitioned(flash_backward, (8,), _bwd_partition, _bwd_infer, _bwd_rule)
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,13 +279,7 @@ _backward_cp.def_partition(
 
 def _qkv_layout(mesh: Mesh, qkv: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(batch axes, head axes) of a stacked call, from ``qkv``'s sharding (as `kernel_layout`)."""
-    batch = _dim_entry(mesh, qkv, 0)
-    if not batch or qkv.shape[0] % _size(mesh, batch):
-        batch = ()
-    heads = tuple(a for a in _dim_entry(mesh, qkv, 3) if a not in batch)
-    if not heads or qkv.shape[3] % _size(mesh, heads):
-        heads = ()
-    return batch, heads
+    return _batch_and_heads(mesh, qkv, 3, qkv.shape[3])
 
 
 class _QkvSpecs(NamedTuple):
@@ -353,19 +363,11 @@ def _qkv_bwd_partition(
     return mesh, local, specs.qkv, args_out
 
 
-_forward_qkv_cp = custom_partitioning(flash_forward_qkv, static_argnums=(6,))
-_forward_qkv_cp.def_partition(
-    partition=_qkv_fwd_partition,
-    infer_sharding_from_operands=_qkv_fwd_infer,
-    sharding_rule=_qkv_fwd_rule,
-    decode_shardings=False,
+_forward_qkv_cp = _partitioned(
+    flash_forward_qkv, (6,), _qkv_fwd_partition, _qkv_fwd_infer, _qkv_fwd_rule
 )
-_backward_qkv_cp = custom_partitioning(flash_backward_qkv, static_argnums=(9,))
-_backward_qkv_cp.def_partition(
-    partition=_qkv_bwd_partition,
-    infer_sharding_from_operands=_qkv_bwd_infer,
-    sharding_rule=_qkv_bwd_rule,
-    decode_shardings=False,
+_backward_qkv_cp = _partitioned(
+    flash_backward_qkv, (9,), _qkv_bwd_partition, _qkv_bwd_infer, _qkv_bwd_rule
 )
 
 #: The partitioned kernel calls, by (stacked, backward).
@@ -570,13 +572,7 @@ def _identity(*xs: Array) -> tuple[Array, ...]:
     return tuple(xs)
 
 
-_align_cp = custom_partitioning(_identity)
-_align_cp.def_partition(  # decode_shardings=False: as the flash kernels' (`_dim_entry`)
-    partition=_align_partition,
-    infer_sharding_from_operands=_align_infer,
-    sharding_rule=_align_rule,
-    decode_shardings=False,
-)
+_align_cp = _partitioned(_identity, (), _align_partition, _align_infer, _align_rule)
 
 
 @jax.custom_vjp

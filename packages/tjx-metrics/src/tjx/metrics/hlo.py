@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,11 +166,10 @@ class HloModule:
         return int(match.group(1)) if match else 1
 
 
-def _closing(text: str, start: int) -> int:
-    """Index of the bracket closing the one at ``start`` (quotes and nesting respected)."""
-    pairs = {"(": ")", "{": "}", "[": "]"}
-    stack = [pairs[text[start]]]
-    i, quote = start + 1, False
+def _unquoted(text: str, start: int) -> Iterator[tuple[int, str]]:
+    """``(index, character)`` of ``text`` from ``start`` on, outside double-quoted strings
+    (their quotes and backslash escapes included)."""
+    i, quote = start, False
     while i < len(text):
         ch = text[i]
         if quote:
@@ -179,36 +179,36 @@ def _closing(text: str, start: int) -> int:
                 quote = False
         elif ch == '"':
             quote = True
-        elif ch in pairs:
+        else:
+            yield i, ch
+        i += 1
+
+
+def _closing(text: str, start: int) -> int:
+    """Index of the bracket closing the one at ``start`` (quotes and nesting respected)."""
+    pairs = {"(": ")", "{": "}", "[": "]"}
+    stack = [pairs[text[start]]]
+    for i, ch in _unquoted(text, start + 1):
+        if ch in pairs:
             stack.append(pairs[ch])
         elif ch == stack[-1]:
             stack.pop()
             if not stack:
                 return i
-        i += 1
     raise ValueError(f"unbalanced brackets in HLO text: {text[start:start + 80]!r}")
 
 
 def _split_top(text: str) -> list[str]:
     """Split at commas outside brackets and quotes."""
-    parts, depth, quote, start, i = [], 0, False, 0, 0
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                quote = False
-        elif ch == '"':
-            quote = True
-        elif ch in "({[":
+    parts, depth, start = [], 0, 0
+    for i, ch in _unquoted(text, 0):
+        if ch in "({[":
             depth += 1
         elif ch in ")}]":
             depth -= 1
         elif ch == "," and depth == 0:
             parts.append(text[start:i])
             start = i + 1
-        i += 1
     parts.append(text[start:])
     return [p.strip() for p in parts if p.strip()]
 

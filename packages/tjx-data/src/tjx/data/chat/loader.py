@@ -20,6 +20,8 @@ import numpy as np
 from tjx.data.chat.packing import RowPlan, Truncation, build_rows, kept_lengths, pack_rows
 from tjx.data.chat.store import SequenceIndex, load_sequences
 from tjx.data.errors import DataError
+from tjx.data.loader import PlannedLoader
+from tjx.data.packing import resume_position
 from tjx.data.tokenizers import Tokenizer
 
 __all__ = ["ChatLoader", "PreferenceLoader", "PromptLoader", "chat_validation_batches"]
@@ -30,7 +32,7 @@ _MUST_MATCH = ("kind", "seq_len", "batch_size", "seed", "shuffle", "drop_last", 
                "process_count", "fingerprint", "template", "sequences", "tokens")  # fmt: skip
 
 
-class _RowLoader:
+class _RowLoader(PlannedLoader):
     """What both loaders share: the split, the truncation, the row plan, iteration and resume."""
 
     kind = ""
@@ -127,30 +129,11 @@ class _RowLoader:
         return self.tokens[start : start + keep], self.mask[start : start + keep]
 
     # -- facts -------------------------------------------------------------------------------
-    @property
-    def steps_per_epoch(self) -> int:
-        """Batches per epoch, the same on every process."""
-        return self.plan.steps_per_epoch
-
-    @property
-    def epoch(self) -> int:
-        """Epoch of the next batch."""
-        return self._epoch
-
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """This process's row ids for ``epoch``, ``[steps_per_epoch, batch_size]`` (-1: padding)."""
-        if epoch not in self._orders:
-            self._orders = {epoch: self.plan.epoch_order(epoch)}
-        return self._orders[epoch]
-
     def batch_at(self, epoch: int, step: int) -> Batch:
         """The batch of ``(epoch, step)``: a pure function of the split and the settings."""
         return self._rows(self.epoch_order(epoch)[step])
 
     # -- iteration ---------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[Batch]:
-        return self
-
     def __next__(self) -> Batch:
         if self.num_epochs is not None and self._epoch >= self.num_epochs:
             raise StopIteration
@@ -166,19 +149,13 @@ class _RowLoader:
     # -- resume ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable position (+ the settings and data it is only valid with)."""
-        plan, index = self.plan, self.index
+        index = self.index
         return {
             "version": STATE_VERSION,
             "kind": self.kind,
             "epoch": self._epoch,
             "step": self._step,
-            "seq_len": plan.seq_len,
-            "batch_size": plan.batch_size,
-            "seed": plan.seed,
-            "shuffle": plan.shuffle,
-            "drop_last": plan.drop_last,
-            "process_index": plan.process_index,
-            "process_count": plan.process_count,
+            **self.plan.settings(),
             "fingerprint": index.fingerprint,
             "template": index.template,
             "sequences": index.sequences,
@@ -194,17 +171,9 @@ class _RowLoader:
             Another version, setting, tokenizer, chat template or split (it would not continue
             the same sequence of batches); the message names each difference.
         """
-        if state.get("version") != STATE_VERSION:
-            raise DataError(f"chat loader state version {state.get('version')!r} is not supported")
-        mine = self.state_dict()
-        wrong = [f"{k}: saved {state.get(k)!r}, now {mine[k]!r}" for k in _MUST_MATCH
-                 if state.get(k) != mine[k]]  # fmt: skip
-        if wrong:
-            raise DataError("chat loader state does not match this loader: " + "; ".join(wrong))
-        step = int(state["step"])
-        if not 0 <= step < self.steps_per_epoch:
-            raise DataError(f"chat loader state step {step} outside [0, {self.steps_per_epoch})")
-        self._epoch, self._step = int(state["epoch"]), step
+        self._epoch, self._step = resume_position(
+            state, self.state_dict(), _MUST_MATCH, self.steps_per_epoch, "chat loader"
+        )
 
 
 class ChatLoader(_RowLoader):

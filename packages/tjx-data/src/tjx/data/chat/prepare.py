@@ -12,7 +12,6 @@ evaluator find the same folder); a cached split's rows are not read again.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from tjx.data.errors import DataError
 from tjx.data.prepare import SPLITS, needs_held_out, shard_key
 from tjx.data.sources import is_local_source
 from tjx.data.sources.hub import hub_error, open_hub_dataset
-from tjx.data.sources.local import resolve_files
+from tjx.data.sources.local import jsonl_rows, resolve_files
 
 __all__ = ["PreparedSequences", "Rows", "load_rows", "prepare_chat_data", "split_rows"]
 
@@ -57,21 +56,14 @@ class Rows:
 
 
 def _jsonl_located(path: Path) -> Located:
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"{path}: line {number} is not valid UTF-8 ({exc.reason})"
-                ) from None
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {number}: invalid JSON ({exc.msg})") from None
-            yield f"{path}: line {number}", row
+    def decode(raw: bytes, number: int, offset: int) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: line {number} is not valid UTF-8 ({exc.reason})") from None
+
+    for number, _, row in jsonl_rows(path, decode):
+        yield f"{path}: line {number}", row
 
 
 def _parquet_located(path: Path) -> Located:

@@ -7,8 +7,9 @@ import glob as globlib
 import itertools
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from tjx.data.documents import Origin
 from tjx.data.errors import DataError
@@ -63,21 +64,44 @@ def resolve_files(path_or_glob: str, split: str) -> list[Path]:
     return files
 
 
-def _iter_jsonl(path: Path, text_field: str, errors: str) -> Iterator[tuple[str, Origin]]:
-    offset, name = 0, str(path.resolve())
+def jsonl_rows(
+    path: Path, decode: Callable[[bytes, int, int], str]
+) -> Iterator[tuple[int, int, Any]]:
+    """``(line number, byte offset, row)`` of each non-blank line of a JSON-lines file.
+
+    Parameters
+    ----------
+    path:
+        The file.
+    decode:
+        ``decode(raw, line number, byte offset)``: the line's text (raising the caller's
+        `DataError` for bytes that are not text).
+
+    Raises
+    ------
+    DataError
+        A line that is not JSON, named by its number.
+    """
+    offset = 0
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             start, offset = offset, offset + len(raw)
-            line = _decode(raw, path, start, errors).strip()
+            line = decode(raw, number, start).strip()
             if not line:
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}: line {number}: invalid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
-                raise DataError(f"{path}: line {number}: no string field {text_field!r}")
-            yield row[text_field], Origin(name, line=number, byte=start)
+            yield number, start, row
+
+
+def _iter_jsonl(path: Path, text_field: str, errors: str) -> Iterator[tuple[str, Origin]]:
+    name = str(path.resolve())
+    for number, start, row in jsonl_rows(path, lambda raw, _, at: _decode(raw, path, at, errors)):
+        if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+            raise DataError(f"{path}: line {number}: no string field {text_field!r}")
+        yield row[text_field], Origin(name, line=number, byte=start)
 
 
 #: The logger of datasets' Parquet reader, which logs "Failed to read schema from '…' with error

@@ -38,6 +38,11 @@ def _moe_key_both_ways(d):
     (d / "both.yaml").write_text(both)
 
 
+def _gemma4_key_both_ways(d):
+    both = "base: tiny\nmodel:\n  kind: llama\n  value_norm: true\n  gemma4: {value_norm: false}\n"
+    (d / "both.yaml").write_text(both)
+
+
 def _empty_text(d):
     (d / "empty.txt").write_text("")
 
@@ -205,7 +210,7 @@ KV_SHARED = [
     "model.num_layers=3",
     "model.sliding_window=16",
     "model.window_pattern=[local,global]",
-    "model.kv_shared_layers=1",
+    "model.gemma4.kv_shared_layers=1",
 ]
 
 
@@ -301,6 +306,20 @@ CASES = [
         ["--config", "moe_tiny", "--run-dir", "r", "--set", "model.moe.experts_per_token=9"],
         None,
         "model.moe.experts_per_token: 9 is more than the 4 experts",
+    ),
+    (
+        "gemma4-key-flat-and-in-its-section",
+        T,
+        ["--config", "both.yaml", "--run-dir", "r"],
+        _gemma4_key_both_ways,
+        "model.value_norm: is model.gemma4.value_norm now, which is set too",
+    ),
+    (
+        "gemma4-section-value",
+        T,
+        [*TINY, "--set", "model.kind=llama", "--set", "model.gemma4.per_layer_input_dim=-1"],
+        None,
+        "model.gemma4.per_layer_input_dim must be an int >= 0; got -1",
     ),
     ("missing-data-file", T, [*TINY, "--data", "./nope.txt"], None, "data.source: no such file"),
     ("empty-data-file", T, [*TINY, "--data", "./empty.txt"], _empty_text, "empty"),
@@ -679,8 +698,8 @@ CASES = [
         T,
         [*LLAMA, *_sets(KV_SHARED), *CONTEXT],
         None,
-        "model.kv_shared_layers: layers that read an earlier layer's keys and values (1) do not "
-        "run on a split sequence with mesh.context=2",
+        "model.gemma4.kv_shared_layers: layers that read an earlier layer's keys and values (1) "
+        "do not run on a split sequence with mesh.context=2",
     ),
     (
         "init-from-delta-layers-on-a-split-sequence",

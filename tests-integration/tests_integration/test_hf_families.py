@@ -751,10 +751,11 @@ def test_the_gemma4_case_exercises_each_piece(results):
     r = results["gemma4"]
     c = r["config"]
     assert c.layer_windows() == (WINDOW, None, WINDOW, None)
-    assert (c.global_head_dim, c.global_kv_heads, c.global_values_from_keys) == (32, 1, True)
-    assert (c.kv_shared_layers, c.kv_shared_mlp_dim, c.per_layer_input_dim) == (2, 96, 8)
-    assert (c.global_rope_proportion, c.rope_local_theta, c.final_logit_softcap) == (0.25, 100, 5)
-    assert c.value_norm and c.layer_scale and c.per_layer_vocab_size is None
+    g = c.gemma4
+    assert (g.global_head_dim, g.global_kv_heads, g.global_values_from_keys) == (32, 1, True)
+    assert (g.kv_shared_layers, g.kv_shared_mlp_dim, g.per_layer_input_dim) == (2, 96, 8)
+    assert (g.global_rope_proportion, c.rope_local_theta, c.final_logit_softcap) == (0.25, 100, 5)
+    assert g.value_norm and g.layer_scale and g.per_layer_vocab_size is None
     names = r["tensors"]
     assert {"model.embed_tokens_per_layer.weight", "model.per_layer_model_projection.weight",
             "model.layers.3.per_layer_input_gate.weight", "model.layers.0.layer_scalar",

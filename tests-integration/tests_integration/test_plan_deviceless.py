@@ -33,6 +33,7 @@ from flax import nnx
 
 from tests_integration._deviceless import scratch_env
 from tjx import nn
+from tjx.nn.families.gemma4 import Gemma4Options
 
 ROOT = Path(__file__).resolve().parents[2]
 GUARD = re.compile(r"<!-- plan-guard -->(.*?)<!-- /plan-guard -->", re.S)
@@ -348,9 +349,10 @@ FAMILIES = {
         num_layers=4, sliding_window=16, window_pattern=("local", "global"),
         norm_position="sandwich", scale_embeddings=True, mlp_activation="geglu", qk_norm=True,
         query_pre_attn_scalar=1.0, tie_embeddings=True, rope_local_theta=100.0,
-        global_head_dim=32, global_kv_heads=1, global_values_from_keys=True,
-        global_rope_proportion=0.25, value_norm=True, kv_shared_layers=2, kv_shared_mlp_dim=128,
-        per_layer_input_dim=8, layer_scale=True, final_logit_softcap=30.0,
+        final_logit_softcap=30.0,
+        gemma4=Gemma4Options(global_head_dim=32, global_kv_heads=1, global_values_from_keys=True,
+                             global_rope_proportion=0.25, value_norm=True, kv_shared_layers=2,
+                             kv_shared_mlp_dim=128, per_layer_input_dim=8, layer_scale=True),
         moe=nn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=32,
                          beside_mlp=True, router_input_norm=True, router_expert_scale=True),
     ),

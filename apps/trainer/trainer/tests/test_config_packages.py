@@ -12,6 +12,7 @@ from flax import nnx
 from tjx import kernels, metrics, nn, optim, parallel
 from tjx.core.fields import setting
 from tjx.metrics.loggers.wandb_logger import WANDB_MODES
+from tjx.nn.families.gemma4 import Gemma4Options
 from tjx.optim.config import LOSS_SCALES
 from trainer.config import read_config, resolve
 from trainer.schema import KINDS, ConfigError, choices
@@ -170,6 +171,7 @@ def _package_keys() -> list[tuple[str, str]]:
                 "model.moe": nn.MoEConfig,
                 "model.mla": nn.MLAConfig,
                 "model.delta": nn.DeltaConfig,
+                "model.gemma4": Gemma4Options,
                 "optimizer.schedule": optim.ScheduleConfig,
             }.get(key)
             out += walk(inner, key) if inner is not None else [key]

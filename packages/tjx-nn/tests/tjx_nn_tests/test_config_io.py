@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
+from tjx.nn.families.gemma4 import Gemma4Options
 from tjx_nn_tests import _written_0_28 as written
 
 #: A ``model.json`` exactly as the trainer wrote it before tjx-nn owned the format (tjx-nn 0.1):
@@ -106,17 +107,19 @@ def test_a_model_json_of_tjx_0_1_loads():
         "qk_l2_norm": False,
         "nope_temperature_floor": None,
         "nope_temperature_scale": 0.1,
-        # #56's Gemma 4 layer switches.
-        "global_head_dim": None,
-        "global_kv_heads": None,
-        "global_values_from_keys": False,
-        "global_rope_proportion": 1.0,
-        "value_norm": False,
-        "kv_shared_layers": 0,
-        "kv_shared_mlp_dim": None,
-        "per_layer_input_dim": 0,
-        "per_layer_vocab_size": None,
-        "layer_scale": False,
+        # #56's Gemma 4 layer switches, its option section.
+        "gemma4": {
+            "global_head_dim": None,
+            "global_kv_heads": None,
+            "global_values_from_keys": False,
+            "global_rope_proportion": 1.0,
+            "value_norm": False,
+            "kv_shared_layers": 0,
+            "kv_shared_mlp_dim": None,
+            "per_layer_input_dim": 0,
+            "per_layer_vocab_size": None,
+            "layer_scale": False,
+        },
     }
     # #51's logits_dtype: the float32 logits such a run had.
     newer["precision"] = {**WRITTEN_BY_TJX_0_1["fields"]["precision"], "logits_dtype": "float32"}
@@ -180,6 +183,7 @@ def test_a_model_json_of_tjx_0_28_with_flat_section_settings_loads_as_the_same_m
         "moe.router_expert_scale": "router_expert_scale",
         **{f"mla.{k}": k for k in ("kv_latent_dim", "q_lora_rank", "qk_rope_head_dim")},
         **{f"delta.{k}": f"delta_{k}" for k in ("key_heads", "value_dim", "conv_kernel", "impl")},
+        **{f"gemma4.{k}": k for k in ("global_head_dim", "kv_shared_layers", "layer_scale")},
     }
     for new, old in moved.items():
         assert tnn.setting_value(config, new) == flat[old], new
@@ -191,3 +195,20 @@ def test_a_model_json_of_tjx_0_28_with_flat_section_settings_loads_as_the_same_m
     both = {**data, "fields": {**flat, "moe": {"num_experts": 2}}}
     with pytest.raises(ValueError, match=r"LlamaConfig.num_experts: is LlamaConfig.moe.num_"):
         tnn.config_from_dict(both)
+
+
+def test_a_gemma4_model_json_of_tjx_0_29_loads_its_flat_switches_into_their_section():
+    """tjx-nn 0.29 wrote Gemma 4's switches as flat fields: a Gemma 4 model.json of then (its
+    switches set) loads as the same model, and writes back with the ``gemma4`` section."""
+    options = Gemma4Options(global_head_dim=16, global_kv_heads=1, global_values_from_keys=True,
+                            global_rope_proportion=0.25, value_norm=True, kv_shared_layers=2,
+                            kv_shared_mlp_dim=24, per_layer_input_dim=4, per_layer_vocab_size=20,
+                            layer_scale=True)  # fmt: skip
+    config = tnn.LlamaConfig(num_layers=4, num_heads=4, num_kv_heads=2, head_dim=8, d_model=16,
+                             sliding_window=3, window_pattern=["local", "global"],
+                             gemma4=options)  # fmt: skip
+    today = tnn.config_to_dict(config)
+    section = today["fields"].pop("gemma4")
+    assert section == dataclasses.asdict(options)
+    then = json.loads(json.dumps({**today, "fields": {**today["fields"], **section}}))
+    assert tnn.config_from_dict(then) == config

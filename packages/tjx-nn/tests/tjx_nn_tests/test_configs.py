@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
+from tjx.nn.families.gemma4 import Gemma4Options
 from tjx.nn.family_config import DECODER_ONLY
 from tjx.nn.moe.config import NO_MOE
 
@@ -229,10 +230,33 @@ def test_the_model_config_holds_its_components_as_sections():
         assert fields[name].default_factory is cls
         assert not {f"{name}_{f.name}" for f in dataclasses.fields(cls)} & set(fields)
     assert not {"num_experts", "router", "kv_latent_dim", "delta_impl"} & set(fields)
-    assert tuple(sections) == tnn.SECTIONS
+    assert tuple(sections) == tnn.SECTIONS[:3]
     config = tnn.LlamaConfig(mixer_pattern=["delta", "attention"],
                              delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=8,
                                                    value_dim=8))  # fmt: skip
     changed = config.replace(**{"delta.impl": "xla", "num_layers": 4})
     assert (changed.delta.impl, changed.delta.key_heads, changed.num_layers) == ("xla", 2, 4)
     assert tnn.setting_value(changed, "delta.impl") == "xla"
+
+
+def test_gemma4s_switches_are_its_familys_option_section():
+    """Gemma 4's ten switches are one field, ``gemma4`` (`Gemma4Options`, from its family's
+    folder): none flat beside it; dotted keys change and read them; the section checks its own
+    values, the model config what the section needs of it."""
+    fields = {f.name: f for f in dataclasses.fields(tnn.LlamaConfig)}
+    assert fields["gemma4"].default_factory is Gemma4Options
+    assert not {f.name for f in dataclasses.fields(Gemma4Options)} & set(fields)
+    assert tnn.SECTIONS[-1] == "gemma4"
+    config = tnn.LlamaConfig(num_layers=4, sliding_window=4, window_pattern=["local", "global"])
+    changed = config.replace(**{"gemma4.kv_shared_layers": 2, "gemma4.value_norm": True})
+    assert (changed.gemma4.kv_shared_layers, changed.gemma4.value_norm) == (2, True)
+    assert tnn.setting_value(changed, "gemma4.kv_shared_layers") == 2
+    assert Gemma4Options(global_rope_proportion=1).global_rope_proportion == 1.0
+    with pytest.raises(ValueError, match=r"^Gemma4Options.per_layer_input_dim must be an int >= 0"):
+        Gemma4Options(per_layer_input_dim=-1)
+    with pytest.raises(ValueError, match=r"^LlamaConfig.gemma4.kv_shared_layers \(4\) must be"):
+        config.replace(**{"gemma4.kv_shared_layers": 4})
+    with pytest.raises(ValueError, match=r"^LlamaConfig.scan_layers True .* gemma4.per_layer_"):
+        config.replace(scan_layers=True, **{"gemma4.per_layer_input_dim": 2})
+    with pytest.raises(ValueError, match=r"^BertConfig.gemma4: only decoders"):
+        tnn.BertConfig(gemma4=Gemma4Options(layer_scale=True))

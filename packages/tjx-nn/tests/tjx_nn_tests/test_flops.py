@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
+from tjx.nn.families.gemma4 import Gemma4Options
 from tjx_nn_tests._helpers import TINY, gpt2_tiny, llama_tiny
 
 VIT = dict(d_model=32, num_layers=2, num_heads=4, image_size=8, patch_size=4, num_classes=5)
@@ -206,9 +207,9 @@ def test_gemma4_layers_count_each_at_its_own_shape():
     against the built model's, the score matrices at each layer's width (a window of 4 of 8)."""
     cfg = llama_tiny(
         num_layers=4, num_heads=4, num_kv_heads=2, head_dim=8, sliding_window=4,
-        window_pattern=["local", "global"], global_head_dim=16, global_kv_heads=1,
-        global_values_from_keys=True, kv_shared_layers=2, kv_shared_mlp_dim=2 * 24,
-        per_layer_input_dim=4, tie_embeddings=True,
+        window_pattern=["local", "global"], tie_embeddings=True,
+        gemma4=Gemma4Options(global_head_dim=16, global_kv_heads=1, global_values_from_keys=True,
+                             kv_shared_layers=2, kv_shared_mlp_dim=2 * 24, per_layer_input_dim=4),
     )  # fmt: skip
     s = 8
     weighted, n_matmul = _independent(cfg, s, s)

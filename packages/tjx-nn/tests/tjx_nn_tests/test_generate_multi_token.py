@@ -15,6 +15,7 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
+from tjx.nn.families.gemma4 import Gemma4Options
 from tjx.nn.kv_cache import DELTA_ENTRIES, write_step
 
 F32 = tnn.Precision(jnp.float32, jnp.float32)
@@ -53,9 +54,10 @@ DEEPSEEK = dict(
 # Gemma 4: shared-KV layers reading their sources, global layers of their own geometry.
 GEMMA4 = dict(
     num_layers=4, head_dim=8, sliding_window=3, window_pattern=("local", "global"), qk_norm=True,
-    rope_local_theta=100.0, global_head_dim=16, global_kv_heads=1, global_values_from_keys=True,
-    global_rope_proportion=0.25, value_norm=True, kv_shared_layers=2, per_layer_input_dim=4,
-    per_layer_vocab_size=32,
+    rope_local_theta=100.0,
+    gemma4=Gemma4Options(global_head_dim=16, global_kv_heads=1, global_values_from_keys=True,
+                         global_rope_proportion=0.25, value_norm=True, kv_shared_layers=2,
+                         per_layer_input_dim=4, per_layer_vocab_size=32),
 )  # fmt: skip
 HYBRID = dict(
     num_layers=3, mixer_pattern=["delta", "delta", "attention"], head_dim=8,

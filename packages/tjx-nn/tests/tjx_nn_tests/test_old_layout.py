@@ -107,6 +107,26 @@ def test_the_flat_moe_mla_and_delta_keys_move_into_their_sections():
     assert "num_channels" not in tnn.migrate_model_section({"kind": "vit", "num_experts": 0})
 
 
+def test_gemma4s_flat_switches_move_into_its_option_section():
+    """A section written before the ``gemma4`` section (its switches flat keys) reads as it,
+    each under its own name; a switch given both ways is refused naming both keys."""
+    old = {"kind": "llama", "d_model": 64, "kv_shared_layers": 2, "value_norm": True,
+           "global_rope_proportion": 0.25, "layer_scale": False}  # fmt: skip
+    assert tnn.migrate_model_section(old) == {
+        "kind": "llama",
+        "d_model": 64,
+        "gemma4": {
+            "kv_shared_layers": 2,
+            "value_norm": True,
+            "global_rope_proportion": 0.25,
+            "layer_scale": False,
+        },
+    }
+    assert tnn.RENAMED_MODEL_KEYS["per_layer_input_dim"] == "gemma4.per_layer_input_dim"
+    with pytest.raises(ValueError, match=r"^model.value_norm: is model.gemma4.value_norm now"):
+        tnn.migrate_model_section({"value_norm": True, "gemma4": {"value_norm": False}})
+
+
 def test_a_runs_start_checks_and_step_plan_went_to_the_trainer() -> None:
     """0.21 moved them to the trainer app, which tjx.nn cannot import: one ImportError line
     naming the new import."""

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from tjx import nn as tnn
+from tjx.nn.families.gemma4 import Gemma4Options
 from tjx_nn_tests._helpers import TINY, gpt2_tiny, llama_tiny
 
 BERT = tnn.BertConfig(**TINY)
@@ -112,10 +113,10 @@ DELTA = dict(delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=8, value_
         (
             llama_tiny(
                 num_layers=3, sliding_window=4, window_pattern=("local", "global"),
-                kv_shared_layers=1,
+                gemma4=Gemma4Options(kv_shared_layers=1),
             ),
-            "model.kv_shared_layers: layers that read an earlier layer's keys and values (1) "
-            f"do not run on a split sequence {SPLIT}; set mesh.context=1",
+            "model.gemma4.kv_shared_layers: layers that read an earlier layer's keys and values "
+            f"(1) do not run on a split sequence {SPLIT}; set mesh.context=1",
         ),
         (
             llama_tiny(attention_chunk=4, window_pattern=("local", "global")),

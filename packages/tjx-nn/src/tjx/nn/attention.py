@@ -102,15 +102,15 @@ class Attention(nnx.Module):
         # Values from the key projection; keys and values read from another layer.
         self.values_from_keys = layer is not None and layer.values_from_keys and not cross
         self.reads_kv = layer is not None and layer.kv_source is not None and not cross
-        self.value_norm = c.value_norm and not cross
+        self.value_norm = layer is not None and layer.value_norm and not cross
         self.norm_eps = c.norm_eps
-        self.rope_proportion = c.global_rope_proportion
+        self.rope_proportion = 1.0 if layer is None else layer.rope_proportion
         self.causal, self.cross = causal, cross
         self.position = "none" if cross else c.position
         self.rope_theta = c.rope_theta
         self.rope_scaling = c.rope_scaling
         self.rope_local_theta = c.rope_local_theta  # Gemma 3's windowed layers (family_config)
-        if c.global_rope_proportion < 1.0 and c.rope_local_theta is None:
+        if self.rope_proportion < 1.0 and c.rope_local_theta is None:
             self.rope_local_theta = c.rope_theta  # only the global layers turn proportionally
         self.impl = c.attention_impl  # the name: a split sequence's blocks resolve their own
         self.attention_dropout = c.attention_dropout

@@ -79,10 +79,9 @@ class Block(nnx.Module):
         index: int | None = None,
     ) -> None:
         c = config
-        # The layer's own attention geometry and MLP width (decoders: ``index``).
-        shape: LayerShape | None = (
-            layer_shape(c, index) if index is not None and causal and not cross else None
-        )
+        # The layer's own attention geometry, MLP width and part options (a decoder's; its
+        # ``index`` in a stack of layers of their own shapes, else None).
+        shape: LayerShape | None = layer_shape(c, index) if causal and not cross else None
         self.keeps_kv = shape is not None and shape.keeps_kv
         self.post_ln = c.norm_position == "post"
         self.rate = c.dropout
@@ -170,7 +169,7 @@ class Block(nnx.Module):
         self.per_layer = layer_input(c, rngs=rngs, out_std=out_std)
         self.scale = (
             make_param(rngs, ones(), (1,), (None,), c.precision.param_dtype)
-            if c.layer_scale
+            if shape is not None and shape.scaled
             else None
         )
 

@@ -19,13 +19,8 @@ from typing import Any, ClassVar
 from tjx.core.config.values import choice, positive, rate
 from tjx.core.fields import setting
 from tjx.kernels import CE_IMPLEMENTATIONS, IMPLEMENTATIONS
-from tjx.nn.family_config import (
-    DECODER_NORM_POSITIONS,
-    GEMMA4_SWITCHES,
-    QK_NORM_SCOPES,
-    check_layers,
-    check_mtp,
-)
+from tjx.nn.families.gemma4.options import Gemma4Options, check_model
+from tjx.nn.family_config import DECODER_NORM_POSITIONS, QK_NORM_SCOPES, check_mtp
 from tjx.nn.fp8 import check_fp8
 from tjx.nn.gated_deltanet import DELTA_SIZES, DeltaConfig
 from tjx.nn.mla_config import DEEPSEEK_MLA, MLAConfig
@@ -50,7 +45,7 @@ ATTENTION_TYPES = ("mha", "mla")
 LAYER_KINDS = ("local", "global")
 #: The component sections of a model config (their own config classes): a setting in one is named
 #: by a dotted key, ``moe.num_experts``.
-SECTIONS = ("moe", "mla", "delta")
+SECTIONS = ("moe", "mla", "delta", "gemma4")
 #: What each entry of ``mixer_pattern`` says about a layer: its token mixer, attention or Gated
 #: DeltaNet linear attention (:mod:`tjx.nn.gated_deltanet`, Qwen3-Next and Qwen3.5).
 MIXERS = ("attention", "delta")
@@ -84,7 +79,9 @@ class TransformerConfig:
     each: ``moe`` (`MoEConfig`, :mod:`tjx.nn.moe.config`), ``mla`` (`MLAConfig`,
     :mod:`tjx.nn.mla_config`) and ``delta`` (`DeltaConfig`, :mod:`tjx.nn.gated_deltanet`); each
     checks its own values when built, and this module what it needs of the rest of the model
-    (``check_mla``, ``check_mixers``, the stack's first MoE layer). A setting in a section is named
+    (``check_mla``, ``check_mixers``, the stack's first MoE layer). Gemma 4's switches are its
+    family's option section ``gemma4`` (`Gemma4Options`, :mod:`tjx.nn.families.gemma4.options`,
+    which also checks what it needs of the model). A setting in a section is named
     by a dotted key (``"moe.num_experts"``: `replace`, `setting_value`). The single values'
     checks (``choice``, ``positive``, ``rate``) are tjx-core's, which every tjx-nn config uses.
 
@@ -238,33 +235,9 @@ class TransformerConfig:
     delta: DeltaConfig = setting(
         DeltaConfig, factory=True, help="the Gated DeltaNet layers (mixer_pattern's delta)"
     )
-    # Gemma 4's layer switches (``family_config``: what they are; ``check_layers``: checks).
-    global_head_dim: int | None = setting(
-        None, help="head width of the layers without a window (Gemma 4); None: head_dim"
+    gemma4: Gemma4Options = setting(
+        Gemma4Options, factory=True, help="Gemma 4's layer switches (its option section)"
     )
-    global_kv_heads: int | None = setting(
-        None, help="key/value heads of the layers without a window (Gemma 4); None: num_kv_heads"
-    )
-    global_values_from_keys: bool = setting(
-        False, help="layers without a window: values are the key projection, no value one"
-    )
-    global_rope_proportion: float = setting(
-        1.0, help="layers without a window turn this share of each head's RoPE pairs (Gemma 4)"
-    )
-    value_norm: bool = setting(False, help="RMSNorm without a scale of each value head (Gemma 4)")
-    kv_shared_layers: int = setting(
-        0, help="the last k layers reuse the keys/values of an earlier layer of their kind"
-    )
-    kv_shared_mlp_dim: int | None = setting(
-        None, help="MLP width of the kv_shared_layers (Gemma 4: 2 mlp_dim); None: mlp_dim"
-    )
-    per_layer_input_dim: int = setting(
-        0, help="width of per-layer embeddings into every layer (Gemma 4's PLE); 0: none"
-    )
-    per_layer_vocab_size: int | None = setting(
-        None, help="rows of the per-layer embedding table; None: vocab_size"
-    )
-    layer_scale: bool = setting(False, help="each layer's output times a learned scalar (Gemma 4)")
     moe: MoEConfig = setting(
         MoEConfig, factory=True, help="mixture-of-experts layers; num_experts 0: dense MLPs"
     )
@@ -303,13 +276,13 @@ class TransformerConfig:
             positive(cls, "decode_topk", self.decode_topk)
         defaults = field_defaults(self)
         # Multi-token prediction's, Gemma 4's and float8's rules live with them (family_config,
-        # fp8) and apply once one of their settings leaves its default (the defaults are valid):
-        # a config without them is read in this file alone.
+        # the gemma4 folder's options, fp8) and apply once one of their settings leaves its
+        # default (the defaults are valid): a config without them is read in this file alone.
         if any(getattr(self, n) != defaults[n] for n in ("mtp_depths", "mtp_loss_weight")):
             check_mtp(self, cls)
         check_family(self, cls)
-        if any(getattr(self, n) != defaults[n] for n in GEMMA4_SWITCHES):
-            check_layers(self, cls)
+        if self.gemma4 != defaults["gemma4"]:
+            check_model(self, cls)
         # The sections check themselves when built; what they need of the stack is checked here.
         self.moe.check_layers(self.num_layers, f"{cls}.moe")
         check_unused(self, cls)

@@ -48,25 +48,11 @@ Llama 4's (its global layers are ``window_pattern``'s ``"global"`` ones):
 * MoE: the ``sigmoid_plain`` router (`tjx.nn.routers`) and ``router_scales_input``, the routed
   weight scaling the expert's input instead of its output (`tjx.nn.moe.dispatch`).
 
-Gemma 4's layer switches (checked by ``check_layers``; decoders only). A *global* layer is one
-without a window (``layer_windows``' None):
+Gemma 4's layer switches are its option section ``gemma4`` (`Gemma4Options`,
+:mod:`tjx.nn.families.gemma4.options`: what they are, and their checks). The shared layers read
+them through `layer_shape` (what one layer is), which names no family to its callers. Its MoE
+switches are the ``moe`` section's:
 
-* ``global_head_dim``, ``global_kv_heads``: the global layers' head width and key/value heads
-  (their q/k norms that wide); None: ``head_dim``, ``num_kv_heads``.
-* ``global_values_from_keys`` (``attention_k_eq_v``): the global layers have no value
-  projection; their values are the key projection's output (before the key's norm and RoPE).
-* ``global_rope_proportion`` (proportional RoPE): the global layers turn only the first
-  ``int(p · head_dim / 2)`` frequency pairs of a head (frequencies of the whole head, dim ``i``
-  with ``i + head_dim/2`` as everywhere); the other pairs keep frequency 0, i.e. pass through.
-* ``value_norm``: values go through an RMSNorm without a scale, per head.
-* ``kv_shared_layers``: the last k layers have no key/value projections (nor cache): each attends
-  to the keys and values of the last earlier layer of its kind (global or windowed), as computed
-  by that layer (its cache while decoding). ``kv_shared_mlp_dim``: those layers' MLP width.
-* ``per_layer_input_dim`` (PLE, width P): a second token table ``[per_layer_vocab_size, L·P]``
-  (× ``sqrt(P)``) and a projection of the scaled embeddings ``[d, L·P]`` (× ``1/sqrt(d)``,
-  RMS-normed per layer) are averaged (× ``1/sqrt 2``) into one P-vector per layer and token; after
-  its MLP, layer ``i`` adds ``norm(W_up(gelu_tanh(W_gate h) · ple_i))`` to its residual.
-* ``layer_scale``: each layer's output (residual included) times a learned scalar (``[1]``).
 * ``moe.beside_mlp`` (MoE layers): the dense MLP stays and the MoE block runs beside it on the
   same residual, each with its own norms: ``x + n(n₁(mlp(n₀(x))) + n₃(moe(n₂(x))))``.
   ``moe.router_input_norm``: the router reads ``rms(x)·s/sqrt(d)`` of that residual (``s`` a learned
@@ -81,6 +67,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from tjx.core.config.values import positive
+from tjx.nn.families.gemma4.options import FLAT_GEMMA4_KEYS, kv_source
 
 #: What ``qk_norm`` normalises over: each head alone, or all heads of a token together.
 QK_NORM_SCOPES = ("head", "projection")
@@ -94,19 +81,12 @@ LLAMA4_SWITCHES = (
     "nope_temperature_floor",
     "nope_temperature_scale",
 )
-#: Gemma 4's layer switches (a decoder's, above; ``check_layers``).
-GEMMA4_SWITCHES = (
-    "global_head_dim",
-    "global_kv_heads",
-    "global_values_from_keys",
-    "global_rope_proportion",
-    "value_norm",
-    "kv_shared_layers",
-    "kv_shared_mlp_dim",
-    "per_layer_input_dim",
-    "per_layer_vocab_size",
-    "layer_scale",
-)
+#: The family sections' old flat keys in a model section → their dotted keys (the ``gemma4``
+#: section's before tjx-nn 0.30 were flat fields).
+FLAT_FAMILY_KEYS = {old: f"gemma4.{new}" for old, new in FLAT_GEMMA4_KEYS.items()}
+#: The setting of the layers that read an earlier layer's keys and values (a split sequence
+#: refuses them: `shared_kv_layers`).
+SHARED_KV_KEY = "gemma4.kv_shared_layers"
 #: Fields only decoders (GPT2, Llama) read: the other families refuse them (``unused_fields``).
 DECODER_ONLY: Mapping[str, str] = {
     name: "only decoders (gpt2, llama) implement it"
@@ -116,25 +96,17 @@ DECODER_ONLY: Mapping[str, str] = {
         "final_logit_softcap",
         "attention_sinks",
         *LLAMA4_SWITCHES,
-        *GEMMA4_SWITCHES,
+        "gemma4",
     )
 } | {
     name: "only decoders (gpt2, llama) predict further tokens"
     for name in ("mtp_depths", "mtp_loss_weight")
 }
-#: Gemma 4's switches that give layers parameters of different shapes: a scanned stack (one
-#: shape for every layer) cannot hold them.
-UNSCANNED = (
-    "global_head_dim",
-    "global_kv_heads",
-    "global_values_from_keys",
-    "kv_shared_layers",
-    "per_layer_input_dim",
-)
 
 
 class LayerShape(NamedTuple):
-    """What one self-attention layer of a decoder is (`layer_shape`)."""
+    """What one self-attention layer of a decoder is (`layer_shape`): its geometry and the
+    options of its parts, which the shared layers read instead of a family's switches."""
 
     is_global: bool  # no window
     head_dim: int
@@ -143,111 +115,50 @@ class LayerShape(NamedTuple):
     kv_source: int | None  # the layer whose keys/values it reads (kv_shared_layers), or None
     keeps_kv: bool  # a later layer reads its keys/values
     mlp_dim: int
+    value_norm: bool  # values RMS-normed per head, without a scale
+    rope_proportion: float  # the share of RoPE pairs a global layer turns
+    scaled: bool  # the layer's output times a learned scalar
+    per_layer_dim: int  # the width of its per-layer input (0: none)
 
 
-def kv_source(config: Any, i: int) -> int | None:
-    """The layer whose keys and values layer ``i`` attends to (one of the last
-    ``kv_shared_layers``: the last layer of its kind before them), or None (its own)."""
-    first = config.num_layers - config.kv_shared_layers
-    if i < first:
-        return None
-    wide = [w is None for w in config.layer_windows()]
-    same = [j for j in range(first) if wide[j] == wide[i]]
-    return same[-1] if same else None
-
-
-def layer_shape(config: Any, i: int) -> LayerShape:
-    """Layer ``i``'s attention geometry, key/value source and MLP width."""
-    c = config
-    wide = c.layer_windows()[i] is None
-    source = kv_source(c, i)
-    keeps = any(
-        kv_source(c, j) == i for j in range(c.num_layers - c.kv_shared_layers, c.num_layers)
+def layer_shape(config: Any, i: int | None) -> LayerShape:
+    """Layer ``i``'s attention geometry, key/value source, MLP width and part options; None: a
+    layer of a stack whose layers are alike (scanned, or a prediction module's), of the config's
+    own geometry."""
+    c, g = config, config.gemma4
+    options = dict(
+        value_norm=g.value_norm,
+        rope_proportion=g.global_rope_proportion,
+        scaled=g.layer_scale,
+        per_layer_dim=g.per_layer_input_dim,
     )
-    shared = i >= c.num_layers - c.kv_shared_layers
+    if i is None:
+        geometry = (False, c.head_dim, c.num_kv_heads, False, None, False, c.mlp_dim)
+        return LayerShape(*geometry, **options)
+    wide = c.layer_windows()[i] is None
+    first = c.num_layers - g.kv_shared_layers
+    keeps = any(kv_source(c, j) == i for j in range(first, c.num_layers))
     return LayerShape(
         is_global=wide,
-        head_dim=(c.global_head_dim or c.head_dim) if wide else c.head_dim,
-        kv_heads=(c.global_kv_heads or c.num_kv_heads) if wide else c.num_kv_heads,
-        values_from_keys=wide and c.global_values_from_keys,
-        kv_source=source,
+        head_dim=(g.global_head_dim or c.head_dim) if wide else c.head_dim,
+        kv_heads=(g.global_kv_heads or c.num_kv_heads) if wide else c.num_kv_heads,
+        values_from_keys=wide and g.global_values_from_keys,
+        kv_source=kv_source(c, i),
         keeps_kv=keeps,
-        mlp_dim=(c.kv_shared_mlp_dim or c.mlp_dim) if shared else c.mlp_dim,
+        mlp_dim=(g.kv_shared_mlp_dim or c.mlp_dim) if i >= first else c.mlp_dim,
+        **options,
     )
 
 
-def check_layers(config: Any, cls: str) -> None:
-    """Gemma 4's layer switches: sizes positive, each with what it needs, and what tjx does not
-    combine with them refused by name (a scanned stack, MLA, delta layers, ``decode_topk``)."""
-    c = config
-    for name in ("global_head_dim", "global_kv_heads", "kv_shared_mlp_dim", "per_layer_vocab_size"):
-        value = getattr(c, name)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise ValueError(f"{cls}.{name} must be a positive int or None; got {value!r}")
-    for name in ("kv_shared_layers", "per_layer_input_dim"):
-        value = getattr(c, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{cls}.{name} must be an int >= 0; got {value!r}")
-    if c.global_kv_heads is not None and c.num_heads % c.global_kv_heads:
-        raise ValueError(
-            f"{cls}.global_kv_heads: {c.global_kv_heads} must divide {cls}.num_heads "
-            f"({c.num_heads})"
-        )
-    p = c.global_rope_proportion
-    if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 < p <= 1.0:
-        raise ValueError(f"{cls}.global_rope_proportion must be a number in (0, 1]; got {p!r}")
-    object.__setattr__(c, "global_rope_proportion", float(p))
-    if c.global_head_dim is not None and c.position == "rope" and c.global_head_dim % 2:
-        raise ValueError(
-            f"{cls}.global_head_dim: rope needs an even width; got {c.global_head_dim}"
-        )
-    if p < 1.0 and (c.position != "rope" or int(p * (c.global_head_dim or c.head_dim) // 2) < 1):
-        raise ValueError(
-            f"{cls}.global_rope_proportion {p} needs position 'rope' and at least one turning "
-            f"pair (int(p · head_dim / 2) >= 1); got position {c.position!r}"
-        )
-    if c.kv_shared_layers >= c.num_layers:
-        raise ValueError(
-            f"{cls}.kv_shared_layers ({c.kv_shared_layers}) must be below num_layers "
-            f"({c.num_layers}): a layer must compute the keys and values they read"
-        )
-    for i in range(c.num_layers - c.kv_shared_layers, c.num_layers):
-        if kv_source(c, i) is None:
-            raise ValueError(
-                f"{cls}.kv_shared_layers: layer {i} reads the keys and values of an earlier "
-                "layer of its kind (windowed or global), and none comes before the shared ones; "
-                "lower kv_shared_layers or change window_pattern"
-            )
-    if c.kv_shared_mlp_dim is not None and not c.kv_shared_layers:
-        raise ValueError(
-            f"{cls}.kv_shared_mlp_dim: only kv_shared_layers use it (0); set it to None"
-        )
-    if c.per_layer_vocab_size is not None and not c.per_layer_input_dim:
-        raise ValueError(
-            f"{cls}.per_layer_vocab_size: only per-layer embeddings use it "
-            "(per_layer_input_dim 0); set it to None"
-        )
-    unscanned = [n for n in UNSCANNED if getattr(c, n) not in (None, False, 0)]
-    on = unscanned + [n for n in ("value_norm",) if c.value_norm]
-    on += ["global_rope_proportion"] if c.global_rope_proportion < 1.0 else []
-    if not on:
-        return
-    # MLA and delta layers have no such geometry; a scan stacks one shape of layer.
-    # Llama 4's chunks are local layers these switches would read as global (no window).
-    defaults: dict[str, Any] = {"attention_type": "mha", "mixer_pattern": None}
-    defaults["attention_chunk"] = None
-    if unscanned:
-        defaults["scan_layers"] = False
-    if c.kv_shared_layers:
-        defaults["decode_topk"] = None  # shared layers decode over their source's whole cache
-    for name, want in defaults.items():
-        if getattr(c, name) != want:
-            raise ValueError(
-                f"{cls}.{name} {getattr(c, name)!r} is not supported with {on[0]} set (Gemma 4's "
-                f"layers); set {name}={want!r}"
-            )
+def layers_differ(config: Any) -> bool:
+    """Whether ``config``'s layers differ in shape (a family switch giving layers parameters of
+    their own shapes is on)."""
+    return bool(config.gemma4.unscanned())
+
+
+def shared_kv_layers(config: Any) -> int:
+    """How many last layers read an earlier layer's keys and values (`SHARED_KV_KEY`)."""
+    return int(config.gemma4.kv_shared_layers)
 
 
 def check_mtp(config: Any, cls: str) -> None:

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 from tjx.nn.configs import TransformerConfig
 from tjx.nn.encoder_configs import BertConfig, EncoderDecoderConfig, ViTConfig
-from tjx.nn.family_config import UNSCANNED, layer_shape
+from tjx.nn.family_config import layer_shape, layers_differ
 from tjx.nn.moe.config import expert_mlp_dim, moe_layers, shared_mlp_dim
 
 # (matmul parameters, positions per sequence they are applied at)
@@ -120,17 +120,18 @@ def _moe_active(c: TransformerConfig) -> int:
 
 
 def _shapes_differ(c: TransformerConfig) -> bool:
-    """Whether ``c``'s layers differ in shape (``UNSCANNED``'s switches)."""
-    return any(getattr(c, name) not in (None, False, 0) for name in UNSCANNED)
+    """Whether ``c``'s layers differ in shape (`layers_differ`)."""
+    return layers_differ(c)
 
 
 def _shaped_layers(c: TransformerConfig) -> int:
     """The layers' matmul weights, each at its own shape (`layer_shape`), with the
     per-layer embeddings' projections."""
-    d, h, p = c.d_model, c.num_heads, c.per_layer_input_dim
-    total = d * c.num_layers * p  # the per-layer embeddings' projection of the embeddings
+    d, h, total = c.d_model, c.num_heads, 0
     for i in range(c.num_layers):
         shape = layer_shape(c, i)
+        p = shape.per_layer_dim
+        total += d * p  # the per-layer embeddings' projection of the embeddings, this layer's
         kv = 0 if shape.kv_source is not None else (1 if shape.values_from_keys else 2)
         total += 2 * d * h * shape.head_dim + kv * d * shape.kv_heads * shape.head_dim
         total += (3 if c.gated else 2) * d * shape.mlp_dim + 2 * d * p

@@ -132,14 +132,14 @@ def cache_groups(
     if num_layers not in (None, config.num_layers):
         return mixers  # an encoder-decoder's decoder: no layers of their own shape
     c = config
-    own = (c.global_head_dim or c.head_dim, c.global_kv_heads or c.num_kv_heads)
-    apart = own != (c.head_dim, c.num_kv_heads)
+    shapes = [layer_shape(c, i) for i in range(c.num_layers)]
+    default = (c.head_dim, c.num_kv_heads)
+    apart = any(s.is_global and (s.head_dim, s.kv_heads) != default for s in shapes)
     groups: list[str | None] = []
-    for i, mixer in enumerate(mixers):
-        if mixer != "attention" or not (apart or c.kv_shared_layers):
+    for mixer, shape in zip(mixers, shapes, strict=True):
+        if mixer != "attention":
             groups.append(mixer)
             continue
-        shape = layer_shape(c, i)
         groups.append(
             None if shape.kv_source is not None else "global" if apart and shape.is_global
             else "attention"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tjx.nn.family_config import SHARED_KV_KEY, shared_kv_layers
 from tjx.nn.objectives import objective_of
 from tjx.nn.registry import MODEL_KINDS
 
@@ -111,10 +112,10 @@ def check_sequence_split(config: Any, ways: int) -> None:
             f"the sequence, which would restart on each device's part {split}; set "
             "mesh.context=1"
         )
-    if config.kv_shared_layers:
+    if shared_kv_layers(config):
         raise ValueError(
-            f"model.kv_shared_layers: layers that read an earlier layer's keys and values "
-            f"({config.kv_shared_layers}) do not run on a split sequence {split}; "
+            f"model.{SHARED_KV_KEY}: layers that read an earlier layer's keys and values "
+            f"({shared_kv_layers(config)}) do not run on a split sequence {split}; "
             "set mesh.context=1"
         )
     if config.attention_chunk is not None and any(config.layer_locals()):

@@ -16,6 +16,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from tjx import nn as tnn
+from tjx.nn.families.gemma4 import Gemma4Options
 from tjx.nn.families.gemma4.hf import (
     gemma4_config_from_hf,
     gemma4_config_to_hf,
@@ -32,9 +33,11 @@ GEMMA4 = dict(
     head_dim=8, mlp_dim=12, sliding_window=3, window_pattern=("local", "global"),
     norm_position="sandwich", scale_embeddings=True, mlp_activation="geglu", qk_norm=True,
     query_pre_attn_scalar=1.0, tie_embeddings=True, rope_theta=10_000.0, rope_local_theta=100.0,
-    global_head_dim=16, global_kv_heads=1, global_values_from_keys=True,
-    global_rope_proportion=0.25, value_norm=True, kv_shared_layers=2, kv_shared_mlp_dim=24,
-    per_layer_input_dim=4, per_layer_vocab_size=20, layer_scale=True,
+    gemma4=Gemma4Options(
+        global_head_dim=16, global_kv_heads=1, global_values_from_keys=True,
+        global_rope_proportion=0.25, value_norm=True, kv_shared_layers=2, kv_shared_mlp_dim=24,
+        per_layer_input_dim=4, per_layer_vocab_size=20, layer_scale=True,
+    ),
 )  # fmt: skip
 #: transformers 5.24's ``Gemma4TextConfig().to_dict()`` (the default text model) as saved.
 DEFAULT_JSON = {
@@ -116,21 +119,22 @@ def test_the_default_config_is_read_as_transformers_reads_it():
     all); the same from a config.json leaving every key out, and from the release form
     (``global_head_dim``; ``num_global_key_value_heads`` read only with ``attention_k_eq_v``)."""
     config = gemma4_config_from_hf(DEFAULT_JSON)
-    assert (config.d_model, config.num_layers, config.head_dim, config.global_head_dim) == (
+    g = config.gemma4
+    assert (config.d_model, config.num_layers, config.head_dim, g.global_head_dim) == (
         2304,
         30,
         256,
         512,
     )
     assert config.window_pattern == ("local",) * 5 + ("global",) and config.sliding_window == 512
-    assert (config.rope_theta, config.rope_local_theta, config.global_rope_proportion) == (
+    assert (config.rope_theta, config.rope_local_theta, g.global_rope_proportion) == (
         1e6,
         1e4,
         0.25,
     )
-    assert (config.per_layer_input_dim, config.per_layer_vocab_size) == (256, None)
-    assert config.value_norm and config.layer_scale and not config.norm_plus_one
-    assert (config.query_pre_attn_scalar, config.kv_shared_layers, config.global_kv_heads) == (
+    assert (g.per_layer_input_dim, g.per_layer_vocab_size) == (256, None)
+    assert g.value_norm and g.layer_scale and not config.norm_plus_one
+    assert (config.query_pre_attn_scalar, g.kv_shared_layers, g.global_kv_heads) == (
         1.0,
         0,
         None,
@@ -148,7 +152,7 @@ def test_the_default_config_is_read_as_transformers_reads_it():
     assert gemma4_config_from_hf(release | {"num_global_key_value_heads": 1}) == config
     k_eq_v = gemma4_config_from_hf(release | {"attention_k_eq_v": True,
                                               "num_global_key_value_heads": 1})  # fmt: skip
-    assert (k_eq_v.global_kv_heads, k_eq_v.global_values_from_keys) == (1, True)
+    assert (k_eq_v.gemma4.global_kv_heads, k_eq_v.gemma4.global_values_from_keys) == (1, True)
     # The last layer is always global, as transformers forces it.
     forced = gemma4_config_from_hf(
         {k: DEFAULT_JSON[k] for k in sizes}
@@ -216,9 +220,12 @@ def test_an_image_text_folder_loads_as_its_text_model(tmp_path, capsys):
     ("change", "message"),
     [
         (dict(norm_plus_one=True), "norm_plus_one=True .needs False."),
-        (dict(value_norm=False), "value_norm=False .needs True."),
-        (dict(kv_shared_mlp_dim=20), "kv_shared_mlp_dim=20"),
-        (dict(global_values_from_keys=False), "global_values_from_keys=False .needs True."),
+        ({"gemma4.value_norm": False}, "gemma4.value_norm=False .needs True."),
+        ({"gemma4.kv_shared_mlp_dim": 20}, "gemma4.kv_shared_mlp_dim=20"),
+        (
+            {"gemma4.global_values_from_keys": False},
+            "gemma4.global_values_from_keys=False .needs True.",
+        ),
         (MOE | {"moe.router": "sigmoid"}, "moe.router='sigmoid' .needs 'softmax'."),
         (MOE | {"moe.router_expert_scale": False}, "moe.router_expert_scale=False .needs True."),
     ],
@@ -232,19 +239,27 @@ def test_a_config_gemma4_does_not_compute_is_not_saved_as_it(change, message):
 
 def test_another_model_type_is_refused_naming_gemma4s_switches(tmp_path):
     model = tnn.Llama(tnn.LlamaConfig(**GEMMA4), rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="'gemma3_text' cannot express value_norm, layer_scale"):
+    with pytest.raises(
+        ValueError, match="'gemma3_text' cannot express gemma4.global_head_dim, gemma4.global_kv"
+    ):
         tnn.save_hf(model, tmp_path, model_type="gemma3_text")
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (dict(scan_layers=True), "scan_layers True is not supported with global_head_dim"),
-        (dict(kv_shared_layers=4), "kv_shared_layers .4. must be below num_layers"),
-        (dict(kv_shared_layers=3), "layer 1 reads the keys and values of an earlier layer"),
-        (dict(kv_shared_layers=0), "kv_shared_mlp_dim: only kv_shared_layers use it"),
-        (dict(global_kv_heads=3), "global_kv_heads: 3 must divide"),
-        (dict(global_rope_proportion=1.5), "global_rope_proportion must be a number in"),
+        (dict(scan_layers=True), "scan_layers True is not supported with gemma4.global_head_dim"),
+        ({"gemma4.kv_shared_layers": 4}, "gemma4.kv_shared_layers .4. must be below num_layers"),
+        ({"gemma4.kv_shared_layers": 3}, "layer 1 reads the keys and values of an earlier layer"),
+        (
+            {"gemma4.kv_shared_layers": 0},
+            "^Gemma4Options.kv_shared_mlp_dim: only kv_shared_layers use it",
+        ),
+        ({"gemma4.global_kv_heads": 3}, "^LlamaConfig.gemma4.global_kv_heads: 3 must divide"),
+        (
+            {"gemma4.global_rope_proportion": 1.5},
+            "^Gemma4Options.global_rope_proportion must be a number in",
+        ),
         (dict(decode_topk=2), "decode_topk 2 is not supported"),
         (dict(moe=dict(beside_mlp=True)), "MoEConfig.beside_mlp: only MoE models use it"),
     ],
@@ -254,7 +269,8 @@ def test_the_config_refuses_what_the_layers_cannot_run(change, message):
     with pytest.raises(ValueError, match=message):
         if "moe" in change:
             change = dict(change, moe=tnn.MoEConfig(**change["moe"]))
-        tnn.LlamaConfig(**GEMMA4 | change)
+        plain = {k: v for k, v in change.items() if "." not in k}
+        tnn.LlamaConfig(**GEMMA4 | plain).replace(**{k: v for k, v in change.items() if "." in k})
 
 
 def _rms(x: np.ndarray, w: np.ndarray | float = 1.0) -> np.ndarray:

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from tjx import nn as tnn
+from tjx.nn.families.gemma4 import Gemma4Options
 
 
 def _llama(**kw: object) -> tnn.LlamaConfig:
@@ -49,9 +50,11 @@ def test_the_late_2026_families_fix_their_layers_and_mtp_depths():
     assert tnn.hf_conflicts({"mixer_pattern": ["attention"]}, hybrid) == {
         "mixer_pattern": ["attention"]
     }
-    gemma4 = _llama(sliding_window=4, window_pattern=("local", "global"), value_norm=True)
-    assert tnn.hf_conflicts({"value_norm": False, "layer_scale": True}, gemma4) == {
-        "value_norm": False, "layer_scale": True}  # fmt: skip
+    gemma4 = _llama(sliding_window=4, window_pattern=("local", "global"),
+                    gemma4=Gemma4Options(value_norm=True))  # fmt: skip
+    changes = {"gemma4.value_norm": False, "gemma4.layer_scale": True, "gemma4.kv_shared_layers": 0}
+    assert tnn.hf_conflicts(changes, gemma4) == {
+        "gemma4.value_norm": False, "gemma4.layer_scale": True}  # fmt: skip
 
 
 def test_two_configs_clash_in_what_the_model_is_not_in_how_it_trains():

@@ -11,7 +11,7 @@ from tjx.nn.families.gemma4.layers import PerLayerEmbed, PerLayerInput
 
 
 def per_layer_embed(config: TransformerConfig, *, rngs: nnx.Rngs) -> PerLayerEmbed | None:
-    """The model's per-layer embeddings (``per_layer_input_dim`` > 0), else None.
+    """The model's per-layer embeddings (``gemma4.per_layer_input_dim`` > 0), else None.
 
     Parameters
     ----------
@@ -24,13 +24,13 @@ def per_layer_embed(config: TransformerConfig, *, rngs: nnx.Rngs) -> PerLayerEmb
     -------
     PerLayerEmbed or None
     """
-    return PerLayerEmbed(config, rngs=rngs) if config.per_layer_input_dim else None
+    return PerLayerEmbed(config, rngs=rngs) if config.gemma4.per_layer_input_dim else None
 
 
 def layer_input(
     config: TransformerConfig, *, rngs: nnx.Rngs, out_std: float
 ) -> PerLayerInput | None:
-    """A block's use of its per-layer input (``per_layer_input_dim`` > 0), else None.
+    """A block's use of its per-layer input (``gemma4.per_layer_input_dim`` > 0), else None.
 
     Parameters
     ----------
@@ -45,4 +45,8 @@ def layer_input(
     -------
     PerLayerInput or None
     """
-    return PerLayerInput(config, rngs=rngs, out_std=out_std) if config.per_layer_input_dim else None
+    return (
+        PerLayerInput(config, rngs=rngs, out_std=out_std)
+        if config.gemma4.per_layer_input_dim
+        else None
+    )

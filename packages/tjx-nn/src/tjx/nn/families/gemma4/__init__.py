@@ -1,13 +1,19 @@
 """Gemma 4 (``gemma4_text``, and the image-text ``gemma4`` read as its text model).
 
-Modules: ``family`` (`FAMILY`: what the shared code looks up), ``hf`` (config.json and tensors ↔
-tjx), ``layers`` (its per-layer embeddings, built through :mod:`tjx.nn.families.parts`).
+Modules: ``family`` (`FAMILY`: what the shared code looks up), ``options`` (`Gemma4Options`, its
+switches: the model config's section ``gemma4``, and their checks), ``hf`` (config.json and
+tensors ↔ tjx), ``layers`` (its per-layer embeddings, built through
+:mod:`tjx.nn.families.parts`).
 
-The rest of Gemma 4 is the shared decoder with its switches on (:mod:`tjx.nn.family_config`'s
-``GEMMA4_SWITCHES``): the global layers' own head width and key/value heads, values from the
-keys, proportional RoPE (``attention``, ``positions``, ``kv_cache``'s ``global_k``/``global_v``),
-the value norm and layer scale (``attention``, ``block``), layers reading an earlier layer's keys
-and values (``kv_shared_layers``: ``stack``, ``kv_cache``), and the MoE block beside the MLP with
-its router's input norm and expert scales (``block``, ``moe.layer``); ``flops`` counts its layers
-one by one.
+The rest of Gemma 4 is the shared decoder with its switches on, read there as the options of a
+layer's parts (:mod:`tjx.nn.family_config`'s ``layer_shape``): the global layers' own head width
+and key/value heads, values from the keys, proportional RoPE (``attention``, ``kv_cache``'s
+``global_k``/``global_v``), the value norm and layer scale (``attention``, ``block``), layers
+reading an earlier layer's keys and values (``stack``, ``kv_cache``), and the MoE block beside
+the MLP with its router's input norm and expert scales (the ``moe`` section: ``block``,
+``moe.layer``); ``flops`` counts its layers one by one.
 """
+
+from tjx.nn.families.gemma4.options import Gemma4Options
+
+__all__ = ["Gemma4Options"]

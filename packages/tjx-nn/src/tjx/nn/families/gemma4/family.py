@@ -19,7 +19,7 @@ from tjx.nn.families.gemma4.hf import (
     is_gemma4,
     skip_towers,
 )
-from tjx.nn.family_config import GEMMA4_SWITCHES
+from tjx.nn.families.gemma4.options import FLAT_GEMMA4_KEYS
 from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.qwen3_5 import text_name
 
@@ -51,5 +51,10 @@ FAMILY = Family(
     claims=is_gemma4,
     write=_write,
     stored_names={IMAGE_TEXT: text_name},
-    fixed=(*GEMMA4_SWITCHES, "moe.beside_mlp", "moe.router_input_norm", "moe.router_expert_scale"),
+    fixed=(
+        *(f"gemma4.{name}" for name in FLAT_GEMMA4_KEYS),
+        "moe.beside_mlp",
+        "moe.router_input_norm",
+        "moe.router_expert_scale",
+    ),
 )

@@ -2,7 +2,8 @@
 
 Gemma 4 is Gemma 3's decoder (sandwich norms, embeddings × ``sqrt(d)``, GeGLU with the tanh
 GELU, q/k norms, windowed and global layers at their own RoPE bases) with these changes, each a
-``LlamaConfig`` switch (:mod:`tjx.nn.family_config`):
+``LlamaConfig`` switch (Gemma 4's own in its section ``gemma4``, `Gemma4Options`; below without
+the prefix):
 
 =========================================  ====================================================
 config.json / tensor                       tjx
@@ -52,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from tjx.nn.configs import LlamaConfig, setting_value
+from tjx.nn.families.gemma4.options import FLAT_GEMMA4_KEYS, Gemma4Options
 from tjx.nn.family_config import layer_shape
 from tjx.nn.hf.config import partial_rotary_factor
 from tjx.nn.hf.family_base import (
@@ -178,9 +180,9 @@ NEEDS: dict[str, Any] = dict(
     qk_norm_scope="head",
     query_pre_attn_scalar=1.0,
     attn_logit_softcap=None,
-    value_norm=True,
-    layer_scale=True,
 )
+#: What a config's ``gemma4`` section must hold to be written as Gemma 4.
+OPTIONS_NEEDS: dict[str, Any] = dict(value_norm=True, layer_scale=True)
 #: What Gemma 4's MoE block computes (a config with experts must have these ``moe`` section fields
 #: to be written; the last three are Gemma 4's own, which make it save as gemma4_text).
 MOE_NEEDS: dict[str, Any] = dict(
@@ -199,16 +201,7 @@ MOE_NEEDS: dict[str, Any] = dict(
 )
 #: The switches only Gemma 4 computes: a config with any of them saves as gemma4_text.
 OWN = (
-    "value_norm",
-    "layer_scale",
-    "per_layer_input_dim",
-    "per_layer_vocab_size",
-    "kv_shared_layers",
-    "kv_shared_mlp_dim",
-    "global_head_dim",
-    "global_kv_heads",
-    "global_values_from_keys",
-    "global_rope_proportion",
+    *(f"gemma4.{name}" for name in FLAT_GEMMA4_KEYS),
     "moe.beside_mlp",
     "moe.router_input_norm",
     "moe.router_expert_scale",
@@ -350,6 +343,8 @@ def gemma4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
     )
     if get["enable_moe_block"]:
         fields |= _moe_fields(get)
+    options = {name: fields.pop(name) for name in FLAT_GEMMA4_KEYS if name in fields}
+    fields["gemma4"] = Gemma4Options(**options)
     return LlamaConfig(**{**fields, **overrides})
 
 
@@ -398,13 +393,14 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     """
     c = config
     check_exportable(c)
-    wrong = mismatches(c, NEEDS)
+    g = c.gemma4
+    wrong = mismatches(c, NEEDS) | mismatches(c, OPTIONS_NEEDS, "gemma4")
     if c.moe.num_experts:
         wrong |= mismatches(c, MOE_NEEDS, "moe")
-    if c.kv_shared_mlp_dim not in (None, c.mlp_dim, 2 * (c.mlp_dim or 0)):
-        wrong["kv_shared_mlp_dim"] = (c.kv_shared_mlp_dim, f"None or {2 * (c.mlp_dim or 0)}")
-    if c.global_kv_heads not in (None, c.num_kv_heads) and not c.global_values_from_keys:
-        wrong["global_values_from_keys"] = (False, True)  # transformers reads them only then
+    if g.kv_shared_mlp_dim not in (None, c.mlp_dim, 2 * (c.mlp_dim or 0)):
+        wrong["gemma4.kv_shared_mlp_dim"] = (g.kv_shared_mlp_dim, f"None or {2 * (c.mlp_dim or 0)}")
+    if g.global_kv_heads not in (None, c.num_kv_heads) and not g.global_values_from_keys:
+        wrong["gemma4.global_values_from_keys"] = (False, True)  # transformers reads them only then
     refuse_mismatches(wrong, f"model_type {GEMMA4!r} cannot express this model")
     assert c.head_dim is not None and c.mlp_dim is not None
     types = layer_types(c)
@@ -415,7 +411,7 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         )
     full: dict[str, Any] = {
         "rope_type": "proportional",
-        "partial_rotary_factor": c.global_rope_proportion,
+        "partial_rotary_factor": g.global_rope_proportion,
         "rope_theta": c.rope_theta,
     }
     local = {"rope_type": "default", "rope_theta": c.rope_local_theta or c.rope_theta}
@@ -430,12 +426,12 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "layer_types": types,
         "rope_parameters": {"full_attention": full, "sliding_attention": local},
         "use_bidirectional_attention": None,
-        "global_head_dim": c.global_head_dim or c.head_dim,
-        "attention_k_eq_v": c.global_values_from_keys,
-        "num_kv_shared_layers": c.kv_shared_layers,
-        "use_double_wide_mlp": c.kv_shared_mlp_dim == 2 * c.mlp_dim,
-        "hidden_size_per_layer_input": c.per_layer_input_dim,
-        "vocab_size_per_layer_input": c.per_layer_vocab_size or c.vocab_size,
+        "global_head_dim": g.global_head_dim or c.head_dim,
+        "attention_k_eq_v": g.global_values_from_keys,
+        "num_kv_shared_layers": g.kv_shared_layers,
+        "use_double_wide_mlp": g.kv_shared_mlp_dim == 2 * c.mlp_dim,
+        "hidden_size_per_layer_input": g.per_layer_input_dim,
+        "vocab_size_per_layer_input": g.per_layer_vocab_size or c.vocab_size,
         "enable_moe_block": bool(c.moe.num_experts),
     }
     if c.moe.num_experts:
@@ -445,8 +441,8 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
             "moe_intermediate_size": expert_mlp_dim(c),
         }
     del out["rope_theta"]
-    if c.global_values_from_keys:
-        out["num_global_key_value_heads"] = c.global_kv_heads or c.num_kv_heads
+    if g.global_values_from_keys:
+        out["num_global_key_value_heads"] = g.global_kv_heads or c.num_kv_heads
     return out
 
 
@@ -454,7 +450,7 @@ def gemma4_mapping(c: LlamaConfig) -> HFMapping:
     """The HF ↔ tjx correspondence of a Gemma 4 ``c`` (see ``HFMapping``): each layer at its
     own geometry (`layer_shape`), the PLE tensors and the layer scalars."""
     assert c.head_dim is not None and c.mlp_dim is not None
-    d, h, v, p = c.d_model, c.num_heads, c.vocab_size, c.per_layer_input_dim
+    d, h, v, p = c.d_model, c.num_heads, c.vocab_size, c.gemma4.per_layer_input_dim
     tables = Tables()
     same, linear = tables.same, tables.linear
     same("model.embed_tokens.weight", "embed.embedding", (v, d))
@@ -492,7 +488,7 @@ def gemma4_mapping(c: LlamaConfig) -> HFMapping:
         same(pre + "layer_scalar", t + "scale", (1,))
     same("model.norm.weight", "final_norm.scale", (d,))
     if p:
-        rows, width = c.per_layer_vocab_size or v, c.num_layers * p
+        rows, width = c.gemma4.per_layer_vocab_size or v, c.num_layers * p
         same("model.embed_tokens_per_layer.weight", "per_layer.table.embedding", (rows, width))
         linear("model.per_layer_model_projection", "per_layer.proj", (d,), (width,))
         same("model.per_layer_projection_norm.weight", "per_layer.norm.scale", (p,))

@@ -32,10 +32,10 @@ class PerLayerEmbed(nnx.Module):
 
     def __init__(self, config: Any, *, rngs: nnx.Rngs) -> None:
         c = config
-        self.layers, self.dim = c.num_layers, c.per_layer_input_dim
+        self.layers, self.dim = c.num_layers, c.gemma4.per_layer_input_dim
         width = self.layers * self.dim
         self.table = Embed(
-            c.per_layer_vocab_size or c.vocab_size,
+            c.gemma4.per_layer_vocab_size or c.vocab_size,
             width,
             rngs=rngs,
             init_std=c.init_std,
@@ -66,7 +66,7 @@ class PerLayerInput(nnx.Module):
     ple))``, ``ple`` this layer's ``[b, s, P]`` slice of the model's `PerLayerEmbed`."""
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs, out_std: float) -> None:
-        c, p = config, config.per_layer_input_dim
+        c, p = config, config.gemma4.per_layer_input_dim
         common: dict[str, Any] = dict(rngs=rngs, use_bias=False, precision=c.precision)
         self.gate = Dense(
             (c.d_model,), (p,), ("embed",), (None,), init=normal(c.init_std), **common

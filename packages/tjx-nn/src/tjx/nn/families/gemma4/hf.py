@@ -330,7 +330,7 @@ def gemma4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
     shared = get["num_kv_shared_layers"]
     ple = get["hidden_size_per_layer_input"]
     ple_vocab = get["vocab_size_per_layer_input"]
-    fields |= NEEDS  # what the export checks is what the import sets
+    fields |= NEEDS | OPTIONS_NEEDS  # what the export checks is what the import sets
     fields |= dict(
         final_logit_softcap=get["final_logit_softcapping"],
         global_values_from_keys=get["attention_k_eq_v"],

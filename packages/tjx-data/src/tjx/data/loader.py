@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import queue
 import threading
 import time
@@ -74,7 +75,7 @@ def _produce(
         _put(out, stop, exc)
 
 
-class PlannedLoader:
+class PlannedLoader(abc.ABC):
     """What `PackedLoader` and the chat loaders share: the facts of their `PackingPlan`, the
     order of the current epoch, the iterator protocol (a subclass sets ``plan``, ``_epoch``
     and ``_orders`` and defines ``__next__``)."""
@@ -103,8 +104,9 @@ class PlannedLoader:
     def __iter__(self) -> Iterator[Batch]:
         return self
 
+    @abc.abstractmethod
     def __next__(self) -> Batch:
-        raise NotImplementedError
+        """The next batch (each loader makes its own kind)."""
 
 
 class PackedLoader(PlannedLoader):

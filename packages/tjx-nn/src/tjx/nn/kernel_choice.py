@@ -143,6 +143,21 @@ class ModelAttention:
     by_kind: tuple[tuple[str, kernels.AttentionKernel], ...]
     name: str = "auto"
     fell_back: bool = False
+    #: What each kind's layers asked (`_Call`) and of which target, in ``by_kind``'s order:
+    #: a model of another config is not served by these kernels (`serves`).
+    asked: tuple[tuple[_Call, kernels.Target], ...] = dataclasses.field(
+        default=(), compare=False, repr=False
+    )
+
+    def serves(self, config: TransformerConfig) -> bool:
+        """Whether these are the kernels ``config``'s model would resolve on the current kernel
+        target: each kind resolved, for what ``config``'s layers of that kind ask. A model built
+        with them (``attention=``) resolves nothing; another config's must resolve its own."""
+        t = kernels.current_target()
+        return len(self.asked) == len(self.by_kind) > 0 and all(
+            asked == (_call(config, kind), t)
+            for (kind, _), asked in zip(self.by_kind, self.asked, strict=True)
+        )
 
     def kernel(self, kind: str) -> kernels.AttentionKernel:
         """The kernel of the layers of ``kind``; a ``ValueError`` for a kind not resolved."""
@@ -250,10 +265,7 @@ def resolve_attention(
     """
     names = type(config).attention_layers if kinds is None else tuple(kinds)
     if build is None:
-        return ModelAttention(
-            tuple((kind, _layer_kernel(config, kind, target)) for kind in names),
-            name=config.attention_impl,
-        )
+        return _resolved(config, names, target, name=config.attention_impl, fell_back=False)
     chosen, fell_back = _compiling(
         config, build, say or print, context_ways, context_strategy, say_xla, named_by
     )
@@ -263,9 +275,24 @@ def resolve_attention(
     # refused by the build, whose failure was said in one line.
     with contextlib.suppress(ValueError):
         chosen_config = config.replace(attention_impl=chosen) if fell_back else config
-        by_kind = tuple((kind, _layer_kernel(chosen_config, kind, target)) for kind in names)
-        return ModelAttention(by_kind, name=chosen, fell_back=fell_back)
+        return _resolved(chosen_config, names, target, name=chosen, fell_back=fell_back)
     return ModelAttention((), name=chosen, fell_back=fell_back)
+
+
+def _resolved(
+    config: TransformerConfig,
+    kinds: Sequence[str],
+    target: kernels.Target | None,
+    *,
+    name: str,
+    fell_back: bool,
+) -> ModelAttention:
+    """The `ModelAttention` of ``config``'s layers of ``kinds`` on ``target`` (default: the
+    current one), with what each kind asked (`ModelAttention.serves`)."""
+    t = kernels.current_target() if target is None else target
+    by_kind = tuple((kind, _layer_kernel(config, kind, t)) for kind in kinds)
+    asked = tuple((_call(config, kind), t) for kind in kinds)
+    return ModelAttention(by_kind, name=name, fell_back=fell_back, asked=asked)
 
 
 def _compiling(

@@ -157,6 +157,11 @@ class Config:
         return dataclasses.replace(self, model=step.model, optimizer=step.optimizer)
 
 
+#: Model settings the attention kernels do not read: a `StepConfig` changed only in these keeps
+#: its resolved ``attention`` (`StepConfig.with_model`).
+KERNEL_BLIND = frozenset({"remat"})
+
+
 class HeadSettings(TypedDict):
     """The vocabulary head's loss settings, as tjx.nn's objectives take them."""
 
@@ -223,10 +228,11 @@ class StepConfig:
 
     def with_model(self, **changes: Any) -> StepConfig:
         """With model settings ``changes`` (as `Config.with_model`); its resolved `attention`
-        kept while it serves the changed model (full remat), dropped otherwise (another kernel
-        named: that model resolves its own)."""
+        kept when only settings the kernels do not read change (`KERNEL_BLIND`: the memory
+        fit's full remat), dropped otherwise (another kernel named: that model resolves its
+        own)."""
         changed = _with_model(self, changes)
-        if changed.attention is None or changed.attention.serves(changed.model):
+        if changed.attention is None or set(changes) <= KERNEL_BLIND:
             return changed
         return dataclasses.replace(changed, attention=None)
 

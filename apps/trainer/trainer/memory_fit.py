@@ -74,11 +74,10 @@ def choose_attention(
     except kernels.KernelCompileError as err:
         hint = "set model.attention_impl=auto to let tjx choose (or xla)"
         raise ConfigError(f"{err}; {hint}") from None
-    # With no fallback, "auto" stays: the resolved kernels are what it resolves to.
+    # With no fallback, "auto" stays: the resolved kernels are what it resolves to (resolved for
+    # the config named by the choice, whatever kinds it has).
     chosen = cfg.with_model(attention_impl=resolved.name) if resolved.fell_back else cfg
-    return (
-        dataclasses.replace(chosen, attention=resolved) if resolved.serves(chosen.model) else chosen
-    )
+    return dataclasses.replace(chosen, attention=resolved) if resolved.by_kind else chosen
 
 
 def resolve_kernel(

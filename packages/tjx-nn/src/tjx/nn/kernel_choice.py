@@ -153,16 +153,28 @@ class ModelAttention:
         """Whether these are the kernels ``config``'s model would resolve on the current kernel
         target: each kind resolved, for what ``config``'s layers of that kind ask. A model built
         with them (``attention=``) resolves nothing; another config's must resolve its own."""
-        t = kernels.current_target()
-        return len(self.asked) == len(self.by_kind) > 0 and all(
-            asked == (_call(config, kind), t)
-            for (kind, _), asked in zip(self.by_kind, self.asked, strict=True)
+        return len(self.by_kind) > 0 and all(
+            self._serves(config, i) for i in range(len(self.by_kind))
         )
 
-    def kernel(self, kind: str) -> kernels.AttentionKernel:
-        """The kernel of the layers of ``kind``; a ``ValueError`` for a kind not resolved."""
-        for name, kernel in self.by_kind:
+    def _serves(self, config: TransformerConfig, i: int) -> bool:
+        if len(self.asked) != len(self.by_kind):  # not made by `resolve_attention`
+            return False
+        kind = self.by_kind[i][0]
+        return self.asked[i] == (_call(config, kind), kernels.current_target())
+
+    def kernel(self, kind: str, config: TransformerConfig | None = None) -> kernels.AttentionKernel:
+        """The kernel of the layers of ``kind``; a ``ValueError`` for a kind not resolved, or,
+        given the ``config`` of the layer about to be built, one resolved for another config's
+        layers or another device (`serves`)."""
+        for i, (name, kernel) in enumerate(self.by_kind):
             if name == kind:
+                if config is not None and not self._serves(config, i):
+                    raise ValueError(
+                        f"the attention kernels given ({self.name}) were resolved for another "
+                        "model config or device; pass resolve_attention(config) of this model's "
+                        "config"
+                    )
                 return kernel
         resolved = ", ".join(name for name, _ in self.by_kind)
         raise ValueError(
@@ -289,8 +301,8 @@ def _resolved(
 ) -> ModelAttention:
     """The `ModelAttention` of ``config``'s layers of ``kinds`` on ``target`` (default: the
     current one), with what each kind asked (`ModelAttention.serves`)."""
+    by_kind = tuple((kind, _layer_kernel(config, kind, target)) for kind in kinds)
     t = kernels.current_target() if target is None else target
-    by_kind = tuple((kind, _layer_kernel(config, kind, t)) for kind in kinds)
     asked = tuple((_call(config, kind), t) for kind in kinds)
     return ModelAttention(by_kind, name=name, fell_back=fell_back, asked=asked)
 

@@ -82,7 +82,7 @@ class Stack(nnx.Module):
 
     ``attention`` holds the kernels of its attention layers (`resolve_attention` of
     ``config``, resolved once where the model's parts are built); not given, they are resolved
-    here. Given for another config (`ModelAttention.serves`), a ``ValueError``.
+    here. Given for another config or device: a ``ValueError`` (`ModelAttention.kernel`).
     """
 
     def __init__(
@@ -109,13 +109,7 @@ class Stack(nnx.Module):
         # The layers' kernels, resolved once before any layer is built: the kinds this stack
         # builds, as the model's kernel choice resolved them (kept for these arguments).
         kinds_here = [layer_kind(causal=causal, cross=False)] + (["cross"] if cross else [])
-        if attention is None:
-            attention = resolve_attention(config, kinds=kinds_here)
-        elif not attention.serves(config):
-            raise ValueError(
-                f"Stack: the attention kernels given ({attention.name}) were resolved for another "
-                "model config or device; pass resolve_attention(config) of this model's config"
-            )
+        attention = attention or resolve_attention(config, kinds=kinds_here)
 
         # Each layer's token mixer (attention, or Gated DeltaNet).
         self.mixers = config.layer_mixers(num_layers)

@@ -20,6 +20,7 @@ from tjx.nn import stack as nn_stack
 from trainer import state
 from trainer.cli import main
 from trainer.config import read_config, resolve, step_config
+from trainer.first_compile import step_key
 from trainer.memory_fit import choose_attention
 from trainer.settings import apply_overrides, load_config_data
 from trainer.tests._tiny import TINY_RUN
@@ -145,6 +146,23 @@ def test_the_runs_models_run_the_kernel_choices_resolution_and_resolve_nothing(m
         state.abstract_state(run)
     # Another kernel named: its model resolves its own (the choice's kernels do not serve it).
     assert chosen.with_model(attention_impl="xla").attention is None
+
+
+def test_the_compiled_steps_key_reads_the_choice_without_ranking_again(monkeypatch):
+    """The run's ``auto`` step and the choice's compile of the kernel it took are one program
+    (one `step_key`), read from the choice's resolution: tjx.kernels does not rank again."""
+    monkeypatch.setattr(choice, "default_target", lambda: H100)
+    sets = [*SETS, "model.compute_dtype=bfloat16"]
+    cfg = read_config(apply_overrides(load_config_data("tiny"), sets))
+    run = step_config(resolve(cfg, 257))
+    chosen = choose_attention(run, build=lambda r: None, say=lambda line: None)
+    named = run.with_model(attention_impl="cudnn")
+
+    def again(*args, **kwargs):
+        raise AssertionError("the kernel was ranked again")
+
+    monkeypatch.setattr(kernels, "auto_order", again)
+    assert step_key(chosen) == step_key(named)
 
 
 def test_with_no_measurement_auto_tries_cudnn_then_xla(monkeypatch):

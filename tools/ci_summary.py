@@ -118,8 +118,9 @@ def main(argv: list[str]) -> int:
         # How far a setting is from where it acts (issue 53's goal: <= 10 files), and the whole
         # way to the first train step (issue 69's goal: <= 70 files), watched per run.
         print(
-            "setting walks (tools/trainer_walk.py: command line -> where the setting acts;"
-            " walk first step: -> the first train step):"
+            "setting walks (tools/trainer_walk.py: command line -> where the setting acts:"
+            " train.steps -> the training loop, model.attention_impl -> the attention kernel's"
+            " call, tjx.kernels.attention; walk first step: -> the first train step):"
         )
         for line in walks(reports_dir) or ["none recorded (tools/tjx_tools/test_trainer_walk.py)"]:
             print(f"  {line}")

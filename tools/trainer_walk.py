@@ -13,9 +13,8 @@ into a file already visited (the reader turns back to a file seen earlier).
 
 **``--setting KEY``: one setting from the command line to where it acts** (``KEY`` one of
 `TARGETS`: ``train.steps`` ends at ``Training.loop``, which reads it; ``model.attention_impl`` at
-``tjx.kernels``' ``resolve_attention``, where the model, as it is built, turns the name into the
-kernel its calls run). The rule, which follows
-the setting's *value* and nothing else:
+``tjx.kernels.attention``, where the model's attention layer calls the kernel it was built with,
+not where the name is resolved). The rule, which follows the setting's *value* and nothing else:
 
 1. The run's command line sets every walked setting to a value of its own (`WALK_VALUES`:
    ``train.steps=4321``, a number nothing else in the run holds; ``model.attention_impl=xla``),
@@ -95,13 +94,12 @@ SETS = [
 ]
 
 #: Where each walkable setting acts: (the file's path from the checkout's root, the function's
-#: qualified name). Its first call ends the walk.
+#: qualified name). Its first call ends the walk. The attention kernel's setting acts where the
+#: kernel runs: the `tjx.kernels` entry the model's attention calls (its first call is the first
+#: trace of the train step, in the kernel choice's or the memory fit's compile).
 TARGETS: dict[str, tuple[str, str]] = {
     "train.steps": ("apps/trainer/trainer/training.py", "Training.loop"),
-    "model.attention_impl": (
-        "packages/tjx-kernels/src/tjx/kernels/choice.py",
-        "resolve_attention",
-    ),
+    "model.attention_impl": ("packages/tjx-kernels/src/tjx/kernels/dispatch.py", "attention"),
 }
 #: The whole walk's end (``--first-step``): the call that runs a run's first train step.
 FIRST_STEP = ("apps/trainer/trainer/training.py", "Training._step")

@@ -19,12 +19,15 @@ from eval.runs import LoadedRun, RunError, rebuilt
 from tjx import kernels, nn
 
 
-def with_kernel(run: LoadedRun, kernel: str) -> LoadedRun:
-    """``run`` whose model takes ``kernel`` (the attention kernel is part of the module graph)."""
+def with_kernel(
+    run: LoadedRun, kernel: str, attention: nn.ModelAttention | None = None
+) -> LoadedRun:
+    """``run`` whose model takes ``kernel`` (the attention kernel is part of the module graph),
+    its layers running ``attention`` (the kernels resolved for it; None: its own resolution)."""
     if run.nn_config.attention_impl == kernel:
         return run
     config = dataclasses.replace(run.nn_config, attention_impl=kernel)
-    return dataclasses.replace(run, nn_config=config, model=rebuilt(run, config))
+    return dataclasses.replace(run, nn_config=config, model=rebuilt(run, config, attention))
 
 
 def compile_step(run: LoadedRun, batch: Mapping[str, Any], make_step: Callable[[Any], Any]) -> None:
@@ -61,4 +64,6 @@ def choose_attention(
         )
     except kernels.KernelCompileError as err:
         raise RunError(f"{err}; evaluate on another device, or retrain with auto") from None
-    return with_kernel(run, resolved.name)
+    # With no fallback the run's model, built as it was loaded, resolved to the same kernels;
+    # after one it is rebuilt with the choice's (resolved once, here).
+    return with_kernel(run, resolved.name, resolved) if resolved.fell_back else run

@@ -122,20 +122,21 @@ def lora_config(run_dir: Path, config: dict[str, Any]) -> Any:
     return section_config(run_dir, fields, "lora", nn.LoraConfig)
 
 
-def build_model(nn_config: Any, lora: Any) -> Any:
-    """A model of ``nn_config`` with ``lora``'s adapters (if any); call it under
-    ``nnx.eval_shape`` (the checkpoint gives every value)."""
-    model = nn.build_model(nn_config, rngs=nnx.Rngs(0))
+def build_model(nn_config: Any, lora: Any, attention: nn.ModelAttention | None = None) -> Any:
+    """A model of ``nn_config`` with ``lora``'s adapters (if any), running the attention kernels
+    ``attention`` (None: its own resolution); call it under ``nnx.eval_shape`` (the checkpoint
+    gives every value)."""
+    model = nn.build_model(nn_config, rngs=nnx.Rngs(0), attention=attention)
     if lora is not None:
         nn.add_lora(model, lora, rngs=nnx.Rngs(params=1, dropout=2))
     return model
 
 
-def rebuilt(run: LoadedRun, nn_config: Any) -> Any:
+def rebuilt(run: LoadedRun, nn_config: Any, attention: nn.ModelAttention | None = None) -> Any:
     """``run``'s model (its adapters too) built (abstractly) from ``nn_config`` — another
-    attention kernel, top-k decoding: settings that leave the state the same — and given the
-    run's state."""
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(nn_config, run.lora)))
+    attention kernel (``attention``: the kernels resolved for it), top-k decoding: settings that
+    leave the state the same — and given the run's state."""
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(nn_config, run.lora, attention)))
     return nnx.merge(graphdef, nnx.state(run.model))
 
 

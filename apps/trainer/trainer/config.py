@@ -157,6 +157,11 @@ class Config:
         return dataclasses.replace(self, model=step.model, optimizer=step.optimizer)
 
 
+#: Model settings the attention kernels do not read: a `StepConfig` changed only in these keeps
+#: its resolved ``attention`` (`StepConfig.with_model`).
+KERNEL_BLIND = frozenset({"remat"})
+
+
 class HeadSettings(TypedDict):
     """The vocabulary head's loss settings, as tjx.nn's objectives take them."""
 
@@ -201,6 +206,11 @@ class StepConfig:
     #: ``step -> learning rate``: tjx.optim's `build_schedule` of ``optimizer.schedule`` over
     #: ``train.steps``, built once (`step_config`) for every optimizer the run builds.
     learning_rate: optax.Schedule
+    #: The model's attention kernels, resolved once by the kernel choice (tjx.nn's
+    #: `resolve_attention`, `trainer.memory_fit.choose_attention`): every model the run builds
+    #: from this config runs them (`trainer.state.run_model`). None: each model resolves its own.
+    #: Not part of the step's identity: they are what ``model`` resolves to.
+    attention: nn.ModelAttention | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def objective(self) -> nn.Objective:
@@ -217,8 +227,14 @@ class StepConfig:
         return _mesh_needs(self.model, self.data, self.optimizer, self.mesh, self.eval)
 
     def with_model(self, **changes: Any) -> StepConfig:
-        """With model settings ``changes`` (as `Config.with_model`)."""
-        return _with_model(self, changes)
+        """With model settings ``changes`` (as `Config.with_model`); its resolved `attention`
+        kept when only settings the kernels do not read change (`KERNEL_BLIND`: the memory
+        fit's full remat), dropped otherwise (another kernel named: that model resolves its
+        own)."""
+        changed = _with_model(self, changes)
+        if changed.attention is None or set(changes) <= KERNEL_BLIND:
+            return changed
+        return dataclasses.replace(changed, attention=None)
 
 
 def step_config(cfg: Config) -> StepConfig:

@@ -90,17 +90,20 @@ def cache_hits() -> Iterator[list[str]]:
 
 def step_key(cfg: StepConfig) -> str:
     """What identifies a config's train step: the whole step config, with ``attention_impl: auto``
-    replaced by the kernel it traces to here (tjx.kernels' `auto_order`), so that the kernel
-    choice's compile of ``cudnn`` and the run's ``auto`` are one program. (The learning rate is
-    the run's one schedule object, the same in each.)"""
+    replaced by the kernel it traces to here (the kernel choice's, ``cfg.attention``, or else
+    tjx.kernels' `auto_order`), so that the kernel choice's compile of ``cudnn`` and the run's
+    ``auto`` are one program. (The learning rate is the run's one schedule object, the same in
+    each.)"""
 
     model = cfg.model
     if model.attention_impl == "auto" and model.head_dim is not None:
-        capped = model.attn_logit_softcap is not None
-        order = kernels.auto_order(model.precision.compute_dtype, model.head_dim, softcap=capped)
-        cfg = dataclasses.replace(
-            cfg, model=dataclasses.replace(model, attention_impl=order.kernel)
-        )
+        if cfg.attention is not None:  # the run's one resolution: no second ranking
+            kernel = cfg.attention.name
+        else:
+            capped = model.attn_logit_softcap is not None
+            dtype = model.precision.compute_dtype
+            kernel = kernels.auto_order(dtype, model.head_dim, softcap=capped).kernel
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(model, attention_impl=kernel))
     return repr(cfg)
 
 

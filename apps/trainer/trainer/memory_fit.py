@@ -60,8 +60,9 @@ def choose_attention(
     cfg: StepConfig, *, build: Callable[[StepConfig], object] = step_peak, say: Say | None = None
 ) -> StepConfig:
     """``cfg`` with the attention kernel that compiles (``build`` compiles a config's step,
-    raising on failure), saying the choice (to stdout by default); after a fallback the config
-    carries the kernel that compiled. A `ConfigError` for a named kernel that fails."""
+    raising on failure), saying the choice (to stdout by default): its ``attention``, the run's
+    one resolution, which every model built from it runs; after a fallback the config names the
+    kernel that compiled. A `ConfigError` for a named kernel that fails."""
 
     def build_kernel(kernel: str) -> object:
         # The abstract step is a decoder's: other tasks' kernels are traced (and proven) late.
@@ -73,8 +74,10 @@ def choose_attention(
     except kernels.KernelCompileError as err:
         hint = "set model.attention_impl=auto to let tjx choose (or xla)"
         raise ConfigError(f"{err}; {hint}") from None
-    # With no fallback, "auto" stays: the model resolves it to the same kernel when built.
-    return cfg.with_model(attention_impl=resolved.name) if resolved.fell_back else cfg
+    # With no fallback, "auto" stays: the resolved kernels are what it resolves to (resolved for
+    # the config named by the choice, whatever kinds it has).
+    chosen = cfg.with_model(attention_impl=resolved.name) if resolved.fell_back else cfg
+    return dataclasses.replace(chosen, attention=resolved) if resolved.by_kind else chosen
 
 
 def resolve_kernel(

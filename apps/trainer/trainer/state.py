@@ -125,7 +125,8 @@ def run_model(cfg: StepConfig, model: nnx.Module | None = None) -> nnx.Module:
     tjx.nn's LoRA adapters of ``cfg.lora`` when ``lora.enabled`` (in place; step 0 computes
     exactly what the base computes); a target the model lacks is a config error."""
 
-    model = nn.build_model(cfg.model, rngs=nnx.Rngs(cfg.seed)) if model is None else model
+    if model is None:  # the kernels the run resolved (its kernel choice) run in its layers
+        model = nn.build_model(cfg.model, rngs=nnx.Rngs(cfg.seed), attention=cfg.attention)
     if cfg.use_lora:
         seed = cfg.seed
         with keyed("lora.targets"):
@@ -167,7 +168,7 @@ def _start_model(cfg: StepConfig, start: Start | None, *arrays: nnx.State) -> nn
 
     if start is not None and start.graphdef is not None:
         return nnx.merge(start.graphdef, *arrays)
-    model = nn.build_model(cfg.model, rngs=nnx.Rngs(cfg.seed))
+    model = nn.build_model(cfg.model, rngs=nnx.Rngs(cfg.seed), attention=cfg.attention)
     if start is not None:
         nnx.update(model, arrays[0])
     return model

@@ -9,6 +9,7 @@ import pytest
 
 import tjx.kernels.flash as flash
 from eval.cli import main
+from tjx import nn
 from tjx.kernels import choice, launch
 from tjx.kernels.testing import failing_attention
 
@@ -35,8 +36,18 @@ def test_auto_goes_on_with_the_next_kernel_in_one_line(
     monkeypatch.setenv(launch.ENV_VAR, str(tables))
     launch.clear_launch_cache()
     monkeypatch.setattr(flash, "flash_attention", failing_attention(stage))
+    built = []  # the kernels each model build was given (None: it resolved its own)
+    build_model = nn.build_model
+    monkeypatch.setattr(
+        nn,
+        "build_model",
+        lambda *a, **kw: built.append(kw.get("attention")) or build_model(*a, **kw),
+    )
     assert main(["--checkpoint", str(run), *ARGS]) == 0
     launch.clear_launch_cache()
+    # The fallback's model runs the choice's resolution: the last build is given it.
+    assert built[-1] is not None and (built[-1].name, built[-1].fell_back) == ("xla", True)
+    assert built[-1].kernel("causal") == "xla"
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.startswith("attention:")]
     assert lines[0].startswith("attention: pallas (auto: fastest measured on NVIDIA H100")

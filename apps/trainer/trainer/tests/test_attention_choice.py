@@ -9,12 +9,18 @@ import json
 
 import pytest
 import yaml
+from flax import nnx
 
 import tjx.kernels.flash as flash
+from tjx import kernels, nn
 from tjx.kernels import choice, launch
 from tjx.kernels.testing import failing_attention
+from tjx.nn import attention as nn_attention
+from tjx.nn import stack as nn_stack
+from trainer import state
 from trainer.cli import main
 from trainer.config import read_config, resolve, step_config
+from trainer.first_compile import step_key
 from trainer.memory_fit import choose_attention
 from trainer.settings import apply_overrides, load_config_data
 from trainer.tests._tiny import TINY_RUN
@@ -111,8 +117,52 @@ def test_auto_on_cpu_is_xla_without_a_compile(capsys):
         raise AssertionError("nothing to compile: XLA is the only candidate on a CPU")
 
     run = step_config(resolve(cfg, 257))
-    assert choose_attention(run, build=never) is run
+    chosen = choose_attention(run, build=never)
+    assert chosen == run and chosen.model is run.model  # "auto" stays: nothing fell back
+    assert chosen.attention is not None and chosen.attention.kernel("causal") == "xla"
     assert capsys.readouterr().out == "attention: xla (auto: no CUDA GPU; XLA on cpu)\n"
+
+
+def test_the_runs_models_run_the_kernel_choices_resolution_and_resolve_nothing(monkeypatch):
+    """The kernel is resolved once per run, by the choice: the models the run builds from its
+    step config (the memory fit's, the run's) take that resolution into their layers."""
+    monkeypatch.setattr(choice, "default_target", lambda: H100)
+    sets = [*SETS, "model.compute_dtype=bfloat16"]
+    cfg = read_config(apply_overrides(load_config_data("tiny"), sets))
+    chosen = choose_attention(step_config(resolve(cfg, 257)), build=lambda run: None)
+    assert chosen.model.attention_impl == "auto" and chosen.attention is not None
+    assert chosen.attention.kernel("causal") is kernels.AttentionKernel.CUDNN
+
+    def again(*args, **kwargs):
+        raise AssertionError("a model of the run resolved its kernels again")
+
+    monkeypatch.setattr(nn_stack, "resolve_attention", again)
+    monkeypatch.setattr(nn_attention, "resolve_attention", again)
+    for run in (chosen, chosen.with_model(remat="full")):  # full remat: the same kernels
+        assert run.attention is chosen.attention
+        model = nnx.eval_shape(lambda run=run: state.run_model(run))
+        layers = [m for _, m in nnx.iter_graph(model) if isinstance(m, nn.Attention)]
+        assert layers and all(m.kernel is kernels.AttentionKernel.CUDNN for m in layers)
+        state.abstract_state(run)
+    # Another kernel named: its model resolves its own (the choice's kernels do not serve it).
+    assert chosen.with_model(attention_impl="xla").attention is None
+
+
+def test_the_compiled_steps_key_reads_the_choice_without_ranking_again(monkeypatch):
+    """The run's ``auto`` step and the choice's compile of the kernel it took are one program
+    (one `step_key`), read from the choice's resolution: tjx.kernels does not rank again."""
+    monkeypatch.setattr(choice, "default_target", lambda: H100)
+    sets = [*SETS, "model.compute_dtype=bfloat16"]
+    cfg = read_config(apply_overrides(load_config_data("tiny"), sets))
+    run = step_config(resolve(cfg, 257))
+    chosen = choose_attention(run, build=lambda r: None, say=lambda line: None)
+    named = run.with_model(attention_impl="cudnn")
+
+    def again(*args, **kwargs):
+        raise AssertionError("the kernel was ranked again")
+
+    monkeypatch.setattr(kernels, "auto_order", again)
+    assert step_key(chosen) == step_key(named)
 
 
 def test_with_no_measurement_auto_tries_cudnn_then_xla(monkeypatch):

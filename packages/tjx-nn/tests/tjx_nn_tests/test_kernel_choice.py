@@ -295,3 +295,41 @@ def test_one_name_resolves_a_models_kernels_the_others_are_gone(h100):
     assert (resolved.name, resolved.fell_back, built) == ("cudnn", False, ["cudnn"])
     assert resolved.kernel("causal") is kernels.AttentionKernel.CUDNN
     assert tnn.resolve_attention(cfg).kernel("causal") is resolved.kernel("causal")
+
+
+def test_a_model_given_its_resolved_kernels_resolves_nothing_and_another_configs_are_refused(
+    h100, monkeypatch
+):
+    """``build_model(config, attention=...)``: the app's one resolution (with its compile) goes
+    into the model's parts, which run it without resolving again; kernels resolved for another
+    config (a fallback's, a changed precision) or another device are refused in one line."""
+    from tjx.nn import attention as attention_module
+    from tjx.nn import stack as stack_module
+
+    cfg = llama_tiny(num_layers=2, precision="bf16", attn_logit_softcap=30.0)
+    resolved = tnn.resolve_attention(cfg, build=lambda kernel: None, say=lambda line: None)
+    assert resolved.serves(cfg) and resolved.kernel("causal") is kernels.AttentionKernel.XLA
+
+    def again(*args, **kwargs):
+        raise AssertionError("the model resolved its kernels again")
+
+    monkeypatch.setattr(stack_module, "resolve_attention", again)
+    monkeypatch.setattr(attention_module, "resolve_attention", again)
+    model = nnx.eval_shape(lambda: tnn.build_model(cfg, rngs=nnx.Rngs(0), attention=resolved))
+    assert [k for _, _, k in _layer_kernels(model)] == [kernels.AttentionKernel.XLA] * 2
+
+    # A fallback's kernels are those of the kernel that compiled: the config must name it.
+    def no_cudnn(kernel: str) -> None:
+        if kernel == "cudnn":
+            raise RuntimeError("cuDNN failed to compile")
+
+    plain = cfg.replace(attn_logit_softcap=None)
+    fell = tnn.resolve_attention(plain, build=no_cudnn, say=lambda line: None)
+    assert (fell.name, fell.fell_back) == ("xla", True)
+    assert fell.serves(plain.replace(attention_impl="xla")) and not fell.serves(plain)
+    for other in (plain, cfg.replace(precision="fp32")):
+        with pytest.raises(ValueError, match="resolved for another model config or device"):
+            tnn.build_model(other, rngs=nnx.Rngs(0), attention=fell)
+    with kernels.target("cpu"):  # the same config, another device
+        assert not resolved.serves(cfg)
+    assert not tnn.ModelAttention(resolved.by_kind).serves(cfg)  # asked for nothing

@@ -12,6 +12,7 @@ from flax import nnx
 from tjx.nn.decoder import check_length
 from tjx.nn.embeddings import Embed, lookup_table
 from tjx.nn.encoder_configs import BertConfig
+from tjx.nn.kernel_choice import ModelAttention
 from tjx.nn.linear import Dense, dropout, dropout_stream, split_key
 from tjx.nn.losses import mlm_mask
 from tjx.nn.mlp import activation
@@ -23,9 +24,12 @@ Array = jax.Array
 
 
 class BERT(nnx.Module):
-    """BERT encoder with an MLM head tied to the token embedding (plus an output bias)."""
+    """BERT encoder with an MLM head tied to the token embedding (plus an output bias);
+    ``attention``: its layers' kernels (`tjx.nn.resolve_attention`; None: resolved here)."""
 
-    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs) -> None:
+    def __init__(
+        self, config: BertConfig, *, rngs: nnx.Rngs, attention: ModelAttention | None = None
+    ) -> None:
         if not isinstance(config, BertConfig):
             raise ValueError(f"BERT needs a BertConfig; got {type(config).__name__}")
         c = self.config = config
@@ -36,7 +40,7 @@ class BERT(nnx.Module):
         self.type_embed = lookup_table(c.type_vocab_size, c, rngs=rngs)
         norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias, precision=p)
         self.embed_norm = make_norm(c.norm, c.d_model, **norm_kw)
-        self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=False)
+        self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=False, attention=attention)
         self.final_norm = (
             make_norm(c.norm, c.d_model, **norm_kw) if c.norm_position == "pre" else None
         )

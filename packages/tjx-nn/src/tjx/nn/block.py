@@ -107,7 +107,7 @@ class Block(nnx.Module):
         self.attn_post_norm = norm(after)
         # The kernels the stack resolved (none given: each attention layer resolves its own).
         kind = layer_kind(causal=causal, cross=False)
-        kernel = attention.kernel(kind) if attention is not None else None
+        kernel = attention.kernel(kind, c) if attention is not None else None
         if mixer == "delta":
             if cross or not causal:
                 raise ValueError("delta layers (Gated DeltaNet) are causal decoder layers only")
@@ -134,7 +134,7 @@ class Block(nnx.Module):
             )
         if cross:
             self.cross_norm: LayerNorm | RMSNorm | None = make_norm(c.norm, c.d_model, **norm_kw)
-            crossed = attention.kernel("cross") if attention is not None else None
+            crossed = attention.kernel("cross", c) if attention is not None else None
             self.cross_attn: Attention | None = Attention(
                 c, rngs=rngs, cross=True, out_std=out_std, kernel=crossed
             )

@@ -20,6 +20,7 @@ from tjx.nn.embeddings import (
 )
 from tjx.nn.families.parts import per_layer_embed
 from tjx.nn.fp8 import Fp8HeadProducts, Fp8Policy
+from tjx.nn.kernel_choice import ModelAttention
 from tjx.nn.kv_cache import init_cache
 from tjx.nn.linear import Dense, dropout, dropout_stream, split_key
 from tjx.nn.losses import logits_cross_entropy
@@ -180,11 +181,19 @@ class DecoderLM(nnx.Module):
     ``dropout``) in its state for training calls; pass ``rngs=`` to ``__call__`` to override.
     Each training call draws one new key from it and splits it per layer and per use (see
     ``linear.dropout_stream`` for ``jax.jit`` over ``nnx.split``/``nnx.merge``).
+    ``attention``: the kernels its attention layers run (`tjx.nn.resolve_attention` of
+    ``config``); None: resolved as it is built.
     """
 
     config_type: type[TransformerConfig] = TransformerConfig
 
-    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs) -> None:
+    def __init__(
+        self,
+        config: TransformerConfig,
+        *,
+        rngs: nnx.Rngs,
+        attention: ModelAttention | None = None,
+    ) -> None:
         if not isinstance(config, self.config_type):
             raise ValueError(
                 f"{type(self).__name__} needs a {self.config_type.__name__}; got "
@@ -197,7 +206,7 @@ class DecoderLM(nnx.Module):
         self.pos_embed = learned_positions(
             c, rngs=rngs, init_std=0.01 if isinstance(c, GPT2Config) else None
         )
-        self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=True)
+        self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=True, attention=attention)
         # Per-layer embeddings (``per_layer_input_dim``), into every layer.
         self.per_layer = per_layer_embed(c, rngs=rngs)
         self.final_norm = (

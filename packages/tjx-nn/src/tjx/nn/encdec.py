@@ -12,6 +12,7 @@ from flax import nnx
 from tjx.nn.decoder import check_length, head_logits, head_unembedding, output_head
 from tjx.nn.embeddings import Embed, add_positions, learned_positions, sinusoid_amplitude
 from tjx.nn.encoder_configs import EncoderDecoderConfig
+from tjx.nn.kernel_choice import ModelAttention
 from tjx.nn.kv_cache import init_cache
 from tjx.nn.linear import dropout, dropout_stream, split_key
 from tjx.nn.norms import make_norm
@@ -40,9 +41,16 @@ def window_halves(seq_len: int) -> tuple[int, int]:
 
 
 class EncoderDecoder(nnx.Module):
-    """Encoder (bidirectional) + decoder (causal self-attention and cross-attention)."""
+    """Encoder (bidirectional) + decoder (causal self-attention and cross-attention);
+    ``attention``: both stacks' kernels (`tjx.nn.resolve_attention`; None: resolved here)."""
 
-    def __init__(self, config: EncoderDecoderConfig, *, rngs: nnx.Rngs) -> None:
+    def __init__(
+        self,
+        config: EncoderDecoderConfig,
+        *,
+        rngs: nnx.Rngs,
+        attention: ModelAttention | None = None,
+    ) -> None:
         if not isinstance(config, EncoderDecoderConfig):
             raise ValueError(
                 f"EncoderDecoder needs an EncoderDecoderConfig; got {type(config).__name__}"
@@ -52,8 +60,17 @@ class EncoderDecoder(nnx.Module):
         assert c.num_encoder_layers is not None and c.num_decoder_layers is not None
         self.embed = Embed(c.vocab_size, c.d_model, rngs=rngs, init_std=c.init_std, precision=p)
         self.pos_embed = learned_positions(c, rngs=rngs)
-        self.encoder = Stack(c, rngs=rngs, num_layers=c.num_encoder_layers, causal=False)
-        self.decoder = Stack(c, rngs=rngs, num_layers=c.num_decoder_layers, causal=True, cross=True)
+        self.encoder = Stack(
+            c, rngs=rngs, num_layers=c.num_encoder_layers, causal=False, attention=attention
+        )
+        self.decoder = Stack(
+            c,
+            rngs=rngs,
+            num_layers=c.num_decoder_layers,
+            causal=True,
+            cross=True,
+            attention=attention,
+        )
         norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias, precision=p)
         pre = c.norm_position == "pre"
         self.encoder_norm = make_norm(c.norm, c.d_model, **norm_kw) if pre else None

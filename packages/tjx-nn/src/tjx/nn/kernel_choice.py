@@ -143,11 +143,38 @@ class ModelAttention:
     by_kind: tuple[tuple[str, kernels.AttentionKernel], ...]
     name: str = "auto"
     fell_back: bool = False
+    #: What each kind's layers asked (`_Call`) and of which target, in ``by_kind``'s order:
+    #: a model of another config is not served by these kernels (`serves`).
+    asked: tuple[tuple[_Call, kernels.Target], ...] = dataclasses.field(
+        default=(), compare=False, repr=False
+    )
 
-    def kernel(self, kind: str) -> kernels.AttentionKernel:
-        """The kernel of the layers of ``kind``; a ``ValueError`` for a kind not resolved."""
-        for name, kernel in self.by_kind:
+    def serves(self, config: TransformerConfig) -> bool:
+        """Whether these are the kernels ``config``'s model would resolve on the current kernel
+        target: each kind resolved, for what ``config``'s layers of that kind ask. A model built
+        with them (``attention=``) resolves nothing; another config's must resolve its own."""
+        return len(self.by_kind) > 0 and all(
+            self._serves(config, i) for i in range(len(self.by_kind))
+        )
+
+    def _serves(self, config: TransformerConfig, i: int) -> bool:
+        if len(self.asked) != len(self.by_kind):  # not made by `resolve_attention`
+            return False
+        kind = self.by_kind[i][0]
+        return self.asked[i] == (_call(config, kind), kernels.current_target())
+
+    def kernel(self, kind: str, config: TransformerConfig | None = None) -> kernels.AttentionKernel:
+        """The kernel of the layers of ``kind``; a ``ValueError`` for a kind not resolved, or,
+        given the ``config`` of the layer about to be built, one resolved for another config's
+        layers or another device (`serves`)."""
+        for i, (name, kernel) in enumerate(self.by_kind):
             if name == kind:
+                if config is not None and not self._serves(config, i):
+                    raise ValueError(
+                        f"the attention kernels given ({self.name}) were resolved for another "
+                        "model config or device; pass resolve_attention(config) of this model's "
+                        "config"
+                    )
                 return kernel
         resolved = ", ".join(name for name, _ in self.by_kind)
         raise ValueError(
@@ -250,10 +277,7 @@ def resolve_attention(
     """
     names = type(config).attention_layers if kinds is None else tuple(kinds)
     if build is None:
-        return ModelAttention(
-            tuple((kind, _layer_kernel(config, kind, target)) for kind in names),
-            name=config.attention_impl,
-        )
+        return _resolved(config, names, target, name=config.attention_impl, fell_back=False)
     chosen, fell_back = _compiling(
         config, build, say or print, context_ways, context_strategy, say_xla, named_by
     )
@@ -263,9 +287,24 @@ def resolve_attention(
     # refused by the build, whose failure was said in one line.
     with contextlib.suppress(ValueError):
         chosen_config = config.replace(attention_impl=chosen) if fell_back else config
-        by_kind = tuple((kind, _layer_kernel(chosen_config, kind, target)) for kind in names)
-        return ModelAttention(by_kind, name=chosen, fell_back=fell_back)
+        return _resolved(chosen_config, names, target, name=chosen, fell_back=fell_back)
     return ModelAttention((), name=chosen, fell_back=fell_back)
+
+
+def _resolved(
+    config: TransformerConfig,
+    kinds: Sequence[str],
+    target: kernels.Target | None,
+    *,
+    name: str,
+    fell_back: bool,
+) -> ModelAttention:
+    """The `ModelAttention` of ``config``'s layers of ``kinds`` on ``target`` (default: the
+    current one), with what each kind asked (`ModelAttention.serves`)."""
+    by_kind = tuple((kind, _layer_kernel(config, kind, target)) for kind in kinds)
+    t = kernels.current_target() if target is None else target
+    asked = tuple((_call(config, kind), t) for kind in kinds)
+    return ModelAttention(by_kind, name=name, fell_back=fell_back, asked=asked)
 
 
 def _compiling(

@@ -10,6 +10,7 @@ from tjx.nn.configs import GPT2Config, LlamaConfig, TransformerConfig
 from tjx.nn.decoder import GPT2, DecoderLM, Llama
 from tjx.nn.encdec import EncoderDecoder
 from tjx.nn.encoder_configs import BertConfig, EncoderDecoderConfig, ViTConfig
+from tjx.nn.kernel_choice import ModelAttention
 from tjx.nn.vit import ViT
 
 #: A model kind's name (what a config file says, ``kind: gpt2``) → its config class.
@@ -30,7 +31,9 @@ _MODELS: list[tuple[type[TransformerConfig], type[nnx.Module]]] = [
 ]
 
 
-def build_model(config: TransformerConfig, *, rngs: nnx.Rngs) -> nnx.Module:
+def build_model(
+    config: TransformerConfig, *, rngs: nnx.Rngs, attention: ModelAttention | None = None
+) -> nnx.Module:
     """``GPT2``/``Llama``/``BERT``/``ViT``/``EncoderDecoder`` for the matching config type; a
     plain ``TransformerConfig`` builds a ``DecoderLM``.
 
@@ -41,6 +44,10 @@ def build_model(config: TransformerConfig, *, rngs: nnx.Rngs) -> nnx.Module:
         ``EncoderDecoderConfig`` or plain ``TransformerConfig``.
     rngs : nnx.Rngs
         Initialisation keys.
+    attention : ModelAttention, optional
+        The kernels its attention layers run, resolved once where the run builds its models
+        (`resolve_attention` of ``config``; its layers resolve nothing); None: resolved as the
+        model is built.
 
     Returns
     -------
@@ -54,9 +61,9 @@ def build_model(config: TransformerConfig, *, rngs: nnx.Rngs) -> nnx.Module:
     """
     for config_type, model_type in _MODELS:
         if type(config) is config_type:
-            return model_type(config, rngs=rngs)  # type: ignore[call-arg]
+            return model_type(config, rngs=rngs, attention=attention)  # type: ignore[call-arg]
     if type(config) is TransformerConfig:
-        return DecoderLM(config, rngs=rngs)
+        return DecoderLM(config, rngs=rngs, attention=attention)
     allowed = ", ".join(t.__name__ for t, _ in _MODELS)
     raise ValueError(
         f"build_model: config must be one of {allowed}, TransformerConfig; got "

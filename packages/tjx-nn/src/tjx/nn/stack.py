@@ -80,8 +80,9 @@ class Stack(nnx.Module):
     a ``Unit`` of blocks; unrolled, ``layers`` is the list of blocks. Canonical (unrolled) names
     are ``layers.<i>...`` either way (``params_io``).
 
-    ``attention`` holds the kernels of its attention layers (`resolve_attention`, which
-    resolves them when it is not given).
+    ``attention`` holds the kernels of its attention layers (`resolve_attention` of
+    ``config``, resolved once where the model's parts are built); not given, they are resolved
+    here. Given for another config or device: a ``ValueError`` (`ModelAttention.kernel`).
     """
 
     def __init__(

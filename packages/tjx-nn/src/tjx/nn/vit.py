@@ -11,6 +11,7 @@ from flax import nnx
 
 from tjx.nn.embeddings import add_positions, learned_positions
 from tjx.nn.encoder_configs import ViTConfig
+from tjx.nn.kernel_choice import ModelAttention
 from tjx.nn.linear import Dense, dropout, dropout_stream, split_key
 from tjx.nn.norms import make_norm
 from tjx.nn.params import make_param, normal, zeros
@@ -20,9 +21,12 @@ Array = jax.Array
 
 
 class ViT(nnx.Module):
-    """ViT classifier over images ``[b, h, w, c]`` (channels last)."""
+    """ViT classifier over images ``[b, h, w, c]`` (channels last); ``attention``: its layers'
+    kernels (`tjx.nn.resolve_attention`; None: resolved here)."""
 
-    def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs) -> None:
+    def __init__(
+        self, config: ViTConfig, *, rngs: nnx.Rngs, attention: ModelAttention | None = None
+    ) -> None:
         if not isinstance(config, ViTConfig):
             raise ValueError(f"ViT needs a ViTConfig; got {type(config).__name__}")
         c = self.config = config
@@ -41,7 +45,7 @@ class ViT(nnx.Module):
             rngs, zeros(), (1, 1, c.d_model), (None, None, "embed"), p.param_dtype
         )
         self.pos_embed = learned_positions(c, rngs=rngs)
-        self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=False)
+        self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=False, attention=attention)
         norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias, precision=p)
         self.final_norm = (
             make_norm(c.norm, c.d_model, **norm_kw) if c.norm_position == "pre" else None

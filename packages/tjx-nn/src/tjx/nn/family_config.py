@@ -67,7 +67,8 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from tjx.core.config.values import positive
-from tjx.nn.families.gemma4.options import FLAT_GEMMA4_KEYS, kv_source
+from tjx.nn.families.gemma4 import options as gemma4_options
+from tjx.nn.families.gemma4.options import FLAT_GEMMA4_KEYS
 
 #: What ``qk_norm`` normalises over: each head alone, or all heads of a token together.
 QK_NORM_SCOPES = ("head", "projection")
@@ -148,6 +149,12 @@ def layer_shape(config: Any, i: int | None) -> LayerShape:
         mlp_dim=(g.kv_shared_mlp_dim or c.mlp_dim) if i >= first else c.mlp_dim,
         **options,
     )
+
+
+def kv_source(config: Any, i: int) -> int | None:
+    """The layer whose keys and values layer ``i`` of ``config`` attends to, or None (its own):
+    Gemma 4's shared-KV layers (`Gemma4Options.kv_shared_layers`)."""
+    return gemma4_options.kv_source(config.layer_windows(), config.gemma4.kv_shared_layers, i)
 
 
 def layers_differ(config: Any) -> bool:

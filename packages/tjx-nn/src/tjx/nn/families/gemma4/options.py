@@ -29,6 +29,7 @@ module: the model config imports it without the family's layers.
 # ruff: noqa: RUF009
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -120,13 +121,15 @@ def _size(cls: str, name: str, value: Any, *, least: int, none: bool) -> None:
 FLAT_GEMMA4_KEYS = {f.name: f.name for f in fields(Gemma4Options)}
 
 
-def kv_source(config: Any, i: int) -> int | None:
-    """The layer whose keys and values layer ``i`` attends to (one of the last
-    ``kv_shared_layers``: the last layer of its kind before them), or None (its own)."""
-    first = config.num_layers - config.gemma4.kv_shared_layers
+def kv_source(windows: Sequence[int | None], shared: int, i: int) -> int | None:
+    """The layer whose keys and values layer ``i`` attends to (one of the last ``shared``
+    layers: the last layer of its kind before them), or None (its own); ``windows``: each
+    layer's window (None: global). Plain data, not the config: the layer build asks it once a
+    layer."""
+    first = len(windows) - shared
     if i < first:
         return None
-    wide = [w is None for w in config.layer_windows()]
+    wide = [w is None for w in windows]
     same = [j for j in range(first) if wide[j] == wide[i]]
     return same[-1] if same else None
 
@@ -157,7 +160,7 @@ def check_model(config: Any, cls: str) -> None:
             f"({c.num_layers}): a layer must compute the keys and values they read"
         )
     for i in range(c.num_layers - g.kv_shared_layers, c.num_layers):
-        if kv_source(c, i) is None:
+        if kv_source(c.layer_windows(), g.kv_shared_layers, i) is None:
             raise ValueError(
                 f"{key}.kv_shared_layers: layer {i} reads the keys and values of an earlier "
                 "layer of its kind (windowed or global), and none comes before the shared ones; "

@@ -164,7 +164,7 @@ DEPTH_STUDY = Study(
     question="Does a deep narrow stack trained at a high rate without clipping or warmup diverge, "
     "where, and which fix (pre-LN, clipping, warmup, smaller init) stops it?",
     varied="model.norm_position (post/pre), optimizer.clip_norm (none/1.0), warmup (0/the "
-    "scale's), model.init_std (0.02/0.006), added one at a time",
+    "scale's), model.init.std (0.02/0.006), added one at a time",
     fixed="48 layers (4 in the smoke test), narrow width (32 at the CPU scale), scanned layers, "
     "SGD with momentum 0.9 at lr 1.0 with cosine decay, no weight decay, data, steps; 3 seeds; the "
     "trainer stops a run after 5 bad steps in a row",

@@ -36,7 +36,7 @@ def _llama(vocab: int) -> Any:
         "num_heads": 4,
         "num_kv_heads": 2,
         "mlp_dim": 64,
-        "init_std": 0.2,  # large enough that the tiny model's tokens vary with its input
+        "init": nn.InitConfig(std=0.2, scaled_residual=False),  # large enough that the tiny model's tokens vary with its input
         "precision": "fp32",
     }
     return nn.LlamaConfig(**fields)

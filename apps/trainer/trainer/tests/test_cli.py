@@ -10,6 +10,7 @@ import sys
 import pytest
 from tjx_damaged_hf import HOSTILE_HF, damage
 
+from tjx import nn
 from tjx.parallel.arguments import distributed_from_args
 from trainer.cli import _launch_flags, build_parser, main, parse_profile, plan_run
 from trainer.job.folder import RunDir
@@ -100,6 +101,28 @@ def test_a_flat_moe_mla_or_delta_key_is_its_sections_now_and_says_so(in_tmp, cap
     assert capsys.readouterr().err == (
         "trainer: error: --set model.num_experts: is model.moe.num_experts now, which is set too; "
         "keep only model.moe.num_experts\n"
+    )
+
+
+def test_a_flat_mtp_or_init_key_is_its_sections_now_and_keeps_the_kinds_default(in_tmp, capsys):
+    """``mtp_depths``, ``mtp_loss_weight``, ``init_std`` and ``scaled_residual_init`` are the
+    ``mtp`` and ``init`` sections' now: by their old names they reach the section (one note
+    each); a section key laid over a kind's own default of it (Llama's init: no scaled
+    residual) keeps the rest of that default."""
+    plan = _plan(
+        *["--config", "llama_small", "--set", "model.init_std=0.01"],
+        *["--set", "model.mtp_depths=1", "--set", "model.mtp.loss_weight=0.5"],
+    )
+    model = plan.config.model
+    assert (model.init.std, model.init.scaled_residual) == (0.01, False)
+    assert (model.mtp.depths, model.mtp.loss_weight) == (1, 0.5)
+    assert capsys.readouterr().err.splitlines() == [
+        "trainer: note: --set model.init_std is model.init.std now (the old name still works)",
+        "trainer: note: --set model.mtp_depths is model.mtp.depths now (the old name still "
+        "works)",
+    ]
+    assert _plan("--config", "tiny", "--set", "model.init.std=0.01").config.model.init == (
+        nn.InitConfig(std=0.01, scaled_residual=True)
     )
 
 

@@ -97,8 +97,7 @@ def test_a_model_json_of_tjx_0_1_loads():
             "impl": "auto",
         },
         # #56's multi-token prediction (DeepSeek-V3's MTP): none, and its loss weight.
-        "mtp_depths": 0,
-        "mtp_loss_weight": 0.3,
+        "mtp": {"depths": 0, "loss_weight": 0.3},
         # #56's Llama 4 settings: chunks, NoPE global layers, the weightless q/k norm, the
         # NoPE layers' temperature (router_scales_input is with the MoE settings above).
         "attention_chunk": None,
@@ -120,7 +119,10 @@ def test_a_model_json_of_tjx_0_1_loads():
     }
     # #51's logits_dtype: the float32 logits such a run had.
     newer["precision"] = {**WRITTEN_BY_TJX_0_1["fields"]["precision"], "logits_dtype": "float32"}
-    old = {k: v for k, v in WRITTEN_BY_TJX_0_1["fields"].items() if k != "kv_latent_dim"}
+    # The init settings as their section (its flat init_std and scaled_residual_init moved in).
+    newer["init"] = {"std": 0.02, "scaled_residual": False}
+    moved = ("kv_latent_dim", "init_std", "scaled_residual_init")
+    old = {k: v for k, v in WRITTEN_BY_TJX_0_1["fields"].items() if k not in moved}
     want = {**WRITTEN_BY_TJX_0_1, "fields": {**old, **newer}}
     assert tnn.config_to_dict(config) == want
     # An older file without the newer fields (and a preset name for precision) keeps defaults.
@@ -167,8 +169,8 @@ def test_model_kinds_build_their_models():
 
 @pytest.mark.parametrize("name", ["MLA_MOE", "DELTA"])
 def test_a_model_json_of_tjx_0_28_with_flat_section_settings_loads_as_the_same_model(name):
-    """tjx-nn 0.28 wrote the MoE, MLA and delta settings as flat fields: they load into their
-    sections, each value where it was, and write back nested."""
+    """tjx-nn 0.28 wrote the MoE, MLA, delta, multi-token prediction and init settings as flat
+    fields: they load into their sections, each value where it was, and write back nested."""
     data = json.loads(json.dumps(getattr(written, name)))
     flat = data["fields"]
     config = tnn.config_from_dict(data)
@@ -180,6 +182,8 @@ def test_a_model_json_of_tjx_0_28_with_flat_section_settings_loads_as_the_same_m
         "moe.router_expert_scale": "router_expert_scale",
         **{f"mla.{k}": k for k in ("kv_latent_dim", "q_lora_rank", "qk_rope_head_dim")},
         **{f"delta.{k}": f"delta_{k}" for k in ("key_heads", "value_dim", "conv_kernel", "impl")},
+        **{"mtp.depths": "mtp_depths", "mtp.loss_weight": "mtp_loss_weight"},
+        **{"init.std": "init_std", "init.scaled_residual": "scaled_residual_init"},
     }
     for new, old in moved.items():
         assert tnn.setting_value(config, new) == flat[old], new

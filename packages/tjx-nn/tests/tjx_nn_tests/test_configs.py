@@ -109,8 +109,8 @@ def test_precision_helpers_and_more_bad_fields():
         tnn.LlamaConfig(rope_theta=0.0)
     with pytest.raises(ValueError, match="norm_eps"):
         tnn.GPT2Config(norm_eps=0.0)
-    with pytest.raises(ValueError, match="init_std"):
-        tnn.GPT2Config(init_std=-1.0)
+    with pytest.raises(ValueError, match="InitConfig.std"):
+        tnn.GPT2Config(init=tnn.InitConfig(std=-1.0))
     with pytest.raises(ValueError, match="num_labels"):
         tnn.BertConfig(num_labels=0)
     with pytest.raises(ValueError, match="position"):
@@ -222,13 +222,18 @@ def test_the_component_sections_check_themselves_and_the_model_what_they_need_of
 
 
 def test_the_model_config_holds_its_components_as_sections():
-    """MoE, MLA and Gated DeltaNet are one field each, no flat settings of theirs beside."""
+    """MoE, MLA, Gated DeltaNet, multi-token prediction and init are one field each, no flat
+    settings of theirs beside (a family's own default of one: a section instance)."""
     fields = {f.name: f for f in dataclasses.fields(tnn.LlamaConfig)}
     sections = {"moe": tnn.MoEConfig, "mla": tnn.MLAConfig, "delta": tnn.DeltaConfig}
+    sections |= {"mtp": tnn.MTPConfig, "init": tnn.InitConfig}
+    defaults = tnn.LlamaConfig()
     for name, cls in sections.items():
-        assert fields[name].default_factory is cls
+        assert type(getattr(defaults, name)) is cls
         assert not {f"{name}_{f.name}" for f in dataclasses.fields(cls)} & set(fields)
-    assert not {"num_experts", "router", "kv_latent_dim", "delta_impl"} & set(fields)
+    gone = {"num_experts", "router", "kv_latent_dim", "delta_impl", "scaled_residual_init"}
+    assert not gone & set(fields)
+    assert not defaults.init.scaled_residual and tnn.GPT2Config().init.scaled_residual
     assert tuple(sections) == tnn.SECTIONS
     config = tnn.LlamaConfig(mixer_pattern=["delta", "attention"],
                              delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=8,

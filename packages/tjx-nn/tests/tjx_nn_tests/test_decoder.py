@@ -187,7 +187,7 @@ def test_deep_pre_ln_grad_norm_bounded_at_init():
 
 
 def test_gpt2_scaled_residual_init():
-    cfg = gpt2_tiny(num_layers=8, init_std=0.02)
+    cfg = gpt2_tiny(num_layers=8, init=tnn.InitConfig(std=0.02))
     assert tnn.residual_std(cfg, 8) == pytest.approx(0.02 / 4)
     assert tnn.residual_std(llama_tiny(), 8) == pytest.approx(0.02)
     model = build(gpt2_tiny(d_model=64, mlp_dim=512, num_layers=8, num_heads=4))

@@ -297,7 +297,7 @@ def test_the_sinks_the_clamp_and_the_partial_rope_each_change_the_logits():
         ("gptoss", dict(mlp_activation="swiglu")),
         ("glm", dict(rope_fraction=1.0)),
     ):
-        model, config = _model(family, init_std=1.0)
+        model, config = _model(family, init=tnn.InitConfig(std=1.0, scaled_residual=False))
         flat = tnn.get_flat_params(model)
         other = tnn.Llama(config.replace(**change), rngs=nnx.Rngs(0))
         names = set(tnn.get_flat_params(other))  # the same, but the sinks when they are off

@@ -107,6 +107,26 @@ def test_the_flat_moe_mla_and_delta_keys_move_into_their_sections():
     assert "num_channels" not in tnn.migrate_model_section({"kind": "vit", "num_experts": 0})
 
 
+def test_the_flat_mtp_and_init_keys_move_into_their_sections():
+    """A section written before the ``mtp`` and ``init`` sections reads as them, renamed where
+    the section says it (``scaled_residual_init`` → ``init.scaled_residual``); a config file of
+    a model.json reads them alike."""
+    old = {"kind": "llama", "mtp_depths": 1, "mtp_loss_weight": 0.1, "init_std": 0.01}
+    got = tnn.migrate_model_section({**old, "scaled_residual_init": False})
+    assert got == {
+        "kind": "llama",
+        "mtp": {"depths": 1, "loss_weight": 0.1},
+        "init": {"std": 0.01, "scaled_residual": False},
+    }
+    assert tnn.RENAMED_MODEL_KEYS["scaled_residual_init"] == "init.scaled_residual"
+    with pytest.raises(ValueError, match=r"^model.init_std: is model.init.std now"):
+        tnn.migrate_model_section({"init_std": 0.01, "init": {"std": 0.02}})
+    # Only the keys a file holds change: the rest is the class's own default of the section.
+    fields = {"vocab_size": 40, "d_model": 16, "num_heads": 2, "num_layers": 1, "init_std": 0.01}
+    config = tnn.config_from_dict({"class": "LlamaConfig", "fields": fields})
+    assert config.init == tnn.InitConfig(std=0.01, scaled_residual=False)
+
+
 def test_a_runs_start_checks_and_step_plan_went_to_the_trainer() -> None:
     """0.21 moved them to the trainer app, which tjx.nn cannot import: one ImportError line
     naming the new import."""

@@ -113,6 +113,7 @@ from tjx.nn.moe.config import MoEConfig, moe_layers
 from tjx.nn.moe.layer import MoE, MoEStats, router_penalty
 from tjx.nn.moe.parallel import current_expert_parallel, expert_parallel_scope
 from tjx.nn.mtp import MTP, MTPLayer, MTPLoss, mtp_loss, mtp_metric
+from tjx.nn.mtp_config import MTPConfig
 from tjx.nn.norms import LayerNorm, RMSNorm
 from tjx.nn.objectives import (
     OBJECTIVES,
@@ -126,7 +127,7 @@ from tjx.nn.objectives import (
     token_loss,
 )
 from tjx.nn.old_layout import RENAMED_MODEL_KEYS, migrate_model_section
-from tjx.nn.params import LOGICAL_AXES, make_param
+from tjx.nn.params import LOGICAL_AXES, InitConfig, make_param
 from tjx.nn.params_io import get_flat_params, set_flat_params
 from tjx.nn.peft_io import check_peft_export, save_peft
 from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, rope_inv_freq, sinusoidal
@@ -208,6 +209,7 @@ __all__ = [
     "HF_MODEL_TYPES",
     "HOW_TO_TRAIN",
     "LAYER_KINDS",
+    "InitConfig",
     "LOGICAL_AXES",
     "LORA_ROLES",
     "LayerNorm",
@@ -220,6 +222,7 @@ __all__ = [
     "MLAConfig",
     "MoE",
     "MoEConfig",
+    "MTPConfig",
     "MoEStats",
     "NORMS",
     "OBJECTIVES",

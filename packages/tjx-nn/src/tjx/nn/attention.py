@@ -144,7 +144,7 @@ class Attention(nnx.Module):
         # refused then, with tjx.kernels' one line.
         self.kernel = resolve_attention(c, kinds=(kind,)).kernel(kind) if kernel is None else kernel
         common: dict[str, Any] = dict(rngs=rngs, use_bias=c.use_bias, precision=c.precision)
-        init = normal(c.init_std)
+        init = normal(c.init.std)
         # Qwen2 has biases on q/k/v only (``qkv_bias``); ``use_bias`` puts them everywhere.
         qkv: dict[str, Any] = dict(common, use_bias=c.use_bias or c.qkv_bias)
         modules = ds.deepseek_modules(c, rngs=rngs, common=qkv, init=init) if self.deepseek else {}
@@ -184,7 +184,7 @@ class Attention(nnx.Module):
             (d,),
             ("heads", "head_dim"),
             ("embed",),
-            init=normal(out_std if out_std is not None else c.init_std),
+            init=normal(out_std if out_std is not None else c.init.std),
             **common,
         )
         # q/k norms after the projections, before RoPE: per head (Qwen3, Gemma 3: one head_dim

@@ -30,7 +30,7 @@ class BERT(nnx.Module):
             raise ValueError(f"BERT needs a BertConfig; got {type(config).__name__}")
         c = self.config = config
         p = c.precision
-        self.embed = Embed(c.vocab_size, c.d_model, rngs=rngs, init_std=c.init_std, precision=p)
+        self.embed = Embed(c.vocab_size, c.d_model, rngs=rngs, init_std=c.init.std, precision=p)
         # BERT always has learned positions and token types.
         self.pos_embed = lookup_table(c.max_seq_len, c, rngs=rngs)
         self.type_embed = lookup_table(c.type_vocab_size, c, rngs=rngs)
@@ -46,7 +46,7 @@ class BERT(nnx.Module):
             ("embed",),
             ("mlp",),
             rngs=rngs,
-            init=normal(c.init_std),
+            init=normal(c.init.std),
             precision=p,
         )
         self.mlm_norm = make_norm(c.norm, c.d_model, **norm_kw)
@@ -58,7 +58,7 @@ class BERT(nnx.Module):
                 ("embed",),
                 ("mlp",),
                 rngs=rngs,
-                init=normal(c.init_std),
+                init=normal(c.init.std),
                 precision=p,
             )
             self.classifier: Dense | None = Dense(
@@ -67,7 +67,7 @@ class BERT(nnx.Module):
                 ("mlp",),
                 ("classes",),
                 rngs=rngs,
-                init=normal(c.init_std),
+                init=normal(c.init.std),
                 precision=p,
             )
         else:

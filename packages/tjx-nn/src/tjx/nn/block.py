@@ -38,7 +38,7 @@ def residual_std(config: TransformerConfig, num_layers: int) -> float:
     Parameters
     ----------
     config : TransformerConfig
-        Supplies ``init_std`` and ``scaled_residual_init``.
+        Supplies the ``init`` section (``std``, ``scaled_residual``).
     num_layers : int
         Depth of the stack.
 
@@ -46,9 +46,9 @@ def residual_std(config: TransformerConfig, num_layers: int) -> float:
     -------
     float
     """
-    if config.scaled_residual_init:
-        return config.init_std / math.sqrt(2 * num_layers)
-    return config.init_std
+    if config.init.scaled_residual:
+        return config.init.std / math.sqrt(2 * num_layers)
+    return config.init.std
 
 
 class Block(nnx.Module):
@@ -124,7 +124,7 @@ class Block(nnx.Module):
                 rngs=rngs,
                 conv_kernel=c.delta.conv_kernel,
                 eps=c.norm_eps,
-                init_std=c.init_std,
+                init_std=c.init.std,
                 precision=c.precision,
                 implementation=c.delta.impl,
             )
@@ -161,7 +161,7 @@ class Block(nnx.Module):
                 rngs=rngs,
                 activation_name=c.mlp_activation,
                 use_bias=c.use_bias,
-                init_std=c.init_std,
+                init_std=c.init.std,
                 out_std=out_std,
                 precision=c.precision,
             )

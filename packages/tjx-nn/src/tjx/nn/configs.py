@@ -30,6 +30,8 @@ from tjx.nn.fp8 import check_fp8
 from tjx.nn.gated_deltanet import DELTA_SIZES, DeltaConfig
 from tjx.nn.mla_config import DEEPSEEK_MLA, MLAConfig
 from tjx.nn.moe.config import MoEConfig
+from tjx.nn.mtp_config import MTPConfig
+from tjx.nn.params import InitConfig
 from tjx.nn.precision import Precision, as_precision
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
@@ -50,7 +52,7 @@ ATTENTION_TYPES = ("mha", "mla")
 LAYER_KINDS = ("local", "global")
 #: The component sections of a model config (their own config classes): a setting in one is named
 #: by a dotted key, ``moe.num_experts``.
-SECTIONS = ("moe", "mla", "delta")
+SECTIONS = ("moe", "mla", "delta", "mtp", "init")
 #: What each entry of ``mixer_pattern`` says about a layer: its token mixer, attention or Gated
 #: DeltaNet linear attention (:mod:`tjx.nn.gated_deltanet`, Qwen3-Next and Qwen3.5).
 MIXERS = ("attention", "delta")
@@ -178,8 +180,9 @@ class TransformerConfig:
     precision: Precision = setting(
         Precision, factory=True, help="parameter and compute dtypes (param_dtype, compute_dtype)"
     )
-    init_std: float = setting(0.02, help="std of the initial weights")
-    scaled_residual_init: bool = setting(True, help="residual output init / sqrt(2 layers) (GPT-2)")
+    init: InitConfig = setting(
+        InitConfig, factory=True, help="the initial weights' std and residual scaling"
+    )
     attention_type: str = setting(
         "mha", choices=ATTENTION_TYPES, help="mla: keys/values from one low-rank latent per token"
     )
@@ -189,13 +192,8 @@ class TransformerConfig:
     decode_topk: int | None = setting(
         None, resumable=True, help="decoding attends to the top-k cached keys only; None: all"
     )
-    mtp_depths: int = setting(
-        0, help="multi-token prediction modules (DeepSeek-V3): depth k predicts token t+k+1"
-    )
-    mtp_loss_weight: float = setting(
-        0.3,
-        resumable=True,
-        help="multi-token prediction: weight of its mean loss (DeepSeek-V3: 0.3)",
+    mtp: MTPConfig = setting(
+        MTPConfig, factory=True, help="multi-token prediction modules after the decoder"
     )
     qk_norm: bool = setting(False, help="RMSNorm of queries and keys (Qwen3, Gemma 3, OLMo 2)")
     qk_norm_scope: str = setting(
@@ -290,8 +288,6 @@ class TransformerConfig:
         rate(cls, "attention_dropout", self.attention_dropout)
         if not self.norm_eps > 0:
             raise ValueError(f"{cls}.norm_eps must be > 0; got {self.norm_eps!r}")
-        if not self.init_std > 0:
-            raise ValueError(f"{cls}.init_std must be > 0; got {self.init_std!r}")
         check_rope(self, cls)
         check_rope_scaling(self, cls)
         check_window(self, cls)
@@ -305,7 +301,7 @@ class TransformerConfig:
         # Multi-token prediction's, Gemma 4's and float8's rules live with them (family_config,
         # fp8) and apply once one of their settings leaves its default (the defaults are valid):
         # a config without them is read in this file alone.
-        if any(getattr(self, n) != defaults[n] for n in ("mtp_depths", "mtp_loss_weight")):
+        if self.mtp.depths:
             check_mtp(self, cls)
         check_family(self, cls)
         if any(getattr(self, n) != defaults[n] for n in GEMMA4_SWITCHES):
@@ -386,7 +382,7 @@ class LlamaConfig(TransformerConfig):
     position: str = "rope"
     use_bias: bool = False
     tie_embeddings: bool = False
-    scaled_residual_init: bool = False
+    init: InitConfig = InitConfig(scaled_residual=False)
 
     def __post_init__(self) -> None:
         if self.mlp_dim is None:

@@ -50,7 +50,7 @@ class EncoderDecoder(nnx.Module):
         c = self.config = config
         p = c.precision
         assert c.num_encoder_layers is not None and c.num_decoder_layers is not None
-        self.embed = Embed(c.vocab_size, c.d_model, rngs=rngs, init_std=c.init_std, precision=p)
+        self.embed = Embed(c.vocab_size, c.d_model, rngs=rngs, init_std=c.init.std, precision=p)
         self.pos_embed = learned_positions(c, rngs=rngs)
         self.encoder = Stack(c, rngs=rngs, num_layers=c.num_encoder_layers, causal=False)
         self.decoder = Stack(c, rngs=rngs, num_layers=c.num_decoder_layers, causal=True, cross=True)
@@ -79,7 +79,7 @@ class EncoderDecoder(nnx.Module):
             positions,
             self.pos_embed,
             self.config.position,
-            amplitude=sinusoid_amplitude(self.config.init_std),
+            amplitude=sinusoid_amplitude(self.config.init.std),
         )
         return dropout(x, self.config.dropout, key, deterministic=deterministic), positions
 

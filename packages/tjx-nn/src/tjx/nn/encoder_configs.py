@@ -16,6 +16,7 @@ from tjx.core.fields import setting
 from tjx.nn.configs import POSITIONS, TransformerConfig
 from tjx.nn.family_config import DECODER_ONLY
 from tjx.nn.moe.config import NO_MOE
+from tjx.nn.params import InitConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,7 +32,7 @@ class BertConfig(TransformerConfig):
     norm_position: str = "post"
     norm_eps: float = 1e-12
     mlp_activation: str = "gelu_exact"
-    scaled_residual_init: bool = False
+    init: InitConfig = InitConfig(scaled_residual=False)
     num_labels: int | None = setting(
         None, help="BERT: classes of a sequence-classification head; None: none"
     )
@@ -69,7 +70,7 @@ class ViTConfig(TransformerConfig):
     mlp_activation: str = "gelu_exact"
     norm_eps: float = 1e-6
     tie_embeddings: bool = False
-    scaled_residual_init: bool = False
+    init: InitConfig = InitConfig(scaled_residual=False)
     unused_fields: ClassVar[Mapping[str, str]] = {
         "vocab_size": "ViT reads images, not tokens",
         "tie_embeddings": "ViT has no token embedding to tie its classifier to",
@@ -119,7 +120,7 @@ class EncoderDecoderConfig(TransformerConfig):
     num_encoder_layers: int | None = setting(None, help="encoder blocks; None: num_layers")
     num_decoder_layers: int | None = setting(None, help="decoder blocks; None: num_layers")
     position: str = "sinusoidal"
-    scaled_residual_init: bool = False
+    init: InitConfig = InitConfig(scaled_residual=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -80,8 +80,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from tjx.core.config.values import positive
-
 #: What ``qk_norm`` normalises over: each head alone, or all heads of a token together.
 QK_NORM_SCOPES = ("head", "projection")
 #: Norm positions only decoder blocks implement.
@@ -118,10 +116,7 @@ DECODER_ONLY: Mapping[str, str] = {
         *LLAMA4_SWITCHES,
         *GEMMA4_SWITCHES,
     )
-} | {
-    name: "only decoders (gpt2, llama) predict further tokens"
-    for name in ("mtp_depths", "mtp_loss_weight")
-}
+} | {"mtp": "only decoders (gpt2, llama) predict further tokens"}
 #: Gemma 4's switches that give layers parameters of different shapes: a scanned stack (one
 #: shape for every layer) cannot hold them.
 UNSCANNED = (
@@ -251,16 +246,15 @@ def check_layers(config: Any, cls: str) -> None:
 
 
 def check_mtp(config: Any, cls: str) -> None:
-    """``mtp_depths`` >= 0 and ``mtp_loss_weight`` >= 0 (:mod:`tjx.nn.mtp`)."""
-    positive(cls, "mtp_depths", config.mtp_depths, allow_zero=True)
-    if config.mtp_depths:  # an MTP module is one full-attention block (DeepSeek's, GLM-4.5's)
-        local = (("sliding_window", None), ("attention_chunk", None), ("mixer_pattern", None))
-        for name, off in (*local, ("position", "t5")):
-            value = getattr(config, name, None)
-            if (value is not None) if off is None else value == off:
-                raise ValueError(
-                    f"{cls}.mtp_depths: multi-token prediction is implemented for full-attention "
-                    f"decoders; got {name}={value!r} (set mtp_depths=0)"
-                )
-    if not config.mtp_loss_weight >= 0:
-        raise ValueError(f"{cls}.mtp_loss_weight must be >= 0; got {config.mtp_loss_weight!r}")
+    """Multi-token prediction (the ``mtp`` section, :mod:`tjx.nn.mtp`) only on a full-attention
+    decoder: an MTP module is one full-attention block (DeepSeek's, GLM-4.5's)."""
+    if not config.mtp.depths:
+        return
+    local = (("sliding_window", None), ("attention_chunk", None), ("mixer_pattern", None))
+    for name, off in (*local, ("position", "t5")):
+        value = getattr(config, name, None)
+        if (value is not None) if off is None else value == off:
+            raise ValueError(
+                f"{cls}.mtp.depths: multi-token prediction is implemented for full-attention "
+                f"decoders; got {name}={value!r} (set mtp.depths=0)"
+            )

@@ -34,7 +34,7 @@ class ViT(nnx.Module):
             (None,),
             ("embed",),
             rngs=rngs,
-            init=normal(c.init_std),
+            init=normal(c.init.std),
             precision=p,
         )
         self.cls_token = make_param(
@@ -52,7 +52,7 @@ class ViT(nnx.Module):
             ("embed",),
             ("classes",),
             rngs=rngs,
-            init=normal(c.init_std),
+            init=normal(c.init.std),
             precision=p,
         )
         self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention_dropout > 0)

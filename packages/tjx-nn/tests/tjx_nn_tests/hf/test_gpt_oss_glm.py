@@ -137,7 +137,7 @@ def test_glm_multi_token_prediction_layers_are_skipped_with_one_line(tmp_path, c
     hf = _tensors(folder)
     hf["model.layers.3.eh_proj.weight"] = np.zeros((16, 32), np.float32)
     save_file(hf, str(folder / "model.safetensors"))
-    loaded, _ = tnn.load_hf(folder, mtp_depths=0)
+    loaded, _ = tnn.load_hf(folder, **{"mtp.depths": 0})
     assert "skipping the checkpoint's 1 multi-token-prediction layer" in capsys.readouterr().err
     np.testing.assert_array_equal(
         tnn.get_flat_params(loaded)["embed.embedding"],
@@ -146,13 +146,13 @@ def test_glm_multi_token_prediction_layers_are_skipped_with_one_line(tmp_path, c
 
 
 def test_glm_multi_token_prediction_round_trips_in_deepseeks_layout(tmp_path):
-    model = _model({**GLM, "mtp_depths": 1})
+    model = _model({**GLM, "mtp": tnn.MTPConfig(depths=1)})
     tnn.save_hf(model, tmp_path / "a")
     first = _tensors(tmp_path / "a")
     assert first["model.layers.3.eh_proj.weight"].shape == (16, 32)
     assert "model.layers.3.self_attn.q_norm.weight" in first  # the block as GLM's own layers
     loaded, config = tnn.load_hf(tmp_path / "a")
-    assert config.mtp_depths == 1
+    assert config.mtp.depths == 1
     want, got = tnn.get_flat_params(model), tnn.get_flat_params(loaded)
     assert set(want) == set(got)
     for name in want:

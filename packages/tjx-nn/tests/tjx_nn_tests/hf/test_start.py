@@ -39,8 +39,8 @@ def test_the_late_2026_families_fix_their_layers_and_mtp_depths():
     """A Llama 4 start refuses another chunk or NoPE choice, a Qwen3.5 one another mixer
     pattern, a DeepSeek-V3 one another count of MTP depths (#56's switches are fixed too)."""
     llama4 = _llama(attention_chunk=4, window_pattern=("local", "global"), global_nope=True)
-    asked = {"attention_chunk": 8, "global_nope": True, "mtp_depths": 1}
-    assert tnn.hf_conflicts(asked, llama4) == {"attention_chunk": 8, "mtp_depths": 1}
+    asked = {"attention_chunk": 8, "global_nope": True, "mtp.depths": 1}
+    assert tnn.hf_conflicts(asked, llama4) == {"attention_chunk": 8, "mtp.depths": 1}
     delta = tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=4, value_dim=4)
     hybrid = _llama(mixer_pattern=("delta", "attention"), delta=delta)
     assert tnn.hf_conflicts({"delta.key_heads": 8, "delta.impl": "xla"}, hybrid) == {

@@ -165,7 +165,7 @@ def _read(folder: Path) -> dict[str, Any]:
     print(
         f"tjx: config.json counts {hf[key]} multi-token-prediction layer(s) ({key}) but the "
         f"checkpoint holds none of their tensors ({first}*; transformers saves none): loading "
-        "the model without them (mtp_depths=0)",
+        "the model without them (mtp.depths=0)",
         file=sys.stderr,
     )
     return {**hf, key: 0}
@@ -213,13 +213,14 @@ def _kind(hf: dict[str, Any]) -> str:
 
 
 def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[DecoderLM], HFMapping]:
-    # A component section's setting (``delta.impl``: how to train, `TRAINING_FIELDS`) is set on
-    # the config the checkpoint describes; the readers take whole fields.
+    # A component section's setting (``delta.impl``, ``mtp.depths``) is set on the section the
+    # checkpoint describes, which the readers then take whole (so the tensor mapping follows it).
     plain = {k: v for k, v in overrides.items() if "." not in k}
-    config, cls, mapping = _plan_fields(hf, plain)
-    if len(plain) < len(overrides):
-        config = config.replace(**{k: v for k, v in overrides.items() if "." in k})
-    return config, cls, mapping
+    dotted = {k: v for k, v in overrides.items() if "." in k}
+    if dotted:
+        described = _plan_fields(hf, plain)[0].replace(**dotted)
+        plain |= {k.split(".")[0]: getattr(described, k.split(".")[0]) for k in dotted}
+    return _plan_fields(hf, plain)
 
 
 def _plan_fields(
@@ -457,12 +458,13 @@ def save_hf(
     """
     config = getattr(model, "config", None)
     hf_config, mapping = _export_plan(config, model_type)
-    depths = getattr(config, "mtp_depths", 0)
+    mtp = getattr(config, "mtp", None)
+    depths = mtp.depths if mtp is not None else 0
     if depths and hf_config.get("num_nextn_predict_layers") != depths:
         raise ValueError(
-            f"mtp_depths={depths}: model_type {hf_config['model_type']!r} stores no "
+            f"mtp.depths={depths}: model_type {hf_config['model_type']!r} stores no "
             "multi-token-prediction layers (deepseek_v3 and glm4_moe do); save a model with "
-            "mtp_depths=0 (its MTP modules dropped) or as one of those"
+            "mtp.depths=0 (its MTP modules dropped) or as one of those"
         )
     assert config is not None
     # LoRA adapters, if any, are merged into their kernels as each tensor is read.

@@ -19,6 +19,7 @@ from typing import Any
 
 from tjx.nn.configs import LlamaConfig, setting_value
 from tjx.nn.hf.keys import ABSENT, ATTENTION_KINDS, LLAMA, Spec, count, flag, layer_list, size
+from tjx.nn.params import InitConfig
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
 LLAMA_TYPES = ("llama", "mistral", "qwen2")
@@ -277,7 +278,7 @@ def llama_fields(
         use_bias=attn_bias,
         tie_embeddings=hf["tie_word_embeddings"],
         attention_dropout=float(hf["attention_dropout"]),
-        init_std=float(hf["initializer_range"]),
+        init=InitConfig(std=float(hf["initializer_range"]), scaled_residual=False),
     )
 
 
@@ -394,7 +395,7 @@ def llama_common_to_hf(config: LlamaConfig, chosen: str) -> dict[str, Any]:
         "hidden_act": "silu",
         "tie_word_embeddings": config.tie_embeddings,
         "attention_dropout": config.attention_dropout,
-        "initializer_range": config.init_std,
+        "initializer_range": config.init.std,
     }
     if config.rope_scaling is not None:
         fields = config.rope_scaling.as_dict()

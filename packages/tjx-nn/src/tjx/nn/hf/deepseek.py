@@ -29,8 +29,8 @@ says; tjx's norms share one), V2's ``norm_topk_prob`` true (transformers' V2 ign
 shared experts. V3's own release (``quantization_config`` ``fp8``: FP8 blocks with
 ``weight_scale_inv``) is dequantized as it loads (`tjx.nn.hf.quantized`, before this module
 sees the config). V3's multi-token-prediction layers
-(``num_nextn_predict_layers``) are ``mtp_depths`` (:mod:`tjx.nn.mtp`, their tensors
-:mod:`tjx.nn.hf.mtp_tensors`): loaded, trained and written back; a load with ``mtp_depths=0``
+(``num_nextn_predict_layers``) are ``mtp.depths`` (:mod:`tjx.nn.mtp`, their tensors
+:mod:`tjx.nn.hf.mtp_tensors`): loaded, trained and written back; a load with ``mtp.depths=0``
 skips them with one printed line.
 DeepSeek's own ``auto_map`` (the hub code transformers ships upstream) is read as the model type.
 """
@@ -46,6 +46,7 @@ from tjx.nn.hf.family_base import refuse_mismatches
 from tjx.nn.hf.keys import ABSENT, UNSET, Spec, count, flag, nonneg, positive, size, text
 from tjx.nn.mla_config import MLAConfig
 from tjx.nn.moe.config import MoEConfig, expert_mlp_dim
+from tjx.nn.mtp_config import MTPConfig
 
 DEEPSEEK_TYPES = ("deepseek_v2", "deepseek_v3")
 ARCHITECTURES = {"deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}
@@ -152,7 +153,7 @@ def _refuse(key: str, value: Any, why: str) -> ValueError:
 
 
 def mtp_layers(hf: Mapping[str, Any]) -> int:
-    """V3's multi-token-prediction layers after the causal LM's (``mtp_depths``)."""
+    """V3's multi-token-prediction layers after the causal LM's (``mtp.depths``)."""
     return int(hf.get("num_nextn_predict_layers") or 0)
 
 
@@ -218,7 +219,7 @@ def deepseek_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
         ),
         head_dim=nope + rope,
         moe=MoEConfig(**moe),
-        mtp_depths=mtp_layers(hf),
+        mtp=MTPConfig(depths=mtp_layers(hf)),
     )
     return LlamaConfig(**{**fields, **overrides})
 
@@ -297,5 +298,5 @@ def deepseek_config_to_hf(config: LlamaConfig, model_type: str | None = None) ->
         out["topk_method"] = "group_limited_greedy" if c.moe.router_groups > 1 else "greedy"
         out["mlp_bias"] = False
     else:
-        out |= dict(rope_interleave=True, num_nextn_predict_layers=c.mtp_depths)
+        out |= dict(rope_interleave=True, num_nextn_predict_layers=c.mtp.depths)
     return out

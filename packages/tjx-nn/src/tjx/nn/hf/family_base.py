@@ -14,6 +14,7 @@ from typing import Any
 
 from tjx.nn.configs import LlamaConfig, setting_value
 from tjx.nn.hf.config import BASE_KEYS, HARMLESS
+from tjx.nn.params import InitConfig
 
 #: The switches of a plain LLaMA (``family_config``): what llama/mistral/qwen2/phi3 compute with.
 LLAMA_SWITCHES: dict[str, Any] = dict(
@@ -128,7 +129,7 @@ def base_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
         norm_eps=float(hf["rms_norm_eps"]),
         tie_embeddings=hf["tie_word_embeddings"],
         attention_dropout=float(hf["attention_dropout"]),
-        init_std=float(hf["initializer_range"]),
+        init=InitConfig(std=float(hf["initializer_range"]), scaled_residual=False),
         use_bias=False,
     )
 
@@ -213,5 +214,5 @@ def common_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "rope_theta": config.rope_theta,
         "tie_word_embeddings": config.tie_embeddings,
         "attention_dropout": config.attention_dropout,
-        "initializer_range": config.init_std,
+        "initializer_range": config.init.std,
     }

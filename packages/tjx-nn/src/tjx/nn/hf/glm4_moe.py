@@ -20,7 +20,7 @@ transformers' default 0.5)           rest pass through
 ``moe_intermediate_size``            size``), ``expert_mlp_dim``
 ``first_k_dense_replace``            ``moe.first_dense`` (those layers' MLP: ``intermediate_
                                      size``)
-``num_nextn_predict_layers``         ``mtp_depths``: the multi-token-prediction layers after the
+``num_nextn_predict_layers``         ``mtp.depths``: the multi-token-prediction layers after the
 (``num_mtp_layers``)                 last, DeepSeek-V3's layout (`tjx.nn.hf.mtp_tensors`)
 ===================================  ==========================================================
 
@@ -43,6 +43,7 @@ from tjx.nn.hf.llama import llama_mapping
 from tjx.nn.hf.mtp_tensors import mtp_mapping
 from tjx.nn.hf.tables import Tables
 from tjx.nn.moe.config import MoEConfig, expert_mlp_dim, moe_layers
+from tjx.nn.mtp_config import MTPConfig
 
 GLM4_MOE = "glm4_moe"
 ARCHITECTURE = "Glm4MoeForCausalLM"
@@ -125,7 +126,7 @@ def _refuse(key: str, value: Any, why: str) -> ValueError:
 
 
 def mtp_layers(hf: Mapping[str, Any]) -> int:
-    """GLM-4.5's multi-token-prediction layers after the causal LM's (``mtp_depths``)."""
+    """GLM-4.5's multi-token-prediction layers after the causal LM's (``mtp.depths``)."""
     return int(hf.get("num_nextn_predict_layers", hf.get("num_mtp_layers")) or 0)
 
 
@@ -170,7 +171,7 @@ def glm4_moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
             router_groups=hf["n_group"],
             router_topk_groups=hf["topk_group"],
         ),
-        mtp_depths=mtp_layers(hf),
+        mtp=MTPConfig(depths=mtp_layers(hf)),
     )
     return LlamaConfig(**{**fields, **overrides})
 
@@ -218,7 +219,7 @@ def glm4_moe_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "topk_group": c.moe.router_topk_groups,
         "first_k_dense_replace": c.moe.first_dense,
         "norm_topk_prob": c.moe.router_norm_topk,
-        "num_nextn_predict_layers": c.mtp_depths,
+        "num_nextn_predict_layers": c.mtp.depths,
         "bos_token_id": None,
         "eos_token_id": None,
         "pad_token_id": None,
@@ -227,9 +228,9 @@ def glm4_moe_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
 
 def glm4_moe_mapping(c: LlamaConfig, mtp: int | None = None) -> HFMapping:
     """The HF ↔ tjx correspondence of a GLM-4.5 ``c``: Llama's with DeepSeek's MoE tensors and
-    the router's correction bias, with its ``mtp_depths`` multi-token-prediction layers in
+    the router's correction bias, with its ``mtp.depths`` multi-token-prediction layers in
     DeepSeek-V3's layout (`tjx.nn.hf.mtp_tensors`); ``mtp``: the checkpoint's
-    ``num_nextn_predict_layers`` on load (those past ``mtp_depths`` skipped in one printed line),
+    ``num_nextn_predict_layers`` on load (those past ``mtp.depths`` skipped in one printed line),
     None on export."""
     return mtp_mapping(c, _glm4_moe_layers, mtp, "num_nextn_predict_layers")
 

@@ -23,6 +23,7 @@ import numpy as np
 from tjx.nn.configs import GPT2Config
 from tjx.nn.hf.io import HFMapping, Read, concat, take
 from tjx.nn.hf.keys import ABSENT, Key, Spec, flag, fraction, positive, size, text
+from tjx.nn.params import InitConfig
 
 _PER_LAYER = {
     "ln_1.weight": "attn_norm.scale",
@@ -190,7 +191,7 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPT2Config:
         mlp_dim=hf["n_inner"] or 4 * hf["n_embd"],
         mlp_activation=acts[act],
         norm_eps=float(hf["layer_norm_epsilon"]),
-        init_std=float(hf["initializer_range"]),
+        init=InitConfig(std=float(hf["initializer_range"])),
     )
     conflicts = hf_gpt2_conflicts(overrides)
     if conflicts:
@@ -242,7 +243,7 @@ def config_to_hf(config: GPT2Config) -> dict[str, Any]:
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.attention_dropout,
-        "initializer_range": config.init_std,
+        "initializer_range": config.init.std,
     }
 
 

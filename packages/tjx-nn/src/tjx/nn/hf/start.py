@@ -31,8 +31,8 @@ HOW_TO_TRAIN = (
     "delta.impl",
     "remat",
     "decode_topk",
-    "init_std",
-    "scaled_residual_init",
+    "init.std",
+    "init.scaled_residual",
 )
 
 #: The config fields a run decides when a Hugging Face checkpoint fixed the architecture (what an
@@ -84,7 +84,7 @@ HF_LLAMA_FIXED = (
     *(f"delta.{name}" for name in DELTA_SIZES),
     "attention_output_gate",
     *fixed_fields(),
-    "mtp_depths",
+    "mtp.depths",
 )
 
 

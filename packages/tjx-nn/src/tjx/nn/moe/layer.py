@@ -91,7 +91,7 @@ class Router(nnx.Module):
         # The expert dimension is left unnamed (replicated): the router is small, and its logits
         # go with tokens split over the batch axes, expert included.
         self.kernel = make_param(
-            rngs, normal(c.init_std), (c.d_model, c.moe.num_experts), ("embed", None), dtype
+            rngs, normal(c.init.std), (c.d_model, c.moe.num_experts), ("embed", None), dtype
         )
         self.bias = (
             make_param(rngs, zeros(), (c.moe.num_experts,), (None,), jnp.float32)
@@ -158,8 +158,8 @@ class Experts(nnx.Module):
         e, d, f = c.moe.num_experts, c.d_model, expert_mlp_dim(c)
         kw: dict[str, Any] = dict(rngs=rngs, use_bias=c.use_bias, dtype=c.precision.param_dtype)
         names_in = ("experts", "embed", "mlp")
-        self.fc_in = ExpertDense((e, d, f), names_in, std=c.init_std, **kw)
-        self.fc_gate = ExpertDense((e, d, f), names_in, std=c.init_std, **kw) if c.gated else None
+        self.fc_in = ExpertDense((e, d, f), names_in, std=c.init.std, **kw)
+        self.fc_gate = ExpertDense((e, d, f), names_in, std=c.init.std, **kw) if c.gated else None
         self.fc_out = ExpertDense((e, f, d), ("experts", "mlp", "embed"), std=out_std, **kw)
 
     def weights(self) -> ExpertWeights:
@@ -198,7 +198,7 @@ class MoE(nnx.Module):
                 rngs=rngs,
                 activation_name=c.mlp_activation,
                 use_bias=c.use_bias,
-                init_std=c.init_std,
+                init_std=c.init.std,
                 out_std=out_std,
                 precision=c.precision,
             )
@@ -213,7 +213,7 @@ class MoE(nnx.Module):
                 (None,),
                 rngs=rngs,
                 use_bias=False,
-                init=normal(c.init_std),
+                init=normal(c.init.std),
                 precision=c.precision,
             )
             if c.moe.shared_expert_gate

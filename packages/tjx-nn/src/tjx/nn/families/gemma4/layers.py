@@ -38,13 +38,13 @@ class PerLayerEmbed(nnx.Module):
             c.per_layer_vocab_size or c.vocab_size,
             width,
             rngs=rngs,
-            init_std=c.init_std,
+            init_std=c.init.std,
             names=(None, None),
             precision=c.precision,
         )
         self.proj = Dense(
             (c.d_model,), (width,), ("embed",), (None,), rngs=rngs, use_bias=False,
-            init=normal(c.init_std), precision=c.precision,
+            init=normal(c.init.std), precision=c.precision,
         )  # fmt: skip
         self.norm = make_norm(
             c.norm, self.dim, rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias,
@@ -69,7 +69,7 @@ class PerLayerInput(nnx.Module):
         c, p = config, config.per_layer_input_dim
         common: dict[str, Any] = dict(rngs=rngs, use_bias=False, precision=c.precision)
         self.gate = Dense(
-            (c.d_model,), (p,), ("embed",), (None,), init=normal(c.init_std), **common
+            (c.d_model,), (p,), ("embed",), (None,), init=normal(c.init.std), **common
         )
         self.proj = Dense((p,), (c.d_model,), (None,), ("embed",), init=normal(out_std), **common)
         self.norm = make_norm(

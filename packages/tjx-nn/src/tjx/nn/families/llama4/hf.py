@@ -65,6 +65,7 @@ from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.keys import BASE, flag, int_list, layer_list, nonneg, positive, size, text
 from tjx.nn.hf.tables import Convert, Tables
 from tjx.nn.moe.config import MoEConfig, expert_mlp_dim, moe_layers, shared_mlp_dim
+from tjx.nn.params import InitConfig
 
 LLAMA4 = "llama4_text"
 ARCHITECTURE = "Llama4ForCausalLM"
@@ -246,7 +247,7 @@ def llama4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
         rope_scaling=scaling,
         tie_embeddings=get["tie_word_embeddings"],
         attention_dropout=float(get["attention_dropout"]),
-        init_std=float(get["initializer_range"]),
+        init=InitConfig(std=float(get["initializer_range"]), scaled_residual=False),
         qk_l2_norm=get["use_qk_norm"],
     )
     fields |= _attention_layers(get, layers)
@@ -371,7 +372,7 @@ def llama4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "tie_word_embeddings": c.tie_embeddings,
         "attention_bias": False,
         "attention_dropout": c.attention_dropout,
-        "initializer_range": c.init_std,
+        "initializer_range": c.init.std,
         "num_local_experts": c.moe.num_experts or 1,
         "num_experts_per_tok": c.moe.experts_per_token if c.moe.num_experts else 1,
         "moe_layers": [i for i, m in enumerate(kinds) if m],

@@ -41,7 +41,7 @@ from tjx import nn
 #: The command line's model: small enough for a CPU, large enough that the weights matter.
 SMALL: dict[str, Any] = dict(
     vocab_size=1024, max_seq_len=256, d_model=256, num_layers=4, num_heads=8, num_kv_heads=4,
-    mlp_dim=768, mtp=nn.MTPConfig(depths=1),
+    mlp=nn.MLPConfig(dim=768), mtp=nn.MTPConfig(depths=1),
 )  # fmt: skip
 
 

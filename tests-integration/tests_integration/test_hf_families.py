@@ -574,7 +574,7 @@ def test_the_cases_exercise_each_switch(results):
         3.0,
         12.0,
     )
-    assert g2.norm_plus_one and g2.scale_embeddings and g2.mlp_activation == "geglu"
+    assert g2.norm_plus_one and g2.scale_embeddings and g2.mlp.activation == "geglu"
     assert g3.qk_norm and g3.final_logit_softcap is None and not g3.tie_embeddings
     # Each family's windows as transformers places them (the logits above prove they slide).
     local, full = WINDOW, None
@@ -644,7 +644,7 @@ def test_the_gpt_oss_and_glm_cases_exercise_each_piece(results):
     """gpt-oss's and GLM-4.5's switches as the configs read them, and the tensors tjx wrote."""
     oss, glm = results["gpt_oss"]["config"], results["glm4_moe"]["config"]
     assert oss.attention_sinks and oss.use_bias and oss.moe.router_logit_bias
-    assert (oss.mlp_activation, oss.moe.router, oss.moe.num_experts) == (
+    assert (oss.mlp.activation, oss.moe.router, oss.moe.num_experts) == (
         "swiglu_clamped",
         "softmax",
         4,
@@ -729,7 +729,7 @@ def test_the_llama4_case_exercises_each_piece(results):
         "sigmoid_plain",
     )
     assert c.moe.router_scales_input and not c.moe.router_norm_topk
-    assert (c.mlp_dim, c.moe.expert_mlp_dim, c.moe.shared_expert_mlp_dim) == (48, 16, 16)
+    assert (c.mlp.dim, c.moe.expert_mlp_dim, c.moe.shared_expert_mlp_dim) == (48, 16, 16)
     names = r["tensors"]
     assert {"model.layers.0.feed_forward.gate_proj.weight",
             "model.layers.1.feed_forward.experts.gate_up_proj",

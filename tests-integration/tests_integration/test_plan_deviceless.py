@@ -320,10 +320,10 @@ def test_fp8_still_compiles_to_float8_gemms_for_an_h100(envs, tmp_path):
 #: block) and Qwen3-Next (delta layers, gated attention, MoE with a gated shared expert);
 #: Qwen3.5's layers are the hybrid's above.
 FAMILY_SIZES = dict(vocab_size=64, max_seq_len=64, d_model=64, num_layers=2, num_heads=4,
-                    num_kv_heads=2, head_dim=16, mlp_dim=64)  # fmt: skip
+                    num_kv_heads=2, head_dim=16, mlp=nn.MLPConfig(dim=64))  # fmt: skip
 FAMILIES = {
     "gpt_oss": dict(
-        attention_sinks=True, use_bias=True, mlp_activation="swiglu_clamped",
+        attention_sinks=True, use_bias=True, **{"mlp.activation": "swiglu_clamped"},
         moe=nn.MoEConfig(num_experts=4, experts_per_token=2, router_logit_bias=True),
         sliding_window=16, window_pattern=("local", "global"),
         rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=16,
@@ -346,7 +346,8 @@ FAMILIES = {
     ),
     "gemma4": dict(
         num_layers=4, sliding_window=16, window_pattern=("local", "global"),
-        norm_position="sandwich", scale_embeddings=True, mlp_activation="geglu", qk_norm=True,
+        norm_position="sandwich", scale_embeddings=True, **{"mlp.activation": "geglu"},
+        qk_norm=True,
         query_pre_attn_scalar=1.0, tie_embeddings=True, rope_local_theta=100.0,
         global_head_dim=32, global_kv_heads=1, global_values_from_keys=True,
         global_rope_proportion=0.25, value_norm=True, kv_shared_layers=2, kv_shared_mlp_dim=128,
@@ -385,7 +386,7 @@ def family_plans(envs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, di
     tmp = tmp_path_factory.mktemp("family-plans")
     argvs = {}
     for family, fields in FAMILIES.items():
-        config = nn.LlamaConfig(**(FAMILY_SIZES | fields))
+        config = nn.make_config(nn.LlamaConfig, FAMILY_SIZES | fields)
         nn.save_hf(nn.build_model(config, rngs=nnx.Rngs(0)), tmp / family)
         argvs[family] = ["--config", "tiny", "--plan", "h100", "--init-from", str(tmp / family),
                          "--plan-json", str(tmp / f"{family}.json"),

@@ -94,10 +94,10 @@ DEPTH_OPTIMIZER = (
 )
 DEPTH_SHAPE = {
     "smoke": ("model.num_layers=4",),
-    "cpu": ("model.num_layers=48", "model.d_model=32", "model.num_heads=2", "model.mlp_dim=128",
+    "cpu": ("model.num_layers=48", "model.d_model=32", "model.num_heads=2", "model.mlp.dim=128",
             "model.max_seq_len=32", "data.seq_len=32", "data.batch_size=8", "train.steps=600",
             "train.log_every=1", "train.eval_every=100", "train.checkpoint_every=300"),
-    "gpu": ("model.num_layers=48", "model.d_model=128", "model.num_heads=4", "model.mlp_dim=512",
+    "gpu": ("model.num_layers=48", "model.d_model=128", "model.num_heads=4", "model.mlp.dim=512",
             "train.log_every=1"),
 }  # fmt: skip
 RAW = "post-LN, no clip, no warmup"

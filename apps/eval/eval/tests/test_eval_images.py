@@ -20,7 +20,7 @@ FIELDS = {
     "d_model": 16,
     "num_layers": 1,
     "num_heads": 2,
-    "mlp_dim": 32,
+    "mlp": {"dim": 32},
     "precision": {"param_dtype": "float32", "compute_dtype": "float32"},
 }
 

@@ -104,26 +104,27 @@ def test_a_flat_moe_mla_or_delta_key_is_its_sections_now_and_says_so(in_tmp, cap
     )
 
 
-def test_a_flat_mtp_or_init_key_is_its_sections_now_and_keeps_the_kinds_default(in_tmp, capsys):
-    """``mtp_depths``, ``mtp_loss_weight``, ``init_std`` and ``scaled_residual_init`` are the
-    ``mtp`` and ``init`` sections' now: by their old names they reach the section (one note
-    each); a section key laid over a kind's own default of it (Llama's init: no scaled
-    residual) keeps the rest of that default."""
+def test_a_flat_mtp_init_or_mlp_key_is_its_sections_now_and_keeps_the_kinds_own(in_tmp, capsys):
+    """``mtp_depths``, ``init_std``, ``mlp_dim`` ... are the ``mtp``, ``init`` and ``mlp``
+    sections' now: by their old names they reach the section (one note each); what the file
+    leaves null is the kind's own (LLaMA's SwiGLU, no scaled residual)."""
     plan = _plan(
         *["--config", "llama_small", "--set", "model.init_std=0.01"],
         *["--set", "model.mtp_depths=1", "--set", "model.mtp.loss_weight=0.5"],
+        *["--set", "model.mlp_dim=64"],
     )
     model = plan.config.model
     assert (model.init.std, model.init.scaled_residual) == (0.01, False)
     assert (model.mtp.depths, model.mtp.loss_weight) == (1, 0.5)
+    assert model.mlp == nn.MLPConfig(dim=64, activation="swiglu")
     assert capsys.readouterr().err.splitlines() == [
         "trainer: note: --set model.init_std is model.init.std now (the old name still works)",
         "trainer: note: --set model.mtp_depths is model.mtp.depths now (the old name still "
         "works)",
+        "trainer: note: --set model.mlp_dim is model.mlp.dim now (the old name still works)",
     ]
-    assert _plan("--config", "tiny", "--set", "model.init.std=0.01").config.model.init == (
-        nn.InitConfig(std=0.01, scaled_residual=True)
-    )
+    tiny = _plan("--config", "tiny", "--set", "model.init.std=0.01").config.model
+    assert tiny.init == nn.InitConfig(std=0.01, scaled_residual=True)
 
 
 def test_only_the_launch_flags_reach_tjx_parallel_and_they_read_as_from_the_whole_line(in_tmp):

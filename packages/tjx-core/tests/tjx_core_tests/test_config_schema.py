@@ -139,19 +139,6 @@ def test_build_makes_nested_sections_and_rewords_a_class_error():
         SCHEMA.build(Block, {"width": 3}, "block", {})
 
 
-def test_a_sections_keys_are_laid_over_the_subclasss_own_default_of_it():
-    """A subclass whose default of a nested section differs from the section class's (a model
-    family's): the keys a file sets change that default, the others keep it."""
-
-    @dataclass(frozen=True)
-    class Bounded(Block):
-        inner: Inner = Inner(low=0.25, high=0.75)
-
-    block = SCHEMA.build(Bounded, {"inner": {"high": 0.5}}, "block", {})
-    assert block.inner == Inner(low=0.25, high=0.5)
-    assert SCHEMA.build(Block, {"inner": {"high": 0.5}}, "block", {}).inner == Inner(high=0.5)
-
-
 def test_write_gives_every_key_and_a_derived_value_as_null():
     block = Block(width=8, dtype=np.float16)  # type: ignore[arg-type]
     out = SCHEMA.write(block, "block", {"kind": "plain"})

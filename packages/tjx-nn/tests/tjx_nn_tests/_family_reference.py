@@ -98,10 +98,10 @@ def reference_logits(p: dict[str, np.ndarray], c, tokens: np.ndarray) -> np.ndar
         x = x + norm(t + "attn_post_norm", o)
         m = norm(t + "mlp_norm", x)
         gate, up = lin(m, t + "mlp.fc_gate", "bsd,df->bsf"), lin(m, t + "mlp.fc_in", "bsd,df->bsf")
-        if c.mlp_activation == "swiglu_clamped":
+        if c.mlp.activation == "swiglu_clamped":
             unit = _clamped_swiglu(gate, up)
         else:
-            act = _gelu_tanh(gate) if c.mlp_activation == "geglu" else gate / (1 + np.exp(-gate))
+            act = _gelu_tanh(gate) if c.mlp.activation == "geglu" else gate / (1 + np.exp(-gate))
             unit = act * up
         y = lin(unit, t + "mlp.fc_out", "bsf,fd->bsd")
         x = x + norm(t + "mlp_post_norm", y)

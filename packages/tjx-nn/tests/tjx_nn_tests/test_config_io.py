@@ -119,9 +119,10 @@ def test_a_model_json_of_tjx_0_1_loads():
     }
     # #51's logits_dtype: the float32 logits such a run had.
     newer["precision"] = {**WRITTEN_BY_TJX_0_1["fields"]["precision"], "logits_dtype": "float32"}
-    # The init settings as their section (its flat init_std and scaled_residual_init moved in).
+    # The init and MLP settings as their sections (their flat keys moved in).
     newer["init"] = {"std": 0.02, "scaled_residual": False}
-    moved = ("kv_latent_dim", "init_std", "scaled_residual_init")
+    newer["mlp"] = {"dim": 64, "activation": "swiglu"}
+    moved = ("kv_latent_dim", "init_std", "scaled_residual_init", "mlp_dim", "mlp_activation")
     old = {k: v for k, v in WRITTEN_BY_TJX_0_1["fields"].items() if k not in moved}
     want = {**WRITTEN_BY_TJX_0_1, "fields": {**old, **newer}}
     assert tnn.config_to_dict(config) == want
@@ -184,6 +185,7 @@ def test_a_model_json_of_tjx_0_28_with_flat_section_settings_loads_as_the_same_m
         **{f"delta.{k}": f"delta_{k}" for k in ("key_heads", "value_dim", "conv_kernel", "impl")},
         **{"mtp.depths": "mtp_depths", "mtp.loss_weight": "mtp_loss_weight"},
         **{"init.std": "init_std", "init.scaled_residual": "scaled_residual_init"},
+        **{"mlp.dim": "mlp_dim", "mlp.activation": "mlp_activation"},
     }
     for new, old in moved.items():
         assert tnn.setting_value(config, new) == flat[old], new

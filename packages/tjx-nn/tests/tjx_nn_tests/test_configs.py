@@ -39,7 +39,6 @@ def test_gpt2_config_overrides_and_unknown_preset():
     [
         (dict(d_model=30, num_heads=4), "d_model"),
         (dict(num_heads=4, num_kv_heads=3), "num_kv_heads"),
-        (dict(mlp_activation="tanh"), "mlp_activation"),
         (dict(position="relative"), "position"),
         (dict(norm="batchnorm"), "norm"),
         (dict(norm_position="peri"), "norm_position"),
@@ -62,7 +61,7 @@ def test_bad_configs_raise_naming_the_field(kwargs, field):
 
 def test_bad_config_messages_list_allowed_values():
     with pytest.raises(ValueError, match="swiglu"):
-        tnn.LlamaConfig(mlp_activation="tanh")
+        tnn.LlamaConfig(mlp=tnn.MLPConfig(activation="tanh"))
     with pytest.raises(ValueError, match="alibi"):
         tnn.LlamaConfig(position="xpos")
     with pytest.raises(ValueError, match="patch_size"):
@@ -76,7 +75,7 @@ def test_bad_config_messages_list_allowed_values():
 def test_defaults_and_precision_presets():
     cfg = tnn.LlamaConfig(d_model=64, num_heads=4, num_kv_heads=1, precision="bf16")
     assert cfg.head_dim == 16 and cfg.num_kv_heads == 1 and cfg.gated
-    assert cfg.mlp_dim == 192  # 8/3·64 rounded up to 64
+    assert cfg.mlp.dim == 192  # 8/3·64 rounded up to 64
     assert cfg.precision == tnn.Precision(jnp.float32, jnp.bfloat16)
     assert tnn.Precision.pure_bf16().param_dtype == jnp.bfloat16
     assert tnn.Precision.fp16().compute_dtype == jnp.float16
@@ -221,17 +220,38 @@ def test_the_component_sections_check_themselves_and_the_model_what_they_need_of
         tnn.LlamaConfig(delta=tnn.DeltaConfig(key_heads=2))
 
 
+def test_a_section_refuses_a_bad_value_by_its_own_name_and_fills_the_familys():
+    """A section checks its values when built; a setting left None is the family's."""
+    with pytest.raises(ValueError, match=r"^MLPConfig.activation must be one of"):
+        tnn.MLPConfig(activation="tanh")
+    with pytest.raises(ValueError, match=r"^MLPConfig.dim must be a positive int"):
+        tnn.MLPConfig(dim=0)
+    with pytest.raises(ValueError, match=r"^InitConfig.std must be > 0"):
+        tnn.InitConfig(std=0.0)
+    mlp = tnn.MLPConfig(dim=64)
+    assert tnn.LlamaConfig(mlp=mlp).mlp == tnn.MLPConfig(dim=64, activation="swiglu")
+    assert tnn.GPT2Config(mlp=mlp).mlp == tnn.MLPConfig(dim=64, activation="gelu")
+    assert tnn.BertConfig(mlp=mlp).mlp.activation == "gelu_exact"
+    assert tnn.LlamaConfig(d_model=96).mlp.dim == 256  # LLaMA's 8/3 d_model, to 64
+    assert tnn.ViTConfig(init=tnn.InitConfig(std=0.1)).init.scaled_residual is False
+    built = tnn.make_config(tnn.LlamaConfig, {"mlp": mlp, "mlp.activation": "geglu"})
+    assert built.mlp == tnn.MLPConfig(dim=64, activation="geglu")
+    with pytest.raises(ValueError, match="LlamaConfig has no section 'norms'"):
+        tnn.make_config(tnn.LlamaConfig, {"norms.eps": 1e-5})
+
+
 def test_the_model_config_holds_its_components_as_sections():
     """MoE, MLA, Gated DeltaNet, multi-token prediction and init are one field each, no flat
-    settings of theirs beside (a family's own default of one: a section instance)."""
+    settings of theirs beside (a family's own value of a setting: ``part_defaults``)."""
     fields = {f.name: f for f in dataclasses.fields(tnn.LlamaConfig)}
     sections = {"moe": tnn.MoEConfig, "mla": tnn.MLAConfig, "delta": tnn.DeltaConfig}
-    sections |= {"mtp": tnn.MTPConfig, "init": tnn.InitConfig}
+    sections |= {"mtp": tnn.MTPConfig, "init": tnn.InitConfig, "mlp": tnn.MLPConfig}
     defaults = tnn.LlamaConfig()
     for name, cls in sections.items():
         assert type(getattr(defaults, name)) is cls
         assert not {f"{name}_{f.name}" for f in dataclasses.fields(cls)} & set(fields)
     gone = {"num_experts", "router", "kv_latent_dim", "delta_impl", "scaled_residual_init"}
+    gone |= {"mlp_dim", "mlp_activation"}
     assert not gone & set(fields)
     assert not defaults.init.scaled_residual and tnn.GPT2Config().init.scaled_residual
     assert tuple(sections) == tnn.SECTIONS

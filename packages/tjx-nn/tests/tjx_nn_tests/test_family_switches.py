@@ -23,7 +23,7 @@ FAMILIES = {
         norm_position="sandwich",
         norm_plus_one=True,
         scale_embeddings=True,
-        mlp_activation="geglu",
+        mlp=tnn.MLPConfig(activation="geglu"),
         query_pre_attn_scalar=9,
         attn_logit_softcap=2.0,
         final_logit_softcap=3.0,
@@ -35,7 +35,7 @@ FAMILIES = {
         norm_position="sandwich",
         norm_plus_one=True,
         scale_embeddings=True,
-        mlp_activation="geglu",
+        mlp=tnn.MLPConfig(activation="geglu"),
         query_pre_attn_scalar=16,
         qk_norm=True,
         tie_embeddings=True,
@@ -57,7 +57,7 @@ FAMILIES = {
     "gptoss": dict(
         attention_sinks=True,
         use_bias=True,
-        mlp_activation="swiglu_clamped",
+        mlp=tnn.MLPConfig(activation="swiglu_clamped"),
         sliding_window=4,
         window_pattern=("local", "global"),
     ),
@@ -294,10 +294,10 @@ def test_the_sinks_the_clamp_and_the_partial_rope_each_change_the_logits():
     tokens = jnp.asarray(_tokens())
     for family, change in (
         ("gptoss", dict(attention_sinks=False)),
-        ("gptoss", dict(mlp_activation="swiglu")),
+        ("gptoss", dict(mlp=tnn.MLPConfig(activation="swiglu"))),
         ("glm", dict(rope_fraction=1.0)),
     ):
-        model, config = _model(family, init=tnn.InitConfig(std=1.0, scaled_residual=False))
+        model, config = _model(family, init=tnn.InitConfig(std=1.0))
         flat = tnn.get_flat_params(model)
         other = tnn.Llama(config.replace(**change), rngs=nnx.Rngs(0))
         names = set(tnn.get_flat_params(other))  # the same, but the sinks when they are off

@@ -20,7 +20,7 @@ from tjx_nn_tests._helpers import most_reads_alive
 
 MLA = dict(
     vocab_size=48, max_seq_len=32, d_model=32, num_layers=3, num_heads=4, num_kv_heads=4,
-    head_dim=12, mlp_dim=40, attention_type="mla",
+    head_dim=12, mlp=tnn.MLPConfig(dim=40), attention_type="mla",
     mla=tnn.MLAConfig(kv_latent_dim=16, qk_rope_head_dim=4, v_head_dim=6),
 )  # fmt: skip
 MOE = tnn.MoEConfig(

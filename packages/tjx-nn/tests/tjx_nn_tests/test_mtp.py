@@ -18,7 +18,7 @@ from tjx.nn.mtp import MTPLayer, mtp_hidden, mtp_labels
 
 TINY = dict(
     vocab_size=40, max_seq_len=32, d_model=16, num_layers=2, num_heads=4, num_kv_heads=2,
-    mlp_dim=24, mtp=tnn.MTPConfig(depths=2, loss_weight=0.3),
+    mlp=tnn.MLPConfig(dim=24), mtp=tnn.MTPConfig(depths=2, loss_weight=0.3),
 )  # fmt: skip
 
 

@@ -107,24 +107,27 @@ def test_the_flat_moe_mla_and_delta_keys_move_into_their_sections():
     assert "num_channels" not in tnn.migrate_model_section({"kind": "vit", "num_experts": 0})
 
 
-def test_the_flat_mtp_and_init_keys_move_into_their_sections():
-    """A section written before the ``mtp`` and ``init`` sections reads as them, renamed where
-    the section says it (``scaled_residual_init`` → ``init.scaled_residual``); a config file of
-    a model.json reads them alike."""
+def test_the_flat_mtp_init_and_mlp_keys_move_into_their_sections():
+    """A section written before the ``mtp``, ``init`` and ``mlp`` sections reads as them,
+    renamed where the section says it (``scaled_residual_init`` → ``init.scaled_residual``); a
+    model.json reads them alike."""
     old = {"kind": "llama", "mtp_depths": 1, "mtp_loss_weight": 0.1, "init_std": 0.01}
+    old |= {"mlp_dim": 64, "mlp_activation": "geglu"}
     got = tnn.migrate_model_section({**old, "scaled_residual_init": False})
     assert got == {
         "kind": "llama",
         "mtp": {"depths": 1, "loss_weight": 0.1},
         "init": {"std": 0.01, "scaled_residual": False},
+        "mlp": {"dim": 64, "activation": "geglu"},
     }
     assert tnn.RENAMED_MODEL_KEYS["scaled_residual_init"] == "init.scaled_residual"
     with pytest.raises(ValueError, match=r"^model.init_std: is model.init.std now"):
         tnn.migrate_model_section({"init_std": 0.01, "init": {"std": 0.02}})
-    # Only the keys a file holds change: the rest is the class's own default of the section.
+    # Only the keys a file holds change: the rest is the family's own.
     fields = {"vocab_size": 40, "d_model": 16, "num_heads": 2, "num_layers": 1, "init_std": 0.01}
-    config = tnn.config_from_dict({"class": "LlamaConfig", "fields": fields})
+    config = tnn.config_from_dict({"class": "LlamaConfig", "fields": {**fields, "mlp_dim": 32}})
     assert config.init == tnn.InitConfig(std=0.01, scaled_residual=False)
+    assert config.mlp == tnn.MLPConfig(dim=32, activation="swiglu")
 
 
 def test_a_runs_start_checks_and_step_plan_went_to_the_trainer() -> None:

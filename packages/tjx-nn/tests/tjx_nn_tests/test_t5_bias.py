@@ -16,7 +16,7 @@ from tjx_nn_tests._helpers import TINY, build, llama_tiny
 DIST = np.arange(-300, 301)
 # Small tables reach the log-spaced and clipped buckets within the tiny models' 16 positions.
 SMALL = dict(relative_buckets=8, relative_max_distance=10)
-LLAMA_LIKE = dict(norm="rmsnorm", mlp_activation="swiglu", use_bias=False, mlp_dim=48)
+LLAMA_LIKE = dict(norm="rmsnorm", mlp=tnn.MLPConfig(activation="swiglu", dim=48), use_bias=False)
 
 
 def _encdec(**kw):

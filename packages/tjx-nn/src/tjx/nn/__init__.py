@@ -22,7 +22,6 @@ from tjx.nn.bert import BERT
 from tjx.nn.block import Block, residual_std
 from tjx.nn.config_io import config_from_dict, config_to_dict
 from tjx.nn.configs import (
-    ACTIVATIONS,
     ATTENTION_IMPLS,
     LAYER_KINDS,
     NORMS,
@@ -32,6 +31,7 @@ from tjx.nn.configs import (
     GPT2Config,
     LlamaConfig,
     TransformerConfig,
+    make_config,
     setting_value,
 )
 from tjx.nn.decoder import GPT2, DecoderLM, Llama, head_cross_entropy
@@ -100,7 +100,7 @@ from tjx.nn.losses import (
     mlm_mask,
 )
 from tjx.nn.mla_config import MLAConfig
-from tjx.nn.mlp import MLP
+from tjx.nn.mlp import ACTIVATIONS, MLP, MLPConfig
 from tjx.nn.model_state import (
     concrete_state,
     is_key,
@@ -218,6 +218,7 @@ __all__ = [
     "LoRAAdapter",
     "LoraConfig",
     "MLP",
+    "MLPConfig",
     "MODEL_KINDS",
     "MLAConfig",
     "MoE",
@@ -306,6 +307,7 @@ __all__ = [
     "load_hf_gpt2",
     "logits_cross_entropy",
     "lora_param_count",
+    "make_config",
     "make_param",
     "masked_lm_loss",
     "masked_mean",

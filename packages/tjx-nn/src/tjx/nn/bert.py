@@ -72,7 +72,8 @@ class BERT(nnx.Module):
             )
         else:
             self.pooler = self.classifier = None
-        self.act = activation(c.mlp_activation)
+        assert c.mlp.activation is not None  # the config filled it (its family's)
+        self.act = activation(c.mlp.activation)
         self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention_dropout > 0)
 
     def encode(

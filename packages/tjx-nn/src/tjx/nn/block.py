@@ -144,7 +144,7 @@ class Block(nnx.Module):
             self.cross_attn = None
         self.mlp_norm = norm(before)
         self.mlp_post_norm = norm(after)
-        assert c.mlp_dim is not None
+        assert c.mlp.dim is not None and c.mlp.activation is not None  # the config filled them
         self.moe: MoE | None = MoE(c, rngs=rngs, out_std=out_std) if moe else None
         # moe_beside_mlp: an MoE layer keeps its MLP, the MoE block beside it with norms of its own:
         # the MLP's output norm (``mlp_mid_norm``), the MoE's input and output norms.
@@ -157,9 +157,9 @@ class Block(nnx.Module):
             if moe and not beside
             else MLP(
                 c.d_model,
-                c.mlp_dim if shape is None else shape.mlp_dim,
+                c.mlp.dim if shape is None else shape.mlp_dim,
                 rngs=rngs,
-                activation_name=c.mlp_activation,
+                activation_name=c.mlp.activation,
                 use_bias=c.use_bias,
                 init_std=c.init.std,
                 out_std=out_std,

@@ -94,13 +94,10 @@ def config_from_dict(data: Mapping[str, Any]) -> TransformerConfig:
     if unknown:
         raise ValueError(f"config_from_dict: {name} has no field(s) {', '.join(unknown)}")
     for key, value in values.items():
-        # A component section (MoEConfig ...): its keys over the class's default of it (Llama's
-        # init section draws no scaled residual), as a file may hold some keys only.
-        f = known[key]
-        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-        is_section = not isinstance(default, Precision) and dataclasses.is_dataclass(default)
+        section = known[key].default_factory  # a component section's class (MoEConfig ...)
+        is_section = section is not Precision and dataclasses.is_dataclass(section)
         if isinstance(value, Mapping) and is_section:
-            values[key] = _section(default, value, f"{name}.{key}")
+            values[key] = _section(section, value, f"{name}.{key}")  # type: ignore[arg-type]
     precision = values.get("precision")
     if isinstance(precision, Mapping):  # dtype names; a preset name passes through as it is
         # A float8 setting its run never read (an amax history under current scaling, saved
@@ -124,10 +121,10 @@ def config_from_dict(data: Mapping[str, Any]) -> TransformerConfig:
     return cls(**values)
 
 
-def _section(default: Any, value: Mapping[str, Any], key: str) -> Any:
-    """Component section ``default`` (a ``MoEConfig`` ...) with its fields ``value`` (an unknown
-    one named, as the model's own)."""
-    unknown = sorted(set(value) - {f.name for f in dataclasses.fields(default)})
+def _section(cls: type, value: Mapping[str, Any], key: str) -> Any:
+    """Component section ``cls`` (``MoEConfig`` ...) of its fields ``value`` (an unknown one
+    named, as the model's own)."""
+    unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         raise ValueError(f"config_from_dict: {key} has no field(s) {', '.join(unknown)}")
-    return dataclasses.replace(default, **value)
+    return cls(**value)

@@ -14,7 +14,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from tjx.core.config.values import choice, positive, rate
 from tjx.core.fields import setting
@@ -29,15 +29,13 @@ from tjx.nn.family_config import (
 from tjx.nn.fp8 import check_fp8
 from tjx.nn.gated_deltanet import DELTA_SIZES, DeltaConfig
 from tjx.nn.mla_config import DEEPSEEK_MLA, MLAConfig
+from tjx.nn.mlp import MLPConfig
 from tjx.nn.moe.config import MoEConfig
 from tjx.nn.mtp_config import MTPConfig
 from tjx.nn.params import InitConfig
 from tjx.nn.precision import Precision, as_precision
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
-ACTIVATIONS = ("gelu", "gelu_exact", "relu", "silu", "swiglu", "geglu", "swiglu_clamped")
-#: The gated activations (two input projections; ``swiglu_clamped``: gpt-oss's, `tjx.nn.mlp`).
-GATED_ACTIVATIONS = ("swiglu", "geglu", "swiglu_clamped")
 NORMS = ("layernorm", "rmsnorm")
 # x + f(n(x)); n(x + f(x)) (BERT); x + n(f(n(x))) (Gemma); x + n(f(x)) (OLMo 2): decoders only.
 NORM_POSITIONS = ("pre", "post", "sandwich", "output")
@@ -52,7 +50,8 @@ ATTENTION_TYPES = ("mha", "mla")
 LAYER_KINDS = ("local", "global")
 #: The component sections of a model config (their own config classes): a setting in one is named
 #: by a dotted key, ``moe.num_experts``.
-SECTIONS = ("moe", "mla", "delta", "mtp", "init")
+SECTIONS = ("moe", "mla", "delta", "mtp", "init", "mlp")
+C = TypeVar("C", bound="TransformerConfig")
 #: What each entry of ``mixer_pattern`` says about a layer: its token mixer, attention or Gated
 #: DeltaNet linear attention (:mod:`tjx.nn.gated_deltanet`, Qwen3-Next and Qwen3.5).
 MIXERS = ("attention", "delta")
@@ -62,7 +61,7 @@ MIXERS = ("attention", "delta")
 class TransformerConfig:
     """Fields shared by every tjx transformer.
 
-    ``num_kv_heads``/``head_dim``/``mlp_dim`` default to ``num_heads``, ``d_model // num_heads``
+    ``num_kv_heads``/``head_dim``/``mlp.dim`` default to ``num_heads``, ``d_model // num_heads``
     and ``4 * d_model``. ``precision`` accepts a ``Precision`` or a preset name (``"bf16"`` …).
     ``remat`` is one of ``REMAT_POLICIES``; ``scan_layers`` stacks layers under ``nnx.scan``.
     ``position="t5"`` adds T5's bucketed relative position bias (``relative_buckets`` buckets,
@@ -103,6 +102,12 @@ class TransformerConfig:
     #: The kinds of attention layer the family's model builds (``tjx.nn.kernel_choice``'s
     #: ``ATTENTION_KINDS``): the kernel choice resolves one kernel for each before it is built.
     attention_layers: ClassVar[tuple[str, ...]] = ("causal",)
+    #: The family's value of each component section's setting left None (a dotted key), filled
+    #: in at construction: ``LlamaConfig(mlp=MLPConfig(dim=64))`` has LLaMA's SwiGLU.
+    part_defaults: ClassVar[Mapping[str, Any]] = {
+        "mlp.activation": "gelu",
+        "init.scaled_residual": True,
+    }
 
     vocab_size: int = setting(50257, help="tokens in the vocabulary (embedding and output rows)")
     max_seq_len: int = setting(1024, help="longest sequence (the learned position table's size)")
@@ -113,14 +118,7 @@ class TransformerConfig:
         None, help="key/value heads (grouped-query attention); None: num_heads"
     )
     head_dim: int | None = setting(None, help="width of one head; None: d_model // num_heads")
-    mlp_dim: int | None = setting(
-        None, help="MLP hidden width; None: the family's (4 d_model; LLaMA 8/3 d_model to 64)"
-    )
-    mlp_activation: str = setting(
-        "gelu",
-        choices=ACTIVATIONS,
-        help="MLP activation (swiglu, geglu, swiglu_clamped: gated; the last gpt-oss's)",
-    )
+    mlp: MLPConfig = setting(MLPConfig, factory=True, help="the feed-forward blocks")
     norm: str = setting("layernorm", choices=NORMS, help="normalisation layer")
     norm_eps: float = setting(1e-5, help="the norm's epsilon")
     norm_position: str = setting(
@@ -254,7 +252,7 @@ class TransformerConfig:
         0, help="the last k layers reuse the keys/values of an earlier layer of their kind"
     )
     kv_shared_mlp_dim: int | None = setting(
-        None, help="MLP width of the kv_shared_layers (Gemma 4: 2 mlp_dim); None: mlp_dim"
+        None, help="MLP width of the kv_shared_layers (Gemma 4: 2 mlp.dim); None: mlp.dim"
     )
     per_layer_input_dim: int = setting(
         0, help="width of per-layer embeddings into every layer (Gemma 4's PLE); 0: none"
@@ -270,13 +268,13 @@ class TransformerConfig:
     def __post_init__(self) -> None:
         cls = type(self).__name__
         object.__setattr__(self, "precision", as_precision(self.precision))
+        fill_part_defaults(self)
         if self.num_kv_heads is None:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
         for name in ("max_seq_len", "d_model", "num_layers", "num_heads", "num_kv_heads"):
             positive(cls, name, getattr(self, name))
         self._check_vocab(cls)
         check_sizes(self, cls)
-        choice(cls, "mlp_activation", self.mlp_activation, ACTIVATIONS)
         choice(cls, "norm", self.norm, NORMS)
         choice(cls, "norm_position", self.norm_position, NORM_POSITIONS)
         choice(cls, "position", self.position, POSITIONS)
@@ -345,7 +343,7 @@ class TransformerConfig:
     @property
     def gated(self) -> bool:
         """Whether the MLP is gated (SwiGLU/GeGLU)."""
-        return self.mlp_activation in GATED_ACTIVATIONS
+        return self.mlp.gated
 
     def replace(self, **changes: Any) -> TransformerConfig:
         """A copy with ``changes`` applied (validated again); a dotted key (``"delta.impl"``)
@@ -370,24 +368,28 @@ class LlamaConfig(TransformerConfig):
     """LLaMA-style decoder: RMSNorm, SwiGLU, RoPE, GQA, no biases, untied head by default.
     ``attention_type="mla"``: keys/values from one cached low-rank latent per token."""
 
+    part_defaults: ClassVar[Mapping[str, Any]] = {
+        **TransformerConfig.part_defaults,
+        "mlp.activation": "swiglu",
+        "init.scaled_residual": False,
+    }
+
     vocab_size: int = 32000
     max_seq_len: int = 2048
     d_model: int = 512
     num_layers: int = 8
     num_heads: int = 8
-    mlp_dim: int | None = None
-    mlp_activation: str = "swiglu"
     norm: str = "rmsnorm"
     norm_eps: float = 1e-6
     position: str = "rope"
     use_bias: bool = False
     tie_embeddings: bool = False
-    init: InitConfig = InitConfig(scaled_residual=False)
 
     def __post_init__(self) -> None:
-        if self.mlp_dim is None:
+        if self.mlp.dim is None:
             # LLaMA: 8/3·d rounded up to a multiple of 64 keeps SwiGLU params ≈ a 4·d MLP.
-            object.__setattr__(self, "mlp_dim", ((8 * self.d_model // 3) + 63) // 64 * 64)
+            dim = ((8 * self.d_model // 3) + 63) // 64 * 64
+            object.__setattr__(self, "mlp", dataclasses.replace(self.mlp, dim=dim))
         super().__post_init__()
 
 
@@ -398,9 +400,18 @@ class LlamaConfig(TransformerConfig):
 # so they are one module (before tjx-nn 0.22: :mod:`tjx.nn.config_checks`).
 
 
+def fill_part_defaults(config: Any) -> None:
+    """Each component section's setting left None set to the family's (``part_defaults``)."""
+    for key, value in type(config).part_defaults.items():
+        section, name = key.split(".")
+        part = getattr(config, section)
+        if getattr(part, name) is None:
+            object.__setattr__(config, section, dataclasses.replace(part, **{name: value}))
+
+
 def check_sizes(config: Any, cls: str) -> None:
     """``head_dim`` (default ``d_model // num_heads``), ``num_kv_heads`` dividing ``num_heads``
-    and ``mlp_dim`` (default ``4 * d_model``), filled in and checked."""
+    and ``mlp.dim`` (default ``4 * d_model``), filled in and checked."""
     if config.head_dim is None:
         if config.d_model % config.num_heads:
             raise ValueError(
@@ -415,9 +426,8 @@ def check_sizes(config: Any, cls: str) -> None:
             f"{cls}.num_kv_heads: {config.num_kv_heads} must divide {cls}.num_heads "
             f"({config.num_heads}); allowed: divisors of {config.num_heads}"
         )
-    if config.mlp_dim is None:
-        object.__setattr__(config, "mlp_dim", 4 * config.d_model)
-    positive(cls, "mlp_dim", config.mlp_dim)
+    if config.mlp.dim is None:
+        object.__setattr__(config, "mlp", dataclasses.replace(config.mlp, dim=4 * config.d_model))
 
 
 def check_rope(config: Any, cls: str) -> None:
@@ -746,6 +756,32 @@ def check_unused(config: Any, cls: str) -> None:
         value = getattr(config, name)
         if value != defaults[name]:
             raise ValueError(f"{cls}.{name}: {why}; got {value!r}, set it to {defaults[name]!r}")
+
+
+def make_config(cls: type[C], fields: Mapping[str, Any]) -> C:
+    """``cls`` built of keywords ``fields``, where a dotted key (``"mlp.dim"``) sets that setting
+    of a component section (`SECTIONS`), over the section given whole or else the default.
+
+    Raises
+    ------
+    ValueError
+        A dotted key names no section of ``cls``, or a value ``cls`` refuses.
+    """
+    kwargs = {k: v for k, v in fields.items() if "." not in k}
+    nested: dict[str, dict[str, Any]] = {}
+    for key in [k for k in fields if "." in k]:
+        section, name = key.split(".", 1)
+        nested.setdefault(section, {})[name] = fields[key]
+    defaults = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for section, values in nested.items():
+        if section not in SECTIONS or section not in defaults:
+            raise ValueError(f"{cls.__name__} has no section {section!r} (dotted keys: {SECTIONS})")
+        base: Any = kwargs.get(section)
+        if base is None:
+            f = defaults[section]
+            base = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        kwargs[section] = dataclasses.replace(base, **values)
+    return cls(**kwargs)
 
 
 def setting_value(config: Any, key: str) -> Any:

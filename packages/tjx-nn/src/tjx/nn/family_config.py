@@ -167,7 +167,7 @@ def layer_shape(config: Any, i: int) -> LayerShape:
         values_from_keys=wide and c.global_values_from_keys,
         kv_source=source,
         keeps_kv=keeps,
-        mlp_dim=(c.kv_shared_mlp_dim or c.mlp_dim) if shared else c.mlp_dim,
+        mlp_dim=(c.kv_shared_mlp_dim or c.mlp.dim) if shared else c.mlp.dim,
     )
 
 

@@ -87,8 +87,8 @@ def _attention_weights(c: TransformerConfig, *, cross: bool = False) -> tuple[in
 
 
 def _mlp_weights(c: TransformerConfig) -> int:
-    assert c.mlp_dim is not None
-    return (3 if c.gated else 2) * c.d_model * c.mlp_dim
+    assert c.mlp.dim is not None
+    return (3 if c.gated else 2) * c.d_model * c.mlp.dim
 
 
 def _self_block(c: TransformerConfig) -> int:

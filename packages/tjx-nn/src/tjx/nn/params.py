@@ -29,13 +29,16 @@ Initializer = Callable[..., jax.Array]
 @dataclass(frozen=True, kw_only=True)
 class InitConfig:
     """How a model's weights are drawn (``model.init``): N(0, ``std``), the residual branches'
-    output projections by ``1 / sqrt(2 layers)`` more with ``scaled_residual`` (GPT-2's).
+    output projections by ``1 / sqrt(2 layers)`` more with ``scaled_residual`` (GPT-2's); the
+    model config fills a None with its family's.
 
     A bad value raises ``ValueError`` at construction naming ``InitConfig.<field>``.
     """
 
     std: float = setting(0.02, help="std of the initial weights")
-    scaled_residual: bool = setting(True, help="residual output init / sqrt(2 layers) (GPT-2)")
+    scaled_residual: bool | None = setting(
+        None, help="residual output init / sqrt(2 layers); None: the family's (GPT-2: true)"
+    )
 
     def __post_init__(self) -> None:
         if not self.std > 0:

@@ -311,7 +311,7 @@ DEFAULTS = {
         {
             "num_kv_heads": 8,
             "head_dim": 128,
-            "mlp_dim": 16384,
+            "mlp.dim": 16384,
             "moe.num_experts": 16,
         },
     ),
@@ -329,7 +329,7 @@ def test_a_config_leaving_optional_keys_out_reads_with_transformers_defaults(tmp
 
 def test_gpt2_leaving_optional_keys_out_reads_with_transformers_defaults(tmp_path):
     config = _read(tmp_path, dict(model_type="gpt2", vocab_size=64, n_embd=16, n_layer=2, n_head=4))
-    assert (config.max_seq_len, config.mlp_dim, config.norm_eps, config.mlp_activation) == (
+    assert (config.max_seq_len, config.mlp.dim, config.norm_eps, config.mlp.activation) == (
         1024,
         64,
         1e-5,

@@ -20,7 +20,7 @@ GEMMA = dict(
     norm_position="sandwich",
     norm_plus_one=True,
     scale_embeddings=True,
-    mlp_activation="geglu",
+    mlp=tnn.MLPConfig(activation="geglu"),
     query_pre_attn_scalar=12,
 )
 #: Each family with the windows it may have (layer 1 of Qwen3, every Phi-3 layer, Gemma's
@@ -123,7 +123,7 @@ def test_phi3_fused_tensors_hold_q_k_v_and_gate_up_row_after_row(tmp_path):
         gate_up = handle.get_tensor("model.layers.1.mlp.gate_up_proj.weight")
     q = flat["stack.layers.1.attn.query.kernel"].reshape(32, -1).T  # [4 * 8, 32]
     v = flat["stack.layers.1.attn.value.kernel"].reshape(32, -1).T  # [2 * 8, 32]
-    m = model.config.mlp_dim
+    m = model.config.mlp.dim
     assert qkv.shape == (32 + 16 + 16, 32) and gate_up.shape == (2 * m, 32)
     np.testing.assert_array_equal(qkv[:32], q)
     np.testing.assert_array_equal(qkv[48:], v)

@@ -29,8 +29,9 @@ from tjx_nn_tests._helpers import saved_random
 #: double-wide MLP; global heads 16 wide (8 elsewhere), one key/value head, values = keys.
 GEMMA4 = dict(
     vocab_size=24, max_seq_len=32, d_model=16, num_layers=4, num_heads=4, num_kv_heads=2,
-    head_dim=8, mlp_dim=12, sliding_window=3, window_pattern=("local", "global"),
-    norm_position="sandwich", scale_embeddings=True, mlp_activation="geglu", qk_norm=True,
+    head_dim=8, mlp=tnn.MLPConfig(dim=12, activation="geglu"), sliding_window=3,
+    window_pattern=("local", "global"),
+    norm_position="sandwich", scale_embeddings=True, qk_norm=True,
     query_pre_attn_scalar=1.0, tie_embeddings=True, rope_theta=10_000.0, rope_local_theta=100.0,
     global_head_dim=16, global_kv_heads=1, global_values_from_keys=True,
     global_rope_proportion=0.25, value_norm=True, kv_shared_layers=2, kv_shared_mlp_dim=24,

@@ -138,7 +138,7 @@ def test_greedy_tokens_are_what_a_forward_over_each_prefix_picks(prompt):
     the first 8 tokens, short like the prefixes within 8, one of all, long like those past it.)
     """
     config = tnn.LlamaConfig(**TINY, rope_scaling=TINY_SCALING,
-        init=tnn.InitConfig(std=0.3, scaled_residual=False),
+        init=tnn.InitConfig(std=0.3),
     )
     model = tnn.Llama(config, rngs=nnx.Rngs(0))
     tokens = jnp.asarray(np.random.default_rng(2).integers(0, 48, (1, prompt)))

@@ -11,7 +11,7 @@ from tjx import nn as tnn
 
 def _llama(**kw: object) -> tnn.LlamaConfig:
     sizes: dict = dict(vocab_size=40, max_seq_len=16, d_model=16, num_layers=2, num_heads=4,
-                       num_kv_heads=2, mlp_dim=24)  # fmt: skip
+                       num_kv_heads=2, mlp=tnn.MLPConfig(dim=24))  # fmt: skip
     return tnn.LlamaConfig(**{**sizes, **kw})
 
 
@@ -65,8 +65,9 @@ def test_two_configs_clash_in_what_the_model_is_not_in_how_it_trains():
                                                                key_dim=4, value_dim=4))  # fmt: skip
     xla = _llama(**delta).replace(**{"delta.impl": "xla"})
     assert tnn.config_clashes(xla, _llama(**delta), vocab=True) == {}
-    assert tnn.config_clashes(ours, _llama(num_layers=3, mlp_dim=48), vocab=True) == {
-        "num_layers": (2, 3), "mlp_dim": (24, 48)}  # fmt: skip
+    assert tnn.config_clashes(ours, _llama(num_layers=3, mlp=tnn.MLPConfig(dim=48)),
+                              vocab=True) == {
+        "num_layers": (2, 3), "mlp.dim": (24, 48)}  # fmt: skip
     other_vocab = _llama(vocab_size=50)
     assert tnn.config_clashes(ours, other_vocab, vocab=False) == {}
     assert tnn.config_clashes(ours, other_vocab, vocab=True) == {"vocab_size": (40, 50)}

@@ -171,8 +171,7 @@ class Schema:
         for key, value in checked.items():
             inner = nested_class(known[key][0]) if key in known else None
             if inner is not None and isinstance(value, dict):
-                given = {**_unlike_class(known[key][1], inner), **value}
-                kwargs[key] = self.build(inner, given, f"{path}.{key}", words)
+                kwargs[key] = self.build(inner, value, f"{path}.{key}", words)
         with reworded(words):
             return cls(**kwargs)
 
@@ -239,27 +238,6 @@ class Schema:
         if not isinstance(value, str | int | float | list | dict | None):
             return _dtype_name(value)
         return value
-
-
-def _unlike_class(f: dataclasses.Field[Any], inner: type) -> dict[str, Any]:
-    """The fields in which field ``f``'s default section differs from section class ``inner``'s
-    own defaults: a kind's own default (Llama's ``model.init`` draws no scaled residual) that
-    the section's keys a file sets are laid over, not the class's."""
-    default = _default(f)
-    if not isinstance(default, inner):
-        return {}
-    return {
-        g.name: getattr(default, g.name)
-        for g in dataclasses.fields(inner)  # type: ignore[arg-type]
-        if getattr(default, g.name) != _default(g)
-    }
-
-
-def _default(f: dataclasses.Field[Any]) -> Any:
-    """Field ``f``'s default (its factory's value)."""
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return f.default
 
 
 def kind_at(section: str, default: Any) -> Callable[[Any], Any]:

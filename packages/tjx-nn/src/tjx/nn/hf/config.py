@@ -17,9 +17,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from tjx.nn.configs import LlamaConfig, setting_value
+from tjx.nn.configs import LlamaConfig, make_config, setting_value
 from tjx.nn.hf.keys import ABSENT, ATTENTION_KINDS, LLAMA, Spec, count, flag, layer_list, size
-from tjx.nn.params import InitConfig
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
 LLAMA_TYPES = ("llama", "mistral", "qwen2")
@@ -269,7 +268,6 @@ def llama_fields(
         num_heads=heads,
         num_kv_heads=hf["num_key_value_heads"] or heads,
         head_dim=hf["head_dim"],
-        mlp_dim=hf["intermediate_size"],
         norm_eps=float(hf["rms_norm_eps"]),
         rope_theta=theta,
         rope_scaling=scaling,
@@ -278,8 +276,7 @@ def llama_fields(
         use_bias=attn_bias,
         tie_embeddings=hf["tie_word_embeddings"],
         attention_dropout=float(hf["attention_dropout"]),
-        init=InitConfig(std=float(hf["initializer_range"]), scaled_residual=False),
-    )
+    ) | {"mlp.dim": hf["intermediate_size"], "init.std": float(hf["initializer_range"])}
 
 
 def llama_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
@@ -296,7 +293,7 @@ def llama_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig
     fields = llama_fields(SPECS[model_type].read(hf), model_type)
     fields["qkv_bias"] = model_type == "qwen2"
     fields.update(overrides)
-    return LlamaConfig(**fields)
+    return make_config(LlamaConfig, fields)
 
 
 def check_llama_shape(config: LlamaConfig) -> None:
@@ -316,10 +313,10 @@ def check_llama_shape(config: LlamaConfig) -> None:
                 f"{setting_value(config, name)!r} (needs {plain!r}); gpt_oss and glm4_moe write "
                 "those"
             )
-    if config.mlp_activation != "swiglu" or config.norm_position != "pre":
+    if config.mlp.activation != "swiglu" or config.norm_position != "pre":
         raise ValueError(
-            "only LLaMA-shaped configs export (mlp_activation 'swiglu', norm_position 'pre'); "
-            f"got {config.mlp_activation!r}, {config.norm_position!r}"
+            "only LLaMA-shaped configs export (mlp.activation 'swiglu', norm_position 'pre'); "
+            f"got {config.mlp.activation!r}, {config.norm_position!r}"
         )
 
 
@@ -384,7 +381,7 @@ def llama_common_to_hf(config: LlamaConfig, chosen: str) -> dict[str, Any]:
         "model_type": chosen,
         "vocab_size": config.vocab_size,
         "hidden_size": config.d_model,
-        "intermediate_size": config.mlp_dim,
+        "intermediate_size": config.mlp.dim,
         "num_hidden_layers": config.num_layers,
         "num_attention_heads": config.num_heads,
         "num_key_value_heads": config.num_kv_heads,

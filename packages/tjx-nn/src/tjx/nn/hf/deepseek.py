@@ -40,13 +40,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tjx.nn.configs import LlamaConfig
+from tjx.nn.configs import LlamaConfig, make_config
 from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields
 from tjx.nn.hf.family_base import refuse_mismatches
 from tjx.nn.hf.keys import ABSENT, UNSET, Spec, count, flag, nonneg, positive, size, text
 from tjx.nn.mla_config import MLAConfig
 from tjx.nn.moe.config import MoEConfig, expert_mlp_dim
-from tjx.nn.mtp_config import MTPConfig
 
 DEEPSEEK_TYPES = ("deepseek_v2", "deepseek_v3")
 ARCHITECTURES = {"deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}
@@ -219,9 +218,8 @@ def deepseek_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
         ),
         head_dim=nope + rope,
         moe=MoEConfig(**moe),
-        mtp=MTPConfig(depths=mtp_layers(hf)),
-    )
-    return LlamaConfig(**{**fields, **overrides})
+    ) | {"mtp.depths": mtp_layers(hf)}
+    return make_config(LlamaConfig, {**fields, **overrides})
 
 
 def deepseek_export_type(config: LlamaConfig, model_type: str | None) -> str:
@@ -237,7 +235,7 @@ def deepseek_export_type(config: LlamaConfig, model_type: str | None) -> str:
         "moe.router": (c.moe.router, _ROUTING[chosen][0]),
         "norm": (c.norm, "rmsnorm"),
         "norm_position": (c.norm_position, "pre"),
-        "mlp_activation": (c.mlp_activation, "swiglu"),
+        "mlp.activation": (c.mlp.activation, "swiglu"),
         "use_bias": (c.use_bias, False),
         "qkv_bias": (c.qkv_bias, False),
         "moe.shared_expert_gate": (c.moe.shared_expert_gate, False),

@@ -14,21 +14,19 @@ from typing import Any
 
 from tjx.nn.configs import LlamaConfig, setting_value
 from tjx.nn.hf.config import BASE_KEYS, HARMLESS
-from tjx.nn.params import InitConfig
 
 #: The switches of a plain LLaMA (``family_config``): what llama/mistral/qwen2/phi3 compute with.
 LLAMA_SWITCHES: dict[str, Any] = dict(
     norm_position="pre",
     qk_norm=False,
     qk_norm_scope="head",
-    mlp_activation="swiglu",
     norm_plus_one=False,
     scale_embeddings=False,
     query_pre_attn_scalar=None,
     attn_logit_softcap=None,
     final_logit_softcap=None,
     rope_local_theta=None,
-)
+) | {"mlp.activation": "swiglu"}
 
 
 #: ``auto_map`` entries naming the modelling code that transformers itself ships for the model
@@ -125,13 +123,11 @@ def base_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
         num_heads=heads,
         num_kv_heads=hf["num_key_value_heads"] or heads,
         head_dim=hf["head_dim"],
-        mlp_dim=hf["intermediate_size"],
         norm_eps=float(hf["rms_norm_eps"]),
         tie_embeddings=hf["tie_word_embeddings"],
         attention_dropout=float(hf["attention_dropout"]),
-        init=InitConfig(std=float(hf["initializer_range"]), scaled_residual=False),
         use_bias=False,
-    )
+    ) | {"mlp.dim": hf["intermediate_size"], "init.std": float(hf["initializer_range"])}
 
 
 def check_exportable(config: LlamaConfig, rope_types: tuple[str, ...] = ()) -> None:
@@ -182,7 +178,7 @@ def check_switches(
 ) -> None:
     """Raise one line naming every switch of ``config`` that ``model_type`` (computing ``want``)
     cannot express; ``hint`` says which model type would."""
-    wrong = {k: getattr(config, k) for k, v in want.items() if getattr(config, k) != v}
+    wrong = {k: setting_value(config, k) for k, v in want.items() if setting_value(config, k) != v}
     if wrong:
         got = ", ".join(f"{k}={v!r}" for k, v in wrong.items())
         needs = ", ".join(f"{k}={want[k]!r}" for k in wrong)
@@ -204,7 +200,7 @@ def common_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "pad_token_id": None,
         "vocab_size": config.vocab_size,
         "hidden_size": config.d_model,
-        "intermediate_size": config.mlp_dim,
+        "intermediate_size": config.mlp.dim,
         "num_hidden_layers": config.num_layers,
         "num_attention_heads": config.num_heads,
         "num_key_value_heads": config.num_kv_heads,

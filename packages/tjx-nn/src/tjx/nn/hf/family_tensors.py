@@ -38,9 +38,9 @@ NORMS = {
 
 def family_mapping(c: LlamaConfig, model_type: str) -> HFMapping:
     """The HF ↔ tjx correspondence of ``c`` saved as ``model_type`` (see ``HFMapping``)."""
-    assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp_dim is not None
+    assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp.dim is not None
     d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
-    m, v = c.mlp_dim, c.vocab_size
+    m, v = c.mlp.dim, c.vocab_size
     tables = Tables()
     same, linear = tables.same, tables.linear
 

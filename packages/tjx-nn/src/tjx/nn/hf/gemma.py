@@ -95,11 +95,11 @@ GEMMA_SWITCHES: dict[str, dict[str, Any]] = {
         norm_position="sandwich",
         norm_plus_one=True,
         scale_embeddings=True,
-        mlp_activation="geglu",
         qk_norm=False,
         qk_norm_scope="head",
         rope_local_theta=None,
     )
+    | {"mlp.activation": "geglu"}
 }
 #: Gemma 3: q/k norms; its local RoPE base is the config's (any value).
 GEMMA_SWITCHES["gemma3_text"] = {

@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tjx.nn.configs import LlamaConfig
+from tjx.nn.configs import LlamaConfig, make_config
 from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields, partial_rotary_factor
 from tjx.nn.hf.family_base import mismatches, refuse_mismatches
 from tjx.nn.hf.io import HFMapping
@@ -43,7 +43,6 @@ from tjx.nn.hf.llama import llama_mapping
 from tjx.nn.hf.mtp_tensors import mtp_mapping
 from tjx.nn.hf.tables import Tables
 from tjx.nn.moe.config import MoEConfig, expert_mlp_dim, moe_layers
-from tjx.nn.mtp_config import MTPConfig
 
 GLM4_MOE = "glm4_moe"
 ARCHITECTURE = "Glm4MoeForCausalLM"
@@ -100,7 +99,6 @@ NEEDS: dict[str, Any] = dict(
     position="rope",
     norm="rmsnorm",
     norm_position="pre",
-    mlp_activation="swiglu",
     use_bias=False,
     qk_norm_scope="head",
     norm_plus_one=False,
@@ -111,7 +109,7 @@ NEEDS: dict[str, Any] = dict(
     rope_local_theta=None,
     sliding_window=None,
     attention_sinks=False,
-)
+) | {"mlp.activation": "swiglu"}
 #: What its ``moe`` section must have: `MoEConfig` field → the value GLM-4.5 computes with.
 MOE_NEEDS: dict[str, Any] = dict(
     router="sigmoid",
@@ -171,9 +169,8 @@ def glm4_moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
             router_groups=hf["n_group"],
             router_topk_groups=hf["topk_group"],
         ),
-        mtp=MTPConfig(depths=mtp_layers(hf)),
-    )
-    return LlamaConfig(**{**fields, **overrides})
+    ) | {"mtp.depths": mtp_layers(hf)}
+    return make_config(LlamaConfig, {**fields, **overrides})
 
 
 def is_glm4_moe(config: LlamaConfig, model_type: str | None) -> bool:

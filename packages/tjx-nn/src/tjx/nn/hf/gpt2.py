@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from tjx.nn.configs import GPT2Config
+from tjx.nn.configs import GPT2Config, make_config
 from tjx.nn.hf.io import HFMapping, Read, concat, take
 from tjx.nn.hf.keys import ABSENT, Key, Spec, flag, fraction, positive, size, text
-from tjx.nn.params import InitConfig
 
 _PER_LAYER = {
     "ln_1.weight": "attn_norm.scale",
@@ -188,11 +187,12 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPT2Config:
         d_model=hf["n_embd"],
         num_layers=hf["n_layer"],
         num_heads=hf["n_head"],
-        mlp_dim=hf["n_inner"] or 4 * hf["n_embd"],
-        mlp_activation=acts[act],
         norm_eps=float(hf["layer_norm_epsilon"]),
-        init=InitConfig(std=float(hf["initializer_range"])),
-    )
+    ) | {
+        "mlp.dim": hf["n_inner"] or 4 * hf["n_embd"],
+        "mlp.activation": acts[act],
+        "init.std": float(hf["initializer_range"]),
+    }
     conflicts = hf_gpt2_conflicts(overrides)
     if conflicts:
         gpt2 = {k: HF_GPT2_FIXED[k] for k in conflicts}
@@ -201,16 +201,16 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPT2Config:
             f"{gpt2} or None"
         )
     fields.update(overrides)
-    return GPT2Config(**fields)
+    return make_config(GPT2Config, fields)
 
 
 def config_to_hf(config: GPT2Config) -> dict[str, Any]:
     """The HF ``config.json`` dict for ``config``."""
     acts = {"gelu": "gelu_new", "gelu_exact": "gelu", "relu": "relu"}
-    if config.mlp_activation not in acts:
+    if config.mlp.activation not in acts:
         raise ValueError(
-            f"mlp_activation must be one of {tuple(acts)} for HF GPT-2; got "
-            f"{config.mlp_activation!r}"
+            f"mlp.activation must be one of {tuple(acts)} for HF GPT-2; got "
+            f"{config.mlp.activation!r}"
         )
     if config.head_dim != config.d_model // config.num_heads:
         raise ValueError(
@@ -236,8 +236,8 @@ def config_to_hf(config: GPT2Config) -> dict[str, Any]:
         "n_embd": config.d_model,
         "n_layer": config.num_layers,
         "n_head": config.num_heads,
-        "n_inner": config.mlp_dim,
-        "activation_function": acts[config.mlp_activation],
+        "n_inner": config.mlp.dim,
+        "activation_function": acts[config.mlp.activation],
         "layer_norm_epsilon": config.norm_eps,
         "tie_word_embeddings": True,
         "resid_pdrop": config.dropout,
@@ -249,8 +249,8 @@ def config_to_hf(config: GPT2Config) -> dict[str, Any]:
 
 def gpt2_mapping(config: GPT2Config) -> HFMapping:
     """The HF ↔ tjx correspondence for a ``GPT2Config`` (hub naming; see ``HFMapping``)."""
-    assert config.mlp_dim is not None
-    d, h, m = config.d_model, config.num_heads, config.mlp_dim
+    assert config.mlp.dim is not None
+    d, h, m = config.d_model, config.num_heads, config.mlp.dim
     hd = d // h
     sizes = {
         "wte.weight": (config.vocab_size, d),

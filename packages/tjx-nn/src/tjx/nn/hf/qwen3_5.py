@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from tjx.nn.configs import LlamaConfig
+from tjx.nn.configs import LlamaConfig, make_config
 from tjx.nn.gated_deltanet import DeltaConfig
 from tjx.nn.hf.config import partial_rotary_factor
 from tjx.nn.hf.family_base import (
@@ -105,7 +105,6 @@ NEEDS: dict[str, Any] = dict(
     position="rope",
     norm="rmsnorm",
     norm_position="pre",
-    mlp_activation="swiglu",
     use_bias=False,
     qkv_bias=False,
     qk_norm=True,
@@ -121,7 +120,7 @@ NEEDS: dict[str, Any] = dict(
     sliding_window=None,
     attention_sinks=False,
     **{"moe.num_experts": 0},
-)
+) | {"mlp.activation": "swiglu"}
 #: The RoPE entry's keys of the image model's positions (equal for text: no number changes).
 _MROPE = ("mrope_section", "mrope_interleaved")
 #: The image-text model's ``model_type`` (``Qwen3_5ForConditionalGeneration``, the published
@@ -153,7 +152,7 @@ def qwen3_5_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConf
     ValueError
         An unknown key, or a value tjx does not compute as transformers does, named.
     """
-    return LlamaConfig(**{**hybrid_fields(SPEC.read(hf), QWEN3_5, KEYS), **overrides})
+    return make_config(LlamaConfig, {**hybrid_fields(SPEC.read(hf), QWEN3_5, KEYS), **overrides})
 
 
 def image_text_config(hf: Mapping[str, Any]) -> dict[str, Any]:

@@ -191,12 +191,13 @@ class MoE(nnx.Module):
         self.router = Router(c, rngs=rngs)
         self.experts = Experts(c, rngs=rngs, out_std=out_std)
         shared = shared_mlp_dim(c)
+        assert c.mlp.activation is not None  # the config filled it (its family's)
         self.shared = (
             MLP(
                 c.d_model,
                 shared,
                 rngs=rngs,
-                activation_name=c.mlp_activation,
+                activation_name=c.mlp.activation,
                 use_bias=c.use_bias,
                 init_std=c.init.std,
                 out_std=out_std,
@@ -238,7 +239,9 @@ class MoE(nnx.Module):
         if self.router.expert_scale is not None:
             scale = self.router.expert_scale[...]
             weights = weights * jnp.take(scale, experts).astype(weights.dtype)
-        ffn = FFN(activation(c.mlp_activation), c.gated, dt, gate_function(c.mlp_activation))
+        act = c.mlp.activation
+        assert act is not None  # the config filled it (its family's)
+        ffn = FFN(activation(act), c.gated, dt, gate_function(act))
         w = self.experts.weights()
         slots = (
             None

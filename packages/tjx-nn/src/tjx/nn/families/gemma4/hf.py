@@ -20,7 +20,7 @@ global layers)
 (``proportional``, ``partial_rotary_``     (``partial_rotary_factor``; ``default``: 1)
 ``factor`` 0.25); ``sliding_attention``    ``rope_local_theta``
 ``num_kv_shared_layers``,                  ``kv_shared_layers``; ``kv_shared_mlp_dim`` (2 ×
-``use_double_wide_mlp``                    ``mlp_dim`` on those layers)
+``use_double_wide_mlp``                    ``mlp.dim`` on those layers)
 ``hidden_size_per_layer_input``,           ``per_layer_input_dim``, ``per_layer_vocab_size``:
 ``vocab_size_per_layer_input``,            ``per_layer.table``, ``per_layer.proj``,
 ``embed_tokens_per_layer``,                ``per_layer.norm``; each layer's
@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from tjx.nn.configs import LlamaConfig, setting_value
+from tjx.nn.configs import LlamaConfig, make_config, setting_value
 from tjx.nn.family_config import layer_shape
 from tjx.nn.hf.config import partial_rotary_factor
 from tjx.nn.hf.family_base import (
@@ -173,14 +173,13 @@ NEEDS: dict[str, Any] = dict(
     norm_position="sandwich",
     norm_plus_one=False,
     scale_embeddings=True,
-    mlp_activation="geglu",
     qk_norm=True,
     qk_norm_scope="head",
     query_pre_attn_scalar=1.0,
     attn_logit_softcap=None,
     value_norm=True,
     layer_scale=True,
-)
+) | {"mlp.activation": "geglu"}
 #: What Gemma 4's MoE block computes (a config with experts must have these ``moe`` section fields
 #: to be written; the last three are Gemma 4's own, which make it save as gemma4_text).
 MOE_NEEDS: dict[str, Any] = dict(
@@ -341,7 +340,6 @@ def gemma4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
         norm_position="sandwich",
         norm_plus_one=False,
         scale_embeddings=True,
-        mlp_activation="geglu",
         qk_norm=True,
         qk_norm_scope="head",
         query_pre_attn_scalar=1.0,
@@ -351,14 +349,14 @@ def gemma4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
         global_values_from_keys=get["attention_k_eq_v"],
         kv_shared_layers=shared,
         kv_shared_mlp_dim=(
-            2 * fields["mlp_dim"] if shared and get["use_double_wide_mlp"] else None
+            2 * fields["mlp.dim"] if shared and get["use_double_wide_mlp"] else None
         ),
         per_layer_input_dim=ple,
         per_layer_vocab_size=ple_vocab if ple and ple_vocab != fields["vocab_size"] else None,
-    )
+    ) | {"mlp.activation": "geglu"}
     if get["enable_moe_block"]:
         fields |= _moe_fields(get)
-    return LlamaConfig(**{**fields, **overrides})
+    return make_config(LlamaConfig, {**fields, **overrides})
 
 
 def _moe_fields(get: Mapping[str, Any]) -> dict[str, Any]:
@@ -409,12 +407,12 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     wrong = mismatches(c, NEEDS)
     if c.moe.num_experts:
         wrong |= mismatches(c, MOE_NEEDS, "moe")
-    if c.kv_shared_mlp_dim not in (None, c.mlp_dim, 2 * (c.mlp_dim or 0)):
-        wrong["kv_shared_mlp_dim"] = (c.kv_shared_mlp_dim, f"None or {2 * (c.mlp_dim or 0)}")
+    if c.kv_shared_mlp_dim not in (None, c.mlp.dim, 2 * (c.mlp.dim or 0)):
+        wrong["kv_shared_mlp_dim"] = (c.kv_shared_mlp_dim, f"None or {2 * (c.mlp.dim or 0)}")
     if c.global_kv_heads not in (None, c.num_kv_heads) and not c.global_values_from_keys:
         wrong["global_values_from_keys"] = (False, True)  # transformers reads them only then
     refuse_mismatches(wrong, f"model_type {GEMMA4!r} cannot express this model")
-    assert c.head_dim is not None and c.mlp_dim is not None
+    assert c.head_dim is not None and c.mlp.dim is not None
     types = layer_types(c)
     if types[-1] != "full_attention":
         raise ValueError(
@@ -441,7 +439,7 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "global_head_dim": c.global_head_dim or c.head_dim,
         "attention_k_eq_v": c.global_values_from_keys,
         "num_kv_shared_layers": c.kv_shared_layers,
-        "use_double_wide_mlp": c.kv_shared_mlp_dim == 2 * c.mlp_dim,
+        "use_double_wide_mlp": c.kv_shared_mlp_dim == 2 * c.mlp.dim,
         "hidden_size_per_layer_input": c.per_layer_input_dim,
         "vocab_size_per_layer_input": c.per_layer_vocab_size or c.vocab_size,
         "enable_moe_block": bool(c.moe.num_experts),
@@ -461,7 +459,7 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
 def gemma4_mapping(c: LlamaConfig) -> HFMapping:
     """The HF ↔ tjx correspondence of a Gemma 4 ``c`` (see ``HFMapping``): each layer at its
     own geometry (`layer_shape`), the PLE tensors and the layer scalars."""
-    assert c.head_dim is not None and c.mlp_dim is not None
+    assert c.head_dim is not None and c.mlp.dim is not None
     d, h, v, p = c.d_model, c.num_heads, c.vocab_size, c.per_layer_input_dim
     tables = Tables()
     same, linear = tables.same, tables.linear

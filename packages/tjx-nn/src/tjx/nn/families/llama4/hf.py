@@ -17,7 +17,7 @@ NoPE), ``attention_chunk_size``,       → ``attention_chunk`` (transformers chu
 ``num_experts_per_tok``                ``sigmoid_plain`` router, weights not renormalised,
                                        scaling the expert's input (``router_scales_input``)
 ``intermediate_size``,                 ``expert_mlp_dim`` and the one shared expert's width;
-``intermediate_size_mlp``              the dense layers' ``mlp_dim``
+``intermediate_size_mlp``              the dense layers' ``mlp.dim``
 ``rope_parameters`` (default, llama3)  ``rope_theta`` (default 500000), ``rope_scaling``
 ``feed_forward.experts.gate_up_proj``  ``moe.experts.fc_gate`` (its first ``f`` columns) and
 ``[E, d, 2f]``, ``down_proj``          ``fc_in`` (the rest); ``fc_out`` as stored
@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from tjx.nn.configs import LlamaConfig
+from tjx.nn.configs import LlamaConfig, make_config
 from tjx.nn.hf.config import BASE_KEYS, HARMLESS, rope_from_hf
 from tjx.nn.hf.family_base import (
     LLAMA_SWITCHES,
@@ -65,7 +65,6 @@ from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.keys import BASE, flag, int_list, layer_list, nonneg, positive, size, text
 from tjx.nn.hf.tables import Convert, Tables
 from tjx.nn.moe.config import MoEConfig, expert_mlp_dim, moe_layers, shared_mlp_dim
-from tjx.nn.params import InitConfig
 
 LLAMA4 = "llama4_text"
 ARCHITECTURE = "Llama4ForCausalLM"
@@ -241,15 +240,13 @@ def llama4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
         num_kv_heads=get["num_key_value_heads"] or heads,
         # Left out: 128; null: hidden_size // heads (transformers' __post_init__).
         head_dim=get["head_dim"] or get["hidden_size"] // heads,
-        mlp_dim=get["intermediate_size_mlp"],
         norm_eps=float(get["rms_norm_eps"]),
         rope_theta=theta,
         rope_scaling=scaling,
         tie_embeddings=get["tie_word_embeddings"],
         attention_dropout=float(get["attention_dropout"]),
-        init=InitConfig(std=float(get["initializer_range"]), scaled_residual=False),
         qk_l2_norm=get["use_qk_norm"],
-    )
+    ) | {"mlp.dim": get["intermediate_size_mlp"], "init.std": float(get["initializer_range"])}
     fields |= _attention_layers(get, layers)
     placement = _moe_placement(get, layers)
     if placement is not None:
@@ -264,7 +261,7 @@ def llama4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
             router_aux_loss=float(get["router_aux_loss_coef"]),
             **MOE_NEEDS,  # the router, its input scaling, one ungated shared expert
         )
-    return LlamaConfig(**{**fields, **overrides})
+    return make_config(LlamaConfig, {**fields, **overrides})
 
 
 def _with_theta(hf: Mapping[str, Any]) -> dict[str, Any]:
@@ -359,8 +356,8 @@ def llama4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "pad_token_id": None,
         "vocab_size": c.vocab_size,
         "hidden_size": c.d_model,
-        "intermediate_size": expert_mlp_dim(c) if c.moe.num_experts else c.mlp_dim,
-        "intermediate_size_mlp": c.mlp_dim,
+        "intermediate_size": expert_mlp_dim(c) if c.moe.num_experts else c.mlp.dim,
+        "intermediate_size_mlp": c.mlp.dim,
         "num_hidden_layers": c.num_layers,
         "num_attention_heads": c.num_heads,
         "num_key_value_heads": c.num_kv_heads,
@@ -423,8 +420,8 @@ def _gate_up_out(gate: str, up: str) -> Convert:
 
 def llama4_mapping(c: LlamaConfig) -> HFMapping:
     """The HF ↔ tjx correspondence of a Llama 4 ``c`` (its tensor names: the module doc)."""
-    assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp_dim is not None
-    d, h, hk, hd, m, v = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp_dim, c.vocab_size
+    assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp.dim is not None
+    d, h, hk, hd, m, v = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp.dim, c.vocab_size
     tables = Tables()
     tables.same("model.embed_tokens.weight", "embed.embedding", (v, d))
     kinds = moe_layers(c)

@@ -174,7 +174,7 @@ def _hf_qwen3_5(d):
                  mlp=nn.MLPConfig(dim=24), head_dim=8, mixer_pattern=("delta", "attention"),
                  delta=nn.DeltaConfig(key_heads=2, value_heads=2, key_dim=8, value_dim=8),
                  rope_fraction=0.25, attention_output_gate=True, qk_norm=True,
-                 norm_plus_one=True)  # fmt: skip
+                 norm=nn.NormConfig(plus_one=True))  # fmt: skip
     nn.save_hf(nn.build_model(nn.LlamaConfig(**shape), rngs=nnx.Rngs(0)), d / "hf")
 
 

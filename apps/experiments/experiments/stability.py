@@ -109,14 +109,14 @@ def depth_runs(scale: str) -> list[RunSpec]:
     common = base(scale, *DEPTH_SHAPE[scale], *DEPTH_OPTIMIZER, "model.scan_layers=true",
                   "train.max_bad_steps=5")  # fmt: skip
     raw = (
-        "model.norm_position=post",
+        "model.norm.position=post",
         "optimizer.clip_norm=null",
         "optimizer.schedule.warmup_steps=0",
     )
-    pre_clip = ("model.norm_position=pre", "optimizer.clip_norm=1.0")
+    pre_clip = ("model.norm.position=pre", "optimizer.clip_norm=1.0")
     runs = [
         RunSpec(RAW, (*common, *raw)),
-        RunSpec("pre-LN", (*common, *raw, "model.norm_position=pre")),
+        RunSpec("pre-LN", (*common, *raw, "model.norm.position=pre")),
         RunSpec("pre-LN + clip 1.0", (*common, *raw, *pre_clip)),
         RunSpec(FIXED, (*common, *pre_clip)),
         RunSpec("+ init 0.006", (*common, *pre_clip, "model.init_std=6e-3")),
@@ -163,7 +163,7 @@ DEPTH_STUDY = Study(
     title="Depth stability: a deep narrow stack",
     question="Does a deep narrow stack trained at a high rate without clipping or warmup diverge, "
     "where, and which fix (pre-LN, clipping, warmup, smaller init) stops it?",
-    varied="model.norm_position (post/pre), optimizer.clip_norm (none/1.0), warmup (0/the "
+    varied="model.norm.position (post/pre), optimizer.clip_norm (none/1.0), warmup (0/the "
     "scale's), model.init.std (0.02/0.006), added one at a time",
     fixed="48 layers (4 in the smoke test), narrow width (32 at the CPU scale), scanned layers, "
     "SGD with momentum 0.9 at lr 1.0 with cosine decay, no weight decay, data, steps; 3 seeds; the "

@@ -104,14 +104,16 @@ def test_a_flat_moe_mla_or_delta_key_is_its_sections_now_and_says_so(in_tmp, cap
     )
 
 
-def test_a_flat_mtp_init_or_mlp_key_is_its_sections_now_and_keeps_the_kinds_own(in_tmp, capsys):
-    """``mtp_depths``, ``init_std``, ``mlp_dim`` ... are the ``mtp``, ``init`` and ``mlp``
-    sections' now: by their old names they reach the section (one note each); what the file
-    leaves null is the kind's own (LLaMA's SwiGLU, no scaled residual)."""
+def test_a_flat_section_key_is_its_sections_now_and_a_null_there_the_kinds_own(in_tmp, capsys):
+    """``mtp_depths``, ``init_std``, ``mlp_dim``, ``norm`` ... are the ``mtp``, ``init``,
+    ``mlp`` and ``norm`` sections' now: by their old names they reach the section (one note each;
+    ``model.norm``, a name then, is ``model.norm.kind``, and ``model.norm.eps`` today's key);
+    what the file leaves null is the kind's own (LLaMA's SwiGLU, no scaled residual)."""
     plan = _plan(
         *["--config", "llama_small", "--set", "model.init_std=0.01"],
         *["--set", "model.mtp_depths=1", "--set", "model.mtp.loss_weight=0.5"],
-        *["--set", "model.mlp_dim=64"],
+        *["--set", "model.mlp_dim=64", "--set", "model.norm=layernorm"],
+        *["--set", "model.norm.eps=1e-5"],
     )
     model = plan.config.model
     assert (model.init.std, model.init.scaled_residual) == (0.01, False)
@@ -122,7 +124,9 @@ def test_a_flat_mtp_init_or_mlp_key_is_its_sections_now_and_keeps_the_kinds_own(
         "trainer: note: --set model.mtp_depths is model.mtp.depths now (the old name still "
         "works)",
         "trainer: note: --set model.mlp_dim is model.mlp.dim now (the old name still works)",
+        "trainer: note: --set model.norm is model.norm.kind now (the old name still works)",
     ]
+    assert model.norm == nn.NormConfig(kind="layernorm", eps=1e-5, position="pre")
     tiny = _plan("--config", "tiny", "--set", "model.init.std=0.01").config.model
     assert tiny.init == nn.InitConfig(std=0.01, scaled_residual=True)
 
@@ -176,9 +180,9 @@ def test_parse_profile_rejects(text):
         (  # silently dropped before tjx.nn's hf_gpt2_conflicts said what GPT-2 weights fix
             [
                 *["--config", "gpt2_small", "--init-from", "gpt2"],
-                *["--set", "model.norm_position=post", "--set", "model.tie_embeddings=false"],
+                *["--set", "model.norm.position=post", "--set", "model.tie_embeddings=false"],
             ],
-            "model.norm_position 'post', model.tie_embeddings False cannot apply",
+            "model.norm.position 'post', model.tie_embeddings False cannot apply",
         ),
         (["--config", "tiny", "--profile-steps", "1:9999"], "ends after train.steps"),
     ],

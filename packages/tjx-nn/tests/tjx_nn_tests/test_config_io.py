@@ -71,7 +71,6 @@ def test_a_model_json_of_tjx_0_1_loads():
     newer |= {
         "qk_norm": False,
         "qk_norm_scope": "head",
-        "norm_plus_one": False,
         "scale_embeddings": False,
         "query_pre_attn_scalar": None,
         "attn_logit_softcap": None,
@@ -122,7 +121,9 @@ def test_a_model_json_of_tjx_0_1_loads():
     # The init and MLP settings as their sections (their flat keys moved in).
     newer["init"] = {"std": 0.02, "scaled_residual": False}
     newer["mlp"] = {"dim": 64, "activation": "swiglu"}
+    newer["norm"] = {"kind": "rmsnorm", "eps": 1e-06, "position": "pre", "plus_one": False}
     moved = ("kv_latent_dim", "init_std", "scaled_residual_init", "mlp_dim", "mlp_activation")
+    moved += ("norm", "norm_eps", "norm_position")
     old = {k: v for k, v in WRITTEN_BY_TJX_0_1["fields"].items() if k not in moved}
     want = {**WRITTEN_BY_TJX_0_1, "fields": {**old, **newer}}
     assert tnn.config_to_dict(config) == want
@@ -186,12 +187,14 @@ def test_a_model_json_of_tjx_0_28_with_flat_section_settings_loads_as_the_same_m
         **{"mtp.depths": "mtp_depths", "mtp.loss_weight": "mtp_loss_weight"},
         **{"init.std": "init_std", "init.scaled_residual": "scaled_residual_init"},
         **{"mlp.dim": "mlp_dim", "mlp.activation": "mlp_activation"},
+        **{"norm.kind": "norm", "norm.eps": "norm_eps", "norm.position": "norm_position"},
+        "norm.plus_one": "norm_plus_one",
     }
     for new, old in moved.items():
         assert tnn.setting_value(config, new) == flat[old], new
     assert config.d_model == flat["d_model"]
     again = tnn.config_to_dict(config)
-    assert not set(moved.values()) & set(again["fields"])
+    assert not (set(moved.values()) - set(tnn.SECTIONS)) & set(again["fields"])  # norm: a section
     assert tnn.config_from_dict(again) == config
     # A file holding a setting both ways is refused, naming both keys.
     both = {**data, "fields": {**flat, "moe": {"num_experts": 2}}}

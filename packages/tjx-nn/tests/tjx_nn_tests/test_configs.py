@@ -40,8 +40,6 @@ def test_gpt2_config_overrides_and_unknown_preset():
         (dict(d_model=30, num_heads=4), "d_model"),
         (dict(num_heads=4, num_kv_heads=3), "num_kv_heads"),
         (dict(position="relative"), "position"),
-        (dict(norm="batchnorm"), "norm"),
-        (dict(norm_position="peri"), "norm_position"),
         (dict(num_layers=-1), "num_layers"),
         (dict(vocab_size=0), "vocab_size"),
         (dict(dropout=1.5), "dropout"),
@@ -106,8 +104,8 @@ def test_precision_helpers_and_more_bad_fields():
     assert tnn.GPT2Config(precision=None).precision == tnn.Precision()
     with pytest.raises(ValueError, match="rope_theta"):
         tnn.LlamaConfig(rope_theta=0.0)
-    with pytest.raises(ValueError, match="norm_eps"):
-        tnn.GPT2Config(norm_eps=0.0)
+    with pytest.raises(ValueError, match="NormConfig.eps"):
+        tnn.GPT2Config(norm=tnn.NormConfig(eps=0.0))
     with pytest.raises(ValueError, match="InitConfig.std"):
         tnn.GPT2Config(init=tnn.InitConfig(std=-1.0))
     with pytest.raises(ValueError, match="num_labels"):
@@ -165,7 +163,7 @@ def test_vit_patch_size_must_divide_the_image():
         (tnn.ViTConfig, "tie_embeddings", True),
         (tnn.ViTConfig, "decode_topk", 2),
         (tnn.ViTConfig, "vocab_size", 100),
-        (tnn.ViTConfig, "norm_plus_one", True),
+        (tnn.ViTConfig, "norm.plus_one", True),
         (tnn.BertConfig, "final_logit_softcap", 30.0),
         (tnn.EncoderDecoderConfig, "scale_embeddings", True),
     ],
@@ -175,11 +173,13 @@ def test_a_field_the_model_never_reads_keeps_its_default(config_class, field, va
     if config_class is tnn.ViTConfig:
         base |= dict(image_size=8, patch_size=4)
     assert field in config_class.unused_fields
-    default = config_class.__dataclass_fields__[field].default
-    assert getattr(config_class(**base), field) == default
-    assert getattr(config_class(**base, **{field: default}), field) == default  # e.g. replace()
+    default = tnn.setting_value(config_class(**base), field)  # a dotted field: a section's
+    if "." not in field:
+        assert default == config_class.__dataclass_fields__[field].default
+    again = tnn.make_config(config_class, {**base, field: default})  # e.g. replace()
+    assert tnn.setting_value(again, field) == default
     with pytest.raises(ValueError) as err:
-        config_class(**base, **{field: value})
+        tnn.make_config(config_class, {**base, field: value})
     why = config_class.unused_fields[field]
     assert str(err.value) == (
         f"{config_class.__name__}.{field}: {why}; got {value!r}, set it to {default!r}"
@@ -228,6 +228,14 @@ def test_a_section_refuses_a_bad_value_by_its_own_name_and_fills_the_familys():
         tnn.MLPConfig(dim=0)
     with pytest.raises(ValueError, match=r"^InitConfig.std must be > 0"):
         tnn.InitConfig(std=0.0)
+    with pytest.raises(ValueError, match=r"^NormConfig.kind must be one of"):
+        tnn.NormConfig(kind="batchnorm")
+    with pytest.raises(ValueError, match=r"^NormConfig.position must be one of"):
+        tnn.NormConfig(position="peri")
+    llama_norm = tnn.LlamaConfig(norm=tnn.NormConfig(plus_one=True)).norm
+    assert llama_norm == tnn.NormConfig(kind="rmsnorm", eps=1e-6, position="pre", plus_one=True)
+    bert_norm = tnn.BertConfig().norm
+    assert (bert_norm.kind, bert_norm.eps, bert_norm.position) == ("layernorm", 1e-12, "post")
     mlp = tnn.MLPConfig(dim=64)
     assert tnn.LlamaConfig(mlp=mlp).mlp == tnn.MLPConfig(dim=64, activation="swiglu")
     assert tnn.GPT2Config(mlp=mlp).mlp == tnn.MLPConfig(dim=64, activation="gelu")
@@ -246,12 +254,13 @@ def test_the_model_config_holds_its_components_as_sections():
     fields = {f.name: f for f in dataclasses.fields(tnn.LlamaConfig)}
     sections = {"moe": tnn.MoEConfig, "mla": tnn.MLAConfig, "delta": tnn.DeltaConfig}
     sections |= {"mtp": tnn.MTPConfig, "init": tnn.InitConfig, "mlp": tnn.MLPConfig}
+    sections |= {"norm": tnn.NormConfig}
     defaults = tnn.LlamaConfig()
     for name, cls in sections.items():
         assert type(getattr(defaults, name)) is cls
         assert not {f"{name}_{f.name}" for f in dataclasses.fields(cls)} & set(fields)
     gone = {"num_experts", "router", "kv_latent_dim", "delta_impl", "scaled_residual_init"}
-    gone |= {"mlp_dim", "mlp_activation"}
+    gone |= {"mlp_dim", "mlp_activation", "norm_eps", "norm_position", "norm_plus_one"}
     assert not gone & set(fields)
     assert not defaults.init.scaled_residual and tnn.GPT2Config().init.scaled_residual
     assert tuple(sections) == tnn.SECTIONS

@@ -20,8 +20,7 @@ BASE = dict(vocab_size=40, max_seq_len=32, d_model=24, num_layers=2, num_heads=4
 FAMILIES = {
     # Gemma 2: sandwich norms (1 + w), scaled embeddings, GeGLU, query scale, both soft caps.
     "gemma2": dict(
-        norm_position="sandwich",
-        norm_plus_one=True,
+        norm=tnn.NormConfig(position="sandwich", plus_one=True),
         scale_embeddings=True,
         mlp=tnn.MLPConfig(activation="geglu"),
         query_pre_attn_scalar=9,
@@ -32,8 +31,7 @@ FAMILIES = {
     ),
     # Gemma 3: Gemma 2 without caps, with per-head q/k norms (1 + w).
     "gemma3": dict(
-        norm_position="sandwich",
-        norm_plus_one=True,
+        norm=tnn.NormConfig(position="sandwich", plus_one=True),
         scale_embeddings=True,
         mlp=tnn.MLPConfig(activation="geglu"),
         query_pre_attn_scalar=16,
@@ -51,7 +49,7 @@ FAMILIES = {
         num_layers=3,
     ),
     "qwen3": dict(qk_norm=True, head_dim=10),
-    "olmo2": dict(norm_position="output", qk_norm=True, qk_norm_scope="projection"),
+    "olmo2": dict(norm=tnn.NormConfig(position="output"), qk_norm=True, qk_norm_scope="projection"),
     # gpt-oss: attention sinks, biases on every projection, the clamped SwiGLU, alternating
     # windows (its MoE layers: moe/test_layer.py).
     "gptoss": dict(
@@ -215,8 +213,8 @@ def test_a_layer_norm_with_plus_one_scales_by_one_plus_its_weight():
 
 
 def test_a_cross_attention_block_refuses_the_decoder_only_norm_positions():
-    config = tnn.TransformerConfig(**BASE, norm_position="sandwich")
-    with pytest.raises(ValueError, match="cross-attention blocks take norm_position pre or post"):
+    config = tnn.TransformerConfig(**BASE, norm=tnn.NormConfig(position="sandwich"))
+    with pytest.raises(ValueError, match="cross-attention blocks take norm.position pre or post"):
         tnn.Block(config, rngs=nnx.Rngs(0), num_layers=1, causal=True, cross=True)
 
 
@@ -313,11 +311,11 @@ def test_a_model_with_sinks_resolves_the_xla_kernel():
 def test_non_decoders_refuse_the_decoder_only_switches():
     with pytest.raises(ValueError, match="BertConfig.scale_embeddings: only decoders"):
         tnn.BertConfig(scale_embeddings=True)
-    with pytest.raises(ValueError, match="norm_position 'sandwich' is implemented by decoders"):
-        tnn.BertConfig(norm_position="sandwich")
+    with pytest.raises(ValueError, match="norm.position 'sandwich' is implemented by decoders"):
+        tnn.BertConfig(norm=tnn.NormConfig(position="sandwich"))
     with pytest.raises(ValueError, match="EncoderDecoderConfig.final_logit_softcap"):
         tnn.EncoderDecoderConfig(final_logit_softcap=30.0)
     with pytest.raises(ValueError, match="BertConfig.attention_sinks: only decoders"):
         tnn.BertConfig(attention_sinks=True)
-    assert tnn.GPT2Config(norm_position="output").norm_position == "output"
+    assert tnn.GPT2Config(norm=tnn.NormConfig(position="output")).norm.position == "output"
     assert tnn.LlamaConfig(query_pre_attn_scalar=256).query_pre_attn_scalar == 256.0

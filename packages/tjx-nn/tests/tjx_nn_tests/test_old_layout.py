@@ -112,14 +112,20 @@ def test_the_flat_mtp_init_and_mlp_keys_move_into_their_sections():
     renamed where the section says it (``scaled_residual_init`` → ``init.scaled_residual``); a
     model.json reads them alike."""
     old = {"kind": "llama", "mtp_depths": 1, "mtp_loss_weight": 0.1, "init_std": 0.01}
-    old |= {"mlp_dim": 64, "mlp_activation": "geglu"}
+    old |= {"mlp_dim": 64, "mlp_activation": "geglu", "norm": "rmsnorm", "norm_eps": 1e-6}
     got = tnn.migrate_model_section({**old, "scaled_residual_init": False})
     assert got == {
         "kind": "llama",
         "mtp": {"depths": 1, "loss_weight": 0.1},
         "init": {"std": 0.01, "scaled_residual": False},
         "mlp": {"dim": 64, "activation": "geglu"},
+        "norm": {"kind": "rmsnorm", "eps": 1e-6},
     }
+    # norm, a name then, is a section now: a mapping there is today's layout, kept as it is.
+    today = {"norm": {"kind": "rmsnorm", "eps": 1e-6}}
+    assert tnn.migrate_model_section(today) == today
+    with pytest.raises(ValueError, match=r"^model.norm_eps: is model.norm.eps now"):
+        tnn.migrate_model_section({"norm_eps": 1e-6, "norm": {"eps": 1e-5}})
     assert tnn.RENAMED_MODEL_KEYS["scaled_residual_init"] == "init.scaled_residual"
     with pytest.raises(ValueError, match=r"^model.init_std: is model.init.std now"):
         tnn.migrate_model_section({"init_std": 0.01, "init": {"std": 0.02}})

@@ -24,7 +24,6 @@ from tjx.nn.config_io import config_from_dict, config_to_dict
 from tjx.nn.configs import (
     ATTENTION_IMPLS,
     LAYER_KINDS,
-    NORMS,
     POSITIONS,
     REMAT_POLICIES,
     SECTIONS,
@@ -114,6 +113,7 @@ from tjx.nn.moe.layer import MoE, MoEStats, router_penalty
 from tjx.nn.moe.parallel import current_expert_parallel, expert_parallel_scope
 from tjx.nn.mtp import MTP, MTPLayer, MTPLoss, mtp_loss, mtp_metric
 from tjx.nn.mtp_config import MTPConfig
+from tjx.nn.norm_config import NORMS, NormConfig
 from tjx.nn.norms import LayerNorm, RMSNorm
 from tjx.nn.objectives import (
     OBJECTIVES,
@@ -226,6 +226,7 @@ __all__ = [
     "MTPConfig",
     "MoEStats",
     "NORMS",
+    "NormConfig",
     "OBJECTIVES",
     "Objective",
     "ObjectiveLoss",

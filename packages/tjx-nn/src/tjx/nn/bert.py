@@ -34,11 +34,11 @@ class BERT(nnx.Module):
         # BERT always has learned positions and token types.
         self.pos_embed = lookup_table(c.max_seq_len, c, rngs=rngs)
         self.type_embed = lookup_table(c.type_vocab_size, c, rngs=rngs)
-        norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias, precision=p)
-        self.embed_norm = make_norm(c.norm, c.d_model, **norm_kw)
+        norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm.eps, use_bias=c.use_bias, precision=p)
+        self.embed_norm = make_norm(c.norm.kind, c.d_model, **norm_kw)
         self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=False)
         self.final_norm = (
-            make_norm(c.norm, c.d_model, **norm_kw) if c.norm_position == "pre" else None
+            make_norm(c.norm.kind, c.d_model, **norm_kw) if c.norm.position == "pre" else None
         )
         self.mlm_dense = Dense(
             (c.d_model,),
@@ -49,7 +49,7 @@ class BERT(nnx.Module):
             init=normal(c.init.std),
             precision=p,
         )
-        self.mlm_norm = make_norm(c.norm, c.d_model, **norm_kw)
+        self.mlm_norm = make_norm(c.norm.kind, c.d_model, **norm_kw)
         self.mlm_bias = make_param(rngs, zeros(), (c.vocab_size,), ("vocab",), p.param_dtype)
         if c.num_labels is not None:
             self.pooler: Dense | None = Dense(

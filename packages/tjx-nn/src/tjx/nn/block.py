@@ -21,6 +21,7 @@ from tjx.nn.kv_cache import LayerCache
 from tjx.nn.linear import dropout, split_key
 from tjx.nn.mlp import MLP
 from tjx.nn.moe.layer import MoE, MoEStats
+from tjx.nn.norm_config import filled
 from tjx.nn.norms import LayerNorm, RMSNorm, make_norm
 from tjx.nn.params import make_param, ones
 from tjx.nn.sequence import current_sequence_parallel
@@ -84,25 +85,25 @@ class Block(nnx.Module):
             layer_shape(c, index) if index is not None and causal and not cross else None
         )
         self.keeps_kv = shape is not None and shape.keeps_kv
-        self.post_ln = c.norm_position == "post"
+        self.post_ln = c.norm.position == "post"
         self.rate = c.dropout
         out_std = residual_std(c, num_layers)
         norm_kw: dict[str, Any] = dict(
             rngs=rngs,
-            eps=c.norm_eps,
+            eps=c.norm.eps,
             use_bias=c.use_bias,
             precision=c.precision,
-            plus_one=c.norm_plus_one,
+            plus_one=c.norm.plus_one,
         )
-        before = c.norm_position != "output"  # a norm on each sublayer's input (or sum)
-        after = c.norm_position in ("sandwich", "output")  # a norm on each sublayer's output
+        before = c.norm.position != "output"  # a norm on each sublayer's input (or sum)
+        after = c.norm.position in ("sandwich", "output")  # a norm on each sublayer's output
         if cross and after:
             raise ValueError(
-                f"cross-attention blocks take norm_position pre or post; got {c.norm_position!r}"
+                f"cross-attention blocks take norm.position pre or post; got {c.norm.position!r}"
             )
 
         def norm(on: bool) -> LayerNorm | RMSNorm | None:
-            return make_norm(c.norm, c.d_model, **norm_kw) if on else None
+            return make_norm(c.norm.kind, c.d_model, **norm_kw) if on else None
 
         self.attn_norm = norm(before)
         self.attn_post_norm = norm(after)
@@ -123,7 +124,7 @@ class Block(nnx.Module):
                 head_v_dim=c.delta.value_dim,
                 rngs=rngs,
                 conv_kernel=c.delta.conv_kernel,
-                eps=c.norm_eps,
+                eps=filled(c.norm.eps, "norm.eps"),
                 init_std=c.init.std,
                 precision=c.precision,
                 implementation=c.delta.impl,
@@ -134,7 +135,9 @@ class Block(nnx.Module):
                 c, rngs=rngs, causal=causal, out_std=out_std, kernel=kernel, layer=shape
             )
         if cross:
-            self.cross_norm: LayerNorm | RMSNorm | None = make_norm(c.norm, c.d_model, **norm_kw)
+            self.cross_norm: LayerNorm | RMSNorm | None = make_norm(
+                c.norm.kind, c.d_model, **norm_kw
+            )
             crossed = attention.kernel("cross") if attention is not None else None
             self.cross_attn: Attention | None = Attention(
                 c, rngs=rngs, cross=True, out_std=out_std, kernel=crossed

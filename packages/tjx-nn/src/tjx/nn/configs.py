@@ -32,13 +32,11 @@ from tjx.nn.mla_config import DEEPSEEK_MLA, MLAConfig
 from tjx.nn.mlp import MLPConfig
 from tjx.nn.moe.config import MoEConfig
 from tjx.nn.mtp_config import MTPConfig
+from tjx.nn.norm_config import NormConfig
 from tjx.nn.params import InitConfig
 from tjx.nn.precision import Precision, as_precision
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
-NORMS = ("layernorm", "rmsnorm")
-# x + f(n(x)); n(x + f(x)) (BERT); x + n(f(n(x))) (Gemma); x + n(f(x)) (OLMo 2): decoders only.
-NORM_POSITIONS = ("pre", "post", "sandwich", "output")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
 # tjx-kernels' dispatcher owns this list: an implementation it adds is accepted here at once.
 ATTENTION_IMPLS: tuple[str, ...] = IMPLEMENTATIONS
@@ -50,7 +48,7 @@ ATTENTION_TYPES = ("mha", "mla")
 LAYER_KINDS = ("local", "global")
 #: The component sections of a model config (their own config classes): a setting in one is named
 #: by a dotted key, ``moe.num_experts``.
-SECTIONS = ("moe", "mla", "delta", "mtp", "init", "mlp")
+SECTIONS = ("moe", "mla", "delta", "mtp", "init", "mlp", "norm")
 C = TypeVar("C", bound="TransformerConfig")
 #: What each entry of ``mixer_pattern`` says about a layer: its token mixer, attention or Gated
 #: DeltaNet linear attention (:mod:`tjx.nn.gated_deltanet`, Qwen3-Next and Qwen3.5).
@@ -107,6 +105,9 @@ class TransformerConfig:
     part_defaults: ClassVar[Mapping[str, Any]] = {
         "mlp.activation": "gelu",
         "init.scaled_residual": True,
+        "norm.kind": "layernorm",
+        "norm.eps": 1e-5,
+        "norm.position": "pre",
     }
 
     vocab_size: int = setting(50257, help="tokens in the vocabulary (embedding and output rows)")
@@ -119,12 +120,8 @@ class TransformerConfig:
     )
     head_dim: int | None = setting(None, help="width of one head; None: d_model // num_heads")
     mlp: MLPConfig = setting(MLPConfig, factory=True, help="the feed-forward blocks")
-    norm: str = setting("layernorm", choices=NORMS, help="normalisation layer")
-    norm_eps: float = setting(1e-5, help="the norm's epsilon")
-    norm_position: str = setting(
-        "pre",
-        choices=NORM_POSITIONS,
-        help="pre: x+f(n(x)); post: n(x+f(x)); sandwich: x+n(f(n(x))); output: x+n(f(x))",
+    norm: NormConfig = setting(
+        NormConfig, factory=True, help="the normalisation layers: kind, eps, position"
     )
     position: str = setting(
         "learned", choices=POSITIONS, help="position encoding (t5: bucketed relative bias)"
@@ -197,7 +194,6 @@ class TransformerConfig:
     qk_norm_scope: str = setting(
         "head", choices=QK_NORM_SCOPES, help="qk_norm per head, or over all heads (OLMo 2)"
     )
-    norm_plus_one: bool = setting(False, help="norms scale by 1 + weight, weight from 0 (Gemma)")
     scale_embeddings: bool = setting(False, help="token embeddings times sqrt(d_model) (Gemma)")
     query_pre_attn_scalar: float | None = setting(None, help="attention scale 1/sqrt(it) (Gemma)")
     attn_logit_softcap: float | None = setting(None, help="attention logits c·tanh(x/c) (Gemma 2)")
@@ -275,8 +271,6 @@ class TransformerConfig:
             positive(cls, name, getattr(self, name))
         self._check_vocab(cls)
         check_sizes(self, cls)
-        choice(cls, "norm", self.norm, NORMS)
-        choice(cls, "norm_position", self.norm_position, NORM_POSITIONS)
         choice(cls, "position", self.position, POSITIONS)
         choice(cls, "attention_impl", self.attention_impl, ATTENTION_IMPLS)
         choice(cls, "cross_entropy_impl", self.cross_entropy_impl, CE_IMPLS)
@@ -284,8 +278,6 @@ class TransformerConfig:
         choice(cls, "attention_type", self.attention_type, ATTENTION_TYPES)
         rate(cls, "dropout", self.dropout)
         rate(cls, "attention_dropout", self.attention_dropout)
-        if not self.norm_eps > 0:
-            raise ValueError(f"{cls}.norm_eps must be > 0; got {self.norm_eps!r}")
         check_rope(self, cls)
         check_rope_scaling(self, cls)
         check_window(self, cls)
@@ -372,6 +364,8 @@ class LlamaConfig(TransformerConfig):
         **TransformerConfig.part_defaults,
         "mlp.activation": "swiglu",
         "init.scaled_residual": False,
+        "norm.kind": "rmsnorm",
+        "norm.eps": 1e-6,
     }
 
     vocab_size: int = 32000
@@ -379,8 +373,6 @@ class LlamaConfig(TransformerConfig):
     d_model: int = 512
     num_layers: int = 8
     num_heads: int = 8
-    norm: str = "rmsnorm"
-    norm_eps: float = 1e-6
     position: str = "rope"
     use_bias: bool = False
     tie_embeddings: bool = False
@@ -658,9 +650,9 @@ def check_family(config: Any, cls: str) -> None:
     for name in _POSITIVE:
         object.__setattr__(config, name, _positive_float(cls, name, getattr(config, name)))
     decoder = "scale_embeddings" not in type(config).unused_fields
-    if not decoder and config.norm_position in DECODER_NORM_POSITIONS:
+    if not decoder and config.norm.position in DECODER_NORM_POSITIONS:
         raise ValueError(
-            f"{cls}.norm_position {config.norm_position!r} is implemented by decoders only; "
+            f"{cls}.norm.position {config.norm.position!r} is implemented by decoders only; "
             "choose 'pre' or 'post'"
         )
     if config.rope_local_theta is not None and (
@@ -753,9 +745,11 @@ def check_unused(config: Any, cls: str) -> None:
     """A field this family's model never reads keeps its default (else it would be ignored)."""
     defaults = field_defaults(config)
     for name, why in type(config).unused_fields.items():
-        value = getattr(config, name)
-        if value != defaults[name]:
-            raise ValueError(f"{cls}.{name}: {why}; got {value!r}, set it to {defaults[name]!r}")
+        value = setting_value(config, name)  # a dotted name: a setting of a section
+        section, _, sub = name.partition(".")
+        default = getattr(defaults[section], sub) if sub else defaults[section]
+        if value != default:
+            raise ValueError(f"{cls}.{name}: {why}; got {value!r}, set it to {default!r}")
 
 
 def make_config(cls: type[C], fields: Mapping[str, Any]) -> C:

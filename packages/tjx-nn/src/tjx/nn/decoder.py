@@ -202,15 +202,15 @@ class DecoderLM(nnx.Module):
         self.per_layer = per_layer_embed(c, rngs=rngs)
         self.final_norm = (
             make_norm(
-                c.norm,
+                c.norm.kind,
                 c.d_model,
                 rngs=rngs,
-                eps=c.norm_eps,
+                eps=c.norm.eps,
                 use_bias=c.use_bias,
                 precision=c.precision,
-                plus_one=c.norm_plus_one,
+                plus_one=c.norm.plus_one,
             )
-            if c.norm_position != "post"  # pre, sandwich and output end with a norm
+            if c.norm.position != "post"  # pre, sandwich and output end with a norm
             else None
         )
         self.head = output_head(c, rngs=rngs)

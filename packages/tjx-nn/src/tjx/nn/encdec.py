@@ -54,10 +54,10 @@ class EncoderDecoder(nnx.Module):
         self.pos_embed = learned_positions(c, rngs=rngs)
         self.encoder = Stack(c, rngs=rngs, num_layers=c.num_encoder_layers, causal=False)
         self.decoder = Stack(c, rngs=rngs, num_layers=c.num_decoder_layers, causal=True, cross=True)
-        norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias, precision=p)
-        pre = c.norm_position == "pre"
-        self.encoder_norm = make_norm(c.norm, c.d_model, **norm_kw) if pre else None
-        self.decoder_norm = make_norm(c.norm, c.d_model, **norm_kw) if pre else None
+        norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm.eps, use_bias=c.use_bias, precision=p)
+        pre = c.norm.position == "pre"
+        self.encoder_norm = make_norm(c.norm.kind, c.d_model, **norm_kw) if pre else None
+        self.decoder_norm = make_norm(c.norm.kind, c.d_model, **norm_kw) if pre else None
         self.head = output_head(c, rngs=rngs)
         self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention_dropout > 0)
 

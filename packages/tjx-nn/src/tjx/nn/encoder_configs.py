@@ -28,13 +28,13 @@ class BertConfig(TransformerConfig):
         **TransformerConfig.part_defaults,
         "mlp.activation": "gelu_exact",
         "init.scaled_residual": False,
+        "norm.eps": 1e-12,
+        "norm.position": "post",
     }
 
     vocab_size: int = 30522
     max_seq_len: int = 512
     type_vocab_size: int = setting(2, help="BERT: token types (segments A/B)")
-    norm_position: str = "post"
-    norm_eps: float = 1e-12
     num_labels: int | None = setting(
         None, help="BERT: classes of a sequence-classification head; None: none"
     )
@@ -62,7 +62,12 @@ class ViTConfig(TransformerConfig):
 
     bidirectional: ClassVar[bool] = True
     attention_layers: ClassVar[tuple[str, ...]] = ("bidirectional",)
-    part_defaults: ClassVar[Mapping[str, Any]] = BertConfig.part_defaults
+    part_defaults: ClassVar[Mapping[str, Any]] = {
+        **TransformerConfig.part_defaults,
+        "mlp.activation": "gelu_exact",
+        "init.scaled_residual": False,
+        "norm.eps": 1e-6,
+    }
 
     vocab_size: int = 0
     image_size: int = setting(224, help="ViT: the images' side in pixels")
@@ -70,7 +75,6 @@ class ViTConfig(TransformerConfig):
     num_channels: int = setting(3, help="ViT: colour channels of the images")
     num_classes: int = setting(1000, help="ViT: classes of the head")
     max_seq_len: int = 0
-    norm_eps: float = 1e-6
     tie_embeddings: bool = False
     unused_fields: ClassVar[Mapping[str, str]] = {
         "vocab_size": "ViT reads images, not tokens",

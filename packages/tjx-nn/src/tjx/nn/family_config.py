@@ -7,9 +7,9 @@ Each is one ``TransformerConfig`` field (``configs.py``), off by default:
   projections, before RoPE. ``qk_norm_scope``: ``"head"`` normalises each head alone with one
   ``head_dim`` scale shared by the heads (Qwen3, Gemma 3); ``"projection"`` normalises all heads
   of a token together, with a scale per ``heads × head_dim`` column (OLMo 2).
-* ``norm_position`` ``"sandwich"`` (Gemma 2/3): ``x + norm₂(f(norm₁(x)))`` around attention and the
+* ``norm.position`` ``"sandwich"`` (Gemma 2/3): ``x + norm₂(f(norm₁(x)))`` around attention and the
   MLP; ``"output"`` (OLMo 2): ``x + norm(f(x))``. Both keep the final norm. Decoders only.
-* ``norm_plus_one`` (Gemma): every norm multiplies by ``1 + weight``, the weight starting at 0
+* ``norm.plus_one`` (Gemma): every norm multiplies by ``1 + weight``, the weight starting at 0
   (its stored value is the checkpoint's, so weight decay pulls the scale towards 1).
 * ``scale_embeddings`` (Gemma): token embeddings times ``sqrt(d_model)``, the factor rounded to
   float32 and then to the compute dtype as transformers does (``sqrt(3072)`` is 55.43 in float32,
@@ -41,7 +41,7 @@ Llama 4's (its global layers are ``window_pattern``'s ``"global"`` ones):
   sliding window (position ``p`` sees the keys from ``chunk·⌊p/chunk⌋`` to ``p``: tjx.kernels'
   ``attention(chunk=)``, a decoding step the keys of its own chunk). Not with ``sliding_window``.
 * ``global_nope``: the global layers rotate no position (NoPE); RoPE turns the local ones only.
-* ``qk_l2_norm``: queries and keys divided by their RMS over each head (``norm_eps``, no weight)
+* ``qk_l2_norm``: queries and keys divided by their RMS over each head (``norm.eps``, no weight)
   after RoPE, in the layers RoPE rotates.
 * ``nope_temperature_floor`` / ``nope_temperature_scale``: a NoPE layer's queries times
   ``1 + scale · log(1 + ⌊(p + 1) / floor⌋)`` at position ``p`` (``attn_temperature_tuning``).
@@ -109,7 +109,7 @@ GEMMA4_SWITCHES = (
 DECODER_ONLY: Mapping[str, str] = {
     name: "only decoders (gpt2, llama) implement it"
     for name in (
-        "norm_plus_one",
+        "norm.plus_one",
         "scale_embeddings",
         "final_logit_softcap",
         "attention_sinks",

@@ -57,13 +57,13 @@ class MTPLayer(nnx.Module):
 
         def norm() -> LayerNorm | RMSNorm:
             return make_norm(
-                c.norm,
+                c.norm.kind,
                 c.d_model,
                 rngs=rngs,
-                eps=c.norm_eps,
+                eps=c.norm.eps,
                 use_bias=c.use_bias,
                 precision=c.precision,
-                plus_one=c.norm_plus_one,
+                plus_one=c.norm.plus_one,
             )
 
         self.enorm, self.hnorm = norm(), norm()

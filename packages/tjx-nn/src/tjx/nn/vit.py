@@ -42,9 +42,9 @@ class ViT(nnx.Module):
         )
         self.pos_embed = learned_positions(c, rngs=rngs)
         self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=False)
-        norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias, precision=p)
+        norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm.eps, use_bias=c.use_bias, precision=p)
         self.final_norm = (
-            make_norm(c.norm, c.d_model, **norm_kw) if c.norm_position == "pre" else None
+            make_norm(c.norm.kind, c.d_model, **norm_kw) if c.norm.position == "pre" else None
         )
         self.head = Dense(
             (c.d_model,),

@@ -31,7 +31,7 @@ GEMMA4 = dict(
     vocab_size=24, max_seq_len=32, d_model=16, num_layers=4, num_heads=4, num_kv_heads=2,
     head_dim=8, mlp=tnn.MLPConfig(dim=12, activation="geglu"), sliding_window=3,
     window_pattern=("local", "global"),
-    norm_position="sandwich", scale_embeddings=True, qk_norm=True,
+    norm=tnn.NormConfig(position="sandwich"), scale_embeddings=True, qk_norm=True,
     query_pre_attn_scalar=1.0, tie_embeddings=True, rope_theta=10_000.0, rope_local_theta=100.0,
     global_head_dim=16, global_kv_heads=1, global_values_from_keys=True,
     global_rope_proportion=0.25, value_norm=True, kv_shared_layers=2, kv_shared_mlp_dim=24,
@@ -130,7 +130,7 @@ def test_the_default_config_is_read_as_transformers_reads_it():
         0.25,
     )
     assert (config.per_layer_input_dim, config.per_layer_vocab_size) == (256, None)
-    assert config.value_norm and config.layer_scale and not config.norm_plus_one
+    assert config.value_norm and config.layer_scale and not config.norm.plus_one
     assert (config.query_pre_attn_scalar, config.kv_shared_layers, config.global_kv_heads) == (
         1.0,
         0,
@@ -216,7 +216,7 @@ def test_an_image_text_folder_loads_as_its_text_model(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (dict(norm_plus_one=True), "norm_plus_one=True .needs False."),
+        ({"norm.plus_one": True}, "norm.plus_one=True .needs False."),
         (dict(value_norm=False), "value_norm=False .needs True."),
         (dict(kv_shared_mlp_dim=20), "kv_shared_mlp_dim=20"),
         (dict(global_values_from_keys=False), "global_values_from_keys=False .needs True."),

@@ -163,8 +163,8 @@ def test_conflicts_are_the_settings_gpt2_weights_fix():
         "use_bias": False,
         "position": "rope",
         "attention_type": "mla",
-        "norm": "rmsnorm",
-        "norm_position": "post",
+        "norm.kind": "rmsnorm",
+        "norm.position": "post",
         "num_kv_heads": 1,
         "tie_embeddings": False,
     }

@@ -124,7 +124,7 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
         8192.0,
         0.1,
     )
-    assert (c.qk_l2_norm, c.norm_eps, c.max_seq_len, c.tie_embeddings) == (
+    assert (c.qk_l2_norm, c.norm.eps, c.max_seq_len, c.tie_embeddings) == (
         True,
         1e-5,
         131072,

@@ -43,7 +43,7 @@ DEEPSEEK_V3 = dict(
     mla=tnn.MLAConfig(kv_latent_dim=8, qk_rope_head_dim=4, v_head_dim=6, q_lora_rank=10),
     moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=8, num_shared_experts=1,
                       first_dense=1, router="sigmoid"),
-    norm_eps=1e-6,
+    norm=tnn.NormConfig(eps=1e-6),
 )  # fmt: skip
 BLOCK = [4, 8]
 

@@ -213,14 +213,10 @@ def _kind(hf: dict[str, Any]) -> str:
 
 
 def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[DecoderLM], HFMapping]:
-    # A component section's setting (``delta.impl``, ``mtp.depths``) is set on the section the
-    # checkpoint describes, which the readers then take whole (so the tensor mapping follows it).
-    plain = {k: v for k, v in overrides.items() if "." not in k}
-    dotted = {k: v for k, v in overrides.items() if "." in k}
-    if dotted:
-        described = _plan_fields(hf, plain)[0].replace(**dotted)
-        plain |= {k.split(".")[0]: getattr(described, k.split(".")[0]) for k in dotted}
-    return _plan_fields(hf, plain)
+    # A component section's setting (``delta.impl``, ``mtp.depths``) reaches the readers by its
+    # dotted key, laid over the section the checkpoint describes (`make_config`), so the tensor
+    # mapping follows it.
+    return _plan_fields(hf, overrides)
 
 
 def _plan_fields(

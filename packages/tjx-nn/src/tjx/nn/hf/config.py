@@ -260,23 +260,26 @@ def llama_fields(
     layers = hf["num_hidden_layers"]
     window, pattern = _window(hf, model_type, layers)
     heads = hf["num_attention_heads"]
-    return dict(
-        vocab_size=hf["vocab_size"],
-        max_seq_len=_longest(scaling, max_len),
-        d_model=hf["hidden_size"],
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=hf["num_key_value_heads"] or heads,
-        head_dim=hf["head_dim"],
-        norm_eps=float(hf["rms_norm_eps"]),
-        rope_theta=theta,
-        rope_scaling=scaling,
-        sliding_window=window,
-        window_pattern=pattern,
-        use_bias=attn_bias,
-        tie_embeddings=hf["tie_word_embeddings"],
-        attention_dropout=float(hf["attention_dropout"]),
-    ) | {"mlp.dim": hf["intermediate_size"], "init.std": float(hf["initializer_range"])}
+    return (
+        dict(
+            vocab_size=hf["vocab_size"],
+            max_seq_len=_longest(scaling, max_len),
+            d_model=hf["hidden_size"],
+            num_layers=layers,
+            num_heads=heads,
+            num_kv_heads=hf["num_key_value_heads"] or heads,
+            head_dim=hf["head_dim"],
+            rope_theta=theta,
+            rope_scaling=scaling,
+            sliding_window=window,
+            window_pattern=pattern,
+            use_bias=attn_bias,
+            tie_embeddings=hf["tie_word_embeddings"],
+            attention_dropout=float(hf["attention_dropout"]),
+        )
+        | {"norm.eps": float(hf["rms_norm_eps"])}
+        | {"mlp.dim": hf["intermediate_size"], "init.std": float(hf["initializer_range"])}
+    )
 
 
 def llama_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
@@ -299,10 +302,10 @@ def llama_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig
 def check_llama_shape(config: LlamaConfig) -> None:
     """Raise ``ValueError`` unless ``config`` is LLaMA-shaped (what every HF Llama type is)."""
     shaped = config.attention_type == "mha" and config.position == "rope"
-    if not shaped or config.norm != "rmsnorm":
+    if not shaped or config.norm.kind != "rmsnorm":
         raise ValueError(
             "only LLaMA-shaped configs export (attention_type 'mha', position 'rope', norm "
-            f"'rmsnorm'); got {config.attention_type!r}, {config.position!r}, {config.norm!r}"
+            f"'rmsnorm'); got {config.attention_type!r}, {config.position!r}, {config.norm.kind!r}"
         )
     # gpt-oss's and GLM-4.5's switches: their own model types (gpt_oss, glm4_moe) write them.
     for name, plain in (("attention_sinks", False), ("moe.router_logit_bias", False),
@@ -313,10 +316,10 @@ def check_llama_shape(config: LlamaConfig) -> None:
                 f"{setting_value(config, name)!r} (needs {plain!r}); gpt_oss and glm4_moe write "
                 "those"
             )
-    if config.mlp.activation != "swiglu" or config.norm_position != "pre":
+    if config.mlp.activation != "swiglu" or config.norm.position != "pre":
         raise ValueError(
-            "only LLaMA-shaped configs export (mlp.activation 'swiglu', norm_position 'pre'); "
-            f"got {config.mlp.activation!r}, {config.norm_position!r}"
+            "only LLaMA-shaped configs export (mlp.activation 'swiglu', norm.position 'pre'); "
+            f"got {config.mlp.activation!r}, {config.norm.position!r}"
         )
 
 
@@ -387,7 +390,7 @@ def llama_common_to_hf(config: LlamaConfig, chosen: str) -> dict[str, Any]:
         "num_key_value_heads": config.num_kv_heads,
         "head_dim": config.head_dim,
         "max_position_embeddings": _max_position(config),
-        "rms_norm_eps": config.norm_eps,
+        "rms_norm_eps": config.norm.eps,
         "rope_theta": config.rope_theta,
         "hidden_act": "silu",
         "tie_word_embeddings": config.tie_embeddings,

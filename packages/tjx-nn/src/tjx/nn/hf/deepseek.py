@@ -175,10 +175,10 @@ def deepseek_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
     heads, kv_heads = fields["num_heads"], fields["num_kv_heads"]
     if kv_heads != heads:
         raise _refuse("num_key_value_heads", kv_heads, f"DeepSeek's MLA has one per head ({heads})")
-    if fields["norm_eps"] != 1e-6:
+    if fields["norm.eps"] != 1e-6:
         raise _refuse(
             "rms_norm_eps",
-            fields["norm_eps"],
+            fields["norm.eps"],
             "DeepSeek's q_a/kv_a_layernorm keep 1e-6 and tjx's norms share one epsilon",
         )
     scoring, methods = _ROUTING[model_type]
@@ -233,8 +233,8 @@ def deepseek_export_type(config: LlamaConfig, model_type: str | None) -> str:
         )
     needs: dict[str, tuple[Any, Any]] = {
         "moe.router": (c.moe.router, _ROUTING[chosen][0]),
-        "norm": (c.norm, "rmsnorm"),
-        "norm_position": (c.norm_position, "pre"),
+        "norm.kind": (c.norm.kind, "rmsnorm"),
+        "norm.position": (c.norm.position, "pre"),
         "mlp.activation": (c.mlp.activation, "swiglu"),
         "use_bias": (c.use_bias, False),
         "qkv_bias": (c.qkv_bias, False),
@@ -242,8 +242,8 @@ def deepseek_export_type(config: LlamaConfig, model_type: str | None) -> str:
         "moe.shared_expert_mlp_dim": (c.moe.shared_expert_mlp_dim, None),
         "moe.layer_step": (c.moe.layer_step, 1),
         "sliding_window": (c.sliding_window, None),
-        "norm_eps": (c.norm_eps, 1e-6),
-        "norm_plus_one": (c.norm_plus_one, False),
+        "norm.eps": (c.norm.eps, 1e-6),
+        "norm.plus_one": (c.norm.plus_one, False),
         "scale_embeddings": (c.scale_embeddings, False),
         "final_logit_softcap": (c.final_logit_softcap, None),
         "attn_logit_softcap": (c.attn_logit_softcap, None),

@@ -103,7 +103,7 @@ SWITCHES: dict[str, dict[str, Any]] = {
     "qwen3": {**LLAMA_SWITCHES, "qk_norm": True},
     "olmo2": {
         **LLAMA_SWITCHES,
-        "norm_position": "output",
+        "norm.position": "output",
         "qk_norm": True,
         "qk_norm_scope": "projection",
     },
@@ -188,9 +188,9 @@ def _olmo3_theta(hf: Mapping[str, Any]) -> float:
 
 def family_of(config: LlamaConfig) -> str:
     """The HF family whose switches ``config`` has (``"llama"`` when it has none of them)."""
-    if config.norm_position == "sandwich":
+    if config.norm.position == "sandwich":
         return gemma_type(config)
-    if config.norm_position == "output":
+    if config.norm.position == "output":
         return "olmo2" if config.sliding_window is None else "olmo3"
     return "qwen3" if config.qk_norm else "llama"
 

@@ -16,17 +16,19 @@ from tjx.nn.configs import LlamaConfig, setting_value
 from tjx.nn.hf.config import BASE_KEYS, HARMLESS
 
 #: The switches of a plain LLaMA (``family_config``): what llama/mistral/qwen2/phi3 compute with.
-LLAMA_SWITCHES: dict[str, Any] = dict(
-    norm_position="pre",
-    qk_norm=False,
-    qk_norm_scope="head",
-    norm_plus_one=False,
-    scale_embeddings=False,
-    query_pre_attn_scalar=None,
-    attn_logit_softcap=None,
-    final_logit_softcap=None,
-    rope_local_theta=None,
-) | {"mlp.activation": "swiglu"}
+LLAMA_SWITCHES: dict[str, Any] = (
+    dict(
+        qk_norm=False,
+        qk_norm_scope="head",
+        scale_embeddings=False,
+        query_pre_attn_scalar=None,
+        attn_logit_softcap=None,
+        final_logit_softcap=None,
+        rope_local_theta=None,
+    )
+    | {"norm.position": "pre", "norm.plus_one": False}
+    | {"mlp.activation": "swiglu"}
+)
 
 
 #: ``auto_map`` entries naming the modelling code that transformers itself ships for the model
@@ -115,19 +117,22 @@ def base_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
     """The ``LlamaConfig`` fields every family reads alike, from ``hf`` as the family's
     `keys.Spec` has read it (each key checked, transformers' defaults filled in)."""
     heads = hf["num_attention_heads"]
-    return dict(
-        vocab_size=hf["vocab_size"],
-        max_seq_len=hf["max_position_embeddings"],
-        d_model=hf["hidden_size"],
-        num_layers=hf["num_hidden_layers"],
-        num_heads=heads,
-        num_kv_heads=hf["num_key_value_heads"] or heads,
-        head_dim=hf["head_dim"],
-        norm_eps=float(hf["rms_norm_eps"]),
-        tie_embeddings=hf["tie_word_embeddings"],
-        attention_dropout=float(hf["attention_dropout"]),
-        use_bias=False,
-    ) | {"mlp.dim": hf["intermediate_size"], "init.std": float(hf["initializer_range"])}
+    return (
+        dict(
+            vocab_size=hf["vocab_size"],
+            max_seq_len=hf["max_position_embeddings"],
+            d_model=hf["hidden_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=hf["num_key_value_heads"] or heads,
+            head_dim=hf["head_dim"],
+            tie_embeddings=hf["tie_word_embeddings"],
+            attention_dropout=float(hf["attention_dropout"]),
+            use_bias=False,
+        )
+        | {"norm.eps": float(hf["rms_norm_eps"])}
+        | {"mlp.dim": hf["intermediate_size"], "init.std": float(hf["initializer_range"])}
+    )
 
 
 def check_exportable(config: LlamaConfig, rope_types: tuple[str, ...] = ()) -> None:
@@ -139,7 +144,7 @@ def check_exportable(config: LlamaConfig, rope_types: tuple[str, ...] = ()) -> N
     needs = {
         "attention_type": (config.attention_type, "mha"),
         "position": (config.position, "rope"),
-        "norm": (config.norm, "rmsnorm"),
+        "norm.kind": (config.norm.kind, "rmsnorm"),
         "use_bias": (config.use_bias, False),
         "qkv_bias": (config.qkv_bias, False),
         "rope_scaling": (scaling, None),
@@ -206,7 +211,7 @@ def common_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "num_key_value_heads": config.num_kv_heads,
         "head_dim": config.head_dim,
         "max_position_embeddings": config.max_seq_len,
-        "rms_norm_eps": config.norm_eps,
+        "rms_norm_eps": config.norm.eps,
         "rope_theta": config.rope_theta,
         "tie_word_embeddings": config.tie_embeddings,
         "attention_dropout": config.attention_dropout,

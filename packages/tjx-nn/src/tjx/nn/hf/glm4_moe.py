@@ -94,22 +94,23 @@ SPEC = LLAMA.but(
     ),
 )
 #: What a config must have to be written as glm4_moe: field → the value GLM-4.5 computes with.
-NEEDS: dict[str, Any] = dict(
-    attention_type="mha",
-    position="rope",
-    norm="rmsnorm",
-    norm_position="pre",
-    use_bias=False,
-    qk_norm_scope="head",
-    norm_plus_one=False,
-    scale_embeddings=False,
-    query_pre_attn_scalar=None,
-    attn_logit_softcap=None,
-    final_logit_softcap=None,
-    rope_local_theta=None,
-    sliding_window=None,
-    attention_sinks=False,
-) | {"mlp.activation": "swiglu"}
+NEEDS: dict[str, Any] = (
+    dict(
+        attention_type="mha",
+        position="rope",
+        use_bias=False,
+        qk_norm_scope="head",
+        scale_embeddings=False,
+        query_pre_attn_scalar=None,
+        attn_logit_softcap=None,
+        final_logit_softcap=None,
+        rope_local_theta=None,
+        sliding_window=None,
+        attention_sinks=False,
+    )
+    | {"norm.kind": "rmsnorm", "norm.position": "pre", "norm.plus_one": False}
+    | {"mlp.activation": "swiglu"}
+)
 #: What its ``moe`` section must have: `MoEConfig` field → the value GLM-4.5 computes with.
 MOE_NEEDS: dict[str, Any] = dict(
     router="sigmoid",

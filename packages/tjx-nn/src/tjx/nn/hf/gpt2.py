@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tjx.nn.configs import GPT2Config, make_config
+from tjx.nn.configs import GPT2Config, make_config, setting_value
 from tjx.nn.hf.io import HFMapping, Read, concat, take
 from tjx.nn.hf.keys import ABSENT, Key, Spec, flag, fraction, positive, size, text
 
@@ -42,8 +42,8 @@ HF_GPT2_FIXED: Mapping[str, Any] = {
     "position": "learned",
     "attention_type": "mha",
     "use_bias": True,
-    "norm": "layernorm",
-    "norm_position": "pre",
+    "norm.kind": "layernorm",
+    "norm.position": "pre",
     "num_kv_heads": None,
     "tie_embeddings": True,
 }
@@ -181,18 +181,21 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPT2Config:
     acts = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact", "relu": "relu"}
     if act not in acts:
         raise ValueError(f"activation_function must be one of {tuple(acts)}; got {act!r}")
-    fields: dict[str, Any] = dict(
-        vocab_size=hf["vocab_size"],
-        max_seq_len=hf["n_positions"],
-        d_model=hf["n_embd"],
-        num_layers=hf["n_layer"],
-        num_heads=hf["n_head"],
-        norm_eps=float(hf["layer_norm_epsilon"]),
-    ) | {
-        "mlp.dim": hf["n_inner"] or 4 * hf["n_embd"],
-        "mlp.activation": acts[act],
-        "init.std": float(hf["initializer_range"]),
-    }
+    fields: dict[str, Any] = (
+        dict(
+            vocab_size=hf["vocab_size"],
+            max_seq_len=hf["n_positions"],
+            d_model=hf["n_embd"],
+            num_layers=hf["n_layer"],
+            num_heads=hf["n_head"],
+        )
+        | {"norm.eps": float(hf["layer_norm_epsilon"])}
+        | {
+            "mlp.dim": hf["n_inner"] or 4 * hf["n_embd"],
+            "mlp.activation": acts[act],
+            "init.std": float(hf["initializer_range"]),
+        }
+    )
     conflicts = hf_gpt2_conflicts(overrides)
     if conflicts:
         gpt2 = {k: HF_GPT2_FIXED[k] for k in conflicts}
@@ -217,7 +220,7 @@ def config_to_hf(config: GPT2Config) -> dict[str, Any]:
             f"HF GPT-2 has head_dim = d_model // num_heads ({config.d_model // config.num_heads}); "
             f"got head_dim {config.head_dim}"
         )
-    own = {name: getattr(config, name) for name in HF_GPT2_FIXED}
+    own = {name: setting_value(config, name) for name in HF_GPT2_FIXED}
     if config.num_kv_heads == config.num_heads:
         own["num_kv_heads"] = None  # one key/value head per query head, as in GPT-2
     conflicts = hf_gpt2_conflicts(own)
@@ -238,7 +241,7 @@ def config_to_hf(config: GPT2Config) -> dict[str, Any]:
         "n_head": config.num_heads,
         "n_inner": config.mlp.dim,
         "activation_function": acts[config.mlp.activation],
-        "layer_norm_epsilon": config.norm_eps,
+        "layer_norm_epsilon": config.norm.eps,
         "tie_word_embeddings": True,
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,

@@ -95,22 +95,23 @@ SPEC = LLAMA.but(
     rules=(("num_experts_per_tok", "<=", "num_local_experts"),),
 )
 #: What a config must have to be written as gpt-oss: field → (the value gpt-oss computes with).
-NEEDS: dict[str, Any] = dict(
-    attention_type="mha",
-    position="rope",
-    norm="rmsnorm",
-    norm_position="pre",
-    use_bias=True,
-    attention_sinks=True,
-    qk_norm=False,
-    norm_plus_one=False,
-    scale_embeddings=False,
-    query_pre_attn_scalar=None,
-    attn_logit_softcap=None,
-    final_logit_softcap=None,
-    rope_local_theta=None,
-    rope_fraction=1.0,
-) | {"mlp.activation": "swiglu_clamped"}
+NEEDS: dict[str, Any] = (
+    dict(
+        attention_type="mha",
+        position="rope",
+        use_bias=True,
+        attention_sinks=True,
+        qk_norm=False,
+        scale_embeddings=False,
+        query_pre_attn_scalar=None,
+        attn_logit_softcap=None,
+        final_logit_softcap=None,
+        rope_local_theta=None,
+        rope_fraction=1.0,
+    )
+    | {"norm.kind": "rmsnorm", "norm.position": "pre", "norm.plus_one": False}
+    | {"mlp.activation": "swiglu_clamped"}
+)
 #: What its ``moe`` section must have: `MoEConfig` field → the value gpt-oss computes with.
 MOE_NEEDS: dict[str, Any] = dict(
     router="softmax",

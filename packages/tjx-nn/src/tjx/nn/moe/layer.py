@@ -116,7 +116,7 @@ class Router(nnx.Module):
             if c.moe.router_expert_scale
             else None
         )
-        self.eps = c.norm_eps
+        self.eps = c.norm.eps
 
     def __call__(self, x: Array) -> Array:
         """Logits ``[..., E]`` in the router's dtype (or wider, for float64 inputs)."""

@@ -7,7 +7,7 @@ GELU, q/k norms, windowed and global layers at their own RoPE bases) with these 
 =========================================  ====================================================
 config.json / tensor                       tjx
 =========================================  ====================================================
-norms scale by ``weight`` (not ``1 + w``)  ``norm_plus_one`` False
+norms scale by ``weight`` (not ``1 + w``)  ``norm.plus_one`` False
 attention scale 1                          ``query_pre_attn_scalar`` 1
 ``v_norm`` (no weight)                     ``value_norm``
 ``layer_scalar`` ``[1]`` per layer         ``layer_scale`` (``stack.layers.<i>.scale``)
@@ -169,17 +169,19 @@ ROPE_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 #: What a config must compute to be written as Gemma 4 (beside ``check_exportable``'s).
-NEEDS: dict[str, Any] = dict(
-    norm_position="sandwich",
-    norm_plus_one=False,
-    scale_embeddings=True,
-    qk_norm=True,
-    qk_norm_scope="head",
-    query_pre_attn_scalar=1.0,
-    attn_logit_softcap=None,
-    value_norm=True,
-    layer_scale=True,
-) | {"mlp.activation": "geglu"}
+NEEDS: dict[str, Any] = (
+    dict(
+        scale_embeddings=True,
+        qk_norm=True,
+        qk_norm_scope="head",
+        query_pre_attn_scalar=1.0,
+        attn_logit_softcap=None,
+        value_norm=True,
+        layer_scale=True,
+    )
+    | {"norm.position": "sandwich", "norm.plus_one": False}
+    | {"mlp.activation": "geglu"}
+)
 #: What Gemma 4's MoE block computes (a config with experts must have these ``moe`` section fields
 #: to be written; the last three are Gemma 4's own, which make it save as gemma4_text).
 MOE_NEEDS: dict[str, Any] = dict(
@@ -336,24 +338,26 @@ def gemma4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
     shared = get["num_kv_shared_layers"]
     ple = get["hidden_size_per_layer_input"]
     ple_vocab = get["vocab_size_per_layer_input"]
-    fields |= dict(
-        norm_position="sandwich",
-        norm_plus_one=False,
-        scale_embeddings=True,
-        qk_norm=True,
-        qk_norm_scope="head",
-        query_pre_attn_scalar=1.0,
-        final_logit_softcap=get["final_logit_softcapping"],
-        value_norm=True,
-        layer_scale=True,
-        global_values_from_keys=get["attention_k_eq_v"],
-        kv_shared_layers=shared,
-        kv_shared_mlp_dim=(
-            2 * fields["mlp.dim"] if shared and get["use_double_wide_mlp"] else None
-        ),
-        per_layer_input_dim=ple,
-        per_layer_vocab_size=ple_vocab if ple and ple_vocab != fields["vocab_size"] else None,
-    ) | {"mlp.activation": "geglu"}
+    fields |= (
+        dict(
+            scale_embeddings=True,
+            qk_norm=True,
+            qk_norm_scope="head",
+            query_pre_attn_scalar=1.0,
+            final_logit_softcap=get["final_logit_softcapping"],
+            value_norm=True,
+            layer_scale=True,
+            global_values_from_keys=get["attention_k_eq_v"],
+            kv_shared_layers=shared,
+            kv_shared_mlp_dim=(
+                2 * fields["mlp.dim"] if shared and get["use_double_wide_mlp"] else None
+            ),
+            per_layer_input_dim=ple,
+            per_layer_vocab_size=ple_vocab if ple and ple_vocab != fields["vocab_size"] else None,
+        )
+        | {"norm.position": "sandwich", "norm.plus_one": False}
+        | {"mlp.activation": "geglu"}
+    )
     if get["enable_moe_block"]:
         fields |= _moe_fields(get)
     return make_config(LlamaConfig, {**fields, **overrides})

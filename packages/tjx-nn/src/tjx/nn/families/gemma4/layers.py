@@ -47,8 +47,8 @@ class PerLayerEmbed(nnx.Module):
             init=normal(c.init.std), precision=c.precision,
         )  # fmt: skip
         self.norm = make_norm(
-            c.norm, self.dim, rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias,
-            precision=c.precision, plus_one=c.norm_plus_one,
+            c.norm.kind, self.dim, rngs=rngs, eps=c.norm.eps, use_bias=c.use_bias,
+            precision=c.precision, plus_one=c.norm.plus_one,
         )  # fmt: skip
         self.d_model = c.d_model
 
@@ -73,8 +73,8 @@ class PerLayerInput(nnx.Module):
         )
         self.proj = Dense((p,), (c.d_model,), (None,), ("embed",), init=normal(out_std), **common)
         self.norm = make_norm(
-            c.norm, c.d_model, rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias,
-            precision=c.precision, plus_one=c.norm_plus_one,
+            c.norm.kind, c.d_model, rngs=rngs, eps=c.norm.eps, use_bias=c.use_bias,
+            precision=c.precision, plus_one=c.norm.plus_one,
         )  # fmt: skip
 
     def __call__(self, x: Array, ple: Array) -> Array:

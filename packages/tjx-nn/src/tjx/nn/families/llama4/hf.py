@@ -144,7 +144,6 @@ NEEDS: dict[str, Any] = dict(
     LLAMA_SWITCHES,  # Llama's own block (its q/k norm is Llama 4's weightless one, not this)
     attention_type="mha",
     position="rope",
-    norm="rmsnorm",
     use_bias=False,
     qkv_bias=False,
     rope_fraction=1.0,
@@ -152,7 +151,7 @@ NEEDS: dict[str, Any] = dict(
     attention_output_gate=False,
     mixer_pattern=None,
     sliding_window=None,
-)
+) | {"norm.kind": "rmsnorm"}
 MOE_NEEDS: dict[str, Any] = dict(
     router="sigmoid_plain",
     router_norm_topk=False,
@@ -231,22 +230,25 @@ def llama4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
             f"config.json rope_scaling of type {scaling.type!r} is not supported for {LLAMA4} "
             "(its checkpoints use llama3's)"
         )
-    fields: dict[str, Any] = dict(
-        vocab_size=get["vocab_size"],
-        max_seq_len=max_len,
-        d_model=get["hidden_size"],
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=get["num_key_value_heads"] or heads,
-        # Left out: 128; null: hidden_size // heads (transformers' __post_init__).
-        head_dim=get["head_dim"] or get["hidden_size"] // heads,
-        norm_eps=float(get["rms_norm_eps"]),
-        rope_theta=theta,
-        rope_scaling=scaling,
-        tie_embeddings=get["tie_word_embeddings"],
-        attention_dropout=float(get["attention_dropout"]),
-        qk_l2_norm=get["use_qk_norm"],
-    ) | {"mlp.dim": get["intermediate_size_mlp"], "init.std": float(get["initializer_range"])}
+    fields: dict[str, Any] = (
+        dict(
+            vocab_size=get["vocab_size"],
+            max_seq_len=max_len,
+            d_model=get["hidden_size"],
+            num_layers=layers,
+            num_heads=heads,
+            num_kv_heads=get["num_key_value_heads"] or heads,
+            # Left out: 128; null: hidden_size // heads (transformers' __post_init__).
+            head_dim=get["head_dim"] or get["hidden_size"] // heads,
+            rope_theta=theta,
+            rope_scaling=scaling,
+            tie_embeddings=get["tie_word_embeddings"],
+            attention_dropout=float(get["attention_dropout"]),
+            qk_l2_norm=get["use_qk_norm"],
+        )
+        | {"norm.eps": float(get["rms_norm_eps"])}
+        | {"mlp.dim": get["intermediate_size_mlp"], "init.std": float(get["initializer_range"])}
+    )
     fields |= _attention_layers(get, layers)
     placement = _moe_placement(get, layers)
     if placement is not None:
@@ -364,7 +366,7 @@ def llama4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "head_dim": c.head_dim,
         "hidden_act": "silu",
         "max_position_embeddings": c.max_seq_len,
-        "rms_norm_eps": c.norm_eps,
+        "rms_norm_eps": c.norm.eps,
         "rope_parameters": rope_params,
         "tie_word_embeddings": c.tie_embeddings,
         "attention_bias": False,

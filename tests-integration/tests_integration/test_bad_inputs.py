@@ -38,6 +38,11 @@ def _moe_key_both_ways(d):
     (d / "both.yaml").write_text(both)
 
 
+def _norm_key_both_ways(d):
+    both = "base: tiny\nmodel:\n  norm_eps: 1.0e-6\n  norm: {eps: 1.0e-5}\n"
+    (d / "both.yaml").write_text(both)
+
+
 def _empty_text(d):
     (d / "empty.txt").write_text("")
 
@@ -301,6 +306,27 @@ CASES = [
         ["--config", "moe_tiny", "--run-dir", "r", "--set", "model.moe.experts_per_token=9"],
         None,
         "model.moe.experts_per_token: 9 is more than the 4 experts",
+    ),
+    (
+        "norm-key-flat-and-in-its-section",
+        T,
+        ["--config", "both.yaml", "--run-dir", "r"],
+        _norm_key_both_ways,
+        "model.norm_eps: is model.norm.eps now, which is set too",
+    ),
+    (
+        "norm-section-value",
+        T,
+        [*TINY, "--set", "model.norm.kind=batchnorm"],
+        None,
+        "model.norm.kind",
+    ),
+    (
+        "mlp-section-value",
+        T,
+        [*TINY, "--set", "model.mlp.dim=0"],
+        None,
+        "model.mlp.dim",
     ),
     ("missing-data-file", T, [*TINY, "--data", "./nope.txt"], None, "data.source: no such file"),
     ("empty-data-file", T, [*TINY, "--data", "./empty.txt"], _empty_text, "empty"),

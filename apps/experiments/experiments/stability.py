@@ -119,7 +119,7 @@ def depth_runs(scale: str) -> list[RunSpec]:
         RunSpec("pre-LN", (*common, *raw, "model.norm.position=pre")),
         RunSpec("pre-LN + clip 1.0", (*common, *raw, *pre_clip)),
         RunSpec(FIXED, (*common, *pre_clip)),
-        RunSpec("+ init 0.006", (*common, *pre_clip, "model.init_std=6e-3")),
+        RunSpec("+ init 0.006", (*common, *pre_clip, "model.init.std=6e-3")),
     ]  # fmt: skip
     return smoke_pick(scale, runs, RAW, FIXED)
 

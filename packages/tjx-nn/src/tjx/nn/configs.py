@@ -83,9 +83,14 @@ class TransformerConfig:
     each: ``moe`` (`MoEConfig`, :mod:`tjx.nn.moe.config`), ``mla`` (`MLAConfig`,
     :mod:`tjx.nn.mla_config`) and ``delta`` (`DeltaConfig`, :mod:`tjx.nn.gated_deltanet`); each
     checks its own values when built, and this module what it needs of the rest of the model
-    (``check_mla``, ``check_mixers``, the stack's first MoE layer). A setting in a section is named
-    by a dotted key (``"moe.num_experts"``: `replace`, `setting_value`). The single values'
-    checks (``choice``, ``positive``, ``rate``) are tjx-core's, which every tjx-nn config uses.
+    (``check_mla``, ``check_mixers``, the stack's first MoE layer). So are the MLP (``mlp``,
+    `MLPConfig`, :mod:`tjx.nn.mlp`), the norms (``norm``, `NormConfig`,
+    :mod:`tjx.nn.norm_config`), the init (``init``, `InitConfig`, :mod:`tjx.nn.params`) and
+    multi-token prediction (``mtp``, `MTPConfig`, :mod:`tjx.nn.mtp_config`); a setting of theirs
+    left None is the family's (``part_defaults``, filled in at construction). A setting in a
+    section is named by a dotted key (``"moe.num_experts"``: `replace`, `setting_value`,
+    `make_config`). The single values' checks (``choice``, ``positive``, ``rate``) are
+    tjx-core's, which every tjx-nn config uses.
 
     ``unused_fields`` (a class attribute) names the shared fields a family's model never reads,
     each with the reason: such a field must keep its class default (any other value would be

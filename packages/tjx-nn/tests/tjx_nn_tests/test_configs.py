@@ -9,6 +9,8 @@ from flax import nnx
 from tjx import nn as tnn
 from tjx.nn.family_config import DECODER_ONLY
 from tjx.nn.moe.config import NO_MOE
+from tjx.nn.norm_config import filled
+from tjx.nn.norms import make_norm
 
 HF_COUNTS = {
     "small": 124_439_808,
@@ -236,6 +238,11 @@ def test_a_section_refuses_a_bad_value_by_its_own_name_and_fills_the_familys():
     assert llama_norm == tnn.NormConfig(kind="rmsnorm", eps=1e-6, position="pre", plus_one=True)
     bert_norm = tnn.BertConfig().norm
     assert (bert_norm.kind, bert_norm.eps, bert_norm.position) == ("layernorm", 1e-12, "post")
+    # A section used without its model config has its None: a layer refuses it by name.
+    with pytest.raises(ValueError, match=r"^norm.eps is None: a model config fills it"):
+        filled(tnn.NormConfig().eps, "norm.eps")
+    with pytest.raises(ValueError, match=r"^make_norm: eps is None"):
+        make_norm("rmsnorm", 4, rngs=nnx.Rngs(0), eps=None)
     mlp = tnn.MLPConfig(dim=64)
     assert tnn.LlamaConfig(mlp=mlp).mlp == tnn.MLPConfig(dim=64, activation="swiglu")
     assert tnn.GPT2Config(mlp=mlp).mlp == tnn.MLPConfig(dim=64, activation="gelu")

@@ -36,7 +36,12 @@ from tjx import nn
 SHAPES = {
     # apps/trainer/configs/tiny.yaml's model (byte tokens) and GPT-2 small's (HF's shapes).
     "tiny": lambda: nn.GPT2Config(
-        vocab_size=257, max_seq_len=128, d_model=128, num_layers=4, num_heads=4, mlp_dim=512
+        vocab_size=257,
+        max_seq_len=128,
+        d_model=128,
+        num_layers=4,
+        num_heads=4,
+        mlp=nn.MLPConfig(dim=512),
     ),
     "gpt2_small": lambda: nn.gpt2_config("small"),
 }

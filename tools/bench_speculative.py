@@ -13,7 +13,7 @@ speculative loop one two-token pass per step (plus each one's prefill). Whether 
 depends on the acceptance rate and on how much more a two-token pass costs than a one-token one,
 which is what the timing measures.
 
-The command line builds two small random MTP models (a Llama with ``mtp_depths=1``) and times
+The command line builds two small random MTP models (a Llama with ``mtp.depths=1``) and times
 both on the device it runs on (label the figures with it: ``device`` in the output):
 
 * ``random``: random weights: its drafts are seldom right (the acceptance rate is near 0), so it
@@ -41,7 +41,7 @@ from tjx import nn
 #: The command line's model: small enough for a CPU, large enough that the weights matter.
 SMALL: dict[str, Any] = dict(
     vocab_size=1024, max_seq_len=256, d_model=256, num_layers=4, num_heads=8, num_kv_heads=4,
-    mlp_dim=768, mtp_depths=1,
+    mlp=nn.MLPConfig(dim=768), mtp=nn.MTPConfig(depths=1),
 )  # fmt: skip
 
 
@@ -53,7 +53,7 @@ def time_speculative_vs_greedy(
     Parameters
     ----------
     model : tjx.nn.DecoderLM
-        A decoder with ``mtp_depths >= 1``.
+        A decoder with ``mtp.depths >= 1``.
     prompt : array-like
         int ``[P]`` or ``[b, P]`` token ids (every row ``P`` long).
     new_tokens : int
@@ -126,7 +126,7 @@ def copying_mtp_model(config: nn.TransformerConfig, seed: int = 0) -> nn.Llama:
     """A one-layer MTP model whose depth 1 drafts what the main model will say (see the module):
     output projections of attention zero, embedding rows of RMS 1 (``enorm(e) = e`` up to eps),
     depth 1's block the main layer's and ``eh_proj = [I; 0]``, its norm the final norm."""
-    config = config.replace(num_layers=1, mtp_depths=1)
+    config = config.replace(num_layers=1, **{"mtp.depths": 1})
     model = nn.Llama(config, rngs=nnx.Rngs(seed))
     flat = nn.get_flat_params(model)
     e = flat["embed.embedding"]

@@ -43,6 +43,11 @@ def _gemma4_key_both_ways(d):
     (d / "both.yaml").write_text(both)
 
 
+def _norm_key_both_ways(d):
+    both = "base: tiny\nmodel:\n  norm_eps: 1.0e-6\n  norm: {eps: 1.0e-5}\n"
+    (d / "both.yaml").write_text(both)
+
+
 def _empty_text(d):
     (d / "empty.txt").write_text("")
 
@@ -176,10 +181,10 @@ def _hf_qwen3_5(d):
     from tjx import nn
 
     shape = dict(vocab_size=257, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1,
-                 mlp_dim=24, head_dim=8, mixer_pattern=("delta", "attention"),
+                 mlp=nn.MLPConfig(dim=24), head_dim=8, mixer_pattern=("delta", "attention"),
                  delta=nn.DeltaConfig(key_heads=2, value_heads=2, key_dim=8, value_dim=8),
                  rope_fraction=0.25, attention_output_gate=True, qk_norm=True,
-                 norm_plus_one=True)  # fmt: skip
+                 norm=nn.NormConfig(plus_one=True))  # fmt: skip
     nn.save_hf(nn.build_model(nn.LlamaConfig(**shape), rngs=nnx.Rngs(0)), d / "hf")
 
 
@@ -320,6 +325,27 @@ CASES = [
         [*TINY, "--set", "model.kind=llama", "--set", "model.gemma4.per_layer_input_dim=-1"],
         None,
         "model.gemma4.per_layer_input_dim must be an int >= 0; got -1",
+    ),
+    (
+        "norm-key-flat-and-in-its-section",
+        T,
+        ["--config", "both.yaml", "--run-dir", "r"],
+        _norm_key_both_ways,
+        "model.norm_eps: is model.norm.eps now, which is set too",
+    ),
+    (
+        "norm-section-value",
+        T,
+        [*TINY, "--set", "model.norm.kind=batchnorm"],
+        None,
+        "model.norm.kind",
+    ),
+    (
+        "mlp-section-value",
+        T,
+        [*TINY, "--set", "model.mlp.dim=0"],
+        None,
+        "model.mlp.dim",
     ),
     ("missing-data-file", T, [*TINY, "--data", "./nope.txt"], None, "data.source: no such file"),
     ("empty-data-file", T, [*TINY, "--data", "./empty.txt"], _empty_text, "empty"),

@@ -29,7 +29,7 @@ TOL = 2e-5
 
 def _config(**kw):
     base = dict(vocab_size=VOCAB, max_seq_len=64, d_model=32, num_layers=2, num_heads=4,
-                num_kv_heads=2, mlp_dim=48, precision="fp32")  # fmt: skip
+                num_kv_heads=2, mlp=tnn.MLPConfig(dim=48), precision="fp32")  # fmt: skip
     return tnn.LlamaConfig(**{**base, **kw})
 
 
@@ -141,7 +141,7 @@ def test_a_tiny_model_trains_at_32k_tokens_with_context_8():
     # took 42 CPU seconds a step at -O1, one 23; a narrower head does not help). Grouped KV heads
     # under the split are held by the loss-and-gradient test above (4 heads on 2).
     config = _config(max_seq_len=32768, d_model=16, num_layers=1, num_heads=1, num_kv_heads=1,
-                     mlp_dim=32)  # fmt: skip
+                     mlp=tnn.MLPConfig(dim=32))  # fmt: skip
     mesh_config = parallel.MeshConfig(data=1, context=8, strategy="fsdp")
     mesh = parallel.make_mesh(mesh_config)
     axis_rules = parallel.rules_for(mesh_config)

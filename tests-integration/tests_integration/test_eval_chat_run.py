@@ -54,7 +54,7 @@ def _hf_llama_with_chatml(folder):
         num_layers=2,
         num_heads=4,
         num_kv_heads=2,  # sft_tiny's: a setting --init-from checks against the checkpoint
-        mlp_dim=64,
+        mlp=nn.MLPConfig(dim=64),
         tie_embeddings=False,
         precision="fp32",
     )

@@ -22,7 +22,7 @@ from tjx import parallel
 
 CONFIG = dict(
     vocab_size=64, max_seq_len=16, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1,
-    mlp_dim=32, scan_layers=True,
+    mlp=tnn.MLPConfig(dim=32), scan_layers=True,
 )  # fmt: skip
 EXPERTS = tnn.MoEConfig(
     num_experts=8, experts_per_token=2, expert_mlp_dim=8, first_dense=1, router_z_loss=1e-3

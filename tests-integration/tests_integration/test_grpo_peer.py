@@ -79,7 +79,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tok_folder = make_tokenizer_folder(work / "tok", "llama3", TEMPLATES["llama3"][1])
     tokenizer = load_tokenizer(tok_folder)
     config = nn.LlamaConfig(vocab_size=tokenizer.vocab_size, max_seq_len=32, d_model=32,
-                            num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=48,
+                            num_layers=2, num_heads=4, num_kv_heads=2, mlp=nn.MLPConfig(dim=48),
                             tie_embeddings=False)  # fmt: skip
     model = nn.Llama(config, rngs=nnx.Rngs(int(rng.integers(1 << 20))))
     nn.save_hf(model, work / "policy", tokenizer_from=tok_folder)

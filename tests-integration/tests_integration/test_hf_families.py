@@ -566,7 +566,7 @@ def test_the_cases_exercise_each_switch(results):
     """The configs carry what each case is for, and Gemma's caps bent the logits."""
     cfg = {name: r["config"] for name, r in results.items()}
     assert cfg["qwen3"].qk_norm and cfg["qwen3"].head_dim == 16 != 32 // 4
-    assert cfg["olmo2"].norm_position == "output" and cfg["olmo2"].qk_norm_scope == "projection"
+    assert cfg["olmo2"].norm.position == "output" and cfg["olmo2"].qk_norm_scope == "projection"
     assert cfg["phi3"].num_kv_heads == 2 and not cfg["phi3"].qk_norm
     g2, g3 = cfg["gemma2"], cfg["gemma3_text"]
     assert (g2.attn_logit_softcap, g2.final_logit_softcap, g2.query_pre_attn_scalar) == (
@@ -574,7 +574,7 @@ def test_the_cases_exercise_each_switch(results):
         3.0,
         12.0,
     )
-    assert g2.norm_plus_one and g2.scale_embeddings and g2.mlp_activation == "geglu"
+    assert g2.norm.plus_one and g2.scale_embeddings and g2.mlp.activation == "geglu"
     assert g3.qk_norm and g3.final_logit_softcap is None and not g3.tie_embeddings
     # Each family's windows as transformers places them (the logits above prove they slide).
     local, full = WINDOW, None
@@ -584,7 +584,7 @@ def test_the_cases_exercise_each_switch(results):
     assert (g3.rope_theta, g3.rope_local_theta) == (10000.0, 100.0)
     assert cfg["olmo2"].sliding_window is None
     assert cfg["olmo3"].layer_windows() == (local, local, local, full)
-    assert cfg["olmo3"].rope_theta == 500.0 and cfg["olmo3"].norm_position == "output"
+    assert cfg["olmo3"].rope_theta == 500.0 and cfg["olmo3"].norm.position == "output"
     assert results["olmo3"]["saved"]["layer_types"][3] == "full_attention"
     logits = results["gemma2"]["peer"]["logits"]
     assert 0.5 * 3.0 < np.abs(logits).max() < 3.0  # within the cap, and near it
@@ -644,7 +644,7 @@ def test_the_gpt_oss_and_glm_cases_exercise_each_piece(results):
     """gpt-oss's and GLM-4.5's switches as the configs read them, and the tensors tjx wrote."""
     oss, glm = results["gpt_oss"]["config"], results["glm4_moe"]["config"]
     assert oss.attention_sinks and oss.use_bias and oss.moe.router_logit_bias
-    assert (oss.mlp_activation, oss.moe.router, oss.moe.num_experts) == (
+    assert (oss.mlp.activation, oss.moe.router, oss.moe.num_experts) == (
         "swiglu_clamped",
         "softmax",
         4,
@@ -677,7 +677,7 @@ def test_the_qwen3_5_case_exercises_each_piece(results):
     r = results["qwen3_5"]
     c = r["config"]
     assert c.layer_mixers() == ("delta", "delta", "delta", "attention")
-    assert c.attention_output_gate and c.norm_plus_one and c.qk_norm and c.rope_fraction == 0.25
+    assert c.attention_output_gate and c.norm.plus_one and c.qk_norm and c.rope_fraction == 0.25
     assert (c.delta.key_heads, c.delta.value_heads, c.delta.key_dim) == (2, 4, 8)
     names = r["tensors"]
     assert "model.layers.0.linear_attn.conv1d.weight" in names
@@ -729,7 +729,7 @@ def test_the_llama4_case_exercises_each_piece(results):
         "sigmoid_plain",
     )
     assert c.moe.router_scales_input and not c.moe.router_norm_topk
-    assert (c.mlp_dim, c.moe.expert_mlp_dim, c.moe.shared_expert_mlp_dim) == (48, 16, 16)
+    assert (c.mlp.dim, c.moe.expert_mlp_dim, c.moe.shared_expert_mlp_dim) == (48, 16, 16)
     names = r["tensors"]
     assert {"model.layers.0.feed_forward.gate_proj.weight",
             "model.layers.1.feed_forward.experts.gate_up_proj",

@@ -32,7 +32,7 @@ from tjx.optim.paths import path_to_str
 
 def _model(scan: bool) -> tnn.Llama:
     config = tnn.LlamaConfig(vocab_size=40, max_seq_len=8, d_model=16, num_layers=2, num_heads=2,
-                             mlp_dim=24, scan_layers=scan)  # fmt: skip
+                             mlp=tnn.MLPConfig(dim=24), scan_layers=scan)  # fmt: skip
     model = tnn.Llama(config, rngs=nnx.Rngs(0))
     tnn.add_lora(model, tnn.LoraConfig(rank=2, targets=tnn.LORA_ROLES), rngs=nnx.Rngs(1))
     return model

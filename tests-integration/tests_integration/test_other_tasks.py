@@ -33,7 +33,7 @@ FEW = [
 
 
 def test_bert_tiny_trains_and_evaluates_on_masked_tokens(tmp_path):
-    sets = [*FEW, "model.d_model=32", "model.mlp_dim=64", "data.seq_len=32", "data.batch_size=8"]
+    sets = [*FEW, "model.d_model=32", "model.mlp.dim=64", "data.seq_len=32", "data.batch_size=8"]
     check_ok(train(tmp_path, "bert", [*sets, "model.max_seq_len=32"], config="bert_tiny"))
     log = read_log(tmp_path / "bert")
     val = [r for r in log if "val_loss" in r]
@@ -93,7 +93,7 @@ def test_the_encoder_decoder_trains_from_the_command_line(tmp_path):
         "model.kind=encdec",
         "model.d_model=32",
         "model.num_layers=1",
-        "model.mlp_dim=64",
+        "model.mlp.dim=64",
         "model.max_seq_len=32",
         "data.seq_len=32",
         "data.batch_size=8",

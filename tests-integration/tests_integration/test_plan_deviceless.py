@@ -112,7 +112,7 @@ HYBRID = [
     "model.mixer_pattern=[delta,attention]", "model.num_layers=2", "data.seq_len=256",
     "data.batch_size=4", "eval.batch_size=4", "model.delta.key_heads=6",
     "model.delta.value_heads=12", "model.delta.key_dim=128", "model.delta.value_dim=64",
-    "model.attention_output_gate=true", "model.qk_norm=true", "model.norm_plus_one=true",
+    "model.attention_output_gate=true", "model.qk_norm=true", "model.norm.plus_one=true",
     "model.rope_fraction=0.25", "model.head_dim=64",
 ]  # fmt: skip
 
@@ -321,10 +321,10 @@ def test_fp8_still_compiles_to_float8_gemms_for_an_h100(envs, tmp_path):
 #: block) and Qwen3-Next (delta layers, gated attention, MoE with a gated shared expert);
 #: Qwen3.5's layers are the hybrid's above.
 FAMILY_SIZES = dict(vocab_size=64, max_seq_len=64, d_model=64, num_layers=2, num_heads=4,
-                    num_kv_heads=2, head_dim=16, mlp_dim=64)  # fmt: skip
+                    num_kv_heads=2, head_dim=16, mlp=nn.MLPConfig(dim=64))  # fmt: skip
 FAMILIES = {
     "gpt_oss": dict(
-        attention_sinks=True, use_bias=True, mlp_activation="swiglu_clamped",
+        attention_sinks=True, use_bias=True, **{"mlp.activation": "swiglu_clamped"},
         moe=nn.MoEConfig(num_experts=4, experts_per_token=2, router_logit_bias=True),
         sliding_window=16, window_pattern=("local", "global"),
         rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=16,
@@ -347,7 +347,9 @@ FAMILIES = {
     ),
     "gemma4": dict(
         num_layers=4, sliding_window=16, window_pattern=("local", "global"),
-        norm_position="sandwich", scale_embeddings=True, mlp_activation="geglu", qk_norm=True,
+        norm=nn.NormConfig(position="sandwich"), scale_embeddings=True,
+        **{"mlp.activation": "geglu"},
+        qk_norm=True,
         query_pre_attn_scalar=1.0, tie_embeddings=True, rope_local_theta=100.0,
         final_logit_softcap=30.0,
         gemma4=Gemma4Options(global_head_dim=32, global_kv_heads=1, global_values_from_keys=True,
@@ -357,13 +359,15 @@ FAMILIES = {
                          beside_mlp=True, router_input_norm=True, router_expert_scale=True),
     ),
     "olmo3": dict(
-        num_layers=4, norm_position="output", qk_norm=True, qk_norm_scope="projection",
+        num_layers=4, norm=nn.NormConfig(position="output"), qk_norm=True,
+        qk_norm_scope="projection",
         sliding_window=16, window_pattern=("local",) * 3 + ("global",),
     ),
     "qwen3_next": dict(
         num_layers=4, mixer_pattern=("delta",) * 3 + ("attention",),
         delta=nn.DeltaConfig(key_heads=2, value_heads=4, key_dim=16, value_dim=16),
-        attention_output_gate=True, qk_norm=True, norm_plus_one=True, rope_fraction=0.25,
+        attention_output_gate=True, qk_norm=True, norm=nn.NormConfig(plus_one=True),
+        rope_fraction=0.25,
         moe=nn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=32,
                          num_shared_experts=1, shared_expert_mlp_dim=64, shared_expert_gate=True,
                          first_dense=1),
@@ -387,7 +391,7 @@ def family_plans(envs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, di
     tmp = tmp_path_factory.mktemp("family-plans")
     argvs = {}
     for family, fields in FAMILIES.items():
-        config = nn.LlamaConfig(**(FAMILY_SIZES | fields))
+        config = nn.make_config(nn.LlamaConfig, FAMILY_SIZES | fields)
         nn.save_hf(nn.build_model(config, rngs=nnx.Rngs(0)), tmp / family)
         argvs[family] = ["--config", "tiny", "--plan", "h100", "--init-from", str(tmp / family),
                          "--plan-json", str(tmp / f"{family}.json"),

@@ -12,7 +12,7 @@ from tjx import nn
 
 TINY: dict[str, Any] = dict(
     vocab_size=40, max_seq_len=32, d_model=16, num_layers=1, num_heads=4, num_kv_heads=2,
-    mlp_dim=24, mtp_depths=1,
+    mlp=nn.MLPConfig(dim=24), mtp=nn.MTPConfig(depths=1),
 )  # fmt: skip
 
 

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--speculative",
         action="store_true",
         help="with --generate --temperature 0: greedy decoding drafted by the model's "
-        "multi-token-prediction depth 1 (DeepSeek-V3, GLM-4.5: model.mtp_depths >= 1) and "
+        "multi-token-prediction depth 1 (DeepSeek-V3, GLM-4.5: model.mtp.depths >= 1) and "
         "verified by one two-token pass of the model per step, the same tokens as plain "
         "greedy; prints the drafts' acceptance rate and the passes (its speed against greedy: "
         "tools/bench_speculative.py; measured on CPU only so far)",
@@ -407,10 +407,10 @@ def _main(argv: list[str] | None) -> int:
         _check_scoreable(run)
         if args.chat:  # a template that cannot render: refused before anything is scored
             _chat_checks(run, args)
-        if args.speculative and not getattr(run.nn_config, "mtp_depths", 0):
+        if args.speculative and not run.nn_config.mtp.depths:
             raise RunError(
                 "--speculative: this model has no multi-token-prediction module to draft with "
-                "(model.mtp_depths is 0); drop --speculative"
+                "(model.mtp.depths is 0); drop --speculative"
             )
         print(f"run {run.run_dir} at step {run.step}")
         metrics = _metrics(run, args)

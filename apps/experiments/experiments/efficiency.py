@@ -14,7 +14,7 @@ from experiments.stats import ranking
 MEMORY_SHAPES: dict[str, dict[str, tuple[str, ...]]] = {
     "smoke": {"tiny": (*base("smoke"), "model.scan_layers=true")},
     "cpu": {"gpt2 (4 layers, 256 wide)": (
-        "model.num_layers=4", "model.d_model=256", "model.num_heads=4", "model.mlp_dim=1024",
+        "model.num_layers=4", "model.d_model=256", "model.num_heads=4", "model.mlp.dim=1024",
         "model.max_seq_len=256", "data.seq_len=256", "data.batch_size=8", "model.scan_layers=true",
         "model.precision.compute_dtype=float32", "train.fit_memory=false")},
     "gpu": {"gpt2_small": ("model.scan_layers=true", "train.fit_memory=false"),

@@ -47,7 +47,7 @@ def trainer_sets(shape: dict[str, int], seed: int) -> list[str]:
         "data.tokenizer=byte", f"data.seq_len={s['seq']}", f"data.batch_size={s['batch']}",
         f"model.max_seq_len={s['seq']}", f"model.d_model={s['d']}",
         f"model.num_layers={s['layers']}",
-        f"model.num_heads={s['heads']}", f"model.mlp_dim={s['mlp']}", "model.dropout=0.0",
+        f"model.num_heads={s['heads']}", f"model.mlp.dim={s['mlp']}", "model.dropout=0.0",
         "model.precision.compute_dtype=float32", "model.tie_embeddings=true",
         f"eval.batch_size={s['batch']}", "optimizer.name=adamw",
         f"optimizer.schedule.peak_lr={LR}", "optimizer.b1=0.9", "optimizer.b2=0.95",

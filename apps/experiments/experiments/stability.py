@@ -94,10 +94,10 @@ DEPTH_OPTIMIZER = (
 )
 DEPTH_SHAPE = {
     "smoke": ("model.num_layers=4",),
-    "cpu": ("model.num_layers=48", "model.d_model=32", "model.num_heads=2", "model.mlp_dim=128",
+    "cpu": ("model.num_layers=48", "model.d_model=32", "model.num_heads=2", "model.mlp.dim=128",
             "model.max_seq_len=32", "data.seq_len=32", "data.batch_size=8", "train.steps=600",
             "train.log_every=1", "train.eval_every=100", "train.checkpoint_every=300"),
-    "gpu": ("model.num_layers=48", "model.d_model=128", "model.num_heads=4", "model.mlp_dim=512",
+    "gpu": ("model.num_layers=48", "model.d_model=128", "model.num_heads=4", "model.mlp.dim=512",
             "train.log_every=1"),
 }  # fmt: skip
 RAW = "post-LN, no clip, no warmup"
@@ -109,17 +109,17 @@ def depth_runs(scale: str) -> list[RunSpec]:
     common = base(scale, *DEPTH_SHAPE[scale], *DEPTH_OPTIMIZER, "model.scan_layers=true",
                   "train.max_bad_steps=5")  # fmt: skip
     raw = (
-        "model.norm_position=post",
+        "model.norm.position=post",
         "optimizer.clip_norm=null",
         "optimizer.schedule.warmup_steps=0",
     )
-    pre_clip = ("model.norm_position=pre", "optimizer.clip_norm=1.0")
+    pre_clip = ("model.norm.position=pre", "optimizer.clip_norm=1.0")
     runs = [
         RunSpec(RAW, (*common, *raw)),
-        RunSpec("pre-LN", (*common, *raw, "model.norm_position=pre")),
+        RunSpec("pre-LN", (*common, *raw, "model.norm.position=pre")),
         RunSpec("pre-LN + clip 1.0", (*common, *raw, *pre_clip)),
         RunSpec(FIXED, (*common, *pre_clip)),
-        RunSpec("+ init 0.006", (*common, *pre_clip, "model.init_std=6e-3")),
+        RunSpec("+ init 0.006", (*common, *pre_clip, "model.init.std=6e-3")),
     ]  # fmt: skip
     return smoke_pick(scale, runs, RAW, FIXED)
 
@@ -163,8 +163,8 @@ DEPTH_STUDY = Study(
     title="Depth stability: a deep narrow stack",
     question="Does a deep narrow stack trained at a high rate without clipping or warmup diverge, "
     "where, and which fix (pre-LN, clipping, warmup, smaller init) stops it?",
-    varied="model.norm_position (post/pre), optimizer.clip_norm (none/1.0), warmup (0/the "
-    "scale's), model.init_std (0.02/0.006), added one at a time",
+    varied="model.norm.position (post/pre), optimizer.clip_norm (none/1.0), warmup (0/the "
+    "scale's), model.init.std (0.02/0.006), added one at a time",
     fixed="48 layers (4 in the smoke test), narrow width (32 at the CPU scale), scanned layers, "
     "SGD with momentum 0.9 at lr 1.0 with cosine decay, no weight decay, data, steps; 3 seeds; the "
     "trainer stops a run after 5 bad steps in a row",

@@ -65,7 +65,7 @@ _SMOKE_MODEL = (
     "model.num_layers=1",
     "model.num_heads=2",
     "model.num_kv_heads=1",
-    "model.mlp_dim=64",
+    "model.mlp.dim=64",
     "data.tokenizer_vocab=300",
 )
 SFT_SETS = {

@@ -7,7 +7,7 @@ because each token uses only ``k`` of ``E`` experts while the layer holds ``E`` 
 The configs share everything but the feed-forward layers of the LLaMA-style decoder (SwiGLU, so
 an MLP of width ``m`` has ``3·d·m`` weights):
 
-- **dense**: one MLP of width ``m`` (the scale's ``model.mlp_dim``);
+- **dense**: one MLP of width ``m`` (the scale's ``model.mlp.dim``);
 - **MoE**: ``E`` experts of width ``m/k``, ``k`` of them per token, so a token's expert weights
   are ``k · 3·d·(m/k) = 3·d·m``, the dense MLP's, and the layer holds ``E/k`` times as many.
   The router (``d·E`` weights, a softmax over the experts, top-k, renormalised: Mixtral's) is
@@ -60,10 +60,10 @@ def _common(scale: str) -> tuple[str, ...]:
 
 def moe_runs(scale: str) -> list[RunSpec]:
     """Dense, the MoE of equal active parameters, and the dense model of the MoE's total size."""
-    width = shape_value(scale, "model.mlp_dim")
+    width = shape_value(scale, "model.mlp.dim")
     experts, k = EXPERTS[scale]
     if width % k:
-        raise ValueError(f"the {scale} scale's mlp_dim {width} is not divisible by top-{k}")
+        raise ValueError(f"the {scale} scale's mlp.dim {width} is not divisible by top-{k}")
     common = _common(scale)
     moe = (f"model.moe.num_experts={experts}", f"model.moe.experts_per_token={k}",
            f"model.moe.expert_mlp_dim={width // k}")  # fmt: skip
@@ -78,7 +78,7 @@ def moe_runs(scale: str) -> list[RunSpec]:
         ),
     ]
     if scale in WIDE_SCALES:
-        runs.append(RunSpec(WIDE, (*common, f"model.mlp_dim={width * experts // k}"),
+        runs.append(RunSpec(WIDE, (*common, f"model.mlp.dim={width * experts // k}"),
                             preset="llama_small", params=(("moe", False),)))  # fmt: skip
     return smoke_pick(scale, runs, DENSE, SMOKE_MOE)
 

@@ -26,7 +26,10 @@ def renamed(key: str) -> str:
     """Today's name of dotted ``key`` (itself unless it, or a section holding it, was renamed)."""
     for section, table in (("model", nn.RENAMED_MODEL_KEYS), ("optimizer", optim.RENAMED_KEYS)):
         for old, new in table.items():
-            if key == f"{section}.{old}" or key.startswith(f"{section}.{old}."):
+            # A key that became a section of its name (model.norm → model.norm.kind): only
+            # the key itself is old, the section's keys are today's.
+            whole = key.startswith(f"{section}.{old}.") and not new.startswith(f"{old}.")
+            if key == f"{section}.{old}" or whole:
                 return f"{section}.{new}" + key[len(section) + 1 + len(old) :]
     return key
 

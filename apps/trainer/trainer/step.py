@@ -103,7 +103,7 @@ def make_train_step(
     """``train_step(state, batch) -> (state, metrics)``: accumulation, update, step report; an MoE
     model adds ``metrics["moe"]`` (summed router statistics) and moves a sigmoid router's bias by
     them (DeepSeek-V3's auxiliary-loss-free balancing); a multi-token-prediction model
-    (``model.mtp_depths``) adds ``metrics["mtp_loss"]``. ``probe`` (a replay's): its arrays of
+    (``model.mtp.depths``) adds ``metrics["mtp_loss"]``. ``probe`` (a replay's): its arrays of
     the step's parameters, gradients and updates in ``metrics["probes/<name>"]``; None (a run's
     own step) traces nothing more."""
 

@@ -23,11 +23,12 @@ from tjx_tools.gpu_suite.report import Section, fmt, md_table
 
 #: The model and the call (GPU); the smoke run shrinks both.
 MODEL: dict[str, Any] = dict(vocab_size=32000, max_seq_len=1024, d_model=1024, num_layers=8,
-                             num_heads=16, num_kv_heads=4, mlp_dim=2816, mtp_depths=1)  # fmt: skip
+                             num_heads=16, num_kv_heads=4, mlp=nn.MLPConfig(dim=2816),
+                             mtp=nn.MTPConfig(depths=1))  # fmt: skip
 CALL = dict(batch=8, prompt=128, new=256)
 SMOKE_MODEL: dict[str, Any] = dict(vocab_size=64, max_seq_len=64, d_model=32, num_layers=2,
-                                   num_heads=2, num_kv_heads=1, mlp_dim=64,
-                                   mtp_depths=1)  # fmt: skip
+                                   num_heads=2, num_kv_heads=1, mlp=nn.MLPConfig(dim=64),
+                                   mtp=nn.MTPConfig(depths=1))  # fmt: skip
 SMOKE_CALL = dict(batch=2, prompt=4, new=8)
 
 

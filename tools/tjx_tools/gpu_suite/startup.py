@@ -45,7 +45,7 @@ SMOKE_SETS = [
     "model.d_model=32",
     "model.num_layers=2",
     "model.num_heads=2",
-    "model.mlp_dim=64",
+    "model.mlp.dim=64",
 ]
 
 

@@ -58,7 +58,7 @@ def command(run_dir: Path, smoke: bool, steps: int, corpus: Path | None) -> list
             "model.d_model=32",
             "model.num_layers=2",
             "model.num_heads=2",
-            "model.mlp_dim=64",
+            "model.mlp.dim=64",
         ]
         config, profile = "tiny", "2:5"
     else:

@@ -37,7 +37,7 @@ def test_the_step_has_three_times_the_forward_matmul_flops_of_tjx_nn_s_count() -
         d_model=TINY.d,
         num_layers=TINY.layers,
         num_heads=TINY.heads,
-        mlp_dim=TINY.mlp,
+        mlp=nn.MLPConfig(dim=TINY.mlp),
     )
     tokens = TINY.batch * TINY.seq
     total = sum(p.count * p.flops for p in step_products(TINY))

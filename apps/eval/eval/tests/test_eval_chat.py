@@ -35,8 +35,10 @@ def _llama(vocab: int) -> Any:
         "num_layers": 2,
         "num_heads": 4,
         "num_kv_heads": 2,
-        "mlp_dim": 64,
-        "init_std": 0.2,  # large enough that the tiny model's tokens vary with its input
+        "mlp": nn.MLPConfig(dim=64),
+        "init": nn.InitConfig(
+            std=0.2
+        ),  # large enough that the tiny model's tokens vary with its input
         "precision": "fp32",
     }
     return nn.LlamaConfig(**fields)

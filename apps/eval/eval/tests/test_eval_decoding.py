@@ -26,7 +26,7 @@ BASE = {
     "num_heads": 2,
     # At GPT-2's 0.02 the embeddings alone pick this tiny model's tokens, so attending to fewer
     # keys changes nothing visible; at 0.2 attention decides them (and top-k changes them).
-    "init_std": 0.2,
+    "init": {"std": 0.2},
     "precision": {"param_dtype": "float32", "compute_dtype": "float32"},
 }
 PROMPT = "Line"
@@ -162,7 +162,7 @@ def test_sparse_top_k_without_generate_is_refused(tmp_path, capsys):
 def test_speculative_decoding_prints_greedy_tokens_and_the_drafts_acceptance(make_run, capsys):
     """``--speculative``: the MTP depth drafts, the model verifies in one two-token pass per
     step: plain greedy's sample, and the passes it took (each accepted draft saves one)."""
-    run, model = make_run(mtp_depths=1)
+    run, model = make_run(mtp={"depths": 1})
     assert main(_argv(run, "--speculative")) == 0
     out = capsys.readouterr().out
     assert _sample(out) == _reference(model)
@@ -198,5 +198,5 @@ def test_speculative_decoding_without_an_mtp_module_is_one_line(make_run, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "eval: error: --speculative: this model has no multi-token-prediction module to draft "
-        "with (model.mtp_depths is 0); drop --speculative"
+        "with (model.mtp.depths is 0); drop --speculative"
     ]

@@ -20,7 +20,7 @@ FIELDS = {
     "d_model": 16,
     "num_layers": 1,
     "num_heads": 2,
-    "mlp_dim": 32,
+    "mlp": {"dim": 32},
     "precision": {"param_dtype": "float32", "compute_dtype": "float32"},
 }
 
@@ -35,7 +35,8 @@ def vit_run(tmp_path):
     )
     (run / "model.json").write_text(json.dumps({"class": "ViTConfig", "fields": FIELDS}))
     (run / "data.json").write_text(json.dumps({"source": "digits", "tokenizer": None}))
-    model = nn.ViT(nn.ViTConfig(**{**FIELDS, "precision": "fp32"}), rngs=nnx.Rngs(7))
+    config = nn.config_from_dict({"class": "ViTConfig", "fields": {**FIELDS, "precision": "fp32"}})
+    model = nn.ViT(config, rngs=nnx.Rngs(7))  # the model.json as the evaluation reads it
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     manager = ckpt.CheckpointManager(run / "checkpoints", async_save=False)
     manager.save(4, state={"params": params, "step": np.int32(4)}, config={}, force=True)

@@ -311,7 +311,9 @@ def _header(out: str) -> list[str]:
 @pytest.fixture(scope="module")
 def hf_saved(tmp_path_factory):
     """A tiny Llama checkpoint saved whole (``one``) and in shards (``sharded``)."""
-    config = nn.LlamaConfig(vocab_size=64, d_model=16, num_layers=1, num_heads=2, mlp_dim=24)
+    config = nn.LlamaConfig(
+        vocab_size=64, d_model=16, num_layers=1, num_heads=2, mlp=nn.MLPConfig(dim=24)
+    )
     root = tmp_path_factory.mktemp("hf")
     model = nn.Llama(config, rngs=nnx.Rngs(0))
     nn.save_hf(model, root / "one")

@@ -50,8 +50,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any, Any
     chat = data.prepare_chat_run_data("reverse", "bpe", kind="chat", seq_len=SEQ, **kw)
     prompts = data.prepare_chat_run_data("reverse", "bpe", kind="prompts", seq_len=PROMPT, **kw)
     config = nn.LlamaConfig(vocab_size=chat.vocab_size, max_seq_len=SEQ, d_model=32,
-                            num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64,
-                            init_std=0.2, precision="fp32")  # fmt: skip
+                            num_layers=2, num_heads=4, num_kv_heads=2, mlp=nn.MLPConfig(dim=64),
+                            init=nn.InitConfig(std=0.2),
+                            precision="fp32")  # fmt: skip
     model = nn.build_model(config, rngs=nnx.Rngs(7))
     grpo = {"rewards": ["exact_answer", "chars"], "reward_weights": [1.0, 0.25],
             "max_new_tokens": NEW}  # fmt: skip

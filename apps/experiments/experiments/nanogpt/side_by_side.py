@@ -60,7 +60,7 @@ class Shape:
 SHAPES = {
     "gpt2_4l": Shape(
         "gpt2_4l", "tiny", (), 50304, 256, 8, 256, 4, 4, 1024,
-        extra=("model.d_model=256", "model.mlp_dim=1024"),
+        extra=("model.d_model=256", "model.mlp.dim=1024"),
     ),
     "tiny": Shape("tiny", "tiny", (), 257, 128, 16, 128, 4, 4, 512),
     "tiny_scan": Shape(

@@ -44,7 +44,7 @@ def test_the_tjx_worker_runs_the_trainer_step_from_the_written_weights(tmp_path:
     """``ready`` is the trainer's loss on batch 0 of the HF weights `prepare` wrote (checked
     against the model's own forward pass and a float64 log-softmax)."""
     shape = Shape(
-        "t", "tiny", (), 61, 16, 4, 32, 2, 2, 64, ("model.d_model=32", "model.mlp_dim=64")
+        "t", "tiny", (), 61, 16, 4, 32, 2, 2, 64, ("model.d_model=32", "model.mlp.dim=64")
     )
     spec = prepare(shape, tmp_path, seed=3)
     env = tjx_env(JAX_PLATFORMS="cpu", XLA_FLAGS="")  # one device, as a user has
@@ -69,7 +69,7 @@ def test_every_shape_matches_its_trainer_config() -> None:
     for shape in SHAPES.values():
         cfg = trainer_config({"preset": shape.preset, "sets": shape.trainer_sets()})
         m = cfg.model  # model.vocab_size is set: no tokenizer needed
-        got = (m.vocab_size, m.max_seq_len, m.d_model, m.num_layers, m.num_heads, m.mlp_dim)
+        got = (m.vocab_size, m.max_seq_len, m.d_model, m.num_layers, m.num_heads, m.mlp.dim)
         assert got == (shape.vocab, shape.seq, shape.d, shape.layers, shape.heads, shape.mlp)
         dtype = m.precision.compute_dtype
         assert (cfg.data.batch_size, m.dropout, dtype) == (shape.batch, 0.0, "float32")

@@ -10,6 +10,7 @@ import sys
 import pytest
 from tjx_damaged_hf import HOSTILE_HF, damage
 
+from tjx import nn
 from tjx.parallel.arguments import distributed_from_args
 from trainer.cli import _launch_flags, build_parser, main, parse_profile, plan_run
 from trainer.job.folder import RunDir
@@ -103,6 +104,33 @@ def test_a_flat_moe_mla_or_delta_key_is_its_sections_now_and_says_so(in_tmp, cap
     )
 
 
+def test_a_flat_section_key_is_its_sections_now_and_a_null_there_the_kinds_own(in_tmp, capsys):
+    """``mtp_depths``, ``init_std``, ``mlp_dim``, ``norm`` ... are the ``mtp``, ``init``,
+    ``mlp`` and ``norm`` sections' now: by their old names they reach the section (one note each;
+    ``model.norm``, a name then, is ``model.norm.kind``, and ``model.norm.eps`` today's key);
+    what the file leaves null is the kind's own (LLaMA's SwiGLU, no scaled residual)."""
+    plan = _plan(
+        *["--config", "llama_small", "--set", "model.init_std=0.01"],
+        *["--set", "model.mtp_depths=1", "--set", "model.mtp.loss_weight=0.5"],
+        *["--set", "model.mlp_dim=64", "--set", "model.norm=layernorm"],
+        *["--set", "model.norm.eps=1e-5"],
+    )
+    model = plan.config.model
+    assert (model.init.std, model.init.scaled_residual) == (0.01, False)
+    assert (model.mtp.depths, model.mtp.loss_weight) == (1, 0.5)
+    assert model.mlp == nn.MLPConfig(dim=64, activation="swiglu")
+    assert capsys.readouterr().err.splitlines() == [
+        "trainer: note: --set model.init_std is model.init.std now (the old name still works)",
+        "trainer: note: --set model.mtp_depths is model.mtp.depths now (the old name still "
+        "works)",
+        "trainer: note: --set model.mlp_dim is model.mlp.dim now (the old name still works)",
+        "trainer: note: --set model.norm is model.norm.kind now (the old name still works)",
+    ]
+    assert model.norm == nn.NormConfig(kind="layernorm", eps=1e-5, position="pre")
+    tiny = _plan("--config", "tiny", "--set", "model.init.std=0.01").config.model
+    assert tiny.init == nn.InitConfig(std=0.01, scaled_residual=True)
+
+
 def test_only_the_launch_flags_reach_tjx_parallel_and_they_read_as_from_the_whole_line(in_tmp):
     launch = ["--num-processes", "1", "--process-id", "0", "--init-timeout", "9"]
     argv = ["--config", "tiny", "--set", "train.steps=7", *launch]
@@ -152,9 +180,9 @@ def test_parse_profile_rejects(text):
         (  # silently dropped before tjx.nn's hf_gpt2_conflicts said what GPT-2 weights fix
             [
                 *["--config", "gpt2_small", "--init-from", "gpt2"],
-                *["--set", "model.norm_position=post", "--set", "model.tie_embeddings=false"],
+                *["--set", "model.norm.position=post", "--set", "model.tie_embeddings=false"],
             ],
-            "model.norm_position 'post', model.tie_embeddings False cannot apply",
+            "model.norm.position 'post', model.tie_embeddings False cannot apply",
         ),
         (["--config", "tiny", "--profile-steps", "1:9999"], "ends after train.steps"),
     ],

@@ -197,24 +197,25 @@ def test_to_dict_is_plain_data_that_reads_back():
 
 
 def test_a_derived_setting_is_written_null_while_it_follows_the_others():
-    """``mlp_dim`` 4 × d_model, ``num_kv_heads`` = num_heads, ``peak_lr`` the optimizer's own:
+    """``mlp.dim`` 4 × d_model, ``num_kv_heads`` = num_heads, ``peak_lr`` the optimizer's own:
     written null while the object holds that value, so the file read back derives it again."""
     rng = np.random.default_rng()
     d, heads = 32 * int(rng.integers(1, 5)), 2 ** int(rng.integers(0, 3))
-    model = {"d_model": d, "num_heads": heads, "mlp_dim": 4 * d, "num_kv_heads": heads}
+    model = {"d_model": d, "num_heads": heads, "mlp": {"dim": 4 * d}, "num_kv_heads": heads}
     cfg = read_config({"model": model, "optimizer": {"schedule": {"peak_lr": 3e-4}}})
-    assert (cfg.model.mlp_dim, cfg.model.num_kv_heads, cfg.model.head_dim) == (
+    assert (cfg.model.mlp.dim, cfg.model.num_kv_heads, cfg.model.head_dim) == (
         4 * d,
         heads,
         d // heads,
     )
     data = cfg.to_dict()
-    assert [data["model"][k] for k in ("mlp_dim", "num_kv_heads", "head_dim")] == [None] * 3
+    m = data["model"]
+    assert [m["mlp"]["dim"], m["num_kv_heads"], m["head_dim"]] == [None] * 3
     assert data["optimizer"]["schedule"]["peak_lr"] is None  # adamw's own 3e-4
     data["model"]["d_model"] = 2 * d  # another width: the derived sizes follow it
-    assert read_config(data).model.mlp_dim == 8 * d
-    other = read_config({"model": {**model, "mlp_dim": 3 * d}}).to_dict()["model"]
-    assert other["mlp_dim"] == 3 * d  # a value of its own is written as such
+    assert read_config(data).model.mlp.dim == 8 * d
+    other = read_config({"model": {**model, "mlp": {"dim": 3 * d}}}).to_dict()["model"]
+    assert other["mlp"]["dim"] == 3 * d  # a value of its own is written as such
 
 
 def test_task_follows_model_kind():

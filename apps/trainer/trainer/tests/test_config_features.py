@@ -22,7 +22,7 @@ from trainer.memory_fit import abstract_step
 from trainer.schema import ConfigError, choices
 from trainer.settings import apply_overrides, field_at, load_config_data
 
-TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2, "mlp_dim": 32}
+TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2, "mlp": {"dim": 32}}
 MLA = {"attention_type": "mla", "mla": {"kv_latent_dim": 4}}
 WSD = {"name": "wsd", "warmup_steps": 0}
 
@@ -239,7 +239,7 @@ def test_wsd_decay_fraction_moves_the_decay():
 
 
 def _signature(*sets: str) -> Any:
-    small = ["model.num_layers=1", "model.d_model=16", "model.num_heads=2", "model.mlp_dim=32"]
+    small = ["model.num_layers=1", "model.d_model=16", "model.num_heads=2", "model.mlp.dim=32"]
     cfg = read_config(apply_overrides(load_config_data("tiny"), [*small, *sets]))
     leaves, treedef = jax.tree.flatten(abstract_step(step_config(resolve(cfg, 257)))[1])
     return treedef, [(leaf.shape, leaf.dtype) for leaf in leaves]
@@ -273,7 +273,7 @@ def test_a_run_with_every_new_key_trains_and_records_them(in_tmp, capsys):
     text = in_tmp / "corpus.txt"
     text.write_text("".join(f"Line {i}: to be or not to be.\n" for i in range(200)))
     sets = [
-        *("model.d_model=16", "model.num_layers=1", "model.num_heads=2", "model.mlp_dim=32"),
+        *("model.d_model=16", "model.num_layers=1", "model.num_heads=2", "model.mlp.dim=32"),
         *("model.max_seq_len=16", "data.seq_len=16", "data.batch_size=8", "eval.batch_size=8"),
         *("model.attention_type=mla", "model.mla.kv_latent_dim=4", "model.use_bias=false"),
         *("model.decode_topk=2", *SGD, "optimizer.momentum=0.8", "optimizer.nesterov=true"),

@@ -34,7 +34,7 @@ OWNED_LISTS = [
     ("model.attention_impl", nn.ATTENTION_IMPLS),
     ("model.remat", nn.REMAT_POLICIES),
     ("model.position", nn.POSITIONS),
-    ("model.norm", nn.NORMS),
+    ("model.norm.kind", nn.NORMS),
     ("model.precision.compute_dtype", nn.DTYPE_NAMES),
     ("optimizer.name", optim.OPTIMIZER_NAMES),
     ("optimizer.schedule.name", optim.SCHEDULE_NAMES),
@@ -119,7 +119,7 @@ def test_each_kind_is_built_by_tjx_nn_build_model(kind, config_class, model_clas
     assert type(c) is config_class
     assert type(nnx.eval_shape(lambda: nn.build_model(c, rngs=nnx.Rngs(0)))) is model_class
     # Fields a kind leaves out keep tjx.nn's own defaults (no trainer copy of them).
-    assert c.norm == config_class.__dataclass_fields__["norm"].default
+    assert c.norm == config_class().norm
     if kind in ("bert", "vit"):
         assert c.tie_embeddings == config_class.__dataclass_fields__["tie_embeddings"].default
 
@@ -172,6 +172,10 @@ def _package_keys() -> list[tuple[str, str]]:
                 "model.mla": nn.MLAConfig,
                 "model.delta": nn.DeltaConfig,
                 "model.gemma4": Gemma4Options,
+                "model.mtp": nn.MTPConfig,
+                "model.init": nn.InitConfig,
+                "model.mlp": nn.MLPConfig,
+                "model.norm": nn.NormConfig,
                 "optimizer.schedule": optim.ScheduleConfig,
             }.get(key)
             out += walk(inner, key) if inner is not None else [key]

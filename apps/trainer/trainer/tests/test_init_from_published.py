@@ -39,7 +39,7 @@ def _llama_run():
                 "d_model": 7168,
                 "num_layers": 61,
                 "moe.num_experts": 256,
-                "mtp_depths": 1,
+                "mtp.depths": 1,
             },
         ),
     ],

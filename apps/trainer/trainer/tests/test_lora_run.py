@@ -20,7 +20,7 @@ LLAMA = [
     "model.num_layers=2",
     "model.num_heads=2",
     "model.num_kv_heads=1",
-    "model.mlp_dim=32",
+    "model.mlp.dim=32",
     "model.max_seq_len=16",
     "model.tie_embeddings=false",
     "model.scan_layers=true",
@@ -141,7 +141,7 @@ def test_export_peft_of_an_mla_model_is_refused_before_training(in_tmp, capsys):
         num_heads=4,
         num_kv_heads=4,
         head_dim=12,
-        mlp_dim=40,
+        mlp=nn.MLPConfig(dim=40),
         attention_type="mla",
         mla=nn.MLAConfig(kv_latent_dim=16, qk_rope_head_dim=4, v_head_dim=6),
         moe=nn.MoEConfig(

@@ -1,4 +1,4 @@
-"""A multi-token-prediction model (``model.mtp_depths``) trains in-process: every log line has a
+"""A multi-token-prediction model (``model.mtp.depths``) trains in-process: every log line has a
 finite ``mtp_loss`` (the depths' mean cross-entropy, logged apart from the weighted loss), and it
 falls as the run learns; a bad weight is one line."""
 
@@ -14,8 +14,8 @@ from trainer.tests._tiny import TINY_RUN
 
 SETS = [
     *TINY_RUN,
-    "model.mtp_depths=2",
-    "model.mtp_loss_weight=0.5",
+    "model.mtp.depths=2",
+    "model.mtp.loss_weight=0.5",
     "train.steps=12",
     "train.log_every=4",
     "train.eval_every=0",
@@ -54,8 +54,8 @@ def test_an_mtp_model_logs_a_falling_mtp_loss(in_tmp, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["model.mtp_loss_weight=-1"], "mtp_loss_weight must be >= 0"),
-        (["mesh.context=2"], "model.mtp_depths: multi-token prediction shifts tokens"),
+        (["model.mtp.loss_weight=-1"], "model.mtp.loss_weight must be >= 0"),
+        (["mesh.context=2"], "model.mtp.depths: multi-token prediction shifts tokens"),
     ],
 )
 def test_bad_mtp_input_is_one_line(in_tmp, capsys, extra, message):

@@ -19,7 +19,7 @@ from trainer.schema import ConfigError
 from trainer.settings import apply_overrides, load_config_data
 
 VOCAB = 257
-SMALL = ["model.num_layers=2", "model.d_model=32", "model.num_heads=2", "model.mlp_dim=64"]
+SMALL = ["model.num_layers=2", "model.d_model=32", "model.num_heads=2", "model.mlp.dim=64"]
 
 
 def _config(*extra: str) -> Any:
@@ -61,7 +61,7 @@ TRAINING_ONLY_VALUES = [
 STATE_CHANGING = [
     "model.d_model=64",
     "model.num_layers=3",
-    "model.mlp_dim=128",
+    "model.mlp.dim=128",
     "model.max_seq_len=256",
     "model.tie_embeddings=false",
     "model.scan_layers=true",
@@ -269,9 +269,9 @@ def test_a_config_yaml_saved_before_the_sections_were_objects_resumes_unchanged(
     same = read_config(apply_overrides(load_config_data(preset), scan)).to_dict()
     logits = {"model.precision.logits_dtype": ("float32", "bfloat16")}
     assert resume.check_resume(tmp_path, same) == (logits if preset in LOGITS_SINCE_51 else {})
-    sets = [*scan, "train.steps=6000", "model.mlp_dim=64"]
+    sets = [*scan, "train.steps=6000", "model.mlp.dim=64"]
     new = read_config(apply_overrides(load_config_data(preset), sets)).to_dict()
-    with pytest.raises(ConfigError, match=r"cannot continue with model\.mlp_dim (None|\d+) → 64"):
+    with pytest.raises(ConfigError, match=r"cannot continue with model\.mlp\.dim (None|\d+) → 64"):
         resume.check_resume(tmp_path, new)
 
 
@@ -289,7 +289,14 @@ def test_a_saved_float8_setting_its_run_never_read_resumes(tmp_path):
 
 #: A Hugging Face checkpoint of another shape than the command's preset (whose architecture
 #: settings an --init-from start does not use: the checkpoint fixes them).
-HF_SHAPE = dict(vocab_size=VOCAB, d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=24)
+HF_SHAPE = dict(
+    vocab_size=VOCAB,
+    d_model=16,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    mlp=nn.MLPConfig(dim=24),
+)
 
 
 def _hf_start(tmp_path: Path, cfg: Any) -> Path:

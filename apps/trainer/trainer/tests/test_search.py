@@ -75,7 +75,7 @@ def test_only_the_splits_that_shard_the_state_are_compiled_and_the_yaml_plans_th
     split is the one planned and the winner; its YAML loads, plans to the same estimate and
     trains here (two steps; its FSDP split as written, the data axis and the batch over the rest
     of this machine's 8 CPU devices)."""
-    run = run_of("data.batch_size=4", "data.seq_len=16", "model.d_model=256", "model.mlp_dim=1024",
+    run = run_of("data.batch_size=4", "data.seq_len=16", "model.d_model=256", "model.mlp.dim=1024",
                  "eval.batch_size=2")  # fmt: skip
     state = candidates.state_bytes(run)
     tgt = target(2, memory=int(0.9 * state))

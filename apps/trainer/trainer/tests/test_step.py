@@ -11,7 +11,13 @@ from trainer.state import build
 from trainer.step import make_eval_step
 
 SMALL = {
-    "model": {"d_model": 16, "num_layers": 2, "num_heads": 2, "mlp_dim": 32, "max_seq_len": 16},
+    "model": {
+        "d_model": 16,
+        "num_layers": 2,
+        "num_heads": 2,
+        "mlp": {"dim": 32},
+        "max_seq_len": 16,
+    },
     "data": {"seq_len": 8, "batch_size": 8},
     "optimizer": {"schedule": {"warmup_steps": 1}},
     "train": {"steps": 4, "ce_chunk_size": 4},

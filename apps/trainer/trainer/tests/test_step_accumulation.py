@@ -30,7 +30,7 @@ def _config(accum: int, **optimizer):
                 "d_model": 16,
                 "num_layers": 1,
                 "num_heads": 2,
-                "mlp_dim": 32,
+                "mlp": {"dim": 32},
                 "max_seq_len": S,
             },
             "data": {"seq_len": S, "batch_size": B},

@@ -243,7 +243,10 @@ def test_a_plan_of_an_init_from_start_compiles_the_checkpoints_architecture(
     folder = in_tmp / "qwen3"
     shape = dict(vocab_size=40, d_model=24, num_layers=3, num_heads=2, num_kv_heads=1, head_dim=12)
     nn.save_hf(
-        nn.build_model(nn.LlamaConfig(**shape, mlp_dim=32, qk_norm=True), rngs=nnx.Rngs(0)), folder
+        nn.build_model(
+            nn.LlamaConfig(**shape, mlp=nn.MLPConfig(dim=32), qk_norm=True), rngs=nnx.Rngs(0)
+        ),
+        folder,
     )
     on_this_machine(monkeypatch)
     planned = []
@@ -323,7 +326,7 @@ def test_fp8_is_refused_in_one_line_where_the_device_has_no_float8_units():
 
 
 GRPO_SMALL = ["model.d_model=32", "model.num_layers=1", "model.num_heads=2", "model.num_kv_heads=1",
-              "model.mlp_dim=64", "data.batch_size=8", "grpo.group_size=4",
+              "model.mlp.dim=64", "data.batch_size=8", "grpo.group_size=4",
               "grpo.max_new_tokens=4", "grpo.iterations=2", "grpo.beta=0.1"]  # fmt: skip
 
 

@@ -99,7 +99,7 @@ def test_flat_params_are_checkpointed_per_leaf_and_restored_flat():
 def test_a_state_built_for_a_tpu_holds_its_params_per_leaf_where_a_gpu_or_cpu_holds_them_flat():
     """Flat params save a GPU one launch a parameter; XLA's TPU compile of them needed more
     memory (llama_small on a v5e: +1.1 GiB), so the state follows the step's target."""
-    small = {"model": {"d_model": 16, "num_layers": 2, "num_heads": 2, "mlp_dim": 32,
+    small = {"model": {"d_model": 16, "num_layers": 2, "num_heads": 2, "mlp": {"dim": 32},
                        "max_seq_len": 16}, "data": {"seq_len": 8, "batch_size": 8}}  # fmt: skip
     run = step_config(resolve(read_config(small), 40))
     here = abstract_state(run).state  # this CPU

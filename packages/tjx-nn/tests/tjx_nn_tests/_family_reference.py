@@ -49,14 +49,14 @@ def reference_logits(p: dict[str, np.ndarray], c, tokens: np.ndarray) -> np.ndar
     naming, float64) on ``tokens``."""
     p = {k: np.asarray(v, np.float64) for k, v in p.items()}
     b, s = tokens.shape
-    h, hk, hd, eps = c.num_heads, c.num_kv_heads, c.head_dim, c.norm_eps
+    h, hk, hd, eps = c.num_heads, c.num_kv_heads, c.head_dim, c.norm.eps
     x = p["embed.embedding"][tokens]
     if c.scale_embeddings:
         x = x * np.float64(np.float32(math.sqrt(c.d_model)))
     pos = np.broadcast_to(np.arange(s), (b, s)).astype(np.float64)
 
     def norm(name, y):
-        return _rms(y, p[name + ".scale"], eps, c.norm_plus_one) if name + ".scale" in p else y
+        return _rms(y, p[name + ".scale"], eps, c.norm.plus_one) if name + ".scale" in p else y
 
     def lin(y, name, spec):
         """A projection: ``einsum(spec)`` with the kernel, plus its bias if it has one."""
@@ -67,8 +67,8 @@ def reference_logits(p: dict[str, np.ndarray], c, tokens: np.ndarray) -> np.ndar
         if not c.qk_norm:
             return y
         if c.qk_norm_scope == "head":
-            return _rms(y, p[name + ".scale"], eps, c.norm_plus_one)
-        flat = _rms(y.reshape(b, s, heads * hd), p[name + ".scale"], eps, c.norm_plus_one)
+            return _rms(y, p[name + ".scale"], eps, c.norm.plus_one)
+        flat = _rms(y.reshape(b, s, heads * hd), p[name + ".scale"], eps, c.norm.plus_one)
         return flat.reshape(y.shape)
 
     causal = np.tril(np.ones((s, s), bool))
@@ -98,10 +98,10 @@ def reference_logits(p: dict[str, np.ndarray], c, tokens: np.ndarray) -> np.ndar
         x = x + norm(t + "attn_post_norm", o)
         m = norm(t + "mlp_norm", x)
         gate, up = lin(m, t + "mlp.fc_gate", "bsd,df->bsf"), lin(m, t + "mlp.fc_in", "bsd,df->bsf")
-        if c.mlp_activation == "swiglu_clamped":
+        if c.mlp.activation == "swiglu_clamped":
             unit = _clamped_swiglu(gate, up)
         else:
-            act = _gelu_tanh(gate) if c.mlp_activation == "geglu" else gate / (1 + np.exp(-gate))
+            act = _gelu_tanh(gate) if c.mlp.activation == "geglu" else gate / (1 + np.exp(-gate))
             unit = act * up
         y = lin(unit, t + "mlp.fc_out", "bsf,fd->bsd")
         x = x + norm(t + "mlp_post_norm", y)

@@ -83,8 +83,8 @@ def dense_out(p, prefix, h, e):
 
 def moe_reference(p, x, cfg, experts, keep):
     """``(y [b, s, d], router penalty)`` token by token in float64 (``p``: flat params)."""
-    act = _act(cfg.mlp_activation)
-    gated = cfg.mlp_activation in ("swiglu", "geglu", "swiglu_clamped")
+    act = _act(cfg.mlp.activation)
+    gated = cfg.mlp.activation in ("swiglu", "geglu", "swiglu_clamped")
     b, s, _ = x.shape
     rows = []
     probs_all, lse_all = [], []

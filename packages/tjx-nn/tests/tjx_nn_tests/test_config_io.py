@@ -72,7 +72,6 @@ def test_a_model_json_of_tjx_0_1_loads():
     newer |= {
         "qk_norm": False,
         "qk_norm_scope": "head",
-        "norm_plus_one": False,
         "scale_embeddings": False,
         "query_pre_attn_scalar": None,
         "attn_logit_softcap": None,
@@ -98,8 +97,7 @@ def test_a_model_json_of_tjx_0_1_loads():
             "impl": "auto",
         },
         # #56's multi-token prediction (DeepSeek-V3's MTP): none, and its loss weight.
-        "mtp_depths": 0,
-        "mtp_loss_weight": 0.3,
+        "mtp": {"depths": 0, "loss_weight": 0.3},
         # #56's Llama 4 settings: chunks, NoPE global layers, the weightless q/k norm, the
         # NoPE layers' temperature (router_scales_input is with the MoE settings above).
         "attention_chunk": None,
@@ -123,7 +121,13 @@ def test_a_model_json_of_tjx_0_1_loads():
     }
     # #51's logits_dtype: the float32 logits such a run had.
     newer["precision"] = {**WRITTEN_BY_TJX_0_1["fields"]["precision"], "logits_dtype": "float32"}
-    old = {k: v for k, v in WRITTEN_BY_TJX_0_1["fields"].items() if k != "kv_latent_dim"}
+    # The init and MLP settings as their sections (their flat keys moved in).
+    newer["init"] = {"std": 0.02, "scaled_residual": False}
+    newer["mlp"] = {"dim": 64, "activation": "swiglu"}
+    newer["norm"] = {"kind": "rmsnorm", "eps": 1e-06, "position": "pre", "plus_one": False}
+    moved = ("kv_latent_dim", "init_std", "scaled_residual_init", "mlp_dim", "mlp_activation")
+    moved += ("norm", "norm_eps", "norm_position")
+    old = {k: v for k, v in WRITTEN_BY_TJX_0_1["fields"].items() if k not in moved}
     want = {**WRITTEN_BY_TJX_0_1, "fields": {**old, **newer}}
     assert tnn.config_to_dict(config) == want
     # An older file without the newer fields (and a preset name for precision) keeps defaults.
@@ -170,8 +174,8 @@ def test_model_kinds_build_their_models():
 
 @pytest.mark.parametrize("name", ["MLA_MOE", "DELTA"])
 def test_a_model_json_of_tjx_0_28_with_flat_section_settings_loads_as_the_same_model(name):
-    """tjx-nn 0.28 wrote the MoE, MLA and delta settings as flat fields: they load into their
-    sections, each value where it was, and write back nested."""
+    """tjx-nn 0.28 wrote the MoE, MLA, delta, multi-token prediction and init settings as flat
+    fields: they load into their sections, each value where it was, and write back nested."""
     data = json.loads(json.dumps(getattr(written, name)))
     flat = data["fields"]
     config = tnn.config_from_dict(data)
@@ -184,12 +188,17 @@ def test_a_model_json_of_tjx_0_28_with_flat_section_settings_loads_as_the_same_m
         **{f"mla.{k}": k for k in ("kv_latent_dim", "q_lora_rank", "qk_rope_head_dim")},
         **{f"delta.{k}": f"delta_{k}" for k in ("key_heads", "value_dim", "conv_kernel", "impl")},
         **{f"gemma4.{k}": k for k in ("global_head_dim", "kv_shared_layers", "layer_scale")},
+        **{"mtp.depths": "mtp_depths", "mtp.loss_weight": "mtp_loss_weight"},
+        **{"init.std": "init_std", "init.scaled_residual": "scaled_residual_init"},
+        **{"mlp.dim": "mlp_dim", "mlp.activation": "mlp_activation"},
+        **{"norm.kind": "norm", "norm.eps": "norm_eps", "norm.position": "norm_position"},
+        "norm.plus_one": "norm_plus_one",
     }
     for new, old in moved.items():
         assert tnn.setting_value(config, new) == flat[old], new
     assert config.d_model == flat["d_model"]
     again = tnn.config_to_dict(config)
-    assert not set(moved.values()) & set(again["fields"])
+    assert not (set(moved.values()) - set(tnn.SECTIONS)) & set(again["fields"])  # norm: a section
     assert tnn.config_from_dict(again) == config
     # A file holding a setting both ways is refused, naming both keys.
     both = {**data, "fields": {**flat, "moe": {"num_experts": 2}}}

@@ -10,6 +10,8 @@ from tjx import nn as tnn
 from tjx.nn.families.gemma4 import Gemma4Options
 from tjx.nn.family_config import DECODER_ONLY
 from tjx.nn.moe.config import NO_MOE
+from tjx.nn.norm_config import filled
+from tjx.nn.norms import make_norm
 
 HF_COUNTS = {
     "small": 124_439_808,
@@ -40,10 +42,7 @@ def test_gpt2_config_overrides_and_unknown_preset():
     [
         (dict(d_model=30, num_heads=4), "d_model"),
         (dict(num_heads=4, num_kv_heads=3), "num_kv_heads"),
-        (dict(mlp_activation="tanh"), "mlp_activation"),
         (dict(position="relative"), "position"),
-        (dict(norm="batchnorm"), "norm"),
-        (dict(norm_position="peri"), "norm_position"),
         (dict(num_layers=-1), "num_layers"),
         (dict(vocab_size=0), "vocab_size"),
         (dict(dropout=1.5), "dropout"),
@@ -63,7 +62,7 @@ def test_bad_configs_raise_naming_the_field(kwargs, field):
 
 def test_bad_config_messages_list_allowed_values():
     with pytest.raises(ValueError, match="swiglu"):
-        tnn.LlamaConfig(mlp_activation="tanh")
+        tnn.LlamaConfig(mlp=tnn.MLPConfig(activation="tanh"))
     with pytest.raises(ValueError, match="alibi"):
         tnn.LlamaConfig(position="xpos")
     with pytest.raises(ValueError, match="patch_size"):
@@ -77,7 +76,7 @@ def test_bad_config_messages_list_allowed_values():
 def test_defaults_and_precision_presets():
     cfg = tnn.LlamaConfig(d_model=64, num_heads=4, num_kv_heads=1, precision="bf16")
     assert cfg.head_dim == 16 and cfg.num_kv_heads == 1 and cfg.gated
-    assert cfg.mlp_dim == 192  # 8/3·64 rounded up to 64
+    assert cfg.mlp.dim == 192  # 8/3·64 rounded up to 64
     assert cfg.precision == tnn.Precision(jnp.float32, jnp.bfloat16)
     assert tnn.Precision.pure_bf16().param_dtype == jnp.bfloat16
     assert tnn.Precision.fp16().compute_dtype == jnp.float16
@@ -108,10 +107,10 @@ def test_precision_helpers_and_more_bad_fields():
     assert tnn.GPT2Config(precision=None).precision == tnn.Precision()
     with pytest.raises(ValueError, match="rope_theta"):
         tnn.LlamaConfig(rope_theta=0.0)
-    with pytest.raises(ValueError, match="norm_eps"):
-        tnn.GPT2Config(norm_eps=0.0)
-    with pytest.raises(ValueError, match="init_std"):
-        tnn.GPT2Config(init_std=-1.0)
+    with pytest.raises(ValueError, match="NormConfig.eps"):
+        tnn.GPT2Config(norm=tnn.NormConfig(eps=0.0))
+    with pytest.raises(ValueError, match="InitConfig.std"):
+        tnn.GPT2Config(init=tnn.InitConfig(std=-1.0))
     with pytest.raises(ValueError, match="num_labels"):
         tnn.BertConfig(num_labels=0)
     with pytest.raises(ValueError, match="position"):
@@ -167,7 +166,7 @@ def test_vit_patch_size_must_divide_the_image():
         (tnn.ViTConfig, "tie_embeddings", True),
         (tnn.ViTConfig, "decode_topk", 2),
         (tnn.ViTConfig, "vocab_size", 100),
-        (tnn.ViTConfig, "norm_plus_one", True),
+        (tnn.ViTConfig, "norm.plus_one", True),
         (tnn.BertConfig, "final_logit_softcap", 30.0),
         (tnn.EncoderDecoderConfig, "scale_embeddings", True),
     ],
@@ -177,11 +176,13 @@ def test_a_field_the_model_never_reads_keeps_its_default(config_class, field, va
     if config_class is tnn.ViTConfig:
         base |= dict(image_size=8, patch_size=4)
     assert field in config_class.unused_fields
-    default = config_class.__dataclass_fields__[field].default
-    assert getattr(config_class(**base), field) == default
-    assert getattr(config_class(**base, **{field: default}), field) == default  # e.g. replace()
+    default = tnn.setting_value(config_class(**base), field)  # a dotted field: a section's
+    if "." not in field:
+        assert default == config_class.__dataclass_fields__[field].default
+    again = tnn.make_config(config_class, {**base, field: default})  # e.g. replace()
+    assert tnn.setting_value(again, field) == default
     with pytest.raises(ValueError) as err:
-        config_class(**base, **{field: value})
+        tnn.make_config(config_class, {**base, field: value})
     why = config_class.unused_fields[field]
     assert str(err.value) == (
         f"{config_class.__name__}.{field}: {why}; got {value!r}, set it to {default!r}"
@@ -222,15 +223,55 @@ def test_the_component_sections_check_themselves_and_the_model_what_they_need_of
         tnn.LlamaConfig(delta=tnn.DeltaConfig(key_heads=2))
 
 
+def test_a_section_refuses_a_bad_value_by_its_own_name_and_fills_the_familys():
+    """A section checks its values when built; a setting left None is the family's."""
+    with pytest.raises(ValueError, match=r"^MLPConfig.activation must be one of"):
+        tnn.MLPConfig(activation="tanh")
+    with pytest.raises(ValueError, match=r"^MLPConfig.dim must be a positive int"):
+        tnn.MLPConfig(dim=0)
+    with pytest.raises(ValueError, match=r"^InitConfig.std must be > 0"):
+        tnn.InitConfig(std=0.0)
+    with pytest.raises(ValueError, match=r"^NormConfig.kind must be one of"):
+        tnn.NormConfig(kind="batchnorm")
+    with pytest.raises(ValueError, match=r"^NormConfig.position must be one of"):
+        tnn.NormConfig(position="peri")
+    llama_norm = tnn.LlamaConfig(norm=tnn.NormConfig(plus_one=True)).norm
+    assert llama_norm == tnn.NormConfig(kind="rmsnorm", eps=1e-6, position="pre", plus_one=True)
+    bert_norm = tnn.BertConfig().norm
+    assert (bert_norm.kind, bert_norm.eps, bert_norm.position) == ("layernorm", 1e-12, "post")
+    # A section used without its model config has its None: a layer refuses it by name.
+    with pytest.raises(ValueError, match=r"^norm.eps is None: a model config fills it"):
+        filled(tnn.NormConfig().eps, "norm.eps")
+    with pytest.raises(ValueError, match=r"^make_norm: eps is None"):
+        make_norm("rmsnorm", 4, rngs=nnx.Rngs(0), eps=None)
+    mlp = tnn.MLPConfig(dim=64)
+    assert tnn.LlamaConfig(mlp=mlp).mlp == tnn.MLPConfig(dim=64, activation="swiglu")
+    assert tnn.GPT2Config(mlp=mlp).mlp == tnn.MLPConfig(dim=64, activation="gelu")
+    assert tnn.BertConfig(mlp=mlp).mlp.activation == "gelu_exact"
+    assert tnn.LlamaConfig(d_model=96).mlp.dim == 256  # LLaMA's 8/3 d_model, to 64
+    assert tnn.ViTConfig(init=tnn.InitConfig(std=0.1)).init.scaled_residual is False
+    built = tnn.make_config(tnn.LlamaConfig, {"mlp": mlp, "mlp.activation": "geglu"})
+    assert built.mlp == tnn.MLPConfig(dim=64, activation="geglu")
+    with pytest.raises(ValueError, match="LlamaConfig has no section 'norms'"):
+        tnn.make_config(tnn.LlamaConfig, {"norms.eps": 1e-5})
+
+
 def test_the_model_config_holds_its_components_as_sections():
-    """MoE, MLA and Gated DeltaNet are one field each, no flat settings of theirs beside."""
+    """MoE, MLA, Gated DeltaNet, multi-token prediction and init are one field each, no flat
+    settings of theirs beside (a family's own value of a setting: ``part_defaults``)."""
     fields = {f.name: f for f in dataclasses.fields(tnn.LlamaConfig)}
     sections = {"moe": tnn.MoEConfig, "mla": tnn.MLAConfig, "delta": tnn.DeltaConfig}
+    sections |= {"mtp": tnn.MTPConfig, "init": tnn.InitConfig, "mlp": tnn.MLPConfig}
+    sections |= {"norm": tnn.NormConfig}
+    defaults = tnn.LlamaConfig()
     for name, cls in sections.items():
-        assert fields[name].default_factory is cls
+        assert type(getattr(defaults, name)) is cls
         assert not {f"{name}_{f.name}" for f in dataclasses.fields(cls)} & set(fields)
-    assert not {"num_experts", "router", "kv_latent_dim", "delta_impl"} & set(fields)
-    assert tuple(sections) == tnn.SECTIONS[:3]
+    gone = {"num_experts", "router", "kv_latent_dim", "delta_impl", "scaled_residual_init"}
+    gone |= {"mlp_dim", "mlp_activation", "norm_eps", "norm_position", "norm_plus_one"}
+    assert not gone & set(fields)
+    assert not defaults.init.scaled_residual and tnn.GPT2Config().init.scaled_residual
+    assert tuple(sections) == tnn.SECTIONS
     config = tnn.LlamaConfig(mixer_pattern=["delta", "attention"],
                              delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=8,
                                                    value_dim=8))  # fmt: skip

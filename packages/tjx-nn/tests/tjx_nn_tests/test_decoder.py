@@ -187,10 +187,10 @@ def test_deep_pre_ln_grad_norm_bounded_at_init():
 
 
 def test_gpt2_scaled_residual_init():
-    cfg = gpt2_tiny(num_layers=8, init_std=0.02)
+    cfg = gpt2_tiny(num_layers=8, init=tnn.InitConfig(std=0.02))
     assert tnn.residual_std(cfg, 8) == pytest.approx(0.02 / 4)
     assert tnn.residual_std(llama_tiny(), 8) == pytest.approx(0.02)
-    model = build(gpt2_tiny(d_model=64, mlp_dim=512, num_layers=8, num_heads=4))
+    model = build(gpt2_tiny(d_model=64, mlp=tnn.MLPConfig(dim=512), num_layers=8, num_heads=4))
     std = float(np.std(np.asarray(model.stack.layers[0].mlp.fc_out.kernel.get_value())))
     assert std == pytest.approx(0.005, rel=0.1)
 
@@ -203,7 +203,7 @@ def test_finite_differences_float64():
             num_heads=2,
             num_kv_heads=1,
             num_layers=1,
-            mlp_dim=8,
+            mlp=tnn.MLPConfig(dim=8),
             vocab_size=11,
             precision=tnn.Precision(jnp.float64, jnp.float64),
         )

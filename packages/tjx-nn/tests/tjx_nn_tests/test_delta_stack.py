@@ -28,7 +28,7 @@ def _config(**kw):
         delta=DELTA,
         attention_output_gate=True,
         qk_norm=True,
-        norm_plus_one=True,
+        norm=tnn.NormConfig(plus_one=True),
         rope_fraction=0.25,
     )
 

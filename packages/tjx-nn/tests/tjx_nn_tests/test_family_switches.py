@@ -20,10 +20,9 @@ BASE = dict(vocab_size=40, max_seq_len=32, d_model=24, num_layers=2, num_heads=4
 FAMILIES = {
     # Gemma 2: sandwich norms (1 + w), scaled embeddings, GeGLU, query scale, both soft caps.
     "gemma2": dict(
-        norm_position="sandwich",
-        norm_plus_one=True,
+        norm=tnn.NormConfig(position="sandwich", plus_one=True),
         scale_embeddings=True,
-        mlp_activation="geglu",
+        mlp=tnn.MLPConfig(activation="geglu"),
         query_pre_attn_scalar=9,
         attn_logit_softcap=2.0,
         final_logit_softcap=3.0,
@@ -32,10 +31,9 @@ FAMILIES = {
     ),
     # Gemma 3: Gemma 2 without caps, with per-head q/k norms (1 + w).
     "gemma3": dict(
-        norm_position="sandwich",
-        norm_plus_one=True,
+        norm=tnn.NormConfig(position="sandwich", plus_one=True),
         scale_embeddings=True,
-        mlp_activation="geglu",
+        mlp=tnn.MLPConfig(activation="geglu"),
         query_pre_attn_scalar=16,
         qk_norm=True,
         tie_embeddings=True,
@@ -51,13 +49,13 @@ FAMILIES = {
         num_layers=3,
     ),
     "qwen3": dict(qk_norm=True, head_dim=10),
-    "olmo2": dict(norm_position="output", qk_norm=True, qk_norm_scope="projection"),
+    "olmo2": dict(norm=tnn.NormConfig(position="output"), qk_norm=True, qk_norm_scope="projection"),
     # gpt-oss: attention sinks, biases on every projection, the clamped SwiGLU, alternating
     # windows (its MoE layers: moe/test_layer.py).
     "gptoss": dict(
         attention_sinks=True,
         use_bias=True,
-        mlp_activation="swiglu_clamped",
+        mlp=tnn.MLPConfig(activation="swiglu_clamped"),
         sliding_window=4,
         window_pattern=("local", "global"),
     ),
@@ -215,8 +213,8 @@ def test_a_layer_norm_with_plus_one_scales_by_one_plus_its_weight():
 
 
 def test_a_cross_attention_block_refuses_the_decoder_only_norm_positions():
-    config = tnn.TransformerConfig(**BASE, norm_position="sandwich")
-    with pytest.raises(ValueError, match="cross-attention blocks take norm_position pre or post"):
+    config = tnn.TransformerConfig(**BASE, norm=tnn.NormConfig(position="sandwich"))
+    with pytest.raises(ValueError, match="cross-attention blocks take norm.position pre or post"):
         tnn.Block(config, rngs=nnx.Rngs(0), num_layers=1, causal=True, cross=True)
 
 
@@ -294,10 +292,10 @@ def test_the_sinks_the_clamp_and_the_partial_rope_each_change_the_logits():
     tokens = jnp.asarray(_tokens())
     for family, change in (
         ("gptoss", dict(attention_sinks=False)),
-        ("gptoss", dict(mlp_activation="swiglu")),
+        ("gptoss", dict(mlp=tnn.MLPConfig(activation="swiglu"))),
         ("glm", dict(rope_fraction=1.0)),
     ):
-        model, config = _model(family, init_std=1.0)
+        model, config = _model(family, init=tnn.InitConfig(std=1.0))
         flat = tnn.get_flat_params(model)
         other = tnn.Llama(config.replace(**change), rngs=nnx.Rngs(0))
         names = set(tnn.get_flat_params(other))  # the same, but the sinks when they are off
@@ -313,11 +311,11 @@ def test_a_model_with_sinks_resolves_the_xla_kernel():
 def test_non_decoders_refuse_the_decoder_only_switches():
     with pytest.raises(ValueError, match="BertConfig.scale_embeddings: only decoders"):
         tnn.BertConfig(scale_embeddings=True)
-    with pytest.raises(ValueError, match="norm_position 'sandwich' is implemented by decoders"):
-        tnn.BertConfig(norm_position="sandwich")
+    with pytest.raises(ValueError, match="norm.position 'sandwich' is implemented by decoders"):
+        tnn.BertConfig(norm=tnn.NormConfig(position="sandwich"))
     with pytest.raises(ValueError, match="EncoderDecoderConfig.final_logit_softcap"):
         tnn.EncoderDecoderConfig(final_logit_softcap=30.0)
     with pytest.raises(ValueError, match="BertConfig.attention_sinks: only decoders"):
         tnn.BertConfig(attention_sinks=True)
-    assert tnn.GPT2Config(norm_position="output").norm_position == "output"
+    assert tnn.GPT2Config(norm=tnn.NormConfig(position="output")).norm.position == "output"
     assert tnn.LlamaConfig(query_pre_attn_scalar=256).query_pre_attn_scalar == 256.0

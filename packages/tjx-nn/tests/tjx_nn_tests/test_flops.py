@@ -177,9 +177,9 @@ def test_a_delta_layer_counts_its_projections_and_its_state_products_not_a_score
 
 
 def test_each_mtp_depth_counts_a_layer_and_the_shared_head_once_more():
-    """Multi-token prediction (``mtp_depths``): its kernels from the built model, its blocks'
+    """Multi-token prediction (``mtp.depths``): its kernels from the built model, its blocks'
     attention as the stack's layers', and the head each depth scores with again."""
-    cfg, s, depths = llama_tiny(mtp_depths=2), 8, 2
+    cfg, s, depths = llama_tiny(mtp=tnn.MTPConfig(depths=2)), 8, 2
     weighted, n_matmul = _independent(cfg, s, s)
     head = cfg.vocab_size * cfg.d_model
     A, layers = cfg.num_heads * cfg.head_dim, cfg.num_layers + depths

@@ -25,7 +25,7 @@ F32 = tnn.Precision(jnp.float32, jnp.float32)
 F64 = tnn.Precision(jnp.float64, jnp.float64)
 BASE = dict(
     vocab_size=32, max_seq_len=16, d_model=16, num_layers=2, num_heads=4, num_kv_heads=2,
-    head_dim=4, mlp_dim=24, precision=F32,
+    head_dim=4, mlp=tnn.MLPConfig(dim=24), precision=F32,
 )  # fmt: skip
 MLA = dict(
     num_kv_heads=4, head_dim=8, attention_type="mla",

@@ -108,7 +108,7 @@ def test_mlp_matches_reference(act):
     else:
         hidden = np.asarray(fns[act](x @ w_in + b_in))
     np.testing.assert_allclose(mlp(jnp.asarray(x)), hidden @ w_out + b_out, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="mlp_activation"):
+    with pytest.raises(ValueError, match="mlp.activation"):
         tnn.MLP(8, 12, rngs=nnx.Rngs(1), activation_name="tanh")
 
 

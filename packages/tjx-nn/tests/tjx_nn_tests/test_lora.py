@@ -16,7 +16,8 @@ from tjx import nn as tnn
 
 def llama(scan: bool, **kw: object) -> tnn.Llama:
     config = tnn.LlamaConfig(vocab_size=40, max_seq_len=16, d_model=16, num_layers=2, num_heads=4,
-                             num_kv_heads=2, mlp_dim=24, scan_layers=scan, **kw)  # fmt: skip
+                             num_kv_heads=2, mlp=tnn.MLPConfig(dim=24), scan_layers=scan,
+                             **kw)  # fmt: skip
     return tnn.Llama(config, rngs=nnx.Rngs(int(np.random.default_rng().integers(1 << 20))))
 
 

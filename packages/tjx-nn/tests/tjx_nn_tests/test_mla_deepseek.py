@@ -20,7 +20,7 @@ from tjx_nn_tests._helpers import most_reads_alive
 
 MLA = dict(
     vocab_size=48, max_seq_len=32, d_model=32, num_layers=3, num_heads=4, num_kv_heads=4,
-    head_dim=12, mlp_dim=40, attention_type="mla",
+    head_dim=12, mlp=tnn.MLPConfig(dim=40), attention_type="mla",
     mla=tnn.MLAConfig(kv_latent_dim=16, qk_rope_head_dim=4, v_head_dim=6),
 )  # fmt: skip
 MOE = tnn.MoEConfig(
@@ -246,12 +246,12 @@ def test_multi_token_prediction_layers_are_skipped_with_one_line(tmp_path, capsy
     mtp = {n.replace("layers.2.", "layers.3."): t for n, t in tensors.items() if "layers.2." in n}
     mtp["model.layers.3.eh_proj.weight"] = np.zeros((32, 64), np.float32)
     save_file({**tensors, **mtp}, str(folder / "model.safetensors"))
-    model, config = tnn.load_hf(folder, mtp_depths=0)  # the causal LM alone
+    model, config = tnn.load_hf(folder, **{"mtp.depths": 0})  # the causal LM alone
     err = capsys.readouterr().err
     assert config.num_layers == 3 and err.count("multi-token-prediction") == 1
     assert model.mtp is None
-    with pytest.raises(ValueError, match="mtp_depths=2: the checkpoint stores 1"):
-        tnn.load_hf(folder, mtp_depths=2)
+    with pytest.raises(ValueError, match="mtp.depths=2: the checkpoint stores 1"):
+        tnn.load_hf(folder, **{"mtp.depths": 2})
 
 
 def test_mtp_layers_a_config_counts_but_the_folder_lacks_load_as_none_with_one_line(
@@ -262,7 +262,7 @@ def test_mtp_layers_a_config_counts_but_the_folder_lacks_load_as_none_with_one_l
     config = tnn.read_hf_config(folder)
     model, loaded = tnn.load_hf(folder)
     err = capsys.readouterr().err.splitlines()
-    assert config.mtp_depths == loaded.mtp_depths == 0 and model.mtp is None
+    assert config.mtp.depths == loaded.mtp.depths == 0 and model.mtp is None
     assert len(err) == 2 and all("holds none of their tensors (model.layers.3.*" in e for e in err)
     # One of their tensors without the rest is damage, named as such.
     from safetensors.numpy import load_file, save_file
@@ -282,7 +282,7 @@ def test_multi_token_prediction_round_trips_exactly(tmp_path):
     the same tensors."""
     from safetensors.numpy import load_file
 
-    model = tnn.Llama(tnn.LlamaConfig(**V3, mtp_depths=1), rngs=nnx.Rngs(1))
+    model = tnn.Llama(tnn.LlamaConfig(**V3, mtp=tnn.MTPConfig(depths=1)), rngs=nnx.Rngs(1))
     assert model.mtp is not None and model.mtp.layers[0].block.moe is not None
     tnn.save_hf(model, tmp_path / "a")
     assert json.loads((tmp_path / "a" / "config.json").read_text())["num_nextn_predict_layers"] == 1
@@ -301,7 +301,7 @@ def test_multi_token_prediction_round_trips_exactly(tmp_path):
     )
     np.testing.assert_array_equal(first[p + "shared_head.head.weight"], first["lm_head.weight"])
     loaded, config = tnn.load_hf(tmp_path / "a")
-    assert config.mtp_depths == 1
+    assert config.mtp.depths == 1
     want, got = tnn.get_flat_params(model), tnn.get_flat_params(loaded)
     assert set(want) == set(got) and any(n.startswith("mtp.layers.0.block.moe.") for n in got)
     for name in want:
@@ -314,8 +314,8 @@ def test_multi_token_prediction_round_trips_exactly(tmp_path):
 
 
 def test_a_model_with_mtp_is_not_saved_where_hf_has_no_place_for_it(tmp_path):
-    model = tnn.Llama(tnn.LlamaConfig(**V2, mtp_depths=1), rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="mtp_depths=1: model_type 'deepseek_v2' stores no"):
+    model = tnn.Llama(tnn.LlamaConfig(**V2, mtp=tnn.MTPConfig(depths=1)), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="mtp.depths=1: model_type 'deepseek_v2' stores no"):
         tnn.save_hf(model, tmp_path / "ck")
 
 

@@ -84,7 +84,7 @@ def test_a_model_built_in_one_jitted_program_is_the_eager_one_bit_for_bit():
     trainer's start): XLA may not fold a draw's scale into its own (fresh seed)."""
     seed = int(np.random.default_rng().integers(0, 2**30))
     llama = nn.LlamaConfig(vocab_size=40, max_seq_len=8, d_model=16, num_layers=2, num_heads=4,
-                           num_kv_heads=2, mlp_dim=32, scan_layers=True,
+                           num_kv_heads=2, mlp=nn.MLPConfig(dim=32), scan_layers=True,
                            moe=nn.MoEConfig(num_experts=4))  # fmt: skip
     for config in (_tiny_config(), llama):
 

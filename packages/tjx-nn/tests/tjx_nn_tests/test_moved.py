@@ -103,7 +103,7 @@ def test_family_config_keeps_its_constants_but_not_the_check_family_alias():
     with pytest.raises(ImportError):
         from tjx.nn.family_config import check_family  # noqa: F401
     assert family_config.QK_NORM_SCOPES == ("head", "projection")
-    assert "norm_plus_one" in family_config.DECODER_ONLY
+    assert "norm.plus_one" in family_config.DECODER_ONLY
     assert callable(configs.check_family)
 
 

@@ -1,4 +1,4 @@
-"""Multi-token prediction (``mtp_depths``, :mod:`tjx.nn.mtp`): its forward and loss against a
+"""Multi-token prediction (the ``mtp`` section, :mod:`tjx.nn.mtp`): its forward and loss against a
 float64 NumPy reference written from DeepSeek-V3's equations, greedy self-speculative decoding
 against plain greedy decoding (for the MTP families' flavours; one two-token main-model pass per
 step, counted), and the settings' refusals. (Its HF tensors: test_mla_deepseek.py
@@ -18,7 +18,7 @@ from tjx.nn.mtp import MTPLayer, mtp_hidden, mtp_labels
 
 TINY = dict(
     vocab_size=40, max_seq_len=32, d_model=16, num_layers=2, num_heads=4, num_kv_heads=2,
-    mlp_dim=24, mtp_depths=2, mtp_loss_weight=0.3,
+    mlp=tnn.MLPConfig(dim=24), mtp=tnn.MTPConfig(depths=2, loss_weight=0.3),
 )  # fmt: skip
 
 
@@ -75,7 +75,7 @@ def _reference(p, c, tokens, targets):
     nll, ok = _ce(_rms(x, p["final_norm.scale"]) @ head, targets)
     main = nll.sum() / ok.sum()
     h, depths = x, []
-    for k in range(1, c.mtp_depths + 1):
+    for k in range(1, c.mtp.depths + 1):
         t = f"mtp.layers.{k - 1}."
         ahead = np.array([tokens[i + k] if i + k < s else 0 for i in range(s)])
         e = _rms(p["embed.embedding"][ahead], p[t + "enorm.scale"])
@@ -211,7 +211,7 @@ MTP_FAMILIES = {
 
 @pytest.mark.parametrize("family", list(MTP_FAMILIES))
 def test_speculative_greedy_emits_plain_greedys_tokens(family):
-    model = _model(2, mtp_depths=1, **MTP_FAMILIES[family])
+    model = _model(2, mtp=tnn.MTPConfig(depths=1), **MTP_FAMILIES[family])
     rs = np.random.default_rng(2)
     prompts = rs.integers(0, 40, (3, 5))
     lengths = np.array([5, 2, 4])
@@ -232,7 +232,7 @@ def _copying_model(**changes):
     the current token alone; embedding rows of RMS 1 (``enorm(e) = e`` up to eps); and depth 1
     is the main layer behind ``eh_proj = [I; 0]`` (the embedding passed, the hidden state
     dropped) with the final norm: its prediction at i is the main model's at i + 1."""
-    c = tnn.LlamaConfig(**{**TINY, "num_layers": 1, "mtp_depths": 1, **changes})
+    c = tnn.LlamaConfig(**{**TINY, "num_layers": 1, "mtp": tnn.MTPConfig(depths=1), **changes})
     model = tnn.Llama(c, rngs=nnx.Rngs(3))
     flat = tnn.get_flat_params(model)
     e = flat["embed.embedding"]
@@ -296,25 +296,27 @@ def test_each_step_verifies_its_draft_in_one_pass_of_the_main_model(monkeypatch)
 
 
 @pytest.mark.parametrize(
-    "fields, needle",
+    "mtp, fields, needle",
     [
-        (dict(mtp_depths=-1), "mtp_depths must be a non-negative int"),
-        (dict(mtp_loss_weight=-0.1), "mtp_loss_weight must be >= 0"),
-        (dict(sliding_window=4), "mtp_depths: multi-token prediction is implemented"),
+        (dict(depths=-1), {}, "MTPConfig.depths must be a non-negative int"),
+        (dict(loss_weight=-0.1), {}, "MTPConfig.loss_weight must be >= 0"),
+        ({}, dict(sliding_window=4), "mtp.depths: multi-token prediction is implemented"),
     ],
 )
-def test_bad_mtp_settings_are_refused_by_name(fields, needle):
+def test_bad_mtp_settings_are_refused_by_name(mtp, fields, needle):
     with pytest.raises(ValueError, match=needle):
-        tnn.LlamaConfig(**{**TINY, **fields})
+        tnn.LlamaConfig(**{**TINY, **fields, "mtp": tnn.MTPConfig(**{"depths": 2, **mtp})})
 
 
 def test_mtp_is_refused_where_it_cannot_run():
-    with pytest.raises(ValueError, match="mtp_depths: only decoders"):
-        tnn.BertConfig(vocab_size=30, d_model=16, num_layers=1, num_heads=2, mtp_depths=1)
-    plain = tnn.Llama(tnn.LlamaConfig(**{**TINY, "mtp_depths": 0}), rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="mtp_depths >= 1"):
+    with pytest.raises(ValueError, match="mtp: only decoders"):
+        tnn.BertConfig(
+            vocab_size=30, d_model=16, num_layers=1, num_heads=2, mtp=tnn.MTPConfig(depths=1)
+        )
+    plain = tnn.Llama(tnn.LlamaConfig(**{**TINY, "mtp": tnn.MTPConfig()}), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="mtp.depths >= 1"):
         tnn.generate_speculative(plain, [[1, 2]], max_new_tokens=2)
-    model = tnn.Llama(tnn.LlamaConfig(**{**TINY, "mtp_depths": 1}), rngs=nnx.Rngs(0))
+    model = tnn.Llama(tnn.LlamaConfig(**{**TINY, "mtp": tnn.MTPConfig(depths=1)}), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="exceeds the model's max_seq_len=32"):
         tnn.generate_speculative(model, [[1, 2]], max_new_tokens=31)
     none = tnn.generate_speculative(model, np.zeros((0, 3)), max_new_tokens=2)

@@ -127,6 +127,35 @@ def test_gemma4s_flat_switches_move_into_its_option_section():
         tnn.migrate_model_section({"value_norm": True, "gemma4": {"value_norm": False}})
 
 
+def test_the_flat_mtp_init_and_mlp_keys_move_into_their_sections():
+    """A section written before the ``mtp``, ``init`` and ``mlp`` sections reads as them,
+    renamed where the section says it (``scaled_residual_init`` → ``init.scaled_residual``); a
+    model.json reads them alike."""
+    old = {"kind": "llama", "mtp_depths": 1, "mtp_loss_weight": 0.1, "init_std": 0.01}
+    old |= {"mlp_dim": 64, "mlp_activation": "geglu", "norm": "rmsnorm", "norm_eps": 1e-6}
+    got = tnn.migrate_model_section({**old, "scaled_residual_init": False})
+    assert got == {
+        "kind": "llama",
+        "mtp": {"depths": 1, "loss_weight": 0.1},
+        "init": {"std": 0.01, "scaled_residual": False},
+        "mlp": {"dim": 64, "activation": "geglu"},
+        "norm": {"kind": "rmsnorm", "eps": 1e-6},
+    }
+    # norm, a name then, is a section now: a mapping there is today's layout, kept as it is.
+    today = {"norm": {"kind": "rmsnorm", "eps": 1e-6}}
+    assert tnn.migrate_model_section(today) == today
+    with pytest.raises(ValueError, match=r"^model.norm_eps: is model.norm.eps now"):
+        tnn.migrate_model_section({"norm_eps": 1e-6, "norm": {"eps": 1e-5}})
+    assert tnn.RENAMED_MODEL_KEYS["scaled_residual_init"] == "init.scaled_residual"
+    with pytest.raises(ValueError, match=r"^model.init_std: is model.init.std now"):
+        tnn.migrate_model_section({"init_std": 0.01, "init": {"std": 0.02}})
+    # Only the keys a file holds change: the rest is the family's own.
+    fields = {"vocab_size": 40, "d_model": 16, "num_heads": 2, "num_layers": 1, "init_std": 0.01}
+    config = tnn.config_from_dict({"class": "LlamaConfig", "fields": {**fields, "mlp_dim": 32}})
+    assert config.init == tnn.InitConfig(std=0.01, scaled_residual=False)
+    assert config.mlp == tnn.MLPConfig(dim=32, activation="swiglu")
+
+
 def test_a_runs_start_checks_and_step_plan_went_to_the_trainer() -> None:
     """0.21 moved them to the trainer app, which tjx.nn cannot import: one ImportError line
     naming the new import."""

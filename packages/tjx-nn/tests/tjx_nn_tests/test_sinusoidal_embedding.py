@@ -1,5 +1,5 @@
 """Sinusoidal positions in token models: the embedded input is the token row plus sinusoids on
-the token embeddings' scale (amplitude ``SINUSOID_RMS_RATIO * init_std * sqrt(2)``), checked in
+the token embeddings' scale (amplitude ``SINUSOID_RMS_RATIO * init.std * sqrt(2)``), checked in
 float64 against a NumPy reference, for the decoder and the encoder-decoder."""
 
 import jax
@@ -29,7 +29,7 @@ def test_sinusoidal_embedding_is_tokens_plus_sinusoids_at_the_token_scale_float6
     try:
         rng = np.random.default_rng(7)
         std = float(rng.uniform(0.01, 0.05))  # a fresh init scale: the amplitude must follow it
-        cfg_kw = dict(position="sinusoidal", init_std=std, precision=F64)
+        cfg_kw = dict(position="sinusoidal", init=tnn.InitConfig(std=std), precision=F64)
         if kind == "decoder":
             model = build(gpt2_tiny(**cfg_kw), seed=3)
         else:
@@ -55,7 +55,7 @@ def test_sinusoids_match_the_token_embeddings_rms_at_initialisation():
     instead of the ~35× excess of amplitude-1 sinusoids at d 64 (they drowned the tokens)."""
     model = build(gpt2_tiny(d_model=64, vocab_size=4096, position="sinusoidal", max_seq_len=64))
     tokens_rms = float(np.sqrt(np.mean(np.asarray(model.embed.embedding.get_value()) ** 2)))
-    amp = sinusoid_amplitude(model.config.init_std)
+    amp = sinusoid_amplitude(model.config.init.std)
     waves = amp * np.asarray(tnn.sinusoidal(jnp.arange(64), 64))
     assert float(np.sqrt(np.mean(waves**2))) == pytest.approx(amp / np.sqrt(2), rel=1e-6)
     assert amp / np.sqrt(2) == pytest.approx(SINUSOID_RMS_RATIO * tokens_rms, rel=0.02)

@@ -16,7 +16,11 @@ from tjx_nn_tests._helpers import TINY, build, llama_tiny
 DIST = np.arange(-300, 301)
 # Small tables reach the log-spaced and clipped buckets within the tiny models' 16 positions.
 SMALL = dict(relative_buckets=8, relative_max_distance=10)
-LLAMA_LIKE = dict(norm="rmsnorm", mlp_activation="swiglu", use_bias=False, mlp_dim=48)
+LLAMA_LIKE = dict(
+    norm=tnn.NormConfig(kind="rmsnorm"),
+    mlp=tnn.MLPConfig(activation="swiglu", dim=48),
+    use_bias=False,
+)
 
 
 def _encdec(**kw):
@@ -112,9 +116,9 @@ def test_decoder_forward_equals_naive_reference():
     x = p["embed.embedding"][toks]
     bias = _bias(p, "stack", pos, pos, cfg, False)  # one bias, every layer
     for i in range(cfg.num_layers):
-        x = ref.layer(p, f"stack.layers.{i}", x, cfg.norm_eps, self_bias=bias,
+        x = ref.layer(p, f"stack.layers.{i}", x, cfg.norm.eps, self_bias=bias,
                       self_mask=ref.self_mask(seg, causal=True))  # fmt: skip
-    want = ref.logits(p, ref.rms(x, p["final_norm.scale"], cfg.norm_eps))
+    want = ref.logits(p, ref.rms(x, p["final_norm.scale"], cfg.norm.eps))
     real = seg > 0
     np.testing.assert_allclose(np.asarray(got)[real], want[real], rtol=1e-4, atol=2e-5)
     # The bias matters: without it (table zeroed) the logits move well beyond the tolerance.
@@ -133,7 +137,7 @@ def test_encdec_forward_equals_naive_reference():
     src, tgt = rs.randint(0, 64, (2, 13)), rs.randint(0, 64, (2, 9))
     src_seg = (np.arange(13)[None] < np.array([[13], [8]])).astype(np.int32)  # row 1 padded
     got = model(jnp.asarray(src), jnp.asarray(tgt), src_segment_ids=jnp.asarray(src_seg))
-    eps = cfg.norm_eps
+    eps = cfg.norm.eps
     s_pos = np.broadcast_to(np.arange(13), (2, 13))
     t_pos = np.broadcast_to(np.arange(9), (2, 9))
     x = p["embed.embedding"][src]  # no absolute positions with t5

@@ -62,7 +62,7 @@ def test_cached_greedy_equals_recompute_decoder(cfg):
     "kw",
     [
         dict(scan_layers=True, num_kv_heads=2, **SMALL),
-        dict(num_layers=1, norm_position="post", tie_embeddings=False),
+        dict(num_layers=1, norm=tnn.NormConfig(position="post"), tie_embeddings=False),
     ],
     ids=["scan-gqa-small-table", "unrolled-postln-default-table"],
 )

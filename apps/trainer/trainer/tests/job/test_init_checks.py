@@ -13,7 +13,7 @@ from trainer.job.init_checks import check_hf_settings, clash_names, hf_start_con
 
 def _llama(**kw: object) -> tnn.LlamaConfig:
     sizes: dict = dict(vocab_size=40, max_seq_len=16, d_model=16, num_layers=2, num_heads=4,
-                       num_kv_heads=2, mlp_dim=24)  # fmt: skip
+                       num_kv_heads=2, mlp=tnn.MLPConfig(dim=24))  # fmt: skip
     return tnn.LlamaConfig(**{**sizes, **kw})
 
 
@@ -47,7 +47,7 @@ def test_a_gpt2_start_needs_its_tokenizer_and_refuses_what_the_weights_fix():
 
 def test_another_runs_model_is_named_by_up_to_three_clashes():
     assert clash_names(_llama(dropout=0.1), _llama(), vocab=True) == ""
-    many = _llama(num_layers=3, mlp_dim=48, d_model=32, num_heads=8)
+    many = _llama(num_layers=3, mlp=tnn.MLPConfig(dim=48), d_model=32, num_heads=8)
     assert clash_names(many, _llama(), vocab=True) == (
         "model.d_model 32 (the run's: 16), model.num_layers 3 (the run's: 2), "
         "model.num_heads 8 (the run's: 4)"

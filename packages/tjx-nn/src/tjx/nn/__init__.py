@@ -22,16 +22,15 @@ from tjx.nn.bert import BERT
 from tjx.nn.block import Block, residual_std
 from tjx.nn.config_io import config_from_dict, config_to_dict
 from tjx.nn.configs import (
-    ACTIVATIONS,
     ATTENTION_IMPLS,
     LAYER_KINDS,
-    NORMS,
     POSITIONS,
     REMAT_POLICIES,
     SECTIONS,
     GPT2Config,
     LlamaConfig,
     TransformerConfig,
+    make_config,
     setting_value,
 )
 from tjx.nn.decoder import GPT2, DecoderLM, Llama, head_cross_entropy
@@ -87,7 +86,7 @@ from tjx.nn.losses import (
     mlm_mask,
 )
 from tjx.nn.mla_config import MLAConfig
-from tjx.nn.mlp import MLP
+from tjx.nn.mlp import ACTIVATIONS, MLP, MLPConfig
 from tjx.nn.model_state import (
     concrete_state,
     is_key,
@@ -100,6 +99,8 @@ from tjx.nn.moe.config import MoEConfig, moe_layers
 from tjx.nn.moe.layer import MoE, MoEStats, router_penalty
 from tjx.nn.moe.parallel import current_expert_parallel, expert_parallel_scope
 from tjx.nn.mtp import MTP, MTPLayer, MTPLoss, mtp_loss, mtp_metric
+from tjx.nn.mtp_config import MTPConfig
+from tjx.nn.norm_config import NORMS, NormConfig
 from tjx.nn.norms import LayerNorm, RMSNorm
 from tjx.nn.objectives import (
     OBJECTIVES,
@@ -113,7 +114,7 @@ from tjx.nn.objectives import (
     token_loss,
 )
 from tjx.nn.old_layout import RENAMED_MODEL_KEYS, migrate_model_section
-from tjx.nn.params import LOGICAL_AXES, make_param
+from tjx.nn.params import LOGICAL_AXES, InitConfig, make_param
 from tjx.nn.params_io import get_flat_params, set_flat_params
 from tjx.nn.peft_io import check_peft_export, save_peft
 from tjx.nn.positions import alibi_bias, alibi_slopes, apply_rope, rope_inv_freq, sinusoidal
@@ -195,6 +196,7 @@ __all__ = [
     "HF_MODEL_TYPES",
     "HOW_TO_TRAIN",
     "LAYER_KINDS",
+    "InitConfig",
     "LOGICAL_AXES",
     "LORA_ROLES",
     "LayerNorm",
@@ -203,12 +205,15 @@ __all__ = [
     "LoRAAdapter",
     "LoraConfig",
     "MLP",
+    "MLPConfig",
     "MODEL_KINDS",
     "MLAConfig",
     "MoE",
     "MoEConfig",
+    "MTPConfig",
     "MoEStats",
     "NORMS",
+    "NormConfig",
     "OBJECTIVES",
     "Objective",
     "ObjectiveLoss",
@@ -290,6 +295,7 @@ __all__ = [
     "load_hf_gpt2",
     "logits_cross_entropy",
     "lora_param_count",
+    "make_config",
     "make_param",
     "masked_lm_loss",
     "masked_mean",

@@ -42,6 +42,7 @@ from tjx.nn.kv_cache import (
     write_step,
 )
 from tjx.nn.linear import Dense, joint_projection, split_key, stacked_projection
+from tjx.nn.norm_config import filled
 from tjx.nn.norms import RMSNorm, rms_norm
 from tjx.nn.params import make_param, normal
 from tjx.nn.positions import alibi_bias, apply_rope, proportional_rope
@@ -103,7 +104,7 @@ class Attention(nnx.Module):
         self.values_from_keys = layer is not None and layer.values_from_keys and not cross
         self.reads_kv = layer is not None and layer.kv_source is not None and not cross
         self.value_norm = layer is not None and layer.value_norm and not cross
-        self.norm_eps = c.norm_eps
+        self.norm_eps = c.norm.eps
         self.rope_proportion = 1.0 if layer is None else layer.rope_proportion
         self.causal, self.cross = causal, cross
         self.position = "none" if cross else c.position
@@ -125,7 +126,7 @@ class Attention(nnx.Module):
         self.chunk = None if cross else c.attention_chunk
         self.global_nope = c.global_nope and not cross
         self.qk_l2 = c.qk_l2_norm and not cross
-        self.l2_eps = c.norm_eps
+        self.l2_eps = filled(c.norm.eps, "norm.eps")
         self.temperature = (
             None if cross or c.nope_temperature_floor is None
             else (c.nope_temperature_floor, c.nope_temperature_scale)
@@ -144,7 +145,7 @@ class Attention(nnx.Module):
         # refused then, with tjx.kernels' one line.
         self.kernel = resolve_attention(c, kinds=(kind,)).kernel(kind) if kernel is None else kernel
         common: dict[str, Any] = dict(rngs=rngs, use_bias=c.use_bias, precision=c.precision)
-        init = normal(c.init_std)
+        init = normal(c.init.std)
         # Qwen2 has biases on q/k/v only (``qkv_bias``); ``use_bias`` puts them everywhere.
         qkv: dict[str, Any] = dict(common, use_bias=c.use_bias or c.qkv_bias)
         modules = ds.deepseek_modules(c, rngs=rngs, common=qkv, init=init) if self.deepseek else {}
@@ -184,14 +185,14 @@ class Attention(nnx.Module):
             (d,),
             ("heads", "head_dim"),
             ("embed",),
-            init=normal(out_std if out_std is not None else c.init_std),
+            init=normal(out_std if out_std is not None else c.init.std),
             **common,
         )
         # q/k norms after the projections, before RoPE: per head (Qwen3, Gemma 3: one head_dim
         # scale shared by the heads) or over the whole projection (OLMo 2).
         self.qk_scope = c.qk_norm_scope
         norm_kw: dict[str, Any] = dict(
-            rngs=rngs, eps=c.norm_eps, precision=c.precision, plus_one=c.norm_plus_one
+            rngs=rngs, eps=c.norm.eps, precision=c.precision, plus_one=c.norm.plus_one
         )
         whole = c.qk_norm_scope == "projection"
         self.q_norm = RMSNorm(h * hd if whole else hd, **norm_kw) if c.qk_norm else None

@@ -34,15 +34,15 @@ class BERT(nnx.Module):
             raise ValueError(f"BERT needs a BertConfig; got {type(config).__name__}")
         c = self.config = config
         p = c.precision
-        self.embed = Embed(c.vocab_size, c.d_model, rngs=rngs, init_std=c.init_std, precision=p)
+        self.embed = Embed(c.vocab_size, c.d_model, rngs=rngs, init_std=c.init.std, precision=p)
         # BERT always has learned positions and token types.
         self.pos_embed = lookup_table(c.max_seq_len, c, rngs=rngs)
         self.type_embed = lookup_table(c.type_vocab_size, c, rngs=rngs)
-        norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias, precision=p)
-        self.embed_norm = make_norm(c.norm, c.d_model, **norm_kw)
+        norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm.eps, use_bias=c.use_bias, precision=p)
+        self.embed_norm = make_norm(c.norm.kind, c.d_model, **norm_kw)
         self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=False, attention=attention)
         self.final_norm = (
-            make_norm(c.norm, c.d_model, **norm_kw) if c.norm_position == "pre" else None
+            make_norm(c.norm.kind, c.d_model, **norm_kw) if c.norm.position == "pre" else None
         )
         self.mlm_dense = Dense(
             (c.d_model,),
@@ -50,10 +50,10 @@ class BERT(nnx.Module):
             ("embed",),
             ("mlp",),
             rngs=rngs,
-            init=normal(c.init_std),
+            init=normal(c.init.std),
             precision=p,
         )
-        self.mlm_norm = make_norm(c.norm, c.d_model, **norm_kw)
+        self.mlm_norm = make_norm(c.norm.kind, c.d_model, **norm_kw)
         self.mlm_bias = make_param(rngs, zeros(), (c.vocab_size,), ("vocab",), p.param_dtype)
         if c.num_labels is not None:
             self.pooler: Dense | None = Dense(
@@ -62,7 +62,7 @@ class BERT(nnx.Module):
                 ("embed",),
                 ("mlp",),
                 rngs=rngs,
-                init=normal(c.init_std),
+                init=normal(c.init.std),
                 precision=p,
             )
             self.classifier: Dense | None = Dense(
@@ -71,12 +71,13 @@ class BERT(nnx.Module):
                 ("mlp",),
                 ("classes",),
                 rngs=rngs,
-                init=normal(c.init_std),
+                init=normal(c.init.std),
                 precision=p,
             )
         else:
             self.pooler = self.classifier = None
-        self.act = activation(c.mlp_activation)
+        assert c.mlp.activation is not None  # the config filled it (its family's)
+        self.act = activation(c.mlp.activation)
         self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention_dropout > 0)
 
     def encode(

@@ -21,6 +21,7 @@ from tjx.nn.kv_cache import LayerCache
 from tjx.nn.linear import dropout, split_key
 from tjx.nn.mlp import MLP
 from tjx.nn.moe.layer import MoE, MoEStats
+from tjx.nn.norm_config import filled
 from tjx.nn.norms import LayerNorm, RMSNorm, make_norm
 from tjx.nn.params import make_param, ones
 from tjx.nn.sequence import current_sequence_parallel
@@ -38,7 +39,7 @@ def residual_std(config: TransformerConfig, num_layers: int) -> float:
     Parameters
     ----------
     config : TransformerConfig
-        Supplies ``init_std`` and ``scaled_residual_init``.
+        Supplies the ``init`` section (``std``, ``scaled_residual``).
     num_layers : int
         Depth of the stack.
 
@@ -46,9 +47,9 @@ def residual_std(config: TransformerConfig, num_layers: int) -> float:
     -------
     float
     """
-    if config.scaled_residual_init:
-        return config.init_std / math.sqrt(2 * num_layers)
-    return config.init_std
+    if config.init.scaled_residual:
+        return config.init.std / math.sqrt(2 * num_layers)
+    return config.init.std
 
 
 class Block(nnx.Module):
@@ -83,25 +84,25 @@ class Block(nnx.Module):
         # ``index`` in a stack of layers of their own shapes, else None).
         shape: LayerShape | None = layer_shape(c, index) if causal and not cross else None
         self.keeps_kv = shape is not None and shape.keeps_kv
-        self.post_ln = c.norm_position == "post"
+        self.post_ln = c.norm.position == "post"
         self.rate = c.dropout
         out_std = residual_std(c, num_layers)
         norm_kw: dict[str, Any] = dict(
             rngs=rngs,
-            eps=c.norm_eps,
+            eps=c.norm.eps,
             use_bias=c.use_bias,
             precision=c.precision,
-            plus_one=c.norm_plus_one,
+            plus_one=c.norm.plus_one,
         )
-        before = c.norm_position != "output"  # a norm on each sublayer's input (or sum)
-        after = c.norm_position in ("sandwich", "output")  # a norm on each sublayer's output
+        before = c.norm.position != "output"  # a norm on each sublayer's input (or sum)
+        after = c.norm.position in ("sandwich", "output")  # a norm on each sublayer's output
         if cross and after:
             raise ValueError(
-                f"cross-attention blocks take norm_position pre or post; got {c.norm_position!r}"
+                f"cross-attention blocks take norm.position pre or post; got {c.norm.position!r}"
             )
 
         def norm(on: bool) -> LayerNorm | RMSNorm | None:
-            return make_norm(c.norm, c.d_model, **norm_kw) if on else None
+            return make_norm(c.norm.kind, c.d_model, **norm_kw) if on else None
 
         self.attn_norm = norm(before)
         self.attn_post_norm = norm(after)
@@ -122,8 +123,8 @@ class Block(nnx.Module):
                 head_v_dim=c.delta.value_dim,
                 rngs=rngs,
                 conv_kernel=c.delta.conv_kernel,
-                eps=c.norm_eps,
-                init_std=c.init_std,
+                eps=filled(c.norm.eps, "norm.eps"),
+                init_std=c.init.std,
                 precision=c.precision,
                 implementation=c.delta.impl,
             )
@@ -133,7 +134,9 @@ class Block(nnx.Module):
                 c, rngs=rngs, causal=causal, out_std=out_std, kernel=kernel, layer=shape
             )
         if cross:
-            self.cross_norm: LayerNorm | RMSNorm | None = make_norm(c.norm, c.d_model, **norm_kw)
+            self.cross_norm: LayerNorm | RMSNorm | None = make_norm(
+                c.norm.kind, c.d_model, **norm_kw
+            )
             crossed = attention.kernel("cross", c) if attention is not None else None
             self.cross_attn: Attention | None = Attention(
                 c, rngs=rngs, cross=True, out_std=out_std, kernel=crossed
@@ -143,7 +146,7 @@ class Block(nnx.Module):
             self.cross_attn = None
         self.mlp_norm = norm(before)
         self.mlp_post_norm = norm(after)
-        assert c.mlp_dim is not None
+        assert c.mlp.dim is not None and c.mlp.activation is not None  # the config filled them
         self.moe: MoE | None = MoE(c, rngs=rngs, out_std=out_std) if moe else None
         # moe_beside_mlp: an MoE layer keeps its MLP, the MoE block beside it with norms of its own:
         # the MLP's output norm (``mlp_mid_norm``), the MoE's input and output norms.
@@ -156,11 +159,11 @@ class Block(nnx.Module):
             if moe and not beside
             else MLP(
                 c.d_model,
-                c.mlp_dim if shape is None else shape.mlp_dim,
+                c.mlp.dim if shape is None else shape.mlp_dim,
                 rngs=rngs,
-                activation_name=c.mlp_activation,
+                activation_name=c.mlp.activation,
                 use_bias=c.use_bias,
-                init_std=c.init_std,
+                init_std=c.init.std,
                 out_std=out_std,
                 precision=c.precision,
             )

@@ -14,7 +14,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from tjx.core.config.values import choice, positive, rate
 from tjx.core.fields import setting
@@ -24,16 +24,14 @@ from tjx.nn.family_config import DECODER_NORM_POSITIONS, QK_NORM_SCOPES, check_m
 from tjx.nn.fp8 import check_fp8
 from tjx.nn.gated_deltanet import DELTA_SIZES, DeltaConfig
 from tjx.nn.mla_config import DEEPSEEK_MLA, MLAConfig
+from tjx.nn.mlp import MLPConfig
 from tjx.nn.moe.config import MoEConfig
+from tjx.nn.mtp_config import MTPConfig
+from tjx.nn.norm_config import NormConfig
+from tjx.nn.params import InitConfig
 from tjx.nn.precision import Precision, as_precision
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
-ACTIVATIONS = ("gelu", "gelu_exact", "relu", "silu", "swiglu", "geglu", "swiglu_clamped")
-#: The gated activations (two input projections; ``swiglu_clamped``: gpt-oss's, `tjx.nn.mlp`).
-GATED_ACTIVATIONS = ("swiglu", "geglu", "swiglu_clamped")
-NORMS = ("layernorm", "rmsnorm")
-# x + f(n(x)); n(x + f(x)) (BERT); x + n(f(n(x))) (Gemma); x + n(f(x)) (OLMo 2): decoders only.
-NORM_POSITIONS = ("pre", "post", "sandwich", "output")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
 # tjx-kernels' dispatcher owns this list: an implementation it adds is accepted here at once.
 ATTENTION_IMPLS: tuple[str, ...] = IMPLEMENTATIONS
@@ -45,7 +43,8 @@ ATTENTION_TYPES = ("mha", "mla")
 LAYER_KINDS = ("local", "global")
 #: The component sections of a model config (their own config classes): a setting in one is named
 #: by a dotted key, ``moe.num_experts``.
-SECTIONS = ("moe", "mla", "delta", "gemma4")
+SECTIONS = ("moe", "mla", "delta", "gemma4", "mtp", "init", "mlp", "norm")
+C = TypeVar("C", bound="TransformerConfig")
 #: What each entry of ``mixer_pattern`` says about a layer: its token mixer, attention or Gated
 #: DeltaNet linear attention (:mod:`tjx.nn.gated_deltanet`, Qwen3-Next and Qwen3.5).
 MIXERS = ("attention", "delta")
@@ -55,7 +54,7 @@ MIXERS = ("attention", "delta")
 class TransformerConfig:
     """Fields shared by every tjx transformer.
 
-    ``num_kv_heads``/``head_dim``/``mlp_dim`` default to ``num_heads``, ``d_model // num_heads``
+    ``num_kv_heads``/``head_dim``/``mlp.dim`` default to ``num_heads``, ``d_model // num_heads``
     and ``4 * d_model``. ``precision`` accepts a ``Precision`` or a preset name (``"bf16"`` …).
     ``remat`` is one of ``REMAT_POLICIES``; ``scan_layers`` stacks layers under ``nnx.scan``.
     ``position="t5"`` adds T5's bucketed relative position bias (``relative_buckets`` buckets,
@@ -79,11 +78,16 @@ class TransformerConfig:
     each: ``moe`` (`MoEConfig`, :mod:`tjx.nn.moe.config`), ``mla`` (`MLAConfig`,
     :mod:`tjx.nn.mla_config`) and ``delta`` (`DeltaConfig`, :mod:`tjx.nn.gated_deltanet`); each
     checks its own values when built, and this module what it needs of the rest of the model
-    (``check_mla``, ``check_mixers``, the stack's first MoE layer). Gemma 4's switches are its
-    family's option section ``gemma4`` (`Gemma4Options`, :mod:`tjx.nn.families.gemma4.options`,
-    which also checks what it needs of the model). A setting in a section is named
-    by a dotted key (``"moe.num_experts"``: `replace`, `setting_value`). The single values'
-    checks (``choice``, ``positive``, ``rate``) are tjx-core's, which every tjx-nn config uses.
+    (``check_mla``, ``check_mixers``, the stack's first MoE layer). So are the MLP (``mlp``,
+    `MLPConfig`, :mod:`tjx.nn.mlp`), the norms (``norm``, `NormConfig`,
+    :mod:`tjx.nn.norm_config`), the init (``init``, `InitConfig`, :mod:`tjx.nn.params`) and
+    multi-token prediction (``mtp``, `MTPConfig`, :mod:`tjx.nn.mtp_config`); a setting of theirs
+    left None is the family's (``part_defaults``, filled in at construction). Gemma 4's switches
+    are its family's option section ``gemma4`` (`Gemma4Options`,
+    :mod:`tjx.nn.families.gemma4.options`, which also checks what it needs of the model). A
+    setting in a section is named by a dotted key (``"moe.num_experts"``: `replace`,
+    `setting_value`, `make_config`). The single values' checks (``choice``, ``positive``,
+    ``rate``) are tjx-core's, which every tjx-nn config uses.
 
     ``unused_fields`` (a class attribute) names the shared fields a family's model never reads,
     each with the reason: such a field must keep its class default (any other value would be
@@ -98,6 +102,15 @@ class TransformerConfig:
     #: The kinds of attention layer the family's model builds (``tjx.nn.kernel_choice``'s
     #: ``ATTENTION_KINDS``): the kernel choice resolves one kernel for each before it is built.
     attention_layers: ClassVar[tuple[str, ...]] = ("causal",)
+    #: The family's value of each component section's setting left None (a dotted key), filled
+    #: in at construction: ``LlamaConfig(mlp=MLPConfig(dim=64))`` has LLaMA's SwiGLU.
+    part_defaults: ClassVar[Mapping[str, Any]] = {
+        "mlp.activation": "gelu",
+        "init.scaled_residual": True,
+        "norm.kind": "layernorm",
+        "norm.eps": 1e-5,
+        "norm.position": "pre",
+    }
 
     vocab_size: int = setting(50257, help="tokens in the vocabulary (embedding and output rows)")
     max_seq_len: int = setting(1024, help="longest sequence (the learned position table's size)")
@@ -108,20 +121,9 @@ class TransformerConfig:
         None, help="key/value heads (grouped-query attention); None: num_heads"
     )
     head_dim: int | None = setting(None, help="width of one head; None: d_model // num_heads")
-    mlp_dim: int | None = setting(
-        None, help="MLP hidden width; None: the family's (4 d_model; LLaMA 8/3 d_model to 64)"
-    )
-    mlp_activation: str = setting(
-        "gelu",
-        choices=ACTIVATIONS,
-        help="MLP activation (swiglu, geglu, swiglu_clamped: gated; the last gpt-oss's)",
-    )
-    norm: str = setting("layernorm", choices=NORMS, help="normalisation layer")
-    norm_eps: float = setting(1e-5, help="the norm's epsilon")
-    norm_position: str = setting(
-        "pre",
-        choices=NORM_POSITIONS,
-        help="pre: x+f(n(x)); post: n(x+f(x)); sandwich: x+n(f(n(x))); output: x+n(f(x))",
+    mlp: MLPConfig = setting(MLPConfig, factory=True, help="the feed-forward blocks")
+    norm: NormConfig = setting(
+        NormConfig, factory=True, help="the normalisation layers: kind, eps, position"
     )
     position: str = setting(
         "learned", choices=POSITIONS, help="position encoding (t5: bucketed relative bias)"
@@ -175,8 +177,9 @@ class TransformerConfig:
     precision: Precision = setting(
         Precision, factory=True, help="parameter and compute dtypes (param_dtype, compute_dtype)"
     )
-    init_std: float = setting(0.02, help="std of the initial weights")
-    scaled_residual_init: bool = setting(True, help="residual output init / sqrt(2 layers) (GPT-2)")
+    init: InitConfig = setting(
+        InitConfig, factory=True, help="the initial weights' std and residual scaling"
+    )
     attention_type: str = setting(
         "mha", choices=ATTENTION_TYPES, help="mla: keys/values from one low-rank latent per token"
     )
@@ -186,19 +189,13 @@ class TransformerConfig:
     decode_topk: int | None = setting(
         None, resumable=True, help="decoding attends to the top-k cached keys only; None: all"
     )
-    mtp_depths: int = setting(
-        0, help="multi-token prediction modules (DeepSeek-V3): depth k predicts token t+k+1"
-    )
-    mtp_loss_weight: float = setting(
-        0.3,
-        resumable=True,
-        help="multi-token prediction: weight of its mean loss (DeepSeek-V3: 0.3)",
+    mtp: MTPConfig = setting(
+        MTPConfig, factory=True, help="multi-token prediction modules after the decoder"
     )
     qk_norm: bool = setting(False, help="RMSNorm of queries and keys (Qwen3, Gemma 3, OLMo 2)")
     qk_norm_scope: str = setting(
         "head", choices=QK_NORM_SCOPES, help="qk_norm per head, or over all heads (OLMo 2)"
     )
-    norm_plus_one: bool = setting(False, help="norms scale by 1 + weight, weight from 0 (Gemma)")
     scale_embeddings: bool = setting(False, help="token embeddings times sqrt(d_model) (Gemma)")
     query_pre_attn_scalar: float | None = setting(None, help="attention scale 1/sqrt(it) (Gemma)")
     attn_logit_softcap: float | None = setting(None, help="attention logits c·tanh(x/c) (Gemma 2)")
@@ -245,15 +242,13 @@ class TransformerConfig:
     def __post_init__(self) -> None:
         cls = type(self).__name__
         object.__setattr__(self, "precision", as_precision(self.precision))
+        fill_part_defaults(self)
         if self.num_kv_heads is None:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
         for name in ("max_seq_len", "d_model", "num_layers", "num_heads", "num_kv_heads"):
             positive(cls, name, getattr(self, name))
         self._check_vocab(cls)
         check_sizes(self, cls)
-        choice(cls, "mlp_activation", self.mlp_activation, ACTIVATIONS)
-        choice(cls, "norm", self.norm, NORMS)
-        choice(cls, "norm_position", self.norm_position, NORM_POSITIONS)
         choice(cls, "position", self.position, POSITIONS)
         choice(cls, "attention_impl", self.attention_impl, ATTENTION_IMPLS)
         choice(cls, "cross_entropy_impl", self.cross_entropy_impl, CE_IMPLS)
@@ -261,10 +256,6 @@ class TransformerConfig:
         choice(cls, "attention_type", self.attention_type, ATTENTION_TYPES)
         rate(cls, "dropout", self.dropout)
         rate(cls, "attention_dropout", self.attention_dropout)
-        if not self.norm_eps > 0:
-            raise ValueError(f"{cls}.norm_eps must be > 0; got {self.norm_eps!r}")
-        if not self.init_std > 0:
-            raise ValueError(f"{cls}.init_std must be > 0; got {self.init_std!r}")
         check_rope(self, cls)
         check_rope_scaling(self, cls)
         check_window(self, cls)
@@ -278,7 +269,7 @@ class TransformerConfig:
         # Multi-token prediction's, Gemma 4's and float8's rules live with them (family_config,
         # the gemma4 folder's options, fp8) and apply once one of their settings leaves its
         # default (the defaults are valid): a config without them is read in this file alone.
-        if any(getattr(self, n) != defaults[n] for n in ("mtp_depths", "mtp_loss_weight")):
+        if self.mtp.depths:
             check_mtp(self, cls)
         check_family(self, cls)
         if self.gemma4 != defaults["gemma4"]:
@@ -322,7 +313,7 @@ class TransformerConfig:
     @property
     def gated(self) -> bool:
         """Whether the MLP is gated (SwiGLU/GeGLU)."""
-        return self.mlp_activation in GATED_ACTIVATIONS
+        return self.mlp.gated
 
     def replace(self, **changes: Any) -> TransformerConfig:
         """A copy with ``changes`` applied (validated again); a dotted key (``"delta.impl"``)
@@ -347,24 +338,28 @@ class LlamaConfig(TransformerConfig):
     """LLaMA-style decoder: RMSNorm, SwiGLU, RoPE, GQA, no biases, untied head by default.
     ``attention_type="mla"``: keys/values from one cached low-rank latent per token."""
 
+    part_defaults: ClassVar[Mapping[str, Any]] = {
+        **TransformerConfig.part_defaults,
+        "mlp.activation": "swiglu",
+        "init.scaled_residual": False,
+        "norm.kind": "rmsnorm",
+        "norm.eps": 1e-6,
+    }
+
     vocab_size: int = 32000
     max_seq_len: int = 2048
     d_model: int = 512
     num_layers: int = 8
     num_heads: int = 8
-    mlp_dim: int | None = None
-    mlp_activation: str = "swiglu"
-    norm: str = "rmsnorm"
-    norm_eps: float = 1e-6
     position: str = "rope"
     use_bias: bool = False
     tie_embeddings: bool = False
-    scaled_residual_init: bool = False
 
     def __post_init__(self) -> None:
-        if self.mlp_dim is None:
+        if self.mlp.dim is None:
             # LLaMA: 8/3·d rounded up to a multiple of 64 keeps SwiGLU params ≈ a 4·d MLP.
-            object.__setattr__(self, "mlp_dim", ((8 * self.d_model // 3) + 63) // 64 * 64)
+            dim = ((8 * self.d_model // 3) + 63) // 64 * 64
+            object.__setattr__(self, "mlp", dataclasses.replace(self.mlp, dim=dim))
         super().__post_init__()
 
 
@@ -375,9 +370,18 @@ class LlamaConfig(TransformerConfig):
 # so they are one module (before tjx-nn 0.22: :mod:`tjx.nn.config_checks`).
 
 
+def fill_part_defaults(config: Any) -> None:
+    """Each component section's setting left None set to the family's (``part_defaults``)."""
+    for key, value in type(config).part_defaults.items():
+        section, name = key.split(".")
+        part = getattr(config, section)
+        if getattr(part, name) is None:
+            object.__setattr__(config, section, dataclasses.replace(part, **{name: value}))
+
+
 def check_sizes(config: Any, cls: str) -> None:
     """``head_dim`` (default ``d_model // num_heads``), ``num_kv_heads`` dividing ``num_heads``
-    and ``mlp_dim`` (default ``4 * d_model``), filled in and checked."""
+    and ``mlp.dim`` (default ``4 * d_model``), filled in and checked."""
     if config.head_dim is None:
         if config.d_model % config.num_heads:
             raise ValueError(
@@ -392,9 +396,8 @@ def check_sizes(config: Any, cls: str) -> None:
             f"{cls}.num_kv_heads: {config.num_kv_heads} must divide {cls}.num_heads "
             f"({config.num_heads}); allowed: divisors of {config.num_heads}"
         )
-    if config.mlp_dim is None:
-        object.__setattr__(config, "mlp_dim", 4 * config.d_model)
-    positive(cls, "mlp_dim", config.mlp_dim)
+    if config.mlp.dim is None:
+        object.__setattr__(config, "mlp", dataclasses.replace(config.mlp, dim=4 * config.d_model))
 
 
 def check_rope(config: Any, cls: str) -> None:
@@ -625,9 +628,9 @@ def check_family(config: Any, cls: str) -> None:
     for name in _POSITIVE:
         object.__setattr__(config, name, _positive_float(cls, name, getattr(config, name)))
     decoder = "scale_embeddings" not in type(config).unused_fields
-    if not decoder and config.norm_position in DECODER_NORM_POSITIONS:
+    if not decoder and config.norm.position in DECODER_NORM_POSITIONS:
         raise ValueError(
-            f"{cls}.norm_position {config.norm_position!r} is implemented by decoders only; "
+            f"{cls}.norm.position {config.norm.position!r} is implemented by decoders only; "
             "choose 'pre' or 'post'"
         )
     if config.rope_local_theta is not None and (
@@ -720,9 +723,37 @@ def check_unused(config: Any, cls: str) -> None:
     """A field this family's model never reads keeps its default (else it would be ignored)."""
     defaults = field_defaults(config)
     for name, why in type(config).unused_fields.items():
-        value = getattr(config, name)
-        if value != defaults[name]:
-            raise ValueError(f"{cls}.{name}: {why}; got {value!r}, set it to {defaults[name]!r}")
+        value = setting_value(config, name)  # a dotted name: a setting of a section
+        section, _, sub = name.partition(".")
+        default = getattr(defaults[section], sub) if sub else defaults[section]
+        if value != default:
+            raise ValueError(f"{cls}.{name}: {why}; got {value!r}, set it to {default!r}")
+
+
+def make_config(cls: type[C], fields: Mapping[str, Any]) -> C:
+    """``cls`` built of keywords ``fields``, where a dotted key (``"mlp.dim"``) sets that setting
+    of a component section (`SECTIONS`), over the section given whole or else the default.
+
+    Raises
+    ------
+    ValueError
+        A dotted key names no section of ``cls``, or a value ``cls`` refuses.
+    """
+    kwargs = {k: v for k, v in fields.items() if "." not in k}
+    nested: dict[str, dict[str, Any]] = {}
+    for key in [k for k in fields if "." in k]:
+        section, name = key.split(".", 1)
+        nested.setdefault(section, {})[name] = fields[key]
+    defaults = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for section, values in nested.items():
+        if section not in SECTIONS or section not in defaults:
+            raise ValueError(f"{cls.__name__} has no section {section!r} (dotted keys: {SECTIONS})")
+        base: Any = kwargs.get(section)
+        if base is None:
+            f = defaults[section]
+            base = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        kwargs[section] = dataclasses.replace(base, **values)
+    return cls(**kwargs)
 
 
 def setting_value(config: Any, key: str) -> Any:

@@ -44,7 +44,7 @@ def check_length(seq_len: int, max_seq_len: int) -> None:
 def output_head(c: Any, *, rngs: nnx.Rngs) -> Dense | None:
     """The untied ``[d_model, vocab]`` output projection, or None when the embedding is tied.
 
-    ``c`` is any LM config with ``d_model``, ``vocab_size``, ``tie_embeddings``, ``init_std`` and
+    ``c`` is any LM config with ``d_model``, ``vocab_size``, ``tie_embeddings``, ``init`` and
     ``precision`` (decoders and the encoder-decoder share it).
     """
     if c.tie_embeddings:
@@ -59,7 +59,7 @@ def output_head(c: Any, *, rngs: nnx.Rngs) -> Dense | None:
         ("vocab",),
         rngs=rngs,
         use_bias=False,
-        init=normal(c.init_std),
+        init=normal(c.init.std),
         precision=c.precision.without_fp8(),
     )
 
@@ -201,7 +201,7 @@ class DecoderLM(nnx.Module):
             )
         c = self.config = config
         self.embed = Embed(
-            c.vocab_size, c.d_model, rngs=rngs, init_std=c.init_std, precision=c.precision
+            c.vocab_size, c.d_model, rngs=rngs, init_std=c.init.std, precision=c.precision
         )
         self.pos_embed = learned_positions(
             c, rngs=rngs, init_std=0.01 if isinstance(c, GPT2Config) else None
@@ -211,20 +211,20 @@ class DecoderLM(nnx.Module):
         self.per_layer = per_layer_embed(c, rngs=rngs)
         self.final_norm = (
             make_norm(
-                c.norm,
+                c.norm.kind,
                 c.d_model,
                 rngs=rngs,
-                eps=c.norm_eps,
+                eps=c.norm.eps,
                 use_bias=c.use_bias,
                 precision=c.precision,
-                plus_one=c.norm_plus_one,
+                plus_one=c.norm.plus_one,
             )
-            if c.norm_position != "post"  # pre, sandwich and output end with a norm
+            if c.norm.position != "post"  # pre, sandwich and output end with a norm
             else None
         )
         self.head = output_head(c, rngs=rngs)
         # Multi-token prediction (DeepSeek-V3): depths after the stack sharing embed and head.
-        self.mtp = MTP(c, rngs=rngs) if c.mtp_depths else None
+        self.mtp = MTP(c, rngs=rngs) if c.mtp.depths else None
         self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention_dropout > 0)
 
     # -- pieces --------------------------------------------------------------------------------
@@ -239,7 +239,7 @@ class DecoderLM(nnx.Module):
             positions,
             self.pos_embed,
             self.config.position,
-            amplitude=sinusoid_amplitude(self.config.init_std),
+            amplitude=sinusoid_amplitude(self.config.init.std),
         )
 
     def unembedding(self) -> Array:

@@ -85,10 +85,10 @@ def decoder_stages(
             "decoder_stages: MoE layers are not pipelined (their router losses and statistics "
             f"would be lost between stages); got moe.num_experts={c.moe.num_experts} (set it to 0)"
         )
-    if c.mtp_depths:
+    if c.mtp.depths:
         raise ValueError(
             "decoder_stages: the multi-token-prediction modules are not pipelined (their loss "
-            f"would be lost between stages); got mtp_depths={c.mtp_depths} (set it to 0)"
+            f"would be lost between stages); got mtp.depths={c.mtp.depths} (set it to 0)"
         )
     if c.window_pattern is not None and len(set(c.layer_locals())) > 1:
         raise ValueError(

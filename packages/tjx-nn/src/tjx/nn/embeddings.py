@@ -60,14 +60,14 @@ def lookup_table(rows: int, config: Any, *, rngs: nnx.Rngs, init_std: float | No
     """A lookup-only ``[rows, d_model]`` table (positions, token types).
 
     Its rows are not a logical axis (``None``: replicated), unlike the token table's ``vocab``.
-    ``config`` supplies ``d_model``, ``init_std`` (unless ``init_std`` is given) and
+    ``config`` supplies ``d_model``, ``init.std`` (unless ``init_std`` is given) and
     ``precision``.
     """
     return Embed(
         rows,
         config.d_model,
         rngs=rngs,
-        init_std=config.init_std if init_std is None else init_std,
+        init_std=config.init.std if init_std is None else init_std,
         names=(None, "embed"),
         precision=config.precision,
     )

@@ -58,7 +58,7 @@ class EncoderDecoder(nnx.Module):
         c = self.config = config
         p = c.precision
         assert c.num_encoder_layers is not None and c.num_decoder_layers is not None
-        self.embed = Embed(c.vocab_size, c.d_model, rngs=rngs, init_std=c.init_std, precision=p)
+        self.embed = Embed(c.vocab_size, c.d_model, rngs=rngs, init_std=c.init.std, precision=p)
         self.pos_embed = learned_positions(c, rngs=rngs)
         self.encoder = Stack(
             c, rngs=rngs, num_layers=c.num_encoder_layers, causal=False, attention=attention
@@ -71,10 +71,10 @@ class EncoderDecoder(nnx.Module):
             cross=True,
             attention=attention,
         )
-        norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias, precision=p)
-        pre = c.norm_position == "pre"
-        self.encoder_norm = make_norm(c.norm, c.d_model, **norm_kw) if pre else None
-        self.decoder_norm = make_norm(c.norm, c.d_model, **norm_kw) if pre else None
+        norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm.eps, use_bias=c.use_bias, precision=p)
+        pre = c.norm.position == "pre"
+        self.encoder_norm = make_norm(c.norm.kind, c.d_model, **norm_kw) if pre else None
+        self.decoder_norm = make_norm(c.norm.kind, c.d_model, **norm_kw) if pre else None
         self.head = output_head(c, rngs=rngs)
         self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention_dropout > 0)
 
@@ -96,7 +96,7 @@ class EncoderDecoder(nnx.Module):
             positions,
             self.pos_embed,
             self.config.position,
-            amplitude=sinusoid_amplitude(self.config.init_std),
+            amplitude=sinusoid_amplitude(self.config.init.std),
         )
         return dropout(x, self.config.dropout, key, deterministic=deterministic), positions
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from tjx.core.config.values import choice, positive
 from tjx.core.fields import setting
@@ -24,14 +24,17 @@ class BertConfig(TransformerConfig):
 
     bidirectional: ClassVar[bool] = True
     attention_layers: ClassVar[tuple[str, ...]] = ("bidirectional",)
+    part_defaults: ClassVar[Mapping[str, Any]] = {
+        **TransformerConfig.part_defaults,
+        "mlp.activation": "gelu_exact",
+        "init.scaled_residual": False,
+        "norm.eps": 1e-12,
+        "norm.position": "post",
+    }
 
     vocab_size: int = 30522
     max_seq_len: int = 512
     type_vocab_size: int = setting(2, help="BERT: token types (segments A/B)")
-    norm_position: str = "post"
-    norm_eps: float = 1e-12
-    mlp_activation: str = "gelu_exact"
-    scaled_residual_init: bool = False
     num_labels: int | None = setting(
         None, help="BERT: classes of a sequence-classification head; None: none"
     )
@@ -59,6 +62,12 @@ class ViTConfig(TransformerConfig):
 
     bidirectional: ClassVar[bool] = True
     attention_layers: ClassVar[tuple[str, ...]] = ("bidirectional",)
+    part_defaults: ClassVar[Mapping[str, Any]] = {
+        **TransformerConfig.part_defaults,
+        "mlp.activation": "gelu_exact",
+        "init.scaled_residual": False,
+        "norm.eps": 1e-6,
+    }
 
     vocab_size: int = 0
     image_size: int = setting(224, help="ViT: the images' side in pixels")
@@ -66,10 +75,7 @@ class ViTConfig(TransformerConfig):
     num_channels: int = setting(3, help="ViT: colour channels of the images")
     num_classes: int = setting(1000, help="ViT: classes of the head")
     max_seq_len: int = 0
-    mlp_activation: str = "gelu_exact"
-    norm_eps: float = 1e-6
     tie_embeddings: bool = False
-    scaled_residual_init: bool = False
     unused_fields: ClassVar[Mapping[str, str]] = {
         "vocab_size": "ViT reads images, not tokens",
         "tie_embeddings": "ViT has no token embedding to tie its classifier to",
@@ -115,11 +121,14 @@ class EncoderDecoderConfig(TransformerConfig):
 
     bidirectional: ClassVar[bool] = True
     attention_layers: ClassVar[tuple[str, ...]] = ("bidirectional", "causal", "cross")
+    part_defaults: ClassVar[Mapping[str, Any]] = {
+        **TransformerConfig.part_defaults,
+        "init.scaled_residual": False,
+    }
 
     num_encoder_layers: int | None = setting(None, help="encoder blocks; None: num_layers")
     num_decoder_layers: int | None = setting(None, help="decoder blocks; None: num_layers")
     position: str = "sinusoidal"
-    scaled_residual_init: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -7,9 +7,9 @@ Each is one ``TransformerConfig`` field (``configs.py``), off by default:
   projections, before RoPE. ``qk_norm_scope``: ``"head"`` normalises each head alone with one
   ``head_dim`` scale shared by the heads (Qwen3, Gemma 3); ``"projection"`` normalises all heads
   of a token together, with a scale per ``heads × head_dim`` column (OLMo 2).
-* ``norm_position`` ``"sandwich"`` (Gemma 2/3): ``x + norm₂(f(norm₁(x)))`` around attention and the
+* ``norm.position`` ``"sandwich"`` (Gemma 2/3): ``x + norm₂(f(norm₁(x)))`` around attention and the
   MLP; ``"output"`` (OLMo 2): ``x + norm(f(x))``. Both keep the final norm. Decoders only.
-* ``norm_plus_one`` (Gemma): every norm multiplies by ``1 + weight``, the weight starting at 0
+* ``norm.plus_one`` (Gemma): every norm multiplies by ``1 + weight``, the weight starting at 0
   (its stored value is the checkpoint's, so weight decay pulls the scale towards 1).
 * ``scale_embeddings`` (Gemma): token embeddings times ``sqrt(d_model)``, the factor rounded to
   float32 and then to the compute dtype as transformers does (``sqrt(3072)`` is 55.43 in float32,
@@ -41,7 +41,7 @@ Llama 4's (its global layers are ``window_pattern``'s ``"global"`` ones):
   sliding window (position ``p`` sees the keys from ``chunk·⌊p/chunk⌋`` to ``p``: tjx.kernels'
   ``attention(chunk=)``, a decoding step the keys of its own chunk). Not with ``sliding_window``.
 * ``global_nope``: the global layers rotate no position (NoPE); RoPE turns the local ones only.
-* ``qk_l2_norm``: queries and keys divided by their RMS over each head (``norm_eps``, no weight)
+* ``qk_l2_norm``: queries and keys divided by their RMS over each head (``norm.eps``, no weight)
   after RoPE, in the layers RoPE rotates.
 * ``nope_temperature_floor`` / ``nope_temperature_scale``: a NoPE layer's queries times
   ``1 + scale · log(1 + ⌊(p + 1) / floor⌋)`` at position ``p`` (``attn_temperature_tuning``).
@@ -66,7 +66,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from tjx.core.config.values import positive
 from tjx.nn.families.gemma4 import options as gemma4_options
 from tjx.nn.families.gemma4.options import FLAT_GEMMA4_KEYS
 
@@ -92,17 +91,14 @@ SHARED_KV_KEY = "gemma4.kv_shared_layers"
 DECODER_ONLY: Mapping[str, str] = {
     name: "only decoders (gpt2, llama) implement it"
     for name in (
-        "norm_plus_one",
+        "norm.plus_one",
         "scale_embeddings",
         "final_logit_softcap",
         "attention_sinks",
         *LLAMA4_SWITCHES,
         "gemma4",
     )
-} | {
-    name: "only decoders (gpt2, llama) predict further tokens"
-    for name in ("mtp_depths", "mtp_loss_weight")
-}
+} | {"mtp": "only decoders (gpt2, llama) predict further tokens"}
 
 
 class LayerShape(NamedTuple):
@@ -134,7 +130,7 @@ def layer_shape(config: Any, i: int | None) -> LayerShape:
         per_layer_dim=g.per_layer_input_dim,
     )
     if i is None:
-        geometry = (False, c.head_dim, c.num_kv_heads, False, None, False, c.mlp_dim)
+        geometry = (False, c.head_dim, c.num_kv_heads, False, None, False, c.mlp.dim)
         return LayerShape(*geometry, **options)
     wide = c.layer_windows()[i] is None
     first = c.num_layers - g.kv_shared_layers
@@ -146,7 +142,7 @@ def layer_shape(config: Any, i: int | None) -> LayerShape:
         values_from_keys=wide and g.global_values_from_keys,
         kv_source=kv_source(c, i),
         keeps_kv=keeps,
-        mlp_dim=(g.kv_shared_mlp_dim or c.mlp_dim) if i >= first else c.mlp_dim,
+        mlp_dim=(g.kv_shared_mlp_dim or c.mlp.dim) if i >= first else c.mlp.dim,
         **options,
     )
 
@@ -169,16 +165,15 @@ def shared_kv_layers(config: Any) -> int:
 
 
 def check_mtp(config: Any, cls: str) -> None:
-    """``mtp_depths`` >= 0 and ``mtp_loss_weight`` >= 0 (:mod:`tjx.nn.mtp`)."""
-    positive(cls, "mtp_depths", config.mtp_depths, allow_zero=True)
-    if config.mtp_depths:  # an MTP module is one full-attention block (DeepSeek's, GLM-4.5's)
-        local = (("sliding_window", None), ("attention_chunk", None), ("mixer_pattern", None))
-        for name, off in (*local, ("position", "t5")):
-            value = getattr(config, name, None)
-            if (value is not None) if off is None else value == off:
-                raise ValueError(
-                    f"{cls}.mtp_depths: multi-token prediction is implemented for full-attention "
-                    f"decoders; got {name}={value!r} (set mtp_depths=0)"
-                )
-    if not config.mtp_loss_weight >= 0:
-        raise ValueError(f"{cls}.mtp_loss_weight must be >= 0; got {config.mtp_loss_weight!r}")
+    """Multi-token prediction (the ``mtp`` section, :mod:`tjx.nn.mtp`) only on a full-attention
+    decoder: an MTP module is one full-attention block (DeepSeek's, GLM-4.5's)."""
+    if not config.mtp.depths:
+        return
+    local = (("sliding_window", None), ("attention_chunk", None), ("mixer_pattern", None))
+    for name, off in (*local, ("position", "t5")):
+        value = getattr(config, name, None)
+        if (value is not None) if off is None else value == off:
+            raise ValueError(
+                f"{cls}.mtp.depths: multi-token prediction is implemented for full-attention "
+                f"decoders; got {name}={value!r} (set mtp.depths=0)"
+            )

@@ -36,7 +36,7 @@ its ``E`` experts' total: FLOPs per token, and an MFU from them, count the work 
 causes (MaxText's and torchtitan's convention). Capacity-dropped assignments are still counted
 (the slots are computed anyway). ``count_params``/``config_param_count`` give the total.
 
-**Multi-token prediction** (``mtp_depths``): each depth runs a decoder block at every position
+**Multi-token prediction** (``mtp.depths``): each depth runs a decoder block at every position
 (its attention counted as a layer's), its ``eh_proj`` and the shared head once more.
 
 **Layers of their own shape** (:mod:`tjx.nn.family_config`'s ``layer_shape``) are counted one
@@ -87,8 +87,8 @@ def _attention_weights(c: TransformerConfig, *, cross: bool = False) -> tuple[in
 
 
 def _mlp_weights(c: TransformerConfig) -> int:
-    assert c.mlp_dim is not None
-    return (3 if c.gated else 2) * c.d_model * c.mlp_dim
+    assert c.mlp.dim is not None
+    return (3 if c.gated else 2) * c.d_model * c.mlp.dim
 
 
 def _self_block(c: TransformerConfig) -> int:
@@ -164,11 +164,11 @@ def _decoder_layers(c: TransformerConfig) -> int:
 
 
 def _mtp_weights(c: TransformerConfig) -> int:
-    """The multi-token-prediction depths' active matmul weights (``mtp_depths``, :mod:`tjx.nn.mtp`):
+    """The multi-token-prediction depths' active matmul weights (``mtp.depths``, :mod:`tjx.nn.mtp`):
     each depth's ``eh_proj`` (``2·d·d``), its block (MoE where the stack's layer would be) and
     the shared head it scores with once more."""
     n, d = c.num_layers, c.d_model
-    kinds = moe_layers(c, n + c.mtp_depths)[n:]
+    kinds = moe_layers(c, n + c.mtp.depths)[n:]
     saved = sum(_mlp_weights(c) - _moe_active(c) for moe in kinds if moe)
     return len(kinds) * (2 * d * d + _self_block(c) + c.vocab_size * d) - saved
 
@@ -227,7 +227,7 @@ def _terms(
         # are not part of it (they run once per sequence: add 6·(d² + d·labels)/s if you use them).
         whole = _area(c, s, c.num_layers, causal=False)[0]
         return [(layers, s), (d * d, s), (unembed, s)], whole, (0, 0)
-    stacked = c.num_layers + c.mtp_depths  # a multi-token-prediction depth attends as a layer
+    stacked = c.num_layers + c.mtp.depths  # a multi-token-prediction depth attends as a layer
     return [(layers + _mtp_weights(c), s), (unembed, s)], 0, _area(c, s, stacked, causal=True)
 
 

@@ -368,7 +368,7 @@ def generate(
 ) -> Array:
     """Generate ``max_new_tokens`` tokens after each prompt.
 
-    A model with multi-token prediction (``mtp_depths``) also decodes greedily with its own
+    A model with multi-token prediction (``mtp.depths``) also decodes greedily with its own
     draft: `tjx.nn.generate_speculative` (the same tokens, and the drafts' acceptance rate).
 
     Parameters

@@ -37,8 +37,8 @@ class ObjectiveLoss(NamedTuple):
         micro-batches; ``tjx.metrics.moe_metrics`` makes the logged values of them); None for a
         model without MoE layers.
     mtp : MTPLoss or None
-        A multi-token-prediction model's (``mtp_depths``) loss and its per-depth sums (the
-        ``loss`` holds ``mtp_loss_weight`` times its ``loss``); None without.
+        A multi-token-prediction model's (``mtp.depths``) loss and its per-depth sums (the
+        ``loss`` holds ``mtp.loss_weight`` times its ``loss``); None without.
     """
 
     loss: Array

@@ -82,7 +82,7 @@ def deepseek_modules(
     d, h, hd = c.d_model, c.num_heads, c.head_dim
     r, rope = c.mla.kv_latent_dim, c.mla.qk_rope_head_dim
     norm: dict[str, Any] = dict(
-        rngs=rngs, eps=c.norm_eps, precision=c.precision, plus_one=c.norm_plus_one
+        rngs=rngs, eps=c.norm.eps, precision=c.precision, plus_one=c.norm.plus_one
     )
     q_in = c.mla.q_lora_rank or d
     # The latent widths are not logical axes: left replicated (None), as tjx's older MLA's.

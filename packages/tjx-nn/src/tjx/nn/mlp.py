@@ -1,9 +1,13 @@
 """Feed-forward blocks: plain MLP (GELU/ReLU/SiLU) and gated MLPs (SwiGLU, GeGLU, and gpt-oss's
-clamped SwiGLU, ``swiglu_clamped``: `clamped_swiglu`)."""
+clamped SwiGLU, ``swiglu_clamped``: `clamped_swiglu`), and the section of a model config that
+configures them (`MLPConfig`)."""
 
+# `setting()` returns dataclasses.field objects (with the metadata apps read).
+# ruff: noqa: RUF009
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -12,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from tjx.core.config.values import choice, positive
+from tjx.core.fields import setting
 from tjx.nn.activations import fused_activation, gated_activation, with_derivative
 from tjx.nn.linear import Dense, split_key
 from tjx.nn.params import normal
@@ -37,6 +43,45 @@ CLAMPED_SWIGLU_ALPHA = 1.702
 CLAMPED_SWIGLU_LIMIT = 7.0
 
 
+ACTIVATIONS = ("gelu", "gelu_exact", "relu", "silu", "swiglu", "geglu", "swiglu_clamped")
+#: The gated activations (two input projections; ``swiglu_clamped``: gpt-oss's).
+GATED_ACTIVATIONS = ("swiglu", "geglu", "swiglu_clamped")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MLPConfig:
+    """A model's feed-forward blocks (``model.mlp``): their hidden width and activation. The
+    model config fills a None with its family's (width ``4 d_model``, LLaMA's ``8/3 d_model``
+    rounded up to 64; activation ``gelu``, LLaMA's ``swiglu``, BERT's and ViT's ``gelu_exact``).
+
+    A bad value raises ``ValueError`` at construction naming ``MLPConfig.<field>``.
+    """
+
+    dim: int | None = setting(
+        None, help="MLP hidden width; None: the family's (4 d_model; LLaMA 8/3 d_model to 64)"
+    )
+    activation: str | None = setting(
+        None,
+        choices=ACTIVATIONS,
+        help="MLP activation (swiglu, geglu, swiglu_clamped: gated); None: the family's",
+    )
+
+    def __post_init__(self) -> None:
+        if self.activation is not None:
+            choice("MLPConfig", "activation", self.activation, ACTIVATIONS)
+        if self.dim is not None:
+            positive("MLPConfig", "dim", self.dim)
+
+    @property
+    def gated(self) -> bool:
+        """Whether the MLP is gated (SwiGLU/GeGLU): two input projections."""
+        return self.activation in GATED_ACTIVATIONS
+
+
+#: The section's old flat keys in a model section → their key in ``mlp``.
+FLAT_MLP_KEYS = {"mlp_dim": "dim", "mlp_activation": "activation"}
+
+
 def clamped_swiglu(gate: Array, up: Array) -> Array:
     """gpt-oss's gated unit: ``(up + 1) · g · sigmoid(1.702 g)`` with the gate clamped from
     above and ``up`` on both sides at 7 (``g = min(gate, 7)``, ``up`` in ``[-7, 7]``), computed
@@ -53,9 +98,9 @@ def gate_function(name: str) -> Callable[[Array, Array], Array] | None:
 
 
 def activation(name: str) -> Callable[[Array], Array]:
-    """The activation function named ``name`` (see ``configs.ACTIVATIONS``)."""
+    """The activation function named ``name`` (see `ACTIVATIONS`)."""
     if name not in _ACTIVATIONS:
-        raise ValueError(f"mlp_activation must be one of {tuple(_ACTIVATIONS)}; got {name!r}")
+        raise ValueError(f"mlp.activation must be one of {tuple(_ACTIVATIONS)}; got {name!r}")
     return _ACTIVATIONS[name]
 
 

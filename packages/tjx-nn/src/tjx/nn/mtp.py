@@ -1,4 +1,4 @@
-"""Multi-token prediction (DeepSeek-V3's MTP, GLM-4.5's): ``mtp_depths`` modules after the decoder
+"""Multi-token prediction (DeepSeek-V3's MTP, GLM-4.5's): ``mtp.depths`` modules after the decoder
 stack, depth ``k`` predicting the token ``k + 1`` places after each position.
 
 Depth ``k`` (1-based) at position ``i`` joins the previous depth's hidden state ``h^{k-1}_i``
@@ -11,7 +11,7 @@ Depth ``k`` (1-based) at position ``i`` joins the previous depth's hidden state 
 MoE one where the layer ``num_layers + k - 1`` of the stack would be), ``norm_k`` DeepSeek's
 ``shared_head.norm``; ``Emb`` and ``head`` are the main model's own (DeepSeek's checkpoints
 store copies of them per depth, the same values). The MTP loss is the mean over the depths of
-each depth's mean cross-entropy; the training loss adds it times ``mtp_loss_weight`` (DeepSeek-V3
+each depth's mean cross-entropy; the training loss adds it times ``mtp.loss_weight`` (DeepSeek-V3
 trained with 0.3, then 0.1). Serving, depth 1 drafts a token that the main model verifies
 (``tjx.nn.speculative``).
 
@@ -45,7 +45,7 @@ def mtp_moe_layers(config: TransformerConfig) -> tuple[bool, ...]:
     """Per MTP depth: whether its block is MoE, as layer ``num_layers + k - 1`` of the stack
     would be (DeepSeek-V3's and GLM-4.5's are: their layer index is past the dense ones)."""
     n = config.num_layers
-    return moe_layers(config, n + config.mtp_depths)[n:]
+    return moe_layers(config, n + config.mtp.depths)[n:]
 
 
 class MTPLayer(nnx.Module):
@@ -57,13 +57,13 @@ class MTPLayer(nnx.Module):
 
         def norm() -> LayerNorm | RMSNorm:
             return make_norm(
-                c.norm,
+                c.norm.kind,
                 c.d_model,
                 rngs=rngs,
-                eps=c.norm_eps,
+                eps=c.norm.eps,
                 use_bias=c.use_bias,
                 precision=c.precision,
-                plus_one=c.norm_plus_one,
+                plus_one=c.norm.plus_one,
             )
 
         self.enorm, self.hnorm = norm(), norm()
@@ -74,7 +74,7 @@ class MTPLayer(nnx.Module):
             ("embed",),
             rngs=rngs,
             use_bias=False,
-            init=normal(c.init_std),
+            init=normal(c.init.std),
             precision=c.precision,
         )
         self.block = Block(c, rngs=rngs, num_layers=c.num_layers, causal=True, moe=moe)
@@ -113,7 +113,7 @@ class MTPLayer(nnx.Module):
 
 
 class MTP(nnx.Module):
-    """The ``mtp_depths`` `MTPLayer`s of a decoder (``DecoderLM.mtp``)."""
+    """The ``mtp.depths`` `MTPLayer`s of a decoder (``DecoderLM.mtp``)."""
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs) -> None:
         self.layers = nnx.List([MTPLayer(config, rngs=rngs, moe=m) for m in mtp_moe_layers(config)])
@@ -127,7 +127,7 @@ class MTPLoss(NamedTuple):
     loss : Array
         float32 scalar: the mean over depths of each depth's mean cross-entropy (z-loss
         included), plus the MTP blocks' MoE router losses; the training loss adds it times
-        ``mtp_loss_weight``.
+        ``mtp.loss_weight``.
     sum_loss, num_tokens : Array
         ``[depths]``: each depth's summed cross-entropy and scored labels (sums: they add over
         micro-batches; `mtp_metric` makes the logged value of them).
@@ -169,7 +169,7 @@ def mtp_hidden(
     Parameters
     ----------
     model : DecoderLM
-        A model with ``mtp`` (``mtp_depths > 0``).
+        A model with ``mtp`` (``mtp.depths > 0``).
     prenorm : Array
         ``[b, s, d]``: ``h^0``, the stack's output (``DecoderLM.trunk``).
     tokens : Array
@@ -183,8 +183,8 @@ def mtp_hidden(
     """
     if current_sequence_parallel() is not None:
         raise ValueError(
-            "mtp_depths: multi-token prediction shifts tokens along the sequence, which a "
-            "sequence_parallel split cuts; train it without the split (or set mtp_depths=0)"
+            "mtp.depths: multi-token prediction shifts tokens along the sequence, which a "
+            "sequence_parallel split cuts; train it without the split (or set mtp.depths=0)"
         )
     b, s = tokens.shape
     if positions is None:

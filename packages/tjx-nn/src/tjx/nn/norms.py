@@ -433,21 +433,24 @@ def _gain(scale: Array, x: Array, plus_one: bool) -> Array:
 
 
 def make_norm(
-    kind: str,
+    kind: str | None,
     dim: int,
     *,
     rngs: nnx.Rngs,
-    eps: float,
+    eps: float | None,
     use_bias: bool = True,
     precision: Precision | None = None,
     plus_one: bool = False,
 ) -> LayerNorm | RMSNorm:
     """``LayerNorm`` for ``kind="layernorm"``, ``RMSNorm`` for ``"rmsnorm"`` (``plus_one``:
-    Gemma's ``1 + scale``)."""
+    Gemma's ``1 + scale``); ``kind`` and ``eps`` are a model config's ``norm`` section's, which
+    it fills (None there is a ``ValueError``)."""
+    if eps is None:
+        raise ValueError("make_norm: eps is None; a model config's norm.eps is filled in")
     if kind == "layernorm":
         return LayerNorm(
             dim, rngs=rngs, eps=eps, use_bias=use_bias, precision=precision, plus_one=plus_one
         )
     if kind == "rmsnorm":
         return RMSNorm(dim, rngs=rngs, eps=eps, precision=precision, plus_one=plus_one)
-    raise ValueError(f"norm must be one of ('layernorm', 'rmsnorm'); got {kind!r}")
+    raise ValueError(f"norm.kind must be one of ('layernorm', 'rmsnorm'); got {kind!r}")

@@ -258,10 +258,10 @@ def objective_loss(
     -------
     ObjectiveLoss
         ``loss`` (mean over scored labels, plus an MoE model's router losses and
-        ``mtp_loss_weight`` times a multi-token-prediction model's `tjx.nn.mtp.mtp_loss`),
+        ``mtp.loss_weight`` times a multi-token-prediction model's `tjx.nn.mtp.mtp_loss`),
         ``sum_loss``, ``num_tokens`` (scored labels, images for ViT), ``num_correct`` (top-1),
         ``moe`` (the router statistics; None without MoE layers) and ``mtp`` (None without
-        ``mtp_depths``).
+        ``mtp.depths``).
 
     Raises
     ------
@@ -297,7 +297,7 @@ def objective_loss(
     if stats is not None:
         loss = loss + router_penalty(stats, model.config).astype(out.loss.dtype)
     if mtp is not None:
-        loss = loss + model.config.mtp_loss_weight * mtp.loss.astype(out.loss.dtype)
+        loss = loss + model.config.mtp.loss_weight * mtp.loss.astype(out.loss.dtype)
     return ObjectiveLoss(loss, out.sum_loss, out.num_tokens, out.num_correct, stats, mtp)
 
 

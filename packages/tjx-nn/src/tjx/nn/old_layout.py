@@ -5,9 +5,12 @@ precision as two top keys, and a saved section listed every key of every kind. t
 Llama 3's RoPE scaling as four numbers. Before tjx-nn 0.29 the MoE, MLA and Gated DeltaNet
 settings were flat keys of the section (``num_experts``, ``kv_latent_dim``, ``delta_key_heads``
 ...), now the ``moe``, ``mla`` and ``delta`` sections; before tjx-nn 0.30 a family's switches
-(``kv_shared_layers`` ...), now that family's option section (`FLAT_FAMILY_KEYS`). Files written
-then (presets, users' files, a run's saved config, a checkpoint's model.json) still read: their
-keys are moved to where they are now, and the flat defaults a kind never read are dropped.
+(``kv_shared_layers`` ...), now that family's option section (`FLAT_FAMILY_KEYS`), and the
+multi-token prediction, init, MLP and norm settings (``mtp_depths``, ``init_std``, ``mlp_dim``,
+``norm_eps`` ...: the ``mtp``, ``init``, ``mlp`` and ``norm`` sections; ``norm``, a name then,
+is ``norm.kind``). Files written then (presets, users' files, a run's saved config, a
+checkpoint's model.json) still read: their keys are moved to where they are now, and the flat
+defaults a kind never read are dropped.
 """
 
 from __future__ import annotations
@@ -18,7 +21,11 @@ from typing import Any
 from tjx.nn.family_config import FLAT_FAMILY_KEYS
 from tjx.nn.gated_deltanet import FLAT_DELTA_KEYS
 from tjx.nn.mla_config import FLAT_MLA_KEYS
+from tjx.nn.mlp import FLAT_MLP_KEYS
 from tjx.nn.moe.config import FLAT_MOE_KEYS
+from tjx.nn.mtp_config import FLAT_MTP_KEYS
+from tjx.nn.norm_config import FLAT_NORM_KEYS
+from tjx.nn.params import FLAT_INIT_KEYS
 from tjx.nn.rope_scaling import RopeScaling
 
 __all__ = ["RENAMED_MODEL_KEYS", "migrate_model_section", "nest_section_keys"]
@@ -28,13 +35,17 @@ _PRE_08_KEYS = {
     "param_dtype": "precision.param_dtype",
     "compute_dtype": "precision.compute_dtype",
 }
-#: The component sections' flat keys (before tjx-nn 0.29; a family's section's: 0.30) → their
-#: key in the section.
+#: The component sections' flat keys → their key in the section (moe, mla, delta: before
+#: tjx-nn 0.29; a family's section, mtp, init, mlp, norm: before 0.30).
 _SECTION_KEYS = {
     **{old: f"moe.{new}" for old, new in FLAT_MOE_KEYS.items()},
     **{old: f"mla.{new}" for old, new in FLAT_MLA_KEYS.items()},
     **{old: f"delta.{new}" for old, new in FLAT_DELTA_KEYS.items()},
     **FLAT_FAMILY_KEYS,
+    **{old: f"mtp.{new}" for old, new in FLAT_MTP_KEYS.items()},
+    **{old: f"init.{new}" for old, new in FLAT_INIT_KEYS.items()},
+    **{old: f"mlp.{new}" for old, new in FLAT_MLP_KEYS.items()},
+    **{old: f"norm.{new}" for old, new in FLAT_NORM_KEYS.items()},
 }
 #: Old key of a model section → the key it is now.
 RENAMED_MODEL_KEYS = _PRE_08_KEYS | _SECTION_KEYS
@@ -51,6 +62,8 @@ def _move(section: dict[str, Any], old: str, new: str, key: str) -> None:
     may silently win."""
     if old not in section:
         return
+    if new.startswith(f"{old}.") and isinstance(section[old], dict):
+        return  # a key that became a section of its name (``norm``): a mapping is today's
     value, node = section.pop(old), section
     *parents, leaf = new.split(".")
     for part in parents:
@@ -66,9 +79,9 @@ def _move(section: dict[str, Any], old: str, new: str, key: str) -> None:
 
 def nest_section_keys(fields: dict[str, Any], key: str) -> dict[str, Any]:
     """A copy of ``fields`` (a model section's keys or a config's fields) whose flat MoE, MLA,
-    Gated DeltaNet keys and a family's switches are moved into their sections (``moe``, ``mla``,
-    ``delta``, the family's; ``key``: its path in messages; an old key beside its new one: a
-    ``ValueError``)."""
+    Gated DeltaNet, MTP, init, MLP and norm keys and a family's switches are moved into their
+    sections (``moe``, ``mla``, ``delta``, ``mtp``, ``init``, ``mlp``, ``norm``, the family's;
+    ``key``: its path in messages; an old key beside its new one: a ``ValueError``)."""
     out = copy.deepcopy(fields)
     for old, new in _SECTION_KEYS.items():
         _move(out, old, new, key)

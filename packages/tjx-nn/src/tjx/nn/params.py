@@ -7,9 +7,12 @@ flax's ``out_sharding`` metadata (flax 0.12 renamed ``sharding``/``sharding_name
 which tjx-parallel maps to mesh axes.
 """
 
+# `setting()` returns dataclasses.field objects (with the metadata apps read).
+# ruff: noqa: RUF009
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -18,8 +21,32 @@ from flax import nnx
 
 # One tuple for tjx-nn and tjx-parallel (re-exported as tjx.nn.LOGICAL_AXES).
 from tjx.core.axes import LOGICAL_AXES
+from tjx.core.fields import setting
 
 Initializer = Callable[..., jax.Array]
+
+
+@dataclass(frozen=True, kw_only=True)
+class InitConfig:
+    """How a model's weights are drawn (``model.init``): N(0, ``std``), the residual branches'
+    output projections by ``1 / sqrt(2 layers)`` more with ``scaled_residual`` (GPT-2's); the
+    model config fills a None with its family's.
+
+    A bad value raises ``ValueError`` at construction naming ``InitConfig.<field>``.
+    """
+
+    std: float = setting(0.02, help="std of the initial weights")
+    scaled_residual: bool | None = setting(
+        None, help="residual output init / sqrt(2 layers); None: the family's (GPT-2: true)"
+    )
+
+    def __post_init__(self) -> None:
+        if not self.std > 0:
+            raise ValueError(f"InitConfig.std must be > 0; got {self.std!r}")
+
+
+#: The init section's old flat keys in a model section → their key in ``init``.
+FLAT_INIT_KEYS = {"init_std": "std", "scaled_residual_init": "scaled_residual"}
 
 
 def normal(std: float) -> Initializer:

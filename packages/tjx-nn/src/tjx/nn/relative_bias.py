@@ -106,7 +106,7 @@ class RelativePositionBias(nnx.Module):
     Parameters
     ----------
     config : TransformerConfig
-        ``relative_buckets``, ``relative_max_distance``, ``num_heads``, ``init_std``,
+        ``relative_buckets``, ``relative_max_distance``, ``num_heads``, ``init.std``,
         ``precision``.
     bidirectional : bool
         Encoder (True) or causal decoder (False) bucketing.
@@ -119,7 +119,7 @@ class RelativePositionBias(nnx.Module):
         # The buckets are no logical axis (replicated); heads shard like the attention heads.
         self.table = make_param(
             rngs,
-            normal(config.init_std),
+            normal(config.init.std),
             (config.relative_buckets, config.num_heads),
             (None, "heads"),
             config.precision.param_dtype,

@@ -140,7 +140,7 @@ def generate_speculative(
     Parameters
     ----------
     model : DecoderLM
-        A model with ``mtp_depths >= 1`` (depth 1 drafts).
+        A model with ``mtp.depths >= 1`` (depth 1 drafts).
     prompts, prompt_lengths, pad_id, eos_id, max_new_tokens
         As `tjx.nn.generate`'s (greedy: no sampling settings).
 
@@ -158,7 +158,7 @@ def generate_speculative(
     if not isinstance(model, DecoderLM) or model.mtp is None:
         raise ValueError(
             "generate_speculative drafts with the model's multi-token-prediction module: it "
-            "needs a DecoderLM with mtp_depths >= 1 (use generate otherwise)"
+            "needs a DecoderLM with mtp.depths >= 1 (use generate otherwise)"
         )
     arr, lengths = check_tokens(
         prompts,

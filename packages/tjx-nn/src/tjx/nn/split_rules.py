@@ -46,10 +46,10 @@ def check_pipelinable(config: Any) -> None:
             f"MoE layers are not pipelined (model.moe.num_experts={config.moe.num_experts}); set "
             "mesh.pipeline=1 (mesh.expert splits the experts instead)"
         )
-    if config.mtp_depths:
+    if config.mtp.depths:
         raise ValueError(
-            f"multi-token prediction is not pipelined (model.mtp_depths={config.mtp_depths}); "
-            "set mesh.pipeline=1 or model.mtp_depths=0"
+            f"multi-token prediction is not pipelined (model.mtp.depths={config.mtp.depths}); "
+            "set mesh.pipeline=1 or model.mtp.depths=0"
         )
 
 
@@ -94,10 +94,10 @@ def check_sequence_split(config: Any, ways: int) -> None:
             f"{key}: a split sequence takes no additive attention bias (alibi, t5) and no "
             f"attention dropout {split}; set model.position=rope and model.attention_dropout=0"
         )
-    if config.mtp_depths:
+    if config.mtp.depths:
         raise ValueError(
-            f"model.mtp_depths: multi-token prediction shifts tokens along the sequence, which "
-            f"a split cuts {split}; set mesh.context=1 or model.mtp_depths=0"
+            f"model.mtp.depths: multi-token prediction shifts tokens along the sequence, which "
+            f"a split cuts {split}; set mesh.context=1 or model.mtp.depths=0"
         )
     if config.attention_sinks:
         raise ValueError(

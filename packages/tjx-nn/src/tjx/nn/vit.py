@@ -38,7 +38,7 @@ class ViT(nnx.Module):
             (None,),
             ("embed",),
             rngs=rngs,
-            init=normal(c.init_std),
+            init=normal(c.init.std),
             precision=p,
         )
         self.cls_token = make_param(
@@ -46,9 +46,9 @@ class ViT(nnx.Module):
         )
         self.pos_embed = learned_positions(c, rngs=rngs)
         self.stack = Stack(c, rngs=rngs, num_layers=c.num_layers, causal=False, attention=attention)
-        norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias, precision=p)
+        norm_kw: dict[str, Any] = dict(rngs=rngs, eps=c.norm.eps, use_bias=c.use_bias, precision=p)
         self.final_norm = (
-            make_norm(c.norm, c.d_model, **norm_kw) if c.norm_position == "pre" else None
+            make_norm(c.norm.kind, c.d_model, **norm_kw) if c.norm.position == "pre" else None
         )
         self.head = Dense(
             (c.d_model,),
@@ -56,7 +56,7 @@ class ViT(nnx.Module):
             ("embed",),
             ("classes",),
             rngs=rngs,
-            init=normal(c.init_std),
+            init=normal(c.init.std),
             precision=p,
         )
         self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention_dropout > 0)

@@ -90,7 +90,7 @@ def _valid(model_type: str) -> dict:
     if model_type in OSS_GLM:
         fields = {**OSS_GLM_SIZES, **OSS_GLM[model_type]}
         write = gpt_oss_config_to_hf if model_type == "gpt_oss" else glm4_moe_config_to_hf
-        return write(config(**fields))
+        return write(tnn.make_config(config, fields))  # gpt_oss: a dotted mlp.activation
     writers = {
         "qwen3_5_text": (qwen3_5_config_to_hf, QWEN3_5),
         "qwen3_next": (qwen3_next_config_to_hf, QWEN3_NEXT),
@@ -235,20 +235,20 @@ def test_keys_that_do_not_fit_together_are_one_line(tmp_path, model_type, change
 #: several otherwise (one key/value head per query head, 2048 positions, no window ...).
 SIZES = dict(vocab_size=64, hidden_size=64, intermediate_size=32, num_hidden_layers=4)
 DEFAULTS = {
-    "llama": ({}, dict(num_kv_heads=32, head_dim=2, max_seq_len=2048, norm_eps=1e-6)),
+    "llama": ({}, dict(num_kv_heads=32, head_dim=2, max_seq_len=2048, **{"norm.eps": 1e-6})),
     "mistral": ({}, dict(num_kv_heads=8, max_seq_len=131072, sliding_window=4096)),
     "qwen2": ({}, dict(num_kv_heads=32, max_seq_len=32768, sliding_window=None)),
     "qwen3": ({}, dict(num_kv_heads=32, head_dim=128, max_seq_len=32768)),
-    "olmo2": ({}, dict(num_kv_heads=32, max_seq_len=2048, norm_eps=1e-5)),
+    "olmo2": ({}, dict(num_kv_heads=32, max_seq_len=2048, **{"norm.eps": 1e-5})),
     "olmo3": ({}, dict(sliding_window=4096, window_pattern=("local",) * 3 + ("global",))),
-    "phi3": ({}, dict(max_seq_len=4096, norm_eps=1e-5, dropout=0.0, sliding_window=None)),
+    "phi3": ({}, dict(max_seq_len=4096, **{"norm.eps": 1e-5}, dropout=0.0, sliding_window=None)),
     "gemma2": ({}, dict(num_kv_heads=4, head_dim=256, max_seq_len=8192, attn_logit_softcap=50)),
     "gemma3_text": ({}, dict(num_kv_heads=4, head_dim=256, max_seq_len=131072)),
     "mixtral": (
         {},
         {
             "num_kv_heads": 8,
-            "norm_eps": 1e-5,
+            "norm.eps": 1e-5,
             "moe.num_experts": 8,
             "moe.experts_per_token": 2,
             "moe.router_aux_loss": 0.001,
@@ -301,7 +301,7 @@ DEFAULTS = {
             "moe.experts_per_token": 8,
             "moe.expert_mlp_dim": 1408,
             "rope_fraction": 0.5,
-            "norm_eps": 1e-5,
+            "norm.eps": 1e-5,
         },
     ),
     "qwen3_5_text": ({}, dict(num_kv_heads=4, head_dim=256, max_seq_len=32768)),
@@ -311,7 +311,7 @@ DEFAULTS = {
         {
             "num_kv_heads": 8,
             "head_dim": 128,
-            "mlp_dim": 16384,
+            "mlp.dim": 16384,
             "moe.num_experts": 16,
         },
     ),
@@ -329,7 +329,7 @@ def test_a_config_leaving_optional_keys_out_reads_with_transformers_defaults(tmp
 
 def test_gpt2_leaving_optional_keys_out_reads_with_transformers_defaults(tmp_path):
     config = _read(tmp_path, dict(model_type="gpt2", vocab_size=64, n_embd=16, n_layer=2, n_head=4))
-    assert (config.max_seq_len, config.mlp_dim, config.norm_eps, config.mlp_activation) == (
+    assert (config.max_seq_len, config.mlp.dim, config.norm.eps, config.mlp.activation) == (
         1024,
         64,
         1e-5,

@@ -25,7 +25,12 @@ def saved(tmp_path_factory):
     """A tiny Llama saved whole (``one``) and in shards (``sharded``), copied per test."""
     root = tmp_path_factory.mktemp("saved")
     config = tnn.LlamaConfig(
-        vocab_size=24, max_seq_len=16, d_model=16, num_layers=1, num_heads=2, mlp_dim=24
+        vocab_size=24,
+        max_seq_len=16,
+        d_model=16,
+        num_layers=1,
+        num_heads=2,
+        mlp=tnn.MLPConfig(dim=24),
     )
     model = tnn.Llama(config, rngs=nnx.Rngs(0))
     tnn.save_hf(model, root / "one")

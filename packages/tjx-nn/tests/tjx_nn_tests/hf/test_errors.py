@@ -12,7 +12,12 @@ from tjx import nn as tnn
 
 def _llama(tmp_path, **hf_changes):
     config = tnn.LlamaConfig(
-        vocab_size=24, max_seq_len=16, d_model=16, num_layers=1, num_heads=2, mlp_dim=24
+        vocab_size=24,
+        max_seq_len=16,
+        d_model=16,
+        num_layers=1,
+        num_heads=2,
+        mlp=tnn.MLPConfig(dim=24),
     )
     folder = tmp_path / "ck"
     tnn.save_hf(tnn.Llama(config, rngs=nnx.Rngs(0)), folder)

@@ -17,19 +17,18 @@ from tjx_nn_tests._helpers import most_reads_alive
 
 BASE = dict(vocab_size=48, max_seq_len=32, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2)
 GEMMA = dict(
-    norm_position="sandwich",
-    norm_plus_one=True,
+    norm=tnn.NormConfig(position="sandwich", plus_one=True),
     scale_embeddings=True,
-    mlp_activation="geglu",
+    mlp=tnn.MLPConfig(activation="geglu"),
     query_pre_attn_scalar=12,
 )
 #: Each family with the windows it may have (layer 1 of Qwen3, every Phi-3 layer, Gemma's
 #: alternate layers from 0; Gemma 3's local layers at their own RoPE base).
 CONFIGS = {
     "qwen3": dict(qk_norm=True, head_dim=16, sliding_window=8, window_pattern=("global", "local")),
-    "olmo2": dict(norm_position="output", qk_norm=True, qk_norm_scope="projection"),
+    "olmo2": dict(norm=tnn.NormConfig(position="output"), qk_norm=True, qk_norm_scope="projection"),
     "olmo3": dict(
-        norm_position="output",
+        norm=tnn.NormConfig(position="output"),
         qk_norm=True,
         qk_norm_scope="projection",
         sliding_window=8,
@@ -123,7 +122,7 @@ def test_phi3_fused_tensors_hold_q_k_v_and_gate_up_row_after_row(tmp_path):
         gate_up = handle.get_tensor("model.layers.1.mlp.gate_up_proj.weight")
     q = flat["stack.layers.1.attn.query.kernel"].reshape(32, -1).T  # [4 * 8, 32]
     v = flat["stack.layers.1.attn.value.kernel"].reshape(32, -1).T  # [2 * 8, 32]
-    m = model.config.mlp_dim
+    m = model.config.mlp.dim
     assert qkv.shape == (32 + 16 + 16, 32) and gate_up.shape == (2 * m, 32)
     np.testing.assert_array_equal(qkv[:32], q)
     np.testing.assert_array_equal(qkv[48:], v)
@@ -203,7 +202,7 @@ def test_published_shapes_load_or_are_refused_in_one_line_naming_why():
         True, 128, 8, True,
     )  # fmt: skip
     olmo2 = family_config_from_hf(PUBLISHED["olmo2"])
-    assert olmo2.norm_position == "output" and olmo2.rope_theta == 500000.0
+    assert olmo2.norm.position == "output" and olmo2.rope_theta == 500000.0
     # Phi-3-mini-4k: its window (2047 of 4096) slides in every layer.
     phi3 = family_config_from_hf(PUBLISHED["phi3"])
     assert (phi3.sliding_window, phi3.window_pattern, phi3.max_seq_len) == (2047, None, 4096)
@@ -306,7 +305,7 @@ def test_what_tjx_cannot_honour_is_refused_by_name(tmp_path, family, changes, ne
     [
         ("qwen3", "llama", {}, "model_type 'llama' cannot express qk_norm=True"),
         ("gemma2", "phi3", {}, "save as model_type='gemma2'"),
-        ("olmo2", "qwen3", {}, "norm_position='output'"),
+        ("olmo2", "qwen3", {}, "norm.position='output'"),
         ("qwen3", None, {"rope_scaling": (8.0, 1.0, 4.0, 16)}, "rope_scaling="),
         (
             "gemma3_text",

@@ -30,8 +30,9 @@ from tjx_nn_tests._helpers import saved_random
 #: double-wide MLP; global heads 16 wide (8 elsewhere), one key/value head, values = keys.
 GEMMA4 = dict(
     vocab_size=24, max_seq_len=32, d_model=16, num_layers=4, num_heads=4, num_kv_heads=2,
-    head_dim=8, mlp_dim=12, sliding_window=3, window_pattern=("local", "global"),
-    norm_position="sandwich", scale_embeddings=True, mlp_activation="geglu", qk_norm=True,
+    head_dim=8, mlp=tnn.MLPConfig(dim=12, activation="geglu"), sliding_window=3,
+    window_pattern=("local", "global"),
+    norm=tnn.NormConfig(position="sandwich"), scale_embeddings=True, qk_norm=True,
     query_pre_attn_scalar=1.0, tie_embeddings=True, rope_theta=10_000.0, rope_local_theta=100.0,
     gemma4=Gemma4Options(
         global_head_dim=16, global_kv_heads=1, global_values_from_keys=True,
@@ -133,7 +134,7 @@ def test_the_default_config_is_read_as_transformers_reads_it():
         0.25,
     )
     assert (g.per_layer_input_dim, g.per_layer_vocab_size) == (256, None)
-    assert g.value_norm and g.layer_scale and not config.norm_plus_one
+    assert g.value_norm and g.layer_scale and not config.norm.plus_one
     assert (config.query_pre_attn_scalar, g.kv_shared_layers, g.global_kv_heads) == (
         1.0,
         0,
@@ -219,7 +220,7 @@ def test_an_image_text_folder_loads_as_its_text_model(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (dict(norm_plus_one=True), "norm_plus_one=True .needs False."),
+        ({"norm.plus_one": True}, "norm.plus_one=True .needs False."),
         ({"gemma4.value_norm": False}, "gemma4.value_norm=False .needs True."),
         ({"gemma4.kv_shared_mlp_dim": 20}, "gemma4.kv_shared_mlp_dim=20"),
         (

@@ -15,11 +15,14 @@ from tjx import nn as tnn
 from tjx.nn.hf.glm4_moe import glm4_moe_config_from_hf, glm4_moe_config_to_hf
 from tjx.nn.hf.gpt_oss import gpt_oss_config_from_hf, gpt_oss_config_to_hf
 
-SIZES = dict(vocab_size=24, max_seq_len=16, d_model=16, num_layers=2, num_heads=4, mlp_dim=8)
+SIZES = dict(
+    vocab_size=24, max_seq_len=16, d_model=16, num_layers=2, num_heads=4, mlp=tnn.MLPConfig(dim=8)
+)
 GPT_OSS = dict(
-    num_kv_heads=2, attention_sinks=True, use_bias=True, mlp_activation="swiglu_clamped",
+    num_kv_heads=2, attention_sinks=True, use_bias=True,
     moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, router_logit_bias=True,
                       router_aux_loss=0.001),
+    **{"mlp.activation": "swiglu_clamped"},  # over SIZES' mlp.dim
     sliding_window=4, window_pattern=("local", "global"),
     rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=4,
                       truncate=False),
@@ -34,7 +37,7 @@ FAMILIES = {"gpt_oss": GPT_OSS, "glm4_moe": GLM}
 
 
 def _model(fields):
-    model = tnn.Llama(tnn.LlamaConfig(**{**SIZES, **fields}), rngs=nnx.Rngs(0))
+    model = tnn.Llama(tnn.make_config(tnn.LlamaConfig, {**SIZES, **fields}), rngs=nnx.Rngs(0))
     rs = np.random.RandomState(0)  # biases and sinks start at 0: random, so a swap shows
     flat = tnn.get_flat_params(model)
     tnn.set_flat_params(model, {k: v + 0.1 * rs.randn(*v.shape) for k, v in flat.items()})
@@ -106,7 +109,9 @@ def test_glm_tensors_and_config_are_transformers_names(tmp_path):
 def test_transformers_defaults_are_read_as_transformers_reads_them():
     """gpt-oss without rope_parameters is yarn (factor 32 over 4,096, base 150,000) with even
     layers sliding; GLM-4.5 without a partial_rotary_factor rotates half of each head."""
-    oss = gpt_oss_config_to_hf(tnn.LlamaConfig(**{**SIZES, **GPT_OSS, "num_layers": 4}))
+    oss = gpt_oss_config_to_hf(
+        tnn.make_config(tnn.LlamaConfig, {**SIZES, **GPT_OSS, "num_layers": 4})
+    )
     for key in ("rope_parameters", "layer_types"):
         del oss[key]
     config = gpt_oss_config_from_hf(oss)
@@ -137,7 +142,7 @@ def test_glm_multi_token_prediction_layers_are_skipped_with_one_line(tmp_path, c
     hf = _tensors(folder)
     hf["model.layers.3.eh_proj.weight"] = np.zeros((16, 32), np.float32)
     save_file(hf, str(folder / "model.safetensors"))
-    loaded, _ = tnn.load_hf(folder, mtp_depths=0)
+    loaded, _ = tnn.load_hf(folder, **{"mtp.depths": 0})
     assert "skipping the checkpoint's 1 multi-token-prediction layer" in capsys.readouterr().err
     np.testing.assert_array_equal(
         tnn.get_flat_params(loaded)["embed.embedding"],
@@ -146,13 +151,13 @@ def test_glm_multi_token_prediction_layers_are_skipped_with_one_line(tmp_path, c
 
 
 def test_glm_multi_token_prediction_round_trips_in_deepseeks_layout(tmp_path):
-    model = _model({**GLM, "mtp_depths": 1})
+    model = _model({**GLM, "mtp": tnn.MTPConfig(depths=1)})
     tnn.save_hf(model, tmp_path / "a")
     first = _tensors(tmp_path / "a")
     assert first["model.layers.3.eh_proj.weight"].shape == (16, 32)
     assert "model.layers.3.self_attn.q_norm.weight" in first  # the block as GLM's own layers
     loaded, config = tnn.load_hf(tmp_path / "a")
-    assert config.mtp_depths == 1
+    assert config.mtp.depths == 1
     want, got = tnn.get_flat_params(model), tnn.get_flat_params(loaded)
     assert set(want) == set(got)
     for name in want:
@@ -190,7 +195,7 @@ def test_what_tjx_cannot_honour_is_refused_in_one_line(tmp_path, family, changes
     ("fields", "model_type", "needle"),
     [
         ({**GPT_OSS, "moe.router_logit_bias": False}, None, "moe.router_logit_bias=False"),
-        ({**GPT_OSS, "mlp_activation": "swiglu"}, None, "mlp_activation='swiglu'"),
+        ({**GPT_OSS, "mlp.activation": "swiglu"}, None, "mlp.activation='swiglu'"),
         (GPT_OSS, "mixtral", "saves as model_type 'gpt_oss'"),
         ({**GLM, "moe.router": "softmax"}, None, "moe.router='softmax' (needs 'sigmoid')"),
         ({**GLM, "moe": tnn.MoEConfig(), "qk_norm": False}, None, "rope_fraction=0.5 (needs 1.0)"),

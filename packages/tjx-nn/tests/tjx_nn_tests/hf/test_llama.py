@@ -27,7 +27,7 @@ def _config(**kw):
         num_layers=2,
         num_heads=4,
         num_kv_heads=2,
-        mlp_dim=40,
+        mlp=tnn.MLPConfig(dim=40),
         rope_theta=5e5,
         rope_scaling=SCALING,
         qkv_bias=True,

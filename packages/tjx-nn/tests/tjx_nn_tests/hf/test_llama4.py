@@ -24,7 +24,8 @@ from tjx_nn_tests._helpers import saved_random
 #: the wrong place shows.
 LLAMA4 = dict(
     vocab_size=24, max_seq_len=16, d_model=16, num_layers=4, num_heads=4, num_kv_heads=2,
-    head_dim=8, mlp_dim=8, attention_chunk=3, window_pattern=("local",) * 3 + ("global",),
+    head_dim=8, mlp=tnn.MLPConfig(dim=8), attention_chunk=3,
+    window_pattern=("local",) * 3 + ("global",),
     global_nope=True, qk_l2_norm=True, nope_temperature_floor=2.0, nope_temperature_scale=0.5,
     moe=tnn.MoEConfig(num_experts=4, experts_per_token=1, expert_mlp_dim=4, num_shared_experts=1,
                       shared_expert_mlp_dim=4, layer_step=2, router="sigmoid_plain",
@@ -116,14 +117,14 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
     moe = c.moe
     got = (moe.num_experts, moe.experts_per_token, moe.layer_step, moe.first_dense)
     assert got == (16, 1, 1, 0)
-    assert (c.mlp_dim, moe.expert_mlp_dim, moe.shared_expert_mlp_dim) == (16384, 8192, 8192)
+    assert (c.mlp.dim, moe.expert_mlp_dim, moe.shared_expert_mlp_dim) == (16384, 8192, 8192)
     assert c.layer_locals() == (True, True, True, False) * 2 and c.global_nope
     assert (c.attention_chunk, c.nope_temperature_floor, c.nope_temperature_scale) == (
         8192,
         8192.0,
         0.1,
     )
-    assert (c.qk_l2_norm, c.norm_eps, c.max_seq_len, c.tie_embeddings) == (
+    assert (c.qk_l2_norm, c.norm.eps, c.max_seq_len, c.tie_embeddings) == (
         True,
         1e-5,
         131072,
@@ -225,7 +226,8 @@ def test_a_chunked_layers_queries_see_their_own_chunk_only():
     """One local layer, chunks of 4: positions 4-7 ignore tokens 0-3 (a window of 4 would not),
     and positions 0-3 ignore tokens 4-7 (causal)."""
     config = tnn.LlamaConfig(vocab_size=24, max_seq_len=16, d_model=16, num_layers=1,
-                             num_heads=2, head_dim=8, mlp_dim=8, attention_chunk=4)  # fmt: skip
+                             num_heads=2, head_dim=8, mlp=tnn.MLPConfig(dim=8),
+                             attention_chunk=4)  # fmt: skip
     model = tnn.Llama(config, rngs=nnx.Rngs(int(np.random.default_rng().integers(99))))
     tokens = jnp.asarray(np.random.default_rng().integers(0, 24, (1, 8)))
     other = tokens.at[0, :4].set((tokens[0, :4] + 1) % 24).at[0, 7].set((tokens[0, 7] + 1) % 24)

@@ -10,8 +10,10 @@ from flax import nnx
 
 from tjx import nn as tnn
 
-SIZES = dict(vocab_size=24, max_seq_len=16, d_model=16, num_layers=3, num_heads=2, mlp_dim=24)
-MIXTRAL = dict(moe=tnn.MoEConfig(num_experts=4, experts_per_token=2))  # an expert: mlp_dim wide
+SIZES = dict(
+    vocab_size=24, max_seq_len=16, d_model=16, num_layers=3, num_heads=2, mlp=tnn.MLPConfig(dim=24)
+)
+MIXTRAL = dict(moe=tnn.MoEConfig(num_experts=4, experts_per_token=2))  # an expert: mlp.dim wide
 QWEN2 = dict(
     moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=12, num_shared_experts=1,
                       shared_expert_mlp_dim=20, shared_expert_gate=True, first_dense=1,

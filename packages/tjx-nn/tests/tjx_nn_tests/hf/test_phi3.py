@@ -137,7 +137,9 @@ def test_greedy_tokens_are_what_a_forward_over_each_prefix_picks(prompt):
     it decodes on its cache. (Causal, so two forwards hold every prefix's last logits: one of
     the first 8 tokens, short like the prefixes within 8, one of all, long like those past it.)
     """
-    config = tnn.LlamaConfig(**TINY, rope_scaling=TINY_SCALING, init_std=0.3)
+    config = tnn.LlamaConfig(**TINY, rope_scaling=TINY_SCALING,
+        init=tnn.InitConfig(std=0.3),
+    )
     model = tnn.Llama(config, rngs=nnx.Rngs(0))
     tokens = jnp.asarray(np.random.default_rng(2).integers(0, 48, (1, prompt)))
     out = np.asarray(tnn.generate(model, tokens, max_new_tokens=12, temperature=0.0))

@@ -29,7 +29,7 @@ EXPECTED = {
             "sliding_window": 128,
             "window_pattern": ("local", "global") * 18,
             "attention_sinks": True,
-            "mtp_depths": 0,
+            "mtp.depths": 0,
         },
         params=116_829_156_672,  # "116.83B"
     ),
@@ -47,7 +47,7 @@ EXPECTED = {
             "moe.router": "sigmoid",
             "moe.router_groups": 8,
             "vocab_size": 129280,
-            "mtp_depths": 1,
+            "mtp.depths": 1,
         },  # the index names layer 61's tensors
         params=671_026_419_200,  # "671B" without the multi-token-prediction layer
     ),
@@ -61,7 +61,7 @@ def test_a_published_release_reads_from_its_config_and_index_alone(tmp_path, nam
     config = tnn.read_hf_config(folder, scan_layers=True)
     want = EXPECTED[name]
     assert {k: tnn.setting_value(config, k) for k in want["fields"]} == want["fields"]
-    main = config.replace(mtp_depths=0)
+    main = config.replace(**{"mtp.depths": 0})
     abstract = nnx.eval_shape(lambda: tnn.Llama(main, rngs=nnx.Rngs(0)))
     assert count_params(abstract) == want["params"]
     with pytest.raises(ValueError, match=r"^[^\n]*$") as info:

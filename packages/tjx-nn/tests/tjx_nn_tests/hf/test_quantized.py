@@ -32,8 +32,9 @@ FIX = "download or save the checkpoint again"
 #: The FP8 e4m3 codes that are NaN (sign either way): published weights hold none.
 FP8_NAN = (0x7F, 0xFF)
 GPT_OSS = dict(
-    num_kv_heads=2, attention_sinks=True, use_bias=True, mlp_activation="swiglu_clamped",
+    num_kv_heads=2, attention_sinks=True, use_bias=True,
     moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, router_logit_bias=True),
+    **{"mlp.activation": "swiglu_clamped"},  # over _export's mlp.dim
     sliding_window=4, window_pattern=("local", "global"),
 )  # fmt: skip
 #: A DeepSeek-V3 whose widths the FP8 block [4, 8] leaves partial blocks in (q_a_proj's 10 rows,
@@ -43,7 +44,7 @@ DEEPSEEK_V3 = dict(
     mla=tnn.MLAConfig(kv_latent_dim=8, qk_rope_head_dim=4, v_head_dim=6, q_lora_rank=10),
     moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=8, num_shared_experts=1,
                       first_dense=1, router="sigmoid"),
-    norm_eps=1e-6,
+    norm=tnn.NormConfig(eps=1e-6),
 )  # fmt: skip
 BLOCK = [4, 8]
 
@@ -221,8 +222,17 @@ def _write_shards(folder: Path, tensors: dict[str, tuple[str, np.ndarray]], shar
 
 
 def _export(tmp_path: Path, fields: dict, **sizes) -> Path:
-    base = dict(vocab_size=24, max_seq_len=16, d_model=32, num_layers=2, num_heads=4, mlp_dim=32)
-    model = tnn.Llama(tnn.LlamaConfig(**{**base, **fields, **sizes}), rngs=nnx.Rngs(0))
+    base = dict(
+        vocab_size=24,
+        max_seq_len=16,
+        d_model=32,
+        num_layers=2,
+        num_heads=4,
+        mlp=tnn.MLPConfig(dim=32),
+    )
+    model = tnn.Llama(
+        tnn.make_config(tnn.LlamaConfig, {**base, **fields, **sizes}), rngs=nnx.Rngs(0)
+    )
     folder = tmp_path / "plain"
     tnn.save_hf(model, folder)
     return folder
@@ -235,7 +245,9 @@ def gpt_oss_plain(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def deepseek_plain(tmp_path_factory) -> Path:
-    return _export(tmp_path_factory.mktemp("ds"), DEEPSEEK_V3, d_model=16, mlp_dim=12)
+    return _export(
+        tmp_path_factory.mktemp("ds"), DEEPSEEK_V3, d_model=16, mlp=tnn.MLPConfig(dim=12)
+    )
 
 
 def _same_params(folder: Path, **overrides) -> None:
@@ -304,7 +316,7 @@ def test_loading_holds_one_tensor_dequantized_not_a_shard(tmp_path):
     stays below one shard's tensors dequantized, a third of the whole model's: the loader never
     dequantizes a shard, let alone the model, ahead of the model asking for each tensor."""
     moe = tnn.MoEConfig(num_experts=8, experts_per_token=2, router_logit_bias=True)
-    plain = _export(tmp_path, GPT_OSS, d_model=128, mlp_dim=128, num_layers=8, moe=moe)
+    plain = _export(tmp_path, GPT_OSS, d_model=128, num_layers=8, moe=moe, **{"mlp.dim": 128})
     folder = tmp_path / "mx"
     decoded = _quantize_folder(plain, folder, "mxfp4", shards=2)
     index = json.loads((folder / INDEX).read_text())["weight_map"]

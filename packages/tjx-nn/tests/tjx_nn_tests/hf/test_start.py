@@ -12,7 +12,7 @@ from tjx.nn.families.gemma4 import Gemma4Options
 
 def _llama(**kw: object) -> tnn.LlamaConfig:
     sizes: dict = dict(vocab_size=40, max_seq_len=16, d_model=16, num_layers=2, num_heads=4,
-                       num_kv_heads=2, mlp_dim=24)  # fmt: skip
+                       num_kv_heads=2, mlp=tnn.MLPConfig(dim=24))  # fmt: skip
     return tnn.LlamaConfig(**{**sizes, **kw})
 
 
@@ -40,8 +40,8 @@ def test_the_late_2026_families_fix_their_layers_and_mtp_depths():
     """A Llama 4 start refuses another chunk or NoPE choice, a Qwen3.5 one another mixer
     pattern, a DeepSeek-V3 one another count of MTP depths (#56's switches are fixed too)."""
     llama4 = _llama(attention_chunk=4, window_pattern=("local", "global"), global_nope=True)
-    asked = {"attention_chunk": 8, "global_nope": True, "mtp_depths": 1}
-    assert tnn.hf_conflicts(asked, llama4) == {"attention_chunk": 8, "mtp_depths": 1}
+    asked = {"attention_chunk": 8, "global_nope": True, "mtp.depths": 1}
+    assert tnn.hf_conflicts(asked, llama4) == {"attention_chunk": 8, "mtp.depths": 1}
     delta = tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=4, value_dim=4)
     hybrid = _llama(mixer_pattern=("delta", "attention"), delta=delta)
     assert tnn.hf_conflicts({"delta.key_heads": 8, "delta.impl": "xla"}, hybrid) == {
@@ -68,8 +68,9 @@ def test_two_configs_clash_in_what_the_model_is_not_in_how_it_trains():
                                                                key_dim=4, value_dim=4))  # fmt: skip
     xla = _llama(**delta).replace(**{"delta.impl": "xla"})
     assert tnn.config_clashes(xla, _llama(**delta), vocab=True) == {}
-    assert tnn.config_clashes(ours, _llama(num_layers=3, mlp_dim=48), vocab=True) == {
-        "num_layers": (2, 3), "mlp_dim": (24, 48)}  # fmt: skip
+    assert tnn.config_clashes(ours, _llama(num_layers=3, mlp=tnn.MLPConfig(dim=48)),
+                              vocab=True) == {
+        "num_layers": (2, 3), "mlp.dim": (24, 48)}  # fmt: skip
     other_vocab = _llama(vocab_size=50)
     assert tnn.config_clashes(ours, other_vocab, vocab=False) == {}
     assert tnn.config_clashes(ours, other_vocab, vocab=True) == {"vocab_size": (40, 50)}

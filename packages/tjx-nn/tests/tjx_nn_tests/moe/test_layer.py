@@ -20,7 +20,7 @@ BASE = dict(
     d_model=8,
     num_layers=1,
     num_heads=2,
-    init_std=0.5,
+    init=tnn.InitConfig(std=0.5),
 )
 EXPERTS = tnn.MoEConfig(
     num_experts=4, experts_per_token=2, expert_mlp_dim=6, router_aux_loss=0.3, router_z_loss=0.05
@@ -54,9 +54,9 @@ CASES = {
     # large enough (init 3: pre-activations of std ~8) that the clamp at 7 bites.
     "gpt-oss-clamped-logit-bias": _with(
         dict(router_logit_bias=True),
-        init_std=3.0,
+        init=tnn.InitConfig(std=3.0),
         use_bias=True,
-        mlp_activation="swiglu_clamped",
+        mlp=tnn.MLPConfig(activation="swiglu_clamped"),
     ),
 }
 
@@ -122,7 +122,7 @@ def test_the_block_equals_a_per_token_float64_reference_forward_and_gradients(x6
     assert int(stats.tokens) == 12
     if name == "capacity-drops":
         assert int(stats.dropped_tokens) > 0  # the case really drops
-    if cfg.mlp_activation == "swiglu_clamped":  # the clamp at 7 bites on both inputs
+    if cfg.mlp.activation == "swiglu_clamped":  # the clamp at 7 bites on both inputs
         for part in ("fc_gate", "fc_in"):
             pre = np.einsum("bsd,edf->bsef", x, flat[f"experts.{part}.kernel"])
             assert np.abs(pre + flat[f"experts.{part}.bias"]).max() > 7.0
@@ -182,7 +182,7 @@ def test_capacity_keeps_first_choices_in_token_order_then_second_choices():
 
 
 def test_statistics_count_every_assignment_and_a_balanced_router_scores_one():
-    cfg = tnn.LlamaConfig(**{**BASE, "init_std": 0.02})
+    cfg = tnn.LlamaConfig(**{**BASE, "init": tnn.InitConfig(std=0.02)})
     moe = MoE(cfg, rngs=nnx.Rngs(0), out_std=0.02)
     moe.router.kernel.set_value(jnp.zeros_like(moe.router.kernel[...]))  # uniform probs
     x = jnp.asarray(np.random.RandomState(0).randn(3, 8, 8), jnp.float32)

@@ -21,7 +21,7 @@ MOE = dict(
     num_layers=4,
     num_heads=2,
     num_kv_heads=1,
-    mlp_dim=24,
+    mlp=tnn.MLPConfig(dim=24),
     moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=12),
 )
 #: The `MoEConfig` fields (a change to one is a change to `MOE`'s ``moe`` section).

@@ -178,12 +178,13 @@ def save_hf(
     """
     config = getattr(model, "config", None)
     hf_config, mapping = _export_plan(config, model_type)
-    depths = getattr(config, "mtp_depths", 0)
+    mtp = getattr(config, "mtp", None)
+    depths = mtp.depths if mtp is not None else 0
     if depths and hf_config.get("num_nextn_predict_layers") != depths:
         raise ValueError(
-            f"mtp_depths={depths}: model_type {hf_config['model_type']!r} stores no "
+            f"mtp.depths={depths}: model_type {hf_config['model_type']!r} stores no "
             "multi-token-prediction layers (deepseek_v3 and glm4_moe do); save a model with "
-            "mtp_depths=0 (its MTP modules dropped) or as one of those"
+            "mtp.depths=0 (its MTP modules dropped) or as one of those"
         )
     assert config is not None
     # LoRA adapters, if any, are merged into their kernels as each tensor is read.

@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from tjx.nn.configs import LlamaConfig, setting_value
+from tjx.nn.configs import LlamaConfig, make_config, setting_value
 from tjx.nn.hf.keys import ABSENT, ATTENTION_KINDS, LLAMA, Spec, count, flag, layer_list, size
 from tjx.nn.rope_scaling import ROPE_SCALINGS, RopeScaling
 
@@ -260,24 +260,25 @@ def llama_fields(
     layers = hf["num_hidden_layers"]
     window, pattern = _window(hf, model_type, layers)
     heads = hf["num_attention_heads"]
-    return dict(
-        vocab_size=hf["vocab_size"],
-        max_seq_len=_longest(scaling, max_len),
-        d_model=hf["hidden_size"],
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=hf["num_key_value_heads"] or heads,
-        head_dim=hf["head_dim"],
-        mlp_dim=hf["intermediate_size"],
-        norm_eps=float(hf["rms_norm_eps"]),
-        rope_theta=theta,
-        rope_scaling=scaling,
-        sliding_window=window,
-        window_pattern=pattern,
-        use_bias=attn_bias,
-        tie_embeddings=hf["tie_word_embeddings"],
-        attention_dropout=float(hf["attention_dropout"]),
-        init_std=float(hf["initializer_range"]),
+    return (
+        dict(
+            vocab_size=hf["vocab_size"],
+            max_seq_len=_longest(scaling, max_len),
+            d_model=hf["hidden_size"],
+            num_layers=layers,
+            num_heads=heads,
+            num_kv_heads=hf["num_key_value_heads"] or heads,
+            head_dim=hf["head_dim"],
+            rope_theta=theta,
+            rope_scaling=scaling,
+            sliding_window=window,
+            window_pattern=pattern,
+            use_bias=attn_bias,
+            tie_embeddings=hf["tie_word_embeddings"],
+            attention_dropout=float(hf["attention_dropout"]),
+        )
+        | {"norm.eps": float(hf["rms_norm_eps"])}
+        | {"mlp.dim": hf["intermediate_size"], "init.std": float(hf["initializer_range"])}
     )
 
 
@@ -295,16 +296,16 @@ def llama_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig
     fields = llama_fields(SPECS[model_type].read(hf), model_type)
     fields["qkv_bias"] = model_type == "qwen2"
     fields.update(overrides)
-    return LlamaConfig(**fields)
+    return make_config(LlamaConfig, fields)
 
 
 def check_llama_shape(config: LlamaConfig) -> None:
     """Raise ``ValueError`` unless ``config`` is LLaMA-shaped (what every HF Llama type is)."""
     shaped = config.attention_type == "mha" and config.position == "rope"
-    if not shaped or config.norm != "rmsnorm":
+    if not shaped or config.norm.kind != "rmsnorm":
         raise ValueError(
             "only LLaMA-shaped configs export (attention_type 'mha', position 'rope', norm "
-            f"'rmsnorm'); got {config.attention_type!r}, {config.position!r}, {config.norm!r}"
+            f"'rmsnorm'); got {config.attention_type!r}, {config.position!r}, {config.norm.kind!r}"
         )
     # gpt-oss's and GLM-4.5's switches: their own model types (gpt_oss, glm4_moe) write them.
     for name, plain in (("attention_sinks", False), ("moe.router_logit_bias", False),
@@ -315,10 +316,10 @@ def check_llama_shape(config: LlamaConfig) -> None:
                 f"{setting_value(config, name)!r} (needs {plain!r}); gpt_oss and glm4_moe write "
                 "those"
             )
-    if config.mlp_activation != "swiglu" or config.norm_position != "pre":
+    if config.mlp.activation != "swiglu" or config.norm.position != "pre":
         raise ValueError(
-            "only LLaMA-shaped configs export (mlp_activation 'swiglu', norm_position 'pre'); "
-            f"got {config.mlp_activation!r}, {config.norm_position!r}"
+            "only LLaMA-shaped configs export (mlp.activation 'swiglu', norm.position 'pre'); "
+            f"got {config.mlp.activation!r}, {config.norm.position!r}"
         )
 
 
@@ -383,18 +384,18 @@ def llama_common_to_hf(config: LlamaConfig, chosen: str) -> dict[str, Any]:
         "model_type": chosen,
         "vocab_size": config.vocab_size,
         "hidden_size": config.d_model,
-        "intermediate_size": config.mlp_dim,
+        "intermediate_size": config.mlp.dim,
         "num_hidden_layers": config.num_layers,
         "num_attention_heads": config.num_heads,
         "num_key_value_heads": config.num_kv_heads,
         "head_dim": config.head_dim,
         "max_position_embeddings": _max_position(config),
-        "rms_norm_eps": config.norm_eps,
+        "rms_norm_eps": config.norm.eps,
         "rope_theta": config.rope_theta,
         "hidden_act": "silu",
         "tie_word_embeddings": config.tie_embeddings,
         "attention_dropout": config.attention_dropout,
-        "initializer_range": config.init_std,
+        "initializer_range": config.init.std,
     }
     if config.rope_scaling is not None:
         fields = config.rope_scaling.as_dict()

@@ -29,8 +29,8 @@ says; tjx's norms share one), V2's ``norm_topk_prob`` true (transformers' V2 ign
 shared experts. V3's own release (``quantization_config`` ``fp8``: FP8 blocks with
 ``weight_scale_inv``) is dequantized as it loads (`tjx.nn.hf.quantized`, before this module
 sees the config). V3's multi-token-prediction layers
-(``num_nextn_predict_layers``) are ``mtp_depths`` (:mod:`tjx.nn.mtp`, their tensors
-:mod:`tjx.nn.hf.mtp_tensors`): loaded, trained and written back; a load with ``mtp_depths=0``
+(``num_nextn_predict_layers``) are ``mtp.depths`` (:mod:`tjx.nn.mtp`, their tensors
+:mod:`tjx.nn.hf.mtp_tensors`): loaded, trained and written back; a load with ``mtp.depths=0``
 skips them with one printed line.
 DeepSeek's own ``auto_map`` (the hub code transformers ships upstream) is read as the model type.
 """
@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tjx.nn.configs import LlamaConfig
+from tjx.nn.configs import LlamaConfig, make_config
 from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields
 from tjx.nn.hf.family_base import refuse_mismatches
 from tjx.nn.hf.keys import ABSENT, UNSET, Spec, count, flag, nonneg, positive, size, text
@@ -152,7 +152,7 @@ def _refuse(key: str, value: Any, why: str) -> ValueError:
 
 
 def mtp_layers(hf: Mapping[str, Any]) -> int:
-    """V3's multi-token-prediction layers after the causal LM's (``mtp_depths``)."""
+    """V3's multi-token-prediction layers after the causal LM's (``mtp.depths``)."""
     return int(hf.get("num_nextn_predict_layers") or 0)
 
 
@@ -175,10 +175,10 @@ def deepseek_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
     heads, kv_heads = fields["num_heads"], fields["num_kv_heads"]
     if kv_heads != heads:
         raise _refuse("num_key_value_heads", kv_heads, f"DeepSeek's MLA has one per head ({heads})")
-    if fields["norm_eps"] != 1e-6:
+    if fields["norm.eps"] != 1e-6:
         raise _refuse(
             "rms_norm_eps",
-            fields["norm_eps"],
+            fields["norm.eps"],
             "DeepSeek's q_a/kv_a_layernorm keep 1e-6 and tjx's norms share one epsilon",
         )
     scoring, methods = _ROUTING[model_type]
@@ -218,9 +218,8 @@ def deepseek_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
         ),
         head_dim=nope + rope,
         moe=MoEConfig(**moe),
-        mtp_depths=mtp_layers(hf),
-    )
-    return LlamaConfig(**{**fields, **overrides})
+    ) | {"mtp.depths": mtp_layers(hf)}
+    return make_config(LlamaConfig, {**fields, **overrides})
 
 
 def deepseek_export_type(config: LlamaConfig, model_type: str | None) -> str:
@@ -234,17 +233,17 @@ def deepseek_export_type(config: LlamaConfig, model_type: str | None) -> str:
         )
     needs: dict[str, tuple[Any, Any]] = {
         "moe.router": (c.moe.router, _ROUTING[chosen][0]),
-        "norm": (c.norm, "rmsnorm"),
-        "norm_position": (c.norm_position, "pre"),
-        "mlp_activation": (c.mlp_activation, "swiglu"),
+        "norm.kind": (c.norm.kind, "rmsnorm"),
+        "norm.position": (c.norm.position, "pre"),
+        "mlp.activation": (c.mlp.activation, "swiglu"),
         "use_bias": (c.use_bias, False),
         "qkv_bias": (c.qkv_bias, False),
         "moe.shared_expert_gate": (c.moe.shared_expert_gate, False),
         "moe.shared_expert_mlp_dim": (c.moe.shared_expert_mlp_dim, None),
         "moe.layer_step": (c.moe.layer_step, 1),
         "sliding_window": (c.sliding_window, None),
-        "norm_eps": (c.norm_eps, 1e-6),
-        "norm_plus_one": (c.norm_plus_one, False),
+        "norm.eps": (c.norm.eps, 1e-6),
+        "norm.plus_one": (c.norm.plus_one, False),
         "scale_embeddings": (c.scale_embeddings, False),
         "final_logit_softcap": (c.final_logit_softcap, None),
         "attn_logit_softcap": (c.attn_logit_softcap, None),
@@ -297,5 +296,5 @@ def deepseek_config_to_hf(config: LlamaConfig, model_type: str | None = None) ->
         out["topk_method"] = "group_limited_greedy" if c.moe.router_groups > 1 else "greedy"
         out["mlp_bias"] = False
     else:
-        out |= dict(rope_interleave=True, num_nextn_predict_layers=c.mtp_depths)
+        out |= dict(rope_interleave=True, num_nextn_predict_layers=c.mtp.depths)
     return out

@@ -61,9 +61,9 @@ def deepseek_mapping(
     c: LlamaConfig, model_type: str, *, interleaved: bool = True, mtp: int | None = None
 ) -> HFMapping:
     """The HF ↔ tjx correspondence of a DeepSeek ``c`` saved as ``model_type`` (``interleaved``:
-    its rotated rows in pairs, V3's ``rope_interleave``), with its ``mtp_depths``
+    its rotated rows in pairs, V3's ``rope_interleave``), with its ``mtp.depths``
     multi-token-prediction layers (`tjx.nn.hf.mtp_tensors`); ``mtp``: the checkpoint's
-    ``num_nextn_predict_layers`` on load (those past ``mtp_depths`` skipped in one printed line),
+    ``num_nextn_predict_layers`` on load (those past ``mtp.depths`` skipped in one printed line),
     None on export."""
 
     def layers(cc: LlamaConfig) -> HFMapping:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tjx.nn.configs import LlamaConfig
+from tjx.nn.configs import LlamaConfig, make_config, setting_value
 from tjx.nn.hf.config import QWEN_WINDOWS
 from tjx.nn.hf.family_base import (
     LLAMA_SWITCHES,
@@ -103,7 +103,7 @@ SWITCHES: dict[str, dict[str, Any]] = {
     "qwen3": {**LLAMA_SWITCHES, "qk_norm": True},
     "olmo2": {
         **LLAMA_SWITCHES,
-        "norm_position": "output",
+        "norm.position": "output",
         "qk_norm": True,
         "qk_norm_scope": "projection",
     },
@@ -143,7 +143,7 @@ def family_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
     """
     model_type = str(hf.get("model_type"))
     if model_type in GEMMA_TYPES:
-        return LlamaConfig(**{**gemma_fields(hf, model_type), **overrides})
+        return make_config(LlamaConfig, {**gemma_fields(hf, model_type), **overrides})
     if model_type not in FAMILY_TYPES:
         raise ValueError(
             f"config.json model_type must be one of {FAMILY_TYPES}; got {model_type!r}"
@@ -164,7 +164,7 @@ def family_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
         fields |= windows(hf.get("sliding_window"), _sliding(hf, model_type, fields["num_layers"]))
     if model_type == "phi3":
         fields["dropout"] = float(hf["resid_pdrop"])
-    return LlamaConfig(**{**fields, **SWITCHES[model_type], **overrides})
+    return make_config(LlamaConfig, {**fields, **SWITCHES[model_type], **overrides})
 
 
 def _olmo3_theta(hf: Mapping[str, Any]) -> float:
@@ -188,9 +188,9 @@ def _olmo3_theta(hf: Mapping[str, Any]) -> float:
 
 def family_of(config: LlamaConfig) -> str:
     """The HF family whose switches ``config`` has (``"llama"`` when it has none of them)."""
-    if config.norm_position == "sandwich":
+    if config.norm.position == "sandwich":
         return gemma_type(config)
-    if config.norm_position == "output":
+    if config.norm.position == "output":
         return "olmo2" if config.sliding_window is None else "olmo3"
     return "qwen3" if config.qk_norm else "llama"
 
@@ -202,7 +202,7 @@ def export_family(config: LlamaConfig, model_type: str | None) -> str | None:
     family = family_of(config)
     chosen = model_type or family
     want = SWITCHES.get(chosen, LLAMA_SWITCHES)  # llama, mistral, qwen2: no switch
-    fits = all(getattr(config, k) == v for k, v in SWITCHES[family].items())
+    fits = all(setting_value(config, k) == v for k, v in SWITCHES[family].items())
     hint = f"save as model_type={family!r}, or change the config"
     if not fits:  # e.g. rope_local_theta without Gemma's norms: no family computes it
         hint = "no Hugging Face family tjx writes computes that; change the config"

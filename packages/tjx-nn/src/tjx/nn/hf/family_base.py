@@ -16,17 +16,18 @@ from tjx.nn.configs import LlamaConfig, setting_value
 from tjx.nn.hf.config import BASE_KEYS, HARMLESS
 
 #: The switches of a plain LLaMA (``family_config``): what llama/mistral/qwen2/phi3 compute with.
-LLAMA_SWITCHES: dict[str, Any] = dict(
-    norm_position="pre",
-    qk_norm=False,
-    qk_norm_scope="head",
-    mlp_activation="swiglu",
-    norm_plus_one=False,
-    scale_embeddings=False,
-    query_pre_attn_scalar=None,
-    attn_logit_softcap=None,
-    final_logit_softcap=None,
-    rope_local_theta=None,
+LLAMA_SWITCHES: dict[str, Any] = (
+    dict(
+        qk_norm=False,
+        qk_norm_scope="head",
+        scale_embeddings=False,
+        query_pre_attn_scalar=None,
+        attn_logit_softcap=None,
+        final_logit_softcap=None,
+        rope_local_theta=None,
+    )
+    | {"norm.position": "pre", "norm.plus_one": False}
+    | {"mlp.activation": "swiglu"}
 )
 
 
@@ -116,20 +117,21 @@ def base_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
     """The ``LlamaConfig`` fields every family reads alike, from ``hf`` as the family's
     `keys.Spec` has read it (each key checked, transformers' defaults filled in)."""
     heads = hf["num_attention_heads"]
-    return dict(
-        vocab_size=hf["vocab_size"],
-        max_seq_len=hf["max_position_embeddings"],
-        d_model=hf["hidden_size"],
-        num_layers=hf["num_hidden_layers"],
-        num_heads=heads,
-        num_kv_heads=hf["num_key_value_heads"] or heads,
-        head_dim=hf["head_dim"],
-        mlp_dim=hf["intermediate_size"],
-        norm_eps=float(hf["rms_norm_eps"]),
-        tie_embeddings=hf["tie_word_embeddings"],
-        attention_dropout=float(hf["attention_dropout"]),
-        init_std=float(hf["initializer_range"]),
-        use_bias=False,
+    return (
+        dict(
+            vocab_size=hf["vocab_size"],
+            max_seq_len=hf["max_position_embeddings"],
+            d_model=hf["hidden_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=hf["num_key_value_heads"] or heads,
+            head_dim=hf["head_dim"],
+            tie_embeddings=hf["tie_word_embeddings"],
+            attention_dropout=float(hf["attention_dropout"]),
+            use_bias=False,
+        )
+        | {"norm.eps": float(hf["rms_norm_eps"])}
+        | {"mlp.dim": hf["intermediate_size"], "init.std": float(hf["initializer_range"])}
     )
 
 
@@ -142,7 +144,7 @@ def check_exportable(config: LlamaConfig, rope_types: tuple[str, ...] = ()) -> N
     needs = {
         "attention_type": (config.attention_type, "mha"),
         "position": (config.position, "rope"),
-        "norm": (config.norm, "rmsnorm"),
+        "norm.kind": (config.norm.kind, "rmsnorm"),
         "use_bias": (config.use_bias, False),
         "qkv_bias": (config.qkv_bias, False),
         "rope_scaling": (scaling, None),
@@ -181,7 +183,7 @@ def check_switches(
 ) -> None:
     """Raise one line naming every switch of ``config`` that ``model_type`` (computing ``want``)
     cannot express; ``hint`` says which model type would."""
-    wrong = {k: getattr(config, k) for k, v in want.items() if getattr(config, k) != v}
+    wrong = {k: setting_value(config, k) for k, v in want.items() if setting_value(config, k) != v}
     if wrong:
         got = ", ".join(f"{k}={v!r}" for k, v in wrong.items())
         needs = ", ".join(f"{k}={want[k]!r}" for k in wrong)
@@ -203,15 +205,15 @@ def common_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "pad_token_id": None,
         "vocab_size": config.vocab_size,
         "hidden_size": config.d_model,
-        "intermediate_size": config.mlp_dim,
+        "intermediate_size": config.mlp.dim,
         "num_hidden_layers": config.num_layers,
         "num_attention_heads": config.num_heads,
         "num_key_value_heads": config.num_kv_heads,
         "head_dim": config.head_dim,
         "max_position_embeddings": config.max_seq_len,
-        "rms_norm_eps": config.norm_eps,
+        "rms_norm_eps": config.norm.eps,
         "rope_theta": config.rope_theta,
         "tie_word_embeddings": config.tie_embeddings,
         "attention_dropout": config.attention_dropout,
-        "initializer_range": config.init_std,
+        "initializer_range": config.init.std,
     }

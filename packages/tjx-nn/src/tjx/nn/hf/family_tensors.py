@@ -5,7 +5,7 @@ kernels, rotate-half RoPE on both sides). What differs:
 
 * the norms: HF's names mean different places per family (``post_attention_layernorm`` is the
   MLP's input norm in Llama, Qwen3 and Phi-3, but the attention output's norm in OLMo 2 and
-  Gemma); ``NORMS`` maps each ``norm_position`` to tjx's modules. Gemma's ``1 + weight`` norms
+  Gemma); ``NORMS`` maps each ``norm.position`` to tjx's modules. Gemma's ``1 + weight`` norms
   store the weight itself on both sides.
 * q/k norms (``self_attn.q_norm``/``k_norm``): a ``head_dim`` scale (Qwen3, Gemma 3) or one over
   the whole projection (OLMo 2).
@@ -20,7 +20,7 @@ from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.tables import Tables
 
-#: norm_position → {HF layer norm: tjx module of the block}.
+#: norm.position → {HF layer norm: tjx module of the block}.
 NORMS = {
     "pre": {"input_layernorm": "attn_norm", "post_attention_layernorm": "mlp_norm"},
     "output": {
@@ -38,9 +38,9 @@ NORMS = {
 
 def family_mapping(c: LlamaConfig, model_type: str) -> HFMapping:
     """The HF ↔ tjx correspondence of ``c`` saved as ``model_type`` (see ``HFMapping``)."""
-    assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp_dim is not None
+    assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp.dim is not None
     d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
-    m, v = c.mlp_dim, c.vocab_size
+    m, v = c.mlp.dim, c.vocab_size
     tables = Tables()
     same, linear = tables.same, tables.linear
 
@@ -70,7 +70,7 @@ def family_mapping(c: LlamaConfig, model_type: str) -> HFMapping:
             same(
                 p + "self_attn.k_norm.weight", t + "attn.k_norm.scale", (hk * hd if whole else hd,)
             )
-        for hf_norm, tjx_norm in NORMS[c.norm_position].items():
+        for hf_norm, tjx_norm in NORMS[str(c.norm.position)].items():
             same(f"{p}{hf_norm}.weight", f"{t}{tjx_norm}.scale", (d,))
     same("model.norm.weight", "final_norm.scale", (d,))
     if not c.tie_embeddings:

@@ -92,14 +92,13 @@ TANH_GELU = ("gelu_pytorch_tanh", "gelu_new")
 #: The switches each Gemma computes with (the soft caps and query scale are the config's).
 GEMMA_SWITCHES: dict[str, dict[str, Any]] = {
     "gemma2": dict(
-        norm_position="sandwich",
-        norm_plus_one=True,
         scale_embeddings=True,
-        mlp_activation="geglu",
         qk_norm=False,
         qk_norm_scope="head",
         rope_local_theta=None,
     )
+    | {"norm.position": "sandwich", "norm.plus_one": True}
+    | {"mlp.activation": "geglu"}
 }
 #: Gemma 3: q/k norms; its local RoPE base is the config's (any value).
 GEMMA_SWITCHES["gemma3_text"] = {

@@ -20,7 +20,7 @@ transformers' default 0.5)           rest pass through
 ``moe_intermediate_size``            size``), ``expert_mlp_dim``
 ``first_k_dense_replace``            ``moe.first_dense`` (those layers' MLP: ``intermediate_
                                      size``)
-``num_nextn_predict_layers``         ``mtp_depths``: the multi-token-prediction layers after the
+``num_nextn_predict_layers``         ``mtp.depths``: the multi-token-prediction layers after the
 (``num_mtp_layers``)                 last, DeepSeek-V3's layout (`tjx.nn.hf.mtp_tensors`)
 ===================================  ==========================================================
 
@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tjx.nn.configs import LlamaConfig
+from tjx.nn.configs import LlamaConfig, make_config
 from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields, partial_rotary_factor
 from tjx.nn.hf.family_base import mismatches, refuse_mismatches
 from tjx.nn.hf.keys import ABSENT, Key, count, flag, positive, size
@@ -94,22 +94,22 @@ SPEC = LLAMA.but(
     ),
 )
 #: What a config must have to be written as glm4_moe: field → the value GLM-4.5 computes with.
-NEEDS: dict[str, Any] = dict(
-    attention_type="mha",
-    position="rope",
-    norm="rmsnorm",
-    norm_position="pre",
-    mlp_activation="swiglu",
-    use_bias=False,
-    qk_norm_scope="head",
-    norm_plus_one=False,
-    scale_embeddings=False,
-    query_pre_attn_scalar=None,
-    attn_logit_softcap=None,
-    final_logit_softcap=None,
-    rope_local_theta=None,
-    sliding_window=None,
-    attention_sinks=False,
+NEEDS: dict[str, Any] = (
+    dict(
+        attention_type="mha",
+        position="rope",
+        use_bias=False,
+        qk_norm_scope="head",
+        scale_embeddings=False,
+        query_pre_attn_scalar=None,
+        attn_logit_softcap=None,
+        final_logit_softcap=None,
+        rope_local_theta=None,
+        sliding_window=None,
+        attention_sinks=False,
+    )
+    | {"norm.kind": "rmsnorm", "norm.position": "pre", "norm.plus_one": False}
+    | {"mlp.activation": "swiglu"}
 )
 #: What its ``moe`` section must have: `MoEConfig` field → the value GLM-4.5 computes with.
 MOE_NEEDS: dict[str, Any] = dict(
@@ -125,7 +125,7 @@ def _refuse(key: str, value: Any, why: str) -> ValueError:
 
 
 def mtp_layers(hf: Mapping[str, Any]) -> int:
-    """GLM-4.5's multi-token-prediction layers after the causal LM's (``mtp_depths``)."""
+    """GLM-4.5's multi-token-prediction layers after the causal LM's (``mtp.depths``)."""
     return int(hf.get("num_nextn_predict_layers", hf.get("num_mtp_layers")) or 0)
 
 
@@ -170,9 +170,8 @@ def glm4_moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
             router_groups=hf["n_group"],
             router_topk_groups=hf["topk_group"],
         ),
-        mtp_depths=mtp_layers(hf),
-    )
-    return LlamaConfig(**{**fields, **overrides})
+    ) | {"mtp.depths": mtp_layers(hf)}
+    return make_config(LlamaConfig, {**fields, **overrides})
 
 
 def is_glm4_moe(config: LlamaConfig, model_type: str | None) -> bool:
@@ -218,7 +217,7 @@ def glm4_moe_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "topk_group": c.moe.router_topk_groups,
         "first_k_dense_replace": c.moe.first_dense,
         "norm_topk_prob": c.moe.router_norm_topk,
-        "num_nextn_predict_layers": c.mtp_depths,
+        "num_nextn_predict_layers": c.mtp.depths,
         "bos_token_id": None,
         "eos_token_id": None,
         "pad_token_id": None,
@@ -227,9 +226,9 @@ def glm4_moe_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
 
 def glm4_moe_mapping(c: LlamaConfig, mtp: int | None = None) -> HFMapping:
     """The HF ↔ tjx correspondence of a GLM-4.5 ``c``: Llama's with DeepSeek's MoE tensors and
-    the router's correction bias, with its ``mtp_depths`` multi-token-prediction layers in
+    the router's correction bias, with its ``mtp.depths`` multi-token-prediction layers in
     DeepSeek-V3's layout (`tjx.nn.hf.mtp_tensors`); ``mtp``: the checkpoint's
-    ``num_nextn_predict_layers`` on load (those past ``mtp_depths`` skipped in one printed line),
+    ``num_nextn_predict_layers`` on load (those past ``mtp.depths`` skipped in one printed line),
     None on export."""
     return mtp_mapping(c, _glm4_moe_layers, mtp, "num_nextn_predict_layers")
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tjx.nn.configs import GPT2Config
+from tjx.nn.configs import GPT2Config, make_config, setting_value
 from tjx.nn.hf.keys import ABSENT, Key, Spec, flag, fraction, positive, size, text
 from tjx.nn.hf.mapping import HFMapping, Read, concat, take
 
@@ -42,8 +42,8 @@ HF_GPT2_FIXED: Mapping[str, Any] = {
     "position": "learned",
     "attention_type": "mha",
     "use_bias": True,
-    "norm": "layernorm",
-    "norm_position": "pre",
+    "norm.kind": "layernorm",
+    "norm.position": "pre",
     "num_kv_heads": None,
     "tie_embeddings": True,
 }
@@ -181,16 +181,20 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPT2Config:
     acts = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact", "relu": "relu"}
     if act not in acts:
         raise ValueError(f"activation_function must be one of {tuple(acts)}; got {act!r}")
-    fields: dict[str, Any] = dict(
-        vocab_size=hf["vocab_size"],
-        max_seq_len=hf["n_positions"],
-        d_model=hf["n_embd"],
-        num_layers=hf["n_layer"],
-        num_heads=hf["n_head"],
-        mlp_dim=hf["n_inner"] or 4 * hf["n_embd"],
-        mlp_activation=acts[act],
-        norm_eps=float(hf["layer_norm_epsilon"]),
-        init_std=float(hf["initializer_range"]),
+    fields: dict[str, Any] = (
+        dict(
+            vocab_size=hf["vocab_size"],
+            max_seq_len=hf["n_positions"],
+            d_model=hf["n_embd"],
+            num_layers=hf["n_layer"],
+            num_heads=hf["n_head"],
+        )
+        | {"norm.eps": float(hf["layer_norm_epsilon"])}
+        | {
+            "mlp.dim": hf["n_inner"] or 4 * hf["n_embd"],
+            "mlp.activation": acts[act],
+            "init.std": float(hf["initializer_range"]),
+        }
     )
     conflicts = hf_gpt2_conflicts(overrides)
     if conflicts:
@@ -200,23 +204,23 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPT2Config:
             f"{gpt2} or None"
         )
     fields.update(overrides)
-    return GPT2Config(**fields)
+    return make_config(GPT2Config, fields)
 
 
 def config_to_hf(config: GPT2Config) -> dict[str, Any]:
     """The HF ``config.json`` dict for ``config``."""
     acts = {"gelu": "gelu_new", "gelu_exact": "gelu", "relu": "relu"}
-    if config.mlp_activation not in acts:
+    if config.mlp.activation not in acts:
         raise ValueError(
-            f"mlp_activation must be one of {tuple(acts)} for HF GPT-2; got "
-            f"{config.mlp_activation!r}"
+            f"mlp.activation must be one of {tuple(acts)} for HF GPT-2; got "
+            f"{config.mlp.activation!r}"
         )
     if config.head_dim != config.d_model // config.num_heads:
         raise ValueError(
             f"HF GPT-2 has head_dim = d_model // num_heads ({config.d_model // config.num_heads}); "
             f"got head_dim {config.head_dim}"
         )
-    own = {name: getattr(config, name) for name in HF_GPT2_FIXED}
+    own = {name: setting_value(config, name) for name in HF_GPT2_FIXED}
     if config.num_kv_heads == config.num_heads:
         own["num_kv_heads"] = None  # one key/value head per query head, as in GPT-2
     conflicts = hf_gpt2_conflicts(own)
@@ -235,21 +239,21 @@ def config_to_hf(config: GPT2Config) -> dict[str, Any]:
         "n_embd": config.d_model,
         "n_layer": config.num_layers,
         "n_head": config.num_heads,
-        "n_inner": config.mlp_dim,
-        "activation_function": acts[config.mlp_activation],
-        "layer_norm_epsilon": config.norm_eps,
+        "n_inner": config.mlp.dim,
+        "activation_function": acts[config.mlp.activation],
+        "layer_norm_epsilon": config.norm.eps,
         "tie_word_embeddings": True,
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.attention_dropout,
-        "initializer_range": config.init_std,
+        "initializer_range": config.init.std,
     }
 
 
 def gpt2_mapping(config: GPT2Config) -> HFMapping:
     """The HF ↔ tjx correspondence for a ``GPT2Config`` (hub naming; see ``HFMapping``)."""
-    assert config.mlp_dim is not None
-    d, h, m = config.d_model, config.num_heads, config.mlp_dim
+    assert config.mlp.dim is not None
+    d, h, m = config.d_model, config.num_heads, config.mlp.dim
     hd = d // h
     sizes = {
         "wte.weight": (config.vocab_size, d),

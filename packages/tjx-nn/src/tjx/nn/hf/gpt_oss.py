@@ -22,7 +22,7 @@ window``                          slide, odd ones are full)
                                   ``[E, d, f]`` (already ``[in, out]``: no transpose)
 ``mlp.experts.down_proj``         ``fc_out`` ``[E, f, d]`` (+ bias)
 ``[E, f, d]`` (+ ``_bias``)
-``swiglu_alpha`` / ``_limit``     ``mlp_activation="swiglu_clamped"`` (1.702 and 7.0 only:
+``swiglu_alpha`` / ``_limit``     ``mlp.activation="swiglu_clamped"`` (1.702 and 7.0 only:
                                   `tjx.nn.mlp.clamped_swiglu`)
 ================================  =============================================================
 
@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from tjx.nn.configs import LlamaConfig
+from tjx.nn.configs import LlamaConfig, make_config
 from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields
 from tjx.nn.hf.family_base import layer_types, mismatches
 from tjx.nn.hf.keys import ATTENTION_KINDS, flag, layer_list, nonneg, positive, size
@@ -95,22 +95,22 @@ SPEC = LLAMA.but(
     rules=(("num_experts_per_tok", "<=", "num_local_experts"),),
 )
 #: What a config must have to be written as gpt-oss: field → (the value gpt-oss computes with).
-NEEDS: dict[str, Any] = dict(
-    attention_type="mha",
-    position="rope",
-    norm="rmsnorm",
-    norm_position="pre",
-    mlp_activation="swiglu_clamped",
-    use_bias=True,
-    attention_sinks=True,
-    qk_norm=False,
-    norm_plus_one=False,
-    scale_embeddings=False,
-    query_pre_attn_scalar=None,
-    attn_logit_softcap=None,
-    final_logit_softcap=None,
-    rope_local_theta=None,
-    rope_fraction=1.0,
+NEEDS: dict[str, Any] = (
+    dict(
+        attention_type="mha",
+        position="rope",
+        use_bias=True,
+        attention_sinks=True,
+        qk_norm=False,
+        scale_embeddings=False,
+        query_pre_attn_scalar=None,
+        attn_logit_softcap=None,
+        final_logit_softcap=None,
+        rope_local_theta=None,
+        rope_fraction=1.0,
+    )
+    | {"norm.kind": "rmsnorm", "norm.position": "pre", "norm.plus_one": False}
+    | {"mlp.activation": "swiglu_clamped"}
 )
 #: What its ``moe`` section must have: `MoEConfig` field → the value gpt-oss computes with.
 MOE_NEEDS: dict[str, Any] = dict(
@@ -164,7 +164,6 @@ def gpt_oss_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConf
     fields |= dict(
         use_bias=True,
         attention_sinks=True,
-        mlp_activation="swiglu_clamped",
         moe=MoEConfig(
             num_experts=hf["num_local_experts"],
             experts_per_token=hf["num_experts_per_tok"],
@@ -173,8 +172,8 @@ def gpt_oss_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConf
             router_logit_bias=True,
             router_aux_loss=float(hf["router_aux_loss_coef"]),
         ),
-    )
-    return LlamaConfig(**{**fields, **overrides})
+    ) | {"mlp.activation": "swiglu_clamped"}
+    return make_config(LlamaConfig, {**fields, **overrides})
 
 
 def is_gpt_oss(config: LlamaConfig) -> bool:
@@ -195,12 +194,12 @@ def gpt_oss_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     wrong = {k: got for k, (got, _) in mismatches(c, want).items()}
     if not c.moe.num_experts:
         wrong["moe.num_experts"] = 0
-    if c.moe.expert_mlp_dim not in (None, c.mlp_dim):
+    if c.moe.expert_mlp_dim not in (None, c.mlp.dim):
         wrong["moe.expert_mlp_dim"] = c.moe.expert_mlp_dim
     if wrong:
         got = ", ".join(f"{k}={v!r}" for k, v in wrong.items())
         needs = ", ".join(
-            f"{k}={want.get(k, '> 0' if k == 'moe.num_experts' else 'mlp_dim')!r}" for k in wrong
+            f"{k}={want.get(k, '> 0' if k == 'moe.num_experts' else 'mlp.dim')!r}" for k in wrong
         )
         raise ValueError(f"model_type 'gpt_oss' cannot express {got} (it computes {needs})")
     out = llama_common_to_hf(c, "llama")
@@ -228,9 +227,9 @@ def gpt_oss_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
 
 def gpt_oss_mapping(c: LlamaConfig) -> HFMapping:
     """The HF ↔ tjx correspondence of a gpt-oss ``c`` (see ``HFMapping`` and the module doc)."""
-    assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp_dim is not None
+    assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp.dim is not None
     d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
-    e, f, v = c.moe.num_experts, c.mlp_dim, c.vocab_size
+    e, f, v = c.moe.num_experts, c.mlp.dim, c.vocab_size
     tables = Tables()
     shapes, to_tjx, to_hf, same = tables.shapes, tables.to_tjx, tables.to_hf, tables.same
 

@@ -58,9 +58,9 @@ def experts(tables: Tables, c: LlamaConfig, moe_type: str, p: str, t: str) -> No
 def llama_mapping(c: LlamaConfig, moe_type: str | None = None) -> HFMapping:
     """The HF ↔ tjx correspondence for a ``LlamaConfig`` (see ``HFMapping``); ``moe_type``
     (``mixtral``, ``qwen2_moe``, ``qwen3_moe``) names the MoE layers' tensors."""
-    assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp_dim is not None
+    assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp.dim is not None
     d, h, hk, hd = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim
-    m, v = c.mlp_dim, c.vocab_size
+    m, v = c.mlp.dim, c.vocab_size
     tables = Tables()
     same, linear = tables.same, tables.linear
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tjx.nn.configs import LlamaConfig
+from tjx.nn.configs import LlamaConfig, make_config
 from tjx.nn.hf.config import (
     LLAMA,
     QWEN_WINDOWS,
@@ -167,7 +167,7 @@ def moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfig:
         if fields["use_bias"]:
             raise _refuse("attention_bias", True, "tjx's qwen3_moe import has no biases")
         fields["qk_norm"] = True
-    return LlamaConfig(**{**fields, "moe": MoEConfig(**moe), **overrides})
+    return make_config(LlamaConfig, {**fields, "moe": MoEConfig(**moe), **overrides})
 
 
 def qwen_moe_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]:

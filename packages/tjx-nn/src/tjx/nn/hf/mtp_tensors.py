@@ -17,8 +17,8 @@ HF                                  tjx
 
 The decoder layer is read as the family's own mapping reads layer ``num_layers + j`` (its MLA,
 MoE experts, router bias...), its tjx names moved from ``stack.layers.{num_layers + j}.`` to
-``mtp.layers.{j}.block.``. A checkpoint with more depths than the config's ``mtp_depths`` (a
-load with ``mtp_depths=0``) has the others skipped in one printed line (`skip_mtp`).
+``mtp.layers.{j}.block.``. A checkpoint with more depths than the config's ``mtp.depths`` (a
+load with ``mtp.depths=0``) has the others skipped in one printed line (`skip_mtp`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from collections.abc import Callable
 from tjx.nn.configs import LlamaConfig
 from tjx.nn.hf.mapping import HFMapping
 from tjx.nn.hf.tables import Convert, Tables
+from tjx.nn.mtp_config import MTPConfig
 
 
 def skip_mtp(
@@ -49,7 +50,7 @@ def skip_mtp(
             print(
                 f"tjx: skipping the checkpoint's {mtp} multi-token-prediction layer(s) "
                 f"(model.layers.{num_layers}.*, {key}): the model does not use them "
-                "(mtp_depths)",
+                "(mtp.depths)",
                 file=sys.stderr,
             )
         return True
@@ -70,7 +71,7 @@ def mtp_mapping(
     stored: int | None,
     key: str,
 ) -> HFMapping:
-    """``build(c)`` with ``c.mtp_depths`` multi-token-prediction layers mapped too.
+    """``build(c)`` with ``c.mtp.depths`` multi-token-prediction layers mapped too.
 
     Parameters
     ----------
@@ -90,17 +91,17 @@ def mtp_mapping(
     ValueError
         A config with more depths than the checkpoint stores.
     """
-    n, depths = c.num_layers, c.mtp_depths
+    n, depths = c.num_layers, c.mtp.depths
     have = depths if stored is None else stored
     if depths > have:
         raise ValueError(
-            f"mtp_depths={depths}: the checkpoint stores {have} multi-token-prediction layer(s) "
-            f"({key}); set mtp_depths <= {have}"
+            f"mtp.depths={depths}: the checkpoint stores {have} multi-token-prediction layer(s) "
+            f"({key}); set mtp.depths <= {have}"
         )
     if not depths:
         base = build(c)
         return HFMapping(base.shapes, base.to_tjx, base.to_hf, skip_mtp(base.ignored, n, have, key))
-    grown = c.replace(num_layers=n + depths, mtp_depths=0)
+    grown = c.replace(num_layers=n + depths, mtp=MTPConfig())
     assert isinstance(grown, LlamaConfig)
     full = build(grown)
     moved = {f"stack.layers.{n + j}.": f"mtp.layers.{j}.block." for j in range(depths)}

@@ -145,7 +145,7 @@ def _read(folder: Path) -> dict[str, Any]:
     print(
         f"tjx: config.json counts {hf[key]} multi-token-prediction layer(s) ({key}) but the "
         f"checkpoint holds none of their tensors ({first}*; transformers saves none): loading "
-        "the model without them (mtp_depths=0)",
+        "the model without them (mtp.depths=0)",
         file=sys.stderr,
     )
     return {**hf, key: 0}
@@ -193,13 +193,10 @@ def _kind(hf: dict[str, Any]) -> str:
 
 
 def _plan(hf: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, type[DecoderLM], HFMapping]:
-    # A component section's setting (``delta.impl``: how to train, `TRAINING_FIELDS`) is set on
-    # the config the checkpoint describes; the readers take whole fields.
-    plain = {k: v for k, v in overrides.items() if "." not in k}
-    config, cls, mapping = _plan_fields(hf, plain)
-    if len(plain) < len(overrides):
-        config = config.replace(**{k: v for k, v in overrides.items() if "." in k})
-    return config, cls, mapping
+    # A component section's setting (``delta.impl``, ``mtp.depths``) reaches the readers by its
+    # dotted key, laid over the section the checkpoint describes (`make_config`), so the tensor
+    # mapping follows it.
+    return _plan_fields(hf, overrides)
 
 
 def _plan_fields(

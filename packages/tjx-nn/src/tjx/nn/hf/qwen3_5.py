@@ -15,7 +15,7 @@ config.json / tensor               tjx
                                    ``a_log``, ``norm.weight`` ↔ ``norm_scale``
 ``self_attn.q_proj`` ``[2·h·hd,    ``attn.query`` and ``attn.gate`` (``attention_output_gate``):
 d]``                               per head, ``hd`` query rows then ``hd`` gate rows
-RMSNorms ``x · (1 + w)``, w from   ``norm_plus_one`` (the q/k norms too; the delta layers' own
+RMSNorms ``x · (1 + w)``, w from   ``norm.plus_one`` (the q/k norms too; the delta layers' own
 0                                  output norm scales by ``w``)
 ``rope_parameters``'s              ``rope_fraction`` (0.25 by default: RoPE turns each head's
 ``partial_rotary_factor``          first quarter)
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from tjx.nn.configs import LlamaConfig
+from tjx.nn.configs import LlamaConfig, make_config
 from tjx.nn.gated_deltanet import DeltaConfig
 from tjx.nn.hf.config import partial_rotary_factor
 from tjx.nn.hf.family_base import (
@@ -100,27 +100,27 @@ SPEC = BASE.but(
 )
 LAYER_TYPE_OF = {v: k for k, v in MIXER_OF.items()}
 #: What a config must have to be written as Qwen3.5: field → the value Qwen3.5 computes with.
-NEEDS: dict[str, Any] = dict(
-    attention_type="mha",
-    position="rope",
-    norm="rmsnorm",
-    norm_position="pre",
-    mlp_activation="swiglu",
-    use_bias=False,
-    qkv_bias=False,
-    qk_norm=True,
-    qk_norm_scope="head",
-    norm_plus_one=True,
-    attention_output_gate=True,
-    scale_embeddings=False,
-    query_pre_attn_scalar=None,
-    attn_logit_softcap=None,
-    final_logit_softcap=None,
-    rope_local_theta=None,
-    rope_scaling=None,
-    sliding_window=None,
-    attention_sinks=False,
-    **{"moe.num_experts": 0},
+NEEDS: dict[str, Any] = (
+    dict(
+        attention_type="mha",
+        position="rope",
+        use_bias=False,
+        qkv_bias=False,
+        qk_norm=True,
+        qk_norm_scope="head",
+        attention_output_gate=True,
+        scale_embeddings=False,
+        query_pre_attn_scalar=None,
+        attn_logit_softcap=None,
+        final_logit_softcap=None,
+        rope_local_theta=None,
+        rope_scaling=None,
+        sliding_window=None,
+        attention_sinks=False,
+        **{"moe.num_experts": 0},
+    )
+    | {"norm.kind": "rmsnorm", "norm.position": "pre", "norm.plus_one": True}
+    | {"mlp.activation": "swiglu"}
 )
 #: The RoPE entry's keys of the image model's positions (equal for text: no number changes).
 _MROPE = ("mrope_section", "mrope_interleaved")
@@ -153,7 +153,7 @@ def qwen3_5_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConf
     ValueError
         An unknown key, or a value tjx does not compute as transformers does, named.
     """
-    return LlamaConfig(**{**hybrid_fields(SPEC.read(hf), QWEN3_5, KEYS), **overrides})
+    return make_config(LlamaConfig, {**hybrid_fields(SPEC.read(hf), QWEN3_5, KEYS), **overrides})
 
 
 def image_text_config(hf: Mapping[str, Any]) -> dict[str, Any]:

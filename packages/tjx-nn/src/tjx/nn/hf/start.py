@@ -31,8 +31,8 @@ HOW_TO_TRAIN = (
     "delta.impl",
     "remat",
     "decode_topk",
-    "init_std",
-    "scaled_residual_init",
+    "init.std",
+    "init.scaled_residual",
 )
 
 #: The config fields a run decides when a Hugging Face checkpoint fixed the architecture (what an
@@ -54,14 +54,14 @@ TRAINING_FIELDS = (
 HF_LLAMA_FIXED = (
     "position",
     "attention_type",
-    "norm_position",
+    "norm.position",
     "use_bias",
     "num_kv_heads",
     "sliding_window",
     "window_pattern",
     "qk_norm",
     "qk_norm_scope",
-    "norm_plus_one",
+    "norm.plus_one",
     "scale_embeddings",
     "query_pre_attn_scalar",
     "attn_logit_softcap",
@@ -84,7 +84,7 @@ HF_LLAMA_FIXED = (
     *(f"delta.{name}" for name in DELTA_SIZES),
     "attention_output_gate",
     *fixed_fields(),
-    "mtp_depths",
+    "mtp.depths",
 )
 
 

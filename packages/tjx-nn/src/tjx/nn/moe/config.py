@@ -39,7 +39,7 @@ class MoEConfig:
 
     num_experts: int = setting(0, help="routed experts per MoE layer; 0: dense MLPs")
     experts_per_token: int = setting(2, help="experts each token is routed to (top-k)")
-    expert_mlp_dim: int | None = setting(None, help="a routed expert's width; None: mlp_dim")
+    expert_mlp_dim: int | None = setting(None, help="a routed expert's width; None: mlp.dim")
     num_shared_experts: int = setting(0, help="experts every token goes through (DeepSeek)")
     shared_expert_mlp_dim: int | None = setting(None, help="all shared experts' width")
     shared_expert_gate: bool = setting(False, help="a sigmoid gate on the shared output")
@@ -206,7 +206,7 @@ def moe_layers(config: Any, num_layers: int | None = None) -> tuple[bool, ...]:
 
 def expert_mlp_dim(config: Any) -> int:
     """One routed expert's hidden width: ``moe.expert_mlp_dim``, else the config's ``mlp_dim``."""
-    return int(config.moe.expert_mlp_dim or config.mlp_dim)
+    return int(config.moe.expert_mlp_dim or config.mlp.dim)
 
 
 def shared_mlp_dim(config: Any) -> int:

@@ -91,7 +91,7 @@ class Router(nnx.Module):
         # The expert dimension is left unnamed (replicated): the router is small, and its logits
         # go with tokens split over the batch axes, expert included.
         self.kernel = make_param(
-            rngs, normal(c.init_std), (c.d_model, c.moe.num_experts), ("embed", None), dtype
+            rngs, normal(c.init.std), (c.d_model, c.moe.num_experts), ("embed", None), dtype
         )
         self.bias = (
             make_param(rngs, zeros(), (c.moe.num_experts,), (None,), jnp.float32)
@@ -116,7 +116,7 @@ class Router(nnx.Module):
             if c.moe.router_expert_scale
             else None
         )
-        self.eps = c.norm_eps
+        self.eps = c.norm.eps
 
     def __call__(self, x: Array) -> Array:
         """Logits ``[..., E]`` in the router's dtype (or wider, for float64 inputs)."""
@@ -158,8 +158,8 @@ class Experts(nnx.Module):
         e, d, f = c.moe.num_experts, c.d_model, expert_mlp_dim(c)
         kw: dict[str, Any] = dict(rngs=rngs, use_bias=c.use_bias, dtype=c.precision.param_dtype)
         names_in = ("experts", "embed", "mlp")
-        self.fc_in = ExpertDense((e, d, f), names_in, std=c.init_std, **kw)
-        self.fc_gate = ExpertDense((e, d, f), names_in, std=c.init_std, **kw) if c.gated else None
+        self.fc_in = ExpertDense((e, d, f), names_in, std=c.init.std, **kw)
+        self.fc_gate = ExpertDense((e, d, f), names_in, std=c.init.std, **kw) if c.gated else None
         self.fc_out = ExpertDense((e, f, d), ("experts", "mlp", "embed"), std=out_std, **kw)
 
     def weights(self) -> ExpertWeights:
@@ -191,14 +191,15 @@ class MoE(nnx.Module):
         self.router = Router(c, rngs=rngs)
         self.experts = Experts(c, rngs=rngs, out_std=out_std)
         shared = shared_mlp_dim(c)
+        assert c.mlp.activation is not None  # the config filled it (its family's)
         self.shared = (
             MLP(
                 c.d_model,
                 shared,
                 rngs=rngs,
-                activation_name=c.mlp_activation,
+                activation_name=c.mlp.activation,
                 use_bias=c.use_bias,
-                init_std=c.init_std,
+                init_std=c.init.std,
                 out_std=out_std,
                 precision=c.precision,
             )
@@ -213,7 +214,7 @@ class MoE(nnx.Module):
                 (None,),
                 rngs=rngs,
                 use_bias=False,
-                init=normal(c.init_std),
+                init=normal(c.init.std),
                 precision=c.precision,
             )
             if c.moe.shared_expert_gate
@@ -238,7 +239,9 @@ class MoE(nnx.Module):
         if self.router.expert_scale is not None:
             scale = self.router.expert_scale[...]
             weights = weights * jnp.take(scale, experts).astype(weights.dtype)
-        ffn = FFN(activation(c.mlp_activation), c.gated, dt, gate_function(c.mlp_activation))
+        act = c.mlp.activation
+        assert act is not None  # the config filled it (its family's)
+        ffn = FFN(activation(act), c.gated, dt, gate_function(act))
         w = self.experts.weights()
         slots = (
             None

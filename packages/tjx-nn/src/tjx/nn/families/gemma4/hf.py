@@ -8,7 +8,7 @@ the prefix):
 =========================================  ====================================================
 config.json / tensor                       tjx
 =========================================  ====================================================
-norms scale by ``weight`` (not ``1 + w``)  ``norm_plus_one`` False
+norms scale by ``weight`` (not ``1 + w``)  ``norm.plus_one`` False
 attention scale 1                          ``query_pre_attn_scalar`` 1
 ``v_norm`` (no weight)                     ``value_norm``
 ``layer_scalar`` ``[1]`` per layer         ``layer_scale`` (``stack.layers.<i>.scale``)
@@ -21,7 +21,7 @@ global layers)
 (``proportional``, ``partial_rotary_``     (``partial_rotary_factor``; ``default``: 1)
 ``factor`` 0.25); ``sliding_attention``    ``rope_local_theta``
 ``num_kv_shared_layers``,                  ``kv_shared_layers``; ``kv_shared_mlp_dim`` (2 ×
-``use_double_wide_mlp``                    ``mlp_dim`` on those layers)
+``use_double_wide_mlp``                    ``mlp.dim`` on those layers)
 ``hidden_size_per_layer_input``,           ``per_layer_input_dim``, ``per_layer_vocab_size``:
 ``vocab_size_per_layer_input``,            ``per_layer.table``, ``per_layer.proj``,
 ``embed_tokens_per_layer``,                ``per_layer.norm``; each layer's
@@ -52,8 +52,8 @@ from typing import Any
 
 import numpy as np
 
-from tjx.nn.configs import LlamaConfig, setting_value
-from tjx.nn.families.gemma4.options import FLAT_GEMMA4_KEYS, Gemma4Options
+from tjx.nn.configs import LlamaConfig, make_config, setting_value
+from tjx.nn.families.gemma4.options import FLAT_GEMMA4_KEYS
 from tjx.nn.family_config import layer_shape
 from tjx.nn.hf.config import partial_rotary_factor
 from tjx.nn.hf.family_base import (
@@ -172,17 +172,18 @@ ROPE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 #: What a config must compute to be written as Gemma 4 (beside ``check_exportable``'s).
 NEEDS: dict[str, Any] = dict(
-    norm_position="sandwich",
-    norm_plus_one=False,
     scale_embeddings=True,
-    mlp_activation="geglu",
     qk_norm=True,
     qk_norm_scope="head",
     query_pre_attn_scalar=1.0,
     attn_logit_softcap=None,
-)
-#: What a config's ``gemma4`` section must hold to be written as Gemma 4.
-OPTIONS_NEEDS: dict[str, Any] = dict(value_norm=True, layer_scale=True)
+) | {
+    "norm.position": "sandwich",
+    "norm.plus_one": False,
+    "mlp.activation": "geglu",
+    "gemma4.value_norm": True,
+    "gemma4.layer_scale": True,
+}
 #: What Gemma 4's MoE block computes (a config with experts must have these ``moe`` section fields
 #: to be written; the last three are Gemma 4's own, which make it save as gemma4_text).
 MOE_NEEDS: dict[str, Any] = dict(
@@ -330,22 +331,23 @@ def gemma4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
     shared = get["num_kv_shared_layers"]
     ple = get["hidden_size_per_layer_input"]
     ple_vocab = get["vocab_size_per_layer_input"]
-    fields |= NEEDS | OPTIONS_NEEDS  # what the export checks is what the import sets
+    fields |= NEEDS  # what the export checks is what the import sets
     fields |= dict(
         final_logit_softcap=get["final_logit_softcapping"],
         global_values_from_keys=get["attention_k_eq_v"],
         kv_shared_layers=shared,
         kv_shared_mlp_dim=(
-            2 * fields["mlp_dim"] if shared and get["use_double_wide_mlp"] else None
+            2 * fields["mlp.dim"] if shared and get["use_double_wide_mlp"] else None
         ),
         per_layer_input_dim=ple,
         per_layer_vocab_size=ple_vocab if ple and ple_vocab != fields["vocab_size"] else None,
     )
     if get["enable_moe_block"]:
         fields |= _moe_fields(get)
-    options = {name: fields.pop(name) for name in FLAT_GEMMA4_KEYS if name in fields}
-    fields["gemma4"] = Gemma4Options(**options)
-    return LlamaConfig(**{**fields, **overrides})
+    for name in FLAT_GEMMA4_KEYS:  # the family's switches, read flat above, are its section's
+        if name in fields:
+            fields[f"gemma4.{name}"] = fields.pop(name)
+    return make_config(LlamaConfig, {**fields, **overrides})
 
 
 def _moe_fields(get: Mapping[str, Any]) -> dict[str, Any]:
@@ -394,15 +396,15 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     c = config
     check_exportable(c)
     g = c.gemma4
-    wrong = mismatches(c, NEEDS) | mismatches(c, OPTIONS_NEEDS, "gemma4")
+    wrong = mismatches(c, NEEDS)
     if c.moe.num_experts:
         wrong |= mismatches(c, MOE_NEEDS, "moe")
-    if g.kv_shared_mlp_dim not in (None, c.mlp_dim, 2 * (c.mlp_dim or 0)):
-        wrong["gemma4.kv_shared_mlp_dim"] = (g.kv_shared_mlp_dim, f"None or {2 * (c.mlp_dim or 0)}")
+    if g.kv_shared_mlp_dim not in (None, c.mlp.dim, 2 * (c.mlp.dim or 0)):
+        wrong["gemma4.kv_shared_mlp_dim"] = (g.kv_shared_mlp_dim, f"None or {2 * (c.mlp.dim or 0)}")
     if g.global_kv_heads not in (None, c.num_kv_heads) and not g.global_values_from_keys:
         wrong["gemma4.global_values_from_keys"] = (False, True)  # transformers reads them only then
     refuse_mismatches(wrong, f"model_type {GEMMA4!r} cannot express this model")
-    assert c.head_dim is not None and c.mlp_dim is not None
+    assert c.head_dim is not None and c.mlp.dim is not None
     types = layer_types(c)
     if types[-1] != "full_attention":
         raise ValueError(
@@ -429,7 +431,7 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "global_head_dim": g.global_head_dim or c.head_dim,
         "attention_k_eq_v": g.global_values_from_keys,
         "num_kv_shared_layers": g.kv_shared_layers,
-        "use_double_wide_mlp": g.kv_shared_mlp_dim == 2 * c.mlp_dim,
+        "use_double_wide_mlp": g.kv_shared_mlp_dim == 2 * c.mlp.dim,
         "hidden_size_per_layer_input": g.per_layer_input_dim,
         "vocab_size_per_layer_input": g.per_layer_vocab_size or c.vocab_size,
         "enable_moe_block": bool(c.moe.num_experts),
@@ -449,7 +451,7 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
 def gemma4_mapping(c: LlamaConfig) -> HFMapping:
     """The HF ↔ tjx correspondence of a Gemma 4 ``c`` (see ``HFMapping``): each layer at its
     own geometry (`layer_shape`), the PLE tensors and the layer scalars."""
-    assert c.head_dim is not None and c.mlp_dim is not None
+    assert c.head_dim is not None and c.mlp.dim is not None
     d, h, v, p = c.d_model, c.num_heads, c.vocab_size, c.gemma4.per_layer_input_dim
     tables = Tables()
     same, linear = tables.same, tables.linear

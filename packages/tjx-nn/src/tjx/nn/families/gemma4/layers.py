@@ -38,17 +38,17 @@ class PerLayerEmbed(nnx.Module):
             c.gemma4.per_layer_vocab_size or c.vocab_size,
             width,
             rngs=rngs,
-            init_std=c.init_std,
+            init_std=c.init.std,
             names=(None, None),
             precision=c.precision,
         )
         self.proj = Dense(
             (c.d_model,), (width,), ("embed",), (None,), rngs=rngs, use_bias=False,
-            init=normal(c.init_std), precision=c.precision,
+            init=normal(c.init.std), precision=c.precision,
         )  # fmt: skip
         self.norm = make_norm(
-            c.norm, self.dim, rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias,
-            precision=c.precision, plus_one=c.norm_plus_one,
+            c.norm.kind, self.dim, rngs=rngs, eps=c.norm.eps, use_bias=c.use_bias,
+            precision=c.precision, plus_one=c.norm.plus_one,
         )  # fmt: skip
         self.d_model = c.d_model
 
@@ -69,12 +69,12 @@ class PerLayerInput(nnx.Module):
         c, p = config, config.gemma4.per_layer_input_dim
         common: dict[str, Any] = dict(rngs=rngs, use_bias=False, precision=c.precision)
         self.gate = Dense(
-            (c.d_model,), (p,), ("embed",), (None,), init=normal(c.init_std), **common
+            (c.d_model,), (p,), ("embed",), (None,), init=normal(c.init.std), **common
         )
         self.proj = Dense((p,), (c.d_model,), (None,), ("embed",), init=normal(out_std), **common)
         self.norm = make_norm(
-            c.norm, c.d_model, rngs=rngs, eps=c.norm_eps, use_bias=c.use_bias,
-            precision=c.precision, plus_one=c.norm_plus_one,
+            c.norm.kind, c.d_model, rngs=rngs, eps=c.norm.eps, use_bias=c.use_bias,
+            precision=c.precision, plus_one=c.norm.plus_one,
         )  # fmt: skip
 
     def __call__(self, x: Array, ple: Array) -> Array:

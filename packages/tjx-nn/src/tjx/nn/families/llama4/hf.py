@@ -17,7 +17,7 @@ NoPE), ``attention_chunk_size``,       → ``attention_chunk`` (transformers chu
 ``num_experts_per_tok``                ``sigmoid_plain`` router, weights not renormalised,
                                        scaling the expert's input (``router_scales_input``)
 ``intermediate_size``,                 ``expert_mlp_dim`` and the one shared expert's width;
-``intermediate_size_mlp``              the dense layers' ``mlp_dim``
+``intermediate_size_mlp``              the dense layers' ``mlp.dim``
 ``rope_parameters`` (default, llama3)  ``rope_theta`` (default 500000), ``rope_scaling``
 ``feed_forward.experts.gate_up_proj``  ``moe.experts.fc_gate`` (its first ``f`` columns) and
 ``[E, d, 2f]``, ``down_proj``          ``fc_in`` (the rest); ``fc_out`` as stored
@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from tjx.nn.configs import LlamaConfig
+from tjx.nn.configs import LlamaConfig, make_config
 from tjx.nn.hf.config import BASE_KEYS, HARMLESS, rope_from_hf
 from tjx.nn.hf.family_base import (
     LLAMA_SWITCHES,
@@ -144,7 +144,6 @@ NEEDS: dict[str, Any] = dict(
     LLAMA_SWITCHES,  # Llama's own block (its q/k norm is Llama 4's weightless one, not this)
     attention_type="mha",
     position="rope",
-    norm="rmsnorm",
     use_bias=False,
     qkv_bias=False,
     rope_fraction=1.0,
@@ -152,7 +151,7 @@ NEEDS: dict[str, Any] = dict(
     attention_output_gate=False,
     mixer_pattern=None,
     sliding_window=None,
-)
+) | {"norm.kind": "rmsnorm"}
 MOE_NEEDS: dict[str, Any] = dict(
     router="sigmoid_plain",
     router_norm_topk=False,
@@ -231,23 +230,24 @@ def llama4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
             f"config.json rope_scaling of type {scaling.type!r} is not supported for {LLAMA4} "
             "(its checkpoints use llama3's)"
         )
-    fields: dict[str, Any] = dict(
-        vocab_size=get["vocab_size"],
-        max_seq_len=max_len,
-        d_model=get["hidden_size"],
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=get["num_key_value_heads"] or heads,
-        # Left out: 128; null: hidden_size // heads (transformers' __post_init__).
-        head_dim=get["head_dim"] or get["hidden_size"] // heads,
-        mlp_dim=get["intermediate_size_mlp"],
-        norm_eps=float(get["rms_norm_eps"]),
-        rope_theta=theta,
-        rope_scaling=scaling,
-        tie_embeddings=get["tie_word_embeddings"],
-        attention_dropout=float(get["attention_dropout"]),
-        init_std=float(get["initializer_range"]),
-        qk_l2_norm=get["use_qk_norm"],
+    fields: dict[str, Any] = (
+        dict(
+            vocab_size=get["vocab_size"],
+            max_seq_len=max_len,
+            d_model=get["hidden_size"],
+            num_layers=layers,
+            num_heads=heads,
+            num_kv_heads=get["num_key_value_heads"] or heads,
+            # Left out: 128; null: hidden_size // heads (transformers' __post_init__).
+            head_dim=get["head_dim"] or get["hidden_size"] // heads,
+            rope_theta=theta,
+            rope_scaling=scaling,
+            tie_embeddings=get["tie_word_embeddings"],
+            attention_dropout=float(get["attention_dropout"]),
+            qk_l2_norm=get["use_qk_norm"],
+        )
+        | {"norm.eps": float(get["rms_norm_eps"])}
+        | {"mlp.dim": get["intermediate_size_mlp"], "init.std": float(get["initializer_range"])}
     )
     fields |= _attention_layers(get, layers)
     placement = _moe_placement(get, layers)
@@ -263,7 +263,7 @@ def llama4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
             router_aux_loss=float(get["router_aux_loss_coef"]),
             **MOE_NEEDS,  # the router, its input scaling, one ungated shared expert
         )
-    return LlamaConfig(**{**fields, **overrides})
+    return make_config(LlamaConfig, {**fields, **overrides})
 
 
 def _with_theta(hf: Mapping[str, Any]) -> dict[str, Any]:
@@ -358,20 +358,20 @@ def llama4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "pad_token_id": None,
         "vocab_size": c.vocab_size,
         "hidden_size": c.d_model,
-        "intermediate_size": expert_mlp_dim(c) if c.moe.num_experts else c.mlp_dim,
-        "intermediate_size_mlp": c.mlp_dim,
+        "intermediate_size": expert_mlp_dim(c) if c.moe.num_experts else c.mlp.dim,
+        "intermediate_size_mlp": c.mlp.dim,
         "num_hidden_layers": c.num_layers,
         "num_attention_heads": c.num_heads,
         "num_key_value_heads": c.num_kv_heads,
         "head_dim": c.head_dim,
         "hidden_act": "silu",
         "max_position_embeddings": c.max_seq_len,
-        "rms_norm_eps": c.norm_eps,
+        "rms_norm_eps": c.norm.eps,
         "rope_parameters": rope_params,
         "tie_word_embeddings": c.tie_embeddings,
         "attention_bias": False,
         "attention_dropout": c.attention_dropout,
-        "initializer_range": c.init_std,
+        "initializer_range": c.init.std,
         "num_local_experts": c.moe.num_experts or 1,
         "num_experts_per_tok": c.moe.experts_per_token if c.moe.num_experts else 1,
         "moe_layers": [i for i, m in enumerate(kinds) if m],
@@ -422,8 +422,8 @@ def _gate_up_out(gate: str, up: str) -> Convert:
 
 def llama4_mapping(c: LlamaConfig) -> HFMapping:
     """The HF ↔ tjx correspondence of a Llama 4 ``c`` (its tensor names: the module doc)."""
-    assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp_dim is not None
-    d, h, hk, hd, m, v = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp_dim, c.vocab_size
+    assert c.head_dim is not None and c.num_kv_heads is not None and c.mlp.dim is not None
+    d, h, hk, hd, m, v = c.d_model, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp.dim, c.vocab_size
     tables = Tables()
     tables.same("model.embed_tokens.weight", "embed.embedding", (v, d))
     kinds = moe_layers(c)

@@ -128,7 +128,7 @@ def validation_loss(model: GPT, path: str) -> float:
     with torch.no_grad():
         losses = [
             float(model(torch.from_numpy(x).long(), torch.from_numpy(y).long()))
-            for x, y in zip(held["inputs"], held["targets"], strict=False)
+            for x, y in zip(held["inputs"], held["targets"])
         ]
     return sum(losses) / len(losses)
 

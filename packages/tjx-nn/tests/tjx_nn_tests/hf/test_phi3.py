@@ -137,7 +137,9 @@ def test_greedy_tokens_are_what_a_forward_over_each_prefix_picks(prompt):
     it decodes on its cache. (Causal, so two forwards hold every prefix's last logits: one of
     the first 8 tokens, short like the prefixes within 8, one of all, long like those past it.)
     """
-    config = tnn.LlamaConfig(**TINY, rope_scaling=TINY_SCALING,
+    config = tnn.LlamaConfig(
+        **TINY,
+        rope_scaling=TINY_SCALING,
         init=tnn.InitConfig(std=0.3),
     )
     model = tnn.Llama(config, rngs=nnx.Rngs(0))

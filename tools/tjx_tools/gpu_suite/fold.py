@@ -167,7 +167,12 @@ def fold_launch_tables(docs: Sequence[dict[str, Any]], path: Path) -> list[str]:
             # The device's note keeps the launches' source and says where the timings came from.
             old = _source(path, kind)
             launches = old.split(TIMINGS_NOTE)[0].rstrip("; ")
-            note = f"{TIMINGS_NOTE} {attention.TIMING_SEQ}): tjx gpu_suite attention, "
+            seqs = (
+                f"{attention.TIMING_SEQ}"
+                if (doc["sections"].get("attention") or {}).get("rows")
+                else "1024 at head_dim 64, 4096 at 128"
+            )  # `measured_timings`' cells
+            note = f"{TIMINGS_NOTE} {seqs}): tjx gpu_suite attention, "
             source = f"{launches}; " * bool(launches) + note + str(doc["meta"].get("date"))
             merge_launch_table(path, kind, {}, source, timings=timings)
             kinds.append(kind)
@@ -221,9 +226,15 @@ def calibration_cases(docs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any
                 if row.get("label") == "peer" or not row.get("median_step_s"):
                     continue
                 label = f"{key} {date}: {row['config']} {row['label']}"
+                sets = list(row.get("sets") or [])
+                kernel = row.get("attention_kernel")
+                if kernel and not any(s.startswith("model.attention_impl=") for s in sets):
+                    # ``auto`` resolves by the launch table of the day (and by what is
+                    # installed): the case compiles the kernel this row measured.
+                    sets.append(f"model.attention_impl={kernel}")
                 cases[label] = {
                     "config": row.get("config_arg") or row["config"],
-                    "sets": list(row.get("sets") or []),
+                    "sets": sets,
                     "measured_s": float(row["median_step_s"]),
                     "device": key,
                     "source": f"tools/gpu_suite {date} on {device}: results.json section "

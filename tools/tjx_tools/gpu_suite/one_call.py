@@ -16,7 +16,8 @@ copy back) has its usual cost left (`COST`), else it is listed as skipped, never
     gpt2_small's train step as it ships with ``auto`` (a 3-step profile for the calibration
     refit) beside nanoGPT's recipe in PyTorch; llama_small's beside a PyTorch Llama of its
     shape (``tools/tjx_tools/torch_peers/torch_llama.py``: torchtitan's Llama structure,
-    ``torch.compile``, SDPA, fused AdamW, bf16 autocast). Same card, same call.
+    ``torch.compile``, SDPA, fused AdamW, bf16 autocast). Same card, same call. Then both
+    steps with tokamax's Mosaic GPU attention (``model.attention_impl=tokamax``; GPU only).
 ``attention_vs_torch``
     attention alone at s 1,024 d 64 and s 4,096 d 128, causal: tjx's kernels against PyTorch's
     SDPA (flash and cuDNN backends), and the HLO of jax's cuDNN attention for the diagnosis
@@ -226,9 +227,19 @@ def run_steps(call: Call, sec: Section, shape: dict[str, Any]) -> None:
     config, sets = shape["llama"]
     call.step(sec, "llama auto", "auto", config, sets)
     call.peer(sec, "PyTorch Llama", LLAMA_PEER, llama_peer_spec(call.smoke))
+    # tokamax's Mosaic GPU attention (wgmma, TMA; sm90/sm100 only) in the whole step, beside
+    # ``auto``'s: the Hopper-native kernel #68 asks about. A CPU cannot run it (smoke: a note).
+    if call.smoke:
+        sec.notes.append("tokamax rows: GPU only (sm90/sm100), not in the smoke run")
+    else:
+        for name in ("gpt2", "llama"):
+            config, sets = shape[name]
+            call.step(sec, f"{name} tokamax", "tokamax", config,
+                      [*sets, "model.attention_impl=tokamax"])  # fmt: skip
     peers = {r["config"]: r for r in sec.rows if r["label"] == "peer"}
     summary: dict[str, Any] = {}
-    for key, peer in (("gpt2 auto", "nanoGPT recipe"), ("llama auto", "PyTorch Llama")):
+    for key, peer in (("gpt2 auto", "nanoGPT recipe"), ("llama auto", "PyTorch Llama"),
+                      ("gpt2 tokamax", "nanoGPT recipe"), ("llama tokamax", "PyTorch Llama")):
         mine, theirs = call.rows.get(key), peers.get(peer)
         if mine and theirs:
             summary[f"{key} / {peer}"] = {
@@ -287,7 +298,7 @@ def run_kernel_sets(call: Call, sec: Section, shape: dict[str, Any]) -> None:
         config, sets = shape[name]
         taken = (call.rows.get(f"{name} auto") or {}).get("attention_kernel")
         for kernel in kernels:
-            if kernel == taken or (
+            if kernel == taken or f"{name} {kernel}" in call.rows or (
                 name == "llama" and kernel == "cudnn" and "search winner" in call.rows
             ):  # the winner is llama_small with cuDNN
                 continue  # fmt: skip

@@ -152,6 +152,11 @@ def test_fold_writes_gated_delta_timings_and_the_measured_steps(
     assert len(found) == len(steps) == 7  # 2 steps, 3 fp8, the winner, 1 kernel set
     winner = next(c for n, c in found.items() if n.endswith("search winner"))
     assert winner["config"].endswith("llama_small-h100-search.yaml") and winner["measured_s"] > 0
+    # Each case compiles the kernel its step ran (``auto`` would resolve by today's table).
+    for name, case in found.items():
+        row = next(r for r in steps if name.endswith(f"{r['config']} {r['label']}"))
+        kernels = [s for s in case["sets"] if s.startswith("model.attention_impl=")]
+        assert kernels[-1] == f"model.attention_impl={row['attention_kernel']}", name
     # calibration_fixture.py reads them as its cases (what it compiles into the fixture).
     sys.path.insert(0, str(REPO / "tools"))
     import calibration_fixture

@@ -276,3 +276,26 @@ def test_tokamaxs_calls_are_priced_as_attention_from_their_op_names():
     assert flops == {"bf16": 8.0 * b * h * 64 * d * dq_keys}  # square tiles: the same walk
     # another library's Mosaic GPU call, or one without a tokamax op name: not priced here
     assert price(call("jit(f)/pallas_call", [x, x, x], [x])) is None
+
+
+def test_a_jax_without_the_kernel_aliases_tokamax_spells_gets_them_renamed(monkeypatch):
+    # jax 0.11 dropped ``plgpu.kernel``'s out_shape/scratch_shapes aliases tokamax 0.0.12 still
+    # passes (every tokamax call failed on an H200 with jax 0.11.2 until this wrapper).
+    import importlib
+
+    plgpu = importlib.import_module("jax.experimental.pallas.mosaic_gpu")
+    real = plgpu.kernel
+    tokamax_ops._kernel_aliases()  # this jax (0.10) keeps the aliases: nothing wrapped
+    assert plgpu.kernel is real
+    seen = []
+
+    def kernel_011(body=None, *, out_type=None, scratch_types=None, **mesh):
+        seen.append((body, out_type, scratch_types, mesh))
+        return "launched"
+
+    monkeypatch.setattr(plgpu, "kernel", kernel_011)
+    tokamax_ops._kernel_aliases()
+    assert plgpu.kernel is not kernel_011
+    body = object()
+    assert plgpu.kernel(body, out_shape=1, scratch_shapes=[2], grid=(3,)) == "launched"
+    assert seen == [(body, 1, [2], {"grid": (3,)})]

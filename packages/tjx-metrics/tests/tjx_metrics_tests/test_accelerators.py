@@ -80,6 +80,8 @@ def test_a_tpu_has_no_gpu_target_config():
 def test_a_devices_kind_finds_its_entry():
     assert accelerator_of("NVIDIA H100 80GB HBM3") is accelerator("h100")
     assert accelerator_of("TPU v5 lite") is accelerator("v5e")
+    # An H200's jax device_kind as measured on one (2026-11-28), not the datasheet's full name.
+    assert accelerator_of("NVIDIA H200") is accelerator("h200")
     assert accelerator_of("NVIDIA H100 PCIe") is None and accelerator_of("cpu") is None
 
 

@@ -35,6 +35,7 @@ flag ``--tokamax_cross_compile`` and makes its compute-capability check answer f
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import sys
 from collections.abc import Callable
@@ -111,8 +112,32 @@ def load() -> Any:
     except ImportError as err:  # installed but broken (a dependency missing)
         raise ImportError(f"{MISSING}; importing it failed: {err}") from None
     logging.getLogger("absl").addFilter(_CacheMissFilter())
+    _kernel_aliases()
     _READY.append(module)
     return module
+
+
+def _kernel_aliases() -> None:
+    """Give jax's ``plgpu.kernel`` back the ``out_shape``/``scratch_shapes`` spellings tokamax uses.
+
+    tokamax 0.0.12 builds its Mosaic GPU kernels with ``plgpu.kernel(out_shape=...,
+    scratch_shapes=...)``, aliases jax 0.10 deprecated (for ``out_type``/``scratch_types``) and
+    jax 0.11 removed: there they fall through to the mesh's keywords and every call fails with
+    "Mesh.__init__() got an unexpected keyword argument 'out_shape'" (measured on an H200 with
+    jax 0.11.2, 2026-11-28). Where jax's ``kernel`` lacks the alias, a wrapper renames the two
+    keywords and calls jax's own; nothing else changes. tokamax reads ``plgpu.kernel`` from the
+    module at each call, so the wrapper is what it calls.
+    """
+    plgpu: Any = importlib.import_module("jax.experimental.pallas.mosaic_gpu")
+    if "out_shape" in inspect.signature(plgpu.kernel).parameters:
+        return  # jax <= 0.10 keeps the aliases
+    real: Callable[..., Any] = plgpu.kernel
+    renames = {"out_shape": "out_type", "scratch_shapes": "scratch_types"}
+
+    def kernel(*args: Any, **kwargs: Any) -> Any:
+        return real(*args, **{renames.get(k, k): v for k, v in kwargs.items()})
+
+    plgpu.kernel = kernel
 
 
 _HOOKED = False

@@ -216,7 +216,7 @@ ACCELERATORS: dict[str, Accelerator] = {
              "h100_sxm.txtpb", (9, 0), "NVIDIA H100 80GB HBM3",
              "NVIDIA H100 datasheet (SXM); XLA spec h100_sxm"),
         _gpu("h200", "H200 SXM", 1979 * _T, 151397597184, 4.8e12, 450 * _G,
-             "h200.txtpb", (9, 0), "NVIDIA H200 141GB HBM3e",
+             "h200.txtpb", (9, 0), "NVIDIA H200",
              "NVIDIA H200 datasheet (SXM); XLA spec h200"),
         _gpu("a100-40gb", "A100", 624 * _T, 42331013120, 1.5552e12, 300 * _G,
              "a100_sxm_40.txtpb", (8, 0), "NVIDIA A100-SXM4-40GB",

@@ -76,7 +76,7 @@ CASES: dict[str, dict[str, Any]] = {
             num_hidden_layers=2,
             num_key_value_heads=2,
             head_dim=16,
-            sliding_window=5,
+            **{"attention.sliding_window": 5},
             num_local_experts=4,
             num_experts_per_tok=2,
             initializer_range=0.5,
@@ -155,4 +155,4 @@ def test_the_folders_are_quantized_as_the_releases_are(results):
             name = f"model.layers.{layer}.mlp.experts.{proj}"
             assert name not in oss["dtypes"]
             assert oss["dtypes"][name + "_blocks"] == oss["dtypes"][name + "_scales"] == "U8"
-    assert oss["config"].attention_sinks and oss["config"].moe.num_experts == 4
+    assert oss["config"].attention.sinks and oss["config"].moe.num_experts == 4

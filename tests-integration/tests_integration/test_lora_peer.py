@@ -26,7 +26,7 @@ CASES: dict[str, dict[str, Any]] = {
         lora=dict(rank=4, alpha=8.0, targets=nn.LORA_ROLES),
     ),
     "qwen2-unrolled": dict(
-        model=dict(num_kv_heads=2, qkv_bias=True, tie_embeddings=True),
+        model=dict(num_kv_heads=2, **{"attention.qkv_bias": True}, tie_embeddings=True),
         lora=dict(rank=3, alpha=3.0, rslora=True, targets=("q", "k", "v", "down")),
     ),
 }

@@ -96,7 +96,7 @@ def step_key(cfg: StepConfig) -> str:
 
     model = cfg.model
     if model.attention_impl == "auto" and model.head_dim is not None:
-        capped = model.attn_logit_softcap is not None
+        capped = model.attention.logit_softcap is not None
         order = kernels.auto_order(model.precision.compute_dtype, model.head_dim, softcap=capped)
         cfg = dataclasses.replace(
             cfg, model=dataclasses.replace(model, attention_impl=order.kernel)

@@ -39,7 +39,7 @@ def _llama(vocab: int) -> Any:
         "init_std": 0.2,  # large enough that the tiny model's tokens vary with its input
         "precision": "fp32",
     }
-    return nn.LlamaConfig(**fields)
+    return nn.build_config(nn.LlamaConfig, fields)
 
 
 @pytest.fixture(scope="module")

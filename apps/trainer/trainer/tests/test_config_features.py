@@ -70,8 +70,8 @@ def test_optimizer_keys_reach_the_tjx_optim_config(optimizer, get, value):
 def test_null_keeps_the_packages_own_defaults():
     assert _nn({}).use_bias is True and _nn({"kind": "llama"}).use_bias is False
     assert _nn({"kind": "bert"}).use_bias is nn.BertConfig().use_bias
-    assert _nn({}).attention_type == nn.TransformerConfig().attention_type
-    assert _nn({}).decode_topk is None and _nn({}).mla.kv_latent_dim is None
+    assert _nn({}).attention.type == nn.TransformerConfig().attention.type
+    assert _nn({}).attention.decode_topk is None and _nn({}).mla.kv_latent_dim is None
     assert _nn({"kind": "llama"}).moe == nn.MoEConfig() and _nn({}).delta == nn.DeltaConfig()
     sgd = _opt({"name": "sgd"})
     own = optim.OptimizerConfig(name="sgd").resolved()
@@ -82,7 +82,7 @@ def test_null_keeps_the_packages_own_defaults():
 
 
 def test_choice_lists_are_the_packages_own():
-    assert choices(field_at("model.attention_type")[0]) == ATTENTION_TYPES
+    assert choices(field_at("model.attention.type")[0]) == ATTENTION_TYPES
     assert choices(field_at("optimizer.schedule.decay_shape")[0]) == WSD_DECAY_SHAPES
     for shape in WSD_DECAY_SHAPES:
         assert _opt({"schedule": {**WSD, "decay_shape": shape}}).schedule.decay_shape == shape
@@ -91,7 +91,7 @@ def test_choice_lists_are_the_packages_own():
 @pytest.mark.parametrize(
     ("data", "needle"),
     [
-        ({"model": {"attention_type": "gqa"}}, "model.attention_type: 'gqa' is not allowed"),
+        ({"model": {"attention_type": "gqa"}}, "model.attention.type: 'gqa' is not allowed"),
         (
             {"model": {"attention_type": "mla"}},
             "model.mla.kv_latent_dim: attention_type 'mla' needs",
@@ -117,8 +117,14 @@ def test_choice_lists_are_the_packages_own():
         ),
         ({"model": {"kind": "bert", "moe": {"num_experts": 2}}}, "model.moe: only decoders"),
         ({"model": {"use_bias": "maybe"}}, "model.use_bias: expected true/false, got 'maybe'"),
-        ({"model": {"decode_topk": 0}}, "model.decode_topk must be a positive int; got 0"),
-        ({"model": {"kind": "bert", "decode_topk": 2}}, "model.decode_topk: only decoders"),
+        (
+            {"model": {"decode_topk": 0}},
+            "model.attention.decode_topk must be a positive int; got 0",
+        ),
+        (
+            {"model": {"kind": "bert", "decode_topk": 2}},
+            "model.attention.decode_topk: only decoders",
+        ),
         ({"optimizer": {"name": "sgd", "momentum": 1.0}}, "optimizer.momentum=1.0 is out of range"),
         (
             {"optimizer": {"name": "sgd", "momentum": -0.1}},

@@ -236,7 +236,7 @@ def test_a_setting_the_old_lists_dropped_now_reaches_tjx_nn(sets, field, value):
         ),
         (
             ("model.kind=vit", "model.decode_topk=2"),
-            "model.decode_topk: only decoders decode (ViT does not); got 2, set it to null",
+            "model.attention.decode_topk: only decoders decode (ViT does not); got 2, set it to null",
         ),
         (  # ViT has no tokens: a vocabulary set is refused, no longer silently ignored
             ("model.kind=vit", "model.vocab_size=77"),

@@ -325,7 +325,7 @@ def test_a_hugging_face_start_resumes_again_and_again_with_the_same_command(tmp_
         init_from.check_resumed_start(_config("model.kind=llama", "model.qk_norm=true"), run)
     assert str(err.value) == (
         "--resume: the run started from a Hugging Face checkpoint, whose weights fix the "
-        "architecture, so model.qk_norm True cannot apply; leave those settings unset"
+        "architecture, so model.attention.qk_norm True cannot apply; leave those settings unset"
     )
     with pytest.raises(ConfigError, match="cannot continue with data.seq_len 128 → 64"):
         resume.check_resume(run, _config("model.kind=llama", "data.seq_len=64").to_dict())

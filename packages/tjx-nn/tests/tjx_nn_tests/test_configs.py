@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from tjx import nn as tnn
+from tjx.nn.families.llama4.options import Llama4Options
 from tjx.nn.family_config import DECODER_ONLY
 from tjx.nn.moe.config import NO_MOE
 
@@ -49,15 +50,15 @@ def test_gpt2_config_overrides_and_unknown_preset():
         (dict(remat="everything"), "remat"),
         (dict(attention_impl="triton"), "attention_impl"),
         (dict(precision="fp8"), "precision"),
-        (dict(attention_type="mla"), "kv_latent_dim"),
+        (dict(**{"attention.type": "mla"}), "kv_latent_dim"),
         (dict(position="rope", d_model=36, num_heads=4), "head_dim"),
-        (dict(decode_topk=0), "decode_topk"),
+        (dict(**{"attention.decode_topk": 0}), "decode_topk"),
     ],
 )
 def test_bad_configs_raise_naming_the_field(kwargs, field):
     base = dict(vocab_size=64, max_seq_len=16, d_model=32, num_layers=2, num_heads=4)
     with pytest.raises(ValueError, match=re.escape(field)):
-        tnn.GPT2Config(**{**base, **kwargs})
+        tnn.build_config(tnn.GPT2Config, {**base, **kwargs})
 
 
 def test_bad_config_messages_list_allowed_values():
@@ -136,10 +137,13 @@ BASE = dict(vocab_size=64, max_seq_len=16, d_model=32, num_layers=2, num_heads=4
     [
         (dict(d_model=30), "GPT2Config.d_model: 30 must be divisible by GPT2Config.num_heads (4)"),
         (dict(num_kv_heads=3), "GPT2Config.num_kv_heads: 3 must divide GPT2Config.num_heads (4)"),
-        (dict(attention_type="mla"), "GPT2Config.mla.kv_latent_dim: attention_type 'mla' needs"),
+        (
+            dict(**{"attention.type": "mla"}),
+            "GPT2Config.mla.kv_latent_dim: attention.type 'mla' needs",
+        ),
         (
             dict(mla=tnn.MLAConfig(kv_latent_dim=8)),
-            "GPT2Config.mla.kv_latent_dim: only attention_type 'mla' uses it (got attention_type "
+            "GPT2Config.mla.kv_latent_dim: only attention.type 'mla' uses it (got attention.type "
             "'mha'); set it to None",
         ),
     ],
@@ -147,7 +151,7 @@ BASE = dict(vocab_size=64, max_seq_len=16, d_model=32, num_layers=2, num_heads=4
 def test_cross_field_rules_name_both_fields(kwargs, message):
     """Each message starts with the field to fix and names the others by class and field."""
     with pytest.raises(ValueError) as err:
-        tnn.GPT2Config(**{**BASE, **kwargs})
+        tnn.build_config(tnn.GPT2Config, {**BASE, **kwargs})
     assert str(err.value).startswith(message), str(err.value)
 
 
@@ -162,9 +166,9 @@ def test_vit_patch_size_must_divide_the_image():
     ("config_class", "field", "value"),
     [
         (tnn.BertConfig, "tie_embeddings", False),
-        (tnn.BertConfig, "decode_topk", 2),
+        (tnn.BertConfig, "attention.decode_topk", 2),
         (tnn.ViTConfig, "tie_embeddings", True),
-        (tnn.ViTConfig, "decode_topk", 2),
+        (tnn.ViTConfig, "attention.decode_topk", 2),
         (tnn.ViTConfig, "vocab_size", 100),
         (tnn.ViTConfig, "norm_plus_one", True),
         (tnn.BertConfig, "final_logit_softcap", 30.0),
@@ -176,11 +180,12 @@ def test_a_field_the_model_never_reads_keeps_its_default(config_class, field, va
     if config_class is tnn.ViTConfig:
         base |= dict(image_size=8, patch_size=4)
     assert field in config_class.unused_fields
-    default = config_class.__dataclass_fields__[field].default
-    assert getattr(config_class(**base), field) == default
-    assert getattr(config_class(**base, **{field: default}), field) == default  # e.g. replace()
+    default = tnn.setting_value(config_class(**base), field)
+    assert default == (None if "." in field else config_class.__dataclass_fields__[field].default)
+    same = tnn.build_config(config_class, {**base, field: default})  # e.g. replace()
+    assert tnn.setting_value(same, field) == default
     with pytest.raises(ValueError) as err:
-        config_class(**base, **{field: value})
+        tnn.build_config(config_class, {**base, field: value})
     why = config_class.unused_fields[field]
     assert str(err.value) == (
         f"{config_class.__name__}.{field}: {why}; got {value!r}, set it to {default!r}"
@@ -195,7 +200,7 @@ def test_decoders_read_every_shared_field():
         unused = set(config_class.unused_fields)
         decoder = config_class is not tnn.EncoderDecoderConfig
         assert unused == (set() if decoder else set(DECODER_ONLY) | set(NO_MOE))
-        assert config_class(decode_topk=2).decode_topk == 2
+        assert config_class(attention=tnn.AttentionConfig(decode_topk=2)).attention.decode_topk == 2
     assert dict(tnn.TransformerConfig.unused_fields) == {}
     assert tnn.EncoderDecoderConfig(tie_embeddings=False).tie_embeddings is False
 
@@ -222,13 +227,21 @@ def test_the_component_sections_check_themselves_and_the_model_what_they_need_of
 
 
 def test_the_model_config_holds_its_components_as_sections():
-    """MoE, MLA and Gated DeltaNet are one field each, no flat settings of theirs beside."""
+    """Attention, MoE, MLA, Gated DeltaNet and Llama 4's options are one field each, no flat
+    settings of theirs beside."""
     fields = {f.name: f for f in dataclasses.fields(tnn.LlamaConfig)}
-    sections = {"moe": tnn.MoEConfig, "mla": tnn.MLAConfig, "delta": tnn.DeltaConfig}
+    sections = {
+        "attention": tnn.AttentionConfig,
+        "moe": tnn.MoEConfig,
+        "mla": tnn.MLAConfig,
+        "delta": tnn.DeltaConfig,
+        "llama4": Llama4Options,
+    }
     for name, cls in sections.items():
         assert fields[name].default_factory is cls
         assert not {f"{name}_{f.name}" for f in dataclasses.fields(cls)} & set(fields)
     assert not {"num_experts", "router", "kv_latent_dim", "delta_impl"} & set(fields)
+    assert not {"sliding_window", "attention_type", "qk_norm", "global_nope"} & set(fields)
     assert tuple(sections) == tnn.SECTIONS
     config = tnn.LlamaConfig(mixer_pattern=["delta", "attention"],
                              delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=8,

@@ -72,14 +72,14 @@ CASES = {
         tnn.EncoderDecoderConfig(**{**TINY, "num_layers": 2}, num_decoder_layers=2),
         2 + 2 * 3 + 2 * 5,  # 2 embeds; encoder 2 + 1, decoder 3 + 2 (cross) per layer
     ),
-    "bert": (tnn.BertConfig(**TINY), 1 + 2 * 3),
+    "bert": (tnn.build_config(tnn.BertConfig, TINY), 1 + 2 * 3),
 }
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_every_dropout_site_gets_its_own_key(monkeypatch, name):
     cfg, expected = CASES[name]
-    model = build(cfg.replace(dropout=0.5, attention_dropout=0.5), seed=3)
+    model = build(cfg.replace(dropout=0.5, **{"attention.dropout": 0.5}), seed=3)
     draws = _record_dropout_keys(monkeypatch)
     toks = jnp.asarray(np.random.RandomState(4).randint(0, V, (2, 6)), jnp.int32)
     args = (toks, toks[:, :5]) if name == "encoder-decoder" else (toks,)

@@ -20,7 +20,7 @@ from tjx_nn_tests._helpers import most_reads_alive
 
 MLA = dict(
     vocab_size=48, max_seq_len=32, d_model=32, num_layers=3, num_heads=4, num_kv_heads=4,
-    head_dim=12, mlp_dim=40, attention_type="mla",
+    head_dim=12, mlp_dim=40, **{"attention.type": "mla"},
     mla=tnn.MLAConfig(kv_latent_dim=16, qk_rope_head_dim=4, v_head_dim=6),
 )  # fmt: skip
 MOE = tnn.MoEConfig(
@@ -92,7 +92,7 @@ def _reference(attn, config, x):
     ids=["v2-lite query", "v3 low-rank query, yarn mscale"],
 )
 def test_deepseek_attention_matches_a_float64_reference(extra):
-    config = tnn.LlamaConfig(**extra)
+    config = tnn.build_config(tnn.LlamaConfig, extra)
     attn = Attention(config, rngs=nnx.Rngs(3), causal=True)
     x = np.random.default_rng(0).normal(size=(1, 10, 32)).astype(np.float32)
     got = np.asarray(attn(jnp.asarray(x))[0])[0]
@@ -112,7 +112,7 @@ def test_decoding_with_the_latent_cache_matches_the_full_forward():
 
 
 def test_the_cache_holds_the_normed_latent_and_the_shared_rope_key():
-    config = tnn.LlamaConfig(**MLA)
+    config = tnn.build_config(tnn.LlamaConfig, MLA)
     cache = tnn.init_cache(config, batch=2, max_len=8)
     assert {k: v.shape for k, v in cache.items()} == {
         "latent": (3, 2, 8, 16),
@@ -181,7 +181,7 @@ def test_grouped_routing_chooses_within_each_tokens_best_groups(router):
         (dict(MLA, num_kv_heads=2), "num_kv_heads: DeepSeek's MLA"),
         (_mla(qk_rope_head_dim=5), "qk_rope_head_dim must be even"),
         (
-            dict(MLA, attention_type="mha", mla=dict(q_lora_rank=8, qk_rope_head_dim=4)),
+            dict(MLA, **{"attention.type": "mha"}, mla=dict(q_lora_rank=8, qk_rope_head_dim=4)),
             "mla.q_lora_rank: only",
         ),
         (dict(MLA, moe=dict(router_scale=2.0)), "router_scale: only MoE models"),
@@ -201,7 +201,7 @@ def test_deepseek_settings_out_of_place_are_refused_by_name(fields, needle):
     sections = {"mla": tnn.MLAConfig, "moe": tnn.MoEConfig}
     with pytest.raises(ValueError, match=needle):
         built = {k: sections[k](**v) if isinstance(v, dict) else v for k, v in fields.items()}
-        tnn.LlamaConfig(**built)
+        tnn.build_config(tnn.LlamaConfig, built)
 
 
 V3 = dict(
@@ -214,7 +214,7 @@ V2 = dict(MLA, moe=_moe(num_shared_experts=2, router_norm_topk=False, router_sca
 
 @pytest.mark.parametrize("fields, model_type", [(V2, "deepseek_v2"), (V3, "deepseek_v3")])
 def test_a_deepseek_export_loads_back_as_the_same_model(tmp_path, fields, model_type):
-    model = tnn.Llama(tnn.LlamaConfig(**fields), rngs=nnx.Rngs(0))
+    model = tnn.Llama(tnn.build_config(tnn.LlamaConfig, fields), rngs=nnx.Rngs(0))
     tnn.save_hf(model, tmp_path / "ck")
     hf = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert hf["model_type"] == model_type and hf["head_dim"] == 4
@@ -230,7 +230,7 @@ def test_a_deepseek_export_loads_back_as_the_same_model(tmp_path, fields, model_
 
 
 def _v3_folder(tmp_path, **hf_changes):
-    model = tnn.Llama(tnn.LlamaConfig(**V3), rngs=nnx.Rngs(0))
+    model = tnn.Llama(tnn.build_config(tnn.LlamaConfig, V3), rngs=nnx.Rngs(0))
     folder = tmp_path / "v3"
     tnn.save_hf(model, folder)
     hf = json.loads((folder / "config.json").read_text()) | hf_changes
@@ -423,7 +423,7 @@ def test_v2_lites_published_config_reads_with_its_yarn_softmax_scale():
 def test_a_deepseek_models_adapters_are_not_exported_as_a_peft_folder(tmp_path):
     """PEFT's targets would be HF's q/k/v_proj, which DeepSeek's attention does not have (and
     its query rows are permuted): refused, nothing written; ``save_hf`` merges them instead."""
-    model = tnn.Llama(tnn.LlamaConfig(**V2), rngs=nnx.Rngs(0))
+    model = tnn.Llama(tnn.build_config(tnn.LlamaConfig, V2), rngs=nnx.Rngs(0))
     lora = tnn.LoraConfig(rank=2, targets=("q", "v"))
     tnn.add_lora(model, lora, rngs=nnx.Rngs(1))
     from tjx.nn.lora import lora_modules
@@ -437,7 +437,7 @@ def test_a_deepseek_models_adapters_are_not_exported_as_a_peft_folder(tmp_path):
     tnn.save_hf(model, tmp_path / "merged")  # the adapters merged into the kernels
     loaded, _ = tnn.load_hf(tmp_path / "merged")
     tokens = jnp.asarray([[1, 2, 3, 4, 5]])
-    bare = tnn.Llama(tnn.LlamaConfig(**V2), rngs=nnx.Rngs(0))
+    bare = tnn.Llama(tnn.build_config(tnn.LlamaConfig, V2), rngs=nnx.Rngs(0))
     assert np.abs(np.asarray(model(tokens) - bare(tokens))).max() > 1e-3  # the adapters act
     np.testing.assert_allclose(loaded(tokens), model(tokens), rtol=1e-5, atol=1e-5)
 
@@ -445,7 +445,7 @@ def test_a_deepseek_models_adapters_are_not_exported_as_a_peft_folder(tmp_path):
 def test_import_holds_one_tensor_or_one_layers_experts_at_a_time(tmp_path, monkeypatch):
     """Each tensor read is let go before the next, but for the routed experts, which stack one
     layer's projections (8 here) into one kernel: peak memory stays near the weights' bytes."""
-    tnn.save_hf(tnn.Llama(tnn.LlamaConfig(**V3), rngs=nnx.Rngs(0)), tmp_path / "ck")
+    tnn.save_hf(tnn.Llama(tnn.build_config(tnn.LlamaConfig, V3), rngs=nnx.Rngs(0)), tmp_path / "ck")
     assert most_reads_alive(monkeypatch, tmp_path / "ck") == (8, 0)
 
 
@@ -455,7 +455,7 @@ def test_the_absorbed_decode_step_equals_up_projecting_every_latent(monkeypatch,
     the same cache with the same result, to float32 rounding."""
     from tjx.nn import mla
 
-    config = tnn.LlamaConfig(**extra)
+    config = tnn.build_config(tnn.LlamaConfig, extra)
     attn = Attention(config, rngs=nnx.Rngs(4), causal=True)
     rng = np.random.default_rng(1)
     prompt, step = (jnp.asarray(rng.normal(size=(2, n, 32)), jnp.float32) for n in (6, 1))

@@ -84,7 +84,7 @@ def test_the_flat_moe_mla_and_delta_keys_move_into_their_sections():
     assert got == {
         "kind": "llama",
         "d_model": 64,
-        "attention_type": "mha",
+        "attention": {"type": "mha"},
         "moe": {
             "num_experts": 4,
             "experts_per_token": 2,

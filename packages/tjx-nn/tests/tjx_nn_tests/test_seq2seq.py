@@ -40,7 +40,10 @@ def _encdec(**kw):
 # Between them: unrolled and scanned stacks, MHA/MLA/GQA self-attention caches, sinusoidal and
 # rope positions, pre-/post-LN, tied and untied heads, different encoder and decoder depths.
 UNROLLED = _encdec(
-    num_layers=1, attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8), norm_position="post"
+    num_layers=1,
+    mla=tnn.MLAConfig(kv_latent_dim=8),
+    norm_position="post",
+    attention=tnn.AttentionConfig(type="mla"),
 )
 SCANNED = _encdec(
     position="rope",

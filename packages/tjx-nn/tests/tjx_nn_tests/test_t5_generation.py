@@ -38,7 +38,10 @@ def _recompute(fwd, b, prompts, lengths, max_new):
     [
         llama_tiny(position="t5", scan_layers=True, **SMALL),
         llama_tiny(
-            position="t5", attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8), **SMALL
+            position="t5",
+            mla=tnn.MLAConfig(kv_latent_dim=8),
+            **SMALL,
+            attention=tnn.AttentionConfig(type="mla"),
         ),
         gpt2_tiny(position="t5", num_layers=1),
     ],

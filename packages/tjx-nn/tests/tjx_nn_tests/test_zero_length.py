@@ -19,10 +19,10 @@ from tjx_nn_tests._helpers import TINY, build, gpt2_tiny, llama_tiny
 V, D = TINY["vocab_size"], TINY["d_model"]
 
 MODELS = {
-    "gpt2": lambda: gpt2_tiny(dropout=0.1, attention_dropout=0.1),
+    "gpt2": lambda: gpt2_tiny(dropout=0.1, attention=tnn.AttentionConfig(dropout=0.1)),
     "llama-scan-remat": lambda: llama_tiny(scan_layers=True, remat="full"),
     "llama-mla": lambda: llama_tiny(
-        attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8), num_layers=1
+        mla=tnn.MLAConfig(kv_latent_dim=8), num_layers=1, attention=tnn.AttentionConfig(type="mla")
     ),
     "alibi": lambda: gpt2_tiny(position="alibi", num_layers=1),
     "t5-decoder": lambda: tnn.TransformerConfig(**{**TINY, "num_layers": 1}, position="t5"),

@@ -18,6 +18,7 @@ start checks and its step plan (``hf_start_config``, ``check_hf_settings``, ``cl
 from tjx.core.deprecation import moved_out
 from tjx.nn import probes
 from tjx.nn.attention import Attention
+from tjx.nn.attention_config import AttentionConfig
 from tjx.nn.bert import BERT
 from tjx.nn.block import Block, residual_std
 from tjx.nn.config_io import config_from_dict, config_to_dict
@@ -32,6 +33,7 @@ from tjx.nn.configs import (
     GPT2Config,
     LlamaConfig,
     TransformerConfig,
+    build_config,
     setting_value,
 )
 from tjx.nn.decoder import GPT2, DecoderLM, Llama, head_cross_entropy
@@ -188,6 +190,7 @@ __all__ = [
     "ACTIVATIONS",
     "ATTENTION_IMPLS",
     "Attention",
+    "AttentionConfig",
     "BERT",
     "BertConfig",
     "Block",
@@ -253,6 +256,7 @@ __all__ = [
     "alibi_bias",
     "alibi_slopes",
     "apply_rope",
+    "build_config",
     "build_model",
     "cache_slots",
     "check_hf_weights",

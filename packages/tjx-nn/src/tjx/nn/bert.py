@@ -73,7 +73,7 @@ class BERT(nnx.Module):
         else:
             self.pooler = self.classifier = None
         self.act = activation(c.mlp_activation)
-        self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention_dropout > 0)
+        self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention.dropout > 0)
 
     def encode(
         self,

@@ -216,7 +216,7 @@ class DecoderLM(nnx.Module):
         self.head = output_head(c, rngs=rngs)
         # Multi-token prediction (DeepSeek-V3): depths after the stack sharing embed and head.
         self.mtp = MTP(c, rngs=rngs) if c.mtp_depths else None
-        self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention_dropout > 0)
+        self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention.dropout > 0)
 
     # -- pieces --------------------------------------------------------------------------------
     def embed_tokens(self, tokens: Array, positions: Array) -> Array:

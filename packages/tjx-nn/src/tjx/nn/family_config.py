@@ -1,10 +1,11 @@
 """The architecture switches of the 2024-25 decoder families (their checks: ``check_family``, with
 the config's other checks in :mod:`tjx.nn.configs`).
 
-Each is one ``TransformerConfig`` field (``configs.py``), off by default:
+Each is one ``TransformerConfig`` setting (``configs.py``; the attention ones in its ``attention``
+section, Llama 4's NoPE ones in its ``llama4`` section), off by default:
 
-* ``qk_norm`` (Qwen3, Gemma 3, OLMo 2): an RMSNorm of the queries and of the keys after their
-  projections, before RoPE. ``qk_norm_scope``: ``"head"`` normalises each head alone with one
+* ``attention.qk_norm`` (Qwen3, Gemma 3, OLMo 2): an RMSNorm of the queries and of the keys after their
+  projections, before RoPE. ``attention.qk_norm_scope``: ``"head"`` normalises each head alone with one
   ``head_dim`` scale shared by the heads (Qwen3, Gemma 3); ``"projection"`` normalises all heads
   of a token together, with a scale per ``heads × head_dim`` column (OLMo 2).
 * ``norm_position`` ``"sandwich"`` (Gemma 2/3): ``x + norm₂(f(norm₁(x)))`` around attention and the
@@ -14,19 +15,19 @@ Each is one ``TransformerConfig`` field (``configs.py``), off by default:
 * ``scale_embeddings`` (Gemma): token embeddings times ``sqrt(d_model)``, the factor rounded to
   float32 and then to the compute dtype as transformers does (``sqrt(3072)`` is 55.43 in float32,
   55.5 in bfloat16). The tied output head reads the unscaled table.
-* ``query_pre_attn_scalar`` (Gemma): attention logits scale ``1/sqrt(query_pre_attn_scalar)``
+* ``attention.query_pre_attn_scalar`` (Gemma): attention logits scale ``1/sqrt(it)``
   instead of ``1/sqrt(head_dim)``.
-* ``attn_logit_softcap`` (Gemma 2): scaled attention logits become ``c·tanh(x/c)`` before the
+* ``attention.logit_softcap`` (Gemma 2): scaled attention logits become ``c·tanh(x/c)`` before the
   mask, in every kernel that serves them (XLA, Pallas); cuDNN cannot, so ``attention_impl:
   cudnn`` is refused with it and ``auto`` leaves cuDNN out (``tjx.kernels.auto_order``).
 * ``final_logit_softcap`` (Gemma 2): output logits become ``c·tanh(x/c)``, in ``logits``, the
   chunked loss and generation alike.
 
-* ``rope_local_theta`` (Gemma 3): the RoPE base of the layers whose ``sliding_window`` applies
-  (``window_pattern``'s ``"local"`` ones), without ``rope_scaling`` (transformers rotates Gemma 3's
+* ``rope_local_theta`` (Gemma 3): the RoPE base of the layers whose ``attention.sliding_window``
+  applies (``window_pattern``'s ``"local"`` ones), without ``rope_scaling`` (transformers rotates Gemma 3's
   local layers with the default RoPE at ``rope_local_base_freq``); the global layers keep
   ``rope_theta`` and ``rope_scaling``. None: every layer rotates alike. Needs a window.
-* ``attention_sinks`` (gpt-oss): each self-attention layer learns one logit per query head that
+* ``attention.sinks`` (gpt-oss): each self-attention layer learns one logit per query head that
   every softmax row sees in its denominator, with no value behind it (a row may then attend to
   "nothing"). ``tjx.kernels.attention(..., sinks=)`` computes it on the XLA path only, so
   ``attention_impl`` ``cudnn``/``pallas`` are refused with it (``auto`` resolves to XLA), as are
@@ -37,13 +38,13 @@ Each is one ``TransformerConfig`` field (``configs.py``), off by default:
 
 Llama 4's (its global layers are ``window_pattern``'s ``"global"`` ones):
 
-* ``attention_chunk``: the local layers attend within chunks of this many positions instead of a
+* ``attention.chunk``: the local layers attend within chunks of this many positions instead of a
   sliding window (position ``p`` sees the keys from ``chunk·⌊p/chunk⌋`` to ``p``: tjx.kernels'
   ``attention(chunk=)``, a decoding step the keys of its own chunk). Not with ``sliding_window``.
-* ``global_nope``: the global layers rotate no position (NoPE); RoPE turns the local ones only.
+* ``llama4.global_nope``: the global layers rotate no position (NoPE); RoPE turns the local ones only.
 * ``qk_l2_norm``: queries and keys divided by their RMS over each head (``norm_eps``, no weight)
   after RoPE, in the layers RoPE rotates.
-* ``nope_temperature_floor`` / ``nope_temperature_scale``: a NoPE layer's queries times
+* ``llama4.nope_temperature_floor`` / ``llama4.nope_temperature_scale``: a NoPE layer's queries times
   ``1 + scale · log(1 + ⌊(p + 1) / floor⌋)`` at position ``p`` (``attn_temperature_tuning``).
 * MoE: the ``sigmoid_plain`` router (`tjx.nn.routers`) and ``router_scales_input``, the routed
   weight scaling the expert's input instead of its output (`tjx.nn.moe.dispatch`).
@@ -82,17 +83,17 @@ from typing import Any, NamedTuple
 
 from tjx.core.config.values import positive
 
-#: What ``qk_norm`` normalises over: each head alone, or all heads of a token together.
+#: What ``attention.qk_norm`` normalises over: each head alone, or all heads of a token together.
 QK_NORM_SCOPES = ("head", "projection")
 #: Norm positions only decoder blocks implement.
 DECODER_NORM_POSITIONS = ("sandwich", "output")
 #: Llama 4's attention switches (a decoder's, above).
 LLAMA4_SWITCHES = (
-    "attention_chunk",
-    "global_nope",
+    "attention.chunk",
+    "llama4.global_nope",
     "qk_l2_norm",
-    "nope_temperature_floor",
-    "nope_temperature_scale",
+    "llama4.nope_temperature_floor",
+    "llama4.nope_temperature_scale",
 )
 #: Gemma 4's layer switches (a decoder's, above; ``check_layers``).
 GEMMA4_SWITCHES = (
@@ -114,7 +115,7 @@ DECODER_ONLY: Mapping[str, str] = {
         "norm_plus_one",
         "scale_embeddings",
         "final_logit_softcap",
-        "attention_sinks",
+        "attention.sinks",
         *LLAMA4_SWITCHES,
         *GEMMA4_SWITCHES,
     )
@@ -236,27 +237,46 @@ def check_layers(config: Any, cls: str) -> None:
         return
     # MLA and delta layers have no such geometry; a scan stacks one shape of layer.
     # Llama 4's chunks are local layers these switches would read as global (no window).
-    defaults: dict[str, Any] = {"attention_type": "mha", "mixer_pattern": None}
-    defaults["attention_chunk"] = None
+    defaults: dict[str, Any] = {"attention.type": "mha", "mixer_pattern": None}
+    defaults["attention.chunk"] = None
     if unscanned:
         defaults["scan_layers"] = False
     if c.kv_shared_layers:
-        defaults["decode_topk"] = None  # shared layers decode over their source's whole cache
+        # shared layers decode over their source's whole cache
+        defaults["attention.decode_topk"] = None
     for name, want in defaults.items():
-        if getattr(c, name) != want:
+        if _setting(c, name) != want:
             raise ValueError(
-                f"{cls}.{name} {getattr(c, name)!r} is not supported with {on[0]} set (Gemma 4's "
-                f"layers); set {name}={want!r}"
+                f"{cls}.{name} {_setting(c, name)!r} is not supported with {on[0]} set (Gemma "
+                f"4's layers); set {name}={want!r}"
             )
+
+
+def _setting(config: Any, key: str) -> Any:
+    """Setting ``key`` of ``config``, a dotted key a section's (`tjx.nn.configs.setting_value`,
+    which this module, below the configs, cannot import)."""
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def nope_layers(config: Any) -> tuple[bool, tuple[float, float] | None]:
+    """Llama 4's NoPE (its ``llama4`` section): whether the global layers rotate no position,
+    and their queries' temperature ``(floor, scale)`` (None: untempered)."""
+    return config.llama4.global_nope, config.llama4.temperature()
 
 
 def check_mtp(config: Any, cls: str) -> None:
     """``mtp_depths`` >= 0 and ``mtp_loss_weight`` >= 0 (:mod:`tjx.nn.mtp`)."""
     positive(cls, "mtp_depths", config.mtp_depths, allow_zero=True)
     if config.mtp_depths:  # an MTP module is one full-attention block (DeepSeek's, GLM-4.5's)
-        local = (("sliding_window", None), ("attention_chunk", None), ("mixer_pattern", None))
+        local = (
+            ("attention.sliding_window", None),
+            ("attention.chunk", None),
+            ("mixer_pattern", None),
+        )
         for name, off in (*local, ("position", "t5")):
-            value = getattr(config, name, None)
+            value = _setting(config, name)
             if (value is not None) if off is None else value == off:
                 raise ValueError(
                     f"{cls}.mtp_depths: multi-token prediction is implemented for full-attention "

@@ -105,7 +105,7 @@ def _attention_cache(
     """The attention layers' part: keys and values, or MLA's latents (none without a layer)."""
     if not layers:
         return {}
-    if config.attention_type == "mla":
+    if config.attention.type == "mla":
         assert config.mla.kv_latent_dim is not None
         cache = {"latent": jnp.zeros((layers, batch, slots, config.mla.kv_latent_dim), dt)}
         if config.mla.qk_rope_head_dim is not None:  # DeepSeek's: and the shared rotated key
@@ -347,7 +347,7 @@ def kv_cache_bytes(
     """
     itemsize = jnp.dtype(dtype).itemsize
     seq_len = cache_slots(config, seq_len)
-    if config.attention_type == "mla":
+    if config.attention.type == "mla":
         assert config.mla.kv_latent_dim is not None
         per_token = config.mla.kv_latent_dim + (config.mla.qk_rope_head_dim or 0)
     else:

@@ -54,7 +54,7 @@ DEEPSEEK_ONLY = ("query_down", "query_latent_norm", "kv_latent_norm", "key_rope"
 
 def is_deepseek(config: TransformerConfig) -> bool:
     """Whether ``config``'s self-attention is DeepSeek's MLA."""
-    return config.attention_type == "mla" and config.mla.qk_rope_head_dim is not None
+    return config.attention.type == "mla" and config.mla.qk_rope_head_dim is not None
 
 
 def value_dim(config: TransformerConfig) -> int:

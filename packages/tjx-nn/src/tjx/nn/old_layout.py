@@ -4,7 +4,9 @@ Apps kept a flat model section before its settings were tjx.nn's configs (tjx-nn
 precision as two top keys, and a saved section listed every key of every kind. tjx-nn 0.11 held
 Llama 3's RoPE scaling as four numbers. Before tjx-nn 0.29 the MoE, MLA and Gated DeltaNet
 settings were flat keys of the section (``num_experts``, ``kv_latent_dim``, ``delta_key_heads``
-...), now the ``moe``, ``mla`` and ``delta`` sections. Files written then (presets, users' files,
+...), now the ``moe``, ``mla`` and ``delta`` sections; so were the attention settings
+(``sliding_window``, ``attn_logit_softcap`` ...), now the ``attention`` section, and the family
+folders' switches, now their option sections. Files written then (presets, users' files,
 a run's saved config, a checkpoint's model.json) still read: their keys are moved to where they
 are now, and the flat defaults a kind never read are dropped.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from tjx.nn.configs import FLAT_SECTION_KEYS
 from tjx.nn.gated_deltanet import FLAT_DELTA_KEYS
 from tjx.nn.mla_config import FLAT_MLA_KEYS
 from tjx.nn.moe.config import FLAT_MOE_KEYS
@@ -31,6 +34,7 @@ _SECTION_KEYS = {
     **{old: f"moe.{new}" for old, new in FLAT_MOE_KEYS.items()},
     **{old: f"mla.{new}" for old, new in FLAT_MLA_KEYS.items()},
     **{old: f"delta.{new}" for old, new in FLAT_DELTA_KEYS.items()},
+    **FLAT_SECTION_KEYS,
 }
 #: Old key of a model section → the key it is now.
 RENAMED_MODEL_KEYS = _PRE_08_KEYS | _SECTION_KEYS
@@ -61,9 +65,9 @@ def _move(section: dict[str, Any], old: str, new: str, key: str) -> None:
 
 
 def nest_section_keys(fields: dict[str, Any], key: str) -> dict[str, Any]:
-    """A copy of ``fields`` (a model section's keys or a config's fields) whose flat MoE, MLA and
-    Gated DeltaNet keys are moved into their ``moe``, ``mla`` and ``delta`` sections (``key``:
-    its path in messages; an old key beside its new one: a ``ValueError``)."""
+    """A copy of ``fields`` (a model section's keys or a config's fields) whose flat keys of a
+    component section (MoE, MLA, Gated DeltaNet, attention, a family's options) are moved into
+    it (``key``: its path in messages; an old key beside its new one: a ``ValueError``)."""
     out = copy.deepcopy(fields)
     for old, new in _SECTION_KEYS.items():
         _move(out, old, new, key)

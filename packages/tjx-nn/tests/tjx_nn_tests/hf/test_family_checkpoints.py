@@ -21,34 +21,43 @@ GEMMA = dict(
     norm_plus_one=True,
     scale_embeddings=True,
     mlp_activation="geglu",
-    query_pre_attn_scalar=12,
+    **{"attention.query_pre_attn_scalar": 12},
 )
 #: Each family with the windows it may have (layer 1 of Qwen3, every Phi-3 layer, Gemma's
 #: alternate layers from 0; Gemma 3's local layers at their own RoPE base).
 CONFIGS = {
-    "qwen3": dict(qk_norm=True, head_dim=16, sliding_window=8, window_pattern=("global", "local")),
-    "olmo2": dict(norm_position="output", qk_norm=True, qk_norm_scope="projection"),
+    "qwen3": dict(
+        **{"attention.qk_norm": True},
+        head_dim=16,
+        **{"attention.sliding_window": 8},
+        **{"attention.window_pattern": ("global", "local")},
+    ),
+    "olmo2": dict(
+        norm_position="output",
+        **{"attention.qk_norm": True},
+        **{"attention.qk_norm_scope": "projection"},
+    ),
     "olmo3": dict(
         norm_position="output",
-        qk_norm=True,
-        qk_norm_scope="projection",
-        sliding_window=8,
-        window_pattern=("local", "global"),
+        **{"attention.qk_norm": True},
+        **{"attention.qk_norm_scope": "projection"},
+        **{"attention.sliding_window": 8},
+        **{"attention.window_pattern": ("local", "global")},
     ),
-    "phi3": dict(sliding_window=8),
+    "phi3": dict(**{"attention.sliding_window": 8}),
     "gemma2": dict(
         **GEMMA,
-        attn_logit_softcap=2.0,
+        **{"attention.logit_softcap": 2.0},
         final_logit_softcap=3.0,
         tie_embeddings=True,
-        sliding_window=8,
-        window_pattern=("local", "global"),
+        **{"attention.sliding_window": 8},
+        **{"attention.window_pattern": ("local", "global")},
     ),
     "gemma3_text": dict(
         **GEMMA,
-        qk_norm=True,
-        sliding_window=8,
-        window_pattern=("local", "global"),
+        **{"attention.qk_norm": True},
+        **{"attention.sliding_window": 8},
+        **{"attention.window_pattern": ("local", "global")},
         rope_local_theta=100.0,
     ),
 }
@@ -145,17 +154,17 @@ def test_family_config_json_round_trips(family):
 # gemma-2-2b and gemma-3-1b (sizes, keys and the values that decide what tjx computes).
 PUBLISHED = {
     "qwen3": dict(
-        architectures=["Qwen3ForCausalLM"], attention_bias=False, attention_dropout=0.0,
+        architectures=["Qwen3ForCausalLM"], attention_bias=False, **{"attention.dropout": 0.0},
         bos_token_id=151643, eos_token_id=151645, head_dim=128, hidden_act="silu",
         hidden_size=1024, initializer_range=0.02, intermediate_size=3072,
         max_position_embeddings=40960, max_window_layers=28, model_type="qwen3",
         num_attention_heads=16, num_hidden_layers=28, num_key_value_heads=8, rms_norm_eps=1e-6,
-        rope_scaling=None, rope_theta=1000000, sliding_window=None, tie_word_embeddings=True,
+        rope_scaling=None, rope_theta=1000000, **{"attention.sliding_window": None}, tie_word_embeddings=True,
         torch_dtype="bfloat16", transformers_version="4.51.0", use_cache=True,
         use_sliding_window=False, vocab_size=151936,
     ),
     "olmo2": dict(
-        architectures=["Olmo2ForCausalLM"], attention_bias=False, attention_dropout=0.0,
+        architectures=["Olmo2ForCausalLM"], attention_bias=False, **{"attention.dropout": 0.0},
         eos_token_id=100257, hidden_act="silu", hidden_size=4096, initializer_range=0.02,
         intermediate_size=11008, max_position_embeddings=4096, model_type="olmo2",
         num_attention_heads=32, num_hidden_layers=32, num_key_value_heads=32,
@@ -163,35 +172,35 @@ PUBLISHED = {
         tie_word_embeddings=False, torch_dtype="float32", use_cache=True, vocab_size=100352,
     ),
     "phi3": dict(
-        architectures=["Phi3ForCausalLM"], attention_bias=False, attention_dropout=0.0,
+        architectures=["Phi3ForCausalLM"], attention_bias=False, **{"attention.dropout": 0.0},
         auto_map={"AutoConfig": "configuration_phi3.Phi3Config",
                   "AutoModelForCausalLM": "modeling_phi3.Phi3ForCausalLM"},
         bos_token_id=1, embd_pdrop=0.0, eos_token_id=32000, hidden_act="silu", hidden_size=3072,
         initializer_range=0.02, intermediate_size=8192, max_position_embeddings=4096,
         model_type="phi3", num_attention_heads=32, num_hidden_layers=32, num_key_value_heads=32,
         original_max_position_embeddings=4096, pad_token_id=32000, resid_pdrop=0.0,
-        rms_norm_eps=1e-5, rope_scaling=None, rope_theta=10000.0, sliding_window=2047,
+        rms_norm_eps=1e-5, rope_scaling=None, rope_theta=10000.0, **{"attention.sliding_window": 2047},
         tie_word_embeddings=False, torch_dtype="bfloat16", use_cache=True, vocab_size=32064,
     ),
     "gemma2": dict(
-        architectures=["Gemma2ForCausalLM"], attention_bias=False, attention_dropout=0.0,
+        architectures=["Gemma2ForCausalLM"], attention_bias=False, **{"attention.dropout": 0.0},
         attn_logit_softcapping=50.0, bos_token_id=2, cache_implementation="hybrid",
         eos_token_id=[1, 107], final_logit_softcapping=30.0, head_dim=256,
         hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh", hidden_size=2304,
         initializer_range=0.02, intermediate_size=9216, max_position_embeddings=8192,
         model_type="gemma2", num_attention_heads=8, num_hidden_layers=26, num_key_value_heads=4,
-        pad_token_id=0, query_pre_attn_scalar=256, rms_norm_eps=1e-6, rope_theta=10000.0,
-        sliding_window=4096, torch_dtype="float32", use_cache=True, vocab_size=256000,
+        pad_token_id=0, **{"attention.query_pre_attn_scalar": 256}, rms_norm_eps=1e-6, rope_theta=10000.0,
+        **{"attention.sliding_window": 4096}, torch_dtype="float32", use_cache=True, vocab_size=256000,
     ),
     "gemma3_text": dict(
-        architectures=["Gemma3ForCausalLM"], attention_bias=False, attention_dropout=0.0,
+        architectures=["Gemma3ForCausalLM"], attention_bias=False, **{"attention.dropout": 0.0},
         attn_logit_softcapping=None, bos_token_id=2, cache_implementation="hybrid",
         eos_token_id=[1, 106], final_logit_softcapping=None, head_dim=256,
         hidden_activation="gelu_pytorch_tanh", hidden_size=1152, initializer_range=0.02,
         intermediate_size=6912, max_position_embeddings=32768, model_type="gemma3_text",
         num_attention_heads=4, num_hidden_layers=26, num_key_value_heads=1, pad_token_id=0,
-        query_pre_attn_scalar=256, rms_norm_eps=1e-6, rope_local_base_freq=10000,
-        rope_scaling=None, rope_theta=1000000, sliding_window=512, sliding_window_pattern=6,
+        **{"attention.query_pre_attn_scalar": 256}, rms_norm_eps=1e-6, rope_local_base_freq=10000,
+        rope_scaling=None, rope_theta=1000000, **{"attention.sliding_window": 512}, sliding_window_pattern=6,
         torch_dtype="bfloat16", use_cache=True, vocab_size=262144,
     ),
 }  # fmt: skip
@@ -199,24 +208,37 @@ PUBLISHED = {
 
 def test_published_shapes_load_or_are_refused_in_one_line_naming_why():
     qwen3 = family_config_from_hf(PUBLISHED["qwen3"])
-    assert (qwen3.qk_norm, qwen3.head_dim, qwen3.num_kv_heads, qwen3.tie_embeddings) == (
+    assert (qwen3.attention.qk_norm, qwen3.head_dim, qwen3.num_kv_heads, qwen3.tie_embeddings) == (
         True, 128, 8, True,
     )  # fmt: skip
     olmo2 = family_config_from_hf(PUBLISHED["olmo2"])
     assert olmo2.norm_position == "output" and olmo2.rope_theta == 500000.0
     # Phi-3-mini-4k: its window (2047 of 4096) slides in every layer.
     phi3 = family_config_from_hf(PUBLISHED["phi3"])
-    assert (phi3.sliding_window, phi3.window_pattern, phi3.max_seq_len) == (2047, None, 4096)
-    assert phi3.vocab_size == 32064 and not phi3.qk_norm
+    assert (phi3.attention.sliding_window, phi3.attention.window_pattern, phi3.max_seq_len) == (
+        2047,
+        None,
+        4096,
+    )
+    assert phi3.vocab_size == 32064 and not phi3.attention.qk_norm
     gemma2 = family_config_from_hf(PUBLISHED["gemma2"])
-    assert (gemma2.attn_logit_softcap, gemma2.final_logit_softcap) == (50.0, 30.0)
-    assert gemma2.query_pre_attn_scalar == 256.0 and gemma2.tie_embeddings
-    assert (gemma2.sliding_window, gemma2.window_pattern) == (4096, ("local", "global"))
+    assert (gemma2.attention.logit_softcap, gemma2.final_logit_softcap) == (50.0, 30.0)
+    assert gemma2.attention.query_pre_attn_scalar == 256.0 and gemma2.tie_embeddings
+    assert (gemma2.attention.sliding_window, gemma2.attention.window_pattern) == (
+        4096,
+        ("local", "global"),
+    )
     # Gemma 3 1B: five local layers (window 512, base 1e4) and a global one (base 1e6).
     gemma3 = family_config_from_hf(PUBLISHED["gemma3_text"])
-    assert gemma3.qk_norm and gemma3.final_logit_softcap is None and gemma3.num_kv_heads == 1
-    assert gemma3.window_pattern == ("local",) * 5 + ("global",)
-    assert (gemma3.sliding_window, gemma3.rope_theta, gemma3.rope_local_theta) == (512, 1e6, 1e4)
+    assert (
+        gemma3.attention.qk_norm and gemma3.final_logit_softcap is None and gemma3.num_kv_heads == 1
+    )
+    assert gemma3.attention.window_pattern == ("local",) * 5 + ("global",)
+    assert (gemma3.attention.sliding_window, gemma3.rope_theta, gemma3.rope_local_theta) == (
+        512,
+        1e6,
+        1e4,
+    )
     assert gemma3.layer_windows()[:7] == (512,) * 5 + (None, 512)
 
 
@@ -224,20 +246,20 @@ def test_transformers_defaults_fill_what_a_gemma_config_leaves_out():
     small = dict(model_type="gemma2", vocab_size=8, hidden_size=8, intermediate_size=8,
                  num_hidden_layers=3, num_attention_heads=8, head_dim=4)  # fmt: skip
     config = family_config_from_hf(small)
-    assert (config.attn_logit_softcap, config.final_logit_softcap) == (50.0, 30.0)
-    assert config.query_pre_attn_scalar == 256.0 and config.tie_embeddings
+    assert (config.attention.logit_softcap, config.final_logit_softcap) == (50.0, 30.0)
+    assert config.attention.query_pre_attn_scalar == 256.0 and config.tie_embeddings
     assert config.layer_windows() == (4096, None, 4096)  # window 4096, layer 0 local
     # Gemma2Config's 4 key/value heads and 8192 positions (not one per head, not 2048).
     assert (config.num_kv_heads, config.max_seq_len) == (4, 8192)
     # Gemma 3's three layers are local (pattern 6): the default bases 1e6 global, 1e4 local.
     g3 = family_config_from_hf({**small, "model_type": "gemma3_text"})
-    assert g3.attn_logit_softcap is None and (g3.rope_theta, g3.rope_local_theta) == (1e6, 1e4)
+    assert g3.attention.logit_softcap is None and (g3.rope_theta, g3.rope_local_theta) == (1e6, 1e4)
     assert (g3.num_kv_heads, g3.max_seq_len) == (4, 131_072)
-    assert (g3.sliding_window, g3.window_pattern) == (4096, None)
+    assert (g3.attention.sliding_window, g3.attention.window_pattern) == (4096, None)
     # Only global layers: no window, and the local base has nothing to rotate.
     full = ["full_attention"] * 3
     g3 = family_config_from_hf({**small, "model_type": "gemma3_text", "layer_types": full})
-    assert (g3.sliding_window, g3.rope_local_theta) == (None, None)
+    assert (g3.attention.sliding_window, g3.rope_local_theta) == (None, None)
 
 
 def test_qwen3_slides_from_max_window_layers_on_as_transformers_does():
@@ -246,7 +268,7 @@ def test_qwen3_slides_from_max_window_layers_on_as_transformers_does():
     on = family_config_from_hf({**base, "use_sliding_window": True, "max_window_layers": 2})
     assert on.layer_windows() == (None, None, 8, 8)
     every = family_config_from_hf({**base, "use_sliding_window": True, "max_window_layers": 0})
-    assert (every.sliding_window, every.window_pattern) == (8, None)
+    assert (every.attention.sliding_window, every.attention.window_pattern) == (8, None)
 
 
 def test_v5_rope_parameters_are_read_per_layer_type():

@@ -29,9 +29,9 @@ from tjx_nn_tests._helpers import saved_random
 #: double-wide MLP; global heads 16 wide (8 elsewhere), one key/value head, values = keys.
 GEMMA4 = dict(
     vocab_size=24, max_seq_len=32, d_model=16, num_layers=4, num_heads=4, num_kv_heads=2,
-    head_dim=8, mlp_dim=12, sliding_window=3, window_pattern=("local", "global"),
-    norm_position="sandwich", scale_embeddings=True, mlp_activation="geglu", qk_norm=True,
-    query_pre_attn_scalar=1.0, tie_embeddings=True, rope_theta=10_000.0, rope_local_theta=100.0,
+    head_dim=8, mlp_dim=12, **{"attention.sliding_window": 3}, **{"attention.window_pattern": ("local", "global")},
+    norm_position="sandwich", scale_embeddings=True, mlp_activation="geglu", **{"attention.qk_norm": True},
+    **{"attention.query_pre_attn_scalar": 1.0}, tie_embeddings=True, rope_theta=10_000.0, rope_local_theta=100.0,
     global_head_dim=16, global_kv_heads=1, global_values_from_keys=True,
     global_rope_proportion=0.25, value_norm=True, kv_shared_layers=2, kv_shared_mlp_dim=24,
     per_layer_input_dim=4, per_layer_vocab_size=20, layer_scale=True,
@@ -61,7 +61,7 @@ DEFAULT_JSON = {
 
 
 def test_an_export_loads_back_as_the_same_model_in_transformers_layout(tmp_path):
-    model, tensors = saved_random(tmp_path / "ck", tnn.LlamaConfig(**GEMMA4))
+    model, tensors = saved_random(tmp_path / "ck", tnn.build_config(tnn.LlamaConfig, GEMMA4))
     saved = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert (saved["model_type"], saved["architectures"]) == ("gemma4_text", ["Gemma4ForCausalLM"])
     assert (saved["global_head_dim"], saved["num_global_key_value_heads"]) == (16, 1)
@@ -122,7 +122,10 @@ def test_the_default_config_is_read_as_transformers_reads_it():
         256,
         512,
     )
-    assert config.window_pattern == ("local",) * 5 + ("global",) and config.sliding_window == 512
+    assert (
+        config.attention.window_pattern == ("local",) * 5 + ("global",)
+        and config.attention.sliding_window == 512
+    )
     assert (config.rope_theta, config.rope_local_theta, config.global_rope_proportion) == (
         1e6,
         1e4,
@@ -130,7 +133,11 @@ def test_the_default_config_is_read_as_transformers_reads_it():
     )
     assert (config.per_layer_input_dim, config.per_layer_vocab_size) == (256, None)
     assert config.value_norm and config.layer_scale and not config.norm_plus_one
-    assert (config.query_pre_attn_scalar, config.kv_shared_layers, config.global_kv_heads) == (
+    assert (
+        config.attention.query_pre_attn_scalar,
+        config.kv_shared_layers,
+        config.global_kv_heads,
+    ) == (
         1.0,
         0,
         None,
@@ -184,7 +191,7 @@ LINEAR_LOCAL = {
     ],
 )
 def test_what_tjx_cannot_honour_is_refused_by_name(change, message):
-    hf = gemma4_config_to_hf(tnn.LlamaConfig(**GEMMA4)) | change
+    hf = gemma4_config_to_hf(tnn.build_config(tnn.LlamaConfig, GEMMA4)) | change
     with pytest.raises(ValueError, match=message):
         gemma4_config_from_hf(hf)
 
@@ -192,7 +199,7 @@ def test_what_tjx_cannot_honour_is_refused_by_name(change, message):
 def test_an_image_text_folder_loads_as_its_text_model(tmp_path, capsys):
     """The published form: ``gemma4`` with a ``text_config``, the language model under
     ``model.language_model.``, towers beside (skipped in one line)."""
-    model, tensors = saved_random(tmp_path / "text", tnn.LlamaConfig(**GEMMA4))
+    model, tensors = saved_random(tmp_path / "text", tnn.build_config(tnn.LlamaConfig, GEMMA4))
     text = json.loads((tmp_path / "text" / "config.json").read_text())
     folder = tmp_path / "image-text"
     folder.mkdir()
@@ -231,7 +238,7 @@ def test_a_config_gemma4_does_not_compute_is_not_saved_as_it(change, message):
 
 
 def test_another_model_type_is_refused_naming_gemma4s_switches(tmp_path):
-    model = tnn.Llama(tnn.LlamaConfig(**GEMMA4), rngs=nnx.Rngs(0))
+    model = tnn.Llama(tnn.build_config(tnn.LlamaConfig, GEMMA4), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="'gemma3_text' cannot express value_norm, layer_scale"):
         tnn.save_hf(model, tmp_path, model_type="gemma3_text")
 
@@ -245,7 +252,7 @@ def test_another_model_type_is_refused_naming_gemma4s_switches(tmp_path):
         (dict(kv_shared_layers=0), "kv_shared_mlp_dim: only kv_shared_layers use it"),
         (dict(global_kv_heads=3), "global_kv_heads: 3 must divide"),
         (dict(global_rope_proportion=1.5), "global_rope_proportion must be a number in"),
-        (dict(decode_topk=2), "decode_topk 2 is not supported"),
+        (dict(**{"attention.decode_topk": 2}), "decode_topk 2 is not supported"),
         (dict(moe=dict(beside_mlp=True)), "MoEConfig.beside_mlp: only MoE models use it"),
     ],
 )
@@ -317,7 +324,7 @@ def test_proportional_rope_matches_a_float64_reference():
 def test_decoding_with_the_cache_reproduces_the_full_forward():
     """Prefill and decode steps (the shared layers reading their sources' caches, the global
     layers' own cache entries) give the logits of one full call, past the window."""
-    config = tnn.LlamaConfig(**GEMMA4)
+    config = tnn.build_config(tnn.LlamaConfig, GEMMA4)
     model = tnn.Llama(config, rngs=nnx.Rngs(3))
     tokens = jnp.asarray(np.random.RandomState(3).randint(0, 20, size=(2, 9)))  # PLE's rows
     full = np.asarray(model(tokens))

@@ -190,5 +190,5 @@ def test_load_refuses_overrides_the_weights_cannot_take(tmp_path):
     with pytest.raises(ValueError, match=r"fix the architecture.*'position': 'rope'.*learned"):
         tnn.load_hf_gpt2(tmp_path / "ckpt", position="rope")
     # Training settings apply to the loaded weights.
-    model = tnn.load_hf_gpt2(tmp_path / "ckpt", remat="full", decode_topk=2)
-    assert (model.config.remat, model.config.decode_topk) == ("full", 2)
+    model = tnn.load_hf_gpt2(tmp_path / "ckpt", remat="full", **{"attention.decode_topk": 2})
+    assert (model.config.remat, model.config.attention.decode_topk) == ("full", 2)

@@ -17,15 +17,15 @@ from tjx.nn.hf.gpt_oss import gpt_oss_config_from_hf, gpt_oss_config_to_hf
 
 SIZES = dict(vocab_size=24, max_seq_len=16, d_model=16, num_layers=2, num_heads=4, mlp_dim=8)
 GPT_OSS = dict(
-    num_kv_heads=2, attention_sinks=True, use_bias=True, mlp_activation="swiglu_clamped",
+    num_kv_heads=2, **{"attention.sinks": True}, use_bias=True, mlp_activation="swiglu_clamped",
     moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, router_logit_bias=True,
                       router_aux_loss=0.001),
-    sliding_window=4, window_pattern=("local", "global"),
+    **{"attention.sliding_window": 4}, **{"attention.window_pattern": ("local", "global")},
     rope_scaling=dict(type="yarn", factor=4.0, original_max_position_embeddings=4,
                       truncate=False),
 )  # fmt: skip
 GLM = dict(
-    num_layers=3, num_kv_heads=2, head_dim=8, rope_fraction=0.5, qk_norm=True, qkv_bias=True,
+    num_layers=3, num_kv_heads=2, head_dim=8, rope_fraction=0.5, **{"attention.qk_norm": True}, **{"attention.qkv_bias": True},
     moe=tnn.MoEConfig(num_experts=8, experts_per_token=2, expert_mlp_dim=6, num_shared_experts=1,
                       first_dense=1, router="sigmoid", router_scale=2.5, router_groups=4,
                       router_topk_groups=2),
@@ -34,7 +34,7 @@ FAMILIES = {"gpt_oss": GPT_OSS, "glm4_moe": GLM}
 
 
 def _model(fields):
-    model = tnn.Llama(tnn.LlamaConfig(**{**SIZES, **fields}), rngs=nnx.Rngs(0))
+    model = tnn.Llama(tnn.build_config(tnn.LlamaConfig, {**SIZES, **fields}), rngs=nnx.Rngs(0))
     rs = np.random.RandomState(0)  # biases and sinks start at 0: random, so a swap shows
     flat = tnn.get_flat_params(model)
     tnn.set_flat_params(model, {k: v + 0.1 * rs.randn(*v.shape) for k, v in flat.items()})
@@ -106,7 +106,7 @@ def test_glm_tensors_and_config_are_transformers_names(tmp_path):
 def test_transformers_defaults_are_read_as_transformers_reads_them():
     """gpt-oss without rope_parameters is yarn (factor 32 over 4,096, base 150,000) with even
     layers sliding; GLM-4.5 without a partial_rotary_factor rotates half of each head."""
-    oss = gpt_oss_config_to_hf(tnn.LlamaConfig(**{**SIZES, **GPT_OSS, "num_layers": 4}))
+    oss = gpt_oss_config_to_hf(tnn.build_config(tnn.LlamaConfig, {**SIZES, **GPT_OSS, "num_layers": 4}))
     for key in ("rope_parameters", "layer_types"):
         del oss[key]
     config = gpt_oss_config_from_hf(oss)
@@ -118,7 +118,7 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
     )
     assert scaling.truncate is False and config.rope_theta == 150000.0
     assert config.layer_windows() == (4, None, 4, None)
-    glm = glm4_moe_config_to_hf(tnn.LlamaConfig(**{**SIZES, **GLM, "rope_fraction": 0.25}))
+    glm = glm4_moe_config_to_hf(tnn.build_config(tnn.LlamaConfig, {**SIZES, **GLM, "rope_fraction": 0.25}))
     assert glm4_moe_config_from_hf(glm).rope_fraction == 0.25
     del glm["rope_parameters"]["partial_rotary_factor"]
     assert glm4_moe_config_from_hf(glm).rope_fraction == 0.5
@@ -203,7 +203,7 @@ def test_a_model_the_family_cannot_express_is_not_written(tmp_path, fields, mode
     """(A dotted key: a change to the family's ``moe`` section.)"""
     dotted = {k: v for k, v in fields.items() if "." in k}
     plain = {k: v for k, v in fields.items() if "." not in k}
-    config = tnn.LlamaConfig(**{**SIZES, **plain}).replace(**dotted)
+    config = tnn.build_config(tnn.LlamaConfig, {**SIZES, **plain}).replace(**dotted)
     model = tnn.Llama(config, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"^[^\n]*$") as info:
         tnn.save_hf(model, tmp_path / "out", model_type=model_type)

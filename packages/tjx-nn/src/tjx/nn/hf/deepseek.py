@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tjx.nn.configs import LlamaConfig
+from tjx.nn.configs import LlamaConfig, build_config
 from tjx.nn.hf.config import LLAMA, llama_common_to_hf, llama_fields
 from tjx.nn.hf.family_base import refuse_mismatches
 from tjx.nn.hf.keys import ABSENT, UNSET, Spec, count, flag, nonneg, positive, size, text
@@ -209,7 +209,7 @@ def deepseek_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
     if hf.get("aux_loss_alpha") is not None:  # a training setting (logits do not change)
         moe["router_aux_loss"] = float(hf["aux_loss_alpha"])
     fields |= dict(
-        attention_type="mla",
+        **{"attention.type": "mla"},
         mla=MLAConfig(
             kv_latent_dim=hf["kv_lora_rank"],
             q_lora_rank=hf["q_lora_rank"],
@@ -220,7 +220,7 @@ def deepseek_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
         moe=MoEConfig(**moe),
         mtp_depths=mtp_layers(hf),
     )
-    return LlamaConfig(**{**fields, **overrides})
+    return build_config(LlamaConfig, {**fields, **overrides})
 
 
 def deepseek_export_type(config: LlamaConfig, model_type: str | None) -> str:
@@ -238,17 +238,17 @@ def deepseek_export_type(config: LlamaConfig, model_type: str | None) -> str:
         "norm_position": (c.norm_position, "pre"),
         "mlp_activation": (c.mlp_activation, "swiglu"),
         "use_bias": (c.use_bias, False),
-        "qkv_bias": (c.qkv_bias, False),
+        "attention.qkv_bias": (c.attention.qkv_bias, False),
         "moe.shared_expert_gate": (c.moe.shared_expert_gate, False),
         "moe.shared_expert_mlp_dim": (c.moe.shared_expert_mlp_dim, None),
         "moe.layer_step": (c.moe.layer_step, 1),
-        "sliding_window": (c.sliding_window, None),
+        "attention.sliding_window": (c.attention.sliding_window, None),
         "norm_eps": (c.norm_eps, 1e-6),
         "norm_plus_one": (c.norm_plus_one, False),
         "scale_embeddings": (c.scale_embeddings, False),
         "final_logit_softcap": (c.final_logit_softcap, None),
-        "attn_logit_softcap": (c.attn_logit_softcap, None),
-        "query_pre_attn_scalar": (c.query_pre_attn_scalar, None),
+        "attention.logit_softcap": (c.attention.logit_softcap, None),
+        "attention.query_pre_attn_scalar": (c.attention.query_pre_attn_scalar, None),
     }
     if chosen == "deepseek_v2":
         needs["moe.router_norm_topk"] = (c.moe.router_norm_topk, False)
@@ -264,7 +264,7 @@ def deepseek_config_to_hf(config: LlamaConfig, model_type: str | None = None) ->
     c = config
     chosen = deepseek_export_type(c, model_type)
     assert c.head_dim is not None and c.mla.qk_rope_head_dim is not None
-    plain = c.replace(attention_type="mha", mla=MLAConfig(), num_kv_heads=None)
+    plain = c.replace(mla=MLAConfig(), num_kv_heads=None, **{"attention.type": "mha"})
     assert isinstance(plain, LlamaConfig)
     out = llama_common_to_hf(plain, "llama")
     rope = out.pop("rope_scaling", None)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tjx.nn.configs import GPT2Config
+from tjx.nn.configs import GPT2Config, setting_value
 from tjx.nn.hf.io import HFMapping, Read, concat, take
 from tjx.nn.hf.keys import ABSENT, Key, Spec, flag, fraction, positive, size, text
 
@@ -40,7 +40,7 @@ HF_GPT2_NAMES: tuple[str, ...] = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"
 #: field → GPT-2's value (``None``: the checkpoint's own, e.g. ``num_kv_heads`` = its head count).
 HF_GPT2_FIXED: Mapping[str, Any] = {
     "position": "learned",
-    "attention_type": "mha",
+    "attention.type": "mha",
     "use_bias": True,
     "norm": "layernorm",
     "norm_position": "pre",
@@ -216,7 +216,7 @@ def config_to_hf(config: GPT2Config) -> dict[str, Any]:
             f"HF GPT-2 has head_dim = d_model // num_heads ({config.d_model // config.num_heads}); "
             f"got head_dim {config.head_dim}"
         )
-    own = {name: getattr(config, name) for name in HF_GPT2_FIXED}
+    own = {name: setting_value(config, name) for name in HF_GPT2_FIXED}
     if config.num_kv_heads == config.num_heads:
         own["num_kv_heads"] = None  # one key/value head per query head, as in GPT-2
     conflicts = hf_gpt2_conflicts(own)
@@ -241,7 +241,7 @@ def config_to_hf(config: GPT2Config) -> dict[str, Any]:
         "tie_word_embeddings": True,
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
-        "attn_pdrop": config.attention_dropout,
+        "attn_pdrop": config.attention.dropout,
         "initializer_range": config.init_std,
     }
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from tjx.nn.configs import LlamaConfig
+from tjx.nn.configs import LlamaConfig, build_config
 from tjx.nn.gated_deltanet import DeltaConfig
 from tjx.nn.hf.config import partial_rotary_factor
 from tjx.nn.hf.family_base import (
@@ -101,25 +101,25 @@ SPEC = BASE.but(
 LAYER_TYPE_OF = {v: k for k, v in MIXER_OF.items()}
 #: What a config must have to be written as Qwen3.5: field → the value Qwen3.5 computes with.
 NEEDS: dict[str, Any] = dict(
-    attention_type="mha",
+    **{"attention.type": "mha"},
     position="rope",
     norm="rmsnorm",
     norm_position="pre",
     mlp_activation="swiglu",
     use_bias=False,
-    qkv_bias=False,
-    qk_norm=True,
-    qk_norm_scope="head",
+    **{"attention.qkv_bias": False},
+    **{"attention.qk_norm": True},
+    **{"attention.qk_norm_scope": "head"},
     norm_plus_one=True,
-    attention_output_gate=True,
+    **{"attention.output_gate": True},
     scale_embeddings=False,
-    query_pre_attn_scalar=None,
-    attn_logit_softcap=None,
+    **{"attention.query_pre_attn_scalar": None},
+    **{"attention.logit_softcap": None},
     final_logit_softcap=None,
     rope_local_theta=None,
     rope_scaling=None,
-    sliding_window=None,
-    attention_sinks=False,
+    **{"attention.sliding_window": None},
+    **{"attention.sinks": False},
     **{"moe.num_experts": 0},
 )
 #: The RoPE entry's keys of the image model's positions (equal for text: no number changes).
@@ -153,7 +153,7 @@ def qwen3_5_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConf
     ValueError
         An unknown key, or a value tjx does not compute as transformers does, named.
     """
-    return LlamaConfig(**{**hybrid_fields(SPEC.read(hf), QWEN3_5, KEYS), **overrides})
+    return build_config(LlamaConfig, {**hybrid_fields(SPEC.read(hf), QWEN3_5, KEYS), **overrides})
 
 
 def image_text_config(hf: Mapping[str, Any]) -> dict[str, Any]:
@@ -219,7 +219,7 @@ def hybrid_fields(hf: Mapping[str, Any], model_type: str, keys: frozenset[str]) 
         ),
     )
     # The switches a Qwen hybrid computes with (the dense MLP: the moe section's default).
-    skip = ("rope_scaling", "sliding_window", "moe.num_experts")
+    skip = ("rope_scaling", "attention.sliding_window", "moe.num_experts")
     switches = {k: v for k, v in NEEDS.items() if k not in skip}
     return fields | switches
 
@@ -227,7 +227,7 @@ def hybrid_fields(hf: Mapping[str, Any], model_type: str, keys: frozenset[str]) 
 def is_qwen3_5(config: LlamaConfig) -> bool:
     """Whether ``config`` computes what only Qwen3.5 among the families tjx writes does: delta
     layers or a gated attention output."""
-    return config.attention_output_gate or "delta" in config.layer_mixers()
+    return config.attention.output_gate or "delta" in config.layer_mixers()
 
 
 def qwen3_5_config_to_hf(config: LlamaConfig) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tjx.nn.configs import LlamaConfig
+from tjx.nn.configs import LlamaConfig, build_config
 from tjx.nn.hf.family_base import mismatches, refuse_mismatches
 from tjx.nn.hf.io import HFMapping
 from tjx.nn.hf.keys import count, flag, int_list, nonneg, size
@@ -104,7 +104,7 @@ def qwen3_next_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaC
             router_aux_loss=float(hf["router_aux_loss_coef"]),
             **qwen_moe_fields(hf, QWEN3_NEXT),
         )  # none: LlamaConfig's default, every layer dense
-    return LlamaConfig(**{**fields, **overrides})
+    return build_config(LlamaConfig, {**fields, **overrides})
 
 
 def is_qwen3_next(config: LlamaConfig, model_type: str | None) -> bool:

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from tjx.nn.configs import LlamaConfig, setting_value
+from tjx.nn.configs import LlamaConfig, build_config, setting_value
 from tjx.nn.family_config import layer_shape
 from tjx.nn.hf.config import partial_rotary_factor
 from tjx.nn.hf.family_base import (
@@ -174,10 +174,10 @@ NEEDS: dict[str, Any] = dict(
     norm_plus_one=False,
     scale_embeddings=True,
     mlp_activation="geglu",
-    qk_norm=True,
-    qk_norm_scope="head",
-    query_pre_attn_scalar=1.0,
-    attn_logit_softcap=None,
+    **{"attention.qk_norm": True},
+    **{"attention.qk_norm_scope": "head"},
+    **{"attention.query_pre_attn_scalar": 1.0},
+    **{"attention.logit_softcap": None},
     value_norm=True,
     layer_scale=True,
 )
@@ -342,9 +342,9 @@ def gemma4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
         norm_plus_one=False,
         scale_embeddings=True,
         mlp_activation="geglu",
-        qk_norm=True,
-        qk_norm_scope="head",
-        query_pre_attn_scalar=1.0,
+        **{"attention.qk_norm": True},
+        **{"attention.qk_norm_scope": "head"},
+        **{"attention.query_pre_attn_scalar": 1.0},
         final_logit_softcap=get["final_logit_softcapping"],
         value_norm=True,
         layer_scale=True,
@@ -358,7 +358,7 @@ def gemma4_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaConfi
     )
     if get["enable_moe_block"]:
         fields |= _moe_fields(get)
-    return LlamaConfig(**{**fields, **overrides})
+    return build_config(LlamaConfig, {**fields, **overrides})
 
 
 def _moe_fields(get: Mapping[str, Any]) -> dict[str, Any]:
@@ -419,7 +419,7 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     if types[-1] != "full_attention":
         raise ValueError(
             "model_type 'gemma4_text' makes its last layer global; got window_pattern "
-            f"{list(c.window_pattern or ('local',))} with a window on the last layer"
+            f"{list(c.attention.window_pattern or ('local',))} with a window on the last layer"
         )
     full: dict[str, Any] = {
         "rope_type": "proportional",
@@ -434,7 +434,7 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "hidden_activation": "gelu_pytorch_tanh",
         "attention_bias": False,
         "final_logit_softcapping": c.final_logit_softcap,
-        "sliding_window": c.sliding_window or c.max_seq_len,
+        "sliding_window": c.attention.sliding_window or c.max_seq_len,
         "layer_types": types,
         "rope_parameters": {"full_attention": full, "sliding_attention": local},
         "use_bidirectional_attention": None,

@@ -110,7 +110,7 @@ CASES: dict[str, dict[str, Any]] = {
             **COMMON,
             head_dim=16,
             use_sliding_window=True,
-            **{"attention.sliding_window": WINDOW},
+            sliding_window=WINDOW,
             max_window_layers=1,
         )
     ),
@@ -122,7 +122,7 @@ CASES: dict[str, dict[str, Any]] = {
         config=dict(
             model_type="olmo3",
             **{**COMMON, "num_hidden_layers": 4},
-            **{"attention.sliding_window": WINDOW},
+            sliding_window=WINDOW,
             initializer_range=0.2,
             rope_parameters={
                 "sliding_attention": {"rope_type": "default", "rope_theta": 500.0},
@@ -132,7 +132,7 @@ CASES: dict[str, dict[str, Any]] = {
     ),
     # Fused qkv_proj / gate_up_proj; a window in every layer (Phi-3-mini-4k's 2047 of 4096).
     "phi3": dict(
-        config=dict(model_type="phi3", **COMMON, **{"attention.sliding_window": WINDOW}),
+        config=dict(model_type="phi3", **COMMON, sliding_window=WINDOW),
         model_type="phi3",
     ),
     # LongRoPE (Phi-3-mini-128k's form: the pretraining length beside rope_scaling, no factor):
@@ -159,7 +159,7 @@ CASES: dict[str, dict[str, Any]] = {
             model_type="gemma2",
             **COMMON,
             **GEMMA,
-            **{"attention.query_pre_attn_scalar": 12},
+            query_pre_attn_scalar=12,
             attn_logit_softcapping=2.0,
             final_logit_softcapping=3.0,
         )
@@ -219,7 +219,7 @@ CASES["gpt_oss"] = dict(
         model_type="gpt_oss",
         head_dim=8,
         intermediate_size=16,
-        **{"attention.sliding_window": WINDOW},
+        sliding_window=WINDOW,
         num_local_experts=4,
         num_experts_per_tok=2,
         initializer_range=1.0,
@@ -307,7 +307,7 @@ CASES["gemma4"] = dict(
         num_global_key_value_heads=1,
         attention_k_eq_v=True,
         initializer_range=0.2,
-        **{"attention.sliding_window": WINDOW},
+        sliding_window=WINDOW,
         layer_types=["sliding_attention", "full_attention"] * 2,
         num_kv_shared_layers=2,
         use_double_wide_mlp=True,
@@ -339,7 +339,7 @@ CASES["gemma4_moe"] = dict(
         num_global_key_value_heads=1,
         attention_k_eq_v=True,
         initializer_range=0.2,
-        **{"attention.sliding_window": WINDOW},
+        sliding_window=WINDOW,
         layer_types=["sliding_attention", "full_attention"],
         hidden_size_per_layer_input=0,
         enable_moe_block=True,

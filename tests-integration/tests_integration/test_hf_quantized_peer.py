@@ -76,7 +76,7 @@ CASES: dict[str, dict[str, Any]] = {
             num_hidden_layers=2,
             num_key_value_heads=2,
             head_dim=16,
-            **{"attention.sliding_window": 5},
+            sliding_window=5,
             num_local_experts=4,
             num_experts_per_tok=2,
             initializer_range=0.5,

@@ -53,7 +53,7 @@ CASES: dict[str, dict[str, Any]] = {
             **COMMON,
             num_key_value_heads=1,
             head_dim=16,
-            **{"attention.sliding_window": None},
+            sliding_window=None,
             tie_word_embeddings=True,
         ),
         model_type="mistral",  # a Llama config saves as llama unless asked
@@ -68,7 +68,7 @@ CASES: dict[str, dict[str, Any]] = {
             **SIZES,
             **COMMON,
             num_key_value_heads=2,
-            **{"attention.sliding_window": 5},
+            sliding_window=5,
         ),
         model_type="mistral",
     ),
@@ -82,7 +82,7 @@ CASES: dict[str, dict[str, Any]] = {
             num_key_value_heads=2,
             rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
             use_sliding_window=True,
-            **{"attention.sliding_window": 6},
+            sliding_window=6,
             max_window_layers=1,
         ),
     ),
@@ -114,7 +114,7 @@ CASES: dict[str, dict[str, Any]] = {
     "mixtral": dict(
         config=dict(
             model_type="mixtral", **SIZES, **COMMON, num_key_value_heads=2, num_local_experts=4,
-            num_experts_per_tok=2, **{"attention.sliding_window": None},
+            num_experts_per_tok=2, sliding_window=None,
         )  # fmt: skip
     ),
     "qwen2_moe": dict(

@@ -385,7 +385,7 @@ def family_plans(envs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, di
     tmp = tmp_path_factory.mktemp("family-plans")
     argvs = {}
     for family, fields in FAMILIES.items():
-        config = nn.LlamaConfig(**(FAMILY_SIZES | fields))
+        config = nn.build_config(nn.LlamaConfig, FAMILY_SIZES | fields)
         nn.save_hf(nn.build_model(config, rngs=nnx.Rngs(0)), tmp / family)
         argvs[family] = ["--config", "tiny", "--plan", "h100", "--init-from", str(tmp / family),
                          "--plan-json", str(tmp / f"{family}.json"),

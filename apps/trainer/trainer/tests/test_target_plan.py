@@ -244,7 +244,10 @@ def test_a_plan_of_an_init_from_start_compiles_the_checkpoints_architecture(
     shape = dict(vocab_size=40, d_model=24, num_layers=3, num_heads=2, num_kv_heads=1, head_dim=12)
     nn.save_hf(
         nn.build_model(
-            nn.LlamaConfig(**shape, mlp_dim=32, attention=nn.AttentionConfig(qk_norm=True)),
+            nn.build_config(
+                nn.LlamaConfig,
+                {**shape, "mlp_dim": 32, "attention": nn.AttentionConfig(qk_norm=True)},
+            ),
             rngs=nnx.Rngs(0),
         ),
         folder,

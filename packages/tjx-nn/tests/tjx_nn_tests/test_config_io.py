@@ -31,20 +31,31 @@ WRITTEN_BY_TJX_0_1 = {
 
 SMALL = dict(vocab_size=50, max_seq_len=16, d_model=16, num_layers=1, num_heads=2)
 CONFIGS = [
-    tnn.GPT2Config(**SMALL, precision="bf16", scan_layers=True, remat="full"),
-    tnn.GPT2Config(**SMALL, precision=tnn.Precision(jnp.float32, jnp.bfloat16, jnp.bfloat16)),
-    tnn.LlamaConfig(
-        **SMALL,
-        num_kv_heads=1,
-        mla=tnn.MLAConfig(kv_latent_dim=8),
-        attention=tnn.AttentionConfig(type="mla"),
+    tnn.build_config(
+        tnn.GPT2Config, {**SMALL, "precision": "bf16", "scan_layers": True, "remat": "full"}
     ),
-    tnn.BertConfig(**SMALL, precision="pure_bf16"),
+    tnn.build_config(
+        tnn.GPT2Config,
+        {**SMALL, "precision": tnn.Precision(jnp.float32, jnp.bfloat16, jnp.bfloat16)},
+    ),
+    tnn.build_config(
+        tnn.LlamaConfig,
+        {
+            **SMALL,
+            "num_kv_heads": 1,
+            "mla": tnn.MLAConfig(kv_latent_dim=8),
+            "attention": tnn.AttentionConfig(type="mla"),
+        },
+    ),
+    tnn.build_config(tnn.BertConfig, {**SMALL, "precision": "pure_bf16"}),
     tnn.ViTConfig(d_model=16, num_layers=1, num_heads=2, image_size=8, patch_size=4),
-    tnn.EncoderDecoderConfig(**SMALL, num_decoder_layers=2, position="t5"),
-    tnn.TransformerConfig(**SMALL, precision="fp16"),
-    tnn.LlamaConfig(
-        **SMALL, moe=tnn.MoEConfig(num_experts=4, capacity_factor=1.25, router="sigmoid")
+    tnn.build_config(
+        tnn.EncoderDecoderConfig, {**SMALL, "num_decoder_layers": 2, "position": "t5"}
+    ),
+    tnn.build_config(tnn.TransformerConfig, {**SMALL, "precision": "fp16"}),
+    tnn.build_config(
+        tnn.LlamaConfig,
+        {**SMALL, "moe": tnn.MoEConfig(num_experts=4, capacity_factor=1.25, router="sigmoid")},
     ),
 ]
 
@@ -135,7 +146,9 @@ def test_a_model_json_of_tjx_0_1_loads():
     assert tnn.config_to_dict(config) == want
     # An older file without the newer fields (and a preset name for precision) keeps defaults.
     short = {"class": "GPT2Config", "fields": {**SMALL, "precision": "bf16"}}
-    assert tnn.config_from_dict(short) == tnn.GPT2Config(**SMALL, precision="bf16")
+    assert tnn.config_from_dict(short) == tnn.build_config(
+        tnn.GPT2Config, {**SMALL, "precision": "bf16"}
+    )
 
 
 @pytest.mark.parametrize(

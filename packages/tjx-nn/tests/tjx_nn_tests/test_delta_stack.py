@@ -22,13 +22,16 @@ BASE = dict(
 
 
 def _config(**kw):
-    return tnn.LlamaConfig(
-        **{**BASE, **kw},
-        mixer_pattern=["delta", "delta", "attention"],
-        delta=DELTA,
-        norm_plus_one=True,
-        rope_fraction=0.25,
-        attention=tnn.AttentionConfig(output_gate=True, qk_norm=True),
+    return tnn.build_config(
+        tnn.LlamaConfig,
+        {
+            **{**BASE, **kw},
+            "mixer_pattern": ["delta", "delta", "attention"],
+            "delta": DELTA,
+            "norm_plus_one": True,
+            "rope_fraction": 0.25,
+            "attention": tnn.AttentionConfig(output_gate=True, qk_norm=True),
+        },
     )
 
 
@@ -56,9 +59,11 @@ def test_bad_mixer_settings_are_refused_by_name(changes, message):
 def test_delta_layers_are_refused_outside_a_causal_decoder():
     fields = dict(vocab_size=50, d_model=32, num_layers=2, num_heads=4, max_seq_len=16)
     with pytest.raises(ValueError, match="BertConfig builds bidirectional attention layers"):
-        tnn.BertConfig(**fields, mixer_pattern=["delta"], delta=DELTA)
+        tnn.build_config(tnn.BertConfig, {**fields, "mixer_pattern": ["delta"], "delta": DELTA})
     with pytest.raises(ValueError, match="builds bidirectional, causal, cross attention layers"):
-        tnn.EncoderDecoderConfig(**fields, mixer_pattern=["delta"], delta=DELTA)
+        tnn.build_config(
+            tnn.EncoderDecoderConfig, {**fields, "mixer_pattern": ["delta"], "delta": DELTA}
+        )
 
 
 def test_the_layers_mixers_repeat_the_pattern_and_only_attention_layers_hold_keys():

@@ -230,17 +230,20 @@ def test_a_layer_norm_with_plus_one_scales_by_one_plus_its_weight():
 
 
 def test_a_cross_attention_block_refuses_the_decoder_only_norm_positions():
-    config = tnn.TransformerConfig(**BASE, norm_position="sandwich")
+    config = tnn.build_config(tnn.TransformerConfig, {**BASE, "norm_position": "sandwich"})
     with pytest.raises(ValueError, match="cross-attention blocks take norm_position pre or post"):
         tnn.Block(config, rngs=nnx.Rngs(0), num_layers=1, causal=True, cross=True)
 
 
 def test_the_embedding_scale_is_rounded_as_transformers_rounds_it():
     """sqrt(d) to float32, then to the compute dtype (bf16: sqrt(3072) = 55.43 -> 55.5)."""
-    config = tnn.LlamaConfig(
-        **{**BASE, "d_model": 3072, "num_heads": 24, "num_kv_heads": 24, "num_layers": 1},
-        scale_embeddings=True,
-        precision="pure_bf16",
+    config = tnn.build_config(
+        tnn.LlamaConfig,
+        {
+            **{**BASE, "d_model": 3072, "num_heads": 24, "num_kv_heads": 24, "num_layers": 1},
+            "scale_embeddings": True,
+            "precision": "pure_bf16",
+        },
     )
     model = nnx.eval_shape(lambda: tnn.Llama(config, rngs=nnx.Rngs(0)))
     model.embed.embedding.set_value(jnp.ones((40, 3072), jnp.bfloat16))
@@ -256,7 +259,10 @@ def test_the_embedding_scale_is_rounded_as_transformers_rounds_it():
             dict(**{"attention.qk_norm": True}, **{"attention.qk_norm_scope": "heads"}),
             "qk_norm_scope must be one of",
         ),
-        (dict(**{"attention.logit_softcap": 0.0}), "AttentionConfig.logit_softcap must be a positive number"),
+        (
+            dict(**{"attention.logit_softcap": 0.0}),
+            "AttentionConfig.logit_softcap must be a positive number",
+        ),
         (dict(final_logit_softcap=True), "final_logit_softcap must be a positive number"),
         (
             dict(**{"attention.query_pre_attn_scalar": -4}),
@@ -344,7 +350,7 @@ def test_the_sinks_the_clamp_and_the_partial_rope_each_change_the_logits():
 
 def test_a_model_with_sinks_resolves_the_xla_kernel():
     resolved = tnn.resolve_attention(
-        tnn.LlamaConfig(**BASE, attention=tnn.AttentionConfig(sinks=True))
+        tnn.build_config(tnn.LlamaConfig, {**BASE, "attention": tnn.AttentionConfig(sinks=True)})
     )
     assert resolved.kernel("causal") == kernels.AttentionKernel.XLA
 

@@ -63,21 +63,30 @@ CASES = [
         8,
         None,
     ),
-    ("bert", tnn.BertConfig(**TINY, num_labels=3), 16, None),
+    ("bert", tnn.build_config(tnn.BertConfig, {**TINY, "num_labels": 3}), 16, None),
     ("vit", tnn.build_config(tnn.ViTConfig, VIT), 5, None),
     (
         "encdec-untied",
-        tnn.EncoderDecoderConfig(
-            **TINY, num_encoder_layers=3, tie_embeddings=False, num_kv_heads=2
+        tnn.build_config(
+            tnn.EncoderDecoderConfig,
+            {**TINY, "num_encoder_layers": 3, "tie_embeddings": False, "num_kv_heads": 2},
         ),
         6,
         10,
     ),
-    ("encdec-tied-rope", tnn.EncoderDecoderConfig(**TINY, position="rope"), 8, None),
+    (
+        "encdec-tied-rope",
+        tnn.build_config(tnn.EncoderDecoderConfig, {**TINY, "position": "rope"}),
+        8,
+        None,
+    ),
     # T5 relative bias tables are lookups (leaf "table", not a kernel): excluded like positions.
     (
         "encdec-t5-scan",
-        tnn.EncoderDecoderConfig(**TINY, position="t5", scan_layers=True, num_kv_heads=2),
+        tnn.build_config(
+            tnn.EncoderDecoderConfig,
+            {**TINY, "position": "t5", "scan_layers": True, "num_kv_heads": 2},
+        ),
         6,
         10,
     ),
@@ -145,7 +154,9 @@ def test_flops_errors():
 
 
 def test_flops_per_unit_is_per_image_for_a_vit_and_per_token_otherwise():
-    vit = tnn.build_config(tnn.ViTConfig, VIT)  # 8x8 images in 4x4 patches: 4 patches + the class token
+    vit = tnn.build_config(
+        tnn.ViTConfig, VIT
+    )  # 8x8 images in 4x4 patches: 4 patches + the class token
     weighted, _ = _independent(vit, 5, 5)
     per_image = 6 * weighted + 12 * vit.num_heads * vit.head_dim * vit.num_layers * 5 * 5
     assert tnn.flops_per_unit(vit, 123) == per_image  # the sequence is the image's, not 123

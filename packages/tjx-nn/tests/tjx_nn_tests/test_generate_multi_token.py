@@ -168,7 +168,9 @@ def test_a_step_of_more_tokens_than_slots_is_refused_in_one_line():
 
 def test_a_length_dependent_rope_scaling_is_refused_for_several_tokens():
     scaling = dict(type="dynamic", factor=2.0, original_max_position_embeddings=8)
-    model = tnn.Llama(tnn.LlamaConfig(**BASE, rope_scaling=scaling), rngs=nnx.Rngs(0))
+    model = tnn.Llama(
+        tnn.build_config(tnn.LlamaConfig, {**BASE, "rope_scaling": scaling}), rngs=nnx.Rngs(0)
+    )
     cache = model.init_cache(1, 8)
     tokens = jnp.zeros((1, 2), jnp.int32)
     with pytest.raises(ValueError, match="rope_scaling \\(dynamic or longrope\\) turns"):

@@ -198,9 +198,13 @@ ENCDEC = dict(vocab_size=64, max_seq_len=16, d_model=32, num_layers=1, num_heads
             precision="bf16",
             attention=tnn.AttentionConfig(sliding_window=4, logit_softcap=30.0),
         ),
-        tnn.BertConfig(**ENCDEC, precision="bf16", attention=tnn.AttentionConfig(sliding_window=4)),
-        tnn.EncoderDecoderConfig(
-            **ENCDEC, precision="bf16", attention=tnn.AttentionConfig(sliding_window=4)
+        tnn.build_config(
+            tnn.BertConfig,
+            {**ENCDEC, "precision": "bf16", "attention": tnn.AttentionConfig(sliding_window=4)},
+        ),
+        tnn.build_config(
+            tnn.EncoderDecoderConfig,
+            {**ENCDEC, "precision": "bf16", "attention": tnn.AttentionConfig(sliding_window=4)},
         ),
     ],
     ids=["gpt2", "gemma-like", "bert-windowed", "encdec-windowed"],

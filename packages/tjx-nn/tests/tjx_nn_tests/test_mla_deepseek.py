@@ -102,7 +102,7 @@ def test_deepseek_attention_matches_a_float64_reference(extra):
 
 def test_decoding_with_the_latent_cache_matches_the_full_forward():
     moe = _moe(router="sigmoid", router_groups=4, router_topk_groups=2, router_scale=2.5)
-    config = tnn.LlamaConfig(**_mla(q_lora_rank=10), moe=moe)
+    config = tnn.build_config(tnn.LlamaConfig, {**_mla(q_lora_rank=10), "moe": moe})
     model = tnn.Llama(config, rngs=nnx.Rngs(1))
     prompt = jnp.asarray(np.random.default_rng(2).integers(0, 48, (2, 5)))
     out = tnn.generate(model, prompt, max_new_tokens=8, temperature=0)
@@ -123,13 +123,15 @@ def test_the_cache_holds_the_normed_latent_and_the_shared_rope_key():
 
 def test_defaults_leave_the_older_mla_and_the_routers_as_they_were():
     """No DeepSeek field set: no new module, the same cache, scale and routing weights."""
-    older = tnn.LlamaConfig(**_mla(qk_rope_head_dim=None, v_head_dim=None))
+    older = tnn.build_config(tnn.LlamaConfig, {**_mla(qk_rope_head_dim=None, v_head_dim=None)})
     attn = Attention(older, rngs=nnx.Rngs(0), causal=True)
     assert attn.key_rope is None and attn.kv_latent_norm is None and attn.width == 12
     assert attn.scale == 1.0 / math.sqrt(12)
     assert set(tnn.init_cache(older, batch=1, max_len=4)) == {"latent"}
     logits = jax.random.normal(jax.random.key(0), (5, 8))
-    routing = ROUTERS["softmax"].fn(logits, None, tnn.LlamaConfig(**MLA, moe=MOE))
+    routing = ROUTERS["softmax"].fn(
+        logits, None, tnn.build_config(tnn.LlamaConfig, {**MLA, "moe": MOE})
+    )
     top, _ = jax.lax.top_k(jax.nn.softmax(logits), 2)
     np.testing.assert_array_equal(routing.weights, top / top.sum(-1, keepdims=True))
 
@@ -150,7 +152,7 @@ def _grouped_reference(scores, steer, groups, keep, k, by):
 def test_grouped_routing_chooses_within_each_tokens_best_groups(router):
     moe = _moe(router=router, router_groups=4, router_topk_groups=2, router_scale=2.5,
                router_norm_topk=router == "sigmoid")  # fmt: skip
-    config = tnn.LlamaConfig(**MLA, moe=moe)
+    config = tnn.build_config(tnn.LlamaConfig, {**MLA, "moe": moe})
     rng = np.random.default_rng(5)
     logits = rng.normal(size=(64, 8)).astype(np.float32)
     bias = rng.normal(size=8).astype(np.float32) * 0.3 if router == "sigmoid" else None
@@ -282,7 +284,7 @@ def test_multi_token_prediction_round_trips_exactly(tmp_path):
     the same tensors."""
     from safetensors.numpy import load_file
 
-    model = tnn.Llama(tnn.LlamaConfig(**V3, mtp_depths=1), rngs=nnx.Rngs(1))
+    model = tnn.Llama(tnn.build_config(tnn.LlamaConfig, {**V3, "mtp_depths": 1}), rngs=nnx.Rngs(1))
     assert model.mtp is not None and model.mtp.layers[0].block.moe is not None
     tnn.save_hf(model, tmp_path / "a")
     assert json.loads((tmp_path / "a" / "config.json").read_text())["num_nextn_predict_layers"] == 1
@@ -314,7 +316,7 @@ def test_multi_token_prediction_round_trips_exactly(tmp_path):
 
 
 def test_a_model_with_mtp_is_not_saved_where_hf_has_no_place_for_it(tmp_path):
-    model = tnn.Llama(tnn.LlamaConfig(**V2, mtp_depths=1), rngs=nnx.Rngs(0))
+    model = tnn.Llama(tnn.build_config(tnn.LlamaConfig, {**V2, "mtp_depths": 1}), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="mtp_depths=1: model_type 'deepseek_v2' stores no"):
         tnn.save_hf(model, tmp_path / "ck")
 
@@ -346,7 +348,7 @@ def test_deepseek_upstream_auto_map_loads(tmp_path):
 
 def test_a_model_deepseek_cannot_express_is_not_written(tmp_path):
     gated = replace(V2["moe"], shared_expert_gate=True)
-    model = tnn.Llama(tnn.LlamaConfig(**dict(V2, moe=gated)), rngs=nnx.Rngs(0))
+    model = tnn.Llama(tnn.build_config(tnn.LlamaConfig, {**dict(V2, moe=gated)}), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="shared_expert_gate=True"):
         tnn.save_hf(model, tmp_path / "no")
     assert not (tmp_path / "no").exists()
@@ -358,12 +360,12 @@ def test_flops_count_every_weight_of_deepseeks_attention_once(q_lora_rank):
     score/value terms use head_dim for q·k and v_head_dim for the values."""
     from tjx.nn.flops import _attention_weights
 
-    config = tnn.LlamaConfig(**_mla(q_lora_rank=q_lora_rank))
+    config = tnn.build_config(tnn.LlamaConfig, {**_mla(q_lora_rank=q_lora_rank)})
     attn = Attention(config, rngs=nnx.Rngs(0), causal=True)
     kernels = {k: v.size for k, v in tnn.get_flat_params(attn).items() if k.endswith("kernel")}
     assert sum(_attention_weights(config)) == sum(kernels.values())
     s = 16
-    older = tnn.LlamaConfig(**_mla(v_head_dim=12, q_lora_rank=q_lora_rank))
+    older = tnn.build_config(tnn.LlamaConfig, {**_mla(v_head_dim=12, q_lora_rank=q_lora_rank)})
     # Narrower values (6 instead of 12 dims a head) save, per token and layer, 6·(their value
     # and output weights) (2 FLOPs a multiply-add, x3 with the backward pass), and 6·(4 heads x
     # 6 dims)·s/2 in the weighted sum (a causal query sees s/2 keys on average).

@@ -170,7 +170,7 @@ def test_an_moe_depth_adds_its_router_losses_to_the_mtp_loss():
     """MoE blocks where the stack's layer would be (past ``moe.first_dense``), their router
     penalty in ``MTPLoss.loss`` (the cross-entropy means alone in its sums)."""
     moe = tnn.MoEConfig(num_experts=4, experts_per_token=2, first_dense=1, router_aux_loss=0.5)
-    model = tnn.Llama(tnn.LlamaConfig(**TINY, moe=moe), rngs=nnx.Rngs(5))
+    model = tnn.Llama(tnn.build_config(tnn.LlamaConfig, {**TINY, "moe": moe}), rngs=nnx.Rngs(5))
     assert [layer.block.moe is not None for layer in model.mtp.layers] == [True, True]
     tokens = jnp.asarray(np.random.default_rng(5).integers(0, 40, (2, 9)))
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
@@ -314,10 +314,14 @@ def test_bad_mtp_settings_are_refused_by_name(fields, needle):
 def test_mtp_is_refused_where_it_cannot_run():
     with pytest.raises(ValueError, match="mtp_depths: only decoders"):
         tnn.BertConfig(vocab_size=30, d_model=16, num_layers=1, num_heads=2, mtp_depths=1)
-    plain = tnn.Llama(tnn.build_config(tnn.LlamaConfig, {**TINY, "mtp_depths": 0}), rngs=nnx.Rngs(0))
+    plain = tnn.Llama(
+        tnn.build_config(tnn.LlamaConfig, {**TINY, "mtp_depths": 0}), rngs=nnx.Rngs(0)
+    )
     with pytest.raises(ValueError, match="mtp_depths >= 1"):
         tnn.generate_speculative(plain, [[1, 2]], max_new_tokens=2)
-    model = tnn.Llama(tnn.build_config(tnn.LlamaConfig, {**TINY, "mtp_depths": 1}), rngs=nnx.Rngs(0))
+    model = tnn.Llama(
+        tnn.build_config(tnn.LlamaConfig, {**TINY, "mtp_depths": 1}), rngs=nnx.Rngs(0)
+    )
     with pytest.raises(ValueError, match="exceeds the model's max_seq_len=32"):
         tnn.generate_speculative(model, [[1, 2]], max_new_tokens=31)
     none = tnn.generate_speculative(model, np.zeros((0, 3)), max_new_tokens=2)

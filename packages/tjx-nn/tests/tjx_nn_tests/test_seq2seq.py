@@ -34,7 +34,7 @@ def _reference_greedy(model, src, src_lengths, prompts, prompt_lengths, max_new)
 
 
 def _encdec(**kw):
-    return tnn.EncoderDecoderConfig(**{**TINY, **kw})
+    return tnn.build_config(tnn.EncoderDecoderConfig, {**{**TINY, **kw}})
 
 
 # Between them: unrolled and scanned stacks, MHA/MLA/GQA self-attention caches, sinusoidal and

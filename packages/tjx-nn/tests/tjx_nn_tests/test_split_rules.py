@@ -9,13 +9,13 @@ import pytest
 from tjx import nn as tnn
 from tjx_nn_tests._helpers import TINY, gpt2_tiny, llama_tiny
 
-BERT = tnn.BertConfig(**TINY)
+BERT = tnn.build_config(tnn.BertConfig, TINY)
 PIPELINABLE = llama_tiny(scan_layers=True, dropout=0.0)
 
 
 def test_model_kind_is_the_registry_key_of_the_config_class():
     assert tnn.model_kind(gpt2_tiny()) == "gpt2" and tnn.model_kind(BERT) == "bert"
-    assert tnn.model_kind(tnn.TransformerConfig(**TINY)) == "TransformerConfig"
+    assert tnn.model_kind(tnn.build_config(tnn.TransformerConfig, TINY)) == "TransformerConfig"
 
 
 def test_a_scanned_decoder_without_dropout_or_experts_is_pipelinable():

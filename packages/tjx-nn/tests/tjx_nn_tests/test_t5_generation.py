@@ -70,7 +70,9 @@ def test_cached_greedy_equals_recompute_decoder(cfg):
     ids=["scan-gqa-small-table", "unrolled-postln-default-table"],
 )
 def test_cached_greedy_equals_recompute_seq2seq(kw):
-    model = build(tnn.EncoderDecoderConfig(**{**TINY, "position": "t5", **kw}), seed=2)
+    model = build(
+        tnn.build_config(tnn.EncoderDecoderConfig, {**{**TINY, "position": "t5", **kw}}), seed=2
+    )
     randomize(model, 2)
     rs = np.random.RandomState(3)
     src = rs.randint(1, V, (3, 9)).astype(np.int32)

@@ -70,9 +70,7 @@ def test_config_json_that_tjx_cannot_honour_is_refused_by_name(tmp_path, changes
 
 
 def test_a_sliding_window_that_never_slides_is_served(tmp_path):
-    _, config = tnn.load_hf(
-        _llama(tmp_path, model_type="mistral", attention=tnn.AttentionConfig(sliding_window=16))
-    )
+    _, config = tnn.load_hf(_llama(tmp_path, model_type="mistral", sliding_window=16))
     assert config.max_seq_len == 16
 
 

@@ -86,7 +86,7 @@ NORMS["gemma3_text"] = NORMS["gemma2"]
 
 
 def _model(family, **kw):
-    config = tnn.LlamaConfig(**BASE, **CONFIGS[family], **kw)
+    config = tnn.build_config(tnn.LlamaConfig, {**BASE, **CONFIGS[family], **kw})
     model = tnn.Llama(config, rngs=nnx.Rngs(0))
     rs = np.random.RandomState(1)
     flat = tnn.get_flat_params(model)
@@ -142,7 +142,7 @@ def test_phi3_fused_tensors_hold_q_k_v_and_gate_up_row_after_row(tmp_path):
 
 @pytest.mark.parametrize("family", list(CONFIGS))
 def test_family_config_json_round_trips(family):
-    config = tnn.LlamaConfig(**BASE, **CONFIGS[family])
+    config = tnn.build_config(tnn.LlamaConfig, {**BASE, **CONFIGS[family]})
     hf = family_config_to_hf(config, family)
     assert family_config_from_hf(json.loads(json.dumps(hf))) == config
     assert set(family_mapping(config, family).to_tjx) == set(tnn.get_flat_params(
@@ -154,17 +154,17 @@ def test_family_config_json_round_trips(family):
 # gemma-2-2b and gemma-3-1b (sizes, keys and the values that decide what tjx computes).
 PUBLISHED = {
     "qwen3": dict(
-        architectures=["Qwen3ForCausalLM"], attention_bias=False, **{"attention.dropout": 0.0},
+        architectures=["Qwen3ForCausalLM"], attention_bias=False, attention_dropout=0.0,
         bos_token_id=151643, eos_token_id=151645, head_dim=128, hidden_act="silu",
         hidden_size=1024, initializer_range=0.02, intermediate_size=3072,
         max_position_embeddings=40960, max_window_layers=28, model_type="qwen3",
         num_attention_heads=16, num_hidden_layers=28, num_key_value_heads=8, rms_norm_eps=1e-6,
-        rope_scaling=None, rope_theta=1000000, **{"attention.sliding_window": None}, tie_word_embeddings=True,
+        rope_scaling=None, rope_theta=1000000, sliding_window=None, tie_word_embeddings=True,
         torch_dtype="bfloat16", transformers_version="4.51.0", use_cache=True,
         use_sliding_window=False, vocab_size=151936,
     ),
     "olmo2": dict(
-        architectures=["Olmo2ForCausalLM"], attention_bias=False, **{"attention.dropout": 0.0},
+        architectures=["Olmo2ForCausalLM"], attention_bias=False, attention_dropout=0.0,
         eos_token_id=100257, hidden_act="silu", hidden_size=4096, initializer_range=0.02,
         intermediate_size=11008, max_position_embeddings=4096, model_type="olmo2",
         num_attention_heads=32, num_hidden_layers=32, num_key_value_heads=32,
@@ -172,35 +172,35 @@ PUBLISHED = {
         tie_word_embeddings=False, torch_dtype="float32", use_cache=True, vocab_size=100352,
     ),
     "phi3": dict(
-        architectures=["Phi3ForCausalLM"], attention_bias=False, **{"attention.dropout": 0.0},
+        architectures=["Phi3ForCausalLM"], attention_bias=False, attention_dropout=0.0,
         auto_map={"AutoConfig": "configuration_phi3.Phi3Config",
                   "AutoModelForCausalLM": "modeling_phi3.Phi3ForCausalLM"},
         bos_token_id=1, embd_pdrop=0.0, eos_token_id=32000, hidden_act="silu", hidden_size=3072,
         initializer_range=0.02, intermediate_size=8192, max_position_embeddings=4096,
         model_type="phi3", num_attention_heads=32, num_hidden_layers=32, num_key_value_heads=32,
         original_max_position_embeddings=4096, pad_token_id=32000, resid_pdrop=0.0,
-        rms_norm_eps=1e-5, rope_scaling=None, rope_theta=10000.0, **{"attention.sliding_window": 2047},
+        rms_norm_eps=1e-5, rope_scaling=None, rope_theta=10000.0, sliding_window=2047,
         tie_word_embeddings=False, torch_dtype="bfloat16", use_cache=True, vocab_size=32064,
     ),
     "gemma2": dict(
-        architectures=["Gemma2ForCausalLM"], attention_bias=False, **{"attention.dropout": 0.0},
+        architectures=["Gemma2ForCausalLM"], attention_bias=False, attention_dropout=0.0,
         attn_logit_softcapping=50.0, bos_token_id=2, cache_implementation="hybrid",
         eos_token_id=[1, 107], final_logit_softcapping=30.0, head_dim=256,
         hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh", hidden_size=2304,
         initializer_range=0.02, intermediate_size=9216, max_position_embeddings=8192,
         model_type="gemma2", num_attention_heads=8, num_hidden_layers=26, num_key_value_heads=4,
-        pad_token_id=0, **{"attention.query_pre_attn_scalar": 256}, rms_norm_eps=1e-6, rope_theta=10000.0,
-        **{"attention.sliding_window": 4096}, torch_dtype="float32", use_cache=True, vocab_size=256000,
+        pad_token_id=0, query_pre_attn_scalar=256, rms_norm_eps=1e-6, rope_theta=10000.0,
+        sliding_window=4096, torch_dtype="float32", use_cache=True, vocab_size=256000,
     ),
     "gemma3_text": dict(
-        architectures=["Gemma3ForCausalLM"], attention_bias=False, **{"attention.dropout": 0.0},
+        architectures=["Gemma3ForCausalLM"], attention_bias=False, attention_dropout=0.0,
         attn_logit_softcapping=None, bos_token_id=2, cache_implementation="hybrid",
         eos_token_id=[1, 106], final_logit_softcapping=None, head_dim=256,
         hidden_activation="gelu_pytorch_tanh", hidden_size=1152, initializer_range=0.02,
         intermediate_size=6912, max_position_embeddings=32768, model_type="gemma3_text",
         num_attention_heads=4, num_hidden_layers=26, num_key_value_heads=1, pad_token_id=0,
-        **{"attention.query_pre_attn_scalar": 256}, rms_norm_eps=1e-6, rope_local_base_freq=10000,
-        rope_scaling=None, rope_theta=1000000, **{"attention.sliding_window": 512}, sliding_window_pattern=6,
+        query_pre_attn_scalar=256, rms_norm_eps=1e-6, rope_local_base_freq=10000,
+        rope_scaling=None, rope_theta=1000000, sliding_window=512, sliding_window_pattern=6,
         torch_dtype="bfloat16", use_cache=True, vocab_size=262144,
     ),
 }  # fmt: skip
@@ -264,7 +264,7 @@ def test_transformers_defaults_fill_what_a_gemma_config_leaves_out():
 
 def test_qwen3_slides_from_max_window_layers_on_as_transformers_does():
     base = {**PUBLISHED["qwen3"], "num_hidden_layers": 4, "sliding_window": 8}
-    assert family_config_from_hf(base).sliding_window is None  # use_sliding_window false
+    assert family_config_from_hf(base).attention.sliding_window is None  # use_sliding_window false
     on = family_config_from_hf({**base, "use_sliding_window": True, "max_window_layers": 2})
     assert on.layer_windows() == (None, None, 8, 8)
     every = family_config_from_hf({**base, "use_sliding_window": True, "max_window_layers": 0})
@@ -326,18 +326,23 @@ def test_what_tjx_cannot_honour_is_refused_by_name(tmp_path, family, changes, ne
 @pytest.mark.parametrize(
     ("family", "model_type", "extra", "needle"),
     [
-        ("qwen3", "llama", {}, "model_type 'llama' cannot express qk_norm=True"),
+        ("qwen3", "llama", {}, "model_type 'llama' cannot express attention.qk_norm=True"),
         ("gemma2", "phi3", {}, "save as model_type='gemma2'"),
         ("olmo2", "qwen3", {}, "norm_position='output'"),
         ("qwen3", None, {"rope_scaling": (8.0, 1.0, 4.0, 16)}, "rope_scaling="),
         (
             "gemma3_text",
             None,
-            {"attention_type": "mla", "mla": tnn.MLAConfig(kv_latent_dim=8)},
-            "attention_type",
+            {"attention.type": "mla", "mla": tnn.MLAConfig(kv_latent_dim=8)},
+            "attention.type",
         ),
-        ("olmo2", "olmo2", {"sliding_window": 8}, "save it as model_type='olmo3'"),
-        ("phi3", "phi3", {"window_pattern": ("local", "global")}, "slides the window in every"),
+        ("olmo2", "olmo2", {"attention.sliding_window": 8}, "save it as model_type='olmo3'"),
+        (
+            "phi3",
+            "phi3",
+            {"attention.window_pattern": ("local", "global")},
+            "slides the window in every",
+        ),
         ("gemma2", None, {"rope_local_theta": 10.0}, "'gemma2' cannot express rope_local_theta"),
         ("phi3", None, {"rope_local_theta": 10.0}, "no Hugging Face family tjx writes computes"),
     ],
@@ -345,7 +350,9 @@ def test_what_tjx_cannot_honour_is_refused_by_name(tmp_path, family, changes, ne
 def test_an_export_that_cannot_express_the_config_writes_nothing(
     tmp_path, family, model_type, extra, needle
 ):
-    model = tnn.Llama(tnn.LlamaConfig(**BASE, **CONFIGS[family], **extra), rngs=nnx.Rngs(0))
+    model = tnn.Llama(
+        tnn.build_config(tnn.LlamaConfig, {**BASE, **CONFIGS[family], **extra}), rngs=nnx.Rngs(0)
+    )
     with pytest.raises(ValueError, match="^[^\n]*$") as info:
         tnn.save_hf(model, tmp_path / "out", model_type=model_type)
     assert needle in str(info.value)
@@ -353,7 +360,7 @@ def test_an_export_that_cannot_express_the_config_writes_nothing(
 
 
 def test_olmo3_without_layer_types_slides_three_layers_of_four_as_transformers_does():
-    hf = family_config_to_hf(tnn.LlamaConfig(**{**BASE, "num_layers": 8}, **CONFIGS["olmo3"]),
+    hf = family_config_to_hf(tnn.build_config(tnn.LlamaConfig, {**{**BASE, "num_layers": 8}, **CONFIGS["olmo3"]}),
                              "olmo3")  # fmt: skip
     del hf["layer_types"]
     config = family_config_from_hf(hf)

@@ -29,9 +29,11 @@ from tjx_nn_tests._helpers import saved_random
 #: double-wide MLP; global heads 16 wide (8 elsewhere), one key/value head, values = keys.
 GEMMA4 = dict(
     vocab_size=24, max_seq_len=32, d_model=16, num_layers=4, num_heads=4, num_kv_heads=2,
-    head_dim=8, mlp_dim=12, **{"attention.sliding_window": 3}, **{"attention.window_pattern": ("local", "global")},
-    norm_position="sandwich", scale_embeddings=True, mlp_activation="geglu", **{"attention.qk_norm": True},
-    **{"attention.query_pre_attn_scalar": 1.0}, tie_embeddings=True, rope_theta=10_000.0, rope_local_theta=100.0,
+    head_dim=8, mlp_dim=12,
+    attention=tnn.AttentionConfig(sliding_window=3, window_pattern=("local", "global"),
+                                  qk_norm=True, query_pre_attn_scalar=1.0),
+    norm_position="sandwich", scale_embeddings=True, mlp_activation="geglu",
+    tie_embeddings=True, rope_theta=10_000.0, rope_local_theta=100.0,
     global_head_dim=16, global_kv_heads=1, global_values_from_keys=True,
     global_rope_proportion=0.25, value_norm=True, kv_shared_layers=2, kv_shared_mlp_dim=24,
     per_layer_input_dim=4, per_layer_vocab_size=20, layer_scale=True,
@@ -95,7 +97,7 @@ MOE = dict(
 
 
 def test_the_moe_block_beside_the_mlp_round_trips_in_transformers_layout(tmp_path):
-    model, tensors = saved_random(tmp_path / "ck", tnn.LlamaConfig(**GEMMA4 | MOE))
+    model, tensors = saved_random(tmp_path / "ck", tnn.build_config(tnn.LlamaConfig, GEMMA4 | MOE))
     saved = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert saved["enable_moe_block"] and (saved["num_experts"], saved["top_k_experts"]) == (4, 2)
     loaded, config = tnn.load_hf(tmp_path / "ck")
@@ -234,7 +236,7 @@ def test_a_config_gemma4_does_not_compute_is_not_saved_as_it(change, message):
     with pytest.raises(ValueError, match=f"'gemma4_text' cannot express this model: .*{message}"):
         dotted = {k: v for k, v in change.items() if "." in k}
         plain = {k: v for k, v in change.items() if "." not in k}
-        gemma4_config_to_hf(tnn.LlamaConfig(**GEMMA4 | plain).replace(**dotted))
+        gemma4_config_to_hf(tnn.build_config(tnn.LlamaConfig, GEMMA4 | plain).replace(**dotted))
 
 
 def test_another_model_type_is_refused_naming_gemma4s_switches(tmp_path):
@@ -261,7 +263,7 @@ def test_the_config_refuses_what_the_layers_cannot_run(change, message):
     with pytest.raises(ValueError, match=message):
         if "moe" in change:
             change = dict(change, moe=tnn.MoEConfig(**change["moe"]))
-        tnn.LlamaConfig(**GEMMA4 | change)
+        tnn.build_config(tnn.LlamaConfig, GEMMA4 | change)
 
 
 def _rms(x: np.ndarray, w: np.ndarray | float = 1.0) -> np.ndarray:
@@ -276,7 +278,9 @@ def test_per_layer_embeddings_match_a_float64_reference():
     """transformers' PLE pipeline (``get_per_layer_inputs``, ``project_per_layer_inputs``, the
     layer's gate/projection/norm) written in NumPy, against tjx's modules in float64."""
     with jax.enable_x64(True):
-        config = tnn.LlamaConfig(**GEMMA4, precision=tnn.Precision(jnp.float64, jnp.float64))
+        config = tnn.build_config(
+            tnn.LlamaConfig, {**GEMMA4, "precision": tnn.Precision(jnp.float64, jnp.float64)}
+        )
         rngs = nnx.Rngs(0)
         embed, layer = PerLayerEmbed(config, rngs=rngs), PerLayerInput(config, rngs=rngs, out_std=1)
         rs = np.random.RandomState(1)

@@ -162,7 +162,7 @@ def test_conflicts_are_the_settings_gpt2_weights_fix():
     other = {
         "use_bias": False,
         "position": "rope",
-        "attention_type": "mla",
+        "attention.type": "mla",
         "norm": "rmsnorm",
         "norm_position": "post",
         "num_kv_heads": 1,
@@ -175,14 +175,14 @@ def test_conflicts_are_the_settings_gpt2_weights_fix():
     # that such a config cannot be exported (config_to_hf, which load/save share).
     base = dict(vocab_size=V, max_seq_len=POS, d_model=D, num_layers=1, num_heads=H)
     for field, value in other.items():
-        extra = {"mla": tnn.MLAConfig(kv_latent_dim=4)} if field == "attention_type" else {}
+        extra = {"mla": tnn.MLAConfig(kv_latent_dim=4)} if field == "attention.type" else {}
         if field == "num_kv_heads":
             continue  # GPT2Config keeps GQA; its export refusal is checked below
-        config = tnn.GPT2Config(**base, **{field: value}, **extra)
+        config = tnn.build_config(tnn.GPT2Config, {**base, **{field: value}, **extra})
         with pytest.raises(ValueError, match=field):
             config_to_hf(config)
     with pytest.raises(ValueError, match="num_kv_heads"):
-        config_to_hf(tnn.GPT2Config(**base, num_kv_heads=1))
+        config_to_hf(tnn.build_config(tnn.GPT2Config, {**base, "num_kv_heads": 1}))
 
 
 def test_load_refuses_overrides_the_weights_cannot_take(tmp_path):

@@ -106,7 +106,9 @@ def test_glm_tensors_and_config_are_transformers_names(tmp_path):
 def test_transformers_defaults_are_read_as_transformers_reads_them():
     """gpt-oss without rope_parameters is yarn (factor 32 over 4,096, base 150,000) with even
     layers sliding; GLM-4.5 without a partial_rotary_factor rotates half of each head."""
-    oss = gpt_oss_config_to_hf(tnn.build_config(tnn.LlamaConfig, {**SIZES, **GPT_OSS, "num_layers": 4}))
+    oss = gpt_oss_config_to_hf(
+        tnn.build_config(tnn.LlamaConfig, {**SIZES, **GPT_OSS, "num_layers": 4})
+    )
     for key in ("rope_parameters", "layer_types"):
         del oss[key]
     config = gpt_oss_config_from_hf(oss)
@@ -118,7 +120,9 @@ def test_transformers_defaults_are_read_as_transformers_reads_them():
     )
     assert scaling.truncate is False and config.rope_theta == 150000.0
     assert config.layer_windows() == (4, None, 4, None)
-    glm = glm4_moe_config_to_hf(tnn.build_config(tnn.LlamaConfig, {**SIZES, **GLM, "rope_fraction": 0.25}))
+    glm = glm4_moe_config_to_hf(
+        tnn.build_config(tnn.LlamaConfig, {**SIZES, **GLM, "rope_fraction": 0.25})
+    )
     assert glm4_moe_config_from_hf(glm).rope_fraction == 0.25
     del glm["rope_parameters"]["partial_rotary_factor"]
     assert glm4_moe_config_from_hf(glm).rope_fraction == 0.5
@@ -193,10 +197,10 @@ def test_what_tjx_cannot_honour_is_refused_in_one_line(tmp_path, family, changes
         ({**GPT_OSS, "mlp_activation": "swiglu"}, None, "mlp_activation='swiglu'"),
         (GPT_OSS, "mixtral", "saves as model_type 'gpt_oss'"),
         ({**GLM, "moe.router": "softmax"}, None, "moe.router='softmax' (needs 'sigmoid')"),
-        ({**GLM, "moe": tnn.MoEConfig(), "qk_norm": False}, None, "rope_fraction=0.5 (needs 1.0)"),
+        ({**GLM, "moe": tnn.MoEConfig(), "attention.qk_norm": False}, None, "rope_fraction=0.5 (needs 1.0)"),
         ({**GLM, "moe.router_logit_bias": True}, None,
          "moe.router_logit_bias=True (needs False)"),
-        ({**GLM, "sliding_window": 4}, None, "sliding_window=4 (needs None)"),
+        ({**GLM, "attention.sliding_window": 4}, None, "attention.sliding_window=4 (needs None)"),
     ],
 )  # fmt: skip
 def test_a_model_the_family_cannot_express_is_not_written(tmp_path, fields, model_type, needle):

@@ -32,7 +32,7 @@ def _config(**kw):
         rope_scaling=SCALING,
         **{"attention.qkv_bias": True},
     )
-    return tnn.LlamaConfig(**(base | kw))
+    return tnn.build_config(tnn.LlamaConfig, base | kw)
 
 
 def _model(config, seed=0):
@@ -103,10 +103,7 @@ def test_qwen2_layout_has_biases_on_qkv_only():
     biases = sorted(n.split(".")[-2] for n in names if n.endswith(".bias") and ".0." in n)
     assert biases == ["k_proj", "q_proj", "v_proj"]
     assert llama_config_to_hf(_config())["model_type"] == "qwen2"
-    assert (
-        llama_config_to_hf(_config(attention=tnn.AttentionConfig(qkv_bias=False)))["model_type"]
-        == "llama"
-    )
+    assert llama_config_to_hf(_config(**{"attention.qkv_bias": False}))["model_type"] == "llama"
 
 
 @pytest.mark.parametrize("tied", [False, True])

@@ -192,7 +192,7 @@ def test_a_config_llama4_does_not_compute_is_not_saved_as_it(change, message):
     [
         (
             dict(**{"attention.sliding_window": 4}),
-            "attention_chunk: a local layer has a chunk or a sliding_window",
+            "AttentionConfig.chunk: a local layer has a chunk or a sliding_window",
         ),
         (
             dict(**{"attention.chunk": None}),
@@ -209,7 +209,7 @@ def test_a_config_llama4_does_not_compute_is_not_saved_as_it(change, message):
 )
 def test_llama4_switches_where_they_cannot_act_are_refused_by_name(change, message):
     with pytest.raises(ValueError, match=message):
-        tnn.LlamaConfig(**LLAMA4 | change)
+        tnn.build_config(tnn.LlamaConfig, LLAMA4 | change)
     with pytest.raises(ValueError, match="qk_l2_norm: only rotated"):
         tnn.LlamaConfig(position="learned", qk_l2_norm=True)
 

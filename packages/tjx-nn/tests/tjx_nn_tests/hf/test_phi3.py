@@ -19,14 +19,14 @@ SHORT = [float(v) for v in 1.0 + rng.random(48)]
 LONG = [float(v) for v in 1.0 + 40 * rng.random(48)]
 # Shaped like Phi-3-mini-128k-instruct's config.json (its first revision said "su").
 MINI_128K = dict(
-    architectures=["Phi3ForCausalLM"], attention_bias=False, **{"attention.dropout": 0.0},
+    architectures=["Phi3ForCausalLM"], attention_bias=False, attention_dropout=0.0,
     bos_token_id=1, embd_pdrop=0.0, eos_token_id=32000, hidden_act="silu", hidden_size=3072,
     initializer_range=0.02, intermediate_size=8192, max_position_embeddings=131072,
     model_type="phi3", num_attention_heads=32, num_hidden_layers=32, num_key_value_heads=32,
     original_max_position_embeddings=4096, pad_token_id=32000, resid_pdrop=0.0,
     rms_norm_eps=1e-5,
     rope_scaling={"long_factor": LONG, "short_factor": SHORT, "type": "longrope"},
-    rope_theta=10000.0, **{"attention.sliding_window": 262144}, tie_word_embeddings=False,
+    rope_theta=10000.0, sliding_window=262144, tie_word_embeddings=False,
     torch_dtype="bfloat16", use_cache=True, vocab_size=32064,
 )  # fmt: skip
 TINY = dict(vocab_size=48, max_seq_len=32, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2)
@@ -117,7 +117,9 @@ def test_saved_longrope_phi3_loads_back_with_the_same_logits(tmp_path):
     ],
 )  # fmt: skip
 def test_a_phi3_scaling_tjx_cannot_honour_is_refused_in_one_line(scaling, needle):
-    hf = family_config_to_hf(tnn.build_config(tnn.LlamaConfig, TINY), "phi3") | {"rope_scaling": scaling}
+    hf = family_config_to_hf(tnn.build_config(tnn.LlamaConfig, TINY), "phi3") | {
+        "rope_scaling": scaling
+    }
     with pytest.raises(ValueError, match="^[^\n]*$") as info:
         family_config_from_hf(hf)
     assert needle in str(info.value)

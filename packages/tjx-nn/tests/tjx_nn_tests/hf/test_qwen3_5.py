@@ -85,8 +85,8 @@ def test_what_tjx_cannot_honour_is_refused_by_name(change, message):
 
 
 def test_a_config_qwen3_5_does_not_compute_is_not_saved_as_it(tmp_path):
-    ungated = tnn.build_config(tnn.LlamaConfig, {**QWEN3_5, "attention_output_gate": False})
-    with pytest.raises(ValueError, match="attention_output_gate=False .needs True."):
+    ungated = tnn.build_config(tnn.LlamaConfig, {**QWEN3_5, "attention.output_gate": False})
+    with pytest.raises(ValueError, match="attention.output_gate=False .needs True."):
         qwen3_5_config_to_hf(ungated)
     model = tnn.Llama(tnn.build_config(tnn.LlamaConfig, QWEN3_5), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="'qwen3_5_text' .or 'qwen3_next'.; got 'qwen3'"):

@@ -27,7 +27,9 @@ QWEN3_NEXT = dict(
 
 
 def _saved(tmp_path, **change):
-    model, tensors = saved_random(tmp_path / "ck", tnn.LlamaConfig(**QWEN3_NEXT | change))
+    model, tensors = saved_random(
+        tmp_path / "ck", tnn.build_config(tnn.LlamaConfig, QWEN3_NEXT | change)
+    )
     return model, tmp_path / "ck", tensors
 
 
@@ -121,7 +123,7 @@ def test_what_tjx_cannot_honour_is_refused_by_name(change, message):
     [
         ({"moe.router": "sigmoid"}, "moe.router='sigmoid' .needs 'softmax'."),
         ({"moe.shared_expert_gate": False}, "moe.shared_expert_gate=False .needs True."),
-        (dict(**{"attention.output_gate": False}), "attention_output_gate=False .needs True."),
+        ({"attention.output_gate": False}, "attention.output_gate=False .needs True."),
     ],
 )
 def test_a_config_qwen3_next_does_not_compute_is_not_saved_as_it(change, message):

@@ -13,7 +13,7 @@ from tjx.nn.families.llama4.options import Llama4Options
 def _llama(**kw: object) -> tnn.LlamaConfig:
     sizes: dict = dict(vocab_size=40, max_seq_len=16, d_model=16, num_layers=2, num_heads=4,
                        num_kv_heads=2, mlp_dim=24)  # fmt: skip
-    return tnn.LlamaConfig(**{**sizes, **kw})
+    return tnn.build_config(tnn.LlamaConfig, {**{**sizes, **kw}})
 
 
 def test_a_gpt2_checkpoint_or_a_gpt2_hub_name_is_checked_against_what_gpt2_fixes():
@@ -35,7 +35,11 @@ def test_a_llama_family_checkpoint_refuses_the_fixed_settings_it_does_not_have()
         "d_model": 9,
     }
     assert tnn.hf_conflicts(fits, checkpoint) == {}
-    asked = {"attention.sliding_window": 4, "num_kv_heads": 1, "attention.window_pattern": ["global"]}
+    asked = {
+        "attention.sliding_window": 4,
+        "num_kv_heads": 1,
+        "attention.window_pattern": ["global"],
+    }
     # In HF_LLAMA_FIXED's order, with the values asked for.
     assert list(tnn.hf_conflicts(asked, checkpoint).items()) == [
         ("num_kv_heads", 1), ("attention.sliding_window", 4),

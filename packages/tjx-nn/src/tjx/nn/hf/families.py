@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tjx.nn.configs import LlamaConfig, build_config
+from tjx.nn.configs import LlamaConfig, build_config, setting_value
 from tjx.nn.hf.config import QWEN_WINDOWS
 from tjx.nn.hf.family_base import (
     LLAMA_SWITCHES,
@@ -202,7 +202,7 @@ def export_family(config: LlamaConfig, model_type: str | None) -> str | None:
     family = family_of(config)
     chosen = model_type or family
     want = SWITCHES.get(chosen, LLAMA_SWITCHES)  # llama, mistral, qwen2: no switch
-    fits = all(getattr(config, k) == v for k, v in SWITCHES[family].items())
+    fits = all(setting_value(config, k) == v for k, v in SWITCHES[family].items())
     hint = f"save as model_type={family!r}, or change the config"
     if not fits:  # e.g. rope_local_theta without Gemma's norms: no family computes it
         hint = "no Hugging Face family tjx writes computes that; change the config"

@@ -23,7 +23,7 @@ from trainer.schema import ConfigError, choices
 from trainer.settings import apply_overrides, field_at, load_config_data
 
 TINY = {"d_model": 16, "num_layers": 1, "num_heads": 2, "mlp_dim": 32}
-MLA = {"attention_type": "mla", "mla": {"kv_latent_dim": 4}}
+MLA = {"attention": {"type": "mla"}, "mla": {"kv_latent_dim": 4}}
 WSD = {"name": "wsd", "warmup_steps": 0}
 
 
@@ -38,13 +38,13 @@ def _opt(optimizer: dict[str, Any], steps: int = 100) -> Any:
 @pytest.mark.parametrize(
     ("model", "field", "value"),
     [
-        (MLA, "attention_type", "mla"),
+        (MLA, "attention.type", "mla"),
         (MLA, "mla.kv_latent_dim", 4),
         ({"kind": "llama", "moe": {"num_experts": 4}}, "moe.num_experts", 4),
         ({"use_bias": False}, "use_bias", False),
         ({"kind": "llama", "use_bias": True}, "use_bias", True),
-        ({"decode_topk": 3}, "decode_topk", 3),
-        ({"kind": "llama", "decode_topk": 5}, "decode_topk", 5),
+        ({"attention": {"decode_topk": 3}}, "attention.decode_topk", 3),
+        ({"kind": "llama", "attention": {"decode_topk": 5}}, "attention.decode_topk", 5),
     ],
 )
 def test_model_keys_reach_the_tjx_nn_config(model, field, value):
@@ -91,12 +91,12 @@ def test_choice_lists_are_the_packages_own():
 @pytest.mark.parametrize(
     ("data", "needle"),
     [
-        ({"model": {"attention_type": "gqa"}}, "model.attention.type: 'gqa' is not allowed"),
+        ({"model": {"attention": {"type": "gqa"}}}, "model.attention.type: 'gqa' is not allowed"),
         (
-            {"model": {"attention_type": "mla"}},
-            "model.mla.kv_latent_dim: attention_type 'mla' needs",
+            {"model": {"attention": {"type": "mla"}}},
+            "model.mla.kv_latent_dim: attention.type 'mla' needs",
         ),
-        ({"model": {"mla": {"kv_latent_dim": 8}}}, "model.mla.kv_latent_dim: only attention_type"),
+        ({"model": {"mla": {"kv_latent_dim": 8}}}, "model.mla.kv_latent_dim: only attention.type"),
         (
             {"model": {**MLA, "mla": {"kv_latent_dim": 0}}},
             "model.mla.kv_latent_dim must be a positive int; got 0",
@@ -118,11 +118,11 @@ def test_choice_lists_are_the_packages_own():
         ({"model": {"kind": "bert", "moe": {"num_experts": 2}}}, "model.moe: only decoders"),
         ({"model": {"use_bias": "maybe"}}, "model.use_bias: expected true/false, got 'maybe'"),
         (
-            {"model": {"decode_topk": 0}},
+            {"model": {"attention": {"decode_topk": 0}}},
             "model.attention.decode_topk must be a positive int; got 0",
         ),
         (
-            {"model": {"kind": "bert", "decode_topk": 2}},
+            {"model": {"kind": "bert", "attention": {"decode_topk": 2}}},
             "model.attention.decode_topk: only decoders",
         ),
         ({"optimizer": {"name": "sgd", "momentum": 1.0}}, "optimizer.momentum=1.0 is out of range"),
@@ -264,9 +264,9 @@ WSD_SETS = ("optimizer.schedule.name=wsd",)
         (SGD, "optimizer.momentum=0.0", False),  # momentum 0 is plain SGD: no velocity state
         (WSD_SETS, "optimizer.schedule.decay_fraction=0.5", True),
         (WSD_SETS, "optimizer.schedule.decay_shape=cosine", True),
-        ((), "model.decode_topk=2", True),
+        ((), "model.attention.decode_topk=2", True),
         ((), "model.use_bias=false", False),
-        ((), "model.attention_type=mla --set model.mla.kv_latent_dim=8", False),
+        ((), "model.attention.type=mla --set model.mla.kv_latent_dim=8", False),
         ((), "model.moe.num_experts=2", False),
     ],
 )
@@ -281,8 +281,8 @@ def test_a_run_with_every_new_key_trains_and_records_them(in_tmp, capsys):
     sets = [
         *("model.d_model=16", "model.num_layers=1", "model.num_heads=2", "model.mlp_dim=32"),
         *("model.max_seq_len=16", "data.seq_len=16", "data.batch_size=8", "eval.batch_size=8"),
-        *("model.attention_type=mla", "model.mla.kv_latent_dim=4", "model.use_bias=false"),
-        *("model.decode_topk=2", *SGD, "optimizer.momentum=0.8", "optimizer.nesterov=true"),
+        *("model.attention.type=mla", "model.mla.kv_latent_dim=4", "model.use_bias=false"),
+        *("model.attention.decode_topk=2", *SGD, "optimizer.momentum=0.8", "optimizer.nesterov=true"),
         *WSD_SETS,
         *("optimizer.schedule.warmup_steps=0", "optimizer.schedule.decay_fraction=0.5"),
         *("optimizer.schedule.decay_shape=sqrt", "train.steps=2", "train.eval_batches=1"),
@@ -293,6 +293,6 @@ def test_a_run_with_every_new_key_trains_and_records_them(in_tmp, capsys):
     assert main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
     assert "done: 2 steps" in capsys.readouterr().out
     fields = json.loads((in_tmp / "run" / "model.json").read_text())["fields"]
-    assert (fields["attention_type"], fields["mla"]["kv_latent_dim"]) == ("mla", 4)
-    assert (fields["use_bias"], fields["decode_topk"]) == (False, 2)
+    assert (fields["attention"]["type"], fields["mla"]["kv_latent_dim"]) == ("mla", 4)
+    assert (fields["use_bias"], fields["attention"]["decode_topk"]) == (False, 2)
     assert json.loads((in_tmp / "run" / "final.json").read_text())["step"] == 2

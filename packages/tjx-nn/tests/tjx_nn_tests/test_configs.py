@@ -224,6 +224,20 @@ def test_the_component_sections_check_themselves_and_the_model_what_they_need_of
     assert tnn.LlamaConfig(num_layers=3, moe=moe).moe is moe
     with pytest.raises(ValueError, match=r"^LlamaConfig.delta.key_heads: only delta layers"):
         tnn.LlamaConfig(delta=tnn.DeltaConfig(key_heads=2))
+    # The attention section and Llama 4's options likewise; a window's needs of the model (its
+    # position encoding, a kernel that applies it) are the model config's.
+    with pytest.raises(ValueError, match=r"^AttentionConfig.qk_norm_scope: only qk_norm uses it"):
+        tnn.AttentionConfig(qk_norm_scope="projection")
+    with pytest.raises(ValueError, match=r"^AttentionConfig.chunk: a local layer has a chunk or"):
+        tnn.AttentionConfig(sliding_window=4, chunk=4)
+    with pytest.raises(ValueError, match=r"^Llama4Options.nope_temperature_floor/scale: only NoPE"):
+        Llama4Options(nope_temperature_floor=8.0)
+    window = tnn.AttentionConfig(sliding_window=4, window_pattern=["local", "global"])
+    assert window.window_pattern == ("local", "global") and hash(window)  # a jit's static arg
+    with pytest.raises(ValueError, match=r"^LlamaConfig.attention.sliding_window: position 't5'"):
+        tnn.LlamaConfig(position="t5", attention=window)
+    with pytest.raises(ValueError, match=r"^LlamaConfig.llama4.global_nope: needs position"):
+        tnn.LlamaConfig(position="learned", llama4=Llama4Options(global_nope=True))
 
 
 def test_the_model_config_holds_its_components_as_sections():

@@ -170,11 +170,21 @@ def _hf_qwen3_5(d):
 
     from tjx import nn
 
-    shape = dict(vocab_size=257, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1,
-                 mlp_dim=24, head_dim=8, mixer_pattern=("delta", "attention"),
-                 delta=nn.DeltaConfig(key_heads=2, value_heads=2, key_dim=8, value_dim=8),
-                 rope_fraction=0.25, **{"attention.output_gate": True}, **{"attention.qk_norm": True},
-                 norm_plus_one=True)  # fmt: skip
+    shape = dict(
+        vocab_size=257,
+        d_model=16,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        mlp_dim=24,
+        head_dim=8,
+        mixer_pattern=("delta", "attention"),
+        delta=nn.DeltaConfig(key_heads=2, value_heads=2, key_dim=8, value_dim=8),
+        rope_fraction=0.25,
+        **{"attention.output_gate": True},
+        **{"attention.qk_norm": True},
+        norm_plus_one=True,
+    )
     nn.save_hf(nn.build_model(nn.build_config(nn.LlamaConfig, shape), rngs=nnx.Rngs(0)), d / "hf")
 
 

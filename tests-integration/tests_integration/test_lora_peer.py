@@ -44,7 +44,18 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
     np.save(work / "tokens.npy", tokens)
     jobs, ours = [], {}
     for name, case in CASES.items():
-        config = nn.build_config(nn.LlamaConfig, {"vocab_size": VOCAB, "max_seq_len": 32, "d_model": 32, "num_layers": 2, "num_heads": 4, "mlp_dim": 48, **case["model"]})  # fmt: skip
+        config = nn.build_config(
+            nn.LlamaConfig,
+            {
+                "vocab_size": VOCAB,
+                "max_seq_len": 32,
+                "d_model": 32,
+                "num_layers": 2,
+                "num_heads": 4,
+                "mlp_dim": 48,
+                **case["model"],
+            },
+        )
         model = nn.Llama(config, rngs=nnx.Rngs(int(rng.integers(1 << 20))))
         folder = work / name
         nn.save_hf(model, folder / "base")

@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="K",
         help="with --generate: each new token attends to only its K highest-scoring cached keys "
-        "(tjx.nn's top-k decode attention; default: the run's model.attention.decode_topk, else all)",
+        "(tjx.nn's top-k decode attention; default: the run's model.attention.decode_topk, "
+        "else all)",
     )
     parser.add_argument(
         "--speculative",

@@ -175,7 +175,16 @@ def test_a_family_switch_or_window_the_llama_checkpoint_lacks_is_refused(in_tmp,
 
     from tjx import nn
 
-    config = nn.LlamaConfig(vocab_size=64, d_model=16, num_layers=2, num_heads=4, num_kv_heads=4, attention=nn.AttentionConfig(qkv_bias=True, sliding_window=4, window_pattern=("local", "global")))  # fmt: skip
+    config = nn.LlamaConfig(
+        vocab_size=64,
+        d_model=16,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=4,
+        attention=nn.AttentionConfig(
+            qkv_bias=True, sliding_window=4, window_pattern=("local", "global")
+        ),
+    )
     nn.save_hf(nn.Llama(config, rngs=nnx.Rngs(0)), in_tmp / "ck", model_type="qwen2")
     base = ["--config", "llama_small", "--init-from", str(in_tmp / "ck")]
     asked = ["--set", "model.qk_norm=true", "--set", "model.sliding_window=8"]

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from tjx import nn, optim
-from tjx.nn.configs import ATTENTION_TYPES
+from tjx.nn.attention_config import ATTENTION_TYPES
 from tjx.optim.schedules import WSD_DECAY_SHAPES
 from trainer.cli import main
 from trainer.config import read_config, resolve, step_config
@@ -282,7 +282,12 @@ def test_a_run_with_every_new_key_trains_and_records_them(in_tmp, capsys):
         *("model.d_model=16", "model.num_layers=1", "model.num_heads=2", "model.mlp_dim=32"),
         *("model.max_seq_len=16", "data.seq_len=16", "data.batch_size=8", "eval.batch_size=8"),
         *("model.attention.type=mla", "model.mla.kv_latent_dim=4", "model.use_bias=false"),
-        *("model.attention.decode_topk=2", *SGD, "optimizer.momentum=0.8", "optimizer.nesterov=true"),
+        *(
+            "model.attention.decode_topk=2",
+            *SGD,
+            "optimizer.momentum=0.8",
+            "optimizer.nesterov=true",
+        ),
         *WSD_SETS,
         *("optimizer.schedule.warmup_steps=0", "optimizer.schedule.decay_fraction=0.5"),
         *("optimizer.schedule.decay_shape=sqrt", "train.steps=2", "train.eval_batches=1"),

@@ -217,7 +217,11 @@ def test_a_new_package_field_is_one_line_in_its_package(monkeypatch):
 @pytest.mark.parametrize(
     ("sets", "field", "value"),
     [  # what the old lists dropped without a word now reaches tjx.nn, which decides
-        (("model.kind=encdec", "model.attention.decode_topk=3"), "attention.decode_topk", 3),  # its decoder decodes
+        (
+            ("model.kind=encdec", "model.attention.decode_topk=3"),
+            "attention.decode_topk",
+            3,
+        ),  # its decoder decodes
         # Grouped-query attention is tjx.nn's in every model, not llama's alone.
         (("model.num_kv_heads=2",), "num_kv_heads", 2),
         (("model.kind=bert", "model.num_kv_heads=1"), "num_kv_heads", 1),
@@ -239,7 +243,8 @@ def test_a_setting_the_old_lists_dropped_now_reaches_tjx_nn(sets, field, value):
         ),
         (
             ("model.kind=vit", "model.attention.decode_topk=2"),
-            "model.attention.decode_topk: only decoders decode (ViT does not); got 2, set it to null",
+            "model.attention.decode_topk: only decoders decode (ViT does not); got 2, set it to "
+            "null",
         ),
         (  # ViT has no tokens: a vocabulary set is refused, no longer silently ignored
             ("model.kind=vit", "model.vocab_size=77"),

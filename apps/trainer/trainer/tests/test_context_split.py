@@ -97,7 +97,7 @@ def test_a_context_split_trains_as_the_unsplit_run(in_tmp, corpus, capsys):
         ),
         (
             ("model.attention_impl=pallas", "model.attention.sliding_window=8"),
-            "model.attention_impl: pallas cannot apply model.attention.sliding_window across a split",
+            "model.attention_impl: pallas cannot apply model.attention.sliding_window across a",
         ),
         (
             ("mesh.pipeline=2", "mesh.data=2"),

@@ -223,7 +223,20 @@ def test_gemma4_layers_count_each_at_its_own_shape():
     """Global layers twice as wide with one key/value head and no value projection, two layers
     reading earlier ones' keys and values with a double MLP, per-layer embeddings: the weights
     against the built model's, the score matrices at each layer's width (a window of 4 of 8)."""
-    cfg = llama_tiny(num_layers=4, num_heads=4, num_kv_heads=2, head_dim=8, global_head_dim=16, global_kv_heads=1, global_values_from_keys=True, kv_shared_layers=2, kv_shared_mlp_dim=2 * 24, per_layer_input_dim=4, tie_embeddings=True, attention=tnn.AttentionConfig(sliding_window=4, window_pattern=["local", "global"]))  # fmt: skip
+    cfg = llama_tiny(
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        global_head_dim=16,
+        global_kv_heads=1,
+        global_values_from_keys=True,
+        kv_shared_layers=2,
+        kv_shared_mlp_dim=2 * 24,
+        per_layer_input_dim=4,
+        tie_embeddings=True,
+        attention=tnn.AttentionConfig(sliding_window=4, window_pattern=["local", "global"]),
+    )
     s = 8
     weighted, n_matmul = _independent(cfg, s, s)
     assert tnn.matmul_param_count(cfg) == n_matmul

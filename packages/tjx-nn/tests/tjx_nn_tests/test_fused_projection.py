@@ -173,7 +173,19 @@ def test_joint_projection_is_the_stacked_projection_as_one_array():
 
 
 def _pallas_gpt2(**kw):
-    cfg = tnn.build_config(tnn.GPT2Config, {"vocab_size": 8, "max_seq_len": 16, "d_model": 32, "num_layers": 1, "num_heads": 4, "attention_impl": "pallas", "precision": "bf16", **kw})  # fmt: skip
+    cfg = tnn.build_config(
+        tnn.GPT2Config,
+        {
+            "vocab_size": 8,
+            "max_seq_len": 16,
+            "d_model": 32,
+            "num_layers": 1,
+            "num_heads": 4,
+            "attention_impl": "pallas",
+            "precision": "bf16",
+            **kw,
+        },
+    )
     attn = tnn.Attention(cfg, rngs=nnx.Rngs(0), causal=True)
     rng = np.random.default_rng(16)
     for p in (attn.query, attn.key, attn.value):  # non-zero biases: their gradients matter

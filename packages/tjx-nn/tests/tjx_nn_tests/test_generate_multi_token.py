@@ -32,16 +32,31 @@ MLA = dict(
 )  # fmt: skip
 # gpt-oss: sinks, biases, a window on every other layer; Gemma 2's soft cap.
 SINKS = dict(
-    **{"attention.sinks": True}, use_bias=True, **{"attention.sliding_window": 4}, **{"attention.window_pattern": ("local", "global")},
+    **{"attention.sinks": True},
+    use_bias=True,
+    **{"attention.sliding_window": 4},
+    **{"attention.window_pattern": ("local", "global")},
     **{"attention.logit_softcap": 2.0},
-)  # fmt: skip
+)
 # Llama 4: chunked RoPE layers, a NoPE global layer with its temperature, an MoE layer.
 LLAMA4 = dict(
-    num_layers=4, **{"attention.chunk": 3}, **{"attention.window_pattern": ("local",) * 3 + ("global",)},
-    **{"llama4.global_nope": True}, qk_l2_norm=True, **{"llama4.nope_temperature_floor": 2.0}, **{"llama4.nope_temperature_scale": 0.5},
-    moe=tnn.MoEConfig(num_experts=4, experts_per_token=1, expert_mlp_dim=4, layer_step=2,
-                      router="sigmoid_plain", router_norm_topk=False, router_scales_input=True),
-)  # fmt: skip
+    num_layers=4,
+    **{"attention.chunk": 3},
+    **{"attention.window_pattern": ("local",) * 3 + ("global",)},
+    **{"llama4.global_nope": True},
+    qk_l2_norm=True,
+    **{"llama4.nope_temperature_floor": 2.0},
+    **{"llama4.nope_temperature_scale": 0.5},
+    moe=tnn.MoEConfig(
+        num_experts=4,
+        experts_per_token=1,
+        expert_mlp_dim=4,
+        layer_step=2,
+        router="sigmoid_plain",
+        router_norm_topk=False,
+        router_scales_input=True,
+    ),
+)
 # DeepSeek-V3: absorbed MLA, yarn, MoE with a capacity (which a decode step must not apply).
 DEEPSEEK = dict(
     MLA, mla=tnn.MLAConfig(kv_latent_dim=8, qk_rope_head_dim=4, v_head_dim=6, q_lora_rank=10),
@@ -52,11 +67,21 @@ DEEPSEEK = dict(
 )  # fmt: skip
 # Gemma 4: shared-KV layers reading their sources, global layers of their own geometry.
 GEMMA4 = dict(
-    num_layers=4, head_dim=8, **{"attention.sliding_window": 3}, **{"attention.window_pattern": ("local", "global")}, **{"attention.qk_norm": True},
-    rope_local_theta=100.0, global_head_dim=16, global_kv_heads=1, global_values_from_keys=True,
-    global_rope_proportion=0.25, value_norm=True, kv_shared_layers=2, per_layer_input_dim=4,
+    num_layers=4,
+    head_dim=8,
+    **{"attention.sliding_window": 3},
+    **{"attention.window_pattern": ("local", "global")},
+    **{"attention.qk_norm": True},
+    rope_local_theta=100.0,
+    global_head_dim=16,
+    global_kv_heads=1,
+    global_values_from_keys=True,
+    global_rope_proportion=0.25,
+    value_norm=True,
+    kv_shared_layers=2,
+    per_layer_input_dim=4,
     per_layer_vocab_size=32,
-)  # fmt: skip
+)
 HYBRID = dict(
     num_layers=3, mixer_pattern=["delta", "delta", "attention"], head_dim=8,
     delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=8, value_dim=6),

@@ -96,8 +96,8 @@ DELTA = dict(delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=8, value_
         ),
         (
             llama_tiny(attention_impl="pallas", attention=tnn.AttentionConfig(sliding_window=4)),
-            "model.attention_impl: pallas cannot apply model.attention.sliding_window across a split "
-            f"sequence (its masks use the tile's own positions) {SPLIT}; use auto or xla",
+            "model.attention_impl: pallas cannot apply model.attention.sliding_window across a "
+            f"split sequence (its masks use the tile's own positions) {SPLIT}; use auto or xla",
         ),
         (
             llama_tiny(attention=tnn.AttentionConfig(sinks=True)),
@@ -112,7 +112,11 @@ DELTA = dict(delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=8, value_
             "mesh.context=1",
         ),
         (
-            llama_tiny(num_layers=3, kv_shared_layers=1, attention=tnn.AttentionConfig(sliding_window=4, window_pattern=("local", "global"))),
+            llama_tiny(
+                num_layers=3,
+                kv_shared_layers=1,
+                attention=tnn.AttentionConfig(sliding_window=4, window_pattern=("local", "global")),
+            ),
             "model.kv_shared_layers: layers that read an earlier layer's keys and values (1) "
             f"do not run on a split sequence {SPLIT}; set mesh.context=1",
         ),

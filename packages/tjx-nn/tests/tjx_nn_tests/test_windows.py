@@ -187,7 +187,14 @@ def test_window_settings_round_trip_through_config_dicts():
 
 def test_a_bidirectional_window_in_an_encoder():
     """BERT with a window: position i's output ignores tokens 4 or more away, both ways."""
-    cfg = tnn.BertConfig(vocab_size=64, max_seq_len=16, d_model=32, num_layers=1, num_heads=4, attention=tnn.AttentionConfig(sliding_window=4))  # fmt: skip
+    cfg = tnn.BertConfig(
+        vocab_size=64,
+        max_seq_len=16,
+        d_model=32,
+        num_layers=1,
+        num_heads=4,
+        attention=tnn.AttentionConfig(sliding_window=4),
+    )
     model = tnn.BERT(cfg, rngs=nnx.Rngs(0))
     toks = _toks(1, 12)
     other = toks.at[0, 0].set((toks[0, 0] + 1) % 64)

@@ -58,7 +58,7 @@ def config_to_dict(config: TransformerConfig) -> dict[str, Any]:
         elif dataclasses.is_dataclass(value):  # a component section: its fields, plain values
             value = {
                 k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(value).items()  # type: ignore[call-overload]
+                for k, v in dataclasses.asdict(value).items()  # type: ignore[arg-type]
             }
         fields[f.name] = value
     return {"class": type(config).__name__, "fields": fields}

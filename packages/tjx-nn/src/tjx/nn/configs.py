@@ -11,7 +11,6 @@ Subclasses only change defaults and add model-specific fields.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -19,13 +18,7 @@ from typing import Any, ClassVar
 from tjx.core.config.values import choice, positive, rate
 from tjx.core.fields import setting
 from tjx.kernels import CE_IMPLEMENTATIONS, IMPLEMENTATIONS
-from tjx.nn.attention_config import (
-    ATTENTION_TYPES,
-    FLAT_ATTENTION_KEYS,
-    LAYER_KINDS,
-    AttentionConfig,
-    positive_float,
-)
+from tjx.nn.attention_config import FLAT_ATTENTION_KEYS, AttentionConfig, positive_float
 from tjx.nn.families.llama4.options import FLAT_KEYS as FLAT_LLAMA4_KEYS
 from tjx.nn.families.llama4.options import Llama4Options
 from tjx.nn.family_config import (
@@ -591,8 +584,8 @@ def check_family(config: Any, cls: str) -> None:
     if config.attention.logit_softcap is not None and config.attention_impl == "cudnn":
         raise ValueError(
             f"{cls}.attention_impl 'cudnn' cannot soft-cap attention logits "
-            f"(attention.logit_softcap {config.attention.logit_softcap}): jax's cuDNN attention has no "
-            "soft cap; use 'auto' (which then leaves cuDNN out), 'xla' or 'pallas'"
+            f"(attention.logit_softcap {config.attention.logit_softcap}): jax's cuDNN attention "
+            "has no soft cap; use 'auto' (which then leaves cuDNN out), 'xla' or 'pallas'"
         )
     check_sinks(config, cls)
     check_rope_fraction(config, cls)
@@ -683,7 +676,7 @@ def build_config(cls: type[TransformerConfig], settings: Mapping[str, Any]) -> A
     for section, values in nested.items():
         base = fields.get(section)
         if base is None:
-            base = known[section].default_factory()  # type: ignore[misc]
+            base = known[section].default_factory()  # type: ignore[misc,operator]
         fields[section] = dataclasses.replace(base, **values)
     return cls(**fields)
 

@@ -92,8 +92,9 @@ def decoder_stages(
         )
     if c.attention.window_pattern is not None and len(set(c.layer_locals())) > 1:
         raise ValueError(
-            "decoder_stages runs every layer alike; an attention.window_pattern that mixes local and "
-            "global layers is not supported in a pipeline (one sliding_window for every layer is)"
+            "decoder_stages runs every layer alike; an attention.window_pattern that mixes local "
+            "and global layers is not supported in a pipeline (one sliding_window for every layer "
+            "is)"
         )
     if c.dropout or c.attention.dropout:
         raise ValueError(

@@ -4,10 +4,10 @@ the config's other checks in :mod:`tjx.nn.configs`).
 Each is one ``TransformerConfig`` setting (``configs.py``; the attention ones in its ``attention``
 section, Llama 4's NoPE ones in its ``llama4`` section), off by default:
 
-* ``attention.qk_norm`` (Qwen3, Gemma 3, OLMo 2): an RMSNorm of the queries and of the keys after their
-  projections, before RoPE. ``attention.qk_norm_scope``: ``"head"`` normalises each head alone with one
-  ``head_dim`` scale shared by the heads (Qwen3, Gemma 3); ``"projection"`` normalises all heads
-  of a token together, with a scale per ``heads × head_dim`` column (OLMo 2).
+* ``attention.qk_norm`` (Qwen3, Gemma 3, OLMo 2): an RMSNorm of the queries and of the keys after
+  their projections, before RoPE. ``attention.qk_norm_scope``: ``"head"`` normalises each head
+  alone with one ``head_dim`` scale shared by the heads (Qwen3, Gemma 3); ``"projection"``
+  normalises all heads of a token together, with a scale per ``heads × head_dim`` column (OLMo 2).
 * ``norm_position`` ``"sandwich"`` (Gemma 2/3): ``x + norm₂(f(norm₁(x)))`` around attention and the
   MLP; ``"output"`` (OLMo 2): ``x + norm(f(x))``. Both keep the final norm. Decoders only.
 * ``norm_plus_one`` (Gemma): every norm multiplies by ``1 + weight``, the weight starting at 0
@@ -24,8 +24,8 @@ section, Llama 4's NoPE ones in its ``llama4`` section), off by default:
   chunked loss and generation alike.
 
 * ``rope_local_theta`` (Gemma 3): the RoPE base of the layers whose ``attention.sliding_window``
-  applies (``window_pattern``'s ``"local"`` ones), without ``rope_scaling`` (transformers rotates Gemma 3's
-  local layers with the default RoPE at ``rope_local_base_freq``); the global layers keep
+  applies (``window_pattern``'s ``"local"`` ones), without ``rope_scaling`` (transformers rotates
+  Gemma 3's local layers with the default RoPE at ``rope_local_base_freq``); the global layers keep
   ``rope_theta`` and ``rope_scaling``. None: every layer rotates alike. Needs a window.
 * ``attention.sinks`` (gpt-oss): each self-attention layer learns one logit per query head that
   every softmax row sees in its denominator, with no value behind it (a row may then attend to
@@ -41,11 +41,12 @@ Llama 4's (its global layers are ``window_pattern``'s ``"global"`` ones):
 * ``attention.chunk``: the local layers attend within chunks of this many positions instead of a
   sliding window (position ``p`` sees the keys from ``chunk·⌊p/chunk⌋`` to ``p``: tjx.kernels'
   ``attention(chunk=)``, a decoding step the keys of its own chunk). Not with ``sliding_window``.
-* ``llama4.global_nope``: the global layers rotate no position (NoPE); RoPE turns the local ones only.
+* ``llama4.global_nope``: the global layers rotate no position (NoPE); RoPE turns the local ones
+  only.
 * ``qk_l2_norm``: queries and keys divided by their RMS over each head (``norm_eps``, no weight)
   after RoPE, in the layers RoPE rotates.
-* ``llama4.nope_temperature_floor`` / ``llama4.nope_temperature_scale``: a NoPE layer's queries times
-  ``1 + scale · log(1 + ⌊(p + 1) / floor⌋)`` at position ``p`` (``attn_temperature_tuning``).
+* ``llama4.nope_temperature_floor`` / ``llama4.nope_temperature_scale``: a NoPE layer's queries
+  times ``1 + scale · log(1 + ⌊(p + 1) / floor⌋)`` at position ``p`` (``attn_temperature_tuning``).
 * MoE: the ``sigmoid_plain`` router (`tjx.nn.routers`) and ``router_scales_input``, the routed
   weight scaling the expert's input instead of its output (`tjx.nn.moe.dispatch`).
 

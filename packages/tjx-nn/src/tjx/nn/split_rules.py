@@ -124,6 +124,6 @@ def check_sequence_split(config: Any, ways: int) -> None:
         )
     if config.attention_impl == "pallas" and any(w is not None for w in config.layer_windows()):
         raise ValueError(
-            f"model.attention_impl: pallas cannot apply model.attention.sliding_window across a split "
-            f"sequence (its masks use the tile's own positions) {split}; use auto or xla"
+            f"model.attention_impl: pallas cannot apply model.attention.sliding_window across a "
+            f"split sequence (its masks use the tile's own positions) {split}; use auto or xla"
         )

@@ -71,6 +71,7 @@ def _valid(model_type: str) -> dict:
     """A config.json tjx writes for a tiny model of ``model_type`` (the family tests' configs)."""
     if model_type in IMAGE_TEXT:
         return {"model_type": model_type, "text_config": _valid(IMAGE_TEXT[model_type])}
+
     def config(**fields):
         return tnn.build_config(tnn.LlamaConfig, fields)
 

@@ -360,8 +360,10 @@ def test_an_export_that_cannot_express_the_config_writes_nothing(
 
 
 def test_olmo3_without_layer_types_slides_three_layers_of_four_as_transformers_does():
-    hf = family_config_to_hf(tnn.build_config(tnn.LlamaConfig, {**{**BASE, "num_layers": 8}, **CONFIGS["olmo3"]}),
-                             "olmo3")  # fmt: skip
+    hf = family_config_to_hf(
+        tnn.build_config(tnn.LlamaConfig, {**{**BASE, "num_layers": 8}, **CONFIGS["olmo3"]}),
+        "olmo3",
+    )
     del hf["layer_types"]
     config = family_config_from_hf(hf)
     assert config.layer_windows() == (8, 8, 8, None) * 2

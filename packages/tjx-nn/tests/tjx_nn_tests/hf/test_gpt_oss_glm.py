@@ -25,11 +25,24 @@ GPT_OSS = dict(
                       truncate=False),
 )  # fmt: skip
 GLM = dict(
-    num_layers=3, num_kv_heads=2, head_dim=8, rope_fraction=0.5, **{"attention.qk_norm": True}, **{"attention.qkv_bias": True},
-    moe=tnn.MoEConfig(num_experts=8, experts_per_token=2, expert_mlp_dim=6, num_shared_experts=1,
-                      first_dense=1, router="sigmoid", router_scale=2.5, router_groups=4,
-                      router_topk_groups=2),
-)  # fmt: skip
+    num_layers=3,
+    num_kv_heads=2,
+    head_dim=8,
+    rope_fraction=0.5,
+    **{"attention.qk_norm": True},
+    **{"attention.qkv_bias": True},
+    moe=tnn.MoEConfig(
+        num_experts=8,
+        experts_per_token=2,
+        expert_mlp_dim=6,
+        num_shared_experts=1,
+        first_dense=1,
+        router="sigmoid",
+        router_scale=2.5,
+        router_groups=4,
+        router_topk_groups=2,
+    ),
+)
 FAMILIES = {"gpt_oss": GPT_OSS, "glm4_moe": GLM}
 
 
@@ -197,7 +210,8 @@ def test_what_tjx_cannot_honour_is_refused_in_one_line(tmp_path, family, changes
         ({**GPT_OSS, "mlp_activation": "swiglu"}, None, "mlp_activation='swiglu'"),
         (GPT_OSS, "mixtral", "saves as model_type 'gpt_oss'"),
         ({**GLM, "moe.router": "softmax"}, None, "moe.router='softmax' (needs 'sigmoid')"),
-        ({**GLM, "moe": tnn.MoEConfig(), "attention.qk_norm": False}, None, "rope_fraction=0.5 (needs 1.0)"),
+        ({**GLM, "moe": tnn.MoEConfig(), "attention.qk_norm": False}, None,
+         "rope_fraction=0.5 (needs 1.0)"),
         ({**GLM, "moe.router_logit_bias": True}, None,
          "moe.router_logit_bias=True (needs False)"),
         ({**GLM, "attention.sliding_window": 4}, None, "attention.sliding_window=4 (needs None)"),

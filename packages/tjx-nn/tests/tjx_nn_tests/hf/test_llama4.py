@@ -23,13 +23,32 @@ from tjx_nn_tests._helpers import saved_random
 #: experts of 4, a shared one) beside dense layers of 8; every width its own, so a row taken from
 #: the wrong place shows.
 LLAMA4 = dict(
-    vocab_size=24, max_seq_len=16, d_model=16, num_layers=4, num_heads=4, num_kv_heads=2,
-    head_dim=8, mlp_dim=8, **{"attention.chunk": 3}, **{"attention.window_pattern": ("local",) * 3 + ("global",)},
-    **{"llama4.global_nope": True}, qk_l2_norm=True, **{"llama4.nope_temperature_floor": 2.0}, **{"llama4.nope_temperature_scale": 0.5},
-    moe=tnn.MoEConfig(num_experts=4, experts_per_token=1, expert_mlp_dim=4, num_shared_experts=1,
-                      shared_expert_mlp_dim=4, layer_step=2, router="sigmoid_plain",
-                      router_norm_topk=False, router_scales_input=True),
-)  # fmt: skip
+    vocab_size=24,
+    max_seq_len=16,
+    d_model=16,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    mlp_dim=8,
+    **{"attention.chunk": 3},
+    **{"attention.window_pattern": ("local",) * 3 + ("global",)},
+    **{"llama4.global_nope": True},
+    qk_l2_norm=True,
+    **{"llama4.nope_temperature_floor": 2.0},
+    **{"llama4.nope_temperature_scale": 0.5},
+    moe=tnn.MoEConfig(
+        num_experts=4,
+        experts_per_token=1,
+        expert_mlp_dim=4,
+        num_shared_experts=1,
+        shared_expert_mlp_dim=4,
+        layer_step=2,
+        router="sigmoid_plain",
+        router_norm_topk=False,
+        router_scales_input=True,
+    ),
+)
 
 
 def test_an_export_loads_back_as_the_same_model_in_transformers_layout(tmp_path):
@@ -245,7 +264,16 @@ def test_input_scaled_experts_weigh_each_experts_input():
 def test_a_chunked_layers_queries_see_their_own_chunk_only():
     """One local layer, chunks of 4: positions 4-7 ignore tokens 0-3 (a window of 4 would not),
     and positions 0-3 ignore tokens 4-7 (causal)."""
-    config = tnn.LlamaConfig(vocab_size=24, max_seq_len=16, d_model=16, num_layers=1, num_heads=2, head_dim=8, mlp_dim=8, attention=tnn.AttentionConfig(chunk=4))  # fmt: skip
+    config = tnn.LlamaConfig(
+        vocab_size=24,
+        max_seq_len=16,
+        d_model=16,
+        num_layers=1,
+        num_heads=2,
+        head_dim=8,
+        mlp_dim=8,
+        attention=tnn.AttentionConfig(chunk=4),
+    )
     model = tnn.Llama(config, rngs=nnx.Rngs(int(np.random.default_rng().integers(99))))
     tokens = jnp.asarray(np.random.default_rng().integers(0, 24, (1, 8)))
     other = tokens.at[0, :4].set((tokens[0, :4] + 1) % 24).at[0, 7].set((tokens[0, 7] + 1) % 24)

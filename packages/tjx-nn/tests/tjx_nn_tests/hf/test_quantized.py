@@ -221,7 +221,9 @@ def _write_shards(folder: Path, tensors: dict[str, tuple[str, np.ndarray]], shar
 
 def _export(tmp_path: Path, fields: dict, **sizes) -> Path:
     base = dict(vocab_size=24, max_seq_len=16, d_model=32, num_layers=2, num_heads=4, mlp_dim=32)
-    model = tnn.Llama(tnn.build_config(tnn.LlamaConfig, {**base, **fields, **sizes}), rngs=nnx.Rngs(0))
+    model = tnn.Llama(
+        tnn.build_config(tnn.LlamaConfig, {**base, **fields, **sizes}), rngs=nnx.Rngs(0)
+    )
     folder = tmp_path / "plain"
     tnn.save_hf(model, folder)
     return folder

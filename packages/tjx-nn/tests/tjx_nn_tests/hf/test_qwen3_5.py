@@ -15,11 +15,21 @@ from tjx.nn.hf.qwen3_5 import qwen3_5_config_from_hf, qwen3_5_config_to_hf
 from tjx_nn_tests._helpers import saved_random
 
 QWEN3_5 = dict(
-    vocab_size=24, max_seq_len=16, d_model=16, num_layers=4, num_heads=4, num_kv_heads=2,
-    head_dim=8, mlp_dim=8, mixer_pattern=("delta", "delta", "delta", "attention"),
+    vocab_size=24,
+    max_seq_len=16,
+    d_model=16,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    mlp_dim=8,
+    mixer_pattern=("delta", "delta", "delta", "attention"),
     delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=4, value_dim=6),
-    **{"attention.output_gate": True}, **{"attention.qk_norm": True}, norm_plus_one=True, rope_fraction=0.25,
-)  # fmt: skip
+    **{"attention.output_gate": True},
+    **{"attention.qk_norm": True},
+    norm_plus_one=True,
+    rope_fraction=0.25,
+)
 
 
 def _saved(tmp_path):

@@ -17,13 +17,30 @@ from tjx_nn_tests._helpers import saved_random
 #: 2 key heads of 4 dims, 3 value heads of 6 each (r = 3 per key head): every part of a group
 #: has its own width, so a row taken from the wrong part or group shows.
 QWEN3_NEXT = dict(
-    vocab_size=24, max_seq_len=16, d_model=16, num_layers=4, num_heads=4, num_kv_heads=2,
-    head_dim=8, mlp_dim=8, mixer_pattern=("delta", "delta", "delta", "attention"),
+    vocab_size=24,
+    max_seq_len=16,
+    d_model=16,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    mlp_dim=8,
+    mixer_pattern=("delta", "delta", "delta", "attention"),
     delta=tnn.DeltaConfig(key_heads=2, value_heads=6, key_dim=4, value_dim=6),
-    **{"attention.output_gate": True}, **{"attention.qk_norm": True}, norm_plus_one=True, rope_fraction=0.25,
-    moe=tnn.MoEConfig(num_experts=4, experts_per_token=2, expert_mlp_dim=4, num_shared_experts=1,
-                      shared_expert_mlp_dim=12, shared_expert_gate=True, first_dense=1),
-)  # fmt: skip
+    **{"attention.output_gate": True},
+    **{"attention.qk_norm": True},
+    norm_plus_one=True,
+    rope_fraction=0.25,
+    moe=tnn.MoEConfig(
+        num_experts=4,
+        experts_per_token=2,
+        expert_mlp_dim=4,
+        num_shared_experts=1,
+        shared_expert_mlp_dim=12,
+        shared_expert_gate=True,
+        first_dense=1,
+    ),
+)
 
 
 def _saved(tmp_path, **change):

@@ -551,7 +551,7 @@ class Attention(nnx.Module):
                 layer_mask = self._mask(mask, near)
                 if split is not None and (self.sinks is not None or layer_mask.chunk is not None):
                     raise ValueError(
-                        "attention_sinks (gpt-oss) and attention_chunk are not "
+                        "attention.sinks (gpt-oss) and attention.chunk are not "
                         "supported under sequence_parallel: the split's block kernels have "
                         "neither; train without the split"
                     )

@@ -303,7 +303,7 @@ def check_llama_shape(config: LlamaConfig) -> None:
     shaped = config.attention.type == "mha" and config.position == "rope"
     if not shaped or config.norm != "rmsnorm":
         raise ValueError(
-            "only LLaMA-shaped configs export (attention_type 'mha', position 'rope', norm "
+            "only LLaMA-shaped configs export (attention.type 'mha', position 'rope', norm "
             f"'rmsnorm'); got {config.attention.type!r}, {config.position!r}, {config.norm!r}"
         )
     # gpt-oss's and GLM-4.5's switches: their own model types (gpt_oss, glm4_moe) write them.
@@ -332,27 +332,28 @@ def export_type(config: LlamaConfig, model_type: str | None) -> str:
         raise ValueError(f"model_type must be one of {LLAMA_TYPES} for a Llama; got {chosen!r}")
     if config.attention.qk_norm:
         raise ValueError(
-            f"model_type {chosen!r} has no q/k norms (qk_norm=True); of the HF types tjx "
+            f"model_type {chosen!r} has no q/k norms (attention.qk_norm=True); of the HF types tjx "
             "writes only qwen3_moe has them"
         )
     check_llama_shape(config)
     qwen = chosen == "qwen2"
     if qwen != (config.attention.qkv_bias and not config.use_bias):
         raise ValueError(
-            f"model_type {chosen!r} needs qkv_bias={qwen} and use_bias=False; got qkv_bias="
+            f"model_type {chosen!r} needs attention.qkv_bias={qwen} and use_bias=False; got "
+            "attention.qkv_bias="
             f"{config.attention.qkv_bias}, use_bias={config.use_bias}"
         )
     if chosen == "mistral" and config.use_bias:
         raise ValueError("model_type 'mistral' has no biases; got use_bias=True")
     if windowed and chosen == "llama":
         raise ValueError(
-            "model_type 'llama' has no sliding window; export a model with sliding_window as "
-            "'mistral' or 'qwen2'"
+            "model_type 'llama' has no sliding window; export a model with "
+            "attention.sliding_window as 'mistral' or 'qwen2'"
         )
     if chosen == "mistral" and config.attention.window_pattern is not None:
         raise ValueError(
-            "model_type 'mistral' slides the window in every layer; a window_pattern exports "
-            "as 'qwen2' (its layer_types)"
+            "model_type 'mistral' slides the window in every layer; an attention.window_pattern "
+            "exports as 'qwen2' (its layer_types)"
         )
     return chosen
 

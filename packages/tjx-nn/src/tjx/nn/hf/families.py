@@ -230,8 +230,8 @@ def family_config_to_hf(config: LlamaConfig, model_type: str) -> dict[str, Any]:
     }
     if config.attention.sliding_window is not None and model_type == "olmo2":
         raise ValueError(
-            "model_type 'olmo2' has no sliding window; got sliding_window set (save it as "
-            "model_type='olmo3')"
+            "model_type 'olmo2' has no sliding window; got attention.sliding_window set (save it "
+            "as model_type='olmo3')"
         )
     if model_type == "olmo3":
         entry = {"rope_type": "default", "rope_theta": config.rope_theta}
@@ -246,7 +246,7 @@ def family_config_to_hf(config: LlamaConfig, model_type: str) -> dict[str, Any]:
     if model_type == "phi3":
         if config.attention.window_pattern is not None:
             raise ValueError(
-                "model_type 'phi3' slides the window in every layer; got window_pattern "
+                "model_type 'phi3' slides the window in every layer; got attention.window_pattern "
                 f"{list(config.attention.window_pattern)}"
             )
         return out | {

@@ -418,7 +418,7 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     types = layer_types(c)
     if types[-1] != "full_attention":
         raise ValueError(
-            "model_type 'gemma4_text' makes its last layer global; got window_pattern "
+            "model_type 'gemma4_text' makes its last layer global; got attention.window_pattern "
             f"{list(c.attention.window_pattern or ('local',))} with a window on the last layer"
         )
     full: dict[str, Any] = {

@@ -38,6 +38,11 @@ def _moe_key_both_ways(d):
     (d / "both.yaml").write_text(both)
 
 
+def _attention_key_both_ways(d):
+    both = "base: tiny\nmodel:\n  sliding_window: 8\n  attention: {sliding_window: 4}\n"
+    (d / "both.yaml").write_text(both)
+
+
 def _empty_text(d):
     (d / "empty.txt").write_text("")
 
@@ -213,8 +218,8 @@ DELTA = [
 ]
 KV_SHARED = [
     "model.num_layers=3",
-    "model.sliding_window=16",
-    "model.window_pattern=[local,global]",
+    "model.attention.sliding_window=16",
+    "model.attention.window_pattern=[local,global]",
     "model.kv_shared_layers=1",
 ]
 
@@ -311,6 +316,20 @@ CASES = [
         ["--config", "moe_tiny", "--run-dir", "r", "--set", "model.moe.experts_per_token=9"],
         None,
         "model.moe.experts_per_token: 9 is more than the 4 experts",
+    ),
+    (
+        "attention-key-flat-and-in-its-section",
+        T,
+        ["--config", "both.yaml", "--run-dir", "r"],
+        _attention_key_both_ways,
+        "model.sliding_window: is model.attention.sliding_window now, which is set too",
+    ),
+    (
+        "attention-section-value",
+        T,
+        [*TINY, "--set", "model.attention.chunk=4", "--set", "model.attention.sliding_window=4"],
+        None,
+        "model.attention.chunk: a local layer has a chunk or a sliding_window, not both",
     ),
     ("missing-data-file", T, [*TINY, "--data", "./nope.txt"], None, "data.source: no such file"),
     ("empty-data-file", T, [*TINY, "--data", "./empty.txt"], _empty_text, "empty"),

@@ -86,13 +86,13 @@ DELTA = dict(delta=tnn.DeltaConfig(key_heads=2, value_heads=4, key_dim=8, value_
         (
             gpt2_tiny(position="alibi"),
             "model.position: a split sequence takes no additive attention bias (alibi, t5) and no "
-            f"attention dropout {SPLIT}; set model.position=rope and model.attention_dropout=0",
+            f"attention dropout {SPLIT}; set model.position=rope and model.attention.dropout=0",
         ),
         (
             llama_tiny(attention=tnn.AttentionConfig(dropout=0.1)),
             "model.attention.dropout: a split sequence takes no additive attention bias (alibi, "
             f"t5) and no attention dropout {SPLIT}; set model.position=rope and "
-            "model.attention_dropout=0",
+            "model.attention.dropout=0",
         ),
         (
             llama_tiny(attention_impl="pallas", attention=tnn.AttentionConfig(sliding_window=4)),

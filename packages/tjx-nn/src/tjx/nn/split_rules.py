@@ -91,7 +91,7 @@ def check_sequence_split(config: Any, ways: int) -> None:
         key = "model.position" if config.position in ("alibi", "t5") else "model.attention.dropout"
         raise ValueError(
             f"{key}: a split sequence takes no additive attention bias (alibi, t5) and no "
-            f"attention dropout {split}; set model.position=rope and model.attention_dropout=0"
+            f"attention dropout {split}; set model.position=rope and model.attention.dropout=0"
         )
     if config.mtp_depths:
         raise ValueError(

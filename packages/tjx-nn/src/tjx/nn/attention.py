@@ -5,10 +5,11 @@ scale and soft-capped logits, gpt-oss's attention sinks, GLM's partial RoPE, Qwe
 gate, attention chunks, NoPE layers, the weightless q/k norm and temperature (see
 ``family_config``).
 
-A windowed layer (``sliding_window``; ``window_pattern`` says which layers) passes the window to
-the kernel; when decoding, its cache may be a rolling one of the window's size (slot ``p mod T``
-holds position ``p``, see :func:`slot_positions`). Under ``sequence_parallel`` (a sequence split
-across devices) self-attention runs through the split's own attention (:mod:`tjx.nn.sequence`).
+A windowed layer (``attention.sliding_window``; ``attention.window_pattern`` says which layers)
+passes the window to the kernel; when decoding, its cache may be a rolling one of the window's
+size (slot ``p mod T`` holds position ``p``, see :func:`slot_positions`). Under
+``sequence_parallel`` (a sequence split across devices) self-attention runs through the split's
+own attention (:mod:`tjx.nn.sequence`).
 
 The score/softmax/value step is ``tjx.kernels.attention`` (layout ``[batch, seq, heads,
 head_dim]``), so the kernel is a config switch (``attention_impl``), resolved once before the
@@ -50,7 +51,7 @@ from tjx.nn.sequence import current_sequence_parallel, split_self_attention
 
 Array = jax.Array
 #: A layer's window switch: None (the layer's own setting), a bool, or a traced bool (scanned
-#: layers of a mixed ``window_pattern``).
+#: layers of a mixed ``attention.window_pattern``).
 Local = bool | Array | None
 
 
@@ -143,7 +144,7 @@ class Attention(nnx.Module):
         self.kernel = resolve_attention(c, kinds=(kind,)).kernel(kind) if kernel is None else kernel
         common: dict[str, Any] = dict(rngs=rngs, use_bias=c.use_bias, precision=c.precision)
         init = normal(c.init_std)
-        # Qwen2 has biases on q/k/v only (``qkv_bias``); ``use_bias`` puts them everywhere.
+        # Qwen2 has biases on q/k/v only (``attention.qkv_bias``); ``use_bias``: everywhere.
         qkv: dict[str, Any] = dict(common, use_bias=c.use_bias or c.attention.qkv_bias)
         modules = ds.deepseek_modules(c, rngs=rngs, common=qkv, init=init) if self.deepseek else {}
         for name in ds.DEEPSEEK_ONLY:  # None in any other attention
@@ -282,7 +283,8 @@ class Attention(nnx.Module):
         self, x: Array, positions: Array, local: Local = None, length: Array | None = None
     ) -> Array:
         """``x`` [..., heads, head_dim] with this layer's positions: rotated (`_rope`) and, with
-        ``qk_l2_norm``, over its RMS; a NoPE layer's (``global_nope``: a global one) unchanged."""
+        ``qk_l2_norm``, over its RMS; a NoPE layer's (with ``global_nope``: a global one)
+        unchanged."""
 
         def rotated() -> Array:
             y = self._rope(x, positions, length, local)
@@ -454,8 +456,9 @@ class Attention(nnx.Module):
         lora_rng : Array, optional
             The dropout key of the projections' LoRA adapters (a training call).
         local : bool or Array, optional
-            Whether this layer's ``sliding_window`` applies (a traced bool for scanned layers of
-            a mixed ``window_pattern``); None: it does, when the config has one.
+            Whether this layer's ``attention.sliding_window`` applies (a traced bool for scanned
+            layers of a mixed ``attention.window_pattern``); None: it does, when the config has
+            one.
         lengths : Array, optional
             int ``[b]`` real tokens of a right-padded prefill: a rolling cache shorter than the
             prompt keeps each row's last real tokens (default: every row is full).

@@ -32,7 +32,7 @@ class AttentionConfig:
     ``sliding_window`` (keys a query sees, itself included) makes self-attention local;
     ``window_pattern`` says which layers: its entries (``"local"``/``"global"``) repeat over the
     layers, e.g. ``["local", "global"]`` (Gemma 2) or five ``"local"`` and a ``"global"``
-    (Gemma 3); None with a window: every layer is local. ``chunk`` is Llama 4's alternative to a
+    (Gemma 3); None with a window: every layer is local. ``chunk`` is the alternative to a
     window: the local layers attend within chunks of this many positions. What the family
     switches do: :mod:`tjx.nn.family_config`.
 
@@ -55,7 +55,7 @@ class AttentionConfig:
         help="layers' kinds, repeated over the stack (local: windowed); None: all local",
     )
     chunk: int | None = setting(
-        None, help="local layers attend within chunks of this many positions (Llama 4)"
+        None, help="local layers attend within chunks of this many positions"
     )
     decode_topk: int | None = setting(
         None, resumable=True, help="decoding attends to the top-k cached keys only; None: all"

@@ -276,7 +276,7 @@ class TransformerConfig:
             check_fp8(self, cls)
 
     def layer_windows(self, num_layers: int | None = None) -> tuple[int | None, ...]:
-        """Each layer's self-attention window (None: full attention), ``window_pattern``
+        """Each layer's self-attention window (None: full attention), ``attention.window_pattern``
         repeated over ``num_layers`` (default ``num_layers``) layers."""
         n = self.num_layers if num_layers is None else num_layers
         window = self.attention.sliding_window
@@ -287,7 +287,7 @@ class TransformerConfig:
 
     def layer_locals(self, num_layers: int | None = None) -> tuple[bool, ...]:
         """Each layer's ``local`` switch: whether its sliding window or attention chunk applies
-        (and, with ``llama4.global_nope``, whether RoPE rotates it), ``window_pattern``
+        (and, with ``llama4.global_nope``, whether RoPE rotates it), ``attention.window_pattern``
         repeated."""
         n = self.num_layers if num_layers is None else num_layers
         a = self.attention
@@ -444,7 +444,8 @@ def check_window(config: Any, cls: str) -> None:
 
 def check_llama4(config: Any, cls: str) -> None:
     """Llama 4's NoPE global layers (the ``llama4`` section) and weightless q/k norm, only where
-    they act: rotated (RoPE, multi-head) layers, and a global layer in ``window_pattern``."""
+    they act: rotated (RoPE, multi-head) layers, and a global layer in
+    ``attention.window_pattern``."""
     c, nope = config, config.llama4.global_nope
     rotated = c.position == "rope" and c.attention.type == "mha"
     if nope and (not rotated or False not in c.layer_locals()):
@@ -599,7 +600,7 @@ def check_family(config: Any, cls: str) -> None:
 
 def check_sinks(config: Any, cls: str) -> None:
     """``attention.sinks`` only where a kernel computes them: tjx.kernels' XLA path (``auto``
-    resolves to it); the section itself refuses them with ``decode_topk`` and MLA."""
+    resolves to it); the section itself refuses them with ``attention.decode_topk`` and MLA."""
     if config.attention.sinks and config.attention_impl in ("cudnn", "pallas", "tokamax"):
         raise ValueError(
             f"{cls}.attention_impl {config.attention_impl!r} cannot add attention sinks "

@@ -176,7 +176,7 @@ def head_cross_entropy(
 class DecoderLM(nnx.Module):
     """A causal language model built from a ``TransformerConfig``.
 
-    With ``dropout`` or ``attention_dropout`` > 0 the model keeps an ``nnx.Rngs`` (stream
+    With ``dropout`` or ``attention.dropout`` > 0 the model keeps an ``nnx.Rngs`` (stream
     ``dropout``) in its state for training calls; pass ``rngs=`` to ``__call__`` to override.
     Each training call draws one new key from it and splits it per layer and per use (see
     ``linear.dropout_stream`` for ``jax.jit`` over ``nnx.split``/``nnx.merge``).

@@ -27,7 +27,7 @@ its recurrent form's three products with the ``[d_k, d_v]`` state per value head
 (read by the key, the rank-one write, read by the query): ``18·H_v·d_k·d_v`` per token and
 layer with the backward. (The chunked kernel does more arithmetic than that to run in parallel;
 this is the model's count, as a score matrix's half is.) A gated attention output
-(``attention_output_gate``) adds its projection to the layer's query and output weights.
+(``attention.output_gate``) adds its projection to the layer's query and output weights.
 
 **Mixture of experts: only active parameters count.** A token goes through its MoE layer's
 router (``d·E``), its ``experts_per_token`` routed experts and the shared experts, so an MoE

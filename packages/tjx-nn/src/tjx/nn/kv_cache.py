@@ -227,8 +227,8 @@ def concat_layer_caches(caches: list[dict[str, Array]]) -> dict[str, Array]:
 
 def cache_slots(config: TransformerConfig, max_len: int, num_layers: int | None = None) -> int:
     """Slots per row of a cache for ``max_len`` tokens: the window when every layer has one and
-    it is shorter (a rolling cache), else ``max_len`` (a layer of a mixed ``window_pattern`` that
-    attends to everything needs every slot)."""
+    it is shorter (a rolling cache), else ``max_len`` (a layer of a mixed
+    ``attention.window_pattern`` that attends to everything needs every slot)."""
     windows = config.layer_windows(num_layers)
     if windows and all(w is not None for w in windows):
         return min(max_len, max(w for w in windows if w is not None))

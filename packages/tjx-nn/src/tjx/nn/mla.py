@@ -1,4 +1,4 @@
-"""DeepSeek's multi-head latent attention (V2, V2-Lite, V3), the form ``attention_type="mla"``
+"""DeepSeek's multi-head latent attention (V2, V2-Lite, V3), the form ``attention.type="mla"``
 takes with ``qk_rope_head_dim`` set (tjx's older MLA, without it, rotates whole up-projected keys).
 
 Per token ``x`` (``d_model``), with ``r = kv_latent_dim``, ``ρ = qk_rope_head_dim``, ``n =

@@ -171,7 +171,7 @@ def test_parse_profile_rejects(text):
                 *["--set", "model.attention_type=mla", "--set", "model.mla.kv_latent_dim=8"],
                 *["--set", "model.use_bias=false"],
             ],
-            "model.attention_type 'mla', model.use_bias False cannot apply",
+            "model.attention.type 'mla', model.use_bias False cannot apply",
         ),
         (
             ["--config", "gpt2_small", "--init-from", "gpt2", "--set", "model.position=rope"],
@@ -204,15 +204,21 @@ def test_a_family_switch_or_window_the_llama_checkpoint_lacks_is_refused(in_tmp,
     from tjx import nn
 
     config = nn.LlamaConfig(
-        vocab_size=64, d_model=16, num_layers=2, num_heads=4, num_kv_heads=4, qkv_bias=True,
-        sliding_window=4, window_pattern=("local", "global"),
-    )  # fmt: skip
+        vocab_size=64,
+        d_model=16,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=4,
+        attention=nn.AttentionConfig(
+            qkv_bias=True, sliding_window=4, window_pattern=("local", "global")
+        ),
+    )
     nn.save_hf(nn.Llama(config, rngs=nnx.Rngs(0)), in_tmp / "ck", model_type="qwen2")
     base = ["--config", "llama_small", "--init-from", str(in_tmp / "ck")]
     asked = ["--set", "model.qk_norm=true", "--set", "model.sliding_window=8"]
     assert main([*base, *asked]) == 2
     err = capsys.readouterr().err
-    assert "model.sliding_window 8, model.qk_norm True cannot apply" in err
+    assert "model.attention.sliding_window 8, model.attention.qk_norm True cannot apply" in err
     assert err.count("\n") == 1 and sorted(p.name for p in in_tmp.iterdir()) == ["ck"]
     from trainer.init_from import check_init_from
 
@@ -228,7 +234,12 @@ def hf_saved(tmp_path_factory):
     from tjx import nn
 
     config = nn.LlamaConfig(
-        vocab_size=64, d_model=16, num_layers=1, num_heads=4, num_kv_heads=4, qkv_bias=True
+        vocab_size=64,
+        d_model=16,
+        num_layers=1,
+        num_heads=4,
+        num_kv_heads=4,
+        attention=nn.AttentionConfig(qkv_bias=True),
     )
     root = tmp_path_factory.mktemp("hf")
     model = nn.Llama(config, rngs=nnx.Rngs(0))

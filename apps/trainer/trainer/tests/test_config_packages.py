@@ -13,6 +13,7 @@ from tjx import kernels, metrics, nn, optim, parallel
 from tjx.core.fields import setting
 from tjx.metrics.loggers.wandb_logger import WANDB_MODES
 from tjx.nn.families.gemma4 import Gemma4Options
+from tjx.nn.families.llama4.options import Llama4Options
 from tjx.optim.config import LOSS_SCALES
 from trainer.config import read_config, resolve
 from trainer.schema import KINDS, ConfigError, choices
@@ -176,6 +177,8 @@ def _package_keys() -> list[tuple[str, str]]:
                 "model.init": nn.InitConfig,
                 "model.mlp": nn.MLPConfig,
                 "model.norm": nn.NormConfig,
+                "model.attention": nn.AttentionConfig,
+                "model.llama4": Llama4Options,
                 "optimizer.schedule": optim.ScheduleConfig,
             }.get(key)
             out += walk(inner, key) if inner is not None else [key]
@@ -220,7 +223,11 @@ def test_a_new_package_field_is_one_line_in_its_package(monkeypatch):
 @pytest.mark.parametrize(
     ("sets", "field", "value"),
     [  # what the old lists dropped without a word now reaches tjx.nn, which decides
-        (("model.kind=encdec", "model.decode_topk=3"), "decode_topk", 3),  # its decoder decodes
+        (
+            ("model.kind=encdec", "model.attention.decode_topk=3"),
+            "attention.decode_topk",
+            3,
+        ),  # its decoder decodes
         # Grouped-query attention is tjx.nn's in every model, not llama's alone.
         (("model.num_kv_heads=2",), "num_kv_heads", 2),
         (("model.kind=bert", "model.num_kv_heads=1"), "num_kv_heads", 1),
@@ -229,7 +236,7 @@ def test_a_new_package_field_is_one_line_in_its_package(monkeypatch):
 )
 def test_a_setting_the_old_lists_dropped_now_reaches_tjx_nn(sets, field, value):
     cfg = read_config(apply_overrides(load_config_data("tiny"), list(sets)))
-    assert getattr(cfg.model, field) == value
+    assert nn.setting_value(cfg.model, field) == value
 
 
 @pytest.mark.parametrize(
@@ -241,8 +248,9 @@ def test_a_setting_the_old_lists_dropped_now_reaches_tjx_nn(sets, field, value):
             "set it to True",
         ),
         (
-            ("model.kind=vit", "model.decode_topk=2"),
-            "model.decode_topk: only decoders decode (ViT does not); got 2, set it to null",
+            ("model.kind=vit", "model.attention.decode_topk=2"),
+            "model.attention.decode_topk: only decoders decode (ViT does not); got 2, set it to "
+            "null",
         ),
         (  # ViT has no tokens: a vocabulary set is refused, no longer silently ignored
             ("model.kind=vit", "model.vocab_size=77"),

@@ -8,6 +8,7 @@ from flax import nnx
 
 from tjx import nn as tnn
 from tjx.nn.families.gemma4 import Gemma4Options
+from tjx.nn.families.llama4.options import Llama4Options
 from tjx.nn.family_config import DECODER_ONLY
 from tjx.nn.moe.config import NO_MOE
 from tjx.nn.norm_config import filled
@@ -49,15 +50,15 @@ def test_gpt2_config_overrides_and_unknown_preset():
         (dict(remat="everything"), "remat"),
         (dict(attention_impl="triton"), "attention_impl"),
         (dict(precision="fp8"), "precision"),
-        (dict(attention_type="mla"), "kv_latent_dim"),
+        (dict(**{"attention.type": "mla"}), "kv_latent_dim"),
         (dict(position="rope", d_model=36, num_heads=4), "head_dim"),
-        (dict(decode_topk=0), "decode_topk"),
+        (dict(**{"attention.decode_topk": 0}), "decode_topk"),
     ],
 )
 def test_bad_configs_raise_naming_the_field(kwargs, field):
     base = dict(vocab_size=64, max_seq_len=16, d_model=32, num_layers=2, num_heads=4)
     with pytest.raises(ValueError, match=re.escape(field)):
-        tnn.GPT2Config(**{**base, **kwargs})
+        tnn.make_config(tnn.GPT2Config, {**base, **kwargs})
 
 
 def test_bad_config_messages_list_allowed_values():
@@ -136,10 +137,13 @@ BASE = dict(vocab_size=64, max_seq_len=16, d_model=32, num_layers=2, num_heads=4
     [
         (dict(d_model=30), "GPT2Config.d_model: 30 must be divisible by GPT2Config.num_heads (4)"),
         (dict(num_kv_heads=3), "GPT2Config.num_kv_heads: 3 must divide GPT2Config.num_heads (4)"),
-        (dict(attention_type="mla"), "GPT2Config.mla.kv_latent_dim: attention_type 'mla' needs"),
+        (
+            dict(**{"attention.type": "mla"}),
+            "GPT2Config.mla.kv_latent_dim: attention.type 'mla' needs",
+        ),
         (
             dict(mla=tnn.MLAConfig(kv_latent_dim=8)),
-            "GPT2Config.mla.kv_latent_dim: only attention_type 'mla' uses it (got attention_type "
+            "GPT2Config.mla.kv_latent_dim: only attention.type 'mla' uses it (got attention.type "
             "'mha'); set it to None",
         ),
     ],
@@ -147,7 +151,7 @@ BASE = dict(vocab_size=64, max_seq_len=16, d_model=32, num_layers=2, num_heads=4
 def test_cross_field_rules_name_both_fields(kwargs, message):
     """Each message starts with the field to fix and names the others by class and field."""
     with pytest.raises(ValueError) as err:
-        tnn.GPT2Config(**{**BASE, **kwargs})
+        tnn.make_config(tnn.GPT2Config, {**BASE, **kwargs})
     assert str(err.value).startswith(message), str(err.value)
 
 
@@ -162,9 +166,9 @@ def test_vit_patch_size_must_divide_the_image():
     ("config_class", "field", "value"),
     [
         (tnn.BertConfig, "tie_embeddings", False),
-        (tnn.BertConfig, "decode_topk", 2),
+        (tnn.BertConfig, "attention.decode_topk", 2),
         (tnn.ViTConfig, "tie_embeddings", True),
-        (tnn.ViTConfig, "decode_topk", 2),
+        (tnn.ViTConfig, "attention.decode_topk", 2),
         (tnn.ViTConfig, "vocab_size", 100),
         (tnn.ViTConfig, "norm.plus_one", True),
         (tnn.BertConfig, "final_logit_softcap", 30.0),
@@ -197,7 +201,7 @@ def test_decoders_read_every_shared_field():
         unused = set(config_class.unused_fields)
         decoder = config_class is not tnn.EncoderDecoderConfig
         assert unused == (set() if decoder else set(DECODER_ONLY) | set(NO_MOE))
-        assert config_class(decode_topk=2).decode_topk == 2
+        assert config_class(attention=tnn.AttentionConfig(decode_topk=2)).attention.decode_topk == 2
     assert dict(tnn.TransformerConfig.unused_fields) == {}
     assert tnn.EncoderDecoderConfig(tie_embeddings=False).tie_embeddings is False
 
@@ -221,6 +225,20 @@ def test_the_component_sections_check_themselves_and_the_model_what_they_need_of
     assert tnn.LlamaConfig(num_layers=3, moe=moe).moe is moe
     with pytest.raises(ValueError, match=r"^LlamaConfig.delta.key_heads: only delta layers"):
         tnn.LlamaConfig(delta=tnn.DeltaConfig(key_heads=2))
+    # The attention section and Llama 4's options likewise; a window's needs of the model (its
+    # position encoding, a kernel that applies it) are the model config's.
+    with pytest.raises(ValueError, match=r"^AttentionConfig.qk_norm_scope: only qk_norm uses it"):
+        tnn.AttentionConfig(qk_norm_scope="projection")
+    with pytest.raises(ValueError, match=r"^AttentionConfig.chunk: a local layer has a chunk or"):
+        tnn.AttentionConfig(sliding_window=4, chunk=4)
+    with pytest.raises(ValueError, match=r"^Llama4Options.nope_temperature_floor/scale: only NoPE"):
+        Llama4Options(nope_temperature_floor=8.0)
+    window = tnn.AttentionConfig(sliding_window=4, window_pattern=["local", "global"])
+    assert window.window_pattern == ("local", "global") and hash(window)  # a jit's static arg
+    with pytest.raises(ValueError, match=r"^LlamaConfig.attention.sliding_window: position 't5'"):
+        tnn.LlamaConfig(position="t5", attention=window)
+    with pytest.raises(ValueError, match=r"^LlamaConfig.llama4.global_nope: needs position"):
+        tnn.LlamaConfig(position="learned", llama4=Llama4Options(global_nope=True))
 
 
 def test_a_section_refuses_a_bad_value_by_its_own_name_and_fills_the_familys():
@@ -257,10 +275,17 @@ def test_a_section_refuses_a_bad_value_by_its_own_name_and_fills_the_familys():
 
 
 def test_the_model_config_holds_its_components_as_sections():
-    """MoE, MLA, Gated DeltaNet, multi-token prediction and init are one field each, no flat
-    settings of theirs beside (a family's own value of a setting: ``part_defaults``)."""
+    """Attention, MoE, MLA, Gated DeltaNet, multi-token prediction, init, MLP, norms and Llama
+    4's options are one field each, no flat settings of theirs beside (a family's own value of a
+    setting: ``part_defaults``)."""
     fields = {f.name: f for f in dataclasses.fields(tnn.LlamaConfig)}
-    sections = {"moe": tnn.MoEConfig, "mla": tnn.MLAConfig, "delta": tnn.DeltaConfig}
+    sections = {
+        "attention": tnn.AttentionConfig,
+        "moe": tnn.MoEConfig,
+        "mla": tnn.MLAConfig,
+        "delta": tnn.DeltaConfig,
+        "llama4": Llama4Options,
+    }
     sections |= {"mtp": tnn.MTPConfig, "init": tnn.InitConfig, "mlp": tnn.MLPConfig}
     sections |= {"norm": tnn.NormConfig}
     defaults = tnn.LlamaConfig()
@@ -269,6 +294,7 @@ def test_the_model_config_holds_its_components_as_sections():
         assert not {f"{name}_{f.name}" for f in dataclasses.fields(cls)} & set(fields)
     gone = {"num_experts", "router", "kv_latent_dim", "delta_impl", "scaled_residual_init"}
     gone |= {"mlp_dim", "mlp_activation", "norm_eps", "norm_position", "norm_plus_one"}
+    gone |= {"sliding_window", "attention_type", "qk_norm", "global_nope"}
     assert not gone & set(fields)
     assert not defaults.init.scaled_residual and tnn.GPT2Config().init.scaled_residual
     assert set(sections) | {"gemma4"} == set(tnn.SECTIONS)  # gemma4: its family's, tested there

@@ -103,7 +103,7 @@ def test_determinism_and_seed_dependence():
 
 
 def test_dropout_uses_explicit_rngs():
-    model = build(gpt2_tiny(num_layers=1, dropout=0.3, attention_dropout=0.1))
+    model = build(gpt2_tiny(num_layers=1, dropout=0.3, attention=tnn.AttentionConfig(dropout=0.1)))
     toks = _toks()
     det = model(toks)
     np.testing.assert_allclose(det, model(toks))  # deterministic by default

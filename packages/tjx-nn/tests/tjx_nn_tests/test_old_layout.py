@@ -84,7 +84,7 @@ def test_the_flat_moe_mla_and_delta_keys_move_into_their_sections():
     assert got == {
         "kind": "llama",
         "d_model": 64,
-        "attention_type": "mha",
+        "attention": {"type": "mha"},
         "moe": {
             "num_experts": 4,
             "experts_per_token": 2,
@@ -165,3 +165,48 @@ def test_a_runs_start_checks_and_step_plan_went_to_the_trainer() -> None:
         tnn.roofline_inputs  # noqa: B018
     with pytest.raises(AttributeError, match="has no attribute 'batch_shape'"):
         tnn.batch_shape  # noqa: B018  (a typo stays an AttributeError)
+
+
+def test_the_flat_attention_and_llama4_keys_move_into_their_sections():
+    """A section or model.json written before the ``attention`` and ``llama4`` sections reads
+    as them: each key in its section, renamed where the section says it
+    (``attn_logit_softcap`` → ``attention.logit_softcap``); a key beside its new one is
+    refused."""
+    old = {
+        "kind": "llama",
+        "attention_type": "mha",
+        "attention_dropout": 0.1,
+        "sliding_window": 8,
+        "window_pattern": ["local", "global"],
+        "attn_logit_softcap": 30.0,
+        "qk_norm": True,
+        "decode_topk": None,
+        "global_nope": False,
+    }
+    got = tnn.migrate_model_section(old)
+    assert got == {
+        "kind": "llama",
+        "attention": {
+            "type": "mha",
+            "dropout": 0.1,
+            "sliding_window": 8,
+            "window_pattern": ["local", "global"],
+            "logit_softcap": 30.0,
+            "qk_norm": True,
+            "decode_topk": None,
+        },
+        "llama4": {"global_nope": False},
+    }
+    assert tnn.RENAMED_MODEL_KEYS["attention_chunk"] == "attention.chunk"
+    assert tnn.RENAMED_MODEL_KEYS["nope_temperature_floor"] == "llama4.nope_temperature_floor"
+    fields = {k: v for k, v in old.items() if k != "kind"}
+    config = tnn.config_from_dict({"class": "LlamaConfig", "fields": {**fields, "num_layers": 2}})
+    assert config.layer_windows() == (8, None) and config.attention.logit_softcap == 30.0
+    # Llama 4's flat NoPE switches (a model.json of tjx-nn 0.29) read into its section.
+    llama4 = {"attention_chunk": 4, "window_pattern": ["local", "global"], "global_nope": True,
+              "nope_temperature_floor": 8.0, "nope_temperature_scale": 0.2}  # fmt: skip
+    config = tnn.config_from_dict({"class": "LlamaConfig", "fields": llama4})
+    assert (config.attention.chunk, config.llama4.temperature()) == (4, (8.0, 0.2))
+    assert tnn.config_from_dict(tnn.config_to_dict(config)) == config
+    with pytest.raises(ValueError, match="model.sliding_window: is model.attention.sliding_window"):
+        tnn.migrate_model_section({"sliding_window": 4, "attention": {"sliding_window": 8}})

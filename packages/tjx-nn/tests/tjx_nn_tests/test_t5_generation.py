@@ -38,7 +38,10 @@ def _recompute(fwd, b, prompts, lengths, max_new):
     [
         llama_tiny(position="t5", scan_layers=True, **SMALL),
         llama_tiny(
-            position="t5", attention_type="mla", mla=tnn.MLAConfig(kv_latent_dim=8), **SMALL
+            position="t5",
+            mla=tnn.MLAConfig(kv_latent_dim=8),
+            **SMALL,
+            attention=tnn.AttentionConfig(type="mla"),
         ),
         gpt2_tiny(position="t5", num_layers=1),
     ],
@@ -67,7 +70,9 @@ def test_cached_greedy_equals_recompute_decoder(cfg):
     ids=["scan-gqa-small-table", "unrolled-postln-default-table"],
 )
 def test_cached_greedy_equals_recompute_seq2seq(kw):
-    model = build(tnn.EncoderDecoderConfig(**{**TINY, "position": "t5", **kw}), seed=2)
+    model = build(
+        tnn.make_config(tnn.EncoderDecoderConfig, {**{**TINY, "position": "t5", **kw}}), seed=2
+    )
     randomize(model, 2)
     rs = np.random.RandomState(3)
     src = rs.randint(1, V, (3, 9)).astype(np.int32)

@@ -40,9 +40,12 @@ def test_a_gpt2_start_needs_its_tokenizer_and_refuses_what_the_weights_fix():
         "settings unset"
     )
     with pytest.raises(
-        ValueError, match="^the checkpoint's weights fix the architecture, so m.qk_norm True"
+        ValueError,
+        match="^the checkpoint's weights fix the architecture, so m.attention.qk_norm True",
     ):
-        check_hf_settings(_llama(), {"qk_norm": True}, source="x", tokenizer="t", section="m")
+        check_hf_settings(
+            _llama(), {"attention.qk_norm": True}, source="x", tokenizer="t", section="m"
+        )
 
 
 def test_another_runs_model_is_named_by_up_to_three_clashes():

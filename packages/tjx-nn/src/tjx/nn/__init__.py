@@ -18,12 +18,12 @@ start checks and its step plan (``hf_start_config``, ``check_hf_settings``, ``cl
 from tjx.core.deprecation import moved_out
 from tjx.nn import probes
 from tjx.nn.attention import Attention
+from tjx.nn.attention_config import LAYER_KINDS, AttentionConfig
 from tjx.nn.bert import BERT
 from tjx.nn.block import Block, residual_std
 from tjx.nn.config_io import config_from_dict, config_to_dict
 from tjx.nn.configs import (
     ATTENTION_IMPLS,
-    LAYER_KINDS,
     POSITIONS,
     REMAT_POLICIES,
     SECTIONS,
@@ -176,6 +176,7 @@ __all__ = [
     "ACTIVATIONS",
     "ATTENTION_IMPLS",
     "Attention",
+    "AttentionConfig",
     "BERT",
     "BertConfig",
     "Block",

@@ -35,8 +35,8 @@ def config_to_dict(config: TransformerConfig) -> dict[str, Any]:
         ``{"class": name, "fields": {field: value}}``; ``precision`` is
         ``{"param_dtype": name, "compute_dtype": name, "logits_dtype": name}`` (and the float8
         settings ``matmul``, ``fp8_*`` where ``matmul="fp8"``), ``rope_scaling``
-        its set fields (``RopeScaling.as_dict``), the ``moe``/``mla``/``delta`` sections
-        mappings of their fields, tuples lists.
+        its set fields (``RopeScaling.as_dict``), the component sections (``attention``,
+        ``moe`` ...) mappings of their fields, tuples lists.
     """
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(config):
@@ -56,7 +56,10 @@ def config_to_dict(config: TransformerConfig) -> dict[str, Any]:
         elif isinstance(value, tuple):
             value = list(value)
         elif dataclasses.is_dataclass(value):  # a component section: its fields, plain values
-            value = dataclasses.asdict(value)  # type: ignore[arg-type]
+            value = {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(value).items()  # type: ignore[arg-type]
+            }
         fields[f.name] = value
     return {"class": type(config).__name__, "fields": fields}
 
@@ -68,7 +71,7 @@ def config_from_dict(data: Mapping[str, Any]) -> TransformerConfig:
     ----------
     data : Mapping
         ``{"class": name, "fields": {...}}``, e.g. parsed from JSON; a file written before the
-        ``moe``/``mla``/``delta`` sections (their settings flat fields) reads the same.
+        component sections (their settings flat fields) reads the same.
 
     Returns
     -------

@@ -41,7 +41,7 @@ class BertConfig(TransformerConfig):
     pad_id: int = setting(0, help="BERT: the padding token's id (not attended to)")
     unused_fields: ClassVar[Mapping[str, str]] = {
         "tie_embeddings": "BERT's MLM head always shares the token embedding",
-        "decode_topk": "only decoders decode (BERT does not)",
+        "attention.decode_topk": "only decoders decode (BERT does not)",
         "cross_entropy_impl": "BERT's MLM head scores its masked tokens from their logits",
         **DECODER_ONLY,
         **NO_MOE,
@@ -79,7 +79,7 @@ class ViTConfig(TransformerConfig):
     unused_fields: ClassVar[Mapping[str, str]] = {
         "vocab_size": "ViT reads images, not tokens",
         "tie_embeddings": "ViT has no token embedding to tie its classifier to",
-        "decode_topk": "only decoders decode (ViT does not)",
+        "attention.decode_topk": "only decoders decode (ViT does not)",
         "cross_entropy_impl": "ViT's head is a classifier, not a vocabulary",
         **DECODER_ONLY,
         **NO_MOE,

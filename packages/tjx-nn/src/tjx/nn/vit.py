@@ -59,7 +59,7 @@ class ViT(nnx.Module):
             init=normal(c.init.std),
             precision=p,
         )
-        self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention_dropout > 0)
+        self.dropout_rngs = dropout_stream(rngs, c.dropout > 0 or c.attention.dropout > 0)
 
     def __call__(
         self,

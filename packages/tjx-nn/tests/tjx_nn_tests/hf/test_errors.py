@@ -123,7 +123,7 @@ def test_folders_without_config_or_safetensors_are_refused(tmp_path):
         ({"dtype": "int8"}, "dtype must be one of"),
         ({"max_shard_size": "lots"}, "max_shard_size must be a positive size"),
         ({"model_type": "gpt2"}, "model_type must be one of"),
-        ({"model_type": "qwen2"}, "needs qkv_bias=True"),
+        ({"model_type": "qwen2"}, "needs attention.qkv_bias=True"),
     ],
 )
 def test_bad_exports_write_nothing(tmp_path, kwargs, needle):

@@ -30,9 +30,9 @@ def _config(**kw):
         mlp=tnn.MLPConfig(dim=40),
         rope_theta=5e5,
         rope_scaling=SCALING,
-        qkv_bias=True,
+        **{"attention.qkv_bias": True},
     )
-    return tnn.LlamaConfig(**(base | kw))
+    return tnn.make_config(tnn.LlamaConfig, base | kw)
 
 
 def _model(config, seed=0):
@@ -103,12 +103,14 @@ def test_qwen2_layout_has_biases_on_qkv_only():
     biases = sorted(n.split(".")[-2] for n in names if n.endswith(".bias") and ".0." in n)
     assert biases == ["k_proj", "q_proj", "v_proj"]
     assert llama_config_to_hf(_config())["model_type"] == "qwen2"
-    assert llama_config_to_hf(_config(qkv_bias=False))["model_type"] == "llama"
+    assert llama_config_to_hf(_config(**{"attention.qkv_bias": False}))["model_type"] == "llama"
 
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_config_json_round_trips(tied):
-    config = _config(tie_embeddings=tied, head_dim=16, qkv_bias=False)  # 16 != 32 / 4
+    config = _config(
+        tie_embeddings=tied, head_dim=16, attention=tnn.AttentionConfig(qkv_bias=False)
+    )  # 16 != 32 / 4
     hf = llama_config_to_hf(config)
     assert llama_config_from_hf(hf) == config
 

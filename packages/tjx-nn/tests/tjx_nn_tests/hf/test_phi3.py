@@ -46,7 +46,7 @@ def test_published_128k_config_reads_as_longrope_with_transformers_factors(kind)
     s = config.rope_scaling
     assert (s.type, s.original_max_position_embeddings, s.factor) == ("longrope", 4096, 32.0)
     assert s.short_factor == tuple(SHORT) and s.long_factor == tuple(LONG)
-    assert (config.max_seq_len, config.sliding_window) == (131072, 262144)
+    assert (config.max_seq_len, config.attention.sliding_window) == (131072, 262144)
     inv = 1.0 / 10000.0 ** (np.arange(48) * 2 / 96)
     short, attention = tnn.rope_parameters(96, 10000.0, s, 4096)
     long, _ = tnn.rope_parameters(96, 10000.0, s, 4097)
@@ -117,7 +117,9 @@ def test_saved_longrope_phi3_loads_back_with_the_same_logits(tmp_path):
     ],
 )  # fmt: skip
 def test_a_phi3_scaling_tjx_cannot_honour_is_refused_in_one_line(scaling, needle):
-    hf = family_config_to_hf(tnn.LlamaConfig(**TINY), "phi3") | {"rope_scaling": scaling}
+    hf = family_config_to_hf(tnn.make_config(tnn.LlamaConfig, TINY), "phi3") | {
+        "rope_scaling": scaling
+    }
     with pytest.raises(ValueError, match="^[^\n]*$") as info:
         family_config_from_hf(hf)
     assert needle in str(info.value)

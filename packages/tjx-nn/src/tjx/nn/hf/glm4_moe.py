@@ -96,17 +96,17 @@ SPEC = LLAMA.but(
 #: What a config must have to be written as glm4_moe: field → the value GLM-4.5 computes with.
 NEEDS: dict[str, Any] = (
     dict(
-        attention_type="mha",
+        **{"attention.type": "mha"},
         position="rope",
         use_bias=False,
-        qk_norm_scope="head",
+        **{"attention.qk_norm_scope": "head"},
         scale_embeddings=False,
-        query_pre_attn_scalar=None,
-        attn_logit_softcap=None,
+        **{"attention.query_pre_attn_scalar": None},
+        **{"attention.logit_softcap": None},
         final_logit_softcap=None,
         rope_local_theta=None,
-        sliding_window=None,
-        attention_sinks=False,
+        **{"attention.sliding_window": None},
+        **{"attention.sinks": False},
     )
     | {"norm.kind": "rmsnorm", "norm.position": "pre", "norm.plus_one": False}
     | {"mlp.activation": "swiglu"}
@@ -155,8 +155,8 @@ def glm4_moe_config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LlamaCon
     fields = llama_fields(rest, GLM4_MOE, handled=KEYS)
     fields |= dict(
         use_bias=False,
-        qkv_bias=hf["attention_bias"],
-        qk_norm=hf["use_qk_norm"],
+        **{"attention.qkv_bias": hf["attention_bias"]},
+        **{"attention.qk_norm": hf["use_qk_norm"]},
         rope_fraction=partial_rotary_factor(partial),
         moe=MoEConfig(
             num_experts=hf["n_routed_experts"],
@@ -206,8 +206,8 @@ def glm4_moe_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "architectures": [ARCHITECTURE],
         "model_type": GLM4_MOE,
         "rope_parameters": rope | {"partial_rotary_factor": c.rope_fraction},
-        "attention_bias": c.qkv_bias,
-        "use_qk_norm": c.qk_norm,
+        "attention_bias": c.attention.qkv_bias,
+        "use_qk_norm": c.attention.qk_norm,
         "moe_intermediate_size": expert_mlp_dim(c),
         "num_experts_per_tok": c.moe.experts_per_token,
         "n_shared_experts": c.moe.num_shared_experts,

@@ -102,21 +102,21 @@ LAYER_TYPE_OF = {v: k for k, v in MIXER_OF.items()}
 #: What a config must have to be written as Qwen3.5: field → the value Qwen3.5 computes with.
 NEEDS: dict[str, Any] = (
     dict(
-        attention_type="mha",
+        **{"attention.type": "mha"},
         position="rope",
         use_bias=False,
-        qkv_bias=False,
-        qk_norm=True,
-        qk_norm_scope="head",
-        attention_output_gate=True,
+        **{"attention.qkv_bias": False},
+        **{"attention.qk_norm": True},
+        **{"attention.qk_norm_scope": "head"},
+        **{"attention.output_gate": True},
         scale_embeddings=False,
-        query_pre_attn_scalar=None,
-        attn_logit_softcap=None,
+        **{"attention.query_pre_attn_scalar": None},
+        **{"attention.logit_softcap": None},
         final_logit_softcap=None,
         rope_local_theta=None,
         rope_scaling=None,
-        sliding_window=None,
-        attention_sinks=False,
+        **{"attention.sliding_window": None},
+        **{"attention.sinks": False},
         **{"moe.num_experts": 0},
     )
     | {"norm.kind": "rmsnorm", "norm.position": "pre", "norm.plus_one": True}
@@ -219,7 +219,7 @@ def hybrid_fields(hf: Mapping[str, Any], model_type: str, keys: frozenset[str]) 
         ),
     )
     # The switches a Qwen hybrid computes with (the dense MLP: the moe section's default).
-    skip = ("rope_scaling", "sliding_window", "moe.num_experts")
+    skip = ("rope_scaling", "attention.sliding_window", "moe.num_experts")
     switches = {k: v for k, v in NEEDS.items() if k not in skip}
     return fields | switches
 
@@ -227,7 +227,7 @@ def hybrid_fields(hf: Mapping[str, Any], model_type: str, keys: frozenset[str]) 
 def is_qwen3_5(config: LlamaConfig) -> bool:
     """Whether ``config`` computes what only Qwen3.5 among the families tjx writes does: delta
     layers or a gated attention output."""
-    return config.attention_output_gate or "delta" in config.layer_mixers()
+    return config.attention.output_gate or "delta" in config.layer_mixers()
 
 
 def qwen3_5_config_to_hf(config: LlamaConfig) -> dict[str, Any]:

@@ -173,11 +173,11 @@ ROPE_DEFAULTS: dict[str, dict[str, Any]] = {
 #: What a config must compute to be written as Gemma 4 (beside ``check_exportable``'s).
 NEEDS: dict[str, Any] = dict(
     scale_embeddings=True,
-    qk_norm=True,
-    qk_norm_scope="head",
-    query_pre_attn_scalar=1.0,
-    attn_logit_softcap=None,
 ) | {
+    "attention.qk_norm": True,
+    "attention.qk_norm_scope": "head",
+    "attention.query_pre_attn_scalar": 1.0,
+    "attention.logit_softcap": None,
     "norm.position": "sandwich",
     "norm.plus_one": False,
     "mlp.activation": "geglu",
@@ -408,8 +408,8 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
     types = layer_types(c)
     if types[-1] != "full_attention":
         raise ValueError(
-            "model_type 'gemma4_text' makes its last layer global; got window_pattern "
-            f"{list(c.window_pattern or ('local',))} with a window on the last layer"
+            "model_type 'gemma4_text' makes its last layer global; got attention.window_pattern "
+            f"{list(c.attention.window_pattern or ('local',))} with a window on the last layer"
         )
     full: dict[str, Any] = {
         "rope_type": "proportional",
@@ -424,7 +424,7 @@ def gemma4_config_to_hf(config: LlamaConfig) -> dict[str, Any]:
         "hidden_activation": "gelu_pytorch_tanh",
         "attention_bias": False,
         "final_logit_softcapping": c.final_logit_softcap,
-        "sliding_window": c.sliding_window or c.max_seq_len,
+        "sliding_window": c.attention.sliding_window or c.max_seq_len,
         "layer_types": types,
         "rope_parameters": {"full_attention": full, "sliding_attention": local},
         "use_bidirectional_attention": None,
